@@ -16,5 +16,7 @@ import (
 	_ "golang.org/x/sys/unix"
 	_ "gopkg.in/yaml.v3"
 	_ "gvisor.dev/gvisor/pkg/tcpip/stack"
+	_ "gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	_ "gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	_ "gvisor.dev/gvisor/pkg/tcpip/link/tun"
 )

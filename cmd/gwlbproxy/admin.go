@@ -1,0 +1,97 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+// stats is what /stats returns.
+type stats struct {
+	Draining bool           `json:"draining"`
+	Netstack netstack.Stats `json:"netstack"`
+	Proxy    proxy.Stats    `json:"proxy"`
+}
+
+func (a *appliance) stats() stats {
+	return stats{Draining: a.draining.Load(), Netstack: a.ns.Stats(), Proxy: a.px.Stats()}
+}
+
+// adminHandler serves health (the GWLB target group's check), /stats and
+// /metrics.
+func (a *appliance) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if a.draining.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "gwlbproxy: draining")
+			return
+		}
+		fmt.Fprintln(w, "gwlbproxy: serving")
+	})
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(a.stats())
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		writeMetrics(w, a.stats())
+	})
+	return mux
+}
+
+// writeMetrics renders the counters in the Prometheus text format.
+func writeMetrics(w io.Writer, s stats) {
+	m := func(name, typ, help string, v any) {
+		fmt.Fprintf(w, "# HELP gwlbproxy_%s %s\n# TYPE gwlbproxy_%s %s\ngwlbproxy_%s %v\n", name, help, name, typ, name, v)
+	}
+	labelled := func(name, typ, help, label string, vals map[string]uint64) {
+		fmt.Fprintf(w, "# HELP gwlbproxy_%s %s\n# TYPE gwlbproxy_%s %s\n", name, help, name, typ)
+		keys := make([]string, 0, len(vals))
+		for k := range vals {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "gwlbproxy_%s{%s=%q} %d\n", name, label, k, vals[k])
+		}
+	}
+	n := s.Netstack
+	draining := 0
+	if s.Draining {
+		draining = 1
+	}
+	m("draining", "gauge", "1 while the appliance drains before exit.", draining)
+	m("geneve_packets_in_total", "counter", "GENEVE datagrams received.", n.PacketsIn)
+	m("geneve_bytes_in_total", "counter", "GENEVE bytes received.", n.BytesIn)
+	m("geneve_packets_out_total", "counter", "GENEVE datagrams sent back to the GWLB.", n.PacketsOut)
+	m("geneve_bytes_out_total", "counter", "GENEVE bytes sent back to the GWLB.", n.BytesOut)
+	labelled("drops_total", "counter", "Packets dropped, by reason.", "reason", n.Drops)
+	m("flows", "gauge", "Flows in the flow table.", n.Flows)
+	m("flows_created_total", "counter", "Flows created.", n.FlowsCreated)
+	m("flows_expired_total", "counter", "Flows expired after idling.", n.FlowsExpired)
+	byEP := make(map[string]uint64, len(n.FlowsByEndpoint))
+	for k, v := range n.FlowsByEndpoint {
+		byEP[k] = uint64(max(v, 0))
+	}
+	labelled("endpoint_flows", "gauge", "Flows in the flow table per GWLB endpoint.", "endpoint", byEP)
+	m("stacks", "gauge", "gVisor stacks, one per GWLB endpoint.", n.Stacks)
+	m("tcp_connection_attempts_total", "counter", "TCP connections offered to the proxy.", n.TCPConnections)
+	m("udp_flows_total", "counter", "UDP flows offered to the proxy.", n.UDPFlows)
+	m("echo_requests_total", "counter", "ICMP echo requests received.", n.EchoRequests)
+	m("return_port_fallbacks_total", "counter", "Replies sent from the listener port because the flow's port could not be bound.", n.ReturnPortFallbacks)
+	p := s.Proxy
+	m("tcp_active", "gauge", "TCP connections being relayed.", p.TCPActive)
+	m("udp_active", "gauge", "UDP flows being relayed.", p.UDPActive)
+	m("echo_active", "gauge", "ICMP echo flows being relayed.", p.EchoActive)
+	m("tcp_dial_errors_total", "counter", "Destinations that could not be dialled.", p.TCPDialErrors)
+	m("denied_total", "counter", "Flows denied.", p.Denied)
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+// options is everything the appliance is configured with.
+type options struct {
+	GeneveAddr     string
+	AdminAddr      string
+	AccessLog      string
+	DrainTimeout   time.Duration
+	TCPIdleTimeout time.Duration
+	IdleTimeout    time.Duration
+	DialTimeout    time.Duration
+	MaxFlows       int
+	Readers        int
+	ReturnPath     string
+	MTU            int
+	LogLevel       string
+	AllowLoopback  bool // tests only: not a flag
+}
+
+func defaultOptions() options {
+	return options{
+		GeneveAddr:     fmt.Sprintf(":%d", netstack.GenevePort),
+		AdminAddr:      ":80",
+		AccessLog:      "-",
+		DrainTimeout:   300 * time.Second,
+		TCPIdleTimeout: 350 * time.Second,
+		IdleTimeout:    120 * time.Second,
+		DialTimeout:    10 * time.Second,
+		MaxFlows:       1_000_000,
+		ReturnPath:     netstack.ReturnPathAuto,
+		LogLevel:       "info",
+	}
+}
+
+func (o *options) validate() error {
+	if o.TCPIdleTimeout < 60*time.Second || o.TCPIdleTimeout > 6000*time.Second {
+		return fmt.Errorf("--tcp-idle-timeout %s: the GWLB allows 60s to 6000s", o.TCPIdleTimeout)
+	}
+	if o.IdleTimeout <= 0 {
+		return fmt.Errorf("--idle-timeout %s: must be positive", o.IdleTimeout)
+	}
+	if o.DrainTimeout < 0 {
+		return fmt.Errorf("--drain-timeout %s: must not be negative", o.DrainTimeout)
+	}
+	if o.MaxFlows <= 0 {
+		return fmt.Errorf("--max-flows %d: must be positive", o.MaxFlows)
+	}
+	if o.MTU != 0 && (o.MTU < 1280 || o.MTU > netstack.DefaultMTU) {
+		return fmt.Errorf("--mtu %d: must be between 1280 and %d", o.MTU, netstack.DefaultMTU)
+	}
+	switch o.ReturnPath {
+	case netstack.ReturnPathAuto, netstack.ReturnPathRaw, netstack.ReturnPathBound:
+	default:
+		return fmt.Errorf("--return-path %q: want auto, raw or bound", o.ReturnPath)
+	}
+	return nil
+}
+
+// appliance is one running gwlbproxy: the GENEVE side, the proxy, the
+// admin listener, and the record sinks.
+type appliance struct {
+	opts     options
+	ns       *netstack.Server
+	px       *proxy.Proxy
+	admin    *http.Server
+	adminLn  net.Listener
+	closers  []io.Closer
+	draining atomic.Bool
+}
+
+// newAppliance opens every listener; run serves them.
+func newAppliance(o options) (*appliance, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	a := &appliance{opts: o}
+	var sinks []io.Writer
+	switch o.AccessLog {
+	case "":
+	case "-":
+		sinks = append(sinks, os.Stdout)
+	default:
+		f, err := os.OpenFile(o.AccessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("opening --access-log: %w", err)
+		}
+		sinks = append(sinks, f)
+		a.closers = append(a.closers, f)
+	}
+	a.px = proxy.New(proxy.Config{
+		DialTimeout:     o.DialTimeout,
+		UDPIdleTimeout:  o.IdleTimeout,
+		EchoIdleTimeout: o.IdleTimeout,
+		Records:         proxy.NewRecordWriter(sinks...),
+		AllowLoopback:   o.AllowLoopback,
+	})
+	var err error
+	a.ns, err = netstack.Listen(netstack.Config{
+		ListenAddr:     o.GeneveAddr,
+		Readers:        o.Readers,
+		ReturnPath:     o.ReturnPath,
+		TCPIdleTimeout: o.TCPIdleTimeout,
+		IdleTimeout:    o.IdleTimeout,
+		MaxFlows:       o.MaxFlows,
+		MTU:            o.MTU,
+		AllowLoopback:  o.AllowLoopback,
+		Handler:        a.px,
+	})
+	if err != nil {
+		a.closeSinks()
+		return nil, err
+	}
+	a.adminLn, err = net.Listen("tcp", o.AdminAddr)
+	if err != nil {
+		a.ns.Close()
+		a.closeSinks()
+		return nil, fmt.Errorf("admin listener on %s: %w", o.AdminAddr, err)
+	}
+	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	return a, nil
+}
+
+// run serves until ctx is cancelled, then drains: health turns 503 at once,
+// flows keep being served until none remain or drain passes, and the sinks
+// are flushed.
+func (a *appliance) run(ctx context.Context, drain func() time.Duration) error {
+	go a.ns.Serve()
+	go func() {
+		if err := a.admin.Serve(a.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("admin listener", "err", err)
+		}
+	}()
+	slog.Info("gwlbproxy serving", "geneve", a.ns.Addr(), "admin", a.adminLn.Addr())
+	<-ctx.Done()
+	a.draining.Store(true)
+	timeout := drain()
+	slog.Info("draining", "active_flows", a.px.Active(), "timeout", timeout)
+	dctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := a.px.Wait(dctx); err != nil {
+		slog.Warn("drain timeout passed with flows still open", "active_flows", a.px.Active())
+	}
+	a.ns.Close()
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	_ = a.admin.Shutdown(sctx)
+	a.closeSinks()
+	slog.Info("stopped")
+	return nil
+}
+
+func (a *appliance) closeSinks() {
+	for _, c := range a.closers {
+		if err := c.Close(); err != nil {
+			slog.Warn("closing a record sink", "err", err)
+		}
+	}
+}

@@ -1,0 +1,405 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+func echoServer(c net.Conn) { io.Copy(c, c) }
+
+// TestTCPEchoAndRecord: bytes go both ways, the record names the flow with
+// the GENEVE fields the simulator sent, and replies carried its header.
+func TestTCPEchoAndRecord(t *testing.T) {
+	for _, mode := range []string{netstack.ReturnPathBound, netstack.ReturnPathRaw} {
+		t.Run(mode, func(t *testing.T) {
+			if mode == netstack.ReturnPathRaw && !canRaw() {
+				t.Skip("raw return path needs CAP_NET_RAW; run as root to cover it")
+			}
+			r := newRig(t, func(o *options) { o.ReturnPath = mode }, nil)
+			if got := r.app.ns.ReturnPath(); got != mode {
+				t.Fatalf("return path %q, want %q", got, mode)
+			}
+			srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+			c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+			msg := []byte("hello through the GWLB")
+			must(c.Write(msg))(t)
+			got := make([]byte, len(msg))
+			must(io.ReadFull(c, got))(t)
+			if !bytes.Equal(got, msg) {
+				t.Fatalf("echo %q, want %q", got, msg)
+			}
+			c.CloseWrite()
+			if n, err := c.Read(got); err != io.EOF {
+				t.Fatalf("after half-close: read %d, %v; want EOF", n, err)
+			}
+			c.Close()
+			recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "tcp", srv) != nil })
+			rec := findRecord(recs, "tcp", srv)
+			if rec == nil {
+				t.Fatalf("no tcp record for %s in %+v", srv, recs)
+			}
+			if rec.BytesOut != int64(len(msg)) || rec.BytesIn != int64(len(msg)) || rec.Result != "ok" {
+				t.Errorf("record bytes_out=%d bytes_in=%d result=%q, want %d/%d/ok", rec.BytesOut, rec.BytesIn, rec.Result, len(msg), len(msg))
+			}
+			if rec.Endpoint != "vpce-00123456789abcdef" || rec.Attachment != "1111222233334444" || rec.ClientIP != clientV4.String() {
+				t.Errorf("record names endpoint %q attachment %q client %q", rec.Endpoint, rec.Attachment, rec.ClientIP)
+			}
+			p := netstack.Packet{Proto: 6, Src: clientV4.As16(), Dst: srv.Addr().As16(), SrcPort: rec.ClientPort, DstPort: srv.Port()}
+			hdr := r.sim.FlowHeader(p.Key(r.ep.ID()))
+			if hdr == nil {
+				t.Fatal("simulator has no header for the flow")
+			}
+			h, _ := netstack.ParseHeader(append(hdr, 0x45))
+			if want := strings.Repeat("0", 8-len(hexs(h.FlowCookie))) + hexs(h.FlowCookie); rec.FlowCookie != want {
+				t.Errorf("record flow_cookie %q, want %q", rec.FlowCookie, want)
+			}
+			st := r.sim.Stats()
+			if st.Received == 0 || st.HeaderMismatch != 0 || st.UnknownFlow != 0 || st.WrongPort != 0 {
+				t.Errorf("simulator stats %+v: replies must arrive on 6081 under the flow's header", st)
+			}
+		})
+	}
+}
+
+func hexs(v uint32) string {
+	return strings.TrimLeft(strings.ToLower(strings.TrimSpace(fmtHex(v))), " ")
+}
+
+func fmtHex(v uint32) string {
+	const digits = "0123456789abcdef"
+	if v == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; v > 0; v >>= 4 {
+		b = append([]byte{digits[v&15]}, b...)
+	}
+	return string(b)
+}
+
+func canRaw() bool {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_RAW)
+	if err != nil {
+		return false
+	}
+	syscall.Close(fd)
+	return true
+}
+
+// TestBulkTransfer64MiB moves 64 MiB down and 64 MiB up and checks both
+// arrive intact.
+func TestBulkTransfer64MiB(t *testing.T) {
+	const size = 64 << 20
+	r := newRig(t, nil, nil)
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), func(c net.Conn) {
+		var cmd [1]byte
+		if _, err := io.ReadFull(c, cmd[:]); err != nil {
+			return
+		}
+		switch cmd[0] {
+		case 'D': // download: send size pseudo-random bytes
+			io.Copy(c, io.LimitReader(newPRNG(1), size))
+			c.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, c)
+		case 'U': // upload: answer with the digest of what arrived
+			h := sha256.New()
+			n, _ := io.Copy(h, c)
+			binary.Write(c, binary.BigEndian, n)
+			c.Write(h.Sum(nil))
+		}
+	})
+	want := sha256.New()
+	io.Copy(want, io.LimitReader(newPRNG(1), size))
+	wantSum := want.Sum(nil)
+
+	t.Run("download", func(t *testing.T) {
+		c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(90 * time.Second))
+		must(c.Write([]byte{'D'}))(t)
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		if err != nil || n != size || !bytes.Equal(h.Sum(nil), wantSum) {
+			t.Fatalf("downloaded %d bytes (err %v), digest match %v; want %d", n, err, bytes.Equal(h.Sum(nil), wantSum), size)
+		}
+	})
+	t.Run("upload", func(t *testing.T) {
+		c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(90 * time.Second))
+		must(c.Write([]byte{'U'}))(t)
+		must(io.Copy(c, io.LimitReader(newPRNG(1), size)))(t)
+		c.CloseWrite()
+		var n int64
+		if err := binary.Read(c, binary.BigEndian, &n); err != nil {
+			t.Fatal(err)
+		}
+		sum := make([]byte, 32)
+		must(io.ReadFull(c, sum))(t)
+		if n != size || !bytes.Equal(sum, wantSum) {
+			t.Fatalf("server received %d bytes, digest match %v; want %d", n, bytes.Equal(sum, wantSum), size)
+		}
+	})
+	if d := r.stats().Netstack.Drops; d["reply_too_big"] != 0 || d["reply_without_flow"] != 0 {
+		t.Errorf("drops on the return path: %v", d)
+	}
+}
+
+// newPRNG returns a deterministic byte stream.
+func newPRNG(seed uint64) io.Reader { return prngReader{rand.NewChaCha8([32]byte{byte(seed)})} }
+
+type prngReader struct{ r *rand.ChaCha8 }
+
+func (p prngReader) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// TestConcurrentConnections opens 500 connections at once; all complete.
+func TestConcurrentConnections(t *testing.T) {
+	const conns = 500
+	r := newRig(t, nil, nil)
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+	var wg sync.WaitGroup
+	errs := make(chan error, conns)
+	ctx := ctxT(t, 60*time.Second)
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := r.client.DialTCP(ctx, srv)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(45 * time.Second))
+			msg := []byte(strings.Repeat("x", 100) + string(rune('a'+i%26)))
+			if _, err := c.Write(msg); err != nil {
+				errs <- err
+				return
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+				errs <- errors.Join(err, errors.New("echo mismatch"))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	n := 0
+	for err := range errs {
+		if n < 5 {
+			t.Error(err)
+		}
+		n++
+	}
+	if n > 0 {
+		t.Fatalf("%d of %d connections failed", n, conns)
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return len(rs) >= conns })
+	if len(recs) != conns {
+		t.Errorf("%d records, want %d", len(recs), conns)
+	}
+}
+
+// TestUDPRequestResponse relays a UDP exchange and records it once idle.
+func TestUDPRequestResponse(t *testing.T) {
+	r := newRig(t, func(o *options) { o.IdleTimeout = time.Second }, nil)
+	pc := must(net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte("re:"), buf[:n]...), from)
+		}
+	}()
+	srv := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	c := must(r.client.DialUDP(srv))(t)
+	defer c.Close()
+	for i := range 3 {
+		msg := []byte("query " + string(rune('0'+i)))
+		must(c.Write(msg))(t)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 2048)
+		n := must(c.Read(buf))(t)
+		if got := string(buf[:n]); got != "re:"+string(msg) {
+			t.Fatalf("reply %q", got)
+		}
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "udp", srv) != nil })
+	rec := findRecord(recs, "udp", srv)
+	if rec == nil {
+		t.Fatal("no udp record after the idle timeout")
+	}
+	if rec.BytesOut != 3*7 || rec.BytesIn != 3*10 {
+		t.Errorf("udp record bytes_out=%d bytes_in=%d, want 21/30", rec.BytesOut, rec.BytesIn)
+	}
+}
+
+// TestEndpointsDoNotMix: two GWLB endpoints, clients with the same address
+// and port, two servers; each client reaches its own.
+func TestEndpointsDoNotMix(t *testing.T) {
+	r := newRig(t, nil, nil)
+	ep2 := r.sim.Endpoint(0xfedcba9876543210, 0x5555666677778888)
+	client2 := must(ep2.NewClientStack(clientV4))(t)
+	// Both servers listen on the same port of two addresses.
+	ln := must(net.Listen("tcp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
+	port := ln.Addr().(*net.TCPAddr).AddrPort().Port()
+	ln.Close()
+	name := func(s string) func(net.Conn) {
+		return func(c net.Conn) { io.WriteString(c, s); io.Copy(io.Discard, c) }
+	}
+	srvA := listenTCP(t, netip.AddrPortFrom(r.net.server(3), port), name("A"))
+	srvB := listenTCP(t, netip.AddrPortFrom(r.net.server(4), port), name("B"))
+	src := netip.AddrPortFrom(clientV4, 40000)
+	ca := must(r.client.DialTCPFrom(ctxT(t, 5*time.Second), src, srvA))(t)
+	defer ca.Close()
+	cb := must(client2.DialTCPFrom(ctxT(t, 5*time.Second), src, srvB))(t)
+	defer cb.Close()
+	for c, want := range map[net.Conn]string{ca: "A", cb: "B"} {
+		buf := make([]byte, 1)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		must(io.ReadFull(c, buf))(t)
+		if string(buf) != want {
+			t.Errorf("client reached server %q, want %q", buf, want)
+		}
+	}
+	st := r.stats().Netstack
+	if st.Stacks != 2 || st.FlowsByEndpoint["vpce-00123456789abcdef"] < 1 || st.FlowsByEndpoint["vpce-0fedcba9876543210"] < 1 {
+		t.Errorf("stacks=%d flows by endpoint %v: want 2 stacks, flows on both", st.Stacks, st.FlowsByEndpoint)
+	}
+}
+
+// TestRefusedPort: a closed port gives the client a prompt refusal and a
+// record saying so.
+func TestRefusedPort(t *testing.T) {
+	r := newRig(t, nil, nil)
+	ln := must(net.Listen("tcp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
+	closed := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	start := time.Now()
+	_, err := r.client.DialTCP(ctxT(t, 10*time.Second), closed)
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("dial to a closed port: %v, want connection refused", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("refusal took %v", d)
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "tcp", closed) != nil })
+	if rec := findRecord(recs, "tcp", closed); rec == nil || rec.Result != "refused" {
+		t.Fatalf("record %+v, want result refused", rec)
+	}
+}
+
+// TestIPv6Client carries an inner IPv6 flow over IPv4 GENEVE.
+func TestIPv6Client(t *testing.T) {
+	r := newRig(t, nil, nil)
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback on this host: %v", err)
+	}
+	ln.Close()
+	srv := listenTCP(t, netip.MustParseAddrPort("[::1]:0"), echoServer)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+	defer c.Close()
+	msg := []byte("over IPv6")
+	must(c.Write(msg))(t)
+	got := make([]byte, len(msg))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	must(io.ReadFull(c, got))(t)
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("got %q", got)
+	}
+	c.Close()
+	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "tcp", srv) != nil })
+	if rec := findRecord(recs, "tcp", srv); rec == nil || rec.ClientIP != clientV6.String() {
+		t.Fatalf("record %+v, want client %s", rec, clientV6)
+	}
+}
+
+// TestUnknownOptionsEchoed: options the appliance does not know come back
+// in every reply (the simulator drops replies whose header differs).
+func TestUnknownOptionsEchoed(t *testing.T) {
+	extra := []byte{0x01, 0x02, 0x7f, 0x01, 0xde, 0xad, 0xbe, 0xef} // class 0x0102, one word of data
+	r := newRig(t, nil, func(c *gwlbsim.Config) { c.ExtraOptions = extra })
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+	defer c.Close()
+	must(c.Write([]byte("x")))(t)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	must(io.ReadFull(c, make([]byte, 1)))(t)
+	if st := r.sim.Stats(); st.HeaderMismatch != 0 || st.Received == 0 {
+		t.Fatalf("simulator stats %+v", st)
+	}
+}
+
+// TestMalformedGeneve: bad datagrams are dropped under their own reason and
+// the appliance keeps serving.
+func TestMalformedGeneve(t *testing.T) {
+	r := newRig(t, nil, nil)
+	inner := []byte{0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 198, 18, 0, 5, 127, 0, 0, 1}
+	good := netstack.AppendHeader(nil, netstack.EtherTypeIPv4, 0, 1, 2, 3, nil)
+	badVersion := append([]byte{}, good...)
+	badVersion[0] |= 0x40
+	badProto := append([]byte{}, good...)
+	badProto[2], badProto[3] = 0x65, 0x58 // Ethernet
+	missing := []byte{0, 0, 0x08, 0, 0, 0, 0, 0}
+	badOptLen := append([]byte{}, good...)
+	badOptLen[11] = 0x1f // endpoint option claims 31 words
+	cases := map[string][]byte{
+		"truncated":          good[:5],
+		"bad_version":        append(badVersion, inner...),
+		"bad_protocol":       append(badProto, inner...),
+		"missing_aws_option": append(missing, inner...),
+		"bad_option_length":  append(badOptLen, inner...),
+		"inner_malformed":    append(append([]byte{}, good...), 0x45, 0, 0),
+	}
+	for _, b := range cases {
+		if err := r.sim.SendRaw(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		d := r.stats().Netstack.Drops
+		ok := true
+		for reason := range cases {
+			ok = ok && d[reason] == 1
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drops %v: want one of each of %v", d, mapKeys(cases))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+	c.Close()
+}
+
+func mapKeys[V any](m map[string]V) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+// Every test gets its own 127.0.N.0/24: the appliance on .1, the simulator
+// on .2, servers from .3 up. All of it is loopback.
+var nextNet atomic.Uint32
+
+func init() { nextNet.Store(10) }
+
+type testNet struct {
+	n         uint32
+	appliance netip.Addr
+	sim       netip.Addr
+}
+
+func newTestNet() testNet {
+	n := nextNet.Add(1)
+	return testNet{
+		n:         n,
+		appliance: netip.AddrFrom4([4]byte{127, 0, byte(n), 1}),
+		sim:       netip.AddrFrom4([4]byte{127, 0, byte(n), 2}),
+	}
+}
+
+// server returns the i-th server address of the test net (i ≥ 3).
+func (tn testNet) server(i byte) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, byte(tn.n), i}) }
+
+// rig is an appliance, a simulator in front of it and a client stack.
+type rig struct {
+	t       *testing.T
+	net     testNet
+	app     *appliance
+	sim     *gwlbsim.Sim
+	ep      *gwlbsim.Endpoint
+	client  *gwlbsim.ClientStack
+	logPath string
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+// Inner client addresses: they exist only inside GENEVE and the stacks.
+var (
+	clientV4 = netip.MustParseAddr("198.18.0.5")
+	clientV6 = netip.MustParseAddr("2001:db8::5")
+)
+
+func newRig(t *testing.T, mutate func(*options), simCfg func(*gwlbsim.Config)) *rig {
+	t.Helper()
+	tn := newTestNet()
+	o := defaultOptions()
+	o.GeneveAddr = netip.AddrPortFrom(tn.appliance, netstack.GenevePort).String()
+	o.AdminAddr = netip.AddrPortFrom(tn.appliance, 0).String()
+	o.AccessLog = filepath.Join(t.TempDir(), "access.log")
+	o.AllowLoopback = true
+	o.Readers = 2
+	o.DialTimeout = 3 * time.Second
+	o.ReturnPath = netstack.ReturnPathBound
+	if mutate != nil {
+		mutate(&o)
+	}
+	a, err := newAppliance(o)
+	if err != nil {
+		t.Fatalf("starting the appliance: %v", err)
+	}
+	sc := gwlbsim.Config{Addr: tn.sim, Appliance: a.ns.Addr(), Senders: 8}
+	if simCfg != nil {
+		simCfg(&sc)
+	}
+	sim, err := gwlbsim.New(sc)
+	if err != nil {
+		t.Fatalf("starting the simulator: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &rig{t: t, net: tn, app: a, sim: sim, logPath: o.AccessLog, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.run(ctx, func() time.Duration { return 2 * time.Second }) }()
+	r.ep = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444)
+	r.client, err = r.ep.NewClientStack(clientV4, clientV6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *rig) stop() {
+	r.cancel()
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		r.t.Error("appliance did not stop within 10s")
+	}
+	r.sim.Close()
+}
+
+// records reads the access log, waiting until want(records) holds or 5 s pass.
+func (r *rig) records(want func([]proxy.Record) bool) []proxy.Record {
+	r.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var recs []proxy.Record
+		f, err := os.Open(r.logPath)
+		if err == nil {
+			sc := bufio.NewScanner(f)
+			sc.Buffer(nil, 1<<20)
+			for sc.Scan() {
+				var rec proxy.Record
+				if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+					r.t.Fatalf("access log line %q: %v", sc.Text(), err)
+				}
+				recs = append(recs, rec)
+			}
+			f.Close()
+		}
+		if want(recs) || time.Now().After(deadline) {
+			return recs
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *rig) stats() stats {
+	r.t.Helper()
+	resp, err := http.Get("http://" + r.app.adminLn.Addr().String() + "/stats")
+	if err != nil {
+		r.t.Fatalf("GET /stats: %v", err)
+	}
+	defer resp.Body.Close()
+	var s stats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		r.t.Fatalf("decoding /stats: %v", err)
+	}
+	return s
+}
+
+// listenTCP starts a TCP server on addr that runs serve for each connection;
+// it stops when the test ends.
+func listenTCP(t *testing.T, addr netip.AddrPort, serve func(net.Conn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatalf("listening on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// must returns v, failing the test if err is set: must(f())(t).
+func must[T any](v T, err error) func(*testing.T) T {
+	return func(t *testing.T) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+func findRecord(recs []proxy.Record, kind string, dest netip.AddrPort) *proxy.Record {
+	for i := range recs {
+		if recs[i].Kind == kind && recs[i].DestIP == dest.Addr().String() && recs[i].DestPort == dest.Port() {
+			return &recs[i]
+		}
+	}
+	return nil
+}
+
+var _ = fmt.Sprintf

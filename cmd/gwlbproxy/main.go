@@ -1,0 +1,103 @@
+// Command gwlbproxy is a transparent egress proxy appliance for the AWS
+// Gateway Load Balancer. See the README for its flags and deployment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := runMain(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "gwlbproxy:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func runMain(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "version":
+			fmt.Fprintln(stdout, "gwlbproxy", version)
+			return nil
+		}
+	}
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	setupLogging(o.LogLevel, stderr)
+	a, err := newAppliance(o)
+	if err != nil {
+		return err
+	}
+	ctx, fast := signalContext()
+	return a.run(ctx, func() time.Duration {
+		if fast.Load() {
+			return min(o.DrainTimeout, 5*time.Second)
+		}
+		return o.DrainTimeout
+	})
+}
+
+var version = "dev"
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	o := defaultOptions()
+	fs := flag.NewFlagSet("gwlbproxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.GeneveAddr, "geneve-addr", o.GeneveAddr, "UDP address the GWLB's GENEVE traffic arrives on")
+	fs.StringVar(&o.AdminAddr, "admin-addr", o.AdminAddr, "TCP address of the admin listener: health check (/), /stats, /metrics")
+	fs.StringVar(&o.AccessLog, "access-log", o.AccessLog, `file access records are appended to as JSON lines ("-": stdout, "": none)`)
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long existing flows are served before exit (SIGINT: at most 5s)")
+	fs.DurationVar(&o.TCPIdleTimeout, "tcp-idle-timeout", o.TCPIdleTimeout, "TCP flow idle timeout; match the GWLB's (60s-6000s)")
+	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "idle timeout of UDP and ICMP flows")
+	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST")
+	fs.IntVar(&o.MaxFlows, "max-flows", o.MaxFlows, "flow table capacity; packets of new flows beyond it are dropped and counted")
+	fs.IntVar(&o.Readers, "readers", o.Readers, "GENEVE reader sockets (SO_REUSEPORT); 0: one per CPU")
+	fs.StringVar(&o.ReturnPath, "return-path", o.ReturnPath, "how replies reach the GWLB from each flow's source port: raw (CAP_NET_RAW), bound (a UDP socket per port), auto")
+	fs.IntVar(&o.MTU, "mtu", o.MTU, "inner MTU; 0 picks the largest that keeps every GENEVE datagram within the GWLB's 8500 bytes")
+	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	return o, nil
+}
+
+func setupLogging(level string, w io.Writer) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})))
+}
+
+// signalContext is cancelled by SIGTERM or SIGINT; fast reports SIGINT,
+// which drains for at most a few seconds.
+func signalContext() (context.Context, *atomic.Bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var fast atomic.Bool
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-ch
+		fast.Store(sig == syscall.SIGINT)
+		slog.Info("signal received", "signal", sig)
+		cancel()
+	}()
+	return ctx, &fast
+}

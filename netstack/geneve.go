@@ -1,0 +1,174 @@
+package netstack
+
+import "encoding/binary"
+
+// GENEVE (RFC 8926) constants and the AWS Gateway Load Balancer option TLVs.
+const (
+	// GenevePort is the UDP port the GWLB sends to and listens on.
+	GenevePort = 6081
+
+	// EtherTypeIPv4 and EtherTypeIPv6 are the GENEVE protocol types the GWLB uses.
+	EtherTypeIPv4 = 0x0800
+	EtherTypeIPv6 = 0x86DD
+
+	// AWSOptionClass is the option class of the GWLB's TLVs.
+	AWSOptionClass = 0x0108
+	// AWSOptionEndpoint carries the 8-byte GWLB endpoint ID.
+	AWSOptionEndpoint = 1
+	// AWSOptionAttachment carries the 8-byte attachment ID.
+	AWSOptionAttachment = 2
+	// AWSOptionFlowCookie carries the 4-byte flow cookie.
+	AWSOptionFlowCookie = 3
+
+	genevebase = 8
+	// MaxGeneveHeader is the largest possible GENEVE header: the 8 fixed
+	// bytes plus 63 words of options.
+	MaxGeneveHeader = genevebase + 63*4
+	// AWSGeneveHeader is the size of a header carrying exactly the three
+	// AWS options (8 + 12 + 12 + 8).
+	AWSGeneveHeader = genevebase + 4 + 8 + 4 + 8 + 4 + 4
+)
+
+// Header is a parsed GENEVE header. It holds no references into the packet,
+// so parsing allocates nothing; Len tells where the inner packet starts.
+type Header struct {
+	Len        int    // header length in bytes, options included
+	Protocol   uint16 // EtherTypeIPv4 or EtherTypeIPv6
+	VNI        uint32
+	Endpoint   uint64 // GWLB endpoint ID
+	Attachment uint64 // GWLB attachment ID
+	FlowCookie uint32
+}
+
+// DropReason says why a datagram or packet was dropped. Reasons index the
+// drop counters directly, so counting a drop never allocates.
+type DropReason uint8
+
+// Drop reasons; DropNone means the packet was accepted.
+const (
+	DropNone DropReason = iota
+	DropTruncated
+	DropVersion
+	DropControl
+	DropOptionLength
+	DropProtocol
+	DropMissingOption
+	DropInnerMalformed
+	DropInnerMismatch
+	DropFlowTableFull
+	DropNoFlow
+	DropTooBig
+	DropSendError
+	DropICMPUnavailable
+	dropReasons
+)
+
+var dropReasonNames = [dropReasons]string{
+	DropNone:            "none",
+	DropTruncated:       "truncated",
+	DropVersion:         "bad_version",
+	DropControl:         "control_packet",
+	DropOptionLength:    "bad_option_length",
+	DropProtocol:        "bad_protocol",
+	DropMissingOption:   "missing_aws_option",
+	DropInnerMalformed:  "inner_malformed",
+	DropInnerMismatch:   "inner_protocol_mismatch",
+	DropFlowTableFull:   "flow_table_full",
+	DropNoFlow:          "reply_without_flow",
+	DropTooBig:          "reply_too_big",
+	DropSendError:       "send_error",
+	DropICMPUnavailable: "icmp_unavailable",
+}
+
+// String returns the reason's name as used in /stats and /metrics.
+func (r DropReason) String() string {
+	if r < dropReasons {
+		return dropReasonNames[r]
+	}
+	return "unknown"
+}
+
+// ParseHeader parses the GENEVE header at the start of b and takes the three
+// AWS options from it. Unknown options are skipped here; they stay in the
+// header bytes, which the return path echoes unchanged. A packet without an
+// inner payload is truncated.
+func ParseHeader(b []byte) (Header, DropReason) {
+	var h Header
+	if len(b) < genevebase {
+		return h, DropTruncated
+	}
+	if b[0]>>6 != 0 {
+		return h, DropVersion
+	}
+	if b[1]&0x80 != 0 { // O bit: a control message, never inner traffic
+		return h, DropControl
+	}
+	h.Len = genevebase + int(b[0]&0x3f)*4
+	if len(b) <= h.Len {
+		return h, DropTruncated
+	}
+	h.Protocol = binary.BigEndian.Uint16(b[2:4])
+	if h.Protocol != EtherTypeIPv4 && h.Protocol != EtherTypeIPv6 {
+		return h, DropProtocol
+	}
+	h.VNI = binary.BigEndian.Uint32(b[4:8]) >> 8
+
+	const haveAll = 1<<AWSOptionEndpoint | 1<<AWSOptionAttachment | 1<<AWSOptionFlowCookie
+	var have uint8
+	for off := genevebase; off < h.Len; {
+		if h.Len-off < 4 {
+			return h, DropOptionLength
+		}
+		class := binary.BigEndian.Uint16(b[off : off+2])
+		typ := b[off+2]
+		n := int(b[off+3]&0x1f) * 4
+		data := off + 4
+		if data+n > h.Len {
+			return h, DropOptionLength
+		}
+		if class == AWSOptionClass {
+			switch {
+			case typ == AWSOptionEndpoint && n == 8:
+				h.Endpoint = binary.BigEndian.Uint64(b[data:])
+			case typ == AWSOptionAttachment && n == 8:
+				h.Attachment = binary.BigEndian.Uint64(b[data:])
+			case typ == AWSOptionFlowCookie && n == 4:
+				h.FlowCookie = binary.BigEndian.Uint32(b[data:])
+			case typ >= AWSOptionEndpoint && typ <= AWSOptionFlowCookie:
+				return h, DropOptionLength // a known option of the wrong size
+			default:
+				typ = 0
+			}
+			if typ != 0 {
+				have |= 1 << typ
+			}
+		}
+		off = data + n
+	}
+	if have != haveAll {
+		return h, DropMissingOption
+	}
+	return h, DropNone
+}
+
+// AppendHeader appends a GENEVE header carrying the three AWS options, then
+// extra (further options, already encoded, a multiple of 4 bytes), to dst.
+// The GWLB simulator and the tests build their packets with it.
+func AppendHeader(dst []byte, protocol uint16, vni uint32, endpoint, attachment uint64, cookie uint32, extra []byte) []byte {
+	optWords := (AWSGeneveHeader - genevebase + len(extra)) / 4
+	dst = append(dst, byte(optWords), 0)
+	dst = binary.BigEndian.AppendUint16(dst, protocol)
+	dst = binary.BigEndian.AppendUint32(dst, vni<<8)
+	dst = appendOption(dst, AWSOptionEndpoint, 2)
+	dst = binary.BigEndian.AppendUint64(dst, endpoint)
+	dst = appendOption(dst, AWSOptionAttachment, 2)
+	dst = binary.BigEndian.AppendUint64(dst, attachment)
+	dst = appendOption(dst, AWSOptionFlowCookie, 1)
+	dst = binary.BigEndian.AppendUint32(dst, cookie)
+	return append(dst, extra...)
+}
+
+func appendOption(dst []byte, typ uint8, words uint8) []byte {
+	dst = binary.BigEndian.AppendUint16(dst, AWSOptionClass)
+	return append(dst, typ, words)
+}

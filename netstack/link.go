@@ -1,0 +1,126 @@
+package netstack
+
+import (
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// maxDatagram is the largest GENEVE datagram the GWLB carries, outer IPv4
+// and UDP headers included.
+const maxDatagram = 8500
+
+// DefaultMTU is the inner MTU: 8500 less the outer IPv4 and UDP headers and
+// the largest GENEVE header (options of any size are echoed), so no reply
+// can exceed what the GWLB carries, whatever options a flow has.
+const DefaultMTU = maxDatagram - outerHeadroom - MaxGeneveHeader
+
+// replyBufPool holds buffers for one outgoing datagram: outer headroom, the
+// largest GENEVE header, and an inner packet of up to the MTU.
+var replyBufPool = sync.Pool{New: func() any {
+	b := make([]byte, maxDatagram)
+	return &b
+}}
+
+// link is the gVisor link endpoint of one GWLB endpoint's stack. Inbound
+// packets are injected by the GENEVE readers; outbound packets are wrapped
+// in their flow's GENEVE header and written straight to the return path, so
+// there is no queue to overflow and no extra copy.
+type link struct {
+	srv        *Server
+	endpoint   uint64
+	mtu        uint32
+	dispatcher stack.NetworkDispatcher
+	mu         sync.RWMutex
+}
+
+var _ stack.LinkEndpoint = (*link)(nil)
+
+func (l *link) inject(pkt []byte, ipv6 bool) {
+	l.mu.RLock()
+	d := l.dispatcher
+	l.mu.RUnlock()
+	if d == nil {
+		return
+	}
+	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	proto := header.IPv4ProtocolNumber
+	if ipv6 {
+		proto = header.IPv6ProtocolNumber
+	}
+	d.DeliverNetworkPacket(proto, pb)
+	pb.DecRef()
+}
+
+// WritePackets implements stack.LinkWriter.
+func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	bufp := replyBufPool.Get().(*[]byte)
+	defer replyBufPool.Put(bufp)
+	now := time.Now().UnixNano()
+	// Later fragments of a datagram carry no ports: they follow the flow of
+	// the first fragment, which the stack writes in the same batch.
+	var fragFlow *Flow
+	var fragID uint32
+	n := 0
+	for _, pb := range pkts.AsSlice() {
+		l.srv.writeReply(l.endpoint, pb, *bufp, now, &fragFlow, &fragID)
+		n++
+	}
+	return n, nil
+}
+
+// MTU implements stack.NetworkLinkEndpoint.
+func (l *link) MTU() uint32 { return l.mtu }
+
+// SetMTU implements stack.NetworkLinkEndpoint.
+func (l *link) SetMTU(mtu uint32) { l.mtu = mtu }
+
+// MaxHeaderLength implements stack.NetworkLinkEndpoint: there is no link
+// header; GENEVE is added on a copy.
+func (*link) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements stack.NetworkLinkEndpoint.
+func (*link) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements stack.NetworkLinkEndpoint.
+func (*link) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.NetworkLinkEndpoint. No checksum offload:
+// the stack must fill real checksums, the GWLB passes packets on as they are.
+func (*link) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+
+// Attach implements stack.NetworkLinkEndpoint.
+func (l *link) Attach(d stack.NetworkDispatcher) {
+	l.mu.Lock()
+	l.dispatcher = d
+	l.mu.Unlock()
+}
+
+// IsAttached implements stack.NetworkLinkEndpoint.
+func (l *link) IsAttached() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.dispatcher != nil
+}
+
+// Wait implements stack.NetworkLinkEndpoint; the link owns no goroutines.
+func (*link) Wait() {}
+
+// ARPHardwareType implements stack.NetworkLinkEndpoint.
+func (*link) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements stack.NetworkLinkEndpoint.
+func (*link) AddHeader(*stack.PacketBuffer) {}
+
+// ParseHeader implements stack.NetworkLinkEndpoint.
+func (*link) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// Close implements stack.NetworkLinkEndpoint.
+func (*link) Close() {}
+
+// SetOnCloseAction implements stack.NetworkLinkEndpoint.
+func (*link) SetOnCloseAction(func()) {}

@@ -1,0 +1,263 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// IP protocol numbers the appliance looks into.
+const (
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
+)
+
+// Packet is what the appliance needs to know about an inner IP packet: its
+// flow's addresses and ports, and whether it is an ICMP echo request. Like
+// Header it holds no references into the packet.
+type Packet struct {
+	IPv6     bool
+	Proto    uint8    // transport protocol; for ICMP errors, that of the quoted packet
+	Src, Dst [16]byte // IPv4 addresses in IPv4-mapped form
+	SrcPort  uint16   // for ICMP echo: the echo identifier, in both ports
+	DstPort  uint16
+	// Fragment is set for every fragment but the first: such a packet has
+	// no transport header, so its ports are zero.
+	Fragment bool
+	// MoreFragments and FragmentID identify the first fragment of a
+	// datagram, whose later fragments share its flow.
+	MoreFragments bool
+	FragmentID    uint32
+	Echo          bool // an ICMP or ICMPv6 echo request
+	ICMPError     bool // an ICMP error quoting a packet of the flow
+	TCPFlags      uint8
+	Payload       int // offset of the transport header (ICMP: of the ICMP header)
+}
+
+// SrcAddr returns the source address.
+func (p *Packet) SrcAddr() netip.Addr { return addrFrom(p.Src, p.IPv6) }
+
+// DstAddr returns the destination address.
+func (p *Packet) DstAddr() netip.Addr { return addrFrom(p.Dst, p.IPv6) }
+
+func addrFrom(a [16]byte, v6 bool) netip.Addr {
+	ip := netip.AddrFrom16(a)
+	if !v6 {
+		return ip.Unmap()
+	}
+	return ip
+}
+
+// ParsePacket parses the inner IPv4 or IPv6 packet b. etherType is the
+// GENEVE protocol type, which must agree with the IP version.
+func ParsePacket(b []byte, etherType uint16) (Packet, DropReason) {
+	var p Packet
+	if len(b) < 1 {
+		return p, DropInnerMalformed
+	}
+	switch b[0] >> 4 {
+	case 4:
+		if etherType != EtherTypeIPv4 {
+			return p, DropInnerMismatch
+		}
+		return p, parseIPv4(&p, b, false)
+	case 6:
+		if etherType != EtherTypeIPv6 {
+			return p, DropInnerMismatch
+		}
+		p.IPv6 = true
+		return p, parseIPv6(&p, b, false)
+	}
+	return p, DropInnerMalformed
+}
+
+// parseIPv4 fills p from an IPv4 packet. quoted is set for the packet an
+// ICMP error carries: it may be cut short after 8 bytes of transport header,
+// and it may not itself be an ICMP error.
+func parseIPv4(p *Packet, b []byte, quoted bool) DropReason {
+	if len(b) < 20 || b[0]>>4 != 4 {
+		return DropInnerMalformed
+	}
+	ihl := int(b[0]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(b[2:4]))
+	if ihl < 20 || len(b) < ihl || total < ihl {
+		return DropInnerMalformed
+	}
+	if !quoted {
+		if total > len(b) {
+			return DropInnerMalformed
+		}
+		b = b[:total]
+	}
+	p.Proto = b[9]
+	p.Src = [16]byte{10: 0xff, 11: 0xff}
+	p.Dst = p.Src
+	copy(p.Src[12:], b[12:16])
+	copy(p.Dst[12:], b[16:20])
+	frag := binary.BigEndian.Uint16(b[6:8])
+	p.FragmentID = uint32(binary.BigEndian.Uint16(b[4:6]))
+	p.MoreFragments = frag&0x2000 != 0
+	if frag&0x1fff != 0 {
+		p.Fragment = true
+		return DropNone
+	}
+	p.Payload = ihl
+	return parseTransport(p, b[ihl:], quoted)
+}
+
+// IPv6 extension headers that may precede the transport header.
+const (
+	ipv6HopByHop    = 0
+	ipv6Routing     = 43
+	ipv6Fragment    = 44
+	ipv6DestOptions = 60
+	maxExtHeaders   = 8
+)
+
+func parseIPv6(p *Packet, b []byte, quoted bool) DropReason {
+	if len(b) < 40 || b[0]>>4 != 6 {
+		return DropInnerMalformed
+	}
+	if !quoted {
+		total := 40 + int(binary.BigEndian.Uint16(b[4:6]))
+		if total > len(b) {
+			return DropInnerMalformed
+		}
+		b = b[:total]
+	}
+	copy(p.Src[:], b[8:24])
+	copy(p.Dst[:], b[24:40])
+	next, off := b[6], 40
+	for range maxExtHeaders {
+		switch next {
+		case ipv6HopByHop, ipv6Routing, ipv6DestOptions:
+			if len(b) < off+8 {
+				return DropInnerMalformed
+			}
+			next, off = b[off], off+(int(b[off+1])+1)*8
+			continue
+		case ipv6Fragment:
+			if len(b) < off+8 {
+				return DropInnerMalformed
+			}
+			frag := binary.BigEndian.Uint16(b[off+2 : off+4])
+			p.FragmentID = binary.BigEndian.Uint32(b[off+4 : off+8])
+			p.MoreFragments = frag&1 != 0
+			next, off = b[off], off+8
+			if frag&0xfff8 != 0 {
+				p.Proto, p.Fragment = next, true
+				return DropNone
+			}
+			continue
+		}
+		if off > len(b) {
+			return DropInnerMalformed
+		}
+		p.Proto, p.Payload = next, off
+		return parseTransport(p, b[off:], quoted)
+	}
+	return DropInnerMalformed
+}
+
+// parseTransport reads ports (or the echo identifier) from the transport
+// header t. An ICMP error takes the flow of the packet it quotes, so that an
+// error about a flow travels under that flow's GENEVE header.
+func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
+	switch p.Proto {
+	case protoTCP, protoUDP:
+		// A quoted packet carries at least 8 bytes of its transport header:
+		// the ports, but not TCP's flags.
+		if len(t) < 4 || (!quoted && (len(t) < 8 || (p.Proto == protoTCP && len(t) < 20))) {
+			return DropInnerMalformed
+		}
+		p.SrcPort = binary.BigEndian.Uint16(t[0:2])
+		p.DstPort = binary.BigEndian.Uint16(t[2:4])
+		if p.Proto == protoTCP && len(t) >= 14 {
+			p.TCPFlags = t[13]
+		}
+	case protoICMP, protoICMPv6:
+		if (p.Proto == protoICMP) == p.IPv6 || len(t) < 8 {
+			return DropInnerMalformed
+		}
+		typ := t[0]
+		switch {
+		case isEcho(typ, p.IPv6):
+			p.Echo = typ == echoRequestType(p.IPv6)
+			id := binary.BigEndian.Uint16(t[4:6])
+			p.SrcPort, p.DstPort = id, id
+		case !quoted && isICMPError(typ, p.IPv6):
+			quote := *p
+			var r DropReason
+			if p.IPv6 {
+				r = parseIPv6(&quote, t[8:], true)
+			} else {
+				r = parseIPv4(&quote, t[8:], true)
+			}
+			if r != DropNone {
+				return r
+			}
+			// The quoted packet went the other way; the flow key is
+			// symmetric, so only its protocol and endpoints matter.
+			p.Proto, p.SrcPort, p.DstPort = quote.Proto, quote.DstPort, quote.SrcPort
+			p.ICMPError = true
+		}
+	}
+	return DropNone
+}
+
+func echoRequestType(v6 bool) uint8 {
+	if v6 {
+		return 128
+	}
+	return 8
+}
+
+func isEcho(typ uint8, v6 bool) bool {
+	if v6 {
+		return typ == 128 || typ == 129
+	}
+	return typ == 8 || typ == 0
+}
+
+func isICMPError(typ uint8, v6 bool) bool {
+	if v6 {
+		return typ >= 1 && typ <= 4
+	}
+	return typ == 3 || typ == 4 || typ == 5 || typ == 11 || typ == 12
+}
+
+// FlowKey identifies a flow: the GWLB endpoint and the inner 5-tuple. The
+// two ends are stored in a canonical order, so a packet and its reply have
+// the same key.
+type FlowKey struct {
+	Endpoint uint64
+	Proto    uint8
+	LoAddr   [16]byte
+	HiAddr   [16]byte
+	LoPort   uint16
+	HiPort   uint16
+}
+
+// Key returns the packet's flow key under the given GWLB endpoint.
+func (p *Packet) Key(endpoint uint64) FlowKey {
+	k := FlowKey{Endpoint: endpoint, Proto: p.Proto}
+	if less(p.Dst, p.DstPort, p.Src, p.SrcPort) {
+		k.LoAddr, k.LoPort, k.HiAddr, k.HiPort = p.Dst, p.DstPort, p.Src, p.SrcPort
+	} else {
+		k.LoAddr, k.LoPort, k.HiAddr, k.HiPort = p.Src, p.SrcPort, p.Dst, p.DstPort
+	}
+	return k
+}
+
+func less(a [16]byte, ap uint16, b [16]byte, bp uint16) bool {
+	ah, bh := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(b[:8])
+	if ah != bh {
+		return ah < bh
+	}
+	al, bl := binary.BigEndian.Uint64(a[8:]), binary.BigEndian.Uint64(b[8:])
+	if al != bl {
+		return al < bl
+	}
+	return ap < bp
+}

@@ -1,0 +1,366 @@
+// Package netstack receives the GWLB's GENEVE traffic, terminates the inner
+// flows in one gVisor stack per GWLB endpoint, and sends every reply back to
+// the GWLB under its flow's own GENEVE header. It hands each accepted flow to
+// a Handler and knows nothing about what the handler does with it.
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Config configures a Server. The zero value of every field but Handler
+// selects the documented default.
+type Config struct {
+	// ListenAddr is the UDP address GENEVE arrives on (default ":6081").
+	ListenAddr string
+	// Readers is the number of sockets and goroutines reading GENEVE, bound
+	// with SO_REUSEPORT so the kernel spreads flows over them (default: one
+	// per CPU).
+	Readers int
+	// ReplyPort is the GWLB's GENEVE port replies go to (default 6081).
+	ReplyPort uint16
+	// ReturnPath is auto (raw if permitted, else bound), raw or bound.
+	ReturnPath string
+	// TCPIdleTimeout and IdleTimeout expire flows without packets (default
+	// 350 s and 120 s, the GWLB's own).
+	TCPIdleTimeout time.Duration
+	IdleTimeout    time.Duration
+	// MaxFlows caps the flow table (default 1,000,000).
+	MaxFlows int
+	// MTU is the inner MTU (default DefaultMTU).
+	MTU int
+	// TCP tunes the stacks' TCP.
+	TCP TCPOptions
+	// AllowLoopback lets the stacks accept inner packets to or from
+	// loopback addresses. Only in-process tests want this.
+	AllowLoopback bool
+	// Handler receives every accepted flow.
+	Handler Handler
+}
+
+func (c *Config) setDefaults() {
+	if c.ListenAddr == "" {
+		c.ListenAddr = fmt.Sprintf(":%d", GenevePort)
+	}
+	if c.Readers <= 0 {
+		c.Readers = runtime.NumCPU()
+	}
+	if c.ReplyPort == 0 {
+		c.ReplyPort = GenevePort
+	}
+	if c.TCPIdleTimeout <= 0 {
+		c.TCPIdleTimeout = 350 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 120 * time.Second
+	}
+	if c.MaxFlows <= 0 {
+		c.MaxFlows = 1_000_000
+	}
+	if c.MTU <= 0 || c.MTU > DefaultMTU {
+		c.MTU = DefaultMTU
+	}
+	c.TCP.setDefaults(c.TCPIdleTimeout)
+}
+
+// Handler decides what happens to the flows the stacks accept.
+type Handler interface {
+	// HandleTCP is called in a goroutine of its own for each new TCP
+	// connection; it must end by calling Accept or Reject on the request.
+	HandleTCP(req *TCPRequest)
+	// HandleUDP is called in a goroutine of its own for each new UDP flow
+	// with the stack's end already connected; it owns conn.
+	HandleUDP(flow FlowInfo, conn net.Conn)
+	// HandleEcho is called on the packet path for each ICMP echo request;
+	// it must not block. reply sends an echo reply with the given payload.
+	HandleEcho(req EchoRequest)
+}
+
+// FlowInfo describes a flow to the handler.
+type FlowInfo struct {
+	Endpoint   uint64 // GWLB endpoint ID
+	Attachment uint64 // GWLB attachment ID
+	FlowCookie uint32
+	Client     netip.AddrPort
+	Dest       netip.AddrPort
+}
+
+// EndpointName formats the GWLB endpoint ID as AWS names it (vpce-…).
+func (f FlowInfo) EndpointName() string { return fmt.Sprintf("vpce-%017x", f.Endpoint) }
+
+// Server is the GENEVE side of the appliance.
+type Server struct {
+	cfg     Config
+	flows   *FlowTable
+	conns   []*net.UDPConn
+	ret     returnPath
+	stats   counters
+	stacks  sync.Map // endpoint ID -> *endpointStack
+	stackMu sync.Mutex
+	nstacks atomic.Int64
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// Listen opens the GENEVE sockets and the return path. Serve starts reading.
+func Listen(cfg Config) (*Server, error) {
+	if cfg.Handler == nil {
+		return nil, errors.New("netstack: Config.Handler is nil")
+	}
+	cfg.setDefaults()
+	addr, err := net.ResolveUDPAddr("udp4", cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("GENEVE listen address %q: %w", cfg.ListenAddr, err)
+	}
+	s := &Server{
+		cfg:   cfg,
+		flows: NewFlowTable(cfg.MaxFlows, cfg.TCPIdleTimeout, cfg.IdleTimeout),
+		done:  make(chan struct{}),
+	}
+	lc := net.ListenConfig{Control: reusePort}
+	for range cfg.Readers {
+		pc, err := lc.ListenPacket(context.Background(), "udp4", addr.String())
+		if err != nil {
+			s.closeConns()
+			return nil, fmt.Errorf("listening for GENEVE on %s: %w", addr, err)
+		}
+		c := pc.(*net.UDPConn)
+		_ = c.SetReadBuffer(8 << 20)
+		_ = c.SetWriteBuffer(8 << 20)
+		s.conns = append(s.conns, c)
+		addr = c.LocalAddr().(*net.UDPAddr) // port 0 resolves once, for all readers
+	}
+	local := addr.AddrPort().Addr().Unmap()
+	if !local.IsValid() {
+		local = netip.IPv4Unspecified()
+	}
+	s.ret, err = newReturnPath(cfg.ReturnPath, local, s.conns[0], cfg.ReplyPort, &s.stats.returnFallbacks)
+	if err != nil {
+		s.closeConns()
+		return nil, err
+	}
+	slog.Info("GENEVE listening", "addr", addr, "readers", cfg.Readers, "return_path", s.ret.name(), "mtu", cfg.MTU)
+	return s, nil
+}
+
+func reusePort(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	return errors.Join(err, serr)
+}
+
+// Addr returns the GENEVE listening address.
+func (s *Server) Addr() netip.AddrPort { return s.conns[0].LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// ReturnPath names the return path in use (raw or bound).
+func (s *Server) ReturnPath() string { return s.ret.name() }
+
+// Serve reads GENEVE until Close. It returns once every reader has stopped.
+func (s *Server) Serve() {
+	for _, c := range s.conns {
+		s.wg.Add(1)
+		go s.read(c)
+	}
+	s.wg.Add(1)
+	go s.expireLoop()
+	s.wg.Wait()
+}
+
+// Close stops the readers and the stacks.
+func (s *Server) Close() error {
+	select {
+	case <-s.done:
+		return nil
+	default:
+	}
+	close(s.done)
+	s.closeConns()
+	s.stacks.Range(func(_, v any) bool {
+		v.(*endpointStack).close()
+		return true
+	})
+	return s.ret.close()
+}
+
+func (s *Server) closeConns() {
+	for _, c := range s.conns {
+		c.Close()
+	}
+}
+
+func (s *Server) read(c *net.UDPConn) {
+	defer s.wg.Done()
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			slog.Warn("reading GENEVE", "err", err)
+			continue
+		}
+		s.handleDatagram(buf[:n], from)
+	}
+}
+
+// handleDatagram takes one GENEVE datagram from the GWLB into the flow table
+// and the endpoint's stack.
+func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
+	s.stats.packetsIn.Add(1)
+	s.stats.bytesIn.Add(uint64(len(b)))
+	h, reason := ParseHeader(b)
+	if reason != DropNone {
+		s.stats.drop(reason)
+		return
+	}
+	inner := b[h.Len:]
+	p, reason := ParsePacket(inner, h.Protocol)
+	if reason != DropNone {
+		s.stats.drop(reason)
+		return
+	}
+	var flow *Flow
+	if !p.Fragment {
+		key := p.Key(h.Endpoint)
+		var ok bool
+		if flow, ok = s.flows.Touch(&key, b[:h.Len], h, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), time.Now().UnixNano()); !ok {
+			s.stats.drop(DropFlowTableFull)
+			return
+		}
+	}
+	if p.Echo {
+		s.handleEcho(flow, &p, inner)
+		return
+	}
+	s.stackFor(h.Endpoint).link.inject(inner, p.IPv6)
+}
+
+func (s *Server) stackFor(endpoint uint64) *endpointStack {
+	if st, ok := s.stacks.Load(endpoint); ok {
+		return st.(*endpointStack)
+	}
+	s.stackMu.Lock()
+	defer s.stackMu.Unlock()
+	if st, ok := s.stacks.Load(endpoint); ok {
+		return st.(*endpointStack)
+	}
+	st := newEndpointStack(s, endpoint)
+	s.stacks.Store(endpoint, st)
+	s.nstacks.Add(1)
+	slog.Info("new GWLB endpoint", "endpoint", FlowInfo{Endpoint: endpoint}.EndpointName())
+	return st
+}
+
+// writeReply sends one packet the stack emitted back to the GWLB under its
+// flow's header. buf is scratch space of maxDatagram bytes.
+func (s *Server) writeReply(endpoint uint64, pb *stack.PacketBuffer, buf []byte, now int64, fragFlow **Flow, fragID *uint32) {
+	const innerOff = outerHeadroom + MaxGeneveHeader
+	size := pb.Size()
+	if size > len(buf)-innerOff {
+		s.stats.drop(DropTooBig)
+		return
+	}
+	vl, off := pb.AsViewList()
+	n := 0
+	for v := vl.Front(); v != nil && n < size; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n += copy(buf[innerOff+n:innerOff+size], b[off:])
+		off = 0
+	}
+	s.sendInner(endpoint, buf, innerOff, n, now, fragFlow, fragID)
+}
+
+// sendInner wraps the inner packet at buf[innerOff:innerOff+n] in its flow's
+// GENEVE header, placed right in front of it, and sends it.
+func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, fragFlow **Flow, fragID *uint32) {
+	inner := buf[innerOff : innerOff+n]
+	etherType := uint16(EtherTypeIPv4)
+	if n > 0 && inner[0]>>4 == 6 {
+		etherType = EtherTypeIPv6
+	}
+	p, reason := ParsePacket(inner, etherType)
+	if reason != DropNone {
+		s.stats.drop(reason)
+		return
+	}
+	var flow *Flow
+	switch {
+	case p.Fragment && *fragFlow != nil && p.FragmentID == *fragID:
+		flow = *fragFlow
+	case p.Fragment:
+		s.stats.drop(DropNoFlow)
+		return
+	default:
+		key := p.Key(endpoint)
+		if flow = s.flows.Lookup(&key); flow == nil {
+			s.stats.drop(DropNoFlow)
+			return
+		}
+		if p.MoreFragments {
+			*fragFlow, *fragID = flow, p.FragmentID
+		}
+	}
+	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions
+	tn := flow.tunnel.Load()
+	start := innerOff - len(tn.header)
+	copy(buf[start:], tn.header)
+	dgram := buf[start-outerHeadroom : innerOff+n]
+	if err := s.ret.send(dgram, tn.gwlb); err != nil {
+		s.stats.drop(DropSendError)
+		s.stats.lastSendError.Store(err.Error())
+		return
+	}
+	s.stats.packetsOut.Add(1)
+	s.stats.bytesOut.Add(uint64(len(dgram) - outerHeadroom))
+}
+
+func (s *Server) expireLoop() {
+	defer s.wg.Done()
+	every := min(s.cfg.IdleTimeout, s.cfg.TCPIdleTimeout) / 10
+	t := time.NewTicker(max(every, 100*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-t.C:
+			s.flows.Expire(now.UnixNano())
+		}
+	}
+}
+
+// flowInfo describes the flow with key k as seen by a stack: the client is
+// the remote end, the destination the stack's local end.
+func (s *Server) flowInfo(endpoint uint64, client, dest netip.AddrPort, key *FlowKey) FlowInfo {
+	fi := FlowInfo{Endpoint: endpoint, Client: client, Dest: dest}
+	if f := s.flows.Lookup(key); f != nil {
+		h := f.Header()
+		fi.Attachment, fi.FlowCookie = h.Attachment, h.FlowCookie
+	}
+	return fi
+}

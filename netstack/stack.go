@@ -1,0 +1,229 @@
+package netstack
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// TCPOptions tunes the TCP of every stack.
+type TCPOptions struct {
+	// ReceiveBuffer and SendBuffer are the per-connection buffer caps in
+	// bytes (default 4 MiB each); buffers start small and grow with the
+	// flow's bandwidth-delay product (receive buffer moderation).
+	ReceiveBuffer int
+	SendBuffer    int
+	// MaxInFlight bounds the connection attempts a stack holds while the
+	// handler dials the destination (default 16384). Beyond it SYNs are
+	// dropped and the client retries; a small bound would stall every new
+	// connection behind a few blackholed destinations.
+	MaxInFlight int
+	// KeepaliveIdle, KeepaliveInterval and KeepaliveCount set the keepalive
+	// the stack sends to clients. The idle time must stay below the GWLB's
+	// TCP idle timeout so an idle but live flow is never forgotten
+	// (default: half the TCP idle timeout, every 30 s, 5 probes).
+	KeepaliveIdle     time.Duration
+	KeepaliveInterval time.Duration
+	KeepaliveCount    int
+}
+
+func (o *TCPOptions) setDefaults(tcpIdle time.Duration) {
+	if o.ReceiveBuffer <= 0 {
+		o.ReceiveBuffer = 4 << 20
+	}
+	if o.SendBuffer <= 0 {
+		o.SendBuffer = 4 << 20
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 16384
+	}
+	if o.KeepaliveIdle <= 0 || o.KeepaliveIdle >= tcpIdle {
+		o.KeepaliveIdle = tcpIdle / 2
+	}
+	if o.KeepaliveInterval <= 0 {
+		o.KeepaliveInterval = 30 * time.Second
+	}
+	if o.KeepaliveCount <= 0 {
+		o.KeepaliveCount = 5
+	}
+}
+
+const nicID = 1
+
+// endpointStack is the gVisor stack of one GWLB endpoint. Each endpoint has
+// its own, so overlapping client CIDRs behind different endpoints never meet.
+type endpointStack struct {
+	srv      *Server
+	endpoint uint64
+	stack    *stack.Stack
+	link     *link
+}
+
+func newEndpointStack(srv *Server, endpoint uint64) *endpointStack {
+	s := stack.New(stack.Options{
+		NetworkProtocols: []stack.NetworkProtocolFactory{
+			ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: srv.cfg.AllowLoopback}),
+			ipv6.NewProtocolWithOptions(ipv6.Options{AllowExternalLoopbackTraffic: srv.cfg.AllowLoopback}),
+		},
+		TransportProtocols: []stack.TransportProtocolFactory{
+			tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6,
+		},
+		HandleLocal: false,
+	})
+	st := &endpointStack{srv: srv, endpoint: endpoint, stack: s}
+	st.link = &link{srv: srv, endpoint: endpoint, mtu: uint32(srv.cfg.MTU)}
+	if err := st.configure(); err != nil {
+		// Only a programming error gets here: every option is static.
+		panic(fmt.Sprintf("configuring gVisor stack: %v", err))
+	}
+	return st
+}
+
+func (st *endpointStack) configure() error {
+	s, o := st.stack, st.srv.cfg.TCP
+	if err := s.CreateNIC(nicID, st.link); err != nil {
+		return fmt.Errorf("creating NIC: %s", err)
+	}
+	// Promiscuous: accept packets for any destination. Spoofing: answer
+	// from that destination's address. Both are needed to terminate flows
+	// to addresses the stack does not own.
+	if err := s.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("promiscuous mode: %s", err)
+	}
+	if err := s.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("spoofing: %s", err)
+	}
+	s.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: 256 << 10, Max: o.ReceiveBuffer}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: 256 << 10, Max: o.SendBuffer}
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rcv, &snd} {
+		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
+			return fmt.Errorf("TCP option %T: %s", opt, err)
+		}
+	}
+	// rcvWnd sizes the window scale offered in the SYN-ACK, which caps how
+	// far the window can later grow: offer room for the largest buffer.
+	tcpFwd := tcp.NewForwarder(s, o.ReceiveBuffer, o.MaxInFlight, st.handleTCP)
+	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
+	udpFwd := udp.NewForwarder(s, st.handleUDP)
+	s.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
+	return nil
+}
+
+func (st *endpointStack) close() {
+	st.stack.Close()
+}
+
+// fullAddr converts a gVisor address and port.
+func fullAddr(a tcpip.Address, port uint16) netip.AddrPort {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return netip.AddrPortFrom(ip.Unmap(), port)
+}
+
+func (st *endpointStack) info(proto uint8, id stack.TransportEndpointID) FlowInfo {
+	client := fullAddr(id.RemoteAddress, id.RemotePort)
+	dest := fullAddr(id.LocalAddress, id.LocalPort)
+	p := Packet{Proto: proto, IPv6: dest.Addr().Is6(), SrcPort: client.Port(), DstPort: dest.Port()}
+	p.Src, p.Dst = client.Addr().As16(), dest.Addr().As16()
+	key := p.Key(st.endpoint)
+	return st.srv.flowInfo(st.endpoint, client, dest, &key)
+}
+
+func (st *endpointStack) handleTCP(r *tcp.ForwarderRequest) {
+	req := &TCPRequest{Flow: st.info(protoTCP, r.ID()), fr: r, opts: &st.srv.cfg.TCP}
+	st.srv.stats.tcpAttempts.Add(1)
+	st.srv.cfg.Handler.HandleTCP(req)
+	req.mu.Lock()
+	defer req.mu.Unlock()
+	if !req.done { // a handler that forgot: never leak the forwarder's slot
+		req.complete(true)
+	}
+}
+
+// handleUDP runs on the packet path. The endpoint is created here, not in
+// the handler's goroutine: until it exists, every further datagram of the
+// flow would come to the forwarder again as a new flow.
+func (st *endpointStack) handleUDP(r *udp.ForwarderRequest) bool {
+	var wq waiter.Queue
+	ep, err := r.CreateEndpoint(&wq)
+	if err != nil {
+		st.srv.stats.udpCreateErrors.Add(1)
+		return true
+	}
+	st.srv.stats.udpFlows.Add(1)
+	flow := st.info(protoUDP, r.ID())
+	go st.srv.cfg.Handler.HandleUDP(flow, gonet.NewUDPConn(&wq, ep))
+	return true
+}
+
+// TCPRequest is a client's connection attempt, held in SYN-RECEIVED until
+// the handler accepts it or rejects it. Dialling the destination first lets
+// a refused destination become a RST to the client.
+type TCPRequest struct {
+	// Flow describes the connection.
+	Flow FlowInfo
+
+	mu   sync.Mutex
+	fr   *tcp.ForwarderRequest
+	opts *TCPOptions
+	done bool
+}
+
+// ErrRequestDone is returned by Accept after Accept or Reject.
+var ErrRequestDone = errors.New("netstack: TCP request already completed")
+
+// Accept completes the handshake with the client and returns the connection.
+func (r *TCPRequest) Accept() (net.Conn, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done {
+		return nil, ErrRequestDone
+	}
+	var wq waiter.Queue
+	ep, terr := r.fr.CreateEndpoint(&wq)
+	if terr != nil {
+		r.complete(true)
+		return nil, fmt.Errorf("completing the handshake with %s: %s", r.Flow.Client, terr)
+	}
+	r.complete(false)
+	ep.SocketOptions().SetKeepAlive(true)
+	idle := tcpip.KeepaliveIdleOption(r.opts.KeepaliveIdle)
+	intvl := tcpip.KeepaliveIntervalOption(r.opts.KeepaliveInterval)
+	_ = ep.SetSockOpt(&idle)
+	_ = ep.SetSockOpt(&intvl)
+	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, r.opts.KeepaliveCount)
+	return gonet.NewTCPConn(&wq, ep), nil
+}
+
+// Reject answers the client's SYN with a RST.
+func (r *TCPRequest) Reject() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.done {
+		r.complete(true)
+	}
+}
+
+func (r *TCPRequest) complete(reset bool) {
+	r.fr.Complete(reset)
+	r.done = true
+}

@@ -1,0 +1,71 @@
+package netstack
+
+import (
+	"sync/atomic"
+)
+
+type counters struct {
+	packetsIn, bytesIn   atomic.Uint64
+	packetsOut, bytesOut atomic.Uint64
+	drops                [dropReasons]atomic.Uint64
+	returnFallbacks      atomic.Uint64
+	tcpAttempts          atomic.Uint64
+	udpFlows             atomic.Uint64
+	udpCreateErrors      atomic.Uint64
+	echoRequests         atomic.Uint64
+	lastSendError        atomic.Value // string
+}
+
+func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
+
+// Stats is a snapshot of the server's counters, as /stats shows it.
+type Stats struct {
+	PacketsIn           uint64            `json:"packets_in"`
+	BytesIn             uint64            `json:"bytes_in"`
+	PacketsOut          uint64            `json:"packets_out"`
+	BytesOut            uint64            `json:"bytes_out"`
+	Drops               map[string]uint64 `json:"drops"`
+	Flows               int               `json:"flows"`
+	FlowsCreated        uint64            `json:"flows_created"`
+	FlowsExpired        uint64            `json:"flows_expired"`
+	FlowsByEndpoint     map[string]int64  `json:"flows_by_endpoint"`
+	Stacks              int64             `json:"stacks"`
+	TCPConnections      uint64            `json:"tcp_connection_attempts"`
+	UDPFlows            uint64            `json:"udp_flows"`
+	EchoRequests        uint64            `json:"echo_requests"`
+	ReturnPath          string            `json:"return_path"`
+	ReturnPortFallbacks uint64            `json:"return_port_fallbacks"`
+	LastSendError       string            `json:"last_send_error,omitempty"`
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	st := Stats{
+		PacketsIn:           c.packetsIn.Load(),
+		BytesIn:             c.bytesIn.Load(),
+		PacketsOut:          c.packetsOut.Load(),
+		BytesOut:            c.bytesOut.Load(),
+		Drops:               make(map[string]uint64),
+		Flows:               s.flows.Len(),
+		FlowsCreated:        s.flows.created.Load(),
+		FlowsExpired:        s.flows.expired.Load(),
+		FlowsByEndpoint:     make(map[string]int64),
+		Stacks:              s.nstacks.Load(),
+		TCPConnections:      c.tcpAttempts.Load(),
+		UDPFlows:            c.udpFlows.Load(),
+		EchoRequests:        c.echoRequests.Load(),
+		ReturnPath:          s.ret.name(),
+		ReturnPortFallbacks: c.returnFallbacks.Load(),
+	}
+	for r := DropReason(1); r < dropReasons; r++ {
+		st.Drops[r.String()] = c.drops[r].Load()
+	}
+	for ep, n := range s.flows.PerEndpoint() {
+		st.FlowsByEndpoint[FlowInfo{Endpoint: ep}.EndpointName()] = n
+	}
+	if e, ok := c.lastSendError.Load().(string); ok {
+		st.LastSendError = e
+	}
+	return st
+}

@@ -1,0 +1,190 @@
+// Package proxy decides what happens to each flow the netstack accepts and
+// carries it out: it dials the destination from the host's own sockets
+// (SNAT), relays the bytes, and writes one access record per flow.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+)
+
+// Config configures a Proxy.
+type Config struct {
+	// DialTimeout bounds connecting to a destination (default 10 s). When
+	// it passes, the client gets a RST.
+	DialTimeout time.Duration
+	// UDPIdleTimeout and EchoIdleTimeout end relays without traffic
+	// (default 120 s each, the GWLB's idle timeout for non-TCP flows).
+	UDPIdleTimeout  time.Duration
+	EchoIdleTimeout time.Duration
+	// Records receives the access records.
+	Records *RecordWriter
+	// AllowLoopback permits destinations on the loopback network. Clients
+	// could otherwise reach the appliance's own services through it, so
+	// only in-process tests set it.
+	AllowLoopback bool
+}
+
+// Proxy implements netstack.Handler.
+type Proxy struct {
+	cfg    Config
+	dialer net.Dialer
+	own    map[netip.Addr]bool // the host's own addresses: never a destination
+	echo   echoRelay
+	stats  proxyCounters
+	active sync.WaitGroup
+}
+
+type proxyCounters struct {
+	tcpActive, udpActive, echoActive atomic.Int64
+	tcpDialErrors, denied            atomic.Uint64
+}
+
+// Stats is a snapshot of the proxy's counters.
+type Stats struct {
+	TCPActive     int64  `json:"tcp_active"`
+	UDPActive     int64  `json:"udp_active"`
+	EchoActive    int64  `json:"echo_active"`
+	TCPDialErrors uint64 `json:"tcp_dial_errors"`
+	Denied        uint64 `json:"denied"`
+}
+
+// New returns a Proxy.
+func New(cfg Config) *Proxy {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.UDPIdleTimeout <= 0 {
+		cfg.UDPIdleTimeout = 120 * time.Second
+	}
+	if cfg.EchoIdleTimeout <= 0 {
+		cfg.EchoIdleTimeout = 120 * time.Second
+	}
+	if cfg.Records == nil {
+		cfg.Records = NewRecordWriter()
+	}
+	p := &Proxy{
+		cfg: cfg,
+		// Keepalive towards destinations keeps NAT gateways and firewalls on
+		// the way from forgetting idle connections.
+		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
+		own:    ownAddresses(),
+	}
+	p.echo.init(p)
+	return p
+}
+
+// Stats returns a snapshot of the proxy's counters.
+func (p *Proxy) Stats() Stats {
+	return Stats{
+		TCPActive: p.stats.tcpActive.Load(), UDPActive: p.stats.udpActive.Load(),
+		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
+		Denied: p.stats.denied.Load(),
+	}
+}
+
+// Active returns the number of flows being relayed.
+func (p *Proxy) Active() int64 {
+	return p.stats.tcpActive.Load() + p.stats.udpActive.Load() + p.stats.echoActive.Load()
+}
+
+// Wait blocks until every relay has ended or ctx is done.
+func (p *Proxy) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { p.active.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func ownAddresses() map[netip.Addr]bool {
+	m := make(map[netip.Addr]bool)
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return m
+	}
+	for _, a := range addrs {
+		if pfx, err := netip.ParsePrefix(a.String()); err == nil {
+			m[pfx.Addr().Unmap()] = true
+		}
+	}
+	return m
+}
+
+// forbidden says why a destination must not be dialled, or "". Clients must
+// never reach the appliance itself or the instance metadata service through
+// it: they would act with the appliance's identity.
+func (p *Proxy) forbidden(a netip.Addr) string {
+	a = a.Unmap()
+	switch {
+	case a.IsLoopback():
+		if p.cfg.AllowLoopback {
+			return ""
+		}
+		return "destination is a loopback address"
+	case a.IsLinkLocalUnicast():
+		return "destination is link-local (instance metadata and the like)"
+	case a.IsMulticast() || a.IsUnspecified() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "destination is not a unicast address"
+	case p.own[a]:
+		return "destination is the appliance itself"
+	}
+	return ""
+}
+
+func newRecord(kind string, f netstack.FlowInfo) *Record {
+	return &Record{
+		Kind:       kind,
+		Action:     "allow",
+		Rule:       "default",
+		Endpoint:   f.EndpointName(),
+		Attachment: fmt.Sprintf("%016x", f.Attachment),
+		FlowCookie: fmt.Sprintf("%08x", f.FlowCookie),
+		ClientIP:   f.Client.Addr().String(),
+		ClientPort: f.Client.Port(),
+		DestIP:     f.Dest.Addr().String(),
+		DestPort:   f.Dest.Port(),
+		Result:     "ok",
+	}
+}
+
+func (p *Proxy) finish(r *Record, start time.Time) {
+	r.Time = time.Now()
+	r.DurationMS = float64(r.Time.Sub(start).Microseconds()) / 1000
+	p.cfg.Records.Write(r)
+}
+
+// deny records a flow refused before any byte moved.
+func (p *Proxy) deny(r *Record, start time.Time, reason string) {
+	p.stats.denied.Add(1)
+	r.Action, r.Result, r.Error = "deny", "denied", reason
+	p.finish(r, start)
+}
+
+// dialResult names why a dial failed, for the record's result field.
+func dialResult(err error) string {
+	var nerr net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &nerr) && nerr.Timeout():
+		return "timeout"
+	}
+	return "error"
+}
