@@ -1,0 +1,58 @@
+package netstack
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func keyFor(ep uint64, proto uint8, port uint16) FlowKey {
+	p := Packet{Proto: proto, Src: netip.MustParseAddr("::ffff:198.18.0.5").As16(), Dst: netip.MustParseAddr("::ffff:127.0.0.1").As16(), SrcPort: port, DstPort: 80}
+	return p.Key(ep)
+}
+
+func TestFlowTableTouch(t *testing.T) {
+	ft := NewFlowTable(2, time.Minute, time.Second)
+	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
+	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
+	h, _ := ParseHeader(append(hdr, 0x45))
+	k1, k2, k3 := keyFor(1, 6, 1), keyFor(1, 6, 2), keyFor(1, 6, 3)
+	f1, ok := ft.Touch(&k1, hdr, h, gwlb, 1)
+	if !ok || ft.Lookup(&k1) != f1 || ft.Len() != 1 {
+		t.Fatal("a new flow is not in the table")
+	}
+	if n := testing.AllocsPerRun(100, func() { ft.Touch(&k1, hdr, h, gwlb, 2) }); n != 0 {
+		t.Fatalf("touching a known flow allocates %v times", n)
+	}
+	// The GWLB moves the flow to a new source port and cookie: replies follow.
+	hdr2 := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 4, nil)
+	h2, _ := ParseHeader(append(hdr2, 0x45))
+	gwlb2 := netip.MustParseAddrPort("127.0.0.2:40001")
+	ft.Touch(&k1, hdr2, h2, gwlb2, 3)
+	if tn := f1.tunnel.Load(); tn.gwlb != gwlb2 || tn.parsed.FlowCookie != 4 || string(tn.header) != string(hdr2) {
+		t.Fatalf("flow kept its old tunnel: %+v", tn)
+	}
+	ft.Touch(&k2, hdr, h, gwlb, 4)
+	if _, ok := ft.Touch(&k3, hdr, h, gwlb, 5); ok || ft.Len() != 2 {
+		t.Fatalf("a full table took a third flow (len %d)", ft.Len())
+	}
+}
+
+func TestFlowTableExpire(t *testing.T) {
+	ft := NewFlowTable(10, time.Minute, time.Second)
+	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
+	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
+	h, _ := ParseHeader(append(hdr, 0x45))
+	tcpKey, udpKey := keyFor(1, 6, 1), keyFor(1, 17, 1)
+	ft.Touch(&tcpKey, hdr, h, gwlb, 0)
+	ft.Touch(&udpKey, hdr, h, gwlb, 0)
+	if n := ft.Expire(int64(2 * time.Second)); n != 1 || ft.Lookup(&udpKey) != nil || ft.Lookup(&tcpKey) == nil {
+		t.Fatalf("after 2s: expired %d; want only the UDP flow gone", n)
+	}
+	if n := ft.Expire(int64(61 * time.Second)); n != 1 || ft.Len() != 0 {
+		t.Fatalf("after 61s: expired %d, %d left", n, ft.Len())
+	}
+	if got := ft.PerEndpoint()[1]; got != 0 {
+		t.Fatalf("endpoint still counts %d flows", got)
+	}
+}
