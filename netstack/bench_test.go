@@ -10,8 +10,8 @@ import (
 type discardPath struct{ n int }
 
 func (d *discardPath) send(pkt []byte, _ netip.AddrPort) error { d.n += len(pkt); return nil }
-func (*discardPath) close() error                               { return nil }
-func (*discardPath) name() string                               { return "discard" }
+func (*discardPath) close() error                              { return nil }
+func (*discardPath) name() string                              { return "discard" }
 
 // benchFlows is how many flows the steady-state benchmarks cycle through, so
 // the table is not a single hot entry.
