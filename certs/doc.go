@@ -1,0 +1,20 @@
+// Package certs owns gwlbproxy's interception CA: creating it, loading it
+// from files, minting short-lived leaf certificates for bumped TLS
+// connections, and handing the CA certificate to the clients that must trust
+// it.
+//
+// The pieces:
+//
+//   - CA (ca.go): an ECDSA P-256 self-signed CA made by Generate, or a CA (and
+//     optionally its issuers) read by Load. LoadOrCreate keeps one in a state
+//     directory across restarts.
+//   - Minter (leaf.go, cache.go): leaf certificates per name from a bounded LRU
+//     cache, with concurrent requests for one name collapsed into one mint.
+//     Its GetCertificate and TLSConfigForHost methods plug into crypto/tls
+//     and goproxy's ConnectAction.
+//   - Trust distribution (trust.go): an http.Handler serving a page with
+//     install steps per platform plus the certificate as PEM and DER, and
+//     WriteTrustCommands for the same steps on a terminal.
+//
+// The package never logs secrets: only names, fingerprints and durations.
+package certs
