@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sort"
 
+	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 )
@@ -22,8 +23,8 @@ func (a *appliance) stats() stats {
 	return stats{Draining: a.draining.Load(), Netstack: a.ns.Stats(), Proxy: a.px.Stats()}
 }
 
-// adminHandler serves health (the GWLB target group's check), /stats and
-// /metrics.
+// adminHandler serves health (the GWLB target group's check), /stats,
+// /metrics, and the CA for clients (/ca.pem, /ca.crt, the page at /ca/).
 func (a *appliance) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
@@ -35,6 +36,11 @@ func (a *appliance) adminHandler() http.Handler {
 		}
 		fmt.Fprintln(w, "gwlbproxy: serving")
 	})
+	trust := certs.TrustHandler(a.ca, a.opts.TrustHost)
+	for _, p := range []string{"/ca.pem", "/ca.crt", "/ca.der"} {
+		mux.Handle("GET "+p, trust)
+	}
+	mux.Handle("/ca/", http.StripPrefix("/ca", trust))
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 )
@@ -30,6 +31,10 @@ type options struct {
 	ReturnPath     string
 	MTU            int
 	LogLevel       string
+	StateDir       string
+	CACert         string
+	CAKey          string
+	TrustHost      string
 	AllowLoopback  bool // tests only: not a flag
 }
 
@@ -45,6 +50,8 @@ func defaultOptions() options {
 		MaxFlows:       1_000_000,
 		ReturnPath:     netstack.ReturnPathAuto,
 		LogLevel:       "info",
+		StateDir:       "/var/lib/gwlbproxy",
+		TrustHost:      certs.DefaultTrustHost,
 	}
 }
 
@@ -78,6 +85,7 @@ type appliance struct {
 	opts     options
 	ns       *netstack.Server
 	px       *proxy.Proxy
+	ca       *certs.CA
 	admin    *http.Server
 	adminLn  net.Listener
 	closers  []io.Closer
@@ -90,6 +98,10 @@ func newAppliance(o options) (*appliance, error) {
 		return nil, err
 	}
 	a := &appliance{opts: o}
+	var err error
+	if a.ca, err = loadCA(&o); err != nil {
+		return nil, err
+	}
 	var sinks []io.Writer
 	switch o.AccessLog {
 	case "":
@@ -110,7 +122,6 @@ func newAppliance(o options) (*appliance, error) {
 		Records:         proxy.NewRecordWriter(sinks...),
 		AllowLoopback:   o.AllowLoopback,
 	})
-	var err error
 	a.ns, err = netstack.Listen(netstack.Config{
 		ListenAddr:     o.GeneveAddr,
 		Readers:        o.Readers,

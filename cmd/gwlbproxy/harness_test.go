@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -23,7 +25,14 @@ import (
 // on .2, servers from .3 up. All of it is loopback.
 var nextNet atomic.Uint32
 
-func init() { nextNet.Store(10) }
+func init() {
+	nextNet.Store(10)
+	// The appliance logs to slog; keep test and benchmark output readable
+	// unless GWLBPROXY_TEST_LOG asks for the logs.
+	if os.Getenv("GWLBPROXY_TEST_LOG") == "" {
+		slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}
+}
 
 type testNet struct {
 	n         uint32
@@ -45,7 +54,7 @@ func (tn testNet) server(i byte) netip.Addr { return netip.AddrFrom4([4]byte{127
 
 // rig is an appliance, a simulator in front of it and a client stack.
 type rig struct {
-	t       *testing.T
+	t       testing.TB
 	net     testNet
 	app     *appliance
 	sim     *gwlbsim.Sim
@@ -62,7 +71,7 @@ var (
 	clientV6 = netip.MustParseAddr("2001:db8::5")
 )
 
-func newRig(t *testing.T, mutate func(*options), simCfg func(*gwlbsim.Config)) *rig {
+func newRig(t testing.TB, mutate func(*options), simCfg func(*gwlbsim.Config)) *rig {
 	t.Helper()
 	tn := newTestNet()
 	o := defaultOptions()
@@ -70,6 +79,7 @@ func newRig(t *testing.T, mutate func(*options), simCfg func(*gwlbsim.Config)) *
 	o.AdminAddr = netip.AddrPortFrom(tn.appliance, 0).String()
 	o.AccessLog = filepath.Join(t.TempDir(), "access.log")
 	o.AllowLoopback = true
+	o.StateDir = t.TempDir()
 	o.Readers = 2
 	o.DialTimeout = 3 * time.Second
 	o.ReturnPath = netstack.ReturnPathBound
@@ -152,7 +162,7 @@ func (r *rig) stats() stats {
 
 // listenTCP starts a TCP server on addr that runs serve for each connection;
 // it stops when the test ends.
-func listenTCP(t *testing.T, addr netip.AddrPort, serve func(net.Conn)) netip.AddrPort {
+func listenTCP(t testing.TB, addr netip.AddrPort, serve func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
@@ -174,15 +184,15 @@ func listenTCP(t *testing.T, addr netip.AddrPort, serve func(net.Conn)) netip.Ad
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
+func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
 
 // must returns v, failing the test if err is set: must(f())(t).
-func must[T any](v T, err error) func(*testing.T) T {
-	return func(t *testing.T) T {
+func must[T any](v T, err error) func(testing.TB) T {
+	return func(t testing.TB) T {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)

@@ -31,6 +31,8 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 		case "version":
 			fmt.Fprintln(stdout, "gwlbproxy", version)
 			return nil
+		case "ca":
+			return runCA(args[1:], stdout, stderr)
 		}
 	}
 	o, err := parseFlags(args, stderr)
@@ -68,6 +70,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.Readers, "readers", o.Readers, "GENEVE reader sockets (SO_REUSEPORT); 0: one per CPU")
 	fs.StringVar(&o.ReturnPath, "return-path", o.ReturnPath, "how replies reach the GWLB from each flow's source port: raw (CAP_NET_RAW), bound (a UDP socket per port), auto")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "inner MTU; 0 picks the largest that keeps every GENEVE datagram within the GWLB's 8500 bytes")
+	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "directory for state kept across restarts: the CA created on first start")
+	fs.StringVar(&o.CACert, "ca-cert", o.CACert, "interception CA certificate (PEM; may hold an intermediate and its issuers); with --ca-key, instead of the state-dir CA")
+	fs.StringVar(&o.CAKey, "ca-key", o.CAKey, "the CA's private key (PEM)")
+	fs.StringVar(&o.TrustHost, "trust-host", o.TrustHost, "host name whose requests the appliance answers with the CA-trust page")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -1,0 +1,45 @@
+# gwlbproxy — see README.md.
+GO       ?= go
+BIN      ?= bin
+FUZZTIME ?= 30s
+# Flags passed to `make run`: the embedded defaults, no AWS account needed.
+RUN_FLAGS ?= --geneve-addr 0.0.0.0:6081 --admin-addr 127.0.0.1:8080 --state-dir ./state --access-log -
+
+.PHONY: all build test vet bench fuzz run demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/gwlbproxy ./cmd/gwlbproxy
+	$(GO) build -o $(BIN)/gwlbsim ./cmd/gwlbsim
+
+# The whole test suite: formatting, vet, and every test with the race
+# detector. Namespace tests run when root and skip (saying why) otherwise.
+test: vet
+	$(GO) test -race -timeout 15m ./...
+
+vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+# Benchmarks: ratios (through the appliance vs. direct) come from one run.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
+
+# Runs every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+run: build
+	$(BIN)/gwlbproxy $(RUN_FLAGS)
+
+# A real curl, dig and ping through the appliance in network namespaces (root).
+demo: build
+	bash cmd/gwlbsim/demo.sh
+
+clean:
+	rm -rf $(BIN)

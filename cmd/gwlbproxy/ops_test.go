@@ -1,0 +1,243 @@
+package main
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/pem"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"golang.org/x/net/icmp"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestDrain: on shutdown health turns 503 at once, an open connection keeps
+// working, and the appliance stops as soon as it ends, before the timeout.
+func TestDrain(t *testing.T) {
+	r := newRig(t, nil, nil)
+	admin := "http://" + r.app.adminLn.Addr().String()
+	if code, body := httpGet(t, admin+"/"); code != 200 || !strings.Contains(body, "serving") {
+		t.Fatalf("health %d %q, want 200", code, body)
+	}
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+	r.cancel()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		code, _ := httpGet(t, admin+"/")
+		if code == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health still %d after shutdown began", code)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	must(c.Write([]byte("still here")))(t)
+	got := make([]byte, 10)
+	must(io.ReadFull(c, got))(t)
+	if string(got) != "still here" {
+		t.Fatalf("echo during drain %q", got)
+	}
+	select {
+	case <-r.done:
+		t.Fatal("appliance stopped while a flow was open")
+	case <-time.After(200 * time.Millisecond):
+	}
+	start := time.Now()
+	c.Close()
+	select {
+	case <-r.done:
+		if d := time.Since(start); d > 1500*time.Millisecond {
+			t.Errorf("stopping took %v after the last flow ended", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("appliance did not stop after its last flow ended")
+	}
+	r.done <- nil // for the cleanup's wait
+}
+
+// TestAdminEndpoints: /metrics and /stats expose the counters, and the CA
+// is served in PEM and DER.
+func TestAdminEndpoints(t *testing.T) {
+	r := newRig(t, nil, nil)
+	admin := "http://" + r.app.adminLn.Addr().String()
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+	c.Close()
+	code, metrics := httpGet(t, admin+"/metrics")
+	for _, want := range []string{"gwlbproxy_geneve_packets_in_total ", `gwlbproxy_drops_total{reason="truncated"} 0`,
+		`gwlbproxy_endpoint_flows{endpoint="vpce-00123456789abcdef"} `, "gwlbproxy_stacks 1"} {
+		if code != 200 || !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if st := r.stats(); st.Netstack.PacketsIn == 0 || st.Netstack.PacketsOut == 0 || st.Netstack.Flows == 0 {
+		t.Errorf("/stats counters %+v", st.Netstack)
+	}
+	_, pemText := httpGet(t, admin+"/ca.pem")
+	blk, _ := pem.Decode([]byte(pemText))
+	if blk == nil {
+		t.Fatalf("/ca.pem is not PEM: %q", pemText)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil || !cert.IsCA {
+		t.Fatalf("/ca.pem: %v (CA %v)", err, cert != nil && cert.IsCA)
+	}
+	_, der := httpGet(t, admin+"/ca.crt")
+	if !bytes.Equal([]byte(der), blk.Bytes) {
+		t.Error("/ca.crt differs from /ca.pem")
+	}
+	if code, page := httpGet(t, admin+"/ca/"); code != 200 || !strings.Contains(page, "ca.pem") {
+		t.Errorf("/ca/ page: %d", code)
+	}
+}
+
+// TestCAPersists: the CA created on first start is reused on the next.
+func TestCAPersists(t *testing.T) {
+	dir := t.TempDir()
+	o := defaultOptions()
+	o.StateDir = dir
+	first := must(loadCA(&o))(t)
+	second := must(loadCA(&o))(t)
+	if first.Fingerprint() != second.Fingerprint() {
+		t.Fatal("a second start made a new CA")
+	}
+	fi := must(os.Stat(filepath.Join(dir, "ca-key.pem")))(t)
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode %v", fi.Mode().Perm())
+	}
+}
+
+func TestCACommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	var out, errb bytes.Buffer
+	if err := runMain([]string{"ca", "init", "--out", dir}, &out, &errb); err != nil {
+		t.Fatalf("ca init: %v (%s)", err, errb.String())
+	}
+	if !strings.Contains(out.String(), "fingerprint") {
+		t.Errorf("ca init output %q", out.String())
+	}
+	out.Reset()
+	err := runMain([]string{"ca", "trust", "--ca-cert", filepath.Join(dir, "ca.pem"), "--ca-key", filepath.Join(dir, "ca-key.pem")}, &out, &errb)
+	if err != nil || !strings.Contains(out.String(), "http://gwlbproxy.internal/ca.pem") {
+		t.Fatalf("ca trust: %v\n%s", err, out.String())
+	}
+}
+
+func TestFlagValidation(t *testing.T) {
+	for _, args := range [][]string{
+		{"--tcp-idle-timeout", "30s"},
+		{"--return-path", "magic"},
+		{"--mtu", "9000"},
+		{"--max-flows", "0"},
+		{"stray"},
+	} {
+		var out, errb bytes.Buffer
+		if err := runMain(args, &out, &errb); err == nil {
+			t.Errorf("%v: accepted", args)
+		}
+	}
+}
+
+// TestMidFlowSegmentGetsRST: after a GWLB rebalance the appliance receives
+// segments of a connection it never saw; it answers with a RST under the
+// received header so the client fails fast instead of hanging.
+func TestMidFlowSegmentGetsRST(t *testing.T) {
+	r := newRig(t, nil, nil)
+	dst := netip.AddrPortFrom(r.net.server(3), 443)
+	gotRST := make(chan bool, 4)
+	r.client.SetTap(func(inner []byte) bool {
+		pkt := gopacket.NewPacket(inner, layers.LayerTypeIPv4, gopacket.Default)
+		if tcp, ok := pkt.TransportLayer().(*layers.TCP); ok && tcp.SrcPort == 443 && tcp.DstPort == 50000 {
+			gotRST <- tcp.RST
+			return true
+		}
+		return false
+	})
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: clientV4.AsSlice(), DstIP: dst.Addr().AsSlice()}
+	tcp := &layers.TCP{SrcPort: 50000, DstPort: 443, ACK: true, PSH: true, Seq: 1000, Ack: 2000, Window: 1000}
+	tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp, gopacket.Payload("mid-flow")); err != nil {
+		t.Fatal(err)
+	}
+	must(0, r.client.Send(buf.Bytes()))(t)
+	select {
+	case rst := <-gotRST:
+		if !rst {
+			t.Fatal("the answer to a mid-flow segment is not a RST")
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("no answer to a mid-flow segment")
+	}
+	if st := r.sim.Stats(); st.HeaderMismatch != 0 || st.UnknownFlow != 0 {
+		t.Fatalf("simulator stats %+v", st)
+	}
+}
+
+// TestICMPEcho: a ping through the appliance gets the destination's real
+// answer, with the client's identifier and sequence, and a record.
+func TestICMPEcho(t *testing.T) {
+	if c, err := icmp.ListenPacket("udp4", "0.0.0.0"); err != nil {
+		t.Skipf("this host allows no unprivileged ICMP sockets (net.ipv4.ping_group_range): %v; the namespace test covers echo", err)
+	} else {
+		c.Close()
+	}
+	r := newRig(t, func(o *options) { o.IdleTimeout = time.Second }, nil)
+	dst := r.net.server(3)
+	replies := make(chan [2]uint16, 4)
+	r.client.SetTap(func(inner []byte) bool {
+		if len(inner) >= 28 && inner[9] == 1 && inner[20] == 0 { // ICMP echo reply
+			replies <- [2]uint16{binary.BigEndian.Uint16(inner[24:]), binary.BigEndian.Uint16(inner[26:])}
+			return true
+		}
+		return false
+	})
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: clientV4.AsSlice(), DstIP: dst.AsSlice()}
+	for seq := uint16(1); seq <= 2; seq++ {
+		buf := gopacket.NewSerializeBuffer()
+		echo := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0), Id: 4242, Seq: seq}
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, echo, gopacket.Payload("ping!")); err != nil {
+			t.Fatal(err)
+		}
+		must(0, r.client.Send(buf.Bytes()))(t)
+		select {
+		case got := <-replies:
+			if got != [2]uint16{4242, seq} {
+				t.Fatalf("echo reply id/seq %v, want 4242/%d", got, seq)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("no echo reply")
+		}
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "icmp", netip.AddrPortFrom(dst, 0)) != nil })
+	if rec := findRecord(recs, "icmp", netip.AddrPortFrom(dst, 0)); rec == nil || rec.Packets != 2 {
+		t.Fatalf("icmp record %+v, want 2 packets", rec)
+	}
+}
+
+var _ = net.IPv4len
