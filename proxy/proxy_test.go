@@ -1,0 +1,156 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (a, b *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); ch <- c }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-ch
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// TestRelayHalfClose: the client's half-close reaches the upstream, which
+// can still answer; counts are per direction.
+func TestRelayHalfClose(t *testing.T) {
+	client, clientSide := tcpPair(t)
+	upSide, upstream := tcpPair(t)
+	type result struct {
+		out, in int64
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, in, err := Relay(clientSide, upSide)
+		done <- result{out, in, err}
+	}()
+	client.Write([]byte("request"))
+	client.CloseWrite()
+	got, err := io.ReadAll(upstream) // ends only if the half-close arrived
+	if err != nil || string(got) != "request" {
+		t.Fatalf("upstream read %q, %v", got, err)
+	}
+	upstream.Write([]byte("response after half-close"))
+	upstream.CloseWrite()
+	back, _ := io.ReadAll(client)
+	if string(back) != "response after half-close" {
+		t.Fatalf("client read %q", back)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.out != 7 || r.in != 25 {
+			t.Fatalf("Relay = %d, %d, %v; want 7, 25, nil", r.out, r.in, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Relay did not return after both halves closed")
+	}
+}
+
+// TestRelayResetAbortsBothWays: a reset on one side ends the other
+// direction too, and the error is reported.
+func TestRelayResetAbortsBothWays(t *testing.T) {
+	_, clientSide := tcpPair(t)
+	upSide, upstream := tcpPair(t)
+	done := make(chan error, 1)
+	go func() { _, _, err := Relay(clientSide, upSide); done <- err }()
+	upstream.SetLinger(0)
+	upstream.Close() // RST
+	select {
+	case err := <-done:
+		if err == nil || !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("Relay error %v, want connection reset", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a reset upstream left the relay hanging on the silent client")
+	}
+}
+
+func TestForbidden(t *testing.T) {
+	p := New(Config{})
+	for addr, want := range map[string]bool{
+		"127.0.0.1": true, "::1": true, "169.254.169.254": true, "fe80::1": true,
+		"224.0.0.1": true, "0.0.0.0": true, "255.255.255.255": true, "::ffff:127.0.0.1": true,
+		"198.18.2.3": false, "2001:db8::1": false,
+	} {
+		if got := p.forbidden(netip.MustParseAddr(addr)) != ""; got != want {
+			t.Errorf("forbidden(%s) = %v, want %v", addr, got, want)
+		}
+	}
+	if New(Config{AllowLoopback: true}).forbidden(netip.MustParseAddr("127.0.0.1")) != "" {
+		t.Error("AllowLoopback does not allow loopback")
+	}
+	if New(Config{AllowLoopback: true}).forbidden(netip.MustParseAddr("169.254.169.254")) == "" {
+		t.Error("AllowLoopback opened the metadata service")
+	}
+}
+
+func TestDialResult(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	_, err := net.Dial("tcp", addr)
+	if got := dialResult(err); got != "refused" {
+		t.Errorf("closed port: %q (%v)", got, err)
+	}
+	if got := dialResult(&net.OpError{Op: "dial", Err: timeoutErr{}}); got != "timeout" {
+		t.Errorf("timeout: %q", got)
+	}
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+// TestRecordWriterLines: concurrent writers never interleave lines, and
+// every sink gets every line.
+func TestRecordWriterLines(t *testing.T) {
+	var a, b bytes.Buffer
+	w := NewRecordWriter(&a, &b)
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.Write(&Record{Kind: "tcp", DestPort: uint16(i), Error: strings.Repeat("x", i)})
+		}()
+	}
+	wg.Wait()
+	if a.String() != b.String() {
+		t.Fatal("sinks got different lines")
+	}
+	lines := strings.Split(strings.TrimSuffix(a.String(), "\n"), "\n")
+	if len(lines) != 50 {
+		t.Fatalf("%d lines, want 50", len(lines))
+	}
+	for _, l := range lines {
+		var r Record
+		if err := json.Unmarshal([]byte(l), &r); err != nil || r.Time.IsZero() || r.Time.Location() != time.UTC {
+			t.Fatalf("line %q: %v", l, err)
+		}
+	}
+}
