@@ -1,0 +1,544 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Section is the top-level key of the config document that holds the
+// policy; Parse ignores every other top-level key.
+const Section = "policy"
+
+// ConfigError is a problem in a policy document, located by file and line.
+// Its message reads like `policy.yaml:12: rule "inspect-corp": invalid CIDR
+// "10.0.0.0/33"`.
+type ConfigError struct {
+	// File is the file name given to Parse.
+	File string
+	// Line is 1-based; 0 when the problem has no single place (an empty
+	// document) or the YAML parser did not say. For YAML syntax errors it is
+	// the line yaml.v3 reports, which is where the construct that failed to
+	// parse began (often an enclosing mapping), not always the bad line.
+	Line int
+	// Rule is the name of the rule the problem is in, if it has one.
+	Rule string
+	// RuleIndex is the rule's 1-based position, 0 outside rules.
+	RuleIndex int
+	// Msg says what is wrong.
+	Msg string
+	// Err is the underlying error, e.g. the YAML parser's, or nil.
+	Err error
+}
+
+// Error formats the problem as "file:line: rule \"name\": message".
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":")
+		b.WriteString(strconv.Itoa(e.Line))
+	}
+	b.WriteString(": ")
+	switch {
+	case e.Rule != "":
+		fmt.Fprintf(&b, "rule %q: ", e.Rule)
+	case e.RuleIndex > 0:
+		fmt.Fprintf(&b, "rule #%d: ", e.RuleIndex)
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Unwrap returns the underlying error.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// yamlLine picks the line out of yaml.v3's "yaml: line N: msg" errors.
+var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// Parse parses the Section key of a YAML config document; filename is used
+// in error messages only. Every error is a *ConfigError naming the file and,
+// where there is one, the line. Unknown keys inside the section and its
+// rules are errors, so that a typo cannot silently widen a rule; so are
+// empty condition lists (write no condition to match anything). A document
+// without the section is an error too: write `policy: {}` to allow
+// everything.
+func Parse(filename string, data []byte) (*Policy, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		e := &ConfigError{File: filename, Msg: strings.TrimPrefix(err.Error(), "yaml: "), Err: err}
+		if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+			e.Line, _ = strconv.Atoi(m[1])
+			e.Msg = m[2]
+		}
+		return nil, e
+	}
+	ps := &parser{file: filename}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return nil, ps.errf(nil, "empty document: no %q section", Section)
+	}
+	root := resolve(doc.Content[0])
+	if root.Kind != yaml.MappingNode {
+		return nil, ps.errf(root, "the document must be a mapping with a %q key", Section)
+	}
+	var section *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if k := root.Content[i]; k.Kind == yaml.ScalarNode && k.Value == Section {
+			if section != nil {
+				return nil, ps.errf(k, "duplicate key %q", Section)
+			}
+			section = root.Content[i+1]
+		}
+	}
+	if section == nil {
+		return nil, ps.errf(root, "no %q section", Section)
+	}
+	return ps.policy(resolve(section))
+}
+
+type parser struct {
+	file      string
+	rule      string
+	ruleIndex int
+}
+
+func (ps *parser) errf(n *yaml.Node, format string, args ...any) error {
+	e := &ConfigError{File: ps.file, Rule: ps.rule, RuleIndex: ps.ruleIndex, Msg: fmt.Sprintf(format, args...)}
+	if n != nil {
+		e.Line = n.Line
+	}
+	return e
+}
+
+// resolve follows aliases (*anchor) to the node they stand for.
+func resolve(n *yaml.Node) *yaml.Node {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode && n.Alias != nil && i < 16; i++ {
+		n = n.Alias
+	}
+	return n
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" }
+
+// mapping returns the key/value pairs of a mapping node, rejecting
+// duplicate, non-scalar, merge and unknown keys. where names the mapping
+// in messages.
+func (ps *parser) mapping(n *yaml.Node, where string, known ...string) ([][2]*yaml.Node, error) {
+	if isNull(n) {
+		return nil, nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil, ps.errf(n, "%s must be a mapping", where)
+	}
+	seen := make(map[string]bool, len(n.Content)/2)
+	var kv [][2]*yaml.Node
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
+		if k.Kind != yaml.ScalarNode {
+			return nil, ps.errf(k, "%s: keys must be plain names", where)
+		}
+		if k.ShortTag() == "!!merge" {
+			return nil, ps.errf(k, "%s: merge keys (<<) are not supported", where)
+		}
+		if !contains(known, k.Value) {
+			return nil, ps.errf(k, "%s: unknown key %q (want %s)", where, k.Value, strings.Join(known, ", "))
+		}
+		if seen[k.Value] {
+			return nil, ps.errf(k, "%s: duplicate key %q", where, k.Value)
+		}
+		seen[k.Value] = true
+		kv = append(kv, [2]*yaml.Node{k, v})
+	}
+	return kv, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, e := range list {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}
+
+// str returns a scalar's value; key names it in messages.
+func (ps *parser) str(n *yaml.Node, key string) (string, error) {
+	if n.Kind != yaml.ScalarNode || isNull(n) {
+		return "", ps.errf(n, "%s: want a single value", key)
+	}
+	return n.Value, nil
+}
+
+// list returns a non-empty sequence's items.
+func (ps *parser) list(n *yaml.Node, key string) ([]*yaml.Node, error) {
+	if isNull(n) || (n.Kind == yaml.SequenceNode && len(n.Content) == 0) {
+		return nil, ps.errf(n, "%s: empty list (leave the key out to match anything)", key)
+	}
+	if n.Kind != yaml.SequenceNode {
+		return nil, ps.errf(n, "%s: want a list, e.g. [a, b]", key)
+	}
+	items := make([]*yaml.Node, len(n.Content))
+	for i, it := range n.Content {
+		items[i] = resolve(it)
+		if items[i].Kind != yaml.ScalarNode || isNull(items[i]) {
+			return nil, ps.errf(items[i], "%s: entries must be single values", key)
+		}
+	}
+	return items, nil
+}
+
+func parseAction(s string) (Action, bool) {
+	for a, name := range actionNames {
+		if strings.EqualFold(s, name) {
+			return Action(a), true
+		}
+	}
+	return 0, false
+}
+
+func (ps *parser) policy(n *yaml.Node) (*Policy, error) {
+	kv, err := ps.mapping(n, "policy", "mode", "default", "rules")
+	if err != nil {
+		return nil, err
+	}
+	p := &Policy{mode: Enforce, def: Allow}
+	var rulesNode *yaml.Node
+	for _, e := range kv {
+		k, v := e[0], e[1]
+		switch k.Value {
+		case "mode":
+			s, err := ps.str(v, "mode")
+			if err != nil {
+				return nil, err
+			}
+			switch strings.ToLower(s) {
+			case "enforce":
+				p.mode = Enforce
+			case "audit":
+				p.mode = Audit
+			default:
+				return nil, ps.errf(v, "mode: unknown mode %q (want enforce or audit)", s)
+			}
+		case "default":
+			s, err := ps.str(v, "default")
+			if err != nil {
+				return nil, err
+			}
+			a, ok := parseAction(s)
+			if !ok {
+				return nil, ps.errf(v, "default: unknown action %q (want allow, deny, bump or splice)", s)
+			}
+			p.def = a
+		case "rules":
+			rulesNode = v
+		}
+	}
+	if rulesNode != nil && !isNull(rulesNode) {
+		if rulesNode.Kind != yaml.SequenceNode {
+			return nil, ps.errf(rulesNode, "rules: want a list of rules")
+		}
+		firstLine := make(map[string]int, len(rulesNode.Content))
+		for i, rn := range rulesNode.Content {
+			ps.rule, ps.ruleIndex = "", i+1
+			r, err := ps.parseRule(resolve(rn))
+			if err != nil {
+				return nil, err
+			}
+			if l, dup := firstLine[r.name]; dup {
+				return nil, ps.errf(rn, "duplicate rule name (first at line %d)", l)
+			}
+			firstLine[r.name] = rn.Line
+			p.rules = append(p.rules, r)
+		}
+		ps.rule, ps.ruleIndex = "", 0
+	}
+	if p.mode == Audit {
+		// Audit never decrypts.
+		if p.def == Bump {
+			p.def = Splice
+		}
+		for i := range p.rules {
+			if p.rules[i].action == Bump {
+				p.rules[i].action = Splice
+			}
+		}
+	}
+	return p, nil
+}
+
+var ruleKeys = []string{"name", "domains", "dest_cidrs", "ports", "protocols", "client_cidrs", "endpoints", "action", "allow_unverified_upstream"}
+
+func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
+	var r rule
+	if n.Kind != yaml.MappingNode {
+		return r, ps.errf(n, "a rule must be a mapping")
+	}
+	// The name first, so that every later message can name the rule.
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k, v := n.Content[i], resolve(n.Content[i+1]); k.Value == "name" && v.Kind == yaml.ScalarNode {
+			ps.rule = strings.TrimSpace(v.Value)
+			break
+		}
+	}
+	kv, err := ps.mapping(n, "rule", ruleKeys...)
+	if err != nil {
+		return r, err
+	}
+	var haveName, haveAction bool
+	for _, e := range kv {
+		k, v := e[0], e[1]
+		switch k.Value {
+		case "name":
+			s, err := ps.str(v, "name")
+			if err != nil {
+				return r, err
+			}
+			if r.name = strings.TrimSpace(s); r.name == "" {
+				return r, ps.errf(v, "name: empty")
+			}
+			if r.name == DefaultRule {
+				return r, ps.errf(v, "name: %q is reserved for flows no rule matches", DefaultRule)
+			}
+			haveName = true
+		case "action":
+			s, err := ps.str(v, "action")
+			if err != nil {
+				return r, err
+			}
+			a, ok := parseAction(s)
+			if !ok {
+				return r, ps.errf(v, "unknown action %q (want allow, deny, bump or splice)", s)
+			}
+			r.action, haveAction = a, true
+		case "allow_unverified_upstream":
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" {
+				return r, ps.errf(v, "allow_unverified_upstream: want true or false")
+			}
+			if err := v.Decode(&r.allowUnverified); err != nil {
+				return r, ps.errf(v, "allow_unverified_upstream: %v", err)
+			}
+		case "domains":
+			if err := ps.domains(v, &r); err != nil {
+				return r, err
+			}
+		case "dest_cidrs":
+			if r.dests, err = ps.prefixes(v, "dest_cidrs"); err != nil {
+				return r, err
+			}
+		case "client_cidrs":
+			if r.clients, err = ps.prefixes(v, "client_cidrs"); err != nil {
+				return r, err
+			}
+		case "ports":
+			if err := ps.ports(v, &r); err != nil {
+				return r, err
+			}
+		case "protocols":
+			items, err := ps.list(v, "protocols")
+			if err != nil {
+				return r, err
+			}
+			for _, it := range items {
+				b := protoBit(strings.ToLower(it.Value))
+				if b == 0 {
+					return r, ps.errf(it, "unknown protocol %q (want tls, http, tcp or udp)", it.Value)
+				}
+				r.protos |= b
+			}
+		case "endpoints":
+			items, err := ps.list(v, "endpoints")
+			if err != nil {
+				return r, err
+			}
+			for _, it := range items {
+				id := strings.ToLower(it.Value)
+				if !validEndpoint(id) {
+					return r, ps.errf(it, "invalid endpoint %q (want a GWLB endpoint ID, vpce-<hex>)", it.Value)
+				}
+				r.endpoints = append(r.endpoints, id)
+			}
+		}
+	}
+	if !haveName {
+		return r, ps.errf(n, "no name")
+	}
+	if !haveAction {
+		return r, ps.errf(n, "no action (want allow, deny, bump or splice)")
+	}
+	if r.allowUnverified && r.action != Bump {
+		// Only a bumped connection verifies the upstream itself; on any
+		// other action the flag would do nothing, and its presence says the
+		// author expects something it does not give.
+		return r, ps.errf(n, "allow_unverified_upstream only applies to action bump, not %s", r.action)
+	}
+	return r, nil
+}
+
+func validEndpoint(id string) bool {
+	hex, ok := strings.CutPrefix(id, "vpce-")
+	if !ok || hex == "" || len(hex) > 32 {
+		return false
+	}
+	for i := 0; i < len(hex); i++ {
+		if c := hex[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func (ps *parser) domains(v *yaml.Node, r *rule) error {
+	items, err := ps.list(v, "domains")
+	if err != nil {
+		return err
+	}
+	var exact, wild []string
+	for _, it := range items {
+		d, isWild, problem := normalizePattern(it.Value)
+		if problem != "" {
+			return ps.errf(it, "invalid domain %q: %s", it.Value, problem)
+		}
+		if isWild {
+			if !contains(wild, d) {
+				wild = append(wild, d)
+			}
+		} else if !contains(exact, d) {
+			exact = append(exact, d)
+		}
+	}
+	r.domains = newDomainSet(exact, wild)
+	return nil
+}
+
+// normalizePattern lower-cases a domain pattern, drops one trailing dot and
+// a leading "*.", and says what is wrong with it, if anything.
+func normalizePattern(s string) (d string, wild bool, problem string) {
+	d = strings.ToLower(strings.TrimSuffix(s, "."))
+	if d == "*" {
+		return "", false, "a lone * would match every name; leave domains out instead"
+	}
+	if rest, ok := strings.CutPrefix(d, "*."); ok {
+		d, wild = rest, true
+	}
+	if d == "" {
+		return "", false, "empty"
+	}
+	if len(d) > 253 {
+		return "", false, "longer than 253 bytes"
+	}
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		switch {
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
+		case c == '.':
+			if i == 0 || d[i-1] == '.' {
+				return "", false, "empty label"
+			}
+		case c == '*':
+			return "", false, "* is only allowed as a whole first label (*.example.com)"
+		case c >= 0x80:
+			return "", false, "not ASCII: write the xn-- (punycode) form"
+		default:
+			return "", false, fmt.Sprintf("%q is not allowed in a name (no schemes, ports or paths)", c)
+		}
+	}
+	return d, wild, ""
+}
+
+func (ps *parser) prefixes(v *yaml.Node, key string) ([]netip.Prefix, error) {
+	items, err := ps.list(v, key)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Prefix, 0, len(items))
+	for _, it := range items {
+		p, detail, ok := parseCIDR(it.Value)
+		if !ok {
+			return nil, ps.errf(it, "%s: invalid CIDR %q%s", key, it.Value, detail)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// parseCIDR parses a prefix or a single address; on failure it says why
+// (possibly with an empty detail). A prefix with host bits set is refused:
+// "10.0.0.1/8" is more likely a typo for /32 than a way of writing
+// 10.0.0.0/8. IPv4-mapped IPv6 prefixes become IPv4 ones, as Decide unmaps
+// addresses.
+func parseCIDR(s string) (p netip.Prefix, detail string, ok bool) {
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return p, "", false
+		}
+		if m := p.Masked(); m != p {
+			return p, fmt.Sprintf(": host bits set (did you mean %q?)", m.String()), false
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return p, "", false
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p, "", true
+}
+
+func (ps *parser) ports(v *yaml.Node, r *rule) error {
+	items, err := ps.list(v, "ports")
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		pr, err := parsePorts(it)
+		if err != nil {
+			return ps.errf(it, "ports: %v", err)
+		}
+		r.ports = append(r.ports, pr)
+	}
+	return nil
+}
+
+var errPortSyntax = errors.New("want a port (443) or a range (\"8000-8100\")")
+
+// parsePorts parses an integer node or a "lo-hi" / "port" string node.
+func parsePorts(n *yaml.Node) (portRange, error) {
+	if n.ShortTag() == "!!int" {
+		var v int64
+		if err := n.Decode(&v); err != nil {
+			return portRange{}, fmt.Errorf("port %s: %w", n.Value, errPortSyntax)
+		}
+		if v < 1 || v > 65535 {
+			return portRange{}, fmt.Errorf("port %d out of range 1-65535", v)
+		}
+		return portRange{uint16(v), uint16(v)}, nil
+	}
+	if n.ShortTag() != "!!str" {
+		return portRange{}, fmt.Errorf("%q: %w", n.Value, errPortSyntax)
+	}
+	lo, hi, isRange := strings.Cut(n.Value, "-")
+	if !isRange {
+		hi = lo
+	}
+	l, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	h, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil {
+		return portRange{}, fmt.Errorf("invalid port range %q: %w", n.Value, errPortSyntax)
+	}
+	if l == 0 || h == 0 {
+		return portRange{}, fmt.Errorf("invalid port range %q: port 0", n.Value)
+	}
+	if l > h {
+		return portRange{}, fmt.Errorf("invalid port range %q: start above end", n.Value)
+	}
+	return portRange{uint16(l), uint16(h)}, nil
+}

@@ -1,0 +1,277 @@
+package policy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// rulesDoc puts rule lines under a policy header; the first rule line is
+// line 4 of the document.
+func rulesDoc(lines ...string) string {
+	return "# test\npolicy:\n  rules:\n" + strings.Join(lines, "\n") + "\n"
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, doc, want string
+		line            int
+	}{
+		{"bad CIDR", rulesDoc(
+			"    - name: inspect-corp",
+			"      dest_cidrs:",
+			"        - 10.0.0.0/8",
+			"        - 10.0.0.0/33",
+			"      action: bump"),
+			`policy.yaml:7: rule "inspect-corp": dest_cidrs: invalid CIDR "10.0.0.0/33"`, 7},
+		{"CIDR with host bits", rulesDoc(
+			"    - name: c",
+			"      client_cidrs: [10.0.0.1/8]",
+			"      action: deny"),
+			`policy.yaml:5: rule "c": client_cidrs: invalid CIDR "10.0.0.1/8": host bits set (did you mean "10.0.0.0/8"?)`, 5},
+		{"CIDR with zone", rulesDoc("    - {name: z, dest_cidrs: [\"fe80::1%eth0\"], action: deny}"),
+			`policy.yaml:4: rule "z": dest_cidrs: invalid CIDR "fe80::1%eth0"`, 4},
+		{"unknown action", rulesDoc(
+			"    - name: a",
+			"      action: block"),
+			`policy.yaml:5: rule "a": unknown action "block" (want allow, deny, bump or splice)`, 5},
+		{"unknown key (typo)", rulesDoc(
+			"    - name: typo",
+			"      domain: [bad.example]",
+			"      action: deny"),
+			`policy.yaml:5: rule "typo": rule: unknown key "domain" (want name, domains, dest_cidrs, ports, protocols, client_cidrs, endpoints, action, allow_unverified_upstream)`, 5},
+		{"unknown key, name later", rulesDoc(
+			"    - action: deny",
+			"      prots: [tcp]",
+			"      name: later"),
+			`policy.yaml:5: rule "later": rule: unknown key "prots" (want name, domains, dest_cidrs, ports, protocols, client_cidrs, endpoints, action, allow_unverified_upstream)`, 5},
+		{"bad port range: reversed", rulesDoc(
+			"    - name: p",
+			`      ports: [443, "8100-8000"]`,
+			"      action: allow"),
+			`policy.yaml:5: rule "p": ports: invalid port range "8100-8000": start above end`, 5},
+		{"bad port range: junk", rulesDoc("    - {name: p, ports: [\"80-http\"], action: allow}"),
+			`policy.yaml:4: rule "p": ports: invalid port range "80-http": want a port (443) or a range ("8000-8100")`, 4},
+		{"port 0", rulesDoc("    - {name: p, ports: [0], action: allow}"),
+			`policy.yaml:4: rule "p": ports: port 0 out of range 1-65535`, 4},
+		{"port too big", rulesDoc("    - {name: p, ports: [\"1-65536\"], action: allow}"),
+			`policy.yaml:4: rule "p": ports: invalid port range "1-65536": want a port (443) or a range ("8000-8100")`, 4},
+		{"port as float", rulesDoc("    - {name: p, ports: [4.5], action: allow}"),
+			`policy.yaml:4: rule "p": ports: "4.5": want a port (443) or a range ("8000-8100")`, 4},
+		{"empty name", rulesDoc(
+			"    - name: \"\"",
+			"      action: deny"),
+			`policy.yaml:4: rule #1: name: empty`, 4},
+		{"missing name", rulesDoc(
+			"    - name: first",
+			"      action: deny",
+			"    - action: deny"),
+			`policy.yaml:6: rule #2: no name`, 6},
+		{"reserved name", rulesDoc("    - {name: default, action: deny}"),
+			`policy.yaml:4: rule "default": name: "default" is reserved for flows no rule matches`, 4},
+		{"missing action", rulesDoc("    - name: noact", "      ports: [80]"),
+			`policy.yaml:4: rule "noact": no action (want allow, deny, bump or splice)`, 4},
+		{"duplicate rule names", rulesDoc(
+			"    - name: same",
+			"      action: deny",
+			"    - name: other",
+			"      action: deny",
+			"    - name: same",
+			"      action: allow"),
+			`policy.yaml:8: rule "same": duplicate rule name (first at line 4)`, 8},
+		{"duplicate key", rulesDoc(
+			"    - name: dup",
+			"      action: allow",
+			"      action: deny"),
+			`policy.yaml:6: rule "dup": rule: duplicate key "action"`, 6},
+		{"empty list", rulesDoc("    - {name: e, domains: [], action: deny}"),
+			`policy.yaml:4: rule "e": domains: empty list (leave the key out to match anything)`, 4},
+		{"null list", rulesDoc("    - name: e", "      dest_cidrs:", "      action: deny"),
+			`policy.yaml:5: rule "e": dest_cidrs: empty list (leave the key out to match anything)`, 5},
+		{"scalar for list", rulesDoc("    - {name: s, domains: bad.example, action: deny}"),
+			`policy.yaml:4: rule "s": domains: want a list, e.g. [a, b]`, 4},
+		{"lone star", rulesDoc("    - {name: d, domains: [\"*\"], action: deny}"),
+			`policy.yaml:4: rule "d": invalid domain "*": a lone * would match every name; leave domains out instead`, 4},
+		{"inner star", rulesDoc("    - {name: d, domains: [\"a.*.example\"], action: deny}"),
+			`policy.yaml:4: rule "d": invalid domain "a.*.example": * is only allowed as a whole first label (*.example.com)`, 4},
+		{"url as domain", rulesDoc("    - {name: d, domains: [\"https://x.example/\"], action: deny}"),
+			`policy.yaml:4: rule "d": invalid domain "https://x.example/": ':' is not allowed in a name (no schemes, ports or paths)`, 4},
+		{"unicode domain", rulesDoc("    - {name: d, domains: [\"bücher.example\"], action: deny}"),
+			`policy.yaml:4: rule "d": invalid domain "bücher.example": not ASCII: write the xn-- (punycode) form`, 4},
+		{"empty label", rulesDoc("    - {name: d, domains: [\"a..example\"], action: deny}"),
+			`policy.yaml:4: rule "d": invalid domain "a..example": empty label`, 4},
+		{"unknown protocol", rulesDoc("    - {name: pr, protocols: [tls, htp], action: deny}"),
+			`policy.yaml:4: rule "pr": unknown protocol "htp" (want tls, http, tcp or udp)`, 4},
+		{"bad endpoint", rulesDoc("    - {name: ep, endpoints: [\"vpc-123\"], action: deny}"),
+			`policy.yaml:4: rule "ep": invalid endpoint "vpc-123" (want a GWLB endpoint ID, vpce-<hex>)`, 4},
+		{"unverified on splice", rulesDoc("    - name: u", "      action: splice", "      allow_unverified_upstream: true"),
+			`policy.yaml:4: rule "u": allow_unverified_upstream only applies to action bump, not splice`, 4},
+		{"unverified not bool", rulesDoc("    - {name: u, action: bump, allow_unverified_upstream: \"yes\"}"),
+			`policy.yaml:4: rule "u": allow_unverified_upstream: want true or false`, 4},
+		{"rule not a mapping", rulesDoc("    - just-a-string"),
+			`policy.yaml:4: rule #1: a rule must be a mapping`, 4},
+		{"merge key", "base: &b {action: deny}\npolicy:\n  rules:\n    - <<: *b\n      name: m\n",
+			`policy.yaml:4: rule "m": rule: merge keys (<<) are not supported`, 4},
+		{"unknown policy key", "policy:\n  defualt: deny\n",
+			`policy.yaml:2: policy: unknown key "defualt" (want mode, default, rules)`, 2},
+		{"unknown mode", "policy:\n  mode: monitor\n",
+			`policy.yaml:2: mode: unknown mode "monitor" (want enforce or audit)`, 2},
+		{"unknown default", "policy:\n  mode: audit\n  default: block\n",
+			`policy.yaml:3: default: unknown action "block" (want allow, deny, bump or splice)`, 3},
+		{"rules not a list", "policy:\n  rules: {name: x}\n",
+			`policy.yaml:2: rules: want a list of rules`, 2},
+		{"policy not a mapping", "policy: [1, 2]\n",
+			`policy.yaml:1: policy must be a mapping`, 1},
+		{"no policy section", "listen: x\npolcy: {}\n",
+			`policy.yaml:1: no "policy" section`, 1},
+		{"empty document", "",
+			`policy.yaml: empty document: no "policy" section`, 0},
+		{"document not a mapping", "- a\n- b\n",
+			`policy.yaml:1: the document must be a mapping with a "policy" key`, 1},
+		{"duplicate policy", "policy: {}\npolicy: {}\n",
+			`policy.yaml:2: duplicate key "policy"`, 2},
+		// yaml.v3 reports where the construct that failed began (here the
+		// top-level mapping), not the offending line 4.
+		{"yaml syntax", "policy:\n  rules:\n    - name: x\n   action: deny\n",
+			`policy.yaml:1: did not find expected key`, 1},
+		{"yaml unterminated quote", "policy:\n  mode: 'x\n",
+			`policy.yaml:2: found unexpected end of stream`, 2},
+		{"yaml tab", "policy:\n\trules: []\n",
+			`policy.yaml:2: found character that cannot start any token`, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Parse("policy.yaml", []byte(tc.doc))
+			if err == nil {
+				t.Fatalf("parsed: %+v", p)
+			}
+			if err.Error() != tc.want {
+				t.Errorf("error\n got: %s\nwant: %s", err, tc.want)
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) || ce.File != "policy.yaml" || ce.Line != tc.line {
+				t.Errorf("ConfigError %+v, want line %d", ce, tc.line)
+			}
+		})
+	}
+}
+
+func TestParseAccepts(t *testing.T) {
+	// Anchors and aliases, hex ports, single-port strings, upper-case
+	// values, and other top-level keys.
+	doc := `
+corp: &corp ["10.0.0.0/8", "2001:db8::/32"]
+appliance: {admin: ":9000"}
+policy:
+  mode: AUDIT
+  default: Deny
+  rules:
+    - name: a
+      dest_cidrs: *corp
+      ports: [0x1bb, "8080", " 9000 - 9001 "]
+      protocols: [TLS, Http]
+      endpoints: [VPCE-0123456789ABCDEF0]
+      action: Bump
+      allow_unverified_upstream: false
+`
+	p, err := Parse("p.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := p.rules[0]
+	if p.Mode() != Audit || p.DefaultAction() != Deny || len(r.dests) != 2 || r.action != Splice ||
+		len(r.ports) != 3 || r.ports[0] != (portRange{443, 443}) || r.ports[1] != (portRange{8080, 8080}) || r.ports[2] != (portRange{9000, 9001}) ||
+		r.protos != bitTLS|bitHTTP || r.endpoints[0] != "vpce-0123456789abcdef0" {
+		t.Fatalf("parsed %+v / %+v", p, r)
+	}
+}
+
+func TestHolderReload(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "gwlbproxy.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := Flow{Protocol: "tcp", Domain: "x.example", Dest: ap("192.0.2.1:25")}
+
+	var h Holder
+	if h.Load() != nil || h.Load().Decide(f).Action != Deny {
+		t.Fatal("zero Holder must hold no policy and deny")
+	}
+	if err := h.Reload(file); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+
+	write("policy:\n  default: allow\n")
+	if err := h.Reload(file); err != nil {
+		t.Fatal(err)
+	}
+	first := h.Load()
+	if first.Decide(f).Action != Allow {
+		t.Fatalf("first policy: %+v", first.Decide(f))
+	}
+
+	write("policy:\n  default: deny\n  rules:\n    - name: x\n      action: allow\n      bogus: 1\n")
+	err := h.Reload(file)
+	var ce *ConfigError
+	if !errors.As(err, &ce) || ce.File != file || ce.Line != 6 || !strings.Contains(err.Error(), file+`:6: rule "x": rule: unknown key "bogus"`) {
+		t.Fatalf("bad file: %v", err)
+	}
+	if h.Load() != first || h.Load().Decide(f).Action != Allow {
+		t.Fatal("a failed reload replaced the policy")
+	}
+
+	write("policy:\n  default: deny\n  rules:\n    - {name: mail, ports: [25], action: allow}\n")
+	if err := h.Reload(file); err != nil {
+		t.Fatal(err)
+	}
+	if h.Load() == first || h.Load().Decide(f) != (Decision{Action: Allow, Rule: "mail"}) ||
+		h.Load().Decide(Flow{Protocol: "tcp", Dest: ap("192.0.2.1:26")}).Action != Deny {
+		t.Fatal("a good reload did not swap the policy")
+	}
+
+	if err := os.Remove(file); err != nil {
+		t.Fatal(err)
+	}
+	second := h.Load()
+	if err := h.Reload(file); err == nil || h.Load() != second {
+		t.Fatalf("reload of a removed file: %v", err)
+	}
+}
+
+// Readers see either the old or the new policy while reloads run.
+func TestHolderConcurrent(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(file, []byte("policy: {default: deny}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var h Holder
+	if err := h.Reload(file); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 50 {
+			if err := h.Reload(file); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		default:
+			if d := h.Load().Decide(Flow{Protocol: "tcp"}); d.Action != Deny {
+				t.Fatalf("got %+v", d)
+			}
+		}
+	}
+}

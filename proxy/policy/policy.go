@@ -1,0 +1,344 @@
+// Package policy holds the appliance's egress rules: an ordered list read
+// from the `policy:` section of the YAML config, evaluated first match wins
+// for every flow, and swapped atomically on reload.
+//
+// A rule matches a flow when every condition it states matches (AND); each
+// condition is a list matched if any entry matches (OR); a condition left
+// out matches anything. Conditions:
+//
+//   - domains: "name" matches that name exactly; "*.name" matches every
+//     subdomain of name at any depth but not name itself (list both to get
+//     both). Compared ASCII-case-insensitively with the flow's SNI or HTTP
+//     host, one trailing dot ignored on either side. A flow without a name
+//     (no SNI, no Host, plain TCP/UDP) never matches a rule with domains: such
+//     flows are matched on addresses and ports.
+//   - dest_cidrs, client_cidrs: prefixes (or single addresses) containing
+//     the destination or client address; IPv4-mapped IPv6 addresses are
+//     compared as IPv4.
+//   - ports: destination ports, single ("443") or ranges ("8000-8100").
+//   - protocols: the flow's classified protocol: tls, http, tcp (TCP that is
+//     neither TLS nor HTTP) or udp.
+//   - endpoints: GWLB endpoint IDs (vpce-…) the flow arrived through.
+//
+// Actions: bump (TLS: decrypt and inspect), splice (TLS: relay the
+// encrypted bytes, log the SNI), allow, deny. Decide adapts the action to
+// the flow's protocol so the caller has one case per protocol: for TLS,
+// allow is splice; for everything else bump and splice mean allow.
+package policy
+
+import (
+	"net/netip"
+	"strings"
+)
+
+// Action is what to do with a flow. The zero Action is Deny, so a zero
+// Decision fails closed.
+type Action uint8
+
+// Actions.
+const (
+	Deny   Action = iota // refuse: TLS alert or RST, HTTP 403, TCP RST
+	Allow                // relay (HTTP through the HTTP proxy, others as bytes)
+	Bump                 // TLS: terminate with a minted leaf, inspect, re-encrypt
+	Splice               // TLS: relay the encrypted stream untouched
+)
+
+var actionNames = [...]string{Deny: "deny", Allow: "allow", Bump: "bump", Splice: "splice"}
+
+// String returns the action's config and access-record name.
+func (a Action) String() string {
+	if int(a) < len(actionNames) {
+		return actionNames[a]
+	}
+	return "invalid"
+}
+
+// Mode is the policy's enforcement mode.
+type Mode uint8
+
+// Modes.
+const (
+	// Enforce applies the actions as written.
+	Enforce Mode = iota
+	// Audit never decrypts: every bump (rules and default) becomes splice,
+	// so the appliance needs no CA and clients need not trust one. Other
+	// actions, deny included, apply as written.
+	Audit
+)
+
+// String returns "enforce" or "audit".
+func (m Mode) String() string {
+	if m == Audit {
+		return "audit"
+	}
+	return "enforce"
+}
+
+// Flow protocols, as the proxy classifies flows (Flow.Protocol).
+const (
+	ProtoTLS  = "tls"
+	ProtoHTTP = "http"
+	ProtoTCP  = "tcp" // TCP that is neither TLS nor HTTP
+	ProtoUDP  = "udp"
+)
+
+// DefaultRule is the Decision.Rule when no rule matched.
+const DefaultRule = "default"
+
+// Flow describes a flow to decide on.
+type Flow struct {
+	// Protocol is one of ProtoTLS, ProtoHTTP, ProtoTCP, ProtoUDP. Anything
+	// else matches only rules without a protocols condition.
+	Protocol string
+	// Domain is the TLS SNI or the HTTP request's host (without port), as
+	// the client sent it; "" when there is none.
+	Domain string
+	// Dest is the original destination address and port.
+	Dest netip.AddrPort
+	// Client is the client's address.
+	Client netip.Addr
+	// Endpoint is the GWLB endpoint ID, e.g. "vpce-0123456789abcdef0".
+	Endpoint string
+}
+
+// Decision is the outcome of Decide.
+type Decision struct {
+	// Action, adapted to the flow's protocol: for TLS, Bump, Splice or
+	// Deny (never Allow); for the rest, Allow or Deny.
+	Action Action
+	// Rule is the name of the matching rule, or DefaultRule.
+	Rule string
+	// AllowUnverifiedUpstream lets a bumped connection proceed when the
+	// upstream certificate fails verification. Only ever true with Bump.
+	AllowUnverifiedUpstream bool
+}
+
+// Policy is a parsed, immutable policy, safe for concurrent use.
+type Policy struct {
+	mode  Mode
+	def   Action
+	rules []rule
+}
+
+// Protocol bits; 0 means "not a known protocol".
+const (
+	bitTLS uint8 = 1 << iota
+	bitHTTP
+	bitTCP
+	bitUDP
+)
+
+func protoBit(p string) uint8 {
+	switch p {
+	case ProtoTLS:
+		return bitTLS
+	case ProtoHTTP:
+		return bitHTTP
+	case ProtoTCP:
+		return bitTCP
+	case ProtoUDP:
+		return bitUDP
+	}
+	return 0
+}
+
+type portRange struct{ lo, hi uint16 }
+
+type rule struct {
+	name            string
+	action          Action // after the mode is applied
+	allowUnverified bool
+	// Conditions; the zero value of each means "any".
+	protos    uint8
+	ports     []portRange
+	endpoints []string
+	clients   []netip.Prefix
+	dests     []netip.Prefix
+	domains   *domainSet
+}
+
+// Mode returns the policy's mode.
+func (p *Policy) Mode() Mode { return p.mode }
+
+// DefaultAction returns the action for flows no rule matches (after the
+// mode is applied; not adapted to a protocol).
+func (p *Policy) DefaultAction() Action { return p.def }
+
+// Len returns the number of rules.
+func (p *Policy) Len() int { return len(p.rules) }
+
+// NeedsCA reports whether any decision can be Bump, i.e. the appliance
+// needs its interception CA. Always false in Audit mode.
+func (p *Policy) NeedsCA() bool {
+	if p.def == Bump {
+		return true
+	}
+	for i := range p.rules {
+		if p.rules[i].action == Bump {
+			return true
+		}
+	}
+	return false
+}
+
+// maxFastDomain is the longest flow domain normalised on the stack; longer
+// ones (not valid DNS names, but a client can send them) cost an allocation.
+const maxFastDomain = 256
+
+// Decide returns the first matching rule's decision, or the default's. It
+// does not allocate (for domains up to 256 bytes) and is safe for
+// concurrent use. A nil Policy denies everything.
+func (p *Policy) Decide(f Flow) Decision {
+	if p == nil {
+		return Decision{Action: Deny, Rule: DefaultRule}
+	}
+	pb := protoBit(f.Protocol)
+	var buf [maxFastDomain]byte
+	dom := normalizeDomain(buf[:0], f.Domain)
+	// Addresses from a dual-stack socket may be IPv4-mapped; rules hold
+	// IPv4 prefixes as IPv4. A zone would make Contains always false.
+	dest := f.Dest.Addr().Unmap().WithZone("")
+	port := f.Dest.Port()
+	client := f.Client.Unmap().WithZone("")
+
+	// Cheapest conditions first, so that misses cost little.
+	for i := range p.rules {
+		r := &p.rules[i]
+		if r.protos != 0 && r.protos&pb == 0 {
+			continue
+		}
+		if r.ports != nil && !matchPort(r.ports, port) {
+			continue
+		}
+		if r.endpoints != nil && !matchString(r.endpoints, f.Endpoint) {
+			continue
+		}
+		if r.clients != nil && !matchPrefix(r.clients, client) {
+			continue
+		}
+		if r.dests != nil && !matchPrefix(r.dests, dest) {
+			continue
+		}
+		if r.domains != nil && !r.domains.match(dom) {
+			continue
+		}
+		return decision(r.name, r.action, r.allowUnverified, pb)
+	}
+	return decision(DefaultRule, p.def, false, pb)
+}
+
+func decision(name string, a Action, allowUnverified bool, pb uint8) Decision {
+	switch {
+	case pb == bitTLS && a == Allow:
+		a = Splice
+	case pb != bitTLS && (a == Bump || a == Splice):
+		a = Allow
+	}
+	return Decision{Action: a, Rule: name, AllowUnverifiedUpstream: allowUnverified && a == Bump}
+}
+
+// normalizeDomain appends d to dst in lower case without one trailing dot.
+func normalizeDomain(dst []byte, d string) []byte {
+	d = strings.TrimSuffix(d, ".")
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+func matchPort(rs []portRange, p uint16) bool {
+	for _, r := range rs {
+		if r.lo <= p && p <= r.hi {
+			return true
+		}
+	}
+	return false
+}
+
+func matchString(list []string, s string) bool {
+	for _, e := range list {
+		if strings.EqualFold(e, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func matchPrefix(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// domainMapThreshold is the list length from which a set uses maps: below
+// it, comparing lengths and bytes beats hashing.
+const domainMapThreshold = 8
+
+// domainSet holds a rule's domains, normalised (lower case, no trailing
+// dot), wildcards without their "*.".
+type domainSet struct {
+	exact, wild   []string
+	exactM, wildM map[string]struct{}
+}
+
+func newDomainSet(exact, wild []string) *domainSet {
+	s := &domainSet{exact: exact, wild: wild}
+	if len(exact) >= domainMapThreshold {
+		s.exactM = make(map[string]struct{}, len(exact))
+		for _, e := range exact {
+			s.exactM[e] = struct{}{}
+		}
+	}
+	if len(wild) >= domainMapThreshold {
+		s.wildM = make(map[string]struct{}, len(wild))
+		for _, w := range wild {
+			s.wildM[w] = struct{}{}
+		}
+	}
+	return s
+}
+
+// match reports whether the normalised domain d is in the set. The
+// string(d) conversions in comparisons and map indexes do not allocate.
+func (s *domainSet) match(d []byte) bool {
+	if len(d) == 0 {
+		return false
+	}
+	if s.exactM != nil {
+		if _, ok := s.exactM[string(d)]; ok {
+			return true
+		}
+	} else {
+		for _, e := range s.exact {
+			if string(d) == e {
+				return true
+			}
+		}
+	}
+	// "*.w" matches d when d ends in "." + w with at least one byte before
+	// that dot: subdomains only, never the apex w.
+	if s.wildM != nil {
+		for i := 1; i < len(d)-1; i++ {
+			if d[i] == '.' {
+				if _, ok := s.wildM[string(d[i+1:])]; ok {
+					return true
+				}
+			}
+		}
+	} else {
+		for _, w := range s.wild {
+			n := len(d) - len(w)
+			if n >= 2 && d[n-1] == '.' && string(d[n:]) == w {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,426 @@
+package sniff
+
+import (
+	"errors"
+	"fmt"
+)
+
+// TLS wire constants (RFC 8446, RFC 6066, RFC 7301).
+const (
+	recordTypeHandshake      = 0x16
+	recordHeaderLen          = 5
+	maxPlaintext             = 1 << 14 // TLSPlaintext.length limit
+	handshakeHeaderLen       = 4
+	handshakeTypeClientHello = 1
+
+	extServerName        = 0
+	extALPN              = 16
+	extSupportedVersions = 43
+	extECH               = 0xfe0d
+)
+
+// MaxClientHelloLen is the largest ClientHello body (the handshake message
+// without its 4-byte header) that ParseClientHello accepts. The protocol
+// allows 16 MiB; crypto/tls refuses handshake messages above 64 KiB, and so
+// do we, so that a hostile length field can never make us reassemble (or ask
+// the caller to buffer) more than that.
+const MaxClientHelloLen = 1 << 16
+
+// Sentinel errors. ParseClientHello returns an error that matches exactly one
+// of ErrNeedMore, ErrNotTLS and ErrMalformed under errors.Is.
+var (
+	// ErrNeedMore means the input is a valid prefix so far and more bytes are
+	// needed. The concrete error is a *NeedMoreError carrying the count.
+	ErrNeedMore = errors.New("sniff: need more bytes")
+	// ErrNotTLS means the bytes do not start a TLS handshake record.
+	ErrNotTLS = errors.New("sniff: not a TLS handshake")
+	// ErrMalformed means the bytes start a TLS handshake record but what
+	// follows is not a well-formed ClientHello.
+	ErrMalformed = errors.New("sniff: malformed TLS ClientHello")
+)
+
+// NeedMoreError is returned (wrapped or not) when the input ends before the
+// message does. It matches ErrNeedMore under errors.Is.
+type NeedMoreError struct {
+	// Need is a lower bound on the total input length (counted from the
+	// first byte, not in addition to what was given) that the next attempt
+	// needs to make progress. For a ClientHello in a single record it is
+	// exact once the record header is present.
+	Need int
+}
+
+// Error says how many bytes are needed in total.
+func (e *NeedMoreError) Error() string {
+	return fmt.Sprintf("sniff: need more bytes: at least %d in total", e.Need)
+}
+
+// Is makes errors.Is(err, ErrNeedMore) true.
+func (e *NeedMoreError) Is(target error) bool { return target == ErrNeedMore }
+
+func needMore(n int) error { return &NeedMoreError{Need: n} }
+
+func malformed(msg string) error { return fmt.Errorf("%w: %s", ErrMalformed, msg) }
+
+// ClientHello holds what the proxy needs from a TLS ClientHello.
+type ClientHello struct {
+	// RecordVersion is the version field of the first record header
+	// (commonly 0x0301 whatever the client supports).
+	RecordVersion uint16
+	// LegacyVersion is the ClientHello's legacy_version (client_version):
+	// 0x0303 for TLS 1.2 and for TLS 1.3 clients.
+	LegacyVersion uint16
+	// SupportedVersions is the supported_versions extension in the client's
+	// order, GREASE values included; nil when the extension is absent
+	// (clients that offer nothing newer than TLS 1.2).
+	SupportedVersions []uint16
+	// ServerName is the SNI host_name, as sent (case kept; a trailing dot,
+	// which some clients send, kept). Empty when the client sent no SNI.
+	// It only ever holds letters, digits, '-', '_' and '.'.
+	ServerName string
+	// ALPN is the offered application protocols in order; nil when absent.
+	ALPN []string
+	// ECH reports an encrypted_client_hello extension: ServerName is then
+	// the outer, public name, not the real destination.
+	ECH bool
+	// Size is the number of input bytes the ClientHello's records occupy,
+	// headers included. Bytes after them are not examined.
+	Size int
+}
+
+// MaxVersion returns the highest TLS version the client offers, ignoring
+// GREASE values: the largest supported_versions entry, or LegacyVersion
+// when that extension is absent.
+func (h *ClientHello) MaxVersion() uint16 {
+	var v uint16
+	for _, sv := range h.SupportedVersions {
+		if !isGREASE(sv) && sv > v {
+			v = sv
+		}
+	}
+	if v == 0 {
+		v = h.LegacyVersion
+	}
+	return v
+}
+
+// isGREASE reports RFC 8701 reserved values (0x0a0a, 0x1a1a, … 0xfafa).
+func isGREASE(v uint16) bool { return v&0x0f0f == 0x0a0a && v>>8 == v&0xff }
+
+func be16(b []byte) int { return int(b[0])<<8 | int(b[1]) }
+
+// ParseClientHello parses a TLS ClientHello from the start of b: one or more
+// handshake records (the message may be fragmented over several records,
+// even its 4-byte header). Bytes after the records that carry the message are
+// ignored.
+//
+// The error tells three cases apart: ErrNotTLS (b does not start a TLS
+// handshake record), a *NeedMoreError matching ErrNeedMore (b is a prefix of
+// what could still be a ClientHello), and ErrMalformed (it is TLS but not a
+// well-formed ClientHello, or one larger than MaxClientHelloLen). The first
+// three bytes decide "TLS": 0x16 (handshake) followed by version 3.0–3.4.
+//
+// Every length is checked against the bytes present, so hostile input can
+// neither panic nor make it allocate more than len(b): a fragmented message
+// is reassembled only once all its records are in b.
+func ParseClientHello(b []byte) (ClientHello, error) {
+	// Decide "is it TLS" from as many header bytes as are present, so that a
+	// one-byte prefix of a non-TLS protocol is rejected without waiting.
+	if len(b) < 1 {
+		return ClientHello{}, needMore(recordHeaderLen)
+	}
+	if b[0] != recordTypeHandshake {
+		return ClientHello{}, ErrNotTLS
+	}
+	if len(b) >= 2 && b[1] != 3 {
+		return ClientHello{}, ErrNotTLS
+	}
+	if len(b) >= 3 && b[2] > 4 {
+		return ClientHello{}, ErrNotTLS
+	}
+
+	// Pass 1: walk the records until they hold the whole handshake message,
+	// validating every header, without copying anything.
+	var (
+		hdr     [handshakeHeaderLen]byte // the handshake header, gathered across records
+		got     int                      // handshake bytes in the complete records walked so far
+		msgLen  = -1                     // handshake message length incl. header, once known
+		off     int                      // offset of the record being examined
+		records int
+	)
+	for {
+		if len(b)-off < recordHeaderLen {
+			return ClientHello{}, needMore(off + recordHeaderLen)
+		}
+		rh := b[off : off+recordHeaderLen]
+		if rh[0] != recordTypeHandshake {
+			return ClientHello{}, malformed(fmt.Sprintf("record of type %d inside the ClientHello", rh[0]))
+		}
+		if rh[1] != 3 || rh[2] > 4 {
+			return ClientHello{}, malformed(fmt.Sprintf("record version %#04x", be16(rh[1:3])))
+		}
+		n := be16(rh[3:5])
+		if n == 0 {
+			// RFC 8446 §5.1 forbids zero-length handshake fragments; allowing
+			// them would also let a client hold us with empty records.
+			return ClientHello{}, malformed("empty handshake record")
+		}
+		if n > maxPlaintext {
+			return ClientHello{}, malformed(fmt.Sprintf("record length %d exceeds 2^14", n))
+		}
+		start, end := off+recordHeaderLen, off+recordHeaderLen+n
+		frag := b[start:min(end, len(b))]
+
+		// Gather the handshake header from whatever is present, so a wrong
+		// message type or an oversized length is reported before we ask for
+		// (and the caller buffers) the rest.
+		for i := 0; i < len(frag) && got+i < handshakeHeaderLen; i++ {
+			hdr[got+i] = frag[i]
+		}
+		if have := got + len(frag); have >= 1 && hdr[0] != handshakeTypeClientHello {
+			return ClientHello{}, malformed(fmt.Sprintf("handshake type %d, want ClientHello", hdr[0]))
+		}
+		if msgLen < 0 && got+len(frag) >= handshakeHeaderLen {
+			bodyLen := int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
+			if bodyLen > MaxClientHelloLen {
+				return ClientHello{}, malformed(fmt.Sprintf("ClientHello of %d bytes exceeds the %d-byte limit", bodyLen, MaxClientHelloLen))
+			}
+			msgLen = handshakeHeaderLen + bodyLen
+		}
+		if end > len(b) {
+			return ClientHello{}, needMore(end)
+		}
+		got += n
+		records++
+		off = end
+		if msgLen >= 0 && got >= msgLen {
+			break
+		}
+	}
+
+	// Pass 2: get the message contiguous. The common case, one record, is
+	// parsed in place; otherwise copy the fragments (bounded by len(b)).
+	var msg []byte
+	if records == 1 {
+		msg = b[recordHeaderLen : recordHeaderLen+msgLen]
+	} else {
+		msg = make([]byte, 0, msgLen)
+		for p := 0; len(msg) < msgLen; {
+			n := be16(b[p+3 : p+5])
+			frag := b[p+recordHeaderLen : p+recordHeaderLen+n]
+			msg = append(msg, frag[:min(len(frag), msgLen-len(msg))]...)
+			p += recordHeaderLen + n
+		}
+	}
+
+	h, err := parseClientHelloBody(msg[handshakeHeaderLen:])
+	if err != nil {
+		return ClientHello{}, err
+	}
+	h.RecordVersion = uint16(be16(b[1:3]))
+	h.Size = off
+	return h, nil
+}
+
+// cursor reads big-endian fields and length-prefixed vectors; every method
+// reports false instead of reading past the end.
+type cursor []byte
+
+func (c *cursor) u8() (int, bool) {
+	if len(*c) < 1 {
+		return 0, false
+	}
+	v := int((*c)[0])
+	*c = (*c)[1:]
+	return v, true
+}
+
+func (c *cursor) u16() (int, bool) {
+	if len(*c) < 2 {
+		return 0, false
+	}
+	v := be16(*c)
+	*c = (*c)[2:]
+	return v, true
+}
+
+func (c *cursor) bytes(n int) ([]byte, bool) {
+	if n < 0 || len(*c) < n {
+		return nil, false
+	}
+	v := (*c)[:n]
+	*c = (*c)[n:]
+	return v, true
+}
+
+// vec8 and vec16 read a vector with a 1- or 2-byte length prefix.
+func (c *cursor) vec8() (cursor, bool) {
+	n, ok := c.u8()
+	if !ok {
+		return nil, false
+	}
+	v, ok := c.bytes(n)
+	return cursor(v), ok
+}
+
+func (c *cursor) vec16() (cursor, bool) {
+	n, ok := c.u16()
+	if !ok {
+		return nil, false
+	}
+	v, ok := c.bytes(n)
+	return cursor(v), ok
+}
+
+func parseClientHelloBody(body []byte) (ClientHello, error) {
+	var h ClientHello
+	c := cursor(body)
+	v, ok := c.u16()
+	if !ok {
+		return h, malformed("truncated legacy_version")
+	}
+	if v>>8 != 3 {
+		return h, malformed(fmt.Sprintf("legacy_version %#04x", v))
+	}
+	h.LegacyVersion = uint16(v)
+	if _, ok := c.bytes(32); !ok {
+		return h, malformed("truncated random")
+	}
+	sid, ok := c.vec8()
+	if !ok || len(sid) > 32 {
+		return h, malformed("bad legacy_session_id")
+	}
+	suites, ok := c.vec16()
+	if !ok || len(suites) < 2 || len(suites)%2 != 0 {
+		return h, malformed("bad cipher_suites")
+	}
+	comp, ok := c.vec8()
+	if !ok || len(comp) < 1 {
+		return h, malformed("bad legacy_compression_methods")
+	}
+	if len(c) == 0 {
+		return h, nil // no extensions: legal up to TLS 1.2
+	}
+	exts, ok := c.vec16()
+	if !ok || len(c) != 0 {
+		return h, malformed("bad extensions length")
+	}
+	var seenSNI, seenALPN, seenVersions bool
+	for len(exts) > 0 {
+		typ, ok1 := exts.u16()
+		data, ok2 := exts.vec16()
+		if !ok1 || !ok2 {
+			return h, malformed("truncated extension")
+		}
+		// A duplicated extension is illegal (RFC 8446 §4.2); for the ones we
+		// read it would also let a client show us one name and the server
+		// another, so reject rather than pick one.
+		switch typ {
+		case extServerName:
+			if seenSNI {
+				return h, malformed("duplicate server_name extension")
+			}
+			seenSNI = true
+			name, err := parseSNI(data)
+			if err != nil {
+				return h, err
+			}
+			h.ServerName = name
+		case extALPN:
+			if seenALPN {
+				return h, malformed("duplicate ALPN extension")
+			}
+			seenALPN = true
+			protos, err := parseALPN(data)
+			if err != nil {
+				return h, err
+			}
+			h.ALPN = protos
+		case extSupportedVersions:
+			if seenVersions {
+				return h, malformed("duplicate supported_versions extension")
+			}
+			seenVersions = true
+			list, ok := data.vec8()
+			if !ok || len(data) != 0 || len(list) < 2 || len(list)%2 != 0 {
+				return h, malformed("bad supported_versions extension")
+			}
+			h.SupportedVersions = make([]uint16, len(list)/2)
+			for i := range h.SupportedVersions {
+				h.SupportedVersions[i] = uint16(be16(list[2*i:]))
+			}
+		case extECH:
+			h.ECH = true
+		}
+	}
+	return h, nil
+}
+
+// parseSNI returns the host_name from a server_name extension (RFC 6066 §3).
+// An empty extension (as a server sends it) is not valid from a client.
+func parseSNI(data cursor) (string, error) {
+	list, ok := data.vec16()
+	if !ok || len(data) != 0 || len(list) == 0 {
+		return "", malformed("bad server_name extension")
+	}
+	var name string
+	for len(list) > 0 {
+		typ, ok1 := list.u8()
+		v, ok2 := list.vec16()
+		if !ok1 || !ok2 {
+			return "", malformed("truncated server_name entry")
+		}
+		if typ != 0 {
+			continue // not host_name; none other is defined
+		}
+		if name != "" {
+			return "", malformed("more than one host_name")
+		}
+		if !validHostName(v) {
+			return "", malformed(fmt.Sprintf("invalid host_name %q", []byte(v)))
+		}
+		name = string(v)
+	}
+	return name, nil
+}
+
+// validHostName accepts what a DNS name in SNI can hold: 1–255 bytes of
+// letters, digits, '-', '_' and '.'. Anything else (NUL, spaces, '/', ':',
+// non-ASCII) would only serve to confuse logging or name matching.
+func validHostName(b []byte) bool {
+	if len(b) == 0 || len(b) > 255 {
+		return false
+	}
+	for _, c := range b {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// parseALPN returns the protocol list of an ALPN extension (RFC 7301 §3.1).
+// It allocates one string for the whole list and slices it, so a list of
+// many tiny names costs one string plus one slice header each.
+func parseALPN(data cursor) ([]string, error) {
+	list, ok := data.vec16()
+	if !ok || len(data) != 0 || len(list) < 2 {
+		return nil, malformed("bad ALPN extension")
+	}
+	n := 0
+	for p := list; len(p) > 0; n++ {
+		v, ok := p.vec8()
+		if !ok || len(v) == 0 {
+			return nil, malformed("bad ALPN protocol name")
+		}
+	}
+	all := string(list)
+	protos := make([]string, 0, n)
+	for i := 0; i < len(all); {
+		l := int(all[i])
+		protos = append(protos, all[i+1:i+1+l])
+		i += 1 + l
+	}
+	return protos, nil
+}

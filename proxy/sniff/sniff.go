@@ -1,0 +1,233 @@
+// Package sniff classifies a client's TCP stream by its first bytes — TLS
+// ClientHello, HTTP/1.x request, HTTP/2 prior-knowledge preface, or anything
+// else — without consuming them: it only peeks into a bufio.Reader, so the
+// handler chosen next (bump, splice, HTTP proxy, byte relay) reads the stream
+// from its first byte.
+//
+// The parsers (ParseClientHello, ParseHTTPRequest) read hostile input: they
+// bound every length by the bytes present, never panic, and allocate at most
+// in proportion to their input.
+package sniff
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// BufferSize is the bufio.Reader size Sniff is designed for: one full TLS
+// record (5-byte header + 2^14 bytes). It holds any ClientHello sent in a
+// single record — a browser's with post-quantum key shares is about 1.8 KB,
+// still far below — and any HTTP request head whose Host line lies within
+// the first 16 KiB. A ClientHello fragmented over several records and larger
+// than this is reported as KindTLS with Err wrapping ErrTooLarge; use a larger
+// reader (up to 5 records + MaxClientHelloLen) if those must be parsed, at a
+// memory cost per connection.
+const BufferSize = recordHeaderLen + maxPlaintext
+
+// DefaultWait is how long Sniff waits for a silent client when called with
+// wait <= 0. Clients of client-speaks-first protocols write within one RTT
+// of the handshake; server-speaks-first protocols (SMTP, SSH, FTP, MySQL)
+// wait for the server's banner, and pay this delay once per connection.
+const DefaultWait = 300 * time.Millisecond
+
+// CompleteTimeout bounds the time, from the first byte, for the rest of a
+// ClientHello or request head to arrive (at least wait). A client that has
+// spoken is not a server-speaks-first client, so it is given longer than
+// wait, enough for a retransmission; one that stalls longer is classified on
+// what it sent.
+const CompleteTimeout = 3 * time.Second
+
+// ErrTooLarge means the ClientHello or request head did not fit the reader's
+// buffer, so it was classified on its first bytes only.
+var ErrTooLarge = errors.New("sniff: message larger than the peek buffer")
+
+// NewReader returns a bufio.Reader of BufferSize over r, for Sniff.
+func NewReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, BufferSize) }
+
+// Kind is the class of a connection.
+type Kind uint8
+
+// Kinds of connection.
+const (
+	// KindOther is anything not recognised, including a client that sends
+	// nothing: relay bytes, decide on addresses only.
+	KindOther Kind = iota
+	// KindTLS starts with a TLS handshake record.
+	KindTLS
+	// KindHTTP starts with an HTTP/1.x request line.
+	KindHTTP
+	// KindHTTP2Cleartext starts with the HTTP/2 prior-knowledge preface
+	// (h2c, "PRI * HTTP/2.0"). It is kept apart from KindHTTP because an
+	// HTTP/1.x handler cannot serve it: relay it as bytes (it names no host
+	// outside its HPACK-coded HEADERS frames) or deny it.
+	KindHTTP2Cleartext
+)
+
+// String returns "other", "tls", "http" or "h2c".
+func (k Kind) String() string {
+	switch k {
+	case KindTLS:
+		return "tls"
+	case KindHTTP:
+		return "http"
+	case KindHTTP2Cleartext:
+		return "h2c"
+	default:
+		return "other"
+	}
+}
+
+// Result is what Sniff learnt.
+type Result struct {
+	// Kind is the class; KindOther when nothing (or nothing known) came.
+	Kind Kind
+	// Hello is the parsed ClientHello when Kind is KindTLS and Err is nil.
+	Hello ClientHello
+	// HTTP is the request head when Kind is KindHTTP (Method and Target at
+	// least, when Err is nil) or KindHTTP2Cleartext.
+	HTTP HTTPRequest
+	// Err is non-nil when Kind is KindTLS or KindHTTP but the message could
+	// not be read whole: malformed (ErrMalformed), larger than the buffer
+	// (ErrTooLarge), or cut short because the client stopped sending or
+	// closed (wrapping the timeout or io.EOF). The kind is still right; the
+	// names (SNI, Host) are missing or partial, so decide on addresses.
+	Err error
+	// Peeked is how many bytes were examined. All of them are still
+	// buffered in the reader.
+	Peeked int
+}
+
+// ReadDeadliner is the part of net.Conn that Sniff needs.
+type ReadDeadliner interface {
+	SetReadDeadline(t time.Time) error
+}
+
+// Sniff classifies the connection whose bytes br reads (br must read from
+// conn) by peeking, never reading, so every byte stays buffered in br for
+// the next consumer. Give it a reader of at least BufferSize (NewReader).
+//
+// It waits up to wait (DefaultWait if wait <= 0) for the first byte; a
+// client that sends nothing by then is KindOther. Once the client has sent
+// something it peeks as far as needed — the whole ClientHello, or the request
+// line and the first Host header — for at most max(wait, CompleteTimeout)
+// more, and returns as soon as the class is certain. It always clears the
+// read deadline before returning.
+//
+// The error is non-nil only when reading failed other than by timeout or EOF
+// (e.g. a reset), or the deadline could not be set: the connection is then
+// unusable, though Result still says what was seen. A timeout or EOF is
+// part of the classification (see Result.Err), not an error.
+func Sniff(br *bufio.Reader, conn ReadDeadliner, wait time.Duration) (Result, error) {
+	return sniff(br, conn, wait, CompleteTimeout)
+}
+
+func sniff(br *bufio.Reader, conn ReadDeadliner, wait, complete time.Duration) (res Result, err error) {
+	if wait <= 0 {
+		wait = DefaultWait
+	}
+	defer func() {
+		if derr := conn.SetReadDeadline(time.Time{}); derr != nil && err == nil {
+			err = fmt.Errorf("sniff: clearing read deadline: %w", derr)
+		}
+	}()
+	if br.Buffered() == 0 {
+		if err := conn.SetReadDeadline(time.Now().Add(wait)); err != nil {
+			return Result{}, fmt.Errorf("sniff: setting read deadline: %w", err)
+		}
+		if _, perr := br.Peek(1); perr != nil {
+			if endOfInput(perr) {
+				return Result{Kind: KindOther}, nil
+			}
+			return Result{Kind: KindOther}, fmt.Errorf("sniff: waiting for the first bytes: %w", perr)
+		}
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(max(wait, complete))); err != nil {
+		return Result{}, fmt.Errorf("sniff: setting read deadline: %w", err)
+	}
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		res, need := classify(buf, nil)
+		if need == 0 {
+			return res, nil
+		}
+		if need > br.Size() {
+			res, _ = classify(buf, fmt.Errorf("%w: %d bytes needed, buffer holds %d", ErrTooLarge, need, br.Size()))
+			return res, nil
+		}
+		if _, perr := br.Peek(need); perr != nil {
+			buf, _ = br.Peek(br.Buffered())
+			res, _ = classify(buf, perr)
+			if endOfInput(perr) {
+				return res, nil
+			}
+			return res, fmt.Errorf("sniff: reading: %w", perr)
+		}
+	}
+}
+
+// endOfInput reports the errors that mean "no more bytes for now": the
+// deadline passed, or the client half-closed. They end sniffing but are left
+// for the next consumer to see again (a closed stream keeps returning EOF).
+func endOfInput(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// classify examines buf. With stop == nil it returns need > 0 when more
+// bytes could change the answer. With stop != nil no more bytes will come
+// (stop says why) and it classifies on what is there, need always 0.
+func classify(buf []byte, stop error) (Result, int) {
+	res := Result{Kind: KindOther, Peeked: len(buf)}
+	if len(buf) == 0 {
+		return res, 0
+	}
+	var nm *NeedMoreError
+	if buf[0] == recordTypeHandshake {
+		h, err := ParseClientHello(buf)
+		switch {
+		case err == nil:
+			res.Kind, res.Hello = KindTLS, h
+		case errors.As(err, &nm):
+			if stop == nil {
+				return res, nm.Need
+			}
+			// Three bytes (handshake, version 3.x) are as sure a sign of TLS
+			// as we will get from a client that stopped.
+			if len(buf) >= 3 {
+				res.Kind = KindTLS
+				res.Err = fmt.Errorf("incomplete ClientHello (%d of at least %d bytes): %w", len(buf), nm.Need, stop)
+			}
+		case errors.Is(err, ErrNotTLS):
+		default:
+			res.Kind, res.Err = KindTLS, err
+		}
+		return res, 0
+	}
+	req, err := ParseHTTPRequest(buf)
+	switch {
+	case err == nil:
+		res.Kind, res.HTTP = KindHTTP, req
+		if req.Method == "PRI" {
+			res.Kind = KindHTTP2Cleartext
+		}
+	case errors.As(err, &nm):
+		if stop == nil {
+			return res, nm.Need
+		}
+		// A known method and a space make it HTTP to any HTTP handler; let
+		// that handler deal with the rest (or its absence).
+		if req.Method != "" && req.Method != "PRI" {
+			res.Kind, res.HTTP = KindHTTP, req
+			res.Err = fmt.Errorf("incomplete request head (%d bytes): %w", len(buf), stop)
+		}
+	}
+	return res, 0
+}
