@@ -3,7 +3,6 @@ package netstack
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -192,7 +191,7 @@ type TCPRequest struct {
 var ErrRequestDone = errors.New("netstack: TCP request already completed")
 
 // Accept completes the handshake with the client and returns the connection.
-func (r *TCPRequest) Accept() (net.Conn, error) {
+func (r *TCPRequest) Accept() (*Conn, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.done {
@@ -211,7 +210,19 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	_ = ep.SetSockOpt(&idle)
 	_ = ep.SetSockOpt(&intvl)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, r.opts.KeepaliveCount)
-	return gonet.NewTCPConn(&wq, ep), nil
+	return &Conn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep}, nil
+}
+
+// Conn is an accepted client connection.
+type Conn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+// Abort resets the connection: the client gets a RST instead of a FIN.
+func (c *Conn) Abort() {
+	c.ep.Abort()
+	c.TCPConn.Close()
 }
 
 // Reject answers the client's SYN with a RST.

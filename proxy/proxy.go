@@ -5,9 +5,11 @@ package proxy
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"sync"
@@ -15,7 +17,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/elazarl/goproxy"
+
+	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // Config configures a Proxy.
@@ -33,11 +40,26 @@ type Config struct {
 	// could otherwise reach the appliance's own services through it, so
 	// only in-process tests set it.
 	AllowLoopback bool
+	// Policy holds the egress rules (default: allow everything, decrypt
+	// nothing).
+	Policy *policy.Holder
+	// Minter mints the leaves for bumped TLS; without it nothing is bumped.
+	Minter *certs.Minter
+	// UpstreamRoots verify bumped destinations (nil: the system roots).
+	UpstreamRoots *x509.CertPool
+	// Trust serves the CA-trust page to requests for TrustHost through the
+	// data path.
+	Trust     http.Handler
+	TrustHost string
+	// SniffWait is how long a client that sends nothing first is waited
+	// for before its connection is relayed as opaque TCP (default 300 ms).
+	SniffWait time.Duration
 }
 
 // Proxy implements netstack.Handler.
 type Proxy struct {
 	cfg    Config
+	gp     *goproxy.ProxyHttpServer
 	dialer net.Dialer
 	own    map[netip.Addr]bool // the host's own addresses: never a destination
 	echo   echoRelay
@@ -73,12 +95,19 @@ func New(cfg Config) *Proxy {
 	if cfg.Records == nil {
 		cfg.Records = NewRecordWriter()
 	}
+	if cfg.SniffWait <= 0 {
+		cfg.SniffWait = sniff.DefaultWait
+	}
+	if cfg.Policy == nil {
+		cfg.Policy = AllowAll()
+	}
 	p := &Proxy{
 		cfg: cfg,
 		// Keepalive towards destinations keeps NAT gateways and firewalls on
 		// the way from forgetting idle connections.
 		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
 		own:    ownAddresses(),
+		gp:     newGoproxy(),
 	}
 	p.echo.init(p)
 	return p
@@ -108,6 +137,17 @@ func (p *Proxy) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// AllowAll returns a policy holder that allows every flow and decrypts none.
+func AllowAll() *policy.Holder {
+	pol, err := policy.Parse("built-in", []byte("policy: {default: allow}\n"))
+	if err != nil {
+		panic(err) // a constant document
+	}
+	h := new(policy.Holder)
+	h.Store(pol)
+	return h
 }
 
 func ownAddresses() map[netip.Addr]bool {

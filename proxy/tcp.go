@@ -9,17 +9,28 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // HandleTCP implements netstack.Handler. The destination is dialled before
 // the client's handshake completes, so a refused or unreachable destination
-// reaches the client as a RST, the way a direct connection would fail.
+// reaches the client as a RST, the way a direct connection would fail. A
+// flow the policy denies on its addresses alone is refused before anything
+// is dialled; the rest is decided once the first bytes say what it is.
 func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
 	start := time.Now()
 	rec := newRecord("tcp", req.Flow)
 	if reason := p.forbidden(req.Flow.Dest.Addr()); reason != "" {
 		req.Reject()
 		p.deny(rec, start, reason)
+		return
+	}
+	pol := p.cfg.Policy.Load()
+	pf := policy.Flow{Dest: req.Flow.Dest, Client: req.Flow.Client.Addr(), Endpoint: rec.Endpoint}
+	if d, ok := pol.DecideEarly(pf); ok {
+		req.Reject()
+		rec.Rule = d.Rule
+		p.deny(rec, start, "denied by policy")
 		return
 	}
 	p.active.Add(1)
@@ -42,11 +53,8 @@ func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
 		p.finish(rec, start)
 		return
 	}
-	rec.BytesOut, rec.BytesIn, err = Relay(client, up)
-	if err != nil {
-		rec.Result, rec.Error = "reset", err.Error()
-	}
-	p.finish(rec, start)
+	f := &flow{p: p, rec: rec, start: start, pol: pol, pf: pf, up: up}
+	f.serve(client)
 }
 
 var relayBufPool = sync.Pool{New: func() any {

@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // HandleUDP implements netstack.Handler: one connected host socket per flow,
@@ -18,6 +20,13 @@ func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
 	defer client.Close()
 	if reason := p.forbidden(flow.Dest.Addr()); reason != "" {
 		p.deny(rec, start, reason)
+		return
+	}
+	d := p.cfg.Policy.Load().Decide(policy.Flow{
+		Protocol: policy.ProtoUDP, Dest: flow.Dest, Client: flow.Client.Addr(), Endpoint: rec.Endpoint,
+	})
+	if rec.Rule = d.Rule; d.Action == policy.Deny {
+		p.deny(rec, start, "denied by policy")
 		return
 	}
 	p.active.Add(1)
@@ -62,13 +71,17 @@ func (p *Proxy) udpCopy(dst, src net.Conn, last *atomic.Int64, idle time.Duratio
 		_ = src.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
 		nr, err := src.Read(buf)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
+			// gonet reports a passed deadline with a timeout error of its
+			// own, not os.ErrDeadlineExceeded, and a read on a gonet UDP
+			// conn closed by the other direction as io.EOF.
+			var nerr net.Error
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &nerr) && nerr.Timeout() {
 				if time.Since(time.Unix(0, last.Load())) < idle {
 					continue // the other direction was busy
 				}
 				err = nil
 			}
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
 				err = nil
 			}
 			src.Close()

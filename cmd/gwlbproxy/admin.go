@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"sort"
 
-	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 )
@@ -36,11 +35,12 @@ func (a *appliance) adminHandler() http.Handler {
 		}
 		fmt.Fprintln(w, "gwlbproxy: serving")
 	})
-	trust := certs.TrustHandler(a.ca, a.opts.TrustHost)
-	for _, p := range []string{"/ca.pem", "/ca.crt", "/ca.der"} {
-		mux.Handle("GET "+p, trust)
+	if trust := a.trustHandler(); trust != nil {
+		for _, p := range []string{"/ca.pem", "/ca.crt", "/ca.der"} {
+			mux.Handle("GET "+p, trust)
+		}
+		mux.Handle("/ca/", http.StripPrefix("/ca", trust))
 	}
-	mux.Handle("/ca/", http.StripPrefix("/ca", trust))
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // options is everything the appliance is configured with.
@@ -35,6 +37,9 @@ type options struct {
 	CACert         string
 	CAKey          string
 	TrustHost      string
+	Config         string
+	UpstreamCA     []string
+	SniffWait      time.Duration
 	AllowLoopback  bool // tests only: not a flag
 }
 
@@ -86,6 +91,8 @@ type appliance struct {
 	ns       *netstack.Server
 	px       *proxy.Proxy
 	ca       *certs.CA
+	minter   *certs.Minter
+	policy   *policy.Holder
 	admin    *http.Server
 	adminLn  net.Listener
 	closers  []io.Closer
@@ -97,9 +104,24 @@ func newAppliance(o options) (*appliance, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	a := &appliance{opts: o}
+	a := &appliance{opts: o, policy: proxy.AllowAll()}
+	if o.Config != "" {
+		if err := a.policy.Reload(o.Config); err != nil {
+			return nil, fmt.Errorf("--config: %w", err)
+		}
+	}
 	var err error
-	if a.ca, err = loadCA(&o); err != nil {
+	// Audit mode decrypts nothing and so needs no CA, unless one is given.
+	if a.policy.Load().Mode() != policy.Audit || o.CACert != "" {
+		if a.ca, err = loadCA(&o); err != nil {
+			return nil, err
+		}
+		if a.minter, err = certs.NewMinter(a.ca, certs.MinterOptions{}); err != nil {
+			return nil, err
+		}
+	}
+	roots, err := upstreamRoots(o.UpstreamCA)
+	if err != nil {
 		return nil, err
 	}
 	var sinks []io.Writer
@@ -121,6 +143,12 @@ func newAppliance(o options) (*appliance, error) {
 		EchoIdleTimeout: o.IdleTimeout,
 		Records:         proxy.NewRecordWriter(sinks...),
 		AllowLoopback:   o.AllowLoopback,
+		Policy:          a.policy,
+		Minter:          a.minter,
+		UpstreamRoots:   roots,
+		Trust:           a.trustHandler(),
+		TrustHost:       o.TrustHost,
+		SniffWait:       o.SniffWait,
 	})
 	a.ns, err = netstack.Listen(netstack.Config{
 		ListenAddr:     o.GeneveAddr,
@@ -174,6 +202,47 @@ func (a *appliance) run(ctx context.Context, drain func() time.Duration) error {
 	a.closeSinks()
 	slog.Info("stopped")
 	return nil
+}
+
+// reload re-reads --config (SIGHUP). A file with an error is rejected and
+// the running policy stays in force; flows in progress keep the policy they
+// started with.
+func (a *appliance) reload() error {
+	if a.opts.Config == "" {
+		return nil
+	}
+	if err := a.policy.Reload(a.opts.Config); err != nil {
+		slog.Error("policy reload rejected; the running policy stays", "err", err)
+		return err
+	}
+	slog.Info("policy reloaded", "file", a.opts.Config, "rules", a.policy.Load().Len())
+	return nil
+}
+
+// trustHandler serves the CA-trust page, or nil without a CA.
+func (a *appliance) trustHandler() http.Handler {
+	if a.ca == nil {
+		return nil
+	}
+	return certs.TrustHandler(a.ca, a.opts.TrustHost)
+}
+
+// upstreamRoots returns the system roots plus the given PEM files.
+func upstreamRoots(files []string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--upstream-ca: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--upstream-ca %s: no PEM certificate in it", f)
+		}
+	}
+	return pool, nil
 }
 
 func (a *appliance) closeSinks() {

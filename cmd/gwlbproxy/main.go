@@ -44,7 +44,7 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, fast := signalContext()
+	ctx, fast := signalContext(a.reload)
 	return a.run(ctx, func() time.Duration {
 		if fast.Load() {
 			return min(o.DrainTimeout, 5*time.Second)
@@ -74,6 +74,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.CACert, "ca-cert", o.CACert, "interception CA certificate (PEM; may hold an intermediate and its issuers); with --ca-key, instead of the state-dir CA")
 	fs.StringVar(&o.CAKey, "ca-key", o.CAKey, "the CA's private key (PEM)")
 	fs.StringVar(&o.TrustHost, "trust-host", o.TrustHost, "host name whose requests the appliance answers with the CA-trust page")
+	fs.StringVar(&o.Config, "config", o.Config, "YAML file with the egress policy (see README); SIGHUP reloads it")
+	fs.Func("upstream-ca", "PEM file of extra roots bumped destinations are verified against, besides the system's (repeatable)", func(v string) error {
+		o.UpstreamCA = append(o.UpstreamCA, v)
+		return nil
+	})
+	fs.DurationVar(&o.SniffWait, "sniff-wait", o.SniffWait, "how long a client that sends nothing first is awaited before its connection is relayed as plain TCP")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -93,17 +99,23 @@ func setupLogging(level string, w io.Writer) {
 }
 
 // signalContext is cancelled by SIGTERM or SIGINT; fast reports SIGINT,
-// which drains for at most a few seconds.
-func signalContext() (context.Context, *atomic.Bool) {
+// which drains for at most a few seconds. SIGHUP calls reload.
+func signalContext(reload func() error) (context.Context, *atomic.Bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var fast atomic.Bool
 	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	go func() {
-		sig := <-ch
-		fast.Store(sig == syscall.SIGINT)
-		slog.Info("signal received", "signal", sig)
-		cancel()
+		for sig := range ch {
+			slog.Info("signal received", "signal", sig)
+			if sig == syscall.SIGHUP {
+				_ = reload()
+				continue
+			}
+			fast.Store(sig == syscall.SIGINT)
+			cancel()
+			return
+		}
 	}()
 	return ctx, &fast
 }

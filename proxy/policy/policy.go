@@ -342,3 +342,37 @@ func (s *domainSet) match(d []byte) bool {
 	}
 	return false
 }
+
+// DecideEarly decides a TCP flow on its addresses alone, before any of its
+// bytes are read, when that answer is certain: the first rule that could
+// match is a deny that looks at neither protocol nor domain, or no rule
+// could match and the default denies. ok is false whenever what the client
+// sends could still change the outcome. The proxy uses it to refuse such
+// flows without ever dialling their destination.
+func (p *Policy) DecideEarly(f Flow) (d Decision, ok bool) {
+	if p == nil {
+		return Decision{Action: Deny, Rule: DefaultRule}, true
+	}
+	dest := f.Dest.Addr().Unmap().WithZone("")
+	client := f.Client.Unmap().WithZone("")
+	for i := range p.rules {
+		r := &p.rules[i]
+		if r.protos != 0 && r.protos&(bitTLS|bitHTTP|bitTCP) == 0 {
+			continue // a UDP-only rule
+		}
+		if (r.ports != nil && !matchPort(r.ports, f.Dest.Port())) ||
+			(r.endpoints != nil && !matchString(r.endpoints, f.Endpoint)) ||
+			(r.clients != nil && !matchPrefix(r.clients, client)) ||
+			(r.dests != nil && !matchPrefix(r.dests, dest)) {
+			continue
+		}
+		if r.protos != 0 || r.domains != nil || r.action != Deny {
+			return Decision{}, false
+		}
+		return Decision{Action: Deny, Rule: r.name}, true
+	}
+	if p.def == Deny {
+		return Decision{Action: Deny, Rule: DefaultRule}, true
+	}
+	return Decision{}, false
+}

@@ -1,0 +1,584 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"html"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
+)
+
+// flow is one accepted TCP connection on its way through classification,
+// policy and the relay or the HTTP proxy.
+type flow struct {
+	p      *Proxy
+	rec    *Record // the connection's record
+	start  time.Time
+	pol    *policy.Policy
+	pf     policy.Flow
+	client net.Conn // the client, with the sniffed bytes still to read
+	up     net.Conn // the dialled destination
+}
+
+// serve classifies the connection by its first bytes and serves it.
+func (f *flow) serve(accepted net.Conn) {
+	br := sniff.NewReader(accepted)
+	res, err := sniff.Sniff(br, accepted, f.p.cfg.SniffWait)
+	f.client = &peekedConn{Conn: accepted, r: br}
+	if err != nil { // the client reset or broke the connection while we waited
+		f.client.Close()
+		f.up.Close()
+		f.rec.Result, f.rec.Error = "reset", err.Error()
+		f.p.finish(f.rec, f.start)
+		return
+	}
+	switch res.Kind {
+	case sniff.KindTLS:
+		f.serveTLS(&res.Hello)
+	case sniff.KindHTTP:
+		f.serveHTTP(res.HTTP.Hostname(), &res.HTTP)
+	case sniff.KindHTTP2Cleartext:
+		f.serveHTTP("", nil)
+	default:
+		f.serveTCP()
+	}
+}
+
+// decide runs the policy for the flow as classified so far.
+func (f *flow) decide(protocol, domain string) policy.Decision {
+	f.pf.Protocol, f.pf.Domain = protocol, domain
+	d := f.pol.Decide(f.pf)
+	f.rec.Rule, f.rec.Action = d.Rule, d.Action.String()
+	return d
+}
+
+// refuse ends a denied connection: the client gets a RST.
+func (f *flow) refuse(reason string) {
+	abort(f.client)
+	f.up.Close()
+	f.p.deny(f.rec, f.start, reason)
+}
+
+func (f *flow) relay() {
+	var err error
+	f.rec.BytesOut, f.rec.BytesIn, err = Relay(f.client, f.up)
+	if err != nil {
+		f.rec.Result, f.rec.Error = "reset", err.Error()
+	}
+	f.p.finish(f.rec, f.start)
+}
+
+func (f *flow) serveTCP() {
+	if d := f.decide(policy.ProtoTCP, ""); d.Action == policy.Deny {
+		f.refuse("denied by policy")
+		return
+	}
+	f.relay()
+}
+
+func (f *flow) serveTLS(hello *sniff.ClientHello) {
+	f.rec.Kind, f.rec.SNI, f.rec.ALPN = "tls", hello.ServerName, strings.Join(hello.ALPN, ",")
+	var d policy.Decision
+	if f.p.isTrustHost(hello.ServerName) && f.p.cfg.Minter != nil {
+		d = policy.Decision{Action: policy.Bump, Rule: trustRule}
+		f.rec.Rule, f.rec.Action = d.Rule, d.Action.String()
+	} else {
+		d = f.decide(policy.ProtoTLS, hello.ServerName)
+	}
+	switch {
+	case d.Action == policy.Deny:
+		writeAlert(f.client, alertAccessDenied)
+		f.refuse("denied by policy")
+	case d.Action == policy.Bump && f.p.cfg.Minter != nil:
+		f.bump(hello, d)
+	default:
+		if d.Action == policy.Bump { // no CA: nothing can be decrypted
+			f.rec.Action, f.rec.Error = policy.Splice.String(), "bump requested but the appliance has no CA"
+		}
+		f.relay()
+	}
+}
+
+// TLS alerts sent to clients whose connection is refused.
+const (
+	alertHandshakeFailure = 40
+	alertBadCertificate   = 42
+	alertAccessDenied     = 49
+	alertInternalError    = 80
+)
+
+// writeAlert sends a fatal TLS alert record; it is what a client that has
+// sent its ClientHello understands as a refusal.
+func writeAlert(c net.Conn, desc byte) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write([]byte{21, 3, 3, 0, 2, 2, desc})
+}
+
+// bump terminates the client's TLS with a leaf from our CA. The upstream
+// handshake comes first: its certificate is verified before the client sees
+// anything, a client without SNI gets a leaf with the upstream's names, and
+// a failed verification is refused with an alert and recorded.
+func (f *flow) bump(hello *sniff.ClientHello, d policy.Decision) {
+	p := f.p
+	var verifyErr error
+	ucfg := &tls.Config{
+		ServerName:         hello.ServerName,
+		NextProtos:         httpALPN(hello.ALPN),
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // verified below, so the reason can be recorded
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			verifyErr = p.verifyUpstream(cs, hello.ServerName)
+			return nil
+		},
+	}
+	up := tls.Client(f.up, ucfg)
+	hctx, cancel := context.WithTimeout(context.Background(), p.cfg.DialTimeout)
+	err := up.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		writeAlert(f.client, alertHandshakeFailure)
+		f.rec.UpstreamVerify = "failed"
+		f.refuse("upstream TLS handshake: " + err.Error())
+		return
+	}
+	cs := up.ConnectionState()
+	f.rec.TLSVersion, f.rec.TLSCipher = tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
+	f.rec.ALPN = cs.NegotiatedProtocol
+	f.rec.UpstreamVerify = "ok"
+	if verifyErr != nil {
+		f.rec.UpstreamVerify = "failed"
+		if !d.AllowUnverifiedUpstream {
+			writeAlert(f.client, alertBadCertificate)
+			f.refuse("upstream certificate: " + verifyErr.Error())
+			return
+		}
+		f.rec.Error = "upstream certificate accepted by rule: " + verifyErr.Error()
+	}
+	var leaf *tls.Certificate
+	if hello.ServerName != "" {
+		leaf, err = p.cfg.Minter.Leaf(hello.ServerName)
+	} else {
+		up := cs.PeerCertificates[0]
+		leaf, err = p.cfg.Minter.LeafFor(up.DNSNames, append(up.IPAddresses, f.pf.Dest.Addr().AsSlice()))
+	}
+	if err != nil {
+		writeAlert(f.client, alertInternalError)
+		f.refuse("minting a leaf: " + err.Error())
+		return
+	}
+	redial := ucfg.Clone()
+	redial.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := p.verifyUpstream(cs, hello.ServerName); err != nil && !d.AllowUnverifiedUpstream {
+			return err
+		}
+		return nil
+	}
+	ccfg := &tls.Config{Certificates: []tls.Certificate{*leaf}, MinVersion: tls.VersionTLS12}
+	if cs.NegotiatedProtocol == "h2" {
+		ccfg.NextProtos = []string{"h2"}
+	}
+	f.mitm("https", ccfg, f.transport(up, redial))
+}
+
+// httpALPN keeps the client's offer of the protocols the HTTP proxy speaks,
+// in the client's order.
+func httpALPN(offer []string) []string {
+	var out []string
+	for _, p := range offer {
+		if p == "h2" || p == "http/1.1" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// verifyUpstream checks the upstream chain against the system roots and the
+// configured extra roots, and its name against the SNI. Without SNI there is
+// no name the client asked for, so only the chain is checked.
+func (p *Proxy) verifyUpstream(cs tls.ConnectionState, name string) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots: p.cfg.UpstreamRoots, Intermediates: inter, DNSName: name,
+	})
+	return err
+}
+
+func (f *flow) serveHTTP(host string, req *sniff.HTTPRequest) {
+	f.rec.Kind = "http"
+	if req != nil {
+		f.rec.Method, f.rec.Host, f.rec.Scheme = req.Method, req.Host, "http"
+		if u, err := url.Parse(req.Target); err == nil {
+			f.rec.Path = u.Path
+		}
+	}
+	if !f.p.isTrustHost(host) {
+		if d := f.decide(policy.ProtoHTTP, host); d.Action == policy.Deny {
+			writeDenyResponse(f.client, d.Rule, host)
+			f.client.Close()
+			f.up.Close()
+			f.rec.Status = http.StatusForbidden
+			f.p.deny(f.rec, f.start, "denied by policy")
+			return
+		}
+	}
+	f.mitm("http", nil, f.transport(f.up, nil))
+}
+
+const trustRule = "trust-page"
+
+func (p *Proxy) isTrustHost(host string) bool {
+	return p.cfg.Trust != nil && host != "" && strings.EqualFold(strings.TrimSuffix(host, "."), p.cfg.TrustHost)
+}
+
+// transport returns the HTTP client side of one intercepted connection. Every
+// connection it makes goes to the flow's original destination, whatever the
+// request's Host says: a client must not steer the appliance elsewhere. The
+// first one is the connection already dialled (and, for TLS, verified).
+func (f *flow) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport {
+	var used atomic.Bool
+	dest := f.pf.Dest.String()
+	dial := func(ctx context.Context) (net.Conn, error) {
+		if !used.Swap(true) {
+			return first, nil
+		}
+		return f.p.dialer.DialContext(ctx, "tcp", dest)
+	}
+	tr := &http.Transport{
+		Proxy:               nil,
+		ForceAttemptHTTP2:   true,
+		DisableCompression:  true, // pass Content-Encoding through untouched
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     90 * time.Second,
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+	}
+	if tlsCfg != nil {
+		tr.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, err := dial(ctx)
+			if err != nil || c == first {
+				return c, err
+			}
+			tc := tls.Client(c, tlsCfg.Clone())
+			if err := tc.HandshakeContext(ctx); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return tc, nil
+		}
+	}
+	return tr
+}
+
+// mitmConn is what goproxy needs to serve one intercepted connection: the
+// TLS configuration for the client side and the round trips to upstream.
+type mitmConn struct {
+	f      *flow
+	scheme string
+	tlsCfg *tls.Config
+	tr     *http.Transport
+}
+
+type mitmKey struct{}
+
+// mitm feeds the client connection to goproxy as if it had arrived through a
+// CONNECT, and returns when goproxy is done with it.
+func (f *flow) mitm(scheme string, tlsCfg *tls.Config, tr *http.Transport) {
+	m := &mitmConn{f: f, scheme: scheme, tlsCfg: tlsCfg, tr: tr}
+	host := f.pf.Dest.String()
+	if f.rec.SNI != "" {
+		host = net.JoinHostPort(f.rec.SNI, strconv.Itoa(int(f.pf.Dest.Port())))
+	}
+	cc := &hijackedConn{Conn: f.client, closed: make(chan struct{}), swallow: []byte("HTTP/1.1 200 OK\r\n\r\n")}
+	creq := (&http.Request{
+		Method: http.MethodConnect, URL: &url.URL{Host: host}, Host: host,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: make(http.Header),
+		RemoteAddr: netip.AddrPortFrom(f.pf.Client, f.rec.ClientPort).String(),
+	}).WithContext(context.WithValue(context.Background(), mitmKey{}, m))
+	f.p.gp.ServeHTTP(&hijacker{conn: cc, r: f.client.(*peekedConn).r}, creq)
+	<-cc.closed // goproxy serves the connection on a goroutine of its own
+	tr.CloseIdleConnections()
+	if f.rec.Kind == "tls" { // bumped: the connection's record, besides one per request
+		f.rec.BytesOut, f.rec.BytesIn = cc.in.Load(), cc.out.Load()
+		f.p.finish(f.rec, f.start)
+	}
+}
+
+// newGoproxy returns the HTTP proxy behind every intercepted connection.
+func newGoproxy() *goproxy.ProxyHttpServer {
+	gp := goproxy.NewProxyHttpServer()
+	gp.Tr = &http.Transport{Proxy: nil} // unused: every connection has its own RoundTripper
+	gp.KeepAcceptEncoding = true        // else responses are silently decompressed
+	gp.AllowHTTP2 = true
+	gp.Logger = discardLogger{}
+	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+		m, _ := ctx.Req.Context().Value(mitmKey{}).(*mitmConn)
+		if m == nil { // not one of ours: nothing else reaches this proxy
+			return goproxy.RejectConnect, host
+		}
+		ctx.RoundTripper = m
+		return &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: func(string, *goproxy.ProxyCtx) (*tls.Config, error) {
+			if m.tlsCfg == nil {
+				return nil, errors.New("no TLS configuration for a cleartext connection")
+			}
+			return m.tlsCfg, nil
+		}}, host
+	})
+	return gp
+}
+
+type discardLogger struct{}
+
+func (discardLogger) Printf(string, ...any) {}
+
+// RoundTrip implements goproxy.RoundTripper: one HTTP request of an
+// intercepted connection. Every request is decided on its own Host (a
+// keep-alive connection, or a bumped one, may carry requests for other
+// names than its first) and gets its own record.
+func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
+	f, p := m.f, m.f.p
+	start := time.Now()
+	rec := *f.rec
+	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", m.scheme, req.Method, req.Host
+	rec.Path, rec.UserAgent, rec.Error, rec.Result = req.URL.Path, req.UserAgent(), "", "ok"
+	rec.BytesOut, rec.BytesIn = 0, 0
+	host := req.URL.Hostname()
+	if h, _, err := net.SplitHostPort(req.Host); err == nil {
+		host = h
+	} else if req.Host != "" {
+		host = req.Host
+	}
+	if p.isTrustHost(host) {
+		rw := httptest.NewRecorder()
+		p.cfg.Trust.ServeHTTP(rw, req)
+		resp := rw.Result()
+		rec.Action, rec.Rule, rec.Status, rec.BytesIn = "allow", trustRule, resp.StatusCode, int64(rw.Body.Len())
+		p.finish(&rec, start)
+		return resp, nil
+	}
+	proto := policy.ProtoHTTP
+	if m.scheme == "https" {
+		proto = policy.ProtoTLS
+	}
+	pf := f.pf
+	pf.Protocol, pf.Domain = proto, host
+	d := f.pol.Decide(pf)
+	rec.Rule, rec.Action = d.Rule, d.Action.String()
+	if m.scheme == "https" && d.Action != policy.Deny {
+		rec.Action = "bump" // the connection is decrypted already
+	}
+	if d.Action == policy.Deny {
+		rec.Status = http.StatusForbidden
+		p.deny(&rec, start, "denied by policy")
+		return denyResponse(req, d.Rule, host), nil
+	}
+	var sent countingReader
+	if req.Body != nil && req.Body != http.NoBody {
+		sent.r = req.Body
+		req.Body = &sent
+	}
+	resp, err := m.tr.RoundTrip(req)
+	if err != nil {
+		rec.Status = http.StatusBadGateway
+		rec.Result, rec.Error = dialResult(err), err.Error()
+		p.finish(&rec, start)
+		return errorResponse(req, http.StatusBadGateway, "gwlbproxy could not reach the destination: "+err.Error()), nil
+	}
+	rec.Status = resp.StatusCode
+	rec.WebSocket = resp.StatusCode == http.StatusSwitchingProtocols && strings.EqualFold(resp.Header.Get("Upgrade"), "websocket")
+	rb := &recordingBody{ReadCloser: resp.Body}
+	rb.done = func() {
+		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), rb.read.Load()
+		p.finish(&rec, start)
+	}
+	if w, ok := resp.Body.(io.Writer); ok { // a 101's body carries both directions
+		resp.Body = &recordingRWBody{recordingBody: rb, w: w}
+	} else {
+		resp.Body = rb
+	}
+	return resp, nil
+}
+
+func denyResponse(req *http.Request, rule, host string) *http.Response {
+	page := fmt.Sprintf("<!doctype html><title>403 Forbidden</title><h1>Forbidden</h1>"+
+		"<p>gwlbproxy denied this request to <b>%s</b> (rule <code>%s</code>).</p>\n",
+		html.EscapeString(host), html.EscapeString(rule))
+	resp := errorResponse(req, http.StatusForbidden, "")
+	resp.Header.Set("Content-Type", "text/html; charset=utf-8")
+	resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader(page)), int64(len(page))
+	return resp
+}
+
+func errorResponse(req *http.Request, code int, msg string) *http.Response {
+	body := msg + "\n"
+	return &http.Response{
+		StatusCode: code, Status: fmt.Sprintf("%d %s", code, http.StatusText(code)),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Request: req,
+		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+	}
+}
+
+// writeDenyResponse answers a denied plain-HTTP connection before any
+// request is proxied.
+func writeDenyResponse(c net.Conn, rule, host string) {
+	resp := denyResponse(&http.Request{Method: http.MethodGet}, rule, host)
+	resp.Close = true
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = resp.Write(c)
+}
+
+type countingReader struct {
+	r io.ReadCloser
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+// recordingBody counts a response body and writes the request's record when
+// goproxy closes it, i.e. once the response has reached the client.
+type recordingBody struct {
+	io.ReadCloser
+	read, written atomic.Int64
+	once          sync.Once
+	done          func()
+}
+
+func (b *recordingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read.Add(int64(n))
+	return n, err
+}
+
+func (b *recordingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+type recordingRWBody struct {
+	*recordingBody
+	w io.Writer
+}
+
+func (b *recordingRWBody) Write(p []byte) (int, error) {
+	n, err := b.w.Write(p)
+	b.written.Add(int64(n))
+	return n, err
+}
+
+// peekedConn reads through the buffer that holds the sniffed bytes.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// CloseWrite passes a half-close on to the client connection.
+func (c *peekedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+func abort(c net.Conn) {
+	if pc, ok := c.(*peekedConn); ok {
+		c = pc.Conn
+	}
+	if a, ok := c.(interface{ Abort() }); ok {
+		a.Abort()
+		return
+	}
+	c.Close()
+}
+
+// hijackedConn is the client connection as goproxy sees it. It swallows the
+// CONNECT response goproxy writes (our client never sent a CONNECT), counts
+// bytes, and reports when goproxy closes it.
+type hijackedConn struct {
+	net.Conn
+	swallow []byte
+	in, out atomic.Int64
+	once    sync.Once
+	closed  chan struct{}
+}
+
+func (c *hijackedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *hijackedConn) Write(b []byte) (int, error) {
+	if c.swallow != nil {
+		s := c.swallow
+		c.swallow = nil
+		if bytes.Equal(b, s) {
+			return len(b), nil
+		}
+	}
+	n, err := c.Conn.Write(b)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+func (c *hijackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { close(c.closed) })
+	return err
+}
+
+// hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
+// only be hijacked, and the reader it hands over holds the sniffed bytes.
+type hijacker struct {
+	conn *hijackedConn
+	r    *bufio.Reader
+	hdr  http.Header
+}
+
+func (h *hijacker) Header() http.Header {
+	if h.hdr == nil {
+		h.hdr = make(http.Header)
+	}
+	return h.hdr
+}
+
+func (h *hijacker) Write(b []byte) (int, error) { return h.conn.Write(b) }
+
+func (h *hijacker) WriteHeader(int) {}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return h.conn, bufio.NewReadWriter(h.r, bufio.NewWriter(h.conn)), nil
+}
