@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"html"
+	"log/slog"
 	"io"
 	"net"
 	"net/http"
@@ -318,7 +319,7 @@ func (f *flow) mitm(scheme string, tlsCfg *tls.Config, tr *http.Transport) {
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: make(http.Header),
 		RemoteAddr: netip.AddrPortFrom(f.pf.Client, f.rec.ClientPort).String(),
 	}).WithContext(context.WithValue(context.Background(), mitmKey{}, m))
-	f.p.gp.ServeHTTP(&hijacker{conn: cc, r: f.client.(*peekedConn).r}, creq)
+	f.p.gp.ServeHTTP(&hijacker{conn: cc}, creq)
 	<-cc.closed // goproxy serves the connection on a goroutine of its own
 	tr.CloseIdleConnections()
 	if f.rec.Kind == "tls" { // bumped: the connection's record, besides one per request
@@ -334,6 +335,7 @@ func newGoproxy() *goproxy.ProxyHttpServer {
 	gp.KeepAcceptEncoding = true        // else responses are silently decompressed
 	gp.AllowHTTP2 = true
 	gp.Logger = discardLogger{}
+	gp.Verbose = true
 	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 		m, _ := ctx.Req.Context().Value(mitmKey{}).(*mitmConn)
 		if m == nil { // not one of ours: nothing else reaches this proxy
@@ -352,7 +354,7 @@ func newGoproxy() *goproxy.ProxyHttpServer {
 
 type discardLogger struct{}
 
-func (discardLogger) Printf(string, ...any) {}
+func (discardLogger) Printf(f string, a ...any) { slog.Debug("goproxy: " + fmt.Sprintf(f, a...)) }
 
 // RoundTrip implements goproxy.RoundTripper: one HTTP request of an
 // intercepted connection. Every request is decided on its own Host (a
@@ -561,10 +563,11 @@ func (c *hijackedConn) Close() error {
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
-// only be hijacked, and the reader it hands over holds the sniffed bytes.
+// only be hijacked. The sniffed bytes stay in the connection's own reader:
+// goproxy replays a snapshot of whatever the hijacked reader has buffered,
+// so handing it that reader would deliver them twice.
 type hijacker struct {
 	conn *hijackedConn
-	r    *bufio.Reader
 	hdr  http.Header
 }
 
@@ -580,5 +583,5 @@ func (h *hijacker) Write(b []byte) (int, error) { return h.conn.Write(b) }
 func (h *hijacker) WriteHeader(int) {}
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return h.conn, bufio.NewReadWriter(h.r, bufio.NewWriter(h.conn)), nil
+	return h.conn, bufio.NewReadWriter(bufio.NewReader(h.conn), bufio.NewWriter(h.conn)), nil
 }

@@ -29,8 +29,11 @@ func init() {
 	nextNet.Store(10)
 	// The appliance logs to slog; keep test and benchmark output readable
 	// unless GWLBPROXY_TEST_LOG asks for the logs.
-	if os.Getenv("GWLBPROXY_TEST_LOG") == "" {
+	switch os.Getenv("GWLBPROXY_TEST_LOG") {
+	case "":
 		slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	case "debug":
+		slog.SetLogLoggerLevel(slog.LevelDebug)
 	}
 }
 

@@ -1,0 +1,389 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/websocket"
+
+	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+// upstream is a real HTTPS (and WebSocket) server on loopback with a
+// certificate for www.example.test from a CA of its own.
+type upstream struct {
+	addr   netip.AddrPort
+	caFile string
+	ca     *certs.CA
+}
+
+func startUpstream(t *testing.T, addr netip.Addr, selfSigned bool) *upstream {
+	t.Helper()
+	ca := must(certs.Generate("test upstream CA"))(t)
+	minter := must(certs.NewMinter(ca, certs.MinterOptions{}))(t)
+	leaf := must(minter.Leaf("www.example.test"))(t)
+	if selfSigned { // a certificate no configured root vouches for
+		other := must(certs.Generate("unknown CA"))(t)
+		leaf = must(must(certs.NewMinter(other, certs.MinterOptions{}))(t).Leaf("www.example.test"))(t)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s over %s host=%s", r.URL.Query().Get("who"), r.Proto, r.Host)
+	})
+	mux.Handle("/ws", websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
+	ln := must(tls.Listen("tcp", netip.AddrPortFrom(addr, 0).String(), &tls.Config{
+		Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"h2", "http/1.1"},
+	}))(t)
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	caFile := filepath.Join(t.TempDir(), "upstream-ca.pem")
+	os.WriteFile(caFile, ca.TrustPEM(), 0o644)
+	return &upstream{addr: ln.Addr().(*net.TCPAddr).AddrPort(), caFile: caFile, ca: ca}
+}
+
+const interceptPolicy = `
+policy:
+  default: bump
+  rules:
+    - name: no-evil
+      domains: ["evil.example.test"]
+      action: deny
+    - name: pass-bank
+      domains: ["bank.example.test"]
+      action: splice
+`
+
+func interceptRig(t *testing.T, up *upstream, pol string) *rig {
+	cfg := filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+	os.WriteFile(cfg, []byte(pol), 0o644)
+	return newRig(t, func(o *options) {
+		o.Config = cfg
+		o.UpstreamCA = []string{up.caFile}
+	}, nil)
+}
+
+func (r *rig) caPool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(r.app.ca.TrustPEM())
+	return pool
+}
+
+// tlsDial connects through the appliance and handshakes with sni.
+func (r *rig) tlsDial(t *testing.T, dst netip.AddrPort, cfg *tls.Config) (*tls.Conn, error) {
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), dst))(t)
+	tc := tls.Client(c, cfg)
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// httpClient returns a client whose every connection goes through the
+// appliance to dst, with the appliance's CA trusted.
+func (r *rig) httpClient(t *testing.T, dst netip.AddrPort, h2 bool) *http.Client {
+	protos := []string{"http/1.1"}
+	if h2 {
+		protos = []string{"h2", "http/1.1"}
+	}
+	tr := &http.Transport{
+		ForceAttemptHTTP2: h2,
+		TLSClientConfig:   &tls.Config{RootCAs: r.caPool(), NextProtos: protos},
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return r.client.DialTCP(ctx, dst)
+		},
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func TestBumpHTTP1AndHTTP2(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	for _, h2 := range []bool{false, true} {
+		client := r.httpClient(t, up.addr, h2)
+		defer client.CloseIdleConnections()
+		resp, err := client.Get("https://www.example.test/hello?who=bob&secret=1")
+		if err != nil {
+			t.Fatalf("h2=%v: %v", h2, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		wantProto := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2]
+		if resp.Proto != wantProto || !strings.HasPrefix(string(body), "hello bob over") {
+			t.Errorf("h2=%v: %s %q", h2, resp.Proto, body)
+		}
+		issuer := resp.TLS.PeerCertificates[0].Issuer.CommonName
+		if issuer != r.app.ca.Certificate().Subject.CommonName {
+			t.Errorf("h2=%v: leaf issued by %q, not the appliance CA", h2, issuer)
+		}
+		client.CloseIdleConnections() // the connection's tls record is written when it ends
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "http") >= 2 && countKind(rs, "tls") >= 2 })
+	var httpRec, tlsRec *proxy.Record
+	for i := range recs {
+		switch recs[i].Kind {
+		case "http":
+			httpRec = &recs[i]
+		case "tls":
+			tlsRec = &recs[i]
+		}
+	}
+	if httpRec == nil || httpRec.Action != "bump" || httpRec.Scheme != "https" || httpRec.Path != "/hello" ||
+		httpRec.Status != 200 || httpRec.BytesIn == 0 || httpRec.Host != "www.example.test" {
+		t.Errorf("http record %+v", httpRec)
+	}
+	if tlsRec == nil || tlsRec.UpstreamVerify != "ok" || tlsRec.SNI != "www.example.test" || tlsRec.TLSVersion == "" {
+		t.Errorf("tls record %+v", tlsRec)
+	}
+	for _, rec := range recs {
+		if strings.Contains(fmt.Sprint(rec), "secret") {
+			t.Errorf("a record holds the query string: %+v", rec)
+		}
+	}
+}
+
+func countKind(rs []proxy.Record, kind string) int {
+	n := 0
+	for _, r := range rs {
+		if r.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+func TestSpliceShowsOriginCertificate(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(up.ca.TrustPEM())
+	// The origin's certificate names www.example.test; a spliced client
+	// sees it unchanged, so verify against that name.
+	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "bank.example.test", RootCAs: pool, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if got := tc.ConnectionState().PeerCertificates[0].Issuer.CommonName; got != "test upstream CA" {
+		t.Fatalf("spliced client sees a certificate from %q", got)
+	}
+	tc.Close()
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	if rec := recs[0]; rec.Action != "splice" || rec.Rule != "pass-bank" || rec.SNI != "bank.example.test" {
+		t.Fatalf("record %+v", rec)
+	}
+}
+
+func TestDenyTLSByDomain(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	_, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "evil.example.test", RootCAs: r.caPool()})
+	if err == nil || !strings.Contains(err.Error(), "access denied") {
+		t.Fatalf("handshake with a denied name: %v, want an access-denied alert", err)
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	if rec := recs[0]; rec.Action != "deny" || rec.Rule != "no-evil" || rec.Result != "denied" {
+		t.Fatalf("record %+v", rec)
+	}
+}
+
+func TestUnverifiedUpstreamDenied(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), true)
+	r := interceptRig(t, up, interceptPolicy)
+	_, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool()})
+	if err == nil || !strings.Contains(err.Error(), "bad certificate") {
+		t.Fatalf("handshake with an unverifiable upstream: %v, want a bad-certificate alert", err)
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	if rec := recs[0]; rec.Action != "deny" || rec.UpstreamVerify != "failed" || !strings.Contains(rec.Error, "unknown authority") {
+		t.Fatalf("record %+v", rec)
+	}
+}
+
+func TestBumpWithoutSNIMirrorsNames(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	// No ServerName: Go sends no SNI for an IP literal either.
+	tc, err := r.tlsDial(t, up.addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	leaf := tc.ConnectionState().PeerCertificates[0]
+	if leaf.Issuer.CommonName != r.app.ca.Certificate().Subject.CommonName || len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "www.example.test" {
+		t.Fatalf("leaf from %q for %v, want ours for www.example.test", leaf.Issuer.CommonName, leaf.DNSNames)
+	}
+	if err := leaf.VerifyHostname("www.example.test"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWebSocketThroughBump(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		for _, rec := range r.records(func(rs []proxy.Record) bool { return len(rs) > 0 }) {
+			t.Logf("%+v", rec)
+		}
+		t.Fatal(err)
+	}
+	wcfg := must(websocket.NewConfig("wss://www.example.test/ws", "https://www.example.test/"))(t)
+	ws := must(websocket.NewClient(wcfg, tc))(t)
+	for _, msg := range []string{"one", "two"} {
+		must(ws.Write([]byte(msg)))(t)
+		buf := make([]byte, 16)
+		n := must(ws.Read(buf))(t)
+		if string(buf[:n]) != msg {
+			t.Fatalf("websocket echo %q, want %q", buf[:n], msg)
+		}
+	}
+	ws.Close()
+	recs := r.records(func(rs []proxy.Record) bool {
+		for _, r := range rs {
+			if r.WebSocket {
+				return true
+			}
+		}
+		return false
+	})
+	for _, rec := range recs {
+		if rec.WebSocket && rec.Status == 101 && rec.Path == "/ws" {
+			return
+		}
+	}
+	t.Fatalf("no websocket record in %+v", recs)
+}
+
+// TestPlainHTTP: the dial goes to the flow's destination whatever the Host
+// header says, and a denied Host gets a 403 naming the rule.
+func TestPlainHTTP(t *testing.T) {
+	tn := newTestNet()
+	up := startUpstream(t, tn.server(4), false)
+	r := interceptRig(t, up, interceptPolicy)
+	origin := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), func(c net.Conn) {
+		req, err := http.ReadRequest(bufio.NewReader(c))
+		if err != nil {
+			return
+		}
+		body := "origin saw host " + req.Host
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	})
+	get := func(host string) (*http.Response, string) {
+		c := must(r.client.DialTCP(ctxT(t, 5*time.Second), origin))(t)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET /page?token=x HTTP/1.1\r\nHost: %s\r\nUser-Agent: gwlbtest\r\n\r\n", host)
+		resp := must(http.ReadResponse(bufio.NewReader(c), nil))(t)
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	// The forged Host names the HTTPS upstream's address; the request must
+	// still reach the original destination.
+	resp, body := get(up.addr.String())
+	if resp.StatusCode != 200 || body != "origin saw host "+up.addr.String() {
+		t.Fatalf("forged Host: %d %q", resp.StatusCode, body)
+	}
+	resp, body = get("evil.example.test")
+	if resp.StatusCode != 403 || !strings.Contains(body, "no-evil") {
+		t.Fatalf("denied Host: %d %q", resp.StatusCode, body)
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "http") >= 2 })
+	var allowed, denied bool
+	for _, rec := range recs {
+		allowed = allowed || (rec.Action == "allow" && rec.Status == 200 && rec.Path == "/page" && rec.UserAgent == "gwlbtest")
+		denied = denied || (rec.Action == "deny" && rec.Status == 403 && rec.Rule == "no-evil")
+	}
+	if !allowed || !denied {
+		t.Fatalf("records %+v", recs)
+	}
+}
+
+// TestTrustPageThroughDataPath: a request for the trust host is answered by
+// the appliance with its CA, which then verifies a bumped connection.
+func TestTrustPageThroughDataPath(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	plain := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), plain))(t)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET /ca.pem HTTP/1.1\r\nHost: gwlbproxy.internal\r\n\r\n")
+	resp := must(http.ReadResponse(bufio.NewReader(c), nil))(t)
+	pemBytes, _ := io.ReadAll(resp.Body)
+	pool := x509.NewCertPool()
+	if resp.StatusCode != 200 || !pool.AppendCertsFromPEM(pemBytes) {
+		t.Fatalf("trust host answered %d %q", resp.StatusCode, pemBytes)
+	}
+	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: pool})
+	if err != nil {
+		t.Fatalf("the CA from the trust page does not verify a bumped connection: %v", err)
+	}
+	tc.Close()
+}
+
+func TestAuditModeNeverBumps(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, "policy:\n  mode: audit\n  default: bump\n")
+	if r.app.ca != nil {
+		t.Error("audit mode created a CA")
+	}
+	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if got := tc.ConnectionState().PeerCertificates[0].Issuer.CommonName; got != "test upstream CA" {
+		t.Fatalf("audit mode presented a certificate from %q", got)
+	}
+}
+
+// TestReload: a good file takes effect for new flows, a bad one is rejected
+// naming the problem and the running policy stays.
+func TestReload(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	open, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	os.WriteFile(r.app.opts.Config, []byte("policy:\n  rules:\n    - name: x\n      dest_cidrs: [\"10.0.0.0/33\"]\n      action: deny\n"), 0o644)
+	if err := r.app.reload(); err == nil || !strings.Contains(err.Error(), "gwlbproxy.yaml:") || !strings.Contains(err.Error(), "10.0.0.0/33") {
+		t.Fatalf("bad config: %v", err)
+	}
+	if _, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool()}); err != nil {
+		t.Fatalf("after a rejected reload: %v", err)
+	}
+	os.WriteFile(r.app.opts.Config, []byte("policy:\n  default: deny\n"), 0o644)
+	if err := r.app.reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.client.DialTCP(ctxT(t, 5*time.Second), up.addr); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("after reloading default deny: %v, want a refusal", err)
+	}
+	// The connection opened before the reload still works.
+	open.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(open, "GET /hello?who=old HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(open), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("an open flow after reload: %v", errors.Join(err))
+	}
+}
