@@ -1,0 +1,345 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+	"unicode"
+
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
+
+	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+// recordFields returns the JSON names of proxy.Record's fields.
+func recordFields(t *testing.T) map[string]bool {
+	t.Helper()
+	fields := map[string]bool{}
+	typ := reflect.TypeFor[proxy.Record]()
+	for i := range typ.NumField() {
+		name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			fields[name] = true
+		}
+	}
+	if len(fields) < 10 {
+		t.Fatalf("proxy.Record has only %d JSON fields", len(fields))
+	}
+	return fields
+}
+
+// insightsKeywords are the Logs Insights words that are not field names.
+var insightsKeywords = map[string]bool{
+	"fields": true, "filter": true, "stats": true, "sort": true, "limit": true, "display": true,
+	"dedup": true, "parse": true, "by": true, "as": true, "asc": true, "desc": true,
+	"and": true, "or": true, "not": true, "in": true, "like": true,
+}
+
+// referencedFields returns the log fields a query reads: identifiers that
+// are not keywords, functions (followed by "("), Insights' own @fields, or
+// names the query defines with "as".
+func referencedFields(q string) []string {
+	var refs []string
+	aliases := map[string]bool{}
+	prev := ""
+	for i := 0; i < len(q); {
+		c := rune(q[i])
+		switch {
+		case c == '"' || c == '\'':
+			j := i + 1
+			for j < len(q) && rune(q[j]) != c {
+				if q[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			i, prev = j+1, "string"
+		case c == '#': // comment to the end of the line
+			for i < len(q) && q[i] != '\n' {
+				i++
+			}
+		case unicode.IsDigit(c):
+			for i < len(q) && (unicode.IsLetter(rune(q[i])) || unicode.IsDigit(rune(q[i])) || q[i] == '.') {
+				i++
+			}
+			prev = "number"
+		case unicode.IsLetter(c) || c == '_' || c == '@':
+			j := i
+			for j < len(q) && (unicode.IsLetter(rune(q[j])) || unicode.IsDigit(rune(q[j])) || q[j] == '_' || q[j] == '@' || q[j] == '.') {
+				j++
+			}
+			word := q[i:j]
+			k := j
+			for k < len(q) && q[k] == ' ' {
+				k++
+			}
+			isFunc := k < len(q) && q[k] == '('
+			switch {
+			case prev == "as":
+				aliases[word] = true
+			case insightsKeywords[word], isFunc, strings.HasPrefix(word, "@"):
+			default:
+				refs = append(refs, word)
+			}
+			i, prev = j, word
+		case unicode.IsSpace(c):
+			i++
+		default:
+			i, prev = i+1, string(c)
+		}
+	}
+	var out []string
+	for _, r := range refs {
+		if !aliases[r] && !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestQueriesUseRecordFields: every field a catalog query reads is a JSON
+// name of proxy.Record, so renaming a record field breaks this test rather
+// than the auditors' queries.
+func TestQueriesUseRecordFields(t *testing.T) {
+	fields := recordFields(t)
+	used := map[string]bool{}
+	for _, q := range queryCatalog {
+		refs := referencedFields(q.Query)
+		if len(refs) == 0 {
+			t.Errorf("%s: no field found in the query", q.Name)
+		}
+		for _, f := range refs {
+			used[f] = true
+			if !fields[f] {
+				t.Errorf("%s: field %q is not a JSON field of proxy.Record", q.Name, f)
+			}
+		}
+	}
+	// The fields the auditor's questions hinge on are all queried.
+	for _, f := range []string{"action", "endpoint", "client_ip", "dest_ip", "host", "sni", "bytes_in", "bytes_out", "upstream_verify", "error", "result"} {
+		if !used[f] {
+			t.Errorf("no query reads %q", f)
+		}
+	}
+}
+
+func TestReferencedFields(t *testing.T) {
+	q := `fields @timestamp, coalesce(host, bogus_field) as destination, "a string with words" as s
+| filter kind = 'dns' and ispresent(error) # a comment naming nothing_here
+| stats count(*) as n, sum(bytes_in) by destination, bin(1h)
+| sort n desc`
+	got := referencedFields(q)
+	want := []string{"host", "bogus_field", "kind", "error", "bytes_in"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("referencedFields = %q, want %q", got, want)
+	}
+}
+
+func TestCatalogIsWellFormed(t *testing.T) {
+	seen := map[string]bool{}
+	for _, q := range queryCatalog {
+		if q.Name == "" || q.Description == "" || q.Query == "" || seen[q.Name] {
+			t.Errorf("query %+v: missing name, description or text, or duplicate name", q)
+		}
+		seen[q.Name] = true
+		if strings.ContainsAny(q.Name, " /") {
+			t.Errorf("%s: name must be one command-line word", q.Name)
+		}
+		if !strings.Contains(q.Query, "| limit ") {
+			t.Errorf("%s: no limit: results would be capped silently at the service's default", q.Name)
+		}
+		if q.Since != "" {
+			if _, err := parseQuerySince(q.Since); err != nil {
+				t.Errorf("%s: default range: %v", q.Name, err)
+			}
+		}
+	}
+	for _, want := range []string{"top-destinations-requests", "top-destinations-bytes", "denied", "client-destinations",
+		"endpoint-destinations", "tls-verify-failed", "new-destinations", "errors"} {
+		if !seen[want] {
+			t.Errorf("catalog lacks %s", want)
+		}
+	}
+}
+
+func TestPrintCatalog(t *testing.T) {
+	var out bytes.Buffer
+	if err := runQueriesCommand(t.Context(), nil, &out, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range queryCatalog {
+		if !strings.Contains(out.String(), q.Name+" (default --since") || !strings.Contains(out.String(), strings.Split(q.Query, "\n")[0]) {
+			t.Errorf("catalog output lacks %s", q.Name)
+		}
+	}
+	if err := runQueriesCommand(t.Context(), []string{"bogus"}, &out, nil); err == nil {
+		t.Error("unknown subcommand accepted")
+	}
+}
+
+// localClient returns a newClient function for the local endpoint that
+// records the region and endpoint it was asked for.
+func localClient(srv *cwlogstest.Server, asked *[]string) logsClientFunc {
+	return func(_ context.Context, region, endpoint string) (*cloudwatchlogs.Client, error) {
+		*asked = append(*asked, region+" "+endpoint)
+		return srv.Client(), nil
+	}
+}
+
+func TestInstallQueries(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	srv.CreateGroup("/gwlbproxy/access", 0)
+	var asked []string
+	args := []string{"install", "--group", "/gwlbproxy/access", "--region", "eu-west-1", "--endpoint", srv.URL}
+	for range 2 { // installing twice must not duplicate definitions
+		var out bytes.Buffer
+		if err := runQueriesCommand(t.Context(), args, &out, localClient(srv, &asked)); err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("saved %d queries for log group /gwlbproxy/access", len(queryCatalog)); !strings.Contains(out.String(), want) {
+			t.Errorf("output %q", out.String())
+		}
+	}
+	if asked[0] != "eu-west-1 "+srv.URL {
+		t.Errorf("client asked for %q", asked[0])
+	}
+	defs := srv.QueryDefinitions()
+	if len(defs) != len(queryCatalog) {
+		t.Fatalf("%d saved queries, want %d", len(defs), len(queryCatalog))
+	}
+	for i, q := range queryCatalog {
+		d := defs[i]
+		if d.Name != "gwlbproxy/"+q.Name || d.QueryString != q.Query || !slices.Equal(d.LogGroupNames, []string{"/gwlbproxy/access"}) {
+			t.Errorf("saved %+v for %s", d, q.Name)
+		}
+	}
+	var out bytes.Buffer
+	if err := runQueriesCommand(t.Context(), []string{"install"}, &out, localClient(srv, &asked)); err == nil {
+		t.Error("install without --group accepted")
+	}
+}
+
+func TestRunQuery(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	srv.CreateGroup("g", 0)
+	srv.SetQueryResults("", 2, [][]cwlogstest.ResultField{
+		{{Field: "destination", Value: "api.github.com"}, {Field: "requests", Value: "1520"}, {Field: "clients", Value: "7"}},
+		{{Field: "destination", Value: "s3.eu-west-1.amazonaws.com"}, {Field: "requests", Value: "3"}, {Field: "clients", Value: "1"}},
+		{{Field: "destination", Value: "x\ty"}, {Field: "@ptr", Value: "CmAKJ..."}},
+	})
+	var asked []string
+	var out bytes.Buffer
+	err := runQueryCommand(t.Context(), []string{"top-destinations-requests", "--group", "g", "--since", "2h", "--poll", "5ms"}, &out, localClient(srv, &asked))
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs := srv.Queries()
+	want, _ := findCatalogQuery("top-destinations-requests")
+	if len(qs) != 1 || qs[0].QueryString != want.Query || !slices.Equal(qs[0].LogGroupNames, []string{"g"}) {
+		t.Fatalf("started %+v", qs)
+	}
+	if span := qs[0].EndTime - qs[0].StartTime; span < 7199 || span > 7201 {
+		t.Errorf("time range %d s, want 2 h", span)
+	}
+	if now := time.Now().Unix(); qs[0].EndTime < now-60 || qs[0].EndTime > now+1 {
+		t.Errorf("range ends at %d, now is %d", qs[0].EndTime, now)
+	}
+	lines := strings.Split(out.String(), "\n")
+	if len(lines) < 6 || !strings.HasPrefix(lines[0], "destination") || !strings.Contains(lines[5], "3 rows") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+	// Aligned: each column starts at the same offset on every line.
+	col := strings.Index(lines[0], "requests")
+	for _, l := range lines[1:3] {
+		if len(l) <= col || l[col-1] != ' ' || l[col] == ' ' {
+			t.Errorf("column not aligned at %d:\n%s", col, out.String())
+		}
+	}
+	if !strings.Contains(lines[3], "x y") || strings.Contains(out.String(), "@ptr") || !strings.Contains(lines[3], "-") {
+		t.Errorf("tab, @ptr or missing cell mishandled:\n%s", out.String())
+	}
+
+	// Flags before the name work too.
+	out.Reset()
+	if err := runQueryCommand(t.Context(), []string{"--group", "g", "--poll", "5ms", "denied"}, &out, localClient(srv, &asked)); err != nil {
+		t.Fatal(err)
+	}
+	if qs := srv.Queries(); qs[1].EndTime-qs[1].StartTime != 3600 {
+		t.Errorf("default range %d s, want 1 h", qs[1].EndTime-qs[1].StartTime)
+	}
+}
+
+func TestRunQueryNewDestinations(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	srv.CreateGroup("g", 0)
+	ts := func(d time.Duration) string { return time.Now().Add(-d).UTC().Format("2006-01-02 15:04:05.000") }
+	srv.SetQueryResults("", 0, [][]cwlogstest.ResultField{
+		{{Field: "destination", Value: "new.example"}, {Field: "first_seen", Value: ts(time.Hour)}},
+		{{Field: "destination", Value: "newish.example"}, {Field: "first_seen", Value: ts(23 * time.Hour)}},
+		{{Field: "destination", Value: "old.example"}, {Field: "first_seen", Value: ts(25 * time.Hour)}},
+		{{Field: "destination", Value: "ancient.example"}, {Field: "first_seen", Value: ts(20 * 24 * time.Hour)}},
+	})
+	var asked []string
+	var out bytes.Buffer
+	if err := runQueryCommand(t.Context(), []string{"new-destinations", "--group", "g", "--poll", "5ms"}, &out, localClient(srv, &asked)); err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	if !strings.Contains(s, "new.example") || !strings.Contains(s, "newish.example") || strings.Contains(s, "old.example") || !strings.Contains(s, "2 rows") {
+		t.Errorf("output:\n%s", s)
+	}
+	if q := srv.Queries()[0]; q.EndTime-q.StartTime != 30*24*3600 {
+		t.Errorf("range %d s, want 30 days", q.EndTime-q.StartTime)
+	}
+}
+
+func TestRunQueryErrors(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	srv.CreateGroup("g", 0)
+	var asked []string
+	run := func(args ...string) error {
+		var out bytes.Buffer
+		return runQueryCommand(t.Context(), args, &out, localClient(srv, &asked))
+	}
+	srv.SetQueryResults("Failed", 1, nil)
+	if err := run("errors", "--group", "g", "--poll", "5ms"); err == nil || !strings.Contains(err.Error(), "failed") {
+		t.Errorf("failed query: %v", err)
+	}
+	srv.SetQueryResults("", 1000000, nil) // never completes
+	if err := run("errors", "--group", "g", "--poll", "5ms", "--timeout", "100ms"); err == nil || !strings.Contains(err.Error(), "deadline") {
+		t.Errorf("query outliving --timeout: %v", err)
+	}
+	if qs := srv.Queries(); qs[len(qs)-1].Status != "Cancelled" {
+		t.Errorf("abandoned query not stopped: %+v", qs[len(qs)-1])
+	}
+	for _, args := range [][]string{
+		{"nosuchquery", "--group", "g"},
+		{"errors"},
+		{"errors", "--group", "g", "--since", "-1h"},
+		{"errors", "--group", "g", "extra"},
+		{"errors", "--group", "missing", "--poll", "5ms"},
+	} {
+		if err := run(args...); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+}
+
+func TestParseQuerySince(t *testing.T) {
+	for in, want := range map[string]time.Duration{"90m": 90 * time.Minute, "6h": 6 * time.Hour, "7d": 7 * 24 * time.Hour, "2w": 14 * 24 * time.Hour} {
+		if got, err := parseQuerySince(in); err != nil || got != want {
+			t.Errorf("parseQuerySince(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "0s", "-1h", "xd", "1y"} {
+		if _, err := parseQuerySince(in); err == nil {
+			t.Errorf("parseQuerySince(%q) accepted", in)
+		}
+	}
+}

@@ -1,0 +1,136 @@
+package cwlogs
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
+)
+
+// apiError is what the SDK's modelled and generic API errors implement
+// (smithy.APIError, declared here to keep smithy-go an indirect dependency).
+type apiError interface {
+	error
+	ErrorCode() string
+}
+
+// errClass is what the shipper does after a failed call.
+type errClass int
+
+const (
+	// classRetry: transient (throttling, 5xx, network, credentials); the
+	// same batch is sent again after a backoff.
+	classRetry errClass = iota
+	// classMissing: the group or stream is gone; recreate it, then retry.
+	classMissing
+	// classPermanent: the service refused the request as invalid; retrying
+	// cannot help.
+	classPermanent
+)
+
+func (c errClass) String() string {
+	switch c {
+	case classRetry:
+		return "retry"
+	case classMissing:
+		return "missing"
+	}
+	return "permanent"
+}
+
+// retryCodes are error codes worth retrying besides the SDK's throttling and
+// transient lists. Authorization failures are here on purpose: an IAM policy
+// or an expired session is fixed by an operator while the buffer holds the
+// records, whereas giving up would lose every record until then.
+var retryCodes = map[string]bool{
+	"ServiceUnavailableException": true,
+	"ServiceUnavailable":          true,
+	"InternalFailure":             true,
+	"InternalServerError":         true,
+	"InternalServerException":     true,
+	"AccessDeniedException":       true,
+	"UnrecognizedClientException": true,
+	"ExpiredTokenException":       true,
+	"ExpiredToken":                true,
+	"InvalidSignatureException":   true, // clock skew, corrected on the next attempt
+	"SignatureDoesNotMatch":       true,
+}
+
+// classify decides how to handle err from a CloudWatch Logs call.
+func classify(err error) errClass {
+	var apiErr apiError
+	if errors.As(err, &apiErr) {
+		code := apiErr.ErrorCode()
+		if code == "ResourceNotFoundException" {
+			return classMissing
+		}
+		if _, ok := retry.DefaultThrottleErrorCodes[code]; ok {
+			return classRetry
+		}
+		if _, ok := retry.DefaultRetryableErrorCodes[code]; ok {
+			return classRetry
+		}
+		if retryCodes[code] {
+			return classRetry
+		}
+	}
+	var respErr *awshttp.ResponseError
+	if errors.As(err, &respErr) {
+		switch st := respErr.HTTPStatusCode(); {
+		case st == 0, st >= 500, st == 429:
+			// Status 0: no answer was read (connection refused or
+			// reset, DNS, TLS, timeout).
+			return classRetry
+		}
+		return classPermanent
+	}
+	// No HTTP response at all: connection refused or reset, DNS, a timeout,
+	// or credentials that could not be fetched. All may pass.
+	return classRetry
+}
+
+// isCode reports whether err is an API error with the given code.
+func isCode(err error, code string) bool {
+	var apiErr apiError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode() == code
+}
+
+// noSDKRetries makes one call a single attempt: the shipper owns the backoff
+// (so it is bounded, measurable and keeps retrying past the SDK's three
+// attempts), and the SDK's client-side retry quota cannot starve it.
+func noSDKRetries(o *cloudwatchlogs.Options) {
+	o.Retryer = aws.NopRetryer{}
+}
+
+// backoff returns the wait before retry number attempt (0 for the first
+// retry): exponential from min, capped at max, with "equal jitter" (a value
+// drawn from [d/2, d]) so that many appliances recovering from the same
+// outage spread out while each wait stays predictable within a factor of two.
+func backoff(attempt int, lo, hi time.Duration) time.Duration {
+	d := hi
+	if attempt < 32 {
+		if v := lo << attempt; v > 0 && v < hi {
+			d = v
+		}
+	}
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+// sleep waits for d or until ctx is done; it reports whether the full wait
+// elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,586 @@
+// Package cwlogs ships lines to CloudWatch Logs.
+//
+// A Shipper takes lines from any number of goroutines without ever blocking
+// them: each line is copied into a bounded in-memory queue, and one
+// goroutine per Shipper sends batches with PutLogEvents, within every limit
+// of that API, retrying transient failures with capped exponential backoff
+// until the batch is delivered or the Shipper is closed. When the queue is
+// full the oldest records are dropped. Every record ends up in exactly one
+// of the counters reported by Stats: shipped, rejected by the service,
+// failed (refused as invalid), dropped, or still queued.
+//
+// The package does not know what the lines mean.
+package cwlogs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs/types"
+)
+
+// Stats is a snapshot of a Shipper's counters. Counts are records (log
+// events) unless named otherwise. Every record received is, at any time,
+// counted in exactly one of Shipped, Rejected, Failed, Dropped and
+// QueuedRecords.
+type Stats struct {
+	// Group and Stream name the destination.
+	Group  string `json:"group"`
+	Stream string `json:"stream"`
+	// Received counts records handed to Ship or Write (empty lines, which
+	// carry nothing and which the service refuses, are skipped).
+	Received uint64 `json:"received"`
+	// QueuedRecords and QueuedBytes are what is held in memory, the batch
+	// in flight included; QueuedBytes is the amount charged against
+	// BufferBytes.
+	QueuedRecords int   `json:"queued_records"`
+	QueuedBytes   int64 `json:"queued_bytes"`
+	BufferBytes   int   `json:"buffer_bytes"`
+	// Shipped counts records the service accepted; ShippedBytes their
+	// message bytes; Batches the successful PutLogEvents calls.
+	Shipped      uint64 `json:"shipped"`
+	ShippedBytes uint64 `json:"shipped_bytes"`
+	Batches      uint64 `json:"batches"`
+	// Retried counts API calls that failed transiently and were repeated.
+	Retried uint64 `json:"retried"`
+	// Rejected counts records the service refused in an accepted batch
+	// (too old, too new, or older than the group's retention).
+	Rejected uint64 `json:"rejected"`
+	// Failed counts records in batches the service refused with a
+	// non-retryable error.
+	Failed uint64 `json:"failed"`
+	// Dropped counts records discarded unsent: the oldest ones when the
+	// buffer was full, those still held when Close gave up, and those
+	// handed over after Close.
+	Dropped uint64 `json:"dropped"`
+	// Truncated counts records cut to the largest event size (they are
+	// shipped, with a marker, and also counted under their final fate).
+	Truncated     uint64    `json:"truncated"`
+	LastError     string    `json:"last_error,omitempty"`
+	LastErrorTime time.Time `json:"last_error_time,omitzero"`
+}
+
+// Shipper ships lines to one CloudWatch Logs stream. It is safe for
+// concurrent use.
+type Shipper struct {
+	cfg    Config
+	client *cloudwatchlogs.Client
+
+	mu             sync.Mutex
+	q              queue
+	held           int64 // bytes charged: queue plus batch in flight
+	wireQ          int   // MaxBatchBytes-style size of the queue
+	inflight       int   // records in the batch in flight
+	closed         bool
+	st             Stats
+	lastDropWarn   time.Time
+	dropsSinceWarn uint64
+
+	kick      chan struct{} // a full batch is waiting
+	closing   chan struct{} // Close was called
+	done      chan struct{} // the worker has exited
+	runCtx    context.Context
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+	abandoned int // records the worker gave up at shutdown; read after done
+
+	// Worker-only state.
+	batch        []entry
+	batchCost    int64
+	events       []types.InputLogEvent
+	ready        bool // group and stream exist (or we cannot tell)
+	groupCreated bool
+	retentionSet bool
+	failStreak   int
+	failSince    time.Time
+	failLog      rateLimit
+	rejectLog    rateLimit
+	deniedLog    rateLimit
+	ensureLog    rateLimit
+}
+
+// New returns a Shipper for cfg using the default AWS credential chain,
+// cfg.Region and cfg.Endpoint. ctx bounds only the set-up (configuration and
+// the instance-ID lookup for the default stream name); the Shipper runs until
+// Close. The log group and stream are created, if missing, before the first
+// batch is sent, so New succeeds even while CloudWatch Logs is unreachable.
+func New(ctx context.Context, cfg Config) (*Shipper, error) {
+	if cfg.Group == "" {
+		return nil, fmt.Errorf("cwlogs: log group is required")
+	}
+	client, err := NewClient(ctx, cfg.Region, cfg.Endpoint)
+	if err != nil {
+		return nil, err
+	}
+	return NewWithClient(ctx, client, cfg)
+}
+
+// NewWithClient returns a Shipper that uses client; cfg.Region and
+// cfg.Endpoint are ignored. Whatever retryer the client has, the Shipper
+// makes each call a single attempt and applies its own backoff.
+func NewWithClient(ctx context.Context, client *cloudwatchlogs.Client, cfg Config) (*Shipper, error) {
+	if cfg.Stream == "" && cfg.Group != "" {
+		cfg.Stream = DefaultStream(ctx)
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	s := &Shipper{
+		cfg:     cfg,
+		client:  client,
+		kick:    make(chan struct{}, 1),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+		runCtx:  runCtx,
+		cancel:  cancel,
+		batch:   make([]entry, 0, 1024),
+	}
+	s.st.Group, s.st.Stream, s.st.BufferBytes = cfg.Group, cfg.Stream, cfg.BufferBytes
+	go s.run()
+	return s, nil
+}
+
+// Write ships p as one log event timestamped now; a trailing newline is
+// stripped. It never blocks on the network and always reports len(p), nil:
+// a record that cannot be shipped is counted in Stats, not returned as an
+// error, so that a logging path never fails because CloudWatch does.
+func (s *Shipper) Write(p []byte) (int, error) {
+	s.Ship(time.Now(), p)
+	return len(p), nil
+}
+
+// Ship queues line as one log event with timestamp t (zero means now). line
+// is copied; a trailing newline is stripped; an empty line is skipped; a line
+// longer than MaxMessageBytes is truncated with a marker. When the buffer is
+// full the oldest queued records are dropped to make room.
+func (s *Shipper) Ship(t time.Time, line []byte) {
+	msg, truncated := prepare(line)
+	if msg == "" {
+		return
+	}
+	var ts int64
+	if t.IsZero() {
+		ts = time.Now().UnixMilli()
+	} else {
+		ts = t.UnixMilli()
+	}
+	c := cost(msg)
+
+	s.mu.Lock()
+	s.st.Received++
+	if truncated {
+		s.st.Truncated++
+	}
+	if s.closed {
+		s.st.Dropped++
+		s.dropsSinceWarn++
+		s.mu.Unlock()
+		return
+	}
+	limit := int64(s.cfg.BufferBytes)
+	for s.held+c > limit && s.q.len() > 0 {
+		e := s.q.pop()
+		s.held -= cost(e.msg)
+		s.wireQ -= wire(e.msg)
+		s.st.Dropped++
+		s.dropsSinceWarn++
+	}
+	s.q.push(entry{ts: ts, msg: msg})
+	s.held += c
+	s.wireQ += wire(msg)
+	full := s.q.len() >= MaxBatchEvents || s.wireQ >= MaxBatchBytes
+	warn := s.dropWarningLocked(time.Now())
+	s.mu.Unlock()
+
+	if full {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	if warn != nil {
+		// Logging may block on its sink; the caller must not.
+		go warn()
+	}
+}
+
+// dropWarningLocked returns a function logging the drops since the last
+// warning, if there are any and a minute has passed since that warning.
+func (s *Shipper) dropWarningLocked(now time.Time) func() {
+	if s.dropsSinceWarn == 0 || now.Sub(s.lastDropWarn) < time.Minute {
+		return nil
+	}
+	n, total := s.dropsSinceWarn, s.st.Dropped
+	s.dropsSinceWarn = 0
+	s.lastDropWarn = now
+	group, stream, limit := s.cfg.Group, s.cfg.Stream, s.cfg.BufferBytes
+	return func() {
+		slog.Warn("cwlogs: buffer full or closed, dropped oldest records",
+			"group", group, "stream", stream, "dropped", n, "dropped_total", total, "buffer_bytes", limit)
+	}
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Shipper) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.st
+	st.QueuedRecords = s.q.len() + s.inflight
+	st.QueuedBytes = s.held
+	return st
+}
+
+// Close stops accepting records and flushes what the Shipper holds, retrying
+// as usual, until everything is delivered or ctx is done; then whatever is
+// left (including a batch whose delivery was interrupted) is counted as
+// dropped and an error says how many. Records handed over after Close are
+// dropped. Close may be called more than once.
+func (s *Shipper) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		close(s.closing)
+	})
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		s.cancel()
+		<-s.done
+	}
+	s.cancel()
+	s.mu.Lock()
+	warn := s.dropWarningLocked(time.Now())
+	s.mu.Unlock()
+	if warn != nil {
+		warn()
+	}
+	if s.abandoned > 0 {
+		err := ctx.Err()
+		if err == nil {
+			err = context.Canceled
+		}
+		return fmt.Errorf("cwlogs: %d records not shipped at close: %w", s.abandoned, err)
+	}
+	return nil
+}
+
+// run is the worker: it sends batches in queue order, one at a time, so that
+// a stream receives records in the order they were queued.
+func (s *Shipper) run() {
+	defer close(s.done)
+	ticker := time.NewTicker(s.cfg.FlushInterval)
+	defer ticker.Stop()
+	due, closing := false, false
+	for s.runCtx.Err() == nil {
+		s.mu.Lock()
+		n := s.q.len()
+		full := n >= MaxBatchEvents || s.wireQ >= MaxBatchBytes
+		s.mu.Unlock()
+		if n == 0 && closing {
+			break
+		}
+		if n == 0 || !(full || due || closing) {
+			due = false
+			select {
+			case <-s.kick:
+			case <-ticker.C:
+				due = true
+				s.mu.Lock()
+				warn := s.dropWarningLocked(time.Now())
+				s.mu.Unlock()
+				if warn != nil {
+					warn()
+				}
+			case <-s.closing:
+				closing = true
+			case <-s.runCtx.Done():
+			}
+			continue
+		}
+		if !s.takeBatch() {
+			// The batch took everything that was queued: the flush this
+			// tick asked for is done.
+			due = false
+		}
+		s.deliver()
+	}
+
+	// Shut down: nothing more will be sent.
+	s.mu.Lock()
+	for s.q.len() > 0 {
+		s.q.pop()
+		s.st.Dropped++
+		s.abandoned++
+	}
+	s.held, s.wireQ = 0, 0
+	s.mu.Unlock()
+}
+
+// takeBatch moves the next batch from the queue into s.batch. The records
+// stay charged against the buffer until delivery ends. It reports whether a
+// batch limit stopped it before the queue was empty.
+func (s *Shipper) takeBatch() (full bool) {
+	lim := newBatchLimits()
+	s.batch = s.batch[:0]
+	s.batchCost = 0
+	s.mu.Lock()
+	for s.q.len() > 0 && lim.add(s.q.front()) {
+		e := s.q.pop()
+		s.wireQ -= wire(e.msg)
+		s.batchCost += cost(e.msg)
+		s.batch = append(s.batch, e)
+	}
+	s.inflight = len(s.batch)
+	more := s.q.len() > 0
+	s.mu.Unlock()
+	return lim.full && more
+}
+
+// deliver sends s.batch until it is delivered, refused as invalid, or the
+// Shipper is shut down, and then releases it.
+func (s *Shipper) deliver() {
+	sortBatch(s.batch)
+	// The SDK input points into s.batch: no per-record allocation.
+	s.events = s.events[:0]
+	for i := range s.batch {
+		s.events = append(s.events, types.InputLogEvent{Message: &s.batch[i].msg, Timestamp: &s.batch[i].ts})
+	}
+	in := &cloudwatchlogs.PutLogEventsInput{
+		LogGroupName:  aws.String(s.cfg.Group),
+		LogStreamName: aws.String(s.cfg.Stream),
+		LogEvents:     s.events,
+	}
+	n := len(s.batch)
+	for attempt := 0; ; attempt++ {
+		if !s.ready && !s.ensure() {
+			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.RequestTimeout)
+		out, err := s.client.PutLogEvents(ctx, in, noSDKRetries)
+		cancel()
+		if err == nil {
+			s.delivered(out, n)
+			return
+		}
+		if s.runCtx.Err() != nil {
+			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
+			return
+		}
+		class := classify(err)
+		s.noteFailure("PutLogEvents", err, class)
+		if class == classPermanent {
+			slog.Error("cwlogs: PutLogEvents refused the batch; its records are lost",
+				"group", s.cfg.Group, "stream", s.cfg.Stream, "records", n, "err", err)
+			s.release(n, func(st *Stats) { st.Failed += uint64(n) })
+			return
+		}
+		if class == classMissing {
+			s.ready = false
+		}
+		if !sleep(s.runCtx, backoff(attempt, s.cfg.RetryMin, s.cfg.RetryMax)) {
+			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
+			return
+		}
+		s.mu.Lock()
+		s.st.Retried++
+		s.mu.Unlock()
+	}
+}
+
+// release ends the batch in flight, applying fate to the counters.
+func (s *Shipper) release(n int, fate func(*Stats)) {
+	s.mu.Lock()
+	fate(&s.st)
+	s.held -= s.batchCost
+	s.inflight = 0
+	s.mu.Unlock()
+	clear(s.batch) // drop the strings now rather than at the next batch
+	s.batch = s.batch[:0]
+	clear(s.events)
+	s.batchCost = 0
+}
+
+// delivered accounts for an accepted batch, of which the service may have
+// rejected some events.
+func (s *Shipper) delivered(out *cloudwatchlogs.PutLogEventsOutput, n int) {
+	lo, hi := acceptedRange(out.RejectedLogEventsInfo, n)
+	rejected := n - (hi - lo)
+	if rejected > 0 && s.rejectLog.allow(time.Now()) {
+		// Rejected events are not retried: the service would refuse them
+		// again.
+		info := out.RejectedLogEventsInfo
+		slog.Warn("cwlogs: CloudWatch Logs rejected events (too old, too new or expired; check the clock)",
+			"group", s.cfg.Group, "stream", s.cfg.Stream, "rejected", rejected, "batch", n,
+			"too_old_end", deref(info.TooOldLogEventEndIndex), "too_new_start", deref(info.TooNewLogEventStartIndex),
+			"expired_end", deref(info.ExpiredLogEventEndIndex))
+	}
+	var msgBytes uint64
+	for i := lo; i < hi; i++ {
+		msgBytes += uint64(len(s.batch[i].msg))
+	}
+	if s.failStreak > 0 {
+		slog.Info("cwlogs: delivery resumed", "group", s.cfg.Group, "stream", s.cfg.Stream,
+			"failed_attempts", s.failStreak, "after", time.Since(s.failSince).Round(time.Millisecond))
+		s.failStreak = 0
+	}
+	s.release(n, func(st *Stats) {
+		st.Shipped += uint64(hi - lo)
+		st.Rejected += uint64(rejected)
+		st.ShippedBytes += msgBytes
+		st.Batches++
+	})
+}
+
+func deref(p *int32) int32 {
+	if p == nil {
+		return -1
+	}
+	return *p
+}
+
+// acceptedRange returns the events [lo, hi) of a sorted batch of n that the
+// service accepted according to info: too-old and expired events form a
+// prefix (their end indices are exclusive), too-new ones a suffix (its start
+// index is inclusive).
+func acceptedRange(info *types.RejectedLogEventsInfo, n int) (lo, hi int) {
+	if info == nil {
+		return 0, n
+	}
+	if p := info.TooOldLogEventEndIndex; p != nil {
+		lo = max(lo, int(*p))
+	}
+	if p := info.ExpiredLogEventEndIndex; p != nil {
+		lo = max(lo, int(*p))
+	}
+	lo = min(max(lo, 0), n)
+	hi = n
+	if p := info.TooNewLogEventStartIndex; p != nil {
+		hi = min(max(int(*p), lo), n)
+	}
+	return lo, hi
+}
+
+// noteFailure records a failed call for Stats and logs it: the first failure
+// of a streak at once, later ones at most once a minute.
+func (s *Shipper) noteFailure(op string, err error, class errClass) {
+	now := time.Now()
+	s.mu.Lock()
+	s.st.LastError = fmt.Sprintf("%s: %v", op, err)
+	s.st.LastErrorTime = now
+	s.mu.Unlock()
+	if s.failStreak == 0 {
+		s.failSince = now
+		s.failLog = rateLimit{}
+	}
+	s.failStreak++
+	if class != classPermanent && s.failLog.allow(now) {
+		slog.Warn("cwlogs: call failed, retrying with backoff", "op", op, "group", s.cfg.Group,
+			"stream", s.cfg.Stream, "class", class.String(), "failed_attempts", s.failStreak, "err", err)
+	}
+}
+
+// ensure creates the group and stream if they are missing, retrying
+// transient failures. It returns false only when the Shipper shuts down.
+func (s *Shipper) ensure() bool {
+	for attempt := 0; ; attempt++ {
+		err := s.createGroupAndStream()
+		if err == nil {
+			s.ready = true
+			return true
+		}
+		if s.runCtx.Err() != nil {
+			return false
+		}
+		class := classify(err)
+		s.noteFailure("create group/stream", err, class)
+		if class == classPermanent {
+			// PutLogEvents will tell whether they exist after all.
+			if s.ensureLog.allow(time.Now()) {
+				slog.Error("cwlogs: cannot create log group or stream", "group", s.cfg.Group,
+					"stream", s.cfg.Stream, "err", err)
+			}
+			s.ready = true
+			return true
+		}
+		if !sleep(s.runCtx, backoff(attempt, s.cfg.RetryMin, s.cfg.RetryMax)) {
+			return false
+		}
+		s.mu.Lock()
+		s.st.Retried++
+		s.mu.Unlock()
+	}
+}
+
+// createGroupAndStream creates the log group (applying the retention to a
+// group it creates) and the log stream. Existing ones are fine. Being denied
+// creation is not an error: many IAM policies allow writing to a group an
+// administrator created but not creating one.
+func (s *Shipper) createGroupAndStream() error {
+	ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.RequestTimeout)
+	defer cancel()
+	group, stream := aws.String(s.cfg.Group), aws.String(s.cfg.Stream)
+
+	_, err := s.client.CreateLogGroup(ctx, &cloudwatchlogs.CreateLogGroupInput{LogGroupName: group}, noSDKRetries)
+	switch {
+	case err == nil:
+		s.groupCreated = true
+		slog.Info("cwlogs: created log group", "group", s.cfg.Group)
+	case isCode(err, "ResourceAlreadyExistsException"):
+	case isCode(err, "AccessDeniedException"):
+		if s.deniedLog.allow(time.Now()) {
+			slog.Warn("cwlogs: not allowed to create the log group; assuming it exists", "group", s.cfg.Group, "err", err)
+		}
+	default:
+		return fmt.Errorf("creating log group %q: %w", s.cfg.Group, err)
+	}
+
+	if s.groupCreated && s.cfg.RetentionDays > 0 && !s.retentionSet {
+		_, err := s.client.PutRetentionPolicy(ctx, &cloudwatchlogs.PutRetentionPolicyInput{
+			LogGroupName:    group,
+			RetentionInDays: aws.Int32(s.cfg.RetentionDays),
+		}, noSDKRetries)
+		switch {
+		case err == nil:
+			s.retentionSet = true
+		case classify(err) == classPermanent || isCode(err, "AccessDeniedException"):
+			// Logging matters more than retention: go on without it.
+			slog.Error("cwlogs: cannot set the log group's retention", "group", s.cfg.Group,
+				"days", s.cfg.RetentionDays, "err", err)
+			s.retentionSet = true
+		default:
+			return fmt.Errorf("setting retention of log group %q: %w", s.cfg.Group, err)
+		}
+	}
+
+	_, err = s.client.CreateLogStream(ctx, &cloudwatchlogs.CreateLogStreamInput{LogGroupName: group, LogStreamName: stream}, noSDKRetries)
+	switch {
+	case err == nil, isCode(err, "ResourceAlreadyExistsException"):
+	case isCode(err, "AccessDeniedException"):
+		if s.deniedLog.allow(time.Now()) {
+			slog.Warn("cwlogs: not allowed to create the log stream; assuming it exists", "group", s.cfg.Group,
+				"stream", s.cfg.Stream, "err", err)
+		}
+	default:
+		return fmt.Errorf("creating log stream %q: %w", s.cfg.Stream, err)
+	}
+	return nil
+}
+
+// rateLimit allows one event per minute.
+type rateLimit struct{ last time.Time }
+
+func (r *rateLimit) allow(now time.Time) bool {
+	if !r.last.IsZero() && now.Sub(r.last) < time.Minute {
+		return false
+	}
+	r.last = now
+	return true
+}
