@@ -7,19 +7,26 @@ import (
 	"net/http"
 	"sort"
 
+	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 )
 
 // stats is what /stats returns.
 type stats struct {
-	Draining bool           `json:"draining"`
-	Netstack netstack.Stats `json:"netstack"`
-	Proxy    proxy.Stats    `json:"proxy"`
+	Draining   bool           `json:"draining"`
+	Netstack   netstack.Stats `json:"netstack"`
+	Proxy      proxy.Stats    `json:"proxy"`
+	CloudWatch *cwlogs.Stats  `json:"cloudwatch,omitempty"`
 }
 
 func (a *appliance) stats() stats {
-	return stats{Draining: a.draining.Load(), Netstack: a.ns.Stats(), Proxy: a.px.Stats()}
+	s := stats{Draining: a.draining.Load(), Netstack: a.ns.Stats(), Proxy: a.px.Stats()}
+	if a.shipper != nil {
+		cw := a.shipper.Stats()
+		s.CloudWatch = &cw
+	}
+	return s
 }
 
 // adminHandler serves health (the GWLB target group's check), /stats,
@@ -100,4 +107,14 @@ func writeMetrics(w io.Writer, s stats) {
 	m("echo_active", "gauge", "ICMP echo flows being relayed.", p.EchoActive)
 	m("tcp_dial_errors_total", "counter", "Destinations that could not be dialled.", p.TCPDialErrors)
 	m("denied_total", "counter", "Flows denied.", p.Denied)
+	if cw := s.CloudWatch; cw != nil {
+		m("cloudwatch_records_received_total", "counter", "Records handed to the CloudWatch shipper.", cw.Received)
+		m("cloudwatch_records_queued", "gauge", "Records held in memory, waiting to be shipped.", cw.QueuedRecords)
+		m("cloudwatch_bytes_queued", "gauge", "Bytes held in memory against --cloudwatch-buffer.", cw.QueuedBytes)
+		m("cloudwatch_records_shipped_total", "counter", "Records CloudWatch Logs accepted.", cw.Shipped)
+		m("cloudwatch_retries_total", "counter", "API calls repeated after a transient failure.", cw.Retried)
+		m("cloudwatch_records_rejected_total", "counter", "Records CloudWatch Logs refused (too old or new).", cw.Rejected)
+		m("cloudwatch_records_failed_total", "counter", "Records in batches refused for good.", cw.Failed)
+		m("cloudwatch_records_dropped_total", "counter", "Records dropped: buffer full, or unshipped at exit.", cw.Dropped)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
@@ -40,7 +41,8 @@ type options struct {
 	Config         string
 	UpstreamCA     []string
 	SniffWait      time.Duration
-	AllowLoopback  bool // tests only: not a flag
+	CloudWatch     cwlogs.Config // shipping is on when Group is set
+	AllowLoopback  bool          // tests only: not a flag
 }
 
 func defaultOptions() options {
@@ -93,6 +95,7 @@ type appliance struct {
 	ca       *certs.CA
 	minter   *certs.Minter
 	policy   *policy.Holder
+	shipper  *cwlogs.Shipper
 	admin    *http.Server
 	adminLn  net.Listener
 	closers  []io.Closer
@@ -136,6 +139,13 @@ func newAppliance(o options) (*appliance, error) {
 		}
 		sinks = append(sinks, f)
 		a.closers = append(a.closers, f)
+	}
+	if o.CloudWatch.Group != "" {
+		if a.shipper, err = cwlogs.New(context.Background(), o.CloudWatch); err != nil {
+			a.closeSinks()
+			return nil, fmt.Errorf("CloudWatch Logs: %w", err)
+		}
+		sinks = append(sinks, a.shipper)
 	}
 	a.px = proxy.New(proxy.Config{
 		DialTimeout:     o.DialTimeout,
@@ -200,6 +210,15 @@ func (a *appliance) run(ctx context.Context, drain func() time.Duration) error {
 	defer scancel()
 	_ = a.admin.Shutdown(sctx)
 	a.closeSinks()
+	if a.shipper != nil {
+		// The records of the drain itself are in; what cannot be shipped
+		// within the deadline is counted as dropped.
+		fctx, fcancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := a.shipper.Close(fctx); err != nil {
+			slog.Error("flushing records to CloudWatch Logs", "err", err, "stats", a.shipper.Stats())
+		}
+		fcancel()
+	}
 	slog.Info("stopped")
 	return nil
 }

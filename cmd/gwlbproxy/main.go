@@ -11,9 +11,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 )
 
 func main() {
@@ -33,6 +36,10 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 			return nil
 		case "ca":
 			return runCA(args[1:], stdout, stderr)
+		case "queries":
+			return runQueriesCommand(context.Background(), args[1:], stdout, cwlogs.NewClient)
+		case "query":
+			return runQueryCommand(context.Background(), args[1:], stdout, cwlogs.NewClient)
 		}
 	}
 	o, err := parseFlags(args, stderr)
@@ -80,6 +87,20 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return nil
 	})
 	fs.DurationVar(&o.SniffWait, "sniff-wait", o.SniffWait, "how long a client that sends nothing first is awaited before its connection is relayed as plain TCP")
+	fs.StringVar(&o.CloudWatch.Group, "cloudwatch-group", "", "CloudWatch Logs group to ship access records to (off when empty); created if missing")
+	fs.StringVar(&o.CloudWatch.Stream, "cloudwatch-stream", "", "log stream (default: the EC2 instance ID, or the host name off EC2)")
+	fs.StringVar(&o.CloudWatch.Region, "cloudwatch-region", "", "AWS region (default: from the environment or instance metadata)")
+	fs.StringVar(&o.CloudWatch.Endpoint, "cloudwatch-endpoint", "", "CloudWatch Logs endpoint URL, e.g. a VPC endpoint")
+	fs.DurationVar(&o.CloudWatch.FlushInterval, "cloudwatch-flush", cwlogs.DefaultFlushInterval, "ship a partial batch after this long")
+	fs.IntVar(&o.CloudWatch.BufferBytes, "cloudwatch-buffer", cwlogs.DefaultBufferBytes, "bytes of records held while CloudWatch is slow or unreachable; beyond it the oldest are dropped and counted")
+	fs.Func("cloudwatch-retention-days", "retention applied to a log group the appliance creates (e.g. 30, 90, 365)", func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || !cwlogs.ValidRetentionDays(int32(n)) {
+			return fmt.Errorf("%q is not a retention CloudWatch Logs offers", v)
+		}
+		o.CloudWatch.RetentionDays = int32(n)
+		return nil
+	})
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
