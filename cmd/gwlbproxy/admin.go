@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sort"
 
+	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
@@ -18,6 +19,7 @@ type stats struct {
 	Netstack   netstack.Stats `json:"netstack"`
 	Proxy      proxy.Stats    `json:"proxy"`
 	CloudWatch *cwlogs.Stats  `json:"cloudwatch,omitempty"`
+	Leaves     *certs.Stats   `json:"leaves,omitempty"`
 }
 
 func (a *appliance) stats() stats {
@@ -25,6 +27,10 @@ func (a *appliance) stats() stats {
 	if a.shipper != nil {
 		cw := a.shipper.Stats()
 		s.CloudWatch = &cw
+	}
+	if a.minter != nil {
+		l := a.minter.Stats()
+		s.Leaves = &l
 	}
 	return s
 }
@@ -107,6 +113,11 @@ func writeMetrics(w io.Writer, s stats) {
 	m("echo_active", "gauge", "ICMP echo flows being relayed.", p.EchoActive)
 	m("tcp_dial_errors_total", "counter", "Destinations that could not be dialled.", p.TCPDialErrors)
 	m("denied_total", "counter", "Flows denied.", p.Denied)
+	if l := s.Leaves; l != nil {
+		m("leaf_cache_hits_total", "counter", "Bumped connections served a cached leaf.", l.Hits)
+		m("leaf_cache_misses_total", "counter", "Bumped connections that needed a new leaf.", l.Misses)
+		m("leaves_minted_total", "counter", "Leaves signed by the CA.", l.Mints)
+	}
 	if cw := s.CloudWatch; cw != nil {
 		m("cloudwatch_records_received_total", "counter", "Records handed to the CloudWatch shipper.", cw.Received)
 		m("cloudwatch_records_queued", "gauge", "Records held in memory, waiting to be shipped.", cw.QueuedRecords)

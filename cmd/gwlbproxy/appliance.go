@@ -42,7 +42,7 @@ type options struct {
 	UpstreamCA     []string
 	SniffWait      time.Duration
 	CloudWatch     cwlogs.Config // shipping is on when Group is set
-	AllowLoopback  bool          // tests only: not a flag
+	AllowLoopback  bool          // --unsafe-allow-loopback: tests and benchmarks only
 }
 
 func defaultOptions() options {

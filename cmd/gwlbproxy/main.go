@@ -101,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.CloudWatch.RetentionDays = int32(n)
 		return nil
 	})
+	fs.BoolVar(&o.AllowLoopback, "unsafe-allow-loopback", false, "TESTING ONLY: let clients reach loopback destinations, the appliance's own services included")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
