@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,14 +46,20 @@ func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	idle := p.cfg.UDPIdleTimeout
+	var queries, answers func([]byte)
+	if flow.Dest.Port() == 53 {
+		dl := &dnsLog{p: p, base: *rec, pending: make(map[uint16]dnsQuestion)}
+		queries, answers = dl.query, dl.answer
+		defer dl.close()
+	}
 	done := make(chan struct{})
 	var outErr error
 	go func() {
-		rec.BytesOut, outErr = p.udpCopy(up, client, &last, idle)
+		rec.BytesOut, outErr = p.udpCopy(up, client, &last, idle, queries)
 		close(done)
 	}()
 	var inErr error
-	rec.BytesIn, inErr = p.udpCopy(client, up, &last, idle)
+	rec.BytesIn, inErr = p.udpCopy(client, up, &last, idle, answers)
 	<-done
 	if err := errors.Join(outErr, inErr); err != nil {
 		rec.Result, rec.Error = dialResult(err), err.Error()
@@ -61,8 +68,9 @@ func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
 }
 
 // udpCopy relays datagrams from src to dst until neither direction has seen
-// one for idle, then closes both so the other direction ends as well.
-func (p *Proxy) udpCopy(dst, src net.Conn, last *atomic.Int64, idle time.Duration) (int64, error) {
+// one for idle, then closes both so the other direction ends as well. seen,
+// if set, looks at each datagram relayed.
+func (p *Proxy) udpCopy(dst, src net.Conn, last *atomic.Int64, idle time.Duration, seen func([]byte)) (int64, error) {
 	bufp := relayBufPool.Get().(*[]byte)
 	defer relayBufPool.Put(bufp)
 	buf := *bufp
@@ -89,6 +97,9 @@ func (p *Proxy) udpCopy(dst, src net.Conn, last *atomic.Int64, idle time.Duratio
 			return n, err
 		}
 		last.Store(time.Now().UnixNano())
+		if seen != nil {
+			seen(buf[:nr])
+		}
 		if _, err := dst.Write(buf[:nr]); err != nil {
 			// A destination port that answers ICMP unreachable shows up
 			// here as a refused write; the flow ends like a dead one.
@@ -97,5 +108,68 @@ func (p *Proxy) udpCopy(dst, src net.Conn, last *atomic.Int64, idle time.Duratio
 			return n, err
 		}
 		n += int64(nr)
+	}
+}
+
+// dnsLog turns the DNS traffic of one UDP flow into one record per query:
+// name, type, and the answer's rcode, or a timeout for queries the flow
+// ended without an answer to.
+type dnsLog struct {
+	p       *Proxy
+	base    Record // a snapshot: the flow's own record changes as it runs
+	mu      sync.Mutex
+	pending map[uint16]dnsQuestion
+}
+
+type dnsQuestion struct {
+	msg   dnsMessage
+	size  int
+	start time.Time
+}
+
+// maxPendingDNS bounds the queries a flow can leave unanswered in memory.
+const maxPendingDNS = 1024
+
+func (d *dnsLog) query(b []byte) {
+	m, err := parseDNS(b)
+	if err != nil || m.Response {
+		return
+	}
+	d.mu.Lock()
+	if len(d.pending) < maxPendingDNS {
+		d.pending[m.ID] = dnsQuestion{msg: m, size: len(b), start: time.Now()}
+	}
+	d.mu.Unlock()
+}
+
+func (d *dnsLog) answer(b []byte) {
+	m, err := parseDNS(b)
+	if err != nil || !m.Response {
+		return
+	}
+	d.mu.Lock()
+	q, ok := d.pending[m.ID]
+	if ok && q.msg.Name == m.Name && q.msg.Type == m.Type {
+		delete(d.pending, m.ID)
+	}
+	d.mu.Unlock()
+	if ok {
+		d.write(q, dnsRCodeName(m.RCode), int64(len(b)), "ok")
+	}
+}
+
+func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
+	r := d.base
+	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", q.msg.Name, dnsTypeName(q.msg.Type), rcode
+	r.BytesOut, r.BytesIn, r.Result = int64(q.size), in, result
+	d.p.finish(&r, q.start)
+}
+
+func (d *dnsLog) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id, q := range d.pending {
+		d.write(q, "", 0, "timeout")
+		delete(d.pending, id)
 	}
 }

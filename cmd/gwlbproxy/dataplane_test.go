@@ -403,3 +403,56 @@ func mapKeys[V any](m map[string]V) []string {
 	}
 	return ks
 }
+
+// TestDNSRecords: queries relayed over UDP port 53 each get a dns record
+// with name, type and rcode; an unanswered one is recorded as a timeout.
+func TestDNSRecords(t *testing.T) {
+	r := newRig(t, func(o *options) { o.IdleTimeout = time.Second }, nil)
+	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 53).String())
+	if errors.Is(err, syscall.EACCES) {
+		t.Skip("binding UDP port 53 needs root (or CAP_NET_BIND_SERVICE): DNS records are recognised by port")
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if bytes.Contains(buf[:n], []byte("silent")) {
+				continue // never answered
+			}
+			buf[2], buf[3] = 0x81, 0x83 // a response: NXDOMAIN
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	srv := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	c := must(r.client.DialUDP(srv))(t)
+	defer c.Close()
+	query := func(id byte, name string) []byte {
+		b := []byte{0, id, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}
+		for _, l := range strings.Split(name, ".") {
+			b = append(append(b, byte(len(l))), l...)
+		}
+		return append(b, 0, 0, 28, 0, 1) // AAAA, IN
+	}
+	must(c.Write(query(1, "nothere.example.test")))(t)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	must(c.Read(make([]byte, 1500)))(t)
+	must(c.Write(query(2, "silent.example.test")))(t)
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "dns") >= 2 })
+	var answered, silent bool
+	for _, rec := range recs {
+		if rec.Kind != "dns" {
+			continue
+		}
+		answered = answered || (rec.QueryName == "nothere.example.test" && rec.QueryType == "AAAA" && rec.RCode == "NXDOMAIN" && rec.Result == "ok")
+		silent = silent || (rec.QueryName == "silent.example.test" && rec.Result == "timeout")
+	}
+	if !answered || !silent {
+		t.Fatalf("dns records %+v", recs)
+	}
+}
