@@ -171,6 +171,11 @@ func (e *Endpoint) close() {
 	}
 }
 
+var sendBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, netstack.MaxGeneveHeader+65535)
+	return &b
+}}
+
 // Send encapsulates the inner IP packet and sends it to the appliance under
 // its flow's header, from its flow's source port.
 func (e *Endpoint) Send(inner []byte) error {
@@ -183,9 +188,13 @@ func (e *Endpoint) Send(inner []byte) error {
 		return fmt.Errorf("gwlbsim: inner packet: %s", reason)
 	}
 	f := e.sim.flow(e, p.Key(e.id), etherType, p.Fragment)
-	buf := make([]byte, 0, len(f.header)+len(inner))
-	buf = append(append(buf, f.header...), inner...)
-	if _, err := f.sender.WriteToUDPAddrPort(buf, e.sim.cfg.Appliance); err != nil {
+	// A pooled buffer: Send is on every simulated packet's path.
+	bufp := sendBufPool.Get().(*[]byte)
+	buf := append(append((*bufp)[:0], f.header...), inner...)
+	_, err := f.sender.WriteToUDPAddrPort(buf, e.sim.cfg.Appliance)
+	*bufp = buf
+	sendBufPool.Put(bufp)
+	if err != nil {
 		return fmt.Errorf("gwlbsim: sending to the appliance: %w", err)
 	}
 	e.sim.sent.Add(1)
