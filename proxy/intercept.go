@@ -515,13 +515,18 @@ func (c *peekedConn) CloseWrite() error {
 	return c.Conn.Close()
 }
 
+// abort closes c with a RST: a client connection of the stack through its
+// Abort, a host socket by closing with a zero linger.
 func abort(c net.Conn) {
 	if pc, ok := c.(*peekedConn); ok {
 		c = pc.Conn
 	}
-	if a, ok := c.(interface{ Abort() }); ok {
-		a.Abort()
+	switch c := c.(type) {
+	case interface{ Abort() }:
+		c.Abort()
 		return
+	case *net.TCPConn:
+		_ = c.SetLinger(0)
 	}
 	c.Close()
 }

@@ -72,7 +72,7 @@ func TestRelayHalfClose(t *testing.T) {
 // TestRelayResetAbortsBothWays: a reset on one side ends the other
 // direction too, and the error is reported.
 func TestRelayResetAbortsBothWays(t *testing.T) {
-	_, clientSide := tcpPair(t)
+	client, clientSide := tcpPair(t)
 	upSide, upstream := tcpPair(t)
 	done := make(chan error, 1)
 	go func() { _, _, err := Relay(clientSide, upSide); done <- err }()
@@ -85,6 +85,10 @@ func TestRelayResetAbortsBothWays(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a reset upstream left the relay hanging on the silent client")
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("client read %v after the upstream reset, want a reset too", err)
 	}
 }
 

@@ -83,8 +83,9 @@ func Relay(client, upstream net.Conn) (out, in int64, err error) {
 	return out, in, errors.Join(outErr, inErr)
 }
 
-// halfRelay copies src to dst, then half-closes dst. On an error it closes
-// both, so the opposite direction ends too.
+// halfRelay copies src to dst, then half-closes dst. On an error it resets
+// both, so the opposite direction ends too and each peer sees the failure as
+// the reset it was, not as a clean close.
 func halfRelay(dst, src net.Conn) (int64, error) {
 	bufp := relayBufPool.Get().(*[]byte)
 	defer relayBufPool.Put(bufp)
@@ -98,8 +99,8 @@ func halfRelay(dst, src net.Conn) (int64, error) {
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
 			if werr != nil {
-				src.Close()
-				dst.Close()
+				abort(src)
+				abort(dst)
 				return n, werr
 			}
 		}
@@ -112,8 +113,8 @@ func halfRelay(dst, src net.Conn) (int64, error) {
 			return n, nil
 		}
 		if rerr != nil {
-			src.Close()
-			dst.Close()
+			abort(src)
+			abort(dst)
 			if errors.Is(rerr, net.ErrClosed) {
 				return n, nil // closed by the other direction's error
 			}

@@ -456,3 +456,35 @@ func TestDNSRecords(t *testing.T) {
 		t.Fatalf("dns records %+v", recs)
 	}
 }
+
+// TestUDPOneWayOutlivesIdleTimeout: a flow where only the destination keeps
+// sending is not idle, whichever direction's read deadline passes. (gonet
+// reports a passed deadline with an error of its own, which once ended such
+// flows at the idle timeout.)
+func TestUDPOneWayOutlivesIdleTimeout(t *testing.T) {
+	const idle, sends, every = time.Second, 10, 300 * time.Millisecond
+	r := newRig(t, func(o *options) { o.IdleTimeout = idle }, nil)
+	pc := must(net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 64)
+		_, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		for i := range sends {
+			time.Sleep(every)
+			pc.WriteTo([]byte{byte(i)}, from)
+		}
+	}()
+	c := must(r.client.DialUDP(pc.LocalAddr().(*net.UDPAddr).AddrPort()))(t)
+	defer c.Close()
+	must(c.Write([]byte("subscribe")))(t)
+	buf := make([]byte, 64)
+	for i := range sends {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(buf); err != nil {
+			t.Fatalf("datagram %d of %d (%v after the last client datagram): %v", i+1, sends, time.Duration(i+1)*every, err)
+		}
+	}
+}
