@@ -59,19 +59,7 @@ func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
 func BenchmarkSmallPackets(b *testing.B) {
 	const flows = 16
 	r := newRig(b, nil, nil)
-	pc := must(net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 0).String()))(b)
-	defer pc.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
-	srv := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	srv := serveUDP(b, netip.AddrPortFrom(r.net.server(3), 0), func(d []byte) []byte { return d })
 	through := make([]net.Conn, flows)
 	direct := make([]net.Conn, flows)
 	for i := range flows {

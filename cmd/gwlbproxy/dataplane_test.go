@@ -218,19 +218,7 @@ func TestConcurrentConnections(t *testing.T) {
 // TestUDPRequestResponse relays a UDP exchange and records it once idle.
 func TestUDPRequestResponse(t *testing.T) {
 	r := newRig(t, func(o *options) { o.IdleTimeout = time.Second }, nil)
-	pc := must(net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
-	defer pc.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(append([]byte("re:"), buf[:n]...), from)
-		}
-	}()
-	srv := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	srv := serveUDP(t, netip.AddrPortFrom(r.net.server(3), 0), func(d []byte) []byte { return append([]byte("re:"), d...) })
 	c := must(r.client.DialUDP(srv))(t)
 	defer c.Close()
 	for i := range 3 {

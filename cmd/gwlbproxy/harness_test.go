@@ -187,6 +187,30 @@ func listenTCP(t testing.TB, addr netip.AddrPort, serve func(net.Conn)) netip.Ad
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
+// serveUDP answers each datagram to addr with reply(datagram), or nothing
+// when reply returns nil; it stops when the test ends.
+func serveUDP(t testing.TB, addr netip.AddrPort, reply func([]byte) []byte) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr.String())
+	if err != nil {
+		t.Fatalf("listening on udp %s: %v", addr, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if out := reply(buf[:n]); out != nil {
+				pc.WriteTo(out, from)
+			}
+		}
+	}()
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
 func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,14 +158,8 @@ func TestNetnsEndToEnd(t *testing.T) {
 		t.Fatalf("gwlbsim exit code %d after SIGTERM, want 0:\n%s", code, sim.logs())
 	}
 	var ss struct {
-		Sent            uint64 `json:"sent"`
-		Received        uint64 `json:"received"`
-		HeaderMismatch  uint64 `json:"header_mismatch"`
-		UnknownFlow     uint64 `json:"unknown_flow"`
-		Malformed       uint64 `json:"malformed"`
-		WrongPort       uint64 `json:"wrong_port"`
-		UnknownEndpoint uint64 `json:"unknown_endpoint"`
-		TUN             struct {
+		gwlbsim.Stats
+		TUN struct {
 			SendErrors  uint64 `json:"send_errors"`
 			ToDevice    uint64 `json:"to_device"`
 			WriteErrors uint64 `json:"write_errors"`

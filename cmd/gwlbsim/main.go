@@ -179,21 +179,8 @@ func setupLogging(level string, w io.Writer) {
 // finalStats is what gwlbsim prints on exit: the simulator's counters and
 // the TUN pump's. Field names are stable; tests and scripts parse them.
 type finalStats struct {
-	Sent            uint64    `json:"sent"`
-	Received        uint64    `json:"received"`
-	HeaderMismatch  uint64    `json:"header_mismatch"`
-	UnknownFlow     uint64    `json:"unknown_flow"`
-	Malformed       uint64    `json:"malformed"`
-	WrongPort       uint64    `json:"wrong_port"`
-	UnknownEndpoint uint64    `json:"unknown_endpoint"`
-	TUN             pumpStats `json:"tun"`
-}
-
-func newFinalStats(s gwlbsim.Stats, p pumpStats) finalStats {
-	return finalStats{
-		Sent: s.Sent, Received: s.Received, HeaderMismatch: s.HeaderMismatch, UnknownFlow: s.UnknownFlow,
-		Malformed: s.Malformed, WrongPort: s.WrongPort, UnknownEndpoint: s.UnknownEndpoint, TUN: p,
-	}
+	gwlbsim.Stats
+	TUN pumpStats `json:"tun"`
 }
 
 func runMain(args []string, stdout, stderr io.Writer) error {
@@ -247,7 +234,7 @@ func runTUN(ctx context.Context, o options, stdout io.Writer) error {
 	}
 	sim.Close()
 	enc := json.NewEncoder(stdout)
-	if err := enc.Encode(newFinalStats(sim.Stats(), p.stats())); err != nil {
+	if err := enc.Encode(finalStats{Stats: sim.Stats(), TUN: p.stats()}); err != nil {
 		return errors.Join(runErr, fmt.Errorf("printing the stats: %w", err))
 	}
 	return runErr

@@ -37,15 +37,16 @@ type Config struct {
 	ExtraOptions []byte
 }
 
-// Stats counts what the simulator saw.
+// Stats counts what the simulator saw. The JSON names are what the gwlbsim
+// command prints on exit; tests and scripts parse them.
 type Stats struct {
-	Sent            uint64 // datagrams sent to the appliance
-	Received        uint64 // replies accepted and delivered to a client
-	HeaderMismatch  uint64 // replies whose GENEVE header differs from the flow's
-	UnknownFlow     uint64 // replies for a flow the simulator never sent
-	Malformed       uint64 // replies that do not parse
-	WrongPort       uint64 // datagrams that arrived on a sender port, not ListenPort
-	UnknownEndpoint uint64 // replies naming an endpoint that does not exist
+	Sent            uint64 `json:"sent"`             // datagrams sent to the appliance
+	Received        uint64 `json:"received"`         // replies accepted and delivered to a client
+	HeaderMismatch  uint64 `json:"header_mismatch"`  // replies whose GENEVE header differs from the flow's
+	UnknownFlow     uint64 `json:"unknown_flow"`     // replies for a flow the simulator never sent
+	Malformed       uint64 `json:"malformed"`        // replies that do not parse
+	WrongPort       uint64 `json:"wrong_port"`       // datagrams that arrived on a sender port, not ListenPort
+	UnknownEndpoint uint64 `json:"unknown_endpoint"` // replies naming an endpoint that does not exist
 }
 
 // Sim is a running simulator.
