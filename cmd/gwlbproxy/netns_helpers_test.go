@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -26,6 +27,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/websocket"
 )
 
 // netnsServerEnv, when set to an IPv4 address, turns this test binary into
@@ -33,6 +36,11 @@ import (
 // port 53 (UDP and TCP) of that address. The servers print "ready" once listening and run
 // until stdin closes (the test ended, even by a crash) or SIGTERM.
 const netnsServerEnv = "GWLBPROXY_NETNS_SERVER"
+
+// netnsTLSEnv, set besides netnsServerEnv to a directory, adds an HTTPS
+// server (HTTP/1.1 and h2) for every PORT.crt and PORT.key pair in it: the
+// certificate chain and the key, PEM, on that port of the same address.
+const netnsTLSEnv = "GWLBPROXY_NETNS_TLS"
 
 // The DNS server answers this name with its own address.
 const netnsDNSName = "www.gwlbproxy.test."
@@ -66,7 +74,12 @@ func runNetnsServers(addr string) int {
 		fmt.Fprintln(os.Stderr, "DNS over TCP listener:", err)
 		return 1
 	}
-	srv := &http.Server{Handler: netnsHTTPHandler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: netnsHTTPHandler("80"), ReadHeaderTimeout: 5 * time.Second}
+	tlsServers, err := netnsTLSServers(addr, os.Getenv(netnsTLSEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "HTTPS servers:", err)
+		return 1
+	}
 	go srv.Serve(ln)
 	go serveDNS(pc, [4]byte(ip))
 	go serveDNSTCP(dnsLn, [4]byte(ip))
@@ -84,22 +97,61 @@ func runNetnsServers(addr string) int {
 	case <-sig:
 	}
 	srv.Close()
+	for _, s := range tlsServers {
+		s.Close()
+	}
 	pc.Close()
 	dnsLn.Close()
 	return 0
 }
 
-// netnsHTTPHandler serves /hello, which names the peer it sees (the
-// appliance, which re-originates every flow); /hello-count, how many /hello
-// requests arrived; and /slow, which streams n lines ms apart and then
-// "done", for the drain test.
-func netnsHTTPHandler() http.Handler {
+// netnsTLSServers starts the HTTPS servers netnsTLSEnv asks for ("": none).
+func netnsTLSServers(addr, dir string) ([]*http.Server, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	crts, err := filepath.Glob(filepath.Join(dir, "*.crt"))
+	if err != nil || len(crts) == 0 {
+		return nil, fmt.Errorf("no PORT.crt in %s (%v)", dir, err)
+	}
+	var servers []*http.Server
+	for _, crt := range crts {
+		port := strings.TrimSuffix(filepath.Base(crt), ".crt")
+		cert, err := tls.LoadX509KeyPair(crt, strings.TrimSuffix(crt, ".crt")+".key")
+		if err != nil {
+			return nil, fmt.Errorf("port %s: %w", port, err)
+		}
+		ln, err := net.Listen("tcp4", net.JoinHostPort(addr, port))
+		if err != nil {
+			return nil, err
+		}
+		srv := &http.Server{
+			Handler:           netnsHTTPHandler(port),
+			ReadHeaderTimeout: 5 * time.Second,
+			TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}},
+		}
+		go srv.ServeTLS(ln, "", "")
+		servers = append(servers, srv)
+	}
+	return servers, nil
+}
+
+// netnsHTTPHandler serves, for the server on port, /hello, which names the
+// peer it sees (the appliance, which re-originates every flow), the port it
+// listens on, the Host it received and the protocol; /hello-count, how many
+// /hello requests arrived; /slow, which streams n lines ms apart and then
+// "done", for the drain test; and /ws, a WebSocket echo.
+func netnsHTTPHandler(port string) http.Handler {
 	mux := http.NewServeMux()
 	var hellos atomic.Int64
 	mux.HandleFunc("GET /hello", func(w http.ResponseWriter, r *http.Request) {
 		hellos.Add(1)
-		fmt.Fprintf(w, "hello from srv; you are %s\n", r.RemoteAddr)
+		fmt.Fprintf(w, "hello from srv; you are %s; port %s; host %s; proto %s\n", r.RemoteAddr, port, r.Host, r.Proto)
 	})
+	mux.Handle("/ws", websocket.Handler(func(c *websocket.Conn) {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.Copy(c, c)
+	}))
 	mux.HandleFunc("GET /hello-count", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, hellos.Load())
 	})
@@ -511,8 +563,8 @@ func (p *nsProc) stop(grace time.Duration) {
 }
 
 // startServers runs the HTTP and DNS servers in namespace ns on addr and
-// waits until they listen.
-func startServers(t *testing.T, ns, addr string) *nsProc {
+// waits until they listen. env adds to their environment (netnsTLSEnv).
+func startServers(t *testing.T, ns, addr string, env ...string) *nsProc {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -529,7 +581,7 @@ func startServers(t *testing.T, ns, addr string) *nsProc {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { inW.Close() })
-	p := startInNS(t, "servers", ns, pw, []string{netnsServerEnv + "=" + addr}, inR, self)
+	p := startInNS(t, "servers", ns, pw, append([]string{netnsServerEnv + "=" + addr}, env...), inR, self)
 	pw.Close()
 	inR.Close()
 	ready := make(chan string, 1)
