@@ -98,13 +98,11 @@ func (f *flow) serveTCP() {
 
 func (f *flow) serveTLS(hello *sniff.ClientHello) {
 	f.rec.Kind, f.rec.SNI, f.rec.ALPN = "tls", hello.ServerName, strings.Join(hello.ALPN, ",")
-	var d policy.Decision
 	if f.p.isTrustHost(hello.ServerName) && f.p.cfg.Minter != nil {
-		d = policy.Decision{Action: policy.Bump, Rule: trustRule}
-		f.rec.Rule, f.rec.Action = d.Rule, d.Action.String()
-	} else {
-		d = f.decide(policy.ProtoTLS, hello.ServerName)
+		f.serveTrustTLS(hello.ServerName)
+		return
 	}
+	d := f.decide(policy.ProtoTLS, hello.ServerName)
 	switch {
 	case d.Action == policy.Deny:
 		writeAlert(f.client, alertAccessDenied)
@@ -193,11 +191,68 @@ func (f *flow) bump(hello *sniff.ClientHello, d policy.Decision) {
 		}
 		return nil
 	}
-	ccfg := &tls.Config{Certificates: []tls.Certificate{*leaf}, MinVersion: tls.VersionTLS12}
-	if cs.NegotiatedProtocol == "h2" {
-		ccfg.NextProtos = []string{"h2"}
+	if !f.handshakeClient(leaf, cs.NegotiatedProtocol == "h2") {
+		up.Close()
+		return
 	}
-	f.mitm("https", ccfg, f.transport(up, redial))
+	f.mitm("https", f.transport(up, redial))
+}
+
+// handshakeClient completes the client's TLS handshake with leaf; goproxy
+// then gets the decrypted stream. Doing it here, not in goproxy, puts a
+// failed handshake (a client that does not trust the CA) into the record,
+// and keeps goproxy from adding ALPN protocols the client never offered.
+func (f *flow) handshakeClient(leaf *tls.Certificate, upstreamH2 bool) bool {
+	c := tls.Server(f.client, clientTLSConfig(leaf, upstreamH2))
+	hctx, cancel := context.WithTimeout(context.Background(), f.p.cfg.DialTimeout)
+	defer cancel()
+	if err := c.HandshakeContext(hctx); err != nil {
+		abort(f.client)
+		f.rec.Result, f.rec.Error = "error", "client TLS handshake: "+err.Error()
+		f.p.finish(f.rec, f.start)
+		return false
+	}
+	f.client = c
+	return true
+}
+
+// clientTLSConfig presents leaf to the client and takes, of the client's
+// own ALPN offer, what both sides can carry: h2 when the upstream speaks it,
+// and http/1.1. A client offering neither negotiates no ALPN (a fixed list
+// with no overlap would make the handshake fail) and speaks HTTP/1.x.
+func clientTLSConfig(leaf *tls.Certificate, upstreamH2 bool) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			var protos []string
+			for _, p := range hello.SupportedProtos {
+				if p == "http/1.1" || (p == "h2" && upstreamH2) {
+					protos = append(protos, p)
+				}
+			}
+			return &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: protos, MinVersion: tls.VersionTLS12}, nil
+		},
+	}
+}
+
+// serveTrustTLS answers the trust host over TLS itself, with a leaf for the
+// name: no destination can prove it is gwlbproxy.internal, so none is asked.
+func (f *flow) serveTrustTLS(name string) {
+	f.up.Close()
+	f.rec.Rule, f.rec.Action = trustRule, policy.Allow.String()
+	leaf, err := f.p.cfg.Minter.Leaf(name)
+	if err != nil {
+		writeAlert(f.client, alertInternalError)
+		f.refuse("minting a leaf: " + err.Error())
+		return
+	}
+	if !f.handshakeClient(leaf, false) {
+		return
+	}
+	nowhere := func(context.Context, string, string) (net.Conn, error) {
+		return nil, errors.New("the trust host is answered by the appliance; it dials nothing")
+	}
+	f.mitm("https", &http.Transport{DialContext: nowhere, DialTLSContext: nowhere})
 }
 
 // httpALPN keeps the client's offer of the protocols the HTTP proxy speaks,
@@ -247,7 +302,7 @@ func (f *flow) serveHTTP(host string, req *sniff.HTTPRequest) {
 			return
 		}
 	}
-	f.mitm("http", nil, f.transport(f.up, nil))
+	f.mitm("http", f.transport(f.up, nil))
 }
 
 const trustRule = "trust-page"
@@ -295,20 +350,20 @@ func (f *flow) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport {
 }
 
 // mitmConn is what goproxy needs to serve one intercepted connection: the
-// TLS configuration for the client side and the round trips to upstream.
+// round trips to upstream. goproxy always sees cleartext: TLS to the client
+// is ours (handshakeClient).
 type mitmConn struct {
 	f      *flow
-	scheme string
-	tlsCfg *tls.Config
+	scheme string // of the client's requests: https when bumped
 	tr     *http.Transport
 }
 
 type mitmKey struct{}
 
-// mitm feeds the client connection to goproxy as if it had arrived through a
-// CONNECT, and returns when goproxy is done with it.
-func (f *flow) mitm(scheme string, tlsCfg *tls.Config, tr *http.Transport) {
-	m := &mitmConn{f: f, scheme: scheme, tlsCfg: tlsCfg, tr: tr}
+// mitm feeds the (cleartext) client connection to goproxy as if it had
+// arrived through a CONNECT, and returns when goproxy is done with it.
+func (f *flow) mitm(scheme string, tr *http.Transport) {
+	m := &mitmConn{f: f, scheme: scheme, tr: tr}
 	host := f.pf.Dest.String()
 	if f.rec.SNI != "" {
 		host = net.JoinHostPort(f.rec.SNI, strconv.Itoa(int(f.pf.Dest.Port())))
@@ -342,12 +397,7 @@ func newGoproxy() *goproxy.ProxyHttpServer {
 			return goproxy.RejectConnect, host
 		}
 		ctx.RoundTripper = m
-		return &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: func(string, *goproxy.ProxyCtx) (*tls.Config, error) {
-			if m.tlsCfg == nil {
-				return nil, errors.New("no TLS configuration for a cleartext connection")
-			}
-			return m.tlsCfg, nil
-		}}, host
+		return &goproxy.ConnectAction{Action: goproxy.ConnectMitm}, host
 	})
 	return gp
 }
@@ -363,6 +413,7 @@ func (discardLogger) Printf(f string, a ...any) { slog.Debug("goproxy: " + fmt.S
 func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
 	f, p := m.f, m.f.p
 	start := time.Now()
+	req.URL.Scheme = m.scheme // goproxy saw cleartext and says http
 	rec := *f.rec
 	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", m.scheme, req.Method, req.Host
 	rec.Path, rec.UserAgent, rec.Error, rec.Result = req.URL.Path, req.UserAgent(), "", "ok"

@@ -387,3 +387,55 @@ func TestReload(t *testing.T) {
 		t.Fatalf("an open flow after reload: %v", errors.Join(err))
 	}
 }
+
+// TestBumpClientRejectsLeaf: a client that does not trust the CA fails its
+// handshake, and the connection's record says so instead of "ok".
+func TestBumpClientRejectsLeaf(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	if _, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: x509.NewCertPool()}); err == nil {
+		t.Fatal("a client trusting nothing completed a bumped handshake")
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	if rec := recs[0]; rec.Action != "bump" || rec.Result != "error" || !strings.Contains(rec.Error, "handshake") {
+		t.Fatalf("record %+v, want a bump that failed the client handshake", rec)
+	}
+}
+
+// TestTrustPageOverTLS: the trust host is answered over TLS too, with no
+// upstream asked to vouch for a name none can have.
+func TestTrustPageOverTLS(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "gwlbproxy.internal", RootCAs: r.caPool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	fmt.Fprintf(tc, "GET /ca.pem HTTP/1.1\r\nHost: gwlbproxy.internal\r\n\r\n")
+	resp := must(http.ReadResponse(bufio.NewReader(tc), nil))(t)
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !x509.NewCertPool().AppendCertsFromPEM(body) {
+		t.Fatalf("trust page over TLS: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestBumpALPNOnlyWhatTheClientOffers: a client offering neither h2 nor
+// http/1.1 is not refused (goproxy would add both), and gets no ALPN.
+func TestBumpALPNOnlyWhatTheClientOffers(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.0"}})
+	if err != nil {
+		t.Fatalf("a client offering only http/1.0: %v", err)
+	}
+	defer tc.Close()
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "" {
+		t.Fatalf("negotiated %q, which the client never offered", p)
+	}
+	fmt.Fprintf(tc, "GET /hello HTTP/1.0\r\nHost: www.example.test\r\n\r\n")
+	resp := must(http.ReadResponse(bufio.NewReader(tc), nil))(t)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
