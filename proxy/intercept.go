@@ -43,7 +43,11 @@ type flow struct {
 // serve classifies the connection by its first bytes and serves it.
 func (f *flow) serve(accepted net.Conn) {
 	br := sniff.NewReader(accepted)
+	stop := watchServerFirst(accepted, f.up)
 	res, err := sniff.Sniff(br, accepted, f.p.cfg.SniffWait)
+	if early := stop(); len(early) > 0 {
+		f.up = &prefixConn{Conn: f.up, prefix: early}
+	}
 	f.client = &peekedConn{Conn: accepted, r: br}
 	if err != nil { // the client reset or broke the connection while we waited
 		f.client.Close()
@@ -569,8 +573,11 @@ func (c *peekedConn) CloseWrite() error {
 // abort closes c with a RST: a client connection of the stack through its
 // Abort, a host socket by closing with a zero linger.
 func abort(c net.Conn) {
-	if pc, ok := c.(*peekedConn); ok {
-		c = pc.Conn
+	switch w := c.(type) {
+	case *peekedConn:
+		c = w.Conn
+	case *prefixConn:
+		c = w.Conn
 	}
 	switch c := c.(type) {
 	case interface{ Abort() }:

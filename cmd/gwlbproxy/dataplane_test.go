@@ -476,3 +476,29 @@ func TestUDPOneWayOutlivesIdleTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestServerFirstNotDelayed: a destination that speaks first (SSH, SMTP)
+// reaches the client at once, not after the wait for the client's first
+// bytes, and the relay carries on both ways.
+func TestServerFirstNotDelayed(t *testing.T) {
+	r := newRig(t, func(o *options) { o.SniffWait = 10 * time.Second }, nil)
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), func(c net.Conn) {
+		io.WriteString(c, "220 banner\r\n")
+		io.Copy(c, c)
+	})
+	start := time.Now()
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(8 * time.Second))
+	banner := make([]byte, 12)
+	must(io.ReadFull(c, banner))(t)
+	if d := time.Since(start); string(banner) != "220 banner\r\n" || d > 5*time.Second {
+		t.Fatalf("banner %q after %v; the sniff wait is 10s", banner, d)
+	}
+	must(c.Write([]byte("EHLO x\r\n")))(t)
+	echo := make([]byte, 8)
+	must(io.ReadFull(c, echo))(t)
+	if string(echo) != "EHLO x\r\n" {
+		t.Fatalf("echo %q", echo)
+	}
+}
