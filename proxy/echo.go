@@ -103,7 +103,6 @@ func (r *echoRelay) flow(req *netstack.EchoRequest) *echoFlow {
 	f := &echoFlow{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: req.Flow.Dest.Addr().AsSlice()}}
 	f.last.Store(time.Now().UnixNano())
 	r.flows[k] = f
-	r.p.active.Add(1)
 	r.p.stats.echoActive.Add(1)
 	go r.serve(k, f, newRecord("icmp", req.Flow))
 	return f
@@ -112,7 +111,6 @@ func (r *echoRelay) flow(req *netstack.EchoRequest) *echoFlow {
 // serve reads the destination's replies for one echo flow until it idles.
 func (r *echoRelay) serve(k echoKey, f *echoFlow, rec *Record) {
 	start := time.Now()
-	defer r.p.active.Done()
 	defer r.p.stats.echoActive.Add(-1)
 	idle := r.p.cfg.EchoIdleTimeout
 	proto := 1

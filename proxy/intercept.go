@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +39,8 @@ type flow struct {
 	pf     policy.Flow
 	client net.Conn // the client, with the sniffed bytes still to read
 	up     net.Conn // the dialled destination
+
+	firstUsed atomic.Bool // whether the HTTP transport took up over
 }
 
 // serve classifies the connection by its first bytes and serves it.
@@ -58,6 +61,14 @@ func (f *flow) serve(accepted net.Conn) {
 	}
 	switch res.Kind {
 	case sniff.KindTLS:
+		if res.Err != nil {
+			// A hello we cannot read has no name for the domain rules to
+			// see: deciding it on addresses would let it past them.
+			f.rec.Kind, f.rec.Rule = "tls", ""
+			writeAlert(f.client, alertHandshakeFailure)
+			f.refuse("ClientHello could not be read: " + res.Err.Error())
+			return
+		}
 		f.serveTLS(&res.Hello)
 	case sniff.KindHTTP:
 		f.serveHTTP(res.HTTP.Hostname(), &res.HTTP)
@@ -181,7 +192,10 @@ func (f *flow) bump(hello *sniff.ClientHello, d policy.Decision) {
 		leaf, err = p.cfg.Minter.Leaf(hello.ServerName)
 	} else {
 		up := cs.PeerCertificates[0]
-		leaf, err = p.cfg.Minter.LeafFor(up.DNSNames, append(up.IPAddresses, f.pf.Dest.Addr().AsSlice()))
+		// crypto/tls may share parsed certificates between connections:
+		// build a new slice rather than append to theirs.
+		ips := slices.Concat(up.IPAddresses, []net.IP{f.pf.Dest.Addr().AsSlice()})
+		leaf, err = p.cfg.Minter.LeafFor(up.DNSNames, ips)
 	}
 	if err != nil {
 		writeAlert(f.client, alertInternalError)
@@ -320,7 +334,7 @@ func (p *Proxy) isTrustHost(host string) bool {
 // request's Host says: a client must not steer the appliance elsewhere. The
 // first one is the connection already dialled (and, for TLS, verified).
 func (f *flow) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport {
-	var used atomic.Bool
+	used := &f.firstUsed
 	dest := f.pf.Dest.String()
 	dial := func(ctx context.Context) (net.Conn, error) {
 		if !used.Swap(true) {
@@ -381,6 +395,9 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 	f.p.gp.ServeHTTP(&hijacker{conn: cc}, creq)
 	<-cc.closed // goproxy serves the connection on a goroutine of its own
 	tr.CloseIdleConnections()
+	if !f.firstUsed.Load() { // no request reached upstream (a preconnect, a denied request)
+		f.up.Close()
+	}
 	if f.rec.Kind == "tls" { // bumped: the connection's record, besides one per request
 		f.rec.BytesOut, f.rec.BytesIn = cc.in.Load(), cc.out.Load()
 		f.p.finish(f.rec, f.start)
@@ -393,8 +410,9 @@ func newGoproxy() *goproxy.ProxyHttpServer {
 	gp.Tr = &http.Transport{Proxy: nil} // unused: every connection has its own RoundTripper
 	gp.KeepAcceptEncoding = true        // else responses are silently decompressed
 	gp.AllowHTTP2 = true
-	gp.Logger = discardLogger{}
-	gp.Verbose = true
+	gp.Logger = debugLogger{}
+	// goproxy formats a line per request when verbose: only when debugging.
+	gp.Verbose = slog.Default().Enabled(context.Background(), slog.LevelDebug)
 	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 		m, _ := ctx.Req.Context().Value(mitmKey{}).(*mitmConn)
 		if m == nil { // not one of ours: nothing else reaches this proxy
@@ -406,9 +424,9 @@ func newGoproxy() *goproxy.ProxyHttpServer {
 	return gp
 }
 
-type discardLogger struct{}
+type debugLogger struct{}
 
-func (discardLogger) Printf(f string, a ...any) { slog.Debug("goproxy: " + fmt.Sprintf(f, a...)) }
+func (debugLogger) Printf(f string, a ...any) { slog.Debug("goproxy: " + fmt.Sprintf(f, a...)) }
 
 // RoundTrip implements goproxy.RoundTripper: one HTTP request of an
 // intercepted connection. Every request is decided on its own Host (a
@@ -442,7 +460,7 @@ func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	}
 	pf := f.pf
 	pf.Protocol, pf.Domain = proto, host
-	d := f.pol.Decide(pf)
+	d := f.pol.Decide(pf) // the connection's policy: a reload leaves open flows as they were
 	rec.Rule, rec.Action = d.Rule, d.Action.String()
 	if m.scheme == "https" && d.Action != policy.Deny {
 		rec.Action = "bump" // the connection is decrypted already

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -64,7 +63,6 @@ type Proxy struct {
 	own    map[netip.Addr]bool // the host's own addresses: never a destination
 	echo   echoRelay
 	stats  proxyCounters
-	active sync.WaitGroup
 }
 
 type proxyCounters struct {
@@ -127,16 +125,20 @@ func (p *Proxy) Active() int64 {
 	return p.stats.tcpActive.Load() + p.stats.udpActive.Load() + p.stats.echoActive.Load()
 }
 
-// Wait blocks until every relay has ended or ctx is done.
+// Wait blocks until no flow is being relayed or ctx is done. It polls the
+// counters: flows keep arriving while the appliance drains, and a WaitGroup
+// must not be added to from zero while it is waited on.
 func (p *Proxy) Wait(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() { p.active.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for p.Active() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
 	}
+	return nil
 }
 
 // AllowAll returns a policy holder that allows every flow and decrypts none.
@@ -164,6 +166,9 @@ func ownAddresses() map[netip.Addr]bool {
 	return m
 }
 
+// imdsV6 is the instance metadata service's IPv6 address on Nitro instances.
+var imdsV6 = netip.MustParseAddr("fd00:ec2::254")
+
 // forbidden says why a destination must not be dialled, or "". Clients must
 // never reach the appliance itself or the instance metadata service through
 // it: they would act with the appliance's identity.
@@ -179,6 +184,8 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 		return "destination is link-local (instance metadata and the like)"
 	case a.IsMulticast() || a.IsUnspecified() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "destination is not a unicast address"
+	case a == imdsV6:
+		return "destination is the instance metadata service"
 	case p.own[a]:
 		return "destination is the appliance itself"
 	}

@@ -97,7 +97,8 @@ func TestForbidden(t *testing.T) {
 	for addr, want := range map[string]bool{
 		"127.0.0.1": true, "::1": true, "169.254.169.254": true, "fe80::1": true,
 		"224.0.0.1": true, "0.0.0.0": true, "255.255.255.255": true, "::ffff:127.0.0.1": true,
-		"198.18.2.3": false, "2001:db8::1": false,
+		"fd00:ec2::254": true,
+		"198.18.2.3":    false, "2001:db8::1": false,
 	} {
 		if got := p.forbidden(netip.MustParseAddr(addr)) != ""; got != want {
 			t.Errorf("forbidden(%s) = %v, want %v", addr, got, want)

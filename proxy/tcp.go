@@ -33,8 +33,6 @@ func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
 		p.deny(rec, start, "denied by policy")
 		return
 	}
-	p.active.Add(1)
-	defer p.active.Done()
 	p.stats.tcpActive.Add(1)
 	defer p.stats.tcpActive.Add(-1)
 

@@ -30,8 +30,6 @@ func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
 		p.deny(rec, start, "denied by policy")
 		return
 	}
-	p.active.Add(1)
-	defer p.active.Done()
 	p.stats.udpActive.Add(1)
 	defer p.stats.udpActive.Add(-1)
 

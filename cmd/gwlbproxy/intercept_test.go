@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -437,5 +438,25 @@ func TestBumpALPNOnlyWhatTheClientOffers(t *testing.T) {
 	resp := must(http.ReadResponse(bufio.NewReader(tc), nil))(t)
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+// TestUnreadableClientHelloRefused: a TLS hello the appliance cannot read
+// carries no name for the domain rules, so it is refused, not relayed.
+func TestUnreadableClientHelloRefused(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), up.addr))(t)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	// A handshake record holding a ClientHello whose length overruns it.
+	must(c.Write([]byte{22, 3, 1, 0, 6, 1, 0, 0, 200, 3, 3}))(t)
+	got, _ := io.ReadAll(c)
+	if !bytes.HasPrefix(got, []byte{21, 3, 3, 0, 2, 2}) {
+		t.Fatalf("answer %x, want a fatal TLS alert", got)
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	if rec := recs[0]; rec.Action != "deny" || !strings.Contains(rec.Error, "ClientHello could not be read") {
+		t.Fatalf("record %+v", rec)
 	}
 }
