@@ -60,6 +60,7 @@ const (
 	DropTooBig
 	DropSendError
 	DropICMPUnavailable
+	DropUnknownSender
 	dropReasons
 )
 
@@ -78,6 +79,7 @@ var dropReasonNames = [dropReasons]string{
 	DropTooBig:          "reply_too_big",
 	DropSendError:       "send_error",
 	DropICMPUnavailable: "icmp_unavailable",
+	DropUnknownSender:   "unknown_sender",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

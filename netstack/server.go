@@ -47,6 +47,10 @@ type Config struct {
 	// AllowLoopback lets the stacks accept inner packets to or from
 	// loopback addresses. Only in-process tests want this.
 	AllowLoopback bool
+	// Senders, when set, are the only outer source addresses GENEVE is
+	// accepted from: the GWLB's. Anything else could forge endpoints and
+	// flows (a client reaching this port through a peer appliance, say).
+	Senders []netip.Prefix
 	// Handler receives every accepted flow.
 	Handler Handler
 }
@@ -229,6 +233,10 @@ func (s *Server) read(c *net.UDPConn) {
 func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
 	s.stats.packetsIn.Add(1)
 	s.stats.bytesIn.Add(uint64(len(b)))
+	if s.cfg.Senders != nil && !s.allowedSender(from.Addr().Unmap()) {
+		s.stats.drop(DropUnknownSender)
+		return
+	}
 	h, reason := ParseHeader(b)
 	if reason != DropNone {
 		s.stats.drop(reason)
@@ -254,6 +262,15 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
 		return
 	}
 	s.stackFor(h.Endpoint).link.inject(inner, p.IPv6)
+}
+
+func (s *Server) allowedSender(a netip.Addr) bool {
+	for _, p := range s.cfg.Senders {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) stackFor(endpoint uint64) *endpointStack {

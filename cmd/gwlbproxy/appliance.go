@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,7 @@ type options struct {
 	Config         string
 	UpstreamCA     []string
 	SniffWait      time.Duration
+	GWLBCIDRs      []netip.Prefix
 	CloudWatch     cwlogs.Config // shipping is on when Group is set
 	AllowLoopback  bool          // --unsafe-allow-loopback: tests and benchmarks only
 }
@@ -169,6 +171,7 @@ func newAppliance(o options) (*appliance, error) {
 		MaxFlows:       o.MaxFlows,
 		MTU:            o.MTU,
 		AllowLoopback:  o.AllowLoopback,
+		Senders:        o.GWLBCIDRs,
 		Handler:        a.px,
 	})
 	if err != nil {

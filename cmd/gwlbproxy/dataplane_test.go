@@ -502,3 +502,28 @@ func TestServerFirstNotDelayed(t *testing.T) {
 		t.Fatalf("echo %q", echo)
 	}
 }
+
+// TestGWLBSendersOnly: with --gwlb-cidrs, GENEVE from any other address is
+// dropped and counted: it could forge endpoints, clients and flows.
+func TestGWLBSendersOnly(t *testing.T) {
+	for _, allowed := range []bool{true, false} {
+		r := newRig(t, func(o *options) {
+			o.GWLBCIDRs = []netip.Prefix{netip.MustParsePrefix("127.255.255.0/24")} // not the simulator
+			if allowed {
+				o.GWLBCIDRs = append(o.GWLBCIDRs, netip.MustParsePrefix("127.0.0.0/16")) // the simulator is 127.0.N.2
+			}
+		}, nil)
+		srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+		ctx := ctxT(t, 2*time.Second)
+		c, err := r.client.DialTCP(ctx, srv)
+		if allowed != (err == nil) {
+			t.Fatalf("sender allowed=%v: dial error %v", allowed, err)
+		}
+		if c != nil {
+			c.Close()
+		}
+		if d := r.stats().Netstack.Drops["unknown_sender"]; allowed != (d == 0) {
+			t.Fatalf("sender allowed=%v: %d unknown_sender drops", allowed, d)
+		}
+	}
+}

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -81,6 +83,16 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.CACert, "ca-cert", o.CACert, "interception CA certificate (PEM; may hold an intermediate and its issuers); with --ca-key, instead of the state-dir CA")
 	fs.StringVar(&o.CAKey, "ca-key", o.CAKey, "the CA's private key (PEM)")
 	fs.StringVar(&o.TrustHost, "trust-host", o.TrustHost, "host name whose requests the appliance answers with the CA-trust page")
+	fs.Func("gwlb-cidrs", "comma-separated CIDRs GENEVE is accepted from: the GWLB's subnets (default: any sender)", func(v string) error {
+		for _, c := range strings.Split(v, ",") {
+			p, err := netip.ParsePrefix(strings.TrimSpace(c))
+			if err != nil {
+				return fmt.Errorf("%q: %w", c, err)
+			}
+			o.GWLBCIDRs = append(o.GWLBCIDRs, p.Masked())
+		}
+		return nil
+	})
 	fs.StringVar(&o.Config, "config", o.Config, "YAML file with the egress policy (see README); SIGHUP reloads it")
 	fs.Func("upstream-ca", "PEM file of extra roots bumped destinations are verified against, besides the system's (repeatable)", func(v string) error {
 		o.UpstreamCA = append(o.UpstreamCA, v)
