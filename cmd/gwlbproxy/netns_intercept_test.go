@@ -115,16 +115,7 @@ const (
 
 	netnsUpstreamCN   = "netns upstream CA"
 	netnsUntrustedCN  = "netns untrusted CA"
-	netnsInterceptPol = `policy:
-  default: bump
-  rules:
-    - name: no-evil
-      domains: ["evil.example.test"]
-      action: deny
-    - name: pass-bank
-      domains: ["bank.example.test"]
-      action: splice
-`
+	netnsInterceptPol = interceptPolicy // the in-process tests' policy
 )
 
 // netnsOrigins is the certificate material of the HTTPS origins.
