@@ -46,8 +46,8 @@ type flow struct {
 // serve classifies the connection by its first bytes and serves it.
 func (f *flow) serve(accepted net.Conn) {
 	br := sniff.NewReader(accepted)
-	stop := watchServerFirst(accepted, f.up)
-	res, err := sniff.Sniff(br, accepted, f.p.cfg.SniffWait)
+	deadline, stop := watchServerFirst(accepted, f.up)
+	res, err := sniff.Sniff(br, deadline, f.p.cfg.SniffWait)
 	if early := stop(); len(early) > 0 {
 		f.up = &prefixConn{Conn: f.up, prefix: early}
 	}

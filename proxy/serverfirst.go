@@ -8,33 +8,56 @@ import (
 
 // watchServerFirst ends the wait for a silent client as soon as the
 // destination speaks first (SSH, SMTP, databases), so their banners do not
-// wait out the sniff timeout. stop ends the watch and returns what the
-// destination sent meanwhile, which must reach the client before anything
-// else the destination sends.
-func watchServerFirst(client, up net.Conn) (stop func() []byte) {
-	var mu sync.Mutex
-	sniffing := true
+// wait out the sniff timeout. The sniffer must set its read deadlines
+// through the returned deadliner: the destination may speak before the
+// sniffer sets its first deadline, which would otherwise overwrite the
+// wake-up. stop ends the watch and returns what the destination sent
+// meanwhile, which must reach the client before anything else it sends.
+func watchServerFirst(client, up net.Conn) (deadliner *serverFirstWatch, stop func() []byte) {
+	w := &serverFirstWatch{client: client, sniffing: true}
 	done := make(chan []byte, 1)
 	go func() {
 		buf := make([]byte, 4096)
 		n, _ := up.Read(buf) // an error shows again on the relay's next read
-		mu.Lock()
-		if sniffing && n > 0 {
-			_ = client.SetReadDeadline(time.Now()) // the client is not first: stop waiting for it
+		w.mu.Lock()
+		if n > 0 {
+			w.spoke = true
+			if w.sniffing {
+				_ = client.SetReadDeadline(time.Now()) // the client is not first: stop waiting for it
+			}
 		}
-		mu.Unlock()
+		w.mu.Unlock()
 		done <- buf[:n]
 	}()
-	return func() []byte {
-		mu.Lock()
-		sniffing = false
-		mu.Unlock()
+	return w, func() []byte {
+		w.mu.Lock()
+		w.sniffing = false
+		w.mu.Unlock()
 		_ = client.SetReadDeadline(time.Time{}) // undo a wake-up that came after the sniff
 		_ = up.SetReadDeadline(time.Now())      // end the watcher's read if it still waits
 		early := <-done
 		_ = up.SetReadDeadline(time.Time{})
 		return early
 	}
+}
+
+// serverFirstWatch is the client's read deadline as the sniffer sets it:
+// once the destination has spoken, any deadline is now.
+type serverFirstWatch struct {
+	client   net.Conn
+	mu       sync.Mutex
+	sniffing bool
+	spoke    bool
+}
+
+// SetReadDeadline implements sniff.ReadDeadliner.
+func (w *serverFirstWatch) SetReadDeadline(t time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.spoke && !t.IsZero() {
+		t = time.Now()
+	}
+	return w.client.SetReadDeadline(t)
 }
 
 // prefixConn reads prefix before the connection itself.
