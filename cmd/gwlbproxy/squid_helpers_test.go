@@ -426,9 +426,10 @@ func squidUser() (*syscall.Credential, error) {
 }
 
 // squidConfig is an explicit forward proxy on listen that bumps every
-// CONNECT. Nothing is cached; one access-log line per request, like
-// gwlbproxy's records. Name resolution comes from a hosts file; the only
-// DNS server named is loopback, so nothing can leave 127.0.0.0/8.
+// CONNECT. No response is cached ("cache deny all"); one access-log line
+// per request, like gwlbproxy's records. Name resolution comes from a hosts
+// file; the only DNS server named is loopback, so nothing can leave
+// 127.0.0.0/8.
 //
 // serverFirst picks how Squid bumps:
 //   - false, "ssl_bump bump all": client-first. Squid answers the client's
