@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -65,7 +66,7 @@ func TestTCPEchoAndRecord(t *testing.T) {
 				t.Fatal("simulator has no header for the flow")
 			}
 			h, _ := netstack.ParseHeader(append(hdr, 0x45))
-			if want := strings.Repeat("0", 8-len(hexs(h.FlowCookie))) + hexs(h.FlowCookie); rec.FlowCookie != want {
+			if want := fmt.Sprintf("%08x", h.FlowCookie); rec.FlowCookie != want {
 				t.Errorf("record flow_cookie %q, want %q", rec.FlowCookie, want)
 			}
 			st := r.sim.Stats()
@@ -74,22 +75,6 @@ func TestTCPEchoAndRecord(t *testing.T) {
 			}
 		})
 	}
-}
-
-func hexs(v uint32) string {
-	return strings.TrimLeft(strings.ToLower(strings.TrimSpace(fmtHex(v))), " ")
-}
-
-func fmtHex(v uint32) string {
-	const digits = "0123456789abcdef"
-	if v == 0 {
-		return "0"
-	}
-	var b []byte
-	for ; v > 0; v >>= 4 {
-		b = append([]byte{digits[v&15]}, b...)
-	}
-	return string(b)
 }
 
 func canRaw() bool {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -236,5 +235,3 @@ func findRecord(recs []proxy.Record, kind string, dest netip.AddrPort) *proxy.Re
 	}
 	return nil
 }
-
-var _ = fmt.Sprintf

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -239,5 +238,3 @@ func TestICMPEcho(t *testing.T) {
 		t.Fatalf("icmp record %+v, want 2 packets", rec)
 	}
 }
-
-var _ = net.IPv4len
