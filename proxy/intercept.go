@@ -39,6 +39,7 @@ type flow struct {
 	pf     policy.Flow
 	client net.Conn // the client, with the sniffed bytes still to read
 	up     net.Conn // the dialled destination
+	h2     bool     // the client speaks HTTP/2 (h2 by ALPN, or h2c)
 
 	firstUsed atomic.Bool // whether the HTTP transport took up over
 }
@@ -47,7 +48,10 @@ type flow struct {
 func (f *flow) serve(accepted net.Conn) {
 	br := sniff.NewReader(accepted)
 	deadline, stop := watchServerFirst(accepted, f.up)
-	res, err := sniff.Sniff(br, deadline, f.p.cfg.SniffWait)
+	// No time limit: a client that waits and then sends a ClientHello must
+	// still meet the domain rules. A destination that speaks first ends the
+	// wait (the protocol is then server-first, and relayed as TCP).
+	res, err := sniff.Sniff(br, deadline, 0)
 	if early := stop(); len(early) > 0 {
 		f.up = &prefixConn{Conn: f.up, prefix: early}
 	}
@@ -73,6 +77,7 @@ func (f *flow) serve(accepted net.Conn) {
 	case sniff.KindHTTP:
 		f.serveHTTP(res.HTTP.Hostname(), &res.HTTP)
 	case sniff.KindHTTP2Cleartext:
+		f.h2 = true
 		f.serveHTTP("", nil)
 	default:
 		f.serveTCP()
@@ -231,6 +236,7 @@ func (f *flow) handshakeClient(leaf *tls.Certificate, upstreamH2 bool) bool {
 		return false
 	}
 	f.client = c
+	f.h2 = c.ConnectionState().NegotiatedProtocol == "h2"
 	return true
 }
 
@@ -374,6 +380,7 @@ type mitmConn struct {
 	f      *flow
 	scheme string // of the client's requests: https when bumped
 	tr     *http.Transport
+	cc     *hijackedConn
 }
 
 type mitmKey struct{}
@@ -387,6 +394,11 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 		host = net.JoinHostPort(f.rec.SNI, strconv.Itoa(int(f.pf.Dest.Port())))
 	}
 	cc := &hijackedConn{Conn: f.client, closed: make(chan struct{}), swallow: []byte("HTTP/1.1 200 OK\r\n\r\n")}
+	if !f.h2 { // HTTP/2 heads are bounded by goproxy's http2.Server
+		cc.headLimit = int64(f.p.cfg.MaxHeaderBytes)
+		cc.inHead.Store(true)
+	}
+	m.cc = cc
 	creq := (&http.Request{
 		Method: http.MethodConnect, URL: &url.URL{Host: host}, Host: host,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: make(http.Header),
@@ -395,6 +407,12 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 	f.p.gp.ServeHTTP(&hijacker{conn: cc}, creq)
 	<-cc.closed // goproxy serves the connection on a goroutine of its own
 	tr.CloseIdleConnections()
+	if cc.headTooLarge.Load() {
+		rec := *f.rec
+		rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0
+		rec.Rule = ""
+		f.p.deny(&rec, f.start, fmt.Sprintf("request head larger than %d bytes", cc.headLimit))
+	}
 	if !f.firstUsed.Load() { // no request reached upstream (a preconnect, a denied request)
 		f.up.Close()
 	}
@@ -433,6 +451,17 @@ func (debugLogger) Printf(f string, a ...any) { slog.Debug("goproxy: " + fmt.Spr
 // keep-alive connection, or a bumped one, may carry requests for other
 // names than its first) and gets its own record.
 func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
+	m.cc.headDone()
+	resp, err := m.roundTrip(req)
+	if resp != nil && resp.Body != nil {
+		if _, tunnel := resp.Body.(io.Writer); !tunnel { // a 101 turns the connection into a tunnel
+			resp.Body = &nextHead{ReadCloser: resp.Body, cc: m.cc}
+		}
+	}
+	return resp, err
+}
+
+func (m *mitmConn) roundTrip(req *http.Request) (*http.Response, error) {
 	f, p := m.f, m.f.p
 	start := time.Now()
 	req.URL.Scheme = m.scheme // goproxy saw cleartext and says http
@@ -609,19 +638,61 @@ func abort(c net.Conn) {
 
 // hijackedConn is the client connection as goproxy sees it. It swallows the
 // CONNECT response goproxy writes (our client never sent a CONNECT), counts
-// bytes, and reports when goproxy closes it.
+// bytes, bounds HTTP/1 request heads, and reports when goproxy closes it.
 type hijackedConn struct {
 	net.Conn
 	swallow []byte
 	in, out atomic.Int64
 	once    sync.Once
 	closed  chan struct{}
+
+	// goproxy reads HTTP/1 request heads with http.ReadRequest, which has
+	// no size limit: one client could grow a header line until the process
+	// runs out of memory. While a head is being read (from the end of one
+	// response to the next round trip) reads count against headLimit, as
+	// net/http does with MaxHeaderBytes; goproxy's buffering lets a head
+	// overshoot it by a few KiB at most. 0 means no limit (HTTP/2).
+	headLimit    int64
+	inHead       atomic.Bool
+	headRead     atomic.Int64
+	headTooLarge atomic.Bool
 }
+
+// errHeadTooLarge ends goproxy's read of an oversized request head.
+var errHeadTooLarge = errors.New("request head too large")
 
 func (c *hijackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.in.Add(int64(n))
+	if c.headLimit > 0 && c.inHead.Load() && c.headRead.Add(int64(n)) > c.headLimit {
+		if !c.headTooLarge.Swap(true) {
+			const body = "gwlbproxy: request head too large\n"
+			_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			_, _ = io.WriteString(c.Conn, "HTTP/1.1 431 Request Header Fields Too Large\r\n"+
+				"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"+
+				"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		}
+		return 0, errHeadTooLarge
+	}
 	return n, err
+}
+
+// headDone marks a request head as read: its body is not limited.
+func (c *hijackedConn) headDone() { c.inHead.Store(false) }
+
+// nextHead re-arms the head limit when goproxy closes a response body,
+// which it does once the response is written, before it reads the next
+// request.
+type nextHead struct {
+	io.ReadCloser
+	cc *hijackedConn
+}
+
+func (b *nextHead) Close() error {
+	err := b.ReadCloser.Close()
+	b.cc.headRead.Store(0)
+	b.cc.inHead.Store(true)
+	return err
 }
 
 func (c *hijackedConn) Write(b []byte) (int, error) {

@@ -21,7 +21,6 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
-	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // Config configures a Proxy.
@@ -50,10 +49,15 @@ type Config struct {
 	// data path.
 	Trust     http.Handler
 	TrustHost string
-	// SniffWait is how long a client that sends nothing first is waited
-	// for before its connection is relayed as opaque TCP (default 300 ms).
-	SniffWait time.Duration
+	// MaxHeaderBytes bounds an HTTP/1 request head from a client (request
+	// line and headers); a larger one gets 431 and the connection is closed.
+	// Default DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
 }
+
+// DefaultMaxHeaderBytes is the default request head limit: Squid's, and
+// far above what browsers send (they cap cookies at about 4 KiB each).
+const DefaultMaxHeaderBytes = 64 << 10
 
 // Proxy implements netstack.Handler.
 type Proxy struct {
@@ -93,8 +97,8 @@ func New(cfg Config) *Proxy {
 	if cfg.Records == nil {
 		cfg.Records = NewRecordWriter()
 	}
-	if cfg.SniffWait <= 0 {
-		cfg.SniffWait = sniff.DefaultWait
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
 	if cfg.Policy == nil {
 		cfg.Policy = AllowAll()

@@ -42,7 +42,7 @@ func watchServerFirst(client, up net.Conn) (deadliner *serverFirstWatch, stop fu
 }
 
 // serverFirstWatch is the client's read deadline as the sniffer sets it:
-// once the destination has spoken, any deadline is now.
+// once the destination has spoken, any deadline, or none, is now.
 type serverFirstWatch struct {
 	client   net.Conn
 	mu       sync.Mutex
@@ -54,7 +54,7 @@ type serverFirstWatch struct {
 func (w *serverFirstWatch) SetReadDeadline(t time.Time) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.spoke && !t.IsZero() {
+	if w.spoke { // even "no deadline": the wait must end now
 		t = time.Now()
 	}
 	return w.client.SetReadDeadline(t)

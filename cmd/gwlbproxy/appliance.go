@@ -41,7 +41,7 @@ type options struct {
 	TrustHost      string
 	Config         string
 	UpstreamCA     []string
-	SniffWait      time.Duration
+	MaxHeaderBytes int
 	GWLBCIDRs      []netip.Prefix
 	CloudWatch     cwlogs.Config // shipping is on when Group is set
 	AllowLoopback  bool          // --unsafe-allow-loopback: tests and benchmarks only
@@ -59,6 +59,7 @@ func defaultOptions() options {
 		MaxFlows:       1_000_000,
 		ReturnPath:     netstack.ReturnPathAuto,
 		LogLevel:       "info",
+		MaxHeaderBytes: proxy.DefaultMaxHeaderBytes,
 		StateDir:       "/var/lib/gwlbproxy",
 		TrustHost:      certs.DefaultTrustHost,
 	}
@@ -160,7 +161,7 @@ func newAppliance(o options) (*appliance, error) {
 		UpstreamRoots:   roots,
 		Trust:           a.trustHandler(),
 		TrustHost:       o.TrustHost,
-		SniffWait:       o.SniffWait,
+		MaxHeaderBytes:  o.MaxHeaderBytes,
 	})
 	a.ns, err = netstack.Listen(netstack.Config{
 		ListenAddr:     o.GeneveAddr,

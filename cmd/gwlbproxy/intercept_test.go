@@ -449,14 +449,119 @@ func TestUnreadableClientHelloRefused(t *testing.T) {
 	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), up.addr))(t)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	// A handshake record holding a ClientHello whose length overruns it.
+	// A handshake record holding a ClientHello whose length overruns it,
+	// and no more: the half-close ends the wait for the rest.
 	must(c.Write([]byte{22, 3, 1, 0, 6, 1, 0, 0, 200, 3, 3}))(t)
+	must(0, c.CloseWrite())(t)
 	got, _ := io.ReadAll(c)
 	if !bytes.HasPrefix(got, []byte{21, 3, 3, 0, 2, 2}) {
 		t.Fatalf("answer %x, want a fatal TLS alert", got)
 	}
 	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
 	if rec := recs[0]; rec.Action != "deny" || !strings.Contains(rec.Error, "ClientHello could not be read") {
+		t.Fatalf("record %+v", rec)
+	}
+}
+
+// TestRequestHeadLimit: an HTTP/1 request head larger than
+// --max-header-bytes gets 431 from the appliance, which stops reading it
+// (so a client cannot grow one until memory runs out); request bodies are
+// not limited, and the limit starts afresh with each request on a
+// keep-alive connection. Plain HTTP and bumped HTTPS alike.
+func TestRequestHeadLimit(t *testing.T) {
+	tn := newTestNet()
+	up := startUpstream(t, tn.server(4), false)
+	r := interceptRig(t, up, interceptPolicy)
+	ln := must(net.Listen("tcp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
+	origin := &http.Server{MaxHeaderBytes: 8 << 20, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		n, _ := io.Copy(io.Discard, req.Body)
+		fmt.Fprintf(w, "body %d, header %d", n, len(req.Header.Get("X-Big")))
+	})}
+	go origin.Serve(ln)
+	t.Cleanup(func() { origin.Close() })
+
+	big := func(n int) string { return strings.Repeat("a", n) }
+	const limit = proxy.DefaultMaxHeaderBytes
+	check := func(t *testing.T, c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		br := bufio.NewReader(c)
+		roundTrip := func(req string) (int, string) {
+			t.Helper()
+			go io.WriteString(c, req) // the appliance may stop reading before the end
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("response: %v", err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, string(b)
+		}
+		body := big(4 * limit)
+		if code, got := roundTrip(fmt.Sprintf("POST /up HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body)); code != 200 || got != fmt.Sprintf("body %d, header 0", len(body)) {
+			t.Fatalf("a body of 4× the head limit: %d %q", code, got)
+		}
+		for range 3 { // each head just under the limit: the count starts afresh
+			if code, got := roundTrip("GET /h HTTP/1.1\r\nHost: www.example.test\r\nX-Big: " + big(limit-200) + "\r\n\r\n"); code != 200 || got != fmt.Sprintf("body 0, header %d", limit-200) {
+				t.Fatalf("a head just under the limit: %d %q", code, got)
+			}
+		}
+		// A header line of 16 MiB: refused once the limit is passed.
+		code, got := roundTrip("GET /h HTTP/1.1\r\nHost: www.example.test\r\nX-Big: " + big(16<<20) + "\r\n\r\n")
+		if code != http.StatusRequestHeaderFieldsTooLarge || !strings.Contains(got, "gwlbproxy") {
+			t.Fatalf("a 16 MiB head: %d %q, want 431 from gwlbproxy", code, got)
+		}
+		if _, err := br.ReadByte(); err == nil {
+			t.Fatal("the connection stayed open after 431")
+		}
+	}
+	t.Run("http", func(t *testing.T) {
+		c := must(r.client.DialTCP(ctxT(t, 5*time.Second), must(netip.ParseAddrPort(ln.Addr().String()))(t)))(t)
+		defer c.Close()
+		check(t, c)
+	})
+	t.Run("bumped", func(t *testing.T) {
+		tc := must(r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}}))(t)
+		defer tc.Close()
+		tc.SetDeadline(time.Now().Add(20 * time.Second))
+		go io.WriteString(tc, "GET /hello HTTP/1.1\r\nHost: www.example.test\r\nX-Big: "+big(16<<20)+"\r\n\r\n")
+		resp := must(http.ReadResponse(bufio.NewReader(tc), nil))(t)
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || !strings.Contains(string(b), "gwlbproxy") {
+			t.Fatalf("a 16 MiB head through bump: %d %q", resp.StatusCode, b)
+		}
+	})
+	recs := r.records(func(rs []proxy.Record) bool {
+		n := 0
+		for _, rec := range rs {
+			if rec.Status == http.StatusRequestHeaderFieldsTooLarge {
+				n++
+			}
+		}
+		return n == 2
+	})
+	for _, rec := range recs {
+		if rec.Status == http.StatusRequestHeaderFieldsTooLarge && (rec.Action != "deny" || !strings.Contains(rec.Error, "request head larger than")) {
+			t.Fatalf("record %+v", rec)
+		}
+	}
+}
+
+// TestSilentClientMeetsDomainRules: a client that waits before its
+// ClientHello (once it was relayed as opaque TCP after 300 ms) is still
+// classified by it, so a denied name stays denied however long it waits.
+func TestSilentClientMeetsDomainRules(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), up.addr))(t)
+	defer c.Close()
+	time.Sleep(time.Second)
+	tc := tls.Client(c, &tls.Config{ServerName: "evil.example.test", RootCAs: r.caPool()})
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err == nil || !strings.Contains(err.Error(), "access denied") {
+		t.Fatalf("handshake after a pause with a denied name: %v, want an access-denied alert", err)
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	if rec := recs[0]; rec.Action != "deny" || rec.Rule != "no-evil" {
 		t.Fatalf("record %+v", rec)
 	}
 }

@@ -98,7 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.UpstreamCA = append(o.UpstreamCA, v)
 		return nil
 	})
-	fs.DurationVar(&o.SniffWait, "sniff-wait", o.SniffWait, "how long a client that sends nothing first is awaited before its connection is relayed as plain TCP")
+	fs.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "largest HTTP/1 request head (request line and headers) a client may send; a larger one gets 431")
 	fs.StringVar(&o.CloudWatch.Group, "cloudwatch-group", "", "CloudWatch Logs group to ship access records to (off when empty); created if missing")
 	fs.StringVar(&o.CloudWatch.Stream, "cloudwatch-stream", "", "log stream (default: the EC2 instance ID, or the host name off EC2)")
 	fs.StringVar(&o.CloudWatch.Region, "cloudwatch-region", "", "AWS region (default: from the environment or instance metadata)")
@@ -120,6 +120,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	if o.MaxHeaderBytes < 1024 {
+		return o, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)
 	}
 	return o, nil
 }

@@ -29,17 +29,11 @@ import (
 // memory cost per connection.
 const BufferSize = recordHeaderLen + maxPlaintext
 
-// DefaultWait is how long Sniff waits for a silent client when called with
-// wait <= 0. Clients of client-speaks-first protocols write within one RTT
-// of the handshake; server-speaks-first protocols (SMTP, SSH, FTP, MySQL)
-// wait for the server's banner, and pay this delay once per connection.
-const DefaultWait = 300 * time.Millisecond
-
 // CompleteTimeout bounds the time, from the first byte, for the rest of a
-// ClientHello or request head to arrive (at least wait). A client that has
-// spoken is not a server-speaks-first client, so it is given longer than
-// wait, enough for a retransmission; one that stalls longer is classified on
-// what it sent.
+// ClientHello or request head to arrive: enough for a retransmission or
+// two. A client that stalls longer is classified on what it sent (see
+// Result.Err). It is also what a client pays that sends one byte which
+// begins an HTTP method ('D', 'G') and then waits for an answer.
 const CompleteTimeout = 3 * time.Second
 
 // ErrTooLarge means the ClientHello or request head did not fit the reader's
@@ -91,11 +85,13 @@ type Result struct {
 	// HTTP is the request head when Kind is KindHTTP (Method and Target at
 	// least, when Err is nil) or KindHTTP2Cleartext.
 	HTTP HTTPRequest
-	// Err is non-nil when Kind is KindTLS or KindHTTP but the message could
-	// not be read whole: malformed (ErrMalformed), larger than the buffer
+	// Err is non-nil when Kind is not KindOther but the message could not
+	// be read whole: malformed (ErrMalformed), larger than the buffer
 	// (ErrTooLarge), or cut short because the client stopped sending or
-	// closed (wrapping the timeout or io.EOF). The kind is still right; the
-	// names (SNI, Host) are missing or partial, so decide on addresses.
+	// closed (wrapping the timeout or io.EOF). A stream cut short is TLS
+	// from its first three bytes, HTTP from a known method and a space: the
+	// names (SNI, Host) are missing or partial, and the caller must not let
+	// such a stream past rules that need them.
 	Err error
 	// Peeked is how many bytes were examined. All of them are still
 	// buffered in the reader.
@@ -111,12 +107,13 @@ type ReadDeadliner interface {
 // conn) by peeking, never reading, so every byte stays buffered in br for
 // the next consumer. Give it a reader of at least BufferSize (NewReader).
 //
-// It waits up to wait (DefaultWait if wait <= 0) for the first byte; a
-// client that sends nothing by then is KindOther. Once the client has sent
-// something it peeks as far as needed — the whole ClientHello, or the request
-// line and the first Host header — for at most max(wait, CompleteTimeout)
-// more, and returns as soon as the class is certain. It always clears the
-// read deadline before returning.
+// It waits up to wait for the first byte (with wait <= 0, until one comes,
+// the connection ends, or a deadline set through conn by someone else
+// passes); a client that sends nothing by then is KindOther. Once the
+// client has sent something it peeks as far as needed — the whole
+// ClientHello, or the request line and the first Host header — for at most
+// max(wait, CompleteTimeout) more, and returns as soon as the class is
+// certain. It always clears the read deadline before returning.
 //
 // The error is non-nil only when reading failed other than by timeout or EOF
 // (e.g. a reset), or the deadline could not be set: the connection is then
@@ -127,16 +124,17 @@ func Sniff(br *bufio.Reader, conn ReadDeadliner, wait time.Duration) (Result, er
 }
 
 func sniff(br *bufio.Reader, conn ReadDeadliner, wait, complete time.Duration) (res Result, err error) {
-	if wait <= 0 {
-		wait = DefaultWait
-	}
 	defer func() {
 		if derr := conn.SetReadDeadline(time.Time{}); derr != nil && err == nil {
 			err = fmt.Errorf("sniff: clearing read deadline: %w", derr)
 		}
 	}()
 	if br.Buffered() == 0 {
-		if err := conn.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		var first time.Time // zero: no limit
+		if wait > 0 {
+			first = time.Now().Add(wait)
+		}
+		if err := conn.SetReadDeadline(first); err != nil {
 			return Result{}, fmt.Errorf("sniff: setting read deadline: %w", err)
 		}
 		if _, perr := br.Peek(1); perr != nil {
@@ -200,7 +198,8 @@ func classify(buf []byte, stop error) (Result, int) {
 				return res, nm.Need
 			}
 			// Three bytes (handshake, version 3.x) are as sure a sign of TLS
-			// as we will get from a client that stopped.
+			// as we will get from a client that stopped. Fewer stay "other":
+			// no TLS library writes them alone, and a binary protocol may.
 			if len(buf) >= 3 {
 				res.Kind = KindTLS
 				res.Err = fmt.Errorf("incomplete ClientHello (%d of at least %d bytes): %w", len(buf), nm.Need, stop)
@@ -222,10 +221,15 @@ func classify(buf []byte, stop error) (Result, int) {
 		if stop == nil {
 			return res, nm.Need
 		}
-		// A known method and a space make it HTTP to any HTTP handler; let
-		// that handler deal with the rest (or its absence).
-		if req.Method != "" && req.Method != "PRI" {
+		// A known method and a space make it HTTP to any HTTP handler, which
+		// decides each request on its own Host once it has come whole. A
+		// stalled beginning of a method ("GE") stays "other": one-byte
+		// commands of binary protocols look the same.
+		if req.Method != "" {
 			res.Kind, res.HTTP = KindHTTP, req
+			if req.Method == "PRI" {
+				res.Kind = KindHTTP2Cleartext
+			}
 			res.Err = fmt.Errorf("incomplete request head (%d bytes): %w", len(buf), stop)
 		}
 	}

@@ -236,8 +236,10 @@ func TestSniffEOF(t *testing.T) {
 		{"GET / HTTP/1.1\r\n", KindHTTP, true},
 		{"GET / HTTP/1.0\r\n\r\n", KindHTTP, false},
 		{"GE", KindOther, false},
+		{"PRI * HTTP/2.0\r\n", KindHTTP2Cleartext, true},
 		{string(raw[:100]), KindTLS, true},
 		{"\x16\x03", KindOther, false},
+		{"\x16\x03\x01", KindTLS, true},
 	} {
 		// A TCP half-close: net.Pipe cannot, and refuses deadlines once
 		// its peer has closed.
@@ -356,6 +358,50 @@ func TestKindString(t *testing.T) {
 	for k, want := range map[Kind]string{KindOther: "other", KindTLS: "tls", KindHTTP: "http", KindHTTP2Cleartext: "h2c", Kind(99): "other"} {
 		if k.String() != want {
 			t.Errorf("%d: %q", k, k.String())
+		}
+	}
+}
+
+// With no wait, a client silent for longer than any short timeout is still
+// classified by its first bytes when they come: a pause must not turn a
+// ClientHello into opaque bytes the domain rules never see.
+func TestSniffNoWaitLimit(t *testing.T) {
+	raw := captureHello(t, &tls.Config{ServerName: "late.example"})
+	c, s := tcpPair(t)
+	go func() {
+		time.Sleep(400 * time.Millisecond)
+		_, _ = c.Write(raw)
+	}()
+	res, err := Sniff(NewReader(s), s, 0)
+	if err != nil || res.Kind != KindTLS || res.Err != nil || res.Hello.ServerName != "late.example" {
+		t.Fatalf("Sniff = %+v, %v", res, err)
+	}
+}
+
+// A client that stalls after the first bytes of a ClientHello or of a
+// request is classified as what those bytes surely begin, with a timeout
+// in Err; too few bytes to be sure are "other".
+func TestSniffStalledPrefixFailsClosed(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		kind Kind
+	}{
+		{"\x16", KindOther},
+		{"\x16\x03\x01\x02", KindTLS},
+		{"G", KindOther},
+		{"CONNE", KindOther},
+		{"GET /", KindHTTP},
+		{"PRI * HTTP/2", KindHTTP2Cleartext},
+		{"SSH-2", KindOther},
+	} {
+		c, s := tcpPair(t)
+		_, _ = c.Write([]byte(tc.in))
+		res, err := sniff(NewReader(s), s, 20*time.Millisecond, 50*time.Millisecond)
+		if err != nil || res.Kind != tc.kind {
+			t.Errorf("%q: sniff = %+v, %v; want kind %v", tc.in, res, err, tc.kind)
+		}
+		if tc.kind != KindOther && !errors.Is(res.Err, os.ErrDeadlineExceeded) {
+			t.Errorf("%q: Err = %v, want a timeout inside", tc.in, res.Err)
 		}
 	}
 }
