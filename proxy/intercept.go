@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -456,9 +455,18 @@ func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	if resp != nil && resp.Body != nil {
 		if _, tunnel := resp.Body.(io.Writer); !tunnel { // a 101 turns the connection into a tunnel
 			resp.Body = &nextHead{ReadCloser: resp.Body, cc: m.cc}
+			if !m.f.h2 && hasBody(req, resp) {
+				m.cc.holdNextHead()
+			}
 		}
 	}
 	return resp, err
+}
+
+// hasBody reports whether goproxy writes body bytes after resp's head.
+func hasBody(req *http.Request, resp *http.Response) bool {
+	return req.Method != http.MethodHead && resp.ContentLength != 0 && resp.Body != http.NoBody &&
+		resp.StatusCode >= 200 && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified
 }
 
 func (m *mitmConn) roundTrip(req *http.Request) (*http.Response, error) {
@@ -656,6 +664,8 @@ type hijackedConn struct {
 	inHead       atomic.Bool
 	headRead     atomic.Int64
 	headTooLarge atomic.Bool
+
+	hold headHold // see headhold.go
 }
 
 // errHeadTooLarge ends goproxy's read of an oversized request head.
@@ -692,25 +702,6 @@ func (b *nextHead) Close() error {
 	err := b.ReadCloser.Close()
 	b.cc.headRead.Store(0)
 	b.cc.inHead.Store(true)
-	return err
-}
-
-func (c *hijackedConn) Write(b []byte) (int, error) {
-	if c.swallow != nil {
-		s := c.swallow
-		c.swallow = nil
-		if bytes.Equal(b, s) {
-			return len(b), nil
-		}
-	}
-	n, err := c.Conn.Write(b)
-	c.out.Add(int64(n))
-	return n, err
-}
-
-func (c *hijackedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { close(c.closed) })
 	return err
 }
 
