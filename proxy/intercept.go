@@ -403,7 +403,11 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: make(http.Header),
 		RemoteAddr: netip.AddrPortFrom(f.pf.Client, f.rec.ClientPort).String(),
 	}).WithContext(context.WithValue(context.Background(), mitmKey{}, m))
-	f.p.gp.ServeHTTP(&hijacker{conn: cc}, creq)
+	gp := f.p.gp
+	if f.h2 {
+		gp = f.p.gpH2
+	}
+	gp.ServeHTTP(&hijacker{conn: cc}, creq)
 	<-cc.closed // goproxy serves the connection on a goroutine of its own
 	tr.CloseIdleConnections()
 	if cc.headTooLarge.Load() {
@@ -421,12 +425,16 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 	}
 }
 
-// newGoproxy returns the HTTP proxy behind every intercepted connection.
-func newGoproxy() *goproxy.ProxyHttpServer {
+// newGoproxy returns the HTTP proxy behind intercepted connections. With
+// h2, goproxy looks for the HTTP/2 preface first: it waits for 24 bytes, so
+// an HTTP/1 client whose whole request is shorter ("GET / HTTP/1.0" and an
+// empty line) would wait forever. The sniffer and the ALPN result already
+// say which protocol a client speaks, so each gets a proxy of its own.
+func newGoproxy(h2 bool) *goproxy.ProxyHttpServer {
 	gp := goproxy.NewProxyHttpServer()
 	gp.Tr = &http.Transport{Proxy: nil} // unused: every connection has its own RoundTripper
 	gp.KeepAcceptEncoding = true        // else responses are silently decompressed
-	gp.AllowHTTP2 = true
+	gp.AllowHTTP2 = h2
 	gp.Logger = debugLogger{}
 	// goproxy formats a line per request when verbose: only when debugging.
 	gp.Verbose = slog.Default().Enabled(context.Background(), slog.LevelDebug)

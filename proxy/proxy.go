@@ -62,7 +62,8 @@ const DefaultMaxHeaderBytes = 64 << 10
 // Proxy implements netstack.Handler.
 type Proxy struct {
 	cfg    Config
-	gp     *goproxy.ProxyHttpServer
+	gp     *goproxy.ProxyHttpServer // for HTTP/1 clients
+	gpH2   *goproxy.ProxyHttpServer // for HTTP/2 clients (h2 by ALPN, h2c)
 	dialer net.Dialer
 	own    map[netip.Addr]bool // the host's own addresses: never a destination
 	echo   echoRelay
@@ -109,7 +110,8 @@ func New(cfg Config) *Proxy {
 		// the way from forgetting idle connections.
 		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
 		own:    ownAddresses(),
-		gp:     newGoproxy(),
+		gp:     newGoproxy(false),
+		gpH2:   newGoproxy(true),
 	}
 	p.echo.init(p)
 	return p

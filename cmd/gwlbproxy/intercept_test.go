@@ -565,3 +565,38 @@ func TestSilentClientMeetsDomainRules(t *testing.T) {
 		t.Fatalf("record %+v", rec)
 	}
 }
+
+// TestShortHTTP10Request: a whole request shorter than the HTTP/2 preface
+// (24 bytes) is answered, plain and bumped; goproxy once waited for 24
+// bytes to tell it from h2c.
+func TestShortHTTP10Request(t *testing.T) {
+	tn := newTestNet()
+	up := startUpstream(t, tn.server(4), false)
+	r := interceptRig(t, up, interceptPolicy)
+	origin := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), func(c net.Conn) {
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			io.WriteString(c, "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	})
+	read := func(c net.Conn, want string) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("response to a short request: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || !strings.HasPrefix(string(b), want) {
+			t.Fatalf("response %d %q, want 200 %q", resp.StatusCode, b, want)
+		}
+	}
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), origin))(t)
+	defer c.Close()
+	must(io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"))(t)
+	read(c, "ok")
+
+	tc := must(r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}}))(t)
+	defer tc.Close()
+	must(io.WriteString(tc, "GET /hello HTTP/1.0\r\n\r\n"))(t)
+	read(tc, "hello")
+}
