@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -146,22 +147,31 @@ func pseudoSum(src, dst [4]byte, udpLen int) uint16 {
 // first use. It needs no privilege; its cost is a file descriptor per port
 // and the chance that a port is taken by another socket on the host, in
 // which case the reply leaves from the listener's port and the fallback is
-// counted.
+// counted. A port that could not be bound is tried again after
+// bindRetryAfter: whatever held it (a short-lived client socket of the
+// host, most likely) may have let it go.
 type boundReturn struct {
 	local     netip.Addr
 	listener  *net.UDPConn
 	replyPort uint16
 	fallbacks *atomic.Uint64
 
-	mu    sync.RWMutex
-	socks map[uint16]*net.UDPConn
+	mu        sync.RWMutex
+	socks     map[uint16]*net.UDPConn
+	failed    map[uint16]time.Time // ports whose bind failed: when to try again
+	retryWait time.Duration
 }
+
+// bindRetryAfter is how long a port whose bind failed is left on the
+// listener's socket before binding it is tried again.
+const bindRetryAfter = 10 * time.Second
 
 func newBoundReturn(local netip.Addr, listener *net.UDPConn, replyPort uint16, fallbacks *atomic.Uint64) *boundReturn {
 	listenPort := listener.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	return &boundReturn{
 		local: local, listener: listener, replyPort: replyPort, fallbacks: fallbacks,
-		socks: map[uint16]*net.UDPConn{listenPort: listener},
+		socks:  map[uint16]*net.UDPConn{listenPort: listener},
+		failed: map[uint16]time.Time{}, retryWait: bindRetryAfter,
 	}
 }
 
@@ -170,14 +180,21 @@ func (r *boundReturn) name() string { return ReturnPathBound }
 func (r *boundReturn) socket(port uint16) *net.UDPConn {
 	r.mu.RLock()
 	c := r.socks[port]
+	retry, failed := r.failed[port]
 	r.mu.RUnlock()
 	if c != nil {
 		return c
+	}
+	if failed && time.Now().Before(retry) {
+		return r.listener
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if c = r.socks[port]; c != nil {
 		return c
+	}
+	if retry, failed := r.failed[port]; failed && time.Now().Before(retry) {
+		return r.listener // another sender just tried
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
@@ -190,10 +207,11 @@ func (r *boundReturn) socket(port uint16) *net.UDPConn {
 	pc, err := lc.ListenPacket(context.Background(), "udp4", netip.AddrPortFrom(r.local, port).String())
 	if err != nil {
 		r.fallbacks.Add(1)
-		c = r.listener
-	} else {
-		c = pc.(*net.UDPConn)
+		r.failed[port] = time.Now().Add(r.retryWait)
+		return r.listener
 	}
+	delete(r.failed, port)
+	c = pc.(*net.UDPConn)
 	r.socks[port] = c
 	return c
 }
