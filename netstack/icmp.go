@@ -75,9 +75,8 @@ func (r *EchoRequest) Reply(data []byte) {
 		icmp[0] = 0
 		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
 	}
-	var fragFlow *Flow
-	var fragID uint32
-	r.srv.sendInner(r.endpoint, buf, innerOff, n, time.Now().UnixNano(), &fragFlow, &fragID)
+	// At most the MTU and unfragmented: no fragment table.
+	r.srv.sendInner(r.endpoint, buf, innerOff, n, time.Now().UnixNano(), nil)
 }
 
 // DropUnavailable counts an echo request the handler could not relay

@@ -36,6 +36,9 @@ type link struct {
 	mtu        uint32
 	dispatcher stack.NetworkDispatcher
 	mu         sync.RWMutex
+	// frags lets a reply's later fragments, which the stack writes one
+	// call at a time, find the flow of their first.
+	frags fragTable
 }
 
 var _ stack.LinkEndpoint = (*link)(nil)
@@ -61,13 +64,9 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	bufp := replyBufPool.Get().(*[]byte)
 	defer replyBufPool.Put(bufp)
 	now := time.Now().UnixNano()
-	// Later fragments of a datagram carry no ports: they follow the flow of
-	// the first fragment, which the stack writes in the same batch.
-	var fragFlow *Flow
-	var fragID uint32
 	n := 0
 	for _, pb := range pkts.AsSlice() {
-		l.srv.writeReply(l.endpoint, pb, *bufp, now, &fragFlow, &fragID)
+		l.srv.writeReply(l.endpoint, pb, *bufp, now, &l.frags)
 		n++
 	}
 	return n, nil

@@ -135,7 +135,9 @@ func FuzzParsePacket(f *testing.F) {
 		}
 		var src, dst net.IP
 		if l, ok := pkt.NetworkLayer().(*layers.IPv4); ok {
-			if l.Flags&layers.IPv4MoreFragments != 0 {
+			// gopacket follows IPv6 extension headers (protocol 43 and
+			// the like) even after an IPv4 header; ParsePacket does not.
+			if l.Flags&layers.IPv4MoreFragments != 0 || (l.Protocol != layers.IPProtocolTCP && l.Protocol != layers.IPProtocolUDP) {
 				return
 			}
 			src, dst = l.SrcIP, l.DstIP

@@ -290,8 +290,9 @@ func (s *Server) stackFor(endpoint uint64) *endpointStack {
 }
 
 // writeReply sends one packet the stack emitted back to the GWLB under its
-// flow's header. buf is scratch space of maxDatagram bytes.
-func (s *Server) writeReply(endpoint uint64, pb *stack.PacketBuffer, buf []byte, now int64, fragFlow **Flow, fragID *uint32) {
+// flow's header. buf is scratch space of maxDatagram bytes; frags is the
+// endpoint's fragment table.
+func (s *Server) writeReply(endpoint uint64, pb *stack.PacketBuffer, buf []byte, now int64, frags *fragTable) {
 	const innerOff = outerHeadroom + MaxGeneveHeader
 	size := pb.Size()
 	if size > len(buf)-innerOff {
@@ -309,12 +310,15 @@ func (s *Server) writeReply(endpoint uint64, pb *stack.PacketBuffer, buf []byte,
 		n += copy(buf[innerOff+n:innerOff+size], b[off:])
 		off = 0
 	}
-	s.sendInner(endpoint, buf, innerOff, n, now, fragFlow, fragID)
+	s.sendInner(endpoint, buf, innerOff, n, now, frags)
 }
 
 // sendInner wraps the inner packet at buf[innerOff:innerOff+n] in its flow's
-// GENEVE header, placed right in front of it, and sends it.
-func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, fragFlow **Flow, fragID *uint32) {
+// GENEVE header, placed right in front of it, and sends it. A later fragment
+// carries no ports: it takes the flow its first fragment was sent under,
+// which frags (the endpoint's fragment table; nil for packets that are never
+// fragmented) remembers.
+func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) {
 	inner := buf[innerOff : innerOff+n]
 	etherType := uint16(EtherTypeIPv4)
 	if n > 0 && inner[0]>>4 == 6 {
@@ -327,19 +331,22 @@ func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int
 	}
 	var flow *Flow
 	switch {
-	case p.Fragment && *fragFlow != nil && p.FragmentID == *fragID:
-		flow = *fragFlow
 	case p.Fragment:
-		s.stats.drop(DropNoFlow)
-		return
+		if frags != nil {
+			flow = frags.follow(&p, now)
+		}
+		if flow == nil {
+			s.stats.drop(DropNoFlow)
+			return
+		}
 	default:
 		key := p.Key(endpoint)
 		if flow = s.flows.Lookup(&key); flow == nil {
 			s.stats.drop(DropNoFlow)
 			return
 		}
-		if p.MoreFragments {
-			*fragFlow, *fragID = flow, p.FragmentID
+		if p.MoreFragments && frags != nil {
+			frags.remember(&p, flow, now)
 		}
 	}
 	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions

@@ -514,3 +514,52 @@ func TestGWLBSendersOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeUDPReplyFragmented: a UDP reply larger than the inner MTU leaves
+// the appliance's stack in IP fragments, each written to the link on its
+// own; the later fragments carry no ports and must still find their flow's
+// GENEVE header, so the client reassembles the whole datagram.
+func TestLargeUDPReplyFragmented(t *testing.T) {
+	const size = 20000 // three fragments at the inner MTU
+	want := make([]byte, size)
+	must(io.ReadFull(newPRNG(size), want))(t)
+	for _, v6 := range []bool{false, true} {
+		name := "IPv4"
+		if v6 {
+			name = "IPv6"
+		}
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, nil, nil)
+			addr := netip.AddrPortFrom(r.net.server(3), 0)
+			if v6 {
+				pc, err := net.ListenPacket("udp", "[::1]:0")
+				if err != nil {
+					t.Skipf("no IPv6 loopback on this host: %v", err)
+				}
+				pc.Close()
+				addr = netip.MustParseAddrPort("[::1]:0")
+			}
+			srv := serveUDP(t, addr, func(d []byte) []byte {
+				if string(d) != "big please" {
+					return nil
+				}
+				return want
+			})
+			c := must(r.client.DialUDP(srv))(t)
+			defer c.Close()
+			must(c.Write([]byte("big please")))(t)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 65536)
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("no %d-byte reply (%v); appliance drops %v", size, err, r.stats().Netstack.Drops)
+			}
+			if !bytes.Equal(buf[:n], want) {
+				t.Fatalf("reply of %d bytes differs from the %d sent", n, size)
+			}
+			if d := r.stats().Netstack.Drops["reply_without_flow"]; d != 0 {
+				t.Errorf("%d replies dropped without a flow", d)
+			}
+		})
+	}
+}

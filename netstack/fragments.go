@@ -1,0 +1,115 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"sync"
+	"time"
+)
+
+// A reply larger than the MTU leaves the stack in IP fragments, and gVisor
+// hands each fragment to the link in a call of its own. Only the first
+// fragment carries ports, so only it can find its flow; the fragment table
+// remembers, per endpoint and for a few seconds, which flow each datagram
+// whose first fragment went out belongs to, and its later fragments follow.
+//
+// The table is fixed in size: fragBuckets buckets of fragWays entries, a new
+// datagram taking a free or expired entry of its bucket, else the oldest.
+// gVisor writes a datagram's fragments in order and back to back, so an
+// entry is needed only while one datagram is being written: the last
+// fragment frees it, and the expiry clears what a failed write left behind.
+const (
+	fragBucketBits = 6
+	fragBuckets    = 1 << fragBucketBits
+	fragWays       = 4
+	fragTTL        = int64(5 * time.Second)
+)
+
+// fragKey identifies a datagram among the fragments of one endpoint: RFC 791
+// names source, destination, protocol and identification for IPv4; RFC 8200
+// source, destination and identification for IPv6, whose later fragments
+// may name a different next header than the first.
+type fragKey struct {
+	src, dst [16]byte
+	id       uint32
+	proto    uint8 // IPv4 only
+	ipv6     bool
+}
+
+func fragKeyOf(p *Packet) fragKey {
+	k := fragKey{src: p.Src, dst: p.Dst, id: p.FragmentID, ipv6: p.IPv6}
+	if !p.IPv6 {
+		k.proto = p.Proto
+	}
+	return k
+}
+
+func (k *fragKey) bucket() int {
+	h := uint64(k.id) | uint64(k.proto)<<32
+	h ^= binary.LittleEndian.Uint64(k.src[8:]) ^ binary.LittleEndian.Uint64(k.dst[8:])*31
+	h ^= binary.LittleEndian.Uint64(k.src[:8]) ^ binary.LittleEndian.Uint64(k.dst[:8])*37
+	h *= 0x9e3779b97f4a7c15
+	return int(h >> (64 - fragBucketBits))
+}
+
+type fragEntry struct {
+	key     fragKey
+	flow    *Flow // nil: free
+	expires int64 // unix nanoseconds
+}
+
+type fragBucket struct {
+	mu   sync.Mutex
+	ways [fragWays]fragEntry
+}
+
+// fragTable maps datagrams being written in fragments to their flows. Its
+// zero value is ready; it is safe for concurrent use and never allocates.
+type fragTable struct {
+	buckets [fragBuckets]fragBucket
+}
+
+// remember records that the datagram whose first fragment is p belongs to
+// flow.
+func (t *fragTable) remember(p *Packet, flow *Flow, now int64) {
+	k := fragKeyOf(p)
+	b := &t.buckets[k.bucket()]
+	b.mu.Lock()
+	victim := 0
+	for i := range b.ways {
+		e := &b.ways[i]
+		if e.flow != nil && e.key == k { // the ID came round again
+			victim = i
+			break
+		}
+		if e.expires < b.ways[victim].expires {
+			victim = i // free entries have expired at 0
+		}
+	}
+	b.ways[victim] = fragEntry{key: k, flow: flow, expires: now + fragTTL}
+	b.mu.Unlock()
+}
+
+// follow returns the flow of the datagram whose later fragment p is, or nil
+// when its first fragment was not seen or is too old. The last fragment
+// (no more fragments) frees the entry.
+func (t *fragTable) follow(p *Packet, now int64) *Flow {
+	k := fragKeyOf(p)
+	b := &t.buckets[k.bucket()]
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range b.ways {
+		e := &b.ways[i]
+		if e.flow == nil || e.key != k {
+			continue
+		}
+		f := e.flow
+		if now > e.expires {
+			f = nil
+		}
+		if f == nil || !p.MoreFragments {
+			*e = fragEntry{}
+		}
+		return f
+	}
+	return nil
+}
