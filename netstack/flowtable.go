@@ -2,6 +2,8 @@ package netstack
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -17,6 +19,7 @@ const flowShards = 64
 // is.
 type Flow struct {
 	key      FlowKey
+	client   [16]byte     // the inner source of its first packet, for the client's share
 	lastSeen atomic.Int64 // unix nanoseconds
 	tunnel   atomic.Pointer[tunnel]
 }
@@ -41,6 +44,7 @@ type FlowTable struct {
 	shards      [flowShards]flowShard
 	count       atomic.Int64
 	max         int64
+	clients     clientShares
 	tcpIdle     time.Duration
 	otherIdle   time.Duration
 	created     atomic.Uint64
@@ -76,28 +80,41 @@ func (t *FlowTable) Lookup(k *FlowKey) *Flow {
 	return f
 }
 
+// LimitPerClient caps the flows one client (an inner source address
+// behind one GWLB endpoint) may hold, so that no client can fill the table
+// for the others; 0, the default, means no cap below the table's own. Call
+// it before the first Touch.
+func (t *FlowTable) LimitPerClient(n int) { t.clients.max = int32(min(n, math.MaxInt32)) }
+
 // Touch records a packet from the GWLB for flow k under header hdr from
-// gwlb, creating the flow if it is new. It returns false when the table is
-// full. In the steady state (known flow, same header) it allocates nothing.
-func (t *FlowTable) Touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, bool) {
+// gwlb, creating the flow if it is new; client is the packet's inner source.
+// It returns DropFlowTableFull when the table is full and
+// DropClientFlowLimit when client holds its share already. In the steady
+// state (known flow, same header) it allocates nothing.
+func (t *FlowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
 	s := t.shard(k)
 	s.mu.RLock()
 	f := s.flows[*k]
 	s.mu.RUnlock()
 	if f == nil {
+		if !t.clients.take(k.Endpoint, client) {
+			return nil, DropClientFlowLimit
+		}
 		if t.count.Add(1) > t.max {
 			t.count.Add(-1)
-			return nil, false
+			t.clients.give(k.Endpoint, client)
+			return nil, DropFlowTableFull
 		}
 		s.mu.Lock()
 		if f = s.flows[*k]; f == nil {
-			f = &Flow{key: *k}
+			f = &Flow{key: *k, client: client}
 			f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 			s.flows[*k] = f
 			t.created.Add(1)
 			t.endpointCounter(k.Endpoint).Add(1)
-		} else {
-			t.count.Add(-1) // another reader created it first
+		} else { // another reader created it first
+			t.count.Add(-1)
+			t.clients.give(k.Endpoint, client)
 		}
 		s.mu.Unlock()
 	}
@@ -107,7 +124,7 @@ func (t *FlowTable) Touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.Addr
 	if tn := f.tunnel.Load(); tn.gwlb != gwlb || !bytes.Equal(tn.header, hdr) {
 		f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 	}
-	return f, true
+	return f, DropNone
 }
 
 func newTunnel(hdr []byte, parsed Header, gwlb netip.AddrPort) *tunnel {
@@ -137,6 +154,7 @@ func (t *FlowTable) Expire(now int64) int {
 			if now-f.lastSeen.Load() > int64(idle) {
 				delete(s.flows, k)
 				t.endpointCounter(k.Endpoint).Add(-1)
+				t.clients.give(k.Endpoint, f.client)
 				removed++
 			}
 		}
@@ -158,4 +176,61 @@ func (t *FlowTable) PerEndpoint() map[uint64]int64 {
 		return true
 	})
 	return m
+}
+
+// clientShares counts the flows of each client when a per-client cap is
+// set. It is consulted only when a flow is created or expires, never for
+// the packets of a known flow.
+type clientShares struct {
+	max    int32 // 0: no cap, nothing counted
+	shards [flowShards]clientShard
+}
+
+type clientShard struct {
+	mu sync.Mutex
+	n  map[clientKey]int32
+}
+
+type clientKey struct {
+	endpoint uint64
+	addr     [16]byte
+}
+
+func (c *clientShares) shard(k *clientKey) *clientShard {
+	h := k.endpoint ^ binary.LittleEndian.Uint64(k.addr[8:]) ^ binary.LittleEndian.Uint64(k.addr[:8])*31
+	h *= 0x9e3779b97f4a7c15
+	return &c.shards[h>>58] // the top 6 bits: flowShards is 64
+}
+
+// take counts one more flow for the client, unless it holds max already.
+func (c *clientShares) take(endpoint uint64, addr [16]byte) bool {
+	if c.max <= 0 {
+		return true
+	}
+	k := clientKey{endpoint, addr}
+	s := c.shard(&k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n == nil {
+		s.n = make(map[clientKey]int32)
+	}
+	if s.n[k] >= c.max {
+		return false
+	}
+	s.n[k]++
+	return true
+}
+
+// give returns a flow of the client's share.
+func (c *clientShares) give(endpoint uint64, addr [16]byte) {
+	if c.max <= 0 {
+		return
+	}
+	k := clientKey{endpoint, addr}
+	s := c.shard(&k)
+	s.mu.Lock()
+	if s.n[k]--; s.n[k] <= 0 {
+		delete(s.n, k)
+	}
+	s.mu.Unlock()
 }

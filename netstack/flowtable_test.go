@@ -17,23 +17,23 @@ func TestFlowTableTouch(t *testing.T) {
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
 	h, _ := ParseHeader(append(hdr, 0x45))
 	k1, k2, k3 := keyFor(1, 6, 1), keyFor(1, 6, 2), keyFor(1, 6, 3)
-	f1, ok := ft.Touch(&k1, hdr, h, gwlb, 1)
-	if !ok || ft.Lookup(&k1) != f1 || ft.Len() != 1 {
+	f1, r := ft.Touch(&k1, [16]byte{}, hdr, h, gwlb, 1)
+	if r != DropNone || ft.Lookup(&k1) != f1 || ft.Len() != 1 {
 		t.Fatal("a new flow is not in the table")
 	}
-	if n := testing.AllocsPerRun(100, func() { ft.Touch(&k1, hdr, h, gwlb, 2) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { ft.Touch(&k1, [16]byte{}, hdr, h, gwlb, 2) }); n != 0 {
 		t.Fatalf("touching a known flow allocates %v times", n)
 	}
 	// The GWLB moves the flow to a new source port and cookie: replies follow.
 	hdr2 := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 4, nil)
 	h2, _ := ParseHeader(append(hdr2, 0x45))
 	gwlb2 := netip.MustParseAddrPort("127.0.0.2:40001")
-	ft.Touch(&k1, hdr2, h2, gwlb2, 3)
+	ft.Touch(&k1, [16]byte{}, hdr2, h2, gwlb2, 3)
 	if tn := f1.tunnel.Load(); tn.gwlb != gwlb2 || tn.parsed.FlowCookie != 4 || string(tn.header) != string(hdr2) {
 		t.Fatalf("flow kept its old tunnel: %+v", tn)
 	}
-	ft.Touch(&k2, hdr, h, gwlb, 4)
-	if _, ok := ft.Touch(&k3, hdr, h, gwlb, 5); ok || ft.Len() != 2 {
+	ft.Touch(&k2, [16]byte{}, hdr, h, gwlb, 4)
+	if _, r := ft.Touch(&k3, [16]byte{}, hdr, h, gwlb, 5); r != DropFlowTableFull || ft.Len() != 2 {
 		t.Fatalf("a full table took a third flow (len %d)", ft.Len())
 	}
 }
@@ -44,8 +44,8 @@ func TestFlowTableExpire(t *testing.T) {
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
 	h, _ := ParseHeader(append(hdr, 0x45))
 	tcpKey, udpKey := keyFor(1, 6, 1), keyFor(1, 17, 1)
-	ft.Touch(&tcpKey, hdr, h, gwlb, 0)
-	ft.Touch(&udpKey, hdr, h, gwlb, 0)
+	ft.Touch(&tcpKey, [16]byte{}, hdr, h, gwlb, 0)
+	ft.Touch(&udpKey, [16]byte{}, hdr, h, gwlb, 0)
 	if n := ft.Expire(int64(2 * time.Second)); n != 1 || ft.Lookup(&udpKey) != nil || ft.Lookup(&tcpKey) == nil {
 		t.Fatalf("after 2s: expired %d; want only the UDP flow gone", n)
 	}
@@ -54,5 +54,40 @@ func TestFlowTableExpire(t *testing.T) {
 	}
 	if got := ft.PerEndpoint()[1]; got != 0 {
 		t.Fatalf("endpoint still counts %d flows", got)
+	}
+}
+
+// One client cannot hold more than its share; others still get flows, and
+// an expired flow gives its place back.
+func TestFlowTablePerClient(t *testing.T) {
+	ft := NewFlowTable(100, time.Minute, time.Second)
+	ft.LimitPerClient(2)
+	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
+	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
+	h, _ := ParseHeader(append(hdr, 0x45))
+	greedy, other := netip.MustParseAddr("::ffff:198.18.0.5").As16(), netip.MustParseAddr("::ffff:198.18.0.6").As16()
+	touch := func(ep uint64, client [16]byte, proto uint8, port uint16, now int64) DropReason {
+		k := keyFor(ep, proto, port)
+		_, r := ft.Touch(&k, client, hdr, h, gwlb, now)
+		return r
+	}
+	if touch(1, greedy, 17, 1, 0) != DropNone || touch(1, greedy, 6, 2, 0) != DropNone {
+		t.Fatal("a client's first two flows refused")
+	}
+	if r := touch(1, greedy, 6, 3, 0); r != DropClientFlowLimit {
+		t.Fatalf("third flow of one client: %v, want %v", r, DropClientFlowLimit)
+	}
+	if touch(1, greedy, 6, 2, 0) != DropNone {
+		t.Fatal("a known flow of a client at its share was refused")
+	}
+	if touch(1, other, 6, 4, 0) != DropNone || touch(2, greedy, 6, 5, 0) != DropNone {
+		t.Fatal("another client, or the same address behind another endpoint, was refused")
+	}
+	ft.Expire(int64(2 * time.Second)) // the UDP flow idles out
+	if r := touch(1, greedy, 6, 3, int64(2*time.Second)); r != DropNone {
+		t.Fatalf("after one of its flows expired: %v", r)
+	}
+	if n := testing.AllocsPerRun(100, func() { touch(1, greedy, 6, 3, 3) }); n != 0 {
+		t.Fatalf("touching a known flow with a per-client cap allocates %v times", n)
 	}
 }

@@ -61,6 +61,7 @@ const (
 	DropSendError
 	DropICMPUnavailable
 	DropUnknownSender
+	DropClientFlowLimit
 	dropReasons
 )
 
@@ -80,6 +81,7 @@ var dropReasonNames = [dropReasons]string{
 	DropSendError:       "send_error",
 	DropICMPUnavailable: "icmp_unavailable",
 	DropUnknownSender:   "unknown_sender",
+	DropClientFlowLimit: "client_flow_limit",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

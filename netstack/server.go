@@ -40,6 +40,10 @@ type Config struct {
 	IdleTimeout    time.Duration
 	// MaxFlows caps the flow table (default 1,000,000).
 	MaxFlows int
+	// MaxFlowsPerClient caps the flows of one client (inner source address
+	// behind one endpoint), so one client cannot fill the table for all
+	// (default: a tenth of MaxFlows; MaxFlows or more: no cap of its own).
+	MaxFlowsPerClient int
 	// MTU is the inner MTU (default DefaultMTU).
 	MTU int
 	// TCP tunes the stacks' TCP.
@@ -73,6 +77,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxFlows <= 0 {
 		c.MaxFlows = 1_000_000
+	}
+	if c.MaxFlowsPerClient <= 0 {
+		c.MaxFlowsPerClient = max(c.MaxFlows/10, 1)
 	}
 	if c.MTU <= 0 || c.MTU > DefaultMTU {
 		c.MTU = DefaultMTU
@@ -133,6 +140,9 @@ func Listen(cfg Config) (*Server, error) {
 		cfg:   cfg,
 		flows: NewFlowTable(cfg.MaxFlows, cfg.TCPIdleTimeout, cfg.IdleTimeout),
 		done:  make(chan struct{}),
+	}
+	if cfg.MaxFlowsPerClient < cfg.MaxFlows {
+		s.flows.LimitPerClient(cfg.MaxFlowsPerClient)
 	}
 	lc := net.ListenConfig{Control: reusePort}
 	for range cfg.Readers {
@@ -251,9 +261,8 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
 	var flow *Flow
 	if !p.Fragment {
 		key := p.Key(h.Endpoint)
-		var ok bool
-		if flow, ok = s.flows.Touch(&key, b[:h.Len], h, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), time.Now().UnixNano()); !ok {
-			s.stats.drop(DropFlowTableFull)
+		if flow, reason = s.flows.Touch(&key, p.Src, b[:h.Len], h, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), time.Now().UnixNano()); reason != DropNone {
+			s.stats.drop(reason)
 			return
 		}
 	}

@@ -23,28 +23,29 @@ import (
 
 // options is everything the appliance is configured with.
 type options struct {
-	GeneveAddr     string
-	AdminAddr      string
-	AccessLog      string
-	DrainTimeout   time.Duration
-	TCPIdleTimeout time.Duration
-	IdleTimeout    time.Duration
-	DialTimeout    time.Duration
-	MaxFlows       int
-	Readers        int
-	ReturnPath     string
-	MTU            int
-	LogLevel       string
-	StateDir       string
-	CACert         string
-	CAKey          string
-	TrustHost      string
-	Config         string
-	UpstreamCA     []string
-	MaxHeaderBytes int
-	GWLBCIDRs      []netip.Prefix
-	CloudWatch     cwlogs.Config // shipping is on when Group is set
-	AllowLoopback  bool          // --unsafe-allow-loopback: tests and benchmarks only
+	GeneveAddr        string
+	AdminAddr         string
+	AccessLog         string
+	DrainTimeout      time.Duration
+	TCPIdleTimeout    time.Duration
+	IdleTimeout       time.Duration
+	DialTimeout       time.Duration
+	MaxFlows          int
+	MaxFlowsPerClient int
+	Readers           int
+	ReturnPath        string
+	MTU               int
+	LogLevel          string
+	StateDir          string
+	CACert            string
+	CAKey             string
+	TrustHost         string
+	Config            string
+	UpstreamCA        []string
+	MaxHeaderBytes    int
+	GWLBCIDRs         []netip.Prefix
+	CloudWatch        cwlogs.Config // shipping is on when Group is set
+	AllowLoopback     bool          // --unsafe-allow-loopback: tests and benchmarks only
 }
 
 func defaultOptions() options {
@@ -77,6 +78,9 @@ func (o *options) validate() error {
 	}
 	if o.MaxFlows <= 0 {
 		return fmt.Errorf("--max-flows %d: must be positive", o.MaxFlows)
+	}
+	if o.MaxFlowsPerClient < 0 {
+		return fmt.Errorf("--max-flows-per-client %d: must be positive (0: a tenth of --max-flows)", o.MaxFlowsPerClient)
 	}
 	if o.MTU != 0 && (o.MTU < 1280 || o.MTU > netstack.DefaultMTU) {
 		return fmt.Errorf("--mtu %d: must be between 1280 and %d", o.MTU, netstack.DefaultMTU)
@@ -164,16 +168,17 @@ func newAppliance(o options) (*appliance, error) {
 		MaxHeaderBytes:  o.MaxHeaderBytes,
 	})
 	a.ns, err = netstack.Listen(netstack.Config{
-		ListenAddr:     o.GeneveAddr,
-		Readers:        o.Readers,
-		ReturnPath:     o.ReturnPath,
-		TCPIdleTimeout: o.TCPIdleTimeout,
-		IdleTimeout:    o.IdleTimeout,
-		MaxFlows:       o.MaxFlows,
-		MTU:            o.MTU,
-		AllowLoopback:  o.AllowLoopback,
-		Senders:        o.GWLBCIDRs,
-		Handler:        a.px,
+		ListenAddr:        o.GeneveAddr,
+		Readers:           o.Readers,
+		ReturnPath:        o.ReturnPath,
+		TCPIdleTimeout:    o.TCPIdleTimeout,
+		IdleTimeout:       o.IdleTimeout,
+		MaxFlows:          o.MaxFlows,
+		MaxFlowsPerClient: o.MaxFlowsPerClient,
+		MTU:               o.MTU,
+		AllowLoopback:     o.AllowLoopback,
+		Senders:           o.GWLBCIDRs,
+		Handler:           a.px,
 	})
 	if err != nil {
 		a.closeSinks()

@@ -563,3 +563,45 @@ func TestLargeUDPReplyFragmented(t *testing.T) {
 		})
 	}
 }
+
+// TestFlowsPerClient: a client at its share of the flow table gets no new
+// flow (its packets are dropped and counted), while its flows go on and
+// another client still gets one.
+func TestFlowsPerClient(t *testing.T) {
+	r := newRig(t, func(o *options) { o.MaxFlows, o.MaxFlowsPerClient = 100, 3 }, nil)
+	srv := serveUDP(t, netip.AddrPortFrom(r.net.server(3), 0), func(b []byte) []byte { return b })
+	ask := func(c net.Conn) error {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		_, err := c.Read(make([]byte, 16))
+		return err
+	}
+	var conns []net.Conn
+	for i := range 3 {
+		c := must(r.client.DialUDP(srv))(t)
+		defer c.Close()
+		if err := ask(c); err != nil {
+			t.Fatalf("flow %d of 3: %v", i+1, err)
+		}
+		conns = append(conns, c)
+	}
+	fourth := must(r.client.DialUDP(srv))(t)
+	defer fourth.Close()
+	if err := ask(fourth); err == nil {
+		t.Fatal("a fourth flow of one client was served; its share is 3")
+	}
+	if d := r.stats().Netstack.Drops["client_flow_limit"]; d == 0 {
+		t.Fatal("no client_flow_limit drop counted")
+	}
+	if err := ask(conns[0]); err != nil {
+		t.Fatalf("a flow within the share stopped: %v", err)
+	}
+	other := must(r.ep.NewClientStack(netip.MustParseAddr("198.18.0.6"), netip.MustParseAddr("2001:db8::6")))(t)
+	c := must(other.DialUDP(srv))(t)
+	defer c.Close()
+	if err := ask(c); err != nil {
+		t.Fatalf("another client's first flow: %v", err)
+	}
+}

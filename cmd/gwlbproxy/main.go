@@ -76,6 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "idle timeout of UDP and ICMP flows")
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST")
 	fs.IntVar(&o.MaxFlows, "max-flows", o.MaxFlows, "flow table capacity; packets of new flows beyond it are dropped and counted")
+	fs.IntVar(&o.MaxFlowsPerClient, "max-flows-per-client", 0, "flows one client (inner source address behind one GWLB endpoint) may hold; 0: a tenth of --max-flows")
 	fs.IntVar(&o.Readers, "readers", o.Readers, "GENEVE reader sockets (SO_REUSEPORT); 0: one per CPU")
 	fs.StringVar(&o.ReturnPath, "return-path", o.ReturnPath, "how replies reach the GWLB from each flow's source port: raw (CAP_NET_RAW), bound (a UDP socket per port), auto")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "inner MTU; 0 picks the largest that keeps every GENEVE datagram within the GWLB's 8500 bytes")
