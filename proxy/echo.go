@@ -13,6 +13,7 @@ import (
 	"golang.org/x/net/ipv6"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // echoRelay relays ICMP echo through the host's unprivileged ICMP ("ping")
@@ -20,12 +21,28 @@ import (
 // socket per (endpoint, client, destination, echo ID) flow; the kernel
 // gives each socket its own echo ID, and replies go back to the client with
 // the client's.
+//
+// Each flow is decided once, when its first request arrives: against the
+// forbidden destinations, then the policy (protocol icmp). An allowed flow
+// keeps the decision until it idles, whatever a reload says, like a UDP
+// flow. A denied flow writes one deny record and stays in the table, without
+// a socket, so that its further requests (a ping -f) are dropped at the cost
+// of a map lookup, with no record each; it is forgotten once idle for
+// EchoIdleTimeout, and decided afresh on its next request after a reload.
 type echoRelay struct {
 	p            *Proxy
 	mu           sync.Mutex
 	flows        map[echoKey]*echoFlow
+	denied       int // denied flows in flows, at most maxDeniedEcho
 	warnedNoSock atomic.Bool
+	warnedFull   atomic.Bool
 }
+
+// maxDeniedEcho bounds the denied echo flows remembered (a few hundred bytes
+// each). Beyond it, requests of new denied flows are dropped without a
+// record until some idle out: a client spraying echo at countless denied
+// destinations cannot grow memory, nor the access log, without bound.
+const maxDeniedEcho = 1 << 16
 
 type echoKey struct {
 	endpoint     uint64
@@ -34,6 +51,16 @@ type echoKey struct {
 }
 
 type echoFlow struct {
+	// A denied flow has no conn and no serve goroutine. pol is the policy
+	// that denied it, unless forbidden: a forbidden destination stays
+	// forbidden whatever a reload says. timer forgets the flow once it
+	// idles. All set before the flow is in the table, never changed.
+	denied    bool
+	forbidden bool
+	pol       *policy.Policy
+	timer     *time.Timer
+	rec       *Record // the deny record, written by whoever created the flow
+
 	conn     *icmp.PacketConn
 	dest     net.Addr
 	v6       bool
@@ -51,18 +78,24 @@ func (r *echoRelay) init(p *Proxy) {
 
 // HandleEcho implements netstack.Handler. It runs on the packet path, so it
 // only writes to a socket; replies come back on the flow's own goroutine.
+// A request of a denied flow is dropped without an answer, and without
+// allocating.
 func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
-	if reason := p.forbidden(req.Flow.Dest.Addr()); reason != "" {
-		p.deny(newRecord("icmp", req.Flow), time.Now(), reason)
-		return
-	}
-	f := p.echo.flow(&req)
+	now := time.Now()
+	f, isNew := p.echo.flow(&req, now)
 	if f == nil {
 		req.DropUnavailable()
 		return
 	}
-	f.latest.Store(&req)
-	f.last.Store(time.Now().UnixNano())
+	f.last.Store(now.UnixNano())
+	if f.denied {
+		if isNew {
+			p.deny(f.rec, now, f.rec.Error)
+		}
+		return
+	}
+	r := req // only requests that are relayed escape to the heap
+	f.latest.Store(&r)
 	typ := icmp.Type(ipv4.ICMPTypeEcho)
 	if f.v6 {
 		typ = ipv6.ICMPTypeEchoRequest
@@ -80,13 +113,35 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 	f.bytesOut.Add(int64(len(req.Data)))
 }
 
-func (r *echoRelay) flow(req *netstack.EchoRequest) *echoFlow {
+// flow returns the request's flow, deciding and creating it if there is
+// none (isNew), or nil if it cannot be relayed. A denied flow's record is for
+// the caller to write, outside the lock.
+func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoFlow, isNew bool) {
 	k := echoKey{req.Flow.Endpoint, req.Flow.Client.Addr(), req.Flow.Dest.Addr(), req.ID}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if f := r.flows[k]; f != nil {
-		return f
+		if !f.denied || f.forbidden || f.pol == r.p.cfg.Policy.Load() {
+			return f, false
+		}
+		// Denied by a policy since replaced: decide again, as TCP and UDP
+		// decide each new connection or datagram with the current policy.
+		f.timer.Stop()
+		r.forget(k, f)
 	}
+
+	rec := newRecord("icmp", req.Flow)
+	if reason := r.p.forbidden(req.Flow.Dest.Addr()); reason != "" {
+		return r.addDenied(k, rec, reason, true, nil, now)
+	}
+	pol := r.p.cfg.Policy.Load()
+	d := pol.Decide(policy.Flow{
+		Protocol: policy.ProtoICMP, Dest: req.Flow.Dest, Client: req.Flow.Client.Addr(), Endpoint: rec.Endpoint,
+	})
+	if rec.Rule = d.Rule; d.Action == policy.Deny {
+		return r.addDenied(k, rec, "denied by policy", false, pol, now)
+	}
+
 	network, laddr := "udp4", "0.0.0.0"
 	if req.IPv6() {
 		network, laddr = "udp6", "::"
@@ -98,14 +153,61 @@ func (r *echoRelay) flow(req *netstack.EchoRequest) *echoFlow {
 				"(set net.ipv4.ping_group_range to include the appliance's group); echo requests are dropped and counted",
 				"err", err)
 		}
-		return nil
+		return nil, false
 	}
-	f := &echoFlow{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: req.Flow.Dest.Addr().AsSlice()}}
-	f.last.Store(time.Now().UnixNano())
+	f = &echoFlow{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: req.Flow.Dest.Addr().AsSlice()}}
+	f.last.Store(now.UnixNano())
 	r.flows[k] = f
 	r.p.stats.echoActive.Add(1)
-	go r.serve(k, f, newRecord("icmp", req.Flow))
-	return f
+	go r.serve(k, f, rec)
+	return f, true
+}
+
+// addDenied remembers a denied flow until it idles, and returns it as new,
+// for its record to be written; r.mu is held. When too many are remembered
+// already it returns a denied flow that is neither in the table nor new: the
+// request is dropped without a record, and so are the flow's next ones until
+// there is room.
+func (r *echoRelay) addDenied(k echoKey, rec *Record, reason string, forbidden bool, pol *policy.Policy, now time.Time) (*echoFlow, bool) {
+	rec.Error = reason
+	if r.denied >= maxDeniedEcho {
+		if !r.warnedFull.Swap(true) {
+			slog.Warn("too many denied ICMP echo flows remembered; echo requests of further denied flows "+
+				"are dropped without an access record until some have been idle for the echo idle timeout",
+				"limit", maxDeniedEcho)
+		}
+		return &noRoomDenied, false
+	}
+	f := &echoFlow{denied: true, forbidden: forbidden, pol: pol, rec: rec}
+	f.last.Store(now.UnixNano())
+	idle := r.p.cfg.EchoIdleTimeout
+	// The callback takes r.mu, which is held here, so it sees f.timer set.
+	f.timer = time.AfterFunc(idle, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.flows[k] != f {
+			return // decided again after a reload
+		}
+		if rest := time.Until(time.Unix(0, f.last.Load()).Add(idle)); rest > 0 {
+			f.timer.Reset(rest)
+			return
+		}
+		r.forget(k, f)
+	})
+	r.flows[k] = f
+	r.denied++
+	return f, true
+}
+
+// noRoomDenied stands for the denied flows there is no room to remember.
+// It is never in the table, and its fields are never written but last,
+// which is harmless to share.
+var noRoomDenied = echoFlow{denied: true}
+
+// forget removes a denied flow from the table; r.mu is held.
+func (r *echoRelay) forget(k echoKey, f *echoFlow) {
+	delete(r.flows, k)
+	r.denied--
 }
 
 // serve reads the destination's replies for one echo flow until it idles.

@@ -22,6 +22,7 @@ func FuzzParse(f *testing.F) {
 	flows := []Flow{
 		{Protocol: "tls", Domain: "a.evil.example", Dest: ap("10.0.0.1:443"), Client: ip("192.168.1.1"), Endpoint: "vpce-0123456789abcdef0"},
 		{Protocol: "udp", Dest: ap("[2001:db8::1]:53")},
+		{Protocol: "icmp", Dest: ap("203.0.113.9:0"), Client: ip("10.1.2.3")},
 		{},
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -77,6 +78,8 @@ func refRules() refPolicy {
 		{Name: "clients", ClientCIDR: []string{"192.168.0.0/16", "fd00::/8"}, Protocols: []string{"http", "udp"}, Action: "deny"},
 		{Name: "ep", Endpoints: []string{"vpce-0123456789abcdef0"}, Ports: []any{"1-1024"}, Action: "allow"},
 		{Name: "tcp-high", Protocols: []string{"tcp"}, Ports: []any{"30000-65535"}, Action: "deny"},
+		{Name: "no-ping", Protocols: []string{"icmp"}, DestCIDRs: []string{"203.0.113.0/24", "2001:db8:1::/48"}, Action: "deny"},
+		{Name: "ping-rest", Protocols: []string{"udp", "icmp"}, ClientCIDR: []string{"10.0.0.0/8"}, Action: "bump"},
 	}}
 }
 
@@ -193,13 +196,16 @@ func FuzzDecide(f *testing.F) {
 		f.Fatal(err)
 	}
 	audit := mustParse(f, string(out))
-	protos := []string{"tls", "http", "tcp", "udp", "", "TLS", "icmp"}
+	protos := []string{"tls", "http", "tcp", "udp", "icmp", "", "TLS", "ICMP", "sctp"}
 
 	f.Add(uint8(0), "x.evil.example", []byte{10, 1, 2, 3}, uint16(443), []byte{192, 168, 1, 1}, "vpce-0123456789abcdef0")
 	f.Add(uint8(0), "A.W7.example.", []byte{192, 0, 2, 1}, uint16(8080), []byte{}, "")
 	f.Add(uint8(1), "H3.EXAMPLE", netip.MustParseAddr("2001:db8::1").AsSlice(), uint16(8100), netip.MustParseAddr("fd00::2").AsSlice(), "")
 	f.Add(uint8(2), "evil.example", netip.MustParseAddr("::ffff:10.0.0.1").AsSlice(), uint16(40000), []byte{1, 2, 3, 4}, "VPCE-0123456789ABCDEF0")
 	f.Add(uint8(3), "dot.example", []byte{192, 0, 2, 2}, uint16(53), netip.MustParseAddr("::ffff:192.168.3.4").AsSlice(), "vpce-0123456789abcdef0")
+	f.Add(uint8(4), "", []byte{203, 0, 113, 9}, uint16(0), []byte{10, 1, 2, 3}, "")
+	f.Add(uint8(4), "", []byte{192, 0, 2, 9}, uint16(0), []byte{10, 1, 2, 3}, "")
+	f.Add(uint8(7), "", netip.MustParseAddr("2001:db8:1::1").AsSlice(), uint16(0), []byte{}, "")
 	f.Fuzz(func(t *testing.T, proto uint8, domain string, dest []byte, port uint16, client []byte, endpoint string) {
 		fl := Flow{
 			Protocol: protos[int(proto)%len(protos)],

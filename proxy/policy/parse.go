@@ -290,6 +290,7 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 		return r, err
 	}
 	var haveName, haveAction bool
+	var portsNode, domainsNode *yaml.Node
 	for _, e := range kv {
 		k, v := e[0], e[1]
 		switch k.Value {
@@ -323,6 +324,7 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 				return r, ps.errf(v, "allow_unverified_upstream: %v", err)
 			}
 		case "domains":
+			domainsNode = k
 			if err := ps.domains(v, &r); err != nil {
 				return r, err
 			}
@@ -335,6 +337,7 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 				return r, err
 			}
 		case "ports":
+			portsNode = k
 			if err := ps.ports(v, &r); err != nil {
 				return r, err
 			}
@@ -346,7 +349,7 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 			for _, it := range items {
 				b := protoBit(strings.ToLower(it.Value))
 				if b == 0 {
-					return r, ps.errf(it, "unknown protocol %q (want tls, http, tcp or udp)", it.Value)
+					return r, ps.errf(it, "unknown protocol %q (want tls, http, tcp, udp or icmp)", it.Value)
 				}
 				r.protos |= b
 			}
@@ -375,6 +378,16 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 		// other action the flag would do nothing, and its presence says the
 		// author expects something it does not give.
 		return r, ps.errf(n, "allow_unverified_upstream only applies to action bump, not %s", r.action)
+	}
+	// ICMP echo has neither ports nor a name: such a rule could never match,
+	// and its author surely meant it to.
+	if r.protos == bitICMP {
+		if portsNode != nil {
+			return r, ps.errf(portsNode, "ports: ICMP has no ports, so a rule for protocol icmp alone with ports would never match")
+		}
+		if domainsNode != nil {
+			return r, ps.errf(domainsNode, "domains: ICMP flows have no name, so a rule for protocol icmp alone with domains would never match")
+		}
 	}
 	return r, nil
 }

@@ -103,7 +103,23 @@ func TestParseErrors(t *testing.T) {
 		{"empty label", rulesDoc("    - {name: d, domains: [\"a..example\"], action: deny}"),
 			`policy.yaml:4: rule "d": invalid domain "a..example": empty label`, 4},
 		{"unknown protocol", rulesDoc("    - {name: pr, protocols: [tls, htp], action: deny}"),
-			`policy.yaml:4: rule "pr": unknown protocol "htp" (want tls, http, tcp or udp)`, 4},
+			`policy.yaml:4: rule "pr": unknown protocol "htp" (want tls, http, tcp, udp or icmp)`, 4},
+		{"ping is not a protocol name", rulesDoc("    - {name: pr, protocols: [ping], action: deny}"),
+			`policy.yaml:4: rule "pr": unknown protocol "ping" (want tls, http, tcp, udp or icmp)`, 4},
+		{"icmpv6 is spelled icmp", rulesDoc("    - {name: pr, protocols: [icmpv6], action: deny}"),
+			`policy.yaml:4: rule "pr": unknown protocol "icmpv6" (want tls, http, tcp, udp or icmp)`, 4},
+		{"icmp alone with ports", rulesDoc(
+			"    - name: ping",
+			"      protocols: [icmp]",
+			"      ports: [7]",
+			"      action: deny"),
+			`policy.yaml:6: rule "ping": ports: ICMP has no ports, so a rule for protocol icmp alone with ports would never match`, 6},
+		{"icmp alone with domains", rulesDoc(
+			"    - name: ping",
+			"      domains: [x.example]",
+			"      protocols: [ICMP]",
+			"      action: deny"),
+			`policy.yaml:5: rule "ping": domains: ICMP flows have no name, so a rule for protocol icmp alone with domains would never match`, 5},
 		{"bad endpoint", rulesDoc("    - {name: ep, endpoints: [\"vpc-123\"], action: deny}"),
 			`policy.yaml:4: rule "ep": invalid endpoint "vpc-123" (want a GWLB endpoint ID, vpce-<hex>)`, 4},
 		{"unverified on splice", rulesDoc("    - name: u", "      action: splice", "      allow_unverified_upstream: true"),
@@ -185,6 +201,26 @@ policy:
 		len(r.ports) != 3 || r.ports[0] != (portRange{443, 443}) || r.ports[1] != (portRange{8080, 8080}) || r.ports[2] != (portRange{9000, 9001}) ||
 		r.protos != bitTLS|bitHTTP || r.endpoints[0] != "vpce-0123456789abcdef0" {
 		t.Fatalf("parsed %+v / %+v", p, r)
+	}
+}
+
+// TestParseICMP: icmp is a protocol name, in any case, alone or with others;
+// with others, ports and domains are allowed (they apply to the others).
+func TestParseICMP(t *testing.T) {
+	p, err := Parse("p.yaml", []byte(rulesDoc(
+		"    - {name: ping, protocols: [icmp], dest_cidrs: [192.0.2.0/24], action: deny}",
+		"    - {name: upper, protocols: [ICMP, Udp], action: allow}",
+		"    - {name: mixed, protocols: [tcp, icmp], ports: [22], domains: [x.example], action: deny}",
+		"    - {name: bump-ping, protocols: [icmp], action: bump}",
+	)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []uint8{bitICMP, bitICMP | bitUDP, bitTCP | bitICMP, bitICMP}
+	for i, r := range p.rules {
+		if r.protos != want[i] {
+			t.Errorf("rule %s: protocol bits %#x, want %#x", r.name, r.protos, want[i])
+		}
 	}
 }
 

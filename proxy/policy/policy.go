@@ -10,20 +10,22 @@
 //     subdomain of name at any depth but not name itself (list both to get
 //     both). Compared ASCII-case-insensitively with the flow's SNI or HTTP
 //     host, one trailing dot ignored on either side. A flow without a name
-//     (no SNI, no Host, plain TCP/UDP) never matches a rule with domains: such
-//     flows are matched on addresses and ports.
+//     (no SNI, no Host, plain TCP/UDP, ICMP) never matches a rule with
+//     domains: such flows are matched on addresses and ports.
 //   - dest_cidrs, client_cidrs: prefixes (or single addresses) containing
 //     the destination or client address; IPv4-mapped IPv6 addresses are
 //     compared as IPv4.
-//   - ports: destination ports, single ("443") or ranges ("8000-8100").
+//   - ports: destination ports, single ("443") or ranges ("8000-8100"). ICMP
+//     has no ports: a rule with ports never matches an ICMP flow.
 //   - protocols: the flow's classified protocol: tls, http, tcp (TCP that is
-//     neither TLS nor HTTP) or udp.
+//     neither TLS nor HTTP), udp or icmp (echo, i.e. ping).
 //   - endpoints: GWLB endpoint IDs (vpce-…) the flow arrived through.
 //
 // Actions: bump (TLS: decrypt and inspect), splice (TLS: relay the
 // encrypted bytes, log the SNI), allow, deny. Decide adapts the action to
 // the flow's protocol so the caller has one case per protocol: for TLS,
-// allow is splice; for everything else bump and splice mean allow.
+// allow is splice; for everything else (UDP and ICMP included) bump and
+// splice mean allow.
 package policy
 
 import (
@@ -80,6 +82,7 @@ const (
 	ProtoHTTP = "http"
 	ProtoTCP  = "tcp" // TCP that is neither TLS nor HTTP
 	ProtoUDP  = "udp"
+	ProtoICMP = "icmp" // ICMP and ICMPv6 echo (ping); the flow has no ports
 )
 
 // DefaultRule is the Decision.Rule when no rule matched.
@@ -87,13 +90,15 @@ const DefaultRule = "default"
 
 // Flow describes a flow to decide on.
 type Flow struct {
-	// Protocol is one of ProtoTLS, ProtoHTTP, ProtoTCP, ProtoUDP. Anything
-	// else matches only rules without a protocols condition.
+	// Protocol is one of ProtoTLS, ProtoHTTP, ProtoTCP, ProtoUDP,
+	// ProtoICMP. Anything else matches only rules without a protocols
+	// condition.
 	Protocol string
 	// Domain is the TLS SNI or the HTTP request's host (without port), as
 	// the client sent it; "" when there is none.
 	Domain string
-	// Dest is the original destination address and port.
+	// Dest is the original destination address and port (port 0 for
+	// ICMP, which no ports condition matches).
 	Dest netip.AddrPort
 	// Client is the client's address.
 	Client netip.Addr
@@ -126,6 +131,7 @@ const (
 	bitHTTP
 	bitTCP
 	bitUDP
+	bitICMP
 )
 
 func protoBit(p string) uint8 {
@@ -138,6 +144,8 @@ func protoBit(p string) uint8 {
 		return bitTCP
 	case ProtoUDP:
 		return bitUDP
+	case ProtoICMP:
+		return bitICMP
 	}
 	return 0
 }
@@ -358,7 +366,7 @@ func (p *Policy) DecideEarly(f Flow) (d Decision, ok bool) {
 	for i := range p.rules {
 		r := &p.rules[i]
 		if r.protos != 0 && r.protos&(bitTLS|bitHTTP|bitTCP) == 0 {
-			continue // a UDP-only rule
+			continue // a rule for UDP or ICMP only
 		}
 		if (r.ports != nil && !matchPort(r.ports, f.Dest.Port())) ||
 			(r.endpoints != nil && !matchString(r.endpoints, f.Endpoint)) ||

@@ -96,7 +96,7 @@ func TestDecide(t *testing.T) {
 		// Protocol tcp means other TCP only.
 		{"tcp port", Flow{Protocol: "tcp", Dest: ap("192.0.2.1:22")}, Deny, "ssh", false},
 		{"tls on the same port", Flow{Protocol: "tls", Dest: ap("192.0.2.1:22")}, Splice, DefaultRule, false},
-		{"unknown protocol", Flow{Protocol: "icmp", Dest: ap("192.0.2.1:22")}, Allow, DefaultRule, false},
+		{"unknown protocol", Flow{Protocol: "sctp", Dest: ap("192.0.2.1:22")}, Allow, DefaultRule, false},
 		// Single addresses and mapped prefixes.
 		{"bare address", Flow{Protocol: "tcp", Dest: ap("198.51.100.7:1")}, Deny, "single-host", false},
 		{"bare address, neighbour", Flow{Protocol: "tcp", Dest: ap("198.51.100.8:1")}, Allow, DefaultRule, false},
@@ -241,4 +241,65 @@ func BenchmarkDecide(b *testing.B) {
 			p.Decide(hit)
 		}
 	})
+}
+
+func TestDecideICMP(t *testing.T) {
+	p := mustParse(t, `
+policy:
+  default: deny
+  rules:
+    - name: web-only
+      ports: [80, 443]
+      action: allow
+    - name: named
+      domains: ["*.example.com"]
+      action: allow
+    - name: tcp-udp
+      protocols: [tcp, udp]
+      dest_cidrs: [192.0.2.0/24]
+      action: allow
+    - name: no-ping-corp
+      protocols: [icmp]
+      dest_cidrs: [10.0.0.0/8, "2001:db8::/32"]
+      action: deny
+    - name: ping-bump
+      protocols: [icmp]
+      client_cidrs: [192.168.0.0/16]
+      action: bump
+    - name: ping-rest
+      protocols: [icmp, tls]
+      action: splice
+`)
+	icmp := func(dst, client string) Flow {
+		return Flow{Protocol: ProtoICMP, Dest: netip.AddrPortFrom(ip(dst), 0), Client: ip(client), Endpoint: "vpce-0123456789abcdef0"}
+	}
+	tests := []struct {
+		name   string
+		f      Flow
+		action Action
+		rule   string
+	}{
+		{"ports never match icmp, domains neither, other protocols neither", icmp("192.0.2.1", "192.168.1.1"), Allow, "ping-bump"},
+		{"icmp deny by CIDR", icmp("10.1.2.3", "192.168.1.1"), Deny, "no-ping-corp"},
+		{"icmp deny by CIDR, v6", icmp("2001:db8::7", "fd00::1"), Deny, "no-ping-corp"},
+		{"icmp deny by CIDR, v4-mapped", icmp("::ffff:10.1.2.3", "192.168.1.1"), Deny, "no-ping-corp"},
+		{"bump means allow for icmp", icmp("192.0.2.1", "192.168.7.7"), Allow, "ping-bump"},
+		{"splice means allow for icmp", icmp("198.51.100.1", "172.16.0.1"), Allow, "ping-rest"},
+		{"tls matches a rule shared with icmp", Flow{Protocol: ProtoTLS, Dest: ap("198.51.100.1:8443")}, Splice, "ping-rest"},
+	}
+	for _, tc := range tests {
+		if got, want := p.Decide(tc.f), (Decision{Action: tc.action, Rule: tc.rule}); got != want {
+			t.Errorf("%s: Decide(%+v) = %+v, want %+v", tc.name, tc.f, got, want)
+		}
+	}
+	// Without an icmp rule, echo follows the default like any flow.
+	deny := mustParse(t, "policy:\n  default: deny\n  rules:\n    - {name: web, protocols: [tls, http], action: allow}\n")
+	if d := deny.Decide(icmp("192.0.2.1", "10.0.0.1")); d != (Decision{Action: Deny, Rule: DefaultRule}) {
+		t.Errorf("default deny: %+v", d)
+	}
+	// An icmp-only rule never makes DecideEarly (TCP) sure of anything.
+	only := mustParse(t, "policy:\n  rules:\n    - {name: no-ping, protocols: [icmp], action: deny}\n")
+	if d, ok := only.DecideEarly(Flow{Dest: ap("192.0.2.1:443")}); ok {
+		t.Errorf("DecideEarly decided a TCP flow on an icmp-only rule: %+v", d)
+	}
 }

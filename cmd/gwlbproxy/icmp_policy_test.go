@@ -1,0 +1,130 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"golang.org/x/net/icmp"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy"
+)
+
+// TestICMPEchoPolicy: echo is subject to the policy. A destination a rule
+// denies for icmp gets no reply and one deny record for the flow, however
+// many requests it sends; an allowed one gets the real destination's replies
+// and an allow record.
+func TestICMPEchoPolicy(t *testing.T) {
+	if c, err := icmp.ListenPacket("udp4", "0.0.0.0"); err != nil {
+		t.Skipf("this host allows no unprivileged ICMP sockets (net.ipv4.ping_group_range): %v; "+
+			"run the test in a network namespace with the range set", err)
+	} else {
+		c.Close()
+	}
+	var allowed, denied netip.Addr
+	r := newRig(t, func(o *options) {
+		// The test net's servers, from the address newRig gave the appliance.
+		app := netip.MustParseAddrPort(o.GeneveAddr).Addr().As4()
+		allowed, denied = netip.AddrFrom4([4]byte{127, 0, app[2], 3}), netip.AddrFrom4([4]byte{127, 0, app[2], 4})
+		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+		pol := fmt.Sprintf("policy:\n  default: allow\n  rules:\n"+
+			"    - {name: no-ping, protocols: [icmp], dest_cidrs: [%q], action: deny}\n", denied.String())
+		if err := os.WriteFile(o.Config, []byte(pol), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		o.IdleTimeout = time.Second
+	}, nil)
+	if allowed != r.net.server(3) || denied != r.net.server(4) {
+		t.Fatalf("servers %s, %s outside the test net %d", allowed, denied, r.net.n)
+	}
+
+	type reply struct {
+		from    netip.Addr
+		id, seq uint16
+	}
+	var mu sync.Mutex
+	var got []reply
+	r.client.SetTap(func(inner []byte) bool {
+		if len(inner) >= 28 && inner[9] == 1 && inner[20] == 0 { // ICMP echo reply
+			src, _ := netip.AddrFromSlice(inner[12:16])
+			mu.Lock()
+			got = append(got, reply{src, binary.BigEndian.Uint16(inner[24:]), binary.BigEndian.Uint16(inner[26:])})
+			mu.Unlock()
+			return true
+		}
+		return false
+	})
+	replies := func(from netip.Addr) []reply {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []reply
+		for _, rp := range got {
+			if rp.from == from {
+				out = append(out, rp)
+			}
+		}
+		return out
+	}
+	ping := func(dst netip.Addr, id, seq uint16) {
+		t.Helper()
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: clientV4.AsSlice(), DstIP: dst.AsSlice()}
+		echo := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0), Id: id, Seq: seq}
+		buf := gopacket.NewSerializeBuffer()
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, echo, gopacket.Payload("ping!")); err != nil {
+			t.Fatal(err)
+		}
+		must(0, r.client.Send(buf.Bytes()))(t)
+	}
+
+	// The denied destination first, a burst of requests: then the allowed
+	// one, whose replies show that the denied ones had time to come back.
+	for seq := uint16(1); seq <= 20; seq++ {
+		ping(denied, 4343, seq)
+	}
+	for seq := uint16(1); seq <= 2; seq++ {
+		ping(allowed, 4242, seq)
+		deadline := time.Now().Add(3 * time.Second)
+		for len(replies(allowed)) < int(seq) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no echo reply from the allowed destination %s to seq %d", allowed, seq)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if rs := replies(allowed); rs[0] != (reply{allowed, 4242, 1}) || rs[1] != (reply{allowed, 4242, 2}) {
+		t.Fatalf("replies from the allowed destination %+v", rs)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if rs := replies(denied); len(rs) != 0 {
+		t.Fatalf("the denied destination %s answered %d of 20 echo requests", denied, len(rs))
+	}
+
+	// One deny record for the denied flow's 20 requests; the allowed flow's
+	// record comes when it idles.
+	recs := r.records(func(rs []proxy.Record) bool {
+		return findRecord(rs, "icmp", netip.AddrPortFrom(denied, 0)) != nil && findRecord(rs, "icmp", netip.AddrPortFrom(allowed, 0)) != nil
+	})
+	var denies []proxy.Record
+	for _, rec := range recs {
+		if rec.Kind == "icmp" && rec.DestIP == denied.String() {
+			denies = append(denies, rec)
+		}
+	}
+	if len(denies) != 1 {
+		t.Fatalf("%d icmp records for the denied flow, want 1: %+v", len(denies), denies)
+	}
+	if d := denies[0]; d.Action != "deny" || d.Rule != "no-ping" || d.Result != "denied" || d.Error != "denied by policy" || d.Packets != 0 {
+		t.Fatalf("deny record %+v", d)
+	}
+	if a := findRecord(recs, "icmp", netip.AddrPortFrom(allowed, 0)); a == nil || a.Action != "allow" || a.Rule != "default" ||
+		a.Result != "ok" || a.Packets != 2 || a.BytesIn == 0 {
+		t.Fatalf("allow record %+v", a)
+	}
+}

@@ -1,0 +1,212 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+// recordSink collects the records a Proxy writes.
+type recordSink struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *recordSink) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(b)
+}
+
+// records waits until at least n records have been written (the writer may
+// deliver them on a goroutine of its own), then a little longer for any
+// records beyond n to show, and returns them all.
+func (s *recordSink) records(t *testing.T, n int) []Record {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.parse(t)) < n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	return s.parse(t)
+}
+
+func (s *recordSink) parse(t *testing.T) []Record {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Record
+	for _, l := range strings.Split(strings.TrimSpace(s.buf.String()), "\n") {
+		if l == "" {
+			continue
+		}
+		var r Record
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("record %q: %v", l, err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func mustPolicy(t *testing.T, doc string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse("test.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// echoProxy returns a Proxy with the policy doc and the sink its records go
+// to. Only denied echo is sent to it: an allowed one would need an
+// unprivileged ICMP socket and a netstack to answer through (the appliance's
+// tests cover that).
+func echoProxy(t *testing.T, doc string, mutate func(*Config)) (*Proxy, *policy.Holder, *recordSink) {
+	t.Helper()
+	sink := new(recordSink)
+	h := new(policy.Holder)
+	h.Store(mustPolicy(t, doc))
+	cfg := Config{Records: NewRecordWriter(sink), Policy: h, AllowLoopback: true}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	return New(cfg), h, sink
+}
+
+func echoReq(dst string, id, seq uint16) netstack.EchoRequest {
+	return netstack.EchoRequest{
+		Flow: netstack.FlowInfo{
+			Endpoint: 0x0123456789abcdef, Attachment: 0x1111222233334444, FlowCookie: 0xabcd,
+			Client: netip.MustParseAddrPort("127.0.0.9:0"), Dest: netip.AddrPortFrom(netip.MustParseAddr(dst), 0),
+		},
+		ID: id, Seq: seq, Data: []byte("ping!"),
+	}
+}
+
+const noPing = `
+policy:
+  default: allow
+  rules:
+    - name: no-ping
+      protocols: [icmp]
+      dest_cidrs: [127.0.0.2, "::1"]
+      action: deny
+`
+
+// TestEchoDeniedOncePerFlow: echo to a destination the policy denies is
+// dropped, with one deny record per flow however many requests it sends,
+// even at once.
+func TestEchoDeniedOncePerFlow(t *testing.T) {
+	p, _, sink := echoProxy(t, noPing, nil)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for seq := range 200 {
+				p.HandleEcho(echoReq("127.0.0.2", 7, uint16(g*200+seq)))
+			}
+		}()
+	}
+	wg.Wait()
+	recs := sink.records(t, 1)
+	if len(recs) != 1 {
+		t.Fatalf("%d records for one denied flow of 1,600 requests, want 1: %+v", len(recs), recs)
+	}
+	r := recs[0]
+	if r.Kind != "icmp" || r.Action != "deny" || r.Rule != "no-ping" || r.Result != "denied" || r.Error != "denied by policy" ||
+		r.DestIP != "127.0.0.2" || r.ClientIP != "127.0.0.9" || r.Endpoint != "vpce-00123456789abcdef" || r.Packets != 0 {
+		t.Fatalf("record %+v", r)
+	}
+
+	// Another echo ID (another ping) is another flow; so is ICMPv6.
+	p.HandleEcho(echoReq("127.0.0.2", 8, 1))
+	p.HandleEcho(echoReq("127.0.0.2", 8, 2))
+	p.HandleEcho(echoReq("::1", 7, 1))
+	p.HandleEcho(echoReq("::1", 7, 2))
+	if recs = sink.records(t, 3); len(recs) != 3 || recs[1].Rule != "no-ping" || recs[2].DestIP != "::1" || recs[2].Rule != "no-ping" {
+		t.Fatalf("records %+v, want 3", recs)
+	}
+	if st := p.Stats(); st.Denied != 3 || st.EchoActive != 0 {
+		t.Fatalf("stats %+v, want 3 denied and no echo relayed", st)
+	}
+	p.echo.mu.Lock()
+	defer p.echo.mu.Unlock()
+	if len(p.echo.flows) != 3 || p.echo.denied != 3 {
+		t.Fatalf("%d flows, %d denied remembered; want 3, 3", len(p.echo.flows), p.echo.denied)
+	}
+}
+
+// TestEchoDeniedNoAlloc: dropping a request of a known denied flow, the
+// packet path's steady state under a ping -f, does not allocate.
+func TestEchoDeniedNoAlloc(t *testing.T) {
+	p, _, _ := echoProxy(t, noPing, nil)
+	req := echoReq("127.0.0.2", 7, 1)
+	p.HandleEcho(req)
+	if n := testing.AllocsPerRun(1000, func() { p.HandleEcho(req) }); n != 0 {
+		t.Fatalf("%v allocations per denied request", n)
+	}
+}
+
+// TestEchoForbiddenOncePerFlow: forbidden destinations are denied once per
+// flow too, and no reload lets them through.
+func TestEchoForbiddenOncePerFlow(t *testing.T) {
+	p, h, sink := echoProxy(t, "policy: {default: allow}\n", func(c *Config) { c.AllowLoopback = false })
+	for seq := range 100 {
+		p.HandleEcho(echoReq("127.0.0.1", 1, uint16(seq)))
+	}
+	h.Store(mustPolicy(t, "policy: {default: allow}\n"))
+	p.HandleEcho(echoReq("127.0.0.1", 1, 100))
+	recs := sink.records(t, 1)
+	if len(recs) != 1 || recs[0].Action != "deny" || recs[0].Error != "destination is a loopback address" {
+		t.Fatalf("records %+v, want one deny for a loopback destination", recs)
+	}
+}
+
+// TestEchoDeniedReloadAndIdle: a denied flow is decided again after a
+// reload, and forgotten once idle, but not while it keeps sending.
+func TestEchoDeniedReloadAndIdle(t *testing.T) {
+	const idle = 150 * time.Millisecond
+	p, h, sink := echoProxy(t, noPing, func(c *Config) { c.EchoIdleTimeout = idle })
+	p.HandleEcho(echoReq("127.0.0.2", 7, 1))
+	h.Store(mustPolicy(t, "policy:\n  default: deny\n  rules:\n    - {name: web, protocols: [tls], action: splice}\n"))
+	p.HandleEcho(echoReq("127.0.0.2", 7, 2))
+	p.HandleEcho(echoReq("127.0.0.2", 7, 3))
+	recs := sink.records(t, 2)
+	if len(recs) != 2 || recs[0].Rule != "no-ping" || recs[1].Rule != "default" || recs[1].Action != "deny" {
+		t.Fatalf("records %+v, want a deny by no-ping, then one by the reloaded default", recs)
+	}
+
+	// Busy for three idle timeouts: still remembered, no new record.
+	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 5) {
+		p.HandleEcho(echoReq("127.0.0.2", 7, 4))
+	}
+	if recs = sink.records(t, 2); len(recs) != 2 {
+		t.Fatalf("a busy denied flow was forgotten: %d records", len(recs))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.echo.mu.Lock()
+		n, d := len(p.echo.flows), p.echo.denied
+		p.echo.mu.Unlock()
+		if n == 0 && d == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an idle denied flow is still remembered: %d flows, %d denied", n, d)
+		}
+		time.Sleep(idle / 5)
+	}
+	p.HandleEcho(echoReq("127.0.0.2", 7, 5))
+	if recs = sink.records(t, 3); len(recs) != 3 || recs[2].Rule != "default" {
+		t.Fatalf("records %+v: want a new deny once the flow was forgotten", recs)
+	}
+}
