@@ -291,35 +291,73 @@ func Load(certFile, keyFile string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
 	}
-	chain, err := parseChain(certPEM)
-	if err != nil {
-		return nil, fmt.Errorf("CA certificate %s: %w", certFile, err)
-	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("read CA key: %w", err)
 	}
-	key, err := parseKey(keyPEM)
+	ca, err := parse(certPEM, keyPEM, origin{
+		cert: certFile, key: keyFile,
+		pair: certFile + " with key " + keyFile,
+		log:  []any{"file", certFile},
+	})
 	if err != nil {
-		return nil, fmt.Errorf("CA key %s: %w", keyFile, err)
-	}
-	if err := checkCA(chain, key, time.Now()); err != nil {
-		return nil, fmt.Errorf("CA %s with key %s: %w", certFile, keyFile, err)
+		return nil, err
 	}
 	if fi, err := os.Stat(keyFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
 		slog.Warn("CA key file is readable by other users; chmod 600 it",
 			"file", keyFile, "mode", fi.Mode().Perm().String())
 	}
+	return ca, nil
+}
+
+// Parse builds a CA from PEM data by the rules of Load: certPEM holds the
+// signing certificate followed by its issuers, keyPEM its private key.
+// source says where the data came from (a file, a secret) and is named in
+// errors and log messages; the data itself never appears in either.
+func Parse(certPEM, keyPEM []byte, source string) (*CA, error) {
+	return parse(certPEM, keyPEM, origin{
+		cert: "in " + source, key: "in " + source, pair: "in " + source,
+		log: []any{"source", source},
+	})
+}
+
+// ParseBundle builds a CA from one PEM document holding both the
+// certificates and the private key, such as `cat ca.pem ca-key.pem`: the
+// CERTIFICATE blocks, in order, are the chain (as for Load), and the first
+// private key block is the key. Blocks may come in any order.
+func ParseBundle(bundle []byte, source string) (*CA, error) {
+	return Parse(bundle, bundle, source)
+}
+
+// origin names where PEM data came from, for errors and log messages.
+type origin struct {
+	cert, key, pair string // "CA certificate <cert>", "CA key <key>", "CA <pair>"
+	log             []any  // slog attributes naming the source
+}
+
+// parse is the one parse-and-check path of Load, Parse and ParseBundle.
+func parse(certPEM, keyPEM []byte, from origin) (*CA, error) {
+	chain, err := parseChain(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate %s: %w", from.cert, err)
+	}
+	key, err := parseKey(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA key %s: %w", from.key, err)
+	}
+	if err := checkCA(chain, key, time.Now()); err != nil {
+		return nil, fmt.Errorf("CA %s: %w", from.pair, err)
+	}
 	ca := newCA(chain, key)
 	if left := time.Until(ca.notAfter); left < expiryWarning {
 		slog.Warn("CA expires soon; every leaf it signs expires with it",
-			"file", certFile, "not_after", ca.notAfter.UTC(), "fingerprint", ca.fingerprint)
+			append(from.log, "not_after", ca.notAfter.UTC(), "fingerprint", ca.fingerprint)...)
 	}
 	if !isSelfSigned(ca.anchor) {
 		// Clients must then trust the anchor's issuer (or the anchor itself);
 		// say so, since the trust page can only offer what it has.
 		slog.Info("CA chain does not end in a self-signed root; the trust page serves its last certificate",
-			"file", certFile, "anchor", ca.anchor.Subject.String())
+			append(from.log, "anchor", ca.anchor.Subject.String())...)
 	}
 	return ca, nil
 }
@@ -335,8 +373,8 @@ func parseChain(data []byte) ([]*x509.Certificate, error) {
 			break
 		}
 		if block.Type != "CERTIFICATE" {
-			// A combined file may carry a key or parameters; they are read
-			// from the key file instead.
+			// A combined file or bundle may carry a key or parameters;
+			// parseKey reads those.
 			continue
 		}
 		c, err := x509.ParseCertificate(block.Bytes)

@@ -10,9 +10,10 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/awsconf"
 )
 
 // Defaults applied by New to zero Config fields.
@@ -118,22 +119,9 @@ func ValidRetentionDays(d int32) bool {
 // it suits interactive calls (queries); the Shipper replaces it per call with
 // its own backoff.
 func NewClient(ctx context.Context, region, endpoint string) (*cloudwatchlogs.Client, error) {
-	var opts []func(*config.LoadOptions) error
-	if region != "" {
-		opts = append(opts, config.WithRegion(region))
-	} else {
-		// Consulted only when neither the environment nor the shared
-		// configuration names a region: on EC2, the instance's region.
-		opts = append(opts, config.WithEC2IMDSRegion(func(o *config.UseEC2IMDSRegion) {
-			o.Client = imds.New(imds.Options{Retryer: retry.AddWithMaxAttempts(retry.NewStandard(), 2)})
-		}))
-	}
-	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	cfg, err := awsconf.Load(ctx, region)
 	if err != nil {
-		return nil, fmt.Errorf("cwlogs: loading AWS configuration (without a region set, it comes from instance metadata): %w", err)
-	}
-	if cfg.Region == "" {
-		return nil, fmt.Errorf("cwlogs: no AWS region configured (set one, or run on EC2 with instance metadata reachable)")
+		return nil, fmt.Errorf("cwlogs: %w", err)
 	}
 	return cloudwatchlogs.NewFromConfig(cfg, func(o *cloudwatchlogs.Options) {
 		if endpoint != "" {

@@ -39,6 +39,7 @@ type options struct {
 	StateDir          string
 	CACert            string
 	CAKey             string
+	CASecret          certs.Secret // --ca-secret*: the CA from AWS Secrets Manager
 	TrustHost         string
 	Config            string
 	UpstreamCA        []string
@@ -122,7 +123,7 @@ func newAppliance(o options) (*appliance, error) {
 	}
 	var err error
 	// Audit mode decrypts nothing and so needs no CA, unless one is given.
-	if a.policy.Load().Mode() != policy.Audit || o.CACert != "" {
+	if a.policy.Load().Mode() != policy.Audit || o.CACert != "" || o.CASecret.ID != "" {
 		if a.ca, err = loadCA(&o); err != nil {
 			return nil, err
 		}

@@ -83,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "directory for state kept across restarts: the CA created on first start")
 	fs.StringVar(&o.CACert, "ca-cert", o.CACert, "interception CA certificate (PEM; may hold an intermediate and its issuers); with --ca-key, instead of the state-dir CA")
 	fs.StringVar(&o.CAKey, "ca-key", o.CAKey, "the CA's private key (PEM)")
+	caSecretFlags(fs, &o)
 	fs.StringVar(&o.TrustHost, "trust-host", o.TrustHost, "host name whose requests the appliance answers with the CA-trust page")
 	fs.Func("gwlb-cidrs", "comma-separated CIDRs GENEVE is accepted from: the GWLB's subnets (default: any sender)", func(v string) error {
 		for _, c := range strings.Split(v, ",") {
@@ -121,6 +122,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	if err := checkCAFlags(&o); err != nil {
+		return o, err
 	}
 	if o.MaxHeaderBytes < 1024 {
 		return o, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)
