@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -145,6 +146,9 @@ func TestRecordWriterLines(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	if err := w.Close(context.Background()); err != nil { // delivers what is queued
+		t.Fatal(err)
+	}
 	if a.String() != b.String() {
 		t.Fatal("sinks got different lines")
 	}

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
@@ -15,15 +17,18 @@ import (
 
 // stats is what /stats returns.
 type stats struct {
-	Draining   bool           `json:"draining"`
-	Netstack   netstack.Stats `json:"netstack"`
-	Proxy      proxy.Stats    `json:"proxy"`
-	CloudWatch *cwlogs.Stats  `json:"cloudwatch,omitempty"`
-	Leaves     *certs.Stats   `json:"leaves,omitempty"`
+	Draining   bool              `json:"draining"`
+	Broken     []string          `json:"broken,omitempty"` // why the health check fails, besides draining
+	Netstack   netstack.Stats    `json:"netstack"`
+	Proxy      proxy.Stats       `json:"proxy"`
+	Records    proxy.RecordStats `json:"records"`
+	CloudWatch *cwlogs.Stats     `json:"cloudwatch,omitempty"`
+	Leaves     *certs.Stats      `json:"leaves,omitempty"`
 }
 
 func (a *appliance) stats() stats {
-	s := stats{Draining: a.draining.Load(), Netstack: a.ns.Stats(), Proxy: a.px.Stats()}
+	s := stats{Draining: a.draining.Load(), Netstack: a.ns.Stats(), Proxy: a.px.Stats(), Records: a.records.Stats()}
+	s.Broken = a.broken(s.Records)
 	if a.shipper != nil {
 		cw := a.shipper.Stats()
 		s.CloudWatch = &cw
@@ -35,6 +40,31 @@ func (a *appliance) stats() stats {
 	return s
 }
 
+// broken says why the appliance cannot do its job, or nothing while it
+// can. Only what is known for sure counts: the GENEVE readers have stopped
+// (no packet from the GWLB is read; during a drain that is expected), or
+// for longer than RecordStall (30 s) the access records have waited behind a
+// blocked or slow sink, been dropped without a break, or failed on every
+// write. Then new flows would go unaudited, and the GWLB should send them
+// to another target. Idleness is not broken: no traffic is normal.
+func (a *appliance) broken(rs proxy.RecordStats) []string {
+	var why []string
+	if a.geneveDown.Load() && !a.draining.Load() {
+		why = append(why, "GENEVE readers stopped")
+	}
+	limit := a.opts.RecordStall.Seconds()
+	if rs.LagSeconds > limit {
+		why = append(why, fmt.Sprintf("access records waiting %.1fs for a blocked or slow sink", rs.LagSeconds))
+	}
+	if rs.DroppingSeconds > limit {
+		why = append(why, fmt.Sprintf("access records dropped for %.1fs (%d in all): the queue is full", rs.DroppingSeconds, rs.Dropped))
+	}
+	if rs.FailingSeconds > limit {
+		why = append(why, fmt.Sprintf("access record sink failing for %.1fs: %s", rs.FailingSeconds, rs.LastError))
+	}
+	return why
+}
+
 // adminHandler serves health (the GWLB target group's check), /stats,
 // /metrics, and the CA for clients (/ca.pem, /ca.crt, the page at /ca/).
 func (a *appliance) adminHandler() http.Handler {
@@ -44,6 +74,20 @@ func (a *appliance) adminHandler() http.Handler {
 		if a.draining.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintln(w, "gwlbproxy: draining")
+			return
+		}
+		why := a.broken(a.records.Stats())
+		// The GWLB checks several times an interval: log changes only.
+		if was := a.wasBroken.Swap(len(why) > 0); was != (len(why) > 0) {
+			if was {
+				slog.Info("health check passes again")
+			} else {
+				slog.Error("health check fails: broken", "why", why)
+			}
+		}
+		if len(why) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "gwlbproxy: broken: %s\n", strings.Join(why, "; "))
 			return
 		}
 		fmt.Fprintln(w, "gwlbproxy: serving")
@@ -89,6 +133,7 @@ func writeMetrics(w io.Writer, s stats) {
 		draining = 1
 	}
 	m("draining", "gauge", "1 while the appliance drains before exit.", draining)
+	m("broken", "gauge", "1 while the health check fails for a reason other than draining (see /stats).", min(len(s.Broken), 1))
 	m("geneve_packets_in_total", "counter", "GENEVE datagrams received.", n.PacketsIn)
 	m("geneve_bytes_in_total", "counter", "GENEVE bytes received.", n.BytesIn)
 	m("geneve_packets_out_total", "counter", "GENEVE datagrams sent back to the GWLB.", n.PacketsOut)
@@ -113,6 +158,12 @@ func writeMetrics(w io.Writer, s stats) {
 	m("echo_active", "gauge", "ICMP echo flows being relayed.", p.EchoActive)
 	m("tcp_dial_errors_total", "counter", "Destinations that could not be dialled.", p.TCPDialErrors)
 	m("denied_total", "counter", "Flows denied.", p.Denied)
+	r := s.Records
+	m("records_written_total", "counter", "Access records handed to the sinks (access log, CloudWatch shipper).", r.Written)
+	m("records_dropped_total", "counter", "Access records dropped: the queue was full (a sink slow or stuck), or at exit.", r.Dropped)
+	m("records_queued", "gauge", "Access records waiting for the sinks.", r.Queued)
+	m("record_sink_errors_total", "counter", "Sink writes (of one or more access records) that failed.", r.SinkErrors)
+	m("records_lag_seconds", "gauge", "How long the oldest access record not yet written has waited.", r.LagSeconds)
 	if l := s.Leaves; l != nil {
 		m("leaf_cache_hits_total", "counter", "Bumped connections served a cached leaf.", l.Hits)
 		m("leaf_cache_misses_total", "counter", "Bumped connections that needed a new leaf.", l.Misses)

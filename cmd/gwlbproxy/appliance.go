@@ -47,7 +47,16 @@ type options struct {
 	GWLBCIDRs         []netip.Prefix
 	CloudWatch        cwlogs.Config // shipping is on when Group is set
 	AllowLoopback     bool          // --unsafe-allow-loopback: tests and benchmarks only
+	// RecordStall is how long access records may be stuck behind a blocked
+	// or slow sink, dropped without a break, or failing on every write,
+	// before the health check reports the appliance broken.
+	RecordStall time.Duration
 }
+
+// defaultRecordStall outlasts the hiccups of a healthy log sink (a rotation,
+// a slow fsync, a journald restart) that the record queue rides out; a sink
+// stuck for longer leaves every new flow unaudited.
+const defaultRecordStall = 30 * time.Second
 
 func defaultOptions() options {
 	return options{
@@ -64,6 +73,7 @@ func defaultOptions() options {
 		MaxHeaderBytes: proxy.DefaultMaxHeaderBytes,
 		StateDir:       "/var/lib/gwlbproxy",
 		TrustHost:      certs.DefaultTrustHost,
+		RecordStall:    defaultRecordStall,
 	}
 }
 
@@ -104,16 +114,24 @@ type appliance struct {
 	minter   *certs.Minter
 	policy   *policy.Holder
 	shipper  *cwlogs.Shipper
+	records  *proxy.RecordWriter
 	admin    *http.Server
 	adminLn  net.Listener
 	closers  []io.Closer
 	draining atomic.Bool
+	// geneveDown is set when the GENEVE readers have stopped: while not
+	// draining, no packet from the GWLB is read any more.
+	geneveDown atomic.Bool
+	wasBroken  atomic.Bool // for logging changes of the health check only
 }
 
 // newAppliance opens every listener; run serves them.
 func newAppliance(o options) (*appliance, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
+	}
+	if o.RecordStall <= 0 {
+		o.RecordStall = defaultRecordStall
 	}
 	a := &appliance{opts: o, policy: proxy.AllowAll()}
 	if o.Config != "" {
@@ -155,11 +173,12 @@ func newAppliance(o options) (*appliance, error) {
 		}
 		sinks = append(sinks, a.shipper)
 	}
+	a.records = proxy.NewRecordWriter(sinks...)
 	a.px = proxy.New(proxy.Config{
 		DialTimeout:     o.DialTimeout,
 		UDPIdleTimeout:  o.IdleTimeout,
 		EchoIdleTimeout: o.IdleTimeout,
-		Records:         proxy.NewRecordWriter(sinks...),
+		Records:         a.records,
 		AllowLoopback:   o.AllowLoopback,
 		Policy:          a.policy,
 		Minter:          a.minter,
@@ -199,7 +218,13 @@ func newAppliance(o options) (*appliance, error) {
 // flows keep being served until none remain or drain passes, and the sinks
 // are flushed.
 func (a *appliance) run(ctx context.Context, drain func() time.Duration) error {
-	go a.ns.Serve()
+	go func() {
+		a.ns.Serve()
+		a.geneveDown.Store(true)
+		if !a.draining.Load() {
+			slog.Error("GENEVE readers stopped: the health check reports broken")
+		}
+	}()
 	go func() {
 		if err := a.admin.Serve(a.adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Error("admin listener", "err", err)
@@ -216,10 +241,15 @@ func (a *appliance) run(ctx context.Context, drain func() time.Duration) error {
 		slog.Warn("drain timeout passed with flows still open", "active_flows", a.px.Active())
 	}
 	a.ns.Close()
+	// Closing the stacks ends the flows the drain left open; their records
+	// follow within moments.
+	wctx, wcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = a.px.Wait(wctx)
+	wcancel()
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
 	_ = a.admin.Shutdown(sctx)
-	a.closeSinks()
+	a.closeSinks() // before the shipper's flush below, so that it ships the last records
 	if a.shipper != nil {
 		// The records of the drain itself are in; what cannot be shipped
 		// within the deadline is counted as dropped.
@@ -274,7 +304,18 @@ func upstreamRoots(files []string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// closeSinks writes out the records still queued, then closes the files
+// they go to. The CloudWatch shipper is closed (flushed) afterwards, by run.
 func (a *appliance) closeSinks() {
+	if a.records != nil {
+		// A sink stuck for this long will not take the rest: what is still
+		// queued is lost, and the log says how much.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := a.records.Close(ctx); err != nil {
+			slog.Error("writing the last access records", "err", err, "records", a.records.Stats())
+		}
+		cancel()
+	}
 	for _, c := range a.closers {
 		if err := c.Close(); err != nil {
 			slog.Warn("closing a record sink", "err", err)

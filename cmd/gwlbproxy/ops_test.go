@@ -1,22 +1,27 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"golang.org/x/net/icmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 )
@@ -236,5 +241,175 @@ func TestICMPEcho(t *testing.T) {
 	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "icmp", netip.AddrPortFrom(dst, 0)) != nil })
 	if rec := findRecord(recs, "icmp", netip.AddrPortFrom(dst, 0)); rec == nil || rec.Packets != 2 {
 		t.Fatalf("icmp record %+v, want 2 packets", rec)
+	}
+}
+
+// waitHealth polls the health check until it answers code with a body
+// containing want, and returns the body.
+func waitHealth(t *testing.T, r *rig, code int, want string) string {
+	t.Helper()
+	admin := "http://" + r.app.adminLn.Addr().String() + "/"
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, body := httpGet(t, admin)
+		if got == code && strings.Contains(body, want) {
+			return body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health %d %q, want %d with %q", got, body, code, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHealthBrokenGeneve: once the GENEVE readers stop outside a drain, the
+// health check fails and says why, and /stats and /metrics show it.
+func TestHealthBrokenGeneve(t *testing.T) {
+	r := newRig(t, nil, nil)
+	waitHealth(t, r, 200, "serving")
+	r.app.ns.Close() // the readers stop as on a fatal socket error
+	body := waitHealth(t, r, 503, "broken: GENEVE readers stopped")
+	if strings.Contains(body, "draining") {
+		t.Errorf("health body %q", body)
+	}
+	if st := r.stats(); st.Draining || len(st.Broken) != 1 {
+		t.Errorf("/stats draining %v, broken %q", st.Draining, st.Broken)
+	}
+	_, metrics := httpGet(t, "http://"+r.app.adminLn.Addr().String()+"/metrics")
+	if !strings.Contains(metrics, "\ngwlbproxy_broken 1\n") {
+		t.Error("/metrics lacks gwlbproxy_broken 1")
+	}
+}
+
+// TestHealthBrokenRecordStall: an access log nobody reads (a full pipe, as
+// stdout can be) fails the health check once records have waited for
+// longer than RecordStall, while traffic keeps flowing; when the reader
+// comes back, the records arrive and health passes again.
+func TestHealthBrokenRecordStall(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "access.fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("no FIFO here: %v", err)
+	}
+	// The read end, opened first so that the appliance's open does not wait
+	// for one; its pipe made as small as Linux allows, so a few records fill it.
+	rd, err := os.OpenFile(fifo, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rd.Close() })
+	if _, err := unix.FcntlInt(rd.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
+		t.Logf("F_SETPIPE_SZ: %v (the default 64 KiB pipe takes more records)", err)
+	}
+	var lines []string
+	reading := make(chan struct{})
+	var once sync.Once
+	drain := func() {
+		once.Do(func() {
+			go func() {
+				defer close(reading)
+				sc := bufio.NewScanner(rd)
+				for sc.Scan() {
+					lines = append(lines, sc.Text())
+				}
+			}()
+		})
+	}
+	r := newRig(t, func(o *options) {
+		o.AccessLog = fifo
+		o.RecordStall = 300 * time.Millisecond
+	}, nil)
+	t.Cleanup(drain) // before the rig stops, which writes out the queue
+	waitHealth(t, r, 200, "serving")
+	const n = 2000 // 64 KiB of pipe holds a few hundred
+	for i := range n {
+		r.app.records.Write(&proxy.Record{Kind: "tcp", Packets: int64(i)})
+	}
+	waitHealth(t, r, 503, "access records waiting")
+	st := r.stats()
+	if st.Records.LagSeconds < 0.3 || st.Records.Queued == 0 || st.Records.Dropped != 0 {
+		t.Errorf("/stats records %+v while the pipe is full", st.Records)
+	}
+	// The data path goes on regardless: a connection through the appliance.
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	must(c.Write([]byte("ping")))(t)
+	must(io.ReadFull(c, make([]byte, 4)))(t)
+	c.Close()
+
+	drain()
+	waitHealth(t, r, 200, "serving")
+	r.cancel()
+	<-r.done
+	r.done <- nil // for the cleanup's wait
+	<-reading     // the appliance closed the write end
+	if len(lines) < n+1 {
+		t.Fatalf("%d lines through the pipe, want %d records and the flow's", len(lines), n+1)
+	}
+}
+
+// TestHealthBrokenRecordSink: an access log whose every write fails (a full
+// disk) fails the health check after RecordStall, naming the error.
+func TestHealthBrokenRecordSink(t *testing.T) {
+	if f, err := os.OpenFile("/dev/full", os.O_WRONLY|os.O_APPEND, 0); err != nil {
+		t.Skipf("no /dev/full here: %v", err)
+	} else {
+		f.Close()
+	}
+	r := newRig(t, func(o *options) {
+		o.AccessLog = "/dev/full"
+		o.RecordStall = 200 * time.Millisecond
+	}, nil)
+	r.app.records.Write(&proxy.Record{Kind: "tcp"})
+	waitHealth(t, r, 503, "no space left on device")
+	if st := r.stats(); st.Records.SinkErrors != 1 || st.Records.Written != 1 || !strings.Contains(st.Broken[0], "sink failing") {
+		t.Errorf("/stats records %+v, broken %q", st.Records, st.Broken)
+	}
+}
+
+// TestRecordsMetricsAndExitFlush: /metrics and /stats count the records
+// written, and the records still queued when the appliance stops all reach
+// the access log before it exits.
+func TestRecordsMetricsAndExitFlush(t *testing.T) {
+	r := newRig(t, nil, nil)
+	admin := "http://" + r.app.adminLn.Addr().String()
+	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
+	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
+	c.Close()
+	r.records(func(rs []proxy.Record) bool { return findRecord(rs, "tcp", srv) != nil })
+	_, metrics := httpGet(t, admin+"/metrics")
+	for _, want := range []string{"\ngwlbproxy_records_written_total 1\n", "\ngwlbproxy_records_dropped_total 0\n",
+		"\ngwlbproxy_records_queued ", "\ngwlbproxy_record_sink_errors_total 0\n", "\ngwlbproxy_records_lag_seconds ",
+		"\ngwlbproxy_broken 0\n"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", strings.TrimSpace(want))
+		}
+	}
+	if st := r.stats(); st.Records.Written != 1 || len(st.Broken) != 0 {
+		t.Errorf("/stats records %+v, broken %q", st.Records, st.Broken)
+	}
+
+	const n = 20000
+	for i := range n {
+		r.app.records.Write(&proxy.Record{Kind: "udp", Error: fmt.Sprint(i)})
+	}
+	r.cancel()
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("appliance did not stop")
+	}
+	r.done <- nil
+	recs := r.records(func([]proxy.Record) bool { return true })
+	if len(recs) != n+1 {
+		t.Fatalf("%d records in the access log after exit, want %d", len(recs), n+1)
+	}
+	for i, rec := range recs[1:] {
+		if rec.Error != fmt.Sprint(i) {
+			t.Fatalf("record %d is %q: out of order", i, rec.Error)
+		}
+	}
+	if st := r.app.records.Stats(); st.Dropped != 0 || st.Written != n+1 {
+		t.Fatalf("records %+v", st)
 	}
 }

@@ -1,0 +1,466 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// gateSink blocks every Write until release, and closes entered when the
+// first Write has begun.
+type gateSink struct {
+	entered, gate chan struct{}
+	in, out       sync.Once
+	buf           bytes.Buffer // written by the writer goroutine only
+	writes        int          // likewise
+}
+
+func newGateSink() *gateSink {
+	return &gateSink{entered: make(chan struct{}), gate: make(chan struct{})}
+}
+
+func (s *gateSink) Write(p []byte) (int, error) {
+	s.in.Do(func() { close(s.entered) })
+	<-s.gate
+	s.writes++
+	return s.buf.Write(p)
+}
+
+func (s *gateSink) release() { s.out.Do(func() { close(s.gate) }) }
+
+// seqs decodes JSON lines and returns each record's Packets field, which
+// the tests use as a sequence number.
+func seqs(t *testing.T, b []byte) []int64 {
+	t.Helper()
+	var out []int64
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		var r Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		if r.Time.IsZero() || r.Time.Location() != time.UTC {
+			t.Fatalf("line %q: time not set in UTC", sc.Text())
+		}
+		out = append(out, r.Packets)
+	}
+	return out
+}
+
+func inOrder(t *testing.T, got []int64, n int) {
+	t.Helper()
+	if len(got) != n {
+		t.Fatalf("%d records delivered, want %d", len(got), n)
+	}
+	for i, s := range got {
+		if s != int64(i) {
+			t.Fatalf("record %d has sequence number %d: out of order", i, s)
+		}
+	}
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// writeWithin fails the test unless write returns within d: Write must
+// never wait for a sink.
+func writeWithin(t *testing.T, d time.Duration, write func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); write() }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("Write blocked for more than %v behind a stuck sink", d)
+	}
+}
+
+// TestRecordWriterOrder: every record reaches every sink, complete and in
+// the order written.
+func TestRecordWriterOrder(t *testing.T) {
+	var a, b bytes.Buffer
+	w := NewRecordWriter(&a, &b)
+	const n = 2000
+	for i := range n {
+		w.Write(&Record{Kind: "tcp", Packets: int64(i)})
+	}
+	if err := w.Close(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Fatal("sinks got different lines")
+	}
+	inOrder(t, seqs(t, a.Bytes()), n)
+	if st := w.Stats(); st.Written != n || st.Dropped != 0 || st.Queued != 0 || st.LagSeconds != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestRecordWriterStuckSink: while a sink is stuck Write returns at once,
+// records beyond the queue's bound are dropped and counted exactly, and the
+// lag shows; once the sink moves, the queued records arrive in order.
+func TestRecordWriterStuckSink(t *testing.T) {
+	const bound, sent = 8, 500
+	sink := newGateSink()
+	w := newRecordWriter(bound, recordQueueBytes, sink)
+	t.Cleanup(func() { sink.release(); w.Close(context.Background()) })
+	w.Write(&Record{Packets: 0})
+	<-sink.entered // the goroutine holds record 0 and is stuck in the sink
+	writeWithin(t, 2*time.Second, func() {
+		for i := 1; i < sent; i++ {
+			w.Write(&Record{Packets: int64(i)})
+		}
+	})
+	st := w.Stats()
+	if st.Dropped != sent-1-bound || st.Queued != bound || st.Written != 0 {
+		t.Fatalf("while stuck: %+v; want %d dropped, %d queued", st, sent-1-bound, bound)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if st := w.Stats(); st.LagSeconds < 0.05 || st.DroppingSeconds < 0.05 {
+		t.Errorf("lag %vs, dropping for %vs after the sink was stuck for 50ms", st.LagSeconds, st.DroppingSeconds)
+	}
+
+	sink.release()
+	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	st = w.Stats()
+	got := seqs(t, sink.buf.Bytes())
+	if uint64(len(got)) != sent-st.Dropped || st.Written != uint64(len(got)) || st.Queued != 0 || st.LagSeconds != 0 {
+		t.Fatalf("%d delivered, stats %+v; want sent − dropped = %d", len(got), st, sent-st.Dropped)
+	}
+	inOrder(t, got, bound+1)
+	if sink.writes != 2 {
+		t.Errorf("%d sink writes, want 2: the stuck record, then the queue in one batch", sink.writes)
+	}
+	time.Sleep(1100 * time.Millisecond) // drops a second apart are no longer a streak
+	if st := w.Stats(); st.DroppingSeconds != 0 {
+		t.Errorf("still dropping %vs, a second after the last drop", st.DroppingSeconds)
+	}
+}
+
+// TestRecordWriterByteBound: the queue also holds at most maxBytes of
+// lines, counting the one the goroutine is writing.
+func TestRecordWriterByteBound(t *testing.T) {
+	rec := func(i int) *Record { // every line the same length
+		return &Record{Time: time.Unix(1700000000, 0), Kind: "http", Path: "/0123456789", Packets: int64(i)}
+	}
+	line, _ := json.Marshal(rec(0))
+	size := int64(len(line) + 1)
+	sink := newGateSink()
+	w := newRecordWriter(100, 3*size+size/2, sink)
+	t.Cleanup(func() { sink.release(); w.Close(context.Background()) })
+	w.Write(rec(0))
+	<-sink.entered
+	for i := 1; i < 10; i++ {
+		w.Write(rec(i))
+	}
+	if st := w.Stats(); st.Queued != 2 || st.Dropped != 7 {
+		t.Fatalf("stats %+v; want 2 queued behind the stuck one, 7 dropped", st)
+	}
+	sink.release()
+	if err := w.Close(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	inOrder(t, seqs(t, sink.buf.Bytes()), 3)
+	// The bytes came off the account as the lines were written.
+	if w.queuedBytes.Load() != 0 {
+		t.Fatalf("%d bytes still accounted after Close", w.queuedBytes.Load())
+	}
+}
+
+// slowSink takes a while over each line, like a busy disk.
+type slowSink struct{ buf bytes.Buffer }
+
+func (s *slowSink) Write(p []byte) (int, error) {
+	time.Sleep(100 * time.Microsecond)
+	return s.buf.Write(p)
+}
+
+// TestRecordWriterFlushAndClose: Flush returns once everything queued
+// before it is written, without stopping the writer; Close delivers the
+// rest; records after Close are dropped and counted.
+func TestRecordWriterFlushAndClose(t *testing.T) {
+	sink := &slowSink{}
+	w := NewRecordWriter(sink)
+	for i := range 300 {
+		w.Write(&Record{Packets: int64(i)})
+	}
+	if err := w.Flush(ctxFor(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	inOrder(t, seqs(t, sink.buf.Bytes()), 300)
+	for i := 300; i < 600; i++ {
+		w.Write(&Record{Packets: int64(i)})
+	}
+	if err := w.Close(ctxFor(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	inOrder(t, seqs(t, sink.buf.Bytes()), 600)
+	w.Write(&Record{Packets: 600})
+	if err := w.Close(ctxFor(t, time.Second)); err != nil { // a second Close is harmless
+		t.Fatal(err)
+	}
+	if err := w.Flush(ctxFor(t, time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.Written != 600 || st.Dropped != 1 {
+		t.Fatalf("stats %+v; want 600 written, 1 dropped after Close", st)
+	}
+}
+
+// TestRecordWriterCloseDeadline: Close gives up when its context ends while
+// a sink is stuck, and says so.
+func TestRecordWriterCloseDeadline(t *testing.T) {
+	sink := newGateSink()
+	w := NewRecordWriter(sink)
+	w.Write(&Record{})
+	w.Write(&Record{})
+	<-sink.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := w.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close with a stuck sink: %v", err)
+	}
+	if err := w.Flush(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Flush after Close with a stuck sink: %v", err)
+	}
+	sink.release()
+	if err := w.Close(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(seqs(t, sink.buf.Bytes())); n != 2 {
+		t.Fatalf("%d records after the sink moved again, want 2", n)
+	}
+}
+
+// TestRecordWriterConcurrent: concurrent writers never interleave lines,
+// every sink gets every line, and each writer's records keep their order.
+func TestRecordWriterConcurrent(t *testing.T) {
+	var a, b bytes.Buffer
+	w := NewRecordWriter(&a, &b)
+	const writers, each = 8, 500
+	var wg sync.WaitGroup
+	for g := range writers {
+		wg.Go(func() {
+			for i := range each {
+				w.Write(&Record{Kind: "tcp", DestPort: uint16(g), Packets: int64(i), Error: fmt.Sprintf("%0*d", i%97, 0)})
+			}
+		})
+	}
+	go func() { _ = w.Stats() }() // Stats races with nothing
+	wg.Wait()
+	if err := w.Close(ctxFor(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Fatal("sinks got different lines")
+	}
+	next := make([]int64, writers)
+	sc := bufio.NewScanner(&a)
+	n := 0
+	for sc.Scan() {
+		var r Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		if r.Packets != next[r.DestPort] {
+			t.Fatalf("writer %d: record %d after %d", r.DestPort, r.Packets, next[r.DestPort]-1)
+		}
+		next[r.DestPort]++
+		n++
+	}
+	if st := w.Stats(); n != writers*each || st.Written != writers*each || st.Dropped != 0 {
+		t.Fatalf("%d lines, stats %+v; want %d", n, st, writers*each)
+	}
+}
+
+// failSink fails while failing is set.
+type failSink struct {
+	mu      sync.Mutex
+	failing bool
+}
+
+func (s *failSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failing {
+		return 0, errors.New("no space left on device")
+	}
+	return len(p), nil
+}
+
+func (s *failSink) set(f bool) { s.mu.Lock(); s.failing = f; s.mu.Unlock() }
+
+// TestRecordWriterFailingSink: sink errors are counted, and how long the
+// sinks have been failing shows until a record goes through again.
+func TestRecordWriterFailingSink(t *testing.T) {
+	sink := &failSink{failing: true}
+	w := NewRecordWriter(sink)
+	defer w.Close(context.Background())
+	for range 2 { // two writes: a Flush in between keeps them out of one batch
+		w.Write(&Record{})
+		if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	st := w.Stats()
+	if st.SinkErrors != 2 || st.FailingSeconds < 0.02 || st.LastError == "" || st.Written != 2 {
+		t.Fatalf("failing sink: %+v", st)
+	}
+	sink.set(false)
+	w.Write(&Record{})
+	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.FailingSeconds != 0 || st.SinkErrors != 2 {
+		t.Fatalf("after the sink recovered: %+v", st)
+	}
+}
+
+// shipSink takes timestamps with its lines, as cwlogs.Shipper does.
+type shipSink struct{ times []time.Time }
+
+func (s *shipSink) Write([]byte) (int, error)  { panic("Ship should have been used") }
+func (s *shipSink) Ship(t time.Time, _ []byte) { s.times = append(s.times, t) }
+
+// TestRecordWriterTimedSink: a sink with Ship gets the time each line was
+// queued, not the time the goroutine reached it.
+func TestRecordWriterTimedSink(t *testing.T) {
+	gate, ship := newGateSink(), &shipSink{}
+	w := NewRecordWriter(gate, ship)
+	before := time.Now()
+	w.Write(&Record{})
+	<-gate.entered
+	time.Sleep(50 * time.Millisecond)
+	gate.release()
+	if err := w.Close(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if len(ship.times) != 1 || ship.times[0].Before(before) || ship.times[0].Sub(before) > 40*time.Millisecond {
+		t.Fatalf("shipped at %v, queued just after %v", ship.times, before)
+	}
+}
+
+// TestRecordWriterNoSinks: the default writer discards records and needs
+// no goroutine and no Close.
+func TestRecordWriterNoSinks(t *testing.T) {
+	w := NewRecordWriter()
+	r := &Record{}
+	w.Write(r)
+	if r.Time.IsZero() {
+		t.Error("Write left the record's time unset")
+	}
+	if w.q != nil {
+		t.Error("a writer without sinks has a queue")
+	}
+	if err := w.Flush(ctxFor(t, time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(ctxFor(t, time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st != (RecordStats{}) {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// benchRecord is a typical record: an HTTP request inside a bumped
+// connection.
+func benchRecord() Record {
+	return Record{
+		Time: time.Now(), Kind: "http", Action: "bump", Rule: "bump-all",
+		Endpoint: "vpce-0123456789abcdef0", Attachment: "1111222233334444", FlowCookie: "0badf00d",
+		ClientIP: "10.0.1.23", ClientPort: 50123, DestIP: "93.184.216.34", DestPort: 443,
+		BytesOut: 812, BytesIn: 48213, DurationMS: 42.317, Result: "ok",
+		SNI: "www.example.com", ALPN: "h2", TLSVersion: "TLS 1.3", TLSCipher: "TLS_AES_128_GCM_SHA256", UpstreamVerify: "ok",
+		Method: "GET", Scheme: "https", Host: "www.example.com", Path: "/assets/app.js", Status: 200,
+		UserAgent: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)",
+	}
+}
+
+// stallSink takes 50µs over each line, like a busy disk, until it is let go.
+type stallSink struct{ free atomic.Bool }
+
+func (s *stallSink) Write(p []byte) (int, error) {
+	if !s.free.Load() {
+		time.Sleep(50 * time.Microsecond)
+	}
+	return len(p), nil
+}
+
+// BenchmarkRecordWriter: what a record costs, to io.Discard and to a file,
+// from one goroutine and in parallel, every record delivered (Close is
+// inside the timing). With a slow sink it measures what the goroutine that
+// writes the record pays (the relay's stall), and reports what was dropped.
+func BenchmarkRecordWriter(b *testing.B) {
+	// The drop warnings would interleave with the results.
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.DiscardHandler))
+	type sinkFn func(b *testing.B) (sink io.Writer, release func())
+	sinks := map[string]sinkFn{
+		"discard": func(*testing.B) (io.Writer, func()) { return io.Discard, nil },
+		"file": func(b *testing.B) (io.Writer, func()) {
+			f, err := os.Create(filepath.Join(b.TempDir(), "access.log"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { f.Close() })
+			return f, nil
+		},
+		"slow": func(*testing.B) (io.Writer, func()) {
+			s := &stallSink{}
+			return s, func() { s.free.Store(true) }
+		},
+	}
+	for _, name := range []string{"discard", "file", "slow"} {
+		for _, par := range []bool{false, true} {
+			sub := name
+			if par {
+				sub += "/parallel"
+			}
+			b.Run(sub, func(b *testing.B) {
+				sink, release := sinks[name](b)
+				w := NewRecordWriter(sink)
+				b.ReportAllocs()
+				b.ResetTimer()
+				if par {
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							r := benchRecord()
+							w.Write(&r)
+						}
+					})
+				} else {
+					for range b.N {
+						r := benchRecord()
+						w.Write(&r)
+					}
+				}
+				if release != nil {
+					b.StopTimer()
+					release()
+				}
+				if err := w.Close(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(w.Stats().Dropped)/float64(b.N), "drops/op")
+			})
+		}
+	}
+}
