@@ -75,9 +75,11 @@ func (c *hijackedConn) writeAfterHead(b []byte) (int, error) {
 	k := min(len(b), max(0, maxCoalesced-len(h.head)))
 	buf := coalescePool.Get().(*[]byte)
 	*buf = append(append((*buf)[:0], h.head...), b[:k]...)
-	h.head = h.head[:0]
+	h.releaseHead()
 	_, err := c.write(*buf)
-	coalescePool.Put(buf)
+	if cap(*buf) <= maxCoalesced { // a huge head's buffer is not worth keeping
+		coalescePool.Put(buf)
+	}
 	if err != nil || k == len(b) {
 		if err != nil {
 			k = 0
@@ -97,6 +99,16 @@ func (c *hijackedConn) flushHead() {
 		return
 	}
 	_, h.err = c.write(h.head)
+	h.releaseHead()
+}
+
+// releaseHead empties the held head, keeping its buffer for the next one
+// unless a huge head grew it.
+func (h *headHold) releaseHead() {
+	if cap(h.head) > maxCoalesced {
+		h.head = nil
+		return
+	}
 	h.head = h.head[:0]
 }
 
@@ -115,7 +127,7 @@ func (c *hijackedConn) Close() error {
 	}
 	if len(h.head) > 0 && h.err == nil {
 		_, _ = c.write(h.head)
-		h.head = h.head[:0]
+		h.releaseHead()
 	}
 	h.mu.Unlock()
 	err := c.Conn.Close()

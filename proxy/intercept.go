@@ -51,8 +51,8 @@ func (f *flow) serve(accepted net.Conn) {
 	// still meet the domain rules. A destination that speaks first ends the
 	// wait (the protocol is then server-first, and relayed as TCP).
 	res, err := sniff.Sniff(br, deadline, 0)
-	if early := stop(); len(early) > 0 {
-		f.up = &prefixConn{Conn: f.up, prefix: early}
+	if early, upErr := stop(); len(early) > 0 || upErr != nil {
+		f.up = &prefixConn{Conn: f.up, prefix: early, err: upErr}
 	}
 	f.client = &peekedConn{Conn: accepted, r: br}
 	if err != nil { // the client reset or broke the connection while we waited
@@ -393,10 +393,7 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 		host = net.JoinHostPort(f.rec.SNI, strconv.Itoa(int(f.pf.Dest.Port())))
 	}
 	cc := &hijackedConn{Conn: f.client, closed: make(chan struct{}), swallow: []byte("HTTP/1.1 200 OK\r\n\r\n")}
-	if !f.h2 { // HTTP/2 heads are bounded by goproxy's http2.Server
-		cc.headLimit = int64(f.p.cfg.MaxHeaderBytes)
-		cc.inHead.Store(true)
-	}
+	cc.limit.arm(f.p.cfg.MaxHeaderBytes, f.h2)
 	m.cc = cc
 	creq := (&http.Request{
 		Method: http.MethodConnect, URL: &url.URL{Host: host}, Host: host,
@@ -410,11 +407,11 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 	gp.ServeHTTP(&hijacker{conn: cc}, creq)
 	<-cc.closed // goproxy serves the connection on a goroutine of its own
 	tr.CloseIdleConnections()
-	if cc.headTooLarge.Load() {
+	if cc.limit.tooLarge.Load() { // a record for the request that never was
 		rec := *f.rec
 		rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0
-		rec.Rule = ""
-		f.p.deny(&rec, f.start, fmt.Sprintf("request head larger than %d bytes", cc.headLimit))
+		rec.Rule, rec.Method, rec.Path, rec.UserAgent = "", "", "", ""
+		f.p.deny(&rec, f.start, fmt.Sprintf("request head larger than %d bytes", f.p.cfg.MaxHeaderBytes))
 	}
 	if !f.firstUsed.Load() { // no request reached upstream (a preconnect, a denied request)
 		f.up.Close()
@@ -458,14 +455,13 @@ func (debugLogger) Printf(f string, a ...any) { slog.Debug("goproxy: " + fmt.Spr
 // keep-alive connection, or a bumped one, may carry requests for other
 // names than its first) and gets its own record.
 func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
-	m.cc.headDone()
+	m.cc.limit.headDone()
+	reqBody := req.Body // goproxy's own, before roundTrip wraps it
 	resp, err := m.roundTrip(req)
-	if resp != nil && resp.Body != nil {
-		if _, tunnel := resp.Body.(io.Writer); !tunnel { // a 101 turns the connection into a tunnel
-			resp.Body = &nextHead{ReadCloser: resp.Body, cc: m.cc}
-			if !m.f.h2 && hasBody(req, resp) {
-				m.cc.holdNextHead()
-			}
+	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
+		resp.Body = &nextHead{ReadCloser: resp.Body, cc: m.cc, reqBody: reqBody}
+		if !m.f.h2 && hasBody(req, resp) {
+			m.cc.holdNextHead()
 		}
 	}
 	return resp, err
@@ -528,7 +524,18 @@ func (m *mitmConn) roundTrip(req *http.Request) (*http.Response, error) {
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy could not reach the destination: "+err.Error()), nil
 	}
 	rec.Status = resp.StatusCode
-	rec.WebSocket = resp.StatusCode == http.StatusSwitchingProtocols && strings.EqualFold(resp.Header.Get("Upgrade"), "websocket")
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// goproxy tunnels a WebSocket upgrade only; any other 101 it would
+		// answer as a plain response and go on reading requests from what
+		// is now another protocol's stream.
+		if !isWebSocketUpgrade(resp.Header) {
+			resp.Body.Close()
+			rec.Status, rec.Result, rec.Error = http.StatusBadGateway, "error", "upgrade to "+resp.Header.Get("Upgrade")+" is not supported"
+			p.finish(&rec, start)
+			return errorResponse(req, http.StatusBadGateway, "gwlbproxy relays WebSocket upgrades only"), nil
+		}
+		rec.WebSocket = true
+	}
 	rb := &recordingBody{ReadCloser: resp.Body}
 	rb.done = func() {
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), rb.read.Load()
@@ -540,6 +547,22 @@ func (m *mitmConn) roundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = rb
 	}
 	return resp, nil
+}
+
+// isWebSocketUpgrade is goproxy's own test for a response it tunnels.
+func isWebSocketUpgrade(h http.Header) bool {
+	return headerHasToken(h, "Connection", "upgrade") && headerHasToken(h, "Upgrade", "websocket")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func denyResponse(req *http.Request, rule, host string) *http.Response {
@@ -662,55 +685,8 @@ type hijackedConn struct {
 	once    sync.Once
 	closed  chan struct{}
 
-	// goproxy reads HTTP/1 request heads with http.ReadRequest, which has
-	// no size limit: one client could grow a header line until the process
-	// runs out of memory. While a head is being read (from the end of one
-	// response to the next round trip) reads count against headLimit, as
-	// net/http does with MaxHeaderBytes; goproxy's buffering lets a head
-	// overshoot it by a few KiB at most. 0 means no limit (HTTP/2).
-	headLimit    int64
-	inHead       atomic.Bool
-	headRead     atomic.Int64
-	headTooLarge atomic.Bool
-
-	hold headHold // see headhold.go
-}
-
-// errHeadTooLarge ends goproxy's read of an oversized request head.
-var errHeadTooLarge = errors.New("request head too large")
-
-func (c *hijackedConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.in.Add(int64(n))
-	if c.headLimit > 0 && c.inHead.Load() && c.headRead.Add(int64(n)) > c.headLimit {
-		if !c.headTooLarge.Swap(true) {
-			const body = "gwlbproxy: request head too large\n"
-			_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			_, _ = io.WriteString(c.Conn, "HTTP/1.1 431 Request Header Fields Too Large\r\n"+
-				"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"+
-				"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
-		}
-		return 0, errHeadTooLarge
-	}
-	return n, err
-}
-
-// headDone marks a request head as read: its body is not limited.
-func (c *hijackedConn) headDone() { c.inHead.Store(false) }
-
-// nextHead re-arms the head limit when goproxy closes a response body,
-// which it does once the response is written, before it reads the next
-// request.
-type nextHead struct {
-	io.ReadCloser
-	cc *hijackedConn
-}
-
-func (b *nextHead) Close() error {
-	err := b.ReadCloser.Close()
-	b.cc.headRead.Store(0)
-	b.cc.inHead.Store(true)
-	return err
+	limit headLimit // see headlimit.go
+	hold  headHold  // see headhold.go
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can

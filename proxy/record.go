@@ -102,6 +102,7 @@ type RecordWriter struct {
 	// Times below are monoNow values; 0 means never or none.
 	head         atomic.Int64 // when the line being written was queued; 0 when idle
 	failingSince atomic.Int64 // first sink error since a record every sink took
+	lastFailure  atomic.Int64
 	lastError    atomic.Pointer[string]
 	lastDrop     atomic.Int64
 	dropStreak   atomic.Int64 // when drops less than a second apart began
@@ -150,7 +151,9 @@ type RecordStats struct {
 	// break of a second; 0 when the last drop is older than that.
 	DroppingSeconds float64 `json:"dropping_seconds"`
 	// FailingSeconds is how long ago a sink write failed with no record
-	// taken by every sink since; 0 when the last record went through.
+	// taken by every sink since; 0 when the last record went through, or
+	// when nothing has failed for failureMemory (no records came to try:
+	// a target the GWLB stops sending to would stay broken for good).
 	FailingSeconds float64 `json:"failing_seconds"`
 	LastError      string  `json:"last_error,omitempty"` // the last sink error
 }
@@ -311,6 +314,7 @@ func (w *RecordWriter) deliver(batch []*recordLine, out []byte) {
 	if failed != nil {
 		msg := failed.Error()
 		w.lastError.Store(&msg)
+		w.lastFailure.Store(monoNow())
 		if w.failingSince.CompareAndSwap(0, monoNow()) {
 			slog.Error("writing access records", "err", failed)
 		}
@@ -386,6 +390,10 @@ func (w *RecordWriter) wait(ctx context.Context) error {
 	}
 }
 
+// failureMemory is how long a sink failure counts as current without
+// another record failing.
+const failureMemory = 10 * time.Second
+
 // Stats returns a snapshot of the writer's counters.
 func (w *RecordWriter) Stats() RecordStats {
 	now := monoNow()
@@ -401,7 +409,7 @@ func (w *RecordWriter) Stats() RecordStats {
 	if last := w.lastDrop.Load(); last != 0 && now-last <= int64(time.Second) {
 		st.DroppingSeconds = max(time.Duration(now-w.dropStreak.Load()).Seconds(), 0)
 	}
-	if f := w.failingSince.Load(); f != 0 {
+	if f := w.failingSince.Load(); f != 0 && now-w.lastFailure.Load() <= int64(failureMemory) {
 		st.FailingSeconds = max(time.Duration(now-f).Seconds(), 0)
 	}
 	if e := w.lastError.Load(); e != nil {

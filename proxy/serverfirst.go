@@ -7,37 +7,46 @@ import (
 )
 
 // watchServerFirst ends the wait for a silent client as soon as the
-// destination speaks first (SSH, SMTP, databases), so their banners do not
-// wait out the sniff timeout. The sniffer must set its read deadlines
-// through the returned deadliner: the destination may speak before the
-// sniffer sets its first deadline, which would otherwise overwrite the
-// wake-up. stop ends the watch and returns what the destination sent
-// meanwhile, which must reach the client before anything else it sends.
-func watchServerFirst(client, up net.Conn) (deadliner *serverFirstWatch, stop func() []byte) {
+// destination speaks first (SSH, SMTP, databases), so their banners are not
+// held, or closes first (a preconnect the server gave up on), so the client
+// learns of it. The sniffer must set its read deadlines through the
+// returned deadliner: the destination may speak before the sniffer sets its
+// first deadline, which would otherwise overwrite the wake-up. stop ends the
+// watch and returns what the destination sent meanwhile, or how it ended;
+// either must reach the client before anything else.
+func watchServerFirst(client, up net.Conn) (deadliner *serverFirstWatch, stop func() ([]byte, error)) {
 	w := &serverFirstWatch{client: client, sniffing: true}
-	done := make(chan []byte, 1)
+	type result struct {
+		early []byte
+		err   error
+	}
+	done := make(chan result, 1)
 	go func() {
 		buf := make([]byte, 4096)
-		n, _ := up.Read(buf) // an error shows again on the relay's next read
+		n, err := up.Read(buf)
 		w.mu.Lock()
-		if n > 0 {
+		ended := n > 0 || (err != nil && w.sniffing) // else stop's own deadline ended the read
+		if ended {
 			w.spoke = true
 			if w.sniffing {
 				_ = client.SetReadDeadline(time.Now()) // the client is not first: stop waiting for it
 			}
 		}
 		w.mu.Unlock()
-		done <- buf[:n]
+		if n > 0 || !ended {
+			err = nil // a close after bytes shows again on the relay's next read
+		}
+		done <- result{buf[:n], err}
 	}()
-	return w, func() []byte {
+	return w, func() ([]byte, error) {
 		w.mu.Lock()
 		w.sniffing = false
 		w.mu.Unlock()
 		_ = client.SetReadDeadline(time.Time{}) // undo a wake-up that came after the sniff
 		_ = up.SetReadDeadline(time.Now())      // end the watcher's read if it still waits
-		early := <-done
+		r := <-done
 		_ = up.SetReadDeadline(time.Time{})
-		return early
+		return r.early, r.err
 	}
 }
 
@@ -60,10 +69,12 @@ func (w *serverFirstWatch) SetReadDeadline(t time.Time) error {
 	return w.client.SetReadDeadline(t)
 }
 
-// prefixConn reads prefix before the connection itself.
+// prefixConn reads prefix, then err if set (how the connection ended while
+// it was watched: a reset is reported once only), then the connection.
 type prefixConn struct {
 	net.Conn
 	prefix []byte
+	err    error
 }
 
 func (c *prefixConn) Read(b []byte) (int, error) {
@@ -71,6 +82,10 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 		n := copy(b, c.prefix)
 		c.prefix = c.prefix[n:]
 		return n, nil
+	}
+	if err := c.err; err != nil {
+		c.err = nil
+		return 0, err
 	}
 	return c.Conn.Read(b)
 }

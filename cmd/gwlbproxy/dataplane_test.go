@@ -497,7 +497,7 @@ func TestGWLBSendersOnly(t *testing.T) {
 		r := newRig(t, func(o *options) {
 			o.GWLBCIDRs = []netip.Prefix{netip.MustParsePrefix("127.255.255.0/24")} // not the simulator
 			if allowed {
-				o.GWLBCIDRs = append(o.GWLBCIDRs, netip.MustParsePrefix("127.0.0.0/16")) // the simulator is 127.0.N.2
+				o.GWLBCIDRs = append(o.GWLBCIDRs, netip.MustParsePrefix("127.0.0.0/8")) // the simulator is 127.P.N.2
 			}
 		}, nil)
 		srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
@@ -603,5 +603,33 @@ func TestFlowsPerClient(t *testing.T) {
 	defer c.Close()
 	if err := ask(c); err != nil {
 		t.Fatalf("another client's first flow: %v", err)
+	}
+}
+
+// TestDestinationClosesFirst: a destination that closes (or resets) before
+// either side sent a byte, as servers do with unused preconnects, is seen
+// by the silent client at once, not when it finally speaks.
+func TestDestinationClosesFirst(t *testing.T) {
+	r := newRig(t, nil, nil)
+	for _, reset := range []bool{false, true} {
+		srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), func(c net.Conn) {
+			if reset {
+				c.(*net.TCPConn).SetLinger(0)
+			}
+			c.Close()
+		})
+		c, err := r.client.DialTCP(ctxT(t, 5*time.Second), srv)
+		if reset && err != nil {
+			continue // the reset came while the appliance connected or accepted: as good
+		}
+		if err != nil {
+			t.Fatalf("destination closed (reset %v): dial: %v", reset, err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(make([]byte, 1))
+		c.Close()
+		if reset && (err == nil || !strings.Contains(err.Error(), "reset")) || !reset && err != io.EOF {
+			t.Fatalf("destination closed (reset %v): read %d, %v", reset, n, err)
+		}
 	}
 }

@@ -20,9 +20,14 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 )
 
-// Every test gets its own 127.0.N.0/24: the appliance on .1, the simulator
-// on .2, servers from .3 up. All of it is loopback.
-var nextNet atomic.Uint32
+// Every test gets its own 127.P.N.0/24: the appliance on .1, the simulator
+// on .2, servers from .3 up. All of it is loopback. P varies with the
+// process, so that two test binaries running at once (go test ./... beside
+// a benchmark) do not bind the same addresses.
+var (
+	nextNet  atomic.Uint32
+	netOctet = byte(1 + os.Getpid()%250)
+)
 
 func init() {
 	nextNet.Store(10)
@@ -46,13 +51,15 @@ func newTestNet() testNet {
 	n := nextNet.Add(1)
 	return testNet{
 		n:         n,
-		appliance: netip.AddrFrom4([4]byte{127, 0, byte(n), 1}),
-		sim:       netip.AddrFrom4([4]byte{127, 0, byte(n), 2}),
+		appliance: netip.AddrFrom4([4]byte{127, netOctet, byte(n), 1}),
+		sim:       netip.AddrFrom4([4]byte{127, netOctet, byte(n), 2}),
 	}
 }
 
 // server returns the i-th server address of the test net (i ≥ 3).
-func (tn testNet) server(i byte) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, byte(tn.n), i}) }
+func (tn testNet) server(i byte) netip.Addr {
+	return netip.AddrFrom4([4]byte{127, netOctet, byte(tn.n), i})
+}
 
 // rig is an appliance, a simulator in front of it and a client stack.
 type rig struct {

@@ -32,7 +32,7 @@ func TestICMPEchoPolicy(t *testing.T) {
 	r := newRig(t, func(o *options) {
 		// The test net's servers, from the address newRig gave the appliance.
 		app := netip.MustParseAddrPort(o.GeneveAddr).Addr().As4()
-		allowed, denied = netip.AddrFrom4([4]byte{127, 0, app[2], 3}), netip.AddrFrom4([4]byte{127, 0, app[2], 4})
+		allowed, denied = netip.AddrFrom4([4]byte{127, app[1], app[2], 3}), netip.AddrFrom4([4]byte{127, app[1], app[2], 4})
 		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
 		pol := fmt.Sprintf("policy:\n  default: allow\n  rules:\n"+
 			"    - {name: no-ping, protocols: [icmp], dest_cidrs: [%q], action: deny}\n", denied.String())

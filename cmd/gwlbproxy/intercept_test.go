@@ -22,6 +22,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // upstream is a real HTTPS (and WebSocket) server on loopback with a
@@ -474,6 +475,13 @@ func TestRequestHeadLimit(t *testing.T) {
 	r := interceptRig(t, up, interceptPolicy)
 	ln := must(net.Listen("tcp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
 	origin := &http.Server{MaxHeaderBytes: 8 << 20, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/upgrade-foo" { // a 101 to something not WebSocket
+			c, bw, _ := w.(http.Hijacker).Hijack()
+			bw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
+			bw.Flush()
+			c.Close()
+			return
+		}
 		n, _ := io.Copy(io.Discard, req.Body)
 		fmt.Fprintf(w, "body %d, header %d", n, len(req.Header.Get("X-Big")))
 	})}
@@ -505,6 +513,18 @@ func TestRequestHeadLimit(t *testing.T) {
 				t.Fatalf("a head just under the limit: %d %q", code, got)
 			}
 		}
+		// A denied upload: the body the upstream never read is no head.
+		if code, _ := roundTrip(fmt.Sprintf("POST /up HTTP/1.1\r\nHost: evil.example.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body)); code != http.StatusForbidden {
+			t.Fatalf("a denied upload: %d, want 403", code)
+		}
+		if code, got := roundTrip("GET /h HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); code != 200 {
+			t.Fatalf("the request after a denied upload: %d %q", code, got)
+		}
+		// A 101 to another protocol would leave goproxy reading requests,
+		// unbounded, from that protocol's stream: it gets 502.
+		if code, got := roundTrip("GET /upgrade-foo HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n"); code != http.StatusBadGateway {
+			t.Fatalf("an upgrade to foo: %d %q, want 502", code, got)
+		}
 		// A header line of 16 MiB: refused once the limit is passed.
 		code, got := roundTrip("GET /h HTTP/1.1\r\nHost: www.example.test\r\nX-Big: " + big(16<<20) + "\r\n\r\n")
 		if code != http.StatusRequestHeaderFieldsTooLarge || !strings.Contains(got, "gwlbproxy") {
@@ -519,16 +539,36 @@ func TestRequestHeadLimit(t *testing.T) {
 		defer c.Close()
 		check(t, c)
 	})
-	t.Run("bumped", func(t *testing.T) {
-		tc := must(r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}}))(t)
-		defer tc.Close()
-		tc.SetDeadline(time.Now().Add(20 * time.Second))
-		go io.WriteString(tc, "GET /hello HTTP/1.1\r\nHost: www.example.test\r\nX-Big: "+big(16<<20)+"\r\n\r\n")
-		resp := must(http.ReadResponse(bufio.NewReader(tc), nil))(t)
+	refused := func(t *testing.T, c net.Conn, start string) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		go io.WriteString(c, start+"X-Big: "+big(16<<20)+"\r\n\r\n")
+		resp := must(http.ReadResponse(bufio.NewReader(c), nil))(t)
 		b, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || !strings.Contains(string(b), "gwlbproxy") {
-			t.Fatalf("a 16 MiB head through bump: %d %q", resp.StatusCode, b)
+			t.Fatalf("a 16 MiB head: %d %q", resp.StatusCode, b)
 		}
+	}
+	// Bumped, with ALPN http/1.1; and with h2 negotiated but HTTP/1 spoken,
+	// which goproxy serves as HTTP/1 since no HTTP/2 preface came.
+	for _, alpn := range []string{"http/1.1", "h2"} {
+		t.Run("bumped-"+alpn, func(t *testing.T) {
+			tc := must(r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{alpn}}))(t)
+			defer tc.Close()
+			if got := tc.ConnectionState().NegotiatedProtocol; got != alpn {
+				t.Fatalf("negotiated %q", got)
+			}
+			refused(t, tc, "GET /hello HTTP/1.1\r\nHost: www.example.test\r\n")
+		})
+	}
+	// The start of an HTTP/2 preface, then a pause past the sniffer's wait
+	// (classified h2c), then an HTTP/1 head.
+	t.Run("stalled-h2c", func(t *testing.T) {
+		c := must(r.client.DialTCP(ctxT(t, 5*time.Second), must(netip.ParseAddrPort(ln.Addr().String()))(t)))(t)
+		defer c.Close()
+		must(io.WriteString(c, "PRI * HTTP/2.0\r\n"))(t)
+		time.Sleep(sniff.CompleteTimeout + 500*time.Millisecond)
+		refused(t, c, "Host: www.example.test\r\n")
 	})
 	recs := r.records(func(rs []proxy.Record) bool {
 		n := 0
@@ -537,7 +577,7 @@ func TestRequestHeadLimit(t *testing.T) {
 				n++
 			}
 		}
-		return n == 2
+		return n == 4
 	})
 	for _, rec := range recs {
 		if rec.Status == http.StatusRequestHeaderFieldsTooLarge && (rec.Action != "deny" || !strings.Contains(rec.Error, "request head larger than")) {
