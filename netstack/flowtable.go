@@ -202,12 +202,25 @@ func (c *clientShares) shard(k *clientKey) *clientShard {
 	return &c.shards[h>>58] // the top 6 bits: flowShards is 64
 }
 
+// clientKeyOf names the client of addr: an IPv4 address, or an IPv6 /64,
+// since one IPv6 host may use any address of its prefix (privacy
+// addresses, a delegated prefix) and could otherwise take a share per
+// address.
+func clientKeyOf(endpoint uint64, addr [16]byte) clientKey {
+	if [12]byte(addr[:12]) != v4InV6 {
+		clear(addr[8:])
+	}
+	return clientKey{endpoint, addr}
+}
+
+var v4InV6 = [12]byte{10: 0xff, 11: 0xff}
+
 // take counts one more flow for the client, unless it holds max already.
 func (c *clientShares) take(endpoint uint64, addr [16]byte) bool {
 	if c.max <= 0 {
 		return true
 	}
-	k := clientKey{endpoint, addr}
+	k := clientKeyOf(endpoint, addr)
 	s := c.shard(&k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -226,7 +239,7 @@ func (c *clientShares) give(endpoint uint64, addr [16]byte) {
 	if c.max <= 0 {
 		return
 	}
-	k := clientKey{endpoint, addr}
+	k := clientKeyOf(endpoint, addr)
 	s := c.shard(&k)
 	s.mu.Lock()
 	if s.n[k]--; s.n[k] <= 0 {

@@ -76,7 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "idle timeout of UDP and ICMP flows")
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST")
 	fs.IntVar(&o.MaxFlows, "max-flows", o.MaxFlows, "flow table capacity; packets of new flows beyond it are dropped and counted")
-	fs.IntVar(&o.MaxFlowsPerClient, "max-flows-per-client", 0, "flows one client (inner source address behind one GWLB endpoint) may hold; 0: a tenth of --max-flows")
+	fs.IntVar(&o.MaxFlowsPerClient, "max-flows-per-client", 0, "flows one client (inner source IPv4 address or IPv6 /64, behind one GWLB endpoint) may hold; 0: a tenth of --max-flows")
 	fs.IntVar(&o.Readers, "readers", o.Readers, "GENEVE reader sockets (SO_REUSEPORT); 0: one per CPU")
 	fs.StringVar(&o.ReturnPath, "return-path", o.ReturnPath, "how replies reach the GWLB from each flow's source port: raw (CAP_NET_RAW), bound (a UDP socket per port), auto")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "inner MTU; 0 picks the largest that keeps every GENEVE datagram within the GWLB's 8500 bytes")
@@ -98,6 +98,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.Config, "config", o.Config, "YAML file with the egress policy (see README); SIGHUP reloads it")
 	fs.Func("upstream-ca", "PEM file of extra roots bumped destinations are verified against, besides the system's (repeatable)", func(v string) error {
 		o.UpstreamCA = append(o.UpstreamCA, v)
+		return nil
+	})
+	fs.Func("sniff-wait", "deprecated and ignored: a connection is classified by whichever side speaks first, with no time limit", func(string) error {
+		// Accepted so that unit files written for older versions still start.
+		slog.Warn("--sniff-wait is deprecated and ignored: a connection is classified by whichever side speaks first")
 		return nil
 	})
 	fs.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "largest HTTP/1 request head (request line and headers) a client may send; a larger one gets 431")
