@@ -33,7 +33,8 @@ type echoRelay struct {
 	p            *Proxy
 	mu           sync.Mutex
 	flows        map[echoKey]*echoFlow
-	denied       int // denied flows in flows, at most maxDeniedEcho
+	denied       int // denied flows in flows, at most maxDenied
+	maxDenied    int // maxDeniedEcho; lowered by tests
 	warnedNoSock atomic.Bool
 	warnedFull   atomic.Bool
 }
@@ -74,6 +75,7 @@ type echoFlow struct {
 func (r *echoRelay) init(p *Proxy) {
 	r.p = p
 	r.flows = make(map[echoKey]*echoFlow)
+	r.maxDenied = maxDeniedEcho
 }
 
 // HandleEcho implements netstack.Handler. It runs on the packet path, so it
@@ -91,6 +93,8 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 	if f.denied {
 		if isNew {
 			p.deny(f.rec, now, f.rec.Error)
+		} else if f == &noRoomDenied {
+			p.stats.echoUnrecorded.Add(1)
 		}
 		return
 	}
@@ -170,11 +174,11 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoFlow,
 // there is room.
 func (r *echoRelay) addDenied(k echoKey, rec *Record, reason string, forbidden bool, pol *policy.Policy, now time.Time) (*echoFlow, bool) {
 	rec.Error = reason
-	if r.denied >= maxDeniedEcho {
+	if r.denied >= r.maxDenied {
 		if !r.warnedFull.Swap(true) {
 			slog.Warn("too many denied ICMP echo flows remembered; echo requests of further denied flows "+
 				"are dropped without an access record until some have been idle for the echo idle timeout",
-				"limit", maxDeniedEcho)
+				"limit", r.maxDenied)
 		}
 		return &noRoomDenied, false
 	}

@@ -210,3 +210,39 @@ func TestEchoDeniedReloadAndIdle(t *testing.T) {
 		t.Fatalf("records %+v: want a new deny once the flow was forgotten", recs)
 	}
 }
+
+// TestEchoDeniedTableFull: beyond the denied flows it can remember, the
+// relay drops the requests of further denied flows without a record, counts
+// them, and records again once a remembered flow is forgotten.
+func TestEchoDeniedTableFull(t *testing.T) {
+	p, _, sink := echoProxy(t, noPing, nil)
+	p.echo.maxDenied = 2
+	p.HandleEcho(echoReq("127.0.0.2", 1, 1))
+	p.HandleEcho(echoReq("127.0.0.2", 2, 1))
+	for seq := range 3 {
+		p.HandleEcho(echoReq("127.0.0.2", 3, uint16(seq))) // no room for flow 3
+	}
+	p.HandleEcho(echoReq("127.0.0.2", 1, 2)) // a remembered flow: dropped as before
+	if recs := sink.records(t, 2); len(recs) != 2 {
+		t.Fatalf("%d records, want 2 (flows 1 and 2): %+v", len(recs), recs)
+	}
+	if st := p.Stats(); st.Denied != 2 || st.EchoUnrecorded != 3 {
+		t.Fatalf("stats %+v, want 2 denied and 3 unrecorded", st)
+	}
+
+	p.echo.mu.Lock()
+	for k, f := range p.echo.flows {
+		if k.id == 1 {
+			f.timer.Stop()
+			p.echo.forget(k, f)
+		}
+	}
+	p.echo.mu.Unlock()
+	p.HandleEcho(echoReq("127.0.0.2", 3, 4))
+	if recs := sink.records(t, 3); len(recs) != 3 || recs[2].Action != "deny" {
+		t.Fatalf("records %+v, want flow 3 recorded once there was room", recs)
+	}
+	if st := p.Stats(); st.Denied != 3 || st.EchoUnrecorded != 3 {
+		t.Fatalf("stats %+v, want 3 denied and still 3 unrecorded", st)
+	}
+}

@@ -73,6 +73,7 @@ type Proxy struct {
 type proxyCounters struct {
 	tcpActive, udpActive, echoActive atomic.Int64
 	tcpDialErrors, denied            atomic.Uint64
+	echoUnrecorded                   atomic.Uint64
 }
 
 // Stats is a snapshot of the proxy's counters.
@@ -82,6 +83,9 @@ type Stats struct {
 	EchoActive    int64  `json:"echo_active"`
 	TCPDialErrors uint64 `json:"tcp_dial_errors"`
 	Denied        uint64 `json:"denied"`
+	// EchoUnrecorded counts echo requests of denied flows dropped without an
+	// access record: too many denied echo flows were remembered already.
+	EchoUnrecorded uint64 `json:"echo_denied_unrecorded"`
 }
 
 // New returns a Proxy.
@@ -122,7 +126,7 @@ func (p *Proxy) Stats() Stats {
 	return Stats{
 		TCPActive: p.stats.tcpActive.Load(), UDPActive: p.stats.udpActive.Load(),
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
-		Denied: p.stats.denied.Load(),
+		Denied: p.stats.denied.Load(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
 	}
 }
 

@@ -333,6 +333,37 @@ func TestRecordWriterFailingSink(t *testing.T) {
 	}
 }
 
+// TestRecordWriterFailureForgotten: a sink failure stops counting as current
+// once failureMemory passes without another (no record came to fail), so an
+// appliance the GWLB stopped sending to does not stay unhealthy for good; the
+// next failure makes it current again.
+func TestRecordWriterFailureForgotten(t *testing.T) {
+	sink := &failSink{failing: true}
+	w := NewRecordWriter(sink)
+	defer w.Close(context.Background())
+	w.Write(&Record{})
+	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.FailingSeconds <= 0 {
+		t.Fatalf("just failed: %+v", st)
+	}
+	// As if the failure had happened failureMemory and a little ago.
+	back := int64(failureMemory + time.Second)
+	w.failingSince.Add(-back)
+	w.lastFailure.Add(-back)
+	if st := w.Stats(); st.FailingSeconds != 0 || st.SinkErrors != 1 || st.LastError == "" {
+		t.Fatalf("after failureMemory without a failure: %+v, want FailingSeconds 0", st)
+	}
+	w.Write(&Record{})
+	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.FailingSeconds < (failureMemory+time.Second).Seconds() || st.SinkErrors != 2 {
+		t.Fatalf("failing again: %+v, want FailingSeconds from the first failure", st)
+	}
+}
+
 // shipSink takes timestamps with its lines, as cwlogs.Shipper does.
 type shipSink struct{ times []time.Time }
 

@@ -158,6 +158,7 @@ func writeMetrics(w io.Writer, s stats) {
 	m("echo_active", "gauge", "ICMP echo flows being relayed.", p.EchoActive)
 	m("tcp_dial_errors_total", "counter", "Destinations that could not be dialled.", p.TCPDialErrors)
 	m("denied_total", "counter", "Flows denied.", p.Denied)
+	m("echo_denied_unrecorded_total", "counter", "ICMP echo requests of denied flows dropped without an access record: too many denied echo flows remembered.", p.EchoUnrecorded)
 	r := s.Records
 	m("records_written_total", "counter", "Access records handed to the sinks (access log, CloudWatch shipper).", r.Written)
 	m("records_dropped_total", "counter", "Access records dropped: the queue was full (a sink slow or stuck), or at exit.", r.Dropped)
