@@ -69,6 +69,9 @@ func (l *headLimit) count(b []byte) bool {
 // Read implements net.Conn: it counts the bytes, and ends an oversized
 // request head with a 431.
 func (c *hijackedConn) Read(b []byte) (int, error) {
+	if c.hold.active.Load() {
+		c.endHold() // see writehold.go
+	}
 	n, err := c.Conn.Read(b)
 	c.in.Add(int64(n))
 	if c.limit.count(b[:n]) {
@@ -80,18 +83,22 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// write431 answers an oversized head, after a response head still held:
-// it is what the client's previous request was waiting for.
+// write431 answers an oversized head, after any response bytes still held:
+// they are what the client's previous request was waiting for.
 func (c *hijackedConn) write431() {
 	const body = "gwlbproxy: request head too large\n"
 	h := &c.hold
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if len(h.head) > 0 {
-		_, _ = c.write(h.head)
-		h.releaseHead()
+	if len(h.held) > 0 {
+		if h.timer != nil {
+			h.timer.Stop()
+		}
+		_, _ = c.write(h.held)
+		h.release()
 	}
+	h.active.Store(false)
 	_, _ = io.WriteString(writerFunc(c.write), "HTTP/1.1 431 Request Header Fields Too Large\r\n"+
 		"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"+
 		"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)

@@ -461,7 +461,7 @@ func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
 		resp.Body = &nextHead{ReadCloser: resp.Body, cc: m.cc, reqBody: reqBody}
 		if !m.f.h2 && hasBody(req, resp) {
-			m.cc.holdNextHead()
+			m.cc.holdResponse()
 		}
 	}
 	return resp, err
@@ -686,7 +686,7 @@ type hijackedConn struct {
 	closed  chan struct{}
 
 	limit headLimit // see headlimit.go
-	hold  headHold  // see headhold.go
+	hold  writeHold // see writehold.go
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can

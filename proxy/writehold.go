@@ -2,39 +2,53 @@ package proxy
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// goproxy writes a response head and its body in separate writes, so a
-// small response to a bumped client left as two TLS records, two segments
-// and two GENEVE datagrams. The client connection therefore holds a head
-// back until the first bytes of its body, and writes both at once. A body
-// that is slow to start (a long poll, a slow origin) must not delay the
-// head for long: after headHoldDelay it is written alone.
+// goproxy writes an HTTP/1 response in many writes: the head, the body, and
+// for a chunked body a size line, the data and a CRLF per chunk, then
+// "0\r\n" and a last CRLF. Each write to the client is a TLS record, a TCP
+// segment and a GENEVE datagram of its own: a small chunked response left
+// as five datagrams where one does. While goproxy writes a response with a
+// body, the client connection therefore holds small writes back and sends
+// them with the next one, and sends what it holds once goproxy reads the
+// client's next request head (the response is complete). A body that comes
+// slowly (a long poll, a stream of events) must not wait long: what is held
+// is sent at most holdDelay after its first byte.
 const (
-	headHoldDelay = 2 * time.Millisecond
-	// maxCoalesced caps head plus body in one write: one full TLS record.
+	holdDelay = 2 * time.Millisecond
+	// holdSmall: shorter writes are held (a response head always is);
+	// longer ones leave at once, after what is held, in one write.
+	holdSmall = 4 << 10
+	// maxCoalesced caps one coalesced write: one full TLS record.
 	maxCoalesced = 16 << 10
 )
 
 var coalescePool = sync.Pool{New: func() any { b := make([]byte, 0, maxCoalesced); return &b }}
 
-// headHold is the state of a held response head, guarded by mu; Write,
-// the delay's timer and Close take mu in turn.
-type headHold struct {
-	mu    sync.Mutex
-	armed bool   // the next write is a response head with a body to come
-	head  []byte // held back, not yet written
-	timer *time.Timer
-	err   error // of a write the timer made, for the next Write to return
+// writeHold is the state of the writes held back; Write, the delay's
+// timer, Read and Close take mu in turn.
+type writeHold struct {
+	mu sync.Mutex
+	// active: a response is being written; written under mu, read without
+	// it by Read, to stay cheap on the client's side of the connection.
+	active atomic.Bool
+	head   bool   // the next write is the response head: held whatever its size
+	held   []byte // not yet written
+	timer  *time.Timer
+	err    error         // of a write the timer made, for the next Write to return
+	delay  time.Duration // holdDelay; longer in tests that count writes
 }
 
-// holdNextHead makes the next write, goproxy's response head, wait for the
-// body's first bytes.
-func (c *hijackedConn) holdNextHead() {
-	c.hold.mu.Lock()
-	c.hold.armed = true
-	c.hold.mu.Unlock()
+// holdResponse makes the writes of the response goproxy is about to write,
+// a head and a body, wait for one another.
+func (c *hijackedConn) holdResponse() {
+	h := &c.hold
+	h.mu.Lock()
+	h.active.Store(true)
+	h.head = true
+	h.mu.Unlock()
 }
 
 // Write implements net.Conn.
@@ -49,33 +63,42 @@ func (c *hijackedConn) Write(b []byte) (int, error) {
 	h := &c.hold
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.err != nil {
-		return 0, h.err
-	}
 	switch {
-	case h.armed:
-		h.armed = false
-		h.head = append(h.head[:0], b...)
-		if h.timer == nil {
-			h.timer = time.AfterFunc(headHoldDelay, c.flushHead)
-		} else {
-			h.timer.Reset(headHoldDelay)
+	case h.err != nil:
+		return 0, h.err
+	case !h.active.Load(): // nothing is held
+		return c.write(b)
+	case (len(b) < holdSmall || h.head) && len(h.held)+len(b) <= maxCoalesced:
+		h.head = false
+		if len(h.held) == 0 {
+			if h.delay == 0 {
+				h.delay = holdDelay
+			}
+			if h.timer == nil {
+				h.timer = time.AfterFunc(h.delay, c.flushHeld)
+			} else {
+				h.timer.Reset(h.delay)
+			}
 		}
+		h.held = append(h.held, b...)
 		return len(b), nil
-	case len(h.head) > 0:
-		h.timer.Stop() // if it fires anyway, it finds no head
-		return c.writeAfterHead(b)
+	case len(h.held) == 0:
+		h.head = false
+		return c.write(b)
 	}
-	return c.write(b)
+	h.head = false
+	h.timer.Stop() // if it fires anyway, it finds nothing held
+	return c.writeAfterHeld(b)
 }
 
-// writeAfterHead writes the held head and the start of b in one write.
-func (c *hijackedConn) writeAfterHead(b []byte) (int, error) {
+// writeAfterHeld writes what is held and the start of b in one write, and
+// the rest of b after it; h.mu is held.
+func (c *hijackedConn) writeAfterHeld(b []byte) (int, error) {
 	h := &c.hold
-	k := min(len(b), max(0, maxCoalesced-len(h.head)))
+	k := min(len(b), max(0, maxCoalesced-len(h.held)))
 	buf := coalescePool.Get().(*[]byte)
-	*buf = append(append((*buf)[:0], h.head...), b[:k]...)
-	h.releaseHead()
+	*buf = append(append((*buf)[:0], h.held...), b[:k]...)
+	h.release()
 	_, err := c.write(*buf)
 	if cap(*buf) <= maxCoalesced { // a huge head's buffer is not worth keeping
 		coalescePool.Put(buf)
@@ -90,26 +113,50 @@ func (c *hijackedConn) writeAfterHead(b []byte) (int, error) {
 	return k + n, err
 }
 
-// flushHead writes a head whose body has not started within the delay.
-func (c *hijackedConn) flushHead() {
+// flushHeld writes what has been held for holdDelay.
+func (c *hijackedConn) flushHeld() {
 	h := &c.hold
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.head) == 0 {
+	if len(h.held) == 0 || h.err != nil {
 		return
 	}
-	_, h.err = c.write(h.head)
-	h.releaseHead()
+	_, h.err = c.write(h.held)
+	h.release()
 }
 
-// releaseHead empties the held head, keeping its buffer for the next one
-// unless a huge head grew it.
-func (h *headHold) releaseHead() {
-	if cap(h.head) > maxCoalesced {
-		h.head = nil
+// endHold writes what is held and stops holding: goproxy is reading the
+// next request head, so the response is complete. Reads of a request body
+// do not end it: they may run while goproxy is still writing (an upload
+// the upstream answered early), and writing here could then block the
+// upload behind a client that reads only once it has sent everything; the
+// timer sends what is held instead. Neither does a write in progress: the
+// reader never waits for one.
+func (c *hijackedConn) endHold() {
+	h := &c.hold
+	if !c.limit.inHead.Load() || !h.mu.TryLock() {
 		return
 	}
-	h.head = h.head[:0]
+	defer h.mu.Unlock()
+	h.active.Store(false)
+	if len(h.held) == 0 {
+		return
+	}
+	h.timer.Stop()
+	if h.err == nil {
+		_, h.err = c.write(h.held)
+	}
+	h.release()
+}
+
+// release empties what is held, keeping the buffer for the next response
+// unless a huge head grew it; h.mu is held.
+func (h *writeHold) release() {
+	if cap(h.held) > maxCoalesced {
+		h.held = nil
+		return
+	}
+	h.held = h.held[:0]
 }
 
 func (c *hijackedConn) write(b []byte) (int, error) {
@@ -118,17 +165,18 @@ func (c *hijackedConn) write(b []byte) (int, error) {
 	return n, err
 }
 
-// Close writes a head still held, then closes the connection.
+// Close writes what is still held, then closes the connection.
 func (c *hijackedConn) Close() error {
 	h := &c.hold
 	h.mu.Lock()
 	if h.timer != nil {
 		h.timer.Stop()
 	}
-	if len(h.head) > 0 && h.err == nil {
-		_, _ = c.write(h.head)
-		h.releaseHead()
+	if len(h.held) > 0 && h.err == nil {
+		_, _ = c.write(h.held)
 	}
+	h.release()
+	h.active.Store(false)
 	h.mu.Unlock()
 	err := c.Conn.Close()
 	c.once.Do(func() { close(c.closed) })

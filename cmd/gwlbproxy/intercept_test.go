@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -31,6 +32,7 @@ type upstream struct {
 	addr   netip.AddrPort
 	caFile string
 	ca     *certs.CA
+	step   chan struct{} // lets /events write its next event
 }
 
 func startUpstream(t *testing.T, addr netip.Addr, selfSigned bool) *upstream {
@@ -47,6 +49,21 @@ func startUpstream(t *testing.T, addr netip.Addr, selfSigned bool) *upstream {
 		fmt.Fprintf(w, "hello %s over %s host=%s", r.URL.Query().Get("who"), r.Proto, r.Host)
 	})
 	mux.Handle("/ws", websocket.Handler(func(c *websocket.Conn) { io.Copy(c, c) }))
+	step := make(chan struct{})
+	mux.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) {
+		for i := range 3 { // a chunked stream: one event, then wait for the test
+			fmt.Fprintf(w, "event %d\n", i)
+			w.(http.Flusher).Flush()
+			select {
+			case <-step:
+			case <-r.Context().Done():
+				return
+			case <-time.After(10 * time.Second):
+				return
+			}
+		}
+		fmt.Fprintln(w, "end")
+	})
 	ln := must(tls.Listen("tcp", netip.AddrPortFrom(addr, 0).String(), &tls.Config{
 		Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"h2", "http/1.1"},
 	}))(t)
@@ -55,7 +72,7 @@ func startUpstream(t *testing.T, addr netip.Addr, selfSigned bool) *upstream {
 	t.Cleanup(func() { srv.Close() })
 	caFile := filepath.Join(t.TempDir(), "upstream-ca.pem")
 	os.WriteFile(caFile, ca.TrustPEM(), 0o644)
-	return &upstream{addr: ln.Addr().(*net.TCPAddr).AddrPort(), caFile: caFile, ca: ca}
+	return &upstream{addr: ln.Addr().(*net.TCPAddr).AddrPort(), caFile: caFile, ca: ca, step: step}
 }
 
 const interceptPolicy = `
@@ -158,6 +175,44 @@ func TestBumpHTTP1AndHTTP2(t *testing.T) {
 		if strings.Contains(fmt.Sprint(rec), "secret") {
 			t.Errorf("a record holds the query string: %+v", rec)
 		}
+	}
+}
+
+// TestBumpStreamsChunkedResponse: each event of a chunked stream reaches a
+// bumped HTTP/1.1 client while the origin waits before the next (the
+// appliance coalesces a response's small writes, but never holds one back
+// for the rest), and the stream's end lets the connection carry the next
+// request.
+func TestBumpStreamsChunkedResponse(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	client := r.httpClient(t, up.addr, false)
+	var conns []string
+	for round := range 2 {
+		req := must(http.NewRequest("GET", "https://www.example.test/events", nil))(t)
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(ci httptrace.GotConnInfo) { conns = append(conns, ci.Conn.LocalAddr().String()) },
+		}))
+		resp := must(client.Do(req))(t)
+		if len(resp.TransferEncoding) == 0 || resp.TransferEncoding[0] != "chunked" {
+			t.Fatalf("round %d: transfer encoding %v, want chunked", round, resp.TransferEncoding)
+		}
+		br := bufio.NewReader(resp.Body)
+		for i := range 3 {
+			line, err := br.ReadString('\n')
+			if err != nil || line != fmt.Sprintf("event %d\n", i) {
+				t.Fatalf("round %d: event %d: %q, %v", round, i, line, err)
+			}
+			up.step <- struct{}{}
+		}
+		rest, err := io.ReadAll(br)
+		resp.Body.Close()
+		if err != nil || string(rest) != "end\n" {
+			t.Fatalf("round %d: end of stream %q, %v", round, rest, err)
+		}
+	}
+	if len(conns) != 2 || conns[0] != conns[1] {
+		t.Errorf("connections %v: want the second request on the first's connection", conns)
 	}
 }
 
