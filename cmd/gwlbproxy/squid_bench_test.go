@@ -37,8 +37,8 @@ import (
 //	squid      127.0.X.3  explicit forward proxy, client-first bumping
 //	squid-peek 127.0.X.5  the same, server-first (peek, then bump)
 //	origin     127.0.X.4  Go HTTPS server in this process, a leaf for
-//	                      www.bench.test from a test CA; /small (300 bytes),
-//	                      /bulk?n=BYTES (zeros)
+//	                      www.bench.test from a test CA; /small (300 bytes,
+//	                      with a length, or chunked), /bulk?n=BYTES (zeros)
 //
 // Every proxy does the same per bumped connection: a TLS handshake with
 // the client using a leaf for www.bench.test signed by an ECDSA P-256 CA of
@@ -50,7 +50,7 @@ import (
 // kernel dial plus CONNECT). TLS parameters are pinned alike on every hop
 // (see vsStartOrigin) and the negotiated ones are logged.
 //
-// Three phases per iteration, after a warm-up that is not measured. Each
+// Four phases per iteration, after a warm-up that is not measured. Each
 // phase is cut into vsRounds equal slices that take turns between the
 // proxies (A B C A B C ...), so a slow stretch of this shared 2-core machine
 // is spread over all of them:
@@ -64,7 +64,10 @@ import (
 //  2. vsRequests GET /small on kept-alive bumped connections, one
 //     connection per slice (2,500 requests each; the one handshake is
 //     about 0.3% of a slice's CPU);
-//  3. vsBulkBytes (512 MiB) of GET /bulk, one bumped connection per slice
+//  3. the same with GET /small?chunked=1: the origin sends the 300 bytes
+//     as a chunked body, as a handler that streams does (gwlbproxy and
+//     squid only);
+//  4. vsBulkBytes (512 MiB) of GET /bulk, one bumped connection per slice
 //     (128 MiB each), reported scaled to CPU seconds per GiB.
 //
 // What is measured is each proxy process's CPU time, user plus system, from
@@ -222,7 +225,7 @@ func BenchmarkVsSquid(b *testing.B) {
 		if err := s.newConns(20); err != nil {
 			b.Fatalf("%s warm-up: %v", s.name, err)
 		}
-		if err := s.keepAlive(200); err != nil {
+		if err := s.keepAlive("/small", 200); err != nil {
 			b.Fatalf("%s warm-up: %v", s.name, err)
 		}
 		if err := s.bulk(32 << 20); err != nil {
@@ -249,7 +252,10 @@ func BenchmarkVsSquid(b *testing.B) {
 		run  func(s *vsSide) error
 	}{
 		{"conns", vsConns / 1000.0, "1k-conns", func(s *vsSide) error { return s.newConns(vsConns / vsRounds) }},
-		{"reqs", vsRequests / 1000.0, "1k-reqs", func(s *vsSide) error { return s.keepAlive(vsRequests / vsRounds) }},
+		{"reqs", vsRequests / 1000.0, "1k-reqs", func(s *vsSide) error { return s.keepAlive("/small", vsRequests/vsRounds) }},
+		{"chunked", vsRequests / 1000.0, "1k-chunked-reqs", func(s *vsSide) error {
+			return s.keepAlive("/small?chunked=1", vsRequests/vsRounds)
+		}},
 		{"bulk", vsBulkBytes / float64(1<<30), "GiB", func(s *vsSide) error { return s.bulk(vsBulkBytes / vsRounds) }},
 	}
 	type result struct {
@@ -403,11 +409,12 @@ func (s *vsSide) newConns(n int) error {
 	})
 }
 
-// keepAlive makes n requests on one bumped connection.
-func (s *vsSide) keepAlive(n int) error {
+// keepAlive makes n requests for path (a vsSmallBody) on one bumped
+// connection.
+func (s *vsSide) keepAlive(path string, n int) error {
 	return s.run(true, func(ctx context.Context, c *http.Client) error {
 		for range n {
-			if err := s.get(ctx, c, "/small", int64(len(vsSmallBody))); err != nil {
+			if err := s.get(ctx, c, path, int64(len(vsSmallBody))); err != nil {
 				return err
 			}
 		}

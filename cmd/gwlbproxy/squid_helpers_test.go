@@ -244,7 +244,7 @@ type vsOrigin struct {
 	lastTLS atomic.Pointer[tls.ConnectionState]
 }
 
-// vsStartOrigin serves /small[?close] and /bulk?n=BYTES (zeros, with a
+// vsStartOrigin serves /small[?close][?chunked] and /bulk?n=BYTES (zeros, with a
 // Content-Length) on addr with a leaf for vsHost from a test CA written to
 // dir.
 //
@@ -271,6 +271,12 @@ func vsStartOrigin(b *testing.B, addr netip.Addr, dir string) *vsOrigin {
 			w.Header().Set("Connection", "close")
 		}
 		w.Header().Set("Content-Type", "text/plain")
+		if r.URL.Query().Has("chunked") {
+			// As a handler that streams does: no length, a chunked body.
+			w.Write(vsSmallBody)
+			w.(http.Flusher).Flush()
+			return
+		}
 		w.Header().Set("Content-Length", strconv.Itoa(len(vsSmallBody)))
 		w.Write(vsSmallBody)
 	})
