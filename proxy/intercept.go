@@ -458,11 +458,13 @@ func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 	m.cc.limit.headDone()
 	reqBody := req.Body // goproxy's own, before roundTrip wraps it
 	resp, err := m.roundTrip(req)
+	hold := false
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
 		resp.Body = &nextHead{ReadCloser: resp.Body, cc: m.cc, reqBody: reqBody}
-		if !m.f.h2 && hasBody(req, resp) {
-			m.cc.holdResponse()
-		}
+		hold = hasBody(req, resp)
+	}
+	if !m.f.h2 {
+		m.cc.holdResponse(hold)
 	}
 	return resp, err
 }

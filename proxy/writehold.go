@@ -41,14 +41,24 @@ type writeHold struct {
 	delay  time.Duration // holdDelay; longer in tests that count writes
 }
 
-// holdResponse makes the writes of the response goproxy is about to write,
-// a head and a body, wait for one another.
-func (c *hijackedConn) holdResponse() {
+// holdResponse says whether the writes of the response goproxy is about to
+// write, a head and a body, wait for one another. Without a body (or for
+// a 101, after which the connection is a tunnel) nothing is held, and
+// what the previous response left held, if its end went unnoticed, is
+// written first.
+func (c *hijackedConn) holdResponse(on bool) {
 	h := &c.hold
 	h.mu.Lock()
-	h.active.Store(true)
-	h.head = true
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	if !on && len(h.held) > 0 {
+		h.timer.Stop()
+		if h.err == nil {
+			_, h.err = c.write(h.held)
+		}
+		h.release()
+	}
+	h.active.Store(on)
+	h.head = on
 }
 
 // Write implements net.Conn.

@@ -92,7 +92,7 @@ func TestWriteHoldOneWritePerResponse(t *testing.T) {
 		if chunked {
 			resp.ContentLength, resp.TransferEncoding = -1, []string{"chunked"}
 		}
-		c.holdResponse()
+		c.holdResponse(true)
 		if err := resp.Write(c); err != nil {
 			t.Fatal(err)
 		}
@@ -132,7 +132,7 @@ func TestWriteHoldBigWrites(t *testing.T) {
 		c, log, peer := newHeldConn(t, time.Hour)
 		head := "HTTP/1.1 200 OK\r\nContent-Length: 99999\r\n\r\n"
 		body := bytes.Repeat([]byte("b"), bodyLen)
-		c.holdResponse()
+		c.holdResponse(true)
 		if n, err := c.Write([]byte(head)); n != len(head) || err != nil {
 			t.Fatalf("head write: %d, %v", n, err)
 		}
@@ -160,7 +160,7 @@ func TestWriteHoldBigWrites(t *testing.T) {
 // what is still held.
 func TestWriteHoldDelayAndClose(t *testing.T) {
 	c, log, peer := newHeldConn(t, 0)
-	c.holdResponse()
+	c.holdResponse(true)
 	c.Write([]byte("HTTP/1.1 200 OK\r\n\r\n"))
 	c.Write([]byte("5\r\nevent\r\n"))
 	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -189,7 +189,7 @@ func TestWriteHoldDelayAndClose(t *testing.T) {
 // sending it all before it reads anything.
 func TestWriteHoldBodyReadKeepsHolding(t *testing.T) {
 	c, log, peer := newHeldConn(t, time.Hour)
-	c.holdResponse()
+	c.holdResponse(true)
 	c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"))
 	peer.Write([]byte("upload"))
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -203,5 +203,25 @@ func TestWriteHoldBodyReadKeepsHolding(t *testing.T) {
 	nextRequest(t, c, peer)
 	if sizes := log.sizes(); len(sizes) != 1 {
 		t.Fatalf("writes %v, want the response in one", sizes)
+	}
+}
+
+// A response that is not held (no body, or a 101 that makes the connection
+// a tunnel) first writes what an earlier response left held, if goproxy's
+// read of the next head went unnoticed (a pipelined request, say).
+func TestWriteHoldEndsForUnheldResponse(t *testing.T) {
+	c, log, peer := newHeldConn(t, time.Hour)
+	c.holdResponse(true)
+	c.Write([]byte("first"))
+	c.holdResponse(false)
+	c.Write([]byte("second"))
+	want := "firstsecond"
+	got := make([]byte, len(want))
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != want {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	if sizes := log.sizes(); len(sizes) != 2 {
+		t.Fatalf("writes %v, want the held bytes, then the unheld write", sizes)
 	}
 }
