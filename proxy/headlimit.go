@@ -88,9 +88,9 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 func (c *hijackedConn) write431() {
 	const body = "gwlbproxy: request head too large\n"
 	h := &c.hold
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second)) // before the lock: see Close
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if len(h.held) > 0 {
 		if h.timer != nil {
 			h.timer.Stop()

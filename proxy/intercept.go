@@ -456,22 +456,26 @@ func (debugLogger) Printf(f string, a ...any) { slog.Debug("goproxy: " + fmt.Spr
 // names than its first) and gets its own record.
 func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
 	m.cc.limit.headDone()
+	if !m.f.h2 {
+		// The previous response is complete, whether or not its end was
+		// seen: what it left held goes now, before a "100 Continue".
+		m.cc.holdResponse(false)
+	}
 	reqBody := req.Body // goproxy's own, before roundTrip wraps it
 	resp, err := m.roundTrip(req)
-	hold := false
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
 		resp.Body = &nextHead{ReadCloser: resp.Body, cc: m.cc, reqBody: reqBody}
-		hold = hasBody(req, resp)
-	}
-	if !m.f.h2 {
-		m.cc.holdResponse(hold)
+		if !m.f.h2 && hasBody(req, resp) {
+			m.cc.holdResponse(true)
+		}
 	}
 	return resp, err
 }
 
-// hasBody reports whether goproxy writes body bytes after resp's head.
+// hasBody reports whether goproxy writes body bytes after resp's head. An
+// empty body has a ContentLength of 0 (the transport's http.NoBody too).
 func hasBody(req *http.Request, resp *http.Response) bool {
-	return req.Method != http.MethodHead && resp.ContentLength != 0 && resp.Body != http.NoBody &&
+	return req.Method != http.MethodHead && resp.ContentLength != 0 &&
 		resp.StatusCode >= 200 && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified
 }
 

@@ -42,10 +42,9 @@ type writeHold struct {
 }
 
 // holdResponse says whether the writes of the response goproxy is about to
-// write, a head and a body, wait for one another. Without a body (or for
-// a 101, after which the connection is a tunnel) nothing is held, and
-// what the previous response left held, if its end went unnoticed, is
-// written first.
+// write, a head and a body, wait for one another. Off, it first writes
+// what the previous response left held, if its end went unnoticed (a
+// pipelined request, or endHold finding the timer writing).
 func (c *hijackedConn) holdResponse(on bool) {
 	h := &c.hold
 	h.mu.Lock()
@@ -175,9 +174,13 @@ func (c *hijackedConn) write(b []byte) (int, error) {
 	return n, err
 }
 
-// Close writes what is still held, then closes the connection.
+// Close writes what is still held, then closes the connection. A write
+// blocked on a client that stopped reading (a WebSocket tunnel whose other
+// direction ended) holds h.mu: the deadline, set first, ends it, as
+// tls.Conn.Close bounds its close_notify.
 func (c *hijackedConn) Close() error {
 	h := &c.hold
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	h.mu.Lock()
 	if h.timer != nil {
 		h.timer.Stop()

@@ -159,7 +159,9 @@ func TestWriteHoldBigWrites(t *testing.T) {
 // client within the delay, without anything else happening; Close writes
 // what is still held.
 func TestWriteHoldDelayAndClose(t *testing.T) {
-	c, log, peer := newHeldConn(t, 0)
+	// Long enough that a loaded machine does not split the two writes,
+	// short enough to show the timer at work.
+	c, log, peer := newHeldConn(t, 100*time.Millisecond)
 	c.holdResponse(true)
 	c.Write([]byte("HTTP/1.1 200 OK\r\n\r\n"))
 	c.Write([]byte("5\r\nevent\r\n"))
@@ -223,5 +225,27 @@ func TestWriteHoldEndsForUnheldResponse(t *testing.T) {
 	}
 	if sizes := log.sizes(); len(sizes) != 2 {
 		t.Fatalf("writes %v, want the held bytes, then the unheld write", sizes)
+	}
+}
+
+// Close does not wait for ever behind a write blocked on a client that
+// stopped reading (a WebSocket tunnel whose other direction ended): the
+// connection closes, and the blocked write fails.
+func TestWriteHoldCloseUnblocksWriter(t *testing.T) {
+	t.Parallel()
+	a, _ := net.Pipe() // the other end never reads
+	c := &hijackedConn{Conn: a, closed: make(chan struct{})}
+	wrote := make(chan error, 1)
+	go func() { _, err := c.Write([]byte("never read")); wrote <- err }()
+	time.Sleep(20 * time.Millisecond) // the write takes the lock and blocks
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close still blocked behind the write after 15s")
+	}
+	if err := <-wrote; err == nil {
+		t.Fatal("the blocked write succeeded")
 	}
 }

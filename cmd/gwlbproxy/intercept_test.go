@@ -199,11 +199,21 @@ func TestBumpStreamsChunkedResponse(t *testing.T) {
 		}
 		br := bufio.NewReader(resp.Body)
 		for i := range 3 {
-			line, err := br.ReadString('\n')
-			if err != nil || line != fmt.Sprintf("event %d\n", i) {
-				t.Fatalf("round %d: event %d: %q, %v", round, i, line, err)
+			read := make(chan string, 1)
+			go func() { line, _ := br.ReadString('\n'); read <- line }()
+			select {
+			case line := <-read:
+				if line != fmt.Sprintf("event %d\n", i) {
+					t.Fatalf("round %d: event %d: %q", round, i, line)
+				}
+			case <-time.After(2 * time.Second): // the origin waits 10 s for the step
+				t.Fatalf("round %d: event %d did not arrive while the origin waited", round, i)
 			}
-			up.step <- struct{}{}
+			select {
+			case up.step <- struct{}{}:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("round %d: the origin stopped waiting for event %d's step", round, i)
+			}
 		}
 		rest, err := io.ReadAll(br)
 		resp.Body.Close()
