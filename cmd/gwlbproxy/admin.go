@@ -43,7 +43,7 @@ func (a *appliance) stats() stats {
 // broken says why the appliance cannot do its job, or nothing while it
 // can. Only what is known for sure counts: the GENEVE readers have stopped
 // (no packet from the GWLB is read; during a drain that is expected), or
-// for longer than RecordStall (30 s) the access records have waited behind a
+// for longer than RecordStall (--record-stall, 30 s) the access records have waited behind a
 // blocked or slow sink, been dropped without a break, or failed on every
 // write. Then new flows would go unaudited, and the GWLB should send them
 // to another target. Idleness is not broken: no traffic is normal.

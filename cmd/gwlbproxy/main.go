@@ -105,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		slog.Warn("--sniff-wait is deprecated and ignored: a connection is classified by whichever side speaks first")
 		return nil
 	})
+	fs.DurationVar(&o.RecordStall, "record-stall", o.RecordStall, "how long access records may wait behind a blocked or slow sink, be dropped, or fail on every write before the health check reports the appliance broken (503)")
 	fs.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "largest HTTP/1 request head (request line and headers) a client may send; a larger one gets 431")
 	fs.StringVar(&o.CloudWatch.Group, "cloudwatch-group", "", "CloudWatch Logs group to ship access records to (off when empty); created if missing")
 	fs.StringVar(&o.CloudWatch.Stream, "cloudwatch-stream", "", "log stream (default: the EC2 instance ID, or the host name off EC2)")
@@ -130,6 +131,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if err := checkCAFlags(&o); err != nil {
 		return o, err
+	}
+	if o.RecordStall <= 0 {
+		return o, fmt.Errorf("--record-stall %s: must be positive", o.RecordStall)
 	}
 	if o.MaxHeaderBytes < 1024 {
 		return o, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)

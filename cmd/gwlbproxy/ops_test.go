@@ -158,12 +158,17 @@ func TestFlagValidation(t *testing.T) {
 		{"--return-path", "magic"},
 		{"--mtu", "9000"},
 		{"--max-flows", "0"},
+		{"--record-stall", "0s"},
 		{"stray"},
 	} {
 		var out, errb bytes.Buffer
 		if err := runMain(args, &out, &errb); err == nil {
 			t.Errorf("%v: accepted", args)
 		}
+	}
+	o, err := parseFlags([]string{"--record-stall", "45s"}, &bytes.Buffer{})
+	if err != nil || o.RecordStall != 45*time.Second {
+		t.Errorf("--record-stall 45s: %v, %v", o.RecordStall, err)
 	}
 }
 
