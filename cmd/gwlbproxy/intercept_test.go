@@ -226,6 +226,36 @@ func TestBumpStreamsChunkedResponse(t *testing.T) {
 	}
 }
 
+// TestBumpPipelinedRequests: requests a client sends back to back, before
+// any answer, each get their response, in order. goproxy then reads the
+// next request from its buffer, not from the connection, so the end of a
+// held response is seen only when the next request starts.
+func TestBumpPipelinedRequests(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	const req = "GET /hello?who=%s HTTP/1.1\r\nHost: www.example.test\r\n\r\n"
+	if _, err := fmt.Fprintf(tc, req+req+req, "a", "b", "c"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(tc)
+	for _, who := range []string{"a", "b", "c"} {
+		tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response for %s: %v", who, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || !strings.HasPrefix(string(body), "hello "+who+" over") {
+			t.Fatalf("response for %s: %q, %v", who, body, err)
+		}
+	}
+}
+
 func countKind(rs []proxy.Record, kind string) int {
 	n := 0
 	for _, r := range rs {
