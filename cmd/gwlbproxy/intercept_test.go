@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +34,7 @@ type upstream struct {
 	caFile string
 	ca     *certs.CA
 	step   chan struct{} // lets /events write its next event
+	open   atomic.Int64  // connections the server holds open
 }
 
 func startUpstream(t *testing.T, addr netip.Addr, selfSigned bool) *upstream {
@@ -67,12 +69,13 @@ func startUpstream(t *testing.T, addr netip.Addr, selfSigned bool) *upstream {
 	ln := must(tls.Listen("tcp", netip.AddrPortFrom(addr, 0).String(), &tls.Config{
 		Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"h2", "http/1.1"},
 	}))(t)
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
 	caFile := filepath.Join(t.TempDir(), "upstream-ca.pem")
 	os.WriteFile(caFile, ca.TrustPEM(), 0o644)
-	return &upstream{addr: ln.Addr().(*net.TCPAddr).AddrPort(), caFile: caFile, ca: ca, step: step}
+	up := &upstream{addr: ln.Addr().(*net.TCPAddr).AddrPort(), caFile: caFile, ca: ca, step: step}
+	srv := &http.Server{Handler: mux, ConnState: func(_ net.Conn, s http.ConnState) { countConn(&up.open, s) }}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return up
 }
 
 const interceptPolicy = `
