@@ -70,6 +70,12 @@ import (
 //  4. vsBulkBytes (512 MiB) of GET /bulk, one bumped connection per slice
 //     (128 MiB each), reported scaled to CPU seconds per GiB.
 //
+// Then memory: vsIdleConns bumped connections opened one after another, a
+// request each, and left open and idle at once (gwlbproxy and squid); the
+// growth of each proxy's resident set over them, per connection. It is
+// resident memory as the kernel counts it, so a Go heap's garbage not yet
+// collected is in it too.
+//
 // What is measured is each proxy process's CPU time, user plus system, from
 // /proc/PID/stat before and after each slice (for Squid, summed over its
 // process tree: helpers included). The client, the origin and the GWLB
@@ -108,6 +114,7 @@ func BenchmarkVsSquid(b *testing.B) {
 		vsRequests  = 10000     // phase 2: requests on kept-alive connections
 		vsBulkBytes = 512 << 20 // phase 3: bytes downloaded
 		vsRounds    = 4         // slices each phase is cut into (see above)
+		vsIdleConns = 1000      // bumped connections held open for the memory figure
 	)
 	if runtime.GOOS != "linux" {
 		b.Skip("BenchmarkVsSquid reads process CPU times from /proc: Linux only")
@@ -292,6 +299,28 @@ func BenchmarkVsSquid(b *testing.B) {
 	}
 	b.StopTimer()
 
+	// Memory: vsIdleConns bumped connections open and idle at once, after
+	// a request each; the growth of each proxy's resident set over them.
+	idleKiB := make([]float64, len(sides))
+	for si, s := range sides {
+		if s.phases != nil {
+			continue
+		}
+		time.Sleep(vsSettle)
+		m0 := s.rss(b)
+		trs, err := s.openIdle(vsIdleConns)
+		if err == nil {
+			time.Sleep(vsSettle)
+			idleKiB[si] = float64(s.rss(b)-m0) / 1024 / vsIdleConns
+		}
+		for _, tr := range trs {
+			tr.CloseIdleConnections()
+		}
+		if err != nil {
+			b.Fatalf("%s, %d idle connections: %v", s.name, vsIdleConns, err)
+		}
+	}
+
 	st, err := vsGwlbproxyStats(admin)
 	if err != nil {
 		b.Fatalf("gwlbproxy /stats: %v", err)
@@ -318,6 +347,18 @@ func BenchmarkVsSquid(b *testing.B) {
 		}
 		b.Log(line)
 	}
+	line := "memory:"
+	for si, s := range sides {
+		if s.phases != nil {
+			continue
+		}
+		b.ReportMetric(idleKiB[si], s.name+"-KiB/idle-conn")
+		if si > 0 && idleKiB[si] > 0 {
+			b.ReportMetric(idleKiB[0]/idleKiB[si], "gwlbproxy/"+s.name+"-idle-conn-memory")
+		}
+		line += fmt.Sprintf(" | %s %.1f KiB resident per idle bumped connection", s.name, idleKiB[si])
+	}
+	b.Log(line)
 	l := st.Leaves
 	hitRate := 0.0
 	if l.Hits+l.Misses > 0 {
@@ -362,13 +403,34 @@ type vsSide struct {
 }
 
 // ticks is the CPU time of the proxy's process tree so far.
-func (s *vsSide) ticks(b *testing.B) uint64 {
+func (s *vsSide) ticks(b *testing.B) uint64 { return s.stat(b).cpu }
+
+// rss is the resident memory of the proxy's process tree, in bytes.
+func (s *vsSide) rss(b *testing.B) int64 { return int64(s.stat(b).rss) * int64(os.Getpagesize()) }
+
+func (s *vsSide) stat(b *testing.B) vsProcStat {
 	b.Helper()
-	t, err := vsTreeCPU(s.proc.pid())
+	st, err := vsTreeStat(s.proc.pid())
 	if err != nil {
-		b.Fatalf("%s CPU time: %v (exited? %v)\n%s", s.name, err, s.proc.exited(), s.proc.tail())
+		b.Fatalf("%s CPU time and memory: %v (exited? %v)\n%s", s.name, err, s.proc.exited(), s.proc.tail())
 	}
-	return t
+	return st
+}
+
+// openIdle leaves n bumped connections open and idle, each after one
+// request; closing the transports it returns ends them.
+func (s *vsSide) openIdle(n int) ([]*http.Transport, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), vsPhaseTimeout)
+	defer cancel()
+	trs := make([]*http.Transport, 0, n)
+	for range n {
+		tr := s.transport(true) // a pool of its own: one connection each
+		trs = append(trs, tr)
+		if err := s.get(ctx, &http.Client{Transport: tr}, "/small", int64(len(vsSmallBody))); err != nil {
+			return trs, err
+		}
+	}
+	return trs, nil
 }
 
 // get fetches path and checks the status and the body's length.

@@ -53,6 +53,7 @@ type vsProcStat struct {
 	// in clock ticks. Summed over the live processes of a tree, every tick
 	// the tree ever used is counted exactly once.
 	cpu uint64
+	rss uint64 // resident set, in pages
 }
 
 func vsReadProcStat(pid int) (vsProcStat, error) {
@@ -67,8 +68,9 @@ func vsReadProcStat(pid int) (vsProcStat, error) {
 		return vsProcStat{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state): ppid is field 4, utime..cstime are 14..17.
-	if len(f) < 15 {
+	// f[0] is field 3 (state): ppid is field 4, utime..cstime are 14..17,
+	// rss is 24.
+	if len(f) < 22 {
 		return vsProcStat{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
 	}
 	var st vsProcStat
@@ -82,19 +84,23 @@ func vsReadProcStat(pid int) (vsProcStat, error) {
 		}
 		st.cpu += v
 	}
+	if st.rss, err = strconv.ParseUint(f[21], 10, 64); err != nil {
+		return vsProcStat{}, err
+	}
 	return st, nil
 }
 
-// vsTreeCPU returns the CPU ticks used so far by root and all its
-// descendants (squid's helpers), live or exited-and-reaped.
-func vsTreeCPU(root int) (uint64, error) {
+// vsTreeStat returns the CPU ticks used so far by root and all its
+// descendants (squid's helpers), live or exited-and-reaped, and the
+// resident pages of those alive.
+func vsTreeStat(root int) (vsProcStat, error) {
 	self, err := vsReadProcStat(root)
 	if err != nil {
-		return 0, err
+		return vsProcStat{}, err
 	}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, err
+		return vsProcStat{}, err
 	}
 	children := map[int][]int{}
 	stats := map[int]vsProcStat{root: self}
@@ -110,12 +116,13 @@ func vsTreeCPU(root int) (uint64, error) {
 		stats[pid] = st
 		children[st.ppid] = append(children[st.ppid], pid)
 	}
-	total := uint64(0)
+	var total vsProcStat
 	queue := []int{root}
 	for len(queue) > 0 {
 		pid := queue[0]
 		queue = queue[1:]
-		total += stats[pid].cpu
+		total.cpu += stats[pid].cpu
+		total.rss += stats[pid].rss
 		queue = append(queue, children[pid]...)
 	}
 	return total, nil
