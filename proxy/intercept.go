@@ -45,7 +45,8 @@ type flow struct {
 
 // serve classifies the connection by its first bytes and serves it.
 func (f *flow) serve(accepted net.Conn) {
-	br := sniff.NewReader(accepted)
+	br := sniffReaders.Get().(*bufio.Reader)
+	br.Reset(accepted)
 	deadline, stop := watchServerFirst(accepted, f.up)
 	// No time limit: a client that waits and then sends a ClientHello must
 	// still meet the domain rules. A destination that speaks first ends the
@@ -649,10 +650,28 @@ func (b *recordingRWBody) Write(p []byte) (int, error) {
 // peekedConn reads through the buffer that holds the sniffed bytes.
 type peekedConn struct {
 	net.Conn
-	r *bufio.Reader
+	r *bufio.Reader // nil once the sniffed bytes have been read
 }
 
-func (c *peekedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+// sniffReaders recycles the readers connections are classified through.
+// A reader holds a whole TLS record (16 KiB): a connection needs it only
+// until the bytes it peeked have been read, not for as long as it lasts.
+var sniffReaders = sync.Pool{New: func() any { return sniff.NewReader(nil) }}
+
+// Read reads the sniffed bytes, then the connection itself. Reads never
+// overlap (the relay, or goproxy's reader, is the only reader), so the
+// reader can go back to the pool once empty.
+func (c *peekedConn) Read(b []byte) (int, error) {
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(b) // only what is buffered: no read of the connection
+		}
+		c.r.Reset(nil)
+		sniffReaders.Put(c.r)
+		c.r = nil
+	}
+	return c.Conn.Read(b)
+}
 
 // CloseWrite passes a half-close on to the client connection.
 func (c *peekedConn) CloseWrite() error {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -161,5 +162,35 @@ func TestRecordWriterLines(t *testing.T) {
 		if err := json.Unmarshal([]byte(l), &r); err != nil || r.Time.IsZero() || r.Time.Location() != time.UTC {
 			t.Fatalf("line %q: %v", l, err)
 		}
+	}
+}
+
+// A classified connection reads the sniffed bytes first, then the
+// connection, in order, and lets go of the sniff reader once it is empty.
+func TestPeekedConnReleasesReader(t *testing.T) {
+	a, b := tcpPair(t)
+	br := sniffReaders.Get().(*bufio.Reader)
+	br.Reset(a)
+	b.Write([]byte("GET / HTTP/1.1\r\n"))
+	if _, err := br.Peek(16); err != nil {
+		t.Fatal(err)
+	}
+	c := &peekedConn{Conn: a, r: br}
+	b.Write([]byte("Host: x\r\n\r\n"))
+	var got []byte
+	buf := make([]byte, 5)
+	for len(got) < 27 {
+		a.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+		if len(got) < 16 && c.r == nil {
+			t.Fatal("the reader was let go with sniffed bytes unread")
+		}
+	}
+	if string(got) != "GET / HTTP/1.1\r\nHost: x\r\n\r\n" || c.r != nil {
+		t.Fatalf("read %q, reader kept: %v", got, c.r != nil)
 	}
 }
