@@ -735,5 +735,8 @@ func (h *hijacker) Write(b []byte) (int, error) { return h.conn.Write(b) }
 func (h *hijacker) WriteHeader(int) {}
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return h.conn, bufio.NewReadWriter(bufio.NewReader(h.conn), bufio.NewWriter(h.conn)), nil
+	// goproxy only snapshots what the reader has buffered (nothing: it has
+	// never read) and never writes through the writer: the smallest
+	// buffers bufio allows spare 8 KiB of garbage per connection.
+	return h.conn, bufio.NewReadWriter(bufio.NewReaderSize(h.conn, 16), bufio.NewWriterSize(h.conn, 16)), nil
 }
