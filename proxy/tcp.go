@@ -34,7 +34,12 @@ func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
 		return
 	}
 	p.stats.tcpActive.Add(1)
-	defer p.stats.tcpActive.Add(-1)
+	var f *flow
+	defer func() {
+		if f == nil || !f.detached {
+			p.stats.tcpActive.Add(-1)
+		}
+	}()
 
 	up, err := p.dialer.DialContext(context.Background(), "tcp", req.Flow.Dest.String())
 	if err != nil {
@@ -51,7 +56,7 @@ func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
 		p.finish(rec, start)
 		return
 	}
-	f := &flow{p: p, rec: rec, start: start, pol: pol, pf: pf, up: up}
+	f = &flow{p: p, rec: rec, start: start, pol: pol, pf: pf, up: up}
 	f.serve(client)
 }
 

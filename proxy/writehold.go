@@ -192,6 +192,8 @@ func (c *hijackedConn) Close() error {
 	h.active.Store(false)
 	h.mu.Unlock()
 	err := c.Conn.Close()
-	c.once.Do(func() { close(c.closed) })
+	if c.onClose != nil {
+		c.once.Do(c.onClose)
+	}
 	return err
 }

@@ -39,7 +39,7 @@ func (w *writeLog) sizes() []int {
 func newHeldConn(t *testing.T, delay time.Duration) (*hijackedConn, *writeLog, net.Conn) {
 	a, b := tcpPair(t)
 	log := &writeLog{Conn: a}
-	c := &hijackedConn{Conn: log, closed: make(chan struct{})}
+	c := &hijackedConn{Conn: log}
 	c.hold.delay = delay
 	c.limit.arm(0, false)
 	c.limit.headDone() // goproxy has read a request and writes its response
@@ -234,7 +234,7 @@ func TestWriteHoldEndsForUnheldResponse(t *testing.T) {
 func TestWriteHoldCloseUnblocksWriter(t *testing.T) {
 	t.Parallel()
 	a, _ := net.Pipe() // the other end never reads
-	c := &hijackedConn{Conn: a, closed: make(chan struct{})}
+	c := &hijackedConn{Conn: a}
 	wrote := make(chan error, 1)
 	go func() { _, err := c.Write([]byte("never read")); wrote <- err }()
 	time.Sleep(20 * time.Millisecond) // the write takes the lock and blocks
