@@ -44,6 +44,56 @@ type flow struct {
 	// detached: the flow outlives HandleTCP's goroutine (goproxy serves
 	// it), and ends, active count included, in endMITM.
 	detached bool
+	// upstreams are the connections the flow's HTTP transport dialled
+	// besides up: all closed when the flow ends, pooled or not.
+	upstreams connSet
+}
+
+// connSet holds open connections until they close, or until closeAll.
+type connSet struct {
+	mu     sync.Mutex
+	conns  map[*setConn]struct{}
+	closed bool
+}
+
+type setConn struct {
+	net.Conn
+	set *connSet
+}
+
+// add tracks c, or closes it if the set is closed already.
+func (s *connSet) add(c net.Conn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return nil, errors.New("the client connection has ended")
+	}
+	if s.conns == nil {
+		s.conns = make(map[*setConn]struct{})
+	}
+	sc := &setConn{Conn: c, set: s}
+	s.conns[sc] = struct{}{}
+	return sc, nil
+}
+
+func (c *setConn) Close() error {
+	c.set.mu.Lock()
+	delete(c.set.conns, c)
+	c.set.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// closeAll closes every connection, and any added later.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for c := range conns {
+		c.Conn.Close()
+	}
 }
 
 // serve classifies the connection by its first bytes and serves it.
@@ -349,7 +399,11 @@ func (f *flow) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport {
 		if !used.Swap(true) {
 			return first, nil
 		}
-		return f.p.dialer.DialContext(ctx, "tcp", dest)
+		c, err := f.p.dialer.DialContext(ctx, "tcp", dest)
+		if err != nil {
+			return nil, err
+		}
+		return f.upstreams.add(c)
 	}
 	tr := &http.Transport{
 		Proxy:               nil,
@@ -384,7 +438,33 @@ type mitmConn struct {
 	scheme string // of the client's requests: https when bumped
 	tr     *http.Transport
 	cc     *hijackedConn
+	base   Record // what each request's record starts from: f.rec changes as the flow ends
+
+	// The flow ends once goproxy has closed the connection and no request
+	// is in flight: an HTTP/2 server closes it without waiting for the
+	// handlers of its streams, which still dial, relay and record.
+	inflight atomic.Int64
+	closed   atomic.Bool
+	ended    sync.Once
 }
+
+// connClosed and requestDone each end the flow if the other condition
+// holds already; between them (sequentially consistent atomics) one sees
+// both.
+func (m *mitmConn) connClosed() {
+	m.closed.Store(true)
+	if m.inflight.Load() == 0 {
+		m.end()
+	}
+}
+
+func (m *mitmConn) requestDone() {
+	if m.inflight.Add(-1) == 0 && m.closed.Load() {
+		m.end()
+	}
+}
+
+func (m *mitmConn) end() { m.ended.Do(func() { m.f.endMITM(m.scheme, m.tr, m.cc) }) }
 
 type mitmKey struct{}
 
@@ -401,9 +481,10 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 	}
 	cc := &hijackedConn{Conn: f.client, swallow: []byte("HTTP/1.1 200 OK\r\n\r\n")}
 	cc.limit.arm(f.p.cfg.MaxHeaderBytes, f.h2)
-	cc.onClose = func() { f.endMITM(scheme, tr, cc) }
+	cc.onClose = m.connClosed
 	f.detached = true // endMITM ends the flow
 	m.cc = cc
+	m.base = *f.rec
 	creq := (&http.Request{
 		Method: http.MethodConnect, URL: &url.URL{Host: host}, Host: host,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: make(http.Header),
@@ -416,18 +497,22 @@ func (f *flow) mitm(scheme string, tr *http.Transport) {
 	gp.ServeHTTP(&hijacker{conn: cc}, creq)
 }
 
-// endMITM ends an intercepted flow once goproxy has closed its connection.
+// endMITM ends an intercepted flow once goproxy has closed its connection
+// and its last request is done.
 func (f *flow) endMITM(scheme string, tr *http.Transport, cc *hijackedConn) {
 	defer f.p.stats.tcpActive.Add(-1)
+	// The client is gone: no upstream connection has a use any more, idle
+	// or not (a request that came after the end may be holding one).
 	tr.CloseIdleConnections()
+	f.upstreams.closeAll()
+	// The first, whether a request took it up or not (a preconnect, a
+	// denied request).
+	f.up.Close()
 	if cc.limit.tooLarge.Load() { // a record for the request that never was
 		rec := *f.rec
 		rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0
 		rec.Rule, rec.Method, rec.Path, rec.UserAgent = "", "", "", ""
 		f.p.deny(&rec, f.start, fmt.Sprintf("request head larger than %d bytes", f.p.cfg.MaxHeaderBytes))
-	}
-	if !f.firstUsed.Load() { // no request reached upstream (a preconnect, a denied request)
-		f.up.Close()
 	}
 	if f.rec.Kind == "tls" { // bumped: the connection's record, besides one per request
 		f.rec.BytesOut, f.rec.BytesIn = cc.in.Load(), cc.out.Load()
@@ -475,7 +560,11 @@ func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 		m.cc.holdResponse(false)
 	}
 	reqBody := req.Body // goproxy's own, before roundTrip wraps it
+	m.inflight.Add(1)
 	resp, err := m.roundTrip(req)
+	if !recordsOnClose(resp) {
+		m.requestDone() // its record is written already
+	}
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
 		resp.Body = &nextHead{ReadCloser: resp.Body, cc: m.cc, reqBody: reqBody}
 		if !m.f.h2 && hasBody(req, resp) {
@@ -483,6 +572,19 @@ func (m *mitmConn) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Resp
 		}
 	}
 	return resp, err
+}
+
+// recordsOnClose reports whether resp's record is written when goproxy
+// closes its body.
+func recordsOnClose(resp *http.Response) bool {
+	if resp == nil {
+		return false
+	}
+	switch resp.Body.(type) {
+	case *recordingBody, *recordingRWBody:
+		return true
+	}
+	return false
 }
 
 // hasBody reports whether goproxy writes body bytes after resp's head. An
@@ -496,7 +598,7 @@ func (m *mitmConn) roundTrip(req *http.Request) (*http.Response, error) {
 	f, p := m.f, m.f.p
 	start := time.Now()
 	req.URL.Scheme = m.scheme // goproxy saw cleartext and says http
-	rec := *f.rec
+	rec := m.base
 	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", m.scheme, req.Method, req.Host
 	rec.Path, rec.UserAgent, rec.Error, rec.Result = req.URL.Path, req.UserAgent(), "", "ok"
 	rec.BytesOut, rec.BytesIn = 0, 0
@@ -559,6 +661,7 @@ func (m *mitmConn) roundTrip(req *http.Request) (*http.Response, error) {
 	rb.done = func() {
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), rb.read.Load()
 		p.finish(&rec, start)
+		m.requestDone()
 	}
 	if w, ok := resp.Body.(io.Writer); ok { // a 101's body carries both directions
 		resp.Body = &recordingRWBody{recordingBody: rb, w: w}

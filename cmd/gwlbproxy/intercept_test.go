@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"golang.org/x/net/websocket"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
@@ -256,6 +258,46 @@ func TestBumpPipelinedRequests(t *testing.T) {
 		if err != nil || !strings.HasPrefix(string(body), "hello "+who+" over") {
 			t.Fatalf("response for %s: %q, %v", who, body, err)
 		}
+	}
+}
+
+// TestBumpH2ClientLeavesWithStreamsOpen: an HTTP/2 client that sends
+// requests and closes at once, before any answer. goproxy's HTTP/2 server
+// closes the connection without waiting for its streams' handlers; the flow
+// ends after the requests in flight then, so that none returns an upstream
+// connection to a pool already emptied (where it would idle for 90 s): no
+// flow stays active and no upstream connection stays open.
+func TestBumpH2ClientLeavesWithStreamsOpen(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, interceptPolicy)
+	const conns = 10
+	for i := range conns {
+		tc := must(r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"h2"}}))(t)
+		var buf, hb bytes.Buffer
+		buf.WriteString(http2.ClientPreface)
+		fr := http2.NewFramer(&buf, nil)
+		fr.WriteSettings()
+		enc := hpack.NewEncoder(&hb)
+		for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "www.example.test"}, {":path", "/hello"}} {
+			enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+		}
+		for id := uint32(1); id <= 9; id += 2 {
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		}
+		tc.Write(buf.Bytes())
+		time.Sleep(time.Duration(i) * 300 * time.Microsecond) // closes at different points of the requests
+		tc.Close()
+	}
+	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") >= conns })
+	if n := countKind(recs, "tls"); n != conns {
+		t.Fatalf("%d connection records, want %d", n, conns)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for r.app.px.Active() != 0 || up.open.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("10s after the clients left: %d flows active, %d upstream connections open", r.app.px.Active(), up.open.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
