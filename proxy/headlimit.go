@@ -91,13 +91,7 @@ func (c *hijackedConn) write431() {
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second)) // before the lock: see Close
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.held) > 0 {
-		if h.timer != nil {
-			h.timer.Stop()
-		}
-		_, _ = c.write(h.held)
-		h.release()
-	}
+	c.flushLocked()
 	h.active.Store(false)
 	_, _ = io.WriteString(writerFunc(c.write), "HTTP/1.1 431 Request Header Fields Too Large\r\n"+
 		"Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"+

@@ -40,7 +40,6 @@ type flow struct {
 	up     net.Conn // the dialled destination
 	h2     bool     // the client speaks HTTP/2 (h2 by ALPN, or h2c)
 
-	firstUsed atomic.Bool // whether the HTTP transport took up over
 	// detached: the flow outlives HandleTCP's goroutine (goproxy serves
 	// it), and ends, active count included, in endMITM.
 	detached bool
@@ -393,7 +392,7 @@ func (p *Proxy) isTrustHost(host string) bool {
 // request's Host says: a client must not steer the appliance elsewhere. The
 // first one is the connection already dialled (and, for TLS, verified).
 func (f *flow) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport {
-	used := &f.firstUsed
+	var used atomic.Bool // whether a connection took up over
 	dest := f.pf.Dest.String()
 	dial := func(ctx context.Context) (net.Conn, error) {
 		if !used.Swap(true) {

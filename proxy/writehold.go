@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,7 @@ type writeHold struct {
 	held   []byte // not yet written
 	timer  *time.Timer
 	err    error         // of a write the timer made, for the next Write to return
-	delay  time.Duration // holdDelay; longer in tests that count writes
+	delay  time.Duration // 0: holdDelay; longer in tests that count writes
 }
 
 // holdResponse says whether the writes of the response goproxy is about to
@@ -49,12 +50,8 @@ func (c *hijackedConn) holdResponse(on bool) {
 	h := &c.hold
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !on && len(h.held) > 0 {
-		h.timer.Stop()
-		if h.err == nil {
-			_, h.err = c.write(h.held)
-		}
-		h.release()
+	if !on {
+		c.flushLocked()
 	}
 	h.active.Store(on)
 	h.head = on
@@ -80,13 +77,11 @@ func (c *hijackedConn) Write(b []byte) (int, error) {
 	case (len(b) < holdSmall || h.head) && len(h.held)+len(b) <= maxCoalesced:
 		h.head = false
 		if len(h.held) == 0 {
-			if h.delay == 0 {
-				h.delay = holdDelay
-			}
+			delay := cmp.Or(h.delay, holdDelay)
 			if h.timer == nil {
-				h.timer = time.AfterFunc(h.delay, c.flushHeld)
+				h.timer = time.AfterFunc(delay, c.flushHeld)
 			} else {
-				h.timer.Reset(h.delay)
+				h.timer.Reset(delay)
 			}
 		}
 		h.held = append(h.held, b...)
@@ -124,13 +119,22 @@ func (c *hijackedConn) writeAfterHeld(b []byte) (int, error) {
 
 // flushHeld writes what has been held for holdDelay.
 func (c *hijackedConn) flushHeld() {
+	c.hold.mu.Lock()
+	defer c.hold.mu.Unlock()
+	c.flushLocked()
+}
+
+// flushLocked writes what is held, unless a write failed already (the
+// bytes before it are lost: none after them may follow); h.mu is held.
+func (c *hijackedConn) flushLocked() {
 	h := &c.hold
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if len(h.held) == 0 || h.err != nil {
+	if len(h.held) == 0 {
 		return
 	}
-	_, h.err = c.write(h.held)
+	h.timer.Stop() // if it fires anyway, it finds nothing held
+	if h.err == nil {
+		_, h.err = c.write(h.held)
+	}
 	h.release()
 }
 
@@ -148,14 +152,7 @@ func (c *hijackedConn) endHold() {
 	}
 	defer h.mu.Unlock()
 	h.active.Store(false)
-	if len(h.held) == 0 {
-		return
-	}
-	h.timer.Stop()
-	if h.err == nil {
-		_, h.err = c.write(h.held)
-	}
-	h.release()
+	c.flushLocked()
 }
 
 // release empties what is held, keeping the buffer for the next response
@@ -182,13 +179,7 @@ func (c *hijackedConn) Close() error {
 	h := &c.hold
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	h.mu.Lock()
-	if h.timer != nil {
-		h.timer.Stop()
-	}
-	if len(h.held) > 0 && h.err == nil {
-		_, _ = c.write(h.held)
-	}
-	h.release()
+	c.flushLocked()
 	h.active.Store(false)
 	h.mu.Unlock()
 	err := c.Conn.Close()
