@@ -9,9 +9,14 @@ RUN_FLAGS ?= --geneve-addr 0.0.0.0:6081 --admin-addr 127.0.0.1:8080 --state-dir 
 
 all: build
 
+# Static binaries (no libc needed on the instance), stamped with the git
+# version that `gwlbproxy version` prints.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
 build:
-	$(GO) build -o $(BIN)/gwlbproxy ./cmd/gwlbproxy
-	$(GO) build -o $(BIN)/gwlbsim ./cmd/gwlbsim
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gwlbproxy ./cmd/gwlbproxy
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gwlbsim ./cmd/gwlbsim
 
 # The whole test suite: formatting, vet, and every test with the race
 # detector. Namespace tests run when root and skip (saying why) otherwise.

@@ -14,9 +14,9 @@
 //     presents the same CA. certs/secretstest is a local Secrets Manager
 //     endpoint for tests.
 //   - Minter (leaf.go, cache.go): leaf certificates per name from a bounded LRU
-//     cache, with concurrent requests for one name collapsed into one mint.
-//     Its GetCertificate and TLSConfigForHost methods plug into crypto/tls
-//     and goproxy's ConnectAction.
+//     cache, with concurrent requests for one name collapsed into one mint:
+//     Leaf for one name or IP address (a ClientHello's SNI), LeafFor for the
+//     names and addresses of a mirrored upstream certificate.
 //   - Trust distribution (trust.go): an http.Handler serving a page with
 //     install steps per platform plus the certificate as PEM and DER, and
 //     WriteTrustCommands for the same steps on a terminal.

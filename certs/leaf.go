@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/elazarl/goproxy"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -46,10 +45,6 @@ type MinterOptions struct {
 	// Backdate moves NotBefore into the past so clients whose clocks lag
 	// the appliance accept a fresh leaf; DefaultLeafBackdate if zero.
 	Backdate time.Duration
-	// DefaultName is the name GetCertificate mints for when a client sends no
-	// SNI. Empty means: use the connection's local IP address, which on the
-	// transparent data path is the destination the client dialled.
-	DefaultName string
 	// Logger receives debug records for each mint; slog.Default() if nil.
 	Logger *slog.Logger
 }
@@ -58,12 +53,11 @@ type MinterOptions struct {
 // names. It is safe for concurrent use; concurrent requests for the same
 // names share one mint.
 type Minter struct {
-	ca          *CA
-	validity    time.Duration
-	backdate    time.Duration
-	defaultName string
-	log         *slog.Logger
-	now         func() time.Time // replaced in tests
+	ca       *CA
+	validity time.Duration
+	backdate time.Duration
+	log      *slog.Logger
+	now      func() time.Time // replaced in tests
 
 	cache *leafCache
 	group singleflight.Group
@@ -104,14 +98,6 @@ func NewMinter(ca *CA, opts MinterOptions) (*Minter, error) {
 	}
 	if m.log == nil {
 		m.log = slog.Default()
-	}
-	if opts.DefaultName != "" {
-		// Checked here so a typo in the configuration fails at start-up,
-		// not at the first client without SNI.
-		if _, _, err := nameKey(opts.DefaultName); err != nil {
-			return nil, fmt.Errorf("new minter: default name: %w", err)
-		}
-		m.defaultName = opts.DefaultName
 	}
 	return m, nil
 }
@@ -166,56 +152,6 @@ func (m *Minter) LeafFor(names []string, ips []net.IP) (*tls.Certificate, error)
 		return c, nil
 	}
 	return m.mint(key, dns, addrs)
-}
-
-// GetCertificate mints or fetches the leaf for a ClientHello's SNI, so a
-// Minter can serve as tls.Config.GetCertificate. Without SNI it uses
-// MinterOptions.DefaultName, or else the connection's local IP address.
-func (m *Minter) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	name := hello.ServerName
-	if name == "" {
-		name = m.defaultName
-	}
-	if name == "" && hello.Conn != nil {
-		// Only an IP: a non-IP local address (a pipe, a Unix socket) names
-		// nothing a client could have dialled.
-		if a, err := netip.ParseAddr(hostOnly(hello.Conn.LocalAddr().String())); err == nil {
-			name = a.WithZone("").String()
-		}
-	}
-	if name == "" {
-		return nil, errors.New("client sent no SNI and no default name is configured")
-	}
-	return m.Leaf(name)
-}
-
-// TLSConfigForHost has the shape of goproxy's ConnectAction.TLSConfig. host
-// is the CONNECT target, with or without a port. The returned config mints
-// for the client's SNI, falling back to host when the client sends none (as
-// Go and most clients do when they dial an IP address).
-func (m *Minter) TLSConfigForHost(host string, _ *goproxy.ProxyCtx) (*tls.Config, error) {
-	h := hostOnly(host)
-	if _, _, err := nameKey(h); err != nil {
-		m.invalidNames.Add(1)
-		return nil, fmt.Errorf("tls config for %q: %w", host, err)
-	}
-	return &tls.Config{
-		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			name := hello.ServerName
-			if name == "" {
-				name = h
-			}
-			return m.Leaf(name)
-		},
-	}, nil
-}
-
-// hostOnly strips an optional port and IPv6 brackets from a host.
-func hostOnly(host string) string {
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		return h
-	}
-	return strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 }
 
 // lookup returns a fresh cached leaf and counts the hit or miss.

@@ -7,17 +7,11 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/elazarl/goproxy"
 )
 
 func TestLeafDNS(t *testing.T) {
@@ -300,138 +294,66 @@ func TestStatsJSON(t *testing.T) {
 	}
 }
 
-// fakeConn is a net.Conn with only a local address, for ClientHelloInfo.
-type fakeConn struct {
-	net.Conn
-	local net.Addr
-}
-
-func (c fakeConn) LocalAddr() net.Addr { return c.local }
-
-func TestGetCertificate(t *testing.T) {
-	ca := mustGenerate(t)
-	roots := poolOf(ca.Certificate())
-
-	t.Run("SNI", func(t *testing.T) {
-		m := mustMinter(t, ca, MinterOptions{DefaultName: "default.test"})
-		// A real handshake over an in-memory pipe.
-		cli, srv := net.Pipe()
-		defer cli.Close()
-		defer srv.Close()
-		go func() {
-			s := tls.Server(srv, &tls.Config{GetCertificate: m.GetCertificate})
-			_ = s.Handshake()
-			_ = s.Close()
-		}()
-		c := tls.Client(cli, &tls.Config{ServerName: "sni.example.test", RootCAs: roots})
-		if err := c.Handshake(); err != nil {
-			t.Fatalf("handshake: %v", err)
-		}
-		if got := c.ConnectionState().PeerCertificates[0].DNSNames; len(got) != 1 || got[0] != "sni.example.test" {
-			t.Errorf("served names %v", got)
-		}
-	})
-	t.Run("default name", func(t *testing.T) {
-		m := mustMinter(t, ca, MinterOptions{DefaultName: "Default.Test."})
-		cert, err := m.GetCertificate(&tls.ClientHelloInfo{Conn: fakeConn{local: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		verifyLeaf(t, cert, "default.test", roots)
-	})
-	t.Run("local IP", func(t *testing.T) {
-		m := mustMinter(t, ca, MinterOptions{})
-		cert, err := m.GetCertificate(&tls.ClientHelloInfo{Conn: fakeConn{local: &net.TCPAddr{IP: net.IPv6loopback, Port: 443}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		verifyLeaf(t, cert, "::1", roots)
-	})
-	t.Run("nothing", func(t *testing.T) {
-		m := mustMinter(t, ca, MinterOptions{})
-		if _, err := m.GetCertificate(&tls.ClientHelloInfo{}); err == nil {
-			t.Error("no SNI, no default and no connection: want an error")
-		}
-	})
-	t.Run("bad default", func(t *testing.T) {
-		if _, err := NewMinter(ca, MinterOptions{DefaultName: "bad name"}); err == nil {
-			t.Error("NewMinter accepted an invalid default name")
-		}
-	})
-}
-
-func TestTLSConfigForHost(t *testing.T) {
+// TestLeafHandshake serves minted leaves in real TLS handshakes with a Go
+// client, the way the interceptor does: the leaf for the client's SNI, and,
+// when a client that dialled an IP address sends no SNI, a leaf from LeafFor
+// whose IP SAN the client verifies.
+func TestLeafHandshake(t *testing.T) {
 	ca := mustGenerate(t)
 	m := mustMinter(t, ca, MinterOptions{})
 	roots := poolOf(ca.Certificate())
-	tests := []struct{ host, sni, want string }{
-		{"api.example.test:443", "api.example.test", "api.example.test"},
-		{"api.example.test:443", "", "api.example.test"},
-		{"[::1]:8443", "", "::1"},
-		{"127.0.0.1", "", "127.0.0.1"},
-		{"10.1.2.3:443", "named.example.test", "named.example.test"}, // SNI wins over the dialled address
+	for _, tc := range []struct {
+		dial       string   // the client's ServerName: what it dialled
+		sni        string   // what the server must see
+		ips        []string // the upstream's IP SANs, mirrored when there is no SNI
+		wantLeafIP bool
+	}{
+		{dial: "sni.example.test", sni: "sni.example.test"},
+		{dial: "127.0.0.1", sni: "", ips: []string{"127.0.0.1"}, wantLeafIP: true},
+		{dial: "::1", sni: "", ips: []string{"::1"}, wantLeafIP: true},
+	} {
+		t.Run(tc.dial, func(t *testing.T) {
+			cli, srv := net.Pipe()
+			defer cli.Close()
+			defer srv.Close()
+			served := make(chan error, 1)
+			go func() {
+				s := tls.Server(srv, &tls.Config{GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+					if hello.ServerName != tc.sni {
+						return nil, fmt.Errorf("server saw SNI %q, want %q", hello.ServerName, tc.sni)
+					}
+					if hello.ServerName != "" {
+						return m.Leaf(hello.ServerName)
+					}
+					// No SNI: mirror what the upstream would have presented.
+					var ips []net.IP
+					for _, a := range tc.ips {
+						ips = append(ips, net.ParseIP(a))
+					}
+					return m.LeafFor(nil, ips)
+				}})
+				// No Close: its close_notify would wait on the pipe for a
+				// reader; the deferred closes end the pipe.
+				served <- s.Handshake()
+			}()
+			c := tls.Client(cli, &tls.Config{ServerName: tc.dial, RootCAs: roots})
+			if err := c.Handshake(); err != nil {
+				t.Fatalf("client handshake: %v (server: %v)", err, <-served)
+			}
+			if err := <-served; err != nil {
+				t.Fatalf("server handshake: %v", err)
+			}
+			leaf := c.ConnectionState().PeerCertificates[0]
+			if leaf.Issuer.String() != ca.Certificate().Subject.String() {
+				t.Errorf("leaf issued by %s, not by the interception CA", leaf.Issuer)
+			}
+			if tc.wantLeafIP != (len(leaf.IPAddresses) == 1 && len(leaf.DNSNames) == 0) {
+				t.Errorf("SANs DNS=%v IP=%v", leaf.DNSNames, leaf.IPAddresses)
+			}
+		})
 	}
-	for _, tc := range tests {
-		cfg, err := m.TLSConfigForHost(tc.host, &goproxy.ProxyCtx{})
-		if err != nil {
-			t.Fatalf("%s: %v", tc.host, err)
-		}
-		cert, err := cfg.GetCertificate(&tls.ClientHelloInfo{ServerName: tc.sni})
-		if err != nil {
-			t.Fatalf("%s: %v", tc.host, err)
-		}
-		verifyLeaf(t, cert, tc.want, roots)
-	}
-	if _, err := m.TLSConfigForHost("bad host:443", nil); err == nil {
-		t.Error("invalid host accepted")
-	}
-}
-
-// TestGoproxyMITM runs goproxy with the Minter as ConnectAction.TLSConfig
-// between a Go client and an HTTPS server, all on 127.0.0.1: the client
-// dials an IP, so it sends no SNI and the leaf must carry the IP SAN.
-func TestGoproxyMITM(t *testing.T) {
-	ca := mustGenerate(t)
-	m := mustMinter(t, ca, MinterOptions{})
-
-	upstream := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "hello from upstream")
-	}))
-	defer upstream.Close()
-
-	p := goproxy.NewProxyHttpServer()
-	p.Tr = &http.Transport{Proxy: nil, TLSClientConfig: &tls.Config{RootCAs: poolOf(upstream.Certificate())}}
-	action := &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: m.TLSConfigForHost}
-	p.OnRequest().HandleConnect(goproxy.FuncHttpsHandler(func(host string, _ *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-		return action, host
-	}))
-	proxySrv := httptest.NewServer(p)
-	defer proxySrv.Close()
-	proxyURL, _ := url.Parse(proxySrv.URL)
-
-	client := &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{
-			Proxy:           http.ProxyURL(proxyURL),
-			TLSClientConfig: &tls.Config{RootCAs: poolOf(ca.Certificate())},
-		},
-	}
-	defer client.CloseIdleConnections()
-	resp, err := client.Get(upstream.URL)
-	if err != nil {
-		t.Fatalf("GET through goproxy: %v", err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(body) != "hello from upstream" {
-		t.Errorf("body %q", body)
-	}
-	served := resp.TLS.PeerCertificates[0]
-	if served.Issuer.String() != ca.Certificate().Subject.String() {
-		t.Errorf("client saw a certificate issued by %s, not by the interception CA", served.Issuer)
-	}
-	if s := m.Stats(); s.Mints != 1 {
-		t.Errorf("stats %+v, want 1 mint", s)
+	if s := m.Stats(); s.Mints != 3 {
+		t.Errorf("stats %+v, want 3 mints", s)
 	}
 }
 

@@ -385,13 +385,40 @@ func (s *Shipper) deliver() {
 		if class == classMissing {
 			s.ready = false
 		}
-		if !sleep(s.runCtx, backoff(attempt, s.cfg.RetryMin, s.cfg.RetryMax)) {
+		if !s.retryWait(attempt) {
 			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
 			return
 		}
 		s.mu.Lock()
 		s.st.Retried++
 		s.mu.Unlock()
+	}
+}
+
+// closingRetryMax caps the wait between retries once Close has begun: the
+// last records have a deadline (the appliance's drain), and throttling, the
+// usual cause of a retry, lifts within a second or so.
+const closingRetryMax = 500 * time.Millisecond
+
+// retryWait waits before retry number attempt; it reports false when the
+// Shipper is shut down meanwhile. Once Close has begun, waits are capped at
+// closingRetryMax, and a longer wait under way ends at once.
+func (s *Shipper) retryWait(attempt int) bool {
+	hi, closing := s.cfg.RetryMax, s.closing
+	select {
+	case <-s.closing:
+		hi, closing = min(hi, closingRetryMax), nil
+	default:
+	}
+	t := time.NewTimer(backoff(attempt, s.cfg.RetryMin, hi))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-closing:
+		return s.runCtx.Err() == nil
+	case <-s.runCtx.Done():
+		return false
 	}
 }
 
@@ -510,7 +537,7 @@ func (s *Shipper) ensure() bool {
 			s.ready = true
 			return true
 		}
-		if !sleep(s.runCtx, backoff(attempt, s.cfg.RetryMin, s.cfg.RetryMax)) {
+		if !s.retryWait(attempt) {
 			return false
 		}
 		s.mu.Lock()

@@ -618,6 +618,34 @@ func TestCloseDeadlineCountsUnshipped(t *testing.T) {
 	checkInvariant(t, st)
 }
 
+// TestCloseRetriesFast: under throttling with a steady-state backoff of a
+// minute, Close does not wait out that backoff: it retries within
+// closingRetryMax and ships everything well inside its deadline.
+func TestCloseRetriesFast(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	cfg := testConfig()
+	cfg.RetryMin, cfg.RetryMax = time.Minute, time.Minute
+	srv.CreateStream(cfg.Group, cfg.Stream)
+	srv.Throttle(3, "PutLogEvents")
+	s := startShipper(t, srv, cfg)
+	for i := range 10 {
+		s.Write(line(0, i, 50))
+	}
+	waitFor(t, 5*time.Second, "a throttled attempt", func() bool { return srv.Calls("PutLogEvents") >= 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := s.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	// Two more throttled answers, then success: at most three waits of
+	// closingRetryMax, nowhere near one minute.
+	if d := time.Since(start); d > 3*closingRetryMax+2*time.Second {
+		t.Errorf("Close took %v under throttling", d)
+	}
+	checkExactlyOnce(t, srv.Events(cfg.Group, cfg.Stream), 10)
+}
+
 // gc collects twice: sync.Pool buffers survive one collection.
 func gc() {
 	runtime.GC()

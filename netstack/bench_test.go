@@ -33,7 +33,7 @@ func benchDatagrams(b *testing.B, payload int) [][]byte {
 // BenchmarkInboundPath is the per-packet work before the gVisor stack: GENEVE
 // header, inner 5-tuple, flow-table refresh. It must not allocate.
 func BenchmarkInboundPath(b *testing.B) {
-	ft := NewFlowTable(1<<20, time.Hour, time.Hour)
+	ft := newFlowTable(1<<20, time.Hour, time.Hour)
 	dgrams := benchDatagrams(b, 1400)
 	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
 	b.ReportAllocs()
@@ -59,7 +59,7 @@ func BenchmarkInboundPath(b *testing.B) {
 // BenchmarkReplyPath is the per-packet work after the stack: find the flow
 // from the reply's reversed 5-tuple and put its GENEVE header in front.
 func BenchmarkReplyPath(b *testing.B) {
-	s := &Server{flows: NewFlowTable(1<<20, time.Hour, time.Hour), ret: &discardPath{}}
+	s := &Server{flows: newFlowTable(1<<20, time.Hour, time.Hour), ret: &discardPath{}}
 	s.cfg.MTU = DefaultMTU
 	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
 	dgrams := benchDatagrams(b, 1400)
@@ -98,7 +98,7 @@ func BenchmarkReplyPath(b *testing.B) {
 // the MTU: three fragments, each sent as the stack writes them, one call at
 // a time, the later two following the first through the fragment table.
 func BenchmarkReplyPathFragmented(b *testing.B) {
-	s := &Server{flows: NewFlowTable(16, time.Hour, time.Hour), ret: &discardPath{}}
+	s := &Server{flows: newFlowTable(16, time.Hour, time.Hour), ret: &discardPath{}}
 	s.cfg.MTU = DefaultMTU
 	fam := fragFamilies[0]
 	client := Packet{Proto: protoUDP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(), SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}

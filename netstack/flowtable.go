@@ -39,8 +39,8 @@ type flowShard struct {
 	flows map[FlowKey]*Flow
 }
 
-// FlowTable maps flow keys to flows. It is safe for concurrent use.
-type FlowTable struct {
+// flowTable maps flow keys to flows. It is safe for concurrent use.
+type flowTable struct {
 	shards      [flowShards]flowShard
 	count       atomic.Int64
 	max         int64
@@ -52,17 +52,17 @@ type FlowTable struct {
 	perEndpoint sync.Map // endpoint ID -> *atomic.Int64 active flows
 }
 
-// NewFlowTable returns a table holding at most max flows, expiring TCP flows
+// newFlowTable returns a table holding at most max flows, expiring TCP flows
 // after tcpIdle and all others after otherIdle without a packet.
-func NewFlowTable(max int, tcpIdle, otherIdle time.Duration) *FlowTable {
-	t := &FlowTable{max: int64(max), tcpIdle: tcpIdle, otherIdle: otherIdle}
+func newFlowTable(max int, tcpIdle, otherIdle time.Duration) *flowTable {
+	t := &flowTable{max: int64(max), tcpIdle: tcpIdle, otherIdle: otherIdle}
 	for i := range t.shards {
 		t.shards[i].flows = make(map[FlowKey]*Flow)
 	}
 	return t
 }
 
-func (t *FlowTable) shard(k *FlowKey) *flowShard {
+func (t *flowTable) shard(k *FlowKey) *flowShard {
 	h := k.Endpoint ^ uint64(k.Proto)<<56 ^ uint64(k.LoPort)<<16 ^ uint64(k.HiPort)
 	for i := 8; i < 16; i++ {
 		h = h*31 + uint64(k.LoAddr[i]) + uint64(k.HiAddr[i])<<8
@@ -72,7 +72,7 @@ func (t *FlowTable) shard(k *FlowKey) *flowShard {
 }
 
 // Lookup returns the flow for k, or nil.
-func (t *FlowTable) Lookup(k *FlowKey) *Flow {
+func (t *flowTable) Lookup(k *FlowKey) *Flow {
 	s := t.shard(k)
 	s.mu.RLock()
 	f := s.flows[*k]
@@ -84,14 +84,14 @@ func (t *FlowTable) Lookup(k *FlowKey) *Flow {
 // behind one GWLB endpoint) may hold, so that no client can fill the table
 // for the others; 0, the default, means no cap below the table's own. Call
 // it before the first Touch.
-func (t *FlowTable) LimitPerClient(n int) { t.clients.max = int32(min(n, math.MaxInt32)) }
+func (t *flowTable) LimitPerClient(n int) { t.clients.max = int32(min(n, math.MaxInt32)) }
 
 // Touch records a packet from the GWLB for flow k under header hdr from
 // gwlb, creating the flow if it is new; client is the packet's inner source.
 // It returns DropFlowTableFull when the table is full and
 // DropClientFlowLimit when client holds its share already. In the steady
 // state (known flow, same header) it allocates nothing.
-func (t *FlowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
+func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
 	s := t.shard(k)
 	s.mu.RLock()
 	f := s.flows[*k]
@@ -131,7 +131,7 @@ func newTunnel(hdr []byte, parsed Header, gwlb netip.AddrPort) *tunnel {
 	return &tunnel{header: bytes.Clone(hdr), gwlb: gwlb, parsed: parsed}
 }
 
-func (t *FlowTable) endpointCounter(ep uint64) *atomic.Int64 {
+func (t *flowTable) endpointCounter(ep uint64) *atomic.Int64 {
 	if c, ok := t.perEndpoint.Load(ep); ok {
 		return c.(*atomic.Int64)
 	}
@@ -141,7 +141,7 @@ func (t *FlowTable) endpointCounter(ep uint64) *atomic.Int64 {
 
 // Expire removes flows idle for longer than their protocol's timeout and
 // returns how many it removed.
-func (t *FlowTable) Expire(now int64) int {
+func (t *flowTable) Expire(now int64) int {
 	removed := 0
 	for i := range t.shards {
 		s := &t.shards[i]
@@ -166,10 +166,10 @@ func (t *FlowTable) Expire(now int64) int {
 }
 
 // Len returns the number of flows in the table.
-func (t *FlowTable) Len() int { return int(t.count.Load()) }
+func (t *flowTable) Len() int { return int(t.count.Load()) }
 
 // PerEndpoint returns the number of flows per GWLB endpoint.
-func (t *FlowTable) PerEndpoint() map[uint64]int64 {
+func (t *flowTable) PerEndpoint() map[uint64]int64 {
 	m := make(map[uint64]int64)
 	t.perEndpoint.Range(func(k, v any) bool {
 		m[k.(uint64)] = v.(*atomic.Int64).Load()

@@ -12,7 +12,7 @@ func keyFor(ep uint64, proto uint8, port uint16) FlowKey {
 }
 
 func TestFlowTableTouch(t *testing.T) {
-	ft := NewFlowTable(2, time.Minute, time.Second)
+	ft := newFlowTable(2, time.Minute, time.Second)
 	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
 	h, _ := ParseHeader(append(hdr, 0x45))
@@ -39,7 +39,7 @@ func TestFlowTableTouch(t *testing.T) {
 }
 
 func TestFlowTableExpire(t *testing.T) {
-	ft := NewFlowTable(10, time.Minute, time.Second)
+	ft := newFlowTable(10, time.Minute, time.Second)
 	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
 	h, _ := ParseHeader(append(hdr, 0x45))
@@ -60,7 +60,7 @@ func TestFlowTableExpire(t *testing.T) {
 // One client cannot hold more than its share; others still get flows, and
 // an expired flow gives its place back.
 func TestFlowTablePerClient(t *testing.T) {
-	ft := NewFlowTable(100, time.Minute, time.Second)
+	ft := newFlowTable(100, time.Minute, time.Second)
 	ft.LimitPerClient(2)
 	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)

@@ -300,7 +300,7 @@ func TestReplyFragmentsOneCallEach(t *testing.T) {
 	for _, fam := range fragFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			cp := &capturePath{}
-			s := &Server{flows: NewFlowTable(16, time.Hour, time.Hour), ret: cp}
+			s := &Server{flows: newFlowTable(16, time.Hour, time.Hour), ret: cp}
 			s.cfg.MTU = DefaultMTU
 			gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
 			ether := uint16(EtherTypeIPv4)

@@ -115,7 +115,7 @@ func (f FlowInfo) EndpointName() string { return fmt.Sprintf("vpce-%017x", f.End
 // Server is the GENEVE side of the appliance.
 type Server struct {
 	cfg     Config
-	flows   *FlowTable
+	flows   *flowTable
 	conns   []*net.UDPConn
 	ret     returnPath
 	stats   counters
@@ -138,7 +138,7 @@ func Listen(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:   cfg,
-		flows: NewFlowTable(cfg.MaxFlows, cfg.TCPIdleTimeout, cfg.IdleTimeout),
+		flows: newFlowTable(cfg.MaxFlows, cfg.TCPIdleTimeout, cfg.IdleTimeout),
 		done:  make(chan struct{}),
 	}
 	if cfg.MaxFlowsPerClient < cfg.MaxFlows {

@@ -1,10 +1,10 @@
 package proxy
 
 import (
-	"encoding/binary"
 	"errors"
 	"strconv"
-	"strings"
+
+	"golang.org/x/net/dns/dnsmessage"
 )
 
 // dnsMessage is what an access record needs of a DNS message: its ID, the
@@ -19,54 +19,47 @@ type dnsMessage struct {
 
 var errNotDNS = errors.New("not a DNS message")
 
-// maxDNSName bounds a name the way RFC 1035 does (255 octets on the wire).
+// maxDNSName bounds a name the way RFC 1035 does (255 octets on the wire,
+// so at most 253 in the dotted form parseDNS returns); dnsmessage enforces
+// it while it reads the name.
 const maxDNSName = 255
 
-// parseDNS reads the header and first question of a DNS message. It never
-// follows compression pointers: a question name is written out in full in
-// every query and answer, and refusing pointers rules out loops.
+// dnsHeaderLen is the fixed DNS header: ID, flags and four counts.
+const dnsHeaderLen = 12
+
+// parseDNS reads the header and first question of a DNS message, and
+// nothing after them: it is called for every datagram of a DNS flow. Any
+// message dnsmessage refuses, or one with no question, is errNotDNS.
+// dnsmessage bounds a name at 255 octets on the wire, follows at most ten
+// compression pointers (so a pointer loop ends in an error), and refuses a
+// label with a '.' in it, which would make the logged name ambiguous.
 func parseDNS(b []byte) (dnsMessage, error) {
 	var m dnsMessage
-	if len(b) < 12 {
+	if len(b) < dnsHeaderLen {
+		// Checked here too, so that datagrams that are plainly not DNS are
+		// refused without dnsmessage allocating an error for them.
 		return m, errNotDNS
 	}
-	m.ID = binary.BigEndian.Uint16(b[0:2])
-	m.Response = b[2]&0x80 != 0
-	m.RCode = b[3] & 0x0f
-	if binary.BigEndian.Uint16(b[4:6]) == 0 {
-		return m, errNotDNS // no question
-	}
-	var name strings.Builder
-	off, wire := 12, 0
-	for {
-		if off >= len(b) {
-			return m, errNotDNS
-		}
-		l := int(b[off])
-		off++
-		if l == 0 {
-			break
-		}
-		if l > 63 || off+l > len(b) { // 0xC0 and up: a pointer, or garbage
-			return m, errNotDNS
-		}
-		if wire += l + 1; wire > maxDNSName {
-			return m, errNotDNS
-		}
-		if name.Len() > 0 {
-			name.WriteByte('.')
-		}
-		name.Write(b[off : off+l])
-		off += l
-	}
-	if off+4 > len(b) {
+	var p dnsmessage.Parser
+	h, err := p.Start(b)
+	if err != nil {
 		return m, errNotDNS
 	}
-	m.Type = binary.BigEndian.Uint16(b[off : off+2])
-	m.Name = name.String()
-	if m.Name == "" {
+	m.ID, m.Response, m.RCode = h.ID, h.Response, uint8(h.RCode&0x0f)
+	q, err := p.Question() // dnsmessage.ErrSectionDone: no question
+	if err != nil {
+		return m, errNotDNS
+	}
+	m.Type = uint16(q.Type)
+	// q.Name is a value (a [255]byte array and a length), so the name's
+	// string is the one allocation of a parse. Its text ends in a dot, and
+	// the root is ".".
+	name := q.Name.Data[:q.Name.Length]
+	if len(name) <= 1 {
 		m.Name = "."
+		return m, nil
 	}
+	m.Name = string(name[:len(name)-1])
 	return m, nil
 }
 

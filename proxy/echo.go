@@ -14,6 +14,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // echoRelay relays ICMP echo through the host's unprivileged ICMP ("ping")
@@ -32,7 +33,7 @@ import (
 type echoRelay struct {
 	p            *Proxy
 	mu           sync.Mutex
-	flows        map[echoKey]*echoFlow
+	flows        map[echoKey]*echoSession
 	denied       int // denied flows in flows, at most maxDenied
 	maxDenied    int // maxDeniedEcho; lowered by tests
 	warnedNoSock atomic.Bool
@@ -51,7 +52,7 @@ type echoKey struct {
 	id           uint16
 }
 
-type echoFlow struct {
+type echoSession struct {
 	// A denied flow has no conn and no serve goroutine. pol is the policy
 	// that denied it, unless forbidden: a forbidden destination stays
 	// forbidden whatever a reload says. timer forgets the flow once it
@@ -60,7 +61,7 @@ type echoFlow struct {
 	forbidden bool
 	pol       *policy.Policy
 	timer     *time.Timer
-	rec       *Record // the deny record, written by whoever created the flow
+	rec       *records.Record // the deny record, written by whoever created the flow
 
 	conn     *icmp.PacketConn
 	dest     net.Addr
@@ -74,7 +75,7 @@ type echoFlow struct {
 
 func (r *echoRelay) init(p *Proxy) {
 	r.p = p
-	r.flows = make(map[echoKey]*echoFlow)
+	r.flows = make(map[echoKey]*echoSession)
 	r.maxDenied = maxDeniedEcho
 }
 
@@ -120,7 +121,7 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 // flow returns the request's flow, deciding and creating it if there is
 // none (isNew), or nil if it cannot be relayed. A denied flow's record is for
 // the caller to write, outside the lock.
-func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoFlow, isNew bool) {
+func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSession, isNew bool) {
 	k := echoKey{req.Flow.Endpoint, req.Flow.Client.Addr(), req.Flow.Dest.Addr(), req.ID}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -139,7 +140,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoFlow,
 		return r.addDenied(k, rec, reason, true, nil, now)
 	}
 	pol := r.p.cfg.Policy.Load()
-	d := pol.Decide(policy.Flow{
+	d := pol.Decide(policy.Subject{
 		Protocol: policy.ProtoICMP, Dest: req.Flow.Dest, Client: req.Flow.Client.Addr(), Endpoint: rec.Endpoint,
 	})
 	if rec.Rule = d.Rule; d.Action == policy.Deny {
@@ -159,7 +160,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoFlow,
 		}
 		return nil, false
 	}
-	f = &echoFlow{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: req.Flow.Dest.Addr().AsSlice()}}
+	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: req.Flow.Dest.Addr().AsSlice()}}
 	f.last.Store(now.UnixNano())
 	r.flows[k] = f
 	r.p.stats.echoActive.Add(1)
@@ -172,7 +173,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoFlow,
 // already it returns a denied flow that is neither in the table nor new: the
 // request is dropped without a record, and so are the flow's next ones until
 // there is room.
-func (r *echoRelay) addDenied(k echoKey, rec *Record, reason string, forbidden bool, pol *policy.Policy, now time.Time) (*echoFlow, bool) {
+func (r *echoRelay) addDenied(k echoKey, rec *records.Record, reason string, forbidden bool, pol *policy.Policy, now time.Time) (*echoSession, bool) {
 	rec.Error = reason
 	if r.denied >= r.maxDenied {
 		if !r.warnedFull.Swap(true) {
@@ -182,7 +183,7 @@ func (r *echoRelay) addDenied(k echoKey, rec *Record, reason string, forbidden b
 		}
 		return &noRoomDenied, false
 	}
-	f := &echoFlow{denied: true, forbidden: forbidden, pol: pol, rec: rec}
+	f := &echoSession{denied: true, forbidden: forbidden, pol: pol, rec: rec}
 	f.last.Store(now.UnixNano())
 	idle := r.p.cfg.EchoIdleTimeout
 	// The callback takes r.mu, which is held here, so it sees f.timer set.
@@ -206,16 +207,16 @@ func (r *echoRelay) addDenied(k echoKey, rec *Record, reason string, forbidden b
 // noRoomDenied stands for the denied flows there is no room to remember.
 // It is never in the table, and its fields are never written but last,
 // which is harmless to share.
-var noRoomDenied = echoFlow{denied: true}
+var noRoomDenied = echoSession{denied: true}
 
 // forget removes a denied flow from the table; r.mu is held.
-func (r *echoRelay) forget(k echoKey, f *echoFlow) {
+func (r *echoRelay) forget(k echoKey, f *echoSession) {
 	delete(r.flows, k)
 	r.denied--
 }
 
 // serve reads the destination's replies for one echo flow until it idles.
-func (r *echoRelay) serve(k echoKey, f *echoFlow, rec *Record) {
+func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	start := time.Now()
 	defer r.p.stats.echoActive.Add(-1)
 	idle := r.p.cfg.EchoIdleTimeout

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // recordSink collects the records a Proxy writes.
@@ -28,7 +29,7 @@ func (s *recordSink) Write(b []byte) (int, error) {
 // records waits until at least n records have been written (the writer may
 // deliver them on a goroutine of its own), then a little longer for any
 // records beyond n to show, and returns them all.
-func (s *recordSink) records(t *testing.T, n int) []Record {
+func (s *recordSink) records(t *testing.T, n int) []records.Record {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for len(s.parse(t)) < n && time.Now().Before(deadline) {
@@ -38,16 +39,16 @@ func (s *recordSink) records(t *testing.T, n int) []Record {
 	return s.parse(t)
 }
 
-func (s *recordSink) parse(t *testing.T) []Record {
+func (s *recordSink) parse(t *testing.T) []records.Record {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []Record
+	var out []records.Record
 	for _, l := range strings.Split(strings.TrimSpace(s.buf.String()), "\n") {
 		if l == "" {
 			continue
 		}
-		var r Record
+		var r records.Record
 		if err := json.Unmarshal([]byte(l), &r); err != nil {
 			t.Fatalf("record %q: %v", l, err)
 		}
@@ -74,7 +75,7 @@ func echoProxy(t *testing.T, doc string, mutate func(*Config)) (*Proxy, *policy.
 	sink := new(recordSink)
 	h := new(policy.Holder)
 	h.Store(mustPolicy(t, doc))
-	cfg := Config{Records: NewRecordWriter(sink), Policy: h, AllowLoopback: true}
+	cfg := Config{Records: records.NewWriter(nil, sink), Policy: h, AllowLoopback: true}
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -1,26 +1,23 @@
 // Package proxy decides what happens to each flow the netstack accepts and
-// carries it out: it dials the destination from the host's own sockets
-// (SNAT), relays the bytes, and writes one access record per flow.
+// carries it out: it refuses forbidden destinations, classifies a TCP
+// connection by its first bytes, asks the policy, dials the destination from
+// the host's own sockets (SNAT), relays TCP, UDP and ICMP echo, and writes
+// one access record per flow (and per DNS query). HTTP and bumped TLS are
+// handed to package intercept.
 package proxy
 
 import (
 	"context"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
-	"os"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/elazarl/goproxy"
-
-	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // Config configures a Proxy.
@@ -33,7 +30,7 @@ type Config struct {
 	UDPIdleTimeout  time.Duration
 	EchoIdleTimeout time.Duration
 	// Records receives the access records.
-	Records *RecordWriter
+	Records *records.Writer
 	// AllowLoopback permits destinations on the loopback network. Clients
 	// could otherwise reach the appliance's own services through it, so
 	// only in-process tests set it.
@@ -41,33 +38,20 @@ type Config struct {
 	// Policy holds the egress rules (default: allow everything, decrypt
 	// nothing).
 	Policy *policy.Holder
-	// Minter mints the leaves for bumped TLS; without it nothing is bumped.
-	Minter *certs.Minter
-	// UpstreamRoots verify bumped destinations (nil: the system roots).
-	UpstreamRoots *x509.CertPool
-	// Trust serves the CA-trust page to requests for TrustHost through the
-	// data path.
-	Trust     http.Handler
-	TrustHost string
-	// MaxHeaderBytes bounds an HTTP/1 request head from a client (request
-	// line and headers); a larger one gets 431 and the connection is closed.
-	// Default DefaultMaxHeaderBytes.
-	MaxHeaderBytes int
+	// Intercept configures the interception of HTTP and TLS: the CA's
+	// minter, upstream roots, the trust page, the request head limit. Its
+	// Records, Dial and HandshakeTimeout are the proxy's own.
+	Intercept intercept.Config
 }
-
-// DefaultMaxHeaderBytes is the default request head limit: Squid's, and
-// far above what browsers send (they cap cookies at about 4 KiB each).
-const DefaultMaxHeaderBytes = 64 << 10
 
 // Proxy implements netstack.Handler.
 type Proxy struct {
-	cfg    Config
-	gp     *goproxy.ProxyHttpServer // for HTTP/1 clients
-	gpH2   *goproxy.ProxyHttpServer // for HTTP/2 clients (h2 by ALPN, h2c)
-	dialer net.Dialer
-	own    map[netip.Addr]bool // the host's own addresses: never a destination
-	echo   echoRelay
-	stats  proxyCounters
+	cfg       Config
+	intercept *intercept.Interceptor
+	dialer    net.Dialer
+	own       map[netip.Addr]bool // the host's own addresses: never a destination
+	echo      echoRelay
+	stats     proxyCounters
 }
 
 type proxyCounters struct {
@@ -100,10 +84,7 @@ func New(cfg Config) *Proxy {
 		cfg.EchoIdleTimeout = 120 * time.Second
 	}
 	if cfg.Records == nil {
-		cfg.Records = NewRecordWriter()
-	}
-	if cfg.MaxHeaderBytes <= 0 {
-		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+		cfg.Records = records.NewWriter(nil)
 	}
 	if cfg.Policy == nil {
 		cfg.Policy = AllowAll()
@@ -114,9 +95,13 @@ func New(cfg Config) *Proxy {
 		// the way from forgetting idle connections.
 		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
 		own:    ownAddresses(),
-		gp:     newGoproxy(false),
-		gpH2:   newGoproxy(true),
 	}
+	ic := cfg.Intercept
+	ic.Records, ic.HandshakeTimeout = cfg.Records, cfg.DialTimeout
+	ic.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+		return p.dialer.DialContext(ctx, "tcp", addr)
+	}
+	p.intercept = intercept.New(ic)
 	p.echo.init(p)
 	return p
 }
@@ -126,7 +111,7 @@ func (p *Proxy) Stats() Stats {
 	return Stats{
 		TCPActive: p.stats.tcpActive.Load(), UDPActive: p.stats.udpActive.Load(),
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
-		Denied: p.stats.denied.Load(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
+		Denied: p.stats.denied.Load() + p.intercept.Denied(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
 	}
 }
 
@@ -202,8 +187,8 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 	return ""
 }
 
-func newRecord(kind string, f netstack.FlowInfo) *Record {
-	return &Record{
+func newRecord(kind string, f netstack.FlowInfo) *records.Record {
+	return &records.Record{
 		Kind:       kind,
 		Action:     "allow",
 		Rule:       "default",
@@ -218,30 +203,14 @@ func newRecord(kind string, f netstack.FlowInfo) *Record {
 	}
 }
 
-func (p *Proxy) finish(r *Record, start time.Time) {
-	r.Time = time.Now()
-	r.DurationMS = float64(r.Time.Sub(start).Microseconds()) / 1000
+func (p *Proxy) finish(r *records.Record, start time.Time) {
+	r.End(start)
 	p.cfg.Records.Write(r)
 }
 
 // deny records a flow refused before any byte moved.
-func (p *Proxy) deny(r *Record, start time.Time, reason string) {
+func (p *Proxy) deny(r *records.Record, start time.Time, reason string) {
 	p.stats.denied.Add(1)
 	r.Action, r.Result, r.Error = "deny", "denied", reason
 	p.finish(r, start)
-}
-
-// dialResult names why a dial failed, for the record's result field.
-func dialResult(err error) string {
-	var nerr net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		return "unreachable"
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
-		errors.As(err, &nerr) && nerr.Timeout():
-		return "timeout"
-	}
-	return "error"
 }

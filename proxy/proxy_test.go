@@ -2,44 +2,21 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-)
 
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (a, b *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	ch := make(chan net.Conn, 1)
-	go func() { c, _ := ln.Accept(); ch <- c }()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-ch
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+)
 
 // TestRelayHalfClose: the client's half-close reaches the upstream, which
 // can still answer; counts are per direction.
 func TestRelayHalfClose(t *testing.T) {
-	client, clientSide := tcpPair(t)
-	upSide, upstream := tcpPair(t)
+	client, clientSide := testnet.TCPPair(t)
+	upSide, upstream := testnet.TCPPair(t)
 	type result struct {
 		out, in int64
 		err     error
@@ -74,8 +51,8 @@ func TestRelayHalfClose(t *testing.T) {
 // TestRelayResetAbortsBothWays: a reset on one side ends the other
 // direction too, and the error is reported.
 func TestRelayResetAbortsBothWays(t *testing.T) {
-	client, clientSide := tcpPair(t)
-	upSide, upstream := tcpPair(t)
+	client, clientSide := testnet.TCPPair(t)
+	upSide, upstream := testnet.TCPPair(t)
 	done := make(chan error, 1)
 	go func() { _, _, err := Relay(clientSide, upSide); done <- err }()
 	upstream.SetLinger(0)
@@ -114,61 +91,10 @@ func TestForbidden(t *testing.T) {
 	}
 }
 
-func TestDialResult(t *testing.T) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
-	_, err := net.Dial("tcp", addr)
-	if got := dialResult(err); got != "refused" {
-		t.Errorf("closed port: %q (%v)", got, err)
-	}
-	if got := dialResult(&net.OpError{Op: "dial", Err: timeoutErr{}}); got != "timeout" {
-		t.Errorf("timeout: %q", got)
-	}
-}
-
-type timeoutErr struct{}
-
-func (timeoutErr) Error() string   { return "i/o timeout" }
-func (timeoutErr) Timeout() bool   { return true }
-func (timeoutErr) Temporary() bool { return true }
-
-// TestRecordWriterLines: concurrent writers never interleave lines, and
-// every sink gets every line.
-func TestRecordWriterLines(t *testing.T) {
-	var a, b bytes.Buffer
-	w := NewRecordWriter(&a, &b)
-	var wg sync.WaitGroup
-	for i := range 50 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.Write(&Record{Kind: "tcp", DestPort: uint16(i), Error: strings.Repeat("x", i)})
-		}()
-	}
-	wg.Wait()
-	if err := w.Close(context.Background()); err != nil { // delivers what is queued
-		t.Fatal(err)
-	}
-	if a.String() != b.String() {
-		t.Fatal("sinks got different lines")
-	}
-	lines := strings.Split(strings.TrimSuffix(a.String(), "\n"), "\n")
-	if len(lines) != 50 {
-		t.Fatalf("%d lines, want 50", len(lines))
-	}
-	for _, l := range lines {
-		var r Record
-		if err := json.Unmarshal([]byte(l), &r); err != nil || r.Time.IsZero() || r.Time.Location() != time.UTC {
-			t.Fatalf("line %q: %v", l, err)
-		}
-	}
-}
-
 // A classified connection reads the sniffed bytes first, then the
 // connection, in order, and lets go of the sniff reader once it is empty.
 func TestPeekedConnReleasesReader(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := testnet.TCPPair(t)
 	br := sniffReaders.Get().(*bufio.Reader)
 	br.Reset(a)
 	b.Write([]byte("GET / HTTP/1.1\r\n"))

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"net"
 	"sync"
 	"time"
@@ -91,9 +92,7 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 }
 
 // CloseWrite passes a half-close on.
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(closeWriter); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}
+func (c *prefixConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// Abort resets the destination connection.
+func (c *prefixConn) Abort() { intercept.Abort(c.Conn) }

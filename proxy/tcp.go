@@ -1,15 +1,20 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // HandleTCP implements netstack.Handler. The destination is dialled before
@@ -26,38 +31,194 @@ func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
 		return
 	}
 	pol := p.cfg.Policy.Load()
-	pf := policy.Flow{Dest: req.Flow.Dest, Client: req.Flow.Client.Addr(), Endpoint: rec.Endpoint}
-	if d, ok := pol.DecideEarly(pf); ok {
+	subj := policy.Subject{Dest: req.Flow.Dest, Client: req.Flow.Client.Addr(), Endpoint: rec.Endpoint}
+	if d, ok := pol.DecideEarly(subj); ok {
 		req.Reject()
 		rec.Rule = d.Rule
 		p.deny(rec, start, "denied by policy")
 		return
 	}
 	p.stats.tcpActive.Add(1)
-	var f *flow
-	defer func() {
-		if f == nil || !f.detached {
-			p.stats.tcpActive.Add(-1)
-		}
-	}()
-
 	up, err := p.dialer.DialContext(context.Background(), "tcp", req.Flow.Dest.String())
 	if err != nil {
 		req.Reject()
 		p.stats.tcpDialErrors.Add(1)
-		rec.Result, rec.Error = dialResult(err), err.Error()
-		p.finish(rec, start)
+		rec.Result, rec.Error = records.DialResult(err), err.Error()
+		p.endTCP(rec, start)
 		return
 	}
 	client, err := req.Accept()
 	if err != nil {
 		up.Close()
 		rec.Result, rec.Error = "error", err.Error()
-		p.finish(rec, start)
+		p.endTCP(rec, start)
 		return
 	}
-	f = &flow{p: p, rec: rec, start: start, pol: pol, pf: pf, up: up}
-	f.serve(client)
+	s := &tcpSession{p: p, rec: rec, start: start, pol: pol, subj: subj, up: up}
+	s.serve(client)
+}
+
+// endTCP writes a TCP connection's record and counts it as ended.
+func (p *Proxy) endTCP(rec *records.Record, start time.Time) {
+	p.finish(rec, start)
+	p.stats.tcpActive.Add(-1)
+}
+
+// tcpSession is one accepted TCP connection on its way through
+// classification and policy to the relay, or to interception.
+type tcpSession struct {
+	p      *Proxy
+	rec    *records.Record // the connection's record
+	start  time.Time
+	pol    *policy.Policy
+	subj   policy.Subject
+	client net.Conn // the client, with the sniffed bytes still to read
+	up     net.Conn // the dialled destination
+}
+
+// serve classifies the connection by its first bytes and serves it.
+func (s *tcpSession) serve(accepted net.Conn) {
+	br := sniffReaders.Get().(*bufio.Reader)
+	br.Reset(accepted)
+	deadline, stop := watchServerFirst(accepted, s.up)
+	// No time limit: a client that waits and then sends a ClientHello must
+	// still meet the domain rules. A destination that speaks first ends the
+	// wait (the protocol is then server-first, and relayed as TCP).
+	res, err := sniff.Sniff(br, deadline)
+	if early, upErr := stop(); len(early) > 0 || upErr != nil {
+		s.up = &prefixConn{Conn: s.up, prefix: early, err: upErr}
+	}
+	s.client = &peekedConn{Conn: accepted, r: br}
+	if err != nil { // the client reset or broke the connection while we waited
+		s.client.Close()
+		s.up.Close()
+		s.rec.Result, s.rec.Error = "reset", err.Error()
+		s.p.endTCP(s.rec, s.start)
+		return
+	}
+	switch res.Kind {
+	case sniff.KindTLS:
+		if res.Err != nil {
+			// A hello we cannot read has no name for the domain rules to
+			// see: deciding it on addresses would let it past them.
+			s.rec.Kind, s.rec.Rule = "tls", ""
+			intercept.WriteAlert(s.client, intercept.AlertHandshakeFailure)
+			s.refuse("ClientHello could not be read: " + res.Err.Error())
+			return
+		}
+		s.serveTLS(&res.Hello)
+	case sniff.KindHTTP:
+		s.intercept(&intercept.Session{HTTP: &res.HTTP})
+	case sniff.KindHTTP2Cleartext:
+		s.intercept(&intercept.Session{H2C: true})
+	default:
+		s.serveTCP()
+	}
+}
+
+// decide runs the policy for the connection as classified so far.
+func (s *tcpSession) decide(protocol, domain string) policy.Decision {
+	s.subj.Protocol, s.subj.Domain = protocol, domain
+	d := s.pol.Decide(s.subj)
+	s.rec.Rule, s.rec.Action = d.Rule, d.Action.String()
+	return d
+}
+
+// refuse ends a denied connection: the client gets a RST.
+func (s *tcpSession) refuse(reason string) {
+	intercept.Abort(s.client)
+	s.up.Close()
+	s.p.deny(s.rec, s.start, reason)
+	s.p.stats.tcpActive.Add(-1)
+}
+
+func (s *tcpSession) relay() {
+	var err error
+	s.rec.BytesOut, s.rec.BytesIn, err = Relay(s.client, s.up)
+	if err != nil {
+		s.rec.Result, s.rec.Error = "reset", err.Error()
+	}
+	s.p.endTCP(s.rec, s.start)
+}
+
+func (s *tcpSession) serveTCP() {
+	if d := s.decide(policy.ProtoTCP, ""); d.Action == policy.Deny {
+		s.refuse("denied by policy")
+		return
+	}
+	s.relay()
+}
+
+func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
+	s.rec.Kind, s.rec.SNI, s.rec.ALPN = "tls", hello.ServerName, strings.Join(hello.ALPN, ",")
+	ic := s.p.intercept
+	if ic.IsTrustHost(hello.ServerName) && ic.CanBump() {
+		s.intercept(&intercept.Session{Hello: hello})
+		return
+	}
+	d := s.decide(policy.ProtoTLS, hello.ServerName)
+	switch {
+	case d.Action == policy.Deny:
+		intercept.WriteAlert(s.client, intercept.AlertAccessDenied)
+		s.refuse("denied by policy")
+	case d.Action == policy.Bump && ic.CanBump():
+		s.intercept(&intercept.Session{Hello: hello, Decision: d})
+	default:
+		if d.Action == policy.Bump { // no CA: nothing can be decrypted
+			s.rec.Action, s.rec.Error = policy.Splice.String(), "bump requested but the appliance has no CA"
+		}
+		s.relay()
+	}
+}
+
+// intercept hands the connection to package intercept, with what
+// classification found in is; the connection counts as active until the
+// interceptor is done with it.
+func (s *tcpSession) intercept(is *intercept.Session) {
+	is.Client, is.Upstream, is.Policy, is.Subject = s.client, s.up, s.pol, s.subj
+	is.Record, is.Start = s.rec, s.start
+	is.Done = func() { s.p.stats.tcpActive.Add(-1) }
+	s.p.intercept.Serve(is)
+}
+
+// peekedConn reads through the buffer that holds the sniffed bytes.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader // nil once the sniffed bytes have been read
+}
+
+// sniffReaders recycles the readers connections are classified through.
+// A reader holds a whole TLS record (16 KiB): a connection needs it only
+// until the bytes it peeked have been read, not for as long as it lasts.
+var sniffReaders = sync.Pool{New: func() any { return sniff.NewReader(nil) }}
+
+// Read reads the sniffed bytes, then the connection itself. Reads never
+// overlap (the relay, or goproxy's reader, is the only reader), so the
+// reader can go back to the pool once empty.
+func (c *peekedConn) Read(b []byte) (int, error) {
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(b) // only what is buffered: no read of the connection
+		}
+		c.r.Reset(nil)
+		sniffReaders.Put(c.r)
+		c.r = nil
+	}
+	return c.Conn.Read(b)
+}
+
+// CloseWrite passes a half-close on to the client connection.
+func (c *peekedConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// Abort resets the client connection.
+func (c *peekedConn) Abort() { intercept.Abort(c.Conn) }
+
+// closeWrite half-closes c where it can, and closes it where it cannot.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
 }
 
 var relayBufPool = sync.Pool{New: func() any {
@@ -102,22 +263,18 @@ func halfRelay(dst, src net.Conn) (int64, error) {
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
 			if werr != nil {
-				abort(src)
-				abort(dst)
+				intercept.Abort(src)
+				intercept.Abort(dst)
 				return n, werr
 			}
 		}
 		if rerr == io.EOF {
-			if cw, ok := dst.(closeWriter); ok {
-				_ = cw.CloseWrite()
-			} else {
-				dst.Close()
-			}
+			_ = closeWrite(dst)
 			return n, nil
 		}
 		if rerr != nil {
-			abort(src)
-			abort(dst)
+			intercept.Abort(src)
+			intercept.Abort(dst)
 			if errors.Is(rerr, net.ErrClosed) {
 				return n, nil // closed by the other direction's error
 			}

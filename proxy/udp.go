@@ -11,6 +11,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // HandleUDP implements netstack.Handler: one connected host socket per flow,
@@ -23,7 +24,7 @@ func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
 		p.deny(rec, start, reason)
 		return
 	}
-	d := p.cfg.Policy.Load().Decide(policy.Flow{
+	d := p.cfg.Policy.Load().Decide(policy.Subject{
 		Protocol: policy.ProtoUDP, Dest: flow.Dest, Client: flow.Client.Addr(), Endpoint: rec.Endpoint,
 	})
 	if rec.Rule = d.Rule; d.Action == policy.Deny {
@@ -35,7 +36,7 @@ func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
 
 	up, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(flow.Dest))
 	if err != nil {
-		rec.Result, rec.Error = dialResult(err), err.Error()
+		rec.Result, rec.Error = records.DialResult(err), err.Error()
 		p.finish(rec, start)
 		return
 	}
@@ -60,7 +61,7 @@ func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
 	rec.BytesIn, inErr = p.udpCopy(client, up, &last, idle, answers)
 	<-done
 	if err := errors.Join(outErr, inErr); err != nil {
-		rec.Result, rec.Error = dialResult(err), err.Error()
+		rec.Result, rec.Error = records.DialResult(err), err.Error()
 	}
 	p.finish(rec, start)
 }
@@ -114,7 +115,7 @@ func (p *Proxy) udpCopy(dst, src net.Conn, last *atomic.Int64, idle time.Duratio
 // ended without an answer to.
 type dnsLog struct {
 	p       *Proxy
-	base    Record // a snapshot: the flow's own record changes as it runs
+	base    records.Record // a snapshot: the flow's own record changes as it runs
 	mu      sync.Mutex
 	pending map[uint16]dnsQuestion
 }

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
+	"github.com/gwlbproxy/gwlbproxy/internal/appliance"
 )
 
 func main() {
@@ -34,7 +36,7 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {
 		case "version":
-			fmt.Fprintln(stdout, "gwlbproxy", version)
+			fmt.Fprintln(stdout, "gwlbproxy", versionString())
 			return nil
 		case "ca":
 			return runCA(args[1:], stdout, stderr)
@@ -49,12 +51,12 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	setupLogging(o.LogLevel, stderr)
-	a, err := newAppliance(o)
+	a, err := appliance.New(o)
 	if err != nil {
 		return err
 	}
-	ctx, fast := signalContext(a.reload)
-	return a.run(ctx, func() time.Duration {
+	ctx, fast := signalContext(a.Reload)
+	return a.Run(ctx, func() time.Duration {
 		if fast.Load() {
 			return min(o.DrainTimeout, 5*time.Second)
 		}
@@ -62,10 +64,42 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
-var version = "dev"
+// version is stamped at build time (make build: -X main.version=...).
+var version string
 
-func parseFlags(args []string, stderr io.Writer) (options, error) {
-	o := defaultOptions()
+// versionString is the stamped version, or else the git revision the go
+// command recorded in the binary.
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "unknown"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return rev
+}
+
+func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
+	o := appliance.DefaultOptions()
 	fs := flag.NewFlagSet("gwlbproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.GeneveAddr, "geneve-addr", o.GeneveAddr, "UDP address the GWLB's GENEVE traffic arrives on")
@@ -129,7 +163,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
-	if err := checkCAFlags(&o); err != nil {
+	if err := appliance.CheckCAFlags(&o); err != nil {
 		return o, err
 	}
 	if o.RecordStall <= 0 {

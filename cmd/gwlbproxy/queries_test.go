@@ -4,166 +4,25 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-	"unicode"
 
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
-	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
-// recordFields returns the JSON names of proxy.Record's fields.
-func recordFields(t *testing.T) map[string]bool {
-	t.Helper()
-	fields := map[string]bool{}
-	typ := reflect.TypeFor[proxy.Record]()
-	for i := range typ.NumField() {
-		name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
-		if name != "" && name != "-" {
-			fields[name] = true
-		}
-	}
-	if len(fields) < 10 {
-		t.Fatalf("proxy.Record has only %d JSON fields", len(fields))
-	}
-	return fields
-}
-
-// insightsKeywords are the Logs Insights words that are not field names.
-var insightsKeywords = map[string]bool{
-	"fields": true, "filter": true, "stats": true, "sort": true, "limit": true, "display": true,
-	"dedup": true, "parse": true, "by": true, "as": true, "asc": true, "desc": true,
-	"and": true, "or": true, "not": true, "in": true, "like": true,
-}
-
-// referencedFields returns the log fields a query reads: identifiers that
-// are not keywords, functions (followed by "("), Insights' own @fields, or
-// names the query defines with "as".
-func referencedFields(q string) []string {
-	var refs []string
-	aliases := map[string]bool{}
-	prev := ""
-	for i := 0; i < len(q); {
-		c := rune(q[i])
-		switch {
-		case c == '"' || c == '\'':
-			j := i + 1
-			for j < len(q) && rune(q[j]) != c {
-				if q[j] == '\\' {
-					j++
-				}
-				j++
-			}
-			i, prev = j+1, "string"
-		case c == '#': // comment to the end of the line
-			for i < len(q) && q[i] != '\n' {
-				i++
-			}
-		case unicode.IsDigit(c):
-			for i < len(q) && (unicode.IsLetter(rune(q[i])) || unicode.IsDigit(rune(q[i])) || q[i] == '.') {
-				i++
-			}
-			prev = "number"
-		case unicode.IsLetter(c) || c == '_' || c == '@':
-			j := i
-			for j < len(q) && (unicode.IsLetter(rune(q[j])) || unicode.IsDigit(rune(q[j])) || q[j] == '_' || q[j] == '@' || q[j] == '.') {
-				j++
-			}
-			word := q[i:j]
-			k := j
-			for k < len(q) && q[k] == ' ' {
-				k++
-			}
-			isFunc := k < len(q) && q[k] == '('
-			switch {
-			case prev == "as":
-				aliases[word] = true
-			case insightsKeywords[word], isFunc, strings.HasPrefix(word, "@"):
-			default:
-				refs = append(refs, word)
-			}
-			i, prev = j, word
-		case unicode.IsSpace(c):
-			i++
-		default:
-			i, prev = i+1, string(c)
-		}
-	}
-	var out []string
-	for _, r := range refs {
-		if !aliases[r] && !slices.Contains(out, r) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// TestQueriesUseRecordFields: every field a catalog query reads is a JSON
-// name of proxy.Record, so renaming a record field breaks this test rather
-// than the auditors' queries.
-func TestQueriesUseRecordFields(t *testing.T) {
-	fields := recordFields(t)
-	used := map[string]bool{}
-	for _, q := range queryCatalog {
-		refs := referencedFields(q.Query)
-		if len(refs) == 0 {
-			t.Errorf("%s: no field found in the query", q.Name)
-		}
-		for _, f := range refs {
-			used[f] = true
-			if !fields[f] {
-				t.Errorf("%s: field %q is not a JSON field of proxy.Record", q.Name, f)
-			}
-		}
-	}
-	// The fields the auditor's questions hinge on are all queried.
-	for _, f := range []string{"action", "endpoint", "client_ip", "dest_ip", "host", "sni", "bytes_in", "bytes_out", "upstream_verify", "error", "result"} {
-		if !used[f] {
-			t.Errorf("no query reads %q", f)
-		}
-	}
-}
-
-func TestReferencedFields(t *testing.T) {
-	q := `fields @timestamp, coalesce(host, bogus_field) as destination, "a string with words" as s
-| filter kind = 'dns' and ispresent(error) # a comment naming nothing_here
-| stats count(*) as n, sum(bytes_in) by destination, bin(1h)
-| sort n desc`
-	got := referencedFields(q)
-	want := []string{"host", "bogus_field", "kind", "error", "bytes_in"}
-	if !slices.Equal(got, want) {
-		t.Fatalf("referencedFields = %q, want %q", got, want)
-	}
-}
-
-func TestCatalogIsWellFormed(t *testing.T) {
-	seen := map[string]bool{}
-	for _, q := range queryCatalog {
-		if q.Name == "" || q.Description == "" || q.Query == "" || seen[q.Name] {
-			t.Errorf("query %+v: missing name, description or text, or duplicate name", q)
-		}
-		seen[q.Name] = true
-		if strings.ContainsAny(q.Name, " /") {
-			t.Errorf("%s: name must be one command-line word", q.Name)
-		}
-		if !strings.Contains(q.Query, "| limit ") {
-			t.Errorf("%s: no limit: results would be capped silently at the service's default", q.Name)
-		}
+// TestCatalogDefaultRanges: every query's default range is one that
+// `gwlbproxy query --since` accepts.
+func TestCatalogDefaultRanges(t *testing.T) {
+	for _, q := range records.Queries {
 		if q.Since != "" {
 			if _, err := parseQuerySince(q.Since); err != nil {
 				t.Errorf("%s: default range: %v", q.Name, err)
 			}
-		}
-	}
-	for _, want := range []string{"top-destinations-requests", "top-destinations-bytes", "denied", "client-destinations",
-		"endpoint-destinations", "tls-verify-failed", "new-destinations", "errors"} {
-		if !seen[want] {
-			t.Errorf("catalog lacks %s", want)
 		}
 	}
 }
@@ -173,7 +32,7 @@ func TestPrintCatalog(t *testing.T) {
 	if err := runQueriesCommand(t.Context(), nil, &out, nil); err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range queryCatalog {
+	for _, q := range records.Queries {
 		if !strings.Contains(out.String(), q.Name+" (default --since") || !strings.Contains(out.String(), strings.Split(q.Query, "\n")[0]) {
 			t.Errorf("catalog output lacks %s", q.Name)
 		}
@@ -202,7 +61,7 @@ func TestInstallQueries(t *testing.T) {
 		if err := runQueriesCommand(t.Context(), args, &out, localClient(srv, &asked)); err != nil {
 			t.Fatal(err)
 		}
-		if want := fmt.Sprintf("saved %d queries for log group /gwlbproxy/access", len(queryCatalog)); !strings.Contains(out.String(), want) {
+		if want := fmt.Sprintf("saved %d queries for log group /gwlbproxy/access", len(records.Queries)); !strings.Contains(out.String(), want) {
 			t.Errorf("output %q", out.String())
 		}
 	}
@@ -210,10 +69,10 @@ func TestInstallQueries(t *testing.T) {
 		t.Errorf("client asked for %q", asked[0])
 	}
 	defs := srv.QueryDefinitions()
-	if len(defs) != len(queryCatalog) {
-		t.Fatalf("%d saved queries, want %d", len(defs), len(queryCatalog))
+	if len(defs) != len(records.Queries) {
+		t.Fatalf("%d saved queries, want %d", len(defs), len(records.Queries))
 	}
-	for i, q := range queryCatalog {
+	for i, q := range records.Queries {
 		d := defs[i]
 		if d.Name != "gwlbproxy/"+q.Name || d.QueryString != q.Query || !slices.Equal(d.LogGroupNames, []string{"/gwlbproxy/access"}) {
 			t.Errorf("saved %+v for %s", d, q.Name)
@@ -240,7 +99,7 @@ func TestRunQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	qs := srv.Queries()
-	want, _ := findCatalogQuery("top-destinations-requests")
+	want, _ := records.FindQuery("top-destinations-requests")
 	if len(qs) != 1 || qs[0].QueryString != want.Query || !slices.Equal(qs[0].LogGroupNames, []string{"g"}) {
 		t.Fatalf("started %+v", qs)
 	}

@@ -26,7 +26,7 @@ policy:
 	if err != nil {
 		t.Fatal(err)
 	}
-	flow := func(dst string) Flow { return Flow{Dest: netip.MustParseAddrPort(dst)} }
+	flow := func(dst string) Subject { return Subject{Dest: netip.MustParseAddrPort(dst)} }
 	if d, ok := p.DecideEarly(flow("203.0.113.9:443")); !ok || d.Action != Deny || d.Rule != "block-net" {
 		t.Errorf("address-only deny: %+v %v", d, ok)
 	}

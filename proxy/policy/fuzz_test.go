@@ -19,7 +19,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("policy:\n  rules:\n    - {name: x, ports: [1, \"2-3\", 0x10], action: bump, allow_unverified_upstream: true}\n"))
 	f.Add([]byte("policy:\n  mode: audit\n  rules:\n    - <<: {action: deny}\n      name: y\n"))
 	f.Add([]byte(refPolicyYAML(f)))
-	flows := []Flow{
+	flows := []Subject{
 		{Protocol: "tls", Domain: "a.evil.example", Dest: ap("10.0.0.1:443"), Client: ip("192.168.1.1"), Endpoint: "vpce-0123456789abcdef0"},
 		{Protocol: "udp", Dest: ap("[2001:db8::1]:53")},
 		{Protocol: "icmp", Dest: ap("203.0.113.9:0"), Client: ip("10.1.2.3")},
@@ -101,7 +101,7 @@ func asciiLower(s string) string {
 	return string(b)
 }
 
-func refMatch(r refRule, f Flow) bool {
+func refMatch(r refRule, f Subject) bool {
 	if r.Domains != nil {
 		d := strings.TrimSuffix(asciiLower(f.Domain), ".")
 		ok := false
@@ -159,7 +159,7 @@ func refMatch(r refRule, f Flow) bool {
 	return true
 }
 
-func refDecide(p refPolicy, f Flow) Decision {
+func refDecide(p refPolicy, f Subject) Decision {
 	name, action, unverified := DefaultRule, p.Default, false
 	for _, r := range p.Rules {
 		if refMatch(r, f) {
@@ -207,7 +207,7 @@ func FuzzDecide(f *testing.F) {
 	f.Add(uint8(4), "", []byte{192, 0, 2, 9}, uint16(0), []byte{10, 1, 2, 3}, "")
 	f.Add(uint8(7), "", netip.MustParseAddr("2001:db8:1::1").AsSlice(), uint16(0), []byte{}, "")
 	f.Fuzz(func(t *testing.T, proto uint8, domain string, dest []byte, port uint16, client []byte, endpoint string) {
-		fl := Flow{
+		fl := Subject{
 			Protocol: protos[int(proto)%len(protos)],
 			Domain:   domain,
 			Dest:     netip.AddrPortFrom(addrFrom(dest), port),

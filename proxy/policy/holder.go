@@ -26,7 +26,12 @@ func (h *Holder) Store(p *Policy) { h.cur.Store(p) }
 
 // Reload reads and parses filename and makes it the current policy. On any
 // error the current policy stays in force and the error is returned.
-func (h *Holder) Reload(filename string) error {
+func (h *Holder) Reload(filename string) error { return h.ReloadChecked(filename, nil) }
+
+// ReloadChecked is Reload with a last check: a policy that parses but that
+// check refuses (one the running appliance cannot carry out) is not loaded
+// either.
+func (h *Holder) ReloadChecked(filename string, check func(*Policy) error) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	data, err := os.ReadFile(filename)
@@ -34,6 +39,9 @@ func (h *Holder) Reload(filename string) error {
 		return fmt.Errorf("policy: reload: %w", err)
 	}
 	p, err := Parse(filename, data)
+	if err == nil && check != nil {
+		err = check(p)
+	}
 	if err != nil {
 		return fmt.Errorf("policy: reload: %w", err)
 	}

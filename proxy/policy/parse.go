@@ -125,36 +125,77 @@ func resolve(n *yaml.Node) *yaml.Node {
 
 func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null" }
 
-// mapping returns the key/value pairs of a mapping node, rejecting
-// duplicate, non-scalar, merge and unknown keys. where names the mapping
-// in messages.
-func (ps *parser) mapping(n *yaml.Node, where string, known ...string) ([][2]*yaml.Node, error) {
+// A key is one row of a keyTable: a key a mapping of the document may
+// have, and how its value is read into the T being built. k is the key's
+// node and v its value's (aliases resolved), for messages to point at.
+type key[T any] struct {
+	name string
+	set  func(ps *parser, k, v *yaml.Node, into *T) error
+}
+
+// A keyTable is every key one kind of mapping may have, in the order that
+// messages list them; adding a key is adding a row.
+type keyTable[T any] []key[T]
+
+func (t keyTable[T]) names() []string {
+	names := make([]string, len(t))
+	for i, k := range t {
+		names[i] = k.name
+	}
+	return names
+}
+
+func (t keyTable[T]) lookup(name string) *key[T] {
+	for i := range t {
+		if t[i].name == name {
+			return &t[i]
+		}
+	}
+	return nil
+}
+
+// readMapping reads mapping n into into by the rows of table; where names
+// the mapping in messages. A null n is an empty mapping. Every key is
+// checked (duplicate, non-scalar, merge and unknown keys are errors) before
+// any value is read, so a typo in a key is reported before a problem in a
+// value; values are then read in the document's order.
+func readMapping[T any](ps *parser, n *yaml.Node, where string, table keyTable[T], into *T) error {
 	if isNull(n) {
-		return nil, nil
+		return nil
 	}
 	if n.Kind != yaml.MappingNode {
-		return nil, ps.errf(n, "%s must be a mapping", where)
+		return ps.errf(n, "%s must be a mapping", where)
+	}
+	type entry struct {
+		row  *key[T]
+		k, v *yaml.Node
 	}
 	seen := make(map[string]bool, len(n.Content)/2)
-	var kv [][2]*yaml.Node
+	entries := make([]entry, 0, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
 		if k.Kind != yaml.ScalarNode {
-			return nil, ps.errf(k, "%s: keys must be plain names", where)
+			return ps.errf(k, "%s: keys must be plain names", where)
 		}
 		if k.ShortTag() == "!!merge" {
-			return nil, ps.errf(k, "%s: merge keys (<<) are not supported", where)
+			return ps.errf(k, "%s: merge keys (<<) are not supported", where)
 		}
-		if !contains(known, k.Value) {
-			return nil, ps.errf(k, "%s: unknown key %q (want %s)", where, k.Value, strings.Join(known, ", "))
+		row := table.lookup(k.Value)
+		if row == nil {
+			return ps.errf(k, "%s: unknown key %q (want %s)", where, k.Value, strings.Join(table.names(), ", "))
 		}
 		if seen[k.Value] {
-			return nil, ps.errf(k, "%s: duplicate key %q", where, k.Value)
+			return ps.errf(k, "%s: duplicate key %q", where, k.Value)
 		}
 		seen[k.Value] = true
-		kv = append(kv, [2]*yaml.Node{k, v})
+		entries = append(entries, entry{row, k, v})
 	}
-	return kv, nil
+	for _, e := range entries {
+		if err := e.row.set(ps, e.k, e.v, into); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func contains(list []string, s string) bool {
@@ -201,44 +242,54 @@ func parseAction(s string) (Action, bool) {
 	return 0, false
 }
 
+// policyDoc is the policy section as readMapping fills it in.
+type policyDoc struct {
+	p     *Policy
+	rules *yaml.Node // read after the other keys, wherever it stands
+}
+
+// policyKeys are the keys of the policy section.
+var policyKeys = keyTable[policyDoc]{
+	{"mode", func(ps *parser, _, v *yaml.Node, d *policyDoc) error {
+		s, err := ps.str(v, "mode")
+		if err != nil {
+			return err
+		}
+		switch strings.ToLower(s) {
+		case "enforce":
+			d.p.mode = Enforce
+		case "audit":
+			d.p.mode = Audit
+		default:
+			return ps.errf(v, "mode: unknown mode %q (want enforce or audit)", s)
+		}
+		return nil
+	}},
+	{"default", func(ps *parser, _, v *yaml.Node, d *policyDoc) error {
+		s, err := ps.str(v, "default")
+		if err != nil {
+			return err
+		}
+		a, ok := parseAction(s)
+		if !ok {
+			return ps.errf(v, "default: unknown action %q (want allow, deny, bump or splice)", s)
+		}
+		d.p.def = a
+		return nil
+	}},
+	{"rules", func(_ *parser, _, v *yaml.Node, d *policyDoc) error {
+		d.rules = v
+		return nil
+	}},
+}
+
 func (ps *parser) policy(n *yaml.Node) (*Policy, error) {
-	kv, err := ps.mapping(n, "policy", "mode", "default", "rules")
-	if err != nil {
+	p := &Policy{mode: Enforce, def: Allow}
+	d := policyDoc{p: p}
+	if err := readMapping(ps, n, "policy", policyKeys, &d); err != nil {
 		return nil, err
 	}
-	p := &Policy{mode: Enforce, def: Allow}
-	var rulesNode *yaml.Node
-	for _, e := range kv {
-		k, v := e[0], e[1]
-		switch k.Value {
-		case "mode":
-			s, err := ps.str(v, "mode")
-			if err != nil {
-				return nil, err
-			}
-			switch strings.ToLower(s) {
-			case "enforce":
-				p.mode = Enforce
-			case "audit":
-				p.mode = Audit
-			default:
-				return nil, ps.errf(v, "mode: unknown mode %q (want enforce or audit)", s)
-			}
-		case "default":
-			s, err := ps.str(v, "default")
-			if err != nil {
-				return nil, err
-			}
-			a, ok := parseAction(s)
-			if !ok {
-				return nil, ps.errf(v, "default: unknown action %q (want allow, deny, bump or splice)", s)
-			}
-			p.def = a
-		case "rules":
-			rulesNode = v
-		}
-	}
-	if rulesNode != nil && !isNull(rulesNode) {
+	if rulesNode := d.rules; rulesNode != nil && !isNull(rulesNode) {
 		if rulesNode.Kind != yaml.SequenceNode {
 			return nil, ps.errf(rulesNode, "rules: want a list of rules")
 		}
@@ -271,12 +322,99 @@ func (ps *parser) policy(n *yaml.Node) (*Policy, error) {
 	return p, nil
 }
 
-var ruleKeys = []string{"name", "domains", "dest_cidrs", "ports", "protocols", "client_cidrs", "endpoints", "action", "allow_unverified_upstream"}
+// ruleDoc is a rule as readMapping fills it in.
+type ruleDoc struct {
+	r                      rule
+	haveName, haveAction   bool
+	portsNode, domainsNode *yaml.Node // the keys, for messages about them
+}
+
+// ruleKeys are the keys of a rule.
+var ruleKeys = keyTable[ruleDoc]{
+	{"name", func(ps *parser, _, v *yaml.Node, d *ruleDoc) error {
+		s, err := ps.str(v, "name")
+		if err != nil {
+			return err
+		}
+		if d.r.name = strings.TrimSpace(s); d.r.name == "" {
+			return ps.errf(v, "name: empty")
+		}
+		if d.r.name == DefaultRule {
+			return ps.errf(v, "name: %q is reserved for flows no rule matches", DefaultRule)
+		}
+		d.haveName = true
+		return nil
+	}},
+	{"domains", func(ps *parser, k, v *yaml.Node, d *ruleDoc) error {
+		d.domainsNode = k
+		return ps.domains(v, &d.r)
+	}},
+	{"dest_cidrs", func(ps *parser, _, v *yaml.Node, d *ruleDoc) (err error) {
+		d.r.dests, err = ps.prefixes(v, "dest_cidrs")
+		return err
+	}},
+	{"ports", func(ps *parser, k, v *yaml.Node, d *ruleDoc) error {
+		d.portsNode = k
+		return ps.ports(v, &d.r)
+	}},
+	{"protocols", func(ps *parser, _, v *yaml.Node, d *ruleDoc) error {
+		items, err := ps.list(v, "protocols")
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			b := protoBit(strings.ToLower(it.Value))
+			if b == 0 {
+				return ps.errf(it, "unknown protocol %q (want tls, http, tcp, udp or icmp)", it.Value)
+			}
+			d.r.protos |= b
+		}
+		return nil
+	}},
+	{"client_cidrs", func(ps *parser, _, v *yaml.Node, d *ruleDoc) (err error) {
+		d.r.clients, err = ps.prefixes(v, "client_cidrs")
+		return err
+	}},
+	{"endpoints", func(ps *parser, _, v *yaml.Node, d *ruleDoc) error {
+		items, err := ps.list(v, "endpoints")
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			id := strings.ToLower(it.Value)
+			if !validEndpoint(id) {
+				return ps.errf(it, "invalid endpoint %q (want a GWLB endpoint ID, vpce-<hex>)", it.Value)
+			}
+			d.r.endpoints = append(d.r.endpoints, id)
+		}
+		return nil
+	}},
+	{"action", func(ps *parser, _, v *yaml.Node, d *ruleDoc) error {
+		s, err := ps.str(v, "action")
+		if err != nil {
+			return err
+		}
+		a, ok := parseAction(s)
+		if !ok {
+			return ps.errf(v, "unknown action %q (want allow, deny, bump or splice)", s)
+		}
+		d.r.action, d.haveAction = a, true
+		return nil
+	}},
+	{"allow_unverified_upstream", func(ps *parser, _, v *yaml.Node, d *ruleDoc) error {
+		if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" {
+			return ps.errf(v, "allow_unverified_upstream: want true or false")
+		}
+		if err := v.Decode(&d.r.allowUnverified); err != nil {
+			return ps.errf(v, "allow_unverified_upstream: %v", err)
+		}
+		return nil
+	}},
+}
 
 func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
-	var r rule
 	if n.Kind != yaml.MappingNode {
-		return r, ps.errf(n, "a rule must be a mapping")
+		return rule{}, ps.errf(n, "a rule must be a mapping")
 	}
 	// The name first, so that every later message can name the rule.
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -285,92 +423,15 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 			break
 		}
 	}
-	kv, err := ps.mapping(n, "rule", ruleKeys...)
-	if err != nil {
-		return r, err
+	var d ruleDoc
+	if err := readMapping(ps, n, "rule", ruleKeys, &d); err != nil {
+		return d.r, err
 	}
-	var haveName, haveAction bool
-	var portsNode, domainsNode *yaml.Node
-	for _, e := range kv {
-		k, v := e[0], e[1]
-		switch k.Value {
-		case "name":
-			s, err := ps.str(v, "name")
-			if err != nil {
-				return r, err
-			}
-			if r.name = strings.TrimSpace(s); r.name == "" {
-				return r, ps.errf(v, "name: empty")
-			}
-			if r.name == DefaultRule {
-				return r, ps.errf(v, "name: %q is reserved for flows no rule matches", DefaultRule)
-			}
-			haveName = true
-		case "action":
-			s, err := ps.str(v, "action")
-			if err != nil {
-				return r, err
-			}
-			a, ok := parseAction(s)
-			if !ok {
-				return r, ps.errf(v, "unknown action %q (want allow, deny, bump or splice)", s)
-			}
-			r.action, haveAction = a, true
-		case "allow_unverified_upstream":
-			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" {
-				return r, ps.errf(v, "allow_unverified_upstream: want true or false")
-			}
-			if err := v.Decode(&r.allowUnverified); err != nil {
-				return r, ps.errf(v, "allow_unverified_upstream: %v", err)
-			}
-		case "domains":
-			domainsNode = k
-			if err := ps.domains(v, &r); err != nil {
-				return r, err
-			}
-		case "dest_cidrs":
-			if r.dests, err = ps.prefixes(v, "dest_cidrs"); err != nil {
-				return r, err
-			}
-		case "client_cidrs":
-			if r.clients, err = ps.prefixes(v, "client_cidrs"); err != nil {
-				return r, err
-			}
-		case "ports":
-			portsNode = k
-			if err := ps.ports(v, &r); err != nil {
-				return r, err
-			}
-		case "protocols":
-			items, err := ps.list(v, "protocols")
-			if err != nil {
-				return r, err
-			}
-			for _, it := range items {
-				b := protoBit(strings.ToLower(it.Value))
-				if b == 0 {
-					return r, ps.errf(it, "unknown protocol %q (want tls, http, tcp, udp or icmp)", it.Value)
-				}
-				r.protos |= b
-			}
-		case "endpoints":
-			items, err := ps.list(v, "endpoints")
-			if err != nil {
-				return r, err
-			}
-			for _, it := range items {
-				id := strings.ToLower(it.Value)
-				if !validEndpoint(id) {
-					return r, ps.errf(it, "invalid endpoint %q (want a GWLB endpoint ID, vpce-<hex>)", it.Value)
-				}
-				r.endpoints = append(r.endpoints, id)
-			}
-		}
-	}
-	if !haveName {
+	r := d.r
+	if !d.haveName {
 		return r, ps.errf(n, "no name")
 	}
-	if !haveAction {
+	if !d.haveAction {
 		return r, ps.errf(n, "no action (want allow, deny, bump or splice)")
 	}
 	if r.allowUnverified && r.action != Bump {
@@ -382,11 +443,11 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 	// ICMP echo has neither ports nor a name: such a rule could never match,
 	// and its author surely meant it to.
 	if r.protos == bitICMP {
-		if portsNode != nil {
-			return r, ps.errf(portsNode, "ports: ICMP has no ports, so a rule for protocol icmp alone with ports would never match")
+		if d.portsNode != nil {
+			return r, ps.errf(d.portsNode, "ports: ICMP has no ports, so a rule for protocol icmp alone with ports would never match")
 		}
-		if domainsNode != nil {
-			return r, ps.errf(domainsNode, "domains: ICMP flows have no name, so a rule for protocol icmp alone with domains would never match")
+		if d.domainsNode != nil {
+			return r, ps.errf(d.domainsNode, "domains: ICMP flows have no name, so a rule for protocol icmp alone with domains would never match")
 		}
 	}
 	return r, nil

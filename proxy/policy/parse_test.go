@@ -233,7 +233,7 @@ func TestHolderReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f := Flow{Protocol: "tcp", Domain: "x.example", Dest: ap("192.0.2.1:25")}
+	f := Subject{Protocol: "tcp", Domain: "x.example", Dest: ap("192.0.2.1:25")}
 
 	var h Holder
 	if h.Load() != nil || h.Load().Decide(f).Action != Deny {
@@ -267,7 +267,7 @@ func TestHolderReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	if h.Load() == first || h.Load().Decide(f) != (Decision{Action: Allow, Rule: "mail"}) ||
-		h.Load().Decide(Flow{Protocol: "tcp", Dest: ap("192.0.2.1:26")}).Action != Deny {
+		h.Load().Decide(Subject{Protocol: "tcp", Dest: ap("192.0.2.1:26")}).Action != Deny {
 		t.Fatal("a good reload did not swap the policy")
 	}
 
@@ -305,7 +305,7 @@ func TestHolderConcurrent(t *testing.T) {
 		case <-done:
 			return
 		default:
-			if d := h.Load().Decide(Flow{Protocol: "tcp"}); d.Action != Deny {
+			if d := h.Load().Decide(Subject{Protocol: "tcp"}); d.Action != Deny {
 				t.Fatalf("got %+v", d)
 			}
 		}

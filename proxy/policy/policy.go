@@ -76,7 +76,7 @@ func (m Mode) String() string {
 	return "enforce"
 }
 
-// Flow protocols, as the proxy classifies flows (Flow.Protocol).
+// Subject protocols, as the proxy classifies flows (Subject.Protocol).
 const (
 	ProtoTLS  = "tls"
 	ProtoHTTP = "http"
@@ -88,8 +88,8 @@ const (
 // DefaultRule is the Decision.Rule when no rule matched.
 const DefaultRule = "default"
 
-// Flow describes a flow to decide on.
-type Flow struct {
+// Subject describes a flow to decide on.
+type Subject struct {
 	// Protocol is one of ProtoTLS, ProtoHTTP, ProtoTCP, ProtoUDP,
 	// ProtoICMP. Anything else matches only rules without a protocols
 	// condition.
@@ -196,7 +196,7 @@ const maxFastDomain = 256
 // Decide returns the first matching rule's decision, or the default's. It
 // does not allocate (for domains up to 256 bytes) and is safe for
 // concurrent use. A nil Policy denies everything.
-func (p *Policy) Decide(f Flow) Decision {
+func (p *Policy) Decide(f Subject) Decision {
 	if p == nil {
 		return Decision{Action: Deny, Rule: DefaultRule}
 	}
@@ -357,7 +357,7 @@ func (s *domainSet) match(d []byte) bool {
 // could match and the default denies. ok is false whenever what the client
 // sends could still change the outcome. The proxy uses it to refuse such
 // flows without ever dialling their destination.
-func (p *Policy) DecideEarly(f Flow) (d Decision, ok bool) {
+func (p *Policy) DecideEarly(f Subject) (d Decision, ok bool) {
 	if p == nil {
 		return Decision{Action: Deny, Rule: DefaultRule}, true
 	}

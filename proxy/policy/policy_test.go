@@ -59,49 +59,49 @@ func TestDecide(t *testing.T) {
 	web := ap("192.0.2.10:443")
 	tests := []struct {
 		name       string
-		f          Flow
+		f          Subject
 		action     Action
 		rule       string
 		unverified bool
 	}{
 		// Domains.
-		{"exact", Flow{Protocol: "tls", Domain: "bad.example", Dest: web}, Deny, "block-bad", false},
-		{"exact, case and trailing dot", Flow{Protocol: "http", Domain: "BAD.Example.", Dest: web}, Deny, "block-bad", false},
-		{"wildcard one level", Flow{Protocol: "tls", Domain: "x.evil.example", Dest: web}, Deny, "block-bad", false},
-		{"wildcard deep, upper case", Flow{Protocol: "tls", Domain: "A.B.EVIL.example", Dest: web}, Deny, "block-bad", false},
-		{"wildcard skips the apex", Flow{Protocol: "tls", Domain: "evil.example", Dest: web}, Splice, DefaultRule, false},
-		{"wildcard needs a dot boundary", Flow{Protocol: "tls", Domain: "notevil.example", Dest: web}, Splice, DefaultRule, false},
-		{"exact is not a suffix match", Flow{Protocol: "tls", Domain: "www.bad.example", Dest: web}, Splice, DefaultRule, false},
-		{"pattern with trailing dot", Flow{Protocol: "tls", Domain: "trailing.example", Dest: web}, Deny, "block-bad", false},
-		{"no domain never matches domains", Flow{Protocol: "tcp", Dest: web}, Allow, DefaultRule, false},
+		{"exact", Subject{Protocol: "tls", Domain: "bad.example", Dest: web}, Deny, "block-bad", false},
+		{"exact, case and trailing dot", Subject{Protocol: "http", Domain: "BAD.Example.", Dest: web}, Deny, "block-bad", false},
+		{"wildcard one level", Subject{Protocol: "tls", Domain: "x.evil.example", Dest: web}, Deny, "block-bad", false},
+		{"wildcard deep, upper case", Subject{Protocol: "tls", Domain: "A.B.EVIL.example", Dest: web}, Deny, "block-bad", false},
+		{"wildcard skips the apex", Subject{Protocol: "tls", Domain: "evil.example", Dest: web}, Splice, DefaultRule, false},
+		{"wildcard needs a dot boundary", Subject{Protocol: "tls", Domain: "notevil.example", Dest: web}, Splice, DefaultRule, false},
+		{"exact is not a suffix match", Subject{Protocol: "tls", Domain: "www.bad.example", Dest: web}, Splice, DefaultRule, false},
+		{"pattern with trailing dot", Subject{Protocol: "tls", Domain: "trailing.example", Dest: web}, Deny, "block-bad", false},
+		{"no domain never matches domains", Subject{Protocol: "tcp", Dest: web}, Allow, DefaultRule, false},
 		// CIDRs, ports, protocols; bump adapted per protocol.
-		{"v4 cidr + port + tls", Flow{Protocol: "tls", Dest: ap("10.1.2.3:443")}, Bump, "inspect-corp", true},
-		{"v4 cidr + port range low", Flow{Protocol: "tls", Dest: ap("10.1.2.3:8000")}, Bump, "inspect-corp", true},
-		{"port range high + http: bump means allow", Flow{Protocol: "http", Dest: ap("10.1.2.3:8100")}, Allow, "inspect-corp", false},
-		{"port outside range", Flow{Protocol: "tls", Dest: ap("10.1.2.3:8101")}, Splice, DefaultRule, false},
-		{"v6 cidr", Flow{Protocol: "tls", Dest: ap("[2001:db8:1::5]:443")}, Bump, "inspect-corp", true},
-		{"v6 outside", Flow{Protocol: "tls", Dest: ap("[2001:db9::5]:443")}, Splice, DefaultRule, false},
-		{"v4-mapped dest", Flow{Protocol: "tls", Dest: ap("[::ffff:10.9.9.9]:443")}, Bump, "inspect-corp", true},
-		{"protocol mismatch", Flow{Protocol: "tcp", Dest: ap("10.1.2.3:443")}, Allow, DefaultRule, false},
-		{"first match wins", Flow{Protocol: "tls", Domain: "bad.example", Dest: ap("10.1.2.3:443")}, Deny, "block-bad", false},
+		{"v4 cidr + port + tls", Subject{Protocol: "tls", Dest: ap("10.1.2.3:443")}, Bump, "inspect-corp", true},
+		{"v4 cidr + port range low", Subject{Protocol: "tls", Dest: ap("10.1.2.3:8000")}, Bump, "inspect-corp", true},
+		{"port range high + http: bump means allow", Subject{Protocol: "http", Dest: ap("10.1.2.3:8100")}, Allow, "inspect-corp", false},
+		{"port outside range", Subject{Protocol: "tls", Dest: ap("10.1.2.3:8101")}, Splice, DefaultRule, false},
+		{"v6 cidr", Subject{Protocol: "tls", Dest: ap("[2001:db8:1::5]:443")}, Bump, "inspect-corp", true},
+		{"v6 outside", Subject{Protocol: "tls", Dest: ap("[2001:db9::5]:443")}, Splice, DefaultRule, false},
+		{"v4-mapped dest", Subject{Protocol: "tls", Dest: ap("[::ffff:10.9.9.9]:443")}, Bump, "inspect-corp", true},
+		{"protocol mismatch", Subject{Protocol: "tcp", Dest: ap("10.1.2.3:443")}, Allow, DefaultRule, false},
+		{"first match wins", Subject{Protocol: "tls", Domain: "bad.example", Dest: ap("10.1.2.3:443")}, Deny, "block-bad", false},
 		// Client CIDRs.
-		{"client v4", Flow{Protocol: "tls", Dest: web, Client: ip("192.168.1.77")}, Splice, "client-only", false},
-		{"client v4, http: splice means allow", Flow{Protocol: "http", Dest: web, Client: ip("192.168.1.77")}, Allow, "client-only", false},
-		{"client v6", Flow{Protocol: "udp", Dest: web, Client: ip("fd12::1")}, Allow, "client-only", false},
-		{"client outside", Flow{Protocol: "tls", Dest: web, Client: ip("192.168.2.1")}, Splice, DefaultRule, false},
+		{"client v4", Subject{Protocol: "tls", Dest: web, Client: ip("192.168.1.77")}, Splice, "client-only", false},
+		{"client v4, http: splice means allow", Subject{Protocol: "http", Dest: web, Client: ip("192.168.1.77")}, Allow, "client-only", false},
+		{"client v6", Subject{Protocol: "udp", Dest: web, Client: ip("fd12::1")}, Allow, "client-only", false},
+		{"client outside", Subject{Protocol: "tls", Dest: web, Client: ip("192.168.2.1")}, Splice, DefaultRule, false},
 		// Endpoints.
-		{"endpoint, case-insensitive", Flow{Protocol: "udp", Dest: web, Endpoint: "VPCE-0123456789ABCDEF0"}, Deny, "endpoint-udp", false},
-		{"other endpoint", Flow{Protocol: "udp", Dest: web, Endpoint: "vpce-0123456789abcdef1"}, Allow, DefaultRule, false},
-		{"endpoint, wrong protocol", Flow{Protocol: "tcp", Dest: web, Endpoint: "vpce-0123456789abcdef0"}, Allow, DefaultRule, false},
+		{"endpoint, case-insensitive", Subject{Protocol: "udp", Dest: web, Endpoint: "VPCE-0123456789ABCDEF0"}, Deny, "endpoint-udp", false},
+		{"other endpoint", Subject{Protocol: "udp", Dest: web, Endpoint: "vpce-0123456789abcdef1"}, Allow, DefaultRule, false},
+		{"endpoint, wrong protocol", Subject{Protocol: "tcp", Dest: web, Endpoint: "vpce-0123456789abcdef0"}, Allow, DefaultRule, false},
 		// Protocol tcp means other TCP only.
-		{"tcp port", Flow{Protocol: "tcp", Dest: ap("192.0.2.1:22")}, Deny, "ssh", false},
-		{"tls on the same port", Flow{Protocol: "tls", Dest: ap("192.0.2.1:22")}, Splice, DefaultRule, false},
-		{"unknown protocol", Flow{Protocol: "sctp", Dest: ap("192.0.2.1:22")}, Allow, DefaultRule, false},
+		{"tcp port", Subject{Protocol: "tcp", Dest: ap("192.0.2.1:22")}, Deny, "ssh", false},
+		{"tls on the same port", Subject{Protocol: "tls", Dest: ap("192.0.2.1:22")}, Splice, DefaultRule, false},
+		{"unknown protocol", Subject{Protocol: "sctp", Dest: ap("192.0.2.1:22")}, Allow, DefaultRule, false},
 		// Single addresses and mapped prefixes.
-		{"bare address", Flow{Protocol: "tcp", Dest: ap("198.51.100.7:1")}, Deny, "single-host", false},
-		{"bare address, neighbour", Flow{Protocol: "tcp", Dest: ap("198.51.100.8:1")}, Allow, DefaultRule, false},
-		{"mapped prefix in config", Flow{Protocol: "tcp", Dest: ap("203.0.113.9:1")}, Deny, "single-host", false},
-		{"zero flow", Flow{}, Allow, DefaultRule, false},
+		{"bare address", Subject{Protocol: "tcp", Dest: ap("198.51.100.7:1")}, Deny, "single-host", false},
+		{"bare address, neighbour", Subject{Protocol: "tcp", Dest: ap("198.51.100.8:1")}, Allow, DefaultRule, false},
+		{"mapped prefix in config", Subject{Protocol: "tcp", Dest: ap("203.0.113.9:1")}, Deny, "single-host", false},
+		{"zero flow", Subject{}, Allow, DefaultRule, false},
 	}
 	for _, tc := range tests {
 		got := p.Decide(tc.f)
@@ -113,9 +113,9 @@ func TestDecide(t *testing.T) {
 }
 
 func TestDecideDefaultsAndModes(t *testing.T) {
-	tls := Flow{Protocol: "tls", Domain: "x.example", Dest: ap("192.0.2.1:443")}
-	tcp := Flow{Protocol: "tcp", Dest: ap("192.0.2.1:25")}
-	corp := Flow{Protocol: "tls", Dest: ap("10.0.0.1:443")}
+	tls := Subject{Protocol: "tls", Domain: "x.example", Dest: ap("192.0.2.1:443")}
+	tcp := Subject{Protocol: "tcp", Dest: ap("192.0.2.1:25")}
+	corp := Subject{Protocol: "tls", Dest: ap("10.0.0.1:443")}
 	cfg := func(mode, def string) string {
 		return fmt.Sprintf("policy:\n  mode: %s\n  default: %s\n  rules:\n    - {name: corp, dest_cidrs: [10.0.0.0/8], action: bump, allow_unverified_upstream: true}\n", mode, def)
 	}
@@ -173,7 +173,7 @@ func TestDecideLargeDomainSets(t *testing.T) {
 		"a.zone3.example": Deny, "a.b.zone19.example": Deny, "zone3.example": Allow, "azone3.example": Allow,
 		".zone3.example": Allow, "zone3.example.": Allow, "host20.example": Allow, "": Allow,
 	} {
-		if d := p.Decide(Flow{Protocol: "http", Domain: dom}); d.Action != want {
+		if d := p.Decide(Subject{Protocol: "http", Domain: dom}); d.Action != want {
 			t.Errorf("%q: %+v, want %v", dom, d, want)
 		}
 	}
@@ -184,14 +184,14 @@ func TestDecideLargeDomainSets(t *testing.T) {
 func TestDecideLongDomain(t *testing.T) {
 	p := mustParse(t, "policy:\n  rules:\n    - {name: evil, domains: [\"*.evil.example\"], action: deny}\n")
 	long := strings.Repeat("A", 300) + ".EVIL.example"
-	if d := p.Decide(Flow{Protocol: "http", Domain: long}); d.Action != Deny {
+	if d := p.Decide(Subject{Protocol: "http", Domain: long}); d.Action != Deny {
 		t.Fatalf("long domain: %+v", d)
 	}
 }
 
 func TestDecideDoesNotAllocate(t *testing.T) {
 	p := mustParse(t, testConfig)
-	flows := []Flow{
+	flows := []Subject{
 		{Protocol: "tls", Domain: "Www.Unmatched.Example.", Dest: ap("192.0.2.1:443"), Client: ip("192.0.2.2"), Endpoint: "vpce-1"},
 		{Protocol: "tls", Domain: "x.evil.example", Dest: ap("192.0.2.1:443")},
 		{Protocol: "http", Dest: ap("[2001:db8::1]:8080")},
@@ -223,7 +223,7 @@ func benchPolicy(tb testing.TB, n int) *Policy {
 
 func BenchmarkDecide(b *testing.B) {
 	p := benchPolicy(b, 100)
-	miss := Flow{Protocol: "tls", Domain: "www.unmatched.example", Dest: ap("192.0.2.1:443"), Client: ip("192.0.2.2"), Endpoint: "vpce-0123456789abcdef0"}
+	miss := Subject{Protocol: "tls", Domain: "www.unmatched.example", Dest: ap("192.0.2.1:443"), Client: ip("192.0.2.2"), Endpoint: "vpce-0123456789abcdef0"}
 	if d := p.Decide(miss); d.Rule != DefaultRule {
 		b.Fatalf("benchmark flow matched %q", d.Rule)
 	}
@@ -270,12 +270,12 @@ policy:
       protocols: [icmp, tls]
       action: splice
 `)
-	icmp := func(dst, client string) Flow {
-		return Flow{Protocol: ProtoICMP, Dest: netip.AddrPortFrom(ip(dst), 0), Client: ip(client), Endpoint: "vpce-0123456789abcdef0"}
+	icmp := func(dst, client string) Subject {
+		return Subject{Protocol: ProtoICMP, Dest: netip.AddrPortFrom(ip(dst), 0), Client: ip(client), Endpoint: "vpce-0123456789abcdef0"}
 	}
 	tests := []struct {
 		name   string
-		f      Flow
+		f      Subject
 		action Action
 		rule   string
 	}{
@@ -285,7 +285,7 @@ policy:
 		{"icmp deny by CIDR, v4-mapped", icmp("::ffff:10.1.2.3", "192.168.1.1"), Deny, "no-ping-corp"},
 		{"bump means allow for icmp", icmp("192.0.2.1", "192.168.7.7"), Allow, "ping-bump"},
 		{"splice means allow for icmp", icmp("198.51.100.1", "172.16.0.1"), Allow, "ping-rest"},
-		{"tls matches a rule shared with icmp", Flow{Protocol: ProtoTLS, Dest: ap("198.51.100.1:8443")}, Splice, "ping-rest"},
+		{"tls matches a rule shared with icmp", Subject{Protocol: ProtoTLS, Dest: ap("198.51.100.1:8443")}, Splice, "ping-rest"},
 	}
 	for _, tc := range tests {
 		if got, want := p.Decide(tc.f), (Decision{Action: tc.action, Rule: tc.rule}); got != want {
@@ -299,7 +299,7 @@ policy:
 	}
 	// An icmp-only rule never makes DecideEarly (TCP) sure of anything.
 	only := mustParse(t, "policy:\n  rules:\n    - {name: no-ping, protocols: [icmp], action: deny}\n")
-	if d, ok := only.DecideEarly(Flow{Dest: ap("192.0.2.1:443")}); ok {
+	if d, ok := only.DecideEarly(Subject{Dest: ap("192.0.2.1:443")}); ok {
 		t.Errorf("DecideEarly decided a TCP flow on an icmp-only rule: %+v", d)
 	}
 }

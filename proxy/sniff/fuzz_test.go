@@ -113,7 +113,7 @@ func FuzzSniffHTTP(f *testing.F) {
 
 		conn := &fakeConn{r: bytes.NewReader(b)}
 		br := bufio.NewReaderSize(conn, 256) // small, to reach ErrTooLarge too
-		res, err := Sniff(br, conn, time.Millisecond)
+		res, err := sniff(br, conn, time.Millisecond, CompleteTimeout)
 		if err != nil {
 			t.Fatalf("Sniff: %v", err)
 		}

@@ -107,21 +107,24 @@ type ReadDeadliner interface {
 // conn) by peeking, never reading, so every byte stays buffered in br for
 // the next consumer. Give it a reader of at least BufferSize (NewReader).
 //
-// It waits up to wait for the first byte (with wait <= 0, until one comes,
-// the connection ends, or a deadline set through conn by someone else
-// passes); a client that sends nothing by then is KindOther. Once the
-// client has sent something it peeks as far as needed — the whole
-// ClientHello, or the request line and the first Host header — for at most
-// max(wait, CompleteTimeout) more, and returns as soon as the class is
+// It waits for the first byte with no time limit: until one comes, the
+// connection ends, or a deadline set through conn by someone else passes (a
+// destination that speaks first); a client that sends nothing by then is
+// KindOther. Once the client has sent something it peeks as far as needed
+// (the whole ClientHello, or the request line and the first Host header)
+// for at most CompleteTimeout more, and returns as soon as the class is
 // certain. It always clears the read deadline before returning.
 //
 // The error is non-nil only when reading failed other than by timeout or EOF
 // (e.g. a reset), or the deadline could not be set: the connection is then
 // unusable, though Result still says what was seen. A timeout or EOF is
 // part of the classification (see Result.Err), not an error.
-func Sniff(br *bufio.Reader, conn ReadDeadliner, wait time.Duration) (Result, error) {
-	return sniff(br, conn, wait, CompleteTimeout)
+func Sniff(br *bufio.Reader, conn ReadDeadliner) (Result, error) {
+	return sniff(br, conn, 0, CompleteTimeout)
 }
+
+// sniff is Sniff with a limit on the wait for the first byte (wait > 0)
+// and on the rest (max(wait, complete)).
 
 func sniff(br *bufio.Reader, conn ReadDeadliner, wait, complete time.Duration) (res Result, err error) {
 	defer func() {

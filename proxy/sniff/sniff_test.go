@@ -75,7 +75,7 @@ func TestSniffTLSThenHandshake(t *testing.T) {
 	}()
 
 	br := NewReader(s)
-	res, err := Sniff(br, s, time.Second)
+	res, err := sniff(br, s, time.Second, CompleteTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestSniffHTTPThenReadRequest(t *testing.T) {
 	const req = "GET http://abs.example/x HTTP/1.1\r\nUser-Agent: t\r\nHost: abs.example\r\nAccept: */*\r\n\r\n"
 	go func() { _, _ = c.Write([]byte(req)) }()
 	br := NewReader(s)
-	res, err := Sniff(br, s, time.Second)
+	res, err := sniff(br, s, time.Second, CompleteTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestSniffSilentClient(t *testing.T) {
 			const wait = 150 * time.Millisecond
 			br := NewReader(s)
 			start := time.Now()
-			res, err := Sniff(br, s, wait)
+			res, err := sniff(br, s, wait, CompleteTimeout)
 			el := time.Since(start)
 			if err != nil || res.Kind != KindOther || res.Peeked != 0 {
 				t.Fatalf("Sniff = %+v, %v", res, err)
@@ -180,7 +180,7 @@ func TestSniffSegmentedHelloTCP(t *testing.T) {
 		_, _ = c.Write(raw[7:])
 	}()
 	br := NewReader(s)
-	res, err := Sniff(br, s, 30*time.Millisecond)
+	res, err := sniff(br, s, 30*time.Millisecond, CompleteTimeout)
 	if err != nil || res.Kind != KindTLS || res.Err != nil || res.Hello.ServerName != "seg.example" || res.Hello.MaxVersion() != tls.VersionTLS12 {
 		t.Fatalf("Sniff = %+v, %v", res, err)
 	}
@@ -197,7 +197,7 @@ func TestSniffOtherIsImmediate(t *testing.T) {
 		go func() { _, _ = c.Write([]byte(in)) }()
 		br := NewReader(s)
 		start := time.Now()
-		res, err := Sniff(br, s, 5*time.Second)
+		res, err := sniff(br, s, 5*time.Second, CompleteTimeout)
 		if err != nil || res.Kind != KindOther || res.Err != nil {
 			t.Errorf("%q: Sniff = %+v, %v", in, res, err)
 		}
@@ -218,7 +218,7 @@ func TestSniffH2C(t *testing.T) {
 	defer c.Close()
 	defer s.Close()
 	go func() { _, _ = c.Write([]byte(H2Preface + "\x00\x00\x00\x04\x00\x00\x00\x00\x00")) }()
-	res, err := Sniff(NewReader(s), s, time.Second)
+	res, err := sniff(NewReader(s), s, time.Second, CompleteTimeout)
 	if err != nil || res.Kind != KindHTTP2Cleartext || res.HTTP.Method != "PRI" || res.Kind.String() != "h2c" {
 		t.Fatalf("Sniff = %+v, %v", res, err)
 	}
@@ -249,7 +249,7 @@ func TestSniffEOF(t *testing.T) {
 			t.Fatal(err)
 		}
 		br := NewReader(s)
-		res, err := Sniff(br, s, time.Second)
+		res, err := sniff(br, s, time.Second, CompleteTimeout)
 		if err != nil || res.Kind != tc.kind || (res.Err != nil) != tc.wantErr {
 			t.Errorf("%.20q: Sniff = %+v, %v; want kind %v, Err %v", tc.in, res, err, tc.kind, tc.wantErr)
 		}
@@ -296,7 +296,7 @@ func TestSniffHelloLargerThanBuffer(t *testing.T) {
 		c, s := net.Pipe()
 		go func() { _, _ = c.Write(raw) }()
 		br := bufio.NewReaderSize(s, size)
-		res, err := Sniff(br, s, time.Second)
+		res, err := sniff(br, s, time.Second, CompleteTimeout)
 		if err != nil || res.Kind != KindTLS {
 			t.Fatalf("size %d: Sniff = %+v, %v", size, res.Kind, err)
 		}
@@ -325,7 +325,7 @@ func TestSniffAlreadyBuffered(t *testing.T) {
 	if _, err := br.Peek(1); err != nil {
 		t.Fatal(err)
 	}
-	res, err := Sniff(br, s, time.Second)
+	res, err := sniff(br, s, time.Second, CompleteTimeout)
 	if err != nil || res.Kind != KindHTTP || res.HTTP.Host != "b.example" {
 		t.Fatalf("Sniff = %+v, %v", res, err)
 	}
@@ -340,7 +340,7 @@ func TestSniffResetIsError(t *testing.T) {
 	_, _ = c.Write([]byte("GET / HTTP/1.1\r\n"))
 	time.Sleep(20 * time.Millisecond)
 	c.Close() // RST because of linger 0
-	res, err := Sniff(NewReader(s), s, time.Second)
+	res, err := sniff(NewReader(s), s, time.Second, CompleteTimeout)
 	if err == nil {
 		// Some kernels deliver the data and then EOF; both are fine as long
 		// as what arrived is classified.
@@ -372,7 +372,7 @@ func TestSniffNoWaitLimit(t *testing.T) {
 		time.Sleep(400 * time.Millisecond)
 		_, _ = c.Write(raw)
 	}()
-	res, err := Sniff(NewReader(s), s, 0)
+	res, err := Sniff(NewReader(s), s)
 	if err != nil || res.Kind != KindTLS || res.Err != nil || res.Hello.ServerName != "late.example" {
 		t.Fatalf("Sniff = %+v, %v", res, err)
 	}

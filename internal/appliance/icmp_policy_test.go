@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"encoding/binary"
@@ -14,7 +14,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"golang.org/x/net/icmp"
 
-	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // TestICMPEchoPolicy: echo is subject to the policy. A destination a rule
@@ -29,7 +29,7 @@ func TestICMPEchoPolicy(t *testing.T) {
 		c.Close()
 	}
 	var allowed, denied netip.Addr
-	r := newRig(t, func(o *options) {
+	r := newRig(t, func(o *Options) {
 		// The test net's servers, from the address newRig gave the appliance.
 		app := netip.MustParseAddrPort(o.GeneveAddr).Addr().As4()
 		allowed, denied = netip.AddrFrom4([4]byte{127, app[1], app[2], 3}), netip.AddrFrom4([4]byte{127, app[1], app[2], 4})
@@ -108,10 +108,10 @@ func TestICMPEchoPolicy(t *testing.T) {
 
 	// One deny record for the denied flow's 20 requests; the allowed flow's
 	// record comes when it idles.
-	recs := r.records(func(rs []proxy.Record) bool {
+	recs := r.records(func(rs []records.Record) bool {
 		return findRecord(rs, "icmp", netip.AddrPortFrom(denied, 0)) != nil && findRecord(rs, "icmp", netip.AddrPortFrom(allowed, 0)) != nil
 	})
-	var denies []proxy.Record
+	var denies []records.Record
 	for _, rec := range recs {
 		if rec.Kind == "icmp" && rec.DestIP == denied.String() {
 			denies = append(denies, rec)

@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"bufio"
@@ -25,7 +25,9 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
-	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
@@ -95,7 +97,7 @@ policy:
 func interceptRig(t *testing.T, up *upstream, pol string) *rig {
 	cfg := filepath.Join(t.TempDir(), "gwlbproxy.yaml")
 	os.WriteFile(cfg, []byte(pol), 0o644)
-	return newRig(t, func(o *options) {
+	return newRig(t, func(o *Options) {
 		o.Config = cfg
 		o.UpstreamCA = []string{up.caFile}
 	}, nil)
@@ -159,8 +161,8 @@ func TestBumpHTTP1AndHTTP2(t *testing.T) {
 		}
 		client.CloseIdleConnections() // the connection's tls record is written when it ends
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "http") >= 2 && countKind(rs, "tls") >= 2 })
-	var httpRec, tlsRec *proxy.Record
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "http") >= 2 && countKind(rs, "tls") >= 2 })
+	var httpRec, tlsRec *records.Record
 	for i := range recs {
 		switch recs[i].Kind {
 		case "http":
@@ -288,20 +290,20 @@ func TestBumpH2ClientLeavesWithStreamsOpen(t *testing.T) {
 		time.Sleep(time.Duration(i) * 300 * time.Microsecond) // closes at different points of the requests
 		tc.Close()
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") >= conns })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "tls") >= conns })
 	if n := countKind(recs, "tls"); n != conns {
 		t.Fatalf("%d connection records, want %d", n, conns)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for r.app.px.Active() != 0 || up.open.Load() != 0 {
+	for r.app.proxy.Active() != 0 || up.open.Load() != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("10s after the clients left: %d flows active, %d upstream connections open", r.app.px.Active(), up.open.Load())
+			t.Fatalf("10s after the clients left: %d flows active, %d upstream connections open", r.app.proxy.Active(), up.open.Load())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-func countKind(rs []proxy.Record, kind string) int {
+func countKind(rs []records.Record, kind string) int {
 	n := 0
 	for _, r := range rs {
 		if r.Kind == kind {
@@ -327,7 +329,7 @@ func TestSpliceShowsOriginCertificate(t *testing.T) {
 		t.Fatalf("spliced client sees a certificate from %q", got)
 	}
 	tc.Close()
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "tls") > 0 })
 	if rec := recs[0]; rec.Action != "splice" || rec.Rule != "pass-bank" || rec.SNI != "bank.example.test" {
 		t.Fatalf("record %+v", rec)
 	}
@@ -340,7 +342,7 @@ func TestDenyTLSByDomain(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "access denied") {
 		t.Fatalf("handshake with a denied name: %v, want an access-denied alert", err)
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "tls") > 0 })
 	if rec := recs[0]; rec.Action != "deny" || rec.Rule != "no-evil" || rec.Result != "denied" {
 		t.Fatalf("record %+v", rec)
 	}
@@ -353,7 +355,7 @@ func TestUnverifiedUpstreamDenied(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "bad certificate") {
 		t.Fatalf("handshake with an unverifiable upstream: %v, want a bad-certificate alert", err)
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "tls") > 0 })
 	if rec := recs[0]; rec.Action != "deny" || rec.UpstreamVerify != "failed" || !strings.Contains(rec.Error, "unknown authority") {
 		t.Fatalf("record %+v", rec)
 	}
@@ -382,7 +384,7 @@ func TestWebSocketThroughBump(t *testing.T) {
 	r := interceptRig(t, up, interceptPolicy)
 	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
 	if err != nil {
-		for _, rec := range r.records(func(rs []proxy.Record) bool { return len(rs) > 0 }) {
+		for _, rec := range r.records(func(rs []records.Record) bool { return len(rs) > 0 }) {
 			t.Logf("%+v", rec)
 		}
 		t.Fatal(err)
@@ -398,7 +400,7 @@ func TestWebSocketThroughBump(t *testing.T) {
 		}
 	}
 	ws.Close()
-	recs := r.records(func(rs []proxy.Record) bool {
+	recs := r.records(func(rs []records.Record) bool {
 		for _, r := range rs {
 			if r.WebSocket {
 				return true
@@ -447,7 +449,7 @@ func TestPlainHTTP(t *testing.T) {
 	if resp.StatusCode != 403 || !strings.Contains(body, "no-evil") {
 		t.Fatalf("denied Host: %d %q", resp.StatusCode, body)
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "http") >= 2 })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "http") >= 2 })
 	var allowed, denied bool
 	for _, rec := range recs {
 		allowed = allowed || (rec.Action == "allow" && rec.Status == 200 && rec.Path == "/page" && rec.UserAgent == "gwlbtest")
@@ -497,6 +499,26 @@ func TestAuditModeNeverBumps(t *testing.T) {
 	}
 }
 
+// TestReloadRefusesBumpWithoutCA: an appliance that started in audit mode
+// has no CA; a reload to a policy that bumps is refused, saying why, and the
+// audit policy stays (rather than every bump silently becoming a splice).
+func TestReloadRefusesBumpWithoutCA(t *testing.T) {
+	up := startUpstream(t, newTestNet().server(3), false)
+	r := interceptRig(t, up, "policy:\n  mode: audit\n  default: allow\n")
+	os.WriteFile(r.app.opts.Config, []byte(interceptPolicy), 0o644)
+	err := r.app.Reload()
+	if err == nil || !strings.Contains(err.Error(), "without a CA") {
+		t.Fatalf("reload to a bumping policy without a CA: %v, want a refusal", err)
+	}
+	if r.app.policy.Load().Mode() != policy.Audit {
+		t.Fatal("the refused policy was loaded")
+	}
+	os.WriteFile(r.app.opts.Config, []byte("policy:\n  default: deny\n"), 0o644)
+	if err := r.app.Reload(); err != nil {
+		t.Fatalf("a policy that needs no CA: %v", err)
+	}
+}
+
 // TestReload: a good file takes effect for new flows, a bad one is rejected
 // naming the problem and the running policy stays.
 func TestReload(t *testing.T) {
@@ -508,14 +530,14 @@ func TestReload(t *testing.T) {
 	}
 	defer open.Close()
 	os.WriteFile(r.app.opts.Config, []byte("policy:\n  rules:\n    - name: x\n      dest_cidrs: [\"10.0.0.0/33\"]\n      action: deny\n"), 0o644)
-	if err := r.app.reload(); err == nil || !strings.Contains(err.Error(), "gwlbproxy.yaml:") || !strings.Contains(err.Error(), "10.0.0.0/33") {
+	if err := r.app.Reload(); err == nil || !strings.Contains(err.Error(), "gwlbproxy.yaml:") || !strings.Contains(err.Error(), "10.0.0.0/33") {
 		t.Fatalf("bad config: %v", err)
 	}
 	if _, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool()}); err != nil {
 		t.Fatalf("after a rejected reload: %v", err)
 	}
 	os.WriteFile(r.app.opts.Config, []byte("policy:\n  default: deny\n"), 0o644)
-	if err := r.app.reload(); err != nil {
+	if err := r.app.Reload(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.client.DialTCP(ctxT(t, 5*time.Second), up.addr); err == nil || !strings.Contains(err.Error(), "refused") {
@@ -538,7 +560,7 @@ func TestBumpClientRejectsLeaf(t *testing.T) {
 	if _, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: x509.NewCertPool()}); err == nil {
 		t.Fatal("a client trusting nothing completed a bumped handshake")
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "tls") > 0 })
 	if rec := recs[0]; rec.Action != "bump" || rec.Result != "error" || !strings.Contains(rec.Error, "handshake") {
 		t.Fatalf("record %+v, want a bump that failed the client handshake", rec)
 	}
@@ -598,7 +620,7 @@ func TestUnreadableClientHelloRefused(t *testing.T) {
 	if !bytes.HasPrefix(got, []byte{21, 3, 3, 0, 2, 2}) {
 		t.Fatalf("answer %x, want a fatal TLS alert", got)
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "tls") > 0 })
 	if rec := recs[0]; rec.Action != "deny" || !strings.Contains(rec.Error, "ClientHello could not be read") {
 		t.Fatalf("record %+v", rec)
 	}
@@ -629,7 +651,7 @@ func TestRequestHeadLimit(t *testing.T) {
 	t.Cleanup(func() { origin.Close() })
 
 	big := func(n int) string { return strings.Repeat("a", n) }
-	const limit = proxy.DefaultMaxHeaderBytes
+	const limit = intercept.DefaultMaxHeaderBytes
 	check := func(t *testing.T, c net.Conn) {
 		c.SetDeadline(time.Now().Add(20 * time.Second))
 		br := bufio.NewReader(c)
@@ -710,7 +732,7 @@ func TestRequestHeadLimit(t *testing.T) {
 		time.Sleep(sniff.CompleteTimeout + 500*time.Millisecond)
 		refused(t, c, "Host: www.example.test\r\n")
 	})
-	recs := r.records(func(rs []proxy.Record) bool {
+	recs := r.records(func(rs []records.Record) bool {
 		n := 0
 		for _, rec := range rs {
 			if rec.Status == http.StatusRequestHeaderFieldsTooLarge {
@@ -740,7 +762,7 @@ func TestSilentClientMeetsDomainRules(t *testing.T) {
 	if err := tc.Handshake(); err == nil || !strings.Contains(err.Error(), "access denied") {
 		t.Fatalf("handshake after a pause with a denied name: %v, want an access-denied alert", err)
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "tls") > 0 })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "tls") > 0 })
 	if rec := recs[0]; rec.Action != "deny" || rec.Rule != "no-evil" {
 		t.Fatalf("record %+v", rec)
 	}

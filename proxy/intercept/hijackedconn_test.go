@@ -1,4 +1,4 @@
-package proxy
+package intercept
 
 import (
 	"bufio"
@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 )
 
 // writeLog is a real TCP connection that remembers the size of each write.
@@ -37,7 +39,7 @@ func (w *writeLog) sizes() []int {
 // real one; tests that count writes make it long, so that a slow machine
 // cannot split what they expect as one.
 func newHeldConn(t *testing.T, delay time.Duration) (*hijackedConn, *writeLog, net.Conn) {
-	a, b := tcpPair(t)
+	a, b := testnet.TCPPair(t)
 	log := &writeLog{Conn: a}
 	c := &hijackedConn{Conn: log}
 	c.hold.delay = delay

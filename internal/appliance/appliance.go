@@ -1,4 +1,9 @@
-package main
+// Package appliance is one running gwlbproxy: it builds the data path
+// (netstack, proxy, interception), the record sinks and the admin listener
+// from Options, serves until told to stop, reloads the policy, drains, and
+// answers the GWLB's health check. cmd/gwlbproxy only turns flags into
+// Options.
+package appliance
 
 import (
 	"context"
@@ -18,11 +23,13 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
-// options is everything the appliance is configured with.
-type options struct {
+// Options is everything the appliance is configured with.
+type Options struct {
 	GeneveAddr        string
 	AdminAddr         string
 	AccessLog         string
@@ -58,8 +65,10 @@ type options struct {
 // stuck for longer leaves every new flow unaudited.
 const defaultRecordStall = 30 * time.Second
 
-func defaultOptions() options {
-	return options{
+// DefaultOptions returns the options of an appliance deployed behind a
+// GWLB: its ports, timeouts and limits.
+func DefaultOptions() Options {
+	return Options{
 		GeneveAddr:     fmt.Sprintf(":%d", netstack.GenevePort),
 		AdminAddr:      ":80",
 		AccessLog:      "-",
@@ -70,14 +79,15 @@ func defaultOptions() options {
 		MaxFlows:       1_000_000,
 		ReturnPath:     netstack.ReturnPathAuto,
 		LogLevel:       "info",
-		MaxHeaderBytes: proxy.DefaultMaxHeaderBytes,
+		MaxHeaderBytes: intercept.DefaultMaxHeaderBytes,
 		StateDir:       "/var/lib/gwlbproxy",
 		TrustHost:      certs.DefaultTrustHost,
 		RecordStall:    defaultRecordStall,
 	}
 }
 
-func (o *options) validate() error {
+// Validate reports the first option that is out of range, naming its flag.
+func (o *Options) Validate() error {
 	if o.TCPIdleTimeout < 60*time.Second || o.TCPIdleTimeout > 6000*time.Second {
 		return fmt.Errorf("--tcp-idle-timeout %s: the GWLB allows 60s to 6000s", o.TCPIdleTimeout)
 	}
@@ -104,17 +114,17 @@ func (o *options) validate() error {
 	return nil
 }
 
-// appliance is one running gwlbproxy: the GENEVE side, the proxy, the
+// Appliance is one running gwlbproxy: the GENEVE side, the proxy, the
 // admin listener, and the record sinks.
-type appliance struct {
-	opts     options
-	ns       *netstack.Server
-	px       *proxy.Proxy
+type Appliance struct {
+	opts     Options
+	netstack *netstack.Server
+	proxy    *proxy.Proxy
 	ca       *certs.CA
 	minter   *certs.Minter
 	policy   *policy.Holder
 	shipper  *cwlogs.Shipper
-	records  *proxy.RecordWriter
+	records  *records.Writer
 	admin    *http.Server
 	adminLn  net.Listener
 	closers  []io.Closer
@@ -125,24 +135,24 @@ type appliance struct {
 	wasBroken  atomic.Bool // for logging changes of the health check only
 }
 
-// newAppliance opens every listener; run serves them.
-func newAppliance(o options) (*appliance, error) {
-	if err := o.validate(); err != nil {
+// New opens every listener; Run serves them. On an error, whatever it had
+// opened is closed again.
+func New(o Options) (a *Appliance, err error) {
+	if err := o.Validate(); err != nil {
 		return nil, err
 	}
 	if o.RecordStall <= 0 {
 		o.RecordStall = defaultRecordStall
 	}
-	a := &appliance{opts: o, policy: proxy.AllowAll()}
+	a = &Appliance{opts: o, policy: proxy.AllowAll()}
 	if o.Config != "" {
 		if err := a.policy.Reload(o.Config); err != nil {
 			return nil, fmt.Errorf("--config: %w", err)
 		}
 	}
-	var err error
 	// Audit mode decrypts nothing and so needs no CA, unless one is given.
 	if a.policy.Load().Mode() != policy.Audit || o.CACert != "" || o.CASecret.ID != "" {
-		if a.ca, err = loadCA(&o); err != nil {
+		if a.ca, err = LoadCA(&o); err != nil {
 			return nil, err
 		}
 		if a.minter, err = certs.NewMinter(a.ca, certs.MinterOptions{}); err != nil {
@@ -153,41 +163,48 @@ func newAppliance(o options) (*appliance, error) {
 	if err != nil {
 		return nil, err
 	}
-	var sinks []io.Writer
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+	var files []io.Writer
 	switch o.AccessLog {
 	case "":
 	case "-":
-		sinks = append(sinks, os.Stdout)
+		files = append(files, os.Stdout)
 	default:
 		f, err := os.OpenFile(o.AccessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
 			return nil, fmt.Errorf("opening --access-log: %w", err)
 		}
-		sinks = append(sinks, f)
+		files = append(files, f)
 		a.closers = append(a.closers, f)
 	}
+	var shipper records.Shipper
 	if o.CloudWatch.Group != "" {
 		if a.shipper, err = cwlogs.New(context.Background(), o.CloudWatch); err != nil {
-			a.closeSinks()
 			return nil, fmt.Errorf("CloudWatch Logs: %w", err)
 		}
-		sinks = append(sinks, a.shipper)
+		shipper = a.shipper
 	}
-	a.records = proxy.NewRecordWriter(sinks...)
-	a.px = proxy.New(proxy.Config{
+	a.records = records.NewWriter(shipper, files...)
+	a.proxy = proxy.New(proxy.Config{
 		DialTimeout:     o.DialTimeout,
 		UDPIdleTimeout:  o.IdleTimeout,
 		EchoIdleTimeout: o.IdleTimeout,
 		Records:         a.records,
 		AllowLoopback:   o.AllowLoopback,
 		Policy:          a.policy,
-		Minter:          a.minter,
-		UpstreamRoots:   roots,
-		Trust:           a.trustHandler(),
-		TrustHost:       o.TrustHost,
-		MaxHeaderBytes:  o.MaxHeaderBytes,
+		Intercept: intercept.Config{
+			Minter:         a.minter,
+			UpstreamRoots:  roots,
+			Trust:          a.trustHandler(),
+			TrustHost:      o.TrustHost,
+			MaxHeaderBytes: o.MaxHeaderBytes,
+		},
 	})
-	a.ns, err = netstack.Listen(netstack.Config{
+	a.netstack, err = netstack.Listen(netstack.Config{
 		ListenAddr:        o.GeneveAddr,
 		Readers:           o.Readers,
 		ReturnPath:        o.ReturnPath,
@@ -198,28 +215,58 @@ func newAppliance(o options) (*appliance, error) {
 		MTU:               o.MTU,
 		AllowLoopback:     o.AllowLoopback,
 		Senders:           o.GWLBCIDRs,
-		Handler:           a.px,
+		Handler:           a.proxy,
 	})
 	if err != nil {
-		a.closeSinks()
 		return nil, err
 	}
 	a.adminLn, err = net.Listen("tcp", o.AdminAddr)
 	if err != nil {
-		a.ns.Close()
-		a.closeSinks()
 		return nil, fmt.Errorf("admin listener on %s: %w", o.AdminAddr, err)
 	}
 	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	return a, nil
 }
 
-// run serves until ctx is cancelled, then drains: health turns 503 at once,
-// flows keep being served until none remain or drain passes, and the sinks
-// are flushed.
-func (a *appliance) run(ctx context.Context, drain func() time.Duration) error {
+// Close releases an appliance that was never Run (Run releases everything
+// itself), and what a failed New had opened.
+func (a *Appliance) Close() {
+	if a.adminLn != nil {
+		a.adminLn.Close()
+	}
+	if a.netstack != nil {
+		a.netstack.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	a.closeSinks(ctx)
+	if a.shipper != nil {
+		_ = a.shipper.Close(ctx) // nothing was shipped yet
+	}
+}
+
+// The drain's time budget. A drain of D seconds serves flows for D less
+// the flush reserve, then closes what is left and ships the last records
+// within the reserve: the process exits within D plus a moment, so that a
+// systemd TimeoutStopSec (or the GWLB's deregistration delay) set to D plus
+// a margin never has to kill it with records unshipped.
+const (
+	minFlushReserve = time.Second
+	maxFlushReserve = 10 * time.Second
+)
+
+// flushReserve is the part of a drain of d kept for the last records: a
+// fifth, at least a second and at most ten, and never more than half.
+func flushReserve(d time.Duration) time.Duration {
+	return min(max(d/5, minFlushReserve), maxFlushReserve, d/2)
+}
+
+// Run serves until ctx is cancelled, then drains: health turns 503 at once,
+// flows keep being served until none remain or the drain's flow time passes,
+// and the records are written and shipped within the rest of the drain.
+func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	go func() {
-		a.ns.Serve()
+		a.netstack.Serve()
 		a.geneveDown.Store(true)
 		if !a.draining.Load() {
 			slog.Error("GENEVE readers stopped: the health check reports broken")
@@ -230,47 +277,46 @@ func (a *appliance) run(ctx context.Context, drain func() time.Duration) error {
 			slog.Error("admin listener", "err", err)
 		}
 	}()
-	slog.Info("gwlbproxy serving", "geneve", a.ns.Addr(), "admin", a.adminLn.Addr())
+	slog.Info("gwlbproxy serving", "geneve", a.netstack.Addr(), "admin", a.adminLn.Addr())
 	<-ctx.Done()
 	a.draining.Store(true)
 	timeout := drain()
-	slog.Info("draining", "active_flows", a.px.Active(), "timeout", timeout)
-	dctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if err := a.px.Wait(dctx); err != nil {
-		slog.Warn("drain timeout passed with flows still open", "active_flows", a.px.Active())
+	end := time.Now().Add(timeout)
+	reserve := flushReserve(timeout)
+	slog.Info("draining", "active_flows", a.proxy.Active(), "timeout", timeout, "flush_reserve", reserve)
+	fctx, cancel := context.WithDeadline(context.Background(), end.Add(-reserve))
+	if err := a.proxy.Wait(fctx); err != nil {
+		slog.Warn("drain time for flows passed with flows still open", "active_flows", a.proxy.Active())
 	}
-	a.ns.Close()
+	cancel()
+	a.netstack.Close()
 	// Closing the stacks ends the flows the drain left open; their records
-	// follow within moments.
-	wctx, wcancel := context.WithTimeout(context.Background(), 2*time.Second)
-	_ = a.px.Wait(wctx)
-	wcancel()
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// follow within moments. The rest of the drain is the flush's.
+	rctx, rcancel := context.WithDeadline(context.Background(), end.Add(-reserve/2))
+	_ = a.proxy.Wait(rctx)
+	rcancel()
+	sctx, scancel := context.WithDeadline(context.Background(), end.Add(time.Second))
 	defer scancel()
 	_ = a.admin.Shutdown(sctx)
-	a.closeSinks() // before the shipper's flush below, so that it ships the last records
+	a.closeSinks(sctx) // before the shipper's flush below, so that it ships the last records
 	if a.shipper != nil {
-		// The records of the drain itself are in; what cannot be shipped
-		// within the deadline is counted as dropped.
-		fctx, fcancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if err := a.shipper.Close(fctx); err != nil {
+		// What cannot be shipped by then is counted as dropped.
+		if err := a.shipper.Close(sctx); err != nil {
 			slog.Error("flushing records to CloudWatch Logs", "err", err, "stats", a.shipper.Stats())
 		}
-		fcancel()
 	}
 	slog.Info("stopped")
 	return nil
 }
 
-// reload re-reads --config (SIGHUP). A file with an error is rejected and
+// Reload re-reads --config (SIGHUP). A file with an error is rejected and
 // the running policy stays in force; flows in progress keep the policy they
 // started with.
-func (a *appliance) reload() error {
+func (a *Appliance) Reload() error {
 	if a.opts.Config == "" {
 		return nil
 	}
-	if err := a.policy.Reload(a.opts.Config); err != nil {
+	if err := a.policy.ReloadChecked(a.opts.Config, a.canCarryOut); err != nil {
 		slog.Error("policy reload rejected; the running policy stays", "err", err)
 		return err
 	}
@@ -278,8 +324,19 @@ func (a *appliance) reload() error {
 	return nil
 }
 
+// canCarryOut refuses a policy that needs what the appliance started
+// without: bump rules need the CA, which an appliance that started in audit
+// mode did not load. Loading it anyway would turn every bump into a splice
+// without a word; a restart loads the CA.
+func (a *Appliance) canCarryOut(p *policy.Policy) error {
+	if p.NeedsCA() && a.minter == nil {
+		return errors.New("the policy bumps TLS, but the appliance started without a CA (in audit mode): restart it to load one")
+	}
+	return nil
+}
+
 // trustHandler serves the CA-trust page, or nil without a CA.
-func (a *appliance) trustHandler() http.Handler {
+func (a *Appliance) trustHandler() http.Handler {
 	if a.ca == nil {
 		return nil
 	}
@@ -304,17 +361,13 @@ func upstreamRoots(files []string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// closeSinks writes out the records still queued, then closes the files
-// they go to. The CloudWatch shipper is closed (flushed) afterwards, by run.
-func (a *appliance) closeSinks() {
+// closeSinks writes out the records still queued for the files, within
+// ctx, then closes the files. The CloudWatch shipper is closed afterwards.
+func (a *Appliance) closeSinks(ctx context.Context) {
 	if a.records != nil {
-		// A sink stuck for this long will not take the rest: what is still
-		// queued is lost, and the log says how much.
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := a.records.Close(ctx); err != nil {
 			slog.Error("writing the last access records", "err", err, "records", a.records.Stats())
 		}
-		cancel()
 	}
 	for _, c := range a.closers {
 		if err := c.Close(); err != nil {

@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"bufio"
@@ -23,7 +23,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/sys/unix"
 
-	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 func httpGet(t *testing.T, url string) (int, string) {
@@ -123,52 +123,16 @@ func TestAdminEndpoints(t *testing.T) {
 // TestCAPersists: the CA created on first start is reused on the next.
 func TestCAPersists(t *testing.T) {
 	dir := t.TempDir()
-	o := defaultOptions()
+	o := DefaultOptions()
 	o.StateDir = dir
-	first := must(loadCA(&o))(t)
-	second := must(loadCA(&o))(t)
+	first := must(LoadCA(&o))(t)
+	second := must(LoadCA(&o))(t)
 	if first.Fingerprint() != second.Fingerprint() {
 		t.Fatal("a second start made a new CA")
 	}
 	fi := must(os.Stat(filepath.Join(dir, "ca-key.pem")))(t)
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key mode %v", fi.Mode().Perm())
-	}
-}
-
-func TestCACommands(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "ca")
-	var out, errb bytes.Buffer
-	if err := runMain([]string{"ca", "init", "--out", dir}, &out, &errb); err != nil {
-		t.Fatalf("ca init: %v (%s)", err, errb.String())
-	}
-	if !strings.Contains(out.String(), "fingerprint") {
-		t.Errorf("ca init output %q", out.String())
-	}
-	out.Reset()
-	err := runMain([]string{"ca", "trust", "--ca-cert", filepath.Join(dir, "ca.pem"), "--ca-key", filepath.Join(dir, "ca-key.pem")}, &out, &errb)
-	if err != nil || !strings.Contains(out.String(), "http://gwlbproxy.internal/ca.pem") {
-		t.Fatalf("ca trust: %v\n%s", err, out.String())
-	}
-}
-
-func TestFlagValidation(t *testing.T) {
-	for _, args := range [][]string{
-		{"--tcp-idle-timeout", "30s"},
-		{"--return-path", "magic"},
-		{"--mtu", "9000"},
-		{"--max-flows", "0"},
-		{"--record-stall", "0s"},
-		{"stray"},
-	} {
-		var out, errb bytes.Buffer
-		if err := runMain(args, &out, &errb); err == nil {
-			t.Errorf("%v: accepted", args)
-		}
-	}
-	o, err := parseFlags([]string{"--record-stall", "45s"}, &bytes.Buffer{})
-	if err != nil || o.RecordStall != 45*time.Second {
-		t.Errorf("--record-stall 45s: %v, %v", o.RecordStall, err)
 	}
 }
 
@@ -216,7 +180,7 @@ func TestICMPEcho(t *testing.T) {
 	} else {
 		c.Close()
 	}
-	r := newRig(t, func(o *options) { o.IdleTimeout = time.Second }, nil)
+	r := newRig(t, func(o *Options) { o.IdleTimeout = time.Second }, nil)
 	dst := r.net.server(3)
 	replies := make(chan [2]uint16, 4)
 	r.client.SetTap(func(inner []byte) bool {
@@ -243,7 +207,7 @@ func TestICMPEcho(t *testing.T) {
 			t.Fatal("no echo reply")
 		}
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "icmp", netip.AddrPortFrom(dst, 0)) != nil })
+	recs := r.records(func(rs []records.Record) bool { return findRecord(rs, "icmp", netip.AddrPortFrom(dst, 0)) != nil })
 	if rec := findRecord(recs, "icmp", netip.AddrPortFrom(dst, 0)); rec == nil || rec.Packets != 2 {
 		t.Fatalf("icmp record %+v, want 2 packets", rec)
 	}
@@ -272,7 +236,7 @@ func waitHealth(t *testing.T, r *rig, code int, want string) string {
 func TestHealthBrokenGeneve(t *testing.T) {
 	r := newRig(t, nil, nil)
 	waitHealth(t, r, 200, "serving")
-	r.app.ns.Close() // the readers stop as on a fatal socket error
+	r.app.netstack.Close() // the readers stop as on a fatal socket error
 	body := waitHealth(t, r, 503, "broken: GENEVE readers stopped")
 	if strings.Contains(body, "draining") {
 		t.Errorf("health body %q", body)
@@ -319,7 +283,7 @@ func TestHealthBrokenRecordStall(t *testing.T) {
 			}()
 		})
 	}
-	r := newRig(t, func(o *options) {
+	r := newRig(t, func(o *Options) {
 		o.AccessLog = fifo
 		o.RecordStall = 300 * time.Millisecond
 	}, nil)
@@ -327,7 +291,7 @@ func TestHealthBrokenRecordStall(t *testing.T) {
 	waitHealth(t, r, 200, "serving")
 	const n = 2000 // 64 KiB of pipe holds a few hundred
 	for i := range n {
-		r.app.records.Write(&proxy.Record{Kind: "tcp", Packets: int64(i)})
+		r.app.records.Write(&records.Record{Kind: "tcp", Packets: int64(i)})
 	}
 	waitHealth(t, r, 503, "access records waiting")
 	st := r.stats()
@@ -361,11 +325,11 @@ func TestHealthBrokenRecordSink(t *testing.T) {
 	} else {
 		f.Close()
 	}
-	r := newRig(t, func(o *options) {
+	r := newRig(t, func(o *Options) {
 		o.AccessLog = "/dev/full"
 		o.RecordStall = 200 * time.Millisecond
 	}, nil)
-	r.app.records.Write(&proxy.Record{Kind: "tcp"})
+	r.app.records.Write(&records.Record{Kind: "tcp"})
 	waitHealth(t, r, 503, "no space left on device")
 	if st := r.stats(); st.Records.SinkErrors != 1 || st.Records.Written != 1 || !strings.Contains(st.Broken[0], "sink failing") {
 		t.Errorf("/stats records %+v, broken %q", st.Records, st.Broken)
@@ -381,7 +345,7 @@ func TestRecordsMetricsAndExitFlush(t *testing.T) {
 	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
 	c := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
 	c.Close()
-	r.records(func(rs []proxy.Record) bool { return findRecord(rs, "tcp", srv) != nil })
+	r.records(func(rs []records.Record) bool { return findRecord(rs, "tcp", srv) != nil })
 	_, metrics := httpGet(t, admin+"/metrics")
 	for _, want := range []string{"\ngwlbproxy_records_written_total 1\n", "\ngwlbproxy_records_dropped_total 0\n",
 		"\ngwlbproxy_records_queued ", "\ngwlbproxy_record_sink_errors_total 0\n", "\ngwlbproxy_records_lag_seconds ",
@@ -396,7 +360,7 @@ func TestRecordsMetricsAndExitFlush(t *testing.T) {
 
 	const n = 20000
 	for i := range n {
-		r.app.records.Write(&proxy.Record{Kind: "udp", Error: fmt.Sprint(i)})
+		r.app.records.Write(&records.Record{Kind: "udp", Error: fmt.Sprint(i)})
 	}
 	r.cancel()
 	select {
@@ -405,7 +369,7 @@ func TestRecordsMetricsAndExitFlush(t *testing.T) {
 		t.Fatal("appliance did not stop")
 	}
 	r.done <- nil
-	recs := r.records(func([]proxy.Record) bool { return true })
+	recs := r.records(func([]records.Record) bool { return true })
 	if len(recs) != n+1 {
 		t.Fatalf("%d records in the access log after exit, want %d", len(recs), n+1)
 	}

@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"bufio"
@@ -17,7 +17,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
-	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // Every test gets its own 127.P.N.0/24: the appliance on .1, the simulator
@@ -65,7 +65,7 @@ func (tn testNet) server(i byte) netip.Addr {
 type rig struct {
 	t       testing.TB
 	net     testNet
-	app     *appliance
+	app     *Appliance
 	sim     *gwlbsim.Sim
 	ep      *gwlbsim.Endpoint
 	client  *gwlbsim.ClientStack
@@ -74,16 +74,19 @@ type rig struct {
 	done    chan error
 }
 
+// rigDrain is the rig's drain: flows get it less the flush reserve.
+const rigDrain = 4 * time.Second
+
 // Inner client addresses: they exist only inside GENEVE and the stacks.
 var (
 	clientV4 = netip.MustParseAddr("198.18.0.5")
 	clientV6 = netip.MustParseAddr("2001:db8::5")
 )
 
-func newRig(t testing.TB, mutate func(*options), simCfg func(*gwlbsim.Config)) *rig {
+func newRig(t testing.TB, mutate func(*Options), simCfg func(*gwlbsim.Config)) *rig {
 	t.Helper()
 	tn := newTestNet()
-	o := defaultOptions()
+	o := DefaultOptions()
 	o.GeneveAddr = netip.AddrPortFrom(tn.appliance, netstack.GenevePort).String()
 	o.AdminAddr = netip.AddrPortFrom(tn.appliance, 0).String()
 	o.AccessLog = filepath.Join(t.TempDir(), "access.log")
@@ -95,11 +98,11 @@ func newRig(t testing.TB, mutate func(*options), simCfg func(*gwlbsim.Config)) *
 	if mutate != nil {
 		mutate(&o)
 	}
-	a, err := newAppliance(o)
+	a, err := New(o)
 	if err != nil {
 		t.Fatalf("starting the appliance: %v", err)
 	}
-	sc := gwlbsim.Config{Addr: tn.sim, Appliance: a.ns.Addr(), Senders: 8}
+	sc := gwlbsim.Config{Addr: tn.sim, Appliance: a.netstack.Addr(), Senders: 8}
 	if simCfg != nil {
 		simCfg(&sc)
 	}
@@ -109,7 +112,7 @@ func newRig(t testing.TB, mutate func(*options), simCfg func(*gwlbsim.Config)) *
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &rig{t: t, net: tn, app: a, sim: sim, logPath: o.AccessLog, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- a.run(ctx, func() time.Duration { return 2 * time.Second }) }()
+	go func() { r.done <- a.Run(ctx, func() time.Duration { return rigDrain }) }()
 	r.ep = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444)
 	r.client, err = r.ep.NewClientStack(clientV4, clientV6)
 	if err != nil {
@@ -130,17 +133,17 @@ func (r *rig) stop() {
 }
 
 // records reads the access log, waiting until want(records) holds or 5 s pass.
-func (r *rig) records(want func([]proxy.Record) bool) []proxy.Record {
+func (r *rig) records(want func([]records.Record) bool) []records.Record {
 	r.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		var recs []proxy.Record
+		var recs []records.Record
 		f, err := os.Open(r.logPath)
 		if err == nil {
 			sc := bufio.NewScanner(f)
 			sc.Buffer(nil, 1<<20)
 			for sc.Scan() {
-				var rec proxy.Record
+				var rec records.Record
 				if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 					r.t.Fatalf("access log line %q: %v", sc.Text(), err)
 				}
@@ -234,7 +237,7 @@ func must[T any](v T, err error) func(testing.TB) T {
 	}
 }
 
-func findRecord(recs []proxy.Record, kind string, dest netip.AddrPort) *proxy.Record {
+func findRecord(recs []records.Record, kind string, dest netip.AddrPort) *records.Record {
 	for i := range recs {
 		if recs[i].Kind == kind && recs[i].DestIP == dest.Addr().String() && recs[i].DestPort == dest.Port() {
 			return &recs[i]

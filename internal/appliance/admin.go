@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"encoding/json"
@@ -13,21 +13,22 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // stats is what /stats returns.
 type stats struct {
-	Draining   bool              `json:"draining"`
-	Broken     []string          `json:"broken,omitempty"` // why the health check fails, besides draining
-	Netstack   netstack.Stats    `json:"netstack"`
-	Proxy      proxy.Stats       `json:"proxy"`
-	Records    proxy.RecordStats `json:"records"`
-	CloudWatch *cwlogs.Stats     `json:"cloudwatch,omitempty"`
-	Leaves     *certs.Stats      `json:"leaves,omitempty"`
+	Draining   bool           `json:"draining"`
+	Broken     []string       `json:"broken,omitempty"` // why the health check fails, besides draining
+	Netstack   netstack.Stats `json:"netstack"`
+	Proxy      proxy.Stats    `json:"proxy"`
+	Records    records.Stats  `json:"records"`
+	CloudWatch *cwlogs.Stats  `json:"cloudwatch,omitempty"`
+	Leaves     *certs.Stats   `json:"leaves,omitempty"`
 }
 
-func (a *appliance) stats() stats {
-	s := stats{Draining: a.draining.Load(), Netstack: a.ns.Stats(), Proxy: a.px.Stats(), Records: a.records.Stats()}
+func (a *Appliance) stats() stats {
+	s := stats{Draining: a.draining.Load(), Netstack: a.netstack.Stats(), Proxy: a.proxy.Stats(), Records: a.records.Stats()}
 	s.Broken = a.broken(s.Records)
 	if a.shipper != nil {
 		cw := a.shipper.Stats()
@@ -47,7 +48,7 @@ func (a *appliance) stats() stats {
 // blocked or slow sink, been dropped without a break, or failed on every
 // write. Then new flows would go unaudited, and the GWLB should send them
 // to another target. Idleness is not broken: no traffic is normal.
-func (a *appliance) broken(rs proxy.RecordStats) []string {
+func (a *Appliance) broken(rs records.Stats) []string {
 	var why []string
 	if a.geneveDown.Load() && !a.draining.Load() {
 		why = append(why, "GENEVE readers stopped")
@@ -67,7 +68,7 @@ func (a *appliance) broken(rs proxy.RecordStats) []string {
 
 // adminHandler serves health (the GWLB target group's check), /stats,
 // /metrics, and the CA for clients (/ca.pem, /ca.crt, the page at /ca/).
-func (a *appliance) adminHandler() http.Handler {
+func (a *Appliance) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

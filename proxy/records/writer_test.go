@@ -1,4 +1,4 @@
-package proxy
+package records
 
 import (
 	"bufio"
@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -89,11 +91,11 @@ func writeWithin(t *testing.T, d time.Duration, write func()) {
 	}
 }
 
-// TestRecordWriterOrder: every record reaches every sink, complete and in
+// TestWriterOrder: every record reaches every sink, complete and in
 // the order written.
-func TestRecordWriterOrder(t *testing.T) {
+func TestWriterOrder(t *testing.T) {
 	var a, b bytes.Buffer
-	w := NewRecordWriter(&a, &b)
+	w := NewWriter(nil, &a, &b)
 	const n = 2000
 	for i := range n {
 		w.Write(&Record{Kind: "tcp", Packets: int64(i)})
@@ -110,13 +112,13 @@ func TestRecordWriterOrder(t *testing.T) {
 	}
 }
 
-// TestRecordWriterStuckSink: while a sink is stuck Write returns at once,
+// TestWriterStuckSink: while a sink is stuck Write returns at once,
 // records beyond the queue's bound are dropped and counted exactly, and the
 // lag shows; once the sink moves, the queued records arrive in order.
-func TestRecordWriterStuckSink(t *testing.T) {
+func TestWriterStuckSink(t *testing.T) {
 	const bound, sent = 8, 500
 	sink := newGateSink()
-	w := newRecordWriter(bound, recordQueueBytes, sink)
+	w := newWriter(bound, recordQueueBytes, nil, sink)
 	t.Cleanup(func() { sink.release(); w.Close(context.Background()) })
 	w.Write(&Record{Packets: 0})
 	<-sink.entered // the goroutine holds record 0 and is stuck in the sink
@@ -153,16 +155,16 @@ func TestRecordWriterStuckSink(t *testing.T) {
 	}
 }
 
-// TestRecordWriterByteBound: the queue also holds at most maxBytes of
+// TestWriterByteBound: the queue also holds at most maxBytes of
 // lines, counting the one the goroutine is writing.
-func TestRecordWriterByteBound(t *testing.T) {
+func TestWriterByteBound(t *testing.T) {
 	rec := func(i int) *Record { // every line the same length
 		return &Record{Time: time.Unix(1700000000, 0), Kind: "http", Path: "/0123456789", Packets: int64(i)}
 	}
 	line, _ := json.Marshal(rec(0))
 	size := int64(len(line) + 1)
 	sink := newGateSink()
-	w := newRecordWriter(100, 3*size+size/2, sink)
+	w := newWriter(100, 3*size+size/2, nil, sink)
 	t.Cleanup(func() { sink.release(); w.Close(context.Background()) })
 	w.Write(rec(0))
 	<-sink.entered
@@ -191,12 +193,12 @@ func (s *slowSink) Write(p []byte) (int, error) {
 	return s.buf.Write(p)
 }
 
-// TestRecordWriterFlushAndClose: Flush returns once everything queued
+// TestWriterFlushAndClose: Flush returns once everything queued
 // before it is written, without stopping the writer; Close delivers the
 // rest; records after Close are dropped and counted.
-func TestRecordWriterFlushAndClose(t *testing.T) {
+func TestWriterFlushAndClose(t *testing.T) {
 	sink := &slowSink{}
-	w := NewRecordWriter(sink)
+	w := NewWriter(nil, sink)
 	for i := range 300 {
 		w.Write(&Record{Packets: int64(i)})
 	}
@@ -223,11 +225,11 @@ func TestRecordWriterFlushAndClose(t *testing.T) {
 	}
 }
 
-// TestRecordWriterCloseDeadline: Close gives up when its context ends while
+// TestWriterCloseDeadline: Close gives up when its context ends while
 // a sink is stuck, and says so.
-func TestRecordWriterCloseDeadline(t *testing.T) {
+func TestWriterCloseDeadline(t *testing.T) {
 	sink := newGateSink()
-	w := NewRecordWriter(sink)
+	w := NewWriter(nil, sink)
 	w.Write(&Record{})
 	w.Write(&Record{})
 	<-sink.entered
@@ -248,11 +250,11 @@ func TestRecordWriterCloseDeadline(t *testing.T) {
 	}
 }
 
-// TestRecordWriterConcurrent: concurrent writers never interleave lines,
+// TestWriterConcurrent: concurrent writers never interleave lines,
 // every sink gets every line, and each writer's records keep their order.
-func TestRecordWriterConcurrent(t *testing.T) {
+func TestWriterConcurrent(t *testing.T) {
 	var a, b bytes.Buffer
-	w := NewRecordWriter(&a, &b)
+	w := NewWriter(nil, &a, &b)
 	const writers, each = 8, 500
 	var wg sync.WaitGroup
 	for g := range writers {
@@ -306,11 +308,11 @@ func (s *failSink) Write(p []byte) (int, error) {
 
 func (s *failSink) set(f bool) { s.mu.Lock(); s.failing = f; s.mu.Unlock() }
 
-// TestRecordWriterFailingSink: sink errors are counted, and how long the
+// TestWriterFailingSink: sink errors are counted, and how long the
 // sinks have been failing shows until a record goes through again.
-func TestRecordWriterFailingSink(t *testing.T) {
+func TestWriterFailingSink(t *testing.T) {
 	sink := &failSink{failing: true}
-	w := NewRecordWriter(sink)
+	w := NewWriter(nil, sink)
 	defer w.Close(context.Background())
 	for range 2 { // two writes: a Flush in between keeps them out of one batch
 		w.Write(&Record{})
@@ -333,13 +335,13 @@ func TestRecordWriterFailingSink(t *testing.T) {
 	}
 }
 
-// TestRecordWriterFailureForgotten: a sink failure stops counting as current
+// TestWriterFailureForgotten: a sink failure stops counting as current
 // once failureMemory passes without another (no record came to fail), so an
 // appliance the GWLB stopped sending to does not stay unhealthy for good; the
 // next failure makes it current again.
-func TestRecordWriterFailureForgotten(t *testing.T) {
+func TestWriterFailureForgotten(t *testing.T) {
 	sink := &failSink{failing: true}
-	w := NewRecordWriter(sink)
+	w := NewWriter(nil, sink)
 	defer w.Close(context.Background())
 	w.Write(&Record{})
 	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
@@ -364,34 +366,67 @@ func TestRecordWriterFailureForgotten(t *testing.T) {
 	}
 }
 
-// shipSink takes timestamps with its lines, as cwlogs.Shipper does.
-type shipSink struct{ times []time.Time }
+// shipSink records what a Shipper is handed.
+type shipSink struct {
+	mu    sync.Mutex
+	times []time.Time
+	lines []string
+}
 
-func (s *shipSink) Write([]byte) (int, error)  { panic("Ship should have been used") }
-func (s *shipSink) Ship(t time.Time, _ []byte) { s.times = append(s.times, t) }
+func (s *shipSink) Ship(t time.Time, line []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.times = append(s.times, t)
+	s.lines = append(s.lines, string(line))
+}
 
-// TestRecordWriterTimedSink: a sink with Ship gets the time each line was
-// queued, not the time the goroutine reached it.
-func TestRecordWriterTimedSink(t *testing.T) {
+// TestWriterShipperNotHeldByFiles: the Shipper gets each line at once, with
+// the record's time, while a file is stuck: a record waits in one queue on
+// its way to each destination, never in two in series.
+func TestWriterShipperNotHeldByFiles(t *testing.T) {
 	gate, ship := newGateSink(), &shipSink{}
-	w := NewRecordWriter(gate, ship)
-	before := time.Now()
-	w.Write(&Record{})
+	w := NewWriter(ship, gate)
+	end := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	w.Write(&Record{Time: end, Packets: 1})
 	<-gate.entered
-	time.Sleep(50 * time.Millisecond)
+	w.Write(&Record{Time: end, Packets: 2})
+	ship.mu.Lock()
+	got := slices.Clone(ship.times)
+	lines := slices.Clone(ship.lines)
+	ship.mu.Unlock()
+	if len(got) != 2 || !got[0].Equal(end) || !got[1].Equal(end) {
+		t.Fatalf("shipped times %v while the file was stuck, want two at %v", got, end)
+	}
+	if s := seqs(t, []byte(strings.Join(lines, ""))); !slices.Equal(s, []int64{1, 2}) {
+		t.Fatalf("shipped records %v, want 1 and 2", s)
+	}
 	gate.release()
 	if err := w.Close(ctxFor(t, 5*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if len(ship.times) != 1 || ship.times[0].Before(before) || ship.times[0].Sub(before) > 40*time.Millisecond {
-		t.Fatalf("shipped at %v, queued just after %v", ship.times, before)
+	if s := seqs(t, gate.buf.Bytes()); !slices.Equal(s, []int64{1, 2}) {
+		t.Fatalf("file got %v, want 1 and 2", s)
 	}
 }
 
-// TestRecordWriterNoSinks: the default writer discards records and needs
+// TestWriterShipperOnly: with no files, records go to the Shipper without
+// a queue or goroutine of the Writer's, and count as written.
+func TestWriterShipperOnly(t *testing.T) {
+	ship := &shipSink{}
+	w := NewWriter(ship)
+	w.Write(&Record{Packets: 7})
+	if w.q != nil {
+		t.Fatal("a writer without files started a queue")
+	}
+	if len(ship.lines) != 1 || w.Stats().Written != 1 {
+		t.Fatalf("shipped %d lines, stats %+v", len(ship.lines), w.Stats())
+	}
+}
+
+// TestWriterNoSinks: the default writer discards records and needs
 // no goroutine and no Close.
-func TestRecordWriterNoSinks(t *testing.T) {
-	w := NewRecordWriter()
+func TestWriterNoSinks(t *testing.T) {
+	w := NewWriter(nil)
 	r := &Record{}
 	w.Write(r)
 	if r.Time.IsZero() {
@@ -406,7 +441,7 @@ func TestRecordWriterNoSinks(t *testing.T) {
 	if err := w.Close(ctxFor(t, time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if st := w.Stats(); st != (RecordStats{}) {
+	if st := w.Stats(); st != (Stats{}) {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -435,11 +470,11 @@ func (s *stallSink) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// BenchmarkRecordWriter: what a record costs, to io.Discard and to a file,
+// BenchmarkWriter: what a record costs, to io.Discard and to a file,
 // from one goroutine and in parallel, every record delivered (Close is
 // inside the timing). With a slow sink it measures what the goroutine that
 // writes the record pays (the relay's stall), and reports what was dropped.
-func BenchmarkRecordWriter(b *testing.B) {
+func BenchmarkWriter(b *testing.B) {
 	// The drop warnings would interleave with the results.
 	defer slog.SetDefault(slog.Default())
 	slog.SetDefault(slog.New(slog.DiscardHandler))
@@ -467,7 +502,7 @@ func BenchmarkRecordWriter(b *testing.B) {
 			}
 			b.Run(sub, func(b *testing.B) {
 				sink, release := sinks[name](b)
-				w := NewRecordWriter(sink)
+				w := NewWriter(nil, sink)
 				b.ReportAllocs()
 				b.ResetTimer()
 				if par {

@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"bytes"
@@ -366,7 +366,7 @@ func vsBuildGwlbproxy(b *testing.B, dir string) string {
 		b.Skip("BenchmarkVsSquid builds the real gwlbproxy binary and needs the go command on PATH")
 	}
 	bin := filepath.Join(dir, "gwlbproxy")
-	cmd := exec.Command(goTool, "build", "-o", bin, ".")
+	cmd := exec.Command(goTool, "build", "-o", bin, "github.com/gwlbproxy/gwlbproxy/cmd/gwlbproxy")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}

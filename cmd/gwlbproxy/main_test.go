@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/certs/secretstest"
+	"github.com/gwlbproxy/gwlbproxy/internal/appliance"
 )
 
 // secretCA follows the README: `gwlbproxy ca init --out DIR`, then
@@ -29,61 +28,54 @@ func secretCA(t *testing.T, srv *secretstest.Server, name string) (caPEM []byte,
 	if m == nil {
 		t.Fatalf("ca init printed no fingerprint: %q", out.String())
 	}
-	caPEM = must(os.ReadFile(filepath.Join(dir, certs.CertFileName)))(t)
-	keyPEM := must(os.ReadFile(filepath.Join(dir, certs.KeyFileName)))(t)
+	caPEM = readFile(t, filepath.Join(dir, certs.CertFileName))
+	keyPEM := readFile(t, filepath.Join(dir, certs.KeyFileName))
 	srv.PutString(name, string(caPEM)+string(keyPEM))
 	return caPEM, m[1]
 }
 
-// TestCAFromSecret: two appliances, as two instances of an Auto Scaling
-// group, load their CA from one secret through the real SDK client and the
-// default credential chain, and present the same CA: the admin listener
-// serves it, and a client trusting only the file `ca init` wrote verifies
-// connections bumped by either.
-func TestCAFromSecret(t *testing.T) {
-	secretstest.SetEnv(t, "eu-west-1")
-	srv := secretstest.NewServer(t)
-	caPEM, fingerprint := secretCA(t, srv, "gwlbproxy/ca")
-	trusted := x509.NewCertPool()
-	if !trusted.AppendCertsFromPEM(caPEM) {
-		t.Fatal("ca.pem holds no certificate")
+func readFile(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
 	}
-	up := startUpstream(t, newTestNet().server(3), false)
-	pol := filepath.Join(t.TempDir(), "gwlbproxy.yaml")
-	os.WriteFile(pol, []byte(interceptPolicy), 0o644)
+	return b
+}
 
-	// One instance names the secret, the other its ARN (whose region then
-	// wins over the environment's).
-	for i, id := range []string{"gwlbproxy/ca", secretstest.ARN("gwlbproxy/ca")} {
-		var stateDir string
-		before := len(srv.Requests())
-		r := newRig(t, func(o *options) {
-			o.Config = pol
-			o.UpstreamCA = []string{up.caFile}
-			o.CASecret = certs.Secret{ID: id, Endpoint: srv.URL}
-			stateDir = o.StateDir
-		}, nil)
-		if got := r.app.ca.Fingerprint(); got != fingerprint {
-			t.Fatalf("instance %d: CA fingerprint %s, want the secret's %s", i, got, fingerprint)
-		}
-		if code, served := httpGet(t, "http://"+r.app.adminLn.Addr().String()+"/ca.pem"); code != 200 || served != string(caPEM) {
-			t.Errorf("instance %d: /ca.pem answered %d and differs from the secret's ca.pem", i, code)
-		}
-		if entries, _ := os.ReadDir(stateDir); len(entries) != 0 {
-			t.Errorf("instance %d: a CA from a secret wrote %d files to --state-dir", i, len(entries))
-		}
-		tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: trusted})
-		if err != nil {
-			t.Fatalf("instance %d: a client trusting the secret's CA fails a bumped handshake: %v", i, err)
-		}
-		tc.Close()
+func TestCACommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	var out, errb bytes.Buffer
+	if err := runMain([]string{"ca", "init", "--out", dir}, &out, &errb); err != nil {
+		t.Fatalf("ca init: %v (%s)", err, errb.String())
+	}
+	if !strings.Contains(out.String(), "fingerprint") {
+		t.Errorf("ca init output %q", out.String())
+	}
+	out.Reset()
+	err := runMain([]string{"ca", "trust", "--ca-cert", filepath.Join(dir, "ca.pem"), "--ca-key", filepath.Join(dir, "ca-key.pem")}, &out, &errb)
+	if err != nil || !strings.Contains(out.String(), "http://gwlbproxy.internal/ca.pem") {
+		t.Fatalf("ca trust: %v\n%s", err, out.String())
+	}
+}
 
-		reqs := srv.Requests()[before:]
-		wantRegion := []string{"eu-west-1", secretstest.Region}[i]
-		if len(reqs) != 1 || reqs[0].Target != "secretsmanager.GetSecretValue" || reqs[0].SecretID != id ||
-			!reqs[0].Signed || reqs[0].AccessKey != secretstest.AccessKeyID || reqs[0].Region != wantRegion {
-			t.Errorf("instance %d: requests %+v, want one GetSecretValue of %s signed for %s", i, reqs, id, wantRegion)
+func TestFlagValidation(t *testing.T) {
+	for _, args := range [][]string{
+		{"--tcp-idle-timeout", "30s"},
+		{"--return-path", "magic"},
+		{"--mtu", "9000"},
+		{"--max-flows", "0"},
+		{"--record-stall", "0s"},
+		{"stray"},
+	} {
+		var out, errb bytes.Buffer
+		if err := runMain(args, &out, &errb); err == nil {
+			t.Errorf("%v: accepted", args)
 		}
+	}
+	o, err := parseFlags([]string{"--record-stall", "45s"}, &bytes.Buffer{})
+	if err != nil || o.RecordStall != 45*time.Second {
+		t.Errorf("--record-stall 45s: %v, %v", o.RecordStall, err)
 	}
 }
 
@@ -101,18 +93,16 @@ func TestCASecretStartupErrors(t *testing.T) {
 
 	start := func(t *testing.T, timeout time.Duration, args ...string) error {
 		t.Helper()
-		tn := newTestNet()
-		args = append(args, "--geneve-addr", tn.appliance.String()+":0", "--admin-addr", tn.appliance.String()+":0",
+		args = append(args, "--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 			"--access-log", "", "--state-dir", t.TempDir(), "--ca-secret-endpoint", srv.URL)
 		o, err := parseFlags(args, &bytes.Buffer{})
 		if err != nil {
 			return err
 		}
 		o.CASecret.Timeout = timeout
-		a, err := newAppliance(o)
+		a, err := appliance.New(o)
 		if err == nil {
-			a.ns.Close()
-			a.adminLn.Close()
+			a.Close()
 			t.Fatal("the appliance started")
 		}
 		return err

@@ -1,4 +1,4 @@
-package proxy
+package records
 
 import (
 	"bytes"
@@ -12,53 +12,6 @@ import (
 	"time"
 )
 
-// Record is one access record: a finished flow, or one HTTP request inside a
-// flow. Its JSON field names are the schema that CloudWatch Logs Insights
-// queries rely on; the README documents each one. Fields that do not apply to
-// a kind are omitted.
-type Record struct {
-	Time       time.Time `json:"time"`        // when the flow or request ended (UTC)
-	Kind       string    `json:"kind"`        // tcp, udp, icmp, http, tls, dns
-	Action     string    `json:"action"`      // allow, deny, bump, splice
-	Rule       string    `json:"rule"`        // policy rule that decided; "default" when none matched
-	Endpoint   string    `json:"endpoint"`    // GWLB endpoint, e.g. vpce-0123456789abcdef0
-	Attachment string    `json:"attachment"`  // GWLB attachment ID, 16 hex digits
-	FlowCookie string    `json:"flow_cookie"` // GWLB flow cookie, 8 hex digits
-	ClientIP   string    `json:"client_ip"`
-	ClientPort uint16    `json:"client_port,omitempty"`
-	DestIP     string    `json:"dest_ip"`
-	DestPort   uint16    `json:"dest_port,omitempty"`
-	BytesOut   int64     `json:"bytes_out"`   // client → destination (payload bytes)
-	BytesIn    int64     `json:"bytes_in"`    // destination → client (payload bytes)
-	DurationMS float64   `json:"duration_ms"` // flow or request duration
-	Result     string    `json:"result"`      // ok, refused, timeout, reset, error, denied
-	Error      string    `json:"error,omitempty"`
-
-	// ICMP echo.
-	Packets int64 `json:"packets,omitempty"` // echo requests relayed
-
-	// TLS (kind tls, and http requests inside a bumped connection).
-	SNI            string `json:"sni,omitempty"`
-	ALPN           string `json:"alpn,omitempty"`
-	TLSVersion     string `json:"tls_version,omitempty"`
-	TLSCipher      string `json:"tls_cipher,omitempty"`
-	UpstreamVerify string `json:"upstream_verify,omitempty"` // ok, failed, skipped
-
-	// HTTP requests (kind http).
-	Method    string `json:"method,omitempty"`
-	Scheme    string `json:"scheme,omitempty"`
-	Host      string `json:"host,omitempty"`
-	Path      string `json:"path,omitempty"` // without the query string
-	Status    int    `json:"status,omitempty"`
-	UserAgent string `json:"user_agent,omitempty"`
-	WebSocket bool   `json:"websocket,omitempty"`
-
-	// DNS queries (kind dns).
-	QueryName string `json:"query_name,omitempty"`
-	QueryType string `json:"query_type,omitempty"`
-	RCode     string `json:"rcode,omitempty"`
-}
-
 // The record queue's bounds. Records are a few hundred bytes (up to about
 // 64 KiB with a long URL path), and at tens of thousands of records a
 // second 65,536 of them ride out a stall of a few seconds (a log rotation,
@@ -71,19 +24,29 @@ const (
 	recordQueueBytes = 64 << 20
 )
 
-// RecordWriter encodes records as JSON lines and copies them to one or more
-// sinks. Write never blocks: it encodes the record and queues the line, and
-// one goroutine writes the queue to the sinks in order, whole lines, several
-// to a Write when records come quickly. When the queue is
-// full the record is dropped and counted, so a slow stdout pipe or disk can
-// never stall the relays that write records. A sink that fails is logged,
-// never retried here: sinks that need delivery guarantees (cwlogs) buffer
-// on their own side.
+// Shipper takes each record as a JSON line the moment it is written, with
+// the record's time. It holds the lines in a bounded buffer of its own, with
+// its own drop policy, and must never block: it is the only queue between
+// Write and its destination. cwlogs.Shipper is one.
+type Shipper interface {
+	Ship(t time.Time, line []byte)
+}
+
+// Writer encodes records as JSON lines and hands them to their sinks.
+//
+// Every record goes through exactly one bounded queue on its way to each
+// destination. A Shipper gets the line at once and queues it itself. Files
+// (stdout, a log file) share the Writer's queue: one goroutine writes it to
+// them in order, whole lines, several to a Write when records come quickly.
+// Write never blocks: when the queue is full the record is dropped for the
+// files and counted, so a slow stdout pipe or disk can never stall the
+// relays that write records, nor hold back what the Shipper ships. A file
+// that fails is logged, never retried.
 //
 // It is safe for concurrent use. Close delivers what is queued and stops
-// the goroutine; a writer without sinks discards records, starts no
-// goroutine and needs no Close.
-type RecordWriter struct {
+// the goroutine; a writer without files starts no goroutine.
+type Writer struct {
+	shipper  Shipper
 	sinks    []io.Writer
 	maxBytes int64
 	q        chan *recordLine
@@ -138,8 +101,8 @@ func putLine(l *recordLine) {
 	}
 }
 
-// RecordStats are a RecordWriter's counters.
-type RecordStats struct {
+// Stats are a Writer's counters.
+type Stats struct {
 	Written    uint64 `json:"written"`     // records handed to every sink
 	Dropped    uint64 `json:"dropped"`     // records dropped: queue full, or written after Close
 	Queued     int    `json:"queued"`      // records waiting for the sinks
@@ -158,14 +121,14 @@ type RecordStats struct {
 	LastError      string  `json:"last_error,omitempty"` // the last sink error
 }
 
-// NewRecordWriter returns a writer that copies every record line to each
-// sink, in the order Write was called.
-func NewRecordWriter(sinks ...io.Writer) *RecordWriter {
-	return newRecordWriter(recordQueueLen, recordQueueBytes, sinks...)
+// NewWriter returns a writer that ships every record line to shipper (nil
+// for none) and copies it to each file, in the order Write was called.
+func NewWriter(shipper Shipper, files ...io.Writer) *Writer {
+	return newWriter(recordQueueLen, recordQueueBytes, shipper, files...)
 }
 
-func newRecordWriter(maxRecords int, maxBytes int64, sinks ...io.Writer) *RecordWriter {
-	w := &RecordWriter{sinks: sinks, maxBytes: maxBytes, done: make(chan struct{})}
+func newWriter(maxRecords int, maxBytes int64, shipper Shipper, sinks ...io.Writer) *Writer {
+	w := &Writer{shipper: shipper, sinks: sinks, maxBytes: maxBytes, done: make(chan struct{})}
 	if len(sinks) == 0 {
 		close(w.done)
 		return w
@@ -178,12 +141,12 @@ func newRecordWriter(maxRecords int, maxBytes int64, sinks ...io.Writer) *Record
 // Write encodes r as one JSON line and queues it for the sinks. It never
 // blocks: when the queue is full the record is dropped and counted. r is not
 // retained.
-func (w *RecordWriter) Write(r *Record) {
+func (w *Writer) Write(r *Record) {
 	if r.Time.IsZero() {
 		r.Time = time.Now()
 	}
 	r.Time = r.Time.UTC()
-	if len(w.sinks) == 0 {
+	if len(w.sinks) == 0 && w.shipper == nil {
 		return
 	}
 	l := linePool.Get().(*recordLine)
@@ -192,6 +155,14 @@ func (w *RecordWriter) Write(r *Record) {
 		putLine(l)
 		slog.Error("encoding access record", "err", err)
 		return
+	}
+	if w.shipper != nil {
+		w.shipper.Ship(r.Time, l.buf.Bytes()) // copies the line
+		if len(w.sinks) == 0 {
+			w.written.Add(1)
+			putLine(l)
+			return
+		}
 	}
 	l.queued = monoNow()
 	n := int64(l.buf.Len())
@@ -217,7 +188,7 @@ func (w *RecordWriter) Write(r *Record) {
 }
 
 // drop counts a dropped record, and warns at most every 10 s about it.
-func (w *RecordWriter) drop(now int64) {
+func (w *Writer) drop(now int64) {
 	n := w.dropped.Add(1)
 	if last := w.lastDrop.Swap(now); last == 0 || now-last > int64(time.Second) {
 		w.dropStreak.Store(now)
@@ -235,7 +206,7 @@ func (w *RecordWriter) drop(now int64) {
 const maxBatch = 64 << 10
 
 // run writes queued lines to the sinks until Close.
-func (w *RecordWriter) run() {
+func (w *Writer) run() {
 	defer close(w.done)
 	var batch []*recordLine
 	var out []byte
@@ -247,7 +218,7 @@ func (w *RecordWriter) run() {
 		}
 		if len(out) > 0 {
 			w.head.Store(batch[0].queued)
-			w.deliver(batch, out)
+			w.deliver(out)
 			w.queuedBytes.Add(-int64(len(out)))
 		}
 		for _, b := range batch {
@@ -267,7 +238,7 @@ func (w *RecordWriter) run() {
 
 // gather adds the lines already queued to batch, without waiting, until
 // maxBatch bytes or a Flush marker.
-func (w *RecordWriter) gather(batch []*recordLine) []*recordLine {
+func (w *Writer) gather(batch []*recordLine) []*recordLine {
 	size := batch[0].buf.Len()
 	for size < maxBatch && batch[len(batch)-1].flushed == nil {
 		select {
@@ -284,26 +255,11 @@ func (w *RecordWriter) gather(batch []*recordLine) []*recordLine {
 	return batch
 }
 
-// timedSink is a sink that takes a timestamp with each line (the cwlogs
-// shipper): it gets the time the line was queued, so that time spent in the
-// queue does not shift the log event.
-type timedSink interface {
-	Ship(t time.Time, line []byte)
-}
-
-// deliver hands a batch to every sink: out, the batch's lines end to end,
-// in one write to a plain sink; line by line to a timedSink.
-func (w *RecordWriter) deliver(batch []*recordLine, out []byte) {
+// deliver hands a batch to every file: out, the batch's lines end to end,
+// in one write each.
+func (w *Writer) deliver(out []byte) {
 	var failed error
 	for _, s := range w.sinks {
-		if ts, ok := s.(timedSink); ok {
-			for _, l := range batch {
-				if l.flushed == nil {
-					ts.Ship(clockBase.Add(time.Duration(l.queued)), l.buf.Bytes())
-				}
-			}
-			continue
-		}
 		if _, err := s.Write(out); err != nil {
 			w.sinkErrors.Add(1)
 			failed = fmt.Errorf("access record sink %T: %w", s, err)
@@ -325,7 +281,7 @@ func (w *RecordWriter) deliver(batch []*recordLine, out []byte) {
 
 // Flush waits until every record queued before the call has been handed to
 // the sinks, or ctx is done.
-func (w *RecordWriter) Flush(ctx context.Context) error {
+func (w *Writer) Flush(ctx context.Context) error {
 	if len(w.sinks) == 0 {
 		return nil
 	}
@@ -369,7 +325,7 @@ func (w *RecordWriter) Flush(ctx context.Context) error {
 // what is queued to the sinks and stops the goroutine. If ctx ends first it
 // returns an error; the goroutine still finishes once the sinks unblock. The
 // sinks themselves are not closed. Close may be called more than once.
-func (w *RecordWriter) Close(ctx context.Context) error {
+func (w *Writer) Close(ctx context.Context) error {
 	w.mu.Lock()
 	if !w.closed {
 		w.closed = true
@@ -381,7 +337,7 @@ func (w *RecordWriter) Close(ctx context.Context) error {
 	return w.wait(ctx)
 }
 
-func (w *RecordWriter) wait(ctx context.Context) error {
+func (w *Writer) wait(ctx context.Context) error {
 	select {
 	case <-w.done:
 		return nil
@@ -395,9 +351,9 @@ func (w *RecordWriter) wait(ctx context.Context) error {
 const failureMemory = 10 * time.Second
 
 // Stats returns a snapshot of the writer's counters.
-func (w *RecordWriter) Stats() RecordStats {
+func (w *Writer) Stats() Stats {
 	now := monoNow()
-	st := RecordStats{
+	st := Stats{
 		Written:    w.written.Load(),
 		Dropped:    w.dropped.Load(),
 		Queued:     len(w.q),

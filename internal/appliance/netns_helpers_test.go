@@ -1,4 +1,4 @@
-package main
+package appliance
 
 // Helpers of the namespace end-to-end test: the topology, processes started
 // inside namespaces, and the destination servers, which run in a copy of

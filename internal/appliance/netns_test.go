@@ -1,10 +1,9 @@
-package main
+package appliance
 
 import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/dns/dnsmessage"
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 
-	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"golang.org/x/net/dns/dnsmessage"
 )
 
 // Addresses of the namespace test. All of them exist only inside the
@@ -305,15 +305,15 @@ func checkRecords(t *testing.T, path string) {
 	if err != nil {
 		t.Fatalf("reading the access log: %v", err)
 	}
-	var recs []proxy.Record
+	var recs []records.Record
 	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		var rec proxy.Record
+		var rec records.Record
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
 			t.Fatalf("access log line %q: %v", line, err)
 		}
 		recs = append(recs, rec)
 	}
-	find := func(kinds []string, dest string, port uint16, ok func(*proxy.Record) bool) *proxy.Record {
+	find := func(kinds []string, dest string, port uint16, ok func(*records.Record) bool) *records.Record {
 		for i := range recs {
 			r := &recs[i]
 			for _, k := range kinds {
@@ -336,8 +336,8 @@ func checkRecords(t *testing.T, path string) {
 	// Plain HTTP is intercepted (kind http, one record per request, body
 	// bytes); were it relayed as bytes, it would be one tcp record.
 	webKinds, udpKinds := []string{"http", "tcp"}, []string{"udp", "dns"}
-	isHello := func(r *proxy.Record) bool { return r.DurationMS < 2000 } // not the slow download
-	var hellos []*proxy.Record
+	isHello := func(r *records.Record) bool { return r.DurationMS < 2000 } // not the slow download
+	var hellos []*records.Record
 	for i := range recs {
 		if r := &recs[i]; slices.Contains(webKinds, r.Kind) && r.DestIP == netnsSrvAddr && r.DestPort == 80 && isHello(r) {
 			hellos = append(hellos, r)
@@ -373,7 +373,7 @@ func checkRecords(t *testing.T, path string) {
 	if r := find([]string{"tcp"}, netnsAppSrvAddr, 8080, nil); r == nil || r.Action != "deny" || r.Result != "denied" {
 		t.Errorf("want a denied tcp record to the appliance's own %s:8080; got %+v", netnsAppSrvAddr, r)
 	}
-	if r := find(webKinds, netnsSrvAddr, 80, func(r *proxy.Record) bool { return r.DurationMS > 2500 }); r == nil || r.Result != "ok" || r.BytesIn < int64(8*len("chunk 0\n")) {
+	if r := find(webKinds, netnsSrvAddr, 80, func(r *records.Record) bool { return r.DurationMS > 2500 }); r == nil || r.Result != "ok" || r.BytesIn < int64(8*len("chunk 0\n")) {
 		t.Errorf("want an ok tcp record for the slow download drained at shutdown; got %+v", r)
 	}
 	if t.Failed() {

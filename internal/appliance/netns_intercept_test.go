@@ -1,4 +1,4 @@
-package main
+package appliance
 
 // The interception end-to-end test: real curl, openssl and a WebSocket
 // client in the client namespace, the real gwlbproxy binary with a policy
@@ -29,7 +29,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
-	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // netnsWSClientEnv turns this test binary into a WebSocket client: it
@@ -163,17 +163,17 @@ func writeOrigins(t *testing.T) *netnsOrigins {
 // accessLog is the appliance's --access-log file.
 type accessLog string
 
-func (l accessLog) read(t *testing.T) ([]proxy.Record, string) {
+func (l accessLog) read(t *testing.T) ([]records.Record, string) {
 	t.Helper()
 	data, err := os.ReadFile(string(l))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatalf("reading the access log: %v", err)
 	}
-	var recs []proxy.Record
+	var recs []records.Record
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		var rec proxy.Record
+		var rec records.Record
 		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 			// The appliance writes whole lines; a partial last line is
 			// still being written.
@@ -186,7 +186,7 @@ func (l accessLog) read(t *testing.T) ([]proxy.Record, string) {
 
 // await waits up to 5 s for a record that match accepts and returns it; it
 // fails the test (showing every record) if none arrives.
-func (l accessLog) await(t *testing.T, what string, match func(*proxy.Record) bool) *proxy.Record {
+func (l accessLog) await(t *testing.T, what string, match func(*records.Record) bool) *records.Record {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -341,8 +341,8 @@ func TestNetnsInterception(t *testing.T) {
 
 	srv443 := netnsSrvAddr + ":443"
 	resolve := func(name, port string) string { return name + ":" + port + ":" + netnsSrvAddr }
-	byPort := func(kind string, port uint16) func(*proxy.Record) bool {
-		return func(r *proxy.Record) bool { return r.Kind == kind && r.ClientPort == port }
+	byPort := func(kind string, port uint16) func(*records.Record) bool {
+		return func(r *records.Record) bool { return r.Kind == kind && r.ClientPort == port }
 	}
 
 	// 1. The trust page through the data path serves the appliance's CA:
@@ -376,7 +376,7 @@ func TestNetnsInterception(t *testing.T) {
 		}
 		b, _ = pem.Decode(must(os.ReadFile(caFile))(t))
 		ourCA = must(x509.ParseCertificate(b.Bytes))(t)
-		accessRecs.await(t, "GET /ca.pem from the trust host", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "GET /ca.pem from the trust host", func(rec *records.Record) bool {
 			return byPort("http", r.localPort)(rec) && rec.Action == "allow" && rec.Rule == "trust-page" &&
 				rec.Status == 200 && rec.Host == netnsTrust && rec.Path == "/ca.pem" && rec.DestPort == 80
 		})
@@ -409,13 +409,13 @@ func TestNetnsInterception(t *testing.T) {
 				!strings.Contains(r.stderr, "subject: CN="+netnsWWW) || !strings.Contains(r.stderr, "SSL certificate verify ok") {
 				t.Errorf("curl %s -v: want a verified leaf for %s issued by %q; %s", v.flag, netnsWWW, ourCA.Subject.CommonName, r)
 			}
-			accessRecs.await(t, "GET /hello "+v.flag, func(rec *proxy.Record) bool {
+			accessRecs.await(t, "GET /hello "+v.flag, func(rec *records.Record) bool {
 				return byPort("http", r.localPort)(rec) && rec.Action == "bump" && rec.Rule == "default" &&
 					rec.Scheme == "https" && rec.Method == "GET" && rec.Host == netnsWWW && rec.Path == "/hello" &&
 					rec.Status == 200 && rec.SNI == netnsWWW && rec.ALPN == v.alpn && rec.UpstreamVerify == "ok" &&
 					rec.DestPort == 443 && rec.BytesIn > 0 && strings.HasPrefix(rec.UserAgent, "curl/")
 			})
-			accessRecs.await(t, "the bumped connection "+v.flag, func(rec *proxy.Record) bool {
+			accessRecs.await(t, "the bumped connection "+v.flag, func(rec *records.Record) bool {
 				return byPort("tls", r.localPort)(rec) && rec.Action == "bump" && rec.Rule == "default" &&
 					rec.SNI == netnsWWW && rec.ALPN == v.alpn && rec.UpstreamVerify == "ok" && rec.Result == "ok" &&
 					rec.TLSVersion != "" && rec.TLSCipher != "" && rec.BytesIn > 0 && rec.BytesOut > 0
@@ -456,7 +456,7 @@ func TestNetnsInterception(t *testing.T) {
 		if !bytes.Equal(chain[0].Raw, origins.leaf443.Raw) || chain[0].Issuer.CommonName != netnsUpstreamCN {
 			t.Errorf("spliced: the client got a leaf for %v from %q, not the origin's own", chain[0].DNSNames, chain[0].Issuer.CommonName)
 		}
-		accessRecs.await(t, "the spliced connection", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the spliced connection", func(rec *records.Record) bool {
 			return rec.Kind == "tls" && rec.SNI == netnsBank && rec.Action == "splice" && rec.Rule == "pass-bank" &&
 				rec.Result == "ok" && rec.UpstreamVerify == "" && rec.BytesIn > 0
 		})
@@ -469,7 +469,7 @@ func TestNetnsInterception(t *testing.T) {
 		if r.code != 35 || !strings.Contains(r.stderr, "access denied") {
 			t.Errorf("curl https://%s/: want exit 35 with an access_denied alert; %s", netnsEvil, r)
 		}
-		accessRecs.await(t, "the denied TLS connection", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the denied TLS connection", func(rec *records.Record) bool {
 			return rec.Kind == "tls" && rec.SNI == netnsEvil && rec.Action == "deny" && rec.Rule == "no-evil" &&
 				rec.Result == "denied" && rec.DestPort == 443 && rec.ClientPort == r.localPort
 		})
@@ -481,7 +481,7 @@ func TestNetnsInterception(t *testing.T) {
 		if r.code != 0 || r.status != 403 || !strings.Contains(r.body, "no-evil") {
 			t.Errorf("a bumped %s connection carrying Host %s: want a 403 page naming rule no-evil; %s", netnsWWW, netnsEvil, r)
 		}
-		accessRecs.await(t, "the denied request on a bumped connection", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the denied request on a bumped connection", func(rec *records.Record) bool {
 			return byPort("http", r.localPort)(rec) && rec.Action == "deny" && rec.Rule == "no-evil" &&
 				rec.Status == 403 && rec.Host == netnsEvil && rec.SNI == netnsWWW && rec.Scheme == "https"
 		})
@@ -489,7 +489,7 @@ func TestNetnsInterception(t *testing.T) {
 		if r.code != 0 || r.status != 403 || !strings.Contains(r.body, "no-evil") {
 			t.Errorf("plain HTTP with Host %s: want a 403 page naming rule no-evil; %s", netnsEvil, r)
 		}
-		accessRecs.await(t, "the denied HTTP request", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the denied HTTP request", func(rec *records.Record) bool {
 			return byPort("http", r.localPort)(rec) && rec.Action == "deny" && rec.Rule == "no-evil" &&
 				rec.Status == 403 && rec.Host == netnsEvil && rec.Result == "denied"
 		})
@@ -502,7 +502,7 @@ func TestNetnsInterception(t *testing.T) {
 		if r.code != 35 || !strings.Contains(r.stderr, "bad certificate") {
 			t.Errorf("curl to the origin with an untrusted certificate: want exit 35 with a bad_certificate alert; %s", r)
 		}
-		accessRecs.await(t, "the unverified upstream", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the unverified upstream", func(rec *records.Record) bool {
 			return rec.Kind == "tls" && rec.DestPort == 8443 && rec.SNI == netnsWWW && rec.Action == "deny" &&
 				rec.UpstreamVerify == "failed" && rec.Result == "denied" && strings.Contains(rec.Error, "unknown authority") &&
 				rec.ClientPort == r.localPort
@@ -518,7 +518,7 @@ func TestNetnsInterception(t *testing.T) {
 		if r.code != 0 || r.status != 200 || !strings.Contains(r.body, "; port 80; host "+forged+"; proto HTTP/1.1\n") {
 			t.Errorf("plain HTTP with Host %s: want the port 80 server to answer, seeing that Host; %s", forged, r)
 		}
-		accessRecs.await(t, "the forged-Host request", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the forged-Host request", func(rec *records.Record) bool {
 			return byPort("http", r.localPort)(rec) && rec.Action == "allow" && rec.Scheme == "http" &&
 				rec.Host == forged && rec.Path == "/hello" && rec.Status == 200 && rec.DestPort == 80
 		})
@@ -541,7 +541,7 @@ func TestNetnsInterception(t *testing.T) {
 			p, _ := strconv.Atoi(m[1])
 			port = uint16(p)
 		}
-		accessRecs.await(t, "the WebSocket", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the WebSocket", func(rec *records.Record) bool {
 			return byPort("http", port)(rec) && rec.WebSocket && rec.Status == 101 && rec.Action == "bump" &&
 				rec.Scheme == "https" && rec.Path == "/ws" && rec.Host == netnsWWW && rec.BytesIn > 3000 && rec.BytesOut > 3000
 		})
@@ -569,7 +569,7 @@ func TestNetnsInterception(t *testing.T) {
 		if !slices.ContainsFunc(leaf.IPAddresses, func(ip net.IP) bool { return ip.String() == netnsSrvAddr }) {
 			t.Errorf("no SNI: leaf IP SANs %v; want the destination %s", leaf.IPAddresses, netnsSrvAddr)
 		}
-		accessRecs.await(t, "the bumped connection without SNI", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the bumped connection without SNI", func(rec *records.Record) bool {
 			return rec.Kind == "tls" && rec.SNI == "" && rec.DestPort == 443 && rec.Action == "bump" &&
 				rec.Rule == "default" && rec.UpstreamVerify == "ok" && rec.Result == "ok"
 		})
@@ -579,7 +579,7 @@ func TestNetnsInterception(t *testing.T) {
 		if cr.code != 0 || cr.status != 200 || !strings.Contains(cr.body, "; port 443; host "+netnsSrvAddr+";") {
 			t.Errorf("curl https://%s/hello (no SNI): want 200 from the origin; %s", srv443, cr)
 		}
-		accessRecs.await(t, "GET /hello without SNI", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "GET /hello without SNI", func(rec *records.Record) bool {
 			return byPort("http", cr.localPort)(rec) && rec.Action == "bump" && rec.SNI == "" && rec.Host == netnsSrvAddr &&
 				rec.Status == 200 && rec.UpstreamVerify == "ok"
 		})
@@ -605,7 +605,7 @@ func TestNetnsInterception(t *testing.T) {
 		if r.code != 35 || !strings.Contains(r.stderr, "access denied") {
 			t.Errorf("after the reload, curl https://%s/: want exit 35 with an access_denied alert; %s", netnsWWW, r)
 		}
-		accessRecs.await(t, "the connection denied by the reloaded policy", func(rec *proxy.Record) bool {
+		accessRecs.await(t, "the connection denied by the reloaded policy", func(rec *records.Record) bool {
 			return byPort("tls", r.localPort)(rec) && rec.SNI == netnsWWW && rec.Action == "deny" && rec.Rule == "no-www"
 		})
 		if app.exited() || healthCode(tp) != 200 {
@@ -661,7 +661,7 @@ func TestNetnsInterception(t *testing.T) {
 		if !bytes.Equal(chain[0].Raw, origins.leaf443.Raw) || chain[0].Issuer.CommonName == ourCA.Subject.CommonName {
 			t.Errorf("audit mode: the client got a leaf from %q, not the origin's own", chain[0].Issuer.CommonName)
 		}
-		auditLog.await(t, "the audited connection", func(rec *proxy.Record) bool {
+		auditLog.await(t, "the audited connection", func(rec *records.Record) bool {
 			return rec.Kind == "tls" && rec.SNI == netnsWWW && rec.Action == "splice" && rec.Rule == "default" &&
 				rec.Result == "ok" && rec.BytesIn > 0
 		})

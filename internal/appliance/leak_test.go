@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"bufio"
@@ -61,7 +61,7 @@ func TestFlowsLeaveNothingBehind(t *testing.T) {
 
 	cfg := filepath.Join(t.TempDir(), "gwlbproxy.yaml")
 	os.WriteFile(cfg, []byte(interceptPolicy), 0o644)
-	r := newRig(t, func(o *options) {
+	r := newRig(t, func(o *Options) {
 		o.Config = cfg
 		o.UpstreamCA = []string{up.caFile}
 		o.IdleTimeout = 500 * time.Millisecond // UDP flows end soon after their last datagram
@@ -123,7 +123,7 @@ func TestFlowsLeaveNothingBehind(t *testing.T) {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		gs := flowGoroutines()
-		active := r.app.px.Active()
+		active := r.app.proxy.Active()
 		if len(gs) <= base && active == 0 && up.open.Load() == 0 && plainOpen.Load() == 0 {
 			return
 		}

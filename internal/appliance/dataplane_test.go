@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"bytes"
@@ -18,7 +18,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
-	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 func echoServer(c net.Conn) { io.Copy(c, c) }
@@ -31,8 +31,8 @@ func TestTCPEchoAndRecord(t *testing.T) {
 			if mode == netstack.ReturnPathRaw && !canRaw() {
 				t.Skip("raw return path needs CAP_NET_RAW; run as root to cover it")
 			}
-			r := newRig(t, func(o *options) { o.ReturnPath = mode }, nil)
-			if got := r.app.ns.ReturnPath(); got != mode {
+			r := newRig(t, func(o *Options) { o.ReturnPath = mode }, nil)
+			if got := r.app.netstack.ReturnPath(); got != mode {
 				t.Fatalf("return path %q, want %q", got, mode)
 			}
 			srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
@@ -49,7 +49,7 @@ func TestTCPEchoAndRecord(t *testing.T) {
 				t.Fatalf("after half-close: read %d, %v; want EOF", n, err)
 			}
 			c.Close()
-			recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "tcp", srv) != nil })
+			recs := r.records(func(rs []records.Record) bool { return findRecord(rs, "tcp", srv) != nil })
 			rec := findRecord(recs, "tcp", srv)
 			if rec == nil {
 				t.Fatalf("no tcp record for %s in %+v", srv, recs)
@@ -196,7 +196,7 @@ func TestConcurrentConnections(t *testing.T) {
 	if n > 0 {
 		t.Fatalf("%d of %d connections failed", n, conns)
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return len(rs) >= conns })
+	recs := r.records(func(rs []records.Record) bool { return len(rs) >= conns })
 	if len(recs) != conns {
 		t.Errorf("%d records, want %d", len(recs), conns)
 	}
@@ -204,7 +204,7 @@ func TestConcurrentConnections(t *testing.T) {
 
 // TestUDPRequestResponse relays a UDP exchange and records it once idle.
 func TestUDPRequestResponse(t *testing.T) {
-	r := newRig(t, func(o *options) { o.IdleTimeout = time.Second }, nil)
+	r := newRig(t, func(o *Options) { o.IdleTimeout = time.Second }, nil)
 	srv := serveUDP(t, netip.AddrPortFrom(r.net.server(3), 0), func(d []byte) []byte { return append([]byte("re:"), d...) })
 	c := must(r.client.DialUDP(srv))(t)
 	defer c.Close()
@@ -218,7 +218,7 @@ func TestUDPRequestResponse(t *testing.T) {
 			t.Fatalf("reply %q", got)
 		}
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "udp", srv) != nil })
+	recs := r.records(func(rs []records.Record) bool { return findRecord(rs, "udp", srv) != nil })
 	rec := findRecord(recs, "udp", srv)
 	if rec == nil {
 		t.Fatal("no udp record after the idle timeout")
@@ -277,7 +277,7 @@ func TestRefusedPort(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("refusal took %v", d)
 	}
-	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "tcp", closed) != nil })
+	recs := r.records(func(rs []records.Record) bool { return findRecord(rs, "tcp", closed) != nil })
 	if rec := findRecord(recs, "tcp", closed); rec == nil || rec.Result != "refused" {
 		t.Fatalf("record %+v, want result refused", rec)
 	}
@@ -303,7 +303,7 @@ func TestIPv6Client(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 	c.Close()
-	recs := r.records(func(rs []proxy.Record) bool { return findRecord(rs, "tcp", srv) != nil })
+	recs := r.records(func(rs []records.Record) bool { return findRecord(rs, "tcp", srv) != nil })
 	if rec := findRecord(recs, "tcp", srv); rec == nil || rec.ClientIP != clientV6.String() {
 		t.Fatalf("record %+v, want client %s", rec, clientV6)
 	}
@@ -382,7 +382,7 @@ func mapKeys[V any](m map[string]V) []string {
 // TestDNSRecords: queries relayed over UDP port 53 each get a dns record
 // with name, type and rcode; an unanswered one is recorded as a timeout.
 func TestDNSRecords(t *testing.T) {
-	r := newRig(t, func(o *options) { o.IdleTimeout = time.Second }, nil)
+	r := newRig(t, func(o *Options) { o.IdleTimeout = time.Second }, nil)
 	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 53).String())
 	if errors.Is(err, syscall.EACCES) {
 		t.Skip("binding UDP port 53 needs root (or CAP_NET_BIND_SERVICE): DNS records are recognised by port")
@@ -418,7 +418,7 @@ func TestDNSRecords(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	must(c.Read(make([]byte, 1500)))(t)
 	must(c.Write(query(2, "silent.example.test")))(t)
-	recs := r.records(func(rs []proxy.Record) bool { return countKind(rs, "dns") >= 2 })
+	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "dns") >= 2 })
 	var answered, silent bool
 	for _, rec := range recs {
 		if rec.Kind != "dns" {
@@ -438,7 +438,7 @@ func TestDNSRecords(t *testing.T) {
 // flows at the idle timeout.)
 func TestUDPOneWayOutlivesIdleTimeout(t *testing.T) {
 	const idle, sends, every = time.Second, 10, 300 * time.Millisecond
-	r := newRig(t, func(o *options) { o.IdleTimeout = idle }, nil)
+	r := newRig(t, func(o *Options) { o.IdleTimeout = idle }, nil)
 	pc := must(net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
 	defer pc.Close()
 	go func() {
@@ -494,7 +494,7 @@ func TestServerFirstNotDelayed(t *testing.T) {
 // dropped and counted: it could forge endpoints, clients and flows.
 func TestGWLBSendersOnly(t *testing.T) {
 	for _, allowed := range []bool{true, false} {
-		r := newRig(t, func(o *options) {
+		r := newRig(t, func(o *Options) {
 			o.GWLBCIDRs = []netip.Prefix{netip.MustParsePrefix("127.255.255.0/24")} // not the simulator
 			if allowed {
 				o.GWLBCIDRs = append(o.GWLBCIDRs, netip.MustParsePrefix("127.0.0.0/8")) // the simulator is 127.P.N.2
@@ -568,7 +568,7 @@ func TestLargeUDPReplyFragmented(t *testing.T) {
 // flow (its packets are dropped and counted), while its flows go on and
 // another client still gets one.
 func TestFlowsPerClient(t *testing.T) {
-	r := newRig(t, func(o *options) { o.MaxFlows, o.MaxFlowsPerClient = 100, 3 }, nil)
+	r := newRig(t, func(o *Options) { o.MaxFlows, o.MaxFlowsPerClient = 100, 3 }, nil)
 	srv := serveUDP(t, netip.AddrPortFrom(r.net.server(3), 0), func(b []byte) []byte { return b })
 	ask := func(c net.Conn) error {
 		if _, err := c.Write([]byte("ping")); err != nil {

@@ -1,0 +1,57 @@
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/gwlbproxy/gwlbproxy/certs"
+)
+
+// LoadCA returns the interception CA: the secret named by --ca-secret, the
+// files named by --ca-cert and --ca-key, or the one kept in --state-dir,
+// created on first start.
+func LoadCA(o *Options) (*certs.CA, error) {
+	if err := CheckCAFlags(o); err != nil {
+		return nil, err
+	}
+	switch {
+	case o.CASecret.ID != "":
+		// Bounded by the secret's timeout: a start-up that cannot reach
+		// Secrets Manager fails, and systemd restarts it, rather than hangs.
+		ca, err := certs.LoadSecret(context.Background(), o.CASecret)
+		if err != nil {
+			return nil, fmt.Errorf("loading the CA: %w", err)
+		}
+		return ca, nil
+	case o.CACert != "" && o.CAKey != "":
+		ca, err := certs.Load(o.CACert, o.CAKey)
+		if err != nil {
+			return nil, fmt.Errorf("loading the CA: %w", err)
+		}
+		return ca, nil
+	}
+	ca, created, err := certs.LoadOrCreate(o.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("CA in --state-dir %s: %w", o.StateDir, err)
+	}
+	if created {
+		slog.Info("created a new interception CA; hand it to clients (see `gwlbproxy ca trust`)",
+			"dir", o.StateDir, "fingerprint", ca.Fingerprint())
+	}
+	return ca, nil
+}
+
+// CheckCAFlags rejects combinations of the CA flags that name more than one
+// CA, or half of one.
+func CheckCAFlags(o *Options) error {
+	switch {
+	case o.CASecret.ID != "" && (o.CACert != "" || o.CAKey != ""):
+		return fmt.Errorf("--ca-secret and --ca-cert/--ca-key both name a CA: give one or the other")
+	case o.CASecret.ID == "" && (o.CASecret.Region != "" || o.CASecret.Endpoint != ""):
+		return fmt.Errorf("--ca-secret-region and --ca-secret-endpoint need --ca-secret")
+	case (o.CACert != "") != (o.CAKey != ""):
+		return fmt.Errorf("--ca-cert and --ca-key go together")
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+package intercept
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// newGoproxy returns the HTTP proxy behind intercepted connections. With
+// h2, goproxy looks for the HTTP/2 preface first: it waits for 24 bytes, so
+// an HTTP/1 client whose whole request is shorter ("GET / HTTP/1.0" and an
+// empty line) would wait forever. The sniffer and the ALPN result already
+// say which protocol a client speaks, so each gets a proxy of its own.
+func newGoproxy(h2 bool) *goproxy.ProxyHttpServer {
+	gp := goproxy.NewProxyHttpServer()
+	gp.Tr = &http.Transport{Proxy: nil} // unused: every session has its own RoundTripper
+	gp.KeepAcceptEncoding = true        // else responses are silently decompressed
+	gp.AllowHTTP2 = h2
+	gp.Logger = debugLogger{}
+	// goproxy formats a line per request when verbose: only when debugging.
+	gp.Verbose = slog.Default().Enabled(context.Background(), slog.LevelDebug)
+	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+		rt, _ := ctx.Req.Context().Value(roundTripperKey{}).(*roundTripper)
+		if rt == nil { // not one of ours: nothing else reaches this proxy
+			return goproxy.RejectConnect, host
+		}
+		ctx.RoundTripper = rt
+		return &goproxy.ConnectAction{Action: goproxy.ConnectMitm}, host
+	})
+	return gp
+}
+
+type debugLogger struct{}
+
+func (debugLogger) Printf(f string, a ...any) { slog.Debug("goproxy: " + fmt.Sprintf(f, a...)) }
+
+type roundTripperKey struct{}
+
+// serveGoproxy feeds the (cleartext) client connection to goproxy as if it
+// had arrived through a CONNECT. goproxy serves it on a goroutine of its
+// own and closes it when done: the session ends then, in the connection's
+// Close. Returning at once spares each intercepted connection a goroutine
+// (and its stack, about 9 KiB) that would only wait for that.
+func (s *session) serveGoproxy(scheme string, tr *http.Transport) {
+	rt := &roundTripper{s: s, scheme: scheme, tr: tr}
+	host := s.Subject.Dest.String()
+	if s.Record.SNI != "" {
+		host = net.JoinHostPort(s.Record.SNI, strconv.Itoa(int(s.Subject.Dest.Port())))
+	}
+	cc := &hijackedConn{Conn: s.client, swallow: []byte("HTTP/1.1 200 OK\r\n\r\n")}
+	cc.limit.arm(s.ic.cfg.MaxHeaderBytes, s.h2)
+	cc.onClose = rt.connClosed
+	rt.cc = cc
+	rt.base = *s.Record
+	creq := (&http.Request{
+		Method: http.MethodConnect, URL: &url.URL{Host: host}, Host: host,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: make(http.Header),
+		RemoteAddr: netip.AddrPortFrom(s.Subject.Client, s.Record.ClientPort).String(),
+	}).WithContext(context.WithValue(context.Background(), roundTripperKey{}, rt))
+	gp := s.ic.http1
+	if s.h2 {
+		gp = s.ic.http2
+	}
+	gp.ServeHTTP(&hijacker{conn: cc}, creq)
+}
+
+// roundTripper is what goproxy needs to serve one session: its round trips
+// to the destination. goproxy always sees cleartext: TLS to the client is
+// ours (handshakeClient).
+type roundTripper struct {
+	s      *session
+	scheme string // of the client's requests: https when bumped
+	tr     *http.Transport
+	cc     *hijackedConn
+	base   records.Record // what each request's record starts from: s.Record changes as the session ends
+
+	// The session ends once goproxy has closed the connection and no
+	// request is in flight: an HTTP/2 server closes it without waiting for
+	// the handlers of its streams, which still dial, relay and record.
+	inflight atomic.Int64
+	closed   atomic.Bool
+	ended    sync.Once
+}
+
+// connClosed and requestDone each end the session if the other condition
+// holds already; between them (sequentially consistent atomics) one sees
+// both.
+func (rt *roundTripper) connClosed() {
+	rt.closed.Store(true)
+	if rt.inflight.Load() == 0 {
+		rt.end()
+	}
+}
+
+func (rt *roundTripper) requestDone() {
+	if rt.inflight.Add(-1) == 0 && rt.closed.Load() {
+		rt.end()
+	}
+}
+
+// end ends the session once goproxy has closed its connection and its last
+// request is done.
+func (rt *roundTripper) end() {
+	rt.ended.Do(func() {
+		s := rt.s
+		// The client is gone: no upstream connection has a use any more,
+		// idle or not (a request that came after the end may hold one).
+		rt.tr.CloseIdleConnections()
+		s.upstreams.closeAll()
+		// The first, whether a request took it up or not (a preconnect, a
+		// denied request).
+		s.Upstream.Close()
+		if rt.cc.limit.tooLarge.Load() { // a record for the request that never was
+			rec := *s.Record
+			rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", rt.scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0
+			rec.Rule, rec.Method, rec.Path, rec.UserAgent = "", "", "", ""
+			s.ic.denied.Add(1)
+			rec.Action, rec.Result, rec.Error = "deny", "denied", fmt.Sprintf("request head larger than %d bytes", s.ic.cfg.MaxHeaderBytes)
+			rec.End(s.Start)
+			s.ic.cfg.Records.Write(&rec)
+		}
+		if s.Record.Kind == "tls" { // bumped: the connection's record, besides one per request
+			s.Record.BytesOut, s.Record.BytesIn = rt.cc.in.Load(), rt.cc.out.Load()
+			s.finish()
+			return
+		}
+		s.Done()
+	})
+}

@@ -1,0 +1,382 @@
+// Package intercept serves the TCP connections the appliance reads into:
+// cleartext HTTP and bumped TLS. It completes the bump handshake (upstream
+// first, verified, then the client with a leaf from the CA), pins every
+// upstream connection to the flow's original destination, decides and
+// records each HTTP request on its own, and serves HTTP/1 and HTTP/2
+// through goproxy, which stays behind this package's one entry point,
+// Interceptor.Serve.
+//
+// It needs no packet stack: a Session is any pair of net.Conns, so it can be
+// tested with net.Pipe and crypto/tls alone.
+package intercept
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
+)
+
+// Config configures an Interceptor.
+type Config struct {
+	// Records receives one record per request, and one per bumped
+	// connection.
+	Records *records.Writer
+	// Minter mints the leaves of bumped connections; without it nothing is
+	// bumped and the trust host is answered over cleartext HTTP only.
+	Minter *certs.Minter
+	// UpstreamRoots verify bumped destinations (nil: the system roots).
+	UpstreamRoots *x509.CertPool
+	// Trust answers requests for TrustHost (the CA-trust page).
+	Trust     http.Handler
+	TrustHost string
+	// MaxHeaderBytes bounds an HTTP/1 request head (default 64 KiB).
+	MaxHeaderBytes int
+	// HandshakeTimeout bounds each TLS handshake, upstream and client
+	// (default 10 s).
+	HandshakeTimeout time.Duration
+	// Dial opens a further connection to the session's destination, when
+	// the client's requests need more than the one dialled already.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// DefaultMaxHeaderBytes is the default request head limit: Squid's, and
+// far above what browsers send (they cap cookies at about 4 KiB each).
+const DefaultMaxHeaderBytes = 64 << 10
+
+// Session is one TCP connection handed over for interception.
+type Session struct {
+	Client   net.Conn        // the client, its sniffed bytes still to read
+	Upstream net.Conn        // the destination, dialled already
+	Policy   *policy.Policy  // in force when the connection arrived: a reload leaves it alone
+	Subject  policy.Subject  // addresses and endpoint, for each request's decision
+	Record   *records.Record // the connection's record so far; each request's record starts from it
+	Start    time.Time
+
+	// What classification found: a ClientHello the policy decided to bump
+	// (Decision), or else cleartext HTTP: its first request head (nil when
+	// unreadable), or HTTP/2 with prior knowledge (H2C).
+	Hello    *sniff.ClientHello
+	Decision policy.Decision
+	HTTP     *sniff.HTTPRequest
+	H2C      bool
+
+	// Done is called once, when the session has ended and its records are
+	// written.
+	Done func()
+}
+
+// Interceptor serves intercepted sessions. It is safe for concurrent use.
+type Interceptor struct {
+	cfg    Config
+	http1  *goproxy.ProxyHttpServer // for HTTP/1 clients
+	http2  *goproxy.ProxyHttpServer // for HTTP/2 clients (h2 by ALPN, h2c)
+	denied atomic.Uint64
+}
+
+// New returns an Interceptor.
+func New(cfg Config) *Interceptor {
+	if cfg.Records == nil {
+		cfg.Records = records.NewWriter(nil)
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	return &Interceptor{cfg: cfg, http1: newGoproxy(false), http2: newGoproxy(true)}
+}
+
+// Denied returns how many connections and requests it denied.
+func (ic *Interceptor) Denied() uint64 { return ic.denied.Load() }
+
+// IsTrustHost reports whether host names the CA-trust page, which the
+// appliance answers itself.
+func (ic *Interceptor) IsTrustHost(host string) bool {
+	return ic.cfg.Trust != nil && host != "" && strings.EqualFold(strings.TrimSuffix(host, "."), ic.cfg.TrustHost)
+}
+
+// CanBump reports whether TLS can be decrypted: the appliance has a CA.
+func (ic *Interceptor) CanBump() bool { return ic.cfg.Minter != nil }
+
+// Serve serves s until its client is done; it may return before that
+// (goproxy serves on a goroutine of its own), and s.Done says when.
+func (ic *Interceptor) Serve(s *Session) {
+	c := &session{Session: s, ic: ic, client: s.Client}
+	switch {
+	case s.Hello != nil && ic.IsTrustHost(s.Hello.ServerName) && ic.CanBump():
+		c.serveTrustTLS(s.Hello.ServerName)
+	case s.Hello != nil:
+		c.bump()
+	default:
+		c.serveHTTP()
+	}
+}
+
+// session is a Session being served.
+type session struct {
+	*Session
+	ic     *Interceptor
+	client net.Conn // the client as served: after the bump, its TLS side
+	h2     bool     // the client speaks HTTP/2 (h2 by ALPN, or h2c)
+	// upstreams are the connections the session's HTTP transport dialled
+	// besides Upstream: all closed when it ends, pooled or not.
+	upstreams connSet
+}
+
+// finish writes the connection's record and ends the session.
+func (s *session) finish() {
+	s.Record.End(s.Start)
+	s.ic.cfg.Records.Write(s.Record)
+	s.Done()
+}
+
+// refuse ends a connection refused before any request: the client gets a
+// RST, the record says why.
+func (s *session) refuse(reason string) {
+	Abort(s.client)
+	s.Upstream.Close()
+	s.ic.denied.Add(1)
+	s.Record.Action, s.Record.Result, s.Record.Error = "deny", "denied", reason
+	s.finish()
+}
+
+// TLS alerts sent to clients whose connection is refused.
+const (
+	AlertHandshakeFailure = 40
+	AlertBadCertificate   = 42
+	AlertAccessDenied     = 49
+	AlertInternalError    = 80
+)
+
+// WriteAlert sends a fatal TLS alert record; it is what a client that has
+// sent its ClientHello understands as a refusal.
+func WriteAlert(c net.Conn, desc byte) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write([]byte{21, 3, 3, 0, 2, 2, desc})
+}
+
+// bump terminates the client's TLS with a leaf from our CA. The upstream
+// handshake comes first: its certificate is verified before the client sees
+// anything, a client without SNI gets a leaf with the upstream's names, and
+// a failed verification is refused with an alert and recorded.
+func (s *session) bump() {
+	ic, hello, d := s.ic, s.Hello, s.Decision
+	var verifyErr error
+	ucfg := &tls.Config{
+		ServerName:         hello.ServerName,
+		NextProtos:         httpALPN(hello.ALPN),
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // verified below, so the reason can be recorded
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			verifyErr = ic.verifyUpstream(cs, hello.ServerName)
+			return nil
+		},
+	}
+	up := tls.Client(s.Upstream, ucfg)
+	hctx, cancel := context.WithTimeout(context.Background(), ic.cfg.HandshakeTimeout)
+	err := up.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		WriteAlert(s.client, AlertHandshakeFailure)
+		s.Record.UpstreamVerify = "failed"
+		s.refuse("upstream TLS handshake: " + err.Error())
+		return
+	}
+	cs := up.ConnectionState()
+	s.Record.TLSVersion, s.Record.TLSCipher = tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
+	s.Record.ALPN = cs.NegotiatedProtocol
+	s.Record.UpstreamVerify = "ok"
+	if verifyErr != nil {
+		s.Record.UpstreamVerify = "failed"
+		if !d.AllowUnverifiedUpstream {
+			WriteAlert(s.client, AlertBadCertificate)
+			s.refuse("upstream certificate: " + verifyErr.Error())
+			return
+		}
+		s.Record.Error = "upstream certificate accepted by rule: " + verifyErr.Error()
+	}
+	var leaf *tls.Certificate
+	if hello.ServerName != "" {
+		leaf, err = ic.cfg.Minter.Leaf(hello.ServerName)
+	} else {
+		cert := cs.PeerCertificates[0]
+		// crypto/tls may share parsed certificates between connections:
+		// build a new slice rather than append to theirs.
+		ips := slices.Concat(cert.IPAddresses, []net.IP{s.Subject.Dest.Addr().AsSlice()})
+		leaf, err = ic.cfg.Minter.LeafFor(cert.DNSNames, ips)
+	}
+	if err != nil {
+		WriteAlert(s.client, AlertInternalError)
+		s.refuse("minting a leaf: " + err.Error())
+		return
+	}
+	redial := ucfg.Clone()
+	redial.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := ic.verifyUpstream(cs, hello.ServerName); err != nil && !d.AllowUnverifiedUpstream {
+			return err
+		}
+		return nil
+	}
+	if !s.handshakeClient(leaf, cs.NegotiatedProtocol == "h2") {
+		return
+	}
+	s.serveGoproxy("https", s.transport(up, redial))
+}
+
+// handshakeClient completes the client's TLS handshake with leaf; goproxy
+// then gets the decrypted stream. Doing it here, not in goproxy, puts a
+// failed handshake (a client that does not trust the CA) into the record,
+// and keeps goproxy from adding ALPN protocols the client never offered.
+func (s *session) handshakeClient(leaf *tls.Certificate, upstreamH2 bool) bool {
+	c := tls.Server(s.client, clientTLSConfig(leaf, upstreamH2))
+	hctx, cancel := context.WithTimeout(context.Background(), s.ic.cfg.HandshakeTimeout)
+	defer cancel()
+	if err := c.HandshakeContext(hctx); err != nil {
+		Abort(s.client)
+		s.Upstream.Close()
+		s.Record.Result, s.Record.Error = "error", "client TLS handshake: "+err.Error()
+		s.finish()
+		return false
+	}
+	s.client = c
+	s.h2 = c.ConnectionState().NegotiatedProtocol == "h2"
+	return true
+}
+
+// clientTLSConfig presents leaf to the client and takes, of the client's
+// own ALPN offer, what both sides can carry: h2 when the upstream speaks it,
+// and http/1.1. A client offering neither negotiates no ALPN (a fixed list
+// with no overlap would make the handshake fail) and speaks HTTP/1.x.
+func clientTLSConfig(leaf *tls.Certificate, upstreamH2 bool) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			var protos []string
+			for _, p := range hello.SupportedProtos {
+				if p == "http/1.1" || (p == "h2" && upstreamH2) {
+					protos = append(protos, p)
+				}
+			}
+			return &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: protos, MinVersion: tls.VersionTLS12}, nil
+		},
+	}
+}
+
+// trustRule is the rule recorded for what the trust page answers.
+const trustRule = "trust-page"
+
+// serveTrustTLS answers the trust host over TLS itself, with a leaf for the
+// name: no destination can prove it is gwlbproxy.internal, so none is asked.
+func (s *session) serveTrustTLS(name string) {
+	s.Upstream.Close()
+	s.Record.Rule, s.Record.Action = trustRule, policy.Allow.String()
+	leaf, err := s.ic.cfg.Minter.Leaf(name)
+	if err != nil {
+		WriteAlert(s.client, AlertInternalError)
+		s.refuse("minting a leaf: " + err.Error())
+		return
+	}
+	if !s.handshakeClient(leaf, false) {
+		return
+	}
+	nowhere := func(context.Context, string, string) (net.Conn, error) {
+		return nil, errors.New("the trust host is answered by the appliance; it dials nothing")
+	}
+	s.serveGoproxy("https", &http.Transport{DialContext: nowhere, DialTLSContext: nowhere})
+}
+
+// httpALPN keeps the client's offer of the protocols the HTTP proxy speaks,
+// in the client's order.
+func httpALPN(offer []string) []string {
+	var out []string
+	for _, p := range offer {
+		if p == "h2" || p == "http/1.1" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// verifyUpstream checks the upstream chain against the system roots and the
+// configured extra roots, and its name against the SNI. Without SNI there is
+// no name the client asked for, so only the chain is checked.
+func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots: ic.cfg.UpstreamRoots, Intermediates: inter, DNSName: name,
+	})
+	return err
+}
+
+// serveHTTP serves a cleartext HTTP connection. Its first request decides
+// the connection: a denied host gets a 403 and the connection ends before
+// anything reaches the destination; each later request is decided again.
+func (s *session) serveHTTP() {
+	s.h2 = s.H2C
+	s.Record.Kind = "http"
+	host := ""
+	if req := s.HTTP; req != nil {
+		host = req.Hostname()
+		s.Record.Method, s.Record.Host, s.Record.Scheme = req.Method, req.Host, "http"
+		if u, err := url.Parse(req.Target); err == nil {
+			s.Record.Path = u.Path
+		}
+	}
+	if !s.ic.IsTrustHost(host) {
+		subj := s.Subject
+		subj.Protocol, subj.Domain = policy.ProtoHTTP, host
+		d := s.Policy.Decide(subj)
+		s.Record.Rule, s.Record.Action = d.Rule, d.Action.String()
+		if d.Action == policy.Deny {
+			writeDenyResponse(s.client, d.Rule, host)
+			s.client.Close()
+			s.Upstream.Close()
+			s.ic.denied.Add(1)
+			s.Record.Status = http.StatusForbidden
+			s.Record.Action, s.Record.Result, s.Record.Error = "deny", "denied", "denied by policy"
+			s.finish()
+			return
+		}
+	}
+	s.serveGoproxy("http", s.transport(s.Upstream, nil))
+}
+
+// Abort closes c with a RST: a connection with an Abort method (the
+// stack's, and wrappers that pass it on) through it, a host socket by
+// closing with a zero linger.
+func Abort(c net.Conn) {
+	switch c := c.(type) {
+	case interface{ Abort() }:
+		c.Abort()
+		return
+	case *net.TCPConn:
+		_ = c.SetLinger(0)
+	}
+	c.Close()
+}

@@ -1,0 +1,272 @@
+package intercept
+
+import (
+	"bytes"
+	"fmt"
+	"html"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// RoundTrip implements goproxy.RoundTripper: one HTTP request of an
+// intercepted connection. Every request is decided on its own Host (a
+// keep-alive connection, or a bumped one, may carry requests for other
+// names than its first) and gets its own record.
+func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
+	rt.cc.limit.headDone()
+	if !rt.s.h2 {
+		// The previous response is complete, whether or not its end was
+		// seen: what it left held goes now, before a "100 Continue".
+		rt.cc.holdResponse(false)
+	}
+	reqBody := req.Body // goproxy's own, before roundTrip wraps it
+	rt.inflight.Add(1)
+	resp, err := rt.roundTrip(req)
+	if !recordsOnClose(resp) {
+		rt.requestDone() // its record is written already
+	}
+	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
+		resp.Body = &nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody}
+		if !rt.s.h2 && hasBody(req, resp) {
+			rt.cc.holdResponse(true)
+		}
+	}
+	return resp, err
+}
+
+// recordsOnClose reports whether resp's record is written when goproxy
+// closes its body.
+func recordsOnClose(resp *http.Response) bool {
+	if resp == nil {
+		return false
+	}
+	switch resp.Body.(type) {
+	case *recordingBody, *recordingRWBody:
+		return true
+	}
+	return false
+}
+
+// hasBody reports whether goproxy writes body bytes after resp's head. An
+// empty body has a ContentLength of 0 (the transport's http.NoBody too).
+func hasBody(req *http.Request, resp *http.Response) bool {
+	return req.Method != http.MethodHead && resp.ContentLength != 0 &&
+		resp.StatusCode >= 200 && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified
+}
+
+func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
+	s := rt.s
+	start := time.Now()
+	req.URL.Scheme = rt.scheme // goproxy saw cleartext and says http
+	rec := rt.base
+	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
+	rec.Path, rec.UserAgent, rec.Error, rec.Result = req.URL.Path, req.UserAgent(), "", "ok"
+	rec.BytesOut, rec.BytesIn = 0, 0
+	host := req.URL.Hostname()
+	if h, _, err := net.SplitHostPort(req.Host); err == nil {
+		host = h
+	} else if req.Host != "" {
+		host = req.Host
+	}
+	if s.ic.IsTrustHost(host) {
+		resp := serveLocally(s.ic.cfg.Trust, req)
+		rec.Action, rec.Rule, rec.Status, rec.BytesIn = "allow", trustRule, resp.StatusCode, resp.ContentLength
+		rt.write(&rec, start)
+		return resp, nil
+	}
+	proto := policy.ProtoHTTP
+	if rt.scheme == "https" {
+		proto = policy.ProtoTLS
+	}
+	subj := s.Subject
+	subj.Protocol, subj.Domain = proto, host
+	d := s.Policy.Decide(subj) // the connection's policy: a reload leaves open sessions as they were
+	rec.Rule, rec.Action = d.Rule, d.Action.String()
+	if rt.scheme == "https" && d.Action != policy.Deny {
+		rec.Action = "bump" // the connection is decrypted already
+	}
+	if d.Action == policy.Deny {
+		rec.Status = http.StatusForbidden
+		s.ic.denied.Add(1)
+		rec.Action, rec.Result, rec.Error = "deny", "denied", "denied by policy"
+		rt.write(&rec, start)
+		return denyResponse(req, d.Rule, host), nil
+	}
+	var sent countingReader
+	if req.Body != nil && req.Body != http.NoBody {
+		sent.r = req.Body
+		req.Body = &sent
+	}
+	resp, err := rt.tr.RoundTrip(req)
+	if err != nil {
+		rec.Status = http.StatusBadGateway
+		rec.Result, rec.Error = records.DialResult(err), err.Error()
+		rt.write(&rec, start)
+		return errorResponse(req, http.StatusBadGateway, "gwlbproxy could not reach the destination: "+err.Error()), nil
+	}
+	rec.Status = resp.StatusCode
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// goproxy tunnels a WebSocket upgrade only; any other 101 it would
+		// answer as a plain response and go on reading requests from what
+		// is now another protocol's stream.
+		if !isWebSocketUpgrade(resp.Header) {
+			resp.Body.Close()
+			rec.Status, rec.Result, rec.Error = http.StatusBadGateway, "error", "upgrade to "+resp.Header.Get("Upgrade")+" is not supported"
+			rt.write(&rec, start)
+			return errorResponse(req, http.StatusBadGateway, "gwlbproxy relays WebSocket upgrades only"), nil
+		}
+		rec.WebSocket = true
+	}
+	rb := &recordingBody{ReadCloser: resp.Body}
+	rb.done = func() {
+		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), rb.read.Load()
+		rt.write(&rec, start)
+		rt.requestDone()
+	}
+	if w, ok := resp.Body.(io.Writer); ok { // a 101's body carries both directions
+		resp.Body = &recordingRWBody{recordingBody: rb, w: w}
+	} else {
+		resp.Body = rb
+	}
+	return resp, nil
+}
+
+// write ends rec, one request's record, and writes it.
+func (rt *roundTripper) write(rec *records.Record, start time.Time) {
+	rec.End(start)
+	rt.s.ic.cfg.Records.Write(rec)
+}
+
+// serveLocally answers req with h, in memory: the trust page is served by
+// the appliance itself, not fetched from anywhere.
+func serveLocally(h http.Handler, req *http.Request) *http.Response {
+	w := &memoryResponse{header: make(http.Header), status: http.StatusOK}
+	h.ServeHTTP(w, req)
+	return &http.Response{
+		StatusCode: w.status, Status: fmt.Sprintf("%d %s", w.status, http.StatusText(w.status)),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Request: req, Header: w.header,
+		Body: io.NopCloser(bytes.NewReader(w.body.Bytes())), ContentLength: int64(w.body.Len()),
+	}
+}
+
+// memoryResponse is the http.ResponseWriter of serveLocally.
+type memoryResponse struct {
+	header      http.Header
+	status      int
+	wroteHeader bool
+	body        bytes.Buffer
+}
+
+func (w *memoryResponse) Header() http.Header { return w.header }
+
+func (w *memoryResponse) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = code, true
+	}
+}
+
+func (w *memoryResponse) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.body.Write(b)
+}
+
+// isWebSocketUpgrade is goproxy's own test for a response it tunnels.
+func isWebSocketUpgrade(h http.Header) bool {
+	return headerHasToken(h, "Connection", "upgrade") && headerHasToken(h, "Upgrade", "websocket")
+}
+
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func denyResponse(req *http.Request, rule, host string) *http.Response {
+	page := fmt.Sprintf("<!doctype html><title>403 Forbidden</title><h1>Forbidden</h1>"+
+		"<p>gwlbproxy denied this request to <b>%s</b> (rule <code>%s</code>).</p>\n",
+		html.EscapeString(host), html.EscapeString(rule))
+	resp := errorResponse(req, http.StatusForbidden, "")
+	resp.Header.Set("Content-Type", "text/html; charset=utf-8")
+	resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader(page)), int64(len(page))
+	return resp
+}
+
+func errorResponse(req *http.Request, code int, msg string) *http.Response {
+	body := msg + "\n"
+	return &http.Response{
+		StatusCode: code, Status: fmt.Sprintf("%d %s", code, http.StatusText(code)),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Request: req,
+		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+	}
+}
+
+// writeDenyResponse answers a denied plain-HTTP connection before any
+// request is proxied.
+func writeDenyResponse(c net.Conn, rule, host string) {
+	resp := denyResponse(&http.Request{Method: http.MethodGet}, rule, host)
+	resp.Close = true
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = resp.Write(c)
+}
+
+type countingReader struct {
+	r io.ReadCloser
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+// recordingBody counts a response body and writes the request's record when
+// goproxy closes it, i.e. once the response has reached the client.
+type recordingBody struct {
+	io.ReadCloser
+	read, written atomic.Int64
+	once          sync.Once
+	done          func()
+}
+
+func (b *recordingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.read.Add(int64(n))
+	return n, err
+}
+
+func (b *recordingBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+type recordingRWBody struct {
+	*recordingBody
+	w io.Writer
+}
+
+func (b *recordingRWBody) Write(p []byte) (int, error) {
+	n, err := b.w.Write(p)
+	b.written.Add(int64(n))
+	return n, err
+}

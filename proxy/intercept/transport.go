@@ -1,0 +1,101 @@
+package intercept
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// connSet holds open connections until they close, or until closeAll.
+type connSet struct {
+	mu     sync.Mutex
+	conns  map[*setConn]struct{}
+	closed bool
+}
+
+type setConn struct {
+	net.Conn
+	set *connSet
+}
+
+// add tracks c, or closes it if the set is closed already.
+func (s *connSet) add(c net.Conn) (net.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return nil, errors.New("the client connection has ended")
+	}
+	if s.conns == nil {
+		s.conns = make(map[*setConn]struct{})
+	}
+	sc := &setConn{Conn: c, set: s}
+	s.conns[sc] = struct{}{}
+	return sc, nil
+}
+
+func (c *setConn) Close() error {
+	c.set.mu.Lock()
+	delete(c.set.conns, c)
+	c.set.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// closeAll closes every connection, and any added later.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	conns := s.conns
+	s.conns = nil
+	s.mu.Unlock()
+	for c := range conns {
+		c.Conn.Close()
+	}
+}
+
+// transport returns the HTTP client side of one intercepted connection. Every
+// connection it makes goes to the session's original destination, whatever the
+// request's Host says: a client must not steer the appliance elsewhere. The
+// first one is the connection already dialled (and, for TLS, verified).
+func (s *session) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport {
+	var used atomic.Bool // whether a connection took up over
+	dest := s.Subject.Dest.String()
+	dial := func(ctx context.Context) (net.Conn, error) {
+		if !used.Swap(true) {
+			return first, nil
+		}
+		c, err := s.ic.cfg.Dial(ctx, dest)
+		if err != nil {
+			return nil, err
+		}
+		return s.upstreams.add(c)
+	}
+	tr := &http.Transport{
+		Proxy:               nil,
+		ForceAttemptHTTP2:   true,
+		DisableCompression:  true, // pass Content-Encoding through untouched
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     90 * time.Second,
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+	}
+	if tlsCfg != nil {
+		tr.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, err := dial(ctx)
+			if err != nil || c == first {
+				return c, err
+			}
+			tc := tls.Client(c, tlsCfg.Clone())
+			if err := tc.HandshakeContext(ctx); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return tc, nil
+		}
+	}
+	return tr
+}

@@ -1,0 +1,78 @@
+package records
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// Record is one access record: a finished flow, or one HTTP request inside a
+// flow. Its JSON field names are the schema that CloudWatch Logs Insights
+// queries rely on; the README documents each one. Fields that do not apply to
+// a kind are omitted.
+type Record struct {
+	Time       time.Time `json:"time"`        // when the flow or request ended (UTC)
+	Kind       string    `json:"kind"`        // tcp, udp, icmp, http, tls, dns
+	Action     string    `json:"action"`      // allow, deny, bump, splice
+	Rule       string    `json:"rule"`        // policy rule that decided; "default" when none matched
+	Endpoint   string    `json:"endpoint"`    // GWLB endpoint, e.g. vpce-0123456789abcdef0
+	Attachment string    `json:"attachment"`  // GWLB attachment ID, 16 hex digits
+	FlowCookie string    `json:"flow_cookie"` // GWLB flow cookie, 8 hex digits
+	ClientIP   string    `json:"client_ip"`
+	ClientPort uint16    `json:"client_port,omitempty"`
+	DestIP     string    `json:"dest_ip"`
+	DestPort   uint16    `json:"dest_port,omitempty"`
+	BytesOut   int64     `json:"bytes_out"`   // client → destination (payload bytes)
+	BytesIn    int64     `json:"bytes_in"`    // destination → client (payload bytes)
+	DurationMS float64   `json:"duration_ms"` // flow or request duration
+	Result     string    `json:"result"`      // ok, refused, timeout, reset, error, denied
+	Error      string    `json:"error,omitempty"`
+
+	// ICMP echo.
+	Packets int64 `json:"packets,omitempty"` // echo requests relayed
+
+	// TLS (kind tls, and http requests inside a bumped connection).
+	SNI            string `json:"sni,omitempty"`
+	ALPN           string `json:"alpn,omitempty"`
+	TLSVersion     string `json:"tls_version,omitempty"`
+	TLSCipher      string `json:"tls_cipher,omitempty"`
+	UpstreamVerify string `json:"upstream_verify,omitempty"` // ok, failed, skipped
+
+	// HTTP requests (kind http).
+	Method    string `json:"method,omitempty"`
+	Scheme    string `json:"scheme,omitempty"`
+	Host      string `json:"host,omitempty"`
+	Path      string `json:"path,omitempty"` // without the query string
+	Status    int    `json:"status,omitempty"`
+	UserAgent string `json:"user_agent,omitempty"`
+	WebSocket bool   `json:"websocket,omitempty"`
+
+	// DNS queries (kind dns).
+	QueryName string `json:"query_name,omitempty"`
+	QueryType string `json:"query_type,omitempty"`
+	RCode     string `json:"rcode,omitempty"`
+}
+
+// End stamps r with the time it ended and its duration since start.
+func (r *Record) End(start time.Time) {
+	r.Time = time.Now()
+	r.DurationMS = float64(r.Time.Sub(start).Microseconds()) / 1000
+}
+
+// DialResult names why a dial or round trip failed, for the Result field.
+func DialResult(err error) string {
+	var nerr net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &nerr) && nerr.Timeout():
+		return "timeout"
+	}
+	return "error"
+}
