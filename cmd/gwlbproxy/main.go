@@ -105,7 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
 	fs.StringVar(&o.GeneveAddr, "geneve-addr", o.GeneveAddr, "UDP address the GWLB's GENEVE traffic arrives on")
 	fs.StringVar(&o.AdminAddr, "admin-addr", o.AdminAddr, "TCP address of the admin listener: health check (/), /stats, /metrics")
 	fs.StringVar(&o.AccessLog, "access-log", o.AccessLog, `file access records are appended to as JSON lines ("-": stdout, "": none)`)
-	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long existing flows are served before exit (SIGINT: at most 5s)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long until exit: existing flows are served, then the last records shipped in the last fifth (1s to 10s) of it (SIGINT: at most 5s)")
 	fs.DurationVar(&o.TCPIdleTimeout, "tcp-idle-timeout", o.TCPIdleTimeout, "TCP flow idle timeout; match the GWLB's (60s-6000s)")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "idle timeout of UDP and ICMP flows")
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST")

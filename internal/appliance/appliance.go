@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -137,14 +138,16 @@ type Appliance struct {
 
 // New opens every listener; Run serves them. On an error, whatever it had
 // opened is closed again.
-func New(o Options) (a *Appliance, err error) {
+func New(o Options) (_ *Appliance, err error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
 	if o.RecordStall <= 0 {
 		o.RecordStall = defaultRecordStall
 	}
-	a = &Appliance{opts: o, policy: proxy.AllowAll()}
+	// a, not the named result: an error return sets that to nil before
+	// the deferred clean-up below reads it.
+	a := &Appliance{opts: o, policy: proxy.AllowAll()}
 	if o.Config != "" {
 		if err := a.policy.Reload(o.Config); err != nil {
 			return nil, fmt.Errorf("--config: %w", err)
@@ -291,20 +294,44 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	cancel()
 	a.netstack.Close()
 	// Closing the stacks ends the flows the drain left open; their records
-	// follow within moments. The rest of the drain is the flush's.
-	rctx, rcancel := context.WithDeadline(context.Background(), end.Add(-reserve/2))
+	// follow within moments: wait for them half the reserve, at least half
+	// a second (a drain of 0 has no reserve), and never past the end.
+	recordsDue := end.Add(-reserve / 2)
+	if earliest := time.Now().Add(500 * time.Millisecond); recordsDue.Before(earliest) {
+		recordsDue = earliest
+	}
+	if latest := end.Add(time.Second); recordsDue.After(latest) {
+		recordsDue = latest
+	}
+	rctx, rcancel := context.WithDeadline(context.Background(), recordsDue)
 	_ = a.proxy.Wait(rctx)
 	rcancel()
-	sctx, scancel := context.WithDeadline(context.Background(), end.Add(time.Second))
-	defer scancel()
-	_ = a.admin.Shutdown(sctx)
-	a.closeSinks(sctx) // before the shipper's flush below, so that it ships the last records
-	if a.shipper != nil {
-		// What cannot be shipped by then is counted as dropped.
-		if err := a.shipper.Close(sctx); err != nil {
-			slog.Error("flushing records to CloudWatch Logs", "err", err, "stats", a.shipper.Stats())
-		}
+	// An admin client that holds its connection open must not eat the
+	// records' time: the admin listener gets a moment, then is closed.
+	actx, acancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	if err := a.admin.Shutdown(actx); err != nil {
+		_ = a.admin.Close()
 	}
+	acancel()
+	// The files and CloudWatch each have their own queue: flush both at
+	// once, so that a stuck file cannot take CloudWatch's time.
+	flushDue := end.Add(time.Second)
+	if earliest := time.Now().Add(time.Second); flushDue.Before(earliest) {
+		flushDue = earliest
+	}
+	sctx, scancel := context.WithDeadline(context.Background(), flushDue)
+	defer scancel()
+	var wg sync.WaitGroup
+	if a.shipper != nil {
+		wg.Go(func() {
+			// What cannot be shipped by then is counted as dropped.
+			if err := a.shipper.Close(sctx); err != nil {
+				slog.Error("flushing records to CloudWatch Logs", "err", err, "stats", a.shipper.Stats())
+			}
+		})
+	}
+	a.closeSinks(sctx)
+	wg.Wait()
 	slog.Info("stopped")
 	return nil
 }

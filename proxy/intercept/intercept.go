@@ -121,9 +121,18 @@ func (ic *Interceptor) CanBump() bool { return ic.cfg.Minter != nil }
 // Serve serves s until its client is done; it may return before that
 // (goproxy serves on a goroutine of its own), and s.Done says when.
 func (ic *Interceptor) Serve(s *Session) {
+	if s.Done == nil {
+		s.Done = func() {}
+	}
 	c := &session{Session: s, ic: ic, client: s.Client}
+	if s.Hello != nil {
+		s.Record.Kind, s.Record.SNI = "tls", s.Hello.ServerName
+	}
 	switch {
-	case s.Hello != nil && ic.IsTrustHost(s.Hello.ServerName) && ic.CanBump():
+	case s.Hello != nil && !ic.CanBump():
+		WriteAlert(c.client, AlertInternalError)
+		c.refuse("TLS handed over for bumping, but there is no CA")
+	case s.Hello != nil && ic.IsTrustHost(s.Hello.ServerName):
 		c.serveTrustTLS(s.Hello.ServerName)
 	case s.Hello != nil:
 		c.bump()

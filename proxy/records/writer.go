@@ -103,6 +103,8 @@ func putLine(l *recordLine) {
 
 // Stats are a Writer's counters.
 type Stats struct {
+	// Written and Dropped count records by whether the files got them (or,
+	// without files, the Shipper): the Shipper keeps counts of its own.
 	Written    uint64 `json:"written"`     // records handed to every sink
 	Dropped    uint64 `json:"dropped"`     // records dropped: queue full, or written after Close
 	Queued     int    `json:"queued"`      // records waiting for the sinks
@@ -156,33 +158,36 @@ func (w *Writer) Write(r *Record) {
 		slog.Error("encoding access record", "err", err)
 		return
 	}
-	if w.shipper != nil {
-		w.shipper.Ship(r.Time, l.buf.Bytes()) // copies the line
+	now := monoNow()
+	n := int64(l.buf.Len())
+	sent := false
+	w.mu.RLock()
+	if !w.closed {
+		if w.shipper != nil {
+			w.shipper.Ship(r.Time, l.buf.Bytes()) // copies the line; never blocks
+		}
 		if len(w.sinks) == 0 {
+			w.mu.RUnlock()
 			w.written.Add(1)
 			putLine(l)
 			return
 		}
-	}
-	l.queued = monoNow()
-	n := int64(l.buf.Len())
-	if w.queuedBytes.Add(n) <= w.maxBytes {
-		w.mu.RLock()
-		sent := false
-		if !w.closed {
+		l.queued = now
+		if w.queuedBytes.Add(n) <= w.maxBytes {
 			select {
 			case w.q <- l:
 				sent = true
 			default:
 			}
 		}
-		w.mu.RUnlock()
-		if sent {
-			return
+		if !sent {
+			w.queuedBytes.Add(-n)
 		}
 	}
-	now := l.queued
-	w.queuedBytes.Add(-n)
+	w.mu.RUnlock()
+	if sent {
+		return
+	}
 	putLine(l)
 	w.drop(now)
 }

@@ -421,6 +421,13 @@ func TestWriterShipperOnly(t *testing.T) {
 	if len(ship.lines) != 1 || w.Stats().Written != 1 {
 		t.Fatalf("shipped %d lines, stats %+v", len(ship.lines), w.Stats())
 	}
+	if err := w.Close(ctxFor(t, time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	w.Write(&Record{Packets: 8})
+	if st := w.Stats(); len(ship.lines) != 1 || st.Written != 1 || st.Dropped != 1 {
+		t.Fatalf("after Close: shipped %d lines, stats %+v; want the record dropped", len(ship.lines), st)
+	}
 }
 
 // TestWriterNoSinks: the default writer discards records and needs
