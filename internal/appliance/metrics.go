@@ -1,0 +1,256 @@
+package appliance
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/cwlogs"
+)
+
+// metricsHandler serves /metrics: the gwlbproxy_* counters, and the Go
+// runtime's and the process's (memory, goroutines, file descriptors, CPU)
+// that client_golang collects.
+//
+// Each call builds its own Registry, and adminHandler calls it once per
+// Appliance: the global DefaultRegisterer would refuse a second appliance's
+// collector (tests run several in one process), and would mix in whatever
+// any imported package registered there.
+func (a *Appliance) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	// MustRegister panics only when descriptors clash, which on a fresh
+	// registry with this fixed set would be a programming error that every
+	// test starting an appliance catches.
+	reg.MustRegister(
+		statsCollector{stats: a.stats},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		// A collector that fails (say /proc unreadable in some sandbox)
+		// should cost its own metrics only, not the whole scrape: the
+		// gwlbproxy_* counters matter most. The failure is logged instead.
+		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:      scrapeErrorLog{},
+	})
+}
+
+// scrapeErrorLog hands promhttp's errors to slog. It looks up the default
+// logger at each error rather than when the handler is built, so that it
+// follows slog.SetDefault whenever that happens.
+type scrapeErrorLog struct{}
+
+// Println logs, as a warning, one error promhttp met serving a scrape:
+// a collector that failed (the rest was still served) or a broken
+// connection to the scraper. Neither makes the appliance unhealthy.
+func (scrapeErrorLog) Println(v ...any) {
+	slog.Warn("metrics scrape", "error", strings.TrimSuffix(fmt.Sprintln(v...), "\n"))
+}
+
+// statsCollector exports the appliance's counters as Prometheus metrics.
+//
+// The counters already live in the data path as atomics (netstack, proxy,
+// records, leaf cache, CloudWatch shipper) and /stats snapshots them.
+// Mirroring each into a prometheus.Counter would add work per packet and
+// keep two copies of every number that could drift apart; instead Collect
+// takes one snapshot per scrape and turns it into const metrics.
+type statsCollector struct {
+	// stats returns the snapshot: Appliance.stats, or a fixed value in tests.
+	stats func() stats
+}
+
+// Describe sends every descriptor Collect may use, the optional leaf cache
+// and CloudWatch ones included, so that the registry can check the names
+// for clashes once, at registration, and treat this collector as checked.
+func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
+	describeStats(ch, applianceMetrics)
+	ch <- dropsDesc
+	ch <- endpointFlowsDesc
+	describeStats(ch, leafMetrics)
+	describeStats(ch, cloudWatchMetrics)
+}
+
+// Collect reads the counters once and sends them. The leaf cache and
+// CloudWatch metrics are sent only when those parts run (interception on,
+// a log group configured), as the hand-written renderer did before:
+// a constant 0 would read as "running and idle".
+func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.stats()
+	collectStats(ch, applianceMetrics, &s)
+	// The registry sorts labelled series, so map order does not matter.
+	for reason, n := range s.Netstack.Drops {
+		ch <- constMetric(dropsDesc, prometheus.CounterValue, float64(n), reason)
+	}
+	for ep, n := range s.Netstack.FlowsByEndpoint {
+		// Each count is a separate atomic that flow creation and expiry
+		// move; clamp as before, since a flow count is never negative.
+		ch <- constMetric(endpointFlowsDesc, prometheus.GaugeValue, float64(max(n, 0)), ep)
+	}
+	if s.Leaves != nil {
+		collectStats(ch, leafMetrics, s.Leaves)
+	}
+	if s.CloudWatch != nil {
+		collectStats(ch, cloudWatchMetrics, s.CloudWatch)
+	}
+}
+
+// statMetric is one unlabelled gwlbproxy_* metric: its descriptor, its
+// type, and where its value is in a snapshot of type S. Keeping the three
+// together in one table entry means Describe and Collect cannot disagree.
+type statMetric[S any] struct {
+	desc  *prometheus.Desc
+	typ   prometheus.ValueType
+	value func(*S) float64
+}
+
+// newStatMetric defines the metric gwlbproxy_<name>.
+func newStatMetric[S any](name string, typ prometheus.ValueType, help string, value func(*S) float64) statMetric[S] {
+	return statMetric[S]{desc: prometheus.NewDesc("gwlbproxy_"+name, help, nil, nil), typ: typ, value: value}
+}
+
+// describeStats sends the descriptors of ms.
+func describeStats[S any](ch chan<- *prometheus.Desc, ms []statMetric[S]) {
+	for _, m := range ms {
+		ch <- m.desc
+	}
+}
+
+// collectStats sends the metrics of ms with their values in s.
+func collectStats[S any](ch chan<- prometheus.Metric, ms []statMetric[S], s *S) {
+	for _, m := range ms {
+		ch <- constMetric(m.desc, m.typ, m.value(s))
+	}
+}
+
+// constMetric is prometheus.MustNewConstMetric without the panic: Collect
+// runs in a goroutine of the registry, where a panic would bring the whole
+// appliance down over one bad label value (invalid UTF-8). An invalid
+// metric fails that series in the scrape and is logged instead.
+func constMetric(desc *prometheus.Desc, typ prometheus.ValueType, v float64, labels ...string) prometheus.Metric {
+	m, err := prometheus.NewConstMetric(desc, typ, v, labels...)
+	if err != nil {
+		return prometheus.NewInvalidMetric(desc, err)
+	}
+	return m
+}
+
+// boolGauge is 1 for true, 0 for false.
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Short names for the two metric types, to keep the tables below readable;
+// prefixed, as the package is shared and "counter" too likely to clash.
+const (
+	promCounter = prometheus.CounterValue
+	promGauge   = prometheus.GaugeValue
+)
+
+// The metrics below keep the names, types and help texts of the renderer
+// /metrics had before client_golang: dashboards and alerts use them.
+
+var (
+	// dropsDesc is gwlbproxy_drops_total{reason}: netstack counts every
+	// drop reason, so all of them appear, with 0 until one happens.
+	dropsDesc = prometheus.NewDesc("gwlbproxy_drops_total", "Packets dropped, by reason.", []string{"reason"}, nil)
+	// endpointFlowsDesc is gwlbproxy_endpoint_flows{endpoint}, one series
+	// per GWLB endpoint (vpce-…) seen.
+	endpointFlowsDesc = prometheus.NewDesc("gwlbproxy_endpoint_flows", "Flows in the flow table per GWLB endpoint.", []string{"endpoint"}, nil)
+)
+
+// applianceMetrics are the unlabelled metrics every appliance has: the
+// health state, the GENEVE side (netstack), the proxy and the records.
+var applianceMetrics = []statMetric[stats]{
+	newStatMetric("draining", promGauge, "1 while the appliance drains before exit.",
+		func(s *stats) float64 { return boolGauge(s.Draining) }),
+	newStatMetric("broken", promGauge, "1 while the health check fails for a reason other than draining (see /stats).",
+		func(s *stats) float64 { return boolGauge(len(s.Broken) > 0) }),
+
+	newStatMetric("geneve_packets_in_total", promCounter, "GENEVE datagrams received.",
+		func(s *stats) float64 { return float64(s.Netstack.PacketsIn) }),
+	newStatMetric("geneve_bytes_in_total", promCounter, "GENEVE bytes received.",
+		func(s *stats) float64 { return float64(s.Netstack.BytesIn) }),
+	newStatMetric("geneve_packets_out_total", promCounter, "GENEVE datagrams sent back to the GWLB.",
+		func(s *stats) float64 { return float64(s.Netstack.PacketsOut) }),
+	newStatMetric("geneve_bytes_out_total", promCounter, "GENEVE bytes sent back to the GWLB.",
+		func(s *stats) float64 { return float64(s.Netstack.BytesOut) }),
+	newStatMetric("flows", promGauge, "Flows in the flow table.",
+		func(s *stats) float64 { return float64(s.Netstack.Flows) }),
+	newStatMetric("flows_created_total", promCounter, "Flows created.",
+		func(s *stats) float64 { return float64(s.Netstack.FlowsCreated) }),
+	newStatMetric("flows_expired_total", promCounter, "Flows expired after idling.",
+		func(s *stats) float64 { return float64(s.Netstack.FlowsExpired) }),
+	newStatMetric("stacks", promGauge, "gVisor stacks, one per GWLB endpoint.",
+		func(s *stats) float64 { return float64(s.Netstack.Stacks) }),
+	newStatMetric("tcp_connection_attempts_total", promCounter, "TCP connections offered to the proxy.",
+		func(s *stats) float64 { return float64(s.Netstack.TCPConnections) }),
+	newStatMetric("udp_flows_total", promCounter, "UDP flows offered to the proxy.",
+		func(s *stats) float64 { return float64(s.Netstack.UDPFlows) }),
+	newStatMetric("echo_requests_total", promCounter, "ICMP echo requests received.",
+		func(s *stats) float64 { return float64(s.Netstack.EchoRequests) }),
+	newStatMetric("return_port_fallbacks_total", promCounter, "Replies sent from the listener port because the flow's port could not be bound.",
+		func(s *stats) float64 { return float64(s.Netstack.ReturnPortFallbacks) }),
+
+	newStatMetric("tcp_active", promGauge, "TCP connections being relayed.",
+		func(s *stats) float64 { return float64(s.Proxy.TCPActive) }),
+	newStatMetric("udp_active", promGauge, "UDP flows being relayed.",
+		func(s *stats) float64 { return float64(s.Proxy.UDPActive) }),
+	newStatMetric("echo_active", promGauge, "ICMP echo flows being relayed.",
+		func(s *stats) float64 { return float64(s.Proxy.EchoActive) }),
+	newStatMetric("tcp_dial_errors_total", promCounter, "Destinations that could not be dialled.",
+		func(s *stats) float64 { return float64(s.Proxy.TCPDialErrors) }),
+	newStatMetric("denied_total", promCounter, "Flows denied.",
+		func(s *stats) float64 { return float64(s.Proxy.Denied) }),
+	newStatMetric("echo_denied_unrecorded_total", promCounter, "ICMP echo requests of denied flows dropped without an access record: too many denied echo flows remembered.",
+		func(s *stats) float64 { return float64(s.Proxy.EchoUnrecorded) }),
+
+	newStatMetric("records_written_total", promCounter, "Access records handed to the sinks (access log, CloudWatch shipper).",
+		func(s *stats) float64 { return float64(s.Records.Written) }),
+	newStatMetric("records_dropped_total", promCounter, "Access records dropped: the queue was full (a sink slow or stuck), or at exit.",
+		func(s *stats) float64 { return float64(s.Records.Dropped) }),
+	newStatMetric("records_queued", promGauge, "Access records waiting for the sinks.",
+		func(s *stats) float64 { return float64(s.Records.Queued) }),
+	newStatMetric("record_sink_errors_total", promCounter, "Sink writes (of one or more access records) that failed.",
+		func(s *stats) float64 { return float64(s.Records.SinkErrors) }),
+	newStatMetric("records_lag_seconds", promGauge, "How long the oldest access record not yet written has waited.",
+		func(s *stats) float64 { return s.Records.LagSeconds }),
+}
+
+// leafMetrics are the leaf cache's, sent while interception runs.
+var leafMetrics = []statMetric[certs.Stats]{
+	newStatMetric("leaf_cache_hits_total", promCounter, "Bumped connections served a cached leaf.",
+		func(l *certs.Stats) float64 { return float64(l.Hits) }),
+	newStatMetric("leaf_cache_misses_total", promCounter, "Bumped connections that needed a new leaf.",
+		func(l *certs.Stats) float64 { return float64(l.Misses) }),
+	newStatMetric("leaves_minted_total", promCounter, "Leaves signed by the CA.",
+		func(l *certs.Stats) float64 { return float64(l.Mints) }),
+}
+
+// cloudWatchMetrics are the CloudWatch shipper's, sent while it runs.
+var cloudWatchMetrics = []statMetric[cwlogs.Stats]{
+	newStatMetric("cloudwatch_records_received_total", promCounter, "Records handed to the CloudWatch shipper.",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.Received) }),
+	newStatMetric("cloudwatch_records_queued", promGauge, "Records held in memory, waiting to be shipped.",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.QueuedRecords) }),
+	newStatMetric("cloudwatch_bytes_queued", promGauge, "Bytes held in memory against --cloudwatch-buffer.",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.QueuedBytes) }),
+	newStatMetric("cloudwatch_records_shipped_total", promCounter, "Records CloudWatch Logs accepted.",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.Shipped) }),
+	newStatMetric("cloudwatch_retries_total", promCounter, "API calls repeated after a transient failure.",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.Retried) }),
+	newStatMetric("cloudwatch_records_rejected_total", promCounter, "Records CloudWatch Logs refused (too old or new).",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.Rejected) }),
+	newStatMetric("cloudwatch_records_failed_total", promCounter, "Records in batches refused for good.",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.Failed) }),
+	newStatMetric("cloudwatch_records_dropped_total", promCounter, "Records dropped: buffer full, or unshipped at exit.",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.Dropped) }),
+}
