@@ -13,22 +13,30 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
+// cloudWatchRig is a rig whose records go to group /gwlbproxy/test, stream
+// i-test of cw, with credentials from the environment as on an instance.
+func cloudWatchRig(t *testing.T, cw *cwlogstest.Server, mutate func(*Options)) *rig {
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	return newRig(t, func(o *Options) {
+		o.CloudWatch.Group = "/gwlbproxy/test"
+		o.CloudWatch.Stream = "i-test"
+		o.CloudWatch.Endpoint = cw.URL
+		mutate(o)
+	}, nil)
+}
+
 // TestRecordsReachCloudWatch: traffic through the appliance ends up as
 // events in a local CloudWatch Logs endpoint, through the real SDK client
 // and the default credential chain, carrying the record schema's fields;
 // the stream is flushed on shutdown.
 func TestRecordsReachCloudWatch(t *testing.T) {
 	cw := cwlogstest.NewServer(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	r := newRig(t, func(o *Options) {
-		o.CloudWatch.Group = "/gwlbproxy/test"
-		o.CloudWatch.Stream = "i-test"
-		o.CloudWatch.Endpoint = cw.URL
+	r := cloudWatchRig(t, cw, func(o *Options) {
 		o.CloudWatch.FlushInterval = time.Hour // only the shutdown flush ships
-	}, nil)
+	})
 	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), func(c net.Conn) { io.WriteString(c, "hi") })
 	const conns = 5
 	for range conns {
@@ -73,19 +81,12 @@ func TestRecordsReachCloudWatch(t *testing.T) {
 // has its reserve inside the drain and retries fast while closing.
 func TestDrainShipsWithinDeadline(t *testing.T) {
 	cw := cwlogstest.NewServer(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	cw.CreateStream("/gwlbproxy/test", "i-test")
-	r := newRig(t, func(o *Options) {
-		o.CloudWatch.Group = "/gwlbproxy/test"
-		o.CloudWatch.Stream = "i-test"
-		o.CloudWatch.Endpoint = cw.URL
+	r := cloudWatchRig(t, cw, func(o *Options) {
 		o.CloudWatch.FlushInterval = 50 * time.Millisecond
 		// A steady-state backoff far longer than the drain.
 		o.CloudWatch.RetryMin, o.CloudWatch.RetryMax = time.Minute, time.Minute
-	}, nil)
+	})
 	cw.Outage(time.Hour, cwlogstest.Outage503)
 	srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
 	done := must(r.client.DialTCP(ctxT(t, 5*time.Second), srv))(t)
