@@ -25,7 +25,7 @@ func TestBoundReturnRetriesAFailedBind(t *testing.T) {
 	port := holder.LocalAddr().(*net.UDPAddr).AddrPort().Port() // the flow's GWLB source port, taken
 	var fallbacks atomic.Uint64
 	r := newBoundReturn(lo, listener, gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port(), &fallbacks)
-	r.retryWait = 100 * time.Millisecond
+	r.retryWait = time.Hour // over only when the test says so, below
 	defer r.close()
 
 	sentFrom := func() uint16 {
@@ -49,7 +49,11 @@ func TestBoundReturnRetriesAFailedBind(t *testing.T) {
 	if p := sentFrom(); p != listenPort || fallbacks.Load() != 1 {
 		t.Fatalf("within the retry wait: sent from %d, %d fallbacks; want the listener, no new bind attempt", p, fallbacks.Load())
 	}
-	time.Sleep(150 * time.Millisecond)
+	// The retry wait ends, without a sleep a slow machine could outlast or
+	// overshoot.
+	r.mu.Lock()
+	r.failed[port] = time.Now()
+	r.mu.Unlock()
 	if p := sentFrom(); p != port {
 		t.Fatalf("after the retry wait: sent from %d, want the flow's port %d", p, port)
 	}

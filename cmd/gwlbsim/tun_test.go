@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 )
@@ -307,9 +308,7 @@ func waitStats(p *pump, want pumpStats) pumpStats {
 // from the pattern, it is a layer-3 point-to-point device, and it vanishes
 // when the simulator closes it.
 func TestOpenTUN(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("TUN test needs root: it creates a device in a private network namespace")
-	}
+	testenv.RequireRoot(t, "the TUN test needs root: it creates a device in a private network namespace")
 	errc := make(chan error, 1)
 	go func() {
 		// The thread stays locked: when the goroutine ends, the runtime

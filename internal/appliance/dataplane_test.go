@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -12,10 +13,12 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -29,7 +32,7 @@ func TestTCPEchoAndRecord(t *testing.T) {
 	for _, mode := range []string{netstack.ReturnPathBound, netstack.ReturnPathRaw} {
 		t.Run(mode, func(t *testing.T) {
 			if mode == netstack.ReturnPathRaw && !canRaw() {
-				t.Skip("raw return path needs CAP_NET_RAW; run as root to cover it")
+				testenv.RequirePrivileged(t, "the raw return path needs CAP_NET_RAW; run as root to cover it")
 			}
 			r := newRig(t, func(o *Options) { o.ReturnPath = mode }, nil)
 			if got := r.app.netstack.ReturnPath(); got != mode {
@@ -385,7 +388,7 @@ func TestDNSRecords(t *testing.T) {
 	r := newRig(t, func(o *Options) { o.IdleTimeout = time.Second }, nil)
 	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 53).String())
 	if errors.Is(err, syscall.EACCES) {
-		t.Skip("binding UDP port 53 needs root (or CAP_NET_BIND_SERVICE): DNS records are recognised by port")
+		testenv.RequirePrivileged(t, "binding UDP port 53 needs root (or CAP_NET_BIND_SERVICE): the appliance recognises DNS by destination port 53")
 	} else if err != nil {
 		t.Fatal(err)
 	}
@@ -501,13 +504,34 @@ func TestGWLBSendersOnly(t *testing.T) {
 			}
 		}, nil)
 		srv := listenTCP(t, netip.AddrPortFrom(r.net.server(3), 0), echoServer)
-		ctx := ctxT(t, 2*time.Second)
-		c, err := r.client.DialTCP(ctx, srv)
-		if allowed != (err == nil) {
-			t.Fatalf("sender allowed=%v: dial error %v", allowed, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		type dialed struct {
+			c   net.Conn
+			err error
 		}
-		if c != nil {
-			c.Close()
+		dial := make(chan dialed, 1)
+		go func() {
+			c, err := r.client.DialTCP(ctx, srv)
+			dial <- dialed{c, err}
+		}()
+		if !allowed {
+			// The SYN is dropped and counted: wait for the count, then give
+			// up the dial, rather than wait for the dial to time out.
+			waitFor(t, "the SYN counted as an unknown_sender drop", func() string {
+				if d := r.stats().Netstack.Drops; d["unknown_sender"] == 0 {
+					return fmt.Sprintf("drops %v", d)
+				}
+				return ""
+			})
+			cancel()
+		}
+		res := <-dial
+		cancel()
+		if allowed != (res.err == nil) {
+			t.Fatalf("sender allowed=%v: dial error %v", allowed, res.err)
+		}
+		if res.err == nil {
+			res.c.Close()
 		}
 		if d := r.stats().Netstack.Drops["unknown_sender"]; allowed != (d == 0) {
 			t.Fatalf("sender allowed=%v: %d unknown_sender drops", allowed, d)
@@ -569,7 +593,13 @@ func TestLargeUDPReplyFragmented(t *testing.T) {
 // another client still gets one.
 func TestFlowsPerClient(t *testing.T) {
 	r := newRig(t, func(o *Options) { o.MaxFlows, o.MaxFlowsPerClient = 100, 3 }, nil)
-	srv := serveUDP(t, netip.AddrPortFrom(r.net.server(3), 0), func(b []byte) []byte { return b })
+	var fourthArrived atomic.Bool
+	srv := serveUDP(t, netip.AddrPortFrom(r.net.server(3), 0), func(b []byte) []byte {
+		if string(b) == "fourth" {
+			fourthArrived.Store(true)
+		}
+		return b
+	})
 	ask := func(c net.Conn) error {
 		if _, err := c.Write([]byte("ping")); err != nil {
 			return err
@@ -587,14 +617,17 @@ func TestFlowsPerClient(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
+	// The fourth flow's datagram is dropped and counted: wait for the count,
+	// not for a reply to fail to come within some time.
 	fourth := must(r.client.DialUDP(srv))(t)
 	defer fourth.Close()
-	if err := ask(fourth); err == nil {
-		t.Fatal("a fourth flow of one client was served; its share is 3")
-	}
-	if d := r.stats().Netstack.Drops["client_flow_limit"]; d == 0 {
-		t.Fatal("no client_flow_limit drop counted")
-	}
+	must(fourth.Write([]byte("fourth")))(t)
+	waitFor(t, "the fourth flow's datagram counted as a client_flow_limit drop", func() string {
+		if d := r.stats().Netstack.Drops; d["client_flow_limit"] == 0 {
+			return fmt.Sprintf("drops %v", d)
+		}
+		return ""
+	})
 	if err := ask(conns[0]); err != nil {
 		t.Fatalf("a flow within the share stopped: %v", err)
 	}
@@ -603,6 +636,10 @@ func TestFlowsPerClient(t *testing.T) {
 	defer c.Close()
 	if err := ask(c); err != nil {
 		t.Fatalf("another client's first flow: %v", err)
+	}
+	// Datagrams sent after the fourth's have reached the server; it had not.
+	if fourthArrived.Load() {
+		t.Fatal("a fourth flow of one client was served; its share is 3")
 	}
 }
 

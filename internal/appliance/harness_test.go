@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -132,29 +135,121 @@ func (r *rig) stop() {
 	r.sim.Close()
 }
 
-// records reads the access log, waiting until want(records) holds or 5 s pass.
+// recordsWait is how long records waits for the access log to hold what a
+// test wants.
+const recordsWait = 5 * time.Second
+
+// records returns the access log's records once want(records) holds. If it
+// does not within recordsWait the test fails, naming the condition (the
+// caller's source line) and the records there were: a test never goes on
+// with fewer records than it waited for.
 func (r *rig) records(want func([]records.Record) bool) []records.Record {
 	r.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(recordsWait)
 	for {
-		var recs []records.Record
-		f, err := os.Open(r.logPath)
-		if err == nil {
-			sc := bufio.NewScanner(f)
-			sc.Buffer(nil, 1<<20)
-			for sc.Scan() {
-				var rec records.Record
-				if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-					r.t.Fatalf("access log line %q: %v", sc.Text(), err)
-				}
-				recs = append(recs, rec)
-			}
-			f.Close()
-		}
-		if want(recs) || time.Now().After(deadline) {
+		recs := r.readRecords()
+		if want(recs) {
 			return recs
 		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("waited %s for access records: %s\ngot %s", recordsWait, callerLine(2), summarizeRecords(recs))
+			return nil
+		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// readRecords returns what the access log holds now, without waiting.
+func (r *rig) readRecords() []records.Record {
+	r.t.Helper()
+	var recs []records.Record
+	f, err := os.Open(r.logPath)
+	if err != nil {
+		return nil // not created yet
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var rec records.Record
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			r.t.Fatalf("access log line %q: %v", sc.Text(), err)
+		}
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+// callerLine names a helper's call site for a failure message: file:line
+// and, when the source is at hand, the call itself, up to the parenthesis
+// that closes it (for records, the condition waited for).
+func callerLine(skip int) string {
+	_, file, line, ok := runtime.Caller(skip)
+	if !ok {
+		return "(unknown caller)"
+	}
+	at := fmt.Sprintf("%s:%d", filepath.Base(file), line)
+	src, err := os.ReadFile(file)
+	if err != nil {
+		return at
+	}
+	lines := strings.Split(string(src), "\n")
+	if line < 1 || line > len(lines) {
+		return at
+	}
+	var call []string
+	depth := 0
+	for i := line - 1; i < len(lines) && i < line+15; i++ {
+		call = append(call, strings.TrimSpace(lines[i]))
+		depth += strings.Count(lines[i], "(") - strings.Count(lines[i], ")")
+		if depth <= 0 {
+			break
+		}
+	}
+	return at + ": " + strings.Join(call, " ")
+}
+
+// summarizeRecords lists records one a line, by the fields tests match on,
+// the first 30 of them.
+func summarizeRecords(recs []records.Record) string {
+	if len(recs) == 0 {
+		return "no records"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d records:", len(recs))
+	for i, rec := range recs {
+		if i == 30 {
+			fmt.Fprintf(&b, "\n  ... and %d more", len(recs)-i)
+			break
+		}
+		fmt.Fprintf(&b, "\n  %s %s %s:%d action=%s rule=%q result=%s", rec.Kind, rec.ClientIP, rec.DestIP, rec.DestPort, rec.Action, rec.Rule, rec.Result)
+		for _, f := range []struct{ name, v string }{{"sni", rec.SNI}, {"host", rec.Host}, {"path", rec.Path}, {"query", rec.QueryName}, {"error", rec.Error}} {
+			if f.v != "" {
+				fmt.Fprintf(&b, " %s=%q", f.name, f.v)
+			}
+		}
+		if rec.Status != 0 {
+			fmt.Fprintf(&b, " status=%d", rec.Status)
+		}
+	}
+	return b.String()
+}
+
+// waitFor polls check every 10 ms until it returns "" and fails the test
+// if it has not within 5 s, naming what it waited for and check's last
+// answer (what there was instead).
+func waitFor(t testing.TB, what string, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := check()
+		if got == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 5s for %s; got %s", what, got)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

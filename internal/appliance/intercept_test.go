@@ -384,10 +384,7 @@ func TestWebSocketThroughBump(t *testing.T) {
 	r := interceptRig(t, up, interceptPolicy)
 	tc, err := r.tlsDial(t, up.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
 	if err != nil {
-		for _, rec := range r.records(func(rs []records.Record) bool { return len(rs) > 0 }) {
-			t.Logf("%+v", rec)
-		}
-		t.Fatal(err)
+		t.Fatalf("%v; access log so far: %s", err, summarizeRecords(r.readRecords()))
 	}
 	wcfg := must(websocket.NewConfig("wss://www.example.test/ws", "https://www.example.test/"))(t)
 	ws := must(websocket.NewClient(wcfg, tc))(t)

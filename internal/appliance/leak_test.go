@@ -108,10 +108,12 @@ func TestFlowsLeaveNothingBehind(t *testing.T) {
 	io.ReadFull(ec, make([]byte, 20))
 	ec.Close()
 	silent := must(r.client.DialTCP(ctxT(t, 5*time.Second), echo))(t)
-	time.Sleep(50 * time.Millisecond)
-	if n := len(flowGoroutines()); n <= base { // what the end is checked with sees a flow
-		t.Fatalf("%d proxy goroutines with a flow waiting, %d without", n, base)
-	}
+	waitFor(t, "a proxy goroutine for the silent flow (what the end is checked with must see a flow)", func() string {
+		if n := len(flowGoroutines()); n <= base {
+			return fmt.Sprintf("%d proxy goroutines with a flow waiting, %d without", n, base)
+		}
+		return ""
+	})
 	silent.Close()
 	// UDP, until it idles.
 	uc := must(r.client.DialUDP(udp))(t)

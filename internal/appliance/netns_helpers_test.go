@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 )
 
 // netnsServerEnv, when set to an IPv4 address, turns this test binary into
@@ -290,18 +292,16 @@ func dnsAnswer(q []byte, name string, addr [4]byte) []byte {
 }
 
 // requireNetns skips the test unless it can build namespaces and run the
-// client tools.
+// client tools; with GWLBPROXY_PRIVILEGED_TESTS=1 it fails it instead.
 func requireNetns(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("namespace tests need root: they create network namespaces, veth pairs and a TUN device")
-	}
+	testenv.RequireRoot(t, "namespace tests need root: they create network namespaces, veth pairs and a TUN device")
 	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
-		t.Skipf("namespace tests need root: `ip netns list` fails: %v %s", err, out)
+		testenv.RequirePrivileged(t, fmt.Sprintf("namespace tests need `ip netns` (iproute2) and root: `ip netns list` fails: %v %s", err, bytes.TrimSpace(out)))
 	}
 	for _, tool := range []string{"curl", "dig", "ping", "sysctl", "go"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("namespace tests need %s in PATH (apt-get install curl dnsutils iputils-ping procps)", tool)
+			testenv.RequirePrivileged(t, fmt.Sprintf("namespace tests need %s in PATH (apt-get install curl dnsutils iputils-ping procps)", tool))
 		}
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -315,7 +316,7 @@ func startInterceptAppliance(t *testing.T, tp *topology, name, bin, accessLogFil
 func TestNetnsInterception(t *testing.T) {
 	requireNetns(t)
 	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("the interception namespace test needs openssl in PATH (apt-get install openssl)")
+		testenv.RequirePrivileged(t, "the interception namespace test needs openssl in PATH (apt-get install openssl)")
 	}
 	start := time.Now()
 	applianceBin, simBin := buildBinaries(t)

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -176,7 +177,8 @@ func TestMidFlowSegmentGetsRST(t *testing.T) {
 // answer, with the client's identifier and sequence, and a record.
 func TestICMPEcho(t *testing.T) {
 	if c, err := icmp.ListenPacket("udp4", "0.0.0.0"); err != nil {
-		t.Skipf("this host allows no unprivileged ICMP sockets (net.ipv4.ping_group_range): %v; the namespace test covers echo", err)
+		testenv.RequirePrivileged(t, fmt.Sprintf("this host allows no unprivileged ICMP sockets (net.ipv4.ping_group_range): %v; "+
+			`as root: echo "0 2147483647" > /proc/sys/net/ipv4/ping_group_range`, err))
 	} else {
 		c.Close()
 	}
