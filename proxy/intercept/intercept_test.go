@@ -171,6 +171,66 @@ func TestBumpClientRejectsLeaf(t *testing.T) {
 	}
 }
 
+// TestBumpWithoutCA: TLS handed over for bumping to an interceptor that has
+// no CA is refused with an alert and a deny record, never relayed.
+func TestBumpWithoutCA(t *testing.T) {
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Minter = nil })
+	if r.ic.CanBump() {
+		t.Fatal("CanBump without a minter")
+	}
+	upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	client := tls.Client(c, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool()})
+	client.SetDeadline(time.Now().Add(waitLimit))
+	if err := client.Handshake(); err == nil || !strings.Contains(err.Error(), "remote error: tls: internal error") {
+		t.Fatalf("client handshake: %v, want an internal-error alert", err)
+	}
+	sv.waitDoneOnce(t)
+	up.waitClosed(t)
+	recs := r.records()
+	if len(recs) != 1 {
+		t.Fatalf("records %+v, want one", recs)
+	}
+	if rec := recs[0]; rec.Kind != "tls" || rec.Action != "deny" || rec.Result != "denied" || rec.SNI != "www.example.test" ||
+		!strings.Contains(rec.Error, "no CA") {
+		t.Errorf("record %+v", rec)
+	}
+	if n := r.ic.Denied(); n != 1 {
+		t.Errorf("Denied() = %d, want 1", n)
+	}
+}
+
+// TestBumpWithoutSNI: a client that sends no SNI gets a leaf with the
+// upstream certificate's names and the destination's address, and the
+// upstream's chain is still verified.
+func TestBumpWithoutSNI(t *testing.T) {
+	r := newRig(t, testPolicy)
+	upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}) // no ServerName: no SNI
+	tc.SetDeadline(time.Now().Add(waitLimit))
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	leaf := tc.ConnectionState().PeerCertificates[0]
+	for _, name := range []string{"www.example.test", tlsDest.Addr().String()} {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: r.caPool(), DNSName: name}); err != nil {
+			t.Errorf("the leaf for a client without SNI, for %s: %v", name, err)
+		}
+	}
+	resp, body := newHTTPClient(t, tc).do("GET /nosni HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+	if resp.StatusCode != 200 || body != "upstream: GET www.example.test /nosni HTTP/1.1" {
+		t.Fatalf("response %d %q", resp.StatusCode, body)
+	}
+	tc.Close()
+	sv.waitDoneOnce(t)
+	up.waitClosed(t)
+	tr := ofKind(r.records(), "tls")
+	if len(tr) != 1 || tr[0].SNI != "" || tr[0].UpstreamVerify != "ok" || tr[0].Action != "bump" {
+		t.Errorf("tls records %+v", tr)
+	}
+}
+
 // TestBumpHTTP2: a client offering h2 gets it when the upstream speaks it,
 // and the request goes over HTTP/2 on both sides; when the upstream speaks
 // HTTP/1.1 only, the client is offered HTTP/1.1 only.
