@@ -124,7 +124,7 @@ func (rt *roundTripper) end() {
 		if rt.cc.limit.tooLarge.Load() { // a record for the request that never was
 			rec := *s.Record
 			rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", rt.scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0
-			rec.Rule, rec.Method, rec.Path, rec.UserAgent = "", "", "", ""
+			rec.Rule, rec.Method, rec.Host, rec.Path, rec.UserAgent = "", "", "", "", ""
 			s.ic.denied.Add(1)
 			rec.Action, rec.Result, rec.Error = "deny", "denied", fmt.Sprintf("request head larger than %d bytes", s.ic.cfg.MaxHeaderBytes)
 			rec.End(s.Start)

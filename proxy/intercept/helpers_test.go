@@ -30,7 +30,8 @@ import (
 
 // The flow every test session pretends to be: the addresses only reach the
 // policy and the records. No connection ever goes to them: the upstream is
-// one end of a pipe, and Config.Dial refuses (and counts) further dials.
+// one end of a pipe, and Config.Dial records what it is asked for and hands
+// out only the connections a test offered (rig.offerRedial).
 var (
 	testClient   = netip.MustParseAddr("198.51.100.7")
 	tlsDest      = netip.MustParseAddrPort("192.0.2.10:443")
@@ -248,16 +249,6 @@ type served struct {
 func (sv *served) doneFunc() {
 	sv.doneN.Add(1)
 	sv.once.Do(func() { close(sv.done) })
-}
-
-// isDone reports whether Done has been called.
-func (sv *served) isDone() bool {
-	select {
-	case <-sv.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // notDone fails the test if Done is called within a short while: the

@@ -741,7 +741,6 @@ func TestTrustHost(t *testing.T) {
 // connection and never answers the ClientHello: the request should fail
 // with a 502 once the timeout has passed.
 func TestBumpRedialHandshakeTimeout(t *testing.T) {
-	t.Skip("bug: transport.go DialTLSContext handshakes with the request's context only, which has no deadline: the request, and the session, wait until the destination closes")
 	const timeout = 300 * time.Millisecond
 	r := newRig(t, testPolicy, func(c *intercept.Config) { c.HandshakeTimeout = timeout })
 	upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")

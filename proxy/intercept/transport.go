@@ -90,7 +90,11 @@ func (s *session) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport 
 				return c, err
 			}
 			tc := tls.Client(c, tlsCfg.Clone())
-			if err := tc.HandshakeContext(ctx); err != nil {
+			// A custom DialTLSContext bypasses the transport's own
+			// handshake timeout, and a request's context has no deadline.
+			hctx, cancel := context.WithTimeout(ctx, s.ic.cfg.HandshakeTimeout)
+			defer cancel()
+			if err := tc.HandshakeContext(hctx); err != nil {
 				c.Close()
 				return nil, err
 			}
