@@ -40,8 +40,24 @@ type Config struct {
 	Policy *policy.Holder
 	// Intercept configures the interception of HTTP and TLS: the CA's
 	// minter, upstream roots, the trust page, the request head limit. Its
-	// Records, Dial and HandshakeTimeout are the proxy's own.
+	// Records, Dial, HandshakeTimeout and DestinationCheck are the proxy's
+	// own.
 	Intercept intercept.Config
+	// DestinationCheck, when set, ties decisions made on a name to the
+	// destination (policy destination_check: dns): before a flow that a
+	// rule with domains let through goes on, it is asked whether dest is an
+	// address name resolves to, as seen from GWLB endpoint endpoint. It
+	// returns nil if so, and an error saying why not otherwise (a mismatch,
+	// or a lookup that failed). It may block on a lookup, bounded by ctx.
+	// Nil: names are trusted.
+	DestinationCheck func(ctx context.Context, endpoint, name string, dest netip.Addr) error
+	// DNSAnswer, when set, sees every DNS response relayed back to a
+	// client, with the GWLB endpoint it goes through: the answers clients
+	// act on, which DestinationCheck can then accept. It must not keep msg.
+	DNSAnswer func(endpoint string, msg []byte)
+	// DNSPorts are the UDP destination ports whose traffic is read as DNS
+	// (one record per query, answers passed to DNSAnswer). Default: 53.
+	DNSPorts []uint16
 }
 
 // Proxy implements netstack.Handler.
@@ -89,6 +105,9 @@ func New(cfg Config) *Proxy {
 	if cfg.Policy == nil {
 		cfg.Policy = AllowAll()
 	}
+	if cfg.DNSPorts == nil {
+		cfg.DNSPorts = []uint16{53}
+	}
 	p := &Proxy{
 		cfg: cfg,
 		// Keepalive towards destinations keeps NAT gateways and firewalls on
@@ -97,7 +116,7 @@ func New(cfg Config) *Proxy {
 		own:    ownAddresses(),
 	}
 	ic := cfg.Intercept
-	ic.Records, ic.HandshakeTimeout = cfg.Records, cfg.DialTimeout
+	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
 	ic.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
 		return p.dialer.DialContext(ctx, "tcp", addr)
 	}

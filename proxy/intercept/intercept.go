@@ -17,6 +17,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -52,6 +53,11 @@ type Config struct {
 	// Dial opens a further connection to the session's destination, when
 	// the client's requests need more than the one dialled already.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// DestinationCheck, when set, ties a request allowed by a rule with
+	// domains to the destination: nil when dest is an address name
+	// resolves to from GWLB endpoint endpoint, an error saying why not
+	// otherwise (see proxy.Config.DestinationCheck).
+	DestinationCheck func(ctx context.Context, endpoint, name string, dest netip.Addr) error
 }
 
 // DefaultMaxHeaderBytes is the default request head limit: Squid's, and

@@ -74,6 +74,7 @@ func refRules() refPolicy {
 	return refPolicy{Mode: "enforce", Default: "splice", Rules: []refRule{
 		{Name: "small-domains", Domains: []string{"bad.example", "*.evil.example", "Dot.Example."}, Action: "deny"},
 		{Name: "many-domains", Domains: many, Protocols: []string{"tls"}, Action: "bump", Unverified: true},
+		{Name: "quic-only", Domains: []string{"q.example"}, Protocols: []string{"quic"}, Action: "bump"},
 		{Name: "corp", DestCIDRs: []string{"10.0.0.0/8", "2001:db8::/32", "192.0.2.1"}, Ports: []any{443, "8000-8100"}, Action: "bump"},
 		{Name: "clients", ClientCIDR: []string{"192.168.0.0/16", "fd00::/8"}, Protocols: []string{"http", "udp"}, Action: "deny"},
 		{Name: "ep", Endpoints: []string{"vpce-0123456789abcdef0"}, Ports: []any{"1-1024"}, Action: "allow"},
@@ -150,7 +151,8 @@ func refMatch(r refRule, f Subject) bool {
 			return false
 		}
 	}
-	if r.Protocols != nil && !contains(r.Protocols, f.Protocol) {
+	if r.Protocols != nil && !contains(r.Protocols, f.Protocol) &&
+		!(f.Protocol == "quic" && contains(r.Protocols, "udp")) { // QUIC is UDP too
 		return false
 	}
 	if r.Endpoints != nil && !contains(r.Endpoints, asciiLower(f.Endpoint)) {
@@ -160,24 +162,25 @@ func refMatch(r refRule, f Subject) bool {
 }
 
 func refDecide(p refPolicy, f Subject) Decision {
-	name, action, unverified := DefaultRule, p.Default, false
+	name, action, unverified, byName := DefaultRule, p.Default, false, false
 	for _, r := range p.Rules {
 		if refMatch(r, f) {
-			name, action, unverified = r.Name, r.Action, r.Unverified
+			name, action, unverified, byName = r.Name, r.Action, r.Unverified, r.Domains != nil
 			break
 		}
 	}
 	if p.Mode == "audit" && action == "bump" {
 		action = "splice"
 	}
-	if f.Protocol == "tls" && action == "allow" {
+	named := f.Protocol == "tls" || f.Protocol == "quic"
+	if named && action == "allow" {
 		action = "splice"
 	}
-	if f.Protocol != "tls" && (action == "bump" || action == "splice") {
+	if !named && (action == "bump" || action == "splice") {
 		action = "allow"
 	}
 	a, _ := parseAction(action)
-	return Decision{Action: a, Rule: name, AllowUnverifiedUpstream: unverified && a == Bump}
+	return Decision{Action: a, Rule: name, AllowUnverifiedUpstream: unverified && a == Bump && f.Protocol == "tls", ByName: byName}
 }
 
 func addrFrom(b []byte) netip.Addr {
@@ -196,7 +199,7 @@ func FuzzDecide(f *testing.F) {
 		f.Fatal(err)
 	}
 	audit := mustParse(f, string(out))
-	protos := []string{"tls", "http", "tcp", "udp", "icmp", "", "TLS", "ICMP", "sctp"}
+	protos := []string{"tls", "http", "tcp", "udp", "quic", "icmp", "", "TLS", "ICMP", "sctp"}
 
 	f.Add(uint8(0), "x.evil.example", []byte{10, 1, 2, 3}, uint16(443), []byte{192, 168, 1, 1}, "vpce-0123456789abcdef0")
 	f.Add(uint8(0), "A.W7.example.", []byte{192, 0, 2, 1}, uint16(8080), []byte{}, "")

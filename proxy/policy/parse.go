@@ -145,6 +145,36 @@ var policyKeys = keyTable[policyDoc]{
 		d.p.def = a
 		return nil
 	}},
+	{"destination_check", func(ps *parser, _, v *yaml.Node, d *policyDoc) error {
+		s, err := ps.str(v, "destination_check")
+		if err != nil {
+			return err
+		}
+		switch strings.ToLower(s) {
+		case "dns":
+			d.p.destCheck = CheckDNS
+		case "off":
+			d.p.destCheck = CheckOff
+		default:
+			return ps.errf(v, "destination_check: unknown check %q (want dns or off)", s)
+		}
+		return nil
+	}},
+	{"ech", func(ps *parser, _, v *yaml.Node, d *policyDoc) error {
+		s, err := ps.str(v, "ech")
+		if err != nil {
+			return err
+		}
+		switch strings.ToLower(s) {
+		case "allow":
+			d.p.denyECH = false
+		case "deny":
+			d.p.denyECH = true
+		default:
+			return ps.errf(v, "ech: unknown setting %q (want allow or deny)", s)
+		}
+		return nil
+	}},
 	{"rules", func(_ *parser, _, v *yaml.Node, d *policyDoc) error {
 		d.rules = v
 		return nil
@@ -233,7 +263,7 @@ var ruleKeys = keyTable[ruleDoc]{
 		for _, it := range items {
 			b := protoBit(strings.ToLower(it.Value))
 			if b == 0 {
-				return ps.errf(it, "unknown protocol %q (want tls, http, tcp, udp or icmp)", it.Value)
+				return ps.errf(it, "unknown protocol %q (want tls, http, tcp, quic, udp or icmp)", it.Value)
 			}
 			d.r.protos |= b
 		}

@@ -18,14 +18,22 @@
 //   - ports: destination ports, single ("443") or ranges ("8000-8100"). ICMP
 //     has no ports: a rule with ports never matches an ICMP flow.
 //   - protocols: the flow's classified protocol: tls, http, tcp (TCP that is
-//     neither TLS nor HTTP), udp or icmp (echo, i.e. ping).
+//     neither TLS nor HTTP), quic, udp or icmp (echo, i.e. ping). A QUIC
+//     flow is UDP too: it matches rules for quic and rules for udp, so a
+//     rule written for all UDP still covers it.
+//
+// Policy-wide settings: mode (enforce, audit), default (the action when no
+// rule matches), destination_check (dns, off: see DestinationCheck) and ech
+// (allow, deny: see DenyECH).
 //   - endpoints: GWLB endpoint IDs (vpce-…) the flow arrived through.
 //
 // Actions: bump (TLS: decrypt and inspect), splice (TLS: relay the
 // encrypted bytes, log the SNI), allow, deny. Decide adapts the action to
-// the flow's protocol so the caller has one case per protocol: for TLS,
-// allow is splice; for everything else (UDP and ICMP included) bump and
-// splice mean allow.
+// the flow's protocol so the caller has one case per protocol: for TLS and
+// QUIC, allow is splice; for everything else (UDP and ICMP included) bump
+// and splice mean allow. QUIC keeps bump: it cannot be decrypted, and the
+// caller blocks it so that the client falls back to TLS over TCP, which is
+// then bumped.
 package policy
 
 import (
@@ -82,6 +90,7 @@ const (
 	ProtoHTTP = "http"
 	ProtoTCP  = "tcp" // TCP that is neither TLS nor HTTP
 	ProtoUDP  = "udp"
+	ProtoQUIC = "quic" // UDP whose first datagrams are a QUIC Initial
 	ProtoICMP = "icmp" // ICMP and ICMPv6 echo (ping); the flow has no ports
 )
 
@@ -91,11 +100,11 @@ const DefaultRule = "default"
 // Subject describes a flow to decide on.
 type Subject struct {
 	// Protocol is one of ProtoTLS, ProtoHTTP, ProtoTCP, ProtoUDP,
-	// ProtoICMP. Anything else matches only rules without a protocols
+	// ProtoQUIC, ProtoICMP. Anything else matches only rules without a protocols
 	// condition.
 	Protocol string
-	// Domain is the TLS SNI or the HTTP request's host (without port), as
-	// the client sent it; "" when there is none.
+	// Domain is the TLS or QUIC SNI or the HTTP request's host (without
+	// port), as the client sent it; "" when there is none.
 	Domain string
 	// Dest is the original destination address and port (port 0 for
 	// ICMP, which no ports condition matches).
@@ -116,13 +125,45 @@ type Decision struct {
 	// AllowUnverifiedUpstream lets a bumped connection proceed when the
 	// upstream certificate fails verification. Only ever true with Bump.
 	AllowUnverifiedUpstream bool
+	// ByName is true when the matching rule has a domains condition: the
+	// decision rests on a name the client chose, which proves nothing about
+	// the destination. When it lets the flow through, DestinationCheck says
+	// how the caller must tie the name to the destination address.
+	ByName bool
+}
+
+// DestinationCheck is how a decision made on a name is tied to the
+// destination address (the policy's destination_check setting).
+type DestinationCheck uint8
+
+// Destination checks.
+const (
+	// CheckDNS: a flow let through by a rule with domains goes on only if
+	// its destination is an address the name resolves to (from the DNS
+	// answers relayed to the endpoint's clients, or the appliance's own
+	// lookup). In audit mode a mismatch is recorded, not denied. A bumped
+	// connection whose upstream certificate was verified for the name needs
+	// no lookup: the certificate is the proof.
+	CheckDNS DestinationCheck = iota
+	// CheckOff trusts the name the client sent.
+	CheckOff
+)
+
+// String returns "dns" or "off".
+func (c DestinationCheck) String() string {
+	if c == CheckOff {
+		return "off"
+	}
+	return "dns"
 }
 
 // Policy is a parsed, immutable policy, safe for concurrent use.
 type Policy struct {
-	mode  Mode
-	def   Action
-	rules []rule
+	mode      Mode
+	def       Action
+	destCheck DestinationCheck
+	denyECH   bool
+	rules     []rule
 }
 
 // Protocol bits; 0 means "not a known protocol".
@@ -132,6 +173,7 @@ const (
 	bitTCP
 	bitUDP
 	bitICMP
+	bitQUIC
 )
 
 func protoBit(p string) uint8 {
@@ -146,8 +188,20 @@ func protoBit(p string) uint8 {
 		return bitUDP
 	case ProtoICMP:
 		return bitICMP
+	case ProtoQUIC:
+		return bitQUIC
 	}
 	return 0
+}
+
+// subjectBits is the set of protocol bits a subject of protocol p matches:
+// QUIC is UDP as well.
+func subjectBits(p string) uint8 {
+	b := protoBit(p)
+	if b == bitQUIC {
+		b |= bitUDP
+	}
+	return b
 }
 
 type portRange struct{ lo, hi uint16 }
@@ -171,6 +225,35 @@ func (p *Policy) Mode() Mode { return p.mode }
 // DefaultAction returns the action for flows no rule matches (after the
 // mode is applied; not adapted to a protocol).
 func (p *Policy) DefaultAction() Action { return p.def }
+
+// DestinationCheck returns how decisions made on names are tied to the
+// destination address.
+func (p *Policy) DestinationCheck() DestinationCheck { return p.destCheck }
+
+// DenyECH reports whether a ClientHello offering Encrypted Client Hello is
+// denied: its outer SNI is a cover name that proves nothing about the
+// server the client means.
+func (p *Policy) DenyECH() bool { return p.denyECH }
+
+// NamesMatter reports whether any decision can depend on what a client
+// sends rather than on addresses and ports alone: a rule with domains or
+// with a protocols condition that tells TLS, HTTP or QUIC apart, or a bump
+// or splice anywhere. When true, a connection that looks like TLS or HTTP
+// but cannot be read must be denied: relaying it as opaque bytes would let
+// it past those rules.
+func (p *Policy) NamesMatter() bool {
+	if p.def == Bump || p.def == Splice || p.denyECH {
+		return true
+	}
+	for i := range p.rules {
+		r := &p.rules[i]
+		if r.domains != nil || r.protos&(bitTLS|bitHTTP|bitQUIC) != 0 ||
+			r.action == Bump || r.action == Splice {
+			return true
+		}
+	}
+	return false
+}
 
 // Len returns the number of rules.
 func (p *Policy) Len() int { return len(p.rules) }
@@ -200,7 +283,7 @@ func (p *Policy) Decide(f Subject) Decision {
 	if p == nil {
 		return Decision{Action: Deny, Rule: DefaultRule}
 	}
-	pb := protoBit(f.Protocol)
+	pb := subjectBits(f.Protocol)
 	var buf [maxFastDomain]byte
 	dom := normalizeDomain(buf[:0], f.Domain)
 	// Addresses from a dual-stack socket may be IPv4-mapped; rules hold
@@ -230,19 +313,22 @@ func (p *Policy) Decide(f Subject) Decision {
 		if r.domains != nil && !r.domains.match(dom) {
 			continue
 		}
-		return decision(r.name, r.action, r.allowUnverified, pb)
+		d := decision(r.name, r.action, r.allowUnverified, pb)
+		d.ByName = r.domains != nil
+		return d
 	}
 	return decision(DefaultRule, p.def, false, pb)
 }
 
 func decision(name string, a Action, allowUnverified bool, pb uint8) Decision {
+	named := pb&(bitTLS|bitQUIC) != 0 // encrypted with a name: bump and splice apply
 	switch {
-	case pb == bitTLS && a == Allow:
+	case named && a == Allow:
 		a = Splice
-	case pb != bitTLS && (a == Bump || a == Splice):
+	case !named && (a == Bump || a == Splice):
 		a = Allow
 	}
-	return Decision{Action: a, Rule: name, AllowUnverifiedUpstream: allowUnverified && a == Bump}
+	return Decision{Action: a, Rule: name, AllowUnverifiedUpstream: allowUnverified && a == Bump && pb == bitTLS}
 }
 
 // normalizeDomain appends d to dst in lower case without one trailing dot.

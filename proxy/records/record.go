@@ -15,7 +15,7 @@ import (
 // a kind are omitted.
 type Record struct {
 	Time       time.Time `json:"time"`        // when the flow or request ended (UTC)
-	Kind       string    `json:"kind"`        // tcp, udp, icmp, http, tls, dns
+	Kind       string    `json:"kind"`        // tcp, udp, icmp, http, tls, quic, dns
 	Action     string    `json:"action"`      // allow, deny, bump, splice
 	Rule       string    `json:"rule"`        // policy rule that decided; "default" when none matched
 	Endpoint   string    `json:"endpoint"`    // GWLB endpoint, e.g. vpce-0123456789abcdef0
@@ -30,6 +30,14 @@ type Record struct {
 	DurationMS float64   `json:"duration_ms"` // flow or request duration
 	Result     string    `json:"result"`      // ok, refused, timeout, reset, error, denied
 	Error      string    `json:"error,omitempty"`
+	// DestCheck is the outcome of tying a name-based decision to the
+	// destination address (policy destination_check): ok, or mismatch when
+	// the destination is not an address the name resolves to (denied in
+	// enforce mode, only recorded in audit mode). Empty when no check ran.
+	DestCheck string `json:"dest_check,omitempty"`
+	// Truncated is set when the record was shortened to fit the log
+	// destination's event size: long fields were cut.
+	Truncated bool `json:"truncated,omitempty"`
 
 	// ICMP echo.
 	Packets int64 `json:"packets,omitempty"` // echo requests relayed
@@ -40,6 +48,9 @@ type Record struct {
 	TLSVersion     string `json:"tls_version,omitempty"`
 	TLSCipher      string `json:"tls_cipher,omitempty"`
 	UpstreamVerify string `json:"upstream_verify,omitempty"` // ok, failed, skipped
+	// ECH is set when the ClientHello offered Encrypted Client Hello: SNI
+	// is then only the cover name, not the server the client means.
+	ECH bool `json:"ech,omitempty"`
 
 	// HTTP requests (kind http).
 	Method    string `json:"method,omitempty"`
