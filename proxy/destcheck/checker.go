@@ -1,0 +1,483 @@
+// Package destcheck answers one question for the proxy: is this destination
+// address one that this name resolves to? It closes the oldest way around a
+// domain allow list: a client that sends an allowed name (TLS SNI, QUIC SNI,
+// HTTP Host) towards an address of its own choosing.
+//
+// A Checker knows a name's addresses from two sources:
+//
+//   - the DNS answers the appliance relays to clients (Observe, the proxy's
+//     DNSAnswer hook), kept per GWLB endpoint: the answers a client acted
+//     on count for that endpoint's clients only;
+//   - its own lookups: A and AAAA queries to the instance's resolver, sent
+//     when no observed answer vouches for the destination.
+//
+// Answers are kept for their TTL (clamped) and a grace period after it, so
+// that a connection made just after a record expired still passes. Names
+// compare case-insensitively, without a trailing dot; IPv4-mapped IPv6
+// addresses count as their IPv4 address. Memory is bounded (entries per
+// endpoint and in all), one lookup per name is in flight at a time, lookups
+// in flight are bounded, and a check waits for a lookup no longer than its
+// context allows.
+package destcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// Defaults of Config.
+const (
+	DefaultGrace         = 30 * time.Second
+	DefaultMinTTL        = 5 * time.Second
+	DefaultMaxTTL        = time.Hour
+	DefaultNegativeTTL   = 5 * time.Second
+	DefaultFailureTTL    = time.Second
+	DefaultRecheck       = 5 * time.Second
+	DefaultLookupTimeout = 3 * time.Second
+	DefaultMaxLookups    = 64
+	DefaultMaxEntries    = 100_000
+)
+
+const (
+	// defaultRetransmit is how long a query over UDP waits for its answer
+	// before it is sent again.
+	defaultRetransmit = time.Second
+	// maxAddrsInMismatchMsg bounds the addresses a MismatchError names.
+	maxAddrsInMismatchMsg = 8
+)
+
+// Config configures a Checker. The zero value of each field picks its
+// default.
+type Config struct {
+	// Resolver is the DNS server the checker's own lookups ask, over UDP
+	// (TCP when an answer comes back truncated). The zero value disables
+	// them: a name no observed answer vouches for cannot be looked up.
+	Resolver netip.AddrPort
+	// Grace is how long an address still counts after its TTL has run out
+	// (default 30 s): clients connect after their own lookup, and may use
+	// an address a little past its TTL.
+	Grace time.Duration
+	// MinTTL and MaxTTL clamp the TTL of every answer, observed or looked
+	// up (default 5 s and 1 h): a TTL of 0 would make the checker look the
+	// name up for every connection, and a TTL of years would pin an
+	// address forever.
+	MinTTL, MaxTTL time.Duration
+	// NegativeTTL is how long an answer without addresses (NXDOMAIN, or
+	// no A or AAAA records) stands before the name is looked up again
+	// (default 5 s).
+	NegativeTTL time.Duration
+	// FailureTTL is how long a failed lookup is repeated to further checks
+	// of the name instead of asking the resolver again (default 1 s).
+	FailureTTL time.Duration
+	// Recheck: when a destination is not among the addresses of a lookup
+	// still current, the name is looked up again if that lookup is at
+	// least this old (default 5 s). Round-robin names hand out different
+	// subsets of their addresses, and the addresses found accumulate.
+	Recheck time.Duration
+	// LookupTimeout bounds one lookup: A and AAAA in parallel, a
+	// retransmission, and TCP after a truncated answer (default 3 s).
+	LookupTimeout time.Duration
+	// MaxLookups bounds the lookups in flight (default 64); more wait for
+	// a slot within their LookupTimeout.
+	MaxLookups int
+	// MaxEntries bounds the names kept: observed answers (a name as seen
+	// by one endpoint is one entry) and the checker's own lookups, each
+	// (default 100,000). The entry updated longest ago is evicted first.
+	MaxEntries int
+	// MaxEntriesPerEndpoint bounds the observed names of one GWLB
+	// endpoint (default half of MaxEntries), so that one VPC's clients
+	// cannot evict every other's.
+	MaxEntriesPerEndpoint int
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.Grace, DefaultGrace)
+	def(&c.MinTTL, DefaultMinTTL)
+	def(&c.MaxTTL, DefaultMaxTTL)
+	def(&c.NegativeTTL, DefaultNegativeTTL)
+	def(&c.FailureTTL, DefaultFailureTTL)
+	def(&c.Recheck, DefaultRecheck)
+	def(&c.LookupTimeout, DefaultLookupTimeout)
+	c.MaxTTL = max(c.MaxTTL, c.MinTTL)
+	if c.MaxLookups <= 0 {
+		c.MaxLookups = DefaultMaxLookups
+	}
+	if c.MaxEntries <= 0 {
+		c.MaxEntries = DefaultMaxEntries
+	}
+	if c.MaxEntriesPerEndpoint <= 0 {
+		c.MaxEntriesPerEndpoint = max(c.MaxEntries/2, 1)
+	}
+}
+
+// MismatchError says that a destination is not an address of the name.
+type MismatchError struct {
+	Name string
+	Dest netip.Addr
+	// Addrs are the addresses the name is known to resolve to (sorted).
+	Addrs []netip.Addr
+	// NoAddress, when the name resolves to none, says why: NXDOMAIN, or
+	// NODATA (the name exists, without A or AAAA records).
+	NoAddress string
+}
+
+// Error says "DEST is not an address of NAME (resolves to A, B)", naming at
+// most eight addresses.
+func (e *MismatchError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s is not an address of %s (", e.Dest, e.Name)
+	switch {
+	case len(e.Addrs) > 0:
+		b.WriteString("resolves to ")
+		for i, a := range e.Addrs {
+			if i == maxAddrsInMismatchMsg {
+				fmt.Fprintf(&b, " and %d more", len(e.Addrs)-i)
+				break
+			}
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(a.String())
+		}
+	case e.NoAddress != "":
+		b.WriteString("resolves to no address: " + e.NoAddress)
+	default:
+		b.WriteString("resolves to no address")
+	}
+	b.WriteByte(')')
+	return b.String()
+}
+
+// LookupError says that the name's addresses could not be looked up, so the
+// destination could not be checked.
+type LookupError struct {
+	Name string
+	Err  error
+}
+
+// Error says "no address of NAME could be looked up: " and why.
+func (e *LookupError) Error() string {
+	return fmt.Sprintf("no address of %s could be looked up: %v", e.Name, e.Err)
+}
+
+// Unwrap returns the cause.
+func (e *LookupError) Unwrap() error { return e.Err }
+
+// ErrClosed is the cause of a LookupError after Close.
+var ErrClosed = errors.New("the destination checker is closed")
+
+// Stats is a snapshot of a Checker's counters.
+type Stats struct {
+	Checks         uint64 `json:"checks"`
+	ObservedHits   uint64 `json:"observed_hits"`   // passed on an observed answer
+	ResolvedHits   uint64 `json:"resolved_hits"`   // passed on the checker's own lookup
+	Mismatches     uint64 `json:"mismatches"`      // destination not an address of the name
+	LookupFailures uint64 `json:"lookup_failures"` // checks that failed for want of an answer
+	Lookups        uint64 `json:"lookups"`         // lookups sent to the resolver
+	Observed       uint64 `json:"observed"`        // DNS responses read for addresses
+	ObservedNames  int    `json:"observed_names"`  // entries of observed answers
+	ResolvedNames  int    `json:"resolved_names"`  // entries of own lookups
+	Evicted        uint64 `json:"evicted"`         // entries evicted to stay within bounds
+}
+
+// Checker ties names to addresses; see the package documentation. Its
+// methods are safe for concurrent use.
+type Checker struct {
+	cfg      Config
+	now      func() time.Time
+	epoch    time.Time
+	observed *store // by endpoint and name
+	resolved *store // by name, endpoint ""
+
+	ctx    context.Context // cancelled by Close: ends lookups
+	cancel context.CancelFunc
+	sem    chan struct{} // lookups in flight
+	wg     sync.WaitGroup
+
+	callMu sync.Mutex
+	calls  map[string]*call // lookups in flight, by name
+	closed bool
+
+	retransmit time.Duration // UDP retransmission interval
+
+	stats struct {
+		checks, observedHits, resolvedHits, mismatches, lookupFailures, lookups, observed atomic.Uint64
+	}
+}
+
+// call is one lookup in flight; its waiters share its outcome.
+type call struct {
+	done chan struct{}
+	err  error
+}
+
+// New returns a Checker. Close it to end its lookups.
+func New(cfg Config) *Checker { return newChecker(cfg, time.Now) }
+
+func newChecker(cfg Config, now func() time.Time) *Checker {
+	cfg.setDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Checker{
+		cfg:        cfg,
+		now:        now,
+		epoch:      now(),
+		observed:   newStore(cfg.MaxEntries, cfg.MaxEntriesPerEndpoint),
+		resolved:   newStore(cfg.MaxEntries, cfg.MaxEntries),
+		ctx:        ctx,
+		cancel:     cancel,
+		sem:        make(chan struct{}, cfg.MaxLookups),
+		calls:      make(map[string]*call),
+		retransmit: min(defaultRetransmit, cfg.LookupTimeout/2),
+	}
+}
+
+// Close ends the lookups in flight (their checks fail) and waits for them.
+// Checks after Close use what is known, and fail where a lookup is needed.
+func (c *Checker) Close() {
+	c.callMu.Lock()
+	c.closed = true
+	c.callMu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+}
+
+// clock is the time since the checker started, in nanoseconds, read from
+// the monotonic clock: wall-clock steps do not move it.
+func (c *Checker) clock() int64 { return int64(c.now().Sub(c.epoch)) }
+
+// until returns the clock reading at which an answer with ttl seconds,
+// received at now, stops counting: its clamped TTL plus the grace.
+func (c *Checker) until(now int64, ttl uint32) int64 {
+	return now + int64(c.clampTTL(ttl)+c.cfg.Grace)
+}
+
+func (c *Checker) clampTTL(ttl uint32) time.Duration {
+	return min(max(time.Duration(ttl)*time.Second, c.cfg.MinTTL), c.cfg.MaxTTL)
+}
+
+// Check returns nil if dest is an address name resolves to, as seen from
+// GWLB endpoint endpoint: an answer relayed to that endpoint's clients
+// says so, or the checker's own lookup does. Otherwise it returns a
+// *MismatchError naming both, or a *LookupError when no answer could be
+// had. It waits for a lookup no longer than ctx allows. On a cache hit it
+// neither blocks on I/O nor allocates.
+func (c *Checker) Check(ctx context.Context, endpoint, name string, dest netip.Addr) error {
+	c.stats.checks.Add(1)
+	dest = dest.Unmap()
+	name = canonical(name)
+	if looksLikeAddr(name) {
+		if a, err := netip.ParseAddr(name); err == nil {
+			if a.Unmap() == dest {
+				return nil
+			}
+			c.stats.mismatches.Add(1)
+			return &MismatchError{Name: name, Dest: dest, Addrs: []netip.Addr{a.Unmap()}}
+		}
+	}
+	now := c.clock()
+	if c.observedHas(endpoint, name, dest, now) {
+		c.stats.observedHits.Add(1)
+		return nil
+	}
+	switch st, failed := c.resolvedState(name, dest, now); st {
+	case stateHit:
+		c.stats.resolvedHits.Add(1)
+		return nil
+	case stateMismatch:
+		return c.mismatch(endpoint, name, dest, now)
+	case stateFailed:
+		return c.failed(endpoint, name, dest, failed)
+	}
+	if err := c.lookup(ctx, name); err != nil {
+		return c.failed(endpoint, name, dest, err)
+	}
+	// The lookup's answer is in the store now (and an observed answer may
+	// have arrived meanwhile).
+	now = c.clock()
+	if c.observedHas(endpoint, name, dest, now) {
+		c.stats.observedHits.Add(1)
+		return nil
+	}
+	if st, _ := c.resolvedState(name, dest, now); st == stateHit {
+		c.stats.resolvedHits.Add(1)
+		return nil
+	}
+	return c.mismatch(endpoint, name, dest, now)
+}
+
+// looksLikeAddr reports whether name could be an IP address literal (a
+// Host of "192.0.2.1" or "::1"): digits and dots only, or a colon.
+func looksLikeAddr(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c == ':' {
+			return true
+		} else if c != '.' && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *Checker) observedHas(endpoint, name string, dest netip.Addr, now int64) bool {
+	c.observed.mu.RLock()
+	defer c.observed.mu.RUnlock()
+	e := c.observed.get(key{endpoint, name})
+	return e != nil && e.has(dest, now)
+}
+
+// What the checker's own lookups say about a destination.
+const (
+	stateLookup   = iota // nothing current: look the name up
+	stateHit             // dest is an address of the name
+	stateMismatch        // a current answer does not include dest
+	stateFailed          // a lookup just failed: repeat its error
+)
+
+func (c *Checker) resolvedState(name string, dest netip.Addr, now int64) (int, error) {
+	c.resolved.mu.RLock()
+	defer c.resolved.mu.RUnlock()
+	e := c.resolved.get(key{"", name})
+	switch {
+	case e == nil:
+		return stateLookup, nil
+	case e.has(dest, now):
+		return stateHit, nil
+	case e.fresh > now:
+		if e.negative == "" && now-e.looked >= int64(c.cfg.Recheck) {
+			return stateLookup, nil
+		}
+		return stateMismatch, nil
+	case e.failedUntil > now:
+		return stateFailed, e.failed
+	}
+	return stateLookup, nil
+}
+
+// failed returns the error of a check whose lookup failed with err: a
+// mismatch if addresses of name are known all the same (an answer this
+// endpoint's clients got, or an earlier lookup's, not yet expired), since
+// dest is not among them; a LookupError otherwise.
+func (c *Checker) failed(endpoint, name string, dest netip.Addr, err error) error {
+	if me := c.known(endpoint, name, dest, c.clock()); len(me.Addrs) > 0 {
+		c.stats.mismatches.Add(1)
+		return me
+	}
+	c.stats.lookupFailures.Add(1)
+	return &LookupError{Name: name, Err: err}
+}
+
+// mismatch returns the MismatchError for dest, naming every address known
+// for name at now.
+func (c *Checker) mismatch(endpoint, name string, dest netip.Addr, now int64) error {
+	c.stats.mismatches.Add(1)
+	return c.known(endpoint, name, dest, now)
+}
+
+// known returns a MismatchError for dest naming what is known of name at
+// now: the addresses of answers to endpoint's clients and of lookups, or
+// why there is none.
+func (c *Checker) known(endpoint, name string, dest netip.Addr, now int64) *MismatchError {
+	e := &MismatchError{Name: name, Dest: dest}
+	collect := func(s *store, k key) {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		en := s.get(k)
+		if en == nil {
+			return
+		}
+		for _, a := range en.addrs {
+			if a.until > now && !slices.Contains(e.Addrs, a.addr) {
+				e.Addrs = append(e.Addrs, a.addr)
+			}
+		}
+		if en.fresh > now && en.negative != "" {
+			e.NoAddress = en.negative
+		}
+	}
+	collect(c.observed, key{endpoint, name})
+	collect(c.resolved, key{"", name})
+	slices.SortFunc(e.Addrs, netip.Addr.Compare)
+	return e
+}
+
+// Observe reads a DNS response relayed to a client behind GWLB endpoint
+// endpoint (the proxy's DNSAnswer hook): the A and AAAA records it holds
+// for the name asked, and for each alias on its CNAME chain, count for that
+// endpoint's checks until their TTL and the grace have passed. Anything
+// but a well-formed NOERROR response to a standard query is ignored.
+// Observe does not keep msg.
+func (c *Checker) Observe(endpoint string, msg []byte) {
+	if len(msg) < 12 {
+		return
+	}
+	r := responsePool.Get().(*response)
+	defer responsePool.Put(r)
+	if r.parse(msg) != nil || r.header.OpCode != 0 || r.header.RCode != dnsmessage.RCodeSuccess ||
+		r.question.Class != dnsmessage.ClassINET || r.naddrs == 0 {
+		return
+	}
+	c.stats.observed.Add(1)
+	r.bind()
+	if r.nbound == 0 {
+		return
+	}
+	var names [maxChain]string
+	for i := range r.nbound {
+		if n := r.bound[i].name; names[n] == "" {
+			names[n] = canonicalName(&r.chain[n])
+		}
+	}
+	now := c.clock()
+	s := c.observed
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n := range r.nchain {
+		if names[n] == "" {
+			continue
+		}
+		e := s.update(key{endpoint, names[n]}, now)
+		for i := range r.nbound {
+			if b := &r.bound[i]; b.name == n {
+				e.add(b.addr, c.until(now, b.ttl), now)
+			}
+		}
+	}
+}
+
+// Stats returns a snapshot of the checker's counters.
+func (c *Checker) Stats() Stats {
+	st := Stats{
+		Checks: c.stats.checks.Load(), ObservedHits: c.stats.observedHits.Load(),
+		ResolvedHits: c.stats.resolvedHits.Load(), Mismatches: c.stats.mismatches.Load(),
+		LookupFailures: c.stats.lookupFailures.Load(), Lookups: c.stats.lookups.Load(),
+		Observed: c.stats.observed.Load(),
+	}
+	for _, s := range []*store{c.observed, c.resolved} {
+		s.mu.RLock()
+		if s == c.observed {
+			st.ObservedNames = s.len()
+		} else {
+			st.ResolvedNames = s.len()
+		}
+		st.Evicted += s.evicted
+		s.mu.RUnlock()
+	}
+	return st
+}

@@ -1,0 +1,320 @@
+package destcheck
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// ednsSize is the UDP payload size the checker's queries offer (EDNS0):
+// the size DNS Flag Day 2020 settled on, which avoids IP fragmentation.
+const ednsSize = 1232
+
+// errNoResolver is the cause of every lookup without a configured resolver.
+var errNoResolver = errors.New("no resolver is configured")
+
+// lookup looks name up unless a lookup of it is already in flight, and waits
+// for that lookup or for ctx. The lookup runs on its own, bounded by
+// LookupTimeout, whatever happens to ctx: other checks may be waiting for it,
+// and its answer is cached for the next ones.
+func (c *Checker) lookup(ctx context.Context, name string) error {
+	c.callMu.Lock()
+	cl := c.calls[name]
+	if cl == nil {
+		if c.closed {
+			c.callMu.Unlock()
+			return ErrClosed
+		}
+		cl = &call{done: make(chan struct{})}
+		c.calls[name] = cl
+		c.wg.Add(1)
+		go c.run(name, cl)
+	}
+	c.callMu.Unlock()
+	select {
+	case <-cl.done:
+		return cl.err
+	case <-ctx.Done():
+		return fmt.Errorf("gave up waiting for the lookup: %w", context.Cause(ctx))
+	}
+}
+
+// run performs one lookup, stores its outcome and hands it to the waiters.
+func (c *Checker) run(name string, cl *call) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.LookupTimeout)
+	defer cancel()
+	res, err := c.resolve(ctx, name)
+	if err != nil && c.ctx.Err() != nil {
+		err = ErrClosed
+	}
+	c.store(name, res, err)
+	c.callMu.Lock()
+	delete(c.calls, name)
+	c.callMu.Unlock()
+	cl.err = err
+	close(cl.done)
+}
+
+// result is what a lookup found: addresses with their TTLs, or none and
+// why (negative).
+type result struct {
+	addrs    []boundAddr
+	negative string // NXDOMAIN or NODATA, when there is no address
+}
+
+// store records a lookup's outcome in the resolved store. A failure keeps
+// what an earlier lookup found: its addresses count until they expire.
+func (c *Checker) store(name string, res result, err error) {
+	now := c.clock()
+	s := c.resolved
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.update(key{"", name}, now)
+	if err != nil {
+		e.failed, e.failedUntil = err, now+int64(c.cfg.FailureTTL)
+		return
+	}
+	e.looked, e.failed, e.failedUntil, e.negative = now, nil, 0, res.negative
+	if len(res.addrs) == 0 {
+		e.fresh = now + int64(c.cfg.NegativeTTL)
+		return
+	}
+	ttl := res.addrs[0].ttl
+	for _, a := range res.addrs {
+		ttl = min(ttl, a.ttl)
+		e.add(a.addr, c.until(now, a.ttl), now)
+	}
+	e.fresh = now + int64(c.clampTTL(ttl))
+}
+
+// resolve asks the resolver for name's A and AAAA records at once.
+func (c *Checker) resolve(ctx context.Context, name string) (result, error) {
+	if !c.cfg.Resolver.IsValid() {
+		return result{}, errNoResolver
+	}
+	qname, err := dnsmessage.NewName(name + ".")
+	if err != nil || name == "" {
+		return result{}, fmt.Errorf("%q is not a name that can be looked up", name)
+	}
+	select {
+	case c.sem <- struct{}{}:
+		defer func() { <-c.sem }()
+	case <-ctx.Done():
+		return result{}, fmt.Errorf("too many lookups in flight (%d): %w", c.cfg.MaxLookups, context.Cause(ctx))
+	}
+	c.stats.lookups.Add(1)
+	var a, aaaa typeResult
+	var wg sync.WaitGroup
+	wg.Go(func() { aaaa = c.query(ctx, qname, dnsmessage.TypeAAAA) })
+	a = c.query(ctx, qname, dnsmessage.TypeA)
+	wg.Wait()
+	res := result{addrs: append(a.addrs, aaaa.addrs...)}
+	switch {
+	case len(res.addrs) > 0:
+		// One type may have failed while the other answered: its addresses
+		// are still the name's.
+		return res, nil
+	case a.err != nil:
+		return result{}, a.err
+	case aaaa.err != nil:
+		return result{}, aaaa.err
+	case a.rcode == dnsmessage.RCodeNameError || aaaa.rcode == dnsmessage.RCodeNameError:
+		res.negative = "NXDOMAIN"
+	default:
+		res.negative = "NODATA"
+	}
+	return res, nil
+}
+
+// typeResult is the answer to one query.
+type typeResult struct {
+	addrs []boundAddr // of the question's name (through its CNAME chain)
+	rcode dnsmessage.RCode
+	err   error
+}
+
+// query asks the resolver one question: over UDP, and again over TCP if
+// the answer comes back truncated.
+func (c *Checker) query(ctx context.Context, qname dnsmessage.Name, qtype dnsmessage.Type) typeResult {
+	id := uint16(rand.Uint32())
+	q, err := buildQuery(id, qname, qtype)
+	if err != nil {
+		return typeResult{err: err}
+	}
+	r := responsePool.Get().(*response)
+	defer responsePool.Put(r)
+	buf := make([]byte, 4096)
+	if err := c.exchangeUDP(ctx, q, id, qname, qtype, buf, r); err != nil {
+		return typeResult{err: err}
+	}
+	if r.header.Truncated {
+		if err := c.exchangeTCP(ctx, q, id, qname, qtype, r); err != nil {
+			return typeResult{err: fmt.Errorf("the answer over UDP was truncated, and over TCP: %w", err)}
+		}
+	}
+	switch r.header.RCode {
+	case dnsmessage.RCodeSuccess, dnsmessage.RCodeNameError:
+	default:
+		return typeResult{rcode: r.header.RCode, err: fmt.Errorf("resolver %s answered %s for %s", c.cfg.Resolver, rcodeName(r.header.RCode), qtype)}
+	}
+	res := typeResult{rcode: r.header.RCode}
+	r.bind()
+	for i := range r.nbound {
+		if b := r.bound[i]; b.name == 0 {
+			res.addrs = append(res.addrs, b)
+		}
+	}
+	return res
+}
+
+func buildQuery(id uint16, qname dnsmessage.Name, qtype dnsmessage.Type) ([]byte, error) {
+	b := dnsmessage.NewBuilder(make([]byte, 0, 64+qname.Length), dnsmessage.Header{ID: id, RecursionDesired: true})
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(dnsmessage.Question{Name: qname, Type: qtype, Class: dnsmessage.ClassINET}); err != nil {
+		return nil, fmt.Errorf("building the query: %w", err)
+	}
+	var opt dnsmessage.ResourceHeader
+	if err := opt.SetEDNS0(ednsSize, dnsmessage.RCodeSuccess, false); err != nil {
+		return nil, err
+	}
+	if err := b.StartAdditionals(); err != nil {
+		return nil, err
+	}
+	if err := b.OPTResource(opt, dnsmessage.OPTResource{}); err != nil {
+		return nil, err
+	}
+	return b.Finish()
+}
+
+// matches reports whether r answers the query id asked: the same ID and the
+// same question. Anything else arriving on the socket is not the answer
+// (a late answer to a retransmission, or a forgery) and is ignored.
+func matches(r *response, id uint16, qname dnsmessage.Name, qtype dnsmessage.Type) bool {
+	return r.header.ID == id && r.question.Type == qtype && r.question.Class == dnsmessage.ClassINET &&
+		nameEqual(&r.question.Name, &qname)
+}
+
+// exchangeUDP sends q from a connected socket (the kernel drops datagrams
+// from any other address) and reads until the matching answer arrives,
+// sending q again every retransmit interval, until ctx is done.
+func (c *Checker) exchangeUDP(ctx context.Context, q []byte, id uint16, qname dnsmessage.Name, qtype dnsmessage.Type, buf []byte, r *response) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "udp", c.cfg.Resolver.String())
+	if err != nil {
+		return fmt.Errorf("resolver %s: %w", c.cfg.Resolver, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	deadline, _ := ctx.Deadline() // run always sets one
+	for {
+		if _, err := conn.Write(q); err != nil {
+			return c.ioError(ctx, err)
+		}
+		wait := time.Now().Add(c.retransmit)
+		if !deadline.IsZero() && wait.After(deadline) {
+			wait = deadline
+		}
+		if ctx.Err() != nil {
+			return c.ioError(ctx, ctx.Err())
+		}
+		_ = conn.SetReadDeadline(wait)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil && time.Now().Before(deadline) {
+					break // send it again
+				}
+				return c.ioError(ctx, err)
+			}
+			if r.parse(buf[:n]) == nil && matches(r, id, qname, qtype) {
+				return nil
+			}
+		}
+	}
+}
+
+// exchangeTCP asks q over TCP: each message is preceded by its length in
+// two bytes (RFC 1035 4.2.2).
+func (c *Checker) exchangeTCP(ctx context.Context, q []byte, id uint16, qname dnsmessage.Name, qtype dnsmessage.Type, r *response) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", c.cfg.Resolver.String())
+	if err != nil {
+		return c.ioError(ctx, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	if _, err := conn.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)); err != nil {
+		return c.ioError(ctx, err)
+	}
+	var hdr [2]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		return c.ioError(ctx, err)
+	}
+	msg := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+	if _, err := io.ReadFull(conn, msg); err != nil {
+		return c.ioError(ctx, err)
+	}
+	if err := r.parse(msg); err != nil {
+		return fmt.Errorf("resolver %s over TCP: %w", c.cfg.Resolver, err)
+	}
+	if !matches(r, id, qname, qtype) {
+		return fmt.Errorf("resolver %s over TCP answered another question", c.cfg.Resolver)
+	}
+	return nil
+}
+
+// ioError words a failed exchange: a timeout names the resolver and the
+// time it had.
+func (c *Checker) ioError(ctx context.Context, err error) error {
+	if c.ctx.Err() != nil {
+		return ErrClosed
+	}
+	var ne net.Error
+	if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("resolver %s did not answer within %s", c.cfg.Resolver, c.cfg.LookupTimeout)
+	}
+	return fmt.Errorf("resolver %s: %w", c.cfg.Resolver, err)
+}
+
+var rcodeNames = [...]string{"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"}
+
+func rcodeName(rc dnsmessage.RCode) string {
+	if int(rc) < len(rcodeNames) {
+		return rcodeNames[rc]
+	}
+	return fmt.Sprintf("RCODE%d", rc)
+}
+
+// ParseResolver reads a resolver address: an IP address, with an optional
+// port (default 53); IPv6 with a port in brackets.
+func ParseResolver(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		if ap.Port() == 0 {
+			return netip.AddrPort{}, fmt.Errorf("%q: port 0", s)
+		}
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q: want an IP address, optionally with a port (192.0.2.53, 192.0.2.53:5353, [2001:db8::53]:53)", s)
+	}
+	return netip.AddrPortFrom(a.Unmap(), 53), nil
+}

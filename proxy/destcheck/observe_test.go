@@ -1,0 +1,226 @@
+package destcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+const epA, epB = "vpce-0000000000000000a", "vpce-0000000000000000b"
+
+// check runs Check with a short timeout.
+func check(c *Checker, endpoint, name, dest string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.Check(ctx, endpoint, name, addr(dest))
+}
+
+// wantLookupError: without a resolver, a name no observed answer vouches
+// for cannot be checked.
+func wantLookupError(t *testing.T, err error, name string) {
+	t.Helper()
+	var le *LookupError
+	if !errors.As(err, &le) || le.Name != name || !strings.HasPrefix(err.Error(), "no address of "+name+" could be looked up: ") {
+		t.Errorf("%s: got %v, want a LookupError for it", name, err)
+	}
+}
+
+func wantMismatchErr(t *testing.T, err error, want string) {
+	t.Helper()
+	var me *MismatchError
+	if !errors.As(err, &me) || err.Error() != want {
+		t.Errorf("got %v, want the mismatch %q", err, want)
+	}
+}
+
+func TestObserveCNAMEChain(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	c.Observe(epA, msg(t, "WWW.Example.com.",
+		rr{name: "www.example.com.", ttl: 300, cname: "cdn.example.NET."},
+		rr{name: "cdn.example.net.", ttl: 300, cname: "edge.cdn.test."},
+		rr{name: "edge.cdn.test.", ttl: 60, addr: "192.0.2.1"},
+		rr{name: "EDGE.cdn.test.", ttl: 60, addr: "2001:db8::1"},
+		// Off the chain: a response vouches only for what it was asked.
+		rr{name: "bank.example.", ttl: 60, addr: "198.51.100.66"},
+	))
+	for _, name := range []string{"www.example.com", "WWW.EXAMPLE.COM.", "cdn.example.net", "edge.cdn.test"} {
+		for _, dest := range []string{"192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"} {
+			if err := check(c, epA, name, dest); err != nil {
+				t.Errorf("%s → %s: %v", name, dest, err)
+			}
+		}
+	}
+	wantLookupError(t, check(c, epA, "bank.example", "198.51.100.66"), "bank.example")
+	// Without a resolver to ask, what was observed still names the addresses.
+	wantMismatchErr(t, check(c, epA, "www.example.com", "192.0.2.2"), "192.0.2.2 is not an address of www.example.com (resolves to 192.0.2.1, 2001:db8::1)")
+	if st := c.Stats(); st.ObservedNames != 3 || st.Observed != 1 || st.ObservedHits != 12 {
+		t.Errorf("stats %+v: want 3 names observed from 1 response, 12 hits", st)
+	}
+}
+
+// A chain that loops, or runs longer than maxChain, ends there; what it led
+// to so far counts.
+func TestObserveChainLoopAndLength(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	c.Observe(epA, msg(t, "a.test.",
+		rr{name: "a.test.", ttl: 60, cname: "b.test."},
+		rr{name: "b.test.", ttl: 60, cname: "a.test."},
+		rr{name: "b.test.", ttl: 60, addr: "192.0.2.1"},
+	))
+	for _, name := range []string{"a.test", "b.test"} {
+		if err := check(c, epA, name, "192.0.2.1"); err != nil {
+			t.Errorf("looped chain: %s: %v", name, err)
+		}
+	}
+	var long []rr
+	for i := range 12 {
+		long = append(long, rr{name: fmt.Sprintf("n%d.test.", i), ttl: 60, cname: fmt.Sprintf("n%d.test.", i+1)})
+	}
+	long = append(long, rr{name: "n12.test.", ttl: 60, addr: "192.0.2.9"}, rr{name: "n5.test.", ttl: 60, addr: "192.0.2.5"})
+	c.Observe(epA, msg(t, "n0.test.", long...))
+	if err := check(c, epA, "n0.test", "192.0.2.5"); err != nil {
+		t.Errorf("within the chain's bound: %v", err)
+	}
+	wantMismatchErr(t, check(c, epA, "n0.test", "192.0.2.9"), "192.0.2.9 is not an address of n0.test (resolves to 192.0.2.5)")
+}
+
+func TestObserveTTLAndGrace(t *testing.T) {
+	clk := newFakeClock()
+	c := newTestChecker(t, Config{Grace: 30 * time.Second, MinTTL: 5 * time.Second, MaxTTL: time.Hour}, clk)
+	c.Observe(epA, msg(t, "short.test.", rr{name: "short.test.", ttl: 60, addr: "192.0.2.1"}))
+	c.Observe(epA, msg(t, "zero.test.", rr{name: "zero.test.", ttl: 0, addr: "192.0.2.2"}))
+	c.Observe(epA, msg(t, "long.test.", rr{name: "long.test.", ttl: 1 << 31, addr: "192.0.2.3"}))
+	// The chain's smallest TTL counts: the CNAME's 10 s, not the A's 600.
+	c.Observe(epA, msg(t, "alias.test.",
+		rr{name: "alias.test.", ttl: 10, cname: "target.test."},
+		rr{name: "target.test.", ttl: 600, addr: "192.0.2.4"}))
+
+	clk.Advance(60*time.Second + 29*time.Second) // past the TTL, within the grace
+	if err := check(c, epA, "short.test", "192.0.2.1"); err != nil {
+		t.Errorf("within the grace: %v", err)
+	}
+	if err := check(c, epA, "target.test", "192.0.2.4"); err != nil {
+		t.Errorf("the alias's target keeps its own TTL: %v", err)
+	}
+	wantLookupError(t, check(c, epA, "alias.test", "192.0.2.4"), "alias.test") // 10 s + 30 s
+	wantLookupError(t, check(c, epA, "zero.test", "192.0.2.2"), "zero.test")   // 5 s + 30 s
+	clk.Advance(2 * time.Second)
+	wantLookupError(t, check(c, epA, "short.test", "192.0.2.1"), "short.test")
+	clk.Advance(time.Hour + 29*time.Second - 91*time.Second) // 1 h and 29 s in
+	if err := check(c, epA, "long.test", "192.0.2.3"); err != nil {
+		t.Errorf("a TTL clamped to an hour, within its grace: %v", err)
+	}
+	clk.Advance(time.Minute)
+	wantLookupError(t, check(c, epA, "long.test", "192.0.2.3"), "long.test")
+
+	// An answer observed again extends the address's life.
+	c.Observe(epA, msg(t, "short.test.", rr{name: "short.test.", ttl: 60, addr: "192.0.2.1"}))
+	clk.Advance(80 * time.Second)
+	if err := check(c, epA, "short.test", "192.0.2.1"); err != nil {
+		t.Errorf("renewed: %v", err)
+	}
+}
+
+// Answers relayed to one endpoint's clients count for that endpoint only.
+func TestObserveIsPerEndpoint(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	c.Observe(epA, msg(t, "bank.test.", rr{name: "bank.test.", ttl: 60, addr: "198.51.100.66"}))
+	if err := check(c, epA, "bank.test", "198.51.100.66"); err != nil {
+		t.Errorf("endpoint A: %v", err)
+	}
+	wantLookupError(t, check(c, epB, "bank.test", "198.51.100.66"), "bank.test")
+}
+
+// Only a well-formed NOERROR response to a standard query counts.
+func TestObserveIgnores(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	a := rr{name: "x.test.", ttl: 60, addr: "192.0.2.1"}
+	for name, m := range map[string][]byte{
+		"a query":       msgWith(t, dnsmessage.Header{ID: 1}, "x.test.", a),
+		"NXDOMAIN":      msgWith(t, dnsmessage.Header{ID: 1, Response: true, RCode: dnsmessage.RCodeNameError}, "x.test.", a),
+		"SERVFAIL":      msgWith(t, dnsmessage.Header{ID: 1, Response: true, RCode: dnsmessage.RCodeServerFailure}, "x.test.", a),
+		"opcode 2":      msgWith(t, dnsmessage.Header{ID: 1, Response: true, OpCode: 2}, "x.test.", a),
+		"no answers":    msg(t, "x.test."),
+		"cut short":     cut(msg(t, "x.test.", a), 2),
+		"too short":     {0, 1, 0x81, 0},
+		"empty":         nil,
+		"off the chain": msg(t, "y.test.", a),
+	} {
+		c.Observe(epA, m)
+		if st := c.Stats(); st.ObservedNames != 0 {
+			t.Fatalf("%s: %d names observed, want none", name, st.ObservedNames)
+		}
+	}
+	// A record of class CHAOS is not an address.
+	m := dnsmessage.Message{Header: dnsmessage.Header{Response: true},
+		Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName("x.test."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
+		Answers: []dnsmessage.Resource{{Header: dnsmessage.ResourceHeader{Name: dnsmessage.MustNewName("x.test."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassCHAOS, TTL: 60},
+			Body: &dnsmessage.AResource{A: [4]byte{192, 0, 2, 1}}}}}
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Observe(epA, b)
+	if st := c.Stats(); st.ObservedNames != 0 {
+		t.Errorf("a CHAOS record was observed: %+v", st)
+	}
+	// The question's class must be IN too.
+	m.Questions[0].Class = dnsmessage.ClassCHAOS
+	m.Answers[0].Header.Class = dnsmessage.ClassINET
+	b, _ = m.Pack()
+	c.Observe(epA, b)
+	if st := c.Stats(); st.ObservedNames != 0 {
+		t.Errorf("an answer to a CHAOS question was observed: %+v", st)
+	}
+}
+
+// Observe must not keep the message: the proxy reuses its buffer.
+func TestObserveDoesNotKeepMessage(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	b := msg(t, "keep.test.", rr{name: "keep.test.", ttl: 60, addr: "192.0.2.1"})
+	c.Observe(epA, b)
+	for i := range b {
+		b[i] = 0xff
+	}
+	if err := check(c, epA, "keep.test", "192.0.2.1"); err != nil {
+		t.Errorf("after the buffer was overwritten: %v", err)
+	}
+}
+
+func TestIPLiteralName(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	if err := check(c, epA, "192.0.2.1", "192.0.2.1"); err != nil {
+		t.Errorf("an address as the name, to itself: %v", err)
+	}
+	err := check(c, epA, "192.0.2.1", "192.0.2.2")
+	var me *MismatchError
+	if !errors.As(err, &me) || err.Error() != "192.0.2.2 is not an address of 192.0.2.1 (resolves to 192.0.2.1)" {
+		t.Errorf("an address as the name, to another: %v", err)
+	}
+	if err := check(c, epA, "2001:db8::1", "2001:db8::1"); err != nil {
+		t.Errorf("IPv6: %v", err)
+	}
+}
+
+func TestMismatchErrorText(t *testing.T) {
+	e := &MismatchError{Name: "bank.test", Dest: addr("198.51.100.9")}
+	for i := range 10 {
+		e.Addrs = append(e.Addrs, addr(fmt.Sprintf("192.0.2.%d", i+1)))
+	}
+	want := "198.51.100.9 is not an address of bank.test (resolves to 192.0.2.1, 192.0.2.2, 192.0.2.3, 192.0.2.4, 192.0.2.5, 192.0.2.6, 192.0.2.7, 192.0.2.8 and 2 more)"
+	if e.Error() != want {
+		t.Errorf("got  %s\nwant %s", e, want)
+	}
+	e = &MismatchError{Name: "gone.test", Dest: addr("192.0.2.1"), NoAddress: "NXDOMAIN"}
+	if want := "192.0.2.1 is not an address of gone.test (resolves to no address: NXDOMAIN)"; e.Error() != want {
+		t.Errorf("got  %s\nwant %s", e, want)
+	}
+}
+
+// cut returns b without its last n bytes.
+func cut(b []byte, n int) []byte { return b[:len(b)-n] }

@@ -1,0 +1,235 @@
+package destcheck
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// Limits of what one DNS response is read for.
+const (
+	// maxChain bounds a CNAME chain: the question's name and up to seven
+	// aliases. Real chains are two or three links long; a longer one (or a
+	// loop) ends there, and what lies beyond is ignored.
+	maxChain = 8
+	// maxRecords bounds the answer records of one response that are
+	// looked at; the rest are ignored.
+	maxRecords = 64
+)
+
+var errNotResponse = errors.New("not a DNS response")
+
+// cnameRR and addrRR are answer records, as read.
+type cnameRR struct {
+	owner, target dnsmessage.Name
+	ttl           uint32
+}
+
+type addrRR struct {
+	owner dnsmessage.Name
+	addr  netip.Addr
+	ttl   uint32
+}
+
+// response is what a DNS response says about the addresses of the name it
+// was asked for. Its arrays are large (a dnsmessage.Name is 256 bytes), so
+// responses are pooled, never allocated per message.
+type response struct {
+	header   dnsmessage.Header
+	question dnsmessage.Question
+	cnames   [maxRecords]cnameRR
+	ncnames  int
+	addrs    [maxRecords]addrRR
+	naddrs   int
+
+	// The chain, once bind has run: chain[0] is the question's name,
+	// chain[i+1] the target of chain[i]'s CNAME, linkTTL[i] that record's
+	// TTL.
+	chain   [maxChain]dnsmessage.Name
+	linkTTL [maxChain]uint32
+	nchain  int
+	bound   [maxRecords * maxChain]boundAddr
+	nbound  int
+}
+
+var responsePool = sync.Pool{New: func() any { return new(response) }}
+
+// parse reads msg's header, its first question and the A, AAAA and CNAME
+// records of class IN in its answer section (at most maxRecords of them).
+// Every other record is skipped. A message dnsmessage refuses, or one that
+// is not a response with a question, is an error: nothing of it counts.
+func (r *response) parse(msg []byte) error {
+	r.ncnames, r.naddrs, r.nchain, r.nbound = 0, 0, 0, 0
+	var p dnsmessage.Parser
+	h, err := p.Start(msg)
+	if err != nil {
+		return err
+	}
+	if !h.Response {
+		return errNotResponse
+	}
+	r.header = h
+	if r.question, err = p.Question(); err != nil {
+		return err
+	}
+	if err := p.SkipAllQuestions(); err != nil {
+		return err
+	}
+	for n := 0; n < maxRecords; n++ {
+		rh, err := p.AnswerHeader()
+		if errors.Is(err, dnsmessage.ErrSectionDone) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if rh.Class != dnsmessage.ClassINET {
+			if err := p.SkipAnswer(); err != nil {
+				return err
+			}
+			continue
+		}
+		switch rh.Type {
+		case dnsmessage.TypeA:
+			a, err := p.AResource()
+			if err != nil {
+				return err
+			}
+			r.addrs[r.naddrs] = addrRR{owner: rh.Name, addr: netip.AddrFrom4(a.A), ttl: rh.TTL}
+			r.naddrs++
+		case dnsmessage.TypeAAAA:
+			a, err := p.AAAAResource()
+			if err != nil {
+				return err
+			}
+			r.addrs[r.naddrs] = addrRR{owner: rh.Name, addr: netip.AddrFrom16(a.AAAA).Unmap(), ttl: rh.TTL}
+			r.naddrs++
+		case dnsmessage.TypeCNAME:
+			c, err := p.CNAMEResource()
+			if err != nil {
+				return err
+			}
+			r.cnames[r.ncnames] = cnameRR{owner: rh.Name, target: c.CNAME, ttl: rh.TTL}
+			r.ncnames++
+		default:
+			if err := p.SkipAnswer(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// boundAddr is an address the chain leads to, for one name of the chain.
+type boundAddr struct {
+	name int // the name's place in the chain: 0 for the question's own
+	addr netip.Addr
+	ttl  uint32 // the smallest TTL on the way from that name to the address
+}
+
+// bind follows the CNAME chain from the question's name through the answer
+// records and lists in r.bound every address the chain leads to, once for
+// each name of the chain that resolves to it. Records off the chain (an
+// answer about some other name) are ignored: a response vouches only for
+// what it was asked.
+func (r *response) bind() {
+	r.chain[0], r.nchain, r.nbound = r.question.Name, 1, 0
+chain:
+	for r.nchain < maxChain {
+		last := &r.chain[r.nchain-1]
+		for j := range r.ncnames {
+			c := &r.cnames[j]
+			if !nameEqual(&c.owner, last) {
+				continue
+			}
+			for k := range r.nchain {
+				if nameEqual(&c.target, &r.chain[k]) {
+					break chain // a loop
+				}
+			}
+			r.linkTTL[r.nchain-1] = c.ttl
+			r.chain[r.nchain] = c.target
+			r.nchain++
+			continue chain
+		}
+		break
+	}
+	for j := range r.naddrs {
+		a := &r.addrs[j]
+		owner := -1
+		for k := range r.nchain {
+			if nameEqual(&a.owner, &r.chain[k]) {
+				owner = k
+				break
+			}
+		}
+		if owner < 0 {
+			continue
+		}
+		// Walk back from the owner to the question: each name before it
+		// reaches the address through one more link.
+		ttl := a.ttl
+		for i := owner; i >= 0; i-- {
+			if i < owner {
+				ttl = min(ttl, r.linkTTL[i])
+			}
+			r.bound[r.nbound] = boundAddr{name: i, addr: a.addr, ttl: ttl}
+			r.nbound++
+		}
+	}
+}
+
+// nameEqual compares two names as DNS does: ASCII letters case-insensitively.
+func nameEqual(a, b *dnsmessage.Name) bool {
+	if a.Length != b.Length {
+		return false
+	}
+	for i := range int(a.Length) {
+		x, y := a.Data[i], b.Data[i]
+		if x != y && lower(x) != lower(y) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// canonicalName returns n as the checker keys names: lower case, without
+// the trailing dot ("" for the root).
+func canonicalName(n *dnsmessage.Name) string {
+	l := int(n.Length)
+	if l > 0 && n.Data[l-1] == '.' {
+		l--
+	}
+	var buf [255]byte
+	for i := range l {
+		buf[i] = lower(n.Data[i])
+	}
+	return string(buf[:l])
+}
+
+// canonical returns name lower-cased, without one trailing dot. It does not
+// allocate when name is already in that form.
+func canonical(name string) string {
+	if n := len(name); n > 0 && name[n-1] == '.' {
+		name = name[:n-1]
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; 'A' <= c && c <= 'Z' {
+			b := []byte(name)
+			for j := i; j < len(b); j++ {
+				b[j] = lower(b[j])
+			}
+			return string(b)
+		}
+	}
+	return name
+}

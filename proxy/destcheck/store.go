@@ -1,0 +1,199 @@
+package destcheck
+
+import (
+	"net/netip"
+	"sync"
+)
+
+// maxAddrsPerName bounds the addresses kept for one name (round-robin
+// names gather more over time); when full, the one expiring first goes.
+const maxAddrsPerName = 64
+
+// key names an entry: a name as seen from one GWLB endpoint (observed
+// answers), or as the appliance's own lookups found it (endpoint "").
+type key struct{ endpoint, name string }
+
+// timedAddr is an address and the clock reading (see Checker.clock) until
+// which it counts, grace included.
+type timedAddr struct {
+	addr  netip.Addr
+	until int64
+}
+
+// entry is what is known of one name. The lookup fields are used only by
+// the store of the appliance's own lookups.
+type entry struct {
+	key   key
+	addrs []timedAddr
+
+	// fresh is when the last lookup's answer stops being current: until
+	// then a destination not among addrs is a mismatch without a new
+	// lookup (except for a recheck, see Config.Recheck).
+	fresh int64
+	// looked is when the name was last looked up.
+	looked int64
+	// negative names an answer without addresses (NXDOMAIN, NODATA),
+	// current until fresh.
+	negative string
+	// failed is the last lookup's error, repeated until failedUntil
+	// instead of asking a resolver that just failed again.
+	failed      error
+	failedUntil int64
+
+	// Links of the store's list (oldest update first) and of the
+	// endpoint's list.
+	prev, next   *entry
+	eprev, enext *entry
+}
+
+// has reports whether addr counts for e at clock now.
+func (e *entry) has(addr netip.Addr, now int64) bool {
+	for i := range e.addrs {
+		if e.addrs[i].addr == addr && e.addrs[i].until > now {
+			return true
+		}
+	}
+	return false
+}
+
+// add records addr as counting until until (a later time wins), dropping
+// what has expired by now and, when full, the address expiring first.
+func (e *entry) add(addr netip.Addr, until, now int64) {
+	first, live := -1, e.addrs[:0]
+	for _, a := range e.addrs {
+		if a.until <= now {
+			continue
+		}
+		if a.addr == addr {
+			a.until = max(a.until, until)
+			until = -1 // merged
+		}
+		live = append(live, a)
+	}
+	clear(e.addrs[len(live):])
+	e.addrs = live
+	if until < 0 {
+		return
+	}
+	if len(e.addrs) >= maxAddrsPerName {
+		for i := range e.addrs {
+			if first < 0 || e.addrs[i].until < e.addrs[first].until {
+				first = i
+			}
+		}
+		if e.addrs[first].until >= until {
+			return // every address kept outlives this one
+		}
+		e.addrs[first] = timedAddr{addr, until}
+		return
+	}
+	e.addrs = append(e.addrs, timedAddr{addr, until})
+}
+
+// dead reports whether e holds nothing that counts at now: no address, no
+// current lookup answer, no failure to repeat.
+func (e *entry) dead(now int64) bool {
+	if e.fresh > now || e.failedUntil > now {
+		return false
+	}
+	for i := range e.addrs {
+		if e.addrs[i].until > now {
+			return false
+		}
+	}
+	return true
+}
+
+// epList is the entries of one endpoint, oldest update first.
+type epList struct {
+	root entry // sentinel: root.enext is the oldest
+	n    int
+}
+
+// store is a bounded map of entries. An update moves an entry to the end
+// of its lists; past a bound, the entry updated longest ago goes first.
+// Readers take the read lock, so that checks never wait for each other.
+type store struct {
+	mu        sync.RWMutex
+	m         map[key]*entry
+	root      entry // sentinel: root.next is the oldest
+	endpoints map[string]*epList
+	max       int // entries in all
+	maxPerEP  int // entries of one endpoint
+	evicted   uint64
+}
+
+func newStore(max, maxPerEndpoint int) *store {
+	s := &store{m: make(map[key]*entry), endpoints: make(map[string]*epList), max: max, maxPerEP: maxPerEndpoint}
+	s.root.prev, s.root.next = &s.root, &s.root
+	return s
+}
+
+// get returns the entry for k, or nil. The caller holds s.mu (read or
+// write) for as long as it uses the entry.
+func (s *store) get(k key) *entry { return s.m[k] }
+
+// update returns the entry for k, created if missing, as the newest of
+// its lists. The caller holds s.mu for writing. Making room evicts the
+// oldest entries, first any that hold nothing any more.
+func (s *store) update(k key, now int64) *entry {
+	if e := s.m[k]; e != nil {
+		s.touch(e)
+		return e
+	}
+	// Entries that count for nothing are dropped as they come to the
+	// front, so that expired names do not sit out their turn.
+	for i := 0; i < 2 && s.root.next != &s.root && s.root.next.dead(now); i++ {
+		s.remove(s.root.next)
+	}
+	ep := s.endpoints[k.endpoint]
+	if ep == nil {
+		ep = &epList{}
+		ep.root.eprev, ep.root.enext = &ep.root, &ep.root
+		s.endpoints[k.endpoint] = ep
+	}
+	for ep.n > 0 && ep.n >= s.maxPerEP {
+		s.remove(ep.root.enext)
+		s.evicted++
+	}
+	for len(s.m) > 0 && len(s.m) >= s.max {
+		s.remove(s.root.next)
+		s.evicted++
+	}
+	if s.endpoints[k.endpoint] == nil { // emptied by the evictions
+		s.endpoints[k.endpoint] = ep
+	}
+	e := &entry{key: k}
+	s.m[k] = e
+	e.prev, e.next = s.root.prev, &s.root
+	s.root.prev.next, s.root.prev = e, e
+	e.eprev, e.enext = ep.root.eprev, &ep.root
+	ep.root.eprev.enext, ep.root.eprev = e, e
+	ep.n++
+	return e
+}
+
+// touch makes e the newest of its lists.
+func (s *store) touch(e *entry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = s.root.prev, &s.root
+	s.root.prev.next, s.root.prev = e, e
+	ep := s.endpoints[e.key.endpoint]
+	e.eprev.enext, e.enext.eprev = e.enext, e.eprev
+	e.eprev, e.enext = ep.root.eprev, &ep.root
+	ep.root.eprev.enext, ep.root.eprev = e, e
+}
+
+func (s *store) remove(e *entry) {
+	delete(s.m, e.key)
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.eprev.enext, e.enext.eprev = e.enext, e.eprev
+	e.prev, e.next, e.eprev, e.enext = nil, nil, nil, nil
+	ep := s.endpoints[e.key.endpoint]
+	if ep.n--; ep.n == 0 {
+		delete(s.endpoints, e.key.endpoint)
+	}
+}
+
+// len returns the number of entries; the caller holds s.mu.
+func (s *store) len() int { return len(s.m) }
