@@ -138,10 +138,12 @@ func (m *Minter) Leaf(name string) (*tls.Certificate, error) {
 	return m.mint(key, []string{key}, nil)
 }
 
-// LeafFor returns a leaf for several DNS names and IP addresses, such as the
-// names of an upstream certificate mirrored for a client that sent no SNI.
-// The order of names and duplicates do not matter; IP literals among names
-// become IP SANs.
+// LeafFor returns a leaf for several DNS names and IP addresses. The order
+// of names and duplicates do not matter; IP literals among names become IP
+// SANs. Whoever serves the leaf must have proved every name in it: the
+// interceptor never mirrors an upstream certificate's names this way (a
+// client without SNI gets Leaf for the address it dialled); tests use it
+// to build certificates for several names.
 func (m *Minter) LeafFor(names []string, ips []net.IP) (*tls.Certificate, error) {
 	key, dns, addrs, err := namesKey(names, ips)
 	if err != nil {

@@ -165,6 +165,25 @@ func (t *flowTable) Expire(now int64) int {
 	return removed
 }
 
+// EndpointFlows returns the number of flows of one GWLB endpoint.
+func (t *flowTable) EndpointFlows(ep uint64) int64 {
+	if c, ok := t.perEndpoint.Load(ep); ok {
+		return c.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// ForgetEndpoint drops the count of an endpoint that holds no flow, so
+// that endpoint IDs seen once do not stay in the table (and in /stats)
+// for ever. The caller makes sure no flow of ep is being created: the
+// server holds the endpoint's stack closed. Expiry cannot touch the count,
+// as there is no flow of ep to expire.
+func (t *flowTable) ForgetEndpoint(ep uint64) {
+	if c, ok := t.perEndpoint.Load(ep); ok && c.(*atomic.Int64).Load() == 0 {
+		t.perEndpoint.CompareAndDelete(ep, c)
+	}
+}
+
 // Len returns the number of flows in the table.
 func (t *flowTable) Len() int { return int(t.count.Load()) }
 

@@ -62,6 +62,8 @@ const (
 	DropICMPUnavailable
 	DropUnknownSender
 	DropClientFlowLimit
+	DropEndpointLimit
+	DropFragmentNoFlow
 	dropReasons
 )
 
@@ -82,6 +84,8 @@ var dropReasonNames = [dropReasons]string{
 	DropICMPUnavailable: "icmp_unavailable",
 	DropUnknownSender:   "unknown_sender",
 	DropClientFlowLimit: "client_flow_limit",
+	DropEndpointLimit:   "endpoint_limit",
+	DropFragmentNoFlow:  "fragment_without_flow",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

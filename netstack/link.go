@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -34,8 +35,12 @@ type link struct {
 	srv        *Server
 	endpoint   uint64
 	mtu        uint32
-	dispatcher stack.NetworkDispatcher
-	mu         sync.RWMutex
+	dispatcher atomic.Pointer[stack.NetworkDispatcher] // nil: detached
+	// closed is set when the stack is closed for idling: nothing of its
+	// endpoint is left in the flow table, so what it still writes (resets
+	// of the connections it aborts) is discarded, not counted as replies
+	// without a flow.
+	closed atomic.Bool
 	// frags lets a reply's later fragments, which the stack writes one
 	// call at a time, find the flow of their first.
 	frags fragTable
@@ -44,12 +49,11 @@ type link struct {
 var _ stack.LinkEndpoint = (*link)(nil)
 
 func (l *link) inject(pkt []byte, ipv6 bool) {
-	l.mu.RLock()
-	d := l.dispatcher
-	l.mu.RUnlock()
-	if d == nil {
+	dp := l.dispatcher.Load()
+	if dp == nil {
 		return
 	}
+	d := *dp
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	proto := header.IPv4ProtocolNumber
 	if ipv6 {
@@ -61,6 +65,9 @@ func (l *link) inject(pkt []byte, ipv6 bool) {
 
 // WritePackets implements stack.LinkWriter.
 func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if l.closed.Load() {
+		return pkts.Len(), nil
+	}
 	bufp := replyBufPool.Get().(*[]byte)
 	defer replyBufPool.Put(bufp)
 	now := time.Now().UnixNano()
@@ -94,17 +101,15 @@ func (*link) Capabilities() stack.LinkEndpointCapabilities { return 0 }
 
 // Attach implements stack.NetworkLinkEndpoint.
 func (l *link) Attach(d stack.NetworkDispatcher) {
-	l.mu.Lock()
-	l.dispatcher = d
-	l.mu.Unlock()
+	if d == nil {
+		l.dispatcher.Store(nil)
+		return
+	}
+	l.dispatcher.Store(&d)
 }
 
 // IsAttached implements stack.NetworkLinkEndpoint.
-func (l *link) IsAttached() bool {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.dispatcher != nil
-}
+func (l *link) IsAttached() bool { return l.dispatcher.Load() != nil }
 
 // Wait implements stack.NetworkLinkEndpoint; the link owns no goroutines.
 func (*link) Wait() {}

@@ -44,6 +44,16 @@ type Config struct {
 	// behind one endpoint), so one client cannot fill the table for all
 	// (default: a tenth of MaxFlows; MaxFlows or more: no cap of its own).
 	MaxFlowsPerClient int
+	// MaxEndpoints caps the GWLB endpoints served at once, each with a
+	// gVisor stack of its own (default DefaultMaxEndpoints). A datagram for
+	// a new endpoint beyond it is dropped and counted (endpoint_limit).
+	MaxEndpoints int
+	// EndpointIdleTimeout closes the stack of an endpoint that has had no
+	// flow in the table and no packet for this long, freeing its memory
+	// and goroutines; the endpoint's next packet makes a new one (default
+	// DefaultEndpointIdleTimeout). A stack with flows is never closed: its
+	// flows expire first, after their own idle timeouts.
+	EndpointIdleTimeout time.Duration
 	// MTU is the inner MTU (default DefaultMTU).
 	MTU int
 	// TCP tunes the stacks' TCP.
@@ -58,6 +68,22 @@ type Config struct {
 	// Handler receives every accepted flow.
 	Handler Handler
 }
+
+// DefaultMaxEndpoints is the default of Config.MaxEndpoints. A GWLB
+// endpoint service has at most one endpoint per Availability Zone of each
+// consumer VPC, so real deployments serve tens of endpoints, a few hundred
+// at most. An idle stack costs about 100 KiB and a goroutine per CPU
+// (gVisor's TCP processors), so 1,024 of them stay around 100 MiB and
+// 1,024 goroutines per CPU, while forged endpoint IDs can no longer grow
+// memory without bound.
+const DefaultMaxEndpoints = 1024
+
+// DefaultEndpointIdleTimeout is the default of Config.EndpointIdleTimeout.
+// It matters for stacks that never held a flow (their packets were dropped:
+// a full flow table, a client at its share): an endpoint with traffic
+// keeps flows, and once its last flow expires it has been idle for at least
+// the flow idle timeout already.
+const DefaultEndpointIdleTimeout = 30 * time.Second
 
 func (c *Config) setDefaults() {
 	if c.ListenAddr == "" {
@@ -80,6 +106,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxFlowsPerClient <= 0 {
 		c.MaxFlowsPerClient = max(c.MaxFlows/10, 1)
+	}
+	if c.MaxEndpoints <= 0 {
+		c.MaxEndpoints = DefaultMaxEndpoints
+	}
+	if c.EndpointIdleTimeout <= 0 {
+		c.EndpointIdleTimeout = DefaultEndpointIdleTimeout
 	}
 	if c.MTU <= 0 || c.MTU > DefaultMTU {
 		c.MTU = DefaultMTU
@@ -114,16 +146,23 @@ func (f FlowInfo) EndpointName() string { return fmt.Sprintf("vpce-%017x", f.End
 
 // Server is the GENEVE side of the appliance.
 type Server struct {
-	cfg     Config
-	flows   *flowTable
-	conns   []*net.UDPConn
-	ret     returnPath
-	stats   counters
+	cfg   Config
+	flows *flowTable
+	conns []*net.UDPConn
+	ret   returnPath
+	stats counters
+	// stacks maps endpoint IDs to their open stacks. A stack leaves it
+	// when it is closed (idle, or the server closing), under its own lock,
+	// so a reader that loaded it just before sees it closed and looks
+	// again.
 	stacks  sync.Map // endpoint ID -> *endpointStack
 	stackMu sync.Mutex
+	shut    bool // under stackMu: Close has begun, no new stacks
 	nstacks atomic.Int64
-	done    chan struct{}
-	wg      sync.WaitGroup
+	// capWarned is when the endpoint cap was last logged (unix nanoseconds).
+	capWarned atomic.Int64
+	done      chan struct{}
+	wg        sync.WaitGroup
 }
 
 // Listen opens the GENEVE sockets and the return path. Serve starts reading.
@@ -204,8 +243,26 @@ func (s *Server) Close() error {
 	}
 	close(s.done)
 	s.closeConns()
+	s.stackMu.Lock()
+	s.shut = true
+	s.stackMu.Unlock()
 	s.stacks.Range(func(_, v any) bool {
-		v.(*endpointStack).close()
+		st := v.(*endpointStack)
+		// Blocks until the packets being handed in are through; later ones
+		// see the stack closed and, with no new stacks made, are dropped.
+		st.mu.Lock()
+		closing := !st.closed
+		if closing {
+			s.forgetStack(st)
+		}
+		st.mu.Unlock()
+		if closing {
+			// Replies still leave: the flows these stacks end get their
+			// RSTs. No waiting for the stacks' goroutines, which end on
+			// their own: with many connections it would take the drain's
+			// time.
+			st.close()
+		}
 		return true
 	})
 	return s.ret.close()
@@ -258,19 +315,55 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
 		s.stats.drop(reason)
 		return
 	}
-	var flow *Flow
-	if !p.Fragment {
-		key := p.Key(h.Endpoint)
-		if flow, reason = s.flows.Touch(&key, p.Src, b[:h.Len], h, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), time.Now().UnixNano()); reason != DropNone {
+	// A later fragment makes no stack: with none, its first fragment was
+	// never taken in.
+	st, reason := s.enterStack(h.Endpoint, !p.Fragment)
+	if st == nil {
+		if reason != DropNone {
 			s.stats.drop(reason)
-			return
+		}
+		return
+	}
+	reason = s.deliver(st, b, h, &p, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()))
+	st.mu.RUnlock()
+	if reason != DropNone {
+		s.stats.drop(reason)
+	}
+}
+
+// deliver hands a parsed packet to its endpoint's stack st, which the
+// caller holds open (st.mu read-locked): every packet refreshes or creates
+// its flow in the table first, so that the flow table bounds what the
+// stacks hold. A later fragment carries no ports: it follows the flow of
+// its first fragment, or is dropped when that was not taken in.
+func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb netip.AddrPort) DropReason {
+	now := time.Now().UnixNano()
+	st.sawPacket(now)
+	inner := b[h.Len:]
+	var flow *Flow
+	if p.Fragment {
+		if flow = st.inFrags.follow(p, now); flow == nil {
+			return DropFragmentNoFlow
+		}
+		flow.lastSeen.Store(now)
+	} else {
+		key := p.Key(h.Endpoint)
+		var reason DropReason
+		if flow, reason = s.flows.Touch(&key, p.Src, b[:h.Len], h, gwlb, now); reason != DropNone {
+			return reason
+		}
+		// An echo request's fragments never reach the stack: the echo
+		// relay takes the first alone.
+		if p.MoreFragments && !p.Echo {
+			st.inFrags.remember(p, flow, now)
 		}
 	}
 	if p.Echo {
-		s.handleEcho(flow, &p, inner)
-		return
+		s.handleEcho(flow, p, inner)
+		return DropNone
 	}
-	s.stackFor(h.Endpoint).link.inject(inner, p.IPv6)
+	st.link.inject(inner, p.IPv6)
+	return DropNone
 }
 
 func (s *Server) allowedSender(a netip.Addr) bool {
@@ -282,20 +375,110 @@ func (s *Server) allowedSender(a netip.Addr) bool {
 	return false
 }
 
-func (s *Server) stackFor(endpoint uint64) *endpointStack {
-	if st, ok := s.stacks.Load(endpoint); ok {
-		return st.(*endpointStack)
+// enterStack returns the open stack of endpoint, read-locked: it stays
+// open until the caller's st.mu.RUnlock. Without one, create makes it,
+// unless the endpoint cap is reached (DropEndpointLimit) or the server is
+// closing (nil and DropNone); without create it returns nil and
+// DropFragmentNoFlow.
+func (s *Server) enterStack(endpoint uint64, create bool) (*endpointStack, DropReason) {
+	for {
+		v, ok := s.stacks.Load(endpoint)
+		if !ok {
+			if !create {
+				return nil, DropFragmentNoFlow
+			}
+			var reason DropReason
+			if v, reason = s.newStack(endpoint); v == nil {
+				return nil, reason
+			}
+		}
+		st := v.(*endpointStack)
+		st.mu.RLock()
+		if !st.closed {
+			return st, DropNone
+		}
+		// Closed after the lookup, and gone from the map: look again.
+		st.mu.RUnlock()
 	}
+}
+
+// newStack returns the endpoint's stack, making it if there is none and the
+// endpoint cap allows another.
+func (s *Server) newStack(endpoint uint64) (any, DropReason) {
 	s.stackMu.Lock()
 	defer s.stackMu.Unlock()
+	if s.shut {
+		return nil, DropNone
+	}
 	if st, ok := s.stacks.Load(endpoint); ok {
-		return st.(*endpointStack)
+		return st, DropNone
+	}
+	if s.nstacks.Load() >= int64(s.cfg.MaxEndpoints) {
+		s.warnEndpointCap()
+		return nil, DropEndpointLimit
 	}
 	st := newEndpointStack(s, endpoint)
+	st.lastPacket.Store(time.Now().UnixNano())
 	s.stacks.Store(endpoint, st)
 	s.nstacks.Add(1)
-	slog.Info("new GWLB endpoint", "endpoint", FlowInfo{Endpoint: endpoint}.EndpointName())
-	return st
+	s.stats.stacksCreated.Add(1)
+	slog.Info("new GWLB endpoint", "endpoint", FlowInfo{Endpoint: endpoint}.EndpointName(), "stacks", s.nstacks.Load())
+	return st, DropNone
+}
+
+// warnEndpointCap logs, at most once a minute, that new endpoints are
+// refused.
+func (s *Server) warnEndpointCap() {
+	now := time.Now().UnixNano()
+	last := s.capWarned.Load()
+	if now-last < int64(time.Minute) || !s.capWarned.CompareAndSwap(last, now) {
+		return
+	}
+	slog.Warn("GWLB endpoint cap reached: datagrams for new endpoints are dropped (endpoint_limit)",
+		"max_endpoints", s.cfg.MaxEndpoints)
+}
+
+// forgetStack takes st out of the server: it must hold st.mu and st must
+// not be closed yet.
+func (s *Server) forgetStack(st *endpointStack) {
+	st.closed = true
+	s.stacks.CompareAndDelete(st.endpoint, st)
+	s.nstacks.Add(-1)
+}
+
+// closeIdleStacks closes the stacks of endpoints that have had no flow in
+// the table and no packet for EndpointIdleTimeout, and frees them: their
+// goroutines end and their memory goes. A stack busy with a packet just
+// now is left for the next round.
+func (s *Server) closeIdleStacks(now int64) int {
+	idle := int64(s.cfg.EndpointIdleTimeout)
+	var idleStacks []*endpointStack
+	s.stacks.Range(func(_, v any) bool {
+		st := v.(*endpointStack)
+		if now-st.lastPacket.Load() < idle || s.flows.EndpointFlows(st.endpoint) > 0 || !st.mu.TryLock() {
+			return true
+		}
+		// Under the lock no packet is being handed in, so no flow of the
+		// endpoint is being made: check again, then close.
+		if !st.closed && now-st.lastPacket.Load() >= idle && s.flows.EndpointFlows(st.endpoint) == 0 {
+			s.forgetStack(st)
+			s.flows.ForgetEndpoint(st.endpoint)
+			idleStacks = append(idleStacks, st)
+		}
+		st.mu.Unlock()
+		return true
+	})
+	for _, st := range idleStacks {
+		// Nothing of the endpoint is in the flow table: whatever the stack
+		// would still send (resets of what it aborts) has no flow to go
+		// under.
+		st.link.closed.Store(true)
+		st.destroy()
+		s.stats.stacksClosed.Add(1)
+		slog.Info("GWLB endpoint idle: its stack is closed", "endpoint", FlowInfo{Endpoint: st.endpoint}.EndpointName(),
+			"stacks", s.nstacks.Load())
+	}
+	return len(idleStacks)
 }
 
 // writeReply sends one packet the stack emitted back to the GWLB under its
@@ -374,7 +557,7 @@ func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int
 
 func (s *Server) expireLoop() {
 	defer s.wg.Done()
-	every := min(s.cfg.IdleTimeout, s.cfg.TCPIdleTimeout) / 10
+	every := min(s.cfg.IdleTimeout, s.cfg.TCPIdleTimeout, s.cfg.EndpointIdleTimeout) / 10
 	t := time.NewTicker(max(every, 100*time.Millisecond))
 	defer t.Stop()
 	for {
@@ -383,6 +566,7 @@ func (s *Server) expireLoop() {
 			return
 		case now := <-t.C:
 			s.flows.Expire(now.UnixNano())
+			s.closeIdleStacks(time.Now().UnixNano())
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -70,6 +71,28 @@ type endpointStack struct {
 	endpoint uint64
 	stack    *stack.Stack
 	link     *link
+	// mu is held shared by every GENEVE reader handing a packet in, and
+	// exclusively to close the stack, so that no packet is ever handed to
+	// a closed stack.
+	mu     sync.RWMutex
+	closed bool // under mu
+	// lastPacket is when a packet last came for the endpoint (unix
+	// nanoseconds, to within packetStampEvery).
+	lastPacket atomic.Int64
+	// inFrags lets the later fragments of a client's datagram, which carry
+	// no ports, follow the flow their first fragment was taken in under.
+	inFrags fragTable
+}
+
+// packetStampEvery is how stale endpointStack.lastPacket may be: the
+// readers of every core store it at most this often, not once a packet.
+const packetStampEvery = int64(10 * time.Millisecond)
+
+// sawPacket notes a packet for the endpoint at now.
+func (st *endpointStack) sawPacket(now int64) {
+	if now-st.lastPacket.Load() > packetStampEvery {
+		st.lastPacket.Store(now)
+	}
 }
 
 func newEndpointStack(srv *Server, endpoint uint64) *endpointStack {
@@ -128,8 +151,16 @@ func (st *endpointStack) configure() error {
 	return nil
 }
 
+// close closes the stack, ending its connections; its goroutines end soon
+// after. The caller has taken it out of the server first.
 func (st *endpointStack) close() {
 	st.stack.Close()
+}
+
+// destroy closes the stack and waits for its goroutines to end, and takes
+// its NIC away. The caller has taken it out of the server first.
+func (st *endpointStack) destroy() {
+	st.stack.Destroy()
 }
 
 // fullAddr converts a gVisor address and port.
@@ -162,15 +193,16 @@ func (st *endpointStack) handleTCP(r *tcp.ForwarderRequest) {
 // the handler's goroutine: until it exists, every further datagram of the
 // flow would come to the forwarder again as a new flow.
 func (st *endpointStack) handleUDP(r *udp.ForwarderRequest) bool {
-	var wq waiter.Queue
-	ep, err := r.CreateEndpoint(&wq)
+	conn := newUDPConn()
+	ep, err := r.CreateEndpoint(&conn.wq)
 	if err != nil {
 		st.srv.stats.udpCreateErrors.Add(1)
 		return true
 	}
 	st.srv.stats.udpFlows.Add(1)
 	flow := st.info(protoUDP, r.ID())
-	go st.srv.cfg.Handler.HandleUDP(flow, gonet.NewUDPConn(&wq, ep))
+	conn.attach(ep, flow.Client, flow.Dest)
+	go st.srv.cfg.Handler.HandleUDP(flow, conn)
 	return true
 }
 

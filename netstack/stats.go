@@ -13,6 +13,8 @@ type counters struct {
 	udpFlows             atomic.Uint64
 	udpCreateErrors      atomic.Uint64
 	echoRequests         atomic.Uint64
+	stacksCreated        atomic.Uint64
+	stacksClosed         atomic.Uint64
 	lastSendError        atomic.Value // string
 }
 
@@ -30,6 +32,8 @@ type Stats struct {
 	FlowsExpired        uint64            `json:"flows_expired"`
 	FlowsByEndpoint     map[string]int64  `json:"flows_by_endpoint"`
 	Stacks              int64             `json:"stacks"`
+	StacksCreated       uint64            `json:"stacks_created"`
+	StacksClosed        uint64            `json:"stacks_closed"`
 	TCPConnections      uint64            `json:"tcp_connection_attempts"`
 	UDPFlows            uint64            `json:"udp_flows"`
 	EchoRequests        uint64            `json:"echo_requests"`
@@ -52,6 +56,8 @@ func (s *Server) Stats() Stats {
 		FlowsExpired:        s.flows.expired.Load(),
 		FlowsByEndpoint:     make(map[string]int64),
 		Stacks:              s.nstacks.Load(),
+		StacksCreated:       c.stacksCreated.Load(),
+		StacksClosed:        c.stacksClosed.Load(),
 		TCPConnections:      c.tcpAttempts.Load(),
 		UDPFlows:            c.udpFlows.Load(),
 		EchoRequests:        c.echoRequests.Load(),

@@ -2,9 +2,14 @@ package proxy
 
 import (
 	"errors"
+	"slices"
 	"strconv"
+	"sync"
+	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // dnsMessage is what an access record needs of a DNS message: its ID, the
@@ -82,4 +87,109 @@ func dnsRCodeName(r uint8) string {
 		return dnsRCodes[r]
 	}
 	return "RCODE" + strconv.Itoa(int(r))
+}
+
+// isDNSPort reports whether UDP traffic to port is read as DNS.
+func (p *Proxy) isDNSPort(port uint16) bool { return slices.Contains(p.cfg.DNSPorts, port) }
+
+// dnsLinger is how long a DNS flow stays open once every query it carried
+// has its answer: long enough for a late duplicate answer, or the next
+// query of a client that asks in turn on one socket (A, then AAAA), and far
+// shorter than the idle timeout, which would hold the flow's host port for
+// two minutes after a lookup that took a millisecond.
+const dnsLinger = time.Second
+
+// dnsLog turns the DNS traffic of one UDP flow into one record per query:
+// name, type, and the answer's rcode, or a timeout for queries the flow
+// ended without an answer to. It also says when the flow has nothing left
+// to wait for (quiet), so that the flow can end long before its idle
+// timeout.
+type dnsLog struct {
+	p       *Proxy
+	base    records.Record // a snapshot: the flow's own record changes as it runs
+	mu      sync.Mutex
+	pending map[uint16]dnsQuestion
+	asked   bool // a query was seen
+	opaque  bool // something other than a query came from the client: not plain DNS
+}
+
+type dnsQuestion struct {
+	msg   dnsMessage
+	size  int
+	start time.Time
+}
+
+// maxPendingDNS bounds the queries a flow can leave unanswered in memory.
+const maxPendingDNS = 1024
+
+func newDNSLog(p *Proxy, base *records.Record) *dnsLog {
+	return &dnsLog{p: p, base: *base, pending: make(map[uint16]dnsQuestion)}
+}
+
+// query looks at a datagram from the client.
+func (d *dnsLog) query(b []byte) {
+	m, err := parseDNS(b)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil || m.Response {
+		d.opaque = true
+		return
+	}
+	d.asked = true
+	if len(d.pending) < maxPendingDNS {
+		d.pending[m.ID] = dnsQuestion{msg: m, size: len(b), start: time.Now()}
+	}
+}
+
+// answer looks at a datagram from the server, before it is relayed to the
+// client: a response to a pending query is recorded and handed to
+// Config.DNSAnswer, which thus knows an address before the client can act
+// on it. Responses to nothing the client asked are not handed on: the
+// client drops them too. It reports whether the flow is now quiet.
+func (d *dnsLog) answer(b []byte) (quiet bool) {
+	m, err := parseDNS(b)
+	if err != nil || !m.Response {
+		return false
+	}
+	d.mu.Lock()
+	q, ok := d.pending[m.ID]
+	if ok = ok && q.msg.Name == m.Name && q.msg.Type == m.Type; ok {
+		delete(d.pending, m.ID)
+	}
+	quiet = d.quietLocked()
+	d.mu.Unlock()
+	if ok {
+		if d.p.cfg.DNSAnswer != nil {
+			d.p.cfg.DNSAnswer(d.base.Endpoint, b)
+		}
+		d.write(q, dnsRCodeName(m.RCode), int64(len(b)), "ok")
+	}
+	return quiet
+}
+
+// quiet reports whether the flow carried DNS queries and nothing else, and
+// every query has its answer.
+func (d *dnsLog) quiet() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.quietLocked()
+}
+
+func (d *dnsLog) quietLocked() bool { return d.asked && !d.opaque && len(d.pending) == 0 }
+
+func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
+	r := d.base
+	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", q.msg.Name, dnsTypeName(q.msg.Type), rcode
+	r.BytesOut, r.BytesIn, r.Result = int64(q.size), in, result
+	d.p.finish(&r, q.start)
+}
+
+// close records the queries left without an answer as timeouts.
+func (d *dnsLog) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id, q := range d.pending {
+		d.write(q, "", 0, "timeout")
+		delete(d.pending, id)
+	}
 }

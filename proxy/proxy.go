@@ -58,6 +58,11 @@ type Config struct {
 	// DNSPorts are the UDP destination ports whose traffic is read as DNS
 	// (one record per query, answers passed to DNSAnswer). Default: 53.
 	DNSPorts []uint16
+	// MaxUDPFlowsPerClient bounds the UDP flows (host sockets, each with
+	// an ephemeral port) one client, an address (IPv6: its /64) behind one
+	// GWLB endpoint, holds at once; beyond it new flows are dropped.
+	// Default: DefaultMaxUDPFlowsPerClient.
+	MaxUDPFlowsPerClient int
 }
 
 // Proxy implements netstack.Handler.
@@ -65,8 +70,9 @@ type Proxy struct {
 	cfg       Config
 	intercept *intercept.Interceptor
 	dialer    net.Dialer
-	own       map[netip.Addr]bool // the host's own addresses: never a destination
+	own       *ownAddrs // the host's own addresses, followed: never a destination
 	echo      echoRelay
+	udp       udpState
 	stats     proxyCounters
 }
 
@@ -86,6 +92,14 @@ type Stats struct {
 	// EchoUnrecorded counts echo requests of denied flows dropped without an
 	// access record: too many denied echo flows were remembered already.
 	EchoUnrecorded uint64 `json:"echo_denied_unrecorded"`
+	// UDPShareDrops counts new UDP flows dropped because their client held
+	// MaxUDPFlowsPerClient flows already.
+	UDPShareDrops uint64 `json:"udp_share_drops"`
+	// QUICSmuggled counts client datagrams dropped because they would
+	// have started a QUIC connection the policy never decided on: another
+	// connection multiplexed on a decided QUIC flow, or an Initial on a
+	// flow decided as plain UDP under a policy that looks at names.
+	QUICSmuggled uint64 `json:"quic_smuggled_drops"`
 }
 
 // New returns a Proxy.
@@ -113,7 +127,7 @@ func New(cfg Config) *Proxy {
 		// Keepalive towards destinations keeps NAT gateways and firewalls on
 		// the way from forgetting idle connections.
 		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
-		own:    ownAddresses(),
+		own:    watchOwnAddrs(ownAddrsRefresh, true),
 	}
 	ic := cfg.Intercept
 	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
@@ -131,6 +145,7 @@ func (p *Proxy) Stats() Stats {
 		TCPActive: p.stats.tcpActive.Load(), UDPActive: p.stats.udpActive.Load(),
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
 		Denied: p.stats.denied.Load() + p.intercept.Denied(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
+		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
 	}
 }
 
@@ -166,20 +181,6 @@ func AllowAll() *policy.Holder {
 	return h
 }
 
-func ownAddresses() map[netip.Addr]bool {
-	m := make(map[netip.Addr]bool)
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return m
-	}
-	for _, a := range addrs {
-		if pfx, err := netip.ParsePrefix(a.String()); err == nil {
-			m[pfx.Addr().Unmap()] = true
-		}
-	}
-	return m
-}
-
 // imdsV6 is the instance metadata service's IPv6 address on Nitro instances.
 var imdsV6 = netip.MustParseAddr("fd00:ec2::254")
 
@@ -200,7 +201,7 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 		return "destination is not a unicast address"
 	case a == imdsV6:
 		return "destination is the instance metadata service"
-	case p.own[a]:
+	case p.own.has(a):
 		return "destination is the appliance itself"
 	}
 	return ""

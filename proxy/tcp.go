@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,15 +24,40 @@ import (
 // flow the policy denies on its addresses alone is refused before anything
 // is dialled; the rest is decided once the first bytes say what it is.
 func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
+	p.handleTCP(req.Flow, (*stackRequest)(req))
+}
+
+// tcpAcceptor completes or refuses a client's TCP handshake: the netstack's
+// request, or in tests a loopback connection.
+type tcpAcceptor interface {
+	Accept() (net.Conn, error)
+	Reject()
+}
+
+// stackRequest is a netstack.TCPRequest as a tcpAcceptor; the conversion
+// costs nothing, where a closure would cost an allocation per connection.
+type stackRequest netstack.TCPRequest
+
+func (r *stackRequest) Accept() (net.Conn, error) {
+	c, err := (*netstack.TCPRequest)(r).Accept()
+	if err != nil {
+		return nil, err // not a nil *netstack.Conn in a non-nil net.Conn
+	}
+	return c, nil
+}
+
+func (r *stackRequest) Reject() { (*netstack.TCPRequest)(r).Reject() }
+
+func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 	start := time.Now()
-	rec := newRecord("tcp", req.Flow)
-	if reason := p.forbidden(req.Flow.Dest.Addr()); reason != "" {
+	rec := newRecord("tcp", flow)
+	if reason := p.forbidden(flow.Dest.Addr()); reason != "" {
 		req.Reject()
 		p.deny(rec, start, reason)
 		return
 	}
 	pol := p.cfg.Policy.Load()
-	subj := policy.Subject{Dest: req.Flow.Dest, Client: req.Flow.Client.Addr(), Endpoint: rec.Endpoint}
+	subj := policy.Subject{Dest: flow.Dest, Client: flow.Client.Addr(), Endpoint: rec.Endpoint}
 	if d, ok := pol.DecideEarly(subj); ok {
 		req.Reject()
 		rec.Rule = d.Rule
@@ -39,7 +65,7 @@ func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
 		return
 	}
 	p.stats.tcpActive.Add(1)
-	up, err := p.dialer.DialContext(context.Background(), "tcp", req.Flow.Dest.String())
+	up, err := p.dialer.DialContext(context.Background(), "tcp", flow.Dest.String())
 	if err != nil {
 		req.Reject()
 		p.stats.tcpDialErrors.Add(1)
@@ -99,21 +125,63 @@ func (s *tcpSession) serve(accepted net.Conn) {
 	switch res.Kind {
 	case sniff.KindTLS:
 		if res.Err != nil {
-			// A hello we cannot read has no name for the domain rules to
-			// see: deciding it on addresses would let it past them.
-			s.rec.Kind, s.rec.Rule = "tls", ""
-			intercept.WriteAlert(s.client, intercept.AlertHandshakeFailure)
-			s.refuse("ClientHello could not be read: " + res.Err.Error())
+			s.unreadable("tls", "ClientHello could not be read: "+res.Err.Error())
 			return
 		}
 		s.serveTLS(&res.Hello)
-	case sniff.KindHTTP:
+	case sniff.KindHTTP, sniff.KindHTTP2Cleartext:
+		// A head cut short or too large is still served: the HTTP proxy
+		// reads it whole and decides on its Host. One whose request line
+		// cannot be read would only be refused there, without a record.
+		if errors.Is(res.Err, sniff.ErrMalformedHTTP) {
+			s.unreadable("http", "request head could not be read: "+res.Err.Error())
+			return
+		}
+		// Servers ignore blank lines before the request line; net/http,
+		// which reads the head next, refuses them. They are buffered, so
+		// dropping them reads nothing from the connection.
+		_, _ = br.Discard(res.Blank)
+		if res.Kind == sniff.KindHTTP2Cleartext {
+			s.intercept(&intercept.Session{H2C: true})
+			return
+		}
 		s.intercept(&intercept.Session{HTTP: &res.HTTP})
-	case sniff.KindHTTP2Cleartext:
-		s.intercept(&intercept.Session{H2C: true})
 	default:
 		s.serveTCP()
 	}
+}
+
+// unreadable ends a connection that looks like TLS or HTTP but whose name
+// cannot be read. Relayed as opaque bytes, it would pass every rule that
+// needs the name, and a client can shape its first bytes so that a server
+// accepts them and the classifier does not: it is refused whenever the
+// policy has such rules (a TLS alert or a 400, then a RST). A policy of
+// addresses and ports alone decides it like any TCP connection, since its
+// rules need no name and refusing would only break binary protocols whose
+// first bytes look alike.
+func (s *tcpSession) unreadable(kind, reason string) {
+	if !s.pol.NamesMatter() {
+		s.serveTCP()
+		return
+	}
+	s.rec.Kind, s.rec.Rule = kind, ""
+	if kind == "tls" {
+		intercept.WriteAlert(s.client, intercept.AlertHandshakeFailure)
+	} else {
+		writeBadRequest(s.client)
+	}
+	s.refuse(reason)
+}
+
+// badRequest answers an HTTP head that cannot be read.
+const badRequestBody = "gwlbproxy: the request head could not be read\n"
+
+var badRequest = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+	"Content-Length: " + strconv.Itoa(len(badRequestBody)) + "\r\nConnection: close\r\n\r\n" + badRequestBody
+
+func writeBadRequest(c net.Conn) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = io.WriteString(c, badRequest)
 }
 
 // decide runs the policy for the connection as classified so far.
@@ -136,7 +204,8 @@ func (s *tcpSession) relay() {
 	var err error
 	s.rec.BytesOut, s.rec.BytesIn, err = Relay(s.client, s.up)
 	if err != nil {
-		s.rec.Result, s.rec.Error = "reset", err.Error()
+		// Keep what was recorded before (an audited destination mismatch).
+		s.rec.Result, s.rec.Error = "reset", joinError(s.rec.Error, err.Error())
 	}
 	s.p.endTCP(s.rec, s.start)
 }
@@ -151,6 +220,17 @@ func (s *tcpSession) serveTCP() {
 
 func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 	s.rec.Kind, s.rec.SNI, s.rec.ALPN = "tls", hello.ServerName, strings.Join(hello.ALPN, ",")
+	// Set before any handover, so that the bumped connection's record and
+	// each of its requests' records, which start from it, carry it too.
+	s.rec.ECH = hello.ECH
+	if hello.ECH && s.pol.DenyECH() {
+		// The SNI is only the cover name of a client-facing server: no
+		// rule, and no destination check, can say where this goes.
+		s.rec.Rule = ""
+		intercept.WriteAlert(s.client, intercept.AlertAccessDenied)
+		s.refuse("ClientHello offers ECH; policy ech: deny")
+		return
+	}
 	ic := s.p.intercept
 	if ic.IsTrustHost(hello.ServerName) && ic.CanBump() {
 		s.intercept(&intercept.Session{Hello: hello})
@@ -162,10 +242,18 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 		intercept.WriteAlert(s.client, intercept.AlertAccessDenied)
 		s.refuse("denied by policy")
 	case d.Action == policy.Bump && ic.CanBump():
+		// Not checked here: the interceptor verifies the destination's
+		// certificate for the name, which proves more than DNS could.
 		s.intercept(&intercept.Session{Hello: hello, Decision: d})
 	default:
 		if d.Action == policy.Bump { // no CA: nothing can be decrypted
 			s.rec.Action, s.rec.Error = policy.Splice.String(), "bump requested but the appliance has no CA"
+			d.Action = policy.Splice // spliced, the name is proven by nothing: check it
+		}
+		if s.p.checkDestination(context.Background(), s.pol, d, s.rec, hello.ServerName, s.subj.Dest.Addr()) {
+			intercept.WriteAlert(s.client, intercept.AlertAccessDenied)
+			s.refuse(s.rec.Error)
+			return
 		}
 		s.relay()
 	}

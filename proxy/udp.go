@@ -7,168 +7,548 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff/quic"
 )
 
-// HandleUDP implements netstack.Handler: one connected host socket per flow,
-// datagrams relayed both ways until the flow is idle for UDPIdleTimeout.
-func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
-	start := time.Now()
-	rec := newRecord("udp", flow)
-	defer client.Close()
-	if reason := p.forbidden(flow.Dest.Addr()); reason != "" {
-		p.deny(rec, start, reason)
-		return
-	}
-	d := p.cfg.Policy.Load().Decide(policy.Subject{
-		Protocol: policy.ProtoUDP, Dest: flow.Dest, Client: flow.Client.Addr(), Endpoint: rec.Endpoint,
-	})
-	if rec.Rule = d.Rule; d.Action == policy.Deny {
-		p.deny(rec, start, "denied by policy")
-		return
-	}
-	p.stats.udpActive.Add(1)
-	defer p.stats.udpActive.Add(-1)
+// A UDP flow is decided on its first datagram: one that starts a QUIC
+// connection is held until its ClientHello can be read and decided on by
+// name (quic.go); any other is decided at once as udp. An allowed flow gets
+// one connected host socket (the SNAT side) and is relayed both ways until
+// it idles, or, for DNS, shortly after its last answer.
+//
+// What an idle flow holds is kept small, because there can be 100,000 of
+// them: the client's side (netstack.UDPConn) announces datagrams through a
+// callback, which relays them on the stack's packet path, so no goroutine
+// waits there; the host side is waited on by the flow's one goroutine,
+// parked in the socket's RawConn.Read; and a 64 KiB buffer is taken from a
+// pool only while a datagram is in hand. A client conn without the
+// callback (not from netstack) gets a reader goroutine instead.
 
-	up, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(flow.Dest))
-	if err != nil {
-		rec.Result, rec.Error = records.DialResult(err), err.Error()
-		p.finish(rec, start)
-		return
-	}
-	defer up.Close()
-
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
-	idle := p.cfg.UDPIdleTimeout
-	var queries, answers func([]byte)
-	if flow.Dest.Port() == 53 {
-		dl := &dnsLog{p: p, base: *rec, pending: make(map[uint16]dnsQuestion)}
-		queries, answers = dl.query, dl.answer
-		defer dl.close()
-	}
-	done := make(chan struct{})
-	var outErr error
-	go func() {
-		rec.BytesOut, outErr = p.udpCopy(up, client, &last, idle, queries)
-		close(done)
-	}()
-	var inErr error
-	rec.BytesIn, inErr = p.udpCopy(client, up, &last, idle, answers)
-	<-done
-	if err := errors.Join(outErr, inErr); err != nil {
-		rec.Result, rec.Error = records.DialResult(err), err.Error()
-	}
-	p.finish(rec, start)
+// readableConn is what netstack.UDPConn offers besides net.Conn.
+type readableConn interface {
+	// TryRead reads a waiting datagram without blocking; it returns
+	// netstack.ErrWouldBlock when none waits.
+	TryRead(b []byte) (int, error)
+	// OnReadable has fn called on the packet path when a datagram arrives
+	// to an empty queue, or the conn closes; nil stops the calls.
+	OnReadable(fn func())
 }
 
-// udpCopy relays datagrams from src to dst until neither direction has seen
-// one for idle, then closes both so the other direction ends as well. seen,
-// if set, looks at each datagram relayed.
-func (p *Proxy) udpCopy(dst, src net.Conn, last *atomic.Int64, idle time.Duration, seen func([]byte)) (int64, error) {
+// udpFlow is one UDP flow, from its first datagram to its record.
+type udpFlow struct {
+	p      *Proxy
+	info   netstack.FlowInfo
+	client net.Conn
+	ready  readableConn // nil: the client is read by a goroutine of its own
+	rec    *records.Record
+	start  time.Time
+	pol    *policy.Policy
+	share  shareKey // the client's, while the flow counts against its share
+	shared bool
+
+	up    *net.UDPConn
+	upRaw syscall.RawConn
+	// readHost and writeHost as func values, made once: handing a method
+	// value to RawConn per datagram would allocate it each time.
+	readFn, writeFn func(fd uintptr) bool
+	wbuf            []byte // the datagram writeHost sends
+	werr            error  // and what sending it gave
+	hostErr         error  // a read error of the host socket (the host loop's own)
+	clientGone      bool   // the client's side closed (the host loop's own)
+
+	last     atomic.Int64 // when a datagram last passed either way (unix ns)
+	bytesOut int64        // under outMu
+	bytesIn  int64        // the host loop's own
+	dns      *dnsLog      // for a flow to a DNS port
+	// quic is the Assembler that read a QUIC flow's ClientHello: later
+	// client datagrams are relayed only if they belong to that connection.
+	// guardInitials is set on a flow decided as plain UDP whose policy
+	// looks at names: a QUIC Initial there would start a connection nobody
+	// decided on. Both are read under outMu.
+	quic          *quic.Assembler
+	guardInitials bool
+
+	// outMu lets one drain of the client's datagrams run at a time: the
+	// stack may announce datagrams from several goroutines at once.
+	outMu      sync.Mutex
+	outPending atomic.Bool
+	done       atomic.Bool   // set once the flow is ending: nothing more is relayed
+	readerDone chan struct{} // the client reader goroutine ended (without readableConn)
+
+	endOnce sync.Once
+	endErr  error // what ended the flow, if it failed (set in endOnce)
+}
+
+// HandleUDP implements netstack.Handler.
+func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
+	f := &udpFlow{p: p, info: flow, client: client, start: time.Now(), rec: newRecord("udp", flow)}
+	f.ready, _ = client.(readableConn)
+	f.serve()
+}
+
+func (f *udpFlow) serve() {
+	p := f.p
+	if reason := p.forbidden(f.info.Dest.Addr()); reason != "" {
+		f.refuse(reason)
+		return
+	}
+	// The flow counts against its client's share from here on, and not
+	// only once it has a host socket: a flow held at the QUIC gate holds
+	// its datagrams, and the share bounds how many one client can hold.
+	f.share = clientShareKey(f.info)
+	ok, record := p.udp.shares.acquire(f.share, p.udpShareLimit(), time.Now())
+	if !ok {
+		// Dropped, not held like a denied flow: the client's next
+		// datagram is decided afresh, and gets through once the client
+		// holds fewer flows.
+		p.udp.shareDrops.Add(1)
+		f.client.Close()
+		if record != "" {
+			f.rec.Rule, f.rec.Action, f.rec.Result, f.rec.Error = "", policy.Deny.String(), "denied", record
+			p.finish(f.rec, f.start)
+		}
+		return
+	}
+	f.shared = true
+	f.pol = p.cfg.Policy.Load()
+	bufp := relayBufPool.Get().(*[]byte)
+	n, err := f.readFirst(*bufp)
+	if err != nil {
+		relayBufPool.Put(bufp)
+		f.releaseShare()
+		f.client.Close()
+		f.rec.Result, f.rec.Error = records.DialResult(err), "no datagram from the client: "+err.Error()
+		p.finish(f.rec, f.start)
+		return
+	}
+	first := (*bufp)[:n]
+	if quic.IsInitial(first) {
+		f.serveQUIC(first, bufp)
+		return
+	}
+	if d := f.decide(policy.ProtoUDP, ""); d.Action == policy.Deny {
+		relayBufPool.Put(bufp)
+		f.refuse("denied by policy")
+		return
+	}
+	f.guardInitials = f.pol.NamesMatter()
+	f.relay([][]byte{first}, bufp)
+}
+
+// readFirst reads the datagram the flow began with. The stack hands the
+// flow over with it queued, so this does not wait, unless it was lost.
+func (f *udpFlow) readFirst(b []byte) (int, error) {
+	_ = f.client.SetReadDeadline(f.start.Add(f.p.cfg.UDPIdleTimeout))
+	n, err := f.client.Read(b)
+	_ = f.client.SetReadDeadline(time.Time{})
+	return n, err
+}
+
+// decide runs the policy for the flow as classified.
+func (f *udpFlow) decide(protocol, domain string) policy.Decision {
+	d := f.pol.Decide(policy.Subject{
+		Protocol: protocol, Domain: domain, Dest: f.info.Dest, Client: f.info.Client.Addr(), Endpoint: f.rec.Endpoint,
+	})
+	f.rec.Rule, f.rec.Action = d.Rule, d.Action.String()
+	return d
+}
+
+// refuse records a denied flow and drops it without a host socket.
+func (f *udpFlow) refuse(reason string) {
+	f.releaseShare() // no host socket: it does not count
+	f.p.deny(f.rec, f.start, reason)
+	f.p.holdDenied(f.client, f.ready, f.pol)
+}
+
+func (f *udpFlow) releaseShare() {
+	if f.shared {
+		f.p.udp.shares.release(f.share)
+		f.shared = false
+	}
+}
+
+// relay opens the host socket, sends the datagrams held so far in order,
+// and relays the flow until it ends. heldBuf, if set, is the pooled buffer
+// held points into, given back once they are sent.
+func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
+	p := f.p
+	defer func() {
+		if heldBuf != nil {
+			relayBufPool.Put(heldBuf)
+		}
+	}()
+	up, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(f.info.Dest))
+	if err == nil {
+		f.upRaw, err = up.SyscallConn()
+		if err != nil {
+			up.Close()
+		}
+	}
+	if err != nil {
+		f.releaseShare()
+		f.client.Close()
+		f.rec.Result, f.rec.Error = records.DialResult(err), err.Error()
+		p.finish(f.rec, f.start)
+		return
+	}
+	f.up = up
+	f.readFn, f.writeFn = f.readHost, f.writeHost
+	if p.isDNSPort(f.info.Dest.Port()) {
+		f.dns = newDNSLog(p, f.rec)
+	}
+	p.stats.udpActive.Add(1)
+
+	f.touch()
+	f.outMu.Lock()
+	for _, d := range held {
+		if !f.fromClient(d) {
+			break
+		}
+	}
+	f.outMu.Unlock()
+	if heldBuf != nil {
+		relayBufPool.Put(heldBuf)
+		heldBuf = nil
+	}
+	if f.ready != nil {
+		f.ready.OnReadable(f.clientReadable)
+		f.clientReadable() // what came before there was anyone to announce it to
+	} else {
+		f.readerDone = make(chan struct{})
+		go f.readClient()
+	}
+	// The flow's one goroutine from here on is a new one: this one's
+	// stack grew deciding the flow and opening the socket, and a parked
+	// goroutine keeps its stack as large as it ever was until the
+	// collector finds it mostly unused. A fresh one needs only the
+	// frames of the wait.
+	go func() {
+		f.serveHost()
+		f.finish()
+		f.releaseShare()
+		p.stats.udpActive.Add(-1)
+	}()
+}
+
+func (f *udpFlow) touch() { f.last.Store(time.Now().UnixNano()) }
+
+// clientReadable drains the client's datagrams to the host socket. It runs
+// on the packet path, from every goroutine that announces a datagram: the
+// first to take outMu drains, and one that finds it taken leaves a note
+// for the drainer to go round once more. A note is left before trying, so
+// no datagram is stranded: the stack announces only datagrams that arrive
+// to an empty queue.
+func (f *udpFlow) clientReadable() {
+	f.outPending.Store(true)
+	for f.outPending.Load() && f.outMu.TryLock() {
+		f.outPending.Store(false)
+		f.drainClient()
+		f.outMu.Unlock()
+	}
+}
+
+// drainClient relays every waiting datagram. Under outMu.
+func (f *udpFlow) drainClient() {
+	if f.done.Load() {
+		return
+	}
+	bufp := relayBufPool.Get().(*[]byte)
+	defer relayBufPool.Put(bufp)
+	for {
+		n, err := f.ready.TryRead(*bufp)
+		if err == netstack.ErrWouldBlock {
+			return
+		}
+		if err != nil {
+			f.end(clientError(err))
+			return
+		}
+		if !f.fromClient((*bufp)[:n]) {
+			return
+		}
+	}
+}
+
+// readClient reads a client conn that cannot announce its datagrams.
+func (f *udpFlow) readClient() {
+	defer close(f.readerDone)
+	bufp := relayBufPool.Get().(*[]byte)
+	defer relayBufPool.Put(bufp)
+	for {
+		n, err := f.client.Read(*bufp)
+		if err != nil {
+			f.end(clientError(err))
+			return
+		}
+		f.outMu.Lock()
+		ok := !f.done.Load() && f.fromClient((*bufp)[:n])
+		f.outMu.Unlock()
+		if !ok {
+			return
+		}
+	}
+}
+
+// clientError is what a failed read of the client says about the flow: a
+// closed conn ends it cleanly (the stack closing, the flow ending), and so
+// does a client whose port answered ICMP unreachable: it closed its socket,
+// and the flow is over (ending it at once gives its host port back).
+func clientError(err error) error {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNREFUSED) {
+		return nil
+	}
+	return err
+}
+
+// fromClient sends one of the client's datagrams to the destination. It
+// never waits: a datagram the host socket cannot take at once is dropped,
+// as a full queue drops it. It returns false once the flow has ended.
+// Under outMu.
+func (f *udpFlow) fromClient(d []byte) bool {
+	f.touch()
+	if f.smuggled(d) {
+		f.p.udp.quicSmuggled.Add(1)
+		return true // dropped
+	}
+	if f.dns != nil {
+		f.dns.query(d)
+	}
+	f.wbuf = d
+	err := f.upRaw.Write(f.writeFn)
+	f.wbuf = nil
+	if err == nil {
+		err, f.werr = f.werr, nil
+	}
+	switch {
+	case err == nil:
+		f.bytesOut += int64(len(d))
+	case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ENOBUFS):
+		// dropped
+	default:
+		// A destination port that answered ICMP unreachable shows up
+		// here as a refused write: the flow ends like a dead one.
+		f.end(err)
+		return false
+	}
+	return true
+}
+
+// smuggled reports a client datagram that would start a QUIC connection
+// the policy never decided on: a second connection multiplexed on a QUIC
+// flow already decided (another ClientHello, another name), or a QUIC
+// Initial on a flow that began as something else and was decided as plain
+// UDP. Under outMu.
+func (f *udpFlow) smuggled(d []byte) bool {
+	switch {
+	case f.quic != nil:
+		return !f.quic.Belongs(d)
+	case f.guardInitials:
+		return quic.IsInitial(d)
+	}
+	return false
+}
+
+func (f *udpFlow) writeHost(fd uintptr) bool {
+	for {
+		_, err := syscall.Write(int(fd), f.wbuf)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			f.werr = os.NewSyscallError("write", err)
+		}
+		return true // never wait for room
+	}
+}
+
+// serveHost waits on the host socket and relays what arrives to the client,
+// until the flow ends: idle, its last DNS answer lingered, an error, or the
+// client's side closed.
+func (f *udpFlow) serveHost() {
+	_ = f.up.SetReadDeadline(f.deadline())
+	for {
+		err := f.upRaw.Read(f.readFn)
+		switch {
+		case f.hostErr != nil:
+			f.end(f.hostErr)
+			return
+		case f.clientGone:
+			f.end(nil)
+			return
+		case err == nil: // readHost asks for the deadline to be looked at
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		default: // closed: the flow was ended from the client's side
+			f.end(nil)
+			return
+		}
+		d := f.deadline()
+		if !time.Now().Before(d) {
+			f.end(nil)
+			return
+		}
+		_ = f.up.SetReadDeadline(d)
+	}
+}
+
+// deadline is when the flow ends unless a datagram passes first: after the
+// idle timeout, or, for a DNS flow with every query answered, the linger.
+func (f *udpFlow) deadline() time.Time {
+	last := time.Unix(0, f.last.Load())
+	if f.dns != nil && f.dns.quiet() {
+		return last.Add(min(dnsLinger, f.p.cfg.UDPIdleTimeout))
+	}
+	return last.Add(f.p.cfg.UDPIdleTimeout)
+}
+
+// readHost relays the datagrams waiting on the host socket to the client.
+// RawConn.Read calls it when the socket may be readable; it returns false
+// to wait for more, true to have serveHost look at the flow.
+func (f *udpFlow) readHost(fd uintptr) bool {
 	bufp := relayBufPool.Get().(*[]byte)
 	defer relayBufPool.Put(bufp)
 	buf := *bufp
-	var n int64
+	look := false
 	for {
-		_ = src.SetReadDeadline(time.Unix(0, last.Load()).Add(idle))
-		nr, err := src.Read(buf)
-		if err != nil {
-			// gonet reports a passed deadline with a timeout error of its
-			// own, not os.ErrDeadlineExceeded, and a read on a gonet UDP
-			// conn closed by the other direction as io.EOF.
-			var nerr net.Error
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &nerr) && nerr.Timeout() {
-				if time.Since(time.Unix(0, last.Load())) < idle {
-					continue // the other direction was busy
-				}
-				err = nil
-			}
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
-				err = nil
-			}
-			src.Close()
-			dst.Close()
-			return n, err
+		n, err := syscall.Read(int(fd), buf)
+		switch err {
+		case nil:
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return look
+		default:
+			f.hostErr = os.NewSyscallError("read", err)
+			return true
 		}
-		last.Store(time.Now().UnixNano())
-		if seen != nil {
-			seen(buf[:nr])
+		f.touch()
+		f.bytesIn += int64(n)
+		if f.dns != nil && f.dns.answer(buf[:n]) {
+			look = true // quiet now: the deadline shortens
 		}
-		if _, err := dst.Write(buf[:nr]); err != nil {
-			// A destination port that answers ICMP unreachable shows up
-			// here as a refused write; the flow ends like a dead one.
-			src.Close()
-			dst.Close()
-			return n, err
+		if _, err := f.client.Write(buf[:n]); err != nil && err != netstack.ErrWouldBlock {
+			f.clientGone = true
+			return true
 		}
-		n += int64(nr)
 	}
 }
 
-// dnsLog turns the DNS traffic of one UDP flow into one record per query:
-// name, type, and the answer's rcode, or a timeout for queries the flow
-// ended without an answer to.
-type dnsLog struct {
+// end ends the flow once: closing the host socket wakes serveHost, which
+// finishes it. err is what it failed with, if it did.
+func (f *udpFlow) end(err error) {
+	f.endOnce.Do(func() {
+		f.endErr = err
+		f.up.Close()
+	})
+}
+
+// finish stops the relaying, closes both sides and writes the records.
+func (f *udpFlow) finish() {
+	f.done.Store(true)
+	if f.ready != nil {
+		f.ready.OnReadable(nil)
+	}
+	// An empty critical section: a drain under way ends first, and later
+	// ones see done.
+	f.outMu.Lock()
+	f.outMu.Unlock() //nolint:staticcheck // SA2001: the wait is the point
+
+	f.client.Close()
+	f.end(nil)
+	if f.readerDone != nil {
+		<-f.readerDone
+	}
+	if f.dns != nil {
+		f.dns.close()
+	}
+	f.rec.BytesOut, f.rec.BytesIn = f.bytesOut, f.bytesIn
+	if f.endErr != nil {
+		f.rec.Result, f.rec.Error = records.DialResult(f.endErr), f.endErr.Error()
+	}
+	f.p.finish(f.rec, f.start)
+}
+
+// maxDeniedUDP bounds the denied UDP flows held open (a few KiB each, the
+// stack's endpoint included). Beyond it a denied flow is closed at once,
+// and each further datagram of it is decided, and recorded, again.
+const maxDeniedUDP = 1 << 14
+
+// deniedUDP is a denied flow kept open without a host socket, its
+// datagrams discarded, until it idles: a client that keeps sending (a QUIC
+// client retransmitting its Initial, a flood) gives one deny record, not
+// one per datagram. A reload lets it be decided again on its next datagram;
+// a forbidden destination (pol nil) stays refused.
+type deniedUDP struct {
 	p       *Proxy
-	base    records.Record // a snapshot: the flow's own record changes as it runs
-	mu      sync.Mutex
-	pending map[uint16]dnsQuestion
+	conn    net.Conn
+	ready   readableConn
+	pol     *policy.Policy
+	last    atomic.Int64
+	timer   *time.Timer
+	closing atomic.Bool // ending: the timer fires at once
+	closed  atomic.Bool
+	scratch [1]byte // what a datagram is read into to discard it
 }
 
-type dnsQuestion struct {
-	msg   dnsMessage
-	size  int
-	start time.Time
-}
-
-// maxPendingDNS bounds the queries a flow can leave unanswered in memory.
-const maxPendingDNS = 1024
-
-func (d *dnsLog) query(b []byte) {
-	m, err := parseDNS(b)
-	if err != nil || m.Response {
+// holdDenied keeps a denied flow's client end open, or closes it when that
+// cannot be done cheaply (a conn that cannot announce its datagrams) or too
+// many are held.
+func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy) {
+	if ready == nil || p.udp.held.Add(1) > maxDeniedUDP {
+		if ready != nil {
+			p.udp.held.Add(-1)
+		}
+		conn.Close()
 		return
 	}
-	d.mu.Lock()
-	if len(d.pending) < maxPendingDNS {
-		d.pending[m.ID] = dnsQuestion{msg: m, size: len(b), start: time.Now()}
-	}
-	d.mu.Unlock()
+	d := &deniedUDP{p: p, conn: conn, ready: ready, pol: pol}
+	d.last.Store(time.Now().UnixNano())
+	d.timer = time.AfterFunc(p.cfg.UDPIdleTimeout, d.expire)
+	ready.OnReadable(d.discard)
+	d.discard()
 }
 
-func (d *dnsLog) answer(b []byte) {
-	m, err := parseDNS(b)
-	if err != nil || !m.Response {
-		return
+// discard drops the waiting datagrams. On the packet path: closing the
+// conn is left to the timer's goroutine.
+func (d *deniedUDP) discard() {
+	for {
+		_, err := d.ready.TryRead(d.scratch[:])
+		if err == netstack.ErrWouldBlock {
+			break
+		}
+		if err != nil {
+			d.closeSoon()
+			return
+		}
+		d.last.Store(time.Now().UnixNano())
 	}
-	d.mu.Lock()
-	q, ok := d.pending[m.ID]
-	if ok && q.msg.Name == m.Name && q.msg.Type == m.Type {
-		delete(d.pending, m.ID)
-	}
-	d.mu.Unlock()
-	if ok {
-		d.write(q, dnsRCodeName(m.RCode), int64(len(b)), "ok")
+	if d.pol != nil && d.p.cfg.Policy.Load() != d.pol {
+		d.closeSoon()
 	}
 }
 
-func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
-	r := d.base
-	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", q.msg.Name, dnsTypeName(q.msg.Type), rcode
-	r.BytesOut, r.BytesIn, r.Result = int64(q.size), in, result
-	d.p.finish(&r, q.start)
+func (d *deniedUDP) closeSoon() {
+	if !d.closing.Swap(true) {
+		d.timer.Reset(0)
+	}
 }
 
-func (d *dnsLog) close() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for id, q := range d.pending {
-		d.write(q, "", 0, "timeout")
-		delete(d.pending, id)
+func (d *deniedUDP) expire() {
+	if !d.closing.Load() {
+		if left := time.Until(time.Unix(0, d.last.Load()).Add(d.p.cfg.UDPIdleTimeout)); left > 0 {
+			d.timer.Reset(left)
+			return
+		}
 	}
+	if d.closed.Swap(true) {
+		return // closeSoon's firing raced with the idle one
+	}
+	d.ready.OnReadable(nil)
+	d.conn.Close()
+	d.p.udp.held.Add(-1)
 }

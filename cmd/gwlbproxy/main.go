@@ -111,6 +111,7 @@ func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST")
 	fs.IntVar(&o.MaxFlows, "max-flows", o.MaxFlows, "flow table capacity; packets of new flows beyond it are dropped and counted")
 	fs.IntVar(&o.MaxFlowsPerClient, "max-flows-per-client", 0, "flows one client (inner source IPv4 address or IPv6 /64, behind one GWLB endpoint) may hold; 0: a tenth of --max-flows")
+	fs.IntVar(&o.MaxUDPFlowsPerClient, "max-udp-flows-per-client", o.MaxUDPFlowsPerClient, "UDP flows (host sockets, an ephemeral port each) one client (IPv4 address or IPv6 /64, behind one GWLB endpoint) may hold at once; new flows beyond it are dropped and counted")
 	fs.IntVar(&o.Readers, "readers", o.Readers, "GENEVE reader sockets (SO_REUSEPORT); 0: one per CPU")
 	fs.StringVar(&o.ReturnPath, "return-path", o.ReturnPath, "how replies reach the GWLB from each flow's source port: raw (CAP_NET_RAW), bound (a UDP socket per port), auto")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "inner MTU; 0 picks the largest that keeps every GENEVE datagram within the GWLB's 8500 bytes")
@@ -119,16 +120,21 @@ func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
 	fs.StringVar(&o.CAKey, "ca-key", o.CAKey, "the CA's private key (PEM)")
 	caSecretFlags(fs, &o)
 	fs.StringVar(&o.TrustHost, "trust-host", o.TrustHost, "host name whose requests the appliance answers with the CA-trust page")
-	fs.Func("gwlb-cidrs", "comma-separated CIDRs GENEVE is accepted from: the GWLB's subnets (default: any sender)", func(v string) error {
+	fs.Func("gwlb-cidrs", `comma-separated CIDRs GENEVE is accepted from: the GWLB's subnets (default on EC2: the VPC's CIDR blocks, from instance metadata; required elsewhere). "any" accepts every sender: unsafe`, func(v string) error {
+		if strings.TrimSpace(v) == "any" {
+			o.AnyGWLBSender = true
+			return nil
+		}
 		for _, c := range strings.Split(v, ",") {
 			p, err := netip.ParsePrefix(strings.TrimSpace(c))
 			if err != nil {
-				return fmt.Errorf("%q: %w", c, err)
+				return fmt.Errorf("%q: want CIDRs, or any: %w", c, err)
 			}
 			o.GWLBCIDRs = append(o.GWLBCIDRs, p.Masked())
 		}
 		return nil
 	})
+	fs.IntVar(&o.MaxEndpoints, "max-endpoints", o.MaxEndpoints, "GWLB endpoints served at once, each with a stack of its own; datagrams for new endpoints beyond it are dropped and counted")
 	fs.StringVar(&o.Config, "config", o.Config, "YAML file with the egress policy (see README); SIGHUP reloads it")
 	fs.Func("upstream-ca", "PEM file of extra roots bumped destinations are verified against, besides the system's (repeatable)", func(v string) error {
 		o.UpstreamCA = append(o.UpstreamCA, v)
@@ -141,6 +147,20 @@ func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
 	})
 	fs.DurationVar(&o.RecordStall, "record-stall", o.RecordStall, "how long access records may wait behind a blocked or slow sink, be dropped, or fail on every write before the health check reports the appliance broken (503)")
 	fs.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "largest HTTP/1 request head (request line and headers) a client may send; a larger one gets 431")
+	fs.StringVar(&o.DNSResolver, "dns-resolver", o.DNSResolver, "DNS server the destination check asks for the addresses of names (IP, or IP:port; default: the first nameserver in /etc/resolv.conf)")
+	fs.BoolVar(&o.DNSObserve, "dns-observe", o.DNSObserve, "let the DNS answers relayed to a GWLB endpoint's clients vouch for that endpoint's destinations (false: only the appliance's own lookups do)")
+	fs.IntVar(&o.DNSCacheSize, "dns-cache-size", o.DNSCacheSize, "names the destination check keeps, for observed answers and for its own lookups each; one endpoint's answers get at most half")
+	fs.Func("dns-ports", "comma-separated UDP destination ports whose traffic is read as DNS: a record per query, answers to the destination check (default 53)", func(v string) error {
+		o.DNSPorts = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
+			if err != nil || n == 0 {
+				return fmt.Errorf("%q: want ports 1-65535", f)
+			}
+			o.DNSPorts = append(o.DNSPorts, uint16(n))
+		}
+		return nil
+	})
 	fs.StringVar(&o.CloudWatch.Group, "cloudwatch-group", "", "CloudWatch Logs group to ship access records to (off when empty); created if missing")
 	fs.StringVar(&o.CloudWatch.Stream, "cloudwatch-stream", "", "log stream (default: the EC2 instance ID, or the host name off EC2)")
 	fs.StringVar(&o.CloudWatch.Region, "cloudwatch-region", "", "AWS region (default: from the environment or instance metadata)")

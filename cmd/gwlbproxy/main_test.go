@@ -66,6 +66,10 @@ func TestFlagValidation(t *testing.T) {
 		{"--mtu", "9000"},
 		{"--max-flows", "0"},
 		{"--record-stall", "0s"},
+		{"--max-endpoints", "0"},
+		{"--gwlb-cidrs", "any,10.0.0.0/8"},
+		{"--gwlb-cidrs", "any", "--gwlb-cidrs", "10.0.0.0/8"},
+		{"--gwlb-cidrs", "10.0.0.0/33"},
 		{"stray"},
 	} {
 		var out, errb bytes.Buffer
@@ -93,7 +97,7 @@ func TestCASecretStartupErrors(t *testing.T) {
 
 	start := func(t *testing.T, timeout time.Duration, args ...string) error {
 		t.Helper()
-		args = append(args, "--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		args = append(args, "--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--gwlb-cidrs", "127.0.0.0/8",
 			"--access-log", "", "--state-dir", t.TempDir(), "--ca-secret-endpoint", srv.URL)
 		o, err := parseFlags(args, &bytes.Buffer{})
 		if err != nil {
@@ -175,4 +179,40 @@ func TestCATrustFromSecret(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `"other"`) {
 		t.Fatalf("ca trust with a missing secret: %v", err)
 	}
+}
+
+// TestGWLBCIDRs: --gwlb-cidrs takes CIDRs or "any"; without it, off EC2
+// (instance metadata unreachable) the appliance refuses to start, soon,
+// naming the flag; "any" starts it, accepting every sender.
+func TestGWLBCIDRs(t *testing.T) {
+	o, err := parseFlags([]string{"--gwlb-cidrs", "10.0.200.0/28, 10.0.200.17/28", "--max-endpoints", "16"}, &bytes.Buffer{})
+	if err != nil || len(o.GWLBCIDRs) != 2 || o.GWLBCIDRs[1].String() != "10.0.200.16/28" || o.AnyGWLBSender || o.MaxEndpoints != 16 {
+		t.Fatalf("--gwlb-cidrs with two subnets, --max-endpoints 16: %v, %v, any %v, %d", err, o.GWLBCIDRs, o.AnyGWLBSender, o.MaxEndpoints)
+	}
+	if o, err = parseFlags(nil, &bytes.Buffer{}); err != nil || o.MaxEndpoints != 1024 || o.GWLBCIDRs != nil || o.AnyGWLBSender {
+		t.Fatalf("defaults: %v, --max-endpoints %d, --gwlb-cidrs %v, any %v", err, o.MaxEndpoints, o.GWLBCIDRs, o.AnyGWLBSender)
+	}
+
+	common := []string{"--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--access-log", "", "--state-dir", t.TempDir()}
+	// Off EC2: nothing answers where instance metadata would.
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1")
+	began := time.Now()
+	var errb bytes.Buffer
+	err = runMain(common, &bytes.Buffer{}, &errb)
+	if err == nil || !strings.Contains(err.Error(), "--gwlb-cidrs") || !strings.Contains(err.Error(), "--gwlb-cidrs any") {
+		t.Fatalf("off EC2 without --gwlb-cidrs: error %v, want one naming the flag and its opt-out", err)
+	}
+	if d := time.Since(began); d > 5*time.Second {
+		t.Errorf("refusing to start took %s", d)
+	}
+
+	o, err = parseFlags(append(common, "--gwlb-cidrs", "any"), &bytes.Buffer{})
+	if err != nil || !o.AnyGWLBSender {
+		t.Fatalf("--gwlb-cidrs any: %v, any %v", err, o.AnyGWLBSender)
+	}
+	a, err := appliance.New(o)
+	if err != nil {
+		t.Fatalf("--gwlb-cidrs any: the appliance did not start: %v", err)
+	}
+	a.Close()
 }

@@ -136,7 +136,7 @@ exec 7>"$WORK/servers.in"
 wait_for "the servers" grep -q '^ready$' "$WORK/servers.log"
 
 step "starting gwlbproxy in $APP"
-ip netns exec "$APP" "$WORK/gwlbproxy" --geneve-addr 0.0.0.0:6081 --admin-addr "$APPLIANCE_ADDR:8080" \
+ip netns exec "$APP" "$WORK/gwlbproxy" --geneve-addr 0.0.0.0:6081 --admin-addr "$APPLIANCE_ADDR:8080" --gwlb-cidrs "$SIM_ADDR/32" \
 	--access-log "$WORK/access.jsonl" --idle-timeout 2s --drain-timeout 5s 2>"$WORK/gwlbproxy.log" &
 PIDS+=($!)
 wait_for "the appliance's health check" in_ns "$APP" curl -sf --max-time 1 "$ADMIN/"

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -59,6 +61,37 @@ type Options struct {
 	// or slow sink, dropped without a break, or failing on every write,
 	// before the health check reports the appliance broken.
 	RecordStall time.Duration
+	// DNSResolver is the DNS server the destination check (policy
+	// destination_check: dns) asks for the addresses of names: an IP
+	// address, optionally with a port. "": the first nameserver in
+	// /etc/resolv.conf.
+	DNSResolver string
+	// DNSObserve lets the DNS answers relayed to a GWLB endpoint's
+	// clients vouch for the destinations of that endpoint's flows.
+	DNSObserve bool
+	// DNSCacheSize bounds the names the destination check keeps: observed
+	// answers and its own lookups, each. 0: destcheck.DefaultMaxEntries.
+	DNSCacheSize int
+	// AnyGWLBSender (--gwlb-cidrs any) accepts GENEVE from every sender:
+	// the explicit opt-out of the sender check, warned about at start.
+	// Without it and without GWLBCIDRs, New reads the VPC's CIDR blocks
+	// from instance metadata, and off EC2 refuses to start.
+	AnyGWLBSender bool
+	// MetadataEndpoint is the instance metadata service the VPC's CIDR
+	// blocks are read from (empty: the SDK's default, or
+	// AWS_EC2_METADATA_SERVICE_ENDPOINT). Tests point it at a local server.
+	MetadataEndpoint string
+	// MaxEndpoints caps the GWLB endpoints served at once (--max-endpoints),
+	// each with a gVisor stack of its own.
+	MaxEndpoints int
+	// DNSPorts are the UDP destination ports read as DNS (--dns-ports):
+	// one record per query, answers to the destination check, and flows
+	// ended a second after their last answer.
+	DNSPorts []uint16
+	// MaxUDPFlowsPerClient bounds the UDP flows (host sockets, each with
+	// an ephemeral port) one client holds at once
+	// (--max-udp-flows-per-client).
+	MaxUDPFlowsPerClient int
 }
 
 // defaultRecordStall outlasts the hiccups of a healthy log sink (a rotation,
@@ -70,20 +103,25 @@ const defaultRecordStall = 30 * time.Second
 // GWLB: its ports, timeouts and limits.
 func DefaultOptions() Options {
 	return Options{
-		GeneveAddr:     fmt.Sprintf(":%d", netstack.GenevePort),
-		AdminAddr:      ":80",
-		AccessLog:      "-",
-		DrainTimeout:   300 * time.Second,
-		TCPIdleTimeout: 350 * time.Second,
-		IdleTimeout:    120 * time.Second,
-		DialTimeout:    10 * time.Second,
-		MaxFlows:       1_000_000,
-		ReturnPath:     netstack.ReturnPathAuto,
-		LogLevel:       "info",
-		MaxHeaderBytes: intercept.DefaultMaxHeaderBytes,
-		StateDir:       "/var/lib/gwlbproxy",
-		TrustHost:      certs.DefaultTrustHost,
-		RecordStall:    defaultRecordStall,
+		GeneveAddr:           fmt.Sprintf(":%d", netstack.GenevePort),
+		AdminAddr:            ":80",
+		AccessLog:            "-",
+		DrainTimeout:         300 * time.Second,
+		TCPIdleTimeout:       350 * time.Second,
+		IdleTimeout:          120 * time.Second,
+		DialTimeout:          10 * time.Second,
+		MaxFlows:             1_000_000,
+		MaxEndpoints:         netstack.DefaultMaxEndpoints,
+		ReturnPath:           netstack.ReturnPathAuto,
+		LogLevel:             "info",
+		MaxHeaderBytes:       intercept.DefaultMaxHeaderBytes,
+		StateDir:             "/var/lib/gwlbproxy",
+		TrustHost:            certs.DefaultTrustHost,
+		RecordStall:          defaultRecordStall,
+		DNSObserve:           true,
+		DNSPorts:             []uint16{53},
+		MaxUDPFlowsPerClient: proxy.DefaultMaxUDPFlowsPerClient,
+		DNSCacheSize:         destcheck.DefaultMaxEntries,
 	}
 }
 
@@ -104,8 +142,28 @@ func (o *Options) Validate() error {
 	if o.MaxFlowsPerClient < 0 {
 		return fmt.Errorf("--max-flows-per-client %d: must be positive (0: a tenth of --max-flows)", o.MaxFlowsPerClient)
 	}
+	if o.MaxEndpoints <= 0 {
+		return fmt.Errorf("--max-endpoints %d: must be positive", o.MaxEndpoints)
+	}
+	if o.AnyGWLBSender && len(o.GWLBCIDRs) > 0 {
+		return errors.New(`--gwlb-cidrs: "any" and CIDRs do not go together`)
+	}
 	if o.MTU != 0 && (o.MTU < 1280 || o.MTU > netstack.DefaultMTU) {
 		return fmt.Errorf("--mtu %d: must be between 1280 and %d", o.MTU, netstack.DefaultMTU)
+	}
+	if o.DNSResolver != "" {
+		if _, err := destcheck.ParseResolver(o.DNSResolver); err != nil {
+			return fmt.Errorf("--dns-resolver %w", err)
+		}
+	}
+	if len(o.DNSPorts) == 0 || slices.Contains(o.DNSPorts, 0) {
+		return fmt.Errorf("--dns-ports %v: want one or more ports, 1-65535", o.DNSPorts)
+	}
+	if o.MaxUDPFlowsPerClient <= 0 {
+		return fmt.Errorf("--max-udp-flows-per-client %d: must be positive", o.MaxUDPFlowsPerClient)
+	}
+	if o.DNSCacheSize < 0 {
+		return fmt.Errorf("--dns-cache-size %d: must not be negative (0: %d)", o.DNSCacheSize, destcheck.DefaultMaxEntries)
 	}
 	switch o.ReturnPath {
 	case netstack.ReturnPathAuto, netstack.ReturnPathRaw, netstack.ReturnPathBound:
@@ -134,6 +192,8 @@ type Appliance struct {
 	// draining, no packet from the GWLB is read any more.
 	geneveDown atomic.Bool
 	wasBroken  atomic.Bool // for logging changes of the health check only
+	// destCheck ties decisions made on names to destination addresses.
+	destCheck *destcheck.Checker
 }
 
 // New opens every listener; Run serves them. On an error, whatever it had
@@ -144,6 +204,9 @@ func New(o Options) (_ *Appliance, err error) {
 	}
 	if o.RecordStall <= 0 {
 		o.RecordStall = defaultRecordStall
+	}
+	if err := resolveGWLBSenders(&o); err != nil {
+		return nil, err
 	}
 	// a, not the named result: an error return sets that to nil before
 	// the deferred clean-up below reads it.
@@ -192,13 +255,22 @@ func New(o Options) (_ *Appliance, err error) {
 		shipper = a.shipper
 	}
 	a.records = records.NewWriter(shipper, files...)
+	a.destCheck = newDestCheck(&o)
+	var dnsAnswer func(string, []byte)
+	if o.DNSObserve {
+		dnsAnswer = a.destCheck.Observe
+	}
 	a.proxy = proxy.New(proxy.Config{
-		DialTimeout:     o.DialTimeout,
-		UDPIdleTimeout:  o.IdleTimeout,
-		EchoIdleTimeout: o.IdleTimeout,
-		Records:         a.records,
-		AllowLoopback:   o.AllowLoopback,
-		Policy:          a.policy,
+		DialTimeout:          o.DialTimeout,
+		UDPIdleTimeout:       o.IdleTimeout,
+		EchoIdleTimeout:      o.IdleTimeout,
+		Records:              a.records,
+		AllowLoopback:        o.AllowLoopback,
+		Policy:               a.policy,
+		DestinationCheck:     a.destCheck.Check,
+		DNSAnswer:            dnsAnswer,
+		DNSPorts:             o.DNSPorts,
+		MaxUDPFlowsPerClient: o.MaxUDPFlowsPerClient,
 		Intercept: intercept.Config{
 			Minter:         a.minter,
 			UpstreamRoots:  roots,
@@ -218,6 +290,7 @@ func New(o Options) (_ *Appliance, err error) {
 		MTU:               o.MTU,
 		AllowLoopback:     o.AllowLoopback,
 		Senders:           o.GWLBCIDRs,
+		MaxEndpoints:      o.MaxEndpoints,
 		Handler:           a.proxy,
 	})
 	if err != nil {
@@ -239,6 +312,12 @@ func (a *Appliance) Close() {
 	}
 	if a.netstack != nil {
 		a.netstack.Close()
+	}
+	if a.destCheck != nil {
+		a.destCheck.Close()
+	}
+	if a.proxy != nil {
+		a.proxy.Close()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -293,6 +372,8 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	}
 	cancel()
 	a.netstack.Close()
+	a.destCheck.Close()
+	a.proxy.Close()
 	// Closing the stacks ends the flows the drain left open; their records
 	// follow within moments: wait for them half the reserve, at least half
 	// a second (a drain of 0 has no reserve), and never past the end.
@@ -401,4 +482,20 @@ func (a *Appliance) closeSinks(ctx context.Context) {
 			slog.Warn("closing a record sink", "err", err)
 		}
 	}
+}
+
+// newDestCheck returns the checker that ties decisions made on names to
+// destination addresses (policy destination_check: dns). Without a resolver
+// it still accepts what relayed DNS answers vouch for; everything else
+// fails to be checked, and the log says why.
+func newDestCheck(o *Options) *destcheck.Checker {
+	cfg := destcheck.Config{MaxEntries: o.DNSCacheSize}
+	if o.DNSResolver != "" {
+		cfg.Resolver, _ = destcheck.ParseResolver(o.DNSResolver) // Validate checked it
+	} else if r, err := destcheck.SystemResolver(destcheck.ResolvConf); err != nil {
+		slog.Warn("the destination check has no resolver: only relayed DNS answers can vouch for names (set --dns-resolver)", "err", err)
+	} else {
+		cfg.Resolver = r
+	}
+	return destcheck.New(cfg)
 }

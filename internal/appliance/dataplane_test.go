@@ -382,17 +382,19 @@ func mapKeys[V any](m map[string]V) []string {
 	return ks
 }
 
-// TestDNSRecords: queries relayed over UDP port 53 each get a dns record
-// with name, type and rcode; an unanswered one is recorded as a timeout.
+// TestDNSRecords: queries relayed to a DNS port (--dns-ports, here a
+// loopback server's ephemeral port, so the test needs no privilege) each get
+// a dns record with name, type and rcode; an unanswered one is recorded as
+// a timeout. A flow whose queries are all answered ends a second after its
+// last answer, not after the idle timeout, and gives its host port back.
 func TestDNSRecords(t *testing.T) {
-	r := newRig(t, func(o *Options) { o.IdleTimeout = time.Second }, nil)
-	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 53).String())
-	if errors.Is(err, syscall.EACCES) {
-		testenv.RequirePrivileged(t, "binding UDP port 53 needs root (or CAP_NET_BIND_SERVICE): the appliance recognises DNS by destination port 53")
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	const idle = 4 * time.Second
+	pc := must(net.ListenPacket("udp", "127.0.0.1:0"))(t)
 	defer pc.Close()
+	r := newRig(t, func(o *Options) {
+		o.IdleTimeout = idle
+		o.DNSPorts = []uint16{uint16(pc.LocalAddr().(*net.UDPAddr).Port)}
+	}, nil)
 	go func() {
 		buf := make([]byte, 1500)
 		for {
@@ -408,8 +410,6 @@ func TestDNSRecords(t *testing.T) {
 		}
 	}()
 	srv := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	c := must(r.client.DialUDP(srv))(t)
-	defer c.Close()
 	query := func(id byte, name string) []byte {
 		b := []byte{0, id, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}
 		for _, l := range strings.Split(name, ".") {
@@ -417,21 +417,50 @@ func TestDNSRecords(t *testing.T) {
 		}
 		return append(b, 0, 0, 28, 0, 1) // AAAA, IN
 	}
-	must(c.Write(query(1, "nothere.example.test")))(t)
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	must(c.Read(make([]byte, 1500)))(t)
-	must(c.Write(query(2, "silent.example.test")))(t)
-	recs := r.records(func(rs []records.Record) bool { return countKind(rs, "dns") >= 2 })
-	var answered, silent bool
+	// One flow whose query is answered, one whose query is not.
+	answered := must(r.client.DialUDP(srv))(t)
+	defer answered.Close()
+	silent := must(r.client.DialUDP(srv))(t)
+	defer silent.Close()
+	must(answered.Write(query(1, "nothere.example.test")))(t)
+	answered.SetReadDeadline(time.Now().Add(3 * time.Second))
+	must(answered.Read(make([]byte, 1500)))(t)
+	answeredAt := time.Now()
+	must(silent.Write(query(2, "silent.example.test")))(t)
+
+	// The answered flow ends after its linger: its udp record comes well
+	// before the idle timeout, and only one flow holds a host socket.
+	answeredPort := uint16(answered.LocalAddr().(*net.UDPAddr).Port)
+	flowRecord := func(rs []records.Record, port uint16) *records.Record {
+		for i := range rs {
+			if rs[i].Kind == "udp" && rs[i].ClientPort == port && rs[i].DestPort == srv.Port() {
+				return &rs[i]
+			}
+		}
+		return nil
+	}
+	recs := r.records(func(rs []records.Record) bool { return flowRecord(rs, answeredPort) != nil })
+	if took := time.Since(answeredAt); took > idle-time.Second {
+		t.Errorf("the answered DNS flow ended %s after its answer; want about a second, well before the idle timeout (%s)", took, idle)
+	}
+	if a := r.app.proxy.Stats().UDPActive; a != 1 {
+		t.Errorf("%d UDP flows hold host sockets once the answered one ended, want 1 (the silent one)", a)
+	}
+	if rec := flowRecord(recs, answeredPort); rec.BytesOut != 38 || rec.BytesIn != 38 || rec.Result != "ok" {
+		t.Errorf("the answered flow's record: %+v", rec)
+	}
+
+	recs = r.records(func(rs []records.Record) bool { return countKind(rs, "dns") >= 2 })
+	var gotAnswered, gotSilent bool
 	for _, rec := range recs {
 		if rec.Kind != "dns" {
 			continue
 		}
-		answered = answered || (rec.QueryName == "nothere.example.test" && rec.QueryType == "AAAA" && rec.RCode == "NXDOMAIN" && rec.Result == "ok")
-		silent = silent || (rec.QueryName == "silent.example.test" && rec.Result == "timeout")
+		gotAnswered = gotAnswered || (rec.QueryName == "nothere.example.test" && rec.QueryType == "AAAA" && rec.RCode == "NXDOMAIN" && rec.Result == "ok" && rec.ClientPort == answeredPort)
+		gotSilent = gotSilent || (rec.QueryName == "silent.example.test" && rec.Result == "timeout")
 	}
-	if !answered || !silent {
-		t.Fatalf("dns records %+v", recs)
+	if !gotAnswered || !gotSilent {
+		t.Fatalf("dns records %s", summarizeRecords(recs))
 	}
 }
 

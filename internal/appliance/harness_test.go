@@ -20,6 +20,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck/destchecktest"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -75,6 +76,10 @@ type rig struct {
 	logPath string
 	cancel  context.CancelFunc
 	done    chan error
+	// dns is the appliance's resolver (--dns-resolver): the destination
+	// check looks names up there. Tests say what names resolve to with
+	// r.dns.Set; unknown names are NXDOMAIN.
+	dns *destchecktest.Server
 }
 
 // rigDrain is the rig's drain: flows get it less the flush reserve.
@@ -98,6 +103,13 @@ func newRig(t testing.TB, mutate func(*Options), simCfg func(*gwlbsim.Config)) *
 	o.Readers = 2
 	o.DialTimeout = 3 * time.Second
 	o.ReturnPath = netstack.ReturnPathBound
+	dns, err := destchecktest.Start(tn.server(254))
+	if err != nil {
+		t.Fatalf("starting the appliance's resolver: %v", err)
+	}
+	t.Cleanup(dns.Close)
+	o.DNSResolver = dns.Addr().String()
+	o.GWLBCIDRs = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} // the simulator, on loopback
 	if mutate != nil {
 		mutate(&o)
 	}
@@ -114,7 +126,7 @@ func newRig(t testing.TB, mutate func(*Options), simCfg func(*gwlbsim.Config)) *
 		t.Fatalf("starting the simulator: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &rig{t: t, net: tn, app: a, sim: sim, logPath: o.AccessLog, cancel: cancel, done: make(chan error, 1)}
+	r := &rig{t: t, net: tn, app: a, sim: sim, logPath: o.AccessLog, dns: dns, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- a.Run(ctx, func() time.Duration { return rigDrain }) }()
 	r.ep = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444)
 	r.client, err = r.ep.NewClientStack(clientV4, clientV6)

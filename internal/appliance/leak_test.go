@@ -66,6 +66,7 @@ func TestFlowsLeaveNothingBehind(t *testing.T) {
 		o.UpstreamCA = []string{up.caFile}
 		o.IdleTimeout = 500 * time.Millisecond // UDP flows end soon after their last datagram
 	}, nil)
+	r.dns.Set("*.example.test", 60, up.addr.Addr()) // the spliced name's address, for the destination check
 	base := len(flowGoroutines())
 
 	// Bumped keep-alive, HTTP/1.1 and HTTP/2: a few requests each.

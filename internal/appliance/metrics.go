@@ -212,6 +212,10 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.Denied) }),
 	newStatMetric("echo_denied_unrecorded_total", promCounter, "ICMP echo requests of denied flows dropped without an access record: too many denied echo flows remembered.",
 		func(s *stats) float64 { return float64(s.Proxy.EchoUnrecorded) }),
+	newStatMetric("udp_share_drops_total", promCounter, "New UDP flows dropped because their client already held --max-udp-flows-per-client flows.",
+		func(s *stats) float64 { return float64(s.Proxy.UDPShareDrops) }),
+	newStatMetric("quic_smuggled_drops_total", promCounter, "Client datagrams dropped because they would have started a QUIC connection the policy never decided on.",
+		func(s *stats) float64 { return float64(s.Proxy.QUICSmuggled) }),
 
 	newStatMetric("records_written_total", promCounter, "Access records handed to the sinks (access log, CloudWatch shipper).",
 		func(s *stats) float64 { return float64(s.Records.Written) }),

@@ -33,7 +33,7 @@ func metricsStats() stats {
 			Drops: map[string]uint64{"truncated": 105, "no_stack": 106}, Flows: 107, FlowsCreated: 108, FlowsExpired: 109,
 			FlowsByEndpoint: map[string]int64{"vpce-0a": 110, "vpce-0b": -1}, Stacks: 111, TCPConnections: 112, UDPFlows: 113,
 			EchoRequests: 114, ReturnPortFallbacks: 115},
-		Proxy:      proxy.Stats{TCPActive: 201, UDPActive: 202, EchoActive: 203, TCPDialErrors: 204, Denied: 205, EchoUnrecorded: 206},
+		Proxy:      proxy.Stats{TCPActive: 201, UDPActive: 202, EchoActive: 203, TCPDialErrors: 204, Denied: 205, EchoUnrecorded: 206, UDPShareDrops: 207, QUICSmuggled: 208},
 		Records:    records.Stats{Written: 301, Dropped: 302, Queued: 303, SinkErrors: 304, LagSeconds: 3.25},
 		Leaves:     &certs.Stats{Hits: 401, Misses: 402, Mints: 403},
 		CloudWatch: &cwlogs.Stats{Received: 501, QueuedRecords: 502, QueuedBytes: 503, Shipped: 504, Retried: 505, Rejected: 506, Failed: 507, Dropped: 508},
@@ -111,6 +111,12 @@ gwlbproxy_denied_total 205
 # HELP gwlbproxy_echo_denied_unrecorded_total ICMP echo requests of denied flows dropped without an access record: too many denied echo flows remembered.
 # TYPE gwlbproxy_echo_denied_unrecorded_total counter
 gwlbproxy_echo_denied_unrecorded_total 206
+# HELP gwlbproxy_udp_share_drops_total New UDP flows dropped because their client already held --max-udp-flows-per-client flows.
+# TYPE gwlbproxy_udp_share_drops_total counter
+gwlbproxy_udp_share_drops_total 207
+# HELP gwlbproxy_quic_smuggled_drops_total Client datagrams dropped because they would have started a QUIC connection the policy never decided on.
+# TYPE gwlbproxy_quic_smuggled_drops_total counter
+gwlbproxy_quic_smuggled_drops_total 208
 # HELP gwlbproxy_records_written_total Access records handed to the sinks (access log, CloudWatch shipper).
 # TYPE gwlbproxy_records_written_total counter
 gwlbproxy_records_written_total 301

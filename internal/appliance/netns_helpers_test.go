@@ -47,6 +47,23 @@ const netnsTLSEnv = "GWLBPROXY_NETNS_TLS"
 // The DNS server answers this name with its own address.
 const netnsDNSName = "www.gwlbproxy.test."
 
+// netnsDNSNames are all the names the DNS server answers with its own
+// address: netnsDNSName, and the interception test's origins, which the
+// destination check (destination_check: dns) looks up.
+var netnsDNSNames = []string{netnsDNSName, "www.example.test.", "bank.example.test.", "evil.example.test."}
+
+// netnsDNSAnswer answers q for whichever of netnsDNSNames it asks, and
+// NXDOMAIN for any other name.
+func netnsDNSAnswer(q []byte, self [4]byte) []byte {
+	var resp []byte
+	for _, name := range netnsDNSNames {
+		if resp = dnsAnswer(q, name, self); len(resp) < 4 || resp[3]&0x0f != dnsNXDomain {
+			return resp
+		}
+	}
+	return resp
+}
+
 func init() {
 	// An init, not a TestMain: the package's other tests need no setup, and
 	// this runs before the testing package looks at flags.
@@ -183,7 +200,7 @@ func serveDNS(pc net.PacketConn, self [4]byte) {
 		if err != nil {
 			return
 		}
-		if resp := dnsAnswer(buf[:n], netnsDNSName, self); resp != nil {
+		if resp := netnsDNSAnswer(buf[:n], self); resp != nil {
 			_, _ = pc.WriteTo(resp, from)
 		}
 	}
@@ -209,7 +226,7 @@ func serveDNSTCP(ln net.Listener, self [4]byte) {
 				if _, err := io.ReadFull(c, q); err != nil {
 					return
 				}
-				resp := dnsAnswer(q, netnsDNSName, self)
+				resp := netnsDNSAnswer(q, self)
 				if resp == nil {
 					return
 				}

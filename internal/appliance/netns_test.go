@@ -63,7 +63,7 @@ func TestNetnsEndToEnd(t *testing.T) {
 	startServers(t, tp.srv, netnsSrvAddr)
 	accessLog := filepath.Join(t.TempDir(), "access.log")
 	app := startInNS(t, "gwlbproxy", tp.app, nil, nil, nil, applianceBin,
-		"--geneve-addr", "0.0.0.0:6081", "--admin-addr", netnsApplianceAddr+":8080",
+		"--geneve-addr", "0.0.0.0:6081", "--admin-addr", netnsApplianceAddr+":8080", "--gwlb-cidrs", netnsSimAddr+"/32",
 		"--access-log", accessLog, "--drain-timeout", netnsDrain.String(), "--idle-timeout", "2s",
 		"--dial-timeout", "3s")
 	waitHealthy(t, tp, app)

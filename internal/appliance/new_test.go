@@ -35,6 +35,7 @@ func TestNewErrorsCloseWhatWasOpened(t *testing.T) {
 			o := DefaultOptions()
 			o.GeneveAddr, o.AdminAddr = geneve, netip.AddrPortFrom(tn.appliance, 0).String()
 			o.StateDir, o.AccessLog, o.ReturnPath = t.TempDir(), "", netstack.ReturnPathBound
+			o.GWLBCIDRs = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 			tc.mutate(&o)
 			a, err := New(o)
 			if err == nil {

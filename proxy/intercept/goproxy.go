@@ -126,7 +126,11 @@ func (rt *roundTripper) end() {
 			rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", rt.scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0
 			rec.Rule, rec.Method, rec.Host, rec.Path, rec.UserAgent = "", "", "", "", ""
 			s.ic.denied.Add(1)
-			rec.Action, rec.Result, rec.Error = "deny", "denied", fmt.Sprintf("request head larger than %d bytes", s.ic.cfg.MaxHeaderBytes)
+			what := "request head"
+			if rt.cc.limit.isH2.Load() {
+				what = "request header list" // measured as HTTP/2 does: see h2limit.go
+			}
+			rec.Action, rec.Result, rec.Error = "deny", "denied", fmt.Sprintf("%s larger than %d bytes", what, s.ic.cfg.MaxHeaderBytes)
 			rec.End(s.Start)
 			s.ic.cfg.Records.Write(&rec)
 		}

@@ -70,7 +70,7 @@ func (l *recordLog) Write(b []byte) (int, error) {
 
 // rig is one Interceptor with its CA, policy, records and the upstream's CA.
 type rig struct {
-	t      *testing.T
+	t      testing.TB
 	ca     *certs.CA // the appliance's: clients trust it
 	upCA   *certs.CA // the upstreams': the interceptor trusts it
 	upMint *certs.Minter
@@ -86,7 +86,7 @@ type rig struct {
 	redials   []net.Conn // what it returns, in turn; then an error
 }
 
-func newRig(t *testing.T, policyDoc string, configure ...func(*intercept.Config)) *rig {
+func newRig(t testing.TB, policyDoc string, configure ...func(*intercept.Config)) *rig {
 	t.Helper()
 	r := &rig{t: t, log: &recordLog{}}
 	var err error

@@ -25,8 +25,12 @@ type hijackedConn struct {
 	once    sync.Once
 	onClose func() // run once, after the first Close
 
-	limit headLimit // bounds HTTP/1 request heads
+	limit headLimit // bounds HTTP/1 request heads and HTTP/2 header lists
 	hold  writeHold // coalesces a response's small writes
+	// frames follows what goproxy's HTTP/2 server writes, once the
+	// client has sent the HTTP/2 preface; guarded by hold.mu, as every
+	// write is.
+	frames h2Frames
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -65,16 +69,21 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // against a limit, as net/http does with MaxHeaderBytes; goproxy's
 // buffering lets a head overshoot it by a few KiB at most.
 //
-// HTTP/2 heads are bounded by goproxy's http2.Server, which takes over only
-// once the client's preface has come: until then, and for good if the
-// bytes are not the preface (a client that negotiated h2 and speaks
-// HTTP/1, which goproxy then parses as such), the limit holds.
+// An HTTP/2 client's header lists are bounded once its preface has come
+// (h2limit.go); until then, and for good if the bytes are not the preface
+// (a client that negotiated h2 and speaks HTTP/1, which goproxy then
+// parses as such), the HTTP/1 limit holds.
 type headLimit struct {
 	max      int64 // 0: no limit; read and written by goproxy's reader only
 	preface  int   // HTTP/2: preface bytes still to see; -1: not HTTP/2 after all
 	inHead   atomic.Bool
 	read     atomic.Int64
 	tooLarge atomic.Bool
+	// h2 measures header lists once the HTTP/2 preface has come; read
+	// and written by the reader only. isH2 says so to the other
+	// goroutines.
+	h2   *h2HeaderLimit
+	isH2 atomic.Bool
 }
 
 // errHeadTooLarge ends goproxy's read of an oversized request head.
@@ -92,11 +101,15 @@ func (l *headLimit) arm(max int, h2 bool) {
 // headDone marks a request head as read: its body is not limited.
 func (l *headLimit) headDone() { l.inHead.Store(false) }
 
-// count takes the bytes b just read from the client and reports whether
-// they overran the limit.
-func (l *headLimit) count(b []byte) bool {
+// count takes the bytes b just read from the client. It returns
+// errHeadTooLarge when they overran the limit, another error when they
+// are HTTP/2 frames it cannot follow.
+func (l *headLimit) count(b []byte) error {
+	if l.h2 != nil {
+		return l.h2.feed(b)
+	}
 	if l.max == 0 {
-		return false
+		return nil
 	}
 	if l.preface > 0 {
 		want := http2.ClientPreface[len(http2.ClientPreface)-l.preface:]
@@ -105,40 +118,110 @@ func (l *headLimit) count(b []byte) bool {
 		case string(b[:k]) != want[:k]:
 			l.preface = -1
 		case k == len(want):
-			l.max = 0 // HTTP/2: its server bounds headers itself
-			return false
+			l.preface = 0
+			l.h2 = newH2HeaderLimit(h2MaxHeaderList(l.max))
+			l.isH2.Store(true)
+			return l.h2.feed(b[k:])
 		default:
 			l.preface -= k
 		}
 	}
-	return l.inHead.Load() && l.read.Add(int64(len(b))) > l.max
+	if l.inHead.Load() && l.read.Add(int64(len(b))) > l.max {
+		return errHeadTooLarge
+	}
+	return nil
 }
 
 // Read implements net.Conn: it counts the bytes, and ends an oversized
-// request head with a 431.
+// request head or header list with a 431. The bytes that overran the limit
+// are never returned.
 func (c *hijackedConn) Read(b []byte) (int, error) {
 	if c.hold.active.Load() {
 		c.endHold()
 	}
 	n, err := c.Conn.Read(b)
 	c.in.Add(int64(n))
-	if c.limit.count(b[:n]) {
-		if !c.limit.tooLarge.Swap(true) {
-			c.write431()
+	if lerr := c.limit.count(b[:n]); lerr != nil {
+		if lerr == errHeadTooLarge && !c.limit.tooLarge.Swap(true) {
+			if c.limit.h2 != nil {
+				c.refuseH2(b)
+			} else {
+				c.write431()
+			}
 		}
-		return 0, errHeadTooLarge
+		return 0, lerr
 	}
 	return n, err
 }
 
+// refuseH2 writes an HTTP/2 client its refusal while reading on, and
+// discarding, what it sends. An HTTP/2 client may be unable to read until
+// it has written: x/net's, for one, acknowledges the server's SETTINGS
+// under the lock its request's writer holds, and that writer waits for us
+// to read the rest of an oversized header block. Once the refusal is out
+// the reading lingers until the client has been quiet for h2LingerQuiet
+// (at most h2Linger): closing with its bytes unread would reset the
+// connection, and a reset can discard the refusal before the client reads
+// it. The refusal's write deadline (write431) bounds the first part. b is
+// a buffer to read into.
+func (c *hijackedConn) refuseH2(b []byte) {
+	if len(b) == 0 {
+		b = make([]byte, 4096)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.write431()
+		_ = c.Conn.SetReadDeadline(time.Now().Add(h2LingerQuiet)) // wakes a read that waits
+	}()
+	var end time.Time
+	for {
+		select {
+		case <-done:
+			now := time.Now()
+			if end.IsZero() {
+				end = now.Add(h2Linger)
+			}
+			dl := now.Add(h2LingerQuiet)
+			if dl.After(end) {
+				dl = end
+			}
+			_ = c.Conn.SetReadDeadline(dl)
+		default:
+		}
+		n, err := c.Conn.Read(b)
+		c.in.Add(int64(n))
+		if err != nil {
+			break
+		}
+	}
+	<-done
+}
+
+// How long an HTTP/2 connection refused for an oversized header list goes
+// on reading what its client still sends: until the client has been quiet
+// for h2LingerQuiet, at most h2Linger after the refusal was written.
+const (
+	h2LingerQuiet = 200 * time.Millisecond
+	h2Linger      = 2 * time.Second
+)
+
 // write431 answers an oversized head, after any response bytes still held:
-// they are what the client's previous request was waiting for.
+// they are what the client's previous request was waiting for. An HTTP/2
+// client gets its refusal between two of the server's frames.
 func (c *hijackedConn) write431() {
 	const body = "gwlbproxy: request head too large\n"
 	h := &c.hold
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second)) // before the lock: see Close
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if c.limit.h2 != nil {
+		c.frames.final = c.limit.h2.refusal(c.frames.started)
+		if c.frames.atBoundary() {
+			c.writeFinal()
+		} // else the server's next write completes its frame, then it goes
+		return
+	}
 	c.flushLocked()
 	h.active.Store(false)
 	_, _ = io.WriteString(writerFunc(c.write), "HTTP/1.1 431 Request Header Fields Too Large\r\n"+
@@ -331,7 +414,46 @@ func (h *writeHold) release() {
 	h.held = h.held[:0]
 }
 
+// write writes b to the client; h.mu is held. Once the client speaks
+// HTTP/2 it follows the server's frames, and after an HTTP/2 refusal it
+// writes nothing more.
 func (c *hijackedConn) write(b []byte) (int, error) {
+	if !c.limit.isH2.Load() {
+		return c.rawWrite(b)
+	}
+	f := &c.frames
+	if f.sealed {
+		return 0, errHeadTooLarge
+	}
+	if f.final == nil {
+		n, err := c.rawWrite(b)
+		f.advance(b[:n])
+		return n, err
+	}
+	k := f.toBoundary(b)
+	n, err := c.rawWrite(b[:k])
+	f.advance(b[:n])
+	if err != nil {
+		return n, err
+	}
+	if f.atBoundary() {
+		c.writeFinal()
+	}
+	if n < len(b) {
+		return n, errHeadTooLarge
+	}
+	return n, nil
+}
+
+// writeFinal writes the HTTP/2 refusal and seals the connection; h.mu is
+// held and the server's frames are whole.
+func (c *hijackedConn) writeFinal() {
+	f := &c.frames
+	_, _ = c.rawWrite(f.final)
+	f.final, f.sealed = nil, true
+}
+
+func (c *hijackedConn) rawWrite(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	c.out.Add(int64(n))
 	return n, err

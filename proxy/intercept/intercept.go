@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -58,6 +57,9 @@ type Config struct {
 	// resolves to from GWLB endpoint endpoint, an error saying why not
 	// otherwise (see proxy.Config.DestinationCheck).
 	DestinationCheck func(ctx context.Context, endpoint, name string, dest netip.Addr) error
+	// DestinationCheckTimeout bounds each DestinationCheck call (default
+	// 5 s); a check that runs out fails.
+	DestinationCheckTimeout time.Duration
 }
 
 // DefaultMaxHeaderBytes is the default request head limit: Squid's, and
@@ -104,6 +106,9 @@ func New(cfg Config) *Interceptor {
 	}
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.DestinationCheckTimeout <= 0 {
+		cfg.DestinationCheckTimeout = 5 * time.Second
 	}
 	if cfg.Dial == nil {
 		var d net.Dialer
@@ -156,6 +161,9 @@ type session struct {
 	// upstreams are the connections the session's HTTP transport dialled
 	// besides Upstream: all closed when it ends, pooled or not.
 	upstreams connSet
+	// upstreamCert is the bumped destination's certificate, when it was
+	// verified: the names it covers need no destination check.
+	upstreamCert *x509.Certificate
 }
 
 // finish writes the connection's record and ends the session.
@@ -192,18 +200,26 @@ func WriteAlert(c net.Conn, desc byte) {
 
 // bump terminates the client's TLS with a leaf from our CA. The upstream
 // handshake comes first: its certificate is verified before the client sees
-// anything, a client without SNI gets a leaf with the upstream's names, and
-// a failed verification is refused with an alert and recorded.
+// anything, and a failed verification is refused with an alert and
+// recorded.
+//
+// The leaf names exactly what the client asked for and the upstream had to
+// prove: the SNI, or without one the destination address the client
+// dialled (verified against the certificate's IP SANs). Never the names of
+// the upstream's certificate: a client dialling an address would otherwise
+// get a leaf for whatever names a publicly trusted certificate there
+// carries, an identity nobody proved at that address.
 func (s *session) bump() {
 	ic, hello, d := s.ic, s.Hello, s.Decision
+	name := upstreamName(hello.ServerName, s.Subject.Dest.Addr())
 	var verifyErr error
 	ucfg := &tls.Config{
-		ServerName:         hello.ServerName,
+		ServerName:         hello.ServerName, // none for an address: SNI never carries one
 		NextProtos:         httpALPN(hello.ALPN),
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, // verified below, so the reason can be recorded
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			verifyErr = ic.verifyUpstream(cs, hello.ServerName)
+			verifyErr = ic.verifyUpstream(cs, name)
 			return nil
 		},
 	}
@@ -229,17 +245,14 @@ func (s *session) bump() {
 			return
 		}
 		s.Record.Error = "upstream certificate accepted by rule: " + verifyErr.Error()
-	}
-	var leaf *tls.Certificate
-	if hello.ServerName != "" {
-		leaf, err = ic.cfg.Minter.Leaf(hello.ServerName)
 	} else {
-		cert := cs.PeerCertificates[0]
-		// crypto/tls may share parsed certificates between connections:
-		// build a new slice rather than append to theirs.
-		ips := slices.Concat(cert.IPAddresses, []net.IP{s.Subject.Dest.Addr().AsSlice()})
-		leaf, err = ic.cfg.Minter.LeafFor(cert.DNSNames, ips)
+		// What the requests inside may lean on: the names this verified
+		// certificate covers are proven to be served at the destination.
+		s.upstreamCert = cs.PeerCertificates[0]
 	}
+	// Whether verified or accepted unverified by the rule, the leaf claims
+	// no more than the name the client asked for.
+	leaf, err := ic.cfg.Minter.Leaf(name)
 	if err != nil {
 		WriteAlert(s.client, AlertInternalError)
 		s.refuse("minting a leaf: " + err.Error())
@@ -247,7 +260,7 @@ func (s *session) bump() {
 	}
 	redial := ucfg.Clone()
 	redial.VerifyConnection = func(cs tls.ConnectionState) error {
-		if err := ic.verifyUpstream(cs, hello.ServerName); err != nil && !d.AllowUnverifiedUpstream {
+		if err := ic.verifyUpstream(cs, name); err != nil && !d.AllowUnverifiedUpstream {
 			return err
 		}
 		return nil
@@ -256,6 +269,17 @@ func (s *session) bump() {
 		return
 	}
 	s.serveGoproxy("https", s.transport(up, redial))
+}
+
+// upstreamName is the name a bumped destination's certificate must be
+// valid for, and the bumped client's leaf is minted for: the SNI, or,
+// without one, the destination address, as the client that dialled it
+// would check it (x509 matches an address against IP SANs).
+func upstreamName(sni string, dest netip.Addr) string {
+	if sni != "" {
+		return sni
+	}
+	return dest.Unmap().WithZone("").String()
 }
 
 // handshakeClient completes the client's TLS handshake with leaf; goproxy
@@ -333,8 +357,10 @@ func httpALPN(offer []string) []string {
 }
 
 // verifyUpstream checks the upstream chain against the system roots and the
-// configured extra roots, and its name against the SNI. Without SNI there is
-// no name the client asked for, so only the chain is checked.
+// configured extra roots, and that its leaf is valid for name: a DNS name
+// (the SNI), or an address literal, which x509 matches against IP SANs
+// only. name is never empty: a chain valid for no name in particular
+// proves nothing about the destination.
 func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string) error {
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("no certificate")
@@ -352,13 +378,23 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string) error
 // serveHTTP serves a cleartext HTTP connection. Its first request decides
 // the connection: a denied host gets a 403 and the connection ends before
 // anything reaches the destination; each later request is decided again.
+//
+// The host decided, recorded and forwarded is the request's authority as
+// net/http reads it (RFC 9112 §3.2.2): an absolute-form target's, whatever
+// the Host header says, else the Host header. goproxy's reader takes the
+// same one and drops the Host header, and the transport sends it as Host:
+// a conflicting Host header never leaves the appliance.
 func (s *session) serveHTTP() {
 	s.h2 = s.H2C
 	s.Record.Kind = "http"
 	host := ""
 	if req := s.HTTP; req != nil {
-		host = req.Hostname()
-		s.Record.Method, s.Record.Host, s.Record.Scheme = req.Method, req.Host, "http"
+		authority := req.Authority()
+		if authority == "" { // origin-form, or an absolute-form target without one
+			authority = req.Host
+		}
+		host = hostOnly(authority)
+		s.Record.Method, s.Record.Host, s.Record.Scheme = req.Method, authority, "http"
 		if u, err := url.Parse(req.Target); err == nil {
 			s.Record.Path = u.Path
 		}
@@ -378,8 +414,42 @@ func (s *session) serveHTTP() {
 			s.finish()
 			return
 		}
+		// An allowed request is decided again, and its destination
+		// checked, as goproxy hands it over (roundTrip): the first
+		// request is no different from the later ones.
 	}
 	s.serveGoproxy("http", s.transport(s.Upstream, nil))
+}
+
+// hostOnly returns an authority's host: without a port, and an IPv6
+// literal without its brackets.
+func hostOnly(authority string) string {
+	if h, _, err := net.SplitHostPort(authority); err == nil {
+		return h
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(authority, "["), "]")
+}
+
+// needsDestinationCheck reports whether a request for host that decision d
+// lets through must first be tied to the destination address: d rests on
+// the name (a rule with domains), the policy asks for the check, there is
+// one to ask, and nothing proved the name already. A bumped connection's
+// verified upstream certificate is that proof for every name it covers:
+// the destination holds a key for the name.
+func (s *session) needsDestinationCheck(d policy.Decision, host string) bool {
+	if !d.ByName || host == "" || s.Policy.DestinationCheck() != policy.CheckDNS || s.ic.cfg.DestinationCheck == nil {
+		return false
+	}
+	return s.upstreamCert == nil || s.upstreamCert.VerifyHostname(host) != nil
+}
+
+// checkDestination asks whether the session's destination is an address
+// host resolves to, bounded by DestinationCheckTimeout. Its error is the
+// check's own, recorded as it is: it names the address and the name.
+func (s *session) checkDestination(ctx context.Context, host string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.ic.cfg.DestinationCheckTimeout)
+	defer cancel()
+	return s.ic.cfg.DestinationCheck(ctx, s.Subject.Endpoint, host, s.Subject.Dest.Addr().Unmap())
 }
 
 // Abort closes c with a RST: a connection with an Abort method (the

@@ -200,23 +200,27 @@ func TestBumpWithoutCA(t *testing.T) {
 	}
 }
 
-// TestBumpWithoutSNI: a client that sends no SNI gets a leaf with the
-// upstream certificate's names and the destination's address, and the
-// upstream's chain is still verified.
+// TestBumpWithoutSNI: a client that sends no SNI (it dialled an address)
+// gets a leaf for that address alone, once the upstream's certificate has
+// proved it: the certificate's chain and its IP SANs are verified, and its
+// DNS names are not passed on.
 func TestBumpWithoutSNI(t *testing.T) {
 	r := newRig(t, testPolicy)
-	upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+	upCert, err := r.upMint.LeafFor([]string{"www.example.test"}, []net.IP{tlsDest.Addr().AsSlice()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upEnd, up := r.startUpstream(upCert, "http/1.1")
 	c, sv := r.connect(upEnd, tlsDest)
-	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}) // no ServerName: no SNI
+	// An address as ServerName: crypto/tls sends no SNI and checks IP SANs.
+	tc := tls.Client(c, &tls.Config{ServerName: tlsDest.Addr().String(), RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
 	tc.SetDeadline(time.Now().Add(waitLimit))
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
 	leaf := tc.ConnectionState().PeerCertificates[0]
-	for _, name := range []string{"www.example.test", tlsDest.Addr().String()} {
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: r.caPool(), DNSName: name}); err != nil {
-			t.Errorf("the leaf for a client without SNI, for %s: %v", name, err)
-		}
+	if len(leaf.DNSNames) != 0 || len(leaf.IPAddresses) != 1 || !leaf.IPAddresses[0].Equal(tlsDest.Addr().AsSlice()) {
+		t.Errorf("the leaf for a client without SNI names %q and %v, want only %s", leaf.DNSNames, leaf.IPAddresses, tlsDest.Addr())
 	}
 	resp, body := newHTTPClient(t, tc).do("GET /nosni HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
 	if resp.StatusCode != 200 || body != "upstream: GET www.example.test /nosni HTTP/1.1" {

@@ -68,16 +68,18 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	s := rt.s
 	start := time.Now()
 	req.URL.Scheme = rt.scheme // goproxy saw cleartext and says http
+	// req.Host is what the transport sends as Host (or :authority): for an
+	// absolute-form target net/http put its authority there and dropped
+	// the Host header, for HTTP/2 it is :authority. The request is decided
+	// and recorded on that one name.
+	if req.Host == "" {
+		req.Host = req.URL.Host
+	}
+	host := hostOnly(req.Host)
 	rec := rt.base
 	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
 	rec.Path, rec.UserAgent, rec.Error, rec.Result = req.URL.Path, req.UserAgent(), "", "ok"
 	rec.BytesOut, rec.BytesIn = 0, 0
-	host := req.URL.Hostname()
-	if h, _, err := net.SplitHostPort(req.Host); err == nil {
-		host = h
-	} else if req.Host != "" {
-		host = req.Host
-	}
 	if s.ic.IsTrustHost(host) {
 		resp := serveLocally(s.ic.cfg.Trust, req)
 		rec.Action, rec.Rule, rec.Status, rec.BytesIn = "allow", trustRule, resp.StatusCode, resp.ContentLength
@@ -100,7 +102,22 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		s.ic.denied.Add(1)
 		rec.Action, rec.Result, rec.Error = "deny", "denied", "denied by policy"
 		rt.write(&rec, start)
-		return denyResponse(req, d.Rule, host), nil
+		return denyResponse(req, d.Rule, host, ""), nil
+	}
+	if s.needsDestinationCheck(d, host) {
+		if err := s.checkDestination(req.Context(), host); err != nil {
+			rec.DestCheck, rec.Error = "mismatch", err.Error()
+			if s.Policy.Mode() != policy.Audit {
+				rec.Status = http.StatusForbidden
+				s.ic.denied.Add(1)
+				rec.Action, rec.Result = "deny", "denied"
+				rt.write(&rec, start)
+				return denyResponse(req, d.Rule, host, "the destination address is not one this name resolves to"), nil
+			}
+			// Audit: recorded, and let through.
+		} else {
+			rec.DestCheck = "ok"
+		}
 	}
 	var sent countingReader
 	if req.Body != nil && req.Body != http.NoBody {
@@ -196,10 +213,15 @@ func headerHasToken(h http.Header, name, token string) bool {
 	return false
 }
 
-func denyResponse(req *http.Request, rule, host string) *http.Response {
+// denyResponse is the 403 page of a denied request; why, when set, says
+// what besides the rule denied it.
+func denyResponse(req *http.Request, rule, host, why string) *http.Response {
+	if why != "" {
+		why = ": " + html.EscapeString(why)
+	}
 	page := fmt.Sprintf("<!doctype html><title>403 Forbidden</title><h1>Forbidden</h1>"+
-		"<p>gwlbproxy denied this request to <b>%s</b> (rule <code>%s</code>).</p>\n",
-		html.EscapeString(host), html.EscapeString(rule))
+		"<p>gwlbproxy denied this request to <b>%s</b> (rule <code>%s</code>)%s.</p>\n",
+		html.EscapeString(host), html.EscapeString(rule), why)
 	resp := errorResponse(req, http.StatusForbidden, "")
 	resp.Header.Set("Content-Type", "text/html; charset=utf-8")
 	resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader(page)), int64(len(page))
@@ -220,7 +242,7 @@ func errorResponse(req *http.Request, code int, msg string) *http.Response {
 // writeDenyResponse answers a denied plain-HTTP connection before any
 // request is proxied.
 func writeDenyResponse(c net.Conn, rule, host string) {
-	resp := denyResponse(&http.Request{Method: http.MethodGet}, rule, host)
+	resp := denyResponse(&http.Request{Method: http.MethodGet}, rule, host, "")
 	resp.Close = true
 	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_ = resp.Write(c)

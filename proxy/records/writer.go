@@ -12,13 +12,13 @@ import (
 	"time"
 )
 
-// The record queue's bounds. Records are a few hundred bytes (up to about
-// 64 KiB with a long URL path), and at tens of thousands of records a
-// second 65,536 of them ride out a stall of a few seconds (a log rotation,
-// a slow fsync, a paused reader on stdout) in some tens of MiB. A sink slower
-// than that for longer is not a hiccup: records are dropped and counted, and
-// the stall shows in Stats. The byte bound keeps large records from turning
-// the same count into gigabytes.
+// The record queue's bounds. Records are a few hundred bytes (at most
+// DefaultMaxLineBytes, with a long URL path), and at tens of thousands of
+// records a second 65,536 of them ride out a stall of a few seconds (a log
+// rotation, a slow fsync, a paused reader on stdout) in some tens of MiB. A
+// sink slower than that for longer is not a hiccup: records are dropped and
+// counted, and the stall shows in Stats. The byte bound keeps large records
+// from turning the same count into gigabytes.
 const (
 	recordQueueLen   = 1 << 16
 	recordQueueBytes = 64 << 20
@@ -49,6 +49,7 @@ type Writer struct {
 	shipper  Shipper
 	sinks    []io.Writer
 	maxBytes int64
+	maxLine  atomic.Int64 // the longest line, newline excluded: SetMaxLineBytes
 	q        chan *recordLine
 	done     chan struct{} // closed when the goroutine has written everything and stopped
 
@@ -131,6 +132,7 @@ func NewWriter(shipper Shipper, files ...io.Writer) *Writer {
 
 func newWriter(maxRecords int, maxBytes int64, shipper Shipper, sinks ...io.Writer) *Writer {
 	w := &Writer{shipper: shipper, sinks: sinks, maxBytes: maxBytes, done: make(chan struct{})}
+	w.maxLine.Store(DefaultMaxLineBytes)
 	if len(sinks) == 0 {
 		close(w.done)
 		return w
@@ -141,7 +143,9 @@ func newWriter(maxRecords int, maxBytes int64, shipper Shipper, sinks ...io.Writ
 }
 
 // Write encodes r as one JSON line and queues it for the sinks. It never
-// blocks: when the queue is full the record is dropped and counted. r is not
+// blocks: when the queue is full the record is dropped and counted. A line
+// longer than the limit (SetMaxLineBytes) is shortened field by field and
+// marked truncated, so that it stays valid JSON wherever it goes. r is not
 // retained.
 func (w *Writer) Write(r *Record) {
 	if r.Time.IsZero() {
@@ -157,6 +161,13 @@ func (w *Writer) Write(r *Record) {
 		putLine(l)
 		slog.Error("encoding access record", "err", err)
 		return
+	}
+	if limit := w.maxLine.Load(); int64(l.buf.Len()-1) > limit {
+		if err := shorten(l, r, int(limit)); err != nil {
+			putLine(l)
+			slog.Error("encoding a shortened access record", "err", err)
+			return
+		}
 	}
 	now := monoNow()
 	n := int64(l.buf.Len())

@@ -7,7 +7,11 @@ import (
 
 // TLS wire constants (RFC 8446, RFC 6066, RFC 7301).
 const (
-	recordTypeHandshake      = 0x16
+	recordTypeChangeCipherSpec = 0x14
+	recordTypeAlert            = 0x15
+	recordTypeHandshake        = 0x16
+	recordTypeApplicationData  = 0x17
+
 	recordHeaderLen          = 5
 	maxPlaintext             = 1 << 14 // TLSPlaintext.length limit
 	handshakeHeaderLen       = 4
@@ -26,6 +30,21 @@ const (
 // the caller to buffer) more than that.
 const MaxClientHelloLen = 1 << 16
 
+// maxUselessRecords bounds the records in a row that carry no handshake
+// bytes (alerts, change_cipher_spec, application data, empty records)
+// before or between the ClientHello's fragments. Servers drop some such
+// records and read on: crypto/tls drops up to 16 warning alerts in a row,
+// OpenSSL up to 32 empty records. We skip whatever a server might, up to the
+// larger of the two; a server refuses what we skip beyond its own limit.
+const maxUselessRecords = 32
+
+// isRecordType reports whether c is the content type of a TLS record
+// (change_cipher_spec, alert, handshake, application_data): a stream whose
+// first byte is one is TLS-like, whatever the record version says.
+func isRecordType(c byte) bool {
+	return c >= recordTypeChangeCipherSpec && c <= recordTypeApplicationData
+}
+
 // Sentinel errors. ParseClientHello returns an error that matches exactly one
 // of ErrNeedMore, ErrNotTLS and ErrMalformed under errors.Is.
 var (
@@ -39,8 +58,10 @@ var (
 	ErrMalformed = errors.New("sniff: malformed TLS ClientHello")
 )
 
-// NeedMoreError is returned (wrapped or not) when the input ends before the
-// message does. It matches ErrNeedMore under errors.Is.
+// NeedMoreError is returned when the input ends before the message does,
+// never wrapped by ParseClientHello and ParseHTTPRequest (so a type
+// assertion finds it without the allocation errors.As costs). It matches
+// ErrNeedMore under errors.Is.
 type NeedMoreError struct {
 	// Need is a lower bound on the total input length (counted from the
 	// first byte, not in addition to what was given) that the next attempt
@@ -64,10 +85,12 @@ func malformed(msg string) error { return fmt.Errorf("%w: %s", ErrMalformed, msg
 // ClientHello holds what the proxy needs from a TLS ClientHello.
 type ClientHello struct {
 	// RecordVersion is the version field of the first record header
-	// (commonly 0x0301 whatever the client supports).
+	// (commonly 0x0301 whatever the client supports; a hostile client can
+	// write anything there, and the record may be one that was skipped).
 	RecordVersion uint16
 	// LegacyVersion is the ClientHello's legacy_version (client_version):
-	// 0x0303 for TLS 1.2 and for TLS 1.3 clients.
+	// 0x0303 for TLS 1.2 and for TLS 1.3 clients. It is not checked: a
+	// TLS 1.3 server negotiates from supported_versions alone.
 	LegacyVersion uint16
 	// SupportedVersions is the supported_versions extension in the client's
 	// order, GREASE values included; nil when the extension is absent
@@ -82,8 +105,9 @@ type ClientHello struct {
 	// ECH reports an encrypted_client_hello extension: ServerName is then
 	// the outer, public name, not the real destination.
 	ECH bool
-	// Size is the number of input bytes the ClientHello's records occupy,
-	// headers included. Bytes after them are not examined.
+	// Size is the number of input bytes up to the end of the last record
+	// carrying the ClientHello, headers and skipped records included.
+	// Bytes after it are not examined.
 	Size int
 }
 
@@ -108,33 +132,35 @@ func isGREASE(v uint16) bool { return v&0x0f0f == 0x0a0a && v>>8 == v&0xff }
 
 func be16(b []byte) int { return int(b[0])<<8 | int(b[1]) }
 
-// ParseClientHello parses a TLS ClientHello from the start of b: one or more
-// handshake records (the message may be fragmented over several records,
-// even its 4-byte header). Bytes after the records that carry the message are
-// ignored.
+// ParseClientHello parses a TLS ClientHello from the start of b: the
+// handshake records that carry it (the message may be fragmented over
+// several records, even its 4-byte header), and before and between them any
+// records a server would drop and read past: alerts, change_cipher_spec,
+// application data and empty records, at most maxUselessRecords in a row.
+// Bytes after the records that carry the message are ignored.
 //
-// The error tells three cases apart: ErrNotTLS (b does not start a TLS
-// handshake record), a *NeedMoreError matching ErrNeedMore (b is a prefix of
-// what could still be a ClientHello), and ErrMalformed (it is TLS but not a
+// It reads as leniently as the most lenient server it knows, so that what a
+// server accepts as a ClientHello is one here too, with the same SNI: any
+// record version (crypto/tls takes any below 0x1000 in the first records,
+// OpenSSL 0x0300–0x03ff), any legacy_version, session IDs up to 255 bytes,
+// and empty cipher suite and compression lists. A skipped record that a
+// server refuses (a fatal alert) ends the handshake there, so skipping it
+// can never make us read a name the server does not.
+//
+// The error tells three cases apart: ErrNotTLS (the first byte is not a TLS
+// record type), a *NeedMoreError matching ErrNeedMore (b is a prefix of what
+// could still be a ClientHello), and ErrMalformed (it is TLS-like but not a
 // well-formed ClientHello, or one larger than MaxClientHelloLen). The first
-// three bytes decide "TLS": 0x16 (handshake) followed by version 3.0–3.4.
+// byte alone decides "TLS-like": 0x14–0x17, see isRecordType.
 //
 // Every length is checked against the bytes present, so hostile input can
 // neither panic nor make it allocate more than len(b): a fragmented message
 // is reassembled only once all its records are in b.
 func ParseClientHello(b []byte) (ClientHello, error) {
-	// Decide "is it TLS" from as many header bytes as are present, so that a
-	// one-byte prefix of a non-TLS protocol is rejected without waiting.
 	if len(b) < 1 {
 		return ClientHello{}, needMore(recordHeaderLen)
 	}
-	if b[0] != recordTypeHandshake {
-		return ClientHello{}, ErrNotTLS
-	}
-	if len(b) >= 2 && b[1] != 3 {
-		return ClientHello{}, ErrNotTLS
-	}
-	if len(b) >= 3 && b[2] > 4 {
+	if !isRecordType(b[0]) {
 		return ClientHello{}, ErrNotTLS
 	}
 
@@ -145,29 +171,41 @@ func ParseClientHello(b []byte) (ClientHello, error) {
 		got     int                      // handshake bytes in the complete records walked so far
 		msgLen  = -1                     // handshake message length incl. header, once known
 		off     int                      // offset of the record being examined
-		records int
+		first   = -1                     // offset of the first record with handshake bytes
+		frags   int                      // records with handshake bytes
+		useless int                      // records without, in a row
 	)
 	for {
+		// The type is checked as soon as it is there: a stream that stops
+		// being TLS is told without waiting for a whole header.
+		if off < len(b) && !isRecordType(b[off]) {
+			return ClientHello{}, malformed(fmt.Sprintf("record of type %d before the end of the ClientHello", b[off]))
+		}
 		if len(b)-off < recordHeaderLen {
 			return ClientHello{}, needMore(off + recordHeaderLen)
 		}
 		rh := b[off : off+recordHeaderLen]
-		if rh[0] != recordTypeHandshake {
-			return ClientHello{}, malformed(fmt.Sprintf("record of type %d inside the ClientHello", rh[0]))
-		}
-		if rh[1] != 3 || rh[2] > 4 {
-			return ClientHello{}, malformed(fmt.Sprintf("record version %#04x", be16(rh[1:3])))
-		}
+		// The record version is not checked: servers accept nearly any in
+		// the first records, and a client can write what it likes there.
 		n := be16(rh[3:5])
-		if n == 0 {
-			// RFC 8446 §5.1 forbids zero-length handshake fragments; allowing
-			// them would also let a client hold us with empty records.
-			return ClientHello{}, malformed("empty handshake record")
-		}
 		if n > maxPlaintext {
 			return ClientHello{}, malformed(fmt.Sprintf("record length %d exceeds 2^14", n))
 		}
 		start, end := off+recordHeaderLen, off+recordHeaderLen+n
+		if rh[0] != recordTypeHandshake || n == 0 {
+			// No handshake bytes: a record a server drops (a warning alert,
+			// an empty record) or refuses (anything else), never one it
+			// reads a ClientHello from.
+			if useless++; useless > maxUselessRecords {
+				return ClientHello{}, malformed(fmt.Sprintf("more than %d records in a row without handshake data", maxUselessRecords))
+			}
+			if end > len(b) {
+				return ClientHello{}, needMore(end)
+			}
+			off = end
+			continue
+		}
+		useless = 0
 		frag := b[start:min(end, len(b))]
 
 		// Gather the handshake header from whatever is present, so a wrong
@@ -176,7 +214,7 @@ func ParseClientHello(b []byte) (ClientHello, error) {
 		for i := 0; i < len(frag) && got+i < handshakeHeaderLen; i++ {
 			hdr[got+i] = frag[i]
 		}
-		if have := got + len(frag); have >= 1 && hdr[0] != handshakeTypeClientHello {
+		if got+len(frag) >= 1 && hdr[0] != handshakeTypeClientHello {
 			return ClientHello{}, malformed(fmt.Sprintf("handshake type %d, want ClientHello", hdr[0]))
 		}
 		if msgLen < 0 && got+len(frag) >= handshakeHeaderLen {
@@ -189,8 +227,11 @@ func ParseClientHello(b []byte) (ClientHello, error) {
 		if end > len(b) {
 			return ClientHello{}, needMore(end)
 		}
+		if first < 0 {
+			first = off
+		}
 		got += n
-		records++
+		frags++
 		off = end
 		if msgLen >= 0 && got >= msgLen {
 			break
@@ -200,14 +241,16 @@ func ParseClientHello(b []byte) (ClientHello, error) {
 	// Pass 2: get the message contiguous. The common case, one record, is
 	// parsed in place; otherwise copy the fragments (bounded by len(b)).
 	var msg []byte
-	if records == 1 {
-		msg = b[recordHeaderLen : recordHeaderLen+msgLen]
+	if frags == 1 {
+		msg = b[first+recordHeaderLen : first+recordHeaderLen+msgLen]
 	} else {
 		msg = make([]byte, 0, msgLen)
-		for p := 0; len(msg) < msgLen; {
+		for p := first; len(msg) < msgLen; {
 			n := be16(b[p+3 : p+5])
-			frag := b[p+recordHeaderLen : p+recordHeaderLen+n]
-			msg = append(msg, frag[:min(len(frag), msgLen-len(msg))]...)
+			if b[p] == recordTypeHandshake {
+				frag := b[p+recordHeaderLen : p+recordHeaderLen+n]
+				msg = append(msg, frag[:min(len(frag), msgLen-len(msg))]...)
+			}
 			p += recordHeaderLen + n
 		}
 	}
@@ -271,6 +314,13 @@ func (c *cursor) vec16() (cursor, bool) {
 	return cursor(v), ok
 }
 
+// parseClientHelloBody reads the fields the proxy needs. Where RFC 8446
+// is stricter than crypto/tls (a legacy_version other than 3.x, a session
+// ID over 32 bytes, empty cipher suite or compression lists), it is as
+// lenient as crypto/tls, which reads the SNI of such a hello and hands it
+// to the server's callbacks: refusing what a server accepts would deny
+// clients for nothing. Like crypto/tls and OpenSSL, it refuses bytes after
+// the data of the extensions it reads.
 func parseClientHelloBody(body []byte) (ClientHello, error) {
 	var h ClientHello
 	c := cursor(body)
@@ -278,23 +328,18 @@ func parseClientHelloBody(body []byte) (ClientHello, error) {
 	if !ok {
 		return h, malformed("truncated legacy_version")
 	}
-	if v>>8 != 3 {
-		return h, malformed(fmt.Sprintf("legacy_version %#04x", v))
-	}
 	h.LegacyVersion = uint16(v)
 	if _, ok := c.bytes(32); !ok {
 		return h, malformed("truncated random")
 	}
-	sid, ok := c.vec8()
-	if !ok || len(sid) > 32 {
+	if _, ok := c.vec8(); !ok {
 		return h, malformed("bad legacy_session_id")
 	}
 	suites, ok := c.vec16()
-	if !ok || len(suites) < 2 || len(suites)%2 != 0 {
+	if !ok || len(suites)%2 != 0 {
 		return h, malformed("bad cipher_suites")
 	}
-	comp, ok := c.vec8()
-	if !ok || len(comp) < 1 {
+	if _, ok := c.vec8(); !ok {
 		return h, malformed("bad legacy_compression_methods")
 	}
 	if len(c) == 0 {
@@ -386,6 +431,8 @@ func parseSNI(data cursor) (string, error) {
 // validHostName accepts what a DNS name in SNI can hold: 1–255 bytes of
 // letters, digits, '-', '_' and '.'. Anything else (NUL, spaces, '/', ':',
 // non-ASCII) would only serve to confuse logging or name matching.
+// crypto/tls hands such names to the server as they are; we report the
+// hello as malformed instead, and the proxy refuses it as unreadable.
 func validHostName(b []byte) bool {
 	if len(b) == 0 || len(b) > 255 {
 		return false

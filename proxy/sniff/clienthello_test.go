@@ -110,11 +110,77 @@ func TestParseClientHelloFragmented(t *testing.T) {
 			}
 		}
 	}
-	// An alert record between the fragments is not part of a ClientHello.
+	// A warning alert between the fragments: crypto/tls drops it and reads
+	// on (its TLS 1.3 rule against interleaving applies only once the
+	// version is known), so the hello is the same.
 	frag := refragment(t, raw, 10)
-	bad := append(append(slices.Clone(frag[:15]), 0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00), frag[15:]...)
+	mixed := append(append(slices.Clone(frag[:15]), warningAlert...), frag[15:]...)
+	got, err := ParseClientHello(mixed)
+	if err != nil || got.ServerName != want.ServerName || got.Size != len(mixed) {
+		t.Fatalf("interleaved alert: %+v, %v", got, err)
+	}
+	// A record of a type that is not TLS's cannot be.
+	bad := append(append(slices.Clone(frag[:15]), 0x18, 0x03, 0x03, 0x00, 0x01, 0x01), frag[15:]...)
 	if _, err := ParseClientHello(bad); !errors.Is(err, ErrMalformed) {
-		t.Fatalf("interleaved alert: %v", err)
+		t.Fatalf("interleaved record of type 0x18: %v", err)
+	}
+}
+
+// warningAlert is a warning-level alert record (user_canceled), which
+// crypto/tls drops when it comes before the version is known.
+var warningAlert = []byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 90}
+
+// withRecordVersion rewrites the version of every record in hello.
+func withRecordVersion(hello []byte, v uint16) []byte {
+	out := slices.Clone(hello)
+	for p := 0; p+5 <= len(out); p += 5 + (int(out[p+3])<<8 | int(out[p+4])) {
+		out[p+1], out[p+2] = byte(v>>8), byte(v)
+	}
+	return out
+}
+
+// TestParseClientHelloEvasions: what crypto/tls and OpenSSL servers accept
+// before or around a ClientHello, a hostile client can send to hide it from
+// a stricter classifier. Every one of them is read with its SNI.
+func TestParseClientHelloEvasions(t *testing.T) {
+	raw := captureHello(t, &tls.Config{ServerName: "hidden.example", NextProtos: []string{"h2"}})
+	empty := []byte{0x16, 0x03, 0x01, 0x00, 0x00}
+	ccs := []byte{0x14, 0x03, 0x03, 0x00, 0x01, 0x01}
+	appData := []byte{0x17, 0x03, 0x03, 0x00, 0x03, 1, 2, 3}
+	cases := map[string][]byte{
+		"record version 0x0000":     withRecordVersion(raw, 0x0000),
+		"record version 0x0300":     withRecordVersion(raw, 0x0300),
+		"record version 0x0304":     withRecordVersion(raw, 0x0304),
+		"record version 0x0305":     withRecordVersion(raw, 0x0305),
+		"record version 0x0fff":     withRecordVersion(raw, 0x0fff),
+		"record version 0xffff":     withRecordVersion(raw, 0xffff),
+		"warning alert first":       slices.Concat(warningAlert, raw),
+		"16 warning alerts first":   slices.Concat(bytes.Repeat(warningAlert, 16), raw),
+		"empty handshake record":    slices.Concat(empty, raw),
+		"change_cipher_spec first":  slices.Concat(ccs, raw),
+		"application data first":    slices.Concat(appData, raw),
+		"alert then fragments":      slices.Concat(warningAlert, withRecordVersion(refragment(t, raw, 1, 7, 300), 0x0000)),
+		"32 useless records":        slices.Concat(bytes.Repeat(empty, 16), bytes.Repeat(warningAlert, 16), raw),
+		"fragments, alerts between": slices.Concat(refragment(t, raw, 20)[:25], warningAlert, warningAlert, refragment(t, raw, 20)[25:]),
+	}
+	for name, in := range cases {
+		h, err := ParseClientHello(in)
+		if err != nil || h.ServerName != "hidden.example" || !slices.Equal(h.ALPN, []string{"h2"}) || h.Size != len(in) {
+			t.Errorf("%s: %+v, %v", name, h, err)
+			continue
+		}
+		for k := range len(in) {
+			if _, err := ParseClientHello(in[:k]); !errors.Is(err, ErrNeedMore) {
+				t.Fatalf("%s: prefix %d: %v", name, k, err)
+			}
+		}
+	}
+	if h, _ := ParseClientHello(cases["record version 0x0305"]); h.RecordVersion != 0x0305 {
+		t.Errorf("RecordVersion = %#04x", h.RecordVersion)
+	}
+	// Beyond the bound, it is TLS-like but not read: the caller fails closed.
+	if _, err := ParseClientHello(slices.Concat(bytes.Repeat(warningAlert, maxUselessRecords+1), raw)); !errors.Is(err, ErrMalformed) {
+		t.Errorf("%d alerts first: %v", maxUselessRecords+1, err)
 	}
 }
 
@@ -207,6 +273,7 @@ func TestParseClientHelloSynthetic(t *testing.T) {
 	}
 	withType := func(b []byte, typ byte) []byte { b = slices.Clone(b); b[5] = typ; return b }
 	withRecLen := func(b []byte, n int) []byte { b = slices.Clone(b); b[3], b[4] = byte(n>>8), byte(n); return b }
+	withRecVersion := func(b []byte, v uint16) []byte { b = slices.Clone(b); b[1], b[2] = byte(v>>8), byte(v); return b }
 	base := record(helloBody(sniExt(hostName("a.example"))))
 	huge := slices.Clone(base)
 	huge[6], huge[7], huge[8] = 0x01, 0x00, 0x01 // body length 65537
@@ -228,17 +295,22 @@ func TestParseClientHelloSynthetic(t *testing.T) {
 			}
 		}},
 		{"not tls: http", []byte("GET / HTTP/1.1\r\n"), is(ErrNotTLS)},
-		{"not tls: version 2", []byte{0x16, 0x02}, is(ErrNotTLS)},
-		{"not tls: version 3.5", []byte{0x16, 0x03, 0x05, 0, 1}, is(ErrNotTLS)},
+		{"not tls: type 0x13", []byte{0x13, 0x03, 0x01, 0, 1}, is(ErrNotTLS)},
+		{"not tls: type 0x18", []byte{0x18, 0x03, 0x01, 0, 1}, is(ErrNotTLS)},
 		{"not tls: sslv2 hello", []byte{0x80, 0x2e, 0x01, 0x03, 0x01}, is(ErrNotTLS)},
+		{"any version: 2", []byte{0x16, 0x02}, is(ErrNeedMore)},
+		{"any version: 3.5", []byte{0x16, 0x03, 0x05, 0, 1}, is(ErrNeedMore)},
+		{"any version: 3.5, whole", withRecVersion(base, 0x0305), ok("a.example")},
+		{"alert first, alone", []byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0x00}, is(ErrNeedMore)},
+		{"record type 0x18 after an alert", []byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 0x00, 0x18}, is(ErrMalformed)},
 		{"need: empty", nil, is(ErrNeedMore)},
 		{"need: one byte", []byte{0x16}, is(ErrNeedMore)},
 		{"server hello", withType(base, 2), is(ErrMalformed)},
 		{"server hello, first byte only", withType(base, 2)[:6], is(ErrMalformed)},
-		{"zero-length record", withRecLen(base, 0)[:5], is(ErrMalformed)},
+		{"zero-length record skipped", withRecLen(base, 0)[:5], is(ErrNeedMore)},
 		{"record over 2^14", withRecLen(base, maxPlaintext+1)[:5], is(ErrMalformed)},
 		{"hello over limit, header only", huge[:9], is(ErrMalformed)},
-		{"record shorter than message", withRecLen(base, len(base)-6), is(ErrNeedMore)},
+		{"record shorter than message", withRecLen(base, len(base)-6), is(ErrMalformed)}, // its tail is no record header
 		{"duplicate sni", record(helloBody(sniExt(hostName("a.example")), sniExt(hostName("b.example")))), is(ErrMalformed)},
 		{"two host_names", record(helloBody(sniExt(hostName("a.example"), hostName("b.example")))), is(ErrMalformed)},
 		{"empty host_name", record(helloBody(sniExt(hostName("")))), is(ErrMalformed)},
@@ -251,9 +323,18 @@ func TestParseClientHelloSynthetic(t *testing.T) {
 		{"empty alpn name", record(helloBody(alpnExt("h2", ""))), is(ErrMalformed)},
 		{"empty alpn list", record(helloBody(ext(extALPN, u16(0)))), is(ErrMalformed)},
 		{"odd supported_versions", record(helloBody(ext(extSupportedVersions, vec8([]byte{3, 4, 3})))), is(ErrMalformed)},
-		{"session id 33", record(append([]byte{3, 3}, append(make([]byte, 32), vec8(make([]byte, 33))...)...)), is(ErrMalformed)},
+		{"truncated session id", record(append([]byte{3, 3}, append(make([]byte, 32), vec8(make([]byte, 33))...)...)[:50]), is(ErrMalformed)},
 		{"truncated body", record([]byte{3, 3, 0}), is(ErrMalformed)},
-		{"legacy version 2.0", record(append([]byte{2, 0}, helloBody()[2:]...)), is(ErrMalformed)},
+		{"odd cipher_suites", record(slices.Concat([]byte{3, 3}, make([]byte, 32), vec8(), vec16([]byte{0x13}), vec8([]byte{0}))), is(ErrMalformed)},
+		// What crypto/tls accepts, RFC 8446 notwithstanding, so must we.
+		{"legacy version 2.0", record(append([]byte{2, 0}, helloBody()[2:]...)), ok("")},
+		{"legacy version 0xffff", record(append([]byte{0xff, 0xff}, helloBody(sniExt(hostName("v.example")))[2:]...)), ok("v.example")},
+		{"session id 255", record(slices.Concat([]byte{3, 3}, make([]byte, 32), vec8(make([]byte, 255)), vec16([]byte{0x13, 0x01}), vec8([]byte{0}), vec16(sniExt(hostName("s.example"))))), ok("s.example")},
+		{"no cipher suites, no compression", record(slices.Concat([]byte{3, 3}, make([]byte, 32), vec8(), vec16(), vec8(), vec16(sniExt(hostName("c.example"))))), ok("c.example")},
+		// What crypto/tls and OpenSSL refuse too.
+		{"bytes after the sni list", record(helloBody(ext(extServerName, vec16(hostName("t.example")), []byte{0xde, 0xad}))), is(ErrMalformed)},
+		{"bytes after the alpn list", record(helloBody(ext(extALPN, vec16(vec8([]byte("h2"))), []byte{0}))), is(ErrMalformed)},
+		{"bytes after supported_versions", record(helloBody(ext(extSupportedVersions, vec8([]byte{3, 4}), []byte{9}))), is(ErrMalformed)},
 		{"extension overruns", record(append(helloBody(), 0, 9, 0, 0)), is(ErrMalformed)},
 		{"bytes after extensions", record(append(helloBody([]byte{}), 0)), is(ErrMalformed)},
 	}

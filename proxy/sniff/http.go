@@ -10,6 +10,14 @@ import (
 // HTTP/2 prior-knowledge preface).
 var ErrNotHTTP = errors.New("sniff: not an HTTP/1.x request")
 
+// ErrMalformedHTTP means the bytes start with a known method and a space,
+// and the first line names HTTP ("HTTP/" in any case), but it is not a
+// request line this parser accepts: several spaces, a space after the
+// version, a control byte in the target, a version other than 1.x. Lenient
+// servers (nginx) accept some of these, so such a head must never pass as
+// opaque bytes: it is HTTP whose Host cannot be read.
+var ErrMalformedHTTP = errors.New("sniff: malformed HTTP/1.x request line")
+
 // H2Preface is the client connection preface of HTTP/2 with prior knowledge
 // (RFC 9113 §3.4). Its first line looks like an HTTP/1.x request line with
 // the method PRI; no HTTP/1.x request uses that method.
@@ -121,15 +129,19 @@ func targetByte(c byte) bool { return c > ' ' && c != 0x7f }
 // ParseHTTPRequest parses the start of an HTTP/1.x request from b: the
 // request line `METHOD SP target SP HTTP/1.x CRLF` (a bare LF is accepted,
 // as RFC 9112 §2.2 allows), then header lines until the first Host field or
-// the end of the head. It returns:
+// the end of the head. Blank lines before the request line are the
+// caller's to skip (see Result.Blank). It returns:
 //
 //   - nil once the request line is complete and either a Host field or the
 //     blank line ending the head has been seen;
 //   - a *NeedMoreError (ErrNeedMore) while b could still become that; the
 //     returned HTTPRequest then holds what was parsed so far (Method alone,
 //     or the whole request line without Host);
-//   - ErrNotHTTP otherwise, including HTTP/0.9 requests (no version) and
-//     unknown or lower-case methods.
+//   - ErrMalformedHTTP when a known method and a space begin a first line
+//     that names HTTP but is not a valid request line (Method is set);
+//   - ErrNotHTTP otherwise, including HTTP/0.9 requests (no version),
+//     unknown or lower-case methods, and lines of other protocols that
+//     share methods (RTSP and SIP "OPTIONS", Redis inline "GET key").
 //
 // The HTTP/2 prior-knowledge preface (H2Preface) is returned as Method
 // "PRI", Target "*", Proto "HTTP/2.0", once all 24 bytes are present. The
@@ -148,10 +160,13 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	if req.Method == "" {
 		return HTTPRequest{}, ErrNotHTTP
 	}
+	// From here on, whatever is not a valid request line is judged by
+	// badLine: a known method and a space may begin a line that lenient
+	// servers still take for HTTP.
 	if req.Method == "PRI" {
 		n := min(len(b), len(H2Preface))
 		if string(b[:n]) != H2Preface[:n] {
-			return HTTPRequest{}, ErrNotHTTP
+			return badLine(b, req.Method)
 		}
 		if n < len(H2Preface) {
 			return req, needMore(len(H2Preface))
@@ -163,7 +178,7 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	i := 0
 	for i < len(rest) && rest[i] != ' ' {
 		if !targetByte(rest[i]) {
-			return HTTPRequest{}, ErrNotHTTP
+			return badLine(b, req.Method)
 		}
 		i++
 	}
@@ -171,7 +186,7 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 		return req, needMore(len(b) + 1)
 	}
 	if i == 0 {
-		return HTTPRequest{}, ErrNotHTTP
+		return badLine(b, req.Method)
 	}
 	target := rest[:i]
 	rest = rest[i+1:]
@@ -179,14 +194,14 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	const version = "HTTP/1."
 	n := min(len(rest), len(version))
 	if string(rest[:n]) != version[:n] {
-		return HTTPRequest{}, ErrNotHTTP
+		return badLine(b, req.Method)
 	}
 	if len(rest) < len(version)+1 {
 		return req, needMore(len(b) + len(version) + 1 - len(rest))
 	}
 	d := rest[len(version)]
 	if d < '0' || d > '9' {
-		return HTTPRequest{}, ErrNotHTTP
+		return badLine(b, req.Method)
 	}
 	rest = rest[len(version)+1:]
 	switch {
@@ -197,7 +212,7 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	case rest[0] == '\r' && rest[1] == '\n':
 		rest = rest[2:]
 	default:
-		return HTTPRequest{}, ErrNotHTTP
+		return badLine(b, req.Method)
 	}
 	req.Target = string(target)
 	req.Proto = protos[d-'0']
@@ -219,4 +234,41 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 			return req, nil
 		}
 	}
+}
+
+// badLine judges a first line that begins with a known method and a space
+// but is not a valid request line: ErrMalformedHTTP once the line is
+// complete and names HTTP, ErrNotHTTP once it is complete and does not (an
+// RTSP, SIP or Redis line), and need-more until its LF has come.
+func badLine(b []byte, method string) (HTTPRequest, error) {
+	nl := bytes.IndexByte(b, '\n')
+	if nl < 0 {
+		return HTTPRequest{Method: method}, needMore(len(b) + 1)
+	}
+	if !namesHTTP(b[:nl]) {
+		return HTTPRequest{}, ErrNotHTTP
+	}
+	return HTTPRequest{Method: method}, ErrMalformedHTTP
+}
+
+// namesHTTP reports whether line contains "HTTP/" in any case.
+func namesHTTP(line []byte) bool {
+	const h = "http/"
+	for i := 0; i+len(h) <= len(line); i++ {
+		j := 0
+		for j < len(h) && lower(line[i+j]) == h[j] {
+			j++
+		}
+		if j == len(h) {
+			return true
+		}
+	}
+	return false
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }

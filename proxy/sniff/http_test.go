@@ -2,6 +2,7 @@ package sniff
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -66,19 +67,13 @@ func TestParseHTTPRequest(t *testing.T) {
 
 func TestParseHTTPRequestNotHTTP(t *testing.T) {
 	for _, in := range []string{
-		"get / HTTP/1.1\r\n",       // methods are case-sensitive
-		"FOO / HTTP/1.1\r\n",       // unknown method
-		"GETX / HTTP/1.1\r\n",      // no such method
-		"GET  / HTTP/1.1\r\n",      // empty target
-		"GET /\r\n",                // HTTP/0.9
-		"GET / HTTP/2.0\r\n",       // not 1.x
-		"GET / HTTP/1.x\r\n",       // version digit
-		"GET / HTTP/1.1 \r\n",      // junk after version
-		"GET / HTTP/1.1\rX",        // CR not followed by LF
-		"GET /a\x00b HTTP/1.1\r\n", // control byte in target
-		"GET /a\tb HTTP/1.1\r\n",
-		"PRI / HTTP/1.1\r\n",               // PRI is only the h2 preface
-		"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", // wrong preface tail
+		"get / HTTP/1.1\r\n",                // methods are case-sensitive
+		"FOO / HTTP/1.1\r\n",                // unknown method
+		"GETX / HTTP/1.1\r\n",               // no such method
+		"GET /\r\n",                         // HTTP/0.9
+		"OPTIONS rtsp://cam/s RTSP/1.0\r\n", // RTSP shares methods
+		"OPTIONS sip:a@b SIP/2.0\r\n",       // so does SIP
+		"GET key\r\n",                       // a Redis inline command
 		"SSH-2.0-OpenSSH_9.6\r\n",
 		"\x16\x03\x01\x02\x00",
 		"EHLO mail.example\r\n",
@@ -104,6 +99,35 @@ func TestParseHTTPRequestNotHTTP(t *testing.T) {
 	}
 }
 
+// A known method and a space begin a first line that names HTTP but is not
+// a valid request line: lenient servers take some of these (nginx: several
+// spaces, a space after the version), so it is malformed HTTP, never "not
+// HTTP", and the method is kept.
+func TestParseHTTPRequestMalformed(t *testing.T) {
+	for _, in := range []string{
+		"GET  / HTTP/1.1\r\nHost: denied.example\r\n\r\n", // two spaces
+		"GET / HTTP/2.0\r\n",                              // not 1.x
+		"GET / HTTP/1.x\r\n",                              // version digit
+		"GET / HTTP/1.1 \r\n",                             // junk after version
+		"GET / http/1.1\r\n",                              // lower-case version
+		"GET / HTTP/1.1\rX\n",                             // CR not followed by LF
+		"GET /a\x00b HTTP/1.1\r\n",                        // control byte in target
+		"GET /a\tb HTTP/1.1\r\n",
+		"PRI / HTTP/1.1\r\n",               // PRI is only the h2 preface
+		"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", // wrong preface tail
+	} {
+		req, err := ParseHTTPRequest([]byte(in))
+		if !errors.Is(err, ErrMalformedHTTP) || req.Method == "" {
+			t.Errorf("%q: %+v, %v; want ErrMalformedHTTP with the method", in, req, err)
+		}
+		// Until its line is whole, it could still be anything.
+		line := in[:strings.IndexByte(in, '\n')]
+		if _, err := ParseHTTPRequest([]byte(line)); !errors.Is(err, ErrNeedMore) && !errors.Is(err, ErrMalformedHTTP) {
+			t.Errorf("%q without its LF: %v", in, err)
+		}
+	}
+}
+
 func TestParseHTTPRequestNeedMore(t *testing.T) {
 	for _, tc := range []struct {
 		in          string
@@ -121,6 +145,8 @@ func TestParseHTTPRequestNeedMore(t *testing.T) {
 		{"GET / HTTP/1.1\r\nAccept: */*\r\n", "GET", "/"},
 		{"GET / HTTP/1.1\r\nHost: partial", "GET", "/"},
 		{"PRI * HTTP/2.0\r\n", "PRI", ""},
+		{"GET  /", "GET", ""},
+		{"GET / HTTP/1.1\rX", "GET", ""},
 	} {
 		req, err := ParseHTTPRequest([]byte(tc.in))
 		var nm *NeedMoreError

@@ -4,6 +4,13 @@
 // handler chosen next (bump, splice, HTTP proxy, byte relay) reads the stream
 // from its first byte.
 //
+// It reads as leniently as the servers behind it: a hostile client picks
+// whatever a server accepts and the classifier does not (a record version
+// out of range, an alert before the ClientHello, a blank line before the
+// request line) to pass as opaque bytes past the rules about names. What
+// starts like TLS or HTTP but cannot be read is reported as such, with Err
+// set, never as KindOther.
+//
 // The parsers (ParseClientHello, ParseHTTPRequest) read hostile input: they
 // bound every length by the bytes present, never panic, and allocate at most
 // in proportion to their input.
@@ -51,9 +58,13 @@ const (
 	// KindOther is anything not recognised, including a client that sends
 	// nothing: relay bytes, decide on addresses only.
 	KindOther Kind = iota
-	// KindTLS starts with a TLS handshake record.
+	// KindTLS starts with a TLS record of any type and version (first
+	// byte 0x14–0x17): a ClientHello, possibly after records a server
+	// skips, or, with Err set, something a TLS server would read as the
+	// start of one.
 	KindTLS
-	// KindHTTP starts with an HTTP/1.x request line.
+	// KindHTTP starts with an HTTP/1.x request line, possibly after blank
+	// lines (Result.Blank).
 	KindHTTP
 	// KindHTTP2Cleartext starts with the HTTP/2 prior-knowledge preface
 	// (h2c, "PRI * HTTP/2.0"). It is kept apart from KindHTTP because an
@@ -86,13 +97,20 @@ type Result struct {
 	// least, when Err is nil) or KindHTTP2Cleartext.
 	HTTP HTTPRequest
 	// Err is non-nil when Kind is not KindOther but the message could not
-	// be read whole: malformed (ErrMalformed), larger than the buffer
-	// (ErrTooLarge), or cut short because the client stopped sending or
-	// closed (wrapping the timeout or io.EOF). A stream cut short is TLS
-	// from its first three bytes, HTTP from a known method and a space: the
-	// names (SNI, Host) are missing or partial, and the caller must not let
-	// such a stream past rules that need them.
+	// be read whole: malformed (ErrMalformed, ErrMalformedHTTP), larger
+	// than the buffer (ErrTooLarge), or cut short because the client
+	// stopped sending or closed (wrapping the timeout or io.EOF). A stream
+	// cut short is TLS from its first three bytes, HTTP from a known method
+	// and a space: the names (SNI, Host) are missing or partial, and the
+	// caller must not let such a stream past rules that need them. An HTTP
+	// head cut short or too large can still be served by an HTTP handler,
+	// which reads it whole; one that is ErrMalformedHTTP cannot.
 	Err error
+	// Blank is how many CR and LF bytes came before the HTTP request line
+	// (KindHTTP, KindHTTP2Cleartext; 0 otherwise). Servers ignore them (RFC
+	// 9112 §2.2), and so does classification; net/http does not, so the
+	// caller discards them before handing the stream to it.
+	Blank int
 	// Peeked is how many bytes were examined. All of them are still
 	// buffered in the reader.
 	Peeked int
@@ -190,19 +208,20 @@ func classify(buf []byte, stop error) (Result, int) {
 	if len(buf) == 0 {
 		return res, 0
 	}
-	var nm *NeedMoreError
-	if buf[0] == recordTypeHandshake {
+	if isRecordType(buf[0]) {
 		h, err := ParseClientHello(buf)
+		nm, needMore := err.(*NeedMoreError) // unwrapped: errors.As would cost an allocation per connection
 		switch {
 		case err == nil:
 			res.Kind, res.Hello = KindTLS, h
-		case errors.As(err, &nm):
+		case needMore:
 			if stop == nil {
 				return res, nm.Need
 			}
-			// Three bytes (handshake, version 3.x) are as sure a sign of TLS
-			// as we will get from a client that stopped. Fewer stay "other":
-			// no TLS library writes them alone, and a binary protocol may.
+			// Three bytes (a record type and a version) are as sure a sign
+			// of TLS as we will get from a client that stopped. Fewer stay
+			// "other": no TLS library writes them alone, and a binary
+			// protocol may.
 			if len(buf) >= 3 {
 				res.Kind = KindTLS
 				res.Err = fmt.Errorf("incomplete ClientHello (%d of at least %d bytes): %w", len(buf), nm.Need, stop)
@@ -213,23 +232,48 @@ func classify(buf []byte, stop error) (Result, int) {
 		}
 		return res, 0
 	}
-	req, err := ParseHTTPRequest(buf)
+
+	// Servers skip blank lines before the request line (RFC 9112 §2.2;
+	// nginx any number of them), so a client may send them to hide the
+	// request from a classifier that does not. Skip them too, as far as
+	// the buffer goes.
+	blank := 0
+	for blank < len(buf) && (buf[blank] == '\r' || buf[blank] == '\n') {
+		blank++
+	}
+	if blank == len(buf) {
+		if stop == nil {
+			return res, blank + 1
+		}
+		// A buffer full of them may still end in a request: it cannot be
+		// read, and must not pass as opaque bytes. A client that stopped
+		// after a few is "other", like one that stopped after "G".
+		if errors.Is(stop, ErrTooLarge) {
+			res.Kind = KindHTTP
+			res.Err = fmt.Errorf("%w: %d bytes of CR and LF and no request line yet", ErrMalformedHTTP, blank)
+		}
+		return res, 0
+	}
+	req, err := ParseHTTPRequest(buf[blank:])
+	nm, needMore := err.(*NeedMoreError)
 	switch {
 	case err == nil:
-		res.Kind, res.HTTP = KindHTTP, req
+		res.Kind, res.HTTP, res.Blank = KindHTTP, req, blank
 		if req.Method == "PRI" {
 			res.Kind = KindHTTP2Cleartext
 		}
-	case errors.As(err, &nm):
+	case errors.Is(err, ErrMalformedHTTP):
+		res.Kind, res.HTTP, res.Blank, res.Err = KindHTTP, req, blank, err
+	case needMore:
 		if stop == nil {
-			return res, nm.Need
+			return res, blank + nm.Need
 		}
 		// A known method and a space make it HTTP to any HTTP handler, which
 		// decides each request on its own Host once it has come whole. A
 		// stalled beginning of a method ("GE") stays "other": one-byte
 		// commands of binary protocols look the same.
 		if req.Method != "" {
-			res.Kind, res.HTTP = KindHTTP, req
+			res.Kind, res.HTTP, res.Blank = KindHTTP, req, blank
 			if req.Method == "PRI" {
 				res.Kind = KindHTTP2Cleartext
 			}

@@ -192,7 +192,7 @@ func TestSniffSegmentedHelloTCP(t *testing.T) {
 
 // Anything else is decided at once, without waiting out the deadline.
 func TestSniffOtherIsImmediate(t *testing.T) {
-	for _, in := range []string{"SSH-2.0-OpenSSH_9.6\r\n", "\x00\x00\x00\x01", "get / HTTP/1.1\r\n", "\x16\x03\x07junk"} {
+	for _, in := range []string{"SSH-2.0-OpenSSH_9.6\r\n", "\x00\x00\x00\x01", "get / HTTP/1.1\r\n", "\r\nSSH-2.0-x\r\n", "OPTIONS rtsp://c/s RTSP/1.0\r\n"} {
 		c, s := net.Pipe()
 		go func() { _, _ = c.Write([]byte(in)) }()
 		br := NewReader(s)
@@ -403,5 +403,28 @@ func TestSniffStalledPrefixFailsClosed(t *testing.T) {
 		if tc.kind != KindOther && !errors.Is(res.Err, os.ErrDeadlineExceeded) {
 			t.Errorf("%q: Err = %v, want a timeout inside", tc.in, res.Err)
 		}
+	}
+}
+
+// BenchmarkClassify is the per-connection classification of a whole
+// ClientHello or request head, as Sniff runs it once the bytes are in.
+func BenchmarkClassify(b *testing.B) {
+	hello := captureHello(b, &tls.Config{ServerName: "bench.example", NextProtos: []string{"h2", "http/1.1"}})
+	for _, bc := range []struct {
+		name string
+		in   []byte
+	}{
+		{"tls", hello},
+		{"http", []byte("GET /index.html HTTP/1.1\r\nUser-Agent: curl/8\r\nAccept: */*\r\nHost: www.example.com\r\n\r\n")},
+		{"other", []byte("SSH-2.0-OpenSSH_9.6\r\n")},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, need := classify(bc.in, nil); need != 0 {
+					b.Fatal(need)
+				}
+			}
+		})
 	}
 }

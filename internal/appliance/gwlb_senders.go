@@ -1,0 +1,117 @@
+package appliance
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+)
+
+// metadataTimeout bounds reading the VPC's CIDR blocks from instance
+// metadata: on EC2 it answers in milliseconds; off EC2 start-up fails
+// within it, asking for --gwlb-cidrs.
+const metadataTimeout = 2 * time.Second
+
+// resolveGWLBSenders settles whom GENEVE is accepted from. Forged GENEVE
+// could claim any endpoint, client and flow, and use the appliance as an
+// open proxy with the instance's identity, so there is always a list
+// unless --gwlb-cidrs any says otherwise: --gwlb-cidrs, else the VPC's CIDR
+// blocks (the GWLB is in the appliance's VPC), read from instance metadata.
+// Off EC2 there is no default, and start-up fails naming the flag.
+func resolveGWLBSenders(o *Options) error {
+	if o.AnyGWLBSender {
+		o.GWLBCIDRs = nil
+		slog.Warn("--gwlb-cidrs any: GENEVE is accepted from every sender; whoever reaches the GENEVE port can " +
+			"forge GWLB endpoints and clients and use the appliance as an open proxy. Pass the GWLB's subnets instead")
+		return nil
+	}
+	if len(o.GWLBCIDRs) > 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), metadataTimeout)
+	defer cancel()
+	cidrs, err := vpcCIDRs(ctx, o.MetadataEndpoint)
+	if err != nil {
+		return fmt.Errorf("--gwlb-cidrs is required off EC2: GENEVE is accepted only from the GWLB's subnets, "+
+			"and the VPC's CIDR blocks it defaults to could not be read from instance metadata within %s (%v). "+
+			"Pass the GWLB's subnets, or --gwlb-cidrs any to accept every sender (unsafe)", metadataTimeout, err)
+	}
+	o.GWLBCIDRs = cidrs
+	slog.Info("GENEVE accepted from the VPC's CIDR blocks (instance metadata); --gwlb-cidrs with the GWLB's subnets narrows it",
+		"gwlb_cidrs", cidrs)
+	return nil
+}
+
+// vpcCIDRs returns the IPv4 and IPv6 CIDR blocks of the VPC of the
+// instance's primary network interface, read through IMDSv2 from endpoint
+// (empty: the SDK's default).
+func vpcCIDRs(ctx context.Context, endpoint string) ([]netip.Prefix, error) {
+	client := imds.New(imds.Options{
+		Endpoint:       endpoint,
+		EnableFallback: aws.FalseTernary, // IMDSv2 only: a session token first
+		// Two quick attempts: IMDS answers in milliseconds when present.
+		Retryer: retry.AddWithMaxAttempts(retry.NewStandard(), 2),
+	})
+	mac, err := metadata(ctx, client, "mac")
+	if err != nil {
+		return nil, err
+	}
+	if mac == "" || strings.ContainsAny(mac, "/?#\n") {
+		return nil, fmt.Errorf("instance metadata: unexpected MAC address %q", mac)
+	}
+	base := "network/interfaces/macs/" + mac + "/"
+	v4, err := metadata(ctx, client, base+"vpc-ipv4-cidr-blocks")
+	if err != nil {
+		return nil, err
+	}
+	v6, err := metadata(ctx, client, base+"vpc-ipv6-cidr-blocks")
+	if err != nil && !notFound(err) { // a VPC without IPv6 has no such entry
+		return nil, err
+	}
+	var cidrs []netip.Prefix
+	sc := bufio.NewScanner(strings.NewReader(v4 + "\n" + v6))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(line)
+		if err != nil {
+			return nil, fmt.Errorf("instance metadata: VPC CIDR block %q: %w", line, err)
+		}
+		cidrs = append(cidrs, p.Masked())
+	}
+	if len(cidrs) == 0 {
+		return nil, errors.New("instance metadata names no VPC CIDR block")
+	}
+	return cidrs, nil
+}
+
+// metadata returns the instance metadata entry at path, trimmed.
+func metadata(ctx context.Context, client *imds.Client, path string) (string, error) {
+	out, err := client.GetMetadata(ctx, &imds.GetMetadataInput{Path: path})
+	if err != nil {
+		return "", err
+	}
+	defer out.Content.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Content, 64<<10))
+	if err != nil {
+		return "", fmt.Errorf("reading instance metadata %s: %w", path, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// notFound reports whether err is an HTTP 404 from instance metadata.
+func notFound(err error) bool {
+	var re interface{ HTTPStatusCode() int }
+	return errors.As(err, &re) && re.HTTPStatusCode() == 404
+}

@@ -1,0 +1,311 @@
+package intercept
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// The HTTP/2 header list limit.
+//
+// goproxy serves HTTP/2 with an http2.Server of its own that is given no
+// http.Server, so its header list limit is net/http's default, 1 MiB:
+// sixteen times the HTTP/1 head limit, decoded in full before any handler
+// (ours) sees the request, and forwarded upstream and into the records as
+// it came. goproxy offers no way to configure that server.
+//
+// So the client's bytes are read beside it, as the HTTP/1 head limit reads
+// them: frame headers are followed, and every header block (a HEADERS frame
+// and its CONTINUATIONs) is decoded by an HPACK decoder of our own, which
+// keeps the same dynamic table as the server's because it sees the same
+// bytes. A header list is measured as HTTP/2 measures it (RFC 9113 §6.5.2:
+// name, value and 32 bytes per field), so an index into the dynamic table
+// counts for what it stands for: a few bytes on the wire can name
+// kilobytes.
+//
+// Once a block's list outgrows the limit, the bytes that made it do so
+// never reach the server. The server's decoder then no longer matches the
+// client's encoder, so the connection cannot go on: the stream gets a 431
+// (unless it was a trailer block, whose stream may be answering already),
+// then a GOAWAY, and the connection closes, as an HTTP/1 connection closes
+// after its 431. The 431 is recorded when the session ends.
+
+// h2MaxHeaderList is the HTTP/2 header list limit for an HTTP/1 head limit
+// of maxHead bytes: net/http's own conversion (http2's
+// adjustHTTP1MaxHeaderSize), which allows for the 32 bytes HTTP/2 adds to
+// each of about ten fields.
+func h2MaxHeaderList(maxHead int64) uint32 {
+	return uint32(min(maxHead+10*32, 1<<31))
+}
+
+// initialHeaderTableSize is the HPACK dynamic table size goproxy's server
+// decodes with (x/net's default, advertised in its SETTINGS): a client may
+// not use a larger one, and neither may it with our decoder.
+const initialHeaderTableSize = 4096
+
+// HTTP/2 frame types and flags the limit needs (RFC 9113 §6).
+const (
+	h2FrameHeaderLen   = 9
+	h2TypeHeaders      = 0x1
+	h2TypeContinuation = 0x9
+	h2FlagEndHeaders   = 0x4
+	h2FlagPadded       = 0x8
+	h2FlagPriority     = 0x20
+)
+
+// errH2Unreadable ends a connection whose frames the limit cannot follow:
+// the server would refuse them too (a protocol or compression error), and
+// bytes the limit cannot read must not pass it.
+var errH2Unreadable = errors.New("HTTP/2 frames the header list limit cannot read")
+
+// h2HeaderLimit follows the frames a client sends and measures each header
+// block's list. It is used by one reader at a time.
+type h2HeaderLimit struct {
+	max uint32
+	dec *hpack.Decoder
+	err error // sticky: errHeadTooLarge or an errH2Unreadable
+
+	// The frame being read.
+	hdr    [h2FrameHeaderLen]byte
+	hdrN   int // bytes of hdr read
+	length int // payload length
+	off    int // payload bytes read
+	typ    byte
+	flags  byte
+	stream uint32
+	pre    int // HEADERS: pad length and priority fields before the block
+	pad    int // HEADERS: padding after it
+
+	// The header block being decoded.
+	inBlock     bool
+	blockStream uint32
+	newStream   bool   // the block opens its stream (it is not a trailer block)
+	size        uint64 // of the header list so far
+	lastStream  uint32 // the highest stream a header block opened
+}
+
+func newH2HeaderLimit(max uint32) *h2HeaderLimit {
+	l := &h2HeaderLimit{max: max}
+	l.dec = hpack.NewDecoder(initialHeaderTableSize, func(f hpack.HeaderField) {
+		l.size += uint64(f.Size())
+		if l.size > uint64(l.max) {
+			// Over already: spare decoding the rest of the piece the
+			// strings it would allocate.
+			l.dec.SetEmitEnabled(false)
+		}
+	})
+	// A single name or value longer than the list may be is too large, and
+	// the decoder never buffers more than about twice that.
+	l.dec.SetMaxStringLength(int(max))
+	return l
+}
+
+// feed takes the next bytes the client sent. It returns errHeadTooLarge
+// once a header list is over the limit, errH2Unreadable once the frames
+// cannot be followed, and from then on always the same error.
+func (l *h2HeaderLimit) feed(b []byte) error {
+	for len(b) > 0 && l.err == nil {
+		if l.hdrN < h2FrameHeaderLen {
+			k := copy(l.hdr[l.hdrN:], b)
+			l.hdrN += k
+			b = b[k:]
+			if l.hdrN == h2FrameHeaderLen {
+				l.startFrame()
+			}
+			continue
+		}
+		n := min(len(b), l.length-l.off)
+		l.payload(b[:n])
+		b = b[n:]
+		if l.off == l.length {
+			l.endFrame()
+		}
+	}
+	return l.err
+}
+
+func (l *h2HeaderLimit) fail(err error) {
+	if l.err == nil {
+		l.err = err
+	}
+}
+
+// startFrame takes a frame header just read.
+func (l *h2HeaderLimit) startFrame() {
+	h := &l.hdr
+	l.length = int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+	l.typ, l.flags = h[3], h[4]
+	l.stream = (uint32(h[5])<<24 | uint32(h[6])<<16 | uint32(h[7])<<8 | uint32(h[8])) & (1<<31 - 1)
+	l.off, l.pre, l.pad = 0, 0, 0
+	switch {
+	case l.inBlock && (l.typ != h2TypeContinuation || l.stream != l.blockStream):
+		l.fail(fmt.Errorf("%w: a header block interrupted by a frame of type %d", errH2Unreadable, l.typ))
+		return
+	case l.typ == h2TypeContinuation && !l.inBlock:
+		l.fail(fmt.Errorf("%w: CONTINUATION outside a header block", errH2Unreadable))
+		return
+	case l.typ == h2TypeHeaders:
+		if l.flags&h2FlagPadded != 0 {
+			l.pre++
+		}
+		if l.flags&h2FlagPriority != 0 {
+			l.pre += 5
+		}
+		if l.length < l.pre {
+			l.fail(fmt.Errorf("%w: HEADERS frame of %d bytes", errH2Unreadable, l.length))
+			return
+		}
+		l.inBlock, l.blockStream, l.size = true, l.stream, 0
+		l.newStream = l.stream > l.lastStream
+		if l.newStream {
+			l.lastStream = l.stream
+		}
+	}
+	if l.length == 0 {
+		l.endFrame()
+	}
+}
+
+// payload takes the next bytes of the frame's payload.
+func (l *h2HeaderLimit) payload(b []byte) {
+	switch l.typ {
+	case h2TypeHeaders:
+		for l.off < l.pre && len(b) > 0 {
+			if l.off == 0 && l.flags&h2FlagPadded != 0 {
+				l.pad = int(b[0])
+				if l.pre+l.pad > l.length {
+					l.fail(fmt.Errorf("%w: HEADERS padding longer than the frame", errH2Unreadable))
+					return
+				}
+			}
+			l.off++
+			b = b[1:]
+		}
+		// The block fragment, then the padding.
+		k := min(len(b), max(0, l.length-l.pad-l.off))
+		l.decode(b[:k])
+		l.off += len(b)
+	case h2TypeContinuation:
+		l.decode(b)
+		l.off += len(b)
+	default:
+		l.off += len(b)
+	}
+}
+
+// decode decodes a piece of the header block.
+func (l *h2HeaderLimit) decode(frag []byte) {
+	if len(frag) == 0 || l.err != nil {
+		return
+	}
+	_, err := l.dec.Write(frag)
+	switch {
+	case errors.Is(err, hpack.ErrStringLength) || l.size > uint64(l.max):
+		l.fail(errHeadTooLarge)
+	case err != nil:
+		l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
+	}
+}
+
+// endFrame ends the frame just read, and with END_HEADERS its header block.
+func (l *h2HeaderLimit) endFrame() {
+	l.hdrN = 0
+	if (l.typ == h2TypeHeaders || l.typ == h2TypeContinuation) && l.flags&h2FlagEndHeaders != 0 && l.err == nil {
+		l.inBlock = false
+		if err := l.dec.Close(); err != nil {
+			l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
+		}
+	}
+}
+
+// refusal returns what the client gets once its header list was too
+// large: a 431 on the block's stream, if the block opened it, and a GOAWAY
+// saying no stream after the last one opened was processed. Before the
+// server has written anything (the client's first bytes overran the limit
+// already) it starts with the server's preface, an empty SETTINGS frame.
+func (l *h2HeaderLimit) refusal(serverStarted bool) []byte {
+	var buf bytes.Buffer
+	fr := http2.NewFramer(&buf, nil)
+	if !serverStarted {
+		_ = fr.WriteSettings()
+	}
+	if l.newStream {
+		var block bytes.Buffer
+		// Never indexed: the block leaves the client's dynamic table as
+		// the server's encoder left it.
+		_ = hpack.NewEncoder(&block).WriteField(hpack.HeaderField{Name: ":status", Value: "431", Sensitive: true})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{
+			StreamID: l.blockStream, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: true,
+		})
+	}
+	_ = fr.WriteGoAway(l.lastStream, http2.ErrCodeEnhanceYourCalm, []byte("gwlbproxy: request header list too large"))
+	return buf.Bytes()
+}
+
+// h2Frames follows the frame boundaries of what goproxy's HTTP/2 server
+// writes to the client, so that the refusal goes between two frames, never
+// into one.
+type h2Frames struct {
+	hdrN    int  // frame header bytes written
+	left    int  // payload bytes of the frame still to write
+	started bool // the server has written something: its preface at least
+	// final, when set, is written at the next frame boundary; after it
+	// nothing more is.
+	final  []byte
+	sealed bool
+}
+
+// advance takes bytes written.
+func (f *h2Frames) advance(b []byte) {
+	f.started = f.started || len(b) > 0
+	for len(b) > 0 {
+		b = b[f.step(b):]
+	}
+}
+
+// step takes the start of b, up to the end of the frame header or payload
+// being written, and returns how many bytes it took.
+func (f *h2Frames) step(b []byte) int {
+	if f.hdrN < h2FrameHeaderLen {
+		k := min(h2FrameHeaderLen-f.hdrN, len(b))
+		for i := range k {
+			if f.hdrN+i < 3 { // the 24-bit length comes first
+				f.left = f.left<<8 | int(b[i])
+			}
+		}
+		f.hdrN += k
+		if f.hdrN == h2FrameHeaderLen && f.left == 0 {
+			f.hdrN = 0
+		}
+		return k
+	}
+	k := min(f.left, len(b))
+	f.left -= k
+	if f.left == 0 {
+		f.hdrN = 0
+	}
+	return k
+}
+
+// atBoundary reports whether the last frame written is whole.
+func (f *h2Frames) atBoundary() bool { return f.hdrN == 0 && f.left == 0 }
+
+// toBoundary returns how many bytes of b complete the frame being written:
+// 0 at a boundary, len(b) if b does not complete it.
+func (f *h2Frames) toBoundary(b []byte) int {
+	if f.atBoundary() {
+		return 0
+	}
+	g := *f
+	n := 0
+	for n < len(b) {
+		n += g.step(b[n:])
+		if g.atBoundary() {
+			break
+		}
+	}
+	return n
+}

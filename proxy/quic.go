@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff/quic"
+)
+
+// The QUIC gate. A UDP flow whose first datagram is a QUIC Initial is held,
+// its datagrams kept and not sent on, until the ClientHello they carry is
+// complete, and is then decided as quic on its SNI, like TLS over TCP. No
+// host socket exists before the decision: a denied flow never reaches its
+// destination, not even with its first datagram. The hold is bounded in
+// datagrams, bytes and time, so a client that never completes a
+// ClientHello holds little, and not for long.
+const (
+	// quicGateDatagrams is the Assembler's own bound: real ClientHellos
+	// take one to three datagrams, and some retransmissions.
+	quicGateDatagrams = quic.MaxDatagrams
+	// quicGateBytes bounds the bytes held: 16 full-size Initials at the
+	// 1,500-byte MTU most paths have, or a few at the GWLB's 8,500.
+	quicGateBytes = 24 << 10
+)
+
+// quicGateWait bounds the wait for the rest of a ClientHello. A client
+// sends it at once; one that does not has lost a datagram and retransmits
+// within its first probe timeout (about a second at most). A variable for
+// tests.
+var quicGateWait = 3 * time.Second
+
+// QUIC cannot be bumped: its TLS is inside QUIC's own encryption, and the
+// appliance cannot terminate QUIC. Blocking it makes browsers and other
+// HTTP/3 clients fall back to TLS over TCP, which is then bumped.
+const quicBumpReason = "QUIC cannot be bumped: blocked, so that the client falls back to TLS over TCP, which is bumped"
+
+// errClientGone is the gate's error when the client's side closed.
+var errClientGone = errors.New("the client's side closed")
+
+// serveQUIC decides a flow that began with a QUIC Initial (first, read into
+// the pooled firstBuf).
+func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
+	held, hello, err := f.gateQUIC(first, firstBuf)
+	f.rec.Kind = "quic"
+	if errors.Is(err, errClientGone) {
+		f.releaseShare()
+		f.client.Close()
+		f.rec.Result, f.rec.Error = "reset", "the flow ended before its QUIC ClientHello was read"
+		f.p.finish(f.rec, f.start)
+		return
+	}
+	if err != nil {
+		reason := "QUIC ClientHello could not be read: " + err.Error()
+		if f.pol.NamesMatter() {
+			// Without a name, deciding on addresses would let the
+			// flow past every rule that looks at names or at quic.
+			f.rec.Rule = ""
+			f.refuse(reason)
+			return
+		}
+		// Nothing in the policy looks at names or tells QUIC apart:
+		// the flow is UDP like any other, and a broken client (or one
+		// speaking something that only looks like QUIC) still works.
+		f.rec.Kind = "udp"
+		if d := f.decide(policy.ProtoUDP, ""); d.Action == policy.Deny {
+			f.refuse("denied by policy")
+			return
+		}
+		f.rec.Error = reason + "; relayed as udp"
+		f.quic = nil
+		f.relay(held, nil)
+		return
+	}
+	f.rec.SNI, f.rec.ALPN, f.rec.ECH = hello.ServerName, strings.Join(hello.ALPN, ","), hello.ECH
+	if hello.ECH && f.pol.DenyECH() {
+		// As for TLS: the SNI is only the cover name of a client-facing
+		// server, so no rule, and no destination check, can say where
+		// this goes.
+		f.rec.Rule = ""
+		f.refuse("ClientHello offers ECH; policy ech: deny")
+		return
+	}
+	d := f.decide(policy.ProtoQUIC, hello.ServerName)
+	switch {
+	case d.Action == policy.Deny:
+		f.refuse("denied by policy")
+	case d.Action == policy.Bump:
+		f.refuse(quicBumpReason)
+	case f.p.checkDestination(context.Background(), f.pol, d, f.rec, hello.ServerName, f.info.Dest.Addr()):
+		f.refuse(f.rec.Error)
+	default:
+		f.relay(held, nil)
+	}
+}
+
+// gateQUIC holds the client's datagrams, from first on, until they carry a
+// complete ClientHello, or the gate's bounds are reached. It returns copies
+// of the datagrams, in order, and gives firstBuf back to the pool.
+func (f *udpFlow) gateQUIC(first []byte, firstBuf *[]byte) (held [][]byte, hello sniff.ClientHello, err error) {
+	asm := new(quic.Assembler)
+	f.quic = asm // relay lets later datagrams through only if they belong
+	size := len(first)
+	held = append(held, append([]byte(nil), first...))
+	hello, done, err := asm.Add(first)
+	relayBufPool.Put(firstBuf)
+	if done || err != nil {
+		return held, hello, err
+	}
+	bufp := relayBufPool.Get().(*[]byte)
+	defer relayBufPool.Put(bufp)
+	_ = f.client.SetReadDeadline(time.Now().Add(quicGateWait))
+	defer func() { _ = f.client.SetReadDeadline(time.Time{}) }()
+	for {
+		if len(held) >= quicGateDatagrams {
+			return held, hello, fmt.Errorf("no complete ClientHello in %d datagrams", len(held))
+		}
+		n, rerr := f.client.Read(*bufp)
+		if rerr != nil {
+			if errors.Is(rerr, os.ErrDeadlineExceeded) {
+				return held, hello, fmt.Errorf("no complete ClientHello within %s", quicGateWait)
+			}
+			return held, hello, fmt.Errorf("%w: %w", errClientGone, rerr)
+		}
+		if size += n; size > quicGateBytes {
+			return held, hello, fmt.Errorf("no complete ClientHello in %d bytes", quicGateBytes)
+		}
+		d := (*bufp)[:n]
+		held = append(held, append([]byte(nil), d...))
+		if hello, done, err = asm.Add(d); done || err != nil {
+			return held, hello, err
+		}
+	}
+}

@@ -1,0 +1,325 @@
+package quic
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
+)
+
+// Bounds on one client's Initial flight.
+const (
+	// MaxDatagrams is how many datagrams an Assembler reads before giving
+	// up on a ClientHello. Real ones take one to three datagrams plus
+	// retransmissions; the bound keeps a client that never finishes from
+	// holding the caller's buffers.
+	MaxDatagrams = 16
+	// MinInitialDatagram is the size below which a datagram carrying a
+	// client's Initial is refused. Clients must pad such datagrams to 1200
+	// bytes and servers must discard shorter ones (RFC 9000 §14.1), so a
+	// short one is not something the server will read.
+	MinInitialDatagram = 1200
+	// maxRememberedDCIDs bounds the connection IDs whose keys are tried
+	// for a packet besides its own (see Assembler.dcids).
+	maxRememberedDCIDs = 4
+)
+
+// TLS record framing used to hand the reassembled handshake message to
+// sniff.ParseClientHello, which reads TLS records.
+const (
+	recordTypeHandshake = 0x16
+	recordHeaderLen     = 5
+	maxRecordPayload    = 1 << 14
+	handshakeHeaderLen  = 4
+	typeClientHello     = 1
+)
+
+// Assembler collects one client's Initial packets until their CRYPTO frames
+// hold the whole ClientHello. The zero value is ready to use. It is not safe
+// for concurrent use.
+//
+// Feed it the client-to-server datagrams of one flow in the order they
+// arrive; the packets may carry the ClientHello's bytes in any order, with
+// retransmissions. A datagram that Add refuses leaves the reassembled data
+// as it was, so a caller may skip it (for example one forged by a third
+// party) and go on, within MaxDatagrams.
+type Assembler struct {
+	datagrams int
+	done      bool
+	hello     sniff.ClientHello
+
+	stream cryptoStream
+	keys   keyCache
+	// dcids are the Destination Connection IDs of packets that decrypted,
+	// oldest first. Once the server answers, the client addresses it by a
+	// new DCID but keeps protecting Initial packets with the keys of its
+	// first DCID (RFC 9001 §5.2), so keys are tried for these too.
+	dcids [][]byte
+	// largestPN is the largest Initial packet number decrypted, valid
+	// when pnSeen; packet numbers are decoded relative to it.
+	largestPN int64
+	pnSeen    bool
+
+	// verifying is set while Belongs reads a datagram: only the keys of
+	// the connection already read may open it.
+	verifying bool
+
+	// Per-call scratch space, kept to spare allocations: a private copy of
+	// the datagram for in-place decryption, the CRYPTO frames found, the
+	// stream state to roll back to, and the synthetic TLS records.
+	buf    []byte
+	frames []cryptoFrame
+	saved  []chunk
+	rec    []byte
+}
+
+// Add feeds one client-to-server UDP datagram. It returns done == true with
+// the parsed hello when the ClientHello is complete, and done == false with
+// a nil error when more datagrams are needed. Once done, further calls
+// return the same hello without reading their datagram.
+//
+// Errors wrap ErrNotQUIC when the datagram does not start with a QUIC v1/v2
+// client packet, ErrTooLarge past the bounds (MaxDatagrams, MaxCryptoLen),
+// and ErrMalformed otherwise; an unreadable ClientHello also wraps the sniff
+// package's error. A datagram of only 0-RTT or Handshake packets of a
+// supported version carries nothing to read and is not an error.
+//
+// hello comes from sniff.ParseClientHello applied to the handshake message
+// wrapped in synthetic TLS records (QUIC has no record layer), so its
+// record-level fields describe those records; ServerName, ALPN and the
+// fields read from the message itself are the client's.
+//
+// Add neither modifies nor retains datagram.
+func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, err error) {
+	if a.done {
+		return a.hello, true, nil
+	}
+	if a.datagrams >= MaxDatagrams {
+		return sniff.ClientHello{}, false, tooLargef("no complete ClientHello in %d datagrams", a.datagrams)
+	}
+	a.datagrams++
+
+	// Everything below may fail half-way: remember the state to go back to.
+	a.saved = append(a.saved[:0], a.stream.chunks...)
+	largest, seen := a.largestPN, a.pnSeen
+
+	dcid, err := a.read(datagram)
+	if err == nil {
+		hello, done, err = a.tryParse()
+	}
+	if err != nil {
+		a.stream.chunks = append(a.stream.chunks[:0], a.saved...)
+		a.largestPN, a.pnSeen = largest, seen
+		return sniff.ClientHello{}, false, fmt.Errorf("datagram %d: %w", a.datagrams, err)
+	}
+	a.remember(dcid)
+	if done {
+		a.finish(hello)
+	}
+	return hello, done, nil
+}
+
+// read decrypts the Initial packets of datagram and adds their CRYPTO data
+// to the stream. It returns the DCID of the datagram's Initial packets, or
+// nil when it had none.
+func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
+	first, err := parseLongHeader(datagram)
+	if err != nil {
+		return nil, err
+	}
+	if cap(a.buf) < len(datagram) {
+		a.buf = make([]byte, len(datagram))
+	}
+	buf := a.buf[:len(datagram)]
+
+	// Walk the coalesced packets (RFC 9000 §12.2). A short-header packet
+	// or padding (zero bytes) ends the walk, as does a packet of another
+	// version or connection ID: receivers should ignore those, so the
+	// server will not read them either. Only the first packet's header is
+	// required to parse; after it, an unparsable header is trailing
+	// garbage the server ignores too.
+	h := first
+	for off := 0; ; {
+		if h.typ == typeInitial {
+			if len(datagram) < MinInitialDatagram {
+				return nil, packetError(off, h.typ, malformedf("datagram of %d bytes is below the %d required for Initial packets", len(datagram), MinInitialDatagram))
+			}
+			used, err := a.readInitial(datagram[off:off+h.end], buf[off:off+h.end], h)
+			if err != nil {
+				return nil, packetError(off, h.typ, err)
+			}
+			dcid = used
+		}
+		off += h.end
+		if off >= len(datagram) || datagram[off]&headerFormLong == 0 {
+			break
+		}
+		var err error
+		h, err = parseLongHeader(datagram[off:])
+		if err != nil || h.version != first.version || !bytes.Equal(h.dcid, first.dcid) {
+			if a.verifying && err == nil && h.typ == typeInitial {
+				// Servers SHOULD ignore it, but one that does not would
+				// start a connection nobody decided on.
+				return nil, malformedf("coalesced Initial packet of another connection")
+			}
+			break
+		}
+	}
+	return dcid, nil
+}
+
+// readInitial decrypts one Initial packet into buf, a scratch area as long
+// as pkt, and adds its CRYPTO frames to the stream. It returns the DCID whose
+// keys decrypted it.
+func (a *Assembler) readInitial(pkt, buf []byte, h longHeader) ([]byte, error) {
+	var (
+		payload []byte
+		pn      uint64
+		used    []byte
+		openErr error
+	)
+	largest := int64(-1)
+	if a.pnSeen {
+		largest = a.largestPN
+	}
+	// Try the packet's own DCID first (a first flight, or one after a
+	// Retry), then those seen before (a client that switched to the
+	// server's connection ID).
+	for i := -1; i < len(a.dcids); i++ {
+		dcid := h.dcid
+		if i < 0 && a.verifying && !slices.ContainsFunc(a.dcids, func(d []byte) bool { return bytes.Equal(d, dcid) }) {
+			continue // a new DCID's own keys would open a new connection
+		}
+		if i >= 0 {
+			if dcid = a.dcids[i]; bytes.Equal(dcid, h.dcid) {
+				continue
+			}
+		}
+		k, err := a.keys.get(h.version, dcid)
+		if err != nil {
+			return nil, malformedf("deriving Initial keys: %v", err)
+		}
+		copy(buf, pkt) // a failed attempt leaves buf scrambled
+		payload, pn, openErr = openPacket(buf, h.pnOffset, k, largest)
+		if openErr == nil {
+			used = dcid
+			break
+		}
+	}
+	if openErr != nil || used == nil {
+		if openErr == nil {
+			openErr = malformedf("no Initial keys of this connection open the packet")
+		}
+		return nil, openErr
+	}
+	if !a.pnSeen || int64(pn) > a.largestPN {
+		a.largestPN, a.pnSeen = int64(pn), true
+	}
+
+	var err error
+	a.frames, err = parseFrames(payload, a.frames[:0])
+	if err != nil {
+		return nil, fmt.Errorf("packet number %d: %w", pn, err)
+	}
+	for _, f := range a.frames {
+		if err := a.stream.insert(f.offset, f.data); err != nil {
+			return nil, fmt.Errorf("packet number %d: %w", pn, err)
+		}
+	}
+	return used, nil
+}
+
+// tryParse parses the ClientHello once the stream holds all of it. It
+// checks the handshake header as soon as it is present, so that a stream
+// that is not a ClientHello, or one too large, is refused early.
+func (a *Assembler) tryParse() (sniff.ClientHello, bool, error) {
+	have := a.stream.prefixLen()
+	if have == 0 {
+		return sniff.ClientHello{}, false, nil
+	}
+	var hdr [handshakeHeaderLen]byte
+	got := a.stream.appendRange(hdr[:0], 0, min(have, handshakeHeaderLen))
+	if got[0] != typeClientHello {
+		return sniff.ClientHello{}, false, malformedf("CRYPTO stream starts with handshake message type %d, not ClientHello", got[0])
+	}
+	if have < handshakeHeaderLen {
+		return sniff.ClientHello{}, false, nil
+	}
+	msgLen := handshakeHeaderLen + (int(got[1])<<16 | int(got[2])<<8 | int(got[3]))
+	if msgLen > MaxCryptoLen {
+		return sniff.ClientHello{}, false, tooLargef("ClientHello of %d bytes exceeds %d", msgLen, MaxCryptoLen)
+	}
+	if have < msgLen {
+		return sniff.ClientHello{}, false, nil
+	}
+
+	// Wrap the message in handshake records of at most 2^14 bytes each,
+	// the framing TLS over TCP would have used.
+	nrec := (msgLen + maxRecordPayload - 1) / maxRecordPayload
+	a.rec = slices.Grow(a.rec[:0], msgLen+nrec*recordHeaderLen)
+	for from := 0; from < msgLen; from += maxRecordPayload {
+		to := min(from+maxRecordPayload, msgLen)
+		n := to - from
+		a.rec = append(a.rec, recordTypeHandshake, 3, 1, byte(n>>8), byte(n))
+		a.rec = a.stream.appendRange(a.rec, from, to)
+	}
+	hello, err := sniff.ParseClientHello(a.rec)
+	if err != nil {
+		return sniff.ClientHello{}, false, fmt.Errorf("%w: ClientHello: %w", ErrMalformed, err)
+	}
+	return hello, true, nil
+}
+
+// remember adds dcid to the connection IDs whose keys are tried for later
+// packets.
+func (a *Assembler) remember(dcid []byte) {
+	if dcid == nil || len(a.dcids) >= maxRememberedDCIDs {
+		return
+	}
+	for _, d := range a.dcids {
+		if bytes.Equal(d, dcid) {
+			return
+		}
+	}
+	a.dcids = append(a.dcids, bytes.Clone(dcid))
+}
+
+// finish records the result and drops what is no longer needed, since the
+// caller may keep the Assembler for the flow's lifetime. The stream, the
+// keys and the connection IDs stay, for Belongs.
+func (a *Assembler) finish(hello sniff.ClientHello) {
+	a.done, a.hello = true, hello
+	a.buf, a.frames, a.saved, a.rec = nil, nil, nil, nil
+}
+
+// Belongs reports whether a client datagram that arrives after the
+// ClientHello was read can be part of the same connection, so that relaying
+// it cannot start another one past the decision made on the first. A server
+// starts a connection only on an Initial packet: a datagram without one
+// (short header, 0-RTT, Handshake) belongs. One with Initial packets belongs
+// when each opens with the Initial keys of the connection read, and any
+// CRYPTO data in them repeats bytes of its ClientHello. A new connection on
+// the same flow (its own DCID and keys, or a different ClientHello under the
+// old keys, or coalesced behind another connection's packet), and a long
+// header that does not parse or is of a version not read here, do not
+// belong. False before the ClientHello is complete.
+func (a *Assembler) Belongs(datagram []byte) bool {
+	if !a.done {
+		return false
+	}
+	if len(datagram) == 0 || datagram[0]&headerFormLong == 0 {
+		return true
+	}
+	a.verifying = true
+	defer func() { a.verifying = false }()
+	a.saved = append(a.saved[:0], a.stream.chunks...)
+	held := a.stream.size()
+	largest, seen := a.largestPN, a.pnSeen
+	if _, err := a.read(datagram); err == nil && a.stream.size() == held {
+		return true
+	}
+	a.stream.chunks = append(a.stream.chunks[:0], a.saved...)
+	a.largestPN, a.pnSeen = largest, seen
+	return false
+}

@@ -1,0 +1,244 @@
+package quic
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+)
+
+// FuzzAssembler's input is a list of datagrams, each with a 2-byte length
+// prefix (the last may run to the end), and a mode:
+//
+//   - raw: the datagrams are fed as they are;
+//   - padded: the same, padded to 1200 bytes with zeros (legal padding
+//     after QUIC packets), so that short inputs get past the size rule to
+//     header parsing and coalescing;
+//   - sealed: each datagram is a control byte and the plaintext payload of
+//     an Initial, which the harness seals (see sealFuzz). No mutation of
+//     ciphertext gets past packet protection, so this is how the fuzzer
+//     reaches frame parsing, reassembly and the ClientHello.
+//
+// The sealed seeds are real: payloads of quic-go's Initials and of the RFC
+// example. Protected datagrams are not used as seeds, although the unit
+// tests feed many: Go's fuzzer minimizes each input that finds new
+// coverage by trying to delete every subset of its bytes, and a datagram
+// that cannot be shorter than 1200 bytes makes that take the whole of a
+// one-minute run. For the same reason the real ClientHello seeded is
+// quic-go's without a post-quantum key share (300 bytes, not 1500).
+const (
+	fuzzRaw = iota
+	fuzzPadded
+	fuzzSealed
+	fuzzModes
+
+	maxFuzzInput = 6 << 10 // keeps executions (and minimization) fast
+)
+
+// Control byte of a sealed datagram.
+const (
+	ctlPNLen     = 0x03 // packet number length - 1
+	ctlToken     = 0x04 // carry a token (as after a Retry)
+	ctlSplit     = 0x08 // two coalesced Initials: a 2-byte split offset follows
+	ctlZeroRTT   = 0x10 // coalesce a 0-RTT packet after
+	ctlServerCID = 0x20 // address the server's CID, keep the original keys
+	ctlV2        = 0x40 // QUIC v2
+)
+
+func splitFuzz(data []byte) [][]byte {
+	var out [][]byte
+	for len(data) > 0 && len(out) < MaxDatagrams+2 {
+		if len(data) < 2 {
+			out = append(out, data)
+			break
+		}
+		n := min(int(binary.BigEndian.Uint16(data)), len(data)-2)
+		out = append(out, data[2:2+n])
+		data = data[2+n:]
+	}
+	return out
+}
+
+func joinFuzz(dgrams ...[]byte) []byte {
+	var b []byte
+	for _, d := range dgrams {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(d)))
+		b = append(b, d...)
+	}
+	return b
+}
+
+// sealFuzz builds the i-th datagram of a sealed input.
+func sealFuzz(tb testing.TB, i int, in []byte) []byte {
+	var ctl byte
+	if len(in) > 0 {
+		ctl, in = in[0], in[1:]
+	}
+	p := packet{version: Version1, dcid: testDCID, pnLen: 1 + int(ctl&ctlPNLen)}
+	if ctl&ctlV2 != 0 {
+		p.version = Version2
+	}
+	if ctl&ctlToken != 0 {
+		p.token = []byte("token")
+	}
+	if ctl&ctlServerCID != 0 {
+		p.dcid, p.keyDCID = []byte{0xaa, 0xbb, 0xcc, 0xdd}, testDCID
+	}
+	parts := [][]byte{in}
+	if ctl&ctlSplit != 0 && len(in) >= 2 {
+		at := min(int(binary.BigEndian.Uint16(in)), len(in)-2)
+		parts = [][]byte{in[2 : 2+at], in[2+at:]}
+	}
+	var pkts [][]byte
+	for j, part := range parts {
+		p.pn, p.payload = uint64(2*i+j), part
+		pkts = append(pkts, p.seal(tb))
+	}
+	if ctl&ctlZeroRTT != 0 {
+		pkts = append(pkts, rawLong(tb, p.version, typeZeroRTT, p.dcid, []byte("0-RTT data")))
+	}
+	// Pad the last Initial's payload, as clients do, rather than the
+	// datagram, so that the padding is authenticated too.
+	if short := MinInitialDatagram - len(bytes.Join(pkts, nil)); short > 0 {
+		last := len(parts) - 1
+		p.padTo = len(pkts[last]) + short
+		pkts[last] = p.seal(tb)
+	}
+	return bytes.Join(pkts, nil)
+}
+
+// plaintexts returns the decrypted payloads of the first Initial of each
+// datagram, PADDING trimmed, each behind a zero control byte.
+func plaintexts(tb testing.TB, dgrams [][]byte) [][]byte {
+	var out [][]byte
+	for _, d := range dgrams {
+		h, err := parseLongHeader(d)
+		if err != nil || h.typ != typeInitial {
+			tb.Fatalf("not an Initial: %v", err)
+		}
+		k, err := deriveKeys(h.version, h.dcid)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		payload, _, err := openPacket(bytes.Clone(d[:h.end]), h.pnOffset, k, -1)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		var ctl byte
+		if h.version == Version2 {
+			ctl = ctlV2
+		}
+		out = append(out, append([]byte{ctl}, bytes.TrimRight(payload, "\x00")...))
+	}
+	return out
+}
+
+// splitSeed is a sealed datagram of two coalesced Initials that carry the
+// ClientHello ch in two CRYPTO frames.
+func splitSeed(ch []byte, ctl byte) []byte {
+	first := cryptoFrameBytes(0, ch[:100])
+	return concat([]byte{ctl | ctlSplit}, binary.BigEndian.AppendUint16(nil, uint16(len(first))), first, cryptoFrameBytes(100, ch[100:]))
+}
+
+func FuzzAssembler(f *testing.F) {
+	// Real Initials: quic-go's (one packet without a post-quantum key
+	// share) and the RFC example's.
+	classic := plaintexts(f, firstFlight(f, capture(f, quicgoV1Class)))
+	f.Add(joinFuzz(classic...), byte(fuzzSealed))
+	rfc := plaintexts(f, [][]byte{mustHex(f, rfcClientInitialV1)})[0]
+	f.Add(joinFuzz(rfc), byte(fuzzSealed))
+	f.Add(joinFuzz(plaintexts(f, [][]byte{mustHex(f, rfcClientInitialV2)})[0]), byte(fuzzSealed))
+
+	// The RFC ClientHello in pieces, out of order, retransmitted, with
+	// each frame type allowed in an Initial, and the client moving to the
+	// server's connection ID.
+	ch := rfcClientHello(f)
+	f.Add(joinFuzz(splitSeed(ch, ctlV2|ctlZeroRTT|3)), byte(fuzzSealed))
+	f.Add(joinFuzz(
+		concat([]byte{ctlToken}, cryptoFrameBytes(100, ch[100:]), ackFrame(5, 1, 2, true, 1, 1), pingFrame()),
+		concat([]byte{ctlServerCID | 1}, cryptoFrameBytes(0, ch[:120]), connectionCloseFrame(1, "x")),
+	), byte(fuzzSealed))
+	f.Add(joinFuzz(
+		concat([]byte{ctlSplit}, cryptoFrameBytes(3, ch[3:50]), cryptoFrameBytes(0, ch[:3])),
+		concat([]byte{2}, ackFrame(3, 0, 3, false, 0, 0)),
+		concat([]byte{0}, cryptoFrameBytes(40, ch[40:])),
+	), byte(fuzzSealed))
+
+	// Headers alone.
+	f.Add(joinFuzz(mustHex(f, rfcClientInitialV1)[:40]), byte(fuzzPadded))
+	zeroRTT := rawLong(f, Version1, typeZeroRTT, testDCID, []byte("0-rtt"))
+	f.Add(joinFuzz(concat(zeroRTT, zeroRTT)), byte(fuzzPadded))
+	f.Add(joinFuzz([]byte{0xc0, 0, 0, 0, 1, 0, 0, 0, 0}), byte(fuzzRaw))
+
+	f.Fuzz(func(t *testing.T, data []byte, mode byte) {
+		if len(data) > maxFuzzInput {
+			return
+		}
+		dgrams := splitFuzz(data)
+		switch mode % fuzzModes {
+		case fuzzPadded:
+			for i, d := range dgrams {
+				if len(d) < MinInitialDatagram {
+					dgrams[i] = append(bytes.Clone(d), make([]byte, MinInitialDatagram-len(d))...)
+				}
+			}
+		case fuzzSealed:
+			for i, d := range dgrams {
+				dgrams[i] = sealFuzz(t, i, d)
+			}
+		}
+
+		var a Assembler
+		for _, d := range dgrams {
+			IsInitial(d)
+			Version(d)
+			orig := bytes.Clone(d)
+			hello, done, err := a.Add(d)
+			if !bytes.Equal(d, orig) {
+				t.Fatal("Add modified its datagram")
+			}
+			if err != nil {
+				if done {
+					t.Fatal("done with an error")
+				}
+				errKind(t, err)
+				continue
+			}
+			if done {
+				again, done2, err2 := a.Add(d)
+				if !done2 || err2 != nil || again.ServerName != hello.ServerName {
+					t.Fatalf("Add after done = %q, %v, %v", again.ServerName, done2, err2)
+				}
+				return
+			}
+		}
+	})
+}
+
+// TestFuzzSeeds checks that the seeds do what they are for: the real and
+// RFC ones complete a ClientHello through the sealing harness.
+func TestFuzzSeeds(t *testing.T) {
+	ch := rfcClientHello(t)
+	for name, in := range map[string][][]byte{
+		"quic-go":                 plaintexts(t, firstFlight(t, capture(t, quicgoV1Class))),
+		"rfc v2":                  plaintexts(t, [][]byte{mustHex(t, rfcClientInitialV2)}),
+		"rfc v2 split with 0-RTT": {splitSeed(ch, ctlV2|ctlZeroRTT|3)},
+		"pieces": {
+			concat([]byte{ctlToken}, cryptoFrameBytes(100, ch[100:])),
+			concat([]byte{ctlServerCID | 1}, cryptoFrameBytes(0, ch[:120])),
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var dgrams [][]byte
+			for i, d := range in {
+				dgrams = append(dgrams, sealFuzz(t, i, d))
+				if n := len(dgrams[i]); n != MinInitialDatagram && len(d) < 1000 {
+					t.Errorf("sealed datagram of %d bytes", n)
+				}
+			}
+			var a Assembler
+			if i, _ := feed(t, &a, dgrams); i != len(dgrams)-1 {
+				t.Fatalf("done at %d of %d", i, len(dgrams))
+			}
+		})
+	}
+}
