@@ -3,9 +3,11 @@ GO       ?= go
 BIN      ?= bin
 FUZZTIME ?= 30s
 # Flags passed to `make run`: the embedded defaults, no AWS account needed.
-RUN_FLAGS ?= --geneve-addr 0.0.0.0:6081 --admin-addr 127.0.0.1:8080 --state-dir ./state --access-log -
+# Off EC2 --gwlb-cidrs is required: GENEVE is accepted from loopback only,
+# a simulator on this host (gwlbsim).
+RUN_FLAGS ?= --geneve-addr 0.0.0.0:6081 --admin-addr 127.0.0.1:8080 --state-dir ./state --access-log - --gwlb-cidrs 127.0.0.0/8
 
-.PHONY: all build test vet bench fuzz run demo clean
+.PHONY: all build test vet bench fuzz run demo clean deb rpm
 
 all: build
 
@@ -17,6 +19,18 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gwlbproxy ./cmd/gwlbproxy
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/gwlbsim ./cmd/gwlbsim
+
+# Packages for the instances, written to $(BIN)/: the static gwlbproxy, its
+# systemd unit, a default policy and flags file, the sysctl drop-in for ICMP
+# echo (deploy/nfpm.yaml lists them; docs/deploy.md#packages), built with
+# nfpm as a library (deploy/mkpkg). GOARCH=arm64 make rpm: for Graviton.
+# The version is VERSION as dpkg and rpm accept it: v1.2.3-4-gabc becomes
+# 1.2.3.4.gabc, an untagged commit 0.0.0+git.<commit>.
+PKG_VERSION ?= $(shell echo '$(VERSION)' | sed -E -e 's/^v([0-9])/\1/' -e '/^[0-9]+\.[0-9]+/!s/^/0.0.0+git./' -e 's/-/./g')
+
+deb rpm: build
+	GWLBPROXY_ARCH=$$($(GO) env GOARCH) GWLBPROXY_BIN='$(BIN)' GWLBPROXY_VERSION='$(PKG_VERSION)' \
+	  GOOS= GOARCH= $(GO) run ./deploy/mkpkg -config deploy/nfpm.yaml -packager $@ -target $(BIN)
 
 # The whole test suite: formatting, vet, and every test with the race
 # detector. Privileged tests run when root and skip (saying why) otherwise;

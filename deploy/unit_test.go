@@ -1,0 +1,220 @@
+package deploy
+
+import (
+	"os"
+	"os/exec"
+	"path"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+// nfpmConfig is the part of nfpm.yaml the tests compare with the files.
+type nfpmConfig struct {
+	Contents []struct {
+		Src  string `yaml:"src"`
+		Dst  string `yaml:"dst"`
+		Type string `yaml:"type"`
+	} `yaml:"contents"`
+	Scripts map[string]string `yaml:"scripts"`
+}
+
+func loadNfpm(t *testing.T) nfpmConfig {
+	t.Helper()
+	data, err := os.ReadFile("nfpm.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c nfpmConfig
+	if err := yaml.Unmarshal(data, &c); err != nil {
+		t.Fatalf("nfpm.yaml: %v", err)
+	}
+	return c
+}
+
+// installed returns the source and type of what the package installs at dst.
+func (c nfpmConfig) installed(t *testing.T, dst string) (src, typ string) {
+	t.Helper()
+	for _, f := range c.Contents {
+		if f.Dst == dst {
+			return f.Src, f.Type
+		}
+	}
+	t.Fatalf("the package installs nothing at %s (nfpm.yaml)", dst)
+	return "", ""
+}
+
+func readFile(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// TestUnit: the unit runs what the package installs, with the flags file
+// and policy it installs, as the user the package creates, with the
+// capabilities the appliance needs and no others, and gives the drain
+// the time it takes.
+func TestUnit(t *testing.T) {
+	u := parseUnit(t, "systemd/gwlbproxy.service")
+	pkg := loadNfpm(t)
+	if src, _ := pkg.installed(t, "/usr/lib/systemd/system/gwlbproxy.service"); src != "deploy/systemd/gwlbproxy.service" {
+		t.Errorf("the package installs %s as the unit", src)
+	}
+
+	envFile, optional := strings.CutPrefix(u.one(t, "Service", "EnvironmentFile"), "-")
+	if src, typ := pkg.installed(t, envFile); src != "deploy/etc/flags" || typ != "config|noreplace" || !optional {
+		t.Errorf("EnvironmentFile %s: the package installs %s (%s) there; want deploy/etc/flags, config|noreplace, optional (-)", envFile, src, typ)
+	}
+	env := parseEnvFile(t, "etc/flags", readFile(t, "etc/flags"))
+	if len(env) != 1 || env["GWLBPROXY_FLAGS"] == "" {
+		t.Errorf("etc/flags sets %v, want GWLBPROXY_FLAGS only", env)
+	}
+	execStart := u.one(t, "Service", "ExecStart")
+	if !strings.HasSuffix(execStart, " $GWLBPROXY_FLAGS") {
+		t.Errorf("ExecStart %q: want $GWLBPROXY_FLAGS last, so that the flags file can override the unit's flags", execStart)
+	}
+	args := execArgs(t, execStart, env)
+	if src, _ := pkg.installed(t, args[0]); src != "${GWLBPROXY_BIN}/gwlbproxy" {
+		t.Errorf("ExecStart runs %s, where the package installs %s", args[0], src)
+	}
+	checkApplianceAccepts(t, args[1:])
+	// Without the flags file too.
+	checkApplianceAccepts(t, execArgs(t, execStart, nil)[1:])
+
+	config, _ := flagValue(args, "config")
+	src, typ := pkg.installed(t, config)
+	if src != "deploy/etc/policy.yaml" || typ != "config|noreplace" {
+		t.Errorf("--config %s: the package installs %s (%s) there; want deploy/etc/policy.yaml, config|noreplace", config, src, typ)
+	}
+	p, err := policy.Parse("etc/policy.yaml", []byte(readFile(t, "etc/policy.yaml")))
+	if err != nil {
+		t.Fatalf("the default policy: %v", err)
+	}
+	if p.Mode() != policy.Audit {
+		t.Errorf("the default policy's mode is %v: want audit (records everything, needs no CA)", p.Mode())
+	}
+
+	// State and logs live in the directories systemd creates for the user.
+	if dir, _ := flagValue(args, "state-dir"); dir != "/var/lib/"+u.one(t, "Service", "StateDirectory") {
+		t.Errorf("--state-dir %s, StateDirectory=%s", dir, u.one(t, "Service", "StateDirectory"))
+	}
+	if log, _ := flagValue(args, "access-log"); path.Dir(log) != "/var/log/"+u.one(t, "Service", "LogsDirectory") {
+		t.Errorf("--access-log %s, LogsDirectory=%s", log, u.one(t, "Service", "LogsDirectory"))
+	}
+	if log, _ := flagValue(args, "access-log"); !strings.Contains(readFile(t, "etc/logrotate"), log+" {") {
+		t.Errorf("etc/logrotate does not rotate %s", log)
+	}
+
+	user := u.one(t, "Service", "User")
+	if user != "gwlbproxy" || u.one(t, "Service", "Group") != user || len(u["Service"]["DynamicUser"]) != 0 {
+		t.Errorf("User=%s Group=%v DynamicUser=%v: want the system user gwlbproxy", user, u["Service"]["Group"], u["Service"]["DynamicUser"])
+	}
+	if !strings.Contains(readFile(t, "scripts/postinstall.sh"), "useradd --system --gid "+user) {
+		t.Errorf("scripts/postinstall.sh does not create the system user %s", user)
+	}
+
+	// CAP_NET_RAW for the raw return path, CAP_NET_BIND_SERVICE for port
+	// 80; nothing else, and nothing gained later.
+	wantCaps := []string{"CAP_NET_BIND_SERVICE", "CAP_NET_RAW"}
+	for _, key := range []string{"AmbientCapabilities", "CapabilityBoundingSet"} {
+		caps := strings.Fields(u.one(t, "Service", key))
+		slices.Sort(caps)
+		if !slices.Equal(caps, wantCaps) {
+			t.Errorf("%s=%v, want %v", key, caps, wantCaps)
+		}
+	}
+	for key, want := range map[string]string{
+		"NoNewPrivileges":       "yes",
+		"ProtectSystem":         "strict",
+		"ProtectHome":           "yes",
+		"PrivateTmp":            "yes",
+		"PrivateDevices":        "yes",
+		"Restart":               "on-failure",
+		"KillSignal":            "SIGTERM",
+		"ExecReload":            "/bin/kill -HUP $MAINPID",
+		"SystemCallErrorNumber": "EPERM",
+	} {
+		if got := u.one(t, "Service", key); got != want {
+			t.Errorf("%s=%s, want %s", key, got, want)
+		}
+	}
+	families := strings.Fields(u.one(t, "Service", "RestrictAddressFamilies"))
+	if !slices.Contains(families, "AF_INET") || !slices.Contains(families, "AF_INET6") || slices.Contains(families, "AF_PACKET") {
+		t.Errorf("RestrictAddressFamilies=%v", families)
+	}
+	if got := u.one(t, "Install", "WantedBy"); got != "multi-user.target" {
+		t.Errorf("WantedBy=%s", got)
+	}
+
+	// The stop timeout covers the drain (the appliance exits within
+	// --drain-timeout plus a second), with a margin.
+	drain := 300 * time.Second
+	if v, ok := flagValue(args, "drain-timeout"); ok {
+		if drain, err = time.ParseDuration(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if stop := systemdSpan(t, u.one(t, "Service", "TimeoutStopSec")); stop < drain+10*time.Second {
+		t.Errorf("TimeoutStopSec %v: want at least --drain-timeout %v plus 10 s", stop, drain)
+	}
+}
+
+// TestSysctl: the drop-in opens unprivileged ICMP sockets to every group
+// (the appliance's echo relay), where the package installs it and the
+// postinstall script applies it.
+func TestSysctl(t *testing.T) {
+	const dst = "/usr/lib/sysctl.d/60-gwlbproxy.conf"
+	if src, _ := loadNfpm(t).installed(t, dst); src != "deploy/sysctl/60-gwlbproxy.conf" {
+		t.Errorf("the package installs %s at %s", src, dst)
+	}
+	var settings []string
+	for _, line := range strings.Split(readFile(t, "sysctl/60-gwlbproxy.conf"), "\n") {
+		if line = strings.TrimSpace(line); line != "" && line[0] != '#' {
+			k, v, _ := strings.Cut(line, "=")
+			settings = append(settings, strings.TrimSpace(k)+"="+strings.Join(strings.Fields(v), " "))
+		}
+	}
+	if want := []string{"net.ipv4.ping_group_range=0 2147483647"}; !slices.Equal(settings, want) {
+		t.Errorf("sysctl drop-in sets %q, want %q", settings, want)
+	}
+	if !strings.Contains(readFile(t, "scripts/postinstall.sh"), "sysctl -q -p "+dst) {
+		t.Errorf("scripts/postinstall.sh does not apply %s", dst)
+	}
+}
+
+// TestScripts: the package scripts are POSIX sh (Debian's sh is dash), and
+// handle both the deb arguments and the rpm ones.
+func TestScripts(t *testing.T) {
+	pkg := loadNfpm(t)
+	want := map[string][]string{
+		"postinstall": {"configure", "1 | 2"},
+		"preremove":   {"remove | 0"},
+		"postremove":  {"purge"},
+	}
+	for kind, file := range pkg.Scripts {
+		script := readFile(t, strings.TrimPrefix(file, "deploy/"))
+		if !strings.HasPrefix(script, "#!/bin/sh\n") {
+			t.Errorf("%s: want #!/bin/sh", file)
+		}
+		if out, err := exec.Command("sh", "-n", "../"+file).CombinedOutput(); err != nil {
+			t.Errorf("sh -n %s: %v\n%s", file, err, out)
+		}
+		for _, w := range want[kind] {
+			if !strings.Contains(script, w) {
+				t.Errorf("%s (%s) does not handle %q", file, kind, w)
+			}
+		}
+		delete(want, kind)
+	}
+	for kind := range want {
+		t.Errorf("nfpm.yaml has no %s script", kind)
+	}
+}
