@@ -89,6 +89,7 @@ type roundTripper struct {
 	// request is in flight: an HTTP/2 server closes it without waiting for
 	// the handlers of its streams, which still dial, relay and record.
 	inflight atomic.Int64
+	requests atomic.Int64 // requests goproxy read whole
 	closed   atomic.Bool
 	ended    sync.Once
 }
@@ -138,6 +139,19 @@ func (rt *roundTripper) end() {
 			s.Record.BytesOut, s.Record.BytesIn = rt.cc.in.Load(), rt.cc.out.Load()
 			s.finish()
 			return
+		}
+		if rt.requests.Load() == 0 && !rt.cc.limit.tooLarge.Load() && rt.cc.in.Load() > 0 {
+			// Cleartext bytes came, and no request: goproxy could not
+			// read a head (a malformed one, or one cut short) and closed
+			// the connection. Nothing went upstream, but the flow must
+			// not go unrecorded.
+			rec := *s.Record
+			rec.Kind, rec.Scheme, rec.Rule = "http", rt.scheme, ""
+			rec.BytesOut, rec.BytesIn = rt.cc.in.Load(), rt.cc.out.Load()
+			rec.Action, rec.Result, rec.Error = "deny", "denied", "no request could be read: malformed or incomplete request head"
+			s.ic.denied.Add(1)
+			rec.End(s.Start)
+			s.ic.cfg.Records.Write(&rec)
 		}
 		s.Done()
 	})

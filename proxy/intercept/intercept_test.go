@@ -768,3 +768,28 @@ func TestBumpRedialHandshakeTimeout(t *testing.T) {
 	tlsc.Close()
 	sv.waitDoneOnce(t)
 }
+
+// TestCleartextUnreadableHeadRecorded: a request head that classification
+// took for HTTP but that goproxy cannot read (a header line without a
+// colon) reaches nobody, and still leaves a record.
+func TestCleartextUnreadableHeadRecorded(t *testing.T) {
+	r := newRig(t, testPolicy)
+	upEnd, up := r.startUpstream(nil)
+	c, sv := r.connect(upEnd, httpDest)
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: www.example.test\r\nno colon here\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, c) // whatever goproxy answers, until it closes
+	sv.waitDoneOnce(t)
+	if got := up.requests(); len(got) != 0 {
+		t.Errorf("the upstream served %q", got)
+	}
+	recs := r.records()
+	if len(recs) != 1 {
+		t.Fatalf("records %+v, want one", recs)
+	}
+	if rec := recs[0]; rec.Kind != "http" || rec.Action != "deny" || rec.Result != "denied" || rec.BytesOut == 0 ||
+		!strings.Contains(rec.Error, "no request could be read") {
+		t.Errorf("record %+v", rec)
+	}
+}

@@ -24,6 +24,7 @@ import (
 // names than its first) and gets its own record.
 func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
 	rt.cc.limit.headDone()
+	rt.requests.Add(1)
 	if !rt.s.h2 {
 		// The previous response is complete, whether or not its end was
 		// seen: what it left held goes now, before a "100 Continue".
