@@ -15,8 +15,9 @@
 //     endpoint for tests.
 //   - Minter (leaf.go, cache.go): leaf certificates per name from a bounded LRU
 //     cache, with concurrent requests for one name collapsed into one mint:
-//     Leaf for one name or IP address (a ClientHello's SNI), LeafFor for the
-//     names and addresses of a mirrored upstream certificate.
+//     Leaf for one name or IP address (a ClientHello's SNI, or the destination
+//     address of a client that sent none), LeafFor for a set of names and
+//     addresses.
 //   - Trust distribution (trust.go): an http.Handler serving a page with
 //     install steps per platform plus the certificate as PEM and DER, and
 //     WriteTrustCommands for the same steps on a terminal.
