@@ -181,8 +181,20 @@ func AllowAll() *policy.Holder {
 	return h
 }
 
-// imdsV6 is the instance metadata service's IPv6 address on Nitro instances.
-var imdsV6 = netip.MustParseAddr("fd00:ec2::254")
+// awsLinkLocalV6 holds the IPv6 addresses of the instance's own AWS
+// services on Nitro instances: metadata (fd00:ec2::254), the Route 53
+// Resolver (::253), time sync (::123). Their IPv4 twins are link-local.
+var awsLinkLocalV6 = netip.MustParsePrefix("fd00:ec2::/64")
+
+// IPv6 prefixes that carry an IPv4 address a NAT64 gateway or 6to4 relay
+// turns back into IPv4: a destination in them is judged by that address
+// too, or 64:ff9b::a9fe:a9fe would reach the metadata service through a
+// NAT gateway's DNS64/NAT64.
+var (
+	nat64WellKnown = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052
+	nat64Local     = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215
+	sixToFour      = netip.MustParsePrefix("2002::/16")      // RFC 3056
+)
 
 // forbidden says why a destination must not be dialled, or "". Clients must
 // never reach the appliance itself or the instance metadata service through
@@ -199,12 +211,39 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 		return "destination is link-local (instance metadata and the like)"
 	case a.IsMulticast() || a.IsUnspecified() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "destination is not a unicast address"
-	case a == imdsV6:
-		return "destination is the instance metadata service"
+	case awsLinkLocalV6.Contains(a):
+		return "destination is one of the instance's own AWS services (metadata, DNS, time)"
 	case p.own.has(a):
 		return "destination is the appliance itself"
 	}
+	v4s, n := embeddedIPv4(a)
+	for _, v4 := range v4s[:n] {
+		// 0.0.0.0 is what the other layout reads from a NAT64 address:
+		// no destination, and refusing it would refuse every such address.
+		if reason := p.forbidden(v4); reason != "" && !v4.IsUnspecified() {
+			return reason + ", embedded in " + a.String()
+		}
+	}
 	return ""
+}
+
+// embeddedIPv4 returns the IPv4 addresses a NAT64 or 6to4 address may
+// carry. An operator carves NAT64 prefixes of any length out of
+// 64:ff9b:1::/48, so both places a prefix length can put the address are
+// tried: the last 32 bits (a /96) and RFC 6052's layout for a /48.
+func embeddedIPv4(a netip.Addr) (v4s [2]netip.Addr, n int) {
+	b := a.As16()
+	switch {
+	case !a.Is6():
+	case nat64WellKnown.Contains(a):
+		v4s[0], n = netip.AddrFrom4([4]byte(b[12:16])), 1
+	case nat64Local.Contains(a):
+		v4s[0] = netip.AddrFrom4([4]byte(b[12:16]))
+		v4s[1], n = netip.AddrFrom4([4]byte{b[6], b[7], b[9], b[10]}), 2
+	case sixToFour.Contains(a):
+		v4s[0], n = netip.AddrFrom4([4]byte(b[2:6])), 1
+	}
+	return v4s, n
 }
 
 func newRecord(kind string, f netstack.FlowInfo) *records.Record {

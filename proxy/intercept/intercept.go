@@ -15,15 +15,19 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/elazarl/goproxy"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
@@ -60,6 +64,12 @@ type Config struct {
 	// DestinationCheckTimeout bounds each DestinationCheck call (default
 	// 5 s); a check that runs out fails.
 	DestinationCheckTimeout time.Duration
+	// KeyLogWriter, when set, receives the secrets of both TLS sessions of
+	// every bumped connection, the client's and the upstream's (and of
+	// the trust page's), in NSS key log format (tls.Config.KeyLogWriter):
+	// what lets Wireshark decrypt a capture of them. It must be safe for
+	// concurrent use.
+	KeyLogWriter io.Writer
 }
 
 // DefaultMaxHeaderBytes is the default request head limit: Squid's, and
@@ -218,6 +228,7 @@ func (s *session) bump() {
 		NextProtos:         httpALPN(hello.ALPN),
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, // verified below, so the reason can be recorded
+		KeyLogWriter:       ic.cfg.KeyLogWriter,
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			verifyErr = ic.verifyUpstream(cs, name)
 			return nil
@@ -287,7 +298,7 @@ func upstreamName(sni string, dest netip.Addr) string {
 // failed handshake (a client that does not trust the CA) into the record,
 // and keeps goproxy from adding ALPN protocols the client never offered.
 func (s *session) handshakeClient(leaf *tls.Certificate, upstreamH2 bool) bool {
-	c := tls.Server(s.client, clientTLSConfig(leaf, upstreamH2))
+	c := tls.Server(s.client, clientTLSConfig(leaf, upstreamH2, s.ic.cfg.KeyLogWriter))
 	hctx, cancel := context.WithTimeout(context.Background(), s.ic.cfg.HandshakeTimeout)
 	defer cancel()
 	if err := c.HandshakeContext(hctx); err != nil {
@@ -306,9 +317,11 @@ func (s *session) handshakeClient(leaf *tls.Certificate, upstreamH2 bool) bool {
 // own ALPN offer, what both sides can carry: h2 when the upstream speaks it,
 // and http/1.1. A client offering neither negotiates no ALPN (a fixed list
 // with no overlap would make the handshake fail) and speaks HTTP/1.x.
-func clientTLSConfig(leaf *tls.Certificate, upstreamH2 bool) *tls.Config {
+// keyLog (nil: none) receives the session's secrets.
+func clientTLSConfig(leaf *tls.Certificate, upstreamH2 bool, keyLog io.Writer) *tls.Config {
 	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
+		MinVersion:   tls.VersionTLS12,
+		KeyLogWriter: keyLog,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			var protos []string
 			for _, p := range hello.SupportedProtos {
@@ -316,7 +329,7 @@ func clientTLSConfig(leaf *tls.Certificate, upstreamH2 bool) *tls.Config {
 					protos = append(protos, p)
 				}
 			}
-			return &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: protos, MinVersion: tls.VersionTLS12}, nil
+			return &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: protos, MinVersion: tls.VersionTLS12, KeyLogWriter: keyLog}, nil
 		},
 	}
 }
@@ -393,6 +406,9 @@ func (s *session) serveHTTP() {
 		if authority == "" { // origin-form, or an absolute-form target without one
 			authority = req.Host
 		}
+		if canon, err := canonicalHost(authority); err == nil {
+			authority = canon // else refused with a 400 as goproxy hands it over
+		}
 		host = hostOnly(authority)
 		s.Record.Method, s.Record.Host, s.Record.Scheme = req.Method, authority, "http"
 		if u, err := url.Parse(req.Target); err == nil {
@@ -423,6 +439,32 @@ func (s *session) serveHTTP() {
 
 // hostOnly returns an authority's host: without a port, and an IPv6
 // literal without its brackets.
+// canonicalHost returns authority as net/http will send it as Host (IDN
+// labels in their xn-- form), or an error when its host and port cannot be
+// told apart. Requests are decided on what is sent, not on what the client
+// wrote: a rule for xn--bcher-kva.example must match "bücher.example", and
+// "evil.example:1:2", which an origin may cut at its first colon, must not
+// pass as some other name.
+func canonicalHost(authority string) (string, error) {
+	h, err := httpguts.PunycodeHostPort(authority)
+	if err != nil {
+		return "", fmt.Errorf("Host %q: %w", authority, err)
+	}
+	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") { // an IPv6 literal without a port
+		return h, nil
+	}
+	if strings.Contains(h, ":") {
+		_, port, err := net.SplitHostPort(h)
+		if err != nil {
+			return "", fmt.Errorf("Host %q: %w", authority, err)
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); port != "" && err != nil {
+			return "", fmt.Errorf("Host %q: port %q is not a number", authority, port)
+		}
+	}
+	return h, nil
+}
+
 func hostOnly(authority string) string {
 	if h, _, err := net.SplitHostPort(authority); err == nil {
 		return h

@@ -76,6 +76,17 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	if req.Host == "" {
 		req.Host = req.URL.Host
 	}
+	canon, err := canonicalHost(req.Host)
+	if err != nil {
+		rec := rt.base
+		rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
+		rec.Status, rec.Rule = http.StatusBadRequest, ""
+		rec.Action, rec.Result, rec.Error = "deny", "denied", err.Error()
+		s.ic.denied.Add(1)
+		rt.write(&rec, start)
+		return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the Host cannot be read"), nil
+	}
+	req.Host = canon
 	host := hostOnly(req.Host)
 	rec := rt.base
 	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host

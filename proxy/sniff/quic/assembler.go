@@ -61,8 +61,7 @@ type Assembler struct {
 	largestPN int64
 	pnSeen    bool
 
-	// verifying is set while Belongs reads a datagram: only the keys of
-	// the connection already read may open it.
+	// verifying is set while Belongs reads a datagram.
 	verifying bool
 
 	// Per-call scratch space, kept to spare allocations: a private copy of
@@ -188,9 +187,6 @@ func (a *Assembler) readInitial(pkt, buf []byte, h longHeader) ([]byte, error) {
 	// server's connection ID).
 	for i := -1; i < len(a.dcids); i++ {
 		dcid := h.dcid
-		if i < 0 && a.verifying && !slices.ContainsFunc(a.dcids, func(d []byte) bool { return bytes.Equal(d, dcid) }) {
-			continue // a new DCID's own keys would open a new connection
-		}
 		if i >= 0 {
 			if dcid = a.dcids[i]; bytes.Equal(dcid, h.dcid) {
 				continue
@@ -294,16 +290,17 @@ func (a *Assembler) finish(hello sniff.ClientHello) {
 }
 
 // Belongs reports whether a client datagram that arrives after the
-// ClientHello was read can be part of the same connection, so that relaying
-// it cannot start another one past the decision made on the first. A server
-// starts a connection only on an Initial packet: a datagram without one
-// (short header, 0-RTT, Handshake) belongs. One with Initial packets belongs
-// when each opens with the Initial keys of the connection read, and any
-// CRYPTO data in them repeats bytes of its ClientHello. A new connection on
-// the same flow (its own DCID and keys, or a different ClientHello under the
-// old keys, or coalesced behind another connection's packet), and a long
-// header that does not parse or is of a version not read here, do not
-// belong. False before the ClientHello is complete.
+// ClientHello was read can be relayed without starting a connection past
+// the decision made on that ClientHello. A server starts a connection only
+// on an Initial packet carrying a ClientHello: a datagram without Initial
+// packets (short header, 0-RTT, Handshake) belongs. One with Initial packets
+// belongs when each opens (with the keys of its own DCID or of one seen
+// before) and any CRYPTO data in them repeats bytes of the ClientHello
+// read: a retransmission, an ACK, or the same ClientHello again under new
+// keys after a Retry, which would be decided the same way. A different
+// ClientHello (under any keys, or coalesced behind another connection's
+// packet), CRYPTO data past the one read, and a long header that does not
+// parse or is of a version not read here, do not belong. False before the ClientHello is complete.
 func (a *Assembler) Belongs(datagram []byte) bool {
 	if !a.done {
 		return false

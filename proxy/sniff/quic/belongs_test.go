@@ -35,6 +35,7 @@ func TestBelongs(t *testing.T) {
 		{"short header", append([]byte{0x40}, serverCID...), true},
 		{"handshake packet", packet{typ: typeHandshake, dcid: serverCID, keyDCID: testDCID, pn: 0, payload: pingFrame(), padTo: 1200}.seal(t), true},
 		{"new connection: its own DCID and keys", packet{dcid: otherDCID, pn: 0, payload: cryptoFrameBytes(0, other), padTo: 1200}.seal(t), false},
+		{"after a Retry: the same ClientHello under the Retry's keys", packet{dcid: serverCID, token: []byte("retry token"), pn: 2, payload: frames[0], padTo: 1200}.seal(t), true},
 		{"new connection: the server's CID as its own DCID", packet{dcid: serverCID, pn: 0, payload: cryptoFrameBytes(0, other), padTo: 1200}.seal(t), false},
 		{"another ClientHello under the old keys", packet{dcid: testDCID, pn: 3, payload: cryptoFrameBytes(0, other[:1000]), padTo: 1200}.seal(t), false},
 		{"CRYPTO data past the ClientHello", packet{dcid: testDCID, pn: 4, payload: cryptoFrameBytes(uint64(len(ch)), []byte("more")), padTo: 1200}.seal(t), false},

@@ -1,0 +1,48 @@
+package intercept_test
+
+import (
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// TestEvasionH2MultiColonAuthority: over HTTP/2 goproxy takes :authority as
+// the URL host unparsed. A Host with two colons is one an origin may cut at
+// its first colon (nginx does): it must be refused, not decided as a name no
+// rule matches.
+func TestEvasionH2MultiColonAuthority(t *testing.T) {
+	for _, host := range []string{"evil.example.test:1:2", "evil.example.test:80:", "evil.example.test::"} {
+		t.Run(host, func(t *testing.T) {
+			r := newRig(t, idnPolicy)
+			upEnd, up := r.startUpstream(nil)
+			c, _ := r.connect(upEnd, httpDest)
+			c.SetDeadline(time.Now().Add(waitLimit))
+			cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req, _ := http.NewRequest("GET", "http://ok.example/a", nil)
+			req.Host = host
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("%v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			cc.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("status %d %q, want 400", resp.StatusCode, body)
+			}
+			if len(up.requests()) != 0 {
+				t.Errorf("the origin received %q", up.requests())
+			}
+			recs := ofKind(r.records(), "http")
+			if len(recs) != 1 || recs[0].Action != "deny" || recs[0].Status != 400 || recs[0].Host != host {
+				t.Errorf("records %+v, want one 400 deny for %q", recs, host)
+			}
+		})
+	}
+}
