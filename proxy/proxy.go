@@ -55,6 +55,9 @@ type Config struct {
 	// client, with the GWLB endpoint it goes through: the answers clients
 	// act on, which DestinationCheck can then accept. It must not keep msg.
 	DNSAnswer func(endpoint string, msg []byte)
+	// MaxWaitingTCPPerClient bounds the TCP connections one client may
+	// have waiting to be classified (default DefaultMaxWaitingTCPPerClient).
+	MaxWaitingTCPPerClient int
 	// DNSPorts are the UDP destination ports whose traffic is read as DNS
 	// (one record per query, answers passed to DNSAnswer). Default: 53.
 	DNSPorts []uint16
@@ -73,6 +76,7 @@ type Proxy struct {
 	own       *ownAddrs // the host's own addresses, followed: never a destination
 	echo      echoRelay
 	udp       udpState
+	tcp       tcpState
 	stats     proxyCounters
 }
 
@@ -100,6 +104,10 @@ type Stats struct {
 	// connection multiplexed on a decided QUIC flow, or an Initial on a
 	// flow decided as plain UDP under a policy that looks at names.
 	QUICSmuggled uint64 `json:"quic_smuggled_drops"`
+	// TCPWaitingDrops counts new TCP connections refused because their
+	// client had MaxWaitingTCPPerClient connections waiting to be
+	// classified already.
+	TCPWaitingDrops uint64 `json:"tcp_waiting_drops"`
 }
 
 // New returns a Proxy.
@@ -135,6 +143,7 @@ func New(cfg Config) *Proxy {
 		return p.dialer.DialContext(ctx, "tcp", addr)
 	}
 	p.intercept = intercept.New(ic)
+	p.tcp.waiting.what = "TCP connections waiting for their first bytes, its share"
 	p.echo.init(p)
 	return p
 }
@@ -146,6 +155,7 @@ func (p *Proxy) Stats() Stats {
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
 		Denied: p.stats.denied.Load() + p.intercept.Denied(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
+		TCPWaitingDrops: p.tcp.waitingDrops.Load(),
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
@@ -64,9 +65,23 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 		p.deny(rec, start, "denied by policy")
 		return
 	}
+	// Until its first bytes come, a connection costs a dialled upstream,
+	// two goroutines and the sniffing buffers, and waits with no time
+	// limit: a client may hold only so many of them.
+	key := clientShareKey(flow)
+	if ok, record := p.tcp.waiting.acquire(key, p.tcpWaitingLimit(), start); !ok {
+		req.Reject()
+		p.tcp.waitingDrops.Add(1)
+		if record != "" {
+			rec.Rule = ""
+			p.deny(rec, start, record)
+		}
+		return
+	}
 	p.stats.tcpActive.Add(1)
 	up, err := p.dialer.DialContext(context.Background(), "tcp", flow.Dest.String())
 	if err != nil {
+		p.tcp.waiting.release(key)
 		req.Reject()
 		p.stats.tcpDialErrors.Add(1)
 		rec.Result, rec.Error = records.DialResult(err), err.Error()
@@ -75,13 +90,37 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 	}
 	client, err := req.Accept()
 	if err != nil {
+		p.tcp.waiting.release(key)
 		up.Close()
 		rec.Result, rec.Error = "error", err.Error()
 		p.endTCP(rec, start)
 		return
 	}
-	s := &tcpSession{p: p, rec: rec, start: start, pol: pol, subj: subj, up: up}
+	s := &tcpSession{p: p, rec: rec, start: start, pol: pol, subj: subj, up: up, waiting: key}
 	s.serve(client)
+}
+
+// DefaultMaxWaitingTCPPerClient is how many TCP connections one client may
+// have waiting for their first bytes (or their destination's) at once
+// unless Config.MaxWaitingTCPPerClient says otherwise. Real clients send at
+// once, or speak a server-first protocol whose server answers at once; the
+// ones that wait are preconnected sockets a browser keeps a few of per
+// host. A client that opens connections and sends nothing holds an upstream
+// connection and about 40 KiB each for as long as it likes: the share
+// bounds that to about 40 MiB per client.
+const DefaultMaxWaitingTCPPerClient = 1024
+
+// tcpState is the proxy's TCP state beyond single connections.
+type tcpState struct {
+	waiting      udpShares
+	waitingDrops atomic.Uint64
+}
+
+func (p *Proxy) tcpWaitingLimit() int {
+	if n := p.cfg.MaxWaitingTCPPerClient; n > 0 {
+		return n
+	}
+	return DefaultMaxWaitingTCPPerClient
 }
 
 // endTCP writes a TCP connection's record and counts it as ended.
@@ -100,6 +139,9 @@ type tcpSession struct {
 	subj   policy.Subject
 	client net.Conn // the client, with the sniffed bytes still to read
 	up     net.Conn // the dialled destination
+	// waiting is the client's key in tcpState.waiting, held until the
+	// connection is classified.
+	waiting shareKey
 }
 
 // serve classifies the connection by its first bytes and serves it.
@@ -111,6 +153,7 @@ func (s *tcpSession) serve(accepted net.Conn) {
 	// still meet the domain rules. A destination that speaks first ends the
 	// wait (the protocol is then server-first, and relayed as TCP).
 	res, err := sniff.Sniff(br, deadline)
+	s.p.tcp.waiting.release(s.waiting)
 	if early, upErr := stop(); len(early) > 0 || upErr != nil {
 		s.up = &prefixConn{Conn: s.up, prefix: early, err: upErr}
 	}

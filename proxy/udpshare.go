@@ -42,10 +42,14 @@ type udpState struct {
 	held         atomic.Int64 // denied flows held (deniedUDP), at most maxDeniedUDP
 }
 
-// udpShares counts the UDP flows each client holds.
+// udpShares counts what each client holds of a resource shared by all
+// clients: UDP flows (host ports), or TCP connections still waiting to be
+// classified (tcpState.waiting).
 type udpShares struct {
-	mu sync.Mutex
-	m  map[shareKey]*shareEntry
+	// what names the resource and its flag, for the drop records.
+	what string
+	mu   sync.Mutex
+	m    map[shareKey]*shareEntry
 }
 
 // shareKey is a client as the share counts it: its address behind one GWLB
@@ -100,7 +104,11 @@ func (s *udpShares) acquire(k shareKey, limit int, now time.Time) (ok bool, reco
 		e.unrecorded++
 		return false, ""
 	}
-	record = fmt.Sprintf("the client holds %d UDP flows, its share (--max-udp-flows-per-client)", limit)
+	what := s.what
+	if what == "" {
+		what = "UDP flows, its share (--max-udp-flows-per-client)"
+	}
+	record = fmt.Sprintf("the client holds %d %s", limit, what)
 	if e.unrecorded > 0 {
 		record += fmt.Sprintf("; %d more new flows dropped since the last such record", e.unrecorded)
 	}

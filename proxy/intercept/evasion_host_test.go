@@ -36,4 +36,3 @@ func TestEvasionIDNHost(t *testing.T) {
 		t.Errorf("records %+v, want one deny by no-buecher for xn--bcher-kva.example", recs)
 	}
 }
-
