@@ -67,6 +67,19 @@ type Config struct {
 	Senders []netip.Prefix
 	// Handler receives every accepted flow.
 	Handler Handler
+	// Tap, when set, sees every inner packet received from the GWLB and
+	// sent back to it (package capture: pcap files, a mirror device).
+	Tap Tap
+}
+
+// Tap sees the inner packets on the packet path. Packet is called for each
+// well-formed inner packet received from the GWLB (out false: before the
+// flow table and the stack decide on it) and each one sent back to it
+// (out true), with its GWLB endpoint, the flow cookie of its GENEVE header,
+// the time (unix nanoseconds), and what ParsePacket found. It is called
+// from many goroutines at once, must not block, and must not keep pkt.
+type Tap interface {
+	Packet(endpoint uint64, cookie uint32, out bool, now int64, p Packet, pkt []byte)
 }
 
 // DefaultMaxEndpoints is the default of Config.MaxEndpoints. A GWLB
@@ -315,6 +328,9 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
 		s.stats.drop(reason)
 		return
 	}
+	if s.cfg.Tap != nil {
+		s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, time.Now().UnixNano(), p, inner)
+	}
 	// A later fragment makes no stack: with none, its first fragment was
 	// never taken in.
 	st, reason := s.enterStack(h.Endpoint, !p.Fragment)
@@ -543,6 +559,9 @@ func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int
 	}
 	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions
 	tn := flow.tunnel.Load()
+	if s.cfg.Tap != nil {
+		s.cfg.Tap.Packet(endpoint, tn.parsed.FlowCookie, true, now, p, inner)
+	}
 	start := innerOff - len(tn.header)
 	copy(buf[start:], tn.header)
 	dgram := buf[start-outerHeadroom : innerOff+n]

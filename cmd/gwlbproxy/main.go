@@ -21,6 +21,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/internal/appliance"
+	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 )
 
 func main() {
@@ -175,6 +176,20 @@ func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
 		o.CloudWatch.RetentionDays = int32(n)
 		return nil
 	})
+	fs.StringVar(&o.TLSKeyLog, "tls-keylog", "", "file (mode 0600) the secrets of both TLS sessions of every bumped connection are appended to, NSS key log format, so Wireshark can decrypt captures; it holds secrets (off when empty)")
+	fs.StringVar(&o.Capture.PcapDir, "pcap-dir", "", "directory every inner packet received from and sent to the GWLB is written to, as rotated pcapng files with one interface per GWLB endpoint (off when empty)")
+	fs.Int64Var(&o.Capture.RotateBytes, "pcap-rotate-bytes", capture.DefaultRotateBytes, "start a new pcap file before the current one would grow past this many bytes")
+	fs.DurationVar(&o.Capture.RotateAge, "pcap-rotate-age", capture.DefaultRotateAge, "start a new pcap file once the current one is this old")
+	fs.Int64Var(&o.Capture.MaxBytes, "pcap-max-bytes", capture.DefaultMaxBytes, "bytes the pcap files may take together; the oldest are deleted to stay under it")
+	fs.Func("pcap-filter", "write only the packets this filter matches to the pcap files: conditions separated by ';', each key=value[,value...], keys client_cidrs, dest_cidrs, ports, protocols (tcp, udp, icmp), endpoints; repeat the flag for several filters (a packet matching any is written)", func(v string) error {
+		f, err := capture.ParseFilter(v)
+		if err != nil {
+			return err
+		}
+		o.Capture.Filters = append(o.Capture.Filters, f)
+		return nil
+	})
+	fs.StringVar(&o.Capture.MirrorTAP, "mirror-tap", "", "TAP device every inner packet is mirrored to, for an IDS to read: Ethernet frames with one 802.1Q VLAN per GWLB endpoint; created if missing (CAP_NET_ADMIN) (off when empty)")
 	fs.BoolVar(&o.AllowLoopback, "unsafe-allow-loopback", false, "TESTING ONLY: let clients reach loopback destinations, the appliance's own services included")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
 	if err := fs.Parse(args); err != nil {

@@ -7,6 +7,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -20,6 +21,10 @@ type stats struct {
 	Records    records.Stats  `json:"records"`
 	CloudWatch *cwlogs.Stats  `json:"cloudwatch,omitempty"`
 	Leaves     *certs.Stats   `json:"leaves,omitempty"`
+	// Capture is there while pcap files or the mirror are on.
+	Capture *capture.Stats `json:"capture,omitempty"`
+	// TLSKeyLogErrors counts failed writes to --tls-keylog.
+	TLSKeyLogErrors uint64 `json:"tls_keylog_errors,omitempty"`
 }
 
 // stats takes a snapshot of every counter: /stats encodes it, and the
@@ -34,6 +39,13 @@ func (a *Appliance) stats() stats {
 	if a.minter != nil {
 		l := a.minter.Stats()
 		s.Leaves = &l
+	}
+	if a.capture != nil {
+		c := a.capture.Stats()
+		s.Capture = &c
+	}
+	if a.keyLog != nil {
+		s.TLSKeyLogErrors = a.keyLog.Errors()
 	}
 	return s
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
@@ -92,6 +93,14 @@ type Options struct {
 	// an ephemeral port) one client holds at once
 	// (--max-udp-flows-per-client).
 	MaxUDPFlowsPerClient int
+	// TLSKeyLog (--tls-keylog) is the file the secrets of both TLS
+	// sessions of every bumped connection are appended to, in NSS key log
+	// format, for Wireshark to decrypt captures with ("": none).
+	TLSKeyLog string
+	// Capture copies the inner packets to rotated pcapng files
+	// (--pcap-dir and the --pcap-* flags) and to a mirror TAP device
+	// (--mirror-tap); off when neither is set.
+	Capture capture.Config
 }
 
 // defaultRecordStall outlasts the hiccups of a healthy log sink (a rotation,
@@ -170,6 +179,14 @@ func (o *Options) Validate() error {
 	default:
 		return fmt.Errorf("--return-path %q: want auto, raw or bound", o.ReturnPath)
 	}
+	if len(o.Capture.Filters) > 0 && o.Capture.PcapDir == "" {
+		return errors.New("--pcap-filter: needs --pcap-dir")
+	}
+	if o.Capture.PcapDir != "" || o.Capture.MirrorTAP != "" {
+		if err := o.Capture.Validate(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -194,6 +211,10 @@ type Appliance struct {
 	wasBroken  atomic.Bool // for logging changes of the health check only
 	// destCheck ties decisions made on names to destination addresses.
 	destCheck *destcheck.Checker
+	// capture copies inner packets to pcap files and the mirror (nil: off);
+	// keyLog is the TLS key log (nil: off).
+	capture *capture.Capture
+	keyLog  *capture.KeyLog
 }
 
 // New opens every listener; Run serves them. On an error, whatever it had
@@ -260,6 +281,15 @@ func New(o Options) (_ *Appliance, err error) {
 	if o.DNSObserve {
 		dnsAnswer = a.destCheck.Observe
 	}
+	var keyLog io.Writer
+	if o.TLSKeyLog != "" {
+		if a.keyLog, err = capture.OpenKeyLog(o.TLSKeyLog); err != nil {
+			return nil, err
+		}
+		keyLog = a.keyLog
+		slog.Warn("--tls-keylog: the secrets of every bumped TLS connection are written to the key log; anyone who can read it can decrypt captures of them",
+			"file", o.TLSKeyLog)
+	}
 	a.proxy = proxy.New(proxy.Config{
 		DialTimeout:          o.DialTimeout,
 		UDPIdleTimeout:       o.IdleTimeout,
@@ -277,8 +307,18 @@ func New(o Options) (_ *Appliance, err error) {
 			Trust:          a.trustHandler(),
 			TrustHost:      o.TrustHost,
 			MaxHeaderBytes: o.MaxHeaderBytes,
+			KeyLogWriter:   keyLog,
 		},
 	})
+	if a.capture, err = capture.New(o.Capture); err != nil {
+		return nil, err
+	}
+	var tap netstack.Tap // a nil *Capture in it would not be nil
+	if a.capture != nil {
+		tap = a.capture
+		slog.Info("capturing inner packets", "pcap_dir", o.Capture.PcapDir, "mirror_tap", o.Capture.MirrorTAP,
+			"pcap_filters", len(o.Capture.Filters))
+	}
 	a.netstack, err = netstack.Listen(netstack.Config{
 		ListenAddr:        o.GeneveAddr,
 		Readers:           o.Readers,
@@ -292,6 +332,7 @@ func New(o Options) (_ *Appliance, err error) {
 		Senders:           o.GWLBCIDRs,
 		MaxEndpoints:      o.MaxEndpoints,
 		Handler:           a.proxy,
+		Tap:               tap,
 	})
 	if err != nil {
 		return nil, err
@@ -319,6 +360,7 @@ func (a *Appliance) Close() {
 	if a.proxy != nil {
 		a.proxy.Close()
 	}
+	a.closeCapture()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	a.closeSinks(ctx)
@@ -387,6 +429,7 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	rctx, rcancel := context.WithDeadline(context.Background(), recordsDue)
 	_ = a.proxy.Wait(rctx)
 	rcancel()
+	a.closeCapture()
 	// An admin client that holds its connection open must not eat the
 	// records' time: the admin listener gets a moment, then is closed.
 	actx, acancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -480,6 +523,19 @@ func (a *Appliance) closeSinks(ctx context.Context) {
 	for _, c := range a.closers {
 		if err := c.Close(); err != nil {
 			slog.Warn("closing a record sink", "err", err)
+		}
+	}
+}
+
+// closeCapture writes out the queued packets and closes the pcap files,
+// the mirror device and the key log.
+func (a *Appliance) closeCapture() {
+	if err := a.capture.Close(); err != nil {
+		slog.Warn("closing the packet capture", "err", err)
+	}
+	if a.keyLog != nil {
+		if err := a.keyLog.Close(); err != nil {
+			slog.Warn("closing the TLS key log", "err", err)
 		}
 	}
 }

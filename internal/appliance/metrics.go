@@ -12,6 +12,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
+	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 )
 
 // metricsHandler serves /metrics: the gwlbproxy_* counters, and the Go
@@ -74,11 +75,13 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- endpointFlowsDesc
 	describeStats(ch, leafMetrics)
 	describeStats(ch, cloudWatchMetrics)
+	describeStats(ch, pcapMetrics)
+	describeStats(ch, mirrorMetrics)
 }
 
-// Collect reads the counters once and sends them. The leaf cache and
-// CloudWatch metrics are sent only when those parts run (interception on,
-// a log group configured), as the hand-written renderer did before:
+// Collect reads the counters once and sends them. The leaf cache,
+// CloudWatch, pcap and mirror metrics are sent only when those parts run
+// (interception on, a log group configured, --pcap-dir, --mirror-tap), as the hand-written renderer did before:
 // a constant 0 would read as "running and idle".
 func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.stats()
@@ -97,6 +100,12 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.CloudWatch != nil {
 		collectStats(ch, cloudWatchMetrics, s.CloudWatch)
+	}
+	if s.Capture != nil && s.Capture.Pcap != nil {
+		collectStats(ch, pcapMetrics, s.Capture.Pcap)
+	}
+	if s.Capture != nil && s.Capture.Mirror != nil {
+		collectStats(ch, mirrorMetrics, s.Capture.Mirror)
 	}
 }
 
@@ -257,4 +266,38 @@ var cloudWatchMetrics = []statMetric[cwlogs.Stats]{
 		func(cw *cwlogs.Stats) float64 { return float64(cw.Failed) }),
 	newStatMetric("cloudwatch_records_dropped_total", promCounter, "Records dropped: buffer full, or unshipped at exit.",
 		func(cw *cwlogs.Stats) float64 { return float64(cw.Dropped) }),
+}
+
+// pcapMetrics are the pcap writer's, sent while --pcap-dir is set.
+var pcapMetrics = []statMetric[capture.PcapStats]{
+	newStatMetric("pcap_packets_total", promCounter, "Inner packets written to the pcap files.",
+		func(p *capture.PcapStats) float64 { return float64(p.Packets) }),
+	newStatMetric("pcap_bytes_total", promCounter, "Bytes of the inner packets written to the pcap files.",
+		func(p *capture.PcapStats) float64 { return float64(p.Bytes) }),
+	newStatMetric("pcap_dropped_total", promCounter, "Inner packets not written to the pcap files because their queue was full (the disk too slow).",
+		func(p *capture.PcapStats) float64 { return float64(p.Dropped) }),
+	newStatMetric("pcap_errors_total", promCounter, "Inner packets not written to the pcap files because writing failed (see last_error in /stats).",
+		func(p *capture.PcapStats) float64 { return float64(p.Errors) }),
+	newStatMetric("pcap_files", promGauge, "pcap files in --pcap-dir, the one being written included.",
+		func(p *capture.PcapStats) float64 { return float64(p.Files) }),
+	newStatMetric("pcap_disk_bytes", promGauge, "Bytes of the pcap files in --pcap-dir, held under --pcap-max-bytes.",
+		func(p *capture.PcapStats) float64 { return float64(p.DiskBytes) }),
+	newStatMetric("pcap_rotations_total", promCounter, "pcap files finished (by size, age, or a write error).",
+		func(p *capture.PcapStats) float64 { return float64(p.Rotations) }),
+	newStatMetric("pcap_files_deleted_total", promCounter, "Oldest pcap files deleted to stay under --pcap-max-bytes or keep the file system from filling.",
+		func(p *capture.PcapStats) float64 { return float64(p.FilesDeleted) }),
+}
+
+// mirrorMetrics are the mirror device's, sent while --mirror-tap is set.
+var mirrorMetrics = []statMetric[capture.MirrorStats]{
+	newStatMetric("mirror_packets_total", promCounter, "Inner packets written to the mirror device.",
+		func(m *capture.MirrorStats) float64 { return float64(m.Packets) }),
+	newStatMetric("mirror_bytes_total", promCounter, "Bytes of the inner packets written to the mirror device.",
+		func(m *capture.MirrorStats) float64 { return float64(m.Bytes) }),
+	newStatMetric("mirror_dropped_total", promCounter, "Inner packets not mirrored because their queue was full.",
+		func(m *capture.MirrorStats) float64 { return float64(m.Dropped) }),
+	newStatMetric("mirror_errors_total", promCounter, "Inner packets not mirrored because writing to the device failed.",
+		func(m *capture.MirrorStats) float64 { return float64(m.Errors) }),
+	newStatMetric("mirror_endpoints", promGauge, "GWLB endpoints given a VLAN on the mirror device.",
+		func(m *capture.MirrorStats) float64 { return float64(len(m.VLANs)) }),
 }

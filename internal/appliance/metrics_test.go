@@ -19,6 +19,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -383,4 +384,38 @@ func TestMetricsScrape(t *testing.T) {
 		t.Errorf("second appliance: gwlbproxy_tcp_connection_attempts_total %v, want 0", got)
 	}
 	single(t, mfs2, "go_goroutines", dto.MetricType_GAUGE)
+}
+
+// TestMetricsCapture: with pcap files and the mirror on, their counters
+// are exported with the values of /stats, and pass the pedantic registry's
+// checks; with one of them off, its metrics are left out.
+func TestMetricsCapture(t *testing.T) {
+	s := metricsStats()
+	s.Capture = &capture.Stats{
+		Pcap: &capture.PcapStats{SinkStats: capture.SinkStats{Packets: 601, Bytes: 602, Dropped: 603, Errors: 604},
+			Files: 605, DiskBytes: 606, Rotations: 607, FilesDeleted: 608},
+		Mirror: &capture.MirrorStats{SinkStats: capture.SinkStats{Packets: 701, Bytes: 702, Dropped: 703, Errors: 704},
+			Device: "ids0", VLANs: map[string]uint16{"vpce-0a": 1, "vpce-0b": 2}},
+	}
+	mfs := collectMetrics(t, s)
+	for name, want := range map[string]float64{
+		"gwlbproxy_pcap_packets_total": 601, "gwlbproxy_pcap_bytes_total": 602, "gwlbproxy_pcap_dropped_total": 603,
+		"gwlbproxy_pcap_errors_total": 604, "gwlbproxy_pcap_rotations_total": 607, "gwlbproxy_pcap_files_deleted_total": 608,
+		"gwlbproxy_mirror_packets_total": 701, "gwlbproxy_mirror_bytes_total": 702, "gwlbproxy_mirror_dropped_total": 703,
+		"gwlbproxy_mirror_errors_total": 704,
+	} {
+		if v, ok := single(t, mfs, name, dto.MetricType_COUNTER); ok && v != want {
+			t.Errorf("%s = %v, want %v", name, v, want)
+		}
+	}
+	for name, want := range map[string]float64{"gwlbproxy_pcap_files": 605, "gwlbproxy_pcap_disk_bytes": 606, "gwlbproxy_mirror_endpoints": 2} {
+		if v, ok := single(t, mfs, name, dto.MetricType_GAUGE); ok && v != want {
+			t.Errorf("%s = %v, want %v", name, v, want)
+		}
+	}
+	s.Capture.Mirror = nil
+	mfs = collectMetrics(t, s)
+	if mfs["gwlbproxy_mirror_packets_total"] != nil || mfs["gwlbproxy_pcap_packets_total"] == nil {
+		t.Error("with the mirror off, its metrics are still sent, or the pcap ones are not")
+	}
 }

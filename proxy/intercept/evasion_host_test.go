@@ -22,9 +22,10 @@ policy:
 func TestEvasionIDNHost(t *testing.T) {
 	r := newRig(t, idnPolicy)
 	upEnd, up := r.startUpstream(nil)
-	c, _ := r.connect(upEnd, httpDest)
+	c, sv := r.connect(upEnd, httpDest)
 	hc := newHTTPClient(t, c)
 	resp, body := hc.do("GET /x HTTP/1.1\r\nHost: bücher.example\r\n\r\n")
+	sv.waitDoneOnce(t) // the record is written as the session ends
 	if resp.StatusCode != 403 {
 		t.Errorf("status %d %q, want 403", resp.StatusCode, body)
 	}

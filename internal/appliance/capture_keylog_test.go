@@ -1,0 +1,240 @@
+package appliance
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
+	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// captureRig is interceptRig with the TLS key log and the pcap files on.
+func captureRig(t *testing.T, up *upstream, mutate func(*Options)) (r *rig, keyLog, pcapDir string) {
+	t.Helper()
+	dir := t.TempDir()
+	keyLog, pcapDir = filepath.Join(dir, "keys.log"), filepath.Join(dir, "pcap")
+	cfg := filepath.Join(dir, "gwlbproxy.yaml")
+	os.WriteFile(cfg, []byte(interceptPolicy), 0o644)
+	r = newRig(t, func(o *Options) {
+		o.Config = cfg
+		o.UpstreamCA = []string{up.caFile}
+		o.TLSKeyLog = keyLog
+		o.Capture.PcapDir = pcapDir
+		if mutate != nil {
+			mutate(o)
+		}
+	}, nil)
+	r.dns.Set("*.example.test", 60, up.addr.Addr())
+	return r, keyLog, pcapDir
+}
+
+func requireTool(t *testing.T, tool, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(tool)
+	if err != nil {
+		testenv.RequirePrivileged(t, fmt.Sprintf("this test needs %s (apt-get install %s)", tool, pkg))
+	}
+	return p
+}
+
+// tshark runs tshark with args, bounded in time, and returns its output.
+func tshark(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "tshark", args...)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("tshark %v: %v\n%s", args, err, stderr.String())
+	}
+	return string(out)
+}
+
+// pcapFilesIn lists the pcapng files of dir, oldest first.
+func pcapFilesIn(t *testing.T, dir string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "gwlbproxy-*.pcapng"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no pcapng files in %s (%v)", dir, err)
+	}
+	return files
+}
+
+// awaitCaptureIdle waits until the pcap writer has written every packet
+// the appliance handled so far (the count stops moving): it flushes each
+// time its queue runs empty.
+func awaitCaptureIdle(t *testing.T, r *rig) capture.PcapStats {
+	t.Helper()
+	var last capture.PcapStats
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		time.Sleep(300 * time.Millisecond)
+		st := r.app.stats().Capture.Pcap
+		if st.Packets > 0 && st.Packets == last.Packets {
+			return *st
+		}
+		last = *st
+		if time.Now().After(deadline) {
+			t.Fatalf("the pcap writer did not settle: %+v", st)
+		}
+	}
+}
+
+// TestCaptureKeyLogDecryptsBump: a bumped HTTPS request leaves the secrets
+// of both its TLS sessions in --tls-keylog (mode 0600), and with them
+// tshark decrypts the request from the appliance's own pcap files (the
+// client's session, inside GENEVE, on the endpoint's interface) and from a
+// capture of the upstream connection on loopback (the upstream session,
+// when tcpdump can run).
+func TestCaptureKeyLogDecryptsBump(t *testing.T) {
+	requireTool(t, "tshark", "tshark")
+	up := startUpstream(t, newTestNet().server(3), false)
+	r, keyLog, pcapDir := captureRig(t, up, nil)
+
+	// The upstream side crosses loopback: tcpdump sees it, if it can run.
+	var upPcap string
+	var stopDump func()
+	if _, err := exec.LookPath("tcpdump"); err == nil && os.Geteuid() == 0 {
+		upPcap, stopDump = startTcpdump(t, "lo", fmt.Sprintf("host %s and tcp port %d", up.addr.Addr(), up.addr.Port()))
+	} else {
+		testenv.RequireRoot(t, "capturing the upstream session on loopback needs root and tcpdump")
+	}
+
+	client := r.httpClient(t, up.addr, false)
+	resp, err := client.Get("https://www.example.test/hello?who=keylog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "hello keylog") {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	client.CloseIdleConnections()
+	r.records(func(rs []records.Record) bool { return countKind(rs, "tls") >= 1 && countKind(rs, "http") >= 1 })
+	st := awaitCaptureIdle(t, r)
+	if st.Dropped != 0 || st.Errors != 0 {
+		t.Errorf("pcap stats %+v", st)
+	}
+
+	fi, err := os.Stat(keyLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("key log mode %v, want 0600", fi.Mode().Perm())
+	}
+	keys, _ := os.ReadFile(keyLog)
+	randoms := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(string(keys)), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "CLIENT_TRAFFIC_SECRET_0" {
+			randoms[f[1]] = true
+		}
+	}
+	if len(randoms) != 2 {
+		t.Errorf("the key log has the secrets of %d TLS 1.3 sessions, want 2 (the client's and the upstream's):\n%s", len(randoms), keys)
+	}
+
+	// The client's session, from the appliance's own capture.
+	files := pcapFilesIn(t, pcapDir)
+	for _, f := range files {
+		out := tshark(t, "-r", f, "-o", "tls.keylog_file:"+keyLog, "-Y", "http.request", "-T", "fields",
+			"-e", "frame.interface_name", "-e", "ip.src", "-e", "http.request.method", "-e", "http.request.uri", "-e", "http.host")
+		want := fmt.Sprintf("vpce-00123456789abcdef\t%s\tGET\t/hello?who=keylog\twww.example.test\n", clientV4)
+		if out == want {
+			files = nil
+			break
+		}
+		t.Logf("%s: tshark shows %q", f, out)
+	}
+	if files != nil {
+		t.Errorf("tshark does not decrypt the client's request from the pcap files with the key log")
+	}
+	// No malformed packets in them either.
+	for _, f := range pcapFilesIn(t, pcapDir) {
+		if out := tshark(t, "-r", f, "-o", "tls.keylog_file:"+keyLog, "-Y", "_ws.malformed || _ws.expert.severity >= error"); out != "" {
+			t.Errorf("%s: tshark finds malformed packets:\n%s", f, out)
+		}
+	}
+
+	// The upstream's session, from loopback.
+	if stopDump != nil {
+		stopDump()
+		out := tshark(t, "-r", upPcap, "-o", "tls.keylog_file:"+keyLog, "-Y", "http.request", "-T", "fields",
+			"-e", "http.request.method", "-e", "http.request.uri")
+		if out != "GET\t/hello?who=keylog\n" {
+			t.Errorf("tshark decrypts from the upstream connection %q, want the request", out)
+		}
+	}
+}
+
+// startTcpdump captures on dev with filter into a file until stop (or
+// the test's end), bounded to a minute.
+func startTcpdump(t *testing.T, dev, filter string) (file string, stop func()) {
+	t.Helper()
+	file = filepath.Join(t.TempDir(), dev+".pcap")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	var stderr syncBuffer
+	cmd := exec.CommandContext(ctx, "tcpdump", "-i", dev, "-n", "--immediate-mode", "-U", "-s", "0", "-w", file, filter)
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			// SIGINT: tcpdump writes out what it holds.
+			_ = cmd.Process.Signal(os.Interrupt)
+			done := make(chan struct{})
+			go func() { cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				cancel()
+				<-done
+			}
+			cancel()
+		})
+	}
+	t.Cleanup(stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(stderr.String(), "listening on") {
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("tcpdump did not start: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return file, stop
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

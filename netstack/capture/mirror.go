@@ -1,0 +1,186 @@
+package capture
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// The mirror's frames: Ethernet with an 802.1Q tag naming the GWLB
+// endpoint. The MAC addresses are locally administered and fixed: the
+// client's side ends in 01, the destinations' side in 02, so that the
+// direction shows (and a filter such as "ether src 02:67:77:6c:62:01"
+// selects the clients' packets). No host answers to them: the kernel
+// drops the frames it is handed after the packet sockets (tcpdump, an
+// IDS) have seen them.
+var (
+	clientMAC = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x01}
+	destMAC   = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x02}
+)
+
+const (
+	frameHeader = 14 + 4 // Ethernet and the 802.1Q tag
+	// MaxVLANs is how many GWLB endpoints the mirror tells apart: VLAN IDs
+	// 1 to 4094. Packets of further endpoints are dropped and counted.
+	MaxVLANs = 4094
+)
+
+// mirror writes packets to a TAP device as VLAN-tagged Ethernet frames.
+// It runs on one goroutine; stats are read from others.
+type mirror struct {
+	name  string
+	f     *os.File
+	frame []byte
+
+	mu        sync.Mutex
+	vlans     map[uint64]uint16 // endpoint -> VLAN ID, in order of first packet
+	lastError string
+
+	packets, bytes, errs atomic.Uint64
+}
+
+// openMirror opens the TAP device name, creating it if it does not exist
+// (which needs CAP_NET_ADMIN; a device made beforehand with "ip tuntap add
+// NAME mode tap user gwlbproxy" needs none), and brings it up.
+func openMirror(name string) (*mirror, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("--mirror-tap: opening /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("--mirror-tap %q: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("--mirror-tap %q: attaching the TAP device (needs CAP_NET_ADMIN, or a device made for this user beforehand): %w", name, err)
+	}
+	// The host must not talk on the mirror itself: no IPv6 link-local
+	// address, so no router or neighbour solicitations among the packets.
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
+	if err := setUp(name); err != nil {
+		slog.Warn("mirror: could not bring the TAP device up; bring it up yourself (ip link set NAME up)", "device", name, "err", err)
+	}
+	m := &mirror{name: name, f: os.NewFile(uintptr(fd), "/dev/net/tun:"+name), frame: make([]byte, frameHeader+largeSlot), vlans: map[uint64]uint16{}}
+	copy(m.frame[0:], destMAC[:])
+	return m, nil
+}
+
+// setUp sets IFF_UP on the device.
+func setUp(name string) error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr)
+}
+
+func (m *mirror) run(q *queue, done <-chan struct{}) {
+	for {
+		select {
+		case s := <-q.full:
+			m.write(s)
+			q.release(s)
+		case <-done:
+			for {
+				select {
+				case s := <-q.full:
+					m.write(s)
+					q.release(s)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// vlan returns the endpoint's VLAN ID, giving it the next one on its first
+// packet; 0 when all are taken.
+func (m *mirror) vlan(endpoint uint64) uint16 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if id, ok := m.vlans[endpoint]; ok {
+		return id
+	}
+	if len(m.vlans) >= MaxVLANs {
+		return 0
+	}
+	id := uint16(len(m.vlans) + 1)
+	m.vlans[endpoint] = id
+	slog.Info("mirror: new GWLB endpoint", "device", m.name, "endpoint", EndpointName(endpoint), "vlan", id)
+	return id
+}
+
+func (m *mirror) write(s *slot) {
+	pkt := s.data()
+	id := m.vlan(s.endpoint)
+	if id == 0 || len(pkt) == 0 {
+		m.fail(errors.New("more GWLB endpoints than VLAN IDs"))
+		return
+	}
+	f := m.frame
+	dst, src := destMAC, clientMAC
+	if s.out {
+		dst, src = clientMAC, destMAC
+	}
+	copy(f[0:6], dst[:])
+	copy(f[6:12], src[:])
+	binary.BigEndian.PutUint16(f[12:], 0x8100)
+	binary.BigEndian.PutUint16(f[14:], id)
+	etherType := uint16(0x0800)
+	if pkt[0]>>4 == 6 {
+		etherType = 0x86dd
+	}
+	binary.BigEndian.PutUint16(f[16:], etherType)
+	n := copy(f[frameHeader:], pkt)
+	if _, err := m.f.Write(f[:frameHeader+n]); err != nil {
+		m.fail(err)
+		return
+	}
+	m.packets.Add(1)
+	m.bytes.Add(uint64(n))
+}
+
+func (m *mirror) fail(err error) {
+	m.errs.Add(1)
+	m.mu.Lock()
+	changed := m.lastError != err.Error()
+	m.lastError = err.Error()
+	m.mu.Unlock()
+	if changed {
+		slog.Warn("mirror: writing packets failed; they are dropped and counted", "device", m.name, "err", err)
+	}
+}
+
+func (m *mirror) close() error { return m.f.Close() }
+
+func (m *mirror) stats(q *queue) *MirrorStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := &MirrorStats{
+		SinkStats: SinkStats{Packets: m.packets.Load(), Bytes: m.bytes.Load(), Dropped: q.dropped.Load(), Errors: m.errs.Load()},
+		Device:    m.name, VLANs: make(map[string]uint16, len(m.vlans)), LastError: m.lastError,
+	}
+	for ep, id := range m.vlans {
+		s.VLANs[EndpointName(ep)] = id
+	}
+	return s
+}

@@ -1,0 +1,173 @@
+package capture
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
+)
+
+// inNetns runs f on a thread moved into the named network namespace, and
+// moves the thread back before letting it go.
+func inNetns(t *testing.T, ns string, f func()) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer self.Close()
+		target, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- err
+			return
+		}
+		f()
+		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err != nil {
+			// The thread stays locked and dies with this goroutine.
+			errc <- err
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMirrorTAP (privileged): packets of two endpoints reach tcpdump on the
+// mirror device, in a namespace of the test's own, as VLAN-tagged frames:
+// one VLAN per endpoint, the direction in the MAC addresses.
+func TestMirrorTAP(t *testing.T) {
+	testenv.RequireRoot(t, "the mirror test creates a network namespace and a TAP device")
+	for _, tool := range []string{"ip", "tcpdump"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testenv.RequirePrivileged(t, "the mirror test needs "+tool+" (apt-get install iproute2 tcpdump)")
+		}
+	}
+	ns := fmt.Sprintf("gwlbt-mirror-%08x", rand.Uint32())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		testenv.RequirePrivileged(t, fmt.Sprintf("ip netns add: %v %s", err, out))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("deleting namespace %s: %v %s", ns, err, out)
+		}
+	})
+	var c *Capture
+	var err error
+	inNetns(t, ns, func() { c, err = New(Config{MirrorTAP: "ids0"}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	out := filepath.Join(t.TempDir(), "mirror.pcap")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var stderr lockedBuffer
+	dump := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "tcpdump", "-i", "ids0", "-n", "--immediate-mode", "-U", "-w", out)
+	dump.Stderr = &stderr
+	if err := dump.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); dump.Wait() }()
+	waitFor(t, "tcpdump to listen", func() bool { return strings.Contains(stderr.String(), "listening on") })
+
+	pkts := [][]byte{
+		tcpPacket(t, client, dest, []byte("to the destination")),
+		tcpPacket(t, dest, client, []byte("back to the client")),
+	}
+	send := func() {
+		c.Packet(epA, 1, false, time.Now().UnixNano(), parsed(t, pkts[0]), pkts[0])
+		c.Packet(epA, 1, true, time.Now().UnixNano(), parsed(t, pkts[1]), pkts[1])
+		c.Packet(epB, 2, false, time.Now().UnixNano(), parsed(t, pkts[0]), pkts[0])
+	}
+	send()
+	waitFor(t, "the mirror to write 3 packets", func() bool { return c.Stats().Mirror.Packets == 3 })
+	waitFor(t, "tcpdump to write them", func() bool {
+		st, err := os.Stat(out)
+		return err == nil && st.Size() >= 24+3*(16+76) // pcap header, 3 records of 76-byte frames
+	})
+	cancel()
+	dump.Wait()
+
+	read := exec.Command("tcpdump", "-r", out, "-n", "-e", "-tt")
+	got, err := read.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tcpdump -r: %v\n%s", err, got)
+	}
+	lines := strings.Split(strings.TrimSpace(string(got)), "\n")
+	var frames []string
+	for _, l := range lines {
+		if strings.Contains(l, "vlan") {
+			frames = append(frames, l)
+		}
+	}
+	want := []string{
+		"02:67:77:6c:62:01 > 02:67:77:6c:62:02, ethertype 802.1Q (0x8100), length 76: vlan 1, p 0, ethertype IPv4 (0x0800), 10.1.2.3.40000 > 192.0.2.7.443",
+		"02:67:77:6c:62:02 > 02:67:77:6c:62:01, ethertype 802.1Q (0x8100), length 76: vlan 1, p 0, ethertype IPv4 (0x0800), 192.0.2.7.443 > 10.1.2.3.40000",
+		"02:67:77:6c:62:01 > 02:67:77:6c:62:02, ethertype 802.1Q (0x8100), length 76: vlan 2, p 0, ethertype IPv4 (0x0800), 10.1.2.3.40000 > 192.0.2.7.443",
+	}
+	if len(frames) != len(want) {
+		t.Fatalf("tcpdump saw %d frames, want %d:\n%s", len(frames), len(want), got)
+	}
+	for i, w := range want {
+		if !strings.Contains(frames[i], w) {
+			t.Errorf("frame %d:\n%s\nwant it to hold\n%s", i, frames[i], w)
+		}
+	}
+	st := c.Stats().Mirror
+	if st.VLANs["vpce-00123456789abcdef"] != 1 || st.VLANs["vpce-00fedcba987654321"] != 2 || st.Errors != 0 || st.Dropped != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: not within 10s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

@@ -1,0 +1,408 @@
+package capture
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+)
+
+// File names: gwlbproxy-<UTC start, to the microsecond>-<sequence>.pcapng,
+// so that the names sort in the order the files were written.
+const (
+	filePrefix = "gwlbproxy-"
+	fileSuffix = ".pcapng"
+	fileTime   = "20060102T150405.000000Z"
+)
+
+// pcapng block and option codes this file writes itself (pcapgo writes the
+// section and interface blocks).
+const (
+	blockEnhancedPacket = 6
+	optEndOfOpt         = 0
+	optComment          = 1
+	optEPBFlags         = 2
+	// epb_flags direction bits: inbound is what came from the GWLB (the
+	// client's side), outbound what went back to it.
+	epbInbound  = 1
+	epbOutbound = 2
+	// commentLen is the length of "flow_cookie=0x" and eight hex digits.
+	commentLen = 22
+	// epbOverhead is an enhanced packet block's size besides the packet
+	// and its padding: header, epb_flags, the comment, end of options,
+	// trailer.
+	epbOverhead = 28 + 8 + (4 + 24) + 4 + 4
+	// idbReserve is room kept for an interface block a packet may need
+	// before it in the file.
+	idbReserve = 128
+)
+
+// pcapWriter writes packets to rotated pcapng files in one directory,
+// keeping the directory's files under MaxBytes. It runs on one goroutine;
+// stats are read from others.
+type pcapWriter struct {
+	cfg Config
+
+	// The file being written, if any.
+	f      *os.File
+	buf    *bufio.Writer
+	ng     *pcapgo.NgWriter
+	ifaces map[uint64]int // endpoint -> interface ID in this file
+	opened time.Time
+	size   int64 // bytes written to the file (through buf)
+	seq    uint64
+	scr    []byte // scratch for a block
+	// retryAt is when opening a file may be tried again after it failed.
+	retryAt time.Time
+
+	mu        sync.Mutex
+	files     []fileInfo // finished files, oldest first
+	lastError string
+
+	packets, bytes, errs atomic.Uint64
+	rotations, deleted   atomic.Uint64
+	curSize              atomic.Int64 // size, for stats
+	finished             atomic.Int64 // bytes of files
+}
+
+type fileInfo struct {
+	name string
+	size int64
+}
+
+func newPcapWriter(cfg Config) (*pcapWriter, error) {
+	if err := os.MkdirAll(cfg.PcapDir, 0o750); err != nil {
+		return nil, fmt.Errorf("--pcap-dir: %w", err)
+	}
+	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+4)}
+	// Files from earlier runs count against the cap, and go first.
+	ents, err := os.ReadDir(cfg.PcapDir)
+	if err != nil {
+		return nil, fmt.Errorf("--pcap-dir: %w", err)
+	}
+	var total int64
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), filePrefix) || !strings.HasSuffix(e.Name(), fileSuffix) {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		w.files = append(w.files, fileInfo{name: e.Name(), size: info.Size()})
+		total += info.Size()
+	}
+	slices.SortFunc(w.files, func(a, b fileInfo) int { return strings.Compare(a.name, b.name) })
+	w.finished.Store(total)
+	// Test that the directory takes files now, not at the first packet.
+	probe, err := os.CreateTemp(cfg.PcapDir, ".probe-*")
+	if err != nil {
+		return nil, fmt.Errorf("--pcap-dir: %w", err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return w, nil
+}
+
+// run writes what q holds until done, then what is left in q.
+func (w *pcapWriter) run(q *queue, done <-chan struct{}) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case s := <-q.full:
+			w.write(s)
+			q.release(s)
+			continue
+		default:
+		}
+		// Nothing queued: what was written goes to the file now.
+		w.flush()
+		select {
+		case s := <-q.full:
+			w.write(s)
+			q.release(s)
+		case now := <-tick.C:
+			if w.f != nil && now.Sub(w.opened) >= w.cfg.RotateAge {
+				w.finish()
+			}
+		case <-done:
+			for {
+				select {
+				case s := <-q.full:
+					w.write(s)
+					q.release(s)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// write adds one packet to the current file, opening one (and rotating)
+// as needed.
+func (w *pcapWriter) write(s *slot) {
+	pkt := s.data()
+	need := int64(epbOverhead + len(pkt) + 3 + idbReserve)
+	if w.f != nil && w.size+need > w.cfg.RotateBytes {
+		w.finish()
+	}
+	if w.f == nil {
+		if time.Now().Before(w.retryAt) {
+			w.errs.Add(1) // the last open failed a moment ago
+			return
+		}
+		if err := w.open(); err != nil {
+			w.retryAt = time.Now().Add(time.Second)
+			w.fail(err)
+			return
+		}
+	}
+	id, ok := w.ifaces[s.endpoint]
+	if !ok {
+		name := EndpointName(s.endpoint)
+		var err error
+		id, err = w.ng.AddInterface(pcapgo.NgInterface{
+			Name:        name,
+			Description: "inner packets of GWLB endpoint " + name,
+			OS:          runtime.GOOS,
+			LinkType:    layers.LinkTypeRaw,
+		})
+		if err == nil {
+			err = w.ng.Flush() // into w.buf, ahead of the packet
+		}
+		if err != nil {
+			w.fail(err)
+			return
+		}
+		w.ifaces[s.endpoint] = id
+	}
+	b := appendEPB(w.scr[:0], id, s)
+	if _, err := w.buf.Write(b); err != nil {
+		w.fail(err)
+		return
+	}
+	w.size += int64(len(b))
+	w.curSize.Store(w.size)
+	w.packets.Add(1)
+	w.bytes.Add(uint64(len(pkt)))
+}
+
+// appendEPB appends an enhanced packet block for s: the packet, its
+// direction (epb_flags) and its flow cookie (a comment).
+func appendEPB(b []byte, iface int, s *slot) []byte {
+	pkt := s.data()
+	pad := (4 - len(pkt)&3) & 3
+	total := epbOverhead + len(pkt) + pad
+	le := binary.LittleEndian
+	b = le.AppendUint32(b, blockEnhancedPacket)
+	b = le.AppendUint32(b, uint32(total))
+	b = le.AppendUint32(b, uint32(iface))
+	b = le.AppendUint32(b, uint32(uint64(s.ts)>>32))
+	b = le.AppendUint32(b, uint32(s.ts))
+	b = le.AppendUint32(b, uint32(len(pkt)))
+	b = le.AppendUint32(b, uint32(len(pkt)))
+	b = append(b, pkt...)
+	var zero [4]byte
+	b = append(b, zero[:pad]...)
+	// epb_flags: the direction.
+	b = le.AppendUint16(b, optEPBFlags)
+	b = le.AppendUint16(b, 4)
+	dir := uint32(epbInbound)
+	if s.out {
+		dir = epbOutbound
+	}
+	b = le.AppendUint32(b, dir)
+	// opt_comment: flow_cookie=0x%08x, padded to 24 bytes.
+	b = le.AppendUint16(b, optComment)
+	b = le.AppendUint16(b, commentLen)
+	b = append(b, "flow_cookie=0x"...)
+	const hex = "0123456789abcdef"
+	for i := 28; i >= 0; i -= 4 {
+		b = append(b, hex[(s.cookie>>uint(i))&0xf])
+	}
+	b = append(b, 0, 0)
+	b = le.AppendUint32(b, optEndOfOpt)
+	b = le.AppendUint32(b, uint32(total))
+	return b
+}
+
+// open starts a new file, first deleting the oldest files for its room
+// under MaxBytes.
+func (w *pcapWriter) open() error {
+	w.makeRoom(w.cfg.RotateBytes)
+	if err := w.diskRoom(); err != nil {
+		return err
+	}
+	now := time.Now()
+	w.seq++
+	name := fmt.Sprintf("%s%s-%06d%s", filePrefix, now.UTC().Format(fileTime), w.seq%1_000_000, fileSuffix)
+	f, err := os.OpenFile(filepath.Join(w.cfg.PcapDir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return err
+	}
+	w.buf = bufio.NewWriterSize(f, 256<<10)
+	opts := pcapgo.DefaultNgWriterOptions
+	opts.SectionInfo.Application = "gwlbproxy"
+	// pcapgo writes a first interface with the section: it is the
+	// appliance itself, and carries no packets.
+	ng, err := pcapgo.NewNgWriterInterface(w.buf, pcapgo.NgInterface{
+		Name: "gwlbproxy", Description: "the appliance (no packets: each GWLB endpoint has an interface of its own)",
+		OS: runtime.GOOS, LinkType: layers.LinkTypeRaw,
+	}, opts)
+	if err == nil {
+		err = ng.Flush()
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	w.f, w.ng, w.opened = f, ng, now
+	w.ifaces = make(map[uint64]int)
+	w.size = int64(w.buf.Buffered())
+	w.curSize.Store(w.size)
+	return nil
+}
+
+// makeRoom deletes the oldest finished files until room more bytes fit
+// under MaxBytes.
+func (w *pcapWriter) makeRoom(room int64) {
+	for w.finished.Load()+room > w.cfg.MaxBytes && w.deleteOldest() {
+	}
+}
+
+// deleteOldest deletes the oldest finished file, if there is one.
+func (w *pcapWriter) deleteOldest() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.files) == 0 {
+		return false
+	}
+	old := w.files[0]
+	if err := os.Remove(filepath.Join(w.cfg.PcapDir, old.name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		slog.Warn("pcap: deleting the oldest file", "file", old.name, "err", err)
+		w.lastError = err.Error()
+	}
+	w.files = w.files[1:]
+	w.finished.Add(-old.size)
+	w.deleted.Add(1)
+	return true
+}
+
+// diskRoom makes sure the file system keeps a hundredth of its size free
+// besides a whole new file, whatever else fills it: it deletes the oldest
+// files for it, and refuses to start a file when that is not enough.
+func (w *pcapWriter) diskRoom() error {
+	for {
+		var st unix.Statfs_t
+		if err := unix.Statfs(w.cfg.PcapDir, &st); err != nil {
+			return nil // cannot tell: the byte cap still holds
+		}
+		free := int64(st.Bavail) * st.Bsize
+		need := w.cfg.RotateBytes + int64(st.Blocks)*st.Bsize/100
+		if free >= need {
+			return nil
+		}
+		if !w.deleteOldest() {
+			return fmt.Errorf("file system of %s nearly full: %d bytes free, a new file needs %d", w.cfg.PcapDir, free, need)
+		}
+	}
+}
+
+// finish writes out and closes the current file.
+func (w *pcapWriter) finish() {
+	if w.f == nil {
+		return
+	}
+	err := w.buf.Flush()
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		w.setError(err)
+	}
+	name := filepath.Base(w.f.Name())
+	size := w.size
+	if st, serr := os.Stat(w.f.Name()); serr == nil {
+		size = st.Size()
+	}
+	w.mu.Lock()
+	w.files = append(w.files, fileInfo{name: name, size: size})
+	w.finished.Add(size)
+	w.mu.Unlock()
+	w.f, w.buf, w.ng, w.size = nil, nil, nil, 0
+	w.curSize.Store(0)
+	w.rotations.Add(1)
+}
+
+func (w *pcapWriter) flush() {
+	if w.buf != nil && w.buf.Buffered() > 0 {
+		if err := w.buf.Flush(); err != nil {
+			w.fail(err)
+		}
+	}
+}
+
+// fail counts a packet lost to err, logs err when it is new, and drops the
+// current file: the next packet opens another.
+func (w *pcapWriter) fail(err error) {
+	w.errs.Add(1)
+	if w.setError(err) {
+		slog.Warn("pcap: writing packets failed; they are dropped and counted", "dir", w.cfg.PcapDir, "err", err)
+	}
+	if w.f != nil {
+		w.f.Close()
+		w.mu.Lock()
+		name := filepath.Base(w.f.Name())
+		if st, serr := os.Stat(w.f.Name()); serr == nil {
+			w.files = append(w.files, fileInfo{name: name, size: st.Size()})
+			w.finished.Add(st.Size())
+		}
+		w.mu.Unlock()
+		w.f, w.buf, w.ng, w.size = nil, nil, nil, 0
+		w.curSize.Store(0)
+	}
+}
+
+func (w *pcapWriter) setError(err error) (changed bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	changed = w.lastError != err.Error()
+	w.lastError = err.Error()
+	return changed
+}
+
+func (w *pcapWriter) close() error {
+	w.finish()
+	return nil
+}
+
+func (w *pcapWriter) stats(q *queue) *PcapStats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := &PcapStats{
+		SinkStats: SinkStats{Packets: w.packets.Load(), Bytes: w.bytes.Load(), Dropped: q.dropped.Load(), Errors: w.errs.Load()},
+		Files:     len(w.files), DiskBytes: w.finished.Load() + w.curSize.Load(),
+		Rotations: w.rotations.Load(), FilesDeleted: w.deleted.Load(), LastError: w.lastError,
+	}
+	if w.curSize.Load() > 0 {
+		s.Files++
+	}
+	return s
+}

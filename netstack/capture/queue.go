@@ -1,0 +1,79 @@
+package capture
+
+import (
+	"sync/atomic"
+)
+
+// Slot sizes: most inner packets fit a small slot (an Internet MTU); jumbo
+// packets (up to the GWLB's 8500-byte datagrams) take a large one.
+const (
+	smallSlot = 2048
+	largeSlot = 8500
+)
+
+// slot is one queued packet: a copy of its bytes and what the outputs need
+// to know about it.
+type slot struct {
+	endpoint uint64
+	cookie   uint32
+	out      bool
+	ts       int64 // unix nanoseconds
+	n        int   // len(buf) used
+	buf      []byte
+	free     chan *slot // the free list it goes back to
+}
+
+func (s *slot) data() []byte { return s.buf[:s.n] }
+
+// queue is a bounded queue of packets between the packet path and one
+// output's goroutine. Its slots are allocated once, up front: put never
+// allocates, and never blocks (a packet without a free slot is dropped and
+// counted).
+type queue struct {
+	small, large chan *slot // free slots
+	full         chan *slot // queued packets, in order
+	dropped      atomic.Uint64
+}
+
+func newQueue(packets int) *queue {
+	nLarge := max(packets/16, 1)
+	nSmall := max(packets-nLarge, 1)
+	q := &queue{
+		small: make(chan *slot, nSmall),
+		large: make(chan *slot, nLarge),
+		full:  make(chan *slot, nSmall+nLarge),
+	}
+	for range nSmall {
+		q.small <- &slot{buf: make([]byte, smallSlot), free: q.small}
+	}
+	for range nLarge {
+		q.large <- &slot{buf: make([]byte, largeSlot), free: q.large}
+	}
+	return q
+}
+
+// put queues a copy of pkt, or counts a drop.
+func (q *queue) put(endpoint uint64, cookie uint32, out bool, now int64, pkt []byte) {
+	free := q.small
+	if len(pkt) > smallSlot {
+		if len(pkt) > largeSlot {
+			q.dropped.Add(1)
+			return
+		}
+		free = q.large
+	}
+	var s *slot
+	select {
+	case s = <-free:
+	default:
+		q.dropped.Add(1)
+		return
+	}
+	s.endpoint, s.cookie, s.out, s.ts = endpoint, cookie, out, now
+	s.n = copy(s.buf, pkt)
+	// full holds every slot there is: this never waits.
+	q.full <- s
+}
+
+// release returns s to its free list once its output is done with it.
+func (q *queue) release(s *slot) { s.free <- s }
