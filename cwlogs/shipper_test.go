@@ -268,21 +268,26 @@ func TestSustainedOutage(t *testing.T) {
 	}
 	waitFor(t, d(30*time.Second)+5*time.Second, "lines before the outage", func() bool { return srv.EventCount(cfg.Group, cfg.Stream) == next })
 
-	srv.Outage(d(60*time.Second), cwlogstest.Outage503)
+	// The outage is ended by the test, not by a timer: a timer could end
+	// it while the last tick sleeps, and a retry land before the count
+	// below is taken.
+	srv.Outage(time.Hour, cwlogstest.Outage503)
 	stored := srv.EventCount(cfg.Group, cfg.Stream)
 	calls := srv.Calls("PutLogEvents")
 	var queued []int
-	for srv.InOutage() {
+	for end := time.Now().Add(d(60 * time.Second)); time.Now().Before(end); {
 		tick()
 		queued = append(queued, s.Stats().QueuedRecords)
 	}
-	if got := srv.EventCount(cfg.Group, cfg.Stream); got != stored {
+	got := srv.EventCount(cfg.Group, cfg.Stream)
+	attempts := srv.Calls("PutLogEvents") - calls
+	srv.EndOutage()
+	if got != stored {
 		t.Fatalf("events stored during the outage: %d → %d", stored, got)
 	}
 	if len(queued) < 10 || queued[len(queued)-1] < queued[len(queued)/2] || queued[len(queued)-1] < 40*perTick {
 		t.Fatalf("queue did not keep growing during the outage: %v", queued)
 	}
-	attempts := srv.Calls("PutLogEvents") - calls
 	t.Logf("%d PutLogEvents attempts during the outage; queue sizes %v", attempts, queued)
 	// Capped at RetryMax (30 s scaled) with waits of at least half of it,
 	// a 60 s outage allows only a handful of attempts after the ramp-up.
