@@ -232,26 +232,11 @@ func clsServeLenientHTTP(t *testing.T) netip.AddrPort {
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 
-// clsRewriteConn rewrites the version of the first record a crypto/tls client
-// writes, and can send records of its own before it.
-type clsRewriteConn struct {
-	net.Conn
+// clsShape is how a hostile client sends its ClientHello: the record
+// version it writes, and records it sends first.
+type clsShape struct {
 	version uint16
 	before  []byte
-	done    bool
-}
-
-func (c *clsRewriteConn) Write(b []byte) (int, error) {
-	if c.done || len(b) < 5 {
-		return c.Conn.Write(b)
-	}
-	c.done = true
-	out := slices.Concat(c.before, b)
-	out[len(c.before)+1], out[len(c.before)+2] = byte(c.version>>8), byte(c.version)
-	if _, err := c.Conn.Write(out); err != nil {
-		return 0, err
-	}
-	return len(b), nil
 }
 
 // clsWarningAlert is a warning-level alert record (user_canceled), which
@@ -262,17 +247,16 @@ var clsWarningAlert = []byte{0x15, 0x03, 0x01, 0x00, 0x02, 0x01, 90}
 // and the classifier once called "other".
 var clsHelloShapes = []struct {
 	name string
-	conn clsRewriteConn
+	conn clsShape
 }{
-	{"record version 0x0305", clsRewriteConn{version: 0x0305}},
-	{"record version 0x0000", clsRewriteConn{version: 0x0000}},
-	{"warning alert first", clsRewriteConn{version: 0x0301, before: clsWarningAlert}},
+	{"record version 0x0305", clsShape{version: 0x0305}},
+	{"record version 0x0000", clsShape{version: 0x0000}},
+	{"warning alert first", clsShape{version: 0x0301, before: clsWarningAlert}},
 }
 
 // clsHandshake runs a crypto/tls client over c, shaped by shape.
-func clsHandshake(c net.Conn, shape clsRewriteConn, cfg *tls.Config) (*tls.Conn, error) {
-	shape.Conn = c
-	tc := tls.Client(&shape, cfg)
+func clsHandshake(c net.Conn, shape clsShape, cfg *tls.Config) (*tls.Conn, error) {
+	tc := tls.Client(testnet.RewriteFirstRecord(c, shape.version, shape.before), cfg)
 	return tc, tc.Handshake()
 }
 
@@ -464,7 +448,7 @@ func TestECH(t *testing.T) {
 		r := newClsRig(t, "policy: {default: allow, ech: deny}\n", clsOptions{})
 		c := r.dial(t, r.tlsDest)
 		defer c.Close()
-		if _, err := clsHandshake(c, clsRewriteConn{version: 0x0301}, echCfg(t, r.upRoots)); err == nil || !strings.Contains(err.Error(), "access denied") {
+		if _, err := clsHandshake(c, clsShape{version: 0x0301}, echCfg(t, r.upRoots)); err == nil || !strings.Contains(err.Error(), "access denied") {
 			t.Errorf("clsHandshake: %v, want access_denied", err)
 		}
 		rec := r.record(t, c, "tls")
@@ -474,7 +458,7 @@ func TestECH(t *testing.T) {
 		// Without ECH the same policy lets the client through.
 		c2 := r.dial(t, r.tlsDest)
 		defer c2.Close()
-		if _, err := clsHandshake(c2, clsRewriteConn{version: 0x0301}, &tls.Config{ServerName: "public.example", RootCAs: r.upRoots}); err != nil {
+		if _, err := clsHandshake(c2, clsShape{version: 0x0301}, &tls.Config{ServerName: "public.example", RootCAs: r.upRoots}); err != nil {
 			t.Errorf("without ECH: %v", err)
 		}
 		c2.Close()
@@ -488,7 +472,7 @@ func TestECH(t *testing.T) {
 		defer c.Close()
 		// The destination has no ECH keys: it answers for the public name,
 		// and the client gives up. The record still says what was offered.
-		_, err := clsHandshake(c, clsRewriteConn{version: 0x0301}, echCfg(t, r.upRoots))
+		_, err := clsHandshake(c, clsShape{version: 0x0301}, echCfg(t, r.upRoots))
 		var rej *tls.ECHRejectionError
 		if !errors.As(err, &rej) {
 			t.Errorf("clsHandshake: %v, want the destination's ECH rejection", err)
@@ -504,7 +488,7 @@ func TestECH(t *testing.T) {
 		roots.AddCert(r.ca.Certificate())
 		c := r.dial(t, r.tlsDest)
 		defer c.Close()
-		_, _ = clsHandshake(c, clsRewriteConn{version: 0x0301}, echCfg(t, roots)) // rejected ECH: the client gives up
+		_, _ = clsHandshake(c, clsShape{version: 0x0301}, echCfg(t, roots)) // rejected ECH: the client gives up
 		c.Close()
 		if rec := r.record(t, c, "tls"); rec.Action != "bump" || !rec.ECH {
 			t.Errorf("record %+v", rec)
@@ -556,7 +540,7 @@ func TestDestinationCheckSplice(t *testing.T) {
 		dc := new(clsDestChecker)
 		r := newClsRig(t, fmt.Sprintf(clsSpliceByName, "enforce", "deny", "splice"), clsOptions{check: dc.check})
 		c := r.dial(t, r.tlsDest)
-		tc, err := clsHandshake(c, clsRewriteConn{version: 0x0301}, &tls.Config{ServerName: "ok.example", RootCAs: r.upRoots})
+		tc, err := clsHandshake(c, clsShape{version: 0x0301}, &tls.Config{ServerName: "ok.example", RootCAs: r.upRoots})
 		if err != nil {
 			t.Fatalf("a name the destination is an address of: %v", err)
 		}
@@ -568,7 +552,7 @@ func TestDestinationCheckSplice(t *testing.T) {
 			t.Errorf("record %+v", rec)
 		}
 		c = r.dial(t, r.tlsDest)
-		if _, err := clsHandshake(c, clsRewriteConn{version: 0x0301}, &tls.Config{ServerName: "mismatch.example", RootCAs: r.upRoots}); err == nil || !strings.Contains(err.Error(), "access denied") {
+		if _, err := clsHandshake(c, clsShape{version: 0x0301}, &tls.Config{ServerName: "mismatch.example", RootCAs: r.upRoots}); err == nil || !strings.Contains(err.Error(), "access denied") {
 			t.Errorf("a name the destination is not an address of: %v, want access_denied", err)
 		}
 		want := fmt.Sprintf("%s is not an address of mismatch.example (resolves to 192.0.2.1)", r.tlsDest.Addr())
@@ -583,7 +567,7 @@ func TestDestinationCheckSplice(t *testing.T) {
 		dc := new(clsDestChecker)
 		r := newClsRig(t, fmt.Sprintf(clsSpliceByName, "audit", "deny", "splice"), clsOptions{check: dc.check})
 		c := r.dial(t, r.tlsDest)
-		tc, err := clsHandshake(c, clsRewriteConn{version: 0x0301}, &tls.Config{ServerName: "mismatch.example", RootCAs: r.upRoots})
+		tc, err := clsHandshake(c, clsShape{version: 0x0301}, &tls.Config{ServerName: "mismatch.example", RootCAs: r.upRoots})
 		if err != nil {
 			t.Fatalf("audit mode: %v, want the connection through", err)
 		}
@@ -620,7 +604,7 @@ func TestDestinationCheckSplice(t *testing.T) {
 			}
 			c := r.dial(t, r.tlsDest)
 			defer c.Close()
-			tlsc, err := clsHandshake(c, clsRewriteConn{version: 0x0301}, &tls.Config{ServerName: tc.sni, RootCAs: roots})
+			tlsc, err := clsHandshake(c, clsShape{version: 0x0301}, &tls.Config{ServerName: tc.sni, RootCAs: roots})
 			if (err == nil) != tc.ok {
 				t.Fatalf("clsHandshake: %v, want success %v", err, tc.ok)
 			}

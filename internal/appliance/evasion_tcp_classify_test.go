@@ -13,35 +13,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
-
-// evRewriteConn rewrites the version of the first record a crypto/tls
-// client writes, and can send records of its own before it.
-type evRewriteConn struct {
-	net.Conn
-	version uint16
-	before  []byte
-	done    bool
-}
-
-func (c *evRewriteConn) Write(b []byte) (int, error) {
-	if c.done || len(b) < 5 {
-		return c.Conn.Write(b)
-	}
-	c.done = true
-	out := slices.Concat(c.before, b)
-	out[len(c.before)+1], out[len(c.before)+2] = byte(c.version>>8), byte(c.version)
-	if _, err := c.Conn.Write(out); err != nil {
-		return 0, err
-	}
-	return len(b), nil
-}
 
 // evShapes are ClientHellos as crypto/tls and OpenSSL servers accept them
 // and the classifier once did not: a first record version outside 3.0–3.4,
@@ -83,7 +61,7 @@ func TestEvasionTLSShapesThroughAppliance(t *testing.T) {
 		t.Run(sh.name+"/denied", func(t *testing.T) {
 			c := must(r.client.DialTCP(ctxT(t, 5*time.Second), up.addr))(t)
 			defer c.Close()
-			tc := tls.Client(&evRewriteConn{Conn: c, version: sh.version, before: sh.before},
+			tc := tls.Client(testnet.RewriteFirstRecord(c, sh.version, sh.before),
 				&tls.Config{ServerName: "evil.example.test", RootCAs: r.caPool()})
 			tc.SetDeadline(time.Now().Add(10 * time.Second))
 			if err := tc.Handshake(); err == nil || !strings.Contains(err.Error(), "access denied") {
@@ -96,7 +74,7 @@ func TestEvasionTLSShapesThroughAppliance(t *testing.T) {
 		t.Run(sh.name+"/bumped", func(t *testing.T) {
 			c := must(r.client.DialTCP(ctxT(t, 5*time.Second), up.addr))(t)
 			defer c.Close()
-			tc := tls.Client(&evRewriteConn{Conn: c, version: sh.version, before: sh.before},
+			tc := tls.Client(testnet.RewriteFirstRecord(c, sh.version, sh.before),
 				&tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
 			tc.SetDeadline(time.Now().Add(10 * time.Second))
 			if err := tc.Handshake(); err != nil {
