@@ -140,7 +140,9 @@ func udpProxy(t *testing.T, doc string, mutate func(*Config)) (*Proxy, *policy.H
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	return New(cfg), h, sink
+	p := New(cfg)
+	t.Cleanup(p.Close)
+	return p, h, sink
 }
 
 // startFlow hands a fake client's flow to p with its first datagrams queued,

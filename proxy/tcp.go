@@ -70,8 +70,8 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 	// limit: a client may hold only so many of them.
 	key := clientShareKey(flow)
 	if ok, record := p.tcp.waiting.acquire(key, p.tcpWaitingLimit(), start); !ok {
+		p.tcp.waitingDrops.Add(1) // before the RST, which a client may act on at once
 		req.Reject()
-		p.tcp.waitingDrops.Add(1)
 		if record != "" {
 			rec.Rule = ""
 			p.deny(rec, start, record)
