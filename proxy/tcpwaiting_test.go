@@ -38,10 +38,14 @@ func TestSilentConnectionsBounded(t *testing.T) {
 	if n := r.p.Stats().TCPWaitingDrops; n != 5 {
 		t.Errorf("TCPWaitingDrops = %d, want 5", n)
 	}
+	// The drop's record goes through the records writer's queue.
 	n := 0
-	for _, rec := range r.recs.parse(t) {
-		if strings.Contains(rec.Error, "waiting for their first bytes") && rec.Action == "deny" {
-			n++
+	for deadline := time.Now().Add(3 * time.Second); n == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		n = 0
+		for _, rec := range r.recs.parse(t) {
+			if strings.Contains(rec.Error, "waiting for their first bytes") && rec.Action == "deny" {
+				n++
+			}
 		}
 	}
 	if n != 1 {

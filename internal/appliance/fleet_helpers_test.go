@@ -50,7 +50,11 @@ const (
 	fleetUnhealthyN  = 3
 	fleetHealthyN    = 2
 	fleetDeregDelay  = 30 * time.Second
-	fleetClientPort0 = 40001 // the clients' source ports are counted up from here
+	// The clients' source ports are counted up from here: below the
+	// ephemeral range (32768-60999), so that no socket the kernel numbers
+	// itself in the client's namespace can hold one first ("bind failed:
+	// address already in use" from curl --local-port in a full run).
+	fleetClientPort0 = 20001
 )
 
 // fleetApp is one appliance of the fleet.
