@@ -40,16 +40,16 @@ import (
 // appliance (refusing connections) is out within about half a second,
 // while a live one would have to stall for 600 ms on a busy machine.
 const (
-	fleetSize        = 3
-	fleetGroup       = "/gwlbproxy/fleet"
-	fleetSecret      = "gwlbproxy/fleet-ca"
-	fleetSimAdmin    = "http://127.0.0.1:9081" // gwlbsim's admin listener, in the client namespace
-	fleetDrain       = 8 * time.Second
-	fleetFlush       = time.Second
-	fleetInterval    = 200 * time.Millisecond
-	fleetUnhealthyN  = 3
-	fleetHealthyN    = 2
-	fleetDeregDelay  = 30 * time.Second
+	fleetSize       = 3
+	fleetGroup      = "/gwlbproxy/fleet"
+	fleetSecret     = "gwlbproxy/fleet-ca"
+	fleetSimAdmin   = "http://127.0.0.1:9081" // gwlbsim's admin listener, in the client namespace
+	fleetDrain      = 8 * time.Second
+	fleetFlush      = time.Second
+	fleetInterval   = 200 * time.Millisecond
+	fleetUnhealthyN = 3
+	fleetHealthyN   = 2
+	fleetDeregDelay = 30 * time.Second
 	// The clients' source ports are counted up from here: below the
 	// ephemeral range (32768-60999), so that no socket the kernel numbers
 	// itself in the client's namespace can hold one first ("bind failed:
