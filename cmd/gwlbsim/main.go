@@ -292,30 +292,38 @@ func (g *groupOptions) parse(targets []string, stickiness, onUnhealthy, onDereg 
 		}
 		return nil
 	}
-	h := g.Health
-	if err := checkHealth(&h); err != nil {
-		return err
-	}
-	return nil
+	return checkHealth(g.Health)
 }
 
-// checkHealth validates health check flags the way the simulator will.
-func checkHealth(h *gwlbsim.HealthCheck) error {
-	switch {
-	case h.Port < 1 || h.Port > 65535:
-		return fmt.Errorf("--health-port %d: want 1-65535", h.Port)
-	case !strings.HasPrefix(h.Path, "/"):
-		return fmt.Errorf("--health-path %q: must start with /", h.Path)
-	case h.Interval < 10*time.Millisecond:
-		return fmt.Errorf("--health-interval %s: want at least 10ms", h.Interval)
-	case h.Timeout <= 0 || h.Timeout > h.Interval:
-		return fmt.Errorf("--health-timeout %s: must be positive and at most --health-interval (%s)", h.Timeout, h.Interval)
-	case h.HealthyThreshold < 1 || h.HealthyThreshold > 10:
-		return fmt.Errorf("--healthy-threshold %d: want 1-10", h.HealthyThreshold)
-	case h.UnhealthyThreshold < 1 || h.UnhealthyThreshold > 10:
-		return fmt.Errorf("--unhealthy-threshold %d: want 1-10", h.UnhealthyThreshold)
+// healthFlags names the flag of each health check setting.
+var healthFlags = map[string]string{
+	"port": "--health-port", "path": "--health-path", "interval": "--health-interval",
+	"timeout": "--health-timeout", "healthy threshold": "--healthy-threshold", "unhealthy threshold": "--unhealthy-threshold",
+}
+
+// checkHealth validates health check flags with the simulator's own check,
+// naming the flag at fault.
+func checkHealth(h gwlbsim.HealthCheck) error {
+	// The simulator reads a zero as "the default"; a flag set to zero is
+	// a mistake, since the flags' own defaults are the simulator's.
+	for _, z := range []struct {
+		flag string
+		zero bool
+	}{
+		{"--health-interval", h.Interval == 0}, {"--health-timeout", h.Timeout == 0},
+		{"--healthy-threshold", h.HealthyThreshold == 0}, {"--unhealthy-threshold", h.UnhealthyThreshold == 0},
+	} {
+		if z.zero {
+			return fmt.Errorf("%s 0: must be positive", z.flag)
+		}
 	}
-	return nil
+	err := h.Check()
+	var he *gwlbsim.HealthCheckError
+	if errors.As(err, &he) {
+		reason := strings.ReplaceAll(he.Reason, "the interval", "--health-interval")
+		return fmt.Errorf("%s %v: %s", healthFlags[he.Setting], he.Value, reason)
+	}
+	return err
 }
 
 // parseID reads a 64-bit ID in hex. AWS prints endpoint IDs as vpce- and 17

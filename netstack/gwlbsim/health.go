@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -52,6 +53,21 @@ const (
 // healthUserAgent is what the load balancers' checks send.
 const healthUserAgent = "ELB-HealthChecker/2.0"
 
+// HealthCheckError says which setting of a HealthCheck is out of range.
+type HealthCheckError struct {
+	Setting string // port, path, interval, timeout, healthy threshold, unhealthy threshold
+	Value   any
+	Reason  string
+}
+
+func (e *HealthCheckError) Error() string {
+	return fmt.Sprintf("gwlbsim: health check %s %v: %s", e.Setting, e.Value, e.Reason)
+}
+
+// Check applies the defaults to a copy of h and reports the first setting
+// out of range, as New would.
+func (h HealthCheck) Check() error { return h.normalize() }
+
 func (h *HealthCheck) normalize() error {
 	if h.Path == "" {
 		h.Path = DefaultHealthPath
@@ -68,19 +84,22 @@ func (h *HealthCheck) normalize() error {
 	if h.UnhealthyThreshold == 0 {
 		h.UnhealthyThreshold = DefaultUnhealthyThreshold
 	}
+	bad := func(setting string, value any, reason string) error {
+		return &HealthCheckError{Setting: setting, Value: value, Reason: reason}
+	}
 	switch {
 	case h.Port < 1 || h.Port > 65535:
-		return fmt.Errorf("gwlbsim: health check port %d: want 1-65535", h.Port)
+		return bad("port", h.Port, "want 1-65535")
 	case !strings.HasPrefix(h.Path, "/"):
-		return fmt.Errorf("gwlbsim: health check path %q: must start with /", h.Path)
+		return bad("path", strconv.Quote(h.Path), "must start with /")
 	case h.Interval < 10*time.Millisecond:
-		return fmt.Errorf("gwlbsim: health check interval %s: want at least 10ms", h.Interval)
+		return bad("interval", h.Interval, "want at least 10ms")
 	case h.Timeout <= 0 || h.Timeout > h.Interval:
-		return fmt.Errorf("gwlbsim: health check timeout %s: must be positive and at most the interval (%s)", h.Timeout, h.Interval)
+		return bad("timeout", h.Timeout, fmt.Sprintf("must be positive and at most the interval (%s)", h.Interval))
 	case h.HealthyThreshold < 1 || h.HealthyThreshold > 10:
-		return fmt.Errorf("gwlbsim: healthy threshold %d: want 1-10", h.HealthyThreshold)
+		return bad("healthy threshold", h.HealthyThreshold, "want 1-10")
 	case h.UnhealthyThreshold < 1 || h.UnhealthyThreshold > 10:
-		return fmt.Errorf("gwlbsim: unhealthy threshold %d: want 1-10", h.UnhealthyThreshold)
+		return bad("unhealthy threshold", h.UnhealthyThreshold, "want 1-10")
 	}
 	return nil
 }
