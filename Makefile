@@ -7,7 +7,7 @@ FUZZTIME ?= 30s
 # a simulator on this host (gwlbsim).
 RUN_FLAGS ?= --geneve-addr 0.0.0.0:6081 --admin-addr 127.0.0.1:8080 --state-dir ./state --access-log - --gwlb-cidrs 127.0.0.0/8
 
-.PHONY: all build test vet bench fuzz run demo clean deb rpm
+.PHONY: all build test vet bench bench-rig fuzz run demo clean deb rpm
 
 all: build
 
@@ -62,6 +62,22 @@ bench:
 	  systemctl disable --now squid >/dev/null 2>&1 || true; \
 	fi
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
+
+# Bulk TCP with real kernels at both ends (root; internal/benchrig): Debian's
+# iperf3 in a client namespace, gwlbsim --tun, the appliance in its own
+# namespace, an iperf3 server in a third; one flow and 4, each way, and
+# kernel routing between the same namespaces in the same run. Prints
+# Gbit/s, CPU seconds per GiB, the ratio to kernel routing. Installs iperf3
+# when missing. BENCH_RIG_FLAGS: e.g. --runs 3 --time 10s.
+BENCH_RIG_FLAGS ?=
+bench-rig: build
+	@if [ "$$(id -u)" != 0 ]; then echo "bench-rig needs root: it creates network namespaces, veth pairs and a TUN device"; exit 1; fi
+	@if ! command -v iperf3 >/dev/null 2>&1; then \
+	  echo "bench-rig: installing iperf3"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null; \
+	  systemctl disable --now iperf3 >/dev/null 2>&1 || true; \
+	fi
+	$(GO) run ./internal/benchrig --bin $(BIN) $(BENCH_RIG_FLAGS)
 
 # Runs every fuzz target for FUZZTIME each.
 fuzz:

@@ -158,8 +158,7 @@ func TestAdminEndpoints(t *testing.T) {
 	defer sim.Close()
 	dev, peer := packetPair(t)
 	ep := sim.Endpoint(0x0123456789abcdef0, 0x0a1b2c3d4e5f6071)
-	p := &pump{dev: dev, send: ep.Send}
-	ep.SetReceiver(p.deliver)
+	p := newPump(packetDevice{dev}, ep)
 	go p.readLoop()
 	srv := httptest.NewServer(adminHandler(sim, ep.ID(), p))
 	defer srv.Close()

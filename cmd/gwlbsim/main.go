@@ -67,6 +67,7 @@ type options struct {
 	Senders    int
 	LogLevel   string
 	AdminAddr  string // "": no admin listener
+	Offload    bool   // the TUN device's offloads (virtio-net header, TSO, GRO)
 	// Group holds the target group's settings; nil when no flag of theirs
 	// was given: a target group of one, with the defaults.
 	Group *groupOptions
@@ -138,6 +139,7 @@ Flags:
 	addr := fs.String("addr", "", "the simulator's own IPv4 address: replies are received on addr:listen-port, packets are sent from varying source ports of it (required)")
 	appliance := fs.String("appliance", "", fmt.Sprintf("the appliance's GENEVE listener, host[:port] (port defaults to %d): a target group of one; required unless --target is given", netstack.GenevePort))
 	fs.StringVar(&o.TUN, "tun", "", "name of the TUN device to create (IFF_TUN, no packet information; required)")
+	fs.BoolVar(&o.Offload, "offload", true, "the TUN device's offloads: virtio-net header, TCP (and UDP) segments of up to 64 KiB split into packets on read, replies coalesced on write; false: one packet per read and write")
 	endpoint := fs.String("endpoint-id", defaultEndpoint, "GWLB endpoint ID, hex, with or without the vpce- prefix")
 	attachment := fs.String("attachment-id", defaultAttachment, "GWLB attachment ID, hex")
 	port := fs.Uint("listen-port", netstack.GenevePort, "UDP port replies are accepted on (the GWLB's own is 6081)")
@@ -378,7 +380,7 @@ func (o options) simConfig() gwlbsim.Config {
 // runTUN carries the TUN device's packets until ctx is cancelled, then
 // prints the counters to stdout.
 func runTUN(ctx context.Context, o options, stdout io.Writer) error {
-	dev, name, err := openTUN(o.TUN)
+	dev, name, err := openTUN(o.TUN, o.Offload)
 	if err != nil {
 		return err
 	}
@@ -389,8 +391,7 @@ func runTUN(ctx context.Context, o options, stdout io.Writer) error {
 		return err
 	}
 	ep := sim.Endpoint(o.Endpoint, o.Attachment)
-	p := &pump{dev: dev, send: ep.Send}
-	ep.SetReceiver(p.deliver)
+	p := newPump(dev, ep)
 	var admin *adminServer
 	if o.AdminAddr != "" {
 		if admin, err = startAdmin(o.AdminAddr, sim, o.Endpoint, p); err != nil {
@@ -408,7 +409,8 @@ func runTUN(ctx context.Context, o options, stdout io.Writer) error {
 	slog.Info("gwlbsim running", "tun", name, "addr", sim.Addr(), "targets", strings.Join(targets, ","),
 		"endpoint", netstack.FlowInfo{Endpoint: o.Endpoint}.EndpointName(),
 		"attachment", fmt.Sprintf("%016x", o.Attachment), "senders", o.Senders,
-		"stickiness", cfg.Stickiness, "health_port", cfg.HealthCheck.Port, "admin", o.AdminAddr)
+		"stickiness", cfg.Stickiness, "health_port", cfg.HealthCheck.Port, "admin", o.AdminAddr,
+		"offload", o.Offload, "batch", dev.BatchSize())
 
 	var runErr error
 	select {

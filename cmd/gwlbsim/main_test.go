@@ -26,6 +26,7 @@ func TestParseFlags(t *testing.T) {
 			ListenPort: 6081,
 			Senders:    16,
 			LogLevel:   "info",
+			Offload:    true,
 		}
 		if o != want {
 			t.Fatalf("got %+v\nwant %+v", o, want)

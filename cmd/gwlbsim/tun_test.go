@@ -49,6 +49,31 @@ func packetPair(t *testing.T) (dev *os.File, peer int) {
 	return dev, fds[1]
 }
 
+// packetDevice is a device of one packet per read and per write, over a
+// file each read of which returns one packet, as a TUN device without
+// offloads does.
+type packetDevice struct{ f *os.File }
+
+func (packetDevice) BatchSize() int { return 1 }
+
+func (d packetDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := d.f.Read(bufs[0][offset:])
+	if err != nil {
+		return 0, err
+	}
+	sizes[0] = n
+	return 1, nil
+}
+
+func (d packetDevice) Write(bufs [][]byte, offset int) (int, error) {
+	for i, b := range bufs {
+		if _, err := d.f.Write(b[offset:]); err != nil {
+			return i, err
+		}
+	}
+	return len(bufs), nil
+}
+
 // udpPacket builds an IPv4/UDP packet. The simulator parses only headers,
 // so the UDP checksum stays zero (allowed for IPv4).
 func udpPacket(src, dst netip.AddrPort, payload []byte) []byte {
@@ -166,8 +191,7 @@ func newPumpRig(t *testing.T) *rig {
 	}
 	dev, peer := packetPair(t)
 	ep := sim.Endpoint(0x0123456789abcdef0, 0x0a1b2c3d4e5f6071)
-	p := &pump{dev: dev, send: ep.Send}
-	ep.SetReceiver(p.deliver)
+	p := newPump(packetDevice{dev}, ep)
 	r := &rig{sim: sim, app: app, pump: p, peer: peer, done: make(chan error, 1)}
 	go func() { r.done <- p.readLoop() }()
 	t.Cleanup(func() {
@@ -318,7 +342,7 @@ func TestOpenTUN(t *testing.T) {
 			errc <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
 			return
 		}
-		f, name, err := openTUN("gwlbsim%d")
+		f, name, err := openTUN("gwlbsim%d", true)
 		if err != nil {
 			errc <- err
 			return
@@ -349,5 +373,25 @@ func TestOpenTUN(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("opening the TUN device did not finish within 10s")
+	}
+}
+
+// TestPumpReplyCapacity: a reply handed to the device starts with the
+// headroom for its header, and its capacity never lets the device coalesce
+// a packet beyond 65,535 bytes (it bounds coalescing by capacity alone;
+// beyond that, the IP length field wraps and the packet is garbage).
+func TestPumpReplyCapacity(t *testing.T) {
+	p := &pump{}
+	buf := make([]byte, 100, 70000)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	p.reply(buf, 60)
+	b := p.out[0]
+	if !bytes.Equal(b[gwlbsim.ReplyHeadroom:], buf[60:]) {
+		t.Fatalf("the packet at the device's offset is %x, want %x", b[gwlbsim.ReplyHeadroom:], buf[60:])
+	}
+	if room := cap(b) - 2*gwlbsim.ReplyHeadroom; room > maxCoalesced {
+		t.Errorf("room to coalesce up to %d bytes, want at most %d", room, maxCoalesced)
 	}
 }

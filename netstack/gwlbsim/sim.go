@@ -16,16 +16,15 @@
 package gwlbsim
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
@@ -98,8 +97,12 @@ type Sim struct {
 	cfg     Config
 	listen  *net.UDPConn
 	senders []*net.UDPConn
-	seed    maphash.Seed
-	health  *healthChecker // nil without health checks
+	// raw holds each sender's raw connection, for sendmmsg (SendBatch).
+	raw map[*net.UDPConn]syscall.RawConn
+	// sendBatches holds SendBatch's sendmmsg state for reuse.
+	sendBatches chan *sendBatch
+	seed        maphash.Seed
+	health      *healthChecker // nil without health checks
 
 	mu        sync.RWMutex
 	endpoints map[uint64]*Endpoint
@@ -187,7 +190,8 @@ func New(cfg Config) (*Sim, error) {
 	s := &Sim{
 		cfg: cfg, listen: l, seed: maphash.MakeSeed(), attrs: cfg.Attributes, done: make(chan struct{}),
 		endpoints: make(map[uint64]*Endpoint), flows: make(map[netstack.FlowKey]*simFlow),
-		newest: make(map[netstack.FlowKey]*simFlow),
+		newest: make(map[netstack.FlowKey]*simFlow), raw: make(map[*net.UDPConn]syscall.RawConn),
+		sendBatches: make(chan *sendBatch, 4),
 	}
 	if cfg.HealthCheck.Port != 0 {
 		s.health = newHealthChecker(s, cfg.HealthCheck)
@@ -206,6 +210,12 @@ func New(cfg Config) (*Sim, error) {
 		}
 		_ = c.SetWriteBuffer(8 << 20)
 		s.senders = append(s.senders, c)
+		rc, err := c.SyscallConn()
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("gwlbsim: a sender socket's raw connection: %w", err)
+		}
+		s.raw[c] = rc
 		s.wg.Add(1)
 		go s.readSender(c)
 	}
@@ -304,6 +314,7 @@ type Endpoint struct {
 	id         uint64
 	attachment uint64
 	deliver    atomic.Pointer[func([]byte)]
+	batch      atomic.Pointer[batchReceiver] // set: replies go here instead
 	closers    []func()
 }
 
@@ -312,7 +323,11 @@ func (e *Endpoint) ID() uint64 { return e.id }
 
 // SetReceiver sets the function replies for this endpoint's clients go to.
 // It is called on the simulator's reader goroutine with a buffer it reuses.
-func (e *Endpoint) SetReceiver(fn func(inner []byte)) { e.deliver.Store(&fn) }
+// It replaces a receiver set by SetBatchReceiver.
+func (e *Endpoint) SetReceiver(fn func(inner []byte)) {
+	e.deliver.Store(&fn)
+	e.batch.Store(nil)
+}
 
 func (e *Endpoint) close() {
 	for _, c := range e.closers {
@@ -330,19 +345,41 @@ var sendBufPool = sync.Pool{New: func() any {
 // would drop (no registered target, or a flow whose target left) is
 // counted and dropped without an error, as the GWLB drops it silently.
 func (e *Endpoint) Send(inner []byte) error {
+	f, r, t, err := e.route(inner)
+	if err != nil || t == nil {
+		return err
+	}
+	// A pooled buffer: Send is on every simulated packet's path.
+	bufp := sendBufPool.Get().(*[]byte)
+	buf := append(append((*bufp)[:0], r.header...), inner...)
+	_, err = f.sender.WriteToUDPAddrPort(buf, t.addr)
+	*bufp = buf
+	sendBufPool.Put(bufp)
+	if err != nil {
+		return fmt.Errorf("gwlbsim: sending to %s: %w", t.addr, err)
+	}
+	e.sim.sent.Add(1)
+	t.packets.Add(1)
+	return nil
+}
+
+// route finds the flow of the inner packet (making it if new), the route
+// it goes under and its target, and refreshes the flow. A nil target with
+// a nil error: the GWLB drops the packet, and it is counted.
+func (e *Endpoint) route(inner []byte) (*simFlow, *flowRoute, *target, error) {
 	etherType := uint16(netstack.EtherTypeIPv4)
 	if len(inner) > 0 && inner[0]>>4 == 6 {
 		etherType = netstack.EtherTypeIPv6
 	}
 	p, reason := netstack.ParsePacket(inner, etherType)
 	if reason != netstack.DropNone {
-		return fmt.Errorf("gwlbsim: inner packet: %s", reason)
+		return nil, nil, nil, fmt.Errorf("gwlbsim: inner packet: %s", reason)
 	}
 	s := e.sim
 	f := s.flow(e, &p, etherType)
 	if f == nil {
 		s.noTarget.Add(1)
-		return nil
+		return nil, nil, nil, nil
 	}
 	r := f.route.Load()
 	t := r.target
@@ -351,21 +388,10 @@ func (e *Endpoint) Send(inner []byte) error {
 	}
 	if t == nil {
 		s.flowDropped.Add(1)
-		return nil
+		return nil, nil, nil, nil
 	}
 	f.last.Store(time.Now().UnixNano())
-	// A pooled buffer: Send is on every simulated packet's path.
-	bufp := sendBufPool.Get().(*[]byte)
-	buf := append(append((*bufp)[:0], r.header...), inner...)
-	_, err := f.sender.WriteToUDPAddrPort(buf, t.addr)
-	*bufp = buf
-	sendBufPool.Put(bufp)
-	if err != nil {
-		return fmt.Errorf("gwlbsim: sending to %s: %w", t.addr, err)
-	}
-	s.sent.Add(1)
-	t.packets.Add(1)
-	return nil
+	return f, r, t, nil
 }
 
 // flowKey narrows a packet's 5-tuple key to the key of the GWLB flow it
@@ -466,71 +492,6 @@ func (s *Sim) FlowHeader(k netstack.FlowKey) []byte {
 		return f.route.Load().header
 	}
 	return nil
-}
-
-func (s *Sim) readReplies() {
-	defer s.wg.Done()
-	buf := make([]byte, 65536)
-	for {
-		n, from, err := s.listen.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if !s.closed.Load() {
-				slog.Warn("gwlbsim: reading replies", "err", err)
-			}
-			return
-		}
-		s.handleReply(buf[:n], from.Addr().Unmap())
-	}
-}
-
-func (s *Sim) handleReply(b []byte, from netip.Addr) {
-	h, reason := netstack.ParseHeader(b)
-	if reason != netstack.DropNone {
-		s.malformed.Add(1)
-		return
-	}
-	inner := b[h.Len:]
-	p, reason := netstack.ParsePacket(inner, h.Protocol)
-	if reason != netstack.DropNone {
-		s.malformed.Add(1)
-		return
-	}
-	s.mu.RLock()
-	e := s.endpoints[h.Endpoint]
-	var f *simFlow
-	if !p.Fragment {
-		f = s.flows[s.flowKey(p.Key(h.Endpoint))]
-	}
-	s.mu.RUnlock()
-	var r *flowRoute
-	if f != nil {
-		r = f.route.Load()
-	}
-	switch {
-	case e == nil:
-		s.unknownEP.Add(1)
-		return
-	case p.Fragment:
-		// A later fragment carries no ports; the GWLB would map it by its
-		// own means. The simulator accepts it when its header is one it
-		// sent on that endpoint.
-	case f == nil:
-		s.unknown.Add(1)
-		return
-	case r.target == nil || r.target.addr.Addr() != from:
-		s.wrongTarget.Add(1)
-		return
-	case !bytes.Equal(r.header, b[:h.Len]):
-		s.mismatch.Add(1)
-		return
-	default:
-		f.last.Store(time.Now().UnixNano())
-		r.target.replies.Add(1)
-	}
-	if fn := e.deliver.Load(); fn != nil {
-		s.received.Add(1)
-		(*fn)(inner)
-	}
 }
 
 // readSender counts datagrams that arrive on a sender port: the GWLB only

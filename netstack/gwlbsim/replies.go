@@ -1,0 +1,155 @@
+package gwlbsim
+
+import (
+	"bytes"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+)
+
+// ReplyHeadroom is how many bytes in front of a reply's GENEVE header are
+// free in the buffers replies are read into: a batch receiver may write
+// there (a TUN device's virtio-net header, say).
+const ReplyHeadroom = 16
+
+// replyBatch is how many datagrams one recvmmsg reads at most.
+const replyBatch = 32
+
+// replyBufSize is each reply buffer's size: the headroom, then room for
+// the largest datagram; a receiver may grow a packet into the rest (a TUN
+// device coalescing segments into one of 64 KiB).
+const replyBufSize = ReplyHeadroom + netstack.MaxGeneveHeader + 65536
+
+// batchReceiver is what SetBatchReceiver installs.
+type batchReceiver struct {
+	reply func(pkt []byte, off int)
+	flush func()
+}
+
+// SetBatchReceiver makes replies for this endpoint's clients go to reply,
+// a batch at a time: reply is called for each accepted reply of a batch
+// the simulator read at once, then flush once. In reply, pkt[off:] is the
+// inner packet; the off bytes before it (at least ReplyHeadroom) and pkt's
+// capacity beyond it are the receiver's to use; pkt stays valid until
+// flush returns. Both run on the simulator's reader goroutine. It replaces
+// a receiver set by SetReceiver.
+func (e *Endpoint) SetBatchReceiver(reply func(pkt []byte, off int), flush func()) {
+	e.batch.Store(&batchReceiver{reply: reply, flush: flush})
+}
+
+// readReplies reads replies a batch at a time (recvmmsg) until the
+// simulator closes; each is checked (handleReply), and every batch
+// receiver that got one is flushed once the batch is done.
+func (s *Sim) readReplies() {
+	defer s.wg.Done()
+	raw, err := s.listen.SyscallConn()
+	if err != nil {
+		slog.Warn("gwlbsim: the reply socket's raw connection", "err", err)
+		return
+	}
+	b := newRecvBatch(replyBatch, replyBufSize, ReplyHeadroom)
+	touched := make([]*Endpoint, 0, 4)
+	for {
+		n, err := b.recv(raw)
+		if err != nil {
+			if !s.closed.Load() {
+				slog.Warn("gwlbsim: reading replies", "err", err)
+			}
+			return
+		}
+		for i := range n {
+			dgram, from, ok := b.message(i)
+			if !ok {
+				s.malformed.Add(1) // truncated: larger than any GENEVE datagram
+				continue
+			}
+			e := s.handleReply(b.bufs[i][:ReplyHeadroom+len(dgram)], ReplyHeadroom, from)
+			if e != nil && !containsEndpoint(touched, e) {
+				touched = append(touched, e)
+			}
+		}
+		for _, e := range touched {
+			if br := e.batch.Load(); br != nil {
+				br.flush()
+			}
+		}
+		clear(touched)
+		touched = touched[:0]
+	}
+}
+
+func containsEndpoint(es []*Endpoint, e *Endpoint) bool {
+	for _, x := range es {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
+// handleReply checks one reply, buf[off:], and delivers its inner packet
+// to its endpoint's receiver. It returns the endpoint when it handed the
+// packet to a batch receiver, which then needs a flush.
+func (s *Sim) handleReply(buf []byte, off int, from netip.Addr) *Endpoint {
+	b := buf[off:]
+	h, reason := netstack.ParseHeader(b)
+	if reason != netstack.DropNone {
+		s.malformed.Add(1)
+		return nil
+	}
+	inner := b[h.Len:]
+	p, reason := netstack.ParsePacket(inner, h.Protocol)
+	if reason != netstack.DropNone {
+		s.malformed.Add(1)
+		return nil
+	}
+	s.mu.RLock()
+	e := s.endpoints[h.Endpoint]
+	var f *simFlow
+	if !p.Fragment {
+		f = s.flows[s.flowKey(p.Key(h.Endpoint))]
+	}
+	s.mu.RUnlock()
+	var r *flowRoute
+	if f != nil {
+		r = f.route.Load()
+	}
+	switch {
+	case e == nil:
+		s.unknownEP.Add(1)
+		return nil
+	case p.Fragment:
+		// A later fragment carries no ports; the GWLB would map it by its
+		// own means. The simulator accepts it when its header is one it
+		// sent on that endpoint.
+	case f == nil:
+		s.unknown.Add(1)
+		return nil
+	case r.target == nil || r.target.addr.Addr() != from:
+		s.wrongTarget.Add(1)
+		return nil
+	case !bytes.Equal(r.header, b[:h.Len]):
+		s.mismatch.Add(1)
+		return nil
+	default:
+		f.last.Store(time.Now().UnixNano())
+		r.target.replies.Add(1)
+	}
+	if br := e.batch.Load(); br != nil {
+		s.received.Add(1)
+		br.reply(buf, off+h.Len)
+		return e
+	}
+	if fn := e.deliver.Load(); fn != nil {
+		s.received.Add(1)
+		(*fn)(inner)
+	}
+	return nil
+}
+
+// fromSockaddr is the IPv4 address of a received datagram's sender.
+func fromSockaddr(sa *unix.RawSockaddrInet4) netip.Addr { return netip.AddrFrom4(sa.Addr) }
