@@ -393,7 +393,7 @@ func TestStackCloseRace(t *testing.T) {
 				default:
 				}
 				ep := uint64(1 + i%3)
-				s.handleDatagram(geneve(ep, udpPacket(uint16(1000*r+i%1000), 8)), from)
+				s.handleDatagram(geneve(ep, udpPacket(uint16(1000*r+i%1000), 8)), from, nil)
 				st, _ := s.enterStack(ep, true)
 				if st == nil {
 					continue
@@ -446,7 +446,7 @@ func TestLaterFragmentsFollowTheirFirst(t *testing.T) {
 	// A whole datagram, in order: reassembled and handed over.
 	frags := fragment(udpPacket(3000, 20000), 0x4242, 1500)
 	for _, f := range frags {
-		s.handleDatagram(geneve(ep, ipv4Sum(f)), from)
+		s.handleDatagram(geneve(ep, ipv4Sum(f)), from, nil)
 	}
 	select {
 	case d := <-h.udp:
@@ -471,7 +471,7 @@ func TestLaterFragmentsFollowTheirFirst(t *testing.T) {
 		pkt := udpPacket(uint16(4000+i), 3000)
 		binary.BigEndian.PutUint32(pkt[12:], uint32(0xc6120000+i)) // 198.18.x.y: a client each
 		later := fragment(pkt, uint32(i), 1500)[1]
-		s.handleDatagram(geneve(uint64(ep+i%2), ipv4Sum(later)), from)
+		s.handleDatagram(geneve(uint64(ep+i%2), ipv4Sum(later)), from, nil)
 	}
 	st = s.Stats()
 	if st.Drops["fragment_without_flow"] != flood || st.Flows != 1 || st.Stacks != 1 {
@@ -487,7 +487,7 @@ func TestLaterFragmentsFollowTheirFirst(t *testing.T) {
 	for i := range 2 * maxFlows {
 		fs := fragment(udpPacket(uint16(6000+i), 3000), uint32(0x1000+i), 1500)
 		for _, f := range fs {
-			s.handleDatagram(geneve(ep, ipv4Sum(f)), from)
+			s.handleDatagram(geneve(ep, ipv4Sum(f)), from, nil)
 		}
 	}
 	st = s.Stats()

@@ -291,6 +291,12 @@ func (c *capturePath) send(pkt []byte, gwlb netip.AddrPort) error {
 	c.gwlbs = append(c.gwlbs, gwlb)
 	return nil
 }
+func (c *capturePath) sendBatch(b *replyBatch) (int, error) {
+	for i := range b.n {
+		c.send(b.pkts[i], b.dsts[i])
+	}
+	return 0, nil
+}
 func (*capturePath) close() error { return nil }
 func (*capturePath) name() string { return "capture" }
 

@@ -64,6 +64,7 @@ const (
 	DropClientFlowLimit
 	DropEndpointLimit
 	DropFragmentNoFlow
+	DropDatagramTooBig
 	dropReasons
 )
 
@@ -86,6 +87,7 @@ var dropReasonNames = [dropReasons]string{
 	DropClientFlowLimit: "client_flow_limit",
 	DropEndpointLimit:   "endpoint_limit",
 	DropFragmentNoFlow:  "fragment_without_flow",
+	DropDatagramTooBig:  "datagram_too_big",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

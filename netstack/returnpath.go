@@ -28,6 +28,10 @@ type returnPath interface {
 	// send transmits pkt[outerHeadroom:], a whole GENEVE datagram. The bytes
 	// before it are scratch space for an outer header.
 	send(pkt []byte, gwlb netip.AddrPort) error
+	// sendBatch transmits every datagram of b, each like send's pkt, in as
+	// few system calls as it can. It returns how many could not be sent
+	// and the last error.
+	sendBatch(b *replyBatch) (failed int, err error)
 	close() error
 	name() string
 }
@@ -97,12 +101,57 @@ func (r *rawReturn) source(gwlb netip.Addr) ([4]byte, error) {
 }
 
 func (r *rawReturn) send(pkt []byte, gwlb netip.AddrPort) error {
+	dst, err := r.fill(pkt, gwlb)
+	if err != nil {
+		return err
+	}
+	// unix.Sendto would box a Sockaddr per packet; the raw call does not.
+	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst}
+	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(r.fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
+		0, uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
+	if e != 0 {
+		return fmt.Errorf("raw return path sendto %s: %w", gwlb.Addr(), syscall.Errno(e))
+	}
+	return nil
+}
+
+// sendBatch sends the batch's datagrams through the raw socket with
+// sendmmsg, each with the outer header fill writes.
+func (r *rawReturn) sendBatch(b *replyBatch) (failed int, err error) {
+	ready := 0 // datagrams [0, ready) are prepared, packed to the front
+	for i := range b.n {
+		dst, ferr := r.fill(b.pkts[i], b.dsts[i])
+		if ferr != nil {
+			failed, err = failed+b.fail(i, i+1), ferr
+			continue
+		}
+		b.pkts[ready], b.dsts[ready] = b.pkts[i], b.dsts[i]
+		b.names[ready] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst}
+		b.prepareMmsg(ready, 0, &b.names[ready])
+		ready++
+	}
+	for i := 0; i < ready; {
+		n, e := b.sendmmsg(uintptr(r.fd), i, ready, 0)
+		i += n
+		if e != 0 {
+			// The datagram at i failed; the ones after it may not.
+			failed, err = failed+b.fail(i, i+1), fmt.Errorf("raw return path sendmmsg %s: %w", b.dsts[i].Addr(), e)
+			i++
+		}
+	}
+	return failed, err
+}
+
+// fill writes the outer IPv4 and UDP header of the GENEVE datagram
+// pkt[outerHeadroom:] to gwlb into pkt[:outerHeadroom] and returns the
+// destination address.
+func (r *rawReturn) fill(pkt []byte, gwlb netip.AddrPort) ([4]byte, error) {
 	if !gwlb.Addr().Is4() {
-		return errors.New("raw return path: GWLB address is not IPv4")
+		return [4]byte{}, errors.New("raw return path: GWLB address is not IPv4")
 	}
 	src, err := r.source(gwlb.Addr())
 	if err != nil {
-		return err
+		return [4]byte{}, err
 	}
 	dst := gwlb.Addr().As4()
 	ip, udp := pkt[:20], pkt[20:outerHeadroom]
@@ -123,15 +172,7 @@ func (r *rawReturn) send(pkt []byte, gwlb netip.AddrPort) error {
 		sum = 0xffff
 	}
 	binary.BigEndian.PutUint16(udp[6:], sum)
-
-	// unix.Sendto would box a Sockaddr per packet; the raw call does not.
-	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst}
-	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(r.fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
-		0, uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
-	if e != 0 {
-		return fmt.Errorf("raw return path sendto %s: %w", gwlb.Addr(), syscall.Errno(e))
-	}
-	return nil
+	return dst, nil
 }
 
 func pseudoSum(src, dst [4]byte, udpLen int) uint16 {
@@ -157,9 +198,28 @@ type boundReturn struct {
 	fallbacks *atomic.Uint64
 
 	mu        sync.RWMutex
-	socks     map[uint16]*net.UDPConn
+	socks     map[uint16]*boundSock
 	failed    map[uint16]time.Time // ports whose bind failed: when to try again
 	retryWait time.Duration
+	fallback  *boundSock // the listener's
+}
+
+// boundSock is one socket of the bound return path.
+type boundSock struct {
+	conn *net.UDPConn
+	raw  syscall.RawConn // for sendmmsg and UDP GSO
+	// noGSO is set once a UDP GSO send failed on this socket (a device
+	// without it, a route whose MTU the segments exceed): its batches go
+	// out with sendmmsg from then on.
+	noGSO atomic.Bool
+}
+
+func newBoundSock(c *net.UDPConn) *boundSock {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		panic(err) // only for a closed or non-socket conn, never a fresh UDP socket
+	}
+	return &boundSock{conn: c, raw: rc}
 }
 
 // bindRetryAfter is how long a port whose bind failed is left on the
@@ -168,16 +228,18 @@ const bindRetryAfter = 10 * time.Second
 
 func newBoundReturn(local netip.Addr, listener *net.UDPConn, replyPort uint16, fallbacks *atomic.Uint64) *boundReturn {
 	listenPort := listener.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	ls := newBoundSock(listener)
 	return &boundReturn{
 		local: local, listener: listener, replyPort: replyPort, fallbacks: fallbacks,
-		socks:  map[uint16]*net.UDPConn{listenPort: listener},
+		socks:  map[uint16]*boundSock{listenPort: ls},
 		failed: map[uint16]time.Time{}, retryWait: bindRetryAfter,
+		fallback: ls,
 	}
 }
 
 func (r *boundReturn) name() string { return ReturnPathBound }
 
-func (r *boundReturn) socket(port uint16) *net.UDPConn {
+func (r *boundReturn) socket(port uint16) *boundSock {
 	r.mu.RLock()
 	c := r.socks[port]
 	retry, failed := r.failed[port]
@@ -186,7 +248,7 @@ func (r *boundReturn) socket(port uint16) *net.UDPConn {
 		return c
 	}
 	if failed && time.Now().Before(retry) {
-		return r.listener
+		return r.fallback
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -194,7 +256,7 @@ func (r *boundReturn) socket(port uint16) *net.UDPConn {
 		return c
 	}
 	if retry, failed := r.failed[port]; failed && time.Now().Before(retry) {
-		return r.listener // another sender just tried
+		return r.fallback // another sender just tried
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
@@ -208,18 +270,132 @@ func (r *boundReturn) socket(port uint16) *net.UDPConn {
 	if err != nil {
 		r.fallbacks.Add(1)
 		r.failed[port] = time.Now().Add(r.retryWait)
-		return r.listener
+		return r.fallback
 	}
 	delete(r.failed, port)
-	c = pc.(*net.UDPConn)
+	c = newBoundSock(pc.(*net.UDPConn))
 	r.socks[port] = c
 	return c
 }
 
 func (r *boundReturn) send(pkt []byte, gwlb netip.AddrPort) error {
 	c := r.socket(gwlb.Port())
-	_, err := c.WriteToUDPAddrPort(pkt[outerHeadroom:], netip.AddrPortFrom(gwlb.Addr(), r.replyPort))
+	_, err := c.conn.WriteToUDPAddrPort(pkt[outerHeadroom:], netip.AddrPortFrom(gwlb.Addr(), r.replyPort))
 	return err
+}
+
+// maxGSOBytes is the most UDP payload one GSO send carries: what fits in
+// one IPv4 UDP datagram's length field.
+const maxGSOBytes = 65535 - 20 - 8
+
+// sendBatch sends the batch's datagrams run by run: consecutive datagrams
+// to the same GWLB address and source port leave through the same socket
+// to the same destination, as one UDP GSO send when their sizes allow it
+// (all equal but a shorter last one, as TCP segments of one write are),
+// else as one sendmmsg.
+func (r *boundReturn) sendBatch(b *replyBatch) (failed int, err error) {
+	for i := 0; i < b.n; {
+		j := i + 1
+		for j < b.n && b.dsts[j] == b.dsts[i] {
+			j++
+		}
+		if j-i == 1 {
+			if e := r.send(b.pkts[i], b.dsts[i]); e != nil {
+				failed, err = failed+b.fail(i, i+1), e
+			}
+		} else if f, e := r.sendRun(b, i, j); e != nil {
+			failed, err = failed+f, e
+		}
+		i = j
+	}
+	return failed, err
+}
+
+// sendRun sends datagrams [from, to), which share their destination: the
+// runs gsoRun finds as UDP GSO sends, the datagrams between them in a
+// sendmmsg.
+func (r *boundReturn) sendRun(b *replyBatch, from, to int) (failed int, err error) {
+	sock := r.socket(b.dsts[from].Port())
+	sockaddr(&b.sockaddrForReplies, b.dsts[from].Addr().As4(), r.replyPort)
+	for from < to {
+		end, gso := from, false
+		for end < to && !gso {
+			next, ok := end+1, false
+			if !sock.noGSO.Load() {
+				next, ok = gsoRun(b, end, to)
+			}
+			if ok && end == from {
+				end, gso = next, true // a GSO send first
+			} else if ok {
+				break // the sendmmsg up to here first
+			} else {
+				end = next
+			}
+		}
+		if gso {
+			b.from, b.to, b.gso, b.sent, b.errno = from, end, true, 0, 0
+			werr := sock.raw.Write(b.writeFn)
+			if werr == nil && b.errno == 0 {
+				from = end
+				continue
+			}
+			// The datagrams go out below, the old way; where the
+			// kernel or the route cannot segment, this socket stops
+			// trying.
+			if werr == nil && gsoUnsupported(b.errno) {
+				sock.noGSO.Store(true)
+			}
+		}
+		for i := from; i < end; i++ {
+			b.prepareMmsg(i, outerHeadroom, &b.sockaddrForReplies)
+		}
+		b.from, b.to, b.gso, b.sent, b.errno = from, end, false, 0, 0
+		if werr := sock.raw.Write(b.writeFn); werr != nil {
+			failed, err = failed+b.fail(from+b.sent, end), fmt.Errorf("bound return path: %w", werr)
+			from = end
+			continue
+		}
+		from += b.sent
+		if b.errno != 0 {
+			// The datagram at from failed; the ones after it may not.
+			failed, err = failed+b.fail(from, from+1), fmt.Errorf("bound return path sendmmsg %s: %w", b.dsts[from].Addr(), b.errno)
+			from++
+		}
+	}
+	return failed, err
+}
+
+// gsoUnsupported reports whether a UDP GSO send failed for good: a kernel
+// without it, a device that cannot checksum it, segments bigger than the
+// route's MTU.
+func gsoUnsupported(e syscall.Errno) bool {
+	switch e {
+	case unix.EIO, unix.EINVAL, unix.EOPNOTSUPP, unix.ENOPROTOOPT, unix.EMSGSIZE:
+		return true
+	}
+	return false
+}
+
+// gsoRun returns the end of the longest run of datagrams from from on (and
+// before to) that one UDP GSO send can carry, and whether it is worth one:
+// at least two datagrams, all of the first one's size but the last, at
+// most maxBatch of them and maxGSOBytes together.
+func gsoRun(b *replyBatch, from, to int) (int, bool) {
+	seg := len(b.pkts[from])
+	total := seg - outerHeadroom
+	end := from + 1
+	for end < to && end-from < maxBatch {
+		n := len(b.pkts[end])
+		if n > seg || total+n-outerHeadroom > maxGSOBytes {
+			break
+		}
+		total += n - outerHeadroom
+		end++
+		if n < seg {
+			break // a shorter datagram ends a GSO send
+		}
+	}
+	return end, end-from > 1
 }
 
 func (r *boundReturn) close() error {
@@ -227,8 +403,8 @@ func (r *boundReturn) close() error {
 	defer r.mu.Unlock()
 	var errs []error
 	for _, c := range r.socks {
-		if c != r.listener {
-			errs = append(errs, c.Close())
+		if c.conn != r.listener {
+			errs = append(errs, c.conn.Close())
 		}
 	}
 	return errors.Join(errs...)

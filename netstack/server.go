@@ -287,11 +287,18 @@ func (s *Server) closeConns() {
 	}
 }
 
+// read takes GENEVE datagrams from c, a batch per system call, until the
+// server closes.
 func (s *Server) read(c *net.UDPConn) {
 	defer s.wg.Done()
-	buf := make([]byte, 65536)
+	r, err := newBatchReader(c)
+	if err != nil {
+		slog.Error("reading GENEVE: the socket has no file descriptor", "err", err)
+		return
+	}
+	co := newCoalescer()
 	for {
-		n, from, err := c.ReadFromUDPAddrPort(buf)
+		n, err := r.read()
 		if err != nil {
 			select {
 			case <-s.done:
@@ -304,13 +311,25 @@ func (s *Server) read(c *net.UDPConn) {
 			slog.Warn("reading GENEVE", "err", err)
 			continue
 		}
-		s.handleDatagram(buf[:n], from)
+		for i := range n {
+			b, from, truncated := r.datagram(i)
+			if truncated {
+				s.stats.packetsIn.Add(1)
+				s.stats.drop(DropDatagramTooBig)
+				continue
+			}
+			s.handleDatagram(b, from, co)
+		}
+		if co != nil {
+			co.flush()
+		}
 	}
 }
 
 // handleDatagram takes one GENEVE datagram from the GWLB into the flow table
-// and the endpoint's stack.
-func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
+// and the endpoint's stack, its TCP segments by way of the reader's
+// coalescer co (nil: straight in).
+func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 	s.stats.packetsIn.Add(1)
 	s.stats.bytesIn.Add(uint64(len(b)))
 	if s.cfg.Senders != nil && !s.allowedSender(from.Addr().Unmap()) {
@@ -340,7 +359,7 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
 		}
 		return
 	}
-	reason = s.deliver(st, b, h, &p, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()))
+	reason = s.deliver(st, b, h, &p, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), co)
 	st.mu.RUnlock()
 	if reason != DropNone {
 		s.stats.drop(reason)
@@ -352,7 +371,7 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort) {
 // its flow in the table first, so that the flow table bounds what the
 // stacks hold. A later fragment carries no ports: it follows the flow of
 // its first fragment, or is dropped when that was not taken in.
-func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb netip.AddrPort) DropReason {
+func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb netip.AddrPort, co *coalescer) DropReason {
 	now := time.Now().UnixNano()
 	st.sawPacket(now)
 	inner := b[h.Len:]
@@ -378,6 +397,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		s.handleEcho(flow, p, inner)
 		return DropNone
 	}
+	if co != nil && p.Proto == protoTCP && !p.Fragment && !p.MoreFragments {
+		co.hold(st, inner, p.IPv6)
+		return DropNone
+	}
 	st.link.inject(inner, p.IPv6)
 	return DropNone
 }
@@ -391,11 +414,12 @@ func (s *Server) allowedSender(a netip.Addr) bool {
 	return false
 }
 
-// writeReply sends one packet the stack emitted back to the GWLB under its
-// flow's header. buf is scratch space of maxDatagram bytes; frags is the
-// endpoint's fragment table.
-func (s *Server) writeReply(endpoint uint64, pb *stack.PacketBuffer, buf []byte, now int64, frags *fragTable) {
+// batchReply adds one packet the stack emitted to the reply batch b, under
+// its flow's GENEVE header; now is the time of the batch, frags the
+// endpoint's fragment table. A packet without a flow is dropped and counted.
+func (s *Server) batchReply(b *replyBatch, endpoint uint64, pb *stack.PacketBuffer, now int64, frags *fragTable) {
 	const innerOff = outerHeadroom + MaxGeneveHeader
+	buf := b.buf()
 	size := pb.Size()
 	if size > len(buf)-innerOff {
 		s.stats.drop(DropTooBig)
@@ -404,23 +428,70 @@ func (s *Server) writeReply(endpoint uint64, pb *stack.PacketBuffer, buf []byte,
 	vl, off := pb.AsViewList()
 	n := 0
 	for v := vl.Front(); v != nil && n < size; v = v.Next() {
-		b := v.AsSlice()
-		if off >= len(b) {
-			off -= len(b)
+		p := v.AsSlice()
+		if off >= len(p) {
+			off -= len(p)
 			continue
 		}
-		n += copy(buf[innerOff+n:innerOff+size], b[off:])
+		n += copy(buf[innerOff+n:innerOff+size], p[off:])
 		off = 0
 	}
-	s.sendInner(endpoint, buf, innerOff, n, now, frags)
+	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags); ok {
+		b.add(dgram, gwlb)
+	}
+}
+
+// sendReplies sends the batch's datagrams and empties it.
+func (s *Server) sendReplies(b *replyBatch) {
+	if b.n == 0 {
+		return
+	}
+	bytes := 0
+	for i := range b.n {
+		bytes += len(b.pkts[i]) - outerHeadroom
+	}
+	var failed int
+	var err error
+	if b.n == 1 {
+		if err = s.ret.send(b.pkts[0], b.dsts[0]); err != nil {
+			failed, b.failedBytes = 1, bytes
+		}
+	} else {
+		failed, err = s.ret.sendBatch(b)
+	}
+	if err != nil {
+		s.stats.drops[DropSendError].Add(uint64(failed))
+		s.stats.lastSendError.Store(err.Error())
+	}
+	s.stats.packetsOut.Add(uint64(b.n - failed))
+	s.stats.bytesOut.Add(uint64(bytes - b.failedBytes))
+	b.n, b.failedBytes = 0, 0
 }
 
 // sendInner wraps the inner packet at buf[innerOff:innerOff+n] in its flow's
-// GENEVE header, placed right in front of it, and sends it. A later fragment
-// carries no ports: it takes the flow its first fragment was sent under,
-// which frags (the endpoint's fragment table; nil for packets that are never
-// fragmented) remembers.
+// GENEVE header and sends it (see wrapReply).
 func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) {
+	dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags)
+	if !ok {
+		return
+	}
+	if err := s.ret.send(dgram, gwlb); err != nil {
+		s.stats.drop(DropSendError)
+		s.stats.lastSendError.Store(err.Error())
+		return
+	}
+	s.stats.packetsOut.Add(1)
+	s.stats.bytesOut.Add(uint64(len(dgram) - outerHeadroom))
+}
+
+// wrapReply puts the GENEVE header of the inner packet's flow right in front
+// of it, at buf[innerOff:innerOff+n], and returns the datagram (outer
+// headroom first, as returnPath.send takes it) and the GWLB address it goes
+// to. A packet without a flow is dropped and counted (ok false). A later
+// fragment carries no ports: it takes the flow its first fragment was sent
+// under, which frags (the endpoint's fragment table; nil for packets that
+// are never fragmented) remembers.
+func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) (dgram []byte, gwlb netip.AddrPort, ok bool) {
 	inner := buf[innerOff : innerOff+n]
 	etherType := uint16(EtherTypeIPv4)
 	if n > 0 && inner[0]>>4 == 6 {
@@ -429,7 +500,7 @@ func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int
 	p, reason := ParsePacket(inner, etherType)
 	if reason != DropNone {
 		s.stats.drop(reason)
-		return
+		return nil, gwlb, false
 	}
 	var flow *Flow
 	switch {
@@ -439,13 +510,13 @@ func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int
 		}
 		if flow == nil {
 			s.stats.drop(DropNoFlow)
-			return
+			return nil, gwlb, false
 		}
 	default:
 		key := p.Key(endpoint)
 		if flow = s.flows.Lookup(&key); flow == nil {
 			s.stats.drop(DropNoFlow)
-			return
+			return nil, gwlb, false
 		}
 		if p.MoreFragments && frags != nil {
 			frags.remember(&p, flow, now)
@@ -458,14 +529,7 @@ func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int
 	}
 	start := innerOff - len(tn.header)
 	copy(buf[start:], tn.header)
-	dgram := buf[start-outerHeadroom : innerOff+n]
-	if err := s.ret.send(dgram, tn.gwlb); err != nil {
-		s.stats.drop(DropSendError)
-		s.stats.lastSendError.Store(err.Error())
-		return
-	}
-	s.stats.packetsOut.Add(1)
-	s.stats.bytesOut.Add(uint64(len(dgram) - outerHeadroom))
+	return buf[start-outerHeadroom : innerOff+n], tn.gwlb, true
 }
 
 func (s *Server) expireLoop() {

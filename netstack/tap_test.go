@@ -37,7 +37,7 @@ func BenchmarkInboundDatagramTapped(b *testing.B) {
 	b.SetBytes(int64(len(dgrams[0])))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		s.handleDatagram(dgrams[i%benchFlows], gwlb)
+		s.handleDatagram(dgrams[i%benchFlows], gwlb, nil)
 	}
 	b.StopTimer()
 	if tap.in != b.N {
@@ -55,7 +55,7 @@ func TestTapSeesBothDirections(t *testing.T) {
 	st := &endpointStack{srv: s, endpoint: 7, link: &link{srv: s, endpoint: 7, mtu: DefaultMTU}}
 	s.stacks.Store(uint64(7), st)
 	d := benchDatagrams(&testing.B{}, 10)[3]
-	s.handleDatagram(d, netip.MustParseAddrPort("127.0.0.2:40000"))
+	s.handleDatagram(d, netip.MustParseAddrPort("127.0.0.2:40000"), nil)
 	h, _ := ParseHeader(d)
 	inner := d[h.Len:]
 	r := append([]byte(nil), inner...)
