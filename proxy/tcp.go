@@ -381,16 +381,46 @@ func Relay(client, upstream net.Conn) (out, in int64, err error) {
 // halfRelay copies src to dst, then half-closes dst. On an error it resets
 // both, so the opposite direction ends too and each peer sees the failure as
 // the reset it was, not as a clean close.
+//
+// It reads into a pooled 64 KiB buffer while bytes flow, and gives the
+// buffer back once src has been quiet for relayIdleAfter, waiting on a small
+// one of its own instead: most relayed connections are idle most of their
+// life, and two held 64 KiB buffers were 85% of an idle flow's memory.
 func halfRelay(dst, src net.Conn) (int64, error) {
-	bufp := relayBufPool.Get().(*[]byte)
-	defer relayBufPool.Put(bufp)
-	// Plain Read/Write loop: io.CopyBuffer would hand off to ReadFrom or
-	// WriteTo and skip the pooled buffer.
 	var n int64
-	buf := *bufp
+	var small []byte // made when first needed
+	bufp := relayBufPool.Get().(*[]byte)
+	defer func() {
+		if bufp != nil {
+			relayBufPool.Put(bufp)
+		}
+	}()
+	var deadline time.Time // src's read deadline while the big buffer is out
 	for {
+		buf := small
+		if bufp != nil {
+			buf = *bufp
+			// Moved on only when half of it is used up: one timer reset
+			// a second or so, not one per read.
+			if now := time.Now(); deadline.Sub(now) < relayIdleAfter/2 {
+				deadline = now.Add(relayIdleAfter)
+				_ = src.SetReadDeadline(deadline)
+			}
+		}
+		// Plain Read/Write loop: io.CopyBuffer would hand off to ReadFrom
+		// or WriteTo and skip the pooled buffer.
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
+			if nr <= relaySmallBuf && bufp != nil {
+				// gVisor's endpoint keeps the last writer's reader, and
+				// with it the slice written, until the next write: a flow
+				// that goes quiet after a short write must not keep the
+				// big buffer alive that way.
+				if small == nil {
+					small = make([]byte, relaySmallBuf)
+				}
+				buf = small[:copy(small, buf[:nr])]
+			}
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
 			if werr != nil {
@@ -399,17 +429,43 @@ func halfRelay(dst, src net.Conn) (int64, error) {
 				return n, werr
 			}
 		}
-		if rerr == io.EOF {
+		switch {
+		case rerr == nil:
+			if bufp == nil {
+				bufp = relayBufPool.Get().(*[]byte) // bytes again: the big buffer
+			}
+			continue
+		case bufp != nil && isTimeout(rerr):
+			// Quiet: wait without the big buffer and without a deadline.
+			relayBufPool.Put(bufp)
+			bufp, deadline = nil, time.Time{}
+			_ = src.SetReadDeadline(time.Time{})
+			if small == nil {
+				small = make([]byte, relaySmallBuf)
+			}
+			continue
+		case rerr == io.EOF:
 			_ = closeWrite(dst)
 			return n, nil
 		}
-		if rerr != nil {
-			intercept.Abort(src)
-			intercept.Abort(dst)
-			if errors.Is(rerr, net.ErrClosed) {
-				return n, nil // closed by the other direction's error
-			}
-			return n, rerr
+		intercept.Abort(src)
+		intercept.Abort(dst)
+		if errors.Is(rerr, net.ErrClosed) {
+			return n, nil // closed by the other direction's error
 		}
+		return n, rerr
 	}
+}
+
+// relayIdleAfter is how long a relay direction keeps its pooled buffer
+// without a byte to read (a variable for the tests); relaySmallBuf is what
+// it waits on after that.
+var relayIdleAfter = 2 * time.Second
+
+const relaySmallBuf = 2 << 10
+
+// isTimeout reports whether err is a read deadline passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
