@@ -61,6 +61,11 @@ import (
 //     cannot hand a pooled upstream connection to the next client: every
 //     proxy makes one upstream handshake per client connection (the
 //     origin's count of accepted connections, logged, shows it);
+//     then the same again with a client that resumes its TLS session with
+//     the proxy, as browsers do ("resumed": both proxies issue tickets by
+//     default, and the number of resumed handshakes is logged). The origin
+//     issues no tickets, so every upstream handshake stays a full one for
+//     either proxy;
 //  2. vsRequests GET /small on kept-alive bumped connections, one
 //     connection per slice (2,500 requests each; the one handshake is
 //     about 0.3% of a slice's CPU);
@@ -160,6 +165,7 @@ func BenchmarkVsSquid(b *testing.B) {
 	stateDir := filepath.Join(gwDir, "state")
 	gw := vsStartChild(b, "gwlbproxy", filepath.Join(gwDir, "stderr.log"), nil, bin,
 		"--geneve-addr", geneve.String(),
+		"--gwlb-cidrs", netip.PrefixFrom(ip(2), 32).String(), // the simulator: the only GENEVE sender
 		"--admin-addr", admin,
 		"--access-log", filepath.Join(gwDir, "access.log"),
 		"--state-dir", stateDir,
@@ -201,7 +207,7 @@ func BenchmarkVsSquid(b *testing.B) {
 		phases      []string
 	}{
 		{"squid", 3, false, nil},
-		{"squid-peek", 5, true, []string{"conns"}},
+		{"squid-peek", 5, true, []string{"conns", "resumed"}},
 	} {
 		addr := netip.AddrPortFrom(ip(v.host), 3128)
 		proc, caPEM := startSquid(b, tools, cred, filepath.Join(dir, v.name), addr, org, v.serverFirst)
@@ -259,6 +265,7 @@ func BenchmarkVsSquid(b *testing.B) {
 		run  func(s *vsSide) error
 	}{
 		{"conns", vsConns / 1000.0, "1k-conns", func(s *vsSide) error { return s.newConns(vsConns / vsRounds) }},
+		{"resumed", vsConns / 1000.0, "1k-resumed-conns", func(s *vsSide) error { return s.newConnsResumed(vsConns / vsRounds) }},
 		{"reqs", vsRequests / 1000.0, "1k-reqs", func(s *vsSide) error { return s.keepAlive("/small", vsRequests/vsRounds) }},
 		{"chunked", vsRequests / 1000.0, "1k-chunked-reqs", func(s *vsSide) error {
 			return s.keepAlive("/small?chunked=1", vsRequests/vsRounds)
@@ -359,6 +366,11 @@ func BenchmarkVsSquid(b *testing.B) {
 		line += fmt.Sprintf(" | %s %.1f KiB resident per idle bumped connection", s.name, idleKiB[si])
 	}
 	b.Log(line)
+	line = "client sessions resumed (all phases):"
+	for _, s := range sides {
+		line += fmt.Sprintf(" | %s %d", s.name, s.resumed)
+	}
+	b.Log(line)
 	l := st.Leaves
 	hitRate := 0.0
 	if l.Hits+l.Misses > 0 {
@@ -400,6 +412,7 @@ type vsSide struct {
 	phases    []string // the phases it runs; nil: all
 	transport func(keepAlive bool) *http.Transport
 	clientTLS *tls.ConnectionState // of the last response: client↔proxy
+	resumed   int                  // responses on a resumed client↔proxy session
 }
 
 // ticks is the CPU time of the proxy's process tree so far.
@@ -455,6 +468,9 @@ func (s *vsSide) get(ctx context.Context, c *http.Client, path string, want int6
 		return errors.New("the response did not come over TLS")
 	}
 	s.clientTLS = resp.TLS
+	if resp.TLS.DidResume {
+		s.resumed++
+	}
 	return nil
 }
 
@@ -469,6 +485,23 @@ func (s *vsSide) newConns(n int) error {
 		}
 		return nil
 	})
+}
+
+// newConnsResumed is newConns with a client that keeps its TLS sessions,
+// as browsers do: after the first, every connection may resume one.
+func (s *vsSide) newConnsResumed(n int) error {
+	tr := s.transport(false)
+	tr.TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(16)
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), vsPhaseTimeout)
+	defer cancel()
+	c := &http.Client{Transport: tr}
+	for range n {
+		if err := s.get(ctx, c, "/small?close=1", int64(len(vsSmallBody))); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // keepAlive makes n requests for path (a vsSmallBody) on one bumped

@@ -52,7 +52,7 @@ type roundTripperKey struct{}
 // own and closes it when done: the session ends then, in the connection's
 // Close. Returning at once spares each intercepted connection a goroutine
 // (and its stack, about 9 KiB) that would only wait for that.
-func (s *session) serveGoproxy(scheme string, tr *http.Transport) {
+func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
 	rt := &roundTripper{s: s, scheme: scheme, tr: tr}
 	host := s.Subject.Dest.String()
 	if s.Record.SNI != "" {
@@ -81,7 +81,7 @@ func (s *session) serveGoproxy(scheme string, tr *http.Transport) {
 type roundTripper struct {
 	s      *session
 	scheme string // of the client's requests: https when bumped
-	tr     *http.Transport
+	tr     upstreamTransport
 	cc     *hijackedConn
 	base   records.Record // what each request's record starts from: s.Record changes as the session ends
 

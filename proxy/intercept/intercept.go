@@ -70,6 +70,9 @@ type Config struct {
 	// what lets Wireshark decrypt a capture of them. It must be safe for
 	// concurrent use.
 	KeyLogWriter io.Writer
+	// Plaintext, when set, receives the decrypted bytes of every bumped
+	// connection (plaintext.go).
+	Plaintext Plaintext
 }
 
 // DefaultMaxHeaderBytes is the default request head limit: Squid's, and
@@ -104,6 +107,7 @@ type Interceptor struct {
 	http1  *goproxy.ProxyHttpServer // for HTTP/1 clients
 	http2  *goproxy.ProxyHttpServer // for HTTP/2 clients (h2 by ALPN, h2c)
 	denied atomic.Uint64
+	res    *resumption // TLS sessions kept across connections: resume.go
 }
 
 // New returns an Interceptor.
@@ -124,7 +128,7 @@ func New(cfg Config) *Interceptor {
 		var d net.Dialer
 		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	return &Interceptor{cfg: cfg, http1: newGoproxy(false), http2: newGoproxy(true)}
+	return &Interceptor{cfg: cfg, http1: newGoproxy(false), http2: newGoproxy(true), res: newResumption(cfg.KeyLogWriter)}
 }
 
 // Denied returns how many connections and requests it denied.
@@ -223,14 +227,17 @@ func (s *session) bump() {
 	ic, hello, d := s.ic, s.Hello, s.Decision
 	name := upstreamName(hello.ServerName, s.Subject.Dest.Addr())
 	var verifyErr error
+	sessions := ic.res.originSessions(s.Subject.Dest) // resume.go: resumed sessions are verified again
 	ucfg := &tls.Config{
 		ServerName:         hello.ServerName, // none for an address: SNI never carries one
 		NextProtos:         httpALPN(hello.ALPN),
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, // verified below, so the reason can be recorded
 		KeyLogWriter:       ic.cfg.KeyLogWriter,
+		ClientSessionCache: sessions,
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			verifyErr = ic.verifyUpstream(cs, name)
+			sessions.verified.Store(verifyErr == nil)
 			return nil
 		},
 	}
@@ -269,16 +276,24 @@ func (s *session) bump() {
 		s.refuse("minting a leaf: " + err.Error())
 		return
 	}
-	redial := ucfg.Clone()
-	redial.VerifyConnection = func(cs tls.ConnectionState) error {
-		if err := ic.verifyUpstream(cs, name); err != nil && !d.AllowUnverifiedUpstream {
-			return err
+	redial := func() *tls.Config { // for each further upstream connection
+		c := ucfg.Clone()
+		sessions := ic.res.originSessions(s.Subject.Dest)
+		c.ClientSessionCache = sessions
+		c.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := ic.verifyUpstream(cs, name)
+			sessions.verified.Store(err == nil)
+			if err != nil && !d.AllowUnverifiedUpstream {
+				return err
+			}
+			return nil
 		}
-		return nil
+		return c
 	}
-	if !s.handshakeClient(leaf, cs.NegotiatedProtocol == "h2") {
+	if !s.handshakeClient(name, leaf, cs.NegotiatedProtocol == "h2") {
 		return
 	}
+	s.tapPlaintext()
 	s.serveGoproxy("https", s.transport(up, redial))
 }
 
@@ -293,14 +308,17 @@ func upstreamName(sni string, dest netip.Addr) string {
 	return dest.Unmap().WithZone("").String()
 }
 
-// handshakeClient completes the client's TLS handshake with leaf; goproxy
-// then gets the decrypted stream. Doing it here, not in goproxy, puts a
-// failed handshake (a client that does not trust the CA) into the record,
-// and keeps goproxy from adding ALPN protocols the client never offered.
-func (s *session) handshakeClient(leaf *tls.Certificate, upstreamH2 bool) bool {
-	c := tls.Server(s.client, clientTLSConfig(leaf, upstreamH2, s.ic.cfg.KeyLogWriter))
+// handshakeClient completes the client's TLS handshake with leaf, minted
+// for name; goproxy then gets the decrypted stream. Doing it here, not in
+// goproxy, puts a failed handshake (a client that does not trust the CA)
+// into the record, and keeps goproxy from adding ALPN protocols the client
+// never offered (resumption.configForClient). A client may resume a session
+// of an earlier connection for the same name (resume.go).
+func (s *session) handshakeClient(name string, leaf *tls.Certificate, upstreamH2 bool) bool {
+	c := tls.Server(s.client, s.ic.res.server)
 	hctx, cancel := context.WithTimeout(context.Background(), s.ic.cfg.HandshakeTimeout)
 	defer cancel()
+	hctx = withClientHandshake(hctx, &clientHandshake{leaf: leaf, name: name, upstreamH2: upstreamH2})
 	if err := c.HandshakeContext(hctx); err != nil {
 		Abort(s.client)
 		s.Upstream.Close()
@@ -311,27 +329,6 @@ func (s *session) handshakeClient(leaf *tls.Certificate, upstreamH2 bool) bool {
 	s.client = c
 	s.h2 = c.ConnectionState().NegotiatedProtocol == "h2"
 	return true
-}
-
-// clientTLSConfig presents leaf to the client and takes, of the client's
-// own ALPN offer, what both sides can carry: h2 when the upstream speaks it,
-// and http/1.1. A client offering neither negotiates no ALPN (a fixed list
-// with no overlap would make the handshake fail) and speaks HTTP/1.x.
-// keyLog (nil: none) receives the session's secrets.
-func clientTLSConfig(leaf *tls.Certificate, upstreamH2 bool, keyLog io.Writer) *tls.Config {
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		KeyLogWriter: keyLog,
-		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			var protos []string
-			for _, p := range hello.SupportedProtos {
-				if p == "http/1.1" || (p == "h2" && upstreamH2) {
-					protos = append(protos, p)
-				}
-			}
-			return &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: protos, MinVersion: tls.VersionTLS12, KeyLogWriter: keyLog}, nil
-		},
-	}
 }
 
 // trustRule is the rule recorded for what the trust page answers.
@@ -348,7 +345,7 @@ func (s *session) serveTrustTLS(name string) {
 		s.refuse("minting a leaf: " + err.Error())
 		return
 	}
-	if !s.handshakeClient(leaf, false) {
+	if !s.handshakeClient(name, leaf, false) {
 		return
 	}
 	nowhere := func(context.Context, string, string) (net.Conn, error) {

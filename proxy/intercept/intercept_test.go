@@ -320,7 +320,9 @@ func TestBumpRedial(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, testPolicy)
-			upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+			// Over TCP: the upstream's close_notify must not wait for a
+			// reader, as it would on a pipe; the idle connection has none.
+			upEnd, up := r.startUpstreamTCP(r.upLeaf("www.example.test"), "http/1.1")
 			up.drop.Store(true)
 			up2End, up2 := r.startUpstreamTCP(tc.cert(r), "http/1.1")
 			r.offerRedial(up2End)
@@ -747,7 +749,7 @@ func TestTrustHost(t *testing.T) {
 func TestBumpRedialHandshakeTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	r := newRig(t, testPolicy, func(c *intercept.Config) { c.HandshakeTimeout = timeout })
-	upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+	upEnd, up := r.startUpstreamTCP(r.upLeaf("www.example.test"), "http/1.1") // TCP: see TestBumpRedial
 	up.drop.Store(true)
 	silentEnd, silent := testnet.TCPPair(t)
 	go io.Copy(io.Discard, silent) // reads the ClientHello, never answers

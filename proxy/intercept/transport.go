@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,8 +62,14 @@ func (s *connSet) closeAll() {
 // transport returns the HTTP client side of one intercepted connection. Every
 // connection it makes goes to the session's original destination, whatever the
 // request's Host says: a client must not steer the appliance elsewhere. The
-// first one is the connection already dialled (and, for TLS, verified).
-func (s *session) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport {
+// first one is the connection already dialled (and, for TLS, verified);
+// tlsCfg, when set, gives each further one its TLS configuration.
+//
+// A client speaking HTTP/1 to an upstream speaking HTTP/1 gets an
+// h1Transport (h1client.go): no goroutines or buffers while idle. Else an
+// http.Transport, which multiplexes an HTTP/2 client's concurrent streams
+// over several upstream connections, or one HTTP/2 upstream connection.
+func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamTransport {
 	var used atomic.Bool // whether a connection took up over
 	dest := s.Subject.Dest.String()
 	dial := func(ctx context.Context) (net.Conn, error) {
@@ -74,6 +81,17 @@ func (s *session) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport 
 			return nil, err
 		}
 		return s.upstreams.add(c)
+	}
+	if tc, ok := first.(*tls.Conn); !s.h2 && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
+		return &h1Transport{dial: func(ctx context.Context) (net.Conn, error) {
+			c, err := dial(ctx)
+			if err != nil || c == first || tlsCfg == nil {
+				return c, err
+			}
+			cfg := tlsCfg()
+			cfg.NextProtos = slices.DeleteFunc(slices.Clone(cfg.NextProtos), func(p string) bool { return p != "http/1.1" })
+			return s.handshakeUpstream(ctx, c, cfg)
+		}}
 	}
 	tr := &http.Transport{
 		Proxy:               nil,
@@ -89,17 +107,23 @@ func (s *session) transport(first net.Conn, tlsCfg *tls.Config) *http.Transport 
 			if err != nil || c == first {
 				return c, err
 			}
-			tc := tls.Client(c, tlsCfg.Clone())
-			// A custom DialTLSContext bypasses the transport's own
-			// handshake timeout, and a request's context has no deadline.
-			hctx, cancel := context.WithTimeout(ctx, s.ic.cfg.HandshakeTimeout)
-			defer cancel()
-			if err := tc.HandshakeContext(hctx); err != nil {
-				c.Close()
-				return nil, err
-			}
-			return tc, nil
+			return s.handshakeUpstream(ctx, c, tlsCfg())
 		}
 	}
 	return tr
+}
+
+// handshakeUpstream completes the TLS handshake of a further upstream
+// connection c; it closes c when that fails.
+func (s *session) handshakeUpstream(ctx context.Context, c net.Conn, cfg *tls.Config) (net.Conn, error) {
+	tc := tls.Client(c, cfg)
+	// A custom DialTLSContext bypasses the transport's own handshake
+	// timeout, and a request's context has no deadline.
+	hctx, cancel := context.WithTimeout(ctx, s.ic.cfg.HandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
 }

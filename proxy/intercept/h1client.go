@@ -1,0 +1,435 @@
+package intercept
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// upstreamTransport is what a session's requests go upstream through: an
+// http.Transport, or h1Transport.
+type upstreamTransport interface {
+	RoundTrip(*http.Request) (*http.Response, error)
+	CloseIdleConnections()
+}
+
+// h1Transport carries the requests of a session whose client and upstream
+// both speak HTTP/1 over one upstream connection at a time, in the calling
+// goroutine. goproxy hands an HTTP/1 client's requests over one after
+// another (the next is read once the previous response is written), so
+// there is never more than one in flight, and the transport needs none of
+// http.Transport's per-connection goroutines (a reader and a writer, parked
+// for as long as the connection lives) nor its buffers while the
+// connection is idle: its buffers come from pools for the duration of a
+// request. That is most of what an idle bumped connection cost, and the
+// goroutine hand-offs were much of a kept-alive request's CPU.
+//
+// Like http.Transport (as configured before: no compression, no proxy) it
+// writes each request with http.Request.Write, reads the response with
+// http.ReadResponse, skips 1xx responses but a 101 (whose body is then the
+// connection, both ways, as net/http gives it), and keeps the connection
+// for the next request when the response ended cleanly. Response heads are
+// bounded as net/http bounds them (10 MiB).
+//
+// Nothing reads a kept connection while it is idle (http.Transport has a
+// goroutine for that), so before a kept connection carries a request it is
+// probed (stale): anything the upstream sent meanwhile, a response nobody
+// asked for, a "408 Request Timeout" or the end of the connection, means
+// it is closed and the request goes on a new one. Nothing of the request
+// was written yet, so that is safe for any method. A request a kept
+// connection then fails to answer is sent once more on a new connection
+// under net/http's rule (retryable): only a request without a body, and
+// only when nothing of it was written or it is idempotent. A kept
+// connection is closed after h1IdleTimeout, by a timer, not a goroutine.
+//
+// An exchange ends when the request's context does, and when the request
+// body cannot be read (the client went away mid-upload): the connection
+// is closed then, as http.Transport closes it, so that no read of the
+// upstream waits on for nobody.
+type h1Transport struct {
+	dial func(ctx context.Context) (net.Conn, error) // pinned to the destination
+	// idleTimeout is how long a kept connection waits for the next
+	// request (0: h1IdleTimeout).
+	idleTimeout time.Duration
+
+	mu        sync.Mutex
+	idle      net.Conn    // kept for the next request
+	idleSince time.Time   // when idle was kept
+	idleTimer *time.Timer // closes idle once it has waited idleTimeout; reused
+	closed    bool        // CloseIdleConnections was called: keep nothing
+}
+
+// h1IdleTimeout is how long a kept connection waits for the next request:
+// what http.Transport was configured with (IdleConnTimeout).
+const h1IdleTimeout = 90 * time.Second
+
+// reuseForBody is how long a kept connection is trusted with a request
+// whose body cannot be sent again. The probe before a request sees an
+// upstream's close that has arrived, not one on its way: a request without
+// a body can go again on a new connection when it meets one, one with a
+// body cannot. Servers close idle connections after seconds (Apache after
+// 5 s, nginx after 75 s); one that has been idle for less than this is
+// unlikely to be closed right now.
+const reuseForBody = 2 * time.Second
+
+// maxResponseHead bounds a response head: net/http's default.
+const maxResponseHead = 10 << 20
+
+// max1xx bounds the informational responses before a final one, as
+// net/http does.
+const max1xx = 5
+
+var (
+	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// putReader returns br to the pool, holding no connection.
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	h1Readers.Put(br)
+}
+
+var (
+	// errNoAnswer: the upstream closed the connection, or would take no
+	// request on it, before answering. On a kept connection that is an
+	// upstream ending an idle connection, and an idempotent request may
+	// go again.
+	errNoAnswer = errors.New("the upstream closed the connection before answering")
+	// errNothingWritten: writing the request failed before any of it
+	// left; any request without a body may go again.
+	errNothingWritten = errors.New("the request could not be sent")
+)
+
+// CloseIdleConnections closes the kept connection, and any kept later.
+func (t *h1Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	c := t.idle
+	t.idle, t.closed = nil, true
+	if t.idleTimer != nil {
+		t.idleTimer.Stop()
+	}
+	t.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+func (t *h1Transport) timeout() time.Duration {
+	if t.idleTimeout > 0 {
+		return t.idleTimeout
+	}
+	return h1IdleTimeout
+}
+
+// keep offers c for the next request, unless the upstream has sent
+// something after the response already.
+func (t *h1Transport) keep(c net.Conn) {
+	if stale(c) {
+		c.Close()
+		return
+	}
+	t.mu.Lock()
+	if t.closed || t.idle != nil {
+		t.mu.Unlock()
+		c.Close()
+		return
+	}
+	t.idle, t.idleSince = c, time.Now()
+	if t.idleTimer == nil {
+		t.idleTimer = time.AfterFunc(t.timeout(), t.expire)
+	} else {
+		t.idleTimer.Reset(t.timeout())
+	}
+	t.mu.Unlock()
+}
+
+// expire closes the kept connection once it has waited the idle timeout.
+// The one timer serves every connection kept in turn: a firing meant for
+// an earlier one (stopped too late) finds the connection kept since too
+// young, and leaves it.
+func (t *h1Transport) expire() {
+	t.mu.Lock()
+	c := t.idle
+	if c == nil || time.Since(t.idleSince) < t.timeout() {
+		t.mu.Unlock()
+		return
+	}
+	t.idle = nil
+	t.mu.Unlock()
+	c.Close()
+}
+
+// take returns the kept connection if it may carry req, else nil; one it
+// may not is closed.
+func (t *h1Transport) take(req *http.Request) net.Conn {
+	t.mu.Lock()
+	c, since := t.idle, t.idleSince
+	t.idle = nil
+	if c != nil {
+		t.idleTimer.Stop()
+	}
+	t.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	if (!bodyless(req) && time.Since(since) > reuseForBody) || stale(c) {
+		c.Close()
+		return nil
+	}
+	return c
+}
+
+// RoundTrip implements upstreamTransport.
+func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		c := t.take(req)
+		reused := c != nil
+		if c == nil {
+			var err error
+			if c, err = t.dial(req.Context()); err != nil {
+				return nil, err
+			}
+		}
+		resp, err := t.exchange(c, req)
+		if err == nil {
+			return resp, nil
+		}
+		c.Close()
+		if !reused || attempt > 0 || !retryable(req, err) {
+			return nil, err
+		}
+	}
+}
+
+// bodyless reports whether req has no body to send.
+func bodyless(req *http.Request) bool {
+	return req.Body == nil || req.Body == http.NoBody
+}
+
+// retryable reports whether req, which failed with err on a kept
+// connection, may go again on a new one: net/http's rule. Only a request
+// without a body (one with a body has been read, and cannot be read
+// again); and only when nothing of it left, or the upstream closed the
+// connection without answering and the request is idempotent: it may
+// have acted on one that is not.
+func retryable(req *http.Request, err error) bool {
+	if !bodyless(req) || req.Context().Err() != nil {
+		return false
+	}
+	if errors.Is(err, errNothingWritten) {
+		return true
+	}
+	return errors.Is(err, errNoAnswer) && idempotent(req)
+}
+
+// idempotent reports whether req may be sent twice (RFC 9110 §9.2.2), or
+// says so with the widely used Idempotency-Key header, as net/http
+// decides it.
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, key := req.Header["Idempotency-Key"]
+	_, xkey := req.Header["X-Idempotency-Key"]
+	return key || xkey
+}
+
+// exchange writes req on c and reads its response head. A request without
+// a body is written here; a body is written on a goroutine of its own,
+// while the response is awaited (an upstream may answer before it has read
+// all of it). Until the response body is closed, the end of the request's
+// context closes c, and so does a failure to write the request (its body
+// could not be read: the client went away), as net/http does.
+func (t *h1Transport) exchange(c net.Conn, req *http.Request) (*http.Response, error) {
+	stop := context.AfterFunc(req.Context(), func() { c.Close() })
+	resp, err := t.exchangeHead(c, req, stop)
+	if err != nil {
+		stop()
+		if cerr := req.Context().Err(); cerr != nil {
+			return nil, fmt.Errorf("%w: %w", cerr, err)
+		}
+	}
+	return resp, err
+}
+
+// exchangeHead is exchange but for the context: stop goes to the response
+// body, which ends the context's hold on c when closed.
+func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bool) (*http.Response, error) {
+	wrote := make(chan error, 1)
+	if bodyless(req) {
+		if n, err := writeRequest(c, req); err != nil {
+			if n == 0 {
+				return nil, fmt.Errorf("%w: %w", errNothingWritten, err)
+			}
+			return nil, fmt.Errorf("writing the request: %w", err)
+		}
+		wrote <- nil
+	} else {
+		go func() {
+			_, err := writeRequest(c, req)
+			wrote <- err
+			if err != nil {
+				// Ends the wait for a response too: an upstream waiting
+				// for the rest of the body would never answer.
+				c.Close()
+			}
+		}()
+	}
+	src := &headLimitedConn{Conn: c, left: maxResponseHead, limited: true}
+	br := h1Readers.Get().(*bufio.Reader)
+	br.Reset(src)
+	if _, err := br.Peek(1); err != nil {
+		putReader(br)
+		select {
+		case werr := <-wrote:
+			if werr != nil {
+				return nil, fmt.Errorf("writing the request: %w", werr)
+			}
+		default: // the body is still being written
+		}
+		return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
+	}
+	var resp *http.Response
+	n := 0
+	for ; ; n++ {
+		var err error
+		resp, err = http.ReadResponse(br, req)
+		if err != nil {
+			putReader(br)
+			if src.over {
+				return nil, fmt.Errorf("response head larger than %d bytes", maxResponseHead)
+			}
+			return nil, fmt.Errorf("reading the response: %w", err)
+		}
+		if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		if n == max1xx {
+			putReader(br)
+			return nil, errors.New("too many 1xx informational responses")
+		}
+	}
+	src.limited = false // the head is read: the body is not limited
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The connection is the response's body now, both ways; it is
+		// never kept, and its reader holds what came after the head.
+		resp.Body = &upgradedBody{br: br, conn: c, stop: stop}
+		return resp, nil
+	}
+	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, conn: c, br: br, wrote: wrote, stop: stop,
+		reuse: !resp.Close && !req.Close && !src.scan.faulty(n, resp), eof: resp.Body == http.NoBody}
+	return resp, nil
+}
+
+// writeRequest writes req through a pooled buffer (a head and a short body
+// leave in one write) and returns how many bytes reached c.
+func writeRequest(c net.Conn, req *http.Request) (int64, error) {
+	cw := &countingWriter{w: c}
+	bw := h1Writers.Get().(*bufio.Writer)
+	bw.Reset(cw)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	h1Writers.Put(bw)
+	return cw.n, err
+}
+
+// countingWriter counts what was written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	w.n += int64(n)
+	return n, err
+}
+
+// h1Body is a response's body. Read to its end and closed, it gives the
+// connection back for the next request (when neither side asked to close
+// it, the response's framing was sound, the request was written whole and
+// nothing unasked-for followed) and its buffer to the pool; closed early,
+// it closes the connection.
+type h1Body struct {
+	io.ReadCloser
+	t      *h1Transport
+	conn   net.Conn
+	br     *bufio.Reader
+	wrote  chan error
+	stop   func() bool // ends the request context's hold on conn
+	reuse  bool
+	eof    bool
+	closed bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+// Close implements io.Closer.
+func (b *h1Body) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	// False when the request's context has ended, and closed conn.
+	live := b.stop()
+	var err error
+	if b.eof {
+		// Not before: net/http's body would read the rest to its end, a
+		// whole download the client no longer wants.
+		err = b.ReadCloser.Close()
+	}
+	keep := live && b.reuse && b.eof && b.br.Buffered() == 0
+	if keep {
+		select {
+		case werr := <-b.wrote:
+			keep = werr == nil
+		default: // still writing the request: the upstream answered early
+			keep = false
+		}
+	}
+	if !keep {
+		b.conn.Close() // ends a request body still being written too
+	}
+	putReader(b.br)
+	if keep {
+		b.t.keep(b.conn)
+	}
+	return err
+}
+
+// upgradedBody is a 101 response's body: the connection, read through
+// what its reader holds.
+type upgradedBody struct {
+	br   *bufio.Reader
+	conn net.Conn
+	stop func() bool
+}
+
+func (u *upgradedBody) Read(p []byte) (int, error)  { return u.br.Read(p) }
+func (u *upgradedBody) Write(p []byte) (int, error) { return u.conn.Write(p) }
+
+// Close implements io.Closer.
+func (u *upgradedBody) Close() error {
+	u.stop()
+	return u.conn.Close()
+}

@@ -1,0 +1,93 @@
+package intercept
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+)
+
+// Plaintext receives the decrypted bytes of every bumped connection, as
+// the client sent them inside TLS and as it was sent back (HTTP/1 as
+// written, HTTP/2 as its frames), e.g. to synthesize them as packets for
+// an IDS (package capture). It must be safe for concurrent use.
+type Plaintext interface {
+	// OpenPlaintext begins a bumped connection's plaintext, once its
+	// client's TLS handshake is done; nil when it is not wanted.
+	OpenPlaintext(PlaintextFlow) PlaintextStream
+}
+
+// PlaintextFlow names a bumped connection, as its record does.
+type PlaintextFlow struct {
+	Endpoint   string // the GWLB endpoint, vpce-…
+	FlowCookie string // the GWLB flow cookie, 8 hex digits
+	Client     netip.AddrPort
+	Dest       netip.AddrPort // the original destination
+	SNI        string
+}
+
+// PlaintextStream takes one bumped connection's plaintext. Its methods are
+// called from the connection's reader and writer, possibly at once, and
+// must never block: they are on the data path.
+type PlaintextStream interface {
+	FromClient(b []byte) // decrypted bytes read from the client
+	FromServer(b []byte) // bytes written to the client, before encryption
+	ClientClosed()       // the client ended its side (close_notify)
+	Close()              // the connection is closed; called once, last
+}
+
+// tapPlaintext hands the bumped client connection's plaintext to the
+// configured Plaintext, if any, from here on: s.client (its TLS side) is
+// wrapped so that what is read from it and written to it is copied.
+func (s *session) tapPlaintext() {
+	pt := s.ic.cfg.Plaintext
+	if pt == nil {
+		return
+	}
+	st := pt.OpenPlaintext(PlaintextFlow{
+		Endpoint: s.Record.Endpoint, FlowCookie: s.Record.FlowCookie,
+		Client: netip.AddrPortFrom(s.Subject.Client, s.Record.ClientPort), Dest: s.Subject.Dest,
+		SNI: s.Record.SNI,
+	})
+	if st == nil {
+		return
+	}
+	s.client = &plaintextConn{Conn: s.client, st: st}
+}
+
+// plaintextConn copies what is read from and written to a bumped client
+// connection to its PlaintextStream.
+type plaintextConn struct {
+	net.Conn
+	st   PlaintextStream
+	once sync.Once
+}
+
+// Read implements net.Conn.
+func (c *plaintextConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.st.FromClient(b[:n])
+	}
+	if errors.Is(err, io.EOF) {
+		c.st.ClientClosed()
+	}
+	return n, err
+}
+
+// Write implements net.Conn: what reached the client (n bytes) is copied.
+func (c *plaintextConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.st.FromServer(b[:n])
+	}
+	return n, err
+}
+
+// Close implements net.Conn.
+func (c *plaintextConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.st.Close)
+	return err
+}

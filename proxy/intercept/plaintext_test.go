@@ -1,0 +1,159 @@
+package intercept_test
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// plainSink records what Config.Plaintext is handed.
+type plainSink struct {
+	mu      sync.Mutex
+	flows   []intercept.PlaintextFlow
+	streams []*plainStream
+}
+
+func (p *plainSink) OpenPlaintext(f intercept.PlaintextFlow) intercept.PlaintextStream {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := &plainStream{}
+	p.flows = append(p.flows, f)
+	p.streams = append(p.streams, s)
+	return s
+}
+
+func (p *plainSink) get() ([]intercept.PlaintextFlow, []*plainStream) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]intercept.PlaintextFlow(nil), p.flows...), append([]*plainStream(nil), p.streams...)
+}
+
+type plainStream struct {
+	mu                      sync.Mutex
+	fromClient, fromServer  bytes.Buffer
+	clientClosed, closes    int
+	afterClose              bool
+	serverAfterClientClosed bool
+}
+
+func (s *plainStream) FromClient(b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.afterClose = s.afterClose || s.closes > 0
+	s.fromClient.Write(b)
+}
+
+func (s *plainStream) FromServer(b []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.afterClose = s.afterClose || s.closes > 0
+	s.fromServer.Write(b)
+}
+
+func (s *plainStream) ClientClosed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clientClosed++
+}
+
+func (s *plainStream) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closes++
+}
+
+func (s *plainStream) snapshot() (c2s, s2c string, closes int, afterClose bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fromClient.String(), s.fromServer.String(), s.closes, s.afterClose
+}
+
+// TestPlaintextHTTP1: a bumped HTTP/1.1 connection's decrypted bytes reach
+// Config.Plaintext as sent: the client's request byte for byte, and the
+// response as written to the client (goproxy's CONNECT answer, never
+// sent, left out); the flow is named as its record is; the stream is
+// closed once, when the session ends. A cleartext HTTP connection has
+// none.
+func TestPlaintextHTTP1(t *testing.T) {
+	sink := &plainSink{}
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Plaintext = sink })
+	upEnd, _ := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	tc := bumpClient(t, r, c, "www.example.test", "http/1.1")
+	req := "GET /hello?secret=1 HTTP/1.1\r\nHost: www.example.test\r\nUser-Agent: plaintext-test\r\n\r\n"
+	resp, body := newHTTPClient(t, tc).do(req)
+	if resp.StatusCode != 200 {
+		t.Fatalf("response %d %q", resp.StatusCode, body)
+	}
+	tc.Close()
+	sv.waitDoneOnce(t)
+
+	flows, streams := sink.get()
+	if len(flows) != 1 {
+		t.Fatalf("%d plaintext streams, want 1", len(flows))
+	}
+	want := intercept.PlaintextFlow{Endpoint: testEndpoint, Client: netip.AddrPortFrom(testClient, testClientPort), Dest: tlsDest, SNI: "www.example.test"}
+	if flows[0] != want {
+		t.Errorf("flow %+v, want %+v", flows[0], want)
+	}
+	c2s, s2c, closes, after := streams[0].snapshot()
+	if c2s != req {
+		t.Errorf("from the client %q, want %q", c2s, req)
+	}
+	if !strings.HasPrefix(s2c, "HTTP/1.1 200 OK\r\n") || !strings.HasSuffix(s2c, "\r\n\r\n"+body) {
+		t.Errorf("to the client %q, want the response with body %q", s2c, body)
+	}
+	if closes != 1 || after {
+		t.Errorf("closed %d times, bytes after the close: %v", closes, after)
+	}
+
+	// Cleartext HTTP: nothing to synthesize, it is on the wire already.
+	upEnd, _ = r.startUpstream(nil)
+	c, sv = r.connect(upEnd, httpDest)
+	newHTTPClient(t, c).do("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+	c.Close()
+	sv.waitDoneOnce(t)
+	if flows, _ := sink.get(); len(flows) != 1 {
+		t.Errorf("%d plaintext streams after a cleartext request, want still 1", len(flows))
+	}
+}
+
+// TestPlaintextHTTP2: a bumped HTTP/2 connection's plaintext is its frames
+// as sent: the client's preface first, the server's SETTINGS frame first
+// the other way.
+func TestPlaintextHTTP2(t *testing.T) {
+	sink := &plainSink{}
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Plaintext = sink })
+	upEnd, _ := r.startUpstream(r.upLeaf("www.example.test"), "h2", "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	tc := bumpClient(t, r, c, "www.example.test", "h2")
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "https://www.example.test/two", nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	cc.Close()
+	sv.waitDoneOnce(t)
+	_, streams := sink.get()
+	if len(streams) != 1 {
+		t.Fatalf("%d plaintext streams, want 1", len(streams))
+	}
+	c2s, s2c, closes, _ := streams[0].snapshot()
+	if !strings.HasPrefix(c2s, http2.ClientPreface) || len(s2c) < 9 || s2c[3] != byte(http2.FrameSettings) || closes != 1 {
+		t.Errorf("from the client %q…, to it %q…, closed %d times", c2s[:min(len(c2s), 40)], s2c[:min(len(s2c), 12)], closes)
+	}
+}
