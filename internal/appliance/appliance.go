@@ -99,7 +99,9 @@ type Options struct {
 	TLSKeyLog string
 	// Capture copies the inner packets to rotated pcapng files
 	// (--pcap-dir and the --pcap-* flags) and to a mirror TAP device
-	// (--mirror-tap); off when neither is set.
+	// (--mirror-tap); off when neither is set. With Capture.Plaintext
+	// (--capture-plaintext) both also get the decrypted side of every
+	// bumped connection, synthesized as packets.
 	Capture capture.Config
 }
 
@@ -181,6 +183,9 @@ func (o *Options) Validate() error {
 	}
 	if len(o.Capture.Filters) > 0 && o.Capture.PcapDir == "" {
 		return errors.New("--pcap-filter: needs --pcap-dir")
+	}
+	if o.Capture.Plaintext && o.Capture.PcapDir == "" && o.Capture.MirrorTAP == "" {
+		return errors.New("--capture-plaintext: needs --pcap-dir or --mirror-tap")
 	}
 	if o.Capture.PcapDir != "" || o.Capture.MirrorTAP != "" {
 		if err := o.Capture.Validate(); err != nil {
@@ -290,6 +295,20 @@ func New(o Options) (_ *Appliance, err error) {
 		slog.Warn("--tls-keylog: the secrets of every bumped TLS connection are written to the key log; anyone who can read it can decrypt captures of them",
 			"file", o.TLSKeyLog)
 	}
+	if a.capture, err = capture.New(o.Capture); err != nil {
+		return nil, err
+	}
+	var tap netstack.Tap          // a nil *Capture in it would not be nil
+	var plain intercept.Plaintext // likewise
+	if a.capture != nil {
+		tap = a.capture
+		slog.Info("capturing inner packets", "pcap_dir", o.Capture.PcapDir, "mirror_tap", o.Capture.MirrorTAP,
+			"pcap_filters", len(o.Capture.Filters), "plaintext", o.Capture.Plaintext)
+		if o.Capture.Plaintext {
+			plain = plaintextTap{a.capture}
+			slog.Warn("--capture-plaintext: the decrypted contents of every bumped connection are written to the capture outputs; anyone who can read them reads the traffic")
+		}
+	}
 	a.proxy = proxy.New(proxy.Config{
 		DialTimeout:          o.DialTimeout,
 		UDPIdleTimeout:       o.IdleTimeout,
@@ -308,17 +327,9 @@ func New(o Options) (_ *Appliance, err error) {
 			TrustHost:      o.TrustHost,
 			MaxHeaderBytes: o.MaxHeaderBytes,
 			KeyLogWriter:   keyLog,
+			Plaintext:      plain,
 		},
 	})
-	if a.capture, err = capture.New(o.Capture); err != nil {
-		return nil, err
-	}
-	var tap netstack.Tap // a nil *Capture in it would not be nil
-	if a.capture != nil {
-		tap = a.capture
-		slog.Info("capturing inner packets", "pcap_dir", o.Capture.PcapDir, "mirror_tap", o.Capture.MirrorTAP,
-			"pcap_filters", len(o.Capture.Filters))
-	}
 	a.netstack, err = netstack.Listen(netstack.Config{
 		ListenAddr:        o.GeneveAddr,
 		Readers:           o.Readers,
@@ -525,6 +536,18 @@ func (a *Appliance) closeSinks(ctx context.Context) {
 			slog.Warn("closing a record sink", "err", err)
 		}
 	}
+}
+
+// plaintextTap hands the decrypted side of bumped connections to the
+// capture, which synthesizes it as packets.
+type plaintextTap struct{ c *capture.Capture }
+
+// OpenPlaintext implements intercept.Plaintext.
+func (p plaintextTap) OpenPlaintext(f intercept.PlaintextFlow) intercept.PlaintextStream {
+	if s := p.c.OpenPlaintext(capture.PlaintextFlow{Endpoint: f.Endpoint, FlowCookie: f.FlowCookie, Client: f.Client, Dest: f.Dest}); s != nil {
+		return s
+	}
+	return nil
 }
 
 // closeCapture writes out the queued packets and closes the pcap files,

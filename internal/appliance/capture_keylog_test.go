@@ -238,3 +238,58 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestCapturePlaintextBump: with --capture-plaintext, a bumped HTTPS
+// request's decrypted side is in the appliance's pcap files, on the
+// endpoint's plaintext interface, from the client's address (its port's top
+// bit flipped) to the destination's: tshark reads the request without the
+// key log, finds nothing malformed, and the key log still decrypts the
+// wire packets beside it. The flag needs a capture output.
+func TestCapturePlaintextBump(t *testing.T) {
+	requireTool(t, "tshark", "tshark")
+	up := startUpstream(t, newTestNet().server(3), false)
+	r, keyLog, pcapDir := captureRig(t, up, func(o *Options) { o.Capture.Plaintext = true })
+	client := r.httpClient(t, up.addr, false)
+	resp, err := client.Get("https://www.example.test/hello?who=plaintext")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	client.CloseIdleConnections()
+	var rec records.Record
+	for _, x := range r.records(func(rs []records.Record) bool { return countKind(rs, "tls") >= 1 && countKind(rs, "http") >= 1 }) {
+		if x.Kind == "tls" {
+			rec = x
+		}
+	}
+	awaitCaptureIdle(t, r)
+	if st := r.app.stats().Capture.Plaintext; st == nil || st.Streams != 1 || st.Dropped != 0 {
+		t.Errorf("plaintext stats %+v", st)
+	}
+	opts := []string{"-o", "tcp.try_heuristic_first:TRUE", "-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE", "-o", "tls.keylog_file:" + keyLog}
+	var plain, wire string
+	for _, f := range pcapFilesIn(t, pcapDir) {
+		plain += tshark(t, append([]string{"-r", f, "-Y", "http.request && !tls", "-T", "fields", "-e", "frame.interface_name",
+			"-e", "ip.src", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "http.host", "-e", "http.request.uri"}, opts...)...)
+		wire += tshark(t, append([]string{"-r", f, "-Y", "http.request && tls", "-T", "fields", "-e", "frame.interface_name", "-e", "http.request.uri"}, opts...)...)
+		faults := `frame.interface_name contains "-plaintext" && (_ws.malformed || _ws.expert.severity >= error || tcp.analysis.flags || tcp.checksum.status != 1 || ip.checksum.status != 1)`
+		if out := tshark(t, append([]string{"-r", f, "-Y", faults}, opts...)...); out != "" {
+			t.Errorf("%s: tshark finds fault with the plaintext:\n%s", f, out)
+		}
+	}
+	want := fmt.Sprintf("vpce-00123456789abcdef-plaintext\t%s\t%d\t%d\twww.example.test\t/hello?who=plaintext\n",
+		clientV4, rec.ClientPort^capture.PlaintextPortFlip, up.addr.Port())
+	if plain != want {
+		t.Errorf("tshark reads the plaintext as %q, want %q", plain, want)
+	}
+	if wire != "vpce-00123456789abcdef\t/hello?who=plaintext\n" {
+		t.Errorf("tshark decrypts the wire packets with the key log as %q", wire)
+	}
+
+	o := DefaultOptions()
+	o.Capture.Plaintext = true
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "--capture-plaintext") {
+		t.Errorf("--capture-plaintext without an output: %v", err)
+	}
+}

@@ -77,6 +77,7 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	describeStats(ch, cloudWatchMetrics)
 	describeStats(ch, pcapMetrics)
 	describeStats(ch, mirrorMetrics)
+	describeStats(ch, plaintextMetrics)
 }
 
 // Collect reads the counters once and sends them. The leaf cache,
@@ -106,6 +107,9 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.Capture != nil && s.Capture.Mirror != nil {
 		collectStats(ch, mirrorMetrics, s.Capture.Mirror)
+	}
+	if s.Capture != nil && s.Capture.Plaintext != nil {
+		collectStats(ch, plaintextMetrics, s.Capture.Plaintext)
 	}
 }
 
@@ -300,4 +304,17 @@ var mirrorMetrics = []statMetric[capture.MirrorStats]{
 		func(m *capture.MirrorStats) float64 { return float64(m.Errors) }),
 	newStatMetric("mirror_endpoints", promGauge, "GWLB endpoints given a VLAN on the mirror device.",
 		func(m *capture.MirrorStats) float64 { return float64(len(m.VLANs)) }),
+}
+
+// plaintextMetrics are the synthesized plaintext's, sent while
+// --capture-plaintext is on.
+var plaintextMetrics = []statMetric[capture.PlaintextStats]{
+	newStatMetric("plaintext_streams_total", promCounter, "Bumped connections whose decrypted side was synthesized into the capture outputs.",
+		func(p *capture.PlaintextStats) float64 { return float64(p.Streams) }),
+	newStatMetric("plaintext_packets_total", promCounter, "Packets synthesized for the decrypted side of bumped connections.",
+		func(p *capture.PlaintextStats) float64 { return float64(p.Packets) }),
+	newStatMetric("plaintext_bytes_total", promCounter, "Decrypted bytes of bumped connections carried in synthesized packets.",
+		func(p *capture.PlaintextStats) float64 { return float64(p.Bytes) }),
+	newStatMetric("plaintext_dropped_total", promCounter, "Synthesized packets an output's queue had no room for (also counted in that output's dropped).",
+		func(p *capture.PlaintextStats) float64 { return float64(p.Dropped) }),
 }

@@ -396,13 +396,16 @@ func TestMetricsCapture(t *testing.T) {
 			Files: 605, DiskBytes: 606, Rotations: 607, FilesDeleted: 608},
 		Mirror: &capture.MirrorStats{SinkStats: capture.SinkStats{Packets: 701, Bytes: 702, Dropped: 703, Errors: 704},
 			Device: "ids0", VLANs: map[string]uint16{"vpce-0a": 1, "vpce-0b": 2}},
+		Plaintext: &capture.PlaintextStats{Streams: 801, Packets: 802, Bytes: 803, Dropped: 804},
 	}
 	mfs := collectMetrics(t, s)
 	for name, want := range map[string]float64{
 		"gwlbproxy_pcap_packets_total": 601, "gwlbproxy_pcap_bytes_total": 602, "gwlbproxy_pcap_dropped_total": 603,
 		"gwlbproxy_pcap_errors_total": 604, "gwlbproxy_pcap_rotations_total": 607, "gwlbproxy_pcap_files_deleted_total": 608,
 		"gwlbproxy_mirror_packets_total": 701, "gwlbproxy_mirror_bytes_total": 702, "gwlbproxy_mirror_dropped_total": 703,
-		"gwlbproxy_mirror_errors_total": 704,
+		"gwlbproxy_mirror_errors_total":     704,
+		"gwlbproxy_plaintext_streams_total": 801, "gwlbproxy_plaintext_packets_total": 802,
+		"gwlbproxy_plaintext_bytes_total": 803, "gwlbproxy_plaintext_dropped_total": 804,
 	} {
 		if v, ok := single(t, mfs, name, dto.MetricType_COUNTER); ok && v != want {
 			t.Errorf("%s = %v, want %v", name, v, want)
@@ -413,9 +416,9 @@ func TestMetricsCapture(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, v, want)
 		}
 	}
-	s.Capture.Mirror = nil
+	s.Capture.Mirror, s.Capture.Plaintext = nil, nil
 	mfs = collectMetrics(t, s)
-	if mfs["gwlbproxy_mirror_packets_total"] != nil || mfs["gwlbproxy_pcap_packets_total"] == nil {
-		t.Error("with the mirror off, its metrics are still sent, or the pcap ones are not")
+	if mfs["gwlbproxy_mirror_packets_total"] != nil || mfs["gwlbproxy_plaintext_packets_total"] != nil || mfs["gwlbproxy_pcap_packets_total"] == nil {
+		t.Error("with the mirror and plaintext off, their metrics are still sent, or the pcap ones are not")
 	}
 }

@@ -40,6 +40,10 @@ type Config struct {
 	Filters []Filter
 	// MirrorTAP is the TAP device packets are mirrored to ("": none).
 	MirrorTAP string
+	// Plaintext synthesizes the decrypted side of every bumped connection
+	// as a TCP stream of its own into both outputs (see OpenPlaintext),
+	// marked apart from the wire traffic.
+	Plaintext bool
 	// QueuePackets is the number of packets each output's queue holds
 	// (default DefaultQueuePackets); a sixteenth of the slots take jumbo
 	// packets, the rest packets of up to smallSlot bytes.
@@ -93,14 +97,16 @@ func (c Config) Validate() error {
 // Capture copies packets to the configured outputs. It implements
 // netstack.Tap.
 type Capture struct {
-	filters []Filter
-	pcap    *pcapWriter   // nil: no pcap files
-	mirror  *mirror       // nil: no mirror
-	pcapQ   *queue        // the pcap writer's
-	mirrorQ *queue        // the mirror's
-	closed  atomic.Bool   // Close has begun: Packet drops
-	done    chan struct{} // closed by Close: the outputs drain and stop
-	stopped chan struct{} // closed when every output goroutine has ended
+	filters   []Filter
+	plaintext bool // OpenPlaintext synthesizes streams
+	plain     plainCounters
+	pcap      *pcapWriter   // nil: no pcap files
+	mirror    *mirror       // nil: no mirror
+	pcapQ     *queue        // the pcap writer's
+	mirrorQ   *queue        // the mirror's
+	closed    atomic.Bool   // Close has begun: Packet drops
+	done      chan struct{} // closed by Close: the outputs drain and stop
+	stopped   chan struct{} // closed when every output goroutine has ended
 }
 
 var _ netstack.Tap = (*Capture)(nil)
@@ -115,7 +121,7 @@ func New(cfg Config) (*Capture, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	c := &Capture{filters: cfg.Filters, done: make(chan struct{}), stopped: make(chan struct{})}
+	c := &Capture{filters: cfg.Filters, plaintext: cfg.Plaintext, done: make(chan struct{}), stopped: make(chan struct{})}
 	var runs []func()
 	if cfg.PcapDir != "" {
 		w, err := newPcapWriter(cfg)
@@ -126,7 +132,7 @@ func New(cfg Config) (*Capture, error) {
 		runs = append(runs, func() { w.run(c.pcapQ, c.done) })
 	}
 	if cfg.MirrorTAP != "" {
-		m, err := openMirror(cfg.MirrorTAP)
+		m, err := openMirror(cfg.MirrorTAP, cfg.Plaintext)
 		if err != nil {
 			if c.pcap != nil {
 				c.pcap.close()
@@ -157,10 +163,10 @@ func (c *Capture) Packet(endpoint uint64, cookie uint32, out bool, now int64, p 
 		return
 	}
 	if c.mirrorQ != nil {
-		c.mirrorQ.put(endpoint, cookie, out, now, pkt)
+		c.mirrorQ.put(endpoint, cookie, out, false, now, pkt)
 	}
 	if c.pcapQ != nil && (len(c.filters) == 0 || matchAny(c.filters, endpoint, out, &p)) {
-		c.pcapQ.put(endpoint, cookie, out, now, pkt)
+		c.pcapQ.put(endpoint, cookie, out, false, now, pkt)
 	}
 }
 
@@ -184,8 +190,9 @@ func (c *Capture) Close() error {
 
 // Stats is what /stats shows of the capture.
 type Stats struct {
-	Pcap   *PcapStats   `json:"pcap,omitempty"`
-	Mirror *MirrorStats `json:"mirror,omitempty"`
+	Pcap      *PcapStats      `json:"pcap,omitempty"`
+	Mirror    *MirrorStats    `json:"mirror,omitempty"`
+	Plaintext *PlaintextStats `json:"plaintext,omitempty"` // when Config.Plaintext
 }
 
 // SinkStats are the counters every output has.
@@ -211,8 +218,11 @@ type MirrorStats struct {
 	SinkStats
 	Device string `json:"device"`
 	// VLANs maps each GWLB endpoint seen (vpce-…) to its VLAN ID.
-	VLANs     map[string]uint16 `json:"vlans"`
-	LastError string            `json:"last_error,omitempty"`
+	VLANs map[string]uint16 `json:"vlans"`
+	// PlaintextVLANOffset, with plaintext on, is added to an endpoint's
+	// VLAN ID for its synthesized plaintext streams.
+	PlaintextVLANOffset int    `json:"plaintext_vlan_offset,omitempty"`
+	LastError           string `json:"last_error,omitempty"`
 }
 
 // Stats returns a snapshot of the counters.
@@ -223,6 +233,10 @@ func (c *Capture) Stats() Stats {
 	}
 	if c.mirror != nil {
 		s.Mirror = c.mirror.stats(c.mirrorQ)
+	}
+	if c.plaintext {
+		s.Plaintext = &PlaintextStats{Streams: c.plain.streams.Load(), Packets: c.plain.packets.Load(),
+			Bytes: c.plain.bytes.Load(), Dropped: c.plain.dropped.Load()}
 	}
 	return s
 }

@@ -19,24 +19,30 @@ import (
 // selects the clients' packets). No host answers to them: the kernel
 // drops the frames it is handed after the packet sockets (tcpdump, an
 // IDS) have seen them.
+// Synthesized plaintext (plaintext.go) has MAC addresses of its own, ending
+// in 11 and 12.
 var (
-	clientMAC = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x01}
-	destMAC   = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x02}
+	clientMAC      = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x01}
+	destMAC        = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x02}
+	plainClientMAC = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x11}
+	plainDestMAC   = [6]byte{0x02, 0x67, 0x77, 0x6c, 0x62, 0x12}
 )
 
 const (
 	frameHeader = 14 + 4 // Ethernet and the 802.1Q tag
 	// MaxVLANs is how many GWLB endpoints the mirror tells apart: VLAN IDs
-	// 1 to 4094. Packets of further endpoints are dropped and counted.
+	// 1 to 4094 (with Config.Plaintext, MaxPlaintextVLANs). Packets of
+	// further endpoints are dropped and counted.
 	MaxVLANs = 4094
 )
 
 // mirror writes packets to a TAP device as VLAN-tagged Ethernet frames.
 // It runs on one goroutine; stats are read from others.
 type mirror struct {
-	name  string
-	f     *os.File
-	frame []byte
+	name     string
+	f        *os.File
+	frame    []byte
+	maxVLANs int // MaxVLANs, or MaxPlaintextVLANs with plaintext
 
 	mu        sync.Mutex
 	vlans     map[uint64]uint16 // endpoint -> VLAN ID, in order of first packet
@@ -48,7 +54,7 @@ type mirror struct {
 // openMirror opens the TAP device name, creating it if it does not exist
 // (which needs CAP_NET_ADMIN; a device made beforehand with "ip tuntap add
 // NAME mode tap user gwlbproxy" needs none), and brings it up.
-func openMirror(name string) (*mirror, error) {
+func openMirror(name string, plaintext bool) (*mirror, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("--mirror-tap: opening /dev/net/tun: %w", err)
@@ -69,7 +75,10 @@ func openMirror(name string) (*mirror, error) {
 	if err := setUp(name); err != nil {
 		slog.Warn("mirror: could not bring the TAP device up; bring it up yourself (ip link set NAME up)", "device", name, "err", err)
 	}
-	m := &mirror{name: name, f: os.NewFile(uintptr(fd), "/dev/net/tun:"+name), frame: make([]byte, frameHeader+largeSlot), vlans: map[uint64]uint16{}}
+	m := &mirror{name: name, f: os.NewFile(uintptr(fd), "/dev/net/tun:"+name), frame: make([]byte, frameHeader+largeSlot), vlans: map[uint64]uint16{}, maxVLANs: MaxVLANs}
+	if plaintext {
+		m.maxVLANs = MaxPlaintextVLANs
+	}
 	copy(m.frame[0:], destMAC[:])
 	return m, nil
 }
@@ -120,12 +129,17 @@ func (m *mirror) vlan(endpoint uint64) uint16 {
 	if id, ok := m.vlans[endpoint]; ok {
 		return id
 	}
-	if len(m.vlans) >= MaxVLANs {
+	if len(m.vlans) >= m.maxVLANs {
 		return 0
 	}
 	id := uint16(len(m.vlans) + 1)
 	m.vlans[endpoint] = id
-	slog.Info("mirror: new GWLB endpoint", "device", m.name, "endpoint", EndpointName(endpoint), "vlan", id)
+	if m.maxVLANs == MaxPlaintextVLANs {
+		slog.Info("mirror: new GWLB endpoint", "device", m.name, "endpoint", EndpointName(endpoint), "vlan", id,
+			"plaintext_vlan", id+PlaintextVLANOffset)
+	} else {
+		slog.Info("mirror: new GWLB endpoint", "device", m.name, "endpoint", EndpointName(endpoint), "vlan", id)
+	}
 	return id
 }
 
@@ -137,9 +151,14 @@ func (m *mirror) write(s *slot) {
 		return
 	}
 	f := m.frame
-	dst, src := destMAC, clientMAC
+	cmac, dmac := clientMAC, destMAC
+	if s.plain {
+		id += PlaintextVLANOffset
+		cmac, dmac = plainClientMAC, plainDestMAC
+	}
+	dst, src := dmac, cmac
 	if s.out {
-		dst, src = clientMAC, destMAC
+		dst, src = cmac, dmac
 	}
 	copy(f[0:6], dst[:])
 	copy(f[6:12], src[:])
@@ -178,6 +197,9 @@ func (m *mirror) stats(q *queue) *MirrorStats {
 	s := &MirrorStats{
 		SinkStats: SinkStats{Packets: m.packets.Load(), Bytes: m.bytes.Load(), Dropped: q.dropped.Load(), Errors: m.errs.Load()},
 		Device:    m.name, VLANs: make(map[string]uint16, len(m.vlans)), LastError: m.lastError,
+	}
+	if m.maxVLANs == MaxPlaintextVLANs {
+		s.PlaintextVLANOffset = PlaintextVLANOffset
 	}
 	for ep, id := range m.vlans {
 		s.VLANs[EndpointName(ep)] = id

@@ -44,8 +44,9 @@ const (
 	commentLen = 22
 	// epbOverhead is an enhanced packet block's size besides the packet
 	// and its padding: header, epb_flags, the comment, end of options,
-	// trailer.
-	epbOverhead = 28 + 8 + (4 + 24) + 4 + 4
+	// trailer. A synthesized packet has a second comment (plainOverhead).
+	epbOverhead   = 28 + 8 + (4 + 24) + 4 + 4
+	plainOverhead = 4 + (len(PlaintextComment)+3)&^3
 	// idbReserve is room kept for an interface block a packet may need
 	// before it in the file.
 	idbReserve = 128
@@ -61,7 +62,7 @@ type pcapWriter struct {
 	f      *os.File
 	buf    *bufio.Writer
 	ng     *pcapgo.NgWriter
-	ifaces map[uint64]int // endpoint -> interface ID in this file
+	ifaces map[ifaceKey]int // endpoint -> interface ID in this file
 	opened time.Time
 	size   int64 // bytes written to the file (through buf)
 	seq    uint64
@@ -79,6 +80,13 @@ type pcapWriter struct {
 	finished             atomic.Int64 // bytes of files
 }
 
+// ifaceKey names an interface of a file: an endpoint's wire packets, or
+// its synthesized plaintext.
+type ifaceKey struct {
+	endpoint uint64
+	plain    bool
+}
+
 type fileInfo struct {
 	name string
 	size int64
@@ -88,7 +96,7 @@ func newPcapWriter(cfg Config) (*pcapWriter, error) {
 	if err := os.MkdirAll(cfg.PcapDir, 0o750); err != nil {
 		return nil, fmt.Errorf("--pcap-dir: %w", err)
 	}
-	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+4)}
+	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+plainOverhead+4)}
 	// Files from earlier runs count against the cap, and go first.
 	ents, err := os.ReadDir(cfg.PcapDir)
 	if err != nil {
@@ -158,7 +166,7 @@ func (w *pcapWriter) run(q *queue, done <-chan struct{}) {
 // as needed.
 func (w *pcapWriter) write(s *slot) {
 	pkt := s.data()
-	need := int64(epbOverhead + len(pkt) + 3 + idbReserve)
+	need := int64(epbOverhead + plainOverhead + len(pkt) + 3 + idbReserve)
 	if w.f != nil && w.size+need > w.cfg.RotateBytes {
 		w.finish()
 	}
@@ -173,13 +181,19 @@ func (w *pcapWriter) write(s *slot) {
 			return
 		}
 	}
-	id, ok := w.ifaces[s.endpoint]
+	key := ifaceKey{s.endpoint, s.plain}
+	id, ok := w.ifaces[key]
 	if !ok {
 		name := EndpointName(s.endpoint)
+		desc := "inner packets of GWLB endpoint " + name
+		if s.plain {
+			desc = "decrypted side of the bumped TLS connections of GWLB endpoint " + name + ", synthesized by gwlbproxy (not wire traffic)"
+			name += plainSuffix
+		}
 		var err error
 		id, err = w.ng.AddInterface(pcapgo.NgInterface{
 			Name:        name,
-			Description: "inner packets of GWLB endpoint " + name,
+			Description: desc,
 			OS:          runtime.GOOS,
 			LinkType:    layers.LinkTypeRaw,
 		})
@@ -190,7 +204,7 @@ func (w *pcapWriter) write(s *slot) {
 			w.fail(err)
 			return
 		}
-		w.ifaces[s.endpoint] = id
+		w.ifaces[key] = id
 	}
 	b := appendEPB(w.scr[:0], id, s)
 	if _, err := w.buf.Write(b); err != nil {
@@ -204,11 +218,15 @@ func (w *pcapWriter) write(s *slot) {
 }
 
 // appendEPB appends an enhanced packet block for s: the packet, its
-// direction (epb_flags) and its flow cookie (a comment).
+// direction (epb_flags) and its flow cookie (a comment); a synthesized
+// packet has PlaintextComment as a second comment.
 func appendEPB(b []byte, iface int, s *slot) []byte {
 	pkt := s.data()
 	pad := (4 - len(pkt)&3) & 3
 	total := epbOverhead + len(pkt) + pad
+	if s.plain {
+		total += plainOverhead
+	}
 	le := binary.LittleEndian
 	b = le.AppendUint32(b, blockEnhancedPacket)
 	b = le.AppendUint32(b, uint32(total))
@@ -237,6 +255,12 @@ func appendEPB(b []byte, iface int, s *slot) []byte {
 		b = append(b, hex[(s.cookie>>uint(i))&0xf])
 	}
 	b = append(b, 0, 0)
+	if s.plain {
+		b = le.AppendUint16(b, optComment)
+		b = le.AppendUint16(b, uint16(len(PlaintextComment)))
+		b = append(b, PlaintextComment...)
+		b = append(b, zero[:(4-len(PlaintextComment)&3)&3]...)
+	}
 	b = le.AppendUint32(b, optEndOfOpt)
 	b = le.AppendUint32(b, uint32(total))
 	return b
@@ -274,7 +298,7 @@ func (w *pcapWriter) open() error {
 		return err
 	}
 	w.f, w.ng, w.opened = f, ng, now
-	w.ifaces = make(map[uint64]int)
+	w.ifaces = make(map[ifaceKey]int)
 	w.size = int64(w.buf.Buffered())
 	w.curSize.Store(w.size)
 	return nil

@@ -17,6 +17,7 @@ type slot struct {
 	endpoint uint64
 	cookie   uint32
 	out      bool
+	plain    bool  // synthesized: the decrypted side of a bumped connection
 	ts       int64 // unix nanoseconds
 	n        int   // len(buf) used
 	buf      []byte
@@ -52,13 +53,13 @@ func newQueue(packets int) *queue {
 	return q
 }
 
-// put queues a copy of pkt, or counts a drop.
-func (q *queue) put(endpoint uint64, cookie uint32, out bool, now int64, pkt []byte) {
+// put queues a copy of pkt, or counts a drop and returns false.
+func (q *queue) put(endpoint uint64, cookie uint32, out, plain bool, now int64, pkt []byte) bool {
 	free := q.small
 	if len(pkt) > smallSlot {
 		if len(pkt) > largeSlot {
 			q.dropped.Add(1)
-			return
+			return false
 		}
 		free = q.large
 	}
@@ -67,12 +68,13 @@ func (q *queue) put(endpoint uint64, cookie uint32, out bool, now int64, pkt []b
 	case s = <-free:
 	default:
 		q.dropped.Add(1)
-		return
+		return false
 	}
-	s.endpoint, s.cookie, s.out, s.ts = endpoint, cookie, out, now
+	s.endpoint, s.cookie, s.out, s.plain, s.ts = endpoint, cookie, out, plain, now
 	s.n = copy(s.buf, pkt)
 	// full holds every slot there is: this never waits.
 	q.full <- s
+	return true
 }
 
 // release returns s to its free list once its output is done with it.
