@@ -121,8 +121,6 @@ type replyBatch struct {
 	gso                bool // one sendmsg with UDP_SEGMENT instead of sendmmsg
 	sent               int
 	errno              syscall.Errno
-	replyPort          uint16
-	replyAddr          [4]byte
 	sockaddrForReplies unix.RawSockaddrInet4
 }
 

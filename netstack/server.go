@@ -425,17 +425,8 @@ func (s *Server) batchReply(b *replyBatch, endpoint uint64, pb *stack.PacketBuff
 		s.stats.drop(DropTooBig)
 		return
 	}
-	vl, off := pb.AsViewList()
-	n := 0
-	for v := vl.Front(); v != nil && n < size; v = v.Next() {
-		p := v.AsSlice()
-		if off >= len(p) {
-			off -= len(p)
-			continue
-		}
-		n += copy(buf[innerOff+n:innerOff+size], p[off:])
-		off = 0
-	}
+	cur := newFlatCursor(pb)
+	n := cur.read(buf[innerOff : innerOff+size])
 	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags); ok {
 		b.add(dgram, gwlb)
 	}
