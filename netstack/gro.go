@@ -124,6 +124,9 @@ func fixMerged(pkt *stack.PacketBuffer) {
 			return
 		}
 		ip := header.IPv6(hdr)
+		if ip.NextHeader() != uint8(header.TCPProtocolNumber) {
+			return // never held (see deliver): extension headers move the TCP header
+		}
 		ipLen, src, dst = header.IPv6MinimumSize, ip.SourceAddress(), ip.DestinationAddress()
 	default:
 		return

@@ -397,7 +397,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		s.handleEcho(flow, p, inner)
 		return DropNone
 	}
-	if co != nil && p.Proto == protoTCP && !p.Fragment && !p.MoreFragments {
+	// IPv6 only with TCP right after the fixed header: GRO would merge
+	// packets with extension headers too, but fixMerged finds the TCP
+	// header at offset 40.
+	if co != nil && p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && (!p.IPv6 || inner[6] == protoTCP) {
 		co.hold(st, inner, p.IPv6)
 		return DropNone
 	}
