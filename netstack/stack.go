@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -229,8 +228,8 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	if r.done {
 		return nil, ErrRequestDone
 	}
-	var wq waiter.Queue
-	ep, terr := r.fr.CreateEndpoint(&wq)
+	wq := new(waiter.Queue)
+	ep, terr := r.fr.CreateEndpoint(wq)
 	if terr != nil {
 		r.complete(true)
 		return nil, fmt.Errorf("completing the handshake with %s: %s", r.Flow.Client, terr)
@@ -242,19 +241,7 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	_ = ep.SetSockOpt(&idle)
 	_ = ep.SetSockOpt(&intvl)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, r.opts.KeepaliveCount)
-	return &Conn{TCPConn: gonet.NewTCPConn(&wq, ep), ep: ep}, nil
-}
-
-// Conn is an accepted client connection.
-type Conn struct {
-	*gonet.TCPConn
-	ep tcpip.Endpoint
-}
-
-// Abort resets the connection: the client gets a RST instead of a FIN.
-func (c *Conn) Abort() {
-	c.ep.Abort()
-	c.TCPConn.Close()
+	return newConn(wq, ep), nil
 }
 
 // Reject answers the client's SYN with a RST.

@@ -82,6 +82,9 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(b, c.prefix)
 		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil // not the watcher's 4 KiB buffer for the rest of the flow
+		}
 		return n, nil
 	}
 	if err := c.err; err != nil {
@@ -90,6 +93,12 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 	}
 	return c.Conn.Read(b)
 }
+
+// pending reports whether the watched bytes, or how the watch ended, are
+// still to be read.
+func (c *prefixConn) pending() bool { return len(c.prefix) > 0 || c.err != nil }
+
+func (c *prefixConn) unwrap() net.Conn { return c.Conn }
 
 // CloseWrite passes a half-close on.
 func (c *prefixConn) CloseWrite() error { return closeWrite(c.Conn) }

@@ -243,14 +243,18 @@ func (s *tcpSession) refuse(reason string) {
 	s.p.stats.tcpActive.Add(-1)
 }
 
+// relay relays the connection, and records it once both directions have
+// ended; it returns at once, so that the session's goroutine, whose stack
+// grew while classifying, is not what waits for the bytes of an idle flow.
 func (s *tcpSession) relay() {
-	var err error
-	s.rec.BytesOut, s.rec.BytesIn, err = Relay(s.client, s.up)
-	if err != nil {
-		// Keep what was recorded before (an audited destination mismatch).
-		s.rec.Result, s.rec.Error = "reset", joinError(s.rec.Error, err.Error())
-	}
-	s.p.endTCP(s.rec, s.start)
+	startRelay(s.client, s.up, func(out, in int64, err error) {
+		s.rec.BytesOut, s.rec.BytesIn = out, in
+		if err != nil {
+			// Keep what was recorded before (an audited destination mismatch).
+			s.rec.Result, s.rec.Error = "reset", joinError(s.rec.Error, err.Error())
+		}
+		s.p.endTCP(s.rec, s.start)
+	})
 }
 
 func (s *tcpSession) serveTCP() {
@@ -327,145 +331,31 @@ var sniffReaders = sync.Pool{New: func() any { return sniff.NewReader(nil) }}
 // overlap (the relay, or goproxy's reader, is the only reader), so the
 // reader can go back to the pool once empty.
 func (c *peekedConn) Read(b []byte) (int, error) {
-	if c.r != nil {
-		if c.r.Buffered() > 0 {
-			return c.r.Read(b) // only what is buffered: no read of the connection
-		}
-		c.r.Reset(nil)
-		sniffReaders.Put(c.r)
-		c.r = nil
+	if c.pending() {
+		return c.r.Read(b) // only what is buffered: no read of the connection
 	}
 	return c.Conn.Read(b)
 }
+
+// pending reports whether sniffed bytes are still to be read, and gives
+// the reader back once they are not.
+func (c *peekedConn) pending() bool {
+	if c.r == nil {
+		return false
+	}
+	if c.r.Buffered() > 0 {
+		return true
+	}
+	c.r.Reset(nil)
+	sniffReaders.Put(c.r)
+	c.r = nil
+	return false
+}
+
+func (c *peekedConn) unwrap() net.Conn { return c.Conn }
 
 // CloseWrite passes a half-close on to the client connection.
 func (c *peekedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // Abort resets the client connection.
 func (c *peekedConn) Abort() { intercept.Abort(c.Conn) }
-
-// closeWrite half-closes c where it can, and closes it where it cannot.
-func closeWrite(c net.Conn) error {
-	if cw, ok := c.(closeWriter); ok {
-		return cw.CloseWrite()
-	}
-	return c.Close()
-}
-
-var relayBufPool = sync.Pool{New: func() any {
-	b := make([]byte, 64<<10)
-	return &b
-}}
-
-type closeWriter interface{ CloseWrite() error }
-
-// Relay copies bytes both ways between client and upstream until both
-// directions have ended, passing each half-close on. It returns the bytes
-// sent upstream and back, and the first error other than a clean EOF; an
-// error in one direction aborts the other. Both connections are closed when
-// it returns.
-func Relay(client, upstream net.Conn) (out, in int64, err error) {
-	var outErr error
-	done := make(chan struct{})
-	go func() {
-		out, outErr = halfRelay(upstream, client)
-		close(done)
-	}()
-	in, inErr := halfRelay(client, upstream)
-	<-done
-	client.Close()
-	upstream.Close()
-	return out, in, errors.Join(outErr, inErr)
-}
-
-// halfRelay copies src to dst, then half-closes dst. On an error it resets
-// both, so the opposite direction ends too and each peer sees the failure as
-// the reset it was, not as a clean close.
-//
-// It reads into a pooled 64 KiB buffer while bytes flow, and gives the
-// buffer back once src has been quiet for relayIdleAfter, waiting on a small
-// one of its own instead: most relayed connections are idle most of their
-// life, and two held 64 KiB buffers were 85% of an idle flow's memory.
-func halfRelay(dst, src net.Conn) (int64, error) {
-	var n int64
-	var small []byte // made when first needed
-	bufp := relayBufPool.Get().(*[]byte)
-	defer func() {
-		if bufp != nil {
-			relayBufPool.Put(bufp)
-		}
-	}()
-	var deadline time.Time // src's read deadline while the big buffer is out
-	for {
-		buf := small
-		if bufp != nil {
-			buf = *bufp
-			// Moved on only when half of it is used up: one timer reset
-			// a second or so, not one per read.
-			if now := time.Now(); deadline.Sub(now) < relayIdleAfter/2 {
-				deadline = now.Add(relayIdleAfter)
-				_ = src.SetReadDeadline(deadline)
-			}
-		}
-		// Plain Read/Write loop: io.CopyBuffer would hand off to ReadFrom
-		// or WriteTo and skip the pooled buffer.
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			if nr <= relaySmallBuf && bufp != nil {
-				// gVisor's endpoint keeps the last writer's reader, and
-				// with it the slice written, until the next write: a flow
-				// that goes quiet after a short write must not keep the
-				// big buffer alive that way.
-				if small == nil {
-					small = make([]byte, relaySmallBuf)
-				}
-				buf = small[:copy(small, buf[:nr])]
-			}
-			nw, werr := dst.Write(buf[:nr])
-			n += int64(nw)
-			if werr != nil {
-				intercept.Abort(src)
-				intercept.Abort(dst)
-				return n, werr
-			}
-		}
-		switch {
-		case rerr == nil:
-			if bufp == nil {
-				bufp = relayBufPool.Get().(*[]byte) // bytes again: the big buffer
-			}
-			continue
-		case bufp != nil && isTimeout(rerr):
-			// Quiet: wait without the big buffer and without a deadline.
-			relayBufPool.Put(bufp)
-			bufp, deadline = nil, time.Time{}
-			_ = src.SetReadDeadline(time.Time{})
-			if small == nil {
-				small = make([]byte, relaySmallBuf)
-			}
-			continue
-		case rerr == io.EOF:
-			_ = closeWrite(dst)
-			return n, nil
-		}
-		intercept.Abort(src)
-		intercept.Abort(dst)
-		if errors.Is(rerr, net.ErrClosed) {
-			return n, nil // closed by the other direction's error
-		}
-		return n, rerr
-	}
-}
-
-// relayIdleAfter is how long a relay direction keeps its pooled buffer
-// without a byte to read (a variable for the tests); relaySmallBuf is what
-// it waits on after that.
-var relayIdleAfter = 2 * time.Second
-
-const relaySmallBuf = 2 << 10
-
-// isTimeout reports whether err is a read deadline passing.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}

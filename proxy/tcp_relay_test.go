@@ -1,51 +1,198 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
+	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"testing"
 	"time"
 )
 
-// A relay direction that goes quiet gives its big buffer back and waits on
-// a small one, and loses nothing: bytes before, during and after the quiet
-// spells arrive whole and in order, and the end of the stream still passes.
-func TestHalfRelayQuietSpells(t *testing.T) {
-	defer func(d time.Duration) { relayIdleAfter = d }(relayIdleAfter)
-	relayIdleAfter = 50 * time.Millisecond
-	srcW, src := net.Pipe()
-	dst, dstR := net.Pipe()
-	var want bytes.Buffer
-	go func() {
-		defer srcW.Close()
-		for i, size := range []int{1, 100_000, 3, relaySmallBuf, relaySmallBuf + 1, 70_000} {
-			chunk := bytes.Repeat([]byte{byte('a' + i)}, size)
-			want.Write(chunk)
-			if _, err := srcW.Write(chunk); err != nil {
-				return
-			}
-			time.Sleep(3 * relayIdleAfter) // quiet: the next read is on the small buffer
-		}
-	}()
-	type result struct {
-		n   int64
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		n, err := halfRelay(dst, src)
-		done <- result{n, err}
-	}()
-	got, err := io.ReadAll(dstR)
+// loopbackPair returns both ends of a TCP connection on 127.0.0.1.
+func loopbackPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := <-done
-	if r.err != nil || r.n != int64(len(got)) {
-		t.Fatalf("halfRelay: %d bytes, %v (the reader got %d)", r.n, r.err, len(got))
+	defer ln.Close()
+	accepted := make(chan *net.TCPConn, 1)
+	go func() {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	d, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !bytes.Equal(got, want.Bytes()) {
-		t.Fatalf("relayed %d bytes, want %d, or in another order", len(got), want.Len())
+	a, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { d.Close(); a.Close() })
+	return d, a
+}
+
+// chunks writes sizes' chunks of distinct bytes to w, pausing between them
+// so that the reader runs dry, then half-closes w; it returns what it wrote.
+func chunks(w net.Conn, sizes []int, seed uint64) []byte {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	var all bytes.Buffer
+	for _, n := range sizes {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		all.Write(b)
+		if _, err := w.Write(b); err != nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = closeWrite(w)
+	return all.Bytes()
+}
+
+// relayResult is what Relay returned.
+type relayResult struct {
+	out, in int64
+	err     error
+}
+
+func runRelay(client, upstream net.Conn) <-chan relayResult {
+	done := make(chan relayResult, 1)
+	go func() {
+		out, in, err := Relay(client, upstream)
+		done <- relayResult{out, in, err}
+	}()
+	return done
+}
+
+// plainConn hides a connection's raw socket: the relay reads it with
+// plain Reads.
+type plainConn struct{ net.Conn }
+
+func (c plainConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// Both ways, with quiet spells and chunks larger than a buffer, and each
+// half-close passed on: a raw socket as the destination and a plain
+// net.Conn as the client, so the raw reads and the plain ones are both
+// exercised; nothing is lost or reordered, and the counts are right.
+func TestRelayBothWaysRawAndPlain(t *testing.T) {
+	clientApp, clientSide := loopbackPair(t)
+	upSide, server := loopbackPair(t)
+	done := runRelay(plainConn{clientSide}, upSide)
+
+	sizes := []int{1, 100_000, 3, 2048, 2049, 70_000, relayBufSize, relayBufSize + 1}
+	wantOut := make(chan []byte, 1)
+	go func() { wantOut <- chunks(clientApp, sizes, 1) }()
+	wantIn := make(chan []byte, 1)
+	go func() { wantIn <- chunks(server, sizes, 2) }()
+
+	gotOut := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(server); gotOut <- b }()
+	gotIn, err := io.ReadAll(clientApp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := <-wantIn; !bytes.Equal(gotIn, w) {
+		t.Errorf("the client got %d bytes, want %d in order", len(gotIn), len(w))
+	}
+	if w, g := <-wantOut, <-gotOut; !bytes.Equal(g, w) {
+		t.Errorf("the destination got %d bytes, want %d in order", len(g), len(w))
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("Relay: %v", r.err)
+	}
+	var total int64
+	for _, n := range sizes {
+		total += int64(n)
+	}
+	if r.out != total || r.in != total {
+		t.Errorf("Relay counted %d out and %d in, want %d each", r.out, r.in, total)
+	}
+}
+
+// What classification read ahead comes first: the client's sniffed bytes
+// before the rest of the client's stream, the destination's early banner
+// before the rest of its own, and then the raw socket underneath takes
+// over.
+func TestRelayWrappersFirst(t *testing.T) {
+	clientApp, clientConn := loopbackPair(t)
+	upSide, server := loopbackPair(t)
+
+	// The client's first bytes are already in the sniffer's buffer.
+	if _, err := clientApp.Write([]byte("sniffed|")); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(clientConn)
+	if _, err := br.Peek(len("sniffed|")); err != nil {
+		t.Fatal(err)
+	}
+	client := &peekedConn{Conn: clientConn, r: br}
+	upstream := &prefixConn{Conn: upSide, prefix: []byte("banner|")}
+	done := runRelay(client, upstream)
+
+	if _, err := clientApp.Write([]byte("rest")); err != nil {
+		t.Fatal(err)
+	}
+	_ = clientApp.CloseWrite()
+	if _, err := server.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	_ = server.CloseWrite()
+	gotOut, err := io.ReadAll(server)
+	if err != nil || string(gotOut) != "sniffed|rest" {
+		t.Errorf("the destination read %q, %v; want %q", gotOut, err, "sniffed|rest")
+	}
+	gotIn, err := io.ReadAll(clientApp)
+	if err != nil || string(gotIn) != "banner|more" {
+		t.Errorf("the client read %q, %v; want %q", gotIn, err, "banner|more")
+	}
+	if r := <-done; r.err != nil || r.out != 12 || r.in != 11 {
+		t.Errorf("Relay: %d out, %d in, %v; want 12, 11, nil", r.out, r.in, r.err)
+	}
+	if client.r != nil {
+		t.Error("the sniffer's reader was not given back once its bytes were read")
+	}
+}
+
+// A reset by the destination ends both directions: Relay reports it, and
+// the client's side is reset too rather than closed cleanly.
+func TestRelayResetPassesOn(t *testing.T) {
+	clientApp, clientSide := loopbackPair(t)
+	upSide, server := loopbackPair(t)
+	done := runRelay(clientSide, upSide)
+
+	if _, err := clientApp.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(server, buf); err != nil {
+		t.Fatal(err)
+	}
+	_ = server.SetLinger(0)
+	server.Close() // a RST
+
+	select {
+	case r := <-done:
+		if r.err == nil {
+			t.Error("Relay returned no error after the destination reset")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Relay did not return after the destination reset")
+	}
+	_ = clientApp.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.ReadAll(clientApp)
+	if err == nil || errors.Is(err, io.EOF) {
+		t.Errorf("the client read to %v, want a reset", err)
 	}
 }

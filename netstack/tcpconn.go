@@ -1,0 +1,155 @@
+package netstack
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// Conn is an accepted client connection. Besides net.Conn (gonet's) it
+// offers what UDPConn offers, so that a relay holds neither a goroutine
+// nor a buffer on this side while the client is quiet: TryRead reads
+// without waiting, Readable says whether it would get anything, and
+// OnReadable calls a function when bytes, the client's FIN or an error
+// arrive. A reader parked in Read holds both for as long as the connection
+// lasts, and most connections are quiet most of their life.
+//
+// TryRead and Read must not be mixed while either may run: a connection
+// has one reader.
+type Conn struct {
+	*gonet.TCPConn
+	wq     *waiter.Queue
+	ep     tcpip.Endpoint
+	closed atomic.Bool
+
+	// OnReadable's entry: registered on first use, removed by Close.
+	notifyMu   sync.Mutex
+	notifyOn   bool
+	notifyEnt  waiter.Entry
+	notifyFunc atomic.Pointer[func()]
+
+	// TryRead's writer, kept here: handed to the endpoint as an interface,
+	// a local one would be moved to the heap on every read.
+	rmu sync.Mutex
+	sw  tcpip.SliceWriter
+}
+
+func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
+	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep}
+}
+
+// The events a reader waits for: bytes, the peer's FIN, or the end of the
+// endpoint.
+const tcpReadEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+
+// TryRead reads what the client has sent into b without waiting. It
+// returns ErrWouldBlock when nothing is waiting, io.EOF once the client's
+// FIN has been read, and an error wrapping net.ErrClosed after Close or
+// Abort.
+func (c *Conn) TryRead(b []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, c.opError(net.ErrClosed)
+	}
+	if len(b) == 0 {
+		return 0, nil
+	}
+	c.rmu.Lock()
+	c.sw = b
+	res, terr := c.ep.Read(&c.sw, tcpip.ReadOptions{})
+	c.sw = nil
+	c.rmu.Unlock()
+	if terr == nil {
+		return res.Count, nil
+	}
+	switch terr.(type) {
+	case *tcpip.ErrWouldBlock:
+		return 0, ErrWouldBlock
+	case *tcpip.ErrClosedForReceive:
+		if c.closed.Load() {
+			return 0, c.opError(net.ErrClosed)
+		}
+		return 0, io.EOF
+	}
+	return 0, c.opError(errors.New(terr.String()))
+}
+
+func (c *Conn) opError(err error) error {
+	return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// Readable reports whether TryRead would return something other than
+// ErrWouldBlock: bytes, the end of the stream, or an error.
+func (c *Conn) Readable() bool {
+	return c.closed.Load() || c.ep.Readiness(tcpReadEvents) != 0
+}
+
+// OnReadable arranges for fn to be called when bytes, the client's FIN or
+// an error arrive, and once more by Close or Abort. fn runs on the stack's
+// packet path: it must not block, nor call Close, Abort or OnReadable. It
+// may be called while bytes are already waiting, and bytes that were
+// waiting before the call are not announced: check Readable after
+// arranging it. A later call replaces fn; nil stops the calls.
+func (c *Conn) OnReadable(fn func()) {
+	if fn == nil {
+		c.notifyFunc.Store(nil)
+		return
+	}
+	c.notifyFunc.Store(&fn)
+	c.notifyMu.Lock()
+	defer c.notifyMu.Unlock()
+	if !c.notifyOn && !c.closed.Load() {
+		c.notifyEnt = waiter.NewFunctionEntry(tcpReadEvents, c.notified)
+		c.wq.EventRegister(&c.notifyEnt)
+		c.notifyOn = true
+	}
+}
+
+func (c *Conn) notified(waiter.EventMask) {
+	if fn := c.notifyFunc.Load(); fn != nil {
+		(*fn)()
+	}
+}
+
+// Close closes the connection (a FIN to the client once what was written
+// has been sent) and calls OnReadable's function one last time.
+func (c *Conn) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	err := c.TCPConn.Close()
+	c.endNotify()
+	return err
+}
+
+// Abort resets the connection: the client gets a RST instead of a FIN.
+func (c *Conn) Abort() {
+	// Marked closed first: a reader woken by the reset reads ErrClosed,
+	// as after Close, and not the reset it caused itself.
+	first := !c.closed.Swap(true)
+	c.ep.Abort()
+	if first {
+		_ = c.TCPConn.Close()
+		c.endNotify()
+	}
+}
+
+// endNotify removes OnReadable's entry and calls its function a last time:
+// the endpoint announces its end only when the close completes at once.
+func (c *Conn) endNotify() {
+	c.notifyMu.Lock()
+	on := c.notifyOn
+	if on {
+		c.wq.EventUnregister(&c.notifyEnt)
+		c.notifyOn = false
+	}
+	c.notifyMu.Unlock()
+	if on {
+		c.notified(0)
+	}
+}

@@ -1,0 +1,304 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// A relay direction holds a buffer only while it has bytes in hand: it
+// takes one from the pool when its source has something to read, and gives
+// it back once the bytes are written. Most relayed connections are quiet
+// most of their life, and a buffer held across the wait was 85% of an idle
+// flow's memory.
+var relayBufPool = sync.Pool{New: func() any {
+	b := make([]byte, relayBufSize)
+	return &b
+}}
+
+const relayBufSize = 64 << 10
+
+type closeWriter interface{ CloseWrite() error }
+
+// tryReader is a source that can be read without waiting and that says
+// when it has something to read (netstack.Conn): the direction reading it
+// holds no goroutine while it is quiet.
+type tryReader interface {
+	TryRead(b []byte) (int, error)
+	Readable() bool
+	OnReadable(fn func())
+}
+
+// wrappedConn is a connection with bytes of its own to give before those
+// of the connection it wraps: what classification read ahead.
+type wrappedConn interface {
+	net.Conn
+	// pending reports whether reads still come from the wrapper.
+	pending() bool
+	unwrap() net.Conn
+}
+
+// Relay copies bytes both ways between client and upstream until both
+// directions have ended, passing each half-close on. It returns the bytes
+// sent upstream and back, and the first error other than a clean EOF; an
+// error in one direction aborts the other. Both connections are closed when
+// it returns.
+func Relay(client, upstream net.Conn) (out, in int64, err error) {
+	type result struct {
+		out, in int64
+		err     error
+	}
+	done := make(chan result, 1)
+	startRelay(client, upstream, func(out, in int64, err error) { done <- result{out, in, err} })
+	r := <-done
+	return r.out, r.in, r.err
+}
+
+// startRelay is Relay without the wait: it returns at once, and calls done
+// from a relay goroutine once both directions have ended and both
+// connections are closed. An idle relayed flow then holds one goroutine
+// with a shallow stack, waiting in the poller for the destination without
+// a buffer; the client's direction waits with neither when the client is a
+// netstack.Conn.
+func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) {
+	r := &relay{client: client, upstream: upstream, done: done}
+	r.out = halfRelay{r: r, dst: upstream, src: client}
+	r.in = halfRelay{r: r, dst: client, src: upstream}
+	r.left.Store(2)
+	go r.out.copy()
+	go r.in.copy()
+}
+
+// relay is a relayed connection: its two directions and what to do when
+// both have ended.
+type relay struct {
+	client, upstream net.Conn
+	out, in          halfRelay
+	left             atomic.Int32 // directions not yet ended
+	done             func(out, in int64, err error)
+}
+
+// ended is called by each direction as it ends; the last one closes both
+// connections and reports.
+func (r *relay) ended() {
+	if r.left.Add(-1) != 0 {
+		return
+	}
+	r.client.Close()
+	r.upstream.Close()
+	r.done(r.out.n, r.in.n, errors.Join(r.out.err, r.in.err))
+}
+
+// halfRelay copies src to dst, then half-closes dst. On an error it resets
+// both, so the opposite direction ends too and each peer sees the failure as
+// the reset it was, not as a clean close.
+//
+// It reads src one of three ways, chosen once what a wrapper read ahead
+// has been copied: a tryReader without waiting, parking without a goroutine
+// when nothing is there; a socket through its raw connection, taking a
+// buffer only once the poller says there are bytes; anything else with a
+// plain Read into a buffer held while it waits.
+type halfRelay struct {
+	r        *relay
+	dst, src net.Conn // src as given: aborts and half-closes go through it
+	n        int64    // final once r.ended is called
+	err      error
+
+	tr     tryReader
+	parked atomic.Bool // tr has nothing; its callback resumes the copy
+
+	plain bool // src offers neither: plain Reads
+
+	rc     syscall.RawConn
+	readFn func(fd uintptr) bool // readFD, made once
+	rbuf   *[]byte               // readFD's buffer, when it read something
+	rn     int
+	rerr   error
+}
+
+// errParked ends a copy whose tryReader has nothing to read: wake resumes
+// it in a goroutine of its own.
+var errParked = errors.New("parked")
+
+// copy copies until src ends or, for a tryReader, has nothing to read.
+func (h *halfRelay) copy() {
+	for {
+		bufp, nr, rerr := h.read()
+		if rerr == errParked {
+			return
+		}
+		if nr > 0 {
+			nw, werr := h.dst.Write((*bufp)[:nr])
+			h.n += int64(nw)
+			if werr != nil {
+				relayBufPool.Put(bufp)
+				h.abort()
+				h.finish(werr)
+				return
+			}
+		}
+		if bufp != nil {
+			relayBufPool.Put(bufp)
+		}
+		switch {
+		case rerr == nil:
+			continue
+		case rerr == io.EOF:
+			_ = closeWrite(h.dst)
+			h.finish(nil)
+			return
+		}
+		h.abort()
+		if errors.Is(rerr, net.ErrClosed) {
+			rerr = nil // closed by the other direction's error
+		}
+		h.finish(rerr)
+		return
+	}
+}
+
+func (h *halfRelay) abort() {
+	intercept.Abort(h.src)
+	intercept.Abort(h.dst)
+}
+
+func (h *halfRelay) finish(err error) {
+	h.err = err
+	if h.tr != nil {
+		h.tr.OnReadable(nil)
+	}
+	h.r.ended()
+}
+
+// read returns the next bytes from src in a pooled buffer (nil when it
+// returns none), or errParked.
+func (h *halfRelay) read() (*[]byte, int, error) {
+	if h.tr == nil && h.rc == nil && !h.plain {
+		h.choose()
+	}
+	switch {
+	case h.tr != nil:
+		return h.tryRead()
+	case h.rc != nil:
+		return h.rawRead()
+	}
+	bufp := relayBufPool.Get().(*[]byte)
+	n, err := h.src.Read(*bufp)
+	return bufp, n, err
+}
+
+// choose looks under src's wrappers. While one still has bytes of its own,
+// src is read with plain Reads; after that, the connection underneath is
+// read as a tryReader or a raw socket if it is one, and with plain Reads
+// for good if not.
+func (h *halfRelay) choose() {
+	c := h.src
+	for {
+		w, ok := c.(wrappedConn)
+		if !ok {
+			break
+		}
+		if w.pending() {
+			return
+		}
+		c = w.unwrap()
+	}
+	if tr, ok := c.(tryReader); ok {
+		h.tr = tr
+		tr.OnReadable(h.wake)
+		return
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			h.rc, h.readFn = rc, h.readFD
+			return
+		}
+	}
+	h.plain = true
+}
+
+func (h *halfRelay) tryRead() (*[]byte, int, error) {
+	for {
+		bufp := relayBufPool.Get().(*[]byte)
+		n, err := h.tr.TryRead(*bufp)
+		if err != netstack.ErrWouldBlock {
+			return bufp, n, err
+		}
+		relayBufPool.Put(bufp)
+		h.parked.Store(true)
+		// Bytes that came between TryRead and parked announced themselves
+		// to nobody: look once more, and whoever unparks goes on.
+		if !h.tr.Readable() || !h.parked.CompareAndSwap(true, false) {
+			return nil, 0, errParked
+		}
+	}
+}
+
+// wake resumes a parked copy. It runs on the stack's packet path.
+func (h *halfRelay) wake() {
+	if h.parked.CompareAndSwap(true, false) {
+		go h.copy()
+	}
+}
+
+func (h *halfRelay) rawRead() (*[]byte, int, error) {
+	h.rn, h.rerr = 0, nil
+	if err := h.rc.Read(h.readFn); err != nil {
+		if h.rbuf != nil {
+			relayBufPool.Put(h.rbuf)
+			h.rbuf = nil
+		}
+		return nil, 0, err
+	}
+	bufp := h.rbuf
+	h.rbuf = nil
+	switch {
+	case h.rerr != nil:
+		relayBufPool.Put(bufp)
+		return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: h.src.LocalAddr(), Addr: h.src.RemoteAddr(), Err: os.NewSyscallError("read", h.rerr)}
+	case h.rn == 0:
+		relayBufPool.Put(bufp)
+		return nil, 0, io.EOF
+	}
+	return bufp, h.rn, nil
+}
+
+// readFD is the raw connection's read: it takes a buffer only to read,
+// and gives it back when there is nothing, so that the wait for the poller
+// holds none.
+func (h *halfRelay) readFD(fd uintptr) bool {
+	if h.rbuf == nil {
+		h.rbuf = relayBufPool.Get().(*[]byte)
+	}
+	for {
+		n, err := syscall.Read(int(fd), *h.rbuf)
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			relayBufPool.Put(h.rbuf)
+			h.rbuf = nil
+			return false
+		case nil:
+			h.rn = n
+		default:
+			h.rerr = err
+		}
+		return true
+	}
+}
+
+// closeWrite half-closes c where it can, and closes it where it cannot.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
