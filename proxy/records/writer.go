@@ -37,7 +37,8 @@ type Shipper interface {
 // Every record goes through exactly one bounded queue on its way to each
 // destination. A Shipper gets the line at once and queues it itself. Files
 // (stdout, a log file) share the Writer's queue: one goroutine writes it to
-// them in order, whole lines, several to a Write when records come quickly.
+// them in order, whole lines, several to a Write: it gathers what comes
+// within recordLinger of a batch's first line.
 // Write never blocks: when the queue is full the record is dropped for the
 // files and counted, so a slow stdout pipe or disk can never stall the
 // relays that write records, nor hold back what the Shipper ships. A file
@@ -226,8 +227,11 @@ func (w *Writer) run() {
 	defer close(w.done)
 	var batch []*recordLine
 	var out []byte
+	linger := time.NewTimer(recordLinger)
 	for l := range w.q {
-		batch = w.gather(append(batch[:0], l))
+		linger.Reset(recordLinger)
+		batch = w.gather(append(batch[:0], l), linger.C)
+		linger.Stop()
 		out = out[:0]
 		for _, b := range batch {
 			out = append(out, b.buf.Bytes()...) // a marker adds nothing
@@ -252,9 +256,9 @@ func (w *Writer) run() {
 	}
 }
 
-// gather adds the lines already queued to batch, without waiting, until
-// maxBatch bytes or a Flush marker.
-func (w *Writer) gather(batch []*recordLine) []*recordLine {
+// gather adds lines to batch as they are queued, until maxBatch bytes, a
+// Flush marker, or linger fires.
+func (w *Writer) gather(batch []*recordLine, linger <-chan time.Time) []*recordLine {
 	size := batch[0].buf.Len()
 	for size < maxBatch && batch[len(batch)-1].flushed == nil {
 		select {
@@ -264,12 +268,18 @@ func (w *Writer) gather(batch []*recordLine) []*recordLine {
 			}
 			batch = append(batch, l)
 			size += l.buf.Len()
-		default:
+		case <-linger:
 			return batch
 		}
 	}
 	return batch
 }
+
+// recordLinger is how long the goroutine waits for more lines after the
+// first of a batch before it writes them. Under load it turns a write and a
+// wake-up per record (one per request) into one per batch; a record reaches
+// the files at most this much later, and Flush and Close do not wait for it.
+const recordLinger = 10 * time.Millisecond
 
 // deliver hands a batch to every file: out, the batch's lines end to end,
 // in one write each.

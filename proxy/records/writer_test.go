@@ -112,6 +112,49 @@ func TestWriterOrder(t *testing.T) {
 	}
 }
 
+// countSink counts the writes it gets.
+type countSink struct {
+	mu     sync.Mutex
+	writes int
+	buf    bytes.Buffer
+}
+
+func (s *countSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writes++
+	return s.buf.Write(p)
+}
+
+// TestWriterLingers: records that come one at a time, as requests end, a
+// little apart, are written several to a write, not one each; Flush does
+// not wait out the linger.
+func TestWriterLingers(t *testing.T) {
+	var s countSink
+	w := NewWriter(nil, &s)
+	defer w.Close(ctxFor(t, 5*time.Second))
+	const n = 50
+	for i := range n {
+		w.Write(&Record{Kind: "tcp", Packets: int64(i)})
+		time.Sleep(recordLinger / 20) // the writer would have written each alone
+	}
+	start := time.Now()
+	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Flush took %s", d)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inOrder(t, seqs(t, s.buf.Bytes()), n)
+	// 50 records over at least 2.5 lingers: a handful of writes, unless the
+	// machine stalled for a linger several times.
+	if s.writes > n/3 {
+		t.Errorf("%d records took %d writes, want them batched", n, s.writes)
+	}
+}
+
 // TestWriterStuckSink: while a sink is stuck Write returns at once,
 // records beyond the queue's bound are dropped and counted exactly, and the
 // lag shows; once the sink moves, the queued records arrive in order.
