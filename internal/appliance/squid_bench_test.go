@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -258,12 +259,7 @@ func BenchmarkVsSquid(b *testing.B) {
 		b.Logf("%s idle: %.3f CPU s/s", s.name, float64(s.ticks(b)-idle[i])/hz/2)
 	}
 
-	phases := []struct {
-		name string
-		per  float64 // units of work per run: reported per 1,000 or per GiB
-		unit string
-		run  func(s *vsSide) error
-	}{
+	phases := []vsPhase{
 		{"conns", vsConns / 1000.0, "1k-conns", func(s *vsSide) error { return s.newConns(vsConns / vsRounds) }},
 		{"resumed", vsConns / 1000.0, "1k-resumed-conns", func(s *vsSide) error { return s.newConnsResumed(vsConns / vsRounds) }},
 		{"reqs", vsRequests / 1000.0, "1k-reqs", func(s *vsSide) error { return s.keepAlive("/small", vsRequests/vsRounds) }},
@@ -271,6 +267,13 @@ func BenchmarkVsSquid(b *testing.B) {
 			return s.keepAlive("/small?chunked=1", vsRequests/vsRounds)
 		}},
 		{"bulk", vsBulkBytes / float64(1<<30), "GiB", func(s *vsSide) error { return s.bulk(vsBulkBytes / vsRounds) }},
+	}
+	if only := os.Getenv(vsPhasesEnv); only != "" {
+		names := strings.Split(only, ",")
+		phases = slices.DeleteFunc(phases, func(ph vsPhase) bool { return !slices.Contains(names, ph.name) })
+		if len(phases) == 0 {
+			b.Fatalf("%s=%q names no phase", vsPhasesEnv, only)
+		}
 	}
 	type result struct {
 		ticks    uint64
@@ -380,6 +383,19 @@ func BenchmarkVsSquid(b *testing.B) {
 	b.Logf("gwlbproxy leaves: %d hits, %d misses, %d mints, %d cached; CLK_TCK %.0f; squid runs as %s",
 		l.Hits, l.Misses, l.Mints, l.Cached, hz, vsCredName(cred))
 }
+
+// vsPhase is a kind of work the proxies are measured on.
+type vsPhase struct {
+	name string
+	per  float64 // units of work per run: reported per 1,000 or per GiB
+	unit string
+	run  func(s *vsSide) error
+}
+
+// vsPhasesEnv, a comma-separated list of phase names (conns, resumed,
+// reqs, chunked, bulk), runs only those: to profile one kind of work, e.g.
+// with perf attached to the gwlbproxy process.
+const vsPhasesEnv = "GWLBPROXY_VS_PHASES"
 
 // vsSettle is how long after a phase the proxies get to finish their work
 // (closing connections, writing records) before their CPU is read again.
