@@ -76,6 +76,9 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 		}
 		return 0, io.EOF
 	}
+	if c.closed.Load() { // Abort or Close while this read ran
+		return 0, c.opError(net.ErrClosed)
+	}
 	return 0, c.opError(errors.New(terr.String()))
 }
 
@@ -90,9 +93,11 @@ func (c *Conn) Readable() bool {
 }
 
 // OnReadable arranges for fn to be called when bytes, the client's FIN or
-// an error arrive, and once more by Close or Abort. fn runs on the stack's
-// packet path: it must not block, nor call Close, Abort or OnReadable. It
-// may be called while bytes are already waiting, and bytes that were
+// an error arrive, and again by Close or Abort. fn runs on the stack's
+// packet path holding the endpoint's lock: it must not block, and must not
+// call anything of the conn but Readable (TryRead, Read, Write, CloseWrite,
+// Close, Abort and OnReadable would deadlock); start a goroutine for that.
+// It may be called while bytes are already waiting, and bytes that were
 // waiting before the call are not announced: check Readable after
 // arranging it. A later call replaces fn; nil stops the calls.
 func (c *Conn) OnReadable(fn func()) {
@@ -117,7 +122,7 @@ func (c *Conn) notified(waiter.EventMask) {
 }
 
 // Close closes the connection (a FIN to the client once what was written
-// has been sent) and calls OnReadable's function one last time.
+// has been sent) and calls OnReadable's function.
 func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
 		return nil
@@ -139,8 +144,9 @@ func (c *Conn) Abort() {
 	}
 }
 
-// endNotify removes OnReadable's entry and calls its function a last time:
-// the endpoint announces its end only when the close completes at once.
+// endNotify removes OnReadable's entry and calls its function a last time,
+// so that a parked reader learns of the close whatever the endpoint
+// announces.
 func (c *Conn) endNotify() {
 	c.notifyMu.Lock()
 	on := c.notifyOn

@@ -17,7 +17,7 @@ import (
 )
 
 // ErrWouldBlock is what UDPConn.TryRead returns when no datagram waits.
-var ErrWouldBlock = errors.New("netstack: no datagram waiting")
+var ErrWouldBlock = errors.New("netstack: nothing waiting to be read")
 
 // UDPConn is the stack's end of a UDP flow, handed to Handler.HandleUDP.
 // Besides net.Conn it offers what lets an idle flow hold neither a goroutine
