@@ -16,7 +16,8 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// ErrWouldBlock is what UDPConn.TryRead returns when no datagram waits.
+// ErrWouldBlock is what TryRead (of UDPConn and Conn) returns when nothing
+// waits to be read.
 var ErrWouldBlock = errors.New("netstack: nothing waiting to be read")
 
 // UDPConn is the stack's end of a UDP flow, handed to Handler.HandleUDP.
