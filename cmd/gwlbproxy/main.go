@@ -47,11 +47,14 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 			return runQueryCommand(context.Background(), args[1:], stdout, cwlogs.NewClient)
 		}
 	}
-	o, err := parseFlags(args, stderr)
+	o, memLimit, err := parseArgs(args, stderr)
 	if err != nil {
 		return err
 	}
 	setupLogging(o.LogLevel, stderr)
+	if err := applyMemoryLimit(slog.Default(), memLimit, os.Getenv("GOMEMLIMIT"), os.DirFS("/")); err != nil {
+		return err
+	}
 	a, err := appliance.New(o)
 	if err != nil {
 		return err
@@ -99,8 +102,16 @@ func versionString() string {
 	return rev
 }
 
+// parseFlags parses the appliance's flags into its options.
 func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
-	o := appliance.DefaultOptions()
+	o, _, err := parseArgs(args, stderr)
+	return o, err
+}
+
+// parseArgs parses the appliance's flags: its options, and --memory-limit,
+// which is the process's (applyMemoryLimit) rather than the appliance's.
+func parseArgs(args []string, stderr io.Writer) (appliance.Options, memoryLimit, error) {
+	o, memLimit := appliance.DefaultOptions(), defaultMemoryLimit()
 	fs := flag.NewFlagSet("gwlbproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.GeneveAddr, "geneve-addr", o.GeneveAddr, "UDP address the GWLB's GENEVE traffic arrives on")
@@ -193,22 +204,23 @@ func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
 	fs.BoolVar(&o.Capture.Plaintext, "capture-plaintext", false, "also write the decrypted side of every bumped TLS connection to --pcap-dir and --mirror-tap, synthesized as a TCP stream between the client's and the destination's real addresses, to the real port, from the client's port with its top bit flipped (HTTP/1 as sent, HTTP/2 as its frames), marked apart from the wire packets: pcap interface vpce-…-plaintext, mirror VLAN = the endpoint's + 2000; it holds the traffic's secrets (needs --pcap-dir or --mirror-tap)")
 	fs.BoolVar(&o.AllowLoopback, "unsafe-allow-loopback", false, "TESTING ONLY: let clients reach loopback destinations, the appliance's own services included")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
+	fs.Var(&memLimit, "memory-limit", memoryLimitUsage)
 	if err := fs.Parse(args); err != nil {
-		return o, err
+		return o, memLimit, err
 	}
 	if fs.NArg() > 0 {
-		return o, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+		return o, memLimit, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
 	if err := appliance.CheckCAFlags(&o); err != nil {
-		return o, err
+		return o, memLimit, err
 	}
 	if o.RecordStall <= 0 {
-		return o, fmt.Errorf("--record-stall %s: must be positive", o.RecordStall)
+		return o, memLimit, fmt.Errorf("--record-stall %s: must be positive", o.RecordStall)
 	}
 	if o.MaxHeaderBytes < 1024 {
-		return o, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)
+		return o, memLimit, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)
 	}
-	return o, nil
+	return o, memLimit, nil
 }
 
 func setupLogging(level string, w io.Writer) {
