@@ -1,15 +1,13 @@
 package appliance
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
-	"os/exec"
+	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -22,34 +20,36 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // What an idle TCP flow may cost the appliance, from measurement with
-// margin (see docs/benchmarks.md): the bound catches a regression, it is
-// not the goal of 100,000 idle flows in 2 GiB (about 21 KiB a
-// flow), which the test reports against.
+// margin (see docs/benchmarks.md): about 14 KB of Go memory, 57 KB under
+// the race detector (larger stacks, and sync.Pool drops buffers at random,
+// so more distinct ones stay referenced). The bound catches a regression;
+// the goal, 100,000 idle flows in 2 GiB, is what the test reports
+// against.
 const (
-	maxIdleTCPFlowBytes      = 56 << 10
-	maxIdleTCPFlowGoroutines = 2.05 // a goroutine per relay direction, and a little noise
+	maxIdleTCPFlowBytes      = 24 << 10
+	raceMaxIdleTCPFlowBytes  = 64 << 10
+	maxIdleTCPFlowGoroutines = 1.05 // the destination's direction, parked in the poller, and a little noise
 	idleTCPGoalBytes         = 2 << 30
 	idleTCPGoalFlows         = 100_000
 )
 
 // tcpIdleFlowsEnv sets how many flows TestTCPIdleFlowCost opens (default
 // 2,000); each needs an upstream socket in this process and one in the
-// server's.
+// server's (see raiseTCPIdleNoFile), and the server listens on a port per
+// 20,000 flows (see maxTCPIdleFlowsPerPort). 100,000 flows need root with
+// CAP_SYS_RESOURCE, or a hard limit above 101,000 open files.
 const tcpIdleFlowsEnv = "GWLBPROXY_TCP_IDLE_FLOWS"
 
 // tcpIdleHeapProfileEnv, set to a file name, makes the test write a heap
 // profile (and FILE.goroutines, the goroutines' stacks) while the flows
 // are idle. Run with -test.memprofilerate=1 for every allocation.
 const tcpIdleHeapProfileEnv = "GWLBPROXY_TCP_IDLE_HEAPPROFILE"
-
-// tcpIdleServerEnv, set to an IPv4 address, turns this test binary into the
-// destination of the idle flows: see runTCPIdleServer.
-const tcpIdleServerEnv = "GWLBPROXY_TCP_IDLE_SERVER"
 
 // raceMaxIdleTCPFlows keeps the flows' goroutines, two each, and the rest
 // within the race detector's limit of 8,128.
@@ -64,113 +64,16 @@ var (
 	tcpIdleReply   = []byte("SSH-2.0-gwlbproxy_idle_server\r\n")
 )
 
-func init() {
-	if addr := os.Getenv(tcpIdleServerEnv); addr != "" {
-		os.Exit(runTCPIdleServer(addr))
-	}
-}
-
-// runTCPIdleServer listens on an ephemeral port of addr, prints the port,
-// answers each connection's tcpIdleRequest with tcpIdleReply and then holds
-// it, without a goroutine, until stdin closes; then it closes every
-// connection (a FIN each) and exits. It runs in a process of its own so
-// that its sockets count neither against the appliance's memory nor its
-// open files.
-func runTCPIdleServer(addr string) int {
-	ln, err := net.Listen("tcp4", net.JoinHostPort(addr, "0"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "listening:", err)
-		return 1
-	}
-	var (
-		mu   sync.Mutex
-		held []net.Conn
-	)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, len(tcpIdleRequest))
-				_ = c.SetDeadline(time.Now().Add(time.Minute))
-				if _, err := io.ReadFull(c, buf); err != nil || !bytes.Equal(buf, tcpIdleRequest) {
-					c.Close()
-					return
-				}
-				if _, err := c.Write(tcpIdleReply); err != nil {
-					c.Close()
-					return
-				}
-				_ = c.SetDeadline(time.Time{})
-				mu.Lock()
-				held = append(held, c)
-				mu.Unlock()
-			}()
-		}
-	}()
-	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
-	_, _ = io.Copy(io.Discard, os.Stdin)
-	ln.Close()
-	mu.Lock()
-	defer mu.Unlock()
-	for _, c := range held {
-		c.Close()
-	}
-	return 0
-}
-
-// startTCPIdleServer runs runTCPIdleServer in a copy of this test binary
-// and returns its address and a function that closes its connections and
-// waits for it to exit (also run when the test ends).
-func startTCPIdleServer(t testing.TB, addr netip.Addr) (netip.AddrPort, func()) {
-	t.Helper()
-	self := must(os.Executable())(t)
-	cmd := exec.Command(self, "-test.run", "^$")
-	cmd.Env = append(os.Environ(), tcpIdleServerEnv+"="+addr.String())
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdin := must(cmd.StdinPipe())(t)
-	stdout := must(cmd.StdoutPipe())(t)
-	must(0, cmd.Start())(t)
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			stdin.Close()
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("the idle flows' server: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-				t.Errorf("the idle flows' server did not exit within 30s of its stdin closing")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	port, perr := strconv.ParseUint(strings.TrimSpace(line), 10, 16)
-	if err != nil || perr != nil {
-		stop()
-		t.Fatalf("the idle flows' server did not start: %q %v %v", line, err, perr)
-	}
-	return netip.AddrPortFrom(addr, uint16(port)), stop
-}
-
 // idleTCPClients are N TCP clients behind the rig's endpoint written as raw
 // segments, with a few words of state each: unlike the rig's gVisor client
 // stack, they cost this process next to nothing, so the memory measured is
 // the appliance's (and the simulator's flow table, a few hundred bytes a
-// flow). Flow i comes from 198.18.(i/perClient).1 and a port of its own.
+// flow). Flow i comes from 198.18.(i/perClient).1 and a port of its own
+// (198.19 and on past 125,000 flows), and goes to dsts[i%len(dsts)].
 type idleTCPClients struct {
 	t         testing.TB
 	ep        *gwlbsim.Endpoint
-	dst       netip.AddrPort
+	dsts      []netip.AddrPort
 	perClient int
 
 	mu    sync.Mutex // the flows, and the order of what is sent
@@ -211,11 +114,15 @@ const (
 	tcpACK = 0x10
 )
 
-func newIdleTCPClients(t testing.TB, ep *gwlbsim.Endpoint, dst netip.AddrPort, n, perClient int) *idleTCPClients {
-	c := &idleTCPClients{t: t, ep: ep, dst: dst, perClient: perClient, flows: make([]idleTCPFlow, n)}
+func newIdleTCPClients(t testing.TB, ep *gwlbsim.Endpoint, dsts []netip.AddrPort, n, perClient int) *idleTCPClients {
+	c := &idleTCPClients{t: t, ep: ep, dsts: dsts, perClient: perClient, flows: make([]idleTCPFlow, n)}
 	ep.SetReceiver(c.receive) // instead of the rig's client stack
 	return c
 }
+
+// dst is flow i's destination: the server's ports in turn, so that the
+// appliance's connections to each stay within the ephemeral ports.
+func (c *idleTCPClients) dst(i int) netip.AddrPort { return c.dsts[i%len(c.dsts)] }
 
 func (c *idleTCPClients) src(i int) netip.AddrPort {
 	k := i / c.perClient
@@ -232,10 +139,10 @@ func (c *idleTCPClients) index(a [4]byte, port uint16) (int, bool) {
 
 // send sends flow i a segment. Under mu.
 func (c *idleTCPClients) send(i int, flags uint8, seq, ack uint32, payload []byte) {
-	src := c.src(i)
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.Addr().AsSlice(), DstIP: c.dst.Addr().AsSlice()}
+	src, dst := c.src(i), c.dst(i)
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
 	tcp := &layers.TCP{
-		SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(c.dst.Port()), Seq: seq, Ack: ack, Window: 65535,
+		SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), Seq: seq, Ack: ack, Window: 65535,
 		FIN: flags&tcpFIN != 0, SYN: flags&tcpSYN != 0, RST: flags&tcpRST != 0, PSH: flags&tcpPSH != 0, ACK: flags&tcpACK != 0,
 	}
 	if tcp.SYN {
@@ -345,21 +252,96 @@ func (c *idleTCPClients) receive(inner []byte) {
 // idleTCPResult is what idle TCP flows cost the appliance.
 type idleTCPResult struct {
 	n                    int
-	setup                time.Duration
+	ports                int // the server's, each taking n/ports flows
+	setup, teardown      time.Duration
 	perFlow, heap, stack float64 // bytes per flow: Go heap + stacks, and each
 	rss, slab            float64 // bytes per flow: resident set, kernel slab
+	rssReturned          float64 // bytes per flow: resident once free pages went back
 	goroutines           float64 // per flow
+	// The whole process's resident set, in bytes: while the flows are
+	// idle, the file-backed part of it then (the binary's pages), once
+	// free pages went back, and at its peak since the rig started (VmHWM;
+	// 0 if it could not be reset then).
+	rssTotal, rssFile, rssReturnedTotal, rssPeak uint64
+	goRetained                                   uint64  // the runtime's memory not returned to the OS, idle: what a memory limit bounds
+	memLimit                                     int64   // the runtime's soft memory limit, if GWLBPROXY_TCP_IDLE_MEMLIMIT set one
+	gcs                                          uint64  // collections from the baseline until the flows were idle
+	gcCPU                                        float64 // the collector's CPU seconds meanwhile (the runtime's estimate)
+	gcLimited                                    bool    // the GC CPU limiter engaged meanwhile: the collector thrashed against the limit
 }
 
 func (r idleTCPResult) String() string {
-	return fmt.Sprintf("%d idle TCP flows (set up in %s): %.0f bytes/flow (heap %.0f, stacks %.0f), %.2f goroutines/flow; resident +%.0f bytes/flow, kernel slab +%.0f bytes/flow",
-		r.n, r.setup.Round(time.Millisecond), r.perFlow, r.heap, r.stack, r.goroutines, r.rss, r.slab)
+	return fmt.Sprintf("%d idle TCP flows (set up in %s): %.0f bytes/flow (heap %.0f, stacks %.0f), %.2f goroutines/flow; resident +%.0f bytes/flow (+%.0f once free pages are returned), kernel slab +%.0f bytes/flow",
+		r.n, r.setup.Round(time.Millisecond), r.perFlow, r.heap, r.stack, r.goroutines, r.rss, r.rssReturned, r.slab)
+}
+
+// whole describes the process as a whole: its resident set (the appliance,
+// and the simulator's flow table and the raw clients, a few hundred bytes
+// a flow), its collections, its memory limit.
+func (r idleTCPResult) whole() string {
+	const gib, mib = 1 << 30, 1 << 20
+	s := fmt.Sprintf("the process with %d idle flows: %.3f GiB resident (%.0f MiB of it file-backed), %.3f GiB once free pages are returned, %.3f GiB at the peak; the runtime holds %.3f GiB (what a memory limit bounds); %d collections (%.1f s of GC CPU) from the baseline until idle; the server on %d port(s) closed the flows and the appliance ended them in %s",
+		r.n, float64(r.rssTotal)/gib, float64(r.rssFile)/mib, float64(r.rssReturnedTotal)/gib, float64(r.rssPeak)/gib, float64(r.goRetained)/gib,
+		r.gcs, r.gcCPU, r.ports, r.teardown.Round(time.Millisecond))
+	if r.memLimit > 0 {
+		within := func(v uint64) string {
+			if v == 0 {
+				return "unknown against"
+			}
+			if v > uint64(r.memLimit) {
+				return "over"
+			}
+			return "within"
+		}
+		limiter := "not engaged"
+		if r.gcLimited {
+			limiter = "engaged: the collector thrashed against the limit"
+		}
+		s += fmt.Sprintf("; under a memory limit of %.3f GiB (%s): resident %s it idle, %s it at the peak; GC CPU limiter %s",
+			float64(r.memLimit)/gib, tcpIdleMemLimitEnv, within(r.rssTotal), within(r.rssPeak), limiter)
+	}
+	return s
+}
+
+// goRetained is the memory the runtime holds and has not returned to the
+// OS: what runtime/debug.SetMemoryLimit bounds.
+func goRetained() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 || s[1].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64() - s[1].Value.Uint64()
+}
+
+// gcStats reads the collector's cycles, CPU seconds and the cycle the GC
+// CPU limiter last engaged in (0: never).
+func gcStats() (cycles uint64, cpu float64, limiterCycle uint64) {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/cpu/classes/gc/total:cpu-seconds"}, {Name: "/gc/limiter/last-enabled:gc-cycle"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() == metrics.KindUint64 {
+		cycles = s[0].Value.Uint64()
+	}
+	if s[1].Value.Kind() == metrics.KindFloat64 {
+		cpu = s[1].Value.Float64()
+	}
+	if s[2].Value.Kind() == metrics.KindUint64 {
+		limiterCycle = s[2].Value.Uint64()
+	}
+	return cycles, cpu, limiterCycle
+}
+
+// resetPeakRSS resets this process's VmHWM to its VmRSS (Linux 4.0 on),
+// and reports whether it could.
+func resetPeakRSS() bool {
+	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
 }
 
 // measureIdleTCPFlows opens n TCP flows through the whole appliance to a
 // server in another process, has each exchange tcpIdleRequest and
 // tcpIdleReply, and measures what they cost once idle; then the server
 // closes them all, and each must end in a record of a relayed TCP flow.
+// GWLBPROXY_TCP_IDLE_MEMLIMIT sets the runtime's memory limit meanwhile.
 func measureIdleTCPFlows(t testing.TB, n int) idleTCPResult {
 	t.Helper()
 	// What the appliance will see: not TLS, not HTTP, so relayed as TCP
@@ -367,13 +349,21 @@ func measureIdleTCPFlows(t testing.TB, n int) idleTCPResult {
 	if res, err := sniff.Sniff(sniff.NewReader(bytes.NewReader(tcpIdleRequest)), noDeadline{}); err != nil || res.Kind != sniff.KindOther {
 		t.Fatalf("the idle flows' request classifies as %s (%v), want other", res.Kind, err)
 	}
-	const perClient = 500 // below the per-client cap on connections waiting for their first bytes
+	memLimit := setTCPIdleMemLimit(t)
+	peakReset := resetPeakRSS()
+	// Flow i comes from client 198.18.(i/perClient).1: perClient is below
+	// the per-client caps on connections waiting for their first bytes
+	// (proxy.DefaultMaxWaitingTCPPerClient) and on flows (set here), and
+	// the addresses run to 29 million flows.
+	const perClient = 500
 	r := newRig(t, func(o *Options) {
 		o.IdleTimeout = 10 * time.Minute
 		o.MaxFlows = 2*n + 1000
 		o.MaxFlowsPerClient = 2 * perClient
 	}, nil)
-	srv, stopServer := startTCPIdleServer(t, r.net.server(3))
+	perPort := tcpIdleFlowsPerPort()
+	ports := (n + perPort - 1) / perPort
+	srv, stopServer := startTCPIdleServer(t, r.net.server(3), ports, uint64(n)+idleFlowsFDMargin)
 	c := newIdleTCPClients(t, r.ep, srv, n, perClient)
 
 	// One flow first, so that the endpoint's stack and the relay's pools
@@ -387,8 +377,10 @@ func measureIdleTCPFlows(t testing.TB, n int) idleTCPResult {
 	})
 	base := idleMem()
 	baseRSS := procStatus(os.Getpid(), "VmRSS")
+	baseGCs, baseGCCPU, _ := gcStats()
 	start := time.Now()
-	// In batches, sending again what did not get through.
+	// In batches, sending again what did not get through. A batch waits
+	// for all of its flows, so those of earlier batches are idle already.
 	const batch = 256
 	for lo := 1; lo < n; lo += batch {
 		hi := min(lo+batch, n)
@@ -398,7 +390,7 @@ func measureIdleTCPFlows(t testing.TB, n int) idleTCPResult {
 		for try := 0; c.answered.Load() < int64(hi); try++ {
 			time.Sleep(5 * time.Millisecond)
 			if try%100 == 99 {
-				for i := range hi {
+				for i := lo; i < hi; i++ {
 					if !c.idle(i) {
 						c.open(i)
 					}
@@ -425,15 +417,35 @@ func measureIdleTCPFlows(t testing.TB, n int) idleTCPResult {
 	// to read (2 s, proxy/tcp.go), as flows idle for minutes are; every
 	// flow's goroutines are parked by then.
 	time.Sleep(3 * time.Second)
+	gcs, gcCPU, limiterCycle := gcStats()
 	after := idleMem()
 	rss := procStatus(os.Getpid(), "VmRSS")
+	rssFile := procStatus(os.Getpid(), "RssFile")
+	retained := goRetained()
+	var peak uint64
+	if peakReset {
+		peak = procStatus(os.Getpid(), "VmHWM")
+	}
+	// What the runtime keeps of the setup's garbage until its scavenger,
+	// or a memory limit, gives it back: measured apart.
+	debug.FreeOSMemory()
+	rssReturned := procStatus(os.Getpid(), "VmRSS")
 	m := float64(n - 1) // the first flow is in the baseline
 	per := func(after, before uint64) float64 { return float64(int64(after-before)) / m }
 	res := idleTCPResult{
-		n: n, setup: setup,
+		n: n, ports: ports, setup: setup,
 		perFlow: per(after.bytes, base.bytes), heap: per(after.heap, base.heap), stack: per(after.stack, base.stack),
-		rss: per(rss, baseRSS), slab: per(after.slab, base.slab),
-		goroutines: float64(after.goroutines-base.goroutines) / m,
+		rss: per(rss, baseRSS), rssReturned: per(rssReturned, baseRSS), slab: per(after.slab, base.slab),
+		goroutines:       float64(after.goroutines-base.goroutines) / m,
+		rssTotal:         rss,
+		rssFile:          rssFile,
+		goRetained:       retained,
+		rssReturnedTotal: rssReturned,
+		rssPeak:          peak,
+		memLimit:         memLimit,
+		gcs:              gcs - baseGCs,
+		gcCPU:            gcCPU - baseGCCPU,
+		gcLimited:        limiterCycle > baseGCs,
 	}
 	if file := os.Getenv(tcpIdleHeapProfileEnv); file != "" {
 		writeProfile(t, "heap", file)
@@ -444,15 +456,20 @@ func measureIdleTCPFlows(t testing.TB, n int) idleTCPResult {
 	}
 
 	// The end: the server closes every connection, and each client answers
-	// the FIN the appliance passes on with its own.
+	// the FIN the appliance passes on with its own. The FINs come all at
+	// once, and those the burst drops wait for their retransmission: a
+	// second or so for 20,000 flows, up to ten on a loaded host, and the
+	// deadline leaves room for a few more backoffs at 100,000.
 	stopServer()
-	deadline := time.Now().Add(30*time.Second + time.Duration(n)*time.Millisecond)
+	closing := time.Now()
+	deadline := closing.Add(30*time.Second + time.Duration(n)*2*time.Millisecond)
 	for r.app.proxy.Stats().TCPActive != 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d TCP flows still active after the server closed them (%d FINs answered)", r.app.proxy.Stats().TCPActive, c.finished.Load())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	res.teardown = time.Since(closing)
 	var relayed int
 	for {
 		relayed = 0
@@ -470,6 +487,51 @@ func measureIdleTCPFlows(t testing.TB, n int) idleTCPResult {
 		t.Errorf("%d records of relayed TCP flows that exchanged the request and reply, want %d", relayed, n)
 	}
 	return res
+}
+
+// tcpIdleMemLimitEnv, set to a size (bytes, or a number with B, KiB, MiB,
+// GiB or TiB, as GOMEMLIMIT takes it), runs the idle TCP flows under that
+// soft memory limit (runtime/debug.SetMemoryLimit), as the appliance runs
+// under --memory-limit: the collector then keeps the Go memory, and the
+// scavenger the resident set, near the limit rather than at twice the live
+// heap, and the test reports whether the resident set stayed within it.
+const tcpIdleMemLimitEnv = "GWLBPROXY_TCP_IDLE_MEMLIMIT"
+
+// setTCPIdleMemLimit sets the memory limit tcpIdleMemLimitEnv asks for, if
+// any, until the test ends, and returns it (0 if none).
+func setTCPIdleMemLimit(t testing.TB) int64 {
+	t.Helper()
+	v := os.Getenv(tcpIdleMemLimitEnv)
+	if v == "" {
+		return 0
+	}
+	limit, err := parseMemLimit(v)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", tcpIdleMemLimitEnv, v, err)
+	}
+	prev := debug.SetMemoryLimit(limit)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	return limit
+}
+
+// parseMemLimit parses a size as GOMEMLIMIT does: bytes, or a number with
+// one of the suffixes B, KiB, MiB, GiB, TiB (here it may have a fraction).
+func parseMemLimit(s string) (int64, error) {
+	num, unit := s, 1.0
+	for i, suffix := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		if n, ok := strings.CutSuffix(s, suffix); ok {
+			num, unit = n, float64(uint64(1)<<(10*(i+1)))
+			break
+		}
+	}
+	if num == s {
+		num = strings.TrimSuffix(s, "B")
+	}
+	f, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil || f <= 0 || f*unit >= 1<<63 {
+		return 0, fmt.Errorf("want a size such as 2GiB, 1536MiB or 2147483648")
+	}
+	return int64(f * unit), nil
 }
 
 // noDeadline is a sniff.ReadDeadliner for a reader that never blocks.
@@ -527,19 +589,30 @@ func TestTCPIdleFlowCost(t *testing.T) {
 		t.Logf("the race detector allows 8,128 goroutines: measuring %d flows, not %d", raceMaxIdleTCPFlows, n)
 		n = raceMaxIdleTCPFlows
 	}
-	raiseNoFile(t, uint64(n)+idleFlowsFDMargin)
+	asked := n
+	n = raiseTCPIdleNoFile(t, n)
+	if v := os.Getenv(tcpIdleMemLimitEnv); v != "" && n < asked {
+		if limit, err := parseMemLimit(v); err == nil {
+			t.Logf("%s=%s was meant for %d flows: for %d, the same limit a flow is %dMiB", tcpIdleMemLimitEnv, v, asked, n, int64(float64(limit)*float64(n)/float64(asked))>>20)
+		}
+	}
 	res := measureIdleTCPFlows(t, n)
 	t.Log(res)
+	t.Log(res.whole())
 	if raceEnabled {
 		t.Log("under the race detector: stacks are larger, and the resident set includes the detector's shadow memory")
 	}
 	t.Logf("extrapolated to %d idle flows: %.2f GiB of Go memory, %.2f GiB resident (goal: %d GiB)",
 		idleTCPGoalFlows, res.perFlow*idleTCPGoalFlows/(1<<30), res.rss*idleTCPGoalFlows/(1<<30), idleTCPGoalBytes>>30)
-	if res.perFlow > maxIdleTCPFlowBytes {
-		t.Errorf("an idle TCP flow costs %.0f bytes, want at most %d", res.perFlow, maxIdleTCPFlowBytes)
+	bound := maxIdleTCPFlowBytes
+	if raceEnabled {
+		bound = raceMaxIdleTCPFlowBytes
+	}
+	if res.perFlow > float64(bound) {
+		t.Errorf("an idle TCP flow costs %.0f bytes, want at most %d", res.perFlow, bound)
 	}
 	if res.goroutines > maxIdleTCPFlowGoroutines {
-		t.Errorf("an idle TCP flow holds %.2f goroutines, want at most two", res.goroutines)
+		t.Errorf("an idle TCP flow holds %.2f goroutines, want at most one", res.goroutines)
 	}
 }
 
@@ -557,23 +630,58 @@ func BenchmarkTCPIdleFlow(b *testing.B) {
 	if raceEnabled {
 		n = min(n, raceMaxIdleTCPFlows)
 	}
-	var lim syscall.Rlimit
-	must(0, syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim))(b)
-	if want := uint64(n) + idleFlowsFDMargin; lim.Cur < want {
-		if lim.Max < want {
-			b.Skipf("%d flows need %d open files; the hard limit is %d", n, want, lim.Max)
-		}
-		raised := syscall.Rlimit{Cur: want, Max: lim.Max}
-		must(0, syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised))(b)
-		b.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) })
-	}
+	n = raiseTCPIdleNoFile(b, n)
 	var res idleTCPResult
 	for range b.N {
 		res = measureIdleTCPFlows(b, n)
 	}
+	b.Log(res.whole())
 	b.ReportMetric(res.perFlow, "bytes/flow")
 	b.ReportMetric(res.heap, "heap-bytes/flow")
 	b.ReportMetric(res.stack, "stack-bytes/flow")
 	b.ReportMetric(res.rss, "rss-bytes/flow")
 	b.ReportMetric(res.goroutines, "goroutines/flow")
+	b.ReportMetric(float64(res.rssTotal), "rss-bytes")
+}
+
+// raiseTCPIdleNoFile raises the open-file limit for flows idle flows (and
+// idleFlowsFDMargin more files) in this process and in the idle flows'
+// server, which inherits it: each holds a socket a flow. Root raises the
+// hard limit too, up to /proc/sys/fs/nr_open, if it has CAP_SYS_RESOURCE
+// (a container may withhold it); without, as many flows as the hard limit
+// allows are measured, saying so, and the cost per flow extrapolates. It
+// returns how many flows to open. It sets the limit even when it is high
+// enough already: Go raises its own soft limit at start and gives children
+// the one it started with unless the program has set the limit itself,
+// and the server needs this one (startTCPIdleServer checks that it has it).
+func raiseTCPIdleNoFile(t testing.TB, flows int) int {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	need := uint64(flows) + idleFlowsFDMargin
+	want := lim
+	want.Cur = max(lim.Cur, need)
+	want.Max = max(lim.Max, want.Cur)
+	err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want)
+	if err != nil && lim.Max < need {
+		why := fmt.Sprintf("%d flows need %d open files, here and in their server; the hard limit is %d and raising it needs CAP_SYS_RESOURCE (%v)", flows, need, lim.Max, err)
+		fit := int(lim.Max) - idleFlowsFDMargin
+		if fit < 2 {
+			testenv.RequirePrivileged(t, why)
+		}
+		t.Logf("%s: measuring %d flows, not %d", why, fit, flows)
+		flows = fit
+		want = lim
+		want.Cur = lim.Max
+		err = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want != lim {
+		t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) })
+	}
+	return flows
 }
