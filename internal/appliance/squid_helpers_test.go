@@ -142,6 +142,11 @@ type vsChild struct {
 // vsStartChild runs argv with output to logFile, in a process group of its
 // own, killed by the kernel should the benchmark process die first
 // (Pdeathsig). cred, when set, runs it as another user.
+// vsApplianceEnv holds space-separated NAME=VALUE pairs added to the
+// gwlbproxy process's environment only (GOMAXPROCS=1, GODEBUG=...): to see
+// what the Go runtime's settings do to the appliance's figures.
+const vsApplianceEnv = "GWLBPROXY_VS_APPLIANCE_ENV"
+
 func vsStartChild(b *testing.B, name, logFile string, cred *syscall.Credential, argv ...string) *vsChild {
 	b.Helper()
 	out, err := os.Create(logFile)
@@ -151,6 +156,9 @@ func vsStartChild(b *testing.B, name, logFile string, cred *syscall.Credential, 
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
+	if extra := os.Getenv(vsApplianceEnv); extra != "" && name == "gwlbproxy" {
+		cmd.Env = append(os.Environ(), strings.Fields(extra)...)
+	}
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		b.Fatalf("starting %s: %v", name, err)

@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -42,6 +43,7 @@ type options struct {
 	offload  bool
 	alone    bool
 	keep     bool
+	appEnv   string
 }
 
 func main() {
@@ -67,6 +69,7 @@ func runMain() int {
 	flag.BoolVar(&o.offload, "offload", true, "gwlbsim's TUN offloads (gwlbsim --offload)")
 	flag.BoolVar(&o.alone, "sim-alone", true, "also measure gwlbsim alone, with a minimal GENEVE-to-TUN shim (kernel forwarding) in place of the appliance")
 	flag.BoolVar(&o.keep, "keep-logs", false, "keep the work directory (logs, records) and print its path")
+	flag.StringVar(&o.appEnv, "appliance-env", "", "space-separated NAME=VALUE pairs for the appliance's environment only, e.g. GOMAXPROCS=1")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench-rig needs root: it creates network namespaces, veth pairs and a TUN device")
@@ -184,12 +187,16 @@ func (r *rig) startAll(ctx context.Context, bin string) error {
 	if err := waitFor(ctx, 10*time.Second, "the iperf3 server", r.server, func() bool { return listening(ctx, r.tp.srv, "t", 5201) }); err != nil {
 		return err
 	}
-	r.app, err = start(r.tp.app, filepath.Join(r.work, "gwlbproxy.log"), filepath.Join(bin, "gwlbproxy"),
-		"--geneve-addr", applianceAddr+":6081", "--admin-addr", applianceAddr+":8080",
+	app := []string{filepath.Join(bin, "gwlbproxy"),
+		"--geneve-addr", applianceAddr + ":6081", "--admin-addr", applianceAddr + ":8080",
 		// Explicit senders: off EC2 the appliance never asks instance metadata.
-		"--gwlb-cidrs", simAddr+"/32",
+		"--gwlb-cidrs", simAddr + "/32",
 		"--state-dir", filepath.Join(r.work, "state"), "--access-log", filepath.Join(r.work, "access.jsonl"),
-		"--drain-timeout", "1s")
+		"--drain-timeout", "1s"}
+	if r.o.appEnv != "" { // env(1) execs in place: the process ID stays the appliance's
+		app = append(append([]string{"env"}, strings.Fields(r.o.appEnv)...), app...)
+	}
+	r.app, err = start(r.tp.app, filepath.Join(r.work, "gwlbproxy.log"), app[0], app[1:]...)
 	if err != nil {
 		return err
 	}
