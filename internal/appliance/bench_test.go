@@ -163,3 +163,55 @@ func BenchmarkSmallPackets(b *testing.B) {
 	b.ReportMetric(n/tDirect.Seconds(), "direct-req/s")
 	b.ReportMetric(tDirect.Seconds()/tThrough.Seconds(), "appliance/direct")
 }
+
+// BenchmarkTCPRequests: small requests and responses one after another on
+// one relayed TCP connection, as a kept-alive protocol exchanges them. It
+// reports the GENEVE datagrams per request each way: one request and one
+// response is the floor, and every pure ACK the appliance's stack sends
+// on its own, instead of in the response, is one more datagram the GWLB,
+// the client and the appliance each handle.
+func BenchmarkTCPRequests(b *testing.B) {
+	const size = 300
+	r := newRig(b, nil, nil)
+	srv := listenTCP(b, netip.AddrPortFrom(r.net.server(3), 0), func(c net.Conn) {
+		buf := make([]byte, size)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				c.Close()
+				return
+			}
+			time.Sleep(100 * time.Microsecond) // the destination's work: longer than the stack takes to ACK
+			if _, err := c.Write(buf); err != nil {
+				c.Close()
+				return
+			}
+		}
+	})
+	c := must(r.client.DialTCP(ctxT(b, 10*time.Second), srv))(b)
+	defer c.Close()
+	req, resp := make([]byte, size), make([]byte, size)
+	exchange := func() {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, resp); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range 10 {
+		exchange()
+	}
+	time.Sleep(50 * time.Millisecond) // the warm-up's last ACKs
+	st0, cpu0 := r.sim.Stats(), processCPU(b)
+	b.ResetTimer()
+	for range b.N {
+		exchange()
+	}
+	b.StopTimer()
+	time.Sleep(50 * time.Millisecond)
+	st, cpu := r.sim.Stats(), processCPU(b)-cpu0
+	n := float64(b.N)
+	b.ReportMetric(float64(st.Sent-st0.Sent)/n, "to-appliance-datagrams/req")
+	b.ReportMetric(float64(st.Received-st0.Received)/n, "from-appliance-datagrams/req")
+	b.ReportMetric(cpu.Seconds()*1e6/n, "process-cpu-µs/req")
+}
