@@ -28,11 +28,7 @@ type Conn struct {
 	ep     tcpip.Endpoint
 	closed atomic.Bool
 
-	// OnReadable's entry: registered on first use, removed by Close.
-	notifyMu   sync.Mutex
-	notifyOn   bool
-	notifyEnt  waiter.Entry
-	notifyFunc atomic.Pointer[func()]
+	notify readNotify // OnReadable's: registered on first use, removed by Close
 
 	// TryRead's writer, kept here: handed to the endpoint as an interface,
 	// a local one would be moved to the heap on every read.
@@ -101,24 +97,7 @@ func (c *Conn) Readable() bool {
 // waiting before the call are not announced: check Readable after
 // arranging it. A later call replaces fn; nil stops the calls.
 func (c *Conn) OnReadable(fn func()) {
-	if fn == nil {
-		c.notifyFunc.Store(nil)
-		return
-	}
-	c.notifyFunc.Store(&fn)
-	c.notifyMu.Lock()
-	defer c.notifyMu.Unlock()
-	if !c.notifyOn && !c.closed.Load() {
-		c.notifyEnt = waiter.NewFunctionEntry(tcpReadEvents, c.notified)
-		c.wq.EventRegister(&c.notifyEnt)
-		c.notifyOn = true
-	}
-}
-
-func (c *Conn) notified(waiter.EventMask) {
-	if fn := c.notifyFunc.Load(); fn != nil {
-		(*fn)()
-	}
+	c.notify.set(c.wq, tcpReadEvents, fn, &c.closed)
 }
 
 // Close closes the connection (a FIN to the client once what was written
@@ -148,14 +127,7 @@ func (c *Conn) Abort() {
 // so that a parked reader learns of the close whatever the endpoint
 // announces.
 func (c *Conn) endNotify() {
-	c.notifyMu.Lock()
-	on := c.notifyOn
-	if on {
-		c.wq.EventUnregister(&c.notifyEnt)
-		c.notifyOn = false
-	}
-	c.notifyMu.Unlock()
-	if on {
-		c.notified(0)
+	if c.notify.stop(c.wq) {
+		c.notify.notified(0)
 	}
 }

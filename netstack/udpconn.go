@@ -36,11 +36,7 @@ type UDPConn struct {
 	remote netip.AddrPort // the client
 	closed atomic.Bool
 
-	// OnReadable's entry: registered on first use, removed by Close.
-	notifyMu   sync.Mutex
-	notifyOn   bool
-	notifyEnt  waiter.Entry
-	notifyFunc atomic.Pointer[func()]
+	notify readNotify // OnReadable's: registered on first use, removed by Close
 
 	// Reads and writes go through writers and readers kept here, not
 	// made per call: handing a local one to the endpoint as an interface
@@ -71,24 +67,7 @@ const udpReadEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 // A later call replaces fn; nil stops the calls. Datagrams that were waiting
 // before the first call are not announced: read them with TryRead.
 func (c *UDPConn) OnReadable(fn func()) {
-	if fn == nil {
-		c.notifyFunc.Store(nil)
-		return
-	}
-	c.notifyFunc.Store(&fn)
-	c.notifyMu.Lock()
-	defer c.notifyMu.Unlock()
-	if !c.notifyOn && !c.closed.Load() {
-		c.notifyEnt = waiter.NewFunctionEntry(udpReadEvents, c.notified)
-		c.wq.EventRegister(&c.notifyEnt)
-		c.notifyOn = true
-	}
-}
-
-func (c *UDPConn) notified(waiter.EventMask) {
-	if fn := c.notifyFunc.Load(); fn != nil {
-		(*fn)()
-	}
+	c.notify.set(&c.wq, udpReadEvents, fn, &c.closed)
 }
 
 // TryRead reads one waiting datagram into b without blocking, truncating it
@@ -197,12 +176,7 @@ func (c *UDPConn) Close() error {
 		return nil
 	}
 	c.ep.Close()
-	c.notifyMu.Lock()
-	if c.notifyOn {
-		c.wq.EventUnregister(&c.notifyEnt)
-		c.notifyOn = false
-	}
-	c.notifyMu.Unlock()
+	c.notify.stop(&c.wq)
 	return nil
 }
 
