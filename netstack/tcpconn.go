@@ -1,11 +1,14 @@
 package netstack
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -34,6 +37,14 @@ type Conn struct {
 	// a local one would be moved to the heap on every read.
 	rmu sync.Mutex
 	sw  tcpip.SliceWriter
+
+	// Write's reader, and its deadline. The endpoint keeps the last reader
+	// it was handed until the next write: the conn's own, emptied after
+	// each write, so that no caller's buffer (a relay's pooled 64 KiB, TLS's
+	// record buffer) stays reachable through an idle connection.
+	wmu sync.Mutex
+	br  bytes.Reader
+	wdl deadline
 }
 
 func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
@@ -80,6 +91,70 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 
 func (c *Conn) opError(err error) error {
 	return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// Write writes b to the client, waiting while the send buffer is full,
+// until the write deadline passes or the connection ends.
+func (c *Conn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	dl := c.wdl.done()
+	select {
+	case <-dl:
+		return 0, c.writeError(os.ErrDeadlineExceeded)
+	default:
+	}
+	var (
+		n     int
+		entry waiter.Entry
+		room  <-chan struct{}
+	)
+	for n < len(b) {
+		c.br.Reset(b[n:])
+		m, terr := c.ep.Write(&c.br, tcpip.WriteOptions{})
+		c.br.Reset(nil)
+		n += int(m)
+		switch terr.(type) {
+		case nil:
+			continue
+		case *tcpip.ErrWouldBlock:
+		default:
+			if c.closed.Load() {
+				return n, c.writeError(net.ErrClosed)
+			}
+			return n, c.writeError(errors.New(terr.String()))
+		}
+		if room == nil {
+			// Registered, then tried once more: room made before the
+			// entry was there announced itself to nobody.
+			entry, room = waiter.NewChannelEntry(waiter.WritableEvents)
+			c.wq.EventRegister(&entry)
+			defer c.wq.EventUnregister(&entry)
+			continue
+		}
+		select {
+		case <-room:
+		case <-dl:
+			return n, c.writeError(os.ErrDeadlineExceeded)
+		}
+	}
+	return n, nil
+}
+
+func (c *Conn) writeError(err error) error {
+	return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// SetWriteDeadline sets the deadline of Write, also for a Write waiting.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.wdl.set(t)
+	return nil
+}
+
+// SetDeadline sets the read and write deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.wdl.set(t)
+	return c.TCPConn.SetReadDeadline(t)
 }
 
 // Readable reports whether TryRead would return something other than

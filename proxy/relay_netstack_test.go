@@ -1,0 +1,243 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+)
+
+// These tests relay real netstack.Conns: the client direction reads with
+// TryRead and parks on the endpoint's wait queue, as in the appliance.
+
+// acceptAll hands every accepted client connection to the test.
+type acceptAll struct{ conns chan *netstack.Conn }
+
+func (h *acceptAll) HandleTCP(req *netstack.TCPRequest) {
+	if c, err := req.Accept(); err == nil {
+		h.conns <- c
+	}
+}
+func (*acceptAll) HandleUDP(_ netstack.FlowInfo, conn net.Conn) { conn.Close() }
+func (*acceptAll) HandleEcho(netstack.EchoRequest)              {}
+
+// relayRig is a netstack server behind a GWLB simulator on loopback, and a
+// client stack behind the simulator.
+type relayRig struct {
+	srv    *netstack.Server
+	client *gwlbsim.ClientStack
+	h      *acceptAll
+}
+
+func newRelayRig(t *testing.T) *relayRig {
+	t.Helper()
+	r := &relayRig{h: &acceptAll{conns: make(chan *netstack.Conn, 1)}}
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	pc.Close() // the simulator's port, free again for it
+	r.srv, err = netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
+		ReturnPath: netstack.ReturnPathBound, Handler: r.h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := gwlbsim.New(gwlbsim.Config{Addr: netip.MustParseAddr("127.0.0.1"), ListenPort: port, Appliance: r.srv.Addr(), Senders: 1})
+	if err != nil {
+		r.srv.Close()
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { r.srv.Serve(); close(served) }()
+	t.Cleanup(func() { sim.Close(); r.srv.Close(); <-served })
+	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(netip.MustParseAddr("198.18.0.5")); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// dial connects the client to 198.18.9.9:port and returns both ends.
+func (r *relayRig) dial(t *testing.T, port uint16) (net.Conn, *netstack.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := r.client.DialTCP(ctx, netip.AddrPortFrom(netip.MustParseAddr("198.18.9.9"), port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	select {
+	case c := <-r.h.conns:
+		return cc, c
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection did not reach the handler")
+		return nil, nil
+	}
+}
+
+// Idle relayed flows keep no pooled buffer alive. gVisor's endpoint keeps
+// the last reader it was handed until the next write; were that the
+// caller's, each idle flow that last wrote from a pooled buffer would keep
+// it, a fresh one after every GC emptied the pool: 64 KiB a flow.
+func TestRelayIdleFlowsPinNoBuffers(t *testing.T) {
+	var made, freed atomic.Int64
+	oldNew := relayBufPool.New
+	relayBufPool.New = func() any {
+		made.Add(1)
+		b := make([]byte, relayBufSize)
+		runtime.AddCleanup(&b[0], func(f *atomic.Int64) { f.Add(1) }, &freed)
+		return &b
+	}
+	t.Cleanup(func() { relayBufPool.New = oldNew })
+
+	r := newRelayRig(t)
+	const flows = 40
+	for i := range flows {
+		cc, conn := r.dial(t, uint16(1000+i))
+		upSide, server := loopbackPair(t)
+		startRelay(conn, upSide, func(int64, int64, error) {})
+		if _, err := server.Write([]byte("hello")); err != nil { // a short response, then quiet
+			t.Fatal(err)
+		}
+		cc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(cc, make([]byte, 5)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // the relay has put its buffer back
+		runtime.GC()
+		runtime.GC() // the pool is empty now
+	}
+	runtime.GC()
+	runtime.GC()
+	time.Sleep(50 * time.Millisecond) // cleanups run in a goroutine of their own
+	live := made.Load() - freed.Load()
+	t.Logf("pooled buffers made %d, freed %d, live %d for %d idle flows", made.Load(), freed.Load(), live, flows)
+	if live > 4 {
+		t.Errorf("%d idle flows keep %d pooled 64 KiB buffers alive", flows, live)
+	}
+}
+
+// Many small writes with pauses, so the client's direction parks and
+// wakes often, while the destination half-closes first: every byte arrives
+// in order, and done is called once with the exact counts.
+func TestRelayParksAndWakes(t *testing.T) {
+	r := newRelayRig(t)
+	for round := range 10 {
+		cc, conn := r.dial(t, uint16(2000+round))
+		upSide, server := loopbackPair(t)
+		var calls atomic.Int32
+		done := make(chan relayResult, 2)
+		startRelay(&peekedConn{Conn: conn}, upSide, func(out, in int64, err error) {
+			calls.Add(1)
+			done <- relayResult{out, in, err}
+		})
+		server.Write([]byte("banner"))
+		server.CloseWrite()
+		rng := rand.New(rand.NewPCG(uint64(round), 1))
+		sent := make(chan []byte, 1)
+		go func() {
+			var all bytes.Buffer
+			defer func() { sent <- all.Bytes() }()
+			for range 200 {
+				b := make([]byte, 1+rng.IntN(3000))
+				for j := range b {
+					b[j] = byte(rng.Uint32())
+				}
+				all.Write(b)
+				if _, err := cc.Write(b); err != nil {
+					return
+				}
+				if rng.IntN(4) == 0 {
+					time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
+				}
+			}
+			cc.(interface{ CloseWrite() error }).CloseWrite()
+		}()
+		got, err := io.ReadAll(server)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, _ := io.ReadAll(cc)
+		want := <-sent
+		select {
+		case res := <-done:
+			if res.err != nil || res.out != int64(len(want)) || res.in != 6 || string(in) != "banner" {
+				t.Fatalf("round %d: Relay %+v, the client read %q", round, res, in)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the relay did not end", round)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("round %d: the destination got %d bytes, want the client's %d in order", round, len(got), len(want))
+		}
+		time.Sleep(10 * time.Millisecond)
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("done called %d times", n)
+		}
+	}
+}
+
+// A flow whose directions are both parked ends when the client resets it
+// or when the stack is closed under it (which aborts gVisor's endpoint
+// directly, not through the conn): with an error, and the destination is
+// reset too.
+func TestRelayParkedEndsOnResetAndStackClose(t *testing.T) {
+	for _, how := range []string{"client reset", "stack closed"} {
+		t.Run(how, func(t *testing.T) {
+			r := newRelayRig(t)
+			var abort func()
+			var conn *netstack.Conn
+			if how == "client reset" {
+				var wq waiter.Queue
+				ep, terr := r.client.Stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+				if terr != nil {
+					t.Fatal(terr)
+				}
+				ent, ch := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+				wq.EventRegister(&ent)
+				if terr = ep.Connect(tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{198, 18, 9, 9}), Port: 81}); terr != nil {
+					if _, ok := terr.(*tcpip.ErrConnectStarted); !ok {
+						t.Fatal(terr)
+					}
+					<-ch
+				}
+				conn, abort = <-r.h.conns, ep.Abort
+			} else {
+				_, conn = r.dial(t, 80)
+				abort = func() { r.srv.Close() }
+			}
+			upSide, server := loopbackPair(t)
+			done := make(chan error, 1)
+			startRelay(&peekedConn{Conn: conn}, upSide, func(_, _ int64, err error) { done <- err })
+			time.Sleep(50 * time.Millisecond) // both directions parked
+			abort()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Error("the relay ended without an error")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the relay did not end")
+			}
+			server.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadAll(server); err == nil {
+				t.Error("the destination saw a clean close, want a reset")
+			}
+		})
+	}
+}
