@@ -163,10 +163,27 @@ func (c *Conn) Readable() bool {
 	return c.closed.Load() || c.ep.Readiness(tcpReadEvents) != 0
 }
 
+// Broken reports whether the connection has ended other than by the
+// client's FIN alone, and not by this conn's Close or Abort: the client
+// reset it, its keepalives went unanswered, or the stack closed it. It
+// may be called from OnReadable's function.
+func (c *Conn) Broken() bool {
+	return !c.closed.Load() && c.ep.Readiness(waiter.EventErr) != 0
+}
+
+// BrokenError is what broke the connection (see Broken), as the stack
+// saw it, or nil. It must not be called from OnReadable's function.
+func (c *Conn) BrokenError() error {
+	if terr := c.ep.LastError(); terr != nil {
+		return errors.New(terr.String()) // a reset after the client's FIN reads as "operation aborted"
+	}
+	return nil
+}
+
 // OnReadable arranges for fn to be called when bytes, the client's FIN or
 // an error arrive, and again by Close or Abort. fn runs on the stack's
 // packet path holding the endpoint's lock: it must not block, and must not
-// call anything of the conn but Readable (TryRead, Read, Write, CloseWrite,
+// call anything of the conn but Readable and Broken (TryRead, Read, Write, CloseWrite,
 // Close, Abort and OnReadable would deadlock); start a goroutine for that.
 // It may be called while bytes are already waiting, and bytes that were
 // waiting before the call are not announced: check Readable after

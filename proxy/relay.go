@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -83,6 +84,9 @@ type relay struct {
 	out, in          halfRelay
 	left             atomic.Int32 // directions not yet ended
 	done             func(out, in int64, err error)
+	// broke is how the client's connection ended after its FIN, when it
+	// did otherwise than by the relay's own close (see watchBroken).
+	broke atomic.Pointer[error]
 }
 
 // ended is called by each direction as it ends; the last one closes both
@@ -93,7 +97,11 @@ func (r *relay) ended() {
 	}
 	r.client.Close()
 	r.upstream.Close()
-	r.done(r.out.n, r.in.n, errors.Join(r.out.err, r.in.err))
+	var broke error
+	if p := r.broke.Load(); p != nil {
+		broke = *p
+	}
+	r.done(r.out.n, r.in.n, errors.Join(r.out.err, r.in.err, broke))
 }
 
 // halfRelay copies src to dst, then half-closes dst. On an error it resets
@@ -113,6 +121,8 @@ type halfRelay struct {
 
 	tr     tryReader
 	parked atomic.Bool // tr has nothing; its callback resumes the copy
+	eof    bool        // src ended with its FIN
+	broken atomic.Bool // watchBroken has acted
 
 	plain bool // src offers neither: plain Reads
 
@@ -152,6 +162,7 @@ func (h *halfRelay) copy() {
 			continue
 		case rerr == io.EOF:
 			_ = closeWrite(h.dst)
+			h.eof = true
 			h.finish(nil)
 			return
 		}
@@ -172,9 +183,42 @@ func (h *halfRelay) abort() {
 func (h *halfRelay) finish(err error) {
 	h.err = err
 	if h.tr != nil {
-		h.tr.OnReadable(nil)
+		if b, ok := h.tr.(brokenReader); ok && err == nil && h.eof {
+			h.tr.OnReadable(func() { h.watchBroken(b) })
+		} else {
+			h.tr.OnReadable(nil)
+		}
 	}
 	h.r.ended()
+}
+
+// brokenReader is a tryReader that tells a reset from a FIN after its end
+// of stream (netstack.Conn).
+type brokenReader interface {
+	Broken() bool
+	BrokenError() error
+}
+
+// watchBroken runs on the packet path for a client direction ended by the
+// client's FIN while the destination's goes on. A client that then resets,
+// or vanishes (its keepalives time out), can read nothing more: the
+// destination is reset, rather than waited for as long as it stays silent,
+// and the record says why.
+func (h *halfRelay) watchBroken(b brokenReader) {
+	if !b.Broken() || !h.broken.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		if h.r.left.Load() == 0 {
+			return // the relay has ended meanwhile
+		}
+		err := errors.New("the client's connection broke after its FIN")
+		if why := b.BrokenError(); why != nil {
+			err = fmt.Errorf("the client's connection broke after its FIN: %w", why)
+		}
+		h.r.broke.Store(&err)
+		intercept.Abort(h.dst)
+	}()
 }
 
 // read returns the next bytes from src in a pooled buffer (nil when it

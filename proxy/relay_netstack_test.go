@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -239,5 +240,83 @@ func TestRelayParkedEndsOnResetAndStackClose(t *testing.T) {
 				t.Error("the destination saw a clean close, want a reset")
 			}
 		})
+	}
+}
+
+// A client that half-closes and then resets, or vanishes, while the
+// destination stays silent: the relay must not wait for the destination
+// for ever. It ends with an error, and the destination is reset.
+func TestRelayClientResetAfterFIN(t *testing.T) {
+	r := newRelayRig(t)
+	var wq waiter.Queue
+	ep, terr := r.client.Stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		t.Fatal(terr)
+	}
+	ent, ch := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+	wq.EventRegister(&ent)
+	if terr = ep.Connect(tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{198, 18, 9, 9}), Port: 82}); terr != nil {
+		if _, ok := terr.(*tcpip.ErrConnectStarted); !ok {
+			t.Fatal(terr)
+		}
+		<-ch
+	}
+	conn := <-r.h.conns
+	upSide, server := loopbackPair(t)
+	done := make(chan error, 1)
+	startRelay(&peekedConn{Conn: conn}, upSide, func(_, _ int64, err error) { done <- err })
+
+	var req bytes.Reader
+	req.Reset([]byte("request"))
+	if _, terr := ep.Write(&req, tcpip.WriteOptions{}); terr != nil {
+		t.Fatal(terr)
+	}
+	ep.Shutdown(tcpip.ShutdownWrite) // the client's FIN
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := io.ReadAll(server); err != nil || string(got) != "request" {
+		t.Fatalf("the destination read %q, %v; want the request and the FIN", got, err)
+	}
+	time.Sleep(50 * time.Millisecond) // the client's direction has ended
+	ep.Abort()                        // a RST: the client is gone; the destination never answers
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "broke after its FIN") {
+			t.Errorf("the relay ended with %v, want the client's connection broken after its FIN", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay still waits for a silent destination after the client reset")
+	}
+	// After the FIN, a read shows EOF whatever follows; a write shows the
+	// reset (a first write to a cleanly closed peer succeeds).
+	if _, err := server.Write([]byte("late")); err == nil {
+		t.Error("the destination's connection was closed cleanly, want a reset")
+	}
+}
+
+// When the destination resets after the client's FIN, the relay's own
+// abort of the client is not taken for the client breaking: the record
+// names the destination's reset only.
+func TestRelayDestinationResetAfterClientFIN(t *testing.T) {
+	r := newRelayRig(t)
+	cc, conn := r.dial(t, 83)
+	upSide, server := loopbackPair(t)
+	done := make(chan error, 1)
+	startRelay(&peekedConn{Conn: conn}, upSide, func(_, _ int64, err error) { done <- err })
+	cc.Write([]byte("request"))
+	cc.(interface{ CloseWrite() error }).CloseWrite()
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := io.ReadAll(server); err != nil || string(got) != "request" {
+		t.Fatalf("the destination read %q, %v", got, err)
+	}
+	time.Sleep(50 * time.Millisecond) // the client's direction has ended
+	server.SetLinger(0)
+	server.Close() // a RST from the destination
+	select {
+	case err := <-done:
+		if err == nil || strings.Contains(err.Error(), "after its FIN") {
+			t.Errorf("the relay ended with %v, want the destination's reset alone", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay did not end after the destination's reset")
 	}
 }
