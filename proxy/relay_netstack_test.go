@@ -91,6 +91,35 @@ func (r *relayRig) dial(t *testing.T, port uint16) (net.Conn, *netstack.Conn) {
 	}
 }
 
+// dialEndpoint connects a bare gVisor endpoint of the client to
+// 198.18.9.9:port, for what gonet cannot do (a RST): the endpoint and the
+// appliance's end.
+func (r *relayRig) dialEndpoint(t *testing.T, port uint16) (tcpip.Endpoint, *netstack.Conn) {
+	t.Helper()
+	var wq waiter.Queue
+	ep, terr := r.client.Stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		t.Fatal(terr)
+	}
+	t.Cleanup(ep.Close)
+	ent, ch := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+	wq.EventRegister(&ent)
+	defer wq.EventUnregister(&ent)
+	if terr = ep.Connect(tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{198, 18, 9, 9}), Port: port}); terr != nil {
+		if _, ok := terr.(*tcpip.ErrConnectStarted); !ok {
+			t.Fatal(terr)
+		}
+		<-ch
+	}
+	select {
+	case c := <-r.h.conns:
+		return ep, c
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection did not reach the handler")
+		return nil, nil
+	}
+}
+
 // Idle relayed flows keep no pooled buffer alive. gVisor's endpoint keeps
 // the last reader it was handed until the next write; were that the
 // caller's, each idle flow that last wrote from a pooled buffer would keep
@@ -204,20 +233,9 @@ func TestRelayParkedEndsOnResetAndStackClose(t *testing.T) {
 			var abort func()
 			var conn *netstack.Conn
 			if how == "client reset" {
-				var wq waiter.Queue
-				ep, terr := r.client.Stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
-				if terr != nil {
-					t.Fatal(terr)
-				}
-				ent, ch := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
-				wq.EventRegister(&ent)
-				if terr = ep.Connect(tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{198, 18, 9, 9}), Port: 81}); terr != nil {
-					if _, ok := terr.(*tcpip.ErrConnectStarted); !ok {
-						t.Fatal(terr)
-					}
-					<-ch
-				}
-				conn, abort = <-r.h.conns, ep.Abort
+				var ep tcpip.Endpoint
+				ep, conn = r.dialEndpoint(t, 81)
+				abort = ep.Abort
 			} else {
 				_, conn = r.dial(t, 80)
 				abort = func() { r.srv.Close() }
@@ -248,20 +266,7 @@ func TestRelayParkedEndsOnResetAndStackClose(t *testing.T) {
 // for ever. It ends with an error, and the destination is reset.
 func TestRelayClientResetAfterFIN(t *testing.T) {
 	r := newRelayRig(t)
-	var wq waiter.Queue
-	ep, terr := r.client.Stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
-	if terr != nil {
-		t.Fatal(terr)
-	}
-	ent, ch := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
-	wq.EventRegister(&ent)
-	if terr = ep.Connect(tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{198, 18, 9, 9}), Port: 82}); terr != nil {
-		if _, ok := terr.(*tcpip.ErrConnectStarted); !ok {
-			t.Fatal(terr)
-		}
-		<-ch
-	}
-	conn := <-r.h.conns
+	ep, conn := r.dialEndpoint(t, 82)
 	upSide, server := loopbackPair(t)
 	done := make(chan error, 1)
 	startRelay(&peekedConn{Conn: conn}, upSide, func(_, _ int64, err error) { done <- err })
