@@ -40,14 +40,21 @@ func (n *readNotify) notified(waiter.EventMask) {
 	}
 }
 
-// stop removes the entry from wq, and reports whether there was one.
-func (n *readNotify) stop(wq *waiter.Queue) bool {
+// stop removes the entry from wq and forgets the function, which it
+// returns (nil if none was registered): a closed endpoint may outlive the
+// conn's user for a while (TIME-WAIT), and must not keep what the function
+// holds reachable.
+func (n *readNotify) stop(wq *waiter.Queue) func() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	on := n.on
-	if on {
+	var fn func()
+	if n.on {
 		wq.EventUnregister(&n.ent)
 		n.on = false
+		if p := n.fn.Load(); p != nil {
+			fn = *p
+		}
 	}
-	return on
+	n.fn.Store(nil)
+	return fn
 }

@@ -12,6 +12,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
@@ -163,16 +164,25 @@ func (c *Conn) Readable() bool {
 	return c.closed.Load() || c.ep.Readiness(tcpReadEvents) != 0
 }
 
-// Broken reports whether the connection has ended other than by the
+// Broken reports whether the connection may have ended other than by the
 // client's FIN alone, and not by this conn's Close or Abort: the client
-// reset it, its keepalives went unanswered, or the stack closed it. It
-// may be called from OnReadable's function.
+// reset it, its keepalives went unanswered, or the stack closed it. A
+// clean close that has just completed reads the same; BrokenError tells
+// them apart. Broken may be called from OnReadable's function.
 func (c *Conn) Broken() bool {
-	return !c.closed.Load() && c.ep.Readiness(waiter.EventErr) != 0
+	// The state, not Readiness: Readiness adds EventRdHUp whatever the
+	// mask once the FIN is in. A reset in CLOSE-WAIT moves the endpoint to
+	// CLOSED, as Linux does, not to the error state.
+	switch tcp.EndpointState(c.ep.State()) {
+	case tcp.StateError, tcp.StateClose:
+		return !c.closed.Load()
+	}
+	return false
 }
 
-// BrokenError is what broke the connection (see Broken), as the stack
-// saw it, or nil. It must not be called from OnReadable's function.
+// BrokenError is what broke the connection, as the stack saw it, or nil
+// when nothing did (or a Write has already reported it). It must not be
+// called from OnReadable's function.
 func (c *Conn) BrokenError() error {
 	if terr := c.ep.LastError(); terr != nil {
 		return errors.New(terr.String()) // a reset after the client's FIN reads as "operation aborted"
@@ -219,7 +229,7 @@ func (c *Conn) Abort() {
 // so that a parked reader learns of the close whatever the endpoint
 // announces.
 func (c *Conn) endNotify() {
-	if c.notify.stop(c.wq) {
-		c.notify.notified(0)
+	if fn := c.notify.stop(c.wq); fn != nil {
+		fn()
 	}
 }

@@ -86,3 +86,57 @@ func TestConnWriteAfterClose(t *testing.T) {
 		t.Fatalf("Write after Close: %v, want ErrClosed", err)
 	}
 }
+
+// Broken is false for a client that only half-closed: its FIN is an end
+// of stream, not a break (gVisor's Readiness reports a hang-up then).
+func TestConnBrokenNotByFIN(t *testing.T) {
+	r := newConnRig(t)
+	cc, c := r.dial()
+	cc.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %v, want EOF", err)
+	}
+	if c.Broken() {
+		t.Fatal("Broken for a client that only sent its FIN")
+	}
+}
+
+// Deadlines moved, lifted and passed again and again while writes run
+// leave the conn writable once lifted (run with -race).
+func TestConnWriteDeadlineChurn(t *testing.T) {
+	r := newConnRig(t)
+	cc, c := r.dial()
+	go io.Copy(io.Discard, cc)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 8192)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.Write(buf)
+		}
+	}()
+	for i := range 5000 {
+		switch i % 4 {
+		case 0:
+			c.SetWriteDeadline(time.Now().Add(time.Duration(i%7) * time.Microsecond))
+		case 1:
+			c.SetWriteDeadline(time.Time{})
+		case 2:
+			c.SetDeadline(time.Unix(1, 0))
+		case 3:
+			c.SetWriteDeadline(time.Now().Add(-time.Second))
+		}
+	}
+	c.SetDeadline(time.Time{})
+	close(stop)
+	<-done
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatalf("Write once the deadline is lifted: %v", err)
+	}
+}

@@ -185,6 +185,7 @@ func (h *halfRelay) finish(err error) {
 	if h.tr != nil {
 		if b, ok := h.tr.(brokenReader); ok && err == nil && h.eof {
 			h.tr.OnReadable(func() { h.watchBroken(b) })
+			h.watchBroken(b) // it may have broken before the callback was there
 		} else {
 			h.tr.OnReadable(nil)
 		}
@@ -212,10 +213,11 @@ func (h *halfRelay) watchBroken(b brokenReader) {
 		if h.r.left.Load() == 0 {
 			return // the relay has ended meanwhile
 		}
-		err := errors.New("the client's connection broke after its FIN")
-		if why := b.BrokenError(); why != nil {
-			err = fmt.Errorf("the client's connection broke after its FIN: %w", why)
+		why := b.BrokenError()
+		if why == nil {
+			return // a clean close completing, or a write to the client has the error
 		}
+		err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
 		h.r.broke.Store(&err)
 		intercept.Abort(h.dst)
 	}()

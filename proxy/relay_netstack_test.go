@@ -325,3 +325,77 @@ func TestRelayDestinationResetAfterClientFIN(t *testing.T) {
 		t.Fatal("the relay did not end after the destination's reset")
 	}
 }
+
+// resetAfterEOF is a client conn whose RST lands right after TryRead has
+// returned its FIN, before the relay arranges to watch it.
+type resetAfterEOF struct {
+	*netstack.Conn
+	clientEP tcpip.Endpoint
+}
+
+func (c *resetAfterEOF) TryRead(b []byte) (int, error) {
+	n, err := c.Conn.TryRead(b)
+	if err == io.EOF {
+		c.clientEP.Abort()
+		time.Sleep(100 * time.Millisecond) // the RST and its notifications land first
+	}
+	return n, err
+}
+
+// A client that breaks between its FIN being read and the watch being
+// arranged is noticed all the same.
+func TestRelayClientResetBeforeWatch(t *testing.T) {
+	r := newRelayRig(t)
+	ep, conn := r.dialEndpoint(t, 84)
+	upSide, _ := loopbackPair(t)
+	done := make(chan error, 1)
+	startRelay(&peekedConn{Conn: &resetAfterEOF{Conn: conn, clientEP: ep}}, upSide, func(_, _ int64, err error) { done <- err })
+	var req bytes.Reader
+	req.Reset([]byte("request"))
+	if _, terr := ep.Write(&req, tcpip.WriteOptions{}); terr != nil {
+		t.Fatal(terr)
+	}
+	ep.Shutdown(tcpip.ShutdownWrite)
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "broke after its FIN") {
+			t.Errorf("the relay ended with %v, want the client's connection broken after its FIN", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay waits for a silent destination: the client broke before the watch began")
+	}
+}
+
+// Once the relay has ended, a client endpoint that lingers (TIME-WAIT)
+// keeps neither the relay nor what its done function holds reachable.
+func TestRelayEndedLeavesNothingReachable(t *testing.T) {
+	r := newRelayRig(t)
+	cc, conn := r.dial(t, 85)
+	upSide, server := loopbackPair(t)
+	var freed atomic.Bool
+	done := make(chan struct{}, 1)
+	func() {
+		session := new([1 << 20]byte) // stands for the session and its record
+		runtime.AddCleanup(session, func(f *atomic.Bool) { f.Store(true) }, &freed)
+		startRelay(&peekedConn{Conn: conn}, upSide, func(int64, int64, error) { _ = session[0]; done <- struct{}{} })
+	}()
+	server.Write([]byte("response"))
+	server.CloseWrite() // the destination closes first: the appliance's end of the client goes to TIME-WAIT
+	cc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, _ := io.ReadAll(cc); string(got) != "response" {
+		t.Fatalf("the client read %q", got)
+	}
+	cc.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay did not end")
+	}
+	for range 5 {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !freed.Load() {
+		t.Error("the relay has ended, yet what its done function holds is still reachable")
+	}
+}
