@@ -23,7 +23,7 @@ func TestRelayHalfClose(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, in, err := Relay(clientSide, upSide)
+		out, in, err := relayAndWait(clientSide, upSide)
 		done <- result{out, in, err}
 	}()
 	client.Write([]byte("request"))
@@ -54,7 +54,7 @@ func TestRelayResetAbortsBothWays(t *testing.T) {
 	client, clientSide := testnet.TCPPair(t)
 	upSide, upstream := testnet.TCPPair(t)
 	done := make(chan error, 1)
-	go func() { _, _, err := Relay(clientSide, upSide); done <- err }()
+	go func() { _, _, err := relayAndWait(clientSide, upSide); done <- err }()
 	upstream.SetLinger(0)
 	upstream.Close() // RST
 	select {

@@ -46,27 +46,14 @@ type wrappedConn interface {
 	unwrap() net.Conn
 }
 
-// Relay copies bytes both ways between client and upstream until both
-// directions have ended, passing each half-close on. It returns the bytes
-// sent upstream and back, and the first error other than a clean EOF; an
-// error in one direction aborts the other. Both connections are closed when
-// it returns.
-func Relay(client, upstream net.Conn) (out, in int64, err error) {
-	type result struct {
-		out, in int64
-		err     error
-	}
-	done := make(chan result, 1)
-	startRelay(client, upstream, func(out, in int64, err error) { done <- result{out, in, err} })
-	r := <-done
-	return r.out, r.in, r.err
-}
-
-// startRelay is Relay without the wait: it returns at once, and calls done
-// from a relay goroutine once both directions have ended and both
-// connections are closed. An idle relayed flow then holds one goroutine
-// with a shallow stack, waiting in the poller for the destination without
-// a buffer; the client's direction waits with neither when the client is a
+// startRelay copies bytes both ways between client and upstream until
+// both directions have ended, passing each half-close on; an error in one
+// direction aborts the other. It returns at once, and calls done from a
+// relay goroutine once both directions have ended and both connections are
+// closed, with the bytes sent upstream and back and the errors other than
+// a clean EOF. An idle relayed flow holds one goroutine with a shallow
+// stack, waiting in the poller for the destination without a buffer; the
+// client's direction waits with neither when the client is a
 // netstack.Conn.
 func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) {
 	r := &relay{client: client, upstream: upstream, done: done}

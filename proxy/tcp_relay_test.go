@@ -68,11 +68,14 @@ type relayResult struct {
 
 func runRelay(client, upstream net.Conn) <-chan relayResult {
 	done := make(chan relayResult, 1)
-	go func() {
-		out, in, err := Relay(client, upstream)
-		done <- relayResult{out, in, err}
-	}()
+	startRelay(client, upstream, func(out, in int64, err error) { done <- relayResult{out, in, err} })
 	return done
+}
+
+// relayAndWait relays and waits for the relay to end.
+func relayAndWait(client, upstream net.Conn) (out, in int64, err error) {
+	r := <-runRelay(client, upstream)
+	return r.out, r.in, r.err
 }
 
 // plainConn hides a connection's raw socket: the relay reads it with
