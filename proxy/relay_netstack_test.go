@@ -399,3 +399,43 @@ func TestRelayEndedLeavesNothingReachable(t *testing.T) {
 		t.Error("the relay has ended, yet what its done function holds is still reachable")
 	}
 }
+
+// Each direction reads its source the cheapest way it offers, once the
+// bytes a wrapper read ahead are gone: a netstack.Conn without waiting, a
+// socket through its raw conn, anything else with plain Reads. (The
+// relay tests would pass on plain Reads alone; this one would not.)
+func TestRelayChoosesHowToRead(t *testing.T) {
+	r := newRelayRig(t)
+	_, conn := r.dial(t, 86)
+	sock, _ := loopbackPair(t)
+	how := func(src net.Conn) string {
+		h := &halfRelay{src: src}
+		h.choose()
+		switch {
+		case h.tr != nil:
+			return "try"
+		case h.rc != nil:
+			return "raw"
+		case h.plain:
+			return "plain"
+		}
+		return "wrapper"
+	}
+	if got := how(conn); got != "try" {
+		t.Errorf("a netstack.Conn is read %s, want try", got)
+	}
+	if got := how(sock); got != "raw" {
+		t.Errorf("a TCP socket is read %s, want raw", got)
+	}
+	if got := how(plainConn{sock}); got != "plain" {
+		t.Errorf("a conn without a raw socket is read %s, want plain", got)
+	}
+	pc := &prefixConn{Conn: sock, prefix: []byte("banner")}
+	if got := how(pc); got != "wrapper" {
+		t.Errorf("a wrapper with bytes of its own is read %s, want through the wrapper", got)
+	}
+	pc.Read(make([]byte, 16))
+	if got := how(pc); got != "raw" {
+		t.Errorf("a drained wrapper over a socket is read %s, want raw", got)
+	}
+}
