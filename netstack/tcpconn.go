@@ -1,12 +1,10 @@
 package netstack
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,18 +32,8 @@ type Conn struct {
 
 	notify readNotify // OnReadable's: registered on first use, removed by Close
 
-	// TryRead's writer, kept here: handed to the endpoint as an interface,
-	// a local one would be moved to the heap on every read.
-	rmu sync.Mutex
-	sw  tcpip.SliceWriter
-
-	// Write's reader, and its deadline. The endpoint keeps the last reader
-	// it was handed until the next write: the conn's own, emptied after
-	// each write, so that no caller's buffer (a relay's pooled 64 KiB, TLS's
-	// record buffer) stays reachable through an idle connection.
-	wmu sync.Mutex
-	br  bytes.Reader
-	wdl deadline
+	rw  endpointIO
+	wdl deadline // Write's
 }
 
 func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
@@ -67,11 +55,7 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	c.rmu.Lock()
-	c.sw = b
-	res, terr := c.ep.Read(&c.sw, tcpip.ReadOptions{})
-	c.sw = nil
-	c.rmu.Unlock()
+	res, terr := c.rw.read(c.ep, b)
 	if terr == nil {
 		return res.Count, nil
 	}
@@ -97,8 +81,8 @@ func (c *Conn) opError(err error) error {
 // Write writes b to the client, waiting while the send buffer is full,
 // until the write deadline passes or the connection ends.
 func (c *Conn) Write(b []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
+	c.rw.wmu.Lock()
+	defer c.rw.wmu.Unlock()
 	dl := c.wdl.done()
 	select {
 	case <-dl:
@@ -111,9 +95,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		room  <-chan struct{}
 	)
 	for n < len(b) {
-		c.br.Reset(b[n:])
-		m, terr := c.ep.Write(&c.br, tcpip.WriteOptions{})
-		c.br.Reset(nil)
+		m, terr := c.rw.writeLocked(c.ep, b[n:])
 		n += int(m)
 		switch terr.(type) {
 		case nil:

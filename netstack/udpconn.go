@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -38,13 +37,7 @@ type UDPConn struct {
 
 	notify readNotify // OnReadable's: registered on first use, removed by Close
 
-	// Reads and writes go through writers and readers kept here, not
-	// made per call: handing a local one to the endpoint as an interface
-	// would put it on the heap for every datagram.
-	rmu sync.Mutex
-	sw  tcpip.SliceWriter
-	wmu sync.Mutex
-	br  bytes.Reader
+	rw endpointIO
 
 	dmu          sync.Mutex
 	readDeadline time.Time
@@ -74,11 +67,7 @@ func (c *UDPConn) OnReadable(fn func()) {
 // to len(b). It returns ErrWouldBlock when none waits, and an error wrapping
 // net.ErrClosed once the conn is closed.
 func (c *UDPConn) TryRead(b []byte) (int, error) {
-	c.rmu.Lock()
-	c.sw = b
-	res, terr := c.ep.Read(&c.sw, tcpip.ReadOptions{})
-	c.sw = nil
-	c.rmu.Unlock()
+	res, terr := c.rw.read(c.ep, b)
 	if terr != nil {
 		return 0, c.readError(terr)
 	}
@@ -152,11 +141,9 @@ func (c *UDPConn) Read(b []byte) (int, error) {
 
 // Write sends b to the client as one datagram, without blocking.
 func (c *UDPConn) Write(b []byte) (int, error) {
-	c.wmu.Lock()
-	c.br.Reset(b)
-	n, terr := c.ep.Write(&c.br, tcpip.WriteOptions{})
-	c.br.Reset(nil)
-	c.wmu.Unlock()
+	c.rw.wmu.Lock()
+	n, terr := c.rw.writeLocked(c.ep, b)
+	c.rw.wmu.Unlock()
 	if terr != nil {
 		switch terr.(type) {
 		case *tcpip.ErrWouldBlock:
