@@ -241,6 +241,11 @@ func (w *Writer) run() {
 			w.deliver(out)
 			w.queuedBytes.Add(-int64(len(out)))
 		}
+		// Before a Flush waiting on this batch returns: what it reads of
+		// the lag must already say nothing is being written.
+		if len(w.q) == 0 {
+			w.head.Store(0)
+		}
 		for _, b := range batch {
 			if b.flushed != nil { // the last one: everything before it is written
 				close(b.flushed)
@@ -250,9 +255,6 @@ func (w *Writer) run() {
 			}
 		}
 		clear(batch)
-		if len(w.q) == 0 {
-			w.head.Store(0)
-		}
 	}
 }
 
