@@ -5,3 +5,15 @@ import "time"
 // SetResumptionClock replaces the clock session tickets are issued and
 // checked by; call it before the first connection.
 func SetResumptionClock(ic *Interceptor, now func() time.Time) { ic.res.now = now }
+
+// SetOriginGroupsClock replaces the clock that lapses what is remembered of
+// origins that chose a classical key exchange.
+func SetOriginGroupsClock(ic *Interceptor, now func() time.Time) { ic.groups.classical.now = now }
+
+// ClassicalOriginMemory is how long an origin is offered classical groups
+// only after it chose one.
+const ClassicalOriginMemory = classicalOriginMemory
+
+// SetVerifyClock replaces the clock upstream certificates are verified,
+// and their verifications remembered, by.
+func SetVerifyClock(ic *Interceptor, now func() time.Time) { ic.verified.now = now }

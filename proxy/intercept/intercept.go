@@ -107,7 +107,10 @@ type Interceptor struct {
 	http1  *goproxy.ProxyHttpServer // for HTTP/1 clients
 	http2  *goproxy.ProxyHttpServer // for HTTP/2 clients (h2 by ALPN, h2c)
 	denied atomic.Uint64
-	res    *resumption // TLS sessions kept across connections: resume.go
+	res    *resumption   // TLS sessions kept across connections: resume.go
+	groups *originGroups // origins offered classical groups only: origingroups.go
+	// verified holds the upstream chains that verified: verifycache.go.
+	verified *expiringSet[verifiedChain]
 }
 
 // New returns an Interceptor.
@@ -128,7 +131,8 @@ func New(cfg Config) *Interceptor {
 		var d net.Dialer
 		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	return &Interceptor{cfg: cfg, http1: newGoproxy(false), http2: newGoproxy(true), res: newResumption(cfg.KeyLogWriter)}
+	return &Interceptor{cfg: cfg, http1: newGoproxy(false), http2: newGoproxy(true), res: newResumption(cfg.KeyLogWriter),
+		groups: newOriginGroups(originSessionCacheSize), verified: newExpiringSet[verifiedChain](verifiedChainsSize)}
 }
 
 // Denied returns how many connections and requests it denied.
@@ -228,10 +232,13 @@ func (s *session) bump() {
 	name := upstreamName(hello.ServerName, s.Subject.Dest.Addr())
 	var verifyErr error
 	sessions := ic.res.originSessions(s.Subject.Dest) // resume.go: resumed sessions are verified again
+	groupsKey := originGroupsKey(s.Subject.Dest, hello.ServerName)
+	groups := ic.groups.offer(groupsKey) // origingroups.go
 	ucfg := &tls.Config{
 		ServerName:         hello.ServerName, // none for an address: SNI never carries one
 		NextProtos:         httpALPN(hello.ALPN),
 		MinVersion:         tls.VersionTLS12,
+		CurvePreferences:   groups,
 		InsecureSkipVerify: true, // verified below, so the reason can be recorded
 		KeyLogWriter:       ic.cfg.KeyLogWriter,
 		ClientSessionCache: sessions,
@@ -246,6 +253,7 @@ func (s *session) bump() {
 	err := up.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
+		ic.groups.forget(groupsKey)
 		WriteAlert(s.client, AlertHandshakeFailure)
 		s.Record.UpstreamVerify = "failed"
 		s.refuse("upstream TLS handshake: " + err.Error())
@@ -267,6 +275,9 @@ func (s *session) bump() {
 		// What the requests inside may lean on: the names this verified
 		// certificate covers are proven to be served at the destination.
 		s.upstreamCert = cs.PeerCertificates[0]
+		if groups == nil { // what it chose with the hybrids on offer
+			ic.groups.learn(groupsKey, cs.CurveID)
+		}
 	}
 	// Whether verified or accepted unverified by the rule, the leaf claims
 	// no more than the name the client asked for.
@@ -375,14 +386,22 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string) error
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("no certificate")
 	}
+	key := newVerifiedChain(cs.PeerCertificates, name) // verifycache.go
+	if ic.verified.has(key) {
+		return nil
+	}
 	inter := x509.NewCertPool()
 	for _, c := range cs.PeerCertificates[1:] {
 		inter.AddCert(c)
 	}
-	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-		Roots: ic.cfg.UpstreamRoots, Intermediates: inter, DNSName: name,
+	chains, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots: ic.cfg.UpstreamRoots, Intermediates: inter, DNSName: name, CurrentTime: ic.verified.now(),
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	ic.verified.add(key, verifiedChainMemory, chainsExpiry(chains))
+	return nil
 }
 
 // serveHTTP serves a cleartext HTTP connection. Its first request decides

@@ -1,0 +1,98 @@
+package intercept_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// shortLeaf makes a CA and a leaf for name it signed, valid until
+// notAfter; it returns the leaf and the CA's certificate.
+func shortLeaf(t *testing.T, name string, notBefore, notAfter time.Time) (*tls.Certificate, *x509.Certificate) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "short-lived test CA"},
+		NotBefore: notBefore, NotAfter: notAfter.Add(365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: notBefore, NotAfter: notAfter,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, ca
+}
+
+// TestVerifiedChainRemembered: remembering that a chain verified never
+// lets through what verifying it would refuse: the same chain for a name
+// it does not cover, or once its certificate has expired.
+func TestVerifiedChainRemembered(t *testing.T) {
+	start := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	leaf, ca := shortLeaf(t, "short.example.test", start.Add(-time.Hour), start.Add(5*time.Minute))
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.UpstreamRoots.AddCert(ca) })
+	var clock atomic.Int64
+	clock.Store(start.UnixNano())
+	intercept.SetVerifyClock(r.ic, func() time.Time { return time.Unix(0, clock.Load()) })
+	steps := []struct {
+		what    string
+		name    string
+		at      time.Duration // after start
+		wantErr string        // in the record; "" for a bumped connection
+	}{
+		{"first connection", "short.example.test", 0, ""},
+		{"again", "short.example.test", time.Minute, ""},
+		{"the same chain for a name it does not cover", "other.example.test", 2 * time.Minute,
+			"upstream certificate: x509: certificate is valid for short.example.test, not other.example.test"},
+		{"still valid", "short.example.test", 4 * time.Minute, ""},
+		{"expired", "short.example.test", 6 * time.Minute, "upstream certificate: x509: certificate has expired"},
+	}
+	for i, st := range steps {
+		clock.Store(start.Add(st.at).UnixNano())
+		upEnd, _ := r.startUpstream(leaf, "http/1.1")
+		c, sv := r.connect(upEnd, tlsDest)
+		client := tls.Client(c, &tls.Config{ServerName: st.name, RootCAs: r.caPool()})
+		client.SetDeadline(time.Now().Add(waitLimit))
+		err := client.Handshake()
+		if (err == nil) != (st.wantErr == "") {
+			t.Fatalf("step %d, %s: client handshake: %v", i, st.what, err)
+		}
+		client.Close()
+		sv.waitDoneOnce(t)
+		recs := r.records()
+		rec := recs[len(recs)-1]
+		if st.wantErr == "" && rec.UpstreamVerify != "ok" ||
+			st.wantErr != "" && (rec.UpstreamVerify != "failed" || !strings.HasPrefix(rec.Error, st.wantErr)) {
+			t.Errorf("step %d, %s: record %+v", i, st.what, rec)
+		}
+	}
+}
