@@ -95,8 +95,17 @@ func (s *Server) closeIdleStacks(now int64) int {
 		// Under the lock no packet is being handed in, so no flow of the
 		// endpoint is being made: check again, then close.
 		if !st.closed && now-st.lastPacket.Load() >= idle && s.flows.EndpointFlows(st.endpoint) == 0 {
-			s.forgetStack(st)
+			// The endpoint's count goes while the stack is still in the
+			// map: a reader then finds it and waits on its lock. Once it
+			// is gone from the map, a reader makes the endpoint a new
+			// stack and counts flows under that stack's lock, not this
+			// one: forgetting the count then could drop a count just
+			// taken, or leave a flow counted on a counter no longer in
+			// the table, and the endpoint's count would be wrong for
+			// good (a stack that never closes, or one closed under a
+			// flow).
 			s.flows.ForgetEndpoint(st.endpoint)
+			s.forgetStack(st)
 			idleStacks = append(idleStacks, st)
 		}
 		st.mu.Unlock()

@@ -176,8 +176,9 @@ func (t *flowTable) EndpointFlows(ep uint64) int64 {
 // ForgetEndpoint drops the count of an endpoint that holds no flow, so
 // that endpoint IDs seen once do not stay in the table (and in /stats)
 // for ever. The caller makes sure no flow of ep is being created: the
-// server holds the endpoint's stack closed. Expiry cannot touch the count,
-// as there is no flow of ep to expire.
+// server holds the endpoint's stack locked, and still in its map, so that
+// no reader can make the endpoint another stack meanwhile. Expiry cannot
+// touch the count, as there is no flow of ep to expire.
 func (t *flowTable) ForgetEndpoint(ep uint64) {
 	if c, ok := t.perEndpoint.Load(ep); ok && c.(*atomic.Int64).Load() == 0 {
 		t.perEndpoint.CompareAndDelete(ep, c)
