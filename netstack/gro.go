@@ -73,7 +73,10 @@ func (c *coalescer) flush() {
 // and fixes up the lengths, and leaves the checksums for a link that
 // promises the stack they were checked (RX checksum offload); this link
 // makes no such promise, so that the stack still checks every packet that
-// did not come through GRO, and the merged ones must pass its check too.
+// did not come through GRO, and the merged ones must pass its check too:
+// gVisor's NIC sets RXChecksumValidated from the link's capabilities on
+// every packet it takes in, whatever GRO marked (without this fixer,
+// every merged segment is dropped and an upload stalls).
 type checksumFixer struct {
 	next stack.NetworkDispatcher
 }
