@@ -17,3 +17,7 @@ const ClassicalOriginMemory = classicalOriginMemory
 // SetVerifyClock replaces the clock upstream certificates are verified,
 // and their verifications remembered, by.
 func SetVerifyClock(ic *Interceptor, now func() time.Time) { ic.verified.now = now }
+
+// Verifications returns how many upstream chains were verified, not taken
+// from the memory of earlier verifications.
+func Verifications(ic *Interceptor) uint64 { return ic.verifications.Load() }

@@ -110,7 +110,8 @@ type Interceptor struct {
 	res    *resumption   // TLS sessions kept across connections: resume.go
 	groups *originGroups // origins offered classical groups only: origingroups.go
 	// verified holds the upstream chains that verified: verifycache.go.
-	verified *expiringSet[verifiedChain]
+	verified      *expiringSet[verifiedChain]
+	verifications atomic.Uint64 // chains verified, not taken from verified
 }
 
 // New returns an Interceptor.
@@ -256,7 +257,13 @@ func (s *session) bump() {
 		ic.groups.forget(groupsKey)
 		WriteAlert(s.client, AlertHandshakeFailure)
 		s.Record.UpstreamVerify = "failed"
-		s.refuse("upstream TLS handshake: " + err.Error())
+		reason := "upstream TLS handshake: " + err.Error()
+		if groups != nil {
+			// An origin that dropped the classical groups since it last
+			// chose one: the next connection offers the hybrids again.
+			reason += " (classical key exchange groups offered only)"
+		}
+		s.refuse(reason)
 		return
 	}
 	cs := up.ConnectionState()
@@ -291,6 +298,11 @@ func (s *session) bump() {
 		c := ucfg.Clone()
 		sessions := ic.res.originSessions(s.Subject.Dest)
 		c.ClientSessionCache = sessions
+		// The groups as they stand now, not as at the first connection.
+		// A redial teaches nothing: VerifyConnection runs before the
+		// server's signature (or Finished) is checked, and the handshake
+		// itself is the transport's.
+		c.CurvePreferences = ic.groups.offer(groupsKey)
 		c.VerifyConnection = func(cs tls.ConnectionState) error {
 			err := ic.verifyUpstream(cs, name)
 			sessions.verified.Store(err == nil)
@@ -394,6 +406,7 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string) error
 	for _, c := range cs.PeerCertificates[1:] {
 		inter.AddCert(c)
 	}
+	ic.verifications.Add(1)
 	chains, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
 		Roots: ic.cfg.UpstreamRoots, Intermediates: inter, DNSName: name, CurrentTime: ic.verified.now(),
 	})

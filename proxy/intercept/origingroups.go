@@ -17,14 +17,20 @@ import (
 // name, an origin that chose a classical group when the hybrids were on
 // offer, and offers it classical groups only, for classicalOriginMemory;
 // then the hybrids are offered again, so an origin that turns them on gets
-// them within that time. An origin that chose a hybrid, or a handshake
-// that failed, is forgotten: the next one offers crypto/tls's defaults.
+// them within that time. An origin that chose a hybrid, or whose first
+// handshake of a connection failed, is forgotten: the next one offers
+// crypto/tls's defaults.
 //
-// Only a verified handshake teaches: TLS 1.3 signs the transcript, the
-// ClientHello and the server's choice included, with the certificate's key,
-// so no one on the path can make the appliance drop the hybrids for an
-// origin whose certificate it checked. A handshake a rule accepted
-// unverified teaches nothing.
+// Only the first upstream handshake of a bumped connection teaches, once it
+// has completed and its certificate verified: the handshake authenticates
+// its whole transcript, the offer and the choice included (in TLS 1.3 by
+// the server's signature, or for a resumed session by the Finished MAC of
+// a session that was itself verified), so no one on the path can make the
+// appliance drop the hybrids for an origin whose certificate it checked.
+// A handshake a rule accepted unverified teaches nothing, nor do further
+// upstream connections of the same client connection (their handshakes
+// are the transport's; they are offered the groups as they stand when
+// they are dialled).
 
 // classicalOriginMemory is how long an origin that chose a classical group
 // is offered classical groups only.

@@ -2,6 +2,7 @@ package intercept_test
 
 import (
 	"crypto/tls"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -102,5 +103,40 @@ policy:
 		if got := st.srv.lastOfferedHybrid(t); got != st.wantHybrid {
 			t.Fatalf("step %d, %s: hybrid offered %v, want %v", i, st.what, got, st.wantHybrid)
 		}
+	}
+}
+
+// TestOriginGroupsRedial: a further upstream connection of a bumped client
+// connection is offered the groups as they stand when it is dialled, not
+// as at the connection's first handshake.
+func TestOriginGroupsRedial(t *testing.T) {
+	r := newRig(t, testPolicy)
+	var clock atomic.Int64
+	clock.Store(time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC).UnixNano())
+	intercept.SetOriginGroupsClock(r.ic, func() time.Time { return time.Unix(0, clock.Load()) })
+	srv := newOfferingServer(r.upLeaf("*.example.test"), tls.X25519)
+	srv.closing = true
+	cfg := &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}}
+	bumpedGet(t, r, srv.conn(t), tlsDest, cfg) // learns: classical
+	c, _ := r.connect(srv.conn(t), tlsDest)
+	tc := tls.Client(c, cfg)
+	t.Cleanup(func() { tc.Close() })
+	h := newHTTPClient(t, tc)
+	if resp, body := h.do("GET /1 HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("first request: %d %s", resp.StatusCode, body)
+	}
+	if srv.lastOfferedHybrid(t) {
+		t.Fatal("the connection's first handshake offered the hybrids to an origin that just declined them")
+	}
+	clock.Add(int64(intercept.ClassicalOriginMemory + time.Minute))
+	r.offerRedial(srv.conn(t))
+	if resp, body := h.do("GET /2 HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("second request, on a new upstream connection: %d %s", resp.StatusCode, body)
+	}
+	if n := len(r.dialed()); n != 1 {
+		t.Fatalf("%d upstream connections dialled, want 1", n)
+	}
+	if !srv.lastOfferedHybrid(t) {
+		t.Error("the redial, after the memory lapsed, was offered classical groups only")
 	}
 }

@@ -23,6 +23,7 @@ type resumingServer struct {
 	cfg     *tls.Config
 	resumed atomic.Int32 // handshakes that resumed a session
 	full    atomic.Int32 // full handshakes
+	closing bool         // each response ends its connection, unannounced
 }
 
 func newResumingServer(cert *tls.Certificate) *resumingServer {
@@ -36,7 +37,15 @@ func (u *resumingServer) conn(t *testing.T) net.Conn {
 	tc := tls.Server(serverEnd, u.cfg)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, "ok")
+			if !u.closing {
+				io.WriteString(w, "ok")
+				return
+			}
+			if c, bw, err := w.(http.Hijacker).Hijack(); err == nil {
+				bw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				bw.Flush()
+				c.(*tls.Conn).NetConn().Close() // no close_notify: a pipe would block on it
+			}
 		}),
 		ConnState: func(c net.Conn, s http.ConnState) {
 			if s != http.StateActive {

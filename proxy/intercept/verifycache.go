@@ -13,8 +13,8 @@ import (
 // origin presents the same chain for days: x509 chain building and a
 // signature check per link, about 3% of a new bumped connection's CPU. So
 // a chain that verified for a name is remembered, by the SHA-256 of the
-// certificates as presented and the name, until the first of its
-// certificates expires or verifiedChainMemory has passed. The roots are
+// certificates as presented and the name, until the chain x509 built
+// expires (see chainsExpiry) or verifiedChainMemory has passed. The roots are
 // the interceptor's for its whole life, so the same chain and name verify
 // the same way until then. Failures are not remembered: each is verified
 // again, and the record gets its own reason.

@@ -53,9 +53,10 @@ func shortLeaf(t *testing.T, name string, notBefore, notAfter time.Time) (*tls.C
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, ca
 }
 
-// TestVerifiedChainRemembered: remembering that a chain verified never
-// lets through what verifying it would refuse: the same chain for a name
-// it does not cover, or once its certificate has expired.
+// TestVerifiedChainRemembered: a chain that verified for a name is not
+// verified again for it, and remembering it never lets through what
+// verifying it would refuse: the same chain for a name it does not cover,
+// or once its certificate has expired; failures are verified every time.
 func TestVerifiedChainRemembered(t *testing.T) {
 	start := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
 	leaf, ca := shortLeaf(t, "short.example.test", start.Add(-time.Hour), start.Add(5*time.Minute))
@@ -68,16 +69,19 @@ func TestVerifiedChainRemembered(t *testing.T) {
 		name    string
 		at      time.Duration // after start
 		wantErr string        // in the record; "" for a bumped connection
+		verify  bool          // verified, not taken as read
 	}{
-		{"first connection", "short.example.test", 0, ""},
-		{"again", "short.example.test", time.Minute, ""},
+		{"first connection", "short.example.test", 0, "", true},
+		{"again", "short.example.test", time.Minute, "", false},
 		{"the same chain for a name it does not cover", "other.example.test", 2 * time.Minute,
-			"upstream certificate: x509: certificate is valid for short.example.test, not other.example.test"},
-		{"still valid", "short.example.test", 4 * time.Minute, ""},
-		{"expired", "short.example.test", 6 * time.Minute, "upstream certificate: x509: certificate has expired"},
+			"upstream certificate: x509: certificate is valid for short.example.test, not other.example.test", true},
+		{"still valid", "short.example.test", 4 * time.Minute, "", false},
+		{"expired", "short.example.test", 6 * time.Minute, "upstream certificate: x509: certificate has expired", true},
+		{"expired, again", "short.example.test", 7 * time.Minute, "upstream certificate: x509: certificate has expired", true},
 	}
 	for i, st := range steps {
 		clock.Store(start.Add(st.at).UnixNano())
+		before := intercept.Verifications(r.ic)
 		upEnd, _ := r.startUpstream(leaf, "http/1.1")
 		c, sv := r.connect(upEnd, tlsDest)
 		client := tls.Client(c, &tls.Config{ServerName: st.name, RootCAs: r.caPool()})
@@ -93,6 +97,9 @@ func TestVerifiedChainRemembered(t *testing.T) {
 		if st.wantErr == "" && rec.UpstreamVerify != "ok" ||
 			st.wantErr != "" && (rec.UpstreamVerify != "failed" || !strings.HasPrefix(rec.Error, st.wantErr)) {
 			t.Errorf("step %d, %s: record %+v", i, st.what, rec)
+		}
+		if verified := intercept.Verifications(r.ic) > before; verified != st.verify {
+			t.Errorf("step %d, %s: chain verified %v, want %v", i, st.what, verified, st.verify)
 		}
 	}
 }
