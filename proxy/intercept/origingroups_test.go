@@ -55,15 +55,7 @@ func (s *offeringServer) lastOfferedHybrid(t *testing.T) bool {
 // and one whose certificate a rule accepted unverified, keep being
 // offered the hybrids.
 func TestOriginGroupsOfferedWhereUsed(t *testing.T) {
-	r := newRig(t, `
-policy:
-  default: bump
-  rules:
-    - name: lax
-      domains: ["lax.example.test"]
-      action: bump
-      allow_unverified_upstream: true
-`)
+	r := newRig(t, laxPolicy)
 	var clock atomic.Int64
 	clock.Store(time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC).UnixNano())
 	intercept.SetOriginGroupsClock(r.ic, func() time.Time { return time.Unix(0, clock.Load()) })

@@ -114,10 +114,9 @@ func TestUpstreamSessionResumed(t *testing.T) {
 	}
 }
 
-// TestUnverifiedUpstreamSessionNotKept: a session whose certificate a
-// rule accepted unverified is never offered again.
-func TestUnverifiedUpstreamSessionNotKept(t *testing.T) {
-	r := newRig(t, `
+// laxPolicy bumps everything, and accepts lax.example.test's certificate
+// unverified.
+const laxPolicy = `
 policy:
   default: bump
   rules:
@@ -125,7 +124,12 @@ policy:
       domains: ["lax.example.test"]
       action: bump
       allow_unverified_upstream: true
-`)
+`
+
+// TestUnverifiedUpstreamSessionNotKept: a session whose certificate a
+// rule accepted unverified is never offered again.
+func TestUnverifiedUpstreamSessionNotKept(t *testing.T) {
+	r := newRig(t, laxPolicy)
 	srv := newResumingServer(r.strangerLeaf("lax.example.test"))
 	cfg := &tls.Config{ServerName: "lax.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}}
 	for range 2 {
