@@ -70,6 +70,11 @@ type Config struct {
 	// Tap, when set, sees every inner packet received from the GWLB and
 	// sent back to it (package capture: pcap files, a mirror device).
 	Tap Tap
+	// NewStacksAtFullProcs, when set, wraps the making of each endpoint's
+	// stack: gVisor gives every stack one TCP processor goroutine per
+	// GOMAXPROCS at that moment, so a process that lowers GOMAXPROCS while
+	// idle (package procs) raises it here for the stack to fit the machine.
+	NewStacksAtFullProcs func(newStack func())
 }
 
 // Tap sees the inner packets on the packet path. Packet is called for each

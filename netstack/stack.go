@@ -95,7 +95,27 @@ func (st *endpointStack) sawPacket(now int64) {
 }
 
 func newEndpointStack(srv *Server, endpoint uint64) *endpointStack {
-	s := stack.New(stack.Options{
+	var s *stack.Stack
+	newStack := func() {
+		s = newGVisorStack(srv)
+	}
+	if full := srv.cfg.NewStacksAtFullProcs; full != nil {
+		full(newStack)
+	} else {
+		newStack()
+	}
+	st := &endpointStack{srv: srv, endpoint: endpoint, stack: s}
+	st.link = &link{srv: srv, endpoint: endpoint, mtu: uint32(srv.cfg.MTU)}
+	if err := st.configure(); err != nil {
+		// Only a programming error gets here: every option is static.
+		panic(fmt.Sprintf("configuring gVisor stack: %v", err))
+	}
+	return st
+}
+
+// newGVisorStack makes a stack with the protocols an endpoint's flows use.
+func newGVisorStack(srv *Server) *stack.Stack {
+	return stack.New(stack.Options{
 		NetworkProtocols: []stack.NetworkProtocolFactory{
 			ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: srv.cfg.AllowLoopback}),
 			ipv6.NewProtocolWithOptions(ipv6.Options{AllowExternalLoopbackTraffic: srv.cfg.AllowLoopback}),
@@ -105,13 +125,6 @@ func newEndpointStack(srv *Server, endpoint uint64) *endpointStack {
 		},
 		HandleLocal: false,
 	})
-	st := &endpointStack{srv: srv, endpoint: endpoint, stack: s}
-	st.link = &link{srv: srv, endpoint: endpoint, mtu: uint32(srv.cfg.MTU)}
-	if err := st.configure(); err != nil {
-		// Only a programming error gets here: every option is static.
-		panic(fmt.Sprintf("configuring gVisor stack: %v", err))
-	}
-	return st
 }
 
 func (st *endpointStack) configure() error {

@@ -47,14 +47,17 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 			return runQueryCommand(context.Background(), args[1:], stdout, cwlogs.NewClient)
 		}
 	}
-	o, memLimit, err := parseArgs(args, stderr)
+	o, p, err := parseArgs(args, stderr)
 	if err != nil {
 		return err
 	}
 	setupLogging(o.LogLevel, stderr)
-	if err := applyMemoryLimit(slog.Default(), memLimit, os.Getenv("GOMEMLIMIT"), os.DirFS("/")); err != nil {
+	if err := applyMemoryLimit(slog.Default(), p.memLimit, os.Getenv("GOMEMLIMIT"), os.DirFS("/")); err != nil {
 		return err
 	}
+	procsCtx, stopProcs := context.WithCancel(context.Background())
+	defer stopProcs()
+	o.NewStacksAtFullProcs = startProcs(procsCtx, slog.Default(), p.adaptProcs, os.Getenv("GOMAXPROCS"))
 	a, err := appliance.New(o)
 	if err != nil {
 		return err
@@ -108,10 +111,16 @@ func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
 	return o, err
 }
 
-// parseArgs parses the appliance's flags: its options, and --memory-limit,
-// which is the process's (applyMemoryLimit) rather than the appliance's.
-func parseArgs(args []string, stderr io.Writer) (appliance.Options, memoryLimit, error) {
-	o, memLimit := appliance.DefaultOptions(), defaultMemoryLimit()
+// processFlags are the flags that tune the process rather than the appliance.
+type processFlags struct {
+	memLimit   memoryLimit
+	adaptProcs bool
+}
+
+// parseArgs parses the flags: the appliance's options, and the process's
+// (--memory-limit, applyMemoryLimit; --adapt-procs, startProcs).
+func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags, error) {
+	o, p := appliance.DefaultOptions(), processFlags{memLimit: defaultMemoryLimit(), adaptProcs: true}
 	fs := flag.NewFlagSet("gwlbproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.GeneveAddr, "geneve-addr", o.GeneveAddr, "UDP address the GWLB's GENEVE traffic arrives on")
@@ -204,23 +213,24 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, memoryLimit,
 	fs.BoolVar(&o.Capture.Plaintext, "capture-plaintext", false, "also write the decrypted side of every bumped TLS connection to --pcap-dir and --mirror-tap, synthesized as a TCP stream between the client's and the destination's real addresses, to the real port, from the client's port with its top bit flipped (HTTP/1 as sent, HTTP/2 as its frames), marked apart from the wire packets: pcap interface vpce-…-plaintext, mirror VLAN = the endpoint's + 2000; it holds the traffic's secrets (needs --pcap-dir or --mirror-tap)")
 	fs.BoolVar(&o.AllowLoopback, "unsafe-allow-loopback", false, "TESTING ONLY: let clients reach loopback destinations, the appliance's own services included")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
-	fs.Var(&memLimit, "memory-limit", memoryLimitUsage)
+	fs.Var(&p.memLimit, "memory-limit", memoryLimitUsage)
+	fs.BoolVar(&p.adaptProcs, "adapt-procs", p.adaptProcs, adaptProcsUsage)
 	if err := fs.Parse(args); err != nil {
-		return o, memLimit, err
+		return o, p, err
 	}
 	if fs.NArg() > 0 {
-		return o, memLimit, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+		return o, p, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
 	if err := appliance.CheckCAFlags(&o); err != nil {
-		return o, memLimit, err
+		return o, p, err
 	}
 	if o.RecordStall <= 0 {
-		return o, memLimit, fmt.Errorf("--record-stall %s: must be positive", o.RecordStall)
+		return o, p, fmt.Errorf("--record-stall %s: must be positive", o.RecordStall)
 	}
 	if o.MaxHeaderBytes < 1024 {
-		return o, memLimit, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)
+		return o, p, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)
 	}
-	return o, memLimit, nil
+	return o, p, nil
 }
 
 func setupLogging(level string, w io.Writer) {

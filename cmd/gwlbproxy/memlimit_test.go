@@ -98,15 +98,18 @@ func TestParseMemoryLimit(t *testing.T) {
 // given is parsed and marked given; a bad one stops start-up naming the flag;
 // --help says what auto is.
 func TestMemoryLimitFlag(t *testing.T) {
-	_, m, err := parseArgs(nil, &bytes.Buffer{})
+	_, p, err := parseArgs(nil, &bytes.Buffer{})
+	m := p.memLimit
 	if err != nil || m.kind != memoryLimitAuto || m.set {
 		t.Fatalf("default: %+v, %v; want auto, not set", m, err)
 	}
-	_, m, err = parseArgs([]string{"--memory-limit", "1536MiB"}, &bytes.Buffer{})
+	_, p, err = parseArgs([]string{"--memory-limit", "1536MiB"}, &bytes.Buffer{})
+	m = p.memLimit
 	if err != nil || m.kind != memoryLimitBytes || m.bytes != 1536<<20 || !m.set {
 		t.Fatalf("--memory-limit 1536MiB: %+v, %v", m, err)
 	}
-	_, m, err = parseArgs([]string{"--memory-limit", "auto"}, &bytes.Buffer{})
+	_, p, err = parseArgs([]string{"--memory-limit", "auto"}, &bytes.Buffer{})
+	m = p.memLimit
 	if err != nil || m.kind != memoryLimitAuto || !m.set {
 		t.Fatalf("--memory-limit auto: %+v, %v; want auto, set", m, err)
 	}

@@ -103,6 +103,10 @@ type Options struct {
 	// (--capture-plaintext) both also get the decrypted side of every
 	// bumped connection, synthesized as packets.
 	Capture capture.Config
+	// NewStacksAtFullProcs wraps the making of each GWLB endpoint's stack
+	// (netstack.Config.NewStacksAtFullProcs): main passes the Full of its
+	// GOMAXPROCS controller (--adapt-procs).
+	NewStacksAtFullProcs func(newStack func())
 }
 
 // defaultRecordStall outlasts the hiccups of a healthy log sink (a rotation,
@@ -331,19 +335,20 @@ func New(o Options) (_ *Appliance, err error) {
 		},
 	})
 	a.netstack, err = netstack.Listen(netstack.Config{
-		ListenAddr:        o.GeneveAddr,
-		Readers:           o.Readers,
-		ReturnPath:        o.ReturnPath,
-		TCPIdleTimeout:    o.TCPIdleTimeout,
-		IdleTimeout:       o.IdleTimeout,
-		MaxFlows:          o.MaxFlows,
-		MaxFlowsPerClient: o.MaxFlowsPerClient,
-		MTU:               o.MTU,
-		AllowLoopback:     o.AllowLoopback,
-		Senders:           o.GWLBCIDRs,
-		MaxEndpoints:      o.MaxEndpoints,
-		Handler:           a.proxy,
-		Tap:               tap,
+		ListenAddr:           o.GeneveAddr,
+		Readers:              o.Readers,
+		ReturnPath:           o.ReturnPath,
+		TCPIdleTimeout:       o.TCPIdleTimeout,
+		IdleTimeout:          o.IdleTimeout,
+		MaxFlows:             o.MaxFlows,
+		MaxFlowsPerClient:    o.MaxFlowsPerClient,
+		MTU:                  o.MTU,
+		AllowLoopback:        o.AllowLoopback,
+		Senders:              o.GWLBCIDRs,
+		MaxEndpoints:         o.MaxEndpoints,
+		Handler:              a.proxy,
+		Tap:                  tap,
+		NewStacksAtFullProcs: o.NewStacksAtFullProcs,
 	})
 	if err != nil {
 		return nil, err
