@@ -55,9 +55,9 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	if err := applyMemoryLimit(slog.Default(), p.memLimit, os.Getenv("GOMEMLIMIT"), os.DirFS("/")); err != nil {
 		return err
 	}
-	procsCtx, stopProcs := context.WithCancel(context.Background())
+	full, stopProcs := startProcs(slog.Default(), p.adaptProcs, os.Getenv("GOMAXPROCS"))
 	defer stopProcs()
-	o.NewStacksAtFullProcs = startProcs(procsCtx, slog.Default(), p.adaptProcs, os.Getenv("GOMAXPROCS"))
+	o.NewStacksAtFullProcs = full
 	a, err := appliance.New(o)
 	if err != nil {
 		return err

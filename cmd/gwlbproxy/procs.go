@@ -11,26 +11,35 @@ import (
 
 // adaptProcsUsage is the help text of --adapt-procs.
 const adaptProcsUsage = "fit the Go runtime's processors (GOMAXPROCS) to the load: one while the appliance needs " +
-	"little CPU, which spares a thread wake-up on most hand-offs between goroutines, all of them (the CPUs, " +
-	"or the cgroup's quota) within about 0.1s of the processors in use being nearly saturated. " +
-	"A GOMAXPROCS set in the environment turns it off"
+	"little CPU, which spares a thread wake-up on most hand-offs between goroutines; all of them (as the runtime chose " +
+	"at start: the CPUs, or the cgroup's quota) within 0.1-0.2s of the processors in use being three-quarters busy " +
+	"or goroutines queueing for them. A GOMAXPROCS set in the environment turns it off"
 
-// startProcs starts a GOMAXPROCS controller for the appliance's lifetime
-// (ctx) and returns what the appliance makes its stacks with; nil when the
-// controller is off: adapt is false, GOMAXPROCS was set in the environment
-// (goMaxProcsEnv), or there is a single processor to begin with.
-func startProcs(ctx context.Context, log *slog.Logger, adapt bool, goMaxProcsEnv string) func(func()) {
+// startProcs starts a GOMAXPROCS controller and returns what the appliance
+// makes its stacks with, and stop, which ends the controller and waits for
+// it to restore the ceiling. The controller is off, full nil, when adapt is
+// false, when GOMAXPROCS was set in the environment (goMaxProcsEnv), or
+// when there is a single processor to begin with.
+func startProcs(log *slog.Logger, adapt bool, goMaxProcsEnv string) (full func(func()), stop func()) {
 	if !adapt {
-		return nil
+		return nil, func() {}
 	}
 	if goMaxProcsEnv != "" {
 		log.Info("GOMAXPROCS is set in the environment: kept as it is, --adapt-procs is off", "GOMAXPROCS", goMaxProcsEnv)
-		return nil
+		return nil, func() {}
 	}
 	c := procs.New(0, 0)
 	if c.Ceiling() <= 1 {
-		return nil
+		return nil, func() {}
 	}
-	go c.Run(ctx)
-	return c.Full
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Run(ctx)
+	}()
+	return c.Full, func() {
+		cancel()
+		<-done
+	}
 }

@@ -2,10 +2,11 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"log/slog"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestAdaptProcsFlag: --adapt-procs is on unless turned off, --help says
@@ -26,17 +27,47 @@ func TestAdaptProcsFlag(t *testing.T) {
 		t.Errorf("--help does not describe --adapt-procs:\n%s", help.String())
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	if full := startProcs(ctx, log, false, ""); full != nil {
+	if full, stop := startProcs(log, false, ""); full != nil {
+		stop()
 		t.Error("--adapt-procs=false started the controller")
 	}
-	if full := startProcs(ctx, log, true, "3"); full != nil {
+	if full, stop := startProcs(log, true, "3"); full != nil {
+		stop()
 		t.Error("GOMAXPROCS=3 in the environment: the controller started anyway")
 	}
 	if !strings.Contains(logs.String(), "--adapt-procs is off") || !strings.Contains(logs.String(), "GOMAXPROCS=3") {
 		t.Errorf("GOMAXPROCS in the environment was not logged: %q", logs.String())
+	}
+}
+
+// TestAdaptProcsOn: on, with processors to adapt, the controller runs: it
+// lowers an idle process to one processor, the stacks are made at the
+// ceiling through the function it returns, and stop leaves GOMAXPROCS at
+// the ceiling.
+func TestAdaptProcsOn(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
+	full, stop := startProcs(slog.New(slog.DiscardHandler), true, "")
+	if full == nil {
+		stop()
+		t.Fatal("--adapt-procs with 3 processors: no controller")
+	}
+	// This test process is idle: the controller lowers it after its
+	// quiet second.
+	for deadline := time.Now().Add(10 * time.Second); runtime.GOMAXPROCS(0) != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("an idle process left at GOMAXPROCS %d for 10s, want 1", runtime.GOMAXPROCS(0))
+		}
+	}
+	seen := 0
+	full(func() { seen = runtime.GOMAXPROCS(0) })
+	if seen != 3 {
+		t.Errorf("a stack would be made at GOMAXPROCS %d, want the ceiling 3", seen)
+	}
+	stop()
+	if n := runtime.GOMAXPROCS(0); n != 3 {
+		t.Errorf("after stop GOMAXPROCS is %d, want the ceiling 3", n)
 	}
 }

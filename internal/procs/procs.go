@@ -14,10 +14,11 @@
 //
 // One processor cannot use a second core, though, and an appliance that
 // owns its instance must scale with its cores. The Controller therefore
-// samples the process's CPU time: it lowers GOMAXPROCS while the process
-// needs little of its processors, and raises it to the ceiling (the value
-// the runtime chose at start: the CPUs, or the cgroup's quota) as soon as
-// the processors it has are nearly saturated.
+// samples the process's CPU time and how long runnable goroutines waited
+// for a processor: it lowers GOMAXPROCS while the process needs little of
+// its processors, and raises it to the ceiling (the value the runtime chose
+// at start: the CPUs, or the cgroup's quota) as soon as the processors it
+// has are nearly saturated or goroutines queue for them.
 package procs
 
 import (
@@ -25,20 +26,25 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"syscall"
 	"time"
 )
 
-// Defaults of the Controller.
+// Defaults of the Controller, and the thresholds of its decisions.
 const (
 	// DefaultInterval is how often the process's CPU time is sampled. A
 	// load that saturates a lowered GOMAXPROCS gets the ceiling within
-	// about one interval.
+	// one or two intervals.
 	DefaultInterval = 100 * time.Millisecond
 	// DefaultQuiet is how long the load must have stayed low before
 	// GOMAXPROCS is lowered, so that a pause in a busy stretch does not.
 	DefaultQuiet = time.Second
+	// maxQuiet bounds the quiet stretch, which doubles each time a raise
+	// follows soon after a lowering (a load that comes in bursts), so that
+	// such a load settles at the ceiling instead of going up and down.
+	maxQuiet = time.Minute
 	// raiseAt: the processors are taken as saturated when the process uses
 	// more than this share of them (the process's CPU time can exceed its
 	// processors' time a little: threads in system calls hold none).
@@ -46,8 +52,20 @@ const (
 	// lowerTo: lowered, the processors left should be used at most this
 	// much at the load of the quiet stretch's busiest sample. It is below
 	// raiseAt, and fewer processors do the same work with less CPU, so a
-	// load does not make GOMAXPROCS go up and down.
+	// steady load does not make GOMAXPROCS go up and down.
 	lowerTo = 0.6
+	// slowWait, slowShare: goroutines queue for the processors when more
+	// than slowShare of those that became runnable during a sample waited
+	// slowWait or longer to run. CPU time alone misses a load that
+	// saturates the processors for part of each sample, and CPU time the
+	// hypervisor steals.
+	slowWait  = time.Millisecond
+	slowShare = 0.01
+	// minRuns, minSlow: a sample with fewer goroutine runs than minRuns, or
+	// fewer slow ones than minSlow, says nothing about queueing. The
+	// runtime times one run in eight, and these count those it timed.
+	minRuns = 20
+	minSlow = 2
 )
 
 // Controller adjusts GOMAXPROCS between 1 and a ceiling. Create it with New
@@ -55,7 +73,7 @@ const (
 type Controller struct {
 	ceiling  int
 	interval time.Duration
-	quiet    int // samples of low load before lowering
+	quiet    int // samples of low load before lowering, at first
 
 	// Replaceable in tests.
 	cpuTime func() time.Duration // the process's user + system CPU time
@@ -89,7 +107,7 @@ func New(interval, quiet time.Duration) *Controller {
 // Ceiling is the most processors the Controller gives the runtime.
 func (c *Controller) Ceiling() int { return c.ceiling }
 
-// Current is the GOMAXPROCS the Controller last set.
+// Current is the GOMAXPROCS in force, as the Controller last set it.
 func (c *Controller) Current() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -105,25 +123,32 @@ func (c *Controller) Run(ctx context.Context) {
 	}
 	t := time.NewTicker(c.interval)
 	defer t.Stop()
-	s := sampler{ceiling: c.ceiling, quiet: c.quiet}
+	s := newSampler(c.ceiling, c.quiet, int(maxQuiet/c.interval))
+	var waits schedWaits
+	waits.read()
 	lastCPU, lastWall := c.cpuTime(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			c.apply(c.ceiling)
 			return
-		case now := <-t.C:
-			cpu := c.cpuTime()
+		case <-t.C:
+			// Both ends of the sample are read together: the ticker's
+			// time is when the tick was due, which at a saturated
+			// processor can be well before this goroutine runs.
+			cpu, now := c.cpuTime(), time.Now()
 			wall := now.Sub(lastWall)
-			if wall <= 0 {
+			if wall <= 0 || cpu < lastCPU { // a clock step, or getrusage failed
+				lastCPU, lastWall = cpu, now
 				continue
-			}
-			if cpu < lastCPU {
-				continue // getrusage failed: no sample
 			}
 			used := float64(cpu-lastCPU) / float64(wall)
 			lastCPU, lastWall = cpu, now
-			if n, change := s.next(c.Current(), used); change {
+			queued := waits.read()
+			current := c.Current()
+			if n, change := s.next(current, used, queued); change {
+				slog.Debug("GOMAXPROCS adjusted to the load", "from", current, "to", n,
+					"cpus_used", math.Round(used*100)/100, "goroutines_queued", queued)
 				c.apply(n)
 			}
 		}
@@ -131,27 +156,29 @@ func (c *Controller) Run(ctx context.Context) {
 }
 
 // apply sets GOMAXPROCS to n, unless a caller of Full holds it at the
-// ceiling: then n takes effect when the last one returns.
+// ceiling: then the change is dropped, and the sampler decides again.
 func (c *Controller) apply(n int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if n == c.current {
+	if n == c.current || c.held > 0 {
 		return
 	}
-	slog.Debug("GOMAXPROCS adjusted to the load", "from", c.current, "to", n)
 	c.current = n
-	if c.held == 0 {
-		c.set(n)
-	}
+	c.set(n)
 }
 
 // Full runs f with GOMAXPROCS at the ceiling. What sizes itself by
 // GOMAXPROCS when it is made (gVisor's TCP makes one processor goroutine per
 // processor for each stack) is made inside it, so that it is sized for the
-// whole machine whatever the load was at that moment.
+// whole machine whatever the load was at that moment. GOMAXPROCS stays at
+// the ceiling afterwards until the load has been low for a quiet stretch:
+// a change waits for a garbage collection under way, so Full, called on the
+// packet path, makes at most one.
 func (c *Controller) Full(f func()) {
 	c.mu.Lock()
-	if c.held == 0 && c.current != c.ceiling {
+	if c.current != c.ceiling {
+		slog.Debug("GOMAXPROCS raised to make a stack", "from", c.current, "to", c.ceiling)
+		c.current = c.ceiling
 		c.set(c.ceiling)
 	}
 	c.held++
@@ -159,30 +186,58 @@ func (c *Controller) Full(f func()) {
 	defer func() {
 		c.mu.Lock()
 		c.held--
-		if c.held == 0 && c.current != c.ceiling {
-			c.set(c.current)
-		}
 		c.mu.Unlock()
 	}()
 	f()
 }
 
-// sampler decides, from one CPU sample after another, what GOMAXPROCS
-// should be.
+// sampler decides, from one sample after another, what GOMAXPROCS should
+// be.
 type sampler struct {
 	ceiling int
-	quiet   int     // samples of low load before lowering
-	low     int     // consecutive samples so far that would allow lowering
-	peak    float64 // the busiest of them, in CPUs
+	// quiet is the samples of low load needed before lowering: baseQuiet,
+	// doubled (up to maxQuiet) whenever a raise comes within flapWindow
+	// samples of a lowering, and halved back for every flapWindow samples
+	// a lowering lasts.
+	baseQuiet, quiet, maxQuiet int
+	flapWindow                 int
+	sinceLower                 int     // samples since the last lowering; -1: none yet
+	low                        int     // consecutive samples so far that would allow lowering
+	peak                       float64 // the busiest of them, in CPUs
+}
+
+// newSampler returns a sampler for processors up to ceiling that lowers
+// after quiet samples of low load, or up to maxQuiet for a load that comes
+// in bursts.
+func newSampler(ceiling, quiet, maxQuiet int) sampler {
+	return sampler{
+		ceiling:    ceiling,
+		baseQuiet:  quiet,
+		quiet:      quiet,
+		maxQuiet:   max(quiet, maxQuiet),
+		flapWindow: 10 * quiet,
+		sinceLower: -1,
+	}
 }
 
 // next takes the CPUs the process used (CPU time over wall time) during
-// the last sample, at current processors, and returns the processors it
-// should have, and whether that is a change.
-func (s *sampler) next(current int, used float64) (int, bool) {
-	if used > raiseAt*float64(current) {
+// the last sample, at current processors, and whether goroutines queued
+// for them, and returns the processors it should have, and whether that is
+// a change.
+func (s *sampler) next(current int, used float64, queued bool) (int, bool) {
+	if s.sinceLower >= 0 {
+		s.sinceLower++
+		if s.sinceLower%s.flapWindow == 0 && s.quiet > s.baseQuiet {
+			s.quiet = max(s.baseQuiet, s.quiet/2)
+		}
+	}
+	if used > raiseAt*float64(current) || (queued && current < s.ceiling) {
 		s.low, s.peak = 0, 0
 		if current < s.ceiling {
+			if s.sinceLower >= 0 && s.sinceLower < s.flapWindow {
+				s.quiet = min(2*s.quiet, s.maxQuiet)
+			}
+			s.sinceLower = -1
 			// How much more a saturated runtime would use cannot be
 			// seen from here: go to the ceiling, and come down as the
 			// load allows.
@@ -202,13 +257,52 @@ func (s *sampler) next(current int, used float64) (int, bool) {
 	}
 	n := wanted(s.peak, s.ceiling)
 	s.low, s.peak = 0, 0
-	return n, n != current
+	if n == current {
+		return current, false
+	}
+	s.sinceLower = 0
+	return n, true
 }
 
 // wanted is the fewest processors that used CPUs keep at most lowerTo busy.
 func wanted(used float64, ceiling int) int {
 	n := int(math.Ceil(used / lowerTo))
 	return min(max(n, 1), ceiling)
+}
+
+// schedWaits reads the runtime's histogram of how long runnable goroutines
+// waited for a processor, and tells from one read to the next whether they
+// queued.
+type schedWaits struct {
+	sample [1]metrics.Sample
+	last   []uint64
+}
+
+// read reports whether, since the last read, more than slowShare of the
+// goroutine runs the runtime timed waited slowWait or longer (with at least
+// minRuns timed, minSlow of them slow).
+func (w *schedWaits) read() bool {
+	w.sample[0].Name = "/sched/latencies:seconds"
+	metrics.Read(w.sample[:])
+	if w.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return false // not in this runtime
+	}
+	h := w.sample[0].Value.Float64Histogram()
+	if len(w.last) != len(h.Counts) {
+		w.last = make([]uint64, len(h.Counts))
+		copy(w.last, h.Counts)
+		return false
+	}
+	var runs, slow uint64
+	for i, n := range h.Counts {
+		d := n - w.last[i]
+		runs += d
+		if h.Buckets[i] >= slowWait.Seconds() {
+			slow += d
+		}
+	}
+	copy(w.last, h.Counts)
+	return runs >= minRuns && slow >= minSlow && float64(slow) > slowShare*float64(runs)
 }
 
 // processCPUTime is the user and system CPU time the process has used.

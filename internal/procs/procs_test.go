@@ -3,6 +3,7 @@ package procs
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -11,16 +12,16 @@ import (
 // TestSamplerRaisesAtOnce: processors nearly saturated go to the ceiling on
 // the first sample, whatever the quiet stretch before.
 func TestSamplerRaisesAtOnce(t *testing.T) {
-	s := sampler{ceiling: 8, quiet: 10}
+	s := newSampler(8, 10, 600)
 	for range 5 {
-		if _, change := s.next(1, 0.2); change {
+		if _, change := s.next(1, 0.2, false); change {
 			t.Fatal("changed at a low load before the quiet stretch ended")
 		}
 	}
-	if n, change := s.next(1, 0.8); !change || n != 8 {
+	if n, change := s.next(1, 0.8, false); !change || n != 8 {
 		t.Fatalf("1 processor used 0.8: got %d (change %v), want the ceiling 8", n, change)
 	}
-	if n, change := s.next(8, 7); change || n != 8 {
+	if n, change := s.next(8, 7, false); change || n != 8 {
 		t.Fatalf("at the ceiling: got %d (change %v), want 8 and no change", n, change)
 	}
 }
@@ -29,14 +30,14 @@ func TestSamplerRaisesAtOnce(t *testing.T) {
 // whole quiet stretch, to what the stretch's busiest sample needs; a busy
 // sample in between starts the stretch again.
 func TestSamplerLowersAfterQuiet(t *testing.T) {
-	s := sampler{ceiling: 8, quiet: 10}
+	s := newSampler(8, 10, 600)
 	for i := range 9 {
-		if _, change := s.next(8, 0.3); change {
+		if _, change := s.next(8, 0.3, false); change {
 			t.Fatalf("lowered after %d quiet samples of 10", i+1)
 		}
 	}
 	// Busy enough for all 8 (wanted(5) = 9 > 8): the stretch starts over.
-	if _, change := s.next(8, 5); change {
+	if _, change := s.next(8, 5, false); change {
 		t.Fatal("changed on a busy sample")
 	}
 	for i := range 9 {
@@ -44,16 +45,16 @@ func TestSamplerLowersAfterQuiet(t *testing.T) {
 		if i == 4 {
 			used = 2 // the peak: wants 4 processors
 		}
-		if _, change := s.next(8, used); change {
+		if _, change := s.next(8, used, false); change {
 			t.Fatalf("lowered %d quiet samples after a busy one", i+1)
 		}
 	}
-	n, change := s.next(8, 0.3)
+	n, change := s.next(8, 0.3, false)
 	if !change || n != 4 {
 		t.Fatalf("after the quiet stretch: got %d (change %v), want 4 (the peak of 2 CPUs at 0.6 each)", n, change)
 	}
 	for range 10 {
-		n, change = s.next(4, 0.1)
+		n, change = s.next(4, 0.1, false)
 	}
 	if !change || n != 1 {
 		t.Fatalf("a quiet stretch at 0.1 CPUs: got %d (change %v), want 1", n, change)
@@ -68,7 +69,7 @@ func TestSamplerSteady(t *testing.T) {
 	for ceiling := 2; ceiling <= 8; ceiling *= 2 {
 		for load := 0.05; load < 2.5; load += 0.05 {
 			t.Run(fmt.Sprintf("ceiling%d/load%.2f", ceiling, load), func(t *testing.T) {
-				s := sampler{ceiling: ceiling, quiet: 10}
+				s := newSampler(ceiling, 10, 600)
 				current, changes := ceiling, 0
 				for range 1000 {
 					used := load
@@ -76,7 +77,7 @@ func TestSamplerSteady(t *testing.T) {
 						used *= 1.4
 					}
 					used = min(used, float64(current)+0.1) // no more than its processors, and some syscalls
-					if n, change := s.next(current, used); change {
+					if n, change := s.next(current, used, false); change {
 						current = n
 						changes++
 					}
@@ -119,9 +120,10 @@ func (r *recordingSet) last() int {
 	return v[len(v)-1]
 }
 
-// TestFullHoldsTheCeiling: inside Full, GOMAXPROCS is the ceiling; after the
-// last caller leaves it is what the controller wants, including a change it
-// decided while held.
+// TestFullHoldsTheCeiling: inside Full, GOMAXPROCS is the ceiling, and no
+// change the sampler decides meanwhile takes effect; afterwards it stays at
+// the ceiling (each change can wait for a garbage collection, and Full is
+// on the packet path) until the sampler lowers it again.
 func TestFullHoldsTheCeiling(t *testing.T) {
 	var rec recordingSet
 	c := &Controller{ceiling: 4, current: 1, set: rec.set}
@@ -130,18 +132,77 @@ func TestFullHoldsTheCeiling(t *testing.T) {
 			t.Fatalf("inside Full GOMAXPROCS was set to %d, want the ceiling 4", got)
 		}
 		c.Full(func() {}) // nested: no change
-		c.apply(2)        // decided while held: waits
+		c.apply(2)        // decided while held: dropped
 		if got := rec.last(); got != 4 {
 			t.Fatalf("a change while held set GOMAXPROCS to %d", got)
 		}
 	})
-	if got := rec.values(); fmt.Sprint(got) != "[4 2]" {
-		t.Fatalf("GOMAXPROCS set to %v, want [4 2]: the ceiling, then the change made while held", got)
+	if got := rec.values(); fmt.Sprint(got) != "[4]" {
+		t.Fatalf("GOMAXPROCS set to %v, want [4]: the ceiling, and nothing on the way out", got)
 	}
-	c.apply(4)
-	c.Full(func() {})
-	if got := rec.values(); fmt.Sprint(got) != "[4 2 4]" {
-		t.Fatalf("at the ceiling, Full set GOMAXPROCS: %v", got)
+	if c.Current() != 4 {
+		t.Fatalf("Current is %d after Full, want the ceiling 4", c.Current())
+	}
+	c.apply(1)
+	if got := rec.values(); fmt.Sprint(got) != "[4 1]" {
+		t.Fatalf("after Full, a lowering set %v, want [4 1]", got)
+	}
+}
+
+// TestSamplerRaisesWhenQueued: goroutines queueing for the processors
+// raise GOMAXPROCS even when the CPU time looks low (a load saturating the
+// processors for part of each sample, or CPU the hypervisor steals).
+func TestSamplerRaisesWhenQueued(t *testing.T) {
+	s := newSampler(4, 10, 600)
+	if n, change := s.next(1, 0.3, true); !change || n != 4 {
+		t.Fatalf("queued at 0.3 CPUs on 1 processor: got %d (change %v), want the ceiling 4", n, change)
+	}
+	if n, change := s.next(4, 0.3, true); change || n != 4 {
+		t.Fatalf("queued at the ceiling: got %d (change %v), want no change", n, change)
+	}
+}
+
+// TestSamplerBurstsBackOff: a load that comes in bursts, each raising
+// GOMAXPROCS soon after a lowering, lengthens the quiet stretch each time,
+// so that the controller ends up staying at the ceiling; once the bursts
+// stop, the quiet stretch shrinks back.
+func TestSamplerBurstsBackOff(t *testing.T) {
+	s := newSampler(8, 10, 600)
+	current, changes := 8, 0
+	step := func(used float64) {
+		if n, change := s.next(current, used, false); change {
+			current = n
+			changes++
+		}
+	}
+	// A one-sample burst every 11 samples, for 10,000 samples (1,000 s
+	// at the default interval).
+	for i := range 10000 {
+		if i%11 == 0 {
+			step(6)
+		} else {
+			step(0.1)
+		}
+	}
+	if changes > 12 {
+		t.Errorf("bursts every 11 samples: %d changes in 10,000 samples, want the quiet stretch to back off", changes)
+	}
+	if current != 8 {
+		t.Errorf("bursts every 11 samples left GOMAXPROCS at %d, want the ceiling 8", current)
+	}
+	if s.quiet < 12 {
+		t.Errorf("quiet stretch %d samples after the bursts, want it lengthened past their period", s.quiet)
+	}
+	// The bursts stop: it lowers once the (long) quiet stretch passes, and
+	// the stretch halves back after each lowering that lasts.
+	for range 20000 {
+		step(0.1)
+	}
+	if current != 1 {
+		t.Errorf("after the bursts stopped GOMAXPROCS is %d, want 1", current)
+	}
+	if s.quiet != 10 {
+		t.Errorf("quiet stretch %d samples long after the bursts stopped, want back to 10", s.quiet)
 	}
 }
 
@@ -195,5 +256,30 @@ func TestRunFollowsTheLoad(t *testing.T) {
 	<-done
 	if got := rec.last(); got != 2 {
 		t.Fatalf("after Run returned GOMAXPROCS was left at %d, want the ceiling 2", got)
+	}
+}
+
+// TestSchedWaitsSeesQueueing reads the runtime's own histogram: goroutines
+// that outnumber a single processor (200, each busy for 2 ms), wait for it, and
+// the read says so; a read with nothing run since says nothing.
+func TestSchedWaitsSeesQueueing(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var w schedWaits
+	w.read()
+	var wg sync.WaitGroup
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for start := time.Now(); time.Since(start) < 2*time.Millisecond; {
+			}
+		}()
+	}
+	wg.Wait()
+	if !w.read() {
+		t.Error("200 goroutines busy for 2 ms each on one processor: no queueing seen")
+	}
+	if w.read() {
+		t.Error("a read right after another saw queueing")
 	}
 }
