@@ -75,7 +75,11 @@ func (r *batchReader) read() (int, error) {
 
 func (r *batchReader) doRead(fd uintptr) bool {
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), maxBatch, unix.MSG_DONTWAIT, 0, 0)
+		// A raw system call: it cannot block (MSG_DONTWAIT), so the
+		// runtime's bookkeeping for one that might (handing the processor
+		// over, waking its monitor thread) is pure cost, paid per packet.
+		// gVisor's own link endpoints (pkg/rawfile) do the same.
+		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), maxBatch, unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case unix.EINTR:
 			continue
@@ -184,11 +188,17 @@ func (b *replyBatch) prepareMmsg(i, skip int, name *unix.RawSockaddrInet4) {
 
 // sendmmsg sends datagrams [from, to) as prepared by prepareMmsg through
 // fd with flags, retrying after EINTR and partial sends; it returns how
-// many were sent before an error.
+// many were sent before an error. With MSG_DONTWAIT the call cannot block
+// and is made raw (see batchReader.doRead); without it (the raw return
+// path's blocking socket) the runtime must know it may block.
 func (b *replyBatch) sendmmsg(fd uintptr, from, to, flags int) (int, syscall.Errno) {
+	call := unix.Syscall6
+	if flags&unix.MSG_DONTWAIT != 0 {
+		call = unix.RawSyscall6
+	}
 	i := from
 	for i < to {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[i])), uintptr(to-i), uintptr(flags), 0, 0)
+		n, _, e := call(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hdrs[i])), uintptr(to-i), uintptr(flags), 0, 0)
 		if e == unix.EINTR {
 			continue
 		}
@@ -242,7 +252,7 @@ func (b *replyBatch) sendGSO(fd uintptr) (int, syscall.Errno) {
 	msg.SetIovlen(b.to - b.from)
 	msg.SetControllen(unix.CmsgSpace(2))
 	for {
-		_, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT)
+		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT) // cannot block: raw
 		if e == unix.EINTR {
 			continue
 		}

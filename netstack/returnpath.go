@@ -278,9 +278,15 @@ func (r *boundReturn) socket(port uint16) *boundSock {
 	return c
 }
 
+// send sends one datagram as a batch of one: through the socket's RawConn
+// with a system call that cannot block (see replyBatch.sendmmsg), not
+// through net.UDPConn's, which tells the runtime it might.
 func (r *boundReturn) send(pkt []byte, gwlb netip.AddrPort) error {
-	c := r.socket(gwlb.Port())
-	_, err := c.conn.WriteToUDPAddrPort(pkt[outerHeadroom:], netip.AddrPortFrom(gwlb.Addr(), r.replyPort))
+	b := getReplyBatch()
+	b.pkts[0], b.dsts[0], b.n = pkt, gwlb, 1
+	_, err := r.sendRun(b, 0, 1)
+	b.pkts[0], b.failedBytes = nil, 0 // the caller's buffer; counted by the caller
+	b.release()
 	return err
 }
 
@@ -299,11 +305,7 @@ func (r *boundReturn) sendBatch(b *replyBatch) (failed int, err error) {
 		for j < b.n && b.dsts[j] == b.dsts[i] {
 			j++
 		}
-		if j-i == 1 {
-			if e := r.send(b.pkts[i], b.dsts[i]); e != nil {
-				failed, err = failed+b.fail(i, i+1), e
-			}
-		} else if f, e := r.sendRun(b, i, j); e != nil {
+		if f, e := r.sendRun(b, i, j); e != nil {
 			failed, err = failed+f, e
 		}
 		i = j
