@@ -137,7 +137,7 @@ var replyBatchPool = sync.Pool{New: func() any {
 func getReplyBatch() *replyBatch { return replyBatchPool.Get().(*replyBatch) }
 
 func (b *replyBatch) release() {
-	b.n = 0
+	b.n, b.failedBytes = 0, 0
 	replyBatchPool.Put(b)
 }
 

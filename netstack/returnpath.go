@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -60,35 +60,24 @@ func newReturnPath(mode string, local netip.Addr, listener *net.UDPConn, replyPo
 // rawReturn writes whole IPv4/UDP datagrams through one IPPROTO_RAW socket:
 // any source port, no port collisions with the host's own sockets, one file
 // descriptor. It needs CAP_NET_RAW.
-//
-// The socket is non-blocking and in the runtime's poller: a send is a raw
-// system call that cannot block (see replyBatch.sendmmsg), and a full send
-// buffer parks the sender until the socket is writable again.
 type rawReturn struct {
-	file      *os.File
-	raw       syscall.RawConn
+	fd        int
 	local     netip.Addr // the listener's address; unspecified: chosen by route
 	replyPort uint16
 	srcByDst  sync.Map // netip.Addr (GWLB) -> [4]byte source address
 }
 
 func newRawReturn(local netip.Addr, replyPort uint16) (*rawReturn, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_RAW)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 	if err != nil {
 		return nil, fmt.Errorf("opening raw socket for the return path (needs CAP_NET_RAW): %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "raw return path")
-	raw, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("raw return path socket: %w", err)
-	}
-	return &rawReturn{file: f, raw: raw, local: local, replyPort: replyPort}, nil
+	return &rawReturn{fd: fd, local: local, replyPort: replyPort}, nil
 }
 
 func (r *rawReturn) name() string { return ReturnPathRaw }
 
-func (r *rawReturn) close() error { return r.file.Close() }
+func (r *rawReturn) close() error { return unix.Close(r.fd) }
 
 // source returns the address replies to gwlb leave from: the listener's own
 // address, or the one the routing table picks for the GWLB, which is the
@@ -111,14 +100,19 @@ func (r *rawReturn) source(gwlb netip.Addr) ([4]byte, error) {
 	return src, nil
 }
 
-// send sends one datagram as a batch of one (see sendBatch).
 func (r *rawReturn) send(pkt []byte, gwlb netip.AddrPort) error {
-	b := getReplyBatch()
-	b.pkts[0], b.dsts[0], b.n = pkt, gwlb, 1
-	_, err := r.sendBatch(b)
-	b.pkts[0], b.failedBytes = nil, 0 // the caller's buffer; counted by the caller
-	b.release()
-	return err
+	dst, err := r.fill(pkt, gwlb)
+	if err != nil {
+		return err
+	}
+	// unix.Sendto would box a Sockaddr per packet; the raw call does not.
+	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst}
+	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(r.fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
+		0, uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
+	if e != 0 {
+		return fmt.Errorf("raw return path sendto %s: %w", gwlb.Addr(), syscall.Errno(e))
+	}
+	return nil
 }
 
 // sendBatch sends the batch's datagrams through the raw socket with
@@ -137,14 +131,11 @@ func (r *rawReturn) sendBatch(b *replyBatch) (failed int, err error) {
 		ready++
 	}
 	for i := 0; i < ready; {
-		b.from, b.to, b.gso, b.sent, b.errno = i, ready, false, 0, 0
-		if werr := r.raw.Write(b.writeFn); werr != nil {
-			return failed + b.fail(i+b.sent, ready), fmt.Errorf("raw return path: %w", werr)
-		}
-		i += b.sent
-		if b.errno != 0 {
+		n, e := b.sendmmsg(uintptr(r.fd), i, ready, 0)
+		i += n
+		if e != 0 {
 			// The datagram at i failed; the ones after it may not.
-			failed, err = failed+b.fail(i, i+1), fmt.Errorf("raw return path sendmmsg %s: %w", b.dsts[i].Addr(), b.errno)
+			failed, err = failed+b.fail(i, i+1), fmt.Errorf("raw return path sendmmsg %s: %w", b.dsts[i].Addr(), e)
 			i++
 		}
 	}
@@ -294,7 +285,7 @@ func (r *boundReturn) send(pkt []byte, gwlb netip.AddrPort) error {
 	b := getReplyBatch()
 	b.pkts[0], b.dsts[0], b.n = pkt, gwlb, 1
 	_, err := r.sendRun(b, 0, 1)
-	b.pkts[0], b.failedBytes = nil, 0 // the caller's buffer; counted by the caller
+	b.pkts[0] = nil // the caller's buffer
 	b.release()
 	return err
 }

@@ -449,15 +449,7 @@ func (s *Server) sendReplies(b *replyBatch) {
 	for i := range b.n {
 		bytes += len(b.pkts[i]) - outerHeadroom
 	}
-	var failed int
-	var err error
-	if b.n == 1 {
-		if err = s.ret.send(b.pkts[0], b.dsts[0]); err != nil {
-			failed, b.failedBytes = 1, bytes
-		}
-	} else {
-		failed, err = s.ret.sendBatch(b)
-	}
+	failed, err := s.ret.sendBatch(b)
 	if err != nil {
 		s.stats.drops[DropSendError].Add(uint64(failed))
 		s.stats.lastSendError.Store(err.Error())
