@@ -9,20 +9,35 @@ import (
 	"time"
 )
 
-// TestSamplerRaisesAtOnce: processors nearly saturated go to the ceiling on
-// the first sample, whatever the quiet stretch before.
-func TestSamplerRaisesAtOnce(t *testing.T) {
-	s := newSampler(8, 10, 600)
-	for range 5 {
-		if _, change := s.next(1, 0.2, false); change {
-			t.Fatal("changed at a low load before the quiet stretch ended")
+// TestSamplerRaises: processors nearly saturated, or goroutines queueing
+// for them even when the CPU time looks low (a load saturating the
+// processors for part of each sample, or CPU the hypervisor steals), go to
+// the ceiling on the first sample, whatever the quiet stretch before; at
+// the ceiling nothing changes.
+func TestSamplerRaises(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		current int
+		used    float64
+		queued  bool
+		want    int
+		change  bool
+	}{
+		{"busy", 1, 0.8, false, 8, true},
+		{"queued", 1, 0.3, true, 8, true},
+		{"busy at the ceiling", 8, 7, false, 8, false},
+		{"queued at the ceiling", 8, 0.3, true, 8, false},
+	} {
+		s := newSampler(8, 10, 600)
+		for range 5 {
+			if _, change := s.next(tc.current, 0.1, false); change {
+				t.Fatalf("%s: changed at a low load before the quiet stretch ended", tc.name)
+			}
 		}
-	}
-	if n, change := s.next(1, 0.8, false); !change || n != 8 {
-		t.Fatalf("1 processor used 0.8: got %d (change %v), want the ceiling 8", n, change)
-	}
-	if n, change := s.next(8, 7, false); change || n != 8 {
-		t.Fatalf("at the ceiling: got %d (change %v), want 8 and no change", n, change)
+		if n, change := s.next(tc.current, tc.used, tc.queued); n != tc.want || change != tc.change {
+			t.Errorf("%s: %d processors, %.1f CPUs used, queued %v: got %d (change %v), want %d (change %v)",
+				tc.name, tc.current, tc.used, tc.queued, n, change, tc.want, tc.change)
+		}
 	}
 }
 
@@ -146,19 +161,6 @@ func TestFullHoldsTheCeiling(t *testing.T) {
 	c.apply(1)
 	if got := rec.values(); fmt.Sprint(got) != "[4 1]" {
 		t.Fatalf("after Full, a lowering set %v, want [4 1]", got)
-	}
-}
-
-// TestSamplerRaisesWhenQueued: goroutines queueing for the processors
-// raise GOMAXPROCS even when the CPU time looks low (a load saturating the
-// processors for part of each sample, or CPU the hypervisor steals).
-func TestSamplerRaisesWhenQueued(t *testing.T) {
-	s := newSampler(4, 10, 600)
-	if n, change := s.next(1, 0.3, true); !change || n != 4 {
-		t.Fatalf("queued at 0.3 CPUs on 1 processor: got %d (change %v), want the ceiling 4", n, change)
-	}
-	if n, change := s.next(4, 0.3, true); change || n != 4 {
-		t.Fatalf("queued at the ceiling: got %d (change %v), want no change", n, change)
 	}
 }
 
