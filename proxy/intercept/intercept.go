@@ -154,7 +154,6 @@ func (ic *Interceptor) Serve(s *Session) {
 	if s.Done == nil {
 		s.Done = func() {}
 	}
-	s.Upstream = rawUpstream(s.Upstream)
 	c := &session{Session: s, ic: ic, client: s.Client}
 	if s.Hello != nil {
 		s.Record.Kind, s.Record.SNI = "tls", s.Hello.ServerName

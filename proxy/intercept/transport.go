@@ -80,7 +80,7 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		if err != nil {
 			return nil, err
 		}
-		return s.upstreams.add(rawUpstream(c))
+		return s.upstreams.add(c)
 	}
 	if tc, ok := first.(*tls.Conn); !s.h2 && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
 		return &h1Transport{dial: func(ctx context.Context) (net.Conn, error) {
