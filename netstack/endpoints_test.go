@@ -44,7 +44,7 @@ func (*testHandler) HandleEcho(req EchoRequest) { req.Reply(req.Data) }
 
 // startServer starts a server on 127.0.0.1 with cfg (Handler and ListenAddr
 // filled in when unset) and closes it when the test ends.
-func startServer(t *testing.T, cfg Config) *Server {
+func startServer(t testing.TB, cfg Config) *Server {
 	t.Helper()
 	if cfg.Handler == nil {
 		cfg.Handler = &testHandler{}
@@ -114,7 +114,7 @@ func geneve(endpoint uint64, inner []byte) []byte {
 
 // gwlbSocket is a UDP socket on addr that sends GENEVE to the server, as the
 // GWLB would.
-func gwlbSocket(t *testing.T, addr string) *net.UDPConn {
+func gwlbSocket(t testing.TB, addr string) *net.UDPConn {
 	t.Helper()
 	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {

@@ -3,7 +3,6 @@ package netstack
 import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
@@ -18,8 +17,8 @@ import (
 // entered read-locked like any delivery, and is used by that reader alone.
 type coalescer struct {
 	gro gro.GRO
-	st  *endpointStack // the stack of the segments held, or nil
-	fix checksumFixer  // between the GRO and st's dispatcher
+	st  *endpointStack  // the stack of the segments held, or nil
+	out checkedDelivery // between the GRO and st
 }
 
 func newCoalescer() *coalescer {
@@ -39,8 +38,8 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, ipv6 bool) {
 		return // detached: dropped, as inject would
 	}
 	c.st = st
-	c.fix.next = *dp
-	c.gro.Dispatcher = &c.fix
+	c.out = checkedDelivery{nic: *dp, ip4: st.ip4, ip6: st.ip6}
+	c.gro.Dispatcher = &c.out
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	pb.NetworkProtocolNumber = header.IPv4ProtocolNumber
 	if ipv6 {
@@ -65,84 +64,44 @@ func (c *coalescer) flush() {
 	}
 	c.gro.Flush()
 	st.mu.RUnlock()
-	c.gro.Dispatcher, c.fix.next = nil, nil
+	c.gro.Dispatcher, c.out = nil, checkedDelivery{}
 }
 
-// checksumFixer makes the checksums of the segments GRO merged true again
-// before they reach the stack. GRO checks each segment's checksums, merges
-// and fixes up the lengths, and leaves the checksums for a link that
-// promises the stack they were checked (RX checksum offload); this link
-// makes no such promise, so that the stack still checks every packet that
-// did not come through GRO, and the merged ones must pass its check too:
-// gVisor's NIC sets RXChecksumValidated from the link's capabilities on
-// every packet it takes in, whatever GRO marked (without this fixer,
-// every merged segment is dropped and an upload stalls).
-type checksumFixer struct {
-	next stack.NetworkDispatcher
+// checkedDelivery hands what GRO lets out to the stack. GRO checks the IP
+// and TCP checksums of every segment before it merges any, and marks what
+// passed RXChecksumValidated: such a packet goes straight to the stack's IP
+// endpoint with that mark, so that its bytes are summed once, not three
+// times (by GRO, to mend the merged packet's checksums, and by the stack's
+// TCP). The NIC cannot be the way in for it: gVisor's NIC sets the mark
+// from the link's capabilities on every packet, and this link claims no RX
+// checksum offload, so that everything else GRO lets out unmarked (a bad
+// checksum, a malformed header) goes through the NIC and is checked by the
+// stack as ever. Going around the NIC skips only its receive counters and
+// packet sockets, which no stack here has; the IP endpoint still drops
+// packets while it is disabled.
+type checkedDelivery struct {
+	nic      stack.NetworkDispatcher
+	ip4, ip6 stack.NetworkEndpoint // the stack's, or nil: then all goes through nic
 }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
-func (f *checksumFixer) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	// GRO marks what it checked (and so may have merged); anything else
-	// went through it untouched.
+func (d *checkedDelivery) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	if pkt.RXChecksumValidated {
-		fixMerged(pkt)
+		ep := d.ip4
+		if proto == header.IPv6ProtocolNumber {
+			ep = d.ip6
+		}
+		if ep != nil {
+			ep.HandlePacket(pkt)
+			return
+		}
 	}
-	f.next.DeliverNetworkPacket(proto, pkt)
+	d.nic.DeliverNetworkPacket(proto, pkt)
 }
 
 // DeliverLinkPacket implements stack.NetworkDispatcher.
-func (f *checksumFixer) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	f.next.DeliverLinkPacket(proto, pkt)
-}
-
-// fixMerged recomputes the IP header and TCP checksums of a TCP segment GRO
-// checked. An IPv4 segment whose header checksum still holds was not merged
-// (merging changes the total length) and is left as it is; IPv6 has no such
-// tell, and is recomputed whatever GRO did.
-func fixMerged(pkt *stack.PacketBuffer) {
-	data := pkt.Data()
-	first, ok := data.PullUp(1)
-	if !ok {
-		return
-	}
-	var ipLen int
-	var src, dst tcpip.Address
-	switch first[0] >> 4 {
-	case 4:
-		hdr, ok := data.PullUp(header.IPv4MinimumSize)
-		if !ok {
-			return
-		}
-		ip := header.IPv4(hdr)
-		if ip.IsChecksumValid() {
-			return
-		}
-		ip.SetChecksum(0)
-		ip.SetChecksum(^ip.CalculateChecksum())
-		ipLen, src, dst = header.IPv4MinimumSize, ip.SourceAddress(), ip.DestinationAddress()
-	case 6:
-		hdr, ok := data.PullUp(header.IPv6MinimumSize)
-		if !ok {
-			return
-		}
-		ip := header.IPv6(hdr)
-		if ip.NextHeader() != uint8(header.TCPProtocolNumber) {
-			return // never held (see deliver): extension headers move the TCP header
-		}
-		ipLen, src, dst = header.IPv6MinimumSize, ip.SourceAddress(), ip.DestinationAddress()
-	default:
-		return
-	}
-	hdr, ok := data.PullUp(ipLen + header.TCPMinimumSize)
-	if !ok {
-		return
-	}
-	tcp := header.TCP(hdr[ipLen:])
-	tcpLen := data.Size() - ipLen
-	tcp.SetChecksum(0)
-	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tcpLen))
-	tcp.SetChecksum(^checksum.Combine(sum, data.ChecksumAtOffset(ipLen)))
+func (d *checkedDelivery) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	d.nic.DeliverLinkPacket(proto, pkt)
 }
 
 // discardDispatcher takes packets for a stack that is gone.

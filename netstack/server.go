@@ -403,8 +403,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		return DropNone
 	}
 	// IPv6 only with TCP right after the fixed header: GRO would merge
-	// packets with extension headers too, but fixMerged finds the TCP
-	// header at offset 40.
+	// packets with extension headers too, but it checks the TCP checksum
+	// against the fixed header's destination, which a routing header
+	// would make the wrong one, and the stack trusts what GRO checked
+	// (see checkedDelivery).
 	if co != nil && p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && (!p.IPv6 || inner[6] == protoTCP) {
 		co.hold(st, inner, p.IPv6)
 		return DropNone

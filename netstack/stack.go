@@ -70,6 +70,9 @@ type endpointStack struct {
 	endpoint uint64
 	stack    *stack.Stack
 	link     *link
+	// ip4 and ip6 are the stack's IP endpoints, where segments GRO
+	// checked go in (see checkedDelivery).
+	ip4, ip6 stack.NetworkEndpoint
 	// mu is held shared by every GENEVE reader handing a packet in, and
 	// exclusively to close the stack, so that no packet is ever handed to
 	// a closed stack.
@@ -131,6 +134,13 @@ func (st *endpointStack) configure() error {
 	s, o := st.stack, st.srv.cfg.TCP
 	if err := s.CreateNIC(nicID, st.link); err != nil {
 		return fmt.Errorf("creating NIC: %s", err)
+	}
+	var terr tcpip.Error
+	if st.ip4, terr = s.GetNetworkEndpoint(nicID, ipv4.ProtocolNumber); terr != nil {
+		return fmt.Errorf("IPv4 endpoint: %s", terr)
+	}
+	if st.ip6, terr = s.GetNetworkEndpoint(nicID, ipv6.ProtocolNumber); terr != nil {
+		return fmt.Errorf("IPv6 endpoint: %s", terr)
 	}
 	// Promiscuous: accept packets for any destination. Spoofing: answer
 	// from that destination's address. Both are needed to terminate flows
