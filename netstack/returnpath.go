@@ -167,7 +167,7 @@ func (r *rawReturn) fill(pkt []byte, gwlb netip.AddrPort) ([4]byte, error) {
 	binary.BigEndian.PutUint16(udp[2:], r.replyPort)
 	binary.BigEndian.PutUint16(udp[4:], uint16(udpLen))
 	udp[6], udp[7] = 0, 0
-	sum := checksum.Combine(pseudoSum(src, dst, udpLen), checksum.Checksum(pkt[20:], 0))
+	sum := checksum.Combine(pseudoSum(src, dst, udpLen), datagramSum(pkt[20:]))
 	if sum = ^sum; sum == 0 {
 		sum = 0xffff
 	}
