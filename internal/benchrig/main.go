@@ -44,6 +44,7 @@ type options struct {
 	alone    bool
 	keep     bool
 	appEnv   string
+	appArgs  string // extra flags for the appliance
 }
 
 func main() {
@@ -70,6 +71,7 @@ func runMain() int {
 	flag.BoolVar(&o.alone, "sim-alone", true, "also measure gwlbsim alone, with a minimal GENEVE-to-TUN shim (kernel forwarding) in place of the appliance")
 	flag.BoolVar(&o.keep, "keep-logs", false, "keep the work directory (logs, records) and print its path")
 	flag.StringVar(&o.appEnv, "appliance-env", "", "space-separated NAME=VALUE pairs for the appliance's environment only, e.g. GOMAXPROCS=1")
+	flag.StringVar(&o.appArgs, "appliance-args", "", "space-separated flags added to the appliance's, e.g. '--return-path bound'")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench-rig needs root: it creates network namespaces, veth pairs and a TUN device")
@@ -193,6 +195,7 @@ func (r *rig) startAll(ctx context.Context, bin string) error {
 		"--gwlb-cidrs", simAddr + "/32",
 		"--state-dir", filepath.Join(r.work, "state"), "--access-log", filepath.Join(r.work, "access.jsonl"),
 		"--drain-timeout", "1s"}
+	app = append(app, strings.Fields(r.o.appArgs)...)
 	if r.o.appEnv != "" { // env(1) execs in place: the process ID stays the appliance's
 		app = append(append([]string{"env"}, strings.Fields(r.o.appEnv)...), app...)
 	}
