@@ -3,6 +3,7 @@ package netstack
 import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
@@ -19,10 +20,13 @@ type coalescer struct {
 	gro gro.GRO
 	st  *endpointStack  // the stack of the segments held, or nil
 	out checkedDelivery // between the GRO and st
+	// acks holds the last pure ACK of each flow in the batch (see
+	// thinAcks), in the order the flows' ACKs came.
+	acks []heldAck
 }
 
 func newCoalescer() *coalescer {
-	c := &coalescer{}
+	c := &coalescer{acks: make([]heldAck, 0, maxBatch)}
 	c.gro.Init(true)
 	return c
 }
@@ -40,6 +44,38 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, ipv6 bool) {
 	c.st = st
 	c.out = checkedDelivery{nic: *dp, ip4: st.ip4, ip6: st.ip6}
 	c.gro.Dispatcher = &c.out
+	a, keyed, thinnable := parsePureAck(pkt, ipv6)
+	if !keyed { // whose it is cannot be told: what came before goes first
+		c.releaseAcks()
+	}
+	for i := range c.acks {
+		if h := &c.acks[i]; keyed && h.flow == a.flow {
+			if thinnable && a.seq == h.seq && int32(a.ack-h.ack) > 0 {
+				h.set(a, pkt) // the older ACK says nothing this one does not
+				return
+			}
+			c.enqueue(h.pkt(), h.ipv6) // what came first goes in first
+			c.acks = append(c.acks[:i], c.acks[i+1:]...)
+			break
+		}
+	}
+	if thinnable && len(c.acks) < cap(c.acks) {
+		c.acks = c.acks[:len(c.acks)+1]
+		c.acks[len(c.acks)-1].set(a, pkt)
+		return
+	}
+	c.enqueue(pkt, ipv6)
+}
+
+// releaseAcks hands the ACKs held to the GRO.
+func (c *coalescer) releaseAcks() {
+	for i := range c.acks {
+		c.enqueue(c.acks[i].pkt(), c.acks[i].ipv6)
+	}
+	c.acks = c.acks[:0]
+}
+
+func (c *coalescer) enqueue(pkt []byte, ipv6 bool) {
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	pb.NetworkProtocolNumber = header.IPv4ProtocolNumber
 	if ipv6 {
@@ -62,6 +98,7 @@ func (c *coalescer) flush() {
 	if st.closed {
 		c.gro.Dispatcher = discardDispatcher{}
 	}
+	c.releaseAcks()
 	c.gro.Flush()
 	st.mu.RUnlock()
 	c.gro.Dispatcher, c.out = nil, checkedDelivery{}
@@ -109,3 +146,110 @@ type discardDispatcher struct{}
 
 func (discardDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
 func (discardDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer)    {}
+
+// Thinning pure ACKs. A client that receives a download acknowledges every
+// other segment or so, and one reader's batch often brings several such
+// ACKs of a flow. TCP sends for each ACK it handles, so each became a send
+// of a few segments, and a system call. Of consecutive pure ACKs that only
+// move the acknowledgement forward, the last says all the earlier ones do:
+// it acknowledges their bytes too, and its window and timestamp are the
+// latest. gVisor grows the congestion window by the segments acknowledged,
+// not by the ACKs counted, so it grows as before. So the coalescer holds
+// the last such ACK of each flow until the batch ends or another packet of
+// the flow comes, which then goes in after it, and drops the ones it
+// replaces. What is not a plain forward ACK is never replaced and never
+// replaces one: duplicate ACKs (fast retransmit counts them), SACK blocks,
+// any flag but ACK (ECN's included), any option but timestamps, and a
+// packet whose checksum does not hold. The flow table and the capture tap
+// see every packet before this.
+
+// maxHeldAck is the largest pure ACK held: an IPv6 header and a TCP header
+// with the longest options.
+const maxHeldAck = header.IPv6MinimumSize + header.TCPHeaderMaximumSize
+
+// pureAck is what thinning needs of a pure ACK.
+type pureAck struct {
+	flow     [37]byte // addresses, ports and the IP version
+	seq, ack uint32
+}
+
+type heldAck struct {
+	pureAck
+	ipv6 bool
+	n    int
+	buf  [maxHeldAck]byte
+}
+
+func (h *heldAck) set(a pureAck, pkt []byte) {
+	h.pureAck, h.ipv6, h.n = a, pkt[0]>>4 == 6, copy(h.buf[:], pkt)
+}
+
+func (h *heldAck) pkt() []byte { return h.buf[:h.n] }
+
+// parsePureAck reads pkt, a TCP packet as deliver hands it on (not a
+// fragment; IPv6 without extension headers): its flow, if its headers are
+// whole (keyed), and whether it is a pure ACK that thinning may replace or
+// drop (thinnable).
+func parsePureAck(pkt []byte, ipv6 bool) (a pureAck, keyed, thinnable bool) {
+	var ipLen int
+	var src, dst tcpip.Address
+	if ipv6 {
+		if len(pkt) < header.IPv6MinimumSize+header.TCPMinimumSize {
+			return a, false, false
+		}
+		ip := header.IPv6(pkt)
+		ipLen, src, dst = header.IPv6MinimumSize, ip.SourceAddress(), ip.DestinationAddress()
+		copy(a.flow[:], pkt[8:40])
+		a.flow[36] = 6
+	} else {
+		ip := header.IPv4(pkt)
+		if len(pkt) < header.IPv4MinimumSize {
+			return a, false, false
+		}
+		ipLen = int(ip.HeaderLength())
+		if ipLen < header.IPv4MinimumSize || len(pkt) < ipLen+header.TCPMinimumSize {
+			return a, false, false
+		}
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+		copy(a.flow[:], pkt[12:20])
+		a.flow[36] = 4
+	}
+	tcp := header.TCP(pkt[ipLen:])
+	copy(a.flow[32:36], tcp[:4])
+	a.seq, a.ack = tcp.SequenceNumber(), tcp.AckNumber()
+	if len(pkt) > maxHeldAck || !lengthMatches(pkt, ipv6) || int(tcp.DataOffset()) != len(tcp) ||
+		tcp.Flags() != header.TCPFlagAck || !onlyTimestamps(tcp.Options()) {
+		return a, true, false
+	}
+	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
+	return a, true, checksum.Checksum(tcp, sum) == 0xffff
+}
+
+// lengthMatches reports whether pkt's IP header gives its length exactly.
+func lengthMatches(pkt []byte, ipv6 bool) bool {
+	if ipv6 {
+		return int(header.IPv6(pkt).PayloadLength())+header.IPv6MinimumSize == len(pkt)
+	}
+	return int(header.IPv4(pkt).TotalLength()) == len(pkt)
+}
+
+// onlyTimestamps reports whether opts holds no TCP option but padding and
+// timestamps.
+func onlyTimestamps(opts []byte) bool {
+	for i := 0; i < len(opts); {
+		switch opts[i] {
+		case header.TCPOptionEOL:
+			return true
+		case header.TCPOptionNOP:
+			i++
+		case header.TCPOptionTS:
+			if i+header.TCPOptionTSLength > len(opts) || opts[i+1] != header.TCPOptionTSLength {
+				return false
+			}
+			i += header.TCPOptionTSLength
+		default:
+			return false
+		}
+	}
+	return true
+}

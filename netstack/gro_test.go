@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // tcpAcceptHandler accepts every TCP connection and hands it to the test.
@@ -35,11 +37,18 @@ func (*tcpAcceptHandler) HandleEcho(EchoRequest)              {}
 // clientSegment is a TCP packet from src to dst as a client sends it,
 // checksums filled in.
 func clientSegment(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, payload []byte) []byte {
+	return clientSegmentOpts(src, dst, seq, ack, flags, nil, payload)
+}
+
+// clientSegmentOpts is clientSegment with TCP options opts (a multiple of
+// 4 bytes long).
+func clientSegmentOpts(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, opts, payload []byte) []byte {
 	ipLen := header.IPv4MinimumSize
 	if src.Addr().Is6() {
 		ipLen = header.IPv6MinimumSize
 	}
-	pkt := make([]byte, ipLen+header.TCPMinimumSize+len(payload))
+	tcpLen := header.TCPMinimumSize + len(opts)
+	pkt := make([]byte, ipLen+tcpLen+len(payload))
 	srcA, dstA := tcpip.AddrFromSlice(src.Addr().AsSlice()), tcpip.AddrFromSlice(dst.Addr().AsSlice())
 	if ipLen == header.IPv4MinimumSize {
 		ip := header.IPv4(pkt)
@@ -52,7 +61,8 @@ func clientSegment(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFla
 	}
 	tcp := header.TCP(pkt[ipLen:])
 	tcp.Encode(&header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: seq, AckNum: ack,
-		DataOffset: header.TCPMinimumSize, Flags: flags, WindowSize: 65535})
+		DataOffset: uint8(tcpLen), Flags: flags, WindowSize: 65535})
+	copy(tcp[header.TCPMinimumSize:], opts)
 	copy(tcp.Payload(), payload)
 	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, srcA, dstA, uint16(len(tcp)))
 	tcp.SetChecksum(^checksum.Checksum(tcp, sum))
@@ -71,7 +81,8 @@ type groRig struct {
 	co             *coalescer
 	dgram          []byte
 	ether          uint16
-	seq, ack       uint32 // the client's next sequence number, and its ACK
+	seq, ack       uint32       // the client's next sequence number, and its ACK
+	gwlb           *net.UDPConn // where the stack's replies arrive
 }
 
 func newGRORig(tb testing.TB, client, server netip.AddrPort) *groRig {
@@ -85,6 +96,7 @@ func newGRORig(tb testing.TB, client, server netip.AddrPort) *groRig {
 		co:    newCoalescer(),
 		ether: EtherTypeIPv4,
 		seq:   1000,
+		gwlb:  gwlb,
 	}
 	if client.Addr().Is6() {
 		r.ether = EtherTypeIPv6
@@ -171,6 +183,123 @@ func TestGROCheckedSegments(t *testing.T) {
 				t.Fatal("the stack's bytes differ from the valid segments'")
 			}
 		})
+	}
+}
+
+// pureAck is the client's pure ACK of the server's bytes up to
+// r.ack+acked, with TCP options opts.
+func (r *groRig) pureAck(acked uint32, opts []byte) []byte {
+	return clientSegmentOpts(r.client, r.server, r.seq, r.ack+acked, header.TCPFlagAck, opts, nil)
+}
+
+// TestAckThinning: of the pure ACKs of a flow in one batch that only move
+// the acknowledgement forward, only the last reaches TCP; duplicate ACKs,
+// SACK blocks, other flags, a bad checksum, an ACK going back and a data
+// segment in between all go in as they came.
+func TestAckThinning(t *testing.T) {
+	for _, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			r := newGRORig(t, fam.client, fam.server)
+			// The server sends 5,000 bytes (within its first congestion
+			// window), which the client then acknowledges in the batches
+			// below.
+			const sent = 5000
+			if _, err := r.conn.Write(bytes.Repeat([]byte("x"), sent)); err != nil {
+				t.Fatal(err)
+			}
+			readReplyBytes(t, r.gwlb, sent)
+			ts := func(v uint32) []byte { // NOP NOP timestamps
+				return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32([]byte{1, 1, 8, 10}, v), 0)
+			}
+			sack := []byte{1, 1, 5, 10, 0, 0, 0, 0, 0, 0, 0, 0}
+			bad := r.pureAck(2400, nil)
+			bad[len(bad)-1] ^= 1 // the checksum no longer holds
+			segments := func() uint64 { return r.st.stack.Stats().TCP.ValidSegmentsReceived.Value() }
+			for _, c := range []struct {
+				name  string
+				batch [][]byte
+				want  uint64 // segments TCP takes in
+			}{
+				{"forward ACKs", [][]byte{r.pureAck(500, nil), r.pureAck(1000, nil), r.pureAck(1500, nil)}, 1},
+				{"forward ACKs with timestamps", [][]byte{r.pureAck(1600, ts(5)), r.pureAck(1700, ts(6))}, 1},
+				{"duplicate ACKs", [][]byte{r.pureAck(1800, nil), r.pureAck(1800, nil), r.pureAck(1800, nil)}, 3},
+				{"SACK", [][]byte{r.pureAck(1900, nil), r.pureAck(2000, sack), r.pureAck(2100, nil)}, 3},
+				{"going back", [][]byte{r.pureAck(2300, nil), r.pureAck(2200, nil)}, 2},
+				{"bad checksum", [][]byte{r.pureAck(2350, nil), bad}, 1},
+				{"data between", [][]byte{r.pureAck(2500, nil), r.data([]byte("hi")), r.pureAck(3000, nil), r.pureAck(3500, nil)}, 3},
+			} {
+				before := segments()
+				r.batch(c.batch...)
+				if got := segments() - before; got != c.want {
+					t.Errorf("%s: TCP took in %d segments, want %d", c.name, got, c.want)
+				}
+			}
+		})
+	}
+}
+
+// recordingDispatcher keeps the packets delivered to it, flattened.
+type recordingDispatcher struct{ pkts [][]byte }
+
+func (r *recordingDispatcher) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	r.pkts = append(r.pkts, pkt.Data().AsRange().ToSlice())
+}
+func (*recordingDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+// TestAckThinningOrder: a flow's packets leave the coalescer in the order
+// they came, less the ACKs a later one replaced; another flow's ACKs are
+// thinned on their own.
+func TestAckThinningOrder(t *testing.T) {
+	f1 := [2]netip.AddrPort{netip.MustParseAddrPort("198.18.0.5:40000"), netip.MustParseAddrPort("198.18.9.9:443")}
+	f2 := [2]netip.AddrPort{netip.MustParseAddrPort("198.18.0.6:40000"), netip.MustParseAddrPort("198.18.9.9:443")}
+	ack := func(f [2]netip.AddrPort, seq, n uint32) []byte {
+		return clientSegment(f[0], f[1], seq, n, header.TCPFlagAck, nil)
+	}
+	a1, a2 := ack(f1, 1, 100), ack(f1, 1, 200)
+	data := clientSegment(f1[0], f1[1], 1, 200, header.TCPFlagAck|header.TCPFlagPsh, []byte("request"))
+	a3, a4 := ack(f1, 8, 300), ack(f1, 8, 400)
+	b1, b2 := ack(f2, 1, 100), ack(f2, 1, 200)
+	rec := &recordingDispatcher{}
+	var d stack.NetworkDispatcher = rec
+	st := &endpointStack{link: &link{}}
+	st.link.dispatcher.Store(&d)
+	c := newCoalescer()
+	for _, p := range [][]byte{a1, b1, a2, data, a3, b2, a4} {
+		c.hold(st, p, false)
+	}
+	c.flush()
+	want := [][]byte{a2, data, b2, a4}
+	if len(rec.pkts) != len(want) {
+		t.Fatalf("%d packets delivered, want %d", len(rec.pkts), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(rec.pkts[i], want[i]) {
+			t.Errorf("packet %d: got %x, want %x", i, rec.pkts[i], want[i])
+		}
+	}
+}
+
+// readReplyBytes reads the stack's replies from gwlb until they have
+// carried n bytes of TCP payload.
+func readReplyBytes(t *testing.T, gwlb *net.UDPConn, n int) {
+	t.Helper()
+	buf := make([]byte, maxDatagram)
+	gwlb.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for got := 0; got < n; {
+		m, err := gwlb.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d of %d bytes: %v", got, n, err)
+		}
+		h, reason := ParseHeader(buf[:m])
+		if reason != DropNone {
+			t.Fatalf("reply: %v", reason)
+		}
+		inner := buf[h.Len:m]
+		ipLen := header.IPv4MinimumSize
+		if inner[0]>>4 == 6 {
+			ipLen = header.IPv6MinimumSize
+		}
+		got += len(header.TCP(inner[ipLen:]).Payload())
 	}
 }
 
@@ -265,4 +394,27 @@ func readReplySegment(t testing.TB, gwlb *net.UDPConn, flags header.TCPFlags) he
 	}
 	t.Fatalf("no reply with flags %s", flags)
 	return nil
+}
+
+// FuzzParsePureAck: no packet makes parsePureAck panic, and what it lets
+// thinning drop is a whole TCP pure ACK small enough to hold.
+func FuzzParsePureAck(f *testing.F) {
+	c, s := netip.MustParseAddrPort("198.18.0.5:40000"), netip.MustParseAddrPort("198.18.9.9:443")
+	f.Add(clientSegment(c, s, 1, 2, header.TCPFlagAck, nil), false)
+	f.Add(clientSegmentOpts(c, s, 1, 2, header.TCPFlagAck, []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2}, nil), false)
+	f.Add(clientSegment(netip.MustParseAddrPort("[2001:db8::5]:40000"), netip.MustParseAddrPort("[2001:db8::9]:443"), 1, 2, header.TCPFlagAck, nil), true)
+	f.Fuzz(func(t *testing.T, pkt []byte, ipv6 bool) {
+		_, _, thinnable := parsePureAck(pkt, ipv6)
+		if !thinnable {
+			return
+		}
+		ipLen := header.IPv6MinimumSize
+		if !ipv6 {
+			ipLen = int(header.IPv4(pkt).HeaderLength())
+		}
+		tcp := header.TCP(pkt[ipLen:])
+		if len(pkt) > maxHeldAck || tcp.Flags() != header.TCPFlagAck || len(tcp.Payload()) != 0 {
+			t.Fatalf("thinnable: %x", pkt)
+		}
+	})
 }
