@@ -20,19 +20,20 @@ type coalescer struct {
 	gro gro.GRO
 	st  *endpointStack  // the stack of the segments held, or nil
 	out checkedDelivery // between the GRO and st
-	// acks holds the last pure ACK of each flow in the batch (see
-	// thinAcks), in the order the flows' ACKs came.
-	acks []heldAck
+	// acks is what ACK thinning knows of each flow that sent a pure ACK
+	// in the batch, in the order the flows came.
+	acks []flowAcks
 }
 
 func newCoalescer() *coalescer {
-	c := &coalescer{acks: make([]heldAck, 0, maxBatch)}
+	c := &coalescer{acks: make([]flowAcks, 0, maxBatch)}
 	c.gro.Init(true)
 	return c
 }
 
-// hold gives the TCP packet pkt (not a fragment) to st by way of the
-// coalescer. The caller holds st open (st.mu read-locked); pkt is copied.
+// hold gives the TCP packet pkt (not a fragment; its length the IP
+// header's) to st by way of the coalescer. The caller holds st open (st.mu
+// read-locked); pkt is copied.
 func (c *coalescer) hold(st *endpointStack, pkt []byte, ipv6 bool) {
 	if c.st != st {
 		c.flush()
@@ -47,30 +48,39 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, ipv6 bool) {
 	a, keyed, thinnable := parsePureAck(pkt, ipv6)
 	if !keyed { // whose it is cannot be told: what came before goes first
 		c.releaseAcks()
-	}
-	for i := range c.acks {
-		if h := &c.acks[i]; keyed && h.flow == a.flow {
-			if thinnable && a.seq == h.seq && int32(a.ack-h.ack) > 0 {
-				h.set(a, pkt) // the older ACK says nothing this one does not
-				return
-			}
-			c.enqueue(h.pkt(), h.ipv6) // what came first goes in first
-			c.acks = append(c.acks[:i], c.acks[i+1:]...)
-			break
-		}
-	}
-	if thinnable && len(c.acks) < cap(c.acks) {
-		c.acks = c.acks[:len(c.acks)+1]
-		c.acks[len(c.acks)-1].set(a, pkt)
+		c.enqueue(pkt, ipv6)
 		return
 	}
+	for i := range c.acks {
+		f := &c.acks[i]
+		if f.flow != a.flow {
+			continue
+		}
+		if thinnable && a.seq == f.seq && int32(a.ack-f.ack) > 0 {
+			f.hold(a, pkt) // replacing the one held, which says nothing this one does not
+			return
+		}
+		if f.held { // what came first goes in first
+			c.enqueue(f.pkt(), f.ipv6)
+		}
+		c.acks = append(c.acks[:i], c.acks[i+1:]...)
+		break
+	}
 	c.enqueue(pkt, ipv6)
+	// A flow's first pure ACK in the batch goes in as it came: whether it
+	// repeats the last batch's, only TCP can tell. The forward ones after
+	// it are thinned.
+	if thinnable && len(c.acks) < cap(c.acks) {
+		c.acks = append(c.acks, flowAcks{pureAck: a})
+	}
 }
 
-// releaseAcks hands the ACKs held to the GRO.
+// releaseAcks hands the ACKs held to the GRO and forgets the flows.
 func (c *coalescer) releaseAcks() {
 	for i := range c.acks {
-		c.enqueue(c.acks[i].pkt(), c.acks[i].ipv6)
+		if f := &c.acks[i]; f.held {
+			c.enqueue(f.pkt(), f.ipv6)
+		}
 	}
 	c.acks = c.acks[:0]
 }
@@ -93,14 +103,23 @@ func (c *coalescer) flush() {
 	if st == nil {
 		return
 	}
-	c.st = nil
 	st.mu.RLock()
+	c.flushLocked(st)
+	st.mu.RUnlock()
+}
+
+// flushLocked is flush for a caller that holds st read-locked; it does
+// nothing if what the coalescer holds is another stack's.
+func (c *coalescer) flushLocked(st *endpointStack) {
+	if c.st != st || st == nil {
+		return
+	}
+	c.st = nil
 	if st.closed {
 		c.gro.Dispatcher = discardDispatcher{}
 	}
 	c.releaseAcks()
 	c.gro.Flush()
-	st.mu.RUnlock()
 	c.gro.Dispatcher, c.out = nil, checkedDelivery{}
 }
 
@@ -150,18 +169,20 @@ func (discardDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.P
 // Thinning pure ACKs. A client that receives a download acknowledges every
 // other segment or so, and one reader's batch often brings several such
 // ACKs of a flow. TCP sends for each ACK it handles, so each became a send
-// of a few segments, and a system call. Of consecutive pure ACKs that only
-// move the acknowledgement forward, the last says all the earlier ones do:
-// it acknowledges their bytes too, and its window and timestamp are the
-// latest. gVisor grows the congestion window by the segments acknowledged,
-// not by the ACKs counted, so it grows as before. So the coalescer holds
-// the last such ACK of each flow until the batch ends or another packet of
-// the flow comes, which then goes in after it, and drops the ones it
-// replaces. What is not a plain forward ACK is never replaced and never
-// replaces one: duplicate ACKs (fast retransmit counts them), SACK blocks,
-// any flag but ACK (ECN's included), any option but timestamps, and a
-// packet whose checksum does not hold. The flow table and the capture tap
-// see every packet before this.
+// of a few segments, and a system call. Of the pure ACKs of a flow in a
+// batch that only move the acknowledgement forward, the last says all the
+// earlier ones do: it acknowledges their bytes too, and its window and
+// timestamp are the latest. gVisor grows the congestion window by the
+// segments acknowledged, not by the ACKs counted, so it grows as before.
+// So a flow's first pure ACK in the batch goes in as it came (whether it
+// repeats the last batch's, which fast retransmit counts, only TCP can
+// tell), and of the forward ACKs after it only the last: it is held until
+// the batch ends or another packet of the flow comes, which then goes in
+// after it. What is not a plain forward ACK is never replaced and never
+// replaces one: duplicate ACKs, SACK blocks, any flag but ACK (ECN's
+// included), any option but timestamps, IPv4 options, and a packet whose
+// checksums do not hold. The flow table and the capture tap see every
+// packet before this.
 
 // maxHeldAck is the largest pure ACK held: an IPv6 header and a TCP header
 // with the longest options.
@@ -173,26 +194,32 @@ type pureAck struct {
 	seq, ack uint32
 }
 
-type heldAck struct {
+// flowAcks is a flow's last pure ACK in the batch, and the ACK itself if
+// it replaced an earlier one and is held.
+type flowAcks struct {
 	pureAck
+	held bool
 	ipv6 bool
 	n    int
 	buf  [maxHeldAck]byte
 }
 
-func (h *heldAck) set(a pureAck, pkt []byte) {
-	h.pureAck, h.ipv6, h.n = a, pkt[0]>>4 == 6, copy(h.buf[:], pkt)
+func (f *flowAcks) hold(a pureAck, pkt []byte) {
+	f.pureAck, f.held, f.ipv6, f.n = a, true, pkt[0]>>4 == 6, copy(f.buf[:], pkt)
 }
 
-func (h *heldAck) pkt() []byte { return h.buf[:h.n] }
+func (f *flowAcks) pkt() []byte { return f.buf[:f.n] }
 
 // parsePureAck reads pkt, a TCP packet as deliver hands it on (not a
 // fragment; IPv6 without extension headers): its flow, if its headers are
 // whole (keyed), and whether it is a pure ACK that thinning may replace or
-// drop (thinnable).
+// drop (thinnable): nothing but the ACK flag, no option but timestamps, an
+// IPv4 header without options, and checksums that hold, so that nothing
+// the stack would refuse replaces an ACK it would take.
 func parsePureAck(pkt []byte, ipv6 bool) (a pureAck, keyed, thinnable bool) {
 	var ipLen int
 	var src, dst tcpip.Address
+	ipOK := true
 	if ipv6 {
 		if len(pkt) < header.IPv6MinimumSize+header.TCPMinimumSize {
 			return a, false, false
@@ -213,11 +240,12 @@ func parsePureAck(pkt []byte, ipv6 bool) (a pureAck, keyed, thinnable bool) {
 		src, dst = ip.SourceAddress(), ip.DestinationAddress()
 		copy(a.flow[:], pkt[12:20])
 		a.flow[36] = 4
+		ipOK = ipLen == header.IPv4MinimumSize && ip.IsChecksumValid()
 	}
 	tcp := header.TCP(pkt[ipLen:])
 	copy(a.flow[32:36], tcp[:4])
 	a.seq, a.ack = tcp.SequenceNumber(), tcp.AckNumber()
-	if len(pkt) > maxHeldAck || !lengthMatches(pkt, ipv6) || int(tcp.DataOffset()) != len(tcp) ||
+	if !ipOK || len(pkt) > maxHeldAck || !lengthMatches(pkt, ipv6) || int(tcp.DataOffset()) != len(tcp) ||
 		tcp.Flags() != header.TCPFlagAck || !onlyTimestamps(tcp.Options()) {
 		return a, true, false
 	}

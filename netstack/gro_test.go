@@ -186,6 +186,48 @@ func TestGROCheckedSegments(t *testing.T) {
 	}
 }
 
+// TestGROTrailingBytes: bytes after the IP length are none of the packet's.
+// A segment whose checksum holds only with them counted is dropped, as the
+// stack would drop it; one whose checksum holds without them goes in
+// without them.
+func TestGROTrailingBytes(t *testing.T) {
+	for _, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			r := newGRORig(t, fam.client, fam.server)
+			checksumErrors := func() uint64 { return r.st.stack.Stats().TCP.ChecksumErrors.Value() }
+			ipLenOffset, ipHdr := 2, 0 // where the IP length is, and what it counts beyond the payload
+			if fam.client.Addr().Is6() {
+				ipLenOffset, ipHdr = 4, header.IPv6MinimumSize
+			}
+			// "helloZZ" summed whole, then its IP length shortened by 2:
+			// the TCP checksum holds only over the junk.
+			summedWithJunk := r.data([]byte("helloZZ"))
+			r.seq -= 2
+			binary.BigEndian.PutUint16(summedWithJunk[ipLenOffset:], uint16(len(summedWithJunk)-2-ipHdr))
+			if fam.client.Addr().Is4() {
+				ip := header.IPv4(summedWithJunk)
+				ip.SetChecksum(0)
+				ip.SetChecksum(^ip.CalculateChecksum())
+			}
+			before := checksumErrors()
+			r.batch(summedWithJunk, r.data([]byte(" world")))
+			if got := checksumErrors() - before; got != 1 {
+				t.Errorf("%d checksum errors, want 1: a checksum that holds only over trailing bytes", got)
+			}
+			r.seq -= uint32(len("hello world"))
+			r.batch(append(r.data([]byte("hello")), "ZZ"...), r.data([]byte(" world")))
+			got := make([]byte, len("hello world"))
+			r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(r.conn, got); err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != "hello world" {
+				t.Fatalf("the stack read %q, want %q", got, "hello world")
+			}
+		})
+	}
+}
+
 // pureAck is the client's pure ACK of the server's bytes up to
 // r.ack+acked, with TCP options opts.
 func (r *groRig) pureAck(acked uint32, opts []byte) []byte {
@@ -213,21 +255,36 @@ func TestAckThinning(t *testing.T) {
 			}
 			sack := []byte{1, 1, 5, 10, 0, 0, 0, 0, 0, 0, 0, 0}
 			bad := r.pureAck(2400, nil)
-			bad[len(bad)-1] ^= 1 // the checksum no longer holds
+			bad[len(bad)-1] ^= 1 // the TCP checksum no longer holds
 			segments := func() uint64 { return r.st.stack.Stats().TCP.ValidSegmentsReceived.Value() }
-			for _, c := range []struct {
+			cases := []struct {
 				name  string
 				batch [][]byte
 				want  uint64 // segments TCP takes in
 			}{
-				{"forward ACKs", [][]byte{r.pureAck(500, nil), r.pureAck(1000, nil), r.pureAck(1500, nil)}, 1},
-				{"forward ACKs with timestamps", [][]byte{r.pureAck(1600, ts(5)), r.pureAck(1700, ts(6))}, 1},
+				// The first goes in as it came, the last is held and
+				// replaces the ones between.
+				{"forward ACKs", [][]byte{r.pureAck(500, nil), r.pureAck(1000, nil), r.pureAck(1500, nil)}, 2},
+				{"forward ACKs with timestamps", [][]byte{r.pureAck(1600, ts(5)), r.pureAck(1650, ts(6)), r.pureAck(1700, ts(7))}, 2},
 				{"duplicate ACKs", [][]byte{r.pureAck(1800, nil), r.pureAck(1800, nil), r.pureAck(1800, nil)}, 3},
 				{"SACK", [][]byte{r.pureAck(1900, nil), r.pureAck(2000, sack), r.pureAck(2100, nil)}, 3},
 				{"going back", [][]byte{r.pureAck(2300, nil), r.pureAck(2200, nil)}, 2},
-				{"bad checksum", [][]byte{r.pureAck(2350, nil), bad}, 1},
-				{"data between", [][]byte{r.pureAck(2500, nil), r.data([]byte("hi")), r.pureAck(3000, nil), r.pureAck(3500, nil)}, 3},
-			} {
+				{"bad TCP checksum", [][]byte{r.pureAck(2350, nil), r.pureAck(2375, nil), bad}, 2},
+				{"data between", [][]byte{r.pureAck(2500, nil), r.pureAck(2550, nil), r.data([]byte("hi")),
+					r.pureAck(3000, nil), r.pureAck(3200, nil), r.pureAck(3500, nil)}, 5},
+				// 3500 repeats the last batch's ACK: it is not replaced.
+				{"duplicate, then forward", [][]byte{r.pureAck(3500, nil), r.pureAck(3600, nil), r.pureAck(3700, nil)}, 2},
+			}
+			if fam.client.Addr().Is4() {
+				badIP := r.pureAck(3900, nil) // after the data above: the same sequence number as the ACKs before it
+				badIP[8]--                    // the TTL: the IPv4 header checksum no longer holds, the TCP one does
+				cases = append(cases, struct {
+					name  string
+					batch [][]byte
+					want  uint64
+				}{"bad IPv4 header checksum", [][]byte{r.pureAck(3800, nil), r.pureAck(3850, nil), badIP}, 2})
+			}
+			for _, c := range cases {
 				before := segments()
 				r.batch(c.batch...)
 				if got := segments() - before; got != c.want {
@@ -255,26 +312,61 @@ func TestAckThinningOrder(t *testing.T) {
 	ack := func(f [2]netip.AddrPort, seq, n uint32) []byte {
 		return clientSegment(f[0], f[1], seq, n, header.TCPFlagAck, nil)
 	}
-	a1, a2 := ack(f1, 1, 100), ack(f1, 1, 200)
-	data := clientSegment(f1[0], f1[1], 1, 200, header.TCPFlagAck|header.TCPFlagPsh, []byte("request"))
-	a3, a4 := ack(f1, 8, 300), ack(f1, 8, 400)
-	b1, b2 := ack(f2, 1, 100), ack(f2, 1, 200)
+	a1, a2, a3 := ack(f1, 1, 100), ack(f1, 1, 200), ack(f1, 1, 300)
+	data := clientSegment(f1[0], f1[1], 1, 300, header.TCPFlagAck|header.TCPFlagPsh, []byte("request"))
+	a4, a5, a6 := ack(f1, 8, 400), ack(f1, 8, 500), ack(f1, 8, 600)
+	b1, b2, b3 := ack(f2, 1, 100), ack(f2, 1, 200), ack(f2, 1, 300)
 	rec := &recordingDispatcher{}
 	var d stack.NetworkDispatcher = rec
 	st := &endpointStack{link: &link{}}
 	st.link.dispatcher.Store(&d)
 	c := newCoalescer()
-	for _, p := range [][]byte{a1, b1, a2, data, a3, b2, a4} {
+	for _, p := range [][]byte{a1, b1, a2, a3, data, b2, b3, a4, a5, a6} {
 		c.hold(st, p, false)
 	}
 	c.flush()
-	want := [][]byte{a2, data, b2, a4}
+	want := [][]byte{a1, b1, a3, data, a4, b3, a6}
 	if len(rec.pkts) != len(want) {
 		t.Fatalf("%d packets delivered, want %d", len(rec.pkts), len(want))
 	}
 	for i := range want {
 		if !bytes.Equal(rec.pkts[i], want[i]) {
 			t.Errorf("packet %d: got %x, want %x", i, rec.pkts[i], want[i])
+		}
+	}
+}
+
+// TestAckThinningBeforeInjected: a flow's TCP packet that goes around the
+// coalescer (here a first fragment) goes in after the flow's ACKs held.
+func TestAckThinningBeforeInjected(t *testing.T) {
+	f := [2]netip.AddrPort{netip.MustParseAddrPort("198.18.0.5:40000"), netip.MustParseAddrPort("198.18.9.9:443")}
+	s := &Server{flows: newFlowTable(16, time.Hour, time.Hour), ret: &discardPath{}, done: make(chan struct{})}
+	s.cfg.MTU = DefaultMTU
+	st := &endpointStack{srv: s, endpoint: 7, link: &link{srv: s, endpoint: 7, mtu: DefaultMTU}}
+	rec := &recordingDispatcher{}
+	var d stack.NetworkDispatcher = rec
+	st.link.dispatcher.Store(&d)
+	s.stacks.Store(uint64(7), st)
+	a1 := clientSegment(f[0], f[1], 1, 100, header.TCPFlagAck, nil)
+	a2 := clientSegment(f[0], f[1], 1, 200, header.TCPFlagAck, nil)
+	first := clientSegment(f[0], f[1], 1, 200, header.TCPFlagAck, bytes.Repeat([]byte("x"), 64))
+	binary.BigEndian.PutUint16(first[6:], 0x2000) // more fragments follow
+	ip := header.IPv4(first)
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
+	co := newCoalescer()
+	for _, p := range [][]byte{a1, a2, first} {
+		s.handleDatagram(geneve(7, p), gwlb, co)
+	}
+	co.flush()
+	want := [][]byte{a1, a2, first}
+	if len(rec.pkts) != len(want) {
+		t.Fatalf("%d packets delivered, want %d", len(rec.pkts), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(rec.pkts[i], want[i]) {
+			t.Errorf("packet %d: got %x…, want %x…", i, rec.pkts[i][:28], want[i][:28])
 		}
 	}
 }

@@ -72,7 +72,9 @@ func innerSum(pkt []byte) (sum uint16, ok bool) {
 	seg := pkt[ipLen:]
 	switch {
 	case proto == protoTCP && len(seg) >= 20:
-	case proto == protoUDP && len(seg) >= 8 && binary.BigEndian.Uint16(seg[6:]) != 0:
+	case proto == protoUDP && len(seg) >= 8 && binary.BigEndian.Uint16(seg[6:]) != 0 &&
+		int(binary.BigEndian.Uint16(seg[4:])) == len(seg): // its checksum covers its own length
+
 	default:
 		return 0, false
 	}

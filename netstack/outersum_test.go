@@ -51,6 +51,17 @@ func innerPacket(src, dst netip.AddrPort, proto uint8, n int) []byte {
 	return append(ip, seg...)
 }
 
+// udpWithTrailer is the IPv4 UDP packet pkt with two bytes after its UDP
+// length that the IP length counts.
+func udpWithTrailer(pkt []byte) []byte {
+	pkt = append(pkt, 0xab, 0xcd)
+	ip := header.IPv4(pkt)
+	ip.SetTotalLength(uint16(len(pkt)))
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	return pkt
+}
+
 // outerDatagram is a UDP datagram (checksum field zero) carrying a GENEVE
 // header with optWords words of options, then inner.
 func outerDatagram(optWords int, inner []byte) []byte {
@@ -105,6 +116,7 @@ func TestDatagramSum(t *testing.T) {
 		{"IPv4 ICMP", echoPacket(1, "ping"), false},
 		{"IPv6 extension header", extHdr, false},
 		{"trailing bytes", append(innerPacket(v4[0], v4[1], protoTCP, 10), 0, 0), false},
+		{"UDP shorter than its IP packet", udpWithTrailer(innerPacket(v4[0], v4[1], protoUDP, 10)), false},
 		{"truncated", innerPacket(v4[0], v4[1], protoTCP, 10)[:30], false},
 		{"empty", nil, false},
 	} {
@@ -165,6 +177,11 @@ func transportChecksumHolds(pkt []byte) bool {
 	} else {
 		ip := header.IPv6(pkt)
 		seg, src, dst, proto = pkt[40:], ip.SourceAddress(), ip.DestinationAddress(), ip.NextHeader()
+	}
+	if proto == protoUDP { // the UDP length, not the IP one, bounds what the checksum covers
+		if n := int(header.UDP(seg).Length()); n >= header.UDPMinimumSize && n <= len(seg) {
+			seg = seg[:n]
+		}
 	}
 	sum := header.PseudoHeaderChecksum(tcpip.TransportProtocolNumber(proto), src, dst, uint16(len(seg)))
 	return checksum.Checksum(seg, sum) == 0xffff

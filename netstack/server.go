@@ -6,6 +6,7 @@ package netstack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -408,11 +409,26 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	// would make the wrong one, and the stack trusts what GRO checked
 	// (see checkedDelivery).
 	if co != nil && p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && (!p.IPv6 || inner[6] == protoTCP) {
-		co.hold(st, inner, p.IPv6)
+		co.hold(st, inner[:ipLength(inner, p.IPv6)], p.IPv6)
 		return DropNone
+	}
+	if co != nil && p.Proto == protoTCP {
+		// Held ACKs and segments of the flow go in first, in order.
+		co.flushLocked(st)
 	}
 	st.link.inject(inner, p.IPv6)
 	return DropNone
+}
+
+// ipLength is the length of pkt by its IP header, which ParsePacket found
+// within pkt. The bytes after it are none of the packet's: the stack cuts
+// them off, but GRO would sum them into the TCP checksum it checks, and
+// the stack trusts what GRO checked.
+func ipLength(pkt []byte, ipv6 bool) int {
+	if ipv6 {
+		return 40 + int(binary.BigEndian.Uint16(pkt[4:6]))
+	}
+	return int(binary.BigEndian.Uint16(pkt[2:4]))
 }
 
 func (s *Server) allowedSender(a netip.Addr) bool {
