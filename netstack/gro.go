@@ -20,13 +20,13 @@ type coalescer struct {
 	gro gro.GRO
 	st  *endpointStack  // the stack of the segments held, or nil
 	out checkedDelivery // between the GRO and st
-	// acks is what ACK thinning knows of each flow that sent a pure ACK
-	// in the batch, in the order the flows came.
-	acks []flowAcks
+	// acks holds the last pure ACK of each flow in the batch that has one
+	// pending (see "Thinning pure ACKs"), in the order the flows came.
+	acks []heldAck
 }
 
 func newCoalescer() *coalescer {
-	c := &coalescer{acks: make([]flowAcks, 0, maxBatch)}
+	c := &coalescer{acks: make([]heldAck, 0, maxBatch)}
 	c.gro.Init(true)
 	return c
 }
@@ -52,35 +52,30 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, ipv6 bool) {
 		return
 	}
 	for i := range c.acks {
-		f := &c.acks[i]
-		if f.flow != a.flow {
+		h := &c.acks[i]
+		if h.flow != a.flow {
 			continue
 		}
-		if thinnable && a.seq == f.seq && int32(a.ack-f.ack) > 0 {
-			f.hold(a, pkt) // replacing the one held, which says nothing this one does not
+		if thinnable && a.seq == h.seq && int32(a.ack-h.ack) > 0 {
+			h.set(a, pkt) // the one held is dropped, as if lost on the way
 			return
 		}
-		if f.held { // what came first goes in first
-			c.enqueue(f.pkt(), f.ipv6)
-		}
+		c.enqueue(h.pkt(), h.ipv6) // what came first goes in first
 		c.acks = append(c.acks[:i], c.acks[i+1:]...)
 		break
 	}
-	c.enqueue(pkt, ipv6)
-	// A flow's first pure ACK in the batch goes in as it came: whether it
-	// repeats the last batch's, only TCP can tell. The forward ones after
-	// it are thinned.
 	if thinnable && len(c.acks) < cap(c.acks) {
-		c.acks = append(c.acks, flowAcks{pureAck: a})
+		c.acks = c.acks[:len(c.acks)+1]
+		c.acks[len(c.acks)-1].set(a, pkt)
+		return
 	}
+	c.enqueue(pkt, ipv6)
 }
 
-// releaseAcks hands the ACKs held to the GRO and forgets the flows.
+// releaseAcks hands the ACKs held to the GRO.
 func (c *coalescer) releaseAcks() {
 	for i := range c.acks {
-		if f := &c.acks[i]; f.held {
-			c.enqueue(f.pkt(), f.ipv6)
-		}
+		c.enqueue(c.acks[i].pkt(), c.acks[i].ipv6)
 	}
 	c.acks = c.acks[:0]
 }
@@ -169,20 +164,22 @@ func (discardDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.P
 // Thinning pure ACKs. A client that receives a download acknowledges every
 // other segment or so, and one reader's batch often brings several such
 // ACKs of a flow. TCP sends for each ACK it handles, so each became a send
-// of a few segments, and a system call. Of the pure ACKs of a flow in a
-// batch that only move the acknowledgement forward, the last says all the
-// earlier ones do: it acknowledges their bytes too, and its window and
-// timestamp are the latest. gVisor grows the congestion window by the
-// segments acknowledged, not by the ACKs counted, so it grows as before.
-// So a flow's first pure ACK in the batch goes in as it came (whether it
-// repeats the last batch's, which fast retransmit counts, only TCP can
-// tell), and of the forward ACKs after it only the last: it is held until
-// the batch ends or another packet of the flow comes, which then goes in
-// after it. What is not a plain forward ACK is never replaced and never
-// replaces one: duplicate ACKs, SACK blocks, any flag but ACK (ECN's
-// included), any option but timestamps, IPv4 options, and a packet whose
-// checksums do not hold. The flow table and the capture tap see every
-// packet before this.
+// of a few segments, and a system call. So the coalescer holds a flow's
+// pure ACK until the batch ends or another packet of the flow comes; if
+// that is a pure ACK that moves the acknowledgement forward, it takes the
+// held one's place and the held one is dropped, as if lost on the way,
+// which TCP is made to bear: the later ACK acknowledges the earlier one's
+// bytes too, its window and timestamp are the latest, gVisor grows the
+// congestion window by the segments acknowledged rather than by the ACKs
+// counted, and had the earlier one repeated an even earlier ACK (a
+// duplicate, which fast retransmit counts), the forward one would end
+// that run of duplicates anyway. Anything else of the flow goes in after
+// the held ACK, in order (a packet that goes around the coalescer too). A
+// duplicate after the held ACK, SACK blocks, any flag but ACK (ECN's
+// included), any option but timestamps, IPv4 options and checksums that do
+// not hold (IP or TCP) are never thinned, so nothing the stack would
+// refuse replaces an ACK it would take. The flow table and the capture
+// tap see every packet before this.
 
 // maxHeldAck is the largest pure ACK held: an IPv6 header and a TCP header
 // with the longest options.
@@ -194,21 +191,19 @@ type pureAck struct {
 	seq, ack uint32
 }
 
-// flowAcks is a flow's last pure ACK in the batch, and the ACK itself if
-// it replaced an earlier one and is held.
-type flowAcks struct {
+// heldAck is a flow's pure ACK held back.
+type heldAck struct {
 	pureAck
-	held bool
 	ipv6 bool
 	n    int
 	buf  [maxHeldAck]byte
 }
 
-func (f *flowAcks) hold(a pureAck, pkt []byte) {
-	f.pureAck, f.held, f.ipv6, f.n = a, true, pkt[0]>>4 == 6, copy(f.buf[:], pkt)
+func (h *heldAck) set(a pureAck, pkt []byte) {
+	h.pureAck, h.ipv6, h.n = a, pkt[0]>>4 == 6, copy(h.buf[:], pkt)
 }
 
-func (f *flowAcks) pkt() []byte { return f.buf[:f.n] }
+func (h *heldAck) pkt() []byte { return h.buf[:h.n] }
 
 // parsePureAck reads pkt, a TCP packet as deliver hands it on (not a
 // fragment; IPv6 without extension headers): its flow, if its headers are
