@@ -3,6 +3,7 @@ package netstack
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -378,20 +379,13 @@ func readReplyBytes(t *testing.T, gwlb *net.UDPConn, n int) {
 	buf := make([]byte, maxDatagram)
 	gwlb.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for got := 0; got < n; {
-		m, err := gwlb.Read(buf)
+		tcp, err := readReplyTCP(gwlb, buf)
 		if err != nil {
 			t.Fatalf("after %d of %d bytes: %v", got, n, err)
 		}
-		h, reason := ParseHeader(buf[:m])
-		if reason != DropNone {
-			t.Fatalf("reply: %v", reason)
+		if tcp != nil {
+			got += len(tcp.Payload())
 		}
-		inner := buf[h.Len:m]
-		ipLen := header.IPv4MinimumSize
-		if inner[0]>>4 == 6 {
-			ipLen = header.IPv6MinimumSize
-		}
-		got += len(header.TCP(inner[ipLen:]).Payload())
 	}
 }
 
@@ -464,28 +458,38 @@ func readReplySegment(t testing.TB, gwlb *net.UDPConn, flags header.TCPFlags) he
 	buf := make([]byte, maxDatagram)
 	gwlb.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for range 20 {
-		n, err := gwlb.Read(buf)
+		tcp, err := readReplyTCP(gwlb, buf)
 		if err != nil {
 			t.Fatalf("waiting for a reply with flags %s: %v", flags, err)
 		}
-		h, reason := ParseHeader(buf[:n])
-		if reason != DropNone {
-			t.Fatalf("reply: %v", reason)
-		}
-		inner := buf[h.Len:n]
-		ipLen := header.IPv4MinimumSize
-		if inner[0]>>4 == 6 {
-			ipLen = header.IPv6MinimumSize
-		}
-		if len(inner) < ipLen+header.TCPMinimumSize {
-			continue
-		}
-		if tcp := header.TCP(bytes.Clone(inner[ipLen:])); tcp.Flags() == flags {
-			return tcp
+		if tcp != nil && tcp.Flags() == flags {
+			return bytes.Clone(tcp)
 		}
 	}
 	t.Fatalf("no reply with flags %s", flags)
 	return nil
+}
+
+// readReplyTCP reads one GENEVE datagram from gwlb into buf and returns
+// the TCP segment it carries, or nil if it carries none.
+func readReplyTCP(gwlb *net.UDPConn, buf []byte) (header.TCP, error) {
+	n, err := gwlb.Read(buf)
+	if err != nil {
+		return nil, err
+	}
+	h, reason := ParseHeader(buf[:n])
+	if reason != DropNone {
+		return nil, fmt.Errorf("reply: %v", reason)
+	}
+	inner := buf[h.Len:n]
+	ipLen := header.IPv4MinimumSize
+	if len(inner) > 0 && inner[0]>>4 == 6 {
+		ipLen = header.IPv6MinimumSize
+	}
+	if len(inner) < ipLen+header.TCPMinimumSize {
+		return nil, nil
+	}
+	return header.TCP(inner[ipLen:]), nil
 }
 
 // FuzzParsePureAck: no packet makes parsePureAck panic, and what it lets

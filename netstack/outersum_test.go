@@ -2,11 +2,9 @@ package netstack
 
 import (
 	"encoding/binary"
-	"net"
 	"net/netip"
 	"testing"
 
-	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -191,19 +189,10 @@ func transportChecksumHolds(pkt []byte) bool {
 // outer checksum the raw return path sums from the headers, are accepted by
 // the receiving kernel, which checks every byte.
 func TestRawReturnInnerSegments(t *testing.T) {
-	lo := netip.MustParseAddr("127.0.0.1")
-	r, err := newRawReturn(lo, 0)
-	if err != nil {
-		testenv.RequireRoot(t, "the raw return path needs CAP_NET_RAW: "+err.Error())
+	r, gwlb, lo := newRawReturnRig(t)
+	if r == nil {
 		return
 	}
-	defer r.close()
-	gwlb, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo, 0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gwlb.Close()
-	r.replyPort = gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	v4 := [2]netip.AddrPort{netip.MustParseAddrPort("198.18.9.9:443"), netip.MustParseAddrPort("198.18.0.5:40000")}
 	v6 := [2]netip.AddrPort{netip.MustParseAddrPort("[2001:db8::9]:443"), netip.MustParseAddrPort("[2001:db8::5]:40000")}
 	inners := [][]byte{

@@ -180,23 +180,35 @@ func TestGSORun(t *testing.T) {
 	}
 }
 
+// newRawReturnRig opens a raw return path on 127.0.0.1 replying to a UDP
+// socket there, the GWLB's, both closed when the test ends; without
+// CAP_NET_RAW the test is skipped (r is nil) unless it must run as root.
+func newRawReturnRig(t *testing.T) (r *rawReturn, gwlb *net.UDPConn, lo netip.Addr) {
+	t.Helper()
+	lo = netip.MustParseAddr("127.0.0.1")
+	r, err := newRawReturn(lo, 0)
+	if err != nil {
+		testenv.RequireRoot(t, "the raw return path needs CAP_NET_RAW: "+err.Error())
+		return nil, nil, lo
+	}
+	t.Cleanup(func() { r.close() })
+	gwlb, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gwlb.Close() })
+	r.replyPort = gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	return r, gwlb, lo
+}
+
 // A reply batch on the raw return path leaves whole and in order in one
 // sendmmsg, each datagram with its outer header: from the flow's GWLB source
 // port, with a UDP checksum the receiving kernel accepts.
 func TestRawReturnBatch(t *testing.T) {
-	lo := netip.MustParseAddr("127.0.0.1")
-	r, err := newRawReturn(lo, 0)
-	if err != nil {
-		testenv.RequireRoot(t, "the raw return path needs CAP_NET_RAW: "+err.Error())
+	r, gwlb, lo := newRawReturnRig(t)
+	if r == nil {
 		return
 	}
-	defer r.close()
-	gwlb, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(lo, 0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gwlb.Close()
-	r.replyPort = gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	ports := [2]uint16{40001, 40002} // no socket needed: the raw path writes any source port
 	b, want := batchCase(ports, lo)
 	if failed, err := r.sendBatch(b); failed != 0 || err != nil {
