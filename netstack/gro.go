@@ -214,7 +214,7 @@ func (h *heldAck) pkt() []byte { return h.buf[:h.n] }
 func parsePureAck(pkt []byte, ipv6 bool) (a pureAck, keyed, thinnable bool) {
 	var ipLen int
 	var src, dst tcpip.Address
-	ipOK := true
+	optionless := true // the IPv4 header's
 	if ipv6 {
 		if len(pkt) < header.IPv6MinimumSize+header.TCPMinimumSize {
 			return a, false, false
@@ -235,13 +235,15 @@ func parsePureAck(pkt []byte, ipv6 bool) (a pureAck, keyed, thinnable bool) {
 		src, dst = ip.SourceAddress(), ip.DestinationAddress()
 		copy(a.flow[:], pkt[12:20])
 		a.flow[36] = 4
-		ipOK = ipLen == header.IPv4MinimumSize && ip.IsChecksumValid()
+		optionless = ipLen == header.IPv4MinimumSize
 	}
 	tcp := header.TCP(pkt[ipLen:])
 	copy(a.flow[32:36], tcp[:4])
 	a.seq, a.ack = tcp.SequenceNumber(), tcp.AckNumber()
-	if !ipOK || len(pkt) > maxHeldAck || !lengthMatches(pkt, ipv6) || int(tcp.DataOffset()) != len(tcp) ||
-		tcp.Flags() != header.TCPFlagAck || !onlyTimestamps(tcp.Options()) {
+	// The cheap tests first: most TCP packets here carry data.
+	if len(pkt) > maxHeldAck || !optionless || !lengthMatches(pkt, ipv6) || int(tcp.DataOffset()) != len(tcp) ||
+		tcp.Flags() != header.TCPFlagAck || !onlyTimestamps(tcp.Options()) ||
+		(!ipv6 && !header.IPv4(pkt).IsChecksumValid()) {
 		return a, true, false
 	}
 	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
