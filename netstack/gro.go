@@ -31,10 +31,11 @@ func newCoalescer() *coalescer {
 	return c
 }
 
-// hold gives the TCP packet pkt (not a fragment; its length the IP
-// header's) to st by way of the coalescer. The caller holds st open (st.mu
-// read-locked); pkt is copied.
-func (c *coalescer) hold(st *endpointStack, pkt []byte, ipv6 bool) {
+// hold gives the TCP packet pkt, as ParsePacket read it into p (not a
+// fragment; IPv6 without extension headers; pkt cut to p.Len), to st by
+// way of the coalescer. The caller holds st open (st.mu read-locked); pkt
+// is copied.
+func (c *coalescer) hold(st *endpointStack, pkt []byte, p *Packet) {
 	if c.st != st {
 		c.flush()
 	}
@@ -45,19 +46,15 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, ipv6 bool) {
 	c.st = st
 	c.out = checkedDelivery{nic: *dp, ip4: st.ip4, ip6: st.ip6}
 	c.gro.Dispatcher = &c.out
-	a, keyed, thinnable := parsePureAck(pkt, ipv6)
-	if !keyed { // whose it is cannot be told: what came before goes first
-		c.releaseAcks()
-		c.enqueue(pkt, ipv6)
-		return
-	}
+	flow := ackFlow{p.Src, p.Dst, p.SrcPort, p.DstPort}
+	seq, ack, thinnable := pureAck(pkt, p)
 	for i := range c.acks {
 		h := &c.acks[i]
-		if h.flow != a.flow {
+		if h.flow != flow {
 			continue
 		}
-		if thinnable && a.seq == h.seq && int32(a.ack-h.ack) > 0 {
-			h.set(a, pkt) // the one held is dropped, as if lost on the way
+		if thinnable && seq == h.seq && int32(ack-h.ack) > 0 {
+			h.set(flow, seq, ack, pkt, p.IPv6) // the one held is dropped, as if lost on the way
 			return
 		}
 		c.enqueue(h.pkt(), h.ipv6) // what came first goes in first
@@ -66,10 +63,10 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, ipv6 bool) {
 	}
 	if thinnable && len(c.acks) < cap(c.acks) {
 		c.acks = c.acks[:len(c.acks)+1]
-		c.acks[len(c.acks)-1].set(a, pkt)
+		c.acks[len(c.acks)-1].set(flow, seq, ack, pkt, p.IPv6)
 		return
 	}
-	c.enqueue(pkt, ipv6)
+	c.enqueue(pkt, p.IPv6)
 }
 
 // releaseAcks hands the ACKs held to the GRO.
@@ -185,77 +182,54 @@ func (discardDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.P
 // with the longest options.
 const maxHeldAck = header.IPv6MinimumSize + header.TCPHeaderMaximumSize
 
-// pureAck is what thinning needs of a pure ACK.
-type pureAck struct {
-	flow     [37]byte // addresses, ports and the IP version
-	seq, ack uint32
+// ackFlow names a flow among the ACKs held: addresses (IPv4 ones mapped,
+// so that the families differ) and ports.
+type ackFlow struct {
+	src, dst     [16]byte
+	sport, dport uint16
 }
 
 // heldAck is a flow's pure ACK held back.
 type heldAck struct {
-	pureAck
-	ipv6 bool
-	n    int
-	buf  [maxHeldAck]byte
+	flow     ackFlow
+	seq, ack uint32
+	ipv6     bool
+	n        int
+	buf      [maxHeldAck]byte
 }
 
-func (h *heldAck) set(a pureAck, pkt []byte) {
-	h.pureAck, h.ipv6, h.n = a, pkt[0]>>4 == 6, copy(h.buf[:], pkt)
+func (h *heldAck) set(flow ackFlow, seq, ack uint32, pkt []byte, ipv6 bool) {
+	h.flow, h.seq, h.ack, h.ipv6, h.n = flow, seq, ack, ipv6, copy(h.buf[:], pkt)
 }
 
 func (h *heldAck) pkt() []byte { return h.buf[:h.n] }
 
-// parsePureAck reads pkt, a TCP packet as deliver hands it on (not a
-// fragment; IPv6 without extension headers): its flow, if its headers are
-// whole (keyed), and whether it is a pure ACK that thinning may replace or
-// drop (thinnable): nothing but the ACK flag, no option but timestamps, an
+// pureAck reads the sequence and acknowledgement numbers of pkt, a TCP
+// packet as hold takes it, and whether it is a pure ACK that thinning may
+// replace or drop: nothing but the ACK flag, no option but timestamps, an
 // IPv4 header without options, and checksums that hold, so that nothing
 // the stack would refuse replaces an ACK it would take.
-func parsePureAck(pkt []byte, ipv6 bool) (a pureAck, keyed, thinnable bool) {
-	var ipLen int
+func pureAck(pkt []byte, p *Packet) (seq, ack uint32, thinnable bool) {
+	tcp := header.TCP(pkt[p.Payload:])
+	seq, ack = tcp.SequenceNumber(), tcp.AckNumber()
+	// The cheap tests first: most TCP packets here carry data.
+	if len(pkt) > maxHeldAck || header.TCPFlags(p.TCPFlags) != header.TCPFlagAck || int(tcp.DataOffset()) != len(tcp) ||
+		!onlyTimestamps(tcp.Options()) {
+		return seq, ack, false
+	}
 	var src, dst tcpip.Address
-	optionless := true // the IPv4 header's
-	if ipv6 {
-		if len(pkt) < header.IPv6MinimumSize+header.TCPMinimumSize {
-			return a, false, false
-		}
+	if p.IPv6 {
 		ip := header.IPv6(pkt)
-		ipLen, src, dst = header.IPv6MinimumSize, ip.SourceAddress(), ip.DestinationAddress()
-		copy(a.flow[:], pkt[8:40])
-		a.flow[36] = 6
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
 	} else {
 		ip := header.IPv4(pkt)
-		if len(pkt) < header.IPv4MinimumSize {
-			return a, false, false
-		}
-		ipLen = int(ip.HeaderLength())
-		if ipLen < header.IPv4MinimumSize || len(pkt) < ipLen+header.TCPMinimumSize {
-			return a, false, false
+		if p.Payload != header.IPv4MinimumSize || !ip.IsChecksumValid() {
+			return seq, ack, false
 		}
 		src, dst = ip.SourceAddress(), ip.DestinationAddress()
-		copy(a.flow[:], pkt[12:20])
-		a.flow[36] = 4
-		optionless = ipLen == header.IPv4MinimumSize
-	}
-	tcp := header.TCP(pkt[ipLen:])
-	copy(a.flow[32:36], tcp[:4])
-	a.seq, a.ack = tcp.SequenceNumber(), tcp.AckNumber()
-	// The cheap tests first: most TCP packets here carry data.
-	if len(pkt) > maxHeldAck || !optionless || !lengthMatches(pkt, ipv6) || int(tcp.DataOffset()) != len(tcp) ||
-		tcp.Flags() != header.TCPFlagAck || !onlyTimestamps(tcp.Options()) ||
-		(!ipv6 && !header.IPv4(pkt).IsChecksumValid()) {
-		return a, true, false
 	}
 	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
-	return a, true, checksum.Checksum(tcp, sum) == 0xffff
-}
-
-// lengthMatches reports whether pkt's IP header gives its length exactly.
-func lengthMatches(pkt []byte, ipv6 bool) bool {
-	if ipv6 {
-		return int(header.IPv6(pkt).PayloadLength())+header.IPv6MinimumSize == len(pkt)
-	}
-	return int(header.IPv4(pkt).TotalLength()) == len(pkt)
+	return seq, ack, checksum.Checksum(tcp, sum) == 0xffff
 }
 
 // onlyTimestamps reports whether opts holds no TCP option but padding and

@@ -17,24 +17,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// tcpAcceptHandler accepts every TCP connection and hands it to the test.
-type tcpAcceptHandler struct{ conns chan *Conn }
-
-func (h *tcpAcceptHandler) HandleTCP(req *TCPRequest) {
-	c, err := req.Accept()
-	if err != nil {
-		return
-	}
-	select {
-	case h.conns <- c:
-	default:
-		c.Abort()
-	}
-}
-
-func (*tcpAcceptHandler) HandleUDP(_ FlowInfo, conn net.Conn) { conn.Close() }
-func (*tcpAcceptHandler) HandleEcho(EchoRequest)              {}
-
 // clientSegment is a TCP packet from src to dst as a client sends it,
 // checksums filled in.
 func clientSegment(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, payload []byte) []byte {
@@ -88,7 +70,7 @@ type groRig struct {
 
 func newGRORig(tb testing.TB, client, server netip.AddrPort) *groRig {
 	tb.Helper()
-	h := &tcpAcceptHandler{conns: make(chan *Conn, 1)}
+	h := &AcceptHandler{Conns: make(chan *Conn, 1)}
 	gwlb := gwlbSocket(tb, "127.0.0.2:0")
 	r := &groRig{
 		s:      startServer(tb, Config{Handler: h, ReplyPort: gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port()}),
@@ -107,7 +89,7 @@ func newGRORig(tb testing.TB, client, server netip.AddrPort) *groRig {
 	r.ack = readReplySegment(tb, gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1
 	r.batch(clientSegment(client, server, r.seq, r.ack, header.TCPFlagAck, nil))
 	select {
-	case r.conn = <-h.conns:
+	case r.conn = <-h.Conns:
 	case <-time.After(5 * time.Second):
 		tb.Fatal("no connection accepted")
 	}
@@ -322,8 +304,12 @@ func TestAckThinningOrder(t *testing.T) {
 	st := &endpointStack{link: &link{}}
 	st.link.dispatcher.Store(&d)
 	c := newCoalescer()
-	for _, p := range [][]byte{a1, b1, a2, a3, data, b2, b3, a4, a5, a6} {
-		c.hold(st, p, false)
+	for _, pkt := range [][]byte{a1, b1, a2, a3, data, b2, b3, a4, a5, a6} {
+		p, reason := ParsePacket(pkt, EtherTypeIPv4)
+		if reason != DropNone {
+			t.Fatal(reason)
+		}
+		c.hold(st, pkt, &p)
 	}
 	c.flush()
 	want := [][]byte{a3, data, b3, a6}
@@ -492,23 +478,28 @@ func readReplyTCP(gwlb *net.UDPConn, buf []byte) (header.TCP, error) {
 	return header.TCP(inner[ipLen:]), nil
 }
 
-// FuzzParsePureAck: no packet makes parsePureAck panic, and what it lets
-// thinning drop is a whole TCP pure ACK small enough to hold.
-func FuzzParsePureAck(f *testing.F) {
+// FuzzPureAck: no inner packet that deliver would hand a coalescer makes
+// pureAck panic, and what it lets thinning drop is a whole TCP pure ACK
+// small enough to hold.
+func FuzzPureAck(f *testing.F) {
 	c, s := netip.MustParseAddrPort("198.18.0.5:40000"), netip.MustParseAddrPort("198.18.9.9:443")
 	f.Add(clientSegment(c, s, 1, 2, header.TCPFlagAck, nil), false)
 	f.Add(clientSegmentOpts(c, s, 1, 2, header.TCPFlagAck, []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2}, nil), false)
 	f.Add(clientSegment(netip.MustParseAddrPort("[2001:db8::5]:40000"), netip.MustParseAddrPort("[2001:db8::9]:443"), 1, 2, header.TCPFlagAck, nil), true)
 	f.Fuzz(func(t *testing.T, pkt []byte, ipv6 bool) {
-		_, _, thinnable := parsePureAck(pkt, ipv6)
-		if !thinnable {
+		ether := uint16(EtherTypeIPv4)
+		if ipv6 {
+			ether = EtherTypeIPv6
+		}
+		p, reason := ParsePacket(pkt, ether)
+		if reason != DropNone || !coalescable(&p, pkt) {
 			return
 		}
-		ipLen := header.IPv6MinimumSize
-		if !ipv6 {
-			ipLen = int(header.IPv4(pkt).HeaderLength())
+		pkt = pkt[:p.Len]
+		if _, _, thinnable := pureAck(pkt, &p); !thinnable {
+			return
 		}
-		tcp := header.TCP(pkt[ipLen:])
+		tcp := header.TCP(pkt[p.Payload:])
 		if len(pkt) > maxHeldAck || tcp.Flags() != header.TCPFlagAck || len(tcp.Payload()) != 0 {
 			t.Fatalf("thinnable: %x", pkt)
 		}

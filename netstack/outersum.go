@@ -47,42 +47,33 @@ func innerSum(pkt []byte) (sum uint16, ok bool) {
 	if len(pkt) < 1 {
 		return 0, false
 	}
-	var ipLen int
-	var proto uint8
-	var addrs []byte // source and destination, as the pseudo-header has them
-	switch pkt[0] >> 4 {
-	case 4:
-		ipLen = int(pkt[0]&0xf) * 4
-		if ipLen < 20 || len(pkt) < ipLen || int(binary.BigEndian.Uint16(pkt[2:])) != len(pkt) {
-			return 0, false
-		}
-		if binary.BigEndian.Uint16(pkt[6:])&0x3fff != 0 { // more fragments, or an offset
-			return 0, false
-		}
-		proto, addrs = pkt[9], pkt[12:20]
-	case 6:
-		ipLen = 40
-		if len(pkt) < ipLen || int(binary.BigEndian.Uint16(pkt[4:]))+ipLen != len(pkt) {
-			return 0, false
-		}
-		proto, addrs = pkt[6], pkt[8:40] // an extension header is another protocol here
-	default:
+	ether := uint16(EtherTypeIPv4)
+	if pkt[0]>>4 == 6 {
+		ether = EtherTypeIPv6
+	}
+	p, reason := ParsePacket(pkt, ether)
+	// An IPv6 extension header puts the transport header further on: it
+	// counts as another protocol here.
+	if reason != DropNone || p.Len != len(pkt) || p.Fragment || p.MoreFragments || p.ICMPError ||
+		(p.IPv6 && p.Payload != 40) {
 		return 0, false
 	}
-	seg := pkt[ipLen:]
+	seg, addrs := pkt[p.Payload:], pkt[12:20] // source and destination, as the pseudo-header has them
+	if p.IPv6 {
+		addrs = pkt[8:40]
+	}
 	switch {
-	case proto == protoTCP && len(seg) >= 20:
-	case proto == protoUDP && len(seg) >= 8 && binary.BigEndian.Uint16(seg[6:]) != 0 &&
+	case p.Proto == protoTCP:
+	case p.Proto == protoUDP && binary.BigEndian.Uint16(seg[6:]) != 0 &&
 		int(binary.BigEndian.Uint16(seg[4:])) == len(seg): // its checksum covers its own length
-
 	default:
 		return 0, false
 	}
 	// The pseudo-header's protocol and length sum alike for both
-	// families; the lengths checked above keep len(seg) within 16 bits.
+	// families; the IP length keeps len(seg) within 16 bits.
 	var tail [4]byte
-	binary.BigEndian.PutUint32(tail[:], uint32(proto)<<16|uint32(len(seg)))
+	binary.BigEndian.PutUint32(tail[:], uint32(p.Proto)<<16|uint32(len(seg)))
 	pseudo := checksum.Checksum(tail[:], checksum.Checksum(addrs, 0))
 	// seg + pseudo sums to 0xffff (negative zero), so seg sums to -pseudo.
-	return checksum.Combine(checksum.Checksum(pkt[:ipLen], 0), ^pseudo), true
+	return checksum.Combine(checksum.Checksum(pkt[:p.Payload], 0), ^pseudo), true
 }

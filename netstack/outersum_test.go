@@ -49,6 +49,22 @@ func innerPacket(src, dst netip.AddrPort, proto uint8, n int) []byte {
 	return append(ip, seg...)
 }
 
+// icmpErrorQuoting is an IPv4 ICMP port unreachable quoting the IP header
+// and the first 8 transport bytes of pkt, checksums filled in.
+func icmpErrorQuoting(pkt []byte) []byte {
+	quoted := pkt[:header.IPv4MinimumSize+8]
+	out := make([]byte, header.IPv4MinimumSize+8+len(quoted))
+	ip := header.IPv4(out)
+	ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(out)), TTL: 64, Protocol: protoICMP,
+		SrcAddr: header.IPv4(pkt).DestinationAddress(), DstAddr: header.IPv4(pkt).SourceAddress()})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	icmp := out[header.IPv4MinimumSize:]
+	icmp[0], icmp[1] = 3, 3
+	copy(icmp[8:], quoted)
+	binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
+	return out
+}
+
 // udpWithTrailer is the IPv4 UDP packet pkt with two bytes after its UDP
 // length that the IP length counts.
 func udpWithTrailer(pkt []byte) []byte {
@@ -112,6 +128,7 @@ func TestDatagramSum(t *testing.T) {
 		{"IPv4 fragment", fragment, false},
 		{"IPv4 UDP without checksum", noSum, false},
 		{"IPv4 ICMP", echoPacket(1, "ping"), false},
+		{"IPv4 ICMP error quoting TCP", icmpErrorQuoting(innerPacket(v4[1], v4[0], protoTCP, 100)), false},
 		{"IPv6 extension header", extHdr, false},
 		{"trailing bytes", append(innerPacket(v4[0], v4[1], protoTCP, 10), 0, 0), false},
 		{"UDP shorter than its IP packet", udpWithTrailer(innerPacket(v4[0], v4[1], protoUDP, 10)), false},

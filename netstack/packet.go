@@ -33,6 +33,9 @@ type Packet struct {
 	ICMPError     bool // an ICMP error quoting a packet of the flow
 	TCPFlags      uint8
 	Payload       int // offset of the transport header (ICMP: of the ICMP header)
+	// Len is the packet's length by its IP header; bytes after it in the
+	// datagram are none of the packet's.
+	Len int
 }
 
 // SrcAddr returns the source address.
@@ -88,7 +91,7 @@ func parseIPv4(p *Packet, b []byte, quoted bool) DropReason {
 		if total > len(b) {
 			return DropInnerMalformed
 		}
-		b = b[:total]
+		b, p.Len = b[:total], total
 	}
 	p.Proto = b[9]
 	p.Src = [16]byte{10: 0xff, 11: 0xff}
@@ -124,7 +127,7 @@ func parseIPv6(p *Packet, b []byte, quoted bool) DropReason {
 		if total > len(b) {
 			return DropInnerMalformed
 		}
-		b = b[:total]
+		b, p.Len = b[:total], total
 	}
 	copy(p.Src[:], b[8:24])
 	copy(p.Dst[:], b[24:40])

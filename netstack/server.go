@@ -6,7 +6,6 @@ package netstack
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -403,13 +402,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		s.handleEcho(flow, p, inner)
 		return DropNone
 	}
-	// IPv6 only with TCP right after the fixed header: GRO would merge
-	// packets with extension headers too, but it checks the TCP checksum
-	// against the fixed header's destination, which a routing header
-	// would make the wrong one, and the stack trusts what GRO checked
-	// (see checkedDelivery).
-	if co != nil && p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && (!p.IPv6 || inner[6] == protoTCP) {
-		co.hold(st, inner[:ipLength(inner, p.IPv6)], p.IPv6)
+	if co != nil && coalescable(p, inner) {
+		// Cut to the IP length: GRO would sum the bytes after it into the
+		// TCP checksum it checks, and the stack trusts what GRO checked.
+		co.hold(st, inner[:p.Len], p)
 		return DropNone
 	}
 	if co != nil && p.Proto == protoTCP {
@@ -420,15 +416,14 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	return DropNone
 }
 
-// ipLength is the length of pkt by its IP header, which ParsePacket found
-// within pkt. The bytes after it are none of the packet's: the stack cuts
-// them off, but GRO would sum them into the TCP checksum it checks, and
-// the stack trusts what GRO checked.
-func ipLength(pkt []byte, ipv6 bool) int {
-	if ipv6 {
-		return 40 + int(binary.BigEndian.Uint16(pkt[4:6]))
-	}
-	return int(binary.BigEndian.Uint16(pkt[2:4]))
+// coalescable reports whether the inner packet pkt, as ParsePacket read it
+// into p, goes to the stack by way of a coalescer: TCP, not a fragment, and
+// for IPv6 with TCP right after the fixed header. GRO would merge packets
+// with extension headers too, but it checks the TCP checksum against the
+// fixed header's destination, which a routing header would make the wrong
+// one, and the stack trusts what GRO checked (see checkedDelivery).
+func coalescable(p *Packet, pkt []byte) bool {
+	return p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && (!p.IPv6 || pkt[6] == protoTCP)
 }
 
 func (s *Server) allowedSender(a netip.Addr) bool {

@@ -22,29 +22,11 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 )
 
-// acceptHandler accepts every TCP connection and hands it to the test.
-type acceptHandler struct{ conns chan *netstack.Conn }
-
-func (h *acceptHandler) HandleTCP(req *netstack.TCPRequest) {
-	c, err := req.Accept()
-	if err != nil {
-		return
-	}
-	select {
-	case h.conns <- c:
-	default:
-		c.Abort()
-	}
-}
-
-func (*acceptHandler) HandleUDP(_ netstack.FlowInfo, conn net.Conn) { conn.Close() }
-func (*acceptHandler) HandleEcho(netstack.EchoRequest)              {}
-
 // connRig is a netstack server on loopback, a simulated GWLB in front of
 // it, and a client stack behind the simulator.
 type connRig struct {
 	t      *testing.T
-	h      *acceptHandler
+	h      *netstack.AcceptHandler
 	client *gwlbsim.ClientStack
 }
 
@@ -58,7 +40,7 @@ const waitFor = 5 * time.Second
 
 func newConnRig(t *testing.T) *connRig {
 	t.Helper()
-	r := &connRig{t: t, h: &acceptHandler{conns: make(chan *netstack.Conn, 1)}}
+	r := &connRig{t: t, h: &netstack.AcceptHandler{Conns: make(chan *netstack.Conn, 1)}}
 	// The simulator receives replies on a port of its own: take a free one
 	// and retry, in case another test took it between.
 	var sim *gwlbsim.Sim
@@ -112,7 +94,7 @@ func freeUDPPort(t *testing.T) uint16 {
 func (r *connRig) accepted() *netstack.Conn {
 	r.t.Helper()
 	select {
-	case c := <-r.h.conns:
+	case c := <-r.h.Conns:
 		r.t.Cleanup(func() { c.Close() })
 		return c
 	case <-time.After(waitFor):

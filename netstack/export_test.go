@@ -1,0 +1,27 @@
+package netstack
+
+import "net"
+
+// AcceptHandler accepts every TCP connection and hands it to the test
+// (Conns, buffered by the test; a connection it has no room for is
+// aborted). It is exported to the package's external tests too.
+type AcceptHandler struct{ Conns chan *Conn }
+
+// HandleTCP implements Handler.
+func (h *AcceptHandler) HandleTCP(req *TCPRequest) {
+	c, err := req.Accept()
+	if err != nil {
+		return
+	}
+	select {
+	case h.Conns <- c:
+	default:
+		c.Abort()
+	}
+}
+
+// HandleUDP implements Handler: it closes the flow.
+func (*AcceptHandler) HandleUDP(_ FlowInfo, conn net.Conn) { conn.Close() }
+
+// HandleEcho implements Handler: it answers nothing.
+func (*AcceptHandler) HandleEcho(EchoRequest) {}
