@@ -69,11 +69,19 @@ type groRig struct {
 }
 
 func newGRORig(tb testing.TB, client, server netip.AddrPort) *groRig {
+	return newGRORigWith(tb, client, server, func(*Config) {})
+}
+
+// newGRORigWith is newGRORig with the server's configuration changed by
+// configure first.
+func newGRORigWith(tb testing.TB, client, server netip.AddrPort, configure func(*Config)) *groRig {
 	tb.Helper()
 	h := &AcceptHandler{Conns: make(chan *Conn, 1)}
 	gwlb := gwlbSocket(tb, "127.0.0.2:0")
+	cfg := Config{Handler: h, ReplyPort: gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port()}
+	configure(&cfg)
 	r := &groRig{
-		s:      startServer(tb, Config{Handler: h, ReplyPort: gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port()}),
+		s:      startServer(tb, cfg),
 		client: client, server: server,
 		from:  netip.MustParseAddrPort("127.0.0.2:47001"),
 		co:    newCoalescer(),

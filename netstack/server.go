@@ -58,6 +58,9 @@ type Config struct {
 	MTU int
 	// TCP tunes the stacks' TCP.
 	TCP TCPOptions
+	// AckDelay is how long a pure ACK of a flow that answers quickly may
+	// wait for a reply to carry it (delayack.go); 0 sends every ACK at once.
+	AckDelay time.Duration
 	// AllowLoopback lets the stacks accept inner packets to or from
 	// loopback addresses. Only in-process tests want this.
 	AllowLoopback bool
@@ -169,6 +172,7 @@ type Server struct {
 	conns []*net.UDPConn
 	ret   returnPath
 	stats counters
+	acks  ackDelayer
 	// stacks maps endpoint IDs to their open stacks. A stack leaves it
 	// when it is closed (idle, or the server closing), under its own lock,
 	// so a reader that loaded it just before sees it closed and looks
@@ -198,6 +202,7 @@ func Listen(cfg Config) (*Server, error) {
 		flows: newFlowTable(cfg.MaxFlows, cfg.TCPIdleTimeout, cfg.IdleTimeout),
 		done:  make(chan struct{}),
 	}
+	s.acks.init(s, cfg.AckDelay)
 	if cfg.MaxFlowsPerClient < cfg.MaxFlows {
 		s.flows.LimitPerClient(cfg.MaxFlowsPerClient)
 	}
@@ -283,6 +288,7 @@ func (s *Server) Close() error {
 		}
 		return true
 	})
+	s.acks.stop()
 	return s.ret.close()
 }
 
@@ -494,7 +500,8 @@ func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int
 // to. A packet without a flow is dropped and counted (ok false). A later
 // fragment carries no ports: it takes the flow its first fragment was sent
 // under, which frags (the endpoint's fragment table; nil for packets that
-// are never fragmented) remembers.
+// are never fragmented) remembers. A pure ACK may be held instead, for a
+// reply of its flow to carry (ok false, nothing counted; delayack.go).
 func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) (dgram []byte, gwlb netip.AddrPort, ok bool) {
 	inner := buf[innerOff : innerOff+n]
 	etherType := uint16(EtherTypeIPv4)
@@ -533,7 +540,12 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 	}
 	start := innerOff - len(tn.header)
 	copy(buf[start:], tn.header)
-	return buf[start-outerHeadroom : innerOff+n], tn.gwlb, true
+	dgram = buf[start-outerHeadroom : innerOff+n]
+	if s.acks.delay > 0 && p.Proto == protoTCP && !p.ICMPError && !p.Fragment &&
+		!s.acks.outbound(flow, inner, &p, dgram, tn.gwlb, now) {
+		return nil, gwlb, false // held for a reply to carry
+	}
+	return dgram, tn.gwlb, true
 }
 
 func (s *Server) expireLoop() {

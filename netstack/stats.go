@@ -40,6 +40,10 @@ type Stats struct {
 	ReturnPath          string            `json:"return_path"`
 	ReturnPortFallbacks uint64            `json:"return_port_fallbacks"`
 	LastSendError       string            `json:"last_send_error,omitempty"`
+	// AcksDelayed counts the pure ACKs held for a reply to carry, and
+	// AcksCarried those of them a reply carried, so they never left.
+	AcksDelayed uint64 `json:"acks_delayed"`
+	AcksCarried uint64 `json:"acks_carried"`
 }
 
 // Stats returns a snapshot of the counters.
@@ -62,6 +66,8 @@ func (s *Server) Stats() Stats {
 		UDPFlows:            c.udpFlows.Load(),
 		EchoRequests:        c.echoRequests.Load(),
 		ReturnPath:          s.ret.name(),
+		AcksDelayed:         s.acks.held.Load(),
+		AcksCarried:         s.acks.carried.Load(),
 		ReturnPortFallbacks: c.returnFallbacks.Load(),
 	}
 	for r := DropReason(1); r < dropReasons; r++ {

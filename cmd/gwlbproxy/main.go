@@ -135,6 +135,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.IntVar(&o.MaxUDPFlowsPerClient, "max-udp-flows-per-client", o.MaxUDPFlowsPerClient, "UDP flows (host sockets, an ephemeral port each) one client (IPv4 address or IPv6 /64, behind one GWLB endpoint) may hold at once; new flows beyond it are dropped and counted")
 	fs.IntVar(&o.Readers, "readers", o.Readers, "GENEVE reader sockets (SO_REUSEPORT); 0: one per CPU")
 	fs.StringVar(&o.ReturnPath, "return-path", o.ReturnPath, "how replies reach the GWLB from each flow's source port: raw (CAP_NET_RAW), bound (a UDP socket per port), auto")
+	fs.DurationVar(&o.AckDelay, "ack-delay", o.AckDelay, "how long a pure ACK to a client that answers quickly may wait for a reply to carry it (delayed ACK; 0: off, at most 40ms)")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "inner MTU; 0 picks the largest that keeps every GENEVE datagram within the GWLB's 8500 bytes")
 	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "directory for state kept across restarts: the CA created on first start")
 	fs.StringVar(&o.CACert, "ca-cert", o.CACert, "interception CA certificate (PEM; may hold an intermediate and its issuers); with --ca-key, instead of the state-dir CA")

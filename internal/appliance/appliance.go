@@ -46,18 +46,21 @@ type Options struct {
 	Readers           int
 	ReturnPath        string
 	MTU               int
-	LogLevel          string
-	StateDir          string
-	CACert            string
-	CAKey             string
-	CASecret          certs.Secret // --ca-secret*: the CA from AWS Secrets Manager
-	TrustHost         string
-	Config            string
-	UpstreamCA        []string
-	MaxHeaderBytes    int
-	GWLBCIDRs         []netip.Prefix
-	CloudWatch        cwlogs.Config // shipping is on when Group is set
-	AllowLoopback     bool          // --unsafe-allow-loopback: tests and benchmarks only
+	// AckDelay is how long a pure ACK may wait for a reply to carry it
+	// (netstack.Config.AckDelay); 0 sends every ACK at once.
+	AckDelay       time.Duration
+	LogLevel       string
+	StateDir       string
+	CACert         string
+	CAKey          string
+	CASecret       certs.Secret // --ca-secret*: the CA from AWS Secrets Manager
+	TrustHost      string
+	Config         string
+	UpstreamCA     []string
+	MaxHeaderBytes int
+	GWLBCIDRs      []netip.Prefix
+	CloudWatch     cwlogs.Config // shipping is on when Group is set
+	AllowLoopback  bool          // --unsafe-allow-loopback: tests and benchmarks only
 	// RecordStall is how long access records may be stuck behind a blocked
 	// or slow sink, dropped without a break, or failing on every write,
 	// before the health check reports the appliance broken.
@@ -128,6 +131,7 @@ func DefaultOptions() Options {
 		MaxFlows:             1_000_000,
 		MaxEndpoints:         netstack.DefaultMaxEndpoints,
 		ReturnPath:           netstack.ReturnPathAuto,
+		AckDelay:             netstack.DefaultAckDelay,
 		LogLevel:             "info",
 		MaxHeaderBytes:       intercept.DefaultMaxHeaderBytes,
 		StateDir:             "/var/lib/gwlbproxy",
@@ -162,6 +166,9 @@ func (o *Options) Validate() error {
 	}
 	if o.AnyGWLBSender && len(o.GWLBCIDRs) > 0 {
 		return errors.New(`--gwlb-cidrs: "any" and CIDRs do not go together`)
+	}
+	if o.AckDelay < 0 || o.AckDelay > 40*time.Millisecond {
+		return fmt.Errorf("--ack-delay %s: must be between 0 (off) and 40ms", o.AckDelay)
 	}
 	if o.MTU != 0 && (o.MTU < 1280 || o.MTU > netstack.DefaultMTU) {
 		return fmt.Errorf("--mtu %d: must be between 1280 and %d", o.MTU, netstack.DefaultMTU)
@@ -343,6 +350,7 @@ func New(o Options) (_ *Appliance, err error) {
 		MaxFlows:             o.MaxFlows,
 		MaxFlowsPerClient:    o.MaxFlowsPerClient,
 		MTU:                  o.MTU,
+		AckDelay:             o.AckDelay,
 		AllowLoopback:        o.AllowLoopback,
 		Senders:              o.GWLBCIDRs,
 		MaxEndpoints:         o.MaxEndpoints,

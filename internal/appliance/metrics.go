@@ -210,6 +210,10 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.UDPFlows) }),
 	newStatMetric("echo_requests_total", promCounter, "ICMP echo requests received.",
 		func(s *stats) float64 { return float64(s.Netstack.EchoRequests) }),
+	newStatMetric("acks_delayed_total", promCounter, "Pure ACKs to clients held for a reply to carry (--ack-delay).",
+		func(s *stats) float64 { return float64(s.Netstack.AcksDelayed) }),
+	newStatMetric("acks_carried_total", promCounter, "Held ACKs that a later packet of their flow carried, so they never left.",
+		func(s *stats) float64 { return float64(s.Netstack.AcksCarried) }),
 	newStatMetric("return_port_fallbacks_total", promCounter, "Replies sent from the listener port because the flow's port could not be bound.",
 		func(s *stats) float64 { return float64(s.Netstack.ReturnPortFallbacks) }),
 
