@@ -382,6 +382,9 @@ func BenchmarkVsSquid(b *testing.B) {
 	b.ReportMetric(hitRate, "leaf-hit-rate")
 	b.Logf("gwlbproxy leaves: %d hits, %d misses, %d mints, %d cached; CLK_TCK %.0f; squid runs as %s",
 		l.Hits, l.Misses, l.Mints, l.Cached, hz, vsCredName(cred))
+	n := st.Netstack
+	b.Logf("gwlbproxy GENEVE datagrams (all phases): %d in, %d out; ACKs delayed %d, carried by a reply %d",
+		n.PacketsIn, n.PacketsOut, n.AcksDelayed, n.AcksCarried)
 }
 
 // vsPhase is a kind of work the proxies are measured on.

@@ -139,19 +139,26 @@ type vsChild struct {
 	logs []string // files tail shows
 }
 
-// vsStartChild runs argv with output to logFile, in a process group of its
-// own, killed by the kernel should the benchmark process die first
-// (Pdeathsig). cred, when set, runs it as another user.
 // vsApplianceEnv holds space-separated NAME=VALUE pairs added to the
 // gwlbproxy process's environment only (GOMAXPROCS=1, GODEBUG=...): to see
 // what the Go runtime's settings do to the appliance's figures.
 const vsApplianceEnv = "GWLBPROXY_VS_APPLIANCE_ENV"
 
+// vsApplianceArgs holds space-separated flags added to the gwlbproxy
+// command line (--ack-delay 0, say): to compare settings of one binary.
+const vsApplianceArgs = "GWLBPROXY_VS_APPLIANCE_ARGS"
+
+// vsStartChild runs argv with output to logFile, in a process group of its
+// own, killed by the kernel should the benchmark process die first
+// (Pdeathsig). cred, when set, runs it as another user.
 func vsStartChild(b *testing.B, name, logFile string, cred *syscall.Credential, argv ...string) *vsChild {
 	b.Helper()
 	out, err := os.Create(logFile)
 	if err != nil {
 		b.Fatal(err)
+	}
+	if name == "gwlbproxy" {
+		argv = append(argv, strings.Fields(os.Getenv(vsApplianceArgs))...)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = out, out
