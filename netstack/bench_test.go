@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 type discardPath struct{ n int }
@@ -97,6 +99,72 @@ func BenchmarkReplyPath(b *testing.B) {
 	b.StopTimer()
 	if s.stats.packetsOut.Load() != uint64(b.N) {
 		b.Fatalf("sent %d of %d replies; drops %v", s.stats.packetsOut.Load(), b.N, s.Stats().Drops)
+	}
+}
+
+// BenchmarkReplyPathDelayedAck is a kept-alive request's replies on the
+// reply path, per flow in turn: the stack's pure ACK of the request, then
+// the answer. With the delay on, the ACK is held (copied, queued, the
+// timer armed) and the answer carries it (the held ACK dropped, the timer
+// stopped); off, both leave. One op is both packets. It must not allocate.
+func BenchmarkReplyPathDelayedAck(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		delay time.Duration
+	}{{"off", 0}, {"on", DefaultAckDelay}} {
+		b.Run(tc.name, func(b *testing.B) {
+			s := &Server{flows: newFlowTable(1<<20, time.Hour, time.Hour), ret: &discardPath{}}
+			s.cfg.MTU = DefaultMTU
+			s.acks.init(s, tc.delay)
+			defer s.acks.stop()
+			gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
+			client := netip.MustParseAddrPort("198.18.0.5:40000")
+			const answer = 300
+			type flowReplies struct{ ack, data []byte }
+			flows := make([]flowReplies, benchFlows)
+			for i := range flows {
+				c := netip.AddrPortFrom(client.Addr(), uint16(10000+i))
+				server := netip.MustParseAddrPort("198.18.9.9:443")
+				in := clientSegment(c, server, 1, 1, header.TCPFlagAck, nil)
+				d := append(AppendHeader(nil, EtherTypeIPv4, 0, 7, 8, uint32(i), nil), in...)
+				h, _ := ParseHeader(d)
+				p, _ := ParsePacket(d[h.Len:], h.Protocol)
+				k := p.Key(h.Endpoint)
+				f, _ := s.flows.Touch(&k, p.Src, d[:h.Len], h, gwlb, 0)
+				f.acks.sent, f.acks.sentAck, f.acks.quick = true, 1, true
+				flows[i] = flowReplies{
+					ack:  clientSegment(server, c, 1, 1, header.TCPFlagAck, nil),
+					data: clientSegment(server, c, 1, 1, header.TCPFlagAck|header.TCPFlagPsh, make([]byte, answer)),
+				}
+			}
+			buf := make([]byte, maxDatagram)
+			const innerOff = outerHeadroom + MaxGeneveHeader
+			send := func(r []byte, ack uint32, now int64) {
+				binary.BigEndian.PutUint32(r[header.IPv4MinimumSize+8:], ack)
+				copy(buf[innerOff:], r)
+				s.sendInner(7, buf, innerOff, len(r), now, nil)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				f := &flows[i%benchFlows]
+				ack := 1 + uint32(i/benchFlows+1)*100 // each request 100 bytes
+				now := time.Now().UnixNano()
+				send(f.ack, ack, now)
+				send(f.data, ack, now)
+			}
+			b.StopTimer()
+			want := uint64(2 * b.N)
+			if tc.delay > 0 {
+				want = uint64(b.N)
+				if got := s.acks.carried.Load(); got != uint64(b.N) {
+					b.Fatalf("%d of %d ACKs carried", got, b.N)
+				}
+			}
+			if got := s.stats.packetsOut.Load(); got != want {
+				b.Fatalf("sent %d datagrams, want %d; drops %v", got, want, s.Stats().Drops)
+			}
+		})
 	}
 }
 
