@@ -131,7 +131,8 @@ func BenchmarkReplyPathDelayedAck(b *testing.B) {
 				p, _ := ParsePacket(d[h.Len:], h.Protocol)
 				k := p.Key(h.Endpoint)
 				f, _ := s.flows.Touch(&k, p.Src, d[:h.Len], h, gwlb, 0)
-				f.acks.sent, f.acks.sentAck, f.acks.quick = true, 1, true
+				a := acksOf(f)
+				a.sent, a.sentAck, a.quick = true, 1, true
 				flows[i] = flowReplies{
 					ack:  clientSegment(server, c, 1, 1, header.TCPFlagAck, nil),
 					data: clientSegment(server, c, 1, 1, header.TCPFlagAck|header.TCPFlagPsh, make([]byte, answer)),

@@ -15,15 +15,16 @@ import (
 // costs two packets back, and two system calls: the pure ACK, then the
 // reply, which acknowledges as much again. The reply path holds such an ACK
 // for a short while (Config.AckDelay) and drops it when a packet of the
-// flow that acknowledges as much leaves first, as a receiver's delayed ACK
-// does (RFC 9293, 3.8.6.3). Dropping it is what losing it on the way would
-// do, which TCP is made to bear; the later packet carries the newer window.
+// flow that carries its news leaves first (one that acknowledges as much
+// and is not a retransmission), as a receiver's delayed ACK does (RFC 9293,
+// 3.8.6.3). Dropping it is what losing it on the way would do, which TCP
+// is made to bear; the later packet carries the newer window.
 //
 // An ACK is held only when waiting is likely to pay and cannot stall the
 // client for long:
 //   - the flow answered quickly before: data left within the delay of the
-//     flow's last pure ACK, and no held ACK of it has run out its delay
-//     since (Linux's "pingpong" mode);
+//     flow's last pure ACK (the time it was made, held or not), and no held
+//     ACK of it has run out its delay since (Linux's "pingpong" mode);
 //   - it acknowledges new data, at most maxDelayedBytes of it, so that a
 //     client sending a window's worth is acknowledged at once; a second
 //     such ACK while one is held goes out at once, as Linux acknowledges
@@ -53,20 +54,27 @@ var heldPool = sync.Pool{New: func() any {
 	return &b
 }}
 
-// flowAcks is a TCP flow's delayed-ACK state. Only the reply path touches
-// it, under mu.
+// flowAcks is a TCP flow's delayed-ACK state, made on the flow's first
+// reply. Only the reply path touches it, under mu.
 type flowAcks struct {
-	mu       sync.Mutex
-	held     *[]byte // the held ACK's datagram, outer headroom first; nil: none
-	heldLen  int
-	heldGWLB netip.AddrPort
-	heldAck  uint32
-	gen      uint32 // counts holds, so that the timer tells a hold it queued from a later one
-	sentAck  uint32 // the acknowledgement number last sent, when sent is set
-	sent     bool
-	quick    bool  // the flow answers quickly: its ACKs may be held
-	ackAt    int64 // when the flow's last pure ACK left (unix nanoseconds)
+	mu      sync.Mutex
+	held    delayedAck // held.buf nil: none
+	gen     uint32     // counts holds, so that the timer tells a hold it queued from a later one
+	sentAck uint32     // the highest acknowledgement number sent, when sent is set
+	sent    bool
+	quick   bool  // the flow answers quickly: its ACKs may be held
+	ackAt   int64 // when the flow's last pure ACK was made (unix nanoseconds)
 }
+
+// delayedAck is a held ACK: its GENEVE datagram, ready to send.
+type delayedAck struct {
+	buf      *[]byte // from heldPool; the datagram is (*buf)[:n], outer headroom first
+	n, inner int     // inner: where the inner packet starts in the datagram
+	gwlb     netip.AddrPort
+	seq, ack uint32
+}
+
+func (h *delayedAck) datagram() []byte { return (*h.buf)[:h.n] }
 
 // heldRef is a held ACK in the delayer's queue.
 type heldRef struct {
@@ -91,6 +99,7 @@ type ackDelayer struct {
 	due     []heldRef
 
 	held, carried atomic.Uint64
+	stopped       atomic.Bool // the server closed: nothing is held any more
 }
 
 func (d *ackDelayer) init(srv *Server, delay time.Duration) {
@@ -105,9 +114,11 @@ func (d *ackDelayer) stop() {
 	if d.timer == nil {
 		return
 	}
+	d.stopped.Store(true)
 	d.mu.Lock()
 	d.timer.Stop()
 	d.armed = false
+	clear(d.queue)
 	d.queue, d.live = d.queue[:0], 0
 	d.mu.Unlock()
 }
@@ -122,54 +133,70 @@ const (
 // seqAfter reports whether sequence number a comes after b.
 func seqAfter(a, b uint32) bool { return int32(a-b) > 0 }
 
+// acksOf returns f's delayed-ACK state, made on first use.
+func acksOf(f *Flow) *flowAcks {
+	if a := f.acks.Load(); a != nil {
+		return a
+	}
+	f.acks.CompareAndSwap(nil, new(flowAcks))
+	return f.acks.Load()
+}
+
 // outbound is called, when the delay is not 0, for each TCP packet pkt
 // (parsed into p; not an ICMP error, not a fragment) of flow f that the
-// stack emits, wrapped into dgram for gwlb. It reports whether the
-// packet leaves now; false: it is held, copied, and dgram is free. A held
-// ACK of the flow that the packet does not supersede is sent first.
-func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, gwlb netip.AddrPort, now int64) bool {
+// stack emits, wrapped into dgram for gwlb, with the inner packet at
+// dgram[inner:]. It reports whether the packet leaves now; false: it is
+// held, copied, and dgram is free. A held ACK of the flow that the packet
+// does not supersede is sent (and tapped) first.
+func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inner int, gwlb netip.AddrPort, now int64) bool {
 	tcp := pkt[p.Payload:p.Len]
-	if len(tcp) < 20 {
-		return true // ParsePacket saw to this; a packet that is not held needs no state
+	if len(tcp) < 20 || d.stopped.Load() {
+		return true // ParsePacket saw to the length
 	}
 	flags := p.TCPFlags
+	seq := binary.BigEndian.Uint32(tcp[4:])
 	ack := binary.BigEndian.Uint32(tcp[8:])
 	dataOff := int(tcp[12]>>4) * 4
 	payload := len(tcp) - dataOff
 	hasAck := flags&tcpACK != 0
 	pure := flags == tcpACK && payload == 0
 
-	a := &f.acks
+	a := acksOf(f)
 	a.mu.Lock()
-	var earlier *[]byte // a held ACK this packet does not supersede: it goes first
-	earlierLen, earlierGWLB := 0, netip.AddrPort{}
+	var earlier delayedAck // a held ACK this packet does not supersede: it goes first
 	secondAck := false
-	if a.held != nil {
-		switch {
-		case hasAck && (seqAfter(ack, a.heldAck) || ack == a.heldAck && (payload > 0 || flags&(tcpSYN|tcpFIN) != 0)):
-			// This packet acknowledges as much: the held ACK is dropped.
-			heldPool.Put(a.held)
+	if h := &a.held; h.buf != nil {
+		// A packet carries the held ACK's news if it acknowledges as much
+		// and the client reads its acknowledgement: not a retransmission,
+		// which a client drops unread when it lies below its window.
+		carries := hasAck && !seqAfter(h.seq, seq) &&
+			(seqAfter(ack, h.ack) || ack == h.ack && (payload > 0 || flags&(tcpSYN|tcpFIN) != 0))
+		if carries {
+			heldPool.Put(h.buf)
 			secondAck = pure
 			d.carried.Add(1)
-		default:
-			earlier, earlierLen, earlierGWLB = a.held, a.heldLen, a.heldGWLB
-			a.sentAck = a.heldAck
+		} else {
+			earlier = *h
+			a.sentAck = h.ack
 		}
-		a.held = nil
+		*h = delayedAck{}
 		d.released()
 	}
-	if pure && earlier == nil && !secondAck && a.quick && a.sent && seqAfter(ack, a.sentAck) && ack-a.sentAck <= maxDelayedBytes &&
+	if pure && earlier.buf == nil && !secondAck && a.quick && a.sent && seqAfter(ack, a.sentAck) && ack-a.sentAck <= maxDelayedBytes &&
 		len(dgram) <= maxHeldDatagram && onlyTimestamps(tcp[20:dataOff]) {
 		buf := heldPool.Get().(*[]byte)
-		a.held, a.heldLen, a.heldGWLB, a.heldAck = buf, copy(*buf, dgram), gwlb, ack
+		a.held = delayedAck{buf: buf, n: copy(*buf, dgram), inner: inner, gwlb: gwlb, seq: seq, ack: ack}
 		a.gen++
-		gen := a.gen
+		// Queued before a.mu is let go: a writer of the flow that then
+		// releases it must find it counted (d.live), or the queue could be
+		// emptied under other flows' held ACKs.
+		d.hold(f, a.gen, now)
+		a.ackAt = now
 		a.mu.Unlock()
-		d.hold(f, gen, now)
 		d.held.Add(1)
 		return false
 	}
-	if hasAck {
+	if hasAck && (!a.sent || seqAfter(ack, a.sentAck)) {
 		a.sentAck, a.sent = ack, true
 	}
 	switch {
@@ -179,24 +206,44 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, gwlb
 		a.quick = true
 	}
 	a.mu.Unlock()
-	if earlier != nil {
-		d.send((*earlier)[:earlierLen], earlierGWLB)
-		heldPool.Put(earlier)
+	if earlier.buf != nil {
+		d.send(f, &earlier, now)
 	}
 	return true
 }
 
-// send sends one held ACK on its own: a packet of its flow that must
-// follow it is waiting in a batch.
-func (d *ackDelayer) send(dgram []byte, gwlb netip.AddrPort) {
+// send sends one held ACK of flow f on its own, and puts its buffer back:
+// a packet of its flow that must follow it is waiting in a batch.
+func (d *ackDelayer) send(f *Flow, h *delayedAck, now int64) {
 	s := d.srv
-	if err := s.ret.send(dgram, gwlb); err != nil {
+	d.tap(f, h, now)
+	dgram := h.datagram()
+	err := s.ret.send(dgram, h.gwlb)
+	heldPool.Put(h.buf)
+	if err != nil {
 		s.stats.drop(DropSendError)
 		s.stats.lastSendError.Store(err.Error())
 		return
 	}
 	s.stats.packetsOut.Add(1)
 	s.stats.bytesOut.Add(uint64(len(dgram) - outerHeadroom))
+}
+
+// tap shows a held ACK to the capture tap as it leaves: the reply path
+// shows it nothing while it is held, since it may never leave.
+func (d *ackDelayer) tap(f *Flow, h *delayedAck, now int64) {
+	t := d.srv.cfg.Tap
+	if t == nil {
+		return
+	}
+	inner := h.datagram()[h.inner:]
+	ether := uint16(EtherTypeIPv4)
+	if inner[0]>>4 == 6 {
+		ether = EtherTypeIPv6
+	}
+	if p, reason := ParsePacket(inner, ether); reason == DropNone {
+		t.Packet(f.key.Endpoint, f.tunnel.Load().parsed.FlowCookie, true, now, p, inner)
+	}
 }
 
 // hold queues a held ACK for the timer.
@@ -216,7 +263,9 @@ func (d *ackDelayer) hold(f *Flow, gen uint32, now int64) {
 // so that a flow whose replies carry every ACK costs no timer wake-ups.
 func (d *ackDelayer) released() {
 	d.mu.Lock()
-	if d.live--; d.live == 0 {
+	if d.live--; d.live <= 0 {
+		d.live = 0 // after stop, what was held is no longer counted
+		clear(d.queue)
 		d.queue = d.queue[:0]
 		d.timer.Stop()
 		d.armed = false
@@ -250,23 +299,29 @@ func (d *ackDelayer) fire() {
 	b := getReplyBatch()
 	for i := range d.due {
 		r := &d.due[i]
-		a := &r.flow.acks
+		a := r.flow.acks.Load()
 		a.mu.Lock()
-		if a.held == nil || a.gen != r.gen {
+		if a.held.buf == nil || a.gen != r.gen {
 			a.mu.Unlock()
 			continue
 		}
-		held, n, gwlb := a.held, a.heldLen, a.heldGWLB
-		a.held = nil
-		a.sentAck, a.ackAt, a.quick = a.heldAck, now, false
+		h := a.held
+		a.held = delayedAck{}
+		if seqAfter(h.ack, a.sentAck) {
+			a.sentAck = h.ack
+		}
+		// The answer did not come in time: the flow's ACKs leave at once
+		// from now on, until it answers within the delay of one.
+		a.quick = false
 		a.mu.Unlock()
 		d.released()
 		if b.full() {
 			d.srv.sendReplies(b)
 		}
+		d.tap(r.flow, &h, now)
 		buf := b.buf()
-		b.add(buf[:copy(buf, (*held)[:n])], gwlb)
-		heldPool.Put(held)
+		b.add(buf[:copy(buf, h.datagram())], h.gwlb)
+		heldPool.Put(h.buf)
 	}
 	clear(d.due)
 	d.srv.sendReplies(b)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,9 +67,88 @@ func (r *groRig) answer(t *testing.T, s string) header.TCP {
 		t.Fatalf("got %q (flags %s), want the answer %q", tcp.Payload(), tcp.Flags(), s)
 	}
 	r.ack += uint32(len(s))
-	r.batch(clientSegment(r.client, r.server, r.seq, r.ack, header.TCPFlagAck, nil))
+	r.batch(clientSegmentOpts(r.client, r.server, r.seq, r.ack, header.TCPFlagAck, r.opts, nil))
 	return tcp
 }
+
+// ackTap counts the pure ACKs the reply path shows the capture tap as
+// sent.
+type ackTap struct{ pureOut atomic.Int64 }
+
+func (a *ackTap) Packet(_ uint64, _ uint32, out bool, _ int64, p Packet, pkt []byte) {
+	tcp := header.TCP(pkt[p.Payload:p.Len])
+	if out && p.Proto == protoTCP && tcp.Flags() == header.TCPFlagAck && len(tcp.Payload()) == 0 {
+		a.pureOut.Add(1)
+	}
+}
+
+// delayRig is a groRig whose server holds ACKs for delay, with counters.
+type delayRig struct {
+	*groRig
+	t        *testing.T
+	tap      *ackTap
+	pureRead int64 // pure ACKs the client read
+}
+
+func newDelayRig(t *testing.T, client, server netip.AddrPort, delay time.Duration, synOpts, opts []byte) *delayRig {
+	tap := &ackTap{}
+	g := newGRORigOpts(t, client, server, func(c *Config) { c.AckDelay, c.Tap = delay, tap }, synOpts, opts)
+	return &delayRig{groRig: g, t: t, tap: tap}
+}
+
+func (r *delayRig) acks() (delayed, carried uint64) {
+	st := r.s.Stats()
+	return st.AcksDelayed, st.AcksCarried
+}
+
+// waitHeld waits until delayed ACKs have been held in all.
+func (r *delayRig) waitHeld(delayed uint64) {
+	r.t.Helper()
+	waitUntil(r.t, 5*time.Second, "an ACK held", func() (bool, string) {
+		d, c := r.acks()
+		return d == delayed, fmt.Sprintf("%d delayed, %d carried", d, c)
+	})
+}
+
+func (r *delayRig) wantAcks(what string, delayed, carried uint64) {
+	r.t.Helper()
+	if d, c := r.acks(); d != delayed || c != carried {
+		r.t.Fatalf("%s: %d ACKs delayed and %d carried, want %d and %d", what, d, c, delayed, carried)
+	}
+}
+
+// pureAck reads the next reply within wait and checks that it is a pure
+// ACK of the client's bytes up to ack.
+func (r *delayRig) pureAck(wait time.Duration, ack uint32, what string) header.TCP {
+	r.t.Helper()
+	tcp := r.nextReply(r.t, wait)
+	wantPureAck(r.t, tcp, ack, what)
+	r.pureRead++
+	return tcp
+}
+
+// tapped checks that the tap saw as many pure ACKs leave as the client
+// read: none that was held and then carried, each held one that left.
+func (r *delayRig) tapped() {
+	r.t.Helper()
+	if got := r.tap.pureOut.Load(); got != r.pureRead {
+		r.t.Fatalf("the tap saw %d pure ACKs leave; the client read %d", got, r.pureRead)
+	}
+}
+
+// quicken makes the flow one that answers quickly: a request, its ACK,
+// and the answer at once.
+func (r *delayRig) quicken(delayed uint64) {
+	r.t.Helper()
+	r.batch(r.data([]byte("GET /quick")))
+	r.pureAck(r.delayHalf(), r.seq, "request of a flow not yet quick")
+	r.wantAcks("request of a flow not yet quick", delayed, r.carriedNow())
+	r.answer(r.t, "200 quick")
+}
+
+func (r *delayRig) carriedNow() uint64 { _, c := r.acks(); return c }
+
+func (r *delayRig) delayHalf() time.Duration { return r.s.cfg.AckDelay / 2 }
 
 // TestDelayedAck plays a client by hand against a stack whose replies may
 // carry its ACKs: what leaves, and when, as the server answers quickly,
@@ -76,84 +157,148 @@ func TestDelayedAck(t *testing.T) {
 	const delay = 300 * time.Millisecond
 	for _, fam := range groFamilies {
 		t.Run(fam.name, func(t *testing.T) {
-			r := newGRORigWith(t, fam.client, fam.server, func(c *Config) { c.AckDelay = delay })
-			acks := func() (delayed, carried uint64) {
-				st := r.s.Stats()
-				return st.AcksDelayed, st.AcksCarried
-			}
-			waitHeld := func(delayed uint64) {
-				t.Helper()
-				waitUntil(t, 5*time.Second, "an ACK held", func() (bool, string) {
-					d, c := acks()
-					return d == delayed, fmt.Sprintf("%d delayed, %d carried", d, c)
-				})
-			}
-			wantAcks := func(what string, delayed, carried uint64) {
-				t.Helper()
-				if d, c := acks(); d != delayed || c != carried {
-					t.Fatalf("%s: %d ACKs delayed and %d carried, want %d and %d", what, d, c, delayed, carried)
-				}
-			}
+			r := newDelayRig(t, fam.client, fam.server, delay, nil, nil)
 
 			// A flow that has not answered quickly yet: its ACK leaves at
 			// once. The answer right after makes it a quick one.
-			r.batch(r.data([]byte("GET /1")))
-			wantPureAck(t, r.nextReply(t, delay/2), r.seq, "first request")
-			wantAcks("first request", 0, 0)
-			r.answer(t, "200 one")
+			r.quicken(0)
 
 			// Now the answer carries the ACK: nothing leaves before it.
 			r.batch(r.data([]byte("GET /2")))
-			waitHeld(1)
+			r.waitHeld(1)
 			r.noReply(t, delay/10)
-			wantAcks("second request, held", 1, 0)
+			r.wantAcks("second request, held", 1, 0)
 			if got := r.answer(t, "200 two"); got.AckNumber() != r.seq {
 				t.Fatalf("the answer acknowledges %d, want %d", got.AckNumber(), r.seq)
 			}
-			wantAcks("second request, carried", 1, 1)
+			r.wantAcks("second request, carried", 1, 1)
 
-			// No answer: the ACK leaves once the delay has run out, not
-			// before, and the flow is no longer taken for a quick one.
+			// No answer in time: the ACK leaves once the delay has run
+			// out, not before, and the flow is no longer taken for a quick
+			// one, also when the answer then comes within the delay of the
+			// late ACK.
 			start := time.Now()
 			r.batch(r.data([]byte("GET /3")))
-			wantPureAck(t, r.nextReply(t, 5*time.Second), r.seq, "unanswered request")
+			r.pureAck(5*time.Second, r.seq, "unanswered request")
 			if waited := time.Since(start); waited < delay {
 				t.Fatalf("the held ACK left after %s, before the delay (%s)", waited, delay)
 			}
-			wantAcks("unanswered request", 2, 1)
+			r.wantAcks("unanswered request", 2, 1)
+			time.Sleep(time.Until(start.Add(delay + delay/2)))
+			r.answer(t, "200 three, late")
 			r.batch(r.data([]byte("GET /4")))
-			wantPureAck(t, r.nextReply(t, delay/2), r.seq, "request after a late ACK")
-			wantAcks("request after a late ACK", 2, 1)
+			r.pureAck(delay/2, r.seq, "request after a late answer")
+			r.wantAcks("request after a late answer", 2, 1)
 			r.answer(t, "200 four") // quick again
 
 			// More than a segment's worth is acknowledged at once.
 			r.batch(r.data(bytes.Repeat([]byte("b"), maxDelayedBytes+1)))
-			wantPureAck(t, r.nextReply(t, delay/2), r.seq, "large request")
-			wantAcks("large request", 2, 1)
+			r.pureAck(delay/2, r.seq, "large request")
+			r.wantAcks("large request", 2, 1)
 			r.answer(t, "200 large")
 
 			// A second ACK while one is held leaves at once, and the held
 			// one is dropped: every second segment is acknowledged.
 			r.batch(r.data([]byte("part 1")))
-			waitHeld(3)
+			r.waitHeld(3)
 			r.batch(r.data([]byte("part 2")))
-			wantPureAck(t, r.nextReply(t, delay/2), r.seq, "second segment")
-			wantAcks("second segment", 3, 2)
+			r.pureAck(delay/2, r.seq, "second segment")
+			r.wantAcks("second segment", 3, 2)
 			r.noReply(t, delay+delay/2)
 			r.answer(t, "200 parts")
 
 			// A duplicate ACK (a segment beyond a gap) is never held, and
 			// a held ACK goes out before it.
 			r.batch(r.data([]byte("GET /5")))
-			waitHeld(4)
-			wantAcks("request before a gap", 4, 2)
-			gap := clientSegment(r.client, r.server, r.seq+100, r.ack, header.TCPFlagAck, []byte("later"))
-			r.batch(gap)
-			wantPureAck(t, r.nextReply(t, delay/2), r.seq, "held ACK before a duplicate")
-			wantPureAck(t, r.nextReply(t, delay/2), r.seq, "duplicate ACK")
-			wantAcks("duplicate ACK", 4, 2)
+			r.waitHeld(4)
+			r.wantAcks("request before a gap", 4, 2)
+			r.batch(clientSegment(r.client, r.server, r.seq+100, r.ack, header.TCPFlagAck, []byte("later")))
+			r.pureAck(delay/2, r.seq, "held ACK before a duplicate")
+			r.pureAck(delay/2, r.seq, "duplicate ACK")
+			r.wantAcks("duplicate ACK", 4, 2)
+			r.batch(clientSegment(r.client, r.server, r.seq+200, r.ack, header.TCPFlagAck, []byte("later still")))
+			r.pureAck(delay/2, r.seq, "duplicate ACK with nothing held")
+			r.wantAcks("duplicate ACK with nothing held", 4, 2)
+
+			// The server's FIN carries a held ACK, and is not held itself.
+			r.batch(r.data([]byte("GET /6")))
+			r.waitHeld(5)
+			if err := r.conn.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			fin := r.nextReply(t, delay/2)
+			if fin.Flags() != header.TCPFlagAck|header.TCPFlagFin || fin.AckNumber() != r.seq {
+				t.Fatalf("after close: flags %s, ack %d; want FIN|ACK of %d", fin.Flags(), fin.AckNumber(), r.seq)
+			}
+			r.wantAcks("FIN", 5, 3)
+			r.tapped()
 		})
 	}
+}
+
+// TestDelayedAckOptions: with timestamps and SACK, as real clients have
+// them, an ACK with timestamps is held, and one with SACK blocks is not.
+func TestDelayedAckOptions(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	ts := []byte{1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0}  // NOP NOP timestamps
+	syn := []byte{4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0} // SACK permitted, timestamps
+	fam := groFamilies[0]
+	r := newDelayRig(t, fam.client, fam.server, delay, syn, ts)
+	r.quicken(0)
+	r.batch(r.data([]byte("GET /2")))
+	r.waitHeld(1)
+	if got := r.answer(t, "200 two"); len(got.Options()) == 0 {
+		t.Fatal("no timestamps on the server's segments: the options were not taken")
+	}
+	r.wantAcks("timestamped ACK", 1, 1)
+
+	// Segment 3, then segment 1, with 2 missing: the ACK of 1 moves the
+	// acknowledgement forward but carries a SACK block for 3.
+	one, two, three := []byte("aaaa"), []byte("bbbb"), []byte("cccc")
+	seq := r.seq
+	r.batch(clientSegmentOpts(r.client, r.server, seq+8, r.ack, header.TCPFlagAck, ts, three))
+	r.pureAck(delay/2, seq, "duplicate ACK with a SACK block")
+	r.batch(clientSegmentOpts(r.client, r.server, seq, r.ack, header.TCPFlagAck, ts, one))
+	sack := r.pureAck(delay/2, seq+4, "forward ACK with a SACK block")
+	if len(sack.Options()) <= len(ts) {
+		t.Fatalf("the ACK of segment 1 has options %x: no SACK block", sack.Options())
+	}
+	r.wantAcks("forward ACK with a SACK block", 1, 1)
+	r.batch(clientSegmentOpts(r.client, r.server, seq+4, r.ack, header.TCPFlagAck, ts, two))
+	r.seq += 12
+	r.waitHeld(2) // the gap is filled: an ordinary forward ACK again
+	r.answer(t, "200 three")
+	r.wantAcks("gap filled", 2, 2)
+	r.tapped()
+}
+
+// TestDelayedAckRetransmission: a retransmission does not carry a held ACK
+// (a client drops a segment below its window unread): the ACK goes first.
+func TestDelayedAckRetransmission(t *testing.T) {
+	const delay = 5 * time.Second // longer than the stack's retransmission timeout
+	fam := groFamilies[0]
+	r := newDelayRig(t, fam.client, fam.server, delay, nil, nil)
+	r.quicken(0)
+	// The server sends bytes the client never acknowledges; the client's
+	// request then gets its ACK held, and the bytes are sent again.
+	if _, err := r.conn.Write([]byte("unacknowledged")); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.nextReply(t, 2*time.Second); string(got.Payload()) != "unacknowledged" {
+		t.Fatalf("got %q, want the server's bytes", got.Payload())
+	}
+	start := time.Now()
+	r.batch(r.data([]byte("GET /2")))
+	r.waitHeld(1)
+	r.pureAck(delay/2, r.seq, "held ACK before a retransmission")
+	if waited := time.Since(start); waited >= delay {
+		t.Fatalf("the held ACK waited out its delay (%s): no retransmission came", waited)
+	}
+	if got := r.nextReply(t, 2*time.Second); string(got.Payload()) != "unacknowledged" {
+		t.Fatalf("got %q (flags %s), want the retransmission", got.Payload(), got.Flags())
+	}
+	r.wantAcks("retransmission", 1, 0)
+	r.tapped()
 }
 
 // TestDelayedAckOff: with no delay, every ACK leaves at once.

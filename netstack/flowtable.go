@@ -22,7 +22,7 @@ type Flow struct {
 	client   [16]byte     // the inner source of its first packet, for the client's share
 	lastSeen atomic.Int64 // unix nanoseconds
 	tunnel   atomic.Pointer[tunnel]
-	acks     flowAcks // TCP only: the ACK the reply path holds (delayack.go)
+	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
 }
 
 // tunnel is immutable once published, so readers need no lock.

@@ -66,6 +66,7 @@ type groRig struct {
 	ether          uint16
 	seq, ack       uint32       // the client's next sequence number, and its ACK
 	gwlb           *net.UDPConn // where the stack's replies arrive
+	opts           []byte       // TCP options of the client's segments after its SYN
 }
 
 func newGRORig(tb testing.TB, client, server netip.AddrPort) *groRig {
@@ -75,6 +76,12 @@ func newGRORig(tb testing.TB, client, server netip.AddrPort) *groRig {
 // newGRORigWith is newGRORig with the server's configuration changed by
 // configure first.
 func newGRORigWith(tb testing.TB, client, server netip.AddrPort, configure func(*Config)) *groRig {
+	return newGRORigOpts(tb, client, server, configure, nil, nil)
+}
+
+// newGRORigOpts is newGRORigWith with TCP options: synOpts on the client's
+// SYN, opts on every later segment of the rig's (data, and ACKs).
+func newGRORigOpts(tb testing.TB, client, server netip.AddrPort, configure func(*Config), synOpts, opts []byte) *groRig {
 	tb.Helper()
 	h := &AcceptHandler{Conns: make(chan *Conn, 1)}
 	gwlb := gwlbSocket(tb, "127.0.0.2:0")
@@ -88,14 +95,15 @@ func newGRORigWith(tb testing.TB, client, server netip.AddrPort, configure func(
 		ether: EtherTypeIPv4,
 		seq:   1000,
 		gwlb:  gwlb,
+		opts:  opts,
 	}
 	if client.Addr().Is6() {
 		r.ether = EtherTypeIPv6
 	}
-	r.batch(clientSegment(client, server, r.seq, 0, header.TCPFlagSyn, nil))
+	r.batch(clientSegmentOpts(client, server, r.seq, 0, header.TCPFlagSyn, synOpts, nil))
 	r.seq++
 	r.ack = readReplySegment(tb, gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1
-	r.batch(clientSegment(client, server, r.seq, r.ack, header.TCPFlagAck, nil))
+	r.batch(clientSegmentOpts(client, server, r.seq, r.ack, header.TCPFlagAck, opts, nil))
 	select {
 	case r.conn = <-h.Conns:
 	case <-time.After(5 * time.Second):
@@ -109,7 +117,7 @@ func newGRORigWith(tb testing.TB, client, server netip.AddrPort, configure func(
 
 // data is the client's next segment, carrying payload.
 func (r *groRig) data(payload []byte) []byte {
-	pkt := clientSegment(r.client, r.server, r.seq, r.ack, header.TCPFlagAck, payload)
+	pkt := clientSegmentOpts(r.client, r.server, r.seq, r.ack, header.TCPFlagAck, r.opts, payload)
 	r.seq += uint32(len(payload))
 	return pkt
 }

@@ -535,15 +535,15 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 	}
 	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions
 	tn := flow.tunnel.Load()
-	if s.cfg.Tap != nil {
-		s.cfg.Tap.Packet(endpoint, tn.parsed.FlowCookie, true, now, p, inner)
-	}
 	start := innerOff - len(tn.header)
 	copy(buf[start:], tn.header)
 	dgram = buf[start-outerHeadroom : innerOff+n]
 	if s.acks.delay > 0 && p.Proto == protoTCP && !p.ICMPError && !p.Fragment &&
-		!s.acks.outbound(flow, inner, &p, dgram, tn.gwlb, now) {
-		return nil, gwlb, false // held for a reply to carry
+		!s.acks.outbound(flow, inner, &p, dgram, innerOff-(start-outerHeadroom), tn.gwlb, now) {
+		return nil, gwlb, false // held for a reply to carry; tapped if it leaves
+	}
+	if s.cfg.Tap != nil {
+		s.cfg.Tap.Packet(endpoint, tn.parsed.FlowCookie, true, now, p, inner)
 	}
 	return dgram, tn.gwlb, true
 }
