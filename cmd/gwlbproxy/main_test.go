@@ -12,6 +12,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/certs/secretstest"
 	"github.com/gwlbproxy/gwlbproxy/internal/appliance"
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
 // secretCA follows the README: `gwlbproxy ca init --out DIR`, then
@@ -64,6 +65,8 @@ func TestFlagValidation(t *testing.T) {
 		{"--tcp-idle-timeout", "30s"},
 		{"--return-path", "magic"},
 		{"--mtu", "9000"},
+		{"--ack-delay", "-1ms"},
+		{"--ack-delay", "41ms"},
 		{"--max-flows", "0"},
 		{"--record-stall", "0s"},
 		{"--max-endpoints", "0"},
@@ -80,6 +83,12 @@ func TestFlagValidation(t *testing.T) {
 	o, err := parseFlags([]string{"--record-stall", "45s"}, &bytes.Buffer{})
 	if err != nil || o.RecordStall != 45*time.Second {
 		t.Errorf("--record-stall 45s: %v, %v", o.RecordStall, err)
+	}
+	if o.AckDelay != netstack.DefaultAckDelay {
+		t.Errorf("--ack-delay defaults to %s, want %s", o.AckDelay, netstack.DefaultAckDelay)
+	}
+	if o, err := parseFlags([]string{"--ack-delay", "0"}, &bytes.Buffer{}); err != nil || o.AckDelay != 0 || o.Validate() != nil {
+		t.Errorf("--ack-delay 0 (off): %v, %v", o.AckDelay, err)
 	}
 }
 
