@@ -123,10 +123,9 @@ func (d *ackDelayer) stop() {
 	d.mu.Unlock()
 }
 
-// TCP flags the delayer reads.
+// TCP flags the delayer reads (segment.go has the others).
 const (
 	tcpSYN = 0x02
-	tcpRST = 0x04
 	tcpACK = 0x10
 )
 

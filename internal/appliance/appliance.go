@@ -46,21 +46,19 @@ type Options struct {
 	Readers           int
 	ReturnPath        string
 	MTU               int
-	// AckDelay is how long a pure ACK may wait for a reply to carry it
-	// (netstack.Config.AckDelay); 0 sends every ACK at once.
-	AckDelay       time.Duration
-	LogLevel       string
-	StateDir       string
-	CACert         string
-	CAKey          string
-	CASecret       certs.Secret // --ca-secret*: the CA from AWS Secrets Manager
-	TrustHost      string
-	Config         string
-	UpstreamCA     []string
-	MaxHeaderBytes int
-	GWLBCIDRs      []netip.Prefix
-	CloudWatch     cwlogs.Config // shipping is on when Group is set
-	AllowLoopback  bool          // --unsafe-allow-loopback: tests and benchmarks only
+	AckDelay          time.Duration // how long a pure ACK may wait for a reply to carry it (netstack.Config.AckDelay); 0: off
+	LogLevel          string
+	StateDir          string
+	CACert            string
+	CAKey             string
+	CASecret          certs.Secret // --ca-secret*: the CA from AWS Secrets Manager
+	TrustHost         string
+	Config            string
+	UpstreamCA        []string
+	MaxHeaderBytes    int
+	GWLBCIDRs         []netip.Prefix
+	CloudWatch        cwlogs.Config // shipping is on when Group is set
+	AllowLoopback     bool          // --unsafe-allow-loopback: tests and benchmarks only
 	// RecordStall is how long access records may be stuck behind a blocked
 	// or slow sink, dropped without a break, or failing on every write,
 	// before the health check reports the appliance broken.
