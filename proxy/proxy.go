@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -139,13 +140,21 @@ func New(cfg Config) *Proxy {
 	}
 	ic := cfg.Intercept
 	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
-	ic.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
-		return p.dialer.DialContext(ctx, "tcp", addr)
-	}
+	ic.Dial = p.dialTCP
 	p.intercept = intercept.New(ic)
 	p.tcp.waiting.what = "TCP connections waiting for their first bytes, its share"
 	p.echo.init(p)
 	return p
+}
+
+// dialTCP connects to a destination from the instance's own address; the
+// connection's reads and writes are raw system calls (package hostconn).
+func (p *Proxy) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return hostconn.Wrap(c), nil
 }
 
 // Stats returns a snapshot of the proxy's counters.

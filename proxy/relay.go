@@ -9,6 +9,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
@@ -310,19 +313,22 @@ func (h *halfRelay) readFD(fd uintptr) bool {
 	if h.rbuf == nil {
 		h.rbuf = relayBufPool.Get().(*[]byte)
 	}
+	b := *h.rbuf
 	for {
-		n, err := syscall.Read(int(fd), *h.rbuf)
-		switch err {
-		case syscall.EINTR:
+		// A raw system call, for the reason package hostconn gives: the
+		// socket is non-blocking, so the read cannot block.
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch e {
+		case unix.EINTR:
 			continue
-		case syscall.EAGAIN:
+		case unix.EAGAIN:
 			relayBufPool.Put(h.rbuf)
 			h.rbuf = nil
 			return false
-		case nil:
-			h.rn = n
+		case 0:
+			h.rn = int(n)
 		default:
-			h.rerr = err
+			h.rerr = e
 		}
 		return true
 	}

@@ -79,7 +79,7 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 		return
 	}
 	p.stats.tcpActive.Add(1)
-	up, err := p.dialer.DialContext(context.Background(), "tcp", flow.Dest.String())
+	up, err := p.dialTCP(context.Background(), flow.Dest.String())
 	if err != nil {
 		p.tcp.waiting.release(key)
 		req.Reject()

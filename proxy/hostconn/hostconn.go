@@ -1,0 +1,151 @@
+// Package hostconn reads and writes the appliance's host TCP connections
+// (its connections to destinations) with raw system calls.
+//
+// The sockets are non-blocking and in the runtime's poller, so a read or a
+// write never blocks: it returns EAGAIN, and the goroutine waits in the
+// poller. The net package still makes each call as one that might block,
+// and the first such call after an idle spell wakes the runtime's monitor
+// thread, which then polls every 20 µs for a while. On a guest where a
+// thread wake-up is dear that was a tenth of a kept-alive request's CPU,
+// paid twice a request (the request written, the answer read). The GENEVE
+// sockets are read and written raw for the same reason (netstack), as
+// gVisor's own link endpoints do theirs (pkg/rawfile). The cost: a raw
+// call keeps its processor for as long as the kernel takes, which for a
+// loopback write includes the receiver's input path.
+package hostconn
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is a host TCP connection whose Read and Write are raw system
+// calls. Everything else is the *net.TCPConn's.
+type Conn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+
+	// The state of the call in progress, one per direction, guarded by
+	// its mutex; the functions are bound once so that no call allocates.
+	rmu    sync.Mutex
+	rbuf   []byte
+	rn     int
+	rerr   syscall.Errno
+	readFn func(fd uintptr) bool
+
+	wmu     sync.Mutex
+	wbuf    []byte
+	wn      int
+	werr    syscall.Errno
+	writeFn func(fd uintptr) bool
+}
+
+// Wrap returns c as a Conn when it is a *net.TCPConn, and c itself when
+// it is not.
+func Wrap(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	w := &Conn{TCPConn: tc, rc: rc}
+	w.readFn, w.writeFn = w.doRead, w.doWrite
+	return w
+}
+
+// Read implements net.Conn.
+func (c *Conn) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.rbuf, c.rn, c.rerr = b, 0, 0
+	err := c.rc.Read(c.readFn)
+	c.rbuf = nil
+	switch {
+	case err != nil:
+		return 0, c.opError("read", err)
+	case c.rerr != 0:
+		return 0, c.opError("read", os.NewSyscallError("read", c.rerr))
+	case c.rn == 0:
+		return 0, io.EOF
+	}
+	return c.rn, nil
+}
+
+func (c *Conn) doRead(fd uintptr) bool {
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // the poller waits, then calls again
+		}
+		c.rn, c.rerr = int(n), e
+		return true
+	}
+}
+
+// Write implements net.Conn: it writes all of b, or returns an error.
+func (c *Conn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wbuf, c.wn, c.werr = b, 0, 0
+	err := c.rc.Write(c.writeFn)
+	c.wbuf = nil
+	switch {
+	case err != nil:
+		return c.wn, c.opError("write", err)
+	case c.werr != 0:
+		return c.wn, c.opError("write", os.NewSyscallError("write", c.werr))
+	}
+	return c.wn, nil
+}
+
+func (c *Conn) doWrite(fd uintptr) bool {
+	for c.wn < len(c.wbuf) {
+		// send with MSG_NOSIGNAL, not write: a peer gone makes EPIPE
+		// without a SIGPIPE for the runtime to field.
+		n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&c.wbuf[c.wn])), uintptr(len(c.wbuf)-c.wn), unix.MSG_NOSIGNAL, 0, 0)
+		switch e {
+		case 0:
+			c.wn += int(n)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
+}
+
+// opError wraps err as the net package's own calls do. Errors of the
+// poller (a deadline, the connection closed) come as an OpError of
+// "raw-read" or "raw-write" already, renamed here.
+func (c *Conn) opError(op string, err error) error {
+	if oe, ok := errors.AsType[*net.OpError](err); ok {
+		oe.Op = op
+		return oe
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// Abort closes the connection with a RST (a zero linger).
+func (c *Conn) Abort() {
+	_ = c.SetLinger(0)
+	c.Close()
+}
