@@ -9,11 +9,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
@@ -313,20 +311,17 @@ func (h *halfRelay) readFD(fd uintptr) bool {
 	if h.rbuf == nil {
 		h.rbuf = relayBufPool.Get().(*[]byte)
 	}
-	b := *h.rbuf
 	for {
-		// A raw system call, for the reason package hostconn gives: the
-		// socket is non-blocking, so the read cannot block.
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		n, e := hostconn.ReadFD(fd, *h.rbuf)
 		switch e {
-		case unix.EINTR:
+		case syscall.EINTR:
 			continue
-		case unix.EAGAIN:
+		case syscall.EAGAIN:
 			relayBufPool.Put(h.rbuf)
 			h.rbuf = nil
 			return false
 		case 0:
-			h.rn = int(n)
+			h.rn = n
 		default:
 			h.rerr = e
 		}

@@ -12,6 +12,9 @@
 // gVisor's own link endpoints do theirs (pkg/rawfile). The cost: a raw
 // call keeps its processor for as long as the kernel takes, which for a
 // loopback write includes the receiver's input path.
+//
+// Under the race detector the calls are the syscall package's, which tell
+// it that what is written to a socket happens before what is read from it.
 package hostconn
 
 import (
@@ -21,9 +24,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 // Conn is a host TCP connection whose Read and Write are raw system
@@ -86,14 +86,14 @@ func (c *Conn) Read(b []byte) (int, error) {
 
 func (c *Conn) doRead(fd uintptr) bool {
 	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		n, e := ReadFD(fd, c.rbuf)
 		switch e {
-		case unix.EINTR:
+		case syscall.EINTR:
 			continue
-		case unix.EAGAIN:
+		case syscall.EAGAIN:
 			return false // the poller waits, then calls again
 		}
-		c.rn, c.rerr = int(n), e
+		c.rn, c.rerr = n, e
 		return true
 	}
 }
@@ -116,18 +116,19 @@ func (c *Conn) Write(b []byte) (int, error) {
 
 func (c *Conn) doWrite(fd uintptr) bool {
 	for c.wn < len(c.wbuf) {
-		// send with MSG_NOSIGNAL, not write: a peer gone makes EPIPE
-		// without a SIGPIPE for the runtime to field.
-		n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&c.wbuf[c.wn])), uintptr(len(c.wbuf)-c.wn), unix.MSG_NOSIGNAL, 0, 0)
-		switch e {
-		case 0:
-			c.wn += int(n)
-		case unix.EINTR:
-		case unix.EAGAIN:
+		n, e := writeFD(fd, c.wbuf[c.wn:])
+		switch {
+		case e == syscall.EINTR:
+		case e == syscall.EAGAIN:
 			return false
-		default:
+		case e != 0:
 			c.werr = e
 			return true
+		case n == 0:
+			c.werr = syscall.EIO // no progress and no error: never loop on it
+			return true
+		default:
+			c.wn += n
 		}
 	}
 	return true

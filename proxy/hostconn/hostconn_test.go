@@ -137,11 +137,142 @@ func TestErrors(t *testing.T) {
 		c, peer := pair(t)
 		peer.Write([]byte("bye"))
 		peer.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		b, err := io.ReadAll(c)
 		if err != nil || string(b) != "bye" {
 			t.Fatalf("read %q, %v", b, err)
 		}
 	})
+	t.Run("close while reading", func(t *testing.T) {
+		c, _ := pair(t)
+		errc := make(chan error, 2)
+		for range 2 {
+			go func() { _, err := c.Read(make([]byte, 10)); errc <- err }()
+		}
+		time.Sleep(50 * time.Millisecond)
+		c.Close()
+		for range 2 {
+			select {
+			case err := <-errc:
+				if !errors.Is(err, net.ErrClosed) {
+					t.Fatalf("a read waiting at Close: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a read waiting at Close did not end")
+			}
+		}
+	})
+	t.Run("empty", func(t *testing.T) {
+		c, _ := pair(t)
+		if n, err := c.Read(nil); n != 0 || err != nil {
+			t.Fatalf("empty read: %d, %v", n, err)
+		}
+		if n, err := c.Write(nil); n != 0 || err != nil {
+			t.Fatalf("empty write: %d, %v", n, err)
+		}
+	})
+}
+
+// TestErrorsAsNet: errors read as the net package's own: the same
+// operation, network and cause, and as many bytes written before a
+// deadline.
+func TestErrorsAsNet(t *testing.T) {
+	type outcome struct {
+		n   int
+		op  string
+		err string
+	}
+	describe := func(n int, err error) outcome {
+		o := outcome{n: n}
+		if oe, ok := err.(*net.OpError); ok {
+			o.op, o.err = oe.Op+" "+oe.Net, oe.Err.Error()
+		} else if err != nil {
+			o.err = err.Error()
+		}
+		return o
+	}
+	cases := map[string]func(c net.Conn, peer *net.TCPConn) (int, error){
+		"read, closed": func(c net.Conn, _ *net.TCPConn) (int, error) {
+			c.Close()
+			return c.Read(make([]byte, 1))
+		},
+		"write, closed": func(c net.Conn, _ *net.TCPConn) (int, error) {
+			c.Close()
+			return c.Write([]byte("x"))
+		},
+		"read, deadline": func(c net.Conn, _ *net.TCPConn) (int, error) {
+			c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			return c.Read(make([]byte, 1))
+		},
+		"write, deadline": func(c net.Conn, _ *net.TCPConn) (int, error) {
+			// The peer reads nothing: the buffers fill, and the write
+			// stops at its deadline having written part.
+			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			n, err := c.Write(make([]byte, 64<<20))
+			if n == 0 || n == 64<<20 {
+				return -1, err // not the partial write this case is about
+			}
+			return 1, err // the count differs with the buffers' fill
+		},
+		"read, reset": func(c net.Conn, peer *net.TCPConn) (int, error) {
+			peer.SetLinger(0)
+			peer.Close()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			return c.Read(make([]byte, 1))
+		},
+		"read, end": func(c net.Conn, peer *net.TCPConn) (int, error) {
+			peer.Close()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			return c.Read(make([]byte, 1))
+		},
+	}
+	for name, run := range cases {
+		t.Run(name, func(t *testing.T) {
+			if raceEnabled && name == "write, deadline" {
+				t.Skip("the race detector reads all 64 MiB at each call: a deadline of 100 ms may pass before the first")
+			}
+			a, peer := testnet.TCPPair(t)
+			want := describe(run(a, peer))
+			b, peer := testnet.TCPPair(t)
+			got := describe(run(hostconn.Wrap(b), peer))
+			if got != want {
+				t.Fatalf("wrapped: %+v; the net package: %+v", got, want)
+			}
+		})
+	}
+}
+
+// TestRaceSeesSocket: under the race detector, what a goroutine did
+// before writing to a socket happens before what the reader of those bytes
+// does after, through the wrapped connection either way; raw system calls
+// would hide that, and the detector would report a race here.
+func TestRaceSeesSocket(t *testing.T) {
+	c, peer := pair(t)
+	var shared int
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		shared = 1
+		peer.Write([]byte{1})
+		b := make([]byte, 1)
+		peer.Read(b) // c's byte: after shared = 2
+		shared = 3
+	}()
+	b := make([]byte, 1)
+	if _, err := c.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	if shared != 1 {
+		t.Fatalf("shared is %d", shared)
+	}
+	shared = 2
+	if _, err := c.Write([]byte{2}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if shared != 3 {
+		t.Fatalf("shared is %d", shared)
+	}
 }
 
 // TestWrapOther: what is not a host TCP connection is left as it is.

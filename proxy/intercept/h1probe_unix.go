@@ -4,7 +4,9 @@ package intercept
 
 import (
 	"net"
-	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // peerSpoke reports whether c's socket has bytes to read, or its end, or
@@ -19,13 +21,16 @@ func peerSpoke(c net.Conn) bool {
 	err := rc.Read(func(fd uintptr) bool {
 		var b [1]byte
 		for {
-			// The socket is non-blocking (the runtime's poller owns it).
-			_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
-			if err == syscall.EINTR {
+			// A raw call that cannot block (MSG_DONTWAIT): it runs just
+			// before a request is written after an idle spell, when an
+			// ordinary one would wake the runtime's monitor thread (see
+			// package hostconn).
+			_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+			if e == unix.EINTR {
 				continue
 			}
 			// No error: a byte, or (none) the end. EAGAIN: nothing yet.
-			spoke = err == nil || (err != syscall.EAGAIN && err != syscall.EWOULDBLOCK)
+			spoke = e != unix.EAGAIN
 			return true // never wait for readability
 		}
 	})

@@ -1,0 +1,5 @@
+//go:build !race
+
+package hostconn_test
+
+const raceEnabled = false
