@@ -6,8 +6,6 @@ import (
 	"net/netip"
 	"testing"
 	"time"
-
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 type discardPath struct{ n int }
@@ -113,46 +111,16 @@ func BenchmarkReplyPathDelayedAck(b *testing.B) {
 		delay time.Duration
 	}{{"off", 0}, {"on", DefaultAckDelay}} {
 		b.Run(tc.name, func(b *testing.B) {
-			s := &Server{flows: newFlowTable(1<<20, time.Hour, time.Hour), ret: &discardPath{}}
-			s.cfg.MTU = DefaultMTU
-			s.acks.init(s, tc.delay)
-			defer s.acks.stop()
-			gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
-			client := netip.MustParseAddrPort("198.18.0.5:40000")
-			const answer = 300
-			type flowReplies struct{ ack, data []byte }
-			flows := make([]flowReplies, benchFlows)
-			for i := range flows {
-				c := netip.AddrPortFrom(client.Addr(), uint16(10000+i))
-				server := netip.MustParseAddrPort("198.18.9.9:443")
-				in := clientSegment(c, server, 1, 1, header.TCPFlagAck, nil)
-				d := append(AppendHeader(nil, EtherTypeIPv4, 0, 7, 8, uint32(i), nil), in...)
-				h, _ := ParseHeader(d)
-				p, _ := ParsePacket(d[h.Len:], h.Protocol)
-				k := p.Key(h.Endpoint)
-				f, _ := s.flows.Touch(&k, p.Src, d[:h.Len], h, gwlb, 0)
-				a := acksOf(f)
-				a.sent, a.sentAck, a.quick = true, 1, true
-				flows[i] = flowReplies{
-					ack:  clientSegment(server, c, 1, 1, header.TCPFlagAck, nil),
-					data: clientSegment(server, c, 1, 1, header.TCPFlagAck|header.TCPFlagPsh, make([]byte, answer)),
-				}
-			}
-			buf := make([]byte, maxDatagram)
-			const innerOff = outerHeadroom + MaxGeneveHeader
-			send := func(r []byte, ack uint32, now int64) {
-				binary.BigEndian.PutUint32(r[header.IPv4MinimumSize+8:], ack)
-				copy(buf[innerOff:], r)
-				s.sendInner(7, buf, innerOff, len(r), now, nil)
-			}
+			r := newReplyRig(b, tc.delay, benchFlows)
+			s := r.s
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				f := &flows[i%benchFlows]
+				f := &r.flows[i%benchFlows]
 				ack := 1 + uint32(i/benchFlows+1)*100 // each request 100 bytes
 				now := time.Now().UnixNano()
-				send(f.ack, ack, now)
-				send(f.data, ack, now)
+				r.send(f.ack, ack, now)
+				r.send(f.data, ack, now)
 			}
 			b.StopTimer()
 			want := uint64(2 * b.N)

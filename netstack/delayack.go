@@ -123,12 +123,6 @@ func (d *ackDelayer) stop() {
 	d.mu.Unlock()
 }
 
-// TCP flags the delayer reads (segment.go has the others).
-const (
-	tcpSYN = 0x02
-	tcpACK = 0x10
-)
-
 // seqAfter reports whether sequence number a comes after b.
 func seqAfter(a, b uint32) bool { return int32(a-b) > 0 }
 
@@ -214,18 +208,9 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 // send sends one held ACK of flow f on its own, and puts its buffer back:
 // a packet of its flow that must follow it is waiting in a batch.
 func (d *ackDelayer) send(f *Flow, h *delayedAck, now int64) {
-	s := d.srv
 	d.tap(f, h, now)
-	dgram := h.datagram()
-	err := s.ret.send(dgram, h.gwlb)
+	d.srv.sendDatagram(h.datagram(), h.gwlb)
 	heldPool.Put(h.buf)
-	if err != nil {
-		s.stats.drop(DropSendError)
-		s.stats.lastSendError.Store(err.Error())
-		return
-	}
-	s.stats.packetsOut.Add(1)
-	s.stats.bytesOut.Add(uint64(len(dgram) - outerHeadroom))
 }
 
 // tap shows a held ACK to the capture tap as it leaves: the reply path

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -314,5 +315,81 @@ func TestDelayedAckOff(t *testing.T) {
 	}
 	if st := r.s.Stats(); st.AcksDelayed != 0 {
 		t.Fatalf("%d ACKs delayed with no delay", st.AcksDelayed)
+	}
+}
+
+// replyRig is a server whose replies go nowhere, with TCP flows in its
+// table, each taken for a quick one whose client's bytes are acknowledged
+// up to 1, and each flow's pure ACK and 300-byte answer as its stack would
+// write them. It drives the reply path alone, without a stack.
+type replyRig struct {
+	s     *Server
+	flows []replyFlow
+	buf   []byte
+}
+
+type replyFlow struct {
+	flow      *Flow
+	ack, data []byte
+}
+
+func newReplyRig(tb testing.TB, delay time.Duration, n int) *replyRig {
+	r := &replyRig{s: &Server{flows: newFlowTable(1<<20, time.Hour, time.Hour), ret: &discardPath{}}, buf: make([]byte, maxDatagram)}
+	r.s.cfg.MTU = DefaultMTU
+	r.s.acks.init(r.s, delay)
+	tb.Cleanup(r.s.acks.stop)
+	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
+	server := netip.MustParseAddrPort("198.18.9.9:443")
+	for i := range n {
+		c := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.5"), uint16(10000+i))
+		d := append(AppendHeader(nil, EtherTypeIPv4, 0, 7, 8, uint32(i), nil), clientSegment(c, server, 1, 1, header.TCPFlagAck, nil)...)
+		h, _ := ParseHeader(d)
+		p, _ := ParsePacket(d[h.Len:], h.Protocol)
+		k := p.Key(h.Endpoint)
+		f, _ := r.s.flows.Touch(&k, p.Src, d[:h.Len], h, gwlb, 0)
+		a := acksOf(f)
+		a.sent, a.sentAck, a.quick = true, 1, true
+		r.flows = append(r.flows, replyFlow{
+			flow: f,
+			ack:  clientSegment(server, c, 1, 1, header.TCPFlagAck, nil),
+			data: clientSegment(server, c, 1, 1, header.TCPFlagAck|header.TCPFlagPsh, make([]byte, 300)),
+		})
+	}
+	return r
+}
+
+// send has the reply path take pkt, acknowledging the client's bytes up
+// to ack, at now.
+func (r *replyRig) send(pkt []byte, ack uint32, now int64) {
+	const innerOff = outerHeadroom + MaxGeneveHeader
+	binary.BigEndian.PutUint32(pkt[header.IPv4MinimumSize+8:], ack)
+	copy(r.buf[innerOff:], pkt)
+	r.s.sendInner(7, r.buf, innerOff, len(pkt), now, nil)
+}
+
+// TestDelayedAckGeneration: when the timer comes to a flow's hold that a
+// reply carried, it leaves the flow's later hold alone, even though both
+// are in its queue (another flow's held ACK kept it from being emptied).
+func TestDelayedAckGeneration(t *testing.T) {
+	r := newReplyRig(t, time.Hour, 2) // the timer never fires on its own
+	a, b := &r.flows[0], &r.flows[1]
+	past := time.Now().Add(-2 * time.Hour).UnixNano()
+	r.send(a.ack, 101, past)  // held
+	r.send(b.ack, 101, past)  // held: the queue is not emptied below
+	r.send(a.data, 101, past) // carries a's first hold
+	now := time.Now().UnixNano()
+	r.send(a.ack, 201, now) // held again, its delay not run out
+	if got := r.s.stats.packetsOut.Load(); got != 1 {
+		t.Fatalf("%d datagrams sent before the timer, want the answer alone", got)
+	}
+	r.s.acks.fire()
+	if got := r.s.stats.packetsOut.Load(); got != 2 {
+		t.Fatalf("%d datagrams sent after the timer, want the answer and b's ACK", got)
+	}
+	if acksOf(a.flow).held.buf == nil {
+		t.Fatal("a's second ACK left with its first hold's timer")
+	}
+	if acksOf(b.flow).held.buf != nil {
+		t.Fatal("b's ACK is still held after its delay ran out")
 	}
 }

@@ -136,10 +136,12 @@ func (s *Server) batchSegments(b *replyBatch, endpoint uint64, pb *stack.PacketB
 	}
 }
 
-// TCP flags batchSegments adjusts.
+// TCP flags the reply path reads (delayack.go) and batchSegments adjusts.
 const (
 	tcpFIN = 0x01
+	tcpSYN = 0x02
 	tcpPSH = 0x08
+	tcpACK = 0x10
 	tcpCWR = 0x80
 )
 

@@ -481,10 +481,14 @@ func (s *Server) sendReplies(b *replyBatch) {
 // sendInner wraps the inner packet at buf[innerOff:innerOff+n] in its flow's
 // GENEVE header and sends it (see wrapReply).
 func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) {
-	dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags)
-	if !ok {
-		return
+	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags); ok {
+		s.sendDatagram(dgram, gwlb)
 	}
+}
+
+// sendDatagram sends one GENEVE datagram (outer headroom first) on its own
+// system call, and counts it.
+func (s *Server) sendDatagram(dgram []byte, gwlb netip.AddrPort) {
 	if err := s.ret.send(dgram, gwlb); err != nil {
 		s.stats.drop(DropSendError)
 		s.stats.lastSendError.Store(err.Error())

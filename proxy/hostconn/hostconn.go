@@ -145,6 +145,10 @@ func (c *Conn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
+// SyscallConn returns the raw connection Conn reads and writes through,
+// rather than a new one per call (the relay and the keep-alive peek ask).
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
 // Abort closes the connection with a RST (a zero linger).
 func (c *Conn) Abort() {
 	_ = c.SetLinger(0)
