@@ -210,6 +210,23 @@ func (b *replyBatch) sendmmsg(fd uintptr, from, to, flags int) (int, syscall.Err
 	return i - from, 0
 }
 
+// sendmmsgOrWait sends datagrams [from, to) through the blocking socket fd
+// (the raw return path's) and returns how many were sent before an error.
+// A send that finds room in the socket's buffer cannot block, so it is
+// tried first as a raw call with MSG_DONTWAIT: an ordinary call after an
+// idle spell wakes the runtime's monitor thread, which hands this
+// processor to another thread if the call lasts, and on a veth or loopback
+// route the call lasts through the receiver's input path. Only what a
+// full socket refused is sent again with an ordinary call, which waits.
+func (b *replyBatch) sendmmsgOrWait(fd uintptr, from, to int) (int, syscall.Errno) {
+	n, e := b.sendmmsg(fd, from, to, unix.MSG_DONTWAIT)
+	if e != unix.EAGAIN {
+		return n, e
+	}
+	m, e := b.sendmmsg(fd, from+n, to, 0)
+	return n + m, e
+}
+
 // doWrite sends datagrams [b.from, b.to) to b.sockaddrForReplies through
 // the non-blocking socket fd: one sendmsg with UDP_SEGMENT (b.gso) or a
 // sendmmsg. It returns false to wait for the socket to be writable.

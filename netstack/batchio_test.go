@@ -3,8 +3,12 @@ package netstack
 import (
 	"fmt"
 	"net"
+	"net/netip"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A burst of GENEVE datagrams, more than one recvmmsg takes, is read whole:
@@ -48,4 +52,86 @@ func TestReaderBatches(t *testing.T) {
 	if st.Drops[DropDatagramTooBig.String()] != 1 || st.PacketsIn != burst+1 {
 		t.Fatalf("packets_in %d (want %d), drops %v (want one %s)", st.PacketsIn, burst+1, st.Drops, DropDatagramTooBig)
 	}
+}
+
+// The raw return path's socket is blocking, but its sends are tried first
+// without waiting. A batch that meets a full socket must still leave whole
+// and in order: what the non-blocking call refused waits in an ordinary
+// call until the receiver makes room. A Unix datagram socket pair stands in
+// for the raw socket: its sender fills up when the receiver does not read.
+func TestSendmmsgOrWaitFullSocket(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	send, recv := fds[0], fds[1]
+	if err := unix.SetsockoptInt(send, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096); err != nil {
+		t.Fatal(err)
+	}
+	const size = 1000
+	// Fill the socket until it refuses, so that the batch's first attempt
+	// surely finds it full.
+	filled := 0
+	for ; ; filled++ {
+		if filled > 100000 {
+			t.Fatal("the socket pair never filled up")
+		}
+		err := unix.Sendmsg(send, datagram(filled, size), nil, nil, unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	b := getReplyBatch()
+	defer b.release()
+	const batch = maxBatch
+	for i := range batch {
+		pkt := append(b.buf()[:0], datagram(filled+i, size)...)
+		b.add(pkt, netip.AddrPort{})
+		b.prepareMmsg(i, 0, nil)
+		b.hdrs[i].Hdr.Name, b.hdrs[i].Hdr.Namelen = nil, 0 // connected: no address
+	}
+	type result struct {
+		n     int
+		errno syscall.Errno
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, e := b.sendmmsgOrWait(uintptr(send), 0, batch)
+		done <- result{n, e}
+	}()
+
+	buf := make([]byte, 2*size)
+	for want := range filled + batch {
+		if err := unix.SetsockoptTimeval(recv, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
+			t.Fatal(err)
+		}
+		n, _, err := unix.Recvfrom(recv, buf, 0)
+		if err != nil {
+			t.Fatalf("datagram %d of %d: %v", want, filled+batch, err)
+		}
+		if got := string(buf[:n]); got != string(datagram(want, size)) {
+			t.Fatalf("datagram %d: got %q..., want %q...", want, got[:16], datagram(want, size)[:16])
+		}
+	}
+	select {
+	case r := <-done:
+		if r.n != batch || r.errno != 0 {
+			t.Fatalf("sendmmsgOrWait = %d, %v; want %d, no error", r.n, r.errno, batch)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("sendmmsgOrWait did not return after its datagrams were read")
+	}
+}
+
+// datagram returns size bytes numbered i.
+func datagram(i, size int) []byte {
+	b := make([]byte, size)
+	copy(b, fmt.Sprintf("datagram %08d ", i))
+	return b
 }

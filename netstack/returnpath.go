@@ -107,8 +107,14 @@ func (r *rawReturn) send(pkt []byte, gwlb netip.AddrPort) error {
 	}
 	// unix.Sendto would box a Sockaddr per packet; the raw call does not.
 	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst}
-	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(r.fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
-		0, uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
+	// Raw and non-blocking first, then an ordinary call that may wait, as
+	// in replyBatch.sendmmsgOrWait.
+	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(r.fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
+		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
+	if e == unix.EAGAIN {
+		_, _, e = unix.Syscall6(unix.SYS_SENDTO, uintptr(r.fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
+			0, uintptr(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet4)
+	}
 	if e != 0 {
 		return fmt.Errorf("raw return path sendto %s: %w", gwlb.Addr(), syscall.Errno(e))
 	}
@@ -131,7 +137,7 @@ func (r *rawReturn) sendBatch(b *replyBatch) (failed int, err error) {
 		ready++
 	}
 	for i := 0; i < ready; {
-		n, e := b.sendmmsg(uintptr(r.fd), i, ready, 0)
+		n, e := b.sendmmsgOrWait(uintptr(r.fd), i, ready)
 		i += n
 		if e != 0 {
 			// The datagram at i failed; the ones after it may not.
