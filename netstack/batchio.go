@@ -212,12 +212,14 @@ func (b *replyBatch) sendmmsg(fd uintptr, from, to, flags int) (int, syscall.Err
 
 // sendmmsgOrWait sends datagrams [from, to) through the blocking socket fd
 // (the raw return path's) and returns how many were sent before an error.
-// A send that finds room in the socket's buffer cannot block, so it is
-// tried first as a raw call with MSG_DONTWAIT: an ordinary call after an
-// idle spell wakes the runtime's monitor thread, which hands this
-// processor to another thread if the call lasts, and on a veth or loopback
-// route the call lasts through the receiver's input path. Only what a
-// full socket refused is sent again with an ordinary call, which waits.
+// With MSG_DONTWAIT a send does not wait for room in the socket's buffer,
+// so it is tried first as a raw call: an ordinary call after an idle spell
+// wakes the runtime's monitor thread, which hands this processor to another
+// thread if the call lasts, and on a veth or loopback route the call lasts
+// through the receiver's input path. Only what a full socket refused is
+// sent again with an ordinary call, which waits. Like every raw call, it
+// keeps its processor for as long as the kernel takes (design.md, Raw
+// system calls), which includes allocating the datagrams' buffers.
 func (b *replyBatch) sendmmsgOrWait(fd uintptr, from, to int) (int, syscall.Errno) {
 	n, e := b.sendmmsg(fd, from, to, unix.MSG_DONTWAIT)
 	if e != unix.EAGAIN {

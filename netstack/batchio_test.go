@@ -55,24 +55,25 @@ func TestReaderBatches(t *testing.T) {
 }
 
 // The raw return path's socket is blocking, but its sends are tried first
-// without waiting. A batch that meets a full socket must still leave whole
-// and in order: what the non-blocking call refused waits in an ordinary
-// call until the receiver makes room. A Unix datagram socket pair stands in
-// for the raw socket: its sender fills up when the receiver does not read.
+// without waiting. A batch that meets a full socket must still leave whole,
+// once and in order: what the non-blocking call sent is not sent again, and
+// what it refused waits in an ordinary call until the receiver makes room.
+// A Unix datagram socket pair stands in for the raw socket: its sender
+// fills up when the receiver does not read.
 func TestSendmmsgOrWaitFullSocket(t *testing.T) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(fds[0])
-	defer unix.Close(fds[1])
 	send, recv := fds[0], fds[1]
 	if err := unix.SetsockoptInt(send, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096); err != nil {
 		t.Fatal(err)
 	}
+	if err := unix.SetsockoptTimeval(recv, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
+		t.Fatal(err)
+	}
 	const size = 1000
-	// Fill the socket until it refuses, so that the batch's first attempt
-	// surely finds it full.
+	// Fill the socket until it refuses.
 	filled := 0
 	for ; ; filled++ {
 		if filled > 100000 {
@@ -86,9 +87,27 @@ func TestSendmmsgOrWaitFullSocket(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	buf := make([]byte, 2*size)
+	next := 0 // the number of the next datagram to read
+	readOne := func() {
+		t.Helper()
+		n, _, err := unix.Recvfrom(recv, buf, 0)
+		for err == unix.EINTR {
+			n, _, err = unix.Recvfrom(recv, buf, 0)
+		}
+		if err != nil {
+			t.Fatalf("datagram %d: %v", next, err)
+		}
+		if want := datagram(next, size); string(buf[:n]) != string(want) {
+			t.Fatalf("datagram %d: got %q..., want %q...", next, buf[:min(n, 17)], want[:17])
+		}
+		next++
+	}
+	// Room for a few: the batch's first call sends some, then is refused.
+	readOne()
+	readOne()
 
 	b := getReplyBatch()
-	defer b.release()
 	const batch = maxBatch
 	for i := range batch {
 		pkt := append(b.buf()[:0], datagram(filled+i, size)...)
@@ -105,27 +124,37 @@ func TestSendmmsgOrWaitFullSocket(t *testing.T) {
 		n, e := b.sendmmsgOrWait(uintptr(send), 0, batch)
 		done <- result{n, e}
 	}()
+	// On any failure: wake the sender, and let it finish with the batch
+	// before the batch goes back to the pool.
+	defer func() {
+		unix.Close(recv)
+		select {
+		case <-done:
+			b.release()
+		case <-time.After(5 * time.Second):
+			t.Error("sendmmsgOrWait still running after its receiver closed")
+		}
+		unix.Close(send)
+	}()
 
-	buf := make([]byte, 2*size)
-	for want := range filled + batch {
-		if err := unix.SetsockoptTimeval(recv, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
-			t.Fatal(err)
-		}
-		n, _, err := unix.Recvfrom(recv, buf, 0)
-		if err != nil {
-			t.Fatalf("datagram %d of %d: %v", want, filled+batch, err)
-		}
-		if got := string(buf[:n]); got != string(datagram(want, size)) {
-			t.Fatalf("datagram %d: got %q..., want %q...", want, got[:16], datagram(want, size)[:16])
-		}
+	for next < filled+batch {
+		readOne()
 	}
 	select {
 	case r := <-done:
+		done <- r // for the deferred clean-up
 		if r.n != batch || r.errno != 0 {
 			t.Fatalf("sendmmsgOrWait = %d, %v; want %d, no error", r.n, r.errno, batch)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("sendmmsgOrWait did not return after its datagrams were read")
+	}
+	// Nothing after the batch: a datagram sent twice would be here.
+	if err := unix.SetNonblock(recv, true); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := unix.Recvfrom(recv, buf, 0); err != unix.EAGAIN {
+		t.Fatalf("after the batch: %q, %v; want nothing more", buf[:max(n, 0)], err)
 	}
 }
 
