@@ -66,6 +66,13 @@ func TestSendmmsgOrWaitFullSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	send, recv := fds[0], fds[1]
+	closed := false // by the clean-up that waits for the sender
+	defer func() {
+		if !closed {
+			unix.Close(recv)
+			unix.Close(send)
+		}
+	}()
 	if err := unix.SetsockoptInt(send, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096); err != nil {
 		t.Fatal(err)
 	}
@@ -127,6 +134,7 @@ func TestSendmmsgOrWaitFullSocket(t *testing.T) {
 	// On any failure: wake the sender, and let it finish with the batch
 	// before the batch goes back to the pool.
 	defer func() {
+		closed = true
 		unix.Close(recv)
 		select {
 		case <-done:
