@@ -63,6 +63,23 @@ func (l *link) inject(pkt []byte, ipv6 bool) {
 	pb.DecRef()
 }
 
+var _ stack.QueueingDiscipline = (*link)(nil)
+
+// WritePacket implements stack.QueueingDiscipline. The link is its NIC's
+// queueing discipline (newEndpointStack), so every packet the stack sends
+// comes here, one call each. gVisor's default discipline would put each one
+// in a list of its own for WritePackets: an allocation per packet.
+func (l *link) WritePacket(pb *stack.PacketBuffer) tcpip.Error {
+	if l.closed.Load() {
+		return nil
+	}
+	b := getReplyBatch()
+	l.batch(b, pb, time.Now().UnixNano())
+	l.srv.sendReplies(b)
+	b.release()
+	return nil
+}
+
 // WritePackets implements stack.LinkWriter.
 func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if l.closed.Load() {
@@ -74,15 +91,20 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 		if b.full() {
 			l.srv.sendReplies(b)
 		}
-		if pb.GSOOptions.Type != stack.GSONone {
-			l.srv.batchSegments(b, l.endpoint, pb, now, &l.frags)
-			continue
-		}
-		l.srv.batchReply(b, l.endpoint, pb, now, &l.frags)
+		l.batch(b, pb, now)
 	}
 	l.srv.sendReplies(b)
 	b.release()
 	return pkts.Len(), nil
+}
+
+// batch adds pb to b: cut at the MSS first when TCP handed it over for GSO.
+func (l *link) batch(b *replyBatch, pb *stack.PacketBuffer, now int64) {
+	if pb.GSOOptions.Type != stack.GSONone {
+		l.srv.batchSegments(b, l.endpoint, pb, now, &l.frags)
+		return
+	}
+	l.srv.batchReply(b, l.endpoint, pb, now, &l.frags)
 }
 
 // GSOMaxSize implements stack.GSOEndpoint.
@@ -140,7 +162,7 @@ func (*link) AddHeader(*stack.PacketBuffer) {}
 // ParseHeader implements stack.NetworkLinkEndpoint.
 func (*link) ParseHeader(*stack.PacketBuffer) bool { return true }
 
-// Close implements stack.NetworkLinkEndpoint.
+// Close implements stack.NetworkLinkEndpoint and stack.QueueingDiscipline.
 func (*link) Close() {}
 
 // SetOnCloseAction implements stack.NetworkLinkEndpoint.

@@ -132,7 +132,7 @@ func newGVisorStack(srv *Server) *stack.Stack {
 
 func (st *endpointStack) configure() error {
 	s, o := st.stack, st.srv.cfg.TCP
-	if err := s.CreateNIC(nicID, st.link); err != nil {
+	if err := s.CreateNICWithOptions(nicID, st.link, stack.NICOptions{QDisc: st.link}); err != nil {
 		return fmt.Errorf("creating NIC: %s", err)
 	}
 	var terr tcpip.Error
