@@ -91,7 +91,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 	}
 	var (
 		n     int
-		entry waiter.Entry
+		entry *waiter.Entry // made only once the send buffer is full
 		room  <-chan struct{}
 	)
 	for n < len(b) {
@@ -110,9 +110,10 @@ func (c *Conn) Write(b []byte) (int, error) {
 		if room == nil {
 			// Registered, then tried once more: room made before the
 			// entry was there announced itself to nobody.
-			entry, room = waiter.NewChannelEntry(waiter.WritableEvents)
-			c.wq.EventRegister(&entry)
-			defer c.wq.EventUnregister(&entry)
+			entry = new(waiter.Entry)
+			*entry, room = waiter.NewChannelEntry(waiter.WritableEvents)
+			c.wq.EventRegister(entry)
+			defer c.wq.EventUnregister(entry)
 			continue
 		}
 		select {

@@ -109,6 +109,7 @@ type halfRelay struct {
 
 	tr     tryReader
 	parked atomic.Bool // tr has nothing; its callback resumes the copy
+	copyFn func()      // copy, made once: go h.copy() would allocate a closure at every wake
 	eof    bool        // src ended with its FIN
 	broken atomic.Bool // watchBroken has acted
 
@@ -245,7 +246,7 @@ func (h *halfRelay) choose() {
 		c = w.unwrap()
 	}
 	if tr, ok := c.(tryReader); ok {
-		h.tr = tr
+		h.tr, h.copyFn = tr, h.copy
 		tr.OnReadable(h.wake)
 		return
 	}
@@ -278,7 +279,7 @@ func (h *halfRelay) tryRead() (*[]byte, int, error) {
 // wake resumes a parked copy. It runs on the stack's packet path.
 func (h *halfRelay) wake() {
 	if h.parked.CompareAndSwap(true, false) {
-		go h.copy()
+		go h.copyFn()
 	}
 }
 
