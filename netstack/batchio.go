@@ -101,9 +101,10 @@ func (r *batchReader) datagram(i int) (b []byte, from netip.AddrPort, truncated 
 	return r.bufs[i][:h.Len], netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), h.Hdr.Flags&unix.MSG_TRUNC != 0
 }
 
-// replyBatch gathers the GENEVE datagrams of one WritePackets call so that
-// they leave in one sendmmsg (or one UDP GSO send) instead of one system
-// call each. Batches are pooled; their buffers are made on first use.
+// replyBatch gathers the GENEVE datagrams of one write from the stack (a
+// packet, or a GSO segment cut at the MSS) so that they leave in one
+// sendmmsg (or one UDP GSO send) instead of one system call each. Batches
+// are pooled; their buffers are made on first use.
 type replyBatch struct {
 	n int
 	// failedBytes is what the return path could not send of the batch.

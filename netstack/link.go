@@ -66,7 +66,7 @@ func (l *link) inject(pkt []byte, ipv6 bool) {
 var _ stack.QueueingDiscipline = (*link)(nil)
 
 // WritePacket implements stack.QueueingDiscipline. The link is its NIC's
-// queueing discipline (newEndpointStack), so every packet the stack sends
+// queueing discipline (endpointStack.configure), so every packet the stack sends
 // comes here, one call each. gVisor's default discipline would put each one
 // in a list of its own for WritePackets: an allocation per packet.
 func (l *link) WritePacket(pb *stack.PacketBuffer) tcpip.Error {
@@ -163,6 +163,8 @@ func (*link) AddHeader(*stack.PacketBuffer) {}
 func (*link) ParseHeader(*stack.PacketBuffer) bool { return true }
 
 // Close implements stack.NetworkLinkEndpoint and stack.QueueingDiscipline.
+// Removing the NIC calls it twice, once as each, with writes possibly in
+// flight: should it ever do something, it must bear that.
 func (*link) Close() {}
 
 // SetOnCloseAction implements stack.NetworkLinkEndpoint.

@@ -11,7 +11,7 @@ import (
 // The link asks the stacks for host GSO: TCP hands over segments of up to
 // gsoMaxSize bytes, with the checksum left to the link, and the link cuts
 // them at the MSS here, into packets it sends in one batch. gVisor's own
-// GSO would cut them too, but hand them over one WritePackets call each,
+// GSO would cut them too, but hand them over one WritePacket call each,
 // so there would be nothing to batch.
 //
 // gsoMaxSize leaves room for the largest IPv6 and TCP headers in front of
