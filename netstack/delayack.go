@@ -40,6 +40,10 @@ import (
 // waits at least, and longer than a request to a nearby origin takes.
 const DefaultAckDelay = 2 * time.Millisecond
 
+// MaxAckDelay is the longest delay the appliance accepts: the least Linux
+// waits, so that no client sees an ACK later than from a kernel.
+const MaxAckDelay = 40 * time.Millisecond
+
 // maxDelayedBytes is the most new data an ACK that is held may acknowledge:
 // one full segment of a 1,500-byte path (Linux acknowledges at once when
 // more than one segment came in since its last ACK).

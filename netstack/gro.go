@@ -53,7 +53,7 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, p *Packet) {
 		if h.flow != flow {
 			continue
 		}
-		if thinnable && seq == h.seq && int32(ack-h.ack) > 0 {
+		if thinnable && seq == h.seq && seqAfter(ack, h.ack) {
 			h.set(flow, seq, ack, pkt, p.IPv6) // the one held is dropped, as if lost on the way
 			return
 		}

@@ -312,22 +312,17 @@ func (h *halfRelay) readFD(fd uintptr) bool {
 	if h.rbuf == nil {
 		h.rbuf = relayBufPool.Get().(*[]byte)
 	}
-	for {
-		n, e := hostconn.ReadFD(fd, *h.rbuf)
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			relayBufPool.Put(h.rbuf)
-			h.rbuf = nil
-			return false
-		case 0:
-			h.rn = n
-		default:
-			h.rerr = e
-		}
-		return true
+	switch n, e := hostconn.ReadFD(fd, *h.rbuf); e {
+	case syscall.EAGAIN:
+		relayBufPool.Put(h.rbuf)
+		h.rbuf = nil
+		return false
+	case 0:
+		h.rn = n
+	default:
+		h.rerr = e
 	}
+	return true
 }
 
 // closeWrite half-closes c where it can, and closes it where it cannot.

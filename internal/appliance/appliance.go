@@ -165,8 +165,8 @@ func (o *Options) Validate() error {
 	if o.AnyGWLBSender && len(o.GWLBCIDRs) > 0 {
 		return errors.New(`--gwlb-cidrs: "any" and CIDRs do not go together`)
 	}
-	if o.AckDelay < 0 || o.AckDelay > 40*time.Millisecond {
-		return fmt.Errorf("--ack-delay %s: must be between 0 (off) and 40ms", o.AckDelay)
+	if o.AckDelay < 0 || o.AckDelay > netstack.MaxAckDelay {
+		return fmt.Errorf("--ack-delay %s: must be between 0 (off) and %s", o.AckDelay, netstack.MaxAckDelay)
 	}
 	if o.MTU != 0 && (o.MTU < 1280 || o.MTU > netstack.DefaultMTU) {
 		return fmt.Errorf("--mtu %d: must be between 1280 and %d", o.MTU, netstack.DefaultMTU)

@@ -85,17 +85,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 }
 
 func (c *Conn) doRead(fd uintptr) bool {
-	for {
-		n, e := ReadFD(fd, c.rbuf)
-		switch e {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false // the poller waits, then calls again
-		}
-		c.rn, c.rerr = n, e
-		return true
+	n, e := ReadFD(fd, c.rbuf)
+	if e == syscall.EAGAIN {
+		return false // the poller waits, then calls again
 	}
+	c.rn, c.rerr = n, e
+	return true
 }
 
 // Write implements net.Conn: it writes all of b, or returns an error.
@@ -118,7 +113,6 @@ func (c *Conn) doWrite(fd uintptr) bool {
 	for c.wn < len(c.wbuf) {
 		n, e := writeFD(fd, c.wbuf[c.wn:])
 		switch {
-		case e == syscall.EINTR:
 		case e == syscall.EAGAIN:
 			return false
 		case e != 0:

@@ -9,15 +9,23 @@ import "syscall"
 // read from it; raw calls would hide that, and it would report races that
 // are not there. (SIGPIPE is ignored by the runtime for these sockets.)
 
-// ReadFD reads into b from the non-blocking socket fd.
+// ReadFD reads into b from the non-blocking socket fd, again after EINTR.
 func ReadFD(fd uintptr, b []byte) (int, syscall.Errno) {
-	n, err := syscall.Read(int(fd), b)
-	return max(n, 0), errno(err)
+	for {
+		n, err := syscall.Read(int(fd), b)
+		if err != syscall.EINTR {
+			return max(n, 0), errno(err)
+		}
+	}
 }
 
 func writeFD(fd uintptr, b []byte) (int, syscall.Errno) {
-	n, err := syscall.Write(int(fd), b)
-	return max(n, 0), errno(err)
+	for {
+		n, err := syscall.Write(int(fd), b)
+		if err != syscall.EINTR {
+			return max(n, 0), errno(err)
+		}
+	}
 }
 
 func errno(err error) syscall.Errno {
