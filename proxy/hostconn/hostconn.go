@@ -73,12 +73,10 @@ func (c *Conn) Read(b []byte) (int, error) {
 	c.rbuf, c.rn, c.rerr = b, 0, 0
 	err := c.rc.Read(c.readFn)
 	c.rbuf = nil
-	switch {
-	case err != nil:
-		return 0, c.opError("read", err)
-	case c.rerr != 0:
-		return 0, c.opError("read", os.NewSyscallError("read", c.rerr))
-	case c.rn == 0:
+	if err := c.result("read", err, c.rerr); err != nil {
+		return 0, err
+	}
+	if c.rn == 0 {
 		return 0, io.EOF
 	}
 	return c.rn, nil
@@ -100,13 +98,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 	c.wbuf, c.wn, c.werr = b, 0, 0
 	err := c.rc.Write(c.writeFn)
 	c.wbuf = nil
-	switch {
-	case err != nil:
-		return c.wn, c.opError("write", err)
-	case c.werr != 0:
-		return c.wn, c.opError("write", os.NewSyscallError("write", c.werr))
-	}
-	return c.wn, nil
+	return c.wn, c.result("write", err, c.werr)
 }
 
 func (c *Conn) doWrite(fd uintptr) bool {
@@ -126,6 +118,18 @@ func (c *Conn) doWrite(fd uintptr) bool {
 		}
 	}
 	return true
+}
+
+// result is the error a call through the raw connection ended with: the
+// poller's (err), or the system call's (e); nil for neither.
+func (c *Conn) result(op string, err error, e syscall.Errno) error {
+	switch {
+	case err != nil:
+		return c.opError(op, err)
+	case e != 0:
+		return c.opError(op, os.NewSyscallError(op, e))
+	}
+	return nil
 }
 
 // opError wraps err as the net package's own calls do. Errors of the
