@@ -55,12 +55,17 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	if err := applyMemoryLimit(slog.Default(), p.memLimit, os.Getenv("GOMEMLIMIT"), os.DirFS("/")); err != nil {
 		return err
 	}
-	full, stopProcs := startProcs(slog.Default(), p.adaptProcs, os.Getenv("GOMAXPROCS"))
+	ctl, stopProcs := startProcs(slog.Default(), p.adaptProcs, os.Getenv("GOMAXPROCS"))
 	defer stopProcs()
-	o.NewStacksAtFullProcs = full
+	if ctl != nil {
+		o.NewStacksAtFullProcs = ctl.Full
+	}
 	a, err := appliance.New(o)
 	if err != nil {
 		return err
+	}
+	if ctl != nil {
+		ctl.SetWork(a.Carried)
 	}
 	ctx, fast := signalContext(a.Reload)
 	return a.Run(ctx, func() time.Duration {

@@ -12,15 +12,17 @@ import (
 // adaptProcsUsage is the help text of --adapt-procs.
 const adaptProcsUsage = "fit the Go runtime's processors (GOMAXPROCS) to the load: one while the appliance needs " +
 	"little CPU, which spares a thread wake-up on most hand-offs between goroutines; all of them (as the runtime chose " +
-	"at start: the CPUs, or the cgroup's quota) within 0.1-0.2s of the processors in use being three-quarters busy " +
-	"or goroutines queueing for them. A GOMAXPROCS set in the environment turns it off"
+	"at start: the CPUs, or the cgroup's quota) within 0.2-0.3s of the processors in use being three-quarters busy " +
+	"or goroutines queueing for them, kept only if the GENEVE bytes carried per second rise by a tenth; one fewer " +
+	"tried now and then while it does as much. A GOMAXPROCS set in the environment turns it off"
 
-// startProcs starts a GOMAXPROCS controller and returns what the appliance
-// makes its stacks with, and stop, which ends the controller and waits for
-// it to restore the ceiling. The controller is off, full nil, when adapt is
-// false, when GOMAXPROCS was set in the environment (goMaxProcsEnv), or
-// when there is a single processor to begin with.
-func startProcs(log *slog.Logger, adapt bool, goMaxProcsEnv string) (full func(func()), stop func()) {
+// startProcs starts a GOMAXPROCS controller and returns it (the appliance
+// makes its stacks through its Full, and gives it the work to judge raises
+// by), and stop, which ends the controller and waits for it to restore the
+// ceiling. The controller is off, nil, when adapt is false, when GOMAXPROCS
+// was set in the environment (goMaxProcsEnv), or when there is a single
+// processor to begin with.
+func startProcs(log *slog.Logger, adapt bool, goMaxProcsEnv string) (c *procs.Controller, stop func()) {
 	if !adapt {
 		return nil, func() {}
 	}
@@ -28,7 +30,7 @@ func startProcs(log *slog.Logger, adapt bool, goMaxProcsEnv string) (full func(f
 		log.Info("GOMAXPROCS is set in the environment: kept as it is, --adapt-procs is off", "GOMAXPROCS", goMaxProcsEnv)
 		return nil, func() {}
 	}
-	c := procs.New(0, 0)
+	c = procs.New(0, 0)
 	if c.Ceiling() <= 1 {
 		return nil, func() {}
 	}
@@ -38,7 +40,7 @@ func startProcs(log *slog.Logger, adapt bool, goMaxProcsEnv string) (full func(f
 		defer close(done)
 		c.Run(ctx)
 	}()
-	return c.Full, func() {
+	return c, func() {
 		cancel()
 		<-done
 	}

@@ -29,11 +29,11 @@ func TestAdaptProcsFlag(t *testing.T) {
 
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	if full, stop := startProcs(log, false, ""); full != nil {
+	if c, stop := startProcs(log, false, ""); c != nil {
 		stop()
 		t.Error("--adapt-procs=false started the controller")
 	}
-	if full, stop := startProcs(log, true, "3"); full != nil {
+	if c, stop := startProcs(log, true, "3"); c != nil {
 		stop()
 		t.Error("GOMAXPROCS=3 in the environment: the controller started anyway")
 	}
@@ -48,8 +48,8 @@ func TestAdaptProcsFlag(t *testing.T) {
 // the ceiling.
 func TestAdaptProcsOn(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(3))
-	full, stop := startProcs(slog.New(slog.DiscardHandler), true, "")
-	if full == nil {
+	c, stop := startProcs(slog.New(slog.DiscardHandler), true, "")
+	if c == nil {
 		stop()
 		t.Fatal("--adapt-procs with 3 processors: no controller")
 	}
@@ -62,7 +62,7 @@ func TestAdaptProcsOn(t *testing.T) {
 		}
 	}
 	seen := 0
-	full(func() { seen = runtime.GOMAXPROCS(0) })
+	c.Full(func() { seen = runtime.GOMAXPROCS(0) })
 	if seen != 3 {
 		t.Errorf("a stack would be made at GOMAXPROCS %d, want the ceiling 3", seen)
 	}

@@ -367,6 +367,10 @@ func New(o Options) (_ *Appliance, err error) {
 	return a, nil
 }
 
+// Carried is the bytes of GENEVE the appliance has taken in and sent out so
+// far: the work its GOMAXPROCS controller judges a raise by.
+func (a *Appliance) Carried() uint64 { return a.netstack.Carried() }
+
 // Close releases an appliance that was never Run (Run releases everything
 // itself), and what a failed New had opened.
 func (a *Appliance) Close() {

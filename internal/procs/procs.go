@@ -19,15 +19,25 @@
 // its processors, and raises it to the ceiling (the value the runtime chose
 // at start: the CPUs, or the cgroup's quota) as soon as the processors it
 // has are nearly saturated or goroutines queue for them.
+//
+// More processors do not always do more work: one busy flow is a chain of
+// goroutines handing off to each other, and a second processor adds thread
+// wake-ups to every hand-off while the chain runs no faster, or slower when
+// the other core is busy with something else. Given a count of the work
+// done (SetWork: the appliance counts the GENEVE bytes it carries), a raise
+// is therefore a trial: kept if the work done per second rose with it, taken
+// back if not, and then not tried again for a while.
 package procs
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
 	"runtime"
 	"runtime/metrics"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -66,7 +76,23 @@ const (
 	// runtime times one run in eight, and these count those it timed.
 	minRuns = 20
 	minSlow = 2
+	// trialSamples: with the work measured, a raise is judged over this
+	// many samples after it. The first, which spans the change itself (a
+	// stop of the world, emptied pools), is not counted.
+	trialSamples = 5
+	// trialGain: a raise is kept when the work done per second over its
+	// trial is at least this much above that of the sample that raised.
+	// Less is not worth the CPU a second processor's hand-offs cost.
+	trialGain = 0.1
+	// baseBackoff, maxBackoff: after a trial that did not pay, no raise is
+	// tried for baseBackoff, doubled after each further such trial up to
+	// maxBackoff; a trial that pays resets it.
+	baseBackoff = 10 * time.Second
+	maxBackoff  = time.Minute
 )
+
+// unmeasured is the work rate of a sample when no work count is set.
+const unmeasured = -1
 
 // Controller adjusts GOMAXPROCS between 1 and a ceiling. Create it with New
 // and start it with Run.
@@ -82,6 +108,8 @@ type Controller struct {
 	mu      sync.Mutex // serializes changes of GOMAXPROCS
 	current int
 	held    int // callers inside Full
+
+	work atomic.Pointer[func() uint64] // set by SetWork
 }
 
 // New returns a Controller whose ceiling is the current GOMAXPROCS.
@@ -104,6 +132,13 @@ func New(interval, quiet time.Duration) *Controller {
 	}
 }
 
+// SetWork gives the Controller a count of the work done so far, which only
+// grows (the appliance: GENEVE bytes in and out). From then on each raise
+// is a trial, kept only if the work done per second rises by a tenth or
+// more; a count that does not follow the work would keep GOMAXPROCS low.
+// It may be called while Run runs.
+func (c *Controller) SetWork(work func() uint64) { c.work.Store(&work) }
+
 // Ceiling is the most processors the Controller gives the runtime.
 func (c *Controller) Ceiling() int { return c.ceiling }
 
@@ -124,9 +159,12 @@ func (c *Controller) Run(ctx context.Context) {
 	t := time.NewTicker(c.interval)
 	defer t.Stop()
 	s := newSampler(c.ceiling, c.quiet, int(maxQuiet/c.interval))
+	s.backoffs(int(baseBackoff/c.interval), int(maxBackoff/c.interval))
 	var waits schedWaits
 	waits.read()
 	lastCPU, lastWall := c.cpuTime(), time.Now()
+	var lastWork uint64
+	haveWork := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -137,7 +175,19 @@ func (c *Controller) Run(ctx context.Context) {
 			// time is when the tick was due, which at a saturated
 			// processor can be well before this goroutine runs.
 			cpu, now := c.cpuTime(), time.Now()
+			var work uint64
+			workFn := c.work.Load()
+			if workFn != nil {
+				work = (*workFn)()
+			}
 			wall := now.Sub(lastWall)
+			rate := float64(unmeasured)
+			if workFn != nil {
+				if haveWork && work >= lastWork && wall > 0 {
+					rate = float64(work-lastWork) / wall.Seconds()
+				}
+				lastWork, haveWork = work, true
+			}
 			if wall <= 0 || cpu < lastCPU { // a clock step, or getrusage failed
 				lastCPU, lastWall = cpu, now
 				continue
@@ -146,9 +196,10 @@ func (c *Controller) Run(ctx context.Context) {
 			lastCPU, lastWall = cpu, now
 			queued := waits.read()
 			current := c.Current()
-			if n, change := s.next(current, used, queued); change {
+			if n, change := s.next(current, used, queued, rate); change {
 				slog.Debug("GOMAXPROCS adjusted to the load", "from", current, "to", n,
-					"cpus_used", math.Round(used*100)/100, "goroutines_queued", queued)
+					"cpus_used", math.Round(used*100)/100, "goroutines_queued", queued,
+					"reason", s.reason)
 				c.apply(n)
 			}
 		}
@@ -204,6 +255,28 @@ type sampler struct {
 	sinceLower                 int     // samples since the last lowering; -1: none yet
 	low                        int     // consecutive samples so far that would allow lowering
 	peak                       float64 // the busiest of them, in CPUs
+
+	// Raises on trial, with the work measured. A raise needs two busy
+	// samples in a row (pending after the first), so that the rate it is
+	// judged against is that of a whole busy sample, not of one in which
+	// the load began.
+	pending      bool
+	trialLeft    int     // samples of the trial still to come; 0: none under way
+	trialFrom    int     // the processors before the change on trial
+	baseRate     float64 // work per second before it
+	trialSum     float64 // work per second summed over the trial's judged samples
+	trialCounted int
+	backoff      int // samples without raises after the next trial that does not pay
+	minBackoff   int
+	maxBackoff   int
+	backoffLeft  int // samples before a raise may be tried again
+	// Probes of one processor fewer, while the load is too high to lower
+	// by CPU time alone: after probeWait samples at a count (probeLeft
+	// left), doubled after each probe that did less work.
+	probeWait, probeLeft int
+	rates                [4]float64 // the work per second of the last samples at this count
+	nRates               int
+	reason               string // why the last change was made, for the log
 }
 
 // newSampler returns a sampler for processors up to ceiling that lowers
@@ -220,11 +293,25 @@ func newSampler(ceiling, quiet, maxQuiet int) sampler {
 	}
 }
 
+// backoffs sets how many samples raises wait after a trial that did not
+// pay, and a count waits before one processor fewer is tried: at first,
+// and at most.
+func (s *sampler) backoffs(first, most int) {
+	s.minBackoff, s.backoff, s.maxBackoff = first, first, max(first, most)
+	s.probeWait, s.probeLeft = first, first
+}
+
 // next takes the CPUs the process used (CPU time over wall time) during
-// the last sample, at current processors, and whether goroutines queued
-// for them, and returns the processors it should have, and whether that is
-// a change.
-func (s *sampler) next(current int, used float64, queued bool) (int, bool) {
+// the last sample, at current processors, whether goroutines queued for
+// them, and the work done per second (unmeasured: no trials), and returns
+// the processors it should have, and whether that is a change.
+func (s *sampler) next(current int, used float64, queued bool, rate float64) (int, bool) {
+	if s.trialLeft > 0 {
+		return s.judge(current, rate)
+	}
+	if s.backoffLeft > 0 {
+		s.backoffLeft--
+	}
 	if s.sinceLower >= 0 {
 		s.sinceLower++
 		if s.sinceLower%s.flapWindow == 0 && s.quiet > s.baseQuiet {
@@ -234,6 +321,16 @@ func (s *sampler) next(current int, used float64, queued bool) (int, bool) {
 	if used > raiseAt*float64(current) || (queued && current < s.ceiling) {
 		s.low, s.peak = 0, 0
 		if current < s.ceiling {
+			if rate != unmeasured {
+				if s.backoffLeft > 0 {
+					return current, false // the last trial showed no gain
+				}
+				if !s.pending {
+					s.pending = true
+					return current, false
+				}
+				s.startTrial(current, rate)
+			}
 			if s.sinceLower >= 0 && s.sinceLower < s.flapWindow {
 				s.quiet = min(2*s.quiet, s.maxQuiet)
 			}
@@ -241,13 +338,33 @@ func (s *sampler) next(current int, used float64, queued bool) (int, bool) {
 			// How much more a saturated runtime would use cannot be
 			// seen from here: go to the ceiling, and come down as the
 			// load allows.
+			s.reason = "busy"
 			return s.ceiling, true
 		}
 		return current, false
 	}
+	s.pending = false
 	want := wanted(used, s.ceiling)
 	if want >= current {
 		s.low, s.peak = 0, 0
+		// Too busy to lower by CPU time alone, yet not saturated: the
+		// same work may take less CPU on fewer processors. Try one fewer
+		// now and then.
+		if rate != unmeasured && current > 1 {
+			s.rates[s.nRates%len(s.rates)] = rate
+			s.nRates++
+			if s.probeLeft > 0 {
+				s.probeLeft--
+			} else if s.nRates >= len(s.rates) {
+				var sum float64
+				for _, r := range s.rates {
+					sum += r
+				}
+				s.startTrial(current, sum/float64(len(s.rates)))
+				s.reason = "a trial of one processor fewer"
+				return current - 1, true
+			}
+		}
 		return current, false
 	}
 	s.low++
@@ -261,7 +378,77 @@ func (s *sampler) next(current int, used float64, queued bool) (int, bool) {
 		return current, false
 	}
 	s.sinceLower = 0
+	s.settled()
+	s.reason = "quiet"
 	return n, true
+}
+
+// startTrial starts the trial of a change from processors from, whose work
+// per second was rate.
+func (s *sampler) startTrial(from int, rate float64) {
+	s.pending = false
+	s.trialLeft, s.trialFrom, s.baseRate = trialSamples, from, rate
+	s.trialSum, s.trialCounted = 0, 0
+}
+
+// settled restarts what is measured at one processor count, after a
+// change.
+func (s *sampler) settled() {
+	s.nRates = 0
+	s.probeLeft = s.probeWait
+}
+
+// judge takes one sample of a trial: a raise, or a probe of one processor
+// fewer. At its end it compares the work done per second at the two
+// counts: when the higher does at least trialGain more, a raise is kept and
+// a probe taken back (and not tried again for longer); when it does not, a
+// raise is taken back and a probe kept, and raises back off.
+func (s *sampler) judge(current int, rate float64) (int, bool) {
+	s.trialLeft--
+	if s.trialLeft < trialSamples-1 { // the first spans the change
+		s.trialSum += max(rate, 0)
+		s.trialCounted++
+	}
+	if s.trialLeft > 0 {
+		return current, false
+	}
+	from := s.trialFrom
+	s.settled()
+	if current == from {
+		return current, false // the change never took effect
+	}
+	got := s.trialSum / float64(max(s.trialCounted, 1))
+	higher, lower := got, s.baseRate
+	if current < from {
+		higher, lower = s.baseRate, got
+	}
+	// Samples that carried nothing say nothing of what the count does for
+	// the work: keep what is, as without a count.
+	if higher == 0 {
+		return current, false
+	}
+	if higher >= (1+trialGain)*lower {
+		s.backoff = s.minBackoff
+		if current > from {
+			return current, false
+		}
+		s.probeWait = min(2*s.probeWait, s.maxBackoff)
+		s.probeLeft = s.probeWait
+		s.reason = fmt.Sprintf("one processor fewer did less: %.0f work/s against %.0f", lower, higher)
+		return from, true
+	}
+	s.backoffLeft = s.backoff
+	s.backoff = min(2*s.backoff, s.maxBackoff)
+	s.probeWait = s.minBackoff
+	s.probeLeft = s.probeWait
+	if current < from {
+		return current, false
+	}
+	// Taking back a raise that did not pay is not a lowering for a load
+	// that came back: it does not lengthen the quiet stretch.
+	s.sinceLower = -1
+	s.reason = fmt.Sprintf("the raise did not pay: %.0f work/s against %.0f", higher, lower)
+	return from, true
 }
 
 // wanted is the fewest processors that used CPUs keep at most lowerTo busy.

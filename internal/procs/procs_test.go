@@ -30,11 +30,11 @@ func TestSamplerRaises(t *testing.T) {
 	} {
 		s := newSampler(8, 10, 600)
 		for range 5 {
-			if _, change := s.next(tc.current, 0.1, false); change {
+			if _, change := s.next(tc.current, 0.1, false, unmeasured); change {
 				t.Fatalf("%s: changed at a low load before the quiet stretch ended", tc.name)
 			}
 		}
-		if n, change := s.next(tc.current, tc.used, tc.queued); n != tc.want || change != tc.change {
+		if n, change := s.next(tc.current, tc.used, tc.queued, unmeasured); n != tc.want || change != tc.change {
 			t.Errorf("%s: %d processors, %.1f CPUs used, queued %v: got %d (change %v), want %d (change %v)",
 				tc.name, tc.current, tc.used, tc.queued, n, change, tc.want, tc.change)
 		}
@@ -47,12 +47,12 @@ func TestSamplerRaises(t *testing.T) {
 func TestSamplerLowersAfterQuiet(t *testing.T) {
 	s := newSampler(8, 10, 600)
 	for i := range 9 {
-		if _, change := s.next(8, 0.3, false); change {
+		if _, change := s.next(8, 0.3, false, unmeasured); change {
 			t.Fatalf("lowered after %d quiet samples of 10", i+1)
 		}
 	}
 	// Busy enough for all 8 (wanted(5) = 9 > 8): the stretch starts over.
-	if _, change := s.next(8, 5, false); change {
+	if _, change := s.next(8, 5, false, unmeasured); change {
 		t.Fatal("changed on a busy sample")
 	}
 	for i := range 9 {
@@ -60,16 +60,16 @@ func TestSamplerLowersAfterQuiet(t *testing.T) {
 		if i == 4 {
 			used = 2 // the peak: wants 4 processors
 		}
-		if _, change := s.next(8, used, false); change {
+		if _, change := s.next(8, used, false, unmeasured); change {
 			t.Fatalf("lowered %d quiet samples after a busy one", i+1)
 		}
 	}
-	n, change := s.next(8, 0.3, false)
+	n, change := s.next(8, 0.3, false, unmeasured)
 	if !change || n != 4 {
 		t.Fatalf("after the quiet stretch: got %d (change %v), want 4 (the peak of 2 CPUs at 0.6 each)", n, change)
 	}
 	for range 10 {
-		n, change = s.next(4, 0.1, false)
+		n, change = s.next(4, 0.1, false, unmeasured)
 	}
 	if !change || n != 1 {
 		t.Fatalf("a quiet stretch at 0.1 CPUs: got %d (change %v), want 1", n, change)
@@ -92,7 +92,7 @@ func TestSamplerSteady(t *testing.T) {
 						used *= 1.4
 					}
 					used = min(used, float64(current)+0.1) // no more than its processors, and some syscalls
-					if n, change := s.next(current, used, false); change {
+					if n, change := s.next(current, used, false, unmeasured); change {
 						current = n
 						changes++
 					}
@@ -172,7 +172,7 @@ func TestSamplerBurstsBackOff(t *testing.T) {
 	s := newSampler(8, 10, 600)
 	current, changes := 8, 0
 	step := func(used float64) {
-		if n, change := s.next(current, used, false); change {
+		if n, change := s.next(current, used, false, unmeasured); change {
 			current = n
 			changes++
 		}
@@ -261,6 +261,70 @@ func TestRunFollowsTheLoad(t *testing.T) {
 	}
 }
 
+// TestRunTakesBackARaiseThatDoesNotPay runs the controller's loop with a
+// CPU clock and a work count the test drives, the work done per second the
+// same at any processor count: a busy process is raised to the ceiling,
+// lowered back after the trial, and not raised again during the back-off
+// (10 s) although it stays busy.
+func TestRunTakesBackARaiseThatDoesNotPay(t *testing.T) {
+	var rec recordingSet
+	var mu sync.Mutex
+	var cpu time.Duration
+	var work float64
+	load := 0.05 // CPUs used, applied to wall time between reads
+	last := time.Now()
+	advance := func() { // with mu held
+		now := time.Now()
+		d := now.Sub(last)
+		cpu += time.Duration(load * float64(d))
+		work += load * 1e6 * d.Seconds()
+		last = now
+	}
+	c := &Controller{
+		ceiling:  2,
+		current:  2,
+		interval: 5 * time.Millisecond,
+		quiet:    4,
+		set:      rec.set,
+		cpuTime: func() time.Duration {
+			mu.Lock()
+			defer mu.Unlock()
+			advance()
+			return cpu
+		},
+	}
+	c.SetWork(func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		advance()
+		return uint64(work)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("waited 10s for %s; set so far: %v", what, rec.values())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("an idle process to be lowered to 1", func() bool { return c.Current() == 1 })
+	mu.Lock()
+	load = 0.95
+	mu.Unlock()
+	waitFor("a busy process to be raised to 2", func() bool { return c.Current() == 2 })
+	waitFor("the raise to be taken back", func() bool { return c.Current() == 1 })
+	time.Sleep(300 * time.Millisecond) // 60 busy samples, well inside the back-off
+	if got := rec.values(); fmt.Sprint(got) != "[1 2 1]" {
+		t.Fatalf("GOMAXPROCS set to %v, want [1 2 1]: lowered when idle, raised when busy, taken back, and no new raise", got)
+	}
+}
+
 // TestSchedWaitsSeesQueueing reads the runtime's own histogram: goroutines
 // that outnumber a single processor (200, each busy for 2 ms), wait for it, and
 // the read says so; a read with nothing run since says nothing.
@@ -283,5 +347,203 @@ func TestSchedWaitsSeesQueueing(t *testing.T) {
 	}
 	if w.read() {
 		t.Error("a read right after another saw queueing")
+	}
+}
+
+// trialSampler is a sampler with a ceiling of 2, a quiet stretch of 10
+// samples and raises backed off 100 samples at first, 400 at most.
+func trialSampler() sampler {
+	s := newSampler(2, 10, 600)
+	s.backoffs(100, 400)
+	return s
+}
+
+// TestSamplerTakesBackARaiseThatDoesNotPay: with the work measured, a busy
+// processor raises on the second busy sample in a row; when the work done
+// per second over the trial is no higher, the raise is taken back, and no
+// raise is tried again for the back-off, which doubles after each such
+// trial up to its bound.
+func TestSamplerTakesBackARaiseThatDoesNotPay(t *testing.T) {
+	s := trialSampler()
+	if _, change := s.next(1, 0.9, false, 1000); change {
+		t.Fatal("raised on the first busy sample")
+	}
+	if n, change := s.next(1, 0.9, false, 1000); !change || n != 2 {
+		t.Fatalf("second busy sample: got %d (change %v), want a raise to 2", n, change)
+	}
+	for i := range trialSamples - 1 {
+		if _, change := s.next(2, 1.3, false, 1040); change {
+			t.Fatalf("changed %d samples into the trial", i+1)
+		}
+	}
+	if n, change := s.next(2, 1.3, false, 1040); !change || n != 1 {
+		t.Fatalf("end of a trial at 4%% more work: got %d (change %v), want back to 1", n, change)
+	}
+	for _, backoff := range []int{100, 200, 400, 400} {
+		waited := 0
+		for {
+			n, change := s.next(1, 0.95, false, 1000)
+			if change {
+				if n != 2 {
+					t.Fatalf("changed to %d, want a raise to 2", n)
+				}
+				break
+			}
+			if waited++; waited > 1000 {
+				t.Fatalf("no raise tried within 1000 busy samples (back-off %d)", backoff)
+			}
+		}
+		if waited < backoff || waited > backoff+1 {
+			t.Errorf("raise tried again after %d busy samples, want the back-off of %d", waited, backoff)
+		}
+		for range trialSamples - 1 {
+			s.next(2, 1.3, false, 1000)
+		}
+		if n, change := s.next(2, 1.3, false, 1000); !change || n != 1 {
+			t.Fatalf("trial without gain: got %d (change %v), want back to 1", n, change)
+		}
+	}
+}
+
+// TestSamplerKeepsARaiseThatPays: a trial whose work per second rose by a
+// tenth or more keeps the ceiling and resets the back-off. The first
+// sample of the trial, which spans the change, is not judged: here it
+// carried nothing, and counted it would have sunk the average below the
+// bar.
+func TestSamplerKeepsARaiseThatPays(t *testing.T) {
+	s := trialSampler()
+	raise := func() {
+		t.Helper()
+		for range 2 {
+			if n, change := s.next(1, 0.9, false, 1000); change {
+				if n != 2 {
+					t.Fatalf("got %d, want a raise to 2", n)
+				}
+				return
+			}
+		}
+		t.Fatal("two busy samples in a row did not raise")
+	}
+	raise()
+	for range trialSamples {
+		s.next(2, 1.3, false, 1000) // no gain: taken back, back-off 100
+	}
+	for range 100 {
+		s.next(1, 0.9, false, 1000)
+	}
+	raise()
+	s.next(2, 1.5, false, 0) // the change itself
+	for range trialSamples - 1 {
+		if n, change := s.next(2, 1.5, false, 1200); change {
+			t.Fatalf("a trial at 20%% more work changed to %d", n)
+		}
+	}
+	for i := range 1000 {
+		if n, change := s.next(2, 1.6, false, 1200); change {
+			t.Fatalf("%d samples after a trial that paid, changed to %d", i+1, n)
+		}
+	}
+	if s.backoff != 100 {
+		t.Errorf("back-off %d samples after a trial that paid, want reset to 100", s.backoff)
+	}
+}
+
+// TestSamplerRaisesAtOnceUnmeasured: without a work count a busy sample
+// raises at once and the raise stays, as it always did.
+func TestSamplerRaisesAtOnceUnmeasured(t *testing.T) {
+	s := trialSampler()
+	if n, change := s.next(1, 0.9, false, unmeasured); !change || n != 2 {
+		t.Fatalf("got %d (change %v), want a raise to 2 on the first busy sample", n, change)
+	}
+	for range 100 {
+		if n, change := s.next(2, 1.3, false, unmeasured); change {
+			t.Fatalf("an unmeasured raise changed to %d", n)
+		}
+	}
+}
+
+// TestSamplerSteadyTrials: a steady load with the work measured, modelled
+// as TestSamplerSteady's (1.4 times the CPU at two processors), carrying
+// 1,000 units per second per CPU of work it gets done: two processors do
+// at most 2/1.4 of one's work. A load one processor carries settles at one,
+// with a few trials at the back-off's pace; a load that two carry
+// noticeably more of settles at two.
+func TestSamplerSteadyTrials(t *testing.T) {
+	for load := 0.05; load < 2.5; load += 0.05 {
+		t.Run(fmt.Sprintf("load%.2f", load), func(t *testing.T) {
+			s := trialSampler()
+			current, changes := 2, 0
+			for range 1000 {
+				used, done := min(load, 1.05), min(load, 1)
+				if current > 1 {
+					used, done = min(load*1.4, 2.1), min(load, 2/1.4)
+				}
+				if n, change := s.next(current, used, false, 1000*done); change {
+					current = n
+					changes++
+				}
+			}
+			// The lowering at the start, then at most four trials in
+			// 1,000 samples (back-offs of 100, 200 and 400), two changes
+			// each.
+			if changes > 9 {
+				t.Errorf("%d changes in 1000 samples of a steady load; ended at %d", changes, current)
+			}
+			if load >= 1.15 && current != 2 {
+				t.Errorf("a load of %.2f CPUs, which two processors carry more of, left at %d", load, current)
+			}
+			if load <= 1 && current != 1 {
+				t.Errorf("a load of %.2f CPUs, which one processor carries, left at %d", load, current)
+			}
+		})
+	}
+}
+
+// TestSamplerProbesOneFewer: at two processors with a load too high to
+// lower by CPU time alone but short of saturating them, one processor
+// fewer is tried after the back-off; kept when it does as much work (and
+// raises then wait), taken back when it does less, and then tried again
+// only after twice as long.
+func TestSamplerProbesOneFewer(t *testing.T) {
+	probe := func(s *sampler, rate float64) (waited, end int) {
+		t.Helper()
+		for {
+			n, change := s.next(2, 1.3, false, 1000)
+			waited++
+			if change {
+				if n != 1 {
+					t.Fatalf("changed to %d, want a probe of 1", n)
+				}
+				break
+			}
+			if waited > 1000 {
+				t.Fatal("no probe within 1000 samples")
+			}
+		}
+		end = 1
+		for range trialSamples {
+			if n, change := s.next(1, 0.95, false, rate); change {
+				end = n
+			}
+		}
+		return waited, end
+	}
+
+	s := trialSampler()
+	if waited, end := probe(&s, 980); waited < 100 || waited > 101 || end != 1 {
+		t.Fatalf("probe after %d samples ended at %d; want after the back-off of 100, kept at 1 (as much work)", waited, end)
+	}
+	for i := range 99 {
+		if n, change := s.next(1, 0.95, false, 1000); change {
+			t.Fatalf("%d samples after a probe that was kept, changed to %d: raises should wait", i+1, n)
+		}
+	}
+
+	s = trialSampler()
+	if waited, end := probe(&s, 700); waited < 100 || waited > 101 || end != 2 {
+		t.Fatalf("probe after %d samples ended at %d; want after 100, back at 2 (30%% less work at 1)", waited, end)
+	}
+	if waited, end := probe(&s, 700); waited < 200 || waited > 201 || end != 2 {
+		t.Fatalf("second probe after %d samples ended at %d; want after twice the wait, 200, back at 2", waited, end)
 	}
 }
