@@ -13,8 +13,9 @@ import (
 const adaptProcsUsage = "fit the Go runtime's processors (GOMAXPROCS) to the load: one while the appliance needs " +
 	"little CPU, which spares a thread wake-up on most hand-offs between goroutines; all of them (as the runtime chose " +
 	"at start: the CPUs, or the cgroup's quota) within 0.2-0.3s of the processors in use being three-quarters busy " +
-	"or goroutines queueing for them, kept only if the GENEVE bytes carried per second rise by a tenth; one fewer " +
-	"tried now and then while it does as much. A GOMAXPROCS set in the environment turns it off"
+	"or goroutines queueing for them, kept only if the GENEVE bytes carried per second rise by a tenth (else not " +
+	"tried again for 10s to a minute); under a moderate load one processor fewer is tried now and then, and kept " +
+	"unless the higher count carried a tenth more. A GOMAXPROCS set in the environment turns it off"
 
 // startProcs starts a GOMAXPROCS controller and returns it (the appliance
 // makes its stacks through its Full, and gives it the work to judge raises

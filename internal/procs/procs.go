@@ -26,7 +26,9 @@
 // the other core is busy with something else. Given a count of the work
 // done (SetWork: the appliance counts the GENEVE bytes it carries), a raise
 // is therefore a trial: kept if the work done per second rose with it, taken
-// back if not, and then not tried again for a while.
+// back if not, and then not tried again for a while. Likewise, at more than
+// one processor under a moderate load, one fewer is tried now and then, and
+// kept unless the higher count did clearly more.
 package procs
 
 import (
@@ -46,7 +48,8 @@ import (
 const (
 	// DefaultInterval is how often the process's CPU time is sampled. A
 	// load that saturates a lowered GOMAXPROCS gets the ceiling within
-	// one or two intervals.
+	// one or two intervals (two or three with the work counted, unless a
+	// trial that did not pay holds raises back).
 	DefaultInterval = 100 * time.Millisecond
 	// DefaultQuiet is how long the load must have stayed low before
 	// GOMAXPROCS is lowered, so that a pause in a busy stretch does not.
@@ -80,18 +83,28 @@ const (
 	// many samples after it. The first, which spans the change itself (a
 	// stop of the world, emptied pools), is not counted.
 	trialSamples = 5
-	// trialGain: a raise is kept when the work done per second over its
-	// trial is at least this much above that of the sample that raised.
-	// Less is not worth the CPU a second processor's hand-offs cost.
+	// trialGain: the higher of two processor counts is worth it when the
+	// work done per second there is at least this much above the lower's:
+	// a raise is kept, and a probe of one fewer taken back. Less is not
+	// worth the CPU that more processors' hand-offs cost.
 	trialGain = 0.1
-	// baseBackoff, maxBackoff: after a trial that did not pay, no raise is
-	// tried for baseBackoff, doubled after each further such trial up to
-	// maxBackoff; a trial that pays resets it.
+	// baseBackoff, maxBackoff: after a raise that did not pay, or a probe
+	// of one fewer that did as much, no raise is tried for baseBackoff,
+	// doubled after each such trial up to maxBackoff. A count waits as
+	// long before one fewer is tried, doubled after each probe that did
+	// less. Both go back to baseBackoff once the load has been low for a
+	// quiet stretch: the next load is a new one.
 	baseBackoff = 10 * time.Second
 	maxBackoff  = time.Minute
+	// probeBaseline: a probe of one fewer is judged against the mean work
+	// per second of this many moderate samples in a row before it.
+	probeBaseline = 4
 )
 
-// unmeasured is the work rate of a sample when no work count is set.
+// unmeasured is the work rate of a sample when no work count is set. A
+// sample whose rate is unknown although a count is set (the first, or a
+// count that went backwards) has a NaN rate: it neither raises nor counts
+// in a trial.
 const unmeasured = -1
 
 // Controller adjusts GOMAXPROCS between 1 and a ceiling. Create it with New
@@ -135,9 +148,16 @@ func New(interval, quiet time.Duration) *Controller {
 // SetWork gives the Controller a count of the work done so far, which only
 // grows (the appliance: GENEVE bytes in and out). From then on each raise
 // is a trial, kept only if the work done per second rises by a tenth or
-// more; a count that does not follow the work would keep GOMAXPROCS low.
-// It may be called while Run runs.
-func (c *Controller) SetWork(work func() uint64) { c.work.Store(&work) }
+// more, and one processor fewer is tried now and then; a count that does
+// not follow the work would keep GOMAXPROCS low. It may be called while Run
+// runs; nil takes the count away.
+func (c *Controller) SetWork(work func() uint64) {
+	if work == nil {
+		c.work.Store(nil)
+		return
+	}
+	c.work.Store(&work)
+}
 
 // Ceiling is the most processors the Controller gives the runtime.
 func (c *Controller) Ceiling() int { return c.ceiling }
@@ -159,7 +179,7 @@ func (c *Controller) Run(ctx context.Context) {
 	t := time.NewTicker(c.interval)
 	defer t.Stop()
 	s := newSampler(c.ceiling, c.quiet, int(maxQuiet/c.interval))
-	s.backoffs(int(baseBackoff/c.interval), int(maxBackoff/c.interval))
+	s.backoffs(max(1, int(baseBackoff/c.interval)), max(1, int(maxBackoff/c.interval)))
 	var waits schedWaits
 	waits.read()
 	lastCPU, lastWall := c.cpuTime(), time.Now()
@@ -174,19 +194,23 @@ func (c *Controller) Run(ctx context.Context) {
 			// Both ends of the sample are read together: the ticker's
 			// time is when the tick was due, which at a saturated
 			// processor can be well before this goroutine runs.
-			cpu, now := c.cpuTime(), time.Now()
+			cpu := c.cpuTime()
 			var work uint64
 			workFn := c.work.Load()
 			if workFn != nil {
 				work = (*workFn)()
 			}
+			now := time.Now()
 			wall := now.Sub(lastWall)
 			rate := float64(unmeasured)
 			if workFn != nil {
+				rate = math.NaN()
 				if haveWork && work >= lastWork && wall > 0 {
 					rate = float64(work-lastWork) / wall.Seconds()
 				}
 				lastWork, haveWork = work, true
+			} else {
+				haveWork = false
 			}
 			if wall <= 0 || cpu < lastCPU { // a clock step, or getrusage failed
 				lastCPU, lastWall = cpu, now
@@ -222,8 +246,9 @@ func (c *Controller) apply(n int) {
 // GOMAXPROCS when it is made (gVisor's TCP makes one processor goroutine per
 // processor for each stack) is made inside it, so that it is sized for the
 // whole machine whatever the load was at that moment. GOMAXPROCS stays at
-// the ceiling afterwards until the load has been low for a quiet stretch:
-// a change waits for a garbage collection under way, so Full, called on the
+// the ceiling afterwards until the sampler decides otherwise (a quiet
+// stretch of low load, or, with the work counted, a probe of one fewer): a
+// change waits for a garbage collection under way, so Full, called on the
 // packet path, makes at most one.
 func (c *Controller) Full(f func()) {
 	c.mu.Lock()
@@ -256,26 +281,29 @@ type sampler struct {
 	low                        int     // consecutive samples so far that would allow lowering
 	peak                       float64 // the busiest of them, in CPUs
 
-	// Raises on trial, with the work measured. A raise needs two busy
-	// samples in a row (pending after the first), so that the rate it is
-	// judged against is that of a whole busy sample, not of one in which
-	// the load began.
+	// Trials, with the work measured. A raise needs two busy samples in a
+	// row (pending after the first), so that the rate it is judged
+	// against is that of a whole busy sample, not of one in which the
+	// load began.
 	pending      bool
+	flapped      bool    // the raise on trial came soon after a lowering
 	trialLeft    int     // samples of the trial still to come; 0: none under way
 	trialFrom    int     // the processors before the change on trial
 	baseRate     float64 // work per second before it
 	trialSum     float64 // work per second summed over the trial's judged samples
 	trialCounted int
-	backoff      int // samples without raises after the next trial that does not pay
+	backoff      int // samples without raises after the next raise that does not pay
 	minBackoff   int
 	maxBackoff   int
 	backoffLeft  int // samples before a raise may be tried again
-	// Probes of one processor fewer, while the load is too high to lower
-	// by CPU time alone: after probeWait samples at a count (probeLeft
-	// left), doubled after each probe that did less work.
+	// Probes of one processor fewer, while the load is moderate: too
+	// high to lower by CPU time alone, short of saturating. After
+	// probeWait moderate samples at a count (probeLeft left), doubled
+	// after each probe that did less work.
 	probeWait, probeLeft int
-	rates                [4]float64 // the work per second of the last samples at this count
+	rates                [probeBaseline]float64 // work per second of the moderate samples in a row before a probe
 	nRates               int
+	lastCurrent          int    // the processors of the last sample
 	reason               string // why the last change was made, for the log
 }
 
@@ -303,9 +331,17 @@ func (s *sampler) backoffs(first, most int) {
 
 // next takes the CPUs the process used (CPU time over wall time) during
 // the last sample, at current processors, whether goroutines queued for
-// them, and the work done per second (unmeasured: no trials), and returns
-// the processors it should have, and whether that is a change.
+// them, and the work done per second (unmeasured: no count, no trials; NaN:
+// unknown this time), and returns the processors it should have, and
+// whether that is a change.
 func (s *sampler) next(current int, used float64, queued bool, rate float64) (int, bool) {
+	if current != s.lastCurrent {
+		// Changed from outside (Full), or a change was dropped: what was
+		// measured at the old count says nothing of this one.
+		s.lastCurrent = current
+		s.pending = false
+		s.settled()
+	}
 	if s.trialLeft > 0 {
 		return s.judge(current, rate)
 	}
@@ -318,55 +354,43 @@ func (s *sampler) next(current int, used float64, queued bool, rate float64) (in
 			s.quiet = max(s.baseQuiet, s.quiet/2)
 		}
 	}
+	measured := rate != unmeasured
 	if used > raiseAt*float64(current) || (queued && current < s.ceiling) {
-		s.low, s.peak = 0, 0
-		if current < s.ceiling {
-			if rate != unmeasured {
-				if s.backoffLeft > 0 {
-					return current, false // the last trial showed no gain
-				}
-				if !s.pending {
-					s.pending = true
-					return current, false
-				}
-				s.startTrial(current, rate)
-			}
-			if s.sinceLower >= 0 && s.sinceLower < s.flapWindow {
-				s.quiet = min(2*s.quiet, s.maxQuiet)
-			}
-			s.sinceLower = -1
-			// How much more a saturated runtime would use cannot be
-			// seen from here: go to the ceiling, and come down as the
-			// load allows.
-			s.reason = "busy"
-			return s.ceiling, true
+		s.low, s.peak, s.nRates = 0, 0, 0
+		if current >= s.ceiling {
+			return current, false
 		}
-		return current, false
+		flapped := s.sinceLower >= 0 && s.sinceLower < s.flapWindow
+		if measured {
+			if math.IsNaN(rate) || s.backoffLeft > 0 {
+				return current, false // unknown, or the last trial showed no gain
+			}
+			if !s.pending {
+				s.pending = true
+				return current, false
+			}
+			s.startTrial(current, rate)
+			s.flapped = flapped
+		} else if flapped {
+			s.quiet = min(2*s.quiet, s.maxQuiet)
+		}
+		s.sinceLower = -1
+		// How much more a saturated runtime would use cannot be seen
+		// from here: go to the ceiling, and come down as the load allows.
+		s.reason = "busy"
+		return s.change(s.ceiling)
 	}
 	s.pending = false
 	want := wanted(used, s.ceiling)
 	if want >= current {
 		s.low, s.peak = 0, 0
-		// Too busy to lower by CPU time alone, yet not saturated: the
-		// same work may take less CPU on fewer processors. Try one fewer
-		// now and then.
-		if rate != unmeasured && current > 1 {
-			s.rates[s.nRates%len(s.rates)] = rate
-			s.nRates++
-			if s.probeLeft > 0 {
-				s.probeLeft--
-			} else if s.nRates >= len(s.rates) {
-				var sum float64
-				for _, r := range s.rates {
-					sum += r
-				}
-				s.startTrial(current, sum/float64(len(s.rates)))
-				s.reason = "a trial of one processor fewer"
-				return current - 1, true
-			}
+		if measured && current > 1 && !math.IsNaN(rate) {
+			return s.probe(current, rate)
 		}
+		s.nRates = 0
 		return current, false
 	}
+	s.nRates = 0
 	s.low++
 	s.peak = max(s.peak, used)
 	if s.low < s.quiet {
@@ -374,12 +398,44 @@ func (s *sampler) next(current int, used float64, queued bool, rate float64) (in
 	}
 	n := wanted(s.peak, s.ceiling)
 	s.low, s.peak = 0, 0
+	// The load has been low for a quiet stretch: whatever comes next is
+	// a new load, with its own trials.
+	s.backoff, s.backoffLeft, s.probeWait = s.minBackoff, 0, s.minBackoff
 	if n == current {
+		s.probeLeft = s.probeWait
 		return current, false
 	}
 	s.sinceLower = 0
-	s.settled()
 	s.reason = "quiet"
+	return s.change(n)
+}
+
+// probe takes a moderate sample (too busy to lower by CPU time alone, short
+// of saturating the processors) and, once the count has waited probeWait
+// such samples and has probeBaseline of them in a row, tries one processor
+// fewer: the same work may take less CPU on fewer processors.
+func (s *sampler) probe(current int, rate float64) (int, bool) {
+	s.rates[s.nRates%probeBaseline] = rate
+	s.nRates++
+	if s.probeLeft > 0 {
+		s.probeLeft--
+	}
+	if s.probeLeft > 0 || s.nRates < probeBaseline {
+		return current, false
+	}
+	var sum float64
+	for _, r := range s.rates {
+		sum += r
+	}
+	s.startTrial(current, sum/probeBaseline)
+	s.reason = "a probe of one processor fewer"
+	return s.change(current - 1)
+}
+
+// change returns n as the processors to set, and starts measuring afresh.
+func (s *sampler) change(n int) (int, bool) {
+	s.lastCurrent = n
+	s.settled()
 	return n, true
 }
 
@@ -391,8 +447,7 @@ func (s *sampler) startTrial(from int, rate float64) {
 	s.trialSum, s.trialCounted = 0, 0
 }
 
-// settled restarts what is measured at one processor count, after a
-// change.
+// settled restarts what is measured at one processor count.
 func (s *sampler) settled() {
 	s.nRates = 0
 	s.probeLeft = s.probeWait
@@ -401,23 +456,24 @@ func (s *sampler) settled() {
 // judge takes one sample of a trial: a raise, or a probe of one processor
 // fewer. At its end it compares the work done per second at the two
 // counts: when the higher does at least trialGain more, a raise is kept and
-// a probe taken back (and not tried again for longer); when it does not, a
-// raise is taken back and a probe kept, and raises back off.
+// a probe taken back (and the next probe waits longer); when it does not,
+// a raise is taken back and a probe kept, and raises back off.
 func (s *sampler) judge(current int, rate float64) (int, bool) {
 	s.trialLeft--
-	if s.trialLeft < trialSamples-1 { // the first spans the change
-		s.trialSum += max(rate, 0)
+	// The first sample spans the change itself; one whose rate is unknown
+	// says nothing.
+	if s.trialLeft < trialSamples-1 && rate >= 0 {
+		s.trialSum += rate
 		s.trialCounted++
 	}
 	if s.trialLeft > 0 {
 		return current, false
 	}
 	from := s.trialFrom
-	s.settled()
-	if current == from {
-		return current, false // the change never took effect
+	if current == from || s.trialCounted == 0 {
+		return current, false // the change never took effect, or nothing was measured
 	}
-	got := s.trialSum / float64(max(s.trialCounted, 1))
+	got := s.trialSum / float64(s.trialCounted)
 	higher, lower := got, s.baseRate
 	if current < from {
 		higher, lower = s.baseRate, got
@@ -428,27 +484,23 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 		return current, false
 	}
 	if higher >= (1+trialGain)*lower {
-		s.backoff = s.minBackoff
 		if current > from {
+			if s.flapped {
+				s.quiet = min(2*s.quiet, s.maxQuiet)
+			}
 			return current, false
 		}
 		s.probeWait = min(2*s.probeWait, s.maxBackoff)
-		s.probeLeft = s.probeWait
 		s.reason = fmt.Sprintf("one processor fewer did less: %.0f work/s against %.0f", lower, higher)
-		return from, true
+		return s.change(from)
 	}
 	s.backoffLeft = s.backoff
 	s.backoff = min(2*s.backoff, s.maxBackoff)
-	s.probeWait = s.minBackoff
-	s.probeLeft = s.probeWait
 	if current < from {
 		return current, false
 	}
-	// Taking back a raise that did not pay is not a lowering for a load
-	// that came back: it does not lengthen the quiet stretch.
-	s.sinceLower = -1
 	s.reason = fmt.Sprintf("the raise did not pay: %.0f work/s against %.0f", higher, lower)
-	return from, true
+	return s.change(from)
 }
 
 // wanted is the fewest processors that used CPUs keep at most lowerTo busy.

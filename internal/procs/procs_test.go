@@ -3,6 +3,7 @@ package procs
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"testing"
@@ -270,16 +271,8 @@ func TestRunTakesBackARaiseThatDoesNotPay(t *testing.T) {
 	var rec recordingSet
 	var mu sync.Mutex
 	var cpu time.Duration
-	var work float64
 	load := 0.05 // CPUs used, applied to wall time between reads
 	last := time.Now()
-	advance := func() { // with mu held
-		now := time.Now()
-		d := now.Sub(last)
-		cpu += time.Duration(load * float64(d))
-		work += load * 1e6 * d.Seconds()
-		last = now
-	}
 	c := &Controller{
 		ceiling:  2,
 		current:  2,
@@ -289,15 +282,18 @@ func TestRunTakesBackARaiseThatDoesNotPay(t *testing.T) {
 		cpuTime: func() time.Duration {
 			mu.Lock()
 			defer mu.Unlock()
-			advance()
+			now := time.Now()
+			cpu += time.Duration(load * float64(now.Sub(last)))
+			last = now
 			return cpu
 		},
 	}
+	// The work is the CPU time so far, read where Run reads it, right
+	// after the CPU time: as much work per CPU second at any count.
 	c.SetWork(func() uint64 {
 		mu.Lock()
 		defer mu.Unlock()
-		advance()
-		return uint64(work)
+		return uint64(cpu.Microseconds())
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -326,24 +322,27 @@ func TestRunTakesBackARaiseThatDoesNotPay(t *testing.T) {
 }
 
 // TestSchedWaitsSeesQueueing reads the runtime's own histogram: goroutines
-// that outnumber a single processor (200, each busy for 2 ms), wait for it, and
-// the read says so; a read with nothing run since says nothing.
+// that outnumber a single processor (800, each busy for 0.5 ms), wait for
+// it, and the read says so; a read with nothing run since says nothing. The
+// runtime times one goroutine in eight, picked at random, and the read
+// wants 20 timed runs: with 200 goroutines one run in eight or so fell
+// short, with 800 (about 100 timed) none will.
 func TestSchedWaitsSeesQueueing(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	var w schedWaits
 	w.read()
 	var wg sync.WaitGroup
-	for range 200 {
+	for range 800 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for start := time.Now(); time.Since(start) < 2*time.Millisecond; {
+			for start := time.Now(); time.Since(start) < 500*time.Microsecond; {
 			}
 		}()
 	}
 	wg.Wait()
 	if !w.read() {
-		t.Error("200 goroutines busy for 2 ms each on one processor: no queueing seen")
+		t.Error("800 goroutines busy for 0.5 ms each on one processor: no queueing seen")
 	}
 	if w.read() {
 		t.Error("a read right after another saw queueing")
@@ -406,10 +405,12 @@ func TestSamplerTakesBackARaiseThatDoesNotPay(t *testing.T) {
 }
 
 // TestSamplerKeepsARaiseThatPays: a trial whose work per second rose by a
-// tenth or more keeps the ceiling and resets the back-off. The first
-// sample of the trial, which spans the change, is not judged: here it
-// carried nothing, and counted it would have sunk the average below the
-// bar.
+// tenth or more keeps the ceiling. The first sample of the trial, which
+// spans the change, is not judged: here it carried nothing, and counted it
+// would have sunk the average below the bar. Kept, the count is probed
+// again (one fewer) after the probe wait, and a probe that does less is
+// taken back; once the load has been low for a quiet stretch the back-off
+// that earlier trials lengthened is back at its start.
 func TestSamplerKeepsARaiseThatPays(t *testing.T) {
 	s := trialSampler()
 	raise := func() {
@@ -432,20 +433,131 @@ func TestSamplerKeepsARaiseThatPays(t *testing.T) {
 		s.next(1, 0.9, false, 1000)
 	}
 	raise()
-	s.next(2, 1.5, false, 0) // the change itself
+	s.next(2, 1.3, false, 0) // the change itself
 	for range trialSamples - 1 {
-		if n, change := s.next(2, 1.5, false, 1200); change {
+		if n, change := s.next(2, 1.3, false, 1200); change {
 			t.Fatalf("a trial at 20%% more work changed to %d", n)
 		}
 	}
-	for i := range 1000 {
-		if n, change := s.next(2, 1.6, false, 1200); change {
+	for i := range 99 {
+		if n, change := s.next(2, 1.3, false, 1200); change {
 			t.Fatalf("%d samples after a trial that paid, changed to %d", i+1, n)
 		}
 	}
-	if s.backoff != 100 {
-		t.Errorf("back-off %d samples after a trial that paid, want reset to 100", s.backoff)
+	if n, change := s.next(2, 1.3, false, 1200); !change || n != 1 {
+		t.Fatalf("after the probe wait at a moderate load: got %d (change %v), want a probe of 1", n, change)
 	}
+	for range trialSamples - 1 {
+		s.next(1, 0.95, false, 900)
+	}
+	if n, change := s.next(1, 0.95, false, 900); !change || n != 2 {
+		t.Fatalf("a probe that did 25%% less: got %d (change %v), want back to 2", n, change)
+	}
+	if s.backoff != 200 || s.probeWait != 200 {
+		t.Fatalf("back-off %d, probe wait %d; want both doubled to 200", s.backoff, s.probeWait)
+	}
+	for range 10 {
+		s.next(2, 0.1, false, 10)
+	}
+	if s.backoff != 100 || s.probeWait != 100 || s.backoffLeft != 0 {
+		t.Errorf("after a quiet stretch: back-off %d (%d left), probe wait %d; want 100 (0 left) and 100",
+			s.backoff, s.backoffLeft, s.probeWait)
+	}
+}
+
+// TestSamplerRaiseNeedsBusySamplesInARow: a calm sample between two busy
+// ones starts the count again, and a sample whose work is unknown (NaN: the
+// first after SetWork, or a count that went backwards) neither raises nor
+// counts in a trial.
+func TestSamplerRaiseNeedsBusySamplesInARow(t *testing.T) {
+	s := trialSampler()
+	for i, used := range []float64{0.9, 0.5, 0.9} {
+		if n, change := s.next(1, used, false, 1000); change {
+			t.Fatalf("sample %d (busy, calm, busy) changed to %d", i+1, n)
+		}
+	}
+	s = trialSampler()
+	for i := range 3 {
+		if n, change := s.next(1, 0.9, false, math.NaN()); change {
+			t.Fatalf("busy sample %d of unknown work changed to %d", i+1, n)
+		}
+	}
+	s.next(1, 0.9, false, 1000)
+	if n, change := s.next(1, 0.9, false, 1000); !change || n != 2 {
+		t.Fatalf("got %d (change %v), want a raise to 2", n, change)
+	}
+	s.next(2, 1.3, false, 0) // the change itself
+	s.next(2, 1.3, false, 1500)
+	for range trialSamples - 2 {
+		s.next(2, 1.3, false, math.NaN()) // counted as 0, these would sink the mean to 375
+	}
+	if s.trialLeft != 0 || s.lastCurrent != 2 {
+		t.Fatalf("trial not over (%d left) or taken back (at %d)", s.trialLeft, s.lastCurrent)
+	}
+}
+
+// TestSamplerChangeFromOutside: a count changed behind the sampler's back
+// (Full raising to the ceiling for a new stack, or a change Full dropped)
+// ends any raise waiting for its second busy sample and restarts the probe
+// wait; a trial whose change never took effect is not judged.
+func TestSamplerChangeFromOutside(t *testing.T) {
+	s := trialSampler()
+	for range 50 {
+		s.next(2, 1.3, false, 1000)
+	}
+	if n, change := s.next(1, 0.3, false, 1000); change { // lowered behind its back
+		t.Fatalf("changed to %d", n)
+	}
+	for i := range 99 {
+		if n, change := s.next(2, 1.3, false, 1000); change { // and raised again by Full
+			t.Fatalf("%d samples after Full raised the count, changed to %d: the probe wait should start over", i+1, n)
+		}
+	}
+	if n, change := s.next(2, 1.3, false, 1000); !change || n != 1 {
+		t.Fatalf("got %d (change %v), want a probe of 1 after a whole probe wait", n, change)
+	}
+	// The probe's change is dropped (Full held the count): not judged.
+	for range trialSamples {
+		if n, change := s.next(2, 1.3, false, 500); change {
+			t.Fatalf("a trial whose change never took effect changed to %d", n)
+		}
+	}
+	if s.backoffLeft != 0 || s.probeWait != 100 {
+		t.Errorf("a trial that never took effect left back-off %d, probe wait %d", s.backoffLeft, s.probeWait)
+	}
+}
+
+// TestSamplerCeilingEight: an open-loop load of 4 CPUs' worth of work (the
+// same at any count that carries it, 1.4 times the CPU at more than one
+// processor) under a ceiling of 8. Probes walk the count down while fewer
+// carry as much; it never stays below the count that carries the load, and
+// the changes are bounded by the back-offs.
+func TestSamplerCeilingEight(t *testing.T) {
+	s := newSampler(8, 10, 600)
+	s.backoffs(100, 600)
+	current, changes, low := 8, 0, 8
+	const load = 4.0
+	for range 6000 { // 10 minutes at the default interval
+		used := load * 1.4
+		done := min(load, float64(current)/1.4)
+		used = min(used, float64(current)+0.1)
+		if n, change := s.next(current, used, false, 1000*done); change {
+			current = n
+			changes++
+			low = min(low, current)
+		}
+	}
+	carries := int(math.Ceil(load * 1.4))
+	if current < carries {
+		t.Errorf("ended at %d processors, which do not carry the load (%d do)", current, carries)
+	}
+	if low < carries-1 {
+		t.Errorf("went down to %d: a probe of one below the %d that carry the load should be its lowest", low, carries)
+	}
+	if changes > 40 {
+		t.Errorf("%d changes in 6,000 samples", changes)
+	}
+	t.Logf("ended at %d processors after %d changes, lowest %d", current, changes, low)
 }
 
 // TestSamplerRaisesAtOnceUnmeasured: without a work count a busy sample
@@ -545,5 +657,20 @@ func TestSamplerProbesOneFewer(t *testing.T) {
 	}
 	if waited, end := probe(&s, 700); waited < 200 || waited > 201 || end != 2 {
 		t.Fatalf("second probe after %d samples ended at %d; want after twice the wait, 200, back at 2", waited, end)
+	}
+
+	// CPU busy without traffic (nothing carried at either count): the
+	// count says nothing, and the probe stays.
+	s = trialSampler()
+	for range 99 {
+		s.next(2, 1.3, false, 0)
+	}
+	if n, change := s.next(2, 1.3, false, 0); !change || n != 1 {
+		t.Fatalf("got %d (change %v), want a probe of 1", n, change)
+	}
+	for range trialSamples {
+		if n, change := s.next(1, 0.7, false, 0); change {
+			t.Fatalf("a probe where nothing was carried was taken back to %d", n)
+		}
 	}
 }
