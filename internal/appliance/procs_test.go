@@ -40,7 +40,7 @@ func TestStacksMadeThroughNewStacksAtFullProcs(t *testing.T) {
 		t.Fatalf("NewStacksAtFullProcs called %d times for one endpoint's two flows, want 1", n)
 	}
 	// Each flow: at least a SYN in, a SYN-ACK out and the ping each way.
-	if got, least := r.app.Carried()-before, uint64(2*4*(8+20+20) + 2*2*4); got < least {
+	if got, least := r.app.Carried()-before, uint64(2*4*(8+20+20)+2*2*4); got < least {
 		t.Fatalf("Carried grew by %d bytes over two echoed flows, want at least %d", got, least)
 	}
 }
