@@ -92,8 +92,9 @@ const (
 	// of one fewer that did as much, no raise is tried for baseBackoff,
 	// doubled after each such trial up to maxBackoff. A count waits as
 	// long before one fewer is tried, doubled after each probe that did
-	// less. Both go back to baseBackoff once the load has been low for a
-	// quiet stretch: the next load is a new one.
+	// less. Both go back to baseBackoff once the load has been calm (at
+	// most lowerTo of the processors busy) for baseBackoff: the next load
+	// is a new one. A shorter lull, between a load's bursts, keeps them.
 	baseBackoff = 10 * time.Second
 	maxBackoff  = time.Minute
 	// probeBaseline: a probe of one fewer is judged against the mean work
@@ -296,6 +297,7 @@ type sampler struct {
 	minBackoff   int
 	maxBackoff   int
 	backoffLeft  int // samples before a raise may be tried again
+	calm         int // samples in a row of a calm load (at most lowerTo of the processors)
 	// Probes of one processor fewer, while the load is moderate: too
 	// high to lower by CPU time alone, short of saturating. After
 	// probeWait moderate samples at a count (probeLeft left), doubled
@@ -354,6 +356,15 @@ func (s *sampler) next(current int, used float64, queued bool, rate float64) (in
 			s.quiet = max(s.baseQuiet, s.quiet/2)
 		}
 	}
+	// A load that has been calm for as long as the first back-off is gone:
+	// whatever comes next is a new load, with its own trials.
+	if used <= lowerTo*float64(current) && !queued {
+		if s.calm++; s.calm == s.minBackoff {
+			s.backoff, s.backoffLeft, s.probeWait = s.minBackoff, 0, s.minBackoff
+		}
+	} else {
+		s.calm = 0
+	}
 	measured := rate != unmeasured
 	if used > raiseAt*float64(current) || (queued && current < s.ceiling) {
 		s.low, s.peak, s.nRates = 0, 0, 0
@@ -398,11 +409,7 @@ func (s *sampler) next(current int, used float64, queued bool, rate float64) (in
 	}
 	n := wanted(s.peak, s.ceiling)
 	s.low, s.peak = 0, 0
-	// The load has been low for a quiet stretch: whatever comes next is
-	// a new load, with its own trials.
-	s.backoff, s.backoffLeft, s.probeWait = s.minBackoff, 0, s.minBackoff
 	if n == current {
-		s.probeLeft = s.probeWait
 		return current, false
 	}
 	s.sinceLower = 0

@@ -402,6 +402,15 @@ func TestSamplerTakesBackARaiseThatDoesNotPay(t *testing.T) {
 			t.Fatalf("trial without gain: got %d (change %v), want back to 1", n, change)
 		}
 	}
+	// The load goes away for as long as the first back-off, then comes
+	// back: a new load, tried at once.
+	for range 100 {
+		s.next(1, 0.2, false, 100)
+	}
+	s.next(1, 0.95, false, 1000)
+	if n, change := s.next(1, 0.95, false, 1000); !change || n != 2 {
+		t.Fatalf("a load back after a calm stretch: got %d (change %v), want a raise tried at once", n, change)
+	}
 }
 
 // TestSamplerKeepsARaiseThatPays: a trial whose work per second rose by a
@@ -409,8 +418,9 @@ func TestSamplerTakesBackARaiseThatDoesNotPay(t *testing.T) {
 // spans the change, is not judged: here it carried nothing, and counted it
 // would have sunk the average below the bar. Kept, the count is probed
 // again (one fewer) after the probe wait, and a probe that does less is
-// taken back; once the load has been low for a quiet stretch the back-off
-// that earlier trials lengthened is back at its start.
+// taken back; once the load has been calm for as long as the first
+// back-off (not before) the waits that earlier trials lengthened are back
+// at their start.
 func TestSamplerKeepsARaiseThatPays(t *testing.T) {
 	s := trialSampler()
 	raise := func() {
@@ -456,12 +466,18 @@ func TestSamplerKeepsARaiseThatPays(t *testing.T) {
 	if s.backoff != 200 || s.probeWait != 200 {
 		t.Fatalf("back-off %d, probe wait %d; want both doubled to 200", s.backoff, s.probeWait)
 	}
-	for range 10 {
-		s.next(2, 0.1, false, 10)
+	current := 2
+	for i := range 100 {
+		if n, change := s.next(current, 0.1, false, 10); change {
+			current = n
+		}
+		if i == 98 && (s.backoff != 200 || s.probeWait != 200) {
+			t.Fatalf("a calm load of 99 samples reset the back-off (%d) or probe wait (%d): a lull between bursts should not", s.backoff, s.probeWait)
+		}
 	}
-	if s.backoff != 100 || s.probeWait != 100 || s.backoffLeft != 0 {
-		t.Errorf("after a quiet stretch: back-off %d (%d left), probe wait %d; want 100 (0 left) and 100",
-			s.backoff, s.backoffLeft, s.probeWait)
+	if current != 1 || s.backoff != 100 || s.probeWait != 100 || s.backoffLeft != 0 {
+		t.Errorf("after a calm load of 100 samples: at %d, back-off %d (%d left), probe wait %d; want 1, 100 (0 left) and 100",
+			current, s.backoff, s.backoffLeft, s.probeWait)
 	}
 }
 
