@@ -226,7 +226,10 @@ func (c *Controller) Run(ctx context.Context) {
 					"cpus_used", math.Round(used*100)/100, "goroutines_queued", queued,
 					"reason", s.reason)
 				c.apply(n)
+			} else if s.kept != "" {
+				slog.Debug("GOMAXPROCS kept after a trial", "at", current, "reason", s.kept)
 			}
+			s.kept = ""
 		}
 	}
 }
@@ -307,6 +310,7 @@ type sampler struct {
 	nRates               int
 	lastCurrent          int    // the processors of the last sample
 	reason               string // why the last change was made, for the log
+	kept                 string // why a trial just ended without a change, for the log
 }
 
 // newSampler returns a sampler for processors up to ceiling that lowers
@@ -478,7 +482,8 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 	}
 	from := s.trialFrom
 	if current == from || s.trialCounted == 0 {
-		return current, false // the change never took effect, or nothing was measured
+		s.kept = "the change never took effect, or nothing was measured"
+		return current, false
 	}
 	got := s.trialSum / float64(s.trialCounted)
 	higher, lower := got, s.baseRate
@@ -488,6 +493,7 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 	// Samples that carried nothing say nothing of what the count does for
 	// the work: keep what is, as without a count.
 	if higher == 0 {
+		s.kept = "nothing was carried"
 		return current, false
 	}
 	if higher >= (1+trialGain)*lower {
@@ -495,6 +501,7 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 			if s.flapped {
 				s.quiet = min(2*s.quiet, s.maxQuiet)
 			}
+			s.kept = fmt.Sprintf("the raise paid: %.0f work/s against %.0f", higher, lower)
 			return current, false
 		}
 		s.probeWait = min(2*s.probeWait, s.maxBackoff)
@@ -504,6 +511,7 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 	s.backoffLeft = s.backoff
 	s.backoff = min(2*s.backoff, s.maxBackoff)
 	if current < from {
+		s.kept = fmt.Sprintf("one processor fewer did as much: %.0f work/s against %.0f", lower, higher)
 		return current, false
 	}
 	s.reason = fmt.Sprintf("the raise did not pay: %.0f work/s against %.0f", higher, lower)
