@@ -49,14 +49,16 @@ const (
 	// DefaultInterval is how often the process's CPU time is sampled. A
 	// load that saturates a lowered GOMAXPROCS gets the ceiling within
 	// one or two intervals (two or three with the work counted, unless a
-	// trial that did not pay holds raises back).
+	// raise that did not pay, or a probe of one fewer that was kept, holds
+	// raises back).
 	DefaultInterval = 100 * time.Millisecond
 	// DefaultQuiet is how long the load must have stayed low before
 	// GOMAXPROCS is lowered, so that a pause in a busy stretch does not.
 	DefaultQuiet = time.Second
 	// maxQuiet bounds the quiet stretch, which doubles each time a raise
-	// follows soon after a lowering (a load that comes in bursts), so that
-	// such a load settles at the ceiling instead of going up and down.
+	// follows soon after a lowering (a load that comes in bursts; with the
+	// work counted, a raise its trial keeps), so that such a load settles
+	// at the ceiling instead of going up and down.
 	maxQuiet = time.Minute
 	// raiseAt: the processors are taken as saturated when the process uses
 	// more than this share of them (the process's CPU time can exceed its
@@ -92,9 +94,10 @@ const (
 	// of one fewer that did as much, no raise is tried for baseBackoff,
 	// doubled after each such trial up to maxBackoff. A count waits as
 	// long before one fewer is tried, doubled after each probe that did
-	// less. Both go back to baseBackoff once the load has been calm (at
-	// most lowerTo of the processors busy) for baseBackoff: the next load
-	// is a new one. A shorter lull, between a load's bursts, keeps them.
+	// less. Both go back to baseBackoff once the load has been calm (low
+	// enough that one processor fewer would be at most lowerTo busy, and
+	// nothing queued) for baseBackoff: the next load is a new one. A
+	// shorter lull, between a load's bursts, keeps them.
 	baseBackoff = 10 * time.Second
 	maxBackoff  = time.Minute
 	// probeBaseline: a probe of one fewer is judged against the mean work
@@ -222,28 +225,31 @@ func (c *Controller) Run(ctx context.Context) {
 			queued := waits.read()
 			current := c.Current()
 			if n, change := s.next(current, used, queued, rate); change {
-				slog.Debug("GOMAXPROCS adjusted to the load", "from", current, "to", n,
-					"cpus_used", math.Round(used*100)/100, "goroutines_queued", queued,
-					"reason", s.reason)
-				c.apply(n)
-			} else if s.kept != "" {
-				slog.Debug("GOMAXPROCS kept after a trial", "at", current, "reason", s.kept)
+				if c.apply(n) {
+					slog.Debug("GOMAXPROCS adjusted to the load", "from", current, "to", n,
+						"cpus_used", math.Round(used*100)/100, "goroutines_queued", queued,
+						"reason", s.reason)
+				}
+			} else if s.keptReason != "" {
+				slog.Debug("GOMAXPROCS kept after a trial", "at", current, "reason", s.keptReason)
 			}
-			s.kept = ""
+			s.keptReason = ""
 		}
 	}
 }
 
 // apply sets GOMAXPROCS to n, unless a caller of Full holds it at the
-// ceiling: then the change is dropped, and the sampler decides again.
-func (c *Controller) apply(n int) {
+// ceiling: then the change is dropped, and the sampler decides again. It
+// reports whether GOMAXPROCS changed.
+func (c *Controller) apply(n int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if n == c.current || c.held > 0 {
-		return
+		return false
 	}
 	c.current = n
 	c.set(n)
+	return true
 }
 
 // Full runs f with GOMAXPROCS at the ceiling. What sizes itself by
@@ -277,8 +283,8 @@ type sampler struct {
 	ceiling int
 	// quiet is the samples of low load needed before lowering: baseQuiet,
 	// doubled (up to maxQuiet) whenever a raise comes within flapWindow
-	// samples of a lowering, and halved back for every flapWindow samples
-	// a lowering lasts.
+	// samples of a lowering (with the work counted, one its trial keeps),
+	// and halved back for every flapWindow samples a lowering lasts.
 	baseQuiet, quiet, maxQuiet int
 	flapWindow                 int
 	sinceLower                 int     // samples since the last lowering; -1: none yet
@@ -291,16 +297,17 @@ type sampler struct {
 	// load began.
 	pending      bool
 	flapped      bool    // the raise on trial came soon after a lowering
+	sinceBefore  int     // sinceLower when the raise on trial was made, restored if it is taken back
 	trialLeft    int     // samples of the trial still to come; 0: none under way
 	trialFrom    int     // the processors before the change on trial
 	baseRate     float64 // work per second before it
 	trialSum     float64 // work per second summed over the trial's judged samples
 	trialCounted int
-	backoff      int // samples without raises after the next raise that does not pay
+	backoff      int // samples without raises after the next raise that does not pay, or probe kept
 	minBackoff   int
 	maxBackoff   int
 	backoffLeft  int // samples before a raise may be tried again
-	calm         int // samples in a row of a calm load (at most lowerTo of the processors)
+	calm         int // samples in a row of a calm load
 	// Probes of one processor fewer, while the load is moderate: too
 	// high to lower by CPU time alone, short of saturating. After
 	// probeWait moderate samples at a count (probeLeft left), doubled
@@ -310,7 +317,7 @@ type sampler struct {
 	nRates               int
 	lastCurrent          int    // the processors of the last sample
 	reason               string // why the last change was made, for the log
-	kept                 string // why a trial just ended without a change, for the log
+	keptReason           string // why a trial just ended without a change, for the log
 }
 
 // newSampler returns a sampler for processors up to ceiling that lowers
@@ -343,10 +350,15 @@ func (s *sampler) backoffs(first, most int) {
 func (s *sampler) next(current int, used float64, queued bool, rate float64) (int, bool) {
 	if current != s.lastCurrent {
 		// Changed from outside (Full), or a change was dropped: what was
-		// measured at the old count says nothing of this one.
+		// measured at the old count says nothing of this one, nor can a
+		// trial under way be judged.
+		if s.trialLeft > 0 {
+			s.trialLeft = 0
+			s.keptReason = "changed from outside during a trial"
+		}
 		s.lastCurrent = current
 		s.pending = false
-		s.settled()
+		s.restart()
 	}
 	if s.trialLeft > 0 {
 		return s.judge(current, rate)
@@ -361,10 +373,13 @@ func (s *sampler) next(current int, used float64, queued bool, rate float64) (in
 		}
 	}
 	// A load that has been calm for as long as the first back-off is gone:
-	// whatever comes next is a new load, with its own trials.
-	if used <= lowerTo*float64(current) && !queued {
+	// whatever comes next is a new load, with its own trials. Calm is low
+	// enough to neither raise nor probe: one processor fewer would be at
+	// most lowerTo busy.
+	if used <= lowerTo*float64(max(current-1, 1)) && !queued {
 		if s.calm++; s.calm == s.minBackoff {
 			s.backoff, s.backoffLeft, s.probeWait = s.minBackoff, 0, s.minBackoff
+			s.probeLeft = min(s.probeLeft, s.probeWait)
 		}
 	} else {
 		s.calm = 0
@@ -385,7 +400,7 @@ func (s *sampler) next(current int, used float64, queued bool, rate float64) (in
 				return current, false
 			}
 			s.startTrial(current, rate)
-			s.flapped = flapped
+			s.flapped, s.sinceBefore = flapped, s.sinceLower
 		} else if flapped {
 			s.quiet = min(2*s.quiet, s.maxQuiet)
 		}
@@ -446,20 +461,20 @@ func (s *sampler) probe(current int, rate float64) (int, bool) {
 // change returns n as the processors to set, and starts measuring afresh.
 func (s *sampler) change(n int) (int, bool) {
 	s.lastCurrent = n
-	s.settled()
+	s.restart()
 	return n, true
 }
 
 // startTrial starts the trial of a change from processors from, whose work
 // per second was rate.
 func (s *sampler) startTrial(from int, rate float64) {
-	s.pending = false
+	s.pending, s.flapped = false, false
 	s.trialLeft, s.trialFrom, s.baseRate = trialSamples, from, rate
 	s.trialSum, s.trialCounted = 0, 0
 }
 
-// settled restarts what is measured at one processor count.
-func (s *sampler) settled() {
+// restart restarts what is measured at one processor count.
+func (s *sampler) restart() {
 	s.nRates = 0
 	s.probeLeft = s.probeWait
 }
@@ -482,7 +497,7 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 	}
 	from := s.trialFrom
 	if current == from || s.trialCounted == 0 {
-		s.kept = "the change never took effect, or nothing was measured"
+		s.keptReason = "nothing was measured"
 		return current, false
 	}
 	got := s.trialSum / float64(s.trialCounted)
@@ -493,7 +508,7 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 	// Samples that carried nothing say nothing of what the count does for
 	// the work: keep what is, as without a count.
 	if higher == 0 {
-		s.kept = "nothing was carried"
+		s.keptReason = "nothing was carried"
 		return current, false
 	}
 	if higher >= (1+trialGain)*lower {
@@ -501,7 +516,7 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 			if s.flapped {
 				s.quiet = min(2*s.quiet, s.maxQuiet)
 			}
-			s.kept = fmt.Sprintf("the raise paid: %.0f work/s against %.0f", higher, lower)
+			s.keptReason = fmt.Sprintf("the raise paid: %.0f work/s against %.0f", higher, lower)
 			return current, false
 		}
 		s.probeWait = min(2*s.probeWait, s.maxBackoff)
@@ -511,9 +526,12 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 	s.backoffLeft = s.backoff
 	s.backoff = min(2*s.backoff, s.maxBackoff)
 	if current < from {
-		s.kept = fmt.Sprintf("one processor fewer did as much: %.0f work/s against %.0f", lower, higher)
+		s.keptReason = fmt.Sprintf("one processor fewer did as much: %.0f work/s against %.0f", lower, higher)
 		return current, false
 	}
+	// Taken back, the raise never happened as far as the quiet stretch
+	// goes: a lowering before it keeps counting.
+	s.sinceLower = s.sinceBefore
 	s.reason = fmt.Sprintf("the raise did not pay: %.0f work/s against %.0f", higher, lower)
 	return s.change(from)
 }

@@ -513,33 +513,117 @@ func TestSamplerRaiseNeedsBusySamplesInARow(t *testing.T) {
 }
 
 // TestSamplerChangeFromOutside: a count changed behind the sampler's back
-// (Full raising to the ceiling for a new stack, or a change Full dropped)
-// ends any raise waiting for its second busy sample and restarts the probe
-// wait; a trial whose change never took effect is not judged.
+// ends any trial under way without a verdict (nothing was measured at the
+// counts it compares) and restarts the probe wait: a probe whose change
+// Full dropped, and one that Full undid mid-trial by raising to the
+// ceiling for a new stack.
 func TestSamplerChangeFromOutside(t *testing.T) {
 	s := trialSampler()
-	for range 50 {
-		s.next(2, 1.3, false, 1000)
-	}
-	if n, change := s.next(1, 0.3, false, 1000); change { // lowered behind its back
-		t.Fatalf("changed to %d", n)
-	}
 	for i := range 99 {
-		if n, change := s.next(2, 1.3, false, 1000); change { // and raised again by Full
-			t.Fatalf("%d samples after Full raised the count, changed to %d: the probe wait should start over", i+1, n)
+		if n, change := s.next(2, 1.3, false, 1000); change {
+			t.Fatalf("changed to %d after %d moderate samples", n, i+1)
 		}
 	}
 	if n, change := s.next(2, 1.3, false, 1000); !change || n != 1 {
-		t.Fatalf("got %d (change %v), want a probe of 1 after a whole probe wait", n, change)
+		t.Fatalf("got %d (change %v), want a probe of 1", n, change)
 	}
-	// The probe's change is dropped (Full held the count): not judged.
-	for range trialSamples {
+	// Full held the count: the probe's change was dropped.
+	for i := range 100 {
 		if n, change := s.next(2, 1.3, false, 500); change {
-			t.Fatalf("a trial whose change never took effect changed to %d", n)
+			if i == 99 && n == 1 {
+				break // the next probe, after a whole new wait
+			}
+			t.Fatalf("%d samples after a dropped probe, changed to %d", i+1, n)
+		}
+		if i == 99 {
+			t.Fatal("no new probe after a whole probe wait")
 		}
 	}
 	if s.backoffLeft != 0 || s.probeWait != 100 {
-		t.Errorf("a trial that never took effect left back-off %d, probe wait %d", s.backoffLeft, s.probeWait)
+		t.Errorf("a dropped probe was judged: back-off %d, probe wait %d", s.backoffLeft, s.probeWait)
+	}
+	// This probe took effect; two samples in, Full raises to the ceiling.
+	s.next(1, 0.9, false, 1000)
+	s.next(1, 0.9, false, 1000)
+	if n, change := s.next(2, 1.3, false, 500); change {
+		t.Fatalf("a sample after Full undid the probe changed to %d", n)
+	}
+	if s.trialLeft != 0 || s.keptReason == "" || s.backoffLeft != 0 || s.probeWait != 100 {
+		t.Errorf("trial %d left, reason %q, back-off %d, probe wait %d: want the trial ended unjudged",
+			s.trialLeft, s.keptReason, s.backoffLeft, s.probeWait)
+	}
+}
+
+// TestSamplerCalmIsBelowTheProbeBand: a moderate load at two processors (1.1
+// CPUs: under lowerTo of both, but one fewer would be busier than that) is
+// not calm, so it does not reset the probe wait that earlier probes
+// lengthened; a load one processor fewer would carry at lowerTo is.
+func TestSamplerCalmIsBelowTheProbeBand(t *testing.T) {
+	s := trialSampler()
+	s.probeWait, s.probeLeft = 200, 200
+	for range 150 {
+		s.next(2, 1.1, false, 1000)
+	}
+	if s.probeWait != 200 {
+		t.Fatalf("150 moderate samples reset the probe wait to %d", s.probeWait)
+	}
+	for range 100 {
+		s.next(2, 0.5, false, 100)
+	}
+	if s.probeWait != 100 {
+		t.Fatalf("100 calm samples left the probe wait at %d, want 100", s.probeWait)
+	}
+}
+
+// TestSamplerProbeBaseline: a probe is judged against the mean of the four
+// moderate samples in a row before it, not the last alone, and waits for
+// four such samples after a busy one broke the row.
+func TestSamplerProbeBaseline(t *testing.T) {
+	s := trialSampler()
+	for range 99 {
+		s.next(2, 1.3, false, 1000)
+	}
+	s.next(2, 1.6, false, 1000) // busy at the ceiling: the row starts over
+	for i, r := range []float64{1000, 1000, 1000, 1300} {
+		n, change := s.next(2, 1.3, false, r)
+		if i < 3 && change {
+			t.Fatalf("probed to %d after %d moderate samples in a row", n, i+1)
+		}
+		if i == 3 && (!change || n != 1) {
+			t.Fatalf("got %d (change %v), want a probe of 1 after four in a row", n, change)
+		}
+	}
+	// 1,000 at one against a mean of 1,075: kept (against the last
+	// sample's 1,300 it would have been taken back).
+	for range trialSamples {
+		if n, change := s.next(1, 0.9, false, 1000); change {
+			t.Fatalf("a probe that did 7%% less than the mean was taken back to %d", n)
+		}
+	}
+}
+
+// TestSamplerBurstsBackOffMeasured: bursts that two processors carry twice
+// as much of, each 12 samples long every 40: the raises are kept, and come
+// soon after each lowering, so the quiet stretch lengthens until the count
+// stays at the ceiling, as without a work count.
+func TestSamplerBurstsBackOffMeasured(t *testing.T) {
+	s := trialSampler()
+	current, changes := 2, 0
+	for i := range 6000 {
+		used, rate := 0.1, 10.0
+		if i%40 < 12 {
+			used, rate = 0.9, 1000
+			if current == 2 {
+				used, rate = 1.3, 2000
+			}
+		}
+		if n, change := s.next(current, used, false, rate); change {
+			current = n
+			changes++
+		}
+	}
+	if changes > 20 || current != 2 {
+		t.Errorf("%d changes in 6,000 samples of bursts, ended at %d; want few, at the ceiling", changes, current)
 	}
 }
 
@@ -572,6 +656,9 @@ func TestSamplerCeilingEight(t *testing.T) {
 	}
 	if changes > 40 {
 		t.Errorf("%d changes in 6,000 samples", changes)
+	}
+	if low == 8 {
+		t.Error("never tried fewer than 8 processors")
 	}
 	t.Logf("ended at %d processors after %d changes, lowest %d", current, changes, low)
 }
@@ -674,6 +761,11 @@ func TestSamplerProbesOneFewer(t *testing.T) {
 	if waited, end := probe(&s, 700); waited < 200 || waited > 201 || end != 2 {
 		t.Fatalf("second probe after %d samples ended at %d; want after twice the wait, 200, back at 2", waited, end)
 	}
+	for _, want := range []int{400, 400} { // the bound
+		if waited, end := probe(&s, 700); waited < want || waited > want+1 || end != 2 {
+			t.Fatalf("probe after %d samples ended at %d; want after %d, back at 2", waited, end, want)
+		}
+	}
 
 	// CPU busy without traffic (nothing carried at either count): the
 	// count says nothing, and the probe stays.
@@ -688,5 +780,30 @@ func TestSamplerProbesOneFewer(t *testing.T) {
 		if n, change := s.next(1, 0.7, false, 0); change {
 			t.Fatalf("a probe where nothing was carried was taken back to %d", n)
 		}
+	}
+}
+
+// TestSamplerRaiseTakenBackKeepsTheLowering: a raise taken back after its
+// trial does not count as the end of the lowering before it, so a quiet
+// stretch that bursts had lengthened still halves back as that lowering
+// lasts.
+func TestSamplerRaiseTakenBackKeepsTheLowering(t *testing.T) {
+	s := trialSampler()
+	s.quiet, s.sinceLower, s.lastCurrent = 40, 0, 1 // just lowered to 1
+	s.next(1, 0.9, false, 1000)
+	if n, change := s.next(1, 0.9, false, 1000); !change || n != 2 {
+		t.Fatalf("got %d (change %v), want a raise to 2", n, change)
+	}
+	for range trialSamples - 1 {
+		s.next(2, 1.3, false, 1000)
+	}
+	if n, change := s.next(2, 1.3, false, 1000); !change || n != 1 {
+		t.Fatalf("got %d (change %v), want the raise taken back", n, change)
+	}
+	for range 100 {
+		s.next(1, 0.3, false, 100)
+	}
+	if s.quiet != 20 {
+		t.Errorf("quiet stretch %d samples after the lowering lasted its flap window, want halved to 20", s.quiet)
 	}
 }
