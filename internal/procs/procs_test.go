@@ -209,34 +209,49 @@ func TestSamplerBurstsBackOff(t *testing.T) {
 	}
 }
 
-// TestRunFollowsTheLoad runs the controller's loop with a CPU clock the
-// test drives: an idle process goes to one processor, a busy one back to
-// the ceiling, and the ceiling is restored when the context ends.
-func TestRunFollowsTheLoad(t *testing.T) {
-	var rec recordingSet
-	var mu sync.Mutex
-	var cpu time.Duration
-	load := 0.05 // CPUs used, applied to wall time between samples
-	last := time.Now()
-	c := &Controller{
-		ceiling:  2,
-		current:  2,
-		interval: 5 * time.Millisecond,
-		quiet:    4,
-		set:      rec.set,
-		cpuTime: func() time.Duration {
-			mu.Lock()
-			defer mu.Unlock()
-			now := time.Now()
-			cpu += time.Duration(load * float64(now.Sub(last)))
-			last = now
-			return cpu
-		},
-	}
+// fakeLoad is a CPU clock a test drives: the process uses load CPUs over
+// the wall time between reads.
+type fakeLoad struct {
+	mu   sync.Mutex
+	cpu  time.Duration
+	load float64
+	last time.Time
+}
+
+func newFakeLoad(load float64) *fakeLoad { return &fakeLoad{load: load, last: time.Now()} }
+
+func (f *fakeLoad) cpuTime() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	f.cpu += time.Duration(f.load * float64(now.Sub(f.last)))
+	f.last = now
+	return f.cpu
+}
+
+func (f *fakeLoad) set(load float64) {
+	f.mu.Lock()
+	f.load = load
+	f.mu.Unlock()
+}
+
+// work is as much work per CPU second at any count: the CPU time so far,
+// read where Run reads the work, right after the CPU time.
+func (f *fakeLoad) work() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return uint64(f.cpu.Microseconds())
+}
+
+// runController runs c's loop at a 5 ms interval with a quiet stretch of 4
+// samples, GOMAXPROCS recorded in rec, until stop; waitFor waits up to 10 s
+// for a condition.
+func runController(t *testing.T, c *Controller, rec *recordingSet) (waitFor func(what string, cond func() bool), stop func()) {
+	c.ceiling, c.current, c.interval, c.quiet, c.set = 2, 2, 5*time.Millisecond, 4, rec.set
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()
-	waitFor := func(what string, cond func() bool) {
+	waitFor = func(what string, cond func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for !cond() {
@@ -246,17 +261,23 @@ func TestRunFollowsTheLoad(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+	return waitFor, func() { cancel(); <-done }
+}
+
+// TestRunFollowsTheLoad runs the controller's loop with a CPU clock the
+// test drives: an idle process goes to one processor, a busy one back to
+// the ceiling, and the ceiling is restored when the context ends.
+func TestRunFollowsTheLoad(t *testing.T) {
+	var rec recordingSet
+	load := newFakeLoad(0.05)
+	c := &Controller{cpuTime: load.cpuTime}
+	waitFor, stop := runController(t, c, &rec)
 	waitFor("an idle process to be lowered to 1", func() bool { return c.Current() == 1 && rec.last() == 1 })
-	mu.Lock()
-	load = 0.95
-	mu.Unlock()
+	load.set(0.95)
 	waitFor("a busy process to be raised to 2", func() bool { return c.Current() == 2 && rec.last() == 2 })
-	mu.Lock()
-	load = 0.05
-	mu.Unlock()
+	load.set(0.05)
 	waitFor("lowered again", func() bool { return c.Current() == 1 })
-	cancel()
-	<-done
+	stop()
 	if got := rec.last(); got != 2 {
 		t.Fatalf("after Run returned GOMAXPROCS was left at %d, want the ceiling 2", got)
 	}
@@ -269,50 +290,13 @@ func TestRunFollowsTheLoad(t *testing.T) {
 // (10 s) although it stays busy.
 func TestRunTakesBackARaiseThatDoesNotPay(t *testing.T) {
 	var rec recordingSet
-	var mu sync.Mutex
-	var cpu time.Duration
-	load := 0.05 // CPUs used, applied to wall time between reads
-	last := time.Now()
-	c := &Controller{
-		ceiling:  2,
-		current:  2,
-		interval: 5 * time.Millisecond,
-		quiet:    4,
-		set:      rec.set,
-		cpuTime: func() time.Duration {
-			mu.Lock()
-			defer mu.Unlock()
-			now := time.Now()
-			cpu += time.Duration(load * float64(now.Sub(last)))
-			last = now
-			return cpu
-		},
-	}
-	// The work is the CPU time so far, read where Run reads it, right
-	// after the CPU time: as much work per CPU second at any count.
-	c.SetWork(func() uint64 {
-		mu.Lock()
-		defer mu.Unlock()
-		return uint64(cpu.Microseconds())
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { c.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("waited 10s for %s; set so far: %v", what, rec.values())
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	load := newFakeLoad(0.05)
+	c := &Controller{cpuTime: load.cpuTime}
+	c.SetWork(load.work)
+	waitFor, stop := runController(t, c, &rec)
+	defer stop()
 	waitFor("an idle process to be lowered to 1", func() bool { return c.Current() == 1 })
-	mu.Lock()
-	load = 0.95
-	mu.Unlock()
+	load.set(0.95)
 	waitFor("a busy process to be raised to 2", func() bool { return c.Current() == 2 })
 	waitFor("the raise to be taken back", func() bool { return c.Current() == 1 })
 	time.Sleep(300 * time.Millisecond) // 60 busy samples, well inside the back-off
@@ -357,6 +341,28 @@ func trialSampler() sampler {
 	return s
 }
 
+// steady feeds s n samples of one kind and fails if any changes the count.
+func steady(t *testing.T, s *sampler, n, current int, used, rate float64, what string) {
+	t.Helper()
+	for i := range n {
+		if got, change := s.next(current, used, false, rate); change {
+			t.Fatalf("%s: sample %d of %d changed to %d", what, i+1, n, got)
+		}
+	}
+}
+
+// endTrial feeds s the samples of a trial under way at current processors,
+// all alike, and fails unless the last changes the count to want (want ==
+// current: no change).
+func endTrial(t *testing.T, s *sampler, current int, used, rate float64, want int) {
+	t.Helper()
+	steady(t, s, trialSamples-1, current, used, rate, "a trial under way")
+	n, change := s.next(current, used, false, rate)
+	if got := map[bool]int{true: n, false: current}[change]; got != want {
+		t.Fatalf("end of a trial at %d processors (%.0f work/s): at %d, want %d", current, rate, got, want)
+	}
+}
+
 // TestSamplerTakesBackARaiseThatDoesNotPay: with the work measured, a busy
 // processor raises on the second busy sample in a row; when the work done
 // per second over the trial is no higher, the raise is taken back, and no
@@ -395,12 +401,7 @@ func TestSamplerTakesBackARaiseThatDoesNotPay(t *testing.T) {
 		if waited < backoff || waited > backoff+1 {
 			t.Errorf("raise tried again after %d busy samples, want the back-off of %d", waited, backoff)
 		}
-		for range trialSamples - 1 {
-			s.next(2, 1.3, false, 1000)
-		}
-		if n, change := s.next(2, 1.3, false, 1000); !change || n != 1 {
-			t.Fatalf("trial without gain: got %d (change %v), want back to 1", n, change)
-		}
+		endTrial(t, &s, 2, 1.3, 1000, 1)
 	}
 	// The load goes away for as long as the first back-off, then comes
 	// back: a new load, tried at once.
@@ -444,16 +445,8 @@ func TestSamplerKeepsARaiseThatPays(t *testing.T) {
 	}
 	raise()
 	s.next(2, 1.3, false, 0) // the change itself
-	for range trialSamples - 1 {
-		if n, change := s.next(2, 1.3, false, 1200); change {
-			t.Fatalf("a trial at 20%% more work changed to %d", n)
-		}
-	}
-	for i := range 99 {
-		if n, change := s.next(2, 1.3, false, 1200); change {
-			t.Fatalf("%d samples after a trial that paid, changed to %d", i+1, n)
-		}
-	}
+	steady(t, &s, trialSamples-1, 2, 1.3, 1200, "a trial at 20% more work")
+	steady(t, &s, 99, 2, 1.3, 1200, "after a trial that paid")
 	if n, change := s.next(2, 1.3, false, 1200); !change || n != 1 {
 		t.Fatalf("after the probe wait at a moderate load: got %d (change %v), want a probe of 1", n, change)
 	}
@@ -595,11 +588,7 @@ func TestSamplerProbeBaseline(t *testing.T) {
 	}
 	// 1,000 at one against a mean of 1,075: kept (against the last
 	// sample's 1,300 it would have been taken back).
-	for range trialSamples {
-		if n, change := s.next(1, 0.9, false, 1000); change {
-			t.Fatalf("a probe that did 7%% less than the mean was taken back to %d", n)
-		}
-	}
+	steady(t, &s, trialSamples, 1, 0.9, 1000, "a probe that did 7% less than the mean")
 }
 
 // TestSamplerBurstsBackOffMeasured: bursts that two processors carry twice
@@ -770,17 +759,11 @@ func TestSamplerProbesOneFewer(t *testing.T) {
 	// CPU busy without traffic (nothing carried at either count): the
 	// count says nothing, and the probe stays.
 	s = trialSampler()
-	for range 99 {
-		s.next(2, 1.3, false, 0)
-	}
+	steady(t, &s, 99, 2, 1.3, 0, "a moderate load carrying nothing, before the probe wait")
 	if n, change := s.next(2, 1.3, false, 0); !change || n != 1 {
 		t.Fatalf("got %d (change %v), want a probe of 1", n, change)
 	}
-	for range trialSamples {
-		if n, change := s.next(1, 0.7, false, 0); change {
-			t.Fatalf("a probe where nothing was carried was taken back to %d", n)
-		}
-	}
+	steady(t, &s, trialSamples, 1, 0.7, 0, "a probe where nothing was carried")
 }
 
 // TestSamplerRaiseTakenBackKeepsTheLowering: a raise taken back after its
@@ -794,12 +777,7 @@ func TestSamplerRaiseTakenBackKeepsTheLowering(t *testing.T) {
 	if n, change := s.next(1, 0.9, false, 1000); !change || n != 2 {
 		t.Fatalf("got %d (change %v), want a raise to 2", n, change)
 	}
-	for range trialSamples - 1 {
-		s.next(2, 1.3, false, 1000)
-	}
-	if n, change := s.next(2, 1.3, false, 1000); !change || n != 1 {
-		t.Fatalf("got %d (change %v), want the raise taken back", n, change)
-	}
+	endTrial(t, &s, 2, 1.3, 1000, 1)
 	for range 100 {
 		s.next(1, 0.3, false, 100)
 	}
