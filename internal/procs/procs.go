@@ -296,7 +296,6 @@ type sampler struct {
 	// against is that of a whole busy sample, not of one in which the
 	// load began.
 	pending      bool
-	flapped      bool    // the raise on trial came soon after a lowering
 	sinceBefore  int     // sinceLower when the raise on trial was made, restored if it is taken back
 	trialLeft    int     // samples of the trial still to come; 0: none under way
 	trialFrom    int     // the processors before the change on trial
@@ -390,7 +389,6 @@ func (s *sampler) next(current int, used float64, queued bool, rate float64) (in
 		if current >= s.ceiling {
 			return current, false
 		}
-		flapped := s.sinceLower >= 0 && s.sinceLower < s.flapWindow
 		if measured {
 			if math.IsNaN(rate) || s.backoffLeft > 0 {
 				return current, false // unknown, or the last trial showed no gain
@@ -400,8 +398,8 @@ func (s *sampler) next(current int, used float64, queued bool, rate float64) (in
 				return current, false
 			}
 			s.startTrial(current, rate)
-			s.flapped, s.sinceBefore = flapped, s.sinceLower
-		} else if flapped {
+			s.sinceBefore = s.sinceLower
+		} else if s.soonAfterLowering(s.sinceLower) {
 			s.quiet = min(2*s.quiet, s.maxQuiet)
 		}
 		s.sinceLower = -1
@@ -465,10 +463,16 @@ func (s *sampler) change(n int) (int, bool) {
 	return n, true
 }
 
+// soonAfterLowering reports whether a raise since samples after a lowering
+// (-1: none) is part of a load in bursts, which lengthens the quiet stretch.
+func (s *sampler) soonAfterLowering(since int) bool {
+	return since >= 0 && since < s.flapWindow
+}
+
 // startTrial starts the trial of a change from processors from, whose work
 // per second was rate.
 func (s *sampler) startTrial(from int, rate float64) {
-	s.pending, s.flapped = false, false
+	s.pending = false
 	s.trialLeft, s.trialFrom, s.baseRate = trialSamples, from, rate
 	s.trialSum, s.trialCounted = 0, 0
 }
@@ -513,7 +517,7 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 	}
 	if higher >= (1+trialGain)*lower {
 		if current > from {
-			if s.flapped {
+			if s.soonAfterLowering(s.sinceBefore) {
 				s.quiet = min(2*s.quiet, s.maxQuiet)
 			}
 			s.keptReason = fmt.Sprintf("the raise paid: %.0f work/s against %.0f", higher, lower)
