@@ -187,8 +187,7 @@ func (c *Controller) Run(ctx context.Context) {
 	var waits schedWaits
 	waits.read()
 	lastCPU, lastWall := c.cpuTime(), time.Now()
-	var lastWork uint64
-	haveWork := false
+	var meter workMeter
 	for {
 		select {
 		case <-ctx.Done():
@@ -198,24 +197,9 @@ func (c *Controller) Run(ctx context.Context) {
 			// Both ends of the sample are read together: the ticker's
 			// time is when the tick was due, which at a saturated
 			// processor can be well before this goroutine runs.
-			cpu := c.cpuTime()
-			var work uint64
-			workFn := c.work.Load()
-			if workFn != nil {
-				work = (*workFn)()
-			}
-			now := time.Now()
+			cpu, now := c.cpuTime(), time.Now()
 			wall := now.Sub(lastWall)
-			rate := float64(unmeasured)
-			if workFn != nil {
-				rate = math.NaN()
-				if haveWork && work >= lastWork && wall > 0 {
-					rate = float64(work-lastWork) / wall.Seconds()
-				}
-				lastWork, haveWork = work, true
-			} else {
-				haveWork = false
-			}
+			rate := meter.rate(c.work.Load(), wall)
 			if wall <= 0 || cpu < lastCPU { // a clock step, or getrusage failed
 				lastCPU, lastWall = cpu, now
 				continue
@@ -236,6 +220,31 @@ func (c *Controller) Run(ctx context.Context) {
 			s.keptReason = ""
 		}
 	}
+}
+
+// workMeter turns a count of the work done into the work per second of
+// each sample.
+type workMeter struct {
+	last uint64
+	have bool // last holds a read of the count now set
+}
+
+// rate reads the count work points at (nil: none is set) and returns the
+// work per second over a sample of wall time since the last read:
+// unmeasured without a count, NaN when it cannot be known (the first read
+// of a count, one that went backwards, a sample of no time).
+func (m *workMeter) rate(work *func() uint64, wall time.Duration) float64 {
+	if work == nil {
+		m.have = false
+		return unmeasured
+	}
+	n := (*work)()
+	last, have := m.last, m.have
+	m.last, m.have = n, true
+	if !have || n < last || wall <= 0 {
+		return math.NaN()
+	}
+	return float64(n-last) / wall.Seconds()
 }
 
 // apply sets GOMAXPROCS to n, unless a caller of Full holds it at the
@@ -500,7 +509,7 @@ func (s *sampler) judge(current int, rate float64) (int, bool) {
 		return current, false
 	}
 	from := s.trialFrom
-	if current == from || s.trialCounted == 0 {
+	if s.trialCounted == 0 {
 		s.keptReason = "nothing was measured"
 		return current, false
 	}

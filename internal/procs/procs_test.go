@@ -305,6 +305,36 @@ func TestRunTakesBackARaiseThatDoesNotPay(t *testing.T) {
 	}
 }
 
+// TestWorkMeter: the work per second of each sample from a count that only
+// grows; unknown (NaN) for the first read of a count, after it went
+// backwards, and over no time; unmeasured while no count is set, after which
+// a count set again starts afresh.
+func TestWorkMeter(t *testing.T) {
+	var count uint64
+	work := func() uint64 { return count }
+	var m workMeter
+	check := func(what string, w *func() uint64, wall time.Duration, want float64) {
+		t.Helper()
+		got := m.rate(w, wall)
+		if got != want && !(math.IsNaN(got) && math.IsNaN(want)) {
+			t.Errorf("%s: rate %v, want %v", what, got, want)
+		}
+	}
+	check("no count", nil, time.Second, unmeasured)
+	count = 1000
+	check("first read", &work, time.Second, math.NaN())
+	count = 1500
+	check("500 in half a second", &work, 500*time.Millisecond, 1000)
+	count = 1200
+	check("the count went backwards", &work, time.Second, math.NaN())
+	count = 1300
+	check("100 in a second after that", &work, time.Second, 100)
+	check("no time", &work, 0, math.NaN())
+	check("the count taken away", nil, time.Second, unmeasured)
+	count = 2000
+	check("set again: a first read", &work, time.Second, math.NaN())
+}
+
 // TestSchedWaitsSeesQueueing reads the runtime's own histogram: goroutines
 // that outnumber a single processor (800, each busy for 0.5 ms), wait for
 // it, and the read says so; a read with nothing run since says nothing. The
