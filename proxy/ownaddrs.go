@@ -146,6 +146,9 @@ func (o *ownAddrs) close() {
 }
 
 // Close stops what the proxy runs besides its flows: following the host's
-// addresses. Flows in progress are not affected, and the addresses known
-// last are still refused.
-func (p *Proxy) Close() { p.own.close() }
+// addresses, and keeping sockets made ahead for dials. Flows in progress
+// are not affected, and the addresses known last are still refused.
+func (p *Proxy) Close() {
+	p.own.close()
+	p.dialer.Close()
+}

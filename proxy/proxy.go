@@ -73,7 +73,7 @@ type Config struct {
 type Proxy struct {
 	cfg       Config
 	intercept *intercept.Interceptor
-	dialer    net.Dialer
+	dialer    *hostconn.Dialer
 	own       *ownAddrs // the host's own addresses, followed: never a destination
 	echo      echoRelay
 	udp       udpState
@@ -135,7 +135,7 @@ func New(cfg Config) *Proxy {
 		cfg: cfg,
 		// Keepalive towards destinations keeps NAT gateways and firewalls on
 		// the way from forgetting idle connections.
-		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
+		dialer: &hostconn.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
 		own:    watchOwnAddrs(ownAddrsRefresh, true),
 	}
 	ic := cfg.Intercept
@@ -150,11 +150,11 @@ func New(cfg Config) *Proxy {
 // dialTCP connects to a destination from the instance's own address; the
 // connection's reads and writes are raw system calls (package hostconn).
 func (p *Proxy) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
-	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	dst, err := netip.ParseAddrPort(addr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dial tcp %s: not an address and port: %w", addr, err)
 	}
-	return hostconn.Wrap(c), nil
+	return p.dialer.DialContext(ctx, dst)
 }
 
 // Stats returns a snapshot of the proxy's counters.

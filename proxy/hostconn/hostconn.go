@@ -1,5 +1,6 @@
-// Package hostconn reads and writes the appliance's host TCP connections
-// (its connections to destinations) with raw system calls.
+// Package hostconn dials, reads, writes and closes the appliance's host
+// TCP connections (its connections to destinations) with raw system
+// calls.
 //
 // The sockets are non-blocking and in the runtime's poller, so a read or a
 // write never blocks: it returns EAGAIN, and the goroutine waits in the
@@ -11,7 +12,9 @@
 // sockets are read and written raw for the same reason (netstack), as
 // gVisor's own link endpoints do theirs (pkg/rawfile). The cost: a raw
 // call keeps its processor for as long as the kernel takes, which for a
-// loopback write includes the receiver's input path.
+// loopback write includes the receiver's input path. A connection's
+// connect(2) and close(2) are such calls too, once each: Dialer makes
+// them without waking the monitor.
 //
 // Under the race detector the calls are the syscall package's, which tell
 // it that what is written to a socket happens before what is read from it.
@@ -23,14 +26,24 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Conn is a host TCP connection whose Read and Write are raw system
-// calls. Everything else is the *net.TCPConn's.
+// calls, and so are CloseWrite and, for a Dialer's connection, Close.
+// Everything else is the *net.TCPConn's.
 type Conn struct {
 	*net.TCPConn
 	rc syscall.RawConn
+
+	// A Dialer's connection: its addresses (its socket was made before it
+	// had any, and the TCPConn does not know them), and the batch closer.
+	laddr, raddr *net.TCPAddr
+	closer       *closer
+	closed       atomic.Bool
 
 	// The state of the call in progress, one per direction, guarded by
 	// its mutex; the functions are bound once so that no call allocates.
@@ -58,15 +71,80 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	w := &Conn{TCPConn: tc, rc: rc}
-	w.readFn, w.writeFn = w.doRead, w.doWrite
-	return w
+	return newConn(tc, rc)
+}
+
+func newConn(tc *net.TCPConn, rc syscall.RawConn) *Conn {
+	c := &Conn{TCPConn: tc, rc: rc}
+	c.readFn, c.writeFn = c.doRead, c.doWrite
+	return c
+}
+
+// LocalAddr implements net.Conn.
+func (c *Conn) LocalAddr() net.Addr {
+	if c.laddr != nil {
+		return c.laddr
+	}
+	return c.TCPConn.LocalAddr()
+}
+
+// RemoteAddr implements net.Conn.
+func (c *Conn) RemoteAddr() net.Addr {
+	if c.raddr != nil {
+		return c.raddr
+	}
+	return c.TCPConn.RemoteAddr()
+}
+
+// Close implements net.Conn. A Dialer's connection ends at once: a FIN
+// goes out, and a read or write waiting returns net.ErrClosed. Its
+// descriptor is closed a little later, with others (Dialer); bytes that
+// came and were not read get their RST then, where close(2) would have
+// sent it at once.
+func (c *Conn) Close() error {
+	if c.closer == nil {
+		return c.TCPConn.Close()
+	}
+	if c.closed.Swap(true) {
+		return c.opError("close", net.ErrClosed)
+	}
+	// SHUT_WR sends the FIN; both together make the socket hang up, which
+	// wakes a read or a write waiting in the poller.
+	_ = c.shutdown(unix.SHUT_RDWR)
+	c.closer.add(c.TCPConn)
+	return nil
+}
+
+// Abort closes the connection with a RST (a zero linger), at once.
+func (c *Conn) Abort() {
+	_ = c.SetLinger(0)
+	c.closed.Store(true)
+	c.TCPConn.Close()
+}
+
+// CloseWrite shuts down the writing side of the connection.
+func (c *Conn) CloseWrite() error {
+	if c.closed.Load() {
+		return c.opError("close", net.ErrClosed)
+	}
+	return c.shutdown(unix.SHUT_WR)
+}
+
+func (c *Conn) shutdown(how int) error {
+	var e syscall.Errno
+	err := c.rc.Control(func(fd uintptr) {
+		_, _, e = unix.RawSyscall(unix.SYS_SHUTDOWN, fd, uintptr(how), 0)
+	})
+	return c.result("shutdown", err, e)
 }
 
 // Read implements net.Conn.
 func (c *Conn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
+	}
+	if c.closed.Load() {
+		return 0, c.opError("read", net.ErrClosed)
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
@@ -77,6 +155,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	if c.rn == 0 {
+		if c.closed.Load() { // the end Close made
+			return 0, c.opError("read", net.ErrClosed)
+		}
 		return 0, io.EOF
 	}
 	return c.rn, nil
@@ -93,6 +174,9 @@ func (c *Conn) doRead(fd uintptr) bool {
 
 // Write implements net.Conn: it writes all of b, or returns an error.
 func (c *Conn) Write(b []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, c.opError("write", net.ErrClosed)
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.wbuf, c.wn, c.werr = b, 0, 0
@@ -124,6 +208,8 @@ func (c *Conn) doWrite(fd uintptr) bool {
 // poller's (err), or the system call's (e); nil for neither.
 func (c *Conn) result(op string, err error, e syscall.Errno) error {
 	switch {
+	case (err != nil || e != 0) && c.closed.Load():
+		return c.opError(op, net.ErrClosed) // Close woke the call
 	case err != nil:
 		return c.opError(op, err)
 	case e != 0:
@@ -146,9 +232,3 @@ func (c *Conn) opError(op string, err error) error {
 // SyscallConn returns the raw connection Conn reads and writes through,
 // rather than a new one per call (the relay and the keep-alive peek ask).
 func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
-
-// Abort closes the connection with a RST (a zero linger).
-func (c *Conn) Abort() {
-	_ = c.SetLinger(0)
-	c.Close()
-}
