@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -30,6 +31,13 @@ import (
 // batches, at most closeDelay after they were closed, so that one wake-up
 // serves many connections.
 //
+// A raw connect keeps its processor for as long as the kernel takes:
+// choosing a local port, which with very many connections to one
+// destination can take a while, and to a loopback destination the whole
+// handshake. Beyond the connections in use, a Dialer holds up to
+// spareBatch sockets per address family and up to maxClosing descriptors
+// waiting to be closed.
+//
 // The zero Dialer is ready to use. Close releases its spare sockets.
 // Closes are batched only for its own connections; a connection Wrap
 // made closes as its *net.TCPConn does.
@@ -37,14 +45,15 @@ type Dialer struct {
 	// Timeout bounds a connect, besides the context's deadline; 0: none.
 	Timeout time.Duration
 	// KeepAlive is the idle time before TCP keep-alive probes (every 15 s,
-	// 9 of them, as the net package's Dialer sends); 0: 15 s.
+	// 9 of them, as the net package's Dialer sends); 0: 15 s; negative:
+	// no probes.
 	KeepAlive time.Duration
 
-	mu     sync.Mutex
-	spare  [2][]*net.TCPConn // unconnected sockets: IPv4, IPv6
-	closed bool
-	closer closer
-	other  net.Dialer // for what the raw path does not handle: a zone
+	mu      sync.Mutex
+	spare   [2][]*net.TCPConn // unconnected sockets: IPv4, IPv6
+	filling [2]bool           // a dial is making a batch
+	closed  bool
+	closer  closer
 }
 
 const (
@@ -70,7 +79,8 @@ func (d *Dialer) DialContext(ctx context.Context, dst netip.AddrPort) (net.Conn,
 	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
 	raddr := net.TCPAddrFromAddrPort(dst)
 	if dst.Addr().Zone() != "" || !dst.Addr().IsValid() {
-		c, err := d.dialer().DialContext(ctx, "tcp", dst.String())
+		nd := net.Dialer{Timeout: d.Timeout, KeepAlive: d.KeepAlive}
+		c, err := nd.DialContext(ctx, "tcp", dst.String())
 		if err != nil {
 			return nil, err
 		}
@@ -80,6 +90,7 @@ func (d *Dialer) DialContext(ctx context.Context, dst netip.AddrPort) (net.Conn,
 	if err := ctx.Err(); err != nil {
 		return nil, opErr(err)
 	}
+	deadline := d.deadline(ctx)
 	fam := 0
 	if dst.Addr().Is6() {
 		fam = 1
@@ -95,28 +106,24 @@ func (d *Dialer) DialContext(ctx context.Context, dst netip.AddrPort) (net.Conn,
 	}
 	c := newConn(tc, rc)
 	c.closer, c.raddr = &d.closer, raddr
-	if err := c.connect(ctx, dst, d.deadline(ctx)); err != nil {
+	if err := c.connect(ctx, dst, deadline); err != nil {
 		c.Close()
-		if cerr := ctx.Err(); cerr != nil {
-			err = cerr
+		if cerr := ctx.Err(); cerr != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			err = cerr // the context's end set the deadline, or came with it
 		}
 		return nil, opErr(err)
 	}
 	return c, nil
 }
 
-func (d *Dialer) dialer() *net.Dialer {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.other.Timeout, d.other.KeepAlive = d.Timeout, d.keepAlive()
-	return &d.other
-}
-
-func (d *Dialer) keepAlive() time.Duration {
-	if d.KeepAlive > 0 {
-		return d.KeepAlive
+func (d *Dialer) keepAlive() net.KeepAliveConfig {
+	switch {
+	case d.KeepAlive < 0:
+		return net.KeepAliveConfig{}
+	case d.KeepAlive == 0:
+		return net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second}
 	}
-	return 15 * time.Second
+	return net.KeepAliveConfig{Enable: true, Idle: d.KeepAlive}
 }
 
 // deadline is when a connect must have ended: the earlier of the
@@ -135,7 +142,9 @@ func (d *Dialer) deadline(ctx context.Context) time.Time {
 }
 
 // take returns an unconnected socket of family fam (0: IPv4, 1: IPv6),
-// making a batch of them when none is spare.
+// making a batch of them when none is spare. While one dial makes a
+// batch, others make a socket each for themselves: a batch each would
+// make many more than needed, and close the extras with ordinary calls.
 func (d *Dialer) take(fam int) (*net.TCPConn, error) {
 	d.mu.Lock()
 	if s := d.spare[fam]; len(s) > 0 {
@@ -145,61 +154,61 @@ func (d *Dialer) take(fam int) (*net.TCPConn, error) {
 		return tc, nil
 	}
 	n := spareBatch
-	if d.closed {
-		n = 1 // none kept: Close released them
+	if d.closed || d.filling[fam] {
+		n = 1 // none kept: Close released them, or another dial fills
+	} else {
+		d.filling[fam] = true
 	}
 	d.mu.Unlock()
 
 	// The system calls of the batch, and of the closes waiting, come in
 	// one burst: the monitor thread wakes for the burst, not for each.
 	d.closer.flush()
+	ka := d.keepAlive()
 	batch := make([]*net.TCPConn, 0, n)
 	var err error
 	for range n {
 		var tc *net.TCPConn
-		if tc, err = newSocket(fam, d.keepAlive()); err != nil {
+		if tc, err = newSocket(fam, ka); err != nil {
 			break
 		}
 		batch = append(batch, tc)
 	}
+	if n > 1 {
+		d.mu.Lock()
+		d.filling[fam] = false
+		if keep := min(len(batch)-1, spareBatch-len(d.spare[fam])); keep > 0 && !d.closed {
+			d.spare[fam] = append(d.spare[fam], batch[1:1+keep]...)
+			batch = slices.Delete(batch, 1, 1+keep)
+		}
+		d.mu.Unlock()
+	}
 	if len(batch) == 0 {
 		return nil, err
 	}
-	tc := batch[len(batch)-1]
-	batch = batch[:len(batch)-1]
-	d.mu.Lock()
-	keep := min(len(batch), spareBatch-len(d.spare[fam]))
-	if d.closed {
-		keep = 0
-	}
-	d.spare[fam] = append(d.spare[fam], batch[:keep]...)
-	d.mu.Unlock()
-	for _, extra := range batch[keep:] { // another dial made a batch meanwhile
+	for _, extra := range batch[1:] { // Close came meanwhile, or the spares are full
 		extra.Close()
 	}
-	return tc, nil
+	return batch[0], nil
 }
 
 // newSocket makes an unconnected, non-blocking TCP socket of family fam
 // in the runtime's poller, with the options the net package's Dialer
-// sets: no Nagle delay, keep-alive after idle, IPv6 only for IPv6.
-func newSocket(fam int, idle time.Duration) (*net.TCPConn, error) {
+// sets: no Nagle delay, and keep-alive as ka says.
+func newSocket(fam int, ka net.KeepAliveConfig) (*net.TCPConn, error) {
 	domain := unix.AF_INET
 	if fam == 1 {
 		domain = unix.AF_INET6
 	}
-	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	// Made blocking, so that os.NewFile does not put it in the poller
+	// only to take it out again: net.FileConn's duplicate is made
+	// non-blocking and put there.
+	fd, err := unix.Socket(domain, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
-	if domain == unix.AF_INET6 {
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
-			unix.Close(fd)
-			return nil, os.NewSyscallError("setsockopt", err)
-		}
-	}
 	f := os.NewFile(uintptr(fd), "hostconn")
-	c, err := net.FileConn(f) // a duplicate of fd, and it sets TCP_NODELAY
+	c, err := net.FileConn(f) // it also sets TCP_NODELAY
 	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("making a socket the poller waits on: %w", err)
@@ -209,7 +218,7 @@ func newSocket(fam int, idle time.Duration) (*net.TCPConn, error) {
 		c.Close()
 		return nil, fmt.Errorf("making a socket: got a %T", c)
 	}
-	if err := tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: idle}); err != nil {
+	if err := tc.SetKeepAliveConfig(ka); err != nil {
 		tc.Close()
 		return nil, err
 	}

@@ -2,10 +2,13 @@ package hostconn
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestCloseSendsFINBeforeTheBatch: Close ends the connection on the wire
@@ -44,5 +47,152 @@ func TestCloseSendsFINBeforeTheBatch(t *testing.T) {
 	d.closer.mu.Unlock()
 	if pending != 0 {
 		t.Errorf("%d descriptors wait after the Dialer's Close", pending)
+	}
+}
+
+// TestCloseWakesWaitersItself: Close wakes a read and a write waiting in
+// the poller by itself, not through the batch that closes the descriptor
+// (which here comes only at the Dialer's Close); and an Abort after
+// Close leaves the connection to that batch, without a RST.
+func TestCloseWakesWaitersItself(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := &Dialer{}
+	d.closer.delay = time.Hour
+	defer d.Close()
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	for _, what := range []string{"read", "write"} {
+		c, err := d.DialContext(context.Background(), dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer peer.Close()
+		errc := make(chan error, 1)
+		go func() {
+			var err error
+			if what == "read" {
+				_, err = c.Read(make([]byte, 1))
+			} else {
+				_, err = c.Write(make([]byte, 64<<20)) // the peer reads none
+			}
+			errc <- err
+		}()
+		time.Sleep(50 * time.Millisecond)
+		c.Close()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("the waiting %s ended with %v, want net.ErrClosed", what, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("Close did not wake the waiting %s", what)
+		}
+		c.(*Conn).Abort()
+		l, err := c.(*Conn).TCPConn.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var linger *unix.Linger
+		var lerr error
+		if err := l.Control(func(fd uintptr) { linger, lerr = unix.GetsockoptLinger(int(fd), unix.SOL_SOCKET, unix.SO_LINGER) }); err != nil {
+			t.Fatalf("the descriptor is closed after Abort following Close: %v", err)
+		}
+		if lerr != nil || linger.Onoff != 0 {
+			t.Errorf("Abort after Close set a zero linger (%+v, %v): a RST would follow the FIN", linger, lerr)
+		}
+	}
+}
+
+// TestBatchCloses: the descriptors of closed connections are closed
+// within closeDelay by the closer's own timer, and dials at once keep no
+// more than a batch of spare sockets.
+func TestBatchCloses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	d := &Dialer{}
+	defer d.Close()
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	conns := make(chan *Conn, 32)
+	for range 32 {
+		go func() {
+			c, err := d.DialContext(context.Background(), dst)
+			if err != nil {
+				t.Error(err)
+				conns <- nil
+				return
+			}
+			conns <- c.(*Conn)
+		}()
+	}
+	var closed []*net.TCPConn
+	for range 32 {
+		if c := <-conns; c != nil {
+			c.Close()
+			closed = append(closed, c.TCPConn)
+		}
+	}
+	d.mu.Lock()
+	spare := len(d.spare[0])
+	d.mu.Unlock()
+	if spare > spareBatch {
+		t.Errorf("%d spare sockets after dials at once, want at most %d", spare, spareBatch)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, tc := range closed {
+		for tc.SetDeadline(time.Time{}) == nil { // closed: net.ErrClosed
+			if time.Now().After(deadline) {
+				t.Fatal("a closed connection's descriptor is still open after 5 s")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// TestOneBatchAtATime: a dial that finds the spares empty while another
+// makes a batch makes one socket for itself, and keeps none.
+func TestOneBatchAtATime(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d := &Dialer{}
+	defer d.Close()
+	d.filling[0] = true // as if a dial were making a batch
+	c, err := d.DialContext(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if n := len(d.spare[0]); n != 0 {
+		t.Errorf("%d spare sockets kept by a dial while another fills, want 0", n)
+	}
+	d.filling[0] = false
+	c, err = d.DialContext(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if n := len(d.spare[0]); n != spareBatch-1 {
+		t.Errorf("%d spare sockets after a batch, want %d", n, spareBatch-1)
 	}
 }

@@ -3,6 +3,7 @@ package hostconn_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -52,6 +53,42 @@ func accepted(t *testing.T, ch <-chan net.Conn) net.Conn {
 	}
 }
 
+// send writes msg on from and checks that to reads it.
+func send(t *testing.T, from, to net.Conn, msg string) {
+	t.Helper()
+	if _, err := from.Write([]byte(msg)); err != nil {
+		t.Fatalf("write %q: %v", msg, err)
+	}
+	b := make([]byte, len(msg))
+	if _, err := io.ReadFull(to, b); err != nil || string(b) != msg {
+		t.Fatalf("read %q, %v; want %q", b, err, msg)
+	}
+}
+
+// wantFIN checks that the next read from peer meets the end of the
+// stream, within 2 s.
+func wantFIN(t *testing.T, peer net.Conn, after string) {
+	t.Helper()
+	peer.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("the peer read %d, %v after %s; want the FIN", n, err, after)
+	}
+}
+
+// wantClosed checks that a read or write waiting (its error comes from
+// errc) ended with net.ErrClosed within 2 s.
+func wantClosed(t *testing.T, errc <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("the waiting %s ended with %v, want net.ErrClosed", what, err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("Close did not wake the waiting %s", what)
+	}
+}
+
 func dialer(t *testing.T) *hostconn.Dialer {
 	d := &hostconn.Dialer{Timeout: 5 * time.Second, KeepAlive: 45 * time.Second}
 	t.Cleanup(d.Close)
@@ -97,19 +134,8 @@ func TestDialConnects(t *testing.T) {
 		if got, want := c.RemoteAddr().String(), peer.LocalAddr().String(); got != want {
 			t.Errorf("RemoteAddr %s, the peer is %s", got, want)
 		}
-		if _, err := c.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		b := make([]byte, 4)
-		if _, err := io.ReadFull(peer, b); err != nil || string(b) != "ping" {
-			t.Fatalf("peer read %q, %v", b, err)
-		}
-		if _, err := peer.Write([]byte("pong")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, b); err != nil || string(b) != "pong" {
-			t.Fatalf("read %q, %v", b, err)
-		}
+		send(t, c, peer, "ping")
+		send(t, peer, c, "pong")
 		if v := sockopt(t, c, unix.IPPROTO_TCP, unix.TCP_NODELAY); v == 0 {
 			t.Error("TCP_NODELAY is off")
 		}
@@ -139,13 +165,7 @@ func TestDialMany(t *testing.T) {
 			t.Fatalf("dial %d: local address %s twice", i, c.LocalAddr())
 		}
 		ports[c.LocalAddr().String()] = true
-		if _, err := c.Write([]byte{byte(i)}); err != nil {
-			t.Fatal(err)
-		}
-		b := make([]byte, 1)
-		if _, err := io.ReadFull(peer, b); err != nil || b[0] != byte(i) {
-			t.Fatalf("dial %d: peer read %v, %v", i, b, err)
-		}
+		send(t, c, peer, fmt.Sprint(i))
 		c.Close()
 	}
 }
@@ -253,18 +273,8 @@ func TestCloseEndsAtOnce(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-readErr:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Errorf("the waiting read ended with %v, want net.ErrClosed", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Close did not wake the waiting read")
-	}
-	peer.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-		t.Errorf("the peer read %d, %v after Close; want the FIN", n, err)
-	}
+	wantClosed(t, readErr, "read")
+	wantFIN(t, peer, "Close")
 	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("write after Close: %v", err)
 	}
@@ -323,14 +333,7 @@ func TestCloseWakesWrite(t *testing.T) {
 	}()
 	time.Sleep(100 * time.Millisecond)
 	c.Close()
-	select {
-	case err := <-writeErr:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Errorf("the waiting write ended with %v, want net.ErrClosed", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Close did not wake the waiting write")
-	}
+	wantClosed(t, writeErr, "write")
 }
 
 // TestAbortAndCloseWrite: Abort resets the connection at once; CloseWrite
@@ -358,16 +361,84 @@ func TestAbortAndCloseWrite(t *testing.T) {
 	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	peer.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-		t.Errorf("the peer read %d, %v after CloseWrite; want the FIN", n, err)
-	}
-	if _, err := peer.Write([]byte("late")); err != nil {
+	wantFIN(t, peer, "CloseWrite")
+	send(t, peer, c, "late")
+	c.Close()
+}
+
+// TestDialDeadlineEnds: the deadline a dial waits under is gone once it
+// has connected, and so is its context's hold: the connection outlives
+// both.
+func TestDialDeadlineEnds(t *testing.T) {
+	dst, ch := listen(t, "127.0.0.1:0")
+	d := &hostconn.Dialer{Timeout: 100 * time.Millisecond}
+	t.Cleanup(d.Close)
+	c, err := d.DialContext(context.Background(), dst)
+	if err != nil {
 		t.Fatal(err)
 	}
-	b := make([]byte, 4)
-	if _, err := io.ReadFull(c, b); err != nil || string(b) != "late" {
-		t.Errorf("read after CloseWrite: %q, %v", b, err)
+	peer := accepted(t, ch)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	c2, err := d.DialContext(ctx, dst)
+	if err != nil {
+		t.Fatal(err)
 	}
+	peer2 := accepted(t, ch)
+	cancel()
+	time.Sleep(250 * time.Millisecond) // past the Timeout and the context's deadline
+	send(t, c, peer, "after the timeout")
+	send(t, peer, c, "back")
+	send(t, c2, peer2, "after the context")
+	send(t, peer2, c2, "back")
 	c.Close()
+	c2.Close()
+}
+
+// TestErrorsNameTheConnection: an error of a dialled connection names
+// its addresses, which its socket did not have when it was made.
+func TestErrorsNameTheConnection(t *testing.T) {
+	d := dialer(t)
+	dst, ch := listen(t, "127.0.0.1:0")
+	c, err := d.DialContext(context.Background(), dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted(t, ch)
+	c.SetReadDeadline(time.Now())
+	_, err = c.Read(make([]byte, 1))
+	oe, ok := errors.AsType[*net.OpError](err)
+	if !ok || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past the deadline: %v", err)
+	}
+	if oe.Source.String() != c.LocalAddr().String() || oe.Addr.String() != dst.String() {
+		t.Errorf("the error %q names %v and %v, want %v and %v", err, oe.Source, oe.Addr, c.LocalAddr(), dst)
+	}
+	c.(interface{ Abort() }).Abort()
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after Abort: %v", err)
+	}
+}
+
+// TestDialConcurrent: dials at once all connect, while batches are made.
+func TestDialConcurrent(t *testing.T) {
+	d := dialer(t)
+	dst, ch := listen(t, "127.0.0.1:0")
+	errc := make(chan error, 40)
+	conns := make(chan net.Conn, 40)
+	for range 40 {
+		go func() {
+			c, err := d.DialContext(context.Background(), dst)
+			if err == nil {
+				conns <- c
+			}
+			errc <- err
+		}()
+	}
+	for range 40 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		accepted(t, ch)
+		(<-conns).Close()
+	}
 }

@@ -13,8 +13,9 @@
 // gVisor's own link endpoints do theirs (pkg/rawfile). The cost: a raw
 // call keeps its processor for as long as the kernel takes, which for a
 // loopback write includes the receiver's input path. A connection's
-// connect(2) and close(2) are such calls too, once each: Dialer makes
-// them without waking the monitor.
+// connect(2) and close(2) were such calls too, once each: Dialer makes
+// connect(2) raw and batches close(2), so that many connections share
+// one wake-up.
 //
 // Under the race detector the calls are the syscall package's, which tell
 // it that what is written to a socket happens before what is read from it.
@@ -97,7 +98,8 @@ func (c *Conn) RemoteAddr() net.Addr {
 }
 
 // Close implements net.Conn. A Dialer's connection ends at once: a FIN
-// goes out, and a read or write waiting returns net.ErrClosed. Its
+// goes out, and a Read or Write waiting returns net.ErrClosed (a read
+// made through SyscallConn meets the end of the stream instead). Its
 // descriptor is closed a little later, with others (Dialer); bytes that
 // came and were not read get their RST then, where close(2) would have
 // sent it at once.
@@ -115,10 +117,13 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// Abort closes the connection with a RST (a zero linger), at once.
+// Abort closes the connection with a RST (a zero linger), at once; after
+// Close it does nothing, as on a closed *net.TCPConn.
 func (c *Conn) Abort() {
+	if c.closer != nil && c.closed.Swap(true) {
+		return
+	}
 	_ = c.SetLinger(0)
-	c.closed.Store(true)
 	c.TCPConn.Close()
 }
 
@@ -135,7 +140,10 @@ func (c *Conn) shutdown(how int) error {
 	err := c.rc.Control(func(fd uintptr) {
 		_, _, e = unix.RawSyscall(unix.SYS_SHUTDOWN, fd, uintptr(how), 0)
 	})
-	return c.result("shutdown", err, e)
+	if e != 0 {
+		return c.opError("close", os.NewSyscallError("shutdown", e)) // as net says it
+	}
+	return c.result("close", err, 0)
 }
 
 // Read implements net.Conn.
@@ -220,10 +228,12 @@ func (c *Conn) result(op string, err error, e syscall.Errno) error {
 
 // opError wraps err as the net package's own calls do. Errors of the
 // poller (a deadline, the connection closed) come as an OpError of
-// "raw-read" or "raw-write" already, renamed here.
+// "raw-read" or "raw-write" already, renamed here, and given the
+// addresses a Dialer's socket did not have when it was made. (Errors of
+// the methods Conn does not override, SetDeadline's say, carry those.)
 func (c *Conn) opError(op string, err error) error {
 	if oe, ok := errors.AsType[*net.OpError](err); ok {
-		oe.Op = op
+		oe.Op, oe.Source, oe.Addr = op, c.LocalAddr(), c.RemoteAddr()
 		return oe
 	}
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
