@@ -79,8 +79,17 @@ func (c *ClientStack) receive(inner []byte) {
 	if fn := c.tap.Load(); fn != nil && (*fn)(inner) {
 		return
 	}
+	if a := c.link.acks.Load(); a != nil {
+		a.received(inner)
+	}
 	c.link.inject(inner)
 }
+
+// DelayACKs makes the client acknowledge as a Linux kernel does, quick
+// ACKs first, then delayed ones (see ackDelayer), rather than every
+// segment at once as gVisor does. Call it before the client's first
+// connection.
+func (c *ClientStack) DelayACKs() { c.link.acks.Store(newAckDelayer(c.ep.Send)) }
 
 // DialTCP connects from the client to dst through the appliance.
 func (c *ClientStack) DialTCP(ctx context.Context, dst netip.AddrPort) (*gonet.TCPConn, error) {
@@ -117,6 +126,7 @@ type clientLink struct {
 	c          *ClientStack
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
+	acks       atomic.Pointer[ackDelayer] // nil: every packet goes at once
 }
 
 func (l *clientLink) inject(pkt []byte) {
@@ -139,7 +149,12 @@ func (l *clientLink) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error
 	n := 0
 	for _, pb := range pkts.AsSlice() {
 		v := pb.ToView()
-		err := l.c.ep.Send(v.AsSlice())
+		var err error
+		if a := l.acks.Load(); a != nil {
+			err = a.write(v.AsSlice())
+		} else {
+			err = l.c.ep.Send(v.AsSlice())
+		}
 		v.Release()
 		if err != nil {
 			break
