@@ -26,7 +26,8 @@ import (
 // (os.NewFile's fcntl, net.FileConn's dup), and so does close(2). Done one
 // connection at a time, each wakes the monitor after an idle spell, and it
 // then polls every 20 µs for a while: on a guest where a thread wake-up is
-// dear, a fifth of a new bumped connection's CPU. The Dialer makes its
+// dear, about a tenth of a new bumped connection's CPU (benchmarks.md,
+// "Dials that do not wake the monitor"). The Dialer makes its
 // sockets spareBatch at a time and closes the connections it dialled in
 // batches, at most closeDelay after they were closed, so that one wake-up
 // serves many connections.
