@@ -11,16 +11,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestCloseSendsFINBeforeTheBatch: Close ends the connection on the wire
-// at once, not when its descriptor is closed with the next batch.
-func TestCloseSendsFINBeforeTheBatch(t *testing.T) {
+// loopback is a listener on 127.0.0.1, closed when the test ends.
+func loopback(t *testing.T) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	d := &Dialer{}
-	d.closer.delay = time.Hour // the batch closes only at d.Close
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// dialAccept dials ln through d, and returns both ends.
+func dialAccept(t *testing.T, d *Dialer, ln net.Listener) (*Conn, net.Conn) {
+	t.Helper()
 	c, err := d.DialContext(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort())
 	if err != nil {
 		t.Fatal(err)
@@ -29,24 +33,34 @@ func TestCloseSendsFINBeforeTheBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer peer.Close()
+	t.Cleanup(func() { peer.Close() })
+	return c.(*Conn), peer
+}
+
+// pending is how many descriptors wait for d's batch close.
+func pending(d *Dialer) int {
+	d.closer.mu.Lock()
+	defer d.closer.mu.Unlock()
+	return len(d.closer.pending)
+}
+
+// TestCloseSendsFINBeforeTheBatch: Close ends the connection on the wire
+// at once, not when its descriptor is closed with the next batch.
+func TestCloseSendsFINBeforeTheBatch(t *testing.T) {
+	d := &Dialer{}
+	d.closer.delay = time.Hour // the batch closes only at d.Close
+	c, peer := dialAccept(t, d, loopback(t))
 	c.Close()
 	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Errorf("the peer read %d, %v after Close; want the FIN", n, err)
 	}
-	d.closer.mu.Lock()
-	pending := len(d.closer.pending)
-	d.closer.mu.Unlock()
-	if pending != 1 {
-		t.Errorf("%d descriptors wait for the batch, want the one closed", pending)
+	if n := pending(d); n != 1 {
+		t.Errorf("%d descriptors wait for the batch, want the one closed", n)
 	}
 	d.Close()
-	d.closer.mu.Lock()
-	pending = len(d.closer.pending)
-	d.closer.mu.Unlock()
-	if pending != 0 {
-		t.Errorf("%d descriptors wait after the Dialer's Close", pending)
+	if n := pending(d); n != 0 {
+		t.Errorf("%d descriptors wait after the Dialer's Close", n)
 	}
 }
 
@@ -55,25 +69,12 @@ func TestCloseSendsFINBeforeTheBatch(t *testing.T) {
 // (which here comes only at the Dialer's Close); and an Abort after
 // Close leaves the connection to that batch, without a RST.
 func TestCloseWakesWaitersItself(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopback(t)
 	d := &Dialer{}
 	d.closer.delay = time.Hour
 	defer d.Close()
-	dst := ln.Addr().(*net.TCPAddr).AddrPort()
 	for _, what := range []string{"read", "write"} {
-		c, err := d.DialContext(context.Background(), dst)
-		if err != nil {
-			t.Fatal(err)
-		}
-		peer, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer peer.Close()
+		c, _ := dialAccept(t, d, ln)
 		errc := make(chan error, 1)
 		go func() {
 			var err error
@@ -94,8 +95,8 @@ func TestCloseWakesWaitersItself(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("Close did not wake the waiting %s", what)
 		}
-		c.(*Conn).Abort()
-		l, err := c.(*Conn).TCPConn.SyscallConn()
+		c.Abort()
+		l, err := c.TCPConn.SyscallConn()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,11 +115,7 @@ func TestCloseWakesWaitersItself(t *testing.T) {
 // within closeDelay by the closer's own timer, and dials at once keep no
 // more than a batch of spare sockets.
 func TestBatchCloses(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopback(t)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -170,27 +167,17 @@ func TestBatchCloses(t *testing.T) {
 // TestOneBatchAtATime: a dial that finds the spares empty while another
 // makes a batch makes one socket for itself, and keeps none.
 func TestOneBatchAtATime(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln := loopback(t)
 	d := &Dialer{}
 	defer d.Close()
 	d.filling[0] = true // as if a dial were making a batch
-	c, err := d.DialContext(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _ := dialAccept(t, d, ln)
 	c.Close()
 	if n := len(d.spare[0]); n != 0 {
 		t.Errorf("%d spare sockets kept by a dial while another fills, want 0", n)
 	}
 	d.filling[0] = false
-	c, err = d.DialContext(context.Background(), ln.Addr().(*net.TCPAddr).AddrPort())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _ = dialAccept(t, d, ln)
 	c.Close()
 	if n := len(d.spare[0]); n != spareBatch-1 {
 		t.Errorf("%d spare sockets after a batch, want %d", n, spareBatch-1)

@@ -89,6 +89,16 @@ func wantClosed(t *testing.T, errc <-chan error, what string) {
 	}
 }
 
+// connect dials dst through d and returns both ends, the peer's from ch.
+func connect(t *testing.T, ctx context.Context, d *hostconn.Dialer, dst netip.AddrPort, ch <-chan net.Conn) (net.Conn, net.Conn) {
+	t.Helper()
+	c, err := d.DialContext(ctx, dst)
+	if err != nil {
+		t.Fatalf("dial %s: %v", dst, err)
+	}
+	return c, accepted(t, ch)
+}
+
 func dialer(t *testing.T) *hostconn.Dialer {
 	d := &hostconn.Dialer{Timeout: 5 * time.Second, KeepAlive: 45 * time.Second}
 	t.Cleanup(d.Close)
@@ -123,11 +133,7 @@ func TestDialConnects(t *testing.T) {
 			t.Logf("%s: no such address here, skipped", addr)
 			continue
 		}
-		c, err := d.DialContext(context.Background(), dst)
-		if err != nil {
-			t.Fatalf("dial %s: %v", dst, err)
-		}
-		peer := accepted(t, ch)
+		c, peer := connect(t, context.Background(), d, dst, ch)
 		if got, want := c.LocalAddr().String(), peer.RemoteAddr().String(); got != want {
 			t.Errorf("LocalAddr %s, the peer sees %s", got, want)
 		}
@@ -156,11 +162,7 @@ func TestDialMany(t *testing.T) {
 	dst, ch := listen(t, "127.0.0.1:0")
 	ports := map[string]bool{}
 	for i := range 50 {
-		c, err := d.DialContext(context.Background(), dst)
-		if err != nil {
-			t.Fatalf("dial %d: %v", i, err)
-		}
-		peer := accepted(t, ch)
+		c, peer := connect(t, context.Background(), d, dst, ch)
 		if ports[c.LocalAddr().String()] {
 			t.Fatalf("dial %d: local address %s twice", i, c.LocalAddr())
 		}
@@ -258,11 +260,7 @@ func TestCloseEndsAtOnce(t *testing.T) {
 	dst, ch := listen(t, "127.0.0.1:0")
 	before := openFiles(t)
 	d := &hostconn.Dialer{}
-	c, err := d.DialContext(context.Background(), dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := accepted(t, ch)
+	c, peer := connect(t, context.Background(), d, dst, ch)
 
 	readErr := make(chan error, 1)
 	go func() {
@@ -289,11 +287,8 @@ func TestCloseEndsAtOnce(t *testing.T) {
 	// Many more, so that batches of sockets are made and closed, then
 	// the Dialer's own.
 	for range 40 {
-		c, err := d.DialContext(context.Background(), dst)
-		if err != nil {
-			t.Fatal(err)
-		}
-		accepted(t, ch).Close()
+		c, peer := connect(t, context.Background(), d, dst, ch)
+		peer.Close()
 		c.Close()
 	}
 	d.Close()
@@ -321,11 +316,7 @@ func openFiles(t *testing.T) int {
 func TestCloseWakesWrite(t *testing.T) {
 	d := dialer(t)
 	dst, ch := listen(t, "127.0.0.1:0")
-	c, err := d.DialContext(context.Background(), dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted(t, ch) // and never read
+	c, _ := connect(t, context.Background(), d, dst, ch) // the peer never reads
 	writeErr := make(chan error, 1)
 	go func() {
 		_, err := c.Write(make([]byte, 64<<20))
@@ -342,22 +333,14 @@ func TestAbortAndCloseWrite(t *testing.T) {
 	d := dialer(t)
 	dst, ch := listen(t, "127.0.0.1:0")
 
-	c, err := d.DialContext(context.Background(), dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := accepted(t, ch)
+	c, peer := connect(t, context.Background(), d, dst, ch)
 	c.(interface{ Abort() }).Abort()
 	peer.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the peer read %v after Abort, want ECONNRESET", err)
 	}
 
-	c, err = d.DialContext(context.Background(), dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer = accepted(t, ch)
+	c, peer = connect(t, context.Background(), d, dst, ch)
 	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
@@ -373,17 +356,9 @@ func TestDialDeadlineEnds(t *testing.T) {
 	dst, ch := listen(t, "127.0.0.1:0")
 	d := &hostconn.Dialer{Timeout: 100 * time.Millisecond}
 	t.Cleanup(d.Close)
-	c, err := d.DialContext(context.Background(), dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := accepted(t, ch)
+	c, peer := connect(t, context.Background(), d, dst, ch)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	c2, err := d.DialContext(ctx, dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer2 := accepted(t, ch)
+	c2, peer2 := connect(t, ctx, d, dst, ch)
 	cancel()
 	time.Sleep(250 * time.Millisecond) // past the Timeout and the context's deadline
 	send(t, c, peer, "after the timeout")
@@ -399,13 +374,9 @@ func TestDialDeadlineEnds(t *testing.T) {
 func TestErrorsNameTheConnection(t *testing.T) {
 	d := dialer(t)
 	dst, ch := listen(t, "127.0.0.1:0")
-	c, err := d.DialContext(context.Background(), dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted(t, ch)
+	c, _ := connect(t, context.Background(), d, dst, ch)
 	c.SetReadDeadline(time.Now())
-	_, err = c.Read(make([]byte, 1))
+	_, err := c.Read(make([]byte, 1))
 	oe, ok := errors.AsType[*net.OpError](err)
 	if !ok || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read past the deadline: %v", err)
