@@ -414,9 +414,10 @@ const vsPhasesEnv = "GWLBPROXY_VS_PHASES"
 
 // vsClientACKsEnv set to "delayed" makes gwlbproxy's client (a gVisor
 // stack, which acknowledges every segment at once) acknowledge as a Linux
-// kernel does: quick ACKs for a connection's first segments, then ACKs
-// delayed unless more than a full segment waits, so that a kept-alive
-// request carries the ACK of the response before it. Squid's client is
+// kernel does (gwlbsim.ClientStack.DelayACKs): quick ACKs for a
+// connection's first segments, then ACKs delayed unless more than a full
+// segment waits (or Linux would send them at once for another reason), so
+// that a kept-alive request carries the ACK of the response before it. Squid's client is
 // the kernel's TCP already. Unset, the figures are the conservative ones:
 // gwlbproxy takes in an ACK per response that a Linux client would not
 // send (a 425-byte response in one segment, as gwlbproxy sends it, drew 6

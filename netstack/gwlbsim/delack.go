@@ -17,18 +17,24 @@ import (
 // follows a response to carry it. So a kept-alive request costs an
 // appliance serving a kernel one datagram in, where a gVisor client costs
 // it two. ackDelayer makes a client stack acknowledge as Linux does, by
-// those three rules, for tests that measure the appliance against what
-// such clients send.
+// those rules, and sends at once the ACKs Linux never delays (duplicates,
+// SACK, window updates, after data out of order), for tests that measure
+// the appliance against what such clients send.
 type ackDelayer struct {
 	send func([]byte) error
 
+	// mu is held across sends too, so that a held ACK sent by its timer
+	// and a later segment of its flow leave in the order they were made.
 	mu    sync.Mutex
 	flows map[ackFlowKey]*ackFlow
+	gen   uint64 // counts holds, across flows: a stale timer does nothing
 }
 
 const (
 	// quickACKs is how many data segments of a connection are
-	// acknowledged at once (Linux's TCP_MAX_QUICKACKS).
+	// acknowledged at once (Linux's TCP_MAX_QUICKACKS). Linux stops
+	// sooner once the connection answers quickly (its ping-pong mode),
+	// so this sends more ACKs than Linux would, never fewer.
 	quickACKs = 16
 	// ackDelay is how long an ACK may be held (Linux's TCP_DELACK_MIN).
 	ackDelay = 40 * time.Millisecond
@@ -37,13 +43,18 @@ const (
 // ackFlowKey is a TCP connection as the client sends it.
 type ackFlowKey struct{ src, dst netip.AddrPort }
 
-// ackFlow is what the delayer knows of one connection.
+// ackFlow is what the delayer knows of one connection, which it learns
+// from the data that comes to the client.
 type ackFlow struct {
-	segs    int    // data segments received
-	mss     int    // the largest of them
-	lastAck uint32 // acknowledgement number of the last segment sent
-	held    []byte // a pure ACK held, nil if none
-	gen     uint64 // counts holds: a timer of an earlier one does nothing
+	segs     int    // data segments received
+	mss      int    // the largest of them
+	rcvNxt   uint32 // the sequence number after the last one
+	ackNow   bool   // one came out of order: the next ACK goes at once
+	lastAck  uint32 // acknowledgement number of the last segment sent
+	lastWnd  uint16 // and its window
+	held     []byte // a pure ACK held, empty if none
+	heldGen  uint64 // the hold its timer was set for
+	timerSet bool   // a timer is pending for heldGen
 }
 
 func newAckDelayer(send func([]byte) error) *ackDelayer {
@@ -84,32 +95,36 @@ func tcpOf(pkt []byte) (src, dst netip.AddrPort, tcp header.TCP, payload int, ok
 	return netip.AddrPortFrom(srcIP, tcp.SourcePort()), netip.AddrPortFrom(dstIP, tcp.DestinationPort()), tcp, len(body) - off, true
 }
 
-// received notes a segment coming to the client.
+// received notes a segment coming to the client. Only data makes a
+// record: a connection's segments before its first data go at once.
 func (d *ackDelayer) received(pkt []byte) {
-	src, dst, _, n, ok := tcpOf(pkt)
+	src, dst, tcp, n, ok := tcpOf(pkt)
 	if !ok || n == 0 {
 		return
 	}
 	d.mu.Lock()
-	f := d.flow(ackFlowKey{src: dst, dst: src})
-	f.segs++
-	f.mss = max(f.mss, n)
-	d.mu.Unlock()
-}
-
-func (d *ackDelayer) flow(k ackFlowKey) *ackFlow {
+	k := ackFlowKey{src: dst, dst: src}
 	f := d.flows[k]
 	if f == nil {
 		f = &ackFlow{}
 		d.flows[k] = f
+	} else if tcp.SequenceNumber() != f.rcvNxt {
+		f.ackNow = true // out of order, or again: Linux acknowledges at once
 	}
-	return f
+	f.segs++
+	f.mss = max(f.mss, n)
+	f.rcvNxt = tcp.SequenceNumber() + uint32(n)
+	d.mu.Unlock()
 }
 
 // write sends pkt, a segment the client's stack sends, or holds it if it
-// is an ACK Linux would delay. A segment of the flow sent meanwhile
-// carries the held ACK's news (its acknowledgement number is as high), so
-// the held one is dropped; else it goes after ackDelay.
+// is an ACK Linux would delay: a pure ACK that moves the acknowledgement
+// forward by at most one full segment, past the quick ACKs, after data
+// that came in order, without SACK blocks and without opening the window.
+// A segment of the flow sent meanwhile carries the held ACK's news (its
+// acknowledgement number is as high), so the held one is dropped; a newer
+// pure ACK takes its place, with the same deadline; else it goes ackDelay
+// after it was first held.
 func (d *ackDelayer) write(pkt []byte) error {
 	src, dst, tcp, n, ok := tcpOf(pkt)
 	if !ok {
@@ -117,41 +132,70 @@ func (d *ackDelayer) write(pkt []byte) error {
 	}
 	k := ackFlowKey{src: src, dst: dst}
 	flags := tcp.Flags()
+	ack, wnd := tcp.AckNumber(), tcp.WindowSize()
 	d.mu.Lock()
-	f := d.flow(k)
-	ack := tcp.AckNumber()
-	if n == 0 && flags == header.TCPFlagAck && f.segs > quickACKs && ack-f.lastAck <= uint32(f.mss) {
+	defer d.mu.Unlock()
+	f := d.flows[k]
+	if f == nil {
+		return d.send(pkt)
+	}
+	if n == 0 && flags == header.TCPFlagAck && f.segs > quickACKs && !f.ackNow &&
+		ack != f.lastAck && ack-f.lastAck <= uint32(f.mss) && wnd <= f.lastWnd && !hasSACK(tcp) {
 		f.held = append(f.held[:0], pkt...)
-		f.gen++
-		gen := f.gen
-		d.mu.Unlock()
-		time.AfterFunc(ackDelay, func() { d.expire(k, gen) })
+		if !f.timerSet {
+			d.gen++
+			f.heldGen, f.timerSet = d.gen, true
+			gen := d.gen
+			time.AfterFunc(ackDelay, func() { d.expire(k, gen) })
+		}
 		return nil
 	}
-	f.held = f.held[:0]
-	f.gen++
+	f.held, f.timerSet, f.ackNow = f.held[:0], false, false
 	if flags&header.TCPFlagAck != 0 {
-		f.lastAck = ack
+		f.lastAck, f.lastWnd = ack, wnd
 	}
 	if flags&(header.TCPFlagFin|header.TCPFlagRst) != 0 {
-		delete(d.flows, k) // a segment after it starts a new record, in quick mode
+		delete(d.flows, k) // what follows goes at once
 	}
-	d.mu.Unlock()
 	return d.send(pkt)
 }
 
-// expire sends the ACK held as hold gen, if it still is.
+// hasSACK reports whether tcp's options carry SACK blocks.
+func hasSACK(tcp header.TCP) bool {
+	opts := tcp.Options()
+	for i := 0; i < len(opts); {
+		switch opts[i] {
+		case header.TCPOptionEOL:
+			return false
+		case header.TCPOptionNOP:
+			i++
+			continue
+		case header.TCPOptionSACK:
+			return true
+		}
+		if i+1 >= len(opts) || opts[i+1] < 2 {
+			return false
+		}
+		i += int(opts[i+1])
+	}
+	return false
+}
+
+// expire sends the ACK held under hold gen, if one still is.
 func (d *ackDelayer) expire(k ackFlowKey, gen uint64) {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	f := d.flows[k]
-	if f == nil || f.gen != gen || len(f.held) == 0 {
-		d.mu.Unlock()
+	if f == nil || f.heldGen != gen || !f.timerSet {
 		return
 	}
-	pkt := append([]byte(nil), f.held...)
-	f.held = f.held[:0]
+	f.timerSet = false
+	if len(f.held) == 0 {
+		return
+	}
+	pkt := f.held
+	f.held = nil
 	_, _, tcp, _, _ := tcpOf(pkt)
-	f.lastAck = tcp.AckNumber()
-	d.mu.Unlock()
+	f.lastAck, f.lastWnd = tcp.AckNumber(), tcp.WindowSize()
 	_ = d.send(pkt)
 }

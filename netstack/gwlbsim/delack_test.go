@@ -161,18 +161,178 @@ func TestAckDelayerPassesTheRest(t *testing.T) {
 	}
 }
 
-// FuzzTCPOf: the delayer's parser takes whatever the appliance sends the
-// client without panicking, and what it accepts lies inside the packet.
+// FuzzTCPOf: the delayer's parser reads back what a segment was built
+// with, and takes any bytes the appliance might send the client without
+// panicking, as does the delayer.
 func FuzzTCPOf(f *testing.F) {
-	f.Add(segment(delackClient, delackServer, header.TCPFlagAck, 1, 2, 10))
-	f.Add(segment(netip.MustParseAddrPort("[fd00::5]:1"), netip.MustParseAddrPort("[fd00::6]:2"), header.TCPFlagAck, 1, 2, 0))
-	f.Fuzz(func(t *testing.T, pkt []byte) {
-		_, _, tcp, n, ok := tcpOf(pkt)
-		if ok && (n < 0 || len(tcp) > len(pkt) || int(tcp.DataOffset())+n != len(tcp)) {
-			t.Fatalf("tcpOf(%x): header %d bytes, payload %d, segment %d", pkt, tcp.DataOffset(), n, len(tcp))
+	f.Add(segment(delackClient, delackServer, header.TCPFlagAck, 1, 2, 10), uint16(1), uint16(2), uint32(3), uint32(4), uint16(5), false)
+	f.Add(segment(netip.MustParseAddrPort("[fd00::5]:1"), netip.MustParseAddrPort("[fd00::6]:2"), header.TCPFlagAck, 1, 2, 0), uint16(443), uint16(80), uint32(0), uint32(1<<31), uint16(0), true)
+	f.Fuzz(func(t *testing.T, raw []byte, sport, dport uint16, seq, ack uint32, n uint16, v6 bool) {
+		src, dst := netip.AddrPortFrom(delackClient.Addr(), sport), netip.AddrPortFrom(delackServer.Addr(), dport)
+		if v6 {
+			src, dst = netip.AddrPortFrom(netip.MustParseAddr("fd00::5"), sport), netip.AddrPortFrom(netip.MustParseAddr("2001:db8::9"), dport)
+		}
+		n %= 9000
+		gotSrc, gotDst, tcp, gotN, ok := tcpOf(segment(src, dst, header.TCPFlagAck, seq, ack, int(n)))
+		if !ok || gotSrc != src || gotDst != dst || gotN != int(n) || tcp.SequenceNumber() != seq || tcp.AckNumber() != ack {
+			t.Fatalf("a segment %v -> %v seq %d ack %d, %d bytes read back as %v -> %v seq %d ack %d, %d bytes (ok %v)",
+				src, dst, seq, ack, n, gotSrc, gotDst, tcp.SequenceNumber(), tcp.AckNumber(), gotN, ok)
 		}
 		d := newAckDelayer(func([]byte) error { return nil })
-		d.received(pkt)
-		_ = d.write(pkt)
+		d.received(raw)
+		_ = d.write(raw)
 	})
+}
+
+// withOptions is pkt (IPv4, as segment builds it, no payload) with the
+// TCP options opts, padded to four bytes.
+func withOptions(pkt []byte, opts []byte) []byte {
+	for len(opts)%4 != 0 {
+		opts = append(opts, header.TCPOptionNOP)
+	}
+	out := append(append([]byte(nil), pkt...), opts...)
+	ip := header.IPv4(out)
+	ip.SetTotalLength(uint16(len(out)))
+	tcp := header.TCP(out[header.IPv4MinimumSize:])
+	tcp.SetDataOffset(uint8(header.TCPMinimumSize + len(opts)))
+	return out
+}
+
+// pastQuick is a delayer whose flow delackClient-delackServer has had
+// its quick ACKs, each sent, and then one more segment of 300 bytes, which
+// an ACK of ack would acknowledge.
+func pastQuick(t *testing.T, send func([]byte) error) (d *ackDelayer, ack uint32) {
+	t.Helper()
+	d = newAckDelayer(send)
+	ack = 1000
+	for range quickACKs {
+		d.received(segment(delackServer, delackClient, header.TCPFlagAck|header.TCPFlagPsh, ack, 1, 300))
+		ack += 300
+		if err := d.write(segment(delackClient, delackServer, header.TCPFlagAck, 1, ack, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.received(segment(delackServer, delackClient, header.TCPFlagAck|header.TCPFlagPsh, ack, 1, 300))
+	return d, ack + 300
+}
+
+// TestAckDelayerSendsAtOnce: the ACKs Linux sends at once go at once:
+// a duplicate, one with SACK blocks, one opening the window, one after
+// data out of order; and what comes before a connection's first data.
+func TestAckDelayerSendsAtOnce(t *testing.T) {
+	var log sentLog
+	ackOf := func(ack uint32) []byte { return segment(delackClient, delackServer, header.TCPFlagAck, 1, ack, 0) }
+	for _, c := range []struct {
+		name string
+		pkt  func(ack uint32) []byte
+		pre  func(d *ackDelayer, ack uint32)
+	}{
+		{"duplicate", func(ack uint32) []byte { return ackOf(ack - 300) }, nil},
+		{"SACK", func(ack uint32) []byte {
+			return withOptions(ackOf(ack), []byte{header.TCPOptionSACK, 10, 0, 0, 0, 1, 0, 0, 0, 2})
+		}, nil},
+		{"window opened", func(ack uint32) []byte { return ackOf(ack) }, func(d *ackDelayer, _ uint32) {
+			d.flows[ackFlowKey{src: delackClient, dst: delackServer}].lastWnd = 1000 // the ACK says 65535
+		}},
+		{"after data out of order", func(ack uint32) []byte { return ackOf(ack) }, func(d *ackDelayer, ack uint32) {
+			d.received(segment(delackServer, delackClient, header.TCPFlagAck, ack+300, 1, 300)) // a gap before it
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, ack := pastQuick(t, log.send)
+			if c.pre != nil {
+				c.pre(d, ack)
+			}
+			before := log.count()
+			if err := d.write(c.pkt(ack)); err != nil {
+				t.Fatal(err)
+			}
+			if log.count() != before+1 {
+				t.Errorf("a %s ACK was held", c.name)
+			}
+		})
+	}
+	t.Run("before data", func(t *testing.T) {
+		d := newAckDelayer(log.send)
+		before := log.count()
+		for range quickACKs + 2 {
+			if err := d.write(ackOf(1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if log.count() != before+quickACKs+2 || len(d.flows) != 0 {
+			t.Errorf("ACKs before any data held, or kept a record (%d records)", len(d.flows))
+		}
+	})
+}
+
+// TestAckDelayerKeepsTheDeadline: a newer pure ACK takes a held one's
+// place under the first one's timer, and the newer one is what leaves.
+func TestAckDelayerKeepsTheDeadline(t *testing.T) {
+	var log sentLog
+	d, ack := pastQuick(t, log.send)
+	k := ackFlowKey{src: delackClient, dst: delackServer}
+	before := log.count()
+	for i, a := range []uint32{ack - 200, ack - 100} { // both within a segment of the last ACK sent
+		if err := d.write(segment(delackClient, delackServer, header.TCPFlagAck, 1, a, 0)); err != nil {
+			t.Fatal(err)
+		}
+		d.mu.Lock()
+		gen, set := d.flows[k].heldGen, d.flows[k].timerSet
+		d.mu.Unlock()
+		if !set || gen != d.gen || d.gen != 1 {
+			t.Fatalf("hold %d: timer set %v, generation %d of %d; want the first hold's timer", i+1, set, gen, d.gen)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for log.count() == before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if log.count() != before+1 || log.acks[len(log.acks)-1] != ack-100 {
+		t.Fatalf("sent %d after the holds, last acknowledging %d; want one, acknowledging %d", log.count()-before, log.acks[len(log.acks)-1], ack-100)
+	}
+}
+
+// TestAckDelayerKeepsOrder: a held ACK its timer is sending leaves before
+// a segment of its flow written meanwhile.
+func TestAckDelayerKeepsOrder(t *testing.T) {
+	var mu sync.Mutex
+	var order []string
+	started := make(chan struct{})
+	send := func(pkt []byte) error {
+		_, _, _, n, _ := tcpOf(pkt)
+		what := "request"
+		if n == 0 {
+			what = "ack"
+		}
+		if what == "ack" && started != nil {
+			close(started)
+			started = nil
+			time.Sleep(50 * time.Millisecond) // the timer's send is slow
+		}
+		mu.Lock()
+		order = append(order, what)
+		mu.Unlock()
+		return nil
+	}
+	d, ack := pastQuick(t, func([]byte) error { return nil })
+	d.send = send
+	ch := started
+	if err := d.write(segment(delackClient, delackServer, header.TCPFlagAck, 1, ack, 0)); err != nil {
+		t.Fatal(err)
+	}
+	k := ackFlowKey{src: delackClient, dst: delackServer}
+	d.mu.Lock()
+	gen := d.flows[k].heldGen
+	d.mu.Unlock()
+	go d.expire(k, gen)
+	<-ch
+	if err := d.write(segment(delackClient, delackServer, header.TCPFlagAck|header.TCPFlagPsh, 1, ack, 100)); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(order) != 2 || order[0] != "ack" {
+		t.Errorf("the wire saw %v, want the held ACK first", order)
+	}
 }
