@@ -140,7 +140,8 @@ func (d *ackDelayer) write(pkt []byte) error {
 		return d.send(pkt)
 	}
 	if n == 0 && flags == header.TCPFlagAck && f.segs > quickACKs && !f.ackNow &&
-		ack != f.lastAck && ack-f.lastAck <= uint32(f.mss) && wnd <= f.lastWnd && !hasSACK(tcp) {
+		ack != f.lastAck && ack-f.lastAck <= uint32(f.mss) && wnd <= f.lastWnd &&
+		len(header.ParseTCPOptions(tcp.Options()).SACKBlocks) == 0 {
 		f.held = append(f.held[:0], pkt...)
 		if !f.timerSet {
 			d.gen++
@@ -158,27 +159,6 @@ func (d *ackDelayer) write(pkt []byte) error {
 		delete(d.flows, k) // what follows goes at once
 	}
 	return d.send(pkt)
-}
-
-// hasSACK reports whether tcp's options carry SACK blocks.
-func hasSACK(tcp header.TCP) bool {
-	opts := tcp.Options()
-	for i := 0; i < len(opts); {
-		switch opts[i] {
-		case header.TCPOptionEOL:
-			return false
-		case header.TCPOptionNOP:
-			i++
-			continue
-		case header.TCPOptionSACK:
-			return true
-		}
-		if i+1 >= len(opts) || opts[i+1] < 2 {
-			return false
-		}
-		i += int(opts[i+1])
-	}
-	return false
 }
 
 // expire sends the ACK held under hold gen, if one still is.

@@ -3,6 +3,7 @@ package hostconn
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -345,20 +346,15 @@ func (c *Conn) awaitConnect(ctx context.Context, deadline time.Time) error {
 // sockaddr writes dst (IPv4, or IPv6 without a zone) into sa, and
 // returns its length.
 func sockaddr(sa *unix.RawSockaddrAny, dst netip.AddrPort) int {
-	port := dst.Port()
 	if a := dst.Addr(); a.Is4() {
 		s4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		s4.Family = unix.AF_INET
-		p := (*[2]byte)(unsafe.Pointer(&s4.Port))
-		p[0], p[1] = byte(port>>8), byte(port)
-		s4.Addr = a.As4()
+		s4.Family, s4.Addr = unix.AF_INET, a.As4()
+		binary.BigEndian.PutUint16(portBytes(&s4.Port), dst.Port())
 		return unix.SizeofSockaddrInet4
 	}
 	s6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
-	s6.Family = unix.AF_INET6
-	p := (*[2]byte)(unsafe.Pointer(&s6.Port))
-	p[0], p[1] = byte(port>>8), byte(port)
-	s6.Addr = dst.Addr().As16()
+	s6.Family, s6.Addr = unix.AF_INET6, dst.Addr().As16()
+	binary.BigEndian.PutUint16(portBytes(&s6.Port), dst.Port())
 	return unix.SizeofSockaddrInet6
 }
 
@@ -367,15 +363,17 @@ func tcpAddr(sa *unix.RawSockaddrAny) *net.TCPAddr {
 	switch sa.Addr.Family {
 	case unix.AF_INET:
 		s4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		p := (*[2]byte)(unsafe.Pointer(&s4.Port))
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(s4.Addr), uint16(p[0])<<8|uint16(p[1])))
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(s4.Addr), binary.BigEndian.Uint16(portBytes(&s4.Port))))
 	case unix.AF_INET6:
 		s6 := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
-		p := (*[2]byte)(unsafe.Pointer(&s6.Port))
-		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(s6.Addr), uint16(p[0])<<8|uint16(p[1])))
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(s6.Addr), binary.BigEndian.Uint16(portBytes(&s6.Port))))
 	}
 	return nil
 }
+
+// portBytes is a sockaddr's port field as the bytes it holds: network
+// order, whatever the host's.
+func portBytes(p *uint16) []byte { return (*[2]byte)(unsafe.Pointer(p))[:] }
 
 // closer closes the descriptors of connections already shut down, in
 // batches.
