@@ -336,3 +336,37 @@ func TestAckDelayerKeepsOrder(t *testing.T) {
 		t.Errorf("the wire saw %v, want the held ACK first", order)
 	}
 }
+
+// TestAckDelayerRemembers: "a full segment" is the largest one received,
+// not the last; and an ACK its timer sent counts as the last ACK sent, so
+// the same ACK again is a duplicate and goes at once.
+func TestAckDelayerRemembers(t *testing.T) {
+	var log sentLog
+	d, ack := pastQuick(t, log.send) // segments of 300 bytes so far
+	k := ackFlowKey{src: delackClient, dst: delackServer}
+	if err := d.write(segment(delackClient, delackServer, header.TCPFlagAck|header.TCPFlagPsh, 1, ack, 100)); err != nil {
+		t.Fatal(err) // a request: everything so far acknowledged
+	}
+	d.received(segment(delackServer, delackClient, header.TCPFlagAck, ack, 1, 100))
+	d.received(segment(delackServer, delackClient, header.TCPFlagAck, ack+100, 1, 100))
+	before := log.count()
+	if err := d.write(segment(delackClient, delackServer, header.TCPFlagAck, 101, ack+200, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if log.count() != before {
+		t.Fatal("an ACK of 200 bytes went at once, though segments of 300 came: the full segment is the largest")
+	}
+	d.mu.Lock()
+	gen := d.flows[k].heldGen
+	d.mu.Unlock()
+	d.expire(k, gen)
+	if log.count() != before+1 {
+		t.Fatal("the timer did not send the held ACK")
+	}
+	if err := d.write(segment(delackClient, delackServer, header.TCPFlagAck, 101, ack+200, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if log.count() != before+2 {
+		t.Error("the ACK the timer sent, sent again, was held: a duplicate goes at once")
+	}
+}
