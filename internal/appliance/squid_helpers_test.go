@@ -144,6 +144,11 @@ type vsChild struct {
 // what the Go runtime's settings do to the appliance's figures.
 const vsApplianceEnv = "GWLBPROXY_VS_APPLIANCE_ENV"
 
+// vsBinEnv names a prebuilt gwlbproxy binary to run instead of building
+// one from the tree: a binary that outlives the run keeps its symbols for
+// perf, and two binaries can take turns without two worktrees.
+const vsBinEnv = "GWLBPROXY_VS_BIN"
+
 // vsApplianceArgs holds space-separated flags added to the gwlbproxy
 // command line (--ack-delay 0, say): to compare settings of one binary.
 const vsApplianceArgs = "GWLBPROXY_VS_APPLIANCE_ARGS"
@@ -373,9 +378,15 @@ func vsClientTLS(caPEM []byte) *tls.Config {
 // ---- gwlbproxy -----------------------------------------------------------
 
 // vsBuildGwlbproxy builds this package's binary (the real gwlbproxy) into
-// dir.
+// dir, or returns the one GWLBPROXY_VS_BIN names.
 func vsBuildGwlbproxy(b *testing.B, dir string) string {
 	b.Helper()
+	if bin := os.Getenv(vsBinEnv); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			b.Fatalf("%s: %v", vsBinEnv, err)
+		}
+		return bin
+	}
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		b.Skip("BenchmarkVsSquid builds the real gwlbproxy binary and needs the go command on PATH")
