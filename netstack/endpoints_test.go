@@ -179,6 +179,31 @@ func heapInUse() uint64 {
 	return ms.HeapInuse
 }
 
+// Bytes after the inner packet's IP length are none of the packet's (a
+// sender's padding, or, were the readers to cut a GRO bundle wrong, the
+// next datagram): an echo request's data ends where its packet does, so
+// the reply, and what is sent on to the destination, carries only that.
+func TestEchoEndsAtTheIPLength(t *testing.T) {
+	c := gwlbSocket(t, "127.0.0.1:0")
+	s := startServer(t, Config{ReplyPort: c.LocalAddr().(*net.UDPAddr).AddrPort().Port()})
+	if _, err := c.WriteToUDPAddrPort(geneve(7, append(echoPacket(1, "ping"), "TRAILER"...)), s.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65536)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no echo reply: %v; stats %+v", err, s.Stats())
+	}
+	h, r := ParseHeader(buf[:n])
+	if r != DropNone {
+		t.Fatalf("reply: %s", r)
+	}
+	if got := string(buf[h.Len+28 : n]); got != "ping" {
+		t.Fatalf("echo reply data %q, want %q", got, "ping")
+	}
+}
+
 // TestUnknownSenderNoReply: GENEVE from outside Senders gets no reply, makes
 // no stack and no flow, and is counted; the same datagram from a sender
 // inside gets its reply.

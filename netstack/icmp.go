@@ -84,7 +84,7 @@ func (r *EchoRequest) Reply(data []byte) {
 func (r *EchoRequest) DropUnavailable() { r.srv.stats.drop(DropICMPUnavailable) }
 
 func (s *Server) handleEcho(flow *Flow, p *Packet, inner []byte) {
-	icmp := inner[p.Payload:]
+	icmp := inner[p.Payload:p.Len]
 	h := flow.Header()
 	req := EchoRequest{
 		Flow: FlowInfo{
