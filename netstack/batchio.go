@@ -15,52 +15,25 @@ import (
 // segments UDP GSO takes in one send (the kernel's UDP_MAX_SEGMENTS).
 const maxBatch = 64
 
-// maxReadDatagram is the largest GENEVE datagram taken in. The GWLB sends
-// at most maxDatagram bytes; a bigger datagram comes from something else,
-// and is dropped as datagram_too_big.
-const maxReadDatagram = 16 << 10
+// readSlot is the room for one received GENEVE datagram. The GWLB sends at
+// most maxDatagram bytes; a bigger datagram comes from something else, and
+// is truncated by the kernel, seen as such, and dropped.
+const readSlot = 16 << 10
 
-// readSlot is the room for what one recvmmsg message brings: a datagram,
-// or, with UDP GRO, a bundle of one sender's datagrams of one size, which
-// the kernel merges up to 64 KiB (its GRO limit, unless BIG TCP raised
-// gro_ipv4_max_size: a bigger bundle is truncated, seen as such, and
-// dropped). The slots of a reader take 4 MiB of address space, of which
-// only what bundles have filled is ever resident.
-const readSlot = 64 << 10
-
-// groCmsgSpace is the room for the UDP_GRO control message: the segment
-// size of a bundle (an int).
-const groCmsgSpace = 24 // unix.CmsgSpace(4)
-
-// batchReader reads GENEVE datagrams from one socket, up to maxBatch
-// messages per recvmmsg, into buffers of its own. It is used by one
-// goroutine.
-//
-// The socket asks for UDP GRO (enableGRO): a NIC's GRO then merges a
-// sender's consecutive datagrams of one size into one message, as it
-// merges TCP segments, so a GWLB flow's bulk data costs the kernel one
-// socket delivery and the reader one message per up to 64 datagrams. The
-// reader cuts the bundles back into datagrams (messages).
+// batchReader reads GENEVE datagrams from one socket, up to maxBatch per
+// recvmmsg, into buffers of its own. It is used by one goroutine.
 type batchReader struct {
 	rc    syscall.RawConn
 	bufs  [maxBatch][]byte
 	hdrs  [maxBatch]unix.Mmsghdr
 	iovs  [maxBatch]unix.Iovec
 	names [maxBatch]unix.RawSockaddrInet4
-	ctrl  [maxBatch][groCmsgSpace]byte
 
 	// The outcome of the last recvmmsg, set by readFn.
 	n     int
 	errno syscall.Errno
 	// readFn is doRead bound once, so that no read allocates a closure.
 	readFn func(fd uintptr) bool
-}
-
-// enableGRO asks the kernel to hand the socket fd its GRO bundles whole
-// (UDP_GRO, Linux 5.0). It is best effort: without it every datagram
-// comes on its own, as before.
-func enableGRO(fd uintptr) error {
-	return unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
 }
 
 func newBatchReader(c *net.UDPConn) (*batchReader, error) {
@@ -78,18 +51,16 @@ func newBatchReader(c *net.UDPConn) (*batchReader, error) {
 		h.Iov = &r.iovs[i]
 		h.SetIovlen(1)
 		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
-		h.Control = &r.ctrl[i][0]
 	}
 	r.readFn = r.doRead
 	return r, nil
 }
 
-// read waits for datagrams and returns how many messages it read; message
-// i is then r.message(i), valid until the next read.
+// read waits for datagrams and returns how many it read; datagram i is then
+// r.datagram(i), valid until the next read.
 func (r *batchReader) read() (int, error) {
 	for i := range r.hdrs {
 		r.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet4
-		r.hdrs[i].Hdr.SetControllen(groCmsgSpace)
 		r.hdrs[i].Hdr.Flags = 0
 		r.hdrs[i].Len = 0
 	}
@@ -120,38 +91,14 @@ func (r *batchReader) doRead(fd uintptr) bool {
 	}
 }
 
-// message returns the i-th message of the last read: its bytes, its
-// sender, the size of each datagram in it when it is a GRO bundle (0: one
-// datagram), and whether the kernel truncated it.
-func (r *batchReader) message(i int) (b []byte, from netip.AddrPort, segment int, truncated bool) {
+// datagram returns the i-th datagram of the last read, its sender, and
+// whether the kernel truncated it.
+func (r *batchReader) datagram(i int) (b []byte, from netip.AddrPort, truncated bool) {
 	h := &r.hdrs[i]
 	sa := &r.names[i]
 	p := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
 	port := uint16(p[0])<<8 | uint16(p[1])
-	return r.bufs[i][:h.Len], netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), groSegment(r.ctrl[i][:min(int(h.Hdr.Controllen), groCmsgSpace)]), h.Hdr.Flags&unix.MSG_TRUNC != 0
-}
-
-// groSegment returns the segment size a UDP_GRO control message in ctrl
-// gives, or 0 when there is none.
-func groSegment(ctrl []byte) int {
-	if len(ctrl) < unix.CmsgLen(4) {
-		return 0
-	}
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&ctrl[0]))
-	if h.Level != unix.IPPROTO_UDP || h.Type != unix.UDP_GRO || int(h.Len) < unix.CmsgLen(4) {
-		return 0
-	}
-	return int(*(*int32)(unsafe.Pointer(&ctrl[unix.CmsgLen(0)])))
-}
-
-// nextDatagram cuts the first datagram off a message whose datagrams are
-// segment bytes each (the last one may be shorter; 0: the message is one
-// datagram), and returns it and the rest.
-func nextDatagram(msg []byte, segment int) (dgram, rest []byte) {
-	if segment <= 0 || segment >= len(msg) {
-		return msg, nil
-	}
-	return msg[:segment], msg[segment:]
+	return r.bufs[i][:h.Len], netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), h.Hdr.Flags&unix.MSG_TRUNC != 0
 }
 
 // replyBatch gathers the GENEVE datagrams of one write from the stack (a

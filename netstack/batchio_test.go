@@ -7,7 +7,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +21,7 @@ func TestReaderBatches(t *testing.T) {
 	const burst = 3*maxBatch + 5
 	for i := range burst {
 		if i == burst/2 {
-			if _, err := c.WriteToUDPAddrPort(make([]byte, maxReadDatagram+1000), s.Addr()); err != nil {
+			if _, err := c.WriteToUDPAddrPort(make([]byte, readSlot+1000), s.Addr()); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -52,69 +51,6 @@ func TestReaderBatches(t *testing.T) {
 	st := s.Stats()
 	if st.Drops[DropDatagramTooBig.String()] != 1 || st.PacketsIn != burst+1 {
 		t.Fatalf("packets_in %d (want %d), drops %v (want one %s)", st.PacketsIn, burst+1, st.Drops, DropDatagramTooBig)
-	}
-}
-
-// A NIC's GRO hands a reader a sender's datagrams of one size as one
-// bundle (the socket asks for UDP GRO): each datagram in it is taken in on
-// its own, in order, a shorter last one too, and packets_in counts
-// datagrams, not bundles. A UDP GSO send on loopback stands in for the
-// NIC: the kernel delivers its datagrams in one buffer to a socket that
-// takes GRO bundles, and one by one to any other.
-func TestReaderSplitsGROBundles(t *testing.T) {
-	c := gwlbSocket(t, "127.0.0.1:0")
-	s := startServer(t, Config{ReplyPort: c.LocalAddr().(*net.UDPAddr).AddrPort().Port()})
-	const n = 20
-	var bundle []byte
-	segment := 0
-	for i := range n {
-		d := geneve(7, echoPacket(uint16(i), fmt.Sprintf("req-%04d", i)))
-		segment = len(d)
-		bundle = append(bundle, d...)
-	}
-	bundle = append(bundle, geneve(7, echoPacket(n, "last"))...)
-	sendGSO(t, c, bundle, segment, s.Addr())
-
-	var got []string
-	buf := make([]byte, 65536)
-	for len(got) < n+1 {
-		c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		m, err := c.Read(buf)
-		if err != nil {
-			t.Fatalf("%d of %d echo replies (%q), then: %v; stats %+v", len(got), n+1, got, err, s.Stats())
-		}
-		h, r := ParseHeader(buf[:m])
-		if r != DropNone {
-			t.Fatalf("reply: %s", r)
-		}
-		got = append(got, string(buf[h.Len+28:m]))
-	}
-	for i := range n {
-		if got[i] != fmt.Sprintf("req-%04d", i) {
-			t.Fatalf("reply %d is %q: out of order or wrong (all: %q)", i, got[i], got)
-		}
-	}
-	if got[n] != "last" {
-		t.Fatalf("last reply %q, want the short datagram's", got[n])
-	}
-	st := s.Stats()
-	if st.GROBundles != 1 || st.PacketsIn != n+1 {
-		t.Fatalf("gro_bundles %d (want 1), packets_in %d (want %d)", st.GROBundles, st.PacketsIn, n+1)
-	}
-}
-
-// sendGSO sends the datagrams in b, segment bytes each (the last may be
-// shorter), to dst in one UDP GSO send (UDP_SEGMENT).
-func sendGSO(t *testing.T, c *net.UDPConn, b []byte, segment int, dst netip.AddrPort) {
-	t.Helper()
-	oob := make([]byte, unix.CmsgSpace(2))
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
-	h.Level, h.Type = unix.IPPROTO_UDP, unix.UDP_SEGMENT
-	h.SetLen(unix.CmsgLen(2))
-	*(*uint16)(unsafe.Pointer(&oob[unix.CmsgLen(0)])) = uint16(segment)
-	n, _, err := c.WriteMsgUDPAddrPort(b, oob, dst)
-	if err != nil || n != len(b) {
-		t.Fatalf("UDP GSO send: %d of %d bytes: %v", n, len(b), err)
 	}
 }
 

@@ -206,7 +206,7 @@ func Listen(cfg Config) (*Server, error) {
 	if cfg.MaxFlowsPerClient < cfg.MaxFlows {
 		s.flows.LimitPerClient(cfg.MaxFlowsPerClient)
 	}
-	lc := net.ListenConfig{Control: readerSocket}
+	lc := net.ListenConfig{Control: reusePort}
 	for range cfg.Readers {
 		pc, err := lc.ListenPacket(context.Background(), "udp4", addr.String())
 		if err != nil {
@@ -232,15 +232,10 @@ func Listen(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// readerSocket sets up a reader's socket before it binds: SO_REUSEPORT,
-// so that the readers share the port, and UDP GRO where the kernel has it.
-func readerSocket(_, _ string, rc syscall.RawConn) error {
+func reusePort(_, _ string, rc syscall.RawConn) error {
 	var serr error
 	err := rc.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		if gerr := enableGRO(fd); gerr != nil {
-			slog.Debug("GENEVE readers without UDP GRO", "err", gerr)
-		}
 	})
 	return errors.Join(err, serr)
 }
@@ -328,20 +323,13 @@ func (s *Server) read(c *net.UDPConn) {
 			continue
 		}
 		for i := range n {
-			msg, from, segment, truncated := r.message(i)
+			b, from, truncated := r.datagram(i)
 			if truncated {
 				s.stats.packetsIn.Add(1)
 				s.stats.drop(DropDatagramTooBig)
 				continue
 			}
-			if segment > 0 && len(msg) > segment {
-				s.stats.groBundles.Add(1)
-			}
-			for len(msg) > 0 {
-				var dgram []byte
-				dgram, msg = nextDatagram(msg, segment)
-				s.handleDatagram(dgram, from, co)
-			}
+			s.handleDatagram(b, from, co)
 		}
 		if co != nil {
 			co.flush()
@@ -355,10 +343,6 @@ func (s *Server) read(c *net.UDPConn) {
 func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 	s.stats.packetsIn.Add(1)
 	s.stats.bytesIn.Add(uint64(len(b)))
-	if len(b) > maxReadDatagram {
-		s.stats.drop(DropDatagramTooBig)
-		return
-	}
 	if s.cfg.Senders != nil && !s.allowedSender(from.Addr().Unmap()) {
 		s.stats.drop(DropUnknownSender)
 		return

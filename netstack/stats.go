@@ -6,7 +6,6 @@ import (
 
 type counters struct {
 	packetsIn, bytesIn   atomic.Uint64
-	groBundles           atomic.Uint64
 	packetsOut, bytesOut atomic.Uint64
 	drops                [dropReasons]atomic.Uint64
 	returnFallbacks      atomic.Uint64
@@ -45,9 +44,6 @@ type Stats struct {
 	// AcksCarried those of them a reply carried, so they never left.
 	AcksDelayed uint64 `json:"acks_delayed"`
 	AcksCarried uint64 `json:"acks_carried"`
-	// GROBundles counts the messages the readers took in that held more
-	// than one datagram: the kernel's UDP GRO merged them.
-	GROBundles uint64 `json:"gro_bundles"`
 }
 
 // Carried is the bytes of GENEVE datagrams taken in and sent out so far: a
@@ -78,7 +74,6 @@ func (s *Server) Stats() Stats {
 		ReturnPath:          s.ret.name(),
 		AcksDelayed:         s.acks.held.Load(),
 		AcksCarried:         s.acks.carried.Load(),
-		GROBundles:          c.groBundles.Load(),
 		ReturnPortFallbacks: c.returnFallbacks.Load(),
 	}
 	for r := DropReason(1); r < dropReasons; r++ {

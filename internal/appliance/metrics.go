@@ -214,8 +214,6 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.AcksDelayed) }),
 	newStatMetric("acks_carried_total", promCounter, "Held ACKs that a later packet of their flow carried, so they never left.",
 		func(s *stats) float64 { return float64(s.Netstack.AcksCarried) }),
-	newStatMetric("gro_bundles_total", promCounter, "Messages read from a GENEVE socket that held more than one datagram (UDP GRO).",
-		func(s *stats) float64 { return float64(s.Netstack.GROBundles) }),
 	newStatMetric("return_port_fallbacks_total", promCounter, "Replies sent from the listener port because the flow's port could not be bound.",
 		func(s *stats) float64 { return float64(s.Netstack.ReturnPortFallbacks) }),
 

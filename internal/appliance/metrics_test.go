@@ -33,7 +33,7 @@ func metricsStats() stats {
 		Netstack: netstack.Stats{PacketsIn: 101, BytesIn: 102, PacketsOut: 103, BytesOut: 104,
 			Drops: map[string]uint64{"truncated": 105, "no_stack": 106}, Flows: 107, FlowsCreated: 108, FlowsExpired: 109,
 			FlowsByEndpoint: map[string]int64{"vpce-0a": 110, "vpce-0b": -1}, Stacks: 111, TCPConnections: 112, UDPFlows: 113,
-			EchoRequests: 114, ReturnPortFallbacks: 115, AcksDelayed: 116, AcksCarried: 117, GROBundles: 118},
+			EchoRequests: 114, ReturnPortFallbacks: 115, AcksDelayed: 116, AcksCarried: 117},
 		Proxy:      proxy.Stats{TCPActive: 201, UDPActive: 202, EchoActive: 203, TCPDialErrors: 204, Denied: 205, EchoUnrecorded: 206, UDPShareDrops: 207, QUICSmuggled: 208},
 		Records:    records.Stats{Written: 301, Dropped: 302, Queued: 303, SinkErrors: 304, LagSeconds: 3.25},
 		Leaves:     &certs.Stats{Hits: 401, Misses: 402, Mints: 403},
@@ -97,9 +97,6 @@ gwlbproxy_acks_delayed_total 116
 # HELP gwlbproxy_acks_carried_total Held ACKs that a later packet of their flow carried, so they never left.
 # TYPE gwlbproxy_acks_carried_total counter
 gwlbproxy_acks_carried_total 117
-# HELP gwlbproxy_gro_bundles_total Messages read from a GENEVE socket that held more than one datagram (UDP GRO).
-# TYPE gwlbproxy_gro_bundles_total counter
-gwlbproxy_gro_bundles_total 118
 # HELP gwlbproxy_return_port_fallbacks_total Replies sent from the listener port because the flow's port could not be bound.
 # TYPE gwlbproxy_return_port_fallbacks_total counter
 gwlbproxy_return_port_fallbacks_total 115
