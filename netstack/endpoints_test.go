@@ -180,9 +180,9 @@ func heapInUse() uint64 {
 }
 
 // Bytes after the inner packet's IP length are none of the packet's (a
-// sender's padding, or, were the readers to cut a GRO bundle wrong, the
-// next datagram): an echo request's data ends where its packet does, so
-// the reply, and what is sent on to the destination, carries only that.
+// sender's padding): an echo request's data ends where its packet does,
+// so the reply, and what is sent on to the destination, carries only
+// that.
 func TestEchoEndsAtTheIPLength(t *testing.T) {
 	c := gwlbSocket(t, "127.0.0.1:0")
 	s := startServer(t, Config{ReplyPort: c.LocalAddr().(*net.UDPAddr).AddrPort().Port()})
