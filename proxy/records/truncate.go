@@ -56,8 +56,7 @@ func shorten(l *recordLine, r *Record, limit int) error {
 	}
 	for range 4 { // one pass normally does; the rest are a safety margin
 		cutFields(&c, over)
-		l.buf.Reset()
-		if err := l.enc.Encode(&c); err != nil {
+		if err := l.encode(&c); err != nil {
 			return err
 		}
 		if over = l.buf.Len() - 1 - limit; over <= 0 {
@@ -67,8 +66,7 @@ func shorten(l *recordLine, r *Record, limit int) error {
 	for _, f := range c.cuttable() {
 		*f = ""
 	}
-	l.buf.Reset()
-	return l.enc.Encode(&c)
+	return l.encode(&c)
 }
 
 // cutFields shortens r's cuttable fields so that their JSON is at least

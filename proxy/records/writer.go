@@ -3,7 +3,6 @@ package records
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -84,18 +83,23 @@ func monoNow() int64 { return int64(time.Since(clockBase)) + 1 }
 // recordLine is one queued line, or a Flush marker when flushed is set.
 type recordLine struct {
 	buf     bytes.Buffer
-	enc     *json.Encoder // writes into buf
-	queued  int64         // monoNow
+	queued  int64 // monoNow
 	flushed chan struct{}
 }
 
-// linePool recycles lines and their encoders: a record then costs no
-// allocation of its own beyond what encoding/json needs.
-var linePool = sync.Pool{New: func() any {
-	l := new(recordLine)
-	l.enc = json.NewEncoder(&l.buf)
-	return l
-}}
+// encode makes r the line's JSON, newline included.
+func (l *recordLine) encode(r *Record) error {
+	l.buf.Reset()
+	b, err := appendRecord(l.buf.AvailableBuffer(), r)
+	if err != nil {
+		return err
+	}
+	l.buf.Write(append(b, '\n')) // in place unless the buffer had to grow
+	return nil
+}
+
+// linePool recycles lines: a record then costs no allocation of its own.
+var linePool = sync.Pool{New: func() any { return new(recordLine) }}
 
 func putLine(l *recordLine) {
 	if l.buf.Cap() <= 16<<10 { // the rare huge record is not kept around
@@ -157,8 +161,7 @@ func (w *Writer) Write(r *Record) {
 		return
 	}
 	l := linePool.Get().(*recordLine)
-	l.buf.Reset()
-	if err := l.enc.Encode(r); err != nil { // appends the newline
+	if err := l.encode(r); err != nil {
 		putLine(l)
 		slog.Error("encoding access record", "err", err)
 		return
