@@ -68,7 +68,8 @@ bench:
 # namespace, an iperf3 server in a third; one flow and 4, each way, and
 # kernel routing between the same namespaces in the same run. Prints
 # Gbit/s, CPU seconds per GiB, the ratio to kernel routing. Installs iperf3
-# when missing. BENCH_RIG_FLAGS: e.g. --runs 3 --time 10s.
+# (and ethtool, for --napi-threads) when missing. BENCH_RIG_FLAGS: e.g.
+# --runs 3 --time 10s.
 BENCH_RIG_FLAGS ?=
 bench-rig: build
 	@if [ "$$(id -u)" != 0 ]; then echo "bench-rig needs root: it creates network namespaces, veth pairs and a TUN device"; exit 1; fi
@@ -76,6 +77,10 @@ bench-rig: build
 	  echo "bench-rig: installing iperf3"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null; \
 	  systemctl disable --now iperf3 >/dev/null 2>&1 || true; \
+	fi
+	@if ! command -v ethtool >/dev/null 2>&1; then \
+	  echo "bench-rig: installing ethtool"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ethtool >/dev/null; \
 	fi
 	$(GO) run ./internal/benchrig --bin $(BIN) $(BENCH_RIG_FLAGS)
 

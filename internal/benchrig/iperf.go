@@ -76,7 +76,11 @@ type result struct {
 	run, flows        int
 	reverse           bool
 	kernel, appliance transfer
-	appCPU, simCPU    float64 // CPU seconds during the appliance's test
+	appCPU, simCPU    float64 // CPU seconds during the appliance's test, NAPI threads included
+	// appRxCPU and simRxCPU are the parts of appCPU and simCPU that were
+	// their namespaces' NAPI threads, when napi is set.
+	appRxCPU, simRxCPU float64
+	napi               bool
 }
 
 func (r result) name() string {
@@ -100,10 +104,17 @@ func (r result) appPerGiB() float64 {
 func (r result) simPerGiB() float64 {
 	return r.simCPU / (float64(r.appliance.bytes) / gib)
 }
+func (r result) appRxPerGiB() float64 {
+	return r.appRxCPU / (float64(r.appliance.bytes) / gib)
+}
 
 func printResult(w io.Writer, r result) {
-	fmt.Fprintf(w, "run %d  %-20s kernel %6.2f Gbit/s  appliance %6.2f Gbit/s (%.2f×, %d retransmits)  appliance %.2f CPU-s/GiB  gwlbsim %.2f CPU-s/GiB\n",
-		r.run, r.name(), r.kernel.gbps(), r.appliance.gbps(), r.ratio(), r.appliance.retransmits, r.appPerGiB(), r.simPerGiB())
+	rx := ""
+	if r.napi {
+		rx = fmt.Sprintf(" (receive threads %.2f)", r.appRxPerGiB())
+	}
+	fmt.Fprintf(w, "run %d  %-20s kernel %6.2f Gbit/s  appliance %6.2f Gbit/s (%.2f×, %d retransmits)  appliance %.2f CPU-s/GiB%s  gwlbsim %.2f CPU-s/GiB\n",
+		r.run, r.name(), r.kernel.gbps(), r.appliance.gbps(), r.ratio(), r.appliance.retransmits, r.appPerGiB(), rx, r.simPerGiB())
 }
 
 // printSummary prints one row per test, with the range over the runs.
@@ -122,8 +133,14 @@ func printSummary(w io.Writer, rs []result) {
 		by[k] = append(by[k], r)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| test | kernel Gbit/s | appliance Gbit/s | appliance/kernel | appliance CPU-s/GiB | gwlbsim CPU-s/GiB |")
-	fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- |")
+	napi := len(rs) > 0 && rs[0].napi
+	if napi {
+		fmt.Fprintln(w, "| test | kernel Gbit/s | appliance Gbit/s | appliance/kernel | appliance CPU-s/GiB | of which receive threads | gwlbsim CPU-s/GiB |")
+		fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- | --- |")
+	} else {
+		fmt.Fprintln(w, "| test | kernel Gbit/s | appliance Gbit/s | appliance/kernel | appliance CPU-s/GiB | gwlbsim CPU-s/GiB |")
+		fmt.Fprintln(w, "| --- | --- | --- | --- | --- | --- |")
+	}
 	for _, k := range order {
 		g := by[k]
 		col := func(f func(result) float64) string {
@@ -136,9 +153,13 @@ func printSummary(w io.Writer, rs []result) {
 			}
 			return fmt.Sprintf("%.2f–%.2f", lo, hi)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", g[0].name(),
+		rx := ""
+		if napi {
+			rx = col(result.appRxPerGiB) + " | "
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s%s |\n", g[0].name(),
 			col(func(r result) float64 { return r.kernel.gbps() }), col(func(r result) float64 { return r.appliance.gbps() }),
-			col(result.ratio), col(result.appPerGiB), col(result.simPerGiB))
+			col(result.ratio), col(result.appPerGiB), rx, col(result.simPerGiB))
 	}
 	fmt.Fprintf(w, "(%d run(s) each; ranges are min–max)\n", len(by[order[0]]))
 }

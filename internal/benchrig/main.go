@@ -10,6 +10,8 @@
 // appliance's namespace forwarding in the kernel instead, back to back.
 // It prints Gbit/s, the appliance's and gwlbsim's CPU seconds (user +
 // system, from /proc) per GiB carried, and the ratio to kernel routing.
+// With --napi-threads, each veth receives in a NAPI thread of its own,
+// whose CPU counts for the process its namespace's packets go to.
 //
 // Every address lives inside the namespaces, which are deleted, and every
 // process stopped, when it ends, also on an error or an interrupt.
@@ -41,6 +43,7 @@ type options struct {
 	parallel int
 	mtu      int
 	offload  bool
+	napi     bool
 	alone    bool
 	keep     bool
 	appEnv   string
@@ -68,6 +71,7 @@ func runMain() int {
 	flag.IntVar(&o.parallel, "parallel", 4, "flows of the multi-flow tests (iperf3 -P)")
 	flag.IntVar(&o.mtu, "mtu", 8500, "MTU of the client's TUN device and of the kernel-routed path (the GWLB's is 8500)")
 	flag.BoolVar(&o.offload, "offload", true, "gwlbsim's TUN offloads (gwlbsim --offload)")
+	flag.BoolVar(&o.napi, "napi-threads", false, "every veth receives in a NAPI thread of its own, with GRO on, as a NIC's receive runs apart from the sender, and each thread's CPU counts for the process it delivers to (default: the receiver's input path runs in the sender's system call, charged to the sender); needs ethtool")
 	flag.BoolVar(&o.alone, "sim-alone", true, "also measure gwlbsim alone, with a minimal GENEVE-to-TUN shim (kernel forwarding) in place of the appliance")
 	flag.BoolVar(&o.keep, "keep-logs", false, "keep the work directory (logs, records) and print its path")
 	flag.StringVar(&o.appEnv, "appliance-env", "", "space-separated NAME=VALUE pairs for the appliance's environment only, e.g. GOMAXPROCS=1")
@@ -81,9 +85,13 @@ func runMain() int {
 		fmt.Fprintln(os.Stderr, "bench-rig: want --runs >= 1, --parallel >= 2, --time >= 1s, --mtu 1280-65535")
 		return 2
 	}
-	for _, tool := range []string{"ip", "ss", "sysctl", o.iperf3} {
+	tools := []string{"ip", "ss", "sysctl", o.iperf3}
+	if o.napi {
+		tools = append(tools, "ethtool")
+	}
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			fmt.Fprintf(os.Stderr, "bench-rig needs %s (apt-get install iproute2 procps iperf3)\n", tool)
+			fmt.Fprintf(os.Stderr, "bench-rig needs %s (apt-get install iproute2 procps iperf3 ethtool)\n", tool)
 			return 1
 		}
 	}
@@ -142,14 +150,14 @@ func (r *rig) run(ctx context.Context) error {
 			return fmt.Errorf("%s: %w (make build)", b, err)
 		}
 	}
-	if err := newTopology(ctx, &r.tp); err != nil {
+	if err := newTopology(ctx, &r.tp, r.o.napi); err != nil {
 		return fmt.Errorf("creating the namespaces: %w", err)
 	}
 	if err := r.startAll(ctx, bin); err != nil {
 		return err
 	}
-	fmt.Printf("bench-rig: %d-second iperf3 tests, TUN MTU %d, gwlbsim offload %t, %d CPUs\n",
-		int(r.o.duration.Seconds()), r.o.mtu, r.o.offload, numCPU())
+	fmt.Printf("bench-rig: %d-second iperf3 tests, TUN MTU %d, gwlbsim offload %t, NAPI threads %t, %d CPUs\n",
+		int(r.o.duration.Seconds()), r.o.mtu, r.o.offload, r.o.napi, numCPU())
 	for run := 1; run <= r.o.runs; run++ {
 		for _, flows := range []int{1, r.o.parallel} {
 			for _, reverse := range []bool{false, true} {
@@ -231,16 +239,22 @@ func (r *rig) measure(ctx context.Context, run, flows int, reverse bool) error {
 	res.kernel = k
 	app0, err1 := r.app.cpuSeconds()
 	sim0, err2 := r.sim.cpuSeconds()
+	appRx0, err3 := r.tp.napiCPU(r.tp.app)
+	simRx0, err4 := r.tp.napiCPU(r.tp.client)
 	a, err := r.iperf(ctx, flows, reverse)
-	app1, err3 := r.app.cpuSeconds()
-	sim1, err4 := r.sim.cpuSeconds()
+	app1, err5 := r.app.cpuSeconds()
+	sim1, err6 := r.sim.cpuSeconds()
+	appRx1, err7 := r.tp.napiCPU(r.tp.app)
+	simRx1, err8 := r.tp.napiCPU(r.tp.client)
 	if err != nil {
 		return fmt.Errorf("through the appliance, %s: %w\nappliance log:\n%s\ngwlbsim log:\n%s", res.name(), err, r.app.tail(), r.sim.tail())
 	}
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8); err != nil {
 		return err
 	}
-	res.appliance, res.appCPU, res.simCPU = a, app1-app0, sim1-sim0
+	res.appliance, res.napi = a, r.o.napi
+	res.appRxCPU, res.simRxCPU = appRx1-appRx0, simRx1-simRx0
+	res.appCPU, res.simCPU = app1-app0+res.appRxCPU, sim1-sim0+res.simRxCPU
 	r.results = append(r.results, res)
 	printResult(os.Stdout, res)
 	return nil

@@ -179,18 +179,26 @@ func (r *rig) simAlone(ctx context.Context, bin string) error {
 		for _, flows := range []int{1, r.o.parallel} {
 			for _, reverse := range []bool{false, true} {
 				res := result{run: run, flows: flows, reverse: reverse}
+				// As for the appliance, the NAPI threads of each
+				// namespace count for the process there.
 				sim0, err1 := r.sim.cpuSeconds()
 				shim0, err2 := r.shim.cpuSeconds()
+				simRx0, err3 := r.tp.napiCPU(r.tp.client)
+				shimRx0, err4 := r.tp.napiCPU(r.tp.app)
 				t, err := r.iperf(ctx, flows, reverse)
-				sim1, err3 := r.sim.cpuSeconds()
-				shim1, err4 := r.shim.cpuSeconds()
+				sim1, err5 := r.sim.cpuSeconds()
+				shim1, err6 := r.shim.cpuSeconds()
+				simRx1, err7 := r.tp.napiCPU(r.tp.client)
+				shimRx1, err8 := r.tp.napiCPU(r.tp.app)
 				if err != nil {
 					return fmt.Errorf("through the shim, %s: %w\ngwlbsim log:\n%s", res.name(), err, r.sim.tail())
 				}
-				if err := errors.Join(err1, err2, err3, err4); err != nil {
+				if err := errors.Join(err1, err2, err3, err4, err5, err6, err7, err8); err != nil {
 					return err
 				}
-				res.appliance, res.simCPU, res.appCPU = t, sim1-sim0, shim1-shim0
+				res.appliance = t
+				res.simCPU = sim1 - sim0 + simRx1 - simRx0
+				res.appCPU = shim1 - shim0 + shimRx1 - shimRx0
 				rows = append(rows, res)
 				fmt.Printf("run %d  %-20s %6.2f Gbit/s  gwlbsim %.2f CPU-s/GiB  shim %.2f CPU-s/GiB\n",
 					run, res.name(), t.gbps(), res.simPerGiB(), res.appPerGiB())

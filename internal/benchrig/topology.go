@@ -32,11 +32,82 @@ const (
 type topology struct {
 	client, app, srv string
 	made             []string // namespaces created, for teardown
+	// napi holds the NAPI threads (pids) of each namespace's veths, when
+	// they receive in threads of their own.
+	napi map[string][]int
 }
 
-// newTopology creates the namespaces and the veth pairs inside them. On
-// an error, what was made is still in tp.made for teardown.
-func newTopology(ctx context.Context, tp *topology) error {
+// napiThreads turns GRO on at every veth and makes each receive in a
+// kernel thread of its own (threaded NAPI), then finds those threads.
+//
+// A veth otherwise runs the receiver's whole input path inside the
+// sender's system call, and with no IRQ time accounting in the kernel that
+// work is charged to the sender: the appliance paid for gwlbsim's and the
+// server's receives, and they for its. A NIC's receive runs apart from
+// any sender, and its GRO merges what arrived since its last poll (TCP
+// segments, and a GWLB flow's datagrams for a socket that asks for UDP
+// GRO, as the appliance's readers do); a veth merges nothing unless
+// packets queue, which a thread of its own lets them do. The rig charges
+// each thread's CPU to the process its namespace's packets go to.
+func (tp *topology) napiThreads(ctx context.Context) error {
+	tp.napi = make(map[string][]int)
+	for _, nd := range [][2]string{{tp.client, "to-app"}, {tp.app, "to-client"}, {tp.app, "to-srv"}, {tp.srv, "to-app"}} {
+		ns, dev := nd[0], nd[1]
+		if err := run(ctx, "ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on", "rx-udp-gro-forwarding", "on"); err != nil {
+			return err
+		}
+		before := napiPids()
+		if err := run(ctx, "ip", "netns", "exec", ns, "sh", "-c", "echo 1 > /sys/class/net/"+dev+"/threaded"); err != nil {
+			return err
+		}
+		n := len(tp.napi[ns])
+		for pid := range napiPids() {
+			if !before[pid] {
+				tp.napi[ns] = append(tp.napi[ns], pid)
+			}
+		}
+		if len(tp.napi[ns]) == n {
+			return fmt.Errorf("no NAPI thread appeared for %s in %s", dev, ns)
+		}
+	}
+	return nil
+}
+
+// napiPids returns the kernel's NAPI threads now ("napi/DEV-ID").
+func napiPids() map[int]bool {
+	pids := make(map[int]bool)
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile("/proc/" + d.Name() + "/comm"); err == nil && strings.HasPrefix(string(comm), "napi/") {
+			pids[pid] = true
+		}
+	}
+	return pids
+}
+
+// napiCPU is the CPU seconds so far of the NAPI threads of namespace ns
+// (0 when there are none).
+func (tp *topology) napiCPU(ns string) (float64, error) {
+	var sum float64
+	for _, pid := range tp.napi[ns] {
+		s, err := pidCPU(pid, "a NAPI thread")
+		if err != nil {
+			return 0, err
+		}
+		sum += s
+	}
+	return sum, nil
+}
+
+// newTopology creates the namespaces and the veth pairs inside them. With
+// napi set, every veth receives in a NAPI thread of its own, with GRO on
+// (see napiThreads). On an error, what was made is still in tp.made for
+// teardown.
+func newTopology(ctx context.Context, tp *topology, napi bool) error {
 	suffix := fmt.Sprintf("%08x", rand.Uint32())
 	tp.client, tp.app, tp.srv = "gwlbrig-client-"+suffix, "gwlbrig-app-"+suffix, "gwlbrig-srv-"+suffix
 	for _, ns := range []string{tp.client, tp.app, tp.srv} {
@@ -69,6 +140,11 @@ func newTopology(ctx context.Context, tp *topology) error {
 		{"-n", tp.srv, "route", "add", clientAddr + "/32", "via", appSrvAddr, "dev", "to-app"},
 	} {
 		if err := run(ctx, "ip", args...); err != nil {
+			return err
+		}
+	}
+	if napi {
+		if err := tp.napiThreads(ctx); err != nil {
 			return err
 		}
 	}
@@ -206,23 +282,26 @@ func (p *proc) tail() string {
 	return string(b)
 }
 
-// cpuSeconds is the process's user and system CPU time so far, from
+// cpuSeconds is the process's user and system CPU time so far.
+func (p *proc) cpuSeconds() (float64, error) { return pidCPU(p.cmd.Process.Pid, p.name) }
+
+// pidCPU is a process's or thread's user and system CPU time so far, from
 // /proc (clock ticks of 1/100 s: USER_HZ on Linux).
-func (p *proc) cpuSeconds() (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+func pidCPU(pid int, name string) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("reading %s's CPU time: %w", p.name, err)
+		return 0, fmt.Errorf("reading %s's CPU time: %w", name, err)
 	}
 	// Fields after the command name (which may hold spaces) in ")".
 	i := strings.LastIndexByte(string(b), ')')
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 13 {
-		return 0, fmt.Errorf("%s's /proc stat: %d fields", p.name, len(f))
+		return 0, fmt.Errorf("%s's /proc stat: %d fields", name, len(f))
 	}
 	utime, err1 := strconv.ParseUint(f[11], 10, 64)
 	stime, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("%s's /proc stat: %w", p.name, err)
+		return 0, fmt.Errorf("%s's /proc stat: %w", name, err)
 	}
 	return float64(utime+stime) / 100, nil
 }
