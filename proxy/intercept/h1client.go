@@ -128,13 +128,11 @@ func (t *h1Transport) timeout() time.Duration {
 	return h1IdleTimeout
 }
 
-// keep offers c for the next request, unless the upstream has sent
-// something after the response already.
+// keep offers c for the next request. Whatever the upstream sent after
+// the response, in its last write or since, take's probe (stale) finds
+// before c carries another request: one probe per request, not one at
+// each end of the wait.
 func (t *h1Transport) keep(c net.Conn) {
-	if stale(c) {
-		c.Close()
-		return
-	}
 	t.mu.Lock()
 	if t.closed || t.idle != nil {
 		t.mu.Unlock()
