@@ -78,7 +78,7 @@ bench-rig: build
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null; \
 	  systemctl disable --now iperf3 >/dev/null 2>&1 || true; \
 	fi
-	@if ! command -v ethtool >/dev/null 2>&1; then \
+	@if echo "$(BENCH_RIG_FLAGS)" | grep -q -- '--napi-threads' && ! command -v ethtool >/dev/null 2>&1; then \
 	  echo "bench-rig: installing ethtool"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ethtool >/dev/null; \
 	fi

@@ -382,6 +382,11 @@ func vsClientTLS(caPEM []byte) *tls.Config {
 func vsBuildGwlbproxy(b *testing.B, dir string) string {
 	b.Helper()
 	if bin := os.Getenv(vsBinEnv); bin != "" {
+		// go test runs in the package's directory: a relative path would
+		// be found there, and a bare name looked up in PATH.
+		if !filepath.IsAbs(bin) {
+			b.Fatalf("%s=%q: give an absolute path", vsBinEnv, bin)
+		}
 		if _, err := os.Stat(bin); err != nil {
 			b.Fatalf("%s: %v", vsBinEnv, err)
 		}

@@ -77,10 +77,10 @@ type result struct {
 	reverse           bool
 	kernel, appliance transfer
 	appCPU, simCPU    float64 // CPU seconds during the appliance's test, NAPI threads included
-	// appRxCPU and simRxCPU are the parts of appCPU and simCPU that were
-	// their namespaces' NAPI threads, when napi is set.
-	appRxCPU, simRxCPU float64
-	napi               bool
+	// appRxCPU is the part of appCPU that was its namespace's NAPI
+	// threads, when napi is set (simCPU holds its namespace's too).
+	appRxCPU float64
+	napi     bool
 }
 
 func (r result) name() string {

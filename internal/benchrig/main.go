@@ -10,8 +10,8 @@
 // appliance's namespace forwarding in the kernel instead, back to back.
 // It prints Gbit/s, the appliance's and gwlbsim's CPU seconds (user +
 // system, from /proc) per GiB carried, and the ratio to kernel routing.
-// With --napi-threads, each veth receives in a NAPI thread of its own,
-// whose CPU counts for the process its namespace's packets go to.
+// With --napi-threads, the veths receive the GENEVE legs in NAPI threads
+// of their own, whose CPU counts for the process they deliver to.
 //
 // Every address lives inside the namespaces, which are deleted, and every
 // process stopped, when it ends, also on an error or an interrupt.
@@ -71,7 +71,7 @@ func runMain() int {
 	flag.IntVar(&o.parallel, "parallel", 4, "flows of the multi-flow tests (iperf3 -P)")
 	flag.IntVar(&o.mtu, "mtu", 8500, "MTU of the client's TUN device and of the kernel-routed path (the GWLB's is 8500)")
 	flag.BoolVar(&o.offload, "offload", true, "gwlbsim's TUN offloads (gwlbsim --offload)")
-	flag.BoolVar(&o.napi, "napi-threads", false, "every veth receives in a NAPI thread of its own, with GRO on, as a NIC's receive runs apart from the sender, and each thread's CPU counts for the process it delivers to (default: the receiver's input path runs in the sender's system call, charged to the sender); needs ethtool")
+	flag.BoolVar(&o.napi, "napi-threads", false, "the veths receive UDP (the GENEVE legs) in NAPI threads of their own, with GRO on, as a NIC's receive runs apart from the sender, and each thread's CPU counts for the process it delivers to (default: the receiver's input path runs in the sender's system call, charged to the sender); TCP stays as by default; needs ethtool")
 	flag.BoolVar(&o.alone, "sim-alone", true, "also measure gwlbsim alone, with a minimal GENEVE-to-TUN shim (kernel forwarding) in place of the appliance")
 	flag.BoolVar(&o.keep, "keep-logs", false, "keep the work directory (logs, records) and print its path")
 	flag.StringVar(&o.appEnv, "appliance-env", "", "space-separated NAME=VALUE pairs for the appliance's environment only, e.g. GOMAXPROCS=1")
@@ -253,8 +253,8 @@ func (r *rig) measure(ctx context.Context, run, flows int, reverse bool) error {
 		return err
 	}
 	res.appliance, res.napi = a, r.o.napi
-	res.appRxCPU, res.simRxCPU = appRx1-appRx0, simRx1-simRx0
-	res.appCPU, res.simCPU = app1-app0+res.appRxCPU, sim1-sim0+res.simRxCPU
+	res.appRxCPU = appRx1 - appRx0
+	res.appCPU, res.simCPU = app1-app0+res.appRxCPU, sim1-sim0+simRx1-simRx0
 	r.results = append(r.results, res)
 	printResult(os.Stdout, res)
 	return nil

@@ -37,18 +37,21 @@ type topology struct {
 	napi map[string][]int
 }
 
-// napiThreads turns GRO on at every veth and makes each receive in a
-// kernel thread of its own (threaded NAPI), then finds those threads.
+// napiThreads turns GRO (and UDP GRO forwarding) on at every veth and
+// makes each receive in a kernel thread of its own (threaded NAPI), then
+// finds those threads. The rig charges each thread's CPU to the process
+// its namespace's packets go to.
 //
 // A veth otherwise runs the receiver's whole input path inside the
 // sender's system call, and with no IRQ time accounting in the kernel that
-// work is charged to the sender: the appliance paid for gwlbsim's and the
-// server's receives, and they for its. A NIC's receive runs apart from
-// any sender, and its GRO merges what arrived since its last poll (TCP
-// segments, and a GWLB flow's datagrams for a socket that asks for UDP
-// GRO, as the appliance's readers do); a veth merges nothing unless
-// packets queue, which a thread of its own lets them do. The rig charges
-// each thread's CPU to the process its namespace's packets go to.
+// work is charged to the sender. A NIC's receive runs apart from any
+// sender. But a veth hands a packet to its NAPI thread only when the
+// sending veth does no TSO, or when the packet comes from a UDP or ICMP
+// socket and the receiving veth forwards UDP GRO (veth.c,
+// veth_skb_is_eligible_for_gro). TSO stays on, as on an EC2 instance, so
+// only the GENEVE legs (UDP, between gwlbsim and the appliance) move to
+// the threads: TCP between the appliance and the server is still received
+// inside its sender's system call and charged to it.
 func (tp *topology) napiThreads(ctx context.Context) error {
 	tp.napi = make(map[string][]int)
 	for _, nd := range [][2]string{{tp.client, "to-app"}, {tp.app, "to-client"}, {tp.app, "to-srv"}, {tp.srv, "to-app"}} {

@@ -357,8 +357,9 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 // h1Body is a response's body. Read to its end and closed, it gives the
 // connection back for the next request (when neither side asked to close
 // it, the response's framing was sound, the request was written whole and
-// nothing unasked-for followed) and its buffer to the pool; closed early,
-// it closes the connection.
+// its reader holds nothing past the body; what the upstream sends later
+// take's probe finds) and its buffer to the pool; closed early, it
+// closes the connection.
 type h1Body struct {
 	io.ReadCloser
 	t      *h1Transport

@@ -13,8 +13,9 @@ import (
 // It exists because encoding/json finds its way through the struct by
 // reflection for every record, and a kept-alive request's record was a
 // thirtieth of the appliance's CPU per request, most of it there. Like
-// encoding/json it fails only for a time outside years 0-9999 and for a
-// duration that is not a number.
+// encoding/json it fails only for a time outside years 0-9999 or with a
+// zone offset of a day or more (Writer.Write makes every time UTC), and
+// for a duration that is not a number.
 func appendRecord(b []byte, r *Record) ([]byte, error) {
 	b = append(b, `{"time":"`...)
 	var err error
