@@ -72,7 +72,7 @@ func TestAppendRecordIsEncodingJSON(t *testing.T) {
 	for _, d := range []float64{0, math.Copysign(0, -1), 1e-6, 9.99e-7, 1e-7, 1.5e-300, 1e20, 1e21, 123456789012345678901234.0, -1e-9, 0.001} {
 		r := full
 		r.DurationMS = d
-		cases[strconvFloat(d)] = r
+		cases[durationCase(d)] = r
 	}
 	for name, r := range cases {
 		want, err := encodingJSON(t, &r)
@@ -86,7 +86,8 @@ func TestAppendRecordIsEncodingJSON(t *testing.T) {
 	}
 }
 
-func strconvFloat(f float64) string { b, _ := json.Marshal(f); return "duration " + string(b) }
+// durationCase names a case by its duration as encoding/json writes it.
+func durationCase(f float64) string { b, _ := json.Marshal(f); return "duration " + string(b) }
 
 // Where encoding/json fails, appendRecord fails too: a time it cannot
 // write in RFC 3339, a duration that is not a number.
