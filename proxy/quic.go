@@ -108,12 +108,12 @@ func (f *udpFlow) gateQUIC(first []byte, firstBuf *[]byte) (held [][]byte, hello
 	size := len(first)
 	held = append(held, append([]byte(nil), first...))
 	hello, done, err := asm.Add(first)
-	relayBufPool.Put(firstBuf)
+	datagramBufPool.Put(firstBuf)
 	if done || err != nil {
 		return held, hello, err
 	}
-	bufp := relayBufPool.Get().(*[]byte)
-	defer relayBufPool.Put(bufp)
+	bufp := datagramBufPool.Get().(*[]byte)
+	defer datagramBufPool.Put(bufp)
 	_ = f.client.SetReadDeadline(time.Now().Add(quicGateWait))
 	defer func() { _ = f.client.SetReadDeadline(time.Time{}) }()
 	for {

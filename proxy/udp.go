@@ -117,10 +117,10 @@ func (f *udpFlow) serve() {
 	}
 	f.shared = true
 	f.pol = p.cfg.Policy.Load()
-	bufp := relayBufPool.Get().(*[]byte)
+	bufp := datagramBufPool.Get().(*[]byte)
 	n, err := f.readFirst(*bufp)
 	if err != nil {
-		relayBufPool.Put(bufp)
+		datagramBufPool.Put(bufp)
 		f.releaseShare()
 		f.client.Close()
 		f.rec.Result, f.rec.Error = records.DialResult(err), "no datagram from the client: "+err.Error()
@@ -133,7 +133,7 @@ func (f *udpFlow) serve() {
 		return
 	}
 	if d := f.decide(policy.ProtoUDP, ""); d.Action == policy.Deny {
-		relayBufPool.Put(bufp)
+		datagramBufPool.Put(bufp)
 		f.refuse("denied by policy")
 		return
 	}
@@ -180,7 +180,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	p := f.p
 	defer func() {
 		if heldBuf != nil {
-			relayBufPool.Put(heldBuf)
+			datagramBufPool.Put(heldBuf)
 		}
 	}()
 	up, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(f.info.Dest))
@@ -213,7 +213,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	}
 	f.outMu.Unlock()
 	if heldBuf != nil {
-		relayBufPool.Put(heldBuf)
+		datagramBufPool.Put(heldBuf)
 		heldBuf = nil
 	}
 	if f.ready != nil {
@@ -258,8 +258,8 @@ func (f *udpFlow) drainClient() {
 	if f.done.Load() {
 		return
 	}
-	bufp := relayBufPool.Get().(*[]byte)
-	defer relayBufPool.Put(bufp)
+	bufp := datagramBufPool.Get().(*[]byte)
+	defer datagramBufPool.Put(bufp)
 	for {
 		n, err := f.ready.TryRead(*bufp)
 		if err == netstack.ErrWouldBlock {
@@ -278,8 +278,8 @@ func (f *udpFlow) drainClient() {
 // readClient reads a client conn that cannot announce its datagrams.
 func (f *udpFlow) readClient() {
 	defer close(f.readerDone)
-	bufp := relayBufPool.Get().(*[]byte)
-	defer relayBufPool.Put(bufp)
+	bufp := datagramBufPool.Get().(*[]byte)
+	defer datagramBufPool.Put(bufp)
 	for {
 		n, err := f.client.Read(*bufp)
 		if err != nil {
@@ -410,8 +410,8 @@ func (f *udpFlow) deadline() time.Time {
 // RawConn.Read calls it when the socket may be readable; it returns false
 // to wait for more, true to have serveHost look at the flow.
 func (f *udpFlow) readHost(fd uintptr) bool {
-	bufp := relayBufPool.Get().(*[]byte)
-	defer relayBufPool.Put(bufp)
+	bufp := datagramBufPool.Get().(*[]byte)
+	defer datagramBufPool.Put(bufp)
 	buf := *bufp
 	look := false
 	for {
