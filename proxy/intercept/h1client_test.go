@@ -148,11 +148,15 @@ func TestH1UpstreamHeadTooLarge(t *testing.T) {
 // as the response to the client's next request: that goes on a new
 // upstream connection. They may come in a TLS record of their own, still
 // in the socket when the body ends, or in the body's last record, read
-// and decrypted already.
+// and decrypted already. The next request is sent once they are written
+// (on loopback, in the appliance's socket): bytes that come only after the
+// request has gone upstream cannot be told from its response, by any
+// proxy.
 func TestH1UpstreamUnaskedBytes(t *testing.T) {
 	for _, sameRecord := range []bool{false, true} {
 		t.Run(fmt.Sprintf("same record %v", sameRecord), func(t *testing.T) {
 			r := newRig(t, testPolicy)
+			junkSent := make(chan struct{})
 			upEnd, _ := r.handlerUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 				c, bw, err := w.(http.Hijacker).Hijack()
 				if err != nil {
@@ -168,6 +172,7 @@ func TestH1UpstreamUnaskedBytes(t *testing.T) {
 				if !sameRecord {
 					c.Write([]byte(junk))
 				}
+				close(junkSent)
 				// Further requests on this connection are answered as the
 				// unasked-for response says.
 				io.Copy(io.Discard, bw)
@@ -180,6 +185,11 @@ func TestH1UpstreamUnaskedBytes(t *testing.T) {
 			hc := newHTTPClient(t, tc)
 			if resp, body := hc.do("GET /first HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 || len(body) != 10000 {
 				t.Fatalf("GET /first: %d, %d bytes", resp.StatusCode, len(body))
+			}
+			select {
+			case <-junkSent:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the upstream never wrote its unasked-for response")
 			}
 			resp, body := hc.do("GET /second HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
 			if resp.StatusCode != 200 || body != "real /second" {
