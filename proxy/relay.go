@@ -31,16 +31,9 @@ var relayBufPool = sync.Pool{New: func() any {
 // wake-ups, and in the rig the appliance's CPU per GiB the server sends
 // fell in 11 of 12 runs taking turns with 64 KiB (benchmarks.md, "A
 // bigger relay buffer"). A direction holds it only while it has bytes in
-// hand; one whose destination is slow holds it until the destination takes
-// them, as it holds that much and more in the stack's send buffer.
+// hand; one whose destination is slow holds it until the destination has
+// taken them (the stack's send buffer holds more than that for it anyway).
 const relayBufSize = 256 << 10
-
-// datagramBufPool holds buffers for the largest UDP datagram, for the UDP
-// and QUIC relays.
-var datagramBufPool = sync.Pool{New: func() any {
-	b := make([]byte, 64<<10)
-	return &b
-}}
 
 type closeWriter interface{ CloseWrite() error }
 

@@ -16,6 +16,13 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/sniff/quic"
 )
 
+// datagramBufPool holds buffers for the largest UDP datagram, for the UDP
+// and QUIC relays.
+var datagramBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 64<<10)
+	return &b
+}}
+
 // A UDP flow is decided on its first datagram: one that starts a QUIC
 // connection is held until its ClientHello can be read and decided on by
 // name (quic.go); any other is decided at once as udp. An allowed flow gets
