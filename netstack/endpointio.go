@@ -12,7 +12,7 @@ import (
 // interfaces, locals would be moved to the heap on every call; and the
 // endpoint keeps the last reader it was handed until the next write, so the
 // reader is emptied after each write: no caller's buffer (a relay's pooled
-// 64 KiB, TLS's record buffer) stays reachable through an idle connection.
+// one, TLS's record buffer) stays reachable through an idle connection.
 type endpointIO struct {
 	rmu sync.Mutex
 	sw  tcpip.SliceWriter

@@ -26,13 +26,15 @@ var relayBufPool = sync.Pool{New: func() any {
 }}
 
 // relayBufSize is what a relay direction reads at once. 256 KiB rather
-// than 64: a bulk flow's reads and writes on either side then come a
-// quarter as often, each a system call or a stack's write with its
-// wake-ups, and in the rig the appliance's CPU per GiB the server sends
-// fell in 11 of 12 runs taking turns with 64 KiB (benchmarks.md, "A
-// bigger relay buffer"). A direction holds it only while it has bytes in
-// hand; one whose destination is slow holds it until the destination has
-// taken them (the stack's send buffer holds more than that for it anyway).
+// than 64: when a destination's socket holds more than 64 KiB, as in a
+// download, the direction reads it and writes the client's stack in fewer
+// calls, and in the rig the appliance's CPU per GiB the server sends fell
+// in 11 of 12 runs taking turns with 64 KiB (benchmarks.md, "A bigger
+// relay buffer"). A direction holds it only while it has bytes in hand,
+// but that includes while its write waits: a client that stops reading
+// keeps a download's buffer (and a flow stalled both ways two of them)
+// for as long as it stays, as it keeps up to the send buffer's 4 MiB in
+// the stack.
 const relayBufSize = 256 << 10
 
 type closeWriter interface{ CloseWrite() error }

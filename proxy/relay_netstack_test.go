@@ -123,7 +123,7 @@ func (r *relayRig) dialEndpoint(t *testing.T, port uint16) (tcpip.Endpoint, *net
 // Idle relayed flows keep no pooled buffer alive. gVisor's endpoint keeps
 // the last reader it was handed until the next write; were that the
 // caller's, each idle flow that last wrote from a pooled buffer would keep
-// it, a fresh one after every GC emptied the pool: 64 KiB a flow.
+// it, a fresh one after every GC emptied the pool: a relay buffer a flow.
 func TestRelayIdleFlowsPinNoBuffers(t *testing.T) {
 	var made, freed atomic.Int64
 	oldNew := relayBufPool.New
@@ -158,7 +158,7 @@ func TestRelayIdleFlowsPinNoBuffers(t *testing.T) {
 	live := made.Load() - freed.Load()
 	t.Logf("pooled buffers made %d, freed %d, live %d for %d idle flows", made.Load(), freed.Load(), live, flows)
 	if live > 4 {
-		t.Errorf("%d idle flows keep %d pooled 64 KiB buffers alive", flows, live)
+		t.Errorf("%d idle flows keep %d pooled relay buffers alive", flows, live)
 	}
 }
 

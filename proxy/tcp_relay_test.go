@@ -93,7 +93,7 @@ func TestRelayBothWaysRawAndPlain(t *testing.T) {
 	upSide, server := loopbackPair(t)
 	done := runRelay(plainConn{clientSide}, upSide)
 
-	sizes := []int{1, 100_000, 3, 2048, 2049, 70_000, relayBufSize, relayBufSize + 1}
+	sizes := []int{1, 100_000, 3, 2048, 2049, 70_000, relayBufSize, relayBufSize + 1, 3*relayBufSize + 5}
 	wantOut := make(chan []byte, 1)
 	go func() { wantOut <- chunks(clientApp, sizes, 1) }()
 	wantIn := make(chan []byte, 1)
