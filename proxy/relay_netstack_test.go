@@ -162,6 +162,69 @@ func TestRelayIdleFlowsPinNoBuffers(t *testing.T) {
 	}
 }
 
+// A client that stops reading while its destination keeps sending (a
+// stalled download; any client can do it) costs its flow one relay
+// buffer, held while the relay's write to the client waits, and no more:
+// the direction does not take a buffer per write attempt or per wake-up.
+func TestRelayStalledFlowsHoldOneBufferEach(t *testing.T) {
+	var made, freed atomic.Int64
+	oldNew := relayBufPool.New
+	relayBufPool.New = func() any {
+		made.Add(1)
+		b := make([]byte, relayBufSize)
+		runtime.AddCleanup(&b[0], func(f *atomic.Int64) { f.Add(1) }, &freed)
+		return &b
+	}
+	t.Cleanup(func() { relayBufPool.New = oldNew })
+	runtime.GC()
+	runtime.GC() // the pool is empty: every buffer from now on is made here
+
+	r := newRelayRig(t)
+	const flows = 8
+	var sent atomic.Int64
+	for i := range flows {
+		_, conn := r.dial(t, uint16(3000+i)) // the client never reads
+		upSide, server := loopbackPair(t)
+		startRelay(conn, upSide, func(int64, int64, error) {})
+		go func() {
+			chunk := make([]byte, 64<<10)
+			for {
+				n, err := server.Write(chunk)
+				sent.Add(int64(n))
+				if err != nil {
+					return // closed at the test's end
+				}
+			}
+		}()
+	}
+	// Stalled: the destinations' writes stop moving for a while.
+	deadline := time.Now().Add(20 * time.Second)
+	for last := int64(-1); ; {
+		time.Sleep(300 * time.Millisecond)
+		now := sent.Load()
+		if now == last {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the flows never stalled: %d bytes sent", now)
+		}
+		last = now
+	}
+	// Two collections empty the pool: what is left alive is held.
+	runtime.GC()
+	runtime.GC()
+	time.Sleep(50 * time.Millisecond) // cleanups run in a goroutine of their own
+	live := made.Load() - freed.Load()
+	t.Logf("%d stalled flows, %d MiB sent into them: %d relay buffers of %d KiB held (%d made)",
+		flows, sent.Load()>>20, live, relayBufSize>>10, made.Load())
+	if live == 0 {
+		t.Fatal("no relay buffer is held: the test measures nothing")
+	}
+	if live > flows {
+		t.Errorf("%d stalled flows hold %d relay buffers: more than one each", flows, live)
+	}
+}
+
 // Many small writes with pauses, so the client's direction parks and
 // wakes often, while the destination half-closes first: every byte arrives
 // in order, and done is called once with the exact counts.
