@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -70,5 +71,63 @@ func TestQUICInitialAfterJunk(t *testing.T) {
 	<-c.ended
 	if rec := recs.records(t, 1)[0]; rec.Kind != "udp" || rec.Action != "allow" {
 		t.Fatalf("record %+v", rec)
+	}
+}
+
+// behindLongPacket puts a long-header packet of type typ (0x10 0-RTT,
+// 0x20 Handshake, version 1) with a junk body in front of the Initial that
+// begins initial, under the same version and connection IDs, as one
+// datagram. A server reads on past a packet it cannot use (RFC 9000
+// §12.2), so the Initial still starts a connection.
+func behindLongPacket(t *testing.T, typ byte, initial []byte) []byte {
+	t.Helper()
+	dcidEnd := 6 + int(initial[5])
+	scidEnd := dcidEnd + 1 + int(initial[dcidEnd])
+	body := bytes.Repeat([]byte{0xee}, 64)
+	p := []byte{0xc1 | typ}
+	p = append(p, initial[1:scidEnd]...) // version, both connection IDs
+	p = append(p, 0x40, byte(len(body)))
+	p = append(p, body...)
+	return append(p, initial...)
+}
+
+// TestQUICInitialBehindOtherPackets plays a client that hides a denied
+// name's Initial behind a 0-RTT or Handshake packet in the same datagram:
+// as a flow's first datagram, and on a flow already decided as plain UDP.
+// Seen only as the packet in front, the first was relayed as udp on
+// addresses alone, and the second passed the guard.
+func TestQUICInitialBehindOtherPackets(t *testing.T) {
+	flight := quicFirstFlight(t, "blocked.example.test")
+	for _, typ := range []byte{0x10, 0x20} {
+		hidden := behindLongPacket(t, typ, flight[0])
+		t.Run(fmt.Sprintf("first datagram, type %#x", typ), func(t *testing.T) {
+			p, _, recs := udpProxy(t, quicPolicy, nil)
+			dst := newUDPSink(t, false)
+			startFlow(p, quicClient, dst.addr(), append([][]byte{hidden}, flight[1:]...)...)
+			got := recs.records(t, 1)[0]
+			if got.Kind != "quic" || got.Action != "deny" || got.SNI != "blocked.example.test" {
+				t.Fatalf("record %+v", got)
+			}
+			time.Sleep(100 * time.Millisecond)
+			if n := len(dst.received()); n != 0 {
+				t.Fatalf("the destination received %d datagrams of a denied QUIC flow", n)
+			}
+		})
+		t.Run(fmt.Sprintf("on a udp flow, type %#x", typ), func(t *testing.T) {
+			p, _, _ := udpProxy(t, quicPolicy, nil)
+			dst := newUDPSink(t, false)
+			c, _ := startFlow(p, quicClient, dst.addr(), []byte("not quic"))
+			waitReceived(t, dst, 1)
+			c.inject(hidden)
+			c.inject([]byte("more udp"))
+			waitReceived(t, dst, 2)
+			time.Sleep(100 * time.Millisecond)
+			if got := dst.received(); len(got) != 2 || string(got[1]) != "more udp" {
+				t.Fatalf("the destination received %d datagrams, want the 2 that are not QUIC", len(got))
+			}
+			if n := p.Stats().QUICSmuggled; n == 0 {
+				t.Error("no smuggled datagram counted")
+			}
+		})
 	}
 }

@@ -157,9 +157,11 @@ func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
 		var err error
 		h, err = parseLongHeader(datagram[off:])
 		if err != nil || h.version != first.version || !bytes.Equal(h.dcid, first.dcid) {
-			if a.verifying && err == nil && h.typ == typeInitial {
+			if err == nil && h.typ == typeInitial {
 				// Servers SHOULD ignore it, but one that does not would
-				// start a connection nobody decided on.
+				// start a connection nobody decided on: refused while
+				// the ClientHello is read as well as after, or it would
+				// pass in the datagrams held for the decision.
 				return nil, malformedf("coalesced Initial packet of another connection")
 			}
 			break

@@ -342,23 +342,54 @@ func TestCoalescedOtherPackets(t *testing.T) {
 	initial := packet{dcid: testDCID, payload: cryptoFrameBytes(0, ch)}.seal(t)
 	zeroRTT := rawLong(t, Version1, typeZeroRTT, testDCID, bytes.Repeat([]byte{0xee}, 300))
 	handshake := rawLong(t, Version1, typeHandshake, testDCID, bytes.Repeat([]byte{0xdd}, 100))
-	otherDCID := packet{dcid: []byte("another-conn"), payload: []byte{0x08, 0, 0}}.seal(t) // would be refused if read
+	otherHandshake := rawLong(t, Version1, typeHandshake, []byte("another-conn"), bytes.Repeat([]byte{0xdd}, 100))
 	pad := func(d []byte) []byte { return append(d, make([]byte, max(0, 1200-len(d)))...) }
 
 	for name, d := range map[string][]byte{
-		"0-RTT after":                 pad(concat(initial, zeroRTT)),
-		"handshake and 0-RTT after":   pad(concat(initial, handshake, zeroRTT)),
-		"another connection ID after": pad(concat(initial, otherDCID)),
-		"short header after":          concat(initial, []byte{0x40}, bytes.Repeat([]byte{0xab}, 1200)),
-		"garbage long header after":   concat(initial, []byte{0xc0, 0, 0}, make([]byte, 1200)),
+		"0-RTT after":                          pad(concat(initial, zeroRTT)),
+		"handshake and 0-RTT after":            pad(concat(initial, handshake, zeroRTT)),
+		"another connection's handshake after": pad(concat(initial, otherHandshake)),
+		"short header after":                   concat(initial, []byte{0x40}, bytes.Repeat([]byte{0xab}, 1200)),
+		"garbage long header after":            concat(initial, []byte{0xc0, 0, 0}, make([]byte, 1200)),
+		// A server reads on past a packet it cannot use (RFC 9000
+		// §12.2): an Initial behind one starts a connection all the
+		// same.
+		"behind 0-RTT":     pad(concat(zeroRTT, initial)),
+		"behind handshake": pad(concat(handshake, initial)),
 	} {
 		t.Run(name, func(t *testing.T) {
+			if !IsInitial(d) {
+				t.Error("IsInitial = false")
+			}
 			var a Assembler
 			if i, hello := feed(t, &a, [][]byte{d}); i != 0 || hello.ServerName != "example.com" {
 				t.Fatalf("done at %d, %q", i, hello.ServerName)
 			}
 		})
 	}
+
+	t.Run("another connection's Initial after", func(t *testing.T) {
+		// A second connection's ClientHello riding along with the one
+		// decided on: refused while the ClientHello is read, as Belongs
+		// refuses it after.
+		other := packet{dcid: []byte("another-conn"), payload: cryptoFrameBytes(0, ch)}.seal(t)
+		if !IsInitial(other) {
+			t.Fatal("IsInitial(other) = false")
+		}
+		for _, d := range [][]byte{
+			pad(concat(initial, other)),
+			pad(concat(zeroRTT, other)), // nothing of the first read at all
+		} {
+			var a Assembler
+			wantErr(t, &a, d, ErrMalformed)
+		}
+	})
+
+	t.Run("0-RTT and handshake only", func(t *testing.T) {
+		if d := pad(concat(zeroRTT, handshake)); IsInitial(d) {
+			t.Error("IsInitial = true")
+		}
+	})
 
 	t.Run("0-RTT only", func(t *testing.T) {
 		// Nothing to read, not an error: the Initial may be late.

@@ -38,15 +38,28 @@ func Version(datagram []byte) (version uint32, ok bool) {
 	return binary.BigEndian.Uint32(datagram[1:5]), true
 }
 
-// IsInitial reports whether datagram begins with a client's QUIC Initial
-// packet of version 1 or 2 whose header fields are consistent with the
-// datagram's length. It does not decrypt anything, and it does not require
-// the 1200 bytes that RFC 9000 §14.1 asks of datagrams carrying a client's
-// Initial: Assembler.Add enforces that, so that a short datagram is
-// reported as malformed QUIC rather than as some other protocol.
+// IsInitial reports whether datagram holds a client's QUIC Initial packet
+// of version 1 or 2 whose header fields are consistent with the datagram's
+// length: first, or coalesced behind other long-header packets. A server
+// reads on past a packet it cannot use (RFC 9000 §12.2), so an Initial
+// behind a 0-RTT or Handshake packet starts a connection as surely as one
+// in front. The walk ends at the first header that does not parse. It
+// does not decrypt anything, and it does not require the 1200 bytes that
+// RFC 9000 §14.1 asks of datagrams carrying a client's Initial:
+// Assembler.Add enforces that, so that a short datagram is reported as
+// malformed QUIC rather than as some other protocol.
 func IsInitial(datagram []byte) bool {
-	h, err := parseLongHeader(datagram)
-	return err == nil && h.typ == typeInitial
+	for off := 0; off < len(datagram); {
+		h, err := parseLongHeader(datagram[off:])
+		if err != nil {
+			return false
+		}
+		if h.typ == typeInitial {
+			return true
+		}
+		off += h.end // at least the fixed header: the walk moves on
+	}
+	return false
 }
 
 // parseLongHeader parses the long header at the start of b, which holds the
