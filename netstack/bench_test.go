@@ -144,7 +144,7 @@ func BenchmarkReplyPathFragmented(b *testing.B) {
 	s := &Server{flows: newFlowTable(16, time.Hour, time.Hour), ret: &discardPath{}}
 	s.cfg.MTU = DefaultMTU
 	fam := fragFamilies[0]
-	client := Packet{Proto: protoUDP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(), SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}
+	client := Packet{IPv6: fam.src.Addr().Is6(), Proto: protoUDP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(), SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}
 	k := client.Key(7)
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 7, 8, 9, nil)
 	h, _ := ParseHeader(append(bytes.Clone(hdr), 0x45))
@@ -200,7 +200,7 @@ func BenchmarkReplySegments(b *testing.B) {
 	s := &Server{flows: newFlowTable(16, time.Hour, time.Hour), ret: &discardPath{}}
 	s.cfg.MTU = DefaultMTU
 	fam := fragFamilies[0]
-	client := Packet{Proto: protoTCP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(), SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}
+	client := Packet{IPv6: fam.src.Addr().Is6(), Proto: protoTCP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(), SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}
 	k := client.Key(7)
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 7, 8, 9, nil)
 	h, _ := ParseHeader(append(bytes.Clone(hdr), 0x45))

@@ -65,6 +65,7 @@ const (
 	DropEndpointLimit
 	DropFragmentNoFlow
 	DropDatagramTooBig
+	DropICMPErrorNoFlow
 	dropReasons
 )
 
@@ -88,6 +89,7 @@ var dropReasonNames = [dropReasons]string{
 	DropEndpointLimit:   "endpoint_limit",
 	DropFragmentNoFlow:  "fragment_without_flow",
 	DropDatagramTooBig:  "datagram_too_big",
+	DropICMPErrorNoFlow: "icmp_error_without_flow",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -36,6 +36,10 @@ type Packet struct {
 	// Len is the packet's length by its IP header; bytes after it in the
 	// datagram are none of the packet's.
 	Len int
+	// quotedSrc and quotedDst are the addresses of the packet an ICMP
+	// error quotes: the error's flow is that packet's, whoever sent the
+	// error (the client, or a router on the way to it).
+	quotedSrc, quotedDst [16]byte
 }
 
 // SrcAddr returns the source address.
@@ -203,6 +207,7 @@ func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 			// The quoted packet went the other way; the flow key is
 			// symmetric, so only its protocol and endpoints matter.
 			p.Proto, p.SrcPort, p.DstPort = quote.Proto, quote.DstPort, quote.SrcPort
+			p.quotedSrc, p.quotedDst = quote.Src, quote.Dst
 			p.ICMPError = true
 		}
 	}
@@ -230,25 +235,34 @@ func isICMPError(typ uint8, v6 bool) bool {
 	return typ == 3 || typ == 4 || typ == 5 || typ == 11 || typ == 12
 }
 
-// FlowKey identifies a flow: the GWLB endpoint and the inner 5-tuple. The
-// two ends are stored in a canonical order, so a packet and its reply have
-// the same key.
+// FlowKey identifies a flow: the GWLB endpoint, the IP version and the
+// inner 5-tuple. The two ends are stored in a canonical order, so a packet
+// and its reply have the same key. The version is part of it because IPv4
+// addresses are kept in their IPv4-mapped form: an IPv6 packet between the
+// mapped forms of an IPv4 flow's addresses is another flow, and must not
+// take that flow's GENEVE header (whose protocol type says IPv4).
 type FlowKey struct {
 	Endpoint uint64
 	Proto    uint8
+	IPv6     bool
 	LoAddr   [16]byte
 	HiAddr   [16]byte
 	LoPort   uint16
 	HiPort   uint16
 }
 
-// Key returns the packet's flow key under the given GWLB endpoint.
+// Key returns the packet's flow key under the given GWLB endpoint; an ICMP
+// error's is the key of the packet it quotes.
 func (p *Packet) Key(endpoint uint64) FlowKey {
-	k := FlowKey{Endpoint: endpoint, Proto: p.Proto}
-	if less(p.Dst, p.DstPort, p.Src, p.SrcPort) {
-		k.LoAddr, k.LoPort, k.HiAddr, k.HiPort = p.Dst, p.DstPort, p.Src, p.SrcPort
+	k := FlowKey{Endpoint: endpoint, Proto: p.Proto, IPv6: p.IPv6}
+	src, dst := p.Src, p.Dst
+	if p.ICMPError {
+		src, dst = p.quotedDst, p.quotedSrc // the ports are swapped already
+	}
+	if less(dst, p.DstPort, src, p.SrcPort) {
+		k.LoAddr, k.LoPort, k.HiAddr, k.HiPort = dst, p.DstPort, src, p.SrcPort
 	} else {
-		k.LoAddr, k.LoPort, k.HiAddr, k.HiPort = p.Src, p.SrcPort, p.Dst, p.DstPort
+		k.LoAddr, k.LoPort, k.HiAddr, k.HiPort = src, p.SrcPort, dst, p.DstPort
 	}
 	return k
 }

@@ -51,7 +51,7 @@ func TestBatchSegments(t *testing.T) {
 			cp := &capturePath{}
 			s := &Server{flows: newFlowTable(16, time.Hour, time.Hour), ret: cp}
 			s.cfg.MTU = DefaultMTU
-			client := Packet{Proto: protoTCP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(), SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}
+			client := Packet{IPv6: fam.src.Addr().Is6(), Proto: protoTCP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(), SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}
 			k := client.Key(7)
 			ether := uint16(EtherTypeIPv4)
 			if fam.src.Addr().Is6() {

@@ -392,6 +392,16 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			return DropFragmentNoFlow
 		}
 		flow.lastSeen.Store(now)
+	} else if p.ICMPError {
+		// About a flow the table holds, or about nothing: an error makes
+		// no flow (a router's error would take its share from the router,
+		// and a forged one would fill the table), and it neither moves the
+		// flow to its own GENEVE header, which is the GWLB's for the
+		// error's own 5-tuple, nor keeps the flow alive.
+		key := p.Key(h.Endpoint)
+		if flow = s.flows.Lookup(&key); flow == nil {
+			return DropICMPErrorNoFlow
+		}
 	} else {
 		key := p.Key(h.Endpoint)
 		var reason DropReason

@@ -1,0 +1,108 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+)
+
+// icmpError is an IPv4 ICMP destination-unreachable (code 4: fragmentation
+// needed) from from to to, quoting the first 28 bytes of quoted.
+func icmpError(from, to netip.Addr, quoted []byte) []byte {
+	pkt := make([]byte, 20+8+28)
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, protoICMP
+	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+	f, d := from.As4(), to.As4()
+	copy(pkt[12:], f[:])
+	copy(pkt[16:], d[:])
+	icmp := pkt[20:]
+	icmp[0], icmp[1] = 3, 4
+	binary.BigEndian.PutUint16(icmp[6:], 1280) // the next hop's MTU
+	copy(icmp[8:], quoted[:28])
+	binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
+	return ipv4Sum(pkt)
+}
+
+// TestICMPErrorsFollowTheQuotedFlow: an ICMP error belongs to the flow of
+// the packet it quotes, whoever sent it (here a router on the way to the
+// client, as a Transit Gateway sends "fragmentation needed"). It makes no
+// flow of its own: about a flow the table does not hold it is dropped and
+// counted; about one it holds, it neither takes the flow to its own GENEVE
+// header nor keeps it alive. Before, it was keyed on the router's address
+// and the quoted ports: a flow of its own, charged to the router's share,
+// and the real flow never matched.
+func TestICMPErrorsFollowTheQuotedFlow(t *testing.T) {
+	s := startServer(t, Config{})
+	from := netip.MustParseAddrPort("127.0.0.2:40000")
+	const ep = 11
+	router := netip.MustParseAddr("198.18.200.1")
+	reply := udpDatagram(netip.AddrPortFrom(testDest, 53), netip.AddrPortFrom(testClient, 3000), 8)
+	errPkt := icmpError(router, testDest, reply)
+	underOwnHeader := append(AppendHeader(nil, EtherTypeIPv4, 0, ep, 0xa77ac4, 0xbad, nil), errPkt...)
+
+	p, r := ParsePacket(errPkt, EtherTypeIPv4)
+	q, _ := ParsePacket(reply, EtherTypeIPv4)
+	if r != DropNone || !p.ICMPError || p.Key(ep) != q.Key(ep) {
+		t.Fatalf("a router's error about %v: %s, key %+v, want the quoted packet's %+v", q, r, p.Key(ep), q.Key(ep))
+	}
+
+	s.handleDatagram(underOwnHeader, from, nil)
+	if st := s.Stats(); st.Flows != 0 || st.Drops["icmp_error_without_flow"] != 1 {
+		t.Fatalf("an error about no flow: %d flows, drops %v", st.Flows, st.Drops)
+	}
+
+	s.handleDatagram(geneve(ep, udpPacket(3000, 10)), from, nil)
+	key := q.Key(ep)
+	flow := s.flows.Lookup(&key)
+	if flow == nil {
+		t.Fatalf("no flow for the client's datagram; stats %+v", s.Stats())
+	}
+	seen := flow.lastSeen.Load()
+	s.handleDatagram(underOwnHeader, from, nil)
+	if st := s.Stats(); st.Flows != 1 || st.Drops["icmp_error_without_flow"] != 1 {
+		t.Fatalf("an error about a flow held: %d flows, drops %v", st.Flows, st.Drops)
+	}
+	if c := flow.Header().FlowCookie; c != 0xc00c1e {
+		t.Fatalf("the flow's header took the error's cookie %#x", c)
+	}
+	if flow.lastSeen.Load() != seen {
+		t.Fatal("the error kept the flow alive")
+	}
+}
+
+// TestFlowKeyIPVersion: an IPv6 packet between the IPv4-mapped forms of an
+// IPv4 flow's addresses is a flow of its own. Sharing the key, it took the
+// IPv4 flow's GENEVE header, and that flow's replies left under a header
+// whose protocol type said IPv6.
+func TestFlowKeyIPVersion(t *testing.T) {
+	s := startServer(t, Config{})
+	from := netip.MustParseAddrPort("127.0.0.2:40000")
+	const ep = 12
+	v4 := udpPacket(3000, 10)
+	mapped := udpDatagram(netip.AddrPortFrom(netip.AddrFrom16(testClient.As16()), 3000),
+		netip.AddrPortFrom(netip.AddrFrom16(testDest.As16()), 53), 10)
+	p4, _ := ParsePacket(v4, EtherTypeIPv4)
+	p6, r := ParsePacket(mapped, EtherTypeIPv6)
+	if r != DropNone || p4.Src != p6.Src || p4.Dst != p6.Dst {
+		t.Fatalf("the mapped packet: %s, addresses %v→%v, want %v→%v", r, p6.SrcAddr(), p6.DstAddr(), p4.SrcAddr(), p4.DstAddr())
+	}
+	if p4.Key(ep) == p6.Key(ep) {
+		t.Fatal("an IPv4 flow and its IPv4-mapped IPv6 twin share a key")
+	}
+
+	s.handleDatagram(geneve(ep, v4), from, nil)
+	s.handleDatagram(append(AppendHeader(nil, EtherTypeIPv6, 0, ep, 0xa77ac4, 0xbad, nil), mapped...), from, nil)
+	k4 := p4.Key(ep)
+	f := s.flows.Lookup(&k4)
+	if f == nil {
+		t.Fatalf("no IPv4 flow; stats %+v", s.Stats())
+	}
+	if h := f.Header(); h.Protocol != EtherTypeIPv4 || h.FlowCookie != 0xc00c1e {
+		t.Fatalf("the IPv4 flow's header: protocol %#x, cookie %#x", h.Protocol, h.FlowCookie)
+	}
+	if n := s.Stats().Flows; n != 2 {
+		t.Fatalf("%d flows, want 2", n)
+	}
+}
