@@ -23,6 +23,89 @@ type Flow struct {
 	lastSeen atomic.Int64 // unix nanoseconds
 	tunnel   atomic.Pointer[tunnel]
 	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
+	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
+}
+
+// What a TCP flow's segments showed, as bits of Flow.tcp. A flow lives for
+// the TCP idle timeout only while its connection is established: both ends
+// synchronized, no RST since, and not closed both ways. Any other TCP flow
+// (a SYN never completed, a stray segment the stack refused with a RST, a
+// connection reset or closed) is transitory and lives for the transitory
+// timeout: else a client could hold the idle timeout's worth of flows for
+// every segment it sends to a new port, and the table would be anyone's to
+// fill.
+const (
+	tcpSynAcked    uint32 = 1 << iota // the stack answered a SYN
+	tcpEstablished                    // the connection was seen synchronized
+	tcpFinIn                          // the client's FIN
+	tcpFinOut                         // the stack's FIN
+	tcpReset                          // a RST, with no sign of life since
+)
+
+// TCP header flags, as Packet.TCPFlags holds them.
+const (
+	flagFin = 0x01
+	flagSyn = 0x02
+	flagRst = 0x04
+	flagAck = 0x10
+)
+
+// tcpClient records a segment from the client with the given flags.
+func (f *Flow) tcpClient(flags uint8) {
+	for {
+		was := f.tcp.Load()
+		now := was
+		switch {
+		case flags&flagRst != 0:
+			now |= tcpReset
+		case flags&flagSyn != 0:
+			if flags&flagAck == 0 {
+				now = 0 // a new connection on the flow's ports
+			}
+		default:
+			if flags&flagAck != 0 && was&tcpSynAcked != 0 {
+				now |= tcpEstablished // the handshake's last ACK, or later
+			}
+			if flags&flagFin != 0 {
+				now |= tcpFinIn
+			}
+		}
+		if now == was || f.tcp.CompareAndSwap(was, now) {
+			return
+		}
+	}
+}
+
+// tcpStack records a segment the stack sent to the client. The stack
+// sends anything but a SYN or a RST only on a synchronized connection (it
+// answers a segment for no connection with a RST), so such a segment makes
+// the flow established, also one made again after it expired.
+func (f *Flow) tcpStack(flags uint8) {
+	for {
+		was := f.tcp.Load()
+		now := was
+		switch {
+		case flags&flagRst != 0:
+			now |= tcpReset
+		case flags&flagSyn != 0:
+			now |= tcpSynAcked
+		default:
+			now = (now | tcpEstablished) &^ tcpReset // a RST it ignored (out of its window)
+			if flags&flagFin != 0 {
+				now |= tcpFinOut
+			}
+		}
+		if now == was || f.tcp.CompareAndSwap(was, now) {
+			return
+		}
+	}
+}
+
+// tcpLive reports whether a TCP flow is established and neither reset nor
+// closed both ways.
+func (f *Flow) tcpLive() bool {
+	s := f.tcp.Load()
+	return s&tcpEstablished != 0 && s&tcpReset == 0 && s&(tcpFinIn|tcpFinOut) != tcpFinIn|tcpFinOut
 }
 
 // tunnel is immutable once published, so readers need no lock.
@@ -47,6 +130,7 @@ type flowTable struct {
 	max         int64
 	clients     clientShares
 	tcpIdle     time.Duration
+	tcpShort    time.Duration // for TCP flows not established (see tcpSynAcked)
 	otherIdle   time.Duration
 	created     atomic.Uint64
 	expired     atomic.Uint64
@@ -54,9 +138,11 @@ type flowTable struct {
 }
 
 // newFlowTable returns a table holding at most max flows, expiring TCP flows
-// after tcpIdle and all others after otherIdle without a packet.
+// after tcpIdle and all others after otherIdle without a packet; TCP flows
+// that are not established expire after DefaultTCPTransitoryTimeout, or
+// tcpIdle if that is shorter (see SetTCPTransitory).
 func newFlowTable(max int, tcpIdle, otherIdle time.Duration) *flowTable {
-	t := &flowTable{max: int64(max), tcpIdle: tcpIdle, otherIdle: otherIdle}
+	t := &flowTable{max: int64(max), tcpIdle: tcpIdle, tcpShort: min(DefaultTCPTransitoryTimeout, tcpIdle), otherIdle: otherIdle}
 	for i := range t.shards {
 		t.shards[i].flows = make(map[FlowKey]*Flow)
 	}
@@ -140,8 +226,13 @@ func (t *flowTable) endpointCounter(ep uint64) *atomic.Int64 {
 	return c.(*atomic.Int64)
 }
 
-// Expire removes flows idle for longer than their protocol's timeout and
-// returns how many it removed.
+// SetTCPTransitory sets the idle timeout of TCP flows that are not
+// established, at most the TCP idle timeout. Call it before the first
+// Touch.
+func (t *flowTable) SetTCPTransitory(d time.Duration) { t.tcpShort = min(d, t.tcpIdle) }
+
+// Expire removes flows idle for longer than their timeout and returns how
+// many it removed.
 func (t *flowTable) Expire(now int64) int {
 	removed := 0
 	for i := range t.shards {
@@ -151,6 +242,9 @@ func (t *flowTable) Expire(now int64) int {
 			idle := t.otherIdle
 			if k.Proto == protoTCP {
 				idle = t.tcpIdle
+				if !f.tcpLive() {
+					idle = t.tcpShort
+				}
 			}
 			if now-f.lastSeen.Load() > int64(idle) {
 				delete(s.flows, k)

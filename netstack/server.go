@@ -38,6 +38,11 @@ type Config struct {
 	// 350 s and 120 s, the GWLB's own).
 	TCPIdleTimeout time.Duration
 	IdleTimeout    time.Duration
+	// TCPTransitoryTimeout expires, sooner, the flows of TCP connections
+	// that are not established: a SYN not answered or not completed, a
+	// segment the stack refused, a connection reset or closed both ways
+	// (default DefaultTCPTransitoryTimeout; at most TCPIdleTimeout).
+	TCPTransitoryTimeout time.Duration
 	// MaxFlows caps the flow table (default 1,000,000).
 	MaxFlows int
 	// MaxFlowsPerClient caps the flows of one client (inner source address
@@ -106,6 +111,12 @@ const DefaultMaxEndpoints = 1024
 // the flow idle timeout already.
 const DefaultEndpointIdleTimeout = 30 * time.Second
 
+// DefaultTCPTransitoryTimeout is how long a TCP flow that is not
+// established lives without a packet. It outlasts a dial to a slow
+// destination (the stack answers a SYN once the dial is done) and the gaps
+// between a client's first SYN retransmissions (1, 2, 4, 8 and 16 s).
+const DefaultTCPTransitoryTimeout = 30 * time.Second
+
 func (c *Config) setDefaults() {
 	if c.ListenAddr == "" {
 		c.ListenAddr = fmt.Sprintf(":%d", GenevePort)
@@ -122,6 +133,10 @@ func (c *Config) setDefaults() {
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 120 * time.Second
 	}
+	if c.TCPTransitoryTimeout <= 0 {
+		c.TCPTransitoryTimeout = DefaultTCPTransitoryTimeout
+	}
+	c.TCPTransitoryTimeout = min(c.TCPTransitoryTimeout, c.TCPIdleTimeout)
 	if c.MaxFlows <= 0 {
 		c.MaxFlows = 1_000_000
 	}
@@ -203,6 +218,7 @@ func Listen(cfg Config) (*Server, error) {
 		done:  make(chan struct{}),
 	}
 	s.acks.init(s, cfg.AckDelay)
+	s.flows.SetTCPTransitory(cfg.TCPTransitoryTimeout)
 	if cfg.MaxFlowsPerClient < cfg.MaxFlows {
 		s.flows.LimitPerClient(cfg.MaxFlowsPerClient)
 	}
@@ -408,6 +424,9 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		if flow, reason = s.flows.Touch(&key, p.Src, b[:h.Len], h, gwlb, now); reason != DropNone {
 			return reason
 		}
+		if p.Proto == protoTCP {
+			flow.tcpClient(p.TCPFlags)
+		}
 		// An echo request's fragments never reach the stack: the echo
 		// relay takes the first alone.
 		if p.MoreFragments && !p.Echo {
@@ -548,6 +567,9 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 		}
 	}
 	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions
+	if p.Proto == protoTCP && !p.Fragment && !p.ICMPError {
+		flow.tcpStack(p.TCPFlags)
+	}
 	tn := flow.tunnel.Load()
 	start := innerOff - len(tn.header)
 	copy(buf[start:], tn.header)
@@ -564,7 +586,7 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 
 func (s *Server) expireLoop() {
 	defer s.wg.Done()
-	every := min(s.cfg.IdleTimeout, s.cfg.TCPIdleTimeout, s.cfg.EndpointIdleTimeout) / 10
+	every := min(s.cfg.IdleTimeout, s.cfg.TCPTransitoryTimeout, s.cfg.EndpointIdleTimeout) / 10
 	t := time.NewTicker(max(every, 100*time.Millisecond))
 	defer t.Stop()
 	for {

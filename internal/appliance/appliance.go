@@ -340,10 +340,13 @@ func New(o Options) (_ *Appliance, err error) {
 		},
 	})
 	a.netstack, err = netstack.Listen(netstack.Config{
-		ListenAddr:           o.GeneveAddr,
-		Readers:              o.Readers,
-		ReturnPath:           o.ReturnPath,
-		TCPIdleTimeout:       o.TCPIdleTimeout,
+		ListenAddr:     o.GeneveAddr,
+		Readers:        o.Readers,
+		ReturnPath:     o.ReturnPath,
+		TCPIdleTimeout: o.TCPIdleTimeout,
+		// The stack answers a SYN once the dial is done: a flow waiting
+		// for it is not established, and must outlive the dial.
+		TCPTransitoryTimeout: max(netstack.DefaultTCPTransitoryTimeout, 2*o.DialTimeout),
 		IdleTimeout:          o.IdleTimeout,
 		MaxFlows:             o.MaxFlows,
 		MaxFlowsPerClient:    o.MaxFlowsPerClient,

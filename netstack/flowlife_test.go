@@ -1,0 +1,101 @@
+package netstack
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// TestTCPFlowStates: which segments make a TCP flow established, and which
+// make it transitory again.
+func TestTCPFlowStates(t *testing.T) {
+	const (
+		syn    = flagSyn
+		synAck = flagSyn | flagAck
+		ack    = flagAck
+		fin    = flagFin | flagAck
+		rst    = flagRst
+	)
+	type seg struct {
+		fromClient bool
+		flags      uint8
+	}
+	c := func(f uint8) seg { return seg{true, f} }
+	s := func(f uint8) seg { return seg{false, f} }
+	for _, tc := range []struct {
+		name string
+		segs []seg
+		live bool
+	}{
+		{"nothing yet", nil, false},
+		{"a SYN answered, not completed", []seg{c(syn), s(synAck)}, false},
+		{"the handshake", []seg{c(syn), s(synAck), c(ack)}, true},
+		{"a stray ACK, refused", []seg{c(ack), s(rst)}, false},
+		{"a stray ACK before any SYN-ACK", []seg{c(ack)}, false},
+		{"the stack speaks on a flow made again", []seg{c(ack), s(ack)}, true},
+		{"reset by the client", []seg{c(syn), s(synAck), c(ack), c(rst)}, false},
+		{"reset by the stack", []seg{c(syn), s(synAck), c(ack), s(rst)}, false},
+		{"a RST the stack ignored", []seg{c(syn), s(synAck), c(ack), c(rst), s(ack)}, true},
+		{"closed by the client only", []seg{c(syn), s(synAck), c(ack), c(fin)}, true},
+		{"closed both ways", []seg{c(syn), s(synAck), c(ack), c(fin), s(fin)}, false},
+		{"a new connection on closed ports", []seg{c(syn), s(synAck), c(ack), c(fin), s(fin), c(syn)}, false},
+		{"and its handshake", []seg{c(syn), s(synAck), c(ack), c(fin), s(fin), c(syn), s(synAck), c(ack)}, true},
+	} {
+		var f Flow
+		for _, sg := range tc.segs {
+			if sg.fromClient {
+				f.tcpClient(sg.flags)
+			} else {
+				f.tcpStack(sg.flags)
+			}
+		}
+		if f.tcpLive() != tc.live {
+			t.Errorf("%s: live %v, want %v (state %05b)", tc.name, f.tcpLive(), tc.live, f.tcp.Load())
+		}
+	}
+}
+
+// TestStrayTCPFlowsExpireSoon plays a client that sends a bare ACK to a
+// new port, over and over: the stack refuses each with a RST, and each
+// made a flow that lived for the TCP idle timeout (350 s), so a few
+// clients at a few thousand packets a second held the whole table, every
+// endpoint's. Such flows now live for the transitory timeout, while an
+// established connection's flow keeps the idle timeout.
+func TestStrayTCPFlowsExpireSoon(t *testing.T) {
+	client, server := netip.MustParseAddrPort("198.18.0.5:40000"), netip.MustParseAddrPort("198.18.9.9:443")
+	r := newGRORigWith(t, client, server, func(c *Config) { c.MaxFlows, c.MaxFlowsPerClient = 100, 10 })
+	k := (&Packet{Proto: protoTCP, Src: client.Addr().As16(), Dst: server.Addr().As16(), SrcPort: client.Port(), DstPort: server.Port()}).Key(7)
+	if f := r.s.flows.Lookup(&k); f == nil || !f.tcpLive() {
+		t.Fatalf("the handshake's flow is not established: %v", f)
+	}
+
+	stray := netip.MustParseAddr("198.18.0.66")
+	for i := range 20 {
+		r.batch(clientSegment(netip.AddrPortFrom(stray, uint16(20000+i)), server, 1, 1, header.TCPFlagAck, nil))
+	}
+	st := r.s.Stats()
+	if st.Flows != 11 || st.Drops["client_flow_limit"] != 10 {
+		t.Fatalf("after 20 stray ACKs: %d flows (want the connection's and 10), drops %v", st.Flows, st.Drops)
+	}
+	readReplySegment(t, r.gwlb, header.TCPFlagRst) // refused, not ignored
+
+	later := time.Now().Add(DefaultTCPTransitoryTimeout + time.Second).UnixNano()
+	if n := r.s.flows.Expire(later); n != 10 {
+		t.Fatalf("%d flows expired after the transitory timeout, want the 10 stray ones", n)
+	}
+	if r.s.flows.Lookup(&k) == nil {
+		t.Fatal("the established connection's flow expired with them")
+	}
+	r.batch(clientSegment(netip.AddrPortFrom(stray, 30000), server, 1, 1, header.TCPFlagAck, nil))
+	if n := r.s.Stats().Flows; n != 2 {
+		t.Fatalf("the stray client cannot make a flow again: %d flows", n)
+	}
+
+	// The connection reset: transitory too.
+	r.batch(clientSegment(client, server, r.seq, r.ack, header.TCPFlagRst, nil))
+	if n := r.s.flows.Expire(later); n != 2 || r.s.flows.Lookup(&k) != nil {
+		t.Fatalf("after the client's RST: %d expired, want the reset flow and the stray one", n)
+	}
+}
