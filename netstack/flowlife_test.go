@@ -99,3 +99,30 @@ func TestStrayTCPFlowsExpireSoon(t *testing.T) {
 		t.Fatalf("after the client's RST: %d expired, want the reset flow and the stray one", n)
 	}
 }
+
+// TestClientFragmentsReordered: a client's datagram whose last fragment
+// overtakes the middle ones on the way is still reassembled. The last
+// fragment used to free its first's entry, as it does for the stack's own
+// replies (written in order), and the middle ones were then dropped as
+// fragment_without_flow.
+func TestClientFragmentsReordered(t *testing.T) {
+	h := &testHandler{udp: make(chan []byte, 1)}
+	s := startServer(t, Config{Handler: h})
+	frags := fragment(udpPacket(3000, 5000), 0x4343, 1500)
+	if len(frags) < 4 {
+		t.Fatalf("%d fragments, want at least 4", len(frags))
+	}
+	order := append([][]byte{frags[0], frags[len(frags)-1]}, frags[1:len(frags)-1]...)
+	from := netip.MustParseAddrPort("127.0.0.2:40000")
+	for _, f := range order {
+		s.handleDatagram(geneve(9, ipv4Sum(f)), from, nil)
+	}
+	select {
+	case d := <-h.udp:
+		if len(d) != 5000 {
+			t.Fatalf("the handler got %d bytes, want 5000", len(d))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the reordered datagram never reached the handler; drops %v", s.Stats().Drops)
+	}
+}

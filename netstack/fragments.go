@@ -91,8 +91,16 @@ func (t *fragTable) remember(p *Packet, flow *Flow, now int64) {
 
 // follow returns the flow of the datagram whose later fragment p is, or nil
 // when its first fragment was not seen or is too old. The last fragment
-// (no more fragments) frees the entry.
-func (t *fragTable) follow(p *Packet, now int64) *Flow {
+// (no more fragments) frees the entry: for the stack's replies, whose
+// fragments gVisor writes in order.
+func (t *fragTable) follow(p *Packet, now int64) *Flow { return t.lookup(p, now, true) }
+
+// followIn is follow for a client's fragments, which the network may
+// reorder: the last may come before a middle one, so it frees nothing, and
+// the entry lasts until it expires or a new datagram takes its place.
+func (t *fragTable) followIn(p *Packet, now int64) *Flow { return t.lookup(p, now, false) }
+
+func (t *fragTable) lookup(p *Packet, now int64, freeLast bool) *Flow {
 	k := fragKeyOf(p)
 	b := &t.buckets[k.bucket()]
 	b.mu.Lock()
@@ -106,7 +114,7 @@ func (t *fragTable) follow(p *Packet, now int64) *Flow {
 		if now > e.expires {
 			f = nil
 		}
-		if f == nil || !p.MoreFragments {
+		if f == nil || (freeLast && !p.MoreFragments) {
 			*e = fragEntry{}
 		}
 		return f

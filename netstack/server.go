@@ -404,7 +404,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	inner := b[h.Len:]
 	var flow *Flow
 	if p.Fragment {
-		if flow = st.inFrags.follow(p, now); flow == nil {
+		if flow = st.inFrags.followIn(p, now); flow == nil {
 			return DropFragmentNoFlow
 		}
 		flow.lastSeen.Store(now)
