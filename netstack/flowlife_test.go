@@ -1,7 +1,10 @@
 package netstack
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,5 +127,30 @@ func TestClientFragmentsReordered(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatalf("the reordered datagram never reached the handler; drops %v", s.Stats().Drops)
+	}
+}
+
+// TestFragmentedEchoDropped: an echo request too big for one packet (ping
+// -s 3000 over a 1,500-byte path) is dropped and counted. It was relayed
+// with its first fragment's data alone, and the client got a well-formed
+// reply carrying less than it sent.
+func TestFragmentedEchoDropped(t *testing.T) {
+	c := gwlbSocket(t, "127.0.0.1:0")
+	s := startServer(t, Config{ReplyPort: c.LocalAddr().(*net.UDPAddr).AddrPort().Port()})
+	for _, f := range fragment(echoPacket(1, strings.Repeat("p", 3000)), 0x4444, 1500) {
+		if _, err := c.WriteToUDPAddrPort(geneve(7, ipv4Sum(f)), s.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitUntil(t, 5*time.Second, "an echo_fragmented drop", func() (bool, string) {
+		st := s.Stats()
+		return st.Drops["echo_fragmented"] == 1, fmt.Sprintf("drops %v", st.Drops)
+	})
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 65536)); err == nil {
+		t.Fatalf("a reply of %d bytes to a fragmented echo request", n)
+	}
+	if n := s.Stats().EchoRequests; n != 0 {
+		t.Fatalf("%d echo requests relayed", n)
 	}
 }

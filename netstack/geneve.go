@@ -66,6 +66,7 @@ const (
 	DropFragmentNoFlow
 	DropDatagramTooBig
 	DropICMPErrorNoFlow
+	DropEchoFragmented
 	dropReasons
 )
 
@@ -90,6 +91,7 @@ var dropReasonNames = [dropReasons]string{
 	DropFragmentNoFlow:  "fragment_without_flow",
 	DropDatagramTooBig:  "datagram_too_big",
 	DropICMPErrorNoFlow: "icmp_error_without_flow",
+	DropEchoFragmented:  "echo_fragmented",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -434,6 +434,12 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		}
 	}
 	if p.Echo {
+		if p.MoreFragments {
+			// The relay would send the first fragment's data alone,
+			// and the client get a well-formed answer to a request it
+			// never made.
+			return DropEchoFragmented
+		}
 		s.handleEcho(flow, p, inner)
 		return DropNone
 	}
