@@ -112,7 +112,7 @@ type Stats struct {
 	// Written and Dropped count records by whether the files got them (or,
 	// without files, the Shipper): the Shipper keeps counts of its own.
 	Written    uint64 `json:"written"`     // records handed to every sink
-	Dropped    uint64 `json:"dropped"`     // records dropped: queue full, or written after Close
+	Dropped    uint64 `json:"dropped"`     // records dropped: queue full, written after Close, or not encodable
 	Queued     int    `json:"queued"`      // records waiting for the sinks
 	SinkErrors uint64 `json:"sink_errors"` // sink writes (of one or more records) that failed
 	// LagSeconds is how long the oldest record not yet written has waited:
@@ -163,12 +163,14 @@ func (w *Writer) Write(r *Record) {
 	l := linePool.Get().(*recordLine)
 	if err := l.encode(r); err != nil {
 		putLine(l)
+		w.dropped.Add(1) // lost: it must still be counted
 		slog.Error("encoding access record", "err", err)
 		return
 	}
 	if limit := w.maxLine.Load(); int64(l.buf.Len()-1) > limit {
 		if err := shorten(l, r, int(limit)); err != nil {
 			putLine(l)
+			w.dropped.Add(1)
 			slog.Error("encoding a shortened access record", "err", err)
 			return
 		}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -578,5 +579,29 @@ func BenchmarkWriter(b *testing.B) {
 				b.ReportMetric(float64(w.Stats().Dropped)/float64(b.N), "drops/op")
 			})
 		}
+	}
+}
+
+// TestWriterCountsUnencodable: a record that cannot be encoded (a NaN
+// duration) reaches no sink and is counted as dropped, so that every record
+// written is counted.
+func TestWriterCountsUnencodable(t *testing.T) {
+	var file bytes.Buffer
+	ship := &shipSink{}
+	w := NewWriter(ship, &file)
+	w.Write(&Record{Packets: 0})
+	w.Write(&Record{Packets: 1, DurationMS: math.NaN()})
+	w.Write(&Record{Packets: 2})
+	if err := w.Close(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if s := seqs(t, file.Bytes()); !slices.Equal(s, []int64{0, 2}) {
+		t.Fatalf("file got %v, want 0 and 2", s)
+	}
+	if len(ship.lines) != 2 {
+		t.Fatalf("shipped %d lines, want 2", len(ship.lines))
+	}
+	if st := w.Stats(); st.Written != 2 || st.Dropped != 1 {
+		t.Fatalf("stats %+v: want 2 written and the unencodable record dropped", st)
 	}
 }
