@@ -57,7 +57,9 @@ func (s *Shipper) createGroupAndStream() error {
 	_, err := s.client.CreateLogGroup(ctx, &cloudwatchlogs.CreateLogGroupInput{LogGroupName: group}, noSDKRetries)
 	switch {
 	case err == nil:
-		s.groupCreated = true
+		// A group just created has no retention yet, also when it replaces
+		// one (deleted while running) that this shipper gave one.
+		s.groupCreated, s.retentionSet = true, false
 		slog.Info("cwlogs: created log group", "group", s.cfg.Group)
 	case isCode(err, "ResourceAlreadyExistsException"):
 	case isCode(err, "AccessDeniedException"):

@@ -573,6 +573,31 @@ func TestRecreatesDeletedGroup(t *testing.T) {
 	}
 }
 
+// TestRecreatedGroupGetsRetention: a group the shipper created, deleted
+// while it runs, is created again with the retention, not left to keep its
+// events forever.
+func TestRecreatedGroupGetsRetention(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	cfg := testConfig()
+	cfg.RetentionDays = 14
+	s := startShipper(t, srv, cfg)
+	s.Write(line(0, 0, 20))
+	waitFor(t, 5*time.Second, "first line", func() bool { return srv.EventCount(cfg.Group, cfg.Stream) == 1 })
+	if _, retention := srv.Group(cfg.Group); retention != 14 {
+		t.Fatalf("created group has retention %d, want 14", retention)
+	}
+	srv.DeleteGroup(cfg.Group)
+	s.Write(line(0, 0, 20))
+	closeShipper(t, s, 5*time.Second)
+	checkExactlyOnce(t, srv.Events(cfg.Group, cfg.Stream), 1)
+	if exists, retention := srv.Group(cfg.Group); !exists || retention != 14 {
+		t.Errorf("recreated group: exists=%v retention=%d, want 14 days", exists, retention)
+	}
+	if n := srv.Calls("PutRetentionPolicy"); n != 2 {
+		t.Errorf("PutRetentionPolicy ×%d, want once per creation (2)", n)
+	}
+}
+
 func TestCloseFlushes(t *testing.T) {
 	srv := cwlogstest.NewServer(t)
 	cfg := testConfig()
