@@ -47,7 +47,11 @@ func (c errClass) String() string {
 // transient lists. Authorization failures are here on purpose: an IAM policy
 // or an expired session is fixed by an operator while the buffer holds the
 // records, whereas giving up would lose every record until then.
+// OperationAbortedException is a conflict with a concurrent change to the
+// same resource (several appliances creating one log group at once, or
+// setting its retention): the next attempt finds the other's result.
 var retryCodes = map[string]bool{
+	"OperationAbortedException":   true,
 	"ServiceUnavailableException": true,
 	"ServiceUnavailable":          true,
 	"InternalFailure":             true,

@@ -598,6 +598,32 @@ func TestRecreatedGroupGetsRetention(t *testing.T) {
 	}
 }
 
+// TestConcurrentGroupCreation: several appliances create the same group at
+// once, and the service answers one of them OperationAbortedException. That
+// is a conflict, not a refusal: the shipper retries, finds the group, creates
+// its stream and ships, without an error and without a PutLogEvents doomed to
+// fail for want of the stream.
+func TestConcurrentGroupCreation(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	cfg := testConfig()
+	srv.CreateGroup(cfg.Group, 0) // by the other appliance
+	srv.FailWithCode(1, 400, "OperationAbortedException", "CreateLogGroup")
+	errorsBefore := logs.count("cannot create log group or stream")
+	s := startShipper(t, srv, cfg)
+	s.Write(line(0, 0, 20))
+	closeShipper(t, s, 5*time.Second)
+	checkExactlyOnce(t, srv.Events(cfg.Group, cfg.Stream), 1)
+	if n := logs.count("cannot create log group or stream") - errorsBefore; n != 0 {
+		t.Errorf("%d errors logged for a conflict that a retry resolves", n)
+	}
+	if g, st, p := srv.Calls("CreateLogGroup"), srv.Calls("CreateLogStream"), srv.Calls("PutLogEvents"); g != 2 || st != 1 || p != 1 {
+		t.Errorf("CreateLogGroup ×%d, CreateLogStream ×%d, PutLogEvents ×%d; want 2, 1, 1", g, st, p)
+	}
+	if st := s.Stats(); st.Retried != 1 || st.Failed != 0 {
+		t.Errorf("stats %+v, want one retry", st)
+	}
+}
+
 func TestCloseFlushes(t *testing.T) {
 	srv := cwlogstest.NewServer(t)
 	cfg := testConfig()

@@ -193,6 +193,7 @@ func TestClassifyRealErrors(t *testing.T) {
 		{"unknown 504", func() { srv.FailWithCode(1, 504, "GatewayTimeout") }, classRetry},
 		{"access denied", func() { srv.FailWithCode(1, 400, "AccessDeniedException") }, classRetry},
 		{"invalid", func() { srv.FailWithCode(1, 400, "InvalidParameterException") }, classPermanent},
+		{"conflict", func() { srv.FailWithCode(1, 400, "OperationAbortedException") }, classRetry},
 		{"not found", func() { srv.FailWithCode(1, 400, "ResourceNotFoundException") }, classMissing},
 		{"503 outage, text body", func() { srv.Outage(time.Hour, cwlogstest.Outage503) }, classRetry},
 		{"refused", func() { srv.Outage(time.Hour, cwlogstest.OutageRefuse) }, classRetry},
