@@ -2,11 +2,13 @@ package cwlogs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
@@ -72,6 +74,14 @@ func (c *Config) setDefaults() error {
 	if c.Stream == "" {
 		return fmt.Errorf("cwlogs: log stream is required")
 	}
+	// A name the service refuses would fail every batch, or loop on
+	// creating what cannot be created: refuse it at start.
+	if err := CheckGroupName(c.Group); err != nil {
+		return fmt.Errorf("cwlogs: log group %q: %w", c.Group, err)
+	}
+	if err := CheckStreamName(c.Stream); err != nil {
+		return fmt.Errorf("cwlogs: log stream %q: %w", c.Stream, err)
+	}
 	if c.RetentionDays != 0 && !ValidRetentionDays(c.RetentionDays) {
 		return fmt.Errorf("cwlogs: retention of %d days is not a value CloudWatch Logs accepts", c.RetentionDays)
 	}
@@ -95,6 +105,37 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = DefaultRequestTimeout
+	}
+	return nil
+}
+
+// MaxNameLength is the longest log group or log stream name, in characters.
+const MaxNameLength = 512
+
+// CheckGroupName reports whether CloudWatch Logs accepts name as a log group
+// name: 1 to 512 characters, each an ASCII letter or digit or one of
+// '.', '-', '_', '/' and '#'.
+func CheckGroupName(name string) error {
+	ok := name != "" && len(name) <= MaxNameLength
+	for i := 0; ok && i < len(name); i++ {
+		switch c := name[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '.', c == '-', c == '_', c == '/', c == '#':
+		default:
+			ok = false
+		}
+	}
+	if !ok {
+		return errors.New("a log group name is 1 to 512 characters, each a letter, a digit or one of . - _ / #")
+	}
+	return nil
+}
+
+// CheckStreamName reports whether CloudWatch Logs accepts name as a log
+// stream name: 1 to 512 characters, none of them ':' or '*'.
+func CheckStreamName(name string) error {
+	if name == "" || utf8.RuneCountInString(name) > MaxNameLength || strings.ContainsAny(name, ":*") {
+		return errors.New("a log stream name is 1 to 512 characters, none of them ':' or '*'")
 	}
 	return nil
 }

@@ -100,8 +100,12 @@ type Shipper struct {
 	failSince    time.Time
 	failLog      rateLimit
 	rejectLog    rateLimit
-	deniedLog    rateLimit
-	ensureLog    rateLimit
+	refuseLog    rateLimit
+	// Batches refused for good since the last message about them.
+	refusedBatches, refusedRecords int
+	refusedErr                     error
+	deniedLog                      rateLimit
+	ensureLog                      rateLimit
 }
 
 // New returns a Shipper for cfg using the default AWS credential chain,
@@ -314,6 +318,9 @@ func (s *Shipper) run() {
 	}
 
 	// Shut down: nothing more will be sent.
+	if s.refusedBatches > 0 {
+		s.logRefused() // what the rate limit held back
+	}
 	s.mu.Lock()
 	for s.q.len() > 0 {
 		s.q.pop()
@@ -378,8 +385,7 @@ func (s *Shipper) deliver() {
 		class := classify(err)
 		s.noteFailure("PutLogEvents", err, class)
 		if class == classPermanent {
-			slog.Error("cwlogs: PutLogEvents refused the batch; its records are lost",
-				"group", s.cfg.Group, "stream", s.cfg.Stream, "records", n, "err", err)
+			s.refused(n, err)
 			s.release(n, func(st *Stats) { st.Failed += uint64(n) })
 			return
 		}
@@ -394,6 +400,28 @@ func (s *Shipper) deliver() {
 		s.st.Retried++
 		s.mu.Unlock()
 	}
+}
+
+// refused logs a batch of n records the service refused for good: the first
+// at once, later ones at most once a minute (every batch could be refused,
+// and each is counted in Failed anyway), each message with what was refused
+// since the last one.
+func (s *Shipper) refused(n int, err error) {
+	s.refusedBatches++
+	s.refusedRecords += n
+	s.refusedErr = err
+	if s.refuseLog.allow(time.Now()) {
+		s.logRefused()
+	}
+}
+
+// logRefused logs the batches refused since the last such message, with
+// the latest error.
+func (s *Shipper) logRefused() {
+	slog.Error("cwlogs: PutLogEvents refused batches; their records are lost",
+		"group", s.cfg.Group, "stream", s.cfg.Stream, "batches", s.refusedBatches,
+		"records", s.refusedRecords, "err", s.refusedErr)
+	s.refusedBatches, s.refusedRecords, s.refusedErr = 0, 0, nil
 }
 
 // closingRetryMax caps the wait between retries once Close has begun: the

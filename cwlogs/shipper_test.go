@@ -558,6 +558,31 @@ func TestPermanentErrorCountsFailed(t *testing.T) {
 	checkInvariant(t, st)
 }
 
+// TestRefusedBatchesLogRateLimited: with every batch refused, the error is
+// logged for the first at once, not for each one after it; the rest are
+// summed up when the shipper closes.
+func TestRefusedBatchesLogRateLimited(t *testing.T) {
+	const msg = "cwlogs: PutLogEvents refused"
+	srv := cwlogstest.NewServer(t)
+	cfg := testConfig()
+	s := startShipper(t, srv, cfg)
+	srv.FailWithCode(5, 400, "InvalidParameterException", "PutLogEvents")
+	summary := "stream=" + cfg.Stream + " batches=4 records=4 err="
+	before, summaryBefore := logs.count(msg), logs.count(summary)
+	for i := range 5 {
+		s.Write(line(0, i, 20))
+		waitFor(t, 5*time.Second, "the refused batch", func() bool { return s.Stats().Failed == uint64(i+1) })
+	}
+	if n := logs.count(msg) - before; n != 1 {
+		t.Errorf("%d errors logged for 5 refused batches within a minute, want 1", n)
+	}
+	closeShipper(t, s, 5*time.Second)
+	if n := logs.count(msg) - before; n != 2 || logs.count(summary)-summaryBefore != 1 {
+		t.Errorf("%d errors logged by Close, want 2, the last for the 4 batches held back", n)
+	}
+	checkInvariant(t, s.Stats())
+}
+
 func TestRecreatesDeletedGroup(t *testing.T) {
 	srv := cwlogstest.NewServer(t)
 	cfg := testConfig()

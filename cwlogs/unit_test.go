@@ -231,6 +231,45 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
+// TestNameValidation: names the service would refuse stop New with an error
+// naming them, instead of failing every batch once running; names it
+// accepts, up to the longest, start.
+func TestNameValidation(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	for _, c := range []struct{ group, stream, want string }{
+		{"my access logs", "s", "log group"},
+		{"access:logs", "s", "log group"},
+		{"logs*", "s", "log group"},
+		{"jürgen", "s", "log group"},
+		{strings.Repeat("g", 513), "s", "log group"},
+		{"g", "a:b", "log stream"},
+		{"g", "a*", "log stream"},
+		{"g", strings.Repeat("é", 513), "log stream"},
+	} {
+		s, err := NewWithClient(t.Context(), srv.Client(), Config{Group: c.group, Stream: c.stream})
+		if err == nil {
+			s.Close(t.Context())
+			t.Errorf("group %.20q, stream %.20q: accepted", c.group, c.stream)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("group %.20q, stream %.20q: error %q does not name the %s", c.group, c.stream, err, c.want)
+		}
+	}
+	for _, c := range []struct{ group, stream string }{
+		{"/gwlbproxy/access_logs-1.#a", "i-0123456789abcdef0"},
+		{strings.Repeat("g", 512), strings.Repeat("é", 512)}, // 512 characters, 1,024 bytes
+		{"g", "ip-10-0-1-23.eu-west-1.compute.internal [blue] / écrit"},
+	} {
+		cfg := testConfig()
+		cfg.Group, cfg.Stream = c.group, c.stream
+		s := startShipper(t, srv, cfg)
+		s.Write(line(0, 0, 20))
+		closeShipper(t, s, 5*time.Second)
+		checkExactlyOnce(t, srv.Events(c.group, c.stream), 1)
+	}
+}
+
 // isolateAWSEnv makes the default credential chain see only fake static
 // credentials: no shared files, no SSO, no metadata service.
 func isolateAWSEnv(t *testing.T) {

@@ -236,6 +236,17 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	if o.MaxHeaderBytes < 1024 {
 		return o, p, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)
 	}
+	// The service would refuse every batch sent under such a name.
+	if g := o.CloudWatch.Group; g != "" {
+		if err := cwlogs.CheckGroupName(g); err != nil {
+			return o, p, fmt.Errorf("--cloudwatch-group %q: %w", g, err)
+		}
+	}
+	if st := o.CloudWatch.Stream; st != "" {
+		if err := cwlogs.CheckStreamName(st); err != nil {
+			return o, p, fmt.Errorf("--cloudwatch-stream %q: %w", st, err)
+		}
+	}
 	return o, p, nil
 }
 

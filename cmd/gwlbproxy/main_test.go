@@ -92,6 +92,35 @@ func TestFlagValidation(t *testing.T) {
 	}
 }
 
+// TestCloudWatchNameFlags: a log group or stream name CloudWatch Logs would
+// refuse is a flag error (main exits 2) naming the flag, caught before
+// anything starts; valid names pass.
+func TestCloudWatchNameFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--cloudwatch-group", "my access logs"}, "--cloudwatch-group"},
+		{[]string{"--cloudwatch-group", "logs:prod"}, "--cloudwatch-group"},
+		{[]string{"--cloudwatch-group", strings.Repeat("g", 513)}, "--cloudwatch-group"},
+		{[]string{"--cloudwatch-group", "/gwlbproxy/access", "--cloudwatch-stream", "a:b"}, "--cloudwatch-stream"},
+		{[]string{"--cloudwatch-group", "/gwlbproxy/access", "--cloudwatch-stream", "blue*"}, "--cloudwatch-stream"},
+	} {
+		_, err := parseFlags(tc.args, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%.60q: error %v, want one naming %s", tc.args, err, tc.want)
+		}
+		// What main turns into exit status 2, before any listener opens.
+		if err := runMain(tc.args, &bytes.Buffer{}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("runMain %.60q: %v, want an error naming %s", tc.args, err, tc.want)
+		}
+	}
+	o, err := parseFlags([]string{"--cloudwatch-group", "/gwlbproxy/access_logs-1.#a", "--cloudwatch-stream", "ip-10-0-1-23 (blue)"}, &bytes.Buffer{})
+	if err != nil || o.CloudWatch.Group != "/gwlbproxy/access_logs-1.#a" || o.CloudWatch.Stream != "ip-10-0-1-23 (blue)" {
+		t.Errorf("valid names: %q, %q, %v", o.CloudWatch.Group, o.CloudWatch.Stream, err)
+	}
+}
+
 // TestCASecretStartupErrors: a CA secret that is missing, forbidden,
 // unusable or unreachable stops start-up (main exits 2) with an error naming
 // the secret and the cause, before any listener is opened; the CA flags
