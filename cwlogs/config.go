@@ -64,6 +64,8 @@ type Config struct {
 	// RequestTimeout bounds one API call. A call that times out is retried;
 	// if the service had in fact stored the batch, that retry duplicates it,
 	// so keep this well above the service's normal latency. Default 30 s.
+	// Once Close has begun, a call is bounded tighter: by half the time
+	// Close has left (at least 0.5 s) and at most 5 s.
 	RequestTimeout time.Duration
 }
 

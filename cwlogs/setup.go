@@ -4,7 +4,6 @@ package cwlogs
 // retries and rate-limited error logs.
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -50,11 +49,11 @@ func (s *Shipper) ensure() bool {
 // creation is not an error: many IAM policies allow writing to a group an
 // administrator created but not creating one.
 func (s *Shipper) createGroupAndStream() error {
-	ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.RequestTimeout)
-	defer cancel()
 	group, stream := aws.String(s.cfg.Group), aws.String(s.cfg.Stream)
 
+	ctx, cancel := s.callContext()
 	_, err := s.client.CreateLogGroup(ctx, &cloudwatchlogs.CreateLogGroupInput{LogGroupName: group}, noSDKRetries)
+	cancel()
 	switch {
 	case err == nil:
 		// A group just created has no retention yet, also when it replaces
@@ -71,10 +70,12 @@ func (s *Shipper) createGroupAndStream() error {
 	}
 
 	if s.groupCreated && s.cfg.RetentionDays > 0 && !s.retentionSet {
+		ctx, cancel := s.callContext()
 		_, err := s.client.PutRetentionPolicy(ctx, &cloudwatchlogs.PutRetentionPolicyInput{
 			LogGroupName:    group,
 			RetentionInDays: aws.Int32(s.cfg.RetentionDays),
 		}, noSDKRetries)
+		cancel()
 		switch {
 		case err == nil:
 			s.retentionSet = true
@@ -88,7 +89,9 @@ func (s *Shipper) createGroupAndStream() error {
 		}
 	}
 
+	ctx, cancel = s.callContext()
 	_, err = s.client.CreateLogStream(ctx, &cloudwatchlogs.CreateLogStreamInput{LogGroupName: group, LogStreamName: stream}, noSDKRetries)
+	cancel()
 	switch {
 	case err == nil, isCode(err, "ResourceAlreadyExistsException"):
 	case isCode(err, "AccessDeniedException"):

@@ -80,6 +80,7 @@ type Shipper struct {
 	st             Stats
 	lastDropWarn   time.Time
 	dropsSinceWarn uint64
+	closeDeadline  time.Time // the deadline of the first Close; zero: none
 
 	kick      chan struct{} // a full batch is waiting
 	closing   chan struct{} // Close was called
@@ -242,7 +243,9 @@ func (s *Shipper) Stats() Stats {
 }
 
 // Close stops accepting records and flushes what the Shipper holds, retrying
-// as usual, until everything is delivered or ctx is done; then whatever is
+// as usual (but with shorter waits, and each call, the one under way too,
+// bounded by a share of the time ctx leaves, see closingCallMin), until
+// everything is delivered or ctx is done; then whatever is
 // left (including a batch whose delivery was interrupted) is counted as
 // dropped and an error says how many. Records handed over after Close are
 // dropped. Close may be called more than once.
@@ -250,6 +253,8 @@ func (s *Shipper) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
+		// The worker fits its calls into the time left.
+		s.closeDeadline, _ = ctx.Deadline()
 		s.mu.Unlock()
 		close(s.closing)
 	})
@@ -371,7 +376,7 @@ func (s *Shipper) deliver() {
 			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
 			return
 		}
-		ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.RequestTimeout)
+		ctx, cancel := s.callContext()
 		out, err := s.client.PutLogEvents(ctx, in, noSDKRetries)
 		cancel()
 		if err == nil {
@@ -422,6 +427,59 @@ func (s *Shipper) logRefused() {
 		"group", s.cfg.Group, "stream", s.cfg.Stream, "batches", s.refusedBatches,
 		"records", s.refusedRecords, "err", s.refusedErr)
 	s.refusedBatches, s.refusedRecords, s.refusedErr = 0, 0, nil
+}
+
+// Once Close has begun, a call may take half the time Close has left, but
+// at least closingCallMin and at most closingCallMax (and RequestTimeout).
+// A call stuck on a dead connection (its answer never comes) would
+// otherwise hold the last records until Close gives up on them all, when a
+// fresh attempt on a new connection would go through; half leaves the other
+// half for that attempt. A shorter call could hardly succeed, and Close's
+// deadline ends it anyway.
+const (
+	closingCallMin = 500 * time.Millisecond
+	closingCallMax = 5 * time.Second
+)
+
+// callContext returns the context for one API call: it ends with the
+// Shipper, after RequestTimeout, and once Close has begun after
+// closingCallTimeout, also for a call already under way when Close begins.
+// The caller must call cancel when the call returns.
+func (s *Shipper) callContext() (context.Context, context.CancelFunc) {
+	select {
+	case <-s.closing:
+		return context.WithTimeout(s.runCtx, min(s.cfg.RequestTimeout, s.closingCallTimeout()))
+	default:
+	}
+	ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.RequestTimeout)
+	go func() {
+		select {
+		case <-s.closing:
+		case <-ctx.Done():
+			return
+		}
+		t := time.NewTimer(s.closingCallTimeout())
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// closingCallTimeout is how long a call may take from now on, once Close has
+// begun.
+func (s *Shipper) closingCallTimeout() time.Duration {
+	s.mu.Lock()
+	deadline := s.closeDeadline
+	s.mu.Unlock()
+	d := closingCallMax
+	if !deadline.IsZero() {
+		d = min(d, max(time.Until(deadline)/2, closingCallMin))
+	}
+	return min(d, s.cfg.RequestTimeout)
 }
 
 // closingRetryMax caps the wait between retries once Close has begun: the

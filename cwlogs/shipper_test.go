@@ -699,6 +699,73 @@ func TestCloseDeadlineCountsUnshipped(t *testing.T) {
 	checkInvariant(t, st)
 }
 
+// TestCloseCutsAHungCall: on SIGTERM a call hangs (its connection is dead:
+// no answer will come), while a fresh attempt would go through at once.
+// Close's deadline (2 s) is far below RequestTimeout (30 s): the hung call
+// must be given up in time for a retry to ship the records, not waited on
+// until Close gives up on everything. The call hangs when Close begins, or
+// begins once Close has (the first call of a shipper that had nothing to
+// send before).
+func TestCloseCutsAHungCall(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		op         string
+		afterClose bool
+	}{
+		{"PutLogEvents", "PutLogEvents", false},
+		{"CreateLogGroup", "CreateLogGroup", false},
+		{"after Close", "CreateLogGroup", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := cwlogstest.NewServer(t)
+			cfg := testConfig()
+			if tc.afterClose {
+				cfg.FlushInterval = time.Hour // nothing is sent before Close
+			}
+			s := startShipper(t, srv, cfg)
+			next := 0
+			if tc.op == "PutLogEvents" {
+				// Set up first, so that the hung call is a batch.
+				s.Write(line(0, next, 50))
+				next++
+				waitFor(t, 5*time.Second, "the first line", func() bool { return srv.EventCount(cfg.Group, cfg.Stream) == 1 })
+			}
+			calls := srv.Calls(tc.op)
+			srv.SetLatency(time.Hour) // the next call hangs
+			for range 100 {
+				s.Write(line(0, next, 50))
+				next++
+			}
+			start := time.Now()
+			closed := make(chan error, 1)
+			closeNow := func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				closed <- s.Close(ctx)
+			}
+			if tc.afterClose {
+				go closeNow()
+			}
+			waitFor(t, 5*time.Second, "the hung call", func() bool { return srv.Calls(tc.op) == calls+1 })
+			srv.SetLatency(0) // later calls are answered at once
+			if !tc.afterClose {
+				start = time.Now()
+				go closeNow()
+			}
+			if err := <-closed; err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			t.Logf("Close took %v", time.Since(start).Round(time.Millisecond))
+			checkExactlyOnce(t, srv.Events(cfg.Group, cfg.Stream), next)
+			st := s.Stats()
+			if st.Shipped != uint64(next) || st.Dropped != 0 {
+				t.Errorf("stats %+v", st)
+			}
+			checkInvariant(t, st)
+		})
+	}
+}
+
 // TestCloseRetriesFast: under throttling with a steady-state backoff of a
 // minute, Close does not wait out that backoff: it retries within
 // closingRetryMax and ships everything well inside its deadline.
