@@ -85,6 +85,11 @@ type relay struct {
 	// broke is how the client's connection ended after its FIN, when it
 	// did otherwise than by the relay's own close (see watchBroken).
 	broke atomic.Pointer[error]
+	// aborting is held by watchBroken's abort of the destination, which
+	// the report waits for: closing the socket wakes the other direction,
+	// which may end the relay while that Close is still under way, before
+	// the destination has its reset.
+	aborting sync.Mutex
 }
 
 // ended is called by each direction as it ends; the last one closes both
@@ -95,6 +100,8 @@ func (r *relay) ended() {
 	}
 	r.client.Close()
 	r.upstream.Close()
+	r.aborting.Lock() // an abort under way has ended
+	r.aborting.Unlock()
 	var broke error
 	if p := r.broke.Load(); p != nil {
 		broke = *p
@@ -209,6 +216,8 @@ func (h *halfRelay) watchBroken(b brokenReader) {
 		return
 	}
 	go func() {
+		h.r.aborting.Lock()
+		defer h.r.aborting.Unlock()
 		if h.r.left.Load() == 0 {
 			return // the relay has ended meanwhile
 		}
