@@ -14,12 +14,12 @@ import (
 // unless the endpoint cap is reached (DropEndpointLimit) or the server is
 // closing (nil and DropNone); without create it returns nil and
 // DropFragmentNoFlow.
-func (s *Server) enterStack(endpoint uint64, create bool) (*endpointStack, DropReason) {
+func (s *Server) enterStack(endpoint uint64, create bool, noStack DropReason) (*endpointStack, DropReason) {
 	for {
 		v, ok := s.stacks.Load(endpoint)
 		if !ok {
 			if !create {
-				return nil, DropFragmentNoFlow
+				return nil, noStack
 			}
 			var reason DropReason
 			if v, reason = s.newStack(endpoint); v == nil {

@@ -419,7 +419,7 @@ func TestStackCloseRace(t *testing.T) {
 				}
 				ep := uint64(1 + i%3)
 				s.handleDatagram(geneve(ep, udpPacket(uint16(1000*r+i%1000), 8)), from, nil)
-				st, _ := s.enterStack(ep, true)
+				st, _ := s.enterStack(ep, true, DropNone)
 				if st == nil {
 					continue
 				}

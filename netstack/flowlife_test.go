@@ -45,6 +45,11 @@ func TestTCPFlowStates(t *testing.T) {
 		{"closed both ways", []seg{c(syn), s(synAck), c(ack), c(fin), s(fin)}, false},
 		{"a new connection on closed ports", []seg{c(syn), s(synAck), c(ack), c(fin), s(fin), c(syn)}, false},
 		{"and its handshake", []seg{c(syn), s(synAck), c(ack), c(fin), s(fin), c(syn), s(synAck), c(ack)}, true},
+		// The stack's challenge ACKs are rate-limited: a duplicate SYN
+		// on a live connection may get none, and must not undo it.
+		{"duplicate SYNs on a live connection", []seg{c(syn), s(synAck), c(ack), c(syn), c(syn)}, true},
+		{"a RST the stack ignored, then the client's ACK", []seg{c(syn), s(synAck), c(ack), c(rst), c(ack)}, true},
+		{"the stack's RST to a stray segment during the handshake", []seg{c(syn), s(synAck), s(rst), c(ack)}, true},
 	} {
 		var f Flow
 		for _, sg := range tc.segs {

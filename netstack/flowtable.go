@@ -59,12 +59,16 @@ func (f *Flow) tcpClient(flags uint8) {
 		case flags&flagRst != 0:
 			now |= tcpReset
 		case flags&flagSyn != 0:
-			if flags&flagAck == 0 {
-				now = 0 // a new connection on the flow's ports
-			}
+			// Nothing: a new connection on the flow's ports starts afresh
+			// with the stack's SYN-ACK, and a duplicate SYN on a live
+			// one must not undo it (the stack's challenge ACKs, which
+			// would make it live again, are rate-limited).
 		default:
-			if flags&flagAck != 0 && was&tcpSynAcked != 0 {
-				now |= tcpEstablished // the handshake's last ACK, or later
+			if flags&flagAck != 0 && was&(tcpSynAcked|tcpEstablished) != 0 {
+				// The handshake's last ACK, or later: live, also after
+				// a RST the stack ignored (out of its window) or one it
+				// sent to a stray segment during the handshake.
+				now = (now | tcpEstablished) &^ tcpReset
 			}
 			if flags&flagFin != 0 {
 				now |= tcpFinIn
@@ -76,10 +80,12 @@ func (f *Flow) tcpClient(flags uint8) {
 	}
 }
 
-// tcpStack records a segment the stack sent to the client. The stack
-// sends anything but a SYN or a RST only on a synchronized connection (it
-// answers a segment for no connection with a RST), so such a segment makes
-// the flow established, also one made again after it expired.
+// tcpStack records a segment the stack sent to the client. Its SYN-ACK
+// starts a connection afresh. Anything else but a RST it sends on a
+// connection it holds (a segment for none gets a RST), so such a segment
+// makes the flow established, also one made again after it expired; the
+// one exception, an ACK to an out-of-window segment during the handshake,
+// costs no more than a connection completed.
 func (f *Flow) tcpStack(flags uint8) {
 	for {
 		was := f.tcp.Load()
@@ -88,7 +94,7 @@ func (f *Flow) tcpStack(flags uint8) {
 		case flags&flagRst != 0:
 			now |= tcpReset
 		case flags&flagSyn != 0:
-			now |= tcpSynAcked
+			now = tcpSynAcked
 		default:
 			now = (now | tcpEstablished) &^ tcpReset // a RST it ignored (out of its window)
 			if flags&flagFin != 0 {

@@ -49,8 +49,8 @@ func TestICMPErrorsFollowTheQuotedFlow(t *testing.T) {
 	}
 
 	s.handleDatagram(underOwnHeader, from, nil)
-	if st := s.Stats(); st.Flows != 0 || st.Drops["icmp_error_without_flow"] != 1 {
-		t.Fatalf("an error about no flow: %d flows, drops %v", st.Flows, st.Drops)
+	if st := s.Stats(); st.Flows != 0 || st.Stacks != 0 || st.Drops["icmp_error_without_flow"] != 1 {
+		t.Fatalf("an error about no flow: %d flows, %d stacks, drops %v", st.Flows, st.Stacks, st.Drops)
 	}
 
 	s.handleDatagram(geneve(ep, udpPacket(3000, 10)), from, nil)

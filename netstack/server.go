@@ -377,9 +377,14 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 	if s.cfg.Tap != nil {
 		s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, time.Now().UnixNano(), p, inner)
 	}
-	// A later fragment makes no stack: with none, its first fragment was
-	// never taken in.
-	st, reason := s.enterStack(h.Endpoint, !p.Fragment)
+	// A later fragment or an ICMP error makes no stack: with none, the
+	// fragment's first was never taken in, and the error's flow is not
+	// held.
+	noStack := DropFragmentNoFlow
+	if p.ICMPError {
+		noStack = DropICMPErrorNoFlow
+	}
+	st, reason := s.enterStack(h.Endpoint, !p.Fragment && !p.ICMPError, noStack)
 	if st == nil {
 		if reason != DropNone {
 			s.stats.drop(reason)
@@ -400,7 +405,6 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 // its first fragment, or is dropped when that was not taken in.
 func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb netip.AddrPort, co *coalescer) DropReason {
 	now := time.Now().UnixNano()
-	st.sawPacket(now)
 	inner := b[h.Len:]
 	var flow *Flow
 	if p.Fragment {
@@ -433,6 +437,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			st.inFrags.remember(p, flow, now)
 		}
 	}
+	st.sawPacket(now) // a packet of a flow: one without keeps no stack open
 	if p.Echo {
 		if p.MoreFragments {
 			// The relay would send the first fragment's data alone,
