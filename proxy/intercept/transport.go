@@ -97,6 +97,7 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		Proxy:               nil,
 		ForceAttemptHTTP2:   true,
 		DisableCompression:  true, // pass Content-Encoding through untouched
+		MaxConnsPerHost:     maxUpstreamConns,
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     90 * time.Second,
 		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
@@ -112,6 +113,14 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 	}
 	return tr
 }
+
+// maxUpstreamConns bounds the upstream connections of one HTTP/2 client
+// connection whose upstream speaks HTTP/1: each of its concurrent streams
+// (up to 250, goproxy's server allows) would otherwise dial one, a flood
+// of the destination from the appliance's address, counted in no flow
+// table. Streams beyond it wait for a connection to come free, as a
+// browser's requests to one host over HTTP/1 do.
+const maxUpstreamConns = 8
 
 // handshakeUpstream completes the TLS handshake of a further upstream
 // connection c; it closes c when that fails.

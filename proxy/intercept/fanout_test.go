@@ -1,0 +1,99 @@
+package intercept_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// TestH2FanOutBounded: an HTTP/2 client's concurrent streams towards an
+// upstream that speaks HTTP/1 share a few upstream connections. Each stream
+// dialled one before (200 streams, 200 connections to the destination,
+// counted in no flow table): one client connection could flood a third
+// party from the appliance's address.
+func TestH2FanOutBounded(t *testing.T) {
+	const streams = 40
+	release := make(chan struct{})
+	var conns, served atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			served.Add(1)
+			<-release
+			io.WriteString(w, "ok")
+		}),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
+		},
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	dial := func(ctx context.Context, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
+	}
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Dial = dial })
+	first, err := dial(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := r.connect(first, httpDest)
+	c.SetDeadline(time.Now().Add(waitLimit))
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	codes := make(chan int, streams)
+	for range streams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("GET", "http://www.example.test/slow", nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				codes <- -1
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	// The upstream holds every response: wait until no more requests come.
+	deadline := time.Now().Add(waitLimit)
+	for last := int64(-1); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		n := served.Load()
+		if n == last && n > 0 {
+			break
+		}
+		last = n
+	}
+	held, n := served.Load(), conns.Load()
+	close(release)
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != http.StatusOK {
+			t.Fatalf("a stream got %d", code)
+		}
+	}
+	if n > 8 || held > 8 {
+		t.Fatalf("%d concurrent streams made %d upstream connections (%d requests held at once), want at most 8", streams, n, held)
+	}
+	t.Logf("%d streams: %d upstream connections, %d requests at once", streams, n, held)
+	cc.Close()
+}
