@@ -323,13 +323,14 @@ func (c *clientShares) shard(k *clientKey) *clientShard {
 	return &c.shards[h>>58] // the top 6 bits: flowShards is 64
 }
 
-// clientKeyOf names the client of addr: an IPv4 address, or an IPv6 /64,
-// since one IPv6 host may use any address of its prefix (privacy
-// addresses, a delegated prefix) and could otherwise take a share per
-// address.
+// clientKeyOf names the client of addr: an IPv4 address, or an IPv6 /80.
+// A VPC gives an instance IPv6 addresses one by one from its subnet's /64,
+// or as /80 prefixes (prefix delegation), and routes no other: a /80 is at
+// most one instance, as an IPv4 address is, while a /64 is the whole
+// subnet, whose instances would all share one client's share.
 func clientKeyOf(endpoint uint64, addr [16]byte) clientKey {
 	if [12]byte(addr[:12]) != v4InV6 {
-		clear(addr[8:])
+		clear(addr[10:])
 	}
 	return clientKey{endpoint, addr}
 }

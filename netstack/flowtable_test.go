@@ -83,13 +83,18 @@ func TestFlowTablePerClient(t *testing.T) {
 	if touch(1, other, 6, 4, 0) != DropNone || touch(2, greedy, 6, 5, 0) != DropNone {
 		t.Fatal("another client, or the same address behind another endpoint, was refused")
 	}
-	// IPv6: one /64 is one client, whichever of its addresses it uses.
+	// IPv6: one /80 (a prefix a VPC delegates to one instance) is one
+	// client, whichever of its addresses it uses; another /80 of the same
+	// /64 (another instance of the subnet) is another client.
 	v6a, v6b := netip.MustParseAddr("2001:db8:1:2::a").As16(), netip.MustParseAddr("2001:db8:1:2::b").As16()
 	if touch(3, v6a, 6, 1, 0) != DropNone || touch(3, v6b, 6, 2, 0) != DropNone || touch(3, v6b, 6, 3, 0) != DropClientFlowLimit {
-		t.Fatal("two addresses of one IPv6 /64 got more than one share")
+		t.Fatal("two addresses of one IPv6 /80 got more than one share")
 	}
 	if touch(3, netip.MustParseAddr("2001:db8:1:3::a").As16(), 6, 4, 0) != DropNone {
 		t.Fatal("another /64 was refused")
+	}
+	if touch(3, netip.MustParseAddr("2001:db8:1:2:1::a").As16(), 6, 5, 0) != DropNone {
+		t.Fatal("another /80 of the same /64 was refused")
 	}
 	ft.Expire(int64(2 * time.Second)) // the UDP flow idles out
 	if r := touch(1, greedy, 6, 3, int64(2*time.Second)); r != DropNone {

@@ -67,7 +67,7 @@ type Config struct {
 	// (one record per query, answers passed to DNSAnswer). Default: 53.
 	DNSPorts []uint16
 	// MaxUDPFlowsPerClient bounds the UDP flows (host sockets, each with
-	// an ephemeral port) one client, an address (IPv6: its /64) behind one
+	// an ephemeral port) one client, an address (IPv6: its /80) behind one
 	// GWLB endpoint, holds at once; beyond it new flows are dropped.
 	// Default: DefaultMaxUDPFlowsPerClient.
 	MaxUDPFlowsPerClient int

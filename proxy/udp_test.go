@@ -274,21 +274,24 @@ func TestUDPShare(t *testing.T) {
 	if d := p.Stats().UDPShareDrops; d != 5 {
 		t.Fatalf("%d drops counted, want 5", d)
 	}
-	// Another client, and an IPv6 client whose /64 is not the first's.
+	// Another client, and an IPv6 client whose /80 is not the first's.
 	flowFrom("198.18.0.6", 1)
 	flowFrom("2001:db8:0:1::5", 1)
 	flowFrom("2001:db8:0:1::6", 1)
 	waitActive(5)
-	c, done := flowFrom("2001:db8:0:1::7", 1) // the /64's third
+	c, done := flowFrom("2001:db8:0:1::7", 1) // the /80's third
 	<-done
 	if !c.isClosed() {
-		t.Fatal("an IPv6 client took more than its /64's share with another address")
+		t.Fatal("an IPv6 client took more than its /80's share with another address")
 	}
+	// Another /80 of the same /64: another instance of the subnet.
+	flowFrom("2001:db8:0:1:1::5", 1)
+	waitActive(6)
 	// One of the first client's flows ends: it may open another.
 	a1.Close()
-	waitActive(4)
-	flowFrom("198.18.0.5", 9)
 	waitActive(5)
+	flowFrom("198.18.0.5", 9)
+	waitActive(6)
 
 	var limited []string
 	for _, r := range recs.records(t, 3) {

@@ -53,8 +53,8 @@ type udpShares struct {
 }
 
 // shareKey is a client as the share counts it: its address behind one GWLB
-// endpoint, an IPv6 client by its /64 (a host picks any address in its
-// /64, as the flow table's own per-client bound assumes too).
+// endpoint, an IPv6 client by its /80, as the flow table's own per-client
+// bound counts it (netstack's clientKeyOf says why).
 type shareKey struct {
 	endpoint uint64
 	client   netip.Addr
@@ -69,7 +69,7 @@ type shareEntry struct {
 func clientShareKey(f netstack.FlowInfo) shareKey {
 	a := f.Client.Addr().Unmap()
 	if a.Is6() {
-		a = netip.PrefixFrom(a, 64).Masked().Addr()
+		a = netip.PrefixFrom(a, 80).Masked().Addr()
 	}
 	return shareKey{endpoint: f.Endpoint, client: a}
 }
