@@ -82,6 +82,7 @@ type Proxy struct {
 	echo      echoRelay
 	udp       udpState
 	tcp       tcpState
+	denies    denyLimiter
 	stats     proxyCounters
 }
 
@@ -89,6 +90,7 @@ type proxyCounters struct {
 	tcpActive, udpActive, echoActive atomic.Int64
 	tcpDialErrors, denied            atomic.Uint64
 	echoUnrecorded                   atomic.Uint64
+	deniedUnrecorded                 atomic.Uint64
 }
 
 // Stats is a snapshot of the proxy's counters.
@@ -117,6 +119,10 @@ type Stats struct {
 	// client had MaxConnectingTCPPerClient connections being set up
 	// already.
 	TCPConnectingDrops uint64 `json:"tcp_connecting_drops"`
+	// DeniedUnrecorded counts flows refused before any handshake that got
+	// no record of their own: their client had used up its records
+	// (denylimit.go). Each is in Denied too.
+	DeniedUnrecorded uint64 `json:"denied_unrecorded"`
 }
 
 // New returns a Proxy.
@@ -175,6 +181,7 @@ func (p *Proxy) Stats() Stats {
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
 		TCPWaitingDrops:    p.tcp.waitingDrops.Load(),
 		TCPConnectingDrops: p.tcp.connectingDrops.Load(),
+		DeniedUnrecorded:   p.stats.deniedUnrecorded.Load(),
 	}
 }
 

@@ -52,9 +52,10 @@ func (r *stackRequest) Reject() { (*netstack.TCPRequest)(r).Reject() }
 func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 	start := time.Now()
 	rec := newRecord("tcp", flow)
+	key := clientShareKey(flow)
 	if reason := p.forbidden(flow.Dest.Addr()); reason != "" {
 		req.Reject()
-		p.deny(rec, start, reason)
+		p.denyEarly(rec, start, key, reason)
 		return
 	}
 	pol := p.cfg.Policy.Load()
@@ -62,10 +63,9 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 	if d, ok := pol.DecideEarly(subj); ok {
 		req.Reject()
 		rec.Rule = d.Rule
-		p.deny(rec, start, "denied by policy")
+		p.denyEarly(rec, start, key, "denied by policy")
 		return
 	}
-	key := clientShareKey(flow)
 	// Until the handshake ends, a connection holds one of its endpoint's
 	// stack's slots for connections being set up (TCPOptions.MaxInFlight):
 	// a SYN never completed holds one for a minute, as the stack repeats

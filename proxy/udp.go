@@ -169,7 +169,7 @@ func (f *udpFlow) decide(protocol, domain string) policy.Decision {
 // refuse records a denied flow and drops it without a host socket.
 func (f *udpFlow) refuse(reason string) {
 	f.releaseShare() // no host socket: it does not count
-	f.p.deny(f.rec, f.start, reason)
+	f.p.denyEarly(f.rec, f.start, clientShareKey(f.info), reason)
 	f.p.holdDenied(f.client, f.ready, f.pol)
 }
 

@@ -1,0 +1,63 @@
+package proxy
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+)
+
+// refusedAcceptor is a connection attempt the proxy refuses before any
+// handshake.
+type refusedAcceptor struct{}
+
+func (refusedAcceptor) Accept() (net.Conn, error) { panic("accepted a refused attempt") }
+func (refusedAcceptor) Reject()                   {}
+
+// TestEarlyDenyRecordsBounded plays a client that floods SYNs to a
+// forbidden destination (the instance metadata service): one packet each,
+// and each was a deny record, so one client could fill the records queue
+// for everyone. Its records are now bounded by a bucket of its own; the
+// rest are counted, and its next record says how many; another client's
+// denial is still recorded.
+func TestEarlyDenyRecordsBounded(t *testing.T) {
+	r := newClsRig(t, "policy:\n  default: allow\n", clsOptions{})
+	imds := netip.MustParseAddrPort("169.254.169.254:80")
+	flood := netip.MustParseAddr("198.18.0.9")
+	const n = 500
+	for i := range n {
+		r.p.handleTCP(netstack.FlowInfo{Endpoint: 7, Client: netip.AddrPortFrom(flood, uint16(20000+i)), Dest: imds}, refusedAcceptor{})
+	}
+	other := netip.MustParseAddr("198.18.0.10")
+	r.p.handleTCP(netstack.FlowInfo{Endpoint: 7, Client: netip.AddrPortFrom(other, 20000), Dest: imds}, refusedAcceptor{})
+	time.Sleep(200 * time.Millisecond) // the flooding client's bucket refills a little
+	r.p.handleTCP(netstack.FlowInfo{Endpoint: 7, Client: netip.AddrPortFrom(flood, 30000), Dest: imds}, refusedAcceptor{})
+
+	st := r.p.Stats()
+	recorded := n + 2 - int(st.DeniedUnrecorded)
+	if st.Denied != n+2 || recorded < denyRecordBurst || recorded > denyRecordBurst+20 {
+		t.Fatalf("denied %d, unrecorded %d: %d recorded, want all %d counted and about %d recorded", st.Denied, st.DeniedUnrecorded, recorded, n+2, denyRecordBurst+2)
+	}
+	var got, fromOther, summary int
+	for deadline := time.Now().Add(3 * time.Second); got < recorded && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got, fromOther, summary = 0, 0, 0
+		for _, rec := range r.recs.parse(t) {
+			if rec.Action != "deny" {
+				continue
+			}
+			got++
+			if rec.ClientIP == other.String() {
+				fromOther++
+			}
+			if strings.Contains(rec.Error, "more refused from this client before this one") {
+				summary++
+			}
+		}
+	}
+	if got != recorded || fromOther != 1 || summary != 1 {
+		t.Fatalf("%d deny records (want %d), %d of the other client (want 1), %d saying how many went unrecorded (want 1)", got, recorded, fromOther, summary)
+	}
+}
