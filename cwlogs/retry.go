@@ -138,3 +138,83 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
+
+// Once Close has begun, a call may take half the time Close has left, but
+// at least closingCallMin and at most closingCallMax (and RequestTimeout).
+// A call stuck on a dead connection (its answer never comes) would
+// otherwise hold the last records until Close gives up on them all, when a
+// fresh attempt on a new connection would go through; half leaves the other
+// half for that attempt. A shorter call could hardly succeed, and Close's
+// deadline ends it anyway.
+const (
+	closingCallMin = 500 * time.Millisecond
+	closingCallMax = 5 * time.Second
+)
+
+// callContext returns the context for one API call: it ends with the
+// Shipper, after RequestTimeout, and once Close has begun after
+// closingCallTimeout, also for a call already under way when Close begins.
+// The caller must call cancel when the call returns.
+func (s *Shipper) callContext() (context.Context, context.CancelFunc) {
+	select {
+	case <-s.closing:
+		return context.WithTimeout(s.runCtx, min(s.cfg.RequestTimeout, s.closingCallTimeout()))
+	default:
+	}
+	ctx, cancel := context.WithTimeout(s.runCtx, s.cfg.RequestTimeout)
+	go func() {
+		select {
+		case <-s.closing:
+		case <-ctx.Done():
+			return
+		}
+		t := time.NewTimer(s.closingCallTimeout())
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// closingCallTimeout is how long a call may take from now on, once Close has
+// begun.
+func (s *Shipper) closingCallTimeout() time.Duration {
+	s.mu.Lock()
+	deadline := s.closeDeadline
+	s.mu.Unlock()
+	d := closingCallMax
+	if !deadline.IsZero() {
+		d = min(d, max(time.Until(deadline)/2, closingCallMin))
+	}
+	return min(d, s.cfg.RequestTimeout)
+}
+
+// closingRetryMax caps the wait between retries once Close has begun: the
+// last records have a deadline (the appliance's drain), and throttling, the
+// usual cause of a retry, lifts within a second or so.
+const closingRetryMax = 500 * time.Millisecond
+
+// retryWait waits before retry number attempt; it reports false when the
+// Shipper is shut down meanwhile. Once Close has begun, waits are capped at
+// closingRetryMax, and a longer wait under way ends at once.
+func (s *Shipper) retryWait(attempt int) bool {
+	hi, closing := s.cfg.RetryMax, s.closing
+	select {
+	case <-s.closing:
+		hi, closing = min(hi, closingRetryMax), nil
+	default:
+	}
+	t := time.NewTimer(backoff(attempt, s.cfg.RetryMin, hi))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-closing:
+		return s.runCtx.Err() == nil
+	case <-s.runCtx.Done():
+		return false
+	}
+}
