@@ -28,6 +28,7 @@ type denyLimiter struct {
 	mu       sync.Mutex
 	m        map[shareKey]*denyBucket
 	overflow denyBucket
+	swept    time.Time // sweeps of a full map come at most once a second
 }
 
 type denyBucket struct {
@@ -46,8 +47,9 @@ func (l *denyLimiter) take(k shareKey, now time.Time) (ok bool, skipped int) {
 	}
 	b := l.m[k]
 	if b == nil {
-		if len(l.m) >= maxDenyClients {
+		if len(l.m) >= maxDenyClients && now.Sub(l.swept) >= time.Second {
 			l.sweep(now)
+			l.swept = now
 		}
 		if len(l.m) < maxDenyClients {
 			b = &denyBucket{tokens: denyRecordBurst, last: now}
@@ -56,8 +58,10 @@ func (l *denyLimiter) take(k shareKey, now time.Time) (ok bool, skipped int) {
 			b = &l.overflow
 		}
 	}
-	b.tokens = min(denyRecordBurst, b.tokens+now.Sub(b.last).Seconds()*denyRecordRate)
-	b.last = now
+	if now.After(b.last) { // callers' clocks were read before the lock
+		b.tokens = min(denyRecordBurst, b.tokens+now.Sub(b.last).Seconds()*denyRecordRate)
+		b.last = now
+	}
 	if b.tokens < 1 {
 		b.skipped++
 		return false, 0

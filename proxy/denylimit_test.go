@@ -61,3 +61,31 @@ func TestEarlyDenyRecordsBounded(t *testing.T) {
 		t.Fatalf("%d deny records (want %d), %d of the other client (want 1), %d saying how many went unrecorded (want 1)", got, recorded, fromOther, summary)
 	}
 }
+
+// TestDenyLimiterBounded: the buckets are bounded; clients beyond the
+// bound share one, and buckets that have refilled make room again.
+func TestDenyLimiterBounded(t *testing.T) {
+	var l denyLimiter
+	t0 := time.Unix(1000, 0)
+	key := func(i int) shareKey {
+		return shareKey{endpoint: 1, client: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})}
+	}
+	for i := range maxDenyClients {
+		if ok, _ := l.take(key(i), t0); !ok {
+			t.Fatalf("client %d's first denial not recorded", i)
+		}
+	}
+	// Beyond the bound, new clients share the overflow bucket.
+	for i := range denyRecordBurst {
+		if ok, _ := l.take(key(maxDenyClients+i), t0); !ok {
+			t.Fatalf("overflow client %d: not recorded", i)
+		}
+	}
+	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst), t0); ok || len(l.m) != maxDenyClients {
+		t.Fatalf("the overflow bucket gave more than its %d records (map %d)", denyRecordBurst, len(l.m))
+	}
+	// Later, every bucket has refilled: a new client gets one of its own.
+	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst+1), t0.Add(10*time.Second)); !ok || len(l.m) != 1 {
+		t.Fatalf("after the buckets refilled: recorded %v, %d buckets kept, want 1", ok, len(l.m))
+	}
+}
