@@ -59,10 +59,6 @@ type Config struct {
 	// MaxWaitingTCPPerClient bounds the TCP connections one client may
 	// have waiting to be classified (default DefaultMaxWaitingTCPPerClient).
 	MaxWaitingTCPPerClient int
-	// MaxConnectingTCPPerClient bounds the TCP connections one client may
-	// have being set up (dialled, then the handshake completed) at once
-	// (default DefaultMaxConnectingTCPPerClient).
-	MaxConnectingTCPPerClient int
 	// DNSPorts are the UDP destination ports whose traffic is read as DNS
 	// (one record per query, answers passed to DNSAnswer). Default: 53.
 	DNSPorts []uint16
@@ -115,10 +111,6 @@ type Stats struct {
 	// client had MaxWaitingTCPPerClient connections waiting to be
 	// classified already.
 	TCPWaitingDrops uint64 `json:"tcp_waiting_drops"`
-	// TCPConnectingDrops counts new TCP connections refused because their
-	// client had MaxConnectingTCPPerClient connections being set up
-	// already.
-	TCPConnectingDrops uint64 `json:"tcp_connecting_drops"`
 	// DeniedUnrecorded counts flows refused before any handshake that got
 	// no record of their own: their client had used up its records
 	// (denylimit.go). Each is in Denied too.
@@ -157,7 +149,6 @@ func New(cfg Config) *Proxy {
 	ic.Dial = p.dialTCP
 	p.intercept = intercept.New(ic)
 	p.tcp.waiting.what = "TCP connections waiting for their first bytes, its share"
-	p.tcp.connecting.what = "TCP connections being set up, its share"
 	p.echo.init(p)
 	return p
 }
@@ -179,9 +170,8 @@ func (p *Proxy) Stats() Stats {
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
 		Denied: p.stats.denied.Load() + p.intercept.Denied(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
-		TCPWaitingDrops:    p.tcp.waitingDrops.Load(),
-		TCPConnectingDrops: p.tcp.connectingDrops.Load(),
-		DeniedUnrecorded:   p.stats.deniedUnrecorded.Load(),
+		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
+		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
 	}
 }
 

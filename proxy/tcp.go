@@ -66,26 +66,10 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 		p.denyEarly(rec, start, key, "denied by policy")
 		return
 	}
-	// Until the handshake ends, a connection holds one of its endpoint's
-	// stack's slots for connections being set up (TCPOptions.MaxInFlight):
-	// a SYN never completed holds one for a minute, as the stack repeats
-	// its SYN-ACK, and a few clients could hold them all, for every client
-	// of the endpoint. So a client may have only so many connections being
-	// set up, dial and handshake, at once.
-	if ok, record := p.tcp.connecting.acquire(key, p.tcpConnectingLimit(), start); !ok {
-		p.tcp.connectingDrops.Add(1)
-		req.Reject()
-		if record != "" {
-			rec.Rule = ""
-			p.deny(rec, start, record)
-		}
-		return
-	}
 	// Until its first bytes come, a connection costs a dialled upstream,
 	// two goroutines and the sniffing buffers, and waits with no time
 	// limit: a client may hold only so many of them.
 	if ok, record := p.tcp.waiting.acquire(key, p.tcpWaitingLimit(), start); !ok {
-		p.tcp.connecting.release(key)
 		p.tcp.waitingDrops.Add(1) // before the RST, which a client may act on at once
 		req.Reject()
 		if record != "" {
@@ -97,7 +81,6 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 	p.stats.tcpActive.Add(1)
 	up, err := p.dialTCP(context.Background(), flow.Dest.String())
 	if err != nil {
-		p.tcp.connecting.release(key)
 		p.tcp.waiting.release(key)
 		req.Reject()
 		p.stats.tcpDialErrors.Add(1)
@@ -106,7 +89,6 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 		return
 	}
 	client, err := req.Accept()
-	p.tcp.connecting.release(key)
 	if err != nil {
 		p.tcp.waiting.release(key)
 		up.Close()
@@ -128,26 +110,10 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 // bounds that to about 40 MiB per client.
 const DefaultMaxWaitingTCPPerClient = 1024
 
-// DefaultMaxConnectingTCPPerClient is how many TCP connections one client
-// may have being set up (the destination dialled, then the handshake with
-// the client completed) at once unless Config.MaxConnectingTCPPerClient
-// says otherwise. A real client's handshakes end within a round trip; it
-// takes 64 clients at this share to hold all of a stack's 16,384 slots.
-const DefaultMaxConnectingTCPPerClient = 256
-
 // tcpState is the proxy's TCP state beyond single connections.
 type tcpState struct {
-	waiting         udpShares
-	waitingDrops    atomic.Uint64
-	connecting      udpShares
-	connectingDrops atomic.Uint64
-}
-
-func (p *Proxy) tcpConnectingLimit() int {
-	if n := p.cfg.MaxConnectingTCPPerClient; n > 0 {
-		return n
-	}
-	return DefaultMaxConnectingTCPPerClient
+	waiting      udpShares
+	waitingDrops atomic.Uint64
 }
 
 func (p *Proxy) tcpWaitingLimit() int {

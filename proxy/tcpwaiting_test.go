@@ -1,14 +1,10 @@
 package proxy
 
 import (
-	"errors"
 	"net"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
 // TestSilentConnectionsBounded plays a client that opens TCP connections
@@ -69,86 +65,5 @@ func TestSilentConnectionsBounded(t *testing.T) {
 	}
 	for _, c := range held {
 		c.Close()
-	}
-}
-
-// stalledAcceptor is a connection attempt whose client never completes the
-// handshake: Accept waits until the test lets it go, as the stack waits
-// for the client's ACK to its SYN-ACK.
-type stalledAcceptor struct {
-	release  chan struct{}
-	rejected chan struct{}
-}
-
-func (a *stalledAcceptor) Accept() (net.Conn, error) {
-	<-a.release
-	return nil, errors.New("test: the client never completed the handshake")
-}
-func (a *stalledAcceptor) Reject() { close(a.rejected) }
-
-// TestStalledHandshakesBounded: a client whose SYNs are never completed
-// may hold only its share of the connections being set up; beyond it, new
-// attempts are refused at once, before anything is dialled, and counted,
-// with one deny record per client every 10 s. Before, each held one of its
-// endpoint stack's 16,384 slots for a minute, and 16 client addresses held
-// them all, for every client of the endpoint.
-func TestStalledHandshakesBounded(t *testing.T) {
-	r := newClsRig(t, "policy:\n  default: allow\n", clsOptions{})
-	r.p.cfg.MaxConnectingTCPPerClient = 3
-	client := netip.MustParseAddr("198.18.0.7")
-	flow := func(port uint16) netstack.FlowInfo {
-		return netstack.FlowInfo{Endpoint: 7, Client: netip.AddrPortFrom(client, port), Dest: r.plainDest}
-	}
-	release := make(chan struct{})
-	done := make(chan struct{})
-	for i := range 3 {
-		go func() {
-			r.p.handleTCP(flow(uint16(41000+i)), &stalledAcceptor{release: release, rejected: make(chan struct{})})
-			done <- struct{}{}
-		}()
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for r.p.Stats().TCPActive < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections being set up, want 3", r.p.Stats().TCPActive)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	for i := range 5 {
-		a := &stalledAcceptor{release: release, rejected: make(chan struct{})}
-		go r.p.handleTCP(flow(uint16(42000+i)), a)
-		select {
-		case <-a.rejected:
-		case <-time.After(3 * time.Second):
-			t.Fatalf("attempt %d past the share was not refused", i)
-		}
-	}
-	if st := r.p.Stats(); st.TCPConnectingDrops != 5 || st.TCPActive != 3 {
-		t.Errorf("TCPConnectingDrops %d, TCPActive %d; want 5 and 3", st.TCPConnectingDrops, st.TCPActive)
-	}
-	close(release) // the stalled handshakes end: their slots come free
-	for range 3 {
-		<-done
-	}
-	a := &stalledAcceptor{release: make(chan struct{}), rejected: make(chan struct{})}
-	close(a.release)
-	r.p.handleTCP(flow(43000), a)
-	select {
-	case <-a.rejected:
-		t.Fatal("an attempt after the share came free was refused")
-	default:
-	}
-	// The drop's record goes through the records writer's queue.
-	n := 0
-	for deadline := time.Now().Add(3 * time.Second); n == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		n = 0
-		for _, rec := range r.recs.parse(t) {
-			if strings.Contains(rec.Error, "being set up") && rec.Action == "deny" {
-				n++
-			}
-		}
-	}
-	if n != 1 {
-		t.Errorf("%d drop records, want 1 (one per client every 10 s)\n%s", n, r.recs.String())
 	}
 }
