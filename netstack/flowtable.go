@@ -325,9 +325,10 @@ func (c *clientShares) shard(k *clientKey) *clientShard {
 
 // clientKeyOf names the client of addr: an IPv4 address, or an IPv6 /80.
 // A VPC gives an instance IPv6 addresses one by one from its subnet's /64,
-// or as /80 prefixes (prefix delegation), and routes no other: a /80 is at
-// most one instance, as an IPv4 address is, while a /64 is the whole
-// subnet, whose instances would all share one client's share.
+// or as /80 prefixes (prefix delegation), and routes no other: a delegated
+// /80 is one instance's, and two addresses given one by one rarely share a
+// /80, while a /64 is the whole subnet, whose instances would all share
+// one client's share.
 func clientKeyOf(endpoint uint64, addr [16]byte) clientKey {
 	if [12]byte(addr[:12]) != v4InV6 {
 		clear(addr[10:])

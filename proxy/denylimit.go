@@ -9,7 +9,7 @@ import (
 )
 
 // Deny records of flows refused before any handshake (a forbidden
-// destination, a decision on addresses alone, a denied UDP flow) cost a
+// destination, a decision on addresses alone, a denied UDP or echo flow) cost a
 // client one packet each. Recorded one by one without bound, one client's
 // flood would fill the records queue, so that other clients' records were
 // dropped, the sinks fell behind and the health check failed for every
@@ -68,14 +68,20 @@ func (l *denyLimiter) take(k shareKey, now time.Time) (ok bool, skipped int) {
 	}
 	b.tokens--
 	skipped, b.skipped = b.skipped, 0
+	if b == &l.overflow {
+		skipped = 0 // other clients', not this one's: only in the counter
+	}
 	return true, skipped
 }
 
-// sweep forgets the buckets that have refilled and owe no count: such a
-// client starts afresh as if it had never been seen.
+// sweep forgets the buckets that have refilled: such a client starts
+// afresh as if it had never been seen. What it owed its next record (how
+// many went unrecorded) is dropped, and stays in the counter only: else a
+// client that once ran dry and went quiet would keep its bucket for ever,
+// and enough of them would fill the map for good.
 func (l *denyLimiter) sweep(now time.Time) {
 	for k, b := range l.m {
-		if b.skipped == 0 && b.tokens+now.Sub(b.last).Seconds()*denyRecordRate >= denyRecordBurst {
+		if b.tokens+now.Sub(b.last).Seconds()*denyRecordRate >= denyRecordBurst {
 			delete(l.m, k)
 		}
 	}

@@ -84,6 +84,18 @@ func TestDenyLimiterBounded(t *testing.T) {
 	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst), t0); ok || len(l.m) != maxDenyClients {
 		t.Fatalf("the overflow bucket gave more than its %d records (map %d)", denyRecordBurst, len(l.m))
 	}
+	// A later client of the overflow bucket is not told of the others'.
+	t1 := t0.Add(500 * time.Millisecond) // within a second of the last sweep: none now
+	if ok, skipped := l.take(key(maxDenyClients+denyRecordBurst+2), t1); !ok || skipped != 0 {
+		t.Fatalf("an overflow client's record: recorded %v, %d unrecorded before it, want true and 0", ok, skipped)
+	}
+	// A client that runs dry and goes quiet: its bucket goes with the rest.
+	for range 2 * denyRecordBurst {
+		l.take(key(0), t1)
+	}
+	if l.m[key(0)].skipped == 0 {
+		t.Fatal("the client did not run dry")
+	}
 	// Later, every bucket has refilled: a new client gets one of its own.
 	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst+1), t0.Add(10*time.Second)); !ok || len(l.m) != 1 {
 		t.Fatalf("after the buckets refilled: recorded %v, %d buckets kept, want 1", ok, len(l.m))

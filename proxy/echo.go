@@ -93,7 +93,7 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 	f.last.Store(now.UnixNano())
 	if f.denied {
 		if isNew {
-			p.deny(f.rec, now, f.rec.Error)
+			p.denyEarly(f.rec, now, clientShareKey(req.Flow), f.rec.Error)
 		} else if f == &noRoomDenied {
 			p.stats.echoUnrecorded.Add(1)
 		}

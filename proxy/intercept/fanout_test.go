@@ -16,7 +16,8 @@ import (
 )
 
 // TestH2FanOutBounded: an HTTP/2 client's concurrent streams towards an
-// upstream that speaks HTTP/1 share a few upstream connections. Each stream
+// upstream that speaks HTTP/1 share a few upstream connections, however
+// the client writes the name. Each stream
 // dialled one before (200 streams, 200 connections to the destination,
 // counted in no flow table): one client connection could flood a third
 // party from the appliance's address.
@@ -58,11 +59,19 @@ func TestH2FanOutBounded(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	codes := make(chan int, streams)
-	for range streams {
+	for i := range streams {
+		// The name in a different case each time: one destination still,
+		// and one bound (the transport pools per URL host).
+		host := []byte("www.example.test")
+		for b := range host {
+			if i>>(b%6)&1 == 1 && host[b] >= 'a' && host[b] <= 'z' {
+				host[b] -= 'a' - 'A'
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest("GET", "http://www.example.test/slow", nil)
+			req, _ := http.NewRequest("GET", "http://"+string(host)+"/slow", nil)
 			resp, err := cc.RoundTrip(req)
 			if err != nil {
 				codes <- -1

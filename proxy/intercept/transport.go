@@ -111,7 +111,28 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 			return s.handshakeUpstream(ctx, c, tlsCfg())
 		}
 	}
-	return tr
+	return oneHostTransport{tr, dest}
+}
+
+// oneHostTransport gives every request the same URL host, the session's
+// destination, before http.Transport sees it: the transport keeps its
+// connections, and counts them against MaxConnsPerHost, per URL host, and
+// an HTTP/2 client's :authority is the URL host as it wrote it. Varied
+// (WWW.example.test, www.EXAMPLE.test), every name would have had its own
+// pool and its own bound, while every connection goes to the one
+// destination anyway. What is sent as Host or :authority is req.Host,
+// which roundTrip has set.
+type oneHostTransport struct {
+	*http.Transport
+	host string
+}
+
+func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	r := *req // the transport must not change the caller's request
+	u := *req.URL
+	u.Host = t.host
+	r.URL = &u
+	return t.Transport.RoundTrip(&r)
 }
 
 // maxUpstreamConns bounds the upstream connections of one HTTP/2 client
