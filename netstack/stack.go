@@ -84,6 +84,8 @@ type endpointStack struct {
 	// inFrags lets the later fragments of a client's datagram, which carry
 	// no ports, follow the flow their first fragment was taken in under.
 	inFrags fragTable
+	// setups shares the slots of connections being set up (setups.go).
+	setups setupShares
 }
 
 // packetStampEvery is how stale endpointStack.lastPacket may be: the
@@ -202,6 +204,13 @@ func (st *endpointStack) info(proto uint8, id stack.TransportEndpointID) FlowInf
 
 func (st *endpointStack) handleTCP(r *tcp.ForwarderRequest) {
 	req := &TCPRequest{Flow: st.info(protoTCP, r.ID()), fr: r, opts: &st.srv.cfg.TCP}
+	req.client = clientKeyOf(st.endpoint, req.Flow.Client.Addr().As16())
+	if !st.setups.take(req.client, st.srv.cfg.TCP.MaxInFlight) {
+		st.srv.stats.tcpSetupsRefused.Add(1)
+		r.Complete(true)
+		return
+	}
+	req.setups = &st.setups
 	st.srv.stats.tcpAttempts.Add(1)
 	st.srv.cfg.Handler.HandleTCP(req)
 	req.mu.Lock()
@@ -235,10 +244,12 @@ type TCPRequest struct {
 	// Flow describes the connection.
 	Flow FlowInfo
 
-	mu   sync.Mutex
-	fr   *tcp.ForwarderRequest
-	opts *TCPOptions
-	done bool
+	mu     sync.Mutex
+	fr     *tcp.ForwarderRequest
+	opts   *TCPOptions
+	done   bool
+	client clientKey
+	setups *setupShares // the slot's share, given back on completion
 }
 
 // ErrRequestDone is returned by Accept after Accept or Reject.
@@ -279,4 +290,7 @@ func (r *TCPRequest) Reject() {
 func (r *TCPRequest) complete(reset bool) {
 	r.fr.Complete(reset)
 	r.done = true
+	if r.setups != nil {
+		r.setups.give(r.client)
+	}
 }

@@ -10,6 +10,7 @@ type counters struct {
 	drops                [dropReasons]atomic.Uint64
 	returnFallbacks      atomic.Uint64
 	tcpAttempts          atomic.Uint64
+	tcpSetupsRefused     atomic.Uint64
 	udpFlows             atomic.Uint64
 	udpCreateErrors      atomic.Uint64
 	echoRequests         atomic.Uint64
@@ -22,24 +23,28 @@ func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 
 // Stats is a snapshot of the server's counters, as /stats shows it.
 type Stats struct {
-	PacketsIn           uint64            `json:"packets_in"`
-	BytesIn             uint64            `json:"bytes_in"`
-	PacketsOut          uint64            `json:"packets_out"`
-	BytesOut            uint64            `json:"bytes_out"`
-	Drops               map[string]uint64 `json:"drops"`
-	Flows               int               `json:"flows"`
-	FlowsCreated        uint64            `json:"flows_created"`
-	FlowsExpired        uint64            `json:"flows_expired"`
-	FlowsByEndpoint     map[string]int64  `json:"flows_by_endpoint"`
-	Stacks              int64             `json:"stacks"`
-	StacksCreated       uint64            `json:"stacks_created"`
-	StacksClosed        uint64            `json:"stacks_closed"`
-	TCPConnections      uint64            `json:"tcp_connection_attempts"`
-	UDPFlows            uint64            `json:"udp_flows"`
-	EchoRequests        uint64            `json:"echo_requests"`
-	ReturnPath          string            `json:"return_path"`
-	ReturnPortFallbacks uint64            `json:"return_port_fallbacks"`
-	LastSendError       string            `json:"last_send_error,omitempty"`
+	PacketsIn       uint64            `json:"packets_in"`
+	BytesIn         uint64            `json:"bytes_in"`
+	PacketsOut      uint64            `json:"packets_out"`
+	BytesOut        uint64            `json:"bytes_out"`
+	Drops           map[string]uint64 `json:"drops"`
+	Flows           int               `json:"flows"`
+	FlowsCreated    uint64            `json:"flows_created"`
+	FlowsExpired    uint64            `json:"flows_expired"`
+	FlowsByEndpoint map[string]int64  `json:"flows_by_endpoint"`
+	Stacks          int64             `json:"stacks"`
+	StacksCreated   uint64            `json:"stacks_created"`
+	StacksClosed    uint64            `json:"stacks_closed"`
+	TCPConnections  uint64            `json:"tcp_connection_attempts"`
+	// TCPSetupsRefused counts connection attempts refused with a RST
+	// because their stack's slots for connections being set up ran short
+	// and their client held its fair share of them (setups.go).
+	TCPSetupsRefused    uint64 `json:"tcp_setups_refused"`
+	UDPFlows            uint64 `json:"udp_flows"`
+	EchoRequests        uint64 `json:"echo_requests"`
+	ReturnPath          string `json:"return_path"`
+	ReturnPortFallbacks uint64 `json:"return_port_fallbacks"`
+	LastSendError       string `json:"last_send_error,omitempty"`
 	// AcksDelayed counts the pure ACKs held for a reply to carry, and
 	// AcksCarried those of them a reply carried, so they never left.
 	AcksDelayed uint64 `json:"acks_delayed"`
@@ -69,6 +74,7 @@ func (s *Server) Stats() Stats {
 		StacksCreated:       c.stacksCreated.Load(),
 		StacksClosed:        c.stacksClosed.Load(),
 		TCPConnections:      c.tcpAttempts.Load(),
+		TCPSetupsRefused:    c.tcpSetupsRefused.Load(),
 		UDPFlows:            c.udpFlows.Load(),
 		EchoRequests:        c.echoRequests.Load(),
 		ReturnPath:          s.ret.name(),
