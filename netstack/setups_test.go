@@ -74,3 +74,41 @@ func TestSetupSlotsShared(t *testing.T) {
 		}
 	}
 }
+
+// forgetfulHandler neither accepts nor rejects: the stack completes the
+// request itself when HandleTCP returns.
+type forgetfulHandler struct {
+	testHandler
+	got chan struct{}
+}
+
+func (h *forgetfulHandler) HandleTCP(*TCPRequest) { h.got <- struct{}{} }
+
+// TestSetupSlotsGivenBack: an attempt's share comes back however it ends,
+// also when the handler forgets it; else a client would run out of shares
+// for good.
+func TestSetupSlotsGivenBack(t *testing.T) {
+	h := &forgetfulHandler{got: make(chan struct{}, 1)}
+	s := startServer(t, Config{Handler: h, TCP: TCPOptions{MaxInFlight: 2}}) // pressure at 1; a fair share of 1
+	from := netip.MustParseAddrPort("127.0.0.2:40000")
+	dest := netip.MustParseAddrPort("198.18.9.9:443")
+	client := netip.MustParseAddr("198.18.0.5")
+	for i := range 20 {
+		s.handleDatagram(geneve(7, clientSegment(netip.AddrPortFrom(client, uint16(41000+i)), dest, 1000, 0, header.TCPFlagSyn, nil)), from, nil)
+		select {
+		case <-h.got:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("attempt %d not handed over; stats %+v", i, s.Stats())
+		}
+		waitUntil(t, 5*time.Second, "the share back", func() (bool, string) {
+			v, _ := s.stacks.Load(uint64(7))
+			st := v.(*endpointStack)
+			st.setups.mu.Lock()
+			defer st.setups.mu.Unlock()
+			return st.setups.total == 0, fmt.Sprintf("%d held", st.setups.total)
+		})
+	}
+	if n := s.Stats().TCPSetupsRefused; n != 0 {
+		t.Fatalf("%d attempts refused", n)
+	}
+}
