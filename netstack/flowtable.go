@@ -51,60 +51,65 @@ const (
 )
 
 // tcpClient records a segment from the client with the given flags.
-func (f *Flow) tcpClient(flags uint8) {
+func (f *Flow) tcpClient(flags uint8) { f.tcpUpdate(afterClient, flags) }
+
+// tcpStack records a segment the stack sent to the client.
+func (f *Flow) tcpStack(flags uint8) { f.tcpUpdate(afterStack, flags) }
+
+// tcpUpdate moves the flow's TCP state on by next, against the other
+// direction's updates.
+func (f *Flow) tcpUpdate(next func(was uint32, flags uint8) uint32, flags uint8) {
 	for {
 		was := f.tcp.Load()
-		now := was
-		switch {
-		case flags&flagRst != 0:
-			now |= tcpReset
-		case flags&flagSyn != 0:
-			// Nothing: a new connection on the flow's ports starts afresh
-			// with the stack's SYN-ACK, and a duplicate SYN on a live
-			// one must not undo it (the stack's challenge ACKs, which
-			// would make it live again, are rate-limited).
-		default:
-			if flags&flagAck != 0 && was&(tcpSynAcked|tcpEstablished) != 0 {
-				// The handshake's last ACK, or later: live, also after
-				// a RST the stack ignored (out of its window) or one it
-				// sent to a stray segment during the handshake.
-				now = (now | tcpEstablished) &^ tcpReset
-			}
-			if flags&flagFin != 0 {
-				now |= tcpFinIn
-			}
-		}
-		if now == was || f.tcp.CompareAndSwap(was, now) {
+		if now := next(was, flags); now == was || f.tcp.CompareAndSwap(was, now) {
 			return
 		}
 	}
 }
 
-// tcpStack records a segment the stack sent to the client. Its SYN-ACK
-// starts a connection afresh. Anything else but a RST it sends on a
-// connection it holds (a segment for none gets a RST), so such a segment
-// makes the flow established, also one made again after it expired; the
-// one exception, an ACK to an out-of-window segment during the handshake,
-// costs no more than a connection completed.
-func (f *Flow) tcpStack(flags uint8) {
-	for {
-		was := f.tcp.Load()
-		now := was
-		switch {
-		case flags&flagRst != 0:
-			now |= tcpReset
-		case flags&flagSyn != 0:
-			now = tcpSynAcked
-		default:
-			now = (now | tcpEstablished) &^ tcpReset // a RST it ignored (out of its window)
-			if flags&flagFin != 0 {
-				now |= tcpFinOut
-			}
+// afterClient is the state after a client's segment with flags.
+func afterClient(was uint32, flags uint8) uint32 {
+	now := was
+	switch {
+	case flags&flagRst != 0:
+		now |= tcpReset
+	case flags&flagSyn != 0:
+		// Nothing: a new connection on the flow's ports starts afresh
+		// with the stack's SYN-ACK, and a duplicate SYN on a live one
+		// must not undo it (the stack's challenge ACKs, which would make
+		// it live again, are rate-limited).
+	default:
+		if flags&flagAck != 0 && was&(tcpSynAcked|tcpEstablished) != 0 {
+			// The handshake's last ACK, or later: live, also after a RST
+			// the stack ignored (out of its window) or one it sent to a
+			// stray segment during the handshake.
+			now = (now | tcpEstablished) &^ tcpReset
 		}
-		if now == was || f.tcp.CompareAndSwap(was, now) {
-			return
+		if flags&flagFin != 0 {
+			now |= tcpFinIn
 		}
 	}
+	return now
+}
+
+// afterStack is the state after a segment the stack sent with flags. Its
+// SYN-ACK starts a connection afresh. Anything else but a RST it sends on
+// a connection it holds (a segment for none gets a RST), so such a
+// segment makes the flow established, also one made again after it
+// expired; the one exception, an ACK to an out-of-window segment during
+// the handshake, costs no more than a connection completed.
+func afterStack(was uint32, flags uint8) uint32 {
+	switch {
+	case flags&flagRst != 0:
+		return was | tcpReset
+	case flags&flagSyn != 0:
+		return tcpSynAcked
+	}
+	now := (was | tcpEstablished) &^ tcpReset // a RST it ignored (out of its window)
+	if flags&flagFin != 0 {
+		now |= tcpFinOut
+	}
+	return now
 }
 
 // tcpLive reports whether a TCP flow is established and neither reset nor
