@@ -208,9 +208,10 @@ type Checker struct {
 	sem    chan struct{} // lookups in flight
 	wg     sync.WaitGroup
 
-	callMu sync.Mutex
-	calls  map[string]*call // lookups in flight, by name
-	closed bool
+	callMu  sync.Mutex
+	calls   map[string]*call // lookups in flight, by name
+	callsBy map[string]int   // lookups in flight, by the endpoint that started them
+	closed  bool
 
 	retransmit time.Duration // UDP retransmission interval
 
@@ -221,8 +222,9 @@ type Checker struct {
 
 // call is one lookup in flight; its waiters share its outcome.
 type call struct {
-	done chan struct{}
-	err  error
+	done     chan struct{}
+	err      error
+	endpoint string // whose check started it
 }
 
 // New returns a Checker. Close it to end its lookups.
@@ -241,6 +243,7 @@ func newChecker(cfg Config, now func() time.Time) *Checker {
 		cancel:     cancel,
 		sem:        make(chan struct{}, cfg.MaxLookups),
 		calls:      make(map[string]*call),
+		callsBy:    make(map[string]int),
 		retransmit: min(defaultRetransmit, cfg.LookupTimeout/2),
 	}
 }
@@ -302,7 +305,7 @@ func (c *Checker) Check(ctx context.Context, endpoint, name string, dest netip.A
 	case stateFailed:
 		return c.failed(endpoint, name, dest, failed)
 	}
-	if err := c.lookup(ctx, name); err != nil {
+	if err := c.lookup(ctx, endpoint, name); err != nil {
 		return c.failed(endpoint, name, dest, err)
 	}
 	// The lookup's answer is in the store now (and an observed answer may

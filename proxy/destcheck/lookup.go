@@ -22,11 +22,21 @@ const ednsSize = 1232
 // errNoResolver is the cause of every lookup without a configured resolver.
 var errNoResolver = errors.New("no resolver is configured")
 
-// lookup looks name up unless a lookup of it is already in flight, and waits
-// for that lookup or for ctx. The lookup runs on its own, bounded by
-// LookupTimeout, whatever happens to ctx: other checks may be waiting for it,
-// and its answer is cached for the next ones.
-func (c *Checker) lookup(ctx context.Context, name string) error {
+// errEndpointLookups fails a check that would start a lookup while its
+// endpoint has started its share of those in flight.
+var errEndpointLookups = errors.New("too many lookups in flight for this GWLB endpoint")
+
+// lookup looks name up for a check from endpoint unless a lookup of it is
+// already in flight, and waits for that lookup or for ctx. The lookup runs
+// on its own, bounded by LookupTimeout, whatever happens to ctx: other
+// checks may be waiting for it, and its answer is cached for the next ones.
+//
+// One endpoint may have started at most half of MaxLookups of the lookups
+// in flight; beyond that a new name fails at once (joining a lookup in
+// flight is always allowed). Else the clients of one endpoint, sending
+// fresh names under an allowed wildcard, would hold every slot, and every
+// other endpoint's checks would wait until they failed.
+func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 	c.callMu.Lock()
 	cl := c.calls[name]
 	if cl == nil {
@@ -34,8 +44,13 @@ func (c *Checker) lookup(ctx context.Context, name string) error {
 			c.callMu.Unlock()
 			return ErrClosed
 		}
-		cl = &call{done: make(chan struct{})}
+		if quota := max(c.cfg.MaxLookups/2, 1); c.callsBy[endpoint] >= quota {
+			c.callMu.Unlock()
+			return fmt.Errorf("%w: %d of its own in flight", errEndpointLookups, quota)
+		}
+		cl = &call{done: make(chan struct{}), endpoint: endpoint}
 		c.calls[name] = cl
+		c.callsBy[endpoint]++
 		c.wg.Add(1)
 		go c.run(name, cl)
 	}
@@ -60,6 +75,9 @@ func (c *Checker) run(name string, cl *call) {
 	c.store(name, res, err)
 	c.callMu.Lock()
 	delete(c.calls, name)
+	if c.callsBy[cl.endpoint]--; c.callsBy[cl.endpoint] <= 0 {
+		delete(c.callsBy, cl.endpoint)
+	}
 	c.callMu.Unlock()
 	cl.err = err
 	close(cl.done)

@@ -3,6 +3,7 @@ package destcheck
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -293,6 +294,7 @@ func TestCheckTimeout(t *testing.T) {
 }
 
 // Lookups in flight are bounded: beyond MaxLookups they wait for a slot.
+// (Six endpoints, each within its share.)
 func TestLookupConcurrencyBound(t *testing.T) {
 	srv := startServer(t)
 	srv.Set("*.many.test", 60, addr("192.0.2.1"))
@@ -302,7 +304,7 @@ func TestLookupConcurrencyBound(t *testing.T) {
 	start := time.Now()
 	for i := range 6 {
 		wg.Go(func() {
-			if err := check(c, epA, string(rune('a'+i))+".many.test", "192.0.2.1"); err != nil {
+			if err := check(c, fmt.Sprintf("vpce-%017x", i), string(rune('a'+i))+".many.test", "192.0.2.1"); err != nil {
 				t.Error(err)
 			}
 		})
@@ -421,4 +423,42 @@ func TestSystemResolver(t *testing.T) {
 	if _, err := SystemResolver(filepath.Join(dir, "missing")); err == nil {
 		t.Error("a missing file was accepted")
 	}
+}
+
+// TestLookupsSharedByEndpoints: one endpoint may have started only half of
+// the lookups in flight; a new name beyond that fails at once, while a name
+// already being looked up may still be waited for, and another endpoint's
+// checks still get their lookups. Before, one endpoint's clients sending
+// fresh names under an allowed wildcard held every slot, and every other
+// endpoint's checks waited until they failed.
+func TestLookupsSharedByEndpoints(t *testing.T) {
+	srv := startServer(t)
+	srv.Set("*.slow.test", 60, addr("192.0.2.1"))
+	srv.SetDelay(300 * time.Millisecond)
+	c := newTestChecker(t, Config{Resolver: srv.Addr(), MaxLookups: 4}, nil) // a share of 2
+	var wg sync.WaitGroup
+	for _, name := range []string{"a.slow.test", "b.slow.test"} {
+		wg.Go(func() {
+			if err := check(c, epA, name, "192.0.2.1"); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		})
+	}
+	for srv.Queries("") < 4 { // A and AAAA of both
+		time.Sleep(5 * time.Millisecond)
+	}
+	start := time.Now()
+	err := check(c, epA, "c.slow.test", "192.0.2.1")
+	if !errors.Is(err, errEndpointLookups) || time.Since(start) > 100*time.Millisecond {
+		t.Errorf("a third new name from the same endpoint: %v after %s, want it refused at once", err, time.Since(start))
+	}
+	wg.Go(func() { // a name in flight: joined, not refused
+		if err := check(c, epA, "a.slow.test", "192.0.2.1"); err != nil {
+			t.Errorf("joining a lookup in flight: %v", err)
+		}
+	})
+	if err := check(c, epB, "d.slow.test", "192.0.2.1"); err != nil {
+		t.Errorf("another endpoint's check: %v", err)
+	}
+	wg.Wait()
 }
