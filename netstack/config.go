@@ -25,11 +25,12 @@ type Config struct {
 	// 350 s and 120 s, the GWLB's own).
 	TCPIdleTimeout time.Duration
 	IdleTimeout    time.Duration
-	// TCPTransitoryTimeout expires, sooner, the flows of TCP connections
-	// that are not established: a SYN not answered or not completed, a
-	// segment the stack refused, a connection reset or closed both ways
-	// (default DefaultTCPTransitoryTimeout; at most TCPIdleTimeout).
-	TCPTransitoryTimeout time.Duration
+	// TransitoryTimeout expires, sooner, the flows of TCP connections
+	// that are not established (a SYN not answered or not completed, a
+	// segment the stack refused, a connection reset or closed both ways),
+	// and other flows the stack has sent nothing on yet (default
+	// DefaultTransitoryTimeout; at most the flows' own idle timeouts).
+	TransitoryTimeout time.Duration
 	// MaxFlows caps the flow table (default 1,000,000).
 	MaxFlows int
 	// MaxFlowsPerClient caps the flows of one client (inner source address
@@ -98,11 +99,12 @@ const DefaultMaxEndpoints = 1024
 // the flow idle timeout already.
 const DefaultEndpointIdleTimeout = 30 * time.Second
 
-// DefaultTCPTransitoryTimeout is how long a TCP flow that is not
-// established lives without a packet. It outlasts a dial to a slow
-// destination (the stack answers a SYN once the dial is done) and the gaps
-// between a client's first SYN retransmissions (1, 2, 4, 8 and 16 s).
-const DefaultTCPTransitoryTimeout = 30 * time.Second
+// DefaultTransitoryTimeout is how long a TCP flow that is not established,
+// or another flow never replied to, lives without a packet. It outlasts a
+// dial to a slow destination (the stack answers a SYN once the dial is
+// done), the gaps between a client's first SYN retransmissions (1, 2, 4, 8
+// and 16 s), and the wait for a UDP answer.
+const DefaultTransitoryTimeout = 30 * time.Second
 
 func (c *Config) setDefaults() {
 	if c.ListenAddr == "" {
@@ -120,10 +122,10 @@ func (c *Config) setDefaults() {
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 120 * time.Second
 	}
-	if c.TCPTransitoryTimeout <= 0 {
-		c.TCPTransitoryTimeout = DefaultTCPTransitoryTimeout
+	if c.TransitoryTimeout <= 0 {
+		c.TransitoryTimeout = DefaultTransitoryTimeout
 	}
-	c.TCPTransitoryTimeout = min(c.TCPTransitoryTimeout, c.TCPIdleTimeout)
+	c.TransitoryTimeout = min(c.TransitoryTimeout, c.TCPIdleTimeout)
 	if c.MaxFlows <= 0 {
 		c.MaxFlows = 1_000_000
 	}

@@ -89,7 +89,7 @@ func TestStrayTCPFlowsExpireSoon(t *testing.T) {
 	}
 	readReplySegment(t, r.gwlb, header.TCPFlagRst) // refused, not ignored
 
-	later := time.Now().Add(DefaultTCPTransitoryTimeout + time.Second).UnixNano()
+	later := time.Now().Add(DefaultTransitoryTimeout + time.Second).UnixNano()
 	if n := r.s.flows.Expire(later); n != 10 {
 		t.Fatalf("%d flows expired after the transitory timeout, want the 10 stray ones", n)
 	}

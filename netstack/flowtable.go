@@ -24,6 +24,7 @@ type Flow struct {
 	tunnel   atomic.Pointer[tunnel]
 	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
 	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
+	replied  atomic.Bool              // others: the stack has sent the client something
 }
 
 // What a TCP flow's segments showed, as bits of Flow.tcp. A flow lives for
@@ -141,7 +142,7 @@ type flowTable struct {
 	max         int64
 	clients     clientShares
 	tcpIdle     time.Duration
-	tcpShort    time.Duration // for TCP flows not established (see tcpSynAcked)
+	short       time.Duration // for TCP flows not established (see tcpSynAcked), and others never replied to
 	otherIdle   time.Duration
 	created     atomic.Uint64
 	expired     atomic.Uint64
@@ -150,10 +151,11 @@ type flowTable struct {
 
 // newFlowTable returns a table holding at most max flows, expiring TCP flows
 // after tcpIdle and all others after otherIdle without a packet; TCP flows
-// that are not established expire after DefaultTCPTransitoryTimeout, or
-// tcpIdle if that is shorter (see SetTCPTransitory).
+// that are not established, and other flows the stack never replied to,
+// expire after DefaultTransitoryTimeout, or their idle timeout if that is
+// shorter (see SetTransitory).
 func newFlowTable(max int, tcpIdle, otherIdle time.Duration) *flowTable {
-	t := &flowTable{max: int64(max), tcpIdle: tcpIdle, tcpShort: min(DefaultTCPTransitoryTimeout, tcpIdle), otherIdle: otherIdle}
+	t := &flowTable{max: int64(max), tcpIdle: tcpIdle, short: min(DefaultTransitoryTimeout, tcpIdle), otherIdle: otherIdle}
 	for i := range t.shards {
 		t.shards[i].flows = make(map[FlowKey]*Flow)
 	}
@@ -237,10 +239,10 @@ func (t *flowTable) endpointCounter(ep uint64) *atomic.Int64 {
 	return c.(*atomic.Int64)
 }
 
-// SetTCPTransitory sets the idle timeout of TCP flows that are not
-// established, at most the TCP idle timeout. Call it before the first
-// Touch.
-func (t *flowTable) SetTCPTransitory(d time.Duration) { t.tcpShort = min(d, t.tcpIdle) }
+// SetTransitory sets the idle timeout of TCP flows that are not
+// established, and of other flows never replied to (at most their own idle
+// timeouts). Call it before the first Touch.
+func (t *flowTable) SetTransitory(d time.Duration) { t.short = min(d, t.tcpIdle) }
 
 // Expire removes flows idle for longer than their timeout and returns how
 // many it removed.
@@ -251,11 +253,18 @@ func (t *flowTable) Expire(now int64) int {
 		s.mu.Lock()
 		for k, f := range s.flows {
 			idle := t.otherIdle
-			if k.Proto == protoTCP {
+			switch {
+			case k.Proto == protoTCP:
 				idle = t.tcpIdle
 				if !f.tcpLive() {
-					idle = t.tcpShort
+					idle = t.short
 				}
+			case !f.replied.Load():
+				// A datagram to a new port made a flow that lived the
+				// full idle timeout without a reply: a client spraying
+				// ports held its share of the table at a few hundred
+				// datagrams a second.
+				idle = min(idle, t.short)
 			}
 			if now-f.lastSeen.Load() > int64(idle) {
 				delete(s.flows, k)

@@ -104,3 +104,26 @@ func TestFlowTablePerClient(t *testing.T) {
 		t.Fatalf("touching a known flow with a per-client cap allocates %v times", n)
 	}
 }
+
+// TestFlowTableUnrepliedExpireSoon: a flow other than TCP that the stack
+// never replied on lives for the transitory timeout, not the idle timeout:
+// a datagram to a new port made a flow for 120 s, and a client spraying
+// ports held its share of the table at a few hundred datagrams a second.
+// One replied to keeps the idle timeout.
+func TestFlowTableUnrepliedExpireSoon(t *testing.T) {
+	ft := newFlowTable(10, time.Hour, 2*time.Minute)
+	ft.SetTransitory(30 * time.Second)
+	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
+	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
+	h, _ := ParseHeader(append(hdr, 0x45))
+	sprayed, answered := keyFor(1, 17, 1), keyFor(1, 17, 2)
+	ft.Touch(&sprayed, [16]byte{}, hdr, h, gwlb, 0)
+	f, _ := ft.Touch(&answered, [16]byte{}, hdr, h, gwlb, 0)
+	f.replied.Store(true)
+	if n := ft.Expire(int64(31 * time.Second)); n != 1 || ft.Lookup(&sprayed) != nil || ft.Lookup(&answered) == nil {
+		t.Fatalf("after 31 s: %d expired; want only the flow never replied to", n)
+	}
+	if n := ft.Expire(int64(121 * time.Second)); n != 1 || ft.Len() != 0 {
+		t.Fatalf("after 121 s: %d expired, %d left", n, ft.Len())
+	}
+}

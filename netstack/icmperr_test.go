@@ -2,8 +2,10 @@ package netstack
 
 import (
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
@@ -104,5 +106,31 @@ func TestFlowKeyIPVersion(t *testing.T) {
 	}
 	if n := s.Stats().Flows; n != 2 {
 		t.Fatalf("%d flows, want 2", n)
+	}
+}
+
+// TestRepliesMarkFlows: a reply the stack (or the echo relay) sends marks
+// its flow replied to, which keeps it for its idle timeout; a flow nothing
+// answered stays unmarked.
+func TestRepliesMarkFlows(t *testing.T) {
+	c := gwlbSocket(t, "127.0.0.1:0")
+	s := startServer(t, Config{ReplyPort: c.LocalAddr().(*net.UDPAddr).AddrPort().Port()})
+	if _, err := c.WriteToUDPAddrPort(geneve(7, echoPacket(9, "ping")), s.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 65536)); err != nil {
+		t.Fatalf("no echo reply: %v", err)
+	}
+	echo, _ := ParsePacket(echoPacket(9, "ping"), EtherTypeIPv4)
+	k := echo.Key(7)
+	if f := s.flows.Lookup(&k); f == nil || !f.replied.Load() {
+		t.Fatalf("the echo flow after its reply: %v, want it marked replied", f)
+	}
+	udp, _ := ParsePacket(udpPacket(3000, 10), EtherTypeIPv4)
+	s.handleDatagram(geneve(7, udpPacket(3000, 10)), netip.MustParseAddrPort("127.0.0.2:40000"), nil)
+	k = udp.Key(7)
+	if f := s.flows.Lookup(&k); f == nil || f.replied.Load() {
+		t.Fatalf("a UDP flow nothing answered: %v, want it unmarked", f)
 	}
 }

@@ -58,7 +58,7 @@ func Listen(cfg Config) (*Server, error) {
 		done:  make(chan struct{}),
 	}
 	s.acks.init(s, cfg.AckDelay)
-	s.flows.SetTCPTransitory(cfg.TCPTransitoryTimeout)
+	s.flows.SetTransitory(cfg.TransitoryTimeout)
 	if cfg.MaxFlowsPerClient < cfg.MaxFlows {
 		s.flows.LimitPerClient(cfg.MaxFlowsPerClient)
 	}
@@ -418,8 +418,11 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 		}
 	}
 	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions
-	if p.Proto == protoTCP && !p.Fragment && !p.ICMPError {
+	switch {
+	case p.Proto == protoTCP && !p.Fragment && !p.ICMPError:
 		flow.tcpStack(p.TCPFlags)
+	case p.Proto != protoTCP && !p.ICMPError && !flow.replied.Load():
+		flow.replied.Store(true)
 	}
 	tn := flow.tunnel.Load()
 	start := innerOff - len(tn.header)
@@ -437,7 +440,7 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 
 func (s *Server) expireLoop() {
 	defer s.wg.Done()
-	every := min(s.cfg.IdleTimeout, s.cfg.TCPTransitoryTimeout, s.cfg.EndpointIdleTimeout) / 10
+	every := min(s.cfg.IdleTimeout, s.cfg.TransitoryTimeout, s.cfg.EndpointIdleTimeout) / 10
 	t := time.NewTicker(max(every, 100*time.Millisecond))
 	defer t.Stop()
 	for {

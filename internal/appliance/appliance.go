@@ -346,7 +346,7 @@ func New(o Options) (_ *Appliance, err error) {
 		TCPIdleTimeout: o.TCPIdleTimeout,
 		// The stack answers a SYN once the dial is done: a flow waiting
 		// for it is not established, and must outlive the dial.
-		TCPTransitoryTimeout: max(netstack.DefaultTCPTransitoryTimeout, 2*o.DialTimeout),
+		TransitoryTimeout:    max(netstack.DefaultTransitoryTimeout, 2*o.DialTimeout),
 		IdleTimeout:          o.IdleTimeout,
 		MaxFlows:             o.MaxFlows,
 		MaxFlowsPerClient:    o.MaxFlowsPerClient,
