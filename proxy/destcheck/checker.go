@@ -378,6 +378,11 @@ func (c *Checker) resolvedState(name string, dest netip.Addr, now int64) (int, e
 // endpoint's clients got, or an earlier lookup's, not yet expired), since
 // dest is not among them; a LookupError otherwise.
 func (c *Checker) failed(endpoint, name string, dest netip.Addr, err error) error {
+	if errors.Is(err, errEndpointLookups) {
+		// Not looked up again: what is known of the name is no verdict.
+		c.stats.lookupFailures.Add(1)
+		return &LookupError{Name: name, Err: err}
+	}
 	if me := c.known(endpoint, name, dest, c.clock()); len(me.Addrs) > 0 {
 		c.stats.mismatches.Add(1)
 		return me

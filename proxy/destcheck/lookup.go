@@ -31,11 +31,13 @@ var errEndpointLookups = errors.New("too many lookups in flight for this GWLB en
 // on its own, bounded by LookupTimeout, whatever happens to ctx: other
 // checks may be waiting for it, and its answer is cached for the next ones.
 //
-// One endpoint may have started at most half of MaxLookups of the lookups
-// in flight; beyond that a new name fails at once (joining a lookup in
-// flight is always allowed). Else the clients of one endpoint, sending
-// fresh names under an allowed wildcard, would hold every slot, and every
-// other endpoint's checks would wait until they failed.
+// While more lookups are in flight (running or waiting for a slot) than
+// there are slots, an endpoint that started an eighth of MaxLookups of
+// them gets a new name refused at once (joining a lookup in flight is
+// always allowed). Else the clients of one or two endpoints, sending fresh
+// names under an allowed wildcard, would hold every slot, and every other
+// endpoint's checks would wait until they failed. With slots to spare,
+// nobody is refused.
 func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 	c.callMu.Lock()
 	cl := c.calls[name]
@@ -44,9 +46,9 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 			c.callMu.Unlock()
 			return ErrClosed
 		}
-		if quota := max(c.cfg.MaxLookups/2, 1); c.callsBy[endpoint] >= quota {
+		if quota := max(c.cfg.MaxLookups/8, 1); len(c.calls) >= c.cfg.MaxLookups && c.callsBy[endpoint] >= quota {
 			c.callMu.Unlock()
-			return fmt.Errorf("%w: %d of its own in flight", errEndpointLookups, quota)
+			return fmt.Errorf("%w: %d of its own among %d", errEndpointLookups, c.callsBy[endpoint], len(c.calls))
 		}
 		cl = &call{done: make(chan struct{}), endpoint: endpoint}
 		c.calls[name] = cl

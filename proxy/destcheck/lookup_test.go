@@ -425,39 +425,43 @@ func TestSystemResolver(t *testing.T) {
 	}
 }
 
-// TestLookupsSharedByEndpoints: one endpoint may have started only half of
-// the lookups in flight; a new name beyond that fails at once, while a name
-// already being looked up may still be waited for, and another endpoint's
-// checks still get their lookups. Before, one endpoint's clients sending
-// fresh names under an allowed wildcard held every slot, and every other
-// endpoint's checks waited until they failed.
+// TestLookupsSharedByEndpoints: while every slot is claimed, an endpoint
+// that started its share of the lookups gets a new name refused at once (a
+// lookup error, not a mismatch), while a name already being looked up may
+// still be waited for, and another endpoint's checks still get their
+// lookups. Before, one or two endpoints' clients sending fresh names under
+// an allowed wildcard held every slot, and every other endpoint's checks
+// waited until they failed. With slots to spare, an endpoint may start as
+// many as it likes.
 func TestLookupsSharedByEndpoints(t *testing.T) {
 	srv := startServer(t)
 	srv.Set("*.slow.test", 60, addr("192.0.2.1"))
 	srv.SetDelay(300 * time.Millisecond)
-	c := newTestChecker(t, Config{Resolver: srv.Addr(), MaxLookups: 4}, nil) // a share of 2
+	c := newTestChecker(t, Config{Resolver: srv.Addr(), MaxLookups: 8}, nil) // a share of 1 once all 8 are claimed
 	var wg sync.WaitGroup
-	for _, name := range []string{"a.slow.test", "b.slow.test"} {
+	for i, ep := range []string{epA, epA, epA, epA, epB, epB, epB, epB} {
+		name := string(rune('a'+i)) + ".slow.test"
 		wg.Go(func() {
-			if err := check(c, epA, name, "192.0.2.1"); err != nil {
-				t.Errorf("%s: %v", name, err)
+			if err := check(c, ep, name, "192.0.2.1"); err != nil {
+				t.Errorf("%s from %s: %v", name, ep, err)
 			}
 		})
 	}
-	for srv.Queries("") < 4 { // A and AAAA of both
+	for srv.Queries("") < 16 { // A and AAAA of all eight: none refused
 		time.Sleep(5 * time.Millisecond)
 	}
 	start := time.Now()
-	err := check(c, epA, "c.slow.test", "192.0.2.1")
-	if !errors.Is(err, errEndpointLookups) || time.Since(start) > 100*time.Millisecond {
-		t.Errorf("a third new name from the same endpoint: %v after %s, want it refused at once", err, time.Since(start))
+	err := check(c, epA, "z.slow.test", "192.0.2.1")
+	var le *LookupError
+	if !errors.Is(err, errEndpointLookups) || !errors.As(err, &le) || time.Since(start) > 100*time.Millisecond {
+		t.Errorf("a new name from an endpoint at its share while every slot is claimed: %v after %s, want a lookup error at once", err, time.Since(start))
 	}
 	wg.Go(func() { // a name in flight: joined, not refused
 		if err := check(c, epA, "a.slow.test", "192.0.2.1"); err != nil {
 			t.Errorf("joining a lookup in flight: %v", err)
 		}
 	})
-	if err := check(c, epB, "d.slow.test", "192.0.2.1"); err != nil {
+	if err := check(c, "vpce-0000000000000000c", "y.slow.test", "192.0.2.1"); err != nil {
 		t.Errorf("another endpoint's check: %v", err)
 	}
 	wg.Wait()
