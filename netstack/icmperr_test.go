@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -132,5 +133,42 @@ func TestRepliesMarkFlows(t *testing.T) {
 	k = udp.Key(7)
 	if f := s.flows.Lookup(&k); f == nil || f.replied.Load() {
 		t.Fatalf("a UDP flow nothing answered: %v, want it unmarked", f)
+	}
+}
+
+// echoUDPHandler answers each UDP flow's first datagram with itself.
+type echoUDPHandler struct{ testHandler }
+
+func (*echoUDPHandler) HandleUDP(_ FlowInfo, conn net.Conn) {
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 65536)
+	if n, err := conn.Read(buf); err == nil {
+		conn.Write(buf[:n])
+	}
+}
+
+// TestUDPRepliesMarkFlows: a UDP reply through the stack marks its flow
+// replied to, a small one and one that leaves in fragments alike; else
+// every UDP flow would be forgotten after the transitory timeout.
+func TestUDPRepliesMarkFlows(t *testing.T) {
+	c := gwlbSocket(t, "127.0.0.1:0")
+	s := startServer(t, Config{Handler: &echoUDPHandler{}, ReplyPort: c.LocalAddr().(*net.UDPAddr).AddrPort().Port(), MTU: 1500})
+	for i, size := range []int{5, 20000} {
+		pkts := [][]byte{udpPacket(uint16(3000+i), size)}
+		if size > 1400 {
+			pkts = fragment(pkts[0], uint32(0x5000+i), 1500)
+		}
+		for _, pkt := range pkts {
+			if _, err := c.WriteToUDPAddrPort(geneve(7, ipv4Sum(pkt)), s.Addr()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p, _ := ParsePacket(udpPacket(uint16(3000+i), size), EtherTypeIPv4)
+		k := p.Key(7)
+		waitUntil(t, 5*time.Second, fmt.Sprintf("the %d-byte flow marked replied", size), func() (bool, string) {
+			f := s.flows.Lookup(&k)
+			return f != nil && f.replied.Load(), fmt.Sprintf("flow %v; stats %+v", f, s.Stats().Drops)
+		})
 	}
 }

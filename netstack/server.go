@@ -240,8 +240,9 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 
 // deliver hands a parsed packet to its endpoint's stack st, which the
 // caller holds open (st.mu read-locked): every packet refreshes or creates
-// its flow in the table first, so that the flow table bounds what the
-// stacks hold. A later fragment carries no ports: it follows the flow of
+// its flow in the table first, so that the flow table bounds the flows the
+// stacks take in (a UDP endpoint may outlive its flow's entry, bounded by
+// the handler's own shares). A later fragment carries no ports: it follows the flow of
 // its first fragment, or is dropped when that was not taken in.
 func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb netip.AddrPort, co *coalescer) DropReason {
 	now := time.Now().UnixNano()
