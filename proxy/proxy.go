@@ -30,6 +30,11 @@ type Config struct {
 	// (default 120 s each, the GWLB's idle timeout for non-TCP flows).
 	UDPIdleTimeout  time.Duration
 	EchoIdleTimeout time.Duration
+	// UDPUnansweredTimeout ends, sooner, a UDP relay the destination has
+	// not answered yet (default 30 s, at most UDPIdleTimeout): the packet
+	// stack forgets such a flow then too (netstack's TransitoryTimeout),
+	// and an answer after it could not reach the client.
+	UDPUnansweredTimeout time.Duration
 	// Records receives the access records.
 	Records *records.Writer
 	// AllowLoopback permits destinations on the loopback network. Clients
@@ -124,6 +129,9 @@ func New(cfg Config) *Proxy {
 	}
 	if cfg.UDPIdleTimeout <= 0 {
 		cfg.UDPIdleTimeout = 120 * time.Second
+	}
+	if cfg.UDPUnansweredTimeout <= 0 {
+		cfg.UDPUnansweredTimeout = 30 * time.Second
 	}
 	if cfg.EchoIdleTimeout <= 0 {
 		cfg.EchoIdleTimeout = 120 * time.Second

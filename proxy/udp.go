@@ -404,11 +404,16 @@ func (f *udpFlow) serveHost() {
 }
 
 // deadline is when the flow ends unless a datagram passes first: after the
-// idle timeout, or, for a DNS flow with every query answered, the linger.
+// idle timeout, after the unanswered timeout while the destination has sent
+// nothing, or, for a DNS flow with every query answered, the linger. Only
+// the host loop calls it (it reads bytesIn).
 func (f *udpFlow) deadline() time.Time {
 	last := time.Unix(0, f.last.Load())
 	if f.dns != nil && f.dns.quiet() {
 		return last.Add(min(dnsLinger, f.p.cfg.UDPIdleTimeout))
+	}
+	if f.bytesIn == 0 { // unanswered: the packet stack forgets the flow sooner too
+		return last.Add(min(f.p.cfg.UDPUnansweredTimeout, f.p.cfg.UDPIdleTimeout))
 	}
 	return last.Add(f.p.cfg.UDPIdleTimeout)
 }

@@ -389,3 +389,33 @@ func TestUDPClientGoneEndsFlow(t *testing.T) {
 		t.Fatalf("record %+v", rec)
 	}
 }
+
+// TestUDPUnansweredEndsSooner: a UDP relay the destination never answers
+// ends after the unanswered timeout, as the packet stack forgets its flow
+// then; one the destination answered keeps the idle timeout.
+func TestUDPUnansweredEndsSooner(t *testing.T) {
+	silent, echo := newUDPSink(t, false), newUDPSink(t, true)
+	p, _, _ := udpProxy(t, "policy: {default: allow}\n", func(c *Config) {
+		c.UDPIdleTimeout = time.Minute
+		c.UDPUnansweredTimeout = time.Second
+	})
+	start := time.Now()
+	startFlow(p, netip.MustParseAddrPort("198.18.0.5:1"), silent.addr(), []byte("anyone?"))
+	startFlow(p, netip.MustParseAddrPort("198.18.0.5:2"), echo.addr(), []byte("hello"))
+	for p.Stats().UDPActive != 2 {
+		if time.Since(start) > 800*time.Millisecond {
+			t.Fatalf("%d relays active, want both before the unanswered timeout", p.Stats().UDPActive)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for p.Stats().UDPActive != 1 {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the unanswered relay still runs after 5 s, want it ended after 1 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := p.Stats().UDPActive; n != 1 {
+		t.Fatalf("%d relays active, want the answered one still", n)
+	}
+}

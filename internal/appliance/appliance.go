@@ -318,9 +318,13 @@ func New(o Options) (_ *Appliance, err error) {
 			slog.Warn("--capture-plaintext: the decrypted contents of every bumped connection are written to the capture outputs; anyone who can read them reads the traffic")
 		}
 	}
+	// How long a flow nobody answered yet lives, in the stack and the UDP
+	// relay alike; a SYN waits for the dial, so it outlives the dial.
+	transitory := max(netstack.DefaultTransitoryTimeout, 2*o.DialTimeout)
 	a.proxy = proxy.New(proxy.Config{
 		DialTimeout:          o.DialTimeout,
 		UDPIdleTimeout:       o.IdleTimeout,
+		UDPUnansweredTimeout: transitory,
 		EchoIdleTimeout:      o.IdleTimeout,
 		Records:              a.records,
 		AllowLoopback:        o.AllowLoopback,
@@ -340,13 +344,11 @@ func New(o Options) (_ *Appliance, err error) {
 		},
 	})
 	a.netstack, err = netstack.Listen(netstack.Config{
-		ListenAddr:     o.GeneveAddr,
-		Readers:        o.Readers,
-		ReturnPath:     o.ReturnPath,
-		TCPIdleTimeout: o.TCPIdleTimeout,
-		// The stack answers a SYN once the dial is done: a flow waiting
-		// for it is not established, and must outlive the dial.
-		TransitoryTimeout:    max(netstack.DefaultTransitoryTimeout, 2*o.DialTimeout),
+		ListenAddr:           o.GeneveAddr,
+		Readers:              o.Readers,
+		ReturnPath:           o.ReturnPath,
+		TCPIdleTimeout:       o.TCPIdleTimeout,
+		TransitoryTimeout:    transitory,
 		IdleTimeout:          o.IdleTimeout,
 		MaxFlows:             o.MaxFlows,
 		MaxFlowsPerClient:    o.MaxFlowsPerClient,
