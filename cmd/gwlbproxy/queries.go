@@ -10,6 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 
@@ -229,8 +230,24 @@ func parseInsightsTime(v string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// cellReplacer blanks tabs and newlines, which would break the alignment.
-var cellReplacer = strings.NewReplacer("\t", " ", "\n", " ", "\r", " ")
+// cell makes a value safe to print in a table cell. Values are what
+// clients sent (a Host header, a DNS query name), and a terminal acts on
+// the control characters among them: escapes that move the cursor and
+// erase rows, set the title or write the clipboard. So every character
+// that is not printable is written as a Go escape (\x1b, \u009b), tabs
+// and newlines included, which would break the alignment too.
+func cell(v string) string {
+	var b strings.Builder
+	for _, r := range v {
+		if unicode.IsPrint(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRuneToASCII(r) // '\x1b', with its quotes
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
+}
 
 // printQueryTable prints result rows as aligned columns, in the order the fields
 // first appear; Insights' internal @ptr field is left out.
@@ -258,7 +275,7 @@ func printQueryTable(w io.Writer, rows [][]cwlogs.ResultField) {
 		}
 		for _, f := range row {
 			if i, ok := index[f.Field]; ok && f.Value != "" {
-				cells[i] = cellReplacer.Replace(f.Value)
+				cells[i] = cell(f.Value)
 			}
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))

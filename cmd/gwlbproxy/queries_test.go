@@ -8,9 +8,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 
+	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -200,5 +202,26 @@ func TestParseQuerySince(t *testing.T) {
 		if _, err := parseQuerySince(in); err == nil {
 			t.Errorf("parseQuerySince(%q) accepted", in)
 		}
+	}
+}
+
+// TestQueryTableEscapesControls: values in query results are what clients
+// sent (a Host header, a DNS query name); the table writes their control
+// characters as escapes, so that a client cannot move the auditor's
+// cursor, erase rows, or set the terminal's title or clipboard.
+func TestQueryTableEscapesControls(t *testing.T) {
+	var b bytes.Buffer
+	printQueryTable(&b, [][]cwlogs.ResultField{{
+		{Field: "host", Value: "evil.test\x1b[1A\x1b[2K\x1b]52;c;aGk=\a"},
+		{Field: "query_name", Value: "a\u009b2K.com\tb\nc"},
+	}})
+	out := b.String()
+	for _, r := range out {
+		if r != '\n' && !unicode.IsPrint(r) {
+			t.Fatalf("the table holds %U:\n%q", r, out)
+		}
+	}
+	if !strings.Contains(out, `evil.test\x1b[1A\x1b[2K\x1b]52;c;aGk=\a`) || !strings.Contains(out, `a\u009b2K.com\tb\nc`) {
+		t.Fatalf("the escapes do not show what was sent:\n%s", out)
 	}
 }
