@@ -182,7 +182,12 @@ func TestSysctl(t *testing.T) {
 			settings = append(settings, strings.TrimSpace(k)+"="+strings.Join(strings.Fields(v), " "))
 		}
 	}
-	if want := []string{"net.ipv4.ping_group_range=0 2147483647"}; !slices.Equal(settings, want) {
+	want := []string{
+		"net.ipv4.ping_group_range=0 2147483647",
+		"net.ipv4.ip_local_port_range=1024 65535",
+		"net.ipv4.ip_local_reserved_ports=6081",
+	}
+	if !slices.Equal(settings, want) {
 		t.Errorf("sysctl drop-in sets %q, want %q", settings, want)
 	}
 	if !strings.Contains(readFile(t, "scripts/postinstall.sh"), "sysctl -q -p "+dst) {
