@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/internal/appliance"
@@ -21,11 +24,23 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 	case "init":
 		out := fs.String("out", "", "directory to write ca.pem and ca-key.pem (mode 0600) to")
 		cn := fs.String("cn", certs.DefaultCommonName, "the CA's common name")
+		force := fs.Bool("force", false, "replace a CA already in --out (every client that trusts it must then trust the new one)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
 		if *out == "" {
 			return fmt.Errorf("ca init: --out DIR is required")
+		}
+		if !*force {
+			// Pointed at the appliance's state directory, a new CA would
+			// silently replace the one every client already trusts.
+			for _, name := range []string{certs.CertFileName, certs.KeyFileName} {
+				if _, err := os.Lstat(filepath.Join(*out, name)); err == nil {
+					return fmt.Errorf("ca init: %s already exists; pass --force to replace the CA clients trust", filepath.Join(*out, name))
+				} else if !errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("ca init: %w", err)
+				}
+			}
 		}
 		ca, err := certs.Generate(*cn)
 		if err != nil {

@@ -53,6 +53,17 @@ func TestCACommands(t *testing.T) {
 	if !strings.Contains(out.String(), "fingerprint") {
 		t.Errorf("ca init output %q", out.String())
 	}
+	key := readFile(t, filepath.Join(dir, "ca-key.pem"))
+	// Again into the same directory: refused, the CA clients trust kept.
+	if err := runMain([]string{"ca", "init", "--out", dir}, &out, &errb); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("a second ca init into the same directory: %v, want it refused", err)
+	}
+	if !bytes.Equal(readFile(t, filepath.Join(dir, "ca-key.pem")), key) {
+		t.Fatal("a refused ca init replaced the key")
+	}
+	if err := runMain([]string{"ca", "init", "--out", dir, "--force"}, &out, &errb); err != nil || bytes.Equal(readFile(t, filepath.Join(dir, "ca-key.pem")), key) {
+		t.Fatalf("ca init --force: %v, want a new key", err)
+	}
 	out.Reset()
 	err := runMain([]string{"ca", "trust", "--ca-cert", filepath.Join(dir, "ca.pem"), "--ca-key", filepath.Join(dir, "ca-key.pem")}, &out, &errb)
 	if err != nil || !strings.Contains(out.String(), "http://gwlbproxy.internal/ca.pem") {
