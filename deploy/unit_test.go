@@ -223,3 +223,19 @@ func TestScripts(t *testing.T) {
 		t.Errorf("nfpm.yaml has no %s script", kind)
 	}
 }
+
+// TestLogrotateHourly: the package makes logrotate run hourly, so that the
+// access log's size bound holds within the hour, not the day.
+func TestLogrotateHourly(t *testing.T) {
+	const dst = "/usr/lib/systemd/system/logrotate.timer.d/50-gwlbproxy.conf"
+	if src, _ := loadNfpm(t).installed(t, dst); src != "deploy/systemd/logrotate-hourly.conf" {
+		t.Errorf("the package installs %s at %s", src, dst)
+	}
+	conf := readFile(t, "systemd/logrotate-hourly.conf")
+	if !strings.Contains(conf, "[Timer]\nOnCalendar=\nOnCalendar=hourly\n") {
+		t.Errorf("the drop-in does not reset OnCalendar to hourly:\n%s", conf)
+	}
+	if !strings.Contains(readFile(t, "etc/logrotate"), "maxsize 1G") {
+		t.Error("etc/logrotate has no size bound")
+	}
+}
