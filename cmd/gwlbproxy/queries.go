@@ -234,12 +234,16 @@ func parseInsightsTime(v string) (time.Time, bool) {
 // clients sent (a Host header, a DNS query name), and a terminal acts on
 // the control characters among them: escapes that move the cursor and
 // erase rows, set the title or write the clipboard. So every character
-// that is not printable is written as a Go escape (\x1b, \u009b), tabs
-// and newlines included, which would break the alignment too.
+// that is not printable is written as a Go escape (\x1b, \u009b), but
+// tabs and line ends, which only break the alignment, as blanks.
 func cell(v string) string {
 	var b strings.Builder
 	for _, r := range v {
-		if unicode.IsPrint(r) {
+		switch {
+		case r == '\t' || r == '\n' || r == '\r':
+			b.WriteByte(' ')
+			continue
+		case unicode.IsPrint(r):
 			b.WriteRune(r)
 			continue
 		}
