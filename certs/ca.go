@@ -85,11 +85,15 @@ func generate(commonName string, now time.Time, validity time.Duration) (*CA, er
 		return nil, fmt.Errorf("generate CA: %w", err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"gwlbproxy"}},
-		NotBefore:             now.Add(-caBackdate),
-		NotAfter:              now.Add(validity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: commonName, Organization: []string{"gwlbproxy"}},
+		NotBefore:    now.Add(-caBackdate),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		// Server authentication only: clients install this CA as a root,
+		// and a leaked key must not sign code, mail or client
+		// certificates they would accept too.
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		// MaxPathLen 0: this CA signs leaves only, so a leaked leaf key can

@@ -28,6 +28,10 @@ func TestGenerateProperties(t *testing.T) {
 	if c.KeyUsage != x509.KeyUsageCertSign|x509.KeyUsageCRLSign {
 		t.Errorf("KeyUsage=%v, want CertSign|CRLSign", c.KeyUsage)
 	}
+	// Trusted as a root by clients, it vouches for servers only.
+	if len(c.ExtKeyUsage) != 1 || c.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
+		t.Errorf("ExtKeyUsage=%v, want serverAuth alone", c.ExtKeyUsage)
+	}
 	pub, ok := c.PublicKey.(*ecdsa.PublicKey)
 	if !ok || pub.Curve != elliptic.P256() {
 		t.Errorf("public key %T, want ECDSA P-256", c.PublicKey)

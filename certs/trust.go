@@ -79,7 +79,7 @@ func platforms(trustHost string) []platform {
 			Intro: "Adds the CA to the System keychain as trusted for all uses, which Safari, Chrome and most macOS programs use.",
 			Commands: []string{
 				"curl -fsSL -o /tmp/gwlbproxy-ca.pem " + pemURL,
-				"sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain /tmp/gwlbproxy-ca.pem",
+				"sudo security add-trusted-cert -d -r trustRoot -p ssl -k /Library/Keychains/System.keychain /tmp/gwlbproxy-ca.pem",
 			},
 		},
 		{

@@ -22,7 +22,7 @@ var platformMarkers = []string{
 	"Ubuntu", "Debian", "update-ca-certificates",
 	"RHEL",
 	"Windows", "Import-Certificate", "Cert:\\LocalMachine\\Root",
-	"macOS", "security add-trusted-cert",
+	"macOS", "security add-trusted-cert", "-p ssl",
 	"keytool",
 	"requests", "certifi", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE",
 	"Node.js", "NODE_EXTRA_CA_CERTS",
