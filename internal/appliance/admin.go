@@ -3,6 +3,7 @@ package appliance
 import (
 	"encoding/json"
 	"net/http"
+	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
@@ -48,6 +49,27 @@ func (a *Appliance) stats() stats {
 		s.TLSKeyLogErrors = a.keyLog.Errors()
 	}
 	return s
+}
+
+// The admin server's bounds. Its peers are the GWLB's health checks and
+// whoever scrapes /stats and /metrics, but whoever else the security group
+// lets in could otherwise hold a goroutine per connection for as long as
+// they liked: by a head sent slowly, a response not read, or a kept
+// connection left idle.
+var (
+	adminHeaderTimeout = 10 * time.Second
+	adminWriteTimeout  = time.Minute
+	adminIdleTimeout   = 2 * time.Minute
+)
+
+// adminServer is the admin listener's server.
+func (a *Appliance) adminServer() *http.Server {
+	return &http.Server{
+		Handler:           a.adminHandler(),
+		ReadHeaderTimeout: adminHeaderTimeout,
+		WriteTimeout:      adminWriteTimeout,
+		IdleTimeout:       adminIdleTimeout,
+	}
 }
 
 // adminHandler serves health (the GWLB target group's check), /stats,

@@ -368,7 +368,7 @@ func New(o Options) (_ *Appliance, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin listener on %s: %w", o.AdminAddr, err)
 	}
-	a.admin = &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	a.admin = a.adminServer()
 	return a, nil
 }
 

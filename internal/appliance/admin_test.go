@@ -1,0 +1,54 @@
+package appliance
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestAdminIdleConnectionsClosed: a peer of the admin listener cannot hold
+// a connection, and the goroutine serving it, for as long as it likes: a
+// kept connection left idle is closed after the idle timeout, and one that
+// never sends its head after the header timeout.
+func TestAdminIdleConnectionsClosed(t *testing.T) {
+	idle, header := adminIdleTimeout, adminHeaderTimeout
+	adminIdleTimeout, adminHeaderTimeout = 300*time.Millisecond, 300*time.Millisecond
+	t.Cleanup(func() { adminIdleTimeout, adminHeaderTimeout = idle, header })
+	r := newRig(t, nil, nil)
+	addr := r.app.adminLn.Addr().String()
+
+	kept, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	kept.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(kept, "GET / HTTP/1.1\r\nHost: admin\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(kept)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF || time.Since(start) > 3*time.Second {
+		t.Fatalf("a kept, idle connection: %v after %s, want it closed after the idle timeout", err, time.Since(start))
+	}
+
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.SetDeadline(time.Now().Add(5 * time.Second))
+	start = time.Now()
+	if _, err := silent.Read(make([]byte, 1)); err == nil || time.Since(start) > 3*time.Second {
+		t.Fatalf("a connection that sends nothing: %v after %s, want it closed after the header timeout", err, time.Since(start))
+	}
+}
