@@ -150,6 +150,9 @@ func TestUnit(t *testing.T) {
 	if !slices.Contains(families, "AF_INET") || !slices.Contains(families, "AF_INET6") || slices.Contains(families, "AF_PACKET") {
 		t.Errorf("RestrictAddressFamilies=%v", families)
 	}
+	if got := u.one(t, "Unit", "StartLimitIntervalSec"); got != "0" {
+		t.Errorf("StartLimitIntervalSec=%s, want 0: a failure lasting seconds at boot must not stop the restarts", got)
+	}
 	if got := u.one(t, "Install", "WantedBy"); got != "multi-user.target" {
 		t.Errorf("WantedBy=%s", got)
 	}
