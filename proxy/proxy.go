@@ -31,9 +31,9 @@ type Config struct {
 	UDPIdleTimeout  time.Duration
 	EchoIdleTimeout time.Duration
 	// UDPUnansweredTimeout ends, sooner, a UDP relay the destination has
-	// not answered yet (default 30 s, at most UDPIdleTimeout): the packet
-	// stack forgets such a flow then too (netstack's TransitoryTimeout),
-	// and an answer after it could not reach the client.
+	// not answered yet (default netstack.DefaultTransitoryTimeout, at most
+	// UDPIdleTimeout): the packet stack forgets such a flow then too, and
+	// an answer after it could not reach the client.
 	UDPUnansweredTimeout time.Duration
 	// Records receives the access records.
 	Records *records.Writer
@@ -131,7 +131,7 @@ func New(cfg Config) *Proxy {
 		cfg.UDPIdleTimeout = 120 * time.Second
 	}
 	if cfg.UDPUnansweredTimeout <= 0 {
-		cfg.UDPUnansweredTimeout = 30 * time.Second
+		cfg.UDPUnansweredTimeout = netstack.DefaultTransitoryTimeout
 	}
 	if cfg.EchoIdleTimeout <= 0 {
 		cfg.EchoIdleTimeout = 120 * time.Second

@@ -52,22 +52,7 @@ func TestQUICSecondConnectionSmuggled(t *testing.T) {
 // datagram that is not QUIC, so the flow is decided as plain UDP, and then
 // sends a QUIC Initial for a denied name on it.
 func TestQUICInitialAfterJunk(t *testing.T) {
-	p, _, recs := udpProxy(t, quicPolicy, nil)
-	dst := newUDPSink(t, false)
-	c, _ := startFlow(p, quicClient, dst.addr(), []byte("not quic"))
-	waitReceived(t, dst, 1)
-	for _, d := range quicFirstFlight(t, "blocked.example.test") {
-		c.inject(d)
-	}
-	c.inject([]byte("more udp"))
-	waitReceived(t, dst, 2)
-	time.Sleep(100 * time.Millisecond)
-	if got := dst.received(); len(got) != 2 || string(got[1]) != "more udp" {
-		t.Fatalf("the destination received %d datagrams, want the 2 that are not QUIC", len(got))
-	}
-	if n := p.Stats().QUICSmuggled; n == 0 {
-		t.Error("no smuggled datagram counted")
-	}
+	recs, c := smuggleOnUDPFlow(t, quicFirstFlight(t, "blocked.example.test")...)
 	<-c.ended
 	if rec := recs.records(t, 1)[0]; rec.Kind != "udp" || rec.Action != "allow" {
 		t.Fatalf("record %+v", rec)
@@ -114,20 +99,33 @@ func TestQUICInitialBehindOtherPackets(t *testing.T) {
 			}
 		})
 		t.Run(fmt.Sprintf("on a udp flow, type %#x", typ), func(t *testing.T) {
-			p, _, _ := udpProxy(t, quicPolicy, nil)
-			dst := newUDPSink(t, false)
-			c, _ := startFlow(p, quicClient, dst.addr(), []byte("not quic"))
-			waitReceived(t, dst, 1)
-			c.inject(hidden)
-			c.inject([]byte("more udp"))
-			waitReceived(t, dst, 2)
-			time.Sleep(100 * time.Millisecond)
-			if got := dst.received(); len(got) != 2 || string(got[1]) != "more udp" {
-				t.Fatalf("the destination received %d datagrams, want the 2 that are not QUIC", len(got))
-			}
-			if n := p.Stats().QUICSmuggled; n == 0 {
-				t.Error("no smuggled datagram counted")
-			}
+			smuggleOnUDPFlow(t, hidden)
 		})
 	}
+}
+
+// smuggleOnUDPFlow opens a flow with a datagram that is not QUIC, so that it
+// is decided as plain UDP, then sends initials (QUIC Initials for a denied
+// name, however packed) and one more plain datagram on it. Only the two
+// plain datagrams may reach the destination, and the Initials must be
+// counted as smuggled.
+func smuggleOnUDPFlow(t *testing.T, initials ...[]byte) (*recordSink, *fakeUDPClient) {
+	t.Helper()
+	p, _, recs := udpProxy(t, quicPolicy, nil)
+	dst := newUDPSink(t, false)
+	c, _ := startFlow(p, quicClient, dst.addr(), []byte("not quic"))
+	waitReceived(t, dst, 1)
+	for _, d := range initials {
+		c.inject(d)
+	}
+	c.inject([]byte("more udp"))
+	waitReceived(t, dst, 2)
+	time.Sleep(100 * time.Millisecond)
+	if got := dst.received(); len(got) != 2 || string(got[1]) != "more udp" {
+		t.Fatalf("the destination received %d datagrams, want the 2 that are not QUIC", len(got))
+	}
+	if n := p.Stats().QUICSmuggled; n == 0 {
+		t.Error("no smuggled datagram counted")
+	}
+	return recs, c
 }
