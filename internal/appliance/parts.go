@@ -1,0 +1,85 @@
+// The parts New wires that need a few lines of their own: the trust page,
+// the roots upstream certificates are checked against, the plaintext tap
+// into the capture, and the destination check.
+
+package appliance
+
+import (
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
+	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// trustHandler serves the CA-trust page, or nil without a CA.
+func (a *Appliance) trustHandler() http.Handler {
+	if a.ca == nil {
+		return nil
+	}
+	return certs.TrustHandler(a.ca, a.opts.TrustHost)
+}
+
+// upstreamRoots returns the system roots plus the given PEM files.
+func upstreamRoots(files []string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--upstream-ca: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--upstream-ca %s: no PEM certificate in it", f)
+		}
+	}
+	return pool, nil
+}
+
+// plaintextTap hands the decrypted side of bumped connections to the
+// capture, which synthesizes it as packets.
+type plaintextTap struct{ c *capture.Capture }
+
+// OpenPlaintext implements intercept.Plaintext.
+func (p plaintextTap) OpenPlaintext(f intercept.PlaintextFlow) intercept.PlaintextStream {
+	if s := p.c.OpenPlaintext(capture.PlaintextFlow{Endpoint: f.Endpoint, FlowCookie: f.FlowCookie, Client: f.Client, Dest: f.Dest}); s != nil {
+		return s
+	}
+	return nil
+}
+
+// closeCapture writes out the queued packets and closes the pcap files,
+// the mirror device and the key log.
+func (a *Appliance) closeCapture() {
+	if err := a.capture.Close(); err != nil {
+		slog.Warn("closing the packet capture", "err", err)
+	}
+	if a.keyLog != nil {
+		if err := a.keyLog.Close(); err != nil {
+			slog.Warn("closing the TLS key log", "err", err)
+		}
+	}
+}
+
+// newDestCheck returns the checker that ties decisions made on names to
+// destination addresses (policy destination_check: dns). Without a resolver
+// it still accepts what relayed DNS answers vouch for; everything else
+// fails to be checked, and the log says why.
+func newDestCheck(o *Options) *destcheck.Checker {
+	cfg := destcheck.Config{MaxEntries: o.DNSCacheSize}
+	if o.DNSResolver != "" {
+		cfg.Resolver, _ = destcheck.ParseResolver(o.DNSResolver) // Validate checked it
+	} else if r, err := destcheck.SystemResolver(destcheck.ResolvConf); err != nil {
+		slog.Warn("the destination check has no resolver: only relayed DNS answers can vouch for names (set --dns-resolver)", "err", err)
+	} else {
+		cfg.Resolver = r
+	}
+	return destcheck.New(cfg)
+}
