@@ -141,6 +141,7 @@ type flowTable struct {
 	count       atomic.Int64
 	max         int64
 	clients     clientShares
+	pressure    atomic.Int32 // a MemoryPressure
 	tcpIdle     time.Duration
 	short       time.Duration // for TCP flows not established (see tcpSynAcked), and others never replied to
 	otherIdle   time.Duration
@@ -156,6 +157,7 @@ type flowTable struct {
 // shorter (see SetTransitory).
 func newFlowTable(max int, tcpIdle, otherIdle time.Duration) *flowTable {
 	t := &flowTable{max: int64(max), tcpIdle: tcpIdle, short: min(DefaultTransitoryTimeout, tcpIdle), otherIdle: otherIdle}
+	t.clients.max = math.MaxInt32
 	for i := range t.shards {
 		t.shards[i].flows = make(map[FlowKey]*Flow)
 	}
@@ -184,12 +186,58 @@ func (t *flowTable) Lookup(k *FlowKey) *Flow {
 // behind one GWLB endpoint) may hold, so that no client can fill the table
 // for the others; 0, the default, means no cap below the table's own. Call
 // it before the first Touch.
-func (t *flowTable) LimitPerClient(n int) { t.clients.max = int32(min(n, math.MaxInt32)) }
+func (t *flowTable) LimitPerClient(n int) {
+	if n <= 0 {
+		n = math.MaxInt32
+	}
+	t.clients.max = int32(min(n, math.MaxInt32))
+}
+
+// MemoryPressure is how short of memory the appliance is
+// (Server.SetMemoryPressure). The flow table admits new flows by it: a
+// count of flows is a poor measure of memory (an idle relayed flow costs
+// about 30 KB, a bumped TLS connection 50 KB, one moving data far more), so
+// the per-client cap alone does not keep one client from taking it all.
+type MemoryPressure int32
+
+// Memory pressures.
+const (
+	// MemoryAmple: new flows are admitted by count alone.
+	MemoryAmple MemoryPressure = iota
+	// MemoryShort: a client holding ShortMemoryClientFlows flows or more
+	// gets no new ones; the clients holding fewer still do, so that a
+	// client that took the memory does not lock everyone else out.
+	MemoryShort
+	// MemoryCritical: no new flows at all.
+	MemoryCritical
+)
+
+// String names the pressure as /stats shows it.
+func (p MemoryPressure) String() string {
+	switch p {
+	case MemoryAmple:
+		return "ample"
+	case MemoryShort:
+		return "short"
+	case MemoryCritical:
+		return "critical"
+	}
+	return "unknown"
+}
+
+// ShortMemoryClientFlows is the flows a client may hold and still get new
+// ones while memory is short: a browser's or a server's working set, not a
+// hoard.
+const ShortMemoryClientFlows = 256
+
+// setPressure sets the memory pressure new flows are admitted by.
+func (t *flowTable) setPressure(p MemoryPressure) { t.pressure.Store(int32(p)) }
 
 // Touch records a packet from the GWLB for flow k under header hdr from
 // gwlb, creating the flow if it is new; client is the packet's inner source.
 // It returns DropFlowTableFull when the table is full and
-// DropClientFlowLimit when client holds its share already. In the steady
+// DropClientFlowLimit when client holds its share already, and
+// DropMemoryPressure when memory is short (setPressure). In the steady
 // state (known flow, same header) it allocates nothing.
 func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
 	s := t.shard(k)
@@ -197,8 +245,12 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 	f := s.flows[*k]
 	s.mu.RUnlock()
 	if f == nil {
-		if !t.clients.take(k.Endpoint, client) {
-			return nil, DropClientFlowLimit
+		pressure := MemoryPressure(t.pressure.Load())
+		if pressure >= MemoryCritical {
+			return nil, DropMemoryPressure
+		}
+		if r := t.clients.take(k.Endpoint, client, pressure == MemoryShort); r != DropNone {
+			return nil, r
 		}
 		if t.count.Add(1) > t.max {
 			t.count.Add(-1)
@@ -313,11 +365,10 @@ func (t *flowTable) PerEndpoint() map[uint64]int64 {
 	return m
 }
 
-// clientShares counts the flows of each client when a per-client cap is
-// set. It is consulted only when a flow is created or expires, never for
-// the packets of a known flow.
+// clientShares counts the flows of each client. It is consulted only when
+// a flow is created or expires, never for the packets of a known flow.
 type clientShares struct {
-	max    int32 // 0: no cap, nothing counted
+	max    int32
 	shards [flowShards]clientShard
 }
 
@@ -352,11 +403,10 @@ func clientKeyOf(endpoint uint64, addr [16]byte) clientKey {
 
 var v4InV6 = [12]byte{10: 0xff, 11: 0xff}
 
-// take counts one more flow for the client, unless it holds max already.
-func (c *clientShares) take(endpoint uint64, addr [16]byte) bool {
-	if c.max <= 0 {
-		return true
-	}
+// take counts one more flow for the client, unless it holds max already
+// (DropClientFlowLimit), or memory is short and it holds
+// ShortMemoryClientFlows (DropMemoryPressure).
+func (c *clientShares) take(endpoint uint64, addr [16]byte, short bool) DropReason {
 	k := clientKeyOf(endpoint, addr)
 	s := c.shard(&k)
 	s.mu.Lock()
@@ -364,18 +414,18 @@ func (c *clientShares) take(endpoint uint64, addr [16]byte) bool {
 	if s.n == nil {
 		s.n = make(map[clientKey]int32)
 	}
-	if s.n[k] >= c.max {
-		return false
+	switch n := s.n[k]; {
+	case n >= c.max:
+		return DropClientFlowLimit
+	case short && n >= ShortMemoryClientFlows:
+		return DropMemoryPressure
 	}
 	s.n[k]++
-	return true
+	return DropNone
 }
 
 // give returns a flow of the client's share.
 func (c *clientShares) give(endpoint uint64, addr [16]byte) {
-	if c.max <= 0 {
-		return
-	}
 	k := clientKeyOf(endpoint, addr)
 	s := c.shard(&k)
 	s.mu.Lock()

@@ -105,6 +105,60 @@ func TestFlowTablePerClient(t *testing.T) {
 	}
 }
 
+// TestFlowTableMemoryPressure: while memory is short, a client holding
+// ShortMemoryClientFlows flows gets no new one and a client holding fewer
+// still does; while it is critical nobody does; known flows carry on
+// throughout, and once memory is ample again the table admits by count.
+func TestFlowTableMemoryPressure(t *testing.T) {
+	ft := newFlowTable(10*ShortMemoryClientFlows, time.Minute, time.Minute)
+	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
+	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
+	h, _ := ParseHeader(append(hdr, 0x45))
+	hoarder, light := netip.MustParseAddr("::ffff:198.18.0.5").As16(), netip.MustParseAddr("::ffff:198.18.0.6").As16()
+	touch := func(client [16]byte, port uint16) DropReason {
+		k := keyFor(1, 6, port)
+		if client == light {
+			k = keyFor(2, 6, port) // its own endpoint: keys apart from the hoarder's
+		}
+		_, r := ft.Touch(&k, client, hdr, h, gwlb, 0)
+		return r
+	}
+	// No per-client cap set: the hoarder takes what it likes while memory
+	// is ample.
+	for p := range uint16(2 * ShortMemoryClientFlows) {
+		if r := touch(hoarder, p+1); r != DropNone {
+			t.Fatalf("flow %d of a client while memory is ample: %v", p+1, r)
+		}
+	}
+	ft.setPressure(MemoryShort)
+	if r := touch(hoarder, 60000); r != DropMemoryPressure {
+		t.Fatalf("a new flow of a client holding %d flows while memory is short: %v, want %v", 2*ShortMemoryClientFlows, r, DropMemoryPressure)
+	}
+	if r := touch(hoarder, 1); r != DropNone {
+		t.Fatalf("a known flow while memory is short: %v", r)
+	}
+	for p := range uint16(ShortMemoryClientFlows) {
+		if r := touch(light, p+1); r != DropNone {
+			t.Fatalf("flow %d of a light client while memory is short: %v", p+1, r)
+		}
+	}
+	if r := touch(light, 60000); r != DropMemoryPressure {
+		t.Fatalf("flow %d of the light client while memory is short: %v, want %v", ShortMemoryClientFlows+1, r, DropMemoryPressure)
+	}
+	ft.setPressure(MemoryCritical)
+	ft.Expire(int64(2 * time.Minute)) // every flow gone: the light client holds none
+	if r := touch(light, 1); r != DropMemoryPressure {
+		t.Fatalf("a new flow of a client holding none while memory is critical: %v, want %v", r, DropMemoryPressure)
+	}
+	ft.setPressure(MemoryAmple)
+	if r := touch(hoarder, 60000); r != DropNone {
+		t.Fatalf("a new flow once memory is ample again: %v", r)
+	}
+	if ft.Len() != 1 {
+		t.Fatalf("%d flows in the table, want 1: refused flows must not be counted", ft.Len())
+	}
+}
+
 // TestFlowTableUnrepliedExpireSoon: a flow other than TCP that the stack
 // never replied on lives for the transitory timeout, not the idle timeout:
 // a datagram to a new port made a flow for 120 s, and a client spraying

@@ -67,6 +67,7 @@ const (
 	DropDatagramTooBig
 	DropICMPErrorNoFlow
 	DropEchoFragmented
+	DropMemoryPressure
 	dropReasons
 )
 
@@ -92,6 +93,7 @@ var dropReasonNames = [dropReasons]string{
 	DropDatagramTooBig:  "datagram_too_big",
 	DropICMPErrorNoFlow: "icmp_error_without_flow",
 	DropEchoFragmented:  "echo_fragmented",
+	DropMemoryPressure:  "memory_pressure",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -102,6 +102,10 @@ func (s *Server) Addr() netip.AddrPort { return s.conns[0].LocalAddr().(*net.UDP
 // ReturnPath names the return path in use (raw or bound).
 func (s *Server) ReturnPath() string { return s.ret.name() }
 
+// SetMemoryPressure sets how short of memory the appliance is; new flows
+// are admitted by it (MemoryPressure) from the next packet on.
+func (s *Server) SetMemoryPressure(p MemoryPressure) { s.flows.setPressure(p) }
+
 // Serve reads GENEVE until Close. It returns once every reader has stopped.
 func (s *Server) Serve() {
 	for _, c := range s.conns {

@@ -49,6 +49,9 @@ type Stats struct {
 	// AcksCarried those of them a reply carried, so they never left.
 	AcksDelayed uint64 `json:"acks_delayed"`
 	AcksCarried uint64 `json:"acks_carried"`
+	// MemoryPressure is how short of memory new flows are admitted by:
+	// ample, short or critical (MemoryPressure).
+	MemoryPressure string `json:"memory_pressure"`
 }
 
 // Carried is the bytes of GENEVE datagrams taken in and sent out so far: a
@@ -78,6 +81,7 @@ func (s *Server) Stats() Stats {
 		UDPFlows:            c.udpFlows.Load(),
 		EchoRequests:        c.echoRequests.Load(),
 		ReturnPath:          s.ret.name(),
+		MemoryPressure:      MemoryPressure(s.flows.pressure.Load()).String(),
 		AcksDelayed:         s.acks.held.Load(),
 		AcksCarried:         s.acks.carried.Load(),
 		ReturnPortFallbacks: c.returnFallbacks.Load(),

@@ -419,6 +419,9 @@ func flushReserve(d time.Duration) time.Duration {
 // flows keep being served until none remain or the drain's flow time passes,
 // and the records are written and shipped within the rest of the drain.
 func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
+	wctx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	go a.watchMemory(wctx)
 	go func() {
 		a.netstack.Serve()
 		a.geneveDown.Store(true)

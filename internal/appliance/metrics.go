@@ -12,6 +12,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 )
 
@@ -198,6 +199,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.BytesOut) }),
 	newStatMetric("flows", promGauge, "Flows in the flow table.",
 		func(s *stats) float64 { return float64(s.Netstack.Flows) }),
+	newStatMetric("memory_pressure", promGauge, "How short of memory new flows are admitted by: 0 ample, 1 short (clients holding many flows get none), 2 critical (nobody gets any).",
+		func(s *stats) float64 { return float64(memoryPressureLevel(s.Netstack.MemoryPressure)) }),
 	newStatMetric("flows_created_total", promCounter, "Flows created.",
 		func(s *stats) float64 { return float64(s.Netstack.FlowsCreated) }),
 	newStatMetric("flows_expired_total", promCounter, "Flows expired after idling.",
@@ -321,4 +324,15 @@ var plaintextMetrics = []statMetric[capture.PlaintextStats]{
 		func(p *capture.PlaintextStats) float64 { return float64(p.Bytes) }),
 	newStatMetric("plaintext_dropped_total", promCounter, "Synthesized packets an output's queue had no room for (also counted in that output's dropped).",
 		func(p *capture.PlaintextStats) float64 { return float64(p.Dropped) }),
+}
+
+// memoryPressureLevel is the number /metrics gives a memory pressure that
+// /stats names.
+func memoryPressureLevel(name string) netstack.MemoryPressure {
+	for p := netstack.MemoryAmple; p <= netstack.MemoryCritical; p++ {
+		if p.String() == name {
+			return p
+		}
+	}
+	return -1
 }

@@ -33,7 +33,7 @@ func metricsStats() stats {
 		Netstack: netstack.Stats{PacketsIn: 101, BytesIn: 102, PacketsOut: 103, BytesOut: 104,
 			Drops: map[string]uint64{"truncated": 105, "no_stack": 106}, Flows: 107, FlowsCreated: 108, FlowsExpired: 109,
 			FlowsByEndpoint: map[string]int64{"vpce-0a": 110, "vpce-0b": -1}, Stacks: 111, TCPConnections: 112, UDPFlows: 113,
-			EchoRequests: 114, ReturnPortFallbacks: 115, AcksDelayed: 116, AcksCarried: 117},
+			EchoRequests: 114, ReturnPortFallbacks: 115, AcksDelayed: 116, AcksCarried: 117, MemoryPressure: "short"},
 		Proxy:      proxy.Stats{TCPActive: 201, UDPActive: 202, EchoActive: 203, TCPDialErrors: 204, Denied: 205, EchoUnrecorded: 206, UDPShareDrops: 207, QUICSmuggled: 208},
 		Records:    records.Stats{Written: 301, Dropped: 302, Queued: 303, SinkErrors: 304, LagSeconds: 3.25},
 		Leaves:     &certs.Stats{Hits: 401, Misses: 402, Mints: 403},
@@ -69,6 +69,9 @@ gwlbproxy_drops_total{reason="truncated"} 105
 # HELP gwlbproxy_flows Flows in the flow table.
 # TYPE gwlbproxy_flows gauge
 gwlbproxy_flows 107
+# HELP gwlbproxy_memory_pressure How short of memory new flows are admitted by: 0 ample, 1 short (clients holding many flows get none), 2 critical (nobody gets any).
+# TYPE gwlbproxy_memory_pressure gauge
+gwlbproxy_memory_pressure 1
 # HELP gwlbproxy_flows_created_total Flows created.
 # TYPE gwlbproxy_flows_created_total counter
 gwlbproxy_flows_created_total 108
@@ -330,7 +333,7 @@ func TestMetricsScrape(t *testing.T) {
 	for name, want := range map[string]float64{
 		"gwlbproxy_tcp_connection_attempts_total": 1, "gwlbproxy_records_written_total": 1, "gwlbproxy_stacks": 1,
 		"gwlbproxy_udp_flows_total": 0, "gwlbproxy_denied_total": 0, "gwlbproxy_records_dropped_total": 0,
-		"gwlbproxy_draining": 0, "gwlbproxy_broken": 0,
+		"gwlbproxy_draining": 0, "gwlbproxy_broken": 0, "gwlbproxy_memory_pressure": 0,
 	} {
 		if got, ok := single(t, mfs, name, mfs[name].GetType()); ok && got != want {
 			t.Errorf("%s %v, want %v", name, got, want)

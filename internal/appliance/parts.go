@@ -1,10 +1,11 @@
 // The parts New wires that need a few lines of their own: the trust page,
 // the roots upstream certificates are checked against, the plaintext tap
-// into the capture, and the destination check.
+// into the capture, the destination check, and the memory watch.
 
 package appliance
 
 import (
+	"context"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"os"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/internal/memwatch"
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
@@ -82,4 +85,32 @@ func newDestCheck(o *Options) *destcheck.Checker {
 		cfg.Resolver = r
 	}
 	return destcheck.New(cfg)
+}
+
+// watchMemory tells the data plane how short of memory the process is
+// until ctx ends, so that it refuses new flows before the OOM killer ends
+// them all (package memwatch).
+func (a *Appliance) watchMemory(ctx context.Context) {
+	first := true
+	w := &memwatch.Watcher{Report: func(l memwatch.Level, s memwatch.Sample) {
+		p := netstack.MemoryAmple
+		switch l {
+		case memwatch.Short:
+			p = netstack.MemoryShort
+		case memwatch.Critical:
+			p = netstack.MemoryCritical
+		}
+		a.netstack.SetMemoryPressure(p)
+		attrs := []any{"go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total}
+		switch {
+		case p == netstack.MemoryShort:
+			slog.Warn("memory is short: clients holding many flows get no new ones", append(attrs, "client_flows", netstack.ShortMemoryClientFlows)...)
+		case p == netstack.MemoryCritical:
+			slog.Error("memory is critical: no new flows", attrs...)
+		case !first:
+			slog.Info("memory is ample again: new flows admitted", attrs...)
+		}
+		first = false
+	}}
+	w.Run(ctx)
 }

@@ -1,0 +1,127 @@
+package appliance
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/memwatch"
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+)
+
+// TestMemoryPressureRefusesTheHoarder: one client opens idle TCP flows, as
+// an attacker holding connections open would, until memory runs short. The
+// count caps would let it go on (its share of the table is set far above
+// what memory allows); memory stops it instead: its new flows are dropped
+// and counted as memory_pressure, the appliance keeps the flows it has, and
+// another client, holding few, still gets a new flow. Once memory is ample
+// again, new flows are admitted as before.
+//
+// The appliance runs in this process, so the test sets this process's soft
+// memory limit (as --memory-limit sets the appliance's) a few megabytes
+// above the Go memory in use at the start: a few hundred idle flows are
+// then 60% of it.
+func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
+	const perClient = 5000 // flows 0..4999 are the hoarder's, 5000 the other client's
+	r := newRig(t, func(o *Options) {
+		o.IdleTimeout = 10 * time.Minute
+		o.MaxFlows = 100_000
+		o.MaxFlowsPerClient = 50_000
+	}, nil)
+	srv, stopServer := startTCPIdleServer(t, r.net.server(3), 1, perClient+idleFlowsFDMargin)
+	defer stopServer()
+	c := newIdleTCPClients(t, r.ep, srv, perClient+1, perClient)
+	pressureDrops := func() uint64 { return r.stats().Netstack.Drops[netstack.DropMemoryPressure.String()] }
+
+	// The hoarder's first flow makes the endpoint's stack and the relay's
+	// pools before the measure.
+	c.open(0)
+	waitFor(t, "a first TCP flow", func() string {
+		if c.answered.Load() < 1 {
+			return fmt.Sprintf("%d established, %d resets", c.established.Load(), c.resets.Load())
+		}
+		return ""
+	})
+	runtime.GC()
+	inUse := (&memwatch.Watcher{}).Read().InUse
+	const room = 8 << 20 // a few hundred idle flows, at 14 KB (28 under the race detector) each
+	limit := int64(float64(inUse+room) / 0.6)
+	old := debug.SetMemoryLimit(limit)
+	t.Cleanup(func() { debug.SetMemoryLimit(old) })
+	t.Logf("Go memory in use %d MiB; soft limit set to %d MiB", inUse>>20, limit>>20)
+
+	// The hoarder opens flows in batches until it is refused; a batch
+	// waits for its flows, and a collection then updates the live heap
+	// the watcher reads.
+	opened := 1
+	for pressureDrops() == 0 {
+		if opened >= perClient {
+			t.Fatalf("%d flows of one client admitted without a memory_pressure drop; Go memory in use %d MiB, limit %d MiB, /stats %+v",
+				opened, (&memwatch.Watcher{}).Read().InUse>>20, limit>>20, r.stats().Netstack)
+		}
+		hi := min(opened+50, perClient)
+		for i := opened; i < hi; i++ {
+			c.open(i)
+		}
+		for try := 0; c.answered.Load() < int64(hi) && pressureDrops() == 0; try++ {
+			if try > 500 || c.resets.Load() > 0 {
+				t.Fatalf("of %d flows, %d established, %d answered, %d reset", hi, c.established.Load(), c.answered.Load(), c.resets.Load())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		opened = hi
+		runtime.GC()
+		time.Sleep(2 * memwatch.DefaultInterval) // a reading after the collection
+	}
+	held := c.answered.Load()
+	st := r.stats().Netstack
+	t.Logf("the hoarder was refused after %d flows answered; memory %s, drops %v", held, st.MemoryPressure, st.Drops)
+	if st.MemoryPressure != netstack.MemoryShort.String() {
+		t.Errorf("/stats memory_pressure %q, want %q", st.MemoryPressure, netstack.MemoryShort)
+	}
+	if held < netstack.ShortMemoryClientFlows {
+		t.Errorf("the hoarder was refused holding %d flows, below the %d a client keeps getting while memory is short", held, netstack.ShortMemoryClientFlows)
+	}
+	if a := r.app.proxy.Stats().TCPActive; a < held {
+		t.Errorf("%d TCP flows active, want the %d answered kept", a, held)
+	}
+
+	// Its next new flow is refused too; the other client's is admitted.
+	before := pressureDrops()
+	c.open(opened)
+	waitFor(t, "the hoarder's next flow dropped for memory", func() string {
+		if d := pressureDrops(); d == before {
+			return fmt.Sprintf("%d memory_pressure drops", d)
+		}
+		return ""
+	})
+	other := perClient // 198.18.1.1
+	c.open(other)
+	waitFor(t, "the other client's flow answered", func() string {
+		if !c.idle(other) {
+			c.open(other) // the SYN, or the request, again
+			return fmt.Sprintf("%d answered in all", c.answered.Load())
+		}
+		return ""
+	})
+
+	// Memory ample again: the hoarder's next flow is admitted.
+	debug.SetMemoryLimit(math.MaxInt64)
+	waitFor(t, "memory ample again", func() string {
+		if p := r.stats().Netstack.MemoryPressure; p != netstack.MemoryAmple.String() {
+			return p
+		}
+		return ""
+	})
+	next := opened + 1
+	waitFor(t, "the hoarder's flow answered once memory is ample", func() string {
+		if !c.idle(next) {
+			c.open(next)
+			return fmt.Sprintf("%d answered in all", c.answered.Load())
+		}
+		return ""
+	})
+}

@@ -1,0 +1,249 @@
+// Package memwatch tells the data plane when memory runs short, so that it
+// can refuse new flows before the kernel's OOM killer ends every flow at
+// once.
+//
+// Flows are admitted by count (--max-flows, --max-flows-per-client), and a
+// count is a poor measure of memory: an idle relayed flow costs about 30 KB
+// (Go memory and the kernel's socket), an idle bumped TLS connection about
+// 50 KB, one moving data hundreds. A hostile client holding its tenth of the
+// default table, 100,000 idle TLS connections, needs about 5 GB: more than a
+// 4 GiB instance has. Nothing short of memory itself bounds that.
+//
+// Two measures, read every Interval: the Go memory in use after the last
+// collection (the live heap and goroutine stacks) against the runtime's
+// soft limit (--memory-limit), and the memory the kernel says is available
+// (MemAvailable) against the machine's total, which covers the kernel's
+// socket memory that the Go limit does not. Each has two thresholds: past
+// the first memory is Short, past the second Critical; a level is left only
+// some way below its threshold, so that it does not flap.
+package memwatch
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"runtime/debug"
+	"runtime/metrics"
+	"strconv"
+	"time"
+)
+
+// Level is how short of memory the process is.
+type Level int32
+
+// Levels, in order of need.
+const (
+	// Ample: new flows are admitted as usual.
+	Ample Level = iota
+	// Short: only clients holding few flows should get new ones.
+	Short
+	// Critical: nobody should get new flows.
+	Critical
+)
+
+// String names the level as logs and /stats show it.
+func (l Level) String() string {
+	switch l {
+	case Ample:
+		return "ample"
+	case Short:
+		return "short"
+	case Critical:
+		return "critical"
+	}
+	return "level(" + strconv.Itoa(int(l)) + ")"
+}
+
+// Thresholds. Go memory in use is compared with the soft limit, which the
+// appliance sets to 90% of the instance's memory by default: at 60% of it
+// the collector still has room for the garbage of the flows that exist
+// (with GOGC=100 the heap grows to twice the live heap between collections,
+// the limit capping it), and the kernel for their sockets. Available memory
+// is compared with the machine's total.
+const (
+	shortLive          = 0.60 // of the limit: Short from here
+	shortLiveLeave     = 0.50
+	criticalLive       = 0.80 // of the limit: Critical from here
+	criticalLiveLeave  = 0.70
+	shortAvail         = 0.10 // of the total: Short below this
+	shortAvailLeave    = 0.15
+	criticalAvail      = 0.05 // of the total: Critical below this
+	criticalAvailLeave = 0.075
+)
+
+// DefaultInterval is how often memory is read: often enough that a burst
+// of new flows is cut off within a fraction of a second, seldom enough to
+// cost nothing (a few microseconds a read).
+const DefaultInterval = 250 * time.Millisecond
+
+// Sample is one reading of memory.
+type Sample struct {
+	// InUse is the Go memory in use after the last collection: the live
+	// heap and goroutine stacks, in bytes.
+	InUse uint64
+	// Limit is the Go runtime's soft memory limit; 0 when none is set.
+	Limit uint64
+	// Available and Total are the kernel's MemAvailable and MemTotal in
+	// bytes; 0 when unknown.
+	Available, Total uint64
+}
+
+// Level returns the level s shows, given that the last one was was.
+func (s Sample) Level(was Level) Level {
+	live, avail := 0.0, 1.0
+	if s.Limit > 0 {
+		live = float64(s.InUse) / float64(s.Limit)
+	}
+	if s.Total > 0 {
+		avail = float64(s.Available) / float64(s.Total)
+	}
+	// Each threshold is crossed at its own value going up and at its
+	// leave value coming down: the level held stays until memory is
+	// clearly back.
+	critical, short := criticalLive, shortLive
+	criticalA, shortA := criticalAvail, shortAvail
+	if was >= Critical {
+		critical, criticalA = criticalLiveLeave, criticalAvailLeave
+	}
+	if was >= Short {
+		short, shortA = shortLiveLeave, shortAvailLeave
+	}
+	switch {
+	case live >= critical || avail < criticalA:
+		return Critical
+	case live >= short || avail < shortA:
+		return Short
+	}
+	return Ample
+}
+
+// Watcher reads memory every Interval and reports each change of level.
+type Watcher struct {
+	// Interval is the time between readings; 0: DefaultInterval.
+	Interval time.Duration
+	// Meminfo is the file MemAvailable and MemTotal are read from;
+	// "": /proc/meminfo.
+	Meminfo string
+	// Report is called with each new level and the sample that showed it,
+	// and once at the start with the first reading. It must not block.
+	Report func(Level, Sample)
+
+	samples []metrics.Sample
+	buf     []byte
+}
+
+// Run reads memory until ctx ends.
+func (w *Watcher) Run(ctx context.Context) {
+	every := w.Interval
+	if every <= 0 {
+		every = DefaultInterval
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	level := Level(-1) // the first reading is always reported
+	for {
+		s := w.Read()
+		if l := s.Level(max(level, Ample)); l != level {
+			level = l
+			w.Report(l, s)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Read takes a sample now. A measure that cannot be read is left 0, which
+// Level takes as no news: it never makes memory look short.
+func (w *Watcher) Read() Sample {
+	if w.samples == nil {
+		w.samples = []metrics.Sample{
+			{Name: "/gc/heap/live:bytes"},
+			{Name: "/memory/classes/heap/stacks:bytes"},
+		}
+	}
+	metrics.Read(w.samples)
+	var s Sample
+	for _, m := range w.samples {
+		if m.Value.Kind() == metrics.KindUint64 {
+			s.InUse += m.Value.Uint64()
+		}
+	}
+	if l := debug.SetMemoryLimit(-1); l > 0 && l < math.MaxInt64 {
+		s.Limit = uint64(l)
+	}
+	file := w.Meminfo
+	if file == "" {
+		file = "/proc/meminfo"
+	}
+	s.Available, s.Total, _ = w.readMeminfo(file)
+	return s
+}
+
+// readMeminfo returns MemAvailable and MemTotal from file, in bytes.
+func (w *Watcher) readMeminfo(file string) (avail, total uint64, err error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	if w.buf == nil {
+		w.buf = make([]byte, 4<<10)
+	}
+	n, err := f.Read(w.buf) // the two lines come first; one read holds them
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading %s: %w", file, err)
+	}
+	avail, total, err = ParseMeminfo(w.buf[:n])
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", file, err)
+	}
+	return avail, total, nil
+}
+
+// ParseMeminfo returns MemAvailable and MemTotal, in bytes, from the text
+// of /proc/meminfo ("MemTotal:       24684096 kB" lines). Both must be there.
+func ParseMeminfo(b []byte) (avail, total uint64, err error) {
+	var haveAvail, haveTotal bool
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte("\n"))
+		key, rest, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		var dst *uint64
+		switch string(key) {
+		case "MemAvailable":
+			dst, haveAvail = &avail, true
+		case "MemTotal":
+			dst, haveTotal = &total, true
+		default:
+			continue
+		}
+		num, unit, _ := bytes.Cut(bytes.TrimSpace(rest), []byte(" "))
+		v, err := strconv.ParseUint(string(num), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", key, err)
+		}
+		switch string(unit) {
+		case "kB":
+			if v > math.MaxUint64>>10 {
+				return 0, 0, fmt.Errorf("%s: %d kB is out of range", key, v)
+			}
+			v <<= 10
+		case "":
+		default:
+			return 0, 0, fmt.Errorf("%s: unknown unit %q", key, unit)
+		}
+		*dst = v
+	}
+	if !haveAvail || !haveTotal {
+		return 0, 0, fmt.Errorf("no MemAvailable or no MemTotal line")
+	}
+	return avail, total, nil
+}

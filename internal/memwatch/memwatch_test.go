@@ -1,0 +1,135 @@
+package memwatch
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func TestLevel(t *testing.T) {
+	const gib = 1 << 30
+	plenty := Sample{Available: 20 * gib, Total: 24 * gib}
+	tests := []struct {
+		name string
+		s    Sample
+		was  Level
+		want Level
+	}{
+		{"nothing known", Sample{}, Ample, Ample},
+		{"no limit, plenty available", Sample{InUse: 10 * gib, Available: 20 * gib, Total: 24 * gib}, Ample, Ample},
+		{"half the limit", with(plenty, 5*gib, 10*gib), Ample, Ample},
+		{"60% of the limit", with(plenty, 6*gib, 10*gib), Ample, Short},
+		{"55% after short: stays", with(plenty, 5.5*gib, 10*gib), Short, Short},
+		{"49% after short: leaves", with(plenty, 4.9*gib, 10*gib), Short, Ample},
+		{"80% of the limit", with(plenty, 8*gib, 10*gib), Ample, Critical},
+		{"75% after critical: stays", with(plenty, 7.5*gib, 10*gib), Critical, Critical},
+		{"65% after critical: short", with(plenty, 6.5*gib, 10*gib), Critical, Short},
+		{"40% after critical: ample", with(plenty, 4*gib, 10*gib), Critical, Ample},
+		{"9% available", Sample{Available: 0.09 * 100 * gib, Total: 100 * gib}, Ample, Short},
+		{"12% available after short: stays", Sample{Available: 12 * gib, Total: 100 * gib}, Short, Short},
+		{"16% available after short: leaves", Sample{Available: 16 * gib, Total: 100 * gib}, Short, Ample},
+		{"4% available", Sample{Available: 4 * gib, Total: 100 * gib}, Ample, Critical},
+		{"6% available after critical: stays", Sample{Available: 6 * gib, Total: 100 * gib}, Critical, Critical},
+		{"the worse measure wins", Sample{InUse: 1, Limit: 10, Available: 4 * gib, Total: 100 * gib}, Ample, Critical},
+	}
+	for _, tt := range tests {
+		if got := tt.s.Level(tt.was); got != tt.want {
+			t.Errorf("%s: %+v after %s = %s, want %s", tt.name, tt.s, tt.was, got, tt.want)
+		}
+	}
+}
+
+func with(s Sample, inUse, limit float64) Sample {
+	s.InUse, s.Limit = uint64(inUse), uint64(limit)
+	return s
+}
+
+func TestParseMeminfo(t *testing.T) {
+	avail, total, err := ParseMeminfo([]byte("MemTotal:       24684096 kB\nMemFree:        23261952 kB\nMemAvailable:   24146740 kB\nBuffers:           20000 kB\n"))
+	if err != nil || avail != 24146740<<10 || total != 24684096<<10 {
+		t.Errorf("ParseMeminfo = %d, %d, %v", avail, total, err)
+	}
+	for _, bad := range []string{
+		"",
+		"MemTotal: 10 kB\n",                     // no MemAvailable (kernels before 3.14)
+		"MemTotal: x kB\nMemAvailable: 1 kB\n",  // not a number
+		"MemTotal: 10 MB\nMemAvailable: 1 kB\n", // not a unit meminfo uses
+		"MemTotal: 18014398509481984 kB\nMemAvailable: 1 kB\n", // overflows in bytes
+	} {
+		if a, tot, err := ParseMeminfo([]byte(bad)); err == nil {
+			t.Errorf("ParseMeminfo(%q) = %d, %d, nil; want an error", bad, a, tot)
+		}
+	}
+	// This machine's own, which Run reads.
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Skip(err)
+	}
+	if avail, total, err := ParseMeminfo(b); err != nil || total == 0 || avail > total {
+		t.Errorf("/proc/meminfo: available %d, total %d, %v", avail, total, err)
+	}
+}
+
+// TestRunReportsChanges runs a watcher on a meminfo file the test rewrites:
+// the first reading is reported, a change of level is reported, and
+// readings that leave the level where it is are not.
+func TestRunReportsChanges(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "meminfo")
+	write := func(availKB int) {
+		t.Helper()
+		s := "MemTotal: 1000000 kB\nMemAvailable: " + strconv.Itoa(availKB) + " kB\n"
+		if err := os.WriteFile(file+".new", []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(file+".new", file); err != nil { // never read half written
+			t.Fatal(err)
+		}
+	}
+	write(500000)
+	reports := make(chan Level, 16)
+	w := &Watcher{Interval: 5 * time.Millisecond, Meminfo: file, Report: func(l Level, s Sample) {
+		if s.Total != 1000000<<10 {
+			t.Errorf("reported a sample with total %d", s.Total)
+		}
+		reports <- l
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	next := func() Level {
+		t.Helper()
+		select {
+		case l := <-reports:
+			return l
+		case <-time.After(10 * time.Second):
+			t.Fatal("no report within 10 s")
+		}
+		return -1
+	}
+	if l := next(); l != Ample {
+		t.Fatalf("first report %s, want ample", l)
+	}
+	write(90000) // 9%
+	if l := next(); l != Short {
+		t.Fatalf("at 9%% available: %s, want short", l)
+	}
+	write(120000) // 12%: still short, nothing to report
+	write(40000)  // 4%
+	if l := next(); l != Critical {
+		t.Fatalf("at 4%% available: %s, want critical", l)
+	}
+	write(900000)
+	if l := next(); l != Ample {
+		t.Fatalf("at 90%% available: %s, want ample", l)
+	}
+	select {
+	case l := <-reports:
+		t.Fatalf("a report without a change of level: %s", l)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
