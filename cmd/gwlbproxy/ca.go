@@ -12,10 +12,13 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/internal/appliance"
 )
 
+// caUsage is what `gwlbproxy ca` takes.
+const caUsage = "usage: gwlbproxy ca init --out DIR [--cn NAME] [--force] | gwlbproxy ca trust [--state-dir DIR | --ca-cert F --ca-key F | --ca-secret ID] [--trust-host H]"
+
 // runCA implements `gwlbproxy ca init|trust`.
 func runCA(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return fmt.Errorf("usage: gwlbproxy ca init --out DIR | gwlbproxy ca trust [--state-dir DIR | --ca-cert F --ca-key F | --ca-secret ID] [--trust-host H]")
+		return errors.New(caUsage)
 	}
 	fs := flag.NewFlagSet("gwlbproxy ca "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -60,11 +63,27 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
+		if err := appliance.CheckCAFlags(&o); err != nil {
+			return err
+		}
+		if o.CASecret.ID == "" && o.CACert == "" {
+			// Only the appliance makes a CA in its state directory: one
+			// made here would not be the CA the appliance uses when it is
+			// given another (--ca-secret), and its install commands would
+			// hand clients the wrong one.
+			o.CACert, o.CAKey = filepath.Join(o.StateDir, certs.CertFileName), filepath.Join(o.StateDir, certs.KeyFileName)
+			if _, err := os.Stat(o.CACert); errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("ca trust: no CA in --state-dir %s (the appliance makes one there on its first run; or name the CA with --ca-cert/--ca-key or --ca-secret)", o.StateDir)
+			}
+		}
 		ca, err := appliance.LoadCA(&o)
 		if err != nil {
 			return err
 		}
 		return certs.WriteTrustCommands(stdout, ca, o.TrustHost)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stderr, caUsage)
+		return nil
 	}
 	return fmt.Errorf("ca: unknown subcommand %q (want init or trust)", args[0])
 }

@@ -195,7 +195,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.DurationVar(&o.CloudWatch.FlushInterval, "cloudwatch-flush", cwlogs.DefaultFlushInterval, "ship a partial batch after this long")
 	fs.IntVar(&o.CloudWatch.BufferBytes, "cloudwatch-buffer", cwlogs.DefaultBufferBytes, "bytes of records held while CloudWatch is slow or unreachable; beyond it the oldest are dropped and counted")
 	fs.Func("cloudwatch-retention-days", "retention applied to a log group the appliance creates (e.g. 30, 90, 365)", func(v string) error {
-		n, err := strconv.Atoi(v)
+		n, err := strconv.ParseInt(v, 10, 32) // no wrap: 4294967297 is not 1
 		if err != nil || !cwlogs.ValidRetentionDays(int32(n)) {
 			return fmt.Errorf("%q is not a retention CloudWatch Logs offers", v)
 		}
@@ -232,6 +232,9 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	}
 	if o.RecordStall <= 0 {
 		return o, p, fmt.Errorf("--record-stall %s: must be positive", o.RecordStall)
+	}
+	if lv := new(slog.Level); lv.UnmarshalText([]byte(o.LogLevel)) != nil {
+		return o, p, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.LogLevel)
 	}
 	if o.MaxHeaderBytes < 1024 {
 		return o, p, fmt.Errorf("--max-header-bytes %d: must be at least 1024", o.MaxHeaderBytes)

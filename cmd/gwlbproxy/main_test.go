@@ -69,6 +69,20 @@ func TestCACommands(t *testing.T) {
 	if err != nil || !strings.Contains(out.String(), "http://gwlbproxy.internal/ca.pem") {
 		t.Fatalf("ca trust: %v\n%s", err, out.String())
 	}
+	// From a state directory: the CA there, and none made where there is
+	// none (an appliance given --ca-secret uses another, and clients
+	// would be handed the wrong one).
+	out.Reset()
+	if err := runMain([]string{"ca", "trust", "--state-dir", dir}, &out, &errb); err != nil || !strings.Contains(out.String(), "http://gwlbproxy.internal/ca.pem") {
+		t.Fatalf("ca trust --state-dir with a CA: %v\n%s", err, out.String())
+	}
+	empty := t.TempDir()
+	if err := runMain([]string{"ca", "trust", "--state-dir", empty}, &out, &errb); err == nil || !strings.Contains(err.Error(), "no CA in --state-dir") {
+		t.Fatalf("ca trust --state-dir with no CA: %v, want it refused", err)
+	}
+	if ents, _ := os.ReadDir(empty); len(ents) != 0 {
+		t.Fatalf("ca trust made %d files in an empty state directory", len(ents))
+	}
 }
 
 func TestFlagValidation(t *testing.T) {
@@ -90,6 +104,19 @@ func TestFlagValidation(t *testing.T) {
 		if err := runMain(args, &out, &errb); err == nil {
 			t.Errorf("%v: accepted", args)
 		}
+	}
+	// Refused by the parser itself (runMain would fail later anyway, on
+	// the ports it cannot bind here).
+	for _, args := range [][]string{
+		{"--log-level", "bogus"},
+		{"--cloudwatch-group", "g", "--cloudwatch-retention-days", "4294967297"}, // 1 once wrapped to 32 bits
+	} {
+		if _, err := parseFlags(args, &bytes.Buffer{}); err == nil {
+			t.Errorf("%v: accepted", args)
+		}
+	}
+	if o, err := parseFlags([]string{"--log-level", "warn", "--cloudwatch-group", "g", "--cloudwatch-retention-days", "30"}, &bytes.Buffer{}); err != nil || o.LogLevel != "warn" {
+		t.Errorf("--log-level warn --cloudwatch-retention-days 30: %v", err)
 	}
 	o, err := parseFlags([]string{"--record-stall", "45s"}, &bytes.Buffer{})
 	if err != nil || o.RecordStall != 45*time.Second {
