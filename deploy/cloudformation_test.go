@@ -16,6 +16,7 @@ import (
 	"github.com/awslabs/goformation/v7/cloudformation/elasticloadbalancingv2"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -504,6 +505,29 @@ func (c *templateCheck) userData(t *testing.T) {
 	env := parseEnvFile(t, "user data "+envFile, flagsFile)
 	c.args = execArgs(t, u.one(t, "Service", "ExecStart"), env)[1:]
 	checkApplianceAccepts(t, c.args)
+
+	// The policy it writes keeps clients out of the appliance VPC
+	// (deploy.md, item 9) and lets the rest through.
+	if cfg := u.one(t, "Service", "ExecStart"); !strings.Contains(cfg, "--config /etc/gwlbproxy/policy.yaml") {
+		t.Errorf("the unit does not read the policy the user data writes: %s", cfg)
+	}
+	pol, err := policy.Parse("user data policy.yaml", []byte(heredoc(t, script, "/etc/gwlbproxy/policy.yaml")))
+	if err != nil {
+		t.Fatalf("the user data's policy: %v", err)
+	}
+	vpc := netip.MustParsePrefix(c.vals["ApplianceVpcCidr"])
+	for _, tc := range []struct {
+		dest netip.Addr
+		want policy.Action
+	}{
+		{vpc.Addr().Next().Next(), policy.Deny}, // the VPC's resolver, at .2
+		{netip.MustParseAddr("198.51.100.7"), policy.Allow},
+	} {
+		d := pol.Decide(policy.Subject{Protocol: policy.ProtoTCP, Dest: netip.AddrPortFrom(tc.dest, 443), Client: netip.MustParseAddr("10.200.1.5")})
+		if d.Action != tc.want {
+			t.Errorf("the user data's policy: TCP to %s %s (rule %q), want %s", tc.dest, d.Action, d.Rule, tc.want)
+		}
+	}
 
 	dropIn := heredoc(t, script, "/etc/systemd/system/gwlbproxy.service.d/stack.conf")
 	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(.+)$`).FindStringSubmatch(dropIn)
