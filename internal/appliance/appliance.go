@@ -222,6 +222,9 @@ type Appliance struct {
 	// draining, no packet from the GWLB is read any more.
 	geneveDown atomic.Bool
 	wasBroken  atomic.Bool // for logging changes of the health check only
+	// memoryCritical says how short memory is while it is critical
+	// (watchMemory), nil otherwise.
+	memoryCritical atomic.Pointer[string]
 	// destCheck ties decisions made on names to destination addresses.
 	destCheck *destcheck.Checker
 	// capture copies inner packets to pcap files and the mirror (nil: off);

@@ -43,7 +43,9 @@ func (a *Appliance) serveHealth(w http.ResponseWriter, _ *http.Request) {
 // for longer than RecordStall (--record-stall, 30 s) the access records have waited behind a
 // blocked or slow sink, been dropped without a break, or failed on every
 // write. Then new flows would go unaudited, and the GWLB should send them
-// to another target. Idleness is not broken: no traffic is normal.
+// to another target. So should it while memory is critical (watchMemory):
+// new flows are refused here then, and another target can take them.
+// Idleness is not broken: no traffic is normal.
 func (a *Appliance) broken(rs records.Stats) []string {
 	var why []string
 	if a.geneveDown.Load() && !a.draining.Load() {
@@ -58,6 +60,9 @@ func (a *Appliance) broken(rs records.Stats) []string {
 	}
 	if rs.FailingSeconds > limit {
 		why = append(why, fmt.Sprintf("access record sink failing for %.1fs: %s", rs.FailingSeconds, rs.LastError))
+	}
+	if m := a.memoryCritical.Load(); m != nil {
+		why = append(why, *m)
 	}
 	return why
 }

@@ -2,9 +2,12 @@ package appliance
 
 import (
 	"fmt"
+	"io"
 	"math"
+	"net/http"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +28,7 @@ import (
 // above the Go memory in use at the start: a few hundred idle flows are
 // then 60% of it.
 func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
-	const perClient = 5000 // flows 0..4999 are the hoarder's, 5000 the other client's
+	const perClient = 5000 // flows 0..4999 are the hoarder's, 5000 and 5001 the other client's
 	r := newRig(t, func(o *Options) {
 		o.IdleTimeout = 10 * time.Minute
 		o.MaxFlows = 100_000
@@ -33,7 +36,7 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 	}, nil)
 	srv, stopServer := startTCPIdleServer(t, r.net.server(3), 1, perClient+idleFlowsFDMargin)
 	defer stopServer()
-	c := newIdleTCPClients(t, r.ep, srv, perClient+1, perClient)
+	c := newIdleTCPClients(t, r.ep, srv, perClient+2, perClient)
 	pressureDrops := func() uint64 { return r.stats().Netstack.Drops[netstack.DropMemoryPressure.String()] }
 
 	// The hoarder's first flow makes the endpoint's stack and the relay's
@@ -124,4 +127,47 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 		}
 		return ""
 	})
+
+	// Critical: the Go memory in use is 90% of the limit. Nobody gets a
+	// new flow, not even the client holding one, and the health check
+	// fails so that the GWLB sends new flows to another appliance.
+	// The live heap moves as the flows' garbage goes: the limit follows it.
+	for try := 0; r.stats().Netstack.MemoryPressure != netstack.MemoryCritical.String(); try++ {
+		if try == 50 {
+			t.Fatalf("memory not critical after %d tries; /stats %+v", try, r.stats().Netstack)
+		}
+		runtime.GC()
+		debug.SetMemoryLimit(int64(float64((&memwatch.Watcher{}).Read().InUse) / 0.9))
+		time.Sleep(2 * memwatch.DefaultInterval)
+	}
+	if code, body := r.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, "memory critical") {
+		t.Errorf("health check while memory is critical: %d %q", code, body)
+	}
+	before = pressureDrops()
+	c.open(other + 1) // the other client's second flow
+	waitFor(t, "the other client's second flow dropped for memory", func() string {
+		if d := pressureDrops(); d == before {
+			return fmt.Sprintf("%d memory_pressure drops", d)
+		}
+		return ""
+	})
+	debug.SetMemoryLimit(math.MaxInt64)
+	waitFor(t, "the health check passing again", func() string {
+		if code, body := r.health(); code != http.StatusOK {
+			return fmt.Sprintf("%d %q", code, body)
+		}
+		return ""
+	})
+}
+
+// health returns the health check's status and body.
+func (r *rig) health() (int, string) {
+	r.t.Helper()
+	resp, err := http.Get("http://" + r.app.adminLn.Addr().String() + "/")
+	if err != nil {
+		r.t.Fatalf("GET /: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

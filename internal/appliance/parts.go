@@ -101,6 +101,13 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 			p = netstack.MemoryCritical
 		}
 		a.netstack.SetMemoryPressure(p)
+		if p == netstack.MemoryCritical {
+			why := fmt.Sprintf("memory critical, new flows refused (Go memory in use %s of a %s limit; %s of %s available)",
+				mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total))
+			a.memoryCritical.Store(&why)
+		} else {
+			a.memoryCritical.Store(nil)
+		}
 		attrs := []any{"go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total}
 		switch {
 		case p == netstack.MemoryShort:
@@ -113,4 +120,12 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 		first = false
 	}}
 	w.Run(ctx)
+}
+
+// mib writes n bytes in MiB; "none" for 0 (a measure not known).
+func mib(n uint64) string {
+	if n == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
 }
