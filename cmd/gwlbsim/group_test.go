@@ -137,11 +137,7 @@ func startFakeAt(t *testing.T, addr netip.Addr, sim netip.AddrPort) *fakeApplian
 	if err != nil {
 		t.Fatalf("fake appliance: %v", err)
 	}
-	t.Cleanup(func() { c.Close() })
-	a := &fakeAppliance{conn: c, sim: sim, got: make(chan netstack.Header, 64), srcPort: make(chan uint16, 64)}
-	a.reply.Store(true)
-	go a.serve()
-	return a
+	return startFake(t, c, sim)
 }
 
 // TestAdminEndpoints drives the admin handler of a simulator in front of

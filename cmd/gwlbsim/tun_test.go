@@ -125,6 +125,9 @@ type fakeAppliance struct {
 	reply   atomic.Bool
 	got     chan netstack.Header
 	srcPort chan uint16
+	// ports are sockets bound to the ports replies leave from: the port
+	// each datagram came from, as the appliance keeps the outer ports.
+	ports map[uint16]*net.UDPConn // only serve's goroutine uses it
 }
 
 func newFakeAppliance(t *testing.T, sim netip.AddrPort) *fakeAppliance {
@@ -133,10 +136,26 @@ func newFakeAppliance(t *testing.T, sim netip.AddrPort) *fakeAppliance {
 	if err != nil {
 		t.Fatalf("fake appliance: %v", err)
 	}
-	t.Cleanup(func() { c.Close() })
-	a := &fakeAppliance{conn: c, sim: sim, got: make(chan netstack.Header, 64), srcPort: make(chan uint16, 64)}
+	return startFake(t, c, sim)
+}
+
+// startFake serves a fake appliance on c.
+func startFake(t *testing.T, c *net.UDPConn, sim netip.AddrPort) *fakeAppliance {
+	a := &fakeAppliance{conn: c, sim: sim, got: make(chan netstack.Header, 64), srcPort: make(chan uint16, 64),
+		ports: map[uint16]*net.UDPConn{}}
 	a.reply.Store(true)
-	go a.serve()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.serve()
+	}()
+	t.Cleanup(func() {
+		c.Close()
+		<-done
+		for _, pc := range a.ports {
+			pc.Close()
+		}
+	})
 	return a
 }
 
@@ -170,8 +189,22 @@ func (a *fakeAppliance) serve() {
 			(*fn)(out[:m])
 		}
 		m += copy(out[m:], reflectPacket(buf[h.Len:n]))
-		_, _ = a.conn.WriteToUDPAddrPort(out[:m], a.sim)
+		_, _ = a.replySocket(from.Port()).WriteToUDPAddrPort(out[:m], a.sim)
 	}
+}
+
+// replySocket returns a socket bound to the appliance's address and port,
+// or its GENEVE socket if port cannot be bound.
+func (a *fakeAppliance) replySocket(port uint16) *net.UDPConn {
+	if c := a.ports[port]; c != nil {
+		return c
+	}
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.addr().Addr(), port)))
+	if err != nil {
+		return a.conn // the simulator counts it as a wrong source port
+	}
+	a.ports[port] = c
+	return c
 }
 
 type rig struct {

@@ -230,12 +230,12 @@ func (b *recvBatch) read(fd uintptr) bool {
 	}
 }
 
-// message returns the i-th datagram read and its sender's address; false
-// when it was truncated or its sender is not IPv4.
-func (b *recvBatch) message(i int) (dgram []byte, from netip.Addr, ok bool) {
+// message returns the i-th datagram read and its sender's address and
+// port; false when it was truncated or its sender is not IPv4.
+func (b *recvBatch) message(i int) (dgram []byte, from netip.AddrPort, ok bool) {
 	h := &b.hdrs[i]
 	if h.Hdr.Flags&unix.MSG_TRUNC != 0 || b.addrs[i].Family != unix.AF_INET {
-		return nil, netip.Addr{}, false
+		return nil, netip.AddrPort{}, false
 	}
 	return b.bufs[i][b.headroom : b.headroom+int(h.Len)], fromSockaddr(&b.addrs[i]), true
 }

@@ -48,7 +48,8 @@ func (b *batchSink) snapshot() (got [][]byte, flushes, badRoom, pending int) {
 // flows (several source ports) in order, counts an unparsable one as
 // failed without stopping the rest; the replies reach a batch receiver
 // with the promised headroom and room to grow, each batch followed by a
-// flush; a reply under a tampered header still never reaches it.
+// flush; a reply under a tampered header, or from another source port
+// than its flow's, still never reaches it.
 func TestSendBatchAndBatchReceiver(t *testing.T) {
 	g := newGroup(t, 114, 1, func(c *Config, _ int) { c.Senders = 8 })
 	ft := g.targets[0]
@@ -115,10 +116,14 @@ func TestSendBatchAndBatchReceiver(t *testing.T) {
 	rs := ft.received()
 	hdr := append([]byte(nil), rs[0].header...)
 	hdr[len(hdr)-1] ^= 0xff
-	ft.send(hdr, reflectPacket(rs[0].inner))
+	ft.send(rs[0].from.Port(), hdr, reflectPacket(rs[0].inner))
 	g.waitStats(t, "the tampered reply refused", func(s Stats) bool { return s.HeaderMismatch == 1 })
+	// So is one from the target's address but another port than the
+	// flow's: replies keep the outer ports.
+	ft.send(0, rs[0].header, reflectPacket(rs[0].inner))
+	g.waitStats(t, "the reply from another port refused", func(s Stats) bool { return s.WrongSourcePort == 1 })
 	if got, _, _, _ := sink.snapshot(); len(got) != 40 {
-		t.Errorf("%d replies delivered, want the 40 before the tampered one only", len(got))
+		t.Errorf("%d replies delivered, want the 40 before the refused ones only", len(got))
 	}
 }
 

@@ -94,8 +94,9 @@ type received struct {
 // fakeTarget is an appliance stand-in: a GENEVE socket that records what it
 // receives and, when asked, answers with the inner packet reflected under
 // the received header, sent to the simulator's port 6081 from its own
-// address; and an HTTP health check server on the same address whose
-// answer the test sets.
+// address and the port the datagram came from, as the appliance does
+// (outer ports kept); and an HTTP health check server on the same address
+// whose answer the test sets.
 type fakeTarget struct {
 	t      *testing.T
 	conn   *net.UDPConn
@@ -108,6 +109,7 @@ type fakeTarget struct {
 	mu     sync.Mutex
 	got    []received
 	checks []*http.Request
+	ports  map[uint16]*net.UDPConn // sockets bound to the ports replies leave from
 }
 
 func newFakeTarget(t *testing.T, addr netip.Addr, sim netip.AddrPort) *fakeTarget {
@@ -134,6 +136,11 @@ func newFakeTarget(t *testing.T, addr netip.Addr, sim netip.AddrPort) *fakeTarge
 		srv.Close()
 		c.Close()
 		<-done
+		ft.mu.Lock()
+		defer ft.mu.Unlock()
+		for _, pc := range ft.ports {
+			pc.Close()
+		}
 	})
 	return ft
 }
@@ -180,14 +187,33 @@ func (ft *fakeTarget) serve() {
 		ft.got = append(ft.got, r)
 		ft.mu.Unlock()
 		if ft.reply.Load() {
-			ft.send(r.header, reflectPacket(r.inner))
+			ft.send(r.from.Port(), r.header, reflectPacket(r.inner))
 		}
 	}
 }
 
-// send sends a reply under header hdr from this target's address.
-func (ft *fakeTarget) send(hdr, inner []byte) {
-	if _, err := ft.conn.WriteToUDPAddrPort(append(append([]byte(nil), hdr...), inner...), ft.sim); err != nil {
+// send sends a reply under header hdr from this target's address and
+// source port port (0: its GENEVE socket's).
+func (ft *fakeTarget) send(port uint16, hdr, inner []byte) {
+	c := ft.conn
+	if port != 0 && port != ft.addr().Port() {
+		ft.mu.Lock()
+		if c = ft.ports[port]; c == nil {
+			var err error
+			c, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(ft.addr().Addr(), port)))
+			if err != nil {
+				ft.mu.Unlock()
+				ft.t.Errorf("fake target %s: binding reply port %d: %v", ft.addr(), port, err)
+				return
+			}
+			if ft.ports == nil {
+				ft.ports = map[uint16]*net.UDPConn{}
+			}
+			ft.ports[port] = c
+		}
+		ft.mu.Unlock()
+	}
+	if _, err := c.WriteToUDPAddrPort(append(append([]byte(nil), hdr...), inner...), ft.sim); err != nil {
 		ft.t.Errorf("fake target %s: sending a reply: %v", ft.addr(), err)
 	}
 }

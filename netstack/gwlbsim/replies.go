@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -91,10 +92,15 @@ func containsEndpoint(es []*Endpoint, e *Endpoint) bool {
 	return false
 }
 
-// handleReply checks one reply, buf[off:], and delivers its inner packet
-// to its endpoint's receiver. It returns the endpoint when it handed the
-// packet to a batch receiver, which then needs a flush.
-func (s *Sim) handleReply(buf []byte, off int, from netip.Addr) *Endpoint {
+// handleReply checks one reply, buf[off:], from the address and port
+// from, and delivers its inner packet to its endpoint's receiver. It
+// returns the endpoint when it handed the packet to a batch receiver,
+// which then needs a flush.
+//
+// A reply must come from its flow's target, from the source port the
+// simulator sends that flow from (replies keep the outer ports), under the
+// flow's current header byte for byte.
+func (s *Sim) handleReply(buf []byte, off int, from netip.AddrPort) *Endpoint {
 	b := buf[off:]
 	h, reason := netstack.ParseHeader(b)
 	if reason != netstack.DropNone {
@@ -129,8 +135,11 @@ func (s *Sim) handleReply(buf []byte, off int, from netip.Addr) *Endpoint {
 	case f == nil:
 		s.unknown.Add(1)
 		return nil
-	case r.target == nil || r.target.addr.Addr() != from:
+	case r.target == nil || r.target.addr.Addr() != from.Addr():
 		s.wrongTarget.Add(1)
+		return nil
+	case from.Port() != f.port && !s.portsShared(r.target, from.Port()):
+		s.wrongSrcPort.Add(1)
 		return nil
 	case !bytes.Equal(r.header, b[:h.Len]):
 		s.mismatch.Add(1)
@@ -151,5 +160,19 @@ func (s *Sim) handleReply(buf []byte, off int, from netip.Addr) *Endpoint {
 	return nil
 }
 
-// fromSockaddr is the IPv4 address of a received datagram's sender.
-func fromSockaddr(sa *unix.RawSockaddrInet4) netip.Addr { return netip.AddrFrom4(sa.Addr) }
+// portsShared reports whether a reply from target t and port is to be
+// accepted although the flow is sent from another port: t shares the
+// simulator's address (a test rig with both on 127.0.0.1, say), so the
+// simulator's own sockets hold the ports its flows are sent from and the
+// appliance cannot bind them; its bound return path then falls back to its
+// GENEVE listener's port, and that port is accepted too. Nowhere else.
+func (s *Sim) portsShared(t *target, port uint16) bool {
+	return port == t.addr.Port() && (t.addr.Addr() == s.cfg.Addr || s.cfg.Addr.IsUnspecified())
+}
+
+// fromSockaddr is the IPv4 address and port of a received datagram's
+// sender.
+func fromSockaddr(sa *unix.RawSockaddrInet4) netip.AddrPort {
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
+	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+}

@@ -3,8 +3,9 @@
 // AWS options (an endpoint ID per simulated endpoint, a flow cookie per
 // flow), sends them to a target group of appliances from varying source
 // ports of its own address, and accepts a reply only on its own port 6081,
-// only from the target that owns the flow, and only if it carries, byte for
-// byte, the header it sent for that flow.
+// only from the target that owns the flow and from the port it sends that
+// flow from (replies keep the outer ports), and only if it carries, byte
+// for byte, the header it sent for that flow.
 //
 // With one target (Config.Appliance) it behaves as it always has. With
 // several (Config.Targets) it is a GWLB in front of a target group: flow
@@ -77,19 +78,20 @@ const (
 // Stats counts what the simulator saw. The JSON names are what the gwlbsim
 // command prints on exit; tests and scripts parse them.
 type Stats struct {
-	Sent            uint64 `json:"sent"`             // datagrams sent to the appliances
-	Received        uint64 `json:"received"`         // replies accepted and delivered to a client
-	HeaderMismatch  uint64 `json:"header_mismatch"`  // replies whose GENEVE header differs from the flow's
-	UnknownFlow     uint64 `json:"unknown_flow"`     // replies for a flow the simulator never sent (or forgot)
-	Malformed       uint64 `json:"malformed"`        // replies that do not parse
-	WrongPort       uint64 `json:"wrong_port"`       // datagrams that arrived on a sender port, not ListenPort
-	UnknownEndpoint uint64 `json:"unknown_endpoint"` // replies naming an endpoint that does not exist
-	WrongTarget     uint64 `json:"wrong_target"`     // replies from an address other than the flow's target's
-	NoTarget        uint64 `json:"no_target"`        // packets of new flows dropped: no registered target
-	FlowDropped     uint64 `json:"flow_dropped"`     // packets of flows whose target was deregistered without rebalance
-	Rebalanced      uint64 `json:"rebalanced"`       // flows moved to another target (rebalance)
-	FlowsExpired    uint64 `json:"flows_expired"`    // flows forgotten after their idle timeout
-	Flows           int    `json:"flows"`            // flows now in the table
+	Sent            uint64 `json:"sent"`              // datagrams sent to the appliances
+	Received        uint64 `json:"received"`          // replies accepted and delivered to a client
+	HeaderMismatch  uint64 `json:"header_mismatch"`   // replies whose GENEVE header differs from the flow's
+	UnknownFlow     uint64 `json:"unknown_flow"`      // replies for a flow the simulator never sent (or forgot)
+	Malformed       uint64 `json:"malformed"`         // replies that do not parse
+	WrongPort       uint64 `json:"wrong_port"`        // datagrams that arrived on a sender port, not ListenPort
+	UnknownEndpoint uint64 `json:"unknown_endpoint"`  // replies naming an endpoint that does not exist
+	WrongTarget     uint64 `json:"wrong_target"`      // replies from an address other than the flow's target's
+	WrongSourcePort uint64 `json:"wrong_source_port"` // replies from a port other than the one the flow is sent from
+	NoTarget        uint64 `json:"no_target"`         // packets of new flows dropped: no registered target
+	FlowDropped     uint64 `json:"flow_dropped"`      // packets of flows whose target was deregistered without rebalance
+	Rebalanced      uint64 `json:"rebalanced"`        // flows moved to another target (rebalance)
+	FlowsExpired    uint64 `json:"flows_expired"`     // flows forgotten after their idle timeout
+	Flows           int    `json:"flows"`             // flows now in the table
 }
 
 // Sim is a running simulator.
@@ -116,6 +118,7 @@ type Sim struct {
 
 	sent, received, mismatch, unknown, malformed, wrongPort, unknownEP atomic.Uint64
 	wrongTarget, noTarget, flowDropped, rebalanced, expired            atomic.Uint64
+	wrongSrcPort                                                       atomic.Uint64
 
 	wg     sync.WaitGroup
 	done   chan struct{}
@@ -128,6 +131,7 @@ type simFlow struct {
 	key       netstack.FlowKey
 	route     atomic.Pointer[flowRoute]
 	sender    *net.UDPConn
+	port      uint16 // sender's port: the one its replies must come from
 	ep        *Endpoint
 	etherType uint16
 	tcp       bool
@@ -280,9 +284,9 @@ func (s *Sim) Stats() Stats {
 	return Stats{
 		Sent: s.sent.Load(), Received: s.received.Load(), HeaderMismatch: s.mismatch.Load(),
 		UnknownFlow: s.unknown.Load(), Malformed: s.malformed.Load(), WrongPort: s.wrongPort.Load(),
-		UnknownEndpoint: s.unknownEP.Load(), WrongTarget: s.wrongTarget.Load(), NoTarget: s.noTarget.Load(),
-		FlowDropped: s.flowDropped.Load(), Rebalanced: s.rebalanced.Load(), FlowsExpired: s.expired.Load(),
-		Flows: n,
+		UnknownEndpoint: s.unknownEP.Load(), WrongTarget: s.wrongTarget.Load(), WrongSourcePort: s.wrongSrcPort.Load(),
+		NoTarget: s.noTarget.Load(), FlowDropped: s.flowDropped.Load(), Rebalanced: s.rebalanced.Load(),
+		FlowsExpired: s.expired.Load(), Flows: n,
 	}
 }
 
@@ -425,8 +429,9 @@ func (s *Sim) flow(e *Endpoint, p *netstack.Packet, etherType uint16) *simFlow {
 			return nil
 		}
 	}
+	sender := s.senders[rand.IntN(len(s.senders))]
 	f = &simFlow{
-		key: k, sender: s.senders[rand.IntN(len(s.senders))], ep: e, etherType: etherType,
+		key: k, sender: sender, port: uint16(sender.LocalAddr().(*net.UDPAddr).Port), ep: e, etherType: etherType,
 		tcp: p.Proto == protoTCP, proto: p.Proto,
 		src: netip.AddrPortFrom(p.SrcAddr(), p.SrcPort), dst: netip.AddrPortFrom(p.DstAddr(), p.DstPort),
 	}

@@ -238,9 +238,9 @@ func TestRebalanceOnUnhealthy(t *testing.T) {
 
 	// The old target answers under the old header: refused as from the
 	// wrong target. The new one's answer is delivered.
-	b.send(old.header, reflectPacket(old.inner))
+	b.send(old.from.Port(), old.header, reflectPacket(old.inner))
 	g.waitStats(t, "the old target's reply refused", func(s Stats) bool { return s.WrongTarget == 1 })
-	a.send(moved.header, reflectPacket(moved.inner))
+	a.send(moved.from.Port(), moved.header, reflectPacket(moved.inner))
 	select {
 	case r := <-g.replies:
 		if !bytes.Equal(r, reflectPacket(moved.inner)) {
@@ -367,23 +367,26 @@ func TestDeregisterWithoutDelay(t *testing.T) {
 }
 
 // TestRepliesOnlyFromTheFlowsTarget: a reply under the right header from
-// another target's address is refused; from the flow's target it is
-// delivered.
+// another target's address is refused, and so is one from the flow's
+// target but not from the port the flow is sent from (replies keep the
+// outer ports); from the flow's target and port it is delivered.
 func TestRepliesOnlyFromTheFlowsTarget(t *testing.T) {
 	g := newGroup(t, 108, 2, nil)
 	a, b := g.targets[0], g.targets[1]
 	port := g.portTo(t, a, protoUDP, 40000, 53)
 	g.send(t, protoUDP, port, 53)
 	r := a.last(t)
-	b.send(r.header, reflectPacket(r.inner))
+	b.send(r.from.Port(), r.header, reflectPacket(r.inner))
 	g.waitStats(t, "a reply from the wrong target", func(s Stats) bool { return s.WrongTarget == 1 })
-	a.send(r.header, reflectPacket(r.inner))
+	a.send(0, r.header, reflectPacket(r.inner)) // from a's GENEVE port
+	g.waitStats(t, "a reply from the wrong source port", func(s Stats) bool { return s.WrongSourcePort == 1 })
+	a.send(r.from.Port(), r.header, reflectPacket(r.inner))
 	select {
 	case <-g.replies:
 	case <-time.After(2 * time.Second):
 		t.Fatalf("the flow's target's reply was not delivered; stats %+v", g.sim.Stats())
 	}
-	if st := g.sim.Stats(); st.Received != 1 || st.WrongTarget != 1 {
+	if st := g.sim.Stats(); st.Received != 1 || st.WrongTarget != 1 || st.WrongSourcePort != 1 {
 		t.Errorf("stats %+v", st)
 	}
 	if ts := g.target(t, a); ts.Replies != 1 {
