@@ -99,7 +99,10 @@ func containsEndpoint(es []*Endpoint, e *Endpoint) bool {
 //
 // A reply must come from its flow's target, from the source port the
 // simulator sends that flow from (replies keep the outer ports), under the
-// flow's current header byte for byte.
+// flow's current header byte for byte. A later IP fragment carries no
+// ports: it is held to the flow of its datagram's first fragment, or, when
+// that was not seen, to the flow of its endpoint between its addresses
+// whose cookie its header names (replyfrags.go).
 func (s *Sim) handleReply(buf []byte, off int, from netip.AddrPort) *Endpoint {
 	b := buf[off:]
 	h, reason := netstack.ParseHeader(b)
@@ -113,28 +116,33 @@ func (s *Sim) handleReply(buf []byte, off int, from netip.AddrPort) *Endpoint {
 		s.malformed.Add(1)
 		return nil
 	}
+	now := time.Now().UnixNano()
 	s.mu.RLock()
 	e := s.endpoints[h.Endpoint]
 	var f *simFlow
-	if !p.Fragment {
-		f = s.flows[s.flowKey(p.Key(h.Endpoint))]
-	}
-	s.mu.RUnlock()
-	var r *flowRoute
-	if f != nil {
-		r = f.route.Load()
-	}
 	switch {
 	case e == nil:
+	case !p.Fragment:
+		f = s.flows[s.flowKey(p.Key(h.Endpoint))]
+	default:
+		if f = s.replyFrags.follow(h.Endpoint, &p, now); f != nil && s.flows[f.key] != f {
+			f = nil // forgotten since its first fragment
+		}
+		if f == nil {
+			f = s.fragmentFlowLocked(e, &p, h.FlowCookie)
+		}
+	}
+	s.mu.RUnlock()
+	if e == nil {
 		s.unknownEP.Add(1)
 		return nil
-	case p.Fragment:
-		// A later fragment carries no ports; the GWLB would map it by its
-		// own means. The simulator accepts it when its header is one it
-		// sent on that endpoint.
-	case f == nil:
+	}
+	if f == nil {
 		s.unknown.Add(1)
 		return nil
+	}
+	r := f.route.Load()
+	switch {
 	case r.target == nil || r.target.addr.Addr() != from.Addr():
 		s.wrongTarget.Add(1)
 		return nil
@@ -144,9 +152,11 @@ func (s *Sim) handleReply(buf []byte, off int, from netip.AddrPort) *Endpoint {
 	case !bytes.Equal(r.header, b[:h.Len]):
 		s.mismatch.Add(1)
 		return nil
-	default:
-		f.last.Store(time.Now().UnixNano())
-		r.target.replies.Add(1)
+	}
+	f.last.Store(now)
+	r.target.replies.Add(1)
+	if !p.Fragment && p.MoreFragments {
+		s.replyFrags.remember(h.Endpoint, &p, f, now)
 	}
 	if br := e.batch.Load(); br != nil {
 		s.received.Add(1)

@@ -1,9 +1,11 @@
 package gwlbsim
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
@@ -51,5 +53,211 @@ func TestRepliesFromTheSimulatorsOwnAddress(t *testing.T) {
 	g.waitStats(t, "a reply from a third port refused", func(s Stats) bool { return s.WrongSourcePort == 1 })
 	if st := sim.Stats(); st.Received != 1 {
 		t.Errorf("stats %+v: want the one reply from the GENEVE port delivered", st)
+	}
+}
+
+// firstFragment makes a copy of pkt, an IPv4 packet, the first fragment of
+// datagram id: more fragments follow.
+func firstFragment(pkt []byte, id uint16) []byte {
+	b := append([]byte(nil), pkt...)
+	binary.BigEndian.PutUint16(b[4:], id)
+	binary.BigEndian.PutUint16(b[6:], 0x2000) // more fragments, offset 0
+	b[10], b[11] = 0, 0
+	binary.BigEndian.PutUint16(b[10:], ipChecksum(b[:20]))
+	return b
+}
+
+// laterFragment is the last fragment of IPv4 datagram id, at offset 24:
+// eight bytes, no ports.
+func laterFragment(src, dst netip.Addr, proto uint8, id uint16) []byte {
+	b := make([]byte, 28)
+	b[0] = 0x45
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	binary.BigEndian.PutUint16(b[4:], id)
+	binary.BigEndian.PutUint16(b[6:], 3) // offset 3×8 bytes, last fragment
+	b[8], b[9] = 64, proto
+	s, d := src.As4(), dst.As4()
+	copy(b[12:], s[:])
+	copy(b[16:], d[:])
+	binary.BigEndian.PutUint16(b[10:], ipChecksum(b[:20]))
+	copy(b[20:], "fragment")
+	return b
+}
+
+func dgram(hdr, inner []byte) []byte { return append(append([]byte(nil), hdr...), inner...) }
+
+// TestReplyFragmentsHeldToTheirFlow: a later fragment of a reply carries
+// no ports; it is tied to its flow through its datagram's first fragment
+// and must come from that flow's target and source port under that flow's
+// header. One whose first fragment was not seen (reordered ahead of it)
+// must carry the current header of a flow of its endpoint between its
+// addresses, and come from that flow's target and port. Every refusal is
+// counted, and only the good fragments reach the client.
+func TestReplyFragmentsHeldToTheirFlow(t *testing.T) {
+	g := newGroup(t, 117, 2, nil)
+	a, b := g.targets[0], g.targets[1]
+	port := g.portTo(t, a, protoUDP, 40000, 53)
+	if g.send(t, protoUDP, port, 53) != a {
+		t.Fatal("the flow's packet did not reach its target")
+	}
+	r := a.last(t)
+	simAP := g.sim.Addr()
+	rogue := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 86, 117, 99}), r.from.Port()) // no target
+	forged := netstack.AppendHeader(nil, netstack.EtherTypeIPv4, 0, testEndpoint, 0xdead, 0x12345678, nil)
+	otherAttachment := netstack.AppendHeader(nil, netstack.EtherTypeIPv4, 0, testEndpoint, 0xdead, r.cookie, nil)
+
+	var want Stats
+	step := func(what string, send func(), bump func(*Stats)) {
+		t.Helper()
+		send()
+		bump(&want)
+		w := want
+		g.waitStats(t, what, func(s Stats) bool {
+			return s.Received == w.Received && s.UnknownFlow == w.UnknownFlow && s.WrongTarget == w.WrongTarget &&
+				s.WrongSourcePort == w.WrongSourcePort && s.HeaderMismatch == w.HeaderMismatch
+		})
+	}
+	first := firstFragment(reflectPacket(r.inner), 0x4242)
+	later := laterFragment(testDest, testClient, protoUDP, 0x4242)
+
+	// Before the first fragment: a forged header from no target.
+	step("a forged fragment from no target refused", func() { sendDatagram(t, rogue, simAP, dgram(forged, later)) },
+		func(s *Stats) { s.UnknownFlow++ })
+	step("the first fragment accepted", func() { a.send(r.from.Port(), r.header, first) },
+		func(s *Stats) { s.Received++ })
+	step("a later fragment from no target refused", func() { sendDatagram(t, rogue, simAP, dgram(r.header, later)) },
+		func(s *Stats) { s.WrongTarget++ })
+	step("a later fragment from another target refused", func() { b.send(r.from.Port(), r.header, later) },
+		func(s *Stats) { s.WrongTarget++ })
+	step("a later fragment from another port refused", func() { a.send(0, r.header, later) },
+		func(s *Stats) { s.WrongSourcePort++ })
+	step("a later fragment under another attachment refused", func() { a.send(r.from.Port(), otherAttachment, later) },
+		func(s *Stats) { s.HeaderMismatch++ })
+	step("a later fragment under a forged header refused", func() { a.send(r.from.Port(), forged, later) },
+		func(s *Stats) { s.HeaderMismatch++ })
+	step("the later fragment accepted", func() { a.send(r.from.Port(), r.header, later) },
+		func(s *Stats) { s.Received++ })
+
+	// A datagram whose later fragment comes first.
+	early := laterFragment(testDest, testClient, protoUDP, 0x4343)
+	step("an early fragment under a cookie never issued refused", func() { a.send(r.from.Port(), forged, early) },
+		func(s *Stats) { s.UnknownFlow++ })
+	step("an early fragment under another attachment refused", func() { a.send(r.from.Port(), otherAttachment, early) },
+		func(s *Stats) { s.HeaderMismatch++ })
+	step("an early fragment from no target refused", func() { sendDatagram(t, rogue, simAP, dgram(r.header, early)) },
+		func(s *Stats) { s.WrongTarget++ })
+	step("an early fragment from another port refused", func() { a.send(0, r.header, early) },
+		func(s *Stats) { s.WrongSourcePort++ })
+	elsewhere := laterFragment(testDest, netip.MustParseAddr("198.18.50.9"), protoUDP, 0x4343)
+	step("an early fragment between other addresses refused", func() { a.send(r.from.Port(), r.header, elsewhere) },
+		func(s *Stats) { s.UnknownFlow++ })
+	step("the early fragment accepted", func() { a.send(r.from.Port(), r.header, early) },
+		func(s *Stats) { s.Received++ })
+
+	if len(g.replies) != 3 {
+		t.Errorf("%d packets reached the client, want the 3 accepted", len(g.replies))
+	}
+	if ts := g.target(t, a); ts.Replies != 3 {
+		t.Errorf("target %+v: want 3 replies counted", ts)
+	}
+}
+
+// TestReplyFragmentsIPv6: an IPv6 reply's later fragment is tied to its
+// flow by the fragment header's identification.
+func TestReplyFragmentsIPv6(t *testing.T) {
+	g := newGroup(t, 118, 1, nil)
+	a := g.targets[0]
+	client, dest := netip.MustParseAddr("2001:db8::5"), netip.MustParseAddr("2001:db8:2::3")
+	if err := g.ep.Send(ip6Packet(client, dest, 40000, 53, nil, []byte("q"))); err != nil {
+		t.Fatal(err)
+	}
+	g.waitStats(t, "the query sent", func(s Stats) bool { return s.Sent == 1 })
+	var r received
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(time.Millisecond) {
+		if rs := a.received(); len(rs) > 0 {
+			r = rs[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the target got nothing")
+		}
+	}
+	other := netstack.AppendHeader(nil, netstack.EtherTypeIPv6, 0, testEndpoint, 0xdead, r.cookie, nil)
+	first := ip6Packet(dest, client, 53, 40000, &ip6Frag{id: 0x77777777, more: true}, []byte("answer.."))
+	later := ip6Packet(dest, client, 0, 0, &ip6Frag{id: 0x77777777, offset: 2}, []byte("fragment"))
+	a.send(r.from.Port(), r.header, first)
+	g.waitStats(t, "the first fragment accepted", func(s Stats) bool { return s.Received == 1 })
+	a.send(r.from.Port(), other, later)
+	g.waitStats(t, "a later fragment under another attachment refused", func(s Stats) bool { return s.HeaderMismatch == 1 })
+	a.send(0, r.header, later)
+	g.waitStats(t, "a later fragment from another port refused", func(s Stats) bool { return s.WrongSourcePort == 1 })
+	a.send(r.from.Port(), r.header, later)
+	g.waitStats(t, "the later fragment accepted", func(s Stats) bool { return s.Received == 2 })
+}
+
+// ip6Frag describes a fragment header: identification, offset in 8-byte
+// units, more fragments.
+type ip6Frag struct {
+	id     uint32
+	offset uint16
+	more   bool
+}
+
+// ip6Packet builds an IPv6 UDP packet, or with frag a fragment of one: the
+// first (offset 0) carries the UDP header, a later one only payload.
+func ip6Packet(src, dst netip.Addr, sport, dport uint16, frag *ip6Frag, payload []byte) []byte {
+	b := make([]byte, 40, 40+8+8+len(payload))
+	b[0] = 0x60
+	b[6], b[7] = protoUDP, 64
+	s, d := src.As16(), dst.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	if frag != nil {
+		b[6] = 44
+		fh := make([]byte, 8)
+		fh[0] = protoUDP
+		v := frag.offset << 3
+		if frag.more {
+			v |= 1
+		}
+		binary.BigEndian.PutUint16(fh[2:], v)
+		binary.BigEndian.PutUint32(fh[4:], frag.id)
+		b = append(b, fh...)
+	}
+	if frag == nil || frag.offset == 0 {
+		udp := make([]byte, 8)
+		binary.BigEndian.PutUint16(udp[0:], sport)
+		binary.BigEndian.PutUint16(udp[2:], dport)
+		binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+		b = append(b, udp...)
+	}
+	b = append(b, payload...)
+	binary.BigEndian.PutUint16(b[4:], uint16(len(b)-40))
+	return b
+}
+
+// TestReplyFragsExpire: an entry of the reply fragment table lasts its
+// time to live and no longer, and a table crowded with datagrams still
+// finds the newest.
+func TestReplyFragsExpire(t *testing.T) {
+	var tab replyFrags
+	f := &simFlow{}
+	p := netstack.Packet{Proto: protoUDP, FragmentID: 7}
+	tab.remember(1, &p, f, 1000)
+	if got := tab.follow(1, &p, 1000+replyFragTTL); got != f {
+		t.Fatalf("within its time to live: %p, want %p", got, f)
+	}
+	if got := tab.follow(2, &p, 1000); got != nil {
+		t.Fatalf("another endpoint's datagram followed the entry")
+	}
+	if got := tab.follow(1, &p, 1001+replyFragTTL); got != nil {
+		t.Fatalf("after its time to live: %p, want none", got)
+	}
+	for id := range uint32(10000) {
+		p.FragmentID = id
+		tab.remember(1, &p, f, 2000+int64(id))
+	}
+	if got := tab.follow(1, &p, 20000); got != f {
+		t.Fatalf("the newest of 10000 datagrams not found")
 	}
 }

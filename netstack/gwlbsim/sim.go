@@ -81,7 +81,7 @@ type Stats struct {
 	Sent            uint64 `json:"sent"`              // datagrams sent to the appliances
 	Received        uint64 `json:"received"`          // replies accepted and delivered to a client
 	HeaderMismatch  uint64 `json:"header_mismatch"`   // replies whose GENEVE header differs from the flow's
-	UnknownFlow     uint64 `json:"unknown_flow"`      // replies for a flow the simulator never sent (or forgot)
+	UnknownFlow     uint64 `json:"unknown_flow"`      // replies for a flow the simulator never sent (or forgot), or fragments of none
 	Malformed       uint64 `json:"malformed"`         // replies that do not parse
 	WrongPort       uint64 `json:"wrong_port"`        // datagrams that arrived on a sender port, not ListenPort
 	UnknownEndpoint uint64 `json:"unknown_endpoint"`  // replies naming an endpoint that does not exist
@@ -119,6 +119,9 @@ type Sim struct {
 	sent, received, mismatch, unknown, malformed, wrongPort, unknownEP atomic.Uint64
 	wrongTarget, noTarget, flowDropped, rebalanced, expired            atomic.Uint64
 	wrongSrcPort                                                       atomic.Uint64
+
+	// replyFrags ties the later fragments of a reply to its first's flow.
+	replyFrags replyFrags
 
 	wg     sync.WaitGroup
 	done   chan struct{}
