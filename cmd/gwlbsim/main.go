@@ -174,6 +174,9 @@ Flags:
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (see -help)", fs.Arg(0))
 	}
+	if lv := new(slog.Level); lv.UnmarshalText([]byte(o.LogLevel)) != nil {
+		return o, fmt.Errorf("--log-level %q: want debug, info, warn or error", o.LogLevel)
+	}
 	var err error
 	if o.Addr, err = parseAddr(*addr); err != nil {
 		return o, err

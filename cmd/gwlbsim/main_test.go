@@ -58,6 +58,7 @@ func TestParseFlags(t *testing.T) {
 		{"bad port", append(append([]string{}, base...), "--listen-port", "70000"), "--listen-port"},
 		{"bad senders", append(append([]string{}, base...), "--senders", "0"), "--senders"},
 		{"stray argument", append(append([]string{}, base...), "extra"), "unexpected argument"},
+		{"bad log level", append(append([]string{}, base...), "--log-level", "bogus"), "--log-level"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseFlags(tc.args, io.Discard)
