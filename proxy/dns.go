@@ -101,16 +101,27 @@ const dnsLinger = time.Second
 
 // dnsLog turns the DNS traffic of one UDP flow into one record per query:
 // name, type, and the answer's rcode, or a timeout for queries the flow
-// ended without an answer to. It also says when the flow has nothing left
+// ended without an answer to, or untracked for a query it had no room to
+// wait for an answer to (recorded as it is relayed). It also says when the flow has nothing left
 // to wait for (quiet), so that the flow can end long before its idle
 // timeout.
 type dnsLog struct {
 	p       *Proxy
 	base    records.Record // a snapshot: the flow's own record changes as it runs
 	mu      sync.Mutex
-	pending map[uint16]dnsQuestion
+	pending map[dnsKey]dnsQuestion
 	asked   bool // a query was seen
 	opaque  bool // something other than a query came from the client: not plain DNS
+}
+
+// dnsKey is what a response must repeat of its query. Keyed by ID alone, a
+// second query with the ID of one still pending took its place, and the
+// first one's answer (its name not the second's) went unrecorded: a
+// client could hide any query behind an innocent one.
+type dnsKey struct {
+	name string
+	id   uint16
+	typ  uint16
 }
 
 type dnsQuestion struct {
@@ -120,10 +131,11 @@ type dnsQuestion struct {
 }
 
 // maxPendingDNS bounds the queries a flow can leave unanswered in memory.
+// A query beyond it is recorded at once, as untracked.
 const maxPendingDNS = 1024
 
 func newDNSLog(p *Proxy, base *records.Record) *dnsLog {
-	return &dnsLog{p: p, base: *base, pending: make(map[uint16]dnsQuestion)}
+	return &dnsLog{p: p, base: *base, pending: make(map[dnsKey]dnsQuestion)}
 }
 
 // query looks at a datagram from the client.
@@ -136,8 +148,20 @@ func (d *dnsLog) query(b []byte) {
 		return
 	}
 	d.asked = true
-	if len(d.pending) < maxPendingDNS {
-		d.pending[m.ID] = dnsQuestion{msg: m, size: len(b), start: time.Now()}
+	k := dnsKey{name: m.Name, id: m.ID, typ: m.Type}
+	switch q, ok := d.pending[k]; {
+	case ok:
+		// The same question again: a retransmission, which one record
+		// names as well as two would.
+		q.size += len(b)
+		d.pending[k] = q
+	case len(d.pending) < maxPendingDNS:
+		d.pending[k] = dnsQuestion{msg: m, size: len(b), start: time.Now()}
+	default:
+		// No room to wait for its answer: the query is relayed all the
+		// same (the client's resolver is its own business), so it is
+		// recorded now, or it would never be.
+		d.write(dnsQuestion{msg: m, size: len(b), start: time.Now()}, "", 0, "untracked")
 	}
 }
 
@@ -152,9 +176,10 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 		return false
 	}
 	d.mu.Lock()
-	q, ok := d.pending[m.ID]
-	if ok = ok && q.msg.Name == m.Name && q.msg.Type == m.Type; ok {
-		delete(d.pending, m.ID)
+	k := dnsKey{name: m.Name, id: m.ID, typ: m.Type}
+	q, ok := d.pending[k]
+	if ok {
+		delete(d.pending, k)
 	}
 	quiet = d.quietLocked()
 	d.mu.Unlock()
@@ -188,8 +213,8 @@ func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
 func (d *dnsLog) close() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for id, q := range d.pending {
+	for k, q := range d.pending {
 		d.write(q, "", 0, "timeout")
-		delete(d.pending, id)
+		delete(d.pending, k)
 	}
 }
