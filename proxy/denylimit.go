@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -24,7 +25,39 @@ const (
 	maxDenyClients = 1 << 16
 )
 
+// Allowed DNS makes one record per query, and a query is one datagram: a
+// client could make records faster than the sinks take them, and fill the
+// shared records queue. So a client's DNS records come from a bucket too.
+// Real clients ask through a caching stub or resolver: a page load asks
+// for a few dozen names (A, AAAA and HTTPS for each), and a busy host's
+// cache misses come at tens a second. A burst of 200 and 50 a second cover
+// that with room to spare, and bound one client to a small share of what a
+// sink writes.
+const (
+	dnsRecordBurst = 200
+	dnsRecordRate  = 50 // a second
+)
+
+// recordRate is the size of a bucket and its refill a second.
+type recordRate struct{ burst, perSecond float64 }
+
+var (
+	earlyDenyRate = recordRate{denyRecordBurst, denyRecordRate}
+	dnsQueryRate  = recordRate{dnsRecordBurst, dnsRecordRate}
+)
+
+// denyLimiter holds the per-client buckets of records that a client can
+// make for the price of one packet: early denials and DNS queries.
 type denyLimiter struct {
+	early, dns recordLimiter
+	// dnsUnrecorded counts DNS queries whose record the client's bucket
+	// had no room for.
+	dnsUnrecorded atomic.Uint64
+}
+
+// recordLimiter is one kind of bucket for every client. Its zero value is
+// ready; the rate is the caller's, the same for every call.
+type recordLimiter struct {
 	mu       sync.Mutex
 	m        map[shareKey]*denyBucket
 	overflow denyBucket
@@ -34,12 +67,12 @@ type denyLimiter struct {
 type denyBucket struct {
 	tokens  float64
 	last    time.Time
-	skipped int // denials not recorded since the last recorded one
+	skipped int // records not made since the last one made
 }
 
-// take reports whether a denial of client k at now may be recorded, and
-// how many of the client's denials went unrecorded before it.
-func (l *denyLimiter) take(k shareKey, now time.Time) (ok bool, skipped int) {
+// take reports whether a record of client k at now may be made, and how
+// many of the client's records went unmade before it.
+func (l *recordLimiter) take(k shareKey, now time.Time, r recordRate) (ok bool, skipped int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.m == nil {
@@ -48,18 +81,18 @@ func (l *denyLimiter) take(k shareKey, now time.Time) (ok bool, skipped int) {
 	b := l.m[k]
 	if b == nil {
 		if len(l.m) >= maxDenyClients && now.Sub(l.swept) >= time.Second {
-			l.sweep(now)
+			l.sweep(now, r)
 			l.swept = now
 		}
 		if len(l.m) < maxDenyClients {
-			b = &denyBucket{tokens: denyRecordBurst, last: now}
+			b = &denyBucket{tokens: r.burst, last: now}
 			l.m[k] = b
 		} else {
 			b = &l.overflow
 		}
 	}
 	if now.After(b.last) { // callers' clocks were read before the lock
-		b.tokens = min(denyRecordBurst, b.tokens+now.Sub(b.last).Seconds()*denyRecordRate)
+		b.tokens = min(r.burst, b.tokens+now.Sub(b.last).Seconds()*r.perSecond)
 		b.last = now
 	}
 	if b.tokens < 1 {
@@ -79,9 +112,9 @@ func (l *denyLimiter) take(k shareKey, now time.Time) (ok bool, skipped int) {
 // many went unrecorded) is dropped, and stays in the counter only: else a
 // client that once ran dry and went quiet would keep its bucket for ever,
 // and enough of them would fill the map for good.
-func (l *denyLimiter) sweep(now time.Time) {
+func (l *recordLimiter) sweep(now time.Time, r recordRate) {
 	for k, b := range l.m {
-		if b.tokens+now.Sub(b.last).Seconds()*denyRecordRate >= denyRecordBurst {
+		if b.tokens+now.Sub(b.last).Seconds()*r.perSecond >= r.burst {
 			delete(l.m, k)
 		}
 	}
@@ -90,14 +123,19 @@ func (l *denyLimiter) sweep(now time.Time) {
 // denyEarly records a flow of client k refused before any handshake, as
 // deny does, unless the client's bucket is empty: then it only counts it.
 func (p *Proxy) denyEarly(r *records.Record, start time.Time, k shareKey, reason string) {
-	ok, skipped := p.denies.take(k, start)
+	p.denyLimited(&p.denies.early, earlyDenyRate, r, start, k, reason,
+		"more refused from this client before this one")
+}
+
+func (p *Proxy) denyLimited(l *recordLimiter, rate recordRate, r *records.Record, start time.Time, k shareKey, reason, more string) {
+	ok, skipped := l.take(k, start, rate)
 	if !ok {
 		p.stats.denied.Add(1)
 		p.stats.deniedUnrecorded.Add(1)
 		return
 	}
 	if skipped > 0 {
-		reason += fmt.Sprintf("; %d more refused from this client before this one, not recorded one by one", skipped)
+		reason += fmt.Sprintf("; %d %s, not recorded one by one", skipped, more)
 	}
 	p.deny(r, start, reason)
 }

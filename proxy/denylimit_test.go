@@ -65,39 +65,39 @@ func TestEarlyDenyRecordsBounded(t *testing.T) {
 // TestDenyLimiterBounded: the buckets are bounded; clients beyond the
 // bound share one, and buckets that have refilled make room again.
 func TestDenyLimiterBounded(t *testing.T) {
-	var l denyLimiter
+	var l recordLimiter
 	t0 := time.Unix(1000, 0)
 	key := func(i int) shareKey {
 		return shareKey{endpoint: 1, client: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})}
 	}
 	for i := range maxDenyClients {
-		if ok, _ := l.take(key(i), t0); !ok {
+		if ok, _ := l.take(key(i), t0, earlyDenyRate); !ok {
 			t.Fatalf("client %d's first denial not recorded", i)
 		}
 	}
 	// Beyond the bound, new clients share the overflow bucket.
 	for i := range denyRecordBurst {
-		if ok, _ := l.take(key(maxDenyClients+i), t0); !ok {
+		if ok, _ := l.take(key(maxDenyClients+i), t0, earlyDenyRate); !ok {
 			t.Fatalf("overflow client %d: not recorded", i)
 		}
 	}
-	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst), t0); ok || len(l.m) != maxDenyClients {
+	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst), t0, earlyDenyRate); ok || len(l.m) != maxDenyClients {
 		t.Fatalf("the overflow bucket gave more than its %d records (map %d)", denyRecordBurst, len(l.m))
 	}
 	// A later client of the overflow bucket is not told of the others'.
 	t1 := t0.Add(500 * time.Millisecond) // within a second of the last sweep: none now
-	if ok, skipped := l.take(key(maxDenyClients+denyRecordBurst+2), t1); !ok || skipped != 0 {
+	if ok, skipped := l.take(key(maxDenyClients+denyRecordBurst+2), t1, earlyDenyRate); !ok || skipped != 0 {
 		t.Fatalf("an overflow client's record: recorded %v, %d unrecorded before it, want true and 0", ok, skipped)
 	}
 	// A client that runs dry and goes quiet: its bucket goes with the rest.
 	for range 2 * denyRecordBurst {
-		l.take(key(0), t1)
+		l.take(key(0), t1, earlyDenyRate)
 	}
 	if l.m[key(0)].skipped == 0 {
 		t.Fatal("the client did not run dry")
 	}
 	// Later, every bucket has refilled: a new client gets one of its own.
-	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst+1), t0.Add(10*time.Second)); !ok || len(l.m) != 1 {
+	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst+1), t0.Add(10*time.Second), earlyDenyRate); !ok || len(l.m) != 1 {
 		t.Fatalf("after the buckets refilled: recorded %v, %d buckets kept, want 1", ok, len(l.m))
 	}
 }

@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,8 +113,9 @@ type dnsLog struct {
 	base    records.Record // a snapshot: the flow's own record changes as it runs
 	mu      sync.Mutex
 	pending map[dnsKey]dnsQuestion
-	asked   bool // a query was seen
-	opaque  bool // something other than a query came from the client: not plain DNS
+	asked   bool     // a query was seen
+	opaque  bool     // something other than a query came from the client: not plain DNS
+	client  shareKey // whose bucket of DNS records the flow's come from
 }
 
 // dnsKey is what a response must repeat of its query. Keyed by ID alone, a
@@ -135,7 +139,24 @@ type dnsQuestion struct {
 const maxPendingDNS = 1024
 
 func newDNSLog(p *Proxy, base *records.Record) *dnsLog {
-	return &dnsLog{p: p, base: *base, pending: make(map[dnsKey]dnsQuestion)}
+	return &dnsLog{p: p, base: *base, pending: make(map[dnsKey]dnsQuestion), client: recordShareKey(base)}
+}
+
+// recordShareKey is the client of a flow's record as clientShareKey counts
+// it: the record names the endpoint as "vpce-" and its ID in hex, and the
+// client's address.
+func recordShareKey(r *records.Record) shareKey {
+	var k shareKey
+	if s, ok := strings.CutPrefix(r.Endpoint, "vpce-"); ok {
+		k.endpoint, _ = strconv.ParseUint(s, 16, 64)
+	}
+	if a, err := netip.ParseAddr(r.ClientIP); err == nil {
+		if a = a.Unmap(); a.Is6() {
+			a = netip.PrefixFrom(a, 80).Masked().Addr()
+		}
+		k.client = a
+	}
+	return k
 }
 
 // query looks at a datagram from the client.
@@ -202,10 +223,23 @@ func (d *dnsLog) quiet() bool {
 
 func (d *dnsLog) quietLocked() bool { return d.asked && !d.opaque && len(d.pending) == 0 }
 
+// write records a query, from the client's bucket of DNS records
+// (denylimit.go): a query is one datagram, and without a bound one client
+// could fill the records queue that every client's records go through.
+// Beyond the bucket the query is counted, not recorded, and the client's
+// next DNS record says how many went before it unrecorded.
 func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
+	ok, skipped := d.p.denies.dns.take(d.client, time.Now(), dnsQueryRate)
+	if !ok {
+		d.p.denies.dnsUnrecorded.Add(1)
+		return
+	}
 	r := d.base
 	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", q.msg.Name, dnsTypeName(q.msg.Type), rcode
 	r.BytesOut, r.BytesIn, r.Result = int64(q.size), in, result
+	if skipped > 0 {
+		r.Error = fmt.Sprintf("%d more DNS queries from this client before this one, not recorded one by one", skipped)
+	}
 	d.p.finish(&r, q.start)
 }
 

@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
 // dnsResolver is a resolver on loopback that answers every query with
@@ -119,4 +122,97 @@ func TestDNSPendingFullRecorded(t *testing.T) {
 		t.Fatalf("%d untracked records naming the query past the bound, want 1", untracked)
 	}
 	c.Close()
+}
+
+// TestDNSRecordsBounded plays a client that floods an allowed resolver
+// with one-datagram queries: each was a record, so one client could fill
+// the records queue every client's records go through. Its DNS records
+// now come from a bucket of its own; the rest are relayed and answered
+// all the same, counted in dns_unrecorded, and its next record says how
+// many went unrecorded; another client's query is still recorded.
+func TestDNSRecordsBounded(t *testing.T) {
+	res := newDNSResolver(t, 0)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 10 * time.Second
+		cfg.DNSPorts = []uint16{res.addr().Port()}
+	})
+	const n = 600
+	start := time.Now()
+	c, _ := startFlow(p, quicClient, res.addr(), dnsQuery(0, "q0.example.test", 1))
+	for i := 1; i < n; i++ {
+		if i%50 == 0 {
+			time.Sleep(2 * time.Millisecond) // no more than loopback's buffers hold
+		}
+		c.inject(dnsQuery(uint16(i), fmt.Sprintf("q%d.example.test", i), 1))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	countDNS := func() (recorded, summaries, told int) {
+		for _, r := range recs.parse(t) {
+			if r.Kind != "dns" {
+				continue
+			}
+			recorded++
+			var k int
+			if _, err := fmt.Sscanf(r.Error, "%d more DNS queries from this client before this one", &k); err == nil {
+				summaries++
+				told += k
+			}
+		}
+		return
+	}
+	for {
+		recorded, _, _ := countDNS()
+		if recorded+int(p.Stats().DNSUnrecorded) >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := res.count(); got != n {
+		t.Fatalf("the resolver was asked %d queries, want all %d", got, n)
+	}
+	recorded, _, _ := countDNS()
+	unrecorded := int(p.Stats().DNSUnrecorded)
+	most := dnsRecordBurst + int(time.Since(start).Seconds()*dnsRecordRate) + 1 // the bucket refills as the flood goes on
+	if recorded+unrecorded != n || recorded < dnsRecordBurst || recorded > most {
+		t.Fatalf("%d queries recorded and %d counted unrecorded, want all %d and %d to %d recorded", recorded, unrecorded, n, dnsRecordBurst, most)
+	}
+	// Another client is not affected.
+	other := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.6"), 40000)
+	startFlow(p, other, res.addr(), dnsQuery(1, "other.example.test", 1))
+	// The flooding client's bucket refills a little: its next record tells.
+	time.Sleep(100 * time.Millisecond)
+	c.inject(dnsQuery(9999, "next.example.test", 1))
+	var fromOther, next, told int
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		fromOther, next = 0, 0
+		for _, r := range recs.parse(t) {
+			switch {
+			case r.Kind != "dns":
+			case r.ClientIP == other.Addr().String():
+				fromOther++
+			case r.QueryName == "next.example.test":
+				next++
+			}
+		}
+		if _, _, told = countDNS(); fromOther == 1 && next == 1 {
+			break
+		}
+	}
+	// Records made while the bucket refilled in the flood tell of the
+	// queries unrecorded before them; the next one of the rest.
+	if fromOther != 1 || next != 1 || told != unrecorded {
+		t.Fatalf("%d records of the other client (want 1), %d of the client's next query (want 1); they tell of %d unrecorded, want %d", fromOther, next, told, unrecorded)
+	}
+	c.Close()
+}
+
+// TestRecordShareKey: the client a DNS flow's records are charged to is
+// the one its share counts.
+func TestRecordShareKey(t *testing.T) {
+	for _, c := range []string{"198.18.0.5:40000", "[::ffff:198.18.0.5]:40000", "[2001:db8:1:2:3:4:5:6]:53", "[2001:db8:1:2:3:ffff:5:6]:53"} {
+		f := netstack.FlowInfo{Endpoint: 0x0123456789abcdef, Client: netip.MustParseAddrPort(c), Dest: netip.MustParseAddrPort("10.0.0.2:53")}
+		if got, want := recordShareKey(newRecord("udp", f)), clientShareKey(f); got != want {
+			t.Errorf("client %s: record's key %+v, share's %+v", c, got, want)
+		}
+	}
 }

@@ -120,6 +120,9 @@ type Stats struct {
 	// no record of their own: their client had used up its records
 	// (denylimit.go). Each is in Denied too.
 	DeniedUnrecorded uint64 `json:"denied_unrecorded"`
+	// DNSUnrecorded counts DNS queries relayed without a record of their
+	// own: their client had used up its DNS records (denylimit.go).
+	DNSUnrecorded uint64 `json:"dns_unrecorded"`
 }
 
 // New returns a Proxy.
@@ -180,6 +183,7 @@ func (p *Proxy) Stats() Stats {
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
 		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
+		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(),
 	}
 }
 
