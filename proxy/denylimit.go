@@ -25,6 +25,18 @@ const (
 	maxDenyClients = 1 << 16
 )
 
+// QUIC flows denied on their ClientHello's name (by a rule, for ECH, as
+// bump, or by the destination check) cost a client one datagram each too,
+// so they are bounded the same way, but from a bucket of their own: a
+// client that spent its early-denial bucket on cheap refusals (one packet
+// to a forbidden address) must not keep the name it was refused for out of
+// the records. TLS denials are not bucketed: each costs a TCP handshake,
+// which the packet stack bounds per client.
+const (
+	namedDenyRecordBurst = 100
+	namedDenyRecordRate  = 20 // a second
+)
+
 // Allowed DNS makes one record per query, and a query is one datagram: a
 // client could make records faster than the sinks take them, and fill the
 // shared records queue. So a client's DNS records come from a bucket too.
@@ -43,13 +55,15 @@ type recordRate struct{ burst, perSecond float64 }
 
 var (
 	earlyDenyRate = recordRate{denyRecordBurst, denyRecordRate}
+	namedDenyRate = recordRate{namedDenyRecordBurst, namedDenyRecordRate}
 	dnsQueryRate  = recordRate{dnsRecordBurst, dnsRecordRate}
 )
 
 // denyLimiter holds the per-client buckets of records that a client can
-// make for the price of one packet: early denials and DNS queries.
+// make for the price of one packet: early denials, QUIC denials made on a
+// name, and DNS queries.
 type denyLimiter struct {
-	early, dns recordLimiter
+	early, named, dns recordLimiter
 	// dnsUnrecorded counts DNS queries whose record the client's bucket
 	// had no room for.
 	dnsUnrecorded atomic.Uint64
@@ -125,6 +139,14 @@ func (l *recordLimiter) sweep(now time.Time, r recordRate) {
 func (p *Proxy) denyEarly(r *records.Record, start time.Time, k shareKey, reason string) {
 	p.denyLimited(&p.denies.early, earlyDenyRate, r, start, k, reason,
 		"more refused from this client before this one")
+}
+
+// denyNamed records a QUIC flow of client k denied on its ClientHello's
+// name, from the client's bucket of such denials, which cheap early
+// denials do not draw on.
+func (p *Proxy) denyNamed(r *records.Record, start time.Time, k shareKey, reason string) {
+	p.denyLimited(&p.denies.named, namedDenyRate, r, start, k, reason,
+		"more QUIC flows refused on their names from this client before this one")
 }
 
 func (p *Proxy) denyLimited(l *recordLimiter, rate recordRate, r *records.Record, start time.Time, k shareKey, reason, more string) {

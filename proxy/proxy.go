@@ -116,9 +116,9 @@ type Stats struct {
 	// client had MaxWaitingTCPPerClient connections waiting to be
 	// classified already.
 	TCPWaitingDrops uint64 `json:"tcp_waiting_drops"`
-	// DeniedUnrecorded counts flows refused before any handshake that got
-	// no record of their own: their client had used up its records
-	// (denylimit.go). Each is in Denied too.
+	// DeniedUnrecorded counts flows refused before any handshake, or QUIC
+	// flows refused on their names, that got no record of their own: their
+	// client had used up its records (denylimit.go). Each is in Denied too.
 	DeniedUnrecorded uint64 `json:"denied_unrecorded"`
 	// DNSUnrecorded counts DNS queries relayed without a record of their
 	// own: their client had used up its DNS records (denylimit.go).

@@ -83,20 +83,30 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 		// server, so no rule, and no destination check, can say where
 		// this goes.
 		f.rec.Rule = ""
-		f.refuse("ClientHello offers ECH; policy ech: deny")
+		f.refuseNamed("ClientHello offers ECH; policy ech: deny")
 		return
 	}
 	d := f.decide(policy.ProtoQUIC, hello.ServerName)
 	switch {
 	case d.Action == policy.Deny:
-		f.refuse("denied by policy")
+		f.refuseNamed("denied by policy")
 	case d.Action == policy.Bump:
-		f.refuse(quicBumpReason)
+		f.refuseNamed(quicBumpReason)
 	case f.p.checkDestination(context.Background(), f.pol, d, f.rec, hello.ServerName, f.info.Dest.Addr()):
-		f.refuse(f.rec.Error)
+		f.refuseNamed(f.rec.Error)
 	default:
 		f.relay(held, nil)
 	}
+}
+
+// refuseNamed is refuse for a flow refused on its ClientHello's name: its
+// record comes from the client's bucket of such denials (denylimit.go), so
+// that a client cannot keep the name out of the records by first spending
+// its bucket of early denials on cheap ones.
+func (f *udpFlow) refuseNamed(reason string) {
+	f.releaseShare() // no host socket: it does not count
+	f.p.denyNamed(f.rec, f.start, clientShareKey(f.info), reason)
+	f.p.holdDenied(f.client, f.ready, f.pol)
 }
 
 // gateQUIC holds the client's datagrams, from first on, until they carry a
