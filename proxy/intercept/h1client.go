@@ -317,6 +317,14 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 	}
 	src.limited = false // the head is read: the body is not limited
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The body comes from the client's connection, which a tunnel
+		// reads next: never both at once. An upgrade accepted before the
+		// body was sent whole waits for it (roundTrip refuses WebSocket
+		// upgrades with a body; this is for any that get here).
+		if err := waitWritten(req, wrote); err != nil {
+			putReader(br)
+			return nil, err
+		}
 		// The connection is the response's body now, both ways; it is
 		// never kept, and its reader holds what came after the head.
 		resp.Body = &upgradedBody{br: br, conn: c, stop: stop}
@@ -325,6 +333,21 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, conn: c, br: br, wrote: wrote, stop: stop,
 		reuse: !resp.Close && !req.Close && !src.scan.faulty(n, resp), eof: resp.Body == http.NoBody}
 	return resp, nil
+}
+
+// waitWritten waits until req, whose response has come, has been written
+// whole, or its context ends (which closes the connection, and with it
+// the write).
+func waitWritten(req *http.Request, wrote chan error) error {
+	select {
+	case err := <-wrote:
+		if err != nil {
+			return fmt.Errorf("writing the request: %w", err)
+		}
+		return nil
+	case <-req.Context().Done():
+		return fmt.Errorf("the request body was not sent whole: %w", req.Context().Err())
+	}
 }
 
 // writeRequest writes req through a pooled buffer (a head and a short body

@@ -540,3 +540,70 @@ func TestH1HeadScan(t *testing.T) {
 		}
 	}
 }
+
+// TestH1UpgradeWaitsForBody: a 101 that comes before the request body was
+// sent whole is returned only once it has been: the tunnel then reads the
+// client connection the body came from, and the two must never read it at
+// once.
+func TestH1UpgradeWaitsForBody(t *testing.T) {
+	upstreamGot := make(chan string, 1)
+	dial := h1Server(t, func(_ int, c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		body, _ := io.ReadAll(req.Body)
+		upstreamGot <- string(body)
+	})
+	tr := &h1Transport{dial: dial}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	req := newReq(t, "POST", "http://upstream.test/ws", pr)
+	req.ContentLength = 10
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := tr.RoundTrip(req)
+		done <- result{resp, err}
+	}()
+	if _, err := pw.Write([]byte("01234")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-done:
+		if res.resp != nil {
+			res.resp.Body.Close()
+		}
+		t.Fatalf("RoundTrip returned (%v) while the body was still being written", res.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := pw.Write([]byte("56789")); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	select {
+	case res := <-done:
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		if res.resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Errorf("status %d", res.resp.StatusCode)
+		}
+		res.resp.Body.Close()
+	case <-time.After(h1WaitLimit):
+		t.Fatal("RoundTrip has not returned")
+	}
+	select {
+	case got := <-upstreamGot:
+		if got != "0123456789" {
+			t.Errorf("the upstream got %q", got)
+		}
+	case <-time.After(h1WaitLimit):
+		t.Fatal("the upstream got no body")
+	}
+}

@@ -92,6 +92,19 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
 	rec.Path, rec.UserAgent, rec.Error, rec.Result = req.URL.Path, req.UserAgent(), "", "ok"
 	rec.BytesOut, rec.BytesIn = 0, 0
+	if isWebSocketUpgrade(req.Header) && !bodyless(req) {
+		// A WebSocket handshake is a GET without a body (RFC 6455 §4.1).
+		// Tunnelled, an upgrade with one would have the body's writer
+		// (exchangeHead) and goproxy's tunnel read the client connection
+		// at once: they share its buffers. Nothing reaches the upstream.
+		rec.Status, rec.Rule = http.StatusBadRequest, ""
+		rec.Action, rec.Result, rec.Error = "deny", "denied", "WebSocket upgrade request with a body"
+		s.ic.denied.Add(1)
+		rt.write(&rec, start)
+		resp := errorResponse(req, http.StatusBadRequest, "gwlbproxy: a WebSocket upgrade request must have no body")
+		resp.Close = true // what follows the head is a body nobody will read as one
+		return resp, nil
+	}
 	if s.ic.IsTrustHost(host) {
 		resp := serveLocally(s.ic.cfg.Trust, req)
 		rec.Action, rec.Rule, rec.Status, rec.BytesIn = "allow", trustRule, resp.StatusCode, resp.ContentLength

@@ -1,0 +1,89 @@
+package intercept_test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+)
+
+// rawUpgradeUpstream answers the first request on its end of a loopback
+// connection with a WebSocket 101 as soon as the head has come, then
+// echoes; what it read of the request ("METHOD path", or "nothing" and
+// why) goes to the channel.
+func rawUpgradeUpstream(t *testing.T) (net.Conn, <-chan string) {
+	proxyEnd, serverEnd := testnet.TCPPair(t)
+	got := make(chan string, 1)
+	go func() {
+		defer serverEnd.Close()
+		serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
+		br := bufio.NewReader(serverEnd)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			got <- "nothing: " + err.Error()
+			return
+		}
+		got <- req.Method + " " + req.URL.Path
+		io.WriteString(serverEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		io.Copy(serverEnd, br)
+	}()
+	return proxyEnd, got
+}
+
+// TestWebSocketUpgradeWithBody: a WebSocket upgrade request with a body
+// (RFC 6455 handshakes have none) is refused with a 400 before anything
+// reaches the upstream, and recorded. Tunnelled, the body's writer and
+// the tunnel both read the client connection: a data race on its buffers
+// (run with -race), and a 101 where the client gets a 400 now.
+func TestWebSocketUpgradeWithBody(t *testing.T) {
+	r := newRig(t, testPolicy)
+	upEnd, got := rawUpgradeUpstream(t)
+	c, sv := r.connectTCP(upEnd, httpDest)
+	c.SetDeadline(time.Now().Add(waitLimit))
+	head := "POST /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Content-Length: 100000000\r\n\r\n"
+	if _, err := io.WriteString(c, head+strings.Repeat("x", 4096)); err != nil {
+		t.Fatal(err)
+	}
+	// More of the body while the answer comes: what the tunnel would
+	// read too.
+	go func() {
+		chunk := []byte(strings.Repeat("y", 16<<10))
+		for range 64 {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	hc := newHTTPClient(t, c)
+	resp, body := hc.read("the upgrade with a body")
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "WebSocket") {
+		t.Fatalf("got %d %q, want a 400", resp.StatusCode, body)
+	}
+	c.Close()
+	sv.waitDoneOnce(t)
+	select {
+	case what := <-got:
+		if !strings.HasPrefix(what, "nothing") {
+			t.Errorf("the upstream got %q", what)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the upstream connection is still open")
+	}
+	recs := ofKind(r.records(), "http")
+	if len(recs) != 1 {
+		t.Fatalf("http records %+v, want one", recs)
+	}
+	if rec := recs[0]; rec.Status != http.StatusBadRequest || rec.Action != "deny" || rec.Result != "denied" ||
+		rec.Host != "www.example.test" || rec.Method != "POST" || rec.WebSocket || rec.BytesOut != 0 {
+		t.Errorf("record %+v", rec)
+	}
+	if n := r.ic.Denied(); n != 1 {
+		t.Errorf("Denied() = %d, want 1", n)
+	}
+}
