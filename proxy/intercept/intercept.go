@@ -420,6 +420,8 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string) error
 // serveHTTP serves a cleartext HTTP connection. Its first request decides
 // the connection: a denied host gets a 403 and the connection ends before
 // anything reaches the destination; each later request is decided again.
+// An h2c connection has no first request here: each of its streams is
+// decided as it comes.
 //
 // The host decided, recorded and forwarded is the request's authority as
 // net/http reads it (RFC 9112 §3.2.2): an absolute-form target's, whatever
@@ -444,7 +446,12 @@ func (s *session) serveHTTP() {
 			s.Record.Path = u.Path
 		}
 	}
-	if !s.ic.IsTrustHost(host) {
+	// HTTP/2 with prior knowledge comes with no request yet, so nothing to
+	// decide the connection on: a decision without a name would refuse
+	// what only rules with domains allow, and in HTTP/1, which an HTTP/2
+	// client cannot read. Each stream is decided on its :authority
+	// (roundTrip); what the addresses alone deny never got this far.
+	if !s.H2C && !s.ic.IsTrustHost(host) {
 		subj := s.Subject
 		subj.Protocol, subj.Domain = policy.ProtoHTTP, host
 		d := s.Policy.Decide(subj)

@@ -795,3 +795,63 @@ func TestCleartextUnreadableHeadRecorded(t *testing.T) {
 		t.Errorf("record %+v", rec)
 	}
 }
+
+// TestH2CDomainRules: under a policy that allows HTTP only for names (a
+// default deny), a cleartext HTTP/2 client is served stream by stream:
+// each decided on its own :authority and answered in HTTP/2, not refused
+// as a whole, nameless, with an HTTP/1 403 it cannot read.
+func TestH2CDomainRules(t *testing.T) {
+	r := newRig(t, `
+policy:
+  default: deny
+  rules:
+    - name: web
+      domains: ["www.example.test"]
+      action: allow
+`)
+	upEnd, up := r.startUpstream(nil)
+	c, sv := r.connect(upEnd, httpDest)
+	c.SetDeadline(time.Now().Add(waitLimit))
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(url string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", url, nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s: %v", url, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(body)
+	}
+	if resp, body := get("http://www.example.test/a"); resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" || body != "upstream: GET www.example.test /a HTTP/1.1" {
+		t.Fatalf("allowed: %d %s %q", resp.StatusCode, resp.Proto, body)
+	}
+	if resp, body := get("http://other.example.test/b"); resp.StatusCode != 403 || resp.Proto != "HTTP/2.0" || !strings.Contains(body, "default") {
+		t.Fatalf("denied: %d %s %q", resp.StatusCode, resp.Proto, body)
+	}
+	cc.Close()
+	sv.waitDoneOnce(t)
+	up.waitClosed(t)
+	if got := strings.Join(up.requests(), "; "); got != "GET www.example.test /a HTTP/1.1" {
+		t.Errorf("the upstream served %q", got)
+	}
+	recs := r.records()
+	if len(recs) != 2 {
+		t.Fatalf("records %+v, want two", recs)
+	}
+	if rec := recs[0]; rec.Kind != "http" || rec.Host != "www.example.test" || rec.Path != "/a" ||
+		rec.Action != "allow" || rec.Rule != "web" || rec.Status != 200 {
+		t.Errorf("record %+v", rec)
+	}
+	if rec := recs[1]; rec.Kind != "http" || rec.Host != "other.example.test" || rec.Path != "/b" ||
+		rec.Action != "deny" || rec.Rule != "default" || rec.Status != 403 {
+		t.Errorf("record %+v", rec)
+	}
+	if n := r.ic.Denied(); n != 1 {
+		t.Errorf("Denied() = %d, want 1", n)
+	}
+}
