@@ -136,7 +136,10 @@ func (rt *roundTripper) end() {
 			s.ic.cfg.Records.Write(&rec)
 		}
 		if s.Record.Kind == "tls" { // bumped: the connection's record, besides one per request
-			s.Record.BytesOut, s.Record.BytesIn = rt.cc.in.Load(), rt.cc.out.Load()
+			// What went to the destination and came back, TLS and all;
+			// not what the client sent: a denied request's upload never
+			// left the appliance.
+			s.Record.BytesOut, s.Record.BytesIn = s.upBytes.out.Load(), s.upBytes.in.Load()
 			s.finish()
 			return
 		}

@@ -34,7 +34,7 @@ func stale(c net.Conn) bool {
 }
 
 // rawConn returns the socket under c, through the wrappers this package
-// knows (TLS, connSet's), or nil when there is none to reach.
+// knows (TLS, connSet's, countedConn), or nil when there is none to reach.
 func rawConn(c net.Conn) syscall.RawConn {
 	for range 8 {
 		switch x := c.(type) {
@@ -45,6 +45,8 @@ func rawConn(c net.Conn) syscall.RawConn {
 			}
 			return rc
 		case *setConn:
+			c = x.Conn
+		case *countedConn:
 			c = x.Conn
 		case interface{ NetConn() net.Conn }: // *tls.Conn
 			c = x.NetConn()

@@ -180,6 +180,9 @@ type session struct {
 	// upstreams are the connections the session's HTTP transport dialled
 	// besides Upstream: all closed when it ends, pooled or not.
 	upstreams connSet
+	// upBytes counts what the connections to the destination carried
+	// (all of a bumped connection's): its record's bytes.
+	upBytes byteCount
 	// upstreamCert is the bumped destination's certificate, when it was
 	// verified: the names it covers need no destination check.
 	upstreamCert *x509.Certificate
@@ -249,7 +252,7 @@ func (s *session) bump() {
 			return nil
 		},
 	}
-	up := tls.Client(s.Upstream, ucfg)
+	up := tls.Client(&countedConn{Conn: s.Upstream, n: &s.upBytes}, ucfg)
 	hctx, cancel := context.WithTimeout(context.Background(), ic.cfg.HandshakeTimeout)
 	err := up.HandshakeContext(hctx)
 	cancel()

@@ -59,6 +59,32 @@ func (s *connSet) closeAll() {
 	}
 }
 
+// byteCount is what a session's connections to the destination carried,
+// both ways: for a bumped connection's record, which says what reached the
+// destination, not what the client sent (a request denied inside it sends
+// nothing on).
+type byteCount struct{ out, in atomic.Int64 }
+
+// countedConn counts what is read from and written to a connection to the
+// destination, below TLS: the bytes on the wire, as the record of a
+// spliced connection counts them.
+type countedConn struct {
+	net.Conn
+	n *byteCount
+}
+
+func (c *countedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.n.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.n.out.Add(int64(n))
+	return n, err
+}
+
 // transport returns the HTTP client side of one intercepted connection. Every
 // connection it makes goes to the session's original destination, whatever the
 // request's Host says: a client must not steer the appliance elsewhere. The
@@ -80,7 +106,7 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		if err != nil {
 			return nil, err
 		}
-		return s.upstreams.add(c)
+		return s.upstreams.add(&countedConn{Conn: c, n: &s.upBytes})
 	}
 	if tc, ok := first.(*tls.Conn); !s.h2 && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
 		return &h1Transport{dial: func(ctx context.Context) (net.Conn, error) {
