@@ -168,6 +168,9 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			return errorResponse(req, http.StatusBadGateway, "gwlbproxy relays WebSocket upgrades only"), nil
 		}
 		rec.WebSocket = true
+		if ub, ok := resp.Body.(*upgradedBody); ok {
+			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
+		}
 	}
 	rb := &recordingBody{ReadCloser: resp.Body}
 	rb.done = func() {

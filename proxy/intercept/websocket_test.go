@@ -2,6 +2,7 @@ package intercept_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -85,5 +86,69 @@ func TestWebSocketUpgradeWithBody(t *testing.T) {
 	}
 	if n := r.ic.Denied(); n != 1 {
 		t.Errorf("Denied() = %d, want 1", n)
+	}
+}
+
+// TestWebSocketHalfClose: a tunnel whose client half-closes after its last
+// message still relays what the upstream sends after that, until the
+// upstream ends its side; the upstream is told the client is done.
+// Cleartext, and bumped (close_notify, then the FIN).
+func TestWebSocketHalfClose(t *testing.T) {
+	for _, bumped := range []bool{false, true} {
+		t.Run(map[bool]string{false: "cleartext", true: "bumped"}[bumped], func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			proxyEnd, serverEnd := testnet.TCPPair(t)
+			var srv net.Conn = serverEnd
+			dest := httpDest
+			if bumped {
+				srv = tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
+				dest = tlsDest
+			}
+			go func() {
+				defer srv.Close()
+				srv.SetDeadline(time.Now().Add(waitLimit))
+				br := bufio.NewReader(srv)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(srv, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+				got, _ := io.ReadAll(br) // to the client's end
+				time.Sleep(50 * time.Millisecond)
+				io.WriteString(srv, "after your end, you sent "+string(got))
+			}()
+			tcp, sv := r.connectTCP(proxyEnd, dest)
+			var c net.Conn = tcp
+			halfClose := tcp.CloseWrite
+			if bumped {
+				tc := bumpClient(t, r, tcp, "www.example.test", "http/1.1")
+				c, halfClose = tc, tc.CloseWrite // close_notify; the proxy reads it as the end
+			}
+			c.SetDeadline(time.Now().Add(waitLimit))
+			if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("upgrade: %v %v", resp, err)
+			}
+			if _, err := io.WriteString(c, "last words"); err != nil {
+				t.Fatal(err)
+			}
+			if err := halfClose(); err != nil {
+				t.Fatal(err)
+			}
+			rest, err := io.ReadAll(br)
+			if want := "after your end, you sent last words"; string(rest) != want {
+				t.Fatalf("after the half-close the client got %q (%v), want %q", rest, err, want)
+			}
+			c.Close()
+			sv.waitDoneOnce(t)
+			recs := ofKind(r.records(), "http")
+			if len(recs) != 1 || !recs[0].WebSocket || recs[0].BytesIn != int64(len(rest)) || recs[0].BytesOut != int64(len("last words")) {
+				t.Fatalf("http records %+v", recs)
+			}
+		})
 	}
 }
