@@ -68,6 +68,7 @@ const (
 	DropICMPErrorNoFlow
 	DropEchoFragmented
 	DropMemoryPressure
+	DropInnerUnsupported
 	dropReasons
 )
 
@@ -94,6 +95,10 @@ var dropReasonNames = [dropReasons]string{
 	DropICMPErrorNoFlow: "icmp_error_without_flow",
 	DropEchoFragmented:  "echo_fragmented",
 	DropMemoryPressure:  "memory_pressure",
+	// A packet whose headers end in anything but TCP, UDP or ICMP: the
+	// appliance relays nothing else, and gVisor may read further into
+	// such a packet than ParsePacket (packet.go).
+	DropInnerUnsupported: "inner_protocol_unsupported",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -113,7 +113,9 @@ func parseIPv4(p *Packet, b []byte, quoted bool) DropReason {
 	return parseTransport(p, b[ihl:], quoted)
 }
 
-// IPv6 extension headers that may precede the transport header.
+// IPv6 extension headers that may precede the transport header; any other
+// next header ends the chain, and is its transport (or the packet is
+// dropped: parseTransport).
 const (
 	ipv6HopByHop    = 0
 	ipv6Routing     = 43
@@ -170,8 +172,17 @@ func parseIPv6(p *Packet, b []byte, quoted bool) DropReason {
 // parseTransport reads ports (or the echo identifier) from the transport
 // header t. An ICMP error takes the flow of the packet it quotes, so that an
 // error about a flow travels under that flow's GENEVE header.
+//
+// Any other protocol is dropped (DropInnerUnsupported): the appliance
+// relays nothing else, and a header it does not know may be one gVisor
+// reads past. An IPv6 header chain that stopped at, say, an experiment
+// header (253), which gVisor skips, reached the stack's TCP, UDP or ICMPv6
+// behind it with no flow of its own (past --max-flows, without the GWLB's
+// IDs, and echo answered by the stack for any address).
 func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 	switch p.Proto {
+	default:
+		return DropInnerUnsupported
 	case protoTCP, protoUDP:
 		// A quoted packet carries at least 8 bytes of its transport header:
 		// the ports, but not TCP's flags.
