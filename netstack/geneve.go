@@ -69,6 +69,7 @@ const (
 	DropEchoFragmented
 	DropMemoryPressure
 	DropInnerUnsupported
+	DropStackEcho
 	dropReasons
 )
 
@@ -99,6 +100,8 @@ var dropReasonNames = [dropReasons]string{
 	// appliance relays nothing else, and gVisor may read further into
 	// such a packet than ParsePacket (packet.go).
 	DropInnerUnsupported: "inner_protocol_unsupported",
+	// ICMP echo a stack wrote: only the echo relay answers echo (icmp.go).
+	DropStackEcho: "stack_echo",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

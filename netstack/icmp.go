@@ -8,10 +8,14 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
 
-// EchoRequest is an ICMP or ICMPv6 echo request from a client. In
-// promiscuous mode gVisor does not answer echo for the addresses it spoofs,
-// and it must not: only the real destination's answer may reach the client.
-// So echo requests bypass the stack and go to the handler, which relays them.
+// EchoRequest is an ICMP or ICMPv6 echo request from a client. Only the
+// real destination's answer may reach the client, so echo requests bypass
+// the stack and go to the handler, which relays them. A stack must never
+// answer one itself, and gVisor would: in promiscuous mode its IPv4 side
+// leaves echo to the addresses it spoofs unanswered, but its IPv6 side
+// answers them. So no echo request reaches a stack (ParsePacket drops what
+// gVisor would read otherwise than it does), and the reply path drops any
+// echo a stack writes all the same (wrapReply's fromStack).
 type EchoRequest struct {
 	Flow FlowInfo // ports are zero
 	ID   uint16

@@ -339,7 +339,7 @@ func (s *Server) batchReply(b *replyBatch, endpoint uint64, pb *stack.PacketBuff
 	}
 	cur := newFlatCursor(pb)
 	n := cur.read(buf[innerOff : innerOff+size])
-	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags); ok {
+	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags, true); ok {
 		b.add(dgram, gwlb)
 	}
 }
@@ -363,10 +363,11 @@ func (s *Server) sendReplies(b *replyBatch) {
 	b.n, b.failedBytes = 0, 0
 }
 
-// sendInner wraps the inner packet at buf[innerOff:innerOff+n] in its flow's
+// sendInner wraps the inner packet at buf[innerOff:innerOff+n], which the
+// appliance made beside the stack (the echo relay's replies), in its flow's
 // GENEVE header and sends it (see wrapReply).
 func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) {
-	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags); ok {
+	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags, false); ok {
 		s.sendDatagram(dgram, gwlb)
 	}
 }
@@ -391,7 +392,9 @@ func (s *Server) sendDatagram(dgram []byte, gwlb netip.AddrPort) {
 // under, which frags (the endpoint's fragment table; nil for packets that
 // are never fragmented) remembers. A pure ACK may be held instead, for a
 // reply of its flow to carry (ok false, nothing counted; delayack.go).
-func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) (dgram []byte, gwlb netip.AddrPort, ok bool) {
+// fromStack says the packet is one a stack wrote: ICMP echo from a stack
+// is dropped and counted, as only the echo relay may answer echo.
+func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable, fromStack bool) (dgram []byte, gwlb netip.AddrPort, ok bool) {
 	inner := buf[innerOff : innerOff+n]
 	etherType := uint16(EtherTypeIPv4)
 	if n > 0 && inner[0]>>4 == 6 {
@@ -400,6 +403,15 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 	p, reason := ParsePacket(inner, etherType)
 	if reason != DropNone {
 		s.stats.drop(reason)
+		return nil, gwlb, false
+	}
+	if fromStack && stackEcho(&p, inner) {
+		// gVisor answers ICMPv6 echo for the addresses it spoofs (its
+		// IPv4 side does not); the answer would come from the
+		// destination whatever the policy says of it. Echo is the
+		// relay's, beside the stack (icmp.go): should a request ever
+		// reach a stack, its answer stops here.
+		s.stats.drop(DropStackEcho)
 		return nil, gwlb, false
 	}
 	var flow *Flow
@@ -441,6 +453,14 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 		s.cfg.Tap.Packet(endpoint, tn.parsed.FlowCookie, true, now, p, inner)
 	}
 	return dgram, tn.gwlb, true
+}
+
+// stackEcho reports whether the inner packet pkt, as ParsePacket read it
+// into p, is an ICMP or ICMPv6 echo request or reply (its first fragment,
+// if fragmented: the later ones then find no flow).
+func stackEcho(p *Packet, pkt []byte) bool {
+	return (p.Proto == protoICMP || p.Proto == protoICMPv6) && !p.Fragment && !p.ICMPError &&
+		isEcho(pkt[p.Payload], p.IPv6)
 }
 
 func (s *Server) expireLoop() {

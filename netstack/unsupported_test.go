@@ -200,3 +200,40 @@ func FuzzParseIPv6LikeGVisor(f *testing.F) {
 		}
 	})
 }
+
+// TestStackEchoNotSent: echo a stack answers itself never leaves, while the
+// echo relay's answers do. gVisor's IPv6 side answers echo for the
+// addresses it spoofs; an echo request that got into a stack (as one
+// behind an experiment header did) had its answer sent to the client from
+// the destination, whatever the policy said of it.
+func TestStackEchoNotSent(t *testing.T) {
+	c := gwlbSocket(t, "127.0.0.1:0")
+	s := startServer(t, Config{ReplyPort: c.LocalAddr().(*net.UDPAddr).AddrPort().Port()})
+	client, dest := netip.MustParseAddr("2001:db8::5"), netip.MustParseAddr("fd00:ec2::254")
+	req := echo6Packet(client, dest, 9, "ping")
+	d := append(AppendHeader(nil, EtherTypeIPv6, 0, 7, 0xa77ac4, 0xc00c1e, nil), req...)
+	if _, err := c.WriteToUDPAddrPort(d, s.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 65536)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(buf); err != nil {
+		t.Fatalf("no answer from the echo relay: %v", err)
+	}
+
+	// The same request straight into the endpoint's stack, past the
+	// parser: the stack answers it, under the flow the first one made.
+	v, ok := s.stacks.Load(uint64(7))
+	if !ok {
+		t.Fatal("no stack for the endpoint")
+	}
+	st := v.(*endpointStack)
+	st.link.inject(req, true)
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, err := c.Read(buf); err == nil {
+		t.Fatalf("the stack's own echo answer left the appliance: % x", buf[:n])
+	}
+	if st := s.Stats(); st.Drops["stack_echo"] != 1 {
+		t.Fatalf("drops %v, want stack_echo 1", st.Drops)
+	}
+}
