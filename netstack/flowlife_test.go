@@ -135,6 +135,36 @@ func TestClientFragmentsReordered(t *testing.T) {
 	}
 }
 
+// TestClientFragmentsAmidAnotherClients: a client's fragmented datagram
+// still reaches the handler whole when another client behind the same
+// endpoint sends 1,024 first fragments, each under a new ID, between its
+// first fragment and the rest. They took the oldest entries of the shared
+// fragment table, the victim's among them, and its later fragments were
+// dropped as fragment_without_flow.
+func TestClientFragmentsAmidAnotherClients(t *testing.T) {
+	h := &testHandler{udp: make(chan []byte, 1)}
+	s := startServer(t, Config{Handler: h})
+	from := netip.MustParseAddrPort("127.0.0.2:40000")
+	frags := fragment(udpPacket(3000, 3000), 0x4343, 1500)
+	s.handleDatagram(geneve(9, ipv4Sum(frags[0])), from, nil)
+	attacker := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.66"), 4000)
+	for id := range uint32(1024) {
+		f := fragment(udpDatagram(attacker, netip.AddrPortFrom(testDest, 53), 200), id, 100)[0]
+		s.handleDatagram(geneve(9, ipv4Sum(f)), from, nil)
+	}
+	for _, f := range frags[1:] {
+		s.handleDatagram(geneve(9, ipv4Sum(f)), from, nil)
+	}
+	select {
+	case d := <-h.udp:
+		if len(d) != 3000 {
+			t.Fatalf("the handler got %d bytes, want 3000", len(d))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the victim's datagram never reached the handler; drops %v", s.Stats().Drops)
+	}
+}
+
 // TestFragmentedEchoDropped: an echo request too big for one packet (ping
 // -s 3000 over a 1,500-byte path) is dropped and counted. It was relayed
 // with its first fragment's data alone, and the client got a well-formed

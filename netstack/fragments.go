@@ -12,16 +12,29 @@ import (
 // remembers, per endpoint and for a few seconds, which flow each datagram
 // whose first fragment went out belongs to, and its later fragments follow.
 //
-// The table is fixed in size: fragBuckets buckets of fragWays entries, a new
-// datagram taking a free or expired entry of its bucket, else the oldest.
+// The table is fixed in size: fragBuckets buckets of fragWays entries.
 // gVisor writes a datagram's fragments in order and back to back, so an
 // entry is needed only while one datagram is being written: the last
 // fragment frees it, and the expiry clears what a failed write left behind.
+//
+// The inbound tables are shared by all the clients behind an endpoint, so a
+// new datagram does not simply take the oldest entry of its bucket: a
+// client sending first fragments under ever new IDs would evict everyone
+// else's, and their later fragments would find no flow. It takes a free or
+// expired entry, else its own client's oldest (the flow's client: an IPv4
+// address or an IPv6 /80, as for the flow table's shares), else the oldest
+// of another client's entries remembered over fragGrace ago (by then a
+// datagram's fragments have all come), else the oldest of a client holding
+// more than one entry in the bucket, and only when every entry is another
+// client's one and only, the oldest. So taking a client's entry needs as
+// many other clients (addresses, or /80s) as a bucket has entries, where
+// one was enough.
 const (
 	fragBucketBits = 6
 	fragBuckets    = 1 << fragBucketBits
 	fragWays       = 4
 	fragTTL        = int64(5 * time.Second)
+	fragGrace      = int64(time.Second)
 )
 
 // fragKey identifies a datagram among the fragments of one endpoint: RFC 791
@@ -53,8 +66,9 @@ func (k *fragKey) bucket() int {
 
 type fragEntry struct {
 	key     fragKey
-	flow    *Flow // nil: free
-	expires int64 // unix nanoseconds
+	flow    *Flow    // nil: free
+	owner   [16]byte // the flow's client, as clientKeyOf names it
+	expires int64    // unix nanoseconds
 }
 
 type fragBucket struct {
@@ -72,21 +86,50 @@ type fragTable struct {
 // flow.
 func (t *fragTable) remember(p *Packet, flow *Flow, now int64) {
 	k := fragKeyOf(p)
+	owner := clientKeyOf(0, flow.client).addr
 	b := &t.buckets[k.bucket()]
 	b.mu.Lock()
-	victim := 0
+	b.ways[b.victim(&k, owner, now)] = fragEntry{key: k, flow: flow, owner: owner, expires: now + fragTTL}
+	b.mu.Unlock()
+}
+
+// victim returns the entry a new datagram k of owner's takes (see the
+// table's comment): the lowest rank, the oldest among equals.
+func (b *fragBucket) victim(k *fragKey, owner [16]byte, now int64) int {
+	best, bestRank := 0, 5
 	for i := range b.ways {
 		e := &b.ways[i]
-		if e.flow != nil && e.key == k { // the ID came round again
-			victim = i
-			break
+		var rank int
+		switch {
+		case e.flow != nil && e.key == *k:
+			return i // the ID came round again
+		case e.flow == nil || now > e.expires:
+			rank = 0 // free entries have expired at 0
+		case e.owner == owner:
+			rank = 1
+		case now-(e.expires-fragTTL) > fragGrace:
+			rank = 2
+		case b.held(e.owner, now) > 1:
+			rank = 3
+		default:
+			rank = 4
 		}
-		if e.expires < b.ways[victim].expires {
-			victim = i // free entries have expired at 0
+		if rank < bestRank || (rank == bestRank && e.expires < b.ways[best].expires) {
+			best, bestRank = i, rank
 		}
 	}
-	b.ways[victim] = fragEntry{key: k, flow: flow, expires: now + fragTTL}
-	b.mu.Unlock()
+	return best
+}
+
+// held returns how many live entries of the bucket owner holds.
+func (b *fragBucket) held(owner [16]byte, now int64) int {
+	n := 0
+	for i := range b.ways {
+		if e := &b.ways[i]; e.flow != nil && now <= e.expires && e.owner == owner {
+			n++
+		}
+	}
+	return n
 }
 
 // follow returns the flow of the datagram whose later fragment p is, or nil

@@ -348,3 +348,106 @@ func TestReplyFragmentsOneCallEach(t *testing.T) {
 		})
 	}
 }
+
+// TestFragTableFair: a client sending first fragments under ever new IDs
+// evicts its own entries, not another client's. Before, a new datagram
+// took the oldest entry of its bucket, whoever's: after 1,024 first
+// fragments of one client, the other's later fragment found no flow
+// (fragment_without_flow), and neither did any other client's. So too
+// with fewer addresses than a bucket has entries, or addresses of one /80.
+func TestFragTableFair(t *testing.T) {
+	dst := netip.MustParseAddr("198.18.9.9").As16()
+	victimAddr := netip.MustParseAddr("::ffff:198.18.0.5").As16()
+	v6dst := netip.MustParseAddr("2001:db8::9").As16()
+	v6victim := netip.MustParseAddr("2001:db8:0:1::5").As16()
+	first := func(src, dst [16]byte, id int) *Packet {
+		v6 := [12]byte(src[:12]) != v4InV6
+		return &Packet{IPv6: v6, Proto: protoUDP, Src: src, Dst: dst, FragmentID: uint32(id), MoreFragments: true}
+	}
+	later := func(src, dst [16]byte, id int) *Packet {
+		p := first(src, dst, id)
+		p.Fragment = true
+		return p
+	}
+	cases := []struct {
+		name     string
+		src, dst [16]byte
+		// attacker returns the source of the attacker's i-th datagram.
+		attacker func(i int) [16]byte
+	}{
+		{"one address", victimAddr, dst, func(int) [16]byte {
+			return netip.MustParseAddr("::ffff:198.18.0.66").As16()
+		}},
+		{"three addresses", victimAddr, dst, func(i int) [16]byte {
+			return netip.AddrFrom4([4]byte{198, 18, 0, byte(66 + i%3)}).As16()
+		}},
+		{"addresses of one /80", v6victim, v6dst, func(i int) [16]byte {
+			a := netip.MustParseAddr("2001:db8:0:2::").As16()
+			a[14], a[15] = byte(i>>8), byte(i)
+			return a
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var ft fragTable
+			const now = int64(1e18)
+			victim := &Flow{client: c.src}
+			ft.remember(first(c.src, c.dst, 0x4242), victim, now)
+			attackers := make([]Flow, 1024)
+			for i := range attackers {
+				src := c.attacker(i)
+				attackers[i].client = src
+				ft.remember(first(src, c.dst, i), &attackers[i], now+int64(i))
+			}
+			if f := ft.followIn(later(c.src, c.dst, 0x4242), now+2000); f != victim {
+				t.Fatalf("the victim's later fragment after 1,024 of the attacker's first fragments: flow %p, want %p", f, victim)
+			}
+			// The attacker's own latest are there, as before.
+			for i := len(attackers) - fragWays; i < len(attackers); i++ {
+				if f := ft.followIn(later(c.attacker(i), c.dst, i), now+2000); f != &attackers[i] {
+					t.Errorf("the attacker's datagram %d, among its last, was evicted", i)
+				}
+			}
+		})
+	}
+
+}
+
+// TestFragTableVictim: which entry of a full bucket a new datagram takes.
+func TestFragTableVictim(t *testing.T) {
+	const now = int64(1e18)
+	ms := int64(time.Millisecond)
+	owner := func(b byte) [16]byte { return netip.AddrFrom4([4]byte{198, 18, 0, b}).As16() }
+	newcomer := owner(99)
+	type way struct {
+		owner byte
+		age   int64 // since remembered
+	}
+	cases := []struct {
+		name string
+		ways [fragWays]way
+		want int
+	}{
+		{"its own client's, young as it is", [fragWays]way{{1, 900 * ms}, {2, 800 * ms}, {3, 700 * ms}, {99, 1 * ms}}, 3},
+		{"another's remembered over fragGrace ago", [fragWays]way{{2, 100 * ms}, {1, 2000 * ms}, {2, 50 * ms}, {3, 10 * ms}}, 1},
+		{"a client's holding two", [fragWays]way{{1, 500 * ms}, {2, 400 * ms}, {2, 300 * ms}, {3, 10 * ms}}, 1},
+		{"the oldest, when each is another's only", [fragWays]way{{1, 400 * ms}, {2, 500 * ms}, {3, 300 * ms}, {4, 10 * ms}}, 1},
+		{"a free one first", [fragWays]way{{1, 400 * ms}, {0, 0}, {99, 300 * ms}, {4, 10 * ms}}, 1},
+		{"an expired one first", [fragWays]way{{1, 400 * ms}, {2, fragTTL + 1}, {99, 300 * ms}, {4, 10 * ms}}, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var b fragBucket
+			for i, w := range c.ways {
+				if w.owner == 0 {
+					continue
+				}
+				b.ways[i] = fragEntry{key: fragKey{id: uint32(i)}, flow: &Flow{}, owner: owner(w.owner), expires: now - w.age + fragTTL}
+			}
+			k := fragKey{id: 1000}
+			if got := b.victim(&k, newcomer, now); got != c.want {
+				t.Errorf("took way %d, want %d", got, c.want)
+			}
+		})
+	}
+}
