@@ -97,8 +97,15 @@ func TestDNSPendingFullRecorded(t *testing.T) {
 		cfg.DNSPorts = []uint16{res.addr().Port()}
 	})
 	c, _ := startFlow(p, quicClient, res.addr(), dnsQuery(0, "a.example.test", 1))
+	// In batches that the resolver's socket buffer holds: loopback drops
+	// what a full one cannot take, and a lost query is never pending.
 	for id := 1; id < maxPendingDNS; id++ {
 		c.inject(dnsQuery(uint16(id), "a.example.test", 1))
+		if id%64 == 0 {
+			for deadline := time.Now().Add(5 * time.Second); res.count() < id+1 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		}
 	}
 	const hidden = "hidden.exfil.evil.test"
 	c.inject(dnsQuery(1, hidden, 1))
