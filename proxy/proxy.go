@@ -234,6 +234,16 @@ var (
 	sixToFour      = netip.MustParsePrefix("2002::/16")      // RFC 3056
 )
 
+// IPv6 prefixes whose last 32 bits are an IPv4 address by definition:
+// IPv4-compatible addresses (RFC 4291, deprecated) and SIIT's
+// IPv4-translated ones (RFC 2765). No real destination has one, and a host
+// or translator on the way may read the IPv4 address out of them
+// (::a9fe:a9fe, ::ffff:0:a9fe:a9fe): they are refused outright.
+var (
+	v4Compatible = netip.MustParsePrefix("::/96")
+	v4Translated = netip.MustParsePrefix("::ffff:0:0:0/96")
+)
+
 // forbidden says why a destination must not be dialled, or "". Clients must
 // never reach the appliance itself or the instance metadata service through
 // it: they would act with the appliance's identity.
@@ -251,12 +261,14 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 		return "destination is not a unicast address"
 	case awsLinkLocalV6.Contains(a):
 		return "destination is one of the instance's own AWS services (metadata, DNS, time)"
+	case v4Compatible.Contains(a) || v4Translated.Contains(a):
+		return "destination is an IPv4-compatible or IPv4-translated IPv6 address"
 	case p.own.has(a):
 		return "destination is the appliance itself"
 	}
 	v4s, n := embeddedIPv4(a)
 	for _, v4 := range v4s[:n] {
-		// 0.0.0.0 is what the other layout reads from a NAT64 address:
+		// 0.0.0.0 is what another layout reads from a NAT64 address:
 		// no destination, and refusing it would refuse every such address.
 		if reason := p.forbidden(v4); reason != "" && !v4.IsUnspecified() {
 			return reason + ", embedded in " + a.String()
@@ -265,19 +277,33 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 	return ""
 }
 
+// rfc6052Layouts are where RFC 6052 (section 2.2) puts the IPv4 address in
+// an IPv6 address, for the prefix lengths 32, 40, 48, 56, 64 and 96: the
+// indexes of its four bytes. Byte 8 (bits 64-71) is never used.
+var rfc6052Layouts = [...][4]uint8{
+	{4, 5, 6, 7},     // /32
+	{5, 6, 7, 9},     // /40
+	{6, 7, 9, 10},    // /48
+	{7, 9, 10, 11},   // /56
+	{9, 10, 11, 12},  // /64
+	{12, 13, 14, 15}, // /96
+}
+
 // embeddedIPv4 returns the IPv4 addresses a NAT64 or 6to4 address may
 // carry. An operator carves NAT64 prefixes of any length out of
-// 64:ff9b:1::/48, so both places a prefix length can put the address are
-// tried: the last 32 bits (a /96) and RFC 6052's layout for a /48.
-func embeddedIPv4(a netip.Addr) (v4s [2]netip.Addr, n int) {
+// 64:ff9b:1::/48, and nothing in the address says which: every place RFC
+// 6052 lets a prefix length put the address is read.
+func embeddedIPv4(a netip.Addr) (v4s [len(rfc6052Layouts)]netip.Addr, n int) {
 	b := a.As16()
 	switch {
 	case !a.Is6():
 	case nat64WellKnown.Contains(a):
 		v4s[0], n = netip.AddrFrom4([4]byte(b[12:16])), 1
 	case nat64Local.Contains(a):
-		v4s[0] = netip.AddrFrom4([4]byte(b[12:16]))
-		v4s[1], n = netip.AddrFrom4([4]byte{b[6], b[7], b[9], b[10]}), 2
+		for i, l := range rfc6052Layouts {
+			v4s[i] = netip.AddrFrom4([4]byte{b[l[0]], b[l[1]], b[l[2]], b[l[3]]})
+		}
+		n = len(rfc6052Layouts)
 	case sixToFour.Contains(a):
 		v4s[0], n = netip.AddrFrom4([4]byte(b[2:6])), 1
 	}
