@@ -310,11 +310,13 @@ func embeddedIPv4(a netip.Addr) (v4s [len(rfc6052Layouts)]netip.Addr, n int) {
 	return v4s, n
 }
 
+// newRecord starts a flow's record. Its rule is empty until the policy
+// decides (the decision sets it, "default" included): a flow refused
+// before any rule was asked, a forbidden destination, names none.
 func newRecord(kind string, f netstack.FlowInfo) *records.Record {
 	return &records.Record{
 		Kind:       kind,
 		Action:     "allow",
-		Rule:       "default",
 		Endpoint:   f.EndpointName(),
 		Attachment: fmt.Sprintf("%016x", f.Attachment),
 		FlowCookie: fmt.Sprintf("%08x", f.FlowCookie),

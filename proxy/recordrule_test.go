@@ -1,0 +1,47 @@
+package proxy
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// TestForbiddenRecordNamesNoRule: a forbidden destination is refused before
+// any rule is asked, so its deny record names no rule, on every path (TCP,
+// UDP, echo), even under a policy whose default allows; a record saying
+// rule "default" would read as a decision of the policy.
+func TestForbiddenRecordNamesNoRule(t *testing.T) {
+	const allow = "policy: {default: allow}\n"
+	imds := netip.MustParseAddr("169.254.169.254")
+	client := netip.MustParseAddrPort("198.18.0.5:40000")
+	check := func(t *testing.T, recs []records.Record, kind string) {
+		t.Helper()
+		if len(recs) != 1 {
+			t.Fatalf("%d records, want 1: %+v", len(recs), recs)
+		}
+		r := recs[0]
+		if r.Kind != kind || r.Action != "deny" || r.Result != "denied" || r.Rule != "" || r.Error == "" {
+			t.Fatalf("record %+v, want a %s deny naming no rule", r, kind)
+		}
+	}
+	t.Run("tcp", func(t *testing.T) {
+		p, _, sink := udpProxy(t, allow, nil)
+		p.handleTCP(netstack.FlowInfo{Endpoint: 7, Client: client, Dest: netip.AddrPortFrom(imds, 80)}, refusedAcceptor{})
+		check(t, sink.records(t, 1), "tcp")
+	})
+	t.Run("udp", func(t *testing.T) {
+		p, _, sink := udpProxy(t, allow, func(c *Config) { c.UDPIdleTimeout = time.Minute })
+		_, done := startFlow(p, client, netip.AddrPortFrom(imds, 53), []byte("query"))
+		<-done
+		check(t, sink.records(t, 1), "udp")
+	})
+	t.Run("icmp", func(t *testing.T) {
+		p, _, sink := echoProxy(t, allow, func(c *Config) { c.AllowLoopback = false })
+		t.Cleanup(p.Close)
+		p.HandleEcho(echoReq("127.0.0.1", 1, 1))
+		check(t, sink.records(t, 1), "icmp")
+	})
+}
