@@ -143,7 +143,8 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 	d := pol.Decide(policy.Subject{
 		Protocol: policy.ProtoICMP, Dest: req.Flow.Dest, Client: req.Flow.Client.Addr(), Endpoint: rec.Endpoint,
 	})
-	if rec.Rule = d.Rule; d.Action == policy.Deny {
+	rec.Rule, rec.Action = d.Rule, d.Action.String()
+	if d.Action == policy.Deny {
 		return r.addDenied(k, rec, "denied by policy", false, pol, now)
 	}
 

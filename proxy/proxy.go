@@ -310,13 +310,22 @@ func embeddedIPv4(a netip.Addr) (v4s [len(rfc6052Layouts)]netip.Addr, n int) {
 	return v4s, n
 }
 
-// newRecord starts a flow's record. Its rule is empty until the policy
-// decides (the decision sets it, "default" included): a flow refused
-// before any rule was asked, a forbidden destination, names none.
+// actionUndecided is the action of a flow that ended before the policy
+// decided on it: a TCP connection whose destination could not be dialled
+// (it is dialled before the first bytes are read, unless the policy can
+// deny it on its addresses alone), or whose client went away before sending
+// anything; a UDP flow whose first datagram could not be read. Recorded as
+// "allow" by the default rule, such a flow would read as allowed on an
+// appliance whose default denies.
+const actionUndecided = "undecided"
+
+// newRecord starts a flow's record, undecided and naming no rule until the
+// policy decides (the decision sets both, rule "default" included): a flow
+// refused before any rule was asked, a forbidden destination, names none.
 func newRecord(kind string, f netstack.FlowInfo) *records.Record {
 	return &records.Record{
 		Kind:       kind,
-		Action:     "allow",
+		Action:     actionUndecided,
 		Endpoint:   f.EndpointName(),
 		Attachment: fmt.Sprintf("%016x", f.Attachment),
 		FlowCookie: fmt.Sprintf("%08x", f.FlowCookie),

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -43,5 +44,48 @@ func TestForbiddenRecordNamesNoRule(t *testing.T) {
 		t.Cleanup(p.Close)
 		p.HandleEcho(echoReq("127.0.0.1", 1, 1))
 		check(t, sink.records(t, 1), "icmp")
+	})
+}
+
+// TestUndecidedRecord: a flow that ends before the policy decides is
+// recorded as undecided, naming no rule, not as allowed by the default:
+// here under a policy whose default denies, with a rule that would allow
+// the connection by name, so that it cannot be denied on its addresses
+// alone and the destination is dialled first. A port scan of closed ports
+// must not read as traffic the appliance allowed.
+func TestUndecidedRecord(t *testing.T) {
+	const doc = `
+policy:
+  default: deny
+  rules:
+    - {name: web, domains: [example.com], action: allow}
+`
+	client := netip.MustParseAddrPort("198.18.0.5:40000")
+	check := func(t *testing.T, recs []records.Record, kind, result string) {
+		t.Helper()
+		if len(recs) != 1 {
+			t.Fatalf("%d records, want 1: %+v", len(recs), recs)
+		}
+		r := recs[0]
+		if r.Kind != kind || r.Action != "undecided" || r.Rule != "" || r.Result != result || r.Error == "" {
+			t.Fatalf("record %+v, want a %s record, action undecided, no rule, result %s", r, kind, result)
+		}
+	}
+	t.Run("tcp dial refused", func(t *testing.T) {
+		p, _, sink := udpProxy(t, doc, nil)
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		closed := netip.MustParseAddrPort(ln.Addr().String())
+		ln.Close() // nothing listens there now: the dial is refused
+		p.handleTCP(netstack.FlowInfo{Endpoint: 7, Client: client, Dest: closed}, refusedAcceptor{})
+		check(t, sink.records(t, 1), "tcp", "refused")
+	})
+	t.Run("udp first datagram lost", func(t *testing.T) {
+		p, _, sink := udpProxy(t, doc, func(c *Config) { c.UDPIdleTimeout = 100 * time.Millisecond })
+		_, done := startFlow(p, client, netip.MustParseAddrPort("127.0.0.1:9"))
+		<-done
+		check(t, sink.records(t, 1), "udp", "timeout")
 	})
 }

@@ -71,7 +71,7 @@ var Queries = []Query{
 		Name:        "client-destinations",
 		Description: "What each client reached (allowed and successful), per GWLB endpoint, since client addresses may overlap across endpoints.",
 		Query: `fields coalesce(host, sni, dest_ip) as destination
-| filter kind != "dns" and action != "deny" and result = "ok"
+| filter kind != "dns" and action in ["allow", "splice", "bump"] and result = "ok"
 | stats count(*) as records, min(@timestamp) as first_seen, max(@timestamp) as last_seen by endpoint, client_ip, destination
 | sort client_ip asc
 | limit 10000`,
@@ -80,7 +80,7 @@ var Queries = []Query{
 		Name:        "endpoint-destinations",
 		Description: "What was reached through each GWLB endpoint (allowed and successful), with the number of distinct clients.",
 		Query: `fields coalesce(host, sni, dest_ip) as destination
-| filter kind != "dns" and action != "deny" and result = "ok"
+| filter kind != "dns" and action in ["allow", "splice", "bump"] and result = "ok"
 | stats count(*) as records, count_distinct(client_ip) as clients, max(@timestamp) as last_seen by endpoint, destination
 | sort endpoint asc
 | limit 10000`,

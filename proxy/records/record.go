@@ -16,7 +16,7 @@ import (
 type Record struct {
 	Time       time.Time `json:"time"`        // when the flow or request ended (UTC)
 	Kind       string    `json:"kind"`        // tcp, udp, icmp, http, tls, quic, dns
-	Action     string    `json:"action"`      // allow, deny, bump, splice
+	Action     string    `json:"action"`      // allow, deny, bump, splice; undecided: ended before the policy decided
 	Rule       string    `json:"rule"`        // policy rule that decided; "default" when none matched
 	Endpoint   string    `json:"endpoint"`    // GWLB endpoint, e.g. vpce-0123456789abcdef0
 	Attachment string    `json:"attachment"`  // GWLB attachment ID, 16 hex digits
