@@ -225,6 +225,7 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	if f.v6 {
 		proto = 58
 	}
+	var replies int64
 	buf := make([]byte, 65536)
 	for {
 		_ = f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
@@ -249,6 +250,7 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 		reply := *req
 		reply.Seq = uint16(echo.Seq)
 		reply.Reply(echo.Data)
+		replies++
 		f.bytesIn.Add(int64(len(echo.Data)))
 	}
 	r.mu.Lock()
@@ -257,7 +259,7 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	f.conn.Close()
 	rec.Packets = f.requests.Load()
 	rec.BytesOut, rec.BytesIn = f.bytesOut.Load(), f.bytesIn.Load()
-	if rec.BytesIn == 0 {
+	if replies == 0 { // not bytesIn: a reply without data (ping -s 0) is a reply
 		rec.Result = "timeout"
 	}
 	r.p.finish(rec, start)

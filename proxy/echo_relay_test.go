@@ -1,0 +1,171 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/icmp"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// These tests relay allowed echo for real: a client stack behind a GWLB
+// simulator on loopback pings through a netstack server whose handler is
+// the Proxy, which pings 127.0.0.x from host ping sockets.
+
+// echoRigClient and echoRigOther are two clients behind the simulator
+// (two addresses of one client stack).
+var (
+	echoRigClient = netip.MustParseAddr("198.18.0.5")
+	echoRigOther  = netip.MustParseAddr("198.18.0.6")
+)
+
+type echoReply struct {
+	from    netip.Addr
+	id, seq uint16
+	data    string
+}
+
+type echoRig struct {
+	p      *Proxy
+	srv    *netstack.Server
+	client *gwlbsim.ClientStack
+	sink   *recordSink
+	mu     sync.Mutex
+	got    []echoReply
+}
+
+// newEchoRig starts the rig with the policy doc, or skips the test when
+// the host allows no ping sockets.
+func newEchoRig(t *testing.T, doc string, mutate func(*Config)) *echoRig {
+	t.Helper()
+	if c, err := icmp.ListenPacket("udp4", "0.0.0.0"); err != nil {
+		t.Skipf("no unprivileged ICMP sockets (net.ipv4.ping_group_range): %v", err)
+	} else {
+		c.Close()
+	}
+	r := &echoRig{}
+	r.p, _, r.sink = echoProxy(t, doc, mutate)
+	t.Cleanup(r.p.Close)
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	pc.Close() // the simulator's port, free again for it
+	r.srv, err = netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
+		ReturnPath: netstack.ReturnPathBound, Handler: r.p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := gwlbsim.New(gwlbsim.Config{Addr: netip.MustParseAddr("127.0.0.1"), ListenPort: port, Appliance: r.srv.Addr(), Senders: 1})
+	if err != nil {
+		r.srv.Close()
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { r.srv.Serve(); close(served) }()
+	t.Cleanup(func() { sim.Close(); r.srv.Close(); <-served })
+	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(echoRigClient, echoRigOther); err != nil {
+		t.Fatal(err)
+	}
+	r.client.SetTap(func(inner []byte) bool {
+		if len(inner) < 28 || inner[9] != 1 || inner[20] != 0 { // not an ICMP echo reply
+			return false
+		}
+		src, _ := netip.AddrFromSlice(inner[12:16])
+		r.mu.Lock()
+		r.got = append(r.got, echoReply{src, binary.BigEndian.Uint16(inner[24:]), binary.BigEndian.Uint16(inner[26:]), string(inner[28:])})
+		r.mu.Unlock()
+		return true
+	})
+	return r
+}
+
+// ping sends an echo request from src, a client, to dst.
+func (r *echoRig) ping(t *testing.T, src, dst netip.Addr, id, seq uint16, data string) {
+	t.Helper()
+	pkt := make([]byte, 28+len(data))
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, 1
+	binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+	s4, d4 := src.As4(), dst.As4()
+	copy(pkt[12:16], s4[:])
+	copy(pkt[16:20], d4[:])
+	binary.BigEndian.PutUint16(pkt[10:], inetChecksum(pkt[:20]))
+	pkt[20] = 8
+	binary.BigEndian.PutUint16(pkt[24:], id)
+	binary.BigEndian.PutUint16(pkt[26:], seq)
+	copy(pkt[28:], data)
+	binary.BigEndian.PutUint16(pkt[22:], inetChecksum(pkt[20:]))
+	if err := r.client.Send(pkt); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func inetChecksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
+
+// replies returns the echo replies the client has seen, once there are at
+// least n or a few seconds have passed.
+func (r *echoRig) replies(n int) []echoReply {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		r.mu.Lock()
+		got := append([]echoReply(nil), r.got...)
+		r.mu.Unlock()
+		if len(got) >= n || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// record waits for the icmp record to dst.
+func (r *echoRig) record(t *testing.T, dst netip.Addr) records.Record {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, rec := range r.sink.parse(t) {
+			if rec.Kind == "icmp" && rec.DestIP == dst.String() {
+				return rec
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no icmp record to %s", dst)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestEchoRelayEmptyReply: a ping without data (ping -s 0) is answered
+// with a reply without data, and its flow's record is ok, not timeout: a
+// reply of any size is a reply.
+func TestEchoRelayEmptyReply(t *testing.T) {
+	r := newEchoRig(t, "policy: {default: allow}\n", func(c *Config) { c.EchoIdleTimeout = 300 * time.Millisecond })
+	dst := netip.MustParseAddr("127.0.0.2")
+	r.ping(t, echoRigClient, dst, 4242, 1, "")
+	if got := r.replies(1); len(got) != 1 || got[0] != (echoReply{dst, 4242, 1, ""}) {
+		t.Fatalf("replies %+v, want one empty reply from %s", got, dst)
+	}
+	rec := r.record(t, dst)
+	if rec.Action != "allow" || rec.Rule != "default" || rec.Result != "ok" || rec.Packets != 1 || rec.BytesIn != 0 {
+		t.Fatalf("record %+v, want an ok allow of one request", rec)
+	}
+}
