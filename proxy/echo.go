@@ -38,6 +38,9 @@ type echoRelay struct {
 	maxDenied    int // maxDeniedEcho; lowered by tests
 	warnedNoSock atomic.Bool
 	warnedFull   atomic.Bool
+	// foreignReplies counts echo replies dropped because they came from
+	// another address than the flow's destination.
+	foreignReplies atomic.Uint64
 }
 
 // maxDeniedEcho bounds the denied echo flows remembered (a few hundred bytes
@@ -65,6 +68,7 @@ type echoSession struct {
 
 	conn     *icmp.PacketConn
 	dest     net.Addr
+	destIP   netip.Addr // dest, to tell the destination's replies from others'
 	v6       bool
 	last     atomic.Int64
 	requests atomic.Int64
@@ -161,7 +165,8 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 		}
 		return nil, false
 	}
-	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: req.Flow.Dest.Addr().AsSlice()}}
+	dest := req.Flow.Dest.Addr()
+	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: dest.AsSlice()}, destIP: dest.Unmap()}
 	f.last.Store(now.UnixNano())
 	r.flows[k] = f
 	r.p.stats.echoActive.Add(1)
@@ -229,12 +234,20 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	buf := make([]byte, 65536)
 	for {
 		_ = f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
-		n, _, err := f.conn.ReadFrom(buf)
+		n, from, err := f.conn.ReadFrom(buf)
 		if err != nil {
 			if time.Since(time.Unix(0, f.last.Load())) < idle {
 				continue
 			}
 			break
+		}
+		// The kernel hands a ping socket every echo reply that carries its
+		// ident, from whoever sent it: anyone who can reach the
+		// appliance's address could answer the client's ping in the
+		// destination's name.
+		if ua, ok := from.(*net.UDPAddr); !ok || ua.AddrPort().Addr().Unmap() != f.destIP {
+			r.foreignReplies.Add(1)
+			continue
 		}
 		m, err := icmp.ParseMessage(proto, buf[:n])
 		if err != nil {

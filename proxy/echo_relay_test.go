@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -9,7 +10,9 @@ import (
 	"time"
 
 	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -167,5 +170,59 @@ func TestEchoRelayEmptyReply(t *testing.T) {
 	rec := r.record(t, dst)
 	if rec.Action != "allow" || rec.Rule != "default" || rec.Result != "ok" || rec.Packets != 1 || rec.BytesIn != 0 {
 		t.Fatalf("record %+v, want an ok allow of one request", rec)
+	}
+}
+
+// TestEchoRelayForeignReplyDropped plays a host that forges an echo reply
+// to the appliance's address, carrying the ident of the ping socket of a
+// flow to 127.0.0.2, from 127.0.0.3: the kernel hands it to that socket,
+// and the relay must not pass it to the client as the destination's.
+func TestEchoRelayForeignReplyDropped(t *testing.T) {
+	testenv.RequireRoot(t, "forging an echo reply takes a raw socket")
+	r := newEchoRig(t, "policy: {default: allow}\n", nil)
+	raw, err := net.ListenPacket("ip4:icmp", "127.0.0.3")
+	if err != nil {
+		testenv.RequirePrivileged(t, fmt.Sprintf("raw ICMP socket: %v", err))
+	}
+	defer raw.Close()
+	dst := netip.MustParseAddr("127.0.0.2")
+	r.ping(t, echoRigClient, dst, 4242, 1, "ping!")
+	if got := r.replies(1); len(got) != 1 {
+		t.Fatalf("replies %+v, want the destination's one", got)
+	}
+	r.p.echo.mu.Lock()
+	var ident int
+	for k, f := range r.p.echo.flows {
+		if k.dest == dst && f.conn != nil {
+			ident = f.conn.LocalAddr().(*net.UDPAddr).Port
+		}
+	}
+	r.p.echo.mu.Unlock()
+	forged, err := (&icmp.Message{Type: ipv4.ICMPTypeEchoReply, Body: &icmp.Echo{ID: ident, Seq: 77, Data: []byte("forged")}}).Marshal(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.WriteTo(forged, &net.IPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	// The forged reply is on the socket before the next real one, which
+	// is read after it: once that has reached the client, so would have
+	// the forged one.
+	deadline := time.Now().Add(3 * time.Second)
+	for r.p.Stats().EchoForeignReplies == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.ping(t, echoRigClient, dst, 4242, 2, "ping!")
+	got := r.replies(2)
+	for _, rp := range got {
+		if rp.seq == 77 || rp.data == "forged" {
+			t.Fatalf("the client got the forged reply as the destination's: %+v", got)
+		}
+	}
+	if len(got) != 2 || got[1] != (echoReply{dst, 4242, 2, "ping!"}) {
+		t.Fatalf("replies %+v, want the destination's two", got)
+	}
+	if n := r.p.Stats().EchoForeignReplies; n != 1 {
+		t.Fatalf("echo_foreign_replies %d, want 1", n)
 	}
 }

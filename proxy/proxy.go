@@ -104,6 +104,9 @@ type Stats struct {
 	// EchoUnrecorded counts echo requests of denied flows dropped without an
 	// access record: too many denied echo flows were remembered already.
 	EchoUnrecorded uint64 `json:"echo_denied_unrecorded"`
+	// EchoForeignReplies counts echo replies dropped because they came
+	// from another address than their flow's destination.
+	EchoForeignReplies uint64 `json:"echo_foreign_replies"`
 	// UDPShareDrops counts new UDP flows dropped because their client held
 	// MaxUDPFlowsPerClient flows already.
 	UDPShareDrops uint64 `json:"udp_share_drops"`
@@ -183,7 +186,7 @@ func (p *Proxy) Stats() Stats {
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
 		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
-		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(),
+		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
 	}
 }
 
