@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/icmp"
@@ -30,18 +32,38 @@ import (
 // a socket, so that its further requests (a ping -f) are dropped at the cost
 // of a map lookup, with no record each; it is forgotten once idle for
 // EchoIdleTimeout, and decided afresh on its next request after a reload.
+//
+// An allowed flow holds a host ping socket, a goroutine and a reply buffer
+// for as long as it lives, and the host has only so many ping idents (one
+// per socket, about 65,000 per namespace) and file descriptors: each client
+// may hold MaxEchoFlowsPerClient of them at once, so that one client
+// sweeping echo IDs cannot take them all from the others.
 type echoRelay struct {
-	p            *Proxy
-	mu           sync.Mutex
-	flows        map[echoKey]*echoSession
-	denied       int // denied flows in flows, at most maxDenied
-	maxDenied    int // maxDeniedEcho; lowered by tests
-	warnedNoSock atomic.Bool
-	warnedFull   atomic.Bool
+	p          *Proxy
+	mu         sync.Mutex
+	flows      map[echoKey]*echoSession
+	denied     int // denied flows in flows, at most maxDenied
+	maxDenied  int // maxDeniedEcho; lowered by tests
+	warnedFull atomic.Bool
+	// warnedSock is set once the cause of a ping socket that could not be
+	// opened has been logged, one flag per echoSockCause.
+	warnedSock [echoSockCauses]atomic.Bool
+	// shares counts each client's allowed flows; shareDrops the requests
+	// of new flows dropped because their client held its share.
+	shares     udpShares
+	shareDrops atomic.Uint64
 	// foreignReplies counts echo replies dropped because they came from
 	// another address than the flow's destination.
 	foreignReplies atomic.Uint64
 }
+
+// DefaultMaxEchoFlowsPerClient is how many allowed echo flows (a ping
+// each, one per echo ID and destination) one client may hold at once unless
+// Config.MaxEchoFlowsPerClient says otherwise. A host, even one pinging
+// many destinations for monitoring, runs a few pings at a time; 64 host
+// sockets per client leave the host's ping idents and descriptors to the
+// other clients.
+const DefaultMaxEchoFlowsPerClient = 64
 
 // maxDeniedEcho bounds the denied echo flows remembered (a few hundred bytes
 // each). Beyond it, requests of new denied flows are dropped without a
@@ -69,6 +91,7 @@ type echoSession struct {
 	conn     *icmp.PacketConn
 	dest     net.Addr
 	destIP   netip.Addr // dest, to tell the destination's replies from others'
+	share    shareKey   // the client's, in echoRelay.shares while the flow lives
 	v6       bool
 	last     atomic.Int64
 	requests atomic.Int64
@@ -81,6 +104,14 @@ func (r *echoRelay) init(p *Proxy) {
 	r.p = p
 	r.flows = make(map[echoKey]*echoSession)
 	r.maxDenied = maxDeniedEcho
+	r.shares.what = "ICMP echo flows, its share"
+}
+
+func (p *Proxy) echoShareLimit() int {
+	if n := p.cfg.MaxEchoFlowsPerClient; n > 0 {
+		return n
+	}
+	return DefaultMaxEchoFlowsPerClient
 }
 
 // HandleEcho implements netstack.Handler. It runs on the packet path, so it
@@ -89,9 +120,16 @@ func (r *echoRelay) init(p *Proxy) {
 // allocating.
 func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 	now := time.Now()
-	f, isNew := p.echo.flow(&req, now)
+	f, isNew, shareRec := p.echo.flow(&req, now)
 	if f == nil {
 		req.DropUnavailable()
+		return
+	}
+	if f == &echoShareFull {
+		if shareRec != nil { // as for UDP: a drop for a share, not a denial
+			shareRec.Action, shareRec.Result = policy.Deny.String(), "denied"
+			p.finish(shareRec, now)
+		}
 		return
 	}
 	f.last.Store(now.UnixNano())
@@ -124,14 +162,17 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 
 // flow returns the request's flow, deciding and creating it if there is
 // none (isNew), or nil if it cannot be relayed. A denied flow's record is for
-// the caller to write, outside the lock.
-func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSession, isNew bool) {
+// the caller to write, outside the lock. A new allowed flow whose client
+// holds its share already is &echoShareFull, not remembered (the client's
+// next request is decided afresh), with a record to write at most every
+// shareRecordEvery per client.
+func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSession, isNew bool, shareRec *records.Record) {
 	k := echoKey{req.Flow.Endpoint, req.Flow.Client.Addr(), req.Flow.Dest.Addr(), req.ID}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if f := r.flows[k]; f != nil {
 		if !f.denied || f.forbidden || f.pol == r.p.cfg.Policy.Load() {
-			return f, false
+			return f, false, nil
 		}
 		// Denied by a policy since replaced: decide again, as TCP and UDP
 		// decide each new connection or datagram with the current policy.
@@ -141,7 +182,8 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 
 	rec := newRecord("icmp", req.Flow)
 	if reason := r.p.forbidden(req.Flow.Dest.Addr()); reason != "" {
-		return r.addDenied(k, rec, reason, true, nil, now)
+		f, isNew = r.addDenied(k, rec, reason, true, nil, now)
+		return f, isNew, nil
 	}
 	pol := r.p.cfg.Policy.Load()
 	d := pol.Decide(policy.Subject{
@@ -149,29 +191,72 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 	})
 	rec.Rule, rec.Action = d.Rule, d.Action.String()
 	if d.Action == policy.Deny {
-		return r.addDenied(k, rec, "denied by policy", false, pol, now)
+		f, isNew = r.addDenied(k, rec, "denied by policy", false, pol, now)
+		return f, isNew, nil
 	}
 
+	share := clientShareKey(req.Flow)
+	if ok, record := r.shares.acquire(share, r.p.echoShareLimit(), now); !ok {
+		r.shareDrops.Add(1)
+		if record == "" {
+			return &echoShareFull, false, nil
+		}
+		rec.Rule, rec.Error = "", record
+		return &echoShareFull, false, rec
+	}
 	network, laddr := "udp4", "0.0.0.0"
 	if req.IPv6() {
 		network, laddr = "udp6", "::"
 	}
 	conn, err := icmp.ListenPacket(network, laddr)
 	if err != nil {
-		if !r.warnedNoSock.Swap(true) {
-			slog.Warn("ICMP echo cannot be relayed: the host allows no unprivileged ICMP sockets "+
-				"(set net.ipv4.ping_group_range to include the appliance's group); echo requests are dropped and counted",
+		r.shares.release(share)
+		if c := echoSockCauseOf(err); !r.warnedSock[c].Swap(true) {
+			slog.Warn("ICMP echo cannot be relayed: "+echoSockWhy[c]+"; echo requests that need a new socket are dropped and counted",
 				"err", err)
 		}
-		return nil, false
+		return nil, false, nil
 	}
 	dest := req.Flow.Dest.Addr()
-	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: dest.AsSlice()}, destIP: dest.Unmap()}
+	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: dest.AsSlice()}, destIP: dest.Unmap(), share: share}
 	f.last.Store(now.UnixNano())
 	r.flows[k] = f
 	r.p.stats.echoActive.Add(1)
 	go r.serve(k, f, rec)
-	return f, true
+	return f, true, nil
+}
+
+// echoShareFull stands for the new flows of a client at its share. It is
+// never in the table, and its fields are never written but last.
+var echoShareFull = echoSession{}
+
+// Why a ping socket could not be opened, for the warning.
+const (
+	echoSockDenied   = iota // EACCES: ping_group_range
+	echoSockNoFDs           // EMFILE, ENFILE
+	echoSockNoIdents        // EADDRINUSE: every ping ident taken
+	echoSockOther
+	echoSockCauses
+)
+
+var echoSockWhy = [echoSockCauses]string{
+	echoSockDenied: "the host allows no unprivileged ICMP sockets " +
+		"(set net.ipv4.ping_group_range to include the appliance's group)",
+	echoSockNoFDs:    "the appliance has run out of file descriptors",
+	echoSockNoIdents: "the host has no ICMP echo identifier left for another ping socket (about 65,000 per network namespace)",
+	echoSockOther:    "a ping socket could not be opened",
+}
+
+func echoSockCauseOf(err error) int {
+	switch {
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return echoSockDenied
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE):
+		return echoSockNoFDs
+	case errors.Is(err, syscall.EADDRINUSE), errors.Is(err, syscall.EAGAIN):
+		return echoSockNoIdents
+	}
+	return echoSockOther
 }
 
 // addDenied remembers a denied flow until it idles, and returns it as new,
@@ -221,22 +306,38 @@ func (r *echoRelay) forget(k echoKey, f *echoSession) {
 	r.denied--
 }
 
-// serve reads the destination's replies for one echo flow until it idles.
+// echoReplyBuf is the size of a flow's reply buffer: the inner MTU's
+// largest, whole ICMP message and more. No larger reply could reach the
+// client (EchoRequest.Reply drops, and counts, what does not fit the MTU),
+// and a message cut short to fit the buffer is such a one.
+const echoReplyBuf = netstack.DefaultMTU
+
+// serve reads the destination's replies for one echo flow until it idles:
+// EchoIdleTimeout after its last request, or, until a reply has come,
+// UDPUnansweredTimeout after it, as for UDP: the packet stack forgets an
+// unanswered flow then too, and a later reply could not reach the client.
 func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	start := time.Now()
 	defer r.p.stats.echoActive.Add(-1)
 	idle := r.p.cfg.EchoIdleTimeout
+	unanswered := min(r.p.cfg.UDPUnansweredTimeout, idle)
 	proto := 1
 	if f.v6 {
 		proto = 58
 	}
 	var replies int64
-	buf := make([]byte, 65536)
+	deadline := func() time.Time {
+		if replies == 0 {
+			return time.Unix(0, f.last.Load()).Add(unanswered)
+		}
+		return time.Unix(0, f.last.Load()).Add(idle)
+	}
+	buf := make([]byte, echoReplyBuf)
 	for {
-		_ = f.conn.SetReadDeadline(time.Unix(0, f.last.Load()).Add(idle))
+		_ = f.conn.SetReadDeadline(deadline())
 		n, from, err := f.conn.ReadFrom(buf)
 		if err != nil {
-			if time.Since(time.Unix(0, f.last.Load())) < idle {
+			if time.Now().Before(deadline()) {
 				continue
 			}
 			break
@@ -270,6 +371,7 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	delete(r.flows, k)
 	r.mu.Unlock()
 	f.conn.Close()
+	r.shares.release(f.share)
 	rec.Packets = f.requests.Load()
 	rec.BytesOut, rec.BytesIn = f.bytesOut.Load(), f.bytesIn.Load()
 	if replies == 0 { // not bytesIn: a reply without data (ping -s 0) is a reply

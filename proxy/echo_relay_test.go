@@ -1,11 +1,17 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,6 +179,32 @@ func TestEchoRelayEmptyReply(t *testing.T) {
 	}
 }
 
+// TestEchoRelayLargeReply: the reply buffer holds the largest reply the
+// inner MTU lets through, whole.
+func TestEchoRelayLargeReply(t *testing.T) {
+	r := newEchoRig(t, "policy: {default: allow}\n", nil)
+	dst := netip.MustParseAddr("127.0.0.2")
+	data := strings.Repeat("0123456789", (netstack.DefaultMTU-28)/10)
+	r.ping(t, echoRigClient, dst, 4242, 1, data)
+	if got := r.replies(1); len(got) != 1 || got[0] != (echoReply{dst, 4242, 1, data}) {
+		t.Fatalf("%d replies, want one of %d bytes", len(got), len(data))
+	}
+}
+
+// TestEchoSockCause: the warning for a ping socket that cannot be opened
+// names what went wrong, as icmp.ListenPacket reports it.
+func TestEchoSockCause(t *testing.T) {
+	for errno, want := range map[syscall.Errno]int{
+		syscall.EACCES: echoSockDenied, syscall.EMFILE: echoSockNoFDs, syscall.ENFILE: echoSockNoFDs,
+		syscall.EADDRINUSE: echoSockNoIdents, syscall.EAFNOSUPPORT: echoSockOther,
+	} {
+		err := &net.OpError{Op: "listen", Net: "udp4", Err: os.NewSyscallError("socket", errno)}
+		if got := echoSockCauseOf(err); got != want {
+			t.Errorf("%v: cause %q, want %q", errno, echoSockWhy[got], echoSockWhy[want])
+		}
+	}
+}
+
 // TestEchoRelayForeignReplyDropped plays a host that forges an echo reply
 // to the appliance's address, carrying the ident of the ping socket of a
 // flow to 127.0.0.2, from 127.0.0.3: the kernel hands it to that socket,
@@ -224,5 +256,124 @@ func TestEchoRelayForeignReplyDropped(t *testing.T) {
 	}
 	if n := r.p.Stats().EchoForeignReplies; n != 1 {
 		t.Fatalf("echo_foreign_replies %d, want 1", n)
+	}
+}
+
+// TestEchoRelayShare plays a client that sweeps echo IDs: each is a flow
+// with a host ping socket, a goroutine and a buffer, so one client may hold
+// only its share of them. Requests of further flows are dropped and
+// counted, with one record; another client still gets its pings through,
+// and the client gets new flows again once its old ones have ended.
+func TestEchoRelayShare(t *testing.T) {
+	const share = 4
+	r := newEchoRig(t, "policy: {default: allow}\n", func(c *Config) {
+		c.MaxEchoFlowsPerClient = share
+		c.EchoIdleTimeout = 500 * time.Millisecond
+	})
+	dst := netip.MustParseAddr("127.0.0.2")
+	for id := uint16(1); id <= share+3; id++ {
+		r.ping(t, echoRigClient, dst, id, 1, "ping!")
+	}
+	r.ping(t, echoRigOther, dst, 1, 1, "other")
+	r.replies(share + 1)
+	time.Sleep(100 * time.Millisecond) // for replies beyond the share to show, if any
+	got := r.replies(0)
+	ids := map[uint16]bool{}
+	for _, rp := range got {
+		if rp.data == "ping!" {
+			ids[rp.id] = true
+		}
+	}
+	if len(ids) != share || len(got) != share+1 {
+		t.Fatalf("replies %+v: want %d of the sweeping client's flows answered, and the other client's ping", got, share)
+	}
+	st := r.p.Stats()
+	if st.EchoShareDrops != 3 || st.EchoActive != share+1 {
+		t.Fatalf("echo_share_drops %d, echo_active %d; want 3 and %d", st.EchoShareDrops, st.EchoActive, share+1)
+	}
+	var shareRecs []records.Record
+	for _, rec := range r.sink.parse(t) {
+		if rec.Action == "deny" {
+			shareRecs = append(shareRecs, rec)
+		}
+	}
+	if len(shareRecs) != 1 || shareRecs[0].Rule != "" || shareRecs[0].Kind != "icmp" ||
+		!strings.Contains(shareRecs[0].Error, "ICMP echo flows, its share") {
+		t.Fatalf("share records %+v, want one deny for the client at its share", shareRecs)
+	}
+
+	// Once the flows have idled out, the share is free again.
+	deadline := time.Now().Add(5 * time.Second)
+	for r.p.Stats().EchoActive != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("echo_active %d after the idle timeout", r.p.Stats().EchoActive)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.ping(t, echoRigClient, dst, 100, 1, "again")
+	if got := r.replies(len(got) + 1); got[len(got)-1] != (echoReply{dst, 100, 1, "again"}) {
+		t.Fatalf("replies %+v: a new flow after the old ones ended was not relayed", got)
+	}
+}
+
+// echoUnansweredHelperEnv runs TestEchoRelayUnansweredHelper, in the
+// network namespace TestEchoRelayUnansweredEndsSooner made for it.
+const echoUnansweredHelperEnv = "GWLBPROXY_ECHO_UNANSWERED_HELPER"
+
+// TestEchoRelayUnansweredEndsSooner: an echo flow its destination never
+// answers holds its host socket, goroutine and buffer only for the
+// unanswered timeout, as a UDP flow does, not for the whole idle timeout:
+// the packet stack forgets such a flow by then, and a client sweeping echo
+// IDs at an address that drops them would otherwise hold each for minutes.
+// The destination that does not answer is loopback in a namespace of the
+// test's own, with echo ignored there.
+func TestEchoRelayUnansweredEndsSooner(t *testing.T) {
+	testenv.RequireRoot(t, "a destination that ignores echo is made in a network namespace: that needs root")
+	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
+		testenv.RequirePrivileged(t, fmt.Sprintf("`ip netns list` fails (iproute2 needed): %v %s", err, bytes.TrimSpace(out)))
+	}
+	ns := fmt.Sprintf("gwlbt-echo-%08x", rand.Uint32())
+	runIP(t, "netns", "add", ns)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("deleting namespace %s: %v %s", ns, err, out)
+		}
+	})
+	runIP(t, "-n", ns, "link", "set", "lo", "up")
+	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run", "^TestEchoRelayUnansweredHelper$", "-test.count", "1", "-test.v")
+	cmd.Env = append(os.Environ(), echoUnansweredHelperEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestEchoRelayUnansweredHelper")) {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+}
+
+// TestEchoRelayUnansweredHelper is the namespace's side of
+// TestEchoRelayUnansweredEndsSooner.
+func TestEchoRelayUnansweredHelper(t *testing.T) {
+	if os.Getenv(echoUnansweredHelperEnv) == "" {
+		t.Skip("run by TestEchoRelayUnansweredEndsSooner")
+	}
+	// This namespace's own settings: ping sockets for everyone, and no
+	// answer to echo.
+	for file, v := range map[string]string{"ping_group_range": "0 2147483647", "icmp_echo_ignore_all": "1"} {
+		if err := os.WriteFile("/proc/sys/net/ipv4/"+file, []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const unanswered = 300 * time.Millisecond
+	r := newEchoRig(t, "policy: {default: allow}\n", func(c *Config) {
+		c.EchoIdleTimeout = time.Minute
+		c.UDPUnansweredTimeout = unanswered
+	})
+	dst := netip.MustParseAddr("127.0.0.2")
+	start := time.Now()
+	r.ping(t, echoRigClient, dst, 4242, 1, "ping!")
+	rec := r.record(t, dst)
+	if took := time.Since(start); took > 10*unanswered {
+		t.Fatalf("the unanswered flow ended after %s, want about %s", took, unanswered)
+	}
+	if rec.Result != "timeout" || rec.Packets != 1 || r.p.Stats().EchoActive != 0 {
+		t.Fatalf("record %+v, echo_active %d: want a timeout of one request, nothing active", rec, r.p.Stats().EchoActive)
 	}
 }

@@ -30,8 +30,8 @@ type Config struct {
 	// (default 120 s each, the GWLB's idle timeout for non-TCP flows).
 	UDPIdleTimeout  time.Duration
 	EchoIdleTimeout time.Duration
-	// UDPUnansweredTimeout ends, sooner, a UDP relay the destination has
-	// not answered yet (default netstack.DefaultTransitoryTimeout, at most
+	// UDPUnansweredTimeout ends, sooner, a UDP or echo relay the
+	// destination has not answered yet (default netstack.DefaultTransitoryTimeout, at most
 	// UDPIdleTimeout): the packet stack forgets such a flow then too, and
 	// an answer after it could not reach the client.
 	UDPUnansweredTimeout time.Duration
@@ -72,6 +72,11 @@ type Config struct {
 	// GWLB endpoint, holds at once; beyond it new flows are dropped.
 	// Default: DefaultMaxUDPFlowsPerClient.
 	MaxUDPFlowsPerClient int
+	// MaxEchoFlowsPerClient bounds the allowed ICMP echo flows (host ping
+	// sockets) one client holds at once, counted as MaxUDPFlowsPerClient
+	// counts; beyond it requests of new echo flows are dropped. Default:
+	// DefaultMaxEchoFlowsPerClient.
+	MaxEchoFlowsPerClient int
 }
 
 // Proxy implements netstack.Handler.
@@ -104,6 +109,9 @@ type Stats struct {
 	// EchoUnrecorded counts echo requests of denied flows dropped without an
 	// access record: too many denied echo flows were remembered already.
 	EchoUnrecorded uint64 `json:"echo_denied_unrecorded"`
+	// EchoShareDrops counts echo requests of new flows dropped because
+	// their client held MaxEchoFlowsPerClient echo flows already.
+	EchoShareDrops uint64 `json:"echo_share_drops"`
 	// EchoForeignReplies counts echo replies dropped because they came
 	// from another address than their flow's destination.
 	EchoForeignReplies uint64 `json:"echo_foreign_replies"`
@@ -186,7 +194,7 @@ func (p *Proxy) Stats() Stats {
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
 		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
-		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
+		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
 	}
 }
 
