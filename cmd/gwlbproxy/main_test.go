@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -291,4 +293,41 @@ func TestGWLBCIDRs(t *testing.T) {
 		t.Fatalf("--gwlb-cidrs any: the appliance did not start: %v", err)
 	}
 	a.Close()
+}
+
+// TestConfigurationDocumentsEveryFlag: every flag -help lists has a row in
+// docs/configuration.md, and every flag row there is a flag.
+func TestConfigurationDocumentsEveryFlag(t *testing.T) {
+	var help bytes.Buffer
+	if _, err := parseFlags([]string{"-help"}, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-help: %v", err)
+	}
+	flags := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllStringSubmatch(help.String(), -1) {
+		flags[m[1]] = true
+	}
+	if len(flags) < 20 {
+		t.Fatalf("found %d flags in -help:\n%s", len(flags), help.String())
+	}
+	doc := string(readFile(t, "../../docs/configuration.md"))
+	documented := map[string]bool{}
+	for _, line := range strings.Split(doc, "\n") {
+		if !strings.HasPrefix(line, "| `--") {
+			continue
+		}
+		first, _, _ := strings.Cut(line[1:], " | ") // a row may name several: `--ca-cert`, `--ca-key`
+		for _, m := range regexp.MustCompile("`--([a-z0-9-]+)`").FindAllStringSubmatch(first, -1) {
+			documented[m[1]] = true
+		}
+	}
+	for f := range flags {
+		if !documented[f] {
+			t.Errorf("--%s has no row in docs/configuration.md", f)
+		}
+	}
+	for f := range documented {
+		if !flags[f] {
+			t.Errorf("docs/configuration.md has a row for --%s, which is no flag", f)
+		}
+	}
 }

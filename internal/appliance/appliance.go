@@ -93,6 +93,9 @@ type Options struct {
 	// an ephemeral port) one client holds at once
 	// (--max-udp-flows-per-client).
 	MaxUDPFlowsPerClient int
+	// MaxEchoFlowsPerClient bounds the relayed ICMP echo flows (host ping
+	// sockets) one client holds at once (--max-echo-flows-per-client).
+	MaxEchoFlowsPerClient int
 	// TLSKeyLog (--tls-keylog) is the file the secrets of both TLS
 	// sessions of every bumped connection are appended to, in NSS key log
 	// format, for Wireshark to decrypt captures with ("": none).
@@ -118,26 +121,27 @@ const defaultRecordStall = 30 * time.Second
 // GWLB: its ports, timeouts and limits.
 func DefaultOptions() Options {
 	return Options{
-		GeneveAddr:           fmt.Sprintf(":%d", netstack.GenevePort),
-		AdminAddr:            ":80",
-		AccessLog:            "-",
-		DrainTimeout:         300 * time.Second,
-		TCPIdleTimeout:       350 * time.Second,
-		IdleTimeout:          120 * time.Second,
-		DialTimeout:          10 * time.Second,
-		MaxFlows:             1_000_000,
-		MaxEndpoints:         netstack.DefaultMaxEndpoints,
-		ReturnPath:           netstack.ReturnPathAuto,
-		AckDelay:             netstack.DefaultAckDelay,
-		LogLevel:             "info",
-		MaxHeaderBytes:       intercept.DefaultMaxHeaderBytes,
-		StateDir:             "/var/lib/gwlbproxy",
-		TrustHost:            certs.DefaultTrustHost,
-		RecordStall:          defaultRecordStall,
-		DNSObserve:           true,
-		DNSPorts:             []uint16{53},
-		MaxUDPFlowsPerClient: proxy.DefaultMaxUDPFlowsPerClient,
-		DNSCacheSize:         destcheck.DefaultMaxEntries,
+		GeneveAddr:            fmt.Sprintf(":%d", netstack.GenevePort),
+		AdminAddr:             ":80",
+		AccessLog:             "-",
+		DrainTimeout:          300 * time.Second,
+		TCPIdleTimeout:        350 * time.Second,
+		IdleTimeout:           120 * time.Second,
+		DialTimeout:           10 * time.Second,
+		MaxFlows:              1_000_000,
+		MaxEndpoints:          netstack.DefaultMaxEndpoints,
+		ReturnPath:            netstack.ReturnPathAuto,
+		AckDelay:              netstack.DefaultAckDelay,
+		LogLevel:              "info",
+		MaxHeaderBytes:        intercept.DefaultMaxHeaderBytes,
+		StateDir:              "/var/lib/gwlbproxy",
+		TrustHost:             certs.DefaultTrustHost,
+		RecordStall:           defaultRecordStall,
+		DNSObserve:            true,
+		DNSPorts:              []uint16{53},
+		MaxUDPFlowsPerClient:  proxy.DefaultMaxUDPFlowsPerClient,
+		MaxEchoFlowsPerClient: proxy.DefaultMaxEchoFlowsPerClient,
+		DNSCacheSize:          destcheck.DefaultMaxEntries,
 	}
 }
 
@@ -180,6 +184,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxUDPFlowsPerClient <= 0 {
 		return fmt.Errorf("--max-udp-flows-per-client %d: must be positive", o.MaxUDPFlowsPerClient)
+	}
+	if o.MaxEchoFlowsPerClient <= 0 {
+		return fmt.Errorf("--max-echo-flows-per-client %d: must be positive", o.MaxEchoFlowsPerClient)
 	}
 	if o.DNSCacheSize < 0 {
 		return fmt.Errorf("--dns-cache-size %d: must not be negative (0: %d)", o.DNSCacheSize, destcheck.DefaultMaxEntries)
@@ -324,17 +331,18 @@ func New(o Options) (_ *Appliance, err error) {
 	// relay alike; a SYN waits for the dial, so it outlives the dial.
 	transitory := max(netstack.DefaultTransitoryTimeout, 2*o.DialTimeout)
 	a.proxy = proxy.New(proxy.Config{
-		DialTimeout:          o.DialTimeout,
-		UDPIdleTimeout:       o.IdleTimeout,
-		UDPUnansweredTimeout: transitory,
-		EchoIdleTimeout:      o.IdleTimeout,
-		Records:              a.records,
-		AllowLoopback:        o.AllowLoopback,
-		Policy:               a.policy,
-		DestinationCheck:     a.destCheck.Check,
-		DNSAnswer:            dnsAnswer,
-		DNSPorts:             o.DNSPorts,
-		MaxUDPFlowsPerClient: o.MaxUDPFlowsPerClient,
+		DialTimeout:           o.DialTimeout,
+		UDPIdleTimeout:        o.IdleTimeout,
+		UDPUnansweredTimeout:  transitory,
+		EchoIdleTimeout:       o.IdleTimeout,
+		Records:               a.records,
+		AllowLoopback:         o.AllowLoopback,
+		Policy:                a.policy,
+		DestinationCheck:      a.destCheck.Check,
+		DNSAnswer:             dnsAnswer,
+		DNSPorts:              o.DNSPorts,
+		MaxUDPFlowsPerClient:  o.MaxUDPFlowsPerClient,
+		MaxEchoFlowsPerClient: o.MaxEchoFlowsPerClient,
 		Intercept: intercept.Config{
 			Minter:         a.minter,
 			UpstreamRoots:  roots,
