@@ -242,3 +242,73 @@ func TestLogrotateHourly(t *testing.T) {
 		t.Error("etc/logrotate has no size bound")
 	}
 }
+
+// TestMirrorDropIn: the drop-in --mirror-tap needs undoes each part of the
+// unit's sandbox that keeps the TAP device out (the private /dev, the device
+// allow-list ProtectClock sets, the read-only /proc/sys the disable_ipv6
+// sysctl is in, a bounding set without CAP_NET_ADMIN), adds CAP_NET_ADMIN
+// and nothing else, is installed where docs/ids.md and the appliance's
+// error message say, and systemd reads it with the unit without a
+// complaint.
+func TestMirrorDropIn(t *testing.T) {
+	const dst = "/usr/share/gwlbproxy/mirror-tap.conf"
+	if src, typ := loadNfpm(t).installed(t, dst); src != "deploy/systemd/mirror-tap.conf" || typ != "" {
+		t.Errorf("the package installs %s (%s) at %s", src, typ, dst)
+	}
+	base := parseUnit(t, "systemd/gwlbproxy.service")
+	d := parseUnit(t, "systemd/mirror-tap.conf")
+	if len(d) != 1 || d["Service"] == nil {
+		t.Fatalf("the drop-in has sections %v, want [Service] only", d)
+	}
+	for key, want := range map[string]string{
+		"PrivateDevices":        "no",
+		"DeviceAllow":           "/dev/net/tun rw",
+		"ProtectKernelTunables": "no",
+		// Lists add to the unit's: CAP_NET_ADMIN joins the two it has.
+		"AmbientCapabilities":   "CAP_NET_ADMIN",
+		"CapabilityBoundingSet": "CAP_NET_ADMIN",
+	} {
+		if got := d.one(t, "Service", key); got != want {
+			t.Errorf("drop-in %s=%s, want %s", key, got, want)
+		}
+	}
+	if len(d["Service"]) != 5 {
+		t.Errorf("the drop-in sets %v: want the five settings above only", d["Service"])
+	}
+	// What it undoes is what the unit sets.
+	for _, key := range []string{"PrivateDevices", "ProtectKernelTunables", "ProtectClock"} {
+		if got := base.one(t, "Service", key); got != "yes" {
+			t.Errorf("the unit has %s=%s; the drop-in's comments assume yes", key, got)
+		}
+	}
+	for _, doc := range []string{"../docs/ids.md", "../docs/deploy.md", "../netstack/capture/mirror.go"} {
+		if !strings.Contains(readFile(t, doc), "cp "+dst+" /etc/systemd/system/gwlbproxy.service.d/") {
+			t.Errorf("%s does not say to copy %s into the unit's drop-in directory", doc, dst)
+		}
+	}
+
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze is not installed (apt-get install systemd)")
+	}
+	// The unit as systemd reads it with the drop-in, from a directory of the
+	// test's own; ExecStart must name an executable, so the unit runs true.
+	dir := t.TempDir()
+	unitText := strings.ReplaceAll(readFile(t, "systemd/gwlbproxy.service"), "/usr/bin/gwlbproxy", "/bin/true")
+	if err := os.WriteFile(dir+"/gwlbproxy.service", []byte(unitText), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(dir+"/gwlbproxy.service.d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir+"/gwlbproxy.service.d/mirror-tap.conf", []byte(readFile(t, "systemd/mirror-tap.conf")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(analyze, "verify", "gwlbproxy.service")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+dir+":")
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) != 0 {
+		t.Errorf("systemd-analyze verify with the drop-in: %v\n%s", err, out)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -51,13 +52,23 @@ type mirror struct {
 	packets, bytes, errs atomic.Uint64
 }
 
+// dropInHint is what an error opening the mirror tells the operator to do:
+// the shipped unit's sandbox keeps the device out until its drop-in is in.
+const dropInHint = "under systemd, install the mirror's drop-in: cp /usr/share/gwlbproxy/mirror-tap.conf /etc/systemd/system/gwlbproxy.service.d/ (docs/ids.md)"
+
 // openMirror opens the TAP device name, creating it if it does not exist
 // (which needs CAP_NET_ADMIN; a device made beforehand with "ip tuntap add
 // NAME mode tap user gwlbproxy" needs none), and brings it up.
+//
+// Failing here fails the start: the operator asked for the IDS feed, and an
+// appliance that ran on without it would leave the IDS blind with nothing
+// but a log line to say so. The failure shows at the first start of a new
+// configuration, and an instance that never starts never passes its health
+// check, so the GWLB sends it nothing.
 func openMirror(name string, plaintext bool) (*mirror, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("--mirror-tap: opening /dev/net/tun: %w", err)
+		return nil, fmt.Errorf("--mirror-tap: opening /dev/net/tun (%s): %w", dropInHint, err)
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
@@ -67,11 +78,14 @@ func openMirror(name string, plaintext bool) (*mirror, error) {
 	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("--mirror-tap %q: attaching the TAP device (needs CAP_NET_ADMIN, or a device made for this user beforehand): %w", name, err)
+		return nil, fmt.Errorf("--mirror-tap %q: attaching the TAP device (needs CAP_NET_ADMIN, or a device made for this user beforehand; %s): %w", name, dropInHint, err)
 	}
 	// The host must not talk on the mirror itself: no IPv6 link-local
 	// address, so no router or neighbour solicitations among the packets.
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
+	if err := disableIPv6(name); err != nil {
+		slog.Warn("mirror: could not turn IPv6 off on the TAP device; the IDS will see the host's own IPv6 frames (neighbour and multicast listener messages) among the mirrored ones: sysctl -w net.ipv6.conf.NAME.disable_ipv6=1, or "+dropInHint,
+			"device", name, "err", err)
+	}
 	if err := setUp(name); err != nil {
 		slog.Warn("mirror: could not bring the TAP device up; bring it up yourself (ip link set NAME up)", "device", name, "err", err)
 	}
@@ -81,6 +95,25 @@ func openMirror(name string, plaintext bool) (*mirror, error) {
 	}
 	copy(m.frame[0:], destMAC[:])
 	return m, nil
+}
+
+// disableIPv6 sets net.ipv6.conf.NAME.disable_ipv6, unless it is set
+// already (by whoever made the device) or the kernel has no IPv6.
+func disableIPv6(name string) error {
+	p := "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6"
+	cur, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat("/proc/sys/net/ipv6"); errors.Is(err, os.ErrNotExist) {
+			return nil // no IPv6 at all
+		}
+	}
+	if err == nil && strings.TrimSpace(string(cur)) == "1" {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte("1"), 0); err != nil {
+		return fmt.Errorf("writing %s: %w", p, err)
+	}
+	return nil
 }
 
 // setUp sets IFF_UP on the device.

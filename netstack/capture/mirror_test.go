@@ -66,15 +66,7 @@ func TestMirrorTAP(t *testing.T) {
 			testenv.RequirePrivileged(t, "the mirror test needs "+tool+" (apt-get install iproute2 tcpdump)")
 		}
 	}
-	ns := fmt.Sprintf("gwlbt-mirror-%08x", rand.Uint32())
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		testenv.RequirePrivileged(t, fmt.Sprintf("ip netns add: %v %s", err, out))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-			t.Errorf("deleting namespace %s: %v %s", ns, err, out)
-		}
-	})
+	ns := newNetns(t)
 	var c *Capture
 	var err error
 	inNetns(t, ns, func() { c, err = New(Config{MirrorTAP: "ids0"}) })
@@ -141,6 +133,43 @@ func TestMirrorTAP(t *testing.T) {
 	st := c.Stats().Mirror
 	if st.VLANs["vpce-00123456789abcdef"] != 1 || st.VLANs["vpce-00fedcba987654321"] != 2 || st.Errors != 0 || st.Dropped != 0 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// newNetns creates a network namespace for the test and removes it after.
+func newNetns(t *testing.T) string {
+	t.Helper()
+	ns := fmt.Sprintf("gwlbt-mirror-%08x", rand.Uint32())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		testenv.RequirePrivileged(t, fmt.Sprintf("ip netns add: %v %s", err, out))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("deleting namespace %s: %v %s", ns, err, out)
+		}
+	})
+	return ns
+}
+
+// TestMirrorOpenErrorSaysWhatToDo (privileged): a mirror that cannot be
+// opened (here: the name is the namespace's loopback, not a TAP device)
+// fails New, and the error names the systemd drop-in that lets the
+// appliance open one, since the packaged unit's sandbox is the usual cause.
+func TestMirrorOpenErrorSaysWhatToDo(t *testing.T) {
+	testenv.RequireRoot(t, "the test creates a network namespace")
+	if _, err := exec.LookPath("ip"); err != nil {
+		testenv.RequirePrivileged(t, "the test needs ip (apt-get install iproute2)")
+	}
+	ns := newNetns(t)
+	var err error
+	inNetns(t, ns, func() {
+		var c *Capture
+		if c, err = New(Config{MirrorTAP: "lo"}); err == nil {
+			c.Close()
+		}
+	})
+	if err == nil || !strings.Contains(err.Error(), "cp /usr/share/gwlbproxy/mirror-tap.conf /etc/systemd/system/gwlbproxy.service.d/") {
+		t.Errorf("New with an unopenable mirror: %v; want an error naming the drop-in", err)
 	}
 }
 
