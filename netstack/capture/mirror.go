@@ -35,6 +35,11 @@ const (
 	// 1 to 4094 (with Config.Plaintext, MaxPlaintextVLANs). Packets of
 	// further endpoints are dropped and counted.
 	MaxVLANs = 4094
+	// mirrorMTU is the MTU the mirror device is given: the largest packet
+	// the mirror writes (a large slot), plus the 802.1Q tag, since readers
+	// such as Suricata size their capture buffers from the MTU and the
+	// Ethernet header alone, and would cut longer frames short.
+	mirrorMTU = largeSlot + 4
 )
 
 // mirror writes packets to a TAP device as VLAN-tagged Ethernet frames.
@@ -86,6 +91,10 @@ func openMirror(name string, plaintext bool) (*mirror, error) {
 		slog.Warn("mirror: could not turn IPv6 off on the TAP device; the IDS will see the host's own IPv6 frames (neighbour and multicast listener messages) among the mirrored ones: sysctl -w net.ipv6.conf.NAME.disable_ipv6=1, or "+dropInHint,
 			"device", name, "err", err)
 	}
+	if err := raiseMTU(name, mirrorMTU); err != nil {
+		slog.Warn(fmt.Sprintf("mirror: could not raise the TAP device's MTU; an IDS sizing its capture from the MTU (Suricata, Zeek) would cut jumbo frames: ip link set NAME mtu %d", mirrorMTU),
+			"device", name, "want_mtu", mirrorMTU, "err", err)
+	}
 	if err := setUp(name); err != nil {
 		slog.Warn("mirror: could not bring the TAP device up; bring it up yourself (ip link set NAME up)", "device", name, "err", err)
 	}
@@ -112,6 +121,30 @@ func disableIPv6(name string) error {
 	}
 	if err := os.WriteFile(p, []byte("1"), 0); err != nil {
 		return fmt.Errorf("writing %s: %w", p, err)
+	}
+	return nil
+}
+
+// raiseMTU sets the device's MTU to mtu unless it is that large already.
+func raiseMTU(name string, mtu int) error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(s, unix.SIOCGIFMTU, ifr); err != nil {
+		return fmt.Errorf("reading the MTU: %w", err)
+	}
+	if int(ifr.Uint32()) >= mtu {
+		return nil
+	}
+	ifr.SetUint32(uint32(mtu))
+	if err := unix.IoctlIfreq(s, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("setting the MTU to %d: %w", mtu, err)
 	}
 	return nil
 }

@@ -173,6 +173,53 @@ func TestMirrorOpenErrorSaysWhatToDo(t *testing.T) {
 	}
 }
 
+// TestMirrorMTU (privileged): the mirror device's MTU fits the largest
+// frame the mirror writes, whether the appliance creates the device or
+// opens one made beforehand with the default 1500; a larger MTU is kept.
+func TestMirrorMTU(t *testing.T) {
+	testenv.RequireRoot(t, "the test creates a network namespace and TAP devices")
+	if _, err := exec.LookPath("ip"); err != nil {
+		testenv.RequirePrivileged(t, "the test needs ip (apt-get install iproute2)")
+	}
+	ns := newNetns(t)
+	ipn := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+		return string(out)
+	}
+	mtu := func(dev string) int {
+		t.Helper()
+		f := strings.Fields(ipn("link", "show", dev))
+		for i := range f[:len(f)-1] {
+			if f[i] == "mtu" {
+				var n int
+				fmt.Sscan(f[i+1], &n)
+				return n
+			}
+		}
+		t.Fatalf("no mtu in %v", f)
+		return 0
+	}
+	ipn("tuntap", "add", "premade0", "mode", "tap")
+	ipn("tuntap", "add", "jumbo0", "mode", "tap")
+	ipn("link", "set", "jumbo0", "mtu", "16000")
+	for dev, want := range map[string]int{"ids0": largeSlot + 4, "premade0": largeSlot + 4, "jumbo0": 16000} {
+		var c *Capture
+		var err error
+		inNetns(t, ns, func() { c, err = New(Config{MirrorTAP: dev}) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := mtu(dev); got != want {
+			t.Errorf("%s: MTU %d after opening, want %d", dev, got, want)
+		}
+		c.Close()
+	}
+}
+
 func waitFor(t *testing.T, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
