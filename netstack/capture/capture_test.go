@@ -382,6 +382,45 @@ func TestPcapRotationAndCap(t *testing.T) {
 	}
 }
 
+// TestPcapRotationCountsInterfaces: interface blocks count against
+// --pcap-rotate-bytes. With many endpoints of a few small packets each,
+// most of a file is interface blocks (about 200 bytes each, one per
+// endpoint per file); every file still stays within the rotation size,
+// and every packet is kept.
+func TestPcapRotationCountsInterfaces(t *testing.T) {
+	dir := t.TempDir()
+	const rotate = MinRotateBytes
+	c, err := New(Config{PcapDir: dir, RotateBytes: rotate, MaxBytes: 1 << 30, QueuePackets: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const endpoints, each = 1000, 3
+	pkt := tcpPacket(t, client, dest, []byte("x"))
+	p := parsed(t, pkt)
+	for i := range endpoints * each {
+		for c.pcapQ.dropped.Load() > 0 || len(c.pcapQ.small) == 0 {
+			c.pcapQ.dropped.Store(0)
+			time.Sleep(time.Millisecond)
+		}
+		c.Packet(uint64(0x1000+i/each), uint32(i), false, time.Now().UnixNano(), p, pkt)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files := pcapFiles(t, dir)
+	if len(files) < 3 {
+		t.Fatalf("%d files: want the test to rotate a few times", len(files))
+	}
+	for _, f := range files {
+		if st, _ := os.Stat(f); st.Size() > rotate {
+			t.Errorf("%s has %d bytes, over --pcap-rotate-bytes %d", f, st.Size(), rotate)
+		}
+	}
+	if got := readPcapng(t, files...); len(got) != endpoints*each {
+		t.Errorf("%d packets in the files, want %d", len(got), endpoints*each)
+	}
+}
+
 // TestPcapRotateAge: a file older than --pcap-rotate-age is finished, and
 // the next packet starts another.
 func TestPcapRotateAge(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -47,9 +48,6 @@ const (
 	// trailer. A synthesized packet has a second comment (plainOverhead).
 	epbOverhead   = 28 + 8 + (4 + 24) + 4 + 4
 	plainOverhead = 4 + (len(PlaintextComment)+3)&^3
-	// idbReserve is room kept for an interface block a packet may need
-	// before it in the file.
-	idbReserve = 128
 )
 
 // pcapWriter writes packets to rotated pcapng files in one directory,
@@ -62,11 +60,16 @@ type pcapWriter struct {
 	f      *os.File
 	buf    *bufio.Writer
 	ng     *pcapgo.NgWriter
+	ngOut  *countWriter     // what ng writes (section and interface blocks), into buf
 	ifaces map[ifaceKey]int // endpoint -> interface ID in this file
-	opened time.Time
-	size   int64 // bytes written to the file (through buf)
-	seq    uint64
-	scr    []byte // scratch for a block
+	// idbSize is the size of an endpoint's interface block, wire [0] and
+	// plaintext [1]: the same for every endpoint, whose names all have
+	// the same length.
+	idbSize [2]int64
+	opened  time.Time
+	size    int64 // bytes written to the file (through buf)
+	seq     uint64
+	scr     []byte // scratch for a block
 	// retryAt is when opening a file may be tried again after it failed.
 	retryAt time.Time
 
@@ -97,6 +100,13 @@ func newPcapWriter(cfg Config) (*pcapWriter, error) {
 		return nil, fmt.Errorf("--pcap-dir: %w", err)
 	}
 	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+plainOverhead+4)}
+	for i, plain := range []bool{false, true} {
+		n, err := interfaceBlockSize(plain)
+		if err != nil {
+			return nil, fmt.Errorf("--pcap-dir: sizing an interface block: %w", err)
+		}
+		w.idbSize[i] = n
+	}
 	// Files from earlier runs count against the cap, and go first.
 	ents, err := os.ReadDir(cfg.PcapDir)
 	if err != nil {
@@ -166,7 +176,13 @@ func (w *pcapWriter) run(q *queue, done <-chan struct{}) {
 // as needed.
 func (w *pcapWriter) write(s *slot) {
 	pkt := s.data()
-	need := int64(epbOverhead + plainOverhead + len(pkt) + 3 + idbReserve)
+	key := ifaceKey{s.endpoint, s.plain}
+	// The packet's block, and its interface's if this file has none yet:
+	// both count against RotateBytes.
+	need := int64(epbOverhead + plainOverhead + len(pkt) + 3)
+	if _, ok := w.ifaces[key]; !ok || w.f == nil {
+		need += w.idbSize[b2i(s.plain)]
+	}
 	if w.f != nil && w.size+need > w.cfg.RotateBytes {
 		w.finish()
 	}
@@ -181,22 +197,11 @@ func (w *pcapWriter) write(s *slot) {
 			return
 		}
 	}
-	key := ifaceKey{s.endpoint, s.plain}
 	id, ok := w.ifaces[key]
 	if !ok {
-		name := EndpointName(s.endpoint)
-		desc := "inner packets of GWLB endpoint " + name
-		if s.plain {
-			desc = "decrypted side of the bumped TLS connections of GWLB endpoint " + name + ", synthesized by gwlbproxy (not wire traffic)"
-			name += plainSuffix
-		}
+		before := w.ngOut.n
 		var err error
-		id, err = w.ng.AddInterface(pcapgo.NgInterface{
-			Name:        name,
-			Description: desc,
-			OS:          runtime.GOOS,
-			LinkType:    layers.LinkTypeRaw,
-		})
+		id, err = w.ng.AddInterface(endpointInterface(s.endpoint, s.plain))
 		if err == nil {
 			err = w.ng.Flush() // into w.buf, ahead of the packet
 		}
@@ -205,6 +210,7 @@ func (w *pcapWriter) write(s *slot) {
 			return
 		}
 		w.ifaces[key] = id
+		w.size += w.ngOut.n - before
 	}
 	b := appendEPB(w.scr[:0], id, s)
 	if _, err := w.buf.Write(b); err != nil {
@@ -215,6 +221,59 @@ func (w *pcapWriter) write(s *slot) {
 	w.curSize.Store(w.size)
 	w.packets.Add(1)
 	w.bytes.Add(uint64(len(pkt)))
+}
+
+// endpointInterface is the pcapng interface of an endpoint's wire packets,
+// or of its synthesized plaintext.
+func endpointInterface(endpoint uint64, plain bool) pcapgo.NgInterface {
+	name := EndpointName(endpoint)
+	desc := "inner packets of GWLB endpoint " + name
+	if plain {
+		desc = "decrypted side of the bumped TLS connections of GWLB endpoint " + name + ", synthesized by gwlbproxy (not wire traffic)"
+		name += plainSuffix
+	}
+	return pcapgo.NgInterface{Name: name, Description: desc, OS: runtime.GOOS, LinkType: layers.LinkTypeRaw}
+}
+
+// interfaceBlockSize is the size of the interface block pcapgo writes for
+// an endpoint: measured, so that it stays right whatever options pcapgo
+// adds.
+func interfaceBlockSize(plain bool) (int64, error) {
+	cw := &countWriter{w: io.Discard}
+	ng, err := pcapgo.NewNgWriterInterface(cw, endpointInterface(0, false), pcapgo.DefaultNgWriterOptions)
+	if err != nil {
+		return 0, err
+	}
+	if err := ng.Flush(); err != nil {
+		return 0, err
+	}
+	before := cw.n
+	if _, err := ng.AddInterface(endpointInterface(0, plain)); err != nil {
+		return 0, err
+	}
+	if err := ng.Flush(); err != nil {
+		return 0, err
+	}
+	return cw.n - before, nil
+}
+
+// countWriter counts the bytes written through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // appendEPB appends an enhanced packet block for s: the packet, its
@@ -281,11 +340,12 @@ func (w *pcapWriter) open() error {
 		return err
 	}
 	w.buf = bufio.NewWriterSize(f, 256<<10)
+	w.ngOut = &countWriter{w: w.buf}
 	opts := pcapgo.DefaultNgWriterOptions
 	opts.SectionInfo.Application = "gwlbproxy"
 	// pcapgo writes a first interface with the section: it is the
 	// appliance itself, and carries no packets.
-	ng, err := pcapgo.NewNgWriterInterface(w.buf, pcapgo.NgInterface{
+	ng, err := pcapgo.NewNgWriterInterface(w.ngOut, pcapgo.NgInterface{
 		Name: "gwlbproxy", Description: "the appliance (no packets: each GWLB endpoint has an interface of its own)",
 		OS: runtime.GOOS, LinkType: layers.LinkTypeRaw,
 	}, opts)
