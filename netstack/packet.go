@@ -42,6 +42,10 @@ type Packet struct {
 	quotedSrc, quotedDst [16]byte
 }
 
+// QuotedAddrs returns, for an ICMP error, the source and destination of the
+// packet it quotes (in IPv4-mapped form for IPv4), which name its flow.
+func (p *Packet) QuotedAddrs() (src, dst [16]byte) { return p.quotedSrc, p.quotedDst }
+
 // SrcAddr returns the source address.
 func (p *Packet) SrcAddr() netip.Addr { return addrFrom(p.Src, p.IPv6) }
 

@@ -115,6 +115,54 @@ func TestFilterMatch(t *testing.T) {
 	}
 }
 
+// icmpError is an ICMPv4 destination unreachable from src to dst quoting
+// the first 28 bytes of quoted (its IP header and 8 bytes of TCP).
+func icmpError(t testing.TB, src, dst netip.Addr, quoted []byte) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeHost)}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, icmp, gopacket.Payload(quoted[:28])); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestFilterICMPErrorFollowsItsFlow: an ICMP error matches a filter by
+// the addresses of the packet it quotes, not by who sent it: a router's
+// "host unreachable" to the client about its packet to dest goes with that
+// flow's dest_cidrs and client_cidrs, as does one a router on the client's
+// side sends towards dest about a reply.
+func TestFilterICMPErrorFollowsItsFlow(t *testing.T) {
+	router := netip.MustParseAddr("198.51.100.1")
+	clientRouter := netip.MustParseAddr("10.9.9.9")
+	// To the client (sent back to the GWLB: out), quoting its packet.
+	toClient := parsed(t, icmpError(t, router, client.Addr(), tcpPacket(t, client, dest, nil)))
+	// From the client's side (in), quoting a reply it could not deliver.
+	fromClientSide := parsed(t, icmpError(t, clientRouter, dest.Addr(), tcpPacket(t, dest, client, nil)))
+	for _, tc := range []struct {
+		filter string
+		want   bool
+	}{
+		{"dest_cidrs=192.0.2.0/24", true},
+		{"dest_cidrs=198.51.100.0/24", false},
+		{"client_cidrs=10.1.0.0/16", true},
+		{"client_cidrs=10.9.0.0/16", false},
+		{"client_cidrs=10.1.2.3;dest_cidrs=192.0.2.7;ports=443;protocols=tcp", true},
+	} {
+		f, err := ParseFilter(tc.filter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := f.match(epA, true, &toClient); got != tc.want {
+			t.Errorf("%q on a router's error to the client: %v, want %v", tc.filter, got, tc.want)
+		}
+		if got := f.match(epA, false, &fromClientSide); got != tc.want {
+			t.Errorf("%q on an error from the client's side: %v, want %v", tc.filter, got, tc.want)
+		}
+	}
+}
+
 // TestPacketPathAllocatesNothing: queueing a packet for both outputs, a
 // filter checked, allocates nothing, and a full queue drops and counts.
 func TestPacketPathAllocatesNothing(t *testing.T) {

@@ -18,8 +18,9 @@ import (
 // The client is the inner source of a packet from the GWLB and the inner
 // destination of one sent back; ports are the destination's (the client's
 // destination port). A later IP fragment carries no ports: it matches a
-// ports condition whatever the ports. An ICMP error takes the protocol and
-// ports of the packet it quotes, so it goes with its flow.
+// ports condition whatever the ports. An ICMP error takes the addresses,
+// protocol and ports of the packet it quotes, so it goes with its flow
+// whoever sent it.
 type Filter struct {
 	text      string
 	clients   []netip.Prefix
@@ -146,9 +147,17 @@ func (f *Filter) match(endpoint uint64, out bool, p *netstack.Packet) bool {
 	if f.endpoints != nil && !containsEndpoint(f.endpoints, endpoint) {
 		return false
 	}
-	client, dest, dport := p.Src, p.Dst, p.DstPort
+	src, dst := p.Src, p.Dst
+	if p.ICMPError {
+		// The error's flow is the quoted packet's, which went the other
+		// way, whoever sent the error (a router on the way, say): its
+		// addresses, turned round as netstack turns its ports.
+		qsrc, qdst := p.QuotedAddrs()
+		src, dst = qdst, qsrc
+	}
+	client, dest, dport := src, dst, p.DstPort
 	if out {
-		client, dest, dport = p.Dst, p.Src, p.SrcPort
+		client, dest, dport = dst, src, p.SrcPort
 	}
 	if f.clients != nil && !matchAddr(f.clients, client, p.IPv6) {
 		return false
