@@ -221,8 +221,11 @@ type MirrorStats struct {
 	VLANs map[string]uint16 `json:"vlans"`
 	// PlaintextVLANOffset, with plaintext on, is added to an endpoint's
 	// VLAN ID for its synthesized plaintext streams.
-	PlaintextVLANOffset int    `json:"plaintext_vlan_offset,omitempty"`
-	LastError           string `json:"last_error,omitempty"`
+	PlaintextVLANOffset int `json:"plaintext_vlan_offset,omitempty"`
+	// NoVLAN counts packets not mirrored because every VLAN ID was taken
+	// by an endpoint seen within the hour (MaxVLANs); not errors.
+	NoVLAN    uint64 `json:"no_vlan"`
+	LastError string `json:"last_error,omitempty"`
 }
 
 // Stats returns a snapshot of the counters.

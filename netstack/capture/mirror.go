@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,14 +33,21 @@ var (
 const (
 	frameHeader = 14 + 4 // Ethernet and the 802.1Q tag
 	// MaxVLANs is how many GWLB endpoints the mirror tells apart: VLAN IDs
-	// 1 to 4094 (with Config.Plaintext, MaxPlaintextVLANs). Packets of
-	// further endpoints are dropped and counted.
+	// 1 to 4094 (with Config.Plaintext, MaxPlaintextVLANs). Once all are
+	// taken, a new endpoint gets the ID of one silent for an hour; if there
+	// is none, its packets are not mirrored and are counted (NoVLAN).
 	MaxVLANs = 4094
 	// mirrorMTU is the MTU the mirror device is given: the largest packet
 	// the mirror writes (a large slot), plus the 802.1Q tag, since readers
 	// such as Suricata size their capture buffers from the MTU and the
 	// Ethernet header alone, and would cut longer frames short.
 	mirrorMTU = largeSlot + 4
+	// vlanReuseIdle is how long an endpoint must have been silent before
+	// its VLAN ID goes to a new endpoint, once all are taken: long past
+	// the appliance's closing its stack, and past the flow timeouts of
+	// Suricata and Zeek, so that the IDS holds no state of the old
+	// endpoint's flows that the new one's could be mixed into.
+	vlanReuseIdle = time.Hour
 )
 
 // mirror writes packets to a TAP device as VLAN-tagged Ethernet frames.
@@ -51,10 +59,22 @@ type mirror struct {
 	maxVLANs int // MaxVLANs, or MaxPlaintextVLANs with plaintext
 
 	mu        sync.Mutex
-	vlans     map[uint64]uint16 // endpoint -> VLAN ID, in order of first packet
+	vlans     map[uint64]vlanEntry // endpoint -> VLAN ID, in order of first packet
 	lastError string
+	// noReuseBefore: with all VLAN IDs taken, no endpoint can have been
+	// silent for vlanReuseIdle before then (unix nanoseconds), so a new
+	// endpoint's packets need not look for one until then.
+	noReuseBefore int64
+	exhausted     bool // the last new endpoint found no VLAN ID
 
 	packets, bytes, errs atomic.Uint64
+	noVLAN               atomic.Uint64 // packets dropped: no VLAN ID left
+}
+
+// vlanEntry is an endpoint's VLAN ID and when it last had a packet.
+type vlanEntry struct {
+	id   uint16
+	last int64 // unix nanoseconds
 }
 
 // dropInHint is what an error opening the mirror tells the operator to do:
@@ -98,7 +118,7 @@ func openMirror(name string, plaintext bool) (*mirror, error) {
 	if err := setUp(name); err != nil {
 		slog.Warn("mirror: could not bring the TAP device up; bring it up yourself (ip link set NAME up)", "device", name, "err", err)
 	}
-	m := &mirror{name: name, f: os.NewFile(uintptr(fd), "/dev/net/tun:"+name), frame: make([]byte, frameHeader+largeSlot), vlans: map[uint64]uint16{}, maxVLANs: MaxVLANs}
+	m := &mirror{name: name, f: os.NewFile(uintptr(fd), "/dev/net/tun:"+name), frame: make([]byte, frameHeader+largeSlot), vlans: map[uint64]vlanEntry{}, maxVLANs: MaxVLANs}
 	if plaintext {
 		m.maxVLANs = MaxPlaintextVLANs
 	}
@@ -188,18 +208,29 @@ func (m *mirror) run(q *queue, done <-chan struct{}) {
 }
 
 // vlan returns the endpoint's VLAN ID, giving it the next one on its first
-// packet; 0 when all are taken.
-func (m *mirror) vlan(endpoint uint64) uint16 {
+// packet (now, unix nanoseconds); once all are taken, that of the endpoint
+// silent longest if it has been for vlanReuseIdle; else 0.
+func (m *mirror) vlan(endpoint uint64, now int64) uint16 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if id, ok := m.vlans[endpoint]; ok {
-		return id
+	if e, ok := m.vlans[endpoint]; ok {
+		e.last = now
+		m.vlans[endpoint] = e // an existing key: no allocation
+		return e.id
 	}
-	if len(m.vlans) >= m.maxVLANs {
+	var id uint16
+	if len(m.vlans) < m.maxVLANs {
+		id = uint16(len(m.vlans) + 1)
+	} else if id = m.reuseVLAN(now); id == 0 {
+		if !m.exhausted {
+			m.exhausted = true
+			slog.Warn("mirror: all VLAN IDs are taken by endpoints seen within the last hour; packets of new GWLB endpoints are not mirrored (counted in no_vlan)",
+				"device", m.name, "vlans", m.maxVLANs, "endpoint", EndpointName(endpoint))
+		}
 		return 0
 	}
-	id := uint16(len(m.vlans) + 1)
-	m.vlans[endpoint] = id
+	m.exhausted = false
+	m.vlans[endpoint] = vlanEntry{id: id, last: now}
 	if m.maxVLANs == MaxPlaintextVLANs {
 		slog.Info("mirror: new GWLB endpoint", "device", m.name, "endpoint", EndpointName(endpoint), "vlan", id,
 			"plaintext_vlan", id+PlaintextVLANOffset)
@@ -209,11 +240,43 @@ func (m *mirror) vlan(endpoint uint64) uint16 {
 	return id
 }
 
+// reuseVLAN takes the VLAN ID of the endpoint silent longest, if it has
+// been silent for vlanReuseIdle, and returns it (0: none). It looks through
+// every endpoint, so it looks only when one may have become idle enough.
+func (m *mirror) reuseVLAN(now int64) uint16 {
+	if now < m.noReuseBefore {
+		return 0
+	}
+	var oldest uint64
+	var e vlanEntry
+	first := true
+	for ep, v := range m.vlans {
+		if first || v.last < e.last {
+			oldest, e, first = ep, v, false
+		}
+	}
+	if first {
+		return 0
+	}
+	if now-e.last < int64(vlanReuseIdle) {
+		m.noReuseBefore = e.last + int64(vlanReuseIdle)
+		return 0
+	}
+	delete(m.vlans, oldest)
+	slog.Info("mirror: VLAN ID taken from a GWLB endpoint silent for over an hour", "device", m.name,
+		"vlan", e.id, "old_endpoint", EndpointName(oldest), "silent_for", time.Duration(now-e.last).Round(time.Second))
+	return e.id
+}
+
 func (m *mirror) write(s *slot) {
 	pkt := s.data()
-	id := m.vlan(s.endpoint)
-	if id == 0 || len(pkt) == 0 {
-		m.fail(errors.New("more GWLB endpoints than VLAN IDs"))
+	if len(pkt) == 0 {
+		m.errs.Add(1)
+		return
+	}
+	id := m.vlan(s.endpoint, s.ts)
+	if id == 0 {
+		m.noVLAN.Add(1)
 		return
 	}
 	f := m.frame
@@ -262,13 +325,13 @@ func (m *mirror) stats(q *queue) *MirrorStats {
 	defer m.mu.Unlock()
 	s := &MirrorStats{
 		SinkStats: SinkStats{Packets: m.packets.Load(), Bytes: m.bytes.Load(), Dropped: q.dropped.Load(), Errors: m.errs.Load()},
-		Device:    m.name, VLANs: make(map[string]uint16, len(m.vlans)), LastError: m.lastError,
+		Device:    m.name, VLANs: make(map[string]uint16, len(m.vlans)), NoVLAN: m.noVLAN.Load(), LastError: m.lastError,
 	}
 	if m.maxVLANs == MaxPlaintextVLANs {
 		s.PlaintextVLANOffset = PlaintextVLANOffset
 	}
-	for ep, id := range m.vlans {
-		s.VLANs[EndpointName(ep)] = id
+	for ep, e := range m.vlans {
+		s.VLANs[EndpointName(ep)] = e.id
 	}
 	return s
 }

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -217,6 +219,56 @@ func TestMirrorMTU(t *testing.T) {
 			t.Errorf("%s: MTU %d after opening, want %d", dev, got, want)
 		}
 		c.Close()
+	}
+}
+
+// TestMirrorVLANsRunOut: once every VLAN ID is taken, a new endpoint's
+// packets are counted in NoVLAN, not as errors, with no last_error; once
+// an endpoint has been silent for an hour, a new endpoint gets its ID, and
+// its frames carry it.
+func TestMirrorVLANsRunOut(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	m := &mirror{name: "test", f: w, frame: make([]byte, frameHeader+largeSlot), vlans: map[uint64]vlanEntry{}, maxVLANs: 3}
+	pkt := tcpPacket(t, client, dest, []byte("x"))
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	send := func(ep uint64, at time.Duration) {
+		m.write(&slot{endpoint: ep, ts: t0 + int64(at), buf: bytes.Clone(pkt), n: len(pkt)})
+	}
+	send(1, 0)
+	send(2, 0)
+	send(3, 0)
+	send(4, time.Minute) // all taken, none idle
+	send(4, 2*time.Minute)
+	send(2, 30*time.Minute)
+	send(3, 30*time.Minute)
+	st := m.stats(newQueue(1))
+	if st.NoVLAN != 2 || st.Errors != 0 || st.LastError != "" || st.Packets != 5 {
+		t.Errorf("with the VLAN IDs taken: %+v; want no_vlan 2, no errors, no last_error, 5 packets", st)
+	}
+	send(4, 61*time.Minute) // endpoint 1 silent for 61 minutes: its ID goes to 4
+	st = m.stats(newQueue(1))
+	if st.NoVLAN != 2 || st.Packets != 6 || st.VLANs[EndpointName(4)] != 1 || len(st.VLANs) != 3 {
+		t.Errorf("after endpoint 1 was silent an hour: %+v; want endpoint 4 on VLAN 1", st)
+	}
+	if _, ok := st.VLANs[EndpointName(1)]; ok {
+		t.Errorf("endpoint 1 keeps a VLAN: %v", st.VLANs)
+	}
+	// A pipe keeps no frame boundaries: the frames are all the same size.
+	m.close()
+	frames, err := io.ReadAll(r)
+	if err != nil || len(frames) != 6*(frameHeader+len(pkt)) {
+		t.Fatalf("read %d bytes of frames (%v), want 6 frames", len(frames), err)
+	}
+	var vlans []uint16
+	for f := range slices.Chunk(frames, frameHeader+len(pkt)) {
+		vlans = append(vlans, uint16(f[14])<<8|uint16(f[15]))
+	}
+	if want := []uint16{1, 2, 3, 2, 3, 1}; !slices.Equal(vlans, want) {
+		t.Errorf("frames on VLANs %v, want %v", vlans, want)
 	}
 }
 

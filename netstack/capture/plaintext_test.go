@@ -385,7 +385,7 @@ func TestPlaintextMirrorFrame(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	m := &mirror{name: "test", f: w, frame: make([]byte, frameHeader+largeSlot), vlans: map[uint64]uint16{}, maxVLANs: MaxPlaintextVLANs}
+	m := &mirror{name: "test", f: w, frame: make([]byte, frameHeader+largeSlot), vlans: map[uint64]vlanEntry{}, maxVLANs: MaxPlaintextVLANs}
 	defer m.close()
 	pkt := tcpPacket(t, dest, client, []byte("reply"))
 	for _, tc := range []struct {
