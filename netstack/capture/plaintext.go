@@ -24,7 +24,7 @@ import (
 // between the client's and the destination's real addresses and ports: a
 // three-way handshake, the bytes as segments of at most an MSS, each
 // acknowledged, correct sequence numbers and checksums, and a FIN each way
-// at the end.
+// at the end (or the client's RST, when it aborted).
 //
 // The client's port has its top bit flipped (PlaintextPortFlip): with the
 // very 5-tuple of the wire connection, a reader that does not key flows on
@@ -78,6 +78,7 @@ const (
 const (
 	tcpFIN = 0x01
 	tcpSYN = 0x02
+	tcpRST = 0x04
 	tcpPSH = 0x08
 	tcpACK = 0x10
 )
@@ -266,6 +267,22 @@ func (s *Stream) ClientClosed() {
 	if !s.closed {
 		s.fin(bp, true, time.Now().UnixNano())
 	}
+}
+
+// ClientReset synthesizes the client's abort: a RST from its side, and
+// nothing after it (Close then adds no FIN). It is for a read from the
+// client that ended in an error, a reset most often, rather than its FIN:
+// an IDS should see the connection aborted, as it was, not closed cleanly.
+func (s *Stream) ClientReset() {
+	bp := getScratch()
+	defer putScratch(bp)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.emit(bp, true, tcpRST|tcpACK, nil, time.Now().UnixNano())
+	s.closed = true
 }
 
 // Close ends the stream: a FIN each way that has not been sent yet, the

@@ -212,6 +212,49 @@ func TestPlaintextStream(t *testing.T) {
 	}
 }
 
+// TestPlaintextClientReset: a stream whose client aborted ends in the
+// client's RST, in sequence after its bytes and acknowledging the
+// server's, with no FIN either way and nothing after it, Close included.
+func TestPlaintextClientReset(t *testing.T) {
+	c := queuedCapture(4096)
+	s := c.OpenPlaintext(plainFlow)
+	if s == nil {
+		t.Fatal("OpenPlaintext: nil")
+	}
+	req, resp := []byte("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n"), []byte("HTTP/1.1 200 OK\r\n")
+	s.FromClient(req)
+	s.FromServer(resp)
+	s.ClientReset()
+	s.Close()
+	s.FromServer([]byte("after the reset: ignored"))
+	pkts := drain(t, c)
+	var cisn, sisn uint32
+	for i, p := range pkts {
+		g := gopacket.NewPacket(p.data, layers.LayerTypeIPv4, gopacket.Default)
+		tcp, _ := g.TransportLayer().(*layers.TCP)
+		if tcp == nil {
+			t.Fatalf("packet %d: no TCP", i)
+		}
+		switch {
+		case i == 0:
+			cisn = tcp.Seq
+		case i == 1:
+			sisn = tcp.Seq
+		case tcp.FIN:
+			t.Errorf("packet %d is a FIN", i)
+		case i == len(pkts)-1:
+			if !tcp.RST || p.out {
+				t.Fatalf("the last packet is not the client's RST: out %v, %+v", p.out, tcp)
+			}
+			if tcp.Seq != cisn+1+uint32(len(req)) || tcp.Ack != sisn+1+uint32(len(resp)) {
+				t.Errorf("RST seq %d ack %d, want %d %d", tcp.Seq, tcp.Ack, cisn+1+uint32(len(req)), sisn+1+uint32(len(resp)))
+			}
+		case tcp.RST:
+			t.Errorf("packet %d is a RST, before the last", i)
+		}
+	}
+}
+
 // TestPlaintextOffOrFiltered: no stream without Config.Plaintext, nor for
 // a flow the pcap filters leave out when there is no mirror; a malformed
 // flow is refused rather than guessed at.

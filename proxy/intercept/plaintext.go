@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 )
 
@@ -34,7 +35,10 @@ type PlaintextStream interface {
 	FromClient(b []byte) // decrypted bytes read from the client
 	FromServer(b []byte) // bytes written to the client, before encryption
 	ClientClosed()       // the client ended its side (close_notify)
-	Close()              // the connection is closed; called once, last
+	// ClientReset: reading from the client failed other than by its end
+	// of data (a reset, most often); the stream ends aborted, with no FIN.
+	ClientReset()
+	Close() // the connection is closed; called once, last
 }
 
 // tapPlaintext hands the bumped client connection's plaintext to the
@@ -70,8 +74,15 @@ func (c *plaintextConn) Read(b []byte) (int, error) {
 	if n > 0 {
 		c.st.FromClient(b[:n])
 	}
-	if errors.Is(err, io.EOF) {
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF):
 		c.st.ClientClosed()
+	case errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrClosedPipe), errors.Is(err, os.ErrDeadlineExceeded):
+		// The appliance closed the connection or stopped waiting for it:
+		// nothing the client did. Close ends the stream.
+	default:
+		c.st.ClientReset()
 	}
 	return n, err
 }

@@ -40,6 +40,7 @@ type plainStream struct {
 	mu                      sync.Mutex
 	fromClient, fromServer  bytes.Buffer
 	clientClosed, closes    int
+	resets                  int
 	afterClose              bool
 	serverAfterClientClosed bool
 }
@@ -62,6 +63,12 @@ func (s *plainStream) ClientClosed() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.clientClosed++
+}
+
+func (s *plainStream) ClientReset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resets++
 }
 
 func (s *plainStream) Close() {
@@ -123,6 +130,46 @@ func TestPlaintextHTTP1(t *testing.T) {
 	sv.waitDoneOnce(t)
 	if flows, _ := sink.get(); len(flows) != 1 {
 		t.Errorf("%d plaintext streams after a cleartext request, want still 1", len(flows))
+	}
+}
+
+// TestPlaintextClientReset: a bumped client that resets its connection
+// (SO_LINGER 0, over loopback TCP) rather than closing it makes the stream
+// end in ClientReset, not ClientClosed, and the stream is still closed
+// once; one that closes cleanly gets ClientClosed and no reset.
+func TestPlaintextClientReset(t *testing.T) {
+	for _, reset := range []bool{true, false} {
+		sink := &plainSink{}
+		r := newRig(t, testPolicy, func(c *intercept.Config) { c.Plaintext = sink })
+		upEnd, _ := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+		c, sv := r.connectTCP(upEnd, tlsDest)
+		tc := bumpClient(t, r, c, "www.example.test", "http/1.1")
+		resp, body := newHTTPClient(t, tc).do("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+		if resp.StatusCode != 200 {
+			t.Fatalf("response %d %q", resp.StatusCode, body)
+		}
+		if reset {
+			c.SetLinger(0) // Close sends a RST
+			c.Close()
+		} else {
+			tc.CloseWrite() // close_notify, then the TCP FIN
+			c.CloseWrite()
+		}
+		sv.waitDoneOnce(t)
+		_, streams := sink.get()
+		if len(streams) != 1 {
+			t.Fatalf("%d streams, want 1", len(streams))
+		}
+		st := streams[0]
+		st.mu.Lock()
+		resets, clientClosed, closes := st.resets, st.clientClosed, st.closes
+		st.mu.Unlock()
+		if reset && (resets == 0 || clientClosed != 0 || closes != 1) {
+			t.Errorf("client reset: ClientReset %d times, ClientClosed %d, Close %d; want at least one reset, no ClientClosed, one Close", resets, clientClosed, closes)
+		}
+		if !reset && (resets != 0 || clientClosed == 0 || closes != 1) {
+			t.Errorf("client closed: ClientReset %d times, ClientClosed %d, Close %d; want no reset, ClientClosed, one Close", resets, clientClosed, closes)
+		}
 	}
 }
 
