@@ -309,6 +309,8 @@ var mirrorMetrics = []statMetric[capture.MirrorStats]{
 		func(m *capture.MirrorStats) float64 { return float64(m.Dropped) }),
 	newStatMetric("mirror_errors_total", promCounter, "Inner packets not mirrored because writing to the device failed.",
 		func(m *capture.MirrorStats) float64 { return float64(m.Errors) }),
+	newStatMetric("mirror_no_vlan_total", promCounter, "Inner packets not mirrored because every VLAN ID was taken by an endpoint heard from within the hour.",
+		func(m *capture.MirrorStats) float64 { return float64(m.NoVLAN) }),
 	newStatMetric("mirror_endpoints", promGauge, "GWLB endpoints given a VLAN on the mirror device.",
 		func(m *capture.MirrorStats) float64 { return float64(len(m.VLANs)) }),
 }
