@@ -31,6 +31,7 @@ type Packet struct {
 	FragmentID    uint32
 	Echo          bool // an ICMP or ICMPv6 echo request
 	ICMPError     bool // an ICMP error quoting a packet of the flow
+	ICMPOther     bool // ICMP neither an echo nor an error (see UnsupportedFromClient)
 	TCPFlags      uint8
 	Payload       int // offset of the transport header (ICMP: of the ICMP header)
 	// Len is the packet's length by its IP header; bytes after it in the
@@ -224,10 +225,26 @@ func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 			p.Proto, p.SrcPort, p.DstPort = quote.Proto, quote.DstPort, quote.SrcPort
 			p.quotedSrc, p.quotedDst = quote.Src, quote.Dst
 			p.ICMPError = true
+		case !quoted:
+			p.ICMPOther = true
 		}
 	}
 	return DropNone
 }
+
+// UnsupportedFromClient reports whether p, from a client, is ICMP the
+// appliance takes in from no one: neither an echo request nor an error.
+// Neighbour discovery, router solicitations, multicast listener reports
+// and the like serve nothing over GENEVE, and the stack, which owns every
+// address, would answer a neighbour solicitation for any of them (the
+// metadata service's included); an echo reply answers nothing the
+// appliance passed in. The same types leave the appliance (the echo
+// relay's replies), so the reply path parses them.
+func (p *Packet) UnsupportedFromClient() bool {
+	return p.ICMPOther || (isICMPProto(p.Proto) && !p.Echo && !p.ICMPError && !p.Fragment)
+}
+
+func isICMPProto(proto uint8) bool { return proto == protoICMP || proto == protoICMPv6 }
 
 func echoRequestType(v6 bool) uint8 {
 	if v6 {

@@ -221,6 +221,10 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 	if s.cfg.Tap != nil {
 		s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, time.Now().UnixNano(), p, inner)
 	}
+	if p.UnsupportedFromClient() {
+		s.stats.drop(DropInnerUnsupported)
+		return
+	}
 	// A later fragment or an ICMP error makes no stack: with none, the
 	// fragment's first was never taken in, and the error's flow is not
 	// held.

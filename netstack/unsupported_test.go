@@ -41,6 +41,21 @@ func echo6Packet(src, dst netip.Addr, id uint16, data string) []byte {
 	return pkt
 }
 
+// icmp6Packet is an ICMPv6 message of type typ from src to dst with body
+// after the type, code and checksum, checksum filled in.
+func icmp6Packet(src, dst netip.Addr, typ, hopLimit uint8, body []byte) []byte {
+	pkt := make([]byte, header.IPv6MinimumSize+4+len(body))
+	srcA, dstA := tcpip.AddrFromSlice(src.AsSlice()), tcpip.AddrFromSlice(dst.AsSlice())
+	header.IPv6(pkt).Encode(&header.IPv6Fields{PayloadLength: uint16(4 + len(body)),
+		TransportProtocol: header.ICMPv6ProtocolNumber, HopLimit: hopLimit, SrcAddr: srcA, DstAddr: dstA})
+	icmp := pkt[header.IPv6MinimumSize:]
+	icmp[0] = typ
+	copy(icmp[4:], body)
+	sum := header.PseudoHeaderChecksum(header.ICMPv6ProtocolNumber, srcA, dstA, uint16(len(icmp)))
+	binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, sum))
+	return pkt
+}
+
 // behindExtHeader puts an 8-byte extension header with next header nh
 // between the IPv6 packet pkt's fixed header and its transport. The
 // transport's checksum does not cover it, so it stays right.
@@ -105,6 +120,32 @@ func TestUnsupportedProtocolsDropped(t *testing.T) {
 		}
 		send(p.ether, p.pkt)
 	}
+	// ICMP that is neither an echo request nor an error: parsed (the
+	// same types leave the appliance, the echo relay's replies), but not
+	// taken in from a client. A neighbour solicitation for the metadata
+	// service's address was answered by the stack, which owns every
+	// address, in that address's name.
+	nsBody := append(dest.AsSlice(), 1, 1, 0x02, 0, 0, 0, 0, 5) // target, source link-layer address option
+	ns := icmp6Packet(client, dest, 135, 255, append([]byte{0, 0, 0, 0}, nsBody...))
+	echoReply4 := echoPacket(9, "pong")
+	echoReply4[20] = 0 // an echo reply (its checksum no longer matters: it is dropped before any is read)
+	icmpOnly := []struct {
+		name  string
+		ether uint16
+		pkt   []byte
+	}{
+		{"neighbour solicitation", EtherTypeIPv6, ns},
+		{"router solicitation", EtherTypeIPv6, icmp6Packet(client, dest, 133, 255, make([]byte, 4))},
+		{"ICMPv6 echo reply", EtherTypeIPv6, icmp6Packet(client, dest, 129, 64, []byte{0, 9, 0, 1})},
+		{"ICMP echo reply", EtherTypeIPv4, echoReply4},
+	}
+	for _, p := range icmpOnly {
+		if pp, r := ParsePacket(p.pkt, p.ether); r != DropNone || !pp.UnsupportedFromClient() {
+			t.Errorf("%s: parsed as %s, taken from a client: %v", p.name, r, r == DropNone && !pp.UnsupportedFromClient())
+		}
+		send(p.ether, p.pkt)
+	}
+	hidden = append(hidden, icmpOnly...)
 	// One packet more, plain, after them: once it is at the handler, the
 	// hidden ones have been read, and whatever got past would have reached
 	// the handler or the stack.
