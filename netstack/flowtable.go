@@ -208,9 +208,28 @@ const (
 	// gets no new ones; the clients holding fewer still do, so that a
 	// client that took the memory does not lock everyone else out.
 	MemoryShort
-	// MemoryCritical: no new flows at all.
+	// MemoryCritical: a client holding CriticalMemoryClientFlows flows or
+	// more gets no new ones. Refusing everyone would let the one client
+	// that took the memory lock every other out, here and, as the health
+	// check fails, on every appliance it does the same to.
 	MemoryCritical
 )
+
+// CriticalMemoryClientFlows is the flows a client may hold and still get
+// new ones while memory is critical: a host doing a few things at once.
+const CriticalMemoryClientFlows = 16
+
+// clientFlows is how many flows a client may hold and still get a new one
+// under p (math.MaxInt32: no bound of p's own).
+func (p MemoryPressure) clientFlows() int32 {
+	switch p {
+	case MemoryShort:
+		return ShortMemoryClientFlows
+	case MemoryCritical:
+		return CriticalMemoryClientFlows
+	}
+	return math.MaxInt32
+}
 
 // String names the pressure as /stats shows it.
 func (p MemoryPressure) String() string {
@@ -237,7 +256,8 @@ func (t *flowTable) setPressure(p MemoryPressure) { t.pressure.Store(int32(p)) }
 // gwlb, creating the flow if it is new; client is the packet's inner source.
 // It returns DropFlowTableFull when the table is full and
 // DropClientFlowLimit when client holds its share already, and
-// DropMemoryPressure when memory is short (setPressure). In the steady
+// DropMemoryPressure when it holds what memory pressure leaves a client
+// (setPressure). In the steady
 // state (known flow, same header) it allocates nothing.
 func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
 	s := t.shard(k)
@@ -245,11 +265,7 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 	f := s.flows[*k]
 	s.mu.RUnlock()
 	if f == nil {
-		pressure := MemoryPressure(t.pressure.Load())
-		if pressure >= MemoryCritical {
-			return nil, DropMemoryPressure
-		}
-		if r := t.clients.take(k.Endpoint, client, pressure == MemoryShort); r != DropNone {
+		if r := t.clients.take(k.Endpoint, client, MemoryPressure(t.pressure.Load()).clientFlows()); r != DropNone {
 			return nil, r
 		}
 		if t.count.Add(1) > t.max {
@@ -404,9 +420,9 @@ func clientKeyOf(endpoint uint64, addr [16]byte) clientKey {
 var v4InV6 = [12]byte{10: 0xff, 11: 0xff}
 
 // take counts one more flow for the client, unless it holds max already
-// (DropClientFlowLimit), or memory is short and it holds
-// ShortMemoryClientFlows (DropMemoryPressure).
-func (c *clientShares) take(endpoint uint64, addr [16]byte, short bool) DropReason {
+// (DropClientFlowLimit), or memory is short and it holds pressed, what the
+// memory pressure leaves a client (DropMemoryPressure).
+func (c *clientShares) take(endpoint uint64, addr [16]byte, pressed int32) DropReason {
 	k := clientKeyOf(endpoint, addr)
 	s := c.shard(&k)
 	s.mu.Lock()
@@ -417,7 +433,7 @@ func (c *clientShares) take(endpoint uint64, addr [16]byte, short bool) DropReas
 	switch n := s.n[k]; {
 	case n >= c.max:
 		return DropClientFlowLimit
-	case short && n >= ShortMemoryClientFlows:
+	case n >= pressed:
 		return DropMemoryPressure
 	}
 	s.n[k]++

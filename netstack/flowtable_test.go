@@ -107,7 +107,8 @@ func TestFlowTablePerClient(t *testing.T) {
 
 // TestFlowTableMemoryPressure: while memory is short, a client holding
 // ShortMemoryClientFlows flows gets no new one and a client holding fewer
-// still does; while it is critical nobody does; known flows carry on
+// still does; while it is critical, the same at CriticalMemoryClientFlows;
+// known flows carry on
 // throughout, and once memory is ample again the table admits by count.
 func TestFlowTableMemoryPressure(t *testing.T) {
 	ft := newFlowTable(10*ShortMemoryClientFlows, time.Minute, time.Minute)
@@ -145,11 +146,19 @@ func TestFlowTableMemoryPressure(t *testing.T) {
 	if r := touch(light, 60000); r != DropMemoryPressure {
 		t.Fatalf("flow %d of the light client while memory is short: %v, want %v", ShortMemoryClientFlows+1, r, DropMemoryPressure)
 	}
+	// Critical: a client holding CriticalMemoryClientFlows gets no more,
+	// one holding fewer still does (the hoarder must not lock it out).
 	ft.setPressure(MemoryCritical)
 	ft.Expire(int64(2 * time.Minute)) // every flow gone: the light client holds none
-	if r := touch(light, 1); r != DropMemoryPressure {
-		t.Fatalf("a new flow of a client holding none while memory is critical: %v, want %v", r, DropMemoryPressure)
+	for p := range uint16(CriticalMemoryClientFlows) {
+		if r := touch(light, p+1); r != DropNone {
+			t.Fatalf("flow %d of a light client while memory is critical: %v", p+1, r)
+		}
 	}
+	if r := touch(light, 60000); r != DropMemoryPressure {
+		t.Fatalf("flow %d of a client while memory is critical: %v, want %v", CriticalMemoryClientFlows+1, r, DropMemoryPressure)
+	}
+	ft.Expire(int64(4 * time.Minute))
 	ft.setPressure(MemoryAmple)
 	if r := touch(hoarder, 60000); r != DropNone {
 		t.Fatalf("a new flow once memory is ample again: %v", r)

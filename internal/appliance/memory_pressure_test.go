@@ -128,9 +128,10 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 		return ""
 	})
 
-	// Critical: the Go memory in use is 90% of the limit. Nobody gets a
-	// new flow, not even the client holding one, and the health check
-	// fails so that the GWLB sends new flows to another appliance.
+	// Critical: the Go memory in use is 90% of the limit. The hoarder
+	// gets no new flow, the other client (holding one) still does, and
+	// the health check fails so that the GWLB sends new flows to another
+	// appliance.
 	// The live heap moves as the flows' garbage goes: the limit follows it.
 	for try := 0; r.stats().Netstack.MemoryPressure != netstack.MemoryCritical.String(); try++ {
 		if try == 50 {
@@ -144,10 +145,18 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 		t.Errorf("health check while memory is critical: %d %q", code, body)
 	}
 	before = pressureDrops()
-	c.open(other + 1) // the other client's second flow
-	waitFor(t, "the other client's second flow dropped for memory", func() string {
+	c.open(next + 1)
+	waitFor(t, "the hoarder's next flow dropped for memory", func() string {
 		if d := pressureDrops(); d == before {
 			return fmt.Sprintf("%d memory_pressure drops", d)
+		}
+		return ""
+	})
+	second := other + 1
+	waitFor(t, "the other client's second flow answered while memory is critical", func() string {
+		if !c.idle(second) {
+			c.open(second)
+			return fmt.Sprintf("%d answered in all; /stats %s", c.answered.Load(), r.stats().Netstack.MemoryPressure)
 		}
 		return ""
 	})

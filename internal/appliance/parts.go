@@ -102,7 +102,7 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 		}
 		a.netstack.SetMemoryPressure(p)
 		if p == netstack.MemoryCritical {
-			why := fmt.Sprintf("memory critical, new flows refused (Go memory in use %s of a %s limit; %s of %s available)",
+			why := fmt.Sprintf("memory critical, new flows refused to clients holding many (Go memory in use %s of a %s limit; %s of %s available)",
 				mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total))
 			a.memoryCritical.Store(&why)
 		} else {
@@ -113,7 +113,7 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 		case p == netstack.MemoryShort:
 			slog.Warn("memory is short: clients holding many flows get no new ones", append(attrs, "client_flows", netstack.ShortMemoryClientFlows)...)
 		case p == netstack.MemoryCritical:
-			slog.Error("memory is critical: no new flows", attrs...)
+			slog.Error("memory is critical: clients holding more than a few flows get no new ones", append(attrs, "client_flows", netstack.CriticalMemoryClientFlows)...)
 		case !first:
 			slog.Info("memory is ample again: new flows admitted", attrs...)
 		}
