@@ -55,6 +55,7 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	if err := applyMemoryLimit(slog.Default(), p.memLimit, os.Getenv("GOMEMLIMIT"), os.DirFS("/")); err != nil {
 		return err
 	}
+	o.MemoryCgroup = memoryCgroup(os.DirFS("/"))
 	ctl, stopProcs := startProcs(slog.Default(), p.adaptProcs, os.Getenv("GOMAXPROCS"))
 	defer stopProcs()
 	if ctl != nil {

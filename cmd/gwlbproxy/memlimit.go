@@ -407,3 +407,14 @@ func applyMemoryLimit(log *slog.Logger, m memoryLimit, gomemlimit string, fsys f
 	}
 	return nil
 }
+
+// memoryCgroup returns the directory of the cgroup whose memory limit
+// binds the process, when one does (below MemTotal), for the memory watch
+// to read what is charged to it; "" otherwise.
+func memoryCgroup(fsys fs.FS) string {
+	_, src, err := detectMemory(fsys)
+	if err != nil || !strings.HasPrefix(src, "/sys/fs/cgroup/") {
+		return ""
+	}
+	return path.Dir(src)
+}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
@@ -322,6 +323,14 @@ func TestDetectMemory(t *testing.T) {
 			}
 			if got != tc.want || !strings.Contains(source, tc.source) {
 				t.Errorf("got %d from %q, want %d from %q", got, source, tc.want, tc.source)
+			}
+			// The memory watch reads the cgroup whose limit binds.
+			wantDir := ""
+			if strings.HasPrefix(source, "/sys/fs/cgroup/") {
+				wantDir = path.Dir(source)
+			}
+			if dir := memoryCgroup(os.DirFS(fakeRoot(t, tc.files))); dir != wantDir {
+				t.Errorf("memoryCgroup %q, want %q", dir, wantDir)
 			}
 		})
 	}

@@ -93,6 +93,10 @@ type Options struct {
 	// an ephemeral port) one client holds at once
 	// (--max-udp-flows-per-client).
 	MaxUDPFlowsPerClient int
+	// MemoryCgroup is the directory of the cgroup whose memory limit binds
+	// the process, if one does: the memory watch reads it instead of the
+	// machine's MemAvailable (package memwatch).
+	MemoryCgroup string
 	// MaxEchoFlowsPerClient bounds the relayed ICMP echo flows (host ping
 	// sockets) one client holds at once (--max-echo-flows-per-client).
 	MaxEchoFlowsPerClient int

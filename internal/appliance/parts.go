@@ -92,7 +92,7 @@ func newDestCheck(o *Options) *destcheck.Checker {
 // them all (package memwatch).
 func (a *Appliance) watchMemory(ctx context.Context) {
 	first := true
-	w := &memwatch.Watcher{Report: func(l memwatch.Level, s memwatch.Sample) {
+	w := &memwatch.Watcher{Cgroup: a.opts.MemoryCgroup, Report: func(l memwatch.Level, s memwatch.Sample) {
 		p := netstack.MemoryAmple
 		switch l {
 		case memwatch.Short:

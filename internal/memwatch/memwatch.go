@@ -13,7 +13,9 @@
 // collection (the live heap and goroutine stacks) against the runtime's
 // soft limit (--memory-limit), and the memory the kernel says is available
 // (MemAvailable) against the machine's total, which covers the kernel's
-// socket memory that the Go limit does not. Each has two thresholds: past
+// socket memory that the Go limit does not; inside a cgroup with a memory
+// limit (Watcher.Cgroup), what is left under that limit against it, since
+// the kernel kills the process there. Each has two thresholds: past
 // the first memory is Short, past the second Critical; a level is left only
 // some way below its threshold, so that it does not flap.
 package memwatch
@@ -22,8 +24,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
@@ -126,12 +131,20 @@ type Watcher struct {
 	// Meminfo is the file MemAvailable and MemTotal are read from;
 	// "": /proc/meminfo.
 	Meminfo string
+	// Cgroup, when set, is the directory of the cgroup whose memory limit
+	// binds the process (v2: memory.max; v1: memory.limit_in_bytes): its
+	// limit and what is charged to it stand in for MemTotal and
+	// MemAvailable, which are the machine's. The kernel's socket buffers
+	// are charged there and kill the process at that limit, not the
+	// machine's.
+	Cgroup string
 	// Report is called with each new level and the sample that showed it,
 	// and once at the start with the first reading. It must not block.
 	Report func(Level, Sample)
 
 	samples []metrics.Sample
 	buf     []byte
+	warned  bool // that the kernel's measure could not be read
 }
 
 // Run reads memory until ctx ends.
@@ -176,12 +189,100 @@ func (w *Watcher) Read() Sample {
 	if l := debug.SetMemoryLimit(-1); l > 0 && l < math.MaxInt64 {
 		s.Limit = uint64(l)
 	}
-	file := w.Meminfo
-	if file == "" {
-		file = "/proc/meminfo"
+	var err error
+	if w.Cgroup != "" {
+		s.Available, s.Total, err = w.readCgroup(w.Cgroup)
+	} else {
+		file := w.Meminfo
+		if file == "" {
+			file = "/proc/meminfo"
+		}
+		s.Available, s.Total, err = w.readMeminfo(file)
 	}
-	s.Available, s.Total, _ = w.readMeminfo(file)
+	if err != nil && !w.warned {
+		w.warned = true
+		slog.Warn("the memory watch cannot read the kernel's measure: only the Go memory limit is watched", "err", err)
+	}
 	return s
+}
+
+// readCgroup returns what is left under the cgroup dir's memory limit and
+// the limit: the limit less what is charged to the cgroup, less the
+// inactive page cache, which the kernel reclaims before it kills (as
+// MemAvailable counts it). Without a limit there, both are 0: no news.
+func (w *Watcher) readCgroup(dir string) (avail, total uint64, err error) {
+	limitFile, usageFile, inactiveKey := "memory.max", "memory.current", "inactive_file"
+	if _, err := os.Stat(filepath.Join(dir, limitFile)); err != nil {
+		limitFile, usageFile, inactiveKey = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file" // v1
+	}
+	limit, err := w.readNumber(filepath.Join(dir, limitFile))
+	if err != nil || limit == 0 || limit >= 1<<62 { // v1 writes "none" as a huge number
+		return 0, 0, err
+	}
+	usage, err := w.readNumber(filepath.Join(dir, usageFile))
+	if err != nil {
+		return 0, 0, err
+	}
+	inactive, err := w.readStat(filepath.Join(dir, "memory.stat"), inactiveKey)
+	if err != nil {
+		return 0, 0, err
+	}
+	used := usage - min(inactive, usage)
+	return limit - min(used, limit), limit, nil
+}
+
+// readNumber reads a file holding one number, or "max" (read as 0).
+func (w *Watcher) readNumber(file string) (uint64, error) {
+	b, err := w.read(file)
+	if err != nil {
+		return 0, err
+	}
+	v := bytes.TrimSpace(b)
+	if string(v) == "max" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(string(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", file, err)
+	}
+	return n, nil
+}
+
+// readStat reads key's value from a memory.stat file ("key value" lines).
+func (w *Watcher) readStat(file, key string) (uint64, error) {
+	b, err := w.read(file)
+	if err != nil {
+		return 0, err
+	}
+	for len(b) > 0 {
+		var line []byte
+		line, b, _ = bytes.Cut(b, []byte("\n"))
+		if k, v, ok := bytes.Cut(line, []byte(" ")); ok && string(k) == key {
+			n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %s: %w", file, key, err)
+			}
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("%s: no %s", file, key)
+}
+
+// read reads file into the watcher's buffer (8 KiB: memory.stat's size).
+func (w *Watcher) read(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if len(w.buf) < 8<<10 {
+		w.buf = make([]byte, 8<<10)
+	}
+	n, err := io.ReadFull(f, w.buf)
+	if err != nil && err != io.ErrUnexpectedEOF {
+		return nil, fmt.Errorf("reading %s: %w", file, err)
+	}
+	return w.buf[:n], nil
 }
 
 // readMeminfo returns MemAvailable and MemTotal from file, in bytes.
@@ -191,8 +292,8 @@ func (w *Watcher) readMeminfo(file string) (avail, total uint64, err error) {
 		return 0, 0, err
 	}
 	defer f.Close()
-	if w.buf == nil {
-		w.buf = make([]byte, 4<<10)
+	if len(w.buf) < 8<<10 {
+		w.buf = make([]byte, 8<<10)
 	}
 	n, err := f.Read(w.buf) // the two lines come first; one read holds them
 	if err != nil {

@@ -133,3 +133,53 @@ func TestRunReportsChanges(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 }
+
+// TestReadCgroup: inside a cgroup with a memory limit, the limit stands in
+// for MemTotal, and the limit less what is charged (less inactive page
+// cache, which the kernel reclaims first) for MemAvailable; v2 and v1
+// files; no limit is no news.
+func TestReadCgroup(t *testing.T) {
+	write := func(dir string, files map[string]string) {
+		t.Helper()
+		for name, body := range files {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	const mib = 1 << 20
+	v2, v1, none := t.TempDir(), t.TempDir(), t.TempDir()
+	write(v2, map[string]string{
+		"memory.max":     "2147483648\n",
+		"memory.current": strconv.Itoa(1960*mib) + "\n",
+		"memory.stat":    "anon 1500000000\nfile 400000000\nkernel 1000\ninactive_file " + strconv.Itoa(100*mib) + "\nactive_file 2\n",
+	})
+	write(v1, map[string]string{
+		"memory.limit_in_bytes": "1073741824\n",
+		"memory.usage_in_bytes": strconv.Itoa(1000*mib) + "\n",
+		"memory.stat":           "cache 1\nrss 2\ninactive_file 999999999\ntotal_inactive_file " + strconv.Itoa(24*mib) + "\n",
+	})
+	write(none, map[string]string{"memory.max": "max\n", "memory.current": "5\n", "memory.stat": "inactive_file 0\n"})
+	for _, tc := range []struct {
+		name         string
+		dir          string
+		avail, total uint64
+	}{
+		{"v2", v2, 2048*mib - 1860*mib, 2048 * mib},
+		{"v1", v1, 1024*mib - 976*mib, 1024 * mib},
+		{"no limit", none, 0, 0},
+	} {
+		w := &Watcher{Cgroup: tc.dir}
+		if s := w.Read(); s.Available != tc.avail || s.Total != tc.total {
+			t.Errorf("%s: available %d MiB of %d MiB, want %d of %d", tc.name, s.Available/mib, s.Total/mib, tc.avail/mib, tc.total/mib)
+		}
+	}
+	// 188 MiB of 2 GiB left: under 10%, so short.
+	if l := (&Watcher{Cgroup: v2}).Read().Level(Ample); l != Short {
+		t.Errorf("v2 cgroup with 188 MiB of 2 GiB left: %s, want short", l)
+	}
+	// A cgroup that cannot be read is no news, not an alarm.
+	if s := (&Watcher{Cgroup: filepath.Join(none, "gone")}).Read(); s.Total != 0 || s.Available != 0 {
+		t.Errorf("a cgroup directory that is not there: %+v", s)
+	}
+}
