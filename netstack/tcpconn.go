@@ -32,8 +32,29 @@ type Conn struct {
 
 	notify readNotify // OnReadable's: registered on first use, removed by Close
 
-	rw  endpointIO
-	wdl deadline // Write's
+	rw    endpointIO
+	wdl   deadline    // Write's
+	wwait WriteWaiter // OnWriteWait's, guarded by rw.wmu
+}
+
+// WriteWaiter learns when a Write waits for room in the send buffer: the
+// client has accepted nothing of what is in it (a zero window) or not
+// enough. It is how a relay bounds a write that makes no progress without
+// a timer per write (package proxy).
+type WriteWaiter interface {
+	// WriteWaiting is called with true when a Write is about to wait, the
+	// first time or after it has made progress since it last said so, and
+	// with false when a Write that said true returns. It runs in the
+	// writer's goroutine and must not call the conn.
+	WriteWaiting(waiting bool)
+}
+
+// OnWriteWait arranges for w to learn when Write waits; nil stops it.
+// Writes that find room call nothing.
+func (c *Conn) OnWriteWait(w WriteWaiter) {
+	c.rw.wmu.Lock()
+	c.wwait = w
+	c.rw.wmu.Unlock()
 }
 
 func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
@@ -93,6 +114,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 		n     int
 		entry *waiter.Entry // made only once the send buffer is full
 		room  <-chan struct{}
+		told  = -1 // n when wwait last heard this Write wait; -1: never
 	)
 	for n < len(b) {
 		m, terr := c.rw.writeLocked(c.ep, b[n:])
@@ -116,6 +138,15 @@ func (c *Conn) Write(b []byte) (int, error) {
 			defer c.wq.EventUnregister(entry)
 			continue
 		}
+		if c.wwait != nil && told != n {
+			// About to wait, and the first time or after progress: the
+			// waiter's clock starts (again) now.
+			if told < 0 {
+				defer c.wwait.WriteWaiting(false)
+			}
+			told = n
+			c.wwait.WriteWaiting(true)
+		}
 		select {
 		case <-room:
 		case <-dl:
@@ -123,6 +154,20 @@ func (c *Conn) Write(b []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// KickWriter wakes a Write waiting for room if the send buffer has some
+// now, and reports whether it had: the client has acknowledged bytes since
+// the Write filled it. gVisor wakes a waiting Write only once half the
+// buffer is free, so that a client reading slowly but steadily leaves it
+// waiting long after the client's last progress; a watch of stalled
+// writes asks here before it calls a write stalled.
+func (c *Conn) KickWriter() bool {
+	if c.ep.Readiness(waiter.WritableEvents) == 0 {
+		return false
+	}
+	c.wq.Notify(waiter.WritableEvents)
+	return true
 }
 
 func (c *Conn) writeError(err error) error {

@@ -77,6 +77,12 @@ type Config struct {
 	// counts; beyond it requests of new echo flows are dropped. Default:
 	// DefaultMaxEchoFlowsPerClient.
 	MaxEchoFlowsPerClient int
+	// WriteStallTimeout aborts a relayed TCP flow one of whose writes, to
+	// the client or to the destination, has been accepted nothing of for
+	// that long, so that a stalled flow does not hold its buffers for good
+	// (default DefaultWriteStallTimeout; shorter under memory pressure:
+	// SetMemoryPressure).
+	WriteStallTimeout time.Duration
 }
 
 // Proxy implements netstack.Handler.
@@ -90,6 +96,7 @@ type Proxy struct {
 	tcp       tcpState
 	denies    denyLimiter
 	stats     proxyCounters
+	stalls    *stallWatch
 }
 
 type proxyCounters struct {
@@ -134,6 +141,10 @@ type Stats struct {
 	// DNSUnrecorded counts DNS queries relayed without a record of their
 	// own: their client had used up its DNS records (denylimit.go).
 	DNSUnrecorded uint64 `json:"dns_unrecorded"`
+	// TCPStalled counts relayed TCP flows aborted because a write to the
+	// client or the destination made no progress for the write-stall
+	// timeout (stall.go).
+	TCPStalled uint64 `json:"tcp_stalled"`
 }
 
 // New returns a Proxy.
@@ -165,6 +176,7 @@ func New(cfg Config) *Proxy {
 		// the way from forgetting idle connections.
 		dialer: &hostconn.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
 		own:    watchOwnAddrs(ownAddrsRefresh, true),
+		stalls: newStallWatch(cfg.WriteStallTimeout),
 	}
 	ic := cfg.Intercept
 	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
@@ -195,6 +207,7 @@ func (p *Proxy) Stats() Stats {
 		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
 		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
+		TCPStalled: p.stalls.stalled.Load(),
 	}
 }
 

@@ -32,9 +32,9 @@ var relayBufPool = sync.Pool{New: func() any {
 // in 11 of 12 runs taking turns with 64 KiB (benchmarks.md, "A bigger
 // relay buffer"). A direction holds it only while it has bytes in hand,
 // but that includes while its write waits: a client that stops reading
-// keeps a download's buffer (and a flow stalled both ways two of them)
-// for as long as it stays, as it keeps up to the send buffer's 4 MiB in
-// the stack.
+// keeps a download's buffer (and a flow stalled both ways two of them),
+// as it keeps up to the send buffer's 4 MiB in the stack, until the
+// write-stall timeout resets the flow (stall.go).
 const relayBufSize = 256 << 10
 
 type closeWriter interface{ CloseWrite() error }
@@ -67,10 +67,20 @@ type wrappedConn interface {
 // client's direction waits with neither when the client is a
 // netstack.Conn.
 func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) {
-	r := &relay{client: client, upstream: upstream, done: done}
+	startWatchedRelay(client, upstream, nil, done)
+}
+
+// startWatchedRelay is startRelay with writes that wait without progress
+// bounded by stalls (stall.go); nil bounds none.
+func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, done func(out, in int64, err error)) {
+	r := &relay{client: client, upstream: upstream, done: done, stalls: stalls}
 	r.out = halfRelay{r: r, dst: upstream, src: client}
 	r.in = halfRelay{r: r, dst: client, src: upstream}
 	r.left.Store(2)
+	if stalls != nil {
+		r.out.watchWrites(upstream)
+		r.in.watchWrites(client)
+	}
 	go r.out.copy()
 	go r.in.copy()
 }
@@ -90,6 +100,10 @@ type relay struct {
 	// which may end the relay while that Close is still under way, before
 	// the destination has its reset.
 	aborting sync.Mutex
+	// stalls bounds writes that wait without progress (nil: none), and
+	// stalled says how one did, once it aborted the relay.
+	stalls  *stallWatch
+	stalled atomic.Pointer[error]
 }
 
 // ended is called by each direction as it ends; the last one closes both
@@ -106,7 +120,21 @@ func (r *relay) ended() {
 	if p := r.broke.Load(); p != nil {
 		broke = *p
 	}
-	r.done(r.out.n, r.in.n, errors.Join(r.out.err, r.in.err, broke))
+	err := errors.Join(r.out.err, r.in.err, broke)
+	if r.stalls != nil {
+		if r.out.watched {
+			r.stalls.remove(&r.out)
+		}
+		if r.in.watched {
+			r.stalls.remove(&r.in)
+		}
+		if p := r.stalled.Load(); p != nil {
+			// Why it ended; the directions' errors are those of the
+			// resets it made.
+			err = errors.Join(*p, broke)
+		}
+	}
+	r.done(r.out.n, r.in.n, err)
 }
 
 // halfRelay copies src to dst, then half-closes dst. On an error it resets
@@ -137,6 +165,20 @@ type halfRelay struct {
 	rbuf   *[]byte               // readFD's buffer, when it read something
 	rn     int
 	rerr   error
+
+	// waitSince is when a write to dst began to wait, or last made
+	// progress while waiting (Unix ns); 0 while none waits, negative once
+	// the stall watch has taken it. watched: h is in the watch.
+	waitSince atomic.Int64
+	watched   bool
+	// The stall watch's own: dst under its wrappers, when it can tell
+	// of a waiting write; and what the sweeper last saw of it
+	// (stalledFor).
+	wdst      net.Conn
+	kicked    int64 // the wait whose writer was woken to take the room
+	ackSince  int64 // the wait ackQueued and ackAt are of
+	ackQueued int
+	ackAt     int64 // when the destination last took bytes during it
 }
 
 // errParked ends a copy whose tryReader has nothing to read: wake resumes

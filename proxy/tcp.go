@@ -247,11 +247,11 @@ func (s *tcpSession) refuse(reason string) {
 // ended; it returns at once, so that the session's goroutine, whose stack
 // grew while classifying, is not what waits for the bytes of an idle flow.
 func (s *tcpSession) relay() {
-	startRelay(s.client, s.up, func(out, in int64, err error) {
+	startWatchedRelay(s.client, s.up, s.p.stalls, func(out, in int64, err error) {
 		s.rec.BytesOut, s.rec.BytesIn = out, in
 		if err != nil {
 			// Keep what was recorded before (an audited destination mismatch).
-			s.rec.Result, s.rec.Error = "reset", joinError(s.rec.Error, err.Error())
+			s.rec.Result, s.rec.Error = relayResultOf(err), joinError(s.rec.Error, err.Error())
 		}
 		s.p.endTCP(s.rec, s.start)
 	})

@@ -40,6 +40,7 @@ type Options struct {
 	TCPIdleTimeout    time.Duration
 	IdleTimeout       time.Duration
 	DialTimeout       time.Duration
+	WriteStallTimeout time.Duration // a relayed TCP flow whose write makes no progress for it is aborted (proxy.Config.WriteStallTimeout)
 	MaxFlows          int
 	MaxFlowsPerClient int
 	Readers           int
@@ -132,6 +133,7 @@ func DefaultOptions() Options {
 		TCPIdleTimeout:        350 * time.Second,
 		IdleTimeout:           120 * time.Second,
 		DialTimeout:           10 * time.Second,
+		WriteStallTimeout:     proxy.DefaultWriteStallTimeout,
 		MaxFlows:              1_000_000,
 		MaxEndpoints:          netstack.DefaultMaxEndpoints,
 		ReturnPath:            netstack.ReturnPathAuto,
@@ -159,6 +161,9 @@ func (o *Options) Validate() error {
 	}
 	if o.DrainTimeout < 0 {
 		return fmt.Errorf("--drain-timeout %s: must not be negative", o.DrainTimeout)
+	}
+	if o.WriteStallTimeout <= 0 {
+		return fmt.Errorf("--write-stall-timeout %s: must be positive", o.WriteStallTimeout)
 	}
 	if o.MaxFlows <= 0 {
 		return fmt.Errorf("--max-flows %d: must be positive", o.MaxFlows)
@@ -347,6 +352,7 @@ func New(o Options) (_ *Appliance, err error) {
 		DNSPorts:              o.DNSPorts,
 		MaxUDPFlowsPerClient:  o.MaxUDPFlowsPerClient,
 		MaxEchoFlowsPerClient: o.MaxEchoFlowsPerClient,
+		WriteStallTimeout:     o.WriteStallTimeout,
 		Intercept: intercept.Config{
 			Minter:         a.minter,
 			UpstreamRoots:  roots,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/internal/memwatch"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy"
 )
 
 // TestMemoryPressureRefusesTheHoarder: one client opens idle TCP flows, as
@@ -85,6 +86,13 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 	if st.MemoryPressure != netstack.MemoryShort.String() {
 		t.Errorf("/stats memory_pressure %q, want %q", st.MemoryPressure, netstack.MemoryShort)
 	}
+	stallTimeout := func(want time.Duration) {
+		t.Helper()
+		if got := r.app.proxy.WriteStallTimeout(); got != want {
+			t.Errorf("write-stall timeout %v under memory %s, want %v", got, r.stats().Netstack.MemoryPressure, want)
+		}
+	}
+	stallTimeout(proxy.ShortMemoryWriteStallTimeout) // stalled flows hold their buffers a minute at most
 	if held < netstack.ShortMemoryClientFlows {
 		t.Errorf("the hoarder was refused holding %d flows, below the %d a client keeps getting while memory is short", held, netstack.ShortMemoryClientFlows)
 	}
@@ -119,6 +127,7 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 		}
 		return ""
 	})
+	stallTimeout(proxy.DefaultWriteStallTimeout)
 	next := opened + 1
 	waitFor(t, "the hoarder's flow answered once memory is ample", func() string {
 		if !c.idle(next) {
@@ -141,6 +150,7 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 		debug.SetMemoryLimit(int64(float64((&memwatch.Watcher{}).Read().InUse) / 0.9))
 		time.Sleep(2 * memwatch.DefaultInterval)
 	}
+	stallTimeout(proxy.CriticalMemoryWriteStallTimeout)
 	if code, body := r.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, "memory critical") {
 		t.Errorf("health check while memory is critical: %d %q", code, body)
 	}

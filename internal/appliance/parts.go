@@ -89,7 +89,8 @@ func newDestCheck(o *Options) *destcheck.Checker {
 
 // watchMemory tells the data plane how short of memory the process is
 // until ctx ends, so that it refuses new flows before the OOM killer ends
-// them all (package memwatch).
+// them all (package memwatch), and gives stalled relayed flows, which hold
+// their buffers, less time (proxy.SetMemoryPressure).
 func (a *Appliance) watchMemory(ctx context.Context) {
 	first := true
 	w := &memwatch.Watcher{Cgroup: a.opts.MemoryCgroup, Report: func(l memwatch.Level, s memwatch.Sample) {
@@ -101,6 +102,7 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 			p = netstack.MemoryCritical
 		}
 		a.netstack.SetMemoryPressure(p)
+		a.proxy.SetMemoryPressure(p)
 		if p == netstack.MemoryCritical {
 			why := fmt.Sprintf("memory critical, new flows refused to clients holding many (Go memory in use %s of a %s limit; %s of %s available)",
 				mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total))
@@ -111,9 +113,11 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 		attrs := []any{"go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total}
 		switch {
 		case p == netstack.MemoryShort:
-			slog.Warn("memory is short: clients holding many flows get no new ones", append(attrs, "client_flows", netstack.ShortMemoryClientFlows)...)
+			slog.Warn("memory is short: clients holding many flows get no new ones", append(attrs, "client_flows", netstack.ShortMemoryClientFlows,
+				"write_stall_timeout", a.proxy.WriteStallTimeout())...)
 		case p == netstack.MemoryCritical:
-			slog.Error("memory is critical: clients holding more than a few flows get no new ones", append(attrs, "client_flows", netstack.CriticalMemoryClientFlows)...)
+			slog.Error("memory is critical: clients holding more than a few flows get no new ones", append(attrs, "client_flows", netstack.CriticalMemoryClientFlows,
+				"write_stall_timeout", a.proxy.WriteStallTimeout())...)
 		case !first:
 			slog.Info("memory is ample again: new flows admitted", attrs...)
 		}

@@ -59,6 +59,28 @@ type Conn struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(fd uintptr) bool
+	wwait   WriteWaiter // OnWriteWait's
+	wtold   int         // wn when wwait last heard this Write wait; -1: never
+}
+
+// WriteWaiter learns when a Write waits for room in the socket's send
+// buffer: the destination has accepted nothing of what is in it, or not
+// enough. It is how a relay bounds a write that makes no progress without
+// a timer per write (package proxy).
+type WriteWaiter interface {
+	// WriteWaiting is called with true when a Write is about to wait in
+	// the poller, the first time or after it has made progress since it
+	// last said so, and with false when a Write that said true returns. It
+	// runs in the writer's goroutine and must not call the conn.
+	WriteWaiting(waiting bool)
+}
+
+// OnWriteWait arranges for w to learn when Write waits; nil stops it.
+// Writes that find room call nothing.
+func (c *Conn) OnWriteWait(w WriteWaiter) {
+	c.wmu.Lock()
+	c.wwait = w
+	c.wmu.Unlock()
 }
 
 // Wrap returns c as a Conn when it is a *net.TCPConn, and c itself when
@@ -187,9 +209,12 @@ func (c *Conn) Write(b []byte) (int, error) {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.wbuf, c.wn, c.werr = b, 0, 0
+	c.wbuf, c.wn, c.werr, c.wtold = b, 0, 0, -1
 	err := c.rc.Write(c.writeFn)
 	c.wbuf = nil
+	if c.wtold >= 0 {
+		c.wwait.WriteWaiting(false)
+	}
 	return c.wn, c.result("write", err, c.werr)
 }
 
@@ -198,6 +223,12 @@ func (c *Conn) doWrite(fd uintptr) bool {
 		n, e := writeFD(fd, c.wbuf[c.wn:])
 		switch {
 		case e == syscall.EAGAIN:
+			if c.wwait != nil && c.wtold != c.wn {
+				// About to wait in the poller, the first time or after
+				// progress: the waiter's clock starts (again) now.
+				c.wtold = c.wn
+				c.wwait.WriteWaiting(true)
+			}
 			return false
 		case e != 0:
 			c.werr = e
@@ -210,6 +241,27 @@ func (c *Conn) doWrite(fd uintptr) bool {
 		}
 	}
 	return true
+}
+
+// SendQueued returns the bytes in the socket's send queue that the
+// destination has not acknowledged yet (SIOCOUTQ). They go down as it
+// takes them, also while a Write waits for room: the kernel wakes a
+// waiting writer only once a good part of the buffer is free, so a
+// destination reading slowly but steadily can leave it waiting long after
+// its last progress; a watch of stalled writes asks here before it calls a
+// write stalled.
+func (c *Conn) SendQueued() (int, error) {
+	var (
+		n int
+		e error
+	)
+	if err := c.rc.Control(func(fd uintptr) { n, e = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil {
+		return 0, c.opError("ioctl", err)
+	}
+	if e != nil {
+		return 0, c.opError("ioctl", e)
+	}
+	return n, nil
 }
 
 // result is the error a call through the raw connection ended with: the

@@ -1,0 +1,374 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// These tests stall relayed flows for real: a client stack behind a GWLB
+// simulator on loopback, a netstack server whose handler is the Proxy, and
+// a destination on loopback that the Proxy dials from a host socket.
+
+type stallRig struct {
+	p      *Proxy
+	sink   *recordSink
+	client *gwlbsim.ClientStack
+}
+
+func newStallRig(t *testing.T, timeout time.Duration) *stallRig {
+	t.Helper()
+	r := &stallRig{sink: new(recordSink)}
+	r.p = New(Config{Records: records.NewWriter(nil, r.sink), AllowLoopback: true, WriteStallTimeout: timeout})
+	t.Cleanup(r.p.Close)
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	pc.Close() // the simulator's port, free again for it
+	srv, err := netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
+		ReturnPath: netstack.ReturnPathBound, Handler: r.p, AllowLoopback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := gwlbsim.New(gwlbsim.Config{Addr: netip.MustParseAddr("127.0.0.1"), ListenPort: port, Appliance: srv.Addr(), Senders: 1})
+	if err != nil {
+		srv.Close()
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { srv.Serve(); close(served) }()
+	t.Cleanup(func() { sim.Close(); srv.Close(); <-served })
+	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(netip.MustParseAddr("198.18.0.5")); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// hello is what each client sends first: bytes the classifier calls
+// "other" at once, so that the flow is relayed.
+var hello = []byte("\x00\x01\x02\x03 stall test\n")
+
+// destination listens on loopback and hands each connection, once it has
+// read hello, to serve in a goroutine of its own.
+func destination(t *testing.T, serve func(c *net.TCPConn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go func() {
+				if _, err := io.ReadFull(c, make([]byte, len(hello))); err != nil {
+					c.Close()
+					return
+				}
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// dial connects the client to dst through the appliance and sends hello.
+func (r *stallRig) dial(t *testing.T, dst netip.AddrPort) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := r.client.DialTCP(ctx, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// record waits up to within for the flow's record.
+func (r *stallRig) record(t *testing.T, within time.Duration) (records.Record, bool) {
+	t.Helper()
+	for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if recs := r.sink.parse(t); len(recs) > 0 {
+			return recs[0], true
+		}
+	}
+	return records.Record{}, false
+}
+
+// flood writes to c until a write fails, counting what it wrote; it
+// returns the write's error.
+func flood(c net.Conn, sent *atomic.Int64) error {
+	chunk := make([]byte, 64<<10)
+	for {
+		n, err := c.Write(chunk)
+		sent.Add(int64(n))
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// stalled waits until sent stops moving: the writes wait.
+func stalled(t *testing.T, sent *atomic.Int64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for last := int64(-1); ; last = sent.Load() {
+		time.Sleep(150 * time.Millisecond)
+		if sent.Load() == last {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the flow never stalled: %d bytes sent", sent.Load())
+		}
+	}
+}
+
+// countBuffers makes the relay's buffers from now on count themselves
+// made and freed; it returns what is alive once collections have emptied
+// the pool.
+func countBuffers(t *testing.T) func() int64 {
+	var made, freed atomic.Int64
+	oldNew := relayBufPool.New
+	relayBufPool.New = func() any {
+		made.Add(1)
+		b := make([]byte, relayBufSize)
+		runtime.AddCleanup(&b[0], func(f *atomic.Int64) { f.Add(1) }, &freed)
+		return &b
+	}
+	t.Cleanup(func() { relayBufPool.New = oldNew })
+	runtime.GC()
+	runtime.GC()
+	return func() int64 {
+		runtime.GC()
+		runtime.GC()
+		time.Sleep(50 * time.Millisecond) // cleanups run in a goroutine of their own
+		return made.Load() - freed.Load()
+	}
+}
+
+// checkStalled checks the record of a flow aborted for a stalled write to
+// whom, and the counter.
+func (r *stallRig) checkStalled(t *testing.T, rec records.Record, whom string) {
+	t.Helper()
+	t.Logf("record: result %s, error %q, out %d, in %d", rec.Result, rec.Error, rec.BytesOut, rec.BytesIn)
+	if rec.Result != "stalled" {
+		t.Errorf("result %q, want stalled", rec.Result)
+	}
+	if !strings.Contains(rec.Error, "the "+whom+" accepted nothing") {
+		t.Errorf("error %q does not name the %s", rec.Error, whom)
+	}
+	if got := r.p.Stats().TCPStalled; got != 1 {
+		t.Errorf("tcp_stalled %d, want 1", got)
+	}
+}
+
+// A client that reads part of a download, then stops reading (a zero
+// window) while the destination keeps sending: the relay's write to the
+// client stalls, and the flow is aborted a timeout later, both peers
+// reset, its relay buffer given back, recorded as stalled and counted.
+func TestRelayClientStallsDownload(t *testing.T) {
+	alive := countBuffers(t)
+	r := newStallRig(t, time.Second)
+	var sent atomic.Int64
+	serverErr := make(chan error, 1)
+	dst := destination(t, func(c *net.TCPConn) { serverErr <- flood(c, &sent) })
+	c := r.dial(t, dst)
+	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil { // the window opens, then shuts
+		t.Fatal(err)
+	}
+	stalled(t, &sent)
+	stalledAt := time.Now()
+	rec, ok := r.record(t, 5*time.Second)
+	if !ok {
+		t.Fatalf("the flow stalled %v ago (%d MiB sent) and is still relayed (tcp_stalled %d)",
+			time.Since(stalledAt).Round(time.Millisecond), sent.Load()>>20, r.p.Stats().TCPStalled)
+	}
+	t.Logf("aborted %v after the destination's writes stopped moving", time.Since(stalledAt).Round(time.Millisecond))
+	r.checkStalled(t, rec, "client")
+	select {
+	case err := <-serverErr:
+		t.Logf("the destination's write: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Error("the destination was not reset")
+	}
+	if n := alive(); n != 0 {
+		t.Errorf("%d relay buffers still held after the abort", n)
+	}
+}
+
+// A destination that stops reading an upload: the relay's write to the
+// host socket stalls, and the flow is aborted as above.
+func TestRelayDestinationStallsUpload(t *testing.T) {
+	alive := countBuffers(t)
+	r := newStallRig(t, time.Second)
+	dst := destination(t, func(c *net.TCPConn) {}) // reads nothing after hello
+	c := r.dial(t, dst)
+	var sent atomic.Int64
+	clientErr := make(chan error, 1)
+	go func() { clientErr <- flood(c, &sent) }()
+	stalled(t, &sent)
+	stalledAt := time.Now()
+	rec, ok := r.record(t, 5*time.Second)
+	if !ok {
+		t.Fatalf("the flow stalled %v ago (%d MiB sent) and is still relayed (tcp_stalled %d)",
+			time.Since(stalledAt).Round(time.Millisecond), sent.Load()>>20, r.p.Stats().TCPStalled)
+	}
+	t.Logf("aborted %v after the client's writes stopped moving", time.Since(stalledAt).Round(time.Millisecond))
+	r.checkStalled(t, rec, "destination")
+	select {
+	case err := <-clientErr:
+		t.Logf("the client's write: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Error("the client was not reset")
+	}
+	if n := alive(); n != 0 {
+		t.Errorf("%d relay buffers still held after the abort", n)
+	}
+}
+
+// A client that reads slowly but steadily, a little every 200 ms, keeps
+// the relay's write to it waiting far longer in all than the timeout, but
+// never without progress for that long: it is not aborted.
+func TestRelaySlowReaderNotStalled(t *testing.T) {
+	r := newStallRig(t, time.Second)
+	var sent atomic.Int64
+	dst := destination(t, func(c *net.TCPConn) { flood(c, &sent) })
+	c := r.dial(t, dst)
+	buf := make([]byte, 32<<10)
+	var read int64
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+		time.Sleep(200 * time.Millisecond)
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := io.ReadFull(c, buf)
+		read += int64(n)
+		if err != nil {
+			t.Fatalf("after %d bytes read: %v (tcp_stalled %d)", read, err, r.p.Stats().TCPStalled)
+		}
+	}
+	t.Logf("read %d KiB in 5 s; the destination had sent %d KiB", read>>10, sent.Load()>>10)
+	if sent.Load()-read < 1<<20 {
+		t.Fatalf("only %d bytes in flight: the relay's write never waited, the test shows nothing", sent.Load()-read)
+	}
+	if recs := r.sink.parse(t); len(recs) != 0 {
+		t.Errorf("the flow ended: %+v", recs[0])
+	}
+	if got := r.p.Stats().TCPStalled; got != 0 {
+		t.Errorf("tcp_stalled %d, want 0", got)
+	}
+}
+
+// A destination that reads an upload slowly but steadily is not aborted
+// either: the host socket's queue shrinks while the relay's write waits.
+func TestRelaySlowDestinationNotStalled(t *testing.T) {
+	r := newStallRig(t, time.Second)
+	var read atomic.Int64
+	readErr := make(chan error, 1)
+	dst := destination(t, func(c *net.TCPConn) {
+		buf := make([]byte, 32<<10)
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+			time.Sleep(200 * time.Millisecond)
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, err := io.ReadFull(c, buf)
+			read.Add(int64(n))
+			if err != nil {
+				readErr <- err
+				return
+			}
+		}
+		readErr <- nil
+	})
+	c := r.dial(t, dst)
+	var sent atomic.Int64
+	go flood(c, &sent)
+	if err := <-readErr; err != nil {
+		t.Fatalf("after %d bytes read: %v (tcp_stalled %d)", read.Load(), err, r.p.Stats().TCPStalled)
+	}
+	t.Logf("the destination read %d KiB in 5 s; the client had sent %d KiB", read.Load()>>10, sent.Load()>>10)
+	if sent.Load()-read.Load() < 1<<20 {
+		t.Fatalf("only %d bytes in flight: the relay's write never waited, the test shows nothing", sent.Load()-read.Load())
+	}
+	if recs := r.sink.parse(t); len(recs) != 0 {
+		t.Errorf("the flow ended: %+v", recs[0])
+	}
+	if got := r.p.Stats().TCPStalled; got != 0 {
+		t.Errorf("tcp_stalled %d, want 0", got)
+	}
+}
+
+// Lowering the timeout reaches a write already waiting: a flow stalled
+// under a timeout of an hour is aborted within about the new one of a
+// second once it is set (as when memory turns short), not an hour later.
+// Within two of them: the client's stack may have acknowledged bytes that
+// gVisor did not wake the write for, and the watch's look at the deadline
+// lets the write take them first (progress) before it calls it stalled.
+func TestRelayStallTimeoutLoweredWhileWaiting(t *testing.T) {
+	r := newStallRig(t, time.Hour)
+	var sent atomic.Int64
+	dst := destination(t, func(c *net.TCPConn) { flood(c, &sent) })
+	c := r.dial(t, dst)
+	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	stalled(t, &sent)
+	time.Sleep(time.Second)
+	if recs := r.sink.parse(t); len(recs) != 0 {
+		t.Fatalf("aborted under a timeout of an hour: %+v", recs[0])
+	}
+	r.p.SetWriteStallTimeout(time.Second)
+	set := time.Now()
+	rec, ok := r.record(t, 5*time.Second)
+	if !ok {
+		t.Fatalf("still relayed %v after the timeout was lowered to 1 s", time.Since(set).Round(time.Millisecond))
+	}
+	took := time.Since(set)
+	t.Logf("aborted %v after the timeout was lowered", took.Round(time.Millisecond))
+	if took > 2500*time.Millisecond {
+		t.Errorf("aborted %v after the timeout was lowered to 1 s", took)
+	}
+	r.checkStalled(t, rec, "client")
+}
+
+// The timeout in force is the configured one, at most a minute while
+// memory is short and ten seconds while it is critical.
+func TestWriteStallTimeoutFollowsMemoryPressure(t *testing.T) {
+	p := New(Config{})
+	defer p.Close()
+	for _, c := range []struct {
+		base time.Duration
+		l    netstack.MemoryPressure
+		want time.Duration
+	}{
+		{0, netstack.MemoryAmple, DefaultWriteStallTimeout},
+		{0, netstack.MemoryShort, ShortMemoryWriteStallTimeout},
+		{0, netstack.MemoryCritical, CriticalMemoryWriteStallTimeout},
+		{5 * time.Second, netstack.MemoryShort, 5 * time.Second},
+		{5 * time.Second, netstack.MemoryAmple, 5 * time.Second},
+		{time.Hour, netstack.MemoryAmple, time.Hour},
+	} {
+		p.SetWriteStallTimeout(c.base)
+		p.SetMemoryPressure(c.l)
+		if got := p.WriteStallTimeout(); got != c.want {
+			t.Errorf("base %v at pressure %d: %v, want %v", c.base, c.l, got, c.want)
+		}
+	}
+}
