@@ -62,26 +62,10 @@ func newEchoRig(t *testing.T, doc string, mutate func(*Config)) *echoRig {
 	r := &echoRig{}
 	r.p, _, r.sink = echoProxy(t, doc, mutate)
 	t.Cleanup(r.p.Close)
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	pc.Close() // the simulator's port, free again for it
-	r.srv, err = netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
-		ReturnPath: netstack.ReturnPathBound, Handler: r.p})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := gwlbsim.New(gwlbsim.Config{Addr: netip.MustParseAddr("127.0.0.1"), ListenPort: port, Appliance: r.srv.Addr(), Senders: 1})
-	if err != nil {
-		r.srv.Close()
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { r.srv.Serve(); close(served) }()
-	t.Cleanup(func() { sim.Close(); r.srv.Close(); <-served })
-	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(echoRigClient, echoRigOther); err != nil {
+	var ep *gwlbsim.Endpoint
+	r.srv, ep = simulatedEndpoint(t, r.p, false)
+	var err error
+	if r.client, err = ep.NewClientStack(echoRigClient, echoRigOther); err != nil {
 		t.Fatal(err)
 	}
 	r.client.SetTap(func(inner []byte) bool {

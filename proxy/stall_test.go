@@ -31,26 +31,9 @@ func newStallRig(t *testing.T, timeout time.Duration) *stallRig {
 	r := &stallRig{sink: new(recordSink)}
 	r.p = New(Config{Records: records.NewWriter(nil, r.sink), AllowLoopback: true, WriteStallTimeout: timeout})
 	t.Cleanup(r.p.Close)
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	pc.Close() // the simulator's port, free again for it
-	srv, err := netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
-		ReturnPath: netstack.ReturnPathBound, Handler: r.p, AllowLoopback: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := gwlbsim.New(gwlbsim.Config{Addr: netip.MustParseAddr("127.0.0.1"), ListenPort: port, Appliance: srv.Addr(), Senders: 1})
-	if err != nil {
-		srv.Close()
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { srv.Serve(); close(served) }()
-	t.Cleanup(func() { sim.Close(); srv.Close(); <-served })
-	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(netip.MustParseAddr("198.18.0.5")); err != nil {
+	_, ep := simulatedEndpoint(t, r.p, true)
+	var err error
+	if r.client, err = ep.NewClientStack(netip.MustParseAddr("198.18.0.5")); err != nil {
 		t.Fatal(err)
 	}
 	return r

@@ -147,30 +147,35 @@ func disableIPv6(name string) error {
 
 // raiseMTU sets the device's MTU to mtu unless it is that large already.
 func raiseMTU(name string, mtu int) error {
-	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(s)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(s, unix.SIOCGIFMTU, ifr); err != nil {
-		return fmt.Errorf("reading the MTU: %w", err)
-	}
-	if int(ifr.Uint32()) >= mtu {
+	return ifreq(name, func(s int, ifr *unix.Ifreq) error {
+		if err := unix.IoctlIfreq(s, unix.SIOCGIFMTU, ifr); err != nil {
+			return fmt.Errorf("reading the MTU: %w", err)
+		}
+		if int(ifr.Uint32()) >= mtu {
+			return nil
+		}
+		ifr.SetUint32(uint32(mtu))
+		if err := unix.IoctlIfreq(s, unix.SIOCSIFMTU, ifr); err != nil {
+			return fmt.Errorf("setting the MTU to %d: %w", mtu, err)
+		}
 		return nil
-	}
-	ifr.SetUint32(uint32(mtu))
-	if err := unix.IoctlIfreq(s, unix.SIOCSIFMTU, ifr); err != nil {
-		return fmt.Errorf("setting the MTU to %d: %w", mtu, err)
-	}
-	return nil
+	})
 }
 
 // setUp sets IFF_UP on the device.
 func setUp(name string) error {
+	return ifreq(name, func(s int, ifr *unix.Ifreq) error {
+		if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
+			return err
+		}
+		ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+		return unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr)
+	})
+}
+
+// ifreq calls fn with a socket to make interface ioctls on and a request
+// naming the device.
+func ifreq(name string, fn func(s int, ifr *unix.Ifreq) error) error {
 	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
@@ -180,11 +185,7 @@ func setUp(name string) error {
 	if err != nil {
 		return err
 	}
-	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr)
+	return fn(s, ifr)
 }
 
 func (m *mirror) run(q *queue, done <-chan struct{}) {
