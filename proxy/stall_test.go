@@ -179,24 +179,7 @@ func TestRelayClientStallsDownload(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, 1<<20)); err != nil { // the window opens, then shuts
 		t.Fatal(err)
 	}
-	stalled(t, &sent)
-	stalledAt := time.Now()
-	rec, ok := r.record(t, 5*time.Second)
-	if !ok {
-		t.Fatalf("the flow stalled %v ago (%d MiB sent) and is still relayed (tcp_stalled %d)",
-			time.Since(stalledAt).Round(time.Millisecond), sent.Load()>>20, r.p.Stats().TCPStalled)
-	}
-	t.Logf("aborted %v after the destination's writes stopped moving", time.Since(stalledAt).Round(time.Millisecond))
-	r.checkStalled(t, rec, "client")
-	select {
-	case err := <-serverErr:
-		t.Logf("the destination's write: %v", err)
-	case <-time.After(5 * time.Second):
-		t.Error("the destination was not reset")
-	}
-	if n := alive(); n != 0 {
-		t.Errorf("%d relay buffers still held after the abort", n)
-	}
+	r.expectStallAbort(t, &sent, "client", "destination", serverErr, alive)
 }
 
 // A destination that stops reading an upload: the relay's write to the
@@ -209,20 +192,28 @@ func TestRelayDestinationStallsUpload(t *testing.T) {
 	var sent atomic.Int64
 	clientErr := make(chan error, 1)
 	go func() { clientErr <- flood(c, &sent) }()
-	stalled(t, &sent)
+	r.expectStallAbort(t, &sent, "destination", "client", clientErr, alive)
+}
+
+// expectStallAbort waits, once sent has stopped moving, for the flow to be
+// aborted with a record naming stalledSide, its writer (sender) reset, and
+// no relay buffer left alive.
+func (r *stallRig) expectStallAbort(t *testing.T, sent *atomic.Int64, stalledSide, sender string, senderErr <-chan error, alive func() int64) {
+	t.Helper()
+	stalled(t, sent)
 	stalledAt := time.Now()
 	rec, ok := r.record(t, 5*time.Second)
 	if !ok {
 		t.Fatalf("the flow stalled %v ago (%d MiB sent) and is still relayed (tcp_stalled %d)",
 			time.Since(stalledAt).Round(time.Millisecond), sent.Load()>>20, r.p.Stats().TCPStalled)
 	}
-	t.Logf("aborted %v after the client's writes stopped moving", time.Since(stalledAt).Round(time.Millisecond))
-	r.checkStalled(t, rec, "destination")
+	t.Logf("aborted %v after the %s's writes stopped moving", time.Since(stalledAt).Round(time.Millisecond), sender)
+	r.checkStalled(t, rec, stalledSide)
 	select {
-	case err := <-clientErr:
-		t.Logf("the client's write: %v", err)
+	case err := <-senderErr:
+		t.Logf("the %s's write: %v", sender, err)
 	case <-time.After(5 * time.Second):
-		t.Error("the client was not reset")
+		t.Errorf("the %s was not reset", sender)
 	}
 	if n := alive(); n != 0 {
 		t.Errorf("%d relay buffers still held after the abort", n)
