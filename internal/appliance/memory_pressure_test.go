@@ -83,9 +83,10 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 	held := c.answered.Load()
 	st := r.stats().Netstack
 	t.Logf("the hoarder was refused after %d flows answered; memory %s, drops %v", held, st.MemoryPressure, st.Drops)
-	if st.MemoryPressure != netstack.MemoryShort.String() {
-		t.Errorf("/stats memory_pressure %q, want %q", st.MemoryPressure, netstack.MemoryShort)
-	}
+	// The live heap moves as garbage goes (under the race detector, and
+	// with other tests' garbage, by more than the band between short's
+	// thresholds): hold it in the middle of the band for what follows.
+	r.holdMemory(t, 0.65, netstack.MemoryShort)
 	stallTimeout := func(want time.Duration) {
 		t.Helper()
 		if got := r.app.proxy.WriteStallTimeout(); got != want {
@@ -141,15 +142,7 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 	// gets no new flow, the other client (holding one) still does, and
 	// the health check fails so that the GWLB sends new flows to another
 	// appliance.
-	// The live heap moves as the flows' garbage goes: the limit follows it.
-	for try := 0; r.stats().Netstack.MemoryPressure != netstack.MemoryCritical.String(); try++ {
-		if try == 50 {
-			t.Fatalf("memory not critical after %d tries; /stats %+v", try, r.stats().Netstack)
-		}
-		runtime.GC()
-		debug.SetMemoryLimit(int64(float64((&memwatch.Watcher{}).Read().InUse) / 0.9))
-		time.Sleep(2 * memwatch.DefaultInterval)
-	}
+	r.holdMemory(t, 0.9, netstack.MemoryCritical)
 	stallTimeout(proxy.CriticalMemoryWriteStallTimeout)
 	if code, body := r.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, "memory critical") {
 		t.Errorf("health check while memory is critical: %d %q", code, body)
@@ -177,6 +170,21 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// holdMemory sets this process's soft memory limit so that the Go memory
+// in use is frac of it, until the appliance reports want: the live heap
+// moves as garbage goes, and the limit follows it.
+func (r *rig) holdMemory(t *testing.T, frac float64, want netstack.MemoryPressure) {
+	t.Helper()
+	for try := 0; r.stats().Netstack.MemoryPressure != want.String(); try++ {
+		if try == 50 {
+			t.Fatalf("memory not %s after %d tries; /stats %+v", want, try, r.stats().Netstack)
+		}
+		runtime.GC()
+		debug.SetMemoryLimit(int64(float64((&memwatch.Watcher{}).Read().InUse) / frac))
+		time.Sleep(2 * memwatch.DefaultInterval)
+	}
 }
 
 // health returns the health check's status and body.
