@@ -104,13 +104,14 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 		a.netstack.SetMemoryPressure(p)
 		a.proxy.SetMemoryPressure(p)
 		if p == netstack.MemoryCritical {
-			why := fmt.Sprintf("memory critical, new flows refused to clients holding many (Go memory in use %s of a %s limit; %s of %s available)",
-				mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total))
+			why := fmt.Sprintf("memory critical, new flows refused to clients holding many (Go memory in use %s of a %s limit; %s of %s available; cgroup: %s of %s)",
+				mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total), mib(s.CgroupAvailable), mib(s.CgroupTotal))
 			a.memoryCritical.Store(&why)
 		} else {
 			a.memoryCritical.Store(nil)
 		}
-		attrs := []any{"go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total}
+		attrs := []any{"go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total,
+			"cgroup_available", s.CgroupAvailable, "cgroup_limit", s.CgroupTotal}
 		switch {
 		case p == netstack.MemoryShort:
 			slog.Warn("memory is short: clients holding many flows get no new ones", append(attrs, "client_flows", netstack.ShortMemoryClientFlows,

@@ -14,10 +14,11 @@
 // soft limit (--memory-limit), and the memory the kernel says is available
 // (MemAvailable) against the machine's total, which covers the kernel's
 // socket memory that the Go limit does not; inside a cgroup with a memory
-// limit (Watcher.Cgroup), what is left under that limit against it, since
-// the kernel kills the process there. Each has two thresholds: past
-// the first memory is Short, past the second Critical; a level is left only
-// some way below its threshold, so that it does not flap.
+// limit (Watcher.Cgroup), also what is left under that limit against it,
+// since the kernel kills the process there; the worse of the two counts.
+// Each has two thresholds: past the first memory is Short, past the second
+// Critical; a level is left only some way below its threshold, so that it
+// does not flap.
 package memwatch
 
 import (
@@ -93,6 +94,10 @@ type Sample struct {
 	// Available and Total are the kernel's MemAvailable and MemTotal in
 	// bytes; 0 when unknown.
 	Available, Total uint64
+	// CgroupAvailable and CgroupTotal are what is left under the binding
+	// cgroup's memory limit, and the limit (Watcher.Cgroup); 0 when there
+	// is none or it cannot be read.
+	CgroupAvailable, CgroupTotal uint64
 }
 
 // Level returns the level s shows, given that the last one was was.
@@ -101,8 +106,13 @@ func (s Sample) Level(was Level) Level {
 	if s.Limit > 0 {
 		live = float64(s.InUse) / float64(s.Limit)
 	}
+	// The machine and the cgroup can each run out while the other has
+	// room: the worse counts.
 	if s.Total > 0 {
 		avail = float64(s.Available) / float64(s.Total)
+	}
+	if s.CgroupTotal > 0 {
+		avail = min(avail, float64(s.CgroupAvailable)/float64(s.CgroupTotal))
 	}
 	// Each threshold is crossed at its own value going up and at its
 	// leave value coming down: the level held stays until memory is
@@ -132,19 +142,21 @@ type Watcher struct {
 	// "": /proc/meminfo.
 	Meminfo string
 	// Cgroup, when set, is the directory of the cgroup whose memory limit
-	// binds the process (v2: memory.max; v1: memory.limit_in_bytes): its
-	// limit and what is charged to it stand in for MemTotal and
-	// MemAvailable, which are the machine's. The kernel's socket buffers
-	// are charged there and kill the process at that limit, not the
-	// machine's.
+	// binds the process (v2: memory.max; v1: memory.limit_in_bytes): what
+	// is left under that limit is read too, since the kernel kills the
+	// process there while the machine may have room (and the machine may
+	// run out while the cgroup has room: the worse counts). cgroup v2
+	// charges socket buffers to the cgroup; v1 charges them only to
+	// kmem.tcp, when a TCP limit is set, so there the machine's
+	// MemAvailable is what sees them.
 	Cgroup string
 	// Report is called with each new level and the sample that showed it,
 	// and once at the start with the first reading. It must not block.
 	Report func(Level, Sample)
 
-	samples []metrics.Sample
-	buf     []byte
-	warned  bool // that the kernel's measure could not be read
+	samples             []metrics.Sample
+	buf                 []byte
+	warnedM, warnedCgrp bool // that a measure could not be read
 }
 
 // Run reads memory until ctx ends.
@@ -189,31 +201,37 @@ func (w *Watcher) Read() Sample {
 	if l := debug.SetMemoryLimit(-1); l > 0 && l < math.MaxInt64 {
 		s.Limit = uint64(l)
 	}
-	var err error
-	if w.Cgroup != "" {
-		s.Available, s.Total, err = w.readCgroup(w.Cgroup)
-	} else {
-		file := w.Meminfo
-		if file == "" {
-			file = "/proc/meminfo"
-		}
-		s.Available, s.Total, err = w.readMeminfo(file)
+	file := w.Meminfo
+	if file == "" {
+		file = "/proc/meminfo"
 	}
-	if err != nil && !w.warned {
-		w.warned = true
-		slog.Warn("the memory watch cannot read the kernel's measure: only the Go memory limit is watched", "err", err)
+	var err error
+	if s.Available, s.Total, err = w.readMeminfo(file); err != nil && !w.warnedM {
+		w.warnedM = true
+		slog.Warn("the memory watch cannot read the machine's available memory", "err", err)
+	}
+	if w.Cgroup == "" {
+		return s
+	}
+	if s.CgroupAvailable, s.CgroupTotal, err = w.readCgroup(w.Cgroup); err != nil && !w.warnedCgrp {
+		w.warnedCgrp = true
+		slog.Warn("the memory watch cannot read its cgroup's memory: the machine's is watched instead", "err", err)
 	}
 	return s
 }
 
 // readCgroup returns what is left under the cgroup dir's memory limit and
 // the limit: the limit less what is charged to the cgroup, less the
-// inactive page cache, which the kernel reclaims before it kills (as
-// MemAvailable counts it). Without a limit there, both are 0: no news.
+// inactive page cache, which the kernel reclaims before it kills (a little
+// less than MemAvailable counts as reclaimable: this errs towards short).
+// Without a limit there, both are 0: no news.
 func (w *Watcher) readCgroup(dir string) (avail, total uint64, err error) {
 	limitFile, usageFile, inactiveKey := "memory.max", "memory.current", "inactive_file"
 	if _, err := os.Stat(filepath.Join(dir, limitFile)); err != nil {
 		limitFile, usageFile, inactiveKey = "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file" // v1
+		if _, err := os.Stat(filepath.Join(dir, limitFile)); err != nil {
+			return 0, 0, fmt.Errorf("%s: no memory.max (v2) or memory.limit_in_bytes (v1): %w", dir, err)
+		}
 	}
 	limit, err := w.readNumber(filepath.Join(dir, limitFile))
 	if err != nil || limit == 0 || limit >= 1<<62 { // v1 writes "none" as a huge number

@@ -160,6 +160,14 @@ func TestReadCgroup(t *testing.T) {
 		"memory.stat":           "cache 1\nrss 2\ninactive_file 999999999\ntotal_inactive_file " + strconv.Itoa(24*mib) + "\n",
 	})
 	write(none, map[string]string{"memory.max": "max\n", "memory.current": "5\n", "memory.stat": "inactive_file 0\n"})
+	machine := filepath.Join(t.TempDir(), "meminfo")
+	writeMeminfo := func(availKB int) {
+		t.Helper()
+		if err := os.WriteFile(machine, []byte("MemTotal: 4000000 kB\nMemAvailable: "+strconv.Itoa(availKB)+" kB\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeMeminfo(3000000) // 75% available
 	for _, tc := range []struct {
 		name         string
 		dir          string
@@ -168,18 +176,29 @@ func TestReadCgroup(t *testing.T) {
 		{"v2", v2, 2048*mib - 1860*mib, 2048 * mib},
 		{"v1", v1, 1024*mib - 976*mib, 1024 * mib},
 		{"no limit", none, 0, 0},
+		{"gone", filepath.Join(none, "gone"), 0, 0}, // no news, not an alarm
 	} {
-		w := &Watcher{Cgroup: tc.dir}
-		if s := w.Read(); s.Available != tc.avail || s.Total != tc.total {
-			t.Errorf("%s: available %d MiB of %d MiB, want %d of %d", tc.name, s.Available/mib, s.Total/mib, tc.avail/mib, tc.total/mib)
+		w := &Watcher{Cgroup: tc.dir, Meminfo: machine}
+		s := w.Read()
+		if s.CgroupAvailable != tc.avail || s.CgroupTotal != tc.total {
+			t.Errorf("%s: available %d MiB of %d MiB, want %d of %d", tc.name, s.CgroupAvailable/mib, s.CgroupTotal/mib, tc.avail/mib, tc.total/mib)
+		}
+		if s.Total != 4000000<<10 {
+			t.Errorf("%s: the machine's total %d, want it read beside the cgroup's", tc.name, s.Total)
 		}
 	}
-	// 188 MiB of 2 GiB left: under 10%, so short.
-	if l := (&Watcher{Cgroup: v2}).Read().Level(Ample); l != Short {
+	// 188 MiB of 2 GiB left in the cgroup: under 10%, so short, though
+	// the machine has room.
+	if l := (&Watcher{Cgroup: v2, Meminfo: machine}).Read().Level(Ample); l != Short {
 		t.Errorf("v2 cgroup with 188 MiB of 2 GiB left: %s, want short", l)
 	}
-	// A cgroup that cannot be read is no news, not an alarm.
-	if s := (&Watcher{Cgroup: filepath.Join(none, "gone")}).Read(); s.Total != 0 || s.Available != 0 {
-		t.Errorf("a cgroup directory that is not there: %+v", s)
+	// The machine at 1% while the cgroup has room (other processes took
+	// it): critical, the worse of the two.
+	writeMeminfo(40000)
+	if l := (&Watcher{Cgroup: none, Meminfo: machine}).Read().Level(Ample); l != Critical {
+		t.Errorf("the machine at 1%% available, the cgroup unlimited: %s, want critical", l)
+	}
+	if l := (&Watcher{Cgroup: filepath.Join(none, "gone"), Meminfo: machine}).Read().Level(Ample); l != Critical {
+		t.Errorf("the machine at 1%% available, the cgroup gone: %s, want critical", l)
 	}
 }
