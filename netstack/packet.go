@@ -31,7 +31,7 @@ type Packet struct {
 	FragmentID    uint32
 	Echo          bool // an ICMP or ICMPv6 echo request
 	ICMPError     bool // an ICMP error quoting a packet of the flow
-	ICMPOther     bool // ICMP neither an echo nor an error (see UnsupportedFromClient)
+	ICMPOther     bool // ICMP neither an echo request nor an error (see UnsupportedFromClient)
 	TCPFlags      uint8
 	Payload       int // offset of the transport header (ICMP: of the ICMP header)
 	// Len is the packet's length by its IP header; bytes after it in the
@@ -207,6 +207,7 @@ func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 		switch {
 		case isEcho(typ, p.IPv6):
 			p.Echo = typ == echoRequestType(p.IPv6)
+			p.ICMPOther = !quoted && !p.Echo // an echo reply: a client's answers nothing
 			id := binary.BigEndian.Uint16(t[4:6])
 			p.SrcPort, p.DstPort = id, id
 		case !quoted && isICMPError(typ, p.IPv6):
@@ -240,11 +241,7 @@ func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 // metadata service's included); an echo reply answers nothing the
 // appliance passed in. The same types leave the appliance (the echo
 // relay's replies), so the reply path parses them.
-func (p *Packet) UnsupportedFromClient() bool {
-	return p.ICMPOther || (isICMPProto(p.Proto) && !p.Echo && !p.ICMPError && !p.Fragment)
-}
-
-func isICMPProto(proto uint8) bool { return proto == protoICMP || proto == protoICMPv6 }
+func (p *Packet) UnsupportedFromClient() bool { return p.ICMPOther }
 
 func echoRequestType(v6 bool) uint8 {
 	if v6 {

@@ -138,8 +138,19 @@ func (w *stallWatch) remove(h *halfRelay) {
 	w.mu.Unlock()
 }
 
+// stallClock anchors stallNow.
+var stallClock = time.Now()
+
+// stallNow returns nanoseconds on the monotonic clock, never 0 (a wait's
+// start is stored as a positive number): a step of the wall clock, at boot
+// or on a VM's resume, must not make every waiting write look stalled.
+func stallNow() int64 { return int64(time.Since(stallClock)) + 1 }
+
 // sweepEvery is how often the sweeper looks: a tenth of the timeout,
-// between 10 ms and a second, so that a flow is aborted at most that late.
+// between 10 ms and a second. A flow is aborted that long after its
+// timeout at most, or, when its peer acknowledged something while the
+// write waited (stalledFor), after one more wait: between one and about
+// two timeouts after its last progress.
 func sweepEvery(timeout time.Duration) time.Duration {
 	return min(max(timeout/10, 10*time.Millisecond), time.Second)
 }
@@ -171,7 +182,7 @@ func (w *stallWatch) sweep() {
 		// Looked at without the lock, which relays starting and ending
 		// take: a relay that ends meanwhile is not aborted (stall).
 		timeout := w.timeout.Load()
-		now := time.Now().UnixNano()
+		now := stallNow()
 		for i, h := range waiting {
 			waiting[i] = nil
 			since := h.waitSince.Load()
@@ -235,7 +246,7 @@ func (h *halfRelay) WriteWaiting(waiting bool) {
 		h.waitSince.Store(0)
 		return
 	}
-	h.waitSince.Store(time.Now().UnixNano())
+	h.waitSince.Store(stallNow())
 	if !h.watched {
 		h.watched = true
 		h.r.stalls.add(h)
@@ -273,8 +284,21 @@ func (h *halfRelay) stall(waited, timeout time.Duration, count *atomic.Uint64) {
 	if r.left.Load() == 0 || r.stalled.Load() != nil {
 		return // the relay has ended meanwhile
 	}
-	to := "destination"
+	// When both directions wait (a client that stops reading a download
+	// soon stops its destination reading the upload too), the one that
+	// has waited longer is the cause, whichever the sweeper met first.
+	culprit := h
+	other := &r.in
 	if h == &r.in {
+		other = &r.out
+	}
+	if since := other.waitSince.Load(); since > 0 {
+		if w := time.Duration(stallNow() - since); w > waited {
+			culprit, waited = other, w
+		}
+	}
+	to := "destination"
+	if culprit == &r.in {
 		to = "client"
 	}
 	err := fmt.Errorf("%w: the %s accepted nothing written to it for %v (write-stall timeout %v)",

@@ -346,3 +346,39 @@ func TestWriteStallTimeoutFollowsMemoryPressure(t *testing.T) {
 		}
 	}
 }
+
+// When both directions of a flow wait (a client that stops reading a
+// download soon stops its destination reading the upload too), the
+// record names the side that has waited longer, whichever the sweeper
+// met first.
+func TestStallNamesTheLongerWaiter(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		longer      func(r *relay) *halfRelay
+		metFirst    func(r *relay) *halfRelay
+		wantInError string
+	}{
+		{"client waited longer, met second", func(r *relay) *halfRelay { return &r.in }, func(r *relay) *halfRelay { return &r.out }, "the client accepted nothing"},
+		{"destination waited longer, met second", func(r *relay) *halfRelay { return &r.out }, func(r *relay) *halfRelay { return &r.in }, "the destination accepted nothing"},
+	} {
+		a, b := net.Pipe()
+		c, d := net.Pipe()
+		r := &relay{client: a, upstream: c}
+		r.out = halfRelay{r: r, dst: c, src: a}
+		r.in = halfRelay{r: r, dst: a, src: c}
+		r.left.Store(2)
+		time.Sleep(20 * time.Millisecond)
+		tc.longer(r).waitSince.Store(1) // waiting since the clock began
+		met := tc.metFirst(r)
+		met.waitSince.Store(-stallNow()) // the sweeper's mark on a wait just begun
+		var count atomic.Uint64
+		met.stall(time.Millisecond, time.Millisecond, &count)
+		p := r.stalled.Load()
+		if p == nil || !strings.Contains((*p).Error(), tc.wantInError) {
+			t.Errorf("%s: %v, want it to say %q", tc.name, p, tc.wantInError)
+		}
+		for _, x := range []net.Conn{a, b, c, d} {
+			x.Close()
+		}
+	}
+}
