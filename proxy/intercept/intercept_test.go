@@ -545,17 +545,7 @@ func TestH2C(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	get := func(url string) (*http.Response, string) {
-		t.Helper()
-		req, _ := http.NewRequest("GET", url, nil)
-		resp, err := cc.RoundTrip(req)
-		if err != nil {
-			t.Fatalf("%s: %v", url, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp, string(body)
-	}
+	get := func(url string) (*http.Response, string) { t.Helper(); return h2cGet(t, cc, url) }
 	if resp, body := get("http://www.example.test/a"); resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" || body != "upstream: GET www.example.test /a HTTP/1.1" {
 		t.Fatalf("allowed: %d %s %q", resp.StatusCode, resp.Proto, body)
 	}
@@ -816,17 +806,7 @@ policy:
 	if err != nil {
 		t.Fatal(err)
 	}
-	get := func(url string) (*http.Response, string) {
-		t.Helper()
-		req, _ := http.NewRequest("GET", url, nil)
-		resp, err := cc.RoundTrip(req)
-		if err != nil {
-			t.Fatalf("%s: %v", url, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp, string(body)
-	}
+	get := func(url string) (*http.Response, string) { t.Helper(); return h2cGet(t, cc, url) }
 	if resp, body := get("http://www.example.test/a"); resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" || body != "upstream: GET www.example.test /a HTTP/1.1" {
 		t.Fatalf("allowed: %d %s %q", resp.StatusCode, resp.Proto, body)
 	}
@@ -854,4 +834,18 @@ policy:
 	if n := r.ic.Denied(); n != 1 {
 		t.Errorf("Denied() = %d, want 1", n)
 	}
+}
+
+// h2cGet sends a GET for url over the HTTP/2 connection cc and returns the
+// response and its body.
+func h2cGet(t *testing.T, cc *http2.ClientConn, url string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("%s: %v", url, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
 }
