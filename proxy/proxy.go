@@ -141,9 +141,10 @@ type Stats struct {
 	// DNSUnrecorded counts DNS queries relayed without a record of their
 	// own: their client had used up its DNS records (denylimit.go).
 	DNSUnrecorded uint64 `json:"dns_unrecorded"`
-	// TCPStalled counts relayed TCP flows aborted because a write to the
-	// client or the destination made no progress for the write-stall
-	// timeout (stall.go).
+	// TCPStalled counts relayed TCP flows, and intercepted (bumped or
+	// cleartext HTTP) connections, aborted because a write to the client
+	// or the destination made no progress for the write-stall timeout
+	// (stall.go).
 	TCPStalled uint64 `json:"tcp_stalled"`
 }
 

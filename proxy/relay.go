@@ -78,8 +78,8 @@ func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, done func(
 	r.in = halfRelay{r: r, dst: client, src: upstream}
 	r.left.Store(2)
 	if stalls != nil {
-		r.out.watchWrites(upstream)
-		r.in.watchWrites(client)
+		r.out.ww.watchWrites(stalls, r, upstream)
+		r.in.ww.watchWrites(stalls, r, client)
 	}
 	go r.out.copy()
 	go r.in.copy()
@@ -122,12 +122,8 @@ func (r *relay) ended() {
 	}
 	err := errors.Join(r.out.err, r.in.err, broke)
 	if r.stalls != nil {
-		if r.out.watched {
-			r.stalls.remove(&r.out)
-		}
-		if r.in.watched {
-			r.stalls.remove(&r.in)
-		}
+		r.stalls.unwatch(&r.out.ww)
+		r.stalls.unwatch(&r.in.ww)
 		if p := r.stalled.Load(); p != nil {
 			// Why it ended; the directions' errors are those of the
 			// resets it made.
@@ -166,19 +162,8 @@ type halfRelay struct {
 	rn     int
 	rerr   error
 
-	// waitSince is when a write to dst began to wait, or last made
-	// progress while waiting (Unix ns); 0 while none waits, negative once
-	// the stall watch has taken it. watched: h is in the watch.
-	waitSince atomic.Int64
-	watched   bool
-	// The stall watch's own: dst under its wrappers, when it can tell
-	// of a waiting write; and what the sweeper last saw of it
-	// (stalledFor).
-	wdst      net.Conn
-	kicked    int64 // the wait whose writer was woken to take the room
-	ackSince  int64 // the wait ackQueued and ackAt are of
-	ackQueued int
-	ackAt     int64 // when the destination last took bytes during it
+	// ww follows the writes to dst for the stall watch (stall.go).
+	ww writeWatch
 }
 
 // errParked ends a copy whose tryReader has nothing to read: wake resumes

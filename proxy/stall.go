@@ -44,14 +44,15 @@ func relayResultOf(err error) string {
 	return "reset"
 }
 
-// stallWatch aborts relays whose writes wait without progress for longer
-// than the timeout. Writes that find room cost it nothing: the
-// destinations of the writes (netstack.Conn, hostconn.Conn) tell a
-// direction only when a write is about to wait, or waits again after
-// progress (WriteWaiting), and the direction notes the time. A direction
-// joins the watch the first time one of its writes waits and leaves it
-// when its relay ends; one goroutine, running while any direction is in
-// the watch, looks at them all a few times per timeout. A new timeout
+// stallWatch aborts relays, and intercepted sessions, whose writes wait
+// without progress for longer than the timeout. Writes that find room
+// cost it nothing: the connections written to (netstack.Conn,
+// hostconn.Conn) tell their writeWatch only when a write is about to
+// wait, or waits again after progress (WriteWaiting), and it notes the
+// time. A writeWatch joins the watch the first time one of its writes
+// waits and leaves it when its owner ends (a relay, a session) or its
+// connection closes; one goroutine, running while the watch holds any,
+// looks at them all a few times per timeout. A new timeout
 // applies at its next look to writes already waiting: a flow stalled for
 // five minutes when memory turns short is aborted a minute later, not ten
 // minutes later.
@@ -63,7 +64,7 @@ type stallWatch struct {
 	stalled  atomic.Uint64
 
 	mu      sync.Mutex
-	dirs    map[*halfRelay]struct{}
+	dirs    map[*writeWatch]struct{}
 	running bool          // the sweeper runs
 	nudge   chan struct{} // a new timeout for the sweeper
 }
@@ -72,7 +73,7 @@ func newStallWatch(base time.Duration) *stallWatch {
 	if base <= 0 {
 		base = DefaultWriteStallTimeout
 	}
-	w := &stallWatch{dirs: make(map[*halfRelay]struct{}), nudge: make(chan struct{}, 1)}
+	w := &stallWatch{dirs: make(map[*writeWatch]struct{}), nudge: make(chan struct{}, 1)}
 	w.base.Store(int64(base))
 	w.apply()
 	return w
@@ -121,20 +122,62 @@ func (w *stallWatch) apply() {
 	}
 }
 
-// add puts h in the watch; its relay's end takes it out (remove).
-func (w *stallWatch) add(h *halfRelay) {
+// writeWatch follows the writes to one connection for the stall watch: a
+// relay direction's destination, or one of an intercepted session's
+// connections (its client's, each to its destination). Its owner is what
+// a stall aborts.
+type writeWatch struct {
+	sw    *stallWatch
+	owner stallOwner
+	// waitSince is when a write to the connection began to wait, or last
+	// made progress while waiting (stallNow); 0 while none waits,
+	// negative once the stall watch has taken it.
+	waitSince atomic.Int64
+	// watched: a write has waited, so the watch holds ww, or ww has been
+	// unwatched. gone, guarded by sw.mu: unwatched, so that a first wait
+	// racing the end adds nothing.
+	watched atomic.Bool
+	gone    bool
+	// The sweeper's own: the connection under its wrappers, and what it
+	// last saw of it (stalledFor).
+	conn      net.Conn
+	kicked    int64 // the wait whose writer was woken to take the room
+	ackSince  int64 // the wait ackQueued and ackAt are of
+	ackQueued int
+	ackAt     int64 // when the destination last took bytes during it
+}
+
+// stallOwner is what a stalled write aborts: a relay, or an intercepted
+// session.
+type stallOwner interface {
+	// stall aborts it: ww's write has made no progress for waited. It
+	// counts the stall (sw.stalled) unless the owner has ended meanwhile.
+	stall(ww *writeWatch, waited, timeout time.Duration)
+}
+
+// add puts ww in the watch; the end of its owner takes it out (unwatch).
+func (w *stallWatch) add(ww *writeWatch) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.dirs[h] = struct{}{}
+	if ww.gone {
+		return
+	}
+	w.dirs[ww] = struct{}{}
 	if !w.running {
 		w.running = true
 		go w.sweep()
 	}
 }
 
-func (w *stallWatch) remove(h *halfRelay) {
+// unwatch takes ww out of the watch for good, when its owner ends or its
+// connection closes; a write that waits later is not watched.
+func (w *stallWatch) unwatch(ww *writeWatch) {
+	if !ww.watched.Swap(true) {
+		return // never waited; and a first wait now adds nothing
+	}
 	w.mu.Lock()
-	delete(w.dirs, h)
+	ww.gone = true
+	delete(w.dirs, ww)
 	w.mu.Unlock()
 }
 
@@ -155,12 +198,12 @@ func sweepEvery(timeout time.Duration) time.Duration {
 	return min(max(timeout/10, 10*time.Millisecond), time.Second)
 }
 
-// sweep aborts the directions in the watch whose writes have waited
+// sweep aborts the owners of the writes in the watch whose writes have waited
 // without progress for the timeout, until the watch is empty.
 func (w *stallWatch) sweep() {
 	t := time.NewTimer(sweepEvery(time.Duration(w.timeout.Load())))
 	defer t.Stop()
-	var waiting []*halfRelay
+	var waiting []*writeWatch
 	for {
 		select {
 		case <-t.C:
@@ -173,9 +216,9 @@ func (w *stallWatch) sweep() {
 			w.mu.Unlock()
 			return
 		}
-		for h := range w.dirs {
-			if h.waitSince.Load() > 0 {
-				waiting = append(waiting, h)
+		for ww := range w.dirs {
+			if ww.waitSince.Load() > 0 {
+				waiting = append(waiting, ww)
 			}
 		}
 		w.mu.Unlock()
@@ -183,15 +226,15 @@ func (w *stallWatch) sweep() {
 		// take: a relay that ends meanwhile is not aborted (stall).
 		timeout := w.timeout.Load()
 		now := stallNow()
-		for i, h := range waiting {
+		for i, ww := range waiting {
 			waiting[i] = nil
-			since := h.waitSince.Load()
+			since := ww.waitSince.Load()
 			if since <= 0 {
 				continue
 			}
-			if waited, ok := h.stalledFor(since, now, timeout); ok &&
-				h.waitSince.CompareAndSwap(since, -since) { // a write's progress meanwhile keeps it
-				h.stall(time.Duration(waited), time.Duration(timeout), &w.stalled)
+			if waited, ok := ww.stalledFor(since, now, timeout); ok &&
+				ww.waitSince.CompareAndSwap(since, -since) { // a write's progress meanwhile keeps it
+				ww.owner.stall(ww, time.Duration(waited), time.Duration(timeout))
 			}
 		}
 		waiting = waiting[:0]
@@ -199,7 +242,7 @@ func (w *stallWatch) sweep() {
 	}
 }
 
-// stalledFor says whether h's write, waiting since then, has seen no
+// stalledFor says whether ww's write, waiting since then, has seen no
 // progress for the timeout, and how long. A write's own progress moves
 // since; but the stack and the kernel wake a waiting write only once a
 // good part of the send buffer is free, so the destination's progress
@@ -207,104 +250,209 @@ func (w *stallWatch) sweep() {
 // stack's send buffer has room again, or the socket's queue of bytes not
 // yet acknowledged has shrunk since the first look at this wait. It runs
 // in the sweeper only.
-func (h *halfRelay) stalledFor(since, now, timeout int64) (int64, bool) {
-	switch c := h.wdst.(type) {
+func (ww *writeWatch) stalledFor(since, now, timeout int64) (int64, bool) {
+	switch c := ww.conn.(type) {
 	case *netstack.Conn:
 		if now-since < timeout {
 			return 0, false
 		}
-		if h.kicked != since && c.KickWriter() {
-			h.kicked = since // woken to take what the client made room for: its progress moves since
+		if ww.kicked != since && c.KickWriter() {
+			ww.kicked = since // woken to take what the client made room for: its progress moves since
 			return 0, false
 		}
 		return now - since, true
 	case *hostconn.Conn:
-		if h.ackSince != since { // a new wait: note the queue
+		if ww.ackSince != since { // a new wait: note the queue
 			q, err := c.SendQueued()
 			if err != nil {
 				q = -1
 			}
-			h.ackSince, h.ackQueued, h.ackAt = since, q, since
+			ww.ackSince, ww.ackQueued, ww.ackAt = since, q, since
 		}
-		if now-h.ackAt < timeout {
+		if now-ww.ackAt < timeout {
 			return 0, false
 		}
-		if q, err := c.SendQueued(); err == nil && q < h.ackQueued {
-			h.ackQueued, h.ackAt = q, now // the destination took some
+		if q, err := c.SendQueued(); err == nil && q < ww.ackQueued {
+			ww.ackQueued, ww.ackAt = q, now // the destination took some
 			return 0, false
 		}
-		return now - h.ackAt, true
+		return now - ww.ackAt, true
 	}
 	return now - since, now-since >= timeout
 }
 
 // WriteWaiting implements netstack.WriteWaiter and hostconn.WriteWaiter:
-// it runs in the direction's goroutine, only when a write to its
-// destination is about to wait.
-func (h *halfRelay) WriteWaiting(waiting bool) {
+// it runs in the writer's goroutine, only when a write to the connection
+// is about to wait.
+func (ww *writeWatch) WriteWaiting(waiting bool) {
 	if !waiting {
-		h.waitSince.Store(0)
+		ww.waitSince.Store(0)
 		return
 	}
-	h.waitSince.Store(stallNow())
-	if !h.watched {
-		h.watched = true
-		h.r.stalls.add(h)
+	ww.waitSince.Store(stallNow())
+	if !ww.watched.Load() && !ww.watched.Swap(true) {
+		ww.sw.add(ww)
 	}
 }
 
-// watchWrites has dst, under its wrappers, tell h when a write to it
-// waits, if it can (netstack.Conn, hostconn.Conn): a write to anything
-// else is not bounded.
-func (h *halfRelay) watchWrites(dst net.Conn) {
+// watchWrites has conn, under its wrappers, tell ww when a write to it
+// waits, if it can (netstack.Conn, hostconn.Conn), for sw to abort owner
+// when one makes no progress for the timeout; it reports whether it can.
+// A write to anything else is not bounded.
+func (ww *writeWatch) watchWrites(sw *stallWatch, owner stallOwner, conn net.Conn) bool {
+	ww.sw, ww.owner = sw, owner
 	for {
-		w, ok := dst.(wrappedConn)
+		w, ok := conn.(wrappedConn)
 		if !ok {
 			break
 		}
-		dst = w.unwrap()
+		conn = w.unwrap()
 	}
-	switch c := dst.(type) {
+	switch c := conn.(type) {
 	case *netstack.Conn:
-		h.wdst = c
-		c.OnWriteWait(h)
+		ww.conn = c
+		c.OnWriteWait(ww)
 	case *hostconn.Conn:
-		h.wdst = c
-		c.OnWriteWait(h)
+		ww.conn = c
+		c.OnWriteWait(ww)
+	default:
+		return false
 	}
+	return true
 }
 
-// stall aborts h's relay, whose write has made no progress for waited:
-// both peers get a reset, the waiting write returns, and the record says
-// why.
-func (h *halfRelay) stall(waited, timeout time.Duration, count *atomic.Uint64) {
-	r := h.r
+// waitedLonger returns which of ww and other has waited longer, and for
+// how long: when both wait (a client that stops reading a download soon
+// stops its destination reading the upload too), the one that has waited
+// longer is the cause, whichever the sweeper met first.
+func waitedLonger(ww *writeWatch, waited time.Duration, other *writeWatch) (*writeWatch, time.Duration) {
+	if since := other.waitSince.Load(); since > 0 {
+		if w := time.Duration(stallNow() - since); w > waited {
+			return other, w
+		}
+	}
+	return ww, waited
+}
+
+// stallError is the error of a connection aborted because to (the client,
+// the destination) accepted nothing written to it for waited.
+func stallError(to string, waited, timeout time.Duration) error {
+	return fmt.Errorf("%w: the %s accepted nothing written to it for %v (write-stall timeout %v)",
+		errWriteStalled, to, waited.Round(time.Millisecond), timeout)
+}
+
+// stall aborts the relay, whose write through ww has made no progress for
+// waited: both peers get a reset, the waiting write returns, and the
+// record says why.
+func (r *relay) stall(ww *writeWatch, waited, timeout time.Duration) {
 	r.aborting.Lock()
 	defer r.aborting.Unlock()
 	if r.left.Load() == 0 || r.stalled.Load() != nil {
 		return // the relay has ended meanwhile
 	}
-	// When both directions wait (a client that stops reading a download
-	// soon stops its destination reading the upload too), the one that
-	// has waited longer is the cause, whichever the sweeper met first.
-	culprit := h
-	other := &r.in
-	if h == &r.in {
-		other = &r.out
+	other := &r.in.ww
+	if ww == other {
+		other = &r.out.ww
 	}
-	if since := other.waitSince.Load(); since > 0 {
-		if w := time.Duration(stallNow() - since); w > waited {
-			culprit, waited = other, w
-		}
-	}
+	culprit, waited := waitedLonger(ww, waited, other)
 	to := "destination"
-	if culprit == &r.in {
+	if culprit == &r.in.ww {
 		to = "client"
 	}
-	err := fmt.Errorf("%w: the %s accepted nothing written to it for %v (write-stall timeout %v)",
-		errWriteStalled, to, waited.Round(time.Millisecond), timeout)
+	err := stallError(to, waited, timeout)
 	r.stalled.Store(&err)
-	count.Add(1)
-	intercept.Abort(h.src)
-	intercept.Abort(h.dst)
+	ww.sw.stalled.Add(1)
+	intercept.Abort(r.client)
+	intercept.Abort(r.upstream)
+}
+
+// sessionWatch bounds the writes of an intercepted session as a relay's
+// are bounded: to its client (under the TLS the appliance terminates),
+// and to each of its connections to the destination (under the TLS it
+// originates). A stall ends the whole session (intercept.Session.Abort):
+// every connection is reset, which ends goproxy's and the transports'
+// goroutines waiting on them, and the connection's record says stalled.
+type sessionWatch struct {
+	p          *Proxy
+	is         *intercept.Session
+	client, up writeWatch
+
+	mu    sync.Mutex
+	more  map[*writeWatch]struct{} // further connections to the destination, until closed
+	ended bool
+}
+
+// watchSession watches is's client and first upstream connection, and
+// each further one it dials, from now until is.Done.
+func (p *Proxy) watchSession(is *intercept.Session) {
+	sw := &sessionWatch{p: p, is: is}
+	sw.client.watchWrites(p.stalls, sw, is.Client)
+	sw.up.watchWrites(p.stalls, sw, is.Upstream)
+	is.WatchUpstream = sw.watchUpstream
+	is.Done = sw.done
+}
+
+func (sw *sessionWatch) watchUpstream(c net.Conn) func() {
+	ww := new(writeWatch)
+	if !ww.watchWrites(sw.p.stalls, sw, c) {
+		return nil
+	}
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.ended {
+		sw.p.stalls.unwatch(ww)
+		return nil
+	}
+	if sw.more == nil {
+		sw.more = make(map[*writeWatch]struct{})
+	}
+	sw.more[ww] = struct{}{}
+	return func() {
+		sw.mu.Lock()
+		delete(sw.more, ww)
+		sw.mu.Unlock()
+		sw.p.stalls.unwatch(ww)
+	}
+}
+
+// done is the session's Done: it leaves the watch, and the connection
+// counts as ended.
+func (sw *sessionWatch) done() {
+	sw.mu.Lock()
+	sw.ended = true
+	more := sw.more
+	sw.more = nil
+	sw.mu.Unlock()
+	st := sw.p.stalls
+	st.unwatch(&sw.client)
+	st.unwatch(&sw.up)
+	for ww := range more {
+		st.unwatch(ww)
+	}
+	sw.p.stats.tcpActive.Add(-1)
+}
+
+// stall aborts the session, whose write through ww has made no progress
+// for waited.
+func (sw *sessionWatch) stall(ww *writeWatch, waited, timeout time.Duration) {
+	// Held throughout, so that a session that has ended is not counted:
+	// Abort only resets connections, it calls nothing back.
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.ended {
+		return
+	}
+	// Whichever of its writes has waited longest is the cause.
+	culprit, waited := waitedLonger(ww, waited, &sw.client)
+	culprit, waited = waitedLonger(culprit, waited, &sw.up)
+	for o := range sw.more {
+		culprit, waited = waitedLonger(culprit, waited, o)
+	}
+	to := "destination"
+	if culprit == &sw.client {
+		to = "client"
+	}
+	if sw.is.Abort("stalled", stallError(to, waited, timeout)) {
+		ww.sw.stalled.Add(1)
+	}
 }

@@ -368,11 +368,11 @@ func TestStallNamesTheLongerWaiter(t *testing.T) {
 		r.in = halfRelay{r: r, dst: a, src: c}
 		r.left.Store(2)
 		time.Sleep(20 * time.Millisecond)
-		tc.longer(r).waitSince.Store(1) // waiting since the clock began
+		r.out.ww.sw, r.in.ww.sw = newStallWatch(time.Millisecond), newStallWatch(time.Millisecond)
+		tc.longer(r).ww.waitSince.Store(1) // waiting since the clock began
 		met := tc.metFirst(r)
-		met.waitSince.Store(-stallNow()) // the sweeper's mark on a wait just begun
-		var count atomic.Uint64
-		met.stall(time.Millisecond, time.Millisecond, &count)
+		met.ww.waitSince.Store(-stallNow()) // the sweeper's mark on a wait just begun
+		r.stall(&met.ww, time.Millisecond, time.Millisecond)
 		p := r.stalled.Load()
 		if p == nil || !strings.Contains((*p).Error(), tc.wantInError) {
 			t.Errorf("%s: %v, want it to say %q", tc.name, p, tc.wantInError)

@@ -312,7 +312,9 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 func (s *tcpSession) intercept(is *intercept.Session) {
 	is.Client, is.Upstream, is.Policy, is.Subject = s.client, s.up, s.pol, s.subj
 	is.Record, is.Start = s.rec, s.start
-	is.Done = func() { s.p.stats.tcpActive.Add(-1) }
+	// Its writes are bounded as a relay's are (stall.go); Done counts it
+	// ended.
+	s.p.watchSession(is)
 	s.p.intercept.Serve(is)
 }
 

@@ -99,6 +99,18 @@ type Session struct {
 	// Done is called once, when the session has ended and its records are
 	// written.
 	Done func()
+	// WatchUpstream, when set, is called with each further connection to
+	// the destination the session dials (besides Upstream), as dialled,
+	// before any TLS: what watches Client and Upstream from outside (the
+	// proxy's write-stall bound) can watch it too. The function it
+	// returns, if any, is called when that connection closes.
+	WatchUpstream func(c net.Conn) (unwatch func())
+
+	// upstreams are the connections the session's HTTP transport dialled
+	// besides Upstream: all closed when it ends, pooled or not.
+	upstreams connSet
+	// aborted says why Abort ended the session, once it has.
+	aborted atomic.Pointer[abortReason]
 }
 
 // Interceptor serves intercepted sessions. It is safe for concurrent use.
@@ -177,9 +189,6 @@ type session struct {
 	ic     *Interceptor
 	client net.Conn // the client as served: after the bump, its TLS side
 	h2     bool     // the client speaks HTTP/2 (h2 by ALPN, or h2c)
-	// upstreams are the connections the session's HTTP transport dialled
-	// besides Upstream: all closed when it ends, pooled or not.
-	upstreams connSet
 	// upBytes counts what the connections to the destination carried
 	// (all of a bumped connection's): its record's bytes.
 	upBytes byteCount
@@ -190,6 +199,7 @@ type session struct {
 
 // finish writes the connection's record and ends the session.
 func (s *session) finish() {
+	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
 	s.ic.cfg.Records.Write(s.Record)
 	s.Done()
@@ -531,18 +541,4 @@ func (s *session) checkDestination(ctx context.Context, host string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.ic.cfg.DestinationCheckTimeout)
 	defer cancel()
 	return s.ic.cfg.DestinationCheck(ctx, s.Subject.Endpoint, host, s.Subject.Dest.Addr().Unmap())
-}
-
-// Abort closes c with a RST: a connection with an Abort method (the
-// stack's, and wrappers that pass it on) through it, a host socket by
-// closing with a zero linger.
-func Abort(c net.Conn) {
-	switch c := c.(type) {
-	case interface{ Abort() }:
-		c.Abort()
-		return
-	case *net.TCPConn:
-		_ = c.SetLinger(0)
-	}
-	c.Close()
 }

@@ -188,6 +188,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 
 // write ends rec, one request's record, and writes it.
 func (rt *roundTripper) write(rec *records.Record, start time.Time) {
+	rt.s.noteAbort(rec)
 	rec.End(start)
 	rt.s.ic.cfg.Records.Write(rec)
 }

@@ -21,21 +21,26 @@ type connSet struct {
 
 type setConn struct {
 	net.Conn
-	set *connSet
+	set     *connSet
+	unwatch func() // Session.WatchUpstream's, if any
 }
 
-// add tracks c, or closes it if the set is closed already.
-func (s *connSet) add(c net.Conn) (net.Conn, error) {
+// add tracks c, or closes it if the set is closed already; unwatch, if
+// not nil, is called once c closes.
+func (s *connSet) add(c net.Conn, unwatch func()) (net.Conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		c.Close()
+		if unwatch != nil {
+			unwatch()
+		}
 		return nil, errors.New("the client connection has ended")
 	}
 	if s.conns == nil {
 		s.conns = make(map[*setConn]struct{})
 	}
-	sc := &setConn{Conn: c, set: s}
+	sc := &setConn{Conn: c, set: s, unwatch: unwatch}
 	s.conns[sc] = struct{}{}
 	return sc, nil
 }
@@ -44,18 +49,31 @@ func (c *setConn) Close() error {
 	c.set.mu.Lock()
 	delete(c.set.conns, c)
 	c.set.mu.Unlock()
-	return c.Conn.Close()
+	err := c.Conn.Close()
+	if c.unwatch != nil {
+		c.unwatch() // safe more than once
+	}
+	return err
 }
 
 // closeAll closes every connection, and any added later.
-func (s *connSet) closeAll() {
+func (s *connSet) closeAll() { s.end(false) }
+
+// abortAll resets every connection, and closes any added later.
+func (s *connSet) abortAll() { s.end(true) }
+
+func (s *connSet) end(abort bool) {
 	s.mu.Lock()
 	s.closed = true
 	conns := s.conns
 	s.conns = nil
 	s.mu.Unlock()
 	for c := range conns {
-		c.Conn.Close()
+		if abort {
+			Abort(c.Conn)
+		} else {
+			c.Conn.Close()
+		}
 	}
 }
 
@@ -85,6 +103,9 @@ func (c *countedConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// Abort resets the connection.
+func (c *countedConn) Abort() { Abort(c.Conn) }
+
 // transport returns the HTTP client side of one intercepted connection. Every
 // connection it makes goes to the session's original destination, whatever the
 // request's Host says: a client must not steer the appliance elsewhere. The
@@ -106,7 +127,11 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		if err != nil {
 			return nil, err
 		}
-		return s.upstreams.add(&countedConn{Conn: c, n: &s.upBytes})
+		var unwatch func()
+		if s.WatchUpstream != nil {
+			unwatch = s.WatchUpstream(c)
+		}
+		return s.upstreams.add(&countedConn{Conn: c, n: &s.upBytes}, unwatch)
 	}
 	if tc, ok := first.(*tls.Conn); !s.h2 && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
 		return &h1Transport{dial: func(ctx context.Context) (net.Conn, error) {

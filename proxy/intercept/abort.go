@@ -1,0 +1,57 @@
+package intercept
+
+import (
+	"net"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// abortReason is what Abort was told.
+type abortReason struct {
+	result string
+	err    error
+}
+
+// Abort ends the session at once, from outside (the proxy's write-stall
+// bound): the client and every connection to the destination get a RST,
+// which ends what waits on them, and the connection's record, and that of
+// each request under way, get result and err. Safe to call from any
+// goroutine and more than once (the first call counts); it reports
+// whether this call aborted it.
+func (s *Session) Abort(result string, err error) bool {
+	if !s.aborted.CompareAndSwap(nil, &abortReason{result: result, err: err}) {
+		return false
+	}
+	Abort(s.Client)
+	Abort(s.Upstream)
+	s.upstreams.abortAll()
+	return true
+}
+
+// noteAbort puts what Abort was told into rec, unless rec is a refusal.
+func (s *Session) noteAbort(rec *records.Record) {
+	a := s.aborted.Load()
+	if a == nil || rec.Result == "denied" {
+		return
+	}
+	rec.Result = a.result
+	if rec.Error == "" {
+		rec.Error = a.err.Error()
+	} else {
+		rec.Error += "; " + a.err.Error()
+	}
+}
+
+// Abort closes c with a RST: a connection with an Abort method (the
+// stack's, and wrappers that pass it on) through it, a host socket by
+// closing with a zero linger.
+func Abort(c net.Conn) {
+	switch c := c.(type) {
+	case interface{ Abort() }:
+		c.Abort()
+		return
+	case *net.TCPConn:
+		_ = c.SetLinger(0)
+	}
+	c.Close()
+}
