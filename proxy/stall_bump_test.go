@@ -242,17 +242,7 @@ func TestBumpDestinationStallsUpload(t *testing.T) {
 func TestBumpSlowReaderNotStalled(t *testing.T) {
 	r := newBumpStallRig(t, time.Second, (*bumpStallRig).flood)
 	c, br := r.get(t)
-	buf := make([]byte, 8<<10)
-	var read int64
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
-		time.Sleep(200 * time.Millisecond)
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		n, err := io.ReadFull(br, buf)
-		read += int64(n)
-		if err != nil {
-			t.Fatalf("after %d bytes read: %v (tcp_stalled %d)", read, err, r.p.Stats().TCPStalled)
-		}
-	}
+	read := readSlowly(t, r.p, c, br, 8<<10)
 	t.Logf("read %d KiB in 5 s; the destination had sent %d KiB", read>>10, r.served.Load()>>10)
 	if r.served.Load()-read < 1<<20 || r.p.stalls.size() == 0 {
 		t.Fatalf("%d bytes in flight, %d writes in the watch: the appliance's write never waited, the test shows nothing",

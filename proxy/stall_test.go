@@ -228,17 +228,7 @@ func TestRelaySlowReaderNotStalled(t *testing.T) {
 	var sent atomic.Int64
 	dst := destination(t, func(c *net.TCPConn) { flood(c, &sent) })
 	c := r.dial(t, dst)
-	buf := make([]byte, 32<<10)
-	var read int64
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
-		time.Sleep(200 * time.Millisecond)
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		n, err := io.ReadFull(c, buf)
-		read += int64(n)
-		if err != nil {
-			t.Fatalf("after %d bytes read: %v (tcp_stalled %d)", read, err, r.p.Stats().TCPStalled)
-		}
-	}
+	read := readSlowly(t, r.p, c, c, 32<<10)
 	t.Logf("read %d KiB in 5 s; the destination had sent %d KiB", read>>10, sent.Load()>>10)
 	if sent.Load()-read < 1<<20 {
 		t.Fatalf("only %d bytes in flight: the relay's write never waited, the test shows nothing", sent.Load()-read)
@@ -381,4 +371,23 @@ func TestStallNamesTheLongerWaiter(t *testing.T) {
 			x.Close()
 		}
 	}
+}
+
+// readSlowly reads chunk bytes from r (c's deadline bounding each read)
+// every 200 ms for 5 s, failing the test if a read fails, and returns what
+// it read: a slow but steady reader.
+func readSlowly(t *testing.T, p *Proxy, c net.Conn, r io.Reader, chunk int) int64 {
+	t.Helper()
+	buf := make([]byte, chunk)
+	var read int64
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+		time.Sleep(200 * time.Millisecond)
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := io.ReadFull(r, buf)
+		read += int64(n)
+		if err != nil {
+			t.Fatalf("after %d bytes read: %v (tcp_stalled %d)", read, err, p.Stats().TCPStalled)
+		}
+	}
+	return read
 }
