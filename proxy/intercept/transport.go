@@ -29,8 +29,10 @@ type setConn struct {
 // not nil, is called once c closes.
 func (s *connSet) add(c net.Conn, unwatch func()) (net.Conn, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
+		// Outside the lock, as setConn.Close does: unwatch takes the
+		// watch's lock, which a stall holds while it aborts this set.
 		c.Close()
 		if unwatch != nil {
 			unwatch()
@@ -42,6 +44,7 @@ func (s *connSet) add(c net.Conn, unwatch func()) (net.Conn, error) {
 	}
 	sc := &setConn{Conn: c, set: s, unwatch: unwatch}
 	s.conns[sc] = struct{}{}
+	s.mu.Unlock()
 	return sc, nil
 }
 
