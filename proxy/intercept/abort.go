@@ -12,12 +12,20 @@ type abortReason struct {
 	err    error
 }
 
+// ending marks a session that has begun to end on its own: an Abort after
+// it does nothing, and reports so, since the records are being written
+// already (a stall counted then would be one no record tells of).
+var ending = &abortReason{}
+
+// markEnding makes later Aborts do nothing, unless one came first.
+func (s *Session) markEnding() { s.aborted.CompareAndSwap(nil, ending) }
+
 // Abort ends the session at once, from outside (the proxy's write-stall
 // bound): the client and every connection to the destination get a RST,
 // which ends what waits on them, and the connection's record, and that of
 // each request under way, get result and err. Safe to call from any
 // goroutine and more than once (the first call counts); it reports
-// whether this call aborted it.
+// whether this call aborted it: not once the session has begun to end.
 func (s *Session) Abort(result string, err error) bool {
 	if !s.aborted.CompareAndSwap(nil, &abortReason{result: result, err: err}) {
 		return false
@@ -31,7 +39,7 @@ func (s *Session) Abort(result string, err error) bool {
 // noteAbort puts what Abort was told into rec, unless rec is a refusal.
 func (s *Session) noteAbort(rec *records.Record) {
 	a := s.aborted.Load()
-	if a == nil || rec.Result == "denied" {
+	if a == nil || a == ending || rec.Result == "denied" {
 		return
 	}
 	rec.Result = a.result

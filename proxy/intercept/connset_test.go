@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // TestConnSetAddAfterEndLocksNothing: a connection dialled after the set
@@ -45,5 +47,36 @@ func TestConnSetAddAfterEndLocksNothing(t *testing.T) {
 	}
 	if err := <-added; err == nil {
 		t.Error("a connection was added to an ended set")
+	}
+}
+
+// TestAbortAfterEndingDoesNothing: once a session has begun to end (its
+// records are being written), Abort does nothing and says so, so that the
+// stall counter counts no abort that no record tells of; an Abort that came
+// first still reaches the records.
+func TestAbortAfterEndingDoesNothing(t *testing.T) {
+	s := &Session{}
+	s.markEnding()
+	if s.Abort("stalled", errors.New("late")) {
+		t.Error("Abort of a session that was ending reported that it aborted it")
+	}
+	rec := &records.Record{Result: "ok"}
+	s.noteAbort(rec)
+	if rec.Result != "ok" || rec.Error != "" {
+		t.Errorf("the record of a session that ended on its own: %q %q", rec.Result, rec.Error)
+	}
+
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	s = &Session{Client: c1, Upstream: c2}
+	if !s.Abort("stalled", errors.New("the client accepted nothing")) {
+		t.Fatal("Abort did not abort")
+	}
+	s.markEnding()
+	rec = &records.Record{Result: "ok"}
+	s.noteAbort(rec)
+	if rec.Result != "stalled" || rec.Error != "the client accepted nothing" {
+		t.Errorf("the record of an aborted session: %q %q", rec.Result, rec.Error)
 	}
 }

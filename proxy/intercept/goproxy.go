@@ -115,6 +115,7 @@ func (rt *roundTripper) requestDone() {
 func (rt *roundTripper) end() {
 	rt.ended.Do(func() {
 		s := rt.s
+		s.markEnding()
 		// The client is gone: no upstream connection has a use any more,
 		// idle or not (a request that came after the end may hold one).
 		rt.tr.CloseIdleConnections()

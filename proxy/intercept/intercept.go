@@ -199,6 +199,7 @@ type session struct {
 
 // finish writes the connection's record and ends the session.
 func (s *session) finish() {
+	s.markEnding()
 	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
 	s.ic.cfg.Records.Write(s.Record)
