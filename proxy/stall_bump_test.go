@@ -38,14 +38,17 @@ type bumpStallRig struct {
 	ended  chan error
 }
 
-func newBumpStallRig(t *testing.T, timeout time.Duration, handler func(rig *bumpStallRig, w http.ResponseWriter, r *http.Request)) *bumpStallRig {
+func newBumpStallRig(t *testing.T, timeout time.Duration, handler func(rig *bumpStallRig, w http.ResponseWriter, r *http.Request), destProtos ...string) *bumpStallRig {
 	t.Helper()
 	r := &bumpStallRig{stallRig: &stallRig{sink: new(recordSink)}, ended: make(chan error, 4)}
 	upCA := clsMust(certs.Generate("stall test upstream CA"))(t)
 	leaf := clsMust(clsMust(certs.NewMinter(upCA, certs.MinterOptions{}))(t).LeafFor([]string{"big.example"}, nil))(t)
 	upRoots := x509.NewCertPool()
 	upRoots.AddCert(upCA.Certificate())
-	ln := clsMust(tls.Listen("tcp4", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"http/1.1"}}))(t)
+	if len(destProtos) == 0 {
+		destProtos = []string{"http/1.1"}
+	}
+	ln := clsMust(tls.Listen("tcp4", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: destProtos}))(t)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { handler(r, w, req) }),
 		ErrorLog: log.New(io.Discard, "", 0)}
 	go srv.Serve(ln)

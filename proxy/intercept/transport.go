@@ -109,6 +109,19 @@ func (c *countedConn) Write(b []byte) (int, error) {
 // Abort resets the connection.
 func (c *countedConn) Abort() { Abort(c.Conn) }
 
+// The windows the upstream HTTP/2 transport grants a destination. It takes
+// what a stream's window allows into memory whether or not the client
+// reads it, and a client can stop reading while reading the connection
+// (granting no stream window: no write of the appliance's ever waits, so
+// the write-stall bound never sees it). x/net's defaults, 4 MiB a stream
+// and 1 GiB a connection, let one client flow of 250 streams pin a
+// gigabyte. 2 MiB a connection still carries 40 MB/s over a 50 ms round
+// trip, and a client flow has at most maxUpstreamConns of them.
+const (
+	upstreamH2ReceivePerConnection = 2 << 20
+	upstreamH2ReceivePerStream     = 1 << 20
+)
+
 // transport returns the HTTP client side of one intercepted connection. Every
 // connection it makes goes to the session's original destination, whatever the
 // request's Host says: a client must not steer the appliance elsewhere. The
@@ -155,6 +168,10 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     90 * time.Second,
 		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: upstreamH2ReceivePerConnection,
+			MaxReceiveBufferPerStream:     upstreamH2ReceivePerStream,
+		},
 	}
 	if tlsCfg != nil {
 		tr.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
