@@ -235,7 +235,7 @@ func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
 		return
 	}
 	r := d.base
-	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", q.msg.Name, dnsTypeName(q.msg.Type), rcode
+	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", presentName(q.msg.Name), dnsTypeName(q.msg.Type), rcode
 	r.BytesOut, r.BytesIn, r.Result = int64(q.size), in, result
 	if skipped > 0 {
 		r.Error = fmt.Sprintf("%d more DNS queries from this client before this one, not recorded one by one", skipped)
@@ -251,4 +251,30 @@ func (d *dnsLog) close() {
 		d.write(q, "", 0, "timeout")
 		delete(d.pending, k)
 	}
+}
+
+// presentName writes a query name's bytes outside printable ASCII, and the
+// backslash, as \DDD, as dig and zone files do: a tunnel that puts raw
+// bytes in its labels is recorded with the bytes it sent, where the
+// record's UTF-8 would have made each one a replacement character. Names
+// of printable ASCII, nearly all, are returned as they are.
+func presentName(name string) string {
+	i := 0
+	for i < len(name) && name[i] > ' ' && name[i] < 0x7f && name[i] != '\\' {
+		i++
+	}
+	if i == len(name) {
+		return name
+	}
+	b := make([]byte, 0, len(name)+16)
+	b = append(b, name[:i]...)
+	for ; i < len(name); i++ {
+		c := name[i]
+		if c > ' ' && c < 0x7f && c != '\\' {
+			b = append(b, c)
+			continue
+		}
+		b = append(b, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
+	}
+	return string(b)
 }

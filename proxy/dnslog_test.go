@@ -223,3 +223,32 @@ func TestRecordShareKey(t *testing.T) {
 		}
 	}
 }
+
+// TestDNSRecordRawBytesName: a tunnel that puts raw bytes in its labels is
+// recorded with the bytes it sent, written as \DDD as dig writes them; the
+// record's UTF-8 turned each into a replacement character, and what was
+// asked was lost.
+func TestDNSRecordRawBytesName(t *testing.T) {
+	res := newDNSResolver(t, 0)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 3 * time.Second
+		cfg.DNSPorts = []uint16{res.addr().Port()}
+	})
+	name := "a\x80\xff b\\c.exfil.evil.test"
+	c, done := startFlow(p, quicClient, res.addr(), dnsQuery(7, name, 16))
+	<-c.out
+	<-done
+	var got []string
+	for _, r := range recs.records(t, 2) {
+		if r.Kind == "dns" {
+			got = append(got, r.QueryName)
+		}
+	}
+	const want = `a\128\255\032b\092c.exfil.evil.test`
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("dns records name %q, want %q", got, want)
+	}
+	if n := testing.AllocsPerRun(100, func() { presentName("www.example.com") }); n != 0 {
+		t.Errorf("an ordinary name allocates %v times", n)
+	}
+}
