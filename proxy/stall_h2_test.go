@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
-	"crypto/tls"
 	"io"
 	"testing"
 	"time"
@@ -23,17 +21,7 @@ import (
 // much and no more, however many streams.
 func TestBumpH2ClientGrantsNoWindow(t *testing.T) {
 	r := newBumpStallRig(t, time.Hour, (*bumpStallRig).flood, "h2", "http/1.1")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	nc, err := r.client.DialTCP(ctx, r.dest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	c := tls.Client(nc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"h2"}})
-	if err := c.HandshakeContext(ctx); err != nil {
-		t.Fatalf("TLS handshake with the appliance: %v", err)
-	}
+	c := r.dialTLS(t, "h2")
 	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
 		t.Fatalf("negotiated %q with the appliance, want h2", p)
 	}

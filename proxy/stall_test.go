@@ -233,12 +233,7 @@ func TestRelaySlowReaderNotStalled(t *testing.T) {
 	if sent.Load()-read < 1<<20 {
 		t.Fatalf("only %d bytes in flight: the relay's write never waited, the test shows nothing", sent.Load()-read)
 	}
-	if recs := r.sink.parse(t); len(recs) != 0 {
-		t.Errorf("the flow ended: %+v", recs[0])
-	}
-	if got := r.p.Stats().TCPStalled; got != 0 {
-		t.Errorf("tcp_stalled %d, want 0", got)
-	}
+	r.expectNotStalled(t)
 }
 
 // A destination that reads an upload slowly but steadily is not aborted
@@ -271,12 +266,7 @@ func TestRelaySlowDestinationNotStalled(t *testing.T) {
 	if sent.Load()-read.Load() < 1<<20 {
 		t.Fatalf("only %d bytes in flight: the relay's write never waited, the test shows nothing", sent.Load()-read.Load())
 	}
-	if recs := r.sink.parse(t); len(recs) != 0 {
-		t.Errorf("the flow ended: %+v", recs[0])
-	}
-	if got := r.p.Stats().TCPStalled; got != 0 {
-		t.Errorf("tcp_stalled %d, want 0", got)
-	}
+	r.expectNotStalled(t)
 }
 
 // Lowering the timeout reaches a write already waiting: a flow stalled
@@ -390,4 +380,16 @@ func readSlowly(t *testing.T, p *Proxy, c net.Conn, r io.Reader, chunk int) int6
 		}
 	}
 	return read
+}
+
+// expectNotStalled checks that no flow or session of the rig has ended or
+// been counted stalled.
+func (r *stallRig) expectNotStalled(t *testing.T) {
+	t.Helper()
+	if recs := r.sink.parse(t); len(recs) != 0 {
+		t.Errorf("the connection ended: %+v", recs[0])
+	}
+	if got := r.p.Stats().TCPStalled; got != 0 {
+		t.Errorf("tcp_stalled %d, want 0", got)
+	}
 }
