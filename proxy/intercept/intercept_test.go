@@ -539,12 +539,7 @@ func TestPerRequestDecision(t *testing.T) {
 func TestH2C(t *testing.T) {
 	r := newRig(t, testPolicy)
 	upEnd, up := r.startUpstream(nil)
-	c, sv := r.connect(upEnd, httpDest)
-	c.SetDeadline(time.Now().Add(waitLimit))
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc, sv := r.h2cClient(t, upEnd)
 	get := func(url string) (*http.Response, string) { t.Helper(); return h2cGet(t, cc, url) }
 	if resp, body := get("http://www.example.test/a"); resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" || body != "upstream: GET www.example.test /a HTTP/1.1" {
 		t.Fatalf("allowed: %d %s %q", resp.StatusCode, resp.Proto, body)
@@ -800,12 +795,7 @@ policy:
       action: allow
 `)
 	upEnd, up := r.startUpstream(nil)
-	c, sv := r.connect(upEnd, httpDest)
-	c.SetDeadline(time.Now().Add(waitLimit))
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc, sv := r.h2cClient(t, upEnd)
 	get := func(url string) (*http.Response, string) { t.Helper(); return h2cGet(t, cc, url) }
 	if resp, body := get("http://www.example.test/a"); resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" || body != "upstream: GET www.example.test /a HTTP/1.1" {
 		t.Fatalf("allowed: %d %s %q", resp.StatusCode, resp.Proto, body)
@@ -834,6 +824,19 @@ policy:
 	if n := r.ic.Denied(); n != 1 {
 		t.Errorf("Denied() = %d, want 1", n)
 	}
+}
+
+// h2cClient connects a cleartext HTTP/2 client (prior knowledge) to the
+// rig's plain HTTP destination, whose upstream end is upEnd.
+func (r *rig) h2cClient(t *testing.T, upEnd net.Conn) (*http2.ClientConn, *served) {
+	t.Helper()
+	c, sv := r.connect(upEnd, httpDest)
+	c.SetDeadline(time.Now().Add(waitLimit))
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cc, sv
 }
 
 // h2cGet sends a GET for url over the HTTP/2 connection cc and returns the
