@@ -175,7 +175,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		slog.Warn("--sniff-wait is deprecated and ignored: a connection is classified by whichever side speaks first")
 		return nil
 	})
-	fs.DurationVar(&o.RecordStall, "record-stall", o.RecordStall, "how long access records may wait behind a blocked or slow sink, be dropped, or fail on every write before the health check reports the appliance broken (503)")
+	fs.DurationVar(&o.RecordStall, "record-stall", o.RecordStall, "how long access records may wait behind a blocked or slow sink, be dropped, or keep failing to be written before the health check reports the appliance broken (503)")
 	fs.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "largest HTTP/1 request head (request line and headers) a client may send; a larger one gets 431")
 	fs.StringVar(&o.DNSResolver, "dns-resolver", o.DNSResolver, "DNS server the destination check asks for the addresses of names (IP, or IP:port; default: the first nameserver in /etc/resolv.conf)")
 	fs.BoolVar(&o.DNSObserve, "dns-observe", o.DNSObserve, "let the DNS answers relayed to a GWLB endpoint's clients vouch for that endpoint's destinations (false: only the appliance's own lookups do)")

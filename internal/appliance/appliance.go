@@ -60,8 +60,9 @@ type Options struct {
 	CloudWatch        cwlogs.Config // shipping is on when Group is set
 	AllowLoopback     bool          // --unsafe-allow-loopback: tests and benchmarks only
 	// RecordStall is how long access records may be stuck behind a blocked
-	// or slow sink, dropped without a break, or failing on every write,
-	// before the health check reports the appliance broken.
+	// or slow sink, dropped without a break, or failing to be written (with
+	// no clean second between failures), before the health check reports
+	// the appliance broken.
 	RecordStall time.Duration
 	// DNSResolver is the DNS server the destination check (policy
 	// destination_check: dns) asks for the addresses of names: an IP

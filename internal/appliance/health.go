@@ -41,8 +41,8 @@ func (a *Appliance) serveHealth(w http.ResponseWriter, _ *http.Request) {
 // can. Only what is known for sure counts: the GENEVE readers have stopped
 // (no packet from the GWLB is read; during a drain that is expected), or
 // for longer than RecordStall (--record-stall, 30 s) the access records have waited behind a
-// blocked or slow sink, been dropped without a break, or failed on every
-// write. Then new flows would go unaudited, and the GWLB should send them
+// blocked or slow sink, been dropped without a break, or kept failing to be
+// written (records.Stats.FailingSeconds). Then new flows would go unaudited, and the GWLB should send them
 // to another target. So should it while memory is critical (watchMemory):
 // new flows are refused here then, and another target can take them.
 // Idleness is not broken: no traffic is normal.
@@ -59,7 +59,7 @@ func (a *Appliance) broken(rs records.Stats) []string {
 		why = append(why, fmt.Sprintf("access records dropped for %.1fs (%d in all): the queue is full", rs.DroppingSeconds, rs.Dropped))
 	}
 	if rs.FailingSeconds > limit {
-		why = append(why, fmt.Sprintf("access record sink failing for %.1fs: %s", rs.FailingSeconds, rs.LastError))
+		why = append(why, fmt.Sprintf("access record sink failing for %.1fs (%d records not written): %s", rs.FailingSeconds, rs.Failed, rs.LastError))
 	}
 	if m := a.memoryCritical.Load(); m != nil {
 		why = append(why, *m)

@@ -263,6 +263,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Records.Written) }),
 	newStatMetric("records_dropped_total", promCounter, "Access records dropped: the queue was full (a sink slow or stuck), or at exit.",
 		func(s *stats) float64 { return float64(s.Records.Dropped) }),
+	newStatMetric("records_failed_total", promCounter, "Access records a file sink did not take whole: its write failed (a full disk, a closed stdout).",
+		func(s *stats) float64 { return float64(s.Records.Failed) }),
 	newStatMetric("records_queued", promGauge, "Access records waiting for the sinks.",
 		func(s *stats) float64 { return float64(s.Records.Queued) }),
 	newStatMetric("record_sink_errors_total", promCounter, "Sink writes (of one or more access records) that failed.",

@@ -333,7 +333,7 @@ func TestHealthBrokenRecordSink(t *testing.T) {
 	}, nil)
 	r.app.records.Write(&records.Record{Kind: "tcp"})
 	waitHealth(t, r, 503, "no space left on device")
-	if st := r.stats(); st.Records.SinkErrors != 1 || st.Records.Written != 1 || !strings.Contains(st.Broken[0], "sink failing") {
+	if st := r.stats(); st.Records.SinkErrors != 1 || st.Records.Written != 0 || st.Records.Failed != 1 || !strings.Contains(st.Broken[0], "sink failing") {
 		t.Errorf("/stats records %+v, broken %q", st.Records, st.Broken)
 	}
 }

@@ -41,13 +41,16 @@ type Shipper interface {
 // Write never blocks: when the queue is full the record is dropped for the
 // files and counted, so a slow stdout pipe or disk can never stall the
 // relays that write records, nor hold back what the Shipper ships. A file
-// that fails is logged, never retried.
+// that fails is logged, never retried: the records it did not wholly take
+// are counted as failed, and a line it cut short (a disk filling mid-write)
+// is ended before its next write, so that only the cut record is lost.
 //
 // It is safe for concurrent use. Close delivers what is queued and stops
 // the goroutine; a writer without files starts no goroutine.
 type Writer struct {
 	shipper  Shipper
 	sinks    []io.Writer
+	midLine  []bool // the last write to sinks[i] stopped within a line: the goroutine's own
 	maxBytes int64
 	maxLine  atomic.Int64 // the longest line, newline excluded: SetMaxLineBytes
 	q        chan *recordLine
@@ -62,11 +65,13 @@ type Writer struct {
 	queuedBytes atomic.Int64
 	written     atomic.Uint64
 	dropped     atomic.Uint64
+	failed      atomic.Uint64
 	sinkErrors  atomic.Uint64
 	// Times below are monoNow values; 0 means never or none.
 	head         atomic.Int64 // when the line being written was queued; 0 when idle
-	failingSince atomic.Int64 // first sink error since a record every sink took
+	failingSince atomic.Int64 // first sink error since the sinks last recovered
 	lastFailure  atomic.Int64
+	lastOK       atomic.Int64 // the last batch every sink took whole
 	lastError    atomic.Pointer[string]
 	lastDrop     atomic.Int64
 	dropStreak   atomic.Int64 // when drops less than a second apart began
@@ -109,10 +114,14 @@ func putLine(l *recordLine) {
 
 // Stats are a Writer's counters.
 type Stats struct {
-	// Written and Dropped count records by whether the files got them (or,
-	// without files, the Shipper): the Shipper keeps counts of its own.
-	Written    uint64 `json:"written"`     // records handed to every sink
-	Dropped    uint64 `json:"dropped"`     // records dropped: queue full, written after Close, or not encodable
+	// Written, Dropped and Failed count records by whether the files got
+	// them (or, without files, the Shipper): the Shipper keeps counts of its
+	// own. Every record ends up in one of them, or is still Queued.
+	Written uint64 `json:"written"` // records every sink took whole
+	Dropped uint64 `json:"dropped"` // records dropped: queue full, written after Close, or not encodable
+	// Failed counts records some sink did not take whole: its write failed
+	// (a full disk, a closed stdout) before or within the record's line.
+	Failed     uint64 `json:"failed"`
 	Queued     int    `json:"queued"`      // records waiting for the sinks
 	SinkErrors uint64 `json:"sink_errors"` // sink writes (of one or more records) that failed
 	// LagSeconds is how long the oldest record not yet written has waited:
@@ -121,10 +130,13 @@ type Stats struct {
 	// DroppingSeconds is how long records have been dropped without a
 	// break of a second; 0 when the last drop is older than that.
 	DroppingSeconds float64 `json:"dropping_seconds"`
-	// FailingSeconds is how long ago a sink write failed with no record
-	// taken by every sink since; 0 when the last record went through, or
-	// when nothing has failed for failureMemory (no records came to try:
-	// a target the GWLB stops sending to would stay broken for good).
+	// FailingSeconds is how long sink writes have been failing: since the
+	// first failure after the sinks last recovered. They recover when every
+	// sink takes a batch whole and no write has failed for failureRecovery,
+	// so a disk that takes a write now and then while refusing most keeps
+	// counting. 0 when recovered, or when nothing has failed for
+	// failureMemory (no records came to try: a target the GWLB stops
+	// sending to would stay broken for good).
 	FailingSeconds float64 `json:"failing_seconds"`
 	LastError      string  `json:"last_error,omitempty"` // the last sink error
 }
@@ -137,6 +149,7 @@ func NewWriter(shipper Shipper, files ...io.Writer) *Writer {
 
 func newWriter(maxRecords int, maxBytes int64, shipper Shipper, sinks ...io.Writer) *Writer {
 	w := &Writer{shipper: shipper, sinks: sinks, maxBytes: maxBytes, done: make(chan struct{})}
+	w.midLine = make([]bool, len(sinks))
 	w.maxLine.Store(DefaultMaxLineBytes)
 	if len(sinks) == 0 {
 		close(w.done)
@@ -241,9 +254,10 @@ func (w *Writer) run() {
 		for _, b := range batch {
 			out = append(out, b.buf.Bytes()...) // a marker adds nothing
 		}
+		took := 0
 		if len(out) > 0 {
 			w.head.Store(batch[0].queued)
-			w.deliver(out)
+			took = w.deliver(out)
 			w.queuedBytes.Add(-int64(len(out)))
 		}
 		// Before a Flush waiting on this batch returns: what it reads of
@@ -251,13 +265,19 @@ func (w *Writer) run() {
 		if len(w.q) == 0 {
 			w.head.Store(0)
 		}
+		end := 0
 		for _, b := range batch {
 			if b.flushed != nil { // the last one: everything before it is written
 				close(b.flushed)
-			} else {
-				w.written.Add(1)
-				putLine(b)
+				continue
 			}
+			// A record is written if every sink took its whole line.
+			if end += b.buf.Len(); end <= took {
+				w.written.Add(1)
+			} else {
+				w.failed.Add(1)
+			}
+			putLine(b)
 		}
 		clear(batch)
 	}
@@ -289,27 +309,82 @@ func (w *Writer) gather(batch []*recordLine, linger <-chan time.Time) []*recordL
 const recordLinger = 10 * time.Millisecond
 
 // deliver hands a batch to every file: out, the batch's lines end to end,
-// in one write each.
-func (w *Writer) deliver(out []byte) {
+// in one write each. It returns how many bytes of out every sink took: the
+// records wholly within them are written, the others failed.
+func (w *Writer) deliver(out []byte) int {
+	took := len(out)
 	var failed error
-	for _, s := range w.sinks {
-		if _, err := s.Write(out); err != nil {
+	for i, s := range w.sinks {
+		n, err := w.writeSink(i, out)
+		if err != nil {
 			w.sinkErrors.Add(1)
 			failed = fmt.Errorf("access record sink %T: %w", s, err)
 		}
+		took = min(took, n)
 	}
 	// Log when a sink starts failing and when it recovers, not once per
 	// record: a full disk would flood the log with the same line.
+	now := monoNow()
 	if failed != nil {
 		msg := failed.Error()
 		w.lastError.Store(&msg)
-		w.lastFailure.Store(monoNow())
-		if w.failingSince.CompareAndSwap(0, monoNow()) {
+		if w.failingSince.Load() == 0 || w.recovered(now) {
+			w.failingSince.Store(now)
 			slog.Error("writing access records", "err", failed)
 		}
-	} else if w.failingSince.Swap(0) != 0 {
-		slog.Info("writing access records again")
+		w.lastFailure.Store(now)
+		return took
 	}
+	w.lastOK.Store(now)
+	// A write that partly failed counts as failing, and so does one that
+	// succeeds between failures: only a second without a failure ends the
+	// failing time, or a disk that takes a small write now and then while
+	// refusing most records would never fail the health check.
+	if w.failingSince.Load() != 0 && w.recovered(now) {
+		w.failingSince.Store(0)
+		slog.Info("writing access records again", "failed_total", w.failed.Load())
+	}
+	return took
+}
+
+// failureRecovery is how long the sinks must go without a failed write,
+// having taken a batch whole since, before they count as recovered.
+const failureRecovery = time.Second
+
+// recovered says whether a batch went whole to every sink after the last
+// failure, and that failure is failureRecovery old.
+func (w *Writer) recovered(now int64) bool {
+	last, ok := w.lastFailure.Load(), w.lastOK.Load()
+	return ok != 0 && ok > last && now-last >= int64(failureRecovery)
+}
+
+// newline ends a line a failed write cut short.
+var newline = []byte{'\n'}
+
+// writeSink writes out to sinks[i] and returns how many bytes of it the
+// sink took. When the sink's last write stopped within a line (a disk that
+// filled mid-write keeps the part it took), it first ends that line: the
+// next record would otherwise run on from the cut one and be unreadable too.
+func (w *Writer) writeSink(i int, out []byte) (int, error) {
+	s := w.sinks[i]
+	if w.midLine[i] {
+		if n, err := s.Write(newline); n != 1 {
+			if err == nil {
+				err = io.ErrShortWrite
+			}
+			return 0, fmt.Errorf("ending a line cut short: %w", err)
+		}
+		w.midLine[i] = false
+	}
+	n, err := s.Write(out)
+	n = min(max(n, 0), len(out))
+	if err == nil && n < len(out) {
+		err = io.ErrShortWrite
+	}
+	if n > 0 && out[n-1] != '\n' {
+		w.midLine[i] = true
+	}
+	return n, err
 }
 
 // Flush waits until every record queued before the call has been handed to
@@ -389,6 +464,7 @@ func (w *Writer) Stats() Stats {
 	st := Stats{
 		Written:    w.written.Load(),
 		Dropped:    w.dropped.Load(),
+		Failed:     w.failed.Load(),
 		Queued:     len(w.q),
 		SinkErrors: w.sinkErrors.Load(),
 	}
@@ -398,7 +474,7 @@ func (w *Writer) Stats() Stats {
 	if last := w.lastDrop.Load(); last != 0 && now-last <= int64(time.Second) {
 		st.DroppingSeconds = max(time.Duration(now-w.dropStreak.Load()).Seconds(), 0)
 	}
-	if f := w.failingSince.Load(); f != 0 && now-w.lastFailure.Load() <= int64(failureMemory) {
+	if f := w.failingSince.Load(); f != 0 && now-w.lastFailure.Load() <= int64(failureMemory) && !w.recovered(now) {
 		st.FailingSeconds = max(time.Duration(now-f).Seconds(), 0)
 	}
 	if e := w.lastError.Load(); e != nil {

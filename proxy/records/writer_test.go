@@ -352,29 +352,42 @@ func (s *failSink) Write(p []byte) (int, error) {
 
 func (s *failSink) set(f bool) { s.mu.Lock(); s.failing = f; s.mu.Unlock() }
 
-// TestWriterFailingSink: sink errors are counted, and how long the
-// sinks have been failing shows until a record goes through again.
+// TestWriterFailingSink: sink errors and the records they lost are
+// counted, and how long the sinks have been failing shows until a record
+// goes through with no failure for failureRecovery: a write that succeeds
+// between failures does not end it.
 func TestWriterFailingSink(t *testing.T) {
 	sink := &failSink{failing: true}
 	w := NewWriter(nil, sink)
 	defer w.Close(context.Background())
-	for range 2 { // two writes: a Flush in between keeps them out of one batch
+	write := func() {
+		t.Helper()
 		w.Write(&Record{})
 		if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	write() // two writes: a Flush in between keeps them out of one batch
+	write()
 	time.Sleep(20 * time.Millisecond)
 	st := w.Stats()
-	if st.SinkErrors != 2 || st.FailingSeconds < 0.02 || st.LastError == "" || st.Written != 2 {
-		t.Fatalf("failing sink: %+v", st)
+	if st.SinkErrors != 2 || st.FailingSeconds < 0.02 || st.LastError == "" || st.Written != 0 || st.Failed != 2 {
+		t.Fatalf("failing sink: %+v, want 2 records failed, none written", st)
 	}
 	sink.set(false)
-	w.Write(&Record{})
-	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
-		t.Fatal(err)
+	write()
+	if st := w.Stats(); st.FailingSeconds < 0.02 || st.Written != 1 || st.Failed != 2 {
+		t.Fatalf("a success right after failures: %+v, want still failing", st)
 	}
-	if st := w.Stats(); st.FailingSeconds != 0 || st.SinkErrors != 2 {
+	// As if the last failure had been failureRecovery ago.
+	back := int64(failureRecovery)
+	w.failingSince.Add(-back)
+	w.lastFailure.Add(-back)
+	if st := w.Stats(); st.FailingSeconds != 0 {
+		t.Fatalf("a success and failureRecovery without a failure: %+v, want recovered", st)
+	}
+	write()
+	if st := w.Stats(); st.FailingSeconds != 0 || st.SinkErrors != 2 || st.Written != 2 || w.failingSince.Load() != 0 {
 		t.Fatalf("after the sink recovered: %+v", st)
 	}
 }
