@@ -52,6 +52,15 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	setupLogging(o.LogLevel, stderr)
+	// The access records go to stdout by default (--access-log -), and the
+	// logs to stderr. Unless SIGPIPE is handled, Go kills the process when
+	// a write to fd 1 or 2 meets a closed pipe (a log reader restarted or
+	// gone): one such write would take every flow down with it. Ignored,
+	// the write fails with EPIPE instead, counted as a failed record and,
+	// after --record-stall, a failing health check, while the flows go on.
+	// Only the appliance does this: the one-shot commands above keep the
+	// usual behaviour of dying quietly in front of `| head`.
+	signal.Ignore(syscall.SIGPIPE)
 	if err := applyMemoryLimit(slog.Default(), p.memLimit, os.Getenv("GOMEMLIMIT"), os.DirFS("/")); err != nil {
 		return err
 	}
