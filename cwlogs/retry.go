@@ -31,6 +31,9 @@ const (
 	// classPermanent: the service refused the request as invalid; retrying
 	// cannot help.
 	classPermanent
+	// classAccepted: the service already holds the batch
+	// (DataAlreadyAcceptedException): its records are shipped.
+	classAccepted
 )
 
 func (c errClass) String() string {
@@ -39,6 +42,8 @@ func (c errClass) String() string {
 		return "retry"
 	case classMissing:
 		return "missing"
+	case classAccepted:
+		return "accepted"
 	}
 	return "permanent"
 }
@@ -63,6 +68,11 @@ var retryCodes = map[string]bool{
 	"ExpiredToken":                true,
 	"InvalidSignatureException":   true, // clock skew, corrected on the next attempt
 	"SignatureDoesNotMatch":       true,
+	// PutLogEvents no longer checks sequence tokens, and the shipper sends
+	// none, but the SDK still models the error: were it ever answered, the
+	// same batch sent again is what the service asked for, not an invalid
+	// request whose records are lost.
+	"InvalidSequenceTokenException": true,
 }
 
 // classify decides how to handle err from a CloudWatch Logs call.
@@ -70,8 +80,14 @@ func classify(err error) errClass {
 	var apiErr apiError
 	if errors.As(err, &apiErr) {
 		code := apiErr.ErrorCode()
-		if code == "ResourceNotFoundException" {
+		switch code {
+		case "ResourceNotFoundException":
 			return classMissing
+		case "DataAlreadyAcceptedException":
+			// The service has stored this batch already (a sequence token
+			// reused after an answer that never arrived, in the API's older
+			// form): counting it as failed would report stored records lost.
+			return classAccepted
 		}
 		if _, ok := retry.DefaultThrottleErrorCodes[code]; ok {
 			return classRetry

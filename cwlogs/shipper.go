@@ -388,6 +388,12 @@ func (s *Shipper) deliver() {
 			return
 		}
 		class := classify(err)
+		if class == classAccepted {
+			slog.Info("cwlogs: CloudWatch Logs already had a batch; its records count as shipped",
+				"group", s.cfg.Group, "stream", s.cfg.Stream, "records", n)
+			s.delivered(&cloudwatchlogs.PutLogEventsOutput{}, n)
+			return
+		}
 		s.noteFailure("PutLogEvents", err, class)
 		if class == classPermanent {
 			s.refused(n, err)

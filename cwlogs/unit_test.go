@@ -195,6 +195,8 @@ func TestClassifyRealErrors(t *testing.T) {
 		{"invalid", func() { srv.FailWithCode(1, 400, "InvalidParameterException") }, classPermanent},
 		{"conflict", func() { srv.FailWithCode(1, 400, "OperationAbortedException") }, classRetry},
 		{"not found", func() { srv.FailWithCode(1, 400, "ResourceNotFoundException") }, classMissing},
+		{"already accepted", func() { srv.FailWithCode(1, 400, "DataAlreadyAcceptedException") }, classAccepted},
+		{"sequence token", func() { srv.FailWithCode(1, 400, "InvalidSequenceTokenException") }, classRetry},
 		{"503 outage, text body", func() { srv.Outage(time.Hour, cwlogstest.Outage503) }, classRetry},
 		{"refused", func() { srv.Outage(time.Hour, cwlogstest.OutageRefuse) }, classRetry},
 	}
