@@ -42,8 +42,9 @@ type echoRelay struct {
 	p          *Proxy
 	mu         sync.Mutex
 	flows      map[echoKey]*echoSession
-	denied     int // denied flows in flows, at most maxDenied
-	maxDenied  int // maxDeniedEcho; lowered by tests
+	closed     bool // set by close: no new flow is relayed
+	denied     int  // denied flows in flows, at most maxDenied
+	maxDenied  int  // maxDeniedEcho; lowered by tests
 	warnedFull atomic.Bool
 	// warnedSock is set once the cause of a ping socket that could not be
 	// opened has been logged, one flag per echoSockCause.
@@ -125,6 +126,9 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 		req.DropUnavailable()
 		return
 	}
+	if f == &echoClosed {
+		return
+	}
 	if f == &echoShareFull {
 		if shareRec != nil { // as for UDP: a drop for a share, not a denial
 			shareRec.Action, shareRec.Result = policy.Deny.String(), "denied"
@@ -204,6 +208,10 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 		rec.Rule, rec.Error = "", record
 		return &echoShareFull, false, rec
 	}
+	if r.closed {
+		r.shares.release(share)
+		return &echoClosed, false, nil
+	}
 	network, laddr := "udp4", "0.0.0.0"
 	if req.IPv6() {
 		network, laddr = "udp6", "::"
@@ -229,6 +237,28 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 // echoShareFull stands for the new flows of a client at its share. It is
 // never in the table, and its fields are never written but last.
 var echoShareFull = echoSession{}
+
+// echoClosed stands for the new allowed flows that arrive once the relay
+// is closed: dropped, never in the table.
+var echoClosed = echoSession{}
+
+// close ends every allowed echo flow: closing its ping socket wakes its
+// serve goroutine, which writes the flow's record and returns. Nothing
+// else would end it before its idle timeout (up to EchoIdleTimeout after
+// its last request): its socket is the host's, not the packet stack's,
+// so closing the stack leaves it open, and a drain that waited for it
+// would give up and lose its record. New allowed flows are dropped from
+// then on.
+func (r *echoRelay) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	for _, f := range r.flows {
+		if !f.denied {
+			_ = f.conn.Close()
+		}
+	}
+}
 
 // Why a ping socket could not be opened, for the warning.
 const (
@@ -337,7 +367,10 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 		_ = f.conn.SetReadDeadline(deadline())
 		n, from, err := f.conn.ReadFrom(buf)
 		if err != nil {
-			if time.Now().Before(deadline()) {
+			// Closed by close (the proxy closing): the flow ends now. Any
+			// other error is retried until the flow idles, but a closed
+			// socket fails every read at once.
+			if !errors.Is(err, net.ErrClosed) && time.Now().Before(deadline()) {
 				continue
 			}
 			break

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -359,5 +360,48 @@ func TestEchoRelayUnansweredHelper(t *testing.T) {
 	}
 	if rec.Result != "timeout" || rec.Packets != 1 || r.p.Stats().EchoActive != 0 {
 		t.Fatalf("record %+v, echo_active %d: want a timeout of one request, nothing active", rec, r.p.Stats().EchoActive)
+	}
+}
+
+// TestEchoRelayCloseEndsFlows plays the appliance's drain: a client has
+// been pinging, then the packet stack and the proxy close. The echo flow's
+// ping socket is the host's, which closing the stack does not touch, and
+// the flow would idle out only 120 s after its last request: Proxy.Close
+// must end it at once, its record written and its goroutine gone (a serve
+// loop retrying its closed socket would keep it active, spinning, until
+// then). An echo flow that arrives after Close is dropped, not relayed.
+func TestEchoRelayCloseEndsFlows(t *testing.T) {
+	r := newEchoRig(t, "policy: {default: allow}\n", nil) // default idle timeouts
+	dst := netip.MustParseAddr("127.0.0.2")
+	for seq := uint16(1); seq <= 3; seq++ {
+		r.ping(t, echoRigClient, dst, 4242, seq, "x")
+		if got := r.replies(int(seq)); len(got) != int(seq) {
+			t.Fatalf("replies %+v, want %d", got, seq)
+		}
+	}
+	start := time.Now()
+	r.p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := r.p.Wait(ctx); err != nil {
+		t.Fatalf("Wait after Close: %v; %d echo flows still active", err, r.p.Stats().EchoActive)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("the echo flow ended %s after Close, want at once", took)
+	}
+	rec := r.record(t, dst)
+	if rec.Action != "allow" || rec.Result != "ok" || rec.Packets != 3 || rec.BytesOut != 3 || rec.BytesIn != 3 {
+		t.Fatalf("record %+v, want an ok allow of three requests, each answered", rec)
+	}
+
+	// The stack still runs here (the appliance closes it first): a new
+	// flow reaches the closed proxy, which must not open a socket for it.
+	r.ping(t, echoRigClient, dst, 4343, 1, "late")
+	time.Sleep(300 * time.Millisecond)
+	r.mu.Lock()
+	got := append([]echoReply(nil), r.got...)
+	r.mu.Unlock()
+	if len(got) != 3 || r.p.Active() != 0 {
+		t.Fatalf("after Close: replies %+v, %d flows active; want the new flow dropped", got, r.p.Active())
 	}
 }

@@ -146,9 +146,13 @@ func (o *ownAddrs) close() {
 }
 
 // Close stops what the proxy runs besides its flows: following the host's
-// addresses, and keeping sockets made ahead for dials. Flows in progress
-// are not affected, and the addresses known last are still refused.
+// addresses, and keeping sockets made ahead for dials. It ends the ICMP
+// echo flows, whose ping sockets closing the packet stack does not touch,
+// so that their records are written at once; new echo flows are dropped.
+// TCP and UDP flows in progress are not affected (closing the stack ends
+// them), and the addresses known last are still refused.
 func (p *Proxy) Close() {
+	p.echo.close()
 	p.own.close()
 	p.dialer.Close()
 }

@@ -482,7 +482,13 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 		recordsDue = latest
 	}
 	rctx, rcancel := context.WithDeadline(context.Background(), recordsDue)
-	_ = a.proxy.Wait(rctx)
+	if err := a.proxy.Wait(rctx); err != nil {
+		// These flows' records will never be written: say how many, so
+		// that the loss is not silent.
+		st := a.proxy.Stats()
+		slog.Error("flows still open after the stacks closed; their access records are lost",
+			"active_flows", a.proxy.Active(), "tcp", st.TCPActive, "udp", st.UDPActive, "icmp", st.EchoActive)
+	}
 	rcancel()
 	a.closeCapture()
 	// An admin client that holds its connection open must not eat the

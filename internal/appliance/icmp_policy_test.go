@@ -144,3 +144,65 @@ func TestICMPEchoPolicy(t *testing.T) {
 		t.Fatalf("allow record %+v", a)
 	}
 }
+
+// TestDrainEndsEchoFlows: a client pings an allowed destination every
+// 100 ms right through the drain. Its echo flow, relayed from a host ping
+// socket that closing the packet stack leaves open, would otherwise idle
+// out only after --idle-timeout: the appliance must end it when it closes
+// the proxy and write its record before it exits, within the drain.
+func TestDrainEndsEchoFlows(t *testing.T) {
+	if c, err := icmp.ListenPacket("udp4", "0.0.0.0"); err != nil {
+		testenv.RequirePrivileged(t, fmt.Sprintf("this host allows no unprivileged ICMP sockets (net.ipv4.ping_group_range): %v", err))
+	} else {
+		c.Close()
+	}
+	r := newRig(t, nil, nil)
+	dst := r.net.server(3)
+	var replies atomic.Int64
+	r.client.SetTap(func(inner []byte) bool {
+		if len(inner) >= 28 && inner[9] == 1 && inner[20] == 0 { // ICMP echo reply
+			replies.Add(1)
+			return true
+		}
+		return false
+	})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for seq := uint16(1); ; seq++ {
+			ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: clientV4.AsSlice(), DstIP: dst.AsSlice()}
+			echo := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(8, 0), Id: 4242, Seq: seq}
+			buf := gopacket.NewSerializeBuffer()
+			if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, echo, gopacket.Payload("ping!")); err != nil {
+				panic(err)
+			}
+			_ = r.client.Send(buf.Bytes()) // fails once the appliance is gone: the client pings on regardless
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+	waitFor(t, "an echo reply", func() string {
+		if replies.Load() == 0 {
+			return "none yet"
+		}
+		return ""
+	})
+	r.cancel()
+	select {
+	case <-r.done:
+		r.done <- nil // for the cleanup's wait
+	case <-time.After(rigDrain + 3*time.Second):
+		t.Fatal("the appliance did not stop within its drain")
+	}
+	rec := findRecord(r.readRecords(), "icmp", netip.AddrPortFrom(dst, 0))
+	if rec == nil {
+		t.Fatalf("no icmp record for the echo flow pinging through the drain (%d replies seen)", replies.Load())
+	}
+	if rec.Action != "allow" || rec.Result != "ok" || rec.Packets < 2 || rec.BytesIn == 0 {
+		t.Fatalf("icmp record %+v, want an ok allow of the requests sent during the drain", rec)
+	}
+}
