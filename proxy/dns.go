@@ -253,14 +253,19 @@ func (d *dnsLog) close() {
 	}
 }
 
-// presentName writes a query name's bytes outside printable ASCII, and the
-// backslash, as \DDD, as dig and zone files do: a tunnel that puts raw
-// bytes in its labels is recorded with the bytes it sent, where the
-// record's UTF-8 would have made each one a replacement character. Names
-// of printable ASCII, nearly all, are returned as they are.
+// presentName writes a query name as records show it: ASCII letters in
+// lower case, since DNS names are case-insensitive and a client that
+// randomises case (DNS 0x20) or wants to hide from searches
+// would otherwise spread one name over many spellings that an exact-match
+// search misses; and bytes outside printable ASCII, and the backslash, as
+// \DDD, as dig and zone files do: a tunnel that puts raw bytes in its
+// labels is recorded with the bytes it sent, where the record's UTF-8 would
+// have made each one a replacement character. Only A-Z are lowered: a raw
+// byte keeps its own value in its escape. Names of lower-case printable
+// ASCII, nearly all, are returned as they are, without allocating.
 func presentName(name string) string {
 	i := 0
-	for i < len(name) && name[i] > ' ' && name[i] < 0x7f && name[i] != '\\' {
+	for i < len(name) && plainNameByte(name[i]) {
 		i++
 	}
 	if i == len(name) {
@@ -270,11 +275,20 @@ func presentName(name string) string {
 	b = append(b, name[:i]...)
 	for ; i < len(name); i++ {
 		c := name[i]
-		if c > ' ' && c < 0x7f && c != '\\' {
+		switch {
+		case plainNameByte(c):
 			b = append(b, c)
-			continue
+		case 'A' <= c && c <= 'Z':
+			b = append(b, c+('a'-'A'))
+		default:
+			b = append(b, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
 		}
-		b = append(b, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
 	}
 	return string(b)
+}
+
+// plainNameByte reports whether a name's byte is recorded as it is:
+// printable ASCII but upper-case letters and the backslash.
+func plainNameByte(c byte) bool {
+	return c > ' ' && c < 0x7f && c != '\\' && !('A' <= c && c <= 'Z')
 }

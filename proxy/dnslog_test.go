@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -81,7 +82,8 @@ func TestDNSIDReuseRecorded(t *testing.T) {
 			got[r.QueryName+"/"+r.QueryType] = r.Result + " " + r.RCode
 		}
 	}
-	if len(got) != 2 || got[secret+"/TXT"] != "ok NXDOMAIN" || got["www.example.com/A"] != "ok NXDOMAIN" {
+	// Recorded in lower case, as every query name is.
+	if len(got) != 2 || got[strings.ToLower(secret)+"/TXT"] != "ok NXDOMAIN" || got["www.example.com/A"] != "ok NXDOMAIN" {
 		t.Fatalf("dns records %v, want both queries answered, each by its own name", got)
 	}
 }
@@ -250,5 +252,42 @@ func TestDNSRecordRawBytesName(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { presentName("www.example.com") }); n != 0 {
 		t.Errorf("an ordinary name allocates %v times", n)
+	}
+}
+
+// TestDNSRecordNameLowerCase: a query whose name mixes case, as a client
+// randomising case (DNS 0x20) or hiding from exact-match searches sends
+// it, is recorded in lower case, as records.md says, while the resolver is
+// asked the name as the client spelled it (its answer must echo that
+// spelling) and the answer is matched to the query. Only A-Z are lowered:
+// a raw byte keeps its value in its \DDD (0xC1 is 'A' with the high bit).
+func TestDNSRecordNameLowerCase(t *testing.T) {
+	res := newDNSResolver(t, 0)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 3 * time.Second
+		cfg.DNSPorts = []uint16{res.addr().Port()}
+	})
+	const asked = "WwW.ExAmPlE.CoM"
+	c, done := startFlow(p, quicClient, res.addr(), dnsQuery(7, asked, 1), dnsQuery(8, "X\xc1y.EVIL.test", 1))
+	<-c.out
+	<-c.out
+	<-done
+	got := map[string]string{}
+	for _, r := range recs.records(t, 3) {
+		if r.Kind == "dns" {
+			got[r.QueryName] = r.Result + " " + r.RCode
+		}
+	}
+	want := map[string]string{"www.example.com": "ok NXDOMAIN", `x\193y.evil.test`: "ok NXDOMAIN"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("dns records (name: result rcode) %v, want %v", got, want)
+	}
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	if len(res.asked) == 0 || res.asked[0] != asked {
+		t.Fatalf("the resolver was asked %q, want %q as the client spelled it", res.asked, asked)
+	}
+	if n := testing.AllocsPerRun(100, func() { presentName("www.example.com") }); n != 0 {
+		t.Errorf("a lower-case name allocates %v times", n)
 	}
 }
