@@ -147,12 +147,17 @@ func (rt *roundTripper) end() {
 		if rt.requests.Load() == 0 && !rt.cc.limit.tooLarge.Load() && rt.cc.in.Load() > 0 {
 			// Cleartext bytes came, and no request: goproxy could not
 			// read a head (a malformed one, or one cut short) and closed
-			// the connection. Nothing went upstream, but the flow must
-			// not go unrecorded.
+			// the connection. Nothing went upstream, or came back, but
+			// the flow must not go unrecorded. bytes_out and bytes_in are
+			// the destination's, 0: the client's bytes in them would let
+			// it make a destination look sent whatever it liked (and
+			// goproxy's answer is the appliance's). The error says how
+			// many the client sent.
 			rec := *s.Record
 			rec.Kind, rec.Scheme, rec.Rule = "http", rt.scheme, ""
-			rec.BytesOut, rec.BytesIn = rt.cc.in.Load(), rt.cc.out.Load()
-			rec.Action, rec.Result, rec.Error = "deny", "denied", "no request could be read: malformed or incomplete request head"
+			rec.BytesOut, rec.BytesIn = 0, 0
+			rec.Action, rec.Result = "deny", "denied"
+			rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
 			s.ic.denied.Add(1)
 			rec.End(s.Start)
 			s.ic.cfg.Records.Write(&rec)

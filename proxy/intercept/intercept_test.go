@@ -758,26 +758,41 @@ func TestBumpRedialHandshakeTimeout(t *testing.T) {
 
 // TestCleartextUnreadableHeadRecorded: a request head that classification
 // took for HTTP but that goproxy cannot read (a header line without a
-// colon) reaches nobody, and still leaves a record.
+// colon), followed by junk, reaches nobody, and still leaves a record. The
+// record's bytes_out is what went to the destination: nothing. It used to
+// be the client's bytes, so a client could make a destination look sent
+// whatever it liked; the client's count is in the error instead. The
+// destination is a loopback TCP connection that counts what it receives.
 func TestCleartextUnreadableHeadRecorded(t *testing.T) {
 	r := newRig(t, testPolicy)
-	upEnd, up := r.startUpstream(nil)
+	upEnd, dest := testnet.TCPPair(t)
+	received := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, dest) // until the interceptor closes its end
+		received <- n
+	}()
 	c, sv := r.connect(upEnd, httpDest)
-	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: www.example.test\r\nno colon here\r\n\r\n"); err != nil {
+	sent := "GET / HTTP/1.1\r\nHost: www.example.test\r\nno colon here\r\n" + strings.Repeat("junk", 100) + "\r\n\r\n"
+	if _, err := io.WriteString(c, sent); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = io.Copy(io.Discard, c) // whatever goproxy answers, until it closes
 	sv.waitDoneOnce(t)
-	if got := up.requests(); len(got) != 0 {
-		t.Errorf("the upstream served %q", got)
+	select {
+	case n := <-received:
+		if n != 0 {
+			t.Errorf("the destination received %d bytes, want none", n)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the upstream connection is still open")
 	}
 	recs := r.records()
 	if len(recs) != 1 {
 		t.Fatalf("records %+v, want one", recs)
 	}
-	if rec := recs[0]; rec.Kind != "http" || rec.Action != "deny" || rec.Result != "denied" || rec.BytesOut == 0 ||
-		!strings.Contains(rec.Error, "no request could be read") {
-		t.Errorf("record %+v", rec)
+	if rec := recs[0]; rec.Kind != "http" || rec.Action != "deny" || rec.Result != "denied" || rec.BytesOut != 0 || rec.BytesIn != 0 ||
+		!strings.Contains(rec.Error, "no request could be read") || !strings.Contains(rec.Error, fmt.Sprintf("%d bytes from the client", len(sent))) {
+		t.Errorf("record %+v, want a deny of nothing sent either way, the client's %d bytes in its error", rec, len(sent))
 	}
 }
 
