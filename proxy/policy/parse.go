@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"regexp"
 	"strconv"
@@ -69,18 +71,24 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 // without the section is an error too: write `policy: {}` to allow
 // everything.
 func Parse(filename string, data []byte) (*Policy, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		e := &ConfigError{File: filename, Msg: strings.TrimPrefix(err.Error(), "yaml: "), Err: err}
-		if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
-			e.Line, _ = strconv.Atoi(m[1])
-			e.Msg = m[2]
-		}
-		return nil, e
-	}
 	ps := &parser{file: filename}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil && err != io.EOF {
+		return nil, yamlError(filename, err)
+	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 		return nil, ps.errf(nil, "empty document: no %q section", Section)
+	}
+	// yaml.Unmarshal would read the first document and ignore the rest: a
+	// policy pasted after a "---" would look loaded and not be.
+	var more yaml.Node
+	switch err := dec.Decode(&more); {
+	case err == io.EOF:
+	case err != nil:
+		return nil, yamlError(filename, err)
+	default:
+		return nil, ps.errf(&more, "a second YAML document (after ---): the policy file must be one document")
 	}
 	root := resolve(doc.Content[0])
 	if root.Kind != yaml.MappingNode {
@@ -99,6 +107,16 @@ func Parse(filename string, data []byte) (*Policy, error) {
 		return nil, ps.errf(root, "no %q section", Section)
 	}
 	return ps.policy(resolve(section))
+}
+
+// yamlError turns an error of the YAML parser into a *ConfigError.
+func yamlError(filename string, err error) *ConfigError {
+	e := &ConfigError{File: filename, Msg: strings.TrimPrefix(err.Error(), "yaml: "), Err: err}
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		e.Line, _ = strconv.Atoi(m[1])
+		e.Msg = m[2]
+	}
+	return e
 }
 
 func parseAction(s string) (Action, bool) {
@@ -338,17 +356,35 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 		// author expects something it does not give.
 		return r, ps.errf(n, "allow_unverified_upstream only applies to action bump, not %s", r.action)
 	}
-	// ICMP echo has neither ports nor a name: such a rule could never match,
-	// and its author surely meant it to.
-	if r.protos == bitICMP {
-		if d.portsNode != nil {
-			return r, ps.errf(d.portsNode, "ports: ICMP has no ports, so a rule for protocol icmp alone with ports would never match")
-		}
-		if d.domainsNode != nil {
-			return r, ps.errf(d.domainsNode, "domains: ICMP flows have no name, so a rule for protocol icmp alone with domains would never match")
-		}
+	// ICMP echo has neither ports nor a name, plain TCP no name: a rule
+	// that could never match surely means something its author did not
+	// get, and a deny rule that never matches lets through what it names.
+	if r.protos == bitICMP && d.portsNode != nil {
+		return r, ps.errf(d.portsNode, "ports: ICMP has no ports, so a rule for protocol icmp alone with ports would never match")
+	}
+	if r.protos != 0 && r.protos&^namelessProtos == 0 && d.domainsNode != nil {
+		return r, ps.errf(d.domainsNode, "domains: %s flows have no name, so a rule for protocols %s alone with domains would never match (names come from TLS, HTTP and QUIC: add those protocols, or leave domains out)",
+			protoList(r.protos, " and "), protoList(r.protos, ", "))
 	}
 	return r, nil
+}
+
+// namelessProtos are the protocols whose flows never carry a name (Subject
+// Domain): tcp is TCP that is neither TLS nor HTTP, icmp is echo. udp is
+// not among them: a rule for udp matches QUIC flows too, and those have
+// their SNI.
+const namelessProtos = bitTCP | bitICMP
+
+// protoList names the protocols of bits, in the order the docs list them,
+// joined by sep.
+func protoList(bits uint8, sep string) string {
+	var names []string
+	for _, p := range []string{ProtoTLS, ProtoHTTP, ProtoTCP, ProtoQUIC, ProtoUDP, ProtoICMP} {
+		if bits&protoBit(p) != 0 {
+			names = append(names, p)
+		}
+	}
+	return strings.Join(names, sep)
 }
 
 func validEndpoint(id string) bool {

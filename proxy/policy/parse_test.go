@@ -119,7 +119,21 @@ func TestParseErrors(t *testing.T) {
 			"      domains: [x.example]",
 			"      protocols: [ICMP]",
 			"      action: deny"),
-			`policy.yaml:5: rule "ping": domains: ICMP flows have no name, so a rule for protocol icmp alone with domains would never match`, 5},
+			`policy.yaml:5: rule "ping": domains: icmp flows have no name, so a rule for protocols icmp alone with domains would never match (names come from TLS, HTTP and QUIC: add those protocols, or leave domains out)`, 5},
+		{"tcp alone with domains", rulesDoc("    - {name: raw, domains: [x.com], protocols: [tcp], action: deny}"),
+			`policy.yaml:4: rule "raw": domains: tcp flows have no name, so a rule for protocols tcp alone with domains would never match (names come from TLS, HTTP and QUIC: add those protocols, or leave domains out)`, 4},
+		{"icmp and tcp with domains", rulesDoc(
+			"    - name: both",
+			"      protocols: [icmp, tcp]",
+			"      domains: [x.com]",
+			"      action: deny"),
+			`policy.yaml:6: rule "both": domains: tcp and icmp flows have no name, so a rule for protocols tcp, icmp alone with domains would never match (names come from TLS, HTTP and QUIC: add those protocols, or leave domains out)`, 6},
+		{"second document", "policy:\n  default: deny\n---\npolicy:\n  default: allow\n",
+			`policy.yaml:3: a second YAML document (after ---): the policy file must be one document`, 3},
+		{"second document, policy in it", "# header only\nother: 1\n---\npolicy: {default: deny}\n",
+			`policy.yaml:3: a second YAML document (after ---): the policy file must be one document`, 3},
+		{"bad second document", "policy: {}\n---\npolicy: [\n",
+			`policy.yaml:3: did not find expected node content`, 3},
 		{"bad endpoint", rulesDoc("    - {name: ep, endpoints: [\"vpc-123\"], action: deny}"),
 			`policy.yaml:4: rule "ep": invalid endpoint "vpc-123" (want a GWLB endpoint ID, vpce-<hex>)`, 4},
 		{"unverified on splice", rulesDoc("    - name: u", "      action: splice", "      allow_unverified_upstream: true"),
@@ -205,18 +219,19 @@ policy:
 }
 
 // TestParseICMP: icmp is a protocol name, in any case, alone or with others;
-// with others, ports and domains are allowed (they apply to the others).
+// with others, ports and domains are allowed (they apply to the others),
+// domains as long as one of the others can carry a name.
 func TestParseICMP(t *testing.T) {
 	p, err := Parse("p.yaml", []byte(rulesDoc(
 		"    - {name: ping, protocols: [icmp], dest_cidrs: [192.0.2.0/24], action: deny}",
 		"    - {name: upper, protocols: [ICMP, Udp], action: allow}",
-		"    - {name: mixed, protocols: [tcp, icmp], ports: [22], domains: [x.example], action: deny}",
+		"    - {name: mixed, protocols: [tls, icmp], ports: [22], domains: [x.example], action: deny}",
 		"    - {name: bump-ping, protocols: [icmp], action: bump}",
 	)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []uint8{bitICMP, bitICMP | bitUDP, bitTCP | bitICMP, bitICMP}
+	want := []uint8{bitICMP, bitICMP | bitUDP, bitTLS | bitICMP, bitICMP}
 	for i, r := range p.rules {
 		if r.protos != want[i] {
 			t.Errorf("rule %s: protocol bits %#x, want %#x", r.name, r.protos, want[i])
@@ -308,6 +323,25 @@ func TestHolderConcurrent(t *testing.T) {
 			if d := h.Load().Decide(Subject{Protocol: "tcp"}); d.Action != Deny {
 				t.Fatalf("got %+v", d)
 			}
+		}
+	}
+}
+
+// TestParseDomainsWithNamedProtocols: domains stay allowed beside any
+// protocol whose flows can carry a name: udp (QUIC flows match it), or tcp
+// with tls.
+func TestParseDomainsWithNamedProtocols(t *testing.T) {
+	for _, protos := range []string{"[udp]", "[quic]", "[tcp, tls]", "[icmp, http]", "[tls]"} {
+		doc := rulesDoc("    - {name: n, domains: [x.com], protocols: " + protos + ", action: deny}")
+		if _, err := Parse("policy.yaml", []byte(doc)); err != nil {
+			t.Errorf("protocols %s with domains: %v", protos, err)
+		}
+	}
+	// A lone --- before the one document, or a comment after a trailing
+	// ---, is still one document.
+	for _, doc := range []string{"---\npolicy: {default: deny}\n", "policy: {default: deny}\n...\n"} {
+		if _, err := Parse("policy.yaml", []byte(doc)); err != nil {
+			t.Errorf("%q: %v", doc, err)
 		}
 	}
 }
