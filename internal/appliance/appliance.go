@@ -412,9 +412,9 @@ func (a *Appliance) Close() {
 	if a.proxy != nil {
 		a.proxy.Close()
 	}
-	a.closeCapture()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
+	a.closeCapture(ctx)
 	a.closeSinks(ctx)
 	if a.shipper != nil {
 		_ = a.shipper.Close(ctx) // nothing was shipped yet
@@ -490,7 +490,6 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 			"active_flows", a.proxy.Active(), "tcp", st.TCPActive, "udp", st.UDPActive, "icmp", st.EchoActive)
 	}
 	rcancel()
-	a.closeCapture()
 	// An admin client that holds its connection open must not eat the
 	// records' time: the admin listener gets a moment, then is closed.
 	actx, acancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -498,8 +497,10 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 		_ = a.admin.Close()
 	}
 	acancel()
-	// The files and CloudWatch each have their own queue: flush both at
-	// once, so that a stuck file cannot take CloudWatch's time.
+	// The files, CloudWatch and the packet capture each have their own
+	// queue: flush them at once, so that a stuck file cannot take
+	// CloudWatch's time, and the records never wait behind packets (up to
+	// 4096 queued per capture output, on a disk that may be stalled).
 	flushDue := end.Add(time.Second)
 	if earliest := time.Now().Add(time.Second); flushDue.Before(earliest) {
 		flushDue = earliest
@@ -507,6 +508,7 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	sctx, scancel := context.WithDeadline(context.Background(), flushDue)
 	defer scancel()
 	var wg sync.WaitGroup
+	wg.Go(func() { a.closeCapture(sctx) })
 	if a.shipper != nil {
 		wg.Go(func() {
 			// What cannot be shipped by then is counted as dropped.

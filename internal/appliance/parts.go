@@ -59,9 +59,11 @@ func (p plaintextTap) OpenPlaintext(f intercept.PlaintextFlow) intercept.Plainte
 }
 
 // closeCapture writes out the queued packets and closes the pcap files,
-// the mirror device and the key log.
-func (a *Appliance) closeCapture() {
-	if err := a.capture.Close(); err != nil {
+// the mirror device and the key log, within ctx: what capture cannot write
+// by then (a stalled disk) is dropped and counted, so that the drain keeps
+// its bound.
+func (a *Appliance) closeCapture(ctx context.Context) {
+	if err := a.capture.CloseContext(ctx); err != nil {
 		slog.Warn("closing the packet capture", "err", err)
 	}
 	if a.keyLog != nil {

@@ -12,6 +12,7 @@
 package capture
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -172,12 +173,32 @@ func (c *Capture) Packet(endpoint uint64, cookie uint32, out bool, now int64, p 
 
 // Close stops taking packets, writes out what is queued, and closes the
 // files and the mirror device. Packets handed in afterwards are ignored.
-func (c *Capture) Close() error {
+// It waits for as long as the writes take: see CloseContext for a bound.
+func (c *Capture) Close() error { return c.CloseContext(context.Background()) }
+
+// CloseContext is Close within ctx. When ctx ends before the outputs have
+// written out their queues (a stalled disk can hold a write for minutes,
+// and up to QueuePackets packets are queued per output), it gives up: the
+// packets still queued are counted as dropped and not written, and an
+// error says how many. An output stuck in a write keeps its file open
+// until that write returns; the process is about to exit, and the
+// appliance's records must not wait behind packet capture.
+func (c *Capture) CloseContext(ctx context.Context) error {
 	if c == nil || c.closed.Swap(true) {
 		return nil
 	}
 	close(c.done)
-	<-c.stopped
+	select {
+	case <-c.stopped:
+	case <-ctx.Done():
+		var unwritten uint64
+		for _, q := range []*queue{c.pcapQ, c.mirrorQ} {
+			if q != nil {
+				unwritten += q.abandon()
+			}
+		}
+		return fmt.Errorf("capture: gave up writing out the queued packets (%d dropped): %w", unwritten, context.Cause(ctx))
+	}
 	var errs []error
 	if c.pcap != nil {
 		errs = append(errs, c.pcap.close())

@@ -192,14 +192,16 @@ func (m *mirror) run(q *queue, done <-chan struct{}) {
 	for {
 		select {
 		case s := <-q.full:
-			m.write(s)
-			q.release(s)
+			if !q.take(s, m.write) {
+				return
+			}
 		case <-done:
 			for {
 				select {
 				case s := <-q.full:
-					m.write(s)
-					q.release(s)
+					if !q.take(s, m.write) {
+						return
+					}
 				default:
 					return
 				}

@@ -72,6 +72,9 @@ type pcapWriter struct {
 	scr     []byte // scratch for a block
 	// retryAt is when opening a file may be tried again after it failed.
 	retryAt time.Time
+	// create opens a new file for writing (createFile; tests put a pipe
+	// there, whose writes block as a stalled disk's do).
+	create func(name string) (*os.File, error)
 
 	mu        sync.Mutex
 	files     []fileInfo // finished files, oldest first
@@ -99,7 +102,7 @@ func newPcapWriter(cfg Config) (*pcapWriter, error) {
 	if err := os.MkdirAll(cfg.PcapDir, 0o750); err != nil {
 		return nil, fmt.Errorf("--pcap-dir: %w", err)
 	}
-	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+plainOverhead+4)}
+	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+plainOverhead+4), create: createFile}
 	for i, plain := range []bool{false, true} {
 		n, err := interfaceBlockSize(plain)
 		if err != nil {
@@ -143,8 +146,9 @@ func (w *pcapWriter) run(q *queue, done <-chan struct{}) {
 	for {
 		select {
 		case s := <-q.full:
-			w.write(s)
-			q.release(s)
+			if !q.take(s, w.write) {
+				return
+			}
 			continue
 		default:
 		}
@@ -152,8 +156,9 @@ func (w *pcapWriter) run(q *queue, done <-chan struct{}) {
 		w.flush()
 		select {
 		case s := <-q.full:
-			w.write(s)
-			q.release(s)
+			if !q.take(s, w.write) {
+				return
+			}
 		case now := <-tick.C:
 			if w.f != nil && now.Sub(w.opened) >= w.cfg.RotateAge {
 				w.finish()
@@ -162,8 +167,9 @@ func (w *pcapWriter) run(q *queue, done <-chan struct{}) {
 			for {
 				select {
 				case s := <-q.full:
-					w.write(s)
-					q.release(s)
+					if !q.take(s, w.write) {
+						return
+					}
 				default:
 					return
 				}
@@ -335,7 +341,7 @@ func (w *pcapWriter) open() error {
 	now := time.Now()
 	w.seq++
 	name := fmt.Sprintf("%s%s-%06d%s", filePrefix, now.UTC().Format(fileTime), w.seq%1_000_000, fileSuffix)
-	f, err := os.OpenFile(filepath.Join(w.cfg.PcapDir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	f, err := w.create(filepath.Join(w.cfg.PcapDir, name))
 	if err != nil {
 		return err
 	}
@@ -362,6 +368,11 @@ func (w *pcapWriter) open() error {
 	w.size = int64(w.buf.Buffered())
 	w.curSize.Store(w.size)
 	return nil
+}
+
+// createFile creates a new pcap file for writing.
+func createFile(name string) (*os.File, error) {
+	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 }
 
 // makeRoom deletes the oldest finished files until room more bytes fit

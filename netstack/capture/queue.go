@@ -34,6 +34,9 @@ type queue struct {
 	small, large chan *slot // free slots
 	full         chan *slot // queued packets, in order
 	dropped      atomic.Uint64
+	// abandoned is set when Close stopped waiting for the output: what is
+	// still queued is dropped, not written.
+	abandoned atomic.Bool
 }
 
 func newQueue(packets int) *queue {
@@ -79,3 +82,23 @@ func (q *queue) put(endpoint uint64, cookie uint32, out, plain bool, now int64, 
 
 // release returns s to its free list once its output is done with it.
 func (q *queue) release(s *slot) { s.free <- s }
+
+// abandon tells the output to write nothing more, and counts what is still
+// queued as dropped: about, as the output may be taking one packet now.
+func (q *queue) abandon() uint64 {
+	q.abandoned.Store(true)
+	n := uint64(len(q.full))
+	q.dropped.Add(n)
+	return n
+}
+
+// take hands s to write and returns it to its free list, unless the queue
+// was abandoned: then it returns false, and the output stops.
+func (q *queue) take(s *slot, write func(*slot)) bool {
+	defer q.release(s)
+	if q.abandoned.Load() {
+		return false
+	}
+	write(s)
+	return true
+}
