@@ -101,6 +101,16 @@ func TestUnit(t *testing.T) {
 	if p.Mode() != policy.Audit {
 		t.Errorf("the default policy's mode is %v: want audit (records everything, needs no CA)", p.Mode())
 	}
+	// Reload checks the file ExecStart reads, with the binary it runs, and
+	// only then sends the SIGHUP; the default policy passes the check (it
+	// says its default outright).
+	wantReload := []string{args[0] + " policy check " + config, "/bin/kill -HUP $MAINPID"}
+	if got := u["Service"]["ExecReload"]; !slices.Equal(got, wantReload) {
+		t.Errorf("ExecReload=%q, want %q", got, wantReload)
+	}
+	if _, explicit, _, err := policy.Check("etc/policy.yaml"); err != nil || !explicit {
+		t.Errorf("the default policy fails `policy check`: %v, explicit default %v", err, explicit)
+	}
 
 	// State and logs live in the directories systemd creates for the user.
 	if dir, _ := flagValue(args, "state-dir"); dir != "/var/lib/"+u.one(t, "Service", "StateDirectory") {
@@ -139,7 +149,6 @@ func TestUnit(t *testing.T) {
 		"PrivateDevices":        "yes",
 		"Restart":               "on-failure",
 		"KillSignal":            "SIGTERM",
-		"ExecReload":            "/bin/kill -HUP $MAINPID",
 		"SystemCallErrorNumber": "EPERM",
 	} {
 		if got := u.one(t, "Service", key); got != want {

@@ -41,6 +41,8 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 			return nil
 		case "ca":
 			return runCA(args[1:], stdout, stderr)
+		case "policy":
+			return runPolicy(args[1:], stdout, stderr) // policycmd.go
 		case "queries":
 			return runQueriesCommand(context.Background(), args[1:], stdout, cwlogs.NewClient)
 		case "query":

@@ -10,6 +10,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -24,6 +25,8 @@ type stats struct {
 	Leaves     *certs.Stats   `json:"leaves,omitempty"`
 	// Capture is there while pcap files or the mirror are on.
 	Capture *capture.Stats `json:"capture,omitempty"`
+	// Policy is the policy in force and how its reloads went.
+	Policy policy.Status `json:"policy"`
 	// TLSKeyLogErrors counts failed writes to --tls-keylog.
 	TLSKeyLogErrors uint64 `json:"tls_keylog_errors,omitempty"`
 }
@@ -33,6 +36,7 @@ type stats struct {
 func (a *Appliance) stats() stats {
 	s := stats{Draining: a.draining.Load(), Netstack: a.netstack.Stats(), Proxy: a.proxy.Stats(), Records: a.records.Stats()}
 	s.Broken = a.broken(s.Records)
+	s.Policy = a.policy.Status()
 	if a.shipper != nil {
 		cw := a.shipper.Stats()
 		s.CloudWatch = &cw

@@ -266,10 +266,11 @@ func New(o Options) (_ *Appliance, err error) {
 	// the deferred clean-up below reads it.
 	a := &Appliance{opts: o, policy: proxy.AllowAll()}
 	if o.Config != "" {
-		if err := a.policy.Reload(o.Config); err != nil {
+		if err := a.policy.LoadFile(o.Config); err != nil {
 			return nil, fmt.Errorf("--config: %w", err)
 		}
 	}
+	logPolicy("policy loaded", a.policy.Status())
 	// Audit mode decrypts nothing and so needs no CA, unless one is given.
 	if a.policy.Load().Mode() != policy.Audit || o.CACert != "" || o.CASecret.ID != "" {
 		if a.ca, err = LoadCA(&o); err != nil {
@@ -530,12 +531,25 @@ func (a *Appliance) Reload() error {
 	if a.opts.Config == "" {
 		return nil
 	}
+	before := a.policy.Status()
 	if err := a.policy.ReloadChecked(a.opts.Config, a.canCarryOut); err != nil {
-		slog.Error("policy reload rejected; the running policy stays", "err", err)
+		slog.Error("policy reload rejected; the running policy stays", "err", err,
+			"hash", before.Hash, "mode", before.Mode, "default", before.Default, "rules", before.Rules)
 		return err
 	}
-	slog.Info("policy reloaded", "file", a.opts.Config, "rules", a.policy.Load().Len())
+	logPolicy("policy reloaded", a.policy.Status(), "previous_hash", before.Hash)
 	return nil
+}
+
+// logPolicy logs the policy in force, by its mode, default, rules and the
+// hash of its file; and warns when its default is allow by omission.
+func logPolicy(msg string, st policy.Status, args ...any) {
+	args = append([]any{"file", st.File, "hash", st.Hash, "mode", st.Mode, "default", st.Default, "rules", st.Rules}, args...)
+	slog.Info(msg, args...)
+	if !st.DefaultExplicit {
+		slog.Warn("the policy has no `default`: flows no rule matches are ALLOWED; write `default: allow` (or deny) to say which is meant",
+			"file", st.File, "rules", st.Rules)
+	}
 }
 
 // canCarryOut refuses a policy that needs what the appliance started

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -74,6 +75,7 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	describeStats(ch, applianceMetrics)
 	ch <- dropsDesc
 	ch <- endpointFlowsDesc
+	ch <- policyInfoDesc
 	describeStats(ch, leafMetrics)
 	describeStats(ch, cloudWatchMetrics)
 	describeStats(ch, pcapMetrics)
@@ -92,6 +94,7 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range s.Netstack.Drops {
 		ch <- constMetric(dropsDesc, prometheus.CounterValue, float64(n), reason)
 	}
+	ch <- constMetric(policyInfoDesc, prometheus.GaugeValue, 1, s.Policy.Mode, s.Policy.Default, s.Policy.Hash)
 	for ep, n := range s.Netstack.FlowsByEndpoint {
 		// Each count is a separate atomic that flow creation and expiry
 		// move; clamp as before, since a flow count is never negative.
@@ -179,7 +182,18 @@ var (
 	// endpointFlowsDesc is gwlbproxy_endpoint_flows{endpoint}, one series
 	// per GWLB endpoint (vpce-…) seen.
 	endpointFlowsDesc = prometheus.NewDesc("gwlbproxy_endpoint_flows", "Flows in the flow table per GWLB endpoint.", []string{"endpoint"}, nil)
+	// policyInfoDesc is gwlbproxy_policy_info{mode,default,hash}, always 1:
+	// which policy is in force, by the hash of its file ("" built in).
+	policyInfoDesc = prometheus.NewDesc("gwlbproxy_policy_info", "The policy in force: its mode, default action and the first 12 hex digits of its file's SHA-256 (always 1).", []string{"mode", "default", "hash"}, nil)
 )
+
+// unixSeconds is t in Unix seconds, 0 for the zero time.
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}
 
 // applianceMetrics are the unlabelled metrics every appliance has: the
 // health state, the GENEVE side (netstack), the proxy and the records.
@@ -258,6 +272,21 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.TCPBuffersCapped) }),
 	newStatMetric("tls_keylog_errors_total", promCounter, "Failed writes to --tls-keylog.",
 		func(s *stats) float64 { return float64(s.TLSKeyLogErrors) }),
+
+	newStatMetric("policy_rules", promGauge, "Rules of the policy in force.",
+		func(s *stats) float64 { return float64(s.Policy.Rules) }),
+	newStatMetric("policy_reloads_total", promCounter, "Policy reloads (SIGHUP) that loaded the file.",
+		func(s *stats) float64 { return float64(s.Policy.Reloads) }),
+	newStatMetric("policy_reload_errors_total", promCounter, "Policy reloads rejected (an error in the file, or a policy the appliance cannot carry out): the policy in force stayed.",
+		func(s *stats) float64 { return float64(s.Policy.ReloadErrors) }),
+	newStatMetric("policy_last_reload_success", promGauge, "0 while the last policy reload was rejected (see policy.last_error in /stats), 1 otherwise.",
+		func(s *stats) float64 { return boolGauge(s.Policy.LastError == "") }),
+	newStatMetric("policy_loaded_timestamp_seconds", promGauge, "When the policy in force was loaded (at start or by a reload), in Unix time.",
+		func(s *stats) float64 { return unixSeconds(s.Policy.LoadedAt) }),
+	newStatMetric("policy_last_reload_timestamp_seconds", promGauge, "When a policy reload was last tried, accepted or not, in Unix time; 0 before the first.",
+		func(s *stats) float64 { return unixSeconds(s.Policy.LastReload) }),
+	newStatMetric("policy_default_explicit", promGauge, "0 when the policy file in force has no default key, so that unmatched flows are allowed by omission.",
+		func(s *stats) float64 { return boolGauge(s.Policy.DefaultExplicit) }),
 
 	newStatMetric("records_written_total", promCounter, "Access records handed to the sinks (access log, CloudWatch shipper).",
 		func(s *stats) float64 { return float64(s.Records.Written) }),

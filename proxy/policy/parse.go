@@ -71,14 +71,28 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 // without the section is an error too: write `policy: {}` to allow
 // everything.
 func Parse(filename string, data []byte) (*Policy, error) {
+	p, _, err := parse(filename, data)
+	return p, err
+}
+
+// parsed is what parse learns about a file besides its policy.
+type parsed struct {
+	// defaultExplicit says the file has a `default` key: without one the
+	// default is allow, which a file cut short before that line, or a key
+	// deleted by mistake, turns a deny-by-default policy into.
+	defaultExplicit bool
+}
+
+// parse is Parse, telling also what the holder needs to judge a reload.
+func parse(filename string, data []byte) (*Policy, parsed, error) {
 	ps := &parser{file: filename}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil && err != io.EOF {
-		return nil, yamlError(filename, err)
+		return nil, parsed{}, yamlError(filename, err)
 	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
-		return nil, ps.errf(nil, "empty document: no %q section", Section)
+		return nil, parsed{}, ps.errf(nil, "empty document: no %q section", Section)
 	}
 	// yaml.Unmarshal would read the first document and ignore the rest: a
 	// policy pasted after a "---" would look loaded and not be.
@@ -86,27 +100,28 @@ func Parse(filename string, data []byte) (*Policy, error) {
 	switch err := dec.Decode(&more); {
 	case err == io.EOF:
 	case err != nil:
-		return nil, yamlError(filename, err)
+		return nil, parsed{}, yamlError(filename, err)
 	default:
-		return nil, ps.errf(&more, "a second YAML document (after ---): the policy file must be one document")
+		return nil, parsed{}, ps.errf(&more, "a second YAML document (after ---): the policy file must be one document")
 	}
 	root := resolve(doc.Content[0])
 	if root.Kind != yaml.MappingNode {
-		return nil, ps.errf(root, "the document must be a mapping with a %q key", Section)
+		return nil, parsed{}, ps.errf(root, "the document must be a mapping with a %q key", Section)
 	}
 	var section *yaml.Node
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		if k := root.Content[i]; k.Kind == yaml.ScalarNode && k.Value == Section {
 			if section != nil {
-				return nil, ps.errf(k, "duplicate key %q", Section)
+				return nil, parsed{}, ps.errf(k, "duplicate key %q", Section)
 			}
 			section = root.Content[i+1]
 		}
 	}
 	if section == nil {
-		return nil, ps.errf(root, "no %q section", Section)
+		return nil, parsed{}, ps.errf(root, "no %q section", Section)
 	}
-	return ps.policy(resolve(section))
+	p, err := ps.policy(resolve(section))
+	return p, parsed{defaultExplicit: ps.defaultExplicit}, err
 }
 
 // yamlError turns an error of the YAML parser into a *ConfigError.
@@ -161,6 +176,7 @@ var policyKeys = keyTable[policyDoc]{
 			return ps.errf(v, "default: unknown action %q (want allow, deny, bump or splice)", s)
 		}
 		d.p.def = a
+		ps.defaultExplicit = true
 		return nil
 	}},
 	{"destination_check", func(ps *parser, _, v *yaml.Node, d *policyDoc) error {

@@ -15,6 +15,8 @@ type parser struct {
 	file      string
 	rule      string
 	ruleIndex int
+	// defaultExplicit: the policy section has a default key.
+	defaultExplicit bool
 }
 
 func (ps *parser) errf(n *yaml.Node, format string, args ...any) error {
