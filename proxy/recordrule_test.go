@@ -50,15 +50,18 @@ func TestForbiddenRecordNamesNoRule(t *testing.T) {
 // TestUndecidedRecord: a flow that ends before the policy decides is
 // recorded as undecided, naming no rule, not as allowed by the default:
 // here under a policy whose default denies, with a rule that would allow
-// the connection by name, so that it cannot be denied on its addresses
-// alone and the destination is dialled first. A port scan of closed ports
-// must not read as traffic the appliance allowed.
+// the connection by name and one that would allow it, as TLS, on its
+// addresses, so that it can be neither denied on its addresses alone nor
+// held until a name comes (tcpname.go): the destination is dialled first.
+// A port scan of closed ports must not read as traffic the appliance
+// allowed.
 func TestUndecidedRecord(t *testing.T) {
 	const doc = `
 policy:
   default: deny
   rules:
     - {name: web, domains: [example.com], action: allow}
+    - {name: lan-tls, dest_cidrs: ["127.0.0.0/8"], protocols: [tls], action: allow}
 `
 	client := netip.MustParseAddrPort("198.18.0.5:40000")
 	check := func(t *testing.T, recs []records.Record, kind, result string) {

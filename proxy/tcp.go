@@ -23,7 +23,9 @@ import (
 // the client's handshake completes, so a refused or unreachable destination
 // reaches the client as a RST, the way a direct connection would fail. A
 // flow the policy denies on its addresses alone is refused before anything
-// is dialled; the rest is decided once the first bytes say what it is.
+// is dialled; one that only a name could let through is dialled only once
+// its first bytes have been read and allowed (tcpname.go); the rest is
+// decided once the first bytes say what it is.
 func (p *Proxy) HandleTCP(req *netstack.TCPRequest) {
 	p.handleTCP(req.Flow, (*stackRequest)(req))
 }
@@ -66,9 +68,10 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 		p.denyEarly(rec, start, key, "denied by policy")
 		return
 	}
-	// Until its first bytes come, a connection costs a dialled upstream,
-	// two goroutines and the sniffing buffers, and waits with no time
-	// limit: a client may hold only so many of them.
+	// Until its first bytes come, a connection costs a dialled upstream (or,
+	// when only a name could let it through, none), two goroutines and the
+	// sniffing buffers, and waits with no time limit (nameWait when
+	// nothing is dialled): a client may hold only so many of them.
 	if ok, record := p.tcp.waiting.acquire(key, p.tcpWaitingLimit(), start); !ok {
 		p.tcp.waitingDrops.Add(1) // before the RST, which a client may act on at once
 		req.Reject()
@@ -79,6 +82,10 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 		return
 	}
 	p.stats.tcpActive.Add(1)
+	if pol.OnlyNameAllows(subj) {
+		p.serveNamed(req, &tcpSession{p: p, rec: rec, start: start, pol: pol, subj: subj, waiting: key, holding: true})
+		return
+	}
 	up, err := p.dialTCP(context.Background(), flow.Dest.String())
 	if err != nil {
 		p.tcp.waiting.release(key)
@@ -138,10 +145,17 @@ type tcpSession struct {
 	pol    *policy.Policy
 	subj   policy.Subject
 	client net.Conn // the client, with the sniffed bytes still to read
-	up     net.Conn // the dialled destination
+	// up is the dialled destination; nil while a flow that only a name
+	// could let through has not been allowed (tcpname.go).
+	up net.Conn
 	// waiting is the client's key in tcpState.waiting, held until the
 	// connection is classified.
 	waiting shareKey
+	// holding says the slot in tcpState.waiting is still held past
+	// classification, for a flow only a name could let through: until its
+	// destination is dialled and checked, or it is refused
+	// (releaseWaiting).
+	holding bool
 }
 
 // serve classifies the connection by its first bytes and serves it.
@@ -165,6 +179,12 @@ func (s *tcpSession) serve(accepted net.Conn) {
 		s.p.endTCP(s.rec, s.start)
 		return
 	}
+	s.classified(&res, br)
+}
+
+// classified serves the connection as its first bytes, sniffed into br,
+// say it is.
+func (s *tcpSession) classified(res *sniff.Result, br *bufio.Reader) {
 	switch res.Kind {
 	case sniff.KindTLS:
 		if res.Err != nil {
@@ -237,8 +257,11 @@ func (s *tcpSession) decide(protocol, domain string) policy.Decision {
 
 // refuse ends a denied connection: the client gets a RST.
 func (s *tcpSession) refuse(reason string) {
+	s.releaseWaiting()
 	intercept.Abort(s.client)
-	s.up.Close()
+	if s.up != nil {
+		s.up.Close()
+	}
 	s.p.deny(s.rec, s.start, reason)
 	s.p.stats.tcpActive.Add(-1)
 }
@@ -262,7 +285,9 @@ func (s *tcpSession) serveTCP() {
 		s.refuse("denied by policy")
 		return
 	}
-	s.relay()
+	if s.dialAllowed() {
+		s.relay()
+	}
 }
 
 func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
@@ -291,7 +316,9 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 	case d.Action == policy.Bump && ic.CanBump():
 		// Not checked here: the interceptor verifies the destination's
 		// certificate for the name, which proves more than DNS could.
-		s.intercept(&intercept.Session{Hello: hello, Decision: d})
+		if s.dialAllowed() {
+			s.intercept(&intercept.Session{Hello: hello, Decision: d})
+		}
 	default:
 		if d.Action == policy.Bump { // no CA: nothing can be decrypted
 			s.rec.Action, s.rec.Error = policy.Splice.String(), "bump requested but the appliance has no CA"
@@ -302,14 +329,19 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 			s.refuse(s.rec.Error)
 			return
 		}
-		s.relay()
+		if s.dialAllowed() {
+			s.relay()
+		}
 	}
 }
 
 // intercept hands the connection to package intercept, with what
 // classification found in is; the connection counts as active until the
-// interceptor is done with it.
+// interceptor is done with it. Cleartext HTTP and the trust page may go
+// with no upstream yet (a flow only a name could let through): the
+// interceptor dials one for the first request the policy allows.
 func (s *tcpSession) intercept(is *intercept.Session) {
+	s.releaseWaiting()
 	is.Client, is.Upstream, is.Policy, is.Subject = s.client, s.up, s.pol, s.subj
 	is.Record, is.Start = s.rec, s.start
 	// Its writes are bounded as a relay's are (stall.go); Done counts it

@@ -31,7 +31,9 @@ func (s *Session) Abort(result string, err error) bool {
 		return false
 	}
 	Abort(s.Client)
-	Abort(s.Upstream)
+	if s.Upstream != nil {
+		Abort(s.Upstream)
+	}
 	s.upstreams.abortAll()
 	return true
 }

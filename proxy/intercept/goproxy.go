@@ -122,7 +122,7 @@ func (rt *roundTripper) end() {
 		s.upstreams.closeAll()
 		// The first, whether a request took it up or not (a preconnect, a
 		// denied request).
-		s.Upstream.Close()
+		s.closeUpstream()
 		if rt.cc.limit.tooLarge.Load() { // a record for the request that never was
 			rec := *s.Record
 			rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", rt.scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0

@@ -81,8 +81,12 @@ const DefaultMaxHeaderBytes = 64 << 10
 
 // Session is one TCP connection handed over for interception.
 type Session struct {
-	Client   net.Conn        // the client, its sniffed bytes still to read
-	Upstream net.Conn        // the destination, dialled already
+	Client net.Conn // the client, its sniffed bytes still to read
+	// Upstream is the destination, dialled already; nil for cleartext
+	// HTTP (or the trust page) whose destination only a name could let
+	// through: each connection is then dialled for a request the policy
+	// allowed, as later ones always are.
+	Upstream net.Conn
 	Policy   *policy.Policy  // in force when the connection arrived: a reload leaves it alone
 	Subject  policy.Subject  // addresses and endpoint, for each request's decision
 	Record   *records.Record // the connection's record so far; each request's record starts from it
@@ -206,11 +210,18 @@ func (s *session) finish() {
 	s.Done()
 }
 
+// closeUpstream closes the first connection to the destination, if any.
+func (s *Session) closeUpstream() {
+	if s.Upstream != nil {
+		s.Upstream.Close()
+	}
+}
+
 // refuse ends a connection refused before any request: the client gets a
 // RST, the record says why.
 func (s *session) refuse(reason string) {
 	Abort(s.client)
-	s.Upstream.Close()
+	s.closeUpstream()
 	s.ic.denied.Add(1)
 	s.Record.Action, s.Record.Result, s.Record.Error = "deny", "denied", reason
 	s.finish()
@@ -358,7 +369,7 @@ func (s *session) handshakeClient(name string, leaf *tls.Certificate, upstreamH2
 	hctx = withClientHandshake(hctx, &clientHandshake{leaf: leaf, name: name, upstreamH2: upstreamH2})
 	if err := c.HandshakeContext(hctx); err != nil {
 		Abort(s.client)
-		s.Upstream.Close()
+		s.closeUpstream()
 		s.Record.Result, s.Record.Error = "error", "client TLS handshake: "+err.Error()
 		s.finish()
 		return false
@@ -374,7 +385,7 @@ const trustRule = "trust-page"
 // serveTrustTLS answers the trust host over TLS itself, with a leaf for the
 // name: no destination can prove it is gwlbproxy.internal, so none is asked.
 func (s *session) serveTrustTLS(name string) {
-	s.Upstream.Close()
+	s.closeUpstream()
 	s.Record.Rule, s.Record.Action = trustRule, policy.Allow.String()
 	leaf, err := s.ic.cfg.Minter.Leaf(name)
 	if err != nil {
@@ -473,7 +484,7 @@ func (s *session) serveHTTP() {
 		if d.Action == policy.Deny {
 			writeDenyResponse(s.client, d.Rule, host)
 			s.client.Close()
-			s.Upstream.Close()
+			s.closeUpstream()
 			s.ic.denied.Add(1)
 			s.Record.Status = http.StatusForbidden
 			s.Record.Action, s.Record.Result, s.Record.Error = "deny", "denied", "denied by policy"

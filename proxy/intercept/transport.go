@@ -125,8 +125,8 @@ const (
 // transport returns the HTTP client side of one intercepted connection. Every
 // connection it makes goes to the session's original destination, whatever the
 // request's Host says: a client must not steer the appliance elsewhere. The
-// first one is the connection already dialled (and, for TLS, verified);
-// tlsCfg, when set, gives each further one its TLS configuration.
+// first one is the connection already dialled (and, for TLS, verified), if
+// any; tlsCfg, when set, gives each further one its TLS configuration.
 //
 // A client speaking HTTP/1 to an upstream speaking HTTP/1 gets an
 // h1Transport (h1client.go): no goroutines or buffers while idle. Else an
@@ -136,7 +136,7 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 	var used atomic.Bool // whether a connection took up over
 	dest := s.Subject.Dest.String()
 	dial := func(ctx context.Context) (net.Conn, error) {
-		if !used.Swap(true) {
+		if first != nil && !used.Swap(true) {
 			return first, nil
 		}
 		c, err := s.ic.cfg.Dial(ctx, dest)

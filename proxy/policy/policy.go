@@ -470,3 +470,23 @@ func (p *Policy) DecideEarly(f Subject) (d Decision, ok bool) {
 	}
 	return Decision{}, false
 }
+
+// OnlyNameAllows reports whether a TCP flow with f's addresses can be let
+// through by nothing but a name: without one, whatever it turns out to be
+// (TLS, HTTP, other TCP), the decision is deny. Rules with domains never
+// match a flow without a name, so that is the decision with those rules
+// left out, and a flow with a name either meets a rule with domains first
+// or is denied all the same. The proxy then reads the client's first bytes
+// before it dials anything: dialled first, a destination the policy denies
+// would still be reached from the appliance's address, and a client would
+// learn from a RST or a handshake which of them are open.
+func (p *Policy) OnlyNameAllows(f Subject) bool {
+	f.Domain = ""
+	for _, proto := range [...]string{ProtoTLS, ProtoHTTP, ProtoTCP} {
+		f.Protocol = proto
+		if p.Decide(f).Action != Deny {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,107 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
+)
+
+// nameWait bounds how long a connection that only a name could let
+// through (policy.OnlyNameAllows) waits for its client's first bytes. No
+// destination is dialled meanwhile, so none can end the wait by speaking
+// first, and a client that sends nothing could otherwise hold its share of
+// waiting connections for ever. A client with a request to send sends it
+// at once; what waits is a browser's preconnected socket, which browsers
+// give up on themselves after about 10 s unused (Chromium's unused idle
+// socket timeout): 30 s never resets one the browser still means to use.
+// A waiting connection holds nothing at the destination, so the wait is
+// cheap; the per-client share bounds how many. A variable for tests.
+var nameWait = 30 * time.Second
+
+// serveNamed serves a TCP connection whose destination only a name could
+// let through: without one, the policy denies it whatever it is. Dialled
+// first, as other connections are, every destination the policy denies
+// would be reached from the appliance's own address before a byte of the
+// client's is read: a client would learn from a RST or a completed
+// handshake which of them are open, and could hold connections to them
+// open for as long as it sent nothing. So the client's handshake is
+// completed with nothing dialled, its first bytes are read (for nameWait
+// at most), and the destination is dialled only once the policy has
+// allowed what they name (dialAllowed): a refused or unreachable
+// destination then resets the client, since its handshake is long done.
+// There is no destination to speak first: a server-first protocol the
+// addresses alone do not allow is denied, as it would be once classified.
+// The connection keeps its slot in the client's waiting share until it is
+// refused or its destination dialled.
+func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
+	accepted, err := req.Accept()
+	if err != nil {
+		s.releaseWaiting()
+		s.rec.Result, s.rec.Error = "error", err.Error()
+		p.endTCP(s.rec, s.start)
+		return
+	}
+	br := sniffReaders.Get().(*bufio.Reader)
+	br.Reset(accepted)
+	waitStart := time.Now()
+	res, err := sniff.SniffWithin(br, accepted, nameWait)
+	s.client = &peekedConn{Conn: accepted, r: br}
+	if err != nil { // the client reset or broke the connection while we waited
+		s.releaseWaiting()
+		s.client.Close()
+		s.rec.Result, s.rec.Error = "reset", err.Error()
+		p.endTCP(s.rec, s.start)
+		return
+	}
+	if res.Peeked == 0 {
+		// Nothing to decide on but the addresses, which deny it.
+		s.decide(policy.ProtoTCP, "")
+		why := fmt.Sprintf("the client sent nothing within %s", nameWait)
+		if time.Since(waitStart) < nameWait {
+			why = "the client closed without sending anything"
+		}
+		s.refuse(why + "; only a name could allow this destination, so it was not dialled")
+		return
+	}
+	s.classified(&res, br)
+}
+
+// dialAllowed dials the destination of a connection the policy has just
+// allowed, unless it was dialled before classification; it reports
+// whether there is one. A failed dial resets the client and ends the
+// connection, its record saying how the dial ended.
+func (s *tcpSession) dialAllowed() bool {
+	if s.up != nil {
+		return true
+	}
+	up, err := s.p.dialTCP(context.Background(), s.subj.Dest.String())
+	s.releaseWaiting()
+	if err != nil {
+		intercept.Abort(s.client)
+		s.p.stats.tcpDialErrors.Add(1)
+		s.rec.Result, s.rec.Error = records.DialResult(err), err.Error()
+		s.p.endTCP(s.rec, s.start)
+		return false
+	}
+	s.up = up
+	return true
+}
+
+// releaseWaiting gives back the connection's slot in tcpState.waiting if
+// it still holds it. A flow only a name could let through holds it past
+// classification, through its destination check and dial, as a flow
+// dialled first holds it through its dial: a client that makes the
+// appliance wait on destinations cannot make it wait on more than its
+// share at once.
+func (s *tcpSession) releaseWaiting() {
+	if s.holding {
+		s.holding = false
+		s.p.tcp.waiting.release(s.waiting)
+	}
+}
