@@ -101,10 +101,54 @@ func TestStrayTCPFlowsExpireSoon(t *testing.T) {
 		t.Fatalf("the stray client cannot make a flow again: %d flows", n)
 	}
 
-	// The connection reset: transitory too.
+	// The connection reset: transitory too, once the stack has taken the
+	// RST (its connection gone; Expire asks the stack about reset flows).
 	r.batch(clientSegment(client, server, r.seq, r.ack, header.TCPFlagRst, nil))
+	waitUntil(t, 5*time.Second, "the stack to take the RST", func() (bool, string) {
+		return !r.s.holdsTCP(&k), "the stack still holds the connection"
+	})
 	if n := r.s.flows.Expire(later); n != 2 || r.s.flows.Lookup(&k) != nil {
 		t.Fatalf("after the client's RST: %d expired, want the reset flow and the stray one", n)
+	}
+}
+
+// TestSpoofedRstKeepsIdleFlow plays a host that writes a neighbour's
+// address: one RST for the neighbour's idle connection, out of its window
+// (any sequence number will do). The stack ignores it (RFC 5961), but the
+// flow was marked reset, turned transitory, and expired after 30 s without
+// a packet; the stack's later answer on the still-open connection was then
+// dropped as reply_without_flow. Now the flow stays while the stack holds
+// the connection, and a RST the stack takes still expires it soon.
+func TestSpoofedRstKeepsIdleFlow(t *testing.T) {
+	for _, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			r := newGRORig(t, fam.client, fam.server)
+			k := (&Packet{Proto: protoTCP, IPv6: fam.client.Addr().Is6(), Src: fam.client.Addr().As16(), Dst: fam.server.Addr().As16(), SrcPort: fam.client.Port(), DstPort: fam.server.Port()}).Key(7)
+			r.batch(clientSegment(fam.client, fam.server, r.seq+0x40000000, 0, header.TCPFlagRst, nil))
+			r.noReply(t, 200*time.Millisecond) // out of the window: ignored, no challenge ACK
+			later := time.Now().Add(DefaultTransitoryTimeout + time.Second).UnixNano()
+			if n := r.s.flows.Expire(later); n != 0 || r.s.flows.Lookup(&k) == nil {
+				t.Fatalf("the spoofed RST expired the connection's flow (%d expired)", n)
+			}
+			if f := r.s.flows.Lookup(&k); !f.tcpLive() {
+				t.Fatalf("the flow is not established again after the check (state %05b)", f.tcp.Load())
+			}
+			r.answer(t, "late answer")
+			if d := r.s.Stats().Drops["reply_without_flow"]; d != 0 {
+				t.Fatalf("%d replies dropped without a flow", d)
+			}
+
+			// A RST in the window, at the next sequence number, ends the
+			// connection: its flow goes after the transitory timeout.
+			r.batch(clientSegment(fam.client, fam.server, r.seq, 0, header.TCPFlagRst, nil))
+			waitUntil(t, 5*time.Second, "the stack to take the RST", func() (bool, string) {
+				return !r.s.holdsTCP(&k), "the stack still holds the connection"
+			})
+			later = time.Now().Add(DefaultTransitoryTimeout + time.Second).UnixNano()
+			if n := r.s.flows.Expire(later); n != 1 || r.s.flows.Lookup(&k) != nil {
+				t.Fatalf("after the client's real RST: %d expired, want its flow", n)
+			}
+		})
 	}
 }
 

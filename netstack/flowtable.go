@@ -113,6 +113,16 @@ func afterStack(was uint32, flags uint8) uint32 {
 	return now
 }
 
+// tcpResetOnly reports whether a TCP flow would be live but for a RST.
+func (f *Flow) tcpResetOnly() bool {
+	s := f.tcp.Load()
+	return s&(tcpEstablished|tcpReset) == tcpEstablished|tcpReset && s&(tcpFinIn|tcpFinOut) != tcpFinIn|tcpFinOut
+}
+
+// afterHeld is the state of a flow whose RST the stack did not take: it
+// still holds the connection (see flowTable.Expire).
+func afterHeld(was uint32, _ uint8) uint32 { return was &^ tcpReset }
+
 // tcpLive reports whether a TCP flow is established and neither reset nor
 // closed both ways.
 func (f *Flow) tcpLive() bool {
@@ -137,16 +147,19 @@ type flowShard struct {
 
 // flowTable maps flow keys to flows. It is safe for concurrent use.
 type flowTable struct {
-	shards      [flowShards]flowShard
-	count       atomic.Int64
-	max         int64
-	clients     clientShares
-	pressure    atomic.Int32 // a MemoryPressure
-	tcpIdle     time.Duration
-	short       time.Duration // for TCP flows not established (see tcpSynAcked), and others never replied to
-	otherIdle   time.Duration
-	created     atomic.Uint64
-	expired     atomic.Uint64
+	shards    [flowShards]flowShard
+	count     atomic.Int64
+	max       int64
+	clients   clientShares
+	pressure  atomic.Int32 // a MemoryPressure
+	tcpIdle   time.Duration
+	short     time.Duration // for TCP flows not established (see tcpSynAcked), and others never replied to
+	otherIdle time.Duration
+	created   atomic.Uint64
+	expired   atomic.Uint64
+	// held reports whether the stack of a TCP flow's endpoint still holds
+	// its connection (Server.holdsTCP); nil: not asked (see Expire).
+	held        func(k *FlowKey) bool
 	perEndpoint sync.Map // endpoint ID -> *atomic.Int64 active flows
 }
 
@@ -314,38 +327,86 @@ func (t *flowTable) SetTransitory(d time.Duration) { t.short = min(d, t.tcpIdle)
 
 // Expire removes flows idle for longer than their timeout and returns how
 // many it removed.
+//
+// A client's RST marks a flow reset before the stack has looked at it, and
+// a RST out of the connection's window, which the stack ignores (RFC
+// 5961), is anyone's to send who can write the client's address: the
+// flow would turn transitory, expire 30 s later, and everything the stack
+// then sent on the still-open connection (a late answer, a keepalive)
+// would be dropped for want of a flow. So an established flow that is
+// transitory only for a RST is first checked against its stack (held):
+// if the stack still holds the connection, the RST did not end it, and
+// the flow keeps the established idle timeout. A RST the stack took ends
+// the connection and takes it out of the stack at once, so such a flow
+// still goes after the transitory timeout. The check is made outside the
+// shard's lock, for those flows only.
 func (t *flowTable) Expire(now int64) int {
 	removed := 0
+	var reset []*Flow
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
-		for k, f := range s.flows {
-			idle := t.otherIdle
-			switch {
-			case k.Proto == protoTCP:
-				idle = t.tcpIdle
-				if !f.tcpLive() {
-					idle = t.short
-				}
-			case !f.replied.Load():
-				// A datagram to a new port made a flow that lived the
-				// full idle timeout without a reply: a client spraying
-				// ports held its share of the table at a few hundred
-				// datagrams a second.
-				idle = min(idle, t.short)
+		for _, f := range s.flows {
+			if !t.idleTooLong(f, now) {
+				continue
 			}
-			if now-f.lastSeen.Load() > int64(idle) {
-				delete(s.flows, k)
-				t.endpointCounter(k.Endpoint).Add(-1)
-				t.clients.give(k.Endpoint, f.client)
-				removed++
+			if t.held != nil && f.tcpResetOnly() && now-f.lastSeen.Load() <= int64(t.tcpIdle) {
+				reset = append(reset, f)
+				continue
 			}
+			t.removeLocked(s, f)
+			removed++
+		}
+		s.mu.Unlock()
+	}
+	for _, f := range reset {
+		last := f.lastSeen.Load()
+		if t.held(&f.key) {
+			// Live after all. A packet since (a RST the stack is about
+			// to take) leaves the mark for the next round.
+			if f.lastSeen.Load() == last {
+				f.tcpUpdate(afterHeld, 0)
+			}
+			continue
+		}
+		s := t.shard(&f.key)
+		s.mu.Lock()
+		if s.flows[f.key] == f && t.idleTooLong(f, now) {
+			t.removeLocked(s, f)
+			removed++
 		}
 		s.mu.Unlock()
 	}
 	t.count.Add(int64(-removed))
 	t.expired.Add(uint64(removed))
 	return removed
+}
+
+// idleTooLong reports whether f has been idle at now for longer than its
+// timeout.
+func (t *flowTable) idleTooLong(f *Flow, now int64) bool {
+	idle := t.otherIdle
+	switch {
+	case f.key.Proto == protoTCP:
+		idle = t.tcpIdle
+		if !f.tcpLive() {
+			idle = t.short
+		}
+	case !f.replied.Load():
+		// A datagram to a new port made a flow that lived the full
+		// idle timeout without a reply: a client spraying ports held
+		// its share of the table at a few hundred datagrams a second.
+		idle = min(idle, t.short)
+	}
+	return now-f.lastSeen.Load() > int64(idle)
+}
+
+// removeLocked takes f out of the table; the caller holds s, f's shard,
+// locked, and takes f off the count.
+func (t *flowTable) removeLocked(s *flowShard, f *Flow) {
+	delete(s.flows, f.key)
+	t.endpointCounter(f.key.Endpoint).Add(-1)
+	t.clients.give(f.key.Endpoint, f.client)
 }
 
 // EndpointFlows returns the number of flows of one GWLB endpoint.

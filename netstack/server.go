@@ -59,6 +59,7 @@ func Listen(cfg Config) (*Server, error) {
 	}
 	s.acks.init(s, cfg.AckDelay)
 	s.flows.SetTransitory(cfg.TransitoryTimeout)
+	s.flows.held = s.holdsTCP
 	if cfg.MaxFlowsPerClient < cfg.MaxFlows {
 		s.flows.LimitPerClient(cfg.MaxFlowsPerClient)
 	}

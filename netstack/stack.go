@@ -187,6 +187,32 @@ func (st *endpointStack) destroy() {
 	st.stack.Destroy()
 }
 
+// holdsTCP reports whether the stack of k's endpoint holds a TCP endpoint
+// for the connection k names: one the stack has not ended. A RST the stack
+// takes, or any other end but TIME_WAIT, takes the endpoint out of the
+// stack's demultiplexer at once; an out-of-window RST leaves it. A lookup
+// there is a few read locks and map reads, and Expire asks only about
+// flows a RST would expire.
+func (s *Server) holdsTCP(k *FlowKey) bool {
+	v, ok := s.stacks.Load(k.Endpoint)
+	if !ok {
+		return false
+	}
+	st := v.(*endpointStack)
+	proto, lo, hi := ipv4.ProtocolNumber, tcpip.AddrFrom4([4]byte(k.LoAddr[12:])), tcpip.AddrFrom4([4]byte(k.HiAddr[12:]))
+	if k.IPv6 {
+		proto, lo, hi = ipv6.ProtocolNumber, tcpip.AddrFrom16(k.LoAddr), tcpip.AddrFrom16(k.HiAddr)
+	}
+	// The key does not say which end is the client: the stack's end is
+	// the destination, its local one.
+	id := stack.TransportEndpointID{LocalPort: k.HiPort, LocalAddress: hi, RemotePort: k.LoPort, RemoteAddress: lo}
+	if st.stack.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) != nil {
+		return true
+	}
+	id = stack.TransportEndpointID{LocalPort: k.LoPort, LocalAddress: lo, RemotePort: k.HiPort, RemoteAddress: hi}
+	return st.stack.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) != nil
+}
+
 // fullAddr converts a gVisor address and port.
 func fullAddr(a tcpip.Address, port uint16) netip.AddrPort {
 	ip, _ := netip.AddrFromSlice(a.AsSlice())
