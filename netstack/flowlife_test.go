@@ -152,6 +152,56 @@ func TestSpoofedRstKeepsIdleFlow(t *testing.T) {
 	}
 }
 
+// TestSynAfterTimeWait: when the destination closes first, the stack is
+// the active closer and its end goes to TIME_WAIT, where gVisor hands a
+// SYN reopening the 5-tuple only to a listening endpoint, which the
+// forwarder is not: the SYN was dropped silently for gVisor's 60 s, and a
+// client reusing its port towards the same destination waited out its SYN
+// retries. TIME_WAIT is now a second: the SYN retried after it gets its
+// SYN-ACK, and the flow table, still holding the closed flow, lets the new
+// connection through and makes its flow established again.
+func TestSynAfterTimeWait(t *testing.T) {
+	for _, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			var h *AcceptHandler
+			r := newGRORigWith(t, fam.client, fam.server, func(c *Config) { h = c.Handler.(*AcceptHandler) })
+			k := (&Packet{Proto: protoTCP, IPv6: fam.client.Addr().Is6(), Src: fam.client.Addr().As16(), Dst: fam.server.Addr().As16(), SrcPort: fam.client.Port(), DstPort: fam.server.Port()}).Key(7)
+			r.conn.Close() // the destination closed first: the stack sends its FIN
+			fin := readReplySegment(t, r.gwlb, header.TCPFlagFin|header.TCPFlagAck)
+			r.ack = fin.SequenceNumber() + 1
+			r.batch(clientSegment(fam.client, fam.server, r.seq, r.ack, header.TCPFlagFin|header.TCPFlagAck, nil))
+			r.seq++
+			readReplySegment(t, r.gwlb, header.TCPFlagAck)
+			if !r.s.holdsTCP(&k) {
+				t.Fatal("the stack's end is not in TIME_WAIT")
+			}
+			if f := r.s.flows.Lookup(&k); f == nil || f.tcpLive() {
+				t.Fatalf("the closed connection's flow: held %v, want it held and transitory", f != nil)
+			}
+
+			// The client's SYN retried a second and a half later, with a
+			// higher ISN, as a kernel reusing the port sends it.
+			time.Sleep(1500 * time.Millisecond)
+			isn := r.seq + 100000
+			r.batch(clientSegment(fam.client, fam.server, isn, 0, header.TCPFlagSyn, nil))
+			synAck := readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck)
+			if synAck.AckNumber() != isn+1 {
+				t.Fatalf("SYN-ACK acknowledges %d, want %d", synAck.AckNumber(), isn+1)
+			}
+			r.batch(clientSegment(fam.client, fam.server, isn+1, synAck.SequenceNumber()+1, header.TCPFlagAck, nil))
+			select {
+			case c := <-h.Conns:
+				t.Cleanup(c.Abort)
+			case <-time.After(5 * time.Second):
+				t.Fatal("the reopened connection was not accepted")
+			}
+			if f := r.s.flows.Lookup(&k); f == nil || !f.tcpLive() {
+				t.Fatal("the reopened connection's flow is not established")
+			}
+		})
+	}
+}
+
 // TestClientFragmentsReordered: a client's datagram whose last fragment
 // overtakes the middle ones on the way is still reassembled. The last
 // fragment used to free its first's entry, as it does for the stack's own

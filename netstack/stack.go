@@ -63,6 +63,21 @@ func (o *TCPOptions) setDefaults(tcpIdle time.Duration) {
 
 const nicID = 1
 
+// stackTimeWait is how long a stack keeps a connection it closed first in
+// TIME_WAIT (gVisor's default is 60 s). The stack closes first whenever the
+// destination does, and while in TIME_WAIT it drops a client's SYN that
+// reopens the 5-tuple: gVisor passes such a SYN on only to a listening
+// endpoint, and the forwarder is none. A client reusing its port towards
+// the same destination then waited 60 s of SYN retries, with nothing
+// answered, recorded or counted. TIME_WAIT guards against an old
+// incarnation's late segments; here the GWLB keeps a flow on one target,
+// so there is no other path for them to linger on, and the client's own
+// kernel holds its own TIME_WAIT (or chose to reuse the port). A second
+// covers the ACK of the client's FIN being lost and its FIN retransmitted
+// (the first retransmission comes after about the RTO, 200 ms to 1 s), and
+// a client's SYN retried after 1 s then gets through.
+const stackTimeWait = time.Second
+
 // endpointStack is the gVisor stack of one GWLB endpoint. Each endpoint has
 // its own, so overlapping client CIDRs behind different endpoints never meet.
 type endpointStack struct {
@@ -161,7 +176,8 @@ func (st *endpointStack) configure() error {
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: 256 << 10, Max: o.ReceiveBuffer}
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: 256 << 10, Max: o.SendBuffer}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rcv, &snd} {
+	tw := tcpip.TCPTimeWaitTimeoutOption(stackTimeWait)
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rcv, &snd, &tw} {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			return fmt.Errorf("TCP option %T: %s", opt, err)
 		}
