@@ -31,11 +31,14 @@ type Config struct {
 	// and other flows the stack has sent nothing on yet (default
 	// DefaultTransitoryTimeout; at most the flows' own idle timeouts).
 	TransitoryTimeout time.Duration
-	// MaxFlows caps the flow table (default 1,000,000).
+	// MaxFlows caps the flow table (default 1,000,000). A new flow in a
+	// full table takes the place of the oldest fresh one (flowevict.go).
 	MaxFlows int
 	// MaxFlowsPerClient caps the flows of one client (inner source address
-	// behind one endpoint), so one client cannot fill the table for all
-	// (default: a tenth of MaxFlows; MaxFlows or more: no cap of its own).
+	// behind one endpoint) (default: a tenth of MaxFlows; MaxFlows or
+	// more: no cap of its own). It bounds what one address holds; that an
+	// instance with many addresses cannot lock the others out of a full
+	// table is eviction's doing.
 	MaxFlowsPerClient int
 	// MaxEndpoints caps the GWLB endpoints served at once, each with a
 	// gVisor stack of its own (default DefaultMaxEndpoints). A datagram for

@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"bytes"
-	"encoding/binary"
 	"math"
 	"net/netip"
 	"sync"
@@ -25,6 +24,7 @@ type Flow struct {
 	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
 	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
 	replied  atomic.Bool              // others: the stack has sent the client something
+	removed  atomic.Bool              // out of the table: expired or evicted (flowevict.go)
 }
 
 // What a TCP flow's segments showed, as bits of Flow.tcp. A flow lives for
@@ -143,20 +143,29 @@ func (f *Flow) Header() Header { return f.tunnel.Load().parsed }
 type flowShard struct {
 	mu    sync.RWMutex
 	flows map[FlowKey]*Flow
+	// fresh holds the shard's flows in the order they were made, from
+	// freshHead on, for eviction (flowevict.go): those of them still fresh
+	// come out oldest first when the table is full. Entries of flows
+	// removed or established since are skipped when they come to the
+	// front, and pruned by Expire.
+	fresh     []*Flow
+	freshHead int
 }
 
 // flowTable maps flow keys to flows. It is safe for concurrent use.
 type flowTable struct {
-	shards    [flowShards]flowShard
-	count     atomic.Int64
-	max       int64
-	clients   clientShares
-	pressure  atomic.Int32 // a MemoryPressure
-	tcpIdle   time.Duration
-	short     time.Duration // for TCP flows not established (see tcpSynAcked), and others never replied to
-	otherIdle time.Duration
-	created   atomic.Uint64
-	expired   atomic.Uint64
+	shards      [flowShards]flowShard
+	count       atomic.Int64
+	max         int64
+	clients     clientShares
+	pressure    atomic.Int32 // a MemoryPressure
+	tcpIdle     time.Duration
+	short       time.Duration // for TCP flows not established (see tcpSynAcked), and others never replied to
+	otherIdle   time.Duration
+	created     atomic.Uint64
+	expired     atomic.Uint64
+	evicted     atomic.Uint64 // fresh flows evicted for new ones (flowevict.go)
+	freshQueued atomic.Int64  // entries in the shards' fresh queues
 	// held reports whether the stack of a TCP flow's endpoint still holds
 	// its connection (Server.holdsTCP); nil: not asked (see Expire).
 	held        func(k *FlowKey) bool
@@ -177,13 +186,16 @@ func newFlowTable(max int, tcpIdle, otherIdle time.Duration) *flowTable {
 	return t
 }
 
-func (t *flowTable) shard(k *FlowKey) *flowShard {
+func (t *flowTable) shard(k *FlowKey) *flowShard { return &t.shards[shardOf(k)] }
+
+// shardOf is the index of k's shard.
+func shardOf(k *FlowKey) int {
 	h := k.Endpoint ^ uint64(k.Proto)<<56 ^ uint64(k.LoPort)<<16 ^ uint64(k.HiPort)
 	for i := 8; i < 16; i++ {
 		h = h*31 + uint64(k.LoAddr[i]) + uint64(k.HiAddr[i])<<8
 	}
 	h ^= h >> 29
-	return &t.shards[h%flowShards]
+	return int(h % flowShards)
 }
 
 // Lookup returns the flow for k, or nil.
@@ -267,13 +279,15 @@ func (t *flowTable) setPressure(p MemoryPressure) { t.pressure.Store(int32(p)) }
 
 // Touch records a packet from the GWLB for flow k under header hdr from
 // gwlb, creating the flow if it is new; client is the packet's inner source.
-// It returns DropFlowTableFull when the table is full and
+// A new flow in a full table takes the place of the oldest fresh one
+// (evict). It returns DropFlowTableFull when the table is full of others and
 // DropClientFlowLimit when client holds its share already, and
 // DropMemoryPressure when it holds what memory pressure leaves a client
 // (setPressure). In the steady
 // state (known flow, same header) it allocates nothing.
 func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
-	s := t.shard(k)
+	si := shardOf(k)
+	s := &t.shards[si]
 	s.mu.RLock()
 	f := s.flows[*k]
 	s.mu.RUnlock()
@@ -281,7 +295,7 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 		if r := t.clients.take(k.Endpoint, client, MemoryPressure(t.pressure.Load()).clientFlows()); r != DropNone {
 			return nil, r
 		}
-		if t.count.Add(1) > t.max {
+		if t.count.Add(1) > t.max && !t.evict(si) {
 			t.count.Add(-1)
 			t.clients.give(k.Endpoint, client)
 			return nil, DropFlowTableFull
@@ -291,6 +305,8 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 			f = &Flow{key: *k, client: client}
 			f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 			s.flows[*k] = f
+			s.fresh = append(s.fresh, f)
+			t.freshQueued.Add(1)
 			t.created.Add(1)
 			t.endpointCounter(k.Endpoint).Add(1)
 		} else { // another reader created it first
@@ -357,6 +373,7 @@ func (t *flowTable) Expire(now int64) int {
 			t.removeLocked(s, f)
 			removed++
 		}
+		t.pruneFresh(s)
 		s.mu.Unlock()
 	}
 	for _, f := range reset {
@@ -405,6 +422,7 @@ func (t *flowTable) idleTooLong(f *Flow, now int64) bool {
 // locked, and takes f off the count.
 func (t *flowTable) removeLocked(s *flowShard, f *Flow) {
 	delete(s.flows, f.key)
+	f.removed.Store(true)
 	t.endpointCounter(f.key.Endpoint).Add(-1)
 	t.clients.give(f.key.Endpoint, f.client)
 }
@@ -440,74 +458,4 @@ func (t *flowTable) PerEndpoint() map[uint64]int64 {
 		return true
 	})
 	return m
-}
-
-// clientShares counts the flows of each client. It is consulted only when
-// a flow is created or expires, never for the packets of a known flow.
-type clientShares struct {
-	max    int32
-	shards [flowShards]clientShard
-}
-
-type clientShard struct {
-	mu sync.Mutex
-	n  map[clientKey]int32
-}
-
-type clientKey struct {
-	endpoint uint64
-	addr     [16]byte
-}
-
-func (c *clientShares) shard(k *clientKey) *clientShard {
-	h := k.endpoint ^ binary.LittleEndian.Uint64(k.addr[8:]) ^ binary.LittleEndian.Uint64(k.addr[:8])*31
-	h *= 0x9e3779b97f4a7c15
-	return &c.shards[h>>58] // the top 6 bits: flowShards is 64
-}
-
-// clientKeyOf names the client of addr: an IPv4 address, or an IPv6 /80.
-// A VPC gives an instance IPv6 addresses one by one from its subnet's /64,
-// or as /80 prefixes (prefix delegation), and routes no other: a delegated
-// /80 is one instance's, and two addresses given one by one rarely share a
-// /80, while a /64 is the whole subnet, whose instances would all share
-// one client's share.
-func clientKeyOf(endpoint uint64, addr [16]byte) clientKey {
-	if [12]byte(addr[:12]) != v4InV6 {
-		clear(addr[10:])
-	}
-	return clientKey{endpoint, addr}
-}
-
-var v4InV6 = [12]byte{10: 0xff, 11: 0xff}
-
-// take counts one more flow for the client, unless it holds max already
-// (DropClientFlowLimit), or memory is short and it holds pressed, what the
-// memory pressure leaves a client (DropMemoryPressure).
-func (c *clientShares) take(endpoint uint64, addr [16]byte, pressed int32) DropReason {
-	k := clientKeyOf(endpoint, addr)
-	s := c.shard(&k)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.n == nil {
-		s.n = make(map[clientKey]int32)
-	}
-	switch n := s.n[k]; {
-	case n >= c.max:
-		return DropClientFlowLimit
-	case n >= pressed:
-		return DropMemoryPressure
-	}
-	s.n[k]++
-	return DropNone
-}
-
-// give returns a flow of the client's share.
-func (c *clientShares) give(endpoint uint64, addr [16]byte) {
-	k := clientKeyOf(endpoint, addr)
-	s := c.shard(&k)
-	s.mu.Lock()
-	if s.n[k]--; s.n[k] <= 0 {
-		delete(s.n, k)
-	}
-	s.mu.Unlock()
 }

@@ -32,7 +32,12 @@ func TestFlowTableTouch(t *testing.T) {
 	if tn := f1.tunnel.Load(); tn.gwlb != gwlb2 || tn.parsed.FlowCookie != 4 || string(tn.header) != string(hdr2) {
 		t.Fatalf("flow kept its old tunnel: %+v", tn)
 	}
-	ft.Touch(&k2, [16]byte{}, hdr, h, gwlb, 4)
+	f2, _ := ft.Touch(&k2, [16]byte{}, hdr, h, gwlb, 4)
+	for _, f := range []*Flow{f1, f2} { // established: never evicted
+		f.tcpClient(flagSyn)
+		f.tcpStack(flagSyn | flagAck)
+		f.tcpClient(flagAck)
+	}
 	if _, r := ft.Touch(&k3, [16]byte{}, hdr, h, gwlb, 5); r != DropFlowTableFull || ft.Len() != 2 {
 		t.Fatalf("a full table took a third flow (len %d)", ft.Len())
 	}

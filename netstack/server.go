@@ -258,7 +258,9 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	inner := b[h.Len:]
 	var flow *Flow
 	if p.Fragment {
-		if flow = st.inFrags.followIn(p, now); flow == nil {
+		// A flow evicted since its first fragment (flowevict.go) takes
+		// no more: fragments never get past the table.
+		if flow = st.inFrags.followIn(p, now); flow == nil || flow.removed.Load() {
 			return DropFragmentNoFlow
 		}
 		flow.lastSeen.Store(now)

@@ -23,19 +23,22 @@ func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
 
 // Stats is a snapshot of the server's counters, as /stats shows it.
 type Stats struct {
-	PacketsIn       uint64            `json:"packets_in"`
-	BytesIn         uint64            `json:"bytes_in"`
-	PacketsOut      uint64            `json:"packets_out"`
-	BytesOut        uint64            `json:"bytes_out"`
-	Drops           map[string]uint64 `json:"drops"`
-	Flows           int               `json:"flows"`
-	FlowsCreated    uint64            `json:"flows_created"`
-	FlowsExpired    uint64            `json:"flows_expired"`
-	FlowsByEndpoint map[string]int64  `json:"flows_by_endpoint"`
-	Stacks          int64             `json:"stacks"`
-	StacksCreated   uint64            `json:"stacks_created"`
-	StacksClosed    uint64            `json:"stacks_closed"`
-	TCPConnections  uint64            `json:"tcp_connection_attempts"`
+	PacketsIn    uint64            `json:"packets_in"`
+	BytesIn      uint64            `json:"bytes_in"`
+	PacketsOut   uint64            `json:"packets_out"`
+	BytesOut     uint64            `json:"bytes_out"`
+	Drops        map[string]uint64 `json:"drops"`
+	Flows        int               `json:"flows"`
+	FlowsCreated uint64            `json:"flows_created"`
+	FlowsExpired uint64            `json:"flows_expired"`
+	// FlowsEvicted counts fresh flows (TCP never established, others
+	// never answered) taken out of a full table to make room for new ones.
+	FlowsEvicted    uint64           `json:"flows_evicted"`
+	FlowsByEndpoint map[string]int64 `json:"flows_by_endpoint"`
+	Stacks          int64            `json:"stacks"`
+	StacksCreated   uint64           `json:"stacks_created"`
+	StacksClosed    uint64           `json:"stacks_closed"`
+	TCPConnections  uint64           `json:"tcp_connection_attempts"`
 	// TCPSetupsRefused counts connection attempts refused with a RST
 	// because their stack's slots for connections being set up ran short
 	// and their client held its fair share of them (setups.go).
@@ -72,6 +75,7 @@ func (s *Server) Stats() Stats {
 		Flows:               s.flows.Len(),
 		FlowsCreated:        s.flows.created.Load(),
 		FlowsExpired:        s.flows.expired.Load(),
+		FlowsEvicted:        s.flows.evicted.Load(),
 		FlowsByEndpoint:     make(map[string]int64),
 		Stacks:              s.nstacks.Load(),
 		StacksCreated:       c.stacksCreated.Load(),

@@ -148,7 +148,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "idle timeout of UDP and ICMP flows")
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST")
 	fs.DurationVar(&o.WriteStallTimeout, "write-stall-timeout", o.WriteStallTimeout, "how long a relayed TCP flow's write to the client or the destination may make no progress before the flow is reset (60s at most while memory is short, 10s while critical)")
-	fs.IntVar(&o.MaxFlows, "max-flows", o.MaxFlows, "flow table capacity; packets of new flows beyond it are dropped and counted")
+	fs.IntVar(&o.MaxFlows, "max-flows", o.MaxFlows, "flow table capacity; a new flow beyond it takes the place of the oldest never established or answered, else is dropped and counted")
 	fs.IntVar(&o.MaxFlowsPerClient, "max-flows-per-client", 0, "flows one client (inner source IPv4 address or IPv6 /80, behind one GWLB endpoint) may hold; 0: a tenth of --max-flows")
 	fs.IntVar(&o.MaxEchoFlowsPerClient, "max-echo-flows-per-client", o.MaxEchoFlowsPerClient, "relayed ICMP echo flows (host ping sockets: the host has about 65,000 ping identifiers) one client (IPv4 address or IPv6 /80, behind one GWLB endpoint) may hold at once; new ones beyond it are dropped and counted")
 	fs.IntVar(&o.MaxUDPFlowsPerClient, "max-udp-flows-per-client", o.MaxUDPFlowsPerClient, "UDP flows (host sockets, an ephemeral port each) one client (IPv4 address or IPv6 /80, behind one GWLB endpoint) may hold at once; new flows beyond it are dropped and counted")
