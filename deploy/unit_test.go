@@ -147,6 +147,7 @@ func TestUnit(t *testing.T) {
 		"ProtectHome":           "yes",
 		"PrivateTmp":            "yes",
 		"PrivateDevices":        "yes",
+		"Type":                  "notify", // READY=1 once listening: a reload during start-up waits
 		"Restart":               "on-failure",
 		"KillSignal":            "SIGTERM",
 		"SystemCallErrorNumber": "EPERM",

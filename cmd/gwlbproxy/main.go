@@ -15,7 +15,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,6 +48,8 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 			return runQueryCommand(context.Background(), args[1:], stdout, cwlogs.NewClient)
 		}
 	}
+	sigs, stopSignals := catchSignals() // before anything slow: see catchSignals
+	defer stopSignals()
 	o, p, err := parseArgs(args, stderr)
 	if err != nil {
 		return err
@@ -72,20 +73,43 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	if ctl != nil {
 		o.NewStacksAtFullProcs = ctl.Full
 	}
-	a, err := appliance.New(o)
+	a, reload, stop, err := awaitStart(sigs, func() (*appliance.Appliance, error) { return appliance.New(o) })
+	if stop != nil {
+		return nil
+	}
 	if err != nil {
 		return err
+	}
+	if reload {
+		_ = a.Reload() // a rejected file is logged; the policy New loaded stays
 	}
 	if ctl != nil {
 		ctl.SetWork(a.Carried)
 	}
-	ctx, fast := signalContext(a.Reload)
+	ctx, fast := signalContext(sigs, a.Reload, func() { notify("STOPPING=1") })
+	// Every listener is open: the GWLB's health check and GENEVE queue
+	// in the kernel until Run serves them, moments from now.
+	notify("READY=1")
 	return a.Run(ctx, func() time.Duration {
 		if fast.Load() {
 			return min(o.DrainTimeout, 5*time.Second)
 		}
 		return o.DrainTimeout
 	})
+}
+
+// catchSignals catches SIGTERM, SIGINT and SIGHUP from now on. runMain
+// calls it before anything slow: start-up can take seconds (instance
+// metadata, the CA from Secrets Manager), and a SIGHUP's default action
+// is to kill the process, with a status (signalled) that systemd's
+// Restart=on-failure counts as clean: a `systemctl reload` landing in that
+// window would leave the appliance down for good.
+func catchSignals() (<-chan os.Signal, func()) {
+	// Buffered: signal.Notify drops what does not fit, and a reload and a
+	// stop may both arrive while start-up holds the reader elsewhere.
+	ch := make(chan os.Signal, 8)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	return ch, func() { signal.Stop(ch) }
 }
 
 // version is stamped at build time (make build: -X main.version=...).
@@ -275,24 +299,10 @@ func setupLogging(level string, w io.Writer) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})))
 }
 
-// signalContext is cancelled by SIGTERM or SIGINT; fast reports SIGINT,
-// which drains for at most a few seconds. SIGHUP calls reload.
-func signalContext(reload func() error) (context.Context, *atomic.Bool) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var fast atomic.Bool
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	go func() {
-		for sig := range ch {
-			slog.Info("signal received", "signal", sig)
-			if sig == syscall.SIGHUP {
-				_ = reload()
-				continue
-			}
-			fast.Store(sig == syscall.SIGINT)
-			cancel()
-			return
-		}
-	}()
-	return ctx, &fast
+// notify tells systemd (Type=notify) how the service stands; a failure
+// is logged, not fatal: the unit's start times out and it restarts.
+func notify(state string) {
+	if err := sdNotify(state); err != nil {
+		slog.Warn("telling systemd", "state", state, "err", err)
+	}
 }
