@@ -86,13 +86,13 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	if ctl != nil {
 		ctl.SetWork(a.Carried)
 	}
-	ctx, fast := signalContext(sigs, a.Reload, func() { notify("STOPPING=1") })
+	ctx, fast := signalContext(sigs, a.Reload, func() { notify("STOPPING=1") }, a.CutDrain)
 	// Every listener is open: the GWLB's health check and GENEVE queue
 	// in the kernel until Run serves them, moments from now.
 	notify("READY=1")
 	return a.Run(ctx, func() time.Duration {
 		if fast.Load() {
-			return min(o.DrainTimeout, 5*time.Second)
+			return min(o.DrainTimeout, fastDrain)
 		}
 		return o.DrainTimeout
 	})

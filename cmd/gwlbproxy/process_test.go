@@ -2,10 +2,12 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 )
 
 // asMainEnv makes the test binary run main itself, with its arguments: the
@@ -266,4 +270,84 @@ func TestSignalsDuringStart(t *testing.T) {
 			t.Fatal("the appliance served after a SIGTERM during start-up")
 		}
 	})
+}
+
+// TestSIGINTCutsDrain: a SIGINT during the long drain a SIGTERM began ends
+// it within 5 s (plus the moment records take), as a drain begun by SIGINT
+// would; a second SIGTERM does not. A client holds a TCP flow through the
+// appliance (GENEVE from gwlbsim, on loopback), so the 60 s drain would
+// otherwise last a minute. Before, the signal handler stopped reading
+// after the first stop signal, and the SIGINT was ignored.
+func TestSIGINTCutsDrain(t *testing.T) {
+	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte("policy:\n  mode: audit\n  default: allow\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A loopback /24 of this process's: the appliance on .1 (GENEVE's
+	// port, where gwlbsim sends and expects replies from), gwlbsim on .2,
+	// the destination on .3.
+	base := [4]byte{127, byte(1 + os.Getpid()%250), 251, 0}
+	addr := func(i byte) netip.Addr { b := base; b[3] = i; return netip.AddrFrom4(b) }
+	geneve := netip.AddrPortFrom(addr(1), 6081)
+
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr(3), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c // held open: the flow outlives the drain's patience
+		}
+	}()
+
+	p := startMain(t, nil, "--config", policyFile, "--geneve-addr", geneve.String(), "--admin-addr", netip.AddrPortFrom(addr(1), 0).String(),
+		"--gwlb-cidrs", "127.0.0.0/8", "--unsafe-allow-loopback", "--return-path", "bound",
+		"--access-log", "", "--state-dir", t.TempDir(), "--drain-timeout", "60s")
+	p.waitLog(`msg="gwlbproxy serving"`, 30*time.Second)
+
+	sim, err := gwlbsim.New(gwlbsim.Config{Addr: addr(2), Appliance: geneve})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	client, err := sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(netip.MustParseAddr("198.18.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.DialTCP(ctx, ln.Addr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		t.Fatalf("connecting through the appliance: %v", err)
+	}
+	defer c.Close()
+	select {
+	case sc := <-accepted:
+		defer sc.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("the destination never saw the connection")
+	}
+
+	p.signal(syscall.SIGTERM)
+	p.waitLog(`msg=draining .*active_flows=1`, 5*time.Second)
+	p.signal(syscall.SIGTERM) // again: ignored
+	if p.exited(2 * time.Second) {
+		t.Fatalf("the drain ended with a flow open, 2s into a 60s drain: %s", p.status())
+	}
+	p.signal(syscall.SIGINT)
+	began := time.Now()
+	if !p.exited(10 * time.Second) {
+		t.Fatal("still draining 10s after SIGINT")
+	}
+	// Within 5 s, and the second for the records.
+	if d := time.Since(began); d > 6500*time.Millisecond {
+		t.Errorf("exited %s after SIGINT, want within 6s", d)
+	}
+	if s := p.status(); s != "exit 0" {
+		t.Fatalf("after SIGINT: %s, want exit 0", s)
+	}
+	p.waitLog(`msg="drain cut short"`, 0)
+	p.waitLog(`msg=stopped`, 0)
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // awaitStart runs start, which builds the appliance, while reading sigs.
@@ -41,23 +42,37 @@ func awaitStart[T any](sigs <-chan os.Signal, start func() (T, error)) (v T, rel
 	}
 }
 
-// signalContext is cancelled by SIGTERM or SIGINT from sigs; fast reports
-// SIGINT, which drains for at most a few seconds. SIGHUP calls reload.
-// onStop runs once, when the first stop signal arrives.
-func signalContext(sigs <-chan os.Signal, reload func() error, onStop func()) (context.Context, *atomic.Bool) {
+// fastDrain is how long a drain started or cut short by SIGINT lasts at
+// most: an operator's Ctrl-C, who wants the process gone, records shipped.
+const fastDrain = 5 * time.Second
+
+// signalContext is cancelled by the first SIGTERM or SIGINT from sigs; fast
+// reports SIGINT, whose drain lasts at most fastDrain. It goes on reading:
+// a SIGINT during a drain calls cutDrain (the drain then ends within
+// fastDrain, as if it had begun with SIGINT), while a repeated SIGTERM is
+// ignored, since supervisors may send it more than once and the full drain
+// is what they asked for. SIGHUP calls reload, whenever it comes. onStop
+// runs once, when the first stop signal arrives.
+func signalContext(sigs <-chan os.Signal, reload func() error, onStop func(), cutDrain func(time.Duration)) (context.Context, *atomic.Bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var fast atomic.Bool
 	go func() {
 		for sig := range sigs {
-			slog.Info("signal received", "signal", sig)
-			if sig == syscall.SIGHUP {
+			switch {
+			case sig == syscall.SIGHUP:
+				slog.Info("signal received", "signal", sig)
 				_ = reload()
-				continue
+			case ctx.Err() == nil: // the first stop signal
+				slog.Info("signal received", "signal", sig)
+				fast.Store(sig == syscall.SIGINT)
+				onStop()
+				cancel()
+			case sig == syscall.SIGINT:
+				slog.Info("signal received while draining: the drain ends within "+fastDrain.String(), "signal", sig)
+				cutDrain(fastDrain)
+			default:
+				slog.Info("signal received while draining: ignored (SIGINT cuts the drain short)", "signal", sig)
 			}
-			fast.Store(sig == syscall.SIGINT)
-			onStop()
-			cancel()
-			return
 		}
 	}()
 	return ctx, &fast

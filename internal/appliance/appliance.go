@@ -248,6 +248,7 @@ type Appliance struct {
 	// keyLog is the TLS key log (nil: off).
 	capture *capture.Capture
 	keyLog  *capture.KeyLog
+	cut     drainCut // CutDrain: a SIGINT during a drain
 }
 
 // New opens every listener; Run serves them. On an error, whatever it had
@@ -464,11 +465,7 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	end := time.Now().Add(timeout)
 	reserve := flushReserve(timeout)
 	slog.Info("draining", "active_flows", a.proxy.Active(), "timeout", timeout, "flush_reserve", reserve)
-	fctx, cancel := context.WithDeadline(context.Background(), end.Add(-reserve))
-	if err := a.proxy.Wait(fctx); err != nil {
-		slog.Warn("drain time for flows passed with flows still open", "active_flows", a.proxy.Active())
-	}
-	cancel()
+	end, reserve = a.drainFlows(end, reserve)
 	a.netstack.Close()
 	a.destCheck.Close()
 	a.proxy.Close()
