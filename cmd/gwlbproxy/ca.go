@@ -66,6 +66,9 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 		if err := appliance.CheckCAFlags(&o); err != nil {
 			return err
 		}
+		if err := appliance.CheckTrustHost(o.TrustHost); err != nil {
+			return err
+		}
 		if o.CASecret.ID == "" && o.CACert == "" {
 			// Only the appliance makes a CA in its state directory: one
 			// made here would not be the CA the appliance uses when it is

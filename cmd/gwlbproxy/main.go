@@ -195,7 +195,12 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 			if err != nil {
 				return fmt.Errorf("%q: want CIDRs, or any: %w", c, err)
 			}
-			o.GWLBCIDRs = append(o.GWLBCIDRs, p.Masked())
+			// As the policy parser: 10.0.0.1/8 is a typo for a /32 as
+			// often as for 10.0.0.0/8, and masking it would guess.
+			if p != p.Masked() {
+				return fmt.Errorf("%q: host bits set (did you mean %q?)", c, p.Masked().String())
+			}
+			o.GWLBCIDRs = append(o.GWLBCIDRs, p)
 		}
 		return nil
 	})
@@ -266,6 +271,9 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		return o, p, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
 	if err := appliance.CheckCAFlags(&o); err != nil {
+		return o, p, err
+	}
+	if err := checkFlagValues(&o); err != nil {
 		return o, p, err
 	}
 	if o.RecordStall <= 0 {

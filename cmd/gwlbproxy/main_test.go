@@ -5,9 +5,11 @@ import (
 	"errors"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -263,7 +265,7 @@ func TestCATrustFromSecret(t *testing.T) {
 // (instance metadata unreachable) the appliance refuses to start, soon,
 // naming the flag; "any" starts it, accepting every sender.
 func TestGWLBCIDRs(t *testing.T) {
-	o, err := parseFlags([]string{"--gwlb-cidrs", "10.0.200.0/28, 10.0.200.17/28", "--max-endpoints", "16"}, &bytes.Buffer{})
+	o, err := parseFlags([]string{"--gwlb-cidrs", "10.0.200.0/28, 10.0.200.16/28", "--max-endpoints", "16"}, &bytes.Buffer{})
 	if err != nil || len(o.GWLBCIDRs) != 2 || o.GWLBCIDRs[1].String() != "10.0.200.16/28" || o.AnyGWLBSender || o.MaxEndpoints != 16 {
 		t.Fatalf("--gwlb-cidrs with two subnets, --max-endpoints 16: %v, %v, any %v, %d", err, o.GWLBCIDRs, o.AnyGWLBSender, o.MaxEndpoints)
 	}
@@ -329,5 +331,86 @@ func TestConfigurationDocumentsEveryFlag(t *testing.T) {
 		if !flags[f] {
 			t.Errorf("docs/configuration.md has a row for --%s, which is no flag", f)
 		}
+	}
+}
+
+// TestBadFlagValues: a flag value out of range is refused before anything
+// starts, with exit status 2 and an error naming the flag, rather than
+// replaced by a default (a zero dial timeout became 10 s, a negative
+// --readers one per CPU, a zero pcap or CloudWatch size its default) or
+// accepted to fail later (a 100 KiB memory limit: memory critical, health
+// 503, for good). Each runs gwlbproxy as its own process.
+func TestBadFlagValues(t *testing.T) {
+	for _, tc := range []struct {
+		flag, value string
+	}{
+		{"dial-timeout", "0"},
+		{"dial-timeout", "-1s"},
+		{"readers", "-3"},
+		{"pcap-rotate-bytes", "0"},
+		{"pcap-rotate-bytes", "-1"},
+		{"pcap-max-bytes", "0"},
+		{"pcap-max-bytes", "-1"},
+		{"pcap-rotate-age", "-1s"},
+		{"pcap-rotate-age", "0"},
+		{"cloudwatch-flush", "0"},
+		{"cloudwatch-flush", "-1s"},
+		{"cloudwatch-buffer", "0"},
+		{"memory-limit", "100KiB"},
+		{"memory-limit", "2048"}, // meant as MiB
+		{"trust-host", ""},
+		{"trust-host", "a b"},
+		{"trust-host", "-x.example"},
+		{"gwlb-cidrs", "10.0.0.1/8"},
+		{"idle-timeout", "1ns"},
+	} {
+		t.Run(tc.flag+"="+tc.value, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "--"+tc.flag, tc.value,
+				"--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--gwlb-cidrs", "127.0.0.0/8",
+				"--access-log", "", "--state-dir", t.TempDir())
+			cmd.Env = append(os.Environ(), asMainEnv+"=1")
+			done := make(chan struct{})
+			defer close(done)
+			go func() { // a value accepted starts the appliance: stop it
+				select {
+				case <-done:
+				case <-time.After(5 * time.Second):
+					cmd.Process.Signal(syscall.SIGINT)
+				}
+			}()
+			out, err := cmd.CombinedOutput()
+			if code := cmd.ProcessState.ExitCode(); code != 2 {
+				t.Fatalf("--%s %q: exit status %d (%v), want 2\n%s", tc.flag, tc.value, code, err, out)
+			}
+			if !strings.Contains(string(out), "gwlbproxy: ") || !strings.Contains(string(out), tc.flag) {
+				t.Fatalf("--%s %q: output names no flag:\n%s", tc.flag, tc.value, out)
+			}
+			if strings.Contains(string(out), "gwlbproxy serving") {
+				t.Fatalf("--%s %q: served before refusing it:\n%s", tc.flag, tc.value, out)
+			}
+		})
+	}
+	// The values at the floors, and 0 where it means the default, pass.
+	o, err := parseFlags([]string{"--readers", "0", "--memory-limit", "64MiB", "--trust-host", "ca.corp-1.example",
+		"--idle-timeout", "1s", "--dial-timeout", "1ms", "--pcap-rotate-bytes", "65536", "--pcap-max-bytes", "65536",
+		"--pcap-rotate-age", "1s", "--cloudwatch-buffer", "4194304", "--gwlb-cidrs", "10.0.0.0/8"}, &bytes.Buffer{})
+	if err != nil || o.Readers != 0 || o.TrustHost != "ca.corp-1.example" {
+		t.Fatalf("values at the floors: %v", err)
+	}
+}
+
+// TestGWLBCIDRsEverySender: --gwlb-cidrs 0.0.0.0/0 is as open as "any", and
+// warned about as "any" is.
+func TestGWLBCIDRsEverySender(t *testing.T) {
+	var errb bytes.Buffer
+	// --upstream-ca that does not exist stops start-up just after the
+	// senders are settled, before any listener opens.
+	err := runMain([]string{"--gwlb-cidrs", "0.0.0.0/0", "--config", auditPolicyFile(t), "--upstream-ca", filepath.Join(t.TempDir(), "none.pem"),
+		"--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--access-log", "", "--state-dir", t.TempDir()}, &bytes.Buffer{}, &errb)
+	if err == nil {
+		t.Fatal("started with a missing --upstream-ca")
+	}
+	if !regexp.MustCompile(`level=WARN msg="--gwlb-cidrs 0.0.0.0/0: GENEVE is accepted from every sender`).MatchString(errb.String()) {
+		t.Fatalf("no warning about --gwlb-cidrs 0.0.0.0/0:\n%s", errb.String())
 	}
 }

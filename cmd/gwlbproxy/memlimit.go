@@ -61,11 +61,25 @@ func (m *memoryLimit) String() string {
 	return m.text
 }
 
+// minMemoryLimit is the least size --memory-limit takes. The appliance
+// at rest (the runtime, its GENEVE readers and buffers, the policy, the
+// CA, the record queues) holds a live heap of some tens of MiB, and the
+// memory watch calls memory critical at 80% of the limit: below this floor
+// it would start critical, refusing new flows and failing the health check
+// for good. A size meant in MiB but written without the unit (2048) lands
+// here too.
+const minMemoryLimit = 64 << 20
+
 // Set parses v (see parseMemoryLimit) and records that the flag was given.
+// A size below minMemoryLimit is refused.
 func (m *memoryLimit) Set(v string) error {
 	p, err := parseMemoryLimit(v)
 	if err != nil {
 		return err
+	}
+	if p.kind == memoryLimitBytes && p.bytes < minMemoryLimit {
+		return fmt.Errorf("size %q (%s): must be at least %s, or the appliance would start with memory critical (a size without a unit is bytes)",
+			v, formatSize(p.bytes), formatSize(minMemoryLimit))
 	}
 	p.set = true
 	*m = p
@@ -378,6 +392,10 @@ func planMemoryLimit(m memoryLimit, gomemlimit string, fsys fs.FS) (memoryLimitP
 		limit := max(int64(float64(avail)*pct/100), 1)
 		p = memoryLimitPlan{limit: limit, source: fmt.Sprintf("%s: %s%% of %s (%s)",
 			name, strconv.FormatFloat(pct, 'f', -1, 64), formatSize(avail), src)}
+		if limit < minMemoryLimit {
+			p.warning = fmt.Sprintf("%s is %s, below the %s the appliance needs at rest: memory may be critical from the start",
+				name, formatSize(limit), formatSize(minMemoryLimit))
+		}
 	default:
 		return memoryLimitPlan{}, fmt.Errorf("--memory-limit: no value")
 	}

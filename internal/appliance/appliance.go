@@ -160,6 +160,15 @@ func (o *Options) Validate() error {
 	if o.IdleTimeout <= 0 {
 		return fmt.Errorf("--idle-timeout %s: must be positive", o.IdleTimeout)
 	}
+	if o.DialTimeout <= 0 { // proxy.New would quietly make it 10 s
+		return fmt.Errorf("--dial-timeout %s: must be positive", o.DialTimeout)
+	}
+	if o.Readers < 0 {
+		return fmt.Errorf("--readers %d: must not be negative (0: one per CPU)", o.Readers)
+	}
+	if err := CheckTrustHost(o.TrustHost); err != nil {
+		return err
+	}
 	if o.DrainTimeout < 0 {
 		return fmt.Errorf("--drain-timeout %s: must not be negative", o.DrainTimeout)
 	}

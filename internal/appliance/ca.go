@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 )
@@ -52,6 +53,36 @@ func CheckCAFlags(o *Options) error {
 		return fmt.Errorf("--ca-secret-region and --ca-secret-endpoint need --ca-secret")
 	case (o.CACert != "") != (o.CAKey != ""):
 		return fmt.Errorf("--ca-cert and --ca-key go together")
+	}
+	return nil
+}
+
+// CheckTrustHost refuses a --trust-host that is no host name: the CA-trust
+// page is served for requests whose Host is it (intercept.IsTrustHost), so
+// an empty name or one with a space would never be asked for, and the page
+// URL the install commands print would be broken. A host name is labels of
+// letters, digits and hyphens (not first or last), 1 to 63 characters each,
+// 253 in all, without a final dot.
+func CheckTrustHost(h string) error {
+	bad := func(why string) error { return fmt.Errorf("--trust-host %q: %s", h, why) }
+	if h == "" {
+		return bad("want a host name, such as " + certs.DefaultTrustHost)
+	}
+	if len(h) > 253 {
+		return bad("longer than 253 characters")
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return bad("each dot-separated label must have 1 to 63 characters")
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return bad("a label may not begin or end with a hyphen")
+		}
+		for _, r := range label {
+			if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+				return bad(fmt.Sprintf("%q is not allowed in a host name (letters, digits, hyphens and dots)", r))
+			}
+		}
 	}
 	return nil
 }

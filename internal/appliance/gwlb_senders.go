@@ -35,6 +35,12 @@ func resolveGWLBSenders(o *Options) error {
 		return nil
 	}
 	if len(o.GWLBCIDRs) > 0 {
+		for _, p := range o.GWLBCIDRs {
+			if p.Bits() == 0 { // as open as "any", without saying so
+				slog.Warn("--gwlb-cidrs "+p.String()+": GENEVE is accepted from every sender of its address family; whoever reaches the GENEVE port can "+
+					"forge GWLB endpoints and clients and use the appliance as an open proxy. Pass the GWLB's subnets instead", "gwlb_cidrs", o.GWLBCIDRs)
+			}
+		}
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), metadataTimeout)
