@@ -5,9 +5,9 @@ import (
 	"time"
 )
 
-// expiringSet is a bounded set whose members lapse: what the interceptor
+// expiringMap is a bounded map whose members lapse: what the interceptor
 // remembers of origins between connections (origingroups.go,
-// verifycache.go). Forgetting a member early only costs some work on the
+// verifycache.go, verifyguard.go). Forgetting a member early only costs some work on the
 // next connection, so a full set makes room by dropping the member
 // closest to lapsing.
 //
@@ -15,39 +15,64 @@ import (
 // validity is: a member counts only between when it was added and when
 // it lapses, so a clock stepped forward (NTP, a VM resumed) lapses it and
 // one stepped back before its addition voids it.
-type expiringSet[K comparable] struct {
+type expiringMap[K comparable, V any] struct {
 	max int
 	now func() time.Time // replaced in tests
 
 	mu      sync.Mutex
-	members map[K]span
+	members map[K]member[V]
 }
+
+// expiringSet is an expiringMap whose members carry nothing.
+type expiringSet[K comparable] = expiringMap[K, struct{}]
 
 // span is when a member counts: from since (inclusive) to until.
 type span struct{ since, until time.Time }
 
-func newExpiringSet[K comparable](max int) *expiringSet[K] {
-	return &expiringSet[K]{max: max, now: time.Now, members: make(map[K]span)}
+// member is a key's value and when it counts.
+type member[V any] struct {
+	span
+	v V
+}
+
+func newExpiringSet[K comparable](max int) *expiringSet[K] { return newExpiringMap[K, struct{}](max) }
+
+func newExpiringMap[K comparable, V any](max int) *expiringMap[K, V] {
+	return &expiringMap[K, V]{max: max, now: time.Now, members: make(map[K]member[V])}
 }
 
 // has reports whether k is a member that has not lapsed.
-func (s *expiringSet[K]) has(k K) bool {
+func (s *expiringMap[K, V]) has(k K) bool {
+	_, ok := s.get(k)
+	return ok
+}
+
+// get returns k's value, if k is a member that has not lapsed.
+func (s *expiringMap[K, V]) get(k K) (V, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	m, ok := s.members[k]
 	if !ok {
-		return false
+		var zero V
+		return zero, false
 	}
 	if now := s.now().Round(0); now.Before(m.since) || !now.Before(m.until) {
 		delete(s.members, k)
-		return false
+		var zero V
+		return zero, false
 	}
-	return true
+	return m.v, true
 }
 
 // add makes k a member until the given time, or for ttl from now if that
 // is sooner or until is zero; a member already there starts anew.
-func (s *expiringSet[K]) add(k K, ttl time.Duration, until time.Time) {
+func (s *expiringMap[K, V]) add(k K, ttl time.Duration, until time.Time) {
+	var zero V
+	s.put(k, zero, ttl, until)
+}
+
+// put is add, with v as k's value.
+func (s *expiringMap[K, V]) put(k K, v V, ttl time.Duration, until time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now().Round(0)
@@ -57,11 +82,11 @@ func (s *expiringSet[K]) add(k K, ttl time.Duration, until time.Time) {
 	if _, ok := s.members[k]; !ok && len(s.members) >= s.max {
 		s.evictLocked(now)
 	}
-	s.members[k] = span{since: now, until: until}
+	s.members[k] = member[V]{span: span{since: now, until: until}, v: v}
 }
 
 // remove drops k.
-func (s *expiringSet[K]) remove(k K) {
+func (s *expiringMap[K, V]) remove(k K) {
 	s.mu.Lock()
 	delete(s.members, k)
 	s.mu.Unlock()
@@ -71,7 +96,7 @@ func (s *expiringSet[K]) remove(k K) {
 // has, the one closest to lapsing. A full set costs a scan of it per
 // addition (a few microseconds at the sizes used, against a TLS
 // handshake's milliseconds).
-func (s *expiringSet[K]) evictLocked(now time.Time) {
+func (s *expiringMap[K, V]) evictLocked(now time.Time) {
 	var soonest K
 	var soonestUntil time.Time
 	for k, m := range s.members {

@@ -127,7 +127,10 @@ type Interceptor struct {
 	groups *originGroups // origins offered classical groups only: origingroups.go
 	// verified holds the upstream chains that verified: verifycache.go.
 	verified      *expiringSet[verifiedChain]
-	verifications atomic.Uint64 // chains verified, not taken from verified
+	verifications atomic.Uint64 // chains verified, not taken from verified or failed
+	// failed holds the upstream chains that did not, with why: verifyguard.go.
+	failed *expiringMap[failedChain, error]
+	slots  *verifySlots // each client's verifications under way
 }
 
 // New returns an Interceptor.
@@ -149,7 +152,8 @@ func New(cfg Config) *Interceptor {
 		cfg.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
 	return &Interceptor{cfg: cfg, http1: newGoproxy(false), http2: newGoproxy(true), res: newResumption(cfg.KeyLogWriter),
-		groups: newOriginGroups(originSessionCacheSize), verified: newExpiringSet[verifiedChain](verifiedChainsSize)}
+		groups: newOriginGroups(originSessionCacheSize), verified: newExpiringSet[verifiedChain](verifiedChainsSize),
+		failed: newExpiringMap[failedChain, error](failedChainsSize), slots: newVerifySlots()}
 }
 
 // Denied returns how many connections and requests it denied.
@@ -269,7 +273,7 @@ func (s *session) bump() {
 		KeyLogWriter:       ic.cfg.KeyLogWriter,
 		ClientSessionCache: sessions,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			verifyErr = ic.verifyUpstream(cs, name)
+			verifyErr = ic.verifyUpstream(cs, name, s.Subject)
 			sessions.verified.Store(verifyErr == nil)
 			return nil
 		},
@@ -329,7 +333,7 @@ func (s *session) bump() {
 		// itself is the transport's.
 		c.CurvePreferences = ic.groups.offer(groupsKey)
 		c.VerifyConnection = func(cs tls.ConnectionState) error {
-			err := ic.verifyUpstream(cs, name)
+			err := ic.verifyUpstream(cs, name, s.Subject)
 			sessions.verified.Store(err == nil)
 			if err != nil && !d.AllowUnverifiedUpstream {
 				return err
@@ -418,15 +422,29 @@ func httpALPN(offer []string) []string {
 // configured extra roots, and that its leaf is valid for name: a DNS name
 // (the SNI), or an address literal, which x509 matches against IP SANs
 // only. name is never empty: a chain valid for no name in particular
-// proves nothing about the destination.
-func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string) error {
+// proves nothing about the destination. The chain is the origin's to
+// choose, so what it may cost is bounded first (verifyguard.go), by
+// subj's destination and client.
+func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj policy.Subject) error {
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("no certificate")
+	}
+	if err := checkPresented(cs.PeerCertificates); err != nil {
+		return err
 	}
 	key := newVerifiedChain(cs.PeerCertificates, name) // verifycache.go
 	if ic.verified.has(key) {
 		return nil
 	}
+	fkey := failedChain{dest: subj.Dest, verifiedChain: key}
+	if err, ok := ic.failed.get(fkey); ok {
+		return err
+	}
+	release, err := ic.slots.acquire(clientKey{subj.Endpoint, subj.Client}, ic.cfg.HandshakeTimeout)
+	if err != nil {
+		return err
+	}
+	defer release()
 	inter := x509.NewCertPool()
 	for _, c := range cs.PeerCertificates[1:] {
 		inter.AddCert(c)
@@ -436,6 +454,7 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string) error
 		Roots: ic.cfg.UpstreamRoots, Intermediates: inter, DNSName: name, CurrentTime: ic.verified.now(),
 	})
 	if err != nil {
+		ic.failed.put(fkey, err, failedChainMemory, time.Time{})
 		return err
 	}
 	ic.verified.add(key, verifiedChainMemory, chainsExpiry(chains))

@@ -56,7 +56,8 @@ func shortLeaf(t *testing.T, name string, notBefore, notAfter time.Time) (*tls.C
 // TestVerifiedChainRemembered: a chain that verified for a name is not
 // verified again for it, and remembering it never lets through what
 // verifying it would refuse: the same chain for a name it does not cover,
-// or once its certificate has expired; failures are verified every time.
+// or once its certificate has expired. A failure is remembered, with its
+// reason, for failedChainMemory (a minute), then verified again.
 func TestVerifiedChainRemembered(t *testing.T) {
 	start := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
 	leaf, ca := shortLeaf(t, "short.example.test", start.Add(-time.Hour), start.Add(5*time.Minute))
@@ -77,7 +78,8 @@ func TestVerifiedChainRemembered(t *testing.T) {
 			"upstream certificate: x509: certificate is valid for short.example.test, not other.example.test", true},
 		{"still valid", "short.example.test", 4 * time.Minute, "", false},
 		{"expired", "short.example.test", 6 * time.Minute, "upstream certificate: x509: certificate has expired", true},
-		{"expired, again", "short.example.test", 7 * time.Minute, "upstream certificate: x509: certificate has expired", true},
+		{"expired, at once again", "short.example.test", 6*time.Minute + 30*time.Second, "upstream certificate: x509: certificate has expired", false},
+		{"expired, a minute later", "short.example.test", 7 * time.Minute, "upstream certificate: x509: certificate has expired", true},
 	}
 	for i, st := range steps {
 		clock.Store(start.Add(st.at).UnixNano())

@@ -1,0 +1,139 @@
+package intercept
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"crypto/x509"
+)
+
+// What an upstream's chain may cost the appliance.
+//
+// The origin of a bumped connection is whoever the client dialled, so its
+// certificate chain is the client's to choose, and over TLS 1.2 it is a
+// canned, plaintext message that costs the sender nothing. x509 builds
+// chains by trying, for each certificate, every presented certificate
+// named as its issuer, up to 100 signature checks per verification: a leaf
+// naming issuer "I" with 100 P-521 "intermediates" all named "I" costs
+// about 180 ms of CPU per connection (TestHostileChainCheap). So before
+// x509 sees a chain:
+//
+//   - it may hold at most maxUpstreamChain certificates;
+//   - no two different intermediates may share a subject: the branching
+//     the attack needs. With one candidate per name, chain building is a
+//     single path, one signature check (two where a presented certificate
+//     names a trusted root as issuer) per certificate;
+//   - a chain that failed for a destination and name is remembered for
+//     failedChainMemory, with its reason: the same chain again costs a
+//     hash;
+//   - a client has at most maxClientVerifications verifications that are
+//     not taken from memory under way at once; further ones wait their
+//     turn, up to the handshake timeout. A hostile client varies a byte
+//     per connection to miss the memory, and then holds at most one CPU:
+//     the worst chain that passes the checks above, 9 P-521 CAs in a line
+//     under one naming a trusted root, costs about 25 ms (against 0.1 ms
+//     for an honest chain, and 280 ms for the 100 "I"s). Honest clients
+//     hardly notice: verifications that worked are remembered for minutes
+//     (verifycache.go), and a new one takes well under a millisecond.
+
+// maxUpstreamChain bounds the certificates an upstream may present. Public
+// chains are 2 to 4: the leaf, one or two intermediates, sometimes a
+// cross-signed root a server sends for old clients. Private PKIs rarely
+// go deeper than 3 CAs. 10 leaves room for any of these, and caps the
+// signature checks of one verification near 20 (TestHostileChainCheap
+// measures the worst).
+const maxUpstreamChain = 10
+
+// failedChainMemory bounds how long a failed verification is taken as
+// read: long enough that repeating a chain costs nothing, short enough
+// that an origin that fixed its certificate, or one not valid yet, is soon
+// verified again.
+const failedChainMemory = time.Minute
+
+// failedChainsSize bounds the failed verifications remembered.
+const failedChainsSize = 1024
+
+// maxClientVerifications bounds a client's verifications under way at
+// once: one, so that a client can keep no more than one CPU busy.
+const maxClientVerifications = 1
+
+// failedChain names a chain as presented, the name it failed for, and the
+// destination that presented it.
+type failedChain struct {
+	dest netip.AddrPort
+	verifiedChain
+}
+
+// checkPresented refuses what no honest chain looks like, before x509
+// spends a signature check on it.
+func checkPresented(presented []*x509.Certificate) error {
+	if len(presented) > maxUpstreamChain {
+		return fmt.Errorf("chain of %d certificates, more than %d: not verified", len(presented), maxUpstreamChain)
+	}
+	for i, c := range presented[1:] {
+		for _, d := range presented[1 : 1+i] {
+			// The same certificate twice (a server sending its chain file
+			// twice over) is harmless: x509 adds it to the pool once.
+			if string(c.RawSubject) == string(d.RawSubject) && string(c.Raw) != string(d.Raw) {
+				return fmt.Errorf("two different intermediates named %q: not verified", c.Subject.String())
+			}
+		}
+	}
+	return nil
+}
+
+// clientKey names a client: addresses may overlap across GWLB endpoints.
+type clientKey struct {
+	endpoint string
+	addr     netip.Addr
+}
+
+// verifySlots bounds each client's verifications under way.
+type verifySlots struct {
+	mu  sync.Mutex
+	per map[clientKey]*clientSlots
+}
+
+type clientSlots struct {
+	sem   chan struct{}
+	users int // holding a slot or waiting for one
+}
+
+func newVerifySlots() *verifySlots { return &verifySlots{per: make(map[clientKey]*clientSlots)} }
+
+// acquire takes one of client's slots, waiting at most wait for it; the
+// function it returns gives it back.
+func (v *verifySlots) acquire(client clientKey, wait time.Duration) (release func(), err error) {
+	v.mu.Lock()
+	cs := v.per[client]
+	if cs == nil {
+		cs = &clientSlots{sem: make(chan struct{}, maxClientVerifications)}
+		v.per[client] = cs
+	}
+	cs.users++
+	v.mu.Unlock()
+	select {
+	case cs.sem <- struct{}{}:
+	default:
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case cs.sem <- struct{}{}:
+		case <-t.C:
+			v.leave(client, cs)
+			return nil, fmt.Errorf("the client's %d verifications under way took longer than %s: not verified", maxClientVerifications, wait)
+		}
+	}
+	return func() { <-cs.sem; v.leave(client, cs) }, nil
+}
+
+// leave forgets a client no verification of which is under way or waiting.
+func (v *verifySlots) leave(client clientKey, cs *clientSlots) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if cs.users--; cs.users == 0 {
+		delete(v.per, client)
+	}
+}

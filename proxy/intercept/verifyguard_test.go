@@ -1,0 +1,161 @@
+package intercept_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// hostileChain is what an origin the client controls can present for
+// name: a leaf, then n P-521 CA certificates. With sameName, all of them
+// are named "I", the leaf's issuer, and none signed it: x509 tries each
+// (the attack). Without, each is named apart and signs the one before,
+// the last naming issuer as its own but signed by nobody it trusts: the
+// longest single path x509 can be made to walk.
+func hostileChain(t *testing.T, name string, n int, sameName bool, issuer *x509.Certificate) *tls.Certificate {
+	t.Helper()
+	now := time.Now()
+	p521 := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	create := func(tmpl, parent *x509.Certificate, pub, priv any) *x509.Certificate {
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	caTmpl := func(i int, cn string) *x509.Certificate {
+		return &x509.Certificate{SerialNumber: big.NewInt(int64(10 + i)), Subject: pkix.Name{CommonName: cn},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	}
+	leafKey := p521()
+	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(5), DNSNames: []string{name},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	var ders [][]byte
+	if sameName {
+		leaf := create(leafTmpl, caTmpl(0, "I"), &leafKey.PublicKey, p521())
+		ders = append(ders, leaf.Raw)
+		for i := range n {
+			k := p521()
+			tmpl := caTmpl(i, "I")
+			ders = append(ders, create(tmpl, tmpl, &k.PublicKey, k).Raw)
+		}
+		return &tls.Certificate{Certificate: ders, PrivateKey: leafKey}
+	}
+	// From the top down: the top names issuer, and a key it does not have
+	// signed it.
+	parent, parentKey := &x509.Certificate{RawSubject: issuer.RawSubject}, p521()
+	var cas [][]byte
+	for i := range n {
+		k := p521()
+		c := create(caTmpl(i, fmt.Sprintf("I%d", i)), parent, &k.PublicKey, parentKey)
+		cas = append([][]byte{c.Raw}, cas...)
+		parent, parentKey = c, k
+	}
+	leaf := create(leafTmpl, parent, &leafKey.PublicKey, parentKey)
+	return &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, cas...), PrivateKey: leafKey}
+}
+
+// TestHostileChainCheap: an origin's chain built to make x509 try
+// signature after signature is refused before x509 sees it, or verified
+// once along a single path and then remembered; the record says why.
+// Loopback TCP for the upstream: the interceptor's alert must not wait.
+func TestHostileChainCheap(t *testing.T) {
+	const name = "www.example.test"
+	r := newRig(t, testPolicy)
+	connect := func(cert *tls.Certificate) (time.Duration, string) {
+		t.Helper()
+		upEnd, _ := r.startUpstreamTCP(cert, "http/1.1")
+		c, sv := r.connect(upEnd, tlsDest)
+		client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+		client.SetDeadline(time.Now().Add(waitLimit))
+		start := time.Now()
+		err := client.Handshake()
+		took := time.Since(start)
+		if err == nil || !strings.Contains(err.Error(), "bad certificate") {
+			t.Fatalf("client handshake: %v, want a bad certificate alert", err)
+		}
+		client.Close()
+		sv.waitDoneOnce(t)
+		recs := r.records()
+		rec := recs[len(recs)-1]
+		if rec.Action != "deny" || rec.Result != "denied" || rec.UpstreamVerify != "failed" {
+			t.Errorf("record %+v", rec)
+		}
+		return took, rec.Error
+	}
+	for _, tc := range []struct {
+		what    string
+		cert    *tls.Certificate
+		wantErr string
+	}{
+		{"100 intermediates named as the leaf's issuer", hostileChain(t, name, 100, true, nil),
+			"upstream certificate: chain of 101 certificates, more than 10: not verified"},
+		{"9 intermediates named as the leaf's issuer", hostileChain(t, name, 9, true, nil),
+			`upstream certificate: two different intermediates named "CN=I": not verified`},
+	} {
+		before := intercept.Verifications(r.ic)
+		took, recErr := connect(tc.cert)
+		if recErr != tc.wantErr {
+			t.Errorf("%s: record error %q, want %q", tc.what, recErr, tc.wantErr)
+		}
+		if n := intercept.Verifications(r.ic) - before; n != 0 {
+			t.Errorf("%s: %d verifications, want none", tc.what, n)
+		}
+		t.Logf("%s: refused in %s", tc.what, took)
+	}
+
+	// The worst that gets through to x509: 9 P-521 CAs in a line, topped
+	// by one naming the trusted root as its issuer. Verified once; the
+	// same chain again is refused from memory.
+	worst := hostileChain(t, name, 9, false, r.upCA.TrustAnchor())
+	before := intercept.Verifications(r.ic)
+	took, recErr := connect(worst)
+	if !strings.HasPrefix(recErr, "upstream certificate: x509: certificate signed by unknown authority") {
+		t.Errorf("longest path: record error %q", recErr)
+	}
+	if n := intercept.Verifications(r.ic) - before; n != 1 {
+		t.Errorf("longest path: %d verifications, want 1", n)
+	}
+	t.Logf("longest path, verified: %s", took)
+	took, again := connect(worst)
+	if again != recErr {
+		t.Errorf("longest path again: record error %q, want %q", again, recErr)
+	}
+	if n := intercept.Verifications(r.ic) - before; n != 1 {
+		t.Errorf("longest path again: %d verifications in all, want 1: the failure was not remembered", n)
+	}
+	t.Logf("longest path, again: %s", took)
+	start := time.Now()
+	upEnd, _ := r.startUpstreamTCP(r.upLeaf(name), "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+	client.SetDeadline(time.Now().Add(waitLimit))
+	if err := client.Handshake(); err != nil {
+		t.Fatalf("an honest origin: %v", err)
+	}
+	t.Logf("an honest origin, for comparison: %s", time.Since(start))
+	client.Close()
+	sv.waitDoneOnce(t)
+}
