@@ -27,9 +27,10 @@ const (
 // the flow with it. In audit mode a mismatch is recorded (DestCheck and
 // Error) and the flow goes on. It checks nothing, and returns false, when
 // the decision was not made on a name, does not let the flow through, is
-// a bump (the interceptor verifies the destination's certificate for the
-// name, which is the stronger proof), or when the policy or the appliance
-// turns the check off.
+// a bump (the interceptor checks it itself, before its handshake, unless
+// the destination verified a certificate for the name lately:
+// intercept/bumpcheck.go), or when the policy or the appliance turns the
+// check off.
 //
 // The TCP path calls it for spliced TLS; the QUIC path can call it the same
 // way for its decision on the Initial's SNI.

@@ -314,8 +314,8 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 		intercept.WriteAlert(s.client, intercept.AlertAccessDenied)
 		s.refuse("denied by policy")
 	case d.Action == policy.Bump && ic.CanBump():
-		// Not checked here: the interceptor verifies the destination's
-		// certificate for the name, which proves more than DNS could.
+		// Not checked here: the interceptor checks it before its own
+		// ClientHello carries the name out (intercept/bumpcheck.go).
 		if s.dialAllowed() {
 			s.intercept(&intercept.Session{Hello: hello, Decision: d})
 		}

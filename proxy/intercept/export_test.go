@@ -16,7 +16,9 @@ const ClassicalOriginMemory = classicalOriginMemory
 
 // SetVerifyClock replaces the clock upstream certificates are verified,
 // and their verifications remembered, by.
-func SetVerifyClock(ic *Interceptor, now func() time.Time) { ic.verified.now, ic.failed.now = now, now }
+func SetVerifyClock(ic *Interceptor, now func() time.Time) {
+	ic.verified.now, ic.failed.now, ic.proven.now = now, now, now
+}
 
 // Verifications returns how many upstream chains were verified, not taken
 // from the memory of earlier verifications.

@@ -63,6 +63,9 @@ func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
 	cc.onClose = rt.connClosed
 	rt.cc = cc
 	rt.base = *s.Record
+	// A bump's dest_check was its SNI's, before the handshake: each
+	// request's is its own Host's (roundtrip.go), or none.
+	rt.base.DestCheck = ""
 	creq := (&http.Request{
 		Method: http.MethodConnect, URL: &url.URL{Host: host}, Host: host,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: make(http.Header),

@@ -131,6 +131,9 @@ type Interceptor struct {
 	// failed holds the upstream chains that did not, with why: verifyguard.go.
 	failed *expiringMap[failedChain, error]
 	slots  *verifySlots // each client's verifications under way
+	// proven holds the destinations that verified a certificate for a
+	// name: bumpcheck.go.
+	proven *expiringSet[provenOrigin]
 }
 
 // New returns an Interceptor.
@@ -153,7 +156,8 @@ func New(cfg Config) *Interceptor {
 	}
 	return &Interceptor{cfg: cfg, http1: newGoproxy(false), http2: newGoproxy(true), res: newResumption(cfg.KeyLogWriter),
 		groups: newOriginGroups(originSessionCacheSize), verified: newExpiringSet[verifiedChain](verifiedChainsSize),
-		failed: newExpiringMap[failedChain, error](failedChainsSize), slots: newVerifySlots()}
+		failed: newExpiringMap[failedChain, error](failedChainsSize), slots: newVerifySlots(),
+		proven: newExpiringSet[provenOrigin](provenOriginsSize)}
 }
 
 // Denied returns how many connections and requests it denied.
@@ -259,6 +263,9 @@ func WriteAlert(c net.Conn, desc byte) {
 // carries, an identity nobody proved at that address.
 func (s *session) bump() {
 	ic, hello, d := s.ic, s.Hello, s.Decision
+	if !s.checkBumpDestination() { // bumpcheck.go: before the SNI leaves
+		return
+	}
 	name := upstreamName(hello.ServerName, s.Subject.Dest.Addr())
 	var verifyErr error
 	sessions := ic.res.originSessions(s.Subject.Dest) // resume.go: resumed sessions are verified again
@@ -310,7 +317,11 @@ func (s *session) bump() {
 	} else {
 		// What the requests inside may lean on: the names this verified
 		// certificate covers are proven to be served at the destination.
+		// The next bump for the SNI needs no check before its handshake.
 		s.upstreamCert = cs.PeerCertificates[0]
+		if hello.ServerName != "" {
+			ic.proven.add(newProvenOrigin(s.Subject.Dest, hello.ServerName), verifiedChainMemory, s.upstreamCert.NotAfter)
+		}
 		if groups == nil { // what it chose with the hybrids on offer
 			ic.groups.learn(groupsKey, cs.CurveID)
 		}
