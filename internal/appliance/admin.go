@@ -58,10 +58,17 @@ func (a *Appliance) stats() stats {
 // The admin server's bounds. Its peers are the GWLB's health checks and
 // whoever scrapes /stats and /metrics, but whoever else the security group
 // lets in could otherwise hold a goroutine per connection for as long as
-// they liked: by a head sent slowly, a response not read, or a kept
-// connection left idle.
+// they liked: by a head sent slowly, a body announced and never sent (the
+// server reads what a handler left of it before the next request, with no
+// deadline but this one), a response not read, or a kept connection left
+// idle. No admin request has a body, so the whole request gets the head's
+// time.
+//
+// There is no cap on connections: with every one of them bounded in time, a
+// cap would only let whoever fills it shut out the GWLB's health checks.
 var (
 	adminHeaderTimeout = 10 * time.Second
+	adminReadTimeout   = 10 * time.Second
 	adminWriteTimeout  = time.Minute
 	adminIdleTimeout   = 2 * time.Minute
 )
@@ -71,6 +78,7 @@ func (a *Appliance) adminServer() *http.Server {
 	return &http.Server{
 		Handler:           a.adminHandler(),
 		ReadHeaderTimeout: adminHeaderTimeout,
+		ReadTimeout:       adminReadTimeout,
 		WriteTimeout:      adminWriteTimeout,
 		IdleTimeout:       adminIdleTimeout,
 	}

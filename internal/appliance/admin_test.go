@@ -52,3 +52,28 @@ func TestAdminIdleConnectionsClosed(t *testing.T) {
 		t.Fatalf("a connection that sends nothing: %v after %s, want it closed after the header timeout", err, time.Since(start))
 	}
 }
+
+// TestAdminSilentBodyClosed: a request announcing a body that never comes
+// cannot hold its connection: the server reads what the handler left of
+// the body before the next request, and before ReadTimeout was set that
+// read had no deadline at all.
+func TestAdminSilentBodyClosed(t *testing.T) {
+	idle, header, read := adminIdleTimeout, adminHeaderTimeout, adminReadTimeout
+	adminIdleTimeout, adminHeaderTimeout, adminReadTimeout = 300*time.Millisecond, 300*time.Millisecond, 300*time.Millisecond
+	t.Cleanup(func() { adminIdleTimeout, adminHeaderTimeout, adminReadTimeout = idle, header, read })
+	r := newRig(t, nil, nil)
+	c, err := net.Dial("tcp", r.app.adminLn.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: admin\r\nContent-Length: 100\r\n\r\nx"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = io.Copy(io.Discard, c) // the response, if any, then the end
+	if took := time.Since(start); err != nil || took > 3*time.Second {
+		t.Fatalf("a body that never comes: %v after %s, want the connection closed after the read timeout", err, took)
+	}
+}
