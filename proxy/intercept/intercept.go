@@ -464,6 +464,9 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj 
 	chains, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
 		Roots: ic.cfg.UpstreamRoots, Intermediates: inter, DNSName: name, CurrentTime: ic.verified.now(),
 	})
+	if err == nil {
+		err = checkKeys(chains) // verifyguard.go
+	}
 	if err != nil {
 		ic.failed.put(fkey, err, failedChainMemory, time.Time{})
 		return err

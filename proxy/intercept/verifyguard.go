@@ -1,12 +1,12 @@
 package intercept
 
 import (
+	"crypto/rsa"
+	"crypto/x509"
 	"fmt"
 	"net/netip"
 	"sync"
 	"time"
-
-	"crypto/x509"
 )
 
 // What an upstream's chain may cost the appliance.
@@ -136,4 +136,30 @@ func (v *verifySlots) leave(client clientKey, cs *clientSlots) {
 	if cs.users--; cs.users == 0 {
 		delete(v.per, client)
 	}
+}
+
+// minRSABits is the smallest RSA key a verified chain may hold. x509
+// accepts 1024-bit keys, which are within reach of a well-funded attacker
+// and have not been issued by public CAs since 2013; a bumped client
+// would see only the appliance's P-256 leaf, never how weak the origin's
+// proof was.
+const minRSABits = 2048
+
+// checkKeys refuses the chains x509 built unless one of them holds no RSA
+// key under minRSABits.
+func checkKeys(chains [][]*x509.Certificate) error {
+	var weak error
+	for _, chain := range chains {
+		weak = nil
+		for _, c := range chain {
+			if k, ok := c.PublicKey.(*rsa.PublicKey); ok && k.N.BitLen() < minRSABits {
+				weak = fmt.Errorf("RSA key of %d bits in %q, under %d", k.N.BitLen(), c.Subject.String(), minRSABits)
+				break
+			}
+		}
+		if weak == nil {
+			return nil
+		}
+	}
+	return weak
 }

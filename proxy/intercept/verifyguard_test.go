@@ -1,9 +1,11 @@
 package intercept_test
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -158,4 +160,68 @@ func TestHostileChainCheap(t *testing.T) {
 	t.Logf("an honest origin, for comparison: %s", time.Since(start))
 	client.Close()
 	sv.waitDoneOnce(t)
+}
+
+// TestWeakRSARefused: a chain x509 accepts with an RSA key under 2048 bits,
+// the leaf's or the root's, is refused and the record says which; before,
+// it was bumped behind the appliance's P-256 leaf, the client none the
+// wiser. A 2048-bit chain is bumped.
+func TestWeakRSARefused(t *testing.T) {
+	const name = "www.example.test"
+	now := time.Now()
+	rsaKey := func(bits int) *rsa.PrivateKey {
+		k, err := rsa.GenerateKey(rand.Reader, bits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsa1024, rsa2048 := rsaKey(1024), rsaKey(2048)
+	for _, tc := range []struct {
+		what             string
+		rootKey, leafKey crypto.Signer
+		wantErr          string // "" when bumped
+	}{
+		{"RSA-1024 leaf and root", rsa1024, rsa1024, `upstream certificate: RSA key of 1024 bits in "CN=www.example.test", under 2048`},
+		{"RSA-1024 root", rsa1024, ecKey, `upstream certificate: RSA key of 1024 bits in "CN=weak root", under 2048`},
+		{"RSA-2048", rsa2048, rsa2048, ""},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "weak root"},
+				NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+				KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
+			rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, tc.rootKey.Public(), tc.rootKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			root, _ := x509.ParseCertificate(rootDER)
+			leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+				NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+				KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+			leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, root, tc.leafKey.Public(), tc.rootKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := newRig(t, testPolicy, func(c *intercept.Config) { c.UpstreamRoots.AddCert(root) })
+			upEnd, _ := r.startUpstreamTCP(&tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: tc.leafKey}, "http/1.1")
+			c, sv := r.connect(upEnd, tlsDest)
+			client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+			client.SetDeadline(time.Now().Add(waitLimit))
+			err = client.Handshake()
+			if (err == nil) != (tc.wantErr == "") {
+				t.Fatalf("client handshake: %v", err)
+			}
+			client.Close()
+			sv.waitDoneOnce(t)
+			rec := r.records()[0]
+			if tc.wantErr == "" && rec.UpstreamVerify != "ok" ||
+				tc.wantErr != "" && (rec.UpstreamVerify != "failed" || rec.Action != "deny" || rec.Error != tc.wantErr) {
+				t.Errorf("record %+v", rec)
+			}
+		})
+	}
 }
