@@ -268,6 +268,9 @@ func (s *session) bump() {
 	}
 	name := upstreamName(hello.ServerName, s.Subject.Dest.Addr())
 	var verifyErr error
+	// Whether a certificate came and was verified: a handshake that fails
+	// before says nothing about one (bumpfail.go).
+	verifyRan := false
 	sessions := ic.res.originSessions(s.Subject.Dest) // resume.go: resumed sessions are verified again
 	groupsKey := originGroupsKey(s.Subject.Dest, hello.ServerName)
 	groups := ic.groups.offer(groupsKey) // origingroups.go
@@ -280,7 +283,7 @@ func (s *session) bump() {
 		KeyLogWriter:       ic.cfg.KeyLogWriter,
 		ClientSessionCache: sessions,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			verifyErr = ic.verifyUpstream(cs, name, s.Subject)
+			verifyRan, verifyErr = true, ic.verifyUpstream(cs, name, s.Subject)
 			sessions.verified.Store(verifyErr == nil)
 			return nil
 		},
@@ -290,16 +293,10 @@ func (s *session) bump() {
 	err := up.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
+		// An origin that dropped the classical groups since it last chose
+		// one: the next connection offers the hybrids again.
 		ic.groups.forget(groupsKey)
-		WriteAlert(s.client, AlertHandshakeFailure)
-		s.Record.UpstreamVerify = "failed"
-		reason := "upstream TLS handshake: " + err.Error()
-		if groups != nil {
-			// An origin that dropped the classical groups since it last
-			// chose one: the next connection offers the hybrids again.
-			reason += " (classical key exchange groups offered only)"
-		}
-		s.refuse(reason)
+		s.upstreamHandshakeFailed(err, groups != nil, verifyRan, verifyErr) // bumpfail.go
 		return
 	}
 	cs := up.ConnectionState()

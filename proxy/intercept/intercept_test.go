@@ -97,24 +97,43 @@ func TestBumpHTTP1(t *testing.T) {
 
 // TestBumpUpstreamUnverified: an upstream that cannot prove it is the name
 // the client asked for gets the client an alert instead of a leaf, and the
-// connection a deny record.
+// connection a deny record. One whose handshake fails before any
+// certificate is seen (no TLS, silence) gets the client an alert too, but
+// its record is an error, not a denial: no certificate failed, and the
+// policy allowed the bump (before, it said upstream_verify: failed, action
+// deny, result denied).
 func TestBumpUpstreamUnverified(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		cert      func(r *rig) *tls.Certificate // nil: the upstream speaks cleartext HTTP
+		silent    bool                          // the upstream reads and says nothing
 		alert     string                        // in the client's handshake error
 		recordErr string                        // in the record's error
+		action    string
+		result    string
+		verify    string // the record's upstream_verify
 	}{
-		{"untrusted root", func(r *rig) *tls.Certificate { return r.strangerLeaf("www.example.test") },
-			"bad certificate", "upstream certificate: x509: certificate signed by unknown authority"},
-		{"wrong name", func(r *rig) *tls.Certificate { return r.upLeaf("other.example.test") },
-			"bad certificate", "upstream certificate: x509: certificate is valid for other.example.test, not www.example.test"},
-		{"no TLS", func(*rig) *tls.Certificate { return nil },
-			"handshake failure", "upstream TLS handshake"},
+		{"untrusted root", func(r *rig) *tls.Certificate { return r.strangerLeaf("www.example.test") }, false,
+			"bad certificate", "upstream certificate: x509: certificate signed by unknown authority", "deny", "denied", "failed"},
+		{"wrong name", func(r *rig) *tls.Certificate { return r.upLeaf("other.example.test") }, false,
+			"bad certificate", "upstream certificate: x509: certificate is valid for other.example.test, not www.example.test", "deny", "denied", "failed"},
+		{"no TLS", func(*rig) *tls.Certificate { return nil }, false,
+			"handshake failure", "upstream TLS handshake: tls: first record does not look like a TLS handshake", "bump", "error", ""},
+		{"silent", func(*rig) *tls.Certificate { return nil }, true,
+			"handshake failure", "upstream TLS handshake: context deadline exceeded", "bump", "timeout", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, testPolicy)
-			upEnd, up := r.startUpstream(tc.cert(r), "http/1.1")
+			var upEnd net.Conn
+			var up *upstream
+			if tc.silent {
+				var far net.Conn
+				upEnd, far = net.Pipe()
+				go io.Copy(io.Discard, far)
+				t.Cleanup(func() { far.Close() })
+			} else {
+				upEnd, up = r.startUpstream(tc.cert(r), "http/1.1")
+			}
 			c, sv := r.connect(upEnd, tlsDest)
 			client := tls.Client(c, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool()})
 			client.SetDeadline(time.Now().Add(waitLimit))
@@ -123,21 +142,24 @@ func TestBumpUpstreamUnverified(t *testing.T) {
 				t.Fatalf("client handshake: %v, want a %s alert", err, tc.alert)
 			}
 			sv.waitDoneOnce(t)
-			up.waitClosed(t)
-			if got := up.requests(); len(got) != 0 {
-				t.Errorf("the upstream served %q", got)
+			if up != nil {
+				up.waitClosed(t)
+				if got := up.requests(); len(got) != 0 {
+					t.Errorf("the upstream served %q", got)
+				}
 			}
 			recs := r.records()
 			if len(recs) != 1 {
 				t.Fatalf("records %+v, want one", recs)
 			}
 			rec := recs[0]
-			if rec.Kind != "tls" || rec.Action != "deny" || rec.Result != "denied" || rec.UpstreamVerify != "failed" ||
+			if rec.Kind != "tls" || rec.Action != tc.action || rec.Result != tc.result || rec.UpstreamVerify != tc.verify ||
 				rec.SNI != "www.example.test" || !strings.HasPrefix(rec.Error, tc.recordErr) {
 				t.Errorf("record %+v", rec)
 			}
-			if n := r.ic.Denied(); n != 1 {
-				t.Errorf("Denied() = %d, want 1", n)
+			wantDenied := map[bool]uint64{true: 1, false: 0}[tc.action == "deny"]
+			if n := r.ic.Denied(); n != wantDenied {
+				t.Errorf("Denied() = %d, want %d", n, wantDenied)
 			}
 		})
 	}

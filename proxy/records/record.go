@@ -47,7 +47,7 @@ type Record struct {
 	ALPN           string `json:"alpn,omitempty"`
 	TLSVersion     string `json:"tls_version,omitempty"`
 	TLSCipher      string `json:"tls_cipher,omitempty"`
-	UpstreamVerify string `json:"upstream_verify,omitempty"` // ok or failed (the handshake with the destination failed, its certificate or otherwise)
+	UpstreamVerify string `json:"upstream_verify,omitempty"` // ok or failed (its certificate failed verification); absent when the handshake failed before one was seen
 	// ECH is set when the ClientHello offered Encrypted Client Hello: SNI
 	// is then only the cover name, not the server the client means.
 	ECH bool `json:"ech,omitempty"`
