@@ -473,6 +473,12 @@ func checkCA(chain []*x509.Certificate, key crypto.Signer, now time.Time) error 
 		if now.After(cc.NotAfter) {
 			return fmt.Errorf("certificate %s expired at %s", cc.Subject, cc.NotAfter.UTC().Format(time.RFC3339))
 		}
+		// Not valid yet: every client would refuse every leaf below it,
+		// whatever the leaves' own dates, until then.
+		if now.Before(cc.NotBefore) {
+			return fmt.Errorf("certificate %s is not valid until %s (now %s): clients would refuse every leaf it signs; check this clock and the one it was made by",
+				cc.Subject, cc.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+		}
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -269,6 +270,24 @@ func TestLoadRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A CA whose validity starts tomorrow: made on a machine whose clock
+	// runs ahead, or on purpose.
+	futureKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	futureTmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "future CA"},
+		NotBefore: time.Now().Add(24 * time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	futureDER, err := x509.CreateCertificate(rand.Reader, futureTmpl, futureTmpl, &futureKey.PublicKey, futureKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	futureKeyDER, err := x509.MarshalPKCS8PrivateKey(futureKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	tests := []struct {
 		name      string
 		cert, key []byte
@@ -283,6 +302,7 @@ func TestLoadRejects(t *testing.T) {
 		{"chain out of order", append(ca.CertPEM(), pemBlock("CERTIFICATE", inter.Raw)...), keyDER(ca), "cert", "not signed by"},
 		{"path length exceeded", append(pemBlock("CERTIFICATE", genInter.Raw), gen.CertPEM()...), pemBlock("PRIVATE KEY", genInterKeyDER), "cert", "path length constraint 0"},
 		{"garbage key", ca.CertPEM(), pemBlock("PRIVATE KEY", []byte{1, 2, 3}), "key", "parse PRIVATE KEY"},
+		{"not valid yet", pemBlock("CERTIFICATE", futureDER), pemBlock("PRIVATE KEY", futureKeyDER), "cert", "is not valid until"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
