@@ -254,16 +254,6 @@ func AllowAll() *policy.Holder {
 // Resolver (::253), time sync (::123). Their IPv4 twins are link-local.
 var awsLinkLocalV6 = netip.MustParsePrefix("fd00:ec2::/64")
 
-// IPv6 prefixes that carry an IPv4 address a NAT64 gateway or 6to4 relay
-// turns back into IPv4: a destination in them is judged by that address
-// too, or 64:ff9b::a9fe:a9fe would reach the metadata service through a
-// NAT gateway's DNS64/NAT64.
-var (
-	nat64WellKnown = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052
-	nat64Local     = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215
-	sixToFour      = netip.MustParsePrefix("2002::/16")      // RFC 3056
-)
-
 // IPv6 prefixes whose last 32 bits are an IPv4 address by definition:
 // IPv4-compatible addresses (RFC 4291, deprecated) and SIIT's
 // IPv4-translated ones (RFC 2765). No real destination has one, and a host
@@ -296,7 +286,10 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 	case p.own.has(a):
 		return "destination is the appliance itself"
 	}
-	v4s, n := embeddedIPv4(a)
+	// An IPv4 address a NAT64 gateway or 6to4 relay would unwrap is judged
+	// too, or 64:ff9b::a9fe:a9fe would reach the metadata service through a
+	// NAT gateway's DNS64/NAT64. The policy's dest_cidrs read the same ones.
+	v4s, n := policy.EmbeddedIPv4(a)
 	for _, v4 := range v4s[:n] {
 		// 0.0.0.0 is what another layout reads from a NAT64 address:
 		// no destination, and refusing it would refuse every such address.
@@ -305,39 +298,6 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 		}
 	}
 	return ""
-}
-
-// rfc6052Layouts are where RFC 6052 (section 2.2) puts the IPv4 address in
-// an IPv6 address, for the prefix lengths 32, 40, 48, 56, 64 and 96: the
-// indexes of its four bytes. Byte 8 (bits 64-71) is never used.
-var rfc6052Layouts = [...][4]uint8{
-	{4, 5, 6, 7},     // /32
-	{5, 6, 7, 9},     // /40
-	{6, 7, 9, 10},    // /48
-	{7, 9, 10, 11},   // /56
-	{9, 10, 11, 12},  // /64
-	{12, 13, 14, 15}, // /96
-}
-
-// embeddedIPv4 returns the IPv4 addresses a NAT64 or 6to4 address may
-// carry. An operator carves NAT64 prefixes of any length out of
-// 64:ff9b:1::/48, and nothing in the address says which: every place RFC
-// 6052 lets a prefix length put the address is read.
-func embeddedIPv4(a netip.Addr) (v4s [len(rfc6052Layouts)]netip.Addr, n int) {
-	b := a.As16()
-	switch {
-	case !a.Is6():
-	case nat64WellKnown.Contains(a):
-		v4s[0], n = netip.AddrFrom4([4]byte(b[12:16])), 1
-	case nat64Local.Contains(a):
-		for i, l := range rfc6052Layouts {
-			v4s[i] = netip.AddrFrom4([4]byte{b[l[0]], b[l[1]], b[l[2]], b[l[3]]})
-		}
-		n = len(rfc6052Layouts)
-	case sixToFour.Contains(a):
-		v4s[0], n = netip.AddrFrom4([4]byte(b[2:6])), 1
-	}
-	return v4s, n
 }
 
 // actionUndecided is the action of a flow that ended before the policy

@@ -78,6 +78,7 @@ func refRules() refPolicy {
 		{Name: "corp", DestCIDRs: []string{"10.0.0.0/8", "2001:db8::/32", "192.0.2.1"}, Ports: []any{443, "8000-8100"}, Action: "bump"},
 		{Name: "clients", ClientCIDR: []string{"192.168.0.0/16", "fd00::/8"}, Protocols: []string{"http", "udp"}, Action: "deny"},
 		{Name: "ep", Endpoints: []string{"vpce-0123456789abcdef0"}, Ports: []any{"1-1024"}, Action: "allow"},
+		{Name: "low-half", DestCIDRs: []string{"0.0.0.0/1"}, Ports: []any{"9000-9100"}, Action: "allow"}, // every RFC 6052 reading must be in it
 		{Name: "tcp-high", Protocols: []string{"tcp"}, Ports: []any{"30000-65535"}, Action: "deny"},
 		{Name: "no-ping", Protocols: []string{"icmp"}, DestCIDRs: []string{"203.0.113.0/24", "2001:db8:1::/48"}, Action: "deny"},
 		{Name: "ping-rest", Protocols: []string{"udp", "icmp"}, ClientCIDR: []string{"10.0.0.0/8"}, Action: "bump"},
@@ -129,7 +130,26 @@ func refMatch(r refRule, f Subject) bool {
 		}
 		return false
 	}
-	if r.DestCIDRs != nil && !inAny(r.DestCIDRs, f.Dest.Addr()) {
+	// A destination matches through the IPv4 addresses a translator
+	// would unwrap from it as well, a deny through any of them, other
+	// rules through all of them; a client does not.
+	inDest := func(cidrs []string, a netip.Addr) bool {
+		if inAny(cidrs, a) {
+			return true
+		}
+		v4s, n := EmbeddedIPv4(a.Unmap())
+		in := 0
+		for _, v4 := range v4s[:n] {
+			if inAny(cidrs, v4) {
+				in++
+			}
+		}
+		if r.Action == "deny" {
+			return in > 0
+		}
+		return n > 0 && in == n
+	}
+	if r.DestCIDRs != nil && !inDest(r.DestCIDRs, f.Dest.Addr()) {
 		return false
 	}
 	if r.ClientCIDR != nil && !inAny(r.ClientCIDR, f.Client) {
@@ -209,6 +229,11 @@ func FuzzDecide(f *testing.F) {
 	f.Add(uint8(4), "", []byte{203, 0, 113, 9}, uint16(0), []byte{10, 1, 2, 3}, "")
 	f.Add(uint8(4), "", []byte{192, 0, 2, 9}, uint16(0), []byte{10, 1, 2, 3}, "")
 	f.Add(uint8(7), "", netip.MustParseAddr("2001:db8:1::1").AsSlice(), uint16(0), []byte{}, "")
+	f.Add(uint8(2), "", netip.MustParseAddr("64:ff9b::a00:5").AsSlice(), uint16(443), []byte{}, "")
+	f.Add(uint8(4), "", netip.MustParseAddr("64:ff9b:1:cb00:71:900::").AsSlice(), uint16(0), []byte{}, "")
+	f.Add(uint8(2), "", netip.MustParseAddr("64:ff9b:1:7f00:0:100::").AsSlice(), uint16(9000), []byte{}, "")
+	f.Add(uint8(2), "", netip.MustParseAddr("64:ff9b:1:ff00:0:100::").AsSlice(), uint16(9000), []byte{}, "")
+	f.Add(uint8(3), "", netip.MustParseAddr("2002:a00:5::1").AsSlice(), uint16(8080), netip.MustParseAddr("64:ff9b::c0a8:101").AsSlice(), "")
 	f.Fuzz(func(t *testing.T, proto uint8, domain string, dest []byte, port uint16, client []byte, endpoint string) {
 		fl := Subject{
 			Protocol: protos[int(proto)%len(protos)],

@@ -281,8 +281,9 @@ var ruleKeys = keyTable[ruleDoc]{
 		d.domainsNode = k
 		return ps.domains(v, &d.r)
 	}},
-	{"dest_cidrs", func(ps *parser, _, v *yaml.Node, d *ruleDoc) (err error) {
-		d.r.dests, err = ps.prefixes(v, "dest_cidrs")
+	{"dest_cidrs", func(ps *parser, _, v *yaml.Node, d *ruleDoc) error {
+		prefixes, err := ps.prefixes(v, "dest_cidrs")
+		d.r.dests = &destPrefixes{prefixes: prefixes} // deny is set once the action is known
 		return err
 	}},
 	{"ports", func(ps *parser, k, v *yaml.Node, d *ruleDoc) error {
@@ -365,6 +366,9 @@ func (ps *parser) parseRule(n *yaml.Node) (rule, error) {
 	}
 	if !d.haveAction {
 		return r, ps.errf(n, "no action (want allow, deny, bump or splice)")
+	}
+	if r.dests != nil {
+		r.dests.deny = r.action == Deny
 	}
 	if r.allowUnverified && r.action != Bump {
 		// Only a bumped connection verifies the upstream itself; on any

@@ -211,7 +211,7 @@ policy:
 		t.Fatal(err)
 	}
 	r := p.rules[0]
-	if p.Mode() != Audit || p.DefaultAction() != Deny || len(r.dests) != 2 || r.action != Splice ||
+	if p.Mode() != Audit || p.DefaultAction() != Deny || len(r.dests.prefixes) != 2 || r.action != Splice ||
 		len(r.ports) != 3 || r.ports[0] != (portRange{443, 443}) || r.ports[1] != (portRange{8080, 8080}) || r.ports[2] != (portRange{9000, 9001}) ||
 		r.protos != bitTLS|bitHTTP || r.endpoints[0] != "vpce-0123456789abcdef0" {
 		t.Fatalf("parsed %+v / %+v", p, r)

@@ -14,7 +14,10 @@
 //     domains: such flows are matched on addresses and ports.
 //   - dest_cidrs, client_cidrs: prefixes (or single addresses) containing
 //     the destination or client address; IPv4-mapped IPv6 addresses are
-//     compared as IPv4.
+//     compared as IPv4. A destination also matches through the IPv4
+//     addresses it carries for a translator to unwrap (EmbeddedIPv4): a
+//     deny rule when any of them is in its prefixes, other rules when all
+//     are.
 //   - ports: destination ports, single ("443") or ranges ("8000-8100"). ICMP
 //     has no ports: a rule with ports never matches an ICMP flow.
 //   - protocols: the flow's classified protocol: tls, http, tcp (TCP that is
@@ -214,8 +217,8 @@ type rule struct {
 	protos    uint8
 	ports     []portRange
 	endpoints []string
-	clients   []netip.Prefix
-	dests     []netip.Prefix
+	clients   clientPrefixes
+	dests     *destPrefixes
 	domains   *domainSet
 }
 
@@ -362,13 +365,57 @@ func matchString(list []string, s string) bool {
 	return false
 }
 
-func matchPrefix(ps []netip.Prefix, a netip.Addr) bool {
+// prefixList is a rule's client_cidrs or dest_cidrs: its type says how it
+// matches an address.
+type prefixList interface {
+	clientPrefixes | *destPrefixes
+	contains(a netip.Addr) bool
+}
+
+// matchPrefix reports whether the list l holds the (unmapped, zoneless)
+// address a, as l's type reads it.
+func matchPrefix[L prefixList](l L, a netip.Addr) bool { return l.contains(a) }
+
+// clientPrefixes are a rule's client_cidrs: the client's own address.
+type clientPrefixes []netip.Prefix
+
+func (ps clientPrefixes) contains(a netip.Addr) bool {
 	for _, p := range ps {
 		if p.Contains(a) {
 			return true
 		}
 	}
 	return false
+}
+
+// destPrefixes are a rule's dest_cidrs. They match the destination itself,
+// and through the IPv4 addresses it carries for a NAT64 gateway, 6to4 relay
+// or SIIT translator to unwrap (EmbeddedIPv4): 64:ff9b::a00:5 reaches
+// 10.0.0.5 through a NAT gateway, so a deny for 10.0.0.0/16 (the one that
+// keeps clients out of the appliance's VPC above all) must cover it.
+type destPrefixes struct {
+	prefixes clientPrefixes
+	// deny is set for a deny rule: it matches when any IPv4 address the
+	// destination carries is in prefixes. A rule that lets flows through
+	// matches only when every one is: an address in 64:ff9b:1::/48 reads
+	// as several IPv4 addresses, one per RFC 6052 layout, and the
+	// translator delivers it to one of them; a rule for 1.0.0.0/8 must
+	// not let 64:ff9b:1::c633:6407 (198.51.100.7 to a /96 translator)
+	// through because its /40 reading is 1.0.0.0.
+	deny bool
+}
+
+func (d *destPrefixes) contains(a netip.Addr) bool {
+	if d.prefixes.contains(a) {
+		return true
+	}
+	v4s, n := EmbeddedIPv4(a)
+	for _, v4 := range v4s[:n] {
+		if d.prefixes.contains(v4) == d.deny {
+			return d.deny
+		}
+	}
+	return n > 0 && !d.deny
 }
 
 // domainMapThreshold is the list length from which a set uses maps: below

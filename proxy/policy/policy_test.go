@@ -196,6 +196,7 @@ func TestDecideDoesNotAllocate(t *testing.T) {
 		{Protocol: "tls", Domain: "Www.Unmatched.Example.", Dest: ap("192.0.2.1:443"), Client: ip("192.0.2.2"), Endpoint: "vpce-1"},
 		{Protocol: "tls", Domain: "x.evil.example", Dest: ap("192.0.2.1:443")},
 		{Protocol: "http", Dest: ap("[2001:db8::1]:8080")},
+		{Protocol: "tcp", Dest: ap("[64:ff9b:1:c633:64:700::]:22")}, // every RFC 6052 layout read
 	}
 	for _, f := range flows {
 		if n := testing.AllocsPerRun(100, func() { p.Decide(f) }); n != 0 {
