@@ -378,6 +378,9 @@ func TestUnreadableFailsClosed(t *testing.T) {
 	}{
 		{"record too long", "\x16\x03\x07junk and more", "tls", "ClientHello could not be read", true},
 		{"alert, then not TLS", string(clsWarningAlert) + "GET / HTTP/1.1\r\n\r\n", "tls", "ClientHello could not be read", true},
+		// An SSLv2-format ClientHello offering TLS 1.2, which OpenSSL
+		// answers with a ServerHello: it names no host.
+		{"SSLv2-format hello", "\x80\x1c\x01\x03\x03\x00\x03\x00\x00\x00\x10\x00\x00\x2f" + strings.Repeat("\xaa", 16), "tls", "ClientHello could not be read: sniff: SSLv2-format", true},
 		{"two spaces", "GET  / HTTP/1.1\r\nHost: denied.example\r\n\r\n", "http", "request head could not be read", false},
 		{"blank line, space after version", "\r\nGET / HTTP/1.1 \r\nHost: denied.example\r\n\r\n", "http", "request head could not be read", false},
 	}

@@ -88,6 +88,7 @@ func FuzzSniffHTTP(f *testing.F) {
 		"OPTIONS rtsp://cam/s RTSP/1.0\r\n",
 		"SSH-2.0-OpenSSH_9.6\r\n",
 		"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",
+		"\x80\x1c\x01\x03\x03\x00\x03\x00\x00\x00\x10\x00\x00\x2f" + strings.Repeat("\xaa", 16), // SSLv2-format hello
 	} {
 		f.Add([]byte(s))
 	}

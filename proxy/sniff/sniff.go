@@ -40,7 +40,9 @@ const BufferSize = recordHeaderLen + maxPlaintext
 // ClientHello or request head to arrive: enough for a retransmission or
 // two. A client that stalls longer is classified on what it sent (see
 // Result.Err). It is also what a client pays that sends one byte which
-// begins an HTTP method ('D', 'G') and then waits for an answer.
+// begins an HTTP method ('D', 'G'), or the first bytes of what could be an
+// SSLv2-format ClientHello (a byte 0x80 or above, and on), and then waits
+// for an answer.
 const CompleteTimeout = 3 * time.Second
 
 // ErrTooLarge means the ClientHello or request head did not fit the reader's
@@ -61,7 +63,7 @@ const (
 	// KindTLS starts with a TLS record of any type and version (first
 	// byte 0x14–0x17): a ClientHello, possibly after records a server
 	// skips, or, with Err set, something a TLS server would read as the
-	// start of one.
+	// start of one, an SSLv2-format ClientHello (ErrSSLv2Hello) included.
 	KindTLS
 	// KindHTTP starts with an HTTP/1.x request line, possibly after blank
 	// lines (Result.Blank).
@@ -231,6 +233,9 @@ func classify(buf []byte, stop error) (Result, int) {
 			res.Kind, res.Err = KindTLS, err
 		}
 		return res, 0
+	}
+	if buf[0]&0x80 != 0 { // neither HTTP nor blank: maybe an SSLv2-format hello
+		return classifySSLv2(res, buf, stop)
 	}
 
 	// Servers skip blank lines before the request line (RFC 9112 §2.2;
