@@ -305,6 +305,54 @@ func TestEvasionHelloShapesDeniedBySNI(t *testing.T) {
 	}
 }
 
+// An SNI with an empty label: "denied.example.." would not meet the rule
+// for denied.example (rules ignore one trailing dot), and a server may
+// read it as that name; ".denied.example" and "a..denied.example" are no
+// names. Each is an unreadable ClientHello, refused with a
+// handshake_failure alert. crypto/tls strips trailing dots before sending,
+// so the client sends a crypto/tls ClientHello with the name's bytes
+// swapped in (same length, every length field still right).
+func TestEvasionSNIEmptyLabel(t *testing.T) {
+	r := newClsRig(t, clsDenyByName, clsOptions{})
+	for _, name := range []string{"denied.example..", ".denied.example", "a..denied.example"} {
+		stand := strings.Repeat("x", len(name)-len(".example")) + ".example"
+		hello := clsCaptureHello(t, &tls.Config{ServerName: stand})
+		if bytes.Count(hello, []byte(stand)) != 1 {
+			t.Fatalf("%s: the captured hello holds %q %d times", name, stand, bytes.Count(hello, []byte(stand)))
+		}
+		hello = bytes.Replace(hello, []byte(stand), []byte(name), 1)
+		c := r.dial(t, r.tlsDest)
+		_, _ = c.Write(hello)
+		got, _ := io.ReadAll(c)
+		if len(got) < 7 || got[0] != 0x15 || got[6] != intercept.AlertHandshakeFailure {
+			t.Errorf("%s: got %q, want a handshake_failure alert", name, got)
+		}
+		rec := r.record(t, c, "tls")
+		if rec.Action != "deny" || rec.Result != "denied" || !strings.HasPrefix(rec.Error, "ClientHello could not be read") ||
+			!strings.Contains(rec.Error, "invalid host_name") {
+			t.Errorf("%s: record %+v", name, rec)
+		}
+		c.Close()
+	}
+}
+
+// clsCaptureHello returns the first record a crypto/tls client sends.
+func clsCaptureHello(t *testing.T, cfg *tls.Config) []byte {
+	t.Helper()
+	c, s := net.Pipe()
+	defer s.Close()
+	go func() { _ = tls.Client(c, cfg).Handshake(); c.Close() }()
+	head := make([]byte, 5)
+	if _, err := io.ReadFull(s, head); err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, int(head[3])<<8|int(head[4]))
+	if _, err := io.ReadFull(s, body); err != nil {
+		t.Fatal(err)
+	}
+	return append(head, body...)
+}
+
 // The same shapes under a bump policy are bumped: the client gets the
 // appliance's leaf, and its request is inspected.
 func TestEvasionHelloShapesBumped(t *testing.T) {

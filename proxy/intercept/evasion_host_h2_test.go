@@ -12,9 +12,11 @@ import (
 // TestEvasionH2MultiColonAuthority: over HTTP/2 goproxy takes :authority as
 // the URL host unparsed. A Host with two colons is one an origin may cut at
 // its first colon (nginx does): it must be refused, not decided as a name no
-// rule matches.
+// rule matches. So is one with an empty label ("evil.example.test..", which
+// rules ignoring one trailing dot would not take for evil.example.test).
 func TestEvasionH2MultiColonAuthority(t *testing.T) {
-	for _, host := range []string{"evil.example.test:1:2", "evil.example.test:80:", "evil.example.test::"} {
+	for _, host := range []string{"evil.example.test:1:2", "evil.example.test:80:", "evil.example.test::",
+		"evil.example.test..", ".evil.example.test", "a..evil.example.test:80"} {
 		t.Run(host, func(t *testing.T) {
 			r := newRig(t, idnPolicy)
 			upEnd, up := r.startUpstream(nil)

@@ -37,3 +37,35 @@ func TestEvasionIDNHost(t *testing.T) {
 		t.Errorf("records %+v, want one deny by no-buecher for xn--bcher-kva.example", recs)
 	}
 }
+
+// A Host with an empty label: "evil.example.test.." would not meet the rule
+// for evil.example.test (rules ignore one trailing dot) and an origin may
+// serve it as that name; ".evil.example.test" and "a..evil.example.test"
+// are no names. Each is refused with a 400 and never reaches the origin;
+// one trailing dot is the name itself, and denied.
+func TestEvasionEmptyLabelHost(t *testing.T) {
+	r := newRig(t, idnPolicy)
+	for _, tc := range []struct {
+		host string
+		want int
+	}{
+		{"evil.example.test..", 400},
+		{"evil.example.test..:80", 400},
+		{".evil.example.test", 400},
+		{"a..evil.example.test", 400},
+		{"evil.example.test.", 403},
+	} {
+		upEnd, up := r.startUpstream(nil)
+		c, sv := r.connect(upEnd, httpDest)
+		hc := newHTTPClient(t, c)
+		resp, body := hc.do("GET /x HTTP/1.1\r\nHost: " + tc.host + "\r\n\r\n")
+		c.Close() // a 400 keeps the connection open for the next request
+		sv.waitDoneOnce(t)
+		if resp.StatusCode != tc.want {
+			t.Errorf("Host %s: status %d %q, want %d", tc.host, resp.StatusCode, body, tc.want)
+		}
+		if got := up.requests(); len(got) != 0 {
+			t.Errorf("Host %s: the origin received %q", tc.host, got)
+		}
+	}
+}

@@ -532,10 +532,12 @@ func (s *session) serveHTTP() {
 // literal without its brackets.
 // canonicalHost returns authority as net/http will send it as Host (IDN
 // labels in their xn-- form), or an error when its host and port cannot be
-// told apart. Requests are decided on what is sent, not on what the client
-// wrote: a rule for xn--bcher-kva.example must match "bücher.example", and
-// "evil.example:1:2", which an origin may cut at its first colon, must not
-// pass as some other name.
+// told apart, or its host has an empty label (sniff.EmptyLabel). Requests
+// are decided on what is sent, not on what the client wrote: a rule for
+// xn--bcher-kva.example must match "bücher.example"; "evil.example:1:2",
+// which an origin may cut at its first colon, must not pass as some other
+// name; nor "evil.example..", which rules (ignoring one trailing dot) would
+// not take for evil.example and an origin may.
 func canonicalHost(authority string) (string, error) {
 	h, err := httpguts.PunycodeHostPort(authority)
 	if err != nil {
@@ -552,6 +554,9 @@ func canonicalHost(authority string) (string, error) {
 		if _, err := strconv.ParseUint(port, 10, 16); port != "" && err != nil {
 			return "", fmt.Errorf("Host %q: port %q is not a number", authority, port)
 		}
+	}
+	if sniff.EmptyLabel(hostOnly(h)) {
+		return "", fmt.Errorf("Host %q: empty label in the name", authority)
 	}
 	return h, nil
 }

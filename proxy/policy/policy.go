@@ -107,7 +107,10 @@ type Subject struct {
 	// condition.
 	Protocol string
 	// Domain is the TLS or QUIC SNI or the HTTP request's host (without
-	// port), as the client sent it; "" when there is none.
+	// port), as the client sent it; "" when there is none. Callers refuse
+	// names with an empty label (sniff.EmptyLabel) before asking: rules
+	// ignore one trailing dot only, so "bad.example.." would pass a deny
+	// for bad.example.
 	Domain string
 	// Dest is the original destination address and port (port 0 for
 	// ICMP, which no ports condition matches).

@@ -429,12 +429,13 @@ func parseSNI(data cursor) (string, error) {
 }
 
 // validHostName accepts what a DNS name in SNI can hold: 1–255 bytes of
-// letters, digits, '-', '_' and '.'. Anything else (NUL, spaces, '/', ':',
-// non-ASCII) would only serve to confuse logging or name matching.
-// crypto/tls hands such names to the server as they are; we report the
-// hello as malformed instead, and the proxy refuses it as unreadable.
+// letters, digits, '-', '_' and '.', with no empty label (EmptyLabel).
+// Anything else (NUL, spaces, '/', ':', non-ASCII) would only serve to
+// confuse logging or name matching. crypto/tls hands such names to the
+// server as they are; we report the hello as malformed instead, and the
+// proxy refuses it as unreadable.
 func validHostName(b []byte) bool {
-	if len(b) == 0 || len(b) > 255 {
+	if len(b) == 0 || len(b) > 255 || EmptyLabel(b) {
 		return false
 	}
 	for _, c := range b {
@@ -445,6 +446,23 @@ func validHostName(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// EmptyLabel reports whether the host name has an empty label: it starts
+// with a dot, holds two dots in a row, or is a lone dot. One trailing dot
+// (the root, "example.com.") is no empty label. Rules compare names with
+// one trailing dot ignored, so "bad.example.." would not meet a rule for
+// bad.example, while a resolver or server may read it as that name; and
+// ".evil.example" or "a..evil.example" are no names at all. Such a name
+// is refused where it is read (SNI, HTTP Host and :authority). The empty
+// name has no label and is not reported.
+func EmptyLabel[S ~string | ~[]byte](name S) bool {
+	for i := 0; i < len(name); i++ {
+		if name[i] == '.' && (i == 0 || name[i-1] == '.') {
+			return true
+		}
+	}
+	return false
 }
 
 // parseALPN returns the protocol list of an ALPN extension (RFC 7301 §3.1).

@@ -316,6 +316,10 @@ func TestParseClientHelloSynthetic(t *testing.T) {
 		{"empty host_name", record(helloBody(sniExt(hostName("")))), is(ErrMalformed)},
 		{"NUL in host_name", record(helloBody(sniExt(hostName("a.example\x00.evil")))), is(ErrMalformed)},
 		{"slash in host_name", record(helloBody(sniExt(hostName("a/b")))), is(ErrMalformed)},
+		{"host_name with two trailing dots", record(helloBody(sniExt(hostName("bad.example..")))), is(ErrMalformed)},
+		{"host_name with a leading dot", record(helloBody(sniExt(hostName(".evil.example")))), is(ErrMalformed)},
+		{"host_name with an empty label", record(helloBody(sniExt(hostName("a..b")))), is(ErrMalformed)},
+		{"host_name a lone dot", record(helloBody(sniExt(hostName(".")))), is(ErrMalformed)},
 		{"host_name over 255", record(helloBody(sniExt(hostName(strings.Repeat("a", 256))))), is(ErrMalformed)},
 		{"empty sni ext", record(helloBody(ext(extServerName))), is(ErrMalformed)},
 		{"sni list overruns", record(helloBody(ext(extServerName, u16(50), hostName("a")))), is(ErrMalformed)},
@@ -363,6 +367,31 @@ func BenchmarkParseClientHello(b *testing.B) {
 	for b.Loop() {
 		if _, err := ParseClientHello(raw); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestEmptyLabel(t *testing.T) {
+	for name, want := range map[string]bool{
+		"":               false,
+		"example.com":    false,
+		"example.com.":   false, // the root: one trailing dot is no empty label
+		"a":              false,
+		"1.2.3.4":        false,
+		"::1":            false,
+		".":              true,
+		"..":             true,
+		"bad.example..":  true,
+		".evil.example":  true,
+		"..evil.example": true,
+		"a..b":           true,
+		"a.b...":         true,
+	} {
+		if got := EmptyLabel(name); got != want {
+			t.Errorf("EmptyLabel(%q) = %v, want %v", name, got, want)
+		}
+		if got := EmptyLabel([]byte(name)); got != want {
+			t.Errorf("EmptyLabel([]byte(%q)) = %v, want %v", name, got, want)
 		}
 	}
 }

@@ -114,6 +114,7 @@ func TestSniffTLSLikeNeverOther(t *testing.T) {
 		"application data, stops":      {0x17, 0x03, 0x03, 0x00, 0x02, 0xaa, 0xbb},
 		"half a hello, version 0x0000": withRecordVersion(raw, 0)[:len(raw)/2],
 		"NUL in the SNI":               record(helloBody(sniExt(hostName("a\x00b.example")))),
+		"SNI with two trailing dots":   record(helloBody(sniExt(hostName("bad.example..")))),
 	} {
 		res, _ := sniffBytes(t, in, BufferSize)
 		if res.Kind != KindTLS || res.Err == nil {
