@@ -104,7 +104,8 @@ func TestEvasionInterceptNoSNI(t *testing.T) {
 // TestEvasionInterceptDestinationCheck: a request allowed by its Host goes
 // where that Host resolves, or nowhere: in cleartext, and inside a bumped
 // connection for a name its verified certificate does not cover (domain
-// fronting), the appliance's resolver decides.
+// fronting), the appliance's resolver decides; the bumped connection's own
+// name is checked before its upstream handshake.
 func TestEvasionInterceptDestinationCheck(t *testing.T) {
 	const pol = `
 policy:
@@ -141,7 +142,10 @@ policy:
 	t.Run("domain fronting", func(t *testing.T) {
 		o := startEvasionOrigin(t, tn.server(4), []string{"www.example.test"}, nil)
 		r := evasionRig(t, o, pol)
-		r.dns.Set("www.example.test", 60, elsewhere) // the certificate proves it: never asked
+		// The SNI's name is checked before the appliance's ClientHello
+		// carries it out (intercept/bumpcheck.go); requests for it are then
+		// proven by the certificate. The fronted name is not covered by it.
+		r.dns.Set("www.example.test", 60, o.addr.Addr())
 		r.dns.Set("api.example.test", 60, elsewhere)
 		tc, err := r.tlsDial(t, o.addr, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
 		if err != nil {
