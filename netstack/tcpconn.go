@@ -170,28 +170,6 @@ func (c *Conn) KickWriter() bool {
 	return true
 }
 
-// CapBuffers lowers the connection's send and receive buffers to at most
-// n bytes each, and stops their growth with the flow (gVisor's autotuning):
-// what the kernel's TCP does to its sockets when memory runs short. Bytes
-// already held stay; the buffers drain to the cap as the client reads and
-// as the relay reads, and refill no further. Buffers at n or under are
-// left alone.
-func (c *Conn) CapBuffers(n int) {
-	so := c.ep.SocketOptions()
-	if so.GetSendBufferSize() > int64(n) {
-		so.SetSendBufferSize(int64(n), true)
-	}
-	if so.GetReceiveBufferSize() > int64(n) {
-		so.SetReceiveBufferSize(int64(n), true)
-	}
-}
-
-// BufferSizes returns the connection's send and receive buffer sizes.
-func (c *Conn) BufferSizes() (send, receive int) {
-	so := c.ep.SocketOptions()
-	return int(so.GetSendBufferSize()), int(so.GetReceiveBufferSize())
-}
-
 func (c *Conn) writeError(err error) error {
 	return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }

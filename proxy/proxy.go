@@ -146,10 +146,6 @@ type Stats struct {
 	// or the destination made no progress for the write-stall timeout
 	// (stall.go).
 	TCPStalled uint64 `json:"tcp_stalled"`
-	// TCPBuffersCapped counts flows whose buffers in the appliance's
-	// stack were lowered to PressureBufferCap because a write of theirs
-	// waited while memory was short or critical (stall.go).
-	TCPBuffersCapped uint64 `json:"tcp_buffers_capped"`
 }
 
 // New returns a Proxy.
@@ -212,8 +208,7 @@ func (p *Proxy) Stats() Stats {
 		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
 		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
-		TCPStalled:       p.stalls.stalled.Load(),
-		TCPBuffersCapped: p.stalls.capped.Load(),
+		TCPStalled: p.stalls.stalled.Load(),
 	}
 }
 

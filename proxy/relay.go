@@ -79,7 +79,6 @@ func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, done func(
 	r.left.Store(2)
 	if stalls != nil {
 		r.out.ww.watchWrites(stalls, r, upstream)
-		r.out.ww.fillsClient(client)
 		r.in.ww.watchWrites(stalls, r, client)
 	}
 	go r.out.copy()

@@ -30,16 +30,6 @@ const (
 	// bound it while memory is short and critical.
 	ShortMemoryWriteStallTimeout    = 60 * time.Second
 	CriticalMemoryWriteStallTimeout = 10 * time.Second
-
-	// PressureBufferCap is what a flow's buffers in the appliance's stack
-	// are lowered to, once memory is short or critical, when one of its
-	// writes waits: the client reads slower than the destination sends
-	// (or the destination slower than the client), so the buffers are
-	// full. A no-progress bound cannot reach a client that reads a
-	// segment's worth now and then, and each such flow would keep up to 4
-	// MiB in gVisor's send buffer; capped, it keeps this much, as the
-	// kernel's TCP shrinks its sockets' buffers under memory pressure.
-	PressureBufferCap = 128 << 10
 )
 
 // errWriteStalled is what a stalled flow's error wraps.
@@ -72,7 +62,6 @@ type stallWatch struct {
 	pressure atomic.Int32 // netstack.MemoryPressure
 	timeout  atomic.Int64 // in force: base, at most the pressure's bound
 	stalled  atomic.Uint64
-	capped   atomic.Uint64 // flows whose buffers were capped (PressureBufferCap)
 
 	mu      sync.Mutex
 	dirs    map[*writeWatch]struct{}
@@ -151,13 +140,7 @@ type writeWatch struct {
 	gone    bool
 	// The sweeper's own: the connection under its wrappers, and what it
 	// last saw of it (stalledFor).
-	conn net.Conn
-	// client is the owner's connection to the client in the appliance's
-	// stack, when conn is one to the destination: the one whose buffers
-	// fill while a write to the destination waits. capped: the sweeper
-	// has capped them (capBuffers).
-	client    *netstack.Conn
-	capped    bool
+	conn      net.Conn
 	kicked    int64 // the wait whose writer was woken to take the room
 	ackSince  int64 // the wait ackQueued and ackAt are of
 	ackQueued int
@@ -239,11 +222,6 @@ func (w *stallWatch) sweep() {
 			}
 		}
 		w.mu.Unlock()
-		if netstack.MemoryPressure(w.pressure.Load()) != netstack.MemoryAmple {
-			for _, ww := range waiting {
-				w.capBuffers(ww)
-			}
-		}
 		// Looked at without the lock, which relays starting and ending
 		// take: a relay that ends meanwhile is not aborted (stall).
 		timeout := w.timeout.Load()
@@ -261,26 +239,6 @@ func (w *stallWatch) sweep() {
 		}
 		waiting = waiting[:0]
 		t.Reset(sweepEvery(time.Duration(timeout)))
-	}
-}
-
-// capBuffers lowers the buffers in the appliance's stack of the flow whose
-// write through ww waits to PressureBufferCap, once: the client
-// connection's own when ww writes to it, the owner's client's when ww
-// writes to the destination. A flow of a host socket alone has none. It
-// runs in the sweeper only.
-func (w *stallWatch) capBuffers(ww *writeWatch) {
-	if ww.capped {
-		return
-	}
-	ww.capped = true
-	c, ok := ww.conn.(*netstack.Conn)
-	if !ok {
-		c = ww.client
-	}
-	if c != nil {
-		c.CapBuffers(PressureBufferCap)
-		w.capped.Add(1)
 	}
 }
 
@@ -343,7 +301,14 @@ func (ww *writeWatch) WriteWaiting(waiting bool) {
 // A write to anything else is not bounded.
 func (ww *writeWatch) watchWrites(sw *stallWatch, owner stallOwner, conn net.Conn) bool {
 	ww.sw, ww.owner = sw, owner
-	switch c := unwrapConn(conn).(type) {
+	for {
+		w, ok := conn.(wrappedConn)
+		if !ok {
+			break
+		}
+		conn = w.unwrap()
+	}
+	switch c := conn.(type) {
 	case *netstack.Conn:
 		ww.conn = c
 		c.OnWriteWait(ww)
@@ -354,24 +319,6 @@ func (ww *writeWatch) watchWrites(sw *stallWatch, owner stallOwner, conn net.Con
 		return false
 	}
 	return true
-}
-
-// fillsClient tells ww that a write to its connection, when it waits,
-// fills client's buffers in the appliance's stack (capBuffers): client is
-// the owner's client connection, under its wrappers.
-func (ww *writeWatch) fillsClient(client net.Conn) {
-	ww.client, _ = unwrapConn(client).(*netstack.Conn)
-}
-
-// unwrapConn returns conn under the wrappers of classification.
-func unwrapConn(conn net.Conn) net.Conn {
-	for {
-		w, ok := conn.(wrappedConn)
-		if !ok {
-			return conn
-		}
-		conn = w.unwrap()
-	}
 }
 
 // waitedLonger returns which of ww and other has waited longer, and for
@@ -441,7 +388,6 @@ func (p *Proxy) watchSession(is *intercept.Session) {
 	sw := &sessionWatch{p: p, is: is}
 	sw.client.watchWrites(p.stalls, sw, is.Client)
 	sw.up.watchWrites(p.stalls, sw, is.Upstream)
-	sw.up.fillsClient(is.Client)
 	is.WatchUpstream = sw.watchUpstream
 	is.Done = sw.done
 }
@@ -451,7 +397,6 @@ func (sw *sessionWatch) watchUpstream(c net.Conn) func() {
 	if !ww.watchWrites(sw.p.stalls, sw, c) {
 		return nil
 	}
-	ww.fillsClient(sw.is.Client)
 	sw.mu.Lock()
 	defer sw.mu.Unlock()
 	if sw.ended {

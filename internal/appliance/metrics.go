@@ -270,8 +270,6 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.EchoForeignReplies) }),
 	newStatMetric("tcp_stalled_total", promCounter, "TCP flows and intercepted connections reset because a write made no progress for the write-stall timeout.",
 		func(s *stats) float64 { return float64(s.Proxy.TCPStalled) }),
-	newStatMetric("tcp_buffers_capped_total", promCounter, "TCP flows whose buffers in the appliance's stack were lowered to 128 KiB because a write of theirs waited while memory was short or critical.",
-		func(s *stats) float64 { return float64(s.Proxy.TCPBuffersCapped) }),
 	newStatMetric("tls_keylog_errors_total", promCounter, "Failed writes to --tls-keylog.",
 		func(s *stats) float64 { return float64(s.TLSKeyLogErrors) }),
 
