@@ -40,6 +40,24 @@ type bumpStallRig struct {
 
 func newBumpStallRig(t *testing.T, timeout time.Duration, handler func(rig *bumpStallRig, w http.ResponseWriter, r *http.Request), destProtos ...string) *bumpStallRig {
 	t.Helper()
+	return newBumpStallRigPolicy(t, "policy: {default: bump}\n", timeout, handler, destProtos...)
+}
+
+// bumpStallByName bumps big.example alone: only its name lets a flow
+// through, so the appliance dials the destination only once the bump is
+// decided (tcpname.go, intercept/bumpcheck.go).
+const bumpStallByName = `
+policy:
+  default: deny
+  rules:
+    - name: big
+      domains: [big.example]
+      action: bump
+`
+
+// newBumpStallRigPolicy is newBumpStallRig with the policy doc.
+func newBumpStallRigPolicy(t *testing.T, doc string, timeout time.Duration, handler func(rig *bumpStallRig, w http.ResponseWriter, r *http.Request), destProtos ...string) *bumpStallRig {
+	t.Helper()
 	r := &bumpStallRig{stallRig: &stallRig{sink: new(recordSink)}, ended: make(chan error, 4)}
 	upCA := clsMust(certs.Generate("stall test upstream CA"))(t)
 	leaf := clsMust(clsMust(certs.NewMinter(upCA, certs.MinterOptions{}))(t).LeafFor([]string{"big.example"}, nil))(t)
@@ -55,7 +73,7 @@ func newBumpStallRig(t *testing.T, timeout time.Duration, handler func(rig *bump
 	t.Cleanup(func() { srv.Close() })
 	r.dest = ln.Addr().(*net.TCPAddr).AddrPort()
 
-	pol := clsMust(policy.Parse("test.yaml", []byte("policy: {default: bump}\n")))(t)
+	pol := clsMust(policy.Parse("test.yaml", []byte(doc)))(t)
 	h := new(policy.Holder)
 	h.Store(pol)
 	ca := clsMust(certs.Generate("stall test appliance CA"))(t)
@@ -184,11 +202,21 @@ func TestBumpClientStallsDownload(t *testing.T) {
 // A bumped client uploading to a destination that reads nothing of the
 // body: the transport's write to the destination's socket stalls under
 // TLS, and the session is ended as above, the record naming the
-// destination.
+// destination. So too when the destination was dialled by the interceptor,
+// a bump only the name allowed.
 func TestBumpDestinationStallsUpload(t *testing.T) {
+	for _, tc := range []struct{ name, doc string }{
+		{"dialled first", "policy: {default: bump}\n"},
+		{"by name", bumpStallByName},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testBumpDestinationStallsUpload(t, tc.doc) })
+	}
+}
+
+func testBumpDestinationStallsUpload(t *testing.T, doc string) {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	r := newBumpStallRig(t, time.Second, func(rig *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
+	r := newBumpStallRigPolicy(t, doc, time.Second, func(rig *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
 		<-release // reads nothing of the body
 	})
 	c := r.dialTLS(t, "http/1.1")

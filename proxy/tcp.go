@@ -315,10 +315,12 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 		s.refuse("denied by policy")
 	case d.Action == policy.Bump && ic.CanBump():
 		// Not checked here: the interceptor checks it before its own
-		// ClientHello carries the name out (intercept/bumpcheck.go).
-		if s.dialAllowed() {
-			s.intercept(&intercept.Session{Hello: hello, Decision: d})
-		}
+		// ClientHello carries the name out (intercept/bumpcheck.go). A
+		// flow only a name could let through goes with nothing dialled,
+		// and the interceptor dials it once the check has passed: dialled
+		// here, a destination the check would deny would be reached first,
+		// and an open port told from a closed one.
+		s.intercept(&intercept.Session{Hello: hello, Decision: d})
 	default:
 		if d.Action == policy.Bump { // no CA: nothing can be decrypted
 			s.rec.Action, s.rec.Error = policy.Splice.String(), "bump requested but the appliance has no CA"
@@ -337,9 +339,10 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 
 // intercept hands the connection to package intercept, with what
 // classification found in is; the connection counts as active until the
-// interceptor is done with it. Cleartext HTTP and the trust page may go
-// with no upstream yet (a flow only a name could let through): the
-// interceptor dials one for the first request the policy allows.
+// interceptor is done with it. A flow only a name could let through goes
+// with no upstream yet: the interceptor dials one for a bump once its
+// destination check has passed, and for cleartext HTTP for the first
+// request the policy allows (the trust page needs none).
 func (s *tcpSession) intercept(is *intercept.Session) {
 	s.releaseWaiting()
 	is.Client, is.Upstream, is.Policy, is.Subject = s.client, s.up, s.pol, s.subj

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/netip"
 	"strings"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // The destination check of a bump.
@@ -16,6 +18,13 @@ import (
 // though the verification that follows fails. So, with
 // destination_check: dns, the destination is checked before the upstream
 // handshake, as a spliced connection's is before its first byte.
+//
+// A flow only a name could let through comes with nothing dialled
+// (proxy/tcpname.go): its destination is dialled only once the check has
+// passed (dialBumped). Dialled first, a destination the check denies would
+// still be reached from the appliance's address, and a client would learn
+// from the answer (an alert for an open port, a RST for a closed one)
+// which of the addresses the policy denies are open.
 //
 // A destination that verified a certificate for the name a short while ago
 // holds a key for it, which proves more than DNS could: it is not checked
@@ -46,11 +55,37 @@ func (s *session) checkBumpDestination() bool {
 	}
 	if err := s.checkDestination(context.Background(), sni); err != nil {
 		s.Record.DestCheck = "mismatch"
-		s.Upstream.Close() // not a byte sent
+		s.closeUpstream() // not a byte sent, if dialled at all
 		WriteAlert(s.client, AlertAccessDenied)
 		s.refuse(err.Error())
 		return false
 	}
 	s.Record.DestCheck = "ok"
+	return true
+}
+
+// dialBumped dials the destination of a bump handed over with none, once
+// its destination check has passed; it reports whether there is one. A
+// failed dial resets the client (its handshake is long done) and ends the
+// session, its record keeping the bump's rule and saying how the dial
+// ended, as for a flow dialled first. The connection is the session's
+// Upstream from then on, closed on every path that ends it, and watched as
+// the further connections are (Session.WatchUpstream): until the session
+// ends, since it lasts as long as the session.
+func (s *session) dialBumped() bool {
+	if s.Upstream != nil {
+		return true
+	}
+	c, err := s.ic.cfg.Dial(context.Background(), s.Subject.Dest.String())
+	if err != nil {
+		Abort(s.client)
+		s.Record.Result, s.Record.Error = records.DialResult(err), err.Error()
+		s.finish()
+		return false
+	}
+	s.Upstream = c
+	if s.WatchUpstream != nil {
+		s.WatchUpstream(c) // its unwatch is the session's end
+	}
 	return true
 }

@@ -82,9 +82,10 @@ const DefaultMaxHeaderBytes = 64 << 10
 // Session is one TCP connection handed over for interception.
 type Session struct {
 	Client net.Conn // the client, its sniffed bytes still to read
-	// Upstream is the destination, dialled already; nil for cleartext
-	// HTTP (or the trust page) whose destination only a name could let
-	// through: each connection is then dialled for a request the policy
+	// Upstream is the destination, dialled already; nil when only a name
+	// could let it through. A bump then dials it once its destination
+	// check has passed (dialBumped), and sets it here; cleartext HTTP (or
+	// the trust page) dials each connection for a request the policy
 	// allowed, as later ones always are.
 	Upstream net.Conn
 	Policy   *policy.Policy  // in force when the connection arrived: a reload leaves it alone
@@ -264,6 +265,9 @@ func WriteAlert(c net.Conn, desc byte) {
 func (s *session) bump() {
 	ic, hello, d := s.ic, s.Hello, s.Decision
 	if !s.checkBumpDestination() { // bumpcheck.go: before the SNI leaves
+		return
+	}
+	if !s.dialBumped() { // bumpcheck.go: after the check, when not dialled yet
 		return
 	}
 	name := upstreamName(hello.ServerName, s.Subject.Dest.Addr())
