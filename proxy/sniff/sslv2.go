@@ -18,21 +18,27 @@ var ErrSSLv2Hello = errors.New("sniff: SSLv2-format ClientHello, which carries n
 // cipher specs, session ID and challenge, then those three.
 const (
 	sslv2Type      = 2  // msg_type, SSL2_MT_CLIENT_HELLO = 1
-	sslv2Major     = 3  // version major: 3 for a client that offers SSL 3 or TLS
+	sslv2Major     = 3  // version major: 3 or above for a client that offers SSL 3 or TLS
 	sslv2Fixed     = 11 // header and fixed fields, up to the challenge length
 	sslv2MinLength = 9  // record length of the fixed fields (OpenSSL's MIN_SSL2_RECORD_LEN)
 	maxSessionID   = 32
 )
 
-// sslv2Hello checks buf against the strict shape of an SSLv2-format
-// ClientHello that a TLS server accepts (OpenSSL's checks): a 2-byte
-// header with the high bit set and a record length that is exactly the
-// fixed fields plus the cipher specs, session ID and challenge; msg_type 1;
-// version 3.x; cipher specs a non-zero multiple of 3 bytes; a session ID of
-// at most 32 bytes; a challenge of any length (OpenSSL 3.0 takes an empty
-// one). No other bytes are checked, as servers check none. It returns match once the first 11 bytes fit, or
-// need > len(buf) when the bytes so far fit and the next ones decide;
-// neither when a byte rules it out.
+// sslv2Hello checks buf against the shape of an SSLv2-format ClientHello
+// that some TLS server accepts: a 2-byte header with the high bit set and
+// a record length that covers at least the fixed fields plus the cipher
+// specs, session ID and challenge; msg_type 1; version 3.x or above;
+// cipher specs a non-zero multiple of 3 bytes; a session ID of at most 32
+// bytes; a challenge of any length (OpenSSL 3.0 takes an empty one).
+// OpenSSL refuses a record that holds bytes after the challenge, and a
+// version major above 3, but OpenJDK's SSLServerSocket (SSLv2Hello
+// enabled) answers both with a TLS ServerHello, negotiating down from the
+// higher version: OpenSSL's exact checks would leave it a channel past the
+// rules about names. No other bytes are checked, as servers check none.
+// It decides on the fixed fields alone, never waiting for the rest of the
+// record (up to 32 KiB, as long as the client likes): it returns match
+// once the first 11 bytes fit, or need > len(buf) when the bytes so far
+// fit and the next ones decide; neither when a byte rules it out.
 func sslv2Hello(buf []byte) (match bool, need int) {
 	if len(buf) == 0 || buf[0]&0x80 == 0 {
 		return false, 0
@@ -54,7 +60,7 @@ func sslv2Hello(buf []byte) (match bool, need int) {
 				return false, 0
 			}
 		case sslv2Major + 1:
-			if buf[sslv2Major] != 3 {
+			if buf[sslv2Major] < 3 {
 				return false, 0
 			}
 		}
@@ -64,7 +70,7 @@ func sslv2Hello(buf []byte) (match bool, need int) {
 	session := int(buf[7])<<8 | int(buf[8])
 	challenge := int(buf[9])<<8 | int(buf[10])
 	ok := specs > 0 && specs%3 == 0 && session <= maxSessionID &&
-		length == sslv2MinLength+specs+session+challenge
+		length >= sslv2MinLength+specs+session+challenge
 	return ok, 0
 }
 

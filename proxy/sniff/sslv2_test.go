@@ -38,11 +38,13 @@ func sslv2(version uint16, specs, session, challenge []byte) []byte {
 var aes128sha = []byte{0x00, 0x00, 0x2f}
 
 // sslv2Case is a message and whether it is an SSLv2-format ClientHello a
-// server answers (sniff: KindTLS).
+// server answers (sniff: KindTLS); javaOnly says OpenSSL refuses it and
+// OpenJDK answers it: bytes after the challenge, a version above 3.x.
 type sslv2Case struct {
-	name  string
-	msg   []byte
-	hello bool
+	name     string
+	msg      []byte
+	hello    bool
+	javaOnly bool
 }
 
 func sslv2Cases() []sslv2Case {
@@ -55,38 +57,43 @@ func sslv2Cases() []sslv2Case {
 	}
 	std := sslv2(0x0303, aes128sha, nil, chal)
 	return []sslv2Case{
-		{"TLS 1.2, one spec, 16-byte challenge", std, true},
-		{"TLS 1.0", sslv2(0x0301, aes128sha, nil, chal), true},
-		{"two specs, one SSLv2", sslv2(0x0303, slices.Concat([]byte{0x01, 0x00, 0x80}, aes128sha), nil, chal), true},
-		{"32-byte session ID", sslv2(0x0303, aes128sha, make([]byte, 32), chal), true},
-		{"1-byte challenge", sslv2(0x0303, aes128sha, nil, []byte{7}), true},
-		{"40-byte challenge", sslv2(0x0303, aes128sha, nil, make([]byte, 40)), true},
-		{"version 3.9", sslv2(0x0309, aes128sha, nil, chal), true},
-		{"session ID 1", sslv2(0x0303, aes128sha, []byte{1}, chal), true},
-		{"empty challenge", sslv2(0x0303, aes128sha, nil, nil), true},
+		{"TLS 1.2, one spec, 16-byte challenge", std, true, false},
+		{"TLS 1.0", sslv2(0x0301, aes128sha, nil, chal), true, false},
+		{"two specs, one SSLv2", sslv2(0x0303, slices.Concat([]byte{0x01, 0x00, 0x80}, aes128sha), nil, chal), true, false},
+		{"32-byte session ID", sslv2(0x0303, aes128sha, make([]byte, 32), chal), true, false},
+		{"1-byte challenge", sslv2(0x0303, aes128sha, nil, []byte{7}), true, false},
+		{"40-byte challenge", sslv2(0x0303, aes128sha, nil, make([]byte, 40)), true, false},
+		{"version 3.9", sslv2(0x0309, aes128sha, nil, chal), true, false},
+		{"session ID 1", sslv2(0x0303, aes128sha, []byte{1}, chal), true, false},
+		{"empty challenge", sslv2(0x0303, aes128sha, nil, nil), true, false},
 		// SSL 3.0: this openssl refuses the version only; another server
 		// may not, and sniff reads it as TLS.
-		{"version 3.0", sslv2(0x0300, aes128sha, nil, chal), true},
-		{"version 4.0", sslv2(0x0400, aes128sha, nil, chal), false},
-		{"version 255.255", sslv2(0xffff, aes128sha, nil, chal), false},
-		{"version 2.255", sslv2(0x02ff, aes128sha, nil, chal), false},
-		{"3-byte hello in a 3-byte-header record", append([]byte{0x00}, std...), false},
+		{"version 3.0", sslv2(0x0300, aes128sha, nil, chal), true, false},
+		{name: "version 4.0", msg: sslv2(0x0400, aes128sha, nil, chal), hello: true, javaOnly: true},
+		{name: "version 255.255", msg: sslv2(0xffff, aes128sha, nil, chal), hello: true, javaOnly: true},
+		{"version 2.255", sslv2(0x02ff, aes128sha, nil, chal), false, false},
+		{"3-byte hello in a 3-byte-header record", append([]byte{0x00}, std...), false, false},
 		// Near misses: one field out of what OpenSSL accepts.
-		{"msg type 2", append(slices.Clone(std[:2]), append([]byte{2}, std[3:]...)...), false},
-		{"version 2.0", sslv2(0x0002, aes128sha, nil, chal), false},
-		{"specs not a multiple of 3", sslv2(0x0303, []byte{0, 0, 0x2f, 0}, nil, chal), false},
-		{"no specs", sslv2(0x0303, nil, nil, chal), false},
-		{"33-byte session ID", sslv2(0x0303, aes128sha, make([]byte, 33), chal), false},
-		{"record longer than the fields", append(withLen(std, 1), 0), false},
-		{"record shorter than the fields", withLen(std, -1)[:len(std)-1], false},
+		{"msg type 2", append(slices.Clone(std[:2]), append([]byte{2}, std[3:]...)...), false, false},
+		{"version 2.0", sslv2(0x0002, aes128sha, nil, chal), false, false},
+		{"specs not a multiple of 3", sslv2(0x0303, []byte{0, 0, 0x2f, 0}, nil, chal), false, false},
+		{"no specs", sslv2(0x0303, nil, nil, chal), false, false},
+		{"33-byte session ID", sslv2(0x0303, aes128sha, make([]byte, 33), chal), false, false},
+		{"record shorter than the fields", withLen(std, -1)[:len(std)-1], false, false},
+		// Bytes after the challenge, counted in the record length.
+		{name: "1 byte of padding", msg: append(withLen(std, 1), 0), hello: true, javaOnly: true},
+		{name: "100 bytes of padding", msg: append(withLen(std, 100), make([]byte, 100)...), hello: true, javaOnly: true},
+		{name: "padding, empty challenge", msg: append(withLen(sslv2(0x0303, aes128sha, nil, nil), 16), chal...), hello: true, javaOnly: true},
 	}
 }
 
 // TestSniffSSLv2Hello plays a client that sends an SSLv2-format
 // ClientHello, which has no SNI yet which OpenSSL answers with a TLS 1.2
-// ServerHello: it is KindTLS with ErrSSLv2Hello, so the proxy refuses it
-// where names matter, and nothing is consumed. Near misses and random
-// bytes whose first byte has its high bit set stay KindOther at once.
+// ServerHello (OpenJDK one padded after its challenge): it is KindTLS with
+// ErrSSLv2Hello, so the proxy refuses it where names matter, and nothing
+// is consumed. Near misses and random bytes whose first byte has its high
+// bit set stay KindOther at once. A hello is decided on its fixed fields:
+// one whose record claims 32 KiB is TLS once 11 bytes are in.
 func TestSniffSSLv2Hello(t *testing.T) {
 	for _, tc := range sslv2Cases() {
 		c, s := net.Pipe()
@@ -111,6 +118,22 @@ func TestSniffSSLv2Hello(t *testing.T) {
 		s.Close()
 	}
 
+	// The longest record, of which the client sends the fixed fields and
+	// then waits: decided at once, not after CompleteTimeout.
+	c, s := net.Pipe()
+	long := sslv2(0x0303, aes128sha, nil, nil)[:sslv2Fixed]
+	long[0], long[1] = 0xff, 0xff
+	go func() { _, _ = c.Write(long) }()
+	start := time.Now()
+	if res, err := sniff(NewReader(s), s, 5*time.Second, CompleteTimeout); err != nil || res.Kind != KindTLS || !errors.Is(res.Err, ErrSSLv2Hello) {
+		t.Errorf("fixed fields of a 32 KiB record: %v, %v, %v", res.Kind, res.Err, err)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("fixed fields of a 32 KiB record: took %v", el)
+	}
+	c.Close()
+	s.Close()
+
 	// A client that stops once the message type and version are in is
 	// TLS, as three bytes of a TLS record are; before that, other.
 	msg := sslv2Cases()[0].msg
@@ -126,8 +149,8 @@ func TestSniffSSLv2Hello(t *testing.T) {
 	fits := func(b []byte) bool {
 		f := func(i int) int { return int(binary.BigEndian.Uint16(b[i:])) }
 		specs, session, challenge := f(5), f(7), f(9)
-		return b[2] == 1 && b[3] == 3 && specs > 0 && specs%3 == 0 && session <= 32 &&
-			f(0)&0x7fff == 9+specs+session+challenge
+		return b[2] == 1 && b[3] >= 3 && specs > 0 && specs%3 == 0 && session <= 32 &&
+			f(0)&0x7fff >= 9+specs+session+challenge
 	}
 	r := mrand.New(mrand.NewPCG(1, 2))
 	for i := range 200000 {
@@ -148,7 +171,8 @@ func TestSniffSSLv2Hello(t *testing.T) {
 
 // TestSSLv2HelloOpenSSL holds the signature to what a real OpenSSL server
 // does: it answers every case marked hello with a TLS ServerHello (but SSL
-// 3.0, whose version alone it refuses) and none of the near misses, and
+// 3.0, whose version alone it refuses, and the javaOnly ones) and none of
+// the near misses, and
 // sniff reads every one it answers as TLS.
 func TestSSLv2HelloOpenSSL(t *testing.T) {
 	bin, err := exec.LookPath("openssl")
@@ -202,7 +226,7 @@ func TestSSLv2HelloOpenSSL(t *testing.T) {
 		_, rerr := io.ReadFull(c, resp)
 		c.Close()
 		answered := rerr == nil && resp[0] == 0x16 && resp[5] == 2
-		if want := tc.hello && binary.BigEndian.Uint16(tc.msg[3:]) != 0x0300; answered != want {
+		if want := tc.hello && !tc.javaOnly && binary.BigEndian.Uint16(tc.msg[3:]) != 0x0300; answered != want {
 			t.Errorf("%s: openssl answered % x (%v); case says hello=%v", tc.name, resp, rerr, tc.hello)
 		}
 		if res, _ := classify(tc.msg, io.EOF); answered && res.Kind != KindTLS {
@@ -238,5 +262,107 @@ func writeRSACert(t *testing.T, certFile, keyFile string) {
 	}
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// sslv2JavaServer is an OpenJDK TLS server that accepts SSLv2-format
+// hellos (SSLv2Hello enabled, as an application may still do for old
+// clients), every cipher suite allowed; it prints its address.
+const sslv2JavaServer = `
+import java.io.FileInputStream;
+import java.net.InetAddress;
+import java.security.KeyStore;
+import java.security.Security;
+import javax.net.ssl.*;
+
+public class SSLv2Server {
+    public static void main(String[] args) throws Exception {
+        Security.setProperty("jdk.tls.disabledAlgorithms", "");
+        KeyStore ks = KeyStore.getInstance("PKCS12");
+        try (FileInputStream in = new FileInputStream(args[0])) { ks.load(in, "changeit".toCharArray()); }
+        KeyManagerFactory kmf = KeyManagerFactory.getInstance("SunX509");
+        kmf.init(ks, "changeit".toCharArray());
+        SSLContext ctx = SSLContext.getInstance("TLS");
+        ctx.init(kmf.getKeyManagers(), null, null);
+        SSLServerSocket ss = (SSLServerSocket) ctx.getServerSocketFactory().createServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
+        ss.setEnabledProtocols(new String[]{"SSLv2Hello", "TLSv1", "TLSv1.1", "TLSv1.2"});
+        ss.setEnabledCipherSuites(ss.getSupportedCipherSuites());
+        System.out.println("ACCEPT 127.0.0.1:" + ss.getLocalPort());
+        System.out.flush();
+        while (true) {
+            SSLSocket s = (SSLSocket) ss.accept();
+            new Thread(() -> {
+                try { s.setSoTimeout(5000); s.startHandshake(); } catch (Exception e) {}
+                try { s.close(); } catch (Exception e) {}
+            }).start();
+        }
+    }
+}
+`
+
+// TestSSLv2HelloJava holds the signature to what OpenJDK's TLS server
+// does with SSLv2Hello enabled: it answers hellos whose record holds
+// bytes after the challenge, which OpenSSL refuses, and sniff reads every
+// hello it answers as TLS, not as an uninspected tcp channel.
+func TestSSLv2HelloJava(t *testing.T) {
+	java, err := exec.LookPath("java")
+	if err != nil {
+		t.Skip("java not installed")
+	}
+	keytool, err := exec.LookPath("keytool")
+	if err != nil {
+		t.Skip("keytool not installed")
+	}
+	dir := t.TempDir()
+	ks, src := filepath.Join(dir, "ks.p12"), filepath.Join(dir, "SSLv2Server.java")
+	if out, err := exec.Command(keytool, "-genkeypair", "-keyalg", "RSA", "-keysize", "2048", "-alias", "k",
+		"-dname", "CN=sslv2.example", "-validity", "1", "-keystore", ks, "-storetype", "PKCS12",
+		"-storepass", "changeit", "-keypass", "changeit").CombinedOutput(); err != nil {
+		t.Fatalf("keytool: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(src, []byte(sslv2JavaServer), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := exec.Command(java, src, ks)
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+	addr := ""
+	sc := bufio.NewScanner(out)
+	for addr == "" && sc.Scan() {
+		if a, ok := bytes.CutPrefix(sc.Bytes(), []byte("ACCEPT ")); ok {
+			addr = string(a)
+		}
+	}
+	if addr == "" {
+		t.Fatalf("the java server printed no ACCEPT line: %v", sc.Err())
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+
+	for _, tc := range sslv2Cases() {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(tc.msg); err != nil {
+			t.Fatal(err)
+		}
+		resp := make([]byte, 6)
+		_, rerr := io.ReadFull(c, resp)
+		c.Close()
+		answered := rerr == nil && resp[0] == 0x16 && resp[5] == 2
+		t.Logf("%s: java answered %v", tc.name, answered)
+		if tc.javaOnly && !answered {
+			t.Errorf("%s: java answered % x (%v), want a ServerHello", tc.name, resp, rerr)
+		}
+		if res, _ := classify(tc.msg, io.EOF); answered && res.Kind != KindTLS {
+			t.Errorf("%s: java answered, sniff %v %v", tc.name, res.Kind, res.Err)
+		}
 	}
 }
