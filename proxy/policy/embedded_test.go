@@ -28,7 +28,6 @@ func TestEmbeddedIPv4(t *testing.T) {
 		{"2001:db8::a00:5", nil},                              // documentation, carries nothing
 		{"fd00:ec2::254", nil},                                // not a translator's prefix
 		{"64:ff9b:1:c633:64:700::", []string{"198.51.100.7"}}, // /48 layout
-		{"64:ff9b:1:c633:64:700::", []string{"0.1.198.51"}},   // the /32 layout reads this
 	}
 	for _, tc := range tests {
 		v4s, n := EmbeddedIPv4(netip.MustParseAddr(tc.addr))
@@ -40,6 +39,23 @@ func TestEmbeddedIPv4(t *testing.T) {
 			if !slices.Contains(got, netip.MustParseAddr(w)) {
 				t.Errorf("EmbeddedIPv4(%s) = %v, want %s among them", tc.addr, got, w)
 			}
+		}
+	}
+	// In 64:ff9b:1::/48 the layouts of /48, /56, /64 and /96 are read,
+	// and only they: RFC 8215's prefixes are /48 or longer, and the /32
+	// and /40 layouts would read every address there as 0.1.x.x and
+	// 1.x.x.x.
+	for addr, want := range map[string][]string{
+		"64:ff9b:1::c633:6407":    {"0.0.0.0", "0.0.0.0", "0.0.0.198", "198.51.100.7"},
+		"64:ff9b:1:c633:64:700::": {"198.51.100.7", "51.100.7.0", "100.7.0.0", "0.0.0.0"},
+	} {
+		v4s, n := EmbeddedIPv4(netip.MustParseAddr(addr))
+		var got []string
+		for _, v4 := range v4s[:n] {
+			got = append(got, v4.String())
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("EmbeddedIPv4(%s) = %v, want %v", addr, got, want)
 		}
 	}
 }
@@ -66,7 +82,7 @@ func FuzzEmbeddedIPv4(f *testing.F) {
 		}
 		in := a.Is6() && (nat64WellKnown.Contains(a) || nat64Local.Contains(a) || sixToFour.Contains(a) ||
 			v4Compatible.Contains(a) || v4Translated.Contains(a))
-		if in != (n > 0) {
+		if in != (n > 0) || (a.Is6() && nat64Local.Contains(a) && n != 4) {
 			t.Fatalf("EmbeddedIPv4(%v): n = %d", a, n)
 		}
 		if len(b) < 4 {
@@ -178,26 +194,56 @@ policy:
 }
 
 // TestDestCIDRsEveryReading: 64:ff9b:1::c633:6407 is 198.51.100.7 to a /96
-// translator, but its /40 layout reads 1.0.0.0. An allow rule for
-// 1.0.0.0/8 must not let it through on that reading; a deny for 1.0.0.0/8
-// catches it (failing closed); a rule whose prefixes hold every reading
-// lets it through.
+// translator, but its /48 layout reads 0.0.0.0 and its /64 one 0.0.0.198.
+// An allow rule for 0.0.0.0/8 must not let it through on those readings;
+// a deny for 0.0.0.0/8 catches it (failing closed); a rule whose prefixes
+// hold every reading lets it through. The /32 and /40 layouts, which a
+// local-use prefix (/48 or longer) cannot have, are not read: a deny for
+// 1.0.0.0/8 or 0.1.0.0/16 does not catch every local-use NAT64 address,
+// and a rule need not name 1.0.0.0/8 to match one.
 func TestDestCIDRsEveryReading(t *testing.T) {
 	s := Subject{Protocol: ProtoTCP, Dest: ap("[64:ff9b:1::c633:6407]:443")}
 	for _, tc := range []struct{ cidrs, action, want string }{
-		{`["1.0.0.0/8"]`, "allow", DefaultRule},
-		{`["1.0.0.0/8"]`, "bump", DefaultRule},
+		{`["0.0.0.0/8"]`, "allow", DefaultRule},
+		{`["0.0.0.0/8"]`, "bump", DefaultRule},
 		{`["198.51.100.0/24"]`, "allow", DefaultRule},
-		{`["1.0.0.0/8"]`, "deny", "r"},
+		{`["0.0.0.0/8"]`, "deny", "r"},
 		{`["198.51.100.0/24"]`, "deny", "r"},
+		{`["1.0.0.0/8"]`, "deny", DefaultRule},
+		{`["0.1.0.0/16"]`, "deny", DefaultRule},
 		{`["0.0.0.0/0"]`, "allow", "r"},
-		{`["0.0.0.0/8", "1.0.0.0/8", "198.51.100.7"]`, "splice", "r"},
+		{`["0.0.0.0/8", "198.51.100.7"]`, "splice", "r"},
+		{`["0.0.0.0/8", "198.51.100.7"]`, "bump", "r"},
 		{`["64:ff9b:1::/96"]`, "allow", "r"},
+		{`["64:ff9b:1::/48"]`, "bump", "r"},
 	} {
 		p := mustParse(t, "policy:\n  default: "+map[bool]string{true: "allow", false: "deny"}[tc.action == "deny"]+
 			"\n  rules:\n    - {name: r, dest_cidrs: "+tc.cidrs+", action: "+tc.action+"}\n")
 		if got := p.Decide(s); got.Rule != tc.want {
 			t.Errorf("%s %s: Decide = %+v, want rule %s", tc.action, tc.cidrs, got, tc.want)
 		}
+	}
+}
+
+// TestDestCIDRsLocalUseBumped: a bump rule whose prefixes hold every
+// reading a local-use NAT64 address can have is the one that decides it,
+// not a later splice for everything: with the /32 layout read (0.1.x.x
+// for every such address) the bump never matched, and the flow went
+// through uninspected.
+func TestDestCIDRsLocalUseBumped(t *testing.T) {
+	p := mustParse(t, `
+policy:
+  default: deny
+  rules:
+    - name: inspect
+      dest_cidrs: ["0.0.0.0/8", "198.51.100.0/24"]
+      action: bump
+    - name: rest
+      dest_cidrs: ["0.0.0.0/0"]
+      action: splice
+`)
+	s := Subject{Protocol: ProtoTLS, Dest: ap("[64:ff9b:1::c633:6407]:443")}
+	if got := p.Decide(s); got.Rule != "inspect" || got.Action != Bump {
+		t.Errorf("Decide = %+v, want bumped by rule inspect", got)
 	}
 }

@@ -401,10 +401,10 @@ type destPrefixes struct {
 	// deny is set for a deny rule: it matches when any IPv4 address the
 	// destination carries is in prefixes. A rule that lets flows through
 	// matches only when every one is: an address in 64:ff9b:1::/48 reads
-	// as several IPv4 addresses, one per RFC 6052 layout, and the
-	// translator delivers it to one of them; a rule for 1.0.0.0/8 must
-	// not let 64:ff9b:1::c633:6407 (198.51.100.7 to a /96 translator)
-	// through because its /40 reading is 1.0.0.0.
+	// as several IPv4 addresses, one per RFC 6052 layout of /48 or
+	// longer, and the translator delivers it to one of them; a rule for
+	// 0.0.0.0/8 must not let 64:ff9b:1::c633:6407 (198.51.100.7 to a /96
+	// translator) through because its /48 reading is 0.0.0.0.
 	deny bool
 }
 
