@@ -13,7 +13,8 @@ import (
 )
 
 // nameWait bounds how long a connection that only a name could let
-// through (policy.OnlyNameAllows) waits for its client's first bytes. No
+// through (policy.OnlyNameAllows) waits for its client's first byte (the
+// rest of its head then has sniff.CompleteTimeout, as on any path). No
 // destination is dialled meanwhile, so none can end the wait by speaking
 // first, and a client that sends nothing could otherwise hold its share of
 // waiting connections for ever. A client with a request to send sends it

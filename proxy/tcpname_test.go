@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // clsStrictAllowList lets out one name and nothing else: only a name can
@@ -189,6 +191,37 @@ func TestNamedOnlySilentClientReset(t *testing.T) {
 	}
 	if n := r.p.Stats().TCPActive; n != 0 {
 		t.Errorf("%d TCP connections still active", n)
+	}
+}
+
+// A client that sends one byte to a destination only a name could open,
+// then stalls, is classified on that byte (no name: denied) within about
+// CompleteTimeout of it, as on the path dialled first, not after nameWait
+// again: the long wait is for the first byte only.
+func TestNamedOnlyStalledAfterFirstByte(t *testing.T) {
+	defer func(w time.Duration) { nameWait = w }(nameWait)
+	nameWait = 10 * time.Second
+	r := newClsRig(t, fmt.Sprintf(clsStrictAllowList, "splice"), clsOptions{})
+	dest, accepts := countingListener(t)
+	c := r.dial(t, dest)
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if _, err := c.Write([]byte{0x16}); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	_, err := c.Read(make([]byte, 1))
+	took := time.Since(sent)
+	if err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("stalled client: read %v after %v, want it reset", err, took)
+	}
+	if took > sniff.CompleteTimeout+time.Second {
+		t.Errorf("reset %v after the first byte, want about %v (sniff.CompleteTimeout), not nameWait %v", took, sniff.CompleteTimeout, nameWait)
+	}
+	if rec := r.record(t, c, "tcp"); rec.Action != "deny" || rec.Rule != "internal" {
+		t.Errorf("record %+v, want tcp denied by rule internal", rec)
+	}
+	if n := accepts.Load(); n != 0 {
+		t.Errorf("the destination accepted %d connections, want none", n)
 	}
 }
 

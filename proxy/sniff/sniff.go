@@ -143,9 +143,8 @@ func Sniff(br *bufio.Reader, conn ReadDeadliner) (Result, error) {
 	return sniff(br, conn, 0, CompleteTimeout)
 }
 
-// sniff is Sniff with a limit on the wait for the first byte (wait > 0)
-// and on the rest (max(wait, complete)).
-
+// sniff is Sniff with a limit on the wait for the first byte (wait > 0);
+// the rest has complete from the first byte, whatever wait was.
 func sniff(br *bufio.Reader, conn ReadDeadliner, wait, complete time.Duration) (res Result, err error) {
 	defer func() {
 		if derr := conn.SetReadDeadline(time.Time{}); derr != nil && err == nil {
@@ -167,7 +166,7 @@ func sniff(br *bufio.Reader, conn ReadDeadliner, wait, complete time.Duration) (
 			return Result{Kind: KindOther}, fmt.Errorf("sniff: waiting for the first bytes: %w", perr)
 		}
 	}
-	if err := conn.SetReadDeadline(time.Now().Add(max(wait, complete))); err != nil {
+	if err := conn.SetReadDeadline(time.Now().Add(complete)); err != nil {
 		return Result{}, fmt.Errorf("sniff: setting read deadline: %w", err)
 	}
 	for {

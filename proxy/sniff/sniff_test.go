@@ -281,6 +281,24 @@ func TestSniffStalledHello(t *testing.T) {
 	}
 }
 
+// With a long wait for the first byte, the rest still has only the
+// completion timeout: a client that sends one byte and stalls is
+// classified that long after its byte, not after the wait again.
+func TestSniffWaitBoundsFirstByteOnly(t *testing.T) {
+	c, s := net.Pipe()
+	defer c.Close()
+	defer s.Close()
+	go func() { _, _ = c.Write([]byte{0x16}) }()
+	start := time.Now()
+	res, err := sniff(NewReader(s), s, 5*time.Second, 200*time.Millisecond)
+	if err != nil || res.Kind != KindOther || res.Peeked != 1 {
+		t.Fatalf("sniff = %+v, %v", res, err)
+	}
+	if el := time.Since(start); el < 200*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("took %v, want about 200ms (the completion timeout), not the 5s wait", el)
+	}
+}
+
 // A ClientHello larger than the buffer (20 KB ALPN over two records) is
 // KindTLS with ErrTooLarge with the standard reader, and parsed whole with a
 // larger one.
