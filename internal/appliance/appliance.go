@@ -488,7 +488,11 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	if latest := end.Add(time.Second); recordsDue.After(latest) {
 		recordsDue = latest
 	}
-	rctx, rcancel := context.WithDeadline(context.Background(), recordsDue)
+	// A cut (CutDrain) arriving now bounds this wait as it bounds a
+	// drain of its length: half its reserve before its deadline.
+	rctx, rcancel := a.untilCut(recordsDue, func(deadline time.Time, within time.Duration) time.Time {
+		return deadline.Add(-flushReserve(within) / 2)
+	})
 	if err := a.proxy.Wait(rctx); err != nil {
 		// These flows' records will never be written: say how many, so
 		// that the loss is not silent.
@@ -512,7 +516,12 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	if earliest := time.Now().Add(time.Second); flushDue.Before(earliest) {
 		flushDue = earliest
 	}
-	sctx, scancel := context.WithDeadline(context.Background(), flushDue)
+	// A cut, in any phase of the drain, ends the flush a second after its
+	// deadline: flushDue comes from the drain's original end when the cut
+	// arrived after the flows were gone.
+	sctx, scancel := a.untilCut(flushDue, func(deadline time.Time, _ time.Duration) time.Time {
+		return deadline.Add(time.Second)
+	})
 	defer scancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { a.closeCapture(sctx) })

@@ -87,3 +87,28 @@ func (a *Appliance) drainFlows(end time.Time, reserve time.Duration) (time.Time,
 		}
 	}
 }
+
+// untilCut returns a context that ends at due or, once CutDrain has cut
+// the drain (before or meanwhile), at at(the cut's deadline, its within)
+// if that is sooner: a cut bounds every phase of the drain, not only the
+// wait for flows, so that "the drain ends within 5s" holds while the
+// records are flushed to a sink that does not answer.
+func (a *Appliance) untilCut(due time.Time, at func(deadline time.Time, within time.Duration) time.Time) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithDeadline(context.Background(), due)
+	cut := a.cut.done()
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-cut:
+		}
+		t := time.NewTimer(time.Until(at(a.cut.get())))
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			cancel()
+		}
+	}()
+	return ctx, cancel
+}

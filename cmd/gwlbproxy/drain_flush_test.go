@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+)
+
+// TestSIGINTCutsFlush: a SIGINT that arrives once a SIGTERM's drain has no
+// flows left, while the last records are being shipped to a CloudWatch
+// endpoint that accepts and never answers (on loopback), still ends the
+// process within 5 s and the second for the records. Before, the cut was
+// only read while flows were open: the flush kept the 40 s drain's end and
+// the process exited about 39 s after the SIGINT.
+func TestSIGINTCutsFlush(t *testing.T) {
+	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte("policy:\n  mode: audit\n  default: allow\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A loopback /24 of this process's, apart from TestSIGINTCutsDrain's:
+	// the appliance on .1, gwlbsim on .2, the destination on .3, the
+	// CloudWatch endpoint on .4.
+	base := [4]byte{127, byte(1 + os.Getpid()%250), 252, 0}
+	addr := func(i byte) netip.Addr { b := base; b[3] = i; return netip.AddrFrom4(b) }
+	geneve := netip.AddrPortFrom(addr(1), 6081)
+
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr(3), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	cw, err := net.Listen("tcp", netip.AddrPortFrom(addr(4), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cw.Close()
+	var mu sync.Mutex
+	var held []net.Conn // accepted, never answered
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := cw.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+
+	// GORACE: under -race, a process sleeps a second at exit by default.
+	env := []string{"AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test", "AWS_EC2_METADATA_DISABLED=true", "GORACE=atexit_sleep_ms=0"}
+	p := startMain(t, env,
+		"--config", policyFile, "--geneve-addr", geneve.String(), "--admin-addr", netip.AddrPortFrom(addr(1), 0).String(),
+		"--gwlb-cidrs", "127.0.0.0/8", "--unsafe-allow-loopback", "--return-path", "bound",
+		"--access-log", "", "--state-dir", t.TempDir(), "--drain-timeout", "40s",
+		"--cloudwatch-group", "g", "--cloudwatch-stream", "s", "--cloudwatch-region", "us-east-1",
+		"--cloudwatch-endpoint", "http://"+cw.Addr().String())
+	p.waitLog(`msg="gwlbproxy serving"`, 30*time.Second)
+
+	sim, err := gwlbsim.New(gwlbsim.Config{Addr: addr(2), Appliance: geneve})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	client, err := sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(netip.MustParseAddr("198.18.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.DialTCP(ctx, ln.Addr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		t.Fatalf("connecting through the appliance: %v", err)
+	}
+	c.Close()
+	time.Sleep(2 * time.Second) // the flow ends; its record waits for CloudWatch
+
+	p.signal(syscall.SIGTERM)
+	p.waitLog(`msg=draining`, 5*time.Second)
+	time.Sleep(1500 * time.Millisecond) // no flows: the drain is flushing
+	p.signal(syscall.SIGINT)
+	began := time.Now()
+	if !p.exited(15 * time.Second) {
+		t.Fatal("still draining 15s after SIGINT")
+	}
+	// Within 5 s, and the second for the records (and a moment for a
+	// loaded machine).
+	if d := time.Since(began); d > 7*time.Second {
+		t.Errorf("exited %s after SIGINT, want within 6s", d)
+	}
+	if s := p.status(); s != "exit 0" {
+		t.Fatalf("after SIGINT: %s, want exit 0", s)
+	}
+	p.waitLog(`msg=stopped`, 0)
+}
