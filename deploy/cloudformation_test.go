@@ -491,13 +491,15 @@ func (c *templateCheck) userData(t *testing.T) {
 	for _, want := range []string{
 		"'" + c.vals["PackageUrl"] + "'",
 		`dnf install -y "$pkg"`,
-		"systemctl enable --now gwlbproxy.service",
+		"systemctl enable --now gwlbproxy.service || true", // startGate
 		"--stack 'gwlbproxy' --resource ApplianceGroup --region 'us-east-1'",
 	} {
 		if !strings.Contains(script, want) {
 			t.Errorf("user data lacks %q:\n%s", want, script)
 		}
 	}
+
+	c.startGate(t, script)
 
 	u := parseUnit(t, "systemd/gwlbproxy.service")
 	envFile := strings.TrimPrefix(u.one(t, "Service", "EnvironmentFile"), "-")

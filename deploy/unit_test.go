@@ -160,6 +160,18 @@ func TestUnit(t *testing.T) {
 	if !slices.Contains(families, "AF_INET") || !slices.Contains(families, "AF_INET6") || slices.Contains(families, "AF_PACKET") {
 		t.Errorf("RestrictAddressFamilies=%v", families)
 	}
+	// A CA made at first start must not be dated from an unsynchronised
+	// clock: after time-sync.target, which is passive, so not wanted.
+	var after, wants []string
+	for _, v := range u["Unit"]["After"] {
+		after = append(after, strings.Fields(v)...)
+	}
+	for _, v := range u["Unit"]["Wants"] {
+		wants = append(wants, strings.Fields(v)...)
+	}
+	if !slices.Contains(after, "time-sync.target") || slices.Contains(wants, "time-sync.target") {
+		t.Errorf("After=%v Wants=%v: want After=time-sync.target (and no Wants: the target is passive)", after, wants)
+	}
 	if got := u.one(t, "Unit", "StartLimitIntervalSec"); got != "0" {
 		t.Errorf("StartLimitIntervalSec=%s, want 0: a failure lasting seconds at boot must not stop the restarts", got)
 	}
