@@ -95,14 +95,21 @@ func parse(filename string, data []byte) (*Policy, parsed, error) {
 		return nil, parsed{}, ps.errf(nil, "empty document: no %q section", Section)
 	}
 	// yaml.Unmarshal would read the first document and ignore the rest: a
-	// policy pasted after a "---" would look loaded and not be.
-	var more yaml.Node
-	switch err := dec.Decode(&more); {
-	case err == io.EOF:
-	case err != nil:
-		return nil, parsed{}, yamlError(filename, err)
-	default:
-		return nil, parsed{}, ps.errf(&more, "a second YAML document (after ---): the policy file must be one document")
+	// policy pasted after a "---" would look loaded and not be. A document
+	// with nothing in it (a trailing "---", comments only) is no policy
+	// and hides none: files that end so loaded before, and still do.
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, parsed{}, yamlError(filename, err)
+		}
+		if !emptyDocument(&more) {
+			return nil, parsed{}, ps.errf(&more, "a second YAML document (after ---): the policy file must be one document")
+		}
 	}
 	root := resolve(doc.Content[0])
 	if root.Kind != yaml.MappingNode {
@@ -122,6 +129,17 @@ func parse(filename string, data []byte) (*Policy, parsed, error) {
 	}
 	p, err := ps.policy(resolve(section))
 	return p, parsed{defaultExplicit: ps.defaultExplicit}, err
+}
+
+// emptyDocument says a document has no content: what the YAML parser
+// makes of nothing but comments or blank lines after a "---", an implicit
+// null. An explicit null (~, null, !!null) is content.
+func emptyDocument(doc *yaml.Node) bool {
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return true
+	}
+	n := doc.Content[0]
+	return len(doc.Content) == 1 && n.Kind == yaml.ScalarNode && n.Tag == "!!null" && n.Value == "" && n.Style == 0 && n.Anchor == ""
 }
 
 // yamlError turns an error of the YAML parser into a *ConfigError.

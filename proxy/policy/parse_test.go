@@ -134,6 +134,10 @@ func TestParseErrors(t *testing.T) {
 			`policy.yaml:3: a second YAML document (after ---): the policy file must be one document`, 3},
 		{"bad second document", "policy: {}\n---\npolicy: [\n",
 			`policy.yaml:3: did not find expected node content`, 3},
+		{"content after empty documents", "policy: {}\n---\n# nothing\n---\nother: 1\n",
+			`policy.yaml:4: a second YAML document (after ---): the policy file must be one document`, 4},
+		{"explicit null second document", "policy: {}\n---\n~\n",
+			`policy.yaml:2: a second YAML document (after ---): the policy file must be one document`, 2},
 		{"bad endpoint", rulesDoc("    - {name: ep, endpoints: [\"vpc-123\"], action: deny}"),
 			`policy.yaml:4: rule "ep": invalid endpoint "vpc-123" (want a GWLB endpoint ID, vpce-<hex>)`, 4},
 		{"unverified on splice", rulesDoc("    - name: u", "      action: splice", "      allow_unverified_upstream: true"),
@@ -339,7 +343,13 @@ func TestParseDomainsWithNamedProtocols(t *testing.T) {
 	}
 	// A lone --- before the one document, or a comment after a trailing
 	// ---, is still one document.
-	for _, doc := range []string{"---\npolicy: {default: deny}\n", "policy: {default: deny}\n...\n"} {
+	// A trailing --- with nothing after it (or only comments, blank lines,
+	// more empty documents) is no second document: such files loaded
+	// before the second-document check, and must still load after an
+	// upgrade.
+	for _, doc := range []string{"---\npolicy: {default: deny}\n", "policy: {default: deny}\n...\n",
+		"policy:\n  default: deny\n---\n", "policy:\n  default: deny\n---", "policy:\n  default: deny\n---\n# end\n\n",
+		"policy:\n  default: deny\n--- # end\n", "policy:\n  default: deny\n---\n---\n", "policy:\n  default: deny\n---\n...\n"} {
 		if _, err := Parse("policy.yaml", []byte(doc)); err != nil {
 			t.Errorf("%q: %v", doc, err)
 		}
