@@ -240,9 +240,13 @@ func (ca *CA) WriteFiles(dir string) error {
 		certPEM = append(certPEM, encodeCert(c)...)
 	}
 	// The key goes first: a crash in between leaves a key without a
-	// certificate, which LoadOrCreate reports instead of silently replacing.
+	// certificate, which LoadOrCreate reports instead of silently replacing
+	// (unless its own creation marker says it was writing them).
 	if err := writeFileAtomic(filepath.Join(dir, KeyFileName), keyPEM, 0o600); err != nil {
 		return err
+	}
+	if testHookKeyWritten != nil {
+		testHookKeyWritten()
 	}
 	return writeFileAtomic(filepath.Join(dir, CertFileName), certPEM, 0o644)
 }
@@ -486,7 +490,11 @@ func checkCA(chain []*x509.Certificate, key crypto.Signer, now time.Time) error 
 // LoadOrCreate loads stateDir/ca.pem and stateDir/ca-key.pem, or, when
 // neither exists, generates a CA and writes them. created reports which
 // happened. Only one of the two files existing is an error: replacing a lone
-// key or certificate could destroy the CA clients already trust.
+// key or certificate could destroy the CA clients already trust. The
+// exception is what a creation of its own left when it was cut short
+// between the two files (a stop or crash during the first start), which
+// the marker file it writes first tells apart: that half-written CA was
+// never served, and is made anew.
 func LoadOrCreate(stateDir string) (ca *CA, created bool, err error) {
 	certFile := filepath.Join(stateDir, CertFileName)
 	keyFile := filepath.Join(stateDir, KeyFileName)
@@ -498,9 +506,22 @@ func LoadOrCreate(stateDir string) (ca *CA, created bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
+	interrupted, err := exists(filepath.Join(stateDir, creatingFileName))
+	if err != nil {
+		return nil, false, err
+	}
+	if interrupted && !(certExists && keyExists) {
+		if err := discardInterrupted(stateDir); err != nil {
+			return nil, false, err
+		}
+		certExists, keyExists = false, false
+	}
 	switch {
 	case certExists && keyExists:
 		ca, err := Load(certFile, keyFile)
+		if err == nil && interrupted { // stopped after both files: complete
+			err = removeIfExists(filepath.Join(stateDir, creatingFileName))
+		}
 		return ca, false, err
 	case certExists:
 		return nil, false, fmt.Errorf("%s exists but %s does not; restore the key or remove both to create a new CA", certFile, keyFile)
@@ -517,7 +538,7 @@ func LoadOrCreate(stateDir string) (ca *CA, created bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if err := ca.WriteFiles(stateDir); err != nil {
+	if err := createFiles(ca, stateDir); err != nil {
 		return nil, false, fmt.Errorf("create CA: %w", err)
 	}
 	slog.Info("created interception CA", "dir", stateDir,

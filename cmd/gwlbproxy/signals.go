@@ -15,7 +15,9 @@ import (
 // SIGTERM or SIGINT makes awaitStart return at once with stop set: nothing
 // is served yet, so there is nothing to drain, and the process exits 0.
 // What start has opened by then goes with the process (the CA files it may
-// be writing are written to a temporary name and renamed).
+// be writing are written to a temporary name and renamed; an exit between
+// the key's file and the certificate's is recovered from at the next
+// start, see certs.LoadOrCreate).
 func awaitStart[T any](sigs <-chan os.Signal, start func() (T, error)) (v T, reload bool, stop os.Signal, err error) {
 	type result struct {
 		v   T

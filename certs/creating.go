@@ -1,0 +1,56 @@
+package certs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+)
+
+// creatingFileName marks a state directory whose CA LoadOrCreate is
+// writing: written before the key, removed once the certificate is in
+// place. Found with only one of the two files, it says that creation was
+// cut short (the process stopped or the machine went down between them),
+// not that an operator lost half of a CA clients trust.
+const creatingFileName = ".ca-creating"
+
+// testHookKeyWritten, when set by a test, runs in WriteFiles between the
+// key's file and the certificate's.
+var testHookKeyWritten func()
+
+// createFiles writes ca into stateDir as LoadOrCreate's new CA, inside the
+// marker that lets a later LoadOrCreate recover from an interruption.
+func createFiles(ca *CA, stateDir string) error {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return fmt.Errorf("create CA directory: %w", err)
+	}
+	marker := filepath.Join(stateDir, creatingFileName)
+	if err := writeFileAtomic(marker, nil, 0o600); err != nil {
+		return err
+	}
+	if err := ca.WriteFiles(stateDir); err != nil {
+		return err
+	}
+	return removeIfExists(marker)
+}
+
+// discardInterrupted removes what a cut-short creation left in stateDir,
+// marker last, so that an interruption of this too is recovered from.
+func discardInterrupted(stateDir string) error {
+	slog.Warn("the CA's creation in the state directory was cut short (stopped during the first start): discarding the half-written CA, never served, and creating one", "dir", stateDir)
+	for _, name := range []string{KeyFileName, CertFileName, creatingFileName} {
+		if err := removeIfExists(filepath.Join(stateDir, name)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func removeIfExists(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
