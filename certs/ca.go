@@ -447,6 +447,15 @@ func parseKey(data []byte) (crypto.Signer, error) {
 	}
 }
 
+// notYetValidAdvice says what to do about a CA that is not valid yet. It
+// is refused even when the policy bumps nothing now: a reload may add bump
+// rules, and the CA is loaded only at start.
+const notYetValidAdvice = "First check this machine's clock (timedatectl; chronyc tracking): " +
+	"if it is behind (NTP not synchronised yet), fix or wait for the sync and start again. " +
+	"If it is right, the CA was made on a clock running ahead: wait until then, or make a new CA and hand it to the clients " +
+	"(--ca-cert/--ca-key: gwlbproxy ca init --force --out DIR; the --state-dir CA: remove its ca.pem and ca-key.pem and start again; " +
+	"--ca-secret: put a new CA in the secret)"
+
 // checkCA verifies that chain[0] can sign server leaves with key.
 func checkCA(chain []*x509.Certificate, key crypto.Signer, now time.Time) error {
 	c := chain[0]
@@ -480,8 +489,8 @@ func checkCA(chain []*x509.Certificate, key crypto.Signer, now time.Time) error 
 		// Not valid yet: every client would refuse every leaf below it,
 		// whatever the leaves' own dates, until then.
 		if now.Before(cc.NotBefore) {
-			return fmt.Errorf("certificate %s is not valid until %s (now %s): clients would refuse every leaf it signs; check this clock and the one it was made by",
-				cc.Subject, cc.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+			return fmt.Errorf("certificate %s is not valid until %s (now %s): clients would refuse every leaf it signs. %s",
+				cc.Subject, cc.NotBefore.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), notYetValidAdvice)
 		}
 	}
 	return nil

@@ -303,6 +303,9 @@ func TestLoadRejects(t *testing.T) {
 		{"path length exceeded", append(pemBlock("CERTIFICATE", genInter.Raw), gen.CertPEM()...), pemBlock("PRIVATE KEY", genInterKeyDER), "cert", "path length constraint 0"},
 		{"garbage key", ca.CertPEM(), pemBlock("PRIVATE KEY", []byte{1, 2, 3}), "key", "parse PRIVATE KEY"},
 		{"not valid yet", pemBlock("CERTIFICATE", futureDER), pemBlock("PRIVATE KEY", futureKeyDER), "cert", "is not valid until"},
+		// What to do: the clock, or a new CA.
+		{"not valid yet: advice", pemBlock("CERTIFICATE", futureDER), pemBlock("PRIVATE KEY", futureKeyDER), "cert", "check this machine's clock (timedatectl; chronyc tracking)"},
+		{"not valid yet: new CA", pemBlock("CERTIFICATE", futureDER), pemBlock("PRIVATE KEY", futureKeyDER), "cert", "gwlbproxy ca init --force --out DIR"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
