@@ -469,6 +469,7 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj 
 		err = checkKeys(chains) // verifyguard.go
 	}
 	if err != nil {
+		err = failureText(err) // verifyguard.go: no certificate kept
 		ic.failed.put(fkey, err, failedChainMemory, time.Time{})
 		return err
 	}

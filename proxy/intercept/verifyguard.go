@@ -3,8 +3,10 @@ package intercept
 import (
 	"crypto/rsa"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
@@ -20,14 +22,18 @@ import (
 // about 180 ms of CPU per connection (TestHostileChainCheap). So before
 // x509 sees a chain:
 //
-//   - it may hold at most maxUpstreamChain certificates;
+//   - it may hold at most maxUpstreamChain certificates, of at most
+//     maxUpstreamChainBytes in all;
 //   - no two different intermediates may share a subject: the branching
 //     the attack needs. With one candidate per name, chain building is a
 //     single path, one signature check (two where a presented certificate
 //     names a trusted root as issuer) per certificate;
 //   - a chain that failed for a destination and name is remembered for
 //     failedChainMemory, with its reason: the same chain again costs a
-//     hash;
+//     hash. The reason is kept as text, cut to maxFailureText: x509's
+//     errors hold the certificate, whose Raw slices the whole certificate
+//     message crypto/tls copied (up to 256 KiB), so a thousand failures
+//     of distinct padded leaves would otherwise keep 256 MiB alive;
 //   - a client has at most maxClientVerifications verifications that are
 //     not taken from memory under way at once; further ones wait their
 //     turn, up to the handshake timeout. A hostile client varies a byte
@@ -45,6 +51,20 @@ import (
 // signature checks of one verification near 20 (TestHostileChainCheap
 // measures the worst).
 const maxUpstreamChain = 10
+
+// maxUpstreamChainBytes bounds the bytes of the certificates an upstream
+// presents, and of the message each was parsed from. Public chains are a
+// few KiB (a leaf of 1 to 2, more with a hundred names; 1 to 2 per
+// intermediate), and an OCSP staple and SCTs add a few more; 64 KiB is
+// many times any of them. Go accepts certificate messages of up to
+// 256 KiB, and whatever of a chain is kept (the session cache's verified
+// sessions, resume.go) keeps its whole message alive.
+const maxUpstreamChainBytes = 64 << 10
+
+// maxFailureText bounds the reason a failed verification is remembered
+// and recorded with: x509's hostname error lists every name of the
+// certificate, as many as the origin put in it.
+const maxFailureText = 1024
 
 // failedChainMemory bounds how long a failed verification is taken as
 // read: long enough that repeating a chain costs nothing, short enough
@@ -72,6 +92,15 @@ func checkPresented(presented []*x509.Certificate) error {
 	if len(presented) > maxUpstreamChain {
 		return fmt.Errorf("chain of %d certificates, more than %d: not verified", len(presented), maxUpstreamChain)
 	}
+	size := 0
+	for _, c := range presented {
+		// cap: what the certificate keeps alive of the message crypto/tls
+		// parsed it from (Raw is a slice of it), padding and all.
+		size += len(c.Raw)
+		if size > maxUpstreamChainBytes || cap(c.Raw) > maxUpstreamChainBytes {
+			return fmt.Errorf("chain of more than %d bytes: not verified", maxUpstreamChainBytes)
+		}
+	}
 	for i, c := range presented[1:] {
 		for _, d := range presented[1 : 1+i] {
 			// The same certificate twice (a server sending its chain file
@@ -82,6 +111,17 @@ func checkPresented(presented []*x509.Certificate) error {
 		}
 	}
 	return nil
+}
+
+// failureText returns a failed verification as its reason alone, cut to
+// maxFailureText: what may be remembered and recorded of it, with no
+// certificate held.
+func failureText(err error) error {
+	msg := err.Error()
+	if len(msg) > maxFailureText {
+		msg = strings.ToValidUTF8(msg[:maxFailureText], "") + "..."
+	}
+	return errors.New(msg)
 }
 
 // clientKey names a client: addresses may overlap across GWLB endpoints.

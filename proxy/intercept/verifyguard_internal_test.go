@@ -1,10 +1,23 @@
 package intercept
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // TestVerifySlots: a client has at most maxClientVerifications under way;
@@ -52,5 +65,88 @@ func TestVerifySlots(t *testing.T) {
 	releaseB()
 	if n := len(v.per); n != 0 {
 		t.Errorf("%d clients remembered with nothing under way", n)
+	}
+}
+
+// TestFailedChainsHoldNoCertificate: a hostile origin presents, per
+// connection, a distinct untrusted leaf parsed from a certificate message
+// as big as checkPresented lets through (crypto/tls keeps the message, and
+// the leaf's Raw is a slice of it). A thousand failures remembered keep
+// next to nothing alive: their reasons are text. Before, each held x509's
+// error and with it the leaf and its message: 64 MiB here, 256 MiB with
+// the 256 KiB messages Go accepts. A leaf in a bigger message is refused
+// before x509 sees it.
+func TestFailedChainsHoldNoCertificate(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic := New(Config{UpstreamRoots: x509.NewCertPool(), HandshakeTimeout: time.Second})
+	subj := policy.Subject{Endpoint: "vpce-1", Client: netip.MustParseAddr("10.0.0.9"), Dest: netip.MustParseAddrPort("203.0.113.7:443")}
+	leaf := func(i, msgSize int) *x509.Certificate {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 1)), Subject: pkix.Name{CommonName: "evil"},
+			DNSNames: []string{"a.example"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := make([]byte, msgSize) // the certificate message crypto/tls copied
+		copy(msg, der)
+		c, err := x509.ParseCertificate(msg[:len(der)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	verify := func(c ...*x509.Certificate) error {
+		return ic.verifyUpstream(tls.ConnectionState{PeerCertificates: c}, "a.example", subj)
+	}
+
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range failedChainsSize {
+		if err := verify(leaf(i, maxUpstreamChainBytes)); err == nil || !strings.Contains(err.Error(), "unknown authority") {
+			t.Fatalf("leaf %d: %v, want unknown authority", i, err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if n := len(ic.failed.members); n != failedChainsSize {
+		t.Fatalf("%d failures remembered, want %d", n, failedChainsSize)
+	}
+	// The messages are 64 MiB in all; text and keys are under 1 MiB.
+	grew := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("%d failures remembered; heap in use grew by %d KiB", failedChainsSize, grew>>10)
+	if grew > 16<<20 {
+		t.Errorf("heap in use grew by %d MiB: the failures keep their certificates", grew>>20)
+	}
+	runtime.KeepAlive(ic)
+
+	before1 := ic.verifications.Load()
+	err = verify(leaf(0, 256<<10))
+	if want := "chain of more than 65536 bytes: not verified"; err == nil || err.Error() != want {
+		t.Errorf("a leaf in a 256 KiB message: %v, want %q", err, want)
+	}
+	if ic.verifications.Load() != before1 {
+		t.Error("a leaf in a 256 KiB message was verified")
+	}
+}
+
+// TestFailureText: what is remembered and recorded of a failure is its
+// text, cut short, never x509's error with the certificate in it.
+func TestFailureText(t *testing.T) {
+	cert := &x509.Certificate{Raw: make([]byte, 1<<10)}
+	err := failureText(x509.UnknownAuthorityError{Cert: cert})
+	if err.Error() != "x509: certificate signed by unknown authority" {
+		t.Errorf("text %q", err)
+	}
+	var ua x509.UnknownAuthorityError
+	if errors.As(err, &ua) {
+		t.Error("the x509 error, certificate and all, is kept")
+	}
+	err = failureText(fmt.Errorf("x509:  %s", strings.Repeat("é", 4000))) // cut mid-é
+	if msg := err.Error(); len(msg) > maxFailureText+3 || !strings.HasSuffix(msg, "é...") || !utf8.ValidString(msg) {
+		t.Errorf("%d bytes, ending %q", len(msg), msg[len(msg)-8:])
 	}
 }

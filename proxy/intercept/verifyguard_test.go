@@ -79,6 +79,28 @@ func hostileChain(t *testing.T, name string, n int, sameName bool, issuer *x509.
 	return &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, cas...), PrivateKey: leafKey}
 }
 
+// paddedLeaf is a self-signed leaf for name of about size bytes: names
+// and more names. Go's crypto/tls takes certificate messages of up to
+// 256 KiB; whatever of a chain is kept keeps its message.
+func paddedLeaf(t *testing.T, name string, size int) *tls.Certificate {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{name}
+	for i := 0; len(names)*20 < size; i++ {
+		names = append(names, fmt.Sprintf("n%06d.example.test", i))
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "padded"}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+}
+
 // TestHostileChainCheap: an origin's chain built to make x509 try
 // signature after signature is refused before x509 sees it, or verified
 // once along a single path and then remembered; the record says why.
@@ -116,6 +138,8 @@ func TestHostileChainCheap(t *testing.T) {
 			"upstream certificate: chain of 101 certificates, more than 10: not verified"},
 		{"9 intermediates named as the leaf's issuer", hostileChain(t, name, 9, true, nil),
 			`upstream certificate: two different intermediates named "CN=I": not verified`},
+		{"a leaf of 80 KiB", paddedLeaf(t, name, 80<<10),
+			"upstream certificate: chain of more than 65536 bytes: not verified"},
 	} {
 		before := intercept.Verifications(r.ic)
 		took, recErr := connect(tc.cert)
