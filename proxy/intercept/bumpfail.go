@@ -11,9 +11,10 @@ import (
 // happened. Only a certificate that was seen and failed verification is
 // recorded as such (upstream_verify: failed) and, unless the rule accepts
 // it, refused as a denial, as a completed handshake with that certificate
-// would be. Anything else
-// (the destination closed, timed out, spoke no TLS, or no version or
-// cipher in common, or failed after its certificate verified) is no
+// would be. Anything else (the destination closed, timed out, spoke no
+// TLS, or no version or cipher in common, or failed after its certificate
+// verified; or the verification never ran, the client's slots taken for
+// too long: errVerifyBusy, verifyguard.go) is no
 // verdict on a certificate and no decision of the policy, which allowed
 // the bump: the record keeps action bump, leaves upstream_verify out, and
 // says result error (timeout for a handshake that ran out of time), as for
@@ -25,7 +26,7 @@ func (s *session) upstreamHandshakeFailed(err error, classicalOnly, verifyRan bo
 	if classicalOnly {
 		reason += " (classical key exchange groups offered only)"
 	}
-	if verifyRan && verifyErr != nil {
+	if verifyRan && verifyErr != nil && noVerdict(verifyErr) == nil {
 		s.Record.UpstreamVerify = "failed"
 		if !s.Decision.AllowUnverifiedUpstream {
 			s.refuse("upstream certificate: " + verifyErr.Error() + "; " + reason)

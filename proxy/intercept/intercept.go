@@ -289,7 +289,7 @@ func (s *session) bump() {
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			verifyRan, verifyErr = true, ic.verifyUpstream(cs, name, s.Subject)
 			sessions.verified.Store(verifyErr == nil)
-			return nil
+			return noVerdict(verifyErr) // verifyguard.go: a wait that ran out ends here
 		},
 	}
 	up := tls.Client(&countedConn{Conn: s.Upstream, n: &s.upBytes}, ucfg)
@@ -452,7 +452,7 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj 
 	if err, ok := ic.failed.get(fkey); ok {
 		return err
 	}
-	release, err := ic.slots.acquire(clientKey{subj.Endpoint, subj.Client}, ic.cfg.HandshakeTimeout)
+	release, err := ic.slots.acquire(newClientKey(subj.Endpoint, subj.Client), verifyWait(ic.cfg.HandshakeTimeout))
 	if err != nil {
 		return err
 	}

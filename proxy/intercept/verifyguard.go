@@ -34,12 +34,15 @@ import (
 //     errors hold the certificate, whose Raw slices the whole certificate
 //     message crypto/tls copied (up to 256 KiB), so a thousand failures
 //     of distinct padded leaves would otherwise keep 256 MiB alive;
-//   - a client has at most maxClientVerifications verifications that are
-//     not taken from memory under way at once; further ones wait their
-//     turn, up to the handshake timeout. A hostile client varies a byte
-//     per connection to miss the memory, and then holds at most one CPU:
-//     the worst chain that passes the checks above, 9 P-521 CAs in a line
-//     under one naming a trusted root, costs about 25 ms (against 0.1 ms
+//   - a client (an IPv4 address or an IPv6 /80, as the flow table counts
+//     one) has at most maxClientVerifications verifications that are not
+//     taken from memory under way at once; further ones wait their turn,
+//     up to half the handshake timeout (verifyWait), and one that waits
+//     that long is an error, not a verdict on the chain (errVerifyBusy).
+//     A hostile client varies a byte per connection to miss the memory,
+//     and then holds at most two CPUs: the worst chain that passes the
+//     checks above, 9 P-521 CAs in a line under one naming a trusted
+//     root, costs about 25 ms (against 0.1 ms
 //     for an honest chain, and 280 ms for the 100 "I"s). Honest clients
 //     hardly notice: verifications that worked are remembered for minutes
 //     (verifycache.go), and a new one takes well under a millisecond.
@@ -76,8 +79,32 @@ const failedChainMemory = time.Minute
 const failedChainsSize = 1024
 
 // maxClientVerifications bounds a client's verifications under way at
-// once: one, so that a client can keep no more than one CPU busy.
-const maxClientVerifications = 1
+// once. Two, not one: instances behind one NAT are one client, and with a
+// single slot a hostile neighbour's queue of 25 ms chains would make an
+// honest new chain wait its turn behind all of them. With two, an honest
+// verification waits for at most the one the neighbour has under way in
+// the other slot, at the cost of a second CPU the neighbour may hold.
+const maxClientVerifications = 2
+
+// verifyWait is how long a verification waits for one of its client's
+// slots, given the handshake's timeout: half of it, so that the wait ends
+// before the handshake does and the record says why.
+func verifyWait(handshakeTimeout time.Duration) time.Duration { return handshakeTimeout / 2 }
+
+// errVerifyBusy is a verification that never ran: the client's slots
+// stayed taken for as long as its handshake may last. It says nothing of
+// the chain, so the bump ends as an error, not as a certificate refused
+// (bumpfail.go), and nothing is remembered of it.
+var errVerifyBusy = fmt.Errorf("the client's %d verifications under way did not end in time: not verified", maxClientVerifications)
+
+// noVerdict returns err when it is no verdict on the chain (the handshake
+// then ends there), else nil.
+func noVerdict(err error) error {
+	if errors.Is(err, errVerifyBusy) {
+		return err
+	}
+	return nil
+}
 
 // failedChain names a chain as presented, the name it failed for, and the
 // destination that presented it.
@@ -130,6 +157,16 @@ type clientKey struct {
 	addr     netip.Addr
 }
 
+// newClientKey names the client of addr as the flow table and the proxy's
+// shares count one (netstack's clientKeyOf says why): an IPv4 address, or
+// an IPv6 /80, which a VPC may delegate to one instance whole.
+func newClientKey(endpoint string, addr netip.Addr) clientKey {
+	if addr = addr.Unmap(); addr.Is6() {
+		addr = netip.PrefixFrom(addr, 80).Masked().Addr()
+	}
+	return clientKey{endpoint, addr}
+}
+
 // verifySlots bounds each client's verifications under way.
 type verifySlots struct {
 	mu  sync.Mutex
@@ -163,7 +200,7 @@ func (v *verifySlots) acquire(client clientKey, wait time.Duration) (release fun
 		case cs.sem <- struct{}{}:
 		case <-t.C:
 			v.leave(client, cs)
-			return nil, fmt.Errorf("the client's %d verifications under way took longer than %s: not verified", maxClientVerifications, wait)
+			return nil, errVerifyBusy
 		}
 	}
 	return func() { <-cs.sem; v.leave(client, cs) }, nil

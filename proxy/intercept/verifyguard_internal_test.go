@@ -150,3 +150,37 @@ func TestFailureText(t *testing.T) {
 		t.Errorf("%d bytes, ending %q", len(msg), msg[len(msg)-8:])
 	}
 }
+
+// TestVerifySlotsClient: a client is what the flow table counts as one: an
+// IPv6 /80 (a VPC may delegate one to an instance), or an IPv4 address,
+// written plain or mapped. Before, every address of a /80 had slots of
+// its own: 64 of them verified at once.
+func TestVerifySlotsClient(t *testing.T) {
+	v := newVerifySlots()
+	got := 0
+	for i := range 64 {
+		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 9: 1, 10: byte(i), 15: byte(i + 1)})
+		if _, err := v.acquire(newClientKey("vpce-1", a), 0); err == nil {
+			got++
+		}
+	}
+	if got != maxClientVerifications {
+		t.Errorf("%d verifications under way at once from one /80, want %d", got, maxClientVerifications)
+	}
+	other := netip.MustParseAddr("2001:db8::2:0:0:1") // the next /80 of the same /64
+	if _, err := v.acquire(newClientKey("vpce-1", other), 0); err != nil {
+		t.Errorf("another /80: %v", err)
+	}
+	plain, mapped := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("::ffff:10.0.0.1")
+	for range maxClientVerifications {
+		if _, err := v.acquire(newClientKey("vpce-1", plain), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := v.acquire(newClientKey("vpce-1", mapped), 0); !errors.Is(err, errVerifyBusy) {
+		t.Errorf("an IPv4 client written mapped: %v, want %v", err, errVerifyBusy)
+	}
+	if _, err := v.acquire(newClientKey("vpce-1", netip.MustParseAddr("10.0.0.2")), 0); err != nil {
+		t.Errorf("the next IPv4 address: %v", err)
+	}
+}

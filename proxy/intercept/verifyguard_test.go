@@ -249,3 +249,60 @@ func TestWeakRSARefused(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifySlotsShared: instances behind one NAT are one client. With a
+// neighbour's verification under way, an honest new chain is verified at
+// once (before, with one slot, it waited behind the neighbour's). With
+// every slot held until the wait runs out, the bump ends as an error, not
+// as a certificate refused: nothing was verified (before: recorded as
+// upstream_verify failed, and denied).
+func TestVerifySlotsShared(t *testing.T) {
+	const name = "www.example.test"
+	r := newRig(t, testPolicy)
+	bump := func() error {
+		t.Helper()
+		upEnd, _ := r.startUpstreamTCP(r.upLeaf(name), "http/1.1")
+		c, sv := r.connect(upEnd, tlsDest)
+		client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+		client.SetDeadline(time.Now().Add(waitLimit))
+		err := client.Handshake()
+		client.Close()
+		sv.waitDoneOnce(t)
+		return err
+	}
+	neighbour := intercept.HoldVerifySlot(r.ic, testEndpoint, testClient)
+	start := time.Now()
+	if err := bump(); err != nil {
+		t.Fatalf("an honest chain beside a neighbour's verification: %v", err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("an honest chain beside a neighbour's verification took %s", d)
+	}
+	if rec := r.records()[0]; rec.Action != "bump" || rec.UpstreamVerify != "ok" {
+		t.Errorf("record %+v", rec)
+	}
+
+	var held []func()
+	for range intercept.MaxClientVerifications - 1 {
+		held = append(held, intercept.HoldVerifySlot(r.ic, testEndpoint, testClient))
+	}
+	// Another chain: the first one's verification is remembered.
+	upEnd, _ := r.startUpstreamTCP(r.strangerLeaf(name), "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+	client.SetDeadline(time.Now().Add(waitLimit))
+	if err := client.Handshake(); err == nil || !strings.Contains(err.Error(), "handshake failure") {
+		t.Errorf("client handshake with the slots held: %v, want a handshake failure alert", err)
+	}
+	client.Close()
+	sv.waitDoneOnce(t)
+	rec := r.records()[1]
+	if rec.Action != "bump" || rec.Result != "error" || rec.UpstreamVerify != "" ||
+		rec.Error != "upstream TLS handshake: the client's 2 verifications under way did not end in time: not verified" {
+		t.Errorf("record %+v", rec)
+	}
+	neighbour()
+	for _, release := range held {
+		release()
+	}
+}

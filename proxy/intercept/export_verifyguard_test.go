@@ -1,0 +1,18 @@
+package intercept
+
+import "net/netip"
+
+// HoldVerifySlot takes one of a client's verification slots, as a
+// verification under way would, and returns the function that gives it
+// back.
+func HoldVerifySlot(ic *Interceptor, endpoint string, client netip.Addr) func() {
+	release, err := ic.slots.acquire(newClientKey(endpoint, client), 0)
+	if err != nil {
+		panic(err)
+	}
+	return release
+}
+
+// MaxClientVerifications is how many verifications a client may have
+// under way at once.
+const MaxClientVerifications = maxClientVerifications
