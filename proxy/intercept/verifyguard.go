@@ -24,10 +24,19 @@ import (
 //
 //   - it may hold at most maxUpstreamChain certificates, of at most
 //     maxUpstreamChainBytes in all;
-//   - no two different intermediates may share a subject: the branching
-//     the attack needs. With one candidate per name, chain building is a
-//     single path, one signature check (two where a presented certificate
-//     names a trusted root as issuer) per certificate;
+//   - no three different intermediates may share a subject, and no two
+//     subjects may be presented twice: the branching the attack needs.
+//     With one candidate per name, chain building is a single path, one
+//     signature check (two where a presented certificate names a trusted
+//     root as issuer) per certificate. A subject presented twice (a root
+//     sent self-signed and cross-signed, which honest servers do for old
+//     clients) forks that path once: each copy is tried as the parent of
+//     whatever names it, and the part above is walked once per copy, so
+//     the search costs at most about twice a single path (no path holds
+//     a certificate twice, so coming to the subject again along a path
+//     offers only the copy not taken yet: no second fork). A second
+//     subject presented twice would double it again, and n of them
+//     2^n times: that is what stays refused;
 //   - a chain that failed for a destination and name is remembered for
 //     failedChainMemory, with its reason: the same chain again costs a
 //     hash. The reason is kept as text, cut to maxFailureText: x509's
@@ -41,18 +50,21 @@ import (
 //     that long is an error, not a verdict on the chain (errVerifyBusy).
 //     A hostile client varies a byte per connection to miss the memory,
 //     and then holds at most two CPUs: the worst chain that passes the
-//     checks above, 9 P-521 CAs in a line under one naming a trusted
-//     root, costs about 25 ms (against 0.1 ms
-//     for an honest chain, and 280 ms for the 100 "I"s). Honest clients
-//     hardly notice: verifications that worked are remembered for minutes
-//     (verifycache.go), and a new one takes well under a millisecond.
+//     checks above, a pair of P-521 CAs of one subject over 7 more in a
+//     line under one naming a trusted root (TestSubjectTwiceCheap), costs
+//     about 40 ms, and 9 in a line without the pair about 25 ms (against
+//     0.1 ms for an honest chain, and 280 ms for the 100 "I"s). Honest
+//     clients hardly notice: verifications that worked are remembered for
+//     minutes (verifycache.go), and a new one takes well under a
+//     millisecond.
 
 // maxUpstreamChain bounds the certificates an upstream may present. Public
 // chains are 2 to 4: the leaf, one or two intermediates, sometimes a
 // cross-signed root a server sends for old clients. Private PKIs rarely
 // go deeper than 3 CAs. 10 leaves room for any of these, and caps the
-// signature checks of one verification near 20 (TestHostileChainCheap
-// measures the worst).
+// signature checks of one verification near 20, 40 with a subject
+// presented twice (TestHostileChainCheap and TestSubjectTwiceCheap
+// measure the worst).
 const maxUpstreamChain = 10
 
 // maxUpstreamChainBytes bounds the bytes of the certificates an upstream
@@ -80,7 +92,7 @@ const failedChainsSize = 1024
 
 // maxClientVerifications bounds a client's verifications under way at
 // once. Two, not one: instances behind one NAT are one client, and with a
-// single slot a hostile neighbour's queue of 25 ms chains would make an
+// single slot a hostile neighbour's queue of 40 ms chains would make an
 // honest new chain wait its turn behind all of them. With two, an honest
 // verification waits for at most the one the neighbour has under way in
 // the other slot, at the cost of a second CPU the neighbour may hold.
@@ -128,16 +140,42 @@ func checkPresented(presented []*x509.Certificate) error {
 			return fmt.Errorf("chain of more than %d bytes: not verified", maxUpstreamChainBytes)
 		}
 	}
-	for i, c := range presented[1:] {
-		for _, d := range presented[1 : 1+i] {
-			// The same certificate twice (a server sending its chain file
-			// twice over) is harmless: x509 adds it to the pool once.
-			if string(c.RawSubject) == string(d.RawSubject) && string(c.Raw) != string(d.Raw) {
-				return fmt.Errorf("two different intermediates named %q: not verified", c.Subject.String())
-			}
+	inter := presented[1:]
+	twice := "" // the subject presented twice, if one is
+	for i, c := range inter {
+		if named(inter[:i], c.RawSubject) > 0 {
+			continue // counted with the first of its name
+		}
+		switch n := named(inter[i:], c.RawSubject); {
+		case n > 2:
+			return fmt.Errorf("%d different intermediates named %q: not verified", n, c.Subject.String())
+		case n == 2 && twice != "":
+			return fmt.Errorf("intermediates named %q and %q presented twice each: not verified", twice, c.Subject.String())
+		case n == 2:
+			twice = c.Subject.String()
 		}
 	}
 	return nil
+}
+
+// named returns how many different certificates of certs have subject. The
+// same certificate twice (a server sending its chain file twice over) is
+// harmless: x509 adds it to the pool once.
+func named(certs []*x509.Certificate, subject []byte) int {
+	n := 0
+	for i, c := range certs {
+		if string(c.RawSubject) != string(subject) {
+			continue
+		}
+		n++
+		for _, d := range certs[:i] {
+			if string(d.Raw) == string(c.Raw) {
+				n-- // counted already
+				break
+			}
+		}
+	}
+	return n
 }
 
 // failureText returns a failed verification as its reason alone, cut to

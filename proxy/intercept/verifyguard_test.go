@@ -137,7 +137,7 @@ func TestHostileChainCheap(t *testing.T) {
 		{"100 intermediates named as the leaf's issuer", hostileChain(t, name, 100, true, nil),
 			"upstream certificate: chain of 101 certificates, more than 10: not verified"},
 		{"9 intermediates named as the leaf's issuer", hostileChain(t, name, 9, true, nil),
-			`upstream certificate: two different intermediates named "CN=I": not verified`},
+			`upstream certificate: 9 different intermediates named "CN=I": not verified`},
 		{"a leaf of 80 KiB", paddedLeaf(t, name, 80<<10),
 			"upstream certificate: chain of more than 65536 bytes: not verified"},
 	} {
@@ -304,5 +304,153 @@ func TestVerifySlotsShared(t *testing.T) {
 	neighbour()
 	for _, release := range held {
 		release()
+	}
+}
+
+// pki issues the certificates of TestRootTwice's chains.
+type pki struct {
+	t    *testing.T
+	now  time.Time
+	next int64
+}
+
+// issue returns a certificate for key named cn, issued by parent (nil:
+// self-signed) under parentKey; a CA unless dnsName is set.
+func (p *pki) issue(cn, dnsName string, key *ecdsa.PrivateKey, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) *x509.Certificate {
+	p.t.Helper()
+	p.next++
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(p.next), Subject: pkix.Name{CommonName: cn},
+		NotBefore: p.now.Add(-time.Hour), NotAfter: p.now.Add(time.Hour)}
+	if dnsName != "" {
+		tmpl.DNSNames = []string{dnsName}
+		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	} else {
+		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return c
+}
+
+// TestRootTwice: a server may send its root both self-signed and
+// cross-signed by an older root, for clients that trust only the older:
+// two different certificates of one subject. Such a chain verifies
+// (before, it was refused as the branching attack); two subjects sent
+// twice each, or three certificates of one subject, are refused still.
+func TestRootTwice(t *testing.T) {
+	const name = "www.example.test"
+	p := &pki{t: t, now: time.Now()}
+	key := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	oldKey, rootKey, interKey, leafKey := key(), key(), key(), key()
+	oldRoot := p.issue("Old Root", "", oldKey, nil, nil)
+	rootSelf := p.issue("Root X", "", rootKey, nil, nil)
+	rootCross := p.issue("Root X", "", rootKey, oldRoot, oldKey)
+	inter := p.issue("Inter", "", interKey, rootSelf, rootKey)
+	interAgain := p.issue("Inter", "", interKey, rootSelf, rootKey) // re-issued: another serial
+	leaf := p.issue(name, name, leafKey, inter, interKey)
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.UpstreamRoots.AddCert(oldRoot) })
+	for _, tc := range []struct {
+		what    string
+		chain   []*x509.Certificate
+		wantErr string // "" when bumped
+	}{
+		{"root self-signed, then cross-signed", []*x509.Certificate{leaf, inter, rootSelf, rootCross}, ""},
+		{"root cross-signed, then self-signed", []*x509.Certificate{leaf, inter, rootCross, rootSelf}, ""},
+		{"the intermediate twice over, and the root twice", []*x509.Certificate{leaf, inter, inter, rootCross, rootSelf}, ""},
+		{"intermediate and root presented twice each", []*x509.Certificate{leaf, inter, interAgain, rootCross, rootSelf},
+			`upstream certificate: intermediates named "CN=Inter" and "CN=Root X" presented twice each: not verified`},
+		{"the root three times", []*x509.Certificate{leaf, inter, rootCross, rootSelf, p.issue("Root X", "", rootKey, oldRoot, oldKey)},
+			`upstream certificate: 3 different intermediates named "CN=Root X": not verified`},
+	} {
+		var ders [][]byte
+		for _, c := range tc.chain {
+			ders = append(ders, c.Raw)
+		}
+		upEnd, _ := r.startUpstreamTCP(&tls.Certificate{Certificate: ders, PrivateKey: leafKey}, "http/1.1")
+		c, sv := r.connect(upEnd, tlsDest)
+		client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+		client.SetDeadline(time.Now().Add(waitLimit))
+		err := client.Handshake()
+		if (err == nil) != (tc.wantErr == "") {
+			t.Errorf("%s: client handshake: %v", tc.what, err)
+		}
+		client.Close()
+		sv.waitDoneOnce(t)
+		recs := r.records()
+		rec := recs[len(recs)-1]
+		if tc.wantErr == "" && (rec.Action != "bump" || rec.UpstreamVerify != "ok") ||
+			tc.wantErr != "" && (rec.Action != "deny" || rec.UpstreamVerify != "failed" || rec.Error != tc.wantErr) {
+			t.Errorf("%s: record %+v", tc.what, rec)
+		}
+	}
+}
+
+// TestSubjectTwiceCheap: the worst a subject presented twice can do. The
+// pair sits right above the leaf, so everything above it is walked twice:
+// 7 P-521 CAs in a line, topped by one naming the trusted root as its
+// issuer. Verified once, failing; compare the time with
+// TestHostileChainCheap's longest path.
+func TestSubjectTwiceCheap(t *testing.T) {
+	const name = "www.example.test"
+	r := newRig(t, testPolicy)
+	p := &pki{t: t, now: time.Now()}
+	key := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	// From the top down, as hostileChain builds its line.
+	parent, parentKey := &x509.Certificate{RawSubject: r.upCA.TrustAnchor().RawSubject}, key()
+	var cas []*x509.Certificate
+	for i := range 7 {
+		k := key()
+		c := p.issue(fmt.Sprintf("I%d", i), "", k, parent, parentKey)
+		cas = append([]*x509.Certificate{c}, cas...)
+		parent, parentKey = c, k
+	}
+	twinKey := key()
+	twin1 := p.issue("T", "", twinKey, parent, parentKey)
+	twin2 := p.issue("T", "", twinKey, parent, parentKey)
+	leafKey := key()
+	leaf := p.issue(name, name, leafKey, twin1, twinKey)
+	ders := [][]byte{leaf.Raw, twin1.Raw, twin2.Raw}
+	for _, c := range cas {
+		ders = append(ders, c.Raw)
+	}
+	before := intercept.Verifications(r.ic)
+	upEnd, _ := r.startUpstreamTCP(&tls.Certificate{Certificate: ders, PrivateKey: leafKey}, "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+	client.SetDeadline(time.Now().Add(waitLimit))
+	start := time.Now()
+	if err := client.Handshake(); err == nil {
+		t.Fatal("client handshake succeeded")
+	}
+	t.Logf("a subject twice under 7 CAs in a line: refused in %s", time.Since(start))
+	client.Close()
+	sv.waitDoneOnce(t)
+	if rec := r.records()[0]; rec.Action != "deny" || !strings.HasPrefix(rec.Error, "upstream certificate: x509: certificate signed by unknown authority") {
+		t.Errorf("record %+v", rec)
+	}
+	if n := intercept.Verifications(r.ic) - before; n != 1 {
+		t.Errorf("%d verifications, want 1", n)
 	}
 }
