@@ -37,7 +37,7 @@ import (
 // policy decision on the name come first, on every connection, as before.
 
 // originSessionCacheSize bounds the upstream sessions kept: one per
-// destination and name.
+// destination and name; sessioncache.go bounds their bytes.
 const originSessionCacheSize = 1024
 
 // Client-facing session tickets: a new key encrypts tickets every
@@ -68,7 +68,7 @@ type resumption struct {
 
 func newResumption(keyLog io.Writer) *resumption {
 	r := &resumption{
-		origins: tls.NewLRUClientSessionCache(originSessionCacheSize),
+		origins: newSessionCache(originSessionCacheSize, originSessionCacheBytes), // sessioncache.go
 		keyLog:  keyLog,
 		now:     time.Now,
 	}

@@ -1,0 +1,142 @@
+package intercept
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// TestOriginSessionsBoundedInBytes: an origin whose chain verifies pads
+// its certificate message with a 60 KiB OCSP staple (what one extension
+// holds), for each of many destination ports, over loopback TLS 1.3. Each
+// session is kept, and the heap grows by no more than the cache's byte
+// bound: 8 MiB. Before, sessions were bounded in number only, and 384 of
+// them kept their messages: 24 MiB (1,024 at checkPresented's 64 KiB, or
+// Go's 256 KiB message limit, 64 or 256 MiB). The last is still resumed.
+func TestOriginSessionsBoundedInBytes(t *testing.T) {
+	const name = "a.example.test"
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	scfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, OCSPStaple: make([]byte, 60<<10)}},
+		MinVersion: tls.VersionTLS13}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s := tls.Server(c, scfg)
+				s.SetDeadline(time.Now().Add(5 * time.Second))
+				if s.Handshake() == nil {
+					s.Write([]byte("x")) // after the tickets
+				}
+			}()
+		}
+	}()
+	res := newResumption(nil)
+	connect := func(port uint16) bool {
+		t.Helper()
+		sessions := res.originSessions(netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port))
+		sessions.verified.Store(true)
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		tc := tls.Client(c, &tls.Config{ServerName: name, RootCAs: roots, ClientSessionCache: sessions})
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(tc, make([]byte, 1)); err != nil { // the tickets come before it
+			t.Fatal(err)
+		}
+		return tc.ConnectionState().DidResume
+	}
+	connect(1) // what the first connection allocates once
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 384
+	for i := range n {
+		connect(uint16(1000 + i))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("%d sessions with 60 KiB staples: heap in use grew by %d MiB", n, grew>>20)
+	if grew > originSessionCacheBytes+4<<20 {
+		t.Errorf("heap in use grew by %d MiB, bound %d MiB", grew>>20, originSessionCacheBytes>>20)
+	}
+	if !connect(1000 + n - 1) {
+		t.Error("the last session was not resumed")
+	}
+}
+
+// TestSessionCacheBounds: sessions are dropped, least recently used first,
+// past the bound in number or in bytes; one bigger than the whole bound is
+// not kept; nil removes.
+func TestSessionCacheBounds(t *testing.T) {
+	c := newSessionCache(3, 1000)
+	put := func(key string, size int) {
+		c.keep(&storedSession{key: key, state: make([]byte, size-len(key))})
+	}
+	has := func(keys ...string) {
+		t.Helper()
+		if len(c.byKey) != len(keys) {
+			t.Errorf("%d sessions kept, want %v", len(c.byKey), keys)
+		}
+		for _, k := range keys {
+			if _, ok := c.byKey[k]; !ok {
+				t.Errorf("%q dropped", k)
+			}
+		}
+	}
+	put("a", 100)
+	put("b", 100)
+	put("c", 100)
+	put("d", 100) // one too many
+	has("b", "c", "d")
+	if _, ok := c.Get("b"); ok { // used: now the most recent
+		t.Error("a session that is not one resumed")
+	}
+	has("c", "d") // and dropped, as it did not decode
+	put("e", 801) // too many bytes
+	has("d", "e")
+	put("f", 1001) // more than all
+	has("d", "e")
+	c.Put("d", nil)
+	has("e")
+	if c.bytes != 801 {
+		t.Errorf("%d bytes counted, want 801", c.bytes)
+	}
+}
