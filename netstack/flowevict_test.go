@@ -166,3 +166,130 @@ func (r *groRig) drainReplies(t *testing.T) {
 		}
 	}
 }
+
+// TestResetFloodEvicted plays two addresses completing handshakes and
+// resetting them (a SYN that only a name could allow gets its SYN-ACK
+// with nothing dialled): their flows were established once, and that was
+// enough to make them never evictable, though reset and held by no stack,
+// so they held the table with one packet every 25 s each and a new
+// client's SYN was dropped (flow_table_full). A reset flow the stack no
+// longer holds is evictable now; one the stack still holds (a spoofed,
+// out-of-window RST on a neighbour's connection) is not.
+func TestResetFloodEvicted(t *testing.T) {
+	client, server := netip.MustParseAddrPort("198.18.0.5:40000"), netip.MustParseAddrPort("198.18.9.9:443")
+	r := newGRORigWith(t, client, server, func(c *Config) {
+		c.MaxFlows, c.MaxFlowsPerClient = 20, 10
+		c.Handler.(*AcceptHandler).Conns = make(chan *Conn, 64) // held, as the name path holds them
+	})
+	// A spoofed RST on the rig's connection, out of its window: the
+	// stack ignores it, and the flow is marked reset all the same.
+	r.batch(clientSegment(client, server, r.seq+0x40000000, 0, header.TCPFlagRst, nil))
+	own := (&Packet{Proto: protoTCP, Src: client.Addr().As16(), Dst: server.Addr().As16(), SrcPort: client.Port(), DstPort: server.Port()}).Key(7)
+	if f := r.s.flows.Lookup(&own); f == nil || !f.tcpResetOnly() {
+		t.Fatal("the spoofed RST did not mark the connection's flow reset")
+	}
+
+	var keys []FlowKey
+	buf := make([]byte, maxDatagram)
+	for i, a := range []string{"198.18.0.66", "198.18.0.67"} {
+		for port := range 10 - i {
+			src := netip.AddrPortFrom(netip.MustParseAddr(a), uint16(20000+port))
+			r.batch(clientSegment(src, server, 5000, 0, header.TCPFlagSyn, nil))
+			r.gwlb.SetReadDeadline(time.Now().Add(5 * time.Second))
+			for {
+				tcp, err := readReplyTCP(r.gwlb, buf)
+				if err != nil {
+					t.Fatalf("no SYN-ACK for %v: %v", src, err)
+				}
+				if tcp != nil && tcp.Flags() == header.TCPFlagSyn|header.TCPFlagAck && tcp.DestinationPort() == src.Port() {
+					r.batch(clientSegment(src, server, 5001, tcp.SequenceNumber()+1, header.TCPFlagAck, nil),
+						clientSegment(src, server, 5001, 0, header.TCPFlagRst, nil))
+					break
+				}
+			}
+			keys = append(keys, (&Packet{Proto: protoTCP, Src: src.Addr().As16(), Dst: server.Addr().As16(), SrcPort: src.Port(), DstPort: server.Port()}).Key(7))
+		}
+	}
+	waitUntil(t, 5*time.Second, "the stack to take the RSTs", func() (bool, string) {
+		for _, k := range keys {
+			if r.s.holdsTCP(&k) {
+				return false, "the stack still holds an attacker's connection"
+			}
+		}
+		return true, ""
+	})
+	if st := r.s.Stats(); st.Flows != 20 || st.FlowsEvicted != 0 {
+		t.Fatalf("after the flood: %d flows, %d evicted; want a full table", st.Flows, st.FlowsEvicted)
+	}
+
+	victim := netip.MustParseAddrPort("198.18.0.99:5555")
+	r.batch(clientSegment(victim, server, 7000, 0, header.TCPFlagSyn, nil))
+	r.gwlb.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		tcp, err := readReplyTCP(r.gwlb, buf)
+		if err != nil {
+			t.Fatalf("no SYN-ACK for a new client past the reset flood: %v; drops %v", err, r.s.Stats().Drops)
+		}
+		if tcp != nil && tcp.Flags() == header.TCPFlagSyn|header.TCPFlagAck && tcp.DestinationPort() == victim.Port() {
+			break
+		}
+	}
+	if st := r.s.Stats(); st.FlowsEvicted != 1 || st.Drops["flow_table_full"] != 0 {
+		t.Fatalf("after the new client: %d evicted, drops %v", st.FlowsEvicted, st.Drops)
+	}
+	// Evicting all that may go, from the neighbour's shard on, asks the
+	// stack about its connection first, and leaves it, live again.
+	for r.s.flows.evict(shardOf(&own)) {
+	}
+	if f := r.s.flows.Lookup(&own); f == nil || !f.tcpLive() {
+		t.Fatalf("the connection with a spoofed RST lost its flow (held %v)", f != nil)
+	}
+	r.drainReplies(t)
+	r.answer(t, "still here")
+}
+
+// TestEndedFlowEvictable: a connection that ends (closed both ways, or
+// reset), or whose ports a new connection takes (the stack's SYN-ACK), is
+// evictable from then on, also after its entry left the fresh queue while
+// it was live.
+func TestEndedFlowEvictable(t *testing.T) {
+	tb := newFlowTable(3, 350*time.Second, 120*time.Second)
+	now := time.Now().UnixNano()
+	src, dst := netip.MustParseAddr("10.0.2.1").As16(), netip.MustParseAddr("198.18.9.9").As16()
+	touch := func(port uint16) (*Flow, DropReason) {
+		p := Packet{Proto: protoTCP, Src: src, Dst: dst, SrcPort: port, DstPort: 443}
+		k := p.Key(7)
+		return tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+	}
+	var live [3]*Flow
+	for i := range live {
+		f, _ := touch(uint16(30000 + i))
+		tb.tcpSeen(f, f.tcpClient(flagSyn))
+		tb.tcpSeen(f, f.tcpStack(flagSyn|flagAck))
+		tb.tcpSeen(f, f.tcpClient(flagAck))
+		live[i] = f
+	}
+	tb.Expire(now) // the live flows leave the queues
+	if _, r := touch(1); r != DropFlowTableFull {
+		t.Fatalf("a table of live connections: %v", r)
+	}
+	ends := []struct {
+		name string
+		end  func(f *Flow)
+	}{
+		{"closed both ways", func(f *Flow) {
+			tb.tcpSeen(f, f.tcpClient(flagFin|flagAck))
+			tb.tcpSeen(f, f.tcpStack(flagFin|flagAck))
+		}},
+		{"a new connection's SYN-ACK", func(f *Flow) { tb.tcpSeen(f, f.tcpStack(flagSyn|flagAck)) }},
+		{"reset", func(f *Flow) { tb.tcpSeen(f, f.tcpClient(flagRst)) }},
+	}
+	for i, e := range ends {
+		e.end(live[i])
+		f, r := touch(uint16(2 + i))
+		if r != DropNone || !live[i].removed.Load() {
+			t.Fatalf("a new flow after a connection %s: %v, the ended flow evicted %v", e.name, r, live[i].removed.Load())
+		}
+		tb.tcpSeen(f, f.tcpStack(flagAck)) // live: not evictable in turn
+	}
+}

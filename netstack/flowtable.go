@@ -25,6 +25,7 @@ type Flow struct {
 	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
 	replied  atomic.Bool              // others: the stack has sent the client something
 	removed  atomic.Bool              // out of the table: expired or evicted (flowevict.go)
+	queued   atomic.Bool              // in its shard's fresh queue (flowevict.go)
 }
 
 // What a TCP flow's segments showed, as bits of Flow.tcp. A flow lives for
@@ -51,19 +52,21 @@ const (
 	flagAck = 0x10
 )
 
-// tcpClient records a segment from the client with the given flags.
-func (f *Flow) tcpClient(flags uint8) { f.tcpUpdate(afterClient, flags) }
+// tcpClient records a segment from the client with the given flags, and
+// returns the flow's state after it.
+func (f *Flow) tcpClient(flags uint8) uint32 { return f.tcpUpdate(afterClient, flags) }
 
-// tcpStack records a segment the stack sent to the client.
-func (f *Flow) tcpStack(flags uint8) { f.tcpUpdate(afterStack, flags) }
+// tcpStack records a segment the stack sent to the client, and returns the
+// flow's state after it.
+func (f *Flow) tcpStack(flags uint8) uint32 { return f.tcpUpdate(afterStack, flags) }
 
 // tcpUpdate moves the flow's TCP state on by next, against the other
-// direction's updates.
-func (f *Flow) tcpUpdate(next func(was uint32, flags uint8) uint32, flags uint8) {
+// direction's updates, and returns the state it left.
+func (f *Flow) tcpUpdate(next func(was uint32, flags uint8) uint32, flags uint8) uint32 {
 	for {
 		was := f.tcp.Load()
 		if now := next(was, flags); now == was || f.tcp.CompareAndSwap(was, now) {
-			return
+			return now
 		}
 	}
 }
@@ -125,8 +128,11 @@ func afterHeld(was uint32, _ uint8) uint32 { return was &^ tcpReset }
 
 // tcpLive reports whether a TCP flow is established and neither reset nor
 // closed both ways.
-func (f *Flow) tcpLive() bool {
-	s := f.tcp.Load()
+func (f *Flow) tcpLive() bool { return tcpLiveState(f.tcp.Load()) }
+
+// tcpLiveState reports whether the TCP state s is established and neither
+// reset nor closed both ways.
+func tcpLiveState(s uint32) bool {
 	return s&tcpEstablished != 0 && s&tcpReset == 0 && s&(tcpFinIn|tcpFinOut) != tcpFinIn|tcpFinOut
 }
 
@@ -143,11 +149,12 @@ func (f *Flow) Header() Header { return f.tunnel.Load().parsed }
 type flowShard struct {
 	mu    sync.RWMutex
 	flows map[FlowKey]*Flow
-	// fresh holds the shard's flows in the order they were made, from
-	// freshHead on, for eviction (flowevict.go): those of them still fresh
-	// come out oldest first when the table is full. Entries of flows
-	// removed or established since are skipped when they come to the
-	// front, and pruned by Expire.
+	// fresh holds the shard's flows in the order they were made, or
+	// stopped being live (a TCP flow reset or closed), from freshHead on,
+	// for eviction (flowevict.go): those of them still evictable come out
+	// oldest first when the table is full. Entries of flows removed or
+	// live since are skipped when they come to the front, and pruned by
+	// Expire.
 	fresh     []*Flow
 	freshHead int
 }
@@ -305,6 +312,7 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 			f = &Flow{key: *k, client: client}
 			f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 			s.flows[*k] = f
+			f.queued.Store(true)
 			s.fresh = append(s.fresh, f)
 			t.freshQueued.Add(1)
 			t.created.Add(1)

@@ -281,7 +281,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			return reason
 		}
 		if p.Proto == protoTCP {
-			flow.tcpClient(p.TCPFlags)
+			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
 		}
 		// An echo request's fragments never reach the stack: the echo
 		// relay takes the first alone.
@@ -444,7 +444,7 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions
 	switch {
 	case p.Proto == protoTCP && !p.Fragment && !p.ICMPError:
-		flow.tcpStack(p.TCPFlags)
+		s.flows.tcpSeen(flow, flow.tcpStack(p.TCPFlags))
 	case p.Proto != protoTCP && !p.ICMPError && !flow.replied.Load():
 		flow.replied.Store(true)
 	}
