@@ -54,7 +54,7 @@ func (t *flowTable) requeue(f *Flow) {
 	s.mu.Lock()
 	if s.flows[f.key] == f {
 		s.fresh = append(s.fresh, f)
-		t.freshQueued.Add(1)
+		t.queuedAdd(s, 1)
 	}
 	s.mu.Unlock()
 }
@@ -62,7 +62,10 @@ func (t *flowTable) requeue(f *Flow) {
 // evict takes the oldest evictable flow of one shard out of the table,
 // looking in shard first (the new flow's, whose lock the caller is about
 // to take anyway) and then in the others, and reports whether it found
-// one. Flows are spread over the shards by a hash, so a shard's oldest is
+// one. A shard with nothing queued is passed over by its count, without
+// its lock: in a table full of live flows, every packet of a flood would
+// else take the write lock of each of the 64 shards that every inbound
+// packet and reply read-locks. Flows are spread over the shards by a hash, so a shard's oldest is
 // close to the table's. It is called only for a new flow in a full table;
 // the entries it skips (flows live or removed since) leave their queue
 // until the flow stops being live again, so the work is bounded by the
@@ -73,6 +76,10 @@ func (t *flowTable) evict(first int) bool {
 			return false
 		}
 		s := &t.shards[(first+i)%flowShards]
+		if s.queued.Load() <= 0 {
+			i++ // nothing queued: its lock is the readers'
+			continue
+		}
 		s.mu.Lock()
 		f := t.popFresh(s)
 		if f == nil {
@@ -125,6 +132,13 @@ func (t *flowTable) evictReset(s *flowShard, f *Flow) bool {
 	return ok
 }
 
+// queuedAdd counts n entries more in s's fresh queue; the caller holds s
+// locked.
+func (t *flowTable) queuedAdd(s *flowShard, n int) {
+	s.queued.Add(int32(n))
+	t.freshQueued.Add(int64(n))
+}
+
 // evicted1 counts a flow evicted.
 func (t *flowTable) evicted1() {
 	t.count.Add(-1)
@@ -141,7 +155,7 @@ func (t *flowTable) popFresh(s *flowShard) *Flow {
 		f := s.fresh[s.freshHead]
 		s.fresh[s.freshHead] = nil
 		s.freshHead++
-		t.freshQueued.Add(-1)
+		t.queuedAdd(s, -1)
 		f.queued.Store(false)
 		if !f.removed.Load() && f.evictable() {
 			return f
@@ -170,6 +184,6 @@ func (t *flowTable) pruneFresh(s *flowShard) {
 		}
 	}
 	clear(s.fresh[n:])
-	t.freshQueued.Add(int64(n - len(q)))
+	t.queuedAdd(s, n-len(q))
 	s.fresh, s.freshHead = s.fresh[:n], 0
 }

@@ -293,3 +293,55 @@ func TestEndedFlowEvictable(t *testing.T) {
 		tb.tcpSeen(f, f.tcpStack(flagAck)) // live: not evictable in turn
 	}
 }
+
+// TestEvictSkipsEmptyShards: in a table full of live flows with a single
+// evictable one, a new flow's eviction walked the shards taking each one's
+// write lock until it found it: under a flood, some 32 write locks a
+// packet on the locks every inbound packet and reply read-locks. Now a
+// shard with nothing queued is passed over without its lock: with the
+// other shards read-locked (readers busy), the new flow still gets in.
+func TestEvictSkipsEmptyShards(t *testing.T) {
+	tb := newFlowTable(flowShards, 350*time.Second, 120*time.Second)
+	now := time.Now().UnixNano()
+	src, dst := netip.MustParseAddr("10.0.2.1").As16(), netip.MustParseAddr("198.18.9.9").As16()
+	key := func(port uint16) FlowKey {
+		p := Packet{Proto: protoTCP, Src: src, Dst: dst, SrcPort: port, DstPort: 443}
+		return p.Key(7)
+	}
+	var fresh, next FlowKey
+	port := uint16(1)
+	for tb.Len() < flowShards-1 {
+		k := key(port)
+		port++
+		f, _ := tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		tb.tcpSeen(f, f.tcpStack(flagAck))
+	}
+	tb.Expire(now)                                                   // the live flows leave the queues
+	for fresh = key(port); shardOf(&fresh) != flowShards-1; port++ { // the walk's last
+		fresh = key(port)
+	}
+	port++
+	for next = key(port); shardOf(&next) != 0; port++ {
+		next = key(port)
+	}
+	tb.Touch(&fresh, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+	for i := range tb.shards {
+		if i != 0 && i != shardOf(&fresh) {
+			tb.shards[i].mu.RLock()
+			defer tb.shards[i].mu.RUnlock()
+		}
+	}
+	done := make(chan DropReason, 1)
+	go func() {
+		_, r := tb.Touch(&next, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		done <- r
+	}()
+	select {
+	case r := <-done:
+		if r != DropNone || tb.Lookup(&fresh) != nil {
+			t.Fatalf("the new flow: %v, the evictable one held %v", r, tb.Lookup(&fresh) != nil)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("eviction waited for the lock of a shard with nothing queued")
+	}
+}

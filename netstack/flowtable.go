@@ -157,6 +157,7 @@ type flowShard struct {
 	// Expire.
 	fresh     []*Flow
 	freshHead int
+	queued    atomic.Int32 // len(fresh) - freshHead, read by evict without the lock
 }
 
 // flowTable maps flow keys to flows. It is safe for concurrent use.
@@ -314,7 +315,7 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 			s.flows[*k] = f
 			f.queued.Store(true)
 			s.fresh = append(s.fresh, f)
-			t.freshQueued.Add(1)
+			t.queuedAdd(s, 1)
 			t.created.Add(1)
 			t.endpointCounter(k.Endpoint).Add(1)
 		} else { // another reader created it first
