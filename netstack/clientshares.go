@@ -1,20 +1,69 @@
 package netstack
 
 import (
+	"container/heap"
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
 )
 
-// clientShares counts the flows of each client. It is consulted only when
-// a flow is created or expires, never for the packets of a known flow.
+// clientShares counts the flows of each client, and queues each client's
+// evictable flows (flowevict.go). It is consulted when a flow is created,
+// expires, is evicted or stops being live, never for the other packets of
+// a known flow.
 type clientShares struct {
 	max    int32
 	shards [flowShards]clientShard
 }
 
+// clientShard holds the clients whose keys hash to it. Its clients with
+// queued flows are in a max-heap by how many, whose top count is published
+// in top, so that eviction finds the client holding the most evictable
+// flows with 64 atomic loads and one lock.
 type clientShard struct {
-	mu sync.Mutex
-	n  map[clientKey]int32
+	mu      sync.Mutex
+	clients map[clientKey]*client
+	byFresh clientHeap
+	top     atomic.Int32 // queued entries of byFresh's first client; 0: none
+}
+
+// client is one client's share and its evictable flows, oldest first from
+// head on (flows made, or stopped being live, in that order). Entries of
+// flows removed or live since are skipped when they come to the front, and
+// pruned by Expire. A client's flows point to it while they are in the
+// table, and it is dropped with its last flow.
+type client struct {
+	sh    *clientShard
+	flows int32 // in the table; 0: dropped
+	fresh []*Flow
+	head  int
+	at    int // index in sh.byFresh; -1: not in it
+}
+
+// queuedN is the number of entries in c's queue; the caller holds c.sh.
+func (c *client) queuedN() int { return len(c.fresh) - c.head }
+
+// clientHeap orders clients by queued entries, most first.
+type clientHeap []*client
+
+func (h clientHeap) Len() int           { return len(h) }
+func (h clientHeap) Less(i, j int) bool { return h[i].queuedN() > h[j].queuedN() }
+func (h clientHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].at, h[j].at = i, j
+}
+func (h *clientHeap) Push(x any) {
+	c := x.(*client)
+	c.at = len(*h)
+	*h = append(*h, c)
+}
+func (h *clientHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	c.at = -1
+	return c
 }
 
 type clientKey struct {
@@ -43,34 +92,65 @@ func clientKeyOf(endpoint uint64, addr [16]byte) clientKey {
 
 var v4InV6 = [12]byte{10: 0xff, 11: 0xff}
 
-// take counts one more flow for the client, unless it holds max already
-// (DropClientFlowLimit), or memory is short and it holds pressed, what the
-// memory pressure leaves a client (DropMemoryPressure).
-func (c *clientShares) take(endpoint uint64, addr [16]byte, pressed int32) DropReason {
+// take counts one more flow for the client and returns it, unless it
+// holds max already (DropClientFlowLimit), or memory is short and it holds
+// pressed, what the memory pressure leaves a client (DropMemoryPressure).
+func (c *clientShares) take(endpoint uint64, addr [16]byte, pressed int32) (*client, DropReason) {
 	k := clientKeyOf(endpoint, addr)
 	s := c.shard(&k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.n == nil {
-		s.n = make(map[clientKey]int32)
+	if s.clients == nil {
+		s.clients = make(map[clientKey]*client)
 	}
-	switch n := s.n[k]; {
+	cl := s.clients[k]
+	n := int32(0)
+	if cl != nil {
+		n = cl.flows
+	}
+	switch {
 	case n >= c.max:
-		return DropClientFlowLimit
+		return nil, DropClientFlowLimit
 	case n >= pressed:
-		return DropMemoryPressure
+		return nil, DropMemoryPressure
 	}
-	s.n[k]++
-	return DropNone
+	if cl == nil {
+		cl = &client{sh: s, at: -1}
+		s.clients[k] = cl
+	}
+	cl.flows++
+	return cl, DropNone
 }
 
-// give returns a flow of the client's share.
-func (c *clientShares) give(endpoint uint64, addr [16]byte) {
-	k := clientKeyOf(endpoint, addr)
-	s := c.shard(&k)
+// give returns a flow of cl's share, the client of endpoint and addr.
+func (c *clientShares) give(cl *client, endpoint uint64, addr [16]byte) {
+	s := cl.sh
 	s.mu.Lock()
-	if s.n[k]--; s.n[k] <= 0 {
-		delete(s.n, k)
+	if cl.flows--; cl.flows <= 0 {
+		delete(s.clients, clientKeyOf(endpoint, addr))
+		// Its queue holds entries of removed flows only.
+		clear(cl.fresh)
+		cl.fresh, cl.head = nil, 0
+		s.fix(cl)
 	}
 	s.mu.Unlock()
+}
+
+// fix moves cl in s's heap by its queued entries, and publishes the top;
+// the caller holds s locked.
+func (s *clientShard) fix(cl *client) {
+	switch n := cl.queuedN(); {
+	case n == 0 && cl.at >= 0:
+		heap.Remove(&s.byFresh, cl.at)
+	case n == 0:
+	case cl.at < 0:
+		heap.Push(&s.byFresh, cl)
+	default:
+		heap.Fix(&s.byFresh, cl.at)
+	}
+	var top int32
+	if len(s.byFresh) > 0 {
+		top = int32(s.byFresh[0].queuedN())
+	}
+	s.top.Store(top)
 }

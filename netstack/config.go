@@ -32,7 +32,8 @@ type Config struct {
 	// DefaultTransitoryTimeout; at most the flows' own idle timeouts).
 	TransitoryTimeout time.Duration
 	// MaxFlows caps the flow table (default 1,000,000). A new flow in a
-	// full table takes the place of the oldest fresh one (flowevict.go).
+	// full table takes the place of an evictable one, its own client's
+	// first, else the client's holding the most (flowevict.go).
 	MaxFlows int
 	// MaxFlowsPerClient caps the flows of one client (inner source address
 	// behind one endpoint) (default: a tenth of MaxFlows; MaxFlows or

@@ -1,16 +1,32 @@
 package netstack
 
+import "container/heap"
+
 // Eviction. The per-client share bounds what one address holds, but an
 // instance is one client with as many addresses as it has secondary IPs:
 // ten of them, each sending bare ACKs or SYNs to new ports, held the whole
 // table with transitory flows (30 s each), and every other client of every
 // endpoint got flow_table_full while memory pressure never tripped (an
-// entry is small). So a new flow in a full table takes the place of the
-// oldest evictable flow: a TCP flow that is not live (never established,
-// or reset, or closed both ways), or another flow never answered. A flood
-// of such flows then churns through its own kind, while a live connection,
-// or a flow the stack has answered, is never evicted, and a table full of
-// those still refuses new flows.
+// entry is small). So a new flow in a full table takes the place of an
+// evictable flow: a TCP flow that is not live (never established, or
+// reset, or closed both ways), or another flow never answered. A live
+// connection, or a flow the stack has answered, is never evicted, and a
+// table full of those still refuses new flows.
+//
+// Whose flow: the new flow's own client's oldest evictable flow if it has
+// one, else the oldest of the client holding the most. Evictable flows
+// include other clients' flows in progress (a SYN whose destination is
+// being dialled, a DNS query awaiting its answer, an unanswered ping), and
+// taking the table's oldest regardless of owner let one address within its
+// share churn through them: a victim's flow lived about (evictable flows in
+// the table) / (the flooder's new flows a second). Now a flood churns
+// through its own flows, and an address takes someone else's only while it
+// holds no evictable flow itself, from whoever holds the most: a client
+// holding a few flows in progress loses one only to its own new flows, or
+// when no client holds more. Each client keeps its evictable flows in a
+// queue, oldest first, and each of the 64 client shards a heap of its
+// clients by queue length, whose top it publishes in an atomic: eviction
+// reads the 64 tops, with no lock, and locks the one shard it takes from.
 //
 // A connection made and then reset or closed is evictable too: else ten
 // addresses completing handshakes (a SYN that only a name could allow gets
@@ -20,9 +36,13 @@ package netstack
 // connection's window, which anyone who can write the client's address can
 // send and which the stack ignores, marks the flow reset all the same, so
 // eviction asks the stack (Server.holdsTCP) before it takes such a flow,
-// outside the shard's lock, as Expire does. A flow that stops being live
-// joins its shard's queue again then (tcpSeen), and a flow live since it
-// was queued leaves the queue when it comes to the front.
+// with no lock held, as Expire does. A flow that stops being live joins
+// its client's queue again then (tcpSeen), and a flow live since it was
+// queued leaves the queue when it comes to the front.
+
+// evictAsks bounds the questions to the stack one eviction asks (reset
+// flows found still held); each takes a spoofed RST to set up.
+const evictAsks = 64
 
 // evictable reports whether f may be evicted: a TCP flow that is not live,
 // or another flow the stack never answered. A reset flow the stack still
@@ -37,75 +57,74 @@ func (f *Flow) evictable() bool {
 // tcpSeen queues f for eviction if its TCP state, after a segment either
 // way, is not live and f is not queued already. It is on the per-packet
 // path: a live flow, or one queued, costs an atomic load; a flow that
-// stops being live (once per connection) takes its shard's lock.
+// stops being live (once per connection) takes its client's lock.
 func (t *flowTable) tcpSeen(f *Flow, state uint32) {
 	if !tcpLiveState(state) && !f.queued.Load() {
 		t.requeue(f)
 	}
 }
 
-// requeue appends f to its shard's fresh queue unless it is queued already
-// or out of the table.
+// requeue appends f to its client's queue unless it is queued already or
+// out of the table.
 func (t *flowTable) requeue(f *Flow) {
 	if !f.queued.CompareAndSwap(false, true) {
 		return
 	}
-	s := t.shard(&f.key)
-	s.mu.Lock()
-	if s.flows[f.key] == f {
-		s.fresh = append(s.fresh, f)
-		t.queuedAdd(s, 1)
+	cl := f.owner
+	cl.sh.mu.Lock()
+	if cl.flows > 0 && !f.removed.Load() {
+		cl.fresh = append(cl.fresh, f)
+		cl.sh.fix(cl)
 	}
-	s.mu.Unlock()
+	cl.sh.mu.Unlock()
 }
 
-// evict takes the oldest evictable flow of one shard out of the table,
-// looking in shard first (the new flow's, whose lock the caller is about
-// to take anyway) and then in the others, and reports whether it found
-// one. A shard with nothing queued is passed over by its count, without
-// its lock: in a table full of live flows, every packet of a flood would
-// else take the write lock of each of the 64 shards that every inbound
-// packet and reply read-locks. Flows are spread over the shards by a hash, so a shard's oldest is
-// close to the table's. It is called only for a new flow in a full table;
-// the entries it skips (flows live or removed since) leave their queue
-// until the flow stops being live again, so the work is bounded by the
-// flows made and the connections ended.
-func (t *flowTable) evict(first int) bool {
-	for i := 0; i < flowShards; {
-		if t.freshQueued.Load() <= 0 {
-			return false
-		}
-		s := &t.shards[(first+i)%flowShards]
-		if s.queued.Load() <= 0 {
-			i++ // nothing queued: its lock is the readers'
-			continue
-		}
-		s.mu.Lock()
-		f := t.popFresh(s)
+// evict takes an evictable flow out of the table for a new flow of own,
+// and reports whether it found one: own's oldest if own has one, else the
+// oldest of the client with the most queued. It is called only for a new
+// flow in a full table; the entries it skips (flows live or removed since)
+// leave their queue until the flow stops being live again, so the work is
+// bounded by the flows made and the connections ended.
+func (t *flowTable) evict(own *client) bool {
+	for asks, empty := 0, 0; asks < evictAsks && empty < flowShards; {
+		f := own.pop()
 		if f == nil {
-			s.mu.Unlock()
-			i++
+			var queued bool
+			if f, queued = t.clients.popMost(); !queued {
+				return false
+			}
+		}
+		if f == nil {
+			empty++ // a shard emptied since its top was read
 			continue
 		}
+		s := t.shard(&f.key)
 		if t.held == nil || !f.tcpResetOnly() {
-			t.removeLocked(s, f)
+			s.mu.Lock()
+			ok := s.flows[f.key] == f && f.evictable()
+			if ok {
+				t.removeLocked(s, f)
+			}
 			s.mu.Unlock()
-			t.evicted1()
-			return true
+			if ok {
+				t.evicted1()
+				return true
+			}
+			t.requeueIfEvictable(f)
+			continue
 		}
-		s.mu.Unlock()
+		asks++
 		if t.evictReset(s, f) {
 			return true
 		}
-		i++ // at most one question to the stack per shard
 	}
 	return false
 }
 
 // evictReset evicts f, a flow established and reset, of shard s, unless
 // the stack still holds its connection (an out-of-window RST it ignored):
-// then f is live again, and stays. The stack is asked with no shard lock
-// held, as Expire does.
+// then f is live again, and stays. The stack is asked with no lock held,
+// as Expire does.
 func (t *flowTable) evictReset(s *flowShard, f *Flow) bool {
 	last := f.lastSeen.Load()
 	if t.held(&f.key) {
@@ -126,17 +145,18 @@ func (t *flowTable) evictReset(s *flowShard, f *Flow) bool {
 	s.mu.Unlock()
 	if ok {
 		t.evicted1()
-	} else if !f.removed.Load() && f.evictable() {
-		t.requeue(f)
+	} else {
+		t.requeueIfEvictable(f)
 	}
 	return ok
 }
 
-// queuedAdd counts n entries more in s's fresh queue; the caller holds s
-// locked.
-func (t *flowTable) queuedAdd(s *flowShard, n int) {
-	s.queued.Add(int32(n))
-	t.freshQueued.Add(int64(n))
+// requeueIfEvictable queues f again if it is in the table and evictable:
+// one popped but not evicted, which no later segment may queue.
+func (t *flowTable) requeueIfEvictable(f *Flow) {
+	if !f.removed.Load() && f.evictable() {
+		t.requeue(f)
+	}
 }
 
 // evicted1 counts a flow evicted.
@@ -145,45 +165,106 @@ func (t *flowTable) evicted1() {
 	t.evicted.Add(1)
 }
 
-// popFresh takes the oldest flow still evictable and in the table off s's
-// queue, dropping the entries before it; nil if there is none. The caller
-// holds s locked. A flow's queued mark is cleared before its state is
-// read, so that one stopping being live meanwhile is queued again
-// (tcpSeen) or taken here.
-func (t *flowTable) popFresh(s *flowShard) *Flow {
-	for s.freshHead < len(s.fresh) {
-		f := s.fresh[s.freshHead]
-		s.fresh[s.freshHead] = nil
-		s.freshHead++
-		t.queuedAdd(s, -1)
-		f.queued.Store(false)
-		if !f.removed.Load() && f.evictable() {
-			return f
+// popMost pops the oldest evictable flow of the client holding the most
+// queued entries: the first of the shard whose published top is the
+// highest. The tops are read without locks; a stale one costs a look at a
+// client with fewer, or at none (nil). It reports whether any shard had
+// entries queued.
+func (c *clientShares) popMost() (*Flow, bool) {
+	best, bestN := -1, int32(0)
+	for i := range c.shards {
+		if n := c.shards[i].top.Load(); n > bestN {
+			best, bestN = i, n
 		}
 	}
-	s.fresh, s.freshHead = s.fresh[:0], 0 // empty: the array is reused
-	return nil
+	if best < 0 {
+		return nil, false
+	}
+	s := &c.shards[best]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.byFresh) > 0 {
+		if f := s.byFresh[0].popLocked(); f != nil {
+			return f, true
+		}
+	}
+	return nil, true
+}
+
+// pop takes cl's oldest flow still evictable and in the table off its
+// queue; nil if there is none (or cl is nil).
+func (cl *client) pop() *Flow {
+	if cl == nil || cl.sh.top.Load() == 0 {
+		return nil // nothing queued in its shard: no lock needed
+	}
+	cl.sh.mu.Lock()
+	defer cl.sh.mu.Unlock()
+	return cl.popLocked()
+}
+
+// popLocked takes cl's oldest flow still evictable and in the table off
+// its queue, dropping the entries before it, and moves cl in its shard's
+// heap; nil if there is none. The caller holds cl.sh locked. A flow's
+// queued mark is cleared before its state is read, so that one stopping
+// being live meanwhile is queued again (tcpSeen) or taken here.
+func (cl *client) popLocked() *Flow {
+	var found *Flow
+	for cl.head < len(cl.fresh) {
+		f := cl.fresh[cl.head]
+		cl.fresh[cl.head] = nil
+		cl.head++
+		f.queued.Store(false)
+		if !f.removed.Load() && f.evictable() {
+			found = f
+			break
+		}
+	}
+	if cl.head == len(cl.fresh) {
+		cl.fresh, cl.head = cl.fresh[:0], 0 // empty: the array is reused
+	}
+	cl.sh.fix(cl)
+	return found
 }
 
 // pruneFresh drops the entries of flows removed or no longer evictable
-// from s's queue, keeping the others in order, so that the queue holds at
-// most the shard's evictable flows and those queued since the last
-// Expire. The caller holds s locked.
-func (t *flowTable) pruneFresh(s *flowShard) {
-	q := s.fresh[s.freshHead:]
-	n := 0
-	for _, f := range q {
-		if f.removed.Load() {
-			continue
+// from the queues of s's clients, and second entries of a flow, keeping
+// the others in order, so that a queue holds at most its client's
+// evictable flows and those queued since the last Expire.
+func (s *clientShard) pruneFresh() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, cl := range s.byFresh {
+		for _, f := range cl.fresh[cl.head:] {
+			f.queued.Store(false)
 		}
-		f.queued.Store(false)
-		if f.evictable() {
-			f.queued.Store(true)
-			s.fresh[n] = f
-			n++
+		n := 0
+		for _, f := range cl.fresh[cl.head:] {
+			// The mark is set again for the first entry of a flow
+			// kept: a second one (a race's) goes, and so does this
+			// one if a segment queued the flow again meanwhile.
+			if !f.removed.Load() && f.evictable() && f.queued.CompareAndSwap(false, true) {
+				cl.fresh[n] = f
+				n++
+			}
+		}
+		clear(cl.fresh[n:])
+		cl.fresh, cl.head = cl.fresh[:n], 0
+	}
+	kept := s.byFresh[:0]
+	for _, cl := range s.byFresh {
+		if cl.queuedN() > 0 {
+			cl.at = len(kept)
+			kept = append(kept, cl)
+		} else {
+			cl.at = -1
 		}
 	}
-	clear(s.fresh[n:])
-	t.queuedAdd(s, n-len(q))
-	s.fresh, s.freshHead = s.fresh[:n], 0
+	clear(s.byFresh[len(kept):])
+	s.byFresh = kept
+	heap.Init(&s.byFresh)
+	var top int32
+	if len(s.byFresh) > 0 {
+		top = int32(s.byFresh[0].queuedN())
+	}
+	s.top.Store(top)
 }

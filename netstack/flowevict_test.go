@@ -3,6 +3,7 @@ package netstack
 import (
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,14 +68,14 @@ func TestTransitoryFloodEvicted(t *testing.T) {
 			t.Fatalf("an established or answered flow was evicted (%+v)", k)
 		}
 	}
-	// Oldest first: in each shard, no flow evicted is newer than one held.
-	var held [flowShards]bool
+	// Oldest first: of each client, no flow evicted is newer than one held.
+	held := map[[16]byte]bool{}
 	for i, k := range flood {
-		switch sh := shardOf(&k); {
+		switch src := k.LoAddr; {
 		case tb.Lookup(&k) != nil:
-			held[sh] = true
-		case held[sh]:
-			t.Fatalf("flood flow %d was evicted before an older one of its shard", i)
+			held[src] = true
+		case held[src]:
+			t.Fatalf("flood flow %d was evicted before an older one of its client", i)
 		}
 	}
 
@@ -94,12 +95,8 @@ func TestTransitoryFloodEvicted(t *testing.T) {
 
 	// Expire prunes the queues to the fresh flows still held.
 	tb.Expire(now)
-	queued := 0
-	for i := range tb.shards {
-		queued += len(tb.shards[i].fresh) - tb.shards[i].freshHead
-	}
-	if want := tb.Len() - len(kept); queued != want || tb.freshQueued.Load() != int64(want) {
-		t.Fatalf("%d queued (counted %d), want the %d fresh flows", queued, tb.freshQueued.Load(), want)
+	if queued, want := tb.clients.queued(), tb.Len()-len(kept); queued != want {
+		t.Fatalf("%d queued, want the %d fresh flows", queued, want)
 	}
 }
 
@@ -237,9 +234,9 @@ func TestResetFloodEvicted(t *testing.T) {
 	if st := r.s.Stats(); st.FlowsEvicted != 1 || st.Drops["flow_table_full"] != 0 {
 		t.Fatalf("after the new client: %d evicted, drops %v", st.FlowsEvicted, st.Drops)
 	}
-	// Evicting all that may go, from the neighbour's shard on, asks the
-	// stack about its connection first, and leaves it, live again.
-	for r.s.flows.evict(shardOf(&own)) {
+	// Evicting all that may go asks the stack about the neighbour's
+	// connection, and leaves it, live again.
+	for r.s.flows.evict(nil) {
 	}
 	if f := r.s.flows.Lookup(&own); f == nil || !f.tcpLive() {
 		t.Fatalf("the connection with a spoofed RST lost its flow (held %v)", f != nil)
@@ -343,5 +340,166 @@ func TestEvictSkipsEmptyShards(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("eviction waited for the lock of a shard with nothing queued")
+	}
+}
+
+// queued counts the entries in the clients' queues, and checks that each
+// shard's published top is its heap's first.
+func (c *clientShares) queued() int {
+	n := 0
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		top := 0
+		for _, cl := range s.clients {
+			n += cl.queuedN()
+			top = max(top, cl.queuedN())
+		}
+		if int(s.top.Load()) != top {
+			n = -1 << 30 // a stale top: no count can match
+		}
+		s.mu.Unlock()
+	}
+	return n
+}
+
+// floodTable is a table of 100 flows, 10 a client, with 90 of them live
+// connections of nine clients, for the eviction tests below.
+func floodTable(t *testing.T) (tb *flowTable, touch func(src string, proto uint8, port uint16) (*Flow, DropReason)) {
+	tb = newFlowTable(100, 350*time.Second, 120*time.Second)
+	tb.LimitPerClient(10)
+	now := time.Now().UnixNano()
+	dst := netip.MustParseAddr("198.18.9.9").As16()
+	touch = func(src string, proto uint8, port uint16) (*Flow, DropReason) {
+		a := netip.MustParseAddr(src).As16()
+		p := Packet{Proto: proto, Src: a, Dst: dst, SrcPort: port, DstPort: 443}
+		k := p.Key(7)
+		return tb.Touch(&k, a, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+	}
+	for c := range 9 {
+		for port := range uint16(10) {
+			f, r := touch(netip.AddrFrom4([4]byte{10, 0, 3, byte(c)}).String(), protoTCP, 30000+port)
+			if r != DropNone {
+				t.Fatalf("a live connection refused: %v", r)
+			}
+			tb.tcpSeen(f, f.tcpClient(flagSyn))
+			tb.tcpSeen(f, f.tcpStack(flagSyn|flagAck))
+			tb.tcpSeen(f, f.tcpClient(flagAck))
+		}
+	}
+	return tb, touch
+}
+
+// TestInProgressFlowsSurviveFlood plays the reviewer's probe: a table of
+// 100 with 90 live connections, a client with a DNS query awaiting its
+// answer and a SYN whose destination is being dialled (no SYN-ACK yet),
+// and one address sending SYNs to new ports within its share of 10.
+// Eviction took the oldest evictable flow whoever held it, and the
+// victim's two flows were gone after some 24 flood flows. Now the flood
+// churns through its own.
+func TestInProgressFlowsSurviveFlood(t *testing.T) {
+	tb, touch := floodTable(t)
+	dns, _ := touch("10.0.1.99", protoUDP, 53)
+	syn, _ := touch("10.0.1.99", protoTCP, 5555)
+	syn.tcpClient(flagSyn)
+	refused := 0
+	for port := range uint16(1000) {
+		if _, r := touch("10.0.0.66", protoTCP, 20000+port); r != DropNone {
+			refused++ // its share is full: it has taken others' places
+		}
+	}
+	if dns.removed.Load() || syn.removed.Load() || refused != 0 {
+		t.Fatalf("after 1000 flood flows: the DNS flow evicted %v, the dialling SYN's %v; %d flood flows refused", dns.removed.Load(), syn.removed.Load(), refused)
+	}
+	if n := tb.evicted.Load(); n != 1000-8 {
+		t.Fatalf("%d evicted, want the flood's own 992", n)
+	}
+}
+
+// TestEvictionPrefersFlooder: a client's new flow in a full table takes
+// the place of its own oldest evictable flow, though another client's is
+// older; a client holding none takes the oldest of the client holding the
+// most, not the oldest of the table.
+func TestEvictionPrefersFlooder(t *testing.T) {
+	tb, touch := floodTable(t)
+	var victim []*Flow // the oldest evictable flows
+	for port := range uint16(3) {
+		f, _ := touch("10.0.1.99", protoTCP, 5000+port)
+		victim = append(victim, f)
+	}
+	var flood []*Flow
+	for port := range uint16(7) {
+		f, _ := touch("10.0.0.66", protoTCP, 20000+port)
+		flood = append(flood, f)
+	}
+	for port := range uint16(7) {
+		touch("10.0.0.66", protoTCP, 21000+port)
+		if !flood[port].removed.Load() {
+			t.Fatalf("the flooder's new flow %d did not take its own oldest's place", port)
+		}
+	}
+	// A new client takes the place of the flooder's oldest (7 to the
+	// victim's 3), not of the victim's, older.
+	touch("10.0.2.1", protoTCP, 1)
+	for i, f := range victim {
+		if f.removed.Load() {
+			t.Fatalf("the victim's flow %d was evicted", i)
+		}
+	}
+	if n, want := tb.evicted.Load(), uint64(8); n != want {
+		t.Fatalf("%d evicted, want %d", n, want)
+	}
+	if n := tb.clients.queued(); n != 3+6+1 {
+		t.Fatalf("%d queued, want 10", n)
+	}
+}
+
+// TestEvictConcurrent churns a small full table from several readers at
+// once (new flows, connections made live and reset, expiry) and checks
+// that the count, the flows and the clients' shares still agree.
+func TestEvictConcurrent(t *testing.T) {
+	tb := newFlowTable(50, 350*time.Second, 120*time.Second)
+	tb.LimitPerClient(20)
+	now := time.Now().UnixNano()
+	dst := netip.MustParseAddr("198.18.9.9").As16()
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 3000 {
+				src := netip.AddrFrom4([4]byte{10, 0, byte(g), byte(i % 3)}).As16()
+				p := Packet{Proto: protoTCP, Src: src, Dst: dst, SrcPort: uint16(i % 700), DstPort: 443}
+				k := p.Key(7)
+				f, r := tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+				if r != DropNone {
+					continue
+				}
+				switch i % 4 {
+				case 1:
+					tb.tcpSeen(f, f.tcpStack(flagAck))
+				case 2:
+					tb.tcpSeen(f, f.tcpClient(flagRst))
+				}
+				if g == 0 && i%500 == 0 {
+					tb.Expire(now)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	flows, shares := 0, int32(0)
+	for i := range tb.shards {
+		flows += len(tb.shards[i].flows)
+		for _, cl := range tb.clients.shards[i].clients {
+			shares += cl.flows
+		}
+	}
+	if flows != tb.Len() || int(shares) != flows || flows > 50 {
+		t.Fatalf("%d flows, counted %d, %d in the clients' shares", flows, tb.Len(), shares)
+	}
+	tb.Expire(now)
+	if q := tb.clients.queued(); q < 0 || q > flows {
+		t.Fatalf("%d queued for %d flows", q, flows)
 	}
 }

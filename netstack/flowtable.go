@@ -25,7 +25,8 @@ type Flow struct {
 	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
 	replied  atomic.Bool              // others: the stack has sent the client something
 	removed  atomic.Bool              // out of the table: expired or evicted (flowevict.go)
-	queued   atomic.Bool              // in its shard's fresh queue (flowevict.go)
+	queued   atomic.Bool              // in its client's queue (flowevict.go)
+	owner    *client                  // its client's share and queue, while in the table
 }
 
 // What a TCP flow's segments showed, as bits of Flow.tcp. A flow lives for
@@ -149,31 +150,21 @@ func (f *Flow) Header() Header { return f.tunnel.Load().parsed }
 type flowShard struct {
 	mu    sync.RWMutex
 	flows map[FlowKey]*Flow
-	// fresh holds the shard's flows in the order they were made, or
-	// stopped being live (a TCP flow reset or closed), from freshHead on,
-	// for eviction (flowevict.go): those of them still evictable come out
-	// oldest first when the table is full. Entries of flows removed or
-	// live since are skipped when they come to the front, and pruned by
-	// Expire.
-	fresh     []*Flow
-	freshHead int
-	queued    atomic.Int32 // len(fresh) - freshHead, read by evict without the lock
 }
 
 // flowTable maps flow keys to flows. It is safe for concurrent use.
 type flowTable struct {
-	shards      [flowShards]flowShard
-	count       atomic.Int64
-	max         int64
-	clients     clientShares
-	pressure    atomic.Int32 // a MemoryPressure
-	tcpIdle     time.Duration
-	short       time.Duration // for TCP flows not established (see tcpSynAcked), and others never replied to
-	otherIdle   time.Duration
-	created     atomic.Uint64
-	expired     atomic.Uint64
-	evicted     atomic.Uint64 // fresh flows evicted for new ones (flowevict.go)
-	freshQueued atomic.Int64  // entries in the shards' fresh queues
+	shards    [flowShards]flowShard
+	count     atomic.Int64
+	max       int64
+	clients   clientShares
+	pressure  atomic.Int32 // a MemoryPressure
+	tcpIdle   time.Duration
+	short     time.Duration // for TCP flows not established (see tcpSynAcked), and others never replied to
+	otherIdle time.Duration
+	created   atomic.Uint64
+	expired   atomic.Uint64
+	evicted   atomic.Uint64 // evictable flows evicted for new ones (flowevict.go)
 	// held reports whether the stack of a TCP flow's endpoint still holds
 	// its connection (Server.holdsTCP); nil: not asked (see Expire).
 	held        func(k *FlowKey) bool
@@ -287,42 +278,44 @@ func (t *flowTable) setPressure(p MemoryPressure) { t.pressure.Store(int32(p)) }
 
 // Touch records a packet from the GWLB for flow k under header hdr from
 // gwlb, creating the flow if it is new; client is the packet's inner source.
-// A new flow in a full table takes the place of the oldest fresh one
-// (evict). It returns DropFlowTableFull when the table is full of others and
-// DropClientFlowLimit when client holds its share already, and
-// DropMemoryPressure when it holds what memory pressure leaves a client
-// (setPressure). In the steady
-// state (known flow, same header) it allocates nothing.
+// A new flow in a full table takes the place of an evictable one, its own
+// client's if it has one (evict). It returns DropFlowTableFull when the
+// table is full of others, DropClientFlowLimit when client holds its share
+// already, and DropMemoryPressure when it holds what memory pressure
+// leaves a client (setPressure). In the steady state (known flow, same
+// header) it allocates nothing.
 func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
-	si := shardOf(k)
-	s := &t.shards[si]
+	s := t.shard(k)
 	s.mu.RLock()
 	f := s.flows[*k]
 	s.mu.RUnlock()
 	if f == nil {
-		if r := t.clients.take(k.Endpoint, client, MemoryPressure(t.pressure.Load()).clientFlows()); r != DropNone {
+		own, r := t.clients.take(k.Endpoint, client, MemoryPressure(t.pressure.Load()).clientFlows())
+		if r != DropNone {
 			return nil, r
 		}
-		if t.count.Add(1) > t.max && !t.evict(si) {
+		if t.count.Add(1) > t.max && !t.evict(own) {
 			t.count.Add(-1)
-			t.clients.give(k.Endpoint, client)
+			t.clients.give(own, k.Endpoint, client)
 			return nil, DropFlowTableFull
 		}
 		s.mu.Lock()
+		made := false
 		if f = s.flows[*k]; f == nil {
-			f = &Flow{key: *k, client: client}
+			f = &Flow{key: *k, client: client, owner: own}
 			f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 			s.flows[*k] = f
-			f.queued.Store(true)
-			s.fresh = append(s.fresh, f)
-			t.queuedAdd(s, 1)
+			made = true
 			t.created.Add(1)
 			t.endpointCounter(k.Endpoint).Add(1)
 		} else { // another reader created it first
 			t.count.Add(-1)
-			t.clients.give(k.Endpoint, client)
+			t.clients.give(own, k.Endpoint, client)
 		}
 		s.mu.Unlock()
+		if made {
+			t.requeue(f)
+		}
 	}
 	f.lastSeen.Store(now)
 	// The GWLB may move a flow (new source port after a failover, a new
@@ -382,8 +375,10 @@ func (t *flowTable) Expire(now int64) int {
 			t.removeLocked(s, f)
 			removed++
 		}
-		t.pruneFresh(s)
 		s.mu.Unlock()
+	}
+	for i := range t.clients.shards {
+		t.clients.shards[i].pruneFresh()
 	}
 	for _, f := range reset {
 		last := f.lastSeen.Load()
@@ -433,7 +428,7 @@ func (t *flowTable) removeLocked(s *flowShard, f *Flow) {
 	delete(s.flows, f.key)
 	f.removed.Store(true)
 	t.endpointCounter(f.key.Endpoint).Add(-1)
-	t.clients.give(f.key.Endpoint, f.client)
+	t.clients.give(f.owner, f.key.Endpoint, f.client)
 }
 
 // EndpointFlows returns the number of flows of one GWLB endpoint.

@@ -31,8 +31,8 @@ type Stats struct {
 	Flows        int               `json:"flows"`
 	FlowsCreated uint64            `json:"flows_created"`
 	FlowsExpired uint64            `json:"flows_expired"`
-	// FlowsEvicted counts fresh flows (TCP never established, others
-	// never answered) taken out of a full table to make room for new ones.
+	// FlowsEvicted counts evictable flows (TCP not live, others never
+	// answered) taken out of a full table to make room for new ones.
 	FlowsEvicted    uint64           `json:"flows_evicted"`
 	FlowsByEndpoint map[string]int64 `json:"flows_by_endpoint"`
 	Stacks          int64            `json:"stacks"`
