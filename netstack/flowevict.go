@@ -13,17 +13,19 @@ import "container/heap"
 // connection, or a flow the stack has answered, is never evicted, and a
 // table full of those still refuses new flows.
 //
-// Whose flow: the new flow's own client's oldest evictable flow if it has
-// one, else the oldest of the client holding the most. Evictable flows
+// Whose flow: the oldest of the client holding the most evictable flows,
+// the new flow's own client when it holds as many as any. Evictable flows
 // include other clients' flows in progress (a SYN whose destination is
 // being dialled, a DNS query awaiting its answer, an unanswered ping), and
 // taking the table's oldest regardless of owner let one address within its
 // share churn through them: a victim's flow lived about (evictable flows in
 // the table) / (the flooder's new flows a second). Now a flood churns
-// through its own flows, and an address takes someone else's only while it
-// holds no evictable flow itself, from whoever holds the most: a client
-// holding a few flows in progress loses one only to its own new flows, or
-// when no client holds more. Each client keeps its evictable flows in a
+// through its own flows once it holds the most, and an address takes
+// someone else's only from a client holding more than it does. Taking the
+// new flow's own client's first whatever it held would make a client that
+// opens a few connections at once, each waiting for its dial, evict its own
+// in-progress flows with each new one; by the most held, a client with a
+// few flows in progress loses one only when no client holds more. Each client keeps its evictable flows in a
 // queue, oldest first, and each of the 64 client shards a heap of its
 // clients by queue length, whose top it publishes in an atomic: eviction
 // reads the 64 tops, with no lock, and locks the one shard it takes from.
@@ -80,14 +82,14 @@ func (t *flowTable) requeue(f *Flow) {
 }
 
 // evict takes an evictable flow out of the table for a new flow of own,
-// and reports whether it found one: own's oldest if own has one, else the
-// oldest of the client with the most queued. It is called only for a new
+// and reports whether it found one: the oldest of the client with the most
+// queued, own's if own has as many. It is called only for a new
 // flow in a full table; the entries it skips (flows live or removed since)
 // leave their queue until the flow stops being live again, so the work is
 // bounded by the flows made and the connections ended.
 func (t *flowTable) evict(own *client) bool {
 	for asks, empty := 0, 0; asks < evictAsks && empty < flowShards; {
-		f := own.pop()
+		f := own.popIfMost(t.clients.mostQueued())
 		if f == nil {
 			var queued bool
 			if f, queued = t.clients.popMost(); !queued {
@@ -165,6 +167,16 @@ func (t *flowTable) evicted1() {
 	t.evicted.Add(1)
 }
 
+// mostQueued returns the most entries any client has queued, as the
+// shards last published it.
+func (c *clientShares) mostQueued() int32 {
+	var most int32
+	for i := range c.shards {
+		most = max(most, c.shards[i].top.Load())
+	}
+	return most
+}
+
 // popMost pops the oldest evictable flow of the client holding the most
 // queued entries: the first of the shard whose published top is the
 // highest. The tops are read without locks; a stale one costs a look at a
@@ -191,14 +203,18 @@ func (c *clientShares) popMost() (*Flow, bool) {
 	return nil, true
 }
 
-// pop takes cl's oldest flow still evictable and in the table off its
-// queue; nil if there is none (or cl is nil).
-func (cl *client) pop() *Flow {
+// popIfMost takes cl's oldest flow still evictable and in the table off
+// its queue if cl has at least most entries queued; nil if it has fewer,
+// or none is evictable (or cl is nil).
+func (cl *client) popIfMost(most int32) *Flow {
 	if cl == nil || cl.sh.top.Load() == 0 {
 		return nil // nothing queued in its shard: no lock needed
 	}
 	cl.sh.mu.Lock()
 	defer cl.sh.mu.Unlock()
+	if int32(cl.queuedN()) < most {
+		return nil
+	}
 	return cl.popLocked()
 }
 

@@ -454,6 +454,33 @@ func TestEvictionPrefersFlooder(t *testing.T) {
 	}
 }
 
+// TestEvictionSparesAClientsOwnFlowsInProgress: a client opening a few
+// connections at once in a full table, each still waiting for its dial,
+// does not evict its own earlier ones while another client holds more
+// evictable flows: its new flow takes the place of the biggest holder's.
+func TestEvictionSparesAClientsOwnFlowsInProgress(t *testing.T) {
+	tb, touch := floodTable(t)
+	for port := range uint16(10) { // its share: the table is full
+		touch("10.0.0.66", protoTCP, 20000+port)
+	}
+	var mine []*Flow
+	for port := range uint16(3) { // each one evicts
+		f, r := touch("10.0.1.99", protoTCP, 5000+port)
+		if r != DropNone {
+			t.Fatalf("the client's connection %d refused: %v", port, r)
+		}
+		mine = append(mine, f)
+	}
+	for i, f := range mine {
+		if f.removed.Load() {
+			t.Fatalf("the client's own connection %d in progress was evicted for its next one", i)
+		}
+	}
+	if n, want := tb.evicted.Load(), uint64(3); n != want {
+		t.Fatalf("%d evicted, want %d (the other client's)", n, want)
+	}
+}
+
 // TestEvictConcurrent churns a small full table from several readers at
 // once (new flows, connections made live and reset, expiry) and checks
 // that the count, the flows and the clients' shares still agree.
