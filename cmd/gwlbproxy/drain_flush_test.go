@@ -1,17 +1,12 @@
 package main
 
 import (
-	"context"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 )
 
 // TestSIGINTCutsFlush: a SIGINT that arrives once a SIGTERM's drain has no
@@ -21,16 +16,8 @@ import (
 // only read while flows were open: the flush kept the 40 s drain's end and
 // the process exited about 39 s after the SIGINT.
 func TestSIGINTCutsFlush(t *testing.T) {
-	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(policyFile, []byte("policy:\n  mode: audit\n  default: allow\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// A loopback /24 of this process's, apart from TestSIGINTCutsDrain's:
-	// the appliance on .1, gwlbsim on .2, the destination on .3, the
-	// CloudWatch endpoint on .4.
-	base := [4]byte{127, byte(1 + os.Getpid()%250), 252, 0}
-	addr := func(i byte) netip.Addr { b := base; b[3] = i; return netip.AddrFrom4(b) }
-	geneve := netip.AddrPortFrom(addr(1), 6081)
+	policyFile := auditPolicy(t)
+	addr, geneve := drainNet(252) // the CloudWatch endpoint on .4
 
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr(3), 0).String())
 	if err != nil {
@@ -82,22 +69,7 @@ func TestSIGINTCutsFlush(t *testing.T) {
 		"--cloudwatch-endpoint", "http://"+cw.Addr().String())
 	p.waitLog(`msg="gwlbproxy serving"`, 30*time.Second)
 
-	sim, err := gwlbsim.New(gwlbsim.Config{Addr: addr(2), Appliance: geneve})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
-	client, err := sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(netip.MustParseAddr("198.18.0.5"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := client.DialTCP(ctx, ln.Addr().(*net.TCPAddr).AddrPort())
-	if err != nil {
-		t.Fatalf("connecting through the appliance: %v", err)
-	}
-	c.Close()
+	dialThrough(t, addr(2), geneve, ln.Addr().(*net.TCPAddr).AddrPort()).Close()
 	time.Sleep(2 * time.Second) // the flow ends; its record waits for CloudWatch
 
 	p.signal(syscall.SIGTERM)

@@ -279,16 +279,8 @@ func TestSignalsDuringStart(t *testing.T) {
 // otherwise last a minute. Before, the signal handler stopped reading
 // after the first stop signal, and the SIGINT was ignored.
 func TestSIGINTCutsDrain(t *testing.T) {
-	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(policyFile, []byte("policy:\n  mode: audit\n  default: allow\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// A loopback /24 of this process's: the appliance on .1 (GENEVE's
-	// port, where gwlbsim sends and expects replies from), gwlbsim on .2,
-	// the destination on .3.
-	base := [4]byte{127, byte(1 + os.Getpid()%250), 251, 0}
-	addr := func(i byte) netip.Addr { b := base; b[3] = i; return netip.AddrFrom4(b) }
-	geneve := netip.AddrPortFrom(addr(1), 6081)
+	policyFile := auditPolicy(t)
+	addr, geneve := drainNet(251)
 
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr(3), 0).String())
 	if err != nil {
@@ -307,21 +299,7 @@ func TestSIGINTCutsDrain(t *testing.T) {
 		"--access-log", "", "--state-dir", t.TempDir(), "--drain-timeout", "60s")
 	p.waitLog(`msg="gwlbproxy serving"`, 30*time.Second)
 
-	sim, err := gwlbsim.New(gwlbsim.Config{Addr: addr(2), Appliance: geneve})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
-	client, err := sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(netip.MustParseAddr("198.18.0.5"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := client.DialTCP(ctx, ln.Addr().(*net.TCPAddr).AddrPort())
-	if err != nil {
-		t.Fatalf("connecting through the appliance: %v", err)
-	}
+	c := dialThrough(t, addr(2), geneve, ln.Addr().(*net.TCPAddr).AddrPort())
 	defer c.Close()
 	select {
 	case sc := <-accepted:
@@ -350,4 +328,48 @@ func TestSIGINTCutsDrain(t *testing.T) {
 	}
 	p.waitLog(`msg="drain cut short"`, 0)
 	p.waitLog(`msg=stopped`, 0)
+}
+
+// auditPolicy writes a policy that allows everything, in audit mode, and
+// returns its file.
+func auditPolicy(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(f, []byte("policy:\n  mode: audit\n  default: allow\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// drainNet is a loopback /24 of this process's, its third byte given so
+// that tests running at once keep apart: the appliance on .1 (GENEVE's
+// port, where gwlbsim sends and expects replies from), gwlbsim on .2, the
+// destination on .3, whatever else a test needs from .4.
+func drainNet(third byte) (addr func(byte) netip.Addr, geneve netip.AddrPort) {
+	base := [4]byte{127, byte(1 + os.Getpid()%250), third, 0}
+	addr = func(i byte) netip.Addr { b := base; b[3] = i; return netip.AddrFrom4(b) }
+	return addr, netip.AddrPortFrom(addr(1), 6081)
+}
+
+// dialThrough connects a client stack behind a gwlbsim on sim to dst,
+// through the appliance listening for GENEVE on geneve; the simulator is
+// closed when the test ends.
+func dialThrough(t *testing.T, sim netip.Addr, geneve, dst netip.AddrPort) net.Conn {
+	t.Helper()
+	s, err := gwlbsim.New(gwlbsim.Config{Addr: sim, Appliance: geneve})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	client, err := s.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(netip.MustParseAddr("198.18.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.DialTCP(ctx, dst)
+	if err != nil {
+		t.Fatalf("connecting through the appliance: %v", err)
+	}
+	return c
 }
