@@ -5,6 +5,7 @@ import (
 	"container/list"
 	"crypto/tls"
 	"sync"
+	"time"
 )
 
 // The upstream session cache, bounded in bytes.
@@ -40,11 +41,22 @@ type sessionCache struct {
 	byKey map[string]*list.Element
 }
 
-// storedSession is a session as kept: its ticket and its encoding.
+// storedSession is a session as kept: its ticket and its encoding, and
+// when it was stored.
 type storedSession struct {
 	key           string
 	ticket, state []byte
+	at            time.Time
 }
+
+// sessionPutEvery is how often a key's session may be replaced. crypto/tls
+// puts every NewSessionTicket an origin sends, and encoding a session
+// copies its whole chain and staple: an origin sending 16 tickets per byte
+// of data (all crypto/tls allows in a row) would have the appliance encode
+// a megabyte for every few hundred bytes it sent, where storing a pointer
+// cost nothing. An honest origin sends one or two tickets per connection,
+// at once; the first one kept resumes as well as the last.
+const sessionPutEvery = time.Second
 
 func (s *storedSession) size() int { return len(s.key) + len(s.ticket) + len(s.state) }
 
@@ -76,8 +88,15 @@ func (c *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
 
 // Put implements tls.ClientSessionCache: nil removes key's session.
 func (c *sessionCache) Put(key string, cs *tls.ClientSessionState) {
-	st := &storedSession{key: key}
+	st := &storedSession{key: key, at: time.Now()}
 	if cs != nil {
+		c.mu.Lock()
+		e, ok := c.byKey[key]
+		recent := ok && st.at.Sub(e.Value.(*storedSession).at) < sessionPutEvery
+		c.mu.Unlock()
+		if recent {
+			return
+		}
 		ticket, ss, err := cs.ResumptionState()
 		if err == nil && ss != nil {
 			if st.state, err = ss.Bytes(); err == nil {
