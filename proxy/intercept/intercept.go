@@ -441,7 +441,7 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj 
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("no certificate")
 	}
-	if err := checkPresented(cs.PeerCertificates); err != nil {
+	if err := checkPresented(cs.PeerCertificates, cs.DidResume); err != nil {
 		return err
 	}
 	key := newVerifiedChain(cs.PeerCertificates, name) // verifycache.go

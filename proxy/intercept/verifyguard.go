@@ -126,8 +126,12 @@ type failedChain struct {
 }
 
 // checkPresented refuses what no honest chain looks like, before x509
-// spends a signature check on it.
-func checkPresented(presented []*x509.Certificate) error {
+// spends a signature check on it. A resumed session's certificates were
+// decoded from the session cache, which bounds them in bytes already, and
+// their Raw reaches to the end of the session's encoding (its staple, the
+// rest of the chain): the message bound would refuse on resumption a
+// chain it let through on the full handshake, session after session.
+func checkPresented(presented []*x509.Certificate, resumed bool) error {
 	if len(presented) > maxUpstreamChain {
 		return fmt.Errorf("chain of %d certificates, more than %d: not verified", len(presented), maxUpstreamChain)
 	}
@@ -136,7 +140,7 @@ func checkPresented(presented []*x509.Certificate) error {
 		// cap: what the certificate keeps alive of the message crypto/tls
 		// parsed it from (Raw is a slice of it), padding and all.
 		size += len(c.Raw)
-		if size > maxUpstreamChainBytes || cap(c.Raw) > maxUpstreamChainBytes {
+		if size > maxUpstreamChainBytes || !resumed && cap(c.Raw) > maxUpstreamChainBytes {
 			return fmt.Errorf("chain of more than %d bytes: not verified", maxUpstreamChainBytes)
 		}
 	}
