@@ -482,15 +482,16 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	// follow within moments: wait for them half the reserve, at least half
 	// a second (a drain of 0 has no reserve), and never past the end.
 	recordsDue := end.Add(-reserve / 2)
-	if earliest := time.Now().Add(500 * time.Millisecond); recordsDue.Before(earliest) {
-		recordsDue = earliest
+	recordsFloor := time.Now().Add(500 * time.Millisecond)
+	if recordsDue.Before(recordsFloor) {
+		recordsDue = recordsFloor
 	}
 	if latest := end.Add(time.Second); recordsDue.After(latest) {
 		recordsDue = latest
 	}
 	// A cut (CutDrain) arriving now bounds this wait as it bounds a
 	// drain of its length: half its reserve before its deadline.
-	rctx, rcancel := a.untilCut(recordsDue, func(deadline time.Time, within time.Duration) time.Time {
+	rctx, rcancel := a.untilCut(recordsDue, recordsFloor, func(deadline time.Time, within time.Duration) time.Time {
 		return deadline.Add(-flushReserve(within) / 2)
 	})
 	if err := a.proxy.Wait(rctx); err != nil {
@@ -513,13 +514,14 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	// CloudWatch's time, and the records never wait behind packets (up to
 	// 4096 queued per capture output, on a disk that may be stalled).
 	flushDue := end.Add(time.Second)
-	if earliest := time.Now().Add(time.Second); flushDue.Before(earliest) {
-		flushDue = earliest
+	flushFloor := time.Now().Add(time.Second)
+	if flushDue.Before(flushFloor) {
+		flushDue = flushFloor
 	}
 	// A cut, in any phase of the drain, ends the flush a second after its
 	// deadline: flushDue comes from the drain's original end when the cut
 	// arrived after the flows were gone.
-	sctx, scancel := a.untilCut(flushDue, func(deadline time.Time, _ time.Duration) time.Time {
+	sctx, scancel := a.untilCut(flushDue, flushFloor, func(deadline time.Time, _ time.Duration) time.Time {
 		return deadline.Add(time.Second)
 	})
 	defer scancel()

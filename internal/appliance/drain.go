@@ -90,10 +90,13 @@ func (a *Appliance) drainFlows(end time.Time, reserve time.Duration) (time.Time,
 
 // untilCut returns a context that ends at due or, once CutDrain has cut
 // the drain (before or meanwhile), at at(the cut's deadline, its within)
-// if that is sooner: a cut bounds every phase of the drain, not only the
-// wait for flows, so that "the drain ends within 5s" holds while the
-// records are flushed to a sink that does not answer.
-func (a *Appliance) untilCut(due time.Time, at func(deadline time.Time, within time.Duration) time.Time) (context.Context, context.CancelFunc) {
+// if that is sooner, but never before floor: a cut bounds every phase of
+// the drain, not only the wait for flows, so that "the drain ends within
+// 5s" holds while the records are flushed to a sink that does not answer;
+// and the phase keeps the least time it has without a cut (the records of
+// the flows the stacks just ended need a moment to come, and the sinks one
+// to take them), which a cut whose time has passed would otherwise take.
+func (a *Appliance) untilCut(due, floor time.Time, at func(deadline time.Time, within time.Duration) time.Time) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithDeadline(context.Background(), due)
 	cut := a.cut.done()
 	go func() {
@@ -102,7 +105,11 @@ func (a *Appliance) untilCut(due time.Time, at func(deadline time.Time, within t
 			return
 		case <-cut:
 		}
-		t := time.NewTimer(time.Until(at(a.cut.get())))
+		when := at(a.cut.get())
+		if when.Before(floor) {
+			when = floor
+		}
+		t := time.NewTimer(time.Until(when))
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
