@@ -154,7 +154,8 @@ type tcpSession struct {
 	// holding says the slot in tcpState.waiting is still held past
 	// classification, for a flow only a name could let through: until its
 	// destination is dialled and checked, or it is refused
-	// (releaseWaiting).
+	// (releaseWaiting); a bump hands it to the interceptor, which checks
+	// and dials (intercept).
 	holding bool
 }
 
@@ -342,9 +343,16 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 // interceptor is done with it. A flow only a name could let through goes
 // with no upstream yet: the interceptor dials one for a bump once its
 // destination check has passed, and for cleartext HTTP for the first
-// request the policy allows (the trust page needs none).
+// request the policy allows (the trust page needs none). Such a
+// connection's slot in its client's waiting share goes with it: the
+// interceptor gives it back once a bump's destination has been checked and
+// dialled, or at once for the rest (Session.ReleaseWaiting).
 func (s *tcpSession) intercept(is *intercept.Session) {
-	s.releaseWaiting()
+	if s.holding {
+		s.holding = false // the interceptor's from now on
+		p, key := s.p, s.waiting
+		is.ReleaseWaiting = func() { p.tcp.waiting.release(key) }
+	}
 	is.Client, is.Upstream, is.Policy, is.Subject = s.client, s.up, s.pol, s.subj
 	is.Record, is.Start = s.rec, s.start
 	// Its writes are bounded as a relay's are (stall.go); Done counts it

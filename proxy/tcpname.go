@@ -99,7 +99,8 @@ func (s *tcpSession) dialAllowed() bool {
 // classification, through its destination check and dial, as a flow
 // dialled first holds it through its dial: a client that makes the
 // appliance wait on destinations cannot make it wait on more than its
-// share at once.
+// share at once. A bump's check and dial are the interceptor's, and so is
+// the slot from then on (tcpSession.intercept, Session.ReleaseWaiting).
 func (s *tcpSession) releaseWaiting() {
 	if s.holding {
 		s.holding = false

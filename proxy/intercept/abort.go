@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"net"
+	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -64,4 +65,19 @@ func Abort(c net.Conn) {
 		_ = c.SetLinger(0)
 	}
 	c.Close()
+}
+
+// TLS alerts sent to clients whose connection is refused.
+const (
+	AlertHandshakeFailure = 40
+	AlertBadCertificate   = 42
+	AlertAccessDenied     = 49
+	AlertInternalError    = 80
+)
+
+// WriteAlert sends a fatal TLS alert record; it is what a client that has
+// sent its ClientHello understands as a refusal.
+func WriteAlert(c net.Conn, desc byte) {
+	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.Write([]byte{21, 3, 3, 0, 2, 2, desc})
 }

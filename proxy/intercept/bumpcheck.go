@@ -71,12 +71,17 @@ func (s *session) checkBumpDestination() bool {
 // ended, as for a flow dialled first. The connection is the session's
 // Upstream from then on, closed on every path that ends it, and watched as
 // the further connections are (Session.WatchUpstream): until the session
-// ends, since it lasts as long as the session.
+// ends, since it lasts as long as the session. The client's slot among its
+// waiting connections (Session.ReleaseWaiting) is held through the check
+// and the dial, and given back once the dial has ended: a client cannot
+// have more checks and dials under way at once than its share.
 func (s *session) dialBumped() bool {
 	if s.Upstream != nil {
+		s.releaseWaiting()
 		return true
 	}
 	c, err := s.ic.cfg.Dial(context.Background(), s.Subject.Dest.String())
+	s.releaseWaiting()
 	if err != nil {
 		Abort(s.client)
 		s.Record.Result, s.Record.Error = records.DialResult(err), err.Error()
@@ -88,4 +93,11 @@ func (s *session) dialBumped() bool {
 		s.WatchUpstream(c) // its unwatch is the session's end
 	}
 	return true
+}
+
+// releaseWaiting calls ReleaseWaiting, once.
+func (s *Session) releaseWaiting() {
+	if s.ReleaseWaiting != nil && s.waitingReleased.CompareAndSwap(false, true) {
+		s.ReleaseWaiting()
+	}
 }

@@ -104,6 +104,12 @@ type Session struct {
 	// Done is called once, when the session has ended and its records are
 	// written.
 	Done func()
+	// ReleaseWaiting, when set, gives back the connection's slot in its
+	// client's share of connections waiting (proxy/tcpname.go): called
+	// once, for a bump with no Upstream when its destination's dial has
+	// ended (dialBumped), and otherwise when the session is handed over or
+	// ends, whichever comes first.
+	ReleaseWaiting func()
 	// WatchUpstream, when set, is called with each further connection to
 	// the destination the session dials (besides Upstream), as dialled,
 	// before any TLS: what watches Client and Upstream from outside (the
@@ -116,6 +122,8 @@ type Session struct {
 	upstreams connSet
 	// aborted says why Abort ended the session, once it has.
 	aborted atomic.Pointer[abortReason]
+	// waitingReleased says ReleaseWaiting has been called.
+	waitingReleased atomic.Bool
 }
 
 // Interceptor serves intercepted sessions. It is safe for concurrent use.
@@ -188,10 +196,12 @@ func (ic *Interceptor) Serve(s *Session) {
 		WriteAlert(c.client, AlertInternalError)
 		c.refuse("TLS handed over for bumping, but there is no CA")
 	case s.Hello != nil && ic.IsTrustHost(s.Hello.ServerName):
+		c.releaseWaiting() // nothing to dial
 		c.serveTrustTLS(s.Hello.ServerName)
 	case s.Hello != nil:
-		c.bump()
+		c.bump() // released once checked and dialled (dialBumped)
 	default:
+		c.releaseWaiting() // each request's dial is the transport's
 		c.serveHTTP()
 	}
 }
@@ -212,6 +222,7 @@ type session struct {
 
 // finish writes the connection's record and ends the session.
 func (s *session) finish() {
+	s.releaseWaiting() // if it ended before its dial
 	s.markEnding()
 	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
@@ -234,21 +245,6 @@ func (s *session) refuse(reason string) {
 	s.ic.denied.Add(1)
 	s.Record.Action, s.Record.Result, s.Record.Error = "deny", "denied", reason
 	s.finish()
-}
-
-// TLS alerts sent to clients whose connection is refused.
-const (
-	AlertHandshakeFailure = 40
-	AlertBadCertificate   = 42
-	AlertAccessDenied     = 49
-	AlertInternalError    = 80
-)
-
-// WriteAlert sends a fatal TLS alert record; it is what a client that has
-// sent its ClientHello understands as a refusal.
-func WriteAlert(c net.Conn, desc byte) {
-	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = c.Write([]byte{21, 3, 3, 0, 2, 2, desc})
 }
 
 // bump terminates the client's TLS with a leaf from our CA. The upstream
