@@ -108,3 +108,30 @@ func TestNamedOnlyBumpReleasesWaitingSlot(t *testing.T) {
 		t.Errorf("tcp_waiting_drops %d, want 0: each connection ended before the next came", n)
 	}
 }
+
+// A flow only a name could let through whose destination cannot be dialled
+// counts in tcp_dial_errors whoever dials it: the proxy for a splice
+// (dialAllowed), the interceptor for a bump (dialBumped).
+func TestNamedOnlyDialErrorCounted(t *testing.T) {
+	for _, action := range []string{"splice", "bump"} {
+		t.Run(action, func(t *testing.T) {
+			dc := new(switchChecker)
+			dc.pass.Store(true)
+			r := newClsRig(t, fmt.Sprintf(clsStrictAllowList, action), clsOptions{bump: true, check: dc.check})
+			ln := clsMust(net.Listen("tcp", "127.0.0.1:0"))(t)
+			closed := ln.Addr().(*net.TCPAddr).AddrPort()
+			ln.Close()
+			c := r.dial(t, closed)
+			defer c.Close()
+			if err := tls.Client(c, &tls.Config{ServerName: "allowed.example", RootCAs: clsRoots(r)}).Handshake(); err == nil || !isReset(err) {
+				t.Errorf("handshake to a closed port: %v, want a reset", err)
+			}
+			if rec := r.record(t, c, "tls"); rec.Result != "refused" || rec.Action != action {
+				t.Errorf("record %+v, want %s, its dial refused", rec, action)
+			}
+			if n := r.p.Stats().TCPDialErrors; n != 1 {
+				t.Errorf("tcp_dial_errors %d, want 1", n)
+			}
+		})
+	}
+}

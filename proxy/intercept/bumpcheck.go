@@ -83,6 +83,9 @@ func (s *session) dialBumped() bool {
 	c, err := s.ic.cfg.Dial(context.Background(), s.Subject.Dest.String())
 	s.releaseWaiting()
 	if err != nil {
+		if s.ic.cfg.DialFailed != nil {
+			s.ic.cfg.DialFailed()
+		}
 		Abort(s.client)
 		s.Record.Result, s.Record.Error = records.DialResult(err), err.Error()
 		s.finish()

@@ -56,6 +56,9 @@ type Config struct {
 	// Dial opens a further connection to the session's destination, when
 	// the client's requests need more than the one dialled already.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// DialFailed, when set, is called when a bump's destination, handed
+	// over with nothing dialled, cannot be dialled (dialBumped).
+	DialFailed func()
 	// DestinationCheck, when set, ties a request allowed by a rule with
 	// domains to the destination: nil when dest is an address name
 	// resolves to from GWLB endpoint endpoint, an error saying why not
