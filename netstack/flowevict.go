@@ -235,8 +235,14 @@ func (cl *client) popLocked() *Flow {
 			break
 		}
 	}
-	if cl.head == len(cl.fresh) {
-		cl.fresh, cl.head = cl.fresh[:0], 0 // empty: the array is reused
+	if cl.head > len(cl.fresh)/2 {
+		// Half the array is popped: move the rest to its front, so that
+		// a client churning its own flows between prunes reuses the
+		// array rather than growing it by a pointer per flow. Each
+		// entry moves at most once per entry popped.
+		n := copy(cl.fresh, cl.fresh[cl.head:])
+		clear(cl.fresh[n:])
+		cl.fresh, cl.head = cl.fresh[:n], 0
 	}
 	cl.sh.fix(cl)
 	return found
@@ -265,6 +271,11 @@ func (s *clientShard) pruneFresh() {
 		}
 		clear(cl.fresh[n:])
 		cl.fresh, cl.head = cl.fresh[:n], 0
+		if cap(cl.fresh) > 2*n+64 {
+			// A burst since the last prune grew the array: give
+			// back what the queue no longer needs.
+			cl.fresh = append([]*Flow(nil), cl.fresh...)
+		}
 	}
 	kept := s.byFresh[:0]
 	for _, cl := range s.byFresh {
