@@ -30,14 +30,17 @@ type clientShard struct {
 // client is one client's share and its evictable flows, oldest first from
 // head on (flows made, or stopped being live, in that order). Entries of
 // flows removed or live since are skipped when they come to the front, and
-// pruned by Expire. A client's flows point to it while they are in the
+// pruned by Expire, or by eviction when it picks a client whose queue is
+// stale: else a client that made many connections since the last prune
+// ranked as the biggest holder by entries of its live flows. A client's flows point to it while they are in the
 // table, and it is dropped with its last flow.
 type client struct {
 	sh    *clientShard
 	flows int32 // in the table; 0: dropped
 	fresh []*Flow
 	head  int
-	at    int // index in sh.byFresh; -1: not in it
+	at    int         // index in sh.byFresh; -1: not in it
+	stale atomic.Bool // a queued flow may have left the evictable set since the last prune
 }
 
 // queuedN is the number of entries in c's queue; the caller holds c.sh.

@@ -30,6 +30,16 @@ import "container/heap"
 // clients by queue length, whose top it publishes in an atomic: eviction
 // reads the 64 tops, with no lock, and locks the one shard it takes from.
 //
+// A new flow is queued when made, and its entry stays once it is live or
+// answered until a prune or a pop reaches it: by raw queue length, a busy
+// client that had just opened many connections ranked as the biggest
+// holder and lost its dialling SYNs while a flooder with more evictable
+// flows kept its own. So a flow queued and then made live or answered
+// marks its client's queue stale (on its next packet), and eviction prunes
+// a stale queue before it takes from it, looking again if that client then
+// holds fewer than another. Each stale entry is dropped once, and a queue
+// not stale is not scanned, so the work stays bounded by the flows made.
+//
 // A connection made and then reset or closed is evictable too: else ten
 // addresses completing handshakes (a SYN that only a name could allow gets
 // its SYN-ACK with nothing dialled) and resetting them held the table as
@@ -61,8 +71,31 @@ func (f *Flow) evictable() bool {
 // path: a live flow, or one queued, costs an atomic load; a flow that
 // stops being live (once per connection) takes its client's lock.
 func (t *flowTable) tcpSeen(f *Flow, state uint32) {
-	if !tcpLiveState(state) && !f.queued.Load() {
-		t.requeue(f)
+	if !tcpLiveState(state) {
+		if !f.queued.Load() {
+			t.requeue(f)
+		}
+	} else if f.queued.Load() {
+		f.leftEvictable()
+	}
+}
+
+// leftEvictable marks the queue of f's client stale if f, queued, is no
+// longer evictable: a flow made live or answered since it was queued. Its
+// entry still counts in the client's queue length, by which eviction
+// ranks the clients, until a prune drops it. For a live flow's packets
+// until then it costs two atomic loads.
+func (f *Flow) leftEvictable() {
+	if cl := f.owner; cl != nil && !cl.stale.Load() {
+		cl.stale.Store(true)
+	}
+}
+
+// answered notes that the stack answered f, a flow other than TCP: it is
+// no longer evictable.
+func (t *flowTable) answered(f *Flow) {
+	if f.queued.Load() {
+		f.leftEvictable()
 	}
 }
 
@@ -89,16 +122,18 @@ func (t *flowTable) requeue(f *Flow) {
 // bounded by the flows made and the connections ended.
 func (t *flowTable) evict(own *client) bool {
 	for asks, empty := 0, 0; asks < evictAsks && empty < flowShards; {
-		f := own.popIfMost(t.clients.mostQueued())
+		f := own.popIfMost(&t.clients)
 		if f == nil {
-			var queued bool
-			if f, queued = t.clients.popMost(); !queued {
+			var queued, pruned bool
+			if f, queued, pruned = t.clients.popMost(); !queued {
 				return false
+			}
+			if f == nil && !pruned {
+				empty++ // a shard emptied since its top was read
 			}
 		}
 		if f == nil {
-			empty++ // a shard emptied since its top was read
-			continue
+			continue // or a client held fewer once pruned: look again
 		}
 		s := t.shard(&f.key)
 		if t.held == nil || !f.tcpResetOnly() {
@@ -180,9 +215,10 @@ func (c *clientShares) mostQueued() int32 {
 // popMost pops the oldest evictable flow of the client holding the most
 // queued entries: the first of the shard whose published top is the
 // highest. The tops are read without locks; a stale one costs a look at a
-// client with fewer, or at none (nil). It reports whether any shard had
-// entries queued.
-func (c *clientShares) popMost() (*Flow, bool) {
+// client with fewer, or at none (nil). A client whose queue is stale is
+// pruned first, and if it then holds fewer than another, popMost returns
+// nil, reporting pruned. It reports whether any shard had entries queued.
+func (c *clientShares) popMost() (f *Flow, queued, pruned bool) {
 	best, bestN := -1, int32(0)
 	for i := range c.shards {
 		if n := c.shards[i].top.Load(); n > bestN {
@@ -190,30 +226,45 @@ func (c *clientShares) popMost() (*Flow, bool) {
 		}
 	}
 	if best < 0 {
-		return nil, false
+		return nil, false, false
 	}
 	s := &c.shards[best]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(s.byFresh) > 0 {
-		if f := s.byFresh[0].popLocked(); f != nil {
-			return f, true
+		cl := s.byFresh[0]
+		if cl.stale.Load() && cl.pruneLocked() > 0 {
+			s.fix(cl)
+			if int32(cl.queuedN()) < c.mostQueued() {
+				return nil, true, true
+			}
+		}
+		if f := cl.popLocked(); f != nil {
+			return f, true, false
 		}
 	}
-	return nil, true
+	return nil, true, false
 }
 
 // popIfMost takes cl's oldest flow still evictable and in the table off
-// its queue if cl has at least most entries queued; nil if it has fewer,
-// or none is evictable (or cl is nil).
-func (cl *client) popIfMost(most int32) *Flow {
+// its queue if cl has at least as many queued as any client of c, its
+// queue pruned first if stale; nil if it has fewer, or none is evictable
+// (or cl is nil).
+func (cl *client) popIfMost(c *clientShares) *Flow {
 	if cl == nil || cl.sh.top.Load() == 0 {
 		return nil // nothing queued in its shard: no lock needed
 	}
+	most := c.mostQueued()
 	cl.sh.mu.Lock()
 	defer cl.sh.mu.Unlock()
 	if int32(cl.queuedN()) < most {
 		return nil
+	}
+	if cl.stale.Load() && cl.pruneLocked() > 0 {
+		cl.sh.fix(cl)
+		if int32(cl.queuedN()) < c.mostQueued() {
+			return nil
+		}
 	}
 	return cl.popLocked()
 }
@@ -248,6 +299,37 @@ func (cl *client) popLocked() *Flow {
 	return found
 }
 
+// pruneLocked drops the entries of flows removed or no longer evictable
+// from cl's queue, and second entries of a flow, keeping the others in
+// order, and returns how many it dropped; the caller holds cl.sh locked
+// and moves cl in the heap. It clears the stale mark first: a flow leaving
+// the evictable set meanwhile marks it again.
+func (cl *client) pruneLocked() int {
+	cl.stale.Store(false)
+	was := cl.queuedN()
+	for _, f := range cl.fresh[cl.head:] {
+		f.queued.Store(false)
+	}
+	n := 0
+	for _, f := range cl.fresh[cl.head:] {
+		// The mark is set again for the first entry of a flow kept: a
+		// second one (a race's) goes, and so does this one if a
+		// segment queued the flow again meanwhile.
+		if !f.removed.Load() && f.evictable() && f.queued.CompareAndSwap(false, true) {
+			cl.fresh[n] = f
+			n++
+		}
+	}
+	clear(cl.fresh[n:])
+	cl.fresh, cl.head = cl.fresh[:n], 0
+	if cap(cl.fresh) > 2*n+64 {
+		// A burst since the last prune grew the array: give back what
+		// the queue no longer needs.
+		cl.fresh = append([]*Flow(nil), cl.fresh...)
+	}
+	return was - n
+}
+
 // pruneFresh drops the entries of flows removed or no longer evictable
 // from the queues of s's clients, and second entries of a flow, keeping
 // the others in order, so that a queue holds at most its client's
@@ -256,26 +338,7 @@ func (s *clientShard) pruneFresh() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, cl := range s.byFresh {
-		for _, f := range cl.fresh[cl.head:] {
-			f.queued.Store(false)
-		}
-		n := 0
-		for _, f := range cl.fresh[cl.head:] {
-			// The mark is set again for the first entry of a flow
-			// kept: a second one (a race's) goes, and so does this
-			// one if a segment queued the flow again meanwhile.
-			if !f.removed.Load() && f.evictable() && f.queued.CompareAndSwap(false, true) {
-				cl.fresh[n] = f
-				n++
-			}
-		}
-		clear(cl.fresh[n:])
-		cl.fresh, cl.head = cl.fresh[:n], 0
-		if cap(cl.fresh) > 2*n+64 {
-			// A burst since the last prune grew the array: give
-			// back what the queue no longer needs.
-			cl.fresh = append([]*Flow(nil), cl.fresh...)
-		}
+		cl.pruneLocked()
 	}
 	kept := s.byFresh[:0]
 	for _, cl := range s.byFresh {

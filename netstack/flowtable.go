@@ -387,6 +387,9 @@ func (t *flowTable) Expire(now int64) int {
 			// to take) leaves the mark for the next round.
 			if f.lastSeen.Load() == last {
 				f.tcpUpdate(afterHeld, 0)
+				if f.queued.Load() {
+					f.leftEvictable()
+				}
 			}
 			continue
 		}

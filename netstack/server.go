@@ -447,6 +447,7 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 		s.flows.tcpSeen(flow, flow.tcpStack(p.TCPFlags))
 	case p.Proto != protoTCP && !p.ICMPError && !flow.replied.Load():
 		flow.replied.Store(true)
+		s.flows.answered(flow)
 	}
 	tn := flow.tunnel.Load()
 	start := innerOff - len(tn.header)
