@@ -53,7 +53,8 @@ import "container/heap"
 // queued leaves the queue when it comes to the front.
 
 // evictAsks bounds the questions to the stack one eviction asks (reset
-// flows found still held); each takes a spoofed RST to set up.
+// flows found still held); each takes a spoofed RST to set up. Past it,
+// reset flows are set aside (resetAside), not a reason to refuse.
 const evictAsks = 64
 
 // evictable reports whether f may be evicted: a TCP flow that is not live,
@@ -118,15 +119,17 @@ func (t *flowTable) requeue(f *Flow) {
 // and reports whether it found one: the oldest of the client with the most
 // queued, own's if own has as many. It is called only for a new
 // flow in a full table; the entries it skips (flows live or removed since)
-// leave their queue until the flow stops being live again, so the work is
-// bounded by the flows made and the connections ended.
+// leave their queue until the flow stops being live again, and those it
+// sets aside (reset flows past its asks) leave it until asked, so the work
+// is bounded by the flows made, the connections ended and the RSTs seen.
 func (t *flowTable) evict(own *client) bool {
-	for asks, empty := 0, 0; asks < evictAsks && empty < flowShards; {
+	asks := 0
+	for empty := 0; empty < flowShards; {
 		f := own.popIfMost(&t.clients)
 		if f == nil {
 			var queued, pruned bool
 			if f, queued, pruned = t.clients.popMost(); !queued {
-				return false
+				break
 			}
 			if f == nil && !pruned {
 				empty++ // a shard emptied since its top was read
@@ -136,18 +139,32 @@ func (t *flowTable) evict(own *client) bool {
 			continue // or a client held fewer once pruned: look again
 		}
 		s := t.shard(&f.key)
-		if t.held == nil || !f.tcpResetOnly() {
-			s.mu.Lock()
-			ok := s.flows[f.key] == f && f.evictable()
-			if ok {
-				t.removeLocked(s, f)
-			}
-			s.mu.Unlock()
-			if ok {
-				t.evicted1()
+		switch {
+		case t.held == nil || !f.tcpResetOnly():
+			if t.evictNow(s, f) {
 				return true
 			}
-			t.requeueIfEvictable(f)
+		case asks == evictAsks:
+			t.setAside(f)
+		default:
+			asks++
+			if t.evictReset(s, f) {
+				return true
+			}
+		}
+	}
+	// The queues hold nothing evictable: the reset flows set aside are
+	// consulted last, with what is left of the asks.
+	for asks < evictAsks {
+		f := t.aside.pop()
+		if f == nil {
+			return false
+		}
+		s := t.shard(&f.key)
+		if !f.tcpResetOnly() {
+			if t.evictNow(s, f) {
+				return true
+			}
 			continue
 		}
 		asks++
@@ -156,6 +173,60 @@ func (t *flowTable) evict(own *client) bool {
 		}
 	}
 	return false
+}
+
+// evictNow evicts f, of shard s, if it is still in the table and
+// evictable, and else queues it again if it is evictable by now.
+func (t *flowTable) evictNow(s *flowShard, f *Flow) bool {
+	s.mu.Lock()
+	ok := s.flows[f.key] == f && f.evictable()
+	if ok {
+		t.removeLocked(s, f)
+	}
+	s.mu.Unlock()
+	if ok {
+		t.evicted1()
+		return true
+	}
+	t.requeueIfEvictable(f)
+	return false
+}
+
+// resetAside queues the reset flows eviction found once it had spent its
+// asks (evictAsks): out-of-window RSTs, which anyone writing a client's
+// address can send, on 64 connections the stack still holds made each new
+// flow in a full table flow_table_full for 64 RSTs, while other flows were
+// plainly evictable. Past its asks, eviction sets such flows aside here,
+// counted for no client, and goes on through the queues; it consults them
+// last, when the queues hold nothing else evictable. A flow set aside
+// holds its queued mark; Expire prunes the queue.
+type resetAside struct {
+	sh clientShard
+	cl client
+}
+
+// setAside queues f, a reset flow popped from its client's queue, aside,
+// unless a segment queued it again meanwhile.
+func (t *flowTable) setAside(f *Flow) {
+	if !f.queued.CompareAndSwap(false, true) {
+		return
+	}
+	a := &t.aside
+	a.sh.mu.Lock()
+	a.cl.fresh = append(a.cl.fresh, f)
+	a.sh.fix(&a.cl)
+	a.sh.mu.Unlock()
+}
+
+// pop takes the oldest flow set aside still evictable and in the table;
+// nil if there is none.
+func (a *resetAside) pop() *Flow {
+	if a.sh.top.Load() == 0 {
+		return nil
+	}
+	a.sh.mu.Lock()
+	defer a.sh.mu.Unlock()
+	return a.cl.popLocked()
 }
 
 // evictReset evicts f, a flow established and reset, of shard s, unless

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
@@ -151,4 +152,167 @@ func TestEvictRanksAnsweredAsStale(t *testing.T) {
 	if dns[7].removed.Load() || !flood[0].removed.Load() {
 		t.Errorf("the DNS query awaiting its answer evicted %v, the flooder's oldest %v", dns[7].removed.Load(), flood[0].removed.Load())
 	}
+}
+
+// TestEvictPastHeldResets plays the reviewer's probe: out-of-window RSTs
+// (which the stack ignores, and anyone writing the clients' addresses can
+// send) on 80 established connections queued 80 reset flows the stack
+// still holds; eviction spent its 64 asks on them and refused a new flow
+// (flow_table_full) while a flooder's SYN-only flow was evictable. Now it
+// sets the reset flows past its asks aside, takes the flooder's, and
+// consults those set aside last.
+func TestEvictPastHeldResets(t *testing.T) {
+	tb, touch := tcpTable(81, 10)
+	held := func(k *FlowKey) bool { return k.LoPort >= 30000 || k.HiPort >= 30000 }
+	tb.held = func(k *FlowKey) bool { return held(k) }
+	var conns []*Flow
+	for c := range 8 {
+		src := netip.AddrFrom4([4]byte{10, 0, 3, byte(c)}).String()
+		for port := range uint16(10) {
+			f := touch(src, 30000+port)
+			tb.tcpSeen(f, f.tcpClient(flagSyn))
+			tb.tcpSeen(f, f.tcpStack(flagSyn|flagAck))
+			tb.tcpSeen(f, f.tcpClient(flagAck))
+			conns = append(conns, f)
+		}
+	}
+	tb.Expire(time.Now().UnixNano()) // the live flows leave the queues
+	if n := tb.clients.queued(); n != 0 {
+		t.Fatalf("%d queued after Expire, want 0", n)
+	}
+	for _, f := range conns {
+		tb.tcpSeen(f, f.tcpClient(flagRst))
+	}
+	flood := touch("10.0.0.66", 20000)
+	if tb.Len() != 81 {
+		t.Fatalf("len %d, want a full table", tb.Len())
+	}
+	mine := touch("10.0.2.1", 1)
+	if mine == nil || !flood.removed.Load() {
+		t.Fatalf("new flow admitted %v, the flooder's evictable flow evicted %v", mine != nil, flood.removed.Load())
+	}
+	// The others queued or set aside, none lost (mine is queued too).
+	if a, q := int(tb.aside.sh.top.Load()), tb.clients.queued(); a == 0 || a+q != 80-evictAsks+1 {
+		t.Fatalf("%d reset flows set aside and %d queued, want %d in all", a, q, 80-evictAsks+1)
+	}
+	// With nothing else evictable, the flows set aside are asked: once
+	// the stack no longer holds their connections, each is evicted for a
+	// new connection, and then the table holds only live ones.
+	held = func(*FlowKey) bool { return false }
+	var live []*Flow
+	for i := range 80 - evictAsks + 2 {
+		tb.tcpSeen(mine, mine.tcpStack(flagSyn|flagAck))
+		tb.tcpSeen(mine, mine.tcpClient(flagAck))
+		live = append(live, mine)
+		mine = touch(netip.AddrFrom4([4]byte{10, 0, 4, byte(i)}).String(), 1)
+		if mine == nil {
+			break
+		}
+	}
+	lost := 0
+	for _, f := range conns {
+		if f.removed.Load() {
+			lost++
+		}
+	}
+	if lost != 80-evictAsks || mine != nil || tb.aside.sh.top.Load() != 0 {
+		t.Fatalf("%d reset flows evicted, want %d, then flow_table_full (refused: %v); %d left aside", lost, 80-evictAsks, mine == nil, tb.aside.sh.top.Load())
+	}
+	for i, f := range live {
+		if f.removed.Load() {
+			t.Fatalf("live connection %d evicted", i)
+		}
+	}
+}
+
+// TestEvictQueuesCoverEvictable churns a full table from several readers
+// at once, with more reset flows the stack still holds than one eviction
+// asks about (so that some are set aside), and checks that every
+// evictable flow left in the table has an entry in its client's queue or
+// in the queue set aside: else eviction could not find it.
+func TestEvictQueuesCoverEvictable(t *testing.T) {
+	aside := 0
+	for round := range 10 {
+		tb, touch := tcpTable(200, 100)
+		tb.held = func(k *FlowKey) bool { return k.LoPort >= 30000 || k.HiPort >= 30000 }
+		var conns []*Flow // 120 connections the stack holds
+		for c := range 2 {
+			src := netip.AddrFrom4([4]byte{10, 0, 9, byte(c)}).String()
+			for port := range uint16(60) {
+				f := touch(src, 30000+port)
+				tb.tcpSeen(f, f.tcpStack(flagSyn|flagAck))
+				tb.tcpSeen(f, f.tcpClient(flagAck))
+				conns = append(conns, f)
+			}
+		}
+		for i := range 80 { // a new flow from another client each
+			touch(netip.AddrFrom4([4]byte{10, 0, 8, byte(i)}).String(), 1)
+		}
+		for _, c := range conns {
+			tb.tcpSeen(c, c.tcpClient(flagRst))
+		}
+		now := time.Now().UnixNano()
+		dst := netip.MustParseAddr("198.18.9.9").As16()
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 3000 {
+					// Out-of-window RSTs on the held connections,
+					// and their next segments making them live.
+					c := conns[(i*7+g*31)%len(conns)]
+					if i%5 == 0 {
+						tb.tcpSeen(c, c.tcpClient(flagAck))
+					} else {
+						tb.tcpSeen(c, c.tcpClient(flagRst))
+					}
+					src := netip.AddrFrom4([4]byte{10, 0, byte(g), byte(i % 3)}).As16()
+					p := Packet{Proto: protoTCP, Src: src, Dst: dst, SrcPort: uint16(i % 97), DstPort: 443}
+					k := p.Key(7)
+					f, r := tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now+int64(i))
+					if r != DropNone {
+						continue
+					}
+					switch i % 4 {
+					case 0:
+						tb.tcpSeen(f, f.tcpStack(flagSyn|flagAck))
+						tb.tcpSeen(f, f.tcpClient(flagAck))
+					case 1:
+						tb.tcpSeen(f, f.tcpClient(flagFin|flagAck))
+						tb.tcpSeen(f, f.tcpStack(flagFin|flagAck))
+					}
+					if g == 0 && i%700 == 0 {
+						tb.Expire(now)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		inQ := map[*Flow]bool{}
+		for _, f := range tb.aside.cl.fresh[tb.aside.cl.head:] {
+			inQ[f] = true
+			aside++
+		}
+		for i := range tb.clients.shards {
+			for _, cl := range tb.clients.shards[i].clients {
+				for _, f := range cl.fresh[cl.head:] {
+					inQ[f] = true
+				}
+			}
+		}
+		n := 0
+		for i := range tb.shards {
+			for _, f := range tb.shards[i].flows {
+				n++
+				if f.evictable() && !inQ[f] {
+					t.Fatalf("round %d: an evictable flow in no queue (tcp %b, queued %v)", round, f.tcp.Load(), f.queued.Load())
+				}
+			}
+		}
+		if int64(n) != tb.count.Load() {
+			t.Fatalf("round %d: count %d, flows %d", round, tb.count.Load(), n)
+		}
+	}
+	t.Logf("%d entries set aside at the ends of the rounds", aside)
 }

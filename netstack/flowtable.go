@@ -165,6 +165,7 @@ type flowTable struct {
 	created   atomic.Uint64
 	expired   atomic.Uint64
 	evicted   atomic.Uint64 // evictable flows evicted for new ones (flowevict.go)
+	aside     resetAside    // reset flows eviction consults last (flowevict.go)
 	// held reports whether the stack of a TCP flow's endpoint still holds
 	// its connection (Server.holdsTCP); nil: not asked (see Expire).
 	held        func(k *FlowKey) bool
@@ -179,6 +180,7 @@ type flowTable struct {
 func newFlowTable(max int, tcpIdle, otherIdle time.Duration) *flowTable {
 	t := &flowTable{max: int64(max), tcpIdle: tcpIdle, short: min(DefaultTransitoryTimeout, tcpIdle), otherIdle: otherIdle}
 	t.clients.max = math.MaxInt32
+	t.aside.cl.sh, t.aside.cl.at = &t.aside.sh, -1
 	for i := range t.shards {
 		t.shards[i].flows = make(map[FlowKey]*Flow)
 	}
@@ -380,6 +382,7 @@ func (t *flowTable) Expire(now int64) int {
 	for i := range t.clients.shards {
 		t.clients.shards[i].pruneFresh()
 	}
+	t.aside.sh.pruneFresh()
 	for _, f := range reset {
 		last := f.lastSeen.Load()
 		if t.held(&f.key) {
