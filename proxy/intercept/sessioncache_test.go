@@ -25,55 +25,18 @@ import (
 // them kept their messages: 24 MiB (1,024 at checkPresented's 64 KiB, or
 // Go's 256 KiB message limit, 64 or 256 MiB). The last is still resumed.
 func TestOriginSessionsBoundedInBytes(t *testing.T) {
-	const name = "a.example.test"
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	roots := x509.NewCertPool()
-	roots.AddCert(leaf)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	scfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, OCSPStaple: make([]byte, 60<<10)}},
-		MinVersion: tls.VersionTLS13}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				s := tls.Server(c, scfg)
-				s.SetDeadline(time.Now().Add(5 * time.Second))
-				if s.Handshake() == nil {
-					s.Write([]byte("x")) // after the tickets
-				}
-			}()
-		}
-	}()
+	addr, roots := stapledOrigin(t, tls.VersionTLS13, 60<<10, 0)
 	res := newResumption(nil)
 	connect := func(port uint16) bool {
 		t.Helper()
 		sessions := res.originSessions(netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port))
 		sessions.verified.Store(true)
-		c, err := net.Dial("tcp", ln.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		tc := tls.Client(c, &tls.Config{ServerName: name, RootCAs: roots, ClientSessionCache: sessions})
+		tc := tls.Client(c, &tls.Config{ServerName: originName, RootCAs: roots, ClientSessionCache: sessions})
 		tc.SetDeadline(time.Now().Add(5 * time.Second))
 		if err := tc.Handshake(); err != nil {
 			t.Fatal(err)
@@ -159,37 +122,9 @@ func (c *lastSession) Put(_ string, cs *tls.ClientSessionState) {
 // A key's session is now replaced at most once a second: 10,000 puts of a
 // session with a 60 KiB staple allocate next to nothing after the first.
 func TestSessionPutsRateLimited(t *testing.T) {
-	const name = "a.example.test"
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	scfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, OCSPStaple: make([]byte, 60<<10)}}, MinVersion: tls.VersionTLS13}
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		s := tls.Server(c, scfg)
-		if s.Handshake() == nil {
-			s.Write([]byte("x")) // the ticket goes before it
-		}
-		io.Copy(io.Discard, s)
-	}()
+	addr, _ := stapledOrigin(t, tls.VersionTLS13, 60<<10, 0)
 	got := &lastSession{}
-	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: name, InsecureSkipVerify: true, ClientSessionCache: got})
+	c, err := tls.Dial("tcp", addr, &tls.Config{ServerName: originName, InsecureSkipVerify: true, ClientSessionCache: got})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,48 +172,12 @@ func TestSessionPutsRateLimited(t *testing.T) {
 // staple included, and the message bound refused it, on every later
 // connection. A resumed chain is bounded by the cache instead.
 func TestResumedChainPassesCheck(t *testing.T) {
-	const name = "a.example.test"
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	for i := range 300 { // about 12 KiB of names, as big SAN certificates have
-		tmpl.DNSNames = append(tmpl.DNSNames, "host-"+strconv.Itoa(1000+i)+".example-customer-domain.test")
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	scfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, OCSPStaple: make([]byte, 56<<10)}},
-		MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				s := tls.Server(c, scfg)
-				s.SetDeadline(time.Now().Add(5 * time.Second))
-				if s.Handshake() == nil {
-					s.Write([]byte("x"))
-				}
-			}()
-		}
-	}()
-	sessions := newResumption(nil).originSessions(netip.MustParseAddrPort(ln.Addr().String()))
+	addr, _ := stapledOrigin(t, tls.VersionTLS12, 56<<10, 300) // about 12 KiB of names, as big SAN certificates have
+	sessions := newResumption(nil).originSessions(netip.MustParseAddrPort(addr))
 	for i := range 2 {
 		var checked, unbounded error
 		var resumed bool
-		cfg := &tls.Config{ServerName: name, InsecureSkipVerify: true, ClientSessionCache: sessions,
+		cfg := &tls.Config{ServerName: originName, InsecureSkipVerify: true, ClientSessionCache: sessions,
 			MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12,
 			VerifyConnection: func(cs tls.ConnectionState) error {
 				resumed = cs.DidResume
@@ -287,7 +186,7 @@ func TestResumedChainPassesCheck(t *testing.T) {
 				sessions.verified.Store(checked == nil)
 				return nil
 			}}
-		c, err := tls.Dial("tcp", ln.Addr().String(), cfg)
+		c, err := tls.Dial("tcp", addr, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -308,4 +207,59 @@ func TestResumedChainPassesCheck(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// originName is the name stapledOrigin's certificate is for.
+const originName = "a.example.test"
+
+// stapledOrigin serves TLS at version on loopback for originName, from a
+// self-signed certificate with extraNames more names, stapling staple
+// bytes; each connection gets one byte of data once its handshake (and
+// its tickets) are done. It returns its address and a pool trusting it.
+func stapledOrigin(t *testing.T, version uint16, staple, extraNames int) (string, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: originName}, DNSNames: []string{originName},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	for i := range extraNames {
+		tmpl.DNSNames = append(tmpl.DNSNames, "host-"+strconv.Itoa(1000+i)+".example-customer-domain.test")
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	scfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, OCSPStaple: make([]byte, staple)}},
+		MinVersion: version, MaxVersion: version}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s := tls.Server(c, scfg)
+				s.SetDeadline(time.Now().Add(5 * time.Second))
+				if s.Handshake() == nil {
+					s.Write([]byte("x")) // after the tickets
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), roots
 }
