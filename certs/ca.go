@@ -505,6 +505,11 @@ func checkCA(chain []*x509.Certificate, key crypto.Signer, now time.Time) error 
 // the marker file it writes first tells apart: that half-written CA was
 // never served, and is made anew.
 func LoadOrCreate(stateDir string) (ca *CA, created bool, err error) {
+	unlock, err := lockStateDir(stateDir)
+	if err != nil {
+		return nil, false, err
+	}
+	defer unlock()
 	certFile := filepath.Join(stateDir, CertFileName)
 	keyFile := filepath.Join(stateDir, KeyFileName)
 	certExists, err := exists(certFile)

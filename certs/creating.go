@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // creatingFileName marks a state directory whose CA LoadOrCreate is
@@ -34,6 +35,28 @@ func createFiles(ca *CA, stateDir string) error {
 		return err
 	}
 	return removeIfExists(marker)
+}
+
+// lockStateDir takes an exclusive lock (flock) on stateDir, making it if
+// need be, and returns what releases it; the kernel releases it too when
+// the process ends. LoadOrCreate holds it throughout: two processes that
+// share a state directory would otherwise each take the other's creation
+// under way for a cut-short one (the marker with one file), discard it and
+// write their own, and end with a key of one CA beside the certificate of
+// the other.
+func lockStateDir(stateDir string) (func(), error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create CA directory: %w", err)
+	}
+	d, err := os.Open(stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("lock the CA directory: %w", err)
+	}
+	if err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("lock the CA directory %s: %w", stateDir, err)
+	}
+	return func() { d.Close() }, nil
 }
 
 // discardInterrupted removes what a cut-short creation left in stateDir,

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // interruptDirEnv makes TestLoadOrCreateInterrupted, run as a child, create
@@ -66,5 +67,59 @@ func TestLoadOrCreateInterrupted(t *testing.T) {
 	}
 	if _, _, err := LoadOrCreate(dir); err == nil || !strings.Contains(err.Error(), "exists but") {
 		t.Fatalf("lone key without the creation marker: err=%v, want it refused", err)
+	}
+}
+
+// TestLoadOrCreateWaitsForAnother: LoadOrCreate waits while another holder
+// of the state directory's lock (another process sharing it, creating its
+// CA) works in it, and then loads what that one made, rather than taking
+// its creation under way for a cut-short one and replacing it. And two at
+// once end with one CA between them.
+func TestLoadOrCreateWaitsForAnother(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	unlock, err := lockStateDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		ca      *CA
+		created bool
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ca, created, err := LoadOrCreate(dir)
+		done <- result{ca, created, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("LoadOrCreate went ahead while another held the directory: created %v, %v", r.created, r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	first, err := Generate("the other's CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.WriteFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	r := <-done
+	if r.err != nil || r.created || r.ca.Fingerprint() != first.Fingerprint() {
+		t.Fatalf("after the other's CA: created %v, %v; want that CA loaded", r.created, r.err)
+	}
+
+	dir = filepath.Join(t.TempDir(), "state")
+	results := make(chan result, 2)
+	for range 2 {
+		go func() {
+			ca, created, err := LoadOrCreate(dir)
+			results <- result{ca, created, err}
+		}()
+	}
+	a, b := <-results, <-results
+	if a.err != nil || b.err != nil || a.created == b.created || a.ca.Fingerprint() != b.ca.Fingerprint() {
+		t.Fatalf("two at once: created %v and %v, errors %v and %v, the same CA %v", a.created, b.created, a.err, b.err,
+			a.err == nil && b.err == nil && a.ca.Fingerprint() == b.ca.Fingerprint())
 	}
 }
