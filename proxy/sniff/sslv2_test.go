@@ -200,32 +200,10 @@ func TestSSLv2HelloOpenSSL(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = stdin.Close(); _ = srv.Process.Kill(); _ = srv.Wait() })
-	addr := ""
-	sc := bufio.NewScanner(out)
-	for addr == "" && sc.Scan() {
-		if a, ok := bytes.CutPrefix(sc.Bytes(), []byte("ACCEPT ")); ok {
-			addr = string(a)
-		}
-	}
-	if addr == "" {
-		t.Fatalf("openssl s_server printed no ACCEPT line: %v", sc.Err())
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
+	addr := acceptAddr(t, out, "openssl s_server")
 
 	for _, tc := range sslv2Cases() {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write(tc.msg); err != nil {
-			t.Fatal(err)
-		}
-		// A ServerHello: a handshake record whose first message is type 2.
-		resp := make([]byte, 6)
-		_, rerr := io.ReadFull(c, resp)
-		c.Close()
-		answered := rerr == nil && resp[0] == 0x16 && resp[5] == 2
+		answered, resp, rerr := serverHelloTo(t, addr, tc.msg)
 		if want := tc.hello && !tc.javaOnly && binary.BigEndian.Uint16(tc.msg[3:]) != 0x0300; answered != want {
 			t.Errorf("%s: openssl answered % x (%v); case says hello=%v", tc.name, resp, rerr, tc.hello)
 		}
@@ -332,31 +310,10 @@ func TestSSLv2HelloJava(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
-	addr := ""
-	sc := bufio.NewScanner(out)
-	for addr == "" && sc.Scan() {
-		if a, ok := bytes.CutPrefix(sc.Bytes(), []byte("ACCEPT ")); ok {
-			addr = string(a)
-		}
-	}
-	if addr == "" {
-		t.Fatalf("the java server printed no ACCEPT line: %v", sc.Err())
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
+	addr := acceptAddr(t, out, "the java server")
 
 	for _, tc := range sslv2Cases() {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write(tc.msg); err != nil {
-			t.Fatal(err)
-		}
-		resp := make([]byte, 6)
-		_, rerr := io.ReadFull(c, resp)
-		c.Close()
-		answered := rerr == nil && resp[0] == 0x16 && resp[5] == 2
+		answered, resp, rerr := serverHelloTo(t, addr, tc.msg)
 		t.Logf("%s: java answered %v", tc.name, answered)
 		if tc.javaOnly && !answered {
 			t.Errorf("%s: java answered % x (%v), want a ServerHello", tc.name, resp, rerr)
@@ -365,4 +322,42 @@ func TestSSLv2HelloJava(t *testing.T) {
 			t.Errorf("%s: java answered, sniff %v %v", tc.name, res.Kind, res.Err)
 		}
 	}
+}
+
+// acceptAddr reads a test server's output up to its "ACCEPT host:port"
+// line and returns the address; the rest is read away, so that the server
+// never blocks on it.
+func acceptAddr(t *testing.T, out io.Reader, who string) string {
+	t.Helper()
+	addr := ""
+	sc := bufio.NewScanner(out)
+	for addr == "" && sc.Scan() {
+		if a, ok := bytes.CutPrefix(sc.Bytes(), []byte("ACCEPT ")); ok {
+			addr = string(a)
+		}
+	}
+	if addr == "" {
+		t.Fatalf("%s printed no ACCEPT line: %v", who, sc.Err())
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	return addr
+}
+
+// serverHelloTo sends msg to the server at addr and reports whether it
+// answered with a ServerHello (a handshake record whose first message is
+// type 2), with the first bytes of its answer and the read's error.
+func serverHelloTo(t *testing.T, addr string, msg []byte) (bool, []byte, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	resp := make([]byte, 6)
+	_, err = io.ReadFull(c, resp)
+	return err == nil && resp[0] == 0x16 && resp[5] == 2, resp, err
 }
