@@ -70,6 +70,7 @@ const (
 	DropMemoryPressure
 	DropInnerUnsupported
 	DropStackEcho
+	DropICMPMTUTooSmall
 	dropReasons
 )
 
@@ -102,6 +103,10 @@ var dropReasonNames = [dropReasons]string{
 	DropInnerUnsupported: "inner_protocol_unsupported",
 	// ICMP echo a stack wrote: only the echo relay answers echo (icmp.go).
 	DropStackEcho: "stack_echo",
+	// A "fragmentation needed" or Packet Too Big naming a path MTU below
+	// 552 (IPv4) or 1280 (IPv6), which no real path has: a forged one
+	// would cut a connection's segments to a byte (icmperr.go).
+	DropICMPMTUTooSmall: "icmp_mtu_too_small",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

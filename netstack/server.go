@@ -274,6 +274,9 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		if flow = s.flows.Lookup(&key); flow == nil {
 			return DropICMPErrorNoFlow
 		}
+		if reason := checkICMPError(p, inner); reason != DropNone {
+			return reason
+		}
 	} else {
 		key := p.Key(h.Endpoint)
 		var reason DropReason

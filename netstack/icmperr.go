@@ -1,0 +1,44 @@
+package netstack
+
+import "encoding/binary"
+
+// Path MTUs below which a "fragmentation needed" (ICMPv4 type 3, code 4)
+// or an ICMPv6 Packet Too Big is dropped rather than handed to the stack.
+// gVisor takes any MTU such an error names: below IPv4's 68 or IPv6's 1280
+// it takes 0, and TCP then cuts its segments to one byte and never raises
+// them again. It checks neither the quoted sequence number nor who sent
+// the error, so a forged one would make a connection send a packet per
+// byte. 552 is Linux's floor (net.ipv4.route.min_pmtu); 1280 is the least
+// MTU an IPv6 link may have (RFC 8200), so no real path is smaller.
+const (
+	minPathMTUv4 = 552
+	minPathMTUv6 = 1280
+)
+
+// checkICMPError decides whether an ICMP error from a client's side may
+// reach the stack. p is the error as ParsePacket read it from inner (its
+// flow is the quoted packet's); ParsePacket has checked that the ICMP
+// header is there.
+func checkICMPError(p *Packet, inner []byte) DropReason {
+	if mtu, ok := pathMTU(inner[p.Payload:], p.IPv6); ok {
+		if (p.IPv6 && mtu < minPathMTUv6) || (!p.IPv6 && mtu < minPathMTUv4) {
+			return DropICMPMTUTooSmall
+		}
+	}
+	return DropNone
+}
+
+// pathMTU returns the MTU an ICMP error names, if it is a "fragmentation
+// needed" (ICMPv4) or a Packet Too Big (ICMPv6).
+func pathMTU(icmp []byte, v6 bool) (mtu uint32, ok bool) {
+	if v6 {
+		if icmp[0] != 2 {
+			return 0, false
+		}
+		return binary.BigEndian.Uint32(icmp[4:8]), true
+	}
+	if icmp[0] != 3 || icmp[1] != 4 {
+		return 0, false
+	}
+	return uint32(binary.BigEndian.Uint16(icmp[6:8])), true
+}

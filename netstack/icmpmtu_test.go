@@ -1,0 +1,117 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// pathMTUError is a "fragmentation needed" (IPv4) or Packet Too Big (IPv6)
+// from from to the quoted packet's source, naming mtu and quoting the
+// first 28 (IPv4) or all (IPv6) bytes of quoted.
+func pathMTUError(from netip.Addr, quoted []byte, mtu uint32) []byte {
+	if from.Is4() {
+		pkt := icmpError(from, netip.AddrFrom4([4]byte(quoted[12:16])), quoted)
+		icmp := pkt[20:]
+		binary.BigEndian.PutUint16(icmp[6:], uint16(mtu))
+		icmp[2], icmp[3] = 0, 0
+		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
+		return pkt
+	}
+	pkt := make([]byte, 40+8+len(quoted))
+	pkt[0] = 0x60
+	binary.BigEndian.PutUint16(pkt[4:], uint16(len(pkt)-40))
+	pkt[6], pkt[7] = protoICMPv6, 64
+	f := from.As16()
+	copy(pkt[8:24], f[:])
+	copy(pkt[24:40], quoted[8:24]) // to the quoted packet's source
+	icmp := pkt[40:]
+	icmp[0] = 2
+	binary.BigEndian.PutUint32(icmp[4:], mtu)
+	copy(icmp[8:], quoted)
+	var tail [8]byte
+	binary.BigEndian.PutUint32(tail[:4], uint32(len(icmp)))
+	tail[7] = protoICMPv6
+	sum := checksum.Checksum(pkt[8:40], 0)
+	sum = checksum.Checksum(tail[:], sum)
+	binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, sum))
+	return pkt
+}
+
+// firstSegmentSize has the stack's end of the rig's connection write 4000
+// bytes and returns the payload size of the first data segment it sends.
+func firstSegmentSize(t *testing.T, r *groRig) int {
+	t.Helper()
+	if _, err := r.conn.Write(make([]byte, 4000)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, maxDatagram)
+	r.gwlb.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for {
+		tcp, err := readReplyTCP(r.gwlb, buf)
+		if err != nil {
+			t.Fatalf("no data segment: %v", err)
+		}
+		if tcp != nil && len(tcp.Payload()) > 0 {
+			return len(tcp.Payload())
+		}
+	}
+}
+
+// TestForgedPathMTUBelowTheFloor: a "fragmentation needed" or Packet Too
+// Big naming a path MTU below 552 (IPv4) or 1280 (IPv6) is dropped and
+// counted (icmp_mtu_too_small), whoever sends it. Another client behind
+// the same endpoint sent one from its own address, quoting a made-up
+// packet to a neighbour's connection, which the flow table found by the
+// quoted addresses; gVisor took MTU 0 (or anything under 68) and cut the
+// neighbour's segments to a byte, never to grow again (at 68, to 28
+// bytes). An error at the floor, as a router on the path sends it, still
+// lowers the connection's segments: path MTU discovery still works.
+func TestForgedPathMTUBelowTheFloor(t *testing.T) {
+	mss8960 := []byte{2, 4, 0x23, 0x00} // the client's SYN: segments up to 8960 bytes
+	cases := []struct {
+		fam      int // index into groFamilies
+		from     string
+		mtu      uint32
+		dropped  bool
+		maxFirst int // the first data segment's payload at most
+	}{
+		{0, "198.18.0.77", 0, true, 4000},
+		{0, "198.18.0.77", 68, true, 4000},
+		{0, "198.18.0.77", minPathMTUv4 - 1, true, 4000},
+		{0, "198.18.200.1", minPathMTUv4, false, minPathMTUv4 - 40},
+		{1, "2001:db8::77", 0, true, 4000},
+		{1, "2001:db8::77", minPathMTUv6 - 1, true, 4000},
+		{1, "2001:db8:c8::1", minPathMTUv6, false, minPathMTUv6 - 60},
+	}
+	for _, c := range cases {
+		fam := groFamilies[c.fam]
+		t.Run(fmt.Sprintf("%s/%s/mtu%d", fam.name, c.from, c.mtu), func(t *testing.T) {
+			r := newGRORigOpts(t, fam.client, fam.server, func(*Config) {}, mss8960, nil)
+			// The stack's segment to the client the error claims to be
+			// about; the sender does not know its sequence numbers.
+			quoted := clientSegment(r.server, r.client, 0, 0, header.TCPFlagAck, nil)
+			forged := pathMTUError(netip.MustParseAddr(c.from), quoted, c.mtu)
+			// Under the sender's own GENEVE header: another flow's.
+			d := append(AppendHeader(nil, r.ether, 0, 7, 0xbad, 0xbad, nil), forged...)
+			r.s.handleDatagram(d, netip.MustParseAddrPort("127.0.0.2:47002"), nil)
+
+			if n := r.s.Stats().Drops["icmp_error_without_flow"]; n != 0 {
+				t.Fatalf("the error found no flow (%d): the test quotes the wrong packet", n)
+			}
+			first := firstSegmentSize(t, r)
+			if first > c.maxFirst || (c.dropped && first != 4000) {
+				t.Errorf("the connection's first data segment after the error carries %d bytes, want %s",
+					first, map[bool]string{true: "4000 (MSS untouched)", false: fmt.Sprintf("at most %d", c.maxFirst)}[c.dropped])
+			}
+			if got := r.s.Stats().Drops["icmp_mtu_too_small"]; got != map[bool]uint64{true: 1}[c.dropped] {
+				t.Errorf("icmp_mtu_too_small %d, want it counted %v", got, c.dropped)
+			}
+		})
+	}
+}
