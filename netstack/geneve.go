@@ -71,6 +71,7 @@ const (
 	DropInnerUnsupported
 	DropStackEcho
 	DropICMPMTUTooSmall
+	DropICMPErrorNotFromClient
 	dropReasons
 )
 
@@ -107,6 +108,9 @@ var dropReasonNames = [dropReasons]string{
 	// 552 (IPv4) or 1280 (IPv6), which no real path has: a forged one
 	// would cut a connection's segments to a byte (icmperr.go).
 	DropICMPMTUTooSmall: "icmp_mtu_too_small",
+	// An ICMP error other than those two from anyone but the client of
+	// the flow it is about: another client's forgery (icmperr.go).
+	DropICMPErrorNotFromClient: "icmp_error_not_from_client",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

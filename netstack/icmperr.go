@@ -15,15 +15,32 @@ const (
 	minPathMTUv6 = 1280
 )
 
-// checkICMPError decides whether an ICMP error from a client's side may
-// reach the stack. p is the error as ParsePacket read it from inner (its
-// flow is the quoted packet's); ParsePacket has checked that the ICMP
-// header is there.
-func checkICMPError(p *Packet, inner []byte) DropReason {
+// checkICMPError decides whether an ICMP error from a client's side, about
+// flow, may reach the stack. p is the error as ParsePacket read it from
+// inner (its flow is the quoted packet's); ParsePacket has checked that the
+// ICMP header is there.
+//
+// A "fragmentation needed" or Packet Too Big may come from anyone (a
+// router on the way to the client too), above the MTU floor. Any other
+// error must come from the flow's client itself. The appliance's replies
+// reach a client through the GWLB, so an unreachable about one is the
+// client host's own (a closed port); gVisor acts on the quoted addresses
+// alone: a port unreachable ends a UDP flow (its reads fail with
+// ECONNREFUSED, which the relay takes for the client's own end), and a
+// host, network or port unreachable fails a connection being set up.
+// From any other address it is another client's forgery about a
+// neighbour's flow, and the VPC keeps a client from sending as another.
+// A real router's unreachable dropped here costs the flow only time: it
+// ends as if nothing came back.
+func checkICMPError(p *Packet, inner []byte, flow *Flow) DropReason {
 	if mtu, ok := pathMTU(inner[p.Payload:], p.IPv6); ok {
 		if (p.IPv6 && mtu < minPathMTUv6) || (!p.IPv6 && mtu < minPathMTUv4) {
 			return DropICMPMTUTooSmall
 		}
+		return DropNone
+	}
+	if p.Src != flow.client {
+		return DropICMPErrorNotFromClient
 	}
 	return DropNone
 }

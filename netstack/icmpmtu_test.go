@@ -12,31 +12,46 @@ import (
 )
 
 // pathMTUError is a "fragmentation needed" (IPv4) or Packet Too Big (IPv6)
-// from from to the quoted packet's source, naming mtu and quoting the
-// first 28 (IPv4) or all (IPv6) bytes of quoted.
+// from from to the quoted packet's source, naming mtu.
 func pathMTUError(from netip.Addr, quoted []byte, mtu uint32) []byte {
 	if from.Is4() {
-		pkt := icmpError(from, netip.AddrFrom4([4]byte(quoted[12:16])), quoted)
-		icmp := pkt[20:]
-		binary.BigEndian.PutUint16(icmp[6:], uint16(mtu))
-		icmp[2], icmp[3] = 0, 0
-		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
-		return pkt
+		return icmpErrorAbout(from, quoted, 3, 4, mtu)
 	}
-	pkt := make([]byte, 40+8+len(quoted))
+	return icmpErrorAbout(from, quoted, 2, 0, mtu)
+}
+
+// icmpErrorAbout is an ICMP (from an IPv4 address) or ICMPv6 error of type
+// typ and code from from to the quoted packet's source, with rest in its
+// second 32-bit word (the MTU of an IPv4 "fragmentation needed" or an IPv6
+// Packet Too Big), quoting the first 28 bytes (IPv4) or all of quoted.
+func icmpErrorAbout(from netip.Addr, quoted []byte, typ, code uint8, rest uint32) []byte {
+	ipLen, proto := 40, uint8(protoICMPv6)
+	if from.Is4() {
+		ipLen, proto, quoted = 20, protoICMP, quoted[:28]
+	}
+	pkt := make([]byte, ipLen+8+len(quoted))
+	icmp := pkt[ipLen:]
+	icmp[0], icmp[1] = typ, code
+	binary.BigEndian.PutUint32(icmp[4:], rest)
+	copy(icmp[8:], quoted)
+	if from.Is4() {
+		pkt[0], pkt[8], pkt[9] = 0x45, 64, proto
+		binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+		f := from.As4()
+		copy(pkt[12:16], f[:])
+		copy(pkt[16:20], quoted[12:16]) // to the quoted packet's source
+		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
+		return ipv4Sum(pkt)
+	}
 	pkt[0] = 0x60
-	binary.BigEndian.PutUint16(pkt[4:], uint16(len(pkt)-40))
-	pkt[6], pkt[7] = protoICMPv6, 64
+	binary.BigEndian.PutUint16(pkt[4:], uint16(len(icmp)))
+	pkt[6], pkt[7] = proto, 64
 	f := from.As16()
 	copy(pkt[8:24], f[:])
 	copy(pkt[24:40], quoted[8:24]) // to the quoted packet's source
-	icmp := pkt[40:]
-	icmp[0] = 2
-	binary.BigEndian.PutUint32(icmp[4:], mtu)
-	copy(icmp[8:], quoted)
 	var tail [8]byte
 	binary.BigEndian.PutUint32(tail[:4], uint32(len(icmp)))
-	tail[7] = protoICMPv6
+	tail[7] = proto
 	sum := checksum.Checksum(pkt[8:40], 0)
 	sum = checksum.Checksum(tail[:], sum)
 	binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, sum))

@@ -82,7 +82,8 @@ func (c *UDPConn) readError(terr tcpip.Error) error {
 		return c.opError("read", net.ErrClosed)
 	case *tcpip.ErrConnectionRefused:
 		// The client answered a datagram with ICMP port unreachable:
-		// its socket is gone.
+		// its socket is gone (only the client's own unreachable reaches
+		// the stack: checkICMPError).
 		return c.opError("read", syscall.ECONNREFUSED)
 	}
 	return c.opError("read", errors.New(terr.String()))

@@ -305,7 +305,9 @@ func (f *udpFlow) readClient() {
 // clientError is what a failed read of the client says about the flow: a
 // closed conn ends it cleanly (the stack closing, the flow ending), and so
 // does a client whose port answered ICMP unreachable: it closed its socket,
-// and the flow is over (ending it at once gives its host port back).
+// and the flow is over (ending it at once gives its host port back). The
+// packet stack passes on only the client's own unreachables, not another
+// host's about the client's flow (netstack's checkICMPError).
 func clientError(err error) error {
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNREFUSED) {
 		return nil
