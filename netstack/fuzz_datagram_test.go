@@ -25,6 +25,8 @@ func FuzzHandleDatagram(f *testing.F) {
 		clientSegment(client, dest, 1001, 1, header.TCPFlagAck, []byte("GET / HTTP/1.1\r\n\r\n")),
 		clientSegment(netip.MustParseAddrPort("[2001:db8::5]:40000"), netip.MustParseAddrPort("[2001:db8::9]:443"), 1, 0, header.TCPFlagSyn, nil),
 		icmpError(netip.MustParseAddr("198.18.200.1"), testDest, reply),
+		pathMTUError(netip.MustParseAddr("198.18.200.1"), reply, 0), // below the floor
+		icmpErrorQuoting(ipv4Sum(reply)),                            // the client's own port unreachable
 		fragment(udpPacket(3001, 3000), 7, 1500)[0],
 		fragment(udpPacket(3001, 3000), 7, 1500)[1],
 	} {

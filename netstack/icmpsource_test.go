@@ -173,3 +173,27 @@ func TestForgedUnreachableFailsNoNeighbourHandshake(t *testing.T) {
 		}
 	}
 }
+
+// TestForgedICMPErrorDropsAllocateNothing: dropping a forged ICMP error
+// about a flow the table holds, for its sender or its MTU, allocates
+// nothing: a client can send them as fast as it likes.
+func TestForgedICMPErrorDropsAllocateNothing(t *testing.T) {
+	fam := unreachables[0]
+	s := startServer(t, Config{})
+	from := netip.MustParseAddrPort("127.0.0.2:40000")
+	client, dest := netip.AddrPortFrom(fam.client, 3000), netip.AddrPortFrom(fam.dest, 53)
+	s.handleDatagram(append(AppendHeader(nil, fam.ether, 0, 7, 1, 2, nil), udpSum(udpDatagram(client, dest, 10))...), from, nil)
+	quoted := udpSum(udpDatagram(dest, client, 8))
+	for _, e := range [][]byte{
+		icmpErrorAbout(fam.neighbour, quoted, fam.typ, fam.port, 0),
+		pathMTUError(fam.neighbour, quoted, 0),
+	} {
+		d := append(AppendHeader(nil, fam.ether, 0, 7, 0xbad, 0xbad, nil), e...)
+		if a := testing.AllocsPerRun(100, func() { s.handleDatagram(d, from, nil) }); a != 0 {
+			t.Errorf("%.1f allocations a dropped error", a)
+		}
+	}
+	if d := s.Stats().Drops; d["icmp_error_not_from_client"] != 101 || d["icmp_mtu_too_small"] != 101 {
+		t.Fatalf("drops %v, want 101 of each (AllocsPerRun runs once more)", d)
+	}
+}
