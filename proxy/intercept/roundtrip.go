@@ -92,6 +92,9 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
 	rec.Path, rec.UserAgent, rec.Error, rec.Result = req.URL.Path, req.UserAgent(), "", "ok"
 	rec.BytesOut, rec.BytesIn = 0, 0
+	if resp := rt.refuseConnect(req, &rec, start); resp != nil {
+		return resp, nil
+	}
 	if isWebSocketUpgrade(req.Header) && !bodyless(req) {
 		// A WebSocket handshake is a GET without a body (RFC 6455 §4.1).
 		// Tunnelled, an upgrade with one would have the body's writer

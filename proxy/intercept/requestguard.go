@@ -1,0 +1,39 @@
+package intercept
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// refuseConnect answers a CONNECT request (an HTTP/2 extended CONNECT,
+// with :protocol, too) with a 405 and writes its deny record; it returns
+// nil for any other method. Inside an intercepted connection a CONNECT
+// cannot be relayed as a request: the transport sends it to the
+// destination as one, with the client's body unframed after its head (an
+// HTTP/2 stream's DATA frames, an HTTP/1 Content-Length or chunked body),
+// and an HTTP/1 origin that answers the CONNECT reads those bytes as
+// requests of their own, for whatever Host they name, decided by no one.
+// Nor does the appliance open tunnels from inside one: every request is
+// decided on its own.
+func (rt *roundTripper) refuseConnect(req *http.Request, rec *records.Record, start time.Time) *http.Response {
+	if req.Method != http.MethodConnect {
+		return nil
+	}
+	why := "CONNECT inside an intercepted connection is refused"
+	if p := req.Header.Get(":protocol"); p != "" {
+		why = "extended CONNECT (:protocol " + p + ") inside an intercepted connection is refused"
+	}
+	rec.Status, rec.Rule = http.StatusMethodNotAllowed, ""
+	rec.Action, rec.Result, rec.Error = "deny", "denied", why
+	rt.s.ic.denied.Add(1)
+	rt.write(rec, start)
+	// No Allow header: any method but CONNECT is relayed, which no list
+	// of methods says.
+	resp := errorResponse(req, http.StatusMethodNotAllowed, "gwlbproxy: "+why)
+	// HTTP/1: what follows the head is what the client meant for a tunnel,
+	// not a request; the connection ends after the answer.
+	resp.Close = true
+	return resp
+}
