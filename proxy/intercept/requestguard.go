@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -36,4 +37,35 @@ func (rt *roundTripper) refuseConnect(req *http.Request, rec *records.Record, st
 	// not a request; the connection ends after the answer.
 	resp.Close = true
 	return resp
+}
+
+// dropUpgradeOffer removes the upgrade a response other than a 101 offers
+// (Upgrade, and the upgrade option in Connection: hop-by-hop fields, RFC
+// 9110 §7.8), as a 426 Upgrade Required does. goproxy takes any response
+// with "Connection: Upgrade" and "Upgrade: websocket" for a WebSocket
+// handshake, whatever its status: it wants a body it can write to, which
+// only a 101's is, and else drops the response and closes the client
+// connection, while the record says it was delivered. Without them goproxy
+// relays it as the ordinary response it is.
+func dropUpgradeOffer(resp *http.Response) {
+	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Header == nil {
+		return
+	}
+	resp.Header.Del("Upgrade")
+	if !headerHasToken(resp.Header, "Connection", "upgrade") {
+		return
+	}
+	var keep []string
+	for _, v := range resp.Header.Values("Connection") {
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" && !strings.EqualFold(t, "upgrade") {
+				keep = append(keep, t)
+			}
+		}
+	}
+	if len(keep) == 0 {
+		resp.Header.Del("Connection")
+		return
+	}
+	resp.Header.Set("Connection", strings.Join(keep, ", "))
 }

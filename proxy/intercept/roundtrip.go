@@ -160,6 +160,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy could not reach the destination: "+err.Error()), nil
 	}
 	rec.Status = resp.StatusCode
+	dropUpgradeOffer(resp)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// goproxy tunnels a WebSocket upgrade only; any other 101 it would
 		// answer as a plain response and go on reading requests from what
