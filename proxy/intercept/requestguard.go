@@ -69,3 +69,13 @@ func dropUpgradeOffer(resp *http.Response) {
 	}
 	resp.Header.Set("Connection", strings.Join(keep, ", "))
 }
+
+// prepareForward readies an allowed request for the destination. Its
+// trailers go nowhere: fields after the body are decided by no one and
+// recorded nowhere, and a destination may merge them into the head
+// ("Trailer: Host", then a trailer "Host: evil.example.test"), so they
+// would carry what the request was not decided on. The body itself is
+// relayed whole.
+func prepareForward(req *http.Request) {
+	req.Trailer = nil
+}
