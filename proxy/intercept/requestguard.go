@@ -75,7 +75,17 @@ func dropUpgradeOffer(resp *http.Response) {
 // recorded nowhere, and a destination may merge them into the head
 // ("Trailer: Host", then a trailer "Host: evil.example.test"), so they
 // would carry what the request was not decided on. The body itself is
-// relayed whole.
+// relayed whole. A request without a User-Agent goes without one: net/http
+// would add its own (Go-http-client/1.1, or /2.0), which the destination
+// would take for the client's while the record says there was none, and
+// which tells it an appliance is in the way. An empty value makes both
+// transports send none.
 func prepareForward(req *http.Request) {
 	req.Trailer = nil
+	if req.Header == nil {
+		req.Header = make(http.Header)
+	}
+	if _, ok := req.Header["User-Agent"]; !ok { // the key net/http looks up
+		req.Header["User-Agent"] = []string{""}
+	}
 }
