@@ -140,11 +140,7 @@ func (rt *roundTripper) end() {
 			s.ic.cfg.Records.Write(&rec)
 		}
 		if s.Record.Kind == "tls" { // bumped: the connection's record, besides one per request
-			// What went to the destination and came back, TLS and all;
-			// not what the client sent: a denied request's upload never
-			// left the appliance.
-			s.Record.BytesOut, s.Record.BytesIn = s.upBytes.out.Load(), s.upBytes.in.Load()
-			s.finish()
+			s.finish() // with the destination's bytes, TLS and all
 			return
 		}
 		if rt.requests.Load() == 0 && !rt.cc.limit.tooLarge.Load() && rt.cc.in.Load() > 0 {

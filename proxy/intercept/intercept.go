@@ -223,10 +223,14 @@ type session struct {
 	upstreamCert *x509.Certificate
 }
 
-// finish writes the connection's record and ends the session.
+// finish writes the connection's record and ends the session; a tls record
+// gets the destination's bytes (not the client's), TLS and all, however it ended.
 func (s *session) finish() {
 	s.releaseWaiting() // if it ended before its dial
 	s.markEnding()
+	if s.Record.Kind == "tls" { // a refused bump's upstream handshake sent the SNI too
+		s.Record.BytesOut, s.Record.BytesIn = s.upBytes.out.Load(), s.upBytes.in.Load()
+	}
 	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
 	s.ic.cfg.Records.Write(s.Record)
