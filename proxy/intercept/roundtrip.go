@@ -2,6 +2,8 @@ package intercept
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/elazarl/goproxy"
@@ -178,8 +181,20 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	rb := &recordingBody{ReadCloser: resp.Body}
+	// Nothing to wait for in a response without a body (HEAD, 204, 304,
+	// Content-Length 0), nor in a 101's: a tunnel's end is its own.
+	rb.ended.Store(!hasBody(req, resp))
+	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
-		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), rb.read.Load()
+		result, why, delivered := rb.outcome(ctx)
+		if result != "ok" {
+			rec.Result = result
+			if rec.Error != "" { // an audited destination check's
+				why = rec.Error + "; " + why
+			}
+			rec.Error = why
+		}
+		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
 		rt.write(&rec, start)
 		rt.requestDone()
 	}
@@ -296,18 +311,69 @@ func (c *countingReader) Read(b []byte) (int, error) {
 func (c *countingReader) Close() error { return c.r.Close() }
 
 // recordingBody counts a response body and writes the request's record when
-// goproxy closes it, i.e. once the response has reached the client.
+// goproxy closes it, i.e. once the response has reached the client, or
+// failed to.
 type recordingBody struct {
 	io.ReadCloser
 	read, written atomic.Int64
-	once          sync.Once
-	done          func()
+	// last is the size of the latest read: goproxy copies the body with
+	// io.Copy (HTTP/1's Response.Write, its HTTP/2 handler), which reads
+	// again only once it has written the last read whole.
+	last atomic.Int64
+	// ended: a read returned io.EOF (or there was no body to read).
+	ended atomic.Bool
+	// readErr is the first read error other than io.EOF.
+	readErr atomic.Pointer[error]
+	once    sync.Once
+	done    func()
 }
 
 func (b *recordingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.read.Add(int64(n))
+	b.last.Store(int64(n))
+	if err == io.EOF {
+		b.ended.Store(true)
+	} else if err != nil {
+		first := err // only this escapes: a read that succeeds allocates nothing
+		b.readErr.CompareAndSwap(nil, &first)
+	}
 	return n, err
+}
+
+// outcome says how the relay of the body ended: the record's result, its
+// error ("" when ok), and bytes_in, the body bytes passed on to the client
+// connection. A body closed before its end, with no read failing, is one
+// goproxy stopped writing: the client went away (a write to it failed, or
+// an HTTP/2 client reset the stream, which cancels ctx), and the bytes of
+// the latest read are not counted; the client's own buffers may still have
+// held some it never read. A read failing is the destination's doing
+// (cut short, reset, timed out), unless ctx was cancelled first.
+func (b *recordingBody) outcome(ctx context.Context) (result, errText string, delivered int64) {
+	delivered = b.read.Load()
+	var err error
+	if p := b.readErr.Load(); p != nil {
+		err = *p
+	}
+	switch {
+	case b.ended.Load():
+		return "ok", "", delivered
+	case err == nil || ctx.Err() != nil || errors.Is(err, context.Canceled):
+		if err == nil {
+			delivered -= b.last.Load() // the write that failed
+		}
+		return "error", fmt.Sprintf("the client went away before the response ended (%d body bytes passed on)", delivered), delivered
+	}
+	return bodyResult(err), fmt.Sprintf("response body from the destination, after %d bytes: %v", delivered, err), delivered
+}
+
+// bodyResult names why reading a response body failed, for the Result
+// field: reset, timeout, or error (a body cut short by a close).
+func bodyResult(err error) string {
+	if errors.Is(err, syscall.ECONNRESET) {
+		return "reset"
+	}
+	return records.DialResult(err)
 }
 
 func (b *recordingBody) Close() error {
