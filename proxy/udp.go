@@ -477,12 +477,20 @@ func (f *udpFlow) finish() {
 	if f.readerDone != nil {
 		<-f.readerDone
 	}
+	note := ""
 	if f.dns != nil {
 		f.dns.close()
+		note = f.dns.notQueries()
 	}
 	f.rec.BytesOut, f.rec.BytesIn = f.bytesOut, f.bytesIn
 	if f.endErr != nil {
 		f.rec.Result, f.rec.Error = records.DialResult(f.endErr), f.endErr.Error()
+	}
+	if note != "" {
+		if f.rec.Error != "" {
+			note = f.rec.Error + "; " + note
+		}
+		f.rec.Error = note
 	}
 	f.p.finish(f.rec, f.start)
 }
