@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
@@ -36,10 +37,16 @@ const (
 var errWriteStalled = errors.New("write stalled")
 
 // relayResultOf is the record's result for a relay that ended with err
-// (not nil).
+// (not nil): stalled when the stall watch aborted it; timeout when a host
+// socket gave up on a destination that stopped acknowledging (ETIMEDOUT,
+// after the kernel's retransmissions or keep-alive probes went unanswered),
+// which sent no reset; reset otherwise.
 func relayResultOf(err error) string {
-	if errors.Is(err, errWriteStalled) {
+	switch {
+	case errors.Is(err, errWriteStalled):
 		return "stalled"
+	case errors.Is(err, syscall.ETIMEDOUT):
+		return "timeout"
 	}
 	return "reset"
 }

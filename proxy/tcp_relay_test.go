@@ -7,6 +7,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -197,5 +199,46 @@ func TestRelayResetPassesOn(t *testing.T) {
 	_, err := io.ReadAll(clientApp)
 	if err == nil || errors.Is(err, io.EOF) {
 		t.Errorf("the client read to %v, want a reset", err)
+	}
+}
+
+// TestRelayDestinationTimeoutRecorded: a destination that stops
+// acknowledging ends the relay with ETIMEDOUT from the host socket, and the
+// record's result is timeout, not reset: a reset is what the peer sent,
+// which it did not. The kernel gives up on a destination after its
+// retransmission or keep-alive probes, minutes; here TCP_USER_TIMEOUT on the
+// appliance's socket brings that to half a second, while the destination
+// reads nothing, so its window shuts and the kernel's window probes make
+// no progress: the user timeout counts from the last, and ends the socket.
+func TestRelayDestinationTimeoutRecorded(t *testing.T) {
+	client, clientPeer := loopbackPair(t)
+	up, dest := loopbackPair(t)
+	_ = dest // reads nothing
+	rc, err := up.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, 0x12 /* TCP_USER_TIMEOUT */, 500)
+	}); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	stalls := newStallWatch(time.Minute) // far beyond the test: the timeout ends it
+	ended := make(chan error, 1)
+	startWatchedRelay(client, up, stalls, func(_, _ int64, err error) { ended <- err })
+	var sent atomic.Int64
+	go flood(clientPeer, &sent)
+	select {
+	case err := <-ended:
+		t.Logf("relay ended after %d bytes: %v", sent.Load(), err)
+		if !errors.Is(err, syscall.ETIMEDOUT) {
+			t.Fatalf("relay error %v, want ETIMEDOUT", err)
+		}
+		if got := relayResultOf(err); got != "timeout" {
+			t.Errorf("result %q, want timeout", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the relay did not end; %d bytes sent", sent.Load())
 	}
 }
