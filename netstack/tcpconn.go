@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -92,7 +93,19 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	if c.closed.Load() { // Abort or Close while this read ran
 		return 0, c.opError(net.ErrClosed)
 	}
-	return 0, c.opError(errors.New(terr.String()))
+	return 0, c.opError(stackError(terr))
+}
+
+// stackError is the error for what the stack reports of a connection:
+// ETIMEDOUT, as a host socket says it, when the client stopped answering
+// (its keep-alive probes or retransmissions went unacknowledged), so that
+// callers tell a vanished client from a reset one with errors.Is; the
+// stack's own words otherwise.
+func stackError(terr tcpip.Error) error {
+	if _, ok := terr.(*tcpip.ErrTimeout); ok {
+		return syscall.ETIMEDOUT
+	}
+	return errors.New(terr.String())
 }
 
 func (c *Conn) opError(err error) error {
@@ -127,7 +140,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 			if c.closed.Load() {
 				return n, c.writeError(net.ErrClosed)
 			}
-			return n, c.writeError(errors.New(terr.String()))
+			return n, c.writeError(stackError(terr))
 		}
 		if room == nil {
 			// Registered, then tried once more: room made before the
@@ -213,7 +226,7 @@ func (c *Conn) Broken() bool {
 // called from OnReadable's function.
 func (c *Conn) BrokenError() error {
 	if terr := c.ep.LastError(); terr != nil {
-		return errors.New(terr.String()) // a reset after the client's FIN reads as "operation aborted"
+		return stackError(terr) // a reset after the client's FIN reads as "operation aborted"
 	}
 	return nil
 }

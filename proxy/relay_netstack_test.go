@@ -62,6 +62,13 @@ func newRelayRig(t *testing.T) *relayRig {
 // the simulator's endpoint that clients are made on.
 func simulatedEndpoint(t *testing.T, h netstack.Handler, allowLoopback bool) (*netstack.Server, *gwlbsim.Endpoint) {
 	t.Helper()
+	return simulatedEndpointTCP(t, h, allowLoopback, netstack.TCPOptions{})
+}
+
+// simulatedEndpointTCP is simulatedEndpoint with the stacks' TCP tuned by
+// tcp.
+func simulatedEndpointTCP(t *testing.T, h netstack.Handler, allowLoopback bool, tcp netstack.TCPOptions) (*netstack.Server, *gwlbsim.Endpoint) {
+	t.Helper()
 	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +76,7 @@ func simulatedEndpoint(t *testing.T, h netstack.Handler, allowLoopback bool) (*n
 	port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	pc.Close() // the simulator's port, free again for it
 	srv, err := netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
-		ReturnPath: netstack.ReturnPathBound, Handler: h, AllowLoopback: allowLoopback})
+		ReturnPath: netstack.ReturnPathBound, Handler: h, AllowLoopback: allowLoopback, TCP: tcp})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -393,3 +393,39 @@ func (r *stallRig) expectNotStalled(t *testing.T) {
 		t.Errorf("tcp_stalled %d, want 0", got)
 	}
 }
+
+// TestRelayClientTimeoutRecorded: a client that vanishes (its stack drops
+// everything the appliance sends, so the keep-alive probes go unanswered)
+// ends the relay with the stack's timeout, and the record's result is
+// timeout, not reset: the client sent no reset. Keep-alives are tuned to
+// give up within a second.
+func TestRelayClientTimeoutRecorded(t *testing.T) {
+	sink := new(recordSink)
+	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
+	t.Cleanup(p.Close)
+	_, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{
+		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
+	})
+	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &stallRig{p: p, sink: sink, client: client}
+	relayed := make(chan struct{})
+	dst := destination(t, func(c *net.TCPConn) { close(relayed) }) // then silent
+	r.dial(t, dst)
+	select {
+	case <-relayed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the flow was not relayed")
+	}
+	client.SetTap(func([]byte) bool { return true }) // the client is gone
+	rec, ok := r.record(t, 10*time.Second)
+	if !ok {
+		t.Fatal("no record: the relay did not end")
+	}
+	t.Logf("record: result %s, error %q", rec.Result, rec.Error)
+	if rec.Result != "timeout" {
+		t.Errorf("result %q, want timeout", rec.Result)
+	}
+}
