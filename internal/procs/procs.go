@@ -191,7 +191,7 @@ func (c *Controller) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			c.apply(c.ceiling)
+			c.apply(c.ceiling, c.Current())
 			return
 		case <-t.C:
 			// Both ends of the sample are read together: the ticker's
@@ -209,7 +209,7 @@ func (c *Controller) Run(ctx context.Context) {
 			queued := waits.read()
 			current := c.Current()
 			if n, change := s.next(current, used, queued, rate); change {
-				if c.apply(n) {
+				if c.apply(n, current) {
 					slog.Debug("GOMAXPROCS adjusted to the load", "from", current, "to", n,
 						"cpus_used", math.Round(used*100)/100, "goroutines_queued", queued,
 						"reason", s.reason)
@@ -247,13 +247,13 @@ func (m *workMeter) rate(work *func() uint64, wall time.Duration) float64 {
 	return float64(n-last) / wall.Seconds()
 }
 
-// apply sets GOMAXPROCS to n, unless a caller of Full holds it at the
-// ceiling: then the change is dropped, and the sampler decides again. It
-// reports whether GOMAXPROCS changed.
-func (c *Controller) apply(n int) bool {
+// apply sets GOMAXPROCS to n, decided at the count from, unless Full holds it
+// or has changed it since from (a raise decided at 1 would lower a new stack's
+// ceiling): then the change is dropped, and the sampler decides again.
+func (c *Controller) apply(n, from int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if n == c.current || c.held > 0 {
+	if n == c.current || c.held > 0 || c.current != from {
 		return false
 	}
 	c.current = n

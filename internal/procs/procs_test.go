@@ -148,7 +148,7 @@ func TestFullHoldsTheCeiling(t *testing.T) {
 			t.Fatalf("inside Full GOMAXPROCS was set to %d, want the ceiling 4", got)
 		}
 		c.Full(func() {}) // nested: no change
-		c.apply(2)        // decided while held: dropped
+		c.apply(2, 4)     // decided while held: dropped
 		if got := rec.last(); got != 4 {
 			t.Fatalf("a change while held set GOMAXPROCS to %d", got)
 		}
@@ -159,7 +159,7 @@ func TestFullHoldsTheCeiling(t *testing.T) {
 	if c.Current() != 4 {
 		t.Fatalf("Current is %d after Full, want the ceiling 4", c.Current())
 	}
-	c.apply(1)
+	c.apply(1, 4)
 	if got := rec.values(); fmt.Sprint(got) != "[4 1]" {
 		t.Fatalf("after Full, a lowering set %v, want [4 1]", got)
 	}
@@ -813,5 +813,26 @@ func TestSamplerRaiseTakenBackKeepsTheLowering(t *testing.T) {
 	}
 	if s.quiet != 20 {
 		t.Errorf("quiet stretch %d samples after the lowering lasted its flap window, want halved to 20", s.quiet)
+	}
+}
+
+// TestApplyAfterFullDropped: Run reads Current, the sampler decides from
+// it, then apply sets the count. A Full in between (a new stack made at the
+// ceiling) must not be undone by a decision made for the old count: a
+// raise decided at 1 would lower GOMAXPROCS from 8 to 2 right after the
+// stack was sized for 8.
+func TestApplyAfterFullDropped(t *testing.T) {
+	var rec recordingSet
+	c := &Controller{ceiling: 8, current: 1, set: rec.set}
+	from := c.Current() // Run's read: 1
+	c.Full(func() {})   // the packet path makes a stack: GOMAXPROCS 8
+	if c.apply(from+1, from) {
+		t.Fatalf("a raise decided at %d was applied after Full set the ceiling", from)
+	}
+	if got := rec.values(); fmt.Sprint(got) != "[8]" || c.Current() != 8 {
+		t.Fatalf("GOMAXPROCS set to %v, now %d; want [8] and the ceiling kept", got, c.Current())
+	}
+	if !c.apply(7, 8) || c.Current() != 7 {
+		t.Fatalf("a change decided at the count in force was dropped (now %d)", c.Current())
 	}
 }
