@@ -8,8 +8,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -193,6 +195,11 @@ type dnsLog struct {
 	asked   bool     // a query was seen
 	opaque  int64    // datagrams from the client that were not DNS queries
 	client  shareKey // whose bucket of DNS records the flow's come from
+	// pol is the policy that allowed the flow (updated when a reload
+	// decides it again): its answers are handed to Config.DNSAnswer only
+	// while that is the policy in force, so that a flow a reload has not
+	// yet re-decided cannot vouch for names under a policy that may deny it.
+	pol atomic.Pointer[policy.Policy]
 }
 
 // dnsKey is what a response must repeat of its query. Keyed by ID alone, a
@@ -215,8 +222,10 @@ type dnsQuestion struct {
 // A query beyond it is recorded at once, as untracked.
 const maxPendingDNS = 1024
 
-func newDNSLog(p *Proxy, base *records.Record) *dnsLog {
-	return &dnsLog{p: p, base: *base, pending: make(map[dnsKey]dnsQuestion), client: recordShareKey(base)}
+func newDNSLog(p *Proxy, base *records.Record, pol *policy.Policy) *dnsLog {
+	d := &dnsLog{p: p, base: *base, pending: make(map[dnsKey]dnsQuestion), client: recordShareKey(base)}
+	d.pol.Store(pol)
+	return d
 }
 
 // recordShareKey is the client of a flow's record as clientShareKey counts
@@ -266,8 +275,9 @@ func (d *dnsLog) query(b []byte) {
 // answer looks at a datagram from the server, before it is relayed to the
 // client: a response to a pending query is recorded and handed to
 // Config.DNSAnswer, which thus knows an address before the client can act
-// on it. Responses to nothing the client asked are not handed on: the
-// client drops them too. It reports whether the flow is now quiet.
+// on it, if the policy that allowed the flow is still in force. Responses
+// to nothing the client asked are not handed on: the client drops them
+// too. It reports whether the flow is now quiet.
 func (d *dnsLog) answer(b []byte) (quiet bool) {
 	m, err := parseDNS(b)
 	if err != nil || !m.Response {
@@ -282,7 +292,7 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	quiet = d.quietLocked()
 	d.mu.Unlock()
 	if ok {
-		if d.p.cfg.DNSAnswer != nil {
+		if d.p.cfg.DNSAnswer != nil && d.pol.Load() == d.p.cfg.Policy.Load() {
 			d.p.cfg.DNSAnswer(d.base.Endpoint, b)
 		}
 		d.write(q, dnsRCodeName(m.RCode), int64(len(b)), "ok")

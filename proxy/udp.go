@@ -207,7 +207,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	f.up = up
 	f.readFn, f.writeFn = f.readHost, f.writeHost
 	if p.isDNSPort(f.info.Dest.Port()) {
-		f.dns = newDNSLog(p, f.rec)
+		f.dns = newDNSLog(p, f.rec, f.pol)
 	}
 	p.stats.udpActive.Add(1)
 

@@ -543,7 +543,8 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 
 // Reload re-reads --config (SIGHUP). A file with an error is rejected and
 // the running policy stays in force; flows in progress keep the policy they
-// started with.
+// started with. DNS answers observed under the old policy are forgotten: it
+// may have let clients ask resolvers of their own.
 func (a *Appliance) Reload() error {
 	if a.opts.Config == "" {
 		return nil
@@ -554,6 +555,7 @@ func (a *Appliance) Reload() error {
 			"hash", before.Hash, "mode", before.Mode, "default", before.Default, "rules", before.Rules)
 		return err
 	}
+	a.destCheck.ForgetObserved()
 	logPolicy("policy reloaded", a.policy.Status(), "previous_hash", before.Hash)
 	return nil
 }

@@ -469,6 +469,18 @@ func (c *Checker) Observe(endpoint string, msg []byte) {
 	}
 }
 
+// ForgetObserved drops every observed answer, of every endpoint, and keeps
+// the checker's own lookups. The appliance calls it when a new policy comes
+// into force: answers relayed under the old one may come from a resolver the
+// new one no longer lets clients ask (one a client runs itself), and kept,
+// they would vouch for their names for up to MaxTTL and the grace.
+func (c *Checker) ForgetObserved() {
+	s := c.observed
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reset()
+}
+
 // Stats returns a snapshot of the checker's counters.
 func (c *Checker) Stats() Stats {
 	st := Stats{

@@ -224,3 +224,38 @@ func TestMismatchErrorText(t *testing.T) {
 
 // cut returns b without its last n bytes.
 func cut(b []byte, n int) []byte { return b[:len(b)-n] }
+
+// TestForgetObserved: after a policy reload the appliance drops what the
+// clients' own DNS answers vouched for (a resolver the old policy let them
+// ask may be one they run themselves), and keeps its own lookups.
+func TestForgetObserved(t *testing.T) {
+	srv := startServer(t)
+	srv.Set("bank.test", 60, addr("192.0.2.1"))
+	c := newTestChecker(t, Config{Resolver: srv.Addr()}, nil)
+	if err := check(c, epA, "bank.test", "192.0.2.1"); err != nil {
+		t.Fatal(err)
+	}
+	c.Observe(epA, msg(t, "allowed.example.", rr{name: "allowed.example.", ttl: 3600, addr: "198.51.100.66"}))
+	c.Observe(epB, msg(t, "other.example.", rr{name: "other.example.", ttl: 3600, addr: "198.51.100.67"}))
+	if err := check(c, epA, "allowed.example", "198.51.100.66"); err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	c.ForgetObserved()
+	if st := c.Stats(); st.ObservedNames != 0 || st.ResolvedNames != 1 {
+		t.Fatalf("after ForgetObserved: %d observed names, %d looked up; want 0 and 1 (kept)", st.ObservedNames, st.ResolvedNames)
+	}
+	// The forged answer vouches for nothing now: the name is looked up,
+	// and the resolver does not know it.
+	if err := check(c, epA, "allowed.example", "198.51.100.66"); err == nil {
+		t.Fatal("a forgotten observed answer still vouched for allowed.example")
+	}
+	if err := check(c, epA, "bank.test", "192.0.2.1"); err != nil || srv.Queries("bank.test") != 2 {
+		t.Fatalf("own lookup: %v, %d queries for bank.test; want it kept (2 queries, A and AAAA, once)", err, srv.Queries("bank.test"))
+	}
+	// The store still works: new answers are observed, lists intact.
+	c.Observe(epB, msg(t, "other.example.", rr{name: "other.example.", ttl: 3600, addr: "198.51.100.67"}))
+	if err := check(c, epB, "other.example", "198.51.100.67"); err != nil {
+		t.Fatalf("observed after ForgetObserved: %v", err)
+	}
+	checkLists(t, c.observed)
+}

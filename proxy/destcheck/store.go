@@ -129,6 +129,14 @@ func newStore(max, maxPerEndpoint int) *store {
 	return s
 }
 
+// reset drops every entry (not counted as evicted). The caller holds s.mu
+// for writing.
+func (s *store) reset() {
+	clear(s.m)
+	clear(s.endpoints)
+	s.root.prev, s.root.next = &s.root, &s.root
+}
+
 // get returns the entry for k, or nil. The caller holds s.mu (read or
 // write) for as long as it uses the entry.
 func (s *store) get(k key) *entry { return s.m[k] }

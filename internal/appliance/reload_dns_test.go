@@ -1,0 +1,77 @@
+package appliance
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// forgedAnswer is a DNS response, as a client's own resolver could send
+// it, saying name is at addr for an hour.
+func forgedAnswer(t *testing.T, name string, addr netip.Addr) []byte {
+	t.Helper()
+	n := dnsmessage.MustNewName(name)
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 7, Response: true})
+	if err := b.StartQuestions(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Question(dnsmessage.Question{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.StartAnswers(); err != nil {
+		t.Fatal(err)
+	}
+	rh := dnsmessage.ResourceHeader{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 3600}
+	if err := b.AResource(rh, dnsmessage.AResource{A: addr.As4()}); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := b.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg
+}
+
+// TestReloadForgetsObservedAnswers: a policy that let clients ask any DNS
+// server let them plant answers (allowed.example → an address of their
+// own) that the destination check then trusts. A reload to a policy that
+// allows DNS only to trusted resolvers drops them; a rejected reload keeps
+// them, since the policy in force has not changed.
+func TestReloadForgetsObservedAnswers(t *testing.T) {
+	const open = "policy:\n  default: allow\n"
+	r := newRig(t, func(o *Options) {
+		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+		if err := os.WriteFile(o.Config, []byte(open), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}, nil)
+	observe := func() {
+		r.app.destCheck.Observe("vpce-0000000000000001", forgedAnswer(t, "allowed.example.", netip.MustParseAddr("198.51.100.66")))
+	}
+	observe()
+	if n := r.app.destCheck.Stats().ObservedNames; n != 1 {
+		t.Fatalf("%d observed names, want 1", n)
+	}
+	if err := os.WriteFile(r.app.opts.Config, []byte("policy:\n  default: [oops\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.app.Reload(); err == nil {
+		t.Fatal("a bad file was loaded")
+	}
+	if n := r.app.destCheck.Stats().ObservedNames; n != 1 {
+		t.Fatalf("a rejected reload left %d observed names, want the 1 kept", n)
+	}
+	tight := "policy:\n  default: allow\n  rules:\n    - name: no-rogue-dns\n      protocols: [udp]\n      ports: [53]\n      action: deny\n"
+	if err := os.WriteFile(r.app.opts.Config, []byte(tight), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.app.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.app.destCheck.Stats().ObservedNames; n != 0 {
+		t.Fatalf("%d observed names after a reload, want 0: answers observed under the old policy still vouch", n)
+	}
+}
