@@ -73,7 +73,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 			return
 		}
 		f.rec.Error = reason + "; relayed as udp"
-		f.quic = nil
+		f.quic, f.quicUnread = nil, true
 		f.relay(held, nil)
 		return
 	}

@@ -27,7 +27,8 @@ var datagramBufPool = sync.Pool{New: func() any {
 // connection is held until its ClientHello can be read and decided on by
 // name (quic.go); any other is decided at once as udp. An allowed flow gets
 // one connected host socket (the SNAT side) and is relayed both ways until
-// it idles, or, for DNS, shortly after its last answer.
+// it idles, or, for DNS, shortly after its last answer, or a reload denies
+// it (it is decided again on its next datagram after one: udpreload.go).
 //
 // What an idle flow holds is kept small, because there can be 100,000 of
 // them: the client's side (netstack.UDPConn) announces datagrams through a
@@ -80,6 +81,10 @@ type udpFlow struct {
 	// decided on. Both are read under outMu.
 	quic          *quic.Assembler
 	guardInitials bool
+	// quicUnread is set on a flow that began as QUIC whose ClientHello
+	// could not be read, relayed as udp: a reload to a policy that looks
+	// at names denies it, as the gate would have (udpreload.go).
+	quicUnread bool
 
 	// outMu lets one drain of the client's datagrams run at a time: the
 	// stack may announce datagrams from several goroutines at once.
@@ -90,6 +95,10 @@ type udpFlow struct {
 
 	endOnce sync.Once
 	endErr  error // what ended the flow, if it failed (set in endOnce)
+	// deniedBy is the policy, loaded by a reload, that ended the flow, and
+	// deniedWhy why (set in endOnce): see reloaded.
+	deniedBy  *policy.Policy
+	deniedWhy string
 }
 
 // HandleUDP implements netstack.Handler.
@@ -321,6 +330,9 @@ func clientError(err error) error {
 // Under outMu.
 func (f *udpFlow) fromClient(d []byte) bool {
 	f.touch()
+	if pol := f.p.cfg.Policy.Load(); pol != f.pol && !f.reloaded(pol) {
+		return false // dropped: the flow is denied now
+	}
 	if f.smuggled(d) {
 		f.p.udp.quicSmuggled.Add(1)
 		return true // dropped
@@ -461,7 +473,8 @@ func (f *udpFlow) end(err error) {
 	})
 }
 
-// finish stops the relaying, closes both sides and writes the records.
+// finish stops the relaying, closes both sides (or, for a flow a reload
+// denied, holds the client's as a denied flow's) and writes the records.
 func (f *udpFlow) finish() {
 	f.done.Store(true)
 	if f.ready != nil {
@@ -472,8 +485,11 @@ func (f *udpFlow) finish() {
 	f.outMu.Lock()
 	f.outMu.Unlock() //nolint:staticcheck // SA2001: the wait is the point
 
-	f.client.Close()
-	f.end(nil)
+	f.end(nil) // first: it orders what ended the flow before what follows
+	held := f.deniedBy != nil && f.ready != nil
+	if !held {
+		f.client.Close()
+	}
 	if f.readerDone != nil {
 		<-f.readerDone
 	}
@@ -483,8 +499,11 @@ func (f *udpFlow) finish() {
 		note = f.dns.notQueries()
 	}
 	f.rec.BytesOut, f.rec.BytesIn = f.bytesOut, f.bytesIn
-	if f.endErr != nil {
+	switch {
+	case f.endErr != nil:
 		f.rec.Result, f.rec.Error = records.DialResult(f.endErr), f.endErr.Error()
+	case f.deniedBy != nil:
+		f.rec.Result, f.rec.Error = "denied", "ended by a policy reload: "+f.deniedWhy
 	}
 	if note != "" {
 		if f.rec.Error != "" {
@@ -493,6 +512,11 @@ func (f *udpFlow) finish() {
 		f.rec.Error = note
 	}
 	f.p.finish(f.rec, f.start)
+	if held {
+		// As a flow denied from the start: its further datagrams are
+		// discarded, with no record each, until it idles or the next reload.
+		f.p.holdDenied(f.client, f.ready, f.deniedBy)
+	}
 }
 
 // maxDeniedUDP bounds the denied UDP flows held open (a few KiB each, the

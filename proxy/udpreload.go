@@ -1,0 +1,64 @@
+package proxy
+
+import (
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+// An allowed UDP or QUIC flow is decided again on its next client datagram
+// after a reload: without that, a flow opened before an operator tightened
+// the policy would go on for as long as its client keeps sending. The
+// check costs one atomic load and a pointer compare per datagram.
+
+// reloaded decides the flow again under pol, the policy in force since a
+// reload, by what its first decision knew: its addresses, and for QUIC the
+// ClientHello's name and whether it offered ECH. Still allowed, the flow
+// goes on under pol (the record keeps the rule that opened it); denied, it
+// ends, with a record saying why, and its client end is then held as a
+// denied flow's. The destination check is not repeated: it may have to
+// wait for a lookup, and this runs on the packet path. It reports whether
+// the flow goes on. Under outMu.
+func (f *udpFlow) reloaded(pol *policy.Policy) bool {
+	proto, name := policy.ProtoUDP, ""
+	if f.rec.Kind == "quic" {
+		proto, name = policy.ProtoQUIC, f.rec.SNI
+	}
+	switch {
+	case f.quicUnread && pol.NamesMatter():
+		f.endDenied(pol, policy.Decision{}, "QUIC ClientHello could not be read, and the policy now looks at names")
+		return false
+	case proto == policy.ProtoQUIC && f.rec.ECH && pol.DenyECH():
+		f.endDenied(pol, policy.Decision{}, "ClientHello offers ECH; policy ech: deny")
+		return false
+	}
+	d := pol.Decide(policy.Subject{
+		Protocol: proto, Domain: name, Dest: f.info.Dest, Client: f.info.Client.Addr(), Endpoint: f.rec.Endpoint,
+	})
+	switch {
+	case d.Action == policy.Deny:
+		f.endDenied(pol, d, "denied by policy")
+		return false
+	case d.Action == policy.Bump && proto == policy.ProtoQUIC:
+		f.endDenied(pol, d, quicBumpReason)
+		return false
+	}
+	f.pol = pol
+	if f.quic == nil && !f.quicUnread {
+		f.guardInitials = pol.NamesMatter()
+	}
+	if f.dns != nil {
+		f.dns.pol.Store(pol) // its answers vouch for names again
+	}
+	return true
+}
+
+// endDenied ends the flow because pol, loaded by a reload, denies it (by
+// the rule of d, if any): finish records it as denied, and holds its client
+// end as a denied flow's under pol. A flow already ending for another
+// reason keeps that reason.
+func (f *udpFlow) endDenied(pol *policy.Policy, d policy.Decision, reason string) {
+	f.endOnce.Do(func() {
+		f.deniedBy, f.deniedWhy = pol, reason
+		f.rec.Rule, f.rec.Action = d.Rule, policy.Deny.String()
+		f.up.Close()
+	})
+}

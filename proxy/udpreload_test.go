@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// TestUDPAllowedRedecidedAfterReload: an allowed UDP flow opened before a
+// reload that denies it used to go on under the old policy for as long as
+// its client kept sending. Its next datagram after the reload is decided
+// again: dropped, the flow ended with a record saying the reload denied it
+// (by the new rule), and its client end held like a denied flow's, so that
+// what it sends next reaches nobody and writes no record. A reload that
+// still allows a flow lets it go on.
+func TestUDPAllowedRedecidedAfterReload(t *testing.T) {
+	dst := newUDPSink(t, true)
+	p, h, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
+	c, _ := startFlow(p, quicClient, dst.addr(), []byte("one"))
+	<-c.out
+	// A reload that still allows it (another rule): the flow goes on.
+	h.Store(mustPolicy(t, "policy:\n  default: deny\n  rules:\n    - name: loopback-udp\n      protocols: [udp]\n      action: allow\n"))
+	c.inject([]byte("two"))
+	select {
+	case <-c.out:
+	case <-time.After(3 * time.Second):
+		t.Fatal("a flow the new policy still allows was cut")
+	}
+	h.Store(mustPolicy(t, "policy:\n  default: allow\n  rules:\n    - name: no-loopback\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: deny\n"))
+	c.inject([]byte("three"))
+	rec := oneRecord(t, recs)
+	if rec.Kind != "udp" || rec.Action != "deny" || rec.Rule != "no-loopback" || rec.Result != "denied" ||
+		!strings.Contains(rec.Error, "policy reload") || rec.BytesOut != int64(len("onetwo")) {
+		t.Fatalf("record %+v; want the flow ended as denied by no-loopback after a reload, 6 bytes out", rec)
+	}
+	for range 10 {
+		c.inject([]byte("more"))
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := dst.received(); len(got) != 2 {
+		t.Fatalf("the destination received %d datagrams, want 2: the flow was relayed after a reload denied it", len(got))
+	}
+	if c.isClosed() {
+		t.Fatal("the flow's client end was closed, not held: each further datagram would be a new flow and record")
+	}
+	if n := len(recs.parse(t)); n != 1 {
+		t.Fatalf("%d records, want 1", n)
+	}
+}
+
+// TestDNSFlowRedecidedAfterReload: a client keeps a DNS flow to a server
+// of its own alive across a reload that denies DNS there (a query within a
+// second of each answer keeps it in the DNS linger). Its queries after the
+// reload are not relayed, so no answer to them is relayed or observed.
+func TestDNSFlowRedecidedAfterReload(t *testing.T) {
+	res := newDNSResolver(t, 0)
+	var seen atomic.Int32
+	p, h, _ := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 3 * time.Second
+		cfg.DNSPorts = []uint16{res.addr().Port()}
+		cfg.DNSAnswer = func(string, []byte) { seen.Add(1) }
+	})
+	c, _ := startFlow(p, quicClient, res.addr(), dnsQuery(1, "allowed.example", 1))
+	<-c.out
+	h.Store(mustPolicy(t, tightDNSPolicy))
+	for i := range 3 {
+		time.Sleep(300 * time.Millisecond) // within the DNS linger
+		c.inject(dnsQuery(uint16(10+i), "allowed.example", 1))
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n, asked := seen.Load(), res.count(); n != 1 || asked != 1 {
+		t.Fatalf("%d answers observed, the resolver asked %d times; want 1 and 1: the old DNS flow carried queries past a reload that denies it", n, asked)
+	}
+}
+
+// TestQUICAllowedRedecidedAfterReload: a QUIC flow allowed by its
+// ClientHello's name is decided again, on that name, on its next datagram
+// after a reload; one the new policy denies by name ends.
+func TestQUICAllowedRedecidedAfterReload(t *testing.T) {
+	p, h, recs := udpProxy(t, quicPolicy, func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
+	dst := newUDPSink(t, true)
+	flight := quicFirstFlight(t, "www.example.test")
+	c, _ := startFlow(p, quicClient, dst.addr(), flight...)
+	for range flight {
+		<-c.out
+	}
+	h.Store(mustPolicy(t, "policy:\n  default: allow\n  rules:\n    - name: no-www\n      domains: [\"www.example.test\"]\n      action: deny\n"))
+	c.inject(flight[0])
+	rec := oneRecord(t, recs)
+	if rec.Kind != "quic" || rec.SNI != "www.example.test" || rec.Action != "deny" || rec.Rule != "no-www" || rec.Result != "denied" {
+		t.Fatalf("record %+v; want the QUIC flow ended as denied by no-www", rec)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := len(dst.received()); n != len(flight) {
+		t.Fatalf("the destination received %d datagrams, want the %d of the first flight only", n, len(flight))
+	}
+}
+
+// oneRecord waits for the flow's one record.
+func oneRecord(t *testing.T, recs *recordSink) records.Record {
+	t.Helper()
+	got := recs.records(t, 1)
+	if len(got) != 1 {
+		t.Fatalf("%d records, want the flow's one: it did not end", len(got))
+	}
+	return got[0]
+}
