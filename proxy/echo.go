@@ -27,8 +27,9 @@ import (
 //
 // Each flow is decided once, when its first request arrives: against the
 // forbidden destinations, then the policy (protocol icmp). An allowed flow
-// keeps the decision until it idles, whatever a reload says, like a UDP
-// flow. A denied flow writes one deny record and stays in the table, without
+// is decided again on its next request after a reload, like a UDP flow: one
+// the new policy denies ends, its record saying so, and is remembered as a
+// denied flow (echoreload.go). A denied flow writes one deny record and stays in the table, without
 // a socket, so that its further requests (a ping -f) are dropped at the cost
 // of a map lookup, with no record each; it is forgotten once idle for
 // EchoIdleTimeout, and decided afresh on its next request after a reload.
@@ -80,9 +81,11 @@ type echoKey struct {
 
 type echoSession struct {
 	// A denied flow has no conn and no serve goroutine. pol is the policy
-	// that denied it, unless forbidden: a forbidden destination stays
-	// forbidden whatever a reload says. timer forgets the flow once it
-	// idles. All set before the flow is in the table, never changed.
+	// that decided the flow, unless forbidden: a forbidden destination
+	// stays forbidden whatever a reload says. timer forgets the flow once
+	// it idles. All set before the flow is in the table, never changed, but
+	// an allowed flow's pol, which a reload that still allows it replaces
+	// under echoRelay.mu.
 	denied    bool
 	forbidden bool
 	pol       *policy.Policy
@@ -99,6 +102,9 @@ type echoSession struct {
 	bytesOut atomic.Int64
 	bytesIn  atomic.Int64
 	latest   atomic.Pointer[netstack.EchoRequest] // the reply path of the newest request
+	// reloadRule and reloadWhy say why a reload ended an allowed flow
+	// (under echoRelay.mu): serve's record writes them.
+	reloadRule, reloadWhy string
 }
 
 func (r *echoRelay) init(p *Proxy) {
@@ -175,8 +181,11 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if f := r.flows[k]; f != nil {
-		if !f.denied || f.forbidden || f.pol == r.p.cfg.Policy.Load() {
+		switch pol := r.p.cfg.Policy.Load(); {
+		case f.forbidden || f.pol == pol:
 			return f, false, nil
+		case !f.denied:
+			return r.reloaded(k, f, req, pol, now), false, nil
 		}
 		// Denied by a policy since replaced: decide again, as TCP and UDP
 		// decide each new connection or datagram with the current policy.
@@ -226,7 +235,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 		return nil, false, nil
 	}
 	dest := req.Flow.Dest.Addr()
-	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: dest.AsSlice()}, destIP: dest.Unmap(), share: share}
+	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: dest.AsSlice()}, destIP: dest.Unmap(), share: share, pol: pol}
 	f.last.Store(now.UnixNano())
 	r.flows[k] = f
 	r.p.stats.echoActive.Add(1)
@@ -401,7 +410,10 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 		f.bytesIn.Add(int64(len(echo.Data)))
 	}
 	r.mu.Lock()
-	delete(r.flows, k)
+	if r.flows[k] == f { // not if a reload ended it: its denied successor is there
+		delete(r.flows, k)
+	}
+	reloadRule, reloadWhy := f.reloadRule, f.reloadWhy
 	r.mu.Unlock()
 	f.conn.Close()
 	r.shares.release(f.share)
@@ -409,6 +421,10 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	rec.BytesOut, rec.BytesIn = f.bytesOut.Load(), f.bytesIn.Load()
 	if replies == 0 { // not bytesIn: a reply without data (ping -s 0) is a reply
 		rec.Result = "timeout"
+	}
+	if reloadWhy != "" {
+		rec.Rule, rec.Action = reloadRule, policy.Deny.String()
+		rec.Result, rec.Error = "denied", "ended by a policy reload: "+reloadWhy
 	}
 	r.p.finish(rec, start)
 }

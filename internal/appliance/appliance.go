@@ -542,9 +542,10 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 }
 
 // Reload re-reads --config (SIGHUP). A file with an error is rejected and
-// the running policy stays in force; flows in progress keep the policy they
-// started with. DNS answers observed under the old policy are forgotten: it
-// may have let clients ask resolvers of their own.
+// the running policy stays in force. Open TCP connections keep the policy
+// they started with; allowed UDP, QUIC and echo flows are decided again on
+// their next datagram. DNS answers observed under the old policy are
+// forgotten: it may have let clients ask resolvers of their own.
 func (a *Appliance) Reload() error {
 	if a.opts.Config == "" {
 		return nil
