@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/elazarl/goproxy"
 
@@ -90,25 +91,61 @@ type roundTripper struct {
 
 	// The session ends once goproxy has closed the connection and no
 	// request is in flight: an HTTP/2 server closes it without waiting for
-	// the handlers of its streams, which still dial, relay and record.
-	inflight atomic.Int64
-	requests atomic.Int64 // requests goproxy read whole
-	closed   atomic.Bool
-	ended    sync.Once
+	// the handlers of its streams, which still dial, relay and record. It
+	// does not wait for them to start either: a client that sends a
+	// request and closes at once has the server start the stream's
+	// handler and close the connection, and the handler may reach
+	// RoundTrip only after that. So the session also waits for a request
+	// for every stream the client opened (headLimit.streams), for
+	// h2HandlerGrace at most: a stream the server refused (a malformed
+	// request) never gets one.
+	inflight  atomic.Int64
+	requests  atomic.Int64 // requests that reached RoundTrip
+	closed    atomic.Bool
+	graceOver atomic.Bool // no more waiting for streams' handlers to start
+	ended     sync.Once
 }
 
-// connClosed and requestDone each end the session if the other condition
-// holds already; between them (sequentially consistent atomics) one sees
-// both.
+// h2HandlerGrace bounds how long a session whose HTTP/2 connection has
+// closed waits for the handlers of streams opened before the close to
+// start. A handler the server started runs at once, give or take the
+// scheduler; the wait is only ever this long for a stream the server
+// refused.
+const h2HandlerGrace = time.Second
+
+// connClosed, requestDone and the grace's timer each end the session if,
+// as far as they can see, it is over (tryEnd).
 func (rt *roundTripper) connClosed() {
 	rt.closed.Store(true)
-	if rt.inflight.Load() == 0 {
-		rt.end()
+	if rt.requests.Load() < rt.cc.limit.streams.Load() {
+		time.AfterFunc(h2HandlerGrace, func() {
+			rt.graceOver.Store(true)
+			rt.tryEnd()
+		})
 	}
+	rt.tryEnd()
 }
 
 func (rt *roundTripper) requestDone() {
-	if rt.inflight.Add(-1) == 0 && rt.closed.Load() {
+	if rt.inflight.Add(-1) == 0 {
+		rt.tryEnd()
+	}
+}
+
+// tryEnd ends the session if goproxy has closed the connection, every
+// stream the client opened has reached RoundTrip (or the grace is over),
+// and no request is in flight. RoundTrip counts a request in flight before
+// it counts it as a request, and tryEnd loads them the other way round
+// (sequentially consistent atomics): a request it counts is in flight, or
+// done, and its requestDone calls tryEnd again.
+func (rt *roundTripper) tryEnd() {
+	if !rt.closed.Load() {
+		return
+	}
+	if rt.requests.Load() < rt.cc.limit.streams.Load() && !rt.graceOver.Load() {
+		return
+	}
+	if rt.inflight.Load() == 0 {
 		rt.end()
 	}
 }

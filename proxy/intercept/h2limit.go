@@ -85,6 +85,9 @@ type h2HeaderLimit struct {
 	newStream   bool   // the block opens its stream (it is not a trailer block)
 	size        uint64 // of the header list so far
 	lastStream  uint32 // the highest stream a header block opened
+	// opened counts the header blocks read whole, within the limit, that
+	// opened a stream: the requests the server may start a handler for.
+	opened int64
 }
 
 func newH2HeaderLimit(max uint32) *h2HeaderLimit {
@@ -217,6 +220,8 @@ func (l *h2HeaderLimit) endFrame() {
 		l.inBlock = false
 		if err := l.dec.Close(); err != nil {
 			l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
+		} else if l.newStream {
+			l.opened++
 		}
 	}
 }

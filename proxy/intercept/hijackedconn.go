@@ -84,6 +84,10 @@ type headLimit struct {
 	// goroutines.
 	h2   *h2HeaderLimit
 	isH2 atomic.Bool
+	// streams is h2.opened as of the last bytes handed to the server (not
+	// those of a read the limit refused): what the session waits for
+	// before it ends (goproxy.go).
+	streams atomic.Int64
 }
 
 // errHeadTooLarge ends goproxy's read of an oversized request head.
@@ -106,7 +110,7 @@ func (l *headLimit) headDone() { l.inHead.Store(false) }
 // are HTTP/2 frames it cannot follow.
 func (l *headLimit) count(b []byte) error {
 	if l.h2 != nil {
-		return l.h2.feed(b)
+		return l.feedH2(b)
 	}
 	if l.max == 0 {
 		return nil
@@ -121,13 +125,25 @@ func (l *headLimit) count(b []byte) error {
 			l.preface = 0
 			l.h2 = newH2HeaderLimit(h2MaxHeaderList(l.max))
 			l.isH2.Store(true)
-			return l.h2.feed(b[k:])
+			return l.feedH2(b[k:])
 		default:
 			l.preface -= k
 		}
 	}
 	if l.inHead.Load() && l.read.Add(int64(len(b))) > l.max {
 		return errHeadTooLarge
+	}
+	return nil
+}
+
+// feedH2 measures HTTP/2 bytes, and publishes the streams they opened
+// once they may reach the server.
+func (l *headLimit) feedH2(b []byte) error {
+	if err := l.h2.feed(b); err != nil {
+		return err
+	}
+	if n := l.h2.opened; n != l.streams.Load() {
+		l.streams.Store(n)
 	}
 	return nil
 }

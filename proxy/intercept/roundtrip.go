@@ -26,15 +26,16 @@ import (
 // keep-alive connection, or a bumped one, may carry requests for other
 // names than its first) and gets its own record.
 func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
-	rt.cc.limit.headDone()
+	// In flight first, then a request: the order tryEnd relies on.
+	rt.inflight.Add(1)
 	rt.requests.Add(1)
+	rt.cc.limit.headDone()
 	if !rt.s.h2 {
 		// The previous response is complete, whether or not its end was
 		// seen: what it left held goes now, before a "100 Continue".
 		rt.cc.holdResponse(false)
 	}
 	reqBody := req.Body // goproxy's own, before roundTrip wraps it
-	rt.inflight.Add(1)
 	resp, err := rt.roundTrip(req)
 	if !recordsOnClose(resp) {
 		rt.requestDone() // its record is written already
@@ -135,6 +136,17 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		rt.write(&rec, start)
 		return denyResponse(req, d.Rule, host, ""), nil
 	}
+	if err := req.Context().Err(); err != nil {
+		// The client is gone already (it closed the connection, or reset
+		// the stream: an HTTP/2 server may close the connection before
+		// the handler of a stream it read reaches here). Nothing is sent
+		// for a response nobody will read, and the record says so, not
+		// that the destination failed.
+		rec.Result = "reset"
+		rec.Error = "not sent: the client went away before the request could be sent upstream (" + err.Error() + ")"
+		rt.write(&rec, start)
+		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
+	}
 	if s.needsDestinationCheck(d, host) {
 		if err := s.checkDestination(req.Context(), host); err != nil {
 			rec.DestCheck, rec.Error = "mismatch", err.Error()
@@ -157,6 +169,14 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		req.Body = &sent
 	}
 	resp, err := rt.tr.RoundTrip(req)
+	if err != nil && req.Context().Err() != nil {
+		// The client went away while the request was under way: the
+		// round trip was cut short for it, not by the destination.
+		rec.Result = "reset"
+		rec.Error = "the client went away before the response came (" + err.Error() + ")"
+		rt.write(&rec, start)
+		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
+	}
 	if err != nil {
 		rec.Status = http.StatusBadGateway
 		rec.Result, rec.Error = records.DialResult(err), err.Error()
