@@ -50,7 +50,7 @@ func newProvenOrigin(dest netip.AddrPort, name string) provenOrigin {
 // mismatch would only be recorded, never bumps: its bumps are splices.)
 func (s *session) checkBumpDestination() bool {
 	sni := s.Hello.ServerName
-	if !s.needsDestinationCheck(s.Decision, sni) || s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)) {
+	if !s.needsDestinationCheck(s.Policy, s.Decision, sni) || s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)) {
 		return true
 	}
 	if err := s.checkDestination(context.Background(), sni); err != nil {

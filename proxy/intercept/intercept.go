@@ -76,6 +76,10 @@ type Config struct {
 	// Plaintext, when set, receives the decrypted bytes of every bumped
 	// connection (plaintext.go).
 	Plaintext Plaintext
+	// Policy, when set, decides each HTTP request by the policy in force
+	// as it arrives, so a reload reaches open connections' next requests;
+	// without it (or before it holds one) Session.Policy decides them.
+	Policy *policy.Holder
 }
 
 // DefaultMaxHeaderBytes is the default request head limit: Squid's, and
@@ -91,7 +95,7 @@ type Session struct {
 	// the trust page) dials each connection for a request the policy
 	// allowed, as later ones always are.
 	Upstream net.Conn
-	Policy   *policy.Policy  // in force when the connection arrived: a reload leaves it alone
+	Policy   *policy.Policy  // in force when the connection arrived: it decides the connection
 	Subject  policy.Subject  // addresses and endpoint, for each request's decision
 	Record   *records.Record // the connection's record so far; each request's record starts from it
 	Start    time.Time
@@ -577,13 +581,13 @@ func hostOnly(authority string) string {
 }
 
 // needsDestinationCheck reports whether a request for host that decision d
-// lets through must first be tied to the destination address: d rests on
+// of pol lets through must first be tied to the destination address: d rests on
 // the name (a rule with domains), the policy asks for the check, there is
 // one to ask, and nothing proved the name already. A bumped connection's
 // verified upstream certificate is that proof for every name it covers:
 // the destination holds a key for the name.
-func (s *session) needsDestinationCheck(d policy.Decision, host string) bool {
-	if !d.ByName || host == "" || s.Policy.DestinationCheck() != policy.CheckDNS || s.ic.cfg.DestinationCheck == nil {
+func (s *session) needsDestinationCheck(pol *policy.Policy, d policy.Decision, host string) bool {
+	if !d.ByName || host == "" || pol.DestinationCheck() != policy.CheckDNS || s.ic.cfg.DestinationCheck == nil {
 		return false
 	}
 	return s.upstreamCert == nil || s.upstreamCert.VerifyHostname(host) != nil

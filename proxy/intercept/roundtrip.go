@@ -124,7 +124,11 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	subj := s.Subject
 	subj.Protocol, subj.Domain = proto, host
-	d := s.Policy.Decide(subj) // the connection's policy: a reload leaves open sessions as they were
+	// The policy in force now, not the connection's: a reload that
+	// denies a name must reach a keep-alive or bumped connection's next
+	// request. The connection's bump stays as it was decided.
+	pol := s.requestPolicy()
+	d := pol.Decide(subj)
 	rec.Rule, rec.Action = d.Rule, d.Action.String()
 	if rt.scheme == "https" && d.Action != policy.Deny {
 		rec.Action = "bump" // the connection is decrypted already
@@ -147,10 +151,10 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		rt.write(&rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
 	}
-	if s.needsDestinationCheck(d, host) {
+	if s.needsDestinationCheck(pol, d, host) {
 		if err := s.checkDestination(req.Context(), host); err != nil {
 			rec.DestCheck, rec.Error = "mismatch", err.Error()
-			if s.Policy.Mode() != policy.Audit {
+			if pol.Mode() != policy.Audit {
 				rec.Status = http.StatusForbidden
 				s.ic.denied.Add(1)
 				rec.Action, rec.Result = "deny", "denied"
@@ -224,6 +228,17 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = rb
 	}
 	return resp, nil
+}
+
+// requestPolicy returns the policy a request arriving now is decided by:
+// the one in force (one atomic load), else the connection's.
+func (s *session) requestPolicy() *policy.Policy {
+	if h := s.ic.cfg.Policy; h != nil {
+		if p := h.Load(); p != nil {
+			return p
+		}
+	}
+	return s.Policy
 }
 
 // write ends rec, one request's record, and writes it.

@@ -1,0 +1,74 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+const clsBumpAll = `
+policy:
+  default: bump
+`
+
+// A reload reaches the next request of a bumped keep-alive connection
+// opened before it: the appliance hands the interceptor its policy holder,
+// so each request is decided by the policy in force as it arrives. The
+// connection stays bumped; the request the reload denies gets the 403.
+func TestReloadDecidesKeepAliveRequest(t *testing.T) {
+	r := newClsRig(t, clsBumpAll, clsOptions{bump: true})
+	roots := x509.NewCertPool()
+	roots.AddCert(r.ca.Certificate())
+	c := r.dial(t, r.tlsDest)
+	defer c.Close()
+	tc := tls.Client(c, &tls.Config{ServerName: "allowed.example", RootCAs: roots, NextProtos: []string{"http/1.1"}})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(tc)
+	get := func(path string) (int, string) {
+		t.Helper()
+		fmt.Fprintf(tc, "GET %s HTTP/1.1\r\nHost: allowed.example\r\n\r\n", path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(body)
+	}
+	if code, body := get("/before"); code != 200 || body != "hello host=allowed.example" {
+		t.Fatalf("before the reload: %d %q", code, body)
+	}
+	tightened, err := policy.Parse("test.yaml", []byte(clsBumpAll+`  rules:
+    - name: no-allowed
+      domains: ["allowed.example"]
+      action: deny
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.p.cfg.Policy.Store(tightened) // the reload
+	if code, body := get("/after"); code != http.StatusForbidden || !strings.Contains(body, "no-allowed") {
+		t.Fatalf("after the reload denied the name: %d %q, want the appliance's 403", code, body)
+	}
+	tc.Close()
+	r.record(t, c, "tls") // the connection's, written once its requests' are
+	var got []string
+	for _, rec := range r.recs.parse(t) {
+		if rec.Kind == "http" {
+			got = append(got, fmt.Sprintf("%s %s %s %d %s", rec.Path, rec.Action, rec.Rule, rec.Status, rec.Result))
+		}
+	}
+	want := "/before bump default 200 ok; /after deny no-allowed 403 denied"
+	if strings.Join(got, "; ") != want {
+		t.Errorf("http records %q, want %q", got, want)
+	}
+}
