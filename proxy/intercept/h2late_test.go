@@ -2,6 +2,8 @@ package intercept_test
 
 import (
 	"bytes"
+	"crypto/tls"
+	"io"
 	"runtime"
 	"strings"
 	"testing"
@@ -27,63 +29,89 @@ func h2cRequestAndClose(fields ...hpack.HeaderField) []byte {
 	return buf.Bytes()
 }
 
-// An h2c client that sends a whole request and closes at once: the HTTP/2
-// server starts the stream's handler and closes the connection, and the
-// handler may reach RoundTrip only after that. The session must wait for
-// it: its one record is the request's, written before Done, and says the
-// request was not sent because the client had gone; never a "malformed
-// request" deny for a request that was read, nor a record after Done (a
-// drain waits for Done, and would lose it).
+// An HTTP/2 client (h2c, or h2 in a bumped connection) that sends a whole
+// request and closes at once: the HTTP/2 server starts the stream's
+// handler and closes the connection, and the handler may reach RoundTrip
+// only after that. The session must wait for it: the request's record is
+// written before Done (and a bumped connection's before its tls record),
+// and says the request was not sent because the client had gone, or that
+// it was relayed; never a "malformed request" deny for a request that was
+// read, nor a record after Done (a drain waits for Done, and would lose
+// it).
 func TestH2RequestThenCloseRecordedBeforeDone(t *testing.T) {
 	// One P makes the handler start after the close far more often.
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	for i := range 20 {
-		r := newRig(t, testPolicy)
-		upEnd, up := r.startUpstream(nil)
-		c, sv := r.connectTCP(upEnd, httpDest)
-		if _, err := c.Write(h2cRequestAndClose(
-			hpack.HeaderField{Name: ":method", Value: "GET"}, hpack.HeaderField{Name: ":scheme", Value: "http"},
-			hpack.HeaderField{Name: ":authority", Value: "ok.example.test"}, hpack.HeaderField{Name: ":path", Value: "/x"},
-		)); err != nil {
-			t.Fatal(err)
-		}
-		c.CloseWrite()
-		select {
-		case <-sv.done:
-		case <-time.After(waitLimit):
-			t.Fatal("Done not called")
-		}
-		atDone := ofKind(r.records(), "http")
-		if len(atDone) != 1 {
-			t.Fatalf("iteration %d: %d http records at Done, want the request's: %+v", i, len(atDone), atDone)
-		}
-		rec := atDone[0]
-		if rec.Action == "deny" || rec.Host != "ok.example.test" || rec.Path != "/x" {
-			t.Fatalf("iteration %d: the record at Done is not the request's: %+v", i, rec)
-		}
-		// The client is gone by the time the request is decided, or not:
-		// the scheduler says which. Either way the record says what
-		// happened.
-		switch got := up.requests(); rec.Result {
-		case "reset":
-			// Not sent, or cut short on its way: no response came.
-			notSent := strings.Contains(rec.Error, "not sent")
-			if rec.Status != 0 || notSent && len(got) != 0 ||
-				!notSent && !strings.Contains(rec.Error, "the client went away before the response came") {
-				t.Fatalf("iteration %d: a request the client left recorded as %+v, the upstream served %q", i, rec, got)
+	for _, bumped := range []bool{false, true} {
+		t.Run(map[bool]string{false: "h2c", true: "bumped h2"}[bumped], func(t *testing.T) {
+			for i := range 20 {
+				h2RequestThenClose(t, i, bumped)
 			}
-		case "ok": // relayed before the stream was cancelled
-			if rec.Status != 200 || len(got) != 1 {
-				t.Fatalf("iteration %d: a request relayed recorded as %+v, the upstream served %q", i, rec, got)
-			}
-		default:
-			t.Fatalf("iteration %d: record %+v: neither not sent nor relayed", i, rec)
+		})
+	}
+}
+
+func h2RequestThenClose(t *testing.T, i int, bumped bool) {
+	r := newRig(t, testPolicy)
+	scheme, dest, status := "http", httpDest, 200
+	var cert *tls.Certificate
+	if bumped {
+		scheme, dest, cert = "https", tlsDest, r.upLeaf("www.example.test")
+	}
+	upEnd, up := r.startUpstream(cert, "h2", "http/1.1")
+	raw, sv := r.connectTCP(upEnd, dest)
+	var c interface {
+		io.ReadWriter
+		CloseWrite() error
+	} = raw
+	if bumped {
+		tc := bumpClient(t, r, raw, "www.example.test", "h2")
+		go io.Copy(io.Discard, tc) // what the server writes, unread, must not hold it up
+		c = tc
+	}
+	if _, err := c.Write(h2cRequestAndClose(
+		hpack.HeaderField{Name: ":method", Value: "GET"}, hpack.HeaderField{Name: ":scheme", Value: scheme},
+		hpack.HeaderField{Name: ":authority", Value: "www.example.test"}, hpack.HeaderField{Name: ":path", Value: "/x"},
+	)); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	select {
+	case <-sv.done:
+	case <-time.After(waitLimit):
+		t.Fatal("Done not called")
+	}
+	recs := r.records()
+	atDone := ofKind(recs, "http")
+	if len(atDone) != 1 {
+		t.Fatalf("iteration %d: %d http records at Done, want the request's: %+v", i, len(atDone), atDone)
+	}
+	if bumped && (len(recs) != 2 || recs[1].Kind != "tls") {
+		t.Fatalf("iteration %d: records %+v, want the request's, then the connection's", i, recs)
+	}
+	rec := atDone[0]
+	if rec.Action == "deny" || rec.Host != "www.example.test" || rec.Path != "/x" {
+		t.Fatalf("iteration %d: the record at Done is not the request's: %+v", i, rec)
+	}
+	// The client is gone by the time the request is decided, or not: the
+	// scheduler says which. Either way the record says what happened.
+	switch got := up.requests(); rec.Result {
+	case "reset":
+		// Not sent, or cut short on its way: no response came.
+		notSent := strings.Contains(rec.Error, "not sent")
+		if rec.Status != 0 || notSent && len(got) != 0 ||
+			!notSent && !strings.Contains(rec.Error, "the client went away before the response came") {
+			t.Fatalf("iteration %d: a request the client left recorded as %+v, the upstream served %q", i, rec, got)
 		}
-		time.Sleep(20 * time.Millisecond) // time for a stray late record
-		if n := len(ofKind(r.records(), "http")); n != 1 {
-			t.Fatalf("iteration %d: %d http records in all, want 1: one came after Done", i, n)
+	case "ok": // relayed before the stream was cancelled
+		if rec.Status != status || len(got) != 1 {
+			t.Fatalf("iteration %d: a request relayed recorded as %+v, the upstream served %q", i, rec, got)
 		}
-		c.Close()
+	default:
+		t.Fatalf("iteration %d: record %+v: neither not sent nor relayed", i, rec)
+	}
+	time.Sleep(20 * time.Millisecond) // time for a stray late record
+	if n := len(ofKind(r.records(), "http")); n != 1 {
+		t.Fatalf("iteration %d: %d http records in all, want 1: one came after Done", i, n)
 	}
 }
 
@@ -96,7 +124,7 @@ func TestH2RefusedStreamThenCloseEnds(t *testing.T) {
 	c, sv := r.connectTCP(upEnd, httpDest)
 	if _, err := c.Write(h2cRequestAndClose(
 		hpack.HeaderField{Name: ":method", Value: "GET"}, hpack.HeaderField{Name: ":scheme", Value: "http"},
-		hpack.HeaderField{Name: ":authority", Value: "ok.example.test"},
+		hpack.HeaderField{Name: ":authority", Value: "www.example.test"},
 	)); err != nil {
 		t.Fatal(err)
 	}
