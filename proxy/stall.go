@@ -383,6 +383,9 @@ type sessionWatch struct {
 	p          *Proxy
 	is         *intercept.Session
 	client, up writeWatch
+	// broken ends the session when its client's connection breaks
+	// (clientwatch.go).
+	broken clientWatch
 
 	mu    sync.Mutex
 	more  map[*writeWatch]struct{} // further connections to the destination, until closed
@@ -390,13 +393,15 @@ type sessionWatch struct {
 }
 
 // watchSession watches is's client and first upstream connection, and
-// each further one it dials, from now until is.Done.
+// each further one it dials, from now until is.Done; and its client's
+// connection for a break (clientwatch.go).
 func (p *Proxy) watchSession(is *intercept.Session) {
 	sw := &sessionWatch{p: p, is: is}
 	sw.client.watchWrites(p.stalls, sw, is.Client)
 	sw.up.watchWrites(p.stalls, sw, is.Upstream)
 	is.WatchUpstream = sw.watchUpstream
 	is.Done = sw.done
+	sw.broken.watch(is)
 }
 
 func (sw *sessionWatch) watchUpstream(c net.Conn) func() {
@@ -430,6 +435,7 @@ func (sw *sessionWatch) done() {
 	more := sw.more
 	sw.more = nil
 	sw.mu.Unlock()
+	sw.broken.stop()
 	st := sw.p.stalls
 	st.unwatch(&sw.client)
 	st.unwatch(&sw.up)

@@ -1,0 +1,84 @@
+package proxy
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// brokenWatcher is a client connection that says when something arrives,
+// and tells a reset from a FIN (netstack.Conn).
+type brokenWatcher interface {
+	OnReadable(fn func())
+	brokenReader
+}
+
+// clientWatch ends an intercepted session whose client's connection
+// breaks: the client reset it, or vanished (its keepalives went
+// unanswered). Nothing else would. While an HTTP/1 request is in flight
+// nobody reads the client (goproxy reads the next request only once the
+// response is written), and the upstream transports end an exchange only
+// when the request's context does, which goproxy cancels only when its
+// loop returns: a client that sent a request to an origin that never
+// answers, or stops in the middle of the body with its connection open,
+// and then reset, left the session waiting on the origin for good, with
+// its host socket, goroutines and buffers, and no record. The watch
+// costs no goroutine: the stack calls it when the client's connection
+// has news, and it looks at the connection's state, not at its bytes
+// (pipelined requests stay where goproxy reads them). A client's FIN
+// alone is not a break: a client may half-close after its request and
+// wait for the answer (HTTP/1.0 style); that session goes on.
+type clientWatch struct {
+	is    *intercept.Session
+	conn  brokenWatcher // nil: the client is not a netstack.Conn
+	fired atomic.Bool
+}
+
+// watch starts watching is's client, when it is a netstack.Conn (under
+// the classifier's wrapper): every client the stack hands over is one.
+func (w *clientWatch) watch(is *intercept.Session) {
+	c := is.Client
+	for {
+		wc, ok := c.(wrappedConn)
+		if !ok {
+			break
+		}
+		c = wc.unwrap()
+	}
+	b, ok := c.(brokenWatcher)
+	if !ok {
+		return
+	}
+	w.is, w.conn = is, b
+	b.OnReadable(w.check)
+	w.check() // it may have broken before the callback was there
+}
+
+// check runs on the stack's packet path: it must not block, nor call the
+// connection but for Broken.
+func (w *clientWatch) check() {
+	if !w.conn.Broken() || !w.fired.CompareAndSwap(false, true) {
+		return
+	}
+	go w.abort()
+}
+
+// abort ends the session for the broken client: every connection is
+// reset, which ends what waits on them, and the records of the
+// connection and of the request under way say reset. A session that has
+// begun to end on its own is left to end so.
+func (w *clientWatch) abort() {
+	why := w.conn.BrokenError()
+	if why == nil {
+		return // a clean close completing, or a write to the client has the error
+	}
+	w.is.Abort("reset", fmt.Errorf("the client's connection broke: %w", why))
+}
+
+// stop ends the watch: the session is done.
+func (w *clientWatch) stop() {
+	if w.conn != nil {
+		w.conn.OnReadable(nil)
+	}
+}
