@@ -47,6 +47,11 @@ type echoRelay struct {
 	denied     int  // denied flows in flows, at most maxDenied
 	maxDenied  int  // maxDeniedEcho; lowered by tests
 	warnedFull atomic.Bool
+
+	// deniedShares counts each client's denied flows in flows, at most
+	// deniedShare each: maxDeniedEcho/deniedEchoShares, lowered by tests.
+	deniedShares udpShares
+	deniedShare  int
 	// warnedSock is set once the cause of a ping socket that could not be
 	// opened has been logged, one flag per echoSockCause.
 	warnedSock [echoSockCauses]atomic.Bool
@@ -73,6 +78,15 @@ const DefaultMaxEchoFlowsPerClient = 64
 // destinations cannot grow memory, nor the access log, without bound.
 const maxDeniedEcho = 1 << 16
 
+// deniedEchoShares is how many clients' worth of denied echo flows are
+// remembered: each client may hold maxDeniedEcho/deniedEchoShares (1,024)
+// of them. Without a share one client could fill the pool, and every
+// other client's new denied flows would go unrecorded. 1,024 is more than
+// a client pinging denied destinations by mistake holds in an idle
+// timeout; a client over it has its further denied flows dropped without
+// a record, as all were before once the pool was full.
+const deniedEchoShares = 64
+
 type echoKey struct {
 	endpoint     uint64
 	client, dest netip.Addr
@@ -95,7 +109,7 @@ type echoSession struct {
 	conn     *icmp.PacketConn
 	dest     net.Addr
 	destIP   netip.Addr // dest, to tell the destination's replies from others'
-	share    shareKey   // the client's, in echoRelay.shares while the flow lives
+	share    shareKey   // the client's, in echoRelay.shares (denied: deniedShares) while the flow lives
 	v6       bool
 	last     atomic.Int64
 	requests atomic.Int64
@@ -111,6 +125,7 @@ func (r *echoRelay) init(p *Proxy) {
 	r.p = p
 	r.flows = make(map[echoKey]*echoSession)
 	r.maxDenied = maxDeniedEcho
+	r.deniedShare = maxDeniedEcho / deniedEchoShares
 	r.shares.what = "ICMP echo flows, its share"
 }
 
@@ -195,7 +210,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 
 	rec := newRecord("icmp", req.Flow)
 	if reason := r.p.forbidden(req.Flow.Dest.Addr()); reason != "" {
-		f, isNew = r.addDenied(k, rec, reason, true, nil, now)
+		f, isNew = r.addDenied(k, clientShareKey(req.Flow), rec, reason, true, nil, now)
 		return f, isNew, nil
 	}
 	pol := r.p.cfg.Policy.Load()
@@ -204,7 +219,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 	})
 	rec.Rule, rec.Action = d.Rule, d.Action.String()
 	if d.Action == policy.Deny {
-		f, isNew = r.addDenied(k, rec, "denied by policy", false, pol, now)
+		f, isNew = r.addDenied(k, clientShareKey(req.Flow), rec, "denied by policy", false, pol, now)
 		return f, isNew, nil
 	}
 
@@ -300,12 +315,16 @@ func echoSockCauseOf(err error) int {
 
 // addDenied remembers a denied flow until it idles, and returns it as new,
 // for its record to be written; r.mu is held. When too many are remembered
-// already it returns a denied flow that is neither in the table nor new: the
-// request is dropped without a record, and so are the flow's next ones until
-// there is room.
-func (r *echoRelay) addDenied(k echoKey, rec *records.Record, reason string, forbidden bool, pol *policy.Policy, now time.Time) (*echoSession, bool) {
+// already, or its client (share) holds its share of them, it returns a
+// denied flow that is neither in the table nor new: the request is dropped
+// without a record, and so are the flow's next ones until there is room.
+func (r *echoRelay) addDenied(k echoKey, share shareKey, rec *records.Record, reason string, forbidden bool, pol *policy.Policy, now time.Time) (*echoSession, bool) {
 	rec.Error = reason
+	if ok, _ := r.deniedShares.acquire(share, r.deniedShare, now); !ok {
+		return &noRoomDenied, false // the client's own doing: no warning
+	}
 	if r.denied >= r.maxDenied {
+		r.deniedShares.release(share)
 		if !r.warnedFull.Swap(true) {
 			slog.Warn("too many denied ICMP echo flows remembered; echo requests of further denied flows "+
 				"are dropped without an access record until some have been idle for the echo idle timeout",
@@ -313,7 +332,7 @@ func (r *echoRelay) addDenied(k echoKey, rec *records.Record, reason string, for
 		}
 		return &noRoomDenied, false
 	}
-	f := &echoSession{denied: true, forbidden: forbidden, pol: pol, rec: rec}
+	f := &echoSession{denied: true, forbidden: forbidden, pol: pol, rec: rec, share: share}
 	f.last.Store(now.UnixNano())
 	idle := r.p.cfg.EchoIdleTimeout
 	// The callback takes r.mu, which is held here, so it sees f.timer set.
@@ -343,6 +362,7 @@ var noRoomDenied = echoSession{denied: true}
 func (r *echoRelay) forget(k echoKey, f *echoSession) {
 	delete(r.flows, k)
 	r.denied--
+	r.deniedShares.release(f.share)
 }
 
 // echoReplyBuf is the size of a flow's reply buffer: the inner MTU's

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -245,5 +246,55 @@ func TestEchoDeniedTableFull(t *testing.T) {
 	}
 	if st := p.Stats(); st.Denied != 3 || st.EchoUnrecorded != 3 {
 		t.Fatalf("stats %+v, want 3 denied and still 3 unrecorded", st)
+	}
+}
+
+// TestEchoDeniedShareLeavesRoomForOthers: one client's denied echo flows
+// fill at most its share of the flows remembered, not the whole pool: a
+// client spraying echo IDs at a denied destination cannot leave another
+// client's denied flow without a record. The pool is still bounded: once
+// every share is taken, a further client's new denied flow goes
+// unrecorded, counted as before.
+func TestEchoDeniedShareLeavesRoomForOthers(t *testing.T) {
+	p, _, sink := echoProxy(t, noPing, nil)
+	p.echo.maxDenied, p.echo.deniedShare = 8, 2 // stand for 65,536 and 1,024
+	from := func(client string, id, seq uint16) netstack.EchoRequest {
+		req := echoReq("127.0.0.2", id, seq)
+		req.Flow.Client = netip.MustParseAddrPort(client + ":0")
+		return req
+	}
+	const hoarded = 20 // enough to fill the whole pool without shares
+	for id := range uint16(hoarded) {
+		p.HandleEcho(from("127.0.0.9", id, 1))
+	}
+	for seq := range uint16(3) {
+		p.HandleEcho(from("127.0.0.50", 77, seq))
+	}
+	recs := sink.records(t, 3)
+	byClient := map[string]int{}
+	for _, r := range recs {
+		byClient[r.ClientIP]++
+	}
+	if byClient["127.0.0.50"] != 1 {
+		t.Errorf("the other client's denied echo flow has %d records, want 1; records by client %v, stats %+v", byClient["127.0.0.50"], byClient, p.Stats())
+	}
+	if byClient["127.0.0.9"] != 2 {
+		t.Errorf("the hoarding client has %d records, want its share, 2", byClient["127.0.0.9"])
+	}
+	if got := p.Stats().EchoUnrecorded; got != hoarded-2 {
+		t.Errorf("echo_denied_unrecorded %d, want the %d requests beyond the hoarder's share", got, hoarded-2)
+	}
+
+	// The pool full (the two clients above hold 3, these 5): a new
+	// client's denied flow goes unrecorded.
+	for c := range 3 {
+		for id := range uint16(2) {
+			p.HandleEcho(from(fmt.Sprintf("127.0.1.%d", c), id, 1))
+		}
+	}
+	before := p.Stats().EchoUnrecorded
+	p.HandleEcho(from("127.0.2.1", 1, 1))
+	if got := p.Stats().EchoUnrecorded; got != before+1 {
+		t.Errorf("a denied echo flow beyond the full pool: echo_denied_unrecorded %d, want %d", got, before+1)
 	}
 }
