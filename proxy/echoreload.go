@@ -30,6 +30,6 @@ func (r *echoRelay) reloaded(k echoKey, f *echoSession, req *netstack.EchoReques
 	delete(r.flows, k)
 	_ = f.conn.Close() // wakes serve, which records the flow
 	rec.Rule, rec.Action = d.Rule, d.Action.String()
-	denied, _ := r.addDenied(k, rec, why, false, pol, now)
+	denied, _ := r.addDenied(k, clientShareKey(req.Flow), rec, why, false, pol, now)
 	return denied
 }
