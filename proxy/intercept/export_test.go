@@ -23,3 +23,14 @@ func SetVerifyClock(ic *Interceptor, now func() time.Time) {
 // Verifications returns how many upstream chains were verified, not taken
 // from the memory of earlier verifications.
 func Verifications(ic *Interceptor) uint64 { return ic.verifications.Load() }
+
+// SetResponseHeadTimeout sets how long the rest of a response head may
+// take after its first byte, and returns a function restoring it.
+func SetResponseHeadTimeout(d time.Duration) (restore func()) {
+	old := responseHeadTimeout
+	responseHeadTimeout = d
+	return func() { responseHeadTimeout = old }
+}
+
+// MaxResponseHead bounds a response head.
+const MaxResponseHead = maxResponseHead

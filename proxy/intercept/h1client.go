@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 )
@@ -36,7 +37,8 @@ type upstreamTransport interface {
 // http.ReadResponse, skips 1xx responses but a 101 (whose body is then the
 // connection, both ways, as net/http gives it), and keeps the connection
 // for the next request when the response ended cleanly. Response heads are
-// bounded as net/http bounds them (10 MiB).
+// bounded in size (maxResponseHead) and, from their first byte, in time
+// (responseHeadTimeout).
 //
 // Nothing reads a kept connection while it is idle (http.Transport has a
 // goroutine for that), so before a kept connection carries a request it is
@@ -79,8 +81,22 @@ const h1IdleTimeout = 90 * time.Second
 // unlikely to be closed right now.
 const reuseForBody = 2 * time.Second
 
-// maxResponseHead bounds a response head: net/http's default.
-const maxResponseHead = 10 << 20
+// maxResponseHead bounds a response head, on every upstream path (h1Transport,
+// and http.Transport's MaxResponseHeaderBytes, which also bounds an HTTP/2
+// upstream's header lists). net/http's default, 10 MiB, let a hostile
+// origin pin 10 MiB per upstream connection with a head it never ends (8
+// connections, 80 MB, for one HTTP/2 client flow). Real heads are a few
+// KiB; large cookies and CSP headers stay well under 1 MiB, which is 16
+// times the largest request head a client may send by default.
+const maxResponseHead = 1 << 20
+
+// responseHeadTimeout bounds the rest of a response head once its first
+// byte has come. The wait for the first byte is not bounded (a long poll,
+// a slow report), the rest is: an honest origin writes its head at once,
+// and 10 s carries even a head at the size limit over a 1 Mbit/s path. A
+// head that takes longer ends the request with a 502 and closes the
+// connection, so that one the origin never ends pins nothing for good.
+var responseHeadTimeout = 10 * time.Second // a variable for tests
 
 // max1xx bounds the informational responses before a final one, as
 // net/http does.
@@ -300,11 +316,14 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 	n := 0
 	for ; ; n++ {
 		var err error
-		resp, err = http.ReadResponse(br, req)
+		resp, err = readResponseHead(c, br, req)
 		if err != nil {
 			putReader(br)
 			if src.over {
 				return nil, fmt.Errorf("response head larger than %d bytes", maxResponseHead)
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, fmt.Errorf("response head not complete %v after its first byte: %w", responseHeadTimeout, err)
 			}
 			return nil, fmt.Errorf("reading the response: %w", err)
 		}
@@ -334,6 +353,18 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, conn: c, br: br, wrote: wrote, stop: stop,
 		reuse: !resp.Close && !req.Close && !src.scan.faulty(n, resp), eof: resp.Body == http.NoBody}
 	return resp, nil
+}
+
+// readResponseHead reads one response head from br, c's reader: its first
+// byte with no time limit, the rest within responseHeadTimeout.
+func readResponseHead(c net.Conn, br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	if _, err := br.Peek(1); err != nil {
+		return nil, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(responseHeadTimeout))
+	resp, err := http.ReadResponse(br, req)
+	_ = c.SetReadDeadline(time.Time{})
+	return resp, err
 }
 
 // waitWritten waits until req, whose response has come, has been written

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -167,7 +170,9 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		MaxConnsPerHost:     maxUpstreamConns,
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     90 * time.Second,
-		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		// An HTTP/1 head, or an HTTP/2 header list (net/http passes it on).
+		MaxResponseHeaderBytes: maxResponseHead,
+		DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerConnection: upstreamH2ReceivePerConnection,
 			MaxReceiveBufferPerStream:     upstreamH2ReceivePerStream,
@@ -199,11 +204,65 @@ type oneHostTransport struct {
 }
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	r := *req // the transport must not change the caller's request
+	hd := &headDeadline{}
+	ctx, cancel := context.WithCancelCause(req.Context())
+	hd.cancel = cancel
+	// A copy: the transport must not change the caller's request.
+	r := req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotFirstResponseByte: hd.start,
+		Got1xxResponse:       hd.got1xx,
+	}))
 	u := *req.URL
 	u.Host = t.host
 	r.URL = &u
-	return t.Transport.RoundTrip(&r)
+	resp, err := t.Transport.RoundTrip(r)
+	hd.stop()
+	if err != nil && errors.Is(context.Cause(ctx), errResponseHeadTimeout) {
+		err = fmt.Errorf("response head not complete %v after its first byte: %w", responseHeadTimeout, err)
+	}
+	return resp, err
+}
+
+// errResponseHeadTimeout ends a request whose response head did not
+// come whole within responseHeadTimeout of its first byte.
+var errResponseHeadTimeout = errors.New("response head not complete in time")
+
+// headDeadline bounds, for http.Transport, the rest of a response head
+// once its first byte has come, as h1Transport does (responseHeadTimeout):
+// http.Transport's own ResponseHeaderTimeout would bound the wait for the
+// first byte too, which a long poll may spend. The request's context is
+// ended (cancel), which closes an HTTP/1 upstream connection, or resets an
+// HTTP/2 stream. HTTP/2 reports the first byte only once the header list
+// is whole (maxResponseHead bounds one still coming); a head after a 1xx
+// response is bounded in size only: the wait for it may be a long upload.
+type headDeadline struct {
+	cancel context.CancelCauseFunc
+	mu     sync.Mutex
+	timer  *time.Timer
+	done   bool // the head has come, or a 1xx: arm no timer
+}
+
+func (d *headDeadline) start() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.done && d.timer == nil {
+		d.timer = time.AfterFunc(responseHeadTimeout, func() { d.cancel(errResponseHeadTimeout) })
+	}
+}
+
+func (d *headDeadline) got1xx(int, textproto.MIMEHeader) error {
+	d.stop()
+	return nil
+}
+
+// stop disarms the deadline: the head has come (or the request failed).
+func (d *headDeadline) stop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.done = true
+	if d.timer != nil {
+		d.timer.Stop()
+	}
 }
 
 // maxUpstreamConns bounds the upstream connections of one HTTP/2 client

@@ -1,0 +1,182 @@
+package intercept_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// hostileOrigin reads one request on srvEnd, waits firstByte, then writes
+// a response head: the status line, then fields of size bytes in all,
+// then its end if finish, else nothing more. It keeps the connection open
+// until the appliance closes it, then closes closed.
+func hostileOrigin(srvEnd net.Conn, firstByte time.Duration, size int, finish bool) (closed chan struct{}) {
+	closed = make(chan struct{})
+	go func() {
+		defer close(closed)
+		br := bufio.NewReader(srvEnd)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		time.Sleep(firstByte)
+		bw := bufio.NewWriterSize(srvEnd, 64<<10)
+		io.WriteString(bw, "HTTP/1.1 200 OK\r\n")
+		bw.Flush() // the first byte comes on its own
+		line := "X-A: " + strings.Repeat("a", 8000) + "\r\n"
+		for n := 0; n < size/len(line); n++ {
+			io.WriteString(bw, line)
+		}
+		if finish {
+			io.WriteString(bw, "Content-Length: 2\r\n\r\nok")
+		}
+		bw.Flush()
+		io.Copy(io.Discard, br)
+	}()
+	return closed
+}
+
+// h2cGetOne sends one GET over a new h2c client connection on c.
+func h2cGetOne(t *testing.T, c net.Conn) *http.Response {
+	t.Helper()
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://www.example.test/", nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("h2c round trip: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+// wantRecord waits for the http record of the request, and checks its
+// status and that its error says want.
+func wantRecord(t *testing.T, r *rig, status int, want string) {
+	t.Helper()
+	var recs []string
+	for end := time.Now().Add(waitLimit); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		recs = recs[:0]
+		for _, rec := range ofKind(r.records(), "http") {
+			if rec.Status == status && strings.Contains(rec.Error, want) {
+				return
+			}
+			recs = append(recs, rec.Error)
+		}
+	}
+	t.Fatalf("no http record with status %d and an error saying %q: %q", status, want, recs)
+}
+
+// A response head larger than the limit (1 MiB, net/http's 10 MiB before)
+// is a 502 and a record saying so, over h1Transport and over
+// http.Transport (an HTTP/2 client of an HTTP/1 origin); the upstream
+// connection is closed. A head under the limit passes.
+func TestResponseHeadTooLarge(t *testing.T) {
+	const size = 2 << 20 // over the limit, under net/http's
+	for _, h2c := range []bool{false, true} {
+		name := "h1"
+		if h2c {
+			name = "h2c"
+		}
+		t.Run(name, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			upEnd, srvEnd := testnet.TCPPair(t)
+			closed := hostileOrigin(srvEnd, 0, size, true)
+			c, _ := r.connectTCP(upEnd, httpDest)
+			var status int
+			if h2c {
+				status = h2cGetOne(t, c).StatusCode
+			} else {
+				resp, _ := newHTTPClient(t, c).do("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+				status = resp.StatusCode
+			}
+			if status != http.StatusBadGateway {
+				t.Fatalf("a %d MiB response head: status %d, want 502", size>>20, status)
+			}
+			select {
+			case <-closed:
+			case <-time.After(waitLimit):
+				t.Fatal("the upstream connection is still open")
+			}
+			want := "larger than"
+			if h2c {
+				want = "exceeded" // net/http's: "server response headers exceeded 1048576 bytes"
+			}
+			wantRecord(t, r, http.StatusBadGateway, want)
+		})
+	}
+	t.Run("under", func(t *testing.T) {
+		r := newRig(t, testPolicy)
+		upEnd, srvEnd := testnet.TCPPair(t)
+		hostileOrigin(srvEnd, 0, intercept.MaxResponseHead-64<<10, true)
+		c, _ := r.connectTCP(upEnd, httpDest)
+		if resp, body := newHTTPClient(t, c).do("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("a head under the limit: %d %q", resp.StatusCode, body)
+		}
+	})
+}
+
+// Once a response head's first byte has come, the rest has
+// responseHeadTimeout: an origin that never ends its head gets the
+// request a 502 and its connection closed, instead of holding it (and
+// the head so far) for good. The wait for the first byte is not bounded:
+// a long poll answering after several timeouts passes.
+func TestResponseHeadTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	defer intercept.SetResponseHeadTimeout(timeout)()
+	for _, h2c := range []bool{false, true} {
+		name := "h1"
+		if h2c {
+			name = "h2c"
+		}
+		get := func(t *testing.T, c net.Conn) int {
+			if h2c {
+				return h2cGetOne(t, c).StatusCode
+			}
+			resp, _ := newHTTPClient(t, c).do("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+			return resp.StatusCode
+		}
+		t.Run(name+"/unfinished", func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			upEnd, srvEnd := testnet.TCPPair(t)
+			closed := hostileOrigin(srvEnd, 0, 64<<10, false)
+			c, _ := r.connectTCP(upEnd, httpDest)
+			start := time.Now()
+			if status := get(t, c); status != http.StatusBadGateway {
+				t.Fatalf("an unfinished response head: status %d, want 502", status)
+			}
+			if took := time.Since(start); took < timeout {
+				t.Errorf("502 after %v, before the timeout (%v)", took, timeout)
+			}
+			select {
+			case <-closed:
+			case <-time.After(waitLimit):
+				t.Fatal("the upstream connection is still open")
+			}
+			wantRecord(t, r, http.StatusBadGateway, "response head not complete")
+		})
+		t.Run(name+"/long poll", func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			upEnd, srvEnd := testnet.TCPPair(t)
+			hostileOrigin(srvEnd, 4*timeout, 1<<10, true)
+			c, _ := r.connectTCP(upEnd, httpDest)
+			if status := get(t, c); status != 200 {
+				t.Fatalf("a response whose first byte came after %v: status %d, want 200", 4*timeout, status)
+			}
+		})
+	}
+}
