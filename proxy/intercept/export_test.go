@@ -34,3 +34,11 @@ func SetResponseHeadTimeout(d time.Duration) (restore func()) {
 
 // MaxResponseHead bounds a response head.
 const MaxResponseHead = maxResponseHead
+
+// SetRequestHeadTimeout sets how long the rest of a client's request head
+// may take after its first byte, and returns a function restoring it.
+func SetRequestHeadTimeout(d time.Duration) (restore func()) {
+	old := requestHeadTimeout
+	requestHeadTimeout = d
+	return func() { requestHeadTimeout = old }
+}

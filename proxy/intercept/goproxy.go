@@ -176,11 +176,16 @@ func (rt *roundTripper) end() {
 			rec.End(s.Start)
 			s.ic.cfg.Records.Write(&rec)
 		}
+		// A head left unfinished past its deadline: hijackedconn.go.
+		timedOut := rt.cc.limit.timedOut.Load()
 		if s.Record.Kind == "tls" { // bumped: the connection's record, besides one per request
+			if timedOut && s.Record.Error == "" {
+				s.Record.Error = fmt.Sprintf("request head not complete %v after its first byte", requestHeadTimeout)
+			}
 			s.finish() // with the destination's bytes, TLS and all
 			return
 		}
-		if rt.requests.Load() == 0 && !rt.cc.limit.tooLarge.Load() && rt.cc.in.Load() > 0 {
+		if (rt.requests.Load() == 0 || timedOut) && !rt.cc.limit.tooLarge.Load() && rt.cc.in.Load() > 0 {
 			// Cleartext bytes came, and no request: goproxy could not
 			// read a head (a malformed one, or one cut short) and closed
 			// the connection. Nothing went upstream, or came back, but
@@ -194,6 +199,10 @@ func (rt *roundTripper) end() {
 			rec.BytesOut, rec.BytesIn = 0, 0
 			rec.Action, rec.Result = "deny", "denied"
 			rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
+			if timedOut {
+				rec.Result = "timeout"
+				rec.Error = fmt.Sprintf("request head not complete %v after its first byte", requestHeadTimeout)
+			}
 			s.ic.denied.Add(1)
 			rec.End(s.Start)
 			s.ic.cfg.Records.Write(&rec)

@@ -88,7 +88,26 @@ type headLimit struct {
 	// those of a read the limit refused): what the session waits for
 	// before it ends (goproxy.go).
 	streams atomic.Int64
+
+	// The head deadline: requestHeadTimeout from a head's first byte.
+	// timed is set (with conn, whose deadline it is) while one is armed;
+	// timedOut once a read ran past it.
+	conn     net.Conn
+	timed    atomic.Bool
+	timedOut atomic.Bool
 }
+
+// requestHeadTimeout bounds the rest of an HTTP/1 request head, or of an
+// HTTP/2 client's preface, once its first byte has come: a client that
+// left a head unfinished (under --max-header-bytes) held its flow, and
+// the head so far, for good. The wait for the first byte is not bounded:
+// an idle connection between requests costs what any idle flow costs,
+// and is kept as relayed flows are, while the client answers keepalives.
+// Clients write a head at once; sniff.CompleteTimeout (3 s) bounds a
+// flow's first bytes, a whole head of up to 64 KiB gets more, for slow
+// paths: 10 s, as a response head (responseHeadTimeout). What follows
+// the head, a body or a WebSocket tunnel, is not bounded by it.
+var requestHeadTimeout = 10 * time.Second // a variable for tests
 
 // errHeadTooLarge ends goproxy's read of an oversized request head.
 var errHeadTooLarge = errors.New("request head too large")
@@ -102,8 +121,28 @@ func (l *headLimit) arm(max int, h2 bool) {
 	l.inHead.Store(true)
 }
 
-// headDone marks a request head as read: its body is not limited.
-func (l *headLimit) headDone() { l.inHead.Store(false) }
+// headDone marks a request head as read: its body is not limited, nor
+// given the head's deadline.
+func (l *headLimit) headDone() {
+	l.inHead.Store(false)
+	l.untime()
+}
+
+// time arms the head deadline on c, the client connection, unless armed;
+// untime disarms it.
+func (l *headLimit) time(c net.Conn) {
+	if !l.timed.Load() {
+		l.conn = c
+		l.timed.Store(true)
+		_ = c.SetReadDeadline(time.Now().Add(requestHeadTimeout))
+	}
+}
+
+func (l *headLimit) untime() {
+	if l.timed.Swap(false) {
+		_ = l.conn.SetReadDeadline(time.Time{})
+	}
+}
 
 // count takes the bytes b just read from the client. It returns
 // errHeadTooLarge when they overran the limit, another error when they
@@ -157,6 +196,11 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	}
 	n, err := c.Conn.Read(b)
 	c.in.Add(int64(n))
+	if err != nil && c.limit.timed.Load() {
+		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+			c.limit.timedOut.Store(true)
+		}
+	}
 	if lerr := c.limit.count(b[:n]); lerr != nil {
 		if lerr == errHeadTooLarge && !c.limit.tooLarge.Swap(true) {
 			if c.limit.h2 != nil {
@@ -166,6 +210,14 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 			}
 		}
 		return 0, lerr
+	}
+	if n > 0 {
+		switch {
+		case c.limit.h2 != nil: // past the preface: h2limit.go's, and x/net's
+			c.limit.untime()
+		case c.limit.inHead.Load():
+			c.limit.time(c.Conn)
+		}
 	}
 	return n, err
 }
