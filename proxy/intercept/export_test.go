@@ -42,3 +42,11 @@ func SetRequestHeadTimeout(d time.Duration) (restore func()) {
 	requestHeadTimeout = d
 	return func() { requestHeadTimeout = old }
 }
+
+// SetUpstreamIdleTimeout sets how long an upstream connection waits for a
+// request, and returns a function restoring it.
+func SetUpstreamIdleTimeout(d time.Duration) (restore func()) {
+	old := h1IdleTimeout
+	h1IdleTimeout = d
+	return func() { h1IdleTimeout = old }
+}

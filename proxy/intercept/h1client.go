@@ -70,7 +70,7 @@ type h1Transport struct {
 
 // h1IdleTimeout is how long a kept connection waits for the next request:
 // what http.Transport was configured with (IdleConnTimeout).
-const h1IdleTimeout = 90 * time.Second
+var h1IdleTimeout = 90 * time.Second // a variable for tests
 
 // reuseForBody is how long a kept connection is trusted with a request
 // whose body cannot be sent again. The probe before a request sees an

@@ -153,7 +153,7 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		return s.upstreams.add(&countedConn{Conn: c, n: &s.upBytes}, unwatch)
 	}
 	if tc, ok := first.(*tls.Conn); !s.h2 && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
-		return &h1Transport{dial: func(ctx context.Context) (net.Conn, error) {
+		t := &h1Transport{dial: func(ctx context.Context) (net.Conn, error) {
 			c, err := dial(ctx)
 			if err != nil || c == first || tlsCfg == nil {
 				return c, err
@@ -162,6 +162,7 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 			cfg.NextProtos = slices.DeleteFunc(slices.Clone(cfg.NextProtos), func(p string) bool { return p != "http/1.1" })
 			return s.handshakeUpstream(ctx, c, cfg)
 		}}
+		return withFirstIdle(t, first, &used)
 	}
 	tr := &http.Transport{
 		Proxy:               nil,
@@ -187,7 +188,39 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 			return s.handshakeUpstream(ctx, c, tlsCfg())
 		}
 	}
-	return oneHostTransport{tr, dest}
+	return withFirstIdle(oneHostTransport{tr, dest}, first, &used)
+}
+
+// withFirstIdle closes first, the connection dialled (and verified) before
+// the client's first request, once it has waited the idle timeout
+// (h1IdleTimeout) and no request took it up (used), as a kept connection
+// is closed: it is in no transport's idle pool until a request has used
+// it, so a client that completed its handshake and sent nothing kept it
+// as long as the destination allowed.
+func withFirstIdle(tr upstreamTransport, first net.Conn, used *atomic.Bool) upstreamTransport {
+	if first == nil {
+		return tr
+	}
+	t := time.AfterFunc(h1IdleTimeout, func() {
+		if !used.Swap(true) {
+			first.Close()
+		}
+	})
+	return firstIdleTransport{tr, t}
+}
+
+// firstIdleTransport is a transport whose first connection has an idle
+// timer (withFirstIdle).
+type firstIdleTransport struct {
+	upstreamTransport
+	timer *time.Timer
+}
+
+// CloseIdleConnections implements upstreamTransport; it also releases
+// the timer, which would hold the first connection until it fires.
+func (t firstIdleTransport) CloseIdleConnections() {
+	t.timer.Stop()
+	t.upstreamTransport.CloseIdleConnections()
 }
 
 // oneHostTransport gives every request the same URL host, the session's
