@@ -391,6 +391,12 @@ func (s *session) handshakeClient(name string, leaf *tls.Certificate, upstreamH2
 		Abort(s.client)
 		s.closeUpstream()
 		s.Record.Result, s.Record.Error = "error", "client TLS handshake: "+err.Error()
+		// The handshake's failure is the record's result, though an Abort
+		// came first: a client that rejects the leaf sends its alert and
+		// resets, and the client watch's "reset" would hide the cause.
+		if a := s.aborted.Swap(ending); a != nil && a != ending {
+			s.Record.Error += "; " + a.err.Error()
+		}
 		s.finish()
 		return false
 	}
