@@ -300,8 +300,8 @@ func TestBumpedH1ClientResetH2OriginSilent(t *testing.T) {
 	if !ok {
 		t.Fatal("the request has no record")
 	}
-	if rec.Result != "reset" {
-		t.Errorf("the request's record: result %q, error %q; want reset", rec.Result, rec.Error)
+	if rec.Result != "reset" || rec.Status != 0 {
+		t.Errorf("the request's record: result %q, status %d, error %q; want reset, no status (none was sent)", rec.Result, rec.Status, rec.Error)
 	}
 	tlsRec, ok := r.tlsRecord(t, 5*time.Second)
 	if !ok {

@@ -82,7 +82,8 @@ func newBumpStallRigPolicy(t *testing.T, doc string, timeout time.Duration, hand
 	r.p = New(Config{Records: records.NewWriter(nil, r.sink), Policy: h, AllowLoopback: true, WriteStallTimeout: timeout,
 		Intercept: intercept.Config{UpstreamRoots: upRoots, Minter: clsMust(certs.NewMinter(ca, certs.MinterOptions{}))(t)}})
 	t.Cleanup(r.p.Close)
-	_, ep := simulatedEndpoint(t, r.p, true)
+	ns, ep := simulatedEndpoint(t, r.p, true)
+	r.ns = ns
 	var err error
 	if r.client, err = ep.NewClientStack(netip.MustParseAddr("198.18.0.5")); err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ type stallRig struct {
 	p      *Proxy
 	sink   *recordSink
 	client *gwlbsim.ClientStack
+	ns     *netstack.Server // the appliance's stacks, the Proxy their handler
 }
 
 func newStallRig(t *testing.T, timeout time.Duration) *stallRig {
@@ -31,7 +32,8 @@ func newStallRig(t *testing.T, timeout time.Duration) *stallRig {
 	r := &stallRig{sink: new(recordSink)}
 	r.p = New(Config{Records: records.NewWriter(nil, r.sink), AllowLoopback: true, WriteStallTimeout: timeout})
 	t.Cleanup(r.p.Close)
-	_, ep := simulatedEndpoint(t, r.p, true)
+	ns, ep := simulatedEndpoint(t, r.p, true)
+	r.ns = ns
 	var err error
 	if r.client, err = ep.NewClientStack(netip.MustParseAddr("198.18.0.5")); err != nil {
 		t.Fatal(err)

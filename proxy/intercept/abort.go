@@ -39,6 +39,12 @@ func (s *Session) Abort(result string, err error) bool {
 	return true
 }
 
+// abortedFromOutside reports whether Abort has ended the session.
+func (s *Session) abortedFromOutside() bool {
+	a := s.aborted.Load()
+	return a != nil && a != ending
+}
+
 // noteAbort puts what Abort was told into rec, unless rec is a refusal.
 func (s *Session) noteAbort(rec *records.Record) {
 	a := s.aborted.Load()

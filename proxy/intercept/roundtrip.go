@@ -181,6 +181,14 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		rt.write(&rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
 	}
+	if err != nil && rt.s.abortedFromOutside() {
+		// Abort (the client's connection broke, or the drain closed the
+		// stacks) reset the destination's connection under the round trip:
+		// the destination did not fail, and no 502 reaches anyone. The
+		// record has no status, and says what Abort was told (noteAbort).
+		rt.write(&rec, start)
+		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the session was aborted"), nil
+	}
 	if err != nil {
 		rec.Status = http.StatusBadGateway
 		rec.Result, rec.Error = records.DialResult(err), err.Error()
