@@ -30,6 +30,7 @@ type brokenWatcher interface {
 // alone is not a break: a client may half-close after its request and
 // wait for the answer (HTTP/1.0 style); that session goes on.
 type clientWatch struct {
+	p     *Proxy
 	is    *intercept.Session
 	conn  brokenWatcher // nil: the client is not a netstack.Conn
 	fired atomic.Bool
@@ -37,7 +38,7 @@ type clientWatch struct {
 
 // watch starts watching is's client, when it is a netstack.Conn (under
 // the classifier's wrapper): every client the stack hands over is one.
-func (w *clientWatch) watch(is *intercept.Session) {
+func (w *clientWatch) watch(p *Proxy, is *intercept.Session) {
 	c := is.Client
 	for {
 		wc, ok := c.(wrappedConn)
@@ -50,7 +51,7 @@ func (w *clientWatch) watch(is *intercept.Session) {
 	if !ok {
 		return
 	}
-	w.is, w.conn = is, b
+	w.p, w.is, w.conn = p, is, b
 	b.OnReadable(w.check)
 	w.check() // it may have broken before the callback was there
 }
@@ -72,6 +73,10 @@ func (w *clientWatch) abort() {
 	why := w.conn.BrokenError()
 	if why == nil {
 		return // a clean close completing, or a write to the client has the error
+	}
+	if w.p.stacksClosing.Load() {
+		w.is.Abort("reset", fmt.Errorf("%w: the client's connection: %w", errShutdown, why))
+		return
 	}
 	w.is.Abort("reset", fmt.Errorf("the client's connection broke: %w", why))
 }

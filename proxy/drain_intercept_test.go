@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,7 +68,8 @@ func TestStackCloseEndsInterceptedSessions(t *testing.T) {
 		t.Fatalf("tcp_active %d with three long polls in flight, want 3", n)
 	}
 	closedAt := time.Now()
-	r.ns.Close() // what the drain does once its time for flows is up
+	r.p.StacksClosing() // what the drain does once its time for flows is up
+	r.ns.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := r.p.Wait(ctx); err != nil {
@@ -87,13 +89,13 @@ func TestStackCloseEndsInterceptedSessions(t *testing.T) {
 		switch rec.Kind {
 		case "http":
 			hosts[rec.Host] = true
-			if rec.Result != "reset" || rec.Status != 0 {
-				t.Errorf("the record of the request to %s: result %q, status %d; want reset, no status", rec.Host, rec.Result, rec.Status)
+			if rec.Result != "reset" || rec.Status != 0 || !strings.Contains(rec.Error, "appliance's shutdown") {
+				t.Errorf("the record of the request to %s: result %q, status %d, error %q; want reset, no status, the shutdown named", rec.Host, rec.Result, rec.Status, rec.Error)
 			}
 		case "tls":
 			tlsRecs++
-			if rec.Result != "reset" {
-				t.Errorf("the bumped connection's record: result %q, want reset", rec.Result)
+			if rec.Result != "reset" || !strings.Contains(rec.Error, "appliance's shutdown") {
+				t.Errorf("the bumped connection's record: result %q, error %q; want reset, the shutdown named", rec.Result, rec.Error)
 			}
 		}
 	}

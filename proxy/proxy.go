@@ -8,6 +8,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -97,6 +98,28 @@ type Proxy struct {
 	denies    denyLimiter
 	stats     proxyCounters
 	stalls    *stallWatch
+	// stacksClosing is set once the packet stacks are closing (the end of
+	// the drain): a client connection that breaks from then on broke
+	// because of it, and its record says so, not that the client did.
+	stacksClosing atomic.Bool
+}
+
+// StacksClosing tells the proxy that the packet stacks are about to be
+// closed (the drain's end): the flows that closing ends are recorded as
+// ended by the appliance's shutdown, not by their clients.
+func (p *Proxy) StacksClosing() { p.stacksClosing.Store(true) }
+
+// errShutdown is what a flow ended by the closing of the packet stacks
+// is recorded with.
+var errShutdown = errors.New("ended by the appliance's shutdown (its packet stacks closed)")
+
+// endedError is the error a flow that ended with err is recorded with:
+// err, or errShutdown's text leading it once the stacks are closing.
+func (p *Proxy) endedError(err error) error {
+	if p.stacksClosing.Load() {
+		return fmt.Errorf("%w: %w", errShutdown, err)
+	}
+	return err
 }
 
 type proxyCounters struct {

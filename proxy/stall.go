@@ -401,7 +401,7 @@ func (p *Proxy) watchSession(is *intercept.Session) {
 	sw.up.watchWrites(p.stalls, sw, is.Upstream)
 	is.WatchUpstream = sw.watchUpstream
 	is.Done = sw.done
-	sw.broken.watch(is)
+	sw.broken.watch(p, is)
 }
 
 func (sw *sessionWatch) watchUpstream(c net.Conn) func() {

@@ -275,7 +275,7 @@ func (s *tcpSession) relay() {
 		s.rec.BytesOut, s.rec.BytesIn = out, in
 		if err != nil {
 			// Keep what was recorded before (an audited destination mismatch).
-			s.rec.Result, s.rec.Error = relayResultOf(err), joinError(s.rec.Error, err.Error())
+			s.rec.Result, s.rec.Error = relayResultOf(err), joinError(s.rec.Error, s.p.endedError(err).Error())
 		}
 		s.p.endTCP(s.rec, s.start)
 	})

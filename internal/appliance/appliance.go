@@ -475,6 +475,7 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	reserve := flushReserve(timeout)
 	slog.Info("draining", "active_flows", a.proxy.Active(), "timeout", timeout, "flush_reserve", reserve)
 	end, reserve = a.drainFlows(end, reserve)
+	a.proxy.StacksClosing() // the flows closing the stacks ends are recorded as the shutdown's
 	a.netstack.Close()
 	a.destCheck.Close()
 	a.proxy.Close()

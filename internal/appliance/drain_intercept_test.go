@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -56,8 +57,8 @@ func TestDrainEndsInterceptedLongPoll(t *testing.T) {
 	if rec == nil {
 		t.Fatalf("no record of the long poll in the access log: %s", summarizeRecords(r.readRecords()))
 	}
-	if rec.Result != "reset" || rec.Status != 0 || rec.Path != "/poll" {
-		t.Errorf("the long poll's record: result %q, status %d, path %q, error %q; want reset, no status, /poll",
+	if rec.Result != "reset" || rec.Status != 0 || rec.Path != "/poll" || !strings.Contains(rec.Error, "appliance's shutdown") {
+		t.Errorf("the long poll's record: result %q, status %d, path %q, error %q; want reset, no status, /poll, the shutdown named",
 			rec.Result, rec.Status, rec.Path, rec.Error)
 	}
 }
