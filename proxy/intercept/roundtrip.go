@@ -213,6 +213,9 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	rb := &recordingBody{ReadCloser: resp.Body}
+	// A client that has the body's length sees it fall short on its own;
+	// one without must be told: see Read.
+	rb.abortStream = inH2Handler(req) && resp.Header.Get("Content-Length") == ""
 	// Nothing to wait for in a response without a body (HEAD, 204, 304,
 	// Content-Length 0), nor in a 101's: a tunnel's end is its own.
 	rb.ended.Store(!hasBody(req, resp))
@@ -367,21 +370,51 @@ type recordingBody struct {
 	ended atomic.Bool
 	// readErr is the first read error other than io.EOF.
 	readErr atomic.Pointer[error]
-	once    sync.Once
-	done    func()
+	// abortStream: the body, of no length the client is told, is read by
+	// an HTTP/2 server's stream handler (inH2Handler): a failed read
+	// aborts the stream.
+	abortStream bool
+	once        sync.Once
+	done        func()
 }
 
 func (b *recordingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		first := err // only this escapes: a read that succeeds allocates nothing
+		b.readErr.CompareAndSwap(nil, &first)
+		if b.abortStream {
+			// goproxy's HTTP/2 handler stops at a failed read and returns
+			// normally: the server would end the stream with END_STREAM,
+			// and the client take a body cut short (chunked, or of no
+			// length: nothing to check it by) for a whole one. A handler
+			// that panics with ErrAbortHandler has the server reset the
+			// stream instead (RST_STREAM, INTERNAL_ERROR), as
+			// httputil.ReverseProxy does; the server recovers it, and
+			// goproxy's deferred Close still writes the record. The bytes
+			// of this read never reach the client: not counted. (With a
+			// Content-Length the client finds a stream that ends short
+			// of it malformed, RFC 9113 §8.1.1, having had the head and
+			// the bytes before, which a reset could discard unsent.)
+			panic(http.ErrAbortHandler)
+		}
+	}
 	b.read.Add(int64(n))
 	b.last.Store(int64(n))
 	if err == io.EOF {
 		b.ended.Store(true)
-	} else if err != nil {
-		first := err // only this escapes: a read that succeeds allocates nothing
-		b.readErr.CompareAndSwap(nil, &first)
 	}
 	return n, err
+}
+
+// inH2Handler reports whether req is served by an HTTP/2 server's stream
+// handler, goproxy's for h2 and h2c clients: the one goroutine on which a
+// panic is recovered. The server puts itself in the context of each
+// stream's request; goproxy's HTTP/1 loop, whose goroutine recovers
+// nothing (a panic there ends the appliance), reads requests with a bare
+// context, whatever version their request line claims.
+func inH2Handler(req *http.Request) bool {
+	return req.ProtoMajor == 2 && req.Context().Value(http.ServerContextKey) != nil
 }
 
 // outcome says how the relay of the body ended: the record's result, its
