@@ -53,7 +53,8 @@ func h2Origin(r *rig, c net.Conn, h http.HandlerFunc) {
 // appliance's certificate) whose response the destination cuts short sees
 // its stream reset, not a clean end. The destination, HTTP/2 too, sends
 // the head and ten bytes of a body of no declared length, then resets the
-// stream, or closes its connection.
+// stream, or closes its connection. A stream reset is recorded as one:
+// result reset, not error.
 func TestCutResponseBumpedH2(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -61,7 +62,7 @@ func TestCutResponseBumpedH2(t *testing.T) {
 		result string
 		error  string
 	}{
-		{"stream reset", true, "error", "INTERNAL_ERROR"},
+		{"stream reset", true, "reset", "stream error: stream ID 1; INTERNAL_ERROR"},
 		{"connection closed", false, "error", "unexpected EOF"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/elazarl/goproxy"
+	"golang.org/x/net/http2"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -444,9 +445,14 @@ func (b *recordingBody) outcome(ctx context.Context) (result, errText string, de
 }
 
 // bodyResult names why reading a response body failed, for the Result
-// field: reset, timeout, or error (a body cut short by a close).
+// field: reset, timeout, or error (a body cut short by a close). An HTTP/2
+// stream reset is a reset: net/http's own StreamError type is unexported,
+// but converts itself to x/net's (errors.As, by its fields). That is the
+// destination's RST_STREAM, or the one the transport sent it for a
+// protocol error of its own; the error text says which.
 func bodyResult(err error) string {
-	if errors.Is(err, syscall.ECONNRESET) {
+	var se http2.StreamError
+	if errors.Is(err, syscall.ECONNRESET) || errors.As(err, &se) {
 		return "reset"
 	}
 	return records.DialResult(err)
