@@ -1,0 +1,50 @@
+package appliance
+
+import (
+	"errors"
+	"log/slog"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+// Reload re-reads --config (SIGHUP). A file with an error is rejected and
+// the running policy stays in force. Open TCP connections keep the policy
+// they started with; allowed UDP, QUIC and echo flows are decided again on
+// their next datagram. DNS answers observed under the old policy are
+// forgotten: it may have let clients ask resolvers of their own.
+func (a *Appliance) Reload() error {
+	if a.opts.Config == "" {
+		return nil
+	}
+	before := a.policy.Status()
+	if err := a.policy.ReloadChecked(a.opts.Config, a.canCarryOut); err != nil {
+		slog.Error("policy reload rejected; the running policy stays", "err", err,
+			"hash", before.Hash, "mode", before.Mode, "default", before.Default, "rules", before.Rules)
+		return err
+	}
+	a.destCheck.ForgetObserved()
+	logPolicy("policy reloaded", a.policy.Status(), "previous_hash", before.Hash)
+	return nil
+}
+
+// logPolicy logs the policy in force, by its mode, default, rules and the
+// hash of its file; and warns when its default is allow by omission.
+func logPolicy(msg string, st policy.Status, args ...any) {
+	args = append([]any{"file", st.File, "hash", st.Hash, "mode", st.Mode, "default", st.Default, "rules", st.Rules}, args...)
+	slog.Info(msg, args...)
+	if !st.DefaultExplicit {
+		slog.Warn("the policy has no `default`: flows no rule matches are ALLOWED; write `default: allow` (or deny) to say which is meant",
+			"file", st.File, "rules", st.Rules)
+	}
+}
+
+// canCarryOut refuses a policy that needs what the appliance started
+// without: bump rules need the CA, which an appliance that started in audit
+// mode did not load. Loading it anyway would turn every bump into a splice
+// without a word; a restart loads the CA.
+func (a *Appliance) canCarryOut(p *policy.Policy) error {
+	if p.NeedsCA() && a.minter == nil {
+		return errors.New("the policy bumps TLS, but the appliance started without a CA (in audit mode): restart it to load one")
+	}
+	return nil
+}
