@@ -292,8 +292,17 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	quiet = d.quietLocked()
 	d.mu.Unlock()
 	if ok {
-		if d.p.cfg.DNSAnswer != nil && d.pol.Load() == d.p.cfg.Policy.Load() {
-			d.p.cfg.DNSAnswer(d.base.Endpoint, b)
+		if fn := d.p.cfg.DNSAnswer; fn != nil {
+			// The generation first: a reload stores its policy, then
+			// advances it, so one that the compare below misses is seen
+			// by DNSAnswer.
+			var gen uint64
+			if g := d.p.cfg.DNSGeneration; g != nil {
+				gen = g()
+			}
+			if d.pol.Load() == d.p.cfg.Policy.Load() {
+				fn(gen, d.base.Endpoint, b)
+			}
 		}
 		d.write(q, dnsRCodeName(m.RCode), int64(len(b)), "ok")
 	}

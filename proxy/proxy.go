@@ -61,7 +61,14 @@ type Config struct {
 	// DNSAnswer, when set, sees every DNS response relayed back to a
 	// client, with the GWLB endpoint it goes through: the answers clients
 	// act on, which DestinationCheck can then accept. It must not keep msg.
-	DNSAnswer func(endpoint string, msg []byte)
+	// gen is what DNSGeneration returned before the proxy checked that the
+	// policy which let the flow out is still the one in force.
+	DNSAnswer func(gen uint64, endpoint string, msg []byte)
+	// DNSGeneration, when set, is read before that check, for DNSAnswer:
+	// a reload that lands between the check and DNSAnswer's store, and
+	// advances it, can so make DNSAnswer drop an answer the new policy
+	// might not have let through. Nil: gen is 0.
+	DNSGeneration func() uint64
 	// MaxWaitingTCPPerClient bounds the TCP connections one client may
 	// have waiting to be classified (default DefaultMaxWaitingTCPPerClient).
 	MaxWaitingTCPPerClient int

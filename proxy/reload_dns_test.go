@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // tightDNSPolicy denies DNS to the loopback resolvers of these tests, as an
@@ -22,7 +26,7 @@ func TestDNSAnswerAfterReloadNotObserved(t *testing.T) {
 	p, h, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
 		cfg.UDPIdleTimeout = 3 * time.Second
 		cfg.DNSPorts = []uint16{dst.addr().Port()}
-		cfg.DNSAnswer = func(string, []byte) { seen.Add(1) }
+		cfg.DNSAnswer = func(uint64, string, []byte) { seen.Add(1) }
 	})
 	c, _ := startFlow(p, quicClient, dst.addr(), dnsQuery(1, "allowed.example", 1))
 	waitReceived(t, dst, 1)
@@ -54,5 +58,59 @@ func TestDNSAnswerAfterReloadNotObserved(t *testing.T) {
 	}
 	if dns != 2 {
 		t.Fatalf("%d dns records, want both queries recorded", dns)
+	}
+}
+
+// TestDNSGenerationReadBeforePolicyCheck: the proxy reads DNSGeneration
+// before it compares the flow's policy with the one in force, and hands
+// what it read to DNSAnswer. Read after, a reload that came between the
+// compare and the read (it stores its policy, then advances the
+// generation) would give DNSAnswer the new generation with an answer only
+// the old policy allowed, and the checker would keep it. The hook here
+// plays that reload at the moment of the read: the compare, made after,
+// must see the new policy and keep the answer from DNSAnswer.
+func TestDNSGenerationReadBeforePolicyCheck(t *testing.T) {
+	dst := newUDPSink(t, false)
+	var gens []uint64
+	var mu sync.Mutex
+	var reloadOnRead atomic.Bool
+	var h *policy.Holder
+	tight := mustPolicy(t, tightDNSPolicy)
+	p, h, _ := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 3 * time.Second
+		cfg.DNSPorts = []uint16{dst.addr().Port()}
+		cfg.DNSGeneration = func() uint64 {
+			if reloadOnRead.Load() {
+				h.Store(tight) // a reload lands right after the read
+				return 42
+			}
+			return 41
+		}
+		cfg.DNSAnswer = func(gen uint64, _ string, _ []byte) {
+			mu.Lock()
+			defer mu.Unlock()
+			gens = append(gens, gen)
+		}
+	})
+	c, _ := startFlow(p, quicClient, dst.addr(), dnsQuery(1, "allowed.example", 1))
+	waitReceived(t, dst, 1)
+	dst.mu.Lock()
+	from := dst.from[0]
+	dst.mu.Unlock()
+	dst.pc.WriteToUDPAddrPort(dnsResponse(dnsQuery(1, "allowed.example", 1)), from)
+	<-c.out
+	c.inject(dnsQuery(2, "allowed.example", 1))
+	waitReceived(t, dst, 2)
+	reloadOnRead.Store(true)
+	dst.pc.WriteToUDPAddrPort(dnsResponse(dnsQuery(2, "allowed.example", 1)), from)
+	select {
+	case <-c.out:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the answer to the second query was not relayed")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(gens, []uint64{41}) {
+		t.Fatalf("DNSAnswer saw generations %v, want [41]: the first answer with the generation read, the second not at all (the reload came before the policy compare)", gens)
 	}
 }

@@ -321,9 +321,9 @@ func New(o Options) (_ *Appliance, err error) {
 	}
 	a.records = records.NewWriter(shipper, files...)
 	a.destCheck = newDestCheck(&o)
-	var dnsAnswer func(string, []byte)
+	var dnsAnswer func(uint64, string, []byte)
 	if o.DNSObserve {
-		dnsAnswer = a.destCheck.Observe
+		dnsAnswer = a.destCheck.ObserveAt
 	}
 	var keyLog io.Writer
 	if o.TLSKeyLog != "" {
@@ -361,6 +361,7 @@ func New(o Options) (_ *Appliance, err error) {
 		Policy:                a.policy,
 		DestinationCheck:      a.destCheck.Check,
 		DNSAnswer:             dnsAnswer,
+		DNSGeneration:         a.destCheck.Generation,
 		DNSPorts:              o.DNSPorts,
 		MaxUDPFlowsPerClient:  o.MaxUDPFlowsPerClient,
 		MaxEchoFlowsPerClient: o.MaxEchoFlowsPerClient,

@@ -432,6 +432,22 @@ func (c *Checker) known(endpoint, name string, dest netip.Addr, now int64) *Mism
 // but a well-formed NOERROR response to a standard query is ignored.
 // Observe does not keep msg.
 func (c *Checker) Observe(endpoint string, msg []byte) {
+	c.ObserveAt(c.Generation(), endpoint, msg)
+}
+
+// Generation returns the generation of the observed answers, which each
+// ForgetObserved advances. The proxy reads it before it checks that the
+// policy which let a DNS flow out is still in force, and hands it to
+// ObserveAt with that flow's answer.
+func (c *Checker) Generation() uint64 { return c.observed.gen.Load() }
+
+// ObserveAt is Observe of an answer whose right to be observed was checked
+// at generation gen (see Generation): if ForgetObserved has run since, the
+// answer is dropped. Without it, a reload landing between the proxy's
+// policy check and the store would forget the old answers and then take in
+// one the old policy let a client's own server send, to vouch under the
+// new policy for its TTL.
+func (c *Checker) ObserveAt(gen uint64, endpoint string, msg []byte) {
 	if len(msg) < 12 {
 		return
 	}
@@ -456,6 +472,9 @@ func (c *Checker) Observe(endpoint string, msg []byte) {
 	s := c.observed
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.gen.Load() != gen {
+		return // forgotten while it was read: see ObserveAt
+	}
 	for n := range r.nchain {
 		if names[n] == "" {
 			continue
@@ -473,12 +492,15 @@ func (c *Checker) Observe(endpoint string, msg []byte) {
 // the checker's own lookups. The appliance calls it when a new policy comes
 // into force: answers relayed under the old one may come from a resolver the
 // new one no longer lets clients ask (one a client runs itself), and kept,
-// they would vouch for their names for up to MaxTTL and the grace.
+// they would vouch for their names for up to MaxTTL and the grace. It
+// advances Generation, so that an answer checked before it and stored after
+// (ObserveAt) is dropped.
 func (c *Checker) ForgetObserved() {
 	s := c.observed
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reset()
+	s.gen.Add(1)
 }
 
 // Stats returns a snapshot of the checker's counters.

@@ -259,3 +259,31 @@ func TestForgetObserved(t *testing.T) {
 	}
 	checkLists(t, c.observed)
 }
+
+// TestObserveAtAfterForget: the proxy reads Generation, checks that the
+// policy which let a DNS flow out is still in force, and hands the answer
+// to ObserveAt. A reload can land between the check and the store: it
+// stores the new policy and calls ForgetObserved. The answer, one the old
+// policy let a client's own server send, must then be dropped, not kept to
+// vouch under the new policy for its TTL. The steps run in that order here,
+// through the API, so the interleaving is the one of the race, every time.
+func TestObserveAtAfterForget(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	forged := msg(t, "allowed.example.", rr{name: "allowed.example.", ttl: 3600, addr: "198.51.100.66"})
+	gen := c.Generation() // the proxy, before its policy check
+	c.ForgetObserved()    // the reload, after the check passed
+	if c.Generation() == gen {
+		t.Fatal("ForgetObserved left the generation as it was")
+	}
+	c.ObserveAt(gen, epA, forged) // the proxy, storing the answer
+	if n := c.Stats().ObservedNames; n != 0 {
+		t.Fatalf("%d observed names: an answer checked before a reload was stored after it", n)
+	}
+	wantLookupError(t, check(c, epA, "allowed.example", "198.51.100.66"), "allowed.example")
+	// An answer checked after the reload, at the new generation, counts.
+	c.ObserveAt(c.Generation(), epA, forged)
+	if err := check(c, epA, "allowed.example", "198.51.100.66"); err != nil {
+		t.Fatalf("an answer of the current generation: %v", err)
+	}
+	checkLists(t, c.observed)
+}

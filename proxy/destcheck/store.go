@@ -3,6 +3,7 @@ package destcheck
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 )
 
 // maxAddrsPerName bounds the addresses kept for one name (round-robin
@@ -121,6 +122,9 @@ type store struct {
 	max       int // entries in all
 	maxPerEP  int // entries of one endpoint
 	evicted   uint64
+	// gen counts the resets (Checker.ForgetObserved): advanced under mu
+	// for writing, and read without it by Checker.Generation.
+	gen atomic.Uint64
 }
 
 func newStore(max, maxPerEndpoint int) *store {
