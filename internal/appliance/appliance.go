@@ -238,6 +238,9 @@ type Appliance struct {
 	ca       *certs.CA
 	minter   *certs.Minter
 	policy   *policy.Holder
+	// reloadMu serialises Reload, so that its compare of the policy
+	// before and after is of its own load.
+	reloadMu sync.Mutex
 	shipper  *cwlogs.Shipper
 	records  *records.Writer
 	admin    *http.Server

@@ -11,19 +11,31 @@ import (
 // the running policy stays in force. Open TCP connections keep the policy
 // they started with; allowed UDP, QUIC and echo flows are decided again on
 // their next datagram. DNS answers observed under the old policy are
-// forgotten: it may have let clients ask resolvers of their own.
+// forgotten if the file changed: the old one may have let clients ask
+// resolvers of their own. A reload of the same bytes (configuration
+// management re-applying the file, a periodic SIGHUP) keeps them: the
+// policy has not changed, and forgetting them would fail the destination
+// checks of clients' cached answers (CDN, geo-DNS) until they ask again.
 func (a *Appliance) Reload() error {
 	if a.opts.Config == "" {
 		return nil
 	}
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
 	before := a.policy.Status()
 	if err := a.policy.ReloadChecked(a.opts.Config, a.canCarryOut); err != nil {
 		slog.Error("policy reload rejected; the running policy stays", "err", err,
 			"hash", before.Hash, "mode", before.Mode, "default", before.Default, "rules", before.Rules)
 		return err
 	}
-	a.destCheck.ForgetObserved()
-	logPolicy("policy reloaded", a.policy.Status(), "previous_hash", before.Hash)
+	after := a.policy.Status()
+	// The hash is of the file's bytes, and a policy is its file's bytes
+	// alone: equal hashes, equal policies.
+	changed := after.File != before.File || after.Hash != before.Hash
+	if changed {
+		a.destCheck.ForgetObserved()
+	}
+	logPolicy("policy reloaded", after, "previous_hash", before.Hash, "dns_answers_forgotten", changed)
 	return nil
 }
 

@@ -75,3 +75,45 @@ func TestReloadForgetsObservedAnswers(t *testing.T) {
 		t.Fatalf("%d observed names after a reload, want 0: answers observed under the old policy still vouch", n)
 	}
 }
+
+// TestReloadSameFileKeepsObservedAnswers: configuration management that
+// re-applies the same file and sends SIGHUP (or a periodic reload) changes
+// no policy, and must not forget what clients' resolvers answered: under
+// destination_check: dns in enforce mode, every client's cached CDN or
+// geo-DNS answer would fail the check until it asked again. A file that
+// did change still forgets them.
+func TestReloadSameFileKeepsObservedAnswers(t *testing.T) {
+	const open = "policy:\n  default: allow\n"
+	r := newRig(t, func(o *Options) {
+		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+		if err := os.WriteFile(o.Config, []byte(open), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}, nil)
+	r.app.destCheck.Observe("vpce-0000000000000001", forgedAnswer(t, "cdn.example.", netip.MustParseAddr("198.51.100.7")))
+	for i := range 2 {
+		// Written again, as configuration management does: same bytes.
+		if err := os.WriteFile(r.app.opts.Config, []byte(open), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.app.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		if n := r.app.destCheck.Stats().ObservedNames; n != 1 {
+			t.Fatalf("reload %d of the same file: %d observed names, want the 1 kept", i+1, n)
+		}
+	}
+	if st := r.app.policy.Status(); st.Reloads != 2 {
+		t.Fatalf("%d reloads counted, want 2: a reload of the same file is still a reload", st.Reloads)
+	}
+	changed := "policy:\n  default: allow\n  rules:\n    - name: no-rogue-dns\n      protocols: [udp]\n      ports: [53]\n      action: deny\n"
+	if err := os.WriteFile(r.app.opts.Config, []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.app.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.app.destCheck.Stats().ObservedNames; n != 0 {
+		t.Fatalf("%d observed names after a reload of a changed file, want 0", n)
+	}
+}
