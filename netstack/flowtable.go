@@ -23,6 +23,7 @@ type Flow struct {
 	tunnel   atomic.Pointer[tunnel]
 	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
 	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
+	snd      atomic.Uint64            // TCP: the stack's SND.UNA and SND.NXT as seen (tcpseq.go)
 	replied  atomic.Bool              // others: the stack has sent the client something
 	removed  atomic.Bool              // out of the table: expired or evicted (flowevict.go)
 	queued   atomic.Bool              // in its client's queue (flowevict.go)

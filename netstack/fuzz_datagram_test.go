@@ -27,6 +27,9 @@ func FuzzHandleDatagram(f *testing.F) {
 		icmpError(netip.MustParseAddr("198.18.200.1"), testDest, reply),
 		pathMTUError(netip.MustParseAddr("198.18.200.1"), reply, 0), // below the floor
 		icmpErrorQuoting(ipv4Sum(reply)),                            // the client's own port unreachable
+		// At the floor, about the TCP connection above: a segment of the
+		// stack's the sequence check takes or drops.
+		pathMTUError(netip.MustParseAddr("198.18.200.1"), clientSegment(dest, client, 1, 1001, header.TCPFlagAck, nil), minPathMTUv4),
 		fragment(udpPacket(3001, 3000), 7, 1500)[0],
 		fragment(udpPacket(3001, 3000), 7, 1500)[1],
 	} {

@@ -72,6 +72,7 @@ const (
 	DropStackEcho
 	DropICMPMTUTooSmall
 	DropICMPErrorNotFromClient
+	DropICMPMTUBadSequence
 	dropReasons
 )
 
@@ -111,6 +112,10 @@ var dropReasonNames = [dropReasons]string{
 	// An ICMP error other than those two from anyone but the client of
 	// the flow it is about: another client's forgery (icmperr.go).
 	DropICMPErrorNotFromClient: "icmp_error_not_from_client",
+	// A "fragmentation needed" or Packet Too Big about a TCP flow that
+	// quotes no segment the stack has in flight to the client: a forgery
+	// by someone who cannot see the connection (tcpseq.go).
+	DropICMPMTUBadSequence: "icmp_mtu_bad_sequence",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -21,7 +21,8 @@ const (
 // ICMP header is there.
 //
 // A "fragmentation needed" or Packet Too Big may come from anyone (a
-// router on the way to the client too), above the MTU floor. Any other
+// router on the way to the client too), above the MTU floor; about a TCP
+// flow, it must quote a segment in flight (tcpseq.go). Any other
 // error must come from the flow's client itself. The appliance's replies
 // reach a client through the GWLB, so an unreachable about one is the
 // client host's own (a closed port); gVisor acts on the quoted addresses
@@ -36,6 +37,11 @@ func checkICMPError(p *Packet, inner []byte, flow *Flow) DropReason {
 	if mtu, ok := pathMTU(inner[p.Payload:], p.IPv6); ok {
 		if (p.IPv6 && mtu < minPathMTUv6) || (!p.IPv6 && mtu < minPathMTUv4) {
 			return DropICMPMTUTooSmall
+		}
+		// About a TCP flow: only about a segment the stack sent to the
+		// client and has in flight (tcpseq.go).
+		if p.Proto == protoTCP && (!p.hasSeq || p.quotedDst != flow.client || !flow.tcpInFlight(p.seq)) {
+			return DropICMPMTUBadSequence
 		}
 		return DropNone
 	}

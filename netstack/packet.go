@@ -41,6 +41,11 @@ type Packet struct {
 	// error quotes: the error's flow is that packet's, whoever sent the
 	// error (the client, or a router on the way to it).
 	quotedSrc, quotedDst [16]byte
+	// seq and ack are a TCP segment's sequence and acknowledgment numbers
+	// (tcpseq.go). For an ICMP error, seq is the quoted segment's, and
+	// hasSeq says whether the error quotes enough of it to hold one.
+	seq, ack uint32
+	hasSeq   bool
 }
 
 // QuotedAddrs returns, for an ICMP error, the source and destination of the
@@ -196,7 +201,11 @@ func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 		}
 		p.SrcPort = binary.BigEndian.Uint16(t[0:2])
 		p.DstPort = binary.BigEndian.Uint16(t[2:4])
+		if p.Proto == protoTCP && len(t) >= 8 {
+			p.seq, p.hasSeq = binary.BigEndian.Uint32(t[4:8]), true
+		}
 		if p.Proto == protoTCP && len(t) >= 14 {
+			p.ack = binary.BigEndian.Uint32(t[8:12])
 			p.TCPFlags = t[13]
 		}
 	case protoICMP, protoICMPv6:
@@ -225,6 +234,7 @@ func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 			// symmetric, so only its protocol and endpoints matter.
 			p.Proto, p.SrcPort, p.DstPort = quote.Proto, quote.DstPort, quote.SrcPort
 			p.quotedSrc, p.quotedDst = quote.Src, quote.Dst
+			p.seq, p.hasSeq = quote.seq, quote.hasSeq
 			p.ICMPError = true
 		case !quoted:
 			p.ICMPOther = true

@@ -285,6 +285,9 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		}
 		if p.Proto == protoTCP {
 			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
+			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
+				flow.tcpAcked(p.ack)
+			}
 		}
 		// An echo request's fragments never reach the stack: the echo
 		// relay takes the first alone.
@@ -448,6 +451,7 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 	switch {
 	case p.Proto == protoTCP && !p.Fragment && !p.ICMPError:
 		s.flows.tcpSeen(flow, flow.tcpStack(p.TCPFlags))
+		flow.tcpSent(&p, inner)
 	case p.Proto != protoTCP && !p.ICMPError && !flow.replied.Load():
 		flow.replied.Store(true)
 		s.flows.answered(flow)

@@ -1,0 +1,168 @@
+package netstack
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// nextDataSegment reads the stack's replies on the rig's GWLB socket until
+// a TCP segment carrying data, and returns its sequence number and payload
+// size.
+func nextDataSegment(t *testing.T, r *groRig) (seq uint32, size int) {
+	t.Helper()
+	buf := make([]byte, maxDatagram)
+	r.gwlb.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for {
+		tcp, err := readReplyTCP(r.gwlb, buf)
+		if err != nil {
+			t.Fatalf("no data segment: %v", err)
+		}
+		if tcp != nil && len(tcp.Payload()) > 0 {
+			return tcp.SequenceNumber(), len(tcp.Payload())
+		}
+	}
+}
+
+// TestPathMTUErrorQuotesSegmentInFlight: a "fragmentation needed" or
+// Packet Too Big about a TCP connection is taken only if it quotes a
+// segment the stack sent to the client and has in flight (SND.UNA <= seq <
+// SND.NXT, as the segments in both directions showed them); any other is
+// dropped and counted (icmp_mtu_bad_sequence). Such an error may come
+// from anyone, so another client behind the endpoint forged one at the
+// MTU floor, guessing only the ports, and gVisor, which checks no sequence
+// number, cut the neighbour's segments from 4000 bytes to 512 (IPv4) or
+// 1220 (IPv6) for good, and sent all it had in flight again. A router's
+// error quoting the segment in flight still lowers them; once the client
+// has acknowledged the segment, an error about it is stale and dropped.
+//
+// The stack writes 4000 bytes, which leave in one segment (the client's
+// SYN allows 8960); the client acknowledges nothing unless the case says
+// so. The error names the floor MTU; then the stack writes 4000 more, and
+// the next data segment shows the size the connection now sends.
+func TestPathMTUErrorQuotesSegmentInFlight(t *testing.T) {
+	mss8960 := []byte{2, 4, 0x23, 0x00}
+	cases := []struct {
+		name     string
+		from     int    // 0: another client, 1: a router on the path
+		seq      uint32 // the quoted sequence number, from the first data segment's
+		toServer bool   // the quoted segment is one the client sent
+		acked    bool   // the client acknowledged the first data segment first
+		taken    bool
+	}{
+		{name: "neighbour/far", seq: 1 << 31},
+		{name: "neighbour/before-SND.UNA", seq: ^uint32(0)},
+		{name: "neighbour/at-SND.NXT", seq: 4000},
+		{name: "neighbour/client's-direction", toServer: true},
+		{name: "router/acknowledged", from: 1, acked: true},
+		{name: "router/in-flight", from: 1, taken: true},
+		{name: "router/in-flight-end", from: 1, seq: 3999, taken: true},
+	}
+	senders := [2][2]string{{"198.18.0.77", "198.18.200.1"}, {"2001:db8::77", "2001:db8:c8::1"}}
+	for fi, fam := range groFamilies {
+		for _, c := range cases {
+			t.Run(fmt.Sprintf("%s/%s", fam.name, c.name), func(t *testing.T) {
+				r := newGRORigOpts(t, fam.client, fam.server, func(*Config) {}, mss8960, nil)
+				if _, err := r.conn.Write(make([]byte, 4000)); err != nil {
+					t.Fatal(err)
+				}
+				first, size := nextDataSegment(t, r)
+				if size != 4000 {
+					t.Fatalf("the first data segment carries %d bytes, want 4000", size)
+				}
+				if c.acked {
+					r.batch(clientSegment(r.client, r.server, r.seq, first+4000, header.TCPFlagAck, nil))
+				}
+				quoted := clientSegment(r.server, r.client, first+c.seq, r.seq, header.TCPFlagAck, nil)
+				if c.toServer {
+					quoted = clientSegment(r.client, r.server, first+c.seq, r.seq, header.TCPFlagAck, nil)
+				}
+				mtu := uint32(minPathMTUv4)
+				if fi == 1 {
+					mtu = minPathMTUv6
+				}
+				errPkt := pathMTUError(netip.MustParseAddr(senders[fi][c.from]), quoted, mtu)
+				// Under the sender's own GENEVE header: another flow's.
+				d := append(AppendHeader(nil, r.ether, 0, 7, 0xbad, 0xbad, nil), errPkt...)
+				r.s.handleDatagram(d, netip.MustParseAddrPort("127.0.0.2:47002"), nil)
+				if n := r.s.Stats().Drops["icmp_error_without_flow"]; n != 0 {
+					t.Fatalf("the error found no flow (%d): the test quotes the wrong packet", n)
+				}
+
+				if _, err := r.conn.Write(make([]byte, 4000)); err != nil {
+					t.Fatal(err)
+				}
+				_, next := nextDataSegment(t, r)
+				small := int(mtu) - 40
+				if fi == 1 {
+					small = int(mtu) - 60
+				}
+				if c.taken && next > small {
+					t.Errorf("after a router's error about the segment in flight, the next data segment carries %d bytes, want at most %d", next, small)
+				}
+				if !c.taken && next != 4000 {
+					t.Errorf("after the error, the next data segment carries %d bytes, want 4000 (MSS untouched)", next)
+				}
+				want := uint64(0)
+				if !c.taken {
+					want = 1
+				}
+				if got := r.s.Stats().Drops["icmp_mtu_bad_sequence"]; got != want {
+					t.Errorf("icmp_mtu_bad_sequence %d, want %d", got, want)
+				}
+			})
+		}
+	}
+}
+
+// TestTCPSendWindowWraps: the send window the flow keeps from the
+// segments both ways (tcpseq.go) follows sequence numbers across 2^32,
+// moves SND.UNA only to an acknowledgment within it, and ignores the
+// stack's RSTs and pure ACKs.
+func TestTCPSendWindowWraps(t *testing.T) {
+	client, server := groFamilies[0].client, groFamilies[0].server
+	var f Flow
+	stack := func(seq uint32, flags header.TCPFlags, n int) {
+		pkt := clientSegment(server, client, seq, 1, flags, make([]byte, n))
+		p, r := ParsePacket(pkt, EtherTypeIPv4)
+		if r != DropNone {
+			t.Fatal(r)
+		}
+		f.tcpSent(&p, pkt)
+	}
+	in := func(seqs ...uint32) []bool {
+		var got []bool
+		for _, s := range seqs {
+			got = append(got, f.tcpInFlight(s))
+		}
+		return got
+	}
+	check := func(step string, seqs []uint32, want ...bool) {
+		t.Helper()
+		if got := in(seqs...); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: in flight %x: %v, want %v", step, seqs, got, want)
+		}
+	}
+	if f.tcpInFlight(0) {
+		t.Error("a new flow has 0 in flight")
+	}
+	stack(0xfffffff0, header.TCPFlagSyn|header.TCPFlagAck, 0)
+	check("SYN-ACK", []uint32{0xffffffef, 0xfffffff0, 0xfffffff1}, false, true, false)
+	f.tcpAcked(0xfffffff1)
+	stack(0xfffffff1, header.TCPFlagAck, 0x100)
+	check("data across 2^32", []uint32{0xfffffff0, 0xfffffff1, 0, 0xf0, 0xf1}, false, true, true, true, false)
+	f.tcpAcked(0x10)
+	check("ACK 0x10", []uint32{0xfffffff1, 0xf, 0x10, 0xf0}, false, false, true, true)
+	f.tcpAcked(0x1000) // beyond SND.NXT: gVisor ignores it too
+	f.tcpAcked(0x8)    // old
+	stack(0x5000, header.TCPFlagRst, 0)
+	stack(0xf1, header.TCPFlagAck, 0)
+	check("ignored", []uint32{0xf, 0x10, 0xf0, 0xf1}, false, true, true, false)
+	f.tcpAcked(0xf1)
+	check("all acknowledged", []uint32{0xf0, 0xf1}, false, false)
+	stack(0xf1, header.TCPFlagAck|header.TCPFlagFin, 10)
+	check("data and FIN", []uint32{0xf0, 0xf1, 0xfb, 0xfc}, false, true, true, false)
+}
