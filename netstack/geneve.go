@@ -73,6 +73,7 @@ const (
 	DropICMPMTUTooSmall
 	DropICMPErrorNotFromClient
 	DropICMPMTUBadSequence
+	DropICMPMTUTooSoon
 	dropReasons
 )
 
@@ -116,6 +117,10 @@ var dropReasonNames = [dropReasons]string{
 	// quotes no segment the stack has in flight to the client: a forgery
 	// by someone who cannot see the connection (tcpseq.go).
 	DropICMPMTUBadSequence: "icmp_mtu_bad_sequence",
+	// One about a TCP flow less than pathMTUInterval after the last one
+	// the stack took: each makes the connection send its data in flight
+	// again (icmperr.go).
+	DropICMPMTUTooSoon: "icmp_mtu_too_soon",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -1,6 +1,9 @@
 package netstack
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"time"
+)
 
 // Path MTUs below which a "fragmentation needed" (ICMPv4 type 3, code 4)
 // or an ICMPv6 Packet Too Big is dropped rather than handed to the stack.
@@ -15,6 +18,18 @@ const (
 	minPathMTUv6 = 1280
 )
 
+// pathMTUInterval is the least time between two "fragmentation needed"
+// or Packet Too Big errors the stack takes about one TCP flow. Each error
+// naming a smaller MTU than the last makes gVisor send again all the
+// connection has in flight; the sequence check (tcpseq.go) leaves that to
+// whoever sees the connection's sequence numbers (on the path, or the
+// client itself), and this bounds how often. A path with several smaller
+// links sends one error per link, each after the retransmission the last
+// one caused; one that comes too soon is dropped, and sent again about
+// the segment's retransmission after a timeout, which gVisor waits 200 ms
+// at least for (its minimum RTO): longer than this, so it is taken then.
+const pathMTUInterval = 100 * time.Millisecond
+
 // checkICMPError decides whether an ICMP error from a client's side, about
 // flow, may reach the stack. p is the error as ParsePacket read it from
 // inner (its flow is the quoted packet's); ParsePacket has checked that the
@@ -22,7 +37,8 @@ const (
 //
 // A "fragmentation needed" or Packet Too Big may come from anyone (a
 // router on the way to the client too), above the MTU floor; about a TCP
-// flow, it must quote a segment in flight (tcpseq.go). Any other
+// flow, it must quote a segment in flight (tcpseq.go), and come at least
+// pathMTUInterval after the last one taken. Any other
 // error must come from the flow's client itself. The appliance's replies
 // reach a client through the GWLB, so an unreachable about one is the
 // client host's own (a closed port); gVisor acts on the quoted addresses
@@ -33,15 +49,26 @@ const (
 // neighbour's flow, and the VPC keeps a client from sending as another.
 // A real router's unreachable dropped here costs the flow only time: it
 // ends as if nothing came back.
-func checkICMPError(p *Packet, inner []byte, flow *Flow) DropReason {
+//
+// now is the time the error came in (unix nanoseconds).
+func checkICMPError(p *Packet, inner []byte, flow *Flow, now int64) DropReason {
 	if mtu, ok := pathMTU(inner[p.Payload:], p.IPv6); ok {
 		if (p.IPv6 && mtu < minPathMTUv6) || (!p.IPv6 && mtu < minPathMTUv4) {
 			return DropICMPMTUTooSmall
 		}
-		// About a TCP flow: only about a segment the stack sent to the
-		// client and has in flight (tcpseq.go).
-		if p.Proto == protoTCP && (!p.hasSeq || p.quotedDst != flow.client || !flow.tcpInFlight(p.seq)) {
+		if p.Proto != protoTCP {
+			return DropNone
+		}
+		// Only about a segment the stack sent to the client and has in
+		// flight (tcpseq.go).
+		if !p.hasSeq || p.quotedDst != flow.client || !flow.tcpInFlight(p.seq) {
 			return DropICMPMTUBadSequence
+		}
+		// Only errors that passed every other check take the flow's
+		// turn, so a forger cannot spend a router's.
+		last := flow.mtuTaken.Load()
+		if now-last < int64(pathMTUInterval) || !flow.mtuTaken.CompareAndSwap(last, now) {
+			return DropICMPMTUTooSoon
 		}
 		return DropNone
 	}

@@ -166,3 +166,80 @@ func TestTCPSendWindowWraps(t *testing.T) {
 	stack(0xf1, header.TCPFlagAck|header.TCPFlagFin, 10)
 	check("data and FIN", []uint32{0xf0, 0xf1, 0xfb, 0xfc}, false, true, true, false)
 }
+
+// TestPathMTUErrorsSpaced: of the valid "fragmentation needed" or Packet
+// Too Big errors about one TCP connection, the stack takes at most one per
+// pathMTUInterval; one sooner is dropped and counted (icmp_mtu_too_soon).
+// Each error naming a smaller MTU than the last made gVisor send again all
+// the connection had in flight, so whoever could see its sequence numbers
+// (on the path, or the client itself) could step the MTU down one at a
+// time and have the stack resend its data in flight for each. An error
+// after the interval is taken again.
+func TestPathMTUErrorsSpaced(t *testing.T) {
+	mss8960 := []byte{2, 4, 0x23, 0x00}
+	routers := []string{"198.18.200.1", "2001:db8:c8::1"}
+	mtus := [][2]uint32{{1400, 1000}, {1500, 1280}} // the first error's, then the later ones'
+	for fi, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			r := newGRORigOpts(t, fam.client, fam.server, func(*Config) {}, mss8960, nil)
+			hdrs := 40
+			if fi == 1 {
+				hdrs = 60
+			}
+			var base uint32 // the client has acknowledged all before (once started)
+			started := false
+			// sizeAfter has the stack write 4000 bytes, sends errors
+			// naming mtus about its first segment carrying them (in
+			// flight: the client acknowledges nothing until the end), has
+			// it write 4000 more, and returns the largest segment that
+			// carried any of the second 4000.
+			sizeAfter := func(mtus ...uint32) int {
+				t.Helper()
+				if _, err := r.conn.Write(make([]byte, 4000)); err != nil {
+					t.Fatal(err)
+				}
+				q, size := nextDataSegment(t, r)
+				if !started {
+					base, started = q, true
+				}
+				if q != base {
+					t.Fatalf("the first segment of the write starts at %d, want %d", q, base)
+				}
+				for _, mtu := range mtus {
+					quoted := clientSegment(r.server, r.client, q, r.seq, header.TCPFlagAck, nil)
+					d := append(AppendHeader(nil, r.ether, 0, 7, 0xbad, 0xbad, nil),
+						pathMTUError(netip.MustParseAddr(routers[fi]), quoted, mtu)...)
+					r.s.handleDatagram(d, netip.MustParseAddrPort("127.0.0.2:47002"), nil)
+				}
+				if _, err := r.conn.Write(make([]byte, 4000)); err != nil {
+					t.Fatal(err)
+				}
+				largest, end := 0, q+uint32(size)
+				for seqAfter(base+8000, end) {
+					seq, size := nextDataSegment(t, r)
+					if end = seq + uint32(size); seqAfter(end, base+4000) {
+						largest = max(largest, size)
+					}
+				}
+				base += 8000
+				r.batch(clientSegment(r.client, r.server, r.seq, base, header.TCPFlagAck, nil))
+				return largest
+			}
+
+			if n, want := sizeAfter(mtus[fi][0], mtus[fi][1]), int(mtus[fi][0])-hdrs; n != want {
+				t.Errorf("after two errors at once (MTU %d, then %d) new data leaves in %d-byte segments, want %d (the second dropped)",
+					mtus[fi][0], mtus[fi][1], n, want)
+			}
+			if got := r.s.Stats().Drops["icmp_mtu_too_soon"]; got != 1 {
+				t.Errorf("icmp_mtu_too_soon %d, want 1", got)
+			}
+			time.Sleep(pathMTUInterval + 20*time.Millisecond)
+			if n, want := sizeAfter(mtus[fi][1]), int(mtus[fi][1])-hdrs; n != want {
+				t.Errorf("after an error past the interval (MTU %d) new data leaves in %d-byte segments, want %d", mtus[fi][1], n, want)
+			}
+			if d := r.s.Stats().Drops; d["icmp_mtu_too_soon"] != 1 || d["icmp_mtu_bad_sequence"] != 0 {
+				t.Errorf("drops %v, want icmp_mtu_too_soon 1 and no icmp_mtu_bad_sequence", d)
+			}
+		})
+	}
+}

@@ -274,7 +274,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		if flow = s.flows.Lookup(&key); flow == nil {
 			return DropICMPErrorNoFlow
 		}
-		if reason := checkICMPError(p, inner, flow); reason != DropNone {
+		if reason := checkICMPError(p, inner, flow, now); reason != DropNone {
 			return reason
 		}
 	} else {
