@@ -69,6 +69,9 @@ type udpFlow struct {
 	werr            error  // and what sending it gave
 	hostErr         error  // a read error of the host socket (the host loop's own)
 	clientGone      bool   // the client's side closed (the host loop's own)
+	// hostPol is the policy the host loop last saw the flow decided
+	// under (its own: f.pol is outMu's): see hostReloaded.
+	hostPol *policy.Policy
 
 	last     atomic.Int64 // when a datagram last passed either way (unix ns)
 	bytesOut int64        // under outMu
@@ -215,6 +218,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	}
 	f.up = up
 	f.readFn, f.writeFn = f.readHost, f.writeHost
+	f.hostPol = f.pol
 	if p.isDNSPort(f.info.Dest.Port()) {
 		f.dns = newDNSLog(p, f.rec, f.pol)
 	}
@@ -408,6 +412,10 @@ func (f *udpFlow) serveHost() {
 			f.end(nil)
 			return
 		}
+		if !f.hostReloaded() {
+			f.end(nil)
+			return
+		}
 		d := f.deadline()
 		if !time.Now().Before(d) {
 			f.end(nil)
@@ -434,13 +442,17 @@ func (f *udpFlow) deadline() time.Time {
 
 // readHost relays the datagrams waiting on the host socket to the client.
 // RawConn.Read calls it when the socket may be readable; it returns false
-// to wait for more, true to have serveHost look at the flow.
+// to wait for more, true to have serveHost look at the flow, as it does
+// before relaying anything under a policy loaded since it last looked.
 func (f *udpFlow) readHost(fd uintptr) bool {
 	bufp := datagramBufPool.Get().(*[]byte)
 	defer datagramBufPool.Put(bufp)
 	buf := *bufp
 	look := false
 	for {
+		if f.p.cfg.Policy.Load() != f.hostPol {
+			return true // a reload: serveHost decides the flow again first
+		}
 		n, err := syscall.Read(int(fd), buf)
 		switch err {
 		case nil:

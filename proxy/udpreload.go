@@ -4,10 +4,11 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
-// An allowed UDP or QUIC flow is decided again on its next client datagram
-// after a reload: without that, a flow opened before an operator tightened
-// the policy would go on for as long as its client keeps sending. The
-// check costs one atomic load and a pointer compare per datagram.
+// An allowed UDP or QUIC flow is decided again on its next datagram, from
+// either side, after a reload: without that, a flow opened before an
+// operator tightened the policy would go on for as long as its client, or
+// its destination, keeps sending. The check costs one atomic load and a
+// pointer compare per datagram.
 
 // reloaded decides the flow again under pol, the policy in force since a
 // reload, by what its first decision knew: its addresses, and for QUIC the
@@ -61,4 +62,28 @@ func (f *udpFlow) endDenied(pol *policy.Policy, d policy.Decision, reason string
 		f.rec.Rule, f.rec.Action = d.Rule, policy.Deny.String()
 		f.up.Close()
 	})
+}
+
+// hostReloaded has the host loop decide the flow again after a reload,
+// before it relays the destination's next datagram: without that, a
+// destination that keeps sending to a silent client (a stream, a command
+// channel) keeps the flow from idling, and it would go on for ever under
+// the policy that opened it. It reports whether the flow goes on. Only
+// serveHost calls it, outside RawConn.Read: ending the flow closes the
+// host socket, and a close waits for a Read under way to return. It may
+// wait for outMu: a client drain holds it only briefly, and what it may
+// wait for in turn (a Read of the host loop's to return, when it ends the
+// flow) is not under way here.
+func (f *udpFlow) hostReloaded() bool {
+	pol := f.p.cfg.Policy.Load()
+	if pol == f.hostPol {
+		return true
+	}
+	f.outMu.Lock()
+	defer f.outMu.Unlock()
+	if pol != f.pol && !f.reloaded(pol) {
+		return false
+	}
+	f.hostPol = f.pol // the client side may have decided under a newer one
+	return true
 }

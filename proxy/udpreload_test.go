@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -107,4 +108,81 @@ func oneRecord(t *testing.T, recs *recordSink) records.Record {
 		t.Fatalf("%d records, want the flow's one: it did not end", len(got))
 	}
 	return got[0]
+}
+
+// TestUDPServerPushRedecidedAfterReload: a client that sends one datagram
+// and then stays silent, to a destination that keeps pushing (a stream, a
+// command channel), used to go on receiving after a reload that denies the
+// flow, for ever: each datagram from the destination kept the flow from
+// idling, and the flow was decided again only on a client datagram. The
+// destination's next datagram after the reload has it decided again: the
+// flow ends with the reload's record, and the client receives nothing more.
+func TestUDPServerPushRedecidedAfterReload(t *testing.T) {
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	pushed := make(chan struct{})
+	t.Cleanup(func() { close(stop); srv.Close(); <-pushed })
+	go func() {
+		defer close(pushed)
+		buf := make([]byte, 1500)
+		_, from, err := srv.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				_, _ = srv.WriteToUDPAddrPort([]byte("push"), from)
+			}
+		}
+	}()
+	dst := srv.LocalAddr().(*net.UDPAddr).AddrPort()
+	// An idle timeout far beyond the test: the flow must end on the
+	// destination's next datagram, not by idling.
+	p, h, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
+	c, _ := startFlow(p, quicClient, dst, []byte("hello"))
+	for range 3 {
+		select {
+		case <-c.out:
+		case <-time.After(3 * time.Second):
+			t.Fatal("the destination's pushes did not reach the client")
+		}
+	}
+	h.Store(mustPolicy(t, "policy:\n  default: allow\n  rules:\n    - name: no-loopback\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: deny\n"))
+	deadline := time.Now().Add(time.Second) // the destination pushes every 100 ms
+	for len(recs.parse(t)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := recs.parse(t)
+	if len(got) != 1 {
+		t.Fatal("the flow went on after a reload denied it: the destination's pushes kept it alive")
+	}
+	if rec := got[0]; rec.Action != "deny" || rec.Rule != "no-loopback" || rec.Result != "denied" ||
+		!strings.Contains(rec.Error, "ended by a policy reload") || rec.BytesOut != int64(len("hello")) {
+		t.Fatalf("record %+v; want the flow ended as denied by no-loopback after a reload", rec)
+	}
+	// What was relayed before the record may still sit in out: drain it,
+	// then nothing more may come.
+	time.Sleep(50 * time.Millisecond)
+	for len(c.out) > 0 {
+		<-c.out
+	}
+	select {
+	case d := <-c.out:
+		t.Fatalf("the client received %q after the reload ended its flow", d)
+	case <-time.After(time.Second):
+	}
+	if c.isClosed() {
+		t.Fatal("the flow's client end was closed, not held as a denied flow's")
+	}
+	if n := len(recs.parse(t)); n != 1 {
+		t.Fatalf("%d records, want 1", n)
+	}
 }
