@@ -15,7 +15,8 @@ import (
 // has serve write its record, saying the reload ended it; a denied flow
 // takes its place, as if denied from the start, but without a record of
 // its own (f's says it), and the request is dropped. It returns the flow
-// the request now belongs to. r.mu is held.
+// the request now belongs to: &reloadDeniedNoRoom when there is no room to
+// remember the denied flow. r.mu is held.
 func (r *echoRelay) reloaded(k echoKey, f *echoSession, req *netstack.EchoRequest, pol *policy.Policy, now time.Time) *echoSession {
 	rec := newRecord("icmp", req.Flow)
 	d := pol.Decide(policy.Subject{
@@ -31,5 +32,20 @@ func (r *echoRelay) reloaded(k echoKey, f *echoSession, req *netstack.EchoReques
 	_ = f.conn.Close() // wakes serve, which records the flow
 	rec.Rule, rec.Action = d.Rule, d.Action.String()
 	denied, _ := r.addDenied(k, clientShareKey(req.Flow), rec, why, false, pol, now)
+	if denied == &noRoomDenied {
+		return &reloadDeniedNoRoom
+	}
 	return denied
 }
+
+// reloadDeniedNoRoom stands for an allowed flow that a reload denied when
+// its client's share of remembered denied flows, or the pool, was full.
+// Its request is dropped, but not counted as unrecorded as noRoomDenied's
+// are: f's record says the reload ended it. The flow is not remembered, so
+// its next request is decided afresh: dropped and counted while there is
+// no room, and given a deny record of its own once there is. That second
+// record for one ping is the lesser evil: remembering the flow beyond the
+// share would let a client's reloaded pings outgrow the bound that keeps
+// its denied flows from crowding out other clients'. It is never in the
+// table, and its fields are never written but last.
+var reloadDeniedNoRoom = echoSession{denied: true}

@@ -49,3 +49,40 @@ func TestEchoAllowedRedecidedAfterReload(t *testing.T) {
 		t.Fatalf("%d flows, %d denied; want the ping remembered as one denied flow", n, denied)
 	}
 }
+
+// TestEchoReloadDeniedNoRoomNotUnrecorded: a ping that a reload denies
+// when its client's share of remembered denied flows is full cannot be
+// remembered as denied, but its flow's record says the reload ended it:
+// the request is not counted in echo_denied_unrecorded, as it used to be.
+func TestEchoReloadDeniedNoRoomNotUnrecorded(t *testing.T) {
+	r := newEchoRig(t, "policy:\n  default: allow\n  rules:\n    - {name: no-3, protocols: [icmp], dest_cidrs: [\"127.0.0.3/32\"], action: deny}\n",
+		func(c *Config) { c.EchoIdleTimeout = time.Minute })
+	r.p.echo.mu.Lock()
+	r.p.echo.deniedShare = 1 // stands for 1,024
+	r.p.echo.mu.Unlock()
+	denied, allowed := netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2")
+	r.ping(t, echoRigClient, denied, 4242, 1, "hoard") // takes the client's one denied flow
+	if rec := r.record(t, denied); rec.Action != "deny" {
+		t.Fatalf("record %+v; want the ping to 127.0.0.3 denied", rec)
+	}
+	r.ping(t, echoRigClient, allowed, 4243, 1, "one")
+	if got := r.replies(1); len(got) != 1 {
+		t.Fatalf("replies %+v, want one", got)
+	}
+	r.p.cfg.Policy.Store(mustPolicy(t, "policy:\n  default: allow\n  rules:\n    - {name: no-loopback-ping, protocols: [icmp], dest_cidrs: [\"127.0.0.0/8\"], action: deny}\n"))
+	r.ping(t, echoRigClient, allowed, 4243, 2, "two")
+	rec := r.record(t, allowed)
+	if rec.Rule != "no-loopback-ping" || rec.Result != "denied" || !strings.Contains(rec.Error, "policy reload") {
+		t.Fatalf("record %+v; want the ping ended by the reload", rec)
+	}
+	if got := r.p.Stats().EchoUnrecorded; got != 0 {
+		t.Fatalf("echo_denied_unrecorded %d, want 0: the request the reload denied has its flow's record", got)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := r.replies(2); len(got) != 1 {
+		t.Fatalf("replies %+v: the request after the reload was relayed", got)
+	}
+	if n := len(r.sink.parse(t)); n != 2 {
+		t.Fatalf("%d records, want 2: the denied ping's and the reloaded one's", n)
+	}
+}
