@@ -98,8 +98,10 @@ const maxResponseHead = 1 << 20
 // connection, so that one the origin never ends pins nothing for good.
 var responseHeadTimeout = 10 * time.Second // a variable for tests
 
-// max1xx bounds the informational responses before a final one, as
-// net/http does.
+// max1xx bounds the informational responses before a final one, on every
+// upstream path (h1Transport, and http.Transport's through headDeadline).
+// net/http has no such count: it bounds 1xx responses only by their size,
+// and not even that once a Got1xxResponse hook is set.
 const max1xx = 5
 
 var (
@@ -332,7 +334,7 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 		}
 		if n == max1xx {
 			putReader(br)
-			return nil, errors.New("too many 1xx informational responses")
+			return nil, errTooMany1xx
 		}
 	}
 	src.limited = false // the head is read: the body is not limited

@@ -3,6 +3,8 @@ package intercept_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -178,5 +180,144 @@ func TestResponseHeadTimeout(t *testing.T) {
 				t.Fatalf("a response whose first byte came after %v: status %d, want 200", 4*timeout, status)
 			}
 		})
+	}
+}
+
+// origin1xx reads one request on srvEnd (and its body), writes n 1xx
+// heads of status code, waits final, then writes a 200 head: whole if
+// finish, else its status line and one field line only. It keeps the
+// connection open until the appliance closes it, then closes closed.
+func origin1xx(srvEnd net.Conn, code, n int, final time.Duration, finish bool) (closed chan struct{}) {
+	closed = make(chan struct{})
+	go func() {
+		defer close(closed)
+		br := bufio.NewReader(srvEnd)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		bw := bufio.NewWriterSize(srvEnd, 64<<10)
+		for range n {
+			fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\n\r\n", code, http.StatusText(code))
+		}
+		bw.Flush()
+		io.Copy(io.Discard, req.Body)
+		time.Sleep(final)
+		if finish {
+			io.WriteString(bw, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		} else {
+			io.WriteString(bw, "HTTP/1.1 200 OK\r\nX-A: "+strings.Repeat("a", 60000)+"\r\n")
+		}
+		bw.Flush()
+		io.Copy(io.Discard, br)
+	}()
+	return closed
+}
+
+// 1xx responses do not switch the response head bounds off. Over both
+// upstream paths (h1Transport for an HTTP/1 client, http.Transport for an
+// h2c one), more than five 1xx responses are a 502: http.Transport, given
+// a Got1xxResponse hook, stops bounding them at all (net/http leaves it to
+// the hook), and an origin could stream them for ever. Through
+// http.Transport, which reports no first byte of the head after a 1xx, a
+// 1xx gives the next head the timeout from then: a 102 (or a 100 no
+// request asked for: goproxy's HTTP/2 server answers a client's Expect
+// itself) followed by a head never finished gets a 502 and the origin's
+// connection closed.
+func TestResponseHead1xx(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	defer intercept.SetResponseHeadTimeout(timeout)()
+	get := func(t *testing.T, c net.Conn, h2c bool) int {
+		if h2c {
+			return h2cGetOne(t, c).StatusCode
+		}
+		resp, _ := newHTTPClient(t, c).do("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+		return resp.StatusCode
+	}
+	for _, h2c := range []bool{false, true} {
+		name := "h1"
+		if h2c {
+			name = "h2c"
+		}
+		for _, tc := range []struct {
+			n    int
+			want int
+		}{{5, 200}, {6, http.StatusBadGateway}, {60000, http.StatusBadGateway}} {
+			t.Run(fmt.Sprintf("%s/%d x 102", name, tc.n), func(t *testing.T) {
+				r := newRig(t, testPolicy)
+				upEnd, srvEnd := testnet.TCPPair(t)
+				closed := origin1xx(srvEnd, http.StatusProcessing, tc.n, 0, true)
+				c, _ := r.connectTCP(upEnd, httpDest)
+				if status := get(t, c, h2c); status != tc.want {
+					t.Fatalf("%d x 102, then a 200: status %d, want %d", tc.n, status, tc.want)
+				}
+				if tc.want == http.StatusBadGateway {
+					select {
+					case <-closed:
+					case <-time.After(waitLimit):
+						t.Fatal("the upstream connection is still open")
+					}
+					wantRecord(t, r, http.StatusBadGateway, "too many 1xx")
+				}
+			})
+		}
+	}
+	for _, code := range []int{http.StatusProcessing, http.StatusContinue} {
+		t.Run(fmt.Sprintf("h2c/%d then unfinished", code), func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			upEnd, srvEnd := testnet.TCPPair(t)
+			closed := origin1xx(srvEnd, code, 1, 0, false)
+			c, _ := r.connectTCP(upEnd, httpDest)
+			start := time.Now()
+			if status := h2cGetOne(t, c).StatusCode; status != http.StatusBadGateway {
+				t.Fatalf("a %d, then an unfinished head: status %d, want 502", code, status)
+			}
+			if took := time.Since(start); took < timeout {
+				t.Errorf("502 after %v, before the timeout (%v)", took, timeout)
+			}
+			select {
+			case <-closed:
+			case <-time.After(waitLimit):
+				t.Fatal("the upstream connection is still open")
+			}
+			wantRecord(t, r, http.StatusBadGateway, "response head not complete")
+		})
+	}
+}
+
+// After the 100 Continue a request with a body asked for, the wait for the
+// head is the upload and what follows it, which is not timed: an HTTP/1
+// client (offering http/1.1 before h2) of an HTTP/2 origin, the one way a
+// request's Expect reaches http.Transport, gets the 200 its origin sends
+// well after the 100.
+func TestResponseHeadAfter100Continue(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	defer intercept.SetResponseHeadTimeout(timeout)()
+	r := newRig(t, testPolicy)
+	upEnd, srvEnd := testnet.TCPPair(t)
+	leaf := r.upLeaf("www.example.test")
+	go func() {
+		tc := tls.Server(srvEnd, &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"h2"}})
+		if tc.Handshake() != nil {
+			return
+		}
+		(&http2.Server{}).ServeConn(tc, &http2.ServeConnOpts{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			io.Copy(io.Discard, req.Body) // sends the 100 Continue
+			time.Sleep(3 * timeout)
+			io.WriteString(w, "ok")
+		})})
+	}()
+	c, _ := r.connectTCP(upEnd, tlsDest)
+	tc := bumpClient(t, r, c, "www.example.test", "http/1.1", "h2")
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		t.Fatalf("ALPN %q, want http/1.1", p)
+	}
+	h := newHTTPClient(t, tc)
+	resp, body := h.do("POST / HTTP/1.1\r\nHost: www.example.test\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\nbody")
+	if resp.StatusCode == http.StatusContinue { // goproxy's own, for the client
+		resp, body = h.read("POST /")
+	}
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("a 100 Continue asked for, then a 200 after %v: %d %q, want 200", 3*timeout, resp.StatusCode, body)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // connSet holds open connections until they close, or until closeAll.
@@ -237,7 +239,8 @@ type oneHostTransport struct {
 }
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	hd := &headDeadline{}
+	hd := &headDeadline{expect100: req.Body != nil && req.Body != http.NoBody &&
+		httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue")}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
 	// A copy: the transport must not change the caller's request.
@@ -260,19 +263,41 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // come whole within responseHeadTimeout of its first byte.
 var errResponseHeadTimeout = errors.New("response head not complete in time")
 
+// errTooMany1xx ends a request whose origin sent more than max1xx
+// informational responses.
+var errTooMany1xx = errors.New("too many 1xx informational responses")
+
 // headDeadline bounds, for http.Transport, the rest of a response head
 // once its first byte has come, as h1Transport does (responseHeadTimeout):
 // http.Transport's own ResponseHeaderTimeout would bound the wait for the
 // first byte too, which a long poll may spend. The request's context is
 // ended (cancel), which closes an HTTP/1 upstream connection, or resets an
 // HTTP/2 stream. HTTP/2 reports the first byte only once the header list
-// is whole (maxResponseHead bounds one still coming); a head after a 1xx
-// response is bounded in size only: the wait for it may be a long upload.
+// is whole (maxResponseHead bounds one still coming).
+//
+// It also counts 1xx responses (got1xx): with a Got1xxResponse hook set,
+// net/http leaves bounding them to the hook's owner (an HTTP/1 upstream's
+// size limit starts over after each, an HTTP/2 upstream's total of them is
+// not bounded), so without the count an origin could send them for
+// ever. http.Transport reports no first byte of the head after a 1xx, so
+// that head gets responseHeadTimeout from the 1xx instead (a 103 Early
+// Hints whose final response takes longer ends in a 502). After the 100
+// Continue a request with a body asked for, the wait is for the upload and
+// what follows it, which may take minutes, as in h1Transport; here, with
+// no first byte reported, the head after it is bounded in size only. A 100 no request asked for is timed as any
+// other 1xx (left untimed, one would switch the bound off), and that is
+// nearly every 100 here: this transport serves HTTP/2 clients, whose
+// "Expect: 100-continue" goproxy's server (x/net's) takes out of the
+// request and answers itself; only an HTTP/1 client of an HTTP/2 origin
+// (one that offered http/1.1 before h2) sends one on.
 type headDeadline struct {
-	cancel context.CancelCauseFunc
-	mu     sync.Mutex
-	timer  *time.Timer
-	done   bool // the head has come, or a 1xx: arm no timer
+	cancel    context.CancelCauseFunc
+	expect100 bool // the request has a body, and asked for a 100 Continue
+	mu        sync.Mutex
+	timer     *time.Timer
+	n1xx      int
+	upload    bool // its 100 Continue came: arm no timer again
+	done      bool // the head has come: arm no timer
 }
 
 func (d *headDeadline) start() {
@@ -283,8 +308,27 @@ func (d *headDeadline) start() {
 	}
 }
 
-func (d *headDeadline) got1xx(int, textproto.MIMEHeader) error {
-	d.stop()
+// got1xx takes a 1xx response: it fails the request after max1xx, and
+// otherwise gives the next head responseHeadTimeout from now, unless the
+// upload a 100 Continue asked for may be under way.
+func (d *headDeadline) got1xx(code int, _ textproto.MIMEHeader) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.n1xx++; d.n1xx > max1xx {
+		return errTooMany1xx
+	}
+	switch {
+	case d.done || d.upload:
+	case code == http.StatusContinue && d.expect100:
+		d.upload = true
+		if d.timer != nil {
+			d.timer.Stop()
+		}
+	case d.timer != nil:
+		d.timer.Reset(responseHeadTimeout)
+	default:
+		d.timer = time.AfterFunc(responseHeadTimeout, func() { d.cancel(errResponseHeadTimeout) })
+	}
 	return nil
 }
 
