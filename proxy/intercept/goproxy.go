@@ -180,7 +180,7 @@ func (rt *roundTripper) end() {
 		timedOut := rt.cc.limit.timedOut.Load()
 		if s.Record.Kind == "tls" { // bumped: the connection's record, besides one per request
 			if timedOut && s.Record.Error == "" {
-				s.Record.Error = fmt.Sprintf("request head not complete %v after its first byte", requestHeadTimeout)
+				s.Record.Error = rt.cc.limit.timeoutError()
 			}
 			s.finish() // with the destination's bytes, TLS and all
 			return
@@ -201,7 +201,7 @@ func (rt *roundTripper) end() {
 			rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
 			if timedOut {
 				rec.Result = "timeout"
-				rec.Error = fmt.Sprintf("request head not complete %v after its first byte", requestHeadTimeout)
+				rec.Error = rt.cc.limit.timeoutError()
 			}
 			s.ic.denied.Add(1)
 			rec.End(s.Start)

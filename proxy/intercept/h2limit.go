@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -45,6 +47,36 @@ func h2MaxHeaderList(maxHead int64) uint32 {
 // decodes with (x/net's default, advertised in its SETTINGS): a client may
 // not use a larger one, and neither may it with our decoder.
 const initialHeaderTableSize = 4096
+
+// timeH2 keeps the deadline of an HTTP/2 connection, past its preface, on
+// the frame or header block left unfinished, if any: a client that sent
+// HEADERS without END_HEADERS, or a frame header announcing more than it
+// sent, and then nothing, held the server's buffer for it for good. An
+// unfinished one has requestHeadTimeout from its first byte, or at least
+// half of that: the deadline is moved on for a newer frame only once half
+// of it has passed, so that an upload's stream of frames sets it about
+// once per half timeout rather than on every read. A header block is timed
+// from its HEADERS frame, its CONTINUATIONs do not move the deadline on.
+// Nothing unfinished, the deadline is left to fire, and disarmed then
+// (Read): disarming it on every read that ends between frames would cost
+// as much.
+func (l *headLimit) timeH2(c net.Conn) {
+	h := l.h2
+	if !h.pending() || (l.timed.Load() && h.units == l.unit) {
+		return
+	}
+	l.unit = h.units
+	now := time.Now()
+	if !l.timed.Load() || l.deadline.Sub(now) < requestHeadTimeout/2 {
+		l.setDeadline(c, now)
+	}
+}
+
+func (l *headLimit) untime() {
+	if l.timed.Swap(false) {
+		_ = l.conn.SetReadDeadline(time.Time{})
+	}
+}
 
 // HTTP/2 frame types and flags the limit needs (RFC 9113 §6).
 const (
@@ -88,7 +120,16 @@ type h2HeaderLimit struct {
 	// opened counts the header blocks read whole, within the limit, that
 	// opened a stream: the requests the server may start a handler for.
 	opened int64
+	// units counts the frames begun outside a header block (a header
+	// block counts once, with its HEADERS frame): what the connection's
+	// read deadline times while one is unfinished (hijackedconn.go).
+	units uint64
 }
+
+// pending reports whether a frame, or a header block, is unfinished: the
+// server holds what it has read of it (a header block's fields, a frame's
+// buffer) until the rest comes.
+func (l *h2HeaderLimit) pending() bool { return l.inBlock || l.hdrN > 0 }
 
 func newH2HeaderLimit(max uint32) *h2HeaderLimit {
 	l := &h2HeaderLimit{max: max}
@@ -112,6 +153,9 @@ func newH2HeaderLimit(max uint32) *h2HeaderLimit {
 func (l *h2HeaderLimit) feed(b []byte) error {
 	for len(b) > 0 && l.err == nil {
 		if l.hdrN < h2FrameHeaderLen {
+			if l.hdrN == 0 && !l.inBlock {
+				l.units++
+			}
 			k := copy(l.hdr[l.hdrN:], b)
 			l.hdrN += k
 			b = b[k:]

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -90,9 +91,13 @@ type headLimit struct {
 	streams atomic.Int64
 
 	// The head deadline: requestHeadTimeout from a head's first byte.
-	// timed is set (with conn, whose deadline it is) while one is armed;
-	// timedOut once a read ran past it.
+	// timed is set (with conn, whose deadline it is, and deadline, when)
+	// while one is armed; timedOut once a read ran past it. unit is, for
+	// HTTP/2, the frame or header block (h2HeaderLimit.units) it was last
+	// armed for. conn, deadline and unit belong to the reader.
 	conn     net.Conn
+	deadline time.Time
+	unit     uint64
 	timed    atomic.Bool
 	timedOut atomic.Bool
 }
@@ -122,26 +127,37 @@ func (l *headLimit) arm(max int, h2 bool) {
 }
 
 // headDone marks a request head as read: its body is not limited, nor
-// given the head's deadline.
+// given the head's deadline. An HTTP/2 connection's deadline is its
+// reader's (timeH2): a stream's request says nothing of the frames after
+// it.
 func (l *headLimit) headDone() {
 	l.inHead.Store(false)
-	l.untime()
+	if !l.isH2.Load() {
+		l.untime()
+	}
+}
+
+// timeoutError says what the deadline ended, for the record.
+func (l *headLimit) timeoutError() string {
+	what := "request head"
+	if l.isH2.Load() {
+		what = "HTTP/2 header block or frame"
+	}
+	return fmt.Sprintf("%s not complete %v after its first byte", what, requestHeadTimeout)
 }
 
 // time arms the head deadline on c, the client connection, unless armed;
 // untime disarms it.
 func (l *headLimit) time(c net.Conn) {
 	if !l.timed.Load() {
-		l.conn = c
-		l.timed.Store(true)
-		_ = c.SetReadDeadline(time.Now().Add(requestHeadTimeout))
+		l.setDeadline(c, time.Now())
 	}
 }
 
-func (l *headLimit) untime() {
-	if l.timed.Swap(false) {
-		_ = l.conn.SetReadDeadline(time.Time{})
-	}
+func (l *headLimit) setDeadline(c net.Conn, now time.Time) {
+	l.conn, l.deadline = c, now.Add(requestHeadTimeout)
+	l.timed.Store(true)
+	_ = c.SetReadDeadline(l.deadline)
 }
 
 // count takes the bytes b just read from the client. It returns
@@ -195,12 +211,17 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 		c.endHold()
 	}
 	n, err := c.Conn.Read(b)
-	c.in.Add(int64(n))
-	if err != nil && c.limit.timed.Load() {
-		if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+	for n == 0 && c.limit.timed.Load() && isTimeout(err) {
+		if h := c.limit.h2; h == nil || h.pending() {
 			c.limit.timedOut.Store(true)
+			break
 		}
+		// An HTTP/2 deadline whose frame or header block has ended
+		// since (timeH2): disarmed now, and the read goes on.
+		c.limit.untime()
+		n, err = c.Conn.Read(b)
 	}
+	c.in.Add(int64(n))
 	if lerr := c.limit.count(b[:n]); lerr != nil {
 		if lerr == errHeadTooLarge && !c.limit.tooLarge.Swap(true) {
 			if c.limit.h2 != nil {
@@ -214,12 +235,18 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	if n > 0 {
 		switch {
 		case c.limit.h2 != nil: // past the preface: h2limit.go's, and x/net's
-			c.limit.untime()
+			c.limit.timeH2(c.Conn)
 		case c.limit.inHead.Load():
 			c.limit.time(c.Conn)
 		}
 	}
 	return n, err
+}
+
+// isTimeout reports whether err, from a read, is the head deadline's.
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
 }
 
 // refuseH2 writes an HTTP/2 client its refusal while reading on, and
