@@ -181,6 +181,9 @@ func (rt *roundTripper) end() {
 		if s.Record.Kind == "tls" { // bumped: the connection's record, besides one per request
 			if timedOut && s.Record.Error == "" {
 				s.Record.Error = rt.cc.limit.timeoutError()
+				if s.Record.Result == "ok" { // as the cleartext record says
+					s.Record.Result = "timeout"
+				}
 			}
 			s.finish() // with the destination's bytes, TLS and all
 			return

@@ -79,6 +79,11 @@ func TestRequestHeadTimeout(t *testing.T) {
 		io.WriteString(tc, partial)
 		wantEnded(t, tc, start, timeout)
 		wantRecordOf(t, r, "tls", "request head not complete")
+		for _, rec := range ofKind(r.records(), "tls") {
+			if rec.Action != "bump" || rec.Result != "timeout" {
+				t.Errorf("the tls record: action %s, result %s; want bump, timeout", rec.Action, rec.Result)
+			}
+		}
 	})
 	t.Run("kept alive", func(t *testing.T) {
 		r := newRig(t, testPolicy)
