@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -315,5 +317,65 @@ func TestBumpedH1ClientResetH2OriginSilent(t *testing.T) {
 	}
 	if got := r.p.Stats().TCPActive; got != 0 {
 		t.Errorf("tcp_active %d after the session ended, want 0", got)
+	}
+}
+
+// A cleartext HTTP client that vanishes mid-head (its stack drops all the
+// appliance sends, so the keep-alive probes go unanswered) ends its
+// connection with the stack's TCP timeout, ETIMEDOUT, within a second,
+// long before the head's 10 s deadline: the record must not say the
+// deadline ran out. ETIMEDOUT is a net.Error whose Timeout() is true,
+// which the head deadline's check took for its own.
+func TestInterceptedClientTimeoutMidHead(t *testing.T) {
+	sink := new(recordSink)
+	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
+	t.Cleanup(p.Close)
+	_, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{
+		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
+	})
+	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := destination0(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	c := dialRaw(t, client, dest)
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: origin.example\r\nX-P: ppp"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)               // the head's first bytes are read
+	client.SetTap(func([]byte) bool { return true }) // the client is gone
+	start := time.Now()
+	rec, ok := httpRecord(t, sink, 8*time.Second)
+	if !ok {
+		t.Fatal("no http record 8 s after the client went")
+	}
+	t.Logf("after %v: result %s, error %q", time.Since(start).Round(time.Millisecond), rec.Result, rec.Error)
+	if strings.Contains(rec.Error, "not complete") {
+		t.Errorf("a client's TCP timeout recorded as the head deadline's: result %s, error %q", rec.Result, rec.Error)
+	}
+}
+
+// A cleartext HTTP client that leaves its head unfinished and stays (it
+// acknowledges, it sends nothing more) has its connection ended by the
+// head deadline (10 s), and the record says so. Over the stack the
+// deadline's error is gonet's own ("i/o timeout", Timeout() true), not
+// os.ErrDeadlineExceeded as on a host socket: a check for the latter
+// alone would record "no request could be read" instead.
+func TestInterceptedHeadDeadlineRecorded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits the 10 s head deadline")
+	}
+	r := newStallRig(t, time.Hour)
+	dest := destination0(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	c := dialRaw(t, r.client, dest)
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: origin.example\r\nX-P: ppp"); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok := httpRecord(t, r.sink, 15*time.Second)
+	if !ok {
+		t.Fatal("no http record 15 s after an unfinished head")
+	}
+	if rec.Result != "timeout" || !strings.Contains(rec.Error, "request head not complete") {
+		t.Errorf("record: result %s, error %q; want timeout, request head not complete", rec.Result, rec.Error)
 	}
 }

@@ -244,6 +244,13 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 }
 
 // isTimeout reports whether err, from a read, is the head deadline's.
+// Not errors.Is(err, os.ErrDeadlineExceeded): over the stack the client
+// connection's deadline error is gonet's own ("i/o timeout", Timeout()
+// true), which that misses (TestInterceptedHeadDeadlineRecorded). A
+// client's TCP timeout is no net.Error timeout on that path (gonet's
+// Read words it "operation timed out"; netstack's ETIMEDOUT is only
+// TryRead's and BrokenError's), so it is not taken for the deadline
+// (TestInterceptedClientTimeoutMidHead).
 func isTimeout(err error) bool {
 	ne, ok := errors.AsType[net.Error](err)
 	return ok && ne.Timeout()
