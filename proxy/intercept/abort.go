@@ -31,9 +31,15 @@ func (s *Session) Abort(result string, err error) bool {
 	if !s.aborted.CompareAndSwap(nil, &abortReason{result: result, err: err}) {
 		return false
 	}
-	Abort(s.Client)
-	if s.Upstream != nil {
-		Abort(s.Upstream)
+	Abort(s.Client) // set before Serve, never after
+	// dialBumped sets Upstream on the serving goroutine while this may
+	// run on another: under upMu, and dialBumped, seeing aborted set
+	// there, resets what it dialled itself.
+	s.upMu.Lock()
+	up := s.Upstream
+	s.upMu.Unlock()
+	if up != nil {
+		Abort(up)
 	}
 	s.upstreams.abortAll()
 	return true

@@ -74,11 +74,21 @@ func (s *session) checkBumpDestination() bool {
 // ends, since it lasts as long as the session. The client's slot among its
 // waiting connections (Session.ReleaseWaiting) is held through the check
 // and the dial, and given back once the dial has ended: a client cannot
-// have more checks and dials under way at once than its share.
+// have more checks and dials under way at once than its share. A session
+// Abort ended during the check or the dial dials nothing, or resets what it
+// dialled, and ends.
 func (s *session) dialBumped() bool {
 	if s.Upstream != nil {
 		s.releaseWaiting()
 		return true
+	}
+	if s.abortedFromOutside() {
+		// The client went while the check ran (Abort, from the watch on
+		// its connection): nothing to dial for, and the record says what
+		// Abort was told.
+		s.releaseWaiting()
+		s.finish()
+		return false
 	}
 	c, err := s.ic.cfg.Dial(context.Background(), s.Subject.Dest.String())
 	s.releaseWaiting()
@@ -91,7 +101,19 @@ func (s *session) dialBumped() bool {
 		s.finish()
 		return false
 	}
-	s.Upstream = c
+	s.upMu.Lock()
+	aborted := s.abortedFromOutside()
+	if !aborted {
+		s.Upstream = c // an Abort from now on resets it
+	}
+	s.upMu.Unlock()
+	if aborted {
+		// Abort came during the dial and found no Upstream: the gone
+		// client's SNI must not go out in a handshake nobody waits for.
+		Abort(c)
+		s.finish()
+		return false
+	}
 	if s.WatchUpstream != nil {
 		s.WatchUpstream(c) // its unwatch is the session's end
 	}

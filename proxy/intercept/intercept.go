@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -126,6 +127,9 @@ type Session struct {
 	upstreams connSet
 	// aborted says why Abort ended the session, once it has.
 	aborted atomic.Pointer[abortReason]
+	// upMu orders dialBumped's setting of Upstream with Abort's reading
+	// of it, which may run on another goroutine (the proxy's watches).
+	upMu sync.Mutex
 	// waitingReleased says ReleaseWaiting has been called.
 	waitingReleased atomic.Bool
 }
