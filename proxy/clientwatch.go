@@ -67,7 +67,8 @@ func (w *clientWatch) check() {
 
 // abort ends the session for the broken client: every connection is
 // reset, which ends what waits on them, and the records of the
-// connection and of the request under way say reset. A session that has
+// connection and of the request under way say reset (timeout for
+// keepalives gone unanswered). A session that has
 // begun to end on its own is left to end so.
 func (w *clientWatch) abort() {
 	why := w.conn.BrokenError()
@@ -78,7 +79,9 @@ func (w *clientWatch) abort() {
 		w.is.Abort("reset", fmt.Errorf("%w: the client's connection: %w", errShutdown, why))
 		return
 	}
-	w.is.Abort("reset", fmt.Errorf("the client's connection broke: %w", why))
+	// A reset, or keepalives gone unanswered (ETIMEDOUT): timeout then, as
+	// a relayed flow's record says (relayResultOf).
+	w.is.Abort(relayResultOf(why), fmt.Errorf("the client's connection broke: %w", why))
 }
 
 // stop ends the watch: the session is done.

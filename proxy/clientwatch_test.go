@@ -379,3 +379,38 @@ func TestInterceptedHeadDeadlineRecorded(t *testing.T) {
 		t.Errorf("record: result %s, error %q; want timeout, request head not complete", rec.Result, rec.Error)
 	}
 }
+
+// A cleartext HTTP/1 client that vanishes while its request waits on a
+// silent origin (its stack drops everything the appliance sends, so the
+// keepalive probes go unanswered) is ended by the watch with the stack's
+// timeout: the records say timeout, as a relayed flow's do
+// (TestRelayClientTimeoutRecorded), not reset: the client sent none.
+// Keepalives are tuned to give up within a second.
+func TestInterceptedClientTimeoutRecorded(t *testing.T) {
+	sink := new(recordSink)
+	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
+	t.Cleanup(p.Close)
+	_, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{
+		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
+	})
+	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest, got, closed := silentOrigin(t, "")
+	c := dialRaw(t, client, dest)
+	if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: origin.example\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, got, 5*time.Second, "the request did not reach the origin")
+	client.SetTap(func([]byte) bool { return true }) // the client is gone
+	wait(t, closed, 10*time.Second, "10 s after the client vanished the origin's connection is still open")
+	rec, ok := httpRecord(t, sink, 5*time.Second)
+	if !ok {
+		t.Fatal("the request has no record")
+	}
+	t.Logf("the request's record: result %s, error %q", rec.Result, rec.Error)
+	if rec.Result != "timeout" || !strings.Contains(rec.Error, "the client's connection broke") {
+		t.Errorf("the request's record: result %q, error %q; want timeout, the client's connection broke", rec.Result, rec.Error)
+	}
+}
