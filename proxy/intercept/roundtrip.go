@@ -174,6 +174,11 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		req.Body = &sent
 	}
 	resp, err := rt.tr.RoundTrip(req)
+	// What of the body has gone upstream, on every path: a request with
+	// no response (the destination closed or reset, the client went away)
+	// still sent its body, and cleartext HTTP has no connection record to
+	// say so. A response's end counts it again (rb.done).
+	rec.BytesOut = sent.n.Load()
 	if err != nil && req.Context().Err() != nil {
 		// The client went away while the request was under way: the
 		// round trip was cut short for it, not by the destination.
