@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -484,6 +485,9 @@ type upgradedBody struct {
 	tunnel  bool
 	ended   chan struct{} // closed once a read failed: that direction is over
 	endOnce sync.Once
+	// closing: Close is closing the connection, and a read it cuts short
+	// is the tunnel's end, not a failure of the destination's.
+	closing atomic.Bool
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending
@@ -496,6 +500,9 @@ func (u *upgradedBody) Read(p []byte) (int, error) {
 	n, err := u.br.Read(p)
 	if err != nil {
 		u.endOnce.Do(func() { close(u.ended) })
+		if err != io.EOF && u.closing.Load() {
+			err = io.EOF // our own close (recordingBody.outcome)
+		}
 	}
 	return n, err
 }
@@ -521,6 +528,7 @@ func (u *upgradedBody) Close() error {
 			}
 		}
 	}
+	u.closing.Store(true)
 	u.stop()
 	return u.conn.Close()
 }

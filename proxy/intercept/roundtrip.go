@@ -223,8 +223,10 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	// one without must be told: see Read.
 	rb.abortStream = inH2Handler(req) && resp.Header.Get("Content-Length") == ""
 	// Nothing to wait for in a response without a body (HEAD, 204, 304,
-	// Content-Length 0), nor in a 101's: a tunnel's end is its own.
-	rb.ended.Store(!hasBody(req, resp))
+	// Content-Length 0). A 101's body is the tunnel's way back: its end is
+	// the tunnel's (outcome).
+	rb.tunnel = resp.StatusCode == http.StatusSwitchingProtocols
+	rb.ended.Store(!rb.tunnel && !hasBody(req, resp))
 	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
 		result, why, delivered := rb.outcome(ctx)
@@ -380,8 +382,10 @@ type recordingBody struct {
 	// an HTTP/2 server's stream handler (inH2Handler): a failed read
 	// aborts the stream.
 	abortStream bool
-	once        sync.Once
-	done        func()
+	// tunnel: the body is a 101's, a WebSocket's way back.
+	tunnel bool
+	once   sync.Once
+	done   func()
 }
 
 func (b *recordingBody) Read(p []byte) (int, error) {
@@ -430,7 +434,8 @@ func inH2Handler(req *http.Request) bool {
 // an HTTP/2 client reset the stream, which cancels ctx), and the bytes of
 // the latest read are not counted; the client's own buffers may still have
 // held some it never read. A read failing is the destination's doing
-// (cut short, reset, timed out), unless ctx was cancelled first.
+// (cut short, reset, timed out), unless ctx was cancelled first. A
+// tunnel's end is its own: ok, unless a read from the destination failed.
 func (b *recordingBody) outcome(ctx context.Context) (result, errText string, delivered int64) {
 	delivered = b.read.Load()
 	var err error
@@ -440,6 +445,15 @@ func (b *recordingBody) outcome(ctx context.Context) (result, errText string, de
 	switch {
 	case b.ended.Load():
 		return "ok", "", delivered
+	case b.tunnel:
+		// Either side may end a tunnel, the client first as well (goproxy
+		// then closes the body: nothing failed). A read that failed (not
+		// one cut by the tunnel's own close: upgradedBody) is the
+		// destination's doing.
+		if err == nil || errors.Is(err, net.ErrClosed) {
+			return "ok", "", delivered
+		}
+		return bodyResult(err), fmt.Sprintf("WebSocket tunnel from the destination, after %d bytes: %v", delivered, err), delivered
 	case err == nil || ctx.Err() != nil || errors.Is(err, context.Canceled):
 		if err == nil {
 			delivered -= b.last.Load() // the write that failed

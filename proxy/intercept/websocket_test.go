@@ -152,3 +152,72 @@ func TestWebSocketHalfClose(t *testing.T) {
 		})
 	}
 }
+
+// TestWebSocketEndRecorded: a tunnel's record says how the tunnel ended.
+// The destination sends 15 bytes after its 101 and then resets the
+// connection: the record says reset, bytes_in 15 (before, a 101 was taken
+// for a response with no body, ended on arrival, and the record said ok).
+// A destination that ends with a FIN, or a client that closes the tunnel
+// first, ends it cleanly: ok.
+func TestWebSocketEndRecorded(t *testing.T) {
+	const msg = "fifteen bytes.."
+	for _, tc := range []struct {
+		name        string
+		reset       bool // the destination's end: a RST, else a FIN
+		clientFirst bool // the client closes before the destination ends
+		want        string
+	}{
+		{"destination resets", true, false, "reset"},
+		{"destination closes", false, false, "ok"},
+		{"client closes", false, true, "ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			proxyEnd, serverEnd := testnet.TCPPair(t)
+			go func() {
+				defer serverEnd.Close()
+				serverEnd.SetDeadline(time.Now().Add(waitLimit))
+				br := bufio.NewReader(serverEnd)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(serverEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"+msg)
+				if tc.clientFirst {
+					io.Copy(io.Discard, br) // until the appliance passes the client's end on
+					return
+				}
+				time.Sleep(50 * time.Millisecond) // the 15 bytes reach the client first
+				if tc.reset {
+					serverEnd.SetLinger(0)
+				}
+			}()
+			c, sv := r.connectTCP(proxyEnd, httpDest)
+			c.SetDeadline(time.Now().Add(waitLimit))
+			io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("upgrade: %v %v", resp, err)
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(br, got); err != nil {
+				t.Fatalf("reading the tunnel: %v", err)
+			}
+			if !tc.clientFirst {
+				io.Copy(io.Discard, br) // to the tunnel's end
+			}
+			c.Close()
+			sv.waitDoneOnce(t)
+			recs := ofKind(r.records(), "http")
+			if len(recs) != 1 {
+				t.Fatalf("http records %+v", recs)
+			}
+			rec := recs[0]
+			t.Logf("record: result %s, bytes_in %d, error %q", rec.Result, rec.BytesIn, rec.Error)
+			if !rec.WebSocket || rec.Result != tc.want || rec.BytesIn != int64(len(msg)) || (tc.want == "ok") != (rec.Error == "") {
+				t.Errorf("record ws %v result %q bytes_in %d error %q: want a WebSocket, %s, %d", rec.WebSocket, rec.Result, rec.BytesIn, rec.Error, tc.want, len(msg))
+			}
+		})
+	}
+}
