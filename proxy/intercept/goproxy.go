@@ -99,11 +99,12 @@ type roundTripper struct {
 	// for every stream the client opened (headLimit.streams), for
 	// h2HandlerGrace at most: a stream the server refused (a malformed
 	// request) never gets one.
-	inflight  atomic.Int64
-	requests  atomic.Int64 // requests that reached RoundTrip
-	closed    atomic.Bool
-	graceOver atomic.Bool // no more waiting for streams' handlers to start
-	ended     sync.Once
+	inflight   atomic.Int64
+	requests   atomic.Int64 // requests that reached RoundTrip
+	closed     atomic.Bool
+	graceArmed atomic.Bool // the grace's timer is running, or has run
+	graceOver  atomic.Bool // no more waiting for streams' handlers to start
+	ended      sync.Once
 }
 
 // h2HandlerGrace bounds how long a session whose HTTP/2 connection has
@@ -117,12 +118,6 @@ const h2HandlerGrace = time.Second
 // as far as they can see, it is over (tryEnd).
 func (rt *roundTripper) connClosed() {
 	rt.closed.Store(true)
-	if rt.requests.Load() < rt.cc.limit.streams.Load() {
-		time.AfterFunc(h2HandlerGrace, func() {
-			rt.graceOver.Store(true)
-			rt.tryEnd()
-		})
-	}
 	rt.tryEnd()
 }
 
@@ -143,6 +138,18 @@ func (rt *roundTripper) tryEnd() {
 		return
 	}
 	if rt.requests.Load() < rt.cc.limit.streams.Load() && !rt.graceOver.Load() {
+		// Armed here, by whichever call first sees a stream waiting, not
+		// by connClosed alone: hijackedConn.Read counts a stream once the
+		// underlying Read returns, which can be after the close (a
+		// tls.Conn hands out what it buffered), and a stream counted then,
+		// whose handler never starts, would leave the session waiting for
+		// good once its last request is done.
+		if rt.graceArmed.CompareAndSwap(false, true) {
+			time.AfterFunc(h2HandlerGrace, func() {
+				rt.graceOver.Store(true)
+				rt.tryEnd()
+			})
+		}
 		return
 	}
 	if rt.inflight.Load() == 0 {
