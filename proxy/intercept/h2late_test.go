@@ -34,7 +34,8 @@ func h2cRequestAndClose(fields ...hpack.HeaderField) []byte {
 // handler and closes the connection, and the handler may reach RoundTrip
 // only after that. The session must wait for it: the request's record is
 // written before Done (and a bumped connection's before its tls record),
-// and says the request was not sent because the client had gone, or that
+// and says the request was not sent because the client had gone, that its
+// response did not reach the client (relayed, the stream ended first), or that
 // it was relayed; never a "malformed request" deny for a request that was
 // read, nor a record after Done (a drain waits for Done, and would lose
 // it).
@@ -105,6 +106,10 @@ func h2RequestThenClose(t *testing.T, i int, bumped bool) {
 	case "ok": // relayed before the stream was cancelled
 		if rec.Status != status || len(got) != 1 {
 			t.Fatalf("iteration %d: a request relayed recorded as %+v, the upstream served %q", i, rec, got)
+		}
+	case "error": // relayed, and the stream cancelled before its end went out
+		if rec.Status != status || len(got) != 1 || !strings.Contains(rec.Error, "the client went away before the response ended") {
+			t.Fatalf("iteration %d: a response the client left recorded as %+v, the upstream served %q", i, rec, got)
 		}
 	default:
 		t.Fatalf("iteration %d: record %+v: neither not sent nor relayed", i, rec)

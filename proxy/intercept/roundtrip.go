@@ -436,6 +436,17 @@ func inH2Handler(req *http.Request) bool {
 // held some it never read. A read failing is the destination's doing
 // (cut short, reset, timed out), unless ctx was cancelled first. A
 // tunnel's end is its own: ok, unless a read from the destination failed.
+//
+// The last read can bring the body's end with its bytes (n, io.EOF: a
+// net/http body of known length that arrives in one read), before goproxy
+// writes them: ended says nothing about that write. A ctx already done at
+// Close says it failed, or came too late: it is done before the close only
+// for an HTTP/2 client's stream, which the client reset, or whose
+// connection ended, before the server could end the stream (END_STREAM
+// goes out only once the handler, which closes the body, returns). Nothing
+// here knows whether those bytes reached the client: not counted, as for
+// any write that failed. (An HTTP/1 client's context is done only after
+// the close: there a failed last write still reads as ended.)
 func (b *recordingBody) outcome(ctx context.Context) (result, errText string, delivered int64) {
 	delivered = b.read.Load()
 	var err error
@@ -443,8 +454,6 @@ func (b *recordingBody) outcome(ctx context.Context) (result, errText string, de
 		err = *p
 	}
 	switch {
-	case b.ended.Load():
-		return "ok", "", delivered
 	case b.tunnel:
 		// Either side may end a tunnel, the client first as well (goproxy
 		// then closes the body: nothing failed). A read that failed (not
@@ -454,6 +463,8 @@ func (b *recordingBody) outcome(ctx context.Context) (result, errText string, de
 			return "ok", "", delivered
 		}
 		return bodyResult(err), fmt.Sprintf("WebSocket tunnel from the destination, after %d bytes: %v", delivered, err), delivered
+	case b.ended.Load() && ctx.Err() == nil:
+		return "ok", "", delivered
 	case err == nil || ctx.Err() != nil || errors.Is(err, context.Canceled):
 		if err == nil {
 			delivered -= b.last.Load() // the write that failed
