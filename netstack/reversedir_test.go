@@ -1,0 +1,115 @@
+package netstack
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// destinationSide sends the rig's stack a TCP segment from the flow's
+// destination to its client (D:dp -> V:vp), the reverse of the rig's
+// connection, under another sender's GENEVE header (attachment and flow
+// cookie 0xbad, from another GWLB source port): what a host behind the
+// endpoint that is itself the destination, or forges its address, sends.
+// Its flow key is the client's flow's.
+func destinationSide(r *groRig, seq, ack uint32, flags header.TCPFlags) {
+	seg := clientSegment(r.server, r.client, seq, ack, flags, nil)
+	d := append(AppendHeader(nil, r.ether, 0, 7, 0xbad, 0xbad, nil), seg...)
+	r.s.handleDatagram(d, netip.MustParseAddrPort("127.0.0.2:47002"), nil)
+}
+
+// TestDestinationSideLeavesClientSendWindow: segments from the
+// destination's side of a flow neither move nor restart the send window
+// the flow keeps for the client's connection (tcpseq.go), so a router's
+// Packet Too Big about the segment in flight is still taken. The flow key
+// is the same both ways, and the window moved on any segment of the key:
+// a forged ACK from the destination acknowledging up to SND.NXT made
+// SND.UNA SND.NXT, and every real error about data in flight was dropped
+// (icmp_mtu_bad_sequence: a path MTU black hole); a forged SYN had gVisor
+// answer with a SYN-ACK (V:vp -> D:dp) for a second connection, which
+// restarted the window at that connection's ISN, leaving the real segments
+// out of it (or, after the client's next data, a window of up to 2^31
+// that a blind forged error hits one time in three or so).
+func TestDestinationSideLeavesClientSendWindow(t *testing.T) {
+	mss8960 := []byte{2, 4, 0x23, 0x00}
+	routers := []string{"198.18.200.1", "2001:db8:c8::1"}
+	for fi, fam := range groFamilies {
+		for _, kind := range []string{"ack", "syn"} {
+			t.Run(fam.name+"/"+kind, func(t *testing.T) {
+				r := newGRORigOpts(t, fam.client, fam.server, func(*Config) {}, mss8960, nil)
+				if _, err := r.conn.Write(make([]byte, 4000)); err != nil {
+					t.Fatal(err)
+				}
+				first, size := nextDataSegment(t, r)
+				if size != 4000 {
+					t.Fatalf("the first data segment carries %d bytes, want 4000", size)
+				}
+				if kind == "ack" {
+					destinationSide(r, 12345, first+4000, header.TCPFlagAck)
+				} else {
+					destinationSide(r, 777, 0, header.TCPFlagSyn)
+					// The stack answers it on a connection of its own.
+					readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck)
+				}
+
+				mtu, hdrs := uint32(minPathMTUv4), 40
+				if fi == 1 {
+					mtu, hdrs = minPathMTUv6, 60
+				}
+				quoted := clientSegment(r.server, r.client, first, r.seq, header.TCPFlagAck, nil)
+				d := append(AppendHeader(nil, r.ether, 0, 7, 0xbad, 0xbad, nil),
+					pathMTUError(netip.MustParseAddr(routers[fi]), quoted, mtu)...)
+				r.s.handleDatagram(d, netip.MustParseAddrPort("127.0.0.2:47003"), nil)
+				if got := r.s.Stats().Drops["icmp_mtu_bad_sequence"]; got != 0 {
+					t.Errorf("a router's error about the segment in flight was dropped (icmp_mtu_bad_sequence %d) after a %s from the destination's side", got, kind)
+				}
+				if _, err := r.conn.Write(make([]byte, 4000)); err != nil {
+					t.Fatal(err)
+				}
+				if _, next := nextDataSegment(t, r); next > int(mtu)-hdrs {
+					t.Errorf("after the router's error the next data segment carries %d bytes, want at most %d", next, int(mtu)-hdrs)
+				}
+			})
+		}
+	}
+}
+
+// TestDestinationSideLeavesClientFlowState: a FIN or RST from the
+// destination's side of a live flow, and the stack's answers to it, leave
+// the flow's TCP state live. They made it closed one way or reset, and so
+// transitory, to expire after the transitory timeout of quiet though the
+// client's connection was open.
+func TestDestinationSideLeavesClientFlowState(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		flags header.TCPFlags
+	}{{"FIN", header.TCPFlagAck | header.TCPFlagFin}, {"RST", header.TCPFlagRst}} {
+		t.Run(c.name, func(t *testing.T) {
+			fam := groFamilies[0]
+			r := newGRORig(t, fam.client, fam.server)
+			f := r.flow(t)
+			if !f.tcpLive() {
+				t.Fatalf("the rig's flow is not live: state %b", f.tcp.Load())
+			}
+			destinationSide(r, 12345, 777, c.flags)
+			time.Sleep(50 * time.Millisecond) // the stack's answer, if any
+			if !f.tcpLive() {
+				t.Errorf("after a %s from the destination's side the flow's state is %b, not live", c.name, f.tcp.Load())
+			}
+		})
+	}
+}
+
+// flow returns the table's flow of the rig's connection.
+func (r *groRig) flow(t *testing.T) *Flow {
+	t.Helper()
+	p, _ := ParsePacket(clientSegment(r.client, r.server, 0, 0, header.TCPFlagAck, nil), r.ether)
+	k := p.Key(7)
+	f := r.s.flows.Lookup(&k)
+	if f == nil {
+		t.Fatal("the rig's connection has no flow")
+	}
+	return f
+}
