@@ -282,6 +282,7 @@ func (t *flowTable) setPressure(p MemoryPressure) { t.pressure.Store(int32(p)) }
 
 // Touch records a packet from the GWLB for flow k under header hdr from
 // gwlb, creating the flow if it is new; client is the packet's inner source.
+// The flow's replies follow hdr and gwlb only when client is the flow's own.
 // A new flow in a full table takes the place of an evictable one, its own
 // client's if it has one (evict). It returns DropFlowTableFull when the
 // table is full of others, DropClientFlowLimit when client holds its share
@@ -323,8 +324,12 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 	}
 	f.lastSeen.Store(now)
 	// The GWLB may move a flow (new source port after a failover, a new
-	// cookie): replies must follow whatever it sent last.
-	if tn := f.tunnel.Load(); tn.gwlb != gwlb || !bytes.Equal(tn.header, hdr) {
+	// cookie): replies must follow whatever it sent last, of the client's
+	// packets only. The key is the same both ways, and a packet from the
+	// destination's side (which the appliance's own connection to it
+	// never sends through the GWLB) must not send the client's replies
+	// under its header, or to its GWLB address.
+	if tn := f.tunnel.Load(); client == f.client && (tn.gwlb != gwlb || !bytes.Equal(tn.header, hdr)) {
 		f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 	}
 	return f, DropNone

@@ -113,3 +113,40 @@ func (r *groRig) flow(t *testing.T) *Flow {
 	}
 	return f
 }
+
+// TestDestinationSideKeepsClientHeader: a packet from the destination's
+// side of a flow, under another GENEVE header from another GWLB source
+// port, does not move the flow to that header: the stack's next segment
+// to the client still leaves under the client's (flow cookie 9). The flow
+// follows the newest header so that replies follow a rebalance, and it
+// took any packet of its key's.
+func TestDestinationSideKeepsClientHeader(t *testing.T) {
+	for _, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			r := newGRORig(t, fam.client, fam.server)
+			destinationSide(r, 12345, 777, header.TCPFlagAck)
+			if h := r.flow(t).Header(); h.FlowCookie != 9 || h.Attachment != 8 {
+				t.Errorf("the flow's header after a packet from the destination's side: cookie %#x attachment %#x, want 9 and 8", h.FlowCookie, h.Attachment)
+			}
+			if _, err := r.conn.Write([]byte("reply")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, maxDatagram)
+			r.gwlb.SetReadDeadline(time.Now().Add(3 * time.Second))
+			for {
+				tcp, err := readReplyTCP(r.gwlb, buf)
+				if err != nil {
+					t.Fatalf("no data segment: %v", err)
+				}
+				if tcp == nil || len(tcp.Payload()) == 0 {
+					continue
+				}
+				// readReplyTCP read the datagram into buf from its start.
+				if h, _ := ParseHeader(buf); h.FlowCookie != 9 {
+					t.Errorf("the reply to the client left under flow cookie %#x, want 9 (the client's)", h.FlowCookie)
+				}
+				return
+			}
+		})
+	}
+}
