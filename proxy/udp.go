@@ -69,6 +69,7 @@ type udpFlow struct {
 	werr            error  // and what sending it gave
 	hostErr         error  // a read error of the host socket (the host loop's own)
 	clientGone      bool   // the client's side closed (the host loop's own)
+	hostDecide      bool   // a datagram waits under a policy loaded since (the host loop's own)
 	// hostPol is the policy the host loop last saw the flow decided
 	// under (its own: f.pol is outMu's): see hostReloaded.
 	hostPol *policy.Policy
@@ -412,9 +413,16 @@ func (f *udpFlow) serveHost() {
 			f.end(nil)
 			return
 		}
-		if !f.hostReloaded() {
-			f.end(nil)
-			return
+		// Decided again only for a datagram waiting: a flow that a reload
+		// finds quiet ends at its deadline as it would have (idle, its
+		// DNS answers lingered), not as denied by a policy it never
+		// carried a datagram under.
+		if f.hostDecide {
+			f.hostDecide = false
+			if !f.hostReloaded() {
+				f.end(nil)
+				return
+			}
 		}
 		d := f.deadline()
 		if !time.Now().Before(d) {
@@ -443,7 +451,8 @@ func (f *udpFlow) deadline() time.Time {
 // readHost relays the datagrams waiting on the host socket to the client.
 // RawConn.Read calls it when the socket may be readable; it returns false
 // to wait for more, true to have serveHost look at the flow, as it does
-// before relaying anything under a policy loaded since it last looked.
+// before relaying a datagram that waits under a policy loaded since it
+// last looked (hostDecide).
 func (f *udpFlow) readHost(fd uintptr) bool {
 	bufp := datagramBufPool.Get().(*[]byte)
 	defer datagramBufPool.Put(bufp)
@@ -451,7 +460,18 @@ func (f *udpFlow) readHost(fd uintptr) bool {
 	look := false
 	for {
 		if f.p.cfg.Policy.Load() != f.hostPol {
-			return true // a reload: serveHost decides the flow again first
+			// A reload: serveHost decides the flow again first, once a
+			// datagram waits.
+			waiting, err := datagramWaiting(fd, buf)
+			switch {
+			case err != nil:
+				f.hostErr = err
+				return true
+			case !waiting:
+				return look
+			}
+			f.hostDecide = true
+			return true
 		}
 		n, err := syscall.Read(int(fd), buf)
 		switch err {

@@ -1,6 +1,12 @@
 package proxy
 
 import (
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -86,4 +92,24 @@ func (f *udpFlow) hostReloaded() bool {
 	}
 	f.hostPol = f.pol // the client side may have decided under a newer one
 	return true
+}
+
+// datagramWaiting reports whether a datagram waits on the host socket fd,
+// leaving it there: it peeks at its first byte into buf (not empty). An
+// error pending on the socket (an ICMP unreachable, say) is returned, and
+// the peek takes it, as a read would.
+func datagramWaiting(fd uintptr, buf []byte) (bool, error) {
+	for {
+		// Raw: MSG_DONTWAIT keeps it from blocking.
+		_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		switch e {
+		case 0:
+			return true, nil
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false, nil
+		}
+		return false, os.NewSyscallError("recvfrom", e)
+	}
 }

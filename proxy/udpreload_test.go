@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -184,5 +185,71 @@ func TestUDPServerPushRedecidedAfterReload(t *testing.T) {
 	}
 	if n := len(recs.parse(t)); n != 1 {
 		t.Fatalf("%d records, want 1", n)
+	}
+}
+
+// TestUDPIdleAfterReloadEndsAsIdle: an allowed flow that has gone quiet
+// when a reload that would deny it comes, and carries no datagram after
+// it, ends as it would have: at its idle timeout (a DNS flow with every
+// query answered: at the end of its linger), recorded allowed and ok, its
+// client end closed. It is decided again only on its next datagram, and
+// there is none. The host loop decided it again on every wake, the idle
+// deadline's too, so such a flow was recorded "denied, ended by a policy
+// reload" and its client end held as a denied flow's.
+func TestUDPIdleAfterReloadEndsAsIdle(t *testing.T) {
+	cases := []struct {
+		name    string
+		dns     bool
+		idle    time.Duration
+		reload  string
+		lasting time.Duration // how long the flow lasts after its answer, about
+	}{
+		{name: "udp", idle: 700 * time.Millisecond, reload: "policy:\n  default: allow\n  rules:\n    - name: no-loopback\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: deny\n", lasting: 700 * time.Millisecond},
+		{name: "dns", dns: true, idle: time.Minute, reload: tightDNSPolicy, lasting: dnsLinger},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var dst netip.AddrPort
+			first := []byte("hello")
+			if tc.dns {
+				dst = newDNSResolver(t, 0).addr()
+				first = dnsQuery(1, "allowed.example", 1)
+			} else {
+				dst = newUDPSink(t, true).addr()
+			}
+			p, h, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+				cfg.UDPIdleTimeout = tc.idle
+				if tc.dns {
+					cfg.DNSPorts = []uint16{dst.Port()}
+				}
+			})
+			c, _ := startFlow(p, quicClient, dst, first)
+			select {
+			case <-c.out:
+			case <-time.After(3 * time.Second):
+				t.Fatal("no answer")
+			}
+			h.Store(mustPolicy(t, tc.reload)) // while the flow is quiet, for good
+			var flow []records.Record
+			for deadline := time.Now().Add(tc.lasting + 3*time.Second); len(flow) == 0 && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+				flow = flow[:0]
+				for _, r := range recs.parse(t) {
+					if r.Kind != "dns" { // a DNS flow's query records
+						flow = append(flow, r)
+					}
+				}
+			}
+			if len(flow) != 1 {
+				t.Fatalf("%d flow records, want 1: %+v", len(flow), flow)
+			}
+			if r := flow[0]; r.Action != "allow" || r.Result != "ok" || r.Error != "" || r.BytesIn == 0 {
+				t.Errorf("record action=%q rule=%q result=%q error=%q in=%d; want the flow allowed and ended ok by idling",
+					r.Action, r.Rule, r.Result, r.Error, r.BytesIn)
+			}
+			if !c.isClosed() {
+				t.Error("the flow's client end is held as a denied flow's, not closed")
+			}
+		})
 	}
 }
