@@ -319,7 +319,7 @@ func TestReplyFragmentsOneCallEach(t *testing.T) {
 			p := Packet{IPv6: fam.src.Addr().Is6(), Proto: protoUDP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(),
 				SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}
 			k := p.Key(7)
-			s.flows.Touch(&k, [16]byte{}, hdr, h, gwlb, 0)
+			s.flows.Touch(&k, p.Src, hdr, h, gwlb, 0)
 
 			var ft fragTable
 			frags := fragment(udpDatagram(fam.src, fam.dst, 20000), 42, DefaultMTU)

@@ -50,8 +50,6 @@ func TestDestinationSideLeavesClientSendWindow(t *testing.T) {
 					destinationSide(r, 12345, first+4000, header.TCPFlagAck)
 				} else {
 					destinationSide(r, 777, 0, header.TCPFlagSyn)
-					// The stack answers it on a connection of its own.
-					readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck)
 				}
 
 				mtu, hdrs := uint32(minPathMTUv4), 40
@@ -146,6 +144,70 @@ func TestDestinationSideKeepsClientHeader(t *testing.T) {
 					t.Errorf("the reply to the client left under flow cookie %#x, want 9 (the client's)", h.FlowCookie)
 				}
 				return
+			}
+		})
+	}
+}
+
+// TestDestinationSideDropped: a packet of a flow from its destination's
+// side never reaches the stack: it is dropped and counted
+// (not_from_client). A SYN from there had gVisor open a second connection
+// under the client's flow, answered under the client's GENEVE header, and
+// relayed as if the destination were a client of the client.
+func TestDestinationSideDropped(t *testing.T) {
+	for _, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			r := newGRORig(t, fam.client, fam.server)
+			destinationSide(r, 777, 0, header.TCPFlagSyn)
+			if got := r.s.Stats().Drops["not_from_client"]; got != 1 {
+				t.Errorf("not_from_client %d after a SYN from the destination's side, want 1", got)
+			}
+			buf := make([]byte, maxDatagram)
+			r.gwlb.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			for {
+				tcp, err := readReplyTCP(r.gwlb, buf)
+				if err != nil {
+					return // nothing answered it
+				}
+				if tcp != nil && tcp.Flags()&header.TCPFlagSyn != 0 {
+					t.Fatalf("the stack answered a SYN from the destination's side: flags %s", tcp.Flags())
+				}
+			}
+		})
+	}
+}
+
+// TestReplyNotToClientDropped: when the client's flow has expired and a
+// packet from the destination's side made the flow again, the stack's
+// next segment to the client is dropped (reply_not_to_client): the flow's
+// GENEVE header is now the other sender's, and the client's data would
+// leave under it, towards whoever sent it.
+func TestReplyNotToClientDropped(t *testing.T) {
+	for _, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			r := newGRORig(t, fam.client, fam.server)
+			r.s.flows.Expire(time.Now().Add(24 * time.Hour).UnixNano())
+			destinationSide(r, 12345, 777, header.TCPFlagAck)
+			if h := r.flow(t).Header(); h.FlowCookie != 0xbad {
+				t.Fatalf("the flow made again by the destination's side has cookie %#x, want 0xbad", h.FlowCookie)
+			}
+			if _, err := r.conn.Write([]byte("for the client only")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, maxDatagram)
+			r.gwlb.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			for {
+				tcp, err := readReplyTCP(r.gwlb, buf)
+				if err != nil {
+					break
+				}
+				if tcp != nil && len(tcp.Payload()) > 0 {
+					h, _ := ParseHeader(buf)
+					t.Fatalf("the client's data left under flow cookie %#x", h.FlowCookie)
+				}
+			}
+			if got := r.s.Stats().Drops["reply_not_to_client"]; got == 0 {
+				t.Error("reply_not_to_client 0, want the client's data counted")
 			}
 		})
 	}

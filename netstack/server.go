@@ -283,16 +283,18 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		if flow, reason = s.flows.Touch(&key, p.Src, b[:h.Len], h, gwlb, now); reason != DropNone {
 			return reason
 		}
-		// Only the client's own segments move the flow's TCP state and
-		// send window. The key is the same both ways, so a segment from
-		// the destination's side (D:dp -> V:vp, from a host behind the
-		// endpoint that is itself the destination, or forged as it) finds
-		// the client's flow too: its ACK would move SND.UNA up to SND.NXT
-		// and a router's Packet Too Big about data in flight be refused,
-		// its FIN or RST make the flow transitory. The appliance's own
-		// connections to the destination leave from its sockets, so no
-		// such segment belongs to the client's connection.
-		if p.Proto == protoTCP && p.Src == flow.client {
+		if p.Src != flow.client {
+			return DropNotFromClient // see dropReasonNames
+		}
+		// Only the client's own packets get here. The key is the same both
+		// ways, so a segment from the destination's side (D:dp -> V:vp,
+		// from a host behind the endpoint that is itself the destination,
+		// or forged as it) finds the client's flow too: its ACK would move
+		// SND.UNA up to SND.NXT and a router's Packet Too Big about data in
+		// flight be refused, its FIN or RST make the flow transitory, its
+		// SYN open a second connection under the client's flow, answered
+		// under the client's GENEVE header.
+		if p.Proto == protoTCP {
 			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
@@ -456,18 +458,17 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 			frags.remember(&p, flow, now)
 		}
 	}
+	// A packet to anyone but the flow's client would leave under the
+	// GENEVE header of whoever made the flow: see DropReplyNotToClient.
+	if p.Dst != flow.client {
+		s.stats.drop(DropReplyNotToClient)
+		return nil, gwlb, false
+	}
 	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions
-	// Only segments to the client move the flow's TCP state, send window
-	// and delayed ACKs: gVisor answers a segment from the destination's
-	// side (see deliver) on a connection of its own, whose SYN-ACK would
-	// restart the client's window at another ISN.
-	toClient := p.Dst == flow.client
 	switch {
 	case p.Proto == protoTCP && !p.Fragment && !p.ICMPError:
-		if toClient {
-			s.flows.tcpSeen(flow, flow.tcpStack(p.TCPFlags))
-			flow.tcpSent(&p, inner)
-		}
+		s.flows.tcpSeen(flow, flow.tcpStack(p.TCPFlags))
+		flow.tcpSent(&p, inner)
 	case p.Proto != protoTCP && !p.ICMPError && !flow.replied.Load():
 		flow.replied.Store(true)
 		s.flows.answered(flow)
@@ -476,7 +477,7 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 	start := innerOff - len(tn.header)
 	copy(buf[start:], tn.header)
 	dgram = buf[start-outerHeadroom : innerOff+n]
-	if s.acks.delay > 0 && p.Proto == protoTCP && !p.ICMPError && !p.Fragment && toClient &&
+	if s.acks.delay > 0 && p.Proto == protoTCP && !p.ICMPError && !p.Fragment &&
 		!s.acks.outbound(flow, inner, &p, dgram, innerOff-(start-outerHeadroom), tn.gwlb, now) {
 		return nil, gwlb, false // held for a reply to carry; tapped if it leaves
 	}
