@@ -2,15 +2,20 @@ package intercept_test
 
 import (
 	"bytes"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
@@ -202,5 +207,77 @@ func TestPlaintextHTTP2(t *testing.T) {
 	c2s, s2c, closes, _ := streams[0].snapshot()
 	if !strings.HasPrefix(c2s, http2.ClientPreface) || len(s2c) < 9 || s2c[3] != byte(http2.FrameSettings) || closes != 1 {
 		t.Errorf("from the client %q…, to it %q…, closed %d times", c2s[:min(len(c2s), 40)], s2c[:min(len(s2c), 12)], closes)
+	}
+}
+
+// gonetTimeout is the deadline error gvisor's gonet returns from a Read
+// (inside a *net.OpError): a net.Error whose Timeout() is true, not
+// os.ErrDeadlineExceeded.
+type gonetTimeout struct{}
+
+func (gonetTimeout) Error() string   { return "i/o timeout" }
+func (gonetTimeout) Timeout() bool   { return true }
+func (gonetTimeout) Temporary() bool { return true }
+
+// gonetConn makes a host socket's deadline errors look like gonet's, as
+// the client connection's are on the stack.
+type gonetConn struct{ net.Conn }
+
+func (c gonetConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = &net.OpError{Op: "read", Net: "tcp", Err: gonetTimeout{}}
+	}
+	return n, err
+}
+
+// TestPlaintextIdleH2Deadline: a bumped HTTP/2 client that sends a request
+// with a body and then pauses lets the frame deadline fire, which the
+// connection reads on past. With the deadline error gonet's (as on the
+// stack) the plaintext must not take it for a client reset: a reset ends
+// the capture, so everything after the pause would be hidden from the IDS.
+func TestPlaintextIdleH2Deadline(t *testing.T) {
+	defer intercept.SetRequestHeadTimeout(200 * time.Millisecond)()
+	sink := &plainSink{}
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Plaintext = sink })
+	upEnd, _ := r.startUpstream(r.upLeaf("www.example.test"), "h2", "http/1.1")
+	client, proxySide := testnet.TCPPair(t)
+	sv := r.serve(client, gonetConn{proxySide}, upEnd, tlsDest)
+	tc := bumpClient(t, r, client, "www.example.test", "h2")
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := func(path string) {
+		req, _ := http.NewRequest("POST", "https://www.example.test"+path, strings.NewReader(strings.Repeat("x", 40000)))
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	post("/first")
+	time.Sleep(time.Second) // several deadlines fire
+	post("/after-the-pause")
+	cc.Close()
+	client.Close()
+	sv.waitDoneOnce(t)
+	_, streams := sink.get()
+	if len(streams) != 1 {
+		t.Fatalf("%d plaintext streams, want 1", len(streams))
+	}
+	st := streams[0]
+	st.mu.Lock()
+	resets := st.resets
+	st.mu.Unlock()
+	c2s, _, _, _ := st.snapshot()
+	if resets != 0 {
+		t.Errorf("ClientReset %d times on a live connection that only paused", resets)
+	}
+	// The HPACK-encoded path may be Huffman-coded; the body is the
+	// second request's evidence: two bodies' worth of x.
+	if n := strings.Count(c2s, "x"); n < 80000 {
+		t.Errorf("the plaintext from the client holds %d bytes of the two bodies, want 80000", n)
 	}
 }
