@@ -61,15 +61,24 @@ func TestCutResponseBumpedH2(t *testing.T) {
 		reset  bool // the stream; else the connection closes
 		result string
 		error  string
+		clen   string // the head's content-length, sent as is
 	}{
-		{"stream reset", true, "reset", "stream error: stream ID 1; INTERNAL_ERROR"},
-		{"connection closed", false, "error", "unexpected EOF"},
+		{"stream reset", true, "reset", "stream error: stream ID 1; INTERNAL_ERROR", ""},
+		{"connection closed", false, "error", "unexpected EOF", ""},
+		// A length that is no number: Go's transport leaves the header
+		// and takes the length as unknown, the client is sent none.
+		{"unparsable length", true, "reset", "stream error: stream ID 1; INTERNAL_ERROR", "abc"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, testPolicy)
 			upEnd, originEnd := testnet.TCPPair(t)
 			got := make(chan struct{})
 			h2Origin(r, originEnd, func(w http.ResponseWriter, _ *http.Request) {
+				if tc.clen != "" {
+					// Lower case, so that x/net's server neither checks
+					// nor drops it: it goes out as written.
+					w.Header()["content-length"] = []string{tc.clen}
+				}
 				io.WriteString(w, "0123456789")
 				w.(http.Flusher).Flush()
 				select {

@@ -220,8 +220,11 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	rb := &recordingBody{ReadCloser: resp.Body}
 	// A client that has the body's length sees it fall short on its own;
-	// one without must be told: see Read.
-	rb.abortStream = inH2Handler(req) && resp.Header.Get("Content-Length") == ""
+	// one without must be told: see Read. By ContentLength, not the
+	// header: a hostile HTTP/2 origin's unparsable content-length ("abc")
+	// stays in the header with ContentLength -1, and the HTTP/2 server
+	// drops it on the way to the client, which is then told no length.
+	rb.abortStream = inH2Handler(req) && resp.ContentLength < 0
 	// Nothing to wait for in a response without a body (HEAD, 204, 304,
 	// Content-Length 0). A 101's body is the tunnel's way back: its end is
 	// the tunnel's (outcome).
