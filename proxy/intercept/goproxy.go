@@ -207,13 +207,18 @@ func (rt *roundTripper) end() {
 			rec := *s.Record
 			rec.Kind, rec.Scheme, rec.Rule = "http", rt.scheme, ""
 			rec.BytesOut, rec.BytesIn = 0, 0
-			rec.Action, rec.Result = "deny", "denied"
-			rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
 			if timedOut {
-				rec.Result = "timeout"
-				rec.Error = rt.cc.limit.timeoutError()
+				// The appliance gave up waiting: no refusal, nor a
+				// denial to count. The record keeps the decision that
+				// let the connection in, as a bumped one's tls record
+				// keeps its bump.
+				rec.Rule = s.Record.Rule
+				rec.Result, rec.Error = "timeout", rt.cc.limit.timeoutError()
+			} else {
+				rec.Action, rec.Result = "deny", "denied"
+				rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
+				s.ic.denied.Add(1)
 			}
-			s.ic.denied.Add(1)
 			rec.End(s.Start)
 			s.ic.cfg.Records.Write(&rec)
 		}

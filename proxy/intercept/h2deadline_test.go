@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // h2cStart is what an h2c client sends first: the preface and its
@@ -94,8 +95,42 @@ func TestH2RequestDeadline(t *testing.T) {
 			c.Write(out.Bytes())
 			wantEnded(t, c, start, timeout)
 			wantRecordOf(t, r, "http", "HTTP/2 header block or frame not complete")
+			wantTimeoutRecords(t, r, tc.name == "frame")
 		})
 	}
+
+	t.Run("each frame its own timeout", func(t *testing.T) {
+		// Frame A comes in two halves 0.1 T apart, and arms the
+		// deadline; frame B begins 0.45 T after A and ends 0.7 T after
+		// its own first byte: within T of it, so it passes, though the
+		// deadline A armed would have cut it 0.55 T after its first byte.
+		const timeout = time.Second
+		defer intercept.SetRequestHeadTimeout(timeout)()
+		r := newRig(t, testPolicy)
+		upEnd, _ := r.startUpstream(nil)
+		c, sv := r.connectTCP(upEnd, httpDest)
+		status := make(chan string, 1)
+		go func() { status <- h2cStatus(t, c) }()
+		out := h2cStart()
+		http2.NewFramer(out, nil).WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: h2cBlock("POST", 10), EndHeaders: true})
+		c.Write(out.Bytes())
+		time.Sleep(50 * time.Millisecond)
+		var a, b bytes.Buffer
+		http2.NewFramer(&a, nil).WriteData(1, false, make([]byte, 1000))
+		http2.NewFramer(&b, nil).WriteData(1, true, make([]byte, 1000))
+		c.Write(a.Bytes()[:500])
+		time.Sleep(timeout / 10)
+		c.Write(a.Bytes()[500:])
+		time.Sleep(timeout * 35 / 100)
+		c.Write(b.Bytes()[:500])
+		time.Sleep(timeout * 7 / 10)
+		c.Write(b.Bytes()[500:])
+		if s := <-status; s != "200" {
+			t.Errorf("a frame completed 0.7 T after its first byte: status %q, want 200", s)
+		}
+		c.Close()
+		sv.waitDoneOnce(t) // before the timeout is put back
+	})
 
 	t.Run("frames that keep coming", func(t *testing.T) {
 		r := newRig(t, testPolicy)
@@ -145,4 +180,33 @@ func TestH2RequestDeadline(t *testing.T) {
 			t.Fatalf("a request after a pause: status %q, want 200", s)
 		}
 	})
+}
+
+// wantTimeoutRecords checks the records of a connection the HTTP/2 frame
+// deadline ended: the connection's own says timeout and is no denial (the
+// client was allowed, and the appliance ended it), and so does the record
+// of the request that was under way, if inFlight: the appliance ended it,
+// not the client.
+func wantTimeoutRecords(t *testing.T, r *rig, inFlight bool) {
+	t.Helper()
+	want := 1 // the connection's
+	if inFlight {
+		want++
+	}
+	var recs []records.Record
+	for end := time.Now().Add(waitLimit); time.Now().Before(end) && len(recs) < want; time.Sleep(20 * time.Millisecond) {
+		recs = ofKind(r.records(), "http")
+	}
+	if len(recs) != want {
+		t.Errorf("%d http records, want %d", len(recs), want)
+	}
+	for _, rec := range recs {
+		t.Logf("record: method %q action %s result %s error %q", rec.Method, rec.Action, rec.Result, rec.Error)
+		if rec.Action == "deny" || rec.Result != "timeout" || !strings.Contains(rec.Error, "not complete") {
+			t.Errorf("record of %q: action %s, result %s, error %q; want no deny, timeout, not complete", rec.Method, rec.Action, rec.Result, rec.Error)
+		}
+	}
+	if n := r.ic.Denied(); n != 0 {
+		t.Errorf("Denied() = %d, want 0: a timeout is no denial", n)
+	}
 }

@@ -51,15 +51,15 @@ const initialHeaderTableSize = 4096
 // timeH2 keeps the deadline of an HTTP/2 connection, past its preface, on
 // the frame or header block left unfinished, if any: a client that sent
 // HEADERS without END_HEADERS, or a frame header announcing more than it
-// sent, and then nothing, held the server's buffer for it for good. An
-// unfinished one has requestHeadTimeout from its first byte, or at least
-// half of that: the deadline is moved on for a newer frame only once half
-// of it has passed, so that an upload's stream of frames sets it about
-// once per half timeout rather than on every read. A header block is timed
-// from its HEADERS frame, its CONTINUATIONs do not move the deadline on.
-// Nothing unfinished, the deadline is left to fire, and disarmed then
-// (Read): disarming it on every read that ends between frames would cost
-// as much.
+// sent, and then nothing, held the server's buffer for it for good. Each
+// frame has requestHeadTimeout from the read that brought its first byte
+// (less h2DeadlineSlack at most): the deadline is moved for every newer
+// frame, unless it would move by less than the slack, so that an upload's
+// stream of frames, read after read, sets it about once per slack rather
+// than on every read. A header block is timed from its HEADERS frame, its
+// CONTINUATIONs do not move the deadline on. Nothing unfinished, the
+// deadline is left to fire, and disarmed then (Read): disarming it on
+// every read that ends between frames would cost as much.
 func (l *headLimit) timeH2(c net.Conn) {
 	h := l.h2
 	if !h.pending() || (l.timed.Load() && h.units == l.unit) {
@@ -67,9 +67,28 @@ func (l *headLimit) timeH2(c net.Conn) {
 	}
 	l.unit = h.units
 	now := time.Now()
-	if !l.timed.Load() || l.deadline.Sub(now) < requestHeadTimeout/2 {
+	if !l.timed.Load() || now.Add(requestHeadTimeout).Sub(l.deadline) >= requestHeadTimeout/h2DeadlineSlack {
 		l.setDeadline(c, now)
 	}
+}
+
+// h2DeadlineSlack: a new frame's deadline is left where it is when moving
+// it would gain less than requestHeadTimeout/h2DeadlineSlack (200 ms of
+// 10 s), so a frame gets 98% of the timeout at least.
+const h2DeadlineSlack = 50
+
+// clientGone says who ended a request whose client connection ended under
+// it, when: the client ("the client went away", with result, reset or
+// error, and detail, what the request saw of it), unless the appliance's
+// deadline ended the connection (an HTTP/2 client's frame left unfinished,
+// while other streams were under way): then the appliance did, the result
+// is timeout, and the detail (a cancelled context, "client disconnected")
+// would only mislead. l may be nil.
+func (l *headLimit) clientGone(result, when, detail string) (string, string) {
+	if l != nil && l.timedOut.Load() {
+		return "timeout", "the appliance ended the connection " + when + " (" + l.timeoutError() + ")"
+	}
+	return result, "the client went away " + when + detail
 }
 
 func (l *headLimit) untime() {

@@ -58,6 +58,7 @@ func TestRequestHeadTimeout(t *testing.T) {
 		io.WriteString(c, partial)
 		wantEnded(t, c, start, timeout)
 		wantRecordOf(t, r, "http", "request head not complete")
+		wantTimeoutRecords(t, r, false)
 	})
 	t.Run("h2c preface", func(t *testing.T) {
 		r := newRig(t, testPolicy)

@@ -147,8 +147,9 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		// the handler of a stream it read reaches here). Nothing is sent
 		// for a response nobody will read, and the record says so, not
 		// that the destination failed.
-		rec.Result = "reset"
-		rec.Error = "not sent: the client went away before the request could be sent upstream (" + err.Error() + ")"
+		var why string
+		rec.Result, why = rt.cc.limit.clientGone("reset", "before the request could be sent upstream", " ("+err.Error()+")")
+		rec.Error = "not sent: " + why
 		rt.write(&rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
 	}
@@ -182,8 +183,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil && req.Context().Err() != nil {
 		// The client went away while the request was under way: the
 		// round trip was cut short for it, not by the destination.
-		rec.Result = "reset"
-		rec.Error = "the client went away before the response came (" + err.Error() + ")"
+		rec.Result, rec.Error = rt.cc.limit.clientGone("reset", "before the response came", " ("+err.Error()+")")
 		rt.write(&rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
 	}
@@ -218,7 +218,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
 		}
 	}
-	rb := &recordingBody{ReadCloser: resp.Body}
+	rb := &recordingBody{ReadCloser: resp.Body, limit: &rt.cc.limit}
 	// A client that has the body's length sees it fall short on its own;
 	// one without must be told: see Read. By ContentLength, not the
 	// header: a hostile HTTP/2 origin's unparsable content-length ("abc")
@@ -387,8 +387,11 @@ type recordingBody struct {
 	abortStream bool
 	// tunnel: the body is a 101's, a WebSocket's way back.
 	tunnel bool
-	once   sync.Once
-	done   func()
+	// limit is the client connection's, which says whether its end was
+	// the appliance's deadline (clientGone); nil in some tests.
+	limit *headLimit
+	once  sync.Once
+	done  func()
 }
 
 func (b *recordingBody) Read(p []byte) (int, error) {
@@ -472,7 +475,8 @@ func (b *recordingBody) outcome(ctx context.Context) (result, errText string, de
 		if err == nil {
 			delivered -= b.last.Load() // the write that failed
 		}
-		return "error", fmt.Sprintf("the client went away before the response ended (%d body bytes passed on)", delivered), delivered
+		result, why := b.limit.clientGone("error", fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), "")
+		return result, why, delivered
 	}
 	return bodyResult(err), fmt.Sprintf("response body from the destination, after %d bytes: %v", delivered, err), delivered
 }
