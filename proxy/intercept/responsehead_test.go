@@ -219,11 +219,10 @@ func origin1xx(srvEnd net.Conn, code, n int, final time.Duration, finish bool) (
 // h2c one), more than five 1xx responses are a 502: http.Transport, given
 // a Got1xxResponse hook, stops bounding them at all (net/http leaves it to
 // the hook), and an origin could stream them for ever. Through
-// http.Transport, which reports no first byte of the head after a 1xx, a
-// 1xx gives the next head the timeout from then: a 102 (or a 100 no
-// request asked for: goproxy's HTTP/2 server answers a client's Expect
-// itself) followed by a head never finished gets a 502 and the origin's
-// connection closed.
+// http.Transport, which reports no first byte of the head after a 1xx,
+// the upstream connection's next read times the next head: a 102 (or a
+// 100: goproxy's HTTP/2 server answers a client's Expect itself) followed
+// by a head never finished gets a 502 and the origin's connection closed.
 func TestResponseHead1xx(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	defer intercept.SetResponseHeadTimeout(timeout)()
@@ -320,4 +319,81 @@ func TestResponseHeadAfter100Continue(t *testing.T) {
 	if resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("a 100 Continue asked for, then a 200 after %v: %d %q, want 200", 3*timeout, resp.StatusCode, body)
 	}
+}
+
+// An origin that sends a 1xx at once (103 Early Hints, 102) and its final
+// response only after longer than the response-head timeout (a slow
+// backend behind a CDN that sends early hints) is no slow head: nothing of
+// the final head had come. The client gets the 200 over every path:
+// h1Transport (an HTTP/1 client), http.Transport to an HTTP/1 origin (an
+// h2c client: the head is timed from its own first byte, which the
+// transport reports only before a 1xx), and http.Transport to an HTTP/2
+// origin (a bumped h2 client: HTTP/2 hands a head over whole, there is
+// nothing to time).
+func TestResponseHeadSlowAfter1xx(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	defer intercept.SetResponseHeadTimeout(timeout)()
+	for _, h2c := range []bool{false, true} {
+		for _, code := range []int{http.StatusEarlyHints, http.StatusProcessing} {
+			t.Run(fmt.Sprintf("h2c=%v/%d", h2c, code), func(t *testing.T) {
+				r := newRig(t, testPolicy)
+				upEnd, srvEnd := testnet.TCPPair(t)
+				origin1xx(srvEnd, code, 1, 3*timeout, true)
+				c, _ := r.connectTCP(upEnd, httpDest)
+				var status int
+				if h2c {
+					status = h2cGetOne(t, c).StatusCode
+				} else {
+					resp, _ := newHTTPClient(t, c).do("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+					status = resp.StatusCode
+				}
+				if status != 200 {
+					t.Errorf("a %d, then a 200 after %v: status %d, want 200", code, 3*timeout, status)
+				}
+			})
+		}
+	}
+	t.Run("h2c/unfinished after the wait", func(t *testing.T) {
+		// The head that comes late is still timed from its first byte.
+		r := newRig(t, testPolicy)
+		upEnd, srvEnd := testnet.TCPPair(t)
+		origin1xx(srvEnd, http.StatusEarlyHints, 1, 3*timeout, false)
+		c, _ := r.connectTCP(upEnd, httpDest)
+		start := time.Now()
+		if status := h2cGetOne(t, c).StatusCode; status != http.StatusBadGateway {
+			t.Fatalf("a 103, then an unfinished head after %v: status %d, want 502", 3*timeout, status)
+		}
+		if took := time.Since(start); took < 4*timeout {
+			t.Errorf("502 after %v, before the head's first byte and the timeout (%v)", took, 4*timeout)
+		}
+		wantRecord(t, r, http.StatusBadGateway, "response head not complete")
+	})
+	t.Run("HTTP/2 origin", func(t *testing.T) {
+		r := newRig(t, testPolicy)
+		upEnd, originEnd := testnet.TCPPair(t)
+		h2Origin(r, originEnd, func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusEarlyHints)
+			time.Sleep(3 * timeout)
+			io.WriteString(w, "ok")
+		})
+		c, sv := r.connectTCP(upEnd, tlsDest)
+		tlsc := bumpClient(t, r, c, "www.example.test", "h2")
+		cc, err := (&http2.Transport{}).NewClientConn(tlsc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest("GET", "https://www.example.test/", nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "ok" {
+			t.Errorf("a 103, then a 200 after %v: %d %q, want 200", 3*timeout, resp.StatusCode, body)
+		}
+		cc.Close()
+		c.Close()
+		sv.waitDoneOnce(t)
+	})
 }

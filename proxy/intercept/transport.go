@@ -97,12 +97,39 @@ type byteCount struct{ out, in atomic.Int64 }
 type countedConn struct {
 	net.Conn
 	n *byteCount
+	// onRead, when set, is called (and cleared) by the next read that
+	// returns bytes: headDeadline's, for the first byte of a response
+	// head after a 1xx, which http.Transport does not report.
+	onRead atomic.Pointer[func()]
 }
 
 func (c *countedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.n.in.Add(int64(n))
+	if n > 0 && c.onRead.Load() != nil {
+		if f := c.onRead.Swap(nil); f != nil {
+			(*f)()
+		}
+	}
 	return n, err
+}
+
+// countedUnder returns the countedConn under c, through TLS and connSet's
+// wrapper, or nil.
+func countedUnder(c net.Conn) *countedConn {
+	for range 8 {
+		switch x := c.(type) {
+		case *countedConn:
+			return x
+		case *setConn:
+			c = x.Conn
+		case interface{ NetConn() net.Conn }: // *tls.Conn
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
 }
 
 func (c *countedConn) Write(b []byte) (int, error) {
@@ -175,7 +202,16 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		IdleConnTimeout:     90 * time.Second,
 		// An HTTP/1 head, or an HTTP/2 header list (net/http passes it on).
 		MaxResponseHeaderBytes: maxResponseHead,
-		DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			c, err := dial(ctx)
+			if err == nil && c == first {
+				// Cleartext: the connection dialled before the session
+				// is counted nowhere (each request's record counts its
+				// bytes); wrapped, headDeadline sees its reads.
+				c = &countedConn{Conn: c, n: &s.upBytes}
+			}
+			return c, err
+		},
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerConnection: upstreamH2ReceivePerConnection,
 			MaxReceiveBufferPerStream:     upstreamH2ReceivePerStream,
@@ -245,6 +281,7 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hd.cancel = cancel
 	// A copy: the transport must not change the caller's request.
 	r := req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn:              hd.gotConn,
 		GotFirstResponseByte: hd.start,
 		Got1xxResponse:       hd.got1xx,
 	}))
@@ -278,56 +315,89 @@ var errTooMany1xx = errors.New("too many 1xx informational responses")
 // It also counts 1xx responses (got1xx): with a Got1xxResponse hook set,
 // net/http leaves bounding them to the hook's owner (an HTTP/1 upstream's
 // size limit starts over after each, an HTTP/2 upstream's total of them is
-// not bounded), so without the count an origin could send them for
-// ever. http.Transport reports no first byte of the head after a 1xx, so
-// that head gets responseHeadTimeout from the 1xx instead (a 103 Early
-// Hints whose final response takes longer ends in a 502). After the 100
-// Continue a request with a body asked for, the wait is for the upload and
-// what follows it, which may take minutes, as in h1Transport; here, with
-// no first byte reported, the head after it is bounded in size only. A 100 no request asked for is timed as any
-// other 1xx (left untimed, one would switch the bound off), and that is
-// nearly every 100 here: this transport serves HTTP/2 clients, whose
-// "Expect: 100-continue" goproxy's server (x/net's) takes out of the
-// request and answers itself; only an HTTP/1 client of an HTTP/2 origin
-// (one that offered http/1.1 before h2) sends one on.
+// not bounded), so without the count an origin could send them for ever.
+// http.Transport reports no first byte of the head after a 1xx, so:
+//   - over HTTP/1 the upstream connection's next read that returns bytes
+//     (countedConn.onRead) arms the timer: the next head is timed from its
+//     first byte, and the wait for it (an origin's thinking after a 103
+//     Early Hints, or the upload a 100 Continue asked for) is not, as in
+//     h1Transport. A start of the next head that came in the 1xx's own
+//     read, at most the transport's read buffer, waits untimed for the
+//     rest, as a head whose first byte has not come does;
+//   - over HTTP/2 the next head is not timed: the transport takes a header
+//     block whole, and a timer would time only the origin's thinking.
+//
+// Should the connection be none it knows (no countedConn under it), the
+// next head gets responseHeadTimeout from the 1xx, unless the 1xx is the
+// 100 Continue a request with a body asked for.
 type headDeadline struct {
 	cancel    context.CancelCauseFunc
 	expect100 bool // the request has a body, and asked for a 100 Continue
 	mu        sync.Mutex
 	timer     *time.Timer
 	n1xx      int
-	upload    bool // its 100 Continue came: arm no timer again
-	done      bool // the head has come: arm no timer
+	done      bool         // the head has come: arm no timer
+	h2        bool         // the request went over HTTP/2
+	conn      *countedConn // the request's HTTP/1 connection, below TLS
+	next      func()       // conn.onRead's, while set: start
+}
+
+// gotConn takes the connection the request went on (httptrace).
+func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.unwatch() // a retry's new connection
+	tc, ok := info.Conn.(*tls.Conn)
+	d.h2 = ok && tc.ConnectionState().NegotiatedProtocol == "h2"
+	if !d.h2 {
+		d.conn = countedUnder(info.Conn)
+	}
 }
 
 func (d *headDeadline) start() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.arm()
+}
+
+// arm starts the timer, unless it runs or the head has come; under mu.
+func (d *headDeadline) arm() {
 	if !d.done && d.timer == nil {
 		d.timer = time.AfterFunc(responseHeadTimeout, func() { d.cancel(errResponseHeadTimeout) })
 	}
 }
 
+// unwatch stops waiting for the next head's first byte; under mu.
+func (d *headDeadline) unwatch() {
+	if d.conn != nil && d.next != nil {
+		d.conn.onRead.CompareAndSwap(&d.next, nil)
+	}
+}
+
 // got1xx takes a 1xx response: it fails the request after max1xx, and
-// otherwise gives the next head responseHeadTimeout from now, unless the
-// upload a 100 Continue asked for may be under way.
+// otherwise leaves the next head to be timed as the type's comment says.
 func (d *headDeadline) got1xx(code int, _ textproto.MIMEHeader) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.n1xx++; d.n1xx > max1xx {
 		return errTooMany1xx
 	}
+	if d.done {
+		return nil
+	}
+	if d.timer != nil { // the 1xx's: its head is whole
+		d.timer.Stop()
+		d.timer = nil
+	}
 	switch {
-	case d.done || d.upload:
-	case code == http.StatusContinue && d.expect100:
-		d.upload = true
-		if d.timer != nil {
-			d.timer.Stop()
+	case d.h2:
+	case d.conn != nil:
+		if d.next == nil {
+			d.next = d.start
 		}
-	case d.timer != nil:
-		d.timer.Reset(responseHeadTimeout)
-	default:
-		d.timer = time.AfterFunc(responseHeadTimeout, func() { d.cancel(errResponseHeadTimeout) })
+		d.conn.onRead.Store(&d.next)
+	case code != http.StatusContinue || !d.expect100:
+		d.arm()
 	}
 	return nil
 }
@@ -337,6 +407,7 @@ func (d *headDeadline) stop() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.done = true
+	d.unwatch()
 	if d.timer != nil {
 		d.timer.Stop()
 	}
