@@ -216,6 +216,7 @@ func New(cfg Config) *Proxy {
 	// A bump's first dial is the interceptor's when only a name could let
 	// the flow through: counted as the proxy counts its own.
 	ic.DialFailed = func() { p.stats.tcpDialErrors.Add(1) }
+	ic.ShuttingDown = p.stacksClosing.Load
 	p.intercept = intercept.New(ic)
 	p.tcp.waiting.what = "TCP connections waiting for their first bytes, its share"
 	p.echo.init(p)

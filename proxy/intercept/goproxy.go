@@ -61,6 +61,7 @@ func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
 	}
 	cc := &hijackedConn{Conn: s.client, swallow: []byte("HTTP/1.1 200 OK\r\n\r\n")}
 	cc.limit.arm(s.ic.cfg.MaxHeaderBytes, s.h2)
+	cc.limit.shuttingDown = s.ic.cfg.ShuttingDown
 	cc.onClose = rt.connClosed
 	rt.cc = cc
 	rt.base = *s.Record

@@ -88,6 +88,11 @@ func (l *headLimit) clientGone(result, when, detail string) (string, string) {
 	if l != nil && l.timedOut.Load() {
 		return "timeout", "the appliance ended the connection " + when + " (" + l.timeoutError() + ")"
 	}
+	if l != nil && l.shuttingDown != nil && l.shuttingDown() {
+		// The stacks closing ends the client's connection: the HTTP/2
+		// server may see it before the session's abort does.
+		return "reset", "ended by the appliance's shutdown (its packet stacks closed) " + when
+	}
 	return result, "the client went away " + when + detail
 }
 

@@ -80,6 +80,8 @@ type headLimit struct {
 	inHead   atomic.Bool
 	read     atomic.Int64
 	tooLarge atomic.Bool
+	// shuttingDown is Config.ShuttingDown (clientGone).
+	shuttingDown func() bool
 	// h2 measures header lists once the HTTP/2 preface has come; read
 	// and written by the reader only. isH2 says so to the other
 	// goroutines.

@@ -78,6 +78,10 @@ type Config struct {
 	// as it arrives, so a reload reaches open connections' next requests;
 	// without it (or before it holds one) Session.Policy decides them.
 	Policy *policy.Holder
+	// ShuttingDown, when set, reports whether the appliance's packet
+	// stacks are closing: a request whose client connection is lost then
+	// is recorded as ended by the shutdown, not by its client.
+	ShuttingDown func() bool
 }
 
 // DefaultMaxHeaderBytes is the default request head limit: Squid's, and
