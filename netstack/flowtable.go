@@ -167,6 +167,7 @@ type flowTable struct {
 	created   atomic.Uint64
 	expired   atomic.Uint64
 	evicted   atomic.Uint64 // evictable flows evicted for new ones (flowevict.go)
+	takenOver atomic.Uint64 // flows not live taken over by a packet from their other end (Touch)
 	aside     resetAside    // reset flows eviction consults last (flowevict.go)
 	// held reports whether the stack of a TCP flow's endpoint still holds
 	// its connection (Server.holdsTCP); nil: not asked (see Expire).
@@ -294,6 +295,21 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 	s.mu.RLock()
 	f := s.flows[*k]
 	s.mu.RUnlock()
+	if f != nil && client != f.client {
+		// A packet from the other end of the flow: the key is the same
+		// both ways. It neither keeps the flow alive nor moves its
+		// header, and the caller drops it, unless the flow is not live
+		// (evictable: a TCP flow never established, reset or closed, a
+		// flow never answered): then this packet's sender takes it over,
+		// as a new flow of its own. Else a packet sent first from the
+		// destination's side (D:dp -> V:vp) would hold the flow of V's
+		// next connection on that port pair, and V's packets, dropped,
+		// would keep it alive.
+		if !t.takeOver(s, f) {
+			return f, DropNone
+		}
+		f = nil
+	}
 	if f == nil {
 		own, r := t.clients.take(k.Endpoint, client, MemoryPressure(t.pressure.Load()).clientFlows())
 		if r != DropNone {
@@ -322,6 +338,9 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 			t.requeue(f)
 		}
 	}
+	if client != f.client { // another reader made it first, for the other end
+		return f, DropNone
+	}
 	f.lastSeen.Store(now)
 	// The GWLB may move a flow (new source port after a failover, a new
 	// cookie): replies must follow whatever it sent last, of the client's
@@ -329,10 +348,27 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 	// destination's side (which the appliance's own connection to it
 	// never sends through the GWLB) must not send the client's replies
 	// under its header, or to its GWLB address.
-	if tn := f.tunnel.Load(); client == f.client && (tn.gwlb != gwlb || !bytes.Equal(tn.header, hdr)) {
+	if tn := f.tunnel.Load(); tn.gwlb != gwlb || !bytes.Equal(tn.header, hdr) {
 		f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 	}
 	return f, DropNone
+}
+
+// takeOver takes f, of shard s, out of the table if it is still there and
+// not live (evictable), for a packet from its other end to make the flow
+// anew; it reports whether it did. Counted as taken over.
+func (t *flowTable) takeOver(s *flowShard, f *Flow) bool {
+	s.mu.Lock()
+	ok := s.flows[f.key] == f && f.evictable()
+	if ok {
+		t.removeLocked(s, f)
+	}
+	s.mu.Unlock()
+	if ok {
+		t.count.Add(-1)
+		t.takenOver.Add(1)
+	}
+	return ok
 }
 
 func newTunnel(hdr []byte, parsed Header, gwlb netip.AddrPort) *tunnel {

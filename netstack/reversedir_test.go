@@ -212,3 +212,56 @@ func TestReplyNotToClientDropped(t *testing.T) {
 		})
 	}
 }
+
+// TestClientTakesOverFlowMadeFromDestinationSide: a packet from the
+// destination's side, sent before the client's connection (D:dp -> V:vp),
+// makes a flow with D as its client; the client's SYN on that port pair
+// then takes the flow over, since it is not live, and the stack answers it
+// under the client's GENEVE header. Without the takeover the flow D's
+// packet made held V's connection: its SYNs were dropped
+// (not_from_client), and kept the flow alive.
+func TestClientTakesOverFlowMadeFromDestinationSide(t *testing.T) {
+	for _, fam := range groFamilies {
+		t.Run(fam.name, func(t *testing.T) {
+			r := newGRORig(t, fam.client, fam.server)
+			v := netip.AddrPortFrom(fam.client.Addr(), fam.client.Port()+1)
+			squat := clientSegment(r.server, v, 12345, 777, header.TCPFlagAck, nil)
+			r.s.handleDatagram(append(AppendHeader(nil, r.ether, 0, 7, 0xbad, 0xbad, nil), squat...), netip.MustParseAddrPort("127.0.0.2:47002"), nil)
+			time.Sleep(50 * time.Millisecond) // the stack's RST to D
+			syn := clientSegment(v, r.server, 5000, 0, header.TCPFlagSyn, nil)
+			r.s.handleDatagram(append(AppendHeader(nil, r.ether, 0, 7, 8, 9, nil), syn...), r.from, nil)
+			buf := make([]byte, maxDatagram)
+			r.gwlb.SetReadDeadline(time.Now().Add(3 * time.Second))
+			for {
+				tcp, err := readReplyTCP(r.gwlb, buf)
+				if err != nil {
+					t.Fatalf("the client's SYN was not answered: %v (drops %v)", err, r.s.Stats().Drops)
+				}
+				if tcp == nil || tcp.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
+					continue
+				}
+				if h, _ := ParseHeader(buf); h.FlowCookie != 9 {
+					t.Errorf("the SYN-ACK left under flow cookie %#x, want the client's 9", h.FlowCookie)
+				}
+				break
+			}
+			if n := r.s.Stats().FlowsTakenOver; n != 1 {
+				t.Errorf("flows_taken_over %d, want 1", n)
+			}
+		})
+	}
+}
+
+// TestDestinationSideKeepsNoFlowAlive: a packet from the destination's
+// side of a live flow, dropped, does not refresh the flow: a forger would
+// otherwise hold a client's flows, and its share, after it is done.
+func TestDestinationSideKeepsNoFlowAlive(t *testing.T) {
+	r := newGRORig(t, groFamilies[0].client, groFamilies[0].server)
+	f := r.flow(t)
+	before := f.lastSeen.Load()
+	time.Sleep(10 * time.Millisecond)
+	destinationSide(r, 12345, 777, header.TCPFlagAck)
+	if after := f.lastSeen.Load(); after != before {
+		t.Errorf("a dropped packet from the destination's side moved the flow's last packet time by %v", time.Duration(after-before))
+	}
+}
