@@ -36,14 +36,28 @@ func stale(c net.Conn) bool {
 // rawConn returns the socket under c, through the wrappers this package
 // knows (TLS, connSet's, countedConn), or nil when there is none to reach.
 func rawConn(c net.Conn) syscall.RawConn {
+	sc, ok := unwrapConn(c, isSyscallConn).(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+func isSyscallConn(c net.Conn) bool { _, ok := c.(syscall.Conn); return ok }
+
+// unwrapConn walks down c's wrappers this package knows (connSet's
+// setConn, countedConn, TLS) to the first connection match accepts, c
+// itself included; nil when there is none.
+func unwrapConn(c net.Conn, match func(net.Conn) bool) net.Conn {
 	for range 8 {
+		if match(c) {
+			return c
+		}
 		switch x := c.(type) {
-		case syscall.Conn:
-			rc, err := x.SyscallConn()
-			if err != nil {
-				return nil
-			}
-			return rc
 		case *setConn:
 			c = x.Conn
 		case *countedConn:

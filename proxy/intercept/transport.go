@@ -117,20 +117,11 @@ func (c *countedConn) Read(b []byte) (int, error) {
 // countedUnder returns the countedConn under c, through TLS and connSet's
 // wrapper, or nil.
 func countedUnder(c net.Conn) *countedConn {
-	for range 8 {
-		switch x := c.(type) {
-		case *countedConn:
-			return x
-		case *setConn:
-			c = x.Conn
-		case interface{ NetConn() net.Conn }: // *tls.Conn
-			c = x.NetConn()
-		default:
-			return nil
-		}
-	}
-	return nil
+	cc, _ := unwrapConn(c, isCounted).(*countedConn)
+	return cc
 }
+
+func isCounted(c net.Conn) bool { _, ok := c.(*countedConn); return ok }
 
 func (c *countedConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
