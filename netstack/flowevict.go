@@ -178,18 +178,24 @@ func (t *flowTable) evict(own *client) bool {
 // evictNow evicts f, of shard s, if it is still in the table and
 // evictable, and else queues it again if it is evictable by now.
 func (t *flowTable) evictNow(s *flowShard, f *Flow) bool {
-	s.mu.Lock()
-	ok := s.flows[f.key] == f && f.evictable()
-	if ok {
-		t.removeLocked(s, f)
-	}
-	s.mu.Unlock()
-	if ok {
+	if t.removeIfEvictable(s, f) {
 		t.evicted1()
 		return true
 	}
 	t.requeueIfEvictable(f)
 	return false
+}
+
+// removeIfEvictable takes f, of shard s, out of the table if it is still
+// there and evictable; the caller takes it off the count.
+func (t *flowTable) removeIfEvictable(s *flowShard, f *Flow) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ok := s.flows[f.key] == f && f.evictable()
+	if ok {
+		t.removeLocked(s, f)
+	}
+	return ok
 }
 
 // resetAside queues the reset flows eviction found once it had spent its

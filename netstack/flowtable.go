@@ -358,17 +358,12 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 // not live (evictable), for a packet from its other end to make the flow
 // anew; it reports whether it did. Counted as taken over.
 func (t *flowTable) takeOver(s *flowShard, f *Flow) bool {
-	s.mu.Lock()
-	ok := s.flows[f.key] == f && f.evictable()
-	if ok {
-		t.removeLocked(s, f)
+	if !t.removeIfEvictable(s, f) {
+		return false
 	}
-	s.mu.Unlock()
-	if ok {
-		t.count.Add(-1)
-		t.takenOver.Add(1)
-	}
-	return ok
+	t.count.Add(-1)
+	t.takenOver.Add(1)
+	return true
 }
 
 func newTunnel(hdr []byte, parsed Header, gwlb netip.AddrPort) *tunnel {
