@@ -100,3 +100,33 @@ func TestUploadWithoutResponseRecorded(t *testing.T) {
 		})
 	}
 }
+
+// TestClientBodyCutNotBlamedOnDestination: a client that declares a
+// 100-byte body, sends 10 and closes its side has cut its own request:
+// the round trip fails reading the client's body, and the record says the
+// client went away, not that the destination could not be reached (a 502
+// and result error, as before). Over HTTP/1 the request's context does
+// not end with the client's FIN, so only the body's failed read tells.
+func TestClientBodyCutNotBlamedOnDestination(t *testing.T) {
+	r := newRig(t, testPolicy)
+	upEnd, originEnd := net.Pipe()
+	go func() {
+		defer originEnd.Close()
+		if req, err := http.ReadRequest(bufio.NewReader(originEnd)); err == nil {
+			io.Copy(io.Discard, req.Body)
+		}
+	}()
+	client, proxySide := testnet.TCPPair(t)
+	sv := r.serve(client, proxySide, upEnd, httpDest)
+	client.SetDeadline(time.Now().Add(waitLimit))
+	fmt.Fprintf(client, "POST /up HTTP/1.1\r\nHost: ok.example.test\r\nContent-Length: 100\r\n\r\n%s", strings.Repeat("u", 10))
+	client.CloseWrite()
+	io.Copy(io.Discard, client) // whatever the appliance answers, until it closes
+	client.Close()
+	sv.waitDoneOnce(t)
+	rec := oneHTTPRecord(t, r)
+	t.Logf("record: status %d, result %s, error %q", rec.Status, rec.Result, rec.Error)
+	if rec.Result != "reset" || rec.Status != 0 || !strings.Contains(rec.Error, "client went away") {
+		t.Errorf("record status %d, result %q, error %q: want no status, reset, the client went away", rec.Status, rec.Result, rec.Error)
+	}
+}

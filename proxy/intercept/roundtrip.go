@@ -180,9 +180,11 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	// still sent its body, and cleartext HTTP has no connection record to
 	// say so. A response's end counts it again (rb.done).
 	rec.BytesOut = sent.n.Load()
-	if err != nil && req.Context().Err() != nil {
-		// The client went away while the request was under way: the
-		// round trip was cut short for it, not by the destination.
+	if err != nil && (req.Context().Err() != nil || sent.failed.Load()) {
+		// The client went away while the request was under way (its
+		// request's context ended, or its body could not be read to the
+		// end): the round trip was cut short for it, not by the
+		// destination.
 		rec.Result, rec.Error = rt.cc.limit.clientGone("reset", "before the response came", " ("+err.Error()+")")
 		rt.write(&rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
@@ -357,11 +359,17 @@ func writeDenyResponse(c net.Conn, rule, host string) {
 type countingReader struct {
 	r io.ReadCloser
 	n atomic.Int64
+	// failed: a read of the client's body failed (not its end): the
+	// client went, or the appliance's deadline cut its connection.
+	failed atomic.Bool
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
 	c.n.Add(int64(n))
+	if err != nil && err != io.EOF {
+		c.failed.Store(true)
+	}
 	return n, err
 }
 
