@@ -18,7 +18,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
-	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -327,16 +326,7 @@ func TestBumpedH1ClientResetH2OriginSilent(t *testing.T) {
 // deadline ran out. ETIMEDOUT is a net.Error whose Timeout() is true,
 // which the head deadline's check took for its own.
 func TestInterceptedClientTimeoutMidHead(t *testing.T) {
-	sink := new(recordSink)
-	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
-	t.Cleanup(p.Close)
-	_, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{
-		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
-	})
-	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, sink, client := quickKeepaliveRig(t)
 	dest := destination0(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
 	c := dialRaw(t, client, dest)
 	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: origin.example\r\nX-P: ppp"); err != nil {
@@ -387,16 +377,7 @@ func TestInterceptedHeadDeadlineRecorded(t *testing.T) {
 // (TestRelayClientTimeoutRecorded), not reset: the client sent none.
 // Keepalives are tuned to give up within a second.
 func TestInterceptedClientTimeoutRecorded(t *testing.T) {
-	sink := new(recordSink)
-	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
-	t.Cleanup(p.Close)
-	_, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{
-		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
-	})
-	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, sink, client := quickKeepaliveRig(t)
 	dest, got, closed := silentOrigin(t, "")
 	c := dialRaw(t, client, dest)
 	if _, err := io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: origin.example\r\n\r\n"); err != nil {

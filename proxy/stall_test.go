@@ -402,16 +402,7 @@ func (r *stallRig) expectNotStalled(t *testing.T) {
 // timeout, not reset: the client sent no reset. Keep-alives are tuned to
 // give up within a second.
 func TestRelayClientTimeoutRecorded(t *testing.T) {
-	sink := new(recordSink)
-	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
-	t.Cleanup(p.Close)
-	_, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{
-		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
-	})
-	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, sink, client := quickKeepaliveRig(t)
 	r := &stallRig{p: p, sink: sink, client: client}
 	relayed := make(chan struct{})
 	dst := destination(t, func(c *net.TCPConn) { close(relayed) }) // then silent
@@ -430,4 +421,23 @@ func TestRelayClientTimeoutRecorded(t *testing.T) {
 	if rec.Result != "timeout" {
 		t.Errorf("result %q, want timeout", rec.Result)
 	}
+}
+
+// quickKeepaliveRig is a proxy behind a simulated GWLB endpoint whose
+// stacks give up on a client that answers no keep-alive probe within a
+// second, and a client stack behind it: for the tests of a client that
+// vanishes.
+func quickKeepaliveRig(t *testing.T) (*Proxy, *recordSink, *gwlbsim.ClientStack) {
+	t.Helper()
+	sink := new(recordSink)
+	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
+	t.Cleanup(p.Close)
+	_, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{
+		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
+	})
+	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, sink, client
 }
