@@ -64,8 +64,7 @@ func TestReloadForgetsObservedAnswers(t *testing.T) {
 	if n := r.app.destCheck.Stats().ObservedNames; n != 1 {
 		t.Fatalf("a rejected reload left %d observed names, want the 1 kept", n)
 	}
-	tight := "policy:\n  default: allow\n  rules:\n    - name: no-rogue-dns\n      protocols: [udp]\n      ports: [53]\n      action: deny\n"
-	if err := os.WriteFile(r.app.opts.Config, []byte(tight), 0o644); err != nil {
+	if err := os.WriteFile(r.app.opts.Config, []byte(noRogueDNS), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.app.Reload(); err != nil {
@@ -106,8 +105,7 @@ func TestReloadSameFileKeepsObservedAnswers(t *testing.T) {
 	if st := r.app.policy.Status(); st.Reloads != 2 {
 		t.Fatalf("%d reloads counted, want 2: a reload of the same file is still a reload", st.Reloads)
 	}
-	changed := "policy:\n  default: allow\n  rules:\n    - name: no-rogue-dns\n      protocols: [udp]\n      ports: [53]\n      action: deny\n"
-	if err := os.WriteFile(r.app.opts.Config, []byte(changed), 0o644); err != nil {
+	if err := os.WriteFile(r.app.opts.Config, []byte(noRogueDNS), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.app.Reload(); err != nil {
@@ -117,3 +115,6 @@ func TestReloadSameFileKeepsObservedAnswers(t *testing.T) {
 		t.Fatalf("%d observed names after a reload of a changed file, want 0", n)
 	}
 }
+
+// noRogueDNS is a policy that tightens DNS: no UDP to port 53.
+const noRogueDNS = "policy:\n  default: allow\n  rules:\n    - name: no-rogue-dns\n      protocols: [udp]\n      ports: [53]\n      action: deny\n"
