@@ -67,13 +67,16 @@ type wrappedConn interface {
 // client's direction waits with neither when the client is a
 // netstack.Conn.
 func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) {
-	startWatchedRelay(client, upstream, nil, done)
+	startWatchedRelay(client, upstream, nil, nil, done)
 }
 
 // startWatchedRelay is startRelay with writes that wait without progress
-// bounded by stalls (stall.go); nil bounds none.
-func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, done func(out, in int64, err error)) {
-	r := &relay{client: client, upstream: upstream, done: done, stalls: stalls}
+// bounded by stalls (stall.go), nil bounding none, and with recheck, if not
+// nil, asked before each read's bytes are written on: an error from it
+// aborts the relay as a failed read would (a reload that denies the
+// connection, tcpreload.go).
+func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, recheck func() error, done func(out, in int64, err error)) {
+	r := &relay{client: client, upstream: upstream, done: done, stalls: stalls, recheck: recheck}
 	r.out = halfRelay{r: r, dst: upstream, src: client}
 	r.in = halfRelay{r: r, dst: client, src: upstream}
 	r.left.Store(2)
@@ -104,6 +107,7 @@ type relay struct {
 	// stalled says how one did, once it aborted the relay.
 	stalls  *stallWatch
 	stalled atomic.Pointer[error]
+	recheck func() error // nil: none
 }
 
 // ended is called by each direction as it ends; the last one closes both
@@ -176,6 +180,14 @@ func (h *halfRelay) copy() {
 		bufp, nr, rerr := h.read()
 		if rerr == errParked {
 			return
+		}
+		if nr > 0 && h.r.recheck != nil {
+			if err := h.r.recheck(); err != nil {
+				relayBufPool.Put(bufp)
+				h.abort()
+				h.finish(err)
+				return
+			}
 		}
 		if nr > 0 {
 			nw, werr := h.dst.Write((*bufp)[:nr])

@@ -157,6 +157,10 @@ type tcpSession struct {
 	// (releaseWaiting); a bump hands it to the interceptor, which checks
 	// and dials (intercept).
 	holding bool
+	// nameUnread says the connection looked like TLS or HTTP but its name
+	// could not be read, and is served as TCP because the policy has no
+	// rule that needs a name (unreadable).
+	nameUnread bool
 }
 
 // serve classifies the connection by its first bytes and serves it.
@@ -225,6 +229,7 @@ func (s *tcpSession) classified(res *sniff.Result, br *bufio.Reader) {
 // first bytes look alike.
 func (s *tcpSession) unreadable(kind, reason string) {
 	if !s.pol.NamesMatter() {
+		s.nameUnread = true
 		s.serveTCP()
 		return
 	}
@@ -271,9 +276,17 @@ func (s *tcpSession) refuse(reason string) {
 // ended; it returns at once, so that the session's goroutine, whose stack
 // grew while classifying, is not what waits for the bytes of an idle flow.
 func (s *tcpSession) relay() {
-	startWatchedRelay(s.client, s.up, s.p.stalls, func(out, in int64, err error) {
+	rl := &tcpReload{s: s, spliced: s.rec.Kind == "tls", nameUnread: s.nameUnread}
+	rl.pol.Store(s.pol)
+	startWatchedRelay(s.client, s.up, s.p.stalls, rl.check, func(out, in int64, err error) {
 		s.rec.BytesOut, s.rec.BytesIn = out, in
-		if err != nil {
+		rl.mu.Lock()
+		denied := rl.why
+		rl.mu.Unlock()
+		switch {
+		case denied != "":
+			s.rec.Result, s.rec.Error = "denied", joinError(s.rec.Error, "ended by a policy reload: "+denied)
+		case err != nil:
 			// Keep what was recorded before (an audited destination mismatch).
 			s.rec.Result, s.rec.Error = relayResultOf(err), joinError(s.rec.Error, s.p.endedError(err).Error())
 		}

@@ -1,0 +1,85 @@
+package proxy
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+// A relayed TCP connection, or a spliced TLS one, is decided again when it
+// next carries bytes, either way, after a reload: without that, a
+// connection opened before an operator tightened the policy (a tunnel, a
+// command channel, an exfiltration under way) would go on under the old
+// one for as long as either end kept it busy. As for UDP (udpreload.go),
+// the check costs one atomic load and a pointer compare per read.
+
+// errReloadDenied ends a relay whose connection a reload denies.
+var errReloadDenied = errors.New("denied by a policy reload")
+
+// tcpReload is what a relayed connection keeps to be decided again.
+type tcpReload struct {
+	s   *tcpSession
+	pol atomic.Pointer[policy.Policy] // the policy it was last decided under
+
+	mu sync.Mutex // both directions may find the reload at once
+	// why says why a reload denied the connection; set once, under mu,
+	// and read by the relay's report, after both directions have ended.
+	why string
+	// spliced says the connection is TLS relayed whole, named by its
+	// ClientHello: a policy that would now bump the name ends it.
+	spliced bool
+	// nameUnread says the connection looked like TLS or HTTP but its name
+	// could not be read, and was relayed as TCP because no rule needed a
+	// name (tcpSession.unreadable): a policy whose rules now do ends it.
+	nameUnread bool
+}
+
+// check is the relay's recheck: nil while the connection may go on.
+func (r *tcpReload) check() error {
+	pol := r.s.p.cfg.Policy.Load()
+	if pol == r.pol.Load() {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.why != "" {
+		return errReloadDenied
+	}
+	if pol == r.pol.Load() { // the other direction decided it meanwhile
+		return nil
+	}
+	if why := r.decide(pol); why != "" {
+		r.why = why
+		return errReloadDenied
+	}
+	r.pol.Store(pol)
+	return nil
+}
+
+// decide decides the connection under pol by what its first decision
+// knew: its addresses, and for TLS the ClientHello's name. It returns why
+// pol ends it, or "" if it goes on; denied, the record takes pol's rule and
+// action. Still allowed, the record keeps the rule that opened it. The
+// destination check is not repeated: it may wait for a lookup, and a
+// connection whose name passed it is still bound to the same address.
+func (r *tcpReload) decide(pol *policy.Policy) string {
+	s := r.s
+	if r.nameUnread && pol.NamesMatter() {
+		s.rec.Rule, s.rec.Action = "", policy.Deny.String()
+		return "its name could not be read, and the policy now looks at names"
+	}
+	d := pol.Decide(s.subj)
+	switch {
+	case d.Action == policy.Deny:
+		s.rec.Rule, s.rec.Action = d.Rule, d.Action.String()
+		return "denied by policy"
+	case r.spliced && d.Action == policy.Bump && s.p.intercept.CanBump():
+		// Going on spliced would keep from inspection what the policy now
+		// wants inspected; the client's next connection is bumped.
+		s.rec.Rule, s.rec.Action = d.Rule, policy.Deny.String()
+		return "the policy now bumps this name, and a spliced connection cannot be bumped midway"
+	}
+	return ""
+}
