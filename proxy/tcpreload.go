@@ -59,7 +59,8 @@ func (r *tcpReload) check() error {
 }
 
 // decide decides the connection under pol by what its first decision
-// knew: its addresses, and for TLS the ClientHello's name. It returns why
+// knew: its addresses, and for TLS the ClientHello's name and whether it
+// offered ECH. It returns why
 // pol ends it, or "" if it goes on; denied, the record takes pol's rule and
 // action. Still allowed, the record keeps the rule that opened it. The
 // destination check is not repeated: it may wait for a lookup, and a
@@ -69,6 +70,10 @@ func (r *tcpReload) decide(pol *policy.Policy) string {
 	if r.nameUnread && pol.NamesMatter() {
 		s.rec.Rule, s.rec.Action = "", policy.Deny.String()
 		return "its name could not be read, and the policy now looks at names"
+	}
+	if r.spliced && s.rec.ECH && pol.DenyECH() {
+		s.rec.Rule, s.rec.Action = "", policy.Deny.String()
+		return "ClientHello offers ECH; policy ech: deny"
 	}
 	d := pol.Decide(s.subj)
 	switch {

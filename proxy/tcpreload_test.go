@@ -193,3 +193,64 @@ func TestUnreadableNameRedecidedAfterReload(t *testing.T) {
 		t.Fatalf("record %+v; want the connection ended by the reload, its name unread", rec)
 	}
 }
+
+// TestSplicedECHRedecidedAfterReload: a spliced connection whose
+// ClientHello offered ECH ends once a reload says ech: deny: its name is
+// only the cover name of a client-facing server, and the new policy wants
+// no such connection to go anywhere.
+func TestSplicedECHRedecidedAfterReload(t *testing.T) {
+	r := newClsRig(t, "policy: {default: allow}\n", clsOptions{})
+	c := r.dial(t, rawEchoServer(t))
+	defer c.Close()
+	hello := captureClientHello(t, &tls.Config{ServerName: "secret.example", MinVersion: tls.VersionTLS13,
+		EncryptedClientHelloConfigList: clsECHConfigList(t, "public.example")})
+	if _, err := c.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, len(hello))); err != nil {
+		t.Fatalf("the spliced ClientHello was not relayed: %v", err)
+	}
+	r.reloadPolicy(t, "policy: {default: allow, ech: deny}\n")
+	c.Write([]byte("more"))
+	if n, err := c.Read(make([]byte, 16)); err == nil {
+		t.Fatalf("read %d bytes after a reload that denies ECH", n)
+	}
+	rec := r.record(t, c, "tls")
+	if rec.Action != "deny" || !rec.ECH || rec.Result != "denied" || !strings.Contains(rec.Error, "ech: deny") {
+		t.Fatalf("record %+v; want the ECH connection ended by the reload", rec)
+	}
+}
+
+// rawEchoServer echoes every byte it reads, on loopback.
+func rawEchoServer(t *testing.T) netip.AddrPort {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// captureClientHello returns the first flight crypto/tls sends under cfg.
+func captureClientHello(t *testing.T, cfg *tls.Config) []byte {
+	a, b := net.Pipe()
+	defer a.Close()
+	go func() { _ = tls.Client(a, cfg).Handshake() }()
+	buf := make([]byte, 1<<14)
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := b.Read(buf)
+	b.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf[:n]
+}
