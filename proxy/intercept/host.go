@@ -3,6 +3,7 @@ package intercept
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -36,10 +37,30 @@ func canonicalHost(authority string) (string, error) {
 			return "", fmt.Errorf("Host %q: port %q is not a number", authority, port)
 		}
 	}
-	if sniff.EmptyLabel(hostOnly(h)) {
+	host := hostOnly(h)
+	if sniff.EmptyLabel(host) {
 		return "", fmt.Errorf("Host %q: empty label in the name", authority)
 	}
+	if _, err := netip.ParseAddr(host); err != nil && !nameChars(host) {
+		return "", fmt.Errorf("Host %q: a character no host name has", authority)
+	}
 	return h, nil
+}
+
+// nameChars reports whether s holds only what a DNS host name (in its
+// ASCII form) may: letters, digits, '-', '_' and '.'. A Host such as
+// "www.example@evil.example" or "evil.example,www.example" is otherwise
+// decided as a name of its own (which a wildcard matches by its suffix),
+// while net/http sends the first as an empty Host and an origin may take
+// the second, or what follows the '@', for another.
+func nameChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // hostOnly returns an authority's host: without a port, and an IPv6

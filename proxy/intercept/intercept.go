@@ -509,15 +509,17 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj 
 func (s *session) serveHTTP() {
 	s.h2 = s.H2C
 	s.Record.Kind = "http"
-	host := ""
+	host, unreadable := "", false
 	if req := s.HTTP; req != nil {
 		authority := req.Authority()
 		if authority == "" { // origin-form, or an absolute-form target without one
 			authority = req.Host
 		}
-		if canon, err := canonicalHost(authority); err == nil {
-			authority = canon // else refused with a 400 as goproxy hands it over
+		canon, err := canonicalHost(authority)
+		if err == nil {
+			authority = canon
 		}
+		unreadable = err != nil // refused with a 400 as goproxy hands it over
 		host = hostOnly(authority)
 		s.Record.Method, s.Record.Host, s.Record.Scheme = req.Method, authority, "http"
 		if u, err := url.Parse(req.Target); err == nil {
@@ -529,7 +531,7 @@ func (s *session) serveHTTP() {
 	// what only rules with domains allow, and in HTTP/1, which an HTTP/2
 	// client cannot read. Each stream is decided on its :authority
 	// (roundTrip); what the addresses alone deny never got this far.
-	if !s.H2C && !s.ic.IsTrustHost(host) {
+	if !s.H2C && !unreadable && !s.ic.IsTrustHost(host) {
 		subj := s.Subject
 		subj.Protocol, subj.Domain = policy.ProtoHTTP, host
 		d := s.Policy.Decide(subj)

@@ -39,6 +39,35 @@ func (rt *roundTripper) refuseConnect(req *http.Request, rec *records.Record, st
 	return resp
 }
 
+// refuseOddTarget answers 400, with a deny record, a request whose target
+// is neither a path nor an http(s) URL with a host: "x:http://evil/secret",
+// "evil:443", "mailto:evil". net/http reads such a target as a URL with a
+// scheme and an opaque part and no host, so the request is decided and
+// recorded on its Host header, while the transport writes the opaque part
+// as the target; "x:http://evil/secret" then reaches the destination as
+// the absolute-form target http://evil/secret, whose host an origin takes
+// over the Host header (RFC 9112 §3.2.2): a shared origin serves a name
+// the policy never allowed, under a record naming an allowed one.
+func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, start time.Time) *http.Response {
+	if req.URL.Opaque == "" {
+		return nil
+	}
+	rec.Path = ""
+	rec.Status, rec.Rule = http.StatusBadRequest, ""
+	rec.Action, rec.Result, rec.Error = "deny", "denied", "request target is neither a path nor an http(s) URL: "+truncate(req.RequestURI, 256)
+	rt.s.ic.denied.Add(1)
+	rt.write(rec, start)
+	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request target must be a path or an http(s) URL")
+}
+
+// truncate cuts s to at most n bytes.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
 // dropUpgradeOffer removes the upgrade a response other than a 101 offers
 // (Upgrade, and the upgrade option in Connection: hop-by-hop fields, RFC
 // 9110 §7.8), as a 426 Upgrade Required does. goproxy takes any response
