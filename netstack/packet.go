@@ -293,7 +293,29 @@ type FlowKey struct {
 // Key returns the packet's flow key under the given GWLB endpoint; an ICMP
 // error's is the key of the packet it quotes.
 func (p *Packet) Key(endpoint uint64) FlowKey {
-	k := FlowKey{Endpoint: endpoint, Proto: p.Proto, IPv6: p.IPv6}
+	t := p.Tuple(endpoint)
+	return FlowKey(t)
+}
+
+// TupleKey is a flow as the GWLB sees it: the endpoint, the IP version and
+// the inner 5-tuple, its two ends in a canonical order, so that a packet
+// and its reply have the same key (the GWLB's flow stickiness is
+// symmetric). The simulator (gwlbsim) keys its flows by it. The version
+// is part of it because IPv4 addresses are kept in their IPv4-mapped form.
+type TupleKey struct {
+	Endpoint uint64
+	Proto    uint8
+	IPv6     bool
+	LoAddr   [16]byte
+	HiAddr   [16]byte
+	LoPort   uint16
+	HiPort   uint16
+}
+
+// Tuple returns the packet's TupleKey under the given GWLB endpoint; an
+// ICMP error's is the key of the packet it quotes.
+func (p *Packet) Tuple(endpoint uint64) TupleKey {
+	k := TupleKey{Endpoint: endpoint, Proto: p.Proto, IPv6: p.IPv6}
 	src, dst := p.Src, p.Dst
 	if p.ICMPError {
 		src, dst = p.quotedDst, p.quotedSrc // the ports are swapped already

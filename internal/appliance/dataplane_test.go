@@ -64,7 +64,7 @@ func TestTCPEchoAndRecord(t *testing.T) {
 				t.Errorf("record names endpoint %q attachment %q client %q", rec.Endpoint, rec.Attachment, rec.ClientIP)
 			}
 			p := netstack.Packet{Proto: 6, Src: clientV4.As16(), Dst: srv.Addr().As16(), SrcPort: rec.ClientPort, DstPort: srv.Port()}
-			hdr := r.sim.FlowHeader(p.Key(r.ep.ID()))
+			hdr := r.sim.FlowHeader(p.Tuple(r.ep.ID()))
 			if hdr == nil {
 				t.Fatal("simulator has no header for the flow")
 			}

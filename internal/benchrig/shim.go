@@ -48,7 +48,7 @@ func runShim(args []string) error {
 	if err != nil {
 		return fmt.Errorf("shim: creating the TUN device: %w", err)
 	}
-	s := &shim{conn: conn, dev: dev, to: netip.AddrPortFrom(sim, netstack.GenevePort), headers: map[netstack.FlowKey][]byte{}}
+	s := &shim{conn: conn, dev: dev, to: netip.AddrPortFrom(sim, netstack.GenevePort), headers: map[netstack.TupleKey][]byte{}}
 	go s.fromGENEVE()
 	go s.fromTUN()
 	sig := make(chan os.Signal, 1)
@@ -64,7 +64,7 @@ type shim struct {
 	dev     tun.Device
 	to      netip.AddrPort
 	mu      sync.RWMutex
-	headers map[netstack.FlowKey][]byte // by canonical 5-tuple: a reply finds its flow's
+	headers map[netstack.TupleKey][]byte // by canonical 5-tuple: a reply finds its flow's
 }
 
 // fromGENEVE decapsulates every datagram into the device, one at a time.
@@ -85,7 +85,7 @@ func (s *shim) fromGENEVE() {
 		if reason != netstack.DropNone {
 			continue
 		}
-		k := p.Key(0)
+		k := p.Tuple(0)
 		s.mu.RLock()
 		old := s.headers[k]
 		s.mu.RUnlock()
@@ -125,7 +125,7 @@ func (s *shim) fromTUN() {
 				continue
 			}
 			s.mu.RLock()
-			h := s.headers[p.Key(0)]
+			h := s.headers[p.Tuple(0)]
 			s.mu.RUnlock()
 			if h == nil {
 				continue

@@ -123,7 +123,7 @@ func (s *Sim) handleReply(buf []byte, off int, from netip.AddrPort) *Endpoint {
 	switch {
 	case e == nil:
 	case !p.Fragment:
-		f = s.flows[s.flowKey(p.Key(h.Endpoint))]
+		f = s.flows[s.flowKey(p.Tuple(h.Endpoint))]
 	default:
 		if f = s.replyFrags.follow(h.Endpoint, &p, now); f != nil && s.flows[f.key] != f {
 			f = nil // forgotten since its first fragment

@@ -108,11 +108,11 @@ type Sim struct {
 
 	mu        sync.RWMutex
 	endpoints map[uint64]*Endpoint
-	flows     map[netstack.FlowKey]*simFlow
+	flows     map[netstack.TupleKey]*simFlow
 	// newest holds, under 5-tuple stickiness, the newest flow of each
 	// (endpoint, addresses, protocol): later IP fragments, which carry no
 	// ports, follow it.
-	newest  map[netstack.FlowKey]*simFlow
+	newest  map[netstack.TupleKey]*simFlow
 	targets []*target
 	attrs   Attributes
 
@@ -131,7 +131,7 @@ type Sim struct {
 // simFlow is one GWLB flow: its key (the stickiness tuple), its route (the
 // target and the header it goes under), and when it last saw a packet.
 type simFlow struct {
-	key       netstack.FlowKey
+	key       netstack.TupleKey
 	route     atomic.Pointer[flowRoute]
 	sender    *net.UDPConn
 	port      uint16 // sender's port: the one its replies must come from
@@ -196,8 +196,8 @@ func New(cfg Config) (*Sim, error) {
 	_ = l.SetReadBuffer(8 << 20)
 	s := &Sim{
 		cfg: cfg, listen: l, seed: maphash.MakeSeed(), attrs: cfg.Attributes, done: make(chan struct{}),
-		endpoints: make(map[uint64]*Endpoint), flows: make(map[netstack.FlowKey]*simFlow),
-		newest: make(map[netstack.FlowKey]*simFlow), raw: make(map[*net.UDPConn]syscall.RawConn),
+		endpoints: make(map[uint64]*Endpoint), flows: make(map[netstack.TupleKey]*simFlow),
+		newest: make(map[netstack.TupleKey]*simFlow), raw: make(map[*net.UDPConn]syscall.RawConn),
 		sendBatches: make(chan *sendBatch, 4),
 	}
 	if cfg.HealthCheck.Port != 0 {
@@ -404,12 +404,12 @@ func (e *Endpoint) route(inner []byte) (*simFlow, *flowRoute, *target, error) {
 // flowKey narrows a packet's 5-tuple key to the key of the GWLB flow it
 // belongs to: its stickiness tuple. Later fragments carry no ports: their
 // key has zero ports, as the GWLB would see them.
-func (s *Sim) flowKey(k netstack.FlowKey) netstack.FlowKey { return s.cfg.Stickiness.key(k) }
+func (s *Sim) flowKey(k netstack.TupleKey) netstack.TupleKey { return s.cfg.Stickiness.key(k) }
 
 // flow returns the state of a flow, creating it with a fresh cookie on a
 // target chosen for it; nil when there is no registered target.
 func (s *Sim) flow(e *Endpoint, p *netstack.Packet, etherType uint16) *simFlow {
-	k := s.flowKey(p.Key(e.id))
+	k := s.flowKey(p.Tuple(e.id))
 	s.mu.RLock()
 	f := s.flows[k]
 	s.mu.RUnlock()
@@ -478,7 +478,7 @@ func (s *Sim) fragmentTarget(f *simFlow, t *target) *target {
 	return t
 }
 
-func tripleKey(k netstack.FlowKey) netstack.FlowKey {
+func tripleKey(k netstack.TupleKey) netstack.TupleKey {
 	k.LoPort, k.HiPort = 0, 0
 	return k
 }
@@ -493,7 +493,7 @@ const (
 
 // FlowHeader returns the GENEVE header the simulator uses for the flow
 // with 5-tuple key k, or nil.
-func (s *Sim) FlowHeader(k netstack.FlowKey) []byte {
+func (s *Sim) FlowHeader(k netstack.TupleKey) []byte {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if f := s.flows[s.flowKey(k)]; f != nil {

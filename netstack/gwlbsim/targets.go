@@ -63,7 +63,7 @@ func ParseStickiness(s string) (Stickiness, error) {
 // key narrows a 5-tuple flow key to the stickiness tuple. Keys are in
 // canonical order (a packet and its reply share one), and ordered by
 // address first, so dropping the ports keeps that.
-func (st Stickiness) key(k netstack.FlowKey) netstack.FlowKey {
+func (st Stickiness) key(k netstack.TupleKey) netstack.TupleKey {
 	switch st {
 	case ThreeTuple:
 		k.LoPort, k.HiPort = 0, 0
@@ -211,7 +211,7 @@ func (s *Sim) findLocked(a netip.AddrPort) *target {
 
 // rendezvous is what a target's score for a flow is the hash of.
 type rendezvous struct {
-	key  netstack.FlowKey
+	key  netstack.TupleKey
 	addr [16]byte
 	port uint16
 }
@@ -220,7 +220,7 @@ type rendezvous struct {
 // excluding the target it leaves): the highest-scoring healthy registered
 // target; when there is none and failOpen, the highest-scoring registered
 // one whatever its health; else nil.
-func (s *Sim) pickLocked(k netstack.FlowKey, exclude *target, failOpen bool) *target {
+func (s *Sim) pickLocked(k netstack.TupleKey, exclude *target, failOpen bool) *target {
 	for _, healthyOnly := range []bool{true, false} {
 		if !healthyOnly && !failOpen {
 			break
@@ -488,7 +488,7 @@ func (s *Sim) Route(ep uint64, proto uint8, src, dst netip.AddrPort) (to netip.A
 		IPv6: src.Addr().Is6() && !src.Addr().Is4In6(), Proto: proto,
 		Src: src.Addr().As16(), Dst: dst.Addr().As16(), SrcPort: src.Port(), DstPort: dst.Port(),
 	}
-	k := s.flowKey(p.Key(ep))
+	k := s.flowKey(p.Tuple(ep))
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if f := s.flows[k]; f != nil {

@@ -492,7 +492,7 @@ func TestFlowHeaderFollowsStickiness(t *testing.T) {
 	if reason != netstack.DropNone {
 		t.Fatal(reason)
 	}
-	if h := g.sim.FlowHeader(p.Key(testEndpoint)); !bytes.Equal(h, ft.last(t).header) {
+	if h := g.sim.FlowHeader(p.Tuple(testEndpoint)); !bytes.Equal(h, ft.last(t).header) {
 		t.Errorf("FlowHeader of another 5-tuple of the same 3-tuple: %x, want %x", h, ft.last(t).header)
 	}
 }
