@@ -56,7 +56,7 @@ func BenchmarkInboundPath(b *testing.B) {
 			b.Fatal(r)
 		}
 		k := p.Key(h.Endpoint)
-		if _, r := ft.Touch(&k, p.Src, d[:h.Len], h, gwlb, int64(i)); r != DropNone {
+		if _, r := ft.Touch(&k, d[:h.Len], h, gwlb, int64(i)); r != DropNone {
 			b.Fatal("table full")
 		}
 	}
@@ -74,7 +74,7 @@ func BenchmarkReplyPath(b *testing.B) {
 		h, _ := ParseHeader(d)
 		p, _ := ParsePacket(d[h.Len:], h.Protocol)
 		k := p.Key(h.Endpoint)
-		s.flows.Touch(&k, p.Src, d[:h.Len], h, gwlb, 0)
+		s.flows.Touch(&k, d[:h.Len], h, gwlb, 0)
 		// The reply swaps addresses and ports.
 		r := append([]byte(nil), d[h.Len:]...)
 		copy(r[12:16], d[h.Len+16:h.Len+20])
@@ -148,7 +148,7 @@ func BenchmarkReplyPathFragmented(b *testing.B) {
 	k := client.Key(7)
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 7, 8, 9, nil)
 	h, _ := ParseHeader(append(bytes.Clone(hdr), 0x45))
-	s.flows.Touch(&k, client.Src, hdr, h, netip.MustParseAddrPort("127.0.0.2:40000"), 0)
+	s.flows.Touch(&k, hdr, h, netip.MustParseAddrPort("127.0.0.2:40000"), 0)
 	frags := fragment(udpDatagram(fam.src, fam.dst, 20000), 42, DefaultMTU)
 	var ft fragTable
 	buf := make([]byte, maxDatagram)
@@ -204,7 +204,7 @@ func BenchmarkReplySegments(b *testing.B) {
 	k := client.Key(7)
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 7, 8, 9, nil)
 	h, _ := ParseHeader(append(bytes.Clone(hdr), 0x45))
-	s.flows.Touch(&k, client.Src, hdr, h, netip.MustParseAddrPort("127.0.0.2:40000"), 0)
+	s.flows.Touch(&k, hdr, h, netip.MustParseAddrPort("127.0.0.2:40000"), 0)
 	t := &testing.T{}
 	pb := gsoSegment(t, fam.src, fam.dst, 1, 0x10, make([]byte, 65000), DefaultMTU-52)
 	defer pb.DecRef()

@@ -346,7 +346,7 @@ func newReplyRig(tb testing.TB, delay time.Duration, n int) *replyRig {
 		h, _ := ParseHeader(d)
 		p, _ := ParsePacket(d[h.Len:], h.Protocol)
 		k := p.Key(h.Endpoint)
-		f, _ := r.s.flows.Touch(&k, p.Src, d[:h.Len], h, gwlb, 0)
+		f, _ := r.s.flows.Touch(&k, d[:h.Len], h, gwlb, 0)
 		a := acksOf(f)
 		a.sent, a.sentAck, a.quick = true, 1, true
 		r.flows = append(r.flows, replyFlow{

@@ -18,7 +18,7 @@ func tcpTable(max, share int) (*flowTable, func(src string, port uint16) *Flow) 
 		a := netip.MustParseAddr(src).As16()
 		p := Packet{Proto: protoTCP, Src: a, Dst: dst, SrcPort: port, DstPort: 443}
 		k := p.Key(7)
-		f, r := tb.Touch(&k, a, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		f, r := tb.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 		if r != DropNone {
 			return nil
 		}
@@ -130,7 +130,7 @@ func TestEvictRanksAnsweredAsStale(t *testing.T) {
 		a := netip.MustParseAddr(src).As16()
 		p := Packet{Proto: proto, Src: a, Dst: dst, SrcPort: port, DstPort: 53}
 		k := p.Key(7)
-		f, _ := tb.Touch(&k, a, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		f, _ := tb.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 		return f
 	}
 	var dns []*Flow
@@ -163,7 +163,7 @@ func TestEvictRanksAnsweredAsStale(t *testing.T) {
 // consults those set aside last.
 func TestEvictPastHeldResets(t *testing.T) {
 	tb, touch := tcpTable(81, 10)
-	held := func(k *FlowKey) bool { return k.LoPort >= 30000 || k.HiPort >= 30000 }
+	held := func(k *FlowKey) bool { return k.ClientPort >= 30000 || k.ServerPort >= 30000 }
 	tb.held = func(k *FlowKey) bool { return held(k) }
 	var conns []*Flow
 	for c := range 8 {
@@ -234,7 +234,7 @@ func TestEvictQueuesCoverEvictable(t *testing.T) {
 	aside := 0
 	for round := range 10 {
 		tb, touch := tcpTable(200, 100)
-		tb.held = func(k *FlowKey) bool { return k.LoPort >= 30000 || k.HiPort >= 30000 }
+		tb.held = func(k *FlowKey) bool { return k.ClientPort >= 30000 || k.ServerPort >= 30000 }
 		var conns []*Flow // 120 connections the stack holds
 		for c := range 2 {
 			src := netip.AddrFrom4([4]byte{10, 0, 9, byte(c)}).String()
@@ -270,7 +270,7 @@ func TestEvictQueuesCoverEvictable(t *testing.T) {
 					src := netip.AddrFrom4([4]byte{10, 0, byte(g), byte(i % 3)}).As16()
 					p := Packet{Proto: protoTCP, Src: src, Dst: dst, SrcPort: uint16(i % 97), DstPort: 443}
 					k := p.Key(7)
-					f, r := tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now+int64(i))
+					f, r := tb.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now+int64(i))
 					if r != DropNone {
 						continue
 					}

@@ -24,7 +24,7 @@ func TestTransitoryFloodEvicted(t *testing.T) {
 	touch := func(ep uint64, src [16]byte, proto uint8, port uint16) (*Flow, FlowKey, DropReason) {
 		p := Packet{Proto: proto, Src: src, Dst: dst, SrcPort: port, DstPort: 443}
 		k := p.Key(ep)
-		f, r := tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		f, r := tb.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 		return f, k, r
 	}
 
@@ -71,7 +71,7 @@ func TestTransitoryFloodEvicted(t *testing.T) {
 	// Oldest first: of each client, no flow evicted is newer than one held.
 	held := map[[16]byte]bool{}
 	for i, k := range flood {
-		switch src := k.LoAddr; {
+		switch src := k.ClientAddr; {
 		case tb.Lookup(&k) != nil:
 			held[src] = true
 		case held[src]:
@@ -84,12 +84,12 @@ func TestTransitoryFloodEvicted(t *testing.T) {
 	for port := range uint16(3) {
 		p := Packet{Proto: protoTCP, Src: legit, Dst: dst, SrcPort: port, DstPort: 443}
 		k := p.Key(7)
-		f, _ := full.Touch(&k, legit, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		f, _ := full.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 		f.tcpStack(flagAck)
 	}
 	p := Packet{Proto: protoTCP, Src: victim, Dst: dst, SrcPort: 1, DstPort: 443}
 	k = p.Key(7)
-	if _, r := full.Touch(&k, victim, []byte("hdr"), Header{}, netip.AddrPort{}, now); r != DropFlowTableFull || full.evicted.Load() != 0 {
+	if _, r := full.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now); r != DropFlowTableFull || full.evicted.Load() != 0 {
 		t.Fatalf("a table of established flows: %v, %d evicted", r, full.evicted.Load())
 	}
 
@@ -256,7 +256,7 @@ func TestEndedFlowEvictable(t *testing.T) {
 	touch := func(port uint16) (*Flow, DropReason) {
 		p := Packet{Proto: protoTCP, Src: src, Dst: dst, SrcPort: port, DstPort: 443}
 		k := p.Key(7)
-		return tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		return tb.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 	}
 	var live [3]*Flow
 	for i := range live {
@@ -310,7 +310,7 @@ func TestEvictSkipsEmptyShards(t *testing.T) {
 	for tb.Len() < flowShards-1 {
 		k := key(port)
 		port++
-		f, _ := tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		f, _ := tb.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 		tb.tcpSeen(f, f.tcpStack(flagAck))
 	}
 	tb.Expire(now)                                                   // the live flows leave the queues
@@ -321,7 +321,7 @@ func TestEvictSkipsEmptyShards(t *testing.T) {
 	for next = key(port); shardOf(&next) != 0; port++ {
 		next = key(port)
 	}
-	tb.Touch(&fresh, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+	tb.Touch(&fresh, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 	for i := range tb.shards {
 		if i != 0 && i != shardOf(&fresh) {
 			tb.shards[i].mu.RLock()
@@ -330,7 +330,7 @@ func TestEvictSkipsEmptyShards(t *testing.T) {
 	}
 	done := make(chan DropReason, 1)
 	go func() {
-		_, r := tb.Touch(&next, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		_, r := tb.Touch(&next, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 		done <- r
 	}()
 	select {
@@ -374,7 +374,7 @@ func floodTable(t *testing.T) (tb *flowTable, touch func(src string, proto uint8
 		a := netip.MustParseAddr(src).As16()
 		p := Packet{Proto: proto, Src: a, Dst: dst, SrcPort: port, DstPort: 443}
 		k := p.Key(7)
-		return tb.Touch(&k, a, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+		return tb.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 	}
 	for c := range 9 {
 		for port := range uint16(10) {
@@ -498,7 +498,7 @@ func TestEvictConcurrent(t *testing.T) {
 				src := netip.AddrFrom4([4]byte{10, 0, byte(g), byte(i % 3)}).As16()
 				p := Packet{Proto: protoTCP, Src: src, Dst: dst, SrcPort: uint16(i % 700), DstPort: 443}
 				k := p.Key(7)
-				f, r := tb.Touch(&k, src, []byte("hdr"), Header{}, netip.AddrPort{}, now)
+				f, r := tb.Touch(&k, []byte("hdr"), Header{}, netip.AddrPort{}, now)
 				if r != DropNone {
 					continue
 				}

@@ -17,8 +17,7 @@ const flowShards = 64
 // sent it under, which every reply repeats byte for byte, and where the GWLB
 // is.
 type Flow struct {
-	key      FlowKey
-	client   [16]byte     // the inner source of its first packet, for the client's share
+	key      FlowKey      // its client's address is the one its share is taken from
 	lastSeen atomic.Int64 // unix nanoseconds
 	tunnel   atomic.Pointer[tunnel]
 	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
@@ -167,7 +166,6 @@ type flowTable struct {
 	created   atomic.Uint64
 	expired   atomic.Uint64
 	evicted   atomic.Uint64 // evictable flows evicted for new ones (flowevict.go)
-	takenOver atomic.Uint64 // flows not live taken over by a packet from their other end (Touch)
 	aside     resetAside    // reset flows eviction consults last (flowevict.go)
 	// held reports whether the stack of a TCP flow's endpoint still holds
 	// its connection (Server.holdsTCP); nil: not asked (see Expire).
@@ -194,9 +192,9 @@ func (t *flowTable) shard(k *FlowKey) *flowShard { return &t.shards[shardOf(k)] 
 
 // shardOf is the index of k's shard.
 func shardOf(k *FlowKey) int {
-	h := k.Endpoint ^ uint64(k.Proto)<<56 ^ uint64(k.LoPort)<<16 ^ uint64(k.HiPort)
+	h := k.Endpoint ^ uint64(k.Proto)<<56 ^ uint64(k.ClientPort)<<16 ^ uint64(k.ServerPort)
 	for i := 8; i < 16; i++ {
-		h = h*31 + uint64(k.LoAddr[i]) + uint64(k.HiAddr[i])<<8
+		h = h*31 + uint64(k.ClientAddr[i]) + uint64(k.ServerAddr[i])<<8
 	}
 	h ^= h >> 29
 	return int(h % flowShards)
@@ -282,48 +280,33 @@ const ShortMemoryClientFlows = 256
 func (t *flowTable) setPressure(p MemoryPressure) { t.pressure.Store(int32(p)) }
 
 // Touch records a packet from the GWLB for flow k under header hdr from
-// gwlb, creating the flow if it is new; client is the packet's inner source.
-// The flow's replies follow hdr and gwlb only when client is the flow's own.
-// A new flow in a full table takes the place of an evictable one, its own
-// client's if it has one (evict). It returns DropFlowTableFull when the
-// table is full of others, DropClientFlowLimit when client holds its share
-// already, and DropMemoryPressure when it holds what memory pressure
-// leaves a client (setPressure). In the steady state (known flow, same
-// header) it allocates nothing.
-func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
+// gwlb, creating the flow if it is new: a packet from k's client, which
+// the client's share is taken from (k.ClientAddr). A new flow in a full
+// table takes the place of an evictable one, its own client's if it has
+// one (evict). It returns DropFlowTableFull when the table is full of
+// others, DropClientFlowLimit when the client holds its share already,
+// and DropMemoryPressure when it holds what memory pressure leaves a
+// client (setPressure). In the steady state (known flow, same header) it
+// allocates nothing.
+func (t *flowTable) Touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
 	s := t.shard(k)
 	s.mu.RLock()
 	f := s.flows[*k]
 	s.mu.RUnlock()
-	if f != nil && client != f.client {
-		// A packet from the other end of the flow: the key is the same
-		// both ways. It neither keeps the flow alive nor moves its
-		// header, and the caller drops it, unless the flow is not live
-		// (evictable: a TCP flow never established, reset or closed, a
-		// flow never answered): then this packet's sender takes it over,
-		// as a new flow of its own. Else a packet sent first from the
-		// destination's side (D:dp -> V:vp) would hold the flow of V's
-		// next connection on that port pair, and V's packets, dropped,
-		// would keep it alive.
-		if !t.takeOver(s, f) {
-			return f, DropNone
-		}
-		f = nil
-	}
 	if f == nil {
-		own, r := t.clients.take(k.Endpoint, client, MemoryPressure(t.pressure.Load()).clientFlows())
+		own, r := t.clients.take(k.Endpoint, k.ClientAddr, MemoryPressure(t.pressure.Load()).clientFlows())
 		if r != DropNone {
 			return nil, r
 		}
 		if t.count.Add(1) > t.max && !t.evict(own) {
 			t.count.Add(-1)
-			t.clients.give(own, k.Endpoint, client)
+			t.clients.give(own, k.Endpoint, k.ClientAddr)
 			return nil, DropFlowTableFull
 		}
 		s.mu.Lock()
 		made := false
 		if f = s.flows[*k]; f == nil {
-			f = &Flow{key: *k, client: client, owner: own}
+			f = &Flow{key: *k, owner: own}
 			f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 			s.flows[*k] = f
 			made = true
@@ -331,39 +314,22 @@ func (t *flowTable) Touch(k *FlowKey, client [16]byte, hdr []byte, parsed Header
 			t.endpointCounter(k.Endpoint).Add(1)
 		} else { // another reader created it first
 			t.count.Add(-1)
-			t.clients.give(own, k.Endpoint, client)
+			t.clients.give(own, k.Endpoint, k.ClientAddr)
 		}
 		s.mu.Unlock()
 		if made {
 			t.requeue(f)
 		}
 	}
-	if client != f.client { // another reader made it first, for the other end
-		return f, DropNone
-	}
 	f.lastSeen.Store(now)
 	// The GWLB may move a flow (new source port after a failover, a new
-	// cookie): replies must follow whatever it sent last, of the client's
-	// packets only. The key is the same both ways, and a packet from the
-	// destination's side (which the appliance's own connection to it
-	// never sends through the GWLB) must not send the client's replies
-	// under its header, or to its GWLB address.
+	// cookie): replies must follow whatever it sent last. Only the
+	// client's packets find its flow (the key has a direction), so no
+	// other sender's header can take it.
 	if tn := f.tunnel.Load(); tn.gwlb != gwlb || !bytes.Equal(tn.header, hdr) {
 		f.tunnel.Store(newTunnel(hdr, parsed, gwlb))
 	}
 	return f, DropNone
-}
-
-// takeOver takes f, of shard s, out of the table if it is still there and
-// not live (evictable), for a packet from its other end to make the flow
-// anew; it reports whether it did. Counted as taken over.
-func (t *flowTable) takeOver(s *flowShard, f *Flow) bool {
-	if !t.removeIfEvictable(s, f) {
-		return false
-	}
-	t.count.Add(-1)
-	t.takenOver.Add(1)
-	return true
 }
 
 func newTunnel(hdr []byte, parsed Header, gwlb netip.AddrPort) *tunnel {
@@ -472,7 +438,7 @@ func (t *flowTable) removeLocked(s *flowShard, f *Flow) {
 	delete(s.flows, f.key)
 	f.removed.Store(true)
 	t.endpointCounter(f.key.Endpoint).Add(-1)
-	t.clients.give(f.owner, f.key.Endpoint, f.client)
+	t.clients.give(f.owner, f.key.Endpoint, f.key.ClientAddr)
 }
 
 // EndpointFlows returns the number of flows of one GWLB endpoint.

@@ -7,7 +7,12 @@ import (
 )
 
 func keyFor(ep uint64, proto uint8, port uint16) FlowKey {
-	p := Packet{Proto: proto, Src: netip.MustParseAddr("::ffff:198.18.0.5").As16(), Dst: netip.MustParseAddr("::ffff:127.0.0.1").As16(), SrcPort: port, DstPort: 80}
+	return clientKeyFor(ep, netip.MustParseAddr("::ffff:198.18.0.5").As16(), proto, port)
+}
+
+// clientKeyFor is the key of a flow of client's from port to port 80.
+func clientKeyFor(ep uint64, client [16]byte, proto uint8, port uint16) FlowKey {
+	p := Packet{Proto: proto, Src: client, Dst: netip.MustParseAddr("::ffff:127.0.0.1").As16(), SrcPort: port, DstPort: 80}
 	return p.Key(ep)
 }
 
@@ -17,28 +22,28 @@ func TestFlowTableTouch(t *testing.T) {
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
 	h, _ := ParseHeader(append(hdr, 0x45))
 	k1, k2, k3 := keyFor(1, 6, 1), keyFor(1, 6, 2), keyFor(1, 6, 3)
-	f1, r := ft.Touch(&k1, [16]byte{}, hdr, h, gwlb, 1)
+	f1, r := ft.Touch(&k1, hdr, h, gwlb, 1)
 	if r != DropNone || ft.Lookup(&k1) != f1 || ft.Len() != 1 {
 		t.Fatal("a new flow is not in the table")
 	}
-	if n := testing.AllocsPerRun(100, func() { ft.Touch(&k1, [16]byte{}, hdr, h, gwlb, 2) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { ft.Touch(&k1, hdr, h, gwlb, 2) }); n != 0 {
 		t.Fatalf("touching a known flow allocates %v times", n)
 	}
 	// The GWLB moves the flow to a new source port and cookie: replies follow.
 	hdr2 := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 4, nil)
 	h2, _ := ParseHeader(append(hdr2, 0x45))
 	gwlb2 := netip.MustParseAddrPort("127.0.0.2:40001")
-	ft.Touch(&k1, [16]byte{}, hdr2, h2, gwlb2, 3)
+	ft.Touch(&k1, hdr2, h2, gwlb2, 3)
 	if tn := f1.tunnel.Load(); tn.gwlb != gwlb2 || tn.parsed.FlowCookie != 4 || string(tn.header) != string(hdr2) {
 		t.Fatalf("flow kept its old tunnel: %+v", tn)
 	}
-	f2, _ := ft.Touch(&k2, [16]byte{}, hdr, h, gwlb, 4)
+	f2, _ := ft.Touch(&k2, hdr, h, gwlb, 4)
 	for _, f := range []*Flow{f1, f2} { // established: never evicted
 		f.tcpClient(flagSyn)
 		f.tcpStack(flagSyn | flagAck)
 		f.tcpClient(flagAck)
 	}
-	if _, r := ft.Touch(&k3, [16]byte{}, hdr, h, gwlb, 5); r != DropFlowTableFull || ft.Len() != 2 {
+	if _, r := ft.Touch(&k3, hdr, h, gwlb, 5); r != DropFlowTableFull || ft.Len() != 2 {
 		t.Fatalf("a full table took a third flow (len %d)", ft.Len())
 	}
 }
@@ -49,8 +54,8 @@ func TestFlowTableExpire(t *testing.T) {
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
 	h, _ := ParseHeader(append(hdr, 0x45))
 	tcpKey, udpKey := keyFor(1, 6, 1), keyFor(1, 17, 1)
-	ft.Touch(&tcpKey, [16]byte{}, hdr, h, gwlb, 0)
-	ft.Touch(&udpKey, [16]byte{}, hdr, h, gwlb, 0)
+	ft.Touch(&tcpKey, hdr, h, gwlb, 0)
+	ft.Touch(&udpKey, hdr, h, gwlb, 0)
 	if n := ft.Expire(int64(2 * time.Second)); n != 1 || ft.Lookup(&udpKey) != nil || ft.Lookup(&tcpKey) == nil {
 		t.Fatalf("after 2s: expired %d; want only the UDP flow gone", n)
 	}
@@ -72,8 +77,8 @@ func TestFlowTablePerClient(t *testing.T) {
 	h, _ := ParseHeader(append(hdr, 0x45))
 	greedy, other := netip.MustParseAddr("::ffff:198.18.0.5").As16(), netip.MustParseAddr("::ffff:198.18.0.6").As16()
 	touch := func(ep uint64, client [16]byte, proto uint8, port uint16, now int64) DropReason {
-		k := keyFor(ep, proto, port)
-		_, r := ft.Touch(&k, client, hdr, h, gwlb, now)
+		k := clientKeyFor(ep, client, proto, port)
+		_, r := ft.Touch(&k, hdr, h, gwlb, now)
 		return r
 	}
 	if touch(1, greedy, 17, 1, 0) != DropNone || touch(1, greedy, 6, 2, 0) != DropNone {
@@ -122,11 +127,8 @@ func TestFlowTableMemoryPressure(t *testing.T) {
 	h, _ := ParseHeader(append(hdr, 0x45))
 	hoarder, light := netip.MustParseAddr("::ffff:198.18.0.5").As16(), netip.MustParseAddr("::ffff:198.18.0.6").As16()
 	touch := func(client [16]byte, port uint16) DropReason {
-		k := keyFor(1, 6, port)
-		if client == light {
-			k = keyFor(2, 6, port) // its own endpoint: keys apart from the hoarder's
-		}
-		_, r := ft.Touch(&k, client, hdr, h, gwlb, 0)
+		k := clientKeyFor(1, client, 6, port)
+		_, r := ft.Touch(&k, hdr, h, gwlb, 0)
 		return r
 	}
 	// No per-client cap set: the hoarder takes what it likes while memory
@@ -185,8 +187,8 @@ func TestFlowTableUnrepliedExpireSoon(t *testing.T) {
 	hdr := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
 	h, _ := ParseHeader(append(hdr, 0x45))
 	sprayed, answered := keyFor(1, 17, 1), keyFor(1, 17, 2)
-	ft.Touch(&sprayed, [16]byte{}, hdr, h, gwlb, 0)
-	f, _ := ft.Touch(&answered, [16]byte{}, hdr, h, gwlb, 0)
+	ft.Touch(&sprayed, hdr, h, gwlb, 0)
+	f, _ := ft.Touch(&answered, hdr, h, gwlb, 0)
 	f.replied.Store(true)
 	if n := ft.Expire(int64(31 * time.Second)); n != 1 || ft.Lookup(&sprayed) != nil || ft.Lookup(&answered) == nil {
 		t.Fatalf("after 31 s: %d expired; want only the flow never replied to", n)

@@ -86,7 +86,7 @@ type fragTable struct {
 // flow.
 func (t *fragTable) remember(p *Packet, flow *Flow, now int64) {
 	k := fragKeyOf(p)
-	owner := clientKeyOf(0, flow.client).addr
+	owner := clientKeyOf(0, flow.key.ClientAddr).addr
 	b := &t.buckets[k.bucket()]
 	b.mu.Lock()
 	b.ways[b.victim(&k, owner, now)] = fragEntry{key: k, flow: flow, owner: owner, expires: now + fragTTL}

@@ -319,7 +319,7 @@ func TestReplyFragmentsOneCallEach(t *testing.T) {
 			p := Packet{IPv6: fam.src.Addr().Is6(), Proto: protoUDP, Src: fam.dst.Addr().As16(), Dst: fam.src.Addr().As16(),
 				SrcPort: fam.dst.Port(), DstPort: fam.src.Port()}
 			k := p.Key(7)
-			s.flows.Touch(&k, p.Src, hdr, h, gwlb, 0)
+			s.flows.Touch(&k, hdr, h, gwlb, 0)
 
 			var ft fragTable
 			frags := fragment(udpDatagram(fam.src, fam.dst, 20000), 42, DefaultMTU)
@@ -391,12 +391,12 @@ func TestFragTableFair(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var ft fragTable
 			const now = int64(1e18)
-			victim := &Flow{client: c.src}
+			victim := &Flow{key: FlowKey{ClientAddr: c.src}}
 			ft.remember(first(c.src, c.dst, 0x4242), victim, now)
 			attackers := make([]Flow, 1024)
 			for i := range attackers {
 				src := c.attacker(i)
-				attackers[i].client = src
+				attackers[i].key.ClientAddr = src
 				ft.remember(first(src, c.dst, i), &attackers[i], now+int64(i))
 			}
 			if f := ft.followIn(later(c.src, c.dst, 0x4242), now+2000); f != victim {

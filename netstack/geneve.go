@@ -74,8 +74,6 @@ const (
 	DropICMPErrorNotFromClient
 	DropICMPMTUBadSequence
 	DropICMPMTUTooSoon
-	DropNotFromClient
-	DropReplyNotToClient
 	dropReasons
 )
 
@@ -123,18 +121,6 @@ var dropReasonNames = [dropReasons]string{
 	// the stack took: each makes the connection send its data in flight
 	// again (icmperr.go).
 	DropICMPMTUTooSoon: "icmp_mtu_too_soon",
-	// A packet of a flow, other than an ICMP error, from its destination's
-	// side (D:dp -> V:vp finds V's flow: the key is the same both ways).
-	// The appliance terminates the client's connections and reaches the
-	// destination from its own sockets, so no such packet belongs to the
-	// flow: it is a forgery, or a host that is itself the destination
-	// reusing the 5-tuple.
-	DropNotFromClient: "not_from_client",
-	// A packet the stack sent to someone other than its flow's client:
-	// the flow was made again by a packet from the destination's side
-	// after the client's had expired, and its GENEVE header is that
-	// packet's sender's, not the client's.
-	DropReplyNotToClient: "reply_not_to_client",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -67,6 +67,7 @@ type groRig struct {
 	seq, ack       uint32       // the client's next sequence number, and its ACK
 	gwlb           *net.UDPConn // where the stack's replies arrive
 	opts           []byte       // TCP options of the client's segments after its SYN
+	conns          chan *Conn   // connections the stack accepted after the rig's
 }
 
 func newGRORig(tb testing.TB, client, server netip.AddrPort) *groRig {
@@ -110,6 +111,7 @@ func newGRORigOpts(tb testing.TB, client, server netip.AddrPort, configure func(
 		tb.Fatal("no connection accepted")
 	}
 	tb.Cleanup(r.conn.Abort)
+	r.conns = h.Conns
 	v, _ := r.s.stacks.Load(uint64(7))
 	r.st = v.(*endpointStack)
 	return r

@@ -61,7 +61,7 @@ func checkICMPError(p *Packet, inner []byte, flow *Flow, now int64) DropReason {
 		}
 		// Only about a segment the stack sent to the client and has in
 		// flight (tcpseq.go).
-		if !p.hasSeq || p.quotedDst != flow.client || !flow.tcpInFlight(p.seq) {
+		if !p.hasSeq || !flow.tcpInFlight(p.seq) {
 			return DropICMPMTUBadSequence
 		}
 		// Only errors that passed every other check take the flow's
@@ -72,7 +72,7 @@ func checkICMPError(p *Packet, inner []byte, flow *Flow, now int64) DropReason {
 		}
 		return DropNone
 	}
-	if p.Src != flow.client {
+	if p.Src != flow.key.ClientAddr {
 		return DropICMPErrorNotFromClient
 	}
 	return DropNone

@@ -47,8 +47,8 @@ func TestICMPErrorsFollowTheQuotedFlow(t *testing.T) {
 
 	p, r := ParsePacket(errPkt, EtherTypeIPv4)
 	q, _ := ParsePacket(reply, EtherTypeIPv4)
-	if r != DropNone || !p.ICMPError || p.Key(ep) != q.Key(ep) {
-		t.Fatalf("a router's error about %v: %s, key %+v, want the quoted packet's %+v", q, r, p.Key(ep), q.Key(ep))
+	if r != DropNone || !p.ICMPError || p.Key(ep) != q.ReplyKey(ep) {
+		t.Fatalf("a router's error about %v: %s, key %+v, want the quoted packet's %+v", q, r, p.Key(ep), q.ReplyKey(ep))
 	}
 
 	s.handleDatagram(underOwnHeader, from, nil)
@@ -57,7 +57,7 @@ func TestICMPErrorsFollowTheQuotedFlow(t *testing.T) {
 	}
 
 	s.handleDatagram(geneve(ep, udpPacket(3000, 10)), from, nil)
-	key := q.Key(ep)
+	key := q.ReplyKey(ep)
 	flow := s.flows.Lookup(&key)
 	if flow == nil {
 		t.Fatalf("no flow for the client's datagram; stats %+v", s.Stats())

@@ -230,8 +230,8 @@ func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 			if r != DropNone {
 				return r
 			}
-			// The quoted packet went the other way; the flow key is
-			// symmetric, so only its protocol and endpoints matter.
+			// The quoted packet went the other way: the error's ports
+			// are its reversed, as Key and ReplyKey take them.
 			p.Proto, p.SrcPort, p.DstPort = quote.Proto, quote.DstPort, quote.SrcPort
 			p.quotedSrc, p.quotedDst = quote.Src, quote.Dst
 			p.seq, p.hasSeq = quote.seq, quote.hasSeq
@@ -274,27 +274,54 @@ func isICMPError(typ uint8, v6 bool) bool {
 	return typ == 3 || typ == 4 || typ == 5 || typ == 11 || typ == 12
 }
 
-// FlowKey identifies a flow: the GWLB endpoint, the IP version and the
-// inner 5-tuple. The two ends are stored in a canonical order, so a packet
-// and its reply have the same key. The version is part of it because IPv4
-// addresses are kept in their IPv4-mapped form: an IPv6 packet between the
-// mapped forms of an IPv4 flow's addresses is another flow, and must not
-// take that flow's GENEVE header (whose protocol type says IPv4).
+// FlowKey identifies a flow, with a direction: the GWLB endpoint, the IP
+// version, the protocol, and the flow's client (the inner source of the
+// packets that make it, a host behind the endpoint) and server (the
+// destination the stack stands in for), each with its port. A packet from
+// a client is keyed (source, destination) (Key), a packet the stack sends
+// is keyed the other way round (ReplyKey), as a reply always goes to its
+// flow's client. So a packet D:dp -> V:vp is not of V's flow V:vp -> D:dp
+// but a flow of its own, whose client is D: the stack keeps the two
+// connections apart too (their local and remote ends differ), and neither
+// host can reach the other's flow, its state or its GENEVE header. The
+// version is part of the key because IPv4 addresses are kept in their
+// IPv4-mapped form: an IPv6 packet between the mapped forms of an IPv4
+// flow's addresses is another flow, and must not take that flow's GENEVE
+// header (whose protocol type says IPv4).
 type FlowKey struct {
-	Endpoint uint64
-	Proto    uint8
-	IPv6     bool
-	LoAddr   [16]byte
-	HiAddr   [16]byte
-	LoPort   uint16
-	HiPort   uint16
+	Endpoint   uint64
+	Proto      uint8
+	IPv6       bool
+	ClientAddr [16]byte
+	ServerAddr [16]byte
+	ClientPort uint16 // for ICMP echo: the echo identifier, as ServerPort
+	ServerPort uint16
 }
 
-// Key returns the packet's flow key under the given GWLB endpoint; an ICMP
-// error's is the key of the packet it quotes.
+// Key returns the flow key of p, a packet from a client, under the given
+// GWLB endpoint: its source is the flow's client. An ICMP error is about
+// a packet the stack sent the client (its quoted source is the server, its
+// quoted destination the client), and takes that packet's flow, whoever
+// sent the error (the client, or a router on the way to it).
 func (p *Packet) Key(endpoint uint64) FlowKey {
-	t := p.Tuple(endpoint)
-	return FlowKey(t)
+	k := FlowKey{Endpoint: endpoint, Proto: p.Proto, IPv6: p.IPv6, ClientPort: p.SrcPort, ServerPort: p.DstPort}
+	k.ClientAddr, k.ServerAddr = p.Src, p.Dst
+	if p.ICMPError {
+		k.ClientAddr, k.ServerAddr = p.quotedDst, p.quotedSrc // the ports are swapped already
+	}
+	return k
+}
+
+// ReplyKey returns the flow key of p, a packet the appliance sends to a
+// client (the stack's, or the echo relay's), under the given GWLB
+// endpoint: its destination is the flow's client. An ICMP error the stack
+// sends is about a packet from the client, and takes that packet's flow.
+// It is Key with the two ends exchanged.
+func (p *Packet) ReplyKey(endpoint uint64) FlowKey {
+	k := p.Key(endpoint)
+	k.ClientAddr, k.ServerAddr = k.ServerAddr, k.ClientAddr
+	k.ClientPort, k.ServerPort = k.ServerPort, k.ClientPort
+	return k
 }
 
 // TupleKey is a flow as the GWLB sees it: the endpoint, the IP version and

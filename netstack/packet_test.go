@@ -91,7 +91,7 @@ func TestParsePacket(t *testing.T) {
 	// The error and the datagram it quotes belong to one flow.
 	p1, _ := ParsePacket(unreach, EtherTypeIPv4)
 	p2, _ := ParsePacket(quoted, EtherTypeIPv4)
-	if p1.Key(1) != p2.Key(1) {
+	if p1.Key(1) != p2.ReplyKey(1) {
 		t.Fatal("ICMP error and the quoted datagram have different flow keys")
 	}
 	if _, r := ParsePacket(serialize(t, ip, tcp4), EtherTypeIPv6); r != DropInnerMismatch {
@@ -99,14 +99,27 @@ func TestParsePacket(t *testing.T) {
 	}
 }
 
-func TestFlowKeySymmetric(t *testing.T) {
+// TestFlowKeyDirection: a client's packet and the stack's reply to it
+// have one flow key (Key, ReplyKey), whose client is the client; a packet
+// from the other end (D:dp -> V:vp) is another flow, D's. The GWLB's
+// TupleKey is the same both ways.
+func TestFlowKeyDirection(t *testing.T) {
 	a := Packet{Proto: 6, Src: netip.MustParseAddr("::ffff:198.18.0.5").As16(), Dst: netip.MustParseAddr("::ffff:127.0.0.1").As16(), SrcPort: 40000, DstPort: 80}
 	b := Packet{Proto: 6, Src: a.Dst, Dst: a.Src, SrcPort: 80, DstPort: 40000}
-	if a.Key(5) != b.Key(5) {
+	if a.Key(5) != b.ReplyKey(5) {
 		t.Fatal("a packet and its reply have different keys")
+	}
+	if k := a.Key(5); k.ClientAddr != a.Src || k.ClientPort != 40000 || k.ServerAddr != a.Dst || k.ServerPort != 80 {
+		t.Fatalf("a client's packet keyed %+v", k)
+	}
+	if a.Key(5) == b.Key(5) {
+		t.Fatal("a packet from the other end has the client's flow key")
 	}
 	if a.Key(5) == a.Key(6) {
 		t.Fatal("the same 5-tuple behind two endpoints shares a key")
+	}
+	if a.Tuple(5) != b.Tuple(5) {
+		t.Fatal("a packet and its reply have different tuple keys")
 	}
 }
 

@@ -13,7 +13,8 @@ import (
 // connection, under another sender's GENEVE header (attachment and flow
 // cookie 0xbad, from another GWLB source port): what a host behind the
 // endpoint that is itself the destination, or forges its address, sends.
-// Its flow key is the client's flow's.
+// Its flow key was the client's flow's while the key was the same both
+// ways; with a direction, it is a flow of D's own.
 func destinationSide(r *groRig, seq, ack uint32, flags header.TCPFlags) {
 	seg := clientSegment(r.server, r.client, seq, ack, flags, nil)
 	d := append(AppendHeader(nil, r.ether, 0, 7, 0xbad, 0xbad, nil), seg...)
@@ -23,8 +24,8 @@ func destinationSide(r *groRig, seq, ack uint32, flags header.TCPFlags) {
 // TestDestinationSideLeavesClientSendWindow: segments from the
 // destination's side of a flow neither move nor restart the send window
 // the flow keeps for the client's connection (tcpseq.go), so a router's
-// Packet Too Big about the segment in flight is still taken. The flow key
-// is the same both ways, and the window moved on any segment of the key:
+// Packet Too Big about the segment in flight is still taken. While the
+// flow key was the same both ways, the window moved on any segment of it:
 // a forged ACK from the destination acknowledging up to SND.NXT made
 // SND.UNA SND.NXT, and every real error about data in flight was dropped
 // (icmp_mtu_bad_sequence: a path MTU black hole); a forged SYN had gVisor
@@ -149,47 +150,61 @@ func TestDestinationSideKeepsClientHeader(t *testing.T) {
 	}
 }
 
-// TestDestinationSideDropped: a packet of a flow from its destination's
-// side never reaches the stack: it is dropped and counted
-// (not_from_client). A SYN from there had gVisor open a second connection
-// under the client's flow, answered under the client's GENEVE header, and
-// relayed as if the destination were a client of the client.
-func TestDestinationSideDropped(t *testing.T) {
+// TestDestinationSideIsItsOwnFlow: a SYN from a flow's destination's side
+// (D:dp -> V:vp) is a flow of D's own: the stack answers it to D, under
+// D's GENEVE header, never under the client's. Keyed the same both ways,
+// it had gVisor open a second connection under the client's flow,
+// answered under the client's GENEVE header; then it was dropped
+// (not_from_client), and two hosts that were each other's destination on
+// one port pair lost one direction.
+func TestDestinationSideIsItsOwnFlow(t *testing.T) {
 	for _, fam := range groFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			r := newGRORig(t, fam.client, fam.server)
 			destinationSide(r, 777, 0, header.TCPFlagSyn)
-			if got := r.s.Stats().Drops["not_from_client"]; got != 1 {
-				t.Errorf("not_from_client %d after a SYN from the destination's side, want 1", got)
-			}
 			buf := make([]byte, maxDatagram)
-			r.gwlb.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			r.gwlb.SetReadDeadline(time.Now().Add(3 * time.Second))
 			for {
 				tcp, err := readReplyTCP(r.gwlb, buf)
 				if err != nil {
-					return // nothing answered it
+					t.Fatalf("the SYN from the destination's side was not answered: %v", err)
 				}
-				if tcp != nil && tcp.Flags()&header.TCPFlagSyn != 0 {
-					t.Fatalf("the stack answered a SYN from the destination's side: flags %s", tcp.Flags())
+				if tcp == nil || tcp.Flags()&header.TCPFlagSyn == 0 {
+					continue
 				}
+				h, _ := ParseHeader(buf)
+				if h.FlowCookie != 0xbad || tcp.DestinationPort() != r.server.Port() || tcp.AckNumber() != 778 {
+					t.Fatalf("the SYN-ACK to the destination's side: cookie %#x, to port %d, ack %d; want 0xbad, %d, 778",
+						h.FlowCookie, tcp.DestinationPort(), tcp.AckNumber(), r.server.Port())
+				}
+				break
+			}
+			if n := r.s.Stats().Flows; n != 2 {
+				t.Errorf("%d flows, want the client's and D's", n)
 			}
 		})
 	}
 }
 
-// TestReplyNotToClientDropped: when the client's flow has expired and a
-// packet from the destination's side made the flow again, the stack's
-// next segment to the client is dropped (reply_not_to_client): the flow's
-// GENEVE header is now the other sender's, and the client's data would
-// leave under it, towards whoever sent it.
-func TestReplyNotToClientDropped(t *testing.T) {
+// TestReplyAfterExpiryNotUnderOtherHeader: when the client's flow has
+// expired and a packet from the destination's side came in, the stack's
+// next segment to the client finds no flow and is dropped
+// (reply_without_flow): D's packet made a flow of D's, and the client's
+// data never leaves under its header. Keyed the same both ways, D's
+// packet made the client's flow again under D's header, and the client's
+// data left under it, towards whoever sent it (then: reply_not_to_client).
+func TestReplyAfterExpiryNotUnderOtherHeader(t *testing.T) {
 	for _, fam := range groFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			r := newGRORig(t, fam.client, fam.server)
 			r.s.flows.Expire(time.Now().Add(24 * time.Hour).UnixNano())
 			destinationSide(r, 12345, 777, header.TCPFlagAck)
-			if h := r.flow(t).Header(); h.FlowCookie != 0xbad {
-				t.Fatalf("the flow made again by the destination's side has cookie %#x, want 0xbad", h.FlowCookie)
+			p, _ := ParsePacket(clientSegment(r.client, r.server, 0, 0, header.TCPFlagAck, nil), r.ether)
+			if k := p.Key(7); r.s.flows.Lookup(&k) != nil {
+				t.Fatal("a packet from the destination's side made the client's flow again")
+			}
+			if k := p.ReplyKey(7); r.s.flows.Lookup(&k) == nil {
+				t.Fatal("a packet from the destination's side made no flow of its own")
 			}
 			if _, err := r.conn.Write([]byte("for the client only")); err != nil {
 				t.Fatal(err)
@@ -206,21 +221,21 @@ func TestReplyNotToClientDropped(t *testing.T) {
 					t.Fatalf("the client's data left under flow cookie %#x", h.FlowCookie)
 				}
 			}
-			if got := r.s.Stats().Drops["reply_not_to_client"]; got == 0 {
-				t.Error("reply_not_to_client 0, want the client's data counted")
+			if got := r.s.Stats().Drops["reply_without_flow"]; got == 0 {
+				t.Error("reply_without_flow 0, want the client's data counted")
 			}
 		})
 	}
 }
 
-// TestClientTakesOverFlowMadeFromDestinationSide: a packet from the
+// TestClientSynAfterPacketFromDestinationSide: a packet from the
 // destination's side, sent before the client's connection (D:dp -> V:vp),
-// makes a flow with D as its client; the client's SYN on that port pair
-// then takes the flow over, since it is not live, and the stack answers it
-// under the client's GENEVE header. Without the takeover the flow D's
-// packet made held V's connection: its SYNs were dropped
-// (not_from_client), and kept the flow alive.
-func TestClientTakesOverFlowMadeFromDestinationSide(t *testing.T) {
+// makes a flow of D's; the client's SYN on that port pair makes its own,
+// and the stack answers it under the client's GENEVE header. Keyed the
+// same both ways, the flow D's packet made held V's connection: its SYNs
+// were dropped (not_from_client), and kept the flow alive; then V took
+// the flow over, which a packet from D could do back to V's handshake.
+func TestClientSynAfterPacketFromDestinationSide(t *testing.T) {
 	for _, fam := range groFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			r := newGRORig(t, fam.client, fam.server)
@@ -245,16 +260,17 @@ func TestClientTakesOverFlowMadeFromDestinationSide(t *testing.T) {
 				}
 				break
 			}
-			if n := r.s.Stats().FlowsTakenOver; n != 1 {
-				t.Errorf("flows_taken_over %d, want 1", n)
+			if k := (&Packet{Proto: protoTCP, IPv6: fam.client.Addr().Is6(), Src: r.server.Addr().As16(), Dst: v.Addr().As16(),
+				SrcPort: r.server.Port(), DstPort: v.Port()}).Key(7); r.s.flows.Lookup(&k) == nil {
+				t.Error("the flow D's packet made is gone")
 			}
 		})
 	}
 }
 
 // TestDestinationSideKeepsNoFlowAlive: a packet from the destination's
-// side of a live flow, dropped, does not refresh the flow: a forger would
-// otherwise hold a client's flows, and its share, after it is done.
+// side of a live flow does not refresh the flow: a forger would otherwise
+// hold a client's flows, and its share, after it is done.
 func TestDestinationSideKeepsNoFlowAlive(t *testing.T) {
 	r := newGRORig(t, groFamilies[0].client, groFamilies[0].server)
 	f := r.flow(t)
@@ -262,6 +278,6 @@ func TestDestinationSideKeepsNoFlowAlive(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	destinationSide(r, 12345, 777, header.TCPFlagAck)
 	if after := f.lastSeen.Load(); after != before {
-		t.Errorf("a dropped packet from the destination's side moved the flow's last packet time by %v", time.Duration(after-before))
+		t.Errorf("a packet from the destination's side moved the flow's last packet time by %v", time.Duration(after-before))
 	}
 }

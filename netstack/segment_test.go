@@ -59,7 +59,7 @@ func TestBatchSegments(t *testing.T) {
 			}
 			hdr := AppendHeader(nil, ether, 0, 7, 8, 9, nil)
 			h, _ := ParseHeader(append(bytes.Clone(hdr), 0x45))
-			s.flows.Touch(&k, client.Src, hdr, h, netip.MustParseAddrPort("127.0.0.2:40000"), 0)
+			s.flows.Touch(&k, hdr, h, netip.MustParseAddrPort("127.0.0.2:40000"), 0)
 
 			payload := make([]byte, size)
 			rnd := rand.New(rand.NewPCG(uint64(size), 1))

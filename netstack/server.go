@@ -280,20 +280,14 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	} else {
 		key := p.Key(h.Endpoint)
 		var reason DropReason
-		if flow, reason = s.flows.Touch(&key, p.Src, b[:h.Len], h, gwlb, now); reason != DropNone {
+		if flow, reason = s.flows.Touch(&key, b[:h.Len], h, gwlb, now); reason != DropNone {
 			return reason
 		}
-		if p.Src != flow.client {
-			return DropNotFromClient // see dropReasonNames
-		}
-		// Only the client's own packets get here. The key is the same both
-		// ways, so a segment from the destination's side (D:dp -> V:vp,
-		// from a host behind the endpoint that is itself the destination,
-		// or forged as it) finds the client's flow too: its ACK would move
-		// SND.UNA up to SND.NXT and a router's Packet Too Big about data in
-		// flight be refused, its FIN or RST make the flow transitory, its
-		// SYN open a second connection under the client's flow, answered
-		// under the client's GENEVE header.
+		// The key has a direction, so only the flow's client's own
+		// segments get here: one from the destination's side (D:dp ->
+		// V:vp) is a flow of D's, and cannot move SND.UNA of V's (which
+		// would have a router's Packet Too Big about data in flight
+		// refused), make it transitory, or restart its window.
 		if p.Proto == protoTCP {
 			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
@@ -449,7 +443,10 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 			return nil, gwlb, false
 		}
 	default:
-		key := p.Key(endpoint)
+		// A reply goes to its flow's client: keyed the other way round
+		// from the client's packets, it finds no flow but the one its
+		// destination made, and leaves under that one's header only.
+		key := p.ReplyKey(endpoint)
 		if flow = s.flows.Lookup(&key); flow == nil {
 			s.stats.drop(DropNoFlow)
 			return nil, gwlb, false
@@ -457,12 +454,6 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 		if p.MoreFragments && frags != nil {
 			frags.remember(&p, flow, now)
 		}
-	}
-	// A packet to anyone but the flow's client would leave under the
-	// GENEVE header of whoever made the flow: see DropReplyNotToClient.
-	if p.Dst != flow.client {
-		s.stats.drop(DropReplyNotToClient)
-		return nil, gwlb, false
 	}
 	flow.lastSeen.Store(now) // the GWLB's idle timer counts both directions
 	switch {

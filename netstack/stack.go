@@ -215,17 +215,12 @@ func (s *Server) holdsTCP(k *FlowKey) bool {
 		return false
 	}
 	st := v.(*endpointStack)
-	proto, lo, hi := ipv4.ProtocolNumber, tcpip.AddrFrom4([4]byte(k.LoAddr[12:])), tcpip.AddrFrom4([4]byte(k.HiAddr[12:]))
+	proto, client, server := ipv4.ProtocolNumber, tcpip.AddrFrom4([4]byte(k.ClientAddr[12:])), tcpip.AddrFrom4([4]byte(k.ServerAddr[12:]))
 	if k.IPv6 {
-		proto, lo, hi = ipv6.ProtocolNumber, tcpip.AddrFrom16(k.LoAddr), tcpip.AddrFrom16(k.HiAddr)
+		proto, client, server = ipv6.ProtocolNumber, tcpip.AddrFrom16(k.ClientAddr), tcpip.AddrFrom16(k.ServerAddr)
 	}
-	// The key does not say which end is the client: the stack's end is
-	// the destination, its local one.
-	id := stack.TransportEndpointID{LocalPort: k.HiPort, LocalAddress: hi, RemotePort: k.LoPort, RemoteAddress: lo}
-	if st.stack.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) != nil {
-		return true
-	}
-	id = stack.TransportEndpointID{LocalPort: k.LoPort, LocalAddress: lo, RemotePort: k.HiPort, RemoteAddress: hi}
+	// The stack's end is the server, its local one.
+	id := stack.TransportEndpointID{LocalPort: k.ServerPort, LocalAddress: server, RemotePort: k.ClientPort, RemoteAddress: client}
 	return st.stack.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) != nil
 }
 

@@ -33,12 +33,7 @@ type Stats struct {
 	FlowsExpired uint64            `json:"flows_expired"`
 	// FlowsEvicted counts evictable flows (TCP not live, others never
 	// answered) taken out of a full table to make room for new ones.
-	FlowsEvicted uint64 `json:"flows_evicted"`
-	// FlowsTakenOver counts flows not live taken over by a packet from
-	// their other end (the key is the same both ways): a packet from a
-	// destination's side, sent first, no longer holds the flow of the
-	// client's next connection on that port pair.
-	FlowsTakenOver  uint64           `json:"flows_taken_over"`
+	FlowsEvicted    uint64           `json:"flows_evicted"`
 	FlowsByEndpoint map[string]int64 `json:"flows_by_endpoint"`
 	Stacks          int64            `json:"stacks"`
 	StacksCreated   uint64           `json:"stacks_created"`
@@ -81,7 +76,6 @@ func (s *Server) Stats() Stats {
 		FlowsCreated:        s.flows.created.Load(),
 		FlowsExpired:        s.flows.expired.Load(),
 		FlowsEvicted:        s.flows.evicted.Load(),
-		FlowsTakenOver:      s.flows.takenOver.Load(),
 		FlowsByEndpoint:     make(map[string]int64),
 		Stacks:              s.nstacks.Load(),
 		StacksCreated:       c.stacksCreated.Load(),

@@ -221,8 +221,6 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.FlowsExpired) }),
 	newStatMetric("flows_evicted_total", promCounter, "Fresh flows (TCP never established, others never answered) evicted from a full flow table to make room for new ones.",
 		func(s *stats) float64 { return float64(s.Netstack.FlowsEvicted) }),
-	newStatMetric("flows_taken_over_total", promCounter, "Flows not live (TCP not established, others never answered) taken over by a packet from their other end.",
-		func(s *stats) float64 { return float64(s.Netstack.FlowsTakenOver) }),
 	newStatMetric("stacks", promGauge, "gVisor stacks, one per GWLB endpoint.",
 		func(s *stats) float64 { return float64(s.Netstack.Stacks) }),
 	newStatMetric("stacks_created_total", promCounter, "gVisor stacks made, one for each GWLB endpoint heard from.",
