@@ -61,6 +61,13 @@ func newReturnPath(mode string, local netip.Addr, listener *net.UDPConn, replyPo
 // any source port, no port collisions with the host's own sockets, one file
 // descriptor. It needs CAP_NET_RAW.
 type rawReturn struct {
+	// mu guards fd against close: senders hold it shared, close
+	// exclusively. Replies can still come after Server.Close (the echo
+	// relay, the delayed-ACK timer), and the kernel gives a closed fd's
+	// number to the next socket the process opens: a bare fd would write
+	// GENEVE datagrams into that unrelated socket.
+	mu        sync.RWMutex
+	closed    bool
 	fd        int
 	local     netip.Addr // the listener's address; unspecified: chosen by route
 	replyPort uint16
@@ -77,7 +84,17 @@ func newRawReturn(local netip.Addr, replyPort uint16) (*rawReturn, error) {
 
 func (r *rawReturn) name() string { return ReturnPathRaw }
 
-func (r *rawReturn) close() error { return unix.Close(r.fd) }
+// close closes the socket once any send in flight is done; later sends
+// fail with net.ErrClosed.
+func (r *rawReturn) close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	return unix.Close(r.fd)
+}
 
 // source returns the address replies to gwlb leave from: the listener's own
 // address, or the one the routing table picks for the GWLB, which is the
@@ -107,6 +124,11 @@ func (r *rawReturn) send(pkt []byte, gwlb netip.AddrPort) error {
 	}
 	// unix.Sendto would box a Sockaddr per packet; the raw call does not.
 	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed {
+		return fmt.Errorf("raw return path: %w", net.ErrClosed)
+	}
 	// Raw and non-blocking first, then an ordinary call that may wait, as
 	// in replyBatch.sendmmsgOrWait.
 	_, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(r.fd), uintptr(unsafe.Pointer(&pkt[0])), uintptr(len(pkt)),
@@ -135,6 +157,11 @@ func (r *rawReturn) sendBatch(b *replyBatch) (failed int, err error) {
 		b.names[ready] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst}
 		b.prepareMmsg(ready, 0, &b.names[ready])
 		ready++
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed {
+		return failed + b.fail(0, ready), fmt.Errorf("raw return path: %w", net.ErrClosed)
 	}
 	for i := 0; i < ready; {
 		n, e := b.sendmmsgOrWait(uintptr(r.fd), i, ready)
