@@ -17,6 +17,13 @@ import (
 // there (a TUN device's virtio-net header, say).
 const ReplyHeadroom = 16
 
+// maxGWLBDatagram is the largest GENEVE datagram the GWLB carries, its
+// outer IPv4 and UDP headers (outerIPv4UDP bytes) included.
+const (
+	maxGWLBDatagram = 8500
+	outerIPv4UDP    = 20 + 8
+)
+
 // replyBatch is how many datagrams one recvmmsg reads at most.
 const replyBatch = 32
 
@@ -97,14 +104,21 @@ func containsEndpoint(es []*Endpoint, e *Endpoint) bool {
 // returns the endpoint when it handed the packet to a batch receiver,
 // which then needs a flush.
 //
-// A reply must come from its flow's target, from the source port the
-// simulator sends that flow from (replies keep the outer ports), under the
-// flow's current header byte for byte. A later IP fragment carries no
+// A reply must fit in the GWLB's 8500 bytes, outer headers included, and
+// come from its flow's target, from the source port the simulator sends
+// that flow from (replies keep the outer ports), under the flow's current
+// header byte for byte. A later IP fragment carries no
 // ports: it is held to the flow of its datagram's first fragment, or, when
 // that was not seen, to the flow of its endpoint between its addresses
 // whose cookie its header names (replyfrags.go).
 func (s *Sim) handleReply(buf []byte, off int, from netip.AddrPort) *Endpoint {
 	b := buf[off:]
+	if len(b)+outerIPv4UDP > maxGWLBDatagram {
+		// The GWLB would not carry it; accepting it would hide an
+		// appliance that breaks its own bound on reply sizes.
+		s.tooBig.Add(1)
+		return nil
+	}
 	h, reason := netstack.ParseHeader(b)
 	if reason != netstack.DropNone {
 		s.malformed.Add(1)

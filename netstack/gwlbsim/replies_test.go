@@ -261,3 +261,39 @@ func TestReplyFragsExpire(t *testing.T) {
 		t.Fatalf("the newest of 10000 datagrams not found")
 	}
 }
+
+// paddedReply is the reflected inner UDP packet of r grown so that its
+// GENEVE datagram under r's header is size bytes with the outer IPv4 and
+// UDP headers.
+func paddedReply(r received, size int) []byte {
+	p := reflectPacket(r.inner)
+	p = append(p, make([]byte, size-outerIPv4UDP-len(r.header)-len(p))...)
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	binary.BigEndian.PutUint16(p[24:], uint16(len(p)-20))
+	p[10], p[11] = 0, 0
+	binary.BigEndian.PutUint16(p[10:], ipChecksum(p[:20]))
+	return p
+}
+
+// A reply datagram the GWLB would not carry (over 8500 bytes, outer IPv4
+// and UDP headers included) is refused and counted as too_big, so that a
+// test behind the simulator catches an appliance that breaks its bound on
+// reply sizes; one of exactly 8500 bytes is delivered.
+func TestReplyOverGWLBSizeRefused(t *testing.T) {
+	g := newGroup(t, 202, 1, nil)
+	a := g.targets[0]
+	if g.send(t, protoUDP, 40001, 53) != a {
+		t.Fatal("no target got the packet")
+	}
+	r := a.last(t)
+	a.send(r.from.Port(), r.header, paddedReply(r, 8500))
+	g.waitStats(t, "the 8500-byte reply delivered", func(s Stats) bool { return s.Received == 1 })
+
+	a.send(r.from.Port(), r.header, paddedReply(r, 8501))
+	st := g.waitStats(t, "the 8501-byte reply counted", func(s Stats) bool {
+		return s.Received+s.TooBig+s.UnknownFlow+s.HeaderMismatch+s.WrongTarget+s.WrongSourcePort+s.Malformed > 1
+	})
+	if st.Received != 1 || st.TooBig != 1 {
+		t.Errorf("after an 8500-byte and an 8501-byte reply (outer headers included): %+v; want received 1, too_big 1", st)
+	}
+}

@@ -83,6 +83,7 @@ type Stats struct {
 	HeaderMismatch  uint64 `json:"header_mismatch"`   // replies whose GENEVE header differs from the flow's
 	UnknownFlow     uint64 `json:"unknown_flow"`      // replies for a flow the simulator never sent (or forgot), or fragments of none
 	Malformed       uint64 `json:"malformed"`         // replies that do not parse
+	TooBig          uint64 `json:"too_big"`           // replies over the GWLB's 8500 bytes, outer IPv4/UDP headers included
 	WrongPort       uint64 `json:"wrong_port"`        // datagrams that arrived on a sender port, not ListenPort
 	UnknownEndpoint uint64 `json:"unknown_endpoint"`  // replies naming an endpoint that does not exist
 	WrongTarget     uint64 `json:"wrong_target"`      // replies from an address other than the flow's target's
@@ -118,7 +119,7 @@ type Sim struct {
 
 	sent, received, mismatch, unknown, malformed, wrongPort, unknownEP atomic.Uint64
 	wrongTarget, noTarget, flowDropped, rebalanced, expired            atomic.Uint64
-	wrongSrcPort                                                       atomic.Uint64
+	wrongSrcPort, tooBig                                               atomic.Uint64
 
 	// replyFrags ties the later fragments of a reply to its first's flow.
 	replyFrags replyFrags
@@ -289,7 +290,7 @@ func (s *Sim) Stats() Stats {
 		UnknownFlow: s.unknown.Load(), Malformed: s.malformed.Load(), WrongPort: s.wrongPort.Load(),
 		UnknownEndpoint: s.unknownEP.Load(), WrongTarget: s.wrongTarget.Load(), WrongSourcePort: s.wrongSrcPort.Load(),
 		NoTarget: s.noTarget.Load(), FlowDropped: s.flowDropped.Load(), Rebalanced: s.rebalanced.Load(),
-		FlowsExpired: s.expired.Load(), Flows: n,
+		FlowsExpired: s.expired.Load(), TooBig: s.tooBig.Load(), Flows: n,
 	}
 }
 
