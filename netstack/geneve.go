@@ -21,6 +21,9 @@ const (
 	AWSOptionFlowCookie = 3
 
 	genevebase = 8
+	// geneveCritical is the critical bit of an option's type (RFC 8926
+	// §3.5). None of the AWS options has it.
+	geneveCritical = 0x80
 	// MaxGeneveHeader is the largest possible GENEVE header: the 8 fixed
 	// bytes plus 63 words of options.
 	MaxGeneveHeader = genevebase + 63*4
@@ -74,6 +77,7 @@ const (
 	DropICMPErrorNotFromClient
 	DropICMPMTUBadSequence
 	DropICMPMTUTooSoon
+	DropCriticalOption
 	dropReasons
 )
 
@@ -121,6 +125,10 @@ var dropReasonNames = [dropReasons]string{
 	// the stack took: each makes the connection send its data in flight
 	// again (icmperr.go).
 	DropICMPMTUTooSoon: "icmp_mtu_too_soon",
+	// A GENEVE option with the critical bit set in its type that the
+	// appliance does not process: RFC 8926 §3.5 says such a packet MUST be
+	// dropped (geneveCritical).
+	DropCriticalOption: "critical_option",
 }
 
 // String returns the reason's name as used in /stats and /metrics.
@@ -133,8 +141,11 @@ func (r DropReason) String() string {
 
 // ParseHeader parses the GENEVE header at the start of b and takes the three
 // AWS options from it. Unknown options are skipped here; they stay in the
-// header bytes, which the return path echoes unchanged. A packet without an
-// inner payload is truncated.
+// header bytes, which the return path echoes unchanged. An unknown option
+// marked critical is not skipped: RFC 8926 §3.5 says the packet MUST be
+// dropped. Every option is read, so the fixed header's C bit (critical
+// options present), a hint for endpoints that do not read options, is not
+// needed. A packet without an inner payload is truncated.
 func ParseHeader(b []byte) (Header, DropReason) {
 	var h Header
 	if len(b) < genevebase {
@@ -168,6 +179,11 @@ func ParseHeader(b []byte) (Header, DropReason) {
 		data := off + 4
 		if data+n > h.Len {
 			return h, DropOptionLength
+		}
+		if typ&geneveCritical != 0 {
+			// No option this parser knows is critical, so this one
+			// is unknown; an AWS type with the bit set (0x81) too.
+			return h, DropCriticalOption
 		}
 		if class == AWSOptionClass {
 			switch {

@@ -41,6 +41,19 @@ func TestParseHeaderDrops(t *testing.T) {
 		{"ethernet payload", mod(func(b []byte) []byte { b[2], b[3] = 0x65, 0x58; return b }), DropProtocol},
 		{"option overruns header", mod(func(b []byte) []byte { b[11] = 0x1f; return b }), DropOptionLength},
 		{"cookie of 8 bytes", mod(func(b []byte) []byte { b[35] = 2; return b }), DropOptionLength},
+		// RFC 8926 §3.5: an unknown option marked critical drops the
+		// packet, with or without the C bit (critical options present).
+		{"unknown critical option", mod(func(b []byte) []byte {
+			return withOption(b, []byte{0x01, 0x01, 0x85, 1, 0xde, 0xad, 0xbe, 0xef})
+		}), DropCriticalOption},
+		{"unknown critical option, C bit", mod(func(b []byte) []byte {
+			b = withOption(b, []byte{0x01, 0x01, 0x85, 1, 0xde, 0xad, 0xbe, 0xef})
+			b[1] |= 0x40
+			return b
+		}), DropCriticalOption},
+		{"AWS endpoint type marked critical", mod(func(b []byte) []byte {
+			return withOption(b, []byte{0x01, 0x08, 0x80 | AWSOptionEndpoint, 2, 0, 0, 0, 0, 0, 0, 0, 0x99})
+		}), DropCriticalOption},
 		{"no options", append([]byte{0, 0, 0x08, 0, 0, 0, 0, 0}, innerV4...), DropMissingOption},
 		{"cookie missing", append(AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)[:0:0], func() []byte {
 			b := AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil)
@@ -54,6 +67,29 @@ func TestParseHeaderDrops(t *testing.T) {
 				t.Fatalf("drop %s, want %s", r, c.want)
 			}
 		})
+	}
+}
+
+// withOption inserts the encoded option opt after the options of the
+// GENEVE datagram b, growing the header's length.
+func withOption(b, opt []byte) []byte {
+	hl := genevebase + int(b[0]&0x3f)*4
+	out := append(append(append([]byte{}, b[:hl]...), opt...), b[hl:]...)
+	out[0] += byte(len(opt) / 4)
+	return out
+}
+
+// Options the appliance does not know but need not understand (the
+// critical bit clear) are skipped, and the C bit alone, with no critical
+// option in the header, drops nothing.
+func TestParseHeaderSkipsUnknownOptions(t *testing.T) {
+	pkt := append(AppendHeader(nil, EtherTypeIPv4, 0, 1, 2, 3, nil), innerV4...)
+	pkt = withOption(pkt, []byte{0x01, 0x01, 0x7f, 1, 0xde, 0xad, 0xbe, 0xef})
+	pkt = withOption(pkt, []byte{0x01, 0x08, 0x09, 0}) // an AWS type it does not know
+	pkt[1] |= 0x40
+	h, r := ParseHeader(pkt)
+	if r != DropNone || h.Len != AWSGeneveHeader+12 || h.Endpoint != 1 || h.Attachment != 2 || h.FlowCookie != 3 {
+		t.Fatalf("parsed %+v (%s), want the AWS options and a %d-byte header", h, r, AWSGeneveHeader+12)
 	}
 }
 
