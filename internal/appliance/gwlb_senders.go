@@ -52,8 +52,14 @@ func resolveGWLBSenders(o *Options) error {
 			"Pass the GWLB's subnets, or --gwlb-cidrs any to accept every sender (unsafe)", metadataTimeout, err)
 	}
 	o.GWLBCIDRs = cidrs
-	slog.Info("GENEVE accepted from the VPC's CIDR blocks (instance metadata); --gwlb-cidrs with the GWLB's subnets narrows it",
-		"gwlb_cidrs", cidrs)
+	// A warning, not news: any host of the VPC that the security group
+	// lets reach the GENEVE port can forge what only the GWLB should send.
+	// The CloudFormation template passes the GWLB's subnets; a hand-made
+	// deployment that leaves the flag out gets this.
+	slog.Warn("--gwlb-cidrs not set: GENEVE is accepted from the whole VPC (its CIDR blocks, from instance metadata). "+
+		"Any host of the VPC that reaches the GENEVE port can forge GWLB endpoints and clients (getting around client_cidrs "+
+		"and endpoints rules, writing records in another client's name) and take over a live flow's replies. "+
+		"Pass the GWLB's subnets", "gwlb_cidrs", cidrs)
 	return nil
 }
 

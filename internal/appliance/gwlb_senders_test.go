@@ -296,3 +296,35 @@ func TestMaxEndpoints(t *testing.T) {
 		t.Errorf("/metrics has no unknown_sender series")
 	}
 }
+
+// TestGWLBCIDRsVPCDefaultWarns: the default from instance metadata, the
+// whole VPC, is logged at start as a warning that names the risk (any host
+// of the VPC can forge GENEVE) and the flag that narrows it, not as news;
+// a deployment that passes the GWLB's subnets gets no such warning.
+func TestGWLBCIDRsVPCDefaultWarns(t *testing.T) {
+	imds := newFakeIMDS(t, "10.0.0.0/16", "")
+	resolve := func(o Options) string {
+		t.Helper()
+		var logs bytes.Buffer
+		old := slog.Default()
+		slog.SetDefault(slog.New(slog.NewTextHandler(&lockedWriter{w: &logs}, nil)))
+		err := resolveGWLBSenders(&o)
+		slog.SetDefault(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return logs.String()
+	}
+	o := DefaultOptions()
+	o.GWLBCIDRs, o.MetadataEndpoint = nil, imds.URL
+	logged := resolve(o)
+	for _, want := range []string{"level=WARN", "--gwlb-cidrs not set", "forge", "10.0.0.0/16"} {
+		if !strings.Contains(logged, want) {
+			t.Errorf("start-up logs for the VPC default lack %q:\n%s", want, logged)
+		}
+	}
+	o.GWLBCIDRs = prefixes("10.0.1.0/28")
+	if logged := resolve(o); strings.Contains(logged, "level=WARN") {
+		t.Errorf("a warning with --gwlb-cidrs set to the GWLB's subnet:\n%s", logged)
+	}
+}
