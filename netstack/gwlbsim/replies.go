@@ -107,7 +107,11 @@ func containsEndpoint(es []*Endpoint, e *Endpoint) bool {
 // A reply must fit in the GWLB's 8500 bytes, outer headers included, and
 // come from its flow's target, from the source port the simulator sends
 // that flow from (replies keep the outer ports), under the flow's current
-// header byte for byte. A later IP fragment carries no
+// header byte for byte, and go to an end of the flow that has sent through
+// the simulator: a GWLB carries a packet on toward its inner destination,
+// so a "reply" to the end that never sent (client to destination, as the
+// client's address) would leave as the client's traffic, around the
+// appliance's SNAT. A later IP fragment carries no
 // ports: it is held to the flow of its datagram's first fragment, or, when
 // that was not seen, to the flow of its endpoint between its addresses
 // whose cookie its header names (replyfrags.go).
@@ -166,6 +170,9 @@ func (s *Sim) handleReply(buf []byte, off int, from netip.AddrPort) *Endpoint {
 	case !bytes.Equal(r.header, b[:h.Len]):
 		s.mismatch.Add(1)
 		return nil
+	case !f.answers(p.DstAddr()):
+		s.wrongDir.Add(1)
+		return nil
 	}
 	f.last.Store(now)
 	r.target.replies.Add(1)
@@ -199,4 +206,10 @@ func (s *Sim) portsShared(t *target, port uint16) bool {
 func fromSockaddr(sa *unix.RawSockaddrInet4) netip.AddrPort {
 	p := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
 	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+}
+
+// answers reports whether a reply to dst goes to an end of f that has sent
+// through the simulator.
+func (f *simFlow) answers(dst netip.Addr) bool {
+	return dst == f.src.Addr() || dst == f.dst.Addr() && f.fromDst.Load()
 }

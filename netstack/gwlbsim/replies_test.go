@@ -297,3 +297,29 @@ func TestReplyOverGWLBSizeRefused(t *testing.T) {
 		t.Errorf("after an 8500-byte and an 8501-byte reply (outer headers included): %+v; want received 1, too_big 1", st)
 	}
 }
+
+// TestReplyWrongDirectionRefused: a "reply" under the flow's own header,
+// from its target and port, whose inner packet runs client to destination
+// is refused and counted as wrong_direction: a GWLB carries a packet on
+// toward its inner destination, so it would leave as the client's traffic,
+// around the appliance's SNAT, and a simulator that delivered it would
+// hide an appliance that does so. The reflected reply is delivered.
+func TestReplyWrongDirectionRefused(t *testing.T) {
+	g := newGroup(t, 201, 1, nil)
+	a := g.targets[0]
+	if g.send(t, protoUDP, 40000, 53) != a {
+		t.Fatal("no target got the packet")
+	}
+	r := a.last(t)
+	a.send(r.from.Port(), r.header, r.inner) // not reflected: client to destination
+	st := g.waitStats(t, "the wrong-direction reply counted", func(s Stats) bool {
+		return s.Received+s.WrongDirection+s.UnknownFlow+s.HeaderMismatch+s.WrongTarget+s.WrongSourcePort+s.Malformed > 0
+	})
+	if st.Received != 0 || st.WrongDirection != 1 {
+		t.Fatalf("after a client-to-destination packet sent back as a reply: %+v; want received 0, wrong_direction 1", st)
+	}
+	a.send(r.from.Port(), r.header, reflectPacket(r.inner))
+	if st := g.waitStats(t, "the reflected reply delivered", func(s Stats) bool { return s.Received == 1 }); st.WrongDirection != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}

@@ -88,6 +88,7 @@ type Stats struct {
 	UnknownEndpoint uint64 `json:"unknown_endpoint"`  // replies naming an endpoint that does not exist
 	WrongTarget     uint64 `json:"wrong_target"`      // replies from an address other than the flow's target's
 	WrongSourcePort uint64 `json:"wrong_source_port"` // replies from a port other than the one the flow is sent from
+	WrongDirection  uint64 `json:"wrong_direction"`   // replies whose inner packet goes to an end of the flow that never sent through the simulator: a terminating appliance may only answer
 	NoTarget        uint64 `json:"no_target"`         // packets of new flows dropped: no registered target
 	FlowDropped     uint64 `json:"flow_dropped"`      // packets of flows whose target was deregistered without rebalance
 	Rebalanced      uint64 `json:"rebalanced"`        // flows moved to another target (rebalance)
@@ -119,7 +120,7 @@ type Sim struct {
 
 	sent, received, mismatch, unknown, malformed, wrongPort, unknownEP atomic.Uint64
 	wrongTarget, noTarget, flowDropped, rebalanced, expired            atomic.Uint64
-	wrongSrcPort, tooBig                                               atomic.Uint64
+	wrongSrcPort, tooBig, wrongDir                                     atomic.Uint64
 
 	// replyFrags ties the later fragments of a reply to its first's flow.
 	replyFrags replyFrags
@@ -140,10 +141,13 @@ type simFlow struct {
 	etherType uint16
 	tcp       bool
 	src, dst  netip.AddrPort // the first packet's, for Flows
-	proto     uint8
-	created   time.Time    // when its first packet arrived
-	last      atomic.Int64 // unix nanoseconds of the last packet either way
-	moves     int          // times rebalanced; under Sim.mu
+	// fromDst says a packet from dst's address has come through the
+	// flow too: replies may then go to it as well as to src (handleReply).
+	fromDst atomic.Bool
+	proto   uint8
+	created time.Time    // when its first packet arrived
+	last    atomic.Int64 // unix nanoseconds of the last packet either way
+	moves   int          // times rebalanced; under Sim.mu
 }
 
 // flowRoute is where a flow's packets go. It is replaced whole when a
@@ -288,7 +292,7 @@ func (s *Sim) Stats() Stats {
 	return Stats{
 		Sent: s.sent.Load(), Received: s.received.Load(), HeaderMismatch: s.mismatch.Load(),
 		UnknownFlow: s.unknown.Load(), Malformed: s.malformed.Load(), WrongPort: s.wrongPort.Load(),
-		UnknownEndpoint: s.unknownEP.Load(), WrongTarget: s.wrongTarget.Load(), WrongSourcePort: s.wrongSrcPort.Load(),
+		UnknownEndpoint: s.unknownEP.Load(), WrongTarget: s.wrongTarget.Load(), WrongSourcePort: s.wrongSrcPort.Load(), WrongDirection: s.wrongDir.Load(),
 		NoTarget: s.noTarget.Load(), FlowDropped: s.flowDropped.Load(), Rebalanced: s.rebalanced.Load(),
 		FlowsExpired: s.expired.Load(), TooBig: s.tooBig.Load(), Flows: n,
 	}
@@ -399,6 +403,9 @@ func (e *Endpoint) route(inner []byte) (*simFlow, *flowRoute, *target, error) {
 		return nil, nil, nil, nil
 	}
 	f.last.Store(time.Now().UnixNano())
+	if p.SrcAddr() != f.src.Addr() && !f.fromDst.Load() {
+		f.fromDst.Store(true)
+	}
 	return f, r, t, nil
 }
 
