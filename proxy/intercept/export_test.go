@@ -50,3 +50,11 @@ func SetUpstreamIdleTimeout(d time.Duration) (restore func()) {
 	h1IdleTimeout = d
 	return func() { h1IdleTimeout = old }
 }
+
+// SetClientIdleTimeout sets how long an intercepted client connection may
+// wait with no request, and returns a function restoring it.
+func SetClientIdleTimeout(d time.Duration) (restore func()) {
+	old := clientIdleTimeout
+	clientIdleTimeout = d
+	return func() { clientIdleTimeout = old }
+}

@@ -63,7 +63,13 @@ func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
 	cc.limit.arm(s.ic.cfg.MaxHeaderBytes, s.h2)
 	cc.limit.shuttingDown = s.ic.cfg.ShuttingDown
 	cc.onClose = rt.connClosed
+	cc.h1 = !s.h2
 	rt.cc = cc
+	if s.h2 { // the wait for a request: idle.go
+		rt.armIdle()
+	} else {
+		cc.limit.idleDeadline(cc.Conn)
+	}
 	rt.base = *s.Record
 	// A bump's dest_check was its SNI's, before the handshake: each
 	// request's is its own Host's (roundtrip.go), or none.
@@ -106,6 +112,10 @@ type roundTripper struct {
 	graceArmed atomic.Bool // the grace's timer is running, or has run
 	graceOver  atomic.Bool // no more waiting for streams' handlers to start
 	ended      sync.Once
+	// idle is an HTTP/2 session's idle timer, idleGrace whether it has
+	// waited for a stream's handler since the last request (idle.go).
+	idle      *time.Timer
+	idleGrace atomic.Bool
 }
 
 // h2HandlerGrace bounds how long a session whose HTTP/2 connection has
@@ -124,6 +134,9 @@ func (rt *roundTripper) connClosed() {
 
 func (rt *roundTripper) requestDone() {
 	if rt.inflight.Add(-1) == 0 {
+		if rt.idle != nil {
+			rt.idle.Reset(clientIdleTimeout)
+		}
 		rt.tryEnd()
 	}
 }
@@ -164,6 +177,9 @@ func (rt *roundTripper) end() {
 	rt.ended.Do(func() {
 		s := rt.s
 		s.markEnding()
+		if rt.idle != nil {
+			rt.idle.Stop()
+		}
 		// The client is gone: no upstream connection has a use any more,
 		// idle or not (a request that came after the end may hold one).
 		rt.tr.CloseIdleConnections()
@@ -186,12 +202,18 @@ func (rt *roundTripper) end() {
 		}
 		// A head left unfinished past its deadline: hijackedconn.go.
 		timedOut := rt.cc.limit.timedOut.Load()
+		// Closed for want of a request (idle.go): no error, and not the
+		// client's doing; the record says so, its result left ok.
+		idled := rt.cc.limit.idle.out.Load() && !timedOut
 		if s.Record.Kind == "tls" { // bumped: the connection's record, besides one per request
 			if timedOut && s.Record.Error == "" {
 				s.Record.Error = rt.cc.limit.timeoutError()
 				if s.Record.Result == "ok" { // as the cleartext record says
 					s.Record.Result = "timeout"
 				}
+			}
+			if idled && s.Record.Error == "" {
+				s.Record.Error = idleNote()
 			}
 			s.finish() // with the destination's bytes, TLS and all
 			return
@@ -208,14 +230,20 @@ func (rt *roundTripper) end() {
 			rec := *s.Record
 			rec.Kind, rec.Scheme, rec.Rule = "http", rt.scheme, ""
 			rec.BytesOut, rec.BytesIn = 0, 0
-			if timedOut {
+			switch {
+			case timedOut:
 				// The appliance gave up waiting: no refusal, nor a
 				// denial to count. The record keeps the decision that
 				// let the connection in, as a bumped one's tls record
 				// keeps its bump.
 				rec.Rule = s.Record.Rule
 				rec.Result, rec.Error = "timeout", rt.cc.limit.timeoutError()
-			} else {
+			case idled && rt.requests.Load() == 0:
+				// An h2c client's preface, and no request: nothing was
+				// refused, the wait for one ran out.
+				rec.Rule = s.Record.Rule
+				rec.Result, rec.Error = "ok", idleNote()
+			default:
 				rec.Action, rec.Result = "deny", "denied"
 				rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
 				s.ic.denied.Add(1)

@@ -96,8 +96,10 @@ func (l *headLimit) clientGone(result, when, detail string) (string, string) {
 	return result, "the client went away " + when + detail
 }
 
+// untime disarms the head deadline, or the idle one (idle.go).
 func (l *headLimit) untime() {
-	if l.timed.Swap(false) {
+	timed, idle := l.timed.Swap(false), l.idle.armed.Swap(false)
+	if timed || idle {
 		_ = l.conn.SetReadDeadline(time.Time{})
 	}
 }

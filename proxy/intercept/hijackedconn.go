@@ -32,6 +32,8 @@ type hijackedConn struct {
 	// client has sent the HTTP/2 preface; guarded by hold.mu, as every
 	// write is.
 	frames h2Frames
+	// h1: goproxy's HTTP/1 loop serves it, on one goroutine (idle.go).
+	h1 bool
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -102,15 +104,15 @@ type headLimit struct {
 	unit     uint64
 	timed    atomic.Bool
 	timedOut atomic.Bool
+	// idle is the wait for a request: idle.go.
+	idle clientIdle
 }
 
 // requestHeadTimeout bounds the rest of an HTTP/1 request head, or of an
 // HTTP/2 client's preface, once its first byte has come: a client that
 // left a head unfinished (under --max-header-bytes) held its flow, and
-// the head so far, for good. The wait for the first byte is not bounded:
-// an idle connection between requests costs what any idle flow costs,
-// and is kept as relayed flows are, while the client answers keepalives.
-// Clients write a head at once; sniff.CompleteTimeout (3 s) bounds a
+// the head so far, for good. The wait for the first byte is the idle
+// timeout's (idle.go). Clients write a head at once; sniff.CompleteTimeout (3 s) bounds a
 // flow's first bytes, a whole head of up to 64 KiB gets more, for slow
 // paths: 10 s, as a response head (responseHeadTimeout). What follows
 // the head, a body or a WebSocket tunnel, is not bounded by it.
@@ -158,6 +160,7 @@ func (l *headLimit) time(c net.Conn) {
 
 func (l *headLimit) setDeadline(c net.Conn, now time.Time) {
 	l.conn, l.deadline = c, now.Add(requestHeadTimeout)
+	l.idle.armed.Store(false)
 	l.timed.Store(true)
 	_ = c.SetReadDeadline(l.deadline)
 }
@@ -200,6 +203,7 @@ func (l *headLimit) feedH2(b []byte) error {
 		return err
 	}
 	if n := l.h2.opened; n != l.streams.Load() {
+		l.idle.last.Store(l.h2.lastStream) // for an idle close's GOAWAY
 		l.streams.Store(n)
 	}
 	return nil
@@ -222,6 +226,9 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 		// since (timeH2): disarmed now, and the read goes on.
 		c.limit.untime()
 		n, err = c.Conn.Read(b)
+	}
+	if n == 0 && c.limit.idle.armed.Load() && isTimeout(err) {
+		c.limit.idle.out.Store(true)
 	}
 	c.in.Add(int64(n))
 	if lerr := c.limit.count(b[:n]); lerr != nil {
@@ -355,6 +362,9 @@ func (b *nextHead) Close() error {
 	}
 	b.cc.limit.read.Store(0)
 	b.cc.limit.inHead.Store(true)
+	if b.cc.h1 {
+		b.cc.limit.idleDeadline(b.cc.Conn)
+	}
 	return err
 }
 

@@ -30,6 +30,10 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	// In flight first, then a request: the order tryEnd relies on.
 	rt.inflight.Add(1)
 	rt.requests.Add(1)
+	if rt.idle != nil { // no longer idle: requestDone arms it again
+		rt.idle.Stop()
+		rt.idleGrace.Store(false)
+	}
 	rt.cc.limit.headDone()
 	if !rt.s.h2 {
 		// The previous response is complete, whether or not its end was
