@@ -32,8 +32,10 @@ type hijackedConn struct {
 	// client has sent the HTTP/2 preface; guarded by hold.mu, as every
 	// write is.
 	frames h2Frames
-	// h1: goproxy's HTTP/1 loop serves it, on one goroutine (idle.go).
-	h1 bool
+	// h1: goproxy's HTTP/1 loop serves it, on one goroutine (idle.go),
+	// and bounds keeps its buffers to one request (h1bounds.go).
+	h1     bool
+	bounds h1Bounds
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -216,7 +218,7 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	if c.hold.active.Load() {
 		c.endHold()
 	}
-	n, err := c.Conn.Read(b)
+	n, err := c.readConn(b)
 	for n == 0 && c.limit.timed.Load() && isTimeout(err) {
 		if h := c.limit.h2; h == nil || h.pending() {
 			c.limit.timedOut.Store(true)
@@ -363,7 +365,7 @@ func (b *nextHead) Close() error {
 	b.cc.limit.read.Store(0)
 	b.cc.limit.inHead.Store(true)
 	if b.cc.h1 {
-		b.cc.limit.idleDeadline(b.cc.Conn)
+		b.cc.awaitHead()
 	}
 	return err
 }

@@ -36,6 +36,7 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	}
 	rt.cc.limit.headDone()
 	if !rt.s.h2 {
+		rt.cc.bounds.request(req) // its body's length: h1bounds.go
 		// The previous response is complete, whether or not its end was
 		// seen: what it left held goes now, before a "100 Continue".
 		rt.cc.holdResponse(false)

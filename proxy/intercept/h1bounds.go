@@ -1,0 +1,168 @@
+package intercept
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+)
+
+// The boundaries of HTTP/1 requests.
+//
+// goproxy reads an HTTP/1 connection through two buffered readers of 4 KiB
+// each. A client that pipelines, sending a request and the start of the
+// next in one write (or before the response has ended), leaves that start
+// in them: when the response ends goproxy parses it from its buffers and
+// waits for the rest with no read of the connection bringing a byte, so
+// the head deadline, armed by such a read, was never armed. Nothing
+// outside goproxy can see its buffers; so they are kept from holding
+// bytes of a next request at all. The client connection hands goproxy's
+// HTTP/1 loop a request head up to its end and no further, then, once
+// RoundTrip has the parsed request, its body up to its Content-Length;
+// what the underlying read brought past either is kept here and handed
+// out by the next read. When a response ends, goproxy's buffers are
+// empty, and the bytes kept, if any, are the start of the next head: its
+// 10 s start then, as a head's whose first byte was just read.
+//
+// A head ends at its first empty line, as net/http reads it: a line
+// feed, after a line feed or a line feed and a carriage return ("\n\n",
+// "\n\r\n"). net/http reads nothing past that line (its MIME reader peeks
+// after every other line, for a continuation, but not after the last),
+// nor past a body of known length. A chunked body's end is not followed
+// here: its request, and any the connection carries after it, are read
+// unbounded (boundLoose), a pipelined partial head behind one bounded by the
+// idle timeout only. So is any read the boundaries did not expect (a
+// WebSocket tunnel after its 101 reads the connection as a byte stream).
+type h1Bounds struct {
+	state uint8
+	line  uint8 // at the head's end of the last read: lineMid, lineStart or lineCR
+	left  int64 // of the body, in boundBody
+	// pending is what a read brought past a boundary, handed out first;
+	// buf is its storage, kept while requests follow one another (a body
+	// that came with its head, pipelined requests) and dropped when the
+	// connection waits idle for the next: an idle connection holds none.
+	pending, buf []byte
+}
+
+// h1Bounds states.
+const (
+	boundHead  = iota // a head is read, up to its end
+	boundAwait        // the head is out: RoundTrip says what the body is
+	boundBody         // a body of known length is read, up to its end
+	boundDone         // the request is out whole; the response is written
+	boundLoose        // the boundaries are no longer known: nothing is held back
+)
+
+// Where the last byte of a head read so far left its line.
+const (
+	lineMid   = iota // within a line: the request line, or a field's
+	lineStart        // after a line feed
+	lineCR           // after a line feed and a carriage return
+)
+
+// read reads from c into b, handing out no byte past the boundary of the
+// part of the request being read.
+func (h *h1Bounds) read(c net.Conn, b []byte) (int, error) {
+	if len(h.pending) > 0 {
+		n := copy(b, h.pending)
+		k := h.take(b[:n])
+		h.pending = h.pending[k:]
+		return k, nil
+	}
+	n, err := c.Read(b)
+	if k := h.take(b[:n]); k < n {
+		h.buf = append(h.buf[:0], b[k:n]...)
+		h.pending = h.buf
+		return k, nil // an error comes again with the next read
+	}
+	return n, err
+}
+
+// take returns how many of the bytes p, read next, belong to the part of
+// the request being read (all but none, when p is not empty), and moves
+// on to the next part at its boundary.
+func (h *h1Bounds) take(p []byte) int {
+	switch h.state {
+	case boundHead:
+		if i := h.headEnd(p); i >= 0 {
+			h.state = boundAwait
+			return i
+		}
+	case boundBody:
+		k := int(min(int64(len(p)), h.left))
+		if h.left -= int64(k); h.left == 0 {
+			h.state = boundDone
+		}
+		return k
+	case boundAwait, boundDone:
+		if len(p) > 0 {
+			h.state = boundLoose // a read past the request: not one of goproxy's heads or bodies
+		}
+	}
+	return len(p)
+}
+
+// headEnd returns the length of the head's bytes in p, the next read, if
+// the head ends in it; -1 if not.
+func (h *h1Bounds) headEnd(p []byte) int {
+	for i := 0; i < len(p); {
+		j := bytes.IndexByte(p[i:], '\n')
+		if j < 0 {
+			if h.line == lineStart && len(p)-i == 1 && p[i] == '\r' {
+				h.line = lineCR
+			} else {
+				h.line = lineMid
+			}
+			return -1
+		}
+		rest := p[i : i+j] // of the line, before its line feed
+		if h.line == lineStart && (len(rest) == 0 || len(rest) == 1 && rest[0] == '\r') ||
+			h.line == lineCR && len(rest) == 0 {
+			h.line = lineMid
+			return i + j + 1
+		}
+		h.line = lineStart
+		i += j + 1
+	}
+	return -1
+}
+
+// request takes the request whose head was handed out: its body is read
+// up to its length, when known.
+func (h *h1Bounds) request(req *http.Request) {
+	switch {
+	case h.state != boundAwait || len(req.TransferEncoding) > 0 || req.ContentLength < 0:
+		h.state = boundLoose
+	case req.ContentLength == 0:
+		h.state = boundDone
+	default:
+		h.state, h.left = boundBody, req.ContentLength
+	}
+}
+
+// readConn reads the connection, within the request's boundaries when
+// goproxy's HTTP/1 loop serves it.
+func (c *hijackedConn) readConn(b []byte) (int, error) {
+	if c.h1 {
+		return c.bounds.read(c.Conn, b)
+	}
+	return c.Conn.Read(b)
+}
+
+// awaitHead arms the wait for the next request as a response ends: the
+// head deadline at once when the start of a head was read already (a
+// pipelined one), else the idle deadline (idle.go), which the head's first
+// byte replaces.
+func (c *hijackedConn) awaitHead() {
+	h := &c.bounds
+	if h.state == boundDone {
+		h.state, h.line = boundHead, lineMid
+		if len(h.pending) > 0 {
+			c.limit.time(c.Conn)
+			return
+		}
+	}
+	if len(h.pending) == 0 {
+		h.buf = nil
+	}
+	c.limit.idleDeadline(c.Conn)
+}
