@@ -21,13 +21,22 @@ type dnsMessage struct {
 	ID       uint16
 	Response bool
 	RCode    uint8
-	// Name is the first question's name, without the trailing dot ("." for
-	// the root), its label bytes as they came but for two: a '.' inside a
-	// label is written \046 and a backslash \092, so that the text names
-	// one name and no other (labels "a.b" and "c" are not "a", "b", "c").
-	Name string
+	// Wire is the first question's name as it is on the wire, compression
+	// pointers followed: each label's length octet and bytes, without the
+	// root's zero ("" for the root). At most 254 bytes, it is what a
+	// pending query is kept under; its text (Name) is built only for the
+	// record, since a label of '.' bytes, each written \046, would take
+	// four times the room.
+	Wire string
 	Type uint16
 }
+
+// Name is the first question's name as text, without the trailing dot
+// ("." for the root), its label bytes as they came but for two: a '.'
+// inside a label is written \046 and a backslash \092, so that the text
+// names one name and no other (labels "a.b" and "c" are not "a", "b",
+// "c").
+func (m *dnsMessage) Name() string { return wireNameText(m.Wire) }
 
 var errNotDNS = errors.New("not a DNS message")
 
@@ -62,80 +71,96 @@ const dnsHeaderLen = 12
 // pointers, which may point anywhere in the message, as a server may let
 // them.
 func parseDNS(b []byte) (dnsMessage, error) {
-	var m dnsMessage
+	var wire [maxDNSName]byte
+	m, n, err := parseDNSInto(b, &wire)
+	if err != nil {
+		return m, err
+	}
+	m.Wire = string(wire[:n])
+	return m, nil
+}
+
+// parseDNSInto is parseDNS without the allocation: the name's wire form is
+// left in wire[:n], and m.Wire empty.
+func parseDNSInto(b []byte, wire *[maxDNSName]byte) (m dnsMessage, n int, err error) {
 	if len(b) < dnsHeaderLen || b[4] == 0 && b[5] == 0 { // QDCOUNT 0
-		return m, errNotDNS
+		return m, 0, errNotDNS
 	}
 	m.ID = uint16(b[0])<<8 | uint16(b[1])
 	m.Response = b[2]&0x80 != 0
 	m.RCode = b[3] & 0x0f
-	name, off, err := readQName(b, dnsHeaderLen)
+	n, off, err := readQName(b, dnsHeaderLen, wire)
 	if err != nil || off+4 > len(b) { // the question's type and class
-		return dnsMessage{}, errNotDNS
+		return dnsMessage{}, 0, errNotDNS
 	}
-	m.Name, m.Type = name, uint16(b[off])<<8|uint16(b[off+1])
-	return m, nil
+	m.Type = uint16(b[off])<<8 | uint16(b[off+1])
+	return m, n, nil
 }
 
-// readQName reads the name at off in msg, following compression pointers,
-// in the form dnsMessage.Name documents, and returns it with the offset
-// just past it. The name is the one allocation: it is copied label by
-// label into an array on the stack, then written out once.
-func readQName(msg []byte, off int) (string, int, error) {
-	var wire [maxDNSName]byte // the name without pointers or root label: length octet, bytes, ...
-	n, escapes, ptrs, next := 0, 0, 0, -1
+// readQName reads the name at off in msg into wire, following compression
+// pointers, in the form dnsMessage.Wire documents, and returns its length
+// and the offset just past it in msg.
+func readQName(msg []byte, off int, wire *[maxDNSName]byte) (n, next int, err error) {
+	ptrs := 0
+	next = -1
 	for {
 		if off >= len(msg) {
-			return "", 0, errNotDNS
+			return 0, 0, errNotDNS
 		}
 		c := int(msg[off])
 		if c == 0 {
 			if next < 0 {
 				next = off + 1
 			}
-			break
+			return n, next, nil
 		}
 		switch c & 0xc0 {
 		case 0x00: // a label of c bytes
 			end := off + 1 + c
 			if end > len(msg) || n+1+c+1 > maxDNSName { // +1: the root's zero
-				return "", 0, errNotDNS
-			}
-			for _, x := range msg[off+1 : end] {
-				if x == '.' || x == '\\' {
-					escapes++
-				}
+				return 0, 0, errNotDNS
 			}
 			n += copy(wire[n:], msg[off:end])
 			off = end
 		case 0xc0: // a pointer
 			if off+1 >= len(msg) {
-				return "", 0, errNotDNS
+				return 0, 0, errNotDNS
 			}
 			if next < 0 {
 				next = off + 2
 			}
 			if ptrs++; ptrs > maxDNSPointers {
-				return "", 0, errNotDNS
+				return 0, 0, errNotDNS
 			}
 			off = (c&0x3f)<<8 | int(msg[off+1])
 		default: // 0x40 and 0x80: extended label types, obsolete (RFC 6891)
-			return "", 0, errNotDNS
+			return 0, 0, errNotDNS
 		}
 	}
-	if n == 0 {
-		return ".", next, nil
+}
+
+// wireNameText writes a name in dnsMessage.Wire's form as dnsMessage.Name
+// documents.
+func wireNameText(wire string) string {
+	if wire == "" {
+		return "."
+	}
+	escapes := 0
+	for i := 0; i < len(wire); i++ {
+		if wire[i] == '.' || wire[i] == '\\' {
+			escapes++ // a length octet may count too: the Grow is a bound
+		}
 	}
 	// Each label's length octet becomes a dot, the first one none; each
 	// escaped byte takes three more.
 	var s strings.Builder
-	s.Grow(n - 1 + 3*escapes)
-	for i := 0; i < n; {
+	s.Grow(len(wire) - 1 + 3*escapes)
+	for i := 0; i < len(wire); {
 		l := int(wire[i])
 		if i > 0 {
 			s.WriteByte('.')
 		}
-		for _, x := range wire[i+1 : i+1+l] {
+		for _, x := range []byte(wire[i+1 : i+1+l]) {
 			switch x {
 			case '.':
 				s.WriteString(`\046`)
@@ -147,7 +172,7 @@ func readQName(msg []byte, off int) (string, int, error) {
 		}
 		i += 1 + l
 	}
-	return s.String(), next, nil
+	return s.String()
 }
 
 var dnsTypes = map[uint16]string{
@@ -195,6 +220,9 @@ type dnsLog struct {
 	asked   bool     // a query was seen
 	opaque  int64    // datagrams from the client that were not DNS queries
 	client  shareKey // whose bucket of DNS records the flow's come from
+	// budget is the client's count of pending queries, across its flows
+	// (dnspending.go); nil once the flow has closed.
+	budget *dnsBudget
 	// pol is the policy that allowed the flow (updated when a reload
 	// decides it again): its answers are handed to Config.DNSAnswer only
 	// while that is the policy in force, so that a flow a reload has not
@@ -205,7 +233,8 @@ type dnsLog struct {
 // dnsKey is what a response must repeat of its query. Keyed by ID alone, a
 // second query with the ID of one still pending took its place, and the
 // first one's answer (its name not the second's) went unrecorded: a
-// client could hide any query behind an innocent one.
+// client could hide any query behind an innocent one. The name is the wire
+// form (dnsMessage.Wire), at most 254 bytes.
 type dnsKey struct {
 	name string
 	id   uint16
@@ -219,11 +248,13 @@ type dnsQuestion struct {
 }
 
 // maxPendingDNS bounds the queries a flow can leave unanswered in memory.
-// A query beyond it is recorded at once, as untracked.
+// A query beyond it is recorded at once, as untracked. A client's flows
+// together are bounded too: maxPendingDNSPerClient.
 const maxPendingDNS = 1024
 
 func newDNSLog(p *Proxy, base *records.Record, pol *policy.Policy) *dnsLog {
 	d := &dnsLog{p: p, base: *base, pending: make(map[dnsKey]dnsQuestion), client: recordShareKey(base)}
+	d.budget = p.udp.dnsPending.acquire(d.client)
 	d.pol.Store(pol)
 	return d
 }
@@ -255,19 +286,20 @@ func (d *dnsLog) query(b []byte) {
 		return
 	}
 	d.asked = true
-	k := dnsKey{name: m.Name, id: m.ID, typ: m.Type}
+	k := dnsKey{name: m.Wire, id: m.ID, typ: m.Type}
 	switch q, ok := d.pending[k]; {
 	case ok:
 		// The same question again: a retransmission, which one record
 		// names as well as two would.
 		q.size += len(b)
 		d.pending[k] = q
-	case len(d.pending) < maxPendingDNS:
+	case len(d.pending) < maxPendingDNS && d.budget.take():
 		d.pending[k] = dnsQuestion{msg: m, size: len(b), start: time.Now()}
 	default:
-		// No room to wait for its answer: the query is relayed all the
-		// same (the client's resolver is its own business), so it is
-		// recorded now, or it would never be.
+		// No room to wait for its answer, in the flow or in the client's
+		// budget: the query is relayed all the same (the client's
+		// resolver is its own business), so it is recorded now, or it
+		// would never be.
 		d.write(dnsQuestion{msg: m, size: len(b), start: time.Now()}, "", 0, "untracked")
 	}
 }
@@ -279,15 +311,18 @@ func (d *dnsLog) query(b []byte) {
 // to nothing the client asked are not handed on: the client drops them
 // too. It reports whether the flow is now quiet.
 func (d *dnsLog) answer(b []byte) (quiet bool) {
-	m, err := parseDNS(b)
+	var wire [maxDNSName]byte
+	m, n, err := parseDNSInto(b, &wire)
 	if err != nil || !m.Response {
 		return false
 	}
 	d.mu.Lock()
-	k := dnsKey{name: m.Name, id: m.ID, typ: m.Type}
-	q, ok := d.pending[k]
+	// The lookup converts the name without allocating; the delete uses the
+	// name the query is kept under.
+	q, ok := d.pending[dnsKey{name: string(wire[:n]), id: m.ID, typ: m.Type}]
 	if ok {
-		delete(d.pending, k)
+		delete(d.pending, dnsKey{name: q.msg.Wire, id: m.ID, typ: m.Type})
+		d.budget.give(1)
 	}
 	quiet = d.quietLocked()
 	d.mu.Unlock()
@@ -344,7 +379,7 @@ func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
 		return
 	}
 	r := d.base
-	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", presentName(q.msg.Name), dnsTypeName(q.msg.Type), rcode
+	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", presentName(q.msg.Name()), dnsTypeName(q.msg.Type), rcode
 	r.BytesOut, r.BytesIn, r.Result = int64(q.size), in, result
 	if skipped > 0 {
 		r.Error = fmt.Sprintf("%d more DNS queries from this client before this one, not recorded one by one", skipped)
@@ -352,10 +387,14 @@ func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
 	d.p.finish(&r, q.start)
 }
 
-// close records the queries left without an answer as timeouts.
+// close records the queries left without an answer as timeouts, and gives
+// their room back to the client's budget.
 func (d *dnsLog) close() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.budget.give(len(d.pending))
+	d.p.udp.dnsPending.release(d.client, d.budget)
+	d.budget = nil
 	for k, q := range d.pending {
 		d.write(q, "", 0, "timeout")
 		delete(d.pending, k)

@@ -74,13 +74,13 @@ func longName(n int) string {
 func TestParseDNS(t *testing.T) {
 	q := dnsQuery(0xbeef, "www.gwlbproxy.test", 28)
 	m, err := parseDNS(q)
-	if err != nil || m.ID != 0xbeef || m.Response || m.RCode != 0 || m.Name != "www.gwlbproxy.test" || dnsTypeName(m.Type) != "AAAA" {
+	if err != nil || m.ID != 0xbeef || m.Response || m.RCode != 0 || m.Name() != "www.gwlbproxy.test" || dnsTypeName(m.Type) != "AAAA" {
 		t.Fatalf("query: %+v %v", m, err)
 	}
 	resp := append([]byte{}, q...)
 	resp[2], resp[3] = 0x81, 0x83 // response, NXDOMAIN
 	m, err = parseDNS(resp)
-	if err != nil || !m.Response || dnsRCodeName(m.RCode) != "NXDOMAIN" || m.Name != "www.gwlbproxy.test" {
+	if err != nil || !m.Response || dnsRCodeName(m.RCode) != "NXDOMAIN" || m.Name() != "www.gwlbproxy.test" {
 		t.Fatalf("response: %+v %v", m, err)
 	}
 	for name, b := range map[string][]byte{
@@ -154,7 +154,7 @@ func TestParseDNSNames(t *testing.T) {
 		{"trailing bytes", append(dnsQuery(7, "x.test", 1), 1, 2, 3), "x.test", 1},
 	} {
 		m, err := parseDNS(c.msg)
-		if err != nil || m.ID != 7 || m.Name != c.name || m.Type != c.typ {
+		if err != nil || m.ID != 7 || m.Name() != c.name || m.Type != c.typ {
 			t.Errorf("%s: %+v, %v; want %q type %d", c.what, m, err, c.name, c.typ)
 		}
 	}
@@ -198,22 +198,23 @@ func FuzzParseDNS(f *testing.F) {
 			}
 			return
 		}
-		if m.Name == "" || (m.Name != "." && strings.HasSuffix(m.Name, ".")) {
-			t.Fatalf("name %q: want \".\" or no trailing dot", m.Name)
+		name := m.Name()
+		if name == "" || (name != "." && strings.HasSuffix(name, ".")) {
+			t.Fatalf("name %q: want \".\" or no trailing dot", name)
 		}
 		var labels []string
-		if m.Name != "." {
-			labels = nameLabels(t, m.Name)
+		if name != "." {
+			labels = nameLabels(t, name)
 		}
 		wire := 1
 		for _, l := range labels {
 			if len(l) == 0 || len(l) > 63 {
-				t.Fatalf("name %q: a label of %d bytes", m.Name, len(l))
+				t.Fatalf("name %q: a label of %d bytes", name, len(l))
 			}
 			wire += 1 + len(l)
 		}
 		if wire > maxDNSName {
-			t.Fatalf("name %q: %d octets on the wire", m.Name, wire)
+			t.Fatalf("name %q: %d octets on the wire", name, wire)
 		}
 		flags := uint16(m.RCode)
 		if m.Response {

@@ -40,7 +40,7 @@ func newDNSResolver(t *testing.T, delay time.Duration) *dnsResolver {
 			q := append([]byte(nil), buf[:n]...)
 			m, _ := parseDNS(q)
 			r.mu.Lock()
-			r.asked = append(r.asked, m.Name)
+			r.asked = append(r.asked, m.Name())
 			r.mu.Unlock()
 			if delay >= 0 {
 				time.AfterFunc(delay, func() { pc.WriteToUDPAddrPort(dnsResponse(q), from) })

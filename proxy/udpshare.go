@@ -40,6 +40,8 @@ type udpState struct {
 	// udpFlow.smuggled).
 	quicSmuggled atomic.Uint64
 	held         atomic.Int64 // denied flows held (deniedUDP), at most maxDeniedUDP
+	// dnsPending counts each client's DNS queries waiting for answers.
+	dnsPending dnsPending
 }
 
 // udpShares counts what each client holds of a resource shared by all
