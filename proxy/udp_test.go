@@ -133,7 +133,7 @@ func TestDNSFlowEndsAfterAnswer(t *testing.T) {
 	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
 		cfg.UDPIdleTimeout = time.Minute
 		cfg.DNSPorts = []uint16{dst.addr().Port()}
-		cfg.DNSAnswer = func(_ uint64, endpoint string, msg []byte) {
+		cfg.DNSAnswer = func(_ uint64, endpoint string, _ netip.Addr, msg []byte) {
 			c.mu.Lock()
 			written := c.outNext // datagrams the client has been given
 			c.mu.Unlock()

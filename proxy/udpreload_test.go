@@ -63,7 +63,7 @@ func TestDNSFlowRedecidedAfterReload(t *testing.T) {
 	p, h, _ := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
 		cfg.UDPIdleTimeout = 3 * time.Second
 		cfg.DNSPorts = []uint16{res.addr().Port()}
-		cfg.DNSAnswer = func(uint64, string, []byte) { seen.Add(1) }
+		cfg.DNSAnswer = func(uint64, string, netip.Addr, []byte) { seen.Add(1) }
 	})
 	c, _ := startFlow(p, quicClient, res.addr(), dnsQuery(1, "allowed.example", 1))
 	<-c.out

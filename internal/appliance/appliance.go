@@ -324,7 +324,7 @@ func New(o Options) (_ *Appliance, err error) {
 	}
 	a.records = records.NewWriter(shipper, files...)
 	a.destCheck = newDestCheck(&o)
-	var dnsAnswer func(uint64, string, []byte)
+	var dnsAnswer func(uint64, string, netip.Addr, []byte)
 	if o.DNSObserve {
 		dnsAnswer = a.destCheck.ObserveAt
 	}

@@ -15,7 +15,7 @@
 // that a connection made just after a record expired still passes. Names
 // compare case-insensitively, without a trailing dot; IPv4-mapped IPv6
 // addresses count as their IPv4 address. Memory is bounded (entries per
-// endpoint and in all), one lookup per name is in flight at a time, lookups
+// client, per endpoint and in all), one lookup per name is in flight at a time, lookups
 // in flight are bounded, and a check waits for a lookup no longer than its
 // context allows.
 package destcheck
@@ -97,6 +97,12 @@ type Config struct {
 	// endpoint (default half of MaxEntries), so that one VPC's clients
 	// cannot evict every other's.
 	MaxEntriesPerEndpoint int
+	// MaxEntriesPerClient bounds the observed names one client behind an
+	// endpoint brought in with its answers (default a quarter of
+	// MaxEntriesPerEndpoint): a client that asks for ever new names (of a
+	// zone of its own, each answer a CNAME chain of eight) evicts its own
+	// oldest names, not every name its endpoint's other clients were told.
+	MaxEntriesPerClient int
 }
 
 func (c *Config) setDefaults() {
@@ -121,6 +127,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxEntriesPerEndpoint <= 0 {
 		c.MaxEntriesPerEndpoint = max(c.MaxEntries/2, 1)
+	}
+	if c.MaxEntriesPerClient <= 0 {
+		c.MaxEntriesPerClient = max(c.MaxEntriesPerEndpoint/4, 1)
 	}
 }
 
@@ -237,8 +246,8 @@ func newChecker(cfg Config, now func() time.Time) *Checker {
 		cfg:        cfg,
 		now:        now,
 		epoch:      now(),
-		observed:   newStore(cfg.MaxEntries, cfg.MaxEntriesPerEndpoint),
-		resolved:   newStore(cfg.MaxEntries, cfg.MaxEntries),
+		observed:   newStore(cfg.MaxEntries, cfg.MaxEntriesPerEndpoint, cfg.MaxEntriesPerClient),
+		resolved:   newStore(cfg.MaxEntries, cfg.MaxEntries, cfg.MaxEntries),
 		ctx:        ctx,
 		cancel:     cancel,
 		sem:        make(chan struct{}, cfg.MaxLookups),
@@ -430,9 +439,10 @@ func (c *Checker) known(endpoint, name string, dest netip.Addr, now int64) *Mism
 // for the name asked, and for each alias on its CNAME chain, count for that
 // endpoint's checks until their TTL and the grace have passed. Anything
 // but a well-formed NOERROR response to a standard query is ignored.
-// Observe does not keep msg.
+// Observe does not keep msg. It names no client: the names it brings in
+// count against the endpoint's bound only (see ObserveAt).
 func (c *Checker) Observe(endpoint string, msg []byte) {
-	c.ObserveAt(c.Generation(), endpoint, msg)
+	c.ObserveAt(c.Generation(), endpoint, netip.Addr{}, msg)
 }
 
 // Generation returns the generation of the observed answers, which each
@@ -447,7 +457,12 @@ func (c *Checker) Generation() uint64 { return c.observed.gen.Load() }
 // policy check and the store would forget the old answers and then take in
 // one the old policy let a client's own server send, to vouch under the
 // new policy for its TTL.
-func (c *Checker) ObserveAt(gen uint64, endpoint string, msg []byte) {
+//
+// client is who the answer was relayed to, as the proxy counts clients (an
+// address, an IPv6 /80): the names its answers bring in count against its
+// share of the endpoint's (Config.MaxEntriesPerClient), and beyond it its
+// own oldest go. The zero Addr names no client.
+func (c *Checker) ObserveAt(gen uint64, endpoint string, client netip.Addr, msg []byte) {
 	if len(msg) < 12 {
 		return
 	}
@@ -479,7 +494,7 @@ func (c *Checker) ObserveAt(gen uint64, endpoint string, msg []byte) {
 		if names[n] == "" {
 			continue
 		}
-		e := s.update(key{endpoint, names[n]}, now)
+		e := s.update(key{endpoint, names[n]}, client, now)
 		for i := range r.nbound {
 			if b := &r.bound[i]; b.name == n {
 				e.add(b.addr, c.until(now, b.ttl), now)

@@ -99,7 +99,7 @@ func (c *Checker) store(name string, res result, err error) {
 	s := c.resolved
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.update(key{"", name}, now)
+	e := s.update(key{"", name}, netip.Addr{}, now)
 	if err != nil {
 		e.failed, e.failedUntil = err, now+int64(c.cfg.FailureTTL)
 		return

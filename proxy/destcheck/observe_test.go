@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -275,13 +276,13 @@ func TestObserveAtAfterForget(t *testing.T) {
 	if c.Generation() == gen {
 		t.Fatal("ForgetObserved left the generation as it was")
 	}
-	c.ObserveAt(gen, epA, forged) // the proxy, storing the answer
+	c.ObserveAt(gen, epA, netip.Addr{}, forged) // the proxy, storing the answer
 	if n := c.Stats().ObservedNames; n != 0 {
 		t.Fatalf("%d observed names: an answer checked before a reload was stored after it", n)
 	}
 	wantLookupError(t, check(c, epA, "allowed.example", "198.51.100.66"), "allowed.example")
 	// An answer checked after the reload, at the new generation, counts.
-	c.ObserveAt(c.Generation(), epA, forged)
+	c.ObserveAt(c.Generation(), epA, netip.Addr{}, forged)
 	if err := check(c, epA, "allowed.example", "198.51.100.66"); err != nil {
 		t.Fatalf("an answer of the current generation: %v", err)
 	}

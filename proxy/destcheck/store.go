@@ -14,6 +14,13 @@ const maxAddrsPerName = 64
 // answers), or as the appliance's own lookups found it (endpoint "").
 type key struct{ endpoint, name string }
 
+// clientKey names a client behind an endpoint, whose observed answers
+// brought names into the store.
+type clientKey struct {
+	endpoint string
+	client   netip.Addr
+}
+
 // timedAddr is an address and the clock reading (see Checker.clock) until
 // which it counts, grace included.
 type timedAddr struct {
@@ -41,10 +48,18 @@ type entry struct {
 	failed      error
 	failedUntil int64
 
-	// Links of the store's list (oldest update first) and of the
-	// endpoint's list.
+	// owner is the client whose answer brought the name in (invalid when
+	// no client was named: the appliance's own lookups, Observe): the
+	// entry counts against that client's share until it goes, whoever
+	// updates it since, so that a client cannot take another's names into
+	// its share by asking for them, and then evict them.
+	owner netip.Addr
+
+	// Links of the store's list (oldest update first), of the endpoint's
+	// list and of its owner's list.
 	prev, next   *entry
 	eprev, enext *entry
+	cprev, cnext *entry
 }
 
 // has reports whether addr counts for e at clock now.
@@ -111,6 +126,12 @@ type epList struct {
 	n    int
 }
 
+// clientList is the entries one client brought in, oldest update first.
+type clientList struct {
+	root entry // sentinel: root.cnext is the oldest
+	n    int
+}
+
 // store is a bounded map of entries. An update moves an entry to the end
 // of its lists; past a bound, the entry updated longest ago goes first.
 // Readers take the read lock, so that checks never wait for each other.
@@ -119,16 +140,21 @@ type store struct {
 	m         map[key]*entry
 	root      entry // sentinel: root.next is the oldest
 	endpoints map[string]*epList
+	clients   map[clientKey]*clientList
 	max       int // entries in all
 	maxPerEP  int // entries of one endpoint
+	maxPerCl  int // entries one client brought in
 	evicted   uint64
 	// gen counts the resets (Checker.ForgetObserved): advanced under mu
 	// for writing, and read without it by Checker.Generation.
 	gen atomic.Uint64
 }
 
-func newStore(max, maxPerEndpoint int) *store {
-	s := &store{m: make(map[key]*entry), endpoints: make(map[string]*epList), max: max, maxPerEP: maxPerEndpoint}
+func newStore(max, maxPerEndpoint, maxPerClient int) *store {
+	s := &store{
+		m: make(map[key]*entry), endpoints: make(map[string]*epList), clients: make(map[clientKey]*clientList),
+		max: max, maxPerEP: maxPerEndpoint, maxPerCl: maxPerClient,
+	}
 	s.root.prev, s.root.next = &s.root, &s.root
 	return s
 }
@@ -138,6 +164,7 @@ func newStore(max, maxPerEndpoint int) *store {
 func (s *store) reset() {
 	clear(s.m)
 	clear(s.endpoints)
+	clear(s.clients)
 	s.root.prev, s.root.next = &s.root, &s.root
 }
 
@@ -146,9 +173,11 @@ func (s *store) reset() {
 func (s *store) get(k key) *entry { return s.m[k] }
 
 // update returns the entry for k, created if missing, as the newest of
-// its lists. The caller holds s.mu for writing. Making room evicts the
-// oldest entries, first any that hold nothing any more.
-func (s *store) update(k key, now int64) *entry {
+// its lists; a new entry is client's (which may be the zero Addr: no
+// client). The caller holds s.mu for writing. Making room evicts the
+// oldest entries, first any that hold nothing any more: the client's own
+// when it holds its share, then the endpoint's, then the store's.
+func (s *store) update(k key, client netip.Addr, now int64) *entry {
 	if e := s.m[k]; e != nil {
 		s.touch(e)
 		return e
@@ -164,6 +193,19 @@ func (s *store) update(k key, now int64) *entry {
 		ep.root.eprev, ep.root.enext = &ep.root, &ep.root
 		s.endpoints[k.endpoint] = ep
 	}
+	ck := clientKey{k.endpoint, client}
+	var cl *clientList
+	if client.IsValid() {
+		if cl = s.clients[ck]; cl == nil {
+			cl = &clientList{}
+			cl.root.cprev, cl.root.cnext = &cl.root, &cl.root
+			s.clients[ck] = cl
+		}
+		for cl.n > 0 && cl.n >= s.maxPerCl {
+			s.remove(cl.root.cnext)
+			s.evicted++
+		}
+	}
 	for ep.n > 0 && ep.n >= s.maxPerEP {
 		s.remove(ep.root.enext)
 		s.evicted++
@@ -175,13 +217,21 @@ func (s *store) update(k key, now int64) *entry {
 	if s.endpoints[k.endpoint] == nil { // emptied by the evictions
 		s.endpoints[k.endpoint] = ep
 	}
-	e := &entry{key: k}
+	if cl != nil && s.clients[ck] == nil {
+		s.clients[ck] = cl
+	}
+	e := &entry{key: k, owner: client}
 	s.m[k] = e
 	e.prev, e.next = s.root.prev, &s.root
 	s.root.prev.next, s.root.prev = e, e
 	e.eprev, e.enext = ep.root.eprev, &ep.root
 	ep.root.eprev.enext, ep.root.eprev = e, e
 	ep.n++
+	if cl != nil {
+		e.cprev, e.cnext = cl.root.cprev, &cl.root
+		cl.root.cprev.cnext, cl.root.cprev = e, e
+		cl.n++
+	}
 	return e
 }
 
@@ -194,6 +244,12 @@ func (s *store) touch(e *entry) {
 	e.eprev.enext, e.enext.eprev = e.enext, e.eprev
 	e.eprev, e.enext = ep.root.eprev, &ep.root
 	ep.root.eprev.enext, ep.root.eprev = e, e
+	if e.owner.IsValid() {
+		cl := s.clients[clientKey{e.key.endpoint, e.owner}]
+		e.cprev.cnext, e.cnext.cprev = e.cnext, e.cprev
+		e.cprev, e.cnext = cl.root.cprev, &cl.root
+		cl.root.cprev.cnext, cl.root.cprev = e, e
+	}
 }
 
 func (s *store) remove(e *entry) {
@@ -204,6 +260,15 @@ func (s *store) remove(e *entry) {
 	ep := s.endpoints[e.key.endpoint]
 	if ep.n--; ep.n == 0 {
 		delete(s.endpoints, e.key.endpoint)
+	}
+	if e.owner.IsValid() {
+		ck := clientKey{e.key.endpoint, e.owner}
+		e.cprev.cnext, e.cnext.cprev = e.cnext, e.cprev
+		e.cprev, e.cnext = nil, nil
+		cl := s.clients[ck]
+		if cl.n--; cl.n == 0 {
+			delete(s.clients, ck)
+		}
 	}
 }
 

@@ -107,4 +107,27 @@ func checkLists(t *testing.T, s *store) {
 	if total != len(s.m) {
 		t.Fatalf("endpoint lists hold %d entries, the map %d", total, len(s.m))
 	}
+	owned := 0
+	for e := s.root.next; e != &s.root; e = e.next {
+		if e.owner.IsValid() {
+			owned++
+		}
+	}
+	total = 0
+	for ck, l := range s.clients {
+		k := 0
+		for e := l.root.cnext; e != &l.root; e = e.cnext {
+			if e.key.endpoint != ck.endpoint || e.owner != ck.client || e.cnext.cprev != e {
+				t.Fatalf("client list %v broken at %v", ck, e.key)
+			}
+			k++
+		}
+		if k != l.n || k == 0 || k > s.maxPerCl {
+			t.Fatalf("client %v: list of %d, count %d, share %d", ck, k, l.n, s.maxPerCl)
+		}
+		total += k
+	}
+	if total != owned {
+		t.Fatalf("client lists hold %d entries, %d have an owner", total, owned)
+	}
 }
