@@ -242,7 +242,11 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	rb.ended.Store(!rb.tunnel && !hasBody(req, resp))
 	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
-		result, why, delivered := rb.outcome(ctx)
+		var werr error
+		if !s.h2 {
+			werr = rt.cc.responseWriteErr()
+		}
+		result, why, delivered := rb.outcome(ctx, werr)
 		if result != "ok" {
 			rec.Result = result
 			if rec.Error != "" { // an audited destination check's
@@ -393,6 +397,10 @@ type recordingBody struct {
 	// io.Copy (HTTP/1's Response.Write, its HTTP/2 handler), which reads
 	// again only once it has written the last read whole.
 	last atomic.Int64
+	// lastData is the size of the latest read that brought bytes: the
+	// piece a failed last write, or held bytes that failed to go out
+	// after the end, lost (outcome).
+	lastData atomic.Int64
 	// ended: a read returned io.EOF (or there was no body to read).
 	ended atomic.Bool
 	// readErr is the first read error other than io.EOF.
@@ -433,6 +441,9 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 	}
 	b.read.Add(int64(n))
 	b.last.Store(int64(n))
+	if n > 0 {
+		b.lastData.Store(int64(n))
+	}
 	if err == io.EOF {
 		b.ended.Store(true)
 	}
@@ -467,9 +478,14 @@ func inH2Handler(req *http.Request) bool {
 // connection ended, before the server could end the stream (END_STREAM
 // goes out only once the handler, which closes the body, returns). Nothing
 // here knows whether those bytes reached the client: not counted, as for
-// any write that failed. (An HTTP/1 client's context is done only after
-// the close: there a failed last write still reads as ended.)
-func (b *recordingBody) outcome(ctx context.Context) (result, errText string, delivered int64) {
+// any write that failed. An HTTP/1 client's context is done only after the
+// close: there werr, the first write to the client connection that failed
+// (hijackedConn.responseWriteErr), says whether the last write failed, or
+// the bytes it held back failed to go out once the body had ended. Either
+// way the latest read is not counted; the result is timeout when the
+// write ran out of time, error otherwise, as for a write that failed
+// before the body's end.
+func (b *recordingBody) outcome(ctx context.Context, werr error) (result, errText string, delivered int64) {
 	delivered = b.read.Load()
 	var err error
 	if p := b.readErr.Load(); p != nil {
@@ -485,13 +501,25 @@ func (b *recordingBody) outcome(ctx context.Context) (result, errText string, de
 			return "ok", "", delivered
 		}
 		return bodyResult(err), fmt.Sprintf("WebSocket tunnel from the destination, after %d bytes: %v", delivered, err), delivered
-	case b.ended.Load() && ctx.Err() == nil:
+	case b.ended.Load() && ctx.Err() == nil && werr == nil:
 		return "ok", "", delivered
-	case err == nil || ctx.Err() != nil || errors.Is(err, context.Canceled):
-		if err == nil {
+	case err == nil || ctx.Err() != nil || werr != nil || errors.Is(err, context.Canceled):
+		switch {
+		case werr != nil && err == nil:
+			// The write that failed, or held its bytes back; the body's
+			// end may have come after it, in a read of its own.
+			delivered -= b.lastData.Load()
+		case err == nil:
 			delivered -= b.last.Load() // the write that failed
 		}
-		result, why := b.limit.clientGone("error", fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), "")
+		result, detail := "error", ""
+		if werr != nil {
+			detail = " (writing to it: " + werr.Error() + ")"
+			if isTimeout(werr) {
+				result = "timeout"
+			}
+		}
+		result, why := b.limit.clientGone(result, fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), detail)
 		return result, why, delivered
 	}
 	return bodyResult(err), fmt.Sprintf("response body from the destination, after %d bytes: %v", delivered, err), delivered
