@@ -116,9 +116,10 @@ type echoSession struct {
 	bytesOut atomic.Int64
 	bytesIn  atomic.Int64
 	latest   atomic.Pointer[netstack.EchoRequest] // the reply path of the newest request
-	// reloadRule and reloadWhy say why a reload ended an allowed flow
-	// (under echoRelay.mu): serve's record writes them.
-	reloadRule, reloadWhy string
+	// reloadRule, reloadPolicy (its ID) and reloadWhy say why a reload
+	// ended an allowed flow (under echoRelay.mu): serve's record writes
+	// them.
+	reloadRule, reloadPolicy, reloadWhy string
 }
 
 func (r *echoRelay) init(p *Proxy) {
@@ -217,7 +218,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 	d := pol.Decide(policy.Subject{
 		Protocol: policy.ProtoICMP, Dest: req.Flow.Dest, Client: req.Flow.Client.Addr(), Endpoint: rec.Endpoint,
 	})
-	rec.Rule, rec.Action = d.Rule, d.Action.String()
+	rec.Rule, rec.Action, rec.Policy = d.Rule, d.Action.String(), d.Policy
 	if d.Action == policy.Deny {
 		f, isNew = r.addDenied(k, clientShareKey(req.Flow), rec, "denied by policy", false, pol, now)
 		return f, isNew, nil
@@ -229,7 +230,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 		if record == "" {
 			return &echoShareFull, false, nil
 		}
-		rec.Rule, rec.Error = "", record
+		rec.Rule, rec.Policy, rec.Error = "", "", record
 		return &echoShareFull, false, rec
 	}
 	if r.closed {
@@ -433,7 +434,7 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	if r.flows[k] == f { // not if a reload ended it: its denied successor is there
 		delete(r.flows, k)
 	}
-	reloadRule, reloadWhy := f.reloadRule, f.reloadWhy
+	reloadRule, reloadPolicy, reloadWhy := f.reloadRule, f.reloadPolicy, f.reloadWhy
 	r.mu.Unlock()
 	f.conn.Close()
 	r.shares.release(f.share)
@@ -443,7 +444,7 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 		rec.Result = "timeout"
 	}
 	if reloadWhy != "" {
-		rec.Rule, rec.Action = reloadRule, policy.Deny.String()
+		rec.Rule, rec.Action, rec.Policy = reloadRule, policy.Deny.String(), reloadPolicy
 		rec.Result, rec.Error = "denied", "ended by a policy reload: "+reloadWhy
 	}
 	r.p.finish(rec, start)

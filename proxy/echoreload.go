@@ -27,10 +27,10 @@ func (r *echoRelay) reloaded(k echoKey, f *echoSession, req *netstack.EchoReques
 		return f
 	}
 	const why = "denied by policy"
-	f.reloadRule, f.reloadWhy = d.Rule, why
+	f.reloadRule, f.reloadPolicy, f.reloadWhy = d.Rule, d.Policy, why
 	delete(r.flows, k)
 	_ = f.conn.Close() // wakes serve, which records the flow
-	rec.Rule, rec.Action = d.Rule, d.Action.String()
+	rec.Rule, rec.Action, rec.Policy = d.Rule, d.Action.String(), d.Policy
 	denied, _ := r.addDenied(k, clientShareKey(req.Flow), rec, why, false, pol, now)
 	if denied == &noRoomDenied {
 		return &reloadDeniedNoRoom

@@ -60,7 +60,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 		if f.pol.NamesMatter() {
 			// Without a name, deciding on addresses would let the
 			// flow past every rule that looks at names or at quic.
-			f.rec.Rule = ""
+			f.rec.Rule, f.rec.Policy = "", f.pol.ID() // no rule, but the policy looks at names
 			f.refuse(reason)
 			return
 		}
@@ -82,7 +82,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 		// As for TLS: the SNI is only the cover name of a client-facing
 		// server, so no rule, and no destination check, can say where
 		// this goes.
-		f.rec.Rule = ""
+		f.rec.Rule, f.rec.Policy = "", f.pol.ID() // the policy's ech: deny
 		f.refuseNamed("ClientHello offers ECH; policy ech: deny")
 		return
 	}

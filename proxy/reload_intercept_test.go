@@ -22,8 +22,12 @@ policy:
 // opened before it: the appliance hands the interceptor its policy holder,
 // so each request is decided by the policy in force as it arrives. The
 // connection stays bumped; the request the reload denies gets the 403.
+// Each record names the policy that decided it: the request before the
+// reload the old one, the request after it the new one, and the
+// connection, decided before the reload but recorded after it, the old.
 func TestReloadDecidesKeepAliveRequest(t *testing.T) {
 	r := newClsRig(t, clsBumpAll, clsOptions{bump: true})
+	oldID := r.p.cfg.Policy.Load().ID()
 	roots := x509.NewCertPool()
 	roots.AddCert(r.ca.Certificate())
 	c := r.dial(t, r.tlsDest)
@@ -60,14 +64,21 @@ func TestReloadDecidesKeepAliveRequest(t *testing.T) {
 		t.Fatalf("after the reload denied the name: %d %q, want the appliance's 403", code, body)
 	}
 	tc.Close()
-	r.record(t, c, "tls") // the connection's, written once its requests' are
+	conn := r.record(t, c, "tls") // the connection's, written once its requests' are
+	newID := tightened.ID()
+	if oldID == "" || newID == "" || oldID == newID {
+		t.Fatalf("policy IDs %q before the reload, %q after: want two, not the same", oldID, newID)
+	}
+	if conn.Policy != oldID {
+		t.Errorf("the connection's tls record names policy %q, want %q: it was decided before the reload", conn.Policy, oldID)
+	}
 	var got []string
 	for _, rec := range r.recs.parse(t) {
 		if rec.Kind == "http" {
-			got = append(got, fmt.Sprintf("%s %s %s %d %s", rec.Path, rec.Action, rec.Rule, rec.Status, rec.Result))
+			got = append(got, fmt.Sprintf("%s %s %s %d %s %s", rec.Path, rec.Action, rec.Rule, rec.Status, rec.Result, rec.Policy))
 		}
 	}
-	want := "/before bump default 200 ok; /after deny no-allowed 403 denied"
+	want := fmt.Sprintf("/before bump default 200 ok %s; /after deny no-allowed 403 denied %s", oldID, newID)
 	if strings.Join(got, "; ") != want {
 		t.Errorf("http records %q, want %q", got, want)
 	}

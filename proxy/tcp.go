@@ -64,7 +64,7 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 	subj := policy.Subject{Dest: flow.Dest, Client: flow.Client.Addr(), Endpoint: rec.Endpoint}
 	if d, ok := pol.DecideEarly(subj); ok {
 		req.Reject()
-		rec.Rule = d.Rule
+		rec.Rule, rec.Policy = d.Rule, d.Policy
 		p.denyEarly(rec, start, key, "denied by policy")
 		return
 	}
@@ -233,7 +233,8 @@ func (s *tcpSession) unreadable(kind, reason string) {
 		s.serveTCP()
 		return
 	}
-	s.rec.Kind, s.rec.Rule = kind, ""
+	// No rule decides, but the policy does: it looks at names.
+	s.rec.Kind, s.rec.Rule, s.rec.Policy = kind, "", s.pol.ID()
 	if kind == "tls" {
 		intercept.WriteAlert(s.client, intercept.AlertHandshakeFailure)
 	} else {
@@ -257,7 +258,7 @@ func writeBadRequest(c net.Conn) {
 func (s *tcpSession) decide(protocol, domain string) policy.Decision {
 	s.subj.Protocol, s.subj.Domain = protocol, domain
 	d := s.pol.Decide(s.subj)
-	s.rec.Rule, s.rec.Action = d.Rule, d.Action.String()
+	s.rec.Rule, s.rec.Action, s.rec.Policy = d.Rule, d.Action.String(), d.Policy
 	return d
 }
 
@@ -312,7 +313,7 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 	if hello.ECH && s.pol.DenyECH() {
 		// The SNI is only the cover name of a client-facing server: no
 		// rule, and no destination check, can say where this goes.
-		s.rec.Rule = ""
+		s.rec.Rule, s.rec.Policy = "", s.pol.ID() // the policy's ech: deny
 		intercept.WriteAlert(s.client, intercept.AlertAccessDenied)
 		s.refuse("ClientHello offers ECH; policy ech: deny")
 		return

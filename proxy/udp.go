@@ -131,6 +131,7 @@ func (f *udpFlow) serve() {
 		f.client.Close()
 		if record != "" {
 			f.rec.Rule, f.rec.Action, f.rec.Result, f.rec.Error = "", policy.Deny.String(), "denied", record
+			f.rec.Policy = "" // the client's share refused it, not the policy
 			p.finish(f.rec, f.start)
 		}
 		return
@@ -175,7 +176,7 @@ func (f *udpFlow) decide(protocol, domain string) policy.Decision {
 	d := f.pol.Decide(policy.Subject{
 		Protocol: protocol, Domain: domain, Dest: f.info.Dest, Client: f.info.Client.Addr(), Endpoint: f.rec.Endpoint,
 	})
-	f.rec.Rule, f.rec.Action = d.Rule, d.Action.String()
+	f.rec.Rule, f.rec.Action, f.rec.Policy = d.Rule, d.Action.String(), d.Policy
 	return d
 }
 

@@ -20,7 +20,7 @@ import (
 // reload, by what its first decision knew: its addresses, and for QUIC the
 // ClientHello's name and whether it offered ECH. Still allowed, the flow
 // goes on under pol (the record keeps the rule that opened it); denied, it
-// ends, with a record saying why, and its client end is then held as a
+// ends, with a record saying why (and naming pol), and its client end is then held as a
 // denied flow's. The destination check is not repeated: it may have to
 // wait for a lookup, and this runs on the packet path. It reports whether
 // the flow goes on. Under outMu.
@@ -65,7 +65,7 @@ func (f *udpFlow) reloaded(pol *policy.Policy) bool {
 func (f *udpFlow) endDenied(pol *policy.Policy, d policy.Decision, reason string) {
 	f.endOnce.Do(func() {
 		f.deniedBy, f.deniedWhy = pol, reason
-		f.rec.Rule, f.rec.Action = d.Rule, policy.Deny.String()
+		f.rec.Rule, f.rec.Action, f.rec.Policy = d.Rule, policy.Deny.String(), pol.ID()
 		f.up.Close()
 	})
 }

@@ -31,12 +31,16 @@ func TestUDPAllowedRedecidedAfterReload(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("a flow the new policy still allows was cut")
 	}
-	h.Store(mustPolicy(t, "policy:\n  default: allow\n  rules:\n    - name: no-loopback\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: deny\n"))
+	denying := mustPolicy(t, "policy:\n  default: allow\n  rules:\n    - name: no-loopback\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: deny\n")
+	h.Store(denying)
 	c.inject([]byte("three"))
 	rec := oneRecord(t, recs)
 	if rec.Kind != "udp" || rec.Action != "deny" || rec.Rule != "no-loopback" || rec.Result != "denied" ||
 		!strings.Contains(rec.Error, "policy reload") || rec.BytesOut != int64(len("onetwo")) {
 		t.Fatalf("record %+v; want the flow ended as denied by no-loopback after a reload, 6 bytes out", rec)
+	}
+	if rec.Policy == "" || rec.Policy != denying.ID() {
+		t.Errorf("record names policy %q, want %q: the reload's, whose rule denied it", rec.Policy, denying.ID())
 	}
 	for range 10 {
 		c.inject([]byte("more"))
@@ -223,6 +227,7 @@ func TestUDPIdleAfterReloadEndsAsIdle(t *testing.T) {
 					cfg.DNSPorts = []uint16{dst.Port()}
 				}
 			})
+			opened := h.Load().ID()
 			c, _ := startFlow(p, quicClient, dst, first)
 			select {
 			case <-c.out:
@@ -246,6 +251,11 @@ func TestUDPIdleAfterReloadEndsAsIdle(t *testing.T) {
 			if r := flow[0]; r.Action != "allow" || r.Result != "ok" || r.Error != "" || r.BytesIn == 0 {
 				t.Errorf("record action=%q rule=%q result=%q error=%q in=%d; want the flow allowed and ended ok by idling",
 					r.Action, r.Rule, r.Result, r.Error, r.BytesIn)
+			}
+			// Decided before the reload, never since: the record is
+			// written under the new policy but names the old.
+			if r := flow[0]; opened == "" || r.Policy != opened {
+				t.Errorf("record names policy %q, want %q: the one that decided the flow", r.Policy, opened)
 			}
 			if !c.isClosed() {
 				t.Error("the flow's client end is held as a denied flow's, not closed")

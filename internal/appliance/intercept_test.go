@@ -535,6 +535,27 @@ func TestReload(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("a request on a connection opened before reloading default deny: %v %v, want 403", resp, errors.Join(err))
 	}
+	// Each record names the policy that decided it by its file's hash, as
+	// the reload logged it: the connection, decided before the reload and
+	// recorded after it, the old; its request and the refused connection,
+	// decided after it, the new.
+	open.Close()
+	oldID, newID := policy.FileHash([]byte(interceptPolicy)), policy.FileHash([]byte("policy:\n  default: deny\n"))
+	if st := r.app.policy.Status(); st.Hash != newID {
+		t.Fatalf("the policy in force has hash %q, want %q", st.Hash, newID)
+	}
+	recs := r.records(func(rs []records.Record) bool {
+		return countKind(rs, "tls") > 0 && countKind(rs, "http") > 0 && countKind(rs, "tcp") > 0
+	})
+	for _, rec := range recs {
+		want := newID
+		if rec.Kind == "tls" {
+			want = oldID
+		}
+		if rec.Policy != want {
+			t.Errorf("%s record (%s, rule %q) names policy %q, want %q", rec.Kind, rec.Action, rec.Rule, rec.Policy, want)
+		}
+	}
 }
 
 // TestBumpClientRejectsLeaf: a client that does not trust the CA fails its

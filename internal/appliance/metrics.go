@@ -183,7 +183,8 @@ var (
 	// per GWLB endpoint (vpce-…) seen.
 	endpointFlowsDesc = prometheus.NewDesc("gwlbproxy_endpoint_flows", "Flows in the flow table per GWLB endpoint.", []string{"endpoint"}, nil)
 	// policyInfoDesc is gwlbproxy_policy_info{mode,default,hash}, always 1:
-	// which policy is in force, by the hash of its file ("" built in).
+	// which policy is in force, by its ID (the hash of its file, or of a
+	// built-in policy's own bytes): the records' policy field.
 	policyInfoDesc = prometheus.NewDesc("gwlbproxy_policy_info", "The policy in force: its mode, default action and the first 12 hex digits of its file's SHA-256 (always 1).", []string{"mode", "default", "hash"}, nil)
 )
 

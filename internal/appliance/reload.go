@@ -40,7 +40,9 @@ func (a *Appliance) Reload() error {
 }
 
 // logPolicy logs the policy in force, by its mode, default, rules and the
-// hash of its file; and warns when its default is allow by omission.
+// hash of its file, which is also its ID, the `policy` of the records it
+// decides (a built-in policy's is of its own bytes); and warns when its
+// default is allow by omission.
 func logPolicy(msg string, st policy.Status, args ...any) {
 	args = append([]any{"file", st.File, "hash", st.Hash, "mode", st.Mode, "default", st.Default, "rules", st.Rules}, args...)
 	slog.Info(msg, args...)

@@ -190,7 +190,7 @@ func (rt *roundTripper) end() {
 		if rt.cc.limit.tooLarge.Load() { // a record for the request that never was
 			rec := *s.Record
 			rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", rt.scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0
-			rec.Rule, rec.Method, rec.Host, rec.Path, rec.UserAgent = "", "", "", "", ""
+			rec.Rule, rec.Policy, rec.Method, rec.Host, rec.Path, rec.UserAgent = "", "", "", "", "", ""
 			s.ic.denied.Add(1)
 			what := "request head"
 			if rt.cc.limit.isH2.Load() {
@@ -228,7 +228,7 @@ func (rt *roundTripper) end() {
 			// goproxy's answer is the appliance's). The error says how
 			// many the client sent.
 			rec := *s.Record
-			rec.Kind, rec.Scheme, rec.Rule = "http", rt.scheme, ""
+			rec.Kind, rec.Scheme, rec.Rule, rec.Policy = "http", rt.scheme, "", ""
 			rec.BytesOut, rec.BytesIn = 0, 0
 			switch {
 			case timedOut:
@@ -236,7 +236,7 @@ func (rt *roundTripper) end() {
 				// denial to count. The record keeps the decision that
 				// let the connection in, as a bumped one's tls record
 				// keeps its bump.
-				rec.Rule = s.Record.Rule
+				rec.Rule, rec.Policy = s.Record.Rule, s.Record.Policy
 				rec.Result, rec.Error = "timeout", rt.cc.limit.timeoutError()
 			case idled && rt.requests.Load() == 0:
 				// An h2c client's preface, and no request: nothing was

@@ -420,7 +420,7 @@ const trustRule = "trust-page"
 // name: no destination can prove it is gwlbproxy.internal, so none is asked.
 func (s *session) serveTrustTLS(name string) {
 	s.closeUpstream()
-	s.Record.Rule, s.Record.Action = trustRule, policy.Allow.String()
+	s.Record.Rule, s.Record.Action, s.Record.Policy = trustRule, policy.Allow.String(), "" // no policy's rule
 	leaf, err := s.ic.cfg.Minter.Leaf(name)
 	if err != nil {
 		WriteAlert(s.client, AlertInternalError)
@@ -535,7 +535,7 @@ func (s *session) serveHTTP() {
 		subj := s.Subject
 		subj.Protocol, subj.Domain = policy.ProtoHTTP, host
 		d := s.Policy.Decide(subj)
-		s.Record.Rule, s.Record.Action = d.Rule, d.Action.String()
+		s.Record.Rule, s.Record.Action, s.Record.Policy = d.Rule, d.Action.String(), d.Policy
 		if d.Action == policy.Deny {
 			writeDenyResponse(s.client, d.Rule, host)
 			s.client.Close()

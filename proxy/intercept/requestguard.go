@@ -26,7 +26,7 @@ func (rt *roundTripper) refuseConnect(req *http.Request, rec *records.Record, st
 	if p := req.Header.Get(":protocol"); p != "" {
 		why = "extended CONNECT (:protocol " + p + ") inside an intercepted connection is refused"
 	}
-	rec.Status, rec.Rule = http.StatusMethodNotAllowed, ""
+	rec.Status, rec.Rule, rec.Policy = http.StatusMethodNotAllowed, "", ""
 	rec.Action, rec.Result, rec.Error = "deny", "denied", why
 	rt.s.ic.denied.Add(1)
 	rt.write(rec, start)

@@ -90,7 +90,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		rec := rt.base
 		rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
-		rec.Status, rec.Rule = http.StatusBadRequest, ""
+		rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
 		rec.Action, rec.Result, rec.Error = "deny", "denied", err.Error()
 		s.ic.denied.Add(1)
 		rt.write(&rec, start)
@@ -113,7 +113,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		// Tunnelled, an upgrade with one would have the body's writer
 		// (exchangeHead) and goproxy's tunnel read the client connection
 		// at once: they share its buffers. Nothing reaches the upstream.
-		rec.Status, rec.Rule = http.StatusBadRequest, ""
+		rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
 		rec.Action, rec.Result, rec.Error = "deny", "denied", "WebSocket upgrade request with a body"
 		s.ic.denied.Add(1)
 		rt.write(&rec, start)
@@ -124,6 +124,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	if s.ic.IsTrustHost(host) {
 		resp := serveLocally(s.ic.cfg.Trust, req)
 		rec.Action, rec.Rule, rec.Status, rec.BytesIn = "allow", trustRule, resp.StatusCode, resp.ContentLength
+		rec.Policy = "" // the appliance's own page, whatever the policy
 		rt.write(&rec, start)
 		return resp, nil
 	}
@@ -138,7 +139,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	// request. The connection's bump stays as it was decided.
 	pol := s.requestPolicy()
 	d := pol.Decide(subj)
-	rec.Rule, rec.Action = d.Rule, d.Action.String()
+	rec.Rule, rec.Action, rec.Policy = d.Rule, d.Action.String(), d.Policy
 	if rt.scheme == "https" && d.Action != policy.Deny {
 		rec.Action = "bump" // the connection is decrypted already
 	}

@@ -164,7 +164,7 @@ policy:
 			if fm.ambiguous {
 				want = Decision{Action: Deny, Rule: DefaultRule}
 			}
-			if got := allow.Decide(s); got != want {
+			if got := withoutID(allow.Decide(s)); got != want {
 				t.Errorf("allow rule, %s %s: Decide = %+v, want %+v", proto, d, got, want)
 			}
 		}

@@ -32,7 +32,9 @@ type Status struct {
 	// File is the file the policy in force was read from ("": built in).
 	File string `json:"file,omitempty"`
 	// Hash is the first 12 hex digits of the SHA-256 of that file's bytes,
-	// to tell which version is in force ("": built in).
+	// to tell which version is in force; for a built-in policy, of the
+	// bytes it was parsed from. It is the ID the records name the policy
+	// by (Policy.ID).
 	Hash string `json:"hash,omitempty"`
 	// Mode, Default and Rules describe the policy in force.
 	Mode    string `json:"mode"`
@@ -65,7 +67,7 @@ func (h *Holder) Store(p *Policy) {
 	h.smu.Lock()
 	defer h.smu.Unlock()
 	h.cur.Store(p)
-	h.status.describe(p, "", "", true, time.Now())
+	h.status.describe(p, "", p.ID(), true, time.Now())
 }
 
 // Status returns the policy in force and the counts of reloads.

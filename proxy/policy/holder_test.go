@@ -82,3 +82,46 @@ func TestHolderStatus(t *testing.T) {
 		t.Fatalf("after allow: %+v", st)
 	}
 }
+
+// TestPolicyID: a policy's ID is its file's hash, as the status shows it,
+// and every decision carries the ID of the policy that made it, early ones
+// too: a record written from the decision names that policy, whatever is
+// in force by then. A built-in policy has the hash of its own bytes.
+func TestPolicyID(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	const doc = "policy:\n  default: deny\n  rules:\n    - {name: ssh, ports: [22], action: allow}\n"
+	if err := os.WriteFile(file, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var h Holder
+	if err := h.LoadFile(file); err != nil {
+		t.Fatal(err)
+	}
+	p := h.Load()
+	if id := p.ID(); id != FileHash([]byte(doc)) || id != h.Status().Hash {
+		t.Fatalf("ID %q, want the file's hash %q as /stats shows it (%q)", id, FileHash([]byte(doc)), h.Status().Hash)
+	}
+	if d := p.Decide(Subject{Protocol: ProtoTCP, Dest: ap("192.0.2.1:22")}); d.Rule != "ssh" || d.Policy != p.ID() {
+		t.Errorf("rule decision %+v, want ssh by policy %q", d, p.ID())
+	}
+	if d := p.Decide(Subject{Protocol: ProtoTCP, Dest: ap("192.0.2.1:80")}); d.Rule != DefaultRule || d.Policy != p.ID() {
+		t.Errorf("default decision %+v, want default by policy %q", d, p.ID())
+	}
+	if d, ok := p.DecideEarly(Subject{Dest: ap("192.0.2.1:80")}); !ok || d.Policy != p.ID() {
+		t.Errorf("early decision %+v (%v), want a deny by policy %q", d, ok, p.ID())
+	}
+
+	const builtIn = "policy: {default: allow}\n"
+	b, err := Parse("built-in", []byte(builtIn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Store(b)
+	if id := h.Load().ID(); id != FileHash([]byte(builtIn)) || h.Status().Hash != id {
+		t.Errorf("built-in policy ID %q, status hash %q: want both %q", id, h.Status().Hash, FileHash([]byte(builtIn)))
+	}
+	var none *Policy
+	if d := none.Decide(Subject{}); d.Policy != "" || none.ID() != "" {
+		t.Errorf("a nil policy's decision %+v names a policy", d)
+	}
+}

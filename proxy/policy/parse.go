@@ -128,6 +128,9 @@ func parse(filename string, data []byte) (*Policy, parsed, error) {
 		return nil, parsed{}, ps.errf(root, "no %q section", Section)
 	}
 	p, err := ps.policy(resolve(section))
+	if p != nil {
+		p.id = FileHash(data)
+	}
 	return p, parsed{defaultExplicit: ps.defaultExplicit}, err
 }
 

@@ -136,6 +136,10 @@ type Decision struct {
 	// the destination. When it lets the flow through, DestinationCheck says
 	// how the caller must tie the name to the destination address.
 	ByName bool
+	// Policy is the ID of the policy that decided (Policy.ID), for the
+	// record: carried with the decision, so that a reload between the
+	// decision and the record cannot mislabel it.
+	Policy string
 }
 
 // DestinationCheck is how a decision made on a name is tied to the
@@ -165,6 +169,7 @@ func (c DestinationCheck) String() string {
 
 // Policy is a parsed, immutable policy, safe for concurrent use.
 type Policy struct {
+	id        string // ID
 	mode      Mode
 	def       Action
 	destCheck DestinationCheck
@@ -320,10 +325,25 @@ func (p *Policy) Decide(f Subject) Decision {
 			continue
 		}
 		d := decision(r.name, r.action, r.allowUnverified, pb)
+		d.Policy = p.id
 		d.ByName = r.domains != nil
 		return d
 	}
-	return decision(DefaultRule, p.def, false, pb)
+	d := decision(DefaultRule, p.def, false, pb)
+	d.Policy = p.id
+	return d
+}
+
+// ID names the policy in the records it decides: the first 12 hex digits
+// of the SHA-256 of the bytes it was parsed from (FileHash, the hash
+// /stats and the logs show), whether they came from a file or are built
+// in. "" for a nil Policy, which denies everything and was parsed from
+// nothing.
+func (p *Policy) ID() string {
+	if p == nil {
+		return ""
+	}
+	return p.id
 }
 
 func decision(name string, a Action, allowUnverified bool, pb uint8) Decision {
@@ -513,10 +533,10 @@ func (p *Policy) DecideEarly(f Subject) (d Decision, ok bool) {
 		if r.protos != 0 || r.domains != nil || r.action != Deny {
 			return Decision{}, false
 		}
-		return Decision{Action: Deny, Rule: r.name}, true
+		return Decision{Action: Deny, Rule: r.name, Policy: p.id}, true
 	}
 	if p.def == Deny {
-		return Decision{Action: Deny, Rule: DefaultRule}, true
+		return Decision{Action: Deny, Rule: DefaultRule, Policy: p.id}, true
 	}
 	return Decision{}, false
 }

@@ -104,7 +104,7 @@ func TestDecide(t *testing.T) {
 		{"zero flow", Subject{}, Allow, DefaultRule, false},
 	}
 	for _, tc := range tests {
-		got := p.Decide(tc.f)
+		got := withoutID(p.Decide(tc.f))
 		want := Decision{Action: tc.action, Rule: tc.rule, AllowUnverifiedUpstream: tc.unverified}
 		got.ByName = false // TestDecideByName
 		if got != want {
@@ -143,11 +143,11 @@ func TestDecideDefaultsAndModes(t *testing.T) {
 	}
 	// Defaults when the section says nothing: enforce, allow.
 	p := mustParse(t, "policy: {}")
-	if p.Mode() != Enforce || p.Decide(tcp) != (Decision{Action: Allow, Rule: DefaultRule}) {
+	if p.Mode() != Enforce || withoutID(p.Decide(tcp)) != (Decision{Action: Allow, Rule: DefaultRule}) {
 		t.Errorf("empty policy: %v %+v", p.Mode(), p.Decide(tcp))
 	}
 	p = mustParse(t, "policy:\n")
-	if p.Decide(tls) != (Decision{Action: Splice, Rule: DefaultRule}) {
+	if withoutID(p.Decide(tls)) != (Decision{Action: Splice, Rule: DefaultRule}) {
 		t.Errorf("null policy: %+v", p.Decide(tls))
 	}
 	var nilPolicy *Policy
@@ -290,13 +290,13 @@ policy:
 		{"tls matches a rule shared with icmp", Subject{Protocol: ProtoTLS, Dest: ap("198.51.100.1:8443")}, Splice, "ping-rest"},
 	}
 	for _, tc := range tests {
-		if got, want := p.Decide(tc.f), (Decision{Action: tc.action, Rule: tc.rule}); got != want {
+		if got, want := withoutID(p.Decide(tc.f)), (Decision{Action: tc.action, Rule: tc.rule}); got != want {
 			t.Errorf("%s: Decide(%+v) = %+v, want %+v", tc.name, tc.f, got, want)
 		}
 	}
 	// Without an icmp rule, echo follows the default like any flow.
 	deny := mustParse(t, "policy:\n  default: deny\n  rules:\n    - {name: web, protocols: [tls, http], action: allow}\n")
-	if d := deny.Decide(icmp("192.0.2.1", "10.0.0.1")); d != (Decision{Action: Deny, Rule: DefaultRule}) {
+	if d := withoutID(deny.Decide(icmp("192.0.2.1", "10.0.0.1"))); d != (Decision{Action: Deny, Rule: DefaultRule}) {
 		t.Errorf("default deny: %+v", d)
 	}
 	// An icmp-only rule never makes DecideEarly (TCP) sure of anything.
@@ -304,4 +304,11 @@ policy:
 	if d, ok := only.DecideEarly(Subject{Dest: ap("192.0.2.1:443")}); ok {
 		t.Errorf("DecideEarly decided a TCP flow on an icmp-only rule: %+v", d)
 	}
+}
+
+// withoutID is d without the ID of the policy that made it, for tests of
+// what was decided (TestPolicyID checks the ID).
+func withoutID(d Decision) Decision {
+	d.Policy = ""
+	return d
 }

@@ -25,6 +25,7 @@ func appendRecord(b []byte, r *Record) ([]byte, error) {
 	b = appendStringField(b, `","kind":`, r.Kind)
 	b = appendStringField(b, `,"action":`, r.Action)
 	b = appendStringField(b, `,"rule":`, r.Rule)
+	b = appendOptionalString(b, `,"policy":`, r.Policy)
 	b = appendStringField(b, `,"endpoint":`, r.Endpoint)
 	b = appendStringField(b, `,"attachment":`, r.Attachment)
 	b = appendStringField(b, `,"flow_cookie":`, r.FlowCookie)

@@ -16,6 +16,7 @@ func fullRecord() Record {
 		Kind:           "http",
 		Action:         "bump",
 		Rule:           `rule "quoted" \ back`,
+		Policy:         "0123456789ab",
 		Endpoint:       "vpce-0123456789abcdef0",
 		Attachment:     "0a1b2c3d4e5f6071",
 		FlowCookie:     "c00c1e01",

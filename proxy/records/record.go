@@ -14,22 +14,27 @@ import (
 // queries rely on; the README documents each one. Fields that do not apply to
 // a kind are omitted.
 type Record struct {
-	Time       time.Time `json:"time"`        // when the flow or request ended (UTC)
-	Kind       string    `json:"kind"`        // tcp, udp, icmp, http, tls, quic, dns
-	Action     string    `json:"action"`      // allow, deny, bump, splice; undecided: ended before the policy decided
-	Rule       string    `json:"rule"`        // policy rule that decided; "default" when none matched
-	Endpoint   string    `json:"endpoint"`    // GWLB endpoint, e.g. vpce-0123456789abcdef0
-	Attachment string    `json:"attachment"`  // GWLB attachment ID, 16 hex digits
-	FlowCookie string    `json:"flow_cookie"` // GWLB flow cookie, 8 hex digits
-	ClientIP   string    `json:"client_ip"`
-	ClientPort uint16    `json:"client_port,omitempty"`
-	DestIP     string    `json:"dest_ip"`
-	DestPort   uint16    `json:"dest_port,omitempty"`
-	BytesOut   int64     `json:"bytes_out"`   // client → destination (payload bytes)
-	BytesIn    int64     `json:"bytes_in"`    // destination → client (payload bytes)
-	DurationMS float64   `json:"duration_ms"` // flow or request duration
-	Result     string    `json:"result"`      // ok, refused, timeout, reset, error, denied
-	Error      string    `json:"error,omitempty"`
+	Time   time.Time `json:"time"`   // when the flow or request ended (UTC)
+	Kind   string    `json:"kind"`   // tcp, udp, icmp, http, tls, quic, dns
+	Action string    `json:"action"` // allow, deny, bump, splice; undecided: ended before the policy decided
+	Rule   string    `json:"rule"`   // policy rule that decided; "default" when none matched
+	// Policy is the policy that decided, the one whose rule Rule is, by
+	// its ID (policy.Policy.ID: the first 12 hex digits of the SHA-256 of
+	// its file's bytes); empty when no policy decided.
+	Policy string `json:"policy,omitempty"`
+
+	Endpoint   string  `json:"endpoint"`    // GWLB endpoint, e.g. vpce-0123456789abcdef0
+	Attachment string  `json:"attachment"`  // GWLB attachment ID, 16 hex digits
+	FlowCookie string  `json:"flow_cookie"` // GWLB flow cookie, 8 hex digits
+	ClientIP   string  `json:"client_ip"`
+	ClientPort uint16  `json:"client_port,omitempty"`
+	DestIP     string  `json:"dest_ip"`
+	DestPort   uint16  `json:"dest_port,omitempty"`
+	BytesOut   int64   `json:"bytes_out"`   // client → destination (payload bytes)
+	BytesIn    int64   `json:"bytes_in"`    // destination → client (payload bytes)
+	DurationMS float64 `json:"duration_ms"` // flow or request duration
+	Result     string  `json:"result"`      // ok, refused, timeout, reset, error, denied
+	Error      string  `json:"error,omitempty"`
 	// DestCheck is the outcome of tying a name-based decision to the
 	// destination address (policy destination_check): ok, or mismatch when
 	// the destination is not an address the name resolves to (denied in
