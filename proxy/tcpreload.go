@@ -68,22 +68,22 @@ func (r *tcpReload) check() error {
 func (r *tcpReload) decide(pol *policy.Policy) string {
 	s := r.s
 	if r.nameUnread && pol.NamesMatter() {
-		s.rec.Rule, s.rec.Action = "", policy.Deny.String()
+		s.rec.Rule, s.rec.Action, s.rec.Policy = "", policy.Deny.String(), pol.ID()
 		return "its name could not be read, and the policy now looks at names"
 	}
 	if r.spliced && s.rec.ECH && pol.DenyECH() {
-		s.rec.Rule, s.rec.Action = "", policy.Deny.String()
+		s.rec.Rule, s.rec.Action, s.rec.Policy = "", policy.Deny.String(), pol.ID()
 		return "ClientHello offers ECH; policy ech: deny"
 	}
 	d := pol.Decide(s.subj)
 	switch {
 	case d.Action == policy.Deny:
-		s.rec.Rule, s.rec.Action = d.Rule, d.Action.String()
+		s.rec.Rule, s.rec.Action, s.rec.Policy = d.Rule, d.Action.String(), d.Policy
 		return "denied by policy"
 	case r.spliced && d.Action == policy.Bump && s.p.intercept.CanBump():
 		// Going on spliced would keep from inspection what the policy now
 		// wants inspected; the client's next connection is bumped.
-		s.rec.Rule, s.rec.Action = d.Rule, policy.Deny.String()
+		s.rec.Rule, s.rec.Action, s.rec.Policy = d.Rule, policy.Deny.String(), d.Policy
 		return "the policy now bumps this name, and a spliced connection cannot be bumped midway"
 	}
 	return ""

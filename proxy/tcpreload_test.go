@@ -96,6 +96,9 @@ func TestTCPRelayRedecidedAfterReload(t *testing.T) {
 		t.Fatal("a connection the reload denies was relayed on")
 	}
 	rec := r.record(t, c, "tcp")
+	if rec.Policy != r.p.cfg.Policy.Load().ID() {
+		t.Errorf("record names policy %q, want the reload's %q, which denied it", rec.Policy, r.p.cfg.Policy.Load().ID())
+	}
 	if rec.Action != "deny" || rec.Rule != "no-loopback" || rec.Result != "denied" ||
 		!strings.Contains(rec.Error, "policy reload") || rec.BytesOut != int64(len("\x00one\n\x00two\n")) {
 		t.Fatalf("record %+v; want the connection ended as denied by no-loopback after a reload, 10 bytes out", rec)
