@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -129,4 +130,41 @@ func connFD(t *testing.T, c net.Conn) int {
 		t.Fatal(err)
 	}
 	return fd
+}
+
+// TestBoundReturnRefusesSendsAfterClose: the bound return path makes a
+// socket for a GWLB source port on its first reply. After close, a late
+// reply (the echo relay's, a delayed ACK's) for a port with no socket yet
+// used to bind a new one, leave through it, and leave it open for good.
+// It now fails with net.ErrClosed, binding nothing.
+func TestBoundReturnRefusesSendsAfterClose(t *testing.T) {
+	ln, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	gwlb, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.2:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gwlb.Close()
+	var fallbacks atomic.Uint64
+	r := newBoundReturn(netip.MustParseAddr("127.0.0.1"), ln, gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port(), &fallbacks)
+	if err := r.close(); err != nil {
+		t.Fatal(err)
+	}
+	pkt := append(make([]byte, outerHeadroom), "late GENEVE datagram"...)
+	if err := r.send(pkt, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), 41234)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("send after close: %v, want net.ErrClosed", err)
+	}
+	gwlb.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, _, err := gwlb.ReadFromUDPAddrPort(make([]byte, 100)); err == nil {
+		t.Errorf("a %d-byte datagram sent after close arrived", n)
+	}
+	for port, c := range r.socks {
+		if c.conn != ln {
+			c.conn.Close()
+			t.Errorf("a socket for port %d was bound after close", port)
+		}
+	}
 }

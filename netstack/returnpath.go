@@ -235,6 +235,10 @@ type boundReturn struct {
 	failed    map[uint16]time.Time // ports whose bind failed: when to try again
 	retryWait time.Duration
 	fallback  *boundSock // the listener's
+	// closed is set by close: no socket is bound after it (a reply sent
+	// late, by the echo relay or a delayed ACK, would bind one nothing
+	// closes, and leave).
+	closed bool
 }
 
 // boundSock is one socket of the bound return path.
@@ -272,6 +276,9 @@ func newBoundReturn(local netip.Addr, listener *net.UDPConn, replyPort uint16, f
 
 func (r *boundReturn) name() string { return ReturnPathBound }
 
+// socket returns the socket replies to GWLB source port port leave
+// through, binding it on the first; nil once the path is closed and port
+// has none.
 func (r *boundReturn) socket(port uint16) *boundSock {
 	r.mu.RLock()
 	c := r.socks[port]
@@ -287,6 +294,9 @@ func (r *boundReturn) socket(port uint16) *boundSock {
 	defer r.mu.Unlock()
 	if c = r.socks[port]; c != nil {
 		return c
+	}
+	if r.closed {
+		return nil
 	}
 	if retry, failed := r.failed[port]; failed && time.Now().Before(retry) {
 		return r.fallback // another sender just tried
@@ -351,6 +361,9 @@ func (r *boundReturn) sendBatch(b *replyBatch) (failed int, err error) {
 // sendmmsg.
 func (r *boundReturn) sendRun(b *replyBatch, from, to int) (failed int, err error) {
 	sock := r.socket(b.dsts[from].Port())
+	if sock == nil { // closed: nothing is bound after close
+		return to - from, net.ErrClosed
+	}
 	sockaddr(&b.sockaddrForReplies, b.dsts[from].Addr().As4(), r.replyPort)
 	for from < to {
 		end, gso := from, false
@@ -436,6 +449,7 @@ func gsoRun(b *replyBatch, from, to int) (int, bool) {
 func (r *boundReturn) close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	var errs []error
 	for _, c := range r.socks {
 		if c.conn != r.listener {
