@@ -14,7 +14,8 @@ import (
 
 // canonicalHost returns authority as net/http will send it as Host (IDN
 // labels in their xn-- form), or an error when its host and port cannot be
-// told apart, or its host has an empty label (sniff.EmptyLabel). Requests
+// told apart, its host has an empty label (sniff.EmptyLabel), a character
+// no host name has, or brackets around anything but an IPv6 address. Requests
 // are decided on what is sent, not on what the client wrote: a rule for
 // xn--bcher-kva.example must match "bücher.example"; "evil.example:1:2",
 // which an origin may cut at its first colon, must not pass as some other
@@ -26,6 +27,12 @@ func canonicalHost(authority string) (string, error) {
 		return "", fmt.Errorf("Host %q: %w", authority, err)
 	}
 	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") { // an IPv6 literal without a port
+		// Only an IPv6 address may stand in brackets: HTTP/2's :authority
+		// takes "[evil.example%.allowed.example]", which would be decided
+		// as the name inside, while net/http sends the Host cut at the %.
+		if a, err := netip.ParseAddr(h[1 : len(h)-1]); err != nil || !a.Is6() {
+			return "", fmt.Errorf("Host %q: brackets hold no IPv6 address", authority)
+		}
 		return h, nil
 	}
 	if strings.Contains(h, ":") {
@@ -35,6 +42,11 @@ func canonicalHost(authority string) (string, error) {
 		}
 		if _, err := strconv.ParseUint(port, 10, 16); port != "" && err != nil {
 			return "", fmt.Errorf("Host %q: port %q is not a number", authority, port)
+		}
+		if strings.HasPrefix(h, "[") {
+			if a, err := netip.ParseAddr(hostOnly(h)); err != nil || !a.Is6() {
+				return "", fmt.Errorf("Host %q: brackets hold no IPv6 address", authority)
+			}
 		}
 	}
 	host := hostOnly(h)

@@ -1,10 +1,14 @@
 package intercept_test
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // allowOnlyWWW lets www.example.test through, bumped or in cleartext, and
@@ -100,4 +104,61 @@ func TestOddRequestTargetRefused(t *testing.T) {
 			t.Errorf("the destination served %q, want the one request", got)
 		}
 	})
+}
+
+// TestBracketedAuthorityRefused: HTTP/2's :authority may hold brackets
+// around anything x/net lets through ("[evil.example%.allowed.example]"),
+// and canonicalHost used to take any bracketed authority for an IPv6
+// literal and return it unchecked: the stream was decided on the name
+// inside (a *.allowed.example one here), while net/http sent the Host cut
+// at the '%'. Brackets around anything but an IPv6 address now get a 400
+// and a deny record, and reach no origin; an IPv6 literal is decided as
+// one (denied here by the default, not refused).
+func TestBracketedAuthorityRefused(t *testing.T) {
+	const doc = `
+policy:
+  default: deny
+  rules:
+    - name: allowed
+      domains: ["*.allowed.example"]
+      action: allow
+`
+	for _, tc := range []struct {
+		authority string
+		status    int
+	}{
+		{"[evil.example%.allowed.example]", http.StatusBadRequest},
+		{"[a,b.allowed.example]", http.StatusBadRequest},
+		{"[x.allowed.example]", http.StatusBadRequest},
+		{"[x.allowed.example]:80", http.StatusBadRequest},
+		{"[]", http.StatusBadRequest},
+		{"[2001:db8::1]", http.StatusForbidden},
+		{"[2001:db8::1]:8080", http.StatusForbidden},
+	} {
+		t.Run(tc.authority, func(t *testing.T) {
+			r := newRig(t, doc)
+			upEnd, up := r.startUpstream(nil)
+			c, _ := r.connect(upEnd, httpDest)
+			c.SetDeadline(time.Now().Add(waitLimit))
+			cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			req, _ := http.NewRequest("GET", "http://ok.example/a", nil)
+			req.Host = tc.authority
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("round trip: %v", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			if got := up.requests(); len(got) != 0 {
+				t.Errorf(":authority %q reached the origin as %q", tc.authority, got)
+			}
+		})
+	}
 }
