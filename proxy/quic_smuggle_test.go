@@ -129,3 +129,45 @@ func smuggleOnUDPFlow(t *testing.T, initials ...[]byte) (*recordSink, *fakeUDPCl
 	}
 	return recs, c
 }
+
+// longJunk builds an unprotected long-header packet (version 1, typ 0x10
+// 0-RTT or 0x20 Handshake) for dcid with a junk body.
+func longJunk(typ byte, dcid []byte) []byte {
+	body := bytes.Repeat([]byte{0xee}, 64)
+	p := []byte{0xc1 | typ, 0, 0, 0, 1, byte(len(dcid))}
+	p = append(p, dcid...)
+	p = append(p, 0) // no source connection ID
+	p = append(p, 0x40, byte(len(body)))
+	return append(p, body...)
+}
+
+// TestQUICSecondConnectionBehindForeignPacket plays a client that, on a
+// flow decided for an allowed name, hides a denied name's Initials behind
+// a 0-RTT packet of the first connection and a Handshake packet of another
+// connection ID. A server that skips only the mismatched packet (RFC 9000
+// §12.2) reads the Initial behind it: it must never reach the destination.
+func TestQUICSecondConnectionBehindForeignPacket(t *testing.T) {
+	p, _, recs := udpProxy(t, quicPolicy, nil)
+	dst := newUDPSink(t, false)
+	allowed := quicFirstFlight(t, "www.example.test")
+	c, _ := startFlow(p, quicClient, dst.addr(), allowed...)
+	waitReceived(t, dst, len(allowed))
+	dcid := allowed[0][6 : 6+int(allowed[0][5])]
+	blocked := quicFirstFlight(t, "blocked.example.test")
+	for _, d := range blocked {
+		c.inject(bytes.Join([][]byte{longJunk(0x10, dcid), longJunk(0x20, []byte{0xaa, 0xbb, 0xcc, 0xdd}), d}, nil))
+	}
+	c.inject([]byte{0x40, 1, 2, 3}) // the first connection's own traffic still passes
+	waitReceived(t, dst, len(allowed)+1)
+	time.Sleep(100 * time.Millisecond)
+	if got := dst.received(); len(got) != len(allowed)+1 {
+		t.Errorf("the destination received %d datagrams, want the %d of the allowed connection and its short-header one", len(got), len(allowed)+1)
+	}
+	if n := p.Stats().QUICSmuggled; n != uint64(len(blocked)) {
+		t.Errorf("smuggled datagrams counted: %d, want %d", n, len(blocked))
+	}
+	c.Close()
+	if r := recs.records(t, 1)[0]; r.Kind != "quic" || r.SNI != "www.example.test" {
+		t.Errorf("record kind %s sni %s", r.Kind, r.SNI)
+	}
+}

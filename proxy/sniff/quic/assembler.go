@@ -132,15 +132,27 @@ func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
 	}
 	buf := a.buf[:len(datagram)]
 
-	// Walk the coalesced packets (RFC 9000 §12.2). A short-header packet
-	// or padding (zero bytes) ends the walk, as does a packet of another
-	// version or connection ID: receivers should ignore those, so the
-	// server will not read them either. Only the first packet's header is
-	// required to parse; after it, an unparsable header is trailing
-	// garbage the server ignores too.
+	// Walk the coalesced packets (RFC 9000 §12.2) for as long as their
+	// headers parse. A short-header packet or padding (zero bytes) ends
+	// the walk, and so does a header that does not parse: the server
+	// cannot find where such a packet ends either. Only the first
+	// packet's header is required to parse.
+	//
+	// A packet of another version or connection ID is skipped, not an end
+	// of the walk: receivers should ignore it (RFC 9000 §12.2), and a
+	// server that skips just that packet reads on, so an Initial of the
+	// first packet's connection behind it is read here as well. An
+	// Initial of another connection, wherever it sits, is refused: a
+	// server that does not ignore it would start a connection nobody
+	// decided on, and refusing it while the ClientHello is read as well as
+	// after keeps it out of the datagrams held for the decision.
 	h := first
 	for off := 0; ; {
+		own := h.version == first.version && bytes.Equal(h.dcid, first.dcid)
 		if h.typ == typeInitial {
+			if !own {
+				return nil, packetError(off, h.typ, malformedf("coalesced Initial packet of another connection"))
+			}
 			if len(datagram) < MinInitialDatagram {
 				return nil, packetError(off, h.typ, malformedf("datagram of %d bytes is below the %d required for Initial packets", len(datagram), MinInitialDatagram))
 			}
@@ -155,15 +167,7 @@ func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
 			break
 		}
 		var err error
-		h, err = parseLongHeader(datagram[off:])
-		if err != nil || h.version != first.version || !bytes.Equal(h.dcid, first.dcid) {
-			if err == nil && h.typ == typeInitial {
-				// Servers SHOULD ignore it, but one that does not would
-				// start a connection nobody decided on: refused while
-				// the ClientHello is read as well as after, or it would
-				// pass in the datagrams held for the decision.
-				return nil, malformedf("coalesced Initial packet of another connection")
-			}
+		if h, err = parseLongHeader(datagram[off:]); err != nil {
 			break
 		}
 	}
