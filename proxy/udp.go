@@ -85,9 +85,12 @@ type udpFlow struct {
 	// decided on. Both are read under outMu.
 	quic          *quic.Assembler
 	guardInitials bool
-	// quicUnread is set on a flow that began as QUIC whose ClientHello
-	// could not be read, relayed as udp: a reload to a policy that looks
-	// at names denies it, as the gate would have (udpreload.go).
+	// quicUnread is set on a flow relayed as udp that carries a QUIC
+	// connection whose ClientHello was not read: one that began as QUIC
+	// but could not be read, or a udp flow that carried an Initial while
+	// the policy did not look at names (see smuggled). A reload to a
+	// policy that looks at names denies it, as the gate would have
+	// (udpreload.go).
 	quicUnread bool
 
 	// outMu lets one drain of the client's datagrams run at a time: the
@@ -374,13 +377,21 @@ func (f *udpFlow) fromClient(d []byte) bool {
 // the policy never decided on: a second connection multiplexed on a QUIC
 // flow already decided (another ClientHello, another name), or a QUIC
 // Initial on a flow that began as something else and was decided as plain
-// UDP. Under outMu.
+// UDP. On a udp flow whose Initials pass, it notes the first one in
+// quicUnread instead. Under outMu.
 func (f *udpFlow) smuggled(d []byte) bool {
 	switch {
 	case f.quic != nil:
 		return !f.quic.Belongs(d)
 	case f.guardInitials:
 		return quic.IsInitial(d)
+	case !f.quicUnread && len(d) > 0 && d[0]&0x80 != 0 && quic.IsInitial(d):
+		// Relayed, since nothing in the policy looks at names, but noted:
+		// the connection it starts has a name nobody read, and a reload
+		// to a policy that looks at names must end it, as it ends the
+		// same connection decided as quic. The first byte (a long
+		// header) keeps the check off most datagrams.
+		f.quicUnread = true
 	}
 	return false
 }

@@ -31,7 +31,7 @@ func (f *udpFlow) reloaded(pol *policy.Policy) bool {
 	}
 	switch {
 	case f.quicUnread && pol.NamesMatter():
-		f.endDenied(pol, policy.Decision{}, "QUIC ClientHello could not be read, and the policy now looks at names")
+		f.endDenied(pol, policy.Decision{}, "the flow carries a QUIC connection whose ClientHello was not read, and the policy now looks at names")
 		return false
 	case proto == policy.ProtoQUIC && f.rec.ECH && pol.DenyECH():
 		f.endDenied(pol, policy.Decision{}, "ClientHello offers ECH; policy ech: deny")

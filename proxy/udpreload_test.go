@@ -263,3 +263,40 @@ func TestUDPIdleAfterReloadEndsAsIdle(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPFlowCarryingQUICEndedByReload: under a policy where names do not
+// matter, a client opens its flow with one datagram that is not QUIC (so
+// it is decided as udp, with no name) and then a QUIC connection to a name.
+// A reload to a policy that denies that name must end the flow, as it ends
+// the same connection opened without the junk first (a quic flow with its
+// SNI): the appliance never read the ClientHello, so it cannot tell the
+// connection is not to a denied name.
+func TestUDPFlowCarryingQUICEndedByReload(t *testing.T) {
+	p, h, recs := udpProxy(t, "policy:\n  default: allow\n", func(c *Config) { c.UDPIdleTimeout = 5 * time.Second })
+	dst := newUDPSink(t, false)
+	first := append([][]byte{[]byte("junk")}, quicFirstFlight(t, "blocked.example.test")...)
+	c, _ := startFlow(p, quicClient, dst.addr(), first...)
+	waitReceived(t, dst, len(first))
+	h.Store(mustPolicy(t, quicPolicy)) // now denies blocked.example.test
+	c.inject([]byte{0x40, 1, 2, 3})    // a short-header packet of the connection
+	rec := oneRecord(t, recs)
+	if rec.Kind != "udp" || rec.Action != "deny" || rec.Result != "denied" || !strings.Contains(rec.Error, "ended by a policy reload") {
+		t.Errorf("record kind %s action %s result %s error %q; want the udp flow ended by the reload", rec.Kind, rec.Action, rec.Result, rec.Error)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := len(dst.received()); n != len(first) {
+		t.Errorf("the destination received %d datagrams, want the %d sent before the reload", n, len(first))
+	}
+}
+
+// TestUDPFlowWithoutQUICSurvivesReload: a udp flow that never carried a
+// QUIC Initial goes on after the same reload: only one that did is ended.
+func TestUDPFlowWithoutQUICSurvivesReload(t *testing.T) {
+	p, h, _ := udpProxy(t, "policy:\n  default: allow\n", func(c *Config) { c.UDPIdleTimeout = 5 * time.Second })
+	dst := newUDPSink(t, false)
+	c, _ := startFlow(p, quicClient, dst.addr(), []byte("junk"), []byte{0xc0, 0, 0, 0, 1}) // a long header, not an Initial
+	waitReceived(t, dst, 2)
+	h.Store(mustPolicy(t, quicPolicy))
+	c.inject([]byte{0x40, 1, 2, 3})
+	waitReceived(t, dst, 3)
+}
