@@ -252,6 +252,16 @@ func (a *Assembler) tryParse() (sniff.ClientHello, bool, error) {
 	if msgLen > MaxCryptoLen {
 		return sniff.ClientHello{}, false, tooLargef("ClientHello of %d bytes exceeds %d", msgLen, MaxCryptoLen)
 	}
+	if end := a.stream.end(); end > msgLen {
+		// Before the server answers, a client's Initial CRYPTO stream
+		// holds its ClientHello and nothing else. What follows it is
+		// where a second ClientHello goes after a HelloRetryRequest: a
+		// server that takes that one without checking it against the
+		// first would handshake on a name nobody decided on, so it is
+		// refused here, and (the stream then ending at the ClientHello)
+		// by Belongs after the decision.
+		return sniff.ClientHello{}, false, malformedf("CRYPTO data up to offset %d past the %d-byte ClientHello", end, msgLen)
+	}
 	if have < msgLen {
 		return sniff.ClientHello{}, false, nil
 	}

@@ -108,3 +108,36 @@ func TestInitialOfAnotherConnectionAnywhereRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestCryptoPastClientHelloRefused: CRYPTO data past the ClientHello (a
+// second ClientHello where the one after a HelloRetryRequest would go) is
+// refused in the datagram that completes the ClientHello, whatever the
+// order it came in, and so is a later retransmission of it.
+func TestCryptoPastClientHelloRefused(t *testing.T) {
+	good := rfcClientHello(t)
+	evil := sniWith(t, good, "evil.exampl")
+	l := uint64(len(good))
+
+	var a Assembler
+	if hello, done, err := a.Add(initialDatagram(t, 0, cryptoFrameBytes(0, good), cryptoFrameBytes(l, evil))); err == nil || done {
+		t.Errorf("both ClientHellos in one Initial: %q, done %v, %v; want refused", hello.ServerName, done, err)
+	}
+
+	// The second one first, the first completing it later.
+	var b Assembler
+	if _, done, err := b.Add(initialDatagram(t, 0, cryptoFrameBytes(l, evil))); done || err != nil {
+		t.Fatalf("data past the ClientHello before its header: done %v, %v", done, err)
+	}
+	if hello, done, err := b.Add(initialDatagram(t, 1, cryptoFrameBytes(0, good))); err == nil || done {
+		t.Errorf("ClientHello completing a stream with data past it: %q, done %v, %v; want refused", hello.ServerName, done, err)
+	}
+
+	// After the decision on the first alone, the second does not belong.
+	var c Assembler
+	if _, done, err := c.Add(initialDatagram(t, 0, cryptoFrameBytes(0, good))); !done || err != nil {
+		t.Fatal(done, err)
+	}
+	if c.Belongs(initialDatagram(t, 3, cryptoFrameBytes(l, evil))) {
+		t.Error("a second ClientHello past the first belongs")
+	}
+}

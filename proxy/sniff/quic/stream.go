@@ -96,6 +96,14 @@ func (s *cryptoStream) size() int {
 	return n
 }
 
+// end returns the offset just past the last byte held, 0 when none is.
+func (s *cryptoStream) end() int {
+	if len(s.chunks) == 0 {
+		return 0
+	}
+	return s.chunks[len(s.chunks)-1].end()
+}
+
 // prefixLen returns how many bytes from offset 0 are held without a gap.
 func (s *cryptoStream) prefixLen() int {
 	n := 0
