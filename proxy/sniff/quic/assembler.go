@@ -20,6 +20,13 @@ const (
 	// bytes and servers must discard shorter ones (RFC 9000 §14.1), so a
 	// short one is not something the server will read.
 	MinInitialDatagram = 1200
+	// maxKeptScratch and maxKeptFrames bound the scratch space Belongs
+	// keeps between calls (a decided flow keeps its Assembler): enough for
+	// the usual Initial of a datagram of about 1,200 to 1,500 bytes, so
+	// that reading one allocates nothing. A larger one gets scratch space
+	// of its own, dropped once it is read.
+	maxKeptScratch = 2 << 10
+	maxKeptFrames  = 64
 	// maxRememberedDCIDs bounds the connection IDs whose keys are tried
 	// for a packet besides its own (see Assembler.dcids).
 	maxRememberedDCIDs = 4
@@ -127,10 +134,6 @@ func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if cap(a.buf) < len(datagram) {
-		a.buf = make([]byte, len(datagram))
-	}
-	buf := a.buf[:len(datagram)]
 
 	// Walk the coalesced packets (RFC 9000 §12.2) for as long as their
 	// headers parse. A short-header packet or padding (zero bytes) ends
@@ -156,7 +159,10 @@ func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
 			if len(datagram) < MinInitialDatagram {
 				return nil, packetError(off, h.typ, malformedf("datagram of %d bytes is below the %d required for Initial packets", len(datagram), MinInitialDatagram))
 			}
-			used, err := a.readInitial(datagram[off:off+h.end], buf[off:off+h.end], h)
+			if cap(a.buf) < h.end {
+				a.buf = make([]byte, h.end)
+			}
+			used, err := a.readInitial(datagram[off:off+h.end], a.buf[:h.end], h)
 			if err != nil {
 				return nil, packetError(off, h.typ, err)
 			}
@@ -329,7 +335,14 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 	a.saved = append(a.saved[:0], a.stream.chunks...)
 	held := a.stream.size()
 	largest, seen := a.largestPN, a.pnSeen
-	if _, err := a.read(datagram); err == nil && a.stream.size() == held {
+	_, err := a.read(datagram)
+	if cap(a.buf) > maxKeptScratch {
+		a.buf = nil
+	}
+	if cap(a.frames) > maxKeptFrames {
+		a.frames = nil
+	}
+	if err == nil && a.stream.size() == held {
 		return true
 	}
 	a.stream.chunks = append(a.stream.chunks[:0], a.saved...)

@@ -55,3 +55,31 @@ func TestBelongs(t *testing.T) {
 		t.Error("the connection's own datagram refused after refusals")
 	}
 }
+
+// TestBelongsKeepsNoLargeScratch: a decided flow keeps its Assembler for
+// its lifetime, so Belongs must not keep scratch space the size of the
+// largest datagram it ever read: one 60 KB Initial (a datagram reassembled
+// from IP fragments) would otherwise stay with an idle flow.
+func TestBelongsKeepsNoLargeScratch(t *testing.T) {
+	ch := rfcClientHello(t)
+	var a Assembler
+	if _, done, err := a.Add(initialDatagram(t, 0, cryptoFrameBytes(0, ch))); !done || err != nil {
+		t.Fatal(done, err)
+	}
+	// Its first byte, retransmitted 10,000 times over: many frames.
+	big := packet{dcid: testDCID, pn: 1, payload: bytes.Repeat(cryptoFrameBytes(0, ch[:1]), 10000), padTo: 60000}.seal(t)
+	if !a.Belongs(big) {
+		t.Fatal("the connection's own retransmission does not belong")
+	}
+	if c := cap(a.buf); c > maxKeptScratch {
+		t.Errorf("after one %d-byte datagram, Belongs keeps a %d-byte scratch buffer", len(big), c)
+	}
+	if c := cap(a.frames); c > maxKeptFrames {
+		t.Errorf("after one %d-byte datagram, Belongs keeps room for %d frames", len(big), c)
+	}
+	// A usual one still belongs, its scratch space kept for the next.
+	small := packet{dcid: testDCID, pn: 2, payload: ackFrame(1, 0, 1, false), padTo: 1200}.seal(t)
+	if !a.Belongs(small) || cap(a.buf) == 0 {
+		t.Errorf("after a 1,200-byte Initial: scratch space of %d bytes kept", cap(a.buf))
+	}
+}
