@@ -117,31 +117,34 @@ func (f *udpFlow) gateQUIC(first []byte, firstBuf *[]byte) (held [][]byte, hello
 	f.quic = asm // relay lets later datagrams through only if they belong
 	size := len(first)
 	held = append(held, append([]byte(nil), first...))
-	hello, done, err := asm.Add(first)
 	datagramBufPool.Put(firstBuf)
+	if size > quicGateBytes {
+		// Not read, so not held: a datagram may be reassembled from IP
+		// fragments up to 64 KB.
+		return held, hello, fmt.Errorf("a first datagram of %d bytes, over the gate's %d", size, quicGateBytes)
+	}
+	hello, done, err := asm.Add(held[0])
 	if done || err != nil {
 		return held, hello, err
 	}
-	bufp := datagramBufPool.Get().(*[]byte)
-	defer datagramBufPool.Put(bufp)
-	_ = f.client.SetReadDeadline(time.Now().Add(quicGateWait))
-	defer func() { _ = f.client.SetReadDeadline(time.Time{}) }()
+	next := f.gateReader()
+	defer next.stop()
+	deadline := time.Now().Add(quicGateWait)
 	for {
 		if len(held) >= quicGateDatagrams {
 			return held, hello, fmt.Errorf("no complete ClientHello in %d datagrams", len(held))
 		}
-		n, rerr := f.client.Read(*bufp)
+		d, rerr := next.read(deadline, quicGateBytes-size)
 		if rerr != nil {
 			if errors.Is(rerr, os.ErrDeadlineExceeded) {
 				return held, hello, fmt.Errorf("no complete ClientHello within %s", quicGateWait)
 			}
 			return held, hello, fmt.Errorf("%w: %w", errClientGone, rerr)
 		}
-		if size += n; size > quicGateBytes {
+		if size += len(d); size > quicGateBytes {
 			return held, hello, fmt.Errorf("no complete ClientHello in %d bytes", quicGateBytes)
 		}
-		d := (*bufp)[:n]
-		held = append(held, append([]byte(nil), d...))
+		held = append(held, d)
 		if hello, done, err = asm.Add(d); done || err != nil {
 			return held, hello, err
 		}
