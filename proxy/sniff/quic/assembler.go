@@ -68,9 +68,6 @@ type Assembler struct {
 	largestPN int64
 	pnSeen    bool
 
-	// verifying is set while Belongs reads a datagram.
-	verifying bool
-
 	// Per-call scratch space, kept to spare allocations: a private copy of
 	// the datagram for in-place decryption, the CRYPTO frames found, the
 	// stream state to roll back to, and the synthetic TLS records.
@@ -330,8 +327,6 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 	if len(datagram) == 0 || datagram[0]&headerFormLong == 0 {
 		return true
 	}
-	a.verifying = true
-	defer func() { a.verifying = false }()
 	a.saved = append(a.saved[:0], a.stream.chunks...)
 	held := a.stream.size()
 	largest, seen := a.largestPN, a.pnSeen

@@ -42,7 +42,11 @@ const (
 	ctlZeroRTT   = 0x10 // coalesce a 0-RTT packet after
 	ctlServerCID = 0x20 // address the server's CID, keep the original keys
 	ctlV2        = 0x40 // QUIC v2
+	ctlForeign   = 0x80 // with ctlSplit: a Handshake packet of another DCID between the two Initials
 )
+
+// foreignCID is the DCID of the packet ctlForeign puts between two Initials.
+var foreignCID = []byte{1, 2, 3, 4}
 
 func splitFuzz(data []byte) [][]byte {
 	var out [][]byte
@@ -102,6 +106,9 @@ func sealFuzz(tb testing.TB, i int, in []byte) []byte {
 		last := len(parts) - 1
 		p.padTo = len(pkts[last]) + short
 		pkts[last] = p.seal(tb)
+	}
+	if ctl&ctlForeign != 0 && len(pkts) >= 2 {
+		pkts = append(pkts[:1], append([][]byte{rawLong(tb, p.version, typeHandshake, foreignCID, []byte("foreign"))}, pkts[1:]...)...)
 	}
 	return bytes.Join(pkts, nil)
 }
@@ -163,6 +170,21 @@ func FuzzAssembler(f *testing.F) {
 		concat([]byte{0}, cryptoFrameBytes(40, ch[40:])),
 	), byte(fuzzSealed))
 
+	// After the ClientHello, datagrams for Belongs: the RFC ClientHello,
+	// then an ACK with a different ClientHello behind a packet of another
+	// connection ID, and both ClientHellos in one Initial.
+	evil := bytes.Clone(ch)
+	evil[len(evil)-1] ^= 0xff
+	ack := ackFrame(0, 0, 0, false)
+	f.Add(joinFuzz(
+		concat([]byte{0}, cryptoFrameBytes(0, ch)),
+		concat([]byte{ctlSplit | ctlForeign}, binary.BigEndian.AppendUint16(nil, uint16(len(ack))), ack, cryptoFrameBytes(0, evil)),
+	), byte(fuzzSealed))
+	f.Add(joinFuzz(
+		concat([]byte{0}, cryptoFrameBytes(0, ch), cryptoFrameBytes(uint64(len(ch)), evil)),
+		concat([]byte{0}, cryptoFrameBytes(0, ch)),
+	), byte(fuzzSealed))
+
 	// Headers alone.
 	f.Add(joinFuzz(mustHex(f, rfcClientInitialV1)[:40]), byte(fuzzPadded))
 	zeroRTT := rawLong(f, Version1, typeZeroRTT, testDCID, []byte("0-rtt"))
@@ -208,10 +230,117 @@ func FuzzAssembler(f *testing.F) {
 				if !done2 || err2 != nil || again.ServerName != hello.ServerName {
 					t.Fatalf("Add after done = %q, %v, %v", again.ServerName, done2, err2)
 				}
+				// Belongs reads every long-header datagram of a
+				// decided flow: every datagram, those read before
+				// included, goes through it.
+				for _, d := range dgrams {
+					checkBelongs(t, &a, d)
+				}
 				return
 			}
 		}
 	})
+}
+
+// checkBelongs runs a.Belongs(d) and checks it against what the datagram
+// holds, read independently of the Assembler's own walk: Belongs must
+// leave d and the stream as they were, roll back the packet numbers when
+// it refuses, and refuse whenever mustRefuse finds a reason to.
+func checkBelongs(t *testing.T, a *Assembler, d []byte) {
+	t.Helper()
+	before := make([]chunk, len(a.stream.chunks))
+	for i, c := range a.stream.chunks {
+		before[i] = chunk{off: c.off, data: bytes.Clone(c.data)}
+	}
+	largest, seen := a.largestPN, a.pnSeen
+	why := mustRefuse(t, a, d)
+	orig := bytes.Clone(d)
+	got := a.Belongs(d)
+	if !bytes.Equal(d, orig) {
+		t.Fatal("Belongs modified its datagram")
+	}
+	if len(a.stream.chunks) != len(before) {
+		t.Fatalf("Belongs = %v changed the stream from %d chunks to %d", got, len(before), len(a.stream.chunks))
+	}
+	for i, c := range a.stream.chunks {
+		if c.off != before[i].off || !bytes.Equal(c.data, before[i].data) {
+			t.Fatalf("Belongs = %v changed the stream's chunk %d", got, i)
+		}
+	}
+	if !got && (a.largestPN != largest || a.pnSeen != seen) {
+		t.Fatal("Belongs refused a datagram but kept its packet numbers")
+	}
+	if got && why != "" {
+		t.Fatalf("Belongs = true for a datagram with %s", why)
+	}
+}
+
+// mustRefuse walks d as a server that skips what it cannot use would (every
+// long header that parses, RFC 9000 §12.2), and returns why Belongs must
+// refuse it, or "" when nothing says so: an Initial of another connection
+// than the first packet's, an Initial in a short datagram or that no key
+// of the flow opens, or CRYPTO data other than the ClientHello's bytes.
+func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
+	var hdr [handshakeHeaderLen]byte
+	if a.stream.prefixLen() < handshakeHeaderLen {
+		t.Fatal("done without a ClientHello header in the stream")
+	}
+	h4 := a.stream.appendRange(hdr[:0], 0, handshakeHeaderLen)
+	msgLen := handshakeHeaderLen + (int(h4[1])<<16 | int(h4[2])<<8 | int(h4[3]))
+	largest := int64(-1)
+	if a.pnSeen {
+		largest = a.largestPN
+	}
+	var first longHeader
+	for off := 0; off < len(d); {
+		h, err := parseLongHeader(d[off:])
+		if err != nil {
+			return ""
+		}
+		if off == 0 {
+			first = h
+		}
+		if h.typ == typeInitial {
+			if h.version != first.version || !bytes.Equal(h.dcid, first.dcid) {
+				return "an Initial of another connection"
+			}
+			if len(d) < MinInitialDatagram {
+				return "an Initial in a short datagram"
+			}
+			var payload []byte
+			var pn uint64
+			opened := false
+			for _, dcid := range append([][]byte{h.dcid}, a.dcids...) {
+				k, err := deriveKeys(h.version, dcid)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if payload, pn, err = openPacket(bytes.Clone(d[off:off+h.end]), h.pnOffset, k, largest); err == nil {
+					opened = true
+					break
+				}
+			}
+			if !opened {
+				return "an Initial no key of the flow opens"
+			}
+			largest = max(largest, int64(pn))
+			frames, err := parseFrames(payload, nil)
+			if err != nil {
+				return "an Initial with malformed frames"
+			}
+			for _, f := range frames {
+				end := f.offset + uint64(len(f.data))
+				if end > uint64(msgLen) {
+					return "CRYPTO data past the ClientHello"
+				}
+				if !bytes.Equal(f.data, a.stream.appendRange(nil, int(f.offset), int(end))) {
+					return "CRYPTO data that differs from the ClientHello"
+				}
+			}
+		}
+		off += h.end
+	}
+	return ""
 }
 
 // TestFuzzSeeds checks that the seeds do what they are for: the real and
