@@ -330,7 +330,7 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 	a.saved = append(a.saved[:0], a.stream.chunks...)
 	held := a.stream.size()
 	largest, seen := a.largestPN, a.pnSeen
-	_, err := a.read(datagram)
+	dcid, err := a.read(datagram)
 	if cap(a.buf) > maxKeptScratch {
 		a.buf = nil
 	}
@@ -338,6 +338,10 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 		a.frames = nil
 	}
 	if err == nil && a.stream.size() == held {
+		// After a Retry, the client protects its Initials with keys of
+		// the Retry's connection ID, also once it addresses the
+		// server's: keep them, as Add does, for its ACKs to come.
+		a.remember(dcid)
 		return true
 	}
 	a.stream.chunks = append(a.stream.chunks[:0], a.saved...)

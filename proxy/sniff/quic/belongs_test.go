@@ -83,3 +83,32 @@ func TestBelongsKeepsNoLargeScratch(t *testing.T) {
 		t.Errorf("after a 1,200-byte Initial: scratch space of %d bytes kept", cap(a.buf))
 	}
 }
+
+// TestBelongsAfterRetry: after a Retry, the client protects its Initials
+// with keys of the Retry's connection ID (RFC 9001 §5.2), also once it
+// addresses the server's own connection ID. Its ACK to the server, with its
+// Handshake packets (its Finished) coalesced, belongs: dropping it would
+// stall the handshake until the client retransmits.
+func TestBelongsAfterRetry(t *testing.T) {
+	ch := rfcClientHello(t)
+	var a Assembler
+	if _, done, err := a.Add(initialDatagram(t, 0, cryptoFrameBytes(0, ch))); !done || err != nil {
+		t.Fatal(done, err)
+	}
+	retryCID := []byte{0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4}
+	serverCID := []byte{0x55, 0x66, 0x77, 0x88}
+	if !a.Belongs(packet{dcid: retryCID, token: []byte("token"), pn: 1, payload: cryptoFrameBytes(0, ch), padTo: 1200}.seal(t)) {
+		t.Fatal("the ClientHello again under the Retry's keys does not belong")
+	}
+	ack := concat(
+		packet{dcid: serverCID, keyDCID: retryCID, token: []byte("token"), pn: 2, payload: ackFrame(0, 0, 0, false)}.seal(t),
+		rawLong(t, Version1, typeHandshake, serverCID, bytes.Repeat([]byte{0xee}, 1200)))
+	if !a.Belongs(ack) {
+		t.Error("the ACK to the server's connection ID under the Retry's keys does not belong")
+	}
+	// Keys it opens with do not make another ClientHello belong.
+	other := bigClientHello(t, 1600)
+	if a.Belongs(packet{dcid: serverCID, keyDCID: retryCID, pn: 3, payload: cryptoFrameBytes(0, other[:1000]), padTo: 1200}.seal(t)) {
+		t.Error("another ClientHello under the Retry's keys belongs")
+	}
+}
