@@ -35,8 +35,7 @@ const (
 // The TCP path calls it for spliced TLS; the QUIC path can call it the same
 // way for its decision on the Initial's SNI.
 func (p *Proxy) checkDestination(ctx context.Context, pol *policy.Policy, d policy.Decision, rec *records.Record, name string, dest netip.Addr) (deny bool) {
-	if !d.ByName || (d.Action != policy.Splice && d.Action != policy.Allow) || name == "" ||
-		pol.DestinationCheck() != policy.CheckDNS || p.cfg.DestinationCheck == nil {
+	if !p.destCheckApplies(pol, d, name) {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
@@ -48,6 +47,47 @@ func (p *Proxy) checkDestination(ctx context.Context, pol *policy.Policy, d poli
 	}
 	rec.DestCheck = destCheckOK
 	return false
+}
+
+// destCheckApplies reports whether pol's decision d, made on name, lets
+// the flow through only if its destination passes the check.
+func (p *Proxy) destCheckApplies(pol *policy.Policy, d policy.Decision, name string) bool {
+	return d.ByName && (d.Action == policy.Splice || d.Action == policy.Allow) && name != "" &&
+		pol.DestinationCheck() == policy.CheckDNS && p.cfg.DestinationCheck != nil
+}
+
+// reloadDestCheck says why a flow already relayed, which pol (loaded by a
+// reload) still lets through by decision d on name, must now end for the
+// destination check: "" if it may go on. A flow whose check passed is
+// still bound to the address its name resolved to, and one whose check
+// failed fails it still (rec says so): no lookup is needed for either. A
+// flow never checked (the old policy had the check off, or let it through
+// by a rule without domains) is checked by check, which returns true when
+// the flow must be denied; check is nil where no lookup may wait (the
+// packet path), and such a flow then ends under an enforcing policy.
+func (p *Proxy) reloadDestCheck(pol *policy.Policy, d policy.Decision, rec *records.Record, name string, check func() bool) string {
+	if !p.destCheckApplies(pol, d, name) {
+		return ""
+	}
+	switch rec.DestCheck {
+	case destCheckOK:
+		return ""
+	case destCheckMismatch:
+		if pol.Mode() == policy.Audit {
+			return ""
+		}
+		return "its destination failed the destination check, which the policy now enforces"
+	}
+	if check == nil {
+		if pol.Mode() == policy.Audit {
+			return ""
+		}
+		return "its destination never met the destination check, which the policy now makes, and no lookup can wait here"
+	}
+	if check() {
+		return "its destination fails the destination check, which the policy now makes"
+	}
+	return ""
 }
 
 // joinError appends msg to a record's error, keeping what was there.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -62,9 +63,12 @@ func (r *tcpReload) check() error {
 // knew: its addresses, and for TLS the ClientHello's name and whether it
 // offered ECH. It returns why
 // pol ends it, or "" if it goes on; denied, the record takes pol's rule and
-// action. Still allowed, the record keeps the rule that opened it. The
-// destination check is not repeated: it may wait for a lookup, and a
-// connection whose name passed it is still bound to the same address.
+// action. Still allowed, the record keeps the rule that opened it. A
+// spliced connection the new decision lets through by its name meets the
+// new policy's destination check (reloadDestCheck): one whose check failed
+// ends once the policy enforces it, and one never checked is checked here,
+// in the relay direction that found the reload, for at most the dial
+// timeout (the other direction waits on mu meanwhile).
 func (r *tcpReload) decide(pol *policy.Policy) string {
 	s := r.s
 	if r.nameUnread && pol.NamesMatter() {
@@ -86,5 +90,14 @@ func (r *tcpReload) decide(pol *policy.Policy) string {
 		s.rec.Rule, s.rec.Action, s.rec.Policy = d.Rule, policy.Deny.String(), d.Policy
 		return "the policy now bumps this name, and a spliced connection cannot be bumped midway"
 	}
-	return ""
+	if r.spliced && d.Action == policy.Bump {
+		d.Action = policy.Splice // no CA: spliced, as serveTLS does
+	}
+	why := s.p.reloadDestCheck(pol, d, s.rec, s.subj.Domain, func() bool {
+		return s.p.checkDestination(context.Background(), pol, d, s.rec, s.subj.Domain, s.subj.Dest.Addr())
+	})
+	if why != "" {
+		s.rec.Rule, s.rec.Action, s.rec.Policy = d.Rule, policy.Deny.String(), d.Policy
+	}
+	return why
 }

@@ -21,8 +21,12 @@ import (
 // ClientHello's name and whether it offered ECH. Still allowed, the flow
 // goes on under pol (the record keeps the rule that opened it); denied, it
 // ends, with a record saying why (and naming pol), and its client end is then held as a
-// denied flow's. The destination check is not repeated: it may have to
-// wait for a lookup, and this runs on the packet path. It reports whether
+// denied flow's. A QUIC flow the new decision lets through by its name
+// meets the new policy's destination check (reloadDestCheck) without a
+// lookup, since this runs on the packet path: one whose check passed goes
+// on, one whose check failed ends under an enforcing policy, and so does
+// one never checked (the old policy had the check off, or no rule on its
+// name), whose client's next connection is checked. It reports whether
 // the flow goes on. Under outMu.
 func (f *udpFlow) reloaded(pol *policy.Policy) bool {
 	proto, name := policy.ProtoUDP, ""
@@ -46,6 +50,10 @@ func (f *udpFlow) reloaded(pol *policy.Policy) bool {
 		return false
 	case d.Action == policy.Bump && proto == policy.ProtoQUIC:
 		f.endDenied(pol, d, quicBumpReason)
+		return false
+	}
+	if why := f.p.reloadDestCheck(pol, d, f.rec, name, nil); why != "" {
+		f.endDenied(pol, d, why)
 		return false
 	}
 	f.pol = pol

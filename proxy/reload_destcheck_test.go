@@ -1,0 +1,141 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// spliceOK is a policy that splices allowed.example by name and denies the
+// rest; mode and check fill its mode and destination_check.
+func spliceOK(mode, check string) string {
+	return "policy:\n  mode: " + mode + "\n  default: deny\n  destination_check: " + check +
+		"\n  rules:\n    - name: ok\n      domains: [\"allowed.example\"]\n      action: splice\n"
+}
+
+// TestSplicedTLSDestCheckAfterReload: a spliced connection a reload still
+// lets through by its name meets the new policy's destination check. An
+// attacker used to open a spliced connection naming an allowed domain but
+// going to an address of its own while the policy was in audit mode, or
+// had the check off, and keep it open after the operator enforced the
+// check. Now one whose check failed (recorded mismatch) ends once the
+// policy enforces, one never checked is checked on its next bytes and ends
+// if it fails, and one that passes goes on.
+func TestSplicedTLSDestCheckAfterReload(t *testing.T) {
+	fail := func(ctx context.Context, endpoint, name string, dest netip.Addr) error {
+		return errors.New("allowed.example does not resolve to " + dest.String())
+	}
+	pass := func(ctx context.Context, endpoint, name string, dest netip.Addr) error { return nil }
+	for _, tc := range []struct {
+		name, before, after string
+		check               func(context.Context, string, string, netip.Addr) error
+		ends                bool
+		destCheck           string
+	}{
+		{"audit-mismatch-to-enforce", spliceOK("audit", "dns"), spliceOK("enforce", "dns"), fail, true, "mismatch"},
+		{"off-to-dns-failing", spliceOK("enforce", "off"), spliceOK("enforce", "dns"), fail, true, "mismatch"},
+		{"off-to-dns-passing", spliceOK("enforce", "off"), spliceOK("enforce", "dns"), pass, false, "ok"},
+		{"off-to-audit-dns-failing", spliceOK("enforce", "off"), spliceOK("audit", "dns"), fail, false, "mismatch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newClsRig(t, tc.before, clsOptions{check: tc.check})
+			c := r.dial(t, rawEchoServer(t))
+			defer c.Close()
+			hello := captureClientHello(t, &tls.Config{ServerName: "allowed.example"})
+			if _, err := c.Write(hello); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, len(hello))); err != nil {
+				t.Fatalf("not relayed before the reload: %v", err)
+			}
+			r.reloadPolicy(t, tc.after)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c.Write([]byte("exfil"))
+			_, err := io.ReadFull(c, make([]byte, 5))
+			if tc.ends && err == nil {
+				t.Fatal("relayed after a reload whose destination check the connection fails")
+			}
+			if !tc.ends && err != nil {
+				t.Fatalf("a connection the new policy still allows was cut: %v", err)
+			}
+			c.Close()
+			rec := r.record(t, c, "tls")
+			if rec.DestCheck != tc.destCheck {
+				t.Errorf("dest_check %q, want %q", rec.DestCheck, tc.destCheck)
+			}
+			if !tc.ends {
+				if rec.Action != "splice" || rec.Result == "denied" {
+					t.Errorf("record %+v; want it spliced, not denied", rec)
+				}
+				return
+			}
+			if rec.Action != "deny" || rec.Rule != "ok" || rec.Result != "denied" ||
+				!strings.Contains(rec.Error, "policy reload") || !strings.Contains(rec.Error, "destination check") ||
+				rec.Policy != r.p.cfg.Policy.Load().ID() || rec.BytesOut != int64(len(hello)) {
+				t.Errorf("record %+v; want it denied by the reload's policy %q for its destination check, only the ClientHello out",
+					rec, r.p.cfg.Policy.Load().ID())
+			}
+		})
+	}
+}
+
+// TestQUICDestCheckAfterReload: as for spliced TLS, a QUIC flow a reload
+// still lets through by its name meets the new policy's destination check.
+// The recheck runs on the packet path, where no lookup may wait: a flow
+// whose check failed ends under an enforcing policy, and so does one never
+// checked; one whose check passed goes on.
+func TestQUICDestCheckAfterReload(t *testing.T) {
+	webPolicy := func(mode, check string) string {
+		return "policy:\n  mode: " + mode + "\n  default: deny\n  destination_check: " + check +
+			"\n  rules:\n    - name: web\n      domains: [\"www.example.test\"]\n      action: allow\n"
+	}
+	fail := func(context.Context, string, string, netip.Addr) error { return errors.New("NXDOMAIN") }
+	pass := func(context.Context, string, string, netip.Addr) error { return nil }
+	flight := quicFirstFlight(t, "www.example.test")
+	for _, tc := range []struct {
+		name, before, after string
+		check               func(context.Context, string, string, netip.Addr) error
+		ends                bool
+	}{
+		{"audit-mismatch-to-enforce", webPolicy("audit", "dns"), webPolicy("enforce", "dns"), fail, true},
+		{"off-to-dns", webPolicy("enforce", "off"), webPolicy("enforce", "dns"), pass, true},
+		{"ok-stays-ok", webPolicy("enforce", "dns"), webPolicy("audit", "dns"), pass, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, h, recs := udpProxy(t, tc.before, func(c *Config) {
+				c.DestinationCheck = tc.check
+				c.UDPIdleTimeout = time.Minute
+			})
+			dst := newUDPSink(t, true)
+			c, _ := startFlow(p, quicClient, dst.addr(), flight...)
+			for range flight {
+				<-c.out
+			}
+			after := mustPolicy(t, tc.after)
+			h.Store(after)
+			c.inject(flight[0])
+			if !tc.ends {
+				select {
+				case <-c.out:
+				case <-time.After(3 * time.Second):
+					t.Fatal("a flow whose destination check passed was cut by the reload")
+				}
+				return
+			}
+			rec := oneRecord(t, recs)
+			if rec.Kind != "quic" || rec.Action != "deny" || rec.Rule != "web" || rec.Result != "denied" ||
+				!strings.Contains(rec.Error, "destination check") || rec.Policy != after.ID() {
+				t.Fatalf("record %+v; want the QUIC flow ended by the reload's policy %q for its destination check", rec, after.ID())
+			}
+			time.Sleep(100 * time.Millisecond)
+			if n := len(dst.received()); n != len(flight) {
+				t.Fatalf("the destination received %d datagrams, want the %d of the first flight only", n, len(flight))
+			}
+		})
+	}
+}
