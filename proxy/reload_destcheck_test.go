@@ -139,3 +139,61 @@ func TestQUICDestCheckAfterReload(t *testing.T) {
 		})
 	}
 }
+
+// TestPreconnectedClassifiedUnderNewPolicy: a client that opens a
+// connection and sends its first bytes only after a reload used to have
+// them classified and decided under the policy it connected under: a
+// ClientHello for a name the reload allows was refused, and one sent after
+// a reload to enforce was destination-checked in audit mode. It is now
+// decided under the policy in force when its first bytes come: the newly
+// allowed name is spliced, the failed check refuses it, and a connection
+// whose addresses alone the new policy denies is refused before
+// classification, as a new one would be.
+func TestPreconnectedClassifiedUnderNewPolicy(t *testing.T) {
+	fail := func(ctx context.Context, endpoint, name string, dest netip.Addr) error {
+		return errors.New("allowed.example does not resolve to " + dest.String())
+	}
+	denyAllowed := "policy:\n  default: splice\n  destination_check: off\n  rules:\n    - name: no-allowed\n      domains: [\"allowed.example\"]\n      action: deny\n"
+	for _, tc := range []struct {
+		name, before, after, kind, rule, destCheck string
+		relayed                                    bool
+	}{
+		{"allowed-by-reload", denyAllowed, "policy:\n  default: splice\n  destination_check: off\n", "tls", "", "", true},
+		{"audit-to-enforce", spliceOK("audit", "dns"), spliceOK("enforce", "dns"), "tls", "ok", "mismatch", false},
+		{"denied-by-address", "policy: {default: allow}\n", noLoopbackTCP, "tcp", "no-loopback", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newClsRig(t, tc.before, clsOptions{check: fail})
+			c := r.dial(t, rawEchoServer(t))
+			defer c.Close()
+			time.Sleep(100 * time.Millisecond) // accepted, waiting for the first bytes
+			r.reloadPolicy(t, tc.after)
+			hello := captureClientHello(t, &tls.Config{ServerName: "allowed.example"})
+			if _, err := c.Write(hello); err != nil {
+				t.Fatal(err)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			_, err := io.ReadFull(c, make([]byte, len(hello)))
+			pol := r.p.cfg.Policy.Load().ID()
+			if tc.relayed {
+				if err != nil {
+					t.Fatalf("a ClientHello the policy in force allows was refused (%v), as the policy the connection opened under would", err)
+				}
+				c.Close()
+				if rec := r.record(t, c, tc.kind); rec.Action != "splice" || rec.Policy != pol {
+					t.Fatalf("record %+v; want it spliced under the reload's policy %q", rec, pol)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("a ClientHello sent after the reload was relayed under the policy the connection opened under")
+			}
+			rec := r.record(t, c, tc.kind)
+			if rec.Action != "deny" || rec.Result != "denied" || rec.Rule != tc.rule || rec.DestCheck != tc.destCheck ||
+				rec.Policy != pol || rec.BytesOut != 0 || strings.Contains(rec.Error, "reload") {
+				t.Fatalf("record %+v; want it refused as classified, by rule %q of the reload's policy %q, dest_check %q",
+					rec, tc.rule, pol, tc.destCheck)
+			}
+		})
+	}
+}

@@ -190,6 +190,9 @@ func (s *tcpSession) serve(accepted net.Conn) {
 // classified serves the connection as its first bytes, sniffed into br,
 // say it is.
 func (s *tcpSession) classified(res *sniff.Result, br *bufio.Reader) {
+	if !s.policyAtFirstBytes() {
+		return
+	}
 	switch res.Kind {
 	case sniff.KindTLS:
 		if res.Err != nil {
@@ -217,6 +220,30 @@ func (s *tcpSession) classified(res *sniff.Result, br *bufio.Reader) {
 	default:
 		s.serveTCP()
 	}
+}
+
+// policyAtFirstBytes takes the policy in force once the client's first
+// bytes have come, and reports whether the connection goes on. The policy
+// loaded at the handshake may be older by then: a client may open
+// connections and send nothing until after a reload (the wait has no time
+// limit), and would otherwise have its ClientHello classified, decided and
+// destination-checked under the policy it connected under (an audit mode
+// or a check the reload turned off). The relay decides again only on what
+// the first decision knew; this makes the first decision the new policy's.
+// A connection its addresses alone now deny is refused, as a new one would
+// be before anything is dialled.
+func (s *tcpSession) policyAtFirstBytes() bool {
+	pol := s.p.cfg.Policy.Load()
+	if pol == s.pol {
+		return true
+	}
+	s.pol = pol
+	if d, ok := pol.DecideEarly(s.subj); ok {
+		s.rec.Rule, s.rec.Policy = d.Rule, d.Policy
+		s.refuse("denied by policy")
+		return false
+	}
+	return true
 }
 
 // unreadable ends a connection that looks like TLS or HTTP but whose name
