@@ -74,7 +74,9 @@ func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) 
 // bounded by stalls (stall.go), nil bounding none, and with recheck, if not
 // nil, asked before each read's bytes are written on: an error from it
 // aborts the relay as a failed read would (a reload that denies the
-// connection, tcpreload.go).
+// connection, tcpreload.go). Bytes already read when it changes its mind
+// are still written: a write under way, to a peer slow to read, may
+// deliver them after the reload, for at most the write-stall timeout.
 func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, recheck func() error, done func(out, in int64, err error)) {
 	r := &relay{client: client, upstream: upstream, done: done, stalls: stalls, recheck: recheck}
 	r.out = halfRelay{r: r, dst: upstream, src: client}
