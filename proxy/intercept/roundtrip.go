@@ -214,6 +214,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	rec.Status = resp.StatusCode
 	dropUpgradeOffer(resp)
+	var tunnel *tunnelReload // a WebSocket's recheck after a reload
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// goproxy tunnels a WebSocket upgrade only; any other 101 it would
 		// answer as a plain response and go on reading requests from what
@@ -225,6 +226,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			return errorResponse(req, http.StatusBadGateway, "gwlbproxy relays WebSocket upgrades only"), nil
 		}
 		rec.WebSocket = true
+		tunnel = newTunnelReload(s, pol, subj, &rec)
 		if ub, ok := resp.Body.(*upgradedBody); ok {
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
 		}
@@ -248,6 +250,9 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			werr = rt.cc.responseWriteErr()
 		}
 		result, why, delivered := rb.outcome(ctx, werr)
+		if tunnel.ended() {
+			result = "ok" // its end was the reload's, which it resets: tunnel.record says so
+		}
 		if result != "ok" {
 			rec.Result = result
 			if rec.Error != "" { // an audited destination check's
@@ -256,11 +261,12 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			rec.Error = why
 		}
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
+		tunnel.record(&rec)
 		rt.write(&rec, start)
 		rt.requestDone()
 	}
 	if w, ok := resp.Body.(io.Writer); ok { // a 101's body carries both directions
-		resp.Body = &recordingRWBody{recordingBody: rb, w: w}
+		resp.Body = &recordingRWBody{recordingBody: rb, w: w, reload: tunnel}
 	} else {
 		resp.Body = rb
 	}
@@ -548,10 +554,31 @@ func (b *recordingBody) Close() error {
 
 type recordingRWBody struct {
 	*recordingBody
-	w io.Writer
+	w      io.Writer
+	reload *tunnelReload // nil: no reload can reach it
 }
 
+// Read reads the destination's side of the tunnel; bytes read after a
+// reload that ends the tunnel are not passed on, nor counted.
+func (b *recordingRWBody) Read(p []byte) (int, error) {
+	n, err := b.recordingBody.Read(p)
+	if n > 0 && b.reload != nil {
+		if rerr := b.reload.check(); rerr != nil {
+			b.read.Add(-int64(n))
+			return 0, rerr
+		}
+	}
+	return n, err
+}
+
+// Write writes the client's side of the tunnel, unless a reload has ended
+// it.
 func (b *recordingRWBody) Write(p []byte) (int, error) {
+	if b.reload != nil {
+		if err := b.reload.check(); err != nil {
+			return 0, err
+		}
+	}
 	n, err := b.w.Write(p)
 	b.written.Add(int64(n))
 	return n, err

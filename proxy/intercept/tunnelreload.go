@@ -1,0 +1,145 @@
+package intercept
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// A WebSocket tunnel is decided again, on the name of the request that
+// opened it, when it next carries bytes after a reload, either way: it has
+// no next request for the reload to reach, and without this a tunnel (a
+// command channel, an exfiltration under way) to a name the operator has
+// since denied would carry bytes for as long as either end kept it busy,
+// as a relayed TCP connection would (proxy/tcpreload.go). The check costs
+// one atomic load and a pointer compare per read or write.
+
+// errTunnelReloadDenied ends a tunnel a reload denies.
+var errTunnelReloadDenied = errors.New("denied by a policy reload")
+
+// tunnelReload is what a WebSocket tunnel keeps to be decided again.
+type tunnelReload struct {
+	s    *session
+	subj policy.Subject // the upgrade request's, with its name
+	pol  atomic.Pointer[policy.Policy]
+
+	mu sync.Mutex // both directions may find the reload at once
+	// why says why a reload ended the tunnel, and d by which decision;
+	// set once, under mu.
+	why string
+	d   policy.Decision
+	// destCheck is the tunnel's destination check ("ok", "mismatch", or ""
+	// if none was made), and checkErr the error of one made here; under mu.
+	destCheck, checkErr string
+}
+
+// newTunnelReload returns the recheck of a tunnel opened by a request
+// decided under pol, on subj, whose destination check rec records; nil
+// when the interceptor has no policy holder (no reload can happen).
+func newTunnelReload(s *session, pol *policy.Policy, subj policy.Subject, rec *records.Record) *tunnelReload {
+	if s.ic.cfg.Policy == nil {
+		return nil
+	}
+	r := &tunnelReload{s: s, subj: subj, destCheck: rec.DestCheck}
+	r.pol.Store(pol)
+	return r
+}
+
+// check is the tunnel's recheck, before a read's bytes go on or a write
+// goes out: nil while the tunnel may go on. A tunnel it ends has both ends
+// reset (the client's connection and the destination's).
+func (r *tunnelReload) check() error {
+	pol := r.s.ic.cfg.Policy.Load()
+	if pol == nil || pol == r.pol.Load() {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.why != "" {
+		return errTunnelReloadDenied
+	}
+	if pol == r.pol.Load() { // the other direction decided it meanwhile
+		return nil
+	}
+	if r.why = r.decide(pol); r.why != "" {
+		r.s.ic.denied.Add(1)
+		// Ending the session resets the client and every connection to
+		// the destination: the tunnel took the client's connection over,
+		// so nothing else of the session is left to serve.
+		r.s.Abort("denied", errors.New("ended by a policy reload: "+r.why))
+		return errTunnelReloadDenied
+	}
+	r.pol.Store(pol)
+	return nil
+}
+
+// decide decides the tunnel under pol as a new upgrade request on its name
+// would be, destination check included: it returns why pol ends it, or ""
+// if it goes on. A check the tunnel passed holds (it is still bound to the
+// same address); one it failed ends it once pol enforces; one never made
+// (the old policy had it off, or decided by a rule without domains) is
+// made here, in the direction that found the reload, for at most
+// DestinationCheckTimeout.
+func (r *tunnelReload) decide(pol *policy.Policy) string {
+	d := pol.Decide(r.subj)
+	r.d = d
+	if d.Action == policy.Deny {
+		return "denied by policy"
+	}
+	if !r.s.needsDestinationCheck(pol, d, r.subj.Domain) || r.destCheck == "ok" {
+		return ""
+	}
+	if r.destCheck == "" {
+		r.destCheck = "ok"
+		if err := r.s.checkDestination(context.Background(), r.subj.Domain); err != nil {
+			r.destCheck, r.checkErr = "mismatch", err.Error()
+		}
+	}
+	if pol.Mode() == policy.Audit {
+		return ""
+	}
+	return "its destination fails the destination check, which the policy now enforces"
+}
+
+// ended reports whether a reload ended the tunnel.
+func (r *tunnelReload) ended() bool {
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.why != ""
+}
+
+// record puts into rec, the upgrade request's record, what the reload did:
+// the destination check it made, and, if it ended the tunnel, the deciding
+// rule and policy, action deny and result denied. Called once the tunnel
+// has ended.
+func (r *tunnelReload) record(rec *records.Record) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec.DestCheck = r.destCheck
+	if r.checkErr != "" {
+		rec.Error = joinErrors(rec.Error, r.checkErr)
+	}
+	if r.why == "" {
+		return
+	}
+	rec.Rule, rec.Action, rec.Policy = r.d.Rule, policy.Deny.String(), r.d.Policy
+	rec.Result, rec.Error = "denied", joinErrors(rec.Error, "ended by a policy reload: "+r.why)
+}
+
+// joinErrors appends msg to a record's error, keeping what was there.
+func joinErrors(prev, msg string) string {
+	if prev == "" {
+		return msg
+	}
+	return prev + "; " + msg
+}
