@@ -68,7 +68,8 @@ type Config struct {
 	// Handler receives every accepted flow.
 	Handler Handler
 	// Tap, when set, sees every inner packet received from the GWLB and
-	// sent back to it (package capture: pcap files, a mirror device).
+	// taken in for a stack, and every one sent back to it (package
+	// capture: pcap files, a mirror device).
 	Tap Tap
 	// NewStacksAtFullProcs, when set, wraps the making of each endpoint's
 	// stack: gVisor gives every stack one TCP processor goroutine per
@@ -78,9 +79,11 @@ type Config struct {
 }
 
 // Tap sees the inner packets on the packet path. Packet is called for each
-// well-formed inner packet received from the GWLB (out false: before the
-// flow table and the stack decide on it) and each one sent back to it
-// (out true), with its GWLB endpoint, the flow cookie of its GENEVE header,
+// inner packet received from the GWLB that the flow table takes in (out
+// false: after the flow and fragment tables, before the stack and the
+// policy decide on it; a packet dropped before the stack, counted in the
+// drops, is not shown: an IDS shown it would rebuild bytes no one
+// received) and each one sent back to it (out true), with its GWLB endpoint, the flow cookie of its GENEVE header,
 // the time (unix nanoseconds), and what ParsePacket found. It is called
 // from many goroutines at once, must not block, and must not keep pkt.
 type Tap interface {

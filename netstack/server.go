@@ -219,9 +219,6 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 		s.stats.drop(reason)
 		return
 	}
-	if s.cfg.Tap != nil {
-		s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, time.Now().UnixNano(), p, inner)
-	}
 	if p.UnsupportedFromClient() {
 		s.stats.drop(DropInnerUnsupported)
 		return
@@ -301,13 +298,17 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		}
 	}
 	st.sawPacket(now) // a packet of a flow: one without keeps no stack open
+	if p.Echo && p.MoreFragments {
+		// The relay would send the first fragment's data alone, and the
+		// client get a well-formed answer to a request it never made.
+		return DropEchoFragmented
+	}
+	if s.cfg.Tap != nil {
+		// Only now, taken in: a packet dropped above never reached a
+		// stack, and an IDS shown it would rebuild what no one got.
+		s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, now, *p, inner)
+	}
 	if p.Echo {
-		if p.MoreFragments {
-			// The relay would send the first fragment's data alone,
-			// and the client get a well-formed answer to a request it
-			// never made.
-			return DropEchoFragmented
-		}
 		s.handleEcho(flow, p, inner)
 		return DropNone
 	}

@@ -1,0 +1,239 @@
+package netstack_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+)
+
+// seenTap records what the server shows its Tap, as package capture would
+// queue it for an IDS.
+type seenTap struct {
+	mu   sync.Mutex
+	pkts []seenPacket
+}
+
+type seenPacket struct {
+	out bool
+	p   netstack.Packet
+	pkt []byte
+}
+
+func (s *seenTap) Packet(_ uint64, _ uint32, out bool, _ int64, p netstack.Packet, pkt []byte) {
+	s.mu.Lock()
+	s.pkts = append(s.pkts, seenPacket{out, p, append([]byte(nil), pkt...)})
+	s.mu.Unlock()
+}
+
+func (s *seenTap) inbound() []seenPacket {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var in []seenPacket
+	for _, p := range s.pkts {
+		if !p.out {
+			in = append(in, p)
+		}
+	}
+	return in
+}
+
+// tapRig is connRig with a Tap on the server; lastReply is the
+// appliance's last TCP segment to the client.
+type tapRig struct {
+	connRig
+	srv       *netstack.Server
+	mu        sync.Mutex
+	lastReply []byte
+}
+
+func newTapRig(t *testing.T, tap netstack.Tap) *tapRig {
+	t.Helper()
+	r := &tapRig{connRig: connRig{t: t, h: &netstack.AcceptHandler{Conns: make(chan *netstack.Conn, 1)}}}
+	var sim *gwlbsim.Sim
+	for attempt := 0; sim == nil; attempt++ {
+		port := freeUDPPort(t)
+		s, err := netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
+			ReturnPath: netstack.ReturnPathBound, Handler: r.h, Tap: tap})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sim, err = gwlbsim.New(gwlbsim.Config{Addr: netip.MustParseAddr("127.0.0.1"), ListenPort: port, Appliance: s.Addr(), Senders: 1})
+		if err != nil {
+			s.Close()
+			if attempt == 4 {
+				t.Fatalf("starting the simulator: %v", err)
+			}
+			continue
+		}
+		r.srv = s
+	}
+	served := make(chan struct{})
+	go func() { r.srv.Serve(); close(served) }()
+	t.Cleanup(func() { sim.Close(); r.srv.Close(); <-served })
+	var err error
+	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(connClient); err != nil {
+		t.Fatal(err)
+	}
+	r.client.SetTap(func(inner []byte) bool {
+		if inner[9] == 6 {
+			r.mu.Lock()
+			r.lastReply = append(r.lastReply[:0], inner...)
+			r.mu.Unlock()
+		}
+		return false
+	})
+	return r
+}
+
+// established dials, has "hello " delivered and acknowledged, and returns
+// the server's end and the appliance's last segment to the client (whose
+// ack is the client's next sequence number).
+func (r *tapRig) established() (*netstack.Conn, *notifier, []byte) {
+	r.t.Helper()
+	cc, sc := r.dial()
+	if _, err := cc.Write([]byte("hello ")); err != nil {
+		r.t.Fatal(err)
+	}
+	n := newNotifier()
+	sc.OnReadable(n.fn)
+	if got, err := readAll(r.t, sc, n, 6); err != nil {
+		r.t.Fatalf("reading hello: %q %v", got, err)
+	}
+	time.Sleep(100 * time.Millisecond) // the appliance's ACK of "hello "
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return sc, n, append([]byte(nil), r.lastReply...)
+}
+
+// tcpSegment builds a TCP segment from src to dst with a valid checksum.
+func tcpSegment(src, dst netip.AddrPort, seq, ack uint32, flags byte, payload []byte) []byte {
+	tcp := make([]byte, 20+len(payload))
+	binary.BigEndian.PutUint16(tcp[0:], src.Port())
+	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	binary.BigEndian.PutUint32(tcp[8:], ack)
+	tcp[12] = 5 << 4
+	tcp[13] = flags
+	binary.BigEndian.PutUint16(tcp[14:], 65535)
+	copy(tcp[20:], payload)
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	sum := checksum.Checksum(s[:], 0)
+	sum = checksum.Checksum(d[:], sum)
+	sum = checksum.Combine(sum, 6)
+	sum = checksum.Combine(sum, uint16(len(tcp)))
+	binary.BigEndian.PutUint16(tcp[16:], ^checksum.Checksum(tcp, sum))
+	return tcp
+}
+
+// ipv4Packet wraps data[off:end] of a transport segment in an IPv4 header
+// from src to dst: a fragment at off (more: MF set) of datagram id.
+func ipv4Packet(src, dst netip.Addr, id uint16, data []byte, off, end int, more bool) []byte {
+	ip := make([]byte, 20+end-off)
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	binary.BigEndian.PutUint16(ip[4:], id)
+	fo := uint16(off / 8)
+	if more {
+		fo |= 0x2000
+	}
+	binary.BigEndian.PutUint16(ip[6:], fo)
+	ip[8], ip[9] = 64, 6
+	s, d := src.As4(), dst.As4()
+	copy(ip[12:], s[:])
+	copy(ip[16:], d[:])
+	binary.BigEndian.PutUint16(ip[10:], ^checksum.Checksum(ip[:20], 0))
+	copy(ip[20:], data[off:end])
+	return ip
+}
+
+// TestTapOmitsFragmentDroppedBeforeStack: a later IP fragment sent before
+// its first has no flow and is dropped before the stack; the first and a
+// different later fragment at the same offset then make the datagram the
+// stack takes. An IDS fed the dropped fragment (Suricata's default "bsd"
+// defrag policy and tshark keep the first of two at one offset) would
+// rebuild the request the destination never got: the Tap must not see it.
+func TestTapOmitsFragmentDroppedBeforeStack(t *testing.T) {
+	tap := &seenTap{}
+	r := newTapRig(t, tap)
+	sc, n, rep := r.established()
+	ihl := int(rep[0]&0xf) * 4
+	srvSeq := binary.BigEndian.Uint32(rep[ihl+4:])
+	cliSeq := binary.BigEndian.Uint32(rep[ihl+8:])
+	client := netip.AddrPortFrom(connClient, binary.BigEndian.Uint16(rep[ihl+2:]))
+	evil := []byte("GET /evil/payload.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+	benign := []byte("GET /fine/readme.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+	evilSeg := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, evil)
+	benignSeg := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, benign)
+	const cut = 24 // the first fragment: the TCP header and "GET "
+	for _, p := range [][]byte{
+		ipv4Packet(connClient, connDest.Addr(), 0x4242, benignSeg, cut, len(benignSeg), false),
+		ipv4Packet(connClient, connDest.Addr(), 0x4242, evilSeg, 0, cut, true),
+		ipv4Packet(connClient, connDest.Addr(), 0x4242, evilSeg, cut, len(evilSeg), false),
+	} {
+		if err := r.client.Send(p); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	got, err := readAll(t, sc, n, len(evil))
+	if string(got) != string(evil) {
+		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evil)
+	}
+	if d := r.srv.Stats().Drops["fragment_without_flow"]; d != 1 {
+		t.Fatalf("fragment_without_flow = %d, want 1", d)
+	}
+	var frags int
+	for _, p := range tap.inbound() {
+		if bytes.Contains(p.pkt, []byte("/fine/")) {
+			t.Errorf("the Tap saw the fragment the appliance dropped: %q", p.pkt[20:])
+		}
+		if p.p.Fragment || p.p.MoreFragments {
+			frags++
+		}
+	}
+	if frags != 2 {
+		t.Errorf("the Tap saw %d fragments, want the 2 the stack took", frags)
+	}
+}
+
+// TestTapOmitsPacketNotFromClient: a RST from the destination's side of a
+// client's flow, in window, is dropped (not_from_client) and the connection
+// goes on. An IDS fed it would tear its flow down and miss what follows
+// (the TCB-teardown evasion): the Tap must not see it.
+func TestTapOmitsPacketNotFromClient(t *testing.T) {
+	tap := &seenTap{}
+	r := newTapRig(t, tap)
+	sc, n, rep := r.established()
+	ihl := int(rep[0]&0xf) * 4
+	srvSeq := binary.BigEndian.Uint32(rep[ihl+4:])
+	cliSeq := binary.BigEndian.Uint32(rep[ihl+8:])
+	client := netip.AddrPortFrom(connClient, binary.BigEndian.Uint16(rep[ihl+2:]))
+	rst := tcpSegment(connDest, client, srvSeq, cliSeq, 0x14, nil) // RST|ACK
+	if err := r.client.Send(ipv4Packet(connDest.Addr(), connClient, 1, rst, 0, len(rst), false)); err != nil {
+		t.Fatal(err)
+	}
+	req := []byte("GET /evil HTTP/1.1\r\nHost: x\r\n\r\n")
+	if err := r.client.Send(ipv4Packet(connClient, connDest.Addr(), 2,
+		tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, req), 0, 20+len(req), false)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readAll(t, sc, n, len(req)); string(got) != string(req) {
+		t.Fatalf("the stack delivered %q (%v) after the forged RST, want %q", got, err, req)
+	}
+	if d := r.srv.Stats().Drops["not_from_client"]; d != 1 {
+		t.Fatalf("not_from_client = %d, want 1", d)
+	}
+	for _, p := range tap.inbound() {
+		if p.p.TCPFlags&0x04 != 0 {
+			t.Errorf("the Tap saw, as received, the RST the appliance dropped: %x", p.pkt)
+		}
+	}
+}
