@@ -83,7 +83,9 @@ type Config struct {
 // false: after the flow and fragment tables, before the stack and the
 // policy decide on it; a packet dropped before the stack, counted in the
 // drops, is not shown: an IDS shown it would rebuild bytes no one
-// received) and each one sent back to it (out true), with its GWLB endpoint, the flow cookie of its GENEVE header,
+// received) and each one sent back to it (out true, once the return path
+// has sent it: one that failed to leave, counted as send_error, is not
+// shown), with its GWLB endpoint, the flow cookie of its GENEVE header,
 // the time (unix nanoseconds), and what ParsePacket found. It is called
 // from many goroutines at once, must not block, and must not keep pkt.
 type Tap interface {
