@@ -127,7 +127,25 @@ type Stream struct {
 	cseq, sseq uint32 // the next sequence number of each side
 	cfin, sfin bool   // each side's FIN is out
 	closed     bool
+	// Coalescing (see data): dir is the side whose bytes are outstanding,
+	// pend those of them not yet in a segment (less than an MSS), unacked
+	// the segments of them not yet acknowledged; timer flushes them
+	// plainFlushAfter after the first of them (armed: it is set).
+	dir     bool
+	pend    []byte
+	unacked int
+	timer   *time.Timer
+	armed   bool
 }
+
+// plainFlushAfter is how long a side's bytes short of a segment wait, at
+// most, for more before they are synthesized as they are (a Nagle timer,
+// so a stream gets at most a segment and an ACK per side this often from
+// writes too small to fill a segment): a client writing a
+// request a byte per TLS record (about 22 bytes on the wire each) would
+// otherwise get a segment and an ACK per byte, some 127 synthesized
+// packets per wire segment, and crowd the wire packets out of the queues.
+const plainFlushAfter = 5 * time.Millisecond
 
 // scratch holds the buffers packets are built in, one per write in
 // progress; a channel rather than a sync.Pool, which may drop what it is
@@ -188,6 +206,10 @@ func (c *Capture) OpenPlaintext(f PlaintextFlow) *Stream {
 		return nil
 	}
 	s.pseudoSum = s.pseudoHeaderSum()
+	s.dir = true
+	s.pend = make([]byte, 0, s.mss)
+	s.timer = time.AfterFunc(time.Hour, s.flushIdle)
+	s.timer.Stop()
 	// Initial sequence numbers: anything will do; from the cookie and
 	// the ports, so that two streams differ.
 	s.cseq = uint32(cookie)*2654435761 ^ uint32(s.cport)<<16 ^ uint32(s.dport)
@@ -222,8 +244,13 @@ func (s *Stream) FromClient(b []byte) { s.data(true, b) }
 // FromServer synthesizes b as sent to the client.
 func (s *Stream) FromServer(b []byte) { s.data(false, b) }
 
-// data emits b as segments from one side, and the other side's ACK after
-// them (an IDS inspects a direction's bytes once they are acknowledged).
+// data synthesizes b as sent by one side. Bytes are coalesced per side:
+// full segments go out as they fill, the rest waits, and the other side's
+// ACK follows when the side's bytes are flushed (an IDS inspects a
+// direction's bytes once they are acknowledged): when the other side sends,
+// the stream ends, or plainFlushAfter after the first byte outstanding.
+// Many small writes (TLS records of a byte) make about as few packets as
+// one large.
 func (s *Stream) data(fromClient bool, b []byte) {
 	if len(b) == 0 {
 		return
@@ -236,25 +263,70 @@ func (s *Stream) data(fromClient bool, b []byte) {
 	if s.closed || (fromClient && s.cfin) || (!fromClient && s.sfin) {
 		return
 	}
+	if fromClient != s.dir {
+		s.flush(bp, now)
+		s.dir = fromClient
+	}
 	s.c.plain.bytes.Add(uint64(len(b)))
-	for i := 1; len(b) > 0; i++ {
-		n := min(len(b), s.mss)
-		flags := uint8(tcpACK)
-		if n == len(b) {
-			flags |= tcpPSH
+	for len(b) > 0 {
+		if len(s.pend) == 0 && len(b) >= s.mss {
+			s.segment(bp, tcpACK, b[:s.mss], now)
+			b = b[s.mss:]
+			continue
 		}
-		s.emit(bp, fromClient, flags, b[:n], now)
-		if fromClient {
-			s.cseq += uint32(n)
-		} else {
-			s.sseq += uint32(n)
-		}
+		n := min(s.mss-len(s.pend), len(b))
+		s.pend = append(s.pend, b[:n]...)
 		b = b[n:]
-		if i%plainAckEvery == 0 && len(b) > 0 {
-			s.emit(bp, !fromClient, tcpACK, nil, now)
+		if len(s.pend) == s.mss {
+			s.segment(bp, tcpACK, s.pend, now)
+			s.pend = s.pend[:0]
 		}
 	}
-	s.emit(bp, !fromClient, tcpACK, nil, now)
+	if (len(s.pend) > 0 || s.unacked > 0) && !s.armed {
+		s.armed = true
+		s.timer.Reset(plainFlushAfter)
+	}
+}
+
+// segment emits payload as one segment of side s.dir, and the other
+// side's ACK after every plainAckEvery of them; s.mu is held.
+func (s *Stream) segment(bp *[]byte, flags uint8, payload []byte, now int64) {
+	s.emit(bp, s.dir, flags, payload, now)
+	if s.dir {
+		s.cseq += uint32(len(payload))
+	} else {
+		s.sseq += uint32(len(payload))
+	}
+	if s.unacked++; s.unacked == plainAckEvery {
+		s.emit(bp, !s.dir, tcpACK, nil, now)
+		s.unacked = 0
+	}
+}
+
+// flush emits side s.dir's pending bytes, and the other side's ACK of
+// what it has not acknowledged; s.mu is held.
+func (s *Stream) flush(bp *[]byte, now int64) {
+	if len(s.pend) > 0 {
+		s.segment(bp, tcpACK|tcpPSH, s.pend, now)
+		s.pend = s.pend[:0]
+	}
+	if s.unacked > 0 {
+		s.emit(bp, !s.dir, tcpACK, nil, now)
+		s.unacked = 0
+	}
+}
+
+// flushIdle is the timer's: the side with bytes outstanding has been quiet
+// for plainFlushAfter.
+func (s *Stream) flushIdle() {
+	bp := getScratch()
+	defer putScratch(bp)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.armed = false
+	if !s.closed {
+		s.flush(bp, time.Now().UnixNano())
+	}
 }
 
 // ClientClosed synthesizes the client's end of its data (its FIN,
@@ -265,7 +337,9 @@ func (s *Stream) ClientClosed() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closed {
-		s.fin(bp, true, time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		s.flush(bp, now)
+		s.fin(bp, true, now)
 	}
 }
 
@@ -281,8 +355,11 @@ func (s *Stream) ClientReset() {
 	if s.closed {
 		return
 	}
-	s.emit(bp, true, tcpRST|tcpACK, nil, time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	s.flush(bp, now)
+	s.emit(bp, true, tcpRST|tcpACK, nil, now)
 	s.closed = true
+	s.timer.Stop()
 }
 
 // Close ends the stream: a FIN each way that has not been sent yet, the
@@ -297,9 +374,11 @@ func (s *Stream) Close() {
 		return
 	}
 	now := time.Now().UnixNano()
+	s.flush(bp, now)
 	s.fin(bp, false, now)
 	s.fin(bp, true, now)
 	s.closed = true
+	s.timer.Stop()
 }
 
 // fin emits one side's FIN and its acknowledgement, once; s.mu is held.

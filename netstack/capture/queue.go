@@ -37,7 +37,16 @@ type queue struct {
 	// abandoned is set when Close stopped waiting for the output: what is
 	// still queued is dropped, not written.
 	abandoned atomic.Bool
+	// plain counts the slots synthesized packets hold, queued or being
+	// written; they may hold plainLimit at most, so that a bumped
+	// connection's plaintext never crowds the wire packets out.
+	plain      atomic.Int64
+	plainLimit int64
 }
+
+// plainShare is the part of a queue's slots synthesized packets may hold
+// at once: the rest is the wire packets' alone.
+const plainShare = 4 // a quarter
 
 func newQueue(packets int) *queue {
 	nLarge := max(packets/16, 1)
@@ -47,6 +56,7 @@ func newQueue(packets int) *queue {
 		large: make(chan *slot, nLarge),
 		full:  make(chan *slot, nSmall+nLarge),
 	}
+	q.plainLimit = int64(max((nSmall+nLarge)/plainShare, 1))
 	for range nSmall {
 		q.small <- &slot{buf: make([]byte, smallSlot), free: q.small}
 	}
@@ -66,10 +76,18 @@ func (q *queue) put(endpoint uint64, cookie uint32, out, plain bool, now int64, 
 		}
 		free = q.large
 	}
+	if plain && q.plain.Add(1) > q.plainLimit {
+		q.plain.Add(-1)
+		q.dropped.Add(1)
+		return false
+	}
 	var s *slot
 	select {
 	case s = <-free:
 	default:
+		if plain {
+			q.plain.Add(-1)
+		}
 		q.dropped.Add(1)
 		return false
 	}
@@ -81,7 +99,12 @@ func (q *queue) put(endpoint uint64, cookie uint32, out, plain bool, now int64, 
 }
 
 // release returns s to its free list once its output is done with it.
-func (q *queue) release(s *slot) { s.free <- s }
+func (q *queue) release(s *slot) {
+	if s.plain {
+		q.plain.Add(-1)
+	}
+	s.free <- s
+}
 
 // abandon tells the output to write nothing more, and counts what is still
 // queued as dropped: about, as the output may be taking one packet now.
