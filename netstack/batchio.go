@@ -112,7 +112,6 @@ type replyBatch struct {
 	bufs        [maxBatch][]byte         // scratch of maxDatagram bytes each
 	pkts        [maxBatch][]byte         // the datagrams, outer headroom first (returnPath.send's pkt)
 	dsts        [maxBatch]netip.AddrPort // each datagram's GWLB address and source port
-	taps        [maxBatch]replyTap       // what the capture tap is shown of each once sent
 
 	// System call scratch.
 	hdrs  [maxBatch]unix.Mmsghdr
@@ -139,16 +138,12 @@ var replyBatchPool = sync.Pool{New: func() any {
 func getReplyBatch() *replyBatch { return replyBatchPool.Get().(*replyBatch) }
 
 func (b *replyBatch) release() {
-	for i := range b.n {
-		b.taps[i].dgram = nil // not sent: not shown
-	}
 	b.n, b.failedBytes = 0, 0
 	replyBatchPool.Put(b)
 }
 
 // buf returns the scratch buffer of the next datagram.
 func (b *replyBatch) buf() []byte {
-	b.taps[b.n].dgram = nil // until wrapReply fills it
 	if b.bufs[b.n] == nil {
 		b.bufs[b.n] = make([]byte, maxDatagram)
 	}
@@ -168,7 +163,6 @@ func (b *replyBatch) full() bool { return b.n == maxBatch }
 func (b *replyBatch) fail(from, to int) int {
 	for i := from; i < to; i++ {
 		b.failedBytes += len(b.pkts[i]) - outerHeadroom
-		b.untap(b.pkts[i])
 	}
 	return to - from
 }

@@ -83,10 +83,11 @@ type Config struct {
 // false: after the flow and fragment tables, before the stack and the
 // policy decide on it; a packet dropped before the stack, counted in the
 // drops, is not shown: an IDS shown it would rebuild bytes no one
-// received) and each one sent back to it (out true, once the return path
-// has sent it: one that failed to leave, counted as send_error, is not
-// shown), with its GWLB endpoint, the flow cookie of its GENEVE header,
-// the time (unix nanoseconds), and what ParsePacket found. It is called
+// received) and each one sent back to it (out true: as it is handed to the
+// return path, before the send, so that it comes before the client's
+// answer to it; a send that then fails is counted as send_error), with its
+// GWLB endpoint, the flow cookie of its GENEVE header, the time (unix
+// nanoseconds), and what ParsePacket found. It is called
 // from many goroutines at once, must not block, and must not keep pkt.
 type Tap interface {
 	Packet(endpoint uint64, cookie uint32, out bool, now int64, p Packet, pkt []byte)

@@ -212,30 +212,25 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 // send sends one held ACK of flow f on its own, and puts its buffer back:
 // a packet of its flow that must follow it is waiting in a batch.
 func (d *ackDelayer) send(f *Flow, h *delayedAck, now int64) {
-	var tp replyTap
-	d.tap(&tp, f, h, h.datagram(), now)
-	if d.srv.sendDatagram(h.datagram(), h.gwlb) {
-		d.srv.tapSent(&tp)
-	}
+	d.tap(f, h, now)
+	d.srv.sendDatagram(h.datagram(), h.gwlb)
 	heldPool.Put(h.buf)
 }
 
-// tap fills tp for the capture tap to be shown the held ACK h of flow f,
-// in the datagram dgram (h's own or a copy), once it has left (tapSent):
-// the reply path shows it nothing while it is held, since it may never
-// leave.
-func (d *ackDelayer) tap(tp *replyTap, f *Flow, h *delayedAck, dgram []byte, now int64) {
-	if d.srv.cfg.Tap == nil {
+// tap shows a held ACK to the capture tap as it leaves: the reply path
+// shows it nothing while it is held, since it may never leave.
+func (d *ackDelayer) tap(f *Flow, h *delayedAck, now int64) {
+	t := d.srv.cfg.Tap
+	if t == nil {
 		return
 	}
-	inner := dgram[h.inner:]
+	inner := h.datagram()[h.inner:]
 	ether := uint16(EtherTypeIPv4)
 	if inner[0]>>4 == 6 {
 		ether = EtherTypeIPv6
 	}
 	if p, reason := ParsePacket(inner, ether); reason == DropNone {
-		*tp = replyTap{dgram: dgram, inner: h.inner, endpoint: f.key.Endpoint,
-			cookie: f.tunnel.Load().parsed.FlowCookie, now: now, p: p}
+		t.Packet(f.key.Endpoint, f.tunnel.Load().parsed.FlowCookie, true, now, p, inner)
 	}
 }
 
@@ -311,10 +306,9 @@ func (d *ackDelayer) fire() {
 		if b.full() {
 			d.srv.sendReplies(b)
 		}
+		d.tap(r.flow, &h, now)
 		buf := b.buf()
-		dgram := buf[:copy(buf, h.datagram())]
-		d.tap(&b.taps[b.n], r.flow, &h, dgram, now)
-		b.add(dgram, h.gwlb)
+		b.add(buf[:copy(buf, h.datagram())], h.gwlb)
 		heldPool.Put(h.buf)
 	}
 	clear(d.due)

@@ -129,7 +129,7 @@ func (s *Server) batchSegments(b *replyBatch, endpoint uint64, pb *stack.PacketB
 		t[16], t[17] = 0, 0
 		sum := checksum.Checksum(t, tcpPseudoSum(pkt, ipv6, tcpLen+n))
 		binary.BigEndian.PutUint16(t[16:], ^sum)
-		if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, len(pkt), now, frags, true, &b.taps[b.n]); ok {
+		if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, len(pkt), now, frags, true); ok {
 			b.add(dgram, gwlb)
 		}
 		off += n

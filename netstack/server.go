@@ -358,7 +358,7 @@ func (s *Server) batchReply(b *replyBatch, endpoint uint64, pb *stack.PacketBuff
 	}
 	cur := newFlatCursor(pb)
 	n := cur.read(buf[innerOff : innerOff+size])
-	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags, true, &b.taps[b.n]); ok {
+	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags, true); ok {
 		b.add(dgram, gwlb)
 	}
 }
@@ -377,7 +377,6 @@ func (s *Server) sendReplies(b *replyBatch) {
 		s.stats.drops[DropSendError].Add(uint64(failed))
 		s.stats.lastSendError.Store(err.Error())
 	}
-	s.tapBatchSent(b)
 	s.stats.packetsOut.Add(uint64(b.n - failed))
 	s.stats.bytesOut.Add(uint64(bytes - b.failedBytes))
 	b.n, b.failedBytes = 0, 0
@@ -387,23 +386,21 @@ func (s *Server) sendReplies(b *replyBatch) {
 // appliance made beside the stack (the echo relay's replies), in its flow's
 // GENEVE header and sends it (see wrapReply).
 func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) {
-	var tp replyTap
-	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags, false, &tp); ok && s.sendDatagram(dgram, gwlb) {
-		s.tapSent(&tp)
+	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags, false); ok {
+		s.sendDatagram(dgram, gwlb)
 	}
 }
 
 // sendDatagram sends one GENEVE datagram (outer headroom first) on its own
-// system call, counts it, and reports whether it was sent.
-func (s *Server) sendDatagram(dgram []byte, gwlb netip.AddrPort) bool {
+// system call, and counts it.
+func (s *Server) sendDatagram(dgram []byte, gwlb netip.AddrPort) {
 	if err := s.ret.send(dgram, gwlb); err != nil {
 		s.stats.drop(DropSendError)
 		s.stats.lastSendError.Store(err.Error())
-		return false
+		return
 	}
 	s.stats.packetsOut.Add(1)
 	s.stats.bytesOut.Add(uint64(len(dgram) - outerHeadroom))
-	return true
 }
 
 // wrapReply puts the GENEVE header of the inner packet's flow right in front
@@ -415,10 +412,8 @@ func (s *Server) sendDatagram(dgram []byte, gwlb netip.AddrPort) bool {
 // are never fragmented) remembers. A pure ACK may be held instead, for a
 // reply of its flow to carry (ok false, nothing counted; delayack.go).
 // fromStack says the packet is one a stack wrote: ICMP echo from a stack
-// is dropped and counted, as only the echo relay may answer echo. With a
-// Tap, tp is filled for the caller to show the tap once the datagram is
-// sent (tapSent).
-func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable, fromStack bool, tp *replyTap) (dgram []byte, gwlb netip.AddrPort, ok bool) {
+// is dropped and counted, as only the echo relay may answer echo.
+func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable, fromStack bool) (dgram []byte, gwlb netip.AddrPort, ok bool) {
 	inner := buf[innerOff : innerOff+n]
 	etherType := uint16(EtherTypeIPv4)
 	if n > 0 && inner[0]>>4 == 6 {
@@ -479,8 +474,7 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 		return nil, gwlb, false // held for a reply to carry; tapped if it leaves
 	}
 	if s.cfg.Tap != nil {
-		*tp = replyTap{dgram: dgram, inner: innerOff - (start - outerHeadroom), endpoint: endpoint,
-			cookie: tn.parsed.FlowCookie, now: now, p: p}
+		s.cfg.Tap.Packet(endpoint, tn.parsed.FlowCookie, true, now, p, inner)
 	}
 	return dgram, tn.gwlb, true
 }
