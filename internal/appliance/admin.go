@@ -29,6 +29,9 @@ type stats struct {
 	Policy policy.Status `json:"policy"`
 	// TLSKeyLogErrors counts failed writes to --tls-keylog.
 	TLSKeyLogErrors uint64 `json:"tls_keylog_errors,omitempty"`
+	// TLSKeyLogDropped counts writes to --tls-keylog left out because the
+	// file was at its cap (capture.KeyLogMaxBytes).
+	TLSKeyLogDropped uint64 `json:"tls_keylog_dropped,omitempty"`
 }
 
 // stats takes a snapshot of every counter: /stats encodes it, and the
@@ -51,6 +54,7 @@ func (a *Appliance) stats() stats {
 	}
 	if a.keyLog != nil {
 		s.TLSKeyLogErrors = a.keyLog.Errors()
+		s.TLSKeyLogDropped = a.keyLog.Dropped()
 	}
 	return s
 }

@@ -273,6 +273,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.TCPStalled) }),
 	newStatMetric("tls_keylog_errors_total", promCounter, "Failed writes to --tls-keylog.",
 		func(s *stats) float64 { return float64(s.TLSKeyLogErrors) }),
+	newStatMetric("tls_keylog_dropped_total", promCounter, "Writes to --tls-keylog left out because the file was at its 1 GiB cap.",
+		func(s *stats) float64 { return float64(s.TLSKeyLogDropped) }),
 
 	newStatMetric("policy_rules", promGauge, "Rules of the policy in force.",
 		func(s *stats) float64 { return float64(s.Policy.Rules) }),
