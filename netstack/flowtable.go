@@ -289,10 +289,34 @@ func (t *flowTable) setPressure(p MemoryPressure) { t.pressure.Store(int32(p)) }
 // client (setPressure). In the steady state (known flow, same header) it
 // allocates nothing.
 func (t *flowTable) Touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
+	return t.touch(k, hdr, parsed, gwlb, now, false)
+}
+
+// TouchSegment is Touch for a TCP segment other than a SYN: one that would
+// make a new flow is refused (DropStrayFromDestination) when the table
+// holds the reverse flow, a client's connection to the segment's sender.
+// The destination's side of a connection the appliance terminates never
+// sends through the GWLB, so such a segment is a forgery (another client
+// spoofing the destination) or a host reusing the 4-tuple: taken in, the
+// IDS feed would show it as part of the client's connection (a RST tears
+// an IDS's view of it down), and the stack would answer it with a RST of
+// a sequence number the sender chose, as if from the client's peer. The
+// check costs a lookup only when the segment has no flow.
+func (t *flowTable) TouchSegment(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
+	return t.touch(k, hdr, parsed, gwlb, now, true)
+}
+
+func (t *flowTable) touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64, segment bool) (*Flow, DropReason) {
 	s := t.shard(k)
 	s.mu.RLock()
 	f := s.flows[*k]
 	s.mu.RUnlock()
+	if f == nil && segment {
+		rev := k.reverse()
+		if t.Lookup(&rev) != nil {
+			return nil, DropStrayFromDestination
+		}
+	}
 	if f == nil {
 		own, r := t.clients.take(k.Endpoint, k.ClientAddr, MemoryPressure(t.pressure.Load()).clientFlows())
 		if r != DropNone {

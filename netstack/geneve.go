@@ -78,6 +78,7 @@ const (
 	DropICMPMTUBadSequence
 	DropICMPMTUTooSoon
 	DropCriticalOption
+	DropStrayFromDestination
 	dropReasons
 )
 
@@ -129,6 +130,13 @@ var dropReasonNames = [dropReasons]string{
 	// appliance does not process: RFC 8926 §3.5 says such a packet MUST be
 	// dropped (geneveCritical).
 	DropCriticalOption: "critical_option",
+	// A TCP segment other than a SYN that would make a new flow whose
+	// reverse is a flow the table holds: from the destination's side
+	// (D:dp -> V:vp) of a connection the appliance terminates, which never
+	// sends through the GWLB. Taken in, it would show an IDS reading the
+	// feed a RST or data of V's connection, and the stack would answer it
+	// with a RST whose sequence number the sender chose (strayFromDestination).
+	DropStrayFromDestination: "stray_from_destination",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

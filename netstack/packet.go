@@ -298,6 +298,14 @@ type FlowKey struct {
 	ServerPort uint16
 }
 
+// reverse is the key of the flow the other way: its server as the client.
+func (k *FlowKey) reverse() FlowKey {
+	r := *k
+	r.ClientAddr, r.ServerAddr = k.ServerAddr, k.ClientAddr
+	r.ClientPort, r.ServerPort = k.ServerPort, k.ClientPort
+	return r
+}
+
 // Key returns the flow key of p, a packet from a client, under the given
 // GWLB endpoint: its source is the flow's client. An ICMP error is about
 // a packet the stack sent the client (its quoted source is the server, its

@@ -277,7 +277,12 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	} else {
 		key := p.Key(h.Endpoint)
 		var reason DropReason
-		if flow, reason = s.flows.Touch(&key, b[:h.Len], h, gwlb, now); reason != DropNone {
+		if p.Proto == protoTCP && p.TCPFlags&flagSyn == 0 {
+			flow, reason = s.flows.TouchSegment(&key, b[:h.Len], h, gwlb, now)
+		} else {
+			flow, reason = s.flows.Touch(&key, b[:h.Len], h, gwlb, now)
+		}
+		if reason != DropNone {
 			return reason
 		}
 		// The key has a direction, so only the flow's client's own

@@ -205,8 +205,9 @@ func TestTapOmitsFragmentDroppedBeforeStack(t *testing.T) {
 }
 
 // TestTapOmitsPacketNotFromClient: a RST from the destination's side of a
-// client's flow, in window, is dropped (not_from_client) and the connection
-// goes on. An IDS fed it would tear its flow down and miss what follows
+// client's flow, in window, is dropped (stray_from_destination: the flow
+// key has a direction, and such a segment would otherwise make a flow of
+// its own for the stack to answer) and the connection goes on. An IDS fed it would tear its flow down and miss what follows
 // (the TCB-teardown evasion): the Tap must not see it.
 func TestTapOmitsPacketNotFromClient(t *testing.T) {
 	tap := &seenTap{}
@@ -228,8 +229,8 @@ func TestTapOmitsPacketNotFromClient(t *testing.T) {
 	if got, err := readAll(t, sc, n, len(req)); string(got) != string(req) {
 		t.Fatalf("the stack delivered %q (%v) after the forged RST, want %q", got, err, req)
 	}
-	if d := r.srv.Stats().Drops["not_from_client"]; d != 1 {
-		t.Fatalf("not_from_client = %d, want 1", d)
+	if d := r.srv.Stats().Drops["stray_from_destination"]; d != 1 {
+		t.Fatalf("stray_from_destination = %d, want 1", d)
 	}
 	for _, p := range tap.inbound() {
 		if p.p.TCPFlags&0x04 != 0 {
