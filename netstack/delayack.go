@@ -67,7 +67,7 @@ type flowAcks struct {
 	sentAck uint32     // the highest acknowledgement number sent, when sent is set
 	sent    bool
 	quick   bool  // the flow answers quickly: its ACKs may be held
-	ackAt   int64 // when the flow's last pure ACK was made (unix nanoseconds)
+	ackAt   int64 // when the flow's last pure ACK was made (monoNow)
 }
 
 // delayedAck is a held ACK: its GENEVE datagram, ready to send.
@@ -84,7 +84,7 @@ func (h *delayedAck) datagram() []byte { return (*h.buf)[:h.n] }
 type heldRef struct {
 	flow *Flow
 	gen  uint32
-	at   int64 // when it was held
+	at   int64 // when it was held (monoNow)
 }
 
 // ackDelayer sends the held ACKs whose delay ran out, with one timer for
@@ -204,22 +204,23 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 	}
 	a.mu.Unlock()
 	if earlier.buf != nil {
-		d.send(f, &earlier, now)
+		d.send(f, &earlier)
 	}
 	return true
 }
 
 // send sends one held ACK of flow f on its own, and puts its buffer back:
 // a packet of its flow that must follow it is waiting in a batch.
-func (d *ackDelayer) send(f *Flow, h *delayedAck, now int64) {
-	d.tap(f, h, now)
+func (d *ackDelayer) send(f *Flow, h *delayedAck) {
+	d.tap(f, h)
 	d.srv.sendDatagram(h.datagram(), h.gwlb)
 	heldPool.Put(h.buf)
 }
 
 // tap shows a held ACK to the capture tap as it leaves: the reply path
-// shows it nothing while it is held, since it may never leave.
-func (d *ackDelayer) tap(f *Flow, h *delayedAck, now int64) {
+// shows it nothing while it is held, since it may never leave. The tap
+// takes the wall clock's time, not monoNow's.
+func (d *ackDelayer) tap(f *Flow, h *delayedAck) {
 	t := d.srv.cfg.Tap
 	if t == nil {
 		return
@@ -230,7 +231,7 @@ func (d *ackDelayer) tap(f *Flow, h *delayedAck, now int64) {
 		ether = EtherTypeIPv6
 	}
 	if p, reason := ParsePacket(inner, ether); reason == DropNone {
-		t.Packet(f.key.Endpoint, f.tunnel.Load().parsed.FlowCookie, true, now, p, inner)
+		t.Packet(f.key.Endpoint, f.tunnel.Load().parsed.FlowCookie, true, time.Now().UnixNano(), p, inner)
 	}
 }
 
@@ -267,7 +268,7 @@ func (d *ackDelayer) released() {
 func (d *ackDelayer) fire() {
 	d.flushMu.Lock()
 	defer d.flushMu.Unlock()
-	now := time.Now().UnixNano()
+	now := monoNow() // the holds' clock: a wall-clock step back would keep them all
 	d.mu.Lock()
 	n := 0
 	for n < len(d.queue) && now-d.queue[n].at >= d.delay {
@@ -306,7 +307,7 @@ func (d *ackDelayer) fire() {
 		if b.full() {
 			d.srv.sendReplies(b)
 		}
-		d.tap(r.flow, &h, now)
+		d.tap(r.flow, &h)
 		buf := b.buf()
 		b.add(buf[:copy(buf, h.datagram())], h.gwlb)
 		heldPool.Put(h.buf)

@@ -52,7 +52,7 @@ func (s *Server) newStack(endpoint uint64) (any, DropReason) {
 		return nil, DropEndpointLimit
 	}
 	st := newEndpointStack(s, endpoint)
-	st.lastPacket.Store(time.Now().UnixNano())
+	st.lastPacket.Store(monoNow())
 	s.stacks.Store(endpoint, st)
 	s.nstacks.Add(1)
 	s.stats.stacksCreated.Add(1)
@@ -63,7 +63,7 @@ func (s *Server) newStack(endpoint uint64) (any, DropReason) {
 // warnEndpointCap logs, at most once a minute, that new endpoints are
 // refused.
 func (s *Server) warnEndpointCap() {
-	now := time.Now().UnixNano()
+	now := monoNow()
 	last := s.capWarned.Load()
 	if now-last < int64(time.Minute) || !s.capWarned.CompareAndSwap(last, now) {
 		return

@@ -3,7 +3,6 @@ package netstack
 import (
 	"encoding/binary"
 	"net/netip"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
@@ -80,7 +79,7 @@ func (r *EchoRequest) Reply(data []byte) {
 		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
 	}
 	// At most the MTU and unfragmented: no fragment table.
-	r.srv.sendInner(r.endpoint, buf, innerOff, n, time.Now().UnixNano(), nil)
+	r.srv.sendInner(r.endpoint, buf, innerOff, n, monoNow(), nil)
 }
 
 // DropUnavailable counts an echo request the handler could not relay

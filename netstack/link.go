@@ -3,7 +3,6 @@ package netstack
 import (
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -74,7 +73,7 @@ func (l *link) WritePacket(pb *stack.PacketBuffer) tcpip.Error {
 		return nil
 	}
 	b := getReplyBatch()
-	l.batch(b, pb, time.Now().UnixNano())
+	l.batch(b, pb, monoNow())
 	l.srv.sendReplies(b)
 	b.release()
 	return nil
@@ -86,7 +85,7 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 		return pkts.Len(), nil
 	}
 	b := getReplyBatch()
-	now := time.Now().UnixNano()
+	now := monoNow()
 	for _, pb := range pkts.AsSlice() {
 		if b.full() {
 			l.srv.sendReplies(b)

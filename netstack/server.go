@@ -36,7 +36,7 @@ type Server struct {
 	stackMu sync.Mutex
 	shut    bool // under stackMu: Close has begun, no new stacks
 	nstacks atomic.Int64
-	// capWarned is when the endpoint cap was last logged (unix nanoseconds).
+	// capWarned is when the endpoint cap was last logged (monoNow).
 	capWarned atomic.Int64
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -251,7 +251,7 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 // the handler's own shares). A later fragment carries no ports: it follows the flow of
 // its first fragment, or is dropped when that was not taken in.
 func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb netip.AddrPort, co *coalescer) DropReason {
-	now := time.Now().UnixNano()
+	now := monoNow()
 	inner := b[h.Len:]
 	var flow *Flow
 	if p.Fragment {
@@ -479,7 +479,7 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 		return nil, gwlb, false // held for a reply to carry; tapped if it leaves
 	}
 	if s.cfg.Tap != nil {
-		s.cfg.Tap.Packet(endpoint, tn.parsed.FlowCookie, true, now, p, inner)
+		s.cfg.Tap.Packet(endpoint, tn.parsed.FlowCookie, true, time.Now().UnixNano(), p, inner)
 	}
 	return dgram, tn.gwlb, true
 }
@@ -501,11 +501,20 @@ func (s *Server) expireLoop() {
 		select {
 		case <-s.done:
 			return
-		case now := <-t.C:
-			s.flows.Expire(now.UnixNano())
-			s.closeIdleStacks(time.Now().UnixNano())
+		case <-t.C:
+			s.expireIdle()
 		}
 	}
+}
+
+// expireIdle is one round of expireLoop: the flows idle past their
+// timeouts, then the stacks of endpoints left with neither flows nor
+// packets, by monoNow (a wall-clock step forward would expire every flow
+// at once and abort its connections).
+func (s *Server) expireIdle() {
+	now := monoNow()
+	s.flows.Expire(now)
+	s.closeIdleStacks(now)
 }
 
 // flowInfo describes the flow with key k as seen by a stack: the client is

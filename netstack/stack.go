@@ -93,8 +93,8 @@ type endpointStack struct {
 	// a closed stack.
 	mu     sync.RWMutex
 	closed bool // under mu
-	// lastPacket is when a packet last came for the endpoint (unix
-	// nanoseconds, to within packetStampEvery).
+	// lastPacket is when a packet last came for the endpoint (monoNow,
+	// to within packetStampEvery).
 	lastPacket atomic.Int64
 	// inFrags lets the later fragments of a client's datagram, which carry
 	// no ports, follow the flow their first fragment was taken in under.
