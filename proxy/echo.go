@@ -111,7 +111,7 @@ type echoSession struct {
 	destIP   netip.Addr // dest, to tell the destination's replies from others'
 	share    shareKey   // the client's, in echoRelay.shares (denied: deniedShares) while the flow lives
 	v6       bool
-	last     atomic.Int64
+	last     atomic.Int64 // when the last request came (monoStamp)
 	requests atomic.Int64
 	bytesOut atomic.Int64
 	bytesIn  atomic.Int64
@@ -158,7 +158,7 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 		}
 		return
 	}
-	f.last.Store(now.UnixNano())
+	f.last.Store(monoStamp(now))
 	if f.denied {
 		if isNew {
 			p.denyEarly(f.rec, now, clientShareKey(req.Flow), f.rec.Error)
@@ -252,7 +252,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 	}
 	dest := req.Flow.Dest.Addr()
 	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: dest.AsSlice()}, destIP: dest.Unmap(), share: share, pol: pol}
-	f.last.Store(now.UnixNano())
+	f.last.Store(monoStamp(now))
 	r.flows[k] = f
 	r.p.stats.echoActive.Add(1)
 	go r.serve(k, f, rec)
@@ -334,7 +334,7 @@ func (r *echoRelay) addDenied(k echoKey, share shareKey, rec *records.Record, re
 		return &noRoomDenied, false
 	}
 	f := &echoSession{denied: true, forbidden: forbidden, pol: pol, rec: rec, share: share}
-	f.last.Store(now.UnixNano())
+	f.last.Store(monoStamp(now))
 	idle := r.p.cfg.EchoIdleTimeout
 	// The callback takes r.mu, which is held here, so it sees f.timer set.
 	f.timer = time.AfterFunc(idle, func() {
@@ -343,7 +343,7 @@ func (r *echoRelay) addDenied(k echoKey, share shareKey, rec *records.Record, re
 		if r.flows[k] != f {
 			return // decided again after a reload
 		}
-		if rest := time.Until(time.Unix(0, f.last.Load()).Add(idle)); rest > 0 {
+		if rest := idleLeft(f.last.Load(), idle); rest > 0 {
 			f.timer.Reset(rest)
 			return
 		}
@@ -388,9 +388,9 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	var replies int64
 	deadline := func() time.Time {
 		if replies == 0 {
-			return time.Unix(0, f.last.Load()).Add(unanswered)
+			return monoTime(f.last.Load()).Add(unanswered)
 		}
-		return time.Unix(0, f.last.Load()).Add(idle)
+		return monoTime(f.last.Load()).Add(idle)
 	}
 	buf := make([]byte, echoReplyBuf)
 	for {

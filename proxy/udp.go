@@ -74,7 +74,7 @@ type udpFlow struct {
 	// under (its own: f.pol is outMu's): see hostReloaded.
 	hostPol *policy.Policy
 
-	last     atomic.Int64 // when a datagram last passed either way (unix ns)
+	last     atomic.Int64 // when a datagram last passed either way (monoNow)
 	bytesOut int64        // under outMu
 	bytesIn  int64        // the host loop's own
 	dns      *dnsLog      // for a flow to a DNS port
@@ -265,7 +265,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	}()
 }
 
-func (f *udpFlow) touch() { f.last.Store(time.Now().UnixNano()) }
+func (f *udpFlow) touch() { f.last.Store(monoNow()) }
 
 // clientReadable drains the client's datagrams to the host socket. It runs
 // on the packet path, from every goroutine that announces a datagram: the
@@ -454,7 +454,7 @@ func (f *udpFlow) serveHost() {
 // nothing, or, for a DNS flow with every query answered, the linger. Only
 // the host loop calls it (it reads bytesIn).
 func (f *udpFlow) deadline() time.Time {
-	last := time.Unix(0, f.last.Load())
+	last := monoTime(f.last.Load())
 	if f.dns != nil && f.dns.quiet() {
 		return last.Add(min(dnsLinger, f.p.cfg.UDPIdleTimeout))
 	}

@@ -24,7 +24,7 @@ type deniedUDP struct {
 	conn    net.Conn
 	ready   readableConn
 	pol     *policy.Policy
-	last    atomic.Int64
+	last    atomic.Int64 // when a datagram last came (monoNow)
 	timer   *time.Timer
 	closing atomic.Bool // ending: the timer fires at once
 	closed  atomic.Bool
@@ -43,7 +43,7 @@ func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy
 		return
 	}
 	d := &deniedUDP{p: p, conn: conn, ready: ready, pol: pol}
-	d.last.Store(time.Now().UnixNano())
+	d.last.Store(monoNow())
 	d.timer = time.AfterFunc(p.cfg.UDPIdleTimeout, d.expire)
 	ready.OnReadable(d.discard)
 	d.discard()
@@ -61,7 +61,7 @@ func (d *deniedUDP) discard() {
 			d.closeSoon()
 			return
 		}
-		d.last.Store(time.Now().UnixNano())
+		d.last.Store(monoNow())
 	}
 	if d.pol != nil && d.p.cfg.Policy.Load() != d.pol {
 		d.closeSoon()
@@ -76,7 +76,7 @@ func (d *deniedUDP) closeSoon() {
 
 func (d *deniedUDP) expire() {
 	if !d.closing.Load() {
-		if left := time.Until(time.Unix(0, d.last.Load()).Add(d.p.cfg.UDPIdleTimeout)); left > 0 {
+		if left := idleLeft(d.last.Load(), d.p.cfg.UDPIdleTimeout); left > 0 {
 			d.timer.Reset(left)
 			return
 		}
