@@ -393,3 +393,38 @@ func BenchmarkLeafCachedParallel(b *testing.B) {
 		}
 	})
 }
+
+// TestCacheWallStepBack: after the wall clock steps back further than the
+// backdate, a leaf cached before the step, whose NotBefore is now in the
+// future (clients reject it as not yet valid), is minted again instead of
+// served. The cache compared the times' monotonic readings, and served it
+// until its refresh time.
+func TestCacheWallStepBack(t *testing.T) {
+	before := time.Now()
+	ca, err := generate("test CA", before.Add(-24*time.Hour), 10*24*time.Hour) // made long before the step
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mustMinter(t, ca, MinterOptions{})
+	now := before
+	m.now = func() time.Time { return now }
+	first, err := m.Leaf("step.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now = before.Add(-2 * DefaultLeafBackdate) // the step back
+	second, err := m.Leaf("step.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.Before(second.Leaf.NotBefore) {
+		t.Errorf("after the step back, the leaf served is valid from %v, %v after now", second.Leaf.NotBefore, second.Leaf.NotBefore.Sub(now))
+	}
+	if second == first {
+		t.Error("the leaf minted before the step is still served")
+	}
+	now = before // the clock back where it was: the new leaf serves
+	if third, _ := m.Leaf("step.test"); third != second {
+		t.Error("the leaf minted after the step was replaced")
+	}
+}
