@@ -38,12 +38,12 @@ policy:
 // a 400 and a deny record, and nothing reaches the destination. A plain
 // absolute-form target is still decided on its own host and served.
 func TestOddRequestTargetRefused(t *testing.T) {
-	cases := []struct{ target, host string }{
-		{"x:http://evil.example.test/secret", "www.example.test"},
-		{"evil.example.test:443", "www.example.test"},
-		{"mailto:evil.example.test", "www.example.test"},
-		{"/secret", "www.example.test@evil.example.test"},
-		{"/secret", "evil.example.test,www.example.test"},
+	cases := []struct{ target, host, why string }{
+		{"x:http://evil.example.test/secret", "www.example.test", "after its scheme, http://evil.example.test/secret"},
+		{"evil.example.test:443", "www.example.test", "after its scheme, 443"},
+		{"mailto:evil.example.test", "www.example.test", "after its scheme, evil.example.test"},
+		{"/secret", "www.example.test@evil.example.test", "www.example.test@evil.example.test"},
+		{"/secret", "evil.example.test,www.example.test", "evil.example.test,www.example.test"},
 	}
 	for _, bumped := range []bool{true, false} {
 		for _, tc := range cases {
@@ -79,6 +79,11 @@ func TestOddRequestTargetRefused(t *testing.T) {
 						denied = rec.Action == "deny" && rec.Status == http.StatusBadRequest && rec.Result == "denied"
 						if !denied {
 							t.Errorf("http record %+v, want a deny with the 400", rec)
+						}
+						// Refused before any policy decided: it names none, and
+						// says what the client sent.
+						if rec.Policy != "" || rec.Rule != "" || !strings.Contains(rec.Error, tc.why) {
+							t.Errorf("http record rule %q policy %q error %q, want no rule or policy and the client's target or Host in the error", rec.Rule, rec.Policy, rec.Error)
 						}
 					}
 				}

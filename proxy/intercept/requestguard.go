@@ -52,9 +52,12 @@ func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, 
 	if req.URL.Opaque == "" {
 		return nil
 	}
+	// No policy decided it. By now goproxy has emptied RequestURI and
+	// replaced the scheme: what follows the scheme is all that is left of
+	// the target the client wrote.
 	rec.Path = ""
-	rec.Status, rec.Rule = http.StatusBadRequest, ""
-	rec.Action, rec.Result, rec.Error = "deny", "denied", "request target is neither a path nor an http(s) URL: "+truncate(req.RequestURI, 256)
+	rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
+	rec.Action, rec.Result, rec.Error = "deny", "denied", "request target is neither a path nor an http(s) URL: after its scheme, "+truncate(req.URL.Opaque, 256)
 	rt.s.ic.denied.Add(1)
 	rt.write(rec, start)
 	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request target must be a path or an http(s) URL")
