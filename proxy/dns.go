@@ -228,6 +228,9 @@ type dnsLog struct {
 	// while that is the policy in force, so that a flow a reload has not
 	// yet re-decided cannot vouch for names under a policy that may deny it.
 	pol atomic.Pointer[policy.Policy]
+	// dec is the decision of the last reload that decided the flow again
+	// (nil: none), for the records of the queries relayed under it.
+	dec atomic.Pointer[dnsDecision]
 }
 
 // dnsKey is what a response must repeat of its query. Keyed by ID alone, a
@@ -245,6 +248,18 @@ type dnsQuestion struct {
 	msg   dnsMessage
 	size  int
 	start time.Time
+	dec   *dnsDecision // the decision it was relayed under; nil: the flow's first
+}
+
+// dnsDecision is a decision a reload made for a DNS flow, for the records
+// of the queries relayed under it: they name the rule and policy that let
+// them through, not those that opened the flow.
+type dnsDecision struct{ rule, action, policy string }
+
+// redecided records that a reload decided the flow again, by d: the
+// queries relayed from now on are recorded under it.
+func (d *dnsLog) redecided(dc policy.Decision) {
+	d.dec.Store(&dnsDecision{rule: dc.Rule, action: dc.Action.String(), policy: dc.Policy})
 }
 
 // maxPendingDNS bounds the queries a flow can leave unanswered in memory.
@@ -294,13 +309,13 @@ func (d *dnsLog) query(b []byte) {
 		q.size += len(b)
 		d.pending[k] = q
 	case len(d.pending) < maxPendingDNS && d.budget.take():
-		d.pending[k] = dnsQuestion{msg: m, size: len(b), start: time.Now()}
+		d.pending[k] = dnsQuestion{msg: m, size: len(b), start: time.Now(), dec: d.dec.Load()}
 	default:
 		// No room to wait for its answer, in the flow or in the client's
 		// budget: the query is relayed all the same (the client's
 		// resolver is its own business), so it is recorded now, or it
 		// would never be.
-		d.write(dnsQuestion{msg: m, size: len(b), start: time.Now()}, "", 0, "untracked")
+		d.write(dnsQuestion{msg: m, size: len(b), start: time.Now(), dec: d.dec.Load()}, "", 0, "untracked")
 	}
 }
 
@@ -379,6 +394,9 @@ func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
 		return
 	}
 	r := d.base
+	if q.dec != nil {
+		r.Rule, r.Action, r.Policy = q.dec.rule, q.dec.action, q.dec.policy
+	}
 	r.Kind, r.QueryName, r.QueryType, r.RCode = "dns", presentName(q.msg.Name()), dnsTypeName(q.msg.Type), rcode
 	r.BytesOut, r.BytesIn, r.Result = int64(q.size), in, result
 	if skipped > 0 {

@@ -62,6 +62,7 @@ func (f *udpFlow) reloaded(pol *policy.Policy) bool {
 	}
 	if f.dns != nil {
 		f.dns.pol.Store(pol) // its answers vouch for names again
+		f.dns.redecided(d)   // and its queries are recorded under d
 	}
 	return true
 }

@@ -300,3 +300,37 @@ func TestUDPFlowWithoutQUICSurvivesReload(t *testing.T) {
 	c.inject([]byte{0x40, 1, 2, 3})
 	waitReceived(t, dst, 3)
 }
+
+// TestDNSQueryRecordsAfterReload: the queries a DNS flow relays after a
+// reload that decided it again, and still allows it by another rule, are
+// recorded under that rule and that policy: their records used to name the
+// rule and policy that opened the flow, which the reload had replaced. The
+// query relayed before it keeps the first ones.
+func TestDNSQueryRecordsAfterReload(t *testing.T) {
+	res := newDNSResolver(t, 0)
+	p, h, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 3 * time.Second
+		cfg.DNSPorts = []uint16{res.addr().Port()}
+	})
+	old := h.Load()
+	c, _ := startFlow(p, quicClient, res.addr(), dnsQuery(1, "one.example", 1))
+	<-c.out
+	nw := mustPolicy(t, "policy:\n  default: deny\n  rules:\n    - name: dns-only\n      protocols: [udp]\n      action: allow\n")
+	h.Store(nw)
+	c.inject(dnsQuery(2, "two.example", 1))
+	<-c.out
+	want := map[string][2]string{"one.example": {"default", old.ID()}, "two.example": {"dns-only", nw.ID()}}
+	seen := 0
+	for _, r := range recs.records(t, 2) {
+		if r.Kind != "dns" {
+			continue
+		}
+		seen++
+		if w := want[r.QueryName]; r.Rule != w[0] || r.Policy != w[1] {
+			t.Errorf("query %s recorded under rule %q of policy %s, want %q of %s", r.QueryName, r.Rule, r.Policy, w[0], w[1])
+		}
+	}
+	if seen != 2 {
+		t.Errorf("%d dns records, want 2", seen)
+	}
+}
