@@ -14,8 +14,8 @@
 // Answers are kept for their TTL (clamped) and a grace period after it, so
 // that a connection made just after a record expired still passes. Names
 // compare case-insensitively, without a trailing dot; IPv4-mapped IPv6
-// addresses count as their IPv4 address. Memory is bounded (entries per
-// client, per endpoint and in all), one lookup per name is in flight at a time, lookups
+// addresses count as their IPv4 address. Memory is bounded (claims per
+// client, entries and claims per endpoint and in all), one lookup per name is in flight at a time, lookups
 // in flight are bounded, and a check waits for a lookup no longer than its
 // context allows.
 package destcheck
@@ -95,13 +95,17 @@ type Config struct {
 	MaxEntries int
 	// MaxEntriesPerEndpoint bounds the observed names of one GWLB
 	// endpoint (default half of MaxEntries), so that one VPC's clients
-	// cannot evict every other's.
+	// cannot evict every other's. Each client told a name claims it; an
+	// endpoint holds at most twice as many claims as names, and at either
+	// bound the client holding the most claims gives back its oldest, so
+	// that clients filling their shares trim each other first.
 	MaxEntriesPerEndpoint int
-	// MaxEntriesPerClient bounds the observed names one client behind an
-	// endpoint brought in with its answers (default a quarter of
+	// MaxEntriesPerClient bounds the claims one client behind an endpoint
+	// holds on observed names (default a quarter of
 	// MaxEntriesPerEndpoint): a client that asks for ever new names (of a
-	// zone of its own, each answer a CNAME chain of eight) evicts its own
-	// oldest names, not every name its endpoint's other clients were told.
+	// zone of its own, each answer a CNAME chain of eight) gives back its
+	// own oldest claims, which evict a name only when no other client
+	// claims it, not the names its endpoint's other clients were told.
 	MaxEntriesPerClient int
 }
 
@@ -459,9 +463,10 @@ func (c *Checker) Generation() uint64 { return c.observed.gen.Load() }
 // new policy for its TTL.
 //
 // client is who the answer was relayed to, as the proxy counts clients (an
-// address, an IPv6 /80): the names its answers bring in count against its
-// share of the endpoint's (Config.MaxEntriesPerClient), and beyond it its
-// own oldest go. The zero Addr names no client.
+// address, an IPv6 /80): it claims the names of the answer, against its
+// share of the endpoint's (Config.MaxEntriesPerClient), beyond which it
+// gives back its own oldest claims; a name stays while any client claims
+// it. The zero Addr names no client.
 func (c *Checker) ObserveAt(gen uint64, endpoint string, client netip.Addr, msg []byte) {
 	if len(msg) < 12 {
 		return

@@ -47,8 +47,9 @@ func chainResp(tb testing.TB, name, zone string, naddrs int, first netip.Addr) [
 // checked against the appliance's own lookup (denied, for split-horizon
 // names). Its names now come out of its own share: the other client's
 // answer stays, and the client holds no more than its share. A name the
-// other client brought in stays in its share even once the flooding client
-// asks for it too, so that it cannot be evicted that way either. The
+// other client was told stays while that client claims it, even once the
+// flooding client asks for it too (and for one it asked for first, see
+// TestObservedClaimAskedFirst). The
 // memory the flood holds is logged: the worst case docs/policy.md gives.
 func TestObservedClientShare(t *testing.T) {
 	c := newTestChecker(t, Config{}, nil) // defaults: 100,000, 50,000 an endpoint, 12,500 a client
@@ -99,10 +100,10 @@ func TestObservedClientShare(t *testing.T) {
 		return 0
 	}
 	if n := held(attacker); n != share {
-		t.Errorf("the flooding client holds %d names, want its share, %d", n, share)
+		t.Errorf("the flooding client holds %d claims, want its share, %d", n, share)
 	}
 	if n := held(victim); n != 2*maxChain {
-		t.Errorf("the other client holds %d names, want the %d its two answers brought in", n, 2*maxChain)
+		t.Errorf("the other client holds %d claims, want the %d of its two answers", n, 2*maxChain)
 	}
 	checkLists(t, c.observed)
 }
@@ -129,5 +130,108 @@ func TestObservedClientShareNoClient(t *testing.T) {
 	}
 	c.observed.mu.RLock()
 	defer c.observed.mu.RUnlock()
+	checkLists(t, c.observed)
+}
+
+// TestObservedClaimAskedFirst: a client that asks for a name before
+// another client does cannot evict it from the other's answer. Before,
+// the entry belonged to the client whose answer brought it in and stayed
+// in its share when the other client was told it too: the first client
+// then asked for 12,500 names of its own zone, its own share only, and the
+// other client's name went with its oldest (its connections made from the
+// cached answer then fell back to the appliance's lookup, denied for
+// split-horizon names). Now every client told a name claims it, a client
+// at its share takes back only its own claims, and the name stays while
+// the other client claims it.
+func TestObservedClaimAskedFirst(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	const ep = "vpce-1"
+	victim, attacker := netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("10.0.0.6")
+	told := netip.MustParseAddr("10.20.30.40")
+	c.ObserveAt(c.Generation(), ep, attacker, chainResp(t, "internal.corp.example", "corp.example", 1, told))
+	c.ObserveAt(c.Generation(), ep, victim, chainResp(t, "internal.corp.example", "corp.example", 1, told))
+	chk := func() error {
+		return c.Check(context.Background(), ep, "internal.corp.example", netip.MustParseAddr("10.20.30.0"))
+	}
+	if err := chk(); err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	for i := range c.cfg.MaxEntriesPerClient / maxChain {
+		c.ObserveAt(c.Generation(), ep, attacker,
+			chainResp(t, fmt.Sprintf("x%07d.attacker.example", i), "attacker.example", 1, netip.MustParseAddr("192.0.2.0")))
+	}
+	if err := chk(); err != nil {
+		t.Errorf("the victim's answer, asked for first by the attacker, is gone after the attacker's own-share flood of %d names: %v", c.cfg.MaxEntriesPerClient, err)
+	}
+	c.observed.mu.RLock()
+	defer c.observed.mu.RUnlock()
+	e := c.observed.get(key{ep, "internal.corp.example"})
+	if e == nil || len(e.claims) != 1 || e.claims[0].cl.key.client != victim {
+		t.Errorf("want the name claimed by the victim alone, the attacker's claim taken back by its share")
+	}
+	checkLists(t, c.observed)
+}
+
+// TestObservedEndpointBoundLargestFirst: four addresses of one attacker,
+// each within its share (a quarter of the endpoint's), fill the endpoint.
+// Before, the endpoint's oldest name went at its bound, whoever had been
+// told it: the victim's answer, given first, went first. Now the bound
+// takes back claims from the client holding the most, so the victim's 8
+// names stay and the attackers' last answers trim each other.
+func TestObservedEndpointBoundLargestFirst(t *testing.T) {
+	c := newTestChecker(t, Config{}, nil)
+	const ep = "vpce-1"
+	victim := netip.MustParseAddr("10.0.0.5")
+	told := netip.MustParseAddr("10.20.30.40")
+	c.ObserveAt(c.Generation(), ep, victim, chainResp(t, "internal.corp.example", "corp.example", 1, told))
+	for a := range 4 {
+		att := netip.AddrFrom4([4]byte{10, 0, 1, byte(a)})
+		for i := range c.cfg.MaxEntriesPerClient/maxChain + 1 {
+			c.ObserveAt(c.Generation(), ep, att,
+				chainResp(t, fmt.Sprintf("x%d%06d.attacker.example", a, i), "attacker.example", 1, netip.MustParseAddr("192.0.2.0")))
+		}
+	}
+	if err := c.Check(context.Background(), ep, "internal.corp.example", netip.MustParseAddr("10.20.30.0")); err != nil {
+		t.Errorf("four attacker addresses (a quarter share each) evicted the victim's answer: %v", err)
+	}
+	c.observed.mu.RLock()
+	defer c.observed.mu.RUnlock()
+	if n := c.observed.endpoints[ep].n; n != c.cfg.MaxEntriesPerEndpoint {
+		t.Errorf("the endpoint holds %d names, want its bound, %d", n, c.cfg.MaxEntriesPerEndpoint)
+	}
+	if l := c.observed.clients[clientKey{ep, victim}]; l == nil || l.n != maxChain {
+		t.Errorf("the victim's claims were taken back (%v), want its %d", l != nil, maxChain)
+	}
+	checkLists(t, c.observed)
+}
+
+// TestObservedClaimsBound: names several clients are told (popular names
+// behind many clients) hold a claim of each, bounded per endpoint to
+// claimsPerName times its names, so that the claims and the clients
+// holding them take memory in proportion to the names. At the bound the
+// client holding the most claims gives back its oldest: 20 clients told
+// the same 10 names keep their latest, and a client told one name of its
+// own keeps it.
+func TestObservedClaimsBound(t *testing.T) {
+	c := newTestChecker(t, Config{MaxEntries: 100, MaxEntriesPerEndpoint: 40, MaxEntriesPerClient: 10}, nil)
+	victim := netip.MustParseAddr("10.0.0.5")
+	c.ObserveAt(c.Generation(), epA, victim, msg(t, "v.test.", rr{name: "v.test.", ttl: 60, addr: "192.0.2.1"}))
+	popular := func(i int) string { return fmt.Sprintf("p%d.test.", i) }
+	for cl := range 20 {
+		client := netip.AddrFrom4([4]byte{10, 0, 1, byte(cl)})
+		for i := range 10 {
+			c.ObserveAt(c.Generation(), epA, client, msg(t, popular(i), rr{name: popular(i), ttl: 60, addr: "192.0.2.1"}))
+		}
+	}
+	for _, name := range []string{"v.test", "p9.test"} {
+		if err := check(c, epA, name, "192.0.2.1"); err != nil {
+			t.Errorf("%s went: %v", name, err)
+		}
+	}
+	c.observed.mu.RLock()
+	defer c.observed.mu.RUnlock()
+	if st := c.observed.endpoints[epA]; st.claims > claimsPerName*40 || st.claims < 20*10/4 {
+		t.Errorf("endpoint holds %d claims, want at most %d (and the bound reached)", st.claims, claimsPerName*40)
+	}
 	checkLists(t, c.observed)
 }

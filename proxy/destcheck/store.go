@@ -14,13 +14,6 @@ const maxAddrsPerName = 64
 // answers), or as the appliance's own lookups found it (endpoint "").
 type key struct{ endpoint, name string }
 
-// clientKey names a client behind an endpoint, whose observed answers
-// brought names into the store.
-type clientKey struct {
-	endpoint string
-	client   netip.Addr
-}
-
 // timedAddr is an address and the clock reading (see Checker.clock) until
 // which it counts, grace included.
 type timedAddr struct {
@@ -48,18 +41,15 @@ type entry struct {
 	failed      error
 	failedUntil int64
 
-	// owner is the client whose answer brought the name in (invalid when
-	// no client was named: the appliance's own lookups, Observe): the
-	// entry counts against that client's share until it goes, whoever
-	// updates it since, so that a client cannot take another's names into
-	// its share by asking for them, and then evict them.
-	owner netip.Addr
+	// claims are the clients told the name (one of the zero Addr for
+	// answers that named no client and for the appliance's own lookups):
+	// the entry stays while any of them claims it, so that a client
+	// cannot evict a name another client was told, whether it asked for
+	// it first or after (see store.update).
+	claims []*claim
 
-	// Links of the store's list (oldest update first), of the endpoint's
-	// list and of its owner's list.
-	prev, next   *entry
-	eprev, enext *entry
-	cprev, cnext *entry
+	// Links of the store's list (oldest update first).
+	prev, next *entry
 }
 
 // has reports whether addr counts for e at clock now.
@@ -120,30 +110,19 @@ func (e *entry) dead(now int64) bool {
 	return true
 }
 
-// epList is the entries of one endpoint, oldest update first.
-type epList struct {
-	root entry // sentinel: root.enext is the oldest
-	n    int
-}
-
-// clientList is the entries one client brought in, oldest update first.
-type clientList struct {
-	root entry // sentinel: root.cnext is the oldest
-	n    int
-}
-
-// store is a bounded map of entries. An update moves an entry to the end
-// of its lists; past a bound, the entry updated longest ago goes first.
-// Readers take the read lock, so that checks never wait for each other.
+// store is a bounded map of entries, each held by the claims of the
+// clients told its name (see update for how room is made). Readers take
+// the read lock, so that checks never wait for each other.
 type store struct {
 	mu        sync.RWMutex
 	m         map[key]*entry
-	root      entry // sentinel: root.next is the oldest
-	endpoints map[string]*epList
+	root      entry // sentinel: root.next is the oldest update
+	endpoints map[string]*epState
 	clients   map[clientKey]*clientList
+	claims    int
 	max       int // entries in all
 	maxPerEP  int // entries of one endpoint
-	maxPerCl  int // entries one client brought in
+	maxPerCl  int // claims of one client (a client's share)
 	evicted   uint64
 	// gen counts the resets (Checker.ForgetObserved): advanced under mu
 	// for writing, and read without it by Checker.Generation.
@@ -152,7 +131,7 @@ type store struct {
 
 func newStore(max, maxPerEndpoint, maxPerClient int) *store {
 	s := &store{
-		m: make(map[key]*entry), endpoints: make(map[string]*epList), clients: make(map[clientKey]*clientList),
+		m: make(map[key]*entry), endpoints: make(map[string]*epState), clients: make(map[clientKey]*clientList),
 		max: max, maxPerEP: maxPerEndpoint, maxPerCl: maxPerClient,
 	}
 	s.root.prev, s.root.next = &s.root, &s.root
@@ -165,6 +144,7 @@ func (s *store) reset() {
 	clear(s.m)
 	clear(s.endpoints)
 	clear(s.clients)
+	s.claims = 0
 	s.root.prev, s.root.next = &s.root, &s.root
 }
 
@@ -172,103 +152,90 @@ func (s *store) reset() {
 // write) for as long as it uses the entry.
 func (s *store) get(k key) *entry { return s.m[k] }
 
-// update returns the entry for k, created if missing, as the newest of
-// its lists; a new entry is client's (which may be the zero Addr: no
-// client). The caller holds s.mu for writing. Making room evicts the
-// oldest entries, first any that hold nothing any more: the client's own
-// when it holds its share, then the endpoint's, then the store's.
+// update returns the entry for k, created if missing, claimed by client
+// (the zero Addr: no client) as the newest of its claims and the newest of
+// the store's entries. The caller holds s.mu for writing.
+//
+// Making room for a claim not yet held takes back, in this order, until
+// none applies: a client at its share (maxPerCl claims) its own oldest
+// claim; an endpoint at its bound (maxPerEP entries, claimsPerName times
+// as many claims) the oldest claim of the client holding the most (the
+// zero Addr's included), so that a client with few names loses them last;
+// the store at its bound (max entries, claimsPerName times as many claims)
+// its oldest entry, with every claim on it. A claim taken back evicts its
+// entry only if no other client claims it.
 func (s *store) update(k key, client netip.Addr, now int64) *entry {
-	if e := s.m[k]; e != nil {
-		s.touch(e)
-		return e
+	e := s.m[k]
+	if e != nil {
+		if c := e.claimBy(client); c != nil {
+			s.touch(e)
+			touchClaim(c)
+			return e
+		}
 	}
 	// Entries that count for nothing are dropped as they come to the
 	// front, so that expired names do not sit out their turn.
 	for i := 0; i < 2 && s.root.next != &s.root && s.root.next.dead(now); i++ {
 		s.remove(s.root.next)
 	}
-	ep := s.endpoints[k.endpoint]
-	if ep == nil {
-		ep = &epList{}
-		ep.root.eprev, ep.root.enext = &ep.root, &ep.root
-		s.endpoints[k.endpoint] = ep
-	}
-	ck := clientKey{k.endpoint, client}
-	var cl *clientList
-	if client.IsValid() {
-		if cl = s.clients[ck]; cl == nil {
-			cl = &clientList{}
-			cl.root.cprev, cl.root.cnext = &cl.root, &cl.root
-			s.clients[ck] = cl
+	s.makeRoom(k, clientKey{k.endpoint, client})
+	if e = s.m[k]; e == nil { // new, or evicted making room
+		e = &entry{key: k}
+		s.m[k] = e
+		e.prev, e.next = s.root.prev, &s.root
+		s.root.prev.next, s.root.prev = e, e
+		ep := s.endpoints[k.endpoint]
+		if ep == nil {
+			ep = &epState{}
+			s.endpoints[k.endpoint] = ep
 		}
-		for cl.n > 0 && cl.n >= s.maxPerCl {
-			s.remove(cl.root.cnext)
-			s.evicted++
-		}
+		ep.n++
+	} else {
+		s.touch(e)
 	}
-	for ep.n > 0 && ep.n >= s.maxPerEP {
-		s.remove(ep.root.enext)
-		s.evicted++
-	}
-	for len(s.m) > 0 && len(s.m) >= s.max {
-		s.remove(s.root.next)
-		s.evicted++
-	}
-	if s.endpoints[k.endpoint] == nil { // emptied by the evictions
-		s.endpoints[k.endpoint] = ep
-	}
-	if cl != nil && s.clients[ck] == nil {
-		s.clients[ck] = cl
-	}
-	e := &entry{key: k, owner: client}
-	s.m[k] = e
-	e.prev, e.next = s.root.prev, &s.root
-	s.root.prev.next, s.root.prev = e, e
-	e.eprev, e.enext = ep.root.eprev, &ep.root
-	ep.root.eprev.enext, ep.root.eprev = e, e
-	ep.n++
-	if cl != nil {
-		e.cprev, e.cnext = cl.root.cprev, &cl.root
-		cl.root.cprev.cnext, cl.root.cprev = e, e
-		cl.n++
-	}
+	s.addClaim(e, client)
 	return e
 }
 
-// touch makes e the newest of its lists.
+// makeRoom evicts until a claim of ck on the entry k (created if missing)
+// is within every bound; see update.
+func (s *store) makeRoom(k key, ck clientKey) {
+	for {
+		fresh := s.m[k] == nil
+		ep := s.endpoints[k.endpoint]
+		if cl := s.clients[ck]; cl != nil && ck.client.IsValid() && cl.n >= s.maxPerCl {
+			s.drop(cl.root.next)
+		} else if ep != nil && (fresh && ep.n >= s.maxPerEP || ep.claims >= claimsPerName*s.maxPerEP) {
+			s.drop(ep.heap[0].root.next)
+		} else if len(s.m) > 0 && (fresh && len(s.m) >= s.max || s.claims >= claimsPerName*s.max) {
+			s.remove(s.root.next)
+			s.evicted++
+		} else {
+			return
+		}
+	}
+}
+
+// touch makes e the newest of the store's entries.
 func (s *store) touch(e *entry) {
 	e.prev.next, e.next.prev = e.next, e.prev
 	e.prev, e.next = s.root.prev, &s.root
 	s.root.prev.next, s.root.prev = e, e
-	ep := s.endpoints[e.key.endpoint]
-	e.eprev.enext, e.enext.eprev = e.enext, e.eprev
-	e.eprev, e.enext = ep.root.eprev, &ep.root
-	ep.root.eprev.enext, ep.root.eprev = e, e
-	if e.owner.IsValid() {
-		cl := s.clients[clientKey{e.key.endpoint, e.owner}]
-		e.cprev.cnext, e.cnext.cprev = e.cnext, e.cprev
-		e.cprev, e.cnext = cl.root.cprev, &cl.root
-		cl.root.cprev.cnext, cl.root.cprev = e, e
-	}
 }
 
+// remove drops e and every claim on it.
 func (s *store) remove(e *entry) {
 	delete(s.m, e.key)
 	e.prev.next, e.next.prev = e.next, e.prev
-	e.eprev.enext, e.enext.eprev = e.enext, e.eprev
-	e.prev, e.next, e.eprev, e.enext = nil, nil, nil, nil
+	e.prev, e.next = nil, nil
+	for _, c := range e.claims {
+		s.unlinkClaim(c)
+	}
+	clear(e.claims)
+	e.claims = nil
 	ep := s.endpoints[e.key.endpoint]
 	if ep.n--; ep.n == 0 {
 		delete(s.endpoints, e.key.endpoint)
-	}
-	if e.owner.IsValid() {
-		ck := clientKey{e.key.endpoint, e.owner}
-		e.cprev.cnext, e.cnext.cprev = e.cnext, e.cprev
-		e.cprev, e.cnext = nil, nil
-		cl := s.clients[ck]
-		if cl.n--; cl.n == 0 {
-			delete(s.clients, ck)
-		}
 	}
 }
 

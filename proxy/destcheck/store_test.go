@@ -2,6 +2,7 @@ package destcheck
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -90,44 +91,53 @@ func checkLists(t *testing.T, s *store) {
 	if n != len(s.m) {
 		t.Fatalf("global list holds %d entries, the map %d", n, len(s.m))
 	}
-	total := 0
-	for ep, l := range s.endpoints {
-		k := 0
-		for e := l.root.enext; e != &l.root; e = e.enext {
-			if e.key.endpoint != ep || e.enext.eprev != e {
-				t.Fatalf("endpoint list %s broken at %v", ep, e.key)
-			}
-			k++
-		}
-		if k != l.n || k == 0 {
-			t.Fatalf("endpoint %s: list of %d, count %d", ep, k, l.n)
-		}
-		total += k
-	}
-	if total != len(s.m) {
-		t.Fatalf("endpoint lists hold %d entries, the map %d", total, len(s.m))
-	}
-	owned := 0
+	// Every entry is claimed, by distinct clients, and counted by its
+	// endpoint; every claim is on its client's list and its entry's.
+	entries, claims := map[string]int{}, map[string]int{}
 	for e := s.root.next; e != &s.root; e = e.next {
-		if e.owner.IsValid() {
-			owned++
+		if len(e.claims) == 0 {
+			t.Fatalf("entry %v has no claim", e.key)
 		}
+		seen := map[netip.Addr]bool{}
+		for i, c := range e.claims {
+			if c.e != e || c.i != i || c.cl.key.endpoint != e.key.endpoint || seen[c.cl.key.client] || s.clients[c.cl.key] != c.cl {
+				t.Fatalf("entry %v: claim %d broken", e.key, i)
+			}
+			seen[c.cl.key.client] = true
+		}
+		entries[e.key.endpoint]++
+		claims[e.key.endpoint] += len(e.claims)
+	}
+	total := 0
+	for ep, st := range s.endpoints {
+		if st.n != entries[ep] || st.n == 0 || st.claims != claims[ep] || st.n > s.maxPerEP || st.claims > claimsPerName*s.maxPerEP {
+			t.Fatalf("endpoint %s: %d entries and %d claims, counted %d and %d (bound %d)", ep, entries[ep], claims[ep], st.n, st.claims, s.maxPerEP)
+		}
+		total += st.claims
+		for i, cl := range st.heap {
+			if cl.hi != i || cl.ep != st || i > 0 && st.heap[(i-1)/2].n < cl.n {
+				t.Fatalf("endpoint %s: heap broken at %d", ep, i)
+			}
+		}
+	}
+	if len(entries) != len(s.endpoints) || total != s.claims || s.claims > claimsPerName*s.max {
+		t.Fatalf("%d endpoints with entries, %d counted; %d claims, %d counted", len(entries), len(s.endpoints), total, s.claims)
 	}
 	total = 0
 	for ck, l := range s.clients {
 		k := 0
-		for e := l.root.cnext; e != &l.root; e = e.cnext {
-			if e.key.endpoint != ck.endpoint || e.owner != ck.client || e.cnext.cprev != e {
-				t.Fatalf("client list %v broken at %v", ck, e.key)
+		for c := l.root.next; c != &l.root; c = c.next {
+			if c.cl != l || c.next.prev != c || c.e.claims[c.i] != c || s.m[c.e.key] != c.e {
+				t.Fatalf("client list %v broken at %v", ck, c.e.key)
 			}
 			k++
 		}
-		if k != l.n || k == 0 || k > s.maxPerCl {
+		if k != l.n || k == 0 || ck.client.IsValid() && k > s.maxPerCl || s.endpoints[ck.endpoint] != l.ep || l.ep.heap[l.hi] != l {
 			t.Fatalf("client %v: list of %d, count %d, share %d", ck, k, l.n, s.maxPerCl)
 		}
 		total += k
 	}
-	if total != owned {
-		t.Fatalf("client lists hold %d entries, %d have an owner", total, owned)
+	if total != s.claims {
+		t.Fatalf("client lists hold %d claims, %d counted", total, s.claims)
 	}
 }
