@@ -22,13 +22,15 @@ const (
 	MinInitialDatagram = 1200
 	// maxKeptScratch and maxKeptFrames bound the scratch space Belongs
 	// keeps between calls (a decided flow keeps its Assembler): enough for
-	// the usual Initial of a datagram of about 1,200 to 1,500 bytes, so
-	// that reading one allocates nothing. A larger one gets scratch space
-	// of its own, dropped once it is read.
-	maxKeptScratch = 2 << 10
+	// the usual Initial of a datagram of about 1,200 to 1,500 bytes (twice
+	// over: see readInitial), so that reading one allocates nothing. A
+	// larger one gets scratch space of its own, dropped once it is read.
+	maxKeptScratch = 4 << 10
 	maxKeptFrames  = 64
-	// maxRememberedDCIDs bounds the connection IDs whose keys are tried
-	// for a packet besides its own (see Assembler.dcids).
+	// maxRememberedDCIDs bounds the connection IDs whose keys opened a
+	// packet of the flow (see Assembler.known). A real client needs one or
+	// two (its first DCID, and a Retry's); an Initial under the keys of one
+	// more is refused.
 	maxRememberedDCIDs = 4
 )
 
@@ -58,15 +60,16 @@ type Assembler struct {
 
 	stream cryptoStream
 	keys   keyCache
-	// dcids are the Destination Connection IDs of packets that decrypted,
-	// oldest first. Once the server answers, the client addresses it by a
-	// new DCID but keeps protecting Initial packets with the keys of its
-	// first DCID (RFC 9001 §5.2), so keys are tried for these too.
-	dcids [][]byte
-	// largestPN is the largest Initial packet number decrypted, valid
-	// when pnSeen; packet numbers are decoded relative to it.
-	largestPN int64
-	pnSeen    bool
+	// known are the Destination Connection IDs whose keys opened a packet,
+	// oldest first, each with the largest packet number its keys opened.
+	// Once the server answers, the client addresses it by a new DCID but
+	// keeps protecting Initial packets with the keys of its first DCID (or
+	// a Retry's, RFC 9001 §5.2), so these keys are tried for every packet.
+	// Packet numbers are decoded per connection ID, as the server of each
+	// connection does: never against a number another connection's packet
+	// raised.
+	known  [maxRememberedDCIDs]knownCID
+	nknown int
 
 	// Per-call scratch space, kept to spare allocations: a private copy of
 	// the datagram for in-place decryption, the CRYPTO frames found, the
@@ -105,18 +108,17 @@ func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, er
 
 	// Everything below may fail half-way: remember the state to go back to.
 	a.saved = append(a.saved[:0], a.stream.chunks...)
-	largest, seen := a.largestPN, a.pnSeen
+	known, nknown := a.known, a.nknown
 
-	dcid, err := a.read(datagram)
+	err = a.read(datagram)
 	if err == nil {
 		hello, done, err = a.tryParse()
 	}
 	if err != nil {
 		a.stream.chunks = append(a.stream.chunks[:0], a.saved...)
-		a.largestPN, a.pnSeen = largest, seen
+		a.known, a.nknown = known, nknown
 		return sniff.ClientHello{}, false, fmt.Errorf("datagram %d: %w", a.datagrams, err)
 	}
-	a.remember(dcid)
 	if done {
 		a.finish(hello)
 	}
@@ -124,12 +126,11 @@ func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, er
 }
 
 // read decrypts the Initial packets of datagram and adds their CRYPTO data
-// to the stream. It returns the DCID of the datagram's Initial packets, or
-// nil when it had none.
-func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
+// to the stream.
+func (a *Assembler) read(datagram []byte) error {
 	first, err := parseLongHeader(datagram)
 	if err != nil {
-		return nil, err
+		return err
 	}
 
 	// Walk the coalesced packets (RFC 9000 §12.2) for as long as their
@@ -151,19 +152,17 @@ func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
 		own := h.version == first.version && bytes.Equal(h.dcid, first.dcid)
 		if h.typ == typeInitial {
 			if !own {
-				return nil, packetError(off, h.typ, malformedf("coalesced Initial packet of another connection"))
+				return packetError(off, h.typ, malformedf("coalesced Initial packet of another connection"))
 			}
 			if len(datagram) < MinInitialDatagram {
-				return nil, packetError(off, h.typ, malformedf("datagram of %d bytes is below the %d required for Initial packets", len(datagram), MinInitialDatagram))
+				return packetError(off, h.typ, malformedf("datagram of %d bytes is below the %d required for Initial packets", len(datagram), MinInitialDatagram))
 			}
-			if cap(a.buf) < h.end {
-				a.buf = make([]byte, h.end)
+			if cap(a.buf) < 2*h.end {
+				a.buf = make([]byte, 2*h.end)
 			}
-			used, err := a.readInitial(datagram[off:off+h.end], a.buf[:h.end], h)
-			if err != nil {
-				return nil, packetError(off, h.typ, err)
+			if err := a.readInitial(datagram[off:off+h.end], a.buf[:h.end], a.buf[h.end:2*h.end], h); err != nil {
+				return packetError(off, h.typ, err)
 			}
-			dcid = used
 		}
 		off += h.end
 		if off >= len(datagram) || datagram[off]&headerFormLong == 0 {
@@ -174,65 +173,98 @@ func (a *Assembler) read(datagram []byte) (dcid []byte, err error) {
 			break
 		}
 	}
-	return dcid, nil
+	return nil
 }
 
-// readInitial decrypts one Initial packet into buf, a scratch area as long
-// as pkt, and adds its CRYPTO frames to the stream. It returns the DCID whose
-// keys decrypted it.
-func (a *Assembler) readInitial(pkt, buf []byte, h longHeader) ([]byte, error) {
+// knownCID is a Destination Connection ID whose keys opened a packet of the
+// flow, with the largest packet number they opened.
+type knownCID struct {
+	dcid    []byte
+	largest int64
+}
+
+// readInitial decrypts one Initial packet and adds its CRYPTO frames to the
+// stream. buf and spare are scratch areas as long as pkt.
+//
+// The packet is read every way a server could read it, and must open in
+// exactly one. The client knows every key involved and AES-GCM does not
+// commit to its key, so one ciphertext can be built to open under two keys:
+// say as a harmless ACK under the keys of the connection decided on, and as
+// a ClientHello for another name under the keys of its own, new, DCID. A
+// server that meets that DCID for the first time reads it only the second
+// way. So every packet is opened under its own DCID's keys with no packet
+// number seen (as such a server would), and under the keys of each known
+// DCID with that DCID's largest packet number (as the server of that
+// connection would); a packet that opens in two of these ways is refused,
+// and the one way it opens is the one whose CRYPTO data is checked.
+func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader) error {
 	var (
 		payload []byte
 		pn      uint64
-		used    []byte
+		pnBits  int
+		opened  = -2 // -1: own keys, read fresh; i >= 0: a.known[i]'s
 		openErr error
 	)
-	largest := int64(-1)
-	if a.pnSeen {
-		largest = a.largestPN
+	own := -1 // h.dcid's place in a.known
+	for i := range a.nknown {
+		if bytes.Equal(a.known[i].dcid, h.dcid) {
+			own = i
+		}
 	}
-	// Try the packet's own DCID first (a first flight, or one after a
-	// Retry), then those seen before (a client that switched to the
-	// server's connection ID).
-	for i := -1; i < len(a.dcids); i++ {
-		dcid := h.dcid
+	for i := -1; i < a.nknown; i++ {
+		dcid, largest := h.dcid, int64(-1)
 		if i >= 0 {
-			if dcid = a.dcids[i]; bytes.Equal(dcid, h.dcid) {
-				continue
+			dcid, largest = a.known[i].dcid, a.known[i].largest
+			if i == own && opened == -1 && decodePacketNumber(largest, pn&(1<<pnBits-1), pnBits) == pn {
+				continue // the same reading as the fresh one, which opened
 			}
 		}
 		k, err := a.keys.get(h.version, dcid)
 		if err != nil {
-			return nil, malformedf("deriving Initial keys: %v", err)
+			return malformedf("deriving Initial keys: %v", err)
 		}
 		copy(buf, pkt) // a failed attempt leaves buf scrambled
-		payload, pn, openErr = openPacket(buf, h.pnOffset, k, largest)
-		if openErr == nil {
-			used = dcid
-			break
+		p, n, err := openPacket(buf, h.pnOffset, k, largest)
+		if err != nil {
+			openErr = err
+			continue
 		}
+		if opened != -2 {
+			return malformedf("Initial packet opens both as packet %d under the keys of one connection ID and as packet %d under another's", pn, n)
+		}
+		opened, payload, pn, pnBits = i, p, n, 8*(int(buf[0]&pnLenBits)+1)
+		buf, spare = spare, buf // keep payload; go on in the other area
 	}
-	if openErr != nil || used == nil {
+	if opened == -2 {
 		if openErr == nil {
 			openErr = malformedf("no Initial keys of this connection open the packet")
 		}
-		return nil, openErr
+		return openErr
 	}
-	if !a.pnSeen || int64(pn) > a.largestPN {
-		a.largestPN, a.pnSeen = int64(pn), true
+	if opened == -1 {
+		opened = own
 	}
+	if opened < 0 {
+		if a.nknown == len(a.known) {
+			return malformedf("Initial packet %d under the keys of a connection ID past the %d allowed", pn, len(a.known))
+		}
+		a.known[a.nknown] = knownCID{dcid: bytes.Clone(h.dcid), largest: -1}
+		opened = a.nknown
+		a.nknown++
+	}
+	a.known[opened].largest = max(a.known[opened].largest, int64(pn))
 
 	var err error
 	a.frames, err = parseFrames(payload, a.frames[:0])
 	if err != nil {
-		return nil, fmt.Errorf("packet number %d: %w", pn, err)
+		return fmt.Errorf("packet number %d: %w", pn, err)
 	}
 	for _, f := range a.frames {
 		if err := a.stream.insert(f.offset, f.data); err != nil {
-			return nil, fmt.Errorf("packet number %d: %w", pn, err)
+			return fmt.Errorf("packet number %d: %w", pn, err)
 		}
 	}
-	return used, nil
+	return nil
 }
 
 // tryParse parses the ClientHello once the stream holds all of it. It
@@ -286,20 +318,6 @@ func (a *Assembler) tryParse() (sniff.ClientHello, bool, error) {
 	return hello, true, nil
 }
 
-// remember adds dcid to the connection IDs whose keys are tried for later
-// packets.
-func (a *Assembler) remember(dcid []byte) {
-	if dcid == nil || len(a.dcids) >= maxRememberedDCIDs {
-		return
-	}
-	for _, d := range a.dcids {
-		if bytes.Equal(d, dcid) {
-			return
-		}
-	}
-	a.dcids = append(a.dcids, bytes.Clone(dcid))
-}
-
 // finish records the result and drops what is no longer needed, since the
 // caller may keep the Assembler for the flow's lifetime. The stream, the
 // keys and the connection IDs stay, for Belongs.
@@ -313,8 +331,10 @@ func (a *Assembler) finish(hello sniff.ClientHello) {
 // the decision made on that ClientHello. A server starts a connection only
 // on an Initial packet carrying a ClientHello: a datagram without Initial
 // packets (short header, 0-RTT, Handshake) belongs. One with Initial packets
-// belongs when each opens (with the keys of its own DCID or of one seen
-// before) and any CRYPTO data in them repeats bytes of the ClientHello
+// belongs when each opens in exactly one way (under the keys of its own DCID
+// read as a new connection's server would, or under those of a DCID seen
+// before, its packet number decoded as that connection's server would; see
+// readInitial) and any CRYPTO data in them repeats bytes of the ClientHello
 // read: a retransmission, an ACK, or the same ClientHello again under new
 // keys after a Retry, which would be decided the same way. A different
 // ClientHello (under any keys, or coalesced behind another connection's
@@ -329,8 +349,8 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 	}
 	a.saved = append(a.saved[:0], a.stream.chunks...)
 	held := a.stream.size()
-	largest, seen := a.largestPN, a.pnSeen
-	dcid, err := a.read(datagram)
+	known, nknown := a.known, a.nknown
+	err := a.read(datagram)
 	if cap(a.buf) > maxKeptScratch {
 		a.buf = nil
 	}
@@ -340,11 +360,10 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 	if err == nil && a.stream.size() == held {
 		// After a Retry, the client protects its Initials with keys of
 		// the Retry's connection ID, also once it addresses the
-		// server's: keep them, as Add does, for its ACKs to come.
-		a.remember(dcid)
+		// server's: read keeps them, as Add does, for its ACKs to come.
 		return true
 	}
 	a.stream.chunks = append(a.stream.chunks[:0], a.saved...)
-	a.largestPN, a.pnSeen = largest, seen
+	a.known, a.nknown = known, nknown
 	return false
 }

@@ -3,6 +3,7 @@ package quic
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"testing"
 )
 
@@ -252,7 +253,7 @@ func checkBelongs(t *testing.T, a *Assembler, d []byte) {
 	for i, c := range a.stream.chunks {
 		before[i] = chunk{off: c.off, data: bytes.Clone(c.data)}
 	}
-	largest, seen := a.largestPN, a.pnSeen
+	known, nknown := a.known, a.nknown
 	why := mustRefuse(t, a, d)
 	orig := bytes.Clone(d)
 	got := a.Belongs(d)
@@ -267,7 +268,9 @@ func checkBelongs(t *testing.T, a *Assembler, d []byte) {
 			t.Fatalf("Belongs = %v changed the stream's chunk %d", got, i)
 		}
 	}
-	if !got && (a.largestPN != largest || a.pnSeen != seen) {
+	if !got && !slices.EqualFunc(a.known[:a.nknown], known[:nknown], func(x, y knownCID) bool {
+		return bytes.Equal(x.dcid, y.dcid) && x.largest == y.largest
+	}) {
 		t.Fatal("Belongs refused a datagram but kept its packet numbers")
 	}
 	if got && why != "" {
@@ -279,7 +282,10 @@ func checkBelongs(t *testing.T, a *Assembler, d []byte) {
 // long header that parses, RFC 9000 §12.2), and returns why Belongs must
 // refuse it, or "" when nothing says so: an Initial of another connection
 // than the first packet's, an Initial in a short datagram or that no key
-// of the flow opens, or CRYPTO data other than the ClientHello's bytes.
+// of the flow opens or that opens under two, an Initial under the keys of
+// one connection ID too many, or CRYPTO data other than the ClientHello's
+// bytes. Packet numbers are decoded per connection ID, and fresh for the
+// packet's own keys, as a server meeting its DCID for the first time would.
 func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
 	var hdr [handshakeHeaderLen]byte
 	if a.stream.prefixLen() < handshakeHeaderLen {
@@ -287,10 +293,7 @@ func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
 	}
 	h4 := a.stream.appendRange(hdr[:0], 0, handshakeHeaderLen)
 	msgLen := handshakeHeaderLen + (int(h4[1])<<16 | int(h4[2])<<8 | int(h4[3]))
-	largest := int64(-1)
-	if a.pnSeen {
-		largest = a.largestPN
-	}
+	known := slices.Clone(a.known[:a.nknown])
 	var first longHeader
 	for off := 0; off < len(d); {
 		h, err := parseLongHeader(d[off:])
@@ -309,21 +312,37 @@ func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
 			}
 			var payload []byte
 			var pn uint64
-			opened := false
-			for _, dcid := range append([][]byte{h.dcid}, a.dcids...) {
-				k, err := deriveKeys(h.version, dcid)
+			opened := -1
+			own := slices.IndexFunc(known, func(k knownCID) bool { return bytes.Equal(k.dcid, h.dcid) })
+			readings := append([]knownCID{{dcid: h.dcid, largest: -1}}, known...)
+			for i, r := range readings {
+				k, err := deriveKeys(h.version, r.dcid)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if payload, pn, err = openPacket(bytes.Clone(d[off:off+h.end]), h.pnOffset, k, largest); err == nil {
-					opened = true
-					break
+				p, n, err := openPacket(bytes.Clone(d[off:off+h.end]), h.pnOffset, k, r.largest)
+				if err != nil || (opened == 0 && i == own+1 && n == pn) {
+					continue
 				}
+				if opened >= 0 {
+					return "an Initial that opens under two keys"
+				}
+				opened, payload, pn = i, p, n
 			}
-			if !opened {
+			if opened < 0 {
 				return "an Initial no key of the flow opens"
 			}
-			largest = max(largest, int64(pn))
+			if opened == 0 {
+				opened = own + 1
+			}
+			if opened == 0 {
+				if len(known) == maxRememberedDCIDs {
+					return "an Initial under the keys of a connection ID too many"
+				}
+				known = append(known, knownCID{dcid: h.dcid, largest: -1})
+				opened = len(known)
+			}
+			known[opened-1].largest = max(known[opened-1].largest, int64(pn))
 			frames, err := parseFrames(payload, nil)
 			if err != nil {
 				return "an Initial with malformed frames"

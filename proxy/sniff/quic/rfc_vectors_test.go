@@ -206,8 +206,8 @@ func TestRFCClientInitial(t *testing.T) {
 				t.Errorf("ALPN %q", hello.ALPN)
 			}
 			// The packet number is 2 on the wire (RFC 9001 A.2).
-			if !a.pnSeen || a.largestPN != 2 {
-				t.Errorf("largest packet number %d", a.largestPN)
+			if a.nknown != 1 || a.known[0].largest != 2 {
+				t.Errorf("known connection IDs %+v", a.known[:a.nknown])
 			}
 		})
 	}
