@@ -61,6 +61,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 			// Without a name, deciding on addresses would let the
 			// flow past every rule that looks at names or at quic.
 			f.rec.Rule, f.rec.Policy = "", f.pol.ID() // no rule, but the policy looks at names
+			f.quicUnread = true                       // held as such: see udpSubject
 			f.refuse(reason)
 			return
 		}
@@ -106,7 +107,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 func (f *udpFlow) refuseNamed(reason string) {
 	f.releaseShare() // no host socket: it does not count
 	f.p.denyNamed(f.rec, f.start, clientShareKey(f.info), reason)
-	f.p.holdDenied(f.client, f.ready, f.pol)
+	f.hold(f.pol)
 }
 
 // gateQUIC holds the client's datagrams, from first on, until they carry a

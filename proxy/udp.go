@@ -187,7 +187,7 @@ func (f *udpFlow) decide(protocol, domain string) policy.Decision {
 func (f *udpFlow) refuse(reason string) {
 	f.releaseShare() // no host socket: it does not count
 	f.p.denyEarly(f.rec, f.start, clientShareKey(f.info), reason)
-	f.p.holdDenied(f.client, f.ready, f.pol)
+	f.hold(f.pol)
 }
 
 func (f *udpFlow) releaseShare() {
@@ -562,7 +562,7 @@ func (f *udpFlow) finish() {
 	f.p.finish(f.rec, f.start)
 	if held {
 		// As a flow denied from the start: its further datagrams are
-		// discarded, with no record each, until it idles or the next reload.
-		f.p.holdDenied(f.client, f.ready, f.deniedBy)
+		// discarded, with no record each, until it idles or a reload allows it.
+		f.hold(f.deniedBy)
 	}
 }

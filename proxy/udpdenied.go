@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // maxDeniedUDP bounds the denied UDP flows held open (a few KiB each, the
@@ -17,24 +19,84 @@ const maxDeniedUDP = 1 << 14
 // deniedUDP is a denied flow kept open without a host socket, its
 // datagrams discarded, until it idles: a client that keeps sending (a QUIC
 // client retransmitting its Initial, a flood) gives one deny record, not
-// one per datagram. A reload lets it be decided again on its next datagram;
-// a forbidden destination (pol nil) stays refused.
+// one per datagram. After a reload, its next datagram has what it was
+// denied on (its subject) decided again: only if the new policy allows
+// that is the flow let go, its next datagram then starting a flow decided
+// afresh. Letting go on any reload would let a QUIC connection that a
+// reload denied resume: its next datagram, a short-header packet, starts a
+// flow decided as plain udp, on no name. A forbidden destination (pol nil)
+// stays refused.
 type deniedUDP struct {
 	p       *Proxy
 	conn    net.Conn
 	ready   readableConn
-	pol     *policy.Policy
-	last    atomic.Int64 // when a datagram last came (monoNow)
+	subject udpSubject
+	pol     atomic.Pointer[policy.Policy] // the policy last found to deny it
+	last    atomic.Int64                  // when a datagram last came (monoNow)
 	timer   *time.Timer
 	closing atomic.Bool // ending: the timer fires at once
 	closed  atomic.Bool
 	scratch [1]byte // what a datagram is read into to discard it
 }
 
+// udpSubject is what a UDP or QUIC flow is decided on, kept with a denied
+// flow held open so that a reload can decide it again.
+type udpSubject struct {
+	proto, name string
+	ech         bool   // a QUIC ClientHello that offered ECH
+	unread      bool   // a QUIC connection whose ClientHello was not read
+	destCheck   string // the record's dest_check
+	endpoint    string
+	dest        netip.AddrPort
+	client      netip.Addr
+}
+
+// subject returns what the flow was decided on: for QUIC, the name and ECH
+// of its ClientHello.
+func (f *udpFlow) subject() udpSubject {
+	s := udpSubject{
+		proto: policy.ProtoUDP, unread: f.quicUnread, destCheck: f.rec.DestCheck,
+		endpoint: f.rec.Endpoint, dest: f.info.Dest, client: f.info.Client.Addr(),
+	}
+	if f.rec.Kind == "quic" && !f.quicUnread {
+		s.proto, s.name, s.ech = policy.ProtoQUIC, f.rec.SNI, f.rec.ECH
+	}
+	return s
+}
+
+// redecide decides s again under pol, a policy a reload loaded, as the
+// flow's first decision would have with what it knew then: why is "" when
+// pol lets it through, else why not (d's rule, if any, denied it). No
+// lookup is made (it runs on the packet path): a flow let through by name
+// that never met a destination check pol makes is denied, unless pol only
+// audits (reloadDestCheck).
+func (p *Proxy) redecide(pol *policy.Policy, s *udpSubject) (d policy.Decision, why string) {
+	switch {
+	case s.unread && pol.NamesMatter():
+		return d, "the flow carries a QUIC connection whose ClientHello was not read, and the policy now looks at names"
+	case s.proto == policy.ProtoQUIC && s.ech && pol.DenyECH():
+		return d, "ClientHello offers ECH; policy ech: deny"
+	}
+	d = pol.Decide(policy.Subject{Protocol: s.proto, Domain: s.name, Dest: s.dest, Client: s.client, Endpoint: s.endpoint})
+	switch {
+	case d.Action == policy.Deny:
+		return d, "denied by policy"
+	case d.Action == policy.Bump && s.proto == policy.ProtoQUIC:
+		return d, quicBumpReason
+	}
+	return d, p.reloadDestCheck(pol, d, &records.Record{DestCheck: s.destCheck}, s.name, nil)
+}
+
+// hold keeps the flow's client end as a denied flow's, denied under pol (nil
+// for a forbidden destination).
+func (f *udpFlow) hold(pol *policy.Policy) {
+	f.p.holdDenied(f.client, f.ready, pol, f.subject())
+}
+
 // holdDenied keeps a denied flow's client end open, or closes it when that
 // cannot be done cheaply (a conn that cannot announce its datagrams) or too
-// many are held.
-func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy) {
+// many are held. s is what pol denied.
+func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy, s udpSubject) {
 	if ready == nil || p.udp.held.Add(1) > maxDeniedUDP {
 		if ready != nil {
 			p.udp.held.Add(-1)
@@ -42,7 +104,8 @@ func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy
 		conn.Close()
 		return
 	}
-	d := &deniedUDP{p: p, conn: conn, ready: ready, pol: pol}
+	d := &deniedUDP{p: p, conn: conn, ready: ready, subject: s}
+	d.pol.Store(pol)
 	d.last.Store(monoNow())
 	d.timer = time.AfterFunc(p.cfg.UDPIdleTimeout, d.expire)
 	ready.OnReadable(d.discard)
@@ -63,8 +126,14 @@ func (d *deniedUDP) discard() {
 		}
 		d.last.Store(monoNow())
 	}
-	if d.pol != nil && d.p.cfg.Policy.Load() != d.pol {
-		d.closeSoon()
+	if was := d.pol.Load(); was != nil {
+		if pol := d.p.cfg.Policy.Load(); pol != was {
+			if _, why := d.p.redecide(pol, &d.subject); why == "" {
+				d.closeSoon()
+			} else {
+				d.pol.CompareAndSwap(was, pol) // still denied: not decided again until the next reload
+			}
+		}
 	}
 }
 

@@ -29,30 +29,9 @@ import (
 // name), whose client's next connection is checked. It reports whether
 // the flow goes on. Under outMu.
 func (f *udpFlow) reloaded(pol *policy.Policy) bool {
-	proto, name := policy.ProtoUDP, ""
-	if f.rec.Kind == "quic" {
-		proto, name = policy.ProtoQUIC, f.rec.SNI
-	}
-	switch {
-	case f.quicUnread && pol.NamesMatter():
-		f.endDenied(pol, policy.Decision{}, "the flow carries a QUIC connection whose ClientHello was not read, and the policy now looks at names")
-		return false
-	case proto == policy.ProtoQUIC && f.rec.ECH && pol.DenyECH():
-		f.endDenied(pol, policy.Decision{}, "ClientHello offers ECH; policy ech: deny")
-		return false
-	}
-	d := pol.Decide(policy.Subject{
-		Protocol: proto, Domain: name, Dest: f.info.Dest, Client: f.info.Client.Addr(), Endpoint: f.rec.Endpoint,
-	})
-	switch {
-	case d.Action == policy.Deny:
-		f.endDenied(pol, d, "denied by policy")
-		return false
-	case d.Action == policy.Bump && proto == policy.ProtoQUIC:
-		f.endDenied(pol, d, quicBumpReason)
-		return false
-	}
-	if why := f.p.reloadDestCheck(pol, d, f.rec, name, nil); why != "" {
+	s := f.subject()
+	d, why := f.p.redecide(pol, &s)
+	if why != "" {
 		f.endDenied(pol, d, why)
 		return false
 	}

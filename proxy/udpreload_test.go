@@ -334,3 +334,41 @@ func TestDNSQueryRecordsAfterReload(t *testing.T) {
 		t.Errorf("%d dns records, want 2", seen)
 	}
 }
+
+// TestUDPDeniedHeldAcrossReloadThatStillDenies: a held denied flow is let
+// go on a reload only if the new policy allows what it was denied on. A
+// reload of the same bytes (a new policy, still denying it) keeps it held,
+// its datagrams dropped without a record; one that allows it lets it go.
+func TestUDPDeniedHeldAcrossReloadThatStillDenies(t *testing.T) {
+	dst := newUDPSink(t, false)
+	const denying = "policy:\n  default: allow\n  rules:\n    - name: no-loopback\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: deny\n"
+	p, h, recs := udpProxy(t, denying, func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
+	c, done := startFlow(p, quicClient, dst.addr(), []byte("first"))
+	<-done
+	if got := recs.records(t, 1); len(got) != 1 || got[0].Action != "deny" {
+		t.Fatalf("records %+v, want one deny", got)
+	}
+	h.Store(mustPolicy(t, denying)) // the same file, loaded again
+	for range 5 {
+		c.inject([]byte("after the same file"))
+	}
+	time.Sleep(200 * time.Millisecond)
+	if c.isClosed() {
+		t.Fatal("a reload that still denies the flow let it go: its next datagram would be decided afresh")
+	}
+	h.Store(mustPolicy(t, "policy: {default: allow}\n"))
+	c.inject([]byte("after the allowing reload"))
+	deadline := time.Now().Add(3 * time.Second)
+	for !c.isClosed() {
+		if time.Now().After(deadline) {
+			t.Fatal("a reload that allows the flow did not let it go")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := len(dst.received()); n != 0 {
+		t.Fatalf("%d datagrams of a denied flow reached the destination", n)
+	}
+	if n := len(recs.parse(t)); n != 1 {
+		t.Fatalf("%d records, want 1", n)
+	}
+}
