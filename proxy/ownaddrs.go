@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -16,15 +17,18 @@ import (
 
 // ownAddrsRefresh is how often the host's addresses are read again whatever
 // netlink says: the whole refresh where netlink is unavailable (a sandbox
-// without NETLINK_ROUTE), and a safety net where it is (an overrun
-// subscription loses messages).
+// without NETLINK_ROUTE, where they are read from /proc instead:
+// readProcAddrs), and a safety net where it is (an overrun subscription
+// loses messages).
 const ownAddrsRefresh = 30 * time.Second
 
 // ownAddrs is the set of the host's own addresses, which are never a
 // destination, kept up to date as they change: an address added after
 // start (a secondary private IP, IPv6 turned on, a docker0 bridge) is
 // refused as soon as the kernel announces it. The set is immutable and
-// swapped whole, so a lookup takes no lock.
+// swapped whole, so a lookup takes no lock. Until the addresses have been
+// read once the set is nil, and every destination is refused (known): an
+// empty set would let clients reach the appliance's own services.
 type ownAddrs struct {
 	set  atomic.Pointer[map[netip.Addr]struct{}]
 	nl   *os.File // the netlink subscription; nil without one
@@ -38,13 +42,11 @@ type ownAddrs struct {
 // subscribe is set and the kernel allows it), and every interval.
 func watchOwnAddrs(interval time.Duration, subscribe bool) *ownAddrs {
 	o := &ownAddrs{stop: make(chan struct{})}
-	empty := map[netip.Addr]struct{}{}
-	o.set.Store(&empty)
 	var changed chan struct{}
 	if subscribe {
 		f, err := subscribeAddrChanges()
 		if err != nil {
-			slog.Warn("no netlink subscription to the host's address changes: the appliance's own addresses are re-read every "+interval.String()+" instead",
+			slog.Warn("no netlink subscription to the host's address changes: the appliance's own addresses are re-read every "+interval.String()+" instead (from /proc if netlink is refused), so one added meanwhile is reachable by clients until then",
 				"err", err)
 		} else {
 			o.nl, changed = f, make(chan struct{}, 1)
@@ -90,7 +92,7 @@ func (o *ownAddrs) readNetlink(changed chan<- struct{}) {
 		case errors.Is(err, os.ErrClosed):
 			return
 		default:
-			slog.Warn("reading netlink address changes: the appliance's own addresses are re-read every "+ownAddrsRefresh.String()+" only",
+			slog.Warn("reading netlink address changes: the appliance's own addresses are re-read every "+ownAddrsRefresh.String()+" only, so one added meanwhile is reachable by clients until then",
 				"err", err)
 			return
 		}
@@ -111,13 +113,33 @@ func (o *ownAddrs) run(interval time.Duration, changed <-chan struct{}) {
 	}
 }
 
-// refresh reads the host's addresses and publishes them. If they cannot be
-// read, the last set stays.
+// refresh reads the host's addresses and publishes them: through netlink
+// (net.InterfaceAddrs), or from /proc where netlink is refused. If neither
+// can be read, the last set stays; if there is none yet, every destination
+// stays refused.
 func (o *ownAddrs) refresh() {
+	m, err := interfaceAddrs()
+	if err != nil {
+		var perr error
+		if m, perr = readProcAddrs(); perr != nil {
+			if o.set.Load() == nil {
+				slog.Error("the host's addresses cannot be read: every destination is refused until they can be, or clients could reach the appliance's own services",
+					"err", err, "proc_err", perr)
+			} else {
+				slog.Warn("the host's addresses cannot be read: the last ones read are still refused, but not one added since",
+					"err", err, "proc_err", perr)
+			}
+			return
+		}
+	}
+	o.set.Store(&m)
+}
+
+// interfaceAddrs reads the host's addresses through netlink.
+func interfaceAddrs() (map[netip.Addr]struct{}, error) {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
-		slog.Warn("reading the host's addresses", "err", err)
-		return
+		return nil, fmt.Errorf("reading the host's addresses: %w", err)
 	}
 	m := make(map[netip.Addr]struct{}, len(addrs))
 	for _, a := range addrs {
@@ -125,12 +147,20 @@ func (o *ownAddrs) refresh() {
 			m[pfx.Addr().Unmap()] = struct{}{}
 		}
 	}
-	o.set.Store(&m)
+	return m, nil
 }
 
-// has reports whether a is one of the host's addresses.
+// known reports whether the host's addresses have been read at all.
+func (o *ownAddrs) known() bool { return o.set.Load() != nil }
+
+// has reports whether a is one of the host's addresses (false while they
+// are not known).
 func (o *ownAddrs) has(a netip.Addr) bool {
-	_, ok := (*o.set.Load())[a]
+	m := o.set.Load()
+	if m == nil {
+		return false
+	}
+	_, ok := (*m)[a]
 	return ok
 }
 

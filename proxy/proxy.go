@@ -315,6 +315,8 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 		return "destination is one of the instance's own AWS services (metadata, DNS, time)"
 	case v4Compatible.Contains(a) || v4Translated.Contains(a):
 		return "destination is an IPv4-compatible or IPv4-translated IPv6 address"
+	case !p.own.known():
+		return "the appliance's own addresses could not be read: every destination is refused until they are"
 	case p.own.has(a):
 		return "destination is the appliance itself"
 	}
