@@ -79,6 +79,7 @@ const (
 	DropICMPMTUTooSoon
 	DropCriticalOption
 	DropStrayFromDestination
+	DropInnerBadAddress
 	dropReasons
 )
 
@@ -137,6 +138,10 @@ var dropReasonNames = [dropReasons]string{
 	// feed a RST or data of V's connection, and the stack would answer it
 	// with a RST whose sequence number the sender chose (strayFromDestination).
 	DropStrayFromDestination: "stray_from_destination",
+	// An inner IPv6 packet with an IPv4-mapped source or destination, or
+	// a multicast, unspecified or loopback source from a client: no real
+	// packet has one, and gVisor and Linux drop them (packet.go).
+	DropInnerBadAddress: "inner_bad_address",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

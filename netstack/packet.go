@@ -147,6 +147,14 @@ func parseIPv6(p *Packet, b []byte, quoted bool) DropReason {
 	}
 	copy(p.Src[:], b[8:24])
 	copy(p.Dst[:], b[24:40])
+	// No IPv6 packet on the wire has an IPv4-mapped address: gVisor and
+	// Linux drop them. Echo bypasses the stack, and the flow table, the
+	// shares and the policy read ::ffff:10.1.2.3 as the IPv4 client or
+	// destination 10.1.2.3 (Unmap), so one is dropped before any of them
+	// sees it. A quoted packet is no flow's yet: its lookup fails anyway.
+	if !quoted && (isV4Mapped(&p.Src) || isV4Mapped(&p.Dst)) {
+		return DropInnerBadAddress
+	}
 	next, off := b[6], 40
 	for range maxExtHeaders {
 		switch next {
@@ -252,6 +260,23 @@ func parseTransport(p *Packet, t []byte, quoted bool) DropReason {
 // appliance passed in. The same types leave the appliance (the echo
 // relay's replies), so the reply path parses them.
 func (p *Packet) UnsupportedFromClient() bool { return p.ICMPOther }
+
+// v4MappedPrefix is the first 12 bytes of an IPv4-mapped IPv6 address.
+var v4MappedPrefix = [12]byte{10: 0xff, 11: 0xff}
+
+func isV4Mapped(a *[16]byte) bool { return [12]byte(a[:12]) == v4MappedPrefix }
+
+// BadClientSource reports whether p, from a client, has an IPv6 source no
+// client has: multicast, unspecified (::) or loopback (::1). gVisor and
+// Linux drop such packets from the wire; echo bypasses gVisor, and the
+// flow table would keep a flow for each. Only a client's packets are so
+// judged: the stack's replies to a flow the client sent to ::1 (tests
+// allow loopback destinations) come from it.
+func (p *Packet) BadClientSource() bool {
+	return p.IPv6 && (p.Src[0] == 0xff || p.Src == [16]byte{} || p.Src == ipv6Loopback)
+}
+
+var ipv6Loopback = [16]byte{15: 1}
 
 func echoRequestType(v6 bool) uint8 {
 	if v6 {

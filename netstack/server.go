@@ -215,6 +215,9 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 	}
 	inner := b[h.Len:]
 	p, reason := ParsePacket(inner, h.Protocol)
+	if reason == DropNone && p.BadClientSource() {
+		reason = DropInnerBadAddress
+	}
 	if reason != DropNone {
 		s.stats.drop(reason)
 		return
