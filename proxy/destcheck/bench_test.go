@@ -62,7 +62,8 @@ func TestCheckHitDoesNotAllocate(t *testing.T) {
 	if err := c.Check(ctx, epA, "looked.example.com", addr("192.0.2.2")); err != nil {
 		t.Fatal(err)
 	}
-	for _, tc := range []struct{ name, dest string }{{"www.example.com", "192.0.2.1"}, {"looked.example.com", "192.0.2.2"}} {
+	for _, tc := range []struct{ name, dest string }{{"www.example.com", "192.0.2.1"}, {"looked.example.com", "192.0.2.2"},
+		{"www.example.com", "64:ff9b::192.0.2.1"}, {"looked.example.com", "64:ff9b::192.0.2.2"}} {
 		dest := addr(tc.dest)
 		if n := testing.AllocsPerRun(100, func() {
 			if err := c.Check(ctx, epA, tc.name, dest); err != nil {

@@ -287,7 +287,8 @@ func (c *Checker) clampTTL(ttl uint32) time.Duration {
 
 // Check returns nil if dest is an address name resolves to, as seen from
 // GWLB endpoint endpoint: an answer relayed to that endpoint's clients
-// says so, or the checker's own lookup does. Otherwise it returns a
+// says so, or the checker's own lookup does. A dest in 64:ff9b::/96 is
+// also one when the IPv4 address it embeds is (DNS64 clients). Otherwise it returns a
 // *MismatchError naming both, or a *LookupError when no answer could be
 // had. It waits for a lookup no longer than ctx allows. On a cache hit it
 // neither blocks on I/O nor allocates.
@@ -297,7 +298,7 @@ func (c *Checker) Check(ctx context.Context, endpoint, name string, dest netip.A
 	name = canonical(name)
 	if looksLikeAddr(name) {
 		if a, err := netip.ParseAddr(name); err == nil {
-			if a.Unmap() == dest {
+			if v4, nat64 := nat64Embedded(dest); a.Unmap() == dest || nat64 && a.Unmap() == v4 {
 				return nil
 			}
 			c.stats.mismatches.Add(1)

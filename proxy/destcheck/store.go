@@ -52,14 +52,38 @@ type entry struct {
 	prev, next *entry
 }
 
-// has reports whether addr counts for e at clock now.
+// has reports whether addr counts for e at clock now: it is one of e's
+// addresses, or it is in 64:ff9b::/96 and the IPv4 address it embeds is
+// (nat64Embedded).
 func (e *entry) has(addr netip.Addr, now int64) bool {
+	v4, nat64 := nat64Embedded(addr)
 	for i := range e.addrs {
-		if e.addrs[i].addr == addr && e.addrs[i].until > now {
+		if (e.addrs[i].addr == addr || nat64 && e.addrs[i].addr == v4) && e.addrs[i].until > now {
 			return true
 		}
 	}
 	return false
+}
+
+// nat64WellKnown is the well-known NAT64 prefix (RFC 6052).
+var nat64WellKnown = netip.MustParsePrefix("64:ff9b::/96")
+
+// nat64Embedded returns the IPv4 address a destination in 64:ff9b::/96
+// carries in its last 32 bits, and whether it is in that prefix. A client
+// behind DNS64 (the Route 53 Resolver of an IPv6-only subnet, whose answers
+// never pass the GWLB) connects to 64:ff9b::c633:6407 for a name whose only
+// address is 198.51.100.7, and the NAT gateway delivers it there: the
+// appliance's own lookup, from a subnet without DNS64, gets that A record
+// and no AAAA. The policy's dest_cidrs and the forbidden addresses judge
+// that embedded address too. Not for 64:ff9b:1::/48, whose layouts read as
+// several IPv4 addresses, nor 2002::/16: no translator of a DNS64 answer
+// uses them.
+func nat64Embedded(a netip.Addr) (netip.Addr, bool) {
+	if !a.Is6() || !nat64WellKnown.Contains(a) {
+		return netip.Addr{}, false
+	}
+	b := a.As16()
+	return netip.AddrFrom4([4]byte(b[12:])), true
 }
 
 // add records addr as counting until until (a later time wins), dropping
