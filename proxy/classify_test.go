@@ -52,8 +52,9 @@ type clsRig struct {
 }
 
 type clsOptions struct {
-	bump  bool // the appliance has a CA
-	check func(ctx context.Context, endpoint, name string, dest netip.Addr) error
+	bump   bool // the appliance has a CA
+	check  func(ctx context.Context, endpoint, name string, dest netip.Addr) error
+	config func(*Config) // changes the proxy's configuration, if set
 }
 
 func newClsRig(t *testing.T, doc string, o clsOptions) *clsRig {
@@ -79,6 +80,9 @@ func newClsRig(t *testing.T, doc string, o clsOptions) *clsRig {
 	if o.bump {
 		r.ca = clsMust(certs.Generate("classify test appliance CA"))(t)
 		cfg.Intercept.Minter = clsMust(certs.NewMinter(r.ca, certs.MinterOptions{}))(t)
+	}
+	if o.config != nil {
+		o.config(&cfg)
 	}
 	r.p = New(cfg)
 	t.Cleanup(func() {

@@ -87,6 +87,18 @@ type Config struct {
 	// counts; beyond it requests of new echo flows are dropped. Default:
 	// DefaultMaxEchoFlowsPerClient.
 	MaxEchoFlowsPerClient int
+	// SenderPrefixes are the prefixes GENEVE is accepted from (the
+	// appliance's --gwlb-cidrs, or its VPC's CIDR blocks): the GWLB's
+	// nodes and, where they share its subnets, sibling appliances. UDP to
+	// GenevePorts and TCP to AdminPort at an address inside them (or
+	// embedded in a NAT64 or 6to4 one) are refused (forbiddenSenderPort).
+	// Nil: none are.
+	SenderPrefixes []netip.Prefix
+	// GenevePorts are the UDP ports GENEVE is taken on (default
+	// netstack.GenevePort, the GWLB's). AdminPort is the admin listener's
+	// TCP port (0: no TCP port is refused).
+	GenevePorts []uint16
+	AdminPort   uint16
 	// WriteStallTimeout aborts a relayed TCP flow one of whose writes, to
 	// the client or to the destination, has been accepted nothing of for
 	// that long, so that a stalled flow does not hold its buffers for good
@@ -203,6 +215,9 @@ func New(cfg Config) *Proxy {
 	if cfg.DNSPorts == nil {
 		cfg.DNSPorts = []uint16{53}
 	}
+	if cfg.GenevePorts == nil {
+		cfg.GenevePorts = []uint16{netstack.GenevePort}
+	}
 	p := &Proxy{
 		cfg: cfg,
 		// Keepalive towards destinations keeps NAT gateways and firewalls on
@@ -227,10 +242,16 @@ func New(cfg Config) *Proxy {
 
 // dialTCP connects to a destination from the instance's own address; the
 // connection's reads and writes are raw system calls (package hostconn).
+// Every TCP dial, the interceptor's included, comes here, so a sibling
+// appliance's admin port is refused here (forbiddenSenderPort), as a dial
+// that failed.
 func (p *Proxy) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 	dst, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial tcp %s: not an address and port: %w", addr, err)
+	}
+	if reason := p.forbiddenSenderPort(false, dst); reason != "" {
+		return nil, fmt.Errorf("dial tcp %s: refused: %s", addr, reason)
 	}
 	return p.dialer.DialContext(ctx, dst)
 }

@@ -117,7 +117,11 @@ func (p *Proxy) HandleUDP(flow netstack.FlowInfo, client net.Conn) {
 
 func (f *udpFlow) serve() {
 	p := f.p
-	if reason := p.forbidden(f.info.Dest.Addr()); reason != "" {
+	reason := p.forbidden(f.info.Dest.Addr())
+	if reason == "" {
+		reason = p.forbiddenSenderPort(true, f.info.Dest)
+	}
+	if reason != "" {
 		f.refuse(reason)
 		return
 	}

@@ -369,6 +369,10 @@ func New(o Options) (_ *Appliance, err error) {
 		MaxUDPFlowsPerClient:  o.MaxUDPFlowsPerClient,
 		MaxEchoFlowsPerClient: o.MaxEchoFlowsPerClient,
 		WriteStallTimeout:     o.WriteStallTimeout,
+		// Sibling appliances' and the GWLB's GENEVE and admin ports.
+		SenderPrefixes: o.GWLBCIDRs,
+		GenevePorts:    genevePorts(o.GeneveAddr),
+		AdminPort:      listenPort("tcp", o.AdminAddr),
 		Intercept: intercept.Config{
 			Minter:         a.minter,
 			UpstreamRoots:  roots,

@@ -7,13 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
 // metadataTimeout bounds reading the VPC's CIDR blocks from instance
@@ -58,7 +62,8 @@ func resolveGWLBSenders(o *Options) error {
 	// deployment that leaves the flag out gets this.
 	slog.Warn("--gwlb-cidrs not set: GENEVE is accepted from the whole VPC (its CIDR blocks, from instance metadata). "+
 		"Any host of the VPC that reaches the GENEVE port can forge GWLB endpoints and clients (getting around client_cidrs "+
-		"and endpoints rules, writing records in another client's name) and take over a live flow's replies. "+
+		"and endpoints rules, writing records in another client's name) and take over a live flow's replies; "+
+		"clients' UDP to the GENEVE port and TCP to the admin port are refused throughout the VPC. "+
 		"Pass the GWLB's subnets", "gwlb_cidrs", cidrs)
 	return nil
 }
@@ -126,4 +131,31 @@ func metadata(ctx context.Context, client *imds.Client, path string) (string, er
 func notFound(err error) bool {
 	var re interface{ HTTPStatusCode() int }
 	return errors.As(err, &re) && re.HTTPStatusCode() == 404
+}
+
+// genevePorts returns the UDP ports the proxy refuses at GENEVE senders'
+// addresses: the GWLB's (6081, where its nodes take GENEVE from targets)
+// and the one GENEVE is taken on here (--geneve-addr), which sibling
+// appliances of the same configuration share.
+func genevePorts(addr string) []uint16 {
+	ports := []uint16{netstack.GenevePort}
+	if p := listenPort("udp", addr); p != 0 && !slices.Contains(ports, p) {
+		ports = append(ports, p)
+	}
+	return ports
+}
+
+// listenPort returns the port of a listening address (":80",
+// "10.0.0.5:http"), or 0 when it has none or it cannot be read (the
+// listener then fails to start anyway).
+func listenPort(network, addr string) uint16 {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, err := net.LookupPort(network, port)
+	if err != nil || n <= 0 || n > 65535 {
+		return 0
+	}
+	return uint16(n)
 }

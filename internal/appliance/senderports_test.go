@@ -1,0 +1,68 @@
+package appliance
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// TestSenderPortsRefused: the appliance hands its GENEVE sender prefixes
+// (--gwlb-cidrs) and its GENEVE and admin ports to the proxy, which
+// refuses a client's UDP to the GENEVE port and TCP to the admin port at
+// an address inside them: a sibling appliance in the GWLB's subnets (here
+// a server of the rig's loopback net, inside --gwlb-cidrs 127.0.0.0/8)
+// would take the first as the GWLB's GENEVE, from this appliance's address.
+func TestSenderPortsRefused(t *testing.T) {
+	// A free port for the admin listener: siblings of the same
+	// configuration listen on it too.
+	probe := must(net.Listen("tcp", "127.0.0.1:0"))(t)
+	adminAddr := probe.Addr().(*net.TCPAddr).AddrPort()
+	probe.Close()
+	adminPort := adminAddr.Port()
+	r := newRig(t, func(o *Options) { o.AdminAddr = adminAddr.String() }, nil)
+	var udpGot, tcpGot atomic.Int32
+	geneve := serveUDP(t, netip.AddrPortFrom(r.net.server(3), netstack.GenevePort), func([]byte) []byte { udpGot.Add(1); return nil })
+	admin := listenTCP(t, netip.AddrPortFrom(r.net.server(4), adminPort), func(c net.Conn) { tcpGot.Add(1); c.Close() })
+
+	u := must(r.client.DialUDP(geneve))(t)
+	defer u.Close()
+	must(u.Write([]byte("forged GENEVE")))(t)
+	if c, err := r.client.DialTCP(ctxT(t, 5*time.Second), admin); err == nil {
+		c.Write([]byte("GET /stats HTTP/1.1\r\nHost: sibling\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.Read(make([]byte, 1))
+		c.Close()
+	}
+	recs := r.records(func(rs []records.Record) bool {
+		return findRecord(rs, "udp", geneve) != nil && findRecord(rs, "tcp", admin) != nil
+	})
+	if rec := findRecord(recs, "udp", geneve); rec == nil || rec.Action != "deny" || !strings.Contains(rec.Error, "GENEVE port") {
+		t.Errorf("UDP to a sender's GENEVE port: record %+v, want it denied as such", rec)
+	}
+	if rec := findRecord(recs, "tcp", admin); rec == nil || rec.Result == "ok" || !strings.Contains(rec.Error, "admin port") {
+		t.Errorf("TCP to a sender's admin port: record %+v, want it refused as such", rec)
+	}
+	if udpGot.Load() != 0 || tcpGot.Load() != 0 {
+		t.Errorf("the sibling got %d datagrams and %d connections", udpGot.Load(), tcpGot.Load())
+	}
+}
+
+func TestListenPorts(t *testing.T) {
+	for addr, want := range map[string]uint16{":80": 80, "10.0.0.5:8080": 8080, "[::1]:443": 443, "noport": 0, ":0": 0} {
+		if got := listenPort("tcp", addr); got != want {
+			t.Errorf("listenPort(%q) = %d, want %d", addr, got, want)
+		}
+	}
+	if got := genevePorts(":6081"); len(got) != 1 || got[0] != 6081 {
+		t.Errorf("genevePorts(:6081) = %v", got)
+	}
+	if got := genevePorts("10.0.0.5:7000"); len(got) != 2 || got[0] != 6081 || got[1] != 7000 {
+		t.Errorf("genevePorts(10.0.0.5:7000) = %v", got)
+	}
+}
