@@ -162,6 +162,9 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 		if first != nil && !used.Swap(true) {
 			return first, nil
 		}
+		if err := refusedTooOften(ctx); err != nil {
+			return nil, err // net/http dials on for a request it gave up
+		}
 		c, err := s.ic.cfg.Dial(ctx, dest)
 		if err != nil {
 			return nil, err
@@ -271,7 +274,8 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
 	// A copy: the transport must not change the caller's request.
-	r := req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+	r := req.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, headDeadlineKey{}, hd), &httptrace.ClientTrace{
+		GetConn:              hd.getConn,
 		GotConn:              hd.gotConn,
 		GotFirstResponseByte: hd.start,
 		Got1xxResponse:       hd.got1xx,
@@ -285,6 +289,34 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		err = fmt.Errorf("response head not complete %v after its first byte: %w", responseHeadTimeout, err)
 	}
 	return resp, err
+}
+
+// maxConnsPerRequest bounds the connections one request is tried on.
+// net/http tries a request again, on another connection and with no
+// bound, when its connection ended before taking it: an HTTP/2 origin's
+// GOAWAY naming no stream, a kept HTTP/1 connection closed under it. An
+// origin that answers every request so (a hostile one, or one shutting
+// down for good) had one client request dial, and handshake, thousands
+// of times a second until the client gave up. A stale kept connection or
+// an origin's graceful restart costs one try, two at most.
+const maxConnsPerRequest = 3
+
+// errRefusedTooOften ends a request the destination took on none of
+// maxConnsPerRequest connections.
+var errRefusedTooOften = fmt.Errorf("the destination refused the request on %d connections (closed them, or sent GOAWAY, before taking it)", maxConnsPerRequest)
+
+// headDeadlineKey is the context key of a request's headDeadline: the
+// transport's dial takes the request's context values (not its
+// cancellation), and refuses to dial for a request refused too often.
+type headDeadlineKey struct{}
+
+// refusedTooOften returns errRefusedTooOften if ctx is that of a request
+// refused on maxConnsPerRequest connections already.
+func refusedTooOften(ctx context.Context) error {
+	if hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline); ok && hd.refused.Load() {
+		return errRefusedTooOften
+	}
+	return nil
 }
 
 // errResponseHeadTimeout ends a request whose response head did not
@@ -331,6 +363,27 @@ type headDeadline struct {
 	h2        bool         // the request went over HTTP/2
 	conn      *countedConn // the request's HTTP/1 connection, below TLS
 	next      func()       // conn.onRead's, while set: start
+	conns     int          // connections asked for (getConn)
+	// refused: the request asked for a connection more than
+	// maxConnsPerRequest times; no connection is dialled for it.
+	refused atomic.Bool
+}
+
+// getConn counts the connections the request is tried on (httptrace's
+// GetConn, before each try's connection is taken or dialled), and ends
+// the request, with errRefusedTooOften as its cause, when one more than
+// maxConnsPerRequest is asked for. net/http dials on for a request whose
+// context has ended (the connection may serve another): the transport's
+// dial sees refused (refusedTooOften) and does not.
+func (d *headDeadline) getConn(string) {
+	d.mu.Lock()
+	d.conns++
+	n := d.conns
+	d.mu.Unlock()
+	if n > maxConnsPerRequest {
+		d.refused.Store(true)
+		d.cancel(errRefusedTooOften)
+	}
 }
 
 // gotConn takes the connection the request went on (httptrace).
