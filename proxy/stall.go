@@ -145,6 +145,9 @@ type writeWatch struct {
 	// racing the end adds nothing.
 	watched atomic.Bool
 	gone    bool
+	// stream: ww follows an HTTP/2 client's stream, not a connection
+	// (intercept.Session.WatchStream); conn is nil.
+	stream bool
 	// The sweeper's own: the connection under its wrappers, and what it
 	// last saw of it (stalledFor).
 	conn      net.Conn
@@ -387,8 +390,10 @@ type sessionWatch struct {
 	// (clientwatch.go).
 	broken clientWatch
 
-	mu    sync.Mutex
-	more  map[*writeWatch]struct{} // further connections to the destination, until closed
+	mu sync.Mutex
+	// more: further connections to the destination, until closed, and
+	// the client's HTTP/2 streams, until their relay ends (watchStream).
+	more  map[*writeWatch]struct{}
 	ended bool
 }
 
@@ -400,6 +405,7 @@ func (p *Proxy) watchSession(is *intercept.Session) {
 	sw.client.watchWrites(p.stalls, sw, is.Client)
 	sw.up.watchWrites(p.stalls, sw, is.Upstream)
 	is.WatchUpstream = sw.watchUpstream
+	is.WatchStream = sw.watchStream
 	is.Done = sw.done
 	sw.broken.watch(p, is)
 }
@@ -420,6 +426,30 @@ func (sw *sessionWatch) watchUpstream(c net.Conn) func() {
 	}
 	sw.more[ww] = struct{}{}
 	return func() {
+		sw.mu.Lock()
+		delete(sw.more, ww)
+		sw.mu.Unlock()
+		sw.p.stalls.unwatch(ww)
+	}
+}
+
+// watchStream watches the relay of a response to one of the client's
+// HTTP/2 streams (intercept.Session.WatchStream): the body's reader tells
+// it when a write of the body waits on the client, and a write waiting
+// for the timeout (a stream the client grants no window, its connection
+// read all the while) stalls the session as a connection's write does.
+func (sw *sessionWatch) watchStream() (intercept.WriteWaiter, func()) {
+	ww := &writeWatch{sw: sw.p.stalls, owner: sw, stream: true}
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if sw.ended {
+		return nil, nil
+	}
+	if sw.more == nil {
+		sw.more = make(map[*writeWatch]struct{})
+	}
+	sw.more[ww] = struct{}{}
+	return ww, func() {
 		sw.mu.Lock()
 		delete(sw.more, ww)
 		sw.mu.Unlock()
@@ -462,8 +492,11 @@ func (sw *sessionWatch) stall(ww *writeWatch, waited, timeout time.Duration) {
 		culprit, waited = waitedLonger(culprit, waited, o)
 	}
 	to := "destination"
-	if culprit == &sw.client {
+	switch {
+	case culprit == &sw.client:
 		to = "client"
+	case culprit.stream:
+		to = "client (on an HTTP/2 stream)"
 	}
 	if sw.is.Abort("stalled", stallError(to, waited, timeout)) {
 		ww.sw.stalled.Add(1)

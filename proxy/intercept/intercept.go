@@ -125,6 +125,11 @@ type Session struct {
 	// proxy's write-stall bound) can watch it too. The function it
 	// returns, if any, is called when that connection closes.
 	WatchUpstream func(c net.Conn) (unwatch func())
+	// WatchStream, when set, is called for each response body relayed to
+	// an HTTP/2 client's stream, whose writes no connection's watch sees
+	// wait (streamwatch.go); unwatch, if not nil, is called once the
+	// relay has ended.
+	WatchStream func() (w WriteWaiter, unwatch func())
 
 	// upstreams are the connections the session's HTTP transport dialled
 	// besides Upstream: all closed when it ends, pooled or not.

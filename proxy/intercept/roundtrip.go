@@ -243,6 +243,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	// the tunnel's (outcome).
 	rb.tunnel = resp.StatusCode == http.StatusSwitchingProtocols
 	rb.ended.Store(!rb.tunnel && !hasBody(req, resp))
+	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
 		var werr error
@@ -423,10 +424,18 @@ type recordingBody struct {
 	limit *headLimit
 	once  sync.Once
 	done  func()
+	// An HTTP/2 stream's progress watch, when set (streamwatch.go).
+	stream *streamWatch
 }
 
 func (b *recordingBody) Read(p []byte) (int, error) {
+	if b.stream != nil {
+		p = b.stream.next(p) // the previous piece is written
+	}
 	n, err := b.ReadCloser.Read(p)
+	if n > 0 && b.stream != nil {
+		b.stream.writing(n) // goproxy writes it next
+	}
 	if err != nil && err != io.EOF {
 		first := err // only this escapes: a read that succeeds allocates nothing
 		b.readErr.CompareAndSwap(nil, &first)
@@ -547,6 +556,9 @@ func bodyResult(err error) string {
 }
 
 func (b *recordingBody) Close() error {
+	if b.stream != nil {
+		b.stream.end()
+	}
 	err := b.ReadCloser.Close()
 	b.once.Do(b.done)
 	return err

@@ -1,0 +1,106 @@
+package intercept
+
+import "time"
+
+// An HTTP/2 client can stall a stream without any write of the
+// appliance's waiting: it reads the connection but grants the stream no
+// window. goproxy's stream handler then waits in its write to the
+// server's ResponseWriter for good, holding its 32 KiB copy buffer, the
+// server's 4 KiB write buffer, two goroutines and what the upstream
+// transport took of the body (about 95 KiB a stream was measured; 250
+// streams a connection). The connection's write-stall watch never sees
+// it, since the connection's own writes find room. So the write-stall
+// bound watches each stream's relay as well: the handler reads the next
+// piece of the body only once it has written the previous one whole, so
+// the time since the latest read that brought bytes, while no read is
+// under way, is how long a write to the client has waited. Past the
+// write-stall timeout the session is ended as any stalled one is
+// (Session.Abort: every connection reset, the records saying stalled).
+//
+// Progress is seen a piece at a time, and a client that reads slowly but
+// steadily grants its window back as slowly: goproxy's 32 KiB piece at
+// 2 KiB every 200 ms takes over 3 s. So a piece is at most
+// maxStreamPiece, and each time writes have taken streamPieceTime in
+// all, the pieces are cut (or grown) to what their rate writes in
+// streamPieceTime, never less than minStreamPiece. A stream is then
+// called stalled only when it takes less than about 4 KiB per timeout
+// (16 KiB for the first slow piece after fast ones): some 400 bytes a
+// second under the 10 s of critical memory.
+
+// WriteWaiter is told when a write to the client begins to wait (true)
+// and when it no longer does (false): the proxy's write-stall watch.
+type WriteWaiter interface{ WriteWaiting(waiting bool) }
+
+const (
+	// streamPieceTime is how long a piece of a stream's body should take
+	// to write at the stream's latest rate.
+	streamPieceTime = 250 * time.Millisecond
+	// minStreamPiece is x/net's per-stream write buffer: a smaller piece
+	// costs the server a round trip per piece and saves nothing.
+	minStreamPiece = 4 << 10
+	// maxStreamPiece is one DATA frame of the default size: a fast
+	// stream's pieces cost the server one round trip each, as goproxy's
+	// 32 KiB would, for half the bytes.
+	maxStreamPiece = 16 << 10
+)
+
+// streamWatch follows one response body's relay to an HTTP/2 client's
+// stream; only the body's Read (one goroutine) uses it.
+type streamWatch struct {
+	ww      WriteWaiter
+	unwatch func()
+	at      time.Time // when the piece being written was read
+	n       int       // its size; 0 when none is being written
+	// The stream's rate, measured over pieces whose writes took
+	// streamPieceTime in all: one piece's own is no measure, as x/net
+	// takes up to 4 KiB into its buffer at once and writes it out with
+	// the next piece.
+	sent  int           // bytes of the pieces so far
+	spent time.Duration // the time their writes took
+	limit int           // the next piece's size at most
+}
+
+// watchStream has the session's stall watch follow rb, the body of a
+// response to an HTTP/2 client's stream, when it has bytes to relay.
+func (s *session) watchStream(rb *recordingBody) {
+	if !s.h2 || s.WatchStream == nil || rb.tunnel || rb.ended.Load() {
+		return
+	}
+	if ww, unwatch := s.WatchStream(); ww != nil {
+		rb.stream = &streamWatch{ww: ww, unwatch: unwatch, limit: maxStreamPiece}
+	}
+}
+
+// next is called as a read of the body begins: the previous piece has
+// been written. It returns p cut to the next piece's size.
+func (w *streamWatch) next(p []byte) []byte {
+	w.ww.WriteWaiting(false)
+	if w.n > 0 {
+		w.sent += w.n
+		w.spent += time.Since(w.at)
+		w.n = 0
+		if w.spent >= streamPieceTime {
+			// Pieces of what that rate writes in streamPieceTime.
+			w.limit = min(max(int(int64(w.sent)*int64(streamPieceTime)/int64(w.spent)), minStreamPiece), maxStreamPiece)
+			w.sent, w.spent = 0, 0
+		}
+	}
+	if len(p) > w.limit {
+		p = p[:w.limit]
+	}
+	return p
+}
+
+// writing is called when a read brought n bytes, which goproxy writes to
+// the client next.
+func (w *streamWatch) writing(n int) {
+	w.at, w.n = time.Now(), n
+	w.ww.WriteWaiting(true)
+}
+
+// end ends the watch: the relay has ended.
+func (w *streamWatch) end() {
+	if w.unwatch != nil {
+		w.unwatch()
+	}
+}
