@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net"
 	"net/http"
+
+	"golang.org/x/net/http2"
 )
 
 // The boundaries of HTTP/1 requests.
@@ -32,6 +34,12 @@ import (
 // unbounded (boundLoose), a pipelined partial head behind one bounded by the
 // idle timeout only. So is any read the boundaries did not expect (a
 // WebSocket tunnel after its 101 reads the connection as a byte stream).
+//
+// A client that negotiated h2 by ALPN (or whose cleartext the sniffer took
+// for h2c) is served by goproxy's HTTP/2 proxy, which looks for the
+// preface and, when the bytes are not the preface, serves them with the
+// same HTTP/1 loop: the connection is bounded from then on (readConn), as
+// if it had been HTTP/1 from the start.
 type h1Bounds struct {
 	state uint8
 	line  uint8 // at the head's end of the last read: lineMid, lineStart or lineCR
@@ -41,6 +49,10 @@ type h1Bounds struct {
 	// that came with its head, pipelined requests) and dropped when the
 	// connection waits idle for the next: an idle connection holds none.
 	pending, buf []byte
+	// preface counts the bytes of the HTTP/2 client preface an h2
+	// connection has sent so far, until they are all there, or a byte is
+	// not the preface's (readConn).
+	preface int
 }
 
 // h1Bounds states.
@@ -69,6 +81,12 @@ func (h *h1Bounds) read(c net.Conn, b []byte) (int, error) {
 		return k, nil
 	}
 	n, err := c.Read(b)
+	return h.bound(b, n, err)
+}
+
+// bound hands out the bytes b[:n] just read, with err, up to the boundary
+// of the part of the request being read, and keeps the rest.
+func (h *h1Bounds) bound(b []byte, n int, err error) (int, error) {
 	if k := h.take(b[:n]); k < n {
 		h.buf = append(h.buf[:0], b[k:n]...)
 		h.pending = h.buf
@@ -140,13 +158,41 @@ func (h *h1Bounds) request(req *http.Request) {
 }
 
 // readConn reads the connection, within the request's boundaries when
-// goproxy's HTTP/1 loop serves it.
+// goproxy's HTTP/1 loop serves it. An h2 connection is watched until its
+// preface has come: the first byte that is not the preface's has goproxy
+// serve it with its HTTP/1 loop, on this goroutine, and the connection is
+// HTTP/1's from there (c.h1), the bytes of this read bounded already.
+// Its idle timer (idle.go) stays, as harmless as redundant: a request
+// stops it, and a head under way defers it. goproxy waits for the
+// preface's 24 bytes before it decides: a first head shorter than that,
+// with more behind it, is read past, and the boundaries given up.
 func (c *hijackedConn) readConn(b []byte) (int, error) {
 	if c.h1 {
 		return c.bounds.read(c.Conn, b)
 	}
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	h := &c.bounds
+	if h.preface == len(http2.ClientPreface) {
+		return n, err
+	}
+	want := http2.ClientPreface[h.preface:]
+	k := min(n, len(want))
+	if string(b[:k]) == want[:k] {
+		h.preface += k
+		return n, err
+	}
+	c.h1 = true
+	// What came before was the preface's start: handed out already, it
+	// is the head's start too. Should it hold a head's end (a client that
+	// sent "PRI * HTTP/2.0" and an empty line, but no more of the
+	// preface), the boundaries are lost from the start.
+	if seen := clientPreface[:h.preface]; h.take(seen) < len(seen) {
+		h.state = boundLoose
+	}
+	return h.bound(b, n, err)
 }
+
+var clientPreface = []byte(http2.ClientPreface)
 
 // awaitHead arms the wait for the next request as a response ends: the
 // head deadline at once when the start of a head was read already (a

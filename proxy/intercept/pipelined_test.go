@@ -18,7 +18,11 @@ import (
 // left unfinished gets. Before, goproxy's readers held its start, no read
 // of the connection brought a byte, and no deadline was armed: the
 // connection waited for the rest for as long as the client kept it open.
-// Requests pipelined whole are all answered, in order.
+// Requests pipelined whole are all answered, in order. So too for a client
+// that negotiated h2 by ALPN and then speaks HTTP/1, which goproxy's
+// HTTP/2 proxy serves with its HTTP/1 loop: before, its connection was
+// not bounded, and the partial head waited for the idle timeout, the
+// record saying the connection was closed idle.
 func TestPipelinedPartialHead(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	defer intercept.SetRequestHeadTimeout(timeout)()
@@ -29,23 +33,38 @@ func TestPipelinedPartialHead(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		bumped bool
+		h2     bool     // bumped: the client offers h2 alone, and the upstream h2 too
 		first  string   // requests whole, and the start of one more
 		paths  []string // what the whole ones asked for
 	}{
-		{"cleartext", false, "GET /a HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a"}},
-		{"cleartext, two whole", false, "GET /a HTTP/1.1\r\n" + host + "\r\nGET /b HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a", "/b"}},
-		{"cleartext, after a body", false, "POST /a HTTP/1.1\r\n" + host + "Content-Length: 5\r\n\r\nhello" + partial, []string{"/a"}},
-		{"cleartext, bare line ends", false, "GET /a HTTP/1.1\n" + host[:len(host)-2] + "\n\n" + partial, []string{"/a"}},
-		{"bumped", true, "GET /a HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a"}},
+		{"cleartext", false, false, "GET /a HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a"}},
+		{"cleartext, two whole", false, false, "GET /a HTTP/1.1\r\n" + host + "\r\nGET /b HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a", "/b"}},
+		{"cleartext, after a body", false, false, "POST /a HTTP/1.1\r\n" + host + "Content-Length: 5\r\n\r\nhello" + partial, []string{"/a"}},
+		{"cleartext, bare line ends", false, false, "GET /a HTTP/1.1\n" + host[:len(host)-2] + "\n\n" + partial, []string{"/a"}},
+		{"bumped", true, false, "GET /a HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a"}},
+		{"bumped, h2 negotiated", true, true, "GET /a HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a"}},
+		{"bumped, h2 negotiated, after a body", true, true, "POST /a HTTP/1.1\r\n" + host + "Content-Length: 5\r\n\r\nhello" + partial, []string{"/a"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, testPolicy)
 			var c net.Conn
 			kind := "http"
+			upProto := " HTTP/1.1" // as the upstream saw the requests
 			if tc.bumped {
-				upEnd, _ := r.startUpstreamTCP(r.upLeaf("www.example.test"), "http/1.1")
+				offer, upProtos := "http/1.1", []string{"http/1.1"}
+				if tc.h2 {
+					offer, upProtos, upProto = "h2", []string{"h2", "http/1.1"}, " HTTP/2.0"
+				}
+				upEnd, _ := r.startUpstreamTCP(r.upLeaf("www.example.test"), upProtos...)
 				tcp, _ := r.connectTCP(upEnd, tlsDest)
-				c, kind = tls.Client(tcp, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}}), "tls"
+				tlsc := tls.Client(tcp, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{offer}})
+				if err := tlsc.Handshake(); err != nil {
+					t.Fatal(err)
+				}
+				if got := tlsc.ConnectionState().NegotiatedProtocol; got != offer {
+					t.Fatalf("negotiated %q, want %q", got, offer)
+				}
+				c, kind = tlsc, "tls"
 			} else {
 				upEnd, _ := r.startUpstreamTCP(nil)
 				c, _ = r.connectTCP(upEnd, httpDest)
@@ -55,7 +74,7 @@ func TestPipelinedPartialHead(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, p := range tc.paths {
-				if resp, body := h.read(p); resp.StatusCode != 200 || !strings.Contains(body, p+" HTTP/1.1") {
+				if resp, body := h.read(p); resp.StatusCode != 200 || !strings.Contains(body, p+upProto) {
 					t.Fatalf("%s: %d %q", p, resp.StatusCode, body)
 				}
 			}

@@ -35,8 +35,10 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 		rt.idleGrace.Store(false)
 	}
 	rt.cc.limit.headDone()
+	if rt.cc.h1 { // also an h2 connection that speaks HTTP/1: h1bounds.go
+		rt.cc.bounds.request(req) // its body's length
+	}
 	if !rt.s.h2 {
-		rt.cc.bounds.request(req) // its body's length: h1bounds.go
 		// The previous response is complete, whether or not its end was
 		// seen: what it left held goes now, before a "100 Continue".
 		rt.cc.holdResponse(false)
