@@ -29,11 +29,14 @@ import (
 // feed, after a line feed or a line feed and a carriage return ("\n\n",
 // "\n\r\n"). net/http reads nothing past that line (its MIME reader peeks
 // after every other line, for a continuation, but not after the last),
-// nor past a body of known length. A chunked body's end is not followed
-// here: its request, and any the connection carries after it, are read
-// unbounded (boundLoose), a pipelined partial head behind one bounded by the
-// idle timeout only. So is any read the boundaries did not expect (a
-// WebSocket tunnel after its 101 reads the connection as a byte stream).
+// nor past a body of known length, nor past a chunked body's end
+// (chunks.go). Anything the boundaries did not expect has them given up
+// for the connection (boundLoose): a read past a request (a WebSocket
+// tunnel after its 101 reads the connection as a byte stream), a body
+// whose end net/http found elsewhere than they did. A pipelined partial
+// head behind that is bounded by the idle timeout only. A divergence only
+// ever loses the boundaries: bytes are handed out in order and whole, and
+// no read waits while bytes are kept.
 //
 // A client that negotiated h2 by ALPN (or whose cleartext the sniffer took
 // for h2c) is served by goproxy's HTTP/2 proxy, which looks for the
@@ -43,7 +46,7 @@ import (
 type h1Bounds struct {
 	state uint8
 	line  uint8 // at the head's end of the last read: lineMid, lineStart or lineCR
-	left  int64 // of the body, in boundBody
+	left  int64 // of the body, in boundBody; of the chunk (chunks.go)
 	// pending is what a read brought past a boundary, handed out first;
 	// buf is its storage, kept while requests follow one another (a body
 	// that came with its head, pipelined requests) and dropped when the
@@ -53,6 +56,9 @@ type h1Bounds struct {
 	// connection has sent so far, until they are all there, or a byte is
 	// not the preface's (readConn).
 	preface int
+	// A chunked body's size line or trailer, so far (chunks.go).
+	n   int
+	sub uint8
 }
 
 // h1Bounds states.
@@ -62,6 +68,10 @@ const (
 	boundBody         // a body of known length is read, up to its end
 	boundDone         // the request is out whole; the response is written
 	boundLoose        // the boundaries are no longer known: nothing is held back
+	// A chunked body (chunks.go):
+	boundChunkLine // a chunk's size line, up to its line feed
+	boundChunkData // a chunk's data, and the CRLF after it
+	boundTrailer   // after the last chunk: the trailer, up to its end
 )
 
 // Where the last byte of a head read so far left its line.
@@ -111,6 +121,8 @@ func (h *h1Bounds) take(p []byte) int {
 			h.state = boundDone
 		}
 		return k
+	case boundChunkLine, boundChunkData, boundTrailer:
+		return h.chunks(p)
 	case boundAwait, boundDone:
 		if len(p) > 0 {
 			h.state = boundLoose // a read past the request: not one of goproxy's heads or bodies
@@ -148,7 +160,11 @@ func (h *h1Bounds) headEnd(p []byte) int {
 // up to its length, when known.
 func (h *h1Bounds) request(req *http.Request) {
 	switch {
-	case h.state != boundAwait || len(req.TransferEncoding) > 0 || req.ContentLength < 0:
+	case h.state != boundAwait:
+		h.state = boundLoose
+	case len(req.TransferEncoding) == 1 && req.TransferEncoding[0] == "chunked":
+		h.state, h.left, h.n, h.sub = boundChunkLine, 0, 0, 0
+	case len(req.TransferEncoding) > 0 || req.ContentLength < 0:
 		h.state = boundLoose
 	case req.ContentLength == 0:
 		h.state = boundDone
@@ -200,12 +216,18 @@ var clientPreface = []byte(http2.ClientPreface)
 // byte replaces.
 func (c *hijackedConn) awaitHead() {
 	h := &c.bounds
-	if h.state == boundDone {
+	switch h.state {
+	case boundDone:
 		h.state, h.line = boundHead, lineMid
 		if len(h.pending) > 0 {
 			c.limit.time(c.Conn)
 			return
 		}
+	case boundBody, boundChunkLine, boundChunkData, boundTrailer:
+		// net/http found the body's end before the boundaries did (a
+		// chunked body they read otherwise): what they would hand out
+		// as its rest may be a head.
+		h.state = boundLoose
 	}
 	if len(h.pending) == 0 {
 		h.buf = nil

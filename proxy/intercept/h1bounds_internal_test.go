@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"math/rand"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
@@ -91,5 +93,171 @@ func TestH1BoundsFromH2(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// byteSource hands out its data in reads of the given sizes, in turn.
+type byteSource struct {
+	data  []byte
+	sizes []int
+}
+
+func (s *byteSource) Read(b []byte) (int, error) {
+	if len(s.data) == 0 {
+		return 0, io.EOF
+	}
+	n := len(s.data)
+	if len(s.sizes) > 0 {
+		n = min(n, s.sizes[0])
+		s.sizes = s.sizes[1:]
+	}
+	n = copy(b, s.data[:n])
+	s.data = s.data[n:]
+	return n, nil
+}
+
+// boundedReader reads src through the bounds, as hijackedConn does.
+type boundedReader struct {
+	h   *h1Bounds
+	src *byteSource
+}
+
+func (r boundedReader) Read(b []byte) (int, error) {
+	if len(r.h.pending) > 0 {
+		n := copy(b, r.h.pending)
+		k := r.h.take(b[:n])
+		r.h.pending = r.h.pending[k:]
+		return k, nil
+	}
+	n, err := r.src.Read(b)
+	return r.h.bound(b, n, err)
+}
+
+// serveStream reads data, cut into reads of random sizes, through the
+// bounds and goproxy's two buffered readers, as goproxy's HTTP/1 loop
+// does: a request, its body (drained), the next. It returns the paths
+// read, and calls each with the state the request left.
+func serveStream(t *testing.T, rng *rand.Rand, data []byte, each func(path string, h *h1Bounds, buffered int)) []string {
+	var sizes []int
+	for s := 0; s < len(data); {
+		n := 1 + rng.Intn(40)
+		sizes = append(sizes, n)
+		s += n
+	}
+	h := &h1Bounds{}
+	r1 := bufio.NewReader(boundedReader{h, &byteSource{data: data, sizes: sizes}})
+	r2 := bufio.NewReader(r1)
+	var paths []string
+	for {
+		if _, err := r2.Peek(1); err != nil { // goproxy's IsEOF
+			return paths
+		}
+		req, err := http.ReadRequest(r2)
+		if err != nil {
+			t.Fatalf("%q: %v", data, err)
+		}
+		h.request(req)
+		if _, err := io.Copy(io.Discard, req.Body); err != nil {
+			t.Fatalf("%q: %s's body: %v", data, req.URL.Path, err)
+		}
+		req.Body.Close()
+		paths = append(paths, req.URL.Path)
+		each(req.URL.Path, h, r1.Buffered()+r2.Buffered())
+		if h.state == boundDone { // awaitHead
+			h.state, h.line = boundHead, lineMid
+		}
+	}
+}
+
+// Pipelined requests, with bodies of known length and chunked ones,
+// whatever the reads that bring them: each is handed out up to its body's
+// end, where net/http stops, and no further, so goproxy's buffers hold
+// nothing once it is read.
+func TestH1BoundsPipelinedStream(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	reqs := []string{
+		"GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 005\r\n\r\nworld",
+		"POST /d HTTP/1.0\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nxy",
+		"GET /e HTTP/1.1\nHost: a\nX: b\n c\n\n",
+		"POST /f HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		"POST /g HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"POST /h HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"1;ext=\"a\\\"b\"\r\nx\r\n00000000000000a \t\r\n0123456789\r\nA;\r\n" + strings.Repeat("y", 10) + "\r\n0\r\n\r\n",
+		"POST /i HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n\r\n\r\r\n0\r\nX-T: 1\r\nX-U: \r\n 2\r\n\r\n",
+		"PUT /j HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n4\r\n\r\n\r\n\r\n0;last\r\nX: \r\n\r\n",
+	}
+	for iter := range 20000 {
+		var data []byte
+		var order []string
+		for range 6 {
+			r := reqs[rng.Intn(len(reqs))]
+			data = append(data, r...)
+			order = append(order, r[strings.IndexByte(r, ' ')+1:][:2])
+		}
+		paths := serveStream(t, rng, data, func(path string, h *h1Bounds, buffered int) {
+			if h.state != boundDone || buffered != 0 {
+				t.Fatalf("iter %d, %q: after %s, state %d and %d bytes buffered; want %d, none", iter, data, path, h.state, buffered, boundDone)
+			}
+		})
+		if len(paths) != len(order) {
+			t.Fatalf("%q: read %q", data, paths)
+		}
+	}
+}
+
+// A chunked body the boundaries do not read as net/http does (a trailer
+// whose fields end at a bare line feed, before the CRLF CRLF net/http
+// peeked for) or that net/http refuses only loses the boundaries: every
+// request net/http reads from the bytes is read, and no read waits for
+// bytes the bounds kept.
+func TestH1BoundsChunkedDiverging(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	const next = "GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+	for _, tc := range []struct {
+		body  string
+		paths int // the requests net/http reads: the second is the next one
+	}{
+		{"0\r\nX: 1\n\nGET /in-trailer HTTP/1.1\r\nHost: a\r\n\r\n", 3},
+		{"0\r\nX: 1\n\r\n", 2},
+		{" 5\r\nhello\r\n0\r\n\r\n", 1},                          // refused: a space before the size
+		{"5\nhello\r\n0\r\n\r\n", 1},                             // refused: a bare LF
+		{"10000000000000000\r\nx\r\n0\r\n\r\n", 1},               // refused: past 16 digits
+		{strings.Repeat("0", 4100) + "\r\n\r\n", 1},              // refused: a size line past 4 KiB
+		{"0\r\nX: " + strings.Repeat("t", 4100) + "\r\n\r\n", 1}, // refused: a trailer past 4 KiB
+	} {
+		data := []byte("POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + tc.body + next)
+		for range 200 {
+			var paths []string
+			h := &h1Bounds{}
+			var sizes []int
+			for s := 0; s < len(data); {
+				n := 1 + rng.Intn(40)
+				sizes = append(sizes, n)
+				s += n
+			}
+			r2 := bufio.NewReader(bufio.NewReader(boundedReader{h, &byteSource{data: data, sizes: sizes}}))
+			for {
+				req, err := http.ReadRequest(r2)
+				if err != nil {
+					break
+				}
+				h.request(req)
+				_, err = io.Copy(io.Discard, req.Body)
+				paths = append(paths, req.URL.Path)
+				if err != nil {
+					break
+				}
+				if h.state == boundDone {
+					h.state, h.line = boundHead, lineMid
+				} else {
+					h.state = boundLoose // awaitHead
+				}
+			}
+			if len(paths) != tc.paths {
+				t.Fatalf("%q: read %q, want %d requests", tc.body, paths, tc.paths)
+			}
+		}
 	}
 }

@@ -18,7 +18,10 @@ import (
 // left unfinished gets. Before, goproxy's readers held its start, no read
 // of the connection brought a byte, and no deadline was armed: the
 // connection waited for the rest for as long as the client kept it open.
-// Requests pipelined whole are all answered, in order. So too for a client
+// Requests pipelined whole are all answered, in order. So too behind a
+// chunked body: before, the boundaries were given up for the connection
+// after one, and the partial head waited for the idle timeout, with no
+// record of it on a cleartext connection. So too for a client
 // that negotiated h2 by ALPN and then speaks HTTP/1, which goproxy's
 // HTTP/2 proxy serves with its HTTP/1 loop: before, its connection was
 // not bounded, and the partial head waited for the idle timeout, the
@@ -40,8 +43,12 @@ func TestPipelinedPartialHead(t *testing.T) {
 		{"cleartext", false, false, "GET /a HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a"}},
 		{"cleartext, two whole", false, false, "GET /a HTTP/1.1\r\n" + host + "\r\nGET /b HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a", "/b"}},
 		{"cleartext, after a body", false, false, "POST /a HTTP/1.1\r\n" + host + "Content-Length: 5\r\n\r\nhello" + partial, []string{"/a"}},
+		{"cleartext, after a chunked body", false, false, "POST /a HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + partial, []string{"/a"}},
+		{"cleartext, after chunks, extensions and a trailer", false, false, "POST /a HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\n\r\n" +
+			"5;a=b\r\nhello\r\n00B \r\n, world 123\r\n0\r\nX-Sum: 1\r\n\r\n" + partial, []string{"/a"}},
 		{"cleartext, bare line ends", false, false, "GET /a HTTP/1.1\n" + host[:len(host)-2] + "\n\n" + partial, []string{"/a"}},
 		{"bumped", true, false, "GET /a HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a"}},
+		{"bumped, after a chunked body", true, false, "POST /a HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + partial, []string{"/a"}},
 		{"bumped, h2 negotiated", true, true, "GET /a HTTP/1.1\r\n" + host + "\r\n" + partial, []string{"/a"}},
 		{"bumped, h2 negotiated, after a body", true, true, "POST /a HTTP/1.1\r\n" + host + "Content-Length: 5\r\n\r\nhello" + partial, []string{"/a"}},
 	} {
