@@ -238,6 +238,9 @@ func (rt *roundTripper) end() {
 				// keeps its bump.
 				rec.Rule, rec.Policy = s.Record.Rule, s.Record.Policy
 				rec.Result, rec.Error = "timeout", rt.cc.limit.timeoutError()
+				if rt.requests.Load() > 0 { // a later head: not the first, sniffed, request's
+					rec.Method, rec.Path, rec.UserAgent = "", "", ""
+				}
 			case idled && rt.requests.Load() == 0:
 				// An h2c client's preface, and no request: nothing was
 				// refused, the wait for one ran out.

@@ -87,6 +87,13 @@ func TestPipelinedPartialHead(t *testing.T) {
 			}
 			wantEnded(t, c, time.Now(), timeout*3/4)
 			wantRecordOf(t, r, kind, "request head not complete")
+			for _, rec := range ofKind(r.records(), "http") {
+				// The head left unfinished is none of the requests
+				// answered: its record names none of theirs.
+				if rec.Result == "timeout" && (rec.Method != "" || rec.Path != "") {
+					t.Errorf("the unfinished head's record names %s %s", rec.Method, rec.Path)
+				}
+			}
 		})
 	}
 }
