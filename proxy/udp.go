@@ -99,6 +99,9 @@ type udpFlow struct {
 	outPending atomic.Bool
 	done       atomic.Bool   // set once the flow is ending: nothing more is relayed
 	readerDone chan struct{} // the client reader goroutine ended (without readableConn)
+	// wakeMu orders stopHost's wake-up of the host loop with the host
+	// loop's own deadlines: one set after the wake-up would put it off.
+	wakeMu sync.Mutex
 
 	endOnce sync.Once
 	endErr  error // what ended the flow, if it failed (set in endOnce)
@@ -417,10 +420,12 @@ func (f *udpFlow) writeHost(fd uintptr) bool {
 // until the flow ends: idle, its last DNS answer lingered, an error, or the
 // client's side closed.
 func (f *udpFlow) serveHost() {
-	_ = f.up.SetReadDeadline(f.deadline())
+	f.setHostDeadline(f.deadline())
 	for {
 		err := f.upRaw.Read(f.readFn)
 		switch {
+		case f.done.Load(): // ended (end, endDenied): the flow is finished
+			return
 		case f.hostErr != nil:
 			f.end(f.hostErr)
 			return
@@ -429,7 +434,7 @@ func (f *udpFlow) serveHost() {
 			return
 		case err == nil: // readHost asks for the deadline to be looked at
 		case errors.Is(err, os.ErrDeadlineExceeded):
-		default: // closed: the flow was ended from the client's side
+		default: // the socket failed under it
 			f.end(nil)
 			return
 		}
@@ -449,7 +454,7 @@ func (f *udpFlow) serveHost() {
 			f.end(nil)
 			return
 		}
-		_ = f.up.SetReadDeadline(d)
+		f.setHostDeadline(d)
 	}
 }
 
@@ -479,6 +484,9 @@ func (f *udpFlow) readHost(fd uintptr) bool {
 	buf := *bufp
 	look := false
 	for {
+		if f.done.Load() {
+			return true // ended: serveHost finishes the flow
+		}
 		if f.p.cfg.Policy.Load() != f.hostPol {
 			// A reload: serveHost decides the flow again first, once a
 			// datagram waits.
@@ -516,15 +524,6 @@ func (f *udpFlow) readHost(fd uintptr) bool {
 	}
 }
 
-// end ends the flow once: closing the host socket wakes serveHost, which
-// finishes it. err is what it failed with, if it did.
-func (f *udpFlow) end(err error) {
-	f.endOnce.Do(func() {
-		f.endErr = err
-		f.up.Close()
-	})
-}
-
 // finish stops the relaying, closes both sides (or, for a flow a reload
 // denied, holds the client's as a denied flow's) and writes the records.
 func (f *udpFlow) finish() {
@@ -538,6 +537,9 @@ func (f *udpFlow) finish() {
 	f.outMu.Unlock() //nolint:staticcheck // SA2001: the wait is the point
 
 	f.end(nil) // first: it orders what ended the flow before what follows
+	// Here, on the host loop's goroutine once its Read has returned, the
+	// close waits for nothing (see stopHost).
+	f.up.Close()
 	held := f.deniedBy != nil && f.ready != nil
 	if !held {
 		f.client.Close()

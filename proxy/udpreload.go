@@ -54,7 +54,7 @@ func (f *udpFlow) endDenied(pol *policy.Policy, d policy.Decision, reason string
 	f.endOnce.Do(func() {
 		f.deniedBy, f.deniedWhy = pol, reason
 		f.rec.Rule, f.rec.Action, f.rec.Policy = d.Rule, policy.Deny.String(), pol.ID()
-		f.up.Close()
+		f.stopHost()
 	})
 }
 
@@ -63,11 +63,9 @@ func (f *udpFlow) endDenied(pol *policy.Policy, d policy.Decision, reason string
 // destination that keeps sending to a silent client (a stream, a command
 // channel) keeps the flow from idling, and it would go on for ever under
 // the policy that opened it. It reports whether the flow goes on. Only
-// serveHost calls it, outside RawConn.Read: ending the flow closes the
-// host socket, and a close waits for a Read under way to return. It may
-// wait for outMu: a client drain holds it only briefly, and what it may
-// wait for in turn (a Read of the host loop's to return, when it ends the
-// flow) is not under way here.
+// serveHost calls it, outside RawConn.Read. It may wait for outMu: a
+// client drain holds it only briefly, and waits for nothing in turn
+// (ending the flow only wakes the host loop: stopHost).
 func (f *udpFlow) hostReloaded() bool {
 	pol := f.p.cfg.Policy.Load()
 	if pol == f.hostPol {
