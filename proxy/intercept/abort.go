@@ -1,7 +1,11 @@
 package intercept
 
 import (
+	"errors"
+	"io"
 	"net"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -64,6 +68,23 @@ func (s *Session) noteAbort(rec *records.Record) {
 	} else {
 		rec.Error += "; " + a.err.Error()
 	}
+}
+
+// handshakeReset reports whether a client handshake that failed with err
+// was ended by its client's reset, without an alert: err is the reset
+// itself, or the connection ended under it (the end of the stream: the
+// RST discards what the client sent last; the conn closed by the Abort)
+// while the session was aborted, a, for a reset. A client that refused
+// the handshake (an alert, a message the server could not take) failed
+// it otherwise.
+func handshakeReset(err error, a *abortReason) bool {
+	if errors.Is(err, syscall.ECONNRESET) ||
+		// The stack's conn says it in the stack's words, not as an errno.
+		strings.HasSuffix(err.Error(), "connection reset by peer") {
+		return true
+	}
+	return a != nil && a != ending && a.result == "reset" &&
+		(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed))
 }
 
 // Abort closes c with a RST: a connection with an Abort method (the

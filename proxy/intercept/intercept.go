@@ -407,8 +407,15 @@ func (s *session) handshakeClient(name string, leaf *tls.Certificate, upstreamH2
 		// The handshake's failure is the record's result, though an Abort
 		// came first: a client that rejects the leaf sends its alert and
 		// resets, and the client watch's "reset" would hide the cause.
-		if a := s.aborted.Swap(ending); a != nil && a != ending {
+		// But a handshake that met the client's reset, or only saw its
+		// client go (no alert) while the watch saw a reset, ended with the
+		// client's reset: recorded so (handshakeReset).
+		a := s.aborted.Swap(ending)
+		if a != nil && a != ending {
 			s.Record.Error += "; " + a.err.Error()
+		}
+		if handshakeReset(err, a) {
+			s.Record.Result = "reset"
 		}
 		s.finish()
 		return false
