@@ -61,8 +61,19 @@ func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
 		return
 	}
 	if res.Peeked == 0 {
-		// Nothing to decide on but the addresses, which deny it.
-		s.decide(policy.ProtoTCP, "")
+		// Nothing to decide on but the addresses, under the policy in
+		// force now: a reload during the wait may have denied them by a
+		// rule of its own, or allowed them outright (a server-first
+		// protocol), and the record must name the policy that decided.
+		if !s.policyAtFirstBytes() {
+			return
+		}
+		if d := s.decide(policy.ProtoTCP, ""); d.Action != policy.Deny {
+			if s.dialAllowed() {
+				s.relay()
+			}
+			return
+		}
 		why := fmt.Sprintf("the client sent nothing within %s", nameWait)
 		if time.Since(waitStart) < nameWait {
 			why = "the client closed without sending anything"
