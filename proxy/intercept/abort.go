@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -15,6 +16,10 @@ import (
 type abortReason struct {
 	result string
 	err    error
+	// denied is the decision of a reload that ended the session (a
+	// WebSocket tunnel's): the connection's record then names its rule
+	// and policy, with action deny, as the tunnel's own record does.
+	denied *policy.Decision
 }
 
 // ending marks a session that has begun to end on its own: an Abort after
@@ -33,7 +38,12 @@ func (s *Session) markEnding() { s.aborted.CompareAndSwap(nil, ending) }
 // goroutine and more than once (the first call counts); it reports
 // whether this call aborted it: not once the session has begun to end.
 func (s *Session) Abort(result string, err error) bool {
-	if !s.aborted.CompareAndSwap(nil, &abortReason{result: result, err: err}) {
+	return s.abort(&abortReason{result: result, err: err})
+}
+
+// abort is Abort with all it may be told.
+func (s *Session) abort(a *abortReason) bool {
+	if !s.aborted.CompareAndSwap(nil, a) {
 		return false
 	}
 	Abort(s.Client) // set before Serve, never after
@@ -63,6 +73,9 @@ func (s *Session) noteAbort(rec *records.Record) {
 		return
 	}
 	rec.Result = a.result
+	if d := a.denied; d != nil {
+		rec.Rule, rec.Action, rec.Policy = d.Rule, policy.Deny.String(), d.Policy
+	}
 	if rec.Error == "" {
 		rec.Error = a.err.Error()
 	} else {

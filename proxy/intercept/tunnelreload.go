@@ -69,8 +69,11 @@ func (r *tunnelReload) check() error {
 		r.s.ic.denied.Add(1)
 		// Ending the session resets the client and every connection to
 		// the destination: the tunnel took the client's connection over,
-		// so nothing else of the session is left to serve.
-		r.s.Abort("denied", errors.New("ended by a policy reload: "+r.why))
+		// so nothing else of the session is left to serve. The
+		// connection's record (a bumped one's tls record) says denied by
+		// the reload's rule and policy, as the tunnel's does (record).
+		d := r.d
+		r.s.abort(&abortReason{result: "denied", err: errors.New("ended by a policy reload: " + r.why), denied: &d})
 		return errTunnelReloadDenied
 	}
 	r.pol.Store(pol)

@@ -3,6 +3,7 @@ package intercept_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -132,6 +133,87 @@ func echoUpgradeUpstream(t *testing.T) (net.Conn, <-chan string, <-chan error) {
 				return
 			}
 			if _, err := serverEnd.Write(buf[:n]); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	return proxyEnd, got, ended
+}
+
+// TestReloadEndsBumpedWebSocketTunnelTLSRecord: a reload that ends a
+// WebSocket tunnel on a bumped connection gives the connection's tls
+// record what the upgrade's record says: action deny, result denied, and
+// the new policy's rule and ID. It used to keep action bump and the old
+// rule and policy beside result denied, a pairing records.md rules out.
+func TestReloadEndsBumpedWebSocketTunnelTLSRecord(t *testing.T) {
+	var holder policy.Holder
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
+	holder.Store(r.pol)
+	upEnd, got, _ := tlsEchoUpgradeUpstream(t, r.upLeaf("www.example.test"))
+	c, sv := r.connectTCP(upEnd, tlsDest)
+	tc := tls.Client(c, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
+	tc.SetDeadline(time.Now().Add(waitLimit))
+	io.WriteString(tc, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	br := bufio.NewReader(tc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	<-got
+	io.WriteString(tc, "before")
+	if _, err := io.ReadFull(br, make([]byte, len("before"))); err != nil {
+		t.Fatalf("the tunnel carried nothing before the reload: %v", err)
+	}
+	after, err := policy.Parse("policy.yaml", []byte(tightenedPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder.Store(after)
+	io.WriteString(tc, "after")
+	if _, err := io.ReadFull(br, make([]byte, len("after"))); err == nil {
+		t.Fatal("the tunnel carried bytes both ways after the reload denied its name")
+	}
+	c.Close()
+	sv.waitDoneOnce(t)
+	recs := r.records()
+	for _, kind := range []string{"http", "tls"} {
+		ks := ofKind(recs, kind)
+		if len(ks) != 1 {
+			t.Fatalf("%s records %+v, want one", kind, ks)
+		}
+		if rec := ks[0]; rec.Action != "deny" || rec.Rule != "no-www" || rec.Result != "denied" || rec.Policy != after.ID() ||
+			!strings.Contains(rec.Error, "ended by a policy reload") {
+			t.Errorf("%s record %+v; want deny, rule no-www, result denied, policy %s (the reload's)", kind, rec, after.ID())
+		}
+	}
+}
+
+// tlsEchoUpgradeUpstream is echoUpgradeUpstream over TLS with cert.
+func tlsEchoUpgradeUpstream(t *testing.T, cert *tls.Certificate) (net.Conn, <-chan string, <-chan error) {
+	proxyEnd, serverEnd := testnet.TCPPair(t)
+	tlsEnd := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
+	got, ended := make(chan string, 1), make(chan error, 1)
+	go func() {
+		defer tlsEnd.Close()
+		tlsEnd.SetDeadline(time.Now().Add(2 * waitLimit))
+		br := bufio.NewReader(tlsEnd)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			got <- "nothing: " + err.Error()
+			return
+		}
+		got <- req.Method + " " + req.URL.Path
+		io.WriteString(tlsEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		buf := make([]byte, 4096)
+		for {
+			n, err := br.Read(buf)
+			if err != nil {
+				ended <- err
+				return
+			}
+			if _, err := tlsEnd.Write(buf[:n]); err != nil {
 				ended <- err
 				return
 			}
