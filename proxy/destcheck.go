@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net/netip"
+	"strings"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -13,6 +14,10 @@ const (
 	destCheckOK       = "ok"
 	destCheckMismatch = "mismatch"
 )
+
+// destNotChecked is the note an audit-mode reload leaves on a flow it
+// would have destination-checked but could not (reloadDestCheck).
+const destNotChecked = "destination not checked after a policy reload (no lookup can wait on the packet path)"
 
 // checkDestination ties a decision made on a name the client chose to the
 // address the flow goes to (policy destination_check: dns). A rule with
@@ -80,6 +85,11 @@ func (p *Proxy) reloadDestCheck(pol *policy.Policy, d policy.Decision, rec *reco
 	}
 	if check == nil {
 		if pol.Mode() == policy.Audit {
+			// The audit goes on without the check it is meant to
+			// report on: the record says so, once.
+			if !strings.Contains(rec.Error, destNotChecked) {
+				rec.Error = joinError(rec.Error, destNotChecked)
+			}
 			return ""
 		}
 		return "its destination never met the destination check, which the policy now makes, and no lookup can wait here"

@@ -197,3 +197,41 @@ func TestPreconnectedClassifiedUnderNewPolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestQUICAuditReloadNotesUncheckedFlow: a QUIC flow never destination
+// checked (the old policy had the check off) that a reload to an audit-mode
+// policy with the check on lets go on, unchecked since no lookup may wait
+// on the packet path, says so in its record's error, once, however many
+// reloads pass: the audit that is meant to show mismatches used to stay
+// silent about it.
+func TestQUICAuditReloadNotesUncheckedFlow(t *testing.T) {
+	webPolicy := func(mode, check string) string {
+		return "policy:\n  mode: " + mode + "\n  default: deny\n  destination_check: " + check +
+			"\n  rules:\n    - name: web\n      domains: [\"www.example.test\"]\n      action: allow\n"
+	}
+	fail := func(context.Context, string, string, netip.Addr) error { return errors.New("NXDOMAIN") }
+	flight := quicFirstFlight(t, "www.example.test")
+	p, h, recs := udpProxy(t, webPolicy("enforce", "off"), func(c *Config) {
+		c.DestinationCheck = fail
+		c.UDPIdleTimeout = time.Minute
+	})
+	dst := newUDPSink(t, true)
+	c, _ := startFlow(p, quicClient, dst.addr(), flight...)
+	for range flight {
+		<-c.out
+	}
+	for range 2 { // two reloads: one note
+		h.Store(mustPolicy(t, webPolicy("audit", "dns")))
+		c.inject(flight[0])
+		select {
+		case <-c.out:
+		case <-time.After(3 * time.Second):
+			t.Fatal("an audit-mode reload cut the flow")
+		}
+	}
+	c.Close()
+	rec := oneRecord(t, recs)
+	if rec.Kind != "quic" || rec.Action == "deny" || rec.Result != "ok" || rec.DestCheck != "" || strings.Count(rec.Error, destNotChecked) != 1 {
+		t.Fatalf("record %+v; want the allowed QUIC flow noting once that its destination was not checked after the reload", rec)
+	}
+}
