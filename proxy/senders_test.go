@@ -66,8 +66,8 @@ func TestSenderAdminPortRefused(t *testing.T) {
 	c := r.dial(t, admin)
 	c.Write([]byte("GET /stats HTTP/1.1\r\nHost: sibling\r\n\r\n"))
 	rec := r.record(t, c, "tcp")
-	if rec.Result == "ok" || !strings.Contains(rec.Error, "admin port of a host GENEVE is accepted from") {
-		t.Errorf("the connection to the admin port: record %+v, want it refused as such", rec)
+	if rec.Action != "deny" || rec.Result != "denied" || !strings.Contains(rec.Error, "admin port of a host GENEVE is accepted from") {
+		t.Errorf("the connection to the admin port: record %+v, want it denied as such", rec)
 	}
 	c.Close()
 	c = r.dial(t, other)
@@ -82,5 +82,27 @@ func TestSenderAdminPortRefused(t *testing.T) {
 	}
 	if n := otherAccepted.Load(); n != 1 {
 		t.Errorf("another port at the same address accepted %d connections, want 1", n)
+	}
+}
+
+// TestSenderAdminPortDeniedBeforeAnyName: a connection to a sender's admin
+// port that only a domain rule could allow used to be dialled for its
+// first request and recorded as that rule's allow with a 502 (the dial
+// refused it): it is now refused at its SYN, with a deny record.
+func TestSenderAdminPortDeniedBeforeAnyName(t *testing.T) {
+	admin, adminAccepted := countingListener(t)
+	r := newClsRig(t, "policy:\n  default: deny\n  rules:\n    - name: ok\n      domains: [\"sibling.example\"]\n      action: allow\n", clsOptions{config: func(c *Config) {
+		c.SenderPrefixes = loopbackSenders
+		c.AdminPort = admin.Port()
+	}})
+	c := r.dial(t, admin)
+	c.Write([]byte("GET /stats HTTP/1.1\r\nHost: sibling.example\r\n\r\n"))
+	rec := r.record(t, c, "tcp")
+	c.Close()
+	if rec.Action != "deny" || rec.Result != "denied" || rec.Rule != "" || !strings.Contains(rec.Error, "admin port") {
+		t.Errorf("record %+v, want a deny of the admin port with no rule", rec)
+	}
+	if n := adminAccepted.Load(); n != 0 {
+		t.Errorf("the admin port accepted %d connections", n)
 	}
 }

@@ -60,6 +60,11 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 		p.denyEarly(rec, start, key, reason)
 		return
 	}
+	if reason := p.forbiddenSenderPort(false, flow.Dest); reason != "" {
+		req.Reject() // and dialTCP refuses it too, on every path that dials
+		p.denyEarly(rec, start, key, reason)
+		return
+	}
 	pol := p.cfg.Policy.Load()
 	subj := policy.Subject{Dest: flow.Dest, Client: flow.Client.Addr(), Endpoint: rec.Endpoint}
 	if d, ok := pol.DecideEarly(subj); ok {

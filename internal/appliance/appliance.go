@@ -57,6 +57,7 @@ type Options struct {
 	UpstreamCA        []string
 	MaxHeaderBytes    int
 	GWLBCIDRs         []netip.Prefix
+	gwlbCIDRsFromVPC  bool          // GWLBCIDRs is the VPC's CIDR blocks, --gwlb-cidrs not given (resolveGWLBSenders)
 	CloudWatch        cwlogs.Config // shipping is on when Group is set
 	AllowLoopback     bool          // --unsafe-allow-loopback: tests and benchmarks only
 	// RecordStall is how long access records may be stuck behind a blocked
@@ -372,7 +373,7 @@ func New(o Options) (_ *Appliance, err error) {
 		// Sibling appliances' and the GWLB's GENEVE and admin ports.
 		SenderPrefixes: o.GWLBCIDRs,
 		GenevePorts:    genevePorts(o.GeneveAddr),
-		AdminPort:      listenPort("tcp", o.AdminAddr),
+		AdminPort:      senderAdminPort(&o),
 		Intercept: intercept.Config{
 			Minter:         a.minter,
 			UpstreamRoots:  roots,

@@ -55,7 +55,7 @@ func resolveGWLBSenders(o *Options) error {
 			"and the VPC's CIDR blocks it defaults to could not be read from instance metadata within %s (%v). "+
 			"Pass the GWLB's subnets, or --gwlb-cidrs any to accept every sender (unsafe)", metadataTimeout, err)
 	}
-	o.GWLBCIDRs = cidrs
+	o.GWLBCIDRs, o.gwlbCIDRsFromVPC = cidrs, true
 	// A warning, not news: any host of the VPC that the security group
 	// lets reach the GENEVE port can forge what only the GWLB should send.
 	// The CloudFormation template passes the GWLB's subnets; a hand-made
@@ -63,7 +63,7 @@ func resolveGWLBSenders(o *Options) error {
 	slog.Warn("--gwlb-cidrs not set: GENEVE is accepted from the whole VPC (its CIDR blocks, from instance metadata). "+
 		"Any host of the VPC that reaches the GENEVE port can forge GWLB endpoints and clients (getting around client_cidrs "+
 		"and endpoints rules, writing records in another client's name) and take over a live flow's replies; "+
-		"clients' UDP to the GENEVE port and TCP to the admin port are refused throughout the VPC. "+
+		"clients' UDP to the GENEVE port is refused throughout the VPC. "+
 		"Pass the GWLB's subnets", "gwlb_cidrs", cidrs)
 	return nil
 }
@@ -158,4 +158,23 @@ func listenPort(network, addr string) uint16 {
 		return 0
 	}
 	return uint16(n)
+}
+
+// senderAdminPort is the port clients' TCP is refused on at the GENEVE
+// senders' addresses (proxy.Config.AdminPort): the admin listener's, but
+// only when the senders were named with --gwlb-cidrs and none is a /0.
+// The VPC default, or a /0, holds every host clients may reach, and the
+// admin port (80 by default) is every web server's: refusing it there
+// would refuse plain HTTP to the whole VPC, or the whole Internet. The
+// GENEVE port is refused in every case: nothing but GENEVE is served on it.
+func senderAdminPort(o *Options) uint16 {
+	if o.gwlbCIDRsFromVPC {
+		return 0
+	}
+	for _, p := range o.GWLBCIDRs {
+		if p.Bits() == 0 {
+			return 0
+		}
+	}
+	return listenPort("tcp", o.AdminAddr)
 }

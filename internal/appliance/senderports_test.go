@@ -66,3 +66,26 @@ func TestListenPorts(t *testing.T) {
 		t.Errorf("genevePorts(10.0.0.5:7000) = %v", got)
 	}
 }
+
+// TestSenderAdminPortScope: clients' TCP is refused on the admin port only
+// at senders named with --gwlb-cidrs, none a /0. With the VPC default, or
+// a /0, the prefixes hold every host clients may reach, and the admin port
+// (80 by default) is every web server's: the refusal used to refuse plain
+// HTTP to the whole VPC, or the whole Internet.
+func TestSenderAdminPortScope(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		cidrs   []netip.Prefix
+		fromVPC bool
+		want    uint16
+	}{
+		{"named subnets", []netip.Prefix{netip.MustParsePrefix("10.0.9.0/24")}, false, 80},
+		{"VPC default", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}, true, 0},
+		{"a /0 named", []netip.Prefix{netip.MustParsePrefix("10.0.9.0/24"), netip.MustParsePrefix("0.0.0.0/0")}, false, 0},
+	} {
+		o := Options{AdminAddr: ":80", GWLBCIDRs: tc.cidrs, gwlbCIDRsFromVPC: tc.fromVPC}
+		if got := senderAdminPort(&o); got != tc.want {
+			t.Errorf("%s: admin port refused at the senders: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
