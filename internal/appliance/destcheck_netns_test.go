@@ -105,8 +105,18 @@ func TestNetnsDestCheck(t *testing.T) {
 	httpGet := func(name, addr string) curlResult {
 		return curl(tp.client, "-H", "Host: "+name, "http://"+addr+"/hello")
 	}
+	// Each record is taken once: curl may get a client port an earlier
+	// request of the test had, and its record must not be taken for the
+	// new request's.
+	taken := map[string]bool{}
 	record := func(what, kind string, port uint16) *records.Record {
-		return logs.await(t, what, func(r *records.Record) bool { return r.Kind == kind && r.ClientPort == port })
+		rec := logs.await(t, what, func(r *records.Record) bool {
+			return r.Kind == kind && r.ClientPort == port && !taken[r.Time.String()+r.Kind]
+		})
+		if rec != nil {
+			taken[rec.Time.String()+rec.Kind] = true
+		}
+		return rec
 	}
 	wantDenied := func(what string, rec *records.Record, name, dest, because string) {
 		t.Helper()
