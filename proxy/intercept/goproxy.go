@@ -200,6 +200,7 @@ func (rt *roundTripper) end() {
 			rec.End(s.Start)
 			s.ic.cfg.Records.Write(&rec)
 		}
+		refused := rt.recordRefused() // h2guard.go
 		// A head left unfinished past its deadline: hijackedconn.go.
 		timedOut := rt.cc.limit.timedOut.Load()
 		// Closed for want of a request (idle.go): no error, and not the
@@ -218,7 +219,7 @@ func (rt *roundTripper) end() {
 			s.finish() // with the destination's bytes, TLS and all
 			return
 		}
-		if (rt.requests.Load() == 0 || timedOut) && !rt.cc.limit.tooLarge.Load() && rt.cc.in.Load() > 0 {
+		if (rt.requests.Load() == 0 || timedOut) && !rt.cc.limit.tooLarge.Load() && !refused && rt.cc.in.Load() > 0 {
 			// Cleartext bytes came, and no request: goproxy could not
 			// read a head (a malformed one, or one cut short) and closed
 			// the connection. Nothing went upstream, or came back, but

@@ -143,6 +143,8 @@ type h2HeaderLimit struct {
 	newStream   bool   // the block opens its stream (it is not a trailer block)
 	size        uint64 // of the header list so far
 	lastStream  uint32 // the highest stream a header block opened
+	// passed is lastStream as of the last bytes the server was handed.
+	passed uint32
 	// opened counts the header blocks read whole, within the limit, that
 	// opened a stream: the requests the server may start a handler for.
 	opened int64
@@ -197,6 +199,9 @@ func (l *h2HeaderLimit) feed(b []byte) error {
 			l.endFrame()
 		}
 	}
+	if l.err == nil {
+		l.passed = l.lastStream
+	}
 	return l.err
 }
 
@@ -214,6 +219,9 @@ func (l *h2HeaderLimit) startFrame() {
 	l.stream = (uint32(h[5])<<24 | uint32(h[6])<<16 | uint32(h[7])<<8 | uint32(h[8])) & (1<<31 - 1)
 	l.off, l.pre, l.pad = 0, 0, 0
 	switch {
+	case l.length > h2MaxFrameSize: // h2guard.go
+		l.fail(frameTooLarge(l.length))
+		return
 	case l.inBlock && (l.typ != h2TypeContinuation || l.stream != l.blockStream):
 		l.fail(fmt.Errorf("%w: a header block interrupted by a frame of type %d", errH2Unreadable, l.typ))
 		return
@@ -301,11 +309,18 @@ func (l *h2HeaderLimit) endFrame() {
 // saying no stream after the last one opened was processed. Before the
 // server has written anything (the client's first bytes overran the limit
 // already) it starts with the server's preface, an empty SETTINGS frame.
+// A connection refused by a guard of h2guard.go gets the GOAWAY alone,
+// with the guard's code, saying no stream after the last one the server
+// was handed was processed.
 func (l *h2HeaderLimit) refusal(serverStarted bool) []byte {
 	var buf bytes.Buffer
 	fr := http2.NewFramer(&buf, nil)
 	if !serverStarted {
 		_ = fr.WriteSettings()
+	}
+	if g, ok := errors.AsType[*h2GoAway](l.err); ok {
+		_ = fr.WriteGoAway(l.passed, g.code, []byte("gwlbproxy: "+g.why))
+		return buf.Bytes()
 	}
 	if l.newStream {
 		var block bytes.Buffer
@@ -331,6 +346,11 @@ type h2Frames struct {
 	// nothing more is.
 	final  []byte
 	sealed bool
+	// The server's first frame, its SETTINGS, as patchSettings reads it:
+	// bytes of it seen, its payload length, the setting's identifier.
+	firstOff, firstLen int
+	setID              uint16
+	firstDone          bool
 }
 
 // advance takes bytes written.

@@ -86,6 +86,9 @@ type headLimit struct {
 	inHead   atomic.Bool
 	read     atomic.Int64
 	tooLarge atomic.Bool
+	// refused is the error of an HTTP/2 connection refused by a guard of
+	// h2guard.go (an *h2GoAway), for the session's record.
+	refused atomic.Pointer[error]
 	// shuttingDown is Config.ShuttingDown (clientGone).
 	shuttingDown func() bool
 	// h2 measures header lists once the HTTP/2 preface has come; read
@@ -236,7 +239,9 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	}
 	c.in.Add(int64(n))
 	if lerr := c.limit.count(b[:n]); lerr != nil {
-		if lerr == errHeadTooLarge && !c.limit.tooLarge.Swap(true) {
+		if _, ok := errors.AsType[*h2GoAway](lerr); ok && c.limit.refused.CompareAndSwap(nil, &lerr) {
+			c.refuseH2(b) // a guard's GOAWAY: h2guard.go
+		} else if lerr == errHeadTooLarge && !c.limit.tooLarge.Swap(true) {
 			if c.limit.h2 != nil {
 				c.refuseH2(b)
 			} else {
@@ -382,6 +387,9 @@ func (c *hijackedConn) write(b []byte) (int, error) {
 	f := &c.frames
 	if f.sealed {
 		return 0, errHeadTooLarge
+	}
+	if !f.firstDone {
+		b = f.patchSettings(b) // h2guard.go
 	}
 	if f.final == nil {
 		n, err := c.rawWrite(b)

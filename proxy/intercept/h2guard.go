@@ -1,0 +1,103 @@
+package intercept
+
+import (
+	"bytes"
+	"fmt"
+
+	"golang.org/x/net/http2"
+)
+
+// HTTP/2 resource guards, beside the header list limit (h2limit.go): what a
+// client's frames may cost the appliance, and through it the destination,
+// that no one header list shows. A client past one gets a GOAWAY and the
+// connection closes, as after an oversized header list.
+
+// h2GoAway is a client's HTTP/2 connection refused with a GOAWAY: code
+// and what for (the GOAWAY's debug data, and the session's record).
+type h2GoAway struct {
+	code http2.ErrCode
+	why  string
+}
+
+func (e *h2GoAway) Error() string { return fmt.Sprintf("HTTP/2 %v: %s", e.code, e.why) }
+
+// The frame size. x/net's server (goproxy's, which cannot be configured)
+// advertises SETTINGS_MAX_FRAME_SIZE 1 MiB, and its frame reader keeps a
+// buffer as large as the largest frame it has read until the connection
+// ends: one 1 MiB frame of any type, even one it ignores, pinned a MiB per
+// connection for good, where an HTTP/1 connection keeps 4 KiB. So the
+// server's first SETTINGS is rewritten on its way to the client to
+// advertise the protocol's default, 16 KiB (what every client sends
+// anyway unless told more), and a frame larger than that is refused:
+// GOAWAY(FRAME_SIZE_ERROR), RFC 9113 §4.2.
+const (
+	h2MaxFrameSize      = 16384
+	h2TypeSettings      = 0x4
+	h2SettingMaxFrameSz = 0x5
+)
+
+// frameTooLarge is the refusal of a frame of n bytes.
+func frameTooLarge(n int) error {
+	return &h2GoAway{http2.ErrCodeFrameSize, fmt.Sprintf("a frame of %d bytes, over the %d advertised", n, h2MaxFrameSize)}
+}
+
+// patchSettings returns b, the server's next write, with the value of
+// SETTINGS_MAX_FRAME_SIZE in the server's first frame (its SETTINGS)
+// replaced by h2MaxFrameSize: a copy, when it changes anything (once a
+// connection). The first frame may be split across writes: its state is
+// kept in f.
+func (f *h2Frames) patchSettings(b []byte) []byte {
+	var out []byte
+	for i := 0; i < len(b) && !f.firstDone; i++ {
+		p := f.firstOff
+		f.firstOff++
+		switch {
+		case p < 3:
+			f.firstLen = f.firstLen<<8 | int(b[i])
+		case p == 3:
+			f.firstDone = b[i] != h2TypeSettings
+		case p < h2FrameHeaderLen:
+		default:
+			switch q := (p - h2FrameHeaderLen) % 6; {
+			case q == 0:
+				f.setID = uint16(b[i])
+			case q == 1:
+				f.setID = f.setID<<8 | uint16(b[i])
+			case f.setID == h2SettingMaxFrameSz:
+				if want := byte(uint32(h2MaxFrameSize) >> (8 * (5 - q))); b[i] != want {
+					if out == nil {
+						out = bytes.Clone(b)
+					}
+					out[i] = want
+				}
+			}
+		}
+		if p >= h2FrameHeaderLen-1 && f.firstOff == h2FrameHeaderLen+f.firstLen {
+			f.firstDone = true
+		}
+	}
+	if out != nil {
+		return out
+	}
+	return b
+}
+
+// recordRefused writes the record of an HTTP/2 connection a guard
+// refused, if one did, when the session ends: one http deny record, as
+// for an oversized header list, whose error says which guard and why. It
+// reports whether it wrote one.
+func (rt *roundTripper) recordRefused() bool {
+	p := rt.cc.limit.refused.Load()
+	if p == nil {
+		return false
+	}
+	s := rt.s
+	rec := *s.Record
+	rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", rt.scheme, 0, 0, 0
+	rec.Rule, rec.Policy, rec.Method, rec.Host, rec.Path, rec.UserAgent = "", "", "", "", "", ""
+	rec.Action, rec.Result, rec.Error = "deny", "denied", "connection refused: "+(*p).Error()
+	s.ic.denied.Add(1)
+	rec.End(s.Start)
+	s.ic.cfg.Records.Write(&rec)
+	return true
+}
