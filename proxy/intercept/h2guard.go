@@ -101,3 +101,30 @@ func (rt *roundTripper) recordRefused() bool {
 	s.ic.cfg.Records.Write(&rec)
 	return true
 }
+
+// HPACK expansion. A header list is bounded (h2limit.go), but not what a
+// connection's lists decode to together: a client that puts one 4000-byte
+// value in the dynamic table can name it fifteen times in a block of
+// twenty bytes, a 64 KB list, again and again. Relayed to an HTTP/1
+// destination, each is written out in full: the review's probe had one
+// connection's 58 KB of frames become 120 MB at the destination, 2000
+// times as much, from the appliance's address. So a connection's lists
+// together may decode to h2ExpansionRatio times the bytes the client sent
+// (every byte past its preface, DATA and all), plus h2ExpansionSlack; past
+// that the client gets GOAWAY(ENHANCE_YOUR_CALM). Real clients compress
+// far less: a browser's requests, with a warm table, decode to 5 to 30
+// times their size, and even a 4 KB cookie re-sent by index with a new
+// 40-byte path is about 100. The slack covers a connection's first
+// requests, which index what the later ones name.
+const (
+	h2ExpansionRatio = 128
+	h2ExpansionSlack = 1 << 20
+)
+
+// overExpanded is the refusal of a connection whose header lists decoded
+// to decoded bytes from wire bytes sent.
+func overExpanded(decoded, wire uint64) error {
+	return &h2GoAway{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf(
+		"header lists decoded to %d bytes from %d bytes sent, more than %d times as many and %d more",
+		decoded, wire, h2ExpansionRatio, h2ExpansionSlack)}
+}

@@ -2,14 +2,18 @@ package intercept_test
 
 import (
 	"bytes"
+	"context"
 	"net"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -18,6 +22,7 @@ import (
 type h2Ev struct {
 	typ      http2.FrameType
 	stream   uint32
+	flags    http2.Flags
 	status   string // a response head's
 	settings map[http2.SettingID]uint32
 	code     http2.ErrCode // a GOAWAY's or RST_STREAM's
@@ -37,7 +42,7 @@ func h2cFrames(c net.Conn) <-chan h2Ev {
 			if err != nil {
 				return
 			}
-			ev := h2Ev{typ: f.Header().Type, stream: f.Header().StreamID}
+			ev := h2Ev{typ: f.Header().Type, stream: f.Header().StreamID, flags: f.Header().Flags}
 			switch f := f.(type) {
 			case *http2.SettingsFrame:
 				if !f.IsAck() {
@@ -137,5 +142,149 @@ func TestH2MaxFrameSize(t *testing.T) {
 	rec := refusedRecord(r.records())
 	if rec == nil || !strings.Contains(rec.Error, "a frame of 16385 bytes") {
 		t.Fatalf("no deny record for the refused connection: %+v", ofKind(r.records(), "http"))
+	}
+}
+
+// readCountListener counts the bytes its connections read.
+type readCountListener struct {
+	net.Listener
+	in *atomic.Int64
+}
+
+type readCountConn struct {
+	net.Conn
+	in *atomic.Int64
+}
+
+func (c readCountConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (l readCountListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return readCountConn{c, l.in}, nil
+}
+
+// loopbackOrigin is an HTTP/1 destination on loopback that answers "ok"
+// after delay: it returns its address, and counts the requests it served
+// and the bytes it read.
+func loopbackOrigin(t *testing.T, delay time.Duration) (addr string, served, read *atomic.Int64) {
+	served, read = new(atomic.Int64), new(atomic.Int64)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+		}
+		w.Write([]byte("ok"))
+	})}
+	go srv.Serve(readCountListener{ln, read})
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String(), served, read
+}
+
+// dialTo has the interceptor dial addr, whatever the destination, and
+// counts the dials.
+func dialTo(addr string, dials *atomic.Int64) func(*intercept.Config) {
+	return func(c *intercept.Config) {
+		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+			dials.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		}
+	}
+}
+
+// An h2c client that indexes one 4000-byte value, then names it fifteen
+// times in each request's header block (about 20 bytes, a list just under
+// the limit, written out in full to an HTTP/1 destination), is stopped
+// once its lists have decoded to more than 128 times what it sent, plus
+// 1 MiB: GOAWAY(ENHANCE_YOUR_CALM), and a deny record. Unbounded, 2000
+// such requests had the destination read 2000 times the client's bytes.
+func TestH2HpackExpansionBudget(t *testing.T) {
+	addr, served, originIn := loopbackOrigin(t, 0)
+	var dials atomic.Int64
+	r := newRig(t, testPolicy, dialTo(addr, &dials))
+	upEnd, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, sv := r.connectTCP(upEnd, httpDest)
+	frames := h2cFrames(c)
+	var responses atomic.Int64
+	var calm atomic.Bool
+	goAway := make(chan h2Ev, 1)
+	go func() {
+		for f := range frames {
+			switch {
+			case f.typ == http2.FrameData && f.flags.Has(http2.FlagDataEndStream):
+				responses.Add(1)
+			case isGoAway(f):
+				calm.Store(true)
+				goAway <- f
+			}
+		}
+	}()
+
+	out := h2cStart()
+	http2.NewFramer(out, nil).WriteWindowUpdate(0, 1<<30) // responses never wait
+	wire := int64(out.Len() - len(http2.ClientPreface))
+	c.Write(out.Bytes())
+	fields := []hpack.HeaderField{
+		{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"}, {Name: ":path", Value: "/"},
+		{Name: ":authority", Value: "www.example.test"},
+	}
+	big := strings.Repeat("a", 4000)
+	for range 15 {
+		fields = append(fields, hpack.HeaderField{Name: "x-a", Value: big})
+	}
+	var hb, buf bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	fr := http2.NewFramer(&buf, nil)
+	const n = 2000
+	for i := 0; i < n && !calm.Load(); i++ {
+		hb.Reset()
+		for _, f := range fields {
+			enc.WriteField(f)
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+		for int64(i) > responses.Load() && !calm.Load() { // one at a time
+			time.Sleep(100 * time.Microsecond)
+		}
+		wire += int64(buf.Len())
+		if _, err := c.Write(buf.Bytes()); err != nil {
+			break
+		}
+		buf.Reset()
+	}
+	var g h2Ev
+	select {
+	case g = <-goAway:
+	case <-time.After(waitLimit):
+	}
+	t.Logf("the client sent %d bytes of frames; the destination served %d requests and read %d bytes", wire, served.Load(), originIn.Load())
+	if g.code != http2.ErrCodeEnhanceYourCalm {
+		t.Fatalf("no GOAWAY(ENHANCE_YOUR_CALM) after %d requests: %+v", n, g)
+	}
+	// Each request's HTTP/1 head is a little larger than its list's
+	// decoded fields (a request line, a Host), by far less than 1 KiB.
+	if max := 128*wire + 1<<20 + served.Load()<<10; originIn.Load() > max {
+		t.Errorf("the destination read %d bytes, over %d", originIn.Load(), max)
+	}
+	if served.Load() == 0 { // the budget's slack lets the first ones pass
+		t.Error("no request reached the destination")
+	}
+	sv.waitDoneOnce(t)
+	if rec := refusedRecord(r.records()); rec == nil || !strings.Contains(rec.Error, "ENHANCE_YOUR_CALM: header lists decoded to") {
+		t.Fatalf("no deny record for the refused connection: %+v", rec)
 	}
 }

@@ -145,6 +145,9 @@ type h2HeaderLimit struct {
 	lastStream  uint32 // the highest stream a header block opened
 	// passed is lastStream as of the last bytes the server was handed.
 	passed uint32
+	// wire counts the bytes the client sent past its preface, decoded
+	// the header list bytes they decoded to, every block's (h2guard.go).
+	wire, decoded uint64
 	// opened counts the header blocks read whole, within the limit, that
 	// opened a stream: the requests the server may start a handler for.
 	opened int64
@@ -163,6 +166,7 @@ func newH2HeaderLimit(max uint32) *h2HeaderLimit {
 	l := &h2HeaderLimit{max: max}
 	l.dec = hpack.NewDecoder(initialHeaderTableSize, func(f hpack.HeaderField) {
 		l.size += uint64(f.Size())
+		l.decoded += uint64(f.Size())
 		if l.size > uint64(l.max) {
 			// Over already: spare decoding the rest of the piece the
 			// strings it would allocate.
@@ -179,6 +183,7 @@ func newH2HeaderLimit(max uint32) *h2HeaderLimit {
 // once a header list is over the limit, errH2Unreadable once the frames
 // cannot be followed, and from then on always the same error.
 func (l *h2HeaderLimit) feed(b []byte) error {
+	l.wire += uint64(len(b))
 	for len(b) > 0 && l.err == nil {
 		if l.hdrN < h2FrameHeaderLen {
 			if l.hdrN == 0 && !l.inBlock {
@@ -288,6 +293,8 @@ func (l *h2HeaderLimit) decode(frag []byte) {
 		l.fail(errHeadTooLarge)
 	case err != nil:
 		l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
+	case l.decoded > h2ExpansionRatio*l.wire+h2ExpansionSlack: // h2guard.go
+		l.fail(overExpanded(l.decoded, l.wire))
 	}
 }
 
