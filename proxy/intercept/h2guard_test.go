@@ -288,3 +288,99 @@ func TestH2HpackExpansionBudget(t *testing.T) {
 		t.Fatalf("no deny record for the refused connection: %+v", rec)
 	}
 }
+
+// h2cRequests writes n requests for host on streams first, first+2, …,
+// each reset (RST_STREAM, CANCEL) right after its HEADERS when reset is
+// set, in batches of 100 a few milliseconds apart: below x/net's own
+// bound on resets queued before their handlers start. It stops at the
+// first write that fails, and returns the next stream.
+func h2cRequests(c net.Conn, enc *hpack.Encoder, hb *bytes.Buffer, host string, first uint32, n int, reset bool) uint32 {
+	var buf bytes.Buffer
+	fr := http2.NewFramer(&buf, nil)
+	id := first
+	for i := range n {
+		hb.Reset()
+		for _, f := range []hpack.HeaderField{
+			{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"}, {Name: ":path", Value: "/"},
+			{Name: ":authority", Value: host},
+		} {
+			enc.WriteField(f)
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+		if reset {
+			fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		}
+		id += 2
+		if i%100 == 99 || i == n-1 {
+			if _, err := c.Write(buf.Bytes()); err != nil {
+				break
+			}
+			buf.Reset()
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return id
+}
+
+// Rapid Reset paced below x/net's own bound: an h2c client that resets
+// each stream right after opening it is sent GOAWAY(ENHANCE_YOUR_CALM)
+// once more than 100 streams, and more than half of those it opened, were
+// reset before their response. Until then each started handler costs a
+// record, and perhaps an upstream dial: bounded now by the limit, where
+// 2000 such pairs made about 2000 records. Resets of streams already
+// answered do not count.
+func TestH2RapidResetLimit(t *testing.T) {
+	addr, served, _ := loopbackOrigin(t, 20*time.Millisecond)
+	var dials atomic.Int64
+	r := newRig(t, testPolicy, dialTo(addr, &dials))
+	upEnd, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, sv := r.connectTCP(upEnd, httpDest)
+	frames := h2cFrames(c)
+	c.Write(h2cStart().Bytes())
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+
+	// 150 requests each reset once its response head has come: no
+	// premature resets.
+	var buf bytes.Buffer
+	fr := http2.NewFramer(&buf, nil)
+	id := uint32(1)
+	for range 150 {
+		id = h2cRequests(c, enc, &hb, "www.example.test", id, 1, false)
+		if f, ok := nextFrame(t, frames, func(f h2Ev) bool { return f.typ == http2.FrameHeaders || isGoAway(f) }); !ok || f.status != "200" {
+			t.Fatalf("stream %d: %+v", id-2, f)
+		}
+		buf.Reset()
+		fr.WriteRSTStream(id-2, http2.ErrCodeCancel)
+		c.Write(buf.Bytes())
+	}
+
+	before := len(ofKind(r.records(), "http"))
+	dialsBefore := dials.Load()
+	const pairs = 2000
+	h2cRequests(c, enc, &hb, "www.example.test", id, pairs, true)
+	g, ok := nextFrame(t, frames, isGoAway)
+	if !ok || g.code != http2.ErrCodeEnhanceYourCalm {
+		t.Errorf("no GOAWAY(ENHANCE_YOUR_CALM) after %d HEADERS and RST_STREAM pairs: %+v", pairs, g)
+		c.Close()
+	}
+	sv.waitDoneOnce(t)
+	recs := ofKind(r.records(), "http")
+	rec := refusedRecord(recs)
+	if rec == nil || !strings.Contains(rec.Error, "streams reset before their response") {
+		t.Errorf("no deny record for the refused connection: %+v", rec)
+	}
+	// The streams the server was handed before the GOAWAY: those of the
+	// 150, and about 150 more (the limit is past half of all opened).
+	made := len(recs) - before
+	t.Logf("%d records, %d dials and %d requests at the destination for the pairs", made, dials.Load()-dialsBefore, served.Load()-150)
+	if made > 200 {
+		t.Errorf("%d records for %d reset streams: the limit did not hold", made, pairs)
+	}
+	if d := dials.Load() - dialsBefore; d > 200 {
+		t.Errorf("%d upstream dials for %d reset streams", d, pairs)
+	}
+}

@@ -108,6 +108,7 @@ func (l *headLimit) untime() {
 const (
 	h2FrameHeaderLen   = 9
 	h2TypeHeaders      = 0x1
+	h2TypeRSTStream    = 0x3
 	h2TypeContinuation = 0x9
 	h2FlagEndHeaders   = 0x4
 	h2FlagPadded       = 0x8
@@ -145,6 +146,11 @@ type h2HeaderLimit struct {
 	lastStream  uint32 // the highest stream a header block opened
 	// passed is lastStream as of the last bytes the server was handed.
 	passed uint32
+	// unanswered is the connection's streams the server has not answered
+	// yet, resets the streams the client reset before their answer
+	// (h2guard.go); unanswered is nil in some tests.
+	unanswered *h2Unanswered
+	resets     int64
 	// wire counts the bytes the client sent past its preface, decoded
 	// the header list bytes they decoded to, every block's (h2guard.go).
 	wire, decoded uint64
@@ -248,6 +254,12 @@ func (l *h2HeaderLimit) startFrame() {
 		l.newStream = l.stream > l.lastStream
 		if l.newStream {
 			l.lastStream = l.stream
+			l.unanswered.open(l.stream)
+		}
+	case l.typ == h2TypeRSTStream && l.stream != 0:
+		l.clientReset() // h2guard.go
+		if l.err != nil {
+			return
 		}
 	}
 	if l.length == 0 {
@@ -348,6 +360,9 @@ func (l *h2HeaderLimit) refusal(serverStarted bool) []byte {
 type h2Frames struct {
 	hdrN    int  // frame header bytes written
 	left    int  // payload bytes of the frame still to write
+	typ     byte // the frame's type and stream
+	stream  uint32
+	hdrDone bool // its header was just completed
 	started bool // the server has written something: its preface at least
 	// final, when set, is written at the next frame boundary; after it
 	// nothing more is.
@@ -360,11 +375,18 @@ type h2Frames struct {
 	firstDone          bool
 }
 
-// advance takes bytes written.
-func (f *h2Frames) advance(b []byte) {
+// advance takes bytes written, and tells u of the streams the server
+// answered in them (h2guard.go).
+func (f *h2Frames) advance(b []byte, u *h2Unanswered) {
 	f.started = f.started || len(b) > 0
 	for len(b) > 0 {
 		b = b[f.step(b):]
+		if f.hdrDone {
+			f.hdrDone = false
+			if f.typ == h2TypeHeaders || f.typ == h2TypeRSTStream {
+				u.answered(f.stream)
+			}
+		}
 	}
 }
 
@@ -374,13 +396,23 @@ func (f *h2Frames) step(b []byte) int {
 	if f.hdrN < h2FrameHeaderLen {
 		k := min(h2FrameHeaderLen-f.hdrN, len(b))
 		for i := range k {
-			if f.hdrN+i < 3 { // the 24-bit length comes first
+			switch p := f.hdrN + i; {
+			case p < 3: // the 24-bit length comes first
 				f.left = f.left<<8 | int(b[i])
+			case p == 3:
+				f.typ = b[i]
+			case p == 5:
+				f.stream = uint32(b[i]) & 0x7f
+			case p > 5:
+				f.stream = f.stream<<8 | uint32(b[i])
 			}
 		}
 		f.hdrN += k
-		if f.hdrN == h2FrameHeaderLen && f.left == 0 {
-			f.hdrN = 0
+		if f.hdrN == h2FrameHeaderLen {
+			f.hdrDone = true
+			if f.left == 0 {
+				f.hdrN = 0
+			}
 		}
 		return k
 	}

@@ -229,7 +229,7 @@ func TestH2FramesBoundaries(t *testing.T) {
 		case k < n && !isEnd[off+k] || k == n && !isEnd[off+k] && !f.spans(stream[off:off+n]):
 			t.Fatalf("at %d: toBoundary %d is no frame end", off, k)
 		}
-		f.advance(stream[off : off+n])
+		f.advance(stream[off:off+n], nil)
 		off += n
 		if f.atBoundary() != isEnd[off] {
 			t.Fatalf("at %d: atBoundary %v", off, f.atBoundary())
@@ -241,7 +241,7 @@ func TestH2FramesBoundaries(t *testing.T) {
 // len(b).
 func (f *h2Frames) spans(b []byte) bool {
 	g := *f
-	g.advance(b)
+	g.advance(b, nil)
 	return !g.atBoundary()
 }
 

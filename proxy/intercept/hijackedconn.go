@@ -89,6 +89,9 @@ type headLimit struct {
 	// refused is the error of an HTTP/2 connection refused by a guard of
 	// h2guard.go (an *h2GoAway), for the session's record.
 	refused atomic.Pointer[error]
+	// unanswered is the HTTP/2 streams the client opened that the server
+	// has not answered: h2guard.go.
+	unanswered h2Unanswered
 	// shuttingDown is Config.ShuttingDown (clientGone).
 	shuttingDown func() bool
 	// h2 measures header lists once the HTTP/2 preface has come; read
@@ -191,6 +194,7 @@ func (l *headLimit) count(b []byte) error {
 		case k == len(want):
 			l.preface = 0
 			l.h2 = newH2HeaderLimit(h2MaxHeaderList(l.max))
+			l.h2.unanswered = &l.unanswered
 			l.isH2.Store(true)
 			return l.feedH2(b[k:])
 		default:
@@ -393,12 +397,12 @@ func (c *hijackedConn) write(b []byte) (int, error) {
 	}
 	if f.final == nil {
 		n, err := c.rawWrite(b)
-		f.advance(b[:n])
+		f.advance(b[:n], &c.limit.unanswered)
 		return n, err
 	}
 	k := f.toBoundary(b)
 	n, err := c.rawWrite(b[:k])
-	f.advance(b[:n])
+	f.advance(b[:n], &c.limit.unanswered)
 	if err != nil {
 		return n, err
 	}
