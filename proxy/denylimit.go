@@ -50,6 +50,21 @@ const (
 	dnsRecordRate  = 50 // a second
 )
 
+// Requests denied inside an intercepted connection (by a rule, the
+// destination check, or as malformed) cost an HTTP/2 client a few bytes
+// each: a stream's HEADERS, which may name a long path and user agent from
+// the HPACK table, and a RST_STREAM. Each made a deny record of hundreds of
+// bytes, or thousands, before anything else was looked at, with no bound
+// but how many streams a connection could open: the review's probe had one
+// connection make 3,300 records a second, and 40 MB of records from 273
+// KB of frames. So a client's deny records come from a bucket too, as big
+// as the DNS one: a page whose blocked trackers are requested again and
+// again makes dozens a second, not hundreds.
+const (
+	requestDenyRecordBurst = 200
+	requestDenyRecordRate  = 50 // a second
+)
+
 // recordRate is the size of a bucket and its refill a second.
 type recordRate struct{ burst, perSecond float64 }
 
@@ -57,13 +72,14 @@ var (
 	earlyDenyRate = recordRate{denyRecordBurst, denyRecordRate}
 	namedDenyRate = recordRate{namedDenyRecordBurst, namedDenyRecordRate}
 	dnsQueryRate  = recordRate{dnsRecordBurst, dnsRecordRate}
+	requestDeny   = recordRate{requestDenyRecordBurst, requestDenyRecordRate}
 )
 
 // denyLimiter holds the per-client buckets of records that a client can
 // make for the price of one packet: early denials, QUIC denials made on a
-// name, and DNS queries.
+// name, DNS queries, and requests denied inside intercepted connections.
 type denyLimiter struct {
-	early, named, dns recordLimiter
+	early, named, dns, request recordLimiter
 	// dnsUnrecorded counts DNS queries whose record the client's bucket
 	// had no room for.
 	dnsUnrecorded atomic.Uint64
@@ -160,4 +176,17 @@ func (p *Proxy) denyLimited(l *recordLimiter, rate recordRate, r *records.Record
 		reason += fmt.Sprintf("; %d %s, not recorded one by one", skipped, more)
 	}
 	p.deny(r, start, reason)
+}
+
+// denyRequestRecord is the interceptor's Config.DenyRecord: whether the
+// record of rec, a request denied inside an intercepted connection, may be
+// written, from its client's bucket, and how many of the client's went
+// unrecorded before it. One that may not is counted in denied_unrecorded
+// (the interceptor counts it denied).
+func (p *Proxy) denyRequestRecord(rec *records.Record) (ok bool, skipped int) {
+	ok, skipped = p.denies.request.take(recordShareKey(rec), time.Now(), requestDeny)
+	if !ok {
+		p.stats.deniedUnrecorded.Add(1)
+	}
+	return ok, skipped
 }

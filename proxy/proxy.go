@@ -234,6 +234,7 @@ func New(cfg Config) *Proxy {
 	// the flow through: counted as the proxy counts its own.
 	ic.DialFailed = func() { p.stats.tcpDialErrors.Add(1) }
 	ic.ShuttingDown = p.stacksClosing.Load
+	ic.DenyRecord = p.denyRequestRecord // a bucket per client: denylimit.go
 	p.intercept = intercept.New(ic)
 	p.tcp.waiting.what = "TCP connections waiting for their first bytes, its share"
 	p.echo.init(p)

@@ -78,6 +78,11 @@ type Config struct {
 	// as it arrives, so a reload reaches open connections' next requests;
 	// without it (or before it holds one) Session.Policy decides them.
 	Policy *policy.Holder
+	// DenyRecord, when set, is asked before each denied request's record
+	// is written (rec, its client's): whether it may be, and how many of
+	// the client's went unrecorded before it. A denial not recorded is
+	// still counted (Denied); counting it as unrecorded is DenyRecord's.
+	DenyRecord func(rec *records.Record) (ok bool, skipped int)
 	// ShuttingDown, when set, reports whether the appliance's packet
 	// stacks are closing: a request whose client connection is lost then
 	// is recorded as ended by the shutdown, not by its client.

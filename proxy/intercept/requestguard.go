@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -28,8 +29,7 @@ func (rt *roundTripper) refuseConnect(req *http.Request, rec *records.Record, st
 	}
 	rec.Status, rec.Rule, rec.Policy = http.StatusMethodNotAllowed, "", ""
 	rec.Action, rec.Result, rec.Error = "deny", "denied", why
-	rt.s.ic.denied.Add(1)
-	rt.write(rec, start)
+	rt.writeDeny(rec, start)
 	// No Allow header: any method but CONNECT is relayed, which no list
 	// of methods says.
 	resp := errorResponse(req, http.StatusMethodNotAllowed, "gwlbproxy: "+why)
@@ -58,8 +58,7 @@ func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, 
 	rec.Path = ""
 	rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
 	rec.Action, rec.Result, rec.Error = "deny", "denied", "request target is neither a path nor an http(s) URL: after its scheme, "+truncate(req.URL.Opaque, 256)
-	rt.s.ic.denied.Add(1)
-	rt.write(rec, start)
+	rt.writeDeny(rec, start)
 	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request target must be a path or an http(s) URL")
 }
 
@@ -120,4 +119,22 @@ func prepareForward(req *http.Request) {
 	if _, ok := req.Header["User-Agent"]; !ok { // the key net/http looks up
 		req.Header["User-Agent"] = []string{""}
 	}
+}
+
+// writeDeny counts a denied request, and ends and writes its record
+// unless the client's budget of deny records (Config.DenyRecord) is spent:
+// a request costs an HTTP/2 client a few bytes, and its deny record, made
+// before anything else is looked at, hundreds.
+func (rt *roundTripper) writeDeny(rec *records.Record, start time.Time) {
+	rt.s.ic.denied.Add(1)
+	if f := rt.s.ic.cfg.DenyRecord; f != nil {
+		ok, skipped := f(rec)
+		if !ok {
+			return
+		}
+		if skipped > 0 {
+			rec.Error += fmt.Sprintf("; %d more requests denied from this client before this one, not recorded one by one", skipped)
+		}
+	}
+	rt.write(rec, start)
 }

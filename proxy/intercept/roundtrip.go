@@ -94,8 +94,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
 		rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
 		rec.Action, rec.Result, rec.Error = "deny", "denied", err.Error()
-		s.ic.denied.Add(1)
-		rt.write(&rec, start)
+		rt.writeDeny(&rec, start)
 		return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the Host cannot be read"), nil
 	}
 	req.Host = canon
@@ -117,8 +116,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		// at once: they share its buffers. Nothing reaches the upstream.
 		rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
 		rec.Action, rec.Result, rec.Error = "deny", "denied", "WebSocket upgrade request with a body"
-		s.ic.denied.Add(1)
-		rt.write(&rec, start)
+		rt.writeDeny(&rec, start)
 		resp := errorResponse(req, http.StatusBadRequest, "gwlbproxy: a WebSocket upgrade request must have no body")
 		resp.Close = true // what follows the head is a body nobody will read as one
 		return resp, nil
@@ -147,9 +145,8 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if d.Action == policy.Deny {
 		rec.Status = http.StatusForbidden
-		s.ic.denied.Add(1)
 		rec.Action, rec.Result, rec.Error = "deny", "denied", "denied by policy"
-		rt.write(&rec, start)
+		rt.writeDeny(&rec, start)
 		return denyResponse(req, d.Rule, host, ""), nil
 	}
 	if err := req.Context().Err(); err != nil {
@@ -169,9 +166,8 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			rec.DestCheck, rec.Error = "mismatch", err.Error()
 			if pol.Mode() != policy.Audit {
 				rec.Status = http.StatusForbidden
-				s.ic.denied.Add(1)
 				rec.Action, rec.Result = "deny", "denied"
-				rt.write(&rec, start)
+				rt.writeDeny(&rec, start)
 				return denyResponse(req, d.Rule, host, "the destination address is not one this name resolves to"), nil
 			}
 			// Audit: recorded, and let through.

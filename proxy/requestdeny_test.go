@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// TestRequestDenyRecordsBounded plays an h2c client that sends request
+// after request for a denied name: a few bytes each (the HPACK table
+// names the rest), and each was a deny record of its own, with no bound,
+// so one client could fill the records queue for everyone. Its records
+// now come from a bucket of its own: every denial is counted, those past
+// the bucket in denied_unrecorded, and its next record says how many went
+// before it unrecorded.
+func TestRequestDenyRecordsBounded(t *testing.T) {
+	r := newClsRig(t, "policy:\n  default: allow\n  rules:\n    - name: no-evil\n      domains: [evil.example]\n      action: deny\n", clsOptions{})
+	c := r.dial(t, r.plainDest)
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.Write([]byte(http2.ClientPreface))
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+	fr.WriteWindowUpdate(0, 1<<30)
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	stream := uint32(1)
+	// request sends n requests for evil.example and reads their 403s.
+	request := func(n int) {
+		t.Helper()
+		for range n {
+			hb.Reset()
+			for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
+				{Name: ":authority", Value: "evil.example"}, {Name: ":path", Value: "/"}} {
+				enc.WriteField(f)
+			}
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+				t.Fatal(err)
+			}
+			stream += 2
+		}
+		for got := 0; got < n; {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("after %d of %d responses: %v", got, n, err)
+			}
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				if s := f.PseudoValue("status"); s != "403" {
+					t.Fatalf("stream %d: status %s, want 403", f.StreamID, s)
+				}
+				got++
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.GoAwayFrame:
+				t.Fatalf("GOAWAY %v after %d of %d responses", f.ErrCode, got, n)
+			}
+		}
+	}
+	const n = 1000
+	start := time.Now()
+	for range n / 100 { // within the server's 250 streams at once
+		request(100)
+	}
+	elapsed := time.Since(start)
+	time.Sleep(100 * time.Millisecond) // the bucket refills a little
+	request(1)
+
+	st := r.p.Stats()
+	recorded := n + 1 - int(st.DeniedUnrecorded)
+	most := requestDenyRecordBurst + int((elapsed.Seconds()+0.2)*requestDenyRecordRate) + 2
+	if st.Denied != n+1 || recorded < requestDenyRecordBurst || recorded > most {
+		t.Fatalf("denied %d, unrecorded %d: %d recorded, want all %d counted and %d to %d recorded",
+			st.Denied, st.DeniedUnrecorded, recorded, n+1, requestDenyRecordBurst, most)
+	}
+	// Every denial unrecorded is told of by the client's next record; the
+	// last request, after the bucket refilled, is recorded.
+	var got, told int
+	for deadline := time.Now().Add(3 * time.Second); got < recorded && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got, told = 0, 0
+		for _, rec := range r.recs.parse(t) {
+			if rec.Kind != "http" || rec.Action != "deny" {
+				continue
+			}
+			got++
+			if _, after, ok := strings.Cut(rec.Error, "; "); ok {
+				var k int
+				if _, err := fmt.Sscanf(after, "%d more requests denied from this client before this one", &k); err == nil {
+					told += k
+				}
+			}
+		}
+	}
+	if got != recorded || told != int(st.DeniedUnrecorded) || told == 0 {
+		t.Fatalf("%d deny records (want %d), telling of %d unrecorded (want %d)", got, recorded, told, st.DeniedUnrecorded)
+	}
+}
