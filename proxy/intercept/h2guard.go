@@ -2,10 +2,12 @@ package intercept
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"sync"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/time/rate"
 )
 
 // HTTP/2 resource guards, beside the header list limit (h2limit.go): what a
@@ -199,4 +201,47 @@ func (u *h2Unanswered) reset(id uint32) bool {
 	_, ok := u.m[id]
 	delete(u.m, id)
 	return ok
+}
+
+// Upstream dials. maxUpstreamConns bounds how many upstream connections an
+// HTTP/2 client's streams hold at once, not how often they are made: a
+// round trip the client cancels (a reset stream) closes its HTTP/1
+// connection, and the next stream dials again. The review's probe had one
+// client connection make 80 dials a second that way, each leaving a
+// TIME_WAIT on the appliance towards a destination other clients share.
+// The premature reset limit ends such a connection; meanwhile, and for
+// whatever else makes an HTTP/2 session's connections churn, its dials
+// are paced: upstreamDialBurst at once, upstreamDialRate a second after
+// that. A destination that keeps its connections alive needs
+// maxUpstreamConns dials for good; one that closes each after its
+// response still serves 16 requests a second to one client connection. A
+// dial waiting for its turn is given up when the stream that wanted it
+// is (net/http cancels a dial no request waits for). An HTTP/1 client's
+// session is not paced: its requests come one after another, and it can
+// cancel one only by closing its connection.
+const (
+	upstreamDialBurst = 2 * maxUpstreamConns
+	upstreamDialRate  = 2 * maxUpstreamConns // a second
+)
+
+// dialPace returns the pace of the session's upstream dials: nil, no
+// pace, for an HTTP/1 client.
+func (s *session) dialPace() *dialPace {
+	if !s.h2 {
+		return nil
+	}
+	return &dialPace{lim: rate.NewLimiter(upstreamDialRate, upstreamDialBurst)}
+}
+
+type dialPace struct{ lim *rate.Limiter }
+
+// wait waits for the next dial's turn, or for ctx.
+func (p *dialPace) wait(ctx context.Context) error {
+	if p == nil {
+		return nil
+	}
+	if err := p.lim.Wait(ctx); err != nil {
+		return fmt.Errorf("waiting for its turn to dial (at most %d a second): %w", upstreamDialRate, err)
+	}
+	return nil
 }

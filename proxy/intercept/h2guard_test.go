@@ -384,3 +384,46 @@ func TestH2RapidResetLimit(t *testing.T) {
 		t.Errorf("%d upstream dials for %d reset streams", d, pairs)
 	}
 }
+
+// An HTTP/2 client's session paces its upstream dials: 16 at once, 16 a
+// second after that. Here a destination that closes every connection
+// after its response has each of 60 concurrent streams dial (a reset
+// stream's cancelled round trip closes its connection the same way); all
+// are answered, and the dials keep to the pace however fast the streams
+// came.
+func TestH2UpstreamDialPace(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })}
+	srv.SetKeepAlivesEnabled(false)
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	var dials atomic.Int64
+	r := newRig(t, testPolicy, dialTo(ln.Addr().String(), &dials))
+	upEnd, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := r.connectTCP(upEnd, httpDest)
+	frames := h2cFrames(c)
+	c.Write(h2cStart().Bytes())
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	const n = 60
+	start := time.Now()
+	h2cRequests(c, enc, &hb, "www.example.test", 1, n, false)
+	for i := range n {
+		f, ok := nextFrame(t, frames, func(f h2Ev) bool { return f.typ == http2.FrameHeaders || isGoAway(f) })
+		if !ok || f.status != "200" {
+			t.Fatalf("response %d: %+v (%v)", i, f, ok)
+		}
+	}
+	elapsed := time.Since(start)
+	most := 16 + int64(16*elapsed.Seconds()) + 1
+	t.Logf("%d requests answered in %v with %d dials (at most %d)", n, elapsed, dials.Load(), most)
+	if d := dials.Load(); d > most {
+		t.Errorf("%d dials in %v, over the pace (%d)", d, elapsed, most)
+	}
+}

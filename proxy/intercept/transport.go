@@ -158,12 +158,16 @@ const (
 func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamTransport {
 	var used atomic.Bool // whether a connection took up over
 	dest := s.Subject.Dest.String()
+	pace := s.dialPace() // h2guard.go
 	dial := func(ctx context.Context) (net.Conn, error) {
 		if first != nil && !used.Swap(true) {
 			return first, nil
 		}
 		if err := refusedTooOften(ctx); err != nil {
 			return nil, err // net/http dials on for a request it gave up
+		}
+		if err := pace.wait(ctx); err != nil {
+			return nil, err
 		}
 		c, err := s.ic.cfg.Dial(ctx, dest)
 		if err != nil {
