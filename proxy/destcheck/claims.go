@@ -67,16 +67,20 @@ func (h *clientHeap) Pop() any {
 	return cl
 }
 
-// claimBy returns client's claim on e, or nil. An entry is claimed by as
-// many clients of its endpoint as were told it, and scanned only on an
-// answer's update.
-func (e *entry) claimBy(client netip.Addr) *claim {
-	for _, c := range e.claims {
-		if c.cl.key.client == client {
-			return c
-		}
-	}
-	return nil
+// claimKey names the claim of one client on one entry (store.claimOf).
+type claimKey struct {
+	e      *entry
+	client netip.Addr
+}
+
+// claimBy returns client's claim on e, or nil. It is a lookup in the
+// store's index, not a scan of e.claims: a name many clients were told
+// (up to an endpoint's claimsPerName*maxPerEP) is answered again and again,
+// each time under the store's write lock, so a scan would hold that lock
+// for as long as the name is popular, and building its claims would be
+// quadratic.
+func (s *store) claimBy(e *entry, client netip.Addr) *claim {
+	return s.claimOf[claimKey{e, client}]
 }
 
 // addClaim records that client (of e's endpoint) was told e's name, as the
@@ -93,6 +97,7 @@ func (s *store) addClaim(e *entry, client netip.Addr) {
 	}
 	c := &claim{e: e, cl: cl, i: len(e.claims)}
 	e.claims = append(e.claims, c)
+	s.claimOf[claimKey{e, client}] = c
 	c.prev, c.next = cl.root.prev, &cl.root
 	cl.root.prev.next, cl.root.prev = c, c
 	cl.n++
@@ -113,6 +118,7 @@ func touchClaim(c *claim) {
 // left with none; e.claims is the caller's to fix.
 func (s *store) unlinkClaim(c *claim) {
 	cl := c.cl
+	delete(s.claimOf, claimKey{c.e, cl.key.client})
 	c.prev.next, c.next.prev = c.next, c.prev
 	c.prev, c.next = nil, nil
 	cl.n--

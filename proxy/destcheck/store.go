@@ -143,11 +143,15 @@ type store struct {
 	root      entry // sentinel: root.next is the oldest update
 	endpoints map[string]*epState
 	clients   map[clientKey]*clientList
-	claims    int
-	max       int // entries in all
-	maxPerEP  int // entries of one endpoint
-	maxPerCl  int // claims of one client (a client's share)
-	evicted   uint64
+	// claimOf indexes every claim by entry and client, so that an answer
+	// finds its client's claim on a name in O(1) (see claimBy). Like the
+	// claims, it holds at most claimsPerName*max of them.
+	claimOf  map[claimKey]*claim
+	claims   int
+	max      int // entries in all
+	maxPerEP int // entries of one endpoint
+	maxPerCl int // claims of one client (a client's share)
+	evicted  uint64
 	// gen counts the resets (Checker.ForgetObserved): advanced under mu
 	// for writing, and read without it by Checker.Generation.
 	gen atomic.Uint64
@@ -156,7 +160,8 @@ type store struct {
 func newStore(max, maxPerEndpoint, maxPerClient int) *store {
 	s := &store{
 		m: make(map[key]*entry), endpoints: make(map[string]*epState), clients: make(map[clientKey]*clientList),
-		max: max, maxPerEP: maxPerEndpoint, maxPerCl: maxPerClient,
+		claimOf: make(map[claimKey]*claim),
+		max:     max, maxPerEP: maxPerEndpoint, maxPerCl: maxPerClient,
 	}
 	s.root.prev, s.root.next = &s.root, &s.root
 	return s
@@ -168,6 +173,7 @@ func (s *store) reset() {
 	clear(s.m)
 	clear(s.endpoints)
 	clear(s.clients)
+	clear(s.claimOf)
 	s.claims = 0
 	s.root.prev, s.root.next = &s.root, &s.root
 }
@@ -191,7 +197,7 @@ func (s *store) get(k key) *entry { return s.m[k] }
 func (s *store) update(k key, client netip.Addr, now int64) *entry {
 	e := s.m[k]
 	if e != nil {
-		if c := e.claimBy(client); c != nil {
+		if c := s.claimBy(e, client); c != nil {
 			s.touch(e)
 			touchClaim(c)
 			return e

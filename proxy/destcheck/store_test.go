@@ -127,7 +127,7 @@ func checkLists(t *testing.T, s *store) {
 	for ck, l := range s.clients {
 		k := 0
 		for c := l.root.next; c != &l.root; c = c.next {
-			if c.cl != l || c.next.prev != c || c.e.claims[c.i] != c || s.m[c.e.key] != c.e {
+			if c.cl != l || c.next.prev != c || c.e.claims[c.i] != c || s.m[c.e.key] != c.e || s.claimOf[claimKey{c.e, ck.client}] != c {
 				t.Fatalf("client list %v broken at %v", ck, c.e.key)
 			}
 			k++
@@ -137,7 +137,7 @@ func checkLists(t *testing.T, s *store) {
 		}
 		total += k
 	}
-	if total != s.claims {
-		t.Fatalf("client lists hold %d claims, %d counted", total, s.claims)
+	if total != s.claims || len(s.claimOf) != s.claims {
+		t.Fatalf("client lists hold %d claims, the index %d, %d counted", total, len(s.claimOf), s.claims)
 	}
 }
