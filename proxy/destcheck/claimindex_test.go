@@ -47,3 +47,34 @@ func TestClaimLookupPerAnswerBounded(t *testing.T) {
 	}
 	checkLists(t, s)
 }
+
+// A name that many clients were told and then gave back does not keep the
+// room their claims took: otherwise clients could tell one name after
+// another to thousands of clients, keep each alive with one claim, and
+// leave 8 bytes a claim (a pointer in e.claims) behind for every claim
+// ever made, beyond the bounds on names and claims.
+func TestClaimsGivenBackFreeTheirRoom(t *testing.T) {
+	s := newStore(10_000, 10_000, 1) // a client's share: one claim
+	const clients = 4096
+	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}) }
+	live := netip.MustParseAddr("192.0.2.1")
+	popular, other := key{"vpce-1", "popular.example"}, key{"vpce-1", "other.example"}
+	keeper := netip.MustParseAddr("10.255.0.1")
+	s.update(popular, keeper, 1).add(live, 1<<60, 1)
+	for i := range clients {
+		s.update(popular, addr(i), 1)
+	}
+	e := s.get(popular)
+	grown := cap(e.claims)
+	for i := range clients {
+		s.update(other, addr(i), 1).add(live, 1<<60, 1) // at its share: gives back popular
+	}
+	if s.get(popular) != e || len(e.claims) != 1 {
+		t.Fatalf("the popular name has %d claims, want the keeper's", len(e.claims))
+	}
+	t.Logf("claims on the popular name: room for %d at %d claims, for %d at 1", grown, clients+1, cap(e.claims))
+	if cap(e.claims) > 8 {
+		t.Errorf("one claim left keeps room for %d (%d bytes)", cap(e.claims), 8*cap(e.claims))
+	}
+	checkLists(t, s)
+}

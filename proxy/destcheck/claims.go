@@ -145,5 +145,13 @@ func (s *store) drop(c *claim) {
 	if len(e.claims) == 0 {
 		s.remove(e)
 		s.evicted++
+		return
+	}
+	// Give back the room of claims given back: otherwise a name told to
+	// thousands of clients and kept by one would keep room for them all,
+	// and name after name could hold memory beyond the bounds on claims.
+	// Halving when a quarter is in use keeps this O(1) amortized.
+	if n := len(e.claims); cap(e.claims) > 8 && n <= cap(e.claims)/4 {
+		e.claims = append(make([]*claim, 0, 2*n), e.claims...)
 	}
 }
