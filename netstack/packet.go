@@ -266,14 +266,24 @@ var v4MappedPrefix = [12]byte{10: 0xff, 11: 0xff}
 
 func isV4Mapped(a *[16]byte) bool { return [12]byte(a[:12]) == v4MappedPrefix }
 
-// BadClientSource reports whether p, from a client, has an IPv6 source no
-// client has: multicast, unspecified (::) or loopback (::1). gVisor and
-// Linux drop such packets from the wire; echo bypasses gVisor, and the
-// flow table would keep a flow for each. Only a client's packets are so
-// judged: the stack's replies to a flow the client sent to ::1 (tests
+// BadClientSource reports whether p, from a client, has a source no
+// client has: for IPv6 multicast, unspecified (::) or loopback (::1); for
+// IPv4 multicast (224.0.0.0/4), the limited broadcast 255.255.255.255,
+// "this network" (0.0.0.0/8) or loopback (127.0.0.0/8). gVisor and Linux
+// drop such packets from the wire; echo bypasses gVisor, and the flow
+// table would keep a flow for each (TCP and UDP ones before gVisor dropped
+// them), charged to a phantom client that a client_cidrs covering 127/8
+// would even let through. Only a client's packets are so judged: the
+// stack's replies to a flow the client sent to a loopback address (tests
 // allow loopback destinations) come from it.
 func (p *Packet) BadClientSource() bool {
-	return p.IPv6 && (p.Src[0] == 0xff || p.Src == [16]byte{} || p.Src == ipv6Loopback)
+	if p.IPv6 {
+		return p.Src[0] == 0xff || p.Src == [16]byte{} || p.Src == ipv6Loopback
+	}
+	// parseIPv4 stores the source IPv4-mapped. 240.0.0.0/4 short of the
+	// broadcast is left alone, as Linux leaves it.
+	a := p.Src[12]
+	return a&0xf0 == 0xe0 || a == 0 || a == 127 || [4]byte(p.Src[12:]) == [4]byte{255, 255, 255, 255}
 }
 
 var ipv6Loopback = [16]byte{15: 1}
