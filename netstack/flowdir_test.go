@@ -87,16 +87,30 @@ func TestHandshakeSurvivesPacketFromDestination(t *testing.T) {
 
 // TestSymmetricPortPairTCP: two hosts behind one endpoint, each a client
 // of the other through the appliance on the same port pair (V1:5000 ->
-// V2:5000 and V2:5000 -> V1:5000), each get their own flow and connection,
-// answered under their own GENEVE headers. The flow key was the same both
-// ways: the second host's SYN found the first's live flow and was dropped
-// (not_from_client).
+// V2:5000, then V2:5000 -> V1:5000), each get their own flow and
+// connection, answered under their own GENEVE headers, once V1's
+// connection is no longer live. The flow key was the same both ways: the
+// second host's SYN found the first's live flow and was dropped
+// (not_from_client). While V1's connection is live, V2's SYN is refused
+// (stray_from_destination): the 4-tuple is V1's, and a flow of V2's taken
+// in on it would let every later segment of V2's (a RST in V1's window)
+// reach the IDS feed as part of V1's connection.
 func TestSymmetricPortPairTCP(t *testing.T) {
 	for _, fam := range groFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			v1 := netip.AddrPortFrom(fam.client.Addr(), 5000)
 			v2 := netip.AddrPortFrom(fam.server.Addr(), 5000)
 			r := newGRORig(t, v1, v2)
+			fromOtherSender(r, clientSegment(v2, v1, 9000, 0, header.TCPFlagSyn, nil))
+			if st := r.s.Stats(); st.Flows != 1 || st.Drops["stray_from_destination"] != 1 {
+				t.Fatalf("V2's SYN while V1's connection is live: %d flows, stray_from_destination %d; want 1 and 1", st.Flows, st.Drops["stray_from_destination"])
+			}
+			if _, err := r.conn.Write([]byte("to V1")); err != nil {
+				t.Fatal(err)
+			}
+			readSegmentWhere(t, r, 9, 5000, header.TCPFlagAck|header.TCPFlagPsh)
+			r.batch(clientSegment(v1, v2, r.seq, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil)) // V1's connection ends
+
 			fromOtherSender(r, clientSegment(v2, v1, 9000, 0, header.TCPFlagSyn, nil))
 			iss := readSegmentWhere(t, r, 0xbad, 5000, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber()
 			fromOtherSender(r, clientSegment(v2, v1, 9001, iss+1, header.TCPFlagAck, nil))
@@ -114,11 +128,7 @@ func TestSymmetricPortPairTCP(t *testing.T) {
 				t.Fatal(err)
 			}
 			readSegmentWhere(t, r, 0xbad, 5000, header.TCPFlagAck|header.TCPFlagPsh)
-			if _, err := r.conn.Write([]byte("to V1")); err != nil {
-				t.Fatal(err)
-			}
-			readSegmentWhere(t, r, 9, 5000, header.TCPFlagAck|header.TCPFlagPsh)
-			if st := r.s.Stats(); st.Flows != 2 {
+			if st := r.s.Stats(); st.Flows != 2 || st.Drops["stray_from_destination"] != 1 {
 				t.Fatalf("%d flows, want 2 (drops %v)", st.Flows, st.Drops)
 			}
 		})

@@ -289,7 +289,7 @@ func (t *flowTable) setPressure(p MemoryPressure) { t.pressure.Store(int32(p)) }
 // client (setPressure). In the steady state (known flow, same header) it
 // allocates nothing.
 func (t *flowTable) Touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
-	return t.touch(k, hdr, parsed, gwlb, now, false)
+	return t.touch(k, hdr, parsed, gwlb, now, touchOther)
 }
 
 // TouchSegment is Touch for a TCP segment other than a SYN: one that would
@@ -303,17 +303,42 @@ func (t *flowTable) Touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.Addr
 // a sequence number the sender chose, as if from the client's peer. The
 // check costs a lookup only when the segment has no flow.
 func (t *flowTable) TouchSegment(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
-	return t.touch(k, hdr, parsed, gwlb, now, true)
+	return t.touch(k, hdr, parsed, gwlb, now, touchSegment)
 }
 
-func (t *flowTable) touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64, segment bool) (*Flow, DropReason) {
+// TouchSyn is Touch for a TCP segment with SYN set: one that would make a
+// new flow is refused (DropStrayFromDestination) when the table holds the
+// reverse flow and its connection is live (Flow.tcpLive). Taken in, it
+// would make a flow of the sender's on V's 4-tuple, and every segment
+// after it would pass TouchSegment's check: a forger's in-window RST would
+// reach the IDS feed as part of V's connection after all. While V's
+// connection is live the 4-tuple is V's (without the appliance, a SYN on
+// it would be a simultaneous open of V's connection, never a second
+// connection), so nothing real is lost; once V's connection is reset or
+// closed both ways, or while it is only being set up, the reverse flow is
+// no obstacle and a host on a symmetric port pair gets its own connection.
+func (t *flowTable) TouchSyn(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64) (*Flow, DropReason) {
+	return t.touch(k, hdr, parsed, gwlb, now, touchSyn)
+}
+
+// touchKind is what touch checks the reverse flow for before it makes a
+// flow (TouchSegment, TouchSyn).
+type touchKind uint8
+
+const (
+	touchOther   touchKind = iota // not TCP: no check
+	touchSegment                  // TCP without SYN: refused if the reverse flow is held
+	touchSyn                      // TCP SYN: refused if the reverse flow is held and live
+)
+
+func (t *flowTable) touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.AddrPort, now int64, kind touchKind) (*Flow, DropReason) {
 	s := t.shard(k)
 	s.mu.RLock()
 	f := s.flows[*k]
 	s.mu.RUnlock()
-	if f == nil && segment {
+	if f == nil && kind != touchOther {
 		rev := k.reverse()
-		if t.Lookup(&rev) != nil {
+		if r := t.Lookup(&rev); r != nil && (kind == touchSegment || r.tcpLive()) {
 			return nil, DropStrayFromDestination
 		}
 	}

@@ -280,9 +280,12 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	} else {
 		key := p.Key(h.Endpoint)
 		var reason DropReason
-		if p.Proto == protoTCP && p.TCPFlags&flagSyn == 0 {
+		switch {
+		case p.Proto == protoTCP && p.TCPFlags&flagSyn == 0:
 			flow, reason = s.flows.TouchSegment(&key, b[:h.Len], h, gwlb, now)
-		} else {
+		case p.Proto == protoTCP:
+			flow, reason = s.flows.TouchSyn(&key, b[:h.Len], h, gwlb, now)
+		default:
 			flow, reason = s.flows.Touch(&key, b[:h.Len], h, gwlb, now)
 		}
 		if reason != DropNone {

@@ -238,3 +238,50 @@ func TestTapOmitsPacketNotFromClient(t *testing.T) {
 		}
 	}
 }
+
+// TestTapOmitsPacketNotFromClientAfterSyn is TestTapOmitsPacketNotFromClient
+// with a SYN from the destination's side (D:dp -> V:vp) sent first, while
+// V's connection is live. The SYN skipped the stray check and made a flow
+// of D's own, so the in-window RST after it had a flow: the Tap (the IDS
+// feed) saw it as part of V's connection, the TCB-teardown evasion the
+// stray check stops, and the stack answered D's SYN with a SYN-ACK from
+// V:vp. Both are dropped now (stray_from_destination), and the connection
+// goes on.
+func TestTapOmitsPacketNotFromClientAfterSyn(t *testing.T) {
+	tap := &seenTap{}
+	r := newTapRig(t, tap)
+	sc, n, rep := r.established()
+	ihl := int(rep[0]&0xf) * 4
+	srvSeq := binary.BigEndian.Uint32(rep[ihl+4:])
+	cliSeq := binary.BigEndian.Uint32(rep[ihl+8:])
+	client := netip.AddrPortFrom(connClient, binary.BigEndian.Uint16(rep[ihl+2:]))
+	syn := tcpSegment(connDest, client, srvSeq-1, 0, 0x02, nil)    // SYN
+	rst := tcpSegment(connDest, client, srvSeq, cliSeq, 0x14, nil) // RST|ACK in V's window
+	for i, seg := range [][]byte{syn, rst} {
+		if err := r.client.Send(ipv4Packet(connDest.Addr(), connClient, uint16(1+i), seg, 0, len(seg), false)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	req := []byte("GET /evil HTTP/1.1\r\nHost: x\r\n\r\n")
+	if err := r.client.Send(ipv4Packet(connClient, connDest.Addr(), 3,
+		tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, req), 0, 20+len(req), false)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readAll(t, sc, n, len(req)); string(got) != string(req) {
+		t.Fatalf("the stack delivered %q (%v) after the forged SYN and RST, want %q", got, err, req)
+	}
+	if d := r.srv.Stats().Drops["stray_from_destination"]; d != 2 {
+		t.Errorf("stray_from_destination = %d, want 2 (the SYN and the RST)", d)
+	}
+	tap.mu.Lock()
+	defer tap.mu.Unlock()
+	for _, p := range tap.pkts {
+		switch {
+		case !p.out && p.p.Src == connDest.Addr().As16():
+			t.Errorf("the Tap saw, as received, a segment from the destination's side of V's connection (flags %#x): %x", p.p.TCPFlags, p.pkt)
+		case p.out && p.p.Dst == connDest.Addr().As16():
+			t.Errorf("the stack answered the destination's side (flags %#x): %x", p.p.TCPFlags, p.pkt)
+		}
+	}
+}
