@@ -164,6 +164,12 @@ func (o *ownAddrs) has(a netip.Addr) bool {
 	return ok
 }
 
+// OwnAddrsKnown reports whether the host's own addresses have been read at
+// least once. Until they have, every TCP, UDP and echo flow is refused
+// (forbidden), so the appliance is of no use to its clients: its health
+// check reports it broken, for the GWLB to send flows to another target.
+func (p *Proxy) OwnAddrsKnown() bool { return p.own.known() }
+
 // close stops following the addresses; the last set stays readable.
 func (o *ownAddrs) close() {
 	o.once.Do(func() {

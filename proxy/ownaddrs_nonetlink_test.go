@@ -65,6 +65,9 @@ func TestOwnAddrsNoNetlinkHelper(t *testing.T) {
 	}
 	p := New(Config{})
 	defer p.Close()
+	if known := p.OwnAddrsKnown(); known != (mode == "proc") {
+		t.Errorf("%s: OwnAddrsKnown %v, want %v (the health check reads it)", mode, known, mode == "proc")
+	}
 	other := netip.MustParseAddr("198.18.2.3") // not the host's
 	for _, a := range followedAddrs {
 		reason := p.forbidden(a)

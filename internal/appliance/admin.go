@@ -16,13 +16,16 @@ import (
 
 // stats is what /stats returns.
 type stats struct {
-	Draining   bool           `json:"draining"`
-	Broken     []string       `json:"broken,omitempty"` // why the health check fails, besides draining
-	Netstack   netstack.Stats `json:"netstack"`
-	Proxy      proxy.Stats    `json:"proxy"`
-	Records    records.Stats  `json:"records"`
-	CloudWatch *cwlogs.Stats  `json:"cloudwatch,omitempty"`
-	Leaves     *certs.Stats   `json:"leaves,omitempty"`
+	Draining bool     `json:"draining"`
+	Broken   []string `json:"broken,omitempty"` // why the health check fails, besides draining
+	// OwnAddrsKnown is whether the appliance's own addresses have been
+	// read: until they are, every flow is refused (and Broken says so).
+	OwnAddrsKnown bool           `json:"own_addresses_known"`
+	Netstack      netstack.Stats `json:"netstack"`
+	Proxy         proxy.Stats    `json:"proxy"`
+	Records       records.Stats  `json:"records"`
+	CloudWatch    *cwlogs.Stats  `json:"cloudwatch,omitempty"`
+	Leaves        *certs.Stats   `json:"leaves,omitempty"`
 	// Capture is there while pcap files or the mirror are on.
 	Capture *capture.Stats `json:"capture,omitempty"`
 	// Policy is the policy in force and how its reloads went.
@@ -38,7 +41,7 @@ type stats struct {
 // metrics collector (metrics.go) reads it once per scrape.
 func (a *Appliance) stats() stats {
 	s := stats{Draining: a.draining.Load(), Netstack: a.netstack.Stats(), Proxy: a.proxy.Stats(), Records: a.records.Stats()}
-	s.Broken = a.broken(s.Records)
+	s.Broken, s.OwnAddrsKnown = a.broken(s.Records), a.proxy.OwnAddrsKnown()
 	s.Policy = a.policy.Status()
 	if a.shipper != nil {
 		cw := a.shipper.Stats()

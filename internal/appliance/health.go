@@ -43,9 +43,11 @@ func (a *Appliance) serveHealth(w http.ResponseWriter, _ *http.Request) {
 // for longer than RecordStall (--record-stall, 30 s) the access records have waited behind a
 // blocked or slow sink, been dropped without a break, or kept failing to be
 // written (records.Stats.FailingSeconds). Then new flows would go unaudited, and the GWLB should send them
-// to another target. So should it while memory is critical (watchMemory):
-// new flows are refused here then, and another target can take them.
-// Idleness is not broken: no traffic is normal.
+// to another target. So should it while memory is critical (watchMemory),
+// or while the appliance's own addresses have never been read (neither
+// through netlink nor from /proc: proxy.OwnAddrsKnown): new flows are
+// refused here then, and another target can take them. Idleness is not
+// broken: no traffic is normal.
 func (a *Appliance) broken(rs records.Stats) []string {
 	var why []string
 	if a.geneveDown.Load() && !a.draining.Load() {
@@ -63,6 +65,9 @@ func (a *Appliance) broken(rs records.Stats) []string {
 	}
 	if m := a.memoryCritical.Load(); m != nil {
 		why = append(why, *m)
+	}
+	if !a.proxy.OwnAddrsKnown() {
+		why = append(why, "the appliance's own addresses could not be read (netlink and /proc/self/net both failed): every flow is refused until they can be")
 	}
 	return why
 }

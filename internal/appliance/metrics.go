@@ -203,6 +203,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return boolGauge(s.Draining) }),
 	newStatMetric("broken", promGauge, "1 while the health check fails for a reason other than draining (see /stats).",
 		func(s *stats) float64 { return boolGauge(len(s.Broken) > 0) }),
+	newStatMetric("own_addresses_known", promGauge, "1 once the appliance's own addresses have been read; 0 until then, while every flow is refused (the health check fails).",
+		func(s *stats) float64 { return boolGauge(s.OwnAddrsKnown) }),
 
 	newStatMetric("geneve_packets_in_total", promCounter, "GENEVE datagrams received.",
 		func(s *stats) float64 { return float64(s.Netstack.PacketsIn) }),
