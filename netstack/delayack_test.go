@@ -373,11 +373,11 @@ func (r *replyRig) send(pkt []byte, ack uint32, now int64) {
 func TestDelayedAckGeneration(t *testing.T) {
 	r := newReplyRig(t, time.Hour, 2) // the timer never fires on its own
 	a, b := &r.flows[0], &r.flows[1]
-	past := time.Now().Add(-2 * time.Hour).UnixNano()
+	past := monoNow() - int64(2*time.Hour)
 	r.send(a.ack, 101, past)  // held
 	r.send(b.ack, 101, past)  // held: the queue is not emptied below
 	r.send(a.data, 101, past) // carries a's first hold
-	now := time.Now().UnixNano()
+	now := monoNow()
 	r.send(a.ack, 201, now) // held again, its delay not run out
 	if got := r.s.stats.packetsOut.Load(); got != 1 {
 		t.Fatalf("%d datagrams sent before the timer, want the answer alone", got)

@@ -431,7 +431,7 @@ func TestStackCloseRace(t *testing.T) {
 			}
 		})
 	}
-	far := time.Now().Add(1000 * time.Hour).UnixNano()
+	far := monoNow() + int64(1000*time.Hour)
 	closed := 0
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
 		s.flows.Expire(far)

@@ -200,7 +200,7 @@ func TestReplyAfterExpiryNotUnderOtherHeader(t *testing.T) {
 	for _, fam := range groFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			r := newGRORig(t, fam.client, fam.server)
-			r.s.flows.Expire(time.Now().Add(24 * time.Hour).UnixNano())
+			r.s.flows.Expire(monoNow() + int64(24*time.Hour))
 			destinationSide(r, 12345, 777, header.TCPFlagAck)
 			p, _ := ParsePacket(clientSegment(r.client, r.server, 0, 0, header.TCPFlagAck, nil), r.ether)
 			if k := p.Key(7); r.s.flows.Lookup(&k) != nil {
