@@ -1,0 +1,224 @@
+package intercept
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// recordingBody counts a response body and writes the request's record when
+// goproxy closes it, i.e. once the response has reached the client, or
+// failed to.
+type recordingBody struct {
+	io.ReadCloser
+	read, written atomic.Int64
+	// last is the size of the latest read: goproxy copies the body with
+	// io.Copy (HTTP/1's Response.Write, its HTTP/2 handler), which reads
+	// again only once it has written the last read whole.
+	last atomic.Int64
+	// lastData is the size of the latest read that brought bytes: the
+	// piece a failed last write, or held bytes that failed to go out
+	// after the end, lost (outcome).
+	lastData atomic.Int64
+	// ended: a read returned io.EOF (or there was no body to read).
+	ended atomic.Bool
+	// readErr is the first read error other than io.EOF.
+	readErr atomic.Pointer[error]
+	// abortStream: the body, of no length the client is told, is read by
+	// an HTTP/2 server's stream handler (inH2Handler): a failed read
+	// aborts the stream.
+	abortStream bool
+	// tunnel: the body is a 101's, a WebSocket's way back.
+	tunnel bool
+	// limit is the client connection's, which says whether its end was
+	// the appliance's deadline (clientGone); nil in some tests.
+	limit *headLimit
+	once  sync.Once
+	done  func()
+	// An HTTP/2 stream's progress watch, when set (streamwatch.go).
+	stream *streamWatch
+}
+
+func (b *recordingBody) Read(p []byte) (int, error) {
+	if b.stream != nil {
+		p = b.stream.next(p) // the previous piece is written
+	}
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 && b.stream != nil {
+		b.stream.writing(n) // goproxy writes it next
+	}
+	if err != nil && err != io.EOF {
+		first := err // only this escapes: a read that succeeds allocates nothing
+		b.readErr.CompareAndSwap(nil, &first)
+		if b.abortStream {
+			// goproxy's HTTP/2 handler stops at a failed read and returns
+			// normally: the server would end the stream with END_STREAM,
+			// and the client take a body cut short (chunked, or of no
+			// length: nothing to check it by) for a whole one. A handler
+			// that panics with ErrAbortHandler has the server reset the
+			// stream instead (RST_STREAM, INTERNAL_ERROR), as
+			// httputil.ReverseProxy does; the server recovers it, and
+			// goproxy's deferred Close still writes the record. The bytes
+			// of this read never reach the client: not counted. (With a
+			// Content-Length the client finds a stream that ends short
+			// of it malformed, RFC 9113 §8.1.1, having had the head and
+			// the bytes before, which a reset could discard unsent.)
+			panic(http.ErrAbortHandler)
+		}
+	}
+	b.read.Add(int64(n))
+	b.last.Store(int64(n))
+	if n > 0 {
+		b.lastData.Store(int64(n))
+	}
+	if err == io.EOF {
+		b.ended.Store(true)
+	}
+	return n, err
+}
+
+// inH2Handler reports whether req is served by an HTTP/2 server's stream
+// handler, goproxy's for h2 and h2c clients: the one goroutine on which a
+// panic is recovered. The server puts itself in the context of each
+// stream's request; goproxy's HTTP/1 loop, whose goroutine recovers
+// nothing (a panic there ends the appliance), reads requests with a bare
+// context, whatever version their request line claims.
+func inH2Handler(req *http.Request) bool {
+	return req.ProtoMajor == 2 && req.Context().Value(http.ServerContextKey) != nil
+}
+
+// outcome says how the relay of the body ended: the record's result, its
+// error ("" when ok), and bytes_in, the body bytes passed on to the client
+// connection. A body closed before its end, with no read failing, is one
+// goproxy stopped writing: the client went away (a write to it failed, or
+// an HTTP/2 client reset the stream, which cancels ctx), and the bytes of
+// the latest read are not counted; the client's own buffers may still have
+// held some it never read. A read failing is the destination's doing
+// (cut short, reset, timed out), unless ctx was cancelled first. A
+// tunnel's end is its own: ok, unless a read from the destination failed.
+//
+// The last read can bring the body's end with its bytes (n, io.EOF: a
+// net/http body of known length that arrives in one read), before goproxy
+// writes them: ended says nothing about that write. A ctx already done at
+// Close says it failed, or came too late: it is done before the close only
+// for an HTTP/2 client's stream, which the client reset, or whose
+// connection ended, before the server could end the stream (END_STREAM
+// goes out only once the handler, which closes the body, returns). Nothing
+// here knows whether those bytes reached the client: not counted, as for
+// any write that failed. A ctx not yet done at Close does not say they
+// will: the server still holds up to 4 KiB of the body (its per-stream
+// write buffer; a short response's head too) and the stream's end, sent once the handler returns, after
+// the record; a client's RST_STREAM it reads only then discards them, and
+// the record says ok. The server reports that flush to no one, and only
+// goproxy, which owns the stream's writer, could flush it first
+// (docs/records.md says so). An HTTP/1 client's context is done only after the
+// close: there werr, the first write to the client connection that failed
+// (hijackedConn.responseWriteErr), says whether the last write failed, or
+// the bytes it held back failed to go out once the body had ended. Either
+// way the latest read is not counted; the result is timeout when the
+// write ran out of time, error otherwise, as for a write that failed
+// before the body's end.
+func (b *recordingBody) outcome(ctx context.Context, werr error) (result, errText string, delivered int64) {
+	delivered = b.read.Load()
+	var err error
+	if p := b.readErr.Load(); p != nil {
+		err = *p
+	}
+	switch {
+	case b.tunnel:
+		// Either side may end a tunnel, the client first as well (goproxy
+		// then closes the body: nothing failed). A read that failed (not
+		// one cut by the tunnel's own close: upgradedBody) is the
+		// destination's doing.
+		if err == nil || errors.Is(err, net.ErrClosed) {
+			return "ok", "", delivered
+		}
+		return bodyResult(err), fmt.Sprintf("WebSocket tunnel from the destination, after %d bytes: %v", delivered, err), delivered
+	case b.ended.Load() && ctx.Err() == nil && werr == nil:
+		return "ok", "", delivered
+	case err == nil || ctx.Err() != nil || werr != nil || errors.Is(err, context.Canceled):
+		switch {
+		case werr != nil && err == nil:
+			// The write that failed, or held its bytes back; the body's
+			// end may have come after it, in a read of its own.
+			delivered -= b.lastData.Load()
+		case err == nil:
+			delivered -= b.last.Load() // the write that failed
+		}
+		result, detail := "error", ""
+		if werr != nil {
+			detail = " (writing to it: " + werr.Error() + ")"
+			if isTimeout(werr) {
+				result = "timeout"
+			}
+		}
+		result, why := b.limit.clientGone(result, fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), detail)
+		return result, why, delivered
+	}
+	return bodyResult(err), fmt.Sprintf("response body from the destination, after %d bytes: %v", delivered, err), delivered
+}
+
+// bodyResult names why reading a response body failed, for the Result
+// field: reset, timeout, or error (a body cut short by a close). An HTTP/2
+// stream reset is a reset: net/http's own StreamError type is unexported,
+// but converts itself to x/net's (errors.As, by its fields). That is the
+// destination's RST_STREAM, or the one the transport sent it for a
+// protocol error of its own; the error text says which.
+func bodyResult(err error) string {
+	var se http2.StreamError
+	if errors.Is(err, syscall.ECONNRESET) || errors.As(err, &se) {
+		return "reset"
+	}
+	return records.DialResult(err)
+}
+
+func (b *recordingBody) Close() error {
+	if b.stream != nil {
+		b.stream.end()
+	}
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+type recordingRWBody struct {
+	*recordingBody
+	w      io.Writer
+	reload *tunnelReload // nil: no reload can reach it
+}
+
+// Read reads the destination's side of the tunnel; bytes read after a
+// reload that ends the tunnel are not passed on, nor counted.
+func (b *recordingRWBody) Read(p []byte) (int, error) {
+	n, err := b.recordingBody.Read(p)
+	if n > 0 && b.reload != nil {
+		if rerr := b.reload.check(); rerr != nil {
+			b.read.Add(-int64(n))
+			return 0, rerr
+		}
+	}
+	return n, err
+}
+
+// Write writes the client's side of the tunnel, unless a reload has ended
+// it.
+func (b *recordingRWBody) Write(p []byte) (int, error) {
+	if b.reload != nil {
+		if err := b.reload.check(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := b.w.Write(p)
+	b.written.Add(int64(n))
+	return n, err
+}
