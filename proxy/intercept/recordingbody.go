@@ -115,12 +115,10 @@ func inH2Handler(req *http.Request) bool {
 // connection ended, before the server could end the stream (END_STREAM
 // goes out only once the handler, which closes the body, returns). Nothing
 // here knows whether those bytes reached the client: not counted, as for
-// any write that failed. A ctx not yet done at Close does not say they
-// will: the server still holds up to 4 KiB of the body (its per-stream
-// write buffer; a short response's head too) and the stream's end, sent once the handler returns, after
-// the record; a client's RST_STREAM it reads only then discards them, and
-// the record says ok. The server reports that flush to no one, and only
-// goproxy, which owns the stream's writer, could flush it first
+// any write that failed. A ctx not yet done at Close says the body is
+// out: under a stream watch the server's per-stream write buffer was
+// flushed at the body's end (streamEnd), and what the server sends once
+// the handler returns, the stream's end, waits on no window
 // (docs/records.md says so). An HTTP/1 client's context is done only after the
 // close: there werr, the first write to the client connection that failed
 // (hijackedConn.responseWriteErr), says whether the last write failed, or

@@ -44,7 +44,11 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 		rt.requestDone() // its record is written already
 	}
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
+		watch := watchOf(resp.Body)
 		resp.Body = &nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody}
+		if watch != nil { // the server's last flush is watched too
+			resp.Body = &streamEnd{ReadCloser: resp.Body, watch: watch}
+		}
 		if !rt.s.h2 && hasBody(req, resp) {
 			rt.cc.holdResponse(true)
 		}

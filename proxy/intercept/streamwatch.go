@@ -1,6 +1,12 @@
 package intercept
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+)
 
 // An HTTP/2 client can stall a stream without any write of the
 // appliance's waiting: it reads the connection but grants the stream no
@@ -98,9 +104,81 @@ func (w *streamWatch) writing(n int) {
 	w.ww.WriteWaiting(true)
 }
 
+// flushing is called as the server's write buffer is flushed after the
+// body's end (streamEnd): a write to the client that may wait, as the
+// last piece's did. One that waits already (the last read brought bytes
+// with the end) goes on waiting from its read.
+func (w *streamWatch) flushing() {
+	if w.n == 0 {
+		w.at = time.Now()
+		w.ww.WriteWaiting(true)
+	}
+}
+
+// flushed is called once that flush has returned: nothing of the body is
+// left to wait on the client's window.
+func (w *streamWatch) flushed() {
+	w.n = 0
+	w.ww.WriteWaiting(false)
+}
+
 // end ends the watch: the relay has ended.
 func (w *streamWatch) end() {
 	if w.unwatch != nil {
 		w.unwatch()
 	}
+}
+
+// The end of a stream's body is a write too. x/net's server holds up to
+// 4 KiB of a stream's body in its write buffer, and goproxy copies a body
+// of known length with io.Copy, which leaves the buffer's last bytes for
+// later: for the server's final flush, after goproxy's handler has
+// returned and closed the body (so after the watch has ended), or for
+// goproxy's own flush before a response's trailers, after the body's last
+// read. Each waits on the stream's window, for good if the client grants
+// none: its handler and buffers pinned, the stream's slot taken, nothing
+// counted as stalled, and the record saying ok for bytes the client never
+// had. (goproxy's streaming copy, for a body of no known length, flushes
+// each piece before it reads the next: that wait is watched already.)
+//
+// So such a body copies itself to the server (io.WriterTo, which io.Copy
+// uses) and, at its end, flushes the server's buffer while the watch
+// still times the write. What the server writes after that is no DATA
+// that waits on the window: the trailers' HEADERS, or an empty DATA frame
+// with END_STREAM (x/net sends one after a flush, 9 bytes more than a
+// response that ends with its last DATA frame).
+
+// streamEnd is the body, as goproxy gets it, of a response relayed to an
+// HTTP/2 client's stream under a stream watch.
+type streamEnd struct {
+	io.ReadCloser
+	watch *streamWatch
+}
+
+// WriteTo copies the body to w, the server's ResponseWriter, as io.Copy
+// would, then flushes w under the watch: also when the copy failed, as a
+// body the destination cut short leaves its last bytes held as well. A
+// flush that fails (the client reset the stream, or the session was
+// aborted) fails the copy, as a write would.
+func (b *streamEnd) WriteTo(w io.Writer) (int64, error) {
+	n, err := io.CopyBuffer(w, b.ReadCloser, make([]byte, 32<<10)) // io.Copy's size
+	rw, ok := w.(http.ResponseWriter)
+	if !ok {
+		return n, err // not the server's: nothing it holds
+	}
+	b.watch.flushing()
+	ferr := http.NewResponseController(rw).Flush()
+	b.watch.flushed()
+	if err == nil && ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
+		err = fmt.Errorf("flushing the end of the body: %w", ferr)
+	}
+	return n, err
+}
+
+// watchOf returns the stream watch of a response body, if it has one.
+func watchOf(body io.ReadCloser) *streamWatch {
+	if rb, ok := body.(*recordingBody); ok {
+		return rb.stream
+	}
+	return nil
 }
