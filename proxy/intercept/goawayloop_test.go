@@ -1,12 +1,14 @@
 package intercept_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -129,5 +131,146 @@ func TestOriginGoAwayEveryRequest(t *testing.T) {
 	}
 	if !found {
 		t.Error("no http record")
+	}
+}
+
+// closingIdleOrigin is a plain HTTP/1.1 origin whose connections serve
+// one request each and are kept alive, but close when the next request
+// on them comes, without answering: an origin whose keep-alive timeout
+// closed its idle connections together, with the appliance's next
+// request already on its way on each (the keep-alive race). net/http
+// tries a GET on such a kept connection again, on another one.
+type closingIdleOrigin struct {
+	ln       net.Listener
+	accepted atomic.Int64 // connections
+	dropped  atomic.Int64 // requests read on a kept connection, then closed under
+	warmN    int64
+	warmIn   atomic.Int64
+	warm     chan struct{} // closed once warmN /warm requests are in
+}
+
+func startClosingIdleOrigin(t *testing.T, warmN int64) *closingIdleOrigin {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &closingIdleOrigin{ln: ln, warmN: warmN, warm: make(chan struct{})}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			o.accepted.Add(1)
+			go o.serve(c)
+		}
+	}()
+	return o
+}
+
+func (o *closingIdleOrigin) serve(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(waitLimit))
+	br := bufio.NewReader(c)
+	for served := 0; ; served++ {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		if served > 0 {
+			o.dropped.Add(1)
+			return
+		}
+		if req.URL.Path == "/warm" {
+			// Held until every /warm request is in: each on a connection
+			// of its own.
+			if o.warmIn.Add(1) == o.warmN {
+				close(o.warm)
+			}
+			select {
+			case <-o.warm:
+			case <-time.After(waitLimit):
+				return
+			}
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}
+}
+
+// TestKeepAliveRaceNotRefused: the bound on the connections a request is
+// tried on counts new connections only. A request that loses the
+// keep-alive race on each of the session's kept connections (three, all
+// closed under it by the origin) is tried on a new connection and
+// served, as net/http alone would: not a 502 blaming the destination
+// for refusing it "on 3 connections".
+func TestKeepAliveRaceNotRefused(t *testing.T) {
+	const kept = 3
+	var o *closingIdleOrigin
+	r := newRig(t, testPolicy, func(c *intercept.Config) {
+		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", o.ln.Addr().String())
+		}
+	})
+	o = startClosingIdleOrigin(t, kept)
+	upEnd, err := net.Dial("tcp", o.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An HTTP/2 client (h2c) to an HTTP/1 origin: its streams go over
+	// http.Transport, which keeps the upstream connections.
+	cc, _ := r.h2cClient(t, upEnd)
+	get := func(path string) (int, string, error) {
+		req, _ := http.NewRequest("GET", "http://www.example.test"+path, nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			return 0, "", err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(body), nil
+	}
+	var wg sync.WaitGroup
+	for range kept {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code, body, err := get("/warm"); err != nil || code != http.StatusOK {
+				t.Errorf("warm-up: %d %q %v", code, body, err)
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(100 * time.Millisecond) // their connections back in the pool
+	code, body, err := get("/late")
+	t.Logf("the late request: %d %q %v; origin: %d connections, %d requests closed under", code, body, err, o.accepted.Load(), o.dropped.Load())
+	if err != nil || code != http.StatusOK || body != "ok" {
+		t.Errorf("the late request: %d %q %v; want 200 ok on a new connection", code, body, err)
+	}
+	if d := o.dropped.Load(); d != kept {
+		t.Errorf("%d requests closed under on kept connections, want %d: the race was not played", d, kept)
+	}
+	if n := o.accepted.Load(); n != kept+1 {
+		t.Errorf("origin: %d connections, want %d", n, kept+1)
+	}
+	var oks int
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		oks = 0
+		for _, rec := range ofKind(r.records(), "http") {
+			if rec.Status == http.StatusOK && rec.Result == "ok" {
+				oks++
+			} else {
+				t.Logf("record: status %d result %q error %q", rec.Status, rec.Result, rec.Error)
+			}
+		}
+		if oks == kept+1 {
+			break
+		}
+	}
+	if oks != kept+1 {
+		t.Errorf("%d http records 200 ok, want %d", oks, kept+1)
 	}
 }

@@ -160,11 +160,11 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 	dest := s.Subject.Dest.String()
 	pace := s.dialPace() // h2guard.go
 	dial := func(ctx context.Context) (net.Conn, error) {
+		if err := newConnFor(ctx); err != nil {
+			return nil, err
+		}
 		if first != nil && !used.Swap(true) {
 			return first, nil
-		}
-		if err := refusedTooOften(ctx); err != nil {
-			return nil, err // net/http dials on for a request it gave up
 		}
 		if err := pace.wait(ctx); err != nil {
 			return nil, err
@@ -279,7 +279,6 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hd.cancel = cancel
 	// A copy: the transport must not change the caller's request.
 	r := req.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, headDeadlineKey{}, hd), &httptrace.ClientTrace{
-		GetConn:              hd.getConn,
 		GotConn:              hd.gotConn,
 		GotFirstResponseByte: hd.start,
 		Got1xxResponse:       hd.got1xx,
@@ -295,7 +294,7 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// maxConnsPerRequest bounds the connections one request is tried on.
+// maxConnsPerRequest bounds the new connections one request is tried on.
 // net/http tries a request again, on another connection and with no
 // bound, when its connection ended before taking it: an HTTP/2 origin's
 // GOAWAY naming no stream, a kept HTTP/1 connection closed under it. An
@@ -303,6 +302,17 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // down for good) had one client request dial, and handshake, thousands
 // of times a second until the client gave up. A stale kept connection or
 // an origin's graceful restart costs one try, two at most.
+//
+// Only the connections dialled for the request count (the session's
+// first one too, when the request is the one that takes it). Kept idle
+// connections it is tried on do not: an origin whose keep-alive timeout
+// closes a session's idle connections together (up to
+// MaxIdleConnsPerHost of them) could have an honest request lose the
+// race on each, and be refused, though a new connection would have
+// served it. Those tries are bounded without a count: a kept connection
+// that refused a request is no longer kept, and only connections dialled
+// (and counted, for the requests they were dialled for) are kept anew;
+// once none is kept, the request's next try dials, and counts.
 const maxConnsPerRequest = 3
 
 // errRefusedTooOften ends a request the destination took on none of
@@ -311,16 +321,22 @@ var errRefusedTooOften = fmt.Errorf("the destination refused the request on %d c
 
 // headDeadlineKey is the context key of a request's headDeadline: the
 // transport's dial takes the request's context values (not its
-// cancellation), and refuses to dial for a request refused too often.
+// cancellation), and counts the connections dialled for it.
 type headDeadlineKey struct{}
 
-// refusedTooOften returns errRefusedTooOften if ctx is that of a request
-// refused on maxConnsPerRequest connections already.
-func refusedTooOften(ctx context.Context) error {
-	if hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline); ok && hd.refused.Load() {
-		return errRefusedTooOften
+// newConnFor counts a new connection for the request whose context (its
+// values: net/http dials under the request's values, not its
+// cancellation) ctx is, if it is one of oneHostTransport's. The one past
+// maxConnsPerRequest is refused: it returns errRefusedTooOften, which
+// also ends the request, as the cause of its context (net/http may
+// otherwise go on to wait for another request's connection).
+func newConnFor(ctx context.Context) error {
+	hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline)
+	if !ok || hd.dials.Add(1) <= maxConnsPerRequest {
+		return nil
 	}
-	return nil
+	hd.cancel(errRefusedTooOften)
+	return errRefusedTooOften
 }
 
 // errResponseHeadTimeout ends a request whose response head did not
@@ -367,27 +383,8 @@ type headDeadline struct {
 	h2        bool         // the request went over HTTP/2
 	conn      *countedConn // the request's HTTP/1 connection, below TLS
 	next      func()       // conn.onRead's, while set: start
-	conns     int          // connections asked for (getConn)
-	// refused: the request asked for a connection more than
-	// maxConnsPerRequest times; no connection is dialled for it.
-	refused atomic.Bool
-}
-
-// getConn counts the connections the request is tried on (httptrace's
-// GetConn, before each try's connection is taken or dialled), and ends
-// the request, with errRefusedTooOften as its cause, when one more than
-// maxConnsPerRequest is asked for. net/http dials on for a request whose
-// context has ended (the connection may serve another): the transport's
-// dial sees refused (refusedTooOften) and does not.
-func (d *headDeadline) getConn(string) {
-	d.mu.Lock()
-	d.conns++
-	n := d.conns
-	d.mu.Unlock()
-	if n > maxConnsPerRequest {
-		d.refused.Store(true)
-		d.cancel(errRefusedTooOften)
-	}
+	// dials: the connections dialled for the request (newConnFor).
+	dials atomic.Int32
 }
 
 // gotConn takes the connection the request went on (httptrace).
