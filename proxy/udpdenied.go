@@ -69,8 +69,10 @@ func (f *udpFlow) subject() udpSubject {
 // pol lets it through, else why not (d's rule, if any, denied it). No
 // lookup is made (it runs on the packet path): a flow let through by name
 // that never met a destination check pol makes is denied, unless pol only
-// audits (reloadDestCheck).
-func (p *Proxy) redecide(pol *policy.Policy, s *udpSubject) (d policy.Decision, why string) {
+// audits (reloadDestCheck). rec, if not nil, is the flow's record, which
+// takes the audit's note of a destination left unchecked; a held flow has
+// none any more.
+func (p *Proxy) redecide(pol *policy.Policy, s *udpSubject, rec *records.Record) (d policy.Decision, why string) {
 	switch {
 	case s.unread && pol.NamesMatter():
 		return d, "the flow carries a QUIC connection whose ClientHello was not read, and the policy now looks at names"
@@ -84,7 +86,10 @@ func (p *Proxy) redecide(pol *policy.Policy, s *udpSubject) (d policy.Decision, 
 	case d.Action == policy.Bump && s.proto == policy.ProtoQUIC:
 		return d, quicBumpReason
 	}
-	return d, p.reloadDestCheck(pol, d, &records.Record{DestCheck: s.destCheck}, s.name, nil)
+	if rec == nil {
+		rec = &records.Record{DestCheck: s.destCheck}
+	}
+	return d, p.reloadDestCheck(pol, d, rec, s.name, nil)
 }
 
 // hold keeps the flow's client end as a denied flow's, denied under pol (nil
@@ -128,7 +133,7 @@ func (d *deniedUDP) discard() {
 	}
 	if was := d.pol.Load(); was != nil {
 		if pol := d.p.cfg.Policy.Load(); pol != was {
-			if _, why := d.p.redecide(pol, &d.subject); why == "" {
+			if _, why := d.p.redecide(pol, &d.subject, nil); why == "" {
 				d.closeSoon()
 			} else {
 				d.pol.CompareAndSwap(was, pol) // still denied: not decided again until the next reload

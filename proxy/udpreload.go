@@ -30,7 +30,7 @@ import (
 // the flow goes on. Under outMu.
 func (f *udpFlow) reloaded(pol *policy.Policy) bool {
 	s := f.subject()
-	d, why := f.p.redecide(pol, &s)
+	d, why := f.p.redecide(pol, &s, f.rec)
 	if why != "" {
 		f.endDenied(pol, d, why)
 		return false
