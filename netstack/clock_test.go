@@ -6,20 +6,22 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // Wall-clock steps. A test cannot step the machine's clock, so it feeds
 // the stamps a step leaves behind: one taken an instant before a step back
 // of an hour is an hour ahead of the wall clock after it. wallStepped
 // stands for the step itself: the wall clock moves by step, the netstack's
-// clock (monoNow) does not.
+// clock (monoclock.Now) does not.
 
 // wallStepped has the netstack's clock read as if the wall clock had been
-// stepped by step since the stamps were taken (monoNow = wall - step),
+// stepped by step since the stamps were taken (monoclock.Now = wall - step),
 // until the test ends.
 func wallStepped(t *testing.T, step time.Duration) {
-	clockAnchor.Add(-int64(step))
-	t.Cleanup(func() { clockAnchor.Add(int64(step)) })
+	monoclock.Shift(-step)
+	t.Cleanup(func() { monoclock.Shift(step) })
 }
 
 // stampedBefore is a stamp taken ago before a wall-clock step of step,
@@ -79,7 +81,7 @@ func TestDelayedAckWallStepBack(t *testing.T) {
 	ack := uint32(101)
 	for range 100000 {
 		ack += 100
-		now := monoNow()
+		now := monoclock.Now()
 		r.send(a.ack, ack, now)  // held
 		r.send(a.data, ack, now) // carries it
 	}
@@ -121,7 +123,7 @@ func TestFlowExpiryWallStepBack(t *testing.T) {
 		t.Errorf("%d flows left in the table, a minute after their SYNs (timeout 30 s)", n)
 	}
 	k := key(3)
-	if _, r := tb.Touch(&k, nil, Header{}, gwlb, monoNow()); r != DropNone {
+	if _, r := tb.Touch(&k, nil, Header{}, gwlb, monoclock.Now()); r != DropNone {
 		t.Errorf("the client's new flow: %v, want taken", r)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // Delayed ACKs.
@@ -67,7 +69,7 @@ type flowAcks struct {
 	sentAck uint32     // the highest acknowledgement number sent, when sent is set
 	sent    bool
 	quick   bool  // the flow answers quickly: its ACKs may be held
-	ackAt   int64 // when the flow's last pure ACK was made (monoNow)
+	ackAt   int64 // when the flow's last pure ACK was made (monoclock.Now)
 }
 
 // delayedAck is a held ACK: its GENEVE datagram, ready to send.
@@ -84,7 +86,7 @@ func (h *delayedAck) datagram() []byte { return (*h.buf)[:h.n] }
 type heldRef struct {
 	flow *Flow
 	gen  uint32
-	at   int64 // when it was held (monoNow)
+	at   int64 // when it was held (monoclock.Now)
 }
 
 // ackDelayer sends the held ACKs whose delay ran out, with one timer for
@@ -219,7 +221,7 @@ func (d *ackDelayer) send(f *Flow, h *delayedAck) {
 
 // tap shows a held ACK to the capture tap as it leaves: the reply path
 // shows it nothing while it is held, since it may never leave. The tap
-// takes the wall clock's time, not monoNow's.
+// takes the wall clock's time, not monoclock.Now's.
 func (d *ackDelayer) tap(f *Flow, h *delayedAck) {
 	t := d.srv.cfg.Tap
 	if t == nil {
@@ -268,7 +270,7 @@ func (d *ackDelayer) released() {
 func (d *ackDelayer) fire() {
 	d.flushMu.Lock()
 	defer d.flushMu.Unlock()
-	now := monoNow() // the holds' clock: a wall-clock step back would keep them all
+	now := monoclock.Now() // the holds' clock: a wall-clock step back would keep them all
 	d.mu.Lock()
 	n := 0
 	for n < len(d.queue) && now-d.queue[n].at >= d.delay {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // nextReply reads the rig's next reply segment, failing after wait.
@@ -373,11 +375,11 @@ func (r *replyRig) send(pkt []byte, ack uint32, now int64) {
 func TestDelayedAckGeneration(t *testing.T) {
 	r := newReplyRig(t, time.Hour, 2) // the timer never fires on its own
 	a, b := &r.flows[0], &r.flows[1]
-	past := monoNow() - int64(2*time.Hour)
+	past := monoclock.Now() - int64(2*time.Hour)
 	r.send(a.ack, 101, past)  // held
 	r.send(b.ack, 101, past)  // held: the queue is not emptied below
 	r.send(a.data, 101, past) // carries a's first hold
-	now := monoNow()
+	now := monoclock.Now()
 	r.send(a.ack, 201, now) // held again, its delay not run out
 	if got := r.s.stats.packetsOut.Load(); got != 1 {
 		t.Fatalf("%d datagrams sent before the timer, want the answer alone", got)

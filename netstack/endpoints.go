@@ -3,6 +3,8 @@ package netstack
 import (
 	"log/slog"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // The life of a GWLB endpoint's stack: made on the endpoint's first packet,
@@ -52,7 +54,7 @@ func (s *Server) newStack(endpoint uint64) (any, DropReason) {
 		return nil, DropEndpointLimit
 	}
 	st := newEndpointStack(s, endpoint)
-	st.lastPacket.Store(monoNow())
+	st.lastPacket.Store(monoclock.Now())
 	s.stacks.Store(endpoint, st)
 	s.nstacks.Add(1)
 	s.stats.stacksCreated.Add(1)
@@ -63,7 +65,7 @@ func (s *Server) newStack(endpoint uint64) (any, DropReason) {
 // warnEndpointCap logs, at most once a minute, that new endpoints are
 // refused.
 func (s *Server) warnEndpointCap() {
-	now := monoNow()
+	now := monoclock.Now()
 	last := s.capWarned.Load()
 	if now-last < int64(time.Minute) || !s.capWarned.CompareAndSwap(last, now) {
 		return

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // testHandler stands in for the proxy: it rejects TCP, reads the first
@@ -431,7 +433,7 @@ func TestStackCloseRace(t *testing.T) {
 			}
 		})
 	}
-	far := monoNow() + int64(1000*time.Hour)
+	far := monoclock.Now() + int64(1000*time.Hour)
 	closed := 0
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
 		s.flows.Expire(far)

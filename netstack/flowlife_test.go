@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // TestTCPFlowStates: which segments make a TCP flow established, and which
@@ -89,7 +91,7 @@ func TestStrayTCPFlowsExpireSoon(t *testing.T) {
 	}
 	readReplySegment(t, r.gwlb, header.TCPFlagRst) // refused, not ignored
 
-	later := monoNow() + int64(DefaultTransitoryTimeout+time.Second)
+	later := monoclock.Now() + int64(DefaultTransitoryTimeout+time.Second)
 	if n := r.s.flows.Expire(later); n != 10 {
 		t.Fatalf("%d flows expired after the transitory timeout, want the 10 stray ones", n)
 	}
@@ -126,7 +128,7 @@ func TestSpoofedRstKeepsIdleFlow(t *testing.T) {
 			k := (&Packet{Proto: protoTCP, IPv6: fam.client.Addr().Is6(), Src: fam.client.Addr().As16(), Dst: fam.server.Addr().As16(), SrcPort: fam.client.Port(), DstPort: fam.server.Port()}).Key(7)
 			r.batch(clientSegment(fam.client, fam.server, r.seq+0x40000000, 0, header.TCPFlagRst, nil))
 			r.noReply(t, 200*time.Millisecond) // out of the window: ignored, no challenge ACK
-			later := monoNow() + int64(DefaultTransitoryTimeout+time.Second)
+			later := monoclock.Now() + int64(DefaultTransitoryTimeout+time.Second)
 			if n := r.s.flows.Expire(later); n != 0 || r.s.flows.Lookup(&k) == nil {
 				t.Fatalf("the spoofed RST expired the connection's flow (%d expired)", n)
 			}
@@ -144,7 +146,7 @@ func TestSpoofedRstKeepsIdleFlow(t *testing.T) {
 			waitUntil(t, 5*time.Second, "the stack to take the RST", func() (bool, string) {
 				return !r.s.holdsTCP(&k), "the stack still holds the connection"
 			})
-			later = monoNow() + int64(DefaultTransitoryTimeout+time.Second)
+			later = monoclock.Now() + int64(DefaultTransitoryTimeout+time.Second)
 			if n := r.s.flows.Expire(later); n != 1 || r.s.flows.Lookup(&k) != nil {
 				t.Fatalf("after the client's real RST: %d expired, want its flow", n)
 			}

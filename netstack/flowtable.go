@@ -18,12 +18,12 @@ const flowShards = 64
 // is.
 type Flow struct {
 	key      FlowKey      // its client's address is the one its share is taken from
-	lastSeen atomic.Int64 // monoNow
+	lastSeen atomic.Int64 // monoclock.Now
 	tunnel   atomic.Pointer[tunnel]
 	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
 	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
 	snd      atomic.Uint64            // TCP: the stack's SND.UNA and SND.NXT as seen (tcpseq.go)
-	mtuTaken atomic.Int64             // TCP: when the stack last took a path MTU error (monoNow; icmperr.go)
+	mtuTaken atomic.Int64             // TCP: when the stack last took a path MTU error (monoclock.Now; icmperr.go)
 	replied  atomic.Bool              // others: the stack has sent the client something
 	removed  atomic.Bool              // out of the table: expired or evicted (flowevict.go)
 	queued   atomic.Bool              // in its client's queue (flowevict.go)

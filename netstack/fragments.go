@@ -68,7 +68,7 @@ type fragEntry struct {
 	key     fragKey
 	flow    *Flow    // nil: free
 	owner   [16]byte // the flow's client, as clientKeyOf names it
-	expires int64    // monoNow
+	expires int64    // monoclock.Now
 }
 
 type fragBucket struct {

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // EchoRequest is an ICMP or ICMPv6 echo request from a client. Only the
@@ -79,7 +81,7 @@ func (r *EchoRequest) Reply(data []byte) {
 		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
 	}
 	// At most the MTU and unfragmented: no fragment table.
-	r.srv.sendInner(r.endpoint, buf, innerOff, n, monoNow(), nil)
+	r.srv.sendInner(r.endpoint, buf, innerOff, n, monoclock.Now(), nil)
 }
 
 // DropUnavailable counts an echo request the handler could not relay

@@ -50,7 +50,7 @@ const pathMTUInterval = 100 * time.Millisecond
 // A real router's unreachable dropped here costs the flow only time: it
 // ends as if nothing came back.
 //
-// now is the time the error came in (monoNow).
+// now is the time the error came in (monoclock.Now).
 func checkICMPError(p *Packet, inner []byte, flow *Flow, now int64) DropReason {
 	if mtu, ok := pathMTU(inner[p.Payload:], p.IPv6); ok {
 		if (p.IPv6 && mtu < minPathMTUv6) || (!p.IPv6 && mtu < minPathMTUv4) {

@@ -8,6 +8,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // maxDatagram is the largest GENEVE datagram the GWLB carries, outer IPv4
@@ -73,7 +75,7 @@ func (l *link) WritePacket(pb *stack.PacketBuffer) tcpip.Error {
 		return nil
 	}
 	b := getReplyBatch()
-	l.batch(b, pb, monoNow())
+	l.batch(b, pb, monoclock.Now())
 	l.srv.sendReplies(b)
 	b.release()
 	return nil
@@ -85,7 +87,7 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 		return pkts.Len(), nil
 	}
 	b := getReplyBatch()
-	now := monoNow()
+	now := monoclock.Now()
 	for _, pb := range pkts.AsSlice() {
 		if b.full() {
 			l.srv.sendReplies(b)

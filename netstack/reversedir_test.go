@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // destinationSide sends the rig's stack a TCP segment from the flow's
@@ -200,7 +202,7 @@ func TestReplyAfterExpiryNotUnderOtherHeader(t *testing.T) {
 	for _, fam := range groFamilies {
 		t.Run(fam.name, func(t *testing.T) {
 			r := newGRORig(t, fam.client, fam.server)
-			r.s.flows.Expire(monoNow() + int64(24*time.Hour))
+			r.s.flows.Expire(monoclock.Now() + int64(24*time.Hour))
 			destinationSide(r, 12345, 777, header.TCPFlagAck)
 			p, _ := ParsePacket(clientSegment(r.client, r.server, 0, 0, header.TCPFlagAck, nil), r.ether)
 			if k := p.Key(7); r.s.flows.Lookup(&k) != nil {

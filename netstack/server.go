@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // Server is the GENEVE side of the appliance.
@@ -36,7 +38,7 @@ type Server struct {
 	stackMu sync.Mutex
 	shut    bool // under stackMu: Close has begun, no new stacks
 	nstacks atomic.Int64
-	// capWarned is when the endpoint cap was last logged (monoNow).
+	// capWarned is when the endpoint cap was last logged (monoclock.Now).
 	capWarned atomic.Int64
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -254,7 +256,7 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 // the handler's own shares). A later fragment carries no ports: it follows the flow of
 // its first fragment, or is dropped when that was not taken in.
 func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb netip.AddrPort, co *coalescer) DropReason {
-	now := monoNow()
+	now := monoclock.Now()
 	inner := b[h.Len:]
 	var flow *Flow
 	if p.Fragment {
@@ -515,10 +517,10 @@ func (s *Server) expireLoop() {
 
 // expireIdle is one round of expireLoop: the flows idle past their
 // timeouts, then the stacks of endpoints left with neither flows nor
-// packets, by monoNow (a wall-clock step forward would expire every flow
+// packets, by monoclock.Now (a wall-clock step forward would expire every flow
 // at once and abort its connections).
 func (s *Server) expireIdle() {
-	now := monoNow()
+	now := monoclock.Now()
 	s.flows.Expire(now)
 	s.closeIdleStacks(now)
 }

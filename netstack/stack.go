@@ -93,7 +93,7 @@ type endpointStack struct {
 	// a closed stack.
 	mu     sync.RWMutex
 	closed bool // under mu
-	// lastPacket is when a packet last came for the endpoint (monoNow,
+	// lastPacket is when a packet last came for the endpoint (monoclock.Now,
 	// to within packetStampEvery).
 	lastPacket atomic.Int64
 	// inFrags lets the later fragments of a client's datagram, which carry

@@ -3,20 +3,22 @@ package proxy
 import (
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // Wall-clock steps. A test cannot step the machine's clock, so it feeds
 // the stamps a step leaves behind: one taken an instant before a step back
 // of an hour is an hour ahead of the wall clock after it. wallStepped
 // stands for the step itself: the wall clock moves by step, the relays'
-// clock (monoNow) does not.
+// clock (monoclock.Now) does not.
 
 // wallStepped has the relays' clock read as if the wall clock had been
-// stepped by step since the stamps were taken (monoNow = wall - step),
+// stepped by step since the stamps were taken (monoclock.Now = wall - step),
 // until the test ends.
 func wallStepped(t *testing.T, step time.Duration) {
-	clockAnchor.Add(-int64(step))
-	t.Cleanup(func() { clockAnchor.Add(int64(step)) })
+	monoclock.Shift(-step)
+	t.Cleanup(func() { monoclock.Shift(step) })
 }
 
 // TestUDPDeadlineWallStepBack: a UDP flow idle since an instant before the

@@ -17,6 +17,8 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // echoRelay relays ICMP echo through the host's unprivileged ICMP ("ping")
@@ -158,7 +160,7 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 		}
 		return
 	}
-	f.last.Store(monoStamp(now))
+	f.last.Store(monoclock.Stamp(now))
 	if f.denied {
 		if isNew {
 			p.denyEarly(f.rec, now, clientShareKey(req.Flow), f.rec.Error)
@@ -252,7 +254,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 	}
 	dest := req.Flow.Dest.Addr()
 	f = &echoSession{conn: conn, v6: req.IPv6(), dest: &net.UDPAddr{IP: dest.AsSlice()}, destIP: dest.Unmap(), share: share, pol: pol}
-	f.last.Store(monoStamp(now))
+	f.last.Store(monoclock.Stamp(now))
 	r.flows[k] = f
 	r.p.stats.echoActive.Add(1)
 	go r.serve(k, f, rec)
@@ -334,7 +336,7 @@ func (r *echoRelay) addDenied(k echoKey, share shareKey, rec *records.Record, re
 		return &noRoomDenied, false
 	}
 	f := &echoSession{denied: true, forbidden: forbidden, pol: pol, rec: rec, share: share}
-	f.last.Store(monoStamp(now))
+	f.last.Store(monoclock.Stamp(now))
 	idle := r.p.cfg.EchoIdleTimeout
 	// The callback takes r.mu, which is held here, so it sees f.timer set.
 	f.timer = time.AfterFunc(idle, func() {
@@ -388,9 +390,9 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 	var replies int64
 	deadline := func() time.Time {
 		if replies == 0 {
-			return monoTime(f.last.Load()).Add(unanswered)
+			return monoclock.Time(f.last.Load()).Add(unanswered)
 		}
-		return monoTime(f.last.Load()).Add(idle)
+		return monoclock.Time(f.last.Load()).Add(idle)
 	}
 	buf := make([]byte, echoReplyBuf)
 	for {

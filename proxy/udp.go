@@ -14,6 +14,8 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 	"github.com/gwlbproxy/gwlbproxy/proxy/sniff/quic"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // datagramBufPool holds buffers for the largest UDP datagram, for the UDP
@@ -74,7 +76,7 @@ type udpFlow struct {
 	// under (its own: f.pol is outMu's): see hostReloaded.
 	hostPol *policy.Policy
 
-	last     atomic.Int64 // when a datagram last passed either way (monoNow)
+	last     atomic.Int64 // when a datagram last passed either way (monoclock.Now)
 	bytesOut int64        // under outMu
 	bytesIn  int64        // the host loop's own
 	dns      *dnsLog      // for a flow to a DNS port
@@ -272,7 +274,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	}()
 }
 
-func (f *udpFlow) touch() { f.last.Store(monoNow()) }
+func (f *udpFlow) touch() { f.last.Store(monoclock.Now()) }
 
 // clientReadable drains the client's datagrams to the host socket. It runs
 // on the packet path, from every goroutine that announces a datagram: the
@@ -463,7 +465,7 @@ func (f *udpFlow) serveHost() {
 // nothing, or, for a DNS flow with every query answered, the linger. Only
 // the host loop calls it (it reads bytesIn).
 func (f *udpFlow) deadline() time.Time {
-	last := monoTime(f.last.Load())
+	last := monoclock.Time(f.last.Load())
 	if f.dns != nil && f.dns.quiet() {
 		return last.Add(min(dnsLinger, f.p.cfg.UDPIdleTimeout))
 	}

@@ -9,6 +9,8 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // maxDeniedUDP bounds the denied UDP flows held open (a few KiB each, the
@@ -32,7 +34,7 @@ type deniedUDP struct {
 	ready   readableConn
 	subject udpSubject
 	pol     atomic.Pointer[policy.Policy] // the policy last found to deny it
-	last    atomic.Int64                  // when a datagram last came (monoNow)
+	last    atomic.Int64                  // when a datagram last came (monoclock.Now)
 	timer   *time.Timer
 	closing atomic.Bool // ending: the timer fires at once
 	closed  atomic.Bool
@@ -111,7 +113,7 @@ func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy
 	}
 	d := &deniedUDP{p: p, conn: conn, ready: ready, subject: s}
 	d.pol.Store(pol)
-	d.last.Store(monoNow())
+	d.last.Store(monoclock.Now())
 	d.timer = time.AfterFunc(p.cfg.UDPIdleTimeout, d.expire)
 	ready.OnReadable(d.discard)
 	d.discard()
@@ -129,7 +131,7 @@ func (d *deniedUDP) discard() {
 			d.closeSoon()
 			return
 		}
-		d.last.Store(monoNow())
+		d.last.Store(monoclock.Now())
 	}
 	if was := d.pol.Load(); was != nil {
 		if pol := d.p.cfg.Policy.Load(); pol != was {
