@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,9 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 )
@@ -24,31 +20,6 @@ import (
 // process of TestOwnAddrsWithoutNetlink; its value is the mode: proc (the
 // /proc fallback is readable) or none (it is not either).
 const noNetlinkHelperEnv = "GWLBPROXY_NONETLINK_HELPER"
-
-// refuseNetlinkSockets installs a seccomp filter on every thread of the
-// process that fails socket(AF_NETLINK, ...) with EACCES, as a unit whose
-// RestrictAddressFamilies= leaves out AF_NETLINK does.
-func refuseNetlinkSockets(t *testing.T) {
-	t.Helper()
-	prog := []unix.SockFilter{
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // the system call's number
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.SYS_SOCKET, Jt: 0, Jf: 3},
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 16}, // its first argument's low half (little-endian)
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.AF_NETLINK, Jt: 0, Jf: 1},
-		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ERRNO | uint32(unix.EACCES)},
-		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
-	}
-	fp := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		t.Fatalf("PR_SET_NO_NEW_PRIVS: %v", err)
-	}
-	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fp))); e != 0 {
-		t.Fatalf("seccomp: %v", e)
-	}
-	if _, err := net.InterfaceAddrs(); err == nil {
-		t.Fatal("net.InterfaceAddrs works under the filter: netlink is not refused")
-	}
-}
 
 // TestOwnAddrsNoNetlinkHelper is not a test: TestOwnAddrsWithoutNetlink
 // runs it in a network namespace of its own, whose addresses are
@@ -59,7 +30,7 @@ func TestOwnAddrsNoNetlinkHelper(t *testing.T) {
 	if mode == "" {
 		t.Skip("the helper process of TestOwnAddrsWithoutNetlink")
 	}
-	refuseNetlinkSockets(t)
+	testenv.RefuseNetlink(t)
 	if mode == "none" {
 		procNetDir = t.TempDir() // no fib_trie there
 	}
