@@ -112,33 +112,7 @@ func TestReloadEndsWebSocketTunnel(t *testing.T) {
 // echoUpgradeUpstream is rawUpgradeUpstream that also says how the
 // destination's end of the tunnel ended: the error of its last read.
 func echoUpgradeUpstream(t *testing.T) (net.Conn, <-chan string, <-chan error) {
-	proxyEnd, serverEnd := testnet.TCPPair(t)
-	got, ended := make(chan string, 1), make(chan error, 1)
-	go func() {
-		defer serverEnd.Close()
-		serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
-		br := bufio.NewReader(serverEnd)
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			got <- "nothing: " + err.Error()
-			return
-		}
-		got <- req.Method + " " + req.URL.Path
-		io.WriteString(serverEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-		buf := make([]byte, 4096)
-		for {
-			n, err := br.Read(buf)
-			if err != nil {
-				ended <- err
-				return
-			}
-			if _, err := serverEnd.Write(buf[:n]); err != nil {
-				ended <- err
-				return
-			}
-		}
-	}()
-	return proxyEnd, got, ended
+	return tlsEchoUpgradeUpstream(t, nil)
 }
 
 // TestReloadEndsBumpedWebSocketTunnelTLSRecord: a reload that ends a
@@ -190,22 +164,26 @@ func TestReloadEndsBumpedWebSocketTunnelTLSRecord(t *testing.T) {
 	}
 }
 
-// tlsEchoUpgradeUpstream is echoUpgradeUpstream over TLS with cert.
+// tlsEchoUpgradeUpstream is echoUpgradeUpstream over TLS with cert (nil:
+// cleartext).
 func tlsEchoUpgradeUpstream(t *testing.T, cert *tls.Certificate) (net.Conn, <-chan string, <-chan error) {
 	proxyEnd, serverEnd := testnet.TCPPair(t)
-	tlsEnd := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
+	var end net.Conn = serverEnd
+	if cert != nil {
+		end = tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
+	}
 	got, ended := make(chan string, 1), make(chan error, 1)
 	go func() {
-		defer tlsEnd.Close()
-		tlsEnd.SetDeadline(time.Now().Add(2 * waitLimit))
-		br := bufio.NewReader(tlsEnd)
+		defer end.Close()
+		end.SetDeadline(time.Now().Add(2 * waitLimit))
+		br := bufio.NewReader(end)
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			got <- "nothing: " + err.Error()
 			return
 		}
 		got <- req.Method + " " + req.URL.Path
-		io.WriteString(tlsEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		io.WriteString(end, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		buf := make([]byte, 4096)
 		for {
 			n, err := br.Read(buf)
@@ -213,7 +191,7 @@ func tlsEchoUpgradeUpstream(t *testing.T, cert *tls.Certificate) (net.Conn, <-ch
 				ended <- err
 				return
 			}
-			if _, err := tlsEnd.Write(buf[:n]); err != nil {
+			if _, err := end.Write(buf[:n]); err != nil {
 				ended <- err
 				return
 			}
