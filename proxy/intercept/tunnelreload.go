@@ -102,7 +102,7 @@ func (r *tunnelReload) decide(pol *policy.Policy) string {
 			r.destCheck, r.checkErr = "mismatch", err.Error()
 		}
 	}
-	if pol.Mode() == policy.Audit {
+	if r.destCheck == "ok" || pol.Mode() == policy.Audit {
 		return ""
 	}
 	return "its destination fails the destination check, which the policy now enforces"
