@@ -54,6 +54,14 @@ func TestHandshakeSurvivesPacketFromDestination(t *testing.T) {
 			iss := readSegmentWhere(t, r, 9, v.Port(), header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber()
 
 			fromOtherSender(r, clientSegment(r.server, v, 12345, 777, header.TCPFlagAck, nil))
+			// A SYN-ACK from that side too: a segment with the SYN bit that
+			// is not a bare SYN starts no connection, and would show an IDS
+			// a server's answer to V's handshake.
+			fromOtherSender(r, clientSegment(r.server, v, 12345, 5001, header.TCPFlagSyn|header.TCPFlagAck, nil))
+			if st := r.s.Stats(); st.Drops["stray_from_destination"] != 2 || st.Flows != 2 {
+				t.Fatalf("an ACK and a SYN-ACK from the destination's side of V's handshake: stray_from_destination %d, %d flows; want 2, and the rig's and V's flows alone",
+					st.Drops["stray_from_destination"], st.Flows)
+			}
 			p, _ := ParsePacket(clientSegment(v, r.server, 0, 0, header.TCPFlagAck, nil), r.ether)
 			k := p.Key(7)
 			f := r.s.flows.Lookup(&k)

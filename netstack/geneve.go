@@ -131,16 +131,18 @@ var dropReasonNames = [dropReasons]string{
 	// appliance does not process: RFC 8926 §3.5 says such a packet MUST be
 	// dropped (geneveCritical).
 	DropCriticalOption: "critical_option",
-	// A TCP segment other than a SYN that would make a new flow whose
-	// reverse is a flow the table holds: from the destination's side
-	// (D:dp -> V:vp) of a connection the appliance terminates, which never
-	// sends through the GWLB. Taken in, it would show an IDS reading the
-	// feed a RST or data of V's connection, and the stack would answer it
-	// with a RST whose sequence number the sender chose (strayFromDestination).
+	// A TCP segment that would make a new flow whose reverse is a flow the
+	// table holds, from the destination's side (D:dp -> V:vp) of a
+	// connection the appliance terminates, which never sends through the
+	// GWLB: any segment but a bare SYN, and a bare SYN while V's connection
+	// is live. Taken in, it would show an IDS reading the feed a RST or data
+	// of V's connection, and the stack would answer it with a RST whose
+	// sequence number the sender chose (flowTable.TouchSegment, TouchSyn).
 	DropStrayFromDestination: "stray_from_destination",
-	// An inner IPv6 packet with an IPv4-mapped source or destination, or
-	// a multicast, unspecified or loopback source from a client: no real
-	// packet has one, and gVisor and Linux drop them (packet.go).
+	// An inner IPv6 packet with an IPv4-mapped source or destination, or a
+	// client's packet from a source no real packet has: IPv6 multicast,
+	// unspecified or loopback; IPv4 multicast, broadcast, 0.0.0.0/8 or
+	// 127.0.0.0/8. gVisor and Linux drop them (packet.go).
 	DropInnerBadAddress: "inner_bad_address",
 }
 

@@ -283,10 +283,13 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		key := p.Key(h.Endpoint)
 		var reason DropReason
 		switch {
-		case p.Proto == protoTCP && p.TCPFlags&flagSyn == 0:
-			flow, reason = s.flows.TouchSegment(&key, b[:h.Len], h, gwlb, now)
-		case p.Proto == protoTCP:
+		case p.Proto == protoTCP && p.TCPFlags&(flagSyn|flagAck|flagRst|flagFin) == flagSyn:
+			// Only a bare SYN starts a connection: a SYN-ACK, or a SYN with
+			// RST or FIN, from the destination's side of a handshake is a
+			// stray segment like any other.
 			flow, reason = s.flows.TouchSyn(&key, b[:h.Len], h, gwlb, now)
+		case p.Proto == protoTCP:
+			flow, reason = s.flows.TouchSegment(&key, b[:h.Len], h, gwlb, now)
 		default:
 			flow, reason = s.flows.Touch(&key, b[:h.Len], h, gwlb, now)
 		}

@@ -113,7 +113,7 @@ type echoSession struct {
 	destIP   netip.Addr // dest, to tell the destination's replies from others'
 	share    shareKey   // the client's, in echoRelay.shares (denied: deniedShares) while the flow lives
 	v6       bool
-	last     atomic.Int64 // when the last request came (monoStamp)
+	last     atomic.Int64 // when the last request came (monoclock.Stamp)
 	requests atomic.Int64
 	bytesOut atomic.Int64
 	bytesIn  atomic.Int64
