@@ -120,7 +120,8 @@ func (r *relay) ended() {
 	}
 	r.client.Close()
 	r.upstream.Close()
-	r.aborting.Lock() // an abort under way has ended
+	//lint:ignore SA2001 waiting for an abort under way to end is the point
+	r.aborting.Lock()
 	r.aborting.Unlock()
 	var broke error
 	if p := r.broke.Load(); p != nil {

@@ -535,8 +535,9 @@ func (f *udpFlow) finish() {
 	}
 	// An empty critical section: a drain under way ends first, and later
 	// ones see done.
+	//lint:ignore SA2001 the wait is the point
 	f.outMu.Lock()
-	f.outMu.Unlock() //nolint:staticcheck // SA2001: the wait is the point
+	f.outMu.Unlock()
 
 	f.end(nil) // first: it orders what ended the flow before what follows
 	// Here, on the host loop's goroutine once its Read has returned, the
