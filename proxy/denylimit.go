@@ -65,6 +65,14 @@ const (
 	requestDenyRecordRate  = 50 // a second
 )
 
+// The trust page (intercept.Config.TrustHost) is answered from memory
+// inside any bumped or h2c connection, and each request for it is an allow
+// record: as cheap to make as a denied request's, with no upstream cost to
+// slow it. So a client's trust-page records come from a bucket of their
+// own, the same size: a person fetching the page and the CA makes a
+// handful.
+var trustPageRate = recordRate{requestDenyRecordBurst, requestDenyRecordRate}
+
 // recordRate is the size of a bucket and its refill a second.
 type recordRate struct{ burst, perSecond float64 }
 
@@ -79,10 +87,10 @@ var (
 // make for the price of one packet: early denials, QUIC denials made on a
 // name, DNS queries, and requests denied inside intercepted connections.
 type denyLimiter struct {
-	early, named, dns, request recordLimiter
+	early, named, dns, request, trust recordLimiter
 	// dnsUnrecorded counts DNS queries whose record the client's bucket
-	// had no room for.
-	dnsUnrecorded atomic.Uint64
+	// had no room for; trustUnrecorded, trust-page requests.
+	dnsUnrecorded, trustUnrecorded atomic.Uint64
 }
 
 // recordLimiter is one kind of bucket for every client. Its zero value is
@@ -187,6 +195,18 @@ func (p *Proxy) denyRequestRecord(rec *records.Record) (ok bool, skipped int) {
 	ok, skipped = p.denies.request.take(recordShareKey(rec), time.Now(), requestDeny)
 	if !ok {
 		p.stats.deniedUnrecorded.Add(1)
+	}
+	return ok, skipped
+}
+
+// trustPageRecord is the interceptor's Config.TrustRecord: whether the
+// record of rec, a request the trust page answered, may be written, from
+// its client's bucket, and how many of the client's went unrecorded before
+// it. One that may not is counted in trust_unrecorded.
+func (p *Proxy) trustPageRecord(rec *records.Record) (ok bool, skipped int) {
+	ok, skipped = p.denies.trust.take(recordShareKey(rec), time.Now(), trustPageRate)
+	if !ok {
+		p.denies.trustUnrecorded.Add(1)
 	}
 	return ok, skipped
 }

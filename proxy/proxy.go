@@ -185,6 +185,9 @@ type Stats struct {
 	// DNSUnrecorded counts DNS queries relayed without a record of their
 	// own: their client had used up its DNS records (denylimit.go).
 	DNSUnrecorded uint64 `json:"dns_unrecorded"`
+	// TrustUnrecorded counts trust-page requests answered without a record
+	// of their own: each client's come from a bucket (denylimit.go).
+	TrustUnrecorded uint64 `json:"trust_unrecorded"`
 	// TCPStalled counts relayed TCP flows, and intercepted (bumped or
 	// cleartext HTTP) connections, aborted because a write to the client
 	// or the destination made no progress for the write-stall timeout
@@ -235,6 +238,7 @@ func New(cfg Config) *Proxy {
 	ic.DialFailed = func() { p.stats.tcpDialErrors.Add(1) }
 	ic.ShuttingDown = p.stacksClosing.Load
 	ic.DenyRecord = p.denyRequestRecord // a bucket per client: denylimit.go
+	ic.TrustRecord = p.trustPageRecord  // another
 	p.intercept = intercept.New(ic)
 	p.tcp.waiting.what = "TCP connections waiting for their first bytes, its share"
 	p.echo.init(p)
@@ -266,7 +270,7 @@ func (p *Proxy) Stats() Stats {
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
 		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
-		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
+		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
 		TCPStalled: p.stalls.stalled.Load(),
 	}
 }

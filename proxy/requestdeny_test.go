@@ -3,6 +3,8 @@ package proxy
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -99,5 +101,91 @@ func TestRequestDenyRecordsBounded(t *testing.T) {
 	}
 	if got != recorded || told != int(st.DeniedUnrecorded) || told == 0 {
 		t.Fatalf("%d deny records (want %d), telling of %d unrecorded (want %d)", got, recorded, told, st.DeniedUnrecorded)
+	}
+}
+
+// TestTrustPageRecordsBounded: the trust page is answered from memory
+// inside any intercepted connection, and each request for it is an allow
+// record, as cheap for an HTTP/2 client to make as a denied request's:
+// its records come from a bucket per client too, and the record after a
+// gap says how many went unrecorded.
+func TestTrustPageRecordsBounded(t *testing.T) {
+	const trustHost = "gwlbproxy.internal"
+	r := newClsRig(t, "policy: {default: allow}\n", clsOptions{config: func(c *Config) {
+		c.Intercept.TrustHost = trustHost
+		c.Intercept.Trust = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "trust me") })
+	}})
+	c := r.dial(t, r.plainDest)
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.Write([]byte(http2.ClientPreface))
+	fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	stream := uint32(1)
+	request := func(n int) {
+		t.Helper()
+		for range n {
+			hb.Reset()
+			for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
+				{Name: ":authority", Value: trustHost}, {Name: ":path", Value: "/"}} {
+				enc.WriteField(f)
+			}
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+				t.Fatal(err)
+			}
+			stream += 2
+		}
+		for got := 0; got < n; {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("after %d of %d responses: %v", got, n, err)
+			}
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				if s := f.PseudoValue("status"); s != "200" {
+					t.Fatalf("stream %d: status %s, want the trust page's 200", f.StreamID, s)
+				}
+				got++
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.GoAwayFrame:
+				t.Fatalf("GOAWAY %v after %d of %d responses", f.ErrCode, got, n)
+			}
+		}
+	}
+	const n = 1000
+	start := time.Now()
+	for range n / 100 {
+		request(100)
+	}
+	elapsed := time.Since(start)
+	time.Sleep(100 * time.Millisecond)
+	request(1)
+
+	unrecorded := int(r.p.Stats().TrustUnrecorded)
+	recorded := n + 1 - unrecorded
+	most := requestDenyRecordBurst + int((elapsed.Seconds()+0.2)*requestDenyRecordRate) + 2
+	if recorded < requestDenyRecordBurst || recorded > most {
+		t.Fatalf("trust_unrecorded %d: %d of %d recorded, want %d to %d", unrecorded, recorded, n+1, requestDenyRecordBurst, most)
+	}
+	var got, told int
+	for deadline := time.Now().Add(3 * time.Second); got < recorded && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		got, told = 0, 0
+		for _, rec := range r.recs.parse(t) {
+			if rec.Kind != "http" || rec.Host != trustHost {
+				continue
+			}
+			got++
+			var k int
+			if _, err := fmt.Sscanf(rec.Error, "%d more trust-page requests from this client before this one", &k); err == nil {
+				told += k
+			}
+		}
+	}
+	if got != recorded || told != unrecorded || told == 0 {
+		t.Fatalf("%d trust-page records (want %d), telling of %d unrecorded (want %d)", got, recorded, told, unrecorded)
 	}
 }

@@ -83,6 +83,10 @@ type Config struct {
 	// the client's went unrecorded before it. A denial not recorded is
 	// still counted (Denied); counting it as unrecorded is DenyRecord's.
 	DenyRecord func(rec *records.Record) (ok bool, skipped int)
+	// TrustRecord, when set, is asked the same before the record of each
+	// request the trust page answers: one costs a client a few bytes, like
+	// a denied request.
+	TrustRecord func(rec *records.Record) (ok bool, skipped int)
 	// ShuttingDown, when set, reports whether the appliance's packet
 	// stacks are closing: a request whose client connection is lost then
 	// is recorded as ended by the shutdown, not by its client.

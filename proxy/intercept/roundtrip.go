@@ -124,6 +124,15 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		resp := serveLocally(s.ic.cfg.Trust, req)
 		rec.Action, rec.Rule, rec.Status, rec.BytesIn = "allow", trustRule, resp.StatusCode, resp.ContentLength
 		rec.Policy = "" // the appliance's own page, whatever the policy
+		if f := s.ic.cfg.TrustRecord; f != nil {
+			ok, skipped := f(&rec)
+			if !ok {
+				return resp, nil
+			}
+			if skipped > 0 {
+				rec.Error = fmt.Sprintf("%d more trust-page requests from this client before this one, not recorded one by one", skipped)
+			}
+		}
 		rt.write(&rec, start)
 		return resp, nil
 	}
