@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -148,6 +149,12 @@ func (w *streamWatch) end() {
 // with END_STREAM (x/net sends one after a flush, 9 bytes more than a
 // response that ends with its last DATA frame).
 
+// streamPieces holds the buffers streamEnd copies through.
+var streamPieces = sync.Pool{New: func() any {
+	b := make([]byte, maxStreamPiece)
+	return &b
+}}
+
 // streamEnd is the body, as goproxy gets it, of a response relayed to an
 // HTTP/2 client's stream under a stream watch.
 type streamEnd struct {
@@ -161,7 +168,11 @@ type streamEnd struct {
 // flush that fails (the client reset the stream, or the session was
 // aborted) fails the copy, as a write would.
 func (b *streamEnd) WriteTo(w io.Writer) (int64, error) {
-	n, err := io.CopyBuffer(w, b.ReadCloser, make([]byte, 32<<10)) // io.Copy's size
+	// The body hands out at most maxStreamPiece at a time: a pooled buffer
+	// of that size, not io.Copy's 32 KiB made for every response.
+	bufp := streamPieces.Get().(*[]byte)
+	n, err := io.CopyBuffer(w, b.ReadCloser, *bufp)
+	streamPieces.Put(bufp)
 	rw, ok := w.(http.ResponseWriter)
 	if !ok {
 		return n, err // not the server's: nothing it holds
