@@ -120,8 +120,8 @@ func (r *relay) ended() {
 	}
 	r.client.Close()
 	r.upstream.Close()
-	//lint:ignore SA2001 waiting for an abort under way to end is the point
 	r.aborting.Lock()
+	//lint:ignore SA2001 waiting for an abort under way to end is the point
 	r.aborting.Unlock()
 	var broke error
 	if p := r.broke.Load(); p != nil {

@@ -535,8 +535,8 @@ func (f *udpFlow) finish() {
 	}
 	// An empty critical section: a drain under way ends first, and later
 	// ones see done.
-	//lint:ignore SA2001 the wait is the point
 	f.outMu.Lock()
+	//lint:ignore SA2001 the wait is the point
 	f.outMu.Unlock()
 
 	f.end(nil) // first: it orders what ended the flow before what follows
