@@ -63,41 +63,19 @@ func (p *Proxy) destCheckApplies(pol *policy.Policy, d policy.Decision, name str
 
 // reloadDestCheck says why a flow already relayed, which pol (loaded by a
 // reload) still lets through by decision d on name, must now end for the
-// destination check: "" if it may go on. A flow whose check passed is
-// still bound to the address its name resolved to, and one whose check
-// failed fails it still (rec says so): no lookup is needed for either. A
-// flow never checked (the old policy had the check off, or let it through
-// by a rule without domains) is checked by check, which returns true when
-// the flow must be denied; check is nil where no lookup may wait (the
-// packet path), and such a flow then ends under an enforcing policy.
+// destination check: "" if it may go on (policy.DestCheckAfterReload, by
+// rec's earlier check; check is nil where no lookup may wait, and returns
+// true when the flow must be denied). An audit that goes on without the
+// check it is meant to report on says so in rec, once.
 func (p *Proxy) reloadDestCheck(pol *policy.Policy, d policy.Decision, rec *records.Record, name string, check func() bool) string {
 	if !p.destCheckApplies(pol, d, name) {
 		return ""
 	}
-	switch rec.DestCheck {
-	case destCheckOK:
-		return ""
-	case destCheckMismatch:
-		if pol.Mode() == policy.Audit {
-			return ""
-		}
-		return "its destination failed the destination check, which the policy now enforces"
+	why, unchecked := pol.DestCheckAfterReload(rec.DestCheck, check)
+	if unchecked && !strings.Contains(rec.Error, destNotChecked) {
+		rec.Error = joinError(rec.Error, destNotChecked)
 	}
-	if check == nil {
-		if pol.Mode() == policy.Audit {
-			// The audit goes on without the check it is meant to
-			// report on: the record says so, once.
-			if !strings.Contains(rec.Error, destNotChecked) {
-				rec.Error = joinError(rec.Error, destNotChecked)
-			}
-			return ""
-		}
-		return "its destination never met the destination check, which the policy now makes, and no lookup can wait here"
-	}
-	if check() {
-		return "its destination fails the destination check, which the policy now makes"
-	}
-	return ""
+	return why
 }
 
 // joinError appends msg to a record's error, keeping what was there.

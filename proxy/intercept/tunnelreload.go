@@ -81,11 +81,9 @@ func (r *tunnelReload) check() error {
 }
 
 // decide decides the tunnel under pol as a new upgrade request on its name
-// would be, destination check included: it returns why pol ends it, or ""
-// if it goes on. A check the tunnel passed holds (it is still bound to the
-// same address); one it failed ends it once pol enforces; one never made
-// (the old policy had it off, or decided by a rule without domains) is
-// made here, in the direction that found the reload, for at most
+// would be, destination check included (policy.DestCheckAfterReload): it
+// returns why pol ends it, or "" if it goes on. A check never made is made
+// here, in the direction that found the reload, for at most
 // DestinationCheckTimeout.
 func (r *tunnelReload) decide(pol *policy.Policy) string {
 	d := pol.Decide(r.subj)
@@ -93,19 +91,17 @@ func (r *tunnelReload) decide(pol *policy.Policy) string {
 	if d.Action == policy.Deny {
 		return "denied by policy"
 	}
-	if !r.s.needsDestinationCheck(pol, d, r.subj.Domain) || r.destCheck == "ok" {
+	if !r.s.needsDestinationCheck(pol, d, r.subj.Domain) {
 		return ""
 	}
-	if r.destCheck == "" {
+	why, _ := pol.DestCheckAfterReload(r.destCheck, func() bool {
 		r.destCheck = "ok"
 		if err := r.s.checkDestination(context.Background(), r.subj.Domain); err != nil {
 			r.destCheck, r.checkErr = "mismatch", err.Error()
 		}
-	}
-	if r.destCheck == "ok" || pol.Mode() == policy.Audit {
-		return ""
-	}
-	return "its destination fails the destination check, which the policy now enforces"
+		return r.destCheck == "mismatch"
+	})
+	return why
 }
 
 // ended reports whether a reload ended the tunnel.
