@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -22,49 +23,7 @@ import (
 // before it unrecorded.
 func TestRequestDenyRecordsBounded(t *testing.T) {
 	r := newClsRig(t, "policy:\n  default: allow\n  rules:\n    - name: no-evil\n      domains: [evil.example]\n      action: deny\n", clsOptions{})
-	c := r.dial(t, r.plainDest)
-	fr := http2.NewFramer(c, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.Write([]byte(http2.ClientPreface))
-	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
-	fr.WriteWindowUpdate(0, 1<<30)
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	stream := uint32(1)
-	// request sends n requests for evil.example and reads their 403s.
-	request := func(n int) {
-		t.Helper()
-		for range n {
-			hb.Reset()
-			for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
-				{Name: ":authority", Value: "evil.example"}, {Name: ":path", Value: "/"}} {
-				enc.WriteField(f)
-			}
-			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-				t.Fatal(err)
-			}
-			stream += 2
-		}
-		for got := 0; got < n; {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				t.Fatalf("after %d of %d responses: %v", got, n, err)
-			}
-			switch f := f.(type) {
-			case *http2.MetaHeadersFrame:
-				if s := f.PseudoValue("status"); s != "403" {
-					t.Fatalf("stream %d: status %s, want 403", f.StreamID, s)
-				}
-				got++
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					fr.WriteSettingsAck()
-				}
-			case *http2.GoAwayFrame:
-				t.Fatalf("GOAWAY %v after %d of %d responses", f.ErrCode, got, n)
-			}
-		}
-	}
+	request := h2cRequests(t, r.dial(t, r.plainDest), "evil.example", "403")
 	const n = 1000
 	start := time.Now()
 	for range n / 100 { // within the server's 250 streams at once
@@ -115,47 +74,7 @@ func TestTrustPageRecordsBounded(t *testing.T) {
 		c.Intercept.TrustHost = trustHost
 		c.Intercept.Trust = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "trust me") })
 	}})
-	c := r.dial(t, r.plainDest)
-	fr := http2.NewFramer(c, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.Write([]byte(http2.ClientPreface))
-	fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	stream := uint32(1)
-	request := func(n int) {
-		t.Helper()
-		for range n {
-			hb.Reset()
-			for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
-				{Name: ":authority", Value: trustHost}, {Name: ":path", Value: "/"}} {
-				enc.WriteField(f)
-			}
-			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-				t.Fatal(err)
-			}
-			stream += 2
-		}
-		for got := 0; got < n; {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				t.Fatalf("after %d of %d responses: %v", got, n, err)
-			}
-			switch f := f.(type) {
-			case *http2.MetaHeadersFrame:
-				if s := f.PseudoValue("status"); s != "200" {
-					t.Fatalf("stream %d: status %s, want the trust page's 200", f.StreamID, s)
-				}
-				got++
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					fr.WriteSettingsAck()
-				}
-			case *http2.GoAwayFrame:
-				t.Fatalf("GOAWAY %v after %d of %d responses", f.ErrCode, got, n)
-			}
-		}
-	}
+	request := h2cRequests(t, r.dial(t, r.plainDest), trustHost, "200")
 	const n = 1000
 	start := time.Now()
 	for range n / 100 {
@@ -187,5 +106,53 @@ func TestTrustPageRecordsBounded(t *testing.T) {
 	}
 	if got != recorded || told != unrecorded || told == 0 {
 		t.Fatalf("%d trust-page records (want %d), telling of %d unrecorded (want %d)", got, recorded, told, unrecorded)
+	}
+}
+
+// h2cRequests starts an HTTP/2 (h2c) client on c and returns a function
+// that sends n GET requests for authority, each a few bytes (the HPACK
+// table names the rest), and reads their responses, failing t unless each
+// has status.
+func h2cRequests(t *testing.T, c net.Conn, authority, status string) func(n int) {
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.Write([]byte(http2.ClientPreface))
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+	fr.WriteWindowUpdate(0, 1<<30)
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	stream := uint32(1)
+	return func(n int) {
+		t.Helper()
+		for range n {
+			hb.Reset()
+			for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
+				{Name: ":authority", Value: authority}, {Name: ":path", Value: "/"}} {
+				enc.WriteField(f)
+			}
+			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+				t.Fatal(err)
+			}
+			stream += 2
+		}
+		for got := 0; got < n; {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("after %d of %d responses: %v", got, n, err)
+			}
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				if s := f.PseudoValue("status"); s != status {
+					t.Fatalf("stream %d: status %s, want %s", f.StreamID, s, status)
+				}
+				got++
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.GoAwayFrame:
+				t.Fatalf("GOAWAY %v after %d of %d responses", f.ErrCode, got, n)
+			}
+		}
 	}
 }
