@@ -267,6 +267,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.DeniedUnrecorded) }),
 	newStatMetric("dns_unrecorded_total", promCounter, "DNS queries relayed without a record of their own: their client's bucket of dns records was empty.",
 		func(s *stats) float64 { return float64(s.Proxy.DNSUnrecorded) }),
+	newStatMetric("trust_unrecorded_total", promCounter, "Trust-page requests answered without a record of their own: their client's bucket of trust-page records was empty.",
+		func(s *stats) float64 { return float64(s.Proxy.TrustUnrecorded) }),
 	newStatMetric("echo_share_drops_total", promCounter, "Echo requests of new flows dropped because their client already held 64 relayed echo flows.",
 		func(s *stats) float64 { return float64(s.Proxy.EchoShareDrops) }),
 	newStatMetric("echo_foreign_replies_total", promCounter, "Echo replies dropped because they came from another address than their flow's destination.",
