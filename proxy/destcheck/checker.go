@@ -298,7 +298,10 @@ func (c *Checker) Check(ctx context.Context, endpoint, name string, dest netip.A
 	name = canonical(name)
 	if looksLikeAddr(name) {
 		if a, err := netip.ParseAddr(name); err == nil {
-			if v4, nat64 := nat64Embedded(dest); a.Unmap() == dest || nat64 && a.Unmap() == v4 {
+			// A zone names an interface of the sender's, never a
+			// destination; and Unmap drops it, which made any
+			// "::ffff:D%anything" equal to D.
+			if v4, nat64 := nat64Embedded(dest); a.Zone() == "" && (a.Unmap() == dest || nat64 && a.Unmap() == v4) {
 				return nil
 			}
 			c.stats.mismatches.Add(1)

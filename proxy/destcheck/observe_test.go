@@ -206,6 +206,17 @@ func TestIPLiteralName(t *testing.T) {
 	if err := check(c, epA, "2001:db8::1", "2001:db8::1"); err != nil {
 		t.Errorf("IPv6: %v", err)
 	}
+	// A zone names no destination: "::ffff:D%anything" used to pass for D
+	// (Unmap drops the zone), and so for a NAT64 one.
+	for _, tc := range [][2]string{
+		{"::ffff:192.0.2.1%x.allowed.example", "192.0.2.1"},
+		{"::ffff:192.0.2.1%25x", "64:ff9b::192.0.2.1"},
+		{"2001:db8::1%eth0", "2001:db8::1"},
+	} {
+		if err := check(c, epA, tc[0], tc[1]); !errors.As(err, &me) {
+			t.Errorf("%q to %s: %v, want a mismatch", tc[0], tc[1], err)
+		}
+	}
 }
 
 func TestMismatchErrorText(t *testing.T) {

@@ -32,6 +32,8 @@ func canonicalHost(authority string) (string, error) {
 		// as the name inside, while net/http sends the Host cut at the %.
 		if a, err := netip.ParseAddr(h[1 : len(h)-1]); err != nil || !a.Is6() {
 			return "", fmt.Errorf("Host %q: brackets hold no IPv6 address", authority)
+		} else if a.Zone() != "" {
+			return "", errZone(authority)
 		}
 		return h, nil
 	}
@@ -46,6 +48,8 @@ func canonicalHost(authority string) (string, error) {
 		if strings.HasPrefix(h, "[") {
 			if a, err := netip.ParseAddr(hostOnly(h)); err != nil || !a.Is6() {
 				return "", fmt.Errorf("Host %q: brackets hold no IPv6 address", authority)
+			} else if a.Zone() != "" {
+				return "", errZone(authority)
 			}
 		}
 	}
@@ -53,10 +57,21 @@ func canonicalHost(authority string) (string, error) {
 	if sniff.EmptyLabel(host) {
 		return "", fmt.Errorf("Host %q: empty label in the name", authority)
 	}
-	if _, err := netip.ParseAddr(host); err != nil && !nameChars(host) {
+	if a, err := netip.ParseAddr(host); err != nil && !nameChars(host) {
 		return "", fmt.Errorf("Host %q: a character no host name has", authority)
+	} else if err == nil && a.Zone() != "" {
+		return "", errZone(authority)
 	}
 	return h, nil
+}
+
+// errZone refuses an IPv6 literal with a zone ("[::ffff:192.0.2.1%25x.allowed.example]"):
+// a zone names an interface of the sender's, never a destination, and
+// net/http sends the Host without it; decided as written, the literal
+// matched a wildcard rule by its zone's suffix, while the destination check
+// read it as the address it holds.
+func errZone(authority string) error {
+	return fmt.Errorf("Host %q: an IPv6 address with a zone", authority)
 }
 
 // nameChars reports whether s holds only what a DNS host name (in its

@@ -137,6 +137,9 @@ policy:
 		{"[x.allowed.example]", http.StatusBadRequest},
 		{"[x.allowed.example]:80", http.StatusBadRequest},
 		{"[]", http.StatusBadRequest},
+		{"[::ffff:192.0.2.10%25.allowed.example]", http.StatusBadRequest},
+		{"[::ffff:192.0.2.10%25.allowed.example]:80", http.StatusBadRequest},
+		{"[fe80::1%25eth0]", http.StatusBadRequest},
 		{"[2001:db8::1]", http.StatusForbidden},
 		{"[2001:db8::1]:8080", http.StatusForbidden},
 	} {
@@ -163,6 +166,46 @@ policy:
 			}
 			if got := up.requests(); len(got) != 0 {
 				t.Errorf(":authority %q reached the origin as %q", tc.authority, got)
+			}
+		})
+	}
+}
+
+// TestZonedAddressHostRefused: an IPv6 literal with a zone whose text ends
+// in an allowed wildcard's suffix ("[::ffff:D%25.allowed.example]") was
+// decided as a name under "*.allowed.example", and the destination check
+// read it as the address D it holds (dropping the zone): any server at
+// any IPv4 address was reachable under a strict allow-list, and net/http
+// sent it "Host: [::ffff:D]". As a Host header or an absolute-form target
+// it now gets a 400 and reaches no origin (HTTP/2's :authority:
+// TestBracketedAuthorityRefused).
+func TestZonedAddressHostRefused(t *testing.T) {
+	const doc = `
+policy:
+  default: deny
+  rules:
+    - name: allowed
+      domains: ["*.allowed.example"]
+      action: allow
+`
+	zoned := "[::ffff:" + httpDest.Addr().String() + "%25.allowed.example]"
+	for _, head := range []string{
+		"GET /secret HTTP/1.1\r\nHost: " + zoned + "\r\n\r\n",
+		"GET http://" + zoned + "/secret HTTP/1.1\r\nHost: x.allowed.example\r\n\r\n",
+	} {
+		t.Run(strings.Fields(head)[1], func(t *testing.T) {
+			r := newRig(t, doc)
+			upEnd, up := r.startUpstream(nil)
+			c, sv := r.connect(upEnd, httpDest)
+			hc := newHTTPClient(t, c)
+			resp, body := hc.do(head)
+			c.Close()
+			sv.waitDoneOnce(t)
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("status %d %q, want the appliance's 400", resp.StatusCode, body)
+			}
+			if got := up.requests(); len(got) != 0 {
+				t.Errorf("the destination served %q", got)
 			}
 		})
 	}

@@ -296,7 +296,12 @@ func (p *Policy) Decide(f Subject) Decision {
 	}
 	pb := subjectBits(f.Protocol)
 	var buf [maxFastDomain]byte
-	dom := normalizeDomain(buf[:0], f.Domain)
+	dom, ok := normalizeDomain(buf[:0], f.Domain)
+	if !ok { // no host's name: no rule may decide on it
+		d := decision("", Deny, false, pb)
+		d.Policy = p.id
+		return d
+	}
 	// Addresses from a dual-stack socket may be IPv4-mapped; rules hold
 	// IPv4 prefixes as IPv4. A zone would make Contains always false.
 	dest := f.Dest.Addr().Unmap().WithZone("")
@@ -358,16 +363,30 @@ func decision(name string, a Action, allowUnverified bool, pb uint8) Decision {
 }
 
 // normalizeDomain appends d to dst in lower case without one trailing dot.
-func normalizeDomain(dst []byte, d string) []byte {
+// It reports false for a d with a byte no host name has (letters, digits,
+// '-', '_', '.'), unless d is an IP address without a zone (a Host may
+// be a literal; it matches no domain rule, as rules hold names): rules'
+// domains hold only those bytes, but a wildcard matches by suffix, so
+// whatever came before it would pass ("::ffff:192.0.2.1%x.allowed.example",
+// an address literal whose zone ends in an allowed suffix), and a deny
+// rule's suffix would be dodged by leaving the name out. Decide denies
+// such a d outright.
+func normalizeDomain(dst []byte, d string) ([]byte, bool) {
 	d = strings.TrimSuffix(d, ".")
+	start := len(dst)
 	for i := 0; i < len(d); i++ {
 		c := d[i]
-		if 'A' <= c && c <= 'Z' {
+		switch {
+		case 'A' <= c && c <= 'Z':
 			c += 'a' - 'A'
+		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			a, err := netip.ParseAddr(d)
+			return dst[:start], err == nil && a.Zone() == ""
 		}
 		dst = append(dst, c)
 	}
-	return dst
+	return dst, true
 }
 
 func matchPort(rs []portRange, p uint16) bool {

@@ -312,3 +312,38 @@ func withoutID(d Decision) Decision {
 	d.Policy = ""
 	return d
 }
+
+// A domain with a byte no host name has is decided by no rule: denied
+// outright, whatever a wildcard's suffix or the default says. An address
+// literal with a zone once matched "*.allowed.example" by its zone; one
+// without is a Host a client may send, and falls to the rules that do
+// not look at names.
+func TestDecideDomainNoHostHas(t *testing.T) {
+	p := mustParse(t, `policy:
+  default: allow
+  rules:
+    - {name: allowed, domains: ["*.allowed.example"], action: allow}
+    - {name: evil, domains: ["*.evil.example"], action: deny}
+    - {name: v6, dest_cidrs: ["2001:db8::/32"], action: allow}
+`)
+	for _, tc := range []struct {
+		domain string
+		action Action
+		rule   string
+	}{
+		{"::ffff:192.0.2.1%25.allowed.example", Deny, ""},
+		{"::ffff:192.0.2.1%.allowed.example", Deny, ""},
+		{"fe80::1%eth0", Deny, ""},
+		{"x%y.evil.example", Deny, ""},
+		{"a b.allowed.example", Deny, ""},
+		{"www.ALLOWED.example.", Allow, "allowed"},
+		{"x_y.evil.example", Deny, "evil"},
+		{"2001:db8::1", Allow, "v6"},
+		{"192.0.2.1", Allow, "v6"},
+	} {
+		d := p.Decide(Subject{Protocol: ProtoHTTP, Domain: tc.domain, Dest: netip.MustParseAddrPort("[2001:db8::1]:80")})
+		if d.Action != tc.action || d.Rule != tc.rule || d.Policy != p.ID() {
+			t.Errorf("%q: %v by %q (policy %q), want %v by %q", tc.domain, d.Action, d.Rule, d.Policy, tc.action, tc.rule)
+		}
+	}
+}
