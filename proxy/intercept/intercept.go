@@ -435,7 +435,7 @@ func (s *session) handshakeClient(name string, leaf *tls.Certificate, upstreamH2
 }
 
 // trustRule is the rule recorded for what the trust page answers.
-const trustRule = "trust-page"
+const trustRule = policy.TrustPageRule
 
 // serveTrustTLS answers the trust host over TLS itself, with a leaf for the
 // name: no destination can prove it is gwlbproxy.internal, so none is asked.

@@ -139,7 +139,35 @@ func TestParseErrors(t *testing.T) {
 		{"explicit null second document", "policy: {}\n---\n~\n",
 			`policy.yaml:2: a second YAML document (after ---): the policy file must be one document`, 2},
 		{"bad endpoint", rulesDoc("    - {name: ep, endpoints: [\"vpc-123\"], action: deny}"),
-			`policy.yaml:4: rule "ep": invalid endpoint "vpc-123" (want a GWLB endpoint ID, vpce-<hex>)`, 4},
+			`policy.yaml:4: rule "ep": invalid endpoint "vpc-123" (want a GWLB endpoint ID: vpce- and 17 hex digits, the first 0)`, 4},
+		// Flows are named vpce-%017x: any other length parses into a rule
+		// that never matches, a deny rule denying nothing.
+		{"endpoint with a digit dropped", rulesDoc("    - {name: ep, endpoints: [vpce-123456789abcdef0], action: deny}"),
+			`policy.yaml:4: rule "ep": invalid endpoint "vpce-123456789abcdef0" (want a GWLB endpoint ID: vpce- and 17 hex digits, the first 0)`, 4},
+		{"endpoint too short", rulesDoc("    - {name: ep, endpoints: [vpce-1], action: deny}"),
+			`policy.yaml:4: rule "ep": invalid endpoint "vpce-1" (want a GWLB endpoint ID: vpce- and 17 hex digits, the first 0)`, 4},
+		{"endpoint over 64 bits", rulesDoc("    - {name: ep, endpoints: [vpce-10123456789abcdef], action: deny}"),
+			`policy.yaml:4: rule "ep": invalid endpoint "vpce-10123456789abcdef" (want a GWLB endpoint ID: vpce- and 17 hex digits, the first 0)`, 4},
+		// YAML reads 0443 as octal (port 291) and takes other spellings
+		// of numbers: only plain decimal is a port.
+		{"octal port", rulesDoc("    - {name: p, ports: [0443], action: allow}"),
+			`policy.yaml:4: rule "p": ports: port 0443: want a port (443) or a range ("8000-8100")`, 4},
+		{"hex port", rulesDoc("    - {name: p, ports: [0x1bb], action: allow}"),
+			`policy.yaml:4: rule "p": ports: port 0x1bb: want a port (443) or a range ("8000-8100")`, 4},
+		{"port with a sign", rulesDoc("    - {name: p, ports: [+443], action: allow}"),
+			`policy.yaml:4: rule "p": ports: port +443: want a port (443) or a range ("8000-8100")`, 4},
+		{"port with an underscore", rulesDoc("    - {name: p, ports: [1_000], action: allow}"),
+			`policy.yaml:4: rule "p": ports: port 1_000: want a port (443) or a range ("8000-8100")`, 4},
+		{"reserved name in another case", rulesDoc("    - {name: Default, action: allow}"),
+			`policy.yaml:4: rule "Default": name: "Default" is reserved for flows no rule matches`, 4},
+		{"the trust page's name", rulesDoc("    - {name: trust-page, action: allow}"),
+			`policy.yaml:4: rule "trust-page": name: "trust-page" is reserved for the appliance's CA page`, 4},
+		{"duplicate rule names but for case", rulesDoc(
+			"    - name: web",
+			"      action: deny",
+			"    - name: Web",
+			"      action: allow"),
+			`policy.yaml:6: rule "Web": duplicate rule name (first at line 4)`, 6},
 		{"unverified on splice", rulesDoc("    - name: u", "      action: splice", "      allow_unverified_upstream: true"),
 			`policy.yaml:4: rule "u": allow_unverified_upstream only applies to action bump, not splice`, 4},
 		{"unverified not bool", rulesDoc("    - {name: u, action: bump, allow_unverified_upstream: \"yes\"}"),
@@ -204,7 +232,7 @@ policy:
   rules:
     - name: a
       dest_cidrs: *corp
-      ports: [0x1bb, "8080", " 9000 - 9001 "]
+      ports: [443, "8080", " 9000 - 9001 "]
       protocols: [TLS, Http]
       endpoints: [VPCE-0123456789ABCDEF0]
       action: Bump

@@ -100,6 +100,10 @@ const (
 // DefaultRule is the Decision.Rule when no rule matched.
 const DefaultRule = "default"
 
+// TrustPageRule is the rule records name for the appliance's own CA page,
+// which no policy decides. Like DefaultRule, no rule may take the name.
+const TrustPageRule = "trust-page"
+
 // Subject describes a flow to decide on.
 type Subject struct {
 	// Protocol is one of ProtoTLS, ProtoHTTP, ProtoTCP, ProtoUDP,
