@@ -221,7 +221,7 @@ func (s *tcpSession) classified(res *sniff.Result, br *bufio.Reader) {
 			s.intercept(&intercept.Session{H2C: true})
 			return
 		}
-		s.intercept(&intercept.Session{HTTP: &res.HTTP})
+		s.intercept(&intercept.Session{HTTP: &res.HTTP, HTTPHeadCut: res.Err != nil})
 	default:
 		s.serveTCP()
 	}
