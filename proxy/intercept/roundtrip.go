@@ -224,10 +224,21 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// goproxy tunnels a WebSocket upgrade only; any other 101 it would
 		// answer as a plain response and go on reading requests from what
-		// is now another protocol's stream.
-		if !isWebSocketUpgrade(resp.Header) {
+		// is now another protocol's stream. And only one the client asked
+		// for, over HTTP/1: a 101 to a request with no upgrade offer would
+		// turn the client's next requests into tunnel bytes, relayed to
+		// the destination undecided and unrecorded, and an HTTP/2 client
+		// would get the tunnel's bytes as a body.
+		why := ""
+		switch {
+		case !isWebSocketUpgrade(resp.Header):
+			why = "upgrade to " + resp.Header.Get("Upgrade") + " is not supported"
+		case inH2Handler(req) || !isWebSocketUpgrade(req.Header):
+			why = "a WebSocket upgrade the request did not offer"
+		}
+		if why != "" {
 			resp.Body.Close()
-			rec.Status, rec.Result, rec.Error = http.StatusBadGateway, "error", "upgrade to "+resp.Header.Get("Upgrade")+" is not supported"
+			rec.Status, rec.Result, rec.Error = http.StatusBadGateway, "error", why
 			rt.write(&rec, start)
 			return errorResponse(req, http.StatusBadGateway, "gwlbproxy relays WebSocket upgrades only"), nil
 		}
