@@ -371,7 +371,7 @@ func New(o Options) (_ *Appliance, err error) {
 		MaxEchoFlowsPerClient: o.MaxEchoFlowsPerClient,
 		WriteStallTimeout:     o.WriteStallTimeout,
 		// Sibling appliances' and the GWLB's GENEVE and admin ports.
-		SenderPrefixes: o.GWLBCIDRs,
+		SenderPrefixes: senderPrefixes(&o),
 		GenevePorts:    genevePorts(o.GeneveAddr),
 		AdminPort:      senderAdminPort(&o),
 		Intercept: intercept.Config{

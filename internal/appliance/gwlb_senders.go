@@ -168,7 +168,7 @@ func listenPort(network, addr string) uint16 {
 // would refuse plain HTTP to the whole VPC, or the whole Internet. The
 // GENEVE port is refused in every case: nothing but GENEVE is served on it.
 func senderAdminPort(o *Options) uint16 {
-	if o.gwlbCIDRsFromVPC {
+	if o.gwlbCIDRsFromVPC || o.AnyGWLBSender {
 		return 0
 	}
 	for _, p := range o.GWLBCIDRs {
@@ -177,4 +177,17 @@ func senderAdminPort(o *Options) uint16 {
 		}
 	}
 	return listenPort("tcp", o.AdminAddr)
+}
+
+// senderPrefixes returns the hosts whose GENEVE port clients may not
+// reach (proxy.Config.SenderPrefixes): --gwlb-cidrs, or with "any" every
+// address, as configuration.md says of 0.0.0.0/0. "any" leaves the
+// accepted senders' list empty, and the refusal used to follow it: a
+// client could send UDP to port 6081 of a sibling appliance or a GWLB
+// node from this appliance's address, which they take for GENEVE.
+func senderPrefixes(o *Options) []netip.Prefix {
+	if o.AnyGWLBSender {
+		return []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 0), netip.PrefixFrom(netip.IPv6Unspecified(), 0)}
+	}
+	return o.GWLBCIDRs
 }

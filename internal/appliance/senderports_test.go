@@ -3,6 +3,7 @@ package appliance
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -82,10 +83,30 @@ func TestSenderAdminPortScope(t *testing.T) {
 		{"named subnets", []netip.Prefix{netip.MustParsePrefix("10.0.9.0/24")}, false, 80},
 		{"VPC default", []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}, true, 0},
 		{"a /0 named", []netip.Prefix{netip.MustParsePrefix("10.0.9.0/24"), netip.MustParsePrefix("0.0.0.0/0")}, false, 0},
+		{"any", nil, false, 0},
 	} {
-		o := Options{AdminAddr: ":80", GWLBCIDRs: tc.cidrs, gwlbCIDRsFromVPC: tc.fromVPC}
+		o := Options{AdminAddr: ":80", GWLBCIDRs: tc.cidrs, gwlbCIDRsFromVPC: tc.fromVPC, AnyGWLBSender: tc.cidrs == nil}
 		if got := senderAdminPort(&o); got != tc.want {
 			t.Errorf("%s: admin port refused at the senders: %d, want %d", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestSenderPrefixesAny: --gwlb-cidrs any refuses clients' UDP to the
+// GENEVE port everywhere, as 0.0.0.0/0 does (configuration.md says the two
+// are one): it used to hand the proxy no prefixes, which refuses nothing,
+// so a client could send forged GENEVE to a sibling appliance or a GWLB
+// node from this appliance's address.
+func TestSenderPrefixesAny(t *testing.T) {
+	o := Options{GWLBCIDRs: nil, AnyGWLBSender: true}
+	got := senderPrefixes(&o)
+	for _, a := range []string{"10.0.0.9", "192.0.2.1", "2001:db8::1"} {
+		if !slices.ContainsFunc(got, func(p netip.Prefix) bool { return p.Contains(netip.MustParseAddr(a)) }) {
+			t.Errorf("--gwlb-cidrs any: prefixes %v leave %s's GENEVE port open", got, a)
+		}
+	}
+	named := []netip.Prefix{netip.MustParsePrefix("10.0.9.0/24")}
+	if got := senderPrefixes(&Options{GWLBCIDRs: named}); !slices.Equal(got, named) {
+		t.Errorf("named prefixes became %v", got)
 	}
 }
