@@ -63,10 +63,18 @@ type Writer struct {
 	closed bool
 
 	queuedBytes atomic.Int64
-	written     atomic.Uint64
-	dropped     atomic.Uint64
-	failed      atomic.Uint64
-	sinkErrors  atomic.Uint64
+	// pending counts the records handed to the files and not yet written
+	// or failed: those queued and those in the batch being written. The
+	// goroutine takes its batch's records off it when it counts them
+	// (settle), and Close, giving up on a stuck sink, counts what is left
+	// as dropped; settleMu keeps the two from counting a record twice.
+	pending    atomic.Int64
+	settleMu   sync.Mutex
+	abandoned  bool // under settleMu: Close gave up and counted pending as dropped
+	written    atomic.Uint64
+	dropped    atomic.Uint64
+	failed     atomic.Uint64
+	sinkErrors atomic.Uint64
 	// Times below are monoNow values; 0 means never or none.
 	head         atomic.Int64 // when the line being written was queued; 0 when idle
 	failingSince atomic.Int64 // first sink error since the sinks last recovered
@@ -121,8 +129,10 @@ type Stats struct {
 	Dropped uint64 `json:"dropped"` // records dropped: queue full, written after Close, or not encodable
 	// Failed counts records some sink did not take whole: its write failed
 	// (a full disk, a closed stdout) before or within the record's line.
-	Failed     uint64 `json:"failed"`
-	Queued     int    `json:"queued"`      // records waiting for the sinks
+	Failed uint64 `json:"failed"`
+	// Queued counts the records waiting for the sinks, the batch being
+	// written included.
+	Queued     int    `json:"queued"`
 	SinkErrors uint64 `json:"sink_errors"` // sink writes (of one or more records) that failed
 	// LagSeconds is how long the oldest record not yet written has waited:
 	// it grows while a sink blocks or cannot keep up; 0 when idle.
@@ -204,10 +214,12 @@ func (w *Writer) Write(r *Record) {
 		}
 		l.queued = now
 		if w.queuedBytes.Add(n) <= w.maxBytes {
+			w.pending.Add(1) // before the goroutine can take it off
 			select {
 			case w.q <- l:
 				sent = true
 			default:
+				w.pending.Add(-1)
 			}
 		}
 		if !sent {
@@ -265,22 +277,42 @@ func (w *Writer) run() {
 		if len(w.q) == 0 {
 			w.head.Store(0)
 		}
-		end := 0
+		end, written, failed := 0, 0, 0
+		var flushed chan struct{}
 		for _, b := range batch {
 			if b.flushed != nil { // the last one: everything before it is written
-				close(b.flushed)
+				flushed = b.flushed
 				continue
 			}
 			// A record is written if every sink took its whole line.
 			if end += b.buf.Len(); end <= took {
-				w.written.Add(1)
+				written++
 			} else {
-				w.failed.Add(1)
+				failed++
 			}
 			putLine(b)
 		}
+		// Counted before a Flush waiting on this batch returns, so that
+		// the stats it reads next include the batch.
+		w.settle(written, failed)
+		if flushed != nil {
+			close(flushed)
+		}
 		clear(batch)
 	}
+}
+
+// settle counts a batch's records as written or failed and takes them off
+// pending, unless Close gave up on them and counted them as dropped.
+func (w *Writer) settle(written, failed int) {
+	w.settleMu.Lock()
+	defer w.settleMu.Unlock()
+	if w.abandoned {
+		return
+	}
+	w.written.Add(uint64(written))
+	w.failed.Add(uint64(failed))
+	w.pending.Add(-int64(written + failed))
 }
 
 // gather adds lines to batch as they are queued, until maxBatch bytes, a
@@ -415,7 +447,7 @@ func (w *Writer) Flush(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("flushing access records: %d queued: %w", len(w.q), ctx.Err())
+			return fmt.Errorf("flushing access records: %d queued: %w", w.pending.Load(), ctx.Err())
 		case <-time.After(time.Millisecond):
 		}
 	}
@@ -425,14 +457,17 @@ func (w *Writer) Flush(ctx context.Context) error {
 	case <-mark.flushed:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("flushing access records: %d queued: %w", len(w.q), ctx.Err())
+		return fmt.Errorf("flushing access records: %d queued: %w", w.pending.Load(), ctx.Err())
 	}
 }
 
 // Close stops accepting records (later ones are dropped and counted), hands
 // what is queued to the sinks and stops the goroutine. If ctx ends first it
-// returns an error; the goroutine still finishes once the sinks unblock. The
-// sinks themselves are not closed. Close may be called more than once.
+// returns an error and counts every record not yet written (queued, or in
+// the batch a stuck sink holds) as dropped: the process is about to exit
+// without them. The goroutine still finishes once the sinks unblock,
+// counting nothing more. The sinks themselves are not closed. Close may be
+// called more than once.
 func (w *Writer) Close(ctx context.Context) error {
 	w.mu.Lock()
 	if !w.closed {
@@ -442,7 +477,18 @@ func (w *Writer) Close(ctx context.Context) error {
 		}
 	}
 	w.mu.Unlock()
-	return w.wait(ctx)
+	if err := w.wait(ctx); err != nil {
+		w.settleMu.Lock()
+		defer w.settleMu.Unlock()
+		if !w.abandoned {
+			w.abandoned = true
+			n := w.pending.Swap(0)
+			w.dropped.Add(uint64(n))
+			return fmt.Errorf("closing access records: %d not written, counted as dropped: %w", n, ctx.Err())
+		}
+		return err
+	}
+	return nil
 }
 
 func (w *Writer) wait(ctx context.Context) error {
@@ -450,7 +496,7 @@ func (w *Writer) wait(ctx context.Context) error {
 	case <-w.done:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("closing access records: %d queued: %w", len(w.q), ctx.Err())
+		return fmt.Errorf("closing access records: %d queued: %w", w.pending.Load(), ctx.Err())
 	}
 }
 
@@ -465,7 +511,7 @@ func (w *Writer) Stats() Stats {
 		Written:    w.written.Load(),
 		Dropped:    w.dropped.Load(),
 		Failed:     w.failed.Load(),
-		Queued:     len(w.q),
+		Queued:     int(w.pending.Load()),
 		SinkErrors: w.sinkErrors.Load(),
 	}
 	if h := w.head.Load(); h != 0 {

@@ -172,8 +172,10 @@ func TestWriterStuckSink(t *testing.T) {
 		}
 	})
 	st := w.Stats()
-	if st.Dropped != sent-1-bound || st.Queued != bound || st.Written != 0 {
-		t.Fatalf("while stuck: %+v; want %d dropped, %d queued", st, sent-1-bound, bound)
+	// Queued counts the record the sink holds too: every record sent is
+	// in one counter.
+	if st.Dropped != sent-1-bound || st.Queued != bound+1 || st.Written != 0 {
+		t.Fatalf("while stuck: %+v; want %d dropped, %d queued", st, sent-1-bound, bound+1)
 	}
 	time.Sleep(50 * time.Millisecond)
 	if st := w.Stats(); st.LagSeconds < 0.05 || st.DroppingSeconds < 0.05 {
@@ -215,8 +217,8 @@ func TestWriterByteBound(t *testing.T) {
 	for i := 1; i < 10; i++ {
 		w.Write(rec(i))
 	}
-	if st := w.Stats(); st.Queued != 2 || st.Dropped != 7 {
-		t.Fatalf("stats %+v; want 2 queued behind the stuck one, 7 dropped", st)
+	if st := w.Stats(); st.Queued != 3 || st.Dropped != 7 {
+		t.Fatalf("stats %+v; want the stuck one and 2 behind it queued, 7 dropped", st)
 	}
 	sink.release()
 	if err := w.Close(ctxFor(t, 5*time.Second)); err != nil {
