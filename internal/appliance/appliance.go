@@ -309,7 +309,8 @@ func New(o Options) (_ *Appliance, err error) {
 	case "-":
 		files = append(files, os.Stdout)
 	default:
-		f, err := os.OpenFile(o.AccessLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		// Reopened when logrotate renames it (records.LogFile).
+		f, err := records.OpenLogFile(o.AccessLog)
 		if err != nil {
 			return nil, fmt.Errorf("opening --access-log: %w", err)
 		}

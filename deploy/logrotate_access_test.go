@@ -1,0 +1,224 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// accessLogPath is where the unit has the appliance write its access log.
+const accessLogPath = "/var/log/gwlbproxy/access.log"
+
+// accessLogrotate returns the packaged stanza for the access log, pointed at
+// path instead, without its su line (the user need not exist here), and the
+// logrotate binary; it skips the test without one.
+func accessLogrotate(t *testing.T, path string) (conf, logrotate string) {
+	t.Helper()
+	_, stanza, ok := strings.Cut(readFile(t, "etc/logrotate"), accessLogPath+" {")
+	if !ok {
+		t.Fatalf("etc/logrotate does not rotate %s", accessLogPath)
+	}
+	stanza, _, _ = strings.Cut(stanza, "}")
+	// Rotation by rename, which needs no free space, and nothing that
+	// needs any before the oldest rotation is deleted.
+	for _, want := range []string{"maxsize 1G", "rotate 7", "nocreate", "su gwlbproxy gwlbproxy"} {
+		if !strings.Contains(stanza, want) {
+			t.Errorf("the access log's stanza has no %q:\n%s", want, stanza)
+		}
+	}
+	for _, bad := range []string{"copytruncate", "compress", "postrotate"} {
+		if strings.Contains(stanza, bad) {
+			t.Errorf("the access log's stanza has %q:\n%s", bad, stanza)
+		}
+	}
+	logrotate, err := exec.LookPath("logrotate")
+	if err != nil {
+		t.Skip("no logrotate")
+	}
+	var lines []string
+	for _, l := range strings.Split(stanza, "\n") {
+		if !strings.Contains(l, "su gwlbproxy") {
+			lines = append(lines, l)
+		}
+	}
+	conf = filepath.Join(t.TempDir(), "logrotate.conf")
+	if err := os.WriteFile(conf, []byte(path+" {"+strings.Join(lines, "\n")+"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return conf, logrotate
+}
+
+// packets reads the access records in b and returns their packets fields,
+// which the tests use as sequence numbers.
+func packets(t *testing.T, b []byte) []int64 {
+	t.Helper()
+	var out []int64
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		var r records.Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		out = append(out, r.Packets)
+	}
+	return out
+}
+
+// TestLogrotateAccessLog: the packaged logrotate rotates the access log by
+// renaming it while the appliance's log file (records.LogFile behind a
+// records.Writer, as --access-log opens it) streams records into it. The
+// appliance then writes to a new file at the path, with the same mode, and
+// no record is lost: the two files hold every one, once, in order.
+func TestLogrotateAccessLog(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	conf, logrotate := accessLogrotate(t, path)
+	lf, err := records.OpenLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	w := records.NewWriter(nil, lf)
+	defer w.Close(context.Background())
+	n := 0
+	write := func(d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); n++ {
+			w.Write(&records.Record{Kind: "tcp", Packets: int64(n)})
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	write(200 * time.Millisecond)
+	if out, err := exec.Command(logrotate, "-f", "-s", filepath.Join(t.TempDir(), "state"), conf).CombinedOutput(); err != nil {
+		t.Fatalf("logrotate: %v\n%s", err, out)
+	}
+	write(1500 * time.Millisecond) // the appliance looks at the path once a second
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.Written != uint64(n) {
+		t.Fatalf("stats %+v; want all %d written", st, n)
+	}
+	rotated, err := os.ReadFile(path + ".1")
+	if err != nil {
+		t.Fatalf("logrotate did not rotate the access log: %v", err)
+	}
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("no access log at the path after rotation: %v", err)
+	}
+	a, b := packets(t, rotated), packets(t, cur)
+	t.Logf("%d records: %d in access.log.1, %d in the new access.log", n, len(a), len(b))
+	if len(b) == 0 {
+		t.Fatal("the appliance never wrote to the new access log")
+	}
+	if all := slices.Concat(a, b); len(all) != n || !slices.IsSorted(all) || all[0] != 0 || all[n-1] != int64(n-1) {
+		t.Fatalf("the two files hold %d records, want %d once each in order", len(all), n)
+	}
+	for _, f := range []string{path, path + ".1"} {
+		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o640 {
+			t.Errorf("%s: mode %v (%v), want 0640", f, fi.Mode().Perm(), err)
+		}
+	}
+}
+
+// TestLogrotateAccessLogFullDisk: a burst of records has filled the disk
+// the access log is on (a 256 KiB tmpfs, in a mount namespace of the test's
+// own thread), with seven older rotations beside it. Writes fail; the
+// packaged logrotate still rotates (renames take no space) and deletes the
+// oldest rotation, and the appliance's next write goes to a new file at
+// the path, in the space that freed. With copytruncate logrotate failed
+// ("error copying ... No space left on device") and the disk stayed full.
+func TestLogrotateAccessLogFullDisk(t *testing.T) {
+	testenv.RequireRoot(t, "mounting a tmpfs needs root")
+	if !testenv.Privileged() {
+		t.Skipf("mounts a tmpfs: runs with %s=1", testenv.PrivilegedEnv)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	conf, logrotate := accessLogrotate(t, path)
+	state := filepath.Join(t.TempDir(), "state")
+	errc := make(chan error, 1)
+	var log []string
+	go func() {
+		// Never unlocked: the thread, in its own mount namespace, exits
+		// with the goroutine, and logrotate, forked from it, shares it.
+		runtime.LockOSThread()
+		errc <- func() error {
+			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+				return fmt.Errorf("unshare(CLONE_NEWNS): %w", err)
+			}
+			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+				return fmt.Errorf("making mounts private: %w", err)
+			}
+			if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k,mode=0755"); err != nil {
+				return fmt.Errorf("mounting a tmpfs: %w", err)
+			}
+			for i := 1; i <= 7; i++ {
+				if err := os.WriteFile(fmt.Sprintf("%s.%d", path, i), bytes.Repeat([]byte("{}\n"), 16<<10/3), 0o640); err != nil {
+					return err
+				}
+			}
+			lf, err := records.OpenLogFile(path)
+			if err != nil {
+				return err
+			}
+			defer lf.Close()
+			line := []byte(`{"kind":"tcp","pad":"` + strings.Repeat("a", 1000) + "\"}\n")
+			for {
+				_, err := lf.Write(line)
+				if errors.Is(err, syscall.ENOSPC) {
+					break
+				}
+				if err != nil {
+					return fmt.Errorf("filling the disk: %w", err)
+				}
+			}
+			if _, err := lf.Write(line); !errors.Is(err, syscall.ENOSPC) {
+				return fmt.Errorf("a write to the full disk: %v, want ENOSPC", err)
+			}
+			out, err := exec.Command(logrotate, "-f", "-v", "-s", state, conf).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("logrotate on a full disk: %v\n%s", err, out)
+			}
+			after := []byte(`{"kind":"tcp","rule":"after-rotation"}` + "\n")
+			if _, err := lf.Write(after); err != nil {
+				return fmt.Errorf("writing after the rotation: %w", err)
+			}
+			if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, after) {
+				return fmt.Errorf("the new access log holds %q (%v), want the record written after the rotation", b, err)
+			}
+			if _, err := os.Stat(path + ".8"); err == nil {
+				return errors.New("the oldest rotation was kept")
+			}
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				fi, _ := e.Info()
+				log = append(log, fmt.Sprintf("%s %d", e.Name(), fi.Size()))
+			}
+			return nil
+		}()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the tmpfs after rotation: %s", strings.Join(log, ", "))
+}

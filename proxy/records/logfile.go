@@ -1,0 +1,142 @@
+package records
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+)
+
+// LogFile is the access log file (--access-log): an append-only file that
+// follows its path. When the path no longer names the file it has open
+// (logrotate or an operator renamed or removed it), it opens the path anew,
+// creating the file, and writes on there. Rotation by rename so needs
+// neither a signal nor free space: copytruncate, which needs as much free
+// space as the log, can never succeed on a disk the log has filled.
+//
+// It looks at the path before a write at most once every reopenCheck, and
+// before the first write after a failed one (a full disk: the operator may
+// have moved the log away to free space, which only a reopen frees). Lines
+// written to the old file until then are in the rotated file, not lost.
+//
+// Write is called by a Writer's goroutine; the mutex only keeps Close, at
+// the end of a drain that gave up on a stuck file, from racing it.
+type LogFile struct {
+	path string
+
+	mu        sync.Mutex
+	f         *os.File
+	fi        os.FileInfo // f's, for os.SameFile
+	checked   int64       // monoNow of the last look at the path
+	failed    bool        // the last write failed: look at the path before the next
+	midLine   bool        // the last write to f stopped within a line
+	lastErrAt int64       // monoNow of the last reopen failure logged
+}
+
+// reopenCheck is how often LogFile looks at its path: a stat a second
+// while records come, and records go to a rotated file at most this long.
+const reopenCheck = time.Second
+
+// logFileFlags and logFileMode are how the access log is opened, the first
+// time and on every reopen: appended to, created 0640 if missing.
+const (
+	logFileFlags = os.O_WRONLY | os.O_APPEND | os.O_CREATE
+	logFileMode  = 0o640
+)
+
+// OpenLogFile opens path for appending, creating it if missing.
+func OpenLogFile(path string) (*LogFile, error) {
+	f, fi, err := openLog(path)
+	if err != nil {
+		return nil, err
+	}
+	return &LogFile{path: path, f: f, fi: fi, checked: monoNow()}, nil
+}
+
+func openLog(path string) (*os.File, os.FileInfo, error) {
+	f, err := os.OpenFile(path, logFileFlags, logFileMode)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening access log: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("access log %s: %w", path, err)
+	}
+	return f, fi, nil
+}
+
+// Write appends p, whole lines (a Writer's batch), to the file the path
+// names, reopening it first if the path has moved on.
+func (l *LogFile) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return 0, fmt.Errorf("access log %s: %w", l.path, fs.ErrClosed)
+	}
+	if now := monoNow(); l.failed || now-l.checked >= int64(reopenCheck) {
+		l.checked = now
+		l.follow(now)
+	}
+	// The Writer ends a line a failed write cut short with a newline of
+	// its own before its next write. When the cut line was in a file since
+	// rotated away, the new file has no line to end: a blank line would
+	// only be noise.
+	if len(p) == 1 && p[0] == '\n' && !l.midLine {
+		return 1, nil
+	}
+	n, err := l.f.Write(p)
+	if n > 0 {
+		l.midLine = p[n-1] != '\n'
+	}
+	l.failed = err != nil
+	return n, err
+}
+
+// follow reopens the path when it names another file than the one open, or
+// none. When it cannot, records go on to the file open (renamed, they are
+// kept), and it tries again at the next look.
+func (l *LogFile) follow(now int64) {
+	fi, err := os.Stat(l.path)
+	if err == nil && os.SameFile(fi, l.fi) {
+		return
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		l.reopenFailed(now, fmt.Errorf("access log %s: %w", l.path, err))
+		return
+	}
+	f, nfi, err := openLog(l.path)
+	if err != nil {
+		l.reopenFailed(now, err)
+		return
+	}
+	if err := l.f.Close(); err != nil {
+		slog.Warn("closing the rotated access log", "file", l.path, "err", err)
+	}
+	l.f, l.fi, l.midLine = f, nfi, false
+	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)
+}
+
+// reopenFailed logs a failed reopen at most once a minute: on a full disk
+// it fails before every write.
+func (l *LogFile) reopenFailed(now int64, err error) {
+	if l.lastErrAt == 0 || now-l.lastErrAt >= int64(time.Minute) {
+		l.lastErrAt = now
+		slog.Error("reopening the access log; writing on to the file open", "err", err)
+	}
+}
+
+// Close closes the file open. Later writes fail.
+func (l *LogFile) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	return err
+}

@@ -1,0 +1,123 @@
+package records
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestLogFileFollowsRename: records stream into a real access log; midway
+// the file is renamed away, as logrotate rotates it. Within reopenCheck the
+// records go to a new file at the path, created with the same mode, and
+// none is lost: every record counted written is in the two files together,
+// once, in order.
+func TestLogFileFollowsRename(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	lf, err := OpenLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	w := NewWriter(nil, lf)
+	defer w.Close(context.Background())
+	start := time.Now()
+	renamed := false
+	n := 0
+	for time.Since(start) < 2*reopenCheck {
+		if !renamed && time.Since(start) > reopenCheck/2 {
+			if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(path, path+".1"); err != nil {
+				t.Fatal(err)
+			}
+			renamed = true
+		}
+		w.Write(&Record{Kind: "tcp", Packets: int64(n)})
+		n++
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := w.Close(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.Written != uint64(n) {
+		t.Fatalf("stats %+v, want all %d written", st, n)
+	}
+	old, err := os.ReadFile(path + ".1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("no new access log at the path after the rename: %v", err)
+	}
+	a, b := seqs(t, old), seqs(t, cur)
+	t.Logf("%d records: %d in the rotated file, %d in the new one", n, len(a), len(b))
+	if len(b) == 0 {
+		t.Fatalf("nothing written to the new file at the path in the %v after the rename", 3*reopenCheck/2)
+	}
+	inOrder(t, slices.Concat(a, b), n)
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != logFileMode {
+		t.Errorf("the new access log: %v, mode %v; want %v", err, fi.Mode().Perm(), os.FileMode(logFileMode))
+	}
+}
+
+// TestLogFileFollowsRemoval: a removed access log (an operator's rm) is
+// created anew at the path, and records go on there.
+func TestLogFileFollowsRemoval(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	lf, err := OpenLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if _, err := lf.Write([]byte("{\"a\":1}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(reopenCheck + 10*time.Millisecond)
+	if _, err := lf.Write([]byte("{\"b\":2}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "{\"b\":2}\n" {
+		t.Fatalf("the access log after its removal holds %q (%v)", b, err)
+	}
+}
+
+// TestLogFileCutLineStaysBehind: the newline a Writer writes to end a line
+// cut short goes to the file the cut line is in; once the path names a new
+// file, that has no line to end and gets no blank line.
+func TestLogFileCutLineStaysBehind(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	lf, err := OpenLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	lf.Write([]byte("{\"a\":1}\n{\"cut"))
+	if _, err := lf.Write(newline); err != nil { // still the same file
+		t.Fatal(err)
+	}
+	lf.Write([]byte("{\"b\":2}\n{\"cut"))
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(reopenCheck + 10*time.Millisecond)
+	for _, p := range [][]byte{newline, []byte("{\"c\":3}\n")} {
+		if n, err := lf.Write(p); n != len(p) || err != nil {
+			t.Fatalf("Write(%q) = %d, %v", p, n, err)
+		}
+	}
+	if b, _ := os.ReadFile(path + ".1"); string(b) != "{\"a\":1}\n{\"cut\n{\"b\":2}\n{\"cut" {
+		t.Errorf("the rotated file holds %q", b)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "{\"c\":3}\n" {
+		t.Errorf("the new file holds %q", b)
+	}
+}
