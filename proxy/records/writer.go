@@ -84,6 +84,10 @@ type Writer struct {
 	lastDrop     atomic.Int64
 	dropStreak   atomic.Int64 // when drops less than a second apart began
 	lastDropLog  atomic.Int64
+	// For the records_lost marker (lost.go): the wall time (UnixNano) of
+	// the first loss since the last marker, and why records were dropped.
+	firstLoss  atomic.Int64
+	dropReason atomic.Pointer[string]
 }
 
 // clockBase anchors monoNow.
@@ -187,6 +191,7 @@ func (w *Writer) Write(r *Record) {
 	if err := l.encode(r); err != nil {
 		putLine(l)
 		w.dropped.Add(1) // lost: it must still be counted
+		w.noteLoss(&lostUnencoding)
 		slog.Error("encoding access record", "err", err)
 		return
 	}
@@ -194,6 +199,7 @@ func (w *Writer) Write(r *Record) {
 		if err := shorten(l, r, int(limit)); err != nil {
 			putLine(l)
 			w.dropped.Add(1)
+			w.noteLoss(&lostUnencoding)
 			slog.Error("encoding a shortened access record", "err", err)
 			return
 		}
@@ -237,6 +243,7 @@ func (w *Writer) Write(r *Record) {
 // drop counts a dropped record, and warns at most every 10 s about it.
 func (w *Writer) drop(now int64) {
 	n := w.dropped.Add(1)
+	w.noteLoss(&lostQueueFull)
 	if last := w.lastDrop.Swap(now); last == 0 || now-last > int64(time.Second) {
 		w.dropStreak.Store(now)
 	}
@@ -257,20 +264,29 @@ func (w *Writer) run() {
 	defer close(w.done)
 	var batch []*recordLine
 	var out []byte
+	var lost lostMarker
 	linger := time.NewTimer(recordLinger)
 	for l := range w.q {
 		linger.Reset(recordLinger)
 		batch = w.gather(append(batch[:0], l), linger.C)
 		linger.Stop()
 		out = out[:0]
+		if batch[0].flushed == nil { // records to write: any loss is told first
+			out = w.appendLost(out, &lost)
+		}
+		lostLen := len(out)
 		for _, b := range batch {
-			out = append(out, b.buf.Bytes()...) // a marker adds nothing
+			out = append(out, b.buf.Bytes()...) // a Flush marker adds nothing
 		}
 		took := 0
 		if len(out) > 0 {
 			w.head.Store(batch[0].queued)
 			took = w.deliver(out)
-			w.queuedBytes.Add(-int64(len(out)))
+			w.queuedBytes.Add(-int64(len(out) - lostLen))
+			if lostLen > 0 && took >= lostLen {
+				w.lostWritten(&lost)
+			}
+			took = max(took-lostLen, 0) // of the records' bytes
 		}
 		// Before a Flush waiting on this batch returns: what it reads of
 		// the lag must already say nothing is being written.
@@ -295,6 +311,9 @@ func (w *Writer) run() {
 		// Counted before a Flush waiting on this batch returns, so that
 		// the stats it reads next include the batch.
 		w.settle(written, failed)
+		if failed > 0 {
+			w.noteLoss(nil)
+		}
 		if flushed != nil {
 			close(flushed)
 		}

@@ -43,7 +43,8 @@ func (s *gateSink) Write(p []byte) (int, error) {
 func (s *gateSink) release() { s.out.Do(func() { close(s.gate) }) }
 
 // seqs decodes JSON lines and returns each record's Packets field, which
-// the tests use as a sequence number.
+// the tests use as a sequence number. records_lost markers are left out:
+// lostMarkers reads them.
 func seqs(t *testing.T, b []byte) []int64 {
 	t.Helper()
 	var out []int64
@@ -52,6 +53,9 @@ func seqs(t *testing.T, b []byte) []int64 {
 		var r Record
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		if r.Kind == "records_lost" {
+			continue
 		}
 		if r.Time.IsZero() || r.Time.Location() != time.UTC {
 			t.Fatalf("line %q: time not set in UTC", sc.Text())
@@ -192,6 +196,10 @@ func TestWriterStuckSink(t *testing.T) {
 		t.Fatalf("%d delivered, stats %+v; want sent − dropped = %d", len(got), st, sent-st.Dropped)
 	}
 	inOrder(t, got, bound+1)
+	// The queued records came after a marker of the ones dropped.
+	if m := lostMarkers(t, sink.buf.Bytes()); len(m) != 1 || m[0].Lost != st.Dropped || !strings.Contains(m[0].Error, "queue full") {
+		t.Errorf("records_lost markers %+v, want one of %d dropped: queue full", m, st.Dropped)
+	}
 	if sink.writes != 2 {
 		t.Errorf("%d sink writes, want 2: the stuck record, then the queue in one batch", sink.writes)
 	}
@@ -612,6 +620,9 @@ func TestWriterCountsUnencodable(t *testing.T) {
 	}
 	if s := seqs(t, file.Bytes()); !slices.Equal(s, []int64{0, 2}) {
 		t.Fatalf("file got %v, want 0 and 2", s)
+	}
+	if m := lostMarkers(t, file.Bytes()); len(m) != 1 || m[0].Lost != 1 || !strings.Contains(m[0].Error, "encoded") {
+		t.Fatalf("records_lost markers %+v, want one of the unencodable record", m)
 	}
 	if len(ship.lines) != 2 {
 		t.Fatalf("shipped %d lines, want 2", len(ship.lines))
