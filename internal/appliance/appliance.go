@@ -324,6 +324,11 @@ func New(o Options) (_ *Appliance, err error) {
 		}
 		shipper = a.shipper
 	}
+	if len(files) == 0 && shipper == nil {
+		// Documented (--access-log ""), so allowed, but an appliance whose
+		// job is to audit egress then audits nothing: say so loudly.
+		slog.Warn("no access record sink: --access-log is empty and --cloudwatch-group unset, so no flow is recorded (each record is counted as dropped)")
+	}
 	a.records = records.NewWriter(shipper, files...)
 	a.destCheck = newDestCheck(&o)
 	var dnsAnswer func(uint64, string, netip.Addr, []byte)

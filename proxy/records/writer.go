@@ -130,7 +130,7 @@ type Stats struct {
 	// them (or, without files, the Shipper): the Shipper keeps counts of its
 	// own. Every record ends up in one of them, or is still Queued.
 	Written uint64 `json:"written"` // records every sink took whole
-	Dropped uint64 `json:"dropped"` // records dropped: queue full, written after Close, or not encodable
+	Dropped uint64 `json:"dropped"` // records dropped: queue full, written after Close, not encodable, or no sink at all
 	// Failed counts records some sink did not take whole: its write failed
 	// (a full disk, a closed stdout) before or within the record's line.
 	Failed uint64 `json:"failed"`
@@ -185,6 +185,9 @@ func (w *Writer) Write(r *Record) {
 	}
 	r.Time = r.Time.UTC()
 	if len(w.sinks) == 0 && w.shipper == nil {
+		// No sink configured: the record goes nowhere, and is counted so
+		// (not as a drop streak: nothing is stuck).
+		w.dropped.Add(1)
 		return
 	}
 	l := linePool.Get().(*recordLine)
