@@ -457,12 +457,7 @@ func (b *h1Body) Close() error {
 	}
 	keep := live && b.reuse && b.eof && b.br.Buffered() == 0
 	if keep {
-		select {
-		case werr := <-b.wrote:
-			keep = werr == nil
-		default: // still writing the request: the upstream answered early
-			keep = false
-		}
+		keep = requestWritten(b.wrote)
 	}
 	if !keep {
 		b.conn.Close() // ends a request body still being written too
@@ -472,6 +467,33 @@ func (b *h1Body) Close() error {
 		b.t.keep(b.conn)
 	}
 	return err
+}
+
+// writeSettle is how long a response's end waits for its request's
+// writer to report: a body written by its own goroutine may have gone out
+// whole and its report not yet come (the goroutine not yet run again), and
+// taking that for an upstream that answered early threw a reusable
+// connection away (the next request paid a new dial, and a handshake).
+const writeSettle = 20 * time.Millisecond
+
+// requestWritten reports whether the request's writer, which reports on
+// wrote, wrote it whole: at once when it has reported, else after up to
+// writeSettle. Past that the upstream answered while the body was still
+// going out, and the connection is not kept.
+func requestWritten(wrote <-chan error) bool {
+	select {
+	case werr := <-wrote:
+		return werr == nil
+	default:
+	}
+	t := time.NewTimer(writeSettle)
+	defer t.Stop()
+	select {
+	case werr := <-wrote:
+		return werr == nil
+	case <-t.C:
+		return false
+	}
 }
 
 // upgradedBody is a 101 response's body: the connection, read through
