@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
@@ -42,4 +44,33 @@ func checkFlagValues(o *appliance.Options) error {
 		return fmt.Errorf("--cloudwatch-buffer %d: must be at least %d", cw.BufferBytes, cwlogs.MinBufferBytes)
 	}
 	return o.Validate()
+}
+
+// parseGWLBCIDRs parses --gwlb-cidrs' comma-separated CIDRs. An
+// IPv4-mapped prefix (::ffff:10.0.200.0/124) becomes the IPv4 prefix it
+// names, as in the policy (parseCIDR): the sender check and the refusal of
+// clients' traffic to the senders both unmap the address they look at, so
+// kept mapped it would match no sender, every GWLB datagram would be
+// dropped as unknown_sender while the health check said serving, and the
+// senders' GENEVE and admin ports would go unrefused.
+func parseGWLBCIDRs(v string) ([]netip.Prefix, error) {
+	var ps []netip.Prefix
+	for _, c := range strings.Split(v, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			return nil, fmt.Errorf("%q: want CIDRs, or any: %w", c, err)
+		}
+		// As the policy parser: 10.0.0.1/8 is a typo for a /32 as
+		// often as for 10.0.0.0/8, and masking it would guess.
+		if p != p.Masked() {
+			return nil, fmt.Errorf("%q: host bits set (did you mean %q?)", c, p.Masked().String())
+		}
+		// Masked, a mapped address has a prefix of /96 or longer: a
+		// shorter one (::ffff:0:0/95) has host bits set, refused above.
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
 }

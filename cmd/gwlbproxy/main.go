@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -190,19 +189,9 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 			o.AnyGWLBSender = true
 			return nil
 		}
-		for _, c := range strings.Split(v, ",") {
-			p, err := netip.ParsePrefix(strings.TrimSpace(c))
-			if err != nil {
-				return fmt.Errorf("%q: want CIDRs, or any: %w", c, err)
-			}
-			// As the policy parser: 10.0.0.1/8 is a typo for a /32 as
-			// often as for 10.0.0.0/8, and masking it would guess.
-			if p != p.Masked() {
-				return fmt.Errorf("%q: host bits set (did you mean %q?)", c, p.Masked().String())
-			}
-			o.GWLBCIDRs = append(o.GWLBCIDRs, p)
-		}
-		return nil
+		ps, err := parseGWLBCIDRs(v)
+		o.GWLBCIDRs = append(o.GWLBCIDRs, ps...)
+		return err
 	})
 	fs.IntVar(&o.MaxEndpoints, "max-endpoints", o.MaxEndpoints, "GWLB endpoints served at once, each with a stack of its own; datagrams for new endpoints beyond it are dropped and counted")
 	fs.StringVar(&o.Config, "config", o.Config, "YAML file with the egress policy (see README); SIGHUP reloads it")
