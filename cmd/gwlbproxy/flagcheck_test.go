@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,4 +55,23 @@ func TestGWLBCIDRsMapped(t *testing.T) {
 		"--unsafe-allow-loopback", "--return-path", "bound", "--access-log", "", "--state-dir", t.TempDir(), "--drain-timeout", "0s")
 	p.waitLog(`msg="gwlbproxy serving"`, 30*time.Second)
 	dialThrough(t, addr(2), geneve, ln.Addr().(*net.TCPAddr).AddrPort()).Close()
+}
+
+// TestMaxHeaderBytesBounds: --max-header-bytes is refused above 1 MiB,
+// naming the flag: goproxy's HTTP/2 server, which cannot be configured,
+// refuses a larger header list itself with a protocol error, so a limit
+// above it let such lists end the connection with no 431 and no record.
+func TestMaxHeaderBytesBounds(t *testing.T) {
+	for _, v := range []string{"1048577", "4194304", "1023"} {
+		_, err := parseFlags([]string{"--max-header-bytes", v}, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "--max-header-bytes") {
+			t.Errorf("--max-header-bytes %s: error %v, want it refused naming the flag", v, err)
+		}
+	}
+	for _, n := range []int{1 << 20, 1024} {
+		o, err := parseFlags([]string{"--max-header-bytes", strconv.Itoa(n)}, &bytes.Buffer{})
+		if err != nil || o.MaxHeaderBytes != n {
+			t.Errorf("--max-header-bytes %d: %v, %d", n, err, o.MaxHeaderBytes)
+		}
+	}
 }

@@ -45,7 +45,8 @@ type Config struct {
 	// Trust answers requests for TrustHost (the CA-trust page).
 	Trust     http.Handler
 	TrustHost string
-	// MaxHeaderBytes bounds an HTTP/1 request head (default 64 KiB).
+	// MaxHeaderBytes bounds an HTTP/1 request head and an HTTP/2 header
+	// list (default 64 KiB, at most MaxMaxHeaderBytes).
 	MaxHeaderBytes int
 	// HandshakeTimeout bounds each TLS handshake, upstream and client
 	// (default 10 s).
@@ -95,6 +96,14 @@ type Config struct {
 // DefaultMaxHeaderBytes is the default request head limit: Squid's, and
 // far above what browsers send (they cap cookies at about 4 KiB each).
 const DefaultMaxHeaderBytes = 64 << 10
+
+// MaxMaxHeaderBytes is the largest request head limit that holds for
+// HTTP/2 as well: goproxy's HTTP/2 server refuses a header list beyond
+// net/http's default, 1 MiB (with x/net's allowance of 32 bytes for ten
+// fields), and cannot be configured. A larger limit would let lists in
+// between reach that server, which ends the connection with a protocol
+// error: no 431, and no record of the request.
+const MaxMaxHeaderBytes = http.DefaultMaxHeaderBytes
 
 // Session is one TCP connection handed over for interception.
 type Session struct {
