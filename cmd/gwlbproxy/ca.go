@@ -66,6 +66,9 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 		if err := appliance.CheckCAFlags(&o); err != nil {
 			return err
 		}
+		if err := checkEndpointURL("--ca-secret-endpoint", o.CASecret.Endpoint); err != nil {
+			return err
+		}
 		if err := appliance.CheckTrustHost(o.TrustHost); err != nil {
 			return err
 		}

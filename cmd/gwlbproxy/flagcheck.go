@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -43,6 +45,12 @@ func checkFlagValues(o *appliance.Options) error {
 	if cw := o.CloudWatch; cw.BufferBytes < cwlogs.MinBufferBytes {
 		return fmt.Errorf("--cloudwatch-buffer %d: must be at least %d", cw.BufferBytes, cwlogs.MinBufferBytes)
 	}
+	if err := checkEndpointURL("--cloudwatch-endpoint", o.CloudWatch.Endpoint); err != nil {
+		return err
+	}
+	if err := checkEndpointURL("--ca-secret-endpoint", o.CASecret.Endpoint); err != nil {
+		return err
+	}
 	return o.Validate()
 }
 
@@ -73,4 +81,32 @@ func parseGWLBCIDRs(v string) ([]netip.Prefix, error) {
 		ps = append(ps, p)
 	}
 	return ps, nil
+}
+
+// checkEndpointURL refuses an AWS endpoint URL (--cloudwatch-endpoint,
+// --ca-secret-endpoint) that is not an http or https URL with a host: the
+// SDK takes any string and fails only when it sends, so a typo (no scheme,
+// "::bad") started a healthy appliance whose every CloudWatch batch failed,
+// seen only in /stats (CloudWatch trouble never fails the health check),
+// or sent the CA lookup to the wrong place. Empty: the region's endpoint.
+func checkEndpointURL(flagName, v string) error {
+	if v == "" {
+		return nil
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return fmt.Errorf("%s %q: want an http or https URL: %w", flagName, v, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("%s %q: want an http or https URL, such as https://logs.us-east-1.amazonaws.com", flagName, v)
+	}
+	if u.Hostname() == "" {
+		return fmt.Errorf("%s %q: the URL has no host", flagName, v)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("%s %q: port %s: want 1-65535", flagName, v, p)
+		}
+	}
+	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/certs/secretstest"
 )
 
 // TestGWLBCIDRsMapped: an IPv4-mapped --gwlb-cidrs prefix is the IPv4
@@ -73,5 +75,38 @@ func TestMaxHeaderBytesBounds(t *testing.T) {
 		if err != nil || o.MaxHeaderBytes != n {
 			t.Errorf("--max-header-bytes %d: %v, %d", n, err, o.MaxHeaderBytes)
 		}
+	}
+}
+
+// TestEndpointURLFlags: --cloudwatch-endpoint and --ca-secret-endpoint
+// must be http or https URLs with a host, or start-up stops naming the
+// flag: the SDK takes any string and fails only when it sends, so a typo
+// started a healthy appliance whose every CloudWatch batch failed. The
+// environment holds fake credentials and no instance metadata, so that
+// nothing here (or a regression that reached the SDK) leaves the host.
+func TestEndpointURLFlags(t *testing.T) {
+	secretstest.SetEnv(t, "us-east-1")
+	for _, flagName := range []string{"--cloudwatch-endpoint", "--ca-secret-endpoint"} {
+		extra := []string{"--cloudwatch-group", "g"}
+		if flagName == "--ca-secret-endpoint" {
+			extra = []string{"--ca-secret", "gwlbproxy/ca"}
+		}
+		for _, v := range []string{"::bad", "logs.us-east-1.amazonaws.com", "vpce-1.logs.us-east-1.vpce.amazonaws.com:443",
+			"ftp://logs.example", "https://", "https:///path", "http://h:0", "http://h:65536"} {
+			_, err := parseFlags(append([]string{flagName, v}, extra...), &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), flagName) {
+				t.Errorf("%s %q: error %v, want it refused naming the flag", flagName, v, err)
+			}
+		}
+		for _, v := range []string{"https://vpce-0abc-1.logs.us-east-1.vpce.amazonaws.com", "http://127.0.0.1:4566", "https://[::1]:8443/"} {
+			if _, err := parseFlags(append([]string{flagName, v}, extra...), &bytes.Buffer{}); err != nil {
+				t.Errorf("%s %q: %v", flagName, v, err)
+			}
+		}
+	}
+	// `ca trust` takes the same flag, and refuses it before asking AWS.
+	err := runMain([]string{"ca", "trust", "--ca-secret", "gwlbproxy/ca", "--ca-secret-endpoint", "::bad"}, &bytes.Buffer{}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "--ca-secret-endpoint") {
+		t.Errorf("ca trust --ca-secret-endpoint ::bad: error %v, want it refused naming the flag", err)
 	}
 }
