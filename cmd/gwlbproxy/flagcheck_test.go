@@ -110,3 +110,24 @@ func TestEndpointURLFlags(t *testing.T) {
 		t.Errorf("ca trust --ca-secret-endpoint ::bad: error %v, want it refused naming the flag", err)
 	}
 }
+
+// TestAdminAddrFlag: an --admin-addr with no port (an empty variable in the
+// flags file), or port 0 off loopback, is refused naming the flag: the
+// listener took a random port on every address, the GWLB's health check
+// never got an answer, and the senders' admin port went unrefused.
+func TestAdminAddrFlag(t *testing.T) {
+	for _, v := range []string{"", ":", "10.0.0.5", "10.0.0.5:", ":0", "0.0.0.0:0", "[::]:0", "10.0.0.5:0", "localhost:0", ":99999", ":nosuchservice"} {
+		_, err := parseFlags([]string{"--admin-addr", v}, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "--admin-addr") {
+			t.Errorf("--admin-addr %q: error %v, want it refused naming the flag", v, err)
+		}
+	}
+	for _, v := range []string{":80", "10.0.0.5:8080", "[::]:8080", "127.0.0.1:0", "[::1]:0"} {
+		if o, err := parseFlags([]string{"--admin-addr", v}, &bytes.Buffer{}); err != nil || o.AdminAddr != v {
+			t.Errorf("--admin-addr %q: %v", v, err)
+		}
+	}
+	if o, err := parseFlags(nil, &bytes.Buffer{}); err != nil || o.AdminAddr != ":80" {
+		t.Errorf("the default --admin-addr: %q, %v", o.AdminAddr, err)
+	}
+}

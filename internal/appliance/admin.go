@@ -2,7 +2,10 @@ package appliance
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
@@ -110,4 +113,26 @@ func (a *Appliance) adminHandler() http.Handler {
 	})
 	mux.Handle("GET /metrics", a.metricsHandler()) // metrics.go
 	return mux
+}
+
+// checkAdminAddr refuses an --admin-addr with no port, or with port 0
+// anywhere but on loopback. Either makes the admin listener take a random
+// port (an empty value, from an empty variable in the flags file, binds
+// every address so): the GWLB's health check, on a port of its target
+// group, never gets an answer, and the senders' admin port is not refused
+// (senderAdminPort reads the port given). Port 0 on a loopback address is
+// out of the GWLB's reach anyway, and what tests and local runs use.
+func checkAdminAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Errorf("--admin-addr %q: want host:port or :port, such as :80", addr)
+	}
+	n, err := net.LookupPort("tcp", port)
+	if err != nil {
+		return fmt.Errorf("--admin-addr %q: %w", addr, err)
+	}
+	if a, err := netip.ParseAddr(host); n == 0 && (err != nil || !a.IsLoopback()) {
+		return fmt.Errorf("--admin-addr %q: port 0 would be a random port, which the GWLB's health check cannot find", addr)
+	}
+	return nil
 }

@@ -167,6 +167,9 @@ func (o *Options) Validate() error {
 	if o.Readers < 0 {
 		return fmt.Errorf("--readers %d: must not be negative (0: one per CPU)", o.Readers)
 	}
+	if err := checkAdminAddr(o.AdminAddr); err != nil {
+		return err
+	}
 	if err := CheckTrustHost(o.TrustHost); err != nil {
 		return err
 	}
