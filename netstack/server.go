@@ -171,6 +171,7 @@ func (s *Server) read(c *net.UDPConn) {
 		return
 	}
 	co := newCoalescer()
+	failed := 0 // consecutive read errors
 	for {
 		n, err := r.read()
 		if err != nil {
@@ -182,8 +183,21 @@ func (s *Server) read(c *net.UDPConn) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			slog.Warn("reading GENEVE", "err", err)
+			s.stats.readErrors.Add(1)
+			failed++
+			// 1, 2, 4, 8...: an error that persists is logged ever more
+			// rarely, and counted on /stats every time.
+			if failed&(failed-1) == 0 {
+				slog.Warn("reading GENEVE", "err", err, "consecutive_errors", failed)
+			}
+			if !s.readBackoff(failed) {
+				return
+			}
 			continue
+		}
+		if failed != 0 {
+			slog.Info("reading GENEVE again", "after_errors", failed)
+			failed = 0
 		}
 		for i := range n {
 			b, from, truncated := r.datagram(i)

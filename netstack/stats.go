@@ -6,6 +6,7 @@ import (
 
 type counters struct {
 	packetsIn, bytesIn   atomic.Uint64
+	readErrors           atomic.Uint64
 	packetsOut, bytesOut atomic.Uint64
 	drops                [dropReasons]atomic.Uint64
 	returnFallbacks      atomic.Uint64
@@ -48,6 +49,9 @@ type Stats struct {
 	ReturnPath          string `json:"return_path"`
 	ReturnPortFallbacks uint64 `json:"return_port_fallbacks"`
 	LastSendError       string `json:"last_send_error,omitempty"`
+	// ReadErrors counts the GENEVE sockets' failed reads (each retried,
+	// after a wait that grows while they go on failing).
+	ReadErrors uint64 `json:"read_errors"`
 	// AcksDelayed counts the pure ACKs held for a reply to carry, and
 	// AcksCarried those of them a reply carried, so they never left.
 	AcksDelayed uint64 `json:"acks_delayed"`
@@ -89,6 +93,7 @@ func (s *Server) Stats() Stats {
 		AcksDelayed:         s.acks.held.Load(),
 		AcksCarried:         s.acks.carried.Load(),
 		ReturnPortFallbacks: c.returnFallbacks.Load(),
+		ReadErrors:          c.readErrors.Load(),
 	}
 	for r := DropReason(1); r < dropReasons; r++ {
 		st.Drops[r.String()] = c.drops[r].Load()

@@ -244,6 +244,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.AcksCarried) }),
 	newStatMetric("return_port_fallbacks_total", promCounter, "Replies sent from the listener port because the flow's port could not be bound.",
 		func(s *stats) float64 { return float64(s.Netstack.ReturnPortFallbacks) }),
+	newStatMetric("geneve_read_errors_total", promCounter, "Failed reads of the GENEVE sockets (retried after a growing wait while they go on failing).",
+		func(s *stats) float64 { return float64(s.Netstack.ReadErrors) }),
 
 	newStatMetric("tcp_active", promGauge, "TCP connections being relayed.",
 		func(s *stats) float64 { return float64(s.Proxy.TCPActive) }),
