@@ -72,8 +72,9 @@ type pcapWriter struct {
 	scr     []byte // scratch for a block
 	// retryAt is when opening a file may be tried again after it failed.
 	retryAt time.Time
-	// create opens a new file for writing (createFile; tests put a pipe
-	// there, whose writes block as a stalled disk's do).
+	// create opens a new file for writing (createFile with the mode
+	// fileMode gives; tests put a pipe there, whose writes block as a
+	// stalled disk's do).
 	create func(name string) (*os.File, error)
 
 	mu        sync.Mutex
@@ -102,7 +103,9 @@ func newPcapWriter(cfg Config) (*pcapWriter, error) {
 	if err := os.MkdirAll(cfg.PcapDir, 0o750); err != nil {
 		return nil, fmt.Errorf("--pcap-dir: %w", err)
 	}
-	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+plainOverhead+4), create: createFile}
+	mode := fileMode(cfg.Plaintext)
+	create := func(name string) (*os.File, error) { return createFile(name, mode) }
+	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+plainOverhead+4), create: create}
 	for i, plain := range []bool{false, true} {
 		n, err := interfaceBlockSize(plain)
 		if err != nil {
@@ -123,6 +126,13 @@ func newPcapWriter(cfg Config) (*pcapWriter, error) {
 		info, err := e.Info()
 		if err != nil {
 			continue
+		}
+		if info.Mode().Perm()&^mode != 0 {
+			// An earlier run's file may hold plaintext this run's mode
+			// would keep from the group: make it no more open.
+			if err := os.Chmod(filepath.Join(cfg.PcapDir, e.Name()), info.Mode().Perm()&mode); err != nil {
+				slog.Warn("pcap: restricting an earlier file's mode", "file", e.Name(), "err", err)
+			}
 		}
 		w.files = append(w.files, fileInfo{name: e.Name(), size: info.Size()})
 		total += info.Size()
@@ -370,9 +380,22 @@ func (w *pcapWriter) open() error {
 	return nil
 }
 
-// createFile creates a new pcap file for writing.
-func createFile(name string) (*os.File, error) {
-	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+// fileMode is the mode pcap files are created with. Wire packets are
+// what a tap on the network would see, so the appliance's group (an IDS,
+// an auditor) may read them: 0640. With plaintext the files hold the
+// decrypted bodies, headers and cookies of bumped connections, what the
+// TLS key log exposes, and are kept to the appliance's user as the key
+// log is: 0600.
+func fileMode(plaintext bool) os.FileMode {
+	if plaintext {
+		return 0o600
+	}
+	return 0o640
+}
+
+// createFile creates a new pcap file for writing, with mode perm.
+func createFile(name string, perm os.FileMode) (*os.File, error) {
+	return os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 }
 
 // makeRoom deletes the oldest finished files until room more bytes fit
