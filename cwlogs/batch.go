@@ -25,9 +25,10 @@ const (
 )
 
 // RecordOverhead is charged against Config.BufferBytes for each record on
-// top of its message length: the queue slot (24 bytes) plus an allowance for
-// the allocator rounding the message up to its size class.
-const RecordOverhead = 48
+// top of its message length: the queue slot (40 bytes) plus an allowance for
+// the allocator rounding the message up to its size class. The queue's
+// bookkeeping by source is charged on top (fairQueue.overhead).
+const RecordOverhead = 64
 
 // cost is what a record is charged against the buffer.
 func cost(msg string) int64 { return int64(len(msg)) + RecordOverhead }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // benchLine is a typical access record, about 400 bytes.
@@ -38,7 +39,7 @@ func BenchmarkShip(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
-		s.Ship(time.Time{}, benchLine)
+		s.Ship(time.Time{}, benchLine, records.Source{})
 		if i%4096 == 4095 {
 			for s.Stats().QueuedBytes > half {
 				time.Sleep(100 * time.Microsecond)
@@ -89,6 +90,6 @@ func BenchmarkShipCaller(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		s.Ship(time.Time{}, benchLine)
+		s.Ship(time.Time{}, benchLine, records.Source{})
 	}
 }

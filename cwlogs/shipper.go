@@ -5,11 +5,14 @@
 // goroutine per Shipper sends batches with PutLogEvents, within every limit
 // of that API, retrying transient failures with capped exponential backoff
 // until the batch is delivered or the Shipper is closed. When the queue is
-// full the oldest records are dropped. Every record ends up in exactly one
-// of the counters reported by Stats: shipped, rejected by the service,
-// failed (refused as invalid), dropped, or still queued.
+// full the oldest records of the source (client) holding the most bytes are
+// dropped, and an event of kind LossKind in the stream says how many. Every
+// record ends up in exactly one of the counters reported by Stats: shipped,
+// rejected by the service, failed (refused as invalid), dropped, or still
+// queued.
 //
-// The package does not know what the lines mean.
+// The package does not know what the lines mean, only whose they are
+// (records.Source).
 package cwlogs
 
 import (
@@ -22,6 +25,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs/types"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // Stats is a snapshot of a Shipper's counters. Counts are records (log
@@ -54,10 +59,14 @@ type Stats struct {
 	// Failed counts records in batches the service refused with a
 	// non-retryable error.
 	Failed uint64 `json:"failed"`
-	// Dropped counts records discarded unsent: the oldest ones when the
-	// buffer was full, those still held when Close gave up, and those
-	// handed over after Close.
+	// Dropped counts records discarded unsent: when the buffer was full
+	// (the oldest of the source holding the most bytes), those still held
+	// when Close gave up, and those handed over after Close.
 	Dropped uint64 `json:"dropped"`
+	// LossEvents counts the events of kind LossKind the service accepted,
+	// each telling of records dropped for room. They are not records: they
+	// are in none of the counts above.
+	LossEvents uint64 `json:"loss_events"`
 	// Truncated counts records cut to the largest event size (they are
 	// shipped, with a marker, and also counted under their final fate).
 	Truncated     uint64    `json:"truncated"`
@@ -72,8 +81,8 @@ type Shipper struct {
 	client *cloudwatchlogs.Client
 
 	mu             sync.Mutex
-	q              queue
-	held           int64 // bytes charged: queue plus batch in flight
+	q              fairQueue
+	held           int64 // bytes charged: queue plus batch in flight, q.overhead() aside
 	wireQ          int   // MaxBatchBytes-style size of the queue
 	inflight       int   // records in the batch in flight
 	closed         bool
@@ -81,6 +90,10 @@ type Shipper struct {
 	lastDropWarn   time.Time
 	dropsSinceWarn uint64
 	closeDeadline  time.Time // the deadline of the first Close; zero: none
+	// Records dropped for room since the last loss event was put in a
+	// batch, and the earliest of their times (Unix milliseconds).
+	lost      uint64
+	lostSince int64
 
 	kick      chan struct{} // a full batch is waiting
 	closing   chan struct{} // Close was called
@@ -91,17 +104,21 @@ type Shipper struct {
 	abandoned int // records the worker gave up at shutdown; read after done
 
 	// Worker-only state.
-	batch        []entry
-	batchCost    int64
-	events       []types.InputLogEvent
-	ready        bool // group and stream exist (or we cannot tell)
-	groupCreated bool
-	retentionSet bool
-	failStreak   int
-	failSince    time.Time
-	failLog      rateLimit
-	rejectLog    rateLimit
-	refuseLog    rateLimit
+	batch     []entry
+	batchCost int64
+	batchLoss bool // the batch carries a loss event
+	// What the batch's loss event tells of, for restoreLoss.
+	batchLost      uint64
+	batchLostSince int64
+	events         []types.InputLogEvent
+	ready          bool // group and stream exist (or we cannot tell)
+	groupCreated   bool
+	retentionSet   bool
+	failStreak     int
+	failSince      time.Time
+	failLog        rateLimit
+	rejectLog      rateLimit
+	refuseLog      rateLimit
 	// Batches refused for good since the last message about them.
 	refusedBatches, refusedRecords int
 	refusedErr                     error
@@ -156,16 +173,19 @@ func NewWithClient(ctx context.Context, client *cloudwatchlogs.Client, cfg Confi
 // a record that cannot be shipped is counted in Stats, not returned as an
 // error, so that a logging path never fails because CloudWatch does.
 func (s *Shipper) Write(p []byte) (int, error) {
-	s.Ship(time.Now(), p)
+	s.Ship(time.Now(), p, records.Source{})
 	return len(p), nil
 }
 
 // Ship implements records.Shipper: it queues line as one log event with
-// timestamp t (zero means now). line is copied; a trailing newline is
-// stripped; an empty line is skipped; a line longer than MaxMessageBytes is
-// truncated with a marker. When the buffer is
-// full the oldest queued records are dropped to make room.
-func (s *Shipper) Ship(t time.Time, line []byte) {
+// timestamp t (zero means now), charged to src. line is copied; a trailing
+// newline is stripped; an empty line is skipped; a line longer than
+// MaxMessageBytes is truncated with a marker. When the buffer is full, the
+// oldest queued records of the source holding the most bytes are dropped to
+// make room (src's own when it holds the most), so that one client whose
+// records come faster than they can be shipped loses its own, and the next
+// batch carries an event saying how many were lost (see LossKind).
+func (s *Shipper) Ship(t time.Time, line []byte, src records.Source) {
 	msg, truncated := prepare(line)
 	if msg == "" {
 		return
@@ -190,14 +210,17 @@ func (s *Shipper) Ship(t time.Time, line []byte) {
 		return
 	}
 	limit := int64(s.cfg.BufferBytes)
-	for s.held+c > limit && s.q.len() > 0 {
-		e := s.q.pop()
+	// Evicting leaves a tombstone, but frees more than the tombstone holds:
+	// the loop ends.
+	for s.held+s.q.overhead()+s.q.charge(src, c) > limit && s.q.len() > 0 {
+		e := s.q.evict()
 		s.held -= cost(e.msg)
 		s.wireQ -= wire(e.msg)
 		s.st.Dropped++
 		s.dropsSinceWarn++
+		s.noteLossLocked(e.ts)
 	}
-	s.q.push(entry{ts: ts, msg: msg})
+	s.q.push(entry{ts: ts, msg: msg}, src, c)
 	s.held += c
 	s.wireQ += wire(msg)
 	full := s.q.len() >= MaxBatchEvents || s.wireQ >= MaxBatchBytes
@@ -227,7 +250,7 @@ func (s *Shipper) dropWarningLocked(now time.Time) func() {
 	s.lastDropWarn = now
 	group, stream, limit := s.cfg.Group, s.cfg.Stream, s.cfg.BufferBytes
 	return func() {
-		slog.Warn("cwlogs: buffer full or closed, dropped oldest records",
+		slog.Warn("cwlogs: buffer full or closed, dropped records (when full, the oldest of the client holding the most)",
 			"group", group, "stream", stream, "dropped", n, "dropped_total", total, "buffer_bytes", limit)
 	}
 }
@@ -238,7 +261,7 @@ func (s *Shipper) Stats() Stats {
 	defer s.mu.Unlock()
 	st := s.st
 	st.QueuedRecords = s.q.len() + s.inflight
-	st.QueuedBytes = s.held
+	st.QueuedBytes = s.held + s.q.overhead()
 	return st
 }
 
@@ -344,13 +367,21 @@ func (s *Shipper) takeBatch() (full bool) {
 	s.batch = s.batch[:0]
 	s.batchCost = 0
 	s.mu.Lock()
+	s.batchLoss = s.lost > 0
+	if s.batchLoss {
+		// Ahead of the records: under a flood, batches are full, and one
+		// taken after them would never fit.
+		e := s.lossEventLocked(time.Now())
+		lim.add(&e)
+		s.batch = append(s.batch, e)
+	}
 	for s.q.len() > 0 && lim.add(s.q.front()) {
 		e := s.q.pop()
 		s.wireQ -= wire(e.msg)
 		s.batchCost += cost(e.msg)
 		s.batch = append(s.batch, e)
 	}
-	s.inflight = len(s.batch)
+	s.inflight = s.batchRecords()
 	more := s.q.len() > 0
 	s.mu.Unlock()
 	return lim.full && more
@@ -370,7 +401,7 @@ func (s *Shipper) deliver() {
 		LogStreamName: aws.String(s.cfg.Stream),
 		LogEvents:     s.events,
 	}
-	n := len(s.batch)
+	n := s.batchRecords() // the loss event is not a record
 	for attempt := 0; ; attempt++ {
 		if !s.ready && !s.ensure() {
 			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
@@ -397,6 +428,7 @@ func (s *Shipper) deliver() {
 		s.noteFailure("PutLogEvents", err, class)
 		if class == classPermanent {
 			s.refused(n, err)
+			s.restoreLoss()
 			s.release(n, func(st *Stats) { st.Failed += uint64(n) })
 			return
 		}
@@ -442,6 +474,7 @@ func (s *Shipper) release(n int, fate func(*Stats)) {
 	s.held -= s.batchCost
 	s.inflight = 0
 	s.mu.Unlock()
+	s.batchLoss = false
 	clear(s.batch) // drop the strings now rather than at the next batch
 	s.batch = s.batch[:0]
 	clear(s.events)
@@ -451,8 +484,18 @@ func (s *Shipper) release(n int, fate func(*Stats)) {
 // delivered accounts for an accepted batch, of which the service may have
 // rejected some events.
 func (s *Shipper) delivered(out *cloudwatchlogs.PutLogEventsOutput, n int) {
-	lo, hi := acceptedRange(out.RejectedLogEventsInfo, n)
-	rejected := n - (hi - lo)
+	lo, hi := acceptedRange(out.RejectedLogEventsInfo, len(s.batch))
+	var msgBytes uint64
+	shipped, losses := 0, 0
+	for i := lo; i < hi; i++ {
+		if s.batch[i].src == lossMarker {
+			losses++
+			continue
+		}
+		shipped++
+		msgBytes += uint64(len(s.batch[i].msg))
+	}
+	rejected := n - shipped
 	if rejected > 0 && s.rejectLog.allow(time.Now()) {
 		// Rejected events are not retried: the service would refuse them
 		// again.
@@ -462,17 +505,14 @@ func (s *Shipper) delivered(out *cloudwatchlogs.PutLogEventsOutput, n int) {
 			"too_old_end", deref(info.TooOldLogEventEndIndex), "too_new_start", deref(info.TooNewLogEventStartIndex),
 			"expired_end", deref(info.ExpiredLogEventEndIndex))
 	}
-	var msgBytes uint64
-	for i := lo; i < hi; i++ {
-		msgBytes += uint64(len(s.batch[i].msg))
-	}
 	if s.failStreak > 0 {
 		slog.Info("cwlogs: delivery resumed", "group", s.cfg.Group, "stream", s.cfg.Stream,
 			"failed_attempts", s.failStreak, "after", time.Since(s.failSince).Round(time.Millisecond))
 		s.failStreak = 0
 	}
 	s.release(n, func(st *Stats) {
-		st.Shipped += uint64(hi - lo)
+		st.Shipped += uint64(shipped)
+		st.LossEvents += uint64(losses)
 		st.Rejected += uint64(rejected)
 		st.ShippedBytes += msgBytes
 		st.Batches++

@@ -2,6 +2,7 @@ package cwlogs
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 func TestDeliversInOrderAndCreatesGroup(t *testing.T) {
@@ -307,9 +309,10 @@ func TestSustainedOutage(t *testing.T) {
 }
 
 // TestOutageOverflowCountsEveryDrop: an outage outlasting the buffer drops
-// the oldest queued records; the dropped counter equals the records missing
-// at the end, exactly, and the survivors are the batch in flight plus the
-// newest records.
+// the oldest queued records (all of one source); the dropped counter equals
+// the records missing at the end, exactly, the survivors are the batch in
+// flight plus the newest records, and the stream holds one loss event
+// saying how many were lost.
 func TestOutageOverflowCountsEveryDrop(t *testing.T) {
 	srv := cwlogstest.NewServer(t)
 	cfg := testConfig()
@@ -336,12 +339,29 @@ func TestOutageOverflowCountsEveryDrop(t *testing.T) {
 	if st := s.Stats(); st.Dropped == 0 {
 		t.Fatalf("nothing dropped: %+v", st)
 	}
-	waitFor(t, 2*time.Second, "drop warning", func() bool { return logs.count("dropped oldest records") > 0 })
+	waitFor(t, 2*time.Second, "drop warning", func() bool { return logs.count("dropped records") > 0 })
 	srv.EndOutage()
 	closeShipper(t, s, 20*time.Second)
 
-	events := srv.Events(cfg.Group, cfg.Stream)
+	var events []cwlogstest.Event
+	var losses []lossEvent
+	for _, e := range srv.Events(cfg.Group, cfg.Stream) {
+		if _, _, ok := parseLine(e.Message); ok {
+			events = append(events, e)
+			continue
+		}
+		var le lossEvent
+		if err := json.Unmarshal([]byte(e.Message), &le); err != nil || le.Kind != LossKind {
+			t.Fatalf("unexpected event %.80q (%v)", e.Message, err)
+		}
+		losses = append(losses, le)
+	}
 	st := s.Stats()
+	// The batch in flight through the outage was taken before the drops;
+	// the next carries the loss event, telling of them all.
+	if len(losses) != 1 || losses[0].Lost != st.Dropped || st.LossEvents != 1 || losses[0].LostSince.After(losses[0].Time) {
+		t.Errorf("loss events %+v (LossEvents %d), want one telling of %d", losses, st.LossEvents, st.Dropped)
+	}
 	if missing := uint64(n - len(events)); st.Dropped != missing {
 		t.Fatalf("dropped counter %d, records missing %d", st.Dropped, missing)
 	}
@@ -456,7 +476,7 @@ func TestBatchLimits(t *testing.T) {
 		const n = 3000
 		step := 3 * 24 * time.Hour / n
 		for i := range n {
-			s.Ship(start.Add(time.Duration(i)*step), line(0, i, 40))
+			s.Ship(start.Add(time.Duration(i)*step), line(0, i, 40), records.Source{})
 		}
 		closeShipper(t, s, 20*time.Second)
 		checkExactlyOnce(t, srv.Events(cfg.Group, cfg.Stream), n)
@@ -477,7 +497,7 @@ func TestBatchLimits(t *testing.T) {
 		s := startShipper(t, srv, cfg)
 		now := time.Now()
 		for i := range 100 {
-			s.Ship(now.Add(-time.Duration(i)*time.Millisecond), line(0, 99-i, 40))
+			s.Ship(now.Add(-time.Duration(i)*time.Millisecond), line(0, 99-i, 40), records.Source{})
 		}
 		closeShipper(t, s, 5*time.Second)
 		// Sorted by timestamp, which here is the reverse of arrival.
@@ -525,10 +545,10 @@ func TestRejectedEventsCounted(t *testing.T) {
 	cfg := testConfig()
 	s := startShipper(t, srv, cfg)
 	now := time.Now()
-	s.Ship(now.Add(-15*24*time.Hour), []byte("too old"))
-	s.Ship(now, []byte("p=00 seq=00000000 fine"))
-	s.Ship(now.Add(3*time.Hour), []byte("too new"))
-	s.Ship(now, []byte("p=00 seq=00000001 fine"))
+	s.Ship(now.Add(-15*24*time.Hour), []byte("too old"), records.Source{})
+	s.Ship(now, []byte("p=00 seq=00000000 fine"), records.Source{})
+	s.Ship(now.Add(3*time.Hour), []byte("too new"), records.Source{})
+	s.Ship(now, []byte("p=00 seq=00000001 fine"), records.Source{})
 	closeShipper(t, s, 10*time.Second)
 	checkExactlyOnce(t, srv.Events(cfg.Group, cfg.Stream), 2)
 	st := s.Stats()

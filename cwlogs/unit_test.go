@@ -122,7 +122,7 @@ func TestBatchLimitsAdd(t *testing.T) {
 }
 
 func TestSortBatchStable(t *testing.T) {
-	b := []entry{{3, "a"}, {1, "b"}, {3, "c"}, {1, "d"}, {2, "e"}}
+	b := []entry{{ts: 3, msg: "a"}, {ts: 1, msg: "b"}, {ts: 3, msg: "c"}, {ts: 1, msg: "d"}, {ts: 2, msg: "e"}}
 	sortBatch(b)
 	var got string
 	for _, e := range b {
@@ -380,7 +380,7 @@ func TestStatsJSONNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"received", "queued_records", "queued_bytes", "buffer_bytes", "shipped", "shipped_bytes",
-		"batches", "retried", "rejected", "failed", "dropped", "truncated", "last_error", "last_error_time"} {
+		"batches", "retried", "rejected", "failed", "dropped", "loss_events", "truncated", "last_error", "last_error_time"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("key %q missing from %s", k, b)
 		}

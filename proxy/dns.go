@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -275,20 +274,11 @@ func newDNSLog(p *Proxy, base *records.Record, pol *policy.Policy) *dnsLog {
 }
 
 // recordShareKey is the client of a flow's record as clientShareKey counts
-// it: the record names the endpoint as "vpce-" and its ID in hex, and the
-// client's address.
+// it: records.SourceOf applies the same rule to the record's endpoint and
+// client address.
 func recordShareKey(r *records.Record) shareKey {
-	var k shareKey
-	if s, ok := strings.CutPrefix(r.Endpoint, "vpce-"); ok {
-		k.endpoint, _ = strconv.ParseUint(s, 16, 64)
-	}
-	if a, err := netip.ParseAddr(r.ClientIP); err == nil {
-		if a = a.Unmap(); a.Is6() {
-			a = netip.PrefixFrom(a, 80).Masked().Addr()
-		}
-		k.client = a
-	}
-	return k
+	src := records.SourceOf(r)
+	return shareKey{endpoint: src.Endpoint, client: src.Client}
 }
 
 // query looks at a datagram from the client.

@@ -361,8 +361,10 @@ var cloudWatchMetrics = []statMetric[cwlogs.Stats]{
 		func(cw *cwlogs.Stats) float64 { return float64(cw.Rejected) }),
 	newStatMetric("cloudwatch_records_failed_total", promCounter, "Records in batches refused for good.",
 		func(cw *cwlogs.Stats) float64 { return float64(cw.Failed) }),
-	newStatMetric("cloudwatch_records_dropped_total", promCounter, "Records dropped: buffer full, or unshipped at exit.",
+	newStatMetric("cloudwatch_records_dropped_total", promCounter, "Records dropped: buffer full (the oldest of the client holding the most), or unshipped at exit.",
 		func(cw *cwlogs.Stats) float64 { return float64(cw.Dropped) }),
+	newStatMetric("cloudwatch_loss_events_total", promCounter, "records_lost events CloudWatch Logs accepted, each telling of records dropped for a full buffer (not records).",
+		func(cw *cwlogs.Stats) float64 { return float64(cw.LossEvents) }),
 }
 
 // pcapMetrics are the pcap writer's, sent while --pcap-dir is set.

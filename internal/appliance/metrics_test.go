@@ -172,7 +172,7 @@ gwlbproxy_cloudwatch_records_rejected_total 506
 # HELP gwlbproxy_cloudwatch_records_failed_total Records in batches refused for good.
 # TYPE gwlbproxy_cloudwatch_records_failed_total counter
 gwlbproxy_cloudwatch_records_failed_total 507
-# HELP gwlbproxy_cloudwatch_records_dropped_total Records dropped: buffer full, or unshipped at exit.
+# HELP gwlbproxy_cloudwatch_records_dropped_total Records dropped: buffer full (the oldest of the client holding the most), or unshipped at exit.
 # TYPE gwlbproxy_cloudwatch_records_dropped_total counter
 gwlbproxy_cloudwatch_records_dropped_total 508
 `

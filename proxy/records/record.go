@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -91,4 +94,33 @@ func DialResult(err error) string {
 		return "timeout"
 	}
 	return "error"
+}
+
+// Source is the client a record belongs to, as the proxy's per-client
+// buckets count it: its address behind its GWLB endpoint, an IPv6 client by
+// its /80 (a client with a delegated prefix is one client, not millions).
+// The zero Source stands for every record without a client: the
+// appliance's own. A sink that must share a bounded buffer between clients
+// (the CloudWatch shipper) tells them apart by it.
+type Source struct {
+	Endpoint uint64     // the GWLB endpoint's ID (the hex digits of "vpce-...")
+	Client   netip.Addr // the client's address, an IPv6 one masked to its /80
+}
+
+// SourceOf returns the client r belongs to; the zero Source when r names no
+// client address. It does not allocate.
+func SourceOf(r *Record) Source {
+	a, err := netip.ParseAddr(r.ClientIP)
+	if err != nil {
+		return Source{}
+	}
+	var s Source
+	if hex, ok := strings.CutPrefix(r.Endpoint, "vpce-"); ok {
+		s.Endpoint, _ = strconv.ParseUint(hex, 16, 64)
+	}
+	if a = a.Unmap().WithZone(""); a.Is6() {
+		a = netip.PrefixFrom(a, 80).Masked().Addr()
+	}
+	s.Client = a
+	return s
 }

@@ -24,11 +24,13 @@ const (
 )
 
 // Shipper takes each record as a JSON line the moment it is written, with
-// the record's time. It holds the lines in a bounded buffer of its own, with
-// its own drop policy, and must never block: it is the only queue between
-// Write and its destination. cwlogs.Shipper is one.
+// the record's time and the client it belongs to (SourceOf). It holds the
+// lines in a bounded buffer of its own, with its own drop policy (by source,
+// so that one client cannot crowd out the others), and must never block: it
+// is the only queue between Write and its destination. cwlogs.Shipper is
+// one.
 type Shipper interface {
-	Ship(t time.Time, line []byte)
+	Ship(t time.Time, line []byte, src Source)
 }
 
 // Writer encodes records as JSON lines and hands them to their sinks.
@@ -213,7 +215,7 @@ func (w *Writer) Write(r *Record) {
 	w.mu.RLock()
 	if !w.closed {
 		if w.shipper != nil {
-			w.shipper.Ship(r.Time, l.buf.Bytes()) // copies the line; never blocks
+			w.shipper.Ship(r.Time, l.buf.Bytes(), SourceOf(r)) // copies the line; never blocks
 		}
 		if len(w.sinks) == 0 {
 			w.mu.RUnlock()

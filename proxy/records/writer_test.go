@@ -438,12 +438,14 @@ type shipSink struct {
 	mu    sync.Mutex
 	times []time.Time
 	lines []string
+	srcs  []Source
 }
 
-func (s *shipSink) Ship(t time.Time, line []byte) {
+func (s *shipSink) Ship(t time.Time, line []byte, src Source) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.times = append(s.times, t)
+	s.srcs = append(s.srcs, src)
 	s.lines = append(s.lines, string(line))
 }
 

@@ -1,0 +1,75 @@
+package cwlogs
+
+import (
+	"strconv"
+	"time"
+)
+
+// LossKind is the kind of the event the Shipper ships after it has dropped
+// records because its buffer was full: a JSON object like an access
+// record's,
+//
+//	{"time":"…","kind":"records_lost","sink":"cloudwatch","lost":N,
+//	 "lost_since":"…","error":"…"}
+//
+// time is when the batch carrying it was taken to be sent, lost_since the
+// earliest time of a record lost since the previous such event: the N
+// records lost have times between the two. It is sent ahead of the records
+// still queued (at its time, in the batch's time order), is never dropped
+// for room (it is held outside the buffer: at most one is pending, its count
+// growing until it is sent) and is counted in Stats.LossEvents, not as a
+// record.
+const LossKind = "records_lost"
+
+// lossMarker is the src of the loss event in a batch, which tells it apart
+// from the records.
+var lossMarker = new(source)
+
+// noteLossLocked counts a record dropped for room; ts is its time.
+func (s *Shipper) noteLossLocked(ts int64) {
+	if s.lost == 0 || ts < s.lostSince {
+		s.lostSince = ts
+	}
+	s.lost++
+}
+
+// lossEventLocked returns the loss event for the records dropped since the
+// last one, timestamped now, and resets the count.
+func (s *Shipper) lossEventLocked(now time.Time) entry {
+	b := make([]byte, 0, 256)
+	b = append(b, `{"time":"`...)
+	b = now.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","kind":"`+LossKind+`","sink":"cloudwatch","lost":`...)
+	b = strconv.AppendUint(b, s.lost, 10)
+	b = append(b, `,"lost_since":"`...)
+	b = time.UnixMilli(s.lostSince).UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","error":"the CloudWatch buffer was full (--cloudwatch-buffer `...)
+	b = strconv.AppendInt(b, int64(s.cfg.BufferBytes), 10)
+	b = append(b, ` bytes): the oldest records of the client holding the most were dropped"}`...)
+	s.batchLost, s.batchLostSince = s.lost, s.lostSince
+	s.lost, s.lostSince = 0, 0
+	return entry{ts: now.UnixMilli(), msg: string(b), src: lossMarker}
+}
+
+// batchRecords returns how many records the batch holds: its loss event,
+// if any, is not one.
+func (s *Shipper) batchRecords() int {
+	if s.batchLoss {
+		return len(s.batch) - 1
+	}
+	return len(s.batch)
+}
+
+// restoreLoss puts the count of a loss event the service refused back into
+// the pending one, so that the next batch tells of those losses still.
+func (s *Shipper) restoreLoss() {
+	if !s.batchLoss {
+		return
+	}
+	s.mu.Lock()
+	if s.lost == 0 || s.batchLostSince < s.lostSince {
+		s.lostSince = s.batchLostSince
+	}
+	s.lost += s.batchLost
+	s.mu.Unlock()
+}
