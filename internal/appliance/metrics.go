@@ -297,7 +297,7 @@ var applianceMetrics = []statMetric[stats]{
 	newStatMetric("policy_default_explicit", promGauge, "0 when the policy file in force has no default key, so that unmatched flows are allowed by omission.",
 		func(s *stats) float64 { return boolGauge(s.Policy.DefaultExplicit) }),
 
-	newStatMetric("records_written_total", promCounter, "Access records handed to the sinks (access log, CloudWatch shipper).",
+	newStatMetric("records_written_total", promCounter, "Access records every file (--access-log, stdout) took whole; without a file, those handed to the CloudWatch shipper, which counts its own (cloudwatch_*).",
 		func(s *stats) float64 { return float64(s.Records.Written) }),
 	newStatMetric("records_dropped_total", promCounter, "Access records dropped: the queue was full (a sink slow or stuck), or at exit.",
 		func(s *stats) float64 { return float64(s.Records.Dropped) }),

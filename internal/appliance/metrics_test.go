@@ -127,7 +127,7 @@ gwlbproxy_udp_share_drops_total 207
 # HELP gwlbproxy_quic_smuggled_drops_total Client datagrams dropped because they would have started a QUIC connection the policy never decided on.
 # TYPE gwlbproxy_quic_smuggled_drops_total counter
 gwlbproxy_quic_smuggled_drops_total 208
-# HELP gwlbproxy_records_written_total Access records handed to the sinks (access log, CloudWatch shipper).
+# HELP gwlbproxy_records_written_total Access records every file (--access-log, stdout) took whole; without a file, those handed to the CloudWatch shipper, which counts its own (cloudwatch_*).
 # TYPE gwlbproxy_records_written_total counter
 gwlbproxy_records_written_total 301
 # HELP gwlbproxy_records_dropped_total Access records dropped: the queue was full (a sink slow or stuck), or at exit.
