@@ -206,6 +206,7 @@ func (t *h1Transport) take(req *http.Request) net.Conn {
 
 // RoundTrip implements upstreamTransport.
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	used := usedConnOf(req.Context()) // redial.go
 	for attempt := 0; ; attempt++ {
 		c := t.take(req)
 		reused := c != nil
@@ -215,6 +216,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, err
 			}
 		}
+		used.set(c)
 		resp, err := t.exchange(c, req)
 		if err == nil {
 			return resp, nil

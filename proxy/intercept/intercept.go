@@ -256,6 +256,9 @@ type session struct {
 	// upstreamCert is the bumped destination's certificate, when it was
 	// verified: the names it covers need no destination check.
 	upstreamCert *x509.Certificate
+	// verdicts are the verification failures its rule accepted, of the
+	// first upstream connection and of further ones: redial.go.
+	verdicts verdicts
 }
 
 // finish writes the connection's record and ends the session; a tls record
@@ -265,6 +268,7 @@ func (s *session) finish() {
 	s.markEnding()
 	if s.Record.Kind == "tls" { // a refused bump's upstream handshake sent the SNI too
 		s.Record.BytesOut, s.Record.BytesIn = s.upBytes.out.Load(), s.upBytes.in.Load()
+		s.noteRedialsInTLSRecord() // redial.go
 	}
 	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
@@ -352,7 +356,8 @@ func (s *session) bump() {
 			s.refuse("upstream certificate: " + verifyErr.Error())
 			return
 		}
-		s.Record.Error = "upstream certificate accepted by rule: " + verifyErr.Error()
+		s.Record.Error = unverifiedNote + verifyErr.Error()
+		s.verdicts.firstErr = verifyErr // what each request over it records
 	} else {
 		// What the requests inside may lean on: the names this verified
 		// certificate covers are proven to be served at the destination.
@@ -373,30 +378,11 @@ func (s *session) bump() {
 		s.refuse("minting a leaf: " + err.Error())
 		return
 	}
-	redial := func() *tls.Config { // for each further upstream connection
-		c := ucfg.Clone()
-		sessions := ic.res.originSessions(s.Subject.Dest)
-		c.ClientSessionCache = sessions
-		// The groups as they stand now, not as at the first connection.
-		// A redial teaches nothing: VerifyConnection runs before the
-		// server's signature (or Finished) is checked, and the handshake
-		// itself is the transport's.
-		c.CurvePreferences = ic.groups.offer(groupsKey)
-		c.VerifyConnection = func(cs tls.ConnectionState) error {
-			err := ic.verifyUpstream(cs, name, s.Subject)
-			sessions.verified.Store(err == nil)
-			if err != nil && !d.AllowUnverifiedUpstream {
-				return err
-			}
-			return nil
-		}
-		return c
-	}
 	if !s.handshakeClient(name, leaf, cs.NegotiatedProtocol == "h2") {
 		return
 	}
 	s.tapPlaintext()
-	s.serveGoproxy("https", s.transport(up, redial))
+	s.serveGoproxy("https", s.transport(up, s.redialer(ucfg, name, groupsKey))) // redial.go
 }
 
 // upstreamName is the name a bumped destination's certificate must be
@@ -533,12 +519,15 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj 
 // the name (a rule with domains), the policy asks for the check, there is
 // one to ask, and nothing proved the name already. A bumped connection's
 // verified upstream certificate is that proof for every name it covers:
-// the destination holds a key for the name.
+// the destination holds a key for the name. Not under a bump whose rule
+// accepts an unverified upstream: which connection a request goes over is
+// the transport's to choose after the check, and a further one may be one
+// whose certificate failed (redial.go).
 func (s *session) needsDestinationCheck(pol *policy.Policy, d policy.Decision, host string) bool {
 	if !d.ByName || host == "" || pol.DestinationCheck() != policy.CheckDNS || s.ic.cfg.DestinationCheck == nil {
 		return false
 	}
-	return s.upstreamCert == nil || s.upstreamCert.VerifyHostname(host) != nil
+	return s.upstreamCert == nil || s.Decision.AllowUnverifiedUpstream || s.upstreamCert.VerifyHostname(host) != nil
 }
 
 // checkDestination asks whether the session's destination is an address

@@ -189,7 +189,9 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		sent.r = req.Body
 		req.Body = &sent
 	}
+	req, used := s.trackConn(req, rt.scheme == "https") // redial.go
 	resp, err := rt.tr.RoundTrip(req)
+	s.noteVerdict(&rec, used)
 	// What of the body has gone upstream, on every path: a request with
 	// no response (the destination closed or reset, the client went away)
 	// still sent its body, and cleartext HTTP has no connection record to

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +27,9 @@ type setConn struct {
 	net.Conn
 	set     *connSet
 	unwatch func() // Session.WatchUpstream's, if any
+	// verifyErr is the failure of its certificate's verification that the
+	// rule accepted (redial.go); set before the transport has it.
+	verifyErr error
 }
 
 // add tracks c, or closes it if the set is closed already; unwatch, if
@@ -149,13 +151,14 @@ const (
 // connection it makes goes to the session's original destination, whatever the
 // request's Host says: a client must not steer the appliance elsewhere. The
 // first one is the connection already dialled (and, for TLS, verified), if
-// any; tlsCfg, when set, gives each further one its TLS configuration.
+// any; redial, when set, completes each further one's TLS handshake
+// (session.redialer), offering http/1.1 alone for h1Only.
 //
 // A client speaking HTTP/1 to an upstream speaking HTTP/1 gets an
 // h1Transport (h1client.go): no goroutines or buffers while idle. Else an
 // http.Transport, which multiplexes an HTTP/2 client's concurrent streams
 // over several upstream connections, or one HTTP/2 upstream connection.
-func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamTransport {
+func (s *session) transport(first net.Conn, redial func(ctx context.Context, c net.Conn, h1Only bool) (net.Conn, error)) upstreamTransport {
 	var used atomic.Bool // whether a connection took up over
 	dest := s.Subject.Dest.String()
 	pace := s.dialPace() // h2guard.go
@@ -182,12 +185,10 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 	if tc, ok := first.(*tls.Conn); !s.h2 && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
 		t := &h1Transport{dial: func(ctx context.Context) (net.Conn, error) {
 			c, err := dial(ctx)
-			if err != nil || c == first || tlsCfg == nil {
+			if err != nil || c == first || redial == nil {
 				return c, err
 			}
-			cfg := tlsCfg()
-			cfg.NextProtos = slices.DeleteFunc(slices.Clone(cfg.NextProtos), func(p string) bool { return p != "http/1.1" })
-			return s.handshakeUpstream(ctx, c, cfg)
+			return redial(ctx, c, true)
 		}}
 		return withFirstIdle(t, first, &used)
 	}
@@ -215,13 +216,13 @@ func (s *session) transport(first net.Conn, tlsCfg func() *tls.Config) upstreamT
 			MaxReceiveBufferPerStream:     upstreamH2ReceivePerStream,
 		},
 	}
-	if tlsCfg != nil {
+	if redial != nil {
 		tr.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := dial(ctx)
 			if err != nil || c == first {
 				return c, err
 			}
-			return s.handshakeUpstream(ctx, c, tlsCfg())
+			return redial(ctx, c, false)
 		}
 	}
 	return withFirstIdle(oneHostTransport{tr, dest}, first, &used)
@@ -274,7 +275,7 @@ type oneHostTransport struct {
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hd := &headDeadline{expect100: req.Body != nil && req.Body != http.NoBody &&
-		httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue")}
+		httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue"), used: usedConnOf(req.Context())}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
 	// A copy: the transport must not change the caller's request.
@@ -383,6 +384,7 @@ type headDeadline struct {
 	h2        bool         // the request went over HTTP/2
 	conn      *countedConn // the request's HTTP/1 connection, below TLS
 	next      func()       // conn.onRead's, while set: start
+	used      *usedConn    // where the request's connection is told, if anywhere: redial.go
 	// dials: the connections dialled for the request (newConnFor).
 	dials atomic.Int32
 }
@@ -392,6 +394,7 @@ func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.unwatch() // a retry's new connection
+	d.used.set(info.Conn)
 	tc, ok := info.Conn.(*tls.Conn)
 	d.h2 = ok && tc.ConnectionState().NegotiatedProtocol == "h2"
 	if !d.h2 {

@@ -1,0 +1,227 @@
+package intercept_test
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// legacyPolicy bumps two names by a rule that accepts an unverified
+// upstream; %s is a policy-level setting.
+const legacyPolicy = `
+policy:
+  %s
+  default: deny
+  rules:
+    - name: legacy
+      domains: ["www.example.test", "api.example.test"]
+      action: bump
+      allow_unverified_upstream: true
+`
+
+// TestBumpRedialUnverified: under a rule with allow_unverified_upstream,
+// each upstream connection of a bump is recorded by its own verification.
+// The first connection's certificate verifies, the origin drops it after
+// the first request, and the session's redial meets a certificate nobody
+// trusts: the request over it is recorded upstream_verify failed, with
+// why, and so is the tls record (before, both said ok: the first
+// connection's result). The other way round, a request over a redial that
+// verified says ok. Over HTTP/1 (h1Transport); TestBumpRedialUnverifiedH2
+// is the same over HTTP/2 (http.Transport).
+func TestBumpRedialUnverified(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		firstTrusted bool
+	}{
+		{"verified then unverified", true},
+		{"unverified then verified", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"))
+			trusted, stranger := r.upLeaf("www.example.test"), r.strangerLeaf("www.example.test")
+			first, second := trusted, stranger
+			if !tc.firstTrusted {
+				first, second = stranger, trusted
+			}
+			upEnd, up := r.startUpstreamTCP(first, "http/1.1") // TCP: see TestBumpRedial
+			up.drop.Store(true)
+			up2End, up2 := r.startUpstreamTCP(second, "http/1.1")
+			r.offerRedial(up2End)
+			c, sv := r.connect(upEnd, tlsDest)
+			{
+				tlsc := bumpClient(t, r, c, "www.example.test", "http/1.1")
+				hc := newHTTPClient(t, tlsc)
+				if resp, body := hc.do("GET /one HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
+					t.Fatalf("first response %d %q", resp.StatusCode, body)
+				}
+				up.waitClosed(t)
+				if resp, body := hc.do("GET /two HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
+					t.Fatalf("second response %d %q", resp.StatusCode, body)
+				}
+				tlsc.Close()
+			}
+			sv.waitDoneOnce(t)
+			if got := up2.requests(); len(got) != 1 {
+				t.Fatalf("the second upstream connection served %q", got)
+			}
+			wantVerify := map[bool]string{true: "ok", false: "failed"}
+			hr := ofKind(r.records(), "http")
+			if len(hr) != 2 {
+				t.Fatalf("http records %+v", hr)
+			}
+			for i, trustedConn := range []bool{tc.firstTrusted, !tc.firstTrusted} {
+				rec := hr[i]
+				t.Logf("%s: upstream_verify %q, error %q", rec.Path, rec.UpstreamVerify, rec.Error)
+				if rec.UpstreamVerify != wantVerify[trustedConn] || rec.Status != 200 || rec.Result != "ok" ||
+					trustedConn != (rec.Error == "") || !trustedConn && !strings.Contains(rec.Error, "accepted by rule") {
+					t.Errorf("record of %s, over a connection whose certificate verified: %v: %+v", rec.Path, trustedConn, rec)
+				}
+			}
+			tr := ofKind(r.records(), "tls")
+			if len(tr) != 1 || tr[0].UpstreamVerify != "failed" || !strings.Contains(tr[0].Error, "certificate signed by unknown authority") {
+				t.Errorf("tls records %+v, want one saying failed", tr)
+			}
+		})
+	}
+}
+
+// TestBumpRedialUnverifiedNameCheck: a request for a name the first,
+// verified, certificate covers, but that does not resolve to the
+// destination, is checked (and denied) under a rule that accepts an
+// unverified upstream: the connection it is sent over may be a redial
+// whose certificate failed, which proves nothing. Before, the first
+// certificate let it skip the check, and it went over such a connection.
+func TestBumpRedialUnverifiedNameCheck(t *testing.T) {
+	dc := &destCheck{bad: map[string]bool{"api.example.test": true}}
+	r := newRig(t, fmt.Sprintf(legacyPolicy, ""), func(c *intercept.Config) { c.DestinationCheck = dc.check })
+	cert, err := r.upMint.LeafFor([]string{"www.example.test", "api.example.test"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upEnd, up := r.startUpstreamTCP(cert, "http/1.1")
+	up.drop.Store(true)
+	up2End, up2 := r.startUpstreamTCP(r.strangerLeaf("api.example.test"), "http/1.1")
+	r.offerRedial(up2End)
+	c, sv := r.connect(upEnd, tlsDest)
+	tlsc := bumpClient(t, r, c, "www.example.test", "http/1.1")
+	hc := newHTTPClient(t, tlsc)
+	if resp, body := hc.do("GET /one HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("first response %d %q", resp.StatusCode, body)
+	}
+	up.waitClosed(t)
+	if resp, body := hc.do("GET /two HTTP/1.1\r\nHost: api.example.test\r\n\r\n"); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("second response %d %q, want 403", resp.StatusCode, body)
+	}
+	tlsc.Close()
+	sv.waitDoneOnce(t)
+	if got := up2.requests(); len(got) != 0 {
+		t.Errorf("the redial served %q", got)
+	}
+	hr := ofKind(r.records(), "http")
+	if len(hr) != 2 {
+		t.Fatalf("http records %+v", hr)
+	}
+	want := records.Record{Action: "deny", Status: 403, DestCheck: "mismatch", Host: "api.example.test"}
+	if rec := hr[1]; rec.Action != want.Action || rec.Status != want.Status || rec.DestCheck != want.DestCheck || rec.Host != want.Host {
+		t.Errorf("record of the second request %+v", rec)
+	}
+}
+
+// TestBumpRedialUnverifiedH2 is TestBumpRedialUnverified's first case for
+// an HTTP/2 client and origin, whose requests go over http.Transport (the
+// connection a request took is told by its GotConn): the first origin
+// connection, verified, ends after the first response, and the redial
+// meets a certificate nobody trusts.
+func TestBumpRedialUnverifiedH2(t *testing.T) {
+	r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"))
+	var mu sync.Mutex
+	var served []string
+	handler := func(w http.ResponseWriter, req *http.Request) {
+		mu.Lock()
+		served = append(served, req.URL.Path)
+		mu.Unlock()
+		io.WriteString(w, "hello")
+	}
+	upEnd, originEnd := testnet.TCPPair(t)
+	// Its Shutdown sends the first origin connection's GOAWAY: what makes
+	// /two go on another, whether it came before or after /two left.
+	first := h2OriginWith(t, r.upLeaf("www.example.test"), originEnd, handler)
+	up2End, origin2End := testnet.TCPPair(t)
+	h2OriginWith(t, r.strangerLeaf("www.example.test"), origin2End, handler)
+	r.offerRedial(up2End)
+	c, sv := r.connect(upEnd, tlsDest)
+	cc, err := (&http2.Transport{}).NewClientConn(bumpClient(t, r, c, "www.example.test", "h2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/one", "/two"} {
+		req, _ := http.NewRequest("GET", "https://www.example.test"+path, nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: status %d; records %+v", path, resp.StatusCode, r.records())
+		}
+		first.Shutdown(context.Background()) // the first origin connection ends: /two needs another
+	}
+	cc.Close()
+	sv.waitDoneOnce(t)
+	mu.Lock()
+	t.Logf("served %q", served)
+	mu.Unlock()
+	if n := r.dials.Load(); n != 1 {
+		t.Fatalf("%d further connections dialled, want 1", n)
+	}
+	hr := ofKind(r.records(), "http")
+	if len(hr) != 2 {
+		t.Fatalf("http records %+v", hr)
+	}
+	for _, rec := range hr {
+		t.Logf("%s: upstream_verify %q, error %q", rec.Path, rec.UpstreamVerify, rec.Error)
+	}
+	if rec := hr[0]; rec.Path != "/one" || rec.UpstreamVerify != "ok" || rec.Error != "" {
+		t.Errorf("record of /one %+v", rec)
+	}
+	if rec := hr[1]; rec.Path != "/two" || rec.UpstreamVerify != "failed" || !strings.Contains(rec.Error, "certificate signed by unknown authority") {
+		t.Errorf("record of /two %+v", rec)
+	}
+	if tr := ofKind(r.records(), "tls"); len(tr) != 1 || tr[0].UpstreamVerify != "failed" {
+		t.Errorf("tls records %+v, want one saying failed", tr)
+	}
+}
+
+// h2OriginWith serves HTTP/2 over TLS with cert on c, with h; the
+// server's Shutdown sends a GOAWAY and closes c once its streams are done.
+func h2OriginWith(t *testing.T, cert *tls.Certificate, c net.Conn, h http.HandlerFunc) *http.Server {
+	tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"}})
+	hs, h2s := &http.Server{}, &http2.Server{}
+	if err := http2.ConfigureServer(hs, h2s); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		tc.SetDeadline(time.Now().Add(waitLimit))
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return
+		}
+		tc.SetDeadline(time.Time{})
+		h2s.ServeConn(tc, &http2.ServeConnOpts{BaseConfig: hs, Handler: h})
+	}()
+	return hs
+}
