@@ -119,10 +119,12 @@ func (m *Minter) Stats() Stats {
 
 // Leaf returns a leaf certificate for one DNS name or IP address literal
 // (which becomes an IP SAN). Names are compared case-insensitively and
-// without a trailing dot. The returned certificate is shared: callers must
-// not modify it.
+// without a trailing dot. A wildcard ("*.example.com") is refused: the
+// name comes from a client (the SNI), and a leaf never names more than the
+// client asked for, whichever caller passes it. The returned certificate
+// is shared: callers must not modify it.
 func (m *Minter) Leaf(name string) (*tls.Certificate, error) {
-	key, ip, err := nameKey(name)
+	key, ip, err := nameKey(name, false)
 	if err != nil {
 		m.invalidNames.Add(1)
 		return nil, err
@@ -140,7 +142,8 @@ func (m *Minter) Leaf(name string) (*tls.Certificate, error) {
 
 // LeafFor returns a leaf for several DNS names and IP addresses. The order
 // of names and duplicates do not matter; IP literals among names become IP
-// SANs. Whoever serves the leaf must have proved every name in it: the
+// SANs; a DNS name may be a wildcard ("*.example.com"), as only LeafFor's
+// callers choose. Whoever serves the leaf must have proved every name in it: the
 // interceptor never mirrors an upstream certificate's names this way (a
 // client without SNI gets Leaf for the address it dialled); tests use it
 // to build certificates for several names.
@@ -263,7 +266,8 @@ func (m *Minter) sign(dns []string, ips []net.IP) (cert *tls.Certificate, minted
 
 // nameKey normalises one DNS name or IP literal and returns its cache key.
 // For an IP the key is "ip:" and the canonical address, and ip is set.
-func nameKey(name string) (key string, ip netip.Addr, err error) {
+// wildcard allows a DNS name whose first label is "*".
+func nameKey(name string, wildcard bool) (key string, ip netip.Addr, err error) {
 	// Try an IP parse only for what could be one: a failed parse allocates
 	// its error, which would cost every cache hit for a DNS name.
 	if maybeIP(name) {
@@ -277,7 +281,7 @@ func nameKey(name string) (key string, ip netip.Addr, err error) {
 		a = a.Unmap()
 		return "ip:" + a.String(), a, nil
 	}
-	n, err := normalizeDNSName(name)
+	n, err := normalizeDNSName(name, wildcard)
 	if err != nil {
 		return "", netip.Addr{}, err
 	}
@@ -309,7 +313,7 @@ func maybeIP(s string) bool {
 func namesKey(names []string, ips []net.IP) (key string, dns []string, addrs []net.IP, err error) {
 	var ipSet []netip.Addr
 	for _, n := range names {
-		k, ip, err := nameKey(n)
+		k, ip, err := nameKey(n, true)
 		if err != nil {
 			return "", nil, nil, err
 		}
@@ -351,9 +355,10 @@ func namesKey(names []string, ips []net.IP) (key string, dns []string, addrs []n
 
 // normalizeDNSName lower-cases name, drops one trailing dot and checks that
 // it is a plausible host name: labels of 1-63 letters, digits, hyphens or
-// underscores, 253 characters at most, and "*" only as a whole first label.
-// SNI comes from clients, so nothing malformed may reach a certificate.
-func normalizeDNSName(name string) (string, error) {
+// underscores, 253 characters at most, and, when wildcard allows it, "*"
+// as a whole first label. SNI comes from clients, so nothing malformed may
+// reach a certificate.
+func normalizeDNSName(name string, wildcard bool) (string, error) {
 	n := strings.TrimSuffix(name, ".")
 	n = strings.ToLower(n) // returns n itself when already lower case
 	if n == "" {
@@ -366,7 +371,7 @@ func normalizeDNSName(name string) (string, error) {
 	for i := 0; i <= len(n); i++ {
 		if i < len(n) && n[i] != '.' {
 			c := n[i]
-			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '*') {
+			if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '*' && wildcard) {
 				return "", fmt.Errorf("name %q has an invalid character %q", name, c)
 			}
 			continue

@@ -138,6 +138,30 @@ func TestLeafForMirrorsNames(t *testing.T) {
 	}
 }
 
+// TestLeafRefusesWildcard: Leaf mints for exactly the name a client asked
+// for, so a wildcard is refused whoever passes it (only the SNI does today,
+// and the SNI parser refuses '*'); before, Leaf("*.bank.example") minted a
+// leaf valid for every name under bank.example. LeafFor, whose callers
+// choose their names, still mints wildcards.
+func TestLeafRefusesWildcard(t *testing.T) {
+	m := mustMinter(t, mustGenerate(t), MinterOptions{})
+	for _, n := range []string{"*.bank.example", "*.BANK.example.", "*.a.b.bank.example"} {
+		if leaf, err := m.Leaf(n); err == nil {
+			t.Errorf("Leaf(%q) minted a leaf for %q", n, leaf.Leaf.DNSNames)
+		}
+	}
+	leaf, err := m.LeafFor([]string{"*.bank.example"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := leaf.Leaf.DNSNames; len(got) != 1 || got[0] != "*.bank.example" {
+		t.Errorf("LeafFor minted %q", got)
+	}
+	if s := m.Stats(); s.Mints != 1 || s.InvalidNames != 3 {
+		t.Errorf("stats %+v, want one mint and 3 invalid names", s)
+	}
+}
+
 func TestLeafRejectsBadNames(t *testing.T) {
 	m := mustMinter(t, mustGenerate(t), MinterOptions{})
 	bad := []string{

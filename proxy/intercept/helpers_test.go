@@ -160,10 +160,11 @@ func (r *rig) caPool() *x509.CertPool {
 	return pool
 }
 
-// upLeaf is a certificate for name from the CA the interceptor trusts.
+// upLeaf is a certificate for name from the CA the interceptor trusts;
+// name may be a wildcard (LeafFor mints those, Leaf does not).
 func (r *rig) upLeaf(name string) *tls.Certificate {
 	r.t.Helper()
-	leaf, err := r.upMint.Leaf(name)
+	leaf, err := r.upMint.LeafFor([]string{name}, nil)
 	if err != nil {
 		r.t.Fatal(err)
 	}
