@@ -3,6 +3,7 @@ package sniff
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 )
 
 // TLS wire constants (RFC 8446, RFC 6066, RFC 7301).
@@ -434,16 +435,29 @@ func parseSNI(data cursor) (string, error) {
 // confuse logging or name matching. crypto/tls hands such names to the
 // server as they are; we report the hello as malformed instead, and the
 // proxy refuses it as unreadable.
+//
+// A name of digits and dots alone is no DNS name (no top-level domain is
+// numeric): it is accepted only as an IPv4 literal ("1.2.3.4"), which a
+// bump's leaf names as an address. Any other ("123", "1.2.3", "01.2.3.4",
+// "1.2.3.4.") no leaf can be minted for, and taken as a name it failed a
+// bump only after the upstream handshake had sent it.
 func validHostName(b []byte) bool {
 	if len(b) == 0 || len(b) > 255 || EmptyLabel(b) {
 		return false
 	}
+	numeric := true
 	for _, c := range b {
 		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+		case '0' <= c && c <= '9', c == '.':
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', c == '-', c == '_':
+			numeric = false
 		default:
 			return false
 		}
+	}
+	if numeric {
+		a, err := netip.ParseAddr(string(b)) // digits and dots: IPv4 or nothing
+		return err == nil && a.Is4()
 	}
 	return true
 }

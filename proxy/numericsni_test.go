@@ -1,0 +1,48 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"strings"
+	"testing"
+)
+
+// TestNumericSNIRefusedUnread: an SNI of digits and dots that is no IPv4
+// literal ("123", "1.2.3"), sent by a real crypto/tls client (which sends
+// it: it is no IP address), to a destination a rule bumps by its address
+// and accepts unverified. No leaf can be minted for such a name. It used
+// to be bumped: the upstream handshake ran and sent the name, and only
+// then the minting failed, recorded as a denial by the rule that allowed
+// it. Now it is an unreadable ClientHello, refused before any byte goes
+// to the destination, as other names no DNS name holds are: a
+// handshake_failure alert, a tls record with no rule and
+// "ClientHello could not be read".
+func TestNumericSNIRefusedUnread(t *testing.T) {
+	r := newClsRig(t, `
+policy:
+  default: deny
+  rules:
+    - name: legacy-by-address
+      dest_cidrs: ["127.0.0.0/8"]
+      action: bump
+      allow_unverified_upstream: true
+`, clsOptions{bump: true})
+	roots := x509.NewCertPool()
+	roots.AddCert(r.ca.Certificate())
+	for _, name := range []string{"123", "1.2.3"} {
+		t.Run(name, func(t *testing.T) {
+			c := r.dial(t, r.tlsDest)
+			defer c.Close()
+			err := tls.Client(c, &tls.Config{ServerName: name, RootCAs: roots}).Handshake()
+			if err == nil || !strings.Contains(err.Error(), "handshake failure") {
+				t.Errorf("client handshake: %v, want a handshake_failure alert", err)
+			}
+			rec := r.record(t, c, "tls")
+			t.Logf("record: action %s rule %q result %s bytes_out %d error %q", rec.Action, rec.Rule, rec.Result, rec.BytesOut, rec.Error)
+			if rec.Action != "deny" || rec.Rule != "" || rec.Result != "denied" || rec.BytesOut != 0 ||
+				!strings.HasPrefix(rec.Error, "ClientHello could not be read") || !strings.Contains(rec.Error, "invalid host_name") {
+				t.Errorf("record %+v, want an unreadable ClientHello's, nothing sent to the destination", rec)
+			}
+		})
+	}
+}
