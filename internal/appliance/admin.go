@@ -10,6 +10,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
+	"github.com/gwlbproxy/gwlbproxy/internal/memwatch"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
@@ -23,12 +24,16 @@ type stats struct {
 	Broken   []string `json:"broken,omitempty"` // why the health check fails, besides draining
 	// OwnAddrsKnown is whether the appliance's own addresses have been
 	// read: until they are, every flow is refused (and Broken says so).
-	OwnAddrsKnown bool           `json:"own_addresses_known"`
-	Netstack      netstack.Stats `json:"netstack"`
-	Proxy         proxy.Stats    `json:"proxy"`
-	Records       records.Stats  `json:"records"`
-	CloudWatch    *cwlogs.Stats  `json:"cloudwatch,omitempty"`
-	Leaves        *certs.Stats   `json:"leaves,omitempty"`
+	OwnAddrsKnown bool `json:"own_addresses_known"`
+	// MemoryPressureCause names the measure that made memory short or
+	// critical (netstack's memory_pressure): go_memory, available_memory,
+	// cgroup_memory or kernel_tcp_memory; absent while memory is ample.
+	MemoryPressureCause string         `json:"memory_pressure_cause,omitempty"`
+	Netstack            netstack.Stats `json:"netstack"`
+	Proxy               proxy.Stats    `json:"proxy"`
+	Records             records.Stats  `json:"records"`
+	CloudWatch          *cwlogs.Stats  `json:"cloudwatch,omitempty"`
+	Leaves              *certs.Stats   `json:"leaves,omitempty"`
 	// Capture is there while pcap files or the mirror are on.
 	Capture *capture.Stats `json:"capture,omitempty"`
 	// Policy is the policy in force and how its reloads went.
@@ -45,6 +50,7 @@ type stats struct {
 func (a *Appliance) stats() stats {
 	s := stats{Draining: a.draining.Load(), Netstack: a.netstack.Stats(), Proxy: a.proxy.Stats(), Records: a.records.Stats()}
 	s.Broken, s.OwnAddrsKnown = a.broken(s.Records), a.proxy.OwnAddrsKnown()
+	s.MemoryPressureCause = memwatch.Cause(a.memoryCause.Load()).String()
 	s.Policy = a.policy.Status()
 	if a.shipper != nil {
 		cw := a.shipper.Stats()

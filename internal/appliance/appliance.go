@@ -258,6 +258,8 @@ type Appliance struct {
 	// memoryCritical says how short memory is while it is critical
 	// (watchMemory), nil otherwise.
 	memoryCritical atomic.Pointer[string]
+	// memoryCause is the memwatch.Cause of the memory level in force.
+	memoryCause atomic.Int32
 	// destCheck ties decisions made on names to destination addresses.
 	destCheck *destcheck.Checker
 	// capture copies inner packets to pcap files and the mirror (nil: off);

@@ -129,6 +129,9 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 		return ""
 	})
 	stallTimeout(proxy.DefaultWriteStallTimeout)
+	if c := r.stats().MemoryPressureCause; c != "" {
+		t.Errorf("/stats memory_pressure_cause %q while memory is ample, want none", c)
+	}
 	next := opened + 1
 	waitFor(t, "the hoarder's flow answered once memory is ample", func() string {
 		if !c.idle(next) {
@@ -144,8 +147,11 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 	// appliance.
 	r.holdMemory(t, 0.9, netstack.MemoryCritical)
 	stallTimeout(proxy.CriticalMemoryWriteStallTimeout)
-	if code, body := r.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, "memory critical") {
+	if code, body := r.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, "memory critical (Go memory in use near --memory-limit)") {
 		t.Errorf("health check while memory is critical: %d %q", code, body)
+	}
+	if c := r.stats().MemoryPressureCause; c != "go_memory" {
+		t.Errorf("/stats memory_pressure_cause %q while the Go memory is critical, want go_memory", c)
 	}
 	before = pressureDrops()
 	c.open(next + 1)

@@ -92,10 +92,11 @@ func newDestCheck(o *Options) *destcheck.Checker {
 // watchMemory tells the data plane how short of memory the process is
 // until ctx ends, so that it refuses new flows before the OOM killer ends
 // them all (package memwatch), and gives stalled relayed flows, which hold
-// their buffers, less time (proxy.SetMemoryPressure).
+// their buffers, less time (proxy.SetMemoryPressure). Logs, /stats and the
+// health check name the measure that set the level.
 func (a *Appliance) watchMemory(ctx context.Context) {
 	first := true
-	w := &memwatch.Watcher{Cgroup: a.opts.MemoryCgroup, Report: func(l memwatch.Level, s memwatch.Sample) {
+	w := &memwatch.Watcher{Cgroup: a.opts.MemoryCgroup, Report: func(l memwatch.Level, c memwatch.Cause, s memwatch.Sample) {
 		p := netstack.MemoryAmple
 		switch l {
 		case memwatch.Short:
@@ -103,17 +104,22 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 		case memwatch.Critical:
 			p = netstack.MemoryCritical
 		}
-		a.netstack.SetMemoryPressure(p)
-		a.proxy.SetMemoryPressure(p)
+		// The cause and the health check's reason first: whoever sees the
+		// new level sees why.
+		a.memoryCause.Store(int32(c))
 		if p == netstack.MemoryCritical {
-			why := fmt.Sprintf("memory critical, new flows refused to clients holding many (Go memory in use %s of a %s limit; %s of %s available; cgroup: %s of %s)",
-				mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total), mib(s.CgroupAvailable), mib(s.CgroupTotal))
+			why := fmt.Sprintf("memory critical (%s), new flows refused to clients holding many (Go memory in use %s of a %s limit; %s of %s available; cgroup: %s of %s; kernel TCP memory %s, pressure from %s, max %s)",
+				causeText(c), mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total), mib(s.CgroupAvailable), mib(s.CgroupTotal),
+				mib(s.TCPInUse), mib(s.TCPPressure), mib(s.TCPMax))
 			a.memoryCritical.Store(&why)
 		} else {
 			a.memoryCritical.Store(nil)
 		}
-		attrs := []any{"go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total,
-			"cgroup_available", s.CgroupAvailable, "cgroup_limit", s.CgroupTotal}
+		a.netstack.SetMemoryPressure(p)
+		a.proxy.SetMemoryPressure(p)
+		attrs := []any{"cause", c.String(), "go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total,
+			"cgroup_available", s.CgroupAvailable, "cgroup_limit", s.CgroupTotal,
+			"tcp_in_use", s.TCPInUse, "tcp_pressure", s.TCPPressure, "tcp_max", s.TCPMax}
 		switch {
 		case p == netstack.MemoryShort:
 			slog.Warn("memory is short: clients holding many flows get no new ones", append(attrs, "client_flows", netstack.ShortMemoryClientFlows,
@@ -127,6 +133,21 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 		first = false
 	}}
 	w.Run(ctx)
+}
+
+// causeText says in words which measure set a memory level.
+func causeText(c memwatch.Cause) string {
+	switch c {
+	case memwatch.GoMemory:
+		return "Go memory in use near --memory-limit"
+	case memwatch.AvailableMemory:
+		return "the machine's available memory low"
+	case memwatch.CgroupMemory:
+		return "the cgroup's memory near its limit"
+	case memwatch.KernelTCPMemory:
+		return "the kernel's TCP memory near net.ipv4.tcp_mem"
+	}
+	return c.String()
 }
 
 // mib writes n bytes in MiB; "none" for 0 (a measure not known).

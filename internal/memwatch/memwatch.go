@@ -16,6 +16,10 @@
 // socket memory that the Go limit does not; inside a cgroup with a memory
 // limit (Watcher.Cgroup), also what is left under that limit against it,
 // since the kernel kills the process there; the worse of the two counts.
+// And the kernel's TCP memory (/proc/net/sockstat) against its own limits
+// (net.ipv4.tcp_mem): a pool for the whole host that a few dozen stalled
+// flows can fill while MemAvailable shows plenty (tcpmem.go). The worst
+// measure sets the level, and the Cause names it.
 // Each has two thresholds: past the first memory is Short, past the second
 // Critical; a level is left only some way below its threshold, so that it
 // does not flap.
@@ -98,37 +102,107 @@ type Sample struct {
 	// cgroup's memory limit, and the limit (Watcher.Cgroup); 0 when there
 	// is none or it cannot be read.
 	CgroupAvailable, CgroupTotal uint64
+	// TCPInUse is the memory the kernel's TCP sockets hold, host wide;
+	// TCPPressure and TCPMax are net.ipv4.tcp_mem's pressure and max
+	// thresholds; all in bytes, 0 when unknown.
+	TCPInUse, TCPPressure, TCPMax uint64
+}
+
+// Cause is the measure that set a level.
+type Cause int32
+
+// Causes, as Sample.Assess names them.
+const (
+	// NoCause: memory is ample.
+	NoCause Cause = iota
+	// GoMemory: the Go memory in use against the soft limit.
+	GoMemory
+	// AvailableMemory: the machine's MemAvailable against MemTotal.
+	AvailableMemory
+	// CgroupMemory: what is left under the cgroup's limit against it.
+	CgroupMemory
+	// KernelTCPMemory: the kernel's TCP memory against tcp_mem.
+	KernelTCPMemory
+)
+
+// String names the cause as logs and /stats show it.
+func (c Cause) String() string {
+	switch c {
+	case NoCause:
+		return ""
+	case GoMemory:
+		return "go_memory"
+	case AvailableMemory:
+		return "available_memory"
+	case CgroupMemory:
+		return "cgroup_memory"
+	case KernelTCPMemory:
+		return "kernel_tcp_memory"
+	}
+	return "cause(" + strconv.Itoa(int(c)) + ")"
 }
 
 // Level returns the level s shows, given that the last one was was.
 func (s Sample) Level(was Level) Level {
-	live, avail := 0.0, 1.0
+	l, _ := s.Assess(was)
+	return l
+}
+
+// Assess returns the level s shows, given that the last one was was, and
+// the measure that shows it: the worst counts (the first of them, in the
+// order of Cause, when several show the same).
+func (s Sample) Assess(was Level) (Level, Cause) {
+	// Each threshold is crossed at its own value going up and at its
+	// leave value coming down: the level held stays until memory is
+	// clearly back.
+	level, cause := Ample, NoCause
+	worse := func(l Level, c Cause) {
+		if l > level {
+			level, cause = l, c
+		}
+	}
 	if s.Limit > 0 {
-		live = float64(s.InUse) / float64(s.Limit)
+		live := float64(s.InUse) / float64(s.Limit)
+		critical, short := criticalLive, shortLive
+		if was >= Critical {
+			critical = criticalLiveLeave
+		}
+		if was >= Short {
+			short = shortLiveLeave
+		}
+		switch {
+		case live >= critical:
+			worse(Critical, GoMemory)
+		case live >= short:
+			worse(Short, GoMemory)
+		}
 	}
 	// The machine and the cgroup can each run out while the other has
 	// room: the worse counts.
 	if s.Total > 0 {
-		avail = float64(s.Available) / float64(s.Total)
+		worse(availLevel(float64(s.Available)/float64(s.Total), was), AvailableMemory)
 	}
 	if s.CgroupTotal > 0 {
-		avail = min(avail, float64(s.CgroupAvailable)/float64(s.CgroupTotal))
+		worse(availLevel(float64(s.CgroupAvailable)/float64(s.CgroupTotal), was), CgroupMemory)
 	}
-	// Each threshold is crossed at its own value going up and at its
-	// leave value coming down: the level held stays until memory is
-	// clearly back.
-	critical, short := criticalLive, shortLive
-	criticalA, shortA := criticalAvail, shortAvail
+	worse(s.tcpLevel(was), KernelTCPMemory)
+	return level, cause
+}
+
+// availLevel is the level a share of memory available shows, given that
+// the last level was was.
+func availLevel(avail float64, was Level) Level {
+	critical, short := criticalAvail, shortAvail
 	if was >= Critical {
-		critical, criticalA = criticalLiveLeave, criticalAvailLeave
+		critical = criticalAvailLeave
 	}
 	if was >= Short {
-		short, shortA = shortLiveLeave, shortAvailLeave
+		short = shortAvailLeave
 	}
 	switch {
-	case live >= critical || avail < criticalA:
+	case avail < critical:
 		return Critical
-	case live >= short || avail < shortA:
+	case avail < short:
 		return Short
 	}
 	return Ample
@@ -150,13 +224,19 @@ type Watcher struct {
 	// kmem.tcp, when a TCP limit is set, so there the machine's
 	// MemAvailable is what sees them.
 	Cgroup string
-	// Report is called with each new level and the sample that showed it,
-	// and once at the start with the first reading. It must not block.
-	Report func(Level, Sample)
+	// Sockstat and TCPMem are the files the kernel's TCP memory in use and
+	// its limits are read from; "": /proc/net/sockstat and
+	// /proc/sys/net/ipv4/tcp_mem. Where they cannot be read (not Linux, a
+	// sandbox) the measure is left out, with one warning.
+	Sockstat, TCPMem string
+	// Report is called with each new level, the measure that set it and
+	// the sample that showed it, and once at the start with the first
+	// reading. It must not block.
+	Report func(Level, Cause, Sample)
 
-	samples             []metrics.Sample
-	buf                 []byte
-	warnedM, warnedCgrp bool // that a measure could not be read
+	samples                        []metrics.Sample
+	buf                            []byte
+	warnedM, warnedCgrp, warnedTCP bool // that a measure could not be read
 }
 
 // Run reads memory until ctx ends.
@@ -170,9 +250,9 @@ func (w *Watcher) Run(ctx context.Context) {
 	level := Level(-1) // the first reading is always reported
 	for {
 		s := w.Read()
-		if l := s.Level(max(level, Ample)); l != level {
+		if l, c := s.Assess(max(level, Ample)); l != level {
 			level = l
-			w.Report(l, s)
+			w.Report(l, c, s)
 		}
 		select {
 		case <-ctx.Done():
@@ -209,6 +289,10 @@ func (w *Watcher) Read() Sample {
 	if s.Available, s.Total, err = w.readMeminfo(file); err != nil && !w.warnedM {
 		w.warnedM = true
 		slog.Warn("the memory watch cannot read the machine's available memory", "err", err)
+	}
+	if s.TCPInUse, s.TCPPressure, s.TCPMax, err = w.readTCP(); err != nil && !w.warnedTCP {
+		w.warnedTCP = true
+		slog.Warn("the memory watch cannot read the kernel's TCP memory: the host's TCP buffers are watched only through the machine's available memory", "err", err)
 	}
 	if w.Cgroup == "" {
 		return s

@@ -90,7 +90,11 @@ func TestRunReportsChanges(t *testing.T) {
 	}
 	write(500000)
 	reports := make(chan Level, 16)
-	w := &Watcher{Interval: 5 * time.Millisecond, Meminfo: file, Report: func(l Level, s Sample) {
+	tcp := ampleTCP(t) // not this host's, which may be under pressure
+	w := &Watcher{Interval: 5 * time.Millisecond, Meminfo: file, Sockstat: tcp.sockstat, TCPMem: tcp.tcpMem, Report: func(l Level, c Cause, s Sample) {
+		if want := map[Level]Cause{Ample: NoCause, Short: AvailableMemory, Critical: AvailableMemory}[l]; c != want {
+			t.Errorf("reported %s caused by %q, want %q", l, c, want)
+		}
 		if s.Total != 1000000<<10 {
 			t.Errorf("reported a sample with total %d", s.Total)
 		}
@@ -200,5 +204,33 @@ func TestReadCgroup(t *testing.T) {
 	}
 	if l := (&Watcher{Cgroup: filepath.Join(none, "gone"), Meminfo: machine}).Read().Level(Ample); l != Critical {
 		t.Errorf("the machine at 1%% available, the cgroup gone: %s, want critical", l)
+	}
+}
+
+// tcpFiles are a sockstat and a tcp_mem file a test writes.
+type tcpFiles struct{ sockstat, tcpMem string }
+
+// ampleTCP writes the kernel's TCP memory files of a 4 GiB machine at rest.
+func ampleTCP(t *testing.T) tcpFiles {
+	t.Helper()
+	dir := t.TempDir()
+	f := tcpFiles{filepath.Join(dir, "sockstat"), filepath.Join(dir, "tcp_mem")}
+	f.write(t, 110)
+	if err := os.WriteFile(f.tcpMem, []byte("46419\t61893\t92838\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// write sets the TCP memory in use to pages, as the kernel shows it.
+func (f tcpFiles) write(t *testing.T, pages int) {
+	t.Helper()
+	s := "sockets: used 19\nTCP: inuse 5 orphan 0 tw 97 alloc 5 mem " + strconv.Itoa(pages) +
+		"\nUDP: inuse 0 mem 181\nUDPLITE: inuse 0\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n"
+	if err := os.WriteFile(f.sockstat+".new", []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(f.sockstat+".new", f.sockstat); err != nil { // never read half written
+		t.Fatal(err)
 	}
 }
