@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -142,7 +143,8 @@ type h2HeaderLimit struct {
 	inBlock     bool
 	blockStream uint32
 	newStream   bool   // the block opens its stream (it is not a trailer block)
-	size        uint64 // of the header list so far
+	size        uint64 // of the header list so far, but its trailer fields
+	trailers    uint64 // of its trailer fields, as x/net counts them (over)
 	lastStream  uint32 // the highest stream a header block opened
 	// passed is lastStream as of the last bytes the server was handed.
 	passed uint32
@@ -163,6 +165,13 @@ type h2HeaderLimit struct {
 	units uint64
 }
 
+// over reports whether the header list being read is over the limit, as
+// x/net's server measures it: its trailer fields and the rest each on a
+// budget of max.
+func (l *h2HeaderLimit) over() bool {
+	return l.size > uint64(l.max) || l.trailers > uint64(l.max)
+}
+
 // pending reports whether a frame, or a header block, is unfinished: the
 // server holds what it has read of it (a header block's fields, a frame's
 // buffer) until the rest comes.
@@ -171,9 +180,19 @@ func (l *h2HeaderLimit) pending() bool { return l.inBlock || l.hdrN > 0 }
 func newH2HeaderLimit(max uint32) *h2HeaderLimit {
 	l := &h2HeaderLimit{max: max}
 	l.dec = hpack.NewDecoder(initialHeaderTableSize, func(f hpack.HeaderField) {
-		l.size += uint64(f.Size())
 		l.decoded += uint64(f.Size())
-		if l.size > uint64(l.max) {
+		if f.Name == "trailer" {
+			// As x/net's server counts it, on a budget of its own: each
+			// name the field announces costs 32 bytes, so 33,000 commas
+			// (33 KB) weigh 1 MB. Counted as one field, such a list
+			// passed here and was refused by goproxy's server itself,
+			// with its own 431 and no record.
+			n := uint64(strings.Count(f.Value, ",")) + 1
+			l.trailers += uint64(len(f.Value)) - n + 1 + n*uint64(hpack.HeaderField{}.Size())
+		} else {
+			l.size += uint64(f.Size())
+		}
+		if l.over() {
 			// Over already: spare decoding the rest of the piece the
 			// strings it would allocate.
 			l.dec.SetEmitEnabled(false)
@@ -250,7 +269,7 @@ func (l *h2HeaderLimit) startFrame() {
 			l.fail(fmt.Errorf("%w: HEADERS frame of %d bytes", errH2Unreadable, l.length))
 			return
 		}
-		l.inBlock, l.blockStream, l.size = true, l.stream, 0
+		l.inBlock, l.blockStream, l.size, l.trailers = true, l.stream, 0, 0
 		l.newStream = l.stream > l.lastStream
 		if l.newStream {
 			l.lastStream = l.stream
@@ -301,7 +320,7 @@ func (l *h2HeaderLimit) decode(frag []byte) {
 	}
 	_, err := l.dec.Write(frag)
 	switch {
-	case errors.Is(err, hpack.ErrStringLength) || l.size > uint64(l.max):
+	case errors.Is(err, hpack.ErrStringLength) || l.over():
 		l.fail(errHeadTooLarge)
 	case err != nil:
 		l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
