@@ -1,6 +1,7 @@
 package sniff
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -429,8 +430,12 @@ func parseSNI(data cursor) (string, error) {
 	return name, nil
 }
 
-// validHostName accepts what a DNS name in SNI can hold: 1–255 bytes of
-// letters, digits, '-', '_' and '.', with no empty label (EmptyLabel).
+// validHostName accepts what a DNS name in SNI can hold: letters, digits,
+// '-', '_' and '.', with no empty label (EmptyLabel), at most 253 bytes
+// without one trailing dot, labels of at most 63 (RFC 1035, and what the
+// bump's leaf minter takes: certs.normalizeDNSName; a longer name was
+// sent upstream and then failed the mint, recorded as a denial by the
+// rule that allowed it).
 // Anything else (NUL, spaces, '/', ':', non-ASCII) would only serve to
 // confuse logging or name matching. crypto/tls hands such names to the
 // server as they are; we report the hello as malformed instead, and the
@@ -442,11 +447,19 @@ func parseSNI(data cursor) (string, error) {
 // "1.2.3.4.") no leaf can be minted for, and taken as a name it failed a
 // bump only after the upstream handshake had sent it.
 func validHostName(b []byte) bool {
-	if len(b) == 0 || len(b) > 255 || EmptyLabel(b) {
+	if len(b) == 0 || EmptyLabel(b) {
 		return false
 	}
-	numeric := true
+	if n := bytes.TrimSuffix(b, []byte(".")); len(n) > 253 {
+		return false
+	}
+	numeric, label := true, 0
 	for _, c := range b {
+		if label++; c == '.' {
+			label = 0
+		} else if label > 63 {
+			return false
+		}
 		switch {
 		case '0' <= c && c <= '9', c == '.':
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', c == '-', c == '_':

@@ -321,6 +321,13 @@ func TestParseClientHelloSynthetic(t *testing.T) {
 		{"host_name with an empty label", record(helloBody(sniExt(hostName("a..b")))), is(ErrMalformed)},
 		{"host_name a lone dot", record(helloBody(sniExt(hostName(".")))), is(ErrMalformed)},
 		{"host_name over 255", record(helloBody(sniExt(hostName(strings.Repeat("a", 256))))), is(ErrMalformed)},
+		// RFC 1035's bounds, which the bump's leaf minter holds names to:
+		// a longer name was sent upstream and then failed the mint.
+		{"host_name label of 64", record(helloBody(sniExt(hostName(strings.Repeat("a", 64) + ".example")))), is(ErrMalformed)},
+		{"host_name label of 63", record(helloBody(sniExt(hostName(strings.Repeat("a", 63) + ".example")))), ok(strings.Repeat("a", 63) + ".example")},
+		{"host_name of 254", record(helloBody(sniExt(hostName(longName(254))))), is(ErrMalformed)},
+		{"host_name of 253", record(helloBody(sniExt(hostName(longName(253))))), ok(longName(253))},
+		{"host_name of 253 and a trailing dot", record(helloBody(sniExt(hostName(longName(253) + ".")))), ok(longName(253) + ".")},
 		// Digits and dots alone: an IPv4 literal, or no name at all.
 		{"host_name all digits", record(helloBody(sniExt(hostName("123")))), is(ErrMalformed)},
 		{"host_name three numeric labels", record(helloBody(sniExt(hostName("1.2.3")))), is(ErrMalformed)},
@@ -402,4 +409,10 @@ func TestEmptyLabel(t *testing.T) {
 			t.Errorf("EmptyLabel([]byte(%q)) = %v, want %v", name, got, want)
 		}
 	}
+}
+
+// longName returns a host name of n bytes: labels of 63 "a"s and dots,
+// the last label shortened to fit (n must not end on a dot: n%64 != 0).
+func longName(n int) string {
+	return strings.Repeat(strings.Repeat("a", 63)+".", n/64+1)[:n]
 }
