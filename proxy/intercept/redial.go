@@ -96,6 +96,9 @@ func (s *session) noteRedialFailure(err error) {
 // upstream connection as the transport hands it to a request: nil when
 // its certificate verified.
 func (s *session) verdictOf(c net.Conn) error {
+	if f, ok := c.(*framingConn); ok { // an HTTP/1 connection of http.Transport
+		c = f.Conn
+	}
 	tc, ok := c.(*tls.Conn)
 	if !ok {
 		return nil

@@ -203,13 +203,16 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 		MaxResponseHeaderBytes: maxResponseHead,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := dial(ctx)
-			if err == nil && c == first {
+			if err != nil {
+				return nil, err
+			}
+			if c == first {
 				// Cleartext: the connection dialled before the session
 				// is counted nowhere (each request's record counts its
 				// bytes); wrapped, headDeadline sees its reads.
 				c = &countedConn{Conn: c, n: &s.upBytes}
 			}
-			return c, err
+			return &framingConn{Conn: c}, nil // HTTP/1: no h2c upstream
 		},
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerConnection: upstreamH2ReceivePerConnection,
@@ -219,10 +222,18 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 	if redial != nil {
 		tr.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			c, err := dial(ctx)
-			if err != nil || c == first {
-				return c, err
+			if err == nil && c != first {
+				c, err = redial(ctx, c, false)
 			}
-			return redial(ctx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			// HTTP/2 needs the *tls.Conn itself (the transport looks for
+			// it); HTTP/1 gets framingConn's rule.
+			if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+				return c, nil
+			}
+			return &framingConn{Conn: c}, nil
 		}
 	}
 	return withFirstIdle(oneHostTransport{tr, dest}, first, &used)
@@ -288,7 +299,9 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	u.Host = t.host
 	r.URL = &u
 	resp, err := t.Transport.RoundTrip(r)
-	hd.stop()
+	if fc, n1xx := hd.stop(); fc != nil {
+		resp = endFaulty(fc, n1xx, req, resp, cancel)
+	}
 	if err != nil && errors.Is(context.Cause(ctx), errResponseHeadTimeout) {
 		err = fmt.Errorf("response head not complete %v after its first byte: %w", responseHeadTimeout, err)
 	}
@@ -383,6 +396,7 @@ type headDeadline struct {
 	done      bool         // the head has come: arm no timer
 	h2        bool         // the request went over HTTP/2
 	conn      *countedConn // the request's HTTP/1 connection, below TLS
+	framing   *framingConn // the same, as the transport holds it
 	next      func()       // conn.onRead's, while set: start
 	used      *usedConn    // where the request's connection is told, if anywhere: redial.go
 	// dials: the connections dialled for the request (newConnFor).
@@ -399,6 +413,12 @@ func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
 	d.h2 = ok && tc.ConnectionState().NegotiatedProtocol == "h2"
 	if !d.h2 {
 		d.conn = countedUnder(info.Conn)
+	}
+	if d.framing != nil { // a retry's: its head is not coming
+		d.framing.verdict(0, nil)
+	}
+	if d.framing, _ = info.Conn.(*framingConn); d.framing != nil {
+		d.framing.arm()
 	}
 }
 
@@ -451,7 +471,9 @@ func (d *headDeadline) got1xx(code int, _ textproto.MIMEHeader) error {
 }
 
 // stop disarms the deadline: the head has come (or the request failed).
-func (d *headDeadline) stop() {
+// It returns the HTTP/1 connection the head came on, if the transport
+// holds it as a framingConn, and the 1xx responses before it.
+func (d *headDeadline) stop() (*framingConn, int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.done = true
@@ -459,6 +481,7 @@ func (d *headDeadline) stop() {
 	if d.timer != nil {
 		d.timer.Stop()
 	}
+	return d.framing, d.n1xx
 }
 
 // maxUpstreamConns bounds the upstream connections of one HTTP/2 client
