@@ -3,6 +3,7 @@ package intercept
 import (
 	"fmt"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"time"
 
@@ -70,36 +71,60 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// dropUpgradeOffer removes the upgrade a response other than a 101 offers
-// (Upgrade, and the upgrade option in Connection: hop-by-hop fields, RFC
-// 9110 §7.8), as a 426 Upgrade Required does. goproxy takes any response
-// with "Connection: Upgrade" and "Upgrade: websocket" for a WebSocket
-// handshake, whatever its status: it wants a body it can write to, which
-// only a 101's is, and else drops the response and closes the client
-// connection, while the record says it was delivered. Without them goproxy
-// relays it as the ordinary response it is.
-func dropUpgradeOffer(resp *http.Response) {
-	if resp.StatusCode == http.StatusSwitchingProtocols || resp.Header == nil {
+// dropHopByHop removes from resp, before it goes to the client, the
+// header fields that describe the destination's connection, not the
+// response (RFC 9110 §7.6.1): Connection, the fields it names, Keep-Alive,
+// Proxy-Connection, TE, Transfer-Encoding and Upgrade. An HTTP/1 client
+// would take them for the appliance's connection (an origin's "Keep-Alive:
+// timeout=5"); to an HTTP/2 client they go out as header fields, which
+// makes the response malformed (RFC 9113 §8.2.2: nghttp2, so curl, resets
+// the stream). An origin's close still ends an HTTP/1 client's connection:
+// net/http has taken it into resp.Close (and dropped the field), which
+// goproxy writes as "Connection: close".
+//
+// A 101 keeps Connection: Upgrade and its Upgrade field: goproxy tunnels
+// only a response with both (roundTrip refuses any other 101). Any other
+// response offering an upgrade (a 426 Upgrade Required) loses the offer:
+// goproxy would take it for a WebSocket handshake, want a body it can
+// write to, which only a 101's is, drop the response and close the client
+// connection, while the record says it was delivered.
+//
+// An HTTP/2 client's response whose origin sent no Content-Type gets a
+// nil one: the HTTP/2 server adds a sniffed one to a response without the
+// key, which the origin never said (the HTTP/1 path adds none). The Date
+// it adds to a response without one stays: RFC 9110 §6.6.1 has a
+// forwarding recipient with a clock add it.
+func dropHopByHop(req *http.Request, resp *http.Response) {
+	h := resp.Header
+	if h == nil {
 		return
 	}
-	resp.Header.Del("Upgrade")
-	if !headerHasToken(resp.Header, "Connection", "upgrade") {
-		return
-	}
-	var keep []string
-	for _, v := range resp.Header.Values("Connection") {
-		for _, t := range strings.Split(v, ",") {
-			if t = strings.TrimSpace(t); t != "" && !strings.EqualFold(t, "upgrade") {
-				keep = append(keep, t)
+	upgrade := resp.StatusCode == http.StatusSwitchingProtocols
+	for _, v := range h["Connection"] {
+		for t := range strings.SplitSeq(v, ",") {
+			if t = textproto.TrimString(t); t != "" && !(upgrade && strings.EqualFold(t, "upgrade")) {
+				h.Del(t)
 			}
 		}
 	}
-	if len(keep) == 0 {
-		resp.Header.Del("Connection")
-		return
+	for _, k := range hopByHop {
+		delete(h, k)
 	}
-	resp.Header.Set("Connection", strings.Join(keep, ", "))
+	if upgrade {
+		h["Connection"] = []string{"Upgrade"}
+	} else {
+		delete(h, "Connection")
+		delete(h, "Upgrade")
+	}
+	if _, ok := h["Content-Type"]; !ok && inH2Handler(req) {
+		h["Content-Type"] = nil
+	}
 }
+
+// hopByHop: the connection-specific fields every response loses, besides
+// Connection, the fields it names, and Upgrade (dropHopByHop); in
+// canonical form, as net/http keys a parsed header.
+var hopByHop = []string{"Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encoding"}
 
 // prepareForward readies an allowed request for the destination. Its
 // trailers go nowhere: fields after the body are decided by no one and

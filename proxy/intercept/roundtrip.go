@@ -221,7 +221,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy could not reach the destination: "+err.Error()), nil
 	}
 	rec.Status = resp.StatusCode
-	dropUpgradeOffer(resp)
+	dropHopByHop(req, resp)
 	var tunnel *tunnelReload // a WebSocket's recheck after a reload
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// goproxy tunnels a WebSocket upgrade only; any other 101 it would

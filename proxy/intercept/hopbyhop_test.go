@@ -1,0 +1,148 @@
+package intercept_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startCannedOrigin is an HTTP/1 origin on loopback that answers every
+// request with answer, and ends a connection after an answer that says
+// "Connection: close".
+func startCannedOrigin(t *testing.T, answer string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(waitLimit))
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if _, err := io.WriteString(c, answer); err != nil || strings.Contains(answer, "Connection: close") {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln
+}
+
+// hopAnswer carries connection-specific fields, as Apache sends
+// Keep-Alive on every kept connection, and no Content-Type.
+const hopAnswer = "HTTP/1.1 200 OK\r\nConnection: Keep-Alive, X-Hop\r\nKeep-Alive: timeout=5, max=100\r\n" +
+	"Proxy-Connection: keep-alive\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 2\r\n\r\nok"
+
+// TestHopByHopFieldsCurl: an HTTP/1 origin's connection-specific response
+// fields (Connection, the X-Hop it names, Keep-Alive, Proxy-Connection)
+// reach neither an HTTP/1.1 client nor an HTTP/2 one (h2c with prior
+// knowledge), and nothing adds a Content-Type the origin did not send.
+// To an HTTP/2 client they went out as header fields, which makes the
+// response malformed (RFC 9113 §8.2.2): curl (nghttp2) reset the stream
+// and failed; an HTTP/1.1 client was told the origin's keep-alive terms
+// as the appliance's. The end-to-end X-End arrives.
+func TestHopByHopFieldsCurl(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("no curl")
+	}
+	for _, tc := range []struct{ name, flag string }{{"HTTP/1.1", "--http1.1"}, {"h2c", "--http2-prior-knowledge"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			origin := startCannedOrigin(t, hopAnswer)
+			upEnd, err := net.Dial("tcp", origin.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+			defer cancel()
+			bodyFile := filepath.Join(t.TempDir(), "body")
+			var head, errOut bytes.Buffer
+			cmd := exec.CommandContext(ctx, curl, "-sS", tc.flag, "-H", "Host: www.example.test",
+				"-D", "-", "-o", bodyFile, "http://"+ln.Addr().String()+"/x")
+			cmd.Stdout, cmd.Stderr = &head, &errOut
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			ln.(*net.TCPListener).SetDeadline(time.Now().Add(waitLimit))
+			c, err := ln.Accept()
+			if err != nil {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatal(err)
+			}
+			sv := r.serve(c, c, upEnd, httpDest)
+			if err := cmd.Wait(); err != nil {
+				t.Fatalf("curl: %v (%s)", err, strings.TrimSpace(errOut.String()))
+			}
+			c.Close()
+			sv.waitDoneOnce(t)
+			// The status line, then the fields, as curl printed them.
+			tp := textproto.NewReader(bufio.NewReader(&head))
+			status, _ := tp.ReadLine()
+			fields, err := tp.ReadMIMEHeader()
+			if err != nil {
+				t.Fatalf("curl's head %q: %v", head.String(), err)
+			}
+			body, _ := os.ReadFile(bodyFile)
+			if !strings.Contains(status, " 200") || string(body) != "ok" || fields.Get("X-End") != "2" {
+				t.Fatalf("got %q, X-End %q, body %q: want 200, X-End 2, ok", status, fields.Get("X-End"), body)
+			}
+			for _, k := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "X-Hop", "Content-Type"} {
+				if v, ok := fields[k]; ok {
+					t.Errorf("%s: %q reached the client", k, v)
+				}
+			}
+		})
+	}
+}
+
+// TestOriginCloseEndsH1Client: with the Connection field no longer
+// relayed, an HTTP/1 origin's "Connection: close" still ends an HTTP/1
+// client's connection after the response (resp.Close, which goproxy
+// writes as "Connection: close").
+func TestOriginCloseEndsH1Client(t *testing.T) {
+	r := newRig(t, testPolicy)
+	origin := startCannedOrigin(t, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+	upEnd, err := net.Dial("tcp", origin.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, sv := r.connectTCP(upEnd, httpDest)
+	hc := newHTTPClient(t, c)
+	resp, body := hc.do("GET /x HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+	if resp.StatusCode != http.StatusOK || body != "ok" || !resp.Close {
+		t.Fatalf("%d %q, close %v: want 200 ok, and the connection closed", resp.StatusCode, body, resp.Close)
+	}
+	hc.wantClosed()
+	sv.waitDoneOnce(t)
+}
