@@ -158,6 +158,9 @@ func TestParseErrors(t *testing.T) {
 			`policy.yaml:4: rule "p": ports: port +443: want a port (443) or a range ("8000-8100")`, 4},
 		{"port with an underscore", rulesDoc("    - {name: p, ports: [1_000], action: allow}"),
 			`policy.yaml:4: rule "p": ports: port 1_000: want a port (443) or a range ("8000-8100")`, 4},
+		// A Host that is an address matches no domain rule (Decide).
+		{"an IPv4 address as a domain", rulesDoc("    - {name: ip, domains: [\"192.0.2.1\"], action: deny}"),
+			`policy.yaml:4: rule "ip": invalid domain "192.0.2.1": an IP address: match addresses with dest_cidrs`, 4},
 		{"reserved name in another case", rulesDoc("    - {name: Default, action: allow}"),
 			`policy.yaml:4: rule "Default": name: "Default" is reserved for flows no rule matches`, 4},
 		{"the trust page's name", rulesDoc("    - {name: trust-page, action: allow}"),

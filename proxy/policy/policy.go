@@ -377,20 +377,46 @@ func decision(name string, a Action, allowUnverified bool, pb uint8) Decision {
 // such a d outright.
 func normalizeDomain(dst []byte, d string) ([]byte, bool) {
 	d = strings.TrimSuffix(d, ".")
-	start := len(dst)
+	start, numeric := len(dst), true
 	for i := 0; i < len(d); i++ {
 		c := d[i]
 		switch {
 		case 'A' <= c && c <= 'Z':
 			c += 'a' - 'A'
-		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_', c == '.':
+			numeric = false
+		case '0' <= c && c <= '9', c == '.':
+		case 'a' <= c && c <= 'z', c == '-', c == '_':
+			numeric = false
 		default:
 			a, err := netip.ParseAddr(d)
 			return dst[:start], err == nil && a.Zone() == ""
 		}
 		dst = append(dst, c)
 	}
+	if numeric && isIPv4(d) {
+		// An IPv4 literal is an address, as an IPv6 one is: no name a
+		// domain rule matches ("*.3.4" would take 1.2.3.4).
+		return dst[:start], true
+	}
 	return dst, true
+}
+
+// isIPv4 reports whether s, of digits and dots, is a dotted-quad IPv4
+// address as netip reads one (no leading zeros), without the allocation
+// netip.ParseAddr's error would cost on the decision path.
+func isIPv4(s string) bool {
+	parts, n, digits := 0, 0, 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == '.' {
+			if digits == 0 || digits > 3 || n > 255 || digits > 1 && s[i-digits] == '0' {
+				return false
+			}
+			parts, n, digits = parts+1, 0, 0
+			continue
+		}
+		n, digits = n*10+int(s[i]-'0'), digits+1
+	}
+	return parts == 4
 }
 
 func matchPort(rs []portRange, p uint16) bool {

@@ -324,6 +324,7 @@ func TestDecideDomainNoHostHas(t *testing.T) {
   rules:
     - {name: allowed, domains: ["*.allowed.example"], action: allow}
     - {name: evil, domains: ["*.evil.example"], action: deny}
+    - {name: num, domains: ["*.3.4"], action: allow}
     - {name: v6, dest_cidrs: ["2001:db8::/32"], action: allow}
 `)
 	for _, tc := range []struct {
@@ -340,6 +341,12 @@ func TestDecideDomainNoHostHas(t *testing.T) {
 		{"x_y.evil.example", Deny, "evil"},
 		{"2001:db8::1", Allow, "v6"},
 		{"192.0.2.1", Allow, "v6"},
+		// An IPv4 literal is no name, as an IPv6 one is not: a wildcard
+		// of numeric labels does not take it.
+		{"1.2.3.4", Allow, "v6"},
+		{"1.2.3.4.", Allow, "v6"},
+		{"01.2.3.4", Allow, "num"},
+		{"9.3.4", Allow, "num"},
 	} {
 		d := p.Decide(Subject{Protocol: ProtoHTTP, Domain: tc.domain, Dest: netip.MustParseAddrPort("[2001:db8::1]:80")})
 		if d.Action != tc.action || d.Rule != tc.rule || d.Policy != p.ID() {

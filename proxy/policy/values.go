@@ -86,6 +86,11 @@ func normalizePattern(s string) (d string, wild bool, problem string) {
 			return "", false, fmt.Sprintf("%q is not allowed in a name (no schemes, ports or paths)", c)
 		}
 	}
+	if _, err := netip.ParseAddr(d); err == nil && !wild {
+		// Hosts that are addresses match no domain rule (Decide), so
+		// the rule would never apply; rules on addresses use dest_cidrs.
+		return "", false, "an IP address: match addresses with dest_cidrs"
+	}
 	return d, wild, ""
 }
 
