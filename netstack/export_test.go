@@ -25,3 +25,6 @@ func (*AcceptHandler) HandleUDP(_ FlowInfo, conn net.Conn) { conn.Close() }
 
 // HandleEcho implements Handler: it answers nothing.
 func (*AcceptHandler) HandleEcho(EchoRequest) {}
+
+// ReceiveBuffer is the size of the receive buffer of c's endpoint.
+func (c *Conn) ReceiveBuffer() int64 { return c.ep.SocketOptions().GetReceiveBufferSize() }

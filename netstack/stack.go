@@ -22,8 +22,9 @@ import (
 // TCPOptions tunes the TCP of every stack.
 type TCPOptions struct {
 	// ReceiveBuffer and SendBuffer are the per-connection buffer caps in
-	// bytes (default 4 MiB each); buffers start small and grow with the
-	// flow's bandwidth-delay product (receive buffer moderation).
+	// bytes (default 4 MiB each); buffers start at initialTCPBuffer (or the
+	// cap, if smaller) and grow with the flow's bandwidth-delay product
+	// (receive buffer moderation, send buffer auto-tuning).
 	ReceiveBuffer int
 	SendBuffer    int
 	// MaxInFlight bounds the connection attempts a stack holds while the
@@ -62,6 +63,15 @@ func (o *TCPOptions) setDefaults(tcpIdle time.Duration) {
 }
 
 const nicID = 1
+
+// initialTCPBuffer is the buffer a connection starts with, each way. The
+// receive buffer bounds the out-of-order bytes the stack queues for a
+// connection (three quarters of it) from its first segment on: a client
+// sending past a hole it never fills holds that much for as long as it
+// keeps the connection alive, with no write waiting for the write-stall
+// watch to see. Started at the 4 MiB cap, that was 3 MiB per connection
+// with no warm-up; moderation grows the buffer of a flow that moves bytes.
+const initialTCPBuffer = 256 << 10
 
 // stackTimeWait is how long a stack keeps a connection it closed first in
 // TIME_WAIT (gVisor's default is 60 s). The stack closes first whenever the
@@ -174,17 +184,21 @@ func (st *endpointStack) configure() error {
 	})
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: 256 << 10, Max: o.ReceiveBuffer}
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: 256 << 10, Max: o.SendBuffer}
+	rcvStart := min(initialTCPBuffer, o.ReceiveBuffer)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: rcvStart, Max: o.ReceiveBuffer}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: min(initialTCPBuffer, o.SendBuffer), Max: o.SendBuffer}
 	tw := tcpip.TCPTimeWaitTimeoutOption(stackTimeWait)
 	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rcv, &snd, &tw} {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			return fmt.Errorf("TCP option %T: %s", opt, err)
 		}
 	}
-	// rcvWnd sizes the window scale offered in the SYN-ACK, which caps how
-	// far the window can later grow: offer room for the largest buffer.
-	tcpFwd := tcp.NewForwarder(s, o.ReceiveBuffer, o.MaxInFlight, st.handleTCP)
+	// The forwarder sets every connection's receive buffer to rcvWnd (with
+	// moderation left on), so it is the buffer a connection starts with,
+	// not its cap. The window scale offered in the SYN-ACK is the cap's
+	// while moderation is on (gVisor's rcvWndScaleForHandshake), so the
+	// window can still grow to the cap.
+	tcpFwd := tcp.NewForwarder(s, rcvStart, o.MaxInFlight, st.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 	udpFwd := udp.NewForwarder(s, st.handleUDP)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)

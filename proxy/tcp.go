@@ -118,8 +118,10 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 // once, or speak a server-first protocol whose server answers at once; the
 // ones that wait are preconnected sockets a browser keeps a few of per
 // host. A client that opens connections and sends nothing holds an upstream
-// connection and about 40 KiB each for as long as it likes: the share
-// bounds that to about 40 MiB per client.
+// connection and about 40 KiB each for as long as it likes, and up to
+// 192 KiB more each in bytes it sends past a hole at the stream's start,
+// which the stack queues out of order (netstack's initial receive buffer):
+// the share bounds that to about 40 MiB per client, 230 MiB at most.
 const DefaultMaxWaitingTCPPerClient = 1024
 
 // tcpState is the proxy's TCP state beyond single connections.
