@@ -1,6 +1,7 @@
 package netstack_test
 
 import (
+	"errors"
 	"io"
 	"net/netip"
 	"runtime"
@@ -13,6 +14,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
 // tcpSeen is what the client last saw of the appliance's segments of one
@@ -92,26 +95,56 @@ func TestTCPSynAckOffersTheCapsWindowScale(t *testing.T) {
 // TestTCPReceiveBufferGrowsWithUpload checks that moderation still grows
 // the receive buffer of a connection that moves bytes: after an upload of
 // some MiB read as it comes, the buffer is past the 256 KiB it started at.
+// gVisor grows it only when the reader reports what it copied: gonet's
+// Read does, and TryRead, the relay's way of reading, must too.
 func TestTCPReceiveBufferGrowsWithUpload(t *testing.T) {
-	r := newConnRig(t)
-	cc, conn := r.dial()
-	const total = 32 << 20
-	go func() {
-		buf := make([]byte, 64<<10)
-		for sent := 0; sent < total; sent += len(buf) {
-			if _, err := cc.Write(buf); err != nil {
-				return
+	for _, tc := range []struct {
+		name string
+		read func(t *testing.T, conn *netstack.Conn, n *notifier, total int) error
+	}{
+		{"Read", func(_ *testing.T, conn *netstack.Conn, _ *notifier, total int) error {
+			conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+			_, err := io.CopyN(io.Discard, conn, int64(total))
+			return err
+		}},
+		{"TryRead", func(t *testing.T, conn *netstack.Conn, n *notifier, total int) error {
+			buf := make([]byte, 256<<10) // the relay's buffer
+			for got := 0; got < total; {
+				k, err := conn.TryRead(buf)
+				got += k
+				switch {
+				case errors.Is(err, netstack.ErrWouldBlock):
+					n.wait(t, "more bytes")
+				case err != nil:
+					return err
+				}
 			}
-		}
-	}()
-	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
-	if n, err := io.CopyN(io.Discard, conn, total); err != nil {
-		t.Fatalf("read %d of %d bytes: %v", n, total, err)
-	}
-	got := conn.ReceiveBuffer()
-	t.Logf("receive buffer after the upload: %d KiB", got>>10)
-	if got <= 256<<10 {
-		t.Errorf("after a %d MiB upload the receive buffer is %d bytes, want it grown past 256 KiB", total>>20, got)
+			return nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newConnRig(t)
+			cc, conn := r.dial()
+			n := newNotifier()
+			conn.OnReadable(n.fn)
+			const total = 32 << 20
+			go func() {
+				buf := make([]byte, 64<<10)
+				for sent := 0; sent < total; sent += len(buf) {
+					if _, err := cc.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+			if err := tc.read(t, conn, n, total); err != nil {
+				t.Fatalf("reading the upload: %v", err)
+			}
+			got := conn.ReceiveBuffer()
+			t.Logf("receive buffer after the upload: %d KiB", got>>10)
+			if got <= 256<<10 {
+				t.Errorf("after a %d MiB upload the receive buffer is %d bytes, want it grown past 256 KiB", total>>20, got)
+			}
+		})
 	}
 }
 

@@ -79,6 +79,13 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	}
 	res, terr := c.rw.read(c.ep, b)
 	if terr == nil {
+		if res.Count > 0 {
+			// Receive buffer moderation grows the buffer only by what
+			// the reader says it copied, as gonet's Read says: without
+			// it a relayed connection's window stays at the 256 KiB it
+			// starts with (initialTCPBuffer).
+			c.ep.ModerateRecvBuf(res.Count)
+		}
 		return res.Count, nil
 	}
 	switch terr.(type) {
