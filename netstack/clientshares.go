@@ -74,10 +74,13 @@ type clientKey struct {
 	addr     [16]byte
 }
 
-func (c *clientShares) shard(k *clientKey) *clientShard {
+func (c *clientShares) shard(k *clientKey) *clientShard { return &c.shards[clientShardOf(k)] }
+
+// clientShardOf is the index of k's shard, below flowShards.
+func clientShardOf(k *clientKey) int {
 	h := k.endpoint ^ binary.LittleEndian.Uint64(k.addr[8:]) ^ binary.LittleEndian.Uint64(k.addr[:8])*31
 	h *= 0x9e3779b97f4a7c15
-	return &c.shards[h>>58] // the top 6 bits: flowShards is 64
+	return int(h >> 58) // the top 6 bits: flowShards is 64
 }
 
 // clientKeyOf names the client of addr: an IPv4 address, or an IPv6 /80.

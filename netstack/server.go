@@ -42,6 +42,10 @@ type Server struct {
 	capWarned atomic.Int64
 	done      chan struct{}
 	wg        sync.WaitGroup
+	// live counts the accepted TCP connections per client, for reclaim
+	// (reclaim.go); reclaiming is set while its loop runs.
+	live       liveConns
+	reclaiming atomic.Bool
 }
 
 // Listen opens the GENEVE sockets and the return path. Serve starts reading.
@@ -104,10 +108,6 @@ func (s *Server) Addr() netip.AddrPort { return s.conns[0].LocalAddr().(*net.UDP
 
 // ReturnPath names the return path in use (raw or bound).
 func (s *Server) ReturnPath() string { return s.ret.name() }
-
-// SetMemoryPressure sets how short of memory the appliance is; new flows
-// are admitted by it (MemoryPressure) from the next packet on.
-func (s *Server) SetMemoryPressure(p MemoryPressure) { s.flows.setPressure(p) }
 
 // Serve reads GENEVE until Close. It returns once every reader has stopped.
 func (s *Server) Serve() {

@@ -262,6 +262,7 @@ func (st *endpointStack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	req.setups = &st.setups
+	req.live = &st.srv.live
 	st.srv.stats.tcpAttempts.Add(1)
 	st.srv.cfg.Handler.HandleTCP(req)
 	req.mu.Lock()
@@ -301,6 +302,7 @@ type TCPRequest struct {
 	done   bool
 	client clientKey
 	setups *setupShares // the slot's share, given back on completion
+	live   *liveConns   // where the accepted conn is counted for its client
 }
 
 // ErrRequestDone is returned by Accept after Accept or Reject.
@@ -326,7 +328,11 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	_ = ep.SetSockOpt(&idle)
 	_ = ep.SetSockOpt(&intvl)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, r.opts.KeepaliveCount)
-	return newConn(wq, ep), nil
+	c := newConn(wq, ep)
+	if r.live != nil {
+		r.live.add(c, r.client)
+	}
+	return c, nil
 }
 
 // Reject answers the client's SYN with a RST.

@@ -17,6 +17,7 @@ type counters struct {
 	echoRequests         atomic.Uint64
 	stacksCreated        atomic.Uint64
 	stacksClosed         atomic.Uint64
+	memoryReclaimed      atomic.Uint64
 	lastSendError        atomic.Value // string
 }
 
@@ -59,6 +60,9 @@ type Stats struct {
 	// MemoryPressure is how short of memory new flows are admitted by:
 	// ample, short or critical (MemoryPressure).
 	MemoryPressure string `json:"memory_pressure"`
+	// MemoryReclaimed counts the TCP connections reset while memory was
+	// critical because their client held the most (reclaim.go).
+	MemoryReclaimed uint64 `json:"memory_reclaimed"`
 }
 
 // Carried is the bytes of GENEVE datagrams taken in and sent out so far: a
@@ -90,6 +94,7 @@ func (s *Server) Stats() Stats {
 		EchoRequests:        c.echoRequests.Load(),
 		ReturnPath:          s.ret.name(),
 		MemoryPressure:      MemoryPressure(s.flows.pressure.Load()).String(),
+		MemoryReclaimed:     c.memoryReclaimed.Load(),
 		AcksDelayed:         s.acks.held.Load(),
 		AcksCarried:         s.acks.carried.Load(),
 		ReturnPortFallbacks: c.returnFallbacks.Load(),

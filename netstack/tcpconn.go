@@ -36,6 +36,13 @@ type Conn struct {
 	rw    endpointIO
 	wdl   deadline    // Write's
 	wwait WriteWaiter // OnWriteWait's, guarded by rw.wmu
+
+	// live is the shard counting the conn for its client (reclaim.go),
+	// set by Accept; liveOf, prev and next are guarded by its lock.
+	live       *liveShard
+	liveOf     *liveClient
+	prev, next *Conn
+	reclaimed  atomic.Bool // reset to reclaim memory: errors say so
 }
 
 // WriteWaiter learns when a Write waits for room in the send buffer: the
@@ -100,7 +107,7 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	if c.closed.Load() { // Abort or Close while this read ran
 		return 0, c.opError(net.ErrClosed)
 	}
-	return 0, c.opError(stackError(terr))
+	return 0, c.opError(c.stackError(terr))
 }
 
 // stackError is the error for what the stack reports of a connection:
@@ -113,6 +120,15 @@ func stackError(terr tcpip.Error) error {
 		return syscall.ETIMEDOUT
 	}
 	return errors.New(terr.String())
+}
+
+// stackError is stackError's, or ErrMemoryReclaimed once the server has
+// reset the conn to reclaim memory.
+func (c *Conn) stackError(terr tcpip.Error) error {
+	if c.reclaimed.Load() {
+		return ErrMemoryReclaimed
+	}
+	return stackError(terr)
 }
 
 func (c *Conn) opError(err error) error {
@@ -147,7 +163,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 			if c.closed.Load() {
 				return n, c.writeError(net.ErrClosed)
 			}
-			return n, c.writeError(stackError(terr))
+			return n, c.writeError(c.stackError(terr))
 		}
 		if room == nil {
 			// Registered, then tried once more: room made before the
@@ -233,7 +249,7 @@ func (c *Conn) Broken() bool {
 // called from OnReadable's function.
 func (c *Conn) BrokenError() error {
 	if terr := c.ep.LastError(); terr != nil {
-		return stackError(terr) // a reset after the client's FIN reads as "operation aborted"
+		return c.stackError(terr) // a reset after the client's FIN reads as "operation aborted"
 	}
 	return nil
 }
@@ -256,9 +272,17 @@ func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	c.uncount()
 	err := c.TCPConn.Close()
 	c.endNotify()
 	return err
+}
+
+// uncount stops counting c for its client (reclaim.go).
+func (c *Conn) uncount() {
+	if c.live != nil {
+		c.live.remove(c)
+	}
 }
 
 // Abort resets the connection: the client gets a RST instead of a FIN.
@@ -268,6 +292,7 @@ func (c *Conn) Abort() {
 	first := !c.closed.Swap(true)
 	c.ep.Abort()
 	if first {
+		c.uncount()
 		_ = c.TCPConn.Close()
 		c.endNotify()
 	}

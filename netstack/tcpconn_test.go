@@ -28,6 +28,8 @@ type connRig struct {
 	t      *testing.T
 	h      *netstack.AcceptHandler
 	client *gwlbsim.ClientStack
+	srv    *netstack.Server
+	sim    *gwlbsim.Sim
 }
 
 var (
@@ -73,6 +75,7 @@ func newConnRig(t *testing.T) *connRig {
 		srv.Close()
 		<-served
 	})
+	r.srv, r.sim = srv, sim
 	var err error
 	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(connClient); err != nil {
 		t.Fatal(err)

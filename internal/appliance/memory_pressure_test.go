@@ -22,7 +22,8 @@ import (
 // what memory allows); memory stops it instead: its new flows are dropped
 // and counted as memory_pressure, the appliance keeps the flows it has, and
 // another client, holding few, still gets a new flow. Once memory is ample
-// again, new flows are admitted as before.
+// again, new flows are admitted as before. At critical, the hoarder's
+// connections are also reset, towards the 16 critical memory admits.
 //
 // The appliance runs in this process, so the test sets this process's soft
 // memory limit (as --memory-limit sets the appliance's) a few megabytes
@@ -169,6 +170,15 @@ func TestMemoryPressureRefusesTheHoarder(t *testing.T) {
 		}
 		return ""
 	})
+	// And the hoarder's connections are reset, newest first, towards
+	// the critical share (netstack/reclaim.go).
+	waitFor(t, "the hoarder's connections reset while memory is critical", func() string {
+		if n := r.stats().Netstack.MemoryReclaimed; n == 0 {
+			return fmt.Sprintf("%d reset; memory %s", n, r.stats().Netstack.MemoryPressure)
+		}
+		return ""
+	})
+	t.Logf("memory critical: %d of the hoarder's connections reset, %d TCP flows active", r.stats().Netstack.MemoryReclaimed, r.app.proxy.Stats().TCPActive)
 	debug.SetMemoryLimit(math.MaxInt64)
 	waitFor(t, "the health check passing again", func() string {
 		if code, body := r.health(); code != http.StatusOK {

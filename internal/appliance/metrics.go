@@ -218,6 +218,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.Flows) }),
 	newStatMetric("memory_pressure", promGauge, "How short of memory new flows are admitted by: 0 ample, 1 short (clients holding many flows get none), 2 critical (clients holding 16 or more get none; the health check fails).",
 		func(s *stats) float64 { return float64(memoryPressureLevel(s.Netstack.MemoryPressure)) }),
+	newStatMetric("memory_reclaimed_total", promCounter, "TCP connections reset while memory was critical because their client held the most, more than 16.",
+		func(s *stats) float64 { return float64(s.Netstack.MemoryReclaimed) }),
 	newStatMetric("flows_created_total", promCounter, "Flows created.",
 		func(s *stats) float64 { return float64(s.Netstack.FlowsCreated) }),
 	newStatMetric("flows_expired_total", promCounter, "Flows expired after idling.",
