@@ -1,6 +1,10 @@
 package netstack
 
-import "time"
+import (
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
+)
 
 // The wait after each of a run of read errors but the first: readBackoffMin
 // doubled per error, up to readBackoffMax. A transient error is retried at
@@ -29,4 +33,19 @@ func (s *Server) readBackoff(failed int) bool {
 	case <-s.done:
 		return false
 	}
+}
+
+// ReadFailingFor returns how long the reader failing the longest has read
+// nothing but errors, 0 when every reader reads. A reader retries for ever
+// (readBackoff), so one whose socket broke would otherwise stop taking
+// datagrams while the health check said the appliance served: the GWLB
+// would keep sending it flows that are never read.
+func (s *Server) ReadFailingFor() time.Duration {
+	now, worst := monoclock.Now(), time.Duration(0)
+	for i := range s.readFailing {
+		if since := s.readFailing[i].Load(); since != 0 {
+			worst = max(worst, time.Duration(now-since))
+		}
+	}
+	return worst
 }

@@ -37,6 +37,10 @@ func TestReadErrorsBackOff(t *testing.T) {
 	if n < 2 || n > 40 {
 		t.Fatalf("read errors in %s of a persistent error: %d, want 2 to 40", window, n)
 	}
+	// The health check asks how long: about the window.
+	if d := s.ReadFailingFor(); d < window/2 || d > 10*window {
+		t.Errorf("ReadFailingFor %v after %v of errors", d, window)
+	}
 
 	// The error clears: the reader takes datagrams again.
 	if err := s.conns[0].SetReadDeadline(time.Time{}); err != nil {
@@ -52,6 +56,9 @@ func TestReadErrorsBackOff(t *testing.T) {
 			t.Fatal("no datagram read 5s after the read error cleared")
 		}
 		c.Write([]byte("not geneve"))
+	}
+	if d := s.ReadFailingFor(); d != 0 {
+		t.Errorf("ReadFailingFor %v once reads succeed again, want 0", d)
 	}
 
 	// Close ends a reader waiting between failed reads.

@@ -25,6 +25,9 @@ import (
 // Server is the GENEVE side of the appliance.
 type Server struct {
 	cfg   Config
+	// readFailing holds, for each reader, when its current run of read
+	// errors began (monoclock), 0 while it reads: ReadFailingFor.
+	readFailing []atomic.Int64
 	flows *flowTable
 	conns []*net.UDPConn
 	ret   returnPath
@@ -82,6 +85,7 @@ func Listen(cfg Config) (*Server, error) {
 		s.conns = append(s.conns, c)
 		addr = c.LocalAddr().(*net.UDPAddr) // port 0 resolves once, for all readers
 	}
+	s.readFailing = make([]atomic.Int64, len(s.conns))
 	local := addr.AddrPort().Addr().Unmap()
 	if !local.IsValid() {
 		local = netip.IPv4Unspecified()
@@ -111,9 +115,9 @@ func (s *Server) ReturnPath() string { return s.ret.name() }
 
 // Serve reads GENEVE until Close. It returns once every reader has stopped.
 func (s *Server) Serve() {
-	for _, c := range s.conns {
+	for i, c := range s.conns {
 		s.wg.Add(1)
-		go s.read(c)
+		go s.read(c, &s.readFailing[i])
 	}
 	s.wg.Add(1)
 	go s.expireLoop()
@@ -163,7 +167,7 @@ func (s *Server) closeConns() {
 
 // read takes GENEVE datagrams from c, a batch per system call, until the
 // server closes.
-func (s *Server) read(c *net.UDPConn) {
+func (s *Server) read(c *net.UDPConn, failingSince *atomic.Int64) {
 	defer s.wg.Done()
 	r, err := newBatchReader(c)
 	if err != nil {
@@ -184,7 +188,9 @@ func (s *Server) read(c *net.UDPConn) {
 				return
 			}
 			s.stats.readErrors.Add(1)
-			failed++
+			if failed++; failed == 1 {
+				failingSince.Store(monoclock.Now())
+			}
 			// 1, 2, 4, 8...: an error that persists is logged ever more
 			// rarely, and counted on /stats every time.
 			if failed&(failed-1) == 0 {
@@ -198,6 +204,7 @@ func (s *Server) read(c *net.UDPConn) {
 		if failed != 0 {
 			slog.Info("reading GENEVE again", "after_errors", failed)
 			failed = 0
+			failingSince.Store(0)
 		}
 		for i := range n {
 			b, from, truncated := r.datagram(i)

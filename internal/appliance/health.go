@@ -54,6 +54,9 @@ func (a *Appliance) broken(rs records.Stats) []string {
 		why = append(why, "GENEVE readers stopped")
 	}
 	limit := a.opts.RecordStall.Seconds()
+	if d := a.netstack.ReadFailingFor(); d.Seconds() > limit && !a.draining.Load() {
+		why = append(why, fmt.Sprintf("a GENEVE reader has read nothing but errors for %.1fs", d.Seconds()))
+	}
 	if rs.LagSeconds > limit {
 		why = append(why, fmt.Sprintf("access records waiting %.1fs for a blocked or slow sink", rs.LagSeconds))
 	}
