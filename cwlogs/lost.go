@@ -15,7 +15,9 @@ import (
 // time is when the batch carrying it was taken to be sent, lost_since the
 // earliest time of a record lost since the previous such event: the N
 // records lost have times between the two. It is sent ahead of the records
-// still queued (at its time, in the batch's time order), is never dropped
+// still queued (at its time, in the batch's time order; its CloudWatch
+// timestamp, not its "time", is moved to within a day of the batch's first
+// record if that is older, see withinSpan), is never dropped
 // for room (it is held outside the buffer: at most one is pending, its count
 // growing until it is sent) and is counted in Stats.LossEvents, not as a
 // record.
@@ -72,4 +74,12 @@ func (s *Shipper) restoreLoss() {
 	}
 	s.lost += s.batchLost
 	s.mu.Unlock()
+}
+
+// withinSpan returns ts moved, if need be, to within MaxBatchSpanMillis of
+// ref (the batch's first record): the loss event's CloudWatch timestamp,
+// when the front record is a day or more old (queued through a day-long
+// outage, or the wall clock stepped). Its JSON "time" stays the real time.
+func withinSpan(ts, ref int64) int64 {
+	return min(max(ts, ref-MaxBatchSpanMillis+1), ref+MaxBatchSpanMillis-1)
 }

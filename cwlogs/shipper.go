@@ -372,6 +372,13 @@ func (s *Shipper) takeBatch() (full bool) {
 		// Ahead of the records: under a flood, batches are full, and one
 		// taken after them would never fit.
 		e := s.lossEventLocked(time.Now())
+		if s.q.len() > 0 {
+			// Within a day of the front record, or the two could never
+			// share a batch: the batch would be the event alone, the
+			// records would never drain, and every batch after it would
+			// again carry only an event.
+			e.ts = withinSpan(e.ts, s.q.front().ts)
+		}
 		lim.add(&e)
 		s.batch = append(s.batch, e)
 	}
