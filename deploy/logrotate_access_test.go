@@ -27,8 +27,9 @@ import (
 const accessLogPath = "/var/log/gwlbproxy/access.log"
 
 // accessLogrotate returns the packaged stanza for the access log, pointed at
-// path instead, without its su line (the user need not exist here), and the
-// logrotate binary; it skips the test without one.
+// path instead, without its su line (the user need not exist here), after
+// the global options of globalLogrotate, and the logrotate binary; it skips
+// the test without one.
 func accessLogrotate(t *testing.T, path string) (conf, logrotate string) {
 	t.Helper()
 	_, stanza, ok := strings.Cut(readFile(t, "etc/logrotate"), accessLogPath+" {")
@@ -43,9 +44,16 @@ func accessLogrotate(t *testing.T, path string) (conf, logrotate string) {
 			t.Errorf("the access log's stanza has no %q:\n%s", want, stanza)
 		}
 	}
-	for _, bad := range []string{"copytruncate", "compress", "postrotate"} {
-		if strings.Contains(stanza, bad) {
+	// Whole words: nocompress is wanted, compress is not.
+	for _, bad := range []string{"copytruncate", "compress", "postrotate", "dateext"} {
+		if slices.Contains(strings.Fields(stanza), bad) {
 			t.Errorf("the access log's stanza has %q:\n%s", bad, stanza)
+		}
+	}
+	// What a distribution's /etc/logrotate.conf may set for every stanza.
+	for _, want := range []string{"nocompress", "nodateext"} {
+		if !slices.Contains(strings.Fields(stanza), want) {
+			t.Errorf("the access log's stanza has no %q, so it inherits the global setting:\n%s", want, stanza)
 		}
 	}
 	logrotate, err := exec.LookPath("logrotate")
@@ -59,7 +67,7 @@ func accessLogrotate(t *testing.T, path string) (conf, logrotate string) {
 		}
 	}
 	conf = filepath.Join(t.TempDir(), "logrotate.conf")
-	if err := os.WriteFile(conf, []byte(path+" {"+strings.Join(lines, "\n")+"}\n"), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(globalLogrotate+path+" {"+strings.Join(lines, "\n")+"}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return conf, logrotate
@@ -221,4 +229,47 @@ func TestLogrotateAccessLogFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("the tmpfs after rotation: %s", strings.Join(log, ", "))
+}
+
+// TestLogrotateAccessLogManyADay: a burst grows the access log past maxsize
+// (scaled down to 1k) three times in one day, logrotate running after each
+// as the hourly timer does, under a global configuration that sets dateext
+// and compress. Every run rotates: access.log.1 to .3, uncompressed. With
+// dateext inherited, the second and third found access.log-YYYYMMDD there
+// already ("destination ... already exists, skipping rotation") and the log
+// kept growing.
+func TestLogrotateAccessLogManyADay(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "access.log")
+	conf, logrotate := accessLogrotate(t, path)
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, bytes.Replace(b, []byte("maxsize 1G"), []byte("maxsize 1k"), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(dir, "state")
+	for round := 1; round <= 3; round++ {
+		if err := os.WriteFile(path, bytes.Repeat([]byte("{}\n"), 4096/3), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(logrotate, "-v", "-s", state, conf).CombinedOutput()
+		if err != nil || bytes.Contains(out, []byte("error")) {
+			t.Fatalf("round %d: logrotate: %v\n%s", round, err, out)
+		}
+		if _, err := os.Stat(path); err == nil {
+			t.Fatalf("round %d: access.log is still there: not rotated\n%s", round, out)
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	for i := 1; i <= 3; i++ {
+		if !slices.Contains(names, fmt.Sprintf("access.log.%d", i)) {
+			t.Errorf("no access.log.%d after three rotations: %v", i, names)
+		}
+	}
 }

@@ -11,6 +11,12 @@ import (
 // keyLogPath is where docs/ids.md puts --tls-keylog.
 const keyLogPath = "/var/lib/gwlbproxy/tls-keys.log"
 
+// globalLogrotate is what the tests put ahead of a packaged stanza: the
+// global options of /etc/logrotate.conf on Amazon Linux 2023 and the RHEL
+// family (dateext, create), and an administrator's compress. The stanzas
+// inherit them unless they say otherwise.
+const globalLogrotate = "weekly\nrotate 4\ncreate\ndateext\ncompress\n"
+
 // TestLogrotateKeyLog: the package rotates the TLS key log at the path the
 // documentation gives, which clients make grow by about 1.4 KB per bumped
 // connection: with a size bound, copytruncate (the appliance keeps its
@@ -28,7 +34,7 @@ func TestLogrotateKeyLog(t *testing.T) {
 		t.Fatalf("etc/logrotate does not rotate %s", keyLogPath)
 	}
 	stanza, _, _ = strings.Cut(stanza, "}")
-	for _, want := range []string{"maxsize ", "copytruncate", "shred", "su gwlbproxy gwlbproxy"} {
+	for _, want := range []string{"maxsize ", "copytruncate", "shred", "su gwlbproxy gwlbproxy", "nocompress", "nodateext"} {
 		if !strings.Contains(stanza, want) {
 			t.Errorf("the key log's stanza has no %q:\n%s", want, stanza)
 		}
@@ -54,7 +60,7 @@ func TestLogrotateKeyLog(t *testing.T) {
 		}
 	}
 	c := filepath.Join(dir, "logrotate.conf")
-	os.WriteFile(c, []byte(keys+" {"+strings.Join(lines, "\n")+"}\n"), 0o600)
+	os.WriteFile(c, []byte(globalLogrotate+keys+" {"+strings.Join(lines, "\n")+"}\n"), 0o600)
 	if out, err := exec.Command(logrotate, "-f", "-s", filepath.Join(dir, "state"), c).CombinedOutput(); err != nil {
 		t.Fatalf("logrotate: %v\n%s", err, out)
 	}
