@@ -23,7 +23,9 @@ import (
 // written to the old file until then are in the rotated file, not lost.
 //
 // Write is called by a Writer's goroutine; the mutex only keeps Close, at
-// the end of a drain that gave up on a stuck file, from racing it.
+// the end of a drain that gave up on a stuck file, from racing it. It is
+// not held across the write itself: Close must return at once even when
+// that write hangs (a hung disk), or shutdown would wait on it.
 type LogFile struct {
 	path string
 
@@ -88,7 +90,13 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	if len(p) == 1 && p[0] == '\n' && !l.midLine {
 		return 1, nil
 	}
-	n, err := l.f.Write(p)
+	f := l.f
+	l.mu.Unlock()
+	// Unlocked: Close may close f under a write that hangs. One Writer
+	// goroutine calls Write, so nothing else touches f, midLine or failed
+	// meanwhile but Close.
+	n, err := f.Write(p)
+	l.mu.Lock()
 	if n > 0 {
 		l.midLine = p[n-1] != '\n'
 	}
@@ -129,14 +137,17 @@ func (l *LogFile) reopenFailed(now int64, err error) {
 	}
 }
 
-// Close closes the file open. Later writes fail.
+// Close closes the file open. Later writes fail. It does not wait for a
+// write under way: a write blocked on a pipe is woken with an error; one
+// stuck in a hung disk's write(2) is left to finish (or not) on its own, and
+// its lines, already counted dropped by the Writer's Close, may still land.
 func (l *LogFile) Close() error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
+	f := l.f
+	l.f = nil
+	l.mu.Unlock()
+	if f == nil {
 		return nil
 	}
-	err := l.f.Close()
-	l.f = nil
-	return err
+	return f.Close()
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -120,4 +121,45 @@ func TestLogFileCutLineStaysBehind(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "{\"c\":3}\n" {
 		t.Errorf("the new file holds %q", b)
 	}
+}
+
+// TestLogFileCloseDoesNotWaitForAStuckWrite: the access log's write hangs
+// (a FIFO whose reader never reads, standing for a hung disk). The Writer's
+// Close gives up at its deadline and counts the rest dropped; the
+// appliance's closeSinks then closes the LogFile, which must return at once.
+// It used to wait for the mutex the stuck Write held, so shutdown hung
+// until systemd killed the process.
+func TestLogFileCloseDoesNotWaitForAStuckWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A reader, so that opening for writing succeeds; it never reads.
+	rd, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf, err := OpenLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriter(nil, lf)
+	for i := range 2000 {
+		w.Write(&Record{Kind: "tcp", Path: string(make([]byte, 200)), Packets: int64(i)})
+	}
+	time.Sleep(200 * time.Millisecond) // the pipe is full: the write blocks
+	if err := w.Close(ctxFor(t, 100*time.Millisecond)); err == nil {
+		t.Fatal("Writer.Close wrote everything into a pipe nobody reads")
+	}
+	done := make(chan error, 1)
+	go func() { done <- lf.Close() }()
+	select {
+	case err := <-done:
+		t.Logf("LogFile.Close: %v", err)
+	case <-time.After(2 * time.Second):
+		t.Errorf("LogFile.Close still blocked after 2 s behind the stuck write")
+		rd.Close() // the write fails with EPIPE; Close can go on
+		<-done
+	}
+	rd.Close()
 }
