@@ -142,21 +142,42 @@ func (c Cause) String() string {
 	return "cause(" + strconv.Itoa(int(c)) + ")"
 }
 
+// numCauses bounds the Cause values.
+const numCauses = KernelTCPMemory + 1
+
+// Levels holds each measure's last level, indexed by its Cause (NoCause's
+// entry unused): each measure leaves a level at its own leave threshold
+// only when it was the one at that level. The zero value is all Ample.
+type Levels [numCauses]Level
+
 // Level returns the level s shows, given that the last one was was.
 func (s Sample) Level(was Level) Level {
 	l, _ := s.Assess(was)
 	return l
 }
 
-// Assess returns the level s shows, given that the last one was was, and
-// the measure that shows it: the worst counts (the first of them, in the
-// order of Cause, when several show the same).
+// Assess returns the level s shows, given that every measure's last level
+// was was, and the measure that shows it: see AssessEach.
 func (s Sample) Assess(was Level) (Level, Cause) {
+	var each Levels
+	for i := range each {
+		each[i] = was
+	}
+	return s.AssessEach(&each)
+}
+
+// AssessEach returns the level s shows and the measure that shows it: the
+// worst counts (the first of them, in the order of Cause, when several
+// show the same). each holds every measure's last level, which sets its
+// thresholds, and is updated to the levels s shows.
+func (s Sample) AssessEach(each *Levels) (Level, Cause) {
 	// Each threshold is crossed at its own value going up and at its
-	// leave value coming down: the level held stays until memory is
-	// clearly back.
+	// leave value coming down: the level a measure holds stays until that
+	// measure is clearly back. Per measure: another measure's reading
+	// must not keep a level that this one alone never reached.
 	level, cause := Ample, NoCause
 	worse := func(l Level, c Cause) {
+		each[c] = l
 		if l > level {
 			level, cause = l, c
 		}
@@ -164,6 +185,7 @@ func (s Sample) Assess(was Level) (Level, Cause) {
 	if s.Limit > 0 {
 		live := float64(s.InUse) / float64(s.Limit)
 		critical, short := criticalLive, shortLive
+		was := each[GoMemory]
 		if was >= Critical {
 			critical = criticalLiveLeave
 		}
@@ -175,17 +197,25 @@ func (s Sample) Assess(was Level) (Level, Cause) {
 			worse(Critical, GoMemory)
 		case live >= short:
 			worse(Short, GoMemory)
+		default:
+			worse(Ample, GoMemory)
 		}
+	} else {
+		worse(Ample, GoMemory)
 	}
 	// The machine and the cgroup can each run out while the other has
 	// room: the worse counts.
 	if s.Total > 0 {
-		worse(availLevel(float64(s.Available)/float64(s.Total), was), AvailableMemory)
+		worse(availLevel(float64(s.Available)/float64(s.Total), each[AvailableMemory]), AvailableMemory)
+	} else {
+		worse(Ample, AvailableMemory)
 	}
 	if s.CgroupTotal > 0 {
-		worse(availLevel(float64(s.CgroupAvailable)/float64(s.CgroupTotal), was), CgroupMemory)
+		worse(availLevel(float64(s.CgroupAvailable)/float64(s.CgroupTotal), each[CgroupMemory]), CgroupMemory)
+	} else {
+		worse(Ample, CgroupMemory)
 	}
-	worse(s.tcpLevel(was), KernelTCPMemory)
+	worse(s.tcpLevel(each[KernelTCPMemory]), KernelTCPMemory)
 	return level, cause
 }
 
@@ -208,7 +238,8 @@ func availLevel(avail float64, was Level) Level {
 	return Ample
 }
 
-// Watcher reads memory every Interval and reports each change of level.
+// Watcher reads memory every Interval and reports each change of level or
+// of the measure that sets it.
 type Watcher struct {
 	// Interval is the time between readings; 0: DefaultInterval.
 	Interval time.Duration
@@ -229,9 +260,9 @@ type Watcher struct {
 	// /proc/sys/net/ipv4/tcp_mem. Where they cannot be read (not Linux, a
 	// sandbox) the measure is left out, with one warning.
 	Sockstat, TCPMem string
-	// Report is called with each new level, the measure that set it and
-	// the sample that showed it, and once at the start with the first
-	// reading. It must not block.
+	// Report is called with each new level or new cause, the measure that
+	// set it and the sample that showed it, and once at the start with the
+	// first reading. It must not block.
 	Report func(Level, Cause, Sample)
 
 	samples                        []metrics.Sample
@@ -247,11 +278,14 @@ func (w *Watcher) Run(ctx context.Context) {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	level := Level(-1) // the first reading is always reported
+	level, cause := Level(-1), NoCause // the first reading is always reported
+	var each Levels
 	for {
 		s := w.Read()
-		if l, c := s.Assess(max(level, Ample)); l != level {
-			level = l
+		// A new cause at the same level is reported too: the cause and
+		// the numbers shown with it would be stale otherwise.
+		if l, c := s.AssessEach(&each); l != level || c != cause {
+			level, cause = l, c
 			w.Report(l, c, s)
 		}
 		select {

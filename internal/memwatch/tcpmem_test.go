@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -164,5 +165,81 @@ func TestReadTCPUnreadable(t *testing.T) {
 				t.Errorf("unreadable TCP memory: %s, want ample", l)
 			}
 		}
+	}
+}
+
+// TestRunCauseChangesAtTheSameLevel: memory is critical on the machine's
+// available memory; the kernel's TCP memory then climbs past its critical
+// threshold (91.6% of max) and MemAvailable recovers. The level stays
+// critical, but the cause is now kernel_tcp_memory: Run reports it, with
+// the new numbers. It used to report only a new level, so the cause (and
+// the health reason) stayed "available memory low". Then TCP memory falls
+// to 85% of max: critical by its own hysteresis (leaves below 80%), and a
+// reading that, from ample, is only short is not held critical by the
+// other measure's past level.
+func TestRunCauseChangesAtTheSameLevel(t *testing.T) {
+	meminfo := filepath.Join(t.TempDir(), "meminfo")
+	writeMem := func(availKB int) {
+		b := []byte("MemTotal: 4000000 kB\nMemAvailable: " + strconv.Itoa(availKB) + " kB\n")
+		if err := os.WriteFile(meminfo+".new", b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(meminfo+".new", meminfo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeMem(100000) // 2.5% available: critical
+	tcp := ampleTCP(t)
+	type report struct {
+		l Level
+		c Cause
+		s Sample
+	}
+	reports := make(chan report, 16)
+	w := &Watcher{Interval: 5 * time.Millisecond, Meminfo: meminfo, Sockstat: tcp.sockstat, TCPMem: tcp.tcpMem,
+		Report: func(l Level, c Cause, s Sample) { reports <- report{l, c, s} }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	next := func(want Level, wantCause Cause) Sample {
+		t.Helper()
+		select {
+		case r := <-reports:
+			if r.l != want || r.c != wantCause {
+				t.Fatalf("report %s (%q), want %s (%q)", r.l, r.c, want, wantCause)
+			}
+			return r.s
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no report within 10 s, want %s (%q)", want, wantCause)
+		}
+		return Sample{}
+	}
+	next(Critical, AvailableMemory)
+	tcp.write(t, 85000) // 91.6% of max: critical on its own
+	time.Sleep(50 * time.Millisecond)
+	writeMem(3500000) // 87.5% available
+	if s := next(Critical, KernelTCPMemory); s.Available != 3500000<<10 {
+		t.Errorf("the report carries %d bytes available, want the new reading", s.Available)
+	}
+	tcp.write(t, 79000) // 85% of max: held critical by the TCP measure's own hysteresis
+	select {
+	case r := <-reports:
+		t.Fatalf("report %s (%q) while TCP memory stays above its leave threshold", r.l, r.c)
+	case <-time.After(100 * time.Millisecond):
+	}
+	tcp.write(t, 70000) // 75% of max, past pressure: short
+	next(Short, KernelTCPMemory)
+
+	// Per measure: available memory's past critical does not hold the
+	// TCP reading at 85% of max critical.
+	page := uint64(os.Getpagesize())
+	s := Sample{Available: 3500000 << 10, Total: 4000000 << 10, TCPInUse: 79000 * page, TCPPressure: 61893 * page, TCPMax: 92838 * page}
+	each := Levels{AvailableMemory: Critical}
+	if l, c := s.AssessEach(&each); l != Short || c != KernelTCPMemory {
+		t.Errorf("after critical on available memory, TCP at 85%% of max: %s (%q), want short, as from ample", l, c)
+	}
+	if each[AvailableMemory] != Ample || each[KernelTCPMemory] != Short {
+		t.Errorf("levels after: %v", each)
 	}
 }
