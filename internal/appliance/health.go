@@ -43,7 +43,8 @@ func (a *Appliance) serveHealth(w http.ResponseWriter, _ *http.Request) {
 // for longer than RecordStall (--record-stall, 30 s) the access records have waited behind a
 // blocked or slow sink, been dropped without a break, or kept failing to be
 // written (records.Stats.FailingSeconds). Then new flows would go unaudited, and the GWLB should send them
-// to another target. So should it while memory is critical (watchMemory),
+// to another target. So should it while memory is critical (watchMemory;
+// not for the kernel's TCP memory, see memoryReport),
 // or while the appliance's own addresses have never been read (neither
 // through netlink nor from /proc: proxy.OwnAddrsKnown): new flows are
 // refused here then, and another target can take them. Idleness is not

@@ -214,3 +214,43 @@ func (r *rig) health() (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// TestKernelTCPMemoryKeepsHealth: memory critical because of the kernel's
+// TCP memory (a host-wide pool one client can fill with a few dozen stalled
+// flows, and other tenants' sockets count towards) refuses new flows to
+// clients holding many and shortens the stall bound, as any critical level
+// does, but leaves the health check passing: failing it would let one
+// client take targets out of rotation cheaply. Critical for any other
+// measure still fails it, and the health check follows the cause when it
+// changes at the same level.
+func TestKernelTCPMemoryKeepsHealth(t *testing.T) {
+	r := newRig(t, nil, nil)
+	// The appliance's own watch reports its first reading (ample) at
+	// once, and then only changes: after it, the reports below stand.
+	time.Sleep(2 * memwatch.DefaultInterval)
+	stall := r.app.proxy.WriteStallTimeout()
+	const mib = 1 << 20
+	s := memwatch.Sample{Available: 3500 * mib, Total: 4000 * mib, TCPInUse: 340 * mib, TCPPressure: 240 * mib, TCPMax: 360 * mib}
+	r.app.memoryReport(memwatch.Critical, memwatch.KernelTCPMemory, s, false)
+	st := r.stats()
+	if st.Netstack.MemoryPressure != "critical" || st.MemoryPressureCause != "kernel_tcp_memory" {
+		t.Errorf("/stats memory_pressure %q, cause %q; want critical, kernel_tcp_memory", st.Netstack.MemoryPressure, st.MemoryPressureCause)
+	}
+	if got := r.app.proxy.WriteStallTimeout(); got >= stall || got > 10*time.Second {
+		t.Errorf("write-stall timeout %v while critical (was %v), want at most 10 s", got, stall)
+	}
+	if code, body := r.health(); code != http.StatusOK {
+		t.Errorf("health check while the kernel's TCP memory is critical: %d %q, want 200", code, body)
+	}
+	s.Available = 100 * mib
+	r.app.memoryReport(memwatch.Critical, memwatch.AvailableMemory, s, false)
+	if code, body := r.health(); code != http.StatusServiceUnavailable || !strings.Contains(body, "memory critical (the machine's available memory low)") {
+		t.Errorf("health check while available memory is critical: %d %q", code, body)
+	}
+	s.Available = 3500 * mib
+	r.app.memoryReport(memwatch.Critical, memwatch.KernelTCPMemory, s, false)
+	if code, body := r.health(); code != http.StatusOK {
+		t.Errorf("health check once the cause is the kernel's TCP memory again: %d %q, want 200", code, body)
+	}
+	r.app.memoryReport(memwatch.Ample, memwatch.NoCause, memwatch.Sample{}, false)
+}

@@ -97,42 +97,57 @@ func newDestCheck(o *Options) *destcheck.Checker {
 func (a *Appliance) watchMemory(ctx context.Context) {
 	first := true
 	w := &memwatch.Watcher{Cgroup: a.opts.MemoryCgroup, Report: func(l memwatch.Level, c memwatch.Cause, s memwatch.Sample) {
-		p := netstack.MemoryAmple
-		switch l {
-		case memwatch.Short:
-			p = netstack.MemoryShort
-		case memwatch.Critical:
-			p = netstack.MemoryCritical
-		}
-		// The cause and the health check's reason first: whoever sees the
-		// new level sees why.
-		a.memoryCause.Store(int32(c))
-		if p == netstack.MemoryCritical {
-			why := fmt.Sprintf("memory critical (%s), new flows refused to clients holding many (Go memory in use %s of a %s limit; %s of %s available; cgroup: %s of %s; kernel TCP memory %s, pressure from %s, max %s)",
-				causeText(c), mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total), mib(s.CgroupAvailable), mib(s.CgroupTotal),
-				mib(s.TCPInUse), mib(s.TCPPressure), mib(s.TCPMax))
-			a.memoryCritical.Store(&why)
-		} else {
-			a.memoryCritical.Store(nil)
-		}
-		a.netstack.SetMemoryPressure(p)
-		a.proxy.SetMemoryPressure(p)
-		attrs := []any{"cause", c.String(), "go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total,
-			"cgroup_available", s.CgroupAvailable, "cgroup_limit", s.CgroupTotal,
-			"tcp_in_use", s.TCPInUse, "tcp_pressure", s.TCPPressure, "tcp_max", s.TCPMax}
-		switch {
-		case p == netstack.MemoryShort:
-			slog.Warn("memory is short: clients holding many flows get no new ones", append(attrs, "client_flows", netstack.ShortMemoryClientFlows,
-				"write_stall_timeout", a.proxy.WriteStallTimeout())...)
-		case p == netstack.MemoryCritical:
-			slog.Error("memory is critical: clients holding more than a few flows get no new ones", append(attrs, "client_flows", netstack.CriticalMemoryClientFlows,
-				"write_stall_timeout", a.proxy.WriteStallTimeout())...)
-		case !first:
-			slog.Info("memory is ample again: new flows admitted", attrs...)
-		}
+		a.memoryReport(l, c, s, first)
 		first = false
 	}}
 	w.Run(ctx)
+}
+
+// memoryReport applies a memory level and the measure that set it: to
+// admission, the stall bound, /stats, the health check and the log. first
+// is the watch's first reading, whose ample level is not news.
+//
+// Critical fails the health check, except when the kernel's TCP memory
+// sets it: that pool is the host's, which one client can fill cheaply (a
+// few dozen flows stalled both ways) and, in a container, other tenants'
+// sockets count towards. Failing the check on it would let a client take
+// target after target out of rotation for a few hundred connections, and
+// another target would relieve nothing another tenant holds. Admission
+// and the stall bound still act on it, which is what frees the pool.
+func (a *Appliance) memoryReport(l memwatch.Level, c memwatch.Cause, s memwatch.Sample, first bool) {
+	p := netstack.MemoryAmple
+	switch l {
+	case memwatch.Short:
+		p = netstack.MemoryShort
+	case memwatch.Critical:
+		p = netstack.MemoryCritical
+	}
+	// The cause and the health check's reason first: whoever sees the
+	// new level sees why.
+	a.memoryCause.Store(int32(c))
+	if p == netstack.MemoryCritical && c != memwatch.KernelTCPMemory {
+		why := fmt.Sprintf("memory critical (%s), new flows refused to clients holding many (Go memory in use %s of a %s limit; %s of %s available; cgroup: %s of %s; kernel TCP memory %s, pressure from %s, max %s)",
+			causeText(c), mib(s.InUse), mib(s.Limit), mib(s.Available), mib(s.Total), mib(s.CgroupAvailable), mib(s.CgroupTotal),
+			mib(s.TCPInUse), mib(s.TCPPressure), mib(s.TCPMax))
+		a.memoryCritical.Store(&why)
+	} else {
+		a.memoryCritical.Store(nil)
+	}
+	a.netstack.SetMemoryPressure(p)
+	a.proxy.SetMemoryPressure(p)
+	attrs := []any{"cause", c.String(), "go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total,
+		"cgroup_available", s.CgroupAvailable, "cgroup_limit", s.CgroupTotal,
+		"tcp_in_use", s.TCPInUse, "tcp_pressure", s.TCPPressure, "tcp_max", s.TCPMax}
+	switch {
+	case p == netstack.MemoryShort:
+		slog.Warn("memory is short: clients holding many flows get no new ones", append(attrs, "client_flows", netstack.ShortMemoryClientFlows,
+			"write_stall_timeout", a.proxy.WriteStallTimeout())...)
+	case p == netstack.MemoryCritical:
+		slog.Error("memory is critical: clients holding more than a few flows get no new ones", append(attrs, "client_flows", netstack.CriticalMemoryClientFlows,
+			"write_stall_timeout", a.proxy.WriteStallTimeout(), "health_check_fails", c != memwatch.KernelTCPMemory)...)
+	case !first:
+		slog.Info("memory is ample again: new flows admitted", attrs...)
+	}
 }
 
 // causeText says in words which measure set a memory level.
