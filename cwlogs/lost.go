@@ -1,6 +1,7 @@
 package cwlogs
 
 import (
+	"log/slog"
 	"strconv"
 	"time"
 )
@@ -62,8 +63,10 @@ func (s *Shipper) batchRecords() int {
 	return len(s.batch)
 }
 
-// restoreLoss puts the count of a loss event the service refused back into
-// the pending one, so that the next batch tells of those losses still.
+// restoreLoss puts the count of a loss event the service refused, rejected
+// (too old or too new, in a batch it accepted) or that shutdown abandoned
+// back into the pending one, so that the next batch tells of those losses
+// still.
 func (s *Shipper) restoreLoss() {
 	if !s.batchLoss {
 		return
@@ -82,4 +85,38 @@ func (s *Shipper) restoreLoss() {
 // outage, or the wall clock stepped). Its JSON "time" stays the real time.
 func withinSpan(ts, ref int64) int64 {
 	return min(max(ts, ref-MaxBatchSpanMillis+1), ref+MaxBatchSpanMillis-1)
+}
+
+// abandon ends the batch in flight at shutdown: its records are dropped,
+// and its loss event's count is given back for warnUnsentLoss.
+func (s *Shipper) abandon(n int) {
+	s.restoreLoss()
+	s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
+}
+
+// takeLossAtClose takes, once, a batch of the loss event alone when a count
+// was given back (restoreLoss) with no record queued behind it to carry it:
+// else Close would end with it unsent. It reports whether it took one.
+func (s *Shipper) takeLossAtClose() bool {
+	s.mu.Lock()
+	pending := s.lost > 0 && !s.closeLoss
+	s.mu.Unlock()
+	if !pending {
+		return false
+	}
+	s.closeLoss = true
+	s.takeBatch()
+	return true
+}
+
+// warnUnsentLoss says, at shutdown, how many dropped records no loss event
+// in the stream tells of: they are in Stats.Dropped, not in the stream.
+func (s *Shipper) warnUnsentLoss() {
+	s.mu.Lock()
+	lost, since := s.lost, s.lostSince
+	s.mu.Unlock()
+	if lost > 0 {
+		slog.Warn("cwlogs: records dropped for room were never announced in the stream: its records_lost event could not be sent before exit",
+			"group", s.cfg.Group, "stream", s.cfg.Stream, "lost", lost, "lost_since", time.UnixMilli(since).UTC())
+	}
 }

@@ -73,3 +73,86 @@ func TestLossEventShipsWithAnOldFront(t *testing.T) {
 		break
 	}
 }
+
+// fillDuringOutage ships records of ts from one source during an outage
+// until some are dropped for room, and ends the outage.
+func fillDuringOutage(t *testing.T, srv *cwlogstest.Server, s *Shipper, ts time.Time) {
+	t.Helper()
+	srv.Outage(time.Hour, cwlogstest.OutageRefuse)
+	src := srcOf("10.0.0.9")
+	for i := 0; s.Stats().Dropped < 5; i++ {
+		s.Ship(ts, line(2, i, 60000), src)
+	}
+}
+
+// lossesStored returns the sum of the stored loss events' counts and how
+// many there are.
+func lossesStored(t *testing.T, srv *cwlogstest.Server, cfg Config) (lost uint64, events int) {
+	t.Helper()
+	for _, e := range srv.Events(cfg.Group, cfg.Stream) {
+		var le lossEvent
+		if json.Unmarshal([]byte(e.Message), &le) == nil && le.Kind == LossKind {
+			lost += le.Lost
+			events++
+		}
+	}
+	return lost, events
+}
+
+// TestLossGivenBackSentAtClose: records are dropped for room during an
+// outage, then every batch is refused for good, the ones carrying the loss
+// event too, which gives its count back each time; when the queue is empty
+// the count waits for a record to carry it. None comes before Close: Close
+// sends it in a batch of its own. It used to end unsent.
+func TestLossGivenBackSentAtClose(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	cfg := testConfig()
+	cfg.BufferBytes = MinBufferBytes
+	s := startShipper(t, srv, cfg)
+	fillDuringOutage(t, srv, s, time.Now())
+	srv.Fail(1<<20, 400, "PutLogEvents")
+	srv.EndOutage()
+	waitFor(t, 10*time.Second, "every record refused or dropped", func() bool {
+		st := s.Stats()
+		return st.QueuedRecords == 0 && st.Failed+st.Dropped == st.Received
+	})
+	srv.ClearFaults()
+	closeShipper(t, s, 5*time.Second)
+	st := s.Stats()
+	lost, events := lossesStored(t, srv, cfg)
+	t.Logf("received %d, failed %d, dropped %d; loss events stored %d telling of %d", st.Received, st.Failed, st.Dropped, events, lost)
+	if events != 1 || lost != st.Dropped || st.LossEvents != 1 {
+		t.Errorf("%d loss events stored telling of %d lost (LossEvents %d), want one telling of the %d dropped", events, lost, st.LossEvents, st.Dropped)
+	}
+}
+
+// TestRejectedLossEventGivenBack: the service's clock is 3 h behind, so the
+// loss event, stamped now, is too new and rejected inside a batch it
+// accepts (the records are stamped 4 h ago). Its count is given back, not
+// lost: once the clock is right, the next batch's loss event tells of every
+// record dropped. It used to be neither counted nor given back.
+func TestRejectedLossEventGivenBack(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	srv.SetNow(func() time.Time { return time.Now().Add(-3 * time.Hour) })
+	cfg := testConfig()
+	cfg.BufferBytes = MinBufferBytes
+	s := startShipper(t, srv, cfg)
+	fillDuringOutage(t, srv, s, time.Now().Add(-4*time.Hour))
+	srv.EndOutage()
+	waitFor(t, 10*time.Second, "the queue shipped", func() bool {
+		st := s.Stats()
+		return st.QueuedRecords == 0 && st.Shipped+st.Dropped+st.Rejected == st.Received
+	})
+	if st := s.Stats(); st.Rejected != 0 || st.LossEvents != 0 {
+		t.Fatalf("rejected %d records, %d loss events accepted; want the loss event alone rejected", st.Rejected, st.LossEvents)
+	}
+	srv.SetNow(time.Now)
+	s.Ship(time.Now(), line(3, 0, 100), srcOf("10.0.0.7"))
+	waitFor(t, 10*time.Second, "the last record shipped", func() bool { return s.Stats().LossEvents > 0 })
+	st := s.Stats()
+	lost, events := lossesStored(t, srv, cfg)
+	t.Logf("shipped %d, dropped %d; loss events stored %d telling of %d", st.Shipped, st.Dropped, events, lost)
+	if lost != st.Dropped {
+		t.Errorf("loss events tell of %d lost, %d were dropped", lost, st.Dropped)
+	}
+}

@@ -110,6 +110,7 @@ type Shipper struct {
 	// What the batch's loss event tells of, for restoreLoss.
 	batchLost      uint64
 	batchLostSince int64
+	closeLoss      bool // takeLossAtClose has taken its batch
 	events         []types.InputLogEvent
 	ready          bool // group and stream exist (or we cannot tell)
 	groupCreated   bool
@@ -317,7 +318,11 @@ func (s *Shipper) run() {
 		full := n >= MaxBatchEvents || s.wireQ >= MaxBatchBytes
 		s.mu.Unlock()
 		if n == 0 && closing {
-			break
+			if !s.takeLossAtClose() {
+				break
+			}
+			s.deliver()
+			continue
 		}
 		if n == 0 || !(full || due || closing) {
 			due = false
@@ -349,6 +354,7 @@ func (s *Shipper) run() {
 	if s.refusedBatches > 0 {
 		s.logRefused() // what the rate limit held back
 	}
+	s.warnUnsentLoss()
 	s.mu.Lock()
 	for s.q.len() > 0 {
 		s.q.pop()
@@ -411,7 +417,7 @@ func (s *Shipper) deliver() {
 	n := s.batchRecords() // the loss event is not a record
 	for attempt := 0; ; attempt++ {
 		if !s.ready && !s.ensure() {
-			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
+			s.abandon(n)
 			return
 		}
 		ctx, cancel := s.callContext()
@@ -422,7 +428,7 @@ func (s *Shipper) deliver() {
 			return
 		}
 		if s.runCtx.Err() != nil {
-			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
+			s.abandon(n)
 			return
 		}
 		class := classify(err)
@@ -443,7 +449,7 @@ func (s *Shipper) deliver() {
 			s.ready = false
 		}
 		if !s.retryWait(attempt) {
-			s.release(n, func(st *Stats) { st.Dropped += uint64(n); s.abandoned += n })
+			s.abandon(n)
 			return
 		}
 		s.mu.Lock()
@@ -501,6 +507,9 @@ func (s *Shipper) delivered(out *cloudwatchlogs.PutLogEventsOutput, n int) {
 		}
 		shipped++
 		msgBytes += uint64(len(s.batch[i].msg))
+	}
+	if s.batchLoss && losses == 0 {
+		s.restoreLoss() // the service rejected the loss event (too old or too new)
 	}
 	rejected := n - shipped
 	if rejected > 0 && s.rejectLog.allow(time.Now()) {

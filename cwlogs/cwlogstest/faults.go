@@ -57,6 +57,13 @@ func (s *Server) addFault(f *fault) {
 	s.faults = append(s.faults, f)
 }
 
+// ClearFaults drops the injected errors not yet answered.
+func (s *Server) ClearFaults() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = nil
+}
+
 // FaultsServed returns how many injected errors (not outages) were answered.
 func (s *Server) FaultsServed() int {
 	s.mu.Lock()
