@@ -28,12 +28,14 @@ type stats struct {
 	// MemoryPressureCause names the measure that made memory short or
 	// critical (netstack's memory_pressure): go_memory, available_memory,
 	// cgroup_memory or kernel_tcp_memory; absent while memory is ample.
-	MemoryPressureCause string         `json:"memory_pressure_cause,omitempty"`
-	Netstack            netstack.Stats `json:"netstack"`
-	Proxy               proxy.Stats    `json:"proxy"`
-	Records             records.Stats  `json:"records"`
-	CloudWatch          *cwlogs.Stats  `json:"cloudwatch,omitempty"`
-	Leaves              *certs.Stats   `json:"leaves,omitempty"`
+	MemoryPressureCause string `json:"memory_pressure_cause,omitempty"`
+	// Memory is the last reading of the measures not shown elsewhere.
+	Memory     memoryStats    `json:"memory"`
+	Netstack   netstack.Stats `json:"netstack"`
+	Proxy      proxy.Stats    `json:"proxy"`
+	Records    records.Stats  `json:"records"`
+	CloudWatch *cwlogs.Stats  `json:"cloudwatch,omitempty"`
+	Leaves     *certs.Stats   `json:"leaves,omitempty"`
 	// Capture is there while pcap files or the mirror are on.
 	Capture *capture.Stats `json:"capture,omitempty"`
 	// Policy is the policy in force and how its reloads went.
@@ -43,6 +45,17 @@ type stats struct {
 	// TLSKeyLogDropped counts writes to --tls-keylog left out because the
 	// file was at its cap (capture.KeyLogMaxBytes).
 	TLSKeyLogDropped uint64 `json:"tls_keylog_dropped,omitempty"`
+	// AccessLog is the --access-log file's, when it is a file.
+	AccessLog *records.LogFileStats `json:"access_log,omitempty"`
+}
+
+// memoryStats is the memory watch's last reading of the kernel's TCP
+// memory, host wide, and net.ipv4.tcp_mem's pressure threshold and max,
+// in bytes; 0 when they cannot be read.
+type memoryStats struct {
+	TCPInUse    uint64 `json:"tcp_in_use"`
+	TCPPressure uint64 `json:"tcp_pressure"`
+	TCPMax      uint64 `json:"tcp_max"`
 }
 
 // stats takes a snapshot of every counter: /stats encodes it, and the
@@ -51,6 +64,11 @@ func (a *Appliance) stats() stats {
 	s := stats{Draining: a.draining.Load(), Netstack: a.netstack.Stats(), Proxy: a.proxy.Stats(), Records: a.records.Stats()}
 	s.Broken, s.OwnAddrsKnown = a.broken(s.Records), a.proxy.OwnAddrsKnown()
 	s.MemoryPressureCause = memwatch.Cause(a.memoryCause.Load()).String()
+	s.Memory = memoryStats{TCPInUse: a.tcpMem[0].Load(), TCPPressure: a.tcpMem[1].Load(), TCPMax: a.tcpMem[2].Load()}
+	if a.accessLog != nil {
+		l := a.accessLog.Stats()
+		s.AccessLog = &l
+	}
 	s.Policy = a.policy.Status()
 	if a.shipper != nil {
 		cw := a.shipper.Stats()

@@ -260,6 +260,11 @@ type Appliance struct {
 	memoryCritical atomic.Pointer[string]
 	// memoryCause is the memwatch.Cause of the memory level in force.
 	memoryCause atomic.Int32
+	// tcpMem is the last reading's kernel TCP memory in use, pressure
+	// threshold and max, in bytes (observeMemory).
+	tcpMem [3]atomic.Uint64
+	// accessLog is the --access-log file (nil: none, or stdout).
+	accessLog *records.LogFile
 	// destCheck ties decisions made on names to destination addresses.
 	destCheck *destcheck.Checker
 	// capture copies inner packets to pcap files and the mirror (nil: off);
@@ -321,6 +326,7 @@ func New(o Options) (_ *Appliance, err error) {
 		}
 		files = append(files, f)
 		a.closers = append(a.closers, f)
+		a.accessLog = f
 	}
 	var shipper records.Shipper
 	if o.CloudWatch.Group != "" {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -253,4 +254,20 @@ func TestKernelTCPMemoryKeepsHealth(t *testing.T) {
 		t.Errorf("health check once the cause is the kernel's TCP memory again: %d %q, want 200", code, body)
 	}
 	r.app.memoryReport(memwatch.Ample, memwatch.NoCause, memwatch.Sample{}, false)
+}
+
+// TestStatsShowKernelTCPMemory: /stats carries the memory watch's last
+// reading of the kernel's TCP memory and tcp_mem's limits (this machine's
+// /proc), which were only in logs and the health reason before.
+func TestStatsShowKernelTCPMemory(t *testing.T) {
+	if _, err := os.Stat("/proc/sys/net/ipv4/tcp_mem"); err != nil {
+		t.Skip(err)
+	}
+	r := newRig(t, nil, nil)
+	waitFor(t, "the memory watch's first reading on /stats", func() string {
+		if m := r.stats().Memory; m.TCPMax == 0 || m.TCPPressure == 0 || m.TCPPressure > m.TCPMax {
+			return fmt.Sprintf("%+v", m)
+		}
+		return ""
+	})
 }

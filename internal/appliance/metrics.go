@@ -15,6 +15,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // metricsHandler serves /metrics: the gwlbproxy_* counters, and the Go
@@ -220,6 +221,12 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(memoryPressureLevel(s.Netstack.MemoryPressure)) }),
 	newStatMetric("memory_reclaimed_total", promCounter, "TCP connections reset while memory was critical because their client held the most, more than 16.",
 		func(s *stats) float64 { return float64(s.Netstack.MemoryReclaimed) }),
+	newStatMetric("memory_tcp_in_use_bytes", promGauge, "The kernel's TCP memory in use, host wide (/proc/net/sockstat), at the memory watch's last reading; 0 when unreadable.",
+		func(s *stats) float64 { return float64(s.Memory.TCPInUse) }),
+	newStatMetric("memory_tcp_pressure_bytes", promGauge, "net.ipv4.tcp_mem's pressure threshold, in bytes; 0 when unreadable.",
+		func(s *stats) float64 { return float64(s.Memory.TCPPressure) }),
+	newStatMetric("memory_tcp_max_bytes", promGauge, "net.ipv4.tcp_mem's max, in bytes; 0 when unreadable.",
+		func(s *stats) float64 { return float64(s.Memory.TCPMax) }),
 	newStatMetric("flows_created_total", promCounter, "Flows created.",
 		func(s *stats) float64 { return float64(s.Netstack.FlowsCreated) }),
 	newStatMetric("flows_expired_total", promCounter, "Flows expired after idling.",
@@ -305,6 +312,12 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Records.Dropped) }),
 	newStatMetric("records_failed_total", promCounter, "Access records a file sink did not take whole: its write failed (a full disk, a closed stdout).",
 		func(s *stats) float64 { return float64(s.Records.Failed) }),
+	newStatMetric("records_loss_markers_total", promCounter, "records_lost lines the access log files took, each telling of records they lost (not records).",
+		func(s *stats) float64 { return float64(s.Records.LossMarkers) }),
+	newStatMetric("access_log_reopens_total", promCounter, "Times --access-log was opened anew because its path named another file or none (rotated, removed).",
+		func(s *stats) float64 { return float64(accessLogStats(s).Reopens) }),
+	newStatMetric("access_log_reopen_failures_total", promCounter, "Looks that found --access-log's path moved on and could not open it (records went on to the file open).",
+		func(s *stats) float64 { return float64(accessLogStats(s).ReopenFailures) }),
 	newStatMetric("records_queued", promGauge, "Access records waiting for the sinks.",
 		func(s *stats) float64 { return float64(s.Records.Queued) }),
 	newStatMetric("record_sink_errors_total", promCounter, "Sink writes (of one or more access records) that failed.",
@@ -416,6 +429,14 @@ var plaintextMetrics = []statMetric[capture.PlaintextStats]{
 		func(p *capture.PlaintextStats) float64 { return float64(p.Bytes) }),
 	newStatMetric("plaintext_dropped_total", promCounter, "Synthesized packets an output's queue had no room for (also counted in that output's dropped).",
 		func(p *capture.PlaintextStats) float64 { return float64(p.Dropped) }),
+}
+
+// accessLogStats is the access log file's counts; zero without one.
+func accessLogStats(s *stats) records.LogFileStats {
+	if s.AccessLog == nil {
+		return records.LogFileStats{}
+	}
+	return *s.AccessLog
 }
 
 // memoryPressureLevel is the number /metrics gives a memory pressure that

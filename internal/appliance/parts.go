@@ -99,7 +99,7 @@ func (a *Appliance) watchMemory(ctx context.Context) {
 	w := &memwatch.Watcher{Cgroup: a.opts.MemoryCgroup, Report: func(l memwatch.Level, c memwatch.Cause, s memwatch.Sample) {
 		a.memoryReport(l, c, s, first)
 		first = false
-	}}
+	}, Observe: a.observeMemory}
 	w.Run(ctx)
 }
 
@@ -148,6 +148,13 @@ func (a *Appliance) memoryReport(l memwatch.Level, c memwatch.Cause, s memwatch.
 	case !first:
 		slog.Info("memory is ample again: new flows admitted", attrs...)
 	}
+}
+
+// observeMemory keeps the last reading's kernel TCP memory for /stats.
+func (a *Appliance) observeMemory(s memwatch.Sample) {
+	a.tcpMem[0].Store(s.TCPInUse)
+	a.tcpMem[1].Store(s.TCPPressure)
+	a.tcpMem[2].Store(s.TCPMax)
 }
 
 // causeText says in words which measure set a memory level.

@@ -264,6 +264,9 @@ type Watcher struct {
 	// set it and the sample that showed it, and once at the start with the
 	// first reading. It must not block.
 	Report func(Level, Cause, Sample)
+	// Observe, when set, is called with every reading, reported or not
+	// (for /stats). It must not block.
+	Observe func(Sample)
 
 	samples                        []metrics.Sample
 	buf                            []byte
@@ -282,6 +285,9 @@ func (w *Watcher) Run(ctx context.Context) {
 	var each Levels
 	for {
 		s := w.Read()
+		if w.Observe != nil {
+			w.Observe(s)
+		}
 		// A new cause at the same level is reported too: the cause and
 		// the numbers shown with it would be stale otherwise.
 		if l, c := s.AssessEach(&each); l != level || c != cause {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,6 +37,23 @@ type LogFile struct {
 	failed    bool        // the last write failed: look at the path before the next
 	midLine   bool        // the last write to f stopped within a line
 	lastErrAt int64       // monoNow of the last reopen failure logged
+
+	reopens, reopenFailures atomic.Uint64
+}
+
+// LogFileStats counts a LogFile's reopens.
+type LogFileStats struct {
+	// Reopens counts the times the path named another file or none and
+	// the file was opened anew there (a rotation, a removal).
+	Reopens uint64 `json:"reopens"`
+	// ReopenFailures counts the looks that found the path moved on but
+	// could not open it (records went on to the file open).
+	ReopenFailures uint64 `json:"reopen_failures"`
+}
+
+// Stats returns the reopen counts.
+func (l *LogFile) Stats() LogFileStats {
+	return LogFileStats{Reopens: l.reopens.Load(), ReopenFailures: l.reopenFailures.Load()}
 }
 
 // reopenCheck is how often LogFile looks at its path: a stat a second
@@ -125,12 +143,14 @@ func (l *LogFile) follow(now int64) {
 		slog.Warn("closing the rotated access log", "file", l.path, "err", err)
 	}
 	l.f, l.fi, l.midLine = f, nfi, false
+	l.reopens.Add(1)
 	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)
 }
 
 // reopenFailed logs a failed reopen at most once a minute: on a full disk
 // it fails before every write.
 func (l *LogFile) reopenFailed(now int64, err error) {
+	l.reopenFailures.Add(1)
 	if l.lastErrAt == 0 || now-l.lastErrAt >= int64(time.Minute) {
 		l.lastErrAt = now
 		slog.Error("reopening the access log; writing on to the file open", "err", err)

@@ -89,6 +89,28 @@ func TestLogFileFollowsRemoval(t *testing.T) {
 	if b, err := os.ReadFile(path); err != nil || string(b) != "{\"b\":2}\n" {
 		t.Fatalf("the access log after its removal holds %q (%v)", b, err)
 	}
+	if st := lf.Stats(); st.Reopens != 1 || st.ReopenFailures != 0 {
+		t.Errorf("stats %+v, want 1 reopen", st)
+	}
+	// The path now names something that cannot be opened for appending
+	// (a directory): the reopen fails, counted, and records go on to the
+	// file open.
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(reopenCheck + 10*time.Millisecond)
+	if _, err := lf.Write([]byte("{\"c\":3}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if st := lf.Stats(); st.Reopens != 1 || st.ReopenFailures != 1 {
+		t.Errorf("stats %+v, want 1 reopen, 1 failure", st)
+	}
+	if b, _ := os.ReadFile(path + ".1"); string(b) != "{\"b\":2}\n{\"c\":3}\n" {
+		t.Errorf("the file open holds %q", b)
+	}
 }
 
 // TestLogFileCutLineStaysBehind: the newline a Writer writes to end a line

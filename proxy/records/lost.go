@@ -80,6 +80,7 @@ func (w *Writer) appendLost(out []byte, m *lostMarker) []byte {
 // lost_since is the first loss after them.
 func (w *Writer) lostWritten(m *lostMarker) {
 	m.dropped, m.failed = m.nextDropped, m.nextFailed
+	w.lossMarkers.Add(1)
 	w.firstLoss.Store(0)
 	// A loss between appendLost's count and the reset above would be left
 	// without a time: give it now's, a moment late.

@@ -101,8 +101,8 @@ func TestWriterLostMarker(t *testing.T) {
 	w.Write(&Record{Kind: "tcp", Packets: 4}) // no loss since the marker
 	flush()
 
-	if st := w.Stats(); st.Failed != 3 || st.Written != 2 {
-		t.Fatalf("stats %+v, want 3 failed, 2 written", st)
+	if st := w.Stats(); st.Failed != 3 || st.Written != 2 || st.LossMarkers != 1 {
+		t.Fatalf("stats %+v, want 3 failed, 2 written, 1 loss marker", st)
 	}
 	out := sink.bytes()
 	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
@@ -136,7 +136,7 @@ func TestWriterLostMarker(t *testing.T) {
 	}
 	st := w2.Stats()
 	m = lostMarkers(t, gate.buf.Bytes())
-	if st.Dropped != 15 || len(m) != 1 || m[0].Lost != 15 || !strings.Contains(m[0].Error, "queue full") || m[0].LostSince.Before(before) {
+	if st.Dropped != 15 || st.LossMarkers != 1 || len(m) != 1 || m[0].Lost != 15 || !strings.Contains(m[0].Error, "queue full") || m[0].LostSince.Before(before) {
 		t.Fatalf("stats %+v, markers %+v: want one marker of 15 dropped, since after %v", st, m, before)
 	}
 	if got := seqs(t, gate.buf.Bytes()); !slices.Equal(got, []int64{0, 1, 2, 3, 4}) {

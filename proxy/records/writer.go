@@ -70,13 +70,14 @@ type Writer struct {
 	// goroutine takes its batch's records off it when it counts them
 	// (settle), and Close, giving up on a stuck sink, counts what is left
 	// as dropped; settleMu keeps the two from counting a record twice.
-	pending    atomic.Int64
-	settleMu   sync.Mutex
-	abandoned  bool // under settleMu: Close gave up and counted pending as dropped
-	written    atomic.Uint64
-	dropped    atomic.Uint64
-	failed     atomic.Uint64
-	sinkErrors atomic.Uint64
+	pending     atomic.Int64
+	settleMu    sync.Mutex
+	abandoned   bool // under settleMu: Close gave up and counted pending as dropped
+	written     atomic.Uint64
+	dropped     atomic.Uint64
+	failed      atomic.Uint64
+	sinkErrors  atomic.Uint64
+	lossMarkers atomic.Uint64 // records_lost lines the files took whole
 	// Times below are monoNow values; 0 means never or none.
 	head         atomic.Int64 // when the line being written was queued; 0 when idle
 	failingSince atomic.Int64 // first sink error since the sinks last recovered
@@ -140,6 +141,8 @@ type Stats struct {
 	// written included.
 	Queued     int    `json:"queued"`
 	SinkErrors uint64 `json:"sink_errors"` // sink writes (of one or more records) that failed
+	// LossMarkers counts the records_lost lines the files took whole.
+	LossMarkers uint64 `json:"loss_markers"`
 	// LagSeconds is how long the oldest record not yet written has waited:
 	// it grows while a sink blocks or cannot keep up; 0 when idle.
 	LagSeconds float64 `json:"lag_seconds"`
@@ -532,11 +535,12 @@ const failureMemory = 10 * time.Second
 func (w *Writer) Stats() Stats {
 	now := monoNow()
 	st := Stats{
-		Written:    w.written.Load(),
-		Dropped:    w.dropped.Load(),
-		Failed:     w.failed.Load(),
-		Queued:     int(w.pending.Load()),
-		SinkErrors: w.sinkErrors.Load(),
+		Written:     w.written.Load(),
+		Dropped:     w.dropped.Load(),
+		Failed:      w.failed.Load(),
+		Queued:      int(w.pending.Load()),
+		SinkErrors:  w.sinkErrors.Load(),
+		LossMarkers: w.lossMarkers.Load(),
 	}
 	if h := w.head.Load(); h != 0 {
 		st.LagSeconds = max(time.Duration(now-h).Seconds(), 0)
