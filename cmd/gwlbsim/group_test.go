@@ -206,8 +206,16 @@ func TestAdminEndpoints(t *testing.T) {
 		t.Errorf("route of the flow just made: %+v, want existing", route)
 	}
 
+	// The simulator counts a datagram once its send returns, and the
+	// reply can come back first: wait for the count (5 s at most).
 	var st simStats
-	do("GET", "/stats", 200, &st)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st = simStats{}
+		do("GET", "/stats", 200, &st)
+		if st.Sent == 1 || time.Now().After(end) {
+			break
+		}
+	}
 	if st.Sent != 1 || st.Received != 1 || st.Flows != 1 || len(st.Targets) != 2 || st.Stickiness != gwlbsim.FiveTuple ||
 		st.Attributes.DeregistrationDelay != "1h0m0s" || st.TUN.FromDevice != 1 || st.HealthCheck != nil {
 		t.Fatalf("stats %+v", st)
