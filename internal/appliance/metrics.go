@@ -217,7 +217,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.BytesOut) }),
 	newStatMetric("flows", promGauge, "Flows in the flow table.",
 		func(s *stats) float64 { return float64(s.Netstack.Flows) }),
-	newStatMetric("memory_pressure", promGauge, "How short of memory new flows are admitted by: 0 ample, 1 short (clients holding many flows get none), 2 critical (clients holding 16 or more get none; the health check fails).",
+	newStatMetric("memory_pressure", promGauge, "How short of memory new flows are admitted by: 0 ample, 1 short (clients holding many flows get none), 2 critical (clients holding 16 or more get none, the heaviest client's connections are reset; the health check fails unless the kernel's TCP memory alone is the cause).",
 		func(s *stats) float64 { return float64(memoryPressureLevel(s.Netstack.MemoryPressure)) }),
 	newStatMetric("memory_reclaimed_total", promCounter, "TCP connections reset while memory was critical because their client held the most, more than 16.",
 		func(s *stats) float64 { return float64(s.Netstack.MemoryReclaimed) }),

@@ -69,7 +69,7 @@ gwlbproxy_drops_total{reason="truncated"} 105
 # HELP gwlbproxy_flows Flows in the flow table.
 # TYPE gwlbproxy_flows gauge
 gwlbproxy_flows 107
-# HELP gwlbproxy_memory_pressure How short of memory new flows are admitted by: 0 ample, 1 short (clients holding many flows get none), 2 critical (clients holding 16 or more get none; the health check fails).
+# HELP gwlbproxy_memory_pressure How short of memory new flows are admitted by: 0 ample, 1 short (clients holding many flows get none), 2 critical (clients holding 16 or more get none, the heaviest client's connections are reset; the health check fails unless the kernel's TCP memory alone is the cause).
 # TYPE gwlbproxy_memory_pressure gauge
 gwlbproxy_memory_pressure 1
 # HELP gwlbproxy_flows_created_total Flows created.
