@@ -71,14 +71,8 @@ func (f *fairQueue) len() int { return f.live }
 // front returns the oldest live entry; the queue must not be empty.
 func (f *fairQueue) front() *entry { return f.q.front() }
 
-// push queues e, charging c to the source key.
-func (f *fairQueue) push(e entry, key records.Source, c int64) {
-	s := f.sources[key]
-	if s == nil {
-		s = f.newSource(key)
-	}
-	e.src = s
-	seq := f.q.push(e)
+// chain appends the entry at seq to its source s's chain, as its newest.
+func (f *fairQueue) chain(s *source, seq uint64) {
 	if s.n == 0 {
 		s.head = seq
 	} else {
@@ -86,6 +80,16 @@ func (f *fairQueue) push(e entry, key records.Source, c int64) {
 	}
 	s.tail = seq
 	s.n++
+}
+
+// push queues e, charging c to the source key.
+func (f *fairQueue) push(e entry, key records.Source, c int64) {
+	s := f.sources[key]
+	if s == nil {
+		s = f.newSource(key)
+	}
+	e.src = s
+	f.chain(s, f.q.push(e))
 	s.bytes += c
 	f.live++
 	f.up(s.idx)
@@ -159,14 +163,7 @@ func (f *fairQueue) compact() {
 		if w != r {
 			*f.q.at(w) = *e
 		}
-		s, seq := e.src, f.q.first+uint64(w)
-		if s.n == 0 {
-			s.head = seq
-		} else {
-			f.q.seq(s.tail).next = seq
-		}
-		s.tail = seq
-		s.n++
+		f.chain(e.src, f.q.first+uint64(w))
 		w++
 	}
 	f.q.truncate(w)
