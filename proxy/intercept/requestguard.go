@@ -83,7 +83,9 @@ func truncate(s string, n int) string {
 // goproxy writes as "Connection: close".
 //
 // A 101 keeps Connection: Upgrade and its Upgrade field: goproxy tunnels
-// only a response with both (roundTrip refuses any other 101). Any other
+// only a response with both (roundTrip refuses any other 101, on the
+// origin's header, before this runs), and only when the origin's
+// Connection named upgrade: none is written in that it did not send. Any other
 // response offering an upgrade (a 426 Upgrade Required) loses the offer:
 // goproxy would take it for a WebSocket handshake, want a body it can
 // write to, which only a 101's is, drop the response and close the client
@@ -99,7 +101,7 @@ func dropHopByHop(req *http.Request, resp *http.Response) {
 	if h == nil {
 		return
 	}
-	upgrade := resp.StatusCode == http.StatusSwitchingProtocols
+	upgrade := resp.StatusCode == http.StatusSwitchingProtocols && headerHasToken(h, "Connection", "upgrade")
 	for _, v := range h["Connection"] {
 		for t := range strings.SplitSeq(v, ",") {
 			if t = textproto.TrimString(t); t != "" && !(upgrade && strings.EqualFold(t, "upgrade")) {

@@ -221,7 +221,6 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy could not reach the destination: "+err.Error()), nil
 	}
 	rec.Status = resp.StatusCode
-	dropHopByHop(req, resp)
 	var tunnel *tunnelReload // a WebSocket's recheck after a reload
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// goproxy tunnels a WebSocket upgrade only; any other 101 it would
@@ -230,11 +229,16 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		// for, over HTTP/1: a 101 to a request with no upgrade offer would
 		// turn the client's next requests into tunnel bytes, relayed to
 		// the destination undecided and unrecorded, and an HTTP/2 client
-		// would get the tunnel's bytes as a body.
+		// would get the tunnel's bytes as a body. Checked on the origin's
+		// own header, before dropHopByHop writes the Connection: Upgrade
+		// a tunnelled 101 goes out with: a 101 whose Connection lacks the
+		// upgrade token is not a WebSocket handshake (RFC 6455 §4.2.2).
 		why := ""
 		switch {
-		case !isWebSocketUpgrade(resp.Header):
+		case !headerHasToken(resp.Header, "Upgrade", "websocket"):
 			why = "upgrade to " + resp.Header.Get("Upgrade") + " is not supported"
+		case !headerHasToken(resp.Header, "Connection", "upgrade"):
+			why = "a 101 whose Connection field does not name upgrade"
 		case inH2Handler(req) || !isWebSocketUpgrade(req.Header):
 			why = "a WebSocket upgrade the request did not offer"
 		}
@@ -250,6 +254,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
 		}
 	}
+	dropHopByHop(req, resp)
 	rb := &recordingBody{ReadCloser: resp.Body, limit: &rt.cc.limit}
 	// A client that has the body's length sees it fall short on its own;
 	// one without must be told: see Read. By ContentLength, not the

@@ -94,3 +94,57 @@ func TestUnsolicited101Refused(t *testing.T) {
 		})
 	}
 }
+
+// TestWebSocket101WithoutConnectionUpgradeRefused: an origin answering a
+// client's WebSocket offer with a 101 whose Connection field is
+// "keep-alive", not "Upgrade" (an invalid handshake, RFC 6455 §4.2.2),
+// had the appliance tunnel, with a "Connection: Upgrade" the origin never
+// sent: the response's hop-by-hop fields were rewritten before the 101
+// was checked. Such a 101 gets a 502 and an error record, and the origin
+// reads nothing after it.
+func TestWebSocket101WithoutConnectionUpgradeRefused(t *testing.T) {
+	r := newRig(t, testPolicy)
+	proxyEnd, serverEnd := testnet.TCPPair(t)
+	later := make(chan string, 1)
+	go func() {
+		defer serverEnd.Close()
+		serverEnd.SetDeadline(time.Now().Add(waitLimit))
+		br := bufio.NewReader(serverEnd)
+		if _, err := http.ReadRequest(br); err != nil {
+			later <- "no request: " + err.Error()
+			return
+		}
+		io.WriteString(serverEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: keep-alive\r\nUpgrade: websocket\r\n\r\nraw tunnel bytes")
+		b, _ := io.ReadAll(br)
+		later <- string(b)
+	}()
+	c, sv := r.connectTCP(proxyEnd, httpDest)
+	c.SetDeadline(time.Now().Add(waitLimit))
+	hc := newHTTPClient(t, c)
+	resp, body := hc.do("GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	io.WriteString(c, "tunnelled?")
+	c.Close()
+	sv.waitDoneOnce(t)
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("client got %d (Connection %q, Upgrade %q) %q, want the appliance's 502",
+			resp.StatusCode, resp.Header.Get("Connection"), resp.Header.Get("Upgrade"), body)
+	}
+	if got := <-later; got != "" {
+		t.Errorf("after its 101 the origin read %q, want nothing", got)
+	}
+	var found bool
+	for _, rec := range ofKind(r.records(), "http") {
+		if rec.Host != "www.example.test" {
+			continue
+		}
+		found = true
+		if rec.WebSocket || rec.Status != http.StatusBadGateway || rec.Result != "error" {
+			t.Errorf("http record websocket %v status %d result %q error %q, want no WebSocket, 502, error",
+				rec.WebSocket, rec.Status, rec.Result, rec.Error)
+		}
+	}
+	if !found {
+		t.Errorf("no http record of the refused 101; records %+v", r.records())
+	}
+}
