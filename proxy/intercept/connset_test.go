@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
@@ -78,5 +79,79 @@ func TestAbortAfterEndingDoesNothing(t *testing.T) {
 	s.noteAbort(rec)
 	if rec.Result != "stalled" || rec.Error != "the client accepted nothing" {
 		t.Errorf("the record of an aborted session: %q %q", rec.Result, rec.Error)
+	}
+}
+
+// TestConnSetSlots: a dial past maxUpstreamConns open connections waits
+// for one to be released; a waiting dial is given up with its request,
+// and fails once the session ends.
+func TestConnSetSlots(t *testing.T) {
+	var s connSet
+	slots := make([]*connSlot, maxUpstreamConns)
+	for i := range slots {
+		sl, err := s.takeSlot(context.Background(), nil)
+		if err != nil {
+			t.Fatalf("slot %d: %v", i, err)
+		}
+		slots[i] = sl
+	}
+	// A request that ends gives up its dial's wait.
+	reqDone := make(chan struct{})
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := s.takeSlot(context.Background(), reqDone)
+		gaveUp <- err
+	}()
+	// A dial waits until a connection really closes.
+	got := make(chan *connSlot, 1)
+	go func() {
+		sl, err := s.takeSlot(context.Background(), nil)
+		if err != nil {
+			t.Errorf("waiting dial: %v", err)
+		}
+		got <- sl
+	}()
+	select {
+	case <-got:
+		t.Fatalf("a dial got a slot with %d held", maxUpstreamConns)
+	case err := <-gaveUp:
+		t.Fatalf("a dial gave up with its request under way: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(reqDone)
+	select {
+	case err := <-gaveUp:
+		if err == nil {
+			t.Fatal("the ended request's dial got a slot")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the ended request's dial still waits")
+	}
+	slots[0].release()
+	slots[0].release() // once only: a second release frees nothing
+	select {
+	case slots[0] = <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a released slot woke no dial")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.takeSlot(ctx, nil); err == nil {
+		t.Fatal("a slot was taken twice over")
+	}
+	ended := make(chan error, 1)
+	go func() {
+		_, err := s.takeSlot(context.Background(), nil)
+		ended <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	s.closeAll()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, errSetEnded) {
+			t.Fatalf("after the set ended the waiting dial got %v, want errSetEnded", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the set's end woke no waiting dial")
 	}
 }

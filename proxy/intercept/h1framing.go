@@ -23,9 +23,11 @@ import (
 // read (hold), and the transport is told the request ended (its context
 // is cancelled): it closes what it knows as the connection, which, held,
 // closes nothing, and never uses it again. The body's Close closes the
-// connection (heldBody).
+// connection (heldBody). Held, it still counts against maxUpstreamConns:
+// its slot (connset.go) is released when the connection really closes.
 type framingConn struct {
 	net.Conn
+	slot  *connSlot   // nil for none
 	armed atomic.Bool // a head is read: scan follows it
 	held  atomic.Bool // a faulty response's body owns the connection
 	mu    sync.Mutex
@@ -55,7 +57,14 @@ func (c *framingConn) Close() error {
 	if c.held.Load() {
 		return nil
 	}
-	return c.Conn.Close()
+	return c.closeConn()
+}
+
+// closeConn closes the connection itself, and releases its slot.
+func (c *framingConn) closeConn() error {
+	err := c.Conn.Close()
+	c.slot.release()
+	return err
 }
 
 // NetConn returns the connection under c: unwrapConn's way through.
@@ -129,6 +138,6 @@ func (b *heldBody) Read(p []byte) (int, error) {
 func (b *heldBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.c.held.Store(false)
-	b.c.Conn.Close()
+	b.c.closeConn()
 	return err
 }

@@ -16,77 +16,6 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
-// connSet holds open connections until they close, or until closeAll.
-type connSet struct {
-	mu     sync.Mutex
-	conns  map[*setConn]struct{}
-	closed bool
-}
-
-type setConn struct {
-	net.Conn
-	set     *connSet
-	unwatch func() // Session.WatchUpstream's, if any
-	// verifyErr is the failure of its certificate's verification that the
-	// rule accepted (redial.go); set before the transport has it.
-	verifyErr error
-}
-
-// add tracks c, or closes it if the set is closed already; unwatch, if
-// not nil, is called once c closes.
-func (s *connSet) add(c net.Conn, unwatch func()) (net.Conn, error) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		// Outside the lock, as setConn.Close does: unwatch takes the
-		// watch's lock, which a stall holds while it aborts this set.
-		c.Close()
-		if unwatch != nil {
-			unwatch()
-		}
-		return nil, errors.New("the client connection has ended")
-	}
-	if s.conns == nil {
-		s.conns = make(map[*setConn]struct{})
-	}
-	sc := &setConn{Conn: c, set: s, unwatch: unwatch}
-	s.conns[sc] = struct{}{}
-	s.mu.Unlock()
-	return sc, nil
-}
-
-func (c *setConn) Close() error {
-	c.set.mu.Lock()
-	delete(c.set.conns, c)
-	c.set.mu.Unlock()
-	err := c.Conn.Close()
-	if c.unwatch != nil {
-		c.unwatch() // safe more than once
-	}
-	return err
-}
-
-// closeAll closes every connection, and any added later.
-func (s *connSet) closeAll() { s.end(false) }
-
-// abortAll resets every connection, and closes any added later.
-func (s *connSet) abortAll() { s.end(true) }
-
-func (s *connSet) end(abort bool) {
-	s.mu.Lock()
-	s.closed = true
-	conns := s.conns
-	s.conns = nil
-	s.mu.Unlock()
-	for c := range conns {
-		if abort {
-			Abort(c.Conn)
-		} else {
-			c.Conn.Close()
-		}
-	}
-}
-
 // byteCount is what a session's connections to the destination carried,
 // both ways: for a bumped connection's record, which says what reached the
 // destination, not what the client sent (a request denied inside it sends
@@ -202,8 +131,13 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 		// An HTTP/1 head, or an HTTP/2 header list (net/http passes it on).
 		MaxResponseHeaderBytes: maxResponseHead,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			slot, err := s.upstreams.takeSlot(ctx, requestDone(ctx)) // connset.go
+			if err != nil {
+				return nil, err
+			}
 			c, err := dial(ctx)
 			if err != nil {
+				slot.release()
 				return nil, err
 			}
 			if c == first {
@@ -212,7 +146,7 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 				// bytes); wrapped, headDeadline sees its reads.
 				c = &countedConn{Conn: c, n: &s.upBytes}
 			}
-			return &framingConn{Conn: c}, nil // HTTP/1: no h2c upstream
+			return &framingConn{Conn: c, slot: slot}, nil // HTTP/1: no h2c upstream
 		},
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerConnection: upstreamH2ReceivePerConnection,
@@ -221,19 +155,26 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 	}
 	if redial != nil {
 		tr.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			slot, err := s.upstreams.takeSlot(ctx, requestDone(ctx))
+			if err != nil {
+				return nil, err
+			}
 			c, err := dial(ctx)
 			if err == nil && c != first {
 				c, err = redial(ctx, c, false)
 			}
 			if err != nil {
+				slot.release()
 				return nil, err
 			}
 			// HTTP/2 needs the *tls.Conn itself (the transport looks for
-			// it); HTTP/1 gets framingConn's rule.
+			// it); HTTP/1 gets framingConn's rule. An HTTP/2 connection
+			// is no body's to hold: net/http's own count bounds it.
 			if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
+				slot.release()
 				return c, nil
 			}
-			return &framingConn{Conn: c}, nil
+			return &framingConn{Conn: c, slot: slot}, nil
 		}
 	}
 	return withFirstIdle(oneHostTransport{tr, dest}, first, &used)
@@ -286,7 +227,8 @@ type oneHostTransport struct {
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hd := &headDeadline{expect100: req.Body != nil && req.Body != http.NoBody &&
-		httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue"), used: usedConnOf(req.Context())}
+		httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue"), used: usedConnOf(req.Context()),
+		reqDone: req.Context().Done()}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
 	// A copy: the transport must not change the caller's request.
@@ -401,6 +343,19 @@ type headDeadline struct {
 	used      *usedConn    // where the request's connection is told, if anywhere: redial.go
 	// dials: the connections dialled for the request (newConnFor).
 	dials atomic.Int32
+	// reqDone is the request's context's Done: a dial waiting for a slot
+	// (connset.go) is given up with the request (net/http dials under
+	// its values, not its cancellation).
+	reqDone <-chan struct{}
+}
+
+// requestDone returns the Done of the request whose dial's context ctx
+// is, if it is one of oneHostTransport's; else nil.
+func requestDone(ctx context.Context) <-chan struct{} {
+	if hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline); ok {
+		return hd.reqDone
+	}
+	return nil
 }
 
 // gotConn takes the connection the request went on (httptrace).
@@ -489,7 +444,9 @@ func (d *headDeadline) stop() (*framingConn, int) {
 // (up to 250, goproxy's server allows) would otherwise dial one, a flood
 // of the destination from the appliance's address, counted in no flow
 // table. Streams beyond it wait for a connection to come free, as a
-// browser's requests to one host over HTTP/1 do.
+// browser's requests to one host over HTTP/1 do. A connection counts
+// until it really closes, held by a faulty response's body too
+// (connset.go's slots).
 const maxUpstreamConns = 8
 
 // handshakeUpstream completes the TLS handshake of a further upstream

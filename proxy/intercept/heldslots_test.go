@@ -1,0 +1,144 @@
+package intercept_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// TestFaultyHeldConnsStayBounded: an h2c client's 40 streams to an
+// HTTP/1 origin that answers each with a head and the first chunk of its
+// body, and holds the rest. A response framed with both Transfer-Encoding
+// and Content-Length had its request ended so net/http would not pool its
+// connection, which made net/http count it no more while its body still
+// held it open: each stream got an upstream connection of its own (40
+// open, the bound 8). Now at most 8 are open (the first, dialled before
+// the session, among them) and the other streams wait; once the origin
+// ends the bodies, every stream gets its response. The honest origin's
+// streams (well framed) are bounded and served the same.
+func TestFaultyHeldConnsStayBounded(t *testing.T) {
+	const streams, bound = 40, 8
+	for _, faulty := range []bool{false, true} {
+		t.Run(map[bool]string{false: "wellframed", true: "faulty"}[faulty], func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			release := make(chan struct{})
+			var open, peak atomic.Int64
+			var origin sync.WaitGroup
+			defer origin.Wait()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					origin.Add(1)
+					go func() {
+						defer origin.Done()
+						defer c.Close()
+						c.SetDeadline(time.Now().Add(30 * time.Second))
+						n := open.Add(1)
+						defer open.Add(-1)
+						for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+						}
+						br := bufio.NewReader(c)
+						for { // keep-alive: one response after another
+							if _, err := http.ReadRequest(br); err != nil {
+								return
+							}
+							head := "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+							if faulty {
+								head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+							}
+							if _, err := io.WriteString(c, head); err != nil {
+								return
+							}
+							select {
+							case <-release:
+							case <-time.After(30 * time.Second):
+								return
+							}
+							if _, err := io.WriteString(c, "0\r\n\r\n"); err != nil {
+								return
+							}
+						}
+					}()
+				}
+			}()
+			r := newRig(t, testPolicy, func(c *intercept.Config) {
+				c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
+				}
+			})
+			upEnd, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, _ := r.connectTCP(upEnd, httpDest)
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			var wg sync.WaitGroup
+			var heads atomic.Int64
+			errs := make(chan error, streams)
+			for range streams {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					defer cancel()
+					req, _ := http.NewRequestWithContext(ctx, "GET", "http://www.example.test/x", nil)
+					resp, err := cc.RoundTrip(req)
+					if err != nil {
+						errs <- err
+						return
+					}
+					defer resp.Body.Close()
+					heads.Add(1)
+					b, err := io.ReadAll(resp.Body)
+					if resp.StatusCode != http.StatusOK || string(b) != "hello" || err != nil {
+						errs <- fmt.Errorf("got %d %q (%v), want 200 \"hello\"", resp.StatusCode, b, err)
+					}
+				}()
+			}
+			// The bound's worth of responses come, and are held.
+			for deadline := time.Now().Add(waitLimit); heads.Load() < bound && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(2 * time.Second) // time for more dials (16 at once, 16 a second), if any were let through
+			t.Logf("held: response heads %d, origin connections open %d, peak %d (bound %d)", heads.Load(), open.Load(), peak.Load(), bound)
+			if p := peak.Load(); p > bound {
+				t.Errorf("the origin had %d connections open at once, want at most %d", p, bound)
+			}
+			if h := heads.Load(); h != bound {
+				t.Errorf("%d response heads while %d bodies were held, want %d (the other streams waiting)", h, bound, bound)
+			}
+			close(release)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Errorf("stream: %v", err)
+			}
+			if h := heads.Load(); h != streams {
+				t.Errorf("%d of %d streams got their response", h, streams)
+			}
+		})
+	}
+}
