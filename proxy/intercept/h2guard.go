@@ -215,8 +215,10 @@ func (u *h2Unanswered) reset(id uint32) bool {
 // that. A destination that keeps its connections alive needs
 // maxUpstreamConns dials for good; one that closes each after its
 // response still serves 16 requests a second to one client connection. A
-// dial waiting for its turn is given up when the stream that wanted it
-// is (net/http cancels a dial no request waits for). An HTTP/1 client's
+// dial waiting for its turn is not given up when the stream that wanted it
+// is: net/http dials under a context of its own, so the dial is made in
+// its turn and its connection pooled (the pace still bounds how many). An
+// HTTP/1 client's
 // session is not paced: its requests come one after another, and it can
 // cancel one only by closing its connection.
 const (
