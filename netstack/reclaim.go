@@ -1,31 +1,41 @@
 package netstack
 
 import (
+	"cmp"
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
 
 // Reclaiming memory. Memory pressure refuses new flows to the clients that
 // hold many, but admission does not take back what admitted flows hold: a
-// client that opened thousands of connections while memory was ample, grew
-// their buffers by moving bytes, and then holds them (out-of-order bytes
-// past a hole it never fills, a zero window, a destination of its own that
-// stops reading) pins several MiB a connection, and a trickle defeats the
-// write-stall bound. So while memory is critical the server resets, every
-// reclaimEvery, up to reclaimBatch connections of the client holding the
-// most accepted TCP connections, newest first, for as long as it holds
-// more than CriticalMemoryClientFlows, the share critical memory still
-// admits new flows to. A client within that share is never reset, however
-// much it holds: the bound is on the client that took the most, as
-// admission's is.
+// client that grew its connections' buffers by moving bytes, and then holds
+// them (out-of-order bytes past a hole it never fills, a zero window, a
+// destination of its own that stops reading), pins several MiB a
+// connection, and a trickle defeats the write-stall bound. So while memory
+// is critical the server resets, every reclaimEvery, up to reclaimBatch
+// connections of the client whose connections may hold the most bytes,
+// largest buffers first (newest first among equals), for as long as that
+// client may hold more than reclaimFloor, sixteen new connections' worth.
+//
+// The measure is bytes, not connections: an attacker spread over several
+// client keys (addresses, IPv6 /80s), at most 16 connections each, each
+// grown to a 4 MiB buffer, holds far more than a NAT'd host with hundreds
+// of new ones, and counted by connections it was never touched while the
+// busy host was reset. What a connection may hold is its receive buffer
+// (three quarters of it out of order) plus its send buffer, the sizes the
+// stack grants it: moderation grows them with use and never shrinks them,
+// and each is an atomic load; what an endpoint actually queues has no
+// count gVisor offers without the endpoint's lock.
 //
 // The connections are those the handler accepted and has not closed
-// (Conn), counted per client as the flow table counts shares (endpoint
-// and address, an IPv6 /80): Accept and Close each take one shard lock,
-// and nothing is done per packet.
+// (Conn), listed per client as the flow table counts shares (endpoint and
+// address, an IPv6 /80): Accept and Close each take one shard lock, and
+// nothing is done per packet. The sizes are read only while memory is
+// critical, a walk of every list each reclaimEvery.
 
 const (
 	// reclaimEvery is how often the connections of the biggest holder are
@@ -35,11 +45,16 @@ const (
 	// bring a client with thousands down, and memwatch sees each batch's
 	// effect before the next when the level is about to leave critical.
 	reclaimBatch = 64
+	// reclaimFloor is what a client's connections may hold and never be
+	// reset for: CriticalMemoryClientFlows new connections, each with its
+	// two initialTCPBuffer buffers (8 MiB). A client with a few ordinary
+	// connections is never reset, however heavy its neighbours.
+	reclaimFloor = CriticalMemoryClientFlows * 2 * initialTCPBuffer
 )
 
 // ErrMemoryReclaimed is the error a Conn's reads and writes return once
 // the server has reset it to reclaim memory.
-var ErrMemoryReclaimed = errors.New("reset by the appliance: memory critical, and its client held the most connections")
+var ErrMemoryReclaimed = errors.New("reset by the appliance: memory critical, and its client's connections held the most")
 
 // liveConns is the accepted connections of each client, oldest first.
 type liveConns struct {
@@ -111,10 +126,26 @@ func (s *liveShard) removeLocked(c *Conn) {
 	}
 }
 
-// takeBiggest finds the client holding the most connections and, if it
-// holds more than keep, takes up to batch of its newest out of the count
-// and returns them with the client.
-func (l *liveConns) takeBiggest(keep, batch int) (clientKey, []*Conn) {
+// weight is what the stack may hold for c: its receive and send buffers.
+func (c *Conn) weight() int64 {
+	o := c.ep.SocketOptions()
+	return o.GetReceiveBufferSize() + o.GetSendBufferSize()
+}
+
+// weightOf is the sum of lc's connections' weights; its shard is locked.
+func (lc *liveClient) weightOf() int64 {
+	var w int64
+	for c := lc.head; c != nil; c = c.next {
+		w += c.weight()
+	}
+	return w
+}
+
+// takeHeaviest finds the client whose connections may hold the most and,
+// if that is more than keep bytes, takes up to batch of its connections,
+// largest first and newest first among equals, out of the list while it
+// still holds more than keep, and returns them with the client.
+func (l *liveConns) takeHeaviest(keep int64, batch int) (clientKey, []*Conn) {
 	var top *liveClient
 	var topShard *liveShard
 	most := keep
@@ -122,8 +153,8 @@ func (l *liveConns) takeBiggest(keep, batch int) (clientKey, []*Conn) {
 		s := &l.shards[i]
 		s.mu.Lock()
 		for _, lc := range s.clients {
-			if lc.n > most {
-				top, topShard, most = lc, s, lc.n
+			if w := lc.weightOf(); w > most {
+				top, topShard, most = lc, s, w
 			}
 		}
 		s.mu.Unlock()
@@ -131,21 +162,41 @@ func (l *liveConns) takeBiggest(keep, batch int) (clientKey, []*Conn) {
 	if top == nil {
 		return clientKey{}, nil
 	}
-	var taken []*Conn
-	topShard.mu.Lock()
-	for top.n > keep && len(taken) < batch && top.tail != nil {
-		c := top.tail
-		topShard.removeLocked(c)
-		taken = append(taken, c)
+	type weighed struct {
+		c *Conn
+		w int64
 	}
-	topShard.mu.Unlock()
+	topShard.mu.Lock()
+	defer topShard.mu.Unlock()
+	if top.n == 0 { // its last connection closed since the walk
+		return clientKey{}, nil
+	}
+	// Weighed again under the lock: connections come and go, and buffers
+	// grow, between the walk and now.
+	all := make([]weighed, 0, top.n)
+	var total int64
+	for c := top.tail; c != nil; c = c.prev {
+		w := c.weight()
+		all = append(all, weighed{c, w})
+		total += w
+	}
+	slices.SortStableFunc(all, func(a, b weighed) int { return cmp.Compare(b.w, a.w) })
+	var taken []*Conn
+	for _, x := range all {
+		if total <= keep || len(taken) == batch {
+			break
+		}
+		topShard.removeLocked(x.c)
+		taken = append(taken, x.c)
+		total -= x.w
+	}
 	return top.key, taken
 }
 
 // SetMemoryPressure sets how short of memory the appliance is; new flows
 // are admitted by it (MemoryPressure) from the next packet on, and while
-// it is MemoryCritical the connections of the client holding the most are
-// reset down to CriticalMemoryClientFlows (see liveConns).
+// it is MemoryCritical the connections of the client whose connections may
+// hold the most bytes are reset down to reclaimFloor (see liveConns).
 func (s *Server) SetMemoryPressure(p MemoryPressure) {
 	s.flows.setPressure(p)
 	if p == MemoryCritical && s.reclaiming.CompareAndSwap(false, true) {
@@ -178,10 +229,10 @@ func (s *Server) reclaimWhileCritical() {
 
 func (s *Server) pressure() MemoryPressure { return MemoryPressure(s.flows.pressure.Load()) }
 
-// reclaim resets one batch of the biggest holder's connections, if it
-// holds more than the critical share.
+// reclaim resets one batch of the heaviest client's connections, if they
+// may hold more than reclaimFloor.
 func (s *Server) reclaim() {
-	k, conns := s.live.takeBiggest(CriticalMemoryClientFlows, reclaimBatch)
+	k, conns := s.live.takeHeaviest(reclaimFloor, reclaimBatch)
 	if len(conns) == 0 {
 		return
 	}
@@ -195,7 +246,7 @@ func (s *Server) reclaim() {
 	if a := client.(netip.Addr); a.Is6() {
 		client = netip.PrefixFrom(a, 80)
 	}
-	slog.Warn("memory is critical: reset connections of the client holding the most",
+	slog.Warn("memory is critical: reset connections of the client whose connections held the most",
 		"endpoint", FlowInfo{Endpoint: k.endpoint}.EndpointName(), "client", client, "reset", len(conns),
-		"client_keeps_at_most", CriticalMemoryClientFlows)
+		"client_keeps_at_most_bytes", reclaimFloor)
 }

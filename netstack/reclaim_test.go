@@ -3,8 +3,10 @@ package netstack_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,9 +40,10 @@ func (p reclaimPair) reclaimed(t *testing.T) bool {
 }
 
 // TestReclaimAtCriticalMemory: while memory is critical, the connections
-// of the client holding the most are reset, newest first, down to the
-// share critical memory still admits new flows to; a client within it is
-// untouched, and nothing is reset once the level leaves critical.
+// of the heaviest client (here all new, so the one with the most) are
+// reset, newest first among equal buffers, down to what sixteen new
+// connections hold; a client within that is untouched, and nothing is
+// reset once the level leaves critical.
 func TestReclaimAtCriticalMemory(t *testing.T) {
 	r := newConnRig(t)
 	light := netip.MustParseAddr("198.18.0.6") // the same endpoint, another client
@@ -112,4 +115,136 @@ func TestReclaimAtCriticalMemory(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestReclaimTakesTheHeaviestNotTheMostNumerous is the attack of a client
+// spread over several addresses, sixteen connections each (the share
+// critical memory admits, and what a count of connections left alone),
+// each grown by an upload to a large buffer it can then hold out of order,
+// beside a busy client with seventeen new, idle connections. At critical
+// memory the heavy addresses' connections are reset, each down to what
+// sixteen new connections may hold, and the busy client's are not.
+func TestReclaimTakesTheHeaviestNotTheMostNumerous(t *testing.T) {
+	r := newConnRig(t)
+	heavyFrom := []netip.Addr{netip.MustParseAddr("198.18.0.21"), netip.MustParseAddr("198.18.0.22"), netip.MustParseAddr("198.18.0.23")}
+	for _, a := range heavyFrom {
+		if err := r.client.Stack.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
+			AddressWithPrefix: tcpip.AddrFrom4(a.As4()).WithPrefix()}, stack.AddressProperties{}); err != nil {
+			t.Fatalf("adding address %s: %s", a, err)
+		}
+	}
+	dial := func(from netip.Addr) reclaimPair {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		cc, err := r.client.DialTCPFrom(ctx, netip.AddrPortFrom(from, 0), connDest)
+		if err != nil {
+			t.Fatalf("dialing from %s: %v", from, err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return reclaimPair{cc, r.accepted()}
+	}
+	const share = netstack.CriticalMemoryClientFlows
+	var busy []reclaimPair
+	for range share + 1 {
+		busy = append(busy, dial(connClient))
+	}
+	heavy := make([][]reclaimPair, len(heavyFrom))
+	for i, a := range heavyFrom {
+		for range share {
+			heavy[i] = append(heavy[i], dial(a))
+		}
+	}
+	// Each heavy connection grows its receive buffer with an upload read as
+	// it comes, as a relay reads.
+	const upload = 8 << 20
+	var wg sync.WaitGroup
+	errs := make(chan error, len(heavyFrom)*share)
+	for _, ps := range heavy {
+		for _, p := range ps {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				go func() {
+					buf := make([]byte, 64<<10)
+					for sent := 0; sent < upload; sent += len(buf) {
+						if _, err := p.cc.Write(buf); err != nil {
+							return
+						}
+					}
+				}()
+				p.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+				if _, err := io.CopyN(io.Discard, p.conn, upload); err != nil {
+					errs <- err
+				}
+				p.conn.SetReadDeadline(time.Time{})
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("reading an upload: %v", err)
+	}
+	const start = 256 << 10
+	var grown int64
+	for _, ps := range heavy {
+		for _, p := range ps {
+			grown += p.conn.ReceiveBuffer()
+		}
+	}
+	t.Logf("heavy connections' receive buffers: %d KiB on average", grown/int64(len(heavyFrom)*share)>>10)
+	if grown <= int64(len(heavyFrom)*share*2*start) {
+		t.Fatalf("the uploads grew the receive buffers to %d KiB on average, want well past 256 KiB", grown/int64(len(heavyFrom)*share)>>10)
+	}
+
+	// kept is the count of an address's connections reset, and what the
+	// rest may hold: their receive buffers, and send buffers never grown
+	// (nothing was written to them).
+	kept := func(ps []reclaimPair) (reset int, held int64) {
+		for _, p := range ps {
+			if p.reclaimed(t) {
+				reset++
+			} else {
+				held += p.conn.ReceiveBuffer() + start
+			}
+		}
+		return reset, held
+	}
+	const floor = share * 2 * start
+	down := func() bool {
+		for _, ps := range heavy {
+			if _, held := kept(ps); held > floor {
+				return false
+			}
+		}
+		return true
+	}
+	r.srv.SetMemoryPressure(netstack.MemoryCritical)
+	// Three rounds, one client each, take the heavy addresses down; the
+	// level then leaves critical before a fourth could reach the busy
+	// client, whose seventeen new connections are then the heaviest.
+	deadline := time.Now().Add(waitFor)
+	for !down() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.srv.SetMemoryPressure(netstack.MemoryAmple)
+	time.Sleep(100 * time.Millisecond)
+	reclaimed := 0
+	for i, ps := range heavy {
+		n, held := kept(ps)
+		reclaimed += n
+		t.Logf("heavy address %s: %d of %d reset, the rest may hold %d KiB", heavyFrom[i], n, share, held>>10)
+		if n == 0 || held > floor {
+			t.Errorf("heavy address %s: %d connections reset, the rest may hold %d KiB, want some reset and at most %d KiB held", heavyFrom[i], n, held>>10, floor>>10)
+		}
+	}
+	for i, p := range busy {
+		if p.reclaimed(t) {
+			t.Errorf("the busy client's connection %d was reset", i)
+		}
+	}
+	if got := r.srv.Stats().MemoryReclaimed; got != uint64(reclaimed) {
+		t.Errorf("memory_reclaimed %d, want the %d connections reset", got, reclaimed)
+	}
 }

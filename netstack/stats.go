@@ -61,7 +61,8 @@ type Stats struct {
 	// ample, short or critical (MemoryPressure).
 	MemoryPressure string `json:"memory_pressure"`
 	// MemoryReclaimed counts the TCP connections reset while memory was
-	// critical because their client held the most (reclaim.go).
+	// critical because their client's connections could hold the most
+	// bytes (reclaim.go).
 	MemoryReclaimed uint64 `json:"memory_reclaimed"`
 }
 

@@ -102,6 +102,11 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 		if c.closed.Load() {
 			return 0, c.opError(net.ErrClosed)
 		}
+		if c.reclaimed.Load() {
+			// The stack reports the reset once; later reads still say
+			// why, not that the client ended cleanly.
+			return 0, c.opError(ErrMemoryReclaimed)
+		}
 		return 0, io.EOF
 	}
 	if c.closed.Load() { // Abort or Close while this read ran

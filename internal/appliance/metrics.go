@@ -219,7 +219,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.Flows) }),
 	newStatMetric("memory_pressure", promGauge, "How short of memory new flows are admitted by: 0 ample, 1 short (clients holding many flows get none), 2 critical (clients holding 16 or more get none, the heaviest client's connections are reset; the health check fails unless the kernel's TCP memory alone is the cause).",
 		func(s *stats) float64 { return float64(memoryPressureLevel(s.Netstack.MemoryPressure)) }),
-	newStatMetric("memory_reclaimed_total", promCounter, "TCP connections reset while memory was critical because their client held the most, more than 16.",
+	newStatMetric("memory_reclaimed_total", promCounter, "TCP connections reset while memory was critical because their client's connections could hold the most bytes (buffers), more than 16 new connections' worth.",
 		func(s *stats) float64 { return float64(s.Netstack.MemoryReclaimed) }),
 	newStatMetric("memory_tcp_in_use_bytes", promGauge, "The kernel's TCP memory in use, host wide (/proc/net/sockstat), at the memory watch's last reading; 0 when unreadable.",
 		func(s *stats) float64 { return float64(s.Memory.TCPInUse) }),
