@@ -28,3 +28,11 @@ func (*AcceptHandler) HandleEcho(EchoRequest) {}
 
 // ReceiveBuffer is the size of the receive buffer of c's endpoint.
 func (c *Conn) ReceiveBuffer() int64 { return c.ep.SocketOptions().GetReceiveBufferSize() }
+
+// ReclaimWith runs one round of the reclaim at critical memory, calling
+// between with the connections taken before they are reset.
+func (s *Server) ReclaimWith(between func(taken []*Conn)) {
+	k, conns := s.live.takeHeaviest(reclaimFloor, reclaimBatch)
+	between(conns)
+	s.resetTaken(k, conns)
+}

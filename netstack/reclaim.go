@@ -233,20 +233,46 @@ func (s *Server) pressure() MemoryPressure { return MemoryPressure(s.flows.press
 // may hold more than reclaimFloor.
 func (s *Server) reclaim() {
 	k, conns := s.live.takeHeaviest(reclaimFloor, reclaimBatch)
-	if len(conns) == 0 {
+	s.resetTaken(k, conns)
+}
+
+// resetTaken resets conns, taken from k's list, and counts those it reset:
+// a handler may close one between the taking and the reset.
+func (s *Server) resetTaken(k clientKey, conns []*Conn) {
+	n := 0
+	for _, c := range conns {
+		if c.abortReclaimed() {
+			n++
+		}
+	}
+	if n == 0 {
 		return
 	}
-	for _, c := range conns {
-		// Marked first: the reads and writes the reset wakes say why.
-		c.reclaimed.Store(true)
-		c.ep.Abort()
-	}
-	s.stats.memoryReclaimed.Add(uint64(len(conns)))
+	s.stats.memoryReclaimed.Add(uint64(n))
 	var client any = netip.AddrFrom16(k.addr).Unmap()
 	if a := client.(netip.Addr); a.Is6() {
 		client = netip.PrefixFrom(a, 80)
 	}
 	slog.Warn("memory is critical: reset connections of the client whose connections held the most",
-		"endpoint", FlowInfo{Endpoint: k.endpoint}.EndpointName(), "client", client, "reset", len(conns),
+		"endpoint", FlowInfo{Endpoint: k.endpoint}.EndpointName(), "client", client, "reset", n,
 		"client_keeps_at_most_bytes", reclaimFloor)
+}
+
+// abortReclaimed resets c to reclaim memory, unless its handler has closed
+// it since it was taken from the list: that one ends as the handler chose,
+// with its FIN and no RST, and is not counted. It reports whether it reset
+// c.
+func (c *Conn) abortReclaimed() bool {
+	// Marked first: the reads and writes the reset wakes say why. Close
+	// sets closed before anything else; both are sequentially consistent
+	// atomics, so either this sees a Close that began first, and takes the
+	// mark back, or that Close began after the reset was decided and races
+	// with the Abort as a handler's Close always may.
+	c.reclaimed.Store(true)
+	if c.closed.Load() {
+		c.reclaimed.Store(false)
+		return false
+	}
+	c.ep.Abort()
+	return true
 }

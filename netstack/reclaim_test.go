@@ -248,3 +248,36 @@ func TestReclaimTakesTheHeaviestNotTheMostNumerous(t *testing.T) {
 		t.Errorf("memory_reclaimed %d, want the %d connections reset", got, reclaimed)
 	}
 }
+
+// TestReclaimSkipsAConnClosedMeanwhile: a handler that closes a connection
+// after the reclaim took it and before the reset ends it as it chose, with
+// a FIN, and memory_reclaimed counts only the connections reset.
+func TestReclaimSkipsAConnClosedMeanwhile(t *testing.T) {
+	r := newConnRig(t)
+	const n = netstack.CriticalMemoryClientFlows + 4
+	var pairs []reclaimPair
+	for range n {
+		cc, conn := r.dial()
+		pairs = append(pairs, reclaimPair{cc, conn})
+	}
+	var closed *netstack.Conn
+	r.srv.ReclaimWith(func(taken []*netstack.Conn) {
+		if len(taken) != 4 {
+			t.Fatalf("the reclaim took %d connections, want 4", len(taken))
+		}
+		closed = taken[0]
+		closed.Close()
+	})
+	if got := r.srv.Stats().MemoryReclaimed; got != 3 {
+		t.Errorf("memory_reclaimed %d, want 3 (4 taken, 1 closed by its handler first)", got)
+	}
+	for _, p := range pairs {
+		if p.conn != closed {
+			continue
+		}
+		p.cc.SetReadDeadline(time.Now().Add(waitFor))
+		if _, err := p.cc.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("the client's read of the connection its handler closed: %v, want EOF (a FIN, no RST)", err)
+		}
+	}
+}
