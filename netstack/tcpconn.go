@@ -115,6 +115,30 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	return 0, c.opError(c.stackError(terr))
 }
 
+// Read reads what the client has sent into b, waiting for it (gonet's
+// Read), but says ErrMemoryReclaimed, not the stack's "operation aborted"
+// or the end of the stream, once the server has reset the connection to
+// reclaim memory: a reader waiting for the client's first bytes, or its
+// next request, records why the connection ended.
+func (c *Conn) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	if err != nil && c.reclaimed.Load() {
+		return n, c.opError(ErrMemoryReclaimed)
+	}
+	return n, err
+}
+
+// Reclaimed is ErrMemoryReclaimed once the server has reset the connection
+// to reclaim memory, nil before: a handler whose session ended for another
+// cause it saw (a read error it takes for the client leaving) records this
+// one instead.
+func (c *Conn) Reclaimed() error {
+	if c.reclaimed.Load() {
+		return ErrMemoryReclaimed
+	}
+	return nil
+}
+
 // stackError is the error for what the stack reports of a connection:
 // ETIMEDOUT, as a host socket says it, when the client stopped answering
 // (its keep-alive probes or retransmissions went unacknowledged), so that

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"sync/atomic"
 
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
@@ -77,6 +79,11 @@ func (w *clientWatch) abort() {
 	}
 	if w.p.stacksClosing.Load() {
 		w.is.Abort("reset", fmt.Errorf("%w: the client's connection: %w", errShutdown, why))
+		return
+	}
+	if errors.Is(why, netstack.ErrMemoryReclaimed) {
+		// The appliance reset it, not the client: said as it is.
+		w.is.Abort("reset", why)
 		return
 	}
 	// A reset, or keepalives gone unanswered (ETIMEDOUT): timeout then, as

@@ -452,3 +452,16 @@ func (c *peekedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // Abort resets the client connection.
 func (c *peekedConn) Abort() { intercept.Abort(c.Conn) }
+
+// Reclaimed passes on the client connection's: whether the packet stack
+// reset it to reclaim memory (intercept.Session's records ask).
+func (c *peekedConn) Reclaimed() error { return reclaimedOf(c.Conn) }
+
+// reclaimedOf is c's Reclaimed (netstack.Conn's), nil for a connection the
+// packet stack cannot reclaim.
+func reclaimedOf(c net.Conn) error {
+	if r, ok := c.(interface{ Reclaimed() error }); ok {
+		return r.Reclaimed()
+	}
+	return nil
+}

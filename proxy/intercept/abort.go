@@ -83,6 +83,33 @@ func (s *Session) noteAbort(rec *records.Record) {
 	}
 }
 
+// reclaimable is a client connection the packet stack may reset to reclaim
+// memory (netstack.Conn, and the proxy's wrappers that pass the question
+// on): Reclaimed is the error saying so once it has, nil before.
+type reclaimable interface{ Reclaimed() error }
+
+// noteReclaimed makes the records of a session whose client the packet
+// stack reset to reclaim memory say so (result reset, the reclaim's error),
+// unless an Abort came first. Such a session often ends on its own before
+// the client watch's Abort: goproxy, waiting for the next request, takes
+// the read error for the client leaving, and the record said ok. It runs
+// once the session has begun to end (after markEnding), so no Abort
+// replaces it; an error that already names the reclaim (a failed handshake
+// noted its Abort itself) is not told twice.
+func (s *Session) noteReclaimed() {
+	r, ok := s.Client.(reclaimable)
+	if !ok {
+		return
+	}
+	err := r.Reclaimed()
+	if err == nil {
+		return
+	}
+	if a := s.aborted.Load(); (a == nil || a == ending) && !strings.Contains(s.Record.Error, err.Error()) {
+		s.aborted.Store(&abortReason{result: "reset", err: err})
+	}
+}
+
 // handshakeReset reports whether a client handshake that failed with err
 // was ended by its client's reset, without an alert: err is the reset
 // itself, or the connection ended under it (the end of the stream: the

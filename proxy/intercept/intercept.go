@@ -270,6 +270,7 @@ func (s *session) finish() {
 		s.Record.BytesOut, s.Record.BytesIn = s.upBytes.out.Load(), s.upBytes.in.Load()
 		s.noteRedialsInTLSRecord() // redial.go
 	}
+	s.noteReclaimed()
 	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
 	s.ic.cfg.Records.Write(s.Record)
