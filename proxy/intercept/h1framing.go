@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -111,7 +112,13 @@ func endFaulty(fc *framingConn, n1xx int, req *http.Request, resp *http.Response
 	}
 	fc.held.Store(true)
 	cancel(errFaultyFraming)
-	resp.Body = &heldBody{ReadCloser: resp.Body, c: fc}
+	// Cancelled, the request's context no longer tells net/http of the
+	// client's: a client that gives up (an HTTP/2 stream reset) would
+	// leave goproxy reading the body for as long as the origin holds it,
+	// and the connection's slot held, so that the session's later
+	// requests wait for one. The client's end closes the connection.
+	stop := context.AfterFunc(req.Context(), func() { fc.closeConn() })
+	resp.Body = &heldBody{ReadCloser: resp.Body, c: fc, stop: stop}
 	return resp
 }
 
@@ -119,7 +126,8 @@ func endFaulty(fc *framingConn, n1xx int, req *http.Request, resp *http.Response
 // with it.
 type heldBody struct {
 	io.ReadCloser
-	c *framingConn
+	c    *framingConn
+	stop func() bool // ends the watch on the client's request (endFaulty)
 }
 
 func (b *heldBody) Read(p []byte) (int, error) {
@@ -137,6 +145,7 @@ func (b *heldBody) Read(p []byte) (int, error) {
 
 func (b *heldBody) Close() error {
 	err := b.ReadCloser.Close()
+	b.stop()
 	b.c.held.Store(false)
 	b.c.closeConn()
 	return err
