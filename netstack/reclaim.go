@@ -193,6 +193,13 @@ func (l *liveConns) takeHeaviest(keep int64, batch int) (clientKey, []*Conn) {
 	return top.key, taken
 }
 
+// SetReclaim says whether critical memory resets connections (reclaim):
+// on unless the caller knows what made memory critical is nothing the
+// stack's buffers hold (the kernel's TCP memory, host wide: its own
+// sockets, other tenants'), where resetting the heaviest client's
+// connections would free nothing of it and hurt a client that did no harm.
+func (s *Server) SetReclaim(on bool) { s.reclaimOff.Store(!on) }
+
 // SetMemoryPressure sets how short of memory the appliance is; new flows
 // are admitted by it (MemoryPressure) from the next packet on, and while
 // it is MemoryCritical the connections of the client whose connections may
@@ -218,7 +225,9 @@ func (s *Server) reclaimWhileCritical() {
 				return
 			}
 		}
-		s.reclaim()
+		if !s.reclaimOff.Load() {
+			s.reclaim()
+		}
 		select {
 		case <-s.done:
 			return

@@ -281,3 +281,36 @@ func TestReclaimSkipsAConnClosedMeanwhile(t *testing.T) {
 		}
 	}
 }
+
+// TestReclaimOff: with the reclaim off (critical memory the stack's
+// buffers do not hold: the kernel's TCP memory), critical memory resets
+// no connection; turned on again, the next rounds reset.
+func TestReclaimOff(t *testing.T) {
+	r := newConnRig(t)
+	const n = 40
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		cc, err := r.client.DialTCP(ctx, connDest)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		r.accepted()
+	}
+	r.srv.SetReclaim(false)
+	r.srv.SetMemoryPressure(netstack.MemoryCritical)
+	time.Sleep(time.Second) // four rounds
+	if got := r.srv.Stats().MemoryReclaimed; got != 0 {
+		t.Fatalf("memory_reclaimed %d with the reclaim off, want 0", got)
+	}
+	r.srv.SetReclaim(true)
+	deadline := time.Now().Add(waitFor)
+	for r.srv.Stats().MemoryReclaimed == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r.srv.Stats().MemoryReclaimed == 0 {
+		t.Fatal("the reclaim on again reset nothing")
+	}
+	r.srv.SetMemoryPressure(netstack.MemoryAmple)
+}

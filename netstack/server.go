@@ -28,11 +28,13 @@ type Server struct {
 	// readFailing holds, for each reader, when its current run of read
 	// errors began (monoclock), 0 while it reads: ReadFailingFor.
 	readFailing []atomic.Int64
-	flows       *flowTable
-	conns       []*net.UDPConn
-	ret         returnPath
-	stats       counters
-	acks        ackDelayer
+	// reclaimOff turns the reclaim at critical memory off: SetReclaim.
+	reclaimOff atomic.Bool
+	flows      *flowTable
+	conns      []*net.UDPConn
+	ret        returnPath
+	stats      counters
+	acks       ackDelayer
 	// stacks maps endpoint IDs to their open stacks. A stack leaves it
 	// when it is closed (idle, or the server closing), under its own lock,
 	// so a reader that loaded it just before sees it closed and looks

@@ -133,6 +133,10 @@ func (a *Appliance) memoryReport(l memwatch.Level, c memwatch.Cause, s memwatch.
 	} else {
 		a.memoryCritical.Store(nil)
 	}
+	// Reclaim frees the stack's buffers; the kernel's TCP memory is the
+	// host sockets', which resetting the heaviest client's connections
+	// would not free (and any client can fill: see above).
+	a.netstack.SetReclaim(c != memwatch.KernelTCPMemory)
 	a.netstack.SetMemoryPressure(p)
 	a.proxy.SetMemoryPressure(p)
 	attrs := []any{"cause", c.String(), "go_in_use", s.InUse, "go_limit", s.Limit, "available", s.Available, "total", s.Total,
