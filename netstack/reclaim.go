@@ -212,9 +212,12 @@ func (s *Server) SetMemoryPressure(p MemoryPressure) {
 }
 
 // reclaimWhileCritical resets connections every reclaimEvery until memory
-// is no longer critical or the server closes.
+// is no longer critical or the server closes. A round walks every live
+// connection (takeHeaviest): with hundreds of thousands that takes tens of
+// milliseconds, so the next round waits at least four times as long as
+// the last took, and the walk keeps to a fifth of a core at most.
 func (s *Server) reclaimWhileCritical() {
-	t := time.NewTicker(reclaimEvery)
+	t := time.NewTimer(reclaimEvery)
 	defer t.Stop()
 	for {
 		if s.pressure() != MemoryCritical {
@@ -225,9 +228,13 @@ func (s *Server) reclaimWhileCritical() {
 				return
 			}
 		}
+		wait := reclaimEvery
 		if !s.reclaimOff.Load() {
+			began := time.Now()
 			s.reclaim()
+			wait = max(wait, 4*time.Since(began))
 		}
+		t.Reset(wait)
 		select {
 		case <-s.done:
 			return
