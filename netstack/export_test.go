@@ -36,3 +36,14 @@ func (s *Server) ReclaimWith(between func(taken []*Conn)) {
 	between(conns)
 	s.resetTaken(k, conns)
 }
+
+// TCPTimedOut is how many connections the server's stacks have given up on
+// for want of acknowledgements (gVisor's EstablishedTimedout).
+func (s *Server) TCPTimedOut() uint64 {
+	var n uint64
+	s.stacks.Range(func(_, v any) bool {
+		n += v.(*endpointStack).stack.Stats().TCP.EstablishedTimedout.Value()
+		return true
+	})
+	return n
+}

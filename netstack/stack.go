@@ -39,7 +39,19 @@ type TCPOptions struct {
 	KeepaliveIdle     time.Duration
 	KeepaliveInterval time.Duration
 	KeepaliveCount    int
+	// ClosedSendTimeout bounds how long a connection its handler has
+	// closed may keep bytes the client does not acknowledge: a client that
+	// keeps its window shut, answering the stack's zero-window probes,
+	// would otherwise hold them, up to a send buffer, for good (default
+	// DefaultClosedSendTimeout; shorter under memory pressure, see
+	// closedSendTimeout). The appliance passes its write-stall timeout.
+	ClosedSendTimeout time.Duration
 }
+
+// DefaultClosedSendTimeout is the default of TCPOptions.ClosedSendTimeout:
+// the proxy's default write-stall timeout, which bounds the same wait
+// while the handler still writes.
+const DefaultClosedSendTimeout = 15 * time.Minute
 
 func (o *TCPOptions) setDefaults(tcpIdle time.Duration) {
 	if o.ReceiveBuffer <= 0 {
@@ -59,6 +71,9 @@ func (o *TCPOptions) setDefaults(tcpIdle time.Duration) {
 	}
 	if o.KeepaliveCount <= 0 {
 		o.KeepaliveCount = 5
+	}
+	if o.ClosedSendTimeout <= 0 {
+		o.ClosedSendTimeout = DefaultClosedSendTimeout
 	}
 }
 
@@ -263,6 +278,7 @@ func (st *endpointStack) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	req.setups = &st.setups
 	req.live = &st.srv.live
+	req.pressure = &st.srv.flows.pressure
 	st.srv.stats.tcpAttempts.Add(1)
 	st.srv.cfg.Handler.HandleTCP(req)
 	req.mu.Lock()
@@ -303,6 +319,9 @@ type TCPRequest struct {
 	client clientKey
 	setups *setupShares // the slot's share, given back on completion
 	live   *liveConns   // where the accepted conn is counted for its client
+	// pressure is the server's memory pressure (flowTable.pressure), by
+	// which Close shortens the conn's ClosedSendTimeout.
+	pressure *atomic.Int32
 }
 
 // ErrRequestDone is returned by Accept after Accept or Reject.
@@ -329,6 +348,7 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	_ = ep.SetSockOpt(&intvl)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, r.opts.KeepaliveCount)
 	c := newConn(wq, ep)
+	c.closedSend, c.pressure = r.opts.ClosedSendTimeout, r.pressure
 	if r.live != nil {
 		r.live.add(c, r.client)
 	}

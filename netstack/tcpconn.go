@@ -43,6 +43,12 @@ type Conn struct {
 	liveOf     *liveClient
 	prev, next *Conn
 	reclaimed  atomic.Bool // reset to reclaim memory: errors say so
+
+	// closedSend is TCPOptions.ClosedSendTimeout, and pressure the
+	// server's memory pressure that shortens it (closedSendTimeout); set
+	// by Accept, nil pressure for a conn of no server.
+	closedSend time.Duration
+	pressure   *atomic.Int32
 }
 
 // WriteWaiter learns when a Write waits for room in the send buffer: the
@@ -296,16 +302,62 @@ func (c *Conn) OnReadable(fn func()) {
 }
 
 // Close closes the connection (a FIN to the client once what was written
-// has been sent) and calls OnReadable's function.
+// has been sent) and calls OnReadable's function. The stack keeps sending
+// what was written for at most the closed-send timeout without the client
+// acknowledging any of it, then resets the connection.
 func (c *Conn) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
 	c.uncount()
+	c.boundClosedSend()
 	err := c.TCPConn.Close()
 	c.endNotify()
 	return err
 }
+
+// boundClosedSend sets the endpoint's user timeout before Close. Once
+// closed, a connection is no longer listed for the reclaim, and no Write
+// waits for the stall watch to see: what the stack still has to send (up
+// to a send buffer, 4 MiB) stays for as long as the client acknowledges
+// the stack's zero-window probes, which RFC 1122 lets it do for ever and
+// gVisor honours (snd.go: retransmitTimerExpired). The user timeout is
+// gVisor's only bound on that: it resets a connection whose sent bytes,
+// or zero-window probes, have waited longer than it since the last
+// acknowledgement that moved the window, as Linux's TCP_USER_TIMEOUT does.
+// A client that reads, however slowly, moves it and is not cut off.
+func (c *Conn) boundClosedSend() {
+	if c.closedSend <= 0 {
+		return
+	}
+	uto := tcpip.TCPUserTimeoutOption(closedSendTimeout(c.closedSend, c.pressure))
+	_ = c.ep.SetSockOpt(&uto) // fails only for an option the endpoint does not know
+}
+
+// closedSendTimeout is d as memory pressure p (a MemoryPressure, nil for
+// none) leaves it: at most a minute while memory is short and ten seconds
+// while critical, the proxy's write-stall timeouts under the same
+// pressures, so that connections closed while memory runs out free their
+// send buffers as soon as a stalled relay would.
+func closedSendTimeout(d time.Duration, p *atomic.Int32) time.Duration {
+	if p == nil {
+		return d
+	}
+	switch MemoryPressure(p.Load()) {
+	case MemoryShort:
+		return min(d, shortMemoryClosedSendTimeout)
+	case MemoryCritical:
+		return min(d, criticalMemoryClosedSendTimeout)
+	}
+	return d
+}
+
+// The bounds of closedSendTimeout under memory pressure (the same as
+// proxy.ShortMemoryWriteStallTimeout and CriticalMemoryWriteStallTimeout).
+const (
+	shortMemoryClosedSendTimeout    = 60 * time.Second
+	criticalMemoryClosedSendTimeout = 10 * time.Second
+)
 
 // uncount stops counting c for its client (reclaim.go).
 func (c *Conn) uncount() {

@@ -42,6 +42,12 @@ const waitFor = 5 * time.Second
 
 func newConnRig(t *testing.T) *connRig {
 	t.Helper()
+	return newConnRigTCP(t, netstack.TCPOptions{})
+}
+
+// newConnRigTCP is newConnRig with the server's TCP tuned by opts.
+func newConnRigTCP(t *testing.T, opts netstack.TCPOptions) *connRig {
+	t.Helper()
 	r := &connRig{t: t, h: &netstack.AcceptHandler{Conns: make(chan *netstack.Conn, 1)}}
 	// The simulator receives replies on a port of its own: take a free one
 	// and retry, in case another test took it between.
@@ -51,7 +57,7 @@ func newConnRig(t *testing.T) *connRig {
 		port := freeUDPPort(t)
 		s, err := netstack.Listen(netstack.Config{
 			ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
-			ReturnPath: netstack.ReturnPathBound, Handler: r.h,
+			ReturnPath: netstack.ReturnPathBound, Handler: r.h, TCP: opts,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -418,6 +418,9 @@ func New(o Options) (_ *Appliance, err error) {
 		Handler:              a.proxy,
 		Tap:                  tap,
 		NewStacksAtFullProcs: o.NewStacksAtFullProcs,
+		// A connection the proxy has closed gets as long to deliver its
+		// last bytes as a write of the relay would have had.
+		TCP: netstack.TCPOptions{ClosedSendTimeout: o.WriteStallTimeout},
 	})
 	if err != nil {
 		return nil, err
