@@ -47,3 +47,6 @@ func (s *Server) TCPTimedOut() uint64 {
 	})
 	return n
 }
+
+// AbortReclaimed is the reclaim's reset of c (abortReclaimed).
+func (c *Conn) AbortReclaimed() bool { return c.abortReclaimed() }

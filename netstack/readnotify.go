@@ -18,8 +18,9 @@ type readNotify struct {
 }
 
 // set arranges for fn to be called on mask's events of wq; nil stops the
-// calls. Nothing is registered once closed is set.
-func (n *readNotify) set(wq *waiter.Queue, mask waiter.EventMask, fn func(), closed *atomic.Bool) {
+// calls. Nothing is registered once closed reports true: the conn's close
+// marks it closed before it calls stop.
+func (n *readNotify) set(wq *waiter.Queue, mask waiter.EventMask, fn func(), closed func() bool) {
 	if fn == nil {
 		n.fn.Store(nil)
 		return
@@ -27,7 +28,7 @@ func (n *readNotify) set(wq *waiter.Queue, mask waiter.EventMask, fn func(), clo
 	n.fn.Store(&fn)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if !n.on && !closed.Load() {
+	if !n.on && !closed() {
 		n.ent = waiter.NewFunctionEntry(mask, n.notified)
 		wq.EventRegister(&n.ent)
 		n.on = true

@@ -279,14 +279,14 @@ func (s *Server) resetTaken(k clientKey, conns []*Conn) {
 // with its FIN and no RST, and is not counted. It reports whether it reset
 // c.
 func (c *Conn) abortReclaimed() bool {
-	// Marked first: the reads and writes the reset wakes say why. Close
-	// sets closed before anything else; both are sequentially consistent
-	// atomics, so either this sees a Close that began first, and takes the
-	// mark back, or that Close began after the reset was decided and races
-	// with the Abort as a handler's Close always may.
-	c.reclaimed.Store(true)
-	if c.closed.Load() {
-		c.reclaimed.Store(false)
+	// Marked first, and only if still open, in the word Close marks too:
+	// the reads and writes the reset wakes say why, and a conn its handler
+	// closed first is never, even for a moment, seen as reclaimed (marked,
+	// then unmarked on finding it closed, a handler recording its end
+	// between the two would have said "reset by the appliance" of a
+	// connection that ended with its FIN). A Close that begins after the
+	// mark races with the Abort as a handler's Close always may.
+	if !c.state.CompareAndSwap(0, connReclaimed) {
 		return false
 	}
 	c.ep.Abort()

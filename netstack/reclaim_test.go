@@ -314,3 +314,45 @@ func TestReclaimOff(t *testing.T) {
 	}
 	r.srv.SetMemoryPressure(netstack.MemoryAmple)
 }
+
+
+// TestReclaimOfClosedConnNeverSaysReclaimed: the reclaim may reach a
+// connection its handler closed since the reclaim took it from the list.
+// It must leave it alone, and nothing must ever see it as reclaimed, not
+// even for a moment: a handler recording the connection's end asks
+// Reclaimed after its Close, and a connection that ended with its FIN
+// would be recorded as reset by the appliance.
+func TestReclaimOfClosedConnNeverSaysReclaimed(t *testing.T) {
+	r := newConnRig(t)
+	_, sc := r.dial()
+	if err := sc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int)
+	go func() {
+		reset := 0
+		for range 200000 {
+			if sc.AbortReclaimed() {
+				reset++
+			}
+		}
+		done <- reset
+	}()
+	seen := 0
+	for running := true; running; {
+		select {
+		case reset := <-done:
+			running = false
+			if reset != 0 {
+				t.Errorf("the reclaim reset a closed connection %d times", reset)
+			}
+		default:
+			if sc.Reclaimed() != nil {
+				seen++
+			}
+		}
+	}
+	if seen != 0 {
+		t.Errorf("a closed connection read as reclaimed %d times while the reclaim passed it over", seen)
+	}
+}

@@ -27,9 +27,9 @@ import (
 // has one reader.
 type Conn struct {
 	*gonet.TCPConn
-	wq     *waiter.Queue
-	ep     tcpip.Endpoint
-	closed atomic.Bool
+	wq    *waiter.Queue
+	ep    tcpip.Endpoint
+	state atomic.Uint32 // connClosed, connReclaimed: how it ended, if it has
 
 	notify readNotify // OnReadable's: registered on first use, removed by Close
 
@@ -42,7 +42,6 @@ type Conn struct {
 	live       *liveShard
 	liveOf     *liveClient
 	prev, next *Conn
-	reclaimed  atomic.Bool // reset to reclaim memory: errors say so
 
 	// closedSend is TCPOptions.ClosedSendTimeout, and pressure the
 	// server's memory pressure that shortens it (closedSendTimeout); set
@@ -71,6 +70,26 @@ func (c *Conn) OnWriteWait(w WriteWaiter) {
 	c.rw.wmu.Unlock()
 }
 
+// How a Conn ended (Conn.state), in one word so that each is decided
+// against the other: the reclaim resets a conn only if its handler has not
+// closed it, and a closed conn never reads as reclaimed, even for a moment.
+const (
+	// connClosed: Close or Abort has begun; reads say net.ErrClosed.
+	connClosed uint32 = 1 << iota
+	// connReclaimed: the server reset the conn, open, to reclaim memory;
+	// errors say ErrMemoryReclaimed. The handler closes it still.
+	connReclaimed
+)
+
+// closed reports whether Close or Abort has begun.
+func (c *Conn) closed() bool { return c.state.Load()&connClosed != 0 }
+
+// reclaimed reports whether the server reset c to reclaim memory.
+func (c *Conn) reclaimed() bool { return c.state.Load()&connReclaimed != 0 }
+
+// markClosed marks c closed and reports whether it was the first to.
+func (c *Conn) markClosed() bool { return c.state.Or(connClosed)&connClosed == 0 }
+
 func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
 	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep}
 }
@@ -84,7 +103,7 @@ const tcpReadEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 // FIN has been read, and an error wrapping net.ErrClosed after Close or
 // Abort.
 func (c *Conn) TryRead(b []byte) (int, error) {
-	if c.closed.Load() {
+	if c.closed() {
 		return 0, c.opError(net.ErrClosed)
 	}
 	if len(b) == 0 {
@@ -105,17 +124,17 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	case *tcpip.ErrWouldBlock:
 		return 0, ErrWouldBlock
 	case *tcpip.ErrClosedForReceive:
-		if c.closed.Load() {
+		if c.closed() {
 			return 0, c.opError(net.ErrClosed)
 		}
-		if c.reclaimed.Load() {
+		if c.reclaimed() {
 			// The stack reports the reset once; later reads still say
 			// why, not that the client ended cleanly.
 			return 0, c.opError(ErrMemoryReclaimed)
 		}
 		return 0, io.EOF
 	}
-	if c.closed.Load() { // Abort or Close while this read ran
+	if c.closed() { // Abort or Close while this read ran
 		return 0, c.opError(net.ErrClosed)
 	}
 	return 0, c.opError(c.stackError(terr))
@@ -128,7 +147,7 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 // next request, records why the connection ended.
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
-	if err != nil && c.reclaimed.Load() {
+	if err != nil && c.reclaimed() {
 		return n, c.opError(ErrMemoryReclaimed)
 	}
 	return n, err
@@ -139,7 +158,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 // cause it saw (a read error it takes for the client leaving) records this
 // one instead.
 func (c *Conn) Reclaimed() error {
-	if c.reclaimed.Load() {
+	if c.reclaimed() {
 		return ErrMemoryReclaimed
 	}
 	return nil
@@ -160,7 +179,7 @@ func stackError(terr tcpip.Error) error {
 // stackError is stackError's, or ErrMemoryReclaimed once the server has
 // reset the conn to reclaim memory.
 func (c *Conn) stackError(terr tcpip.Error) error {
-	if c.reclaimed.Load() {
+	if c.reclaimed() {
 		return ErrMemoryReclaimed
 	}
 	return stackError(terr)
@@ -195,7 +214,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 			continue
 		case *tcpip.ErrWouldBlock:
 		default:
-			if c.closed.Load() {
+			if c.closed() {
 				return n, c.writeError(net.ErrClosed)
 			}
 			return n, c.writeError(c.stackError(terr))
@@ -260,7 +279,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 // Readable reports whether TryRead would return something other than
 // ErrWouldBlock: bytes, the end of the stream, or an error.
 func (c *Conn) Readable() bool {
-	return c.closed.Load() || c.ep.Readiness(tcpReadEvents) != 0
+	return c.closed() || c.ep.Readiness(tcpReadEvents) != 0
 }
 
 // Broken reports whether the connection may have ended other than by the
@@ -274,7 +293,7 @@ func (c *Conn) Broken() bool {
 	// CLOSED, as Linux does, not to the error state.
 	switch tcp.EndpointState(c.ep.State()) {
 	case tcp.StateError, tcp.StateClose:
-		return !c.closed.Load()
+		return !c.closed()
 	}
 	return false
 }
@@ -298,7 +317,7 @@ func (c *Conn) BrokenError() error {
 // waiting before the call are not announced: check Readable after
 // arranging it. A later call replaces fn; nil stops the calls.
 func (c *Conn) OnReadable(fn func()) {
-	c.notify.set(c.wq, tcpReadEvents, fn, &c.closed)
+	c.notify.set(c.wq, tcpReadEvents, fn, c.closed)
 }
 
 // Close closes the connection (a FIN to the client once what was written
@@ -306,7 +325,7 @@ func (c *Conn) OnReadable(fn func()) {
 // what was written for at most the closed-send timeout without the client
 // acknowledging any of it, then resets the connection.
 func (c *Conn) Close() error {
-	if c.closed.Swap(true) {
+	if !c.markClosed() {
 		return nil
 	}
 	c.uncount()
@@ -370,7 +389,7 @@ func (c *Conn) uncount() {
 func (c *Conn) Abort() {
 	// Marked closed first: a reader woken by the reset reads ErrClosed,
 	// as after Close, and not the reset it caused itself.
-	first := !c.closed.Swap(true)
+	first := c.markClosed()
 	c.ep.Abort()
 	if first {
 		c.uncount()

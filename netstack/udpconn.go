@@ -60,7 +60,7 @@ const udpReadEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 // A later call replaces fn; nil stops the calls. Datagrams that were waiting
 // before the first call are not announced: read them with TryRead.
 func (c *UDPConn) OnReadable(fn func()) {
-	c.notify.set(&c.wq, udpReadEvents, fn, &c.closed)
+	c.notify.set(&c.wq, udpReadEvents, fn, c.closed.Load)
 }
 
 // TryRead reads one waiting datagram into b without blocking, truncating it
