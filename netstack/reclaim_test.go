@@ -315,7 +315,6 @@ func TestReclaimOff(t *testing.T) {
 	r.srv.SetMemoryPressure(netstack.MemoryAmple)
 }
 
-
 // TestReclaimOfClosedConnNeverSaysReclaimed: the reclaim may reach a
 // connection its handler closed since the reclaim took it from the list.
 // It must leave it alone, and nothing must ever see it as reclaimed, not
