@@ -182,6 +182,16 @@ func refMatch(r refRule, f Subject) bool {
 }
 
 func refDecide(p refPolicy, f Subject) Decision {
+	// A name with a byte no host name has is decided by no rule: denied;
+	// an address (IPv4 or IPv6, no zone) is no name at all.
+	d := strings.TrimSuffix(f.Domain, ".")
+	if a, err := netip.ParseAddr(d); err == nil && a.Zone() == "" {
+		f.Domain = ""
+	} else if strings.IndexFunc(d, func(c rune) bool {
+		return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.')
+	}) >= 0 {
+		return Decision{Action: Deny}
+	}
 	name, action, unverified, byName := DefaultRule, p.Default, false, false
 	for _, r := range p.Rules {
 		if refMatch(r, f) {
@@ -226,6 +236,10 @@ func FuzzDecide(f *testing.F) {
 	f.Add(uint8(1), "H3.EXAMPLE", netip.MustParseAddr("2001:db8::1").AsSlice(), uint16(8100), netip.MustParseAddr("fd00::2").AsSlice(), "")
 	f.Add(uint8(2), "evil.example", netip.MustParseAddr("::ffff:10.0.0.1").AsSlice(), uint16(40000), []byte{1, 2, 3, 4}, "VPCE-0123456789ABCDEF0")
 	f.Add(uint8(3), "dot.example", []byte{192, 0, 2, 2}, uint16(53), netip.MustParseAddr("::ffff:192.168.3.4").AsSlice(), "vpce-0123456789abcdef0")
+	f.Add(uint8(0), " ", []byte("0"), uint16(40016), []byte("0"), "0")
+	f.Add(uint8(0), "::ffff:192.0.2.1%x.evil.example", []byte{10, 1, 2, 3}, uint16(443), []byte{}, "")
+	f.Add(uint8(1), "1.2.3.4", []byte{10, 1, 2, 3}, uint16(80), []byte{}, "")
+	f.Add(uint8(1), "01.2.3.4", []byte{10, 1, 2, 3}, uint16(80), []byte{}, "")
 	f.Add(uint8(4), "", []byte{203, 0, 113, 9}, uint16(0), []byte{10, 1, 2, 3}, "")
 	f.Add(uint8(4), "", []byte{192, 0, 2, 9}, uint16(0), []byte{10, 1, 2, 3}, "")
 	f.Add(uint8(7), "", netip.MustParseAddr("2001:db8:1::1").AsSlice(), uint16(0), []byte{}, "")
