@@ -105,8 +105,10 @@ func (s *Session) noteReclaimed() {
 	if err == nil {
 		return
 	}
+	// A swap from what was loaded: an Abort between the two keeps its
+	// reason, as one before does.
 	if a := s.aborted.Load(); (a == nil || a == ending) && !strings.Contains(s.Record.Error, err.Error()) {
-		s.aborted.Store(&abortReason{result: "reset", err: err})
+		s.aborted.CompareAndSwap(a, &abortReason{result: "reset", err: err})
 	}
 }
 

@@ -134,7 +134,6 @@ func (b *heldBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && errors.Is(err, errFaultyFraming) {
 		// net/http reports the cancellation for any read that failed: the
-		// connection's own error says what did.
 		// connection's own error, if one did, says what.
 		if e := b.c.readErr.Load(); e != nil {
 			err = *e

@@ -119,15 +119,7 @@ func (s *session) noteRedialsInTLSRecord() {
 		return
 	}
 	s.Record.UpstreamVerify = "failed"
-	s.Record.Error = joinError(s.Record.Error, unverifiedNote+err.Error()+" (a further connection)")
-}
-
-// joinError adds why to what a record's error says already.
-func joinError(have, why string) string {
-	if have == "" {
-		return why
-	}
-	return have + "; " + why
+	s.Record.Error = joinErrors(s.Record.Error, unverifiedNote+err.Error()+" (a further connection)")
 }
 
 // usedConn is the upstream connection a request went over, as the
@@ -182,7 +174,7 @@ func (s *session) noteVerdict(rec *records.Record, u *usedConn) {
 	}
 	if err := s.verdictOf(c); err != nil {
 		rec.UpstreamVerify = "failed"
-		rec.Error = joinError(rec.Error, unverifiedNote+err.Error())
+		rec.Error = joinErrors(rec.Error, unverifiedNote+err.Error())
 		return
 	}
 	rec.UpstreamVerify = "ok"
