@@ -10,10 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/net/http2"
-
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
 // TestHeldStreamsGivenUpFreeTheirSlots: an h2c client's 8 streams get
@@ -70,21 +66,7 @@ func TestHeldStreamsGivenUpFreeTheirSlots(t *testing.T) {
 					}()
 				}
 			}()
-			r := newRig(t, testPolicy, func(c *intercept.Config) {
-				c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
-					return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
-				}
-			})
-			upEnd, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, _ := r.connectTCP(upEnd, httpDest)
-			c.SetDeadline(time.Now().Add(40 * time.Second))
-			cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-			if err != nil {
-				t.Fatal(err)
-			}
+			cc := h2cToOrigin(t, ln, 40*time.Second)
 			defer cc.Close()
 			get := func(ctx context.Context) (*http.Response, error) {
 				req, _ := http.NewRequestWithContext(ctx, "GET", "http://www.example.test/poll", nil)

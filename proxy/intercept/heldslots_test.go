@@ -79,21 +79,7 @@ func TestFaultyHeldConnsStayBounded(t *testing.T) {
 					}()
 				}
 			}()
-			r := newRig(t, testPolicy, func(c *intercept.Config) {
-				c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
-					return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
-				}
-			})
-			upEnd, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, _ := r.connectTCP(upEnd, httpDest)
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-			if err != nil {
-				t.Fatal(err)
-			}
+			cc := h2cToOrigin(t, ln, 30*time.Second)
 			defer cc.Close()
 			var wg sync.WaitGroup
 			var heads atomic.Int64
@@ -141,4 +127,28 @@ func TestFaultyHeldConnsStayBounded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// h2cToOrigin returns an h2c client connection through a rig whose every
+// upstream dial, the first included, reaches ln; it lasts until timeout.
+// The caller closes it (before waiting for the origin's handlers, which
+// its connections keep).
+func h2cToOrigin(t *testing.T, ln net.Listener, timeout time.Duration) *http2.ClientConn {
+	t.Helper()
+	r := newRig(t, testPolicy, func(c *intercept.Config) {
+		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
+		}
+	})
+	upEnd, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := r.connectTCP(upEnd, httpDest)
+	c.SetDeadline(time.Now().Add(timeout))
+	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cc
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -12,6 +13,30 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 )
+
+// upgradingOrigin is an origin that answers its first request with a
+// WebSocket 101 carrying connection (its Connection field) and bytes of
+// the tunnel after it, whatever the request asked; later says what it
+// read after that (a request written after the 101 is tunnel bytes to it).
+// proxyEnd is the appliance's end of the connection to it.
+func upgradingOrigin(t *testing.T, connection string) (proxyEnd net.Conn, later <-chan string) {
+	t.Helper()
+	proxyEnd, serverEnd := testnet.TCPPair(t)
+	got := make(chan string, 1)
+	go func() {
+		defer serverEnd.Close()
+		serverEnd.SetDeadline(time.Now().Add(waitLimit))
+		br := bufio.NewReader(serverEnd)
+		if _, err := http.ReadRequest(br); err != nil {
+			got <- "no request: " + err.Error()
+			return
+		}
+		io.WriteString(serverEnd, "HTTP/1.1 101 Switching Protocols\r\n"+connection+"\r\nUpgrade: websocket\r\n\r\nraw tunnel bytes")
+		b, _ := io.ReadAll(br)
+		got <- string(b)
+	}()
+	return proxyEnd, got
+}
 
 // TestUnsolicited101Refused: an origin answering a request that offered no
 // upgrade with a WebSocket 101 had the appliance tunnel: an HTTP/1
@@ -25,20 +50,7 @@ func TestUnsolicited101Refused(t *testing.T) {
 		name := map[bool]string{false: "HTTP/1 client", true: "h2c client"}[h2]
 		t.Run(name, func(t *testing.T) {
 			r := newRig(t, testPolicy)
-			proxyEnd, serverEnd := testnet.TCPPair(t)
-			later := make(chan string, 1)
-			go func() {
-				defer serverEnd.Close()
-				serverEnd.SetDeadline(time.Now().Add(waitLimit))
-				br := bufio.NewReader(serverEnd)
-				if _, err := http.ReadRequest(br); err != nil {
-					later <- "no request: " + err.Error()
-					return
-				}
-				io.WriteString(serverEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw tunnel bytes")
-				b, _ := io.ReadAll(br)
-				later <- string(b)
-			}()
+			proxyEnd, later := upgradingOrigin(t, "Connection: Upgrade")
 			c, sv := r.connectTCP(proxyEnd, httpDest)
 			c.SetDeadline(time.Now().Add(waitLimit))
 			var status int
@@ -104,20 +116,7 @@ func TestUnsolicited101Refused(t *testing.T) {
 // reads nothing after it.
 func TestWebSocket101WithoutConnectionUpgradeRefused(t *testing.T) {
 	r := newRig(t, testPolicy)
-	proxyEnd, serverEnd := testnet.TCPPair(t)
-	later := make(chan string, 1)
-	go func() {
-		defer serverEnd.Close()
-		serverEnd.SetDeadline(time.Now().Add(waitLimit))
-		br := bufio.NewReader(serverEnd)
-		if _, err := http.ReadRequest(br); err != nil {
-			later <- "no request: " + err.Error()
-			return
-		}
-		io.WriteString(serverEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: keep-alive\r\nUpgrade: websocket\r\n\r\nraw tunnel bytes")
-		b, _ := io.ReadAll(br)
-		later <- string(b)
-	}()
+	proxyEnd, later := upgradingOrigin(t, "Connection: keep-alive")
 	c, sv := r.connectTCP(proxyEnd, httpDest)
 	c.SetDeadline(time.Now().Add(waitLimit))
 	hc := newHTTPClient(t, c)
