@@ -64,7 +64,9 @@ func (a *Appliance) stats() stats {
 	s := stats{Draining: a.draining.Load(), Netstack: a.netstack.Stats(), Proxy: a.proxy.Stats(), Records: a.records.Stats()}
 	s.Broken, s.OwnAddrsKnown = a.broken(s.Records), a.proxy.OwnAddrsKnown()
 	s.MemoryPressureCause = memwatch.Cause(a.memoryCause.Load()).String()
-	s.Memory = memoryStats{TCPInUse: a.tcpMem[0].Load(), TCPPressure: a.tcpMem[1].Load(), TCPMax: a.tcpMem[2].Load()}
+	if m := a.tcpMem.Load(); m != nil {
+		s.Memory = *m
+	}
 	if a.accessLog != nil {
 		l := a.accessLog.Stats()
 		s.AccessLog = &l

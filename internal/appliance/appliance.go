@@ -261,8 +261,9 @@ type Appliance struct {
 	// memoryCause is the memwatch.Cause of the memory level in force.
 	memoryCause atomic.Int32
 	// tcpMem is the last reading's kernel TCP memory in use, pressure
-	// threshold and max, in bytes (observeMemory).
-	tcpMem [3]atomic.Uint64
+	// threshold and max, in bytes (observeMemory): one pointer, so /stats
+	// never shows the three from two readings.
+	tcpMem atomic.Pointer[memoryStats]
 	// accessLog is the --access-log file (nil: none, or stdout).
 	accessLog *records.LogFile
 	// destCheck ties decisions made on names to destination addresses.

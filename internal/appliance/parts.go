@@ -156,9 +156,7 @@ func (a *Appliance) memoryReport(l memwatch.Level, c memwatch.Cause, s memwatch.
 
 // observeMemory keeps the last reading's kernel TCP memory for /stats.
 func (a *Appliance) observeMemory(s memwatch.Sample) {
-	a.tcpMem[0].Store(s.TCPInUse)
-	a.tcpMem[1].Store(s.TCPPressure)
-	a.tcpMem[2].Store(s.TCPMax)
+	a.tcpMem.Store(&memoryStats{TCPInUse: s.TCPInUse, TCPPressure: s.TCPPressure, TCPMax: s.TCPMax})
 }
 
 // causeText says in words which measure set a memory level.
