@@ -113,6 +113,29 @@ func (r *tapRig) established() (*netstack.Conn, *notifier, []byte) {
 	return sc, n, append([]byte(nil), r.lastReply...)
 }
 
+// replySeqs reads the appliance's segment to the client, rep: its
+// sequence number, the client's next (its ack) and the client's end.
+func replySeqs(rep []byte) (srvSeq, cliSeq uint32, client netip.AddrPort) {
+	ihl := int(rep[0]&0xf) * 4
+	return binary.BigEndian.Uint32(rep[ihl+4:]), binary.BigEndian.Uint32(rep[ihl+8:]),
+		netip.AddrPortFrom(connClient, binary.BigEndian.Uint16(rep[ihl+2:]))
+}
+
+// wantRequestDelivered sends a request from the client, in its connection's
+// window (IP ID id), and fails unless the stack delivers it whole to sc:
+// what came before (named by after) did not break the connection.
+func (r *tapRig) wantRequestDelivered(t *testing.T, sc *netstack.Conn, n *notifier, id uint16, client netip.AddrPort, cliSeq, srvSeq uint32, after string) {
+	t.Helper()
+	req := []byte("GET /evil HTTP/1.1\r\nHost: x\r\n\r\n")
+	if err := r.client.Send(ipv4Packet(connClient, connDest.Addr(), id,
+		tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, req), 0, 20+len(req), false)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readAll(t, sc, n, len(req)); string(got) != string(req) {
+		t.Fatalf("the stack delivered %q (%v) %s, want %q", got, err, after, req)
+	}
+}
+
 // tcpSegment builds a TCP segment from src to dst with a valid checksum.
 func tcpSegment(src, dst netip.AddrPort, seq, ack uint32, flags byte, payload []byte) []byte {
 	tcp := make([]byte, 20+len(payload))
@@ -164,10 +187,7 @@ func TestTapOmitsFragmentDroppedBeforeStack(t *testing.T) {
 	tap := &seenTap{}
 	r := newTapRig(t, tap)
 	sc, n, rep := r.established()
-	ihl := int(rep[0]&0xf) * 4
-	srvSeq := binary.BigEndian.Uint32(rep[ihl+4:])
-	cliSeq := binary.BigEndian.Uint32(rep[ihl+8:])
-	client := netip.AddrPortFrom(connClient, binary.BigEndian.Uint16(rep[ihl+2:]))
+	srvSeq, cliSeq, client := replySeqs(rep)
 	evil := []byte("GET /evil/payload.sh HTTP/1.1\r\nHost: x\r\n\r\n")
 	benign := []byte("GET /fine/readme.txt HTTP/1.1\r\nHost: x\r\n\r\n")
 	evilSeg := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, evil)
@@ -213,22 +233,12 @@ func TestTapOmitsPacketNotFromClient(t *testing.T) {
 	tap := &seenTap{}
 	r := newTapRig(t, tap)
 	sc, n, rep := r.established()
-	ihl := int(rep[0]&0xf) * 4
-	srvSeq := binary.BigEndian.Uint32(rep[ihl+4:])
-	cliSeq := binary.BigEndian.Uint32(rep[ihl+8:])
-	client := netip.AddrPortFrom(connClient, binary.BigEndian.Uint16(rep[ihl+2:]))
+	srvSeq, cliSeq, client := replySeqs(rep)
 	rst := tcpSegment(connDest, client, srvSeq, cliSeq, 0x14, nil) // RST|ACK
 	if err := r.client.Send(ipv4Packet(connDest.Addr(), connClient, 1, rst, 0, len(rst), false)); err != nil {
 		t.Fatal(err)
 	}
-	req := []byte("GET /evil HTTP/1.1\r\nHost: x\r\n\r\n")
-	if err := r.client.Send(ipv4Packet(connClient, connDest.Addr(), 2,
-		tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, req), 0, 20+len(req), false)); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := readAll(t, sc, n, len(req)); string(got) != string(req) {
-		t.Fatalf("the stack delivered %q (%v) after the forged RST, want %q", got, err, req)
-	}
+	r.wantRequestDelivered(t, sc, n, 2, client, cliSeq, srvSeq, "after the forged RST")
 	if d := r.srv.Stats().Drops["stray_from_destination"]; d != 1 {
 		t.Fatalf("stray_from_destination = %d, want 1", d)
 	}
@@ -251,10 +261,7 @@ func TestTapOmitsPacketNotFromClientAfterSyn(t *testing.T) {
 	tap := &seenTap{}
 	r := newTapRig(t, tap)
 	sc, n, rep := r.established()
-	ihl := int(rep[0]&0xf) * 4
-	srvSeq := binary.BigEndian.Uint32(rep[ihl+4:])
-	cliSeq := binary.BigEndian.Uint32(rep[ihl+8:])
-	client := netip.AddrPortFrom(connClient, binary.BigEndian.Uint16(rep[ihl+2:]))
+	srvSeq, cliSeq, client := replySeqs(rep)
 	syn := tcpSegment(connDest, client, srvSeq-1, 0, 0x02, nil)    // SYN
 	rst := tcpSegment(connDest, client, srvSeq, cliSeq, 0x14, nil) // RST|ACK in V's window
 	for i, seg := range [][]byte{syn, rst} {
@@ -263,14 +270,7 @@ func TestTapOmitsPacketNotFromClientAfterSyn(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	req := []byte("GET /evil HTTP/1.1\r\nHost: x\r\n\r\n")
-	if err := r.client.Send(ipv4Packet(connClient, connDest.Addr(), 3,
-		tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, req), 0, 20+len(req), false)); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := readAll(t, sc, n, len(req)); string(got) != string(req) {
-		t.Fatalf("the stack delivered %q (%v) after the forged SYN and RST, want %q", got, err, req)
-	}
+	r.wantRequestDelivered(t, sc, n, 3, client, cliSeq, srvSeq, "after the forged SYN and RST")
 	if d := r.srv.Stats().Drops["stray_from_destination"]; d != 2 {
 		t.Errorf("stray_from_destination = %d, want 2 (the SYN and the RST)", d)
 	}

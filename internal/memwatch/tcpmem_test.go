@@ -107,18 +107,7 @@ func TestRunKernelTCPMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	tcp := ampleTCP(t)
-	type report struct {
-		l Level
-		c Cause
-		s Sample
-	}
-	reports := make(chan report, 16)
-	w := &Watcher{Interval: 5 * time.Millisecond, Meminfo: meminfo, Sockstat: tcp.sockstat, TCPMem: tcp.tcpMem,
-		Report: func(l Level, c Cause, s Sample) { reports <- report{l, c, s} }}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { w.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	reports := runWatcher(t, meminfo, tcp)
 
 	next := func(want Level, wantCause Cause, pages uint64) {
 		t.Helper()
@@ -190,18 +179,7 @@ func TestRunCauseChangesAtTheSameLevel(t *testing.T) {
 	}
 	writeMem(100000) // 2.5% available: critical
 	tcp := ampleTCP(t)
-	type report struct {
-		l Level
-		c Cause
-		s Sample
-	}
-	reports := make(chan report, 16)
-	w := &Watcher{Interval: 5 * time.Millisecond, Meminfo: meminfo, Sockstat: tcp.sockstat, TCPMem: tcp.tcpMem,
-		Report: func(l Level, c Cause, s Sample) { reports <- report{l, c, s} }}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { w.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	reports := runWatcher(t, meminfo, tcp)
 	next := func(want Level, wantCause Cause) Sample {
 		t.Helper()
 		select {
@@ -242,4 +220,25 @@ func TestRunCauseChangesAtTheSameLevel(t *testing.T) {
 	if each[AvailableMemory] != Ample || each[KernelTCPMemory] != Short {
 		t.Errorf("levels after: %v", each)
 	}
+}
+
+// report is one call of a Watcher's Report.
+type report struct {
+	l Level
+	c Cause
+	s Sample
+}
+
+// runWatcher runs a watcher every 5 ms on meminfo and tcp's files until the
+// test ends, and returns its reports.
+func runWatcher(t *testing.T, meminfo string, tcp tcpFiles) <-chan report {
+	t.Helper()
+	reports := make(chan report, 16)
+	w := &Watcher{Interval: 5 * time.Millisecond, Meminfo: meminfo, Sockstat: tcp.sockstat, TCPMem: tcp.tcpMem,
+		Report: func(l Level, c Cause, s Sample) { reports <- report{l, c, s} }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return reports
 }

@@ -34,17 +34,7 @@ func startGoAwayOrigin(t *testing.T, cert *tls.Certificate) *goAwayOrigin {
 		t.Fatal(err)
 	}
 	o := &goAwayOrigin{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			o.accepted.Add(1)
-			go o.serve(c)
-		}
-	}()
+	acceptEach(t, ln, &o.accepted, o.serve)
 	return o
 }
 
@@ -156,17 +146,7 @@ func startClosingIdleOrigin(t *testing.T, warmN int64) *closingIdleOrigin {
 		t.Fatal(err)
 	}
 	o := &closingIdleOrigin{ln: ln, warmN: warmN, warm: make(chan struct{})}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			o.accepted.Add(1)
-			go o.serve(c)
-		}
-	}()
+	acceptEach(t, ln, &o.accepted, o.serve)
 	return o
 }
 
@@ -273,4 +253,20 @@ func TestKeepAliveRaceNotRefused(t *testing.T) {
 	if oks != kept+1 {
 		t.Errorf("%d http records 200 ok, want %d", oks, kept+1)
 	}
+}
+
+// acceptEach serves each connection ln accepts with serve, on a goroutine
+// of its own, counting them in accepted, until the test ends and closes ln.
+func acceptEach(t *testing.T, ln net.Listener, accepted *atomic.Int64, serve func(net.Conn)) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go serve(c)
+		}
+	}()
 }
