@@ -302,11 +302,24 @@ func (c *Conn) Broken() bool {
 // when nothing did (or a Write has already reported it). It must not be
 // called from OnReadable's function.
 func (c *Conn) BrokenError() error {
-	if terr := c.ep.LastError(); terr != nil {
-		return c.stackError(terr) // a reset after the client's FIN reads as "operation aborted"
+	terr := c.ep.LastError()
+	if terr == nil {
+		return nil
 	}
-	return nil
+	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.reclaimed() {
+		// Not the server's Abort: Broken is false once the conn is closed.
+		return ErrResetAfterFIN
+	}
+	return c.stackError(terr)
 }
+
+// ErrResetAfterFIN is BrokenError's error for a client that reset its
+// connection after its FIN: it had ended its side cleanly (CLOSE-WAIT, in
+// which the stack calls a RST "operation aborted", and so does the
+// error's text). A client that closes
+// its socket while the appliance's answer to its close (a GOAWAY, a
+// close_notify) is on the way sends one as a matter of course.
+var ErrResetAfterFIN = errors.New("operation aborted")
 
 // OnReadable arranges for fn to be called when bytes, the client's FIN or
 // an error arrive, and again by Close or Abort. fn runs on the stack's

@@ -88,7 +88,14 @@ func (w *clientWatch) abort() {
 	}
 	// A reset, or keepalives gone unanswered (ETIMEDOUT): timeout then, as
 	// a relayed flow's record says (relayResultOf).
-	w.is.Abort(relayResultOf(why), fmt.Errorf("the client's connection broke: %w", why))
+	result, err := relayResultOf(why), fmt.Errorf("the client's connection broke: %w", why)
+	if errors.Is(why, netstack.ErrResetAfterFIN) {
+		// The client had ended its side: a session between requests
+		// loses nothing by it.
+		w.is.AbortUnlessIdle(result, err)
+		return
+	}
+	w.is.Abort(result, err)
 }
 
 // stop ends the watch: the session is done.

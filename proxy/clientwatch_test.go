@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -393,5 +394,60 @@ func TestInterceptedClientTimeoutRecorded(t *testing.T) {
 	t.Logf("the request's record: result %s, error %q", rec.Result, rec.Error)
 	if rec.Result != "timeout" || !strings.Contains(rec.Error, "the client's connection broke") {
 		t.Errorf("the request's record: result %q, error %q; want timeout, the client's connection broke", rec.Result, rec.Error)
+	}
+}
+
+// An HTTP/2 client that is done closes as curl does: its close_notify
+// and FIN, and then a RST, which its kernel sends when the appliance's
+// answer to the close (the server's GOAWAY, its close_notify) reaches a
+// socket closed already. The RST comes while the session is between
+// requests, after the client ended its side cleanly: nothing the client
+// asked for is lost, and the connection's record must say ok, not that
+// the client's connection broke. The RST follows the FIN at once here,
+// so it often reaches the watch before the server has read the end.
+func TestBumpedH2ClientDoneThenReset(t *testing.T) {
+	r := newBumpStallRig(t, time.Hour, func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "hello")
+	}, "h2")
+	const conns = 12
+	for i := range conns {
+		c := dialRaw(t, r.client, r.dest)
+		tc := tls.Client(c, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"h2"}})
+		cc, err := (&http2.Transport{}).NewClientConn(tc)
+		if err != nil {
+			t.Fatalf("connection %d: HTTP/2 through the appliance: %v", i, err)
+		}
+		req, _ := http.NewRequest(http.MethodGet, "https://big.example/small", nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || string(body) != "hello" {
+			t.Fatalf("connection %d: body %q, %v; want hello", i, body, err)
+		}
+		tc.CloseWrite() // close_notify
+		if err := c.halfClose(); err != nil {
+			t.Fatal(err)
+		}
+		c.reset()
+	}
+	var tlsRecs []records.Record
+	for end := time.Now().Add(10 * time.Second); len(tlsRecs) < conns && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		tlsRecs = tlsRecs[:0]
+		for _, rec := range r.sink.parse(t) {
+			if rec.Kind == "tls" {
+				tlsRecs = append(tlsRecs, rec)
+			}
+		}
+	}
+	if len(tlsRecs) != conns {
+		t.Fatalf("%d connection records, want %d", len(tlsRecs), conns)
+	}
+	for _, rec := range tlsRecs {
+		if rec.Result != "ok" || rec.Error != "" {
+			t.Errorf("client port %d: the connection's record says result %q, error %q; want ok: the client had closed cleanly, with nothing in flight",
+				rec.ClientPort, rec.Result, rec.Error)
+		}
 	}
 }

@@ -41,6 +41,40 @@ func (s *Session) Abort(result string, err error) bool {
 	return s.abort(&abortReason{result: result, err: err})
 }
 
+// AbortUnlessIdle is Abort for a client that reset its connection after
+// its FIN, which had ended its side cleanly: a session between requests
+// then (goproxy serves it, no request is in flight, every stream the
+// client opened has reached one) is left to end on its own, as it does
+// once goproxy reads the FIN, and its records say what they would have
+// said. The client loses nothing, and it resets as a matter of course
+// when the appliance's answer to its close (a GOAWAY, a close_notify)
+// reaches a socket it has closed. A request that starts after the call
+// has no client to answer: RoundTrip aborts the session then, for err.
+// It reports whether this call aborted the session.
+func (s *Session) AbortUnlessIdle(result string, err error) bool {
+	rt := s.serving.Load()
+	if rt == nil {
+		return s.Abort(result, err)
+	}
+	a := &abortReason{result: result, err: err}
+	// Stored before busy loads, as RoundTrip counts a request in flight
+	// before it loads lateBreak (sequentially consistent atomics): one of
+	// the two sees the other.
+	s.lateBreak.Store(a)
+	if rt.busy() {
+		return s.abort(a)
+	}
+	return false
+}
+
+// abortIfBroken aborts the session if AbortUnlessIdle has left it be:
+// RoundTrip's call, once it counts its request in flight.
+func (s *Session) abortIfBroken() {
+	if a := s.lateBreak.Load(); a != nil {
+		s.abort(a)
+	}
+}
+
 // abort is Abort with all it may be told.
 func (s *Session) abort(a *abortReason) bool {
 	if !s.aborted.CompareAndSwap(nil, a) {

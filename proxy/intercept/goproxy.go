@@ -65,6 +65,7 @@ func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
 	cc.onClose = rt.connClosed
 	cc.h1 = !s.h2
 	rt.cc = cc
+	s.serving.Store(rt)
 	if s.h2 { // the wait for a request: idle.go
 		rt.armIdle()
 	} else {
@@ -139,6 +140,12 @@ func (rt *roundTripper) requestDone() {
 		}
 		rt.tryEnd()
 	}
+}
+
+// busy reports whether a request is in flight, or a stream the client
+// opened has yet to reach RoundTrip.
+func (rt *roundTripper) busy() bool {
+	return rt.inflight.Load() > 0 || rt.requests.Load() < rt.cc.limit.streams.Load()
 }
 
 // tryEnd ends the session if goproxy has closed the connection, every

@@ -157,6 +157,10 @@ type Session struct {
 	upstreams connSet
 	// aborted says why Abort ended the session, once it has.
 	aborted atomic.Pointer[abortReason]
+	// serving is the session's goproxy side once it serves requests;
+	// lateBreak is why AbortUnlessIdle left it be (abort.go).
+	serving   atomic.Pointer[roundTripper]
+	lateBreak atomic.Pointer[abortReason]
 	// upMu orders dialBumped's setting of Upstream with Abort's reading
 	// of it, which may run on another goroutine (the proxy's watches).
 	upMu sync.Mutex

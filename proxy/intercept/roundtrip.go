@@ -24,6 +24,7 @@ import (
 func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
 	// In flight first, then a request: the order tryEnd relies on.
 	rt.inflight.Add(1)
+	rt.s.abortIfBroken() // the client reset after its FIN: AbortUnlessIdle
 	rt.requests.Add(1)
 	if rt.idle != nil { // no longer idle: requestDone arms it again
 		rt.idle.Stop()
