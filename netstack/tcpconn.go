@@ -316,9 +316,10 @@ func (c *Conn) BrokenError() error {
 // ErrResetAfterFIN is BrokenError's error for a client that reset its
 // connection after its FIN: it had ended its side cleanly (CLOSE-WAIT, in
 // which the stack calls a RST "operation aborted", and so does the
-// error's text). A client that closes
-// its socket while the appliance's answer to its close (a GOAWAY, a
-// close_notify) is on the way sends one as a matter of course.
+// error's text). A client that closes its socket while the appliance's
+// answer to its close (a GOAWAY, a close_notify) is on the way sends one
+// as a matter of course. The stack aborting its endpoints as it closes
+// reads the same: a caller tells that by knowing the stack is closing.
 var ErrResetAfterFIN = errors.New("operation aborted")
 
 // OnReadable arranges for fn to be called when bytes, the client's FIN or
