@@ -327,7 +327,12 @@ func TestBumpHTTP2(t *testing.T) {
 
 // TestBumpRedial: a further upstream connection a bumped session needs (the
 // first one was closed) goes to the flow's destination, and is verified as
-// the first one was: against the SNI and the configured roots.
+// the first one was: against the SNI and the configured roots. One that
+// fails is refused, and so is the request (502), over HTTP/1
+// (h1Transport; TestBumpRedialRefusedH2 is HTTP/2): the request's record
+// and the tls record say upstream_verify failed. Before, both said ok, the
+// first connection's result, and the tls-verify-failed query missed a
+// destination whose certificate changed between connections.
 func TestBumpRedial(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -372,10 +377,12 @@ func TestBumpRedial(t *testing.T) {
 			if len(hr) != 2 {
 				t.Fatalf("http records %+v", hr)
 			}
+			verify := map[bool]string{true: "ok", false: "failed"}[tc.status == 200]
 			if rec := hr[1]; rec.Path != "/two" || rec.Status != tc.status || !strings.Contains(rec.Error, tc.recErr) ||
-				(tc.status == 200) != (rec.Result == "ok") {
-				t.Errorf("record %+v", rec)
+				(tc.status == 200) != (rec.Result == "ok") || rec.UpstreamVerify != verify {
+				t.Errorf("record %+v, want upstream_verify %s", rec, verify)
 			}
+			wantRedialRefusedTLSRecord(t, r.records(), tc.status == 200, tc.recErr)
 		})
 	}
 }

@@ -3,6 +3,7 @@ package intercept
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"slices"
@@ -22,7 +23,12 @@ import (
 // it. So each connection keeps the failure its rule accepted (setConn's
 // verifyErr, the session's firstVerifyErr), each request's record takes
 // the result of the connection it went over (usedConn), and the tls record
-// says failed when any connection the session used failed.
+// says failed when any connection the session used failed. Without
+// allow_unverified_upstream, a further connection whose certificate fails
+// is refused, and so is the request that dialled it (a 502): its record,
+// and the tls record, say failed all the same (redialRefusedError). A
+// destination that verifies on the first connection and not on the next
+// is what the tls-verify-failed query is there to find.
 
 // unverifiedNote is the error of a record whose connection's certificate
 // failed verification and was used because the rule accepts that.
@@ -32,8 +38,9 @@ const unverifiedNote = "upstream certificate accepted by rule: "
 // upstream connection c of the bump (transport): ucfg as the first
 // connection's, with the origin's groups as they stand now (groupsKey),
 // and, for h1Only, ALPN offering http/1.1 alone. The certificate is
-// verified for name; one that fails is refused unless the rule accepts
-// it, and then kept as c's verdict (noteRedialFailure).
+// verified for name; one that fails is refused, with a
+// redialRefusedError, unless the rule accepts it, and then kept as c's
+// verdict (noteRedialFailure).
 func (s *session) redialer(ucfg *tls.Config, name string, groupsKey string) func(ctx context.Context, c net.Conn, h1Only bool) (net.Conn, error) {
 	ic := s.ic
 	return func(ctx context.Context, c net.Conn, h1Only bool) (net.Conn, error) {
@@ -48,17 +55,26 @@ func (s *session) redialer(ucfg *tls.Config, name string, groupsKey string) func
 		if h1Only {
 			cfg.NextProtos = slices.DeleteFunc(slices.Clone(cfg.NextProtos), func(p string) bool { return p != "http/1.1" })
 		}
-		var accepted error // the failure the rule accepted, if any
+		var accepted, refused error // the failure the rule accepted, or refused
 		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 			err := ic.verifyUpstream(cs, name, s.Subject)
 			sessions.verified.Store(err == nil)
 			if err != nil && !s.Decision.AllowUnverifiedUpstream {
+				refused = err
 				return err
 			}
 			accepted = err
 			return nil
 		}
 		tc, err := s.handshakeUpstream(ctx, c, cfg)
+		if err != nil && refused != nil && noVerdict(refused) == nil {
+			// A verdict on the certificate (not a verification that never
+			// ran, verifyguard.go): the request's record and the tls
+			// record say so.
+			rerr := &redialRefusedError{refused}
+			s.noteRedialRefused(rerr)
+			return nil, rerr
+		}
 		if err != nil || accepted == nil {
 			return tc, err
 		}
@@ -80,6 +96,32 @@ type verdicts struct {
 	// redialErr is the first failure of a further connection's
 	// certificate that the rule accepted: for the tls record.
 	redialErr error
+	// refused says why the first further connection refused for its
+	// certificate was: for the tls record. Text, not the error: x509's
+	// holds the certificate message, for as long as the session lasts.
+	refused string
+}
+
+// redialRefusedError is the failure of a further upstream connection
+// whose certificate failed verification under a rule that does not accept
+// that: the request that dialled it fails with it, and its record says
+// upstream_verify failed (noteVerdict).
+type redialRefusedError struct{ err error }
+
+func (e *redialRefusedError) Error() string {
+	return "upstream certificate refused: " + e.err.Error() + " (a further connection)"
+}
+
+func (e *redialRefusedError) Unwrap() error { return e.err }
+
+// noteRedialRefused keeps err, a further connection refused for its
+// certificate, for the tls record, unless one came before.
+func (s *session) noteRedialRefused(err *redialRefusedError) {
+	s.verdicts.mu.Lock()
+	defer s.verdicts.mu.Unlock()
+	if s.verdicts.refused == "" {
+		s.verdicts.refused = err.Error()
+	}
 }
 
 // noteRedialFailure keeps err, a further connection's verification
@@ -110,16 +152,22 @@ func (s *session) verdictOf(c net.Conn) error {
 }
 
 // noteRedialsInTLSRecord marks the tls record failed when a further
-// connection's certificate failed, though the first one's verified.
+// connection's certificate failed, though the first one's verified:
+// accepted by the rule, or refused.
 func (s *session) noteRedialsInTLSRecord() {
 	s.verdicts.mu.Lock()
-	err := s.verdicts.redialErr
+	accepted, refused := s.verdicts.redialErr, s.verdicts.refused
 	s.verdicts.mu.Unlock()
-	if err == nil || s.Record.UpstreamVerify != "ok" {
+	if accepted == nil && refused == "" || s.Record.UpstreamVerify != "ok" {
 		return
 	}
 	s.Record.UpstreamVerify = "failed"
-	s.Record.Error = joinErrors(s.Record.Error, unverifiedNote+err.Error()+" (a further connection)")
+	if accepted != nil {
+		s.Record.Error = joinErrors(s.Record.Error, unverifiedNote+accepted.Error()+" (a further connection)")
+	}
+	if refused != "" {
+		s.Record.Error = joinErrors(s.Record.Error, refused)
+	}
 }
 
 // usedConn is the upstream connection a request went over, as the
@@ -161,8 +209,15 @@ func (u *usedConn) set(c net.Conn) {
 }
 
 // noteVerdict records on rec the verification of the connection the
-// request went over, if it got one.
-func (s *session) noteVerdict(rec *records.Record, u *usedConn) {
+// request went over, if it got one; or, when the round trip failed with
+// err, a further connection refused for its certificate (its error, which
+// says why, is the record's).
+func (s *session) noteVerdict(rec *records.Record, u *usedConn, err error) {
+	var refused *redialRefusedError
+	if errors.As(err, &refused) {
+		rec.UpstreamVerify = "failed"
+		return
+	}
 	if u == nil {
 		return
 	}

@@ -225,3 +225,78 @@ func h2OriginWith(t *testing.T, cert *tls.Certificate, c net.Conn, h http.Handle
 	}()
 	return hs
 }
+
+// TestBumpRedialRefusedH2 is TestBumpRedial's untrusted case for an
+// HTTP/2 client and origin, whose requests go over http.Transport: the
+// first origin connection, verified, ends after the first response; the
+// redial meets a certificate nobody trusts under a rule that does not
+// accept that, and /two is refused (502). Its record and the tls record
+// say upstream_verify failed; before, both said ok.
+func TestBumpRedialRefusedH2(t *testing.T) {
+	r := newRig(t, testPolicy)
+	handler := func(w http.ResponseWriter, req *http.Request) { io.WriteString(w, "hello") }
+	upEnd, originEnd := testnet.TCPPair(t)
+	first := h2OriginWith(t, r.upLeaf("www.example.test"), originEnd, handler)
+	up2End, origin2End := testnet.TCPPair(t)
+	h2OriginWith(t, r.strangerLeaf("www.example.test"), origin2End, handler)
+	r.offerRedial(up2End)
+	c, sv := r.connect(upEnd, tlsDest)
+	cc, err := (&http2.Transport{}).NewClientConn(bumpClient(t, r, c, "www.example.test", "h2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{{"/one", 200}, {"/two", 502}} {
+		req, _ := http.NewRequest("GET", "https://www.example.test"+tc.path, nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status {
+			t.Fatalf("%s: status %d %q; records %+v", tc.path, resp.StatusCode, body, r.records())
+		}
+		first.Shutdown(context.Background()) // the first origin connection ends: /two needs another
+	}
+	cc.Close()
+	sv.waitDoneOnce(t)
+	hr := ofKind(r.records(), "http")
+	if len(hr) != 2 {
+		t.Fatalf("http records %+v", hr)
+	}
+	for _, rec := range hr {
+		t.Logf("%s: status %d, upstream_verify %q, error %q", rec.Path, rec.Status, rec.UpstreamVerify, rec.Error)
+	}
+	if rec := hr[0]; rec.Path != "/one" || rec.UpstreamVerify != "ok" || rec.Error != "" {
+		t.Errorf("record of /one %+v", rec)
+	}
+	if rec := hr[1]; rec.Path != "/two" || rec.Status != 502 || rec.UpstreamVerify != "failed" ||
+		!strings.Contains(rec.Error, "certificate signed by unknown authority") {
+		t.Errorf("record of /two %+v, want 502 and upstream_verify failed", rec)
+	}
+	wantRedialRefusedTLSRecord(t, r.records(), false, "certificate signed by unknown authority")
+}
+
+// wantRedialRefusedTLSRecord checks the one tls record in recs: ok when
+// the session's further connection verified, else failed, its error
+// saying why (reason) of a further connection.
+func wantRedialRefusedTLSRecord(t *testing.T, recs []records.Record, verified bool, reason string) {
+	t.Helper()
+	tr := ofKind(recs, "tls")
+	if len(tr) != 1 {
+		t.Fatalf("tls records %+v", tr)
+	}
+	rec := tr[0]
+	t.Logf("tls record: upstream_verify %q, error %q", rec.UpstreamVerify, rec.Error)
+	switch {
+	case verified && (rec.UpstreamVerify != "ok" || rec.Error != ""):
+		t.Errorf("tls record %+v, want upstream_verify ok", rec)
+	case !verified && (rec.UpstreamVerify != "failed" || rec.Result != "ok" ||
+		!strings.Contains(rec.Error, "upstream certificate refused: ") || !strings.Contains(rec.Error, reason) ||
+		!strings.HasSuffix(rec.Error, "(a further connection)")):
+		t.Errorf("tls record %+v, want upstream_verify failed, why, of a further connection", rec)
+	}
+}

@@ -192,7 +192,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	req, used := s.trackConn(req, rt.scheme == "https") // redial.go
 	resp, err := rt.tr.RoundTrip(req)
-	s.noteVerdict(&rec, used)
+	s.noteVerdict(&rec, used, err)
 	// What of the body has gone upstream, on every path: a request with
 	// no response (the destination closed or reset, the client went away)
 	// still sent its body, and cleartext HTTP has no connection record to
