@@ -355,8 +355,10 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 		resp.Body = &upgradedBody{br: br, conn: c, stop: stop, ended: make(chan struct{})}
 		return resp, nil
 	}
+	// An invalid status (roundTrip refuses it) says the origin is not
+	// speaking HTTP as it should: its connection is not kept.
 	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, conn: c, br: br, wrote: wrote, stop: stop,
-		reuse: !resp.Close && !req.Close && !src.scan.faulty(n, resp), eof: resp.Body == http.NoBody}
+		reuse: !resp.Close && !req.Close && !src.scan.faulty(n, resp) && invalidStatus(resp) == "", eof: resp.Body == http.NoBody}
 	return resp, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -221,6 +222,17 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		rt.write(&rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy could not reach the destination: "+err.Error()), nil
 	}
+	if bad := invalidStatus(resp); bad != "" {
+		// Not a status a client can be given: net/http would answer it
+		// with a doubled status line, a body it counts as none, and the
+		// HTTP/2 server panics in WriteHeader and resets the stream. The
+		// destination's fault, said so, as any other answer it garbled.
+		resp.Body.Close()
+		rec.Status, rec.Result = http.StatusBadGateway, "error"
+		rec.Error = "invalid status " + bad + " from the destination"
+		rt.write(&rec, start)
+		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the destination answered with an invalid status"), nil
+	}
 	rec.Status = resp.StatusCode
 	var tunnel *tunnelReload // a WebSocket's recheck after a reload
 	if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -297,6 +309,27 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = rb
 	}
 	return resp, nil
+}
+
+// invalidStatus returns resp's status as the destination sent it when it
+// cannot be a final one, else "": a final status is 200 to 999, or a 101
+// (checked on its own after). The transports let others through: x/net's
+// HTTP/2 one takes any integer :status ("-7", "1000"), and an HTTP/1
+// status line's three digits may be under 100 ("000"), which net/http
+// and h1Transport take as final; a 1xx other than 101 is never final.
+func invalidStatus(resp *http.Response) string {
+	code := resp.StatusCode
+	if (code >= 200 && code <= 999) || code == http.StatusSwitchingProtocols {
+		return ""
+	}
+	// As sent ("099", not 99): the status's first field, when it is
+	// that number.
+	if f, _, _ := strings.Cut(resp.Status, " "); f != "" {
+		if n, err := strconv.Atoi(f); err == nil && n == code {
+			return f
+		}
+	}
+	return strconv.Itoa(code)
 }
 
 // requestPolicy returns the policy a request arriving now is decided by:
