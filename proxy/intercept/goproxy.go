@@ -251,8 +251,9 @@ func (rt *roundTripper) end() {
 				}
 			case idled && rt.requests.Load() == 0:
 				// An h2c client's preface, and no request: nothing was
-				// refused, the wait for one ran out.
-				rec.Rule = s.Record.Rule
+				// refused, the wait for one ran out. The decision that let
+				// the connection in, as the timeout's: rule and policy.
+				rec.Rule, rec.Policy = s.Record.Rule, s.Record.Policy
 				rec.Result, rec.Error = "ok", idleNote()
 			default:
 				rec.Action, rec.Result = "deny", "denied"

@@ -314,7 +314,7 @@ func (r *rig) serve(client, proxySide, upEnd net.Conn, dest netip.AddrPort) *ser
 		}
 		subj := policy.Subject{Dest: dest, Client: testClient, Endpoint: testEndpoint}
 		rec := &records.Record{
-			Kind: "tcp", Action: "allow", Rule: policy.DefaultRule, Endpoint: testEndpoint,
+			Kind: "tcp", Action: "allow", Rule: policy.DefaultRule, Policy: r.pol.ID(), Endpoint: testEndpoint,
 			ClientIP: testClient.String(), ClientPort: testClientPort,
 			DestIP: dest.Addr().String(), DestPort: dest.Port(), Result: "ok",
 		}

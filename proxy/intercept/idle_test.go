@@ -255,3 +255,28 @@ func TestClientIdleTimeoutSparesRequests(t *testing.T) {
 		}
 	})
 }
+
+// An h2c client that sends its preface and SETTINGS, then nothing, is
+// closed for idleness; its http record keeps the decision that let the
+// connection in, rule and policy both (records.md: policy is the one
+// whose rule rule is). Before, the policy was left out.
+func TestClientIdleH2cRecordPolicy(t *testing.T) {
+	defer intercept.SetClientIdleTimeout(300 * time.Millisecond)()
+	r := newRig(t, testPolicy)
+	upEnd, _ := r.startUpstreamTCP(nil)
+	c, sv := r.connectTCP(upEnd, httpDest)
+	c.SetDeadline(time.Now().Add(waitLimit))
+	io.WriteString(c, http2.ClientPreface)
+	http2.NewFramer(c, c).WriteSettings()
+	io.Copy(io.Discard, c) // until the appliance closes
+	sv.waitDoneOnce(t)
+	recs := ofKind(r.records(), "http")
+	if len(recs) != 1 {
+		t.Fatalf("http records %+v, want one", recs)
+	}
+	if rec := recs[0]; rec.Rule != "default" || rec.Policy != r.pol.ID() || rec.Policy == "" ||
+		rec.Result != "ok" || !strings.Contains(rec.Error, "no request for") {
+		t.Errorf("record rule %q policy %q result %s error %q; want rule default, policy %q, ok, no request",
+			rec.Rule, rec.Policy, rec.Result, rec.Error, r.pol.ID())
+	}
+}
