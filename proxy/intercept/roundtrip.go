@@ -1,7 +1,6 @@
 package intercept
 
 import (
-	"bytes"
 	"fmt"
 	"html"
 	"io"
@@ -123,20 +122,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	if s.ic.IsTrustHost(host) {
-		resp := serveLocally(s.ic.cfg.Trust, req)
-		rec.Action, rec.Rule, rec.Status, rec.BytesIn = "allow", trustRule, resp.StatusCode, resp.ContentLength
-		rec.Policy = "" // the appliance's own page, whatever the policy
-		if f := s.ic.cfg.TrustRecord; f != nil {
-			ok, skipped := f(&rec)
-			if !ok {
-				return resp, nil
-			}
-			if skipped > 0 {
-				rec.Error = fmt.Sprintf("%d more trust-page requests from this client before this one, not recorded one by one", skipped)
-			}
-		}
-		rt.write(&rec, start)
-		return resp, nil
+		return rt.serveTrust(req, &rec, start), nil // trustpage.go
 	}
 	proto := policy.ProtoHTTP
 	if rt.scheme == "https" {
@@ -348,39 +334,6 @@ func (rt *roundTripper) write(rec *records.Record, start time.Time) {
 	rt.s.noteAbort(rec)
 	rec.End(start)
 	rt.s.ic.cfg.Records.Write(rec)
-}
-
-// serveLocally answers req with h, in memory: the trust page is served by
-// the appliance itself, not fetched from anywhere.
-func serveLocally(h http.Handler, req *http.Request) *http.Response {
-	w := &memoryResponse{header: make(http.Header), status: http.StatusOK}
-	h.ServeHTTP(w, req)
-	return &http.Response{
-		StatusCode: w.status, Status: fmt.Sprintf("%d %s", w.status, http.StatusText(w.status)),
-		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Request: req, Header: w.header,
-		Body: io.NopCloser(bytes.NewReader(w.body.Bytes())), ContentLength: int64(w.body.Len()),
-	}
-}
-
-// memoryResponse is the http.ResponseWriter of serveLocally.
-type memoryResponse struct {
-	header      http.Header
-	status      int
-	wroteHeader bool
-	body        bytes.Buffer
-}
-
-func (w *memoryResponse) Header() http.Header { return w.header }
-
-func (w *memoryResponse) WriteHeader(code int) {
-	if !w.wroteHeader {
-		w.status, w.wroteHeader = code, true
-	}
-}
-
-func (w *memoryResponse) Write(b []byte) (int, error) {
-	w.WriteHeader(http.StatusOK)
-	return w.body.Write(b)
 }
 
 // isWebSocketUpgrade is goproxy's own test for a response it tunnels.
