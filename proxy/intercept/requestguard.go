@@ -138,7 +138,19 @@ var hopByHop = []string{"Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encodi
 // would take for the client's while the record says there was none, and
 // which tells it an appliance is in the way. An empty value makes both
 // transports send none.
-func prepareForward(req *http.Request) {
+//
+// An Expect field goes nowhere either: neither transport waits for the
+// destination's 100 (the client is told "100 Continue" once its body is
+// asked for, and the body goes out right behind the head), while an origin
+// that sees the expectation may answer at once without reading the body
+// and read the body, on a kept connection, as the next request: one
+// nothing decided, for whatever Host it names. Without the field the
+// origin has a body to read, as for any other request.
+//
+// It returns the request to send: req itself, or, for a body a
+// destination may not read as one (closeAfter), a copy that asks for the
+// upstream connection to end after it.
+func prepareForward(req *http.Request) *http.Request {
 	req.Trailer = nil
 	if req.Header == nil {
 		req.Header = make(http.Header)
@@ -146,6 +158,47 @@ func prepareForward(req *http.Request) {
 	if _, ok := req.Header["User-Agent"]; !ok { // the key net/http looks up
 		req.Header["User-Agent"] = []string{""}
 	}
+	delete(req.Header, "Expect")
+	if !closeAfter(req) {
+		return req
+	}
+	// A copy: goproxy closes the client's connection after a request
+	// whose Close is set, and it is only the upstream's that must end.
+	out := req.WithContext(req.Context())
+	out.Close = true
+	// Written as "Connection: close" alone: a client's "keep-alive" next
+	// to it would leave the origin to choose.
+	out.Header["Connection"] = []string{"close"}
+	return out
+}
+
+// closeAfter reports whether req carries a body with a method whose
+// content has no meaning (RFC 9110 §9.3: GET, HEAD, DELETE, OPTIONS
+// without a media type, TRACE never has one). Relayed as framed, such a
+// body is still one a destination may ignore: many front ends and static
+// handlers read a GET's head and skip its Content-Length (the "CL.0"
+// desync), and take the body for the next request on the connection, for
+// whatever Host it names, which no policy decided. Its answer, however
+// late, would then be read as the answer to the client's next request on
+// a kept connection, and recorded as that one's. Such a request goes with
+// "Connection: close" and its upstream connection is never used again
+// (h1Transport and http.Transport both honour Request.Close): a server
+// that honours close processes nothing after it (RFC 9112 §9.6), and
+// whatever one that does not answers reaches nobody. Refusing such bodies
+// would break clients that use them (search APIs send GET with a body);
+// the price here is a new upstream connection after each (an HTTP/2
+// upstream's too: http.Transport takes no new stream on it).
+func closeAfter(req *http.Request) bool {
+	if bodyless(req) || req.ContentLength == 0 && inH2Handler(req) {
+		// An HTTP/2 request whose HEADERS ended the stream has a body
+		// that is not http.NoBody, and a length of 0.
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodDelete, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
 }
 
 // writeDeny counts a denied request, and ends and writes its record

@@ -284,11 +284,11 @@ func TestResponseHead1xx(t *testing.T) {
 	}
 }
 
-// After the 100 Continue a request with a body asked for, the wait for the
-// head is the upload and what follows it, which is not timed: an HTTP/1
-// client (offering http/1.1 before h2) of an HTTP/2 origin, the one way a
-// request's Expect reaches http.Transport, gets the 200 its origin sends
-// well after the 100.
+// After a 100 Continue, the wait for the head is the upload and what
+// follows it, which is not timed: an HTTP/1 client (offering http/1.1
+// before h2) of an HTTP/2 origin that sends a 100 of its own (the client's
+// Expect is answered by goproxy and goes no further: prepareForward) gets
+// the 200 its origin sends well after the 100.
 func TestResponseHeadAfter100Continue(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	defer intercept.SetResponseHeadTimeout(timeout)()
@@ -301,7 +301,11 @@ func TestResponseHeadAfter100Continue(t *testing.T) {
 			return
 		}
 		(&http2.Server{}).ServeConn(tc, &http2.ServeConnOpts{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-			io.Copy(io.Discard, req.Body) // sends the 100 Continue
+			if req.Header.Get("Expect") != "" {
+				t.Errorf("the origin was sent Expect: %q", req.Header.Get("Expect"))
+			}
+			w.WriteHeader(http.StatusContinue)
+			io.Copy(io.Discard, req.Body)
 			time.Sleep(3 * timeout)
 			io.WriteString(w, "ok")
 		})})

@@ -171,7 +171,7 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			rec.DestCheck = "ok"
 		}
 	}
-	prepareForward(req)
+	req = prepareForward(req)
 	var sent countingReader
 	if req.Body != nil && req.Body != http.NoBody {
 		sent.r = req.Body

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http/httpguts"
 )
 
 // byteCount is what a session's connections to the destination carried,
@@ -226,9 +224,7 @@ type oneHostTransport struct {
 }
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	hd := &headDeadline{expect100: req.Body != nil && req.Body != http.NoBody &&
-		httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue"), used: usedConnOf(req.Context()),
-		reqDone: req.Context().Done()}
+	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done()}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
 	// A copy: the transport must not change the caller's request.
@@ -319,7 +315,7 @@ var errTooMany1xx = errors.New("too many 1xx informational responses")
 //   - over HTTP/1 the upstream connection's next read that returns bytes
 //     (countedConn.onRead) arms the timer: the next head is timed from its
 //     first byte, and the wait for it (an origin's thinking after a 103
-//     Early Hints, or the upload a 100 Continue asked for) is not, as in
+//     Early Hints, or the upload after a 100 Continue) is not, as in
 //     h1Transport. A start of the next head that came in the 1xx's own
 //     read, at most the transport's read buffer, waits untimed for the
 //     rest, as a head whose first byte has not come does;
@@ -327,20 +323,19 @@ var errTooMany1xx = errors.New("too many 1xx informational responses")
 //     block whole, and a timer would time only the origin's thinking.
 //
 // Should the connection be none it knows (no countedConn under it), the
-// next head gets responseHeadTimeout from the 1xx, unless the 1xx is the
-// 100 Continue a request with a body asked for.
+// next head gets responseHeadTimeout from the 1xx. (No 100 Continue is
+// asked for: prepareForward drops a request's Expect.)
 type headDeadline struct {
-	cancel    context.CancelCauseFunc
-	expect100 bool // the request has a body, and asked for a 100 Continue
-	mu        sync.Mutex
-	timer     *time.Timer
-	n1xx      int
-	done      bool         // the head has come: arm no timer
-	h2        bool         // the request went over HTTP/2
-	conn      *countedConn // the request's HTTP/1 connection, below TLS
-	framing   *framingConn // the same, as the transport holds it
-	next      func()       // conn.onRead's, while set: start
-	used      *usedConn    // where the request's connection is told, if anywhere: redial.go
+	cancel  context.CancelCauseFunc
+	mu      sync.Mutex
+	timer   *time.Timer
+	n1xx    int
+	done    bool         // the head has come: arm no timer
+	h2      bool         // the request went over HTTP/2
+	conn    *countedConn // the request's HTTP/1 connection, below TLS
+	framing *framingConn // the same, as the transport holds it
+	next    func()       // conn.onRead's, while set: start
+	used    *usedConn    // where the request's connection is told, if anywhere: redial.go
 	// dials: the connections dialled for the request (newConnFor).
 	dials atomic.Int32
 	// reqDone is the request's context's Done: a dial waiting for a slot
@@ -399,7 +394,7 @@ func (d *headDeadline) unwatch() {
 
 // got1xx takes a 1xx response: it fails the request after max1xx, and
 // otherwise leaves the next head to be timed as the type's comment says.
-func (d *headDeadline) got1xx(code int, _ textproto.MIMEHeader) error {
+func (d *headDeadline) got1xx(_ int, _ textproto.MIMEHeader) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.n1xx++; d.n1xx > max1xx {
@@ -419,7 +414,7 @@ func (d *headDeadline) got1xx(code int, _ textproto.MIMEHeader) error {
 			d.next = d.start
 		}
 		d.conn.onRead.Store(&d.next)
-	case code != http.StatusContinue || !d.expect100:
+	default:
 		d.arm()
 	}
 	return nil
