@@ -147,6 +147,8 @@ var hopByHop = []string{"Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encodi
 // nothing decided, for whatever Host it names. Without the field the
 // origin has a body to read, as for any other request.
 //
+// Its query is written as RFC 3986 has it (escapeQuery).
+//
 // It returns the request to send: req itself, or, for a body a
 // destination may not read as one (closeAfter), a copy that asks for the
 // upstream connection to end after it.
@@ -159,6 +161,7 @@ func prepareForward(req *http.Request) *http.Request {
 		req.Header["User-Agent"] = []string{""}
 	}
 	delete(req.Header, "Expect")
+	req.URL.RawQuery = escapeQuery(req.URL.RawQuery)
 	if !closeAfter(req) {
 		return req
 	}
@@ -170,6 +173,55 @@ func prepareForward(req *http.Request) *http.Request {
 	// to it would leave the origin to choose.
 	out.Header["Connection"] = []string{"close"}
 	return out
+}
+
+// escapeQuery percent-encodes, in q, a request's query as the client sent
+// it, every byte RFC 3986 §3.4 does not allow in a query: a space, a
+// control byte, " # < > [ \ ] ^ ` { | }, and 0x80-0xFF. Go keeps a query
+// as it came, and both transports write it into an HTTP/1 request line as
+// is. An HTTP/2 client's :path may hold a space (x/net refuses only
+// control bytes), and "/a?x HTTP/1.0 X" then reached the origin as "GET
+// /a?x HTTP/1.0 X HTTP/1.1": a request line with five tokens, which a
+// parser that splits on spaces reads as another target, or as HTTP/1.0,
+// with other connection rules than the appliance's. Encoded, the origin
+// gets one target that decodes to what the client sent. Re-escaped rather
+// than refused: raw UTF-8 in a query is common from non-browser clients,
+// and the bytes mean the same either way. A '%' stays as it is: it may
+// begin an escape already. It allocates only for a query that needs it.
+func escapeQuery(q string) string {
+	n := 0
+	for i := 0; i < len(q); i++ {
+		if !queryByte(q[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return q
+	}
+	const hex = "0123456789ABCDEF"
+	b := make([]byte, 0, len(q)+2*n)
+	for i := 0; i < len(q); i++ {
+		if c := q[i]; queryByte(c) {
+			b = append(b, c)
+		} else {
+			b = append(b, '%', hex[c>>4], hex[c&15])
+		}
+	}
+	return string(b)
+}
+
+// queryByte reports whether c may appear raw in a query (RFC 3986 §3.4:
+// unreserved, sub-delims, ':', '@', '/', '?'), or is the '%' of an escape.
+func queryByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	switch c {
+	case '-', '.', '_', '~', '!', '$', '&', '\'', '(', ')', '*', '+', ',', ';', '=', ':', '@', '/', '?', '%':
+		return true
+	}
+	return false
 }
 
 // closeAfter reports whether req carries a body with a method whose
