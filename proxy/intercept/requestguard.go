@@ -63,6 +63,37 @@ func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, 
 	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request target must be a path or an http(s) URL")
 }
 
+// refuseMalformedBody answers 400, with a deny record, a request whose
+// body the appliance's own HTTP/2 server refused (RFC 9113 §8.1.1),
+// bodyErr being the first failed read of the body: a stream that ended
+// short of its content-length, or DATA beyond it when the transport read
+// that far. Recorded as the client's going away, it blamed a client that
+// had not gone. It returns nil for any other error, or none.
+//
+// x/net says which in its error's words only (no error value to compare
+// with errors.Is), and only on the body. DATA beyond the content-length
+// also has the server reset the stream, which ends the request's context,
+// and the round trip may end on that before the transport reads the
+// body's error (or before it sends anything); a content-length that is
+// not a number (ContentLength 0) has goproxy put http.NoBody in the
+// body's place, so its DATA's reset reaches the request only as its
+// context's end. Those look like a client's RST_STREAM, and are recorded
+// as the client's going away still.
+func (rt *roundTripper) refuseMalformedBody(req *http.Request, bodyErr error, rec *records.Record, start time.Time) *http.Response {
+	if bodyErr == nil || !inH2Handler(req) {
+		return nil
+	}
+	msg := bodyErr.Error()
+	if !strings.Contains(msg, "sender tried to send more than declared Content-Length") &&
+		!strings.Contains(msg, "request declared a Content-Length of") {
+		return nil
+	}
+	rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
+	rec.Action, rec.Result, rec.Error = "deny", "denied", "malformed request body: "+msg
+	rt.writeDeny(rec, start)
+	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request body does not match its content-length")
+}
+
 // truncate cuts s to at most n bytes.
 func truncate(s string, n int) string {
 	if len(s) > n {

@@ -186,6 +186,9 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	// say so. A response's end counts it again (rb.done).
 	rec.BytesOut = sent.n.Load()
 	if err != nil && (req.Context().Err() != nil || sent.failed.Load()) {
+		if resp := rt.refuseMalformedBody(req, sent.err(), &rec, start); resp != nil {
+			return resp, nil
+		}
 		// The client went away while the request was under way (its
 		// request's context ended, or its body could not be read to the
 		// end): the round trip was cut short for it, not by the
@@ -391,17 +394,29 @@ type countingReader struct {
 	r io.ReadCloser
 	n atomic.Int64
 	// failed: a read of the client's body failed (not its end): the
-	// client went, or the appliance's deadline cut its connection.
-	failed atomic.Bool
+	// client went, or the appliance's deadline cut its connection, or its
+	// HTTP/2 server refused the body (refuseMalformedBody). firstErr is
+	// the first such failure's error.
+	failed   atomic.Bool
+	firstErr atomic.Pointer[error]
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
 	c.n.Add(int64(n))
 	if err != nil && err != io.EOF {
+		c.firstErr.CompareAndSwap(nil, &err)
 		c.failed.Store(true)
 	}
 	return n, err
+}
+
+// err returns the error of the first failed read of the body, or nil.
+func (c *countingReader) err() error {
+	if p := c.firstErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (c *countingReader) Close() error { return c.r.Close() }

@@ -1,0 +1,94 @@
+package intercept_test
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// TestMalformedH2BodyRecorded: an HTTP/2 request whose stream ends short
+// of its content-length has its body refused by the appliance's own
+// HTTP/2 server; its record says so (deny, "malformed request body"), not
+// that the client went away, and the client gets a 400. (DATA beyond the
+// content-length is not checked: the server's reset of the stream races
+// the transport's read of the body's error, refuseMalformedBody.)
+func TestMalformedH2BodyRecorded(t *testing.T) {
+	for _, tc := range []struct {
+		name, cl string
+		data     []string
+	}{
+		{"content-length 10, 5 bytes", "10", []string{"hello"}},
+		{"content-length 10, 5 bytes in two frames", "10", []string{"he", "llo"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			o := &laxOrigin{t: t}
+			c, _ := r.connectTCP(o.conn(), httpDest)
+			c.SetDeadline(time.Now().Add(waitLimit))
+			out := h2cStart()
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
+			for _, f := range []hpack.HeaderField{
+				{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"}, {Name: ":path", Value: "/a"},
+				{Name: ":authority", Value: "www.example.test"}, {Name: "content-length", Value: tc.cl},
+			} {
+				enc.WriteField(f)
+			}
+			fr := http2.NewFramer(out, nil)
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+			for i, d := range tc.data {
+				fr.WriteData(1, i == len(tc.data)-1, []byte(d))
+			}
+			c.Write(out.Bytes())
+			rf := http2.NewFramer(io.Discard, c)
+			rf.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+			got := ""
+		read:
+			for {
+				f, err := rf.ReadFrame()
+				if err != nil {
+					t.Fatalf("reading: %v", err)
+				}
+				switch f := f.(type) {
+				case *http2.MetaHeadersFrame:
+					if f.StreamID == 1 {
+						got = "status " + f.PseudoValue("status")
+						if f.StreamEnded() {
+							break read
+						}
+					}
+				case *http2.DataFrame:
+					if f.StreamID == 1 && f.StreamEnded() {
+						break read
+					}
+				case *http2.RSTStreamFrame:
+					got += " RST_STREAM " + f.ErrCode.String()
+					break read
+				}
+			}
+			if got != "status 400" {
+				t.Errorf("client: %s, want status 400", got)
+			}
+			time.Sleep(200 * time.Millisecond) // the handler runs on after a reset
+			c.Close()
+			var found bool
+			for _, rec := range ofKind(r.records(), "http") {
+				if rec.Path != "/a" {
+					continue
+				}
+				found = true
+				if rec.Action != "deny" || rec.Result != "denied" || !strings.HasPrefix(rec.Error, "malformed request body: ") {
+					t.Errorf("record: action %s result %s error %q, want deny, denied, malformed request body", rec.Action, rec.Result, rec.Error)
+				}
+			}
+			if !found {
+				t.Errorf("no record for POST /a")
+			}
+		})
+	}
+}
