@@ -534,7 +534,14 @@ func LoadOrCreate(stateDir string) (ca *CA, created bool, err error) {
 	case certExists && keyExists:
 		ca, err := Load(certFile, keyFile)
 		if err == nil && interrupted { // stopped after both files: complete
-			err = removeIfExists(filepath.Join(stateDir, creatingFileName))
+			// The CA is whole and checked, so a marker that cannot go (a
+			// read-only state directory) must not stop the start: it only
+			// says a creation was under way, and with both files present
+			// it is never acted on.
+			if rerr := removeIfExists(filepath.Join(stateDir, creatingFileName)); rerr != nil {
+				slog.Warn("the CA is complete but its creation marker could not be removed; remove it by hand",
+					"dir", stateDir, "err", rerr)
+			}
 		}
 		return ca, false, err
 	case certExists:

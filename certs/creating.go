@@ -71,9 +71,12 @@ func discardInterrupted(stateDir string) error {
 	return nil
 }
 
+// removeIfExists removes path, and is content when it is already gone.
+// The error is os.Remove's, which names the operation and the path
+// already ("remove PATH: ...").
 func removeIfExists(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", path, err)
+		return err
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 )
 
 // interruptDirEnv makes TestLoadOrCreateInterrupted, run as a child, create
@@ -121,5 +123,83 @@ func TestLoadOrCreateWaitsForAnother(t *testing.T) {
 	if a.err != nil || b.err != nil || a.created == b.created || a.ca.Fingerprint() != b.ca.Fingerprint() {
 		t.Fatalf("two at once: created %v and %v, errors %v and %v, the same CA %v", a.created, b.created, a.err, b.err,
 			a.err == nil && b.err == nil && a.ca.Fingerprint() == b.ca.Fingerprint())
+	}
+}
+
+// readOnlyDir returns a directory that populate has filled and that can
+// no longer be written: as root (whom permissions do not stop) a tmpfs
+// remounted read-only, unmounted when the test ends; otherwise a
+// directory of mode 0500.
+func readOnlyDir(t *testing.T, populate func(dir string)) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() != 0 {
+		populate(dir)
+		if err := os.Chmod(dir, 0o500); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.Chmod(dir, 0o700) })
+		return dir
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "mode=0700,size=1m"); err != nil {
+		testenv.RequirePrivileged(t, "mounting a tmpfs: "+err.Error())
+	}
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	populate(dir)
+	if err := syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatalf("remount %s read-only: %v", dir, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "probe"), nil, 0o600); err == nil {
+		t.Fatal("the read-only directory took a file")
+	}
+	return dir
+}
+
+// TestLoadOrCreateMarkerReadOnly: a complete, valid CA beside a leftover
+// creation marker (a stop after both files, before the marker went) in a
+// state directory that cannot be written loads, with a warning, and keeps
+// the marker. Before, the start failed on the marker's removal, with
+// "remove" twice in the message. A cut-short creation there (a lone key
+// and the marker) still fails, since it cannot be discarded, and its
+// error says "remove" once.
+func TestLoadOrCreateMarkerReadOnly(t *testing.T) {
+	want := mustGenerate(t)
+	dir := readOnlyDir(t, func(dir string) {
+		if err := want.WriteFiles(dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, creatingFileName), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	ca, created, err := LoadOrCreate(dir)
+	if err != nil || created || ca.Fingerprint() != want.Fingerprint() {
+		t.Fatalf("complete CA and a marker in a read-only directory: created=%v err=%v, want the CA loaded", created, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, creatingFileName)); err != nil {
+		t.Errorf("the marker went from a read-only directory: %v", err)
+	}
+
+	dir = readOnlyDir(t, func(dir string) {
+		if err := want.WriteFiles(dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(dir, CertFileName)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, creatingFileName), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	_, _, err = LoadOrCreate(dir)
+	if err == nil || strings.Count(err.Error(), "remove") != 1 {
+		t.Fatalf("cut-short creation in a read-only directory: err=%v, want one failed remove", err)
 	}
 }
