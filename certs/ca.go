@@ -255,7 +255,7 @@ func (ca *CA) WriteFiles(dir string) error {
 // renames it over path, so readers never see a partial file. The mode is set
 // with Chmod because the umask could otherwise narrow it.
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	f, err := os.CreateTemp(filepath.Dir(path), tempPrefix(filepath.Base(path))+"*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -60,16 +61,37 @@ func lockStateDir(stateDir string) (func(), error) {
 }
 
 // discardInterrupted removes what a cut-short creation left in stateDir,
-// marker last, so that an interruption of this too is recovered from.
+// marker last, so that an interruption of this too is recovered from:
+// the files, and the temporary files writeFileAtomic had not yet renamed
+// into place (a stop between its create and its rename), one of which
+// may hold the discarded private key.
 func discardInterrupted(stateDir string) error {
 	slog.Warn("the CA's creation in the state directory was cut short (stopped during the first start): discarding the half-written CA, never served, and creating one", "dir", stateDir)
-	for _, name := range []string{KeyFileName, CertFileName, creatingFileName} {
+	names := []string{KeyFileName, CertFileName, creatingFileName}
+	entries, err := os.ReadDir(stateDir)
+	if err != nil {
+		return fmt.Errorf("discard the cut-short CA: %w", err)
+	}
+	for _, e := range entries {
+		for _, name := range names {
+			if strings.HasPrefix(e.Name(), tempPrefix(name)) {
+				if err := removeIfExists(filepath.Join(stateDir, e.Name())); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, name := range names {
 		if err := removeIfExists(filepath.Join(stateDir, name)); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// tempPrefix is how the names of writeFileAtomic's temporary files for
+// the file name begin.
+func tempPrefix(name string) string { return "." + name + ".tmp" }
 
 // removeIfExists removes path, and is content when it is already gone.
 // The error is os.Remove's, which names the operation and the path

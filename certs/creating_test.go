@@ -203,3 +203,48 @@ func TestLoadOrCreateMarkerReadOnly(t *testing.T) {
 		t.Fatalf("cut-short creation in a read-only directory: err=%v, want one failed remove", err)
 	}
 }
+
+// TestLoadOrCreateInterruptedTempFiles: a creation stopped inside
+// writeFileAtomic, between its temporary file and the rename (what a
+// SIGTERM during the first start did), leaves .ca-key.pem.tmpNNN, a
+// private key, beside the marker. The next LoadOrCreate discards those
+// with the half-written CA; before, they stayed in the state directory
+// for good. Files of other names are left alone.
+func TestLoadOrCreateInterruptedTempFiles(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	stray := mustGenerate(t)
+	if err := stray.WriteFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	// The stray CA's files, renamed as writeFileAtomic's temporary files
+	// are named before their rename.
+	for from, to := range map[string]string{KeyFileName: ".ca-key.pem.tmp610544969", CertFileName: ".ca.pem.tmp1234"} {
+		if err := os.Rename(filepath.Join(dir, from), filepath.Join(dir, to)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{creatingFileName, "..ca-creating.tmp42", "keep.txt", ".ca-key.pem.bak"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	ca, created, err := LoadOrCreate(dir)
+	if err != nil || !created || ca.Fingerprint() == stray.Fingerprint() {
+		t.Fatalf("after a creation stopped before its renames: created=%v err=%v, want a new CA", created, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+	}
+	if want := []string{".ca-key.pem.bak", KeyFileName, CertFileName, "keep.txt"}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("state directory holds %q, want %q", got, want)
+	}
+}
