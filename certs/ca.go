@@ -252,7 +252,9 @@ func (ca *CA) WriteFiles(dir string) error {
 }
 
 // writeFileAtomic writes data to a temporary file in the same directory and
-// renames it over path, so readers never see a partial file. The mode is set
+// renames it over path, so readers never see a partial file, then syncs the
+// file and the directory so that both the data and the name outlive a
+// power cut. The mode is set
 // with Chmod because the umask could otherwise narrow it.
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), tempPrefix(filepath.Base(path))+"*")
@@ -281,6 +283,10 @@ func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		_ = os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	// The rename is durable only once the directory is synced.
+	if err := syncDir(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
@@ -538,8 +544,12 @@ func LoadOrCreate(stateDir string) (ca *CA, created bool, err error) {
 			// read-only state directory) must not stop the start: it only
 			// says a creation was under way, and with both files present
 			// it is never acted on.
-			if rerr := removeIfExists(filepath.Join(stateDir, creatingFileName)); rerr != nil {
-				slog.Warn("the CA is complete but its creation marker could not be removed; remove it by hand",
+			rerr := removeIfExists(filepath.Join(stateDir, creatingFileName))
+			if rerr == nil {
+				rerr = syncDir(stateDir)
+			}
+			if rerr != nil {
+				slog.Warn("the CA is complete but removing its creation marker failed; remove it by hand",
 					"dir", stateDir, "err", rerr)
 			}
 		}

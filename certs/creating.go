@@ -35,7 +35,34 @@ func createFiles(ca *CA, stateDir string) error {
 	if err := ca.WriteFiles(stateDir); err != nil {
 		return err
 	}
-	return removeIfExists(marker)
+	if err := removeIfExists(marker); err != nil {
+		return err
+	}
+	// Until the directory is synced the marker's removal may be lost to
+	// a power cut, and the next start would discard this CA, maybe served
+	// by then, as a cut-short creation.
+	return syncDir(stateDir)
+}
+
+// syncDir makes the entries of dir durable: fsync on a file makes its
+// data durable, but its name, given by a rename or taken by a removal, is
+// the directory's, which stays in memory until the file system commits it
+// (seconds later) unless the directory is synced. Without it a power cut
+// right after a CA was created could take all of its names, and the next
+// boot would make a different CA while clients may already have installed
+// this one. A variable so that a test can see when it is called.
+var syncDir = func(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	defer d.Close()
+	// A file system that cannot sync directories (EINVAL, ENOTSUP) has no
+	// better way to offer; writing the CA should not fail for it.
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	return nil
 }
 
 // lockStateDir takes an exclusive lock (flock) on stateDir, making it if

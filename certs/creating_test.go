@@ -248,3 +248,58 @@ func TestLoadOrCreateInterruptedTempFiles(t *testing.T) {
 		t.Errorf("state directory holds %q, want %q", got, want)
 	}
 }
+
+// TestLoadOrCreateSyncsDirectory: creating a CA syncs the state directory
+// after each rename (marker, key, certificate) and after the marker's
+// removal, so that the names, not only the files' data, outlive a power
+// cut; and loading a complete CA beside a leftover marker syncs its
+// removal. A power cut cannot be staged here, so this checks what can be:
+// that the real directory sync (called through) runs, and succeeds, at
+// each of those points, seen by what the directory holds then.
+func TestLoadOrCreateSyncsDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	var synced []string
+	real := syncDir
+	t.Cleanup(func() { syncDir = real })
+	syncDir = func(d string) error {
+		if d != dir {
+			t.Errorf("synced %s, want the state directory %s", d, dir)
+		}
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		synced = append(synced, strings.Join(names, " "))
+		return real(d)
+	}
+	ca, created, err := LoadOrCreate(dir)
+	if err != nil || !created {
+		t.Fatalf("created=%v err=%v", created, err)
+	}
+	want := []string{
+		creatingFileName,                                          // the marker renamed in
+		creatingFileName + " " + KeyFileName,                      // the key
+		creatingFileName + " " + KeyFileName + " " + CertFileName, // the certificate
+		KeyFileName + " " + CertFileName,                          // the marker removed
+	}
+	if strings.Join(synced, "\n") != strings.Join(want, "\n") {
+		t.Errorf("creating: the directory was synced holding\n%q\nwant\n%q", synced, want)
+	}
+
+	// A stop after both files, before the marker went.
+	if err := os.WriteFile(filepath.Join(dir, creatingFileName), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	synced = nil
+	again, created, err := LoadOrCreate(dir)
+	if err != nil || created || again.Fingerprint() != ca.Fingerprint() {
+		t.Fatalf("complete CA and a marker: created=%v err=%v", created, err)
+	}
+	if want := []string{KeyFileName + " " + CertFileName}; strings.Join(synced, "\n") != strings.Join(want, "\n") {
+		t.Errorf("loading: the directory was synced holding %q, want %q", synced, want)
+	}
+}
