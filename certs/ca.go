@@ -41,10 +41,6 @@ const caValidity = 10 * 365 * 24 * time.Hour
 // whose clocks run a little behind the appliance still accept it.
 const caBackdate = time.Hour
 
-// expiryWarning is how close to its NotAfter a loaded CA must be for Load to
-// warn: every leaf it signs is capped at the CA's own expiry.
-const expiryWarning = 30 * 24 * time.Hour
-
 // CA is an interception certificate authority: the certificate that signs
 // leaves, its private key, and any issuer certificates loaded with it. A CA is
 // immutable and safe for concurrent use.
@@ -363,10 +359,7 @@ func parse(certPEM, keyPEM []byte, from origin) (*CA, error) {
 		return nil, fmt.Errorf("CA %s: %w", from.pair, err)
 	}
 	ca := newCA(chain, key)
-	if left := time.Until(ca.notAfter); left < expiryWarning {
-		slog.Warn("CA expires soon; every leaf it signs expires with it",
-			append(from.log, "not_after", ca.notAfter.UTC(), "fingerprint", ca.fingerprint)...)
-	}
+	ca.WarnExpiry(time.Now(), from.log...)
 	if !isSelfSigned(ca.anchor) {
 		// Clients must then trust the anchor's issuer (or the anchor itself);
 		// say so, since the trust page can only offer what it has.

@@ -36,6 +36,8 @@ type stats struct {
 	Records    records.Stats  `json:"records"`
 	CloudWatch *cwlogs.Stats  `json:"cloudwatch,omitempty"`
 	Leaves     *certs.Stats   `json:"leaves,omitempty"`
+	// CA is the interception CA's expiry, while one is loaded.
+	CA *caStats `json:"ca,omitempty"`
 	// Capture is there while pcap files or the mirror are on.
 	Capture *capture.Stats `json:"capture,omitempty"`
 	// Policy is the policy in force and how its reloads went.
@@ -47,6 +49,19 @@ type stats struct {
 	TLSKeyLogDropped uint64 `json:"tls_keylog_dropped,omitempty"`
 	// AccessLog is the --access-log file's, when it is a file.
 	AccessLog *records.LogFileStats `json:"access_log,omitempty"`
+}
+
+// caStats is when the interception CA ends. Nothing else tells a running
+// appliance's operator: after it every connection the policy bumps is
+// refused, and a restart refuses the CA.
+type caStats struct {
+	// NotAfter is the earliest NotAfter of the CA's chain: no leaf it
+	// signs is valid later.
+	NotAfter time.Time `json:"not_after"`
+	// ExpiresInSeconds is the time left until NotAfter; negative once past.
+	ExpiresInSeconds float64 `json:"expires_in_seconds"`
+	// Fingerprint is the trust anchor's SHA-256, as the trust page shows it.
+	Fingerprint string `json:"fingerprint"`
 }
 
 // memoryStats is the memory watch's last reading of the kernel's TCP
@@ -79,6 +94,10 @@ func (a *Appliance) stats() stats {
 	if a.minter != nil {
 		l := a.minter.Stats()
 		s.Leaves = &l
+	}
+	if a.ca != nil {
+		na := a.ca.NotAfter()
+		s.CA = &caStats{NotAfter: na.UTC(), ExpiresInSeconds: time.Until(na).Seconds(), Fingerprint: a.ca.Fingerprint()}
 	}
 	if a.capture != nil {
 		c := a.capture.Stats()

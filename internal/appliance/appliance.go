@@ -485,6 +485,9 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	wctx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
 	go a.watchMemory(wctx)
+	if a.ca != nil {
+		go a.watchCAExpiry(wctx, caExpiryCheckEvery)
+	}
 	go func() {
 		a.netstack.Serve()
 		a.geneveDown.Store(true)

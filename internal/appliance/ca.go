@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 )
@@ -41,6 +42,27 @@ func LoadCA(o *Options) (*certs.CA, error) {
 			"dir", o.StateDir, "fingerprint", ca.Fingerprint())
 	}
 	return ca, nil
+}
+
+// caExpiryCheckEvery is how often a running appliance repeats the CA's
+// expiry warning (certs.CA.WarnExpiry); a test shortens it.
+var caExpiryCheckEvery = 24 * time.Hour
+
+// watchCAExpiry repeats the CA's expiry warning every interval until ctx
+// ends: within certs.ExpiryWarning of its end a warning, once past it an
+// error. Loading the CA warns only at start, and an appliance may run for
+// months after that; /stats and /metrics (ca) say it too, for alerts.
+func (a *Appliance) watchCAExpiry(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			a.ca.WarnExpiry(now)
+		}
+	}
 }
 
 // CheckCAFlags rejects combinations of the CA flags that name more than one

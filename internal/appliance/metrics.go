@@ -78,6 +78,7 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- endpointFlowsDesc
 	ch <- policyInfoDesc
 	describeStats(ch, leafMetrics)
+	describeStats(ch, caMetrics)
 	describeStats(ch, cloudWatchMetrics)
 	describeStats(ch, pcapMetrics)
 	describeStats(ch, mirrorMetrics)
@@ -103,6 +104,9 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if s.Leaves != nil {
 		collectStats(ch, leafMetrics, s.Leaves)
+	}
+	if s.CA != nil {
+		collectStats(ch, caMetrics, s.CA)
 	}
 	if s.CloudWatch != nil {
 		collectStats(ch, cloudWatchMetrics, s.CloudWatch)
@@ -350,6 +354,16 @@ var leafMetrics = []statMetric[certs.Stats]{
 		func(l *certs.Stats) float64 { return float64(l.Evictions) }),
 	newStatMetric("leaf_cache_expired_total", promCounter, "Leaves dropped from the cache for age.",
 		func(l *certs.Stats) float64 { return float64(l.Expired) }),
+}
+
+// caMetrics are the interception CA's, sent while one is loaded: alert on
+// gwlbproxy_ca_expires_in_seconds falling under the weeks a new CA takes
+// to reach every client.
+var caMetrics = []statMetric[caStats]{
+	newStatMetric("ca_not_after_timestamp_seconds", promGauge, "When the interception CA expires (the earliest NotAfter of its chain), in Unix time: after it every connection to be bumped is refused, and a restart refuses the CA.",
+		func(c *caStats) float64 { return unixSeconds(c.NotAfter) }),
+	newStatMetric("ca_expires_in_seconds", promGauge, "Seconds until the interception CA expires; negative once it has.",
+		func(c *caStats) float64 { return c.ExpiresInSeconds }),
 }
 
 // cloudWatchMetrics are the CloudWatch shipper's, sent while it runs.
