@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -47,7 +48,8 @@ type LogFileStats struct {
 	// the file was opened anew there (a rotation, a removal).
 	Reopens uint64 `json:"reopens"`
 	// ReopenFailures counts the looks that found the path moved on but
-	// could not open it (records went on to the file open).
+	// could not open it (records went on to the file open, or failed if
+	// it had no link left).
 	ReopenFailures uint64 `json:"reopen_failures"`
 }
 
@@ -99,7 +101,11 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	}
 	if now := monoNow(); l.failed || now-l.checked >= int64(reopenCheck) {
 		l.checked = now
-		l.follow(now)
+		if err := l.follow(now); err != nil {
+			// Look again before the next write: the reopen may work then.
+			l.failed = true
+			return 0, err
+		}
 	}
 	// The Writer ends a line a failed write cut short with a newline of
 	// its own before its next write. When the cut line was in a file since
@@ -123,21 +129,24 @@ func (l *LogFile) Write(p []byte) (int, error) {
 }
 
 // follow reopens the path when it names another file than the one open, or
-// none. When it cannot, records go on to the file open (renamed, they are
-// kept), and it tries again at the next look.
-func (l *LogFile) follow(now int64) {
+// none. When it cannot, records go on to the file open if that is still
+// linked somewhere (renamed, they are kept), and it tries again at the next
+// look. If the file open has no link left (removed, and its directory gone,
+// read-only or no longer writable), what is written there is lost for
+// good: follow returns an error, so that the Writer counts the records
+// failed, tells of them in a records_lost line once a reopen works, and
+// the health check fails after --record-stall, as on a full disk.
+func (l *LogFile) follow(now int64) error {
 	fi, err := os.Stat(l.path)
 	if err == nil && os.SameFile(fi, l.fi) {
-		return
+		return nil
 	}
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		l.reopenFailed(now, fmt.Errorf("access log %s: %w", l.path, err))
-		return
+		return l.reopenFailed(now, fmt.Errorf("access log %s: %w", l.path, err))
 	}
 	f, nfi, err := openLog(l.path)
 	if err != nil {
-		l.reopenFailed(now, err)
-		return
+		return l.reopenFailed(now, err)
 	}
 	if err := l.f.Close(); err != nil {
 		slog.Warn("closing the rotated access log", "file", l.path, "err", err)
@@ -145,16 +154,30 @@ func (l *LogFile) follow(now int64) {
 	l.f, l.fi, l.midLine = f, nfi, false
 	l.reopens.Add(1)
 	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)
+	return nil
 }
 
-// reopenFailed logs a failed reopen at most once a minute: on a full disk
-// it fails before every write.
-func (l *LogFile) reopenFailed(now int64, err error) {
+// reopenFailed counts a failed reopen and says whether records may go on
+// to the file open: an error if it has no link left (fstat), or cannot be
+// stat'ed. It logs at most once a minute: on a full disk, or with the log's
+// directory gone, it fails before every write.
+func (l *LogFile) reopenFailed(now int64, err error) error {
 	l.reopenFailures.Add(1)
+	var lost error
+	if fi, serr := l.f.Stat(); serr != nil {
+		lost = fmt.Errorf("%w; and the file open: %w", err, serr)
+	} else if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
+		lost = fmt.Errorf("%w; and the file open was removed: records written there would be lost", err)
+	}
 	if l.lastErrAt == 0 || now-l.lastErrAt >= int64(time.Minute) {
 		l.lastErrAt = now
-		slog.Error("reopening the access log; writing on to the file open", "err", err)
+		if lost != nil {
+			slog.Error("reopening the access log; the file open was removed: records fail until the reopen works", "err", err)
+		} else {
+			slog.Error("reopening the access log; writing on to the file open", "err", err)
+		}
 	}
+	return lost
 }
 
 // Close closes the file open. Later writes fail. It does not wait for a

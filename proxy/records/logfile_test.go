@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -184,4 +186,74 @@ func TestLogFileCloseDoesNotWaitForAStuckWrite(t *testing.T) {
 		<-done
 	}
 	rd.Close()
+}
+
+// TestLogFileRemovedWithItsDirectoryFails: the access log is removed with
+// its directory (rm -rf to free space; the same holds for a directory
+// remounted read-only or no longer writable), so the path cannot be
+// opened anew. Records written on into the unlinked file would be lost for
+// good while counted written, with the health check passing: they must
+// fail instead, so that FailingSeconds runs (the health check fails after
+// --record-stall) and, once the directory is back, a records_lost line at
+// the path tells how many were lost.
+func TestLogFileRemovedWithItsDirectoryFails(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "logs")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "access.log")
+	lf, err := OpenLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	w := NewWriter(nil, lf)
+	defer w.Close(context.Background())
+	w.Write(&Record{Kind: "tcp", Packets: 0})
+	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(reopenCheck + 10*time.Millisecond)
+	const lost = 20
+	for i := range lost {
+		w.Write(&Record{Kind: "tcp", Packets: int64(1 + i)})
+		w.Flush(ctxFor(t, 5*time.Second))
+		time.Sleep(60 * time.Millisecond) // spread over more than failureRecovery
+	}
+	st := w.Stats()
+	t.Logf("with the directory gone: writer %+v, log file %+v", st, lf.Stats())
+	if st.Written != 1 || st.Failed != lost {
+		t.Errorf("writer stats %+v: want 1 written, %d failed (the unlinked file would lose them)", st, lost)
+	}
+	if st.FailingSeconds <= 0 {
+		t.Errorf("FailingSeconds %v: the health check would never fail", st.FailingSeconds)
+	}
+	if lf.Stats().ReopenFailures == 0 {
+		t.Errorf("log file stats %+v: no reopen failure counted", lf.Stats())
+	}
+	// The directory is back: the path is opened anew, and the first line
+	// there tells of the lost records.
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w.Write(&Record{Kind: "tcp", Packets: 1 + lost})
+	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("no access log at the path once its directory is back: %v", err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	t.Logf("the new access log: %q", lines)
+	if len(lines) != 2 || !strings.Contains(lines[0], `"kind":"records_lost"`) ||
+		!strings.Contains(lines[0], `"lost":`+strconv.Itoa(lost)+",") {
+		t.Fatalf("the new access log holds %q: want a records_lost line for %d records, then the record", lines, lost)
+	}
+	if seqs(t, []byte(lines[1]+"\n"))[0] != 1+lost {
+		t.Errorf("the record after the marker: %q", lines[1])
+	}
 }
