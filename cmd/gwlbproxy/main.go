@@ -104,12 +104,15 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 // is to kill the process, with a status (signalled) that systemd's
 // Restart=on-failure counts as clean: a `systemctl reload` landing in that
 // window would leave the appliance down for good.
-func catchSignals() (<-chan os.Signal, func()) {
-	// Buffered: signal.Notify drops what does not fit, and a reload and a
-	// stop may both arrive while start-up holds the reader elsewhere.
-	ch := make(chan os.Signal, 8)
-	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	return ch, func() { signal.Stop(ch) }
+func catchSignals() (signals, func()) {
+	// Buffered: signal.Notify drops what does not fit. Stops have their
+	// own channel, read by a goroutine that does nothing slow, so a burst
+	// of SIGHUPs cannot crowd a SIGTERM out; the SIGHUP channel's one
+	// slot coalesces a burst into one reload (see signals.hup).
+	stop, hup := make(chan os.Signal, 4), make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(hup, syscall.SIGHUP)
+	return signals{stop: stop, hup: hup}, func() { signal.Stop(stop); signal.Stop(hup) }
 }
 
 // version is stamped at build time (make build: -X main.version=...).
