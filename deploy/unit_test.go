@@ -156,6 +156,19 @@ func TestUnit(t *testing.T) {
 			t.Errorf("%s=%s, want %s", key, got, want)
 		}
 	}
+	// A SIGHUP before the appliance catches it (its first moments after
+	// exec) kills it with a status Restart=on-failure counts as clean:
+	// the unit restarts it then too. Nothing sends SIGHUP to stop it.
+	var force []string
+	for _, v := range u["Service"]["RestartForceExitStatus"] {
+		force = append(force, strings.Fields(v)...)
+	}
+	if !slices.Contains(force, "SIGHUP") {
+		t.Errorf("RestartForceExitStatus=%v: want SIGHUP, or a SIGHUP in the first moments after exec leaves the appliance down", force)
+	}
+	if v := u["Service"]["SendSIGHUP"]; len(v) != 0 && v[len(v)-1] != "no" {
+		t.Errorf("SendSIGHUP=%v: a stop would send SIGHUP, which RestartForceExitStatus turns into a restart", v)
+	}
 	families := strings.Fields(u.one(t, "Service", "RestrictAddressFamilies"))
 	if !slices.Contains(families, "AF_INET") || !slices.Contains(families, "AF_INET6") || slices.Contains(families, "AF_PACKET") {
 		t.Errorf("RestrictAddressFamilies=%v", families)

@@ -102,8 +102,11 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 // calls it before anything slow: start-up can take seconds (instance
 // metadata, the CA from Secrets Manager), and a SIGHUP's default action
 // is to kill the process, with a status (signalled) that systemd's
-// Restart=on-failure counts as clean: a `systemctl reload` landing in that
-// window would leave the appliance down for good.
+// Restart=on-failure counts as clean: a SIGHUP landing in that window
+// would leave the appliance down for good. The runtime's and the packages'
+// initialisation before main (about 100-200 ms) remains a window no code
+// here can close; the packaged unit's RestartForceExitStatus=SIGHUP
+// restarts a process a SIGHUP killed there.
 func catchSignals() (signals, func()) {
 	// Buffered: signal.Notify drops what does not fit. Stops have their
 	// own channel, read by a goroutine that does nothing slow, so a burst
