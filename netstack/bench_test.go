@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
 type discardPath struct{ n int }
@@ -25,12 +28,23 @@ func (*discardPath) name() string { return "discard" }
 const benchFlows = 1024
 
 func benchDatagrams(b *testing.B, payload int) [][]byte {
+	return benchSegments(b, payload, flagSyn)
+}
+
+// benchSegments is benchDatagrams with the TCP flags given, and checksums
+// that hold, as a capture tap has them checked.
+func benchSegments(_ *testing.B, payload int, flags byte) [][]byte {
 	dgrams := make([][]byte, benchFlows)
 	for i := range dgrams {
 		inner := make([]byte, 40+payload)
 		copy(inner, innerV4)
 		binary.BigEndian.PutUint16(inner[2:], uint16(len(inner)))
 		binary.BigEndian.PutUint16(inner[20:], uint16(10000+i)) // source port
+		inner[33] = flags
+		ip, tcp := header.IPv4(inner), header.TCP(inner[20:])
+		ip.SetChecksum(^ip.CalculateChecksum())
+		sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
+		tcp.SetChecksum(^checksum.Checksum(tcp, sum))
 		dgrams[i] = append(AppendHeader(nil, EtherTypeIPv4, 0, 7, 8, uint32(i), nil), inner...)
 	}
 	return dgrams

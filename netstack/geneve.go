@@ -80,6 +80,8 @@ const (
 	DropCriticalOption
 	DropStrayFromDestination
 	DropInnerBadAddress
+	DropInnerRefused
+	DropInnerBadChecksum
 	dropReasons
 )
 
@@ -144,6 +146,16 @@ var dropReasonNames = [dropReasons]string{
 	// unspecified or loopback; IPv4 multicast, broadcast, 0.0.0.0/8 or
 	// 127.0.0.0/8. gVisor and Linux drop them (packet.go).
 	DropInnerBadAddress: "inner_bad_address",
+	// A client's packet the stack would drop by its headers alone: IPv4
+	// options or IPv6 extension options it refuses, a routing header with
+	// segments left, a TCP data offset below 20 or past the segment, a UDP
+	// length past the datagram, a TCP segment without ACK, SYN or RST.
+	// Taken in, it would reach the capture tap (stackdrops.go).
+	DropInnerRefused: "inner_refused",
+	// A client's packet whose IPv4 header, TCP or UDP checksum does not
+	// hold; counted only while a capture tap is on (without one the stack
+	// drops it itself), so that the tap never shows it (stackdrops.go).
+	DropInnerBadChecksum: "inner_bad_checksum",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -251,6 +251,16 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 		s.stats.drop(DropInnerUnsupported)
 		return
 	}
+	// What the stack would drop never reaches the flow table or the tap
+	// (stackdrops.go); the checksums cost a pass over the bytes, so they
+	// are checked here only for the tap's sake.
+	if reason = stackRefuses(&p, inner[:p.Len]); reason == DropNone && s.cfg.Tap != nil && sumsFail(&p, inner[:p.Len]) {
+		reason = DropInnerBadChecksum
+	}
+	if reason != DropNone {
+		s.stats.drop(reason)
+		return
+	}
 	// A later fragment or an ICMP error makes no stack: with none, the
 	// fragment's first was never taken in, and the error's flow is not
 	// held.

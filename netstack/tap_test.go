@@ -22,8 +22,9 @@ func (c *copyTap) Packet(_ uint64, _ uint32, out bool, _ int64, _ Packet, pkt []
 	}
 }
 
-// BenchmarkInboundDatagramTapped is BenchmarkInboundDatagram with a Tap:
-// the hook must not make the packet path allocate.
+// BenchmarkInboundDatagramTapped is BenchmarkInboundDatagram with a Tap,
+// over data segments (ACK|PSH, checksums that hold, which a tap has
+// checked): the hook must not make the packet path allocate.
 func BenchmarkInboundDatagramTapped(b *testing.B) {
 	tap := &copyTap{buf: make([]byte, maxDatagram)}
 	s := &Server{flows: newFlowTable(1<<20, time.Hour, time.Hour), ret: &discardPath{}, done: make(chan struct{})}
@@ -31,7 +32,7 @@ func BenchmarkInboundDatagramTapped(b *testing.B) {
 	s.cfg.Tap = tap
 	st := &endpointStack{srv: s, endpoint: 7, link: &link{srv: s, endpoint: 7, mtu: DefaultMTU}}
 	s.stacks.Store(uint64(7), st)
-	dgrams := benchDatagrams(b, 1400)
+	dgrams := benchSegments(b, 1400, flagAck|0x08)
 	gwlb := netip.MustParseAddrPort("127.0.0.2:40000")
 	b.ReportAllocs()
 	b.SetBytes(int64(len(dgrams[0])))
@@ -54,7 +55,7 @@ func TestTapSeesBothDirections(t *testing.T) {
 	s.cfg.Tap = tap
 	st := &endpointStack{srv: s, endpoint: 7, link: &link{srv: s, endpoint: 7, mtu: DefaultMTU}}
 	s.stacks.Store(uint64(7), st)
-	d := benchDatagrams(&testing.B{}, 10)[3]
+	d := benchSegments(&testing.B{}, 10, flagAck|0x08)[3]
 	s.handleDatagram(d, netip.MustParseAddrPort("127.0.0.2:40000"), nil)
 	h, _ := ParseHeader(d)
 	inner := d[h.Len:]

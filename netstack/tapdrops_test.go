@@ -2,6 +2,7 @@ package netstack_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"net/netip"
 	"sync"
@@ -49,6 +50,7 @@ func (s *seenTap) inbound() []seenPacket {
 // appliance's last TCP segment to the client.
 type tapRig struct {
 	connRig
+	dest      netip.AddrPort // where established dials
 	srv       *netstack.Server
 	mu        sync.Mutex
 	lastReply []byte
@@ -56,7 +58,14 @@ type tapRig struct {
 
 func newTapRig(t *testing.T, tap netstack.Tap) *tapRig {
 	t.Helper()
-	r := &tapRig{connRig: connRig{t: t, h: &netstack.AcceptHandler{Conns: make(chan *netstack.Conn, 1)}}}
+	return newTapRigAt(t, tap, connClient, connDest)
+}
+
+// newTapRigAt is newTapRig with the client at client, dialling dest (of
+// either IP version).
+func newTapRigAt(t *testing.T, tap netstack.Tap, client netip.Addr, dest netip.AddrPort) *tapRig {
+	t.Helper()
+	r := &tapRig{connRig: connRig{t: t, h: &netstack.AcceptHandler{Conns: make(chan *netstack.Conn, 1)}}, dest: dest}
 	var sim *gwlbsim.Sim
 	for attempt := 0; sim == nil; attempt++ {
 		port := freeUDPPort(t)
@@ -79,11 +88,11 @@ func newTapRig(t *testing.T, tap netstack.Tap) *tapRig {
 	go func() { r.srv.Serve(); close(served) }()
 	t.Cleanup(func() { sim.Close(); r.srv.Close(); <-served })
 	var err error
-	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(connClient); err != nil {
+	if r.client, err = sim.Endpoint(0x0123456789abcdef, 0x1111222233334444).NewClientStack(client); err != nil {
 		t.Fatal(err)
 	}
 	r.client.SetTap(func(inner []byte) bool {
-		if inner[9] == 6 {
+		if (inner[0]>>4 == 4 && inner[9] == 6) || (inner[0]>>4 == 6 && inner[6] == 6) {
 			r.mu.Lock()
 			r.lastReply = append(r.lastReply[:0], inner...)
 			r.mu.Unlock()
@@ -98,7 +107,14 @@ func newTapRig(t *testing.T, tap netstack.Tap) *tapRig {
 // ack is the client's next sequence number).
 func (r *tapRig) established() (*netstack.Conn, *notifier, []byte) {
 	r.t.Helper()
-	cc, sc := r.dial()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	cc, err := r.client.DialTCP(ctx, r.dest)
+	if err != nil {
+		r.t.Fatalf("dialing through the simulator: %v", err)
+	}
+	r.t.Cleanup(func() { cc.Close() })
+	sc := r.accepted()
 	if _, err := cc.Write([]byte("hello ")); err != nil {
 		r.t.Fatal(err)
 	}
@@ -113,12 +129,16 @@ func (r *tapRig) established() (*netstack.Conn, *notifier, []byte) {
 	return sc, n, append([]byte(nil), r.lastReply...)
 }
 
-// replySeqs reads the appliance's segment to the client, rep: its
-// sequence number, the client's next (its ack) and the client's end.
+// replySeqs reads the appliance's segment to the client, rep (IPv4, or
+// IPv6 without extension headers): its sequence number, the client's next
+// (its ack) and the client's end.
 func replySeqs(rep []byte) (srvSeq, cliSeq uint32, client netip.AddrPort) {
-	ihl := int(rep[0]&0xf) * 4
+	ihl, addr := int(rep[0]&0xf)*4, netip.AddrFrom4([4]byte(rep[16:20]))
+	if rep[0]>>4 == 6 {
+		ihl, addr = 40, netip.AddrFrom16([16]byte(rep[24:40]))
+	}
 	return binary.BigEndian.Uint32(rep[ihl+4:]), binary.BigEndian.Uint32(rep[ihl+8:]),
-		netip.AddrPortFrom(connClient, binary.BigEndian.Uint16(rep[ihl+2:]))
+		netip.AddrPortFrom(addr, binary.BigEndian.Uint16(rep[ihl+2:]))
 }
 
 // wantRequestDelivered sends a request from the client, in its connection's
@@ -136,7 +156,8 @@ func (r *tapRig) wantRequestDelivered(t *testing.T, sc *netstack.Conn, n *notifi
 	}
 }
 
-// tcpSegment builds a TCP segment from src to dst with a valid checksum.
+// tcpSegment builds a TCP segment from src to dst (IPv4 or IPv6) with a
+// valid checksum.
 func tcpSegment(src, dst netip.AddrPort, seq, ack uint32, flags byte, payload []byte) []byte {
 	tcp := make([]byte, 20+len(payload))
 	binary.BigEndian.PutUint16(tcp[0:], src.Port())
@@ -147,13 +168,19 @@ func tcpSegment(src, dst netip.AddrPort, seq, ack uint32, flags byte, payload []
 	tcp[13] = flags
 	binary.BigEndian.PutUint16(tcp[14:], 65535)
 	copy(tcp[20:], payload)
-	s, d := src.Addr().As4(), dst.Addr().As4()
-	sum := checksum.Checksum(s[:], 0)
-	sum = checksum.Checksum(d[:], sum)
+	binary.BigEndian.PutUint16(tcp[16:], tcpSum(src.Addr(), dst.Addr(), tcp))
+	return tcp
+}
+
+// tcpSum returns the checksum the segment tcp from src to dst should have
+// (its own checksum field read as zero).
+func tcpSum(src, dst netip.Addr, tcp []byte) uint16 {
+	sum := checksum.Checksum(src.AsSlice(), 0)
+	sum = checksum.Checksum(dst.AsSlice(), sum)
 	sum = checksum.Combine(sum, 6)
 	sum = checksum.Combine(sum, uint16(len(tcp)))
-	binary.BigEndian.PutUint16(tcp[16:], ^checksum.Checksum(tcp, sum))
-	return tcp
+	sum = checksum.Checksum(tcp[:16], sum)
+	return ^checksum.Checksum(tcp[18:], sum)
 }
 
 // ipv4Packet wraps data[off:end] of a transport segment in an IPv4 header

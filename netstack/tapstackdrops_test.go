@@ -1,0 +1,155 @@
+package netstack_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+)
+
+// Decoys: in-window segments the stack throws away, carrying other bytes
+// than the real segment that follows at the same sequence number. An IDS
+// told to keep the first data (docs/ids.md) rebuilds the decoy's bytes if
+// the tap shows it one; the stack delivers the real ones.
+
+var evilRequest = []byte("GET /evil/payload.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+
+// sendEach sends the inner packets one after another, letting each reach
+// the stack before the next.
+func (r *tapRig) sendEach(t *testing.T, pkts ...[]byte) {
+	t.Helper()
+	for _, p := range pkts {
+		if err := r.client.Send(p); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+}
+
+// wantNoneInFeed fails if the tap was shown, from the client, a packet
+// holding any of the markers.
+func wantNoneInFeed(t *testing.T, tap *seenTap, markers ...string) {
+	t.Helper()
+	for _, p := range tap.inbound() {
+		for _, m := range markers {
+			if bytes.Contains(p.pkt, []byte(m)) {
+				t.Errorf("the tap was shown %s, which the stack threw away", m)
+			}
+		}
+	}
+}
+
+// ipv4WithOptions is ipv4Packet (a whole datagram) with the IPv4 options
+// opts (a multiple of 4 bytes long) in its header.
+func ipv4WithOptions(src, dst netip.Addr, id uint16, seg, opts []byte) []byte {
+	plain := ipv4Packet(src, dst, id, seg, 0, len(seg), false)
+	ihl := 20 + len(opts)
+	b := make([]byte, ihl+len(seg))
+	copy(b, plain[:20])
+	b[0] = 0x40 | byte(ihl/4)
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	copy(b[20:], opts)
+	b[10], b[11] = 0, 0
+	binary.BigEndian.PutUint16(b[10:], ^checksum.Checksum(b[:ihl], 0))
+	copy(b[ihl:], seg)
+	return b
+}
+
+// TestTapOmitsIPv4DecoysStackDrops: segments gVisor drops for their IPv4
+// header, their TCP header or their checksums never reach the tap (nor the
+// stack), and are counted; the real request behind them, with a Router
+// Alert option gVisor takes, is delivered and shown.
+func TestTapOmitsIPv4DecoysStackDrops(t *testing.T) {
+	tap := &seenTap{}
+	r := newTapRig(t, tap)
+	sc, n, rep := r.established()
+	srvSeq, cliSeq, client := replySeqs(rep)
+	src, dst := connClient, connDest.Addr()
+	seg := func(flags byte, m string) []byte {
+		return tcpSegment(client, connDest, cliSeq, srvSeq, flags, []byte(m))
+	}
+	pkt := func(id uint16, s []byte) []byte { return ipv4Packet(src, dst, id, s, 0, len(s), false) }
+
+	badIPSum := pkt(201, seg(0x18, "GET /d-ipsum/"))
+	badIPSum[10] ^= 0x11
+	badOption := ipv4WithOptions(src, dst, 202, seg(0x18, "GET /d-opt/"), []byte{68, 0, 0, 0}) // timestamp, length 0
+	twoAlerts := ipv4WithOptions(src, dst, 203, seg(0x18, "GET /d-alerts/"), []byte{148, 4, 0, 0, 148, 4, 0, 0})
+	longOff := seg(0x18, "GET /d-longoff/")
+	longOff[12] = 15 << 4 // 60 bytes of header in a 35-byte segment
+	binary.BigEndian.PutUint16(longOff[16:], tcpSum(src, dst, longOff))
+	shortOff := seg(0x18, "GET /d-shortoff/")
+	shortOff[12] = 4 << 4
+	binary.BigEndian.PutUint16(shortOff[16:], tcpSum(src, dst, shortOff))
+	badTCPSum := seg(0x18, "GET /d-tcpsum/")
+	badTCPSum[16] ^= 0x55
+	r.sendEach(t, badIPSum, badOption, twoAlerts, pkt(204, longOff), pkt(205, shortOff), pkt(206, badTCPSum),
+		pkt(207, seg(0x08, "GET /d-noack/")),    // PSH without ACK
+		pkt(208, seg(0x09, "GET /d-finnoack/")), // FIN|PSH without ACK
+		ipv4WithOptions(src, dst, 209, seg(0x18, string(evilRequest)), []byte{148, 4, 0, 0}))
+	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
+		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
+	}
+	wantNoneInFeed(t, tap, "/d-ipsum/", "/d-opt/", "/d-alerts/", "/d-longoff/", "/d-shortoff/", "/d-tcpsum/", "/d-noack/",
+		"/d-finnoack/")
+	shown := false
+	for _, p := range tap.inbound() {
+		shown = shown || bytes.Contains(p.pkt, []byte("/evil/"))
+	}
+	if !shown {
+		t.Error("the tap was not shown the request the stack delivered")
+	}
+	drops := r.srv.Stats().Drops
+	if drops["inner_refused"] != 6 || drops["inner_bad_checksum"] != 2 {
+		t.Errorf("drops inner_refused %d, inner_bad_checksum %d; want 6 and 2", drops["inner_refused"], drops["inner_bad_checksum"])
+	}
+}
+
+// ipv6With wraps tcp in an IPv6 header from src to dst whose first next
+// header is first, with the extension headers ext (the last one's next
+// header TCP) before it.
+func ipv6With(src, dst netip.Addr, first byte, ext, tcp []byte) []byte {
+	pkt := make([]byte, 40+len(ext)+len(tcp))
+	pkt[0] = 0x60
+	binary.BigEndian.PutUint16(pkt[4:], uint16(len(ext)+len(tcp)))
+	pkt[6], pkt[7] = first, 64
+	copy(pkt[8:], src.AsSlice())
+	copy(pkt[24:], dst.AsSlice())
+	copy(pkt[40:], ext)
+	copy(pkt[40+len(ext):], tcp)
+	return pkt
+}
+
+// TestTapOmitsIPv6DecoysStackDrops: segments whose IPv6 extension headers
+// make gVisor drop them (RFC 8200's action bits, which IDSs ignore, and a
+// routing header with segments left) never reach the tap; the real
+// request behind them, with a hop-by-hop header of padding, is delivered.
+func TestTapOmitsIPv6DecoysStackDrops(t *testing.T) {
+	client6 := netip.MustParseAddr("2001:db8::5")
+	dest6 := netip.AddrPortFrom(netip.MustParseAddr("2001:db8:9::9"), 80)
+	tap := &seenTap{}
+	r := newTapRigAt(t, tap, client6, dest6)
+	sc, n, rep := r.established()
+	srvSeq, cliSeq, client := replySeqs(rep)
+	seg := func(m string) []byte { return tcpSegment(client, dest6, cliSeq, srvSeq, 0x18, []byte(m)) }
+	routing := make([]byte, 24) // type 0, one segment left
+	routing[0], routing[1], routing[3] = 6, 2, 1
+	const hbh, routingHdr, destOpts = 0, 43, 60
+	r.sendEach(t,
+		ipv6With(client6, dest6.Addr(), hbh, []byte{6, 0, 0x7f, 4, 0, 0, 0, 0}, seg("GET /d-hbh/")),      // action 01: discard
+		ipv6With(client6, dest6.Addr(), destOpts, []byte{6, 0, 0xbf, 4, 0, 0, 0, 0}, seg("GET /d-dst/")), // action 10: discard, ICMP
+		ipv6With(client6, dest6.Addr(), destOpts, []byte{6, 0, 0xff, 4, 0, 0, 0, 0}, seg("GET /d-dst3/")),
+		ipv6With(client6, dest6.Addr(), hbh, []byte{6, 0, 1, 8, 0, 0, 0, 0}, seg("GET /d-padpast/")), // PadN past the header
+		ipv6With(client6, dest6.Addr(), destOpts, []byte{0, 0, 1, 4, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0}, seg("GET /d-hbh2nd/")),
+		ipv6With(client6, dest6.Addr(), routingHdr, routing, seg("GET /d-rt/")),
+		ipv6With(client6, dest6.Addr(), hbh, []byte{6, 0, 1, 4, 0, 0, 0, 0}, seg(string(evilRequest))))
+	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
+		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
+	}
+	wantNoneInFeed(t, tap, "/d-hbh/", "/d-dst/", "/d-dst3/", "/d-padpast/", "/d-hbh2nd/", "/d-rt/")
+	if d := r.srv.Stats().Drops["inner_refused"]; d != 6 {
+		t.Errorf("drops inner_refused %d, want 6", d)
+	}
+}
