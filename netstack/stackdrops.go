@@ -235,3 +235,41 @@ func sumsFail(p *Packet, pkt []byte) bool {
 	}
 	return false
 }
+
+// synDataCut returns, for a client's TCP segment with SYN set that carries
+// data, a copy cut to its headers, with its lengths and checksums mended,
+// and p's length the copy's; otherwise pkt itself. gVisor does not do TCP
+// Fast Open: it acknowledges the SYN alone and throws its data away, and the
+// client sends its bytes again after the handshake, maybe other ones. An IDS
+// shown the SYN's data takes it for the stream's first bytes and the real
+// ones for a retransmission. The stack still gets the SYN whole: dropping
+// it would cost a Fast Open client a SYN timeout for nothing. This
+// allocates, on a path only such a SYN takes, and only with a tap.
+func synDataCut(p *Packet, pkt []byte) []byte {
+	if p.Proto != protoTCP || p.TCPFlags&flagSyn == 0 || p.Fragment || p.MoreFragments || p.ICMPError {
+		return pkt
+	}
+	end := p.Payload + int(pkt[p.Payload+12]>>4)*4
+	if end >= p.Len {
+		return pkt
+	}
+	cut := append([]byte(nil), pkt[:end]...)
+	var src, dst tcpip.Address
+	if p.IPv6 {
+		ip := header.IPv6(cut)
+		ip.SetPayloadLength(uint16(end - header.IPv6MinimumSize))
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	} else {
+		ip := header.IPv4(cut)
+		ip.SetTotalLength(uint16(end))
+		ip.SetChecksum(0)
+		ip.SetChecksum(^ip.CalculateChecksum())
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	}
+	tcp := header.TCP(cut[p.Payload:])
+	tcp.SetChecksum(0)
+	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
+	tcp.SetChecksum(^checksum.Checksum(tcp, sum))
+	p.Len = end
+	return cut
+}

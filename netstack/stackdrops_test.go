@@ -98,3 +98,45 @@ func TestStackRefusesUDP(t *testing.T) {
 		}
 	}
 }
+
+// TestSynDataCutIPv6: an IPv6 SYN carrying data is shown cut to its
+// headers, with its payload length and TCP checksum mended and Len the
+// copy's; the packet itself is left whole for the stack.
+func TestSynDataCutIPv6(t *testing.T) {
+	src, dst := netip.MustParseAddr("2001:db8::5"), netip.MustParseAddr("2001:db8:9::9")
+	data := []byte("GET /d-syn/ HTTP/1.1\r\n\r\n")
+	b := make([]byte, 40+24+len(data)) // a TCP header with 4 bytes of options (MSS)
+	b[0], b[6], b[7] = 0x60, protoTCP, 64
+	binary.BigEndian.PutUint16(b[4:], uint16(len(b)-40))
+	copy(b[8:], src.AsSlice())
+	copy(b[24:], dst.AsSlice())
+	tcp := b[40:]
+	binary.BigEndian.PutUint16(tcp[0:], 41000)
+	binary.BigEndian.PutUint16(tcp[2:], 80)
+	tcp[12], tcp[13] = 6<<4, flagSyn
+	copy(tcp[20:], []byte{2, 4, 0x05, 0xb4})
+	copy(tcp[24:], data)
+	tcpChecksum := func(src, dst netip.Addr, tcp []byte) uint16 {
+		sum := checksum.Checksum(src.AsSlice(), 0)
+		sum = checksum.Checksum(dst.AsSlice(), sum)
+		sum = checksum.Combine(sum, protoTCP)
+		sum = checksum.Combine(sum, uint16(len(tcp)))
+		return checksum.Checksum(tcp, sum)
+	}
+	binary.BigEndian.PutUint16(tcp[16:], ^tcpChecksum(src, dst, tcp))
+	whole := append([]byte(nil), b...)
+	p, reason := ParsePacket(b, EtherTypeIPv6)
+	if reason != DropNone || stackRefuses(&p, b) != DropNone || sumsFail(&p, b) {
+		t.Fatalf("the SYN is refused: %v", reason)
+	}
+	cut := synDataCut(&p, b)
+	if len(cut) != 64 || p.Len != 64 || binary.BigEndian.Uint16(cut[4:]) != 24 {
+		t.Fatalf("cut to %d bytes, Len %d, payload length %d; want 64, 64, 24", len(cut), p.Len, binary.BigEndian.Uint16(cut[4:]))
+	}
+	if tcpChecksum(src, dst, cut[40:]) != 0xffff {
+		t.Error("the cut SYN's TCP checksum does not hold")
+	}
+	if string(b) != string(whole) {
+		t.Error("the packet the stack gets was changed")
+	}
+}

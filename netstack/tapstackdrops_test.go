@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,12 +89,13 @@ func TestTapOmitsIPv4DecoysStackDrops(t *testing.T) {
 	r.sendEach(t, badIPSum, badOption, twoAlerts, pkt(204, longOff), pkt(205, shortOff), pkt(206, badTCPSum),
 		pkt(207, seg(0x08, "GET /d-noack/")),    // PSH without ACK
 		pkt(208, seg(0x09, "GET /d-finnoack/")), // FIN|PSH without ACK
+		pkt(210, seg(0x1a, "GET /d-synack/")),   // SYN|PSH|ACK: a challenge ACK, its data thrown away
 		ipv4WithOptions(src, dst, 209, seg(0x18, string(evilRequest)), []byte{148, 4, 0, 0}))
 	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
 		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
 	}
 	wantNoneInFeed(t, tap, "/d-ipsum/", "/d-opt/", "/d-alerts/", "/d-longoff/", "/d-shortoff/", "/d-tcpsum/", "/d-noack/",
-		"/d-finnoack/")
+		"/d-finnoack/", "/d-synack/")
 	shown := false
 	for _, p := range tap.inbound() {
 		shown = shown || bytes.Contains(p.pkt, []byte("/evil/"))
@@ -152,4 +154,65 @@ func TestTapOmitsIPv6DecoysStackDrops(t *testing.T) {
 	if d := r.srv.Stats().Drops["inner_refused"]; d != 6 {
 		t.Errorf("drops inner_refused %d, want 6", d)
 	}
+}
+
+// TestTapShowsSynWithoutItsData: gVisor acknowledges a SYN's sequence
+// number alone and throws its data away (no TCP Fast Open); the client
+// then sends other bytes at ISN+1. The tap is shown the SYN cut to its
+// headers, with lengths and checksums that hold, and the stack still
+// answers it and delivers the later bytes.
+func TestTapShowsSynWithoutItsData(t *testing.T) {
+	tap := &seenTap{}
+	r := newTapRig(t, tap)
+	var mu sync.Mutex
+	var synack []byte
+	r.client.SetTap(func(inner []byte) bool {
+		if inner[9] == 6 && inner[33] == 0x12 {
+			mu.Lock()
+			synack = append([]byte(nil), inner...)
+			mu.Unlock()
+		}
+		return true
+	})
+	cli := netip.AddrPortFrom(connClient, 41000)
+	syn := tcpSegment(cli, connDest, 1000, 0, 0x02, []byte("GET /d-syn/ HTTP/1.1\r\n\r\n"))
+	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 1, syn, 0, len(syn), false))
+	var sa []byte
+	for deadline := time.Now().Add(waitFor); sa == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		sa = synack
+		mu.Unlock()
+	}
+	if sa == nil {
+		t.Fatal("no SYN-ACK")
+	}
+	isn := binary.BigEndian.Uint32(sa[24:])
+	if ack := binary.BigEndian.Uint32(sa[28:]); ack != 1001 {
+		t.Fatalf("the SYN-ACK acknowledges %d, want 1001 (the SYN alone)", ack)
+	}
+	ack := tcpSegment(cli, connDest, 1001, isn+1, 0x10, nil)
+	data := tcpSegment(cli, connDest, 1001, isn+1, 0x18, evilRequest)
+	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 2, ack, 0, len(ack), false),
+		ipv4Packet(connClient, connDest.Addr(), 3, data, 0, len(data), false))
+	sc := r.accepted()
+	n := newNotifier()
+	sc.OnReadable(n.fn)
+	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
+		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
+	}
+	wantNoneInFeed(t, tap, "/d-syn/")
+	for _, p := range tap.inbound() {
+		if p.pkt[33]&0x02 == 0 {
+			continue
+		}
+		ip, tcp := p.pkt, p.pkt[20:]
+		if len(ip) != 40 || binary.BigEndian.Uint16(ip[2:]) != 40 || p.p.Len != 40 {
+			t.Errorf("the SYN shown is %d bytes, IP length %d, Len %d; want 40", len(ip), binary.BigEndian.Uint16(ip[2:]), p.p.Len)
+		}
+		if checksum.Checksum(ip[:20], 0) != 0xffff || binary.BigEndian.Uint16(tcp[16:]) != tcpSum(connClient, connDest.Addr(), tcp) {
+			t.Error("the SYN shown has a checksum that does not hold")
+		}
+		return
+	}
+	t.Error("the tap was not shown the SYN")
 }
