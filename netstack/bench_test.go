@@ -139,10 +139,15 @@ func BenchmarkReplyPathDelayedAck(b *testing.B) {
 			b.StopTimer()
 			want := uint64(2 * b.N)
 			if tc.delay > 0 {
-				want = uint64(b.N)
-				if got := s.acks.carried.Load(); got != uint64(b.N) {
-					b.Fatalf("%d of %d ACKs carried", got, b.N)
-				}
+				// Each carried ACK saves a datagram. One whose answer came
+				// after the delay (the machine stalled the loop that
+				// long) left alone when its timer fired: counted, not
+				// failed, since how often depends on the machine's load.
+				s.acks.flushMu.Lock() // a timer's send under way ends first
+				s.acks.flushMu.Unlock()
+				carried := s.acks.carried.Load()
+				want -= carried
+				b.ReportMetric(float64(uint64(b.N)-carried)/float64(b.N), "acks-alone/op")
 			}
 			if got := s.stats.packetsOut.Load(); got != want {
 				b.Fatalf("sent %d datagrams, want %d; drops %v", got, want, s.Stats().Drops)
