@@ -189,7 +189,10 @@ func ipv4OptionsRefused(opts []byte) bool {
 				return true
 			}
 		case ipv4OptTimestamp:
-			if flags := o[3] & 0x0f; n < 4 || o[2] < 5 || (flags != 0 && flags != 1 && flags != 3) {
+			if n < 4 || o[2] < 5 {
+				return true
+			}
+			if flags := o[3] & 0x0f; flags != 0 && flags != 1 && flags != 3 {
 				return true
 			}
 		}
