@@ -498,7 +498,7 @@ func (sw *sessionWatch) stall(ww *writeWatch, waited, timeout time.Duration) {
 	case culprit.stream:
 		to = "client (on an HTTP/2 stream)"
 	}
-	if sw.is.Abort("stalled", stallError(to, waited, timeout)) {
-		ww.sw.stalled.Add(1)
-	}
+	// Counted before the session's records can be written, as a relay's
+	// stall is.
+	sw.is.AbortNoting("stalled", stallError(to, waited, timeout), func() { ww.sw.stalled.Add(1) })
 }

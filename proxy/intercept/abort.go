@@ -20,6 +20,8 @@ type abortReason struct {
 	// WebSocket tunnel's): the connection's record then names its rule
 	// and policy, with action deny, as the tunnel's own record does.
 	denied *policy.Decision
+	// note, if set, is called by the Abort that ends the session, first.
+	note func()
 }
 
 // ending marks a session that has begun to end on its own: an Abort after
@@ -75,10 +77,20 @@ func (s *Session) abortIfBroken() {
 	}
 }
 
+// AbortNoting is Abort that calls note, when this call aborts the
+// session, before anything is reset: a counter bumped there is counted
+// before any record of the abort can be written.
+func (s *Session) AbortNoting(result string, err error, note func()) bool {
+	return s.abort(&abortReason{result: result, err: err, note: note})
+}
+
 // abort is Abort with all it may be told.
 func (s *Session) abort(a *abortReason) bool {
 	if !s.aborted.CompareAndSwap(nil, a) {
 		return false
+	}
+	if a.note != nil {
+		a.note()
 	}
 	Abort(s.Client) // set before Serve, never after
 	// dialBumped sets Upstream on the serving goroutine while this may

@@ -72,3 +72,30 @@ func TestAbortUnlessIdle(t *testing.T) {
 		}
 	})
 }
+
+// AbortNoting calls its note once, on the call that aborts, before the
+// client is reset: a stall counted there is counted before the session's
+// records of it can be written.
+func TestAbortNotingNotesFirst(t *testing.T) {
+	client, other := net.Pipe()
+	defer other.Close()
+	s := &Session{Client: client, Record: &records.Record{Kind: "tls"}, Start: time.Now(), Done: func() {}}
+	var notes int
+	var clientOpen bool
+	note := func() {
+		notes++
+		clientOpen = client.SetDeadline(time.Now().Add(time.Second)) == nil
+	}
+	if !s.AbortNoting("stalled", errors.New("stalled"), note) {
+		t.Fatal("the first AbortNoting did not abort")
+	}
+	if s.AbortNoting("stalled", errors.New("again"), note) {
+		t.Fatal("a second AbortNoting aborted again")
+	}
+	if notes != 1 || !clientOpen {
+		t.Fatalf("note called %d times, the client open then: %v; want once, before the client was reset", notes, clientOpen)
+	}
+	if client.SetDeadline(time.Now()) == nil {
+		t.Fatal("the client was not reset by the abort")
+	}
+}
