@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"flag"
 	"os"
@@ -365,19 +366,17 @@ func TestBadFlagValues(t *testing.T) {
 		{"idle-timeout", "1ns"},
 	} {
 		t.Run(tc.flag+"="+tc.value, func(t *testing.T) {
-			cmd := exec.Command(os.Args[0], "--"+tc.flag, tc.value,
+			// A value accepted starts the appliance: the context stops it.
+			// Generous, since a refusal under the race detector on a
+			// loaded machine can take seconds to start and end.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, os.Args[0], "--"+tc.flag, tc.value,
 				"--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--gwlb-cidrs", "127.0.0.0/8",
 				"--access-log", "", "--state-dir", t.TempDir())
 			cmd.Env = append(os.Environ(), asMainEnv+"=1")
-			done := make(chan struct{})
-			defer close(done)
-			go func() { // a value accepted starts the appliance: stop it
-				select {
-				case <-done:
-				case <-time.After(5 * time.Second):
-					cmd.Process.Signal(syscall.SIGINT)
-				}
-			}()
+			cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
+			cmd.WaitDelay = 10 * time.Second
 			out, err := cmd.CombinedOutput()
 			if code := cmd.ProcessState.ExitCode(); code != 2 {
 				t.Fatalf("--%s %q: exit status %d (%v), want 2\n%s", tc.flag, tc.value, code, err, out)
