@@ -9,12 +9,20 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // TestMalformedH2BodyRecorded: an HTTP/2 request whose stream ends short
 // of its content-length has its body refused by the appliance's own
-// HTTP/2 server; its record says so (deny, "malformed request body"), not
-// that the client went away, and the client gets a 400. (DATA beyond the
+// HTTP/2 server; its record says so ("malformed request body"), not that
+// the client went away, and the client gets a 400. The record keeps the
+// request's decision, and is written even while the client's bucket of
+// deny records is dry (the rig's refuses every one): the policy allowed
+// the request and its head went upstream, so a deny record with no rule
+// said the opposite, and drawing on that bucket let a client that kept it
+// dry send such requests unrecorded. (DATA beyond the
 // content-length is not checked: the server's reset of the stream races
 // the transport's read of the body's error, refuseMalformedBody.)
 func TestMalformedH2BodyRecorded(t *testing.T) {
@@ -26,7 +34,9 @@ func TestMalformedH2BodyRecorded(t *testing.T) {
 		{"content-length 10, 5 bytes in two frames", "10", []string{"he", "llo"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRig(t, testPolicy)
+			r := newRig(t, testPolicy, func(c *intercept.Config) {
+				c.DenyRecord = func(*records.Record) (bool, int) { return false, 0 }
+			})
 			o := &laxOrigin{t: t}
 			c, _ := r.connectTCP(o.conn(), httpDest)
 			c.SetDeadline(time.Now().Add(waitLimit))
@@ -82,8 +92,10 @@ func TestMalformedH2BodyRecorded(t *testing.T) {
 					continue
 				}
 				found = true
-				if rec.Action != "deny" || rec.Result != "denied" || !strings.HasPrefix(rec.Error, "malformed request body: ") {
-					t.Errorf("record: action %s result %s error %q, want deny, denied, malformed request body", rec.Action, rec.Result, rec.Error)
+				if rec.Action != "allow" || rec.Rule != "default" || rec.Status != 400 || rec.Result != "error" ||
+					!strings.HasPrefix(rec.Error, "malformed request body: ") {
+					t.Errorf("record: action %s rule %q status %d result %s error %q, want the decision (allow, default: cleartext is not bumped), 400, error, malformed request body",
+						rec.Action, rec.Rule, rec.Status, rec.Result, rec.Error)
 				}
 			}
 			if !found {

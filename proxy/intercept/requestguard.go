@@ -63,12 +63,18 @@ func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, 
 	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request target must be a path or an http(s) URL")
 }
 
-// refuseMalformedBody answers 400, with a deny record, a request whose
-// body the appliance's own HTTP/2 server refused (RFC 9113 §8.1.1),
+// refuseMalformedBody answers 400 a request whose body the appliance's
+// own HTTP/2 server refused (RFC 9113 §8.1.1),
 // bodyErr being the first failed read of the body: a stream that ended
 // short of its content-length, or DATA beyond it when the transport read
 // that far. Recorded as the client's going away, it blamed a client that
-// had not gone. It returns nil for any other error, or none.
+// had not gone. The record keeps the request's decision (the policy
+// allowed it, and its head and the body's start went upstream), with
+// result error and the body's fault: not a denial with no rule, which
+// said the policy had refused what went out, and which drew on the
+// client's bucket of deny records, so a client that kept that bucket dry
+// sent such requests with no record at all. It returns nil for any other
+// error, or none.
 //
 // x/net says which in its error's words only (no error value to compare
 // with errors.Is), and only on the body. DATA beyond the content-length
@@ -88,9 +94,8 @@ func (rt *roundTripper) refuseMalformedBody(req *http.Request, bodyErr error, re
 		!strings.Contains(msg, "request declared a Content-Length of") {
 		return nil
 	}
-	rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
-	rec.Action, rec.Result, rec.Error = "deny", "denied", "malformed request body: "+msg
-	rt.writeDeny(rec, start)
+	rec.Status, rec.Result, rec.Error = http.StatusBadRequest, "error", "malformed request body: "+msg
+	rt.write(rec, start)
 	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request body does not match its content-length")
 }
 
