@@ -22,7 +22,9 @@ import (
 // Content-Length (the "CL.0" behaviour of many front ends and static
 // handlers), with expect0 it answers a request with Expect at once and
 // leaves its body unread; with honourClose it processes nothing after a
-// request with "Connection: close" (RFC 9112 §9.6). Requests for slowHost
+// request with "Connection: close" (RFC 9112 §9.6), and its answer says
+// "Connection: close" too, which must not close the client's connection
+// (the appliance asked for the close, not the client). Requests for slowHost
 // are answered after 300 ms: a late answer, which the probe before a kept
 // connection's reuse cannot see.
 type laxOrigin struct {
@@ -107,7 +109,11 @@ func (o *laxOrigin) serve(n int, c net.Conn, br *bufio.Reader) {
 			time.Sleep(300 * time.Millisecond)
 		}
 		body := "origin served " + f[0] + " " + host + " " + f[1]
-		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		closeField := ""
+		if closing && o.honourClose { // says so, as net/http and nginx do
+			closeField = "Connection: close\r\n"
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s", closeField, len(body), body)
 		if closing && o.honourClose {
 			return
 		}

@@ -171,7 +171,12 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 			rec.DestCheck = "ok"
 		}
 	}
-	req = prepareForward(req)
+	fwd := prepareForward(req)
+	// A copy asks the destination to close (closeAfter): its answer's
+	// "Connection: close" is about the upstream connection alone, and
+	// goproxy would close the client's connection too.
+	closeOnlyUpstream := fwd != req && !req.Close
+	req = fwd
 	var sent countingReader
 	if req.Body != nil && req.Body != http.NoBody {
 		sent.r = req.Body
@@ -179,6 +184,9 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	}
 	req, used := s.trackConn(req, rt.scheme == "https") // redial.go
 	resp, err := rt.tr.RoundTrip(req)
+	if err == nil && closeOnlyUpstream {
+		resp.Close = false // the transports have read it already: the connection is not kept
+	}
 	s.noteVerdict(&rec, used, err)
 	// What of the body has gone upstream, on every path: a request with
 	// no response (the destination closed or reset, the client went away)
