@@ -427,6 +427,14 @@ func TestBumpedH2ClientDoneThenReset(t *testing.T) {
 			t.Fatalf("connection %d: body %q, %v; want hello", i, body, err)
 		}
 		tc.CloseWrite() // close_notify
+		// The FIN leaves at once only with nothing queued before it: a
+		// RST sent while it waits behind the close_notify goes alone, a
+		// reset without a FIN, honestly recorded so (below).
+		for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+			if n, terr := c.ep.GetSockOptInt(tcpip.SendQueueSizeOption); terr != nil || n == 0 {
+				break
+			}
+		}
 		if err := c.halfClose(); err != nil {
 			t.Fatal(err)
 		}
@@ -444,10 +452,20 @@ func TestBumpedH2ClientDoneThenReset(t *testing.T) {
 	if len(tlsRecs) != conns {
 		t.Fatalf("%d connection records, want %d", len(tlsRecs), conns)
 	}
+	var ok int
 	for _, rec := range tlsRecs {
-		if rec.Result != "ok" || rec.Error != "" {
+		switch {
+		case rec.Result == "ok" && rec.Error == "":
+			ok++
+		case rec.Result == "reset" && strings.HasSuffix(rec.Error, "connection reset by peer"):
+			// The RST reached the appliance before the FIN: a reset it is.
+			t.Logf("client port %d: the RST came first: %s", rec.ClientPort, rec.Error)
+		default:
 			t.Errorf("client port %d: the connection's record says result %q, error %q; want ok: the client had closed cleanly, with nothing in flight",
 				rec.ClientPort, rec.Result, rec.Error)
 		}
+	}
+	if ok < conns/2 {
+		t.Errorf("%d of %d connections' FINs came before their RSTs: too few to tell", ok, conns)
 	}
 }
