@@ -1,12 +1,15 @@
 package netstack_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,6 +115,40 @@ func TestReclaimAtCriticalMemory(t *testing.T) {
 	}
 }
 
+// uploadUntilGrown sends zeros from p's client to its server end, read as
+// they come, until the server end's receive buffer is past want (or
+// uploadCap bytes have gone), then a 0xff byte that ends the upload, which
+// the reader drains to, so that no upload byte is left in flight. A read
+// still blocked at bound fails.
+func (p reclaimPair) uploadUntilGrown(want int64, bound time.Time) error {
+	const uploadCap = 8 << 20
+	var stop atomic.Bool
+	go func() {
+		buf := make([]byte, 64<<10)
+		for sent := 0; sent < uploadCap && !stop.Load(); sent += len(buf) {
+			if _, err := p.cc.Write(buf); err != nil {
+				return
+			}
+		}
+		p.cc.Write([]byte{0xff})
+	}()
+	p.conn.SetReadDeadline(bound)
+	defer p.conn.SetReadDeadline(time.Time{})
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := p.conn.Read(buf)
+		if bytes.IndexByte(buf[:n], 0xff) >= 0 {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("after growing to %d KiB: %w", p.conn.ReceiveBuffer()>>10, err)
+		}
+		if p.conn.ReceiveBuffer() > want {
+			stop.Store(true)
+		}
+	}
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -156,8 +193,11 @@ func TestReclaimTakesTheHeaviestNotTheMostNumerous(t *testing.T) {
 		}
 	}
 	// Each heavy connection grows its receive buffer with an upload read as
-	// it comes, as a relay reads.
-	const upload = 8 << 20
+	// it comes, as a relay reads, until the buffer is past twice its start.
+	// One bound covers every upload: under -race on loaded cores they take
+	// seconds, and what matters is the growth, not a fixed volume.
+	const start = 256 << 10
+	bound := time.Now().Add(12 * waitFor)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(heavyFrom)*share)
 	for _, ps := range heavy {
@@ -165,19 +205,9 @@ func TestReclaimTakesTheHeaviestNotTheMostNumerous(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				go func() {
-					buf := make([]byte, 64<<10)
-					for sent := 0; sent < upload; sent += len(buf) {
-						if _, err := p.cc.Write(buf); err != nil {
-							return
-						}
-					}
-				}()
-				p.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-				if _, err := io.CopyN(io.Discard, p.conn, upload); err != nil {
+				if err := p.uploadUntilGrown(2*start, bound); err != nil {
 					errs <- err
 				}
-				p.conn.SetReadDeadline(time.Time{})
 			}()
 		}
 	}
@@ -186,7 +216,6 @@ func TestReclaimTakesTheHeaviestNotTheMostNumerous(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("reading an upload: %v", err)
 	}
-	const start = 256 << 10
 	var grown int64
 	for _, ps := range heavy {
 		for _, p := range ps {
