@@ -114,6 +114,15 @@ func (r *tapRig) established() (*netstack.Conn, *notifier, []byte) {
 		r.t.Fatalf("dialing through the simulator: %v", err)
 	}
 	r.t.Cleanup(func() { cc.Close() })
+	// The tap saw the SYN-ACK before the dial returned: its ack is the
+	// client's sequence number before "hello ".
+	r.mu.Lock()
+	synAck := append([]byte(nil), r.lastReply...)
+	r.mu.Unlock()
+	if len(synAck) == 0 {
+		r.t.Fatal("the tap saw no SYN-ACK")
+	}
+	_, synAcked, _ := replySeqs(synAck)
 	sc := r.accepted()
 	if _, err := cc.Write([]byte("hello ")); err != nil {
 		r.t.Fatal(err)
@@ -123,10 +132,20 @@ func (r *tapRig) established() (*netstack.Conn, *notifier, []byte) {
 	if got, err := readAll(r.t, sc, n, 6); err != nil {
 		r.t.Fatalf("reading hello: %q %v", got, err)
 	}
-	time.Sleep(100 * time.Millisecond) // the appliance's ACK of "hello "
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return sc, n, append([]byte(nil), r.lastReply...)
+	// Wait for the appliance's ACK of "hello ": until then the last segment
+	// is the SYN-ACK, whose ack is six bytes short.
+	for deadline := time.Now().Add(waitFor); ; time.Sleep(5 * time.Millisecond) {
+		r.mu.Lock()
+		rep := append([]byte(nil), r.lastReply...)
+		r.mu.Unlock()
+		_, ack, _ := replySeqs(rep)
+		if ack == synAcked+6 {
+			return sc, n, rep
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("the appliance did not acknowledge \"hello \" (ack %d, want %d)", ack, synAcked+6)
+		}
+	}
 }
 
 // replySeqs reads the appliance's segment to the client, rep (IPv4, or
