@@ -155,9 +155,7 @@ func TestBumpRedialUnverifiedH2(t *testing.T) {
 		mu.Unlock()
 		io.WriteString(w, "hello")
 	}
-	upEnd, originEnd := testnet.TCPPair(t)
-	// Its Shutdown sends the first origin connection's GOAWAY: what makes
-	// /two go on another, whether it came before or after /two left.
+	upEnd, originEnd := signalClosePair(t)
 	first := h2OriginWith(t, r.upLeaf("www.example.test"), originEnd, handler)
 	up2End, origin2End := testnet.TCPPair(t)
 	h2OriginWith(t, r.strangerLeaf("www.example.test"), origin2End, handler)
@@ -178,7 +176,9 @@ func TestBumpRedialUnverifiedH2(t *testing.T) {
 		if resp.StatusCode != 200 {
 			t.Fatalf("%s: status %d; records %+v", path, resp.StatusCode, r.records())
 		}
-		first.Shutdown(context.Background()) // the first origin connection ends: /two needs another
+		if path == "/one" {
+			endFirstH2(t, first, upEnd) // /two needs another connection
+		}
 	}
 	cc.Close()
 	sv.waitDoneOnce(t)
@@ -235,7 +235,7 @@ func h2OriginWith(t *testing.T, cert *tls.Certificate, c net.Conn, h http.Handle
 func TestBumpRedialRefusedH2(t *testing.T) {
 	r := newRig(t, testPolicy)
 	handler := func(w http.ResponseWriter, req *http.Request) { io.WriteString(w, "hello") }
-	upEnd, originEnd := testnet.TCPPair(t)
+	upEnd, originEnd := signalClosePair(t)
 	first := h2OriginWith(t, r.upLeaf("www.example.test"), originEnd, handler)
 	up2End, origin2End := testnet.TCPPair(t)
 	h2OriginWith(t, r.strangerLeaf("www.example.test"), origin2End, handler)
@@ -259,7 +259,9 @@ func TestBumpRedialRefusedH2(t *testing.T) {
 		if resp.StatusCode != tc.status {
 			t.Fatalf("%s: status %d %q; records %+v", tc.path, resp.StatusCode, body, r.records())
 		}
-		first.Shutdown(context.Background()) // the first origin connection ends: /two needs another
+		if tc.path == "/one" {
+			endFirstH2(t, first, upEnd) // /two needs another connection
+		}
 	}
 	cc.Close()
 	sv.waitDoneOnce(t)
@@ -298,5 +300,39 @@ func wantRedialRefusedTLSRecord(t *testing.T, recs []records.Record, verified bo
 		!strings.Contains(rec.Error, "upstream certificate refused: ") || !strings.Contains(rec.Error, reason) ||
 		!strings.HasSuffix(rec.Error, "(a further connection)")):
 		t.Errorf("tls record %+v, want upstream_verify failed, why, of a further connection", rec)
+	}
+}
+
+// closeSignal is the appliance's end of an origin connection: its Close
+// says the appliance's transport has dropped the connection.
+type closeSignal struct {
+	*net.TCPConn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *closeSignal) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.TCPConn.Close()
+}
+
+// signalClosePair is testnet.TCPPair whose first end tells its Close.
+func signalClosePair(t *testing.T) (*closeSignal, *net.TCPConn) {
+	a, b := testnet.TCPPair(t)
+	return &closeSignal{TCPConn: a, closed: make(chan struct{})}, b
+}
+
+// endFirstH2 ends the first origin connection by first's Shutdown and
+// waits until the appliance has dropped upEnd, its end of it. Shutdown
+// returns before the GOAWAY is written (x/net only tells the serve loop),
+// so a request sent at once could still be counted in the GOAWAY's last
+// stream and served on the first connection, with no redial.
+func endFirstH2(t *testing.T, first *http.Server, upEnd *closeSignal) {
+	t.Helper()
+	first.Shutdown(context.Background())
+	select {
+	case <-upEnd.closed:
+	case <-time.After(waitLimit):
+		t.Fatal("the appliance kept the first origin connection after its GOAWAY")
 	}
 }
