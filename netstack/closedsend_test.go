@@ -18,7 +18,11 @@ import (
 // resets them and counts them timed out. A client that reads after the
 // Close still gets every byte and the FIN.
 func TestClosedConnZeroWindowBounded(t *testing.T) {
-	const timeout = time.Second
+	// The reading client's window is shut from before its write deadline
+	// (300 ms) until it starts reading, all within this timeout: 3 s leaves
+	// it seconds of margin under -race on loaded cores, where 1 s left it
+	// about 700 ms.
+	const timeout = 3 * time.Second
 	r := newConnRigTCP(t, netstack.TCPOptions{ClosedSendTimeout: timeout})
 	type flow struct {
 		cc    io.ReadCloser
