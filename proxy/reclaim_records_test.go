@@ -7,22 +7,25 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // reclaimAndRecords opens flows connections from one client with open,
-// sets memory critical until the stack has reset the newest connections
-// past what sixteen new connections hold, and checks every record written
-// since: result reset, the reclaim's error, and nothing blaming the client.
-func reclaimAndRecords(t *testing.T, r *stallRig, open func()) {
+// each served as far as it goes once open returns, sets memory critical
+// until the stack has reset the newest connections past what sixteen new
+// connections hold, waits for the records of kinds each reset connection
+// writes, and checks every record written since: result reset, the
+// reclaim's error, and nothing blaming the client.
+func reclaimAndRecords(t *testing.T, r *stallRig, kinds []string, open func()) {
 	const flows, share = 20, netstack.CriticalMemoryClientFlows
 	for range flows {
 		open()
 	}
-	time.Sleep(500 * time.Millisecond) // each is served as far as it goes
 	before := len(r.sink.parse(t))
 	r.ns.SetMemoryPressure(netstack.MemoryCritical)
 	r.p.SetMemoryPressure(netstack.MemoryCritical)
@@ -34,24 +37,18 @@ func reclaimAndRecords(t *testing.T, r *stallRig, open func()) {
 	if got := r.ns.Stats().MemoryReclaimed; got != flows-share {
 		t.Fatalf("memory_reclaimed %d, want %d", got, flows-share)
 	}
-	var recs []string
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		all := r.sink.parse(t)[before:]
-		conns := 0
-		for _, rec := range all {
-			if rec.Kind == "tcp" || rec.Kind == "tls" || rec.Kind == "http" {
-				conns++
+	var all []records.Record
+	complete := func() bool {
+		all = r.sink.parse(t)[before:]
+		for _, k := range kinds {
+			if countKind(all, k) < flows-share {
+				return false
 			}
 		}
-		if conns >= flows-share {
-			break
-		}
+		return true
 	}
-	time.Sleep(300 * time.Millisecond) // any record still to come
-	all := r.sink.parse(t)[before:]
-	if len(all) < flows-share {
-		t.Fatalf("%d records after the reclaim, want at least %d", len(all), flows-share)
-	}
+	waitUntil(t, 5*time.Second, complete, "the reset connections' records")
+	var recs []string
 	for _, rec := range all {
 		recs = append(recs, rec.Kind+" "+rec.Result+" "+rec.Error)
 		if rec.Result != "reset" || !strings.Contains(rec.Error, netstack.ErrMemoryReclaimed.Error()) ||
@@ -63,13 +60,40 @@ func reclaimAndRecords(t *testing.T, r *stallRig, open func()) {
 	t.Logf("records: %q", recs)
 }
 
+// countKind is how many of recs are of kind.
+func countKind(recs []records.Record, kind string) int {
+	n := 0
+	for _, rec := range recs {
+		if rec.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// waitUntil polls cond until it holds, failing t with what after d.
+func waitUntil(t *testing.T, d time.Duration, cond func() bool, what string) {
+	t.Helper()
+	for end := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("waited %v for %s", d, what)
+		}
+	}
+}
+
 // TestReclaimRecordsWaitingForFirstBytes: connections reset while the
 // proxy waits for their first bytes (to classify them) are recorded as
 // reclaimed, not as "operation aborted", a client's reset.
 func TestReclaimRecordsWaitingForFirstBytes(t *testing.T) {
 	r := newStallRig(t, 15*time.Minute)
-	dst := destination0(t, func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
-	reclaimAndRecords(t, r, func() { r.dial0(t, dst) })
+	var dialled atomic.Int64 // the appliance's connections to the destination
+	dst := destination0(t, func(c *net.TCPConn) { dialled.Add(1); _, _ = io.Copy(io.Discard, c) })
+	opened := int64(0)
+	reclaimAndRecords(t, r, []string{"tcp"}, func() {
+		r.dial0(t, dst)
+		opened++
+		waitUntil(t, 5*time.Second, func() bool { return dialled.Load() == opened }, "the appliance's dial")
+	})
 }
 
 // TestReclaimRecordsHTTPLongPoll: cleartext HTTP requests waiting on an
@@ -77,10 +101,11 @@ func TestReclaimRecordsWaitingForFirstBytes(t *testing.T) {
 // appliance reset them, not that the client's connection broke.
 func TestReclaimRecordsHTTPLongPoll(t *testing.T) {
 	r := newStallRig(t, 15*time.Minute)
-	dst, _, _ := silentOrigin(t, "")
-	reclaimAndRecords(t, r, func() {
+	dst, got, _ := silentOrigin(t, "")
+	reclaimAndRecords(t, r, []string{"http"}, func() {
 		c := r.dial0(t, dst)
 		_, _ = io.WriteString(c, "GET /poll HTTP/1.1\r\nHost: plain.example\r\n\r\n")
+		wait(t, got, 5*time.Second, "the origin never got the request")
 	})
 }
 
@@ -91,7 +116,8 @@ func TestReclaimRecordsBumpedIdle(t *testing.T) {
 	r := newBumpStallRig(t, time.Hour, func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "hi")
 	})
-	reclaimAndRecords(t, r.stallRig, func() {
+	opened := 0
+	reclaimAndRecords(t, r.stallRig, []string{"tls"}, func() {
 		tc := tls.Client(r.dial0(t, r.dest), &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
 		_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
 		_, _ = io.WriteString(tc, "GET /x HTTP/1.1\r\nHost: big.example\r\n\r\n")
@@ -101,18 +127,26 @@ func TestReclaimRecordsBumpedIdle(t *testing.T) {
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		// Idle once the request's record is out: goproxy reads the next.
+		opened++
+		waitUntil(t, 5*time.Second, func() bool { return countKind(r.sink.parse(t), "http") == opened }, "the first request's record")
 	})
 }
 
 // TestReclaimRecordsBumpedPoll: bumped requests waiting on an origin that
 // does not answer.
 func TestReclaimRecordsBumpedPoll(t *testing.T) {
+	var polling atomic.Int64 // requests the origin holds
 	r := newBumpStallRig(t, time.Hour, func(_ *bumpStallRig, _ http.ResponseWriter, req *http.Request) {
+		polling.Add(1)
 		<-req.Context().Done()
 	})
-	reclaimAndRecords(t, r.stallRig, func() {
+	opened := int64(0)
+	reclaimAndRecords(t, r.stallRig, []string{"http", "tls"}, func() {
 		tc := tls.Client(r.dial0(t, r.dest), &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
 		_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
 		_, _ = io.WriteString(tc, "GET /poll HTTP/1.1\r\nHost: big.example\r\n\r\n")
+		opened++
+		waitUntil(t, 5*time.Second, func() bool { return polling.Load() == opened }, "the request at the origin")
 	})
 }
