@@ -152,9 +152,11 @@ const (
 // the experiment option not 4 bytes long, or a Router Alert whose value is
 // not 0; a record route shorter than one address or a timestamp shorter
 // than its header, or either one's pointer before its first slot, or a
-// timestamp's flags unknown. Options after End of List are not read. A
-// full record route or timestamp, or a pointer that is not on a slot, is
-// left to the stack (docs/ids.md).
+// timestamp's flags unknown; a record route or timestamp with room left
+// but not for a whole entry at its pointer, or a full timestamp whose
+// overflow counter cannot count one more (handleRecordRoute,
+// handleTimestamp: the bytes alone decide). Options after End of List are
+// not read.
 func ipv4OptionsRefused(opts []byte) bool {
 	var seen [256]bool
 	for i := 0; i < len(opts); {
@@ -185,20 +187,53 @@ func ipv4OptionsRefused(opts []byte) bool {
 				return true
 			}
 		case ipv4OptRecordRoute:
-			if n < 7 || o[2] < 4 {
+			// handleRecordRoute: a full one (pointer past the end) is
+			// taken; one with room, but not for a whole address at the
+			// pointer, is not.
+			if n < 7 {
+				return true
+			}
+			if ptr := int(o[2]); ptr < 4 || (ptr <= n && ptr+4 > n+1) {
 				return true
 			}
 		case ipv4OptTimestamp:
-			if n < 4 || o[2] < 5 {
-				return true
-			}
-			if flags := o[3] & 0x0f; flags != 0 && flags != 1 && flags != 3 {
+			if ipv4TimestampRefused(o) {
 				return true
 			}
 		}
 		i += n
 	}
 	return false
+}
+
+// ipv4TimestampRefused reports whether gVisor's handleTimestamp refuses
+// the timestamp option o (its length in bounds, at least 2): shorter than
+// its header, its pointer before the first slot, its flags unknown, no
+// room for a whole entry at the pointer, or full (pointer past the end)
+// with its overflow counter at 15, which one more would wrap, and flags
+// other than 3 (prespecified addresses, which overflow nothing).
+func ipv4TimestampRefused(o []byte) bool {
+	n := len(o)
+	if n < 4 || o[2] < 5 {
+		return true
+	}
+	entry := 8 // flags 1 and 3: an address and a timestamp
+	switch flags := o[3] & 0x0f; flags {
+	case 0:
+		entry = 4
+	case 1:
+	case 3:
+		if int(o[2]) > n {
+			return false
+		}
+	default:
+		return true
+	}
+	ptr := int(o[2])
+	if ptr > n {
+		return o[3]>>4 == 15
+	}
+	return ptr-5+entry > n-4
 }
 
 // sumsFail reports whether the checksums of pkt, a client's packet as
