@@ -30,9 +30,9 @@ func stackRefuses(p *Packet, pkt []byte) DropReason {
 		if pkt[6] != protoTCP && pkt[6] != protoUDP && ipv6Refuses(pkt) {
 			return DropInnerRefused
 		}
-	} else if ihl := int(pkt[0]&0x0f) * 4; ihl > 20 && !p.Fragment && ipv4OptionsRefused(pkt[20:ihl]) {
-		// gVisor reads the options of a datagram once, reassembled, from
-		// its first fragment's header.
+	} else if ihl := int(pkt[0]&0x0f) * 4; ihl > 20 && ipv4OptionsRefused(pkt[20:ihl]) {
+		// Every fragment's too: gVisor verifies each one's options before
+		// reassembly (deliverPacketLocally), and drops the fragment alone.
 		return DropInnerRefused
 	}
 	if p.Fragment || p.ICMPError || p.Echo {

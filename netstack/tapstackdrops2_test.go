@@ -2,8 +2,28 @@ package netstack_test
 
 import (
 	"bytes"
+	"encoding/binary"
+	"net/netip"
 	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
+
+// ipv4FragWithOptions is ipv4Packet (a fragment of data at off) with the
+// IPv4 options opts (a multiple of 4 bytes long) in its header.
+func ipv4FragWithOptions(src, dst netip.Addr, id uint16, data []byte, off, end int, more bool, opts []byte) []byte {
+	plain := ipv4Packet(src, dst, id, data, off, end, more)
+	ihl := 20 + len(opts)
+	b := make([]byte, ihl+len(plain)-20)
+	copy(b, plain[:20])
+	b[0] = 0x40 | byte(ihl/4)
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	copy(b[20:], opts)
+	b[10], b[11] = 0, 0
+	binary.BigEndian.PutUint16(b[10:], ^checksum.Checksum(b[:ihl], 0))
+	copy(b[ihl:], plain[20:])
+	return b
+}
 
 // TestTapOmitsIPv4RecordRouteTimestampDecoys: record route and timestamp
 // options gVisor refuses by their bytes alone (handleRecordRoute,
@@ -41,5 +61,32 @@ func TestTapOmitsIPv4RecordRouteTimestampDecoys(t *testing.T) {
 	}
 	if got := r.srv.Stats().Drops["inner_refused"]; got != 3 {
 		t.Errorf("inner_refused %d, want 3", got)
+	}
+}
+
+// TestTapOmitsLaterFragmentRefusedOptions: a later fragment whose IPv4
+// options gVisor refuses (a Router Alert of value 1) is dropped before the
+// tap and counted, as gVisor verifies every fragment's options before
+// reassembly; the real later fragment at the same offset makes the
+// datagram the stack delivers.
+func TestTapOmitsLaterFragmentRefusedOptions(t *testing.T) {
+	tap := &seenTap{}
+	r := newTapRig(t, tap)
+	sc, n, rep := r.established()
+	srvSeq, cliSeq, client := replySeqs(rep)
+	benign := []byte("GET /fine/readme.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+	evilSeg := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, evilRequest)
+	benignSeg := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, benign)
+	const cut = 24
+	r.sendEach(t,
+		ipv4Packet(connClient, connDest.Addr(), 0x4343, evilSeg, 0, cut, true),
+		ipv4FragWithOptions(connClient, connDest.Addr(), 0x4343, benignSeg, cut, len(benignSeg), false, []byte{148, 4, 0, 1}),
+		ipv4Packet(connClient, connDest.Addr(), 0x4343, evilSeg, cut, len(evilSeg), false))
+	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
+		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
+	}
+	wantNoneInFeed(t, tap, "/fine/")
+	if got := r.srv.Stats().Drops["inner_refused"]; got != 1 {
+		t.Errorf("inner_refused %d, want 1", got)
 	}
 }
