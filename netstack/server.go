@@ -355,7 +355,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	if s.cfg.Tap != nil {
 		// Only now, taken in: a packet dropped above never reached a
 		// stack, and an IDS shown it would rebuild what no one got.
-		// A SYN's data is shown cut off, as the stack throws it away.
+		// A SYN's or a RST's data is shown cut off, as the stack throws it away.
 		tp := *p
 		s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, time.Now().UnixNano(), tp, synDataCut(&tp, inner)) // wall time, as replies and records are stamped
 	}

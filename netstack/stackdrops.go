@@ -274,17 +274,21 @@ func sumsFail(p *Packet, pkt []byte) bool {
 	return false
 }
 
-// synDataCut returns, for a client's TCP segment with SYN set that carries
-// data, a copy cut to its headers, with its lengths and checksums mended,
-// and p's length the copy's; otherwise pkt itself. gVisor does not do TCP
-// Fast Open: it acknowledges the SYN alone and throws its data away, and the
-// client sends its bytes again after the handshake, maybe other ones. An IDS
-// shown the SYN's data takes it for the stream's first bytes and the real
-// ones for a retransmission. The stack still gets the SYN whole: dropping
-// it would cost a Fast Open client a SYN timeout for nothing. This
-// allocates, on a path only such a SYN takes, and only with a tap.
+// synDataCut returns, for a client's TCP segment with SYN or RST set that
+// carries data, a copy cut to its headers, with its lengths and checksums
+// mended, and p's length the copy's; otherwise pkt itself. gVisor does not
+// do TCP Fast Open: it acknowledges the SYN alone and throws its data away,
+// and the client sends its bytes again after the handshake, maybe other
+// ones. An IDS shown the SYN's data takes it for the stream's first bytes
+// and the real ones for a retransmission. Nor does gVisor ever deliver a
+// RST's data, whether the RST ends the connection or gets a challenge ACK
+// (RFC 5961), and an IDS may add it to the stream all the same. The stack
+// still gets the segment whole: dropping a SYN would cost a Fast Open
+// client a SYN timeout for nothing, and a RST must still end its
+// connection. This allocates, on a path only such a segment takes, and
+// only with a tap.
 func synDataCut(p *Packet, pkt []byte) []byte {
-	if p.Proto != protoTCP || p.TCPFlags&flagSyn == 0 || p.Fragment || p.MoreFragments || p.ICMPError {
+	if p.Proto != protoTCP || p.TCPFlags&(flagSyn|flagRst) == 0 || p.Fragment || p.MoreFragments || p.ICMPError {
 		return pkt
 	}
 	end := p.Payload + int(pkt[p.Payload+12]>>4)*4

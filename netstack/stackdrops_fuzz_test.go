@@ -10,9 +10,10 @@ import (
 
 // FuzzStackDrops: no inner packet ParsePacket takes panics the checks of
 // what the stack is certain to drop (stackRefuses, sumsFail) nor the cut
-// of a SYN's data for the tap (synDataCut). A cut copy is the SYN's
-// headers alone, and is itself a packet the checks take, with checksums
-// that hold when the original's did.
+// of a SYN's or a RST's data for the tap (synDataCut). A whole TCP
+// segment is cut exactly when it has SYN or RST set and carries data; a
+// cut copy is its headers alone, and is itself a packet the checks take,
+// with checksums that hold when the original's did.
 func FuzzStackDrops(f *testing.F) {
 	client, dest := netip.AddrPortFrom(testClient, 40000), netip.AddrPortFrom(testDest, 443)
 	v6c, v6d := netip.MustParseAddrPort("[2001:db8::5]:40000"), netip.MustParseAddrPort("[2001:db8::9]:443")
@@ -21,6 +22,7 @@ func FuzzStackDrops(f *testing.F) {
 		clientSegment(client, dest, 1001, 1, header.TCPFlagAck|header.TCPFlagPsh, []byte("GET / HTTP/1.1\r\n\r\n")),
 		clientSegment(client, dest, 1001, 1, header.TCPFlagPsh, []byte("no ack")),
 		clientSegment(v6c, v6d, 1, 0, header.TCPFlagSyn, []byte("data on a SYN")),
+		clientSegment(client, dest, 1001, 1, header.TCPFlagRst|header.TCPFlagAck, []byte("data on a RST")),
 		udpPacket(3000, 10),
 		udpRefusalPacket(v6c.Addr(), v6d.Addr(), []byte("x"), 0),
 		udpRefusalPacket(client.Addr(), dest.Addr(), []byte("short"), 3),
@@ -44,6 +46,11 @@ func FuzzStackDrops(f *testing.F) {
 		cut := synDataCut(&q, pkt)
 		if !bytes.Equal(pkt, orig) {
 			t.Fatal("synDataCut changed the packet the stack gets")
+		}
+		whole := p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && !p.ICMPError
+		data := whole && p.Payload+int(pkt[p.Payload+12]>>4)*4 < p.Len
+		if want := data && p.TCPFlags&(flagSyn|flagRst) != 0; want != (len(cut) != len(pkt)) {
+			t.Fatalf("flags %#x, data %v: cut %d bytes to %d", p.TCPFlags, data, len(pkt), len(cut))
 		}
 		if len(cut) == len(pkt) {
 			return // not cut

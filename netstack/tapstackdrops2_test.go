@@ -90,3 +90,37 @@ func TestTapOmitsLaterFragmentRefusedOptions(t *testing.T) {
 		t.Errorf("inner_refused %d, want 1", got)
 	}
 }
+
+// TestTapShowsRstWithoutItsData: a RST carrying data inside the window but
+// not at the next sequence number gets a challenge ACK (RFC 5961) and its
+// data is never delivered; the tap is shown the RST cut to its headers,
+// with lengths and checksums that hold, and the real request at the same
+// sequence number is delivered.
+func TestTapShowsRstWithoutItsData(t *testing.T) {
+	tap := &seenTap{}
+	r := newTapRig(t, tap)
+	sc, n, rep := r.established()
+	srvSeq, cliSeq, client := replySeqs(rep)
+	rst := tcpSegment(client, connDest, cliSeq+1, srvSeq, 0x14, []byte("GET /d-rst/ HTTP/1.1\r\n\r\n"))
+	data := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, evilRequest)
+	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 401, rst, 0, len(rst), false),
+		ipv4Packet(connClient, connDest.Addr(), 402, data, 0, len(data), false))
+	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
+		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
+	}
+	wantNoneInFeed(t, tap, "/d-rst/")
+	for _, p := range tap.inbound() {
+		if p.pkt[33]&0x04 == 0 {
+			continue
+		}
+		ip, tcp := p.pkt, p.pkt[20:]
+		if len(ip) != 40 || binary.BigEndian.Uint16(ip[2:]) != 40 || p.p.Len != 40 {
+			t.Errorf("the RST shown is %d bytes, IP length %d, Len %d; want 40", len(ip), binary.BigEndian.Uint16(ip[2:]), p.p.Len)
+		}
+		if checksum.Checksum(ip[:20], 0) != 0xffff || binary.BigEndian.Uint16(tcp[16:]) != tcpSum(connClient, connDest.Addr(), tcp) {
+			t.Error("the RST shown has a checksum that does not hold")
+		}
+		return
+	}
+	t.Error("the tap was not shown the RST")
+}
