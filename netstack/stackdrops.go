@@ -66,17 +66,21 @@ func stackRefuses(p *Packet, pkt []byte) DropReason {
 // extension headers, which ParsePacket walked already (so they are in
 // bounds, at most maxExtHeaders of them, up to the transport header or a
 // later fragment's fragment header): a hop-by-hop header anywhere but
-// first, a routing header with segments left (gVisor routes nothing), or
-// an option a hop-by-hop or destination options header has that the stack
-// does not know and whose type's action bits say discard (RFC 8200 4.2).
+// first (of the datagram, or of a first fragment's fragmentable part), a
+// routing header with segments left (gVisor routes nothing), or an option
+// a hop-by-hop or destination options header has that the stack does not
+// know and whose type's action bits say discard (RFC 8200 4.2).
 // Suricata, Zeek and Wireshark heed none of it.
 func ipv6Refuses(pkt []byte) bool {
-	next, off := pkt[6], 40
+	// first is where a hop-by-hop header may be: right after the fixed
+	// header, or after a first fragment's fragment header, as gVisor walks
+	// the headers after it afresh on the reassembled datagram.
+	next, off, first := pkt[6], 40, 40
 	for range maxExtHeaders {
 		switch next {
 		case ipv6HopByHop, ipv6DestOptions:
 			n := (int(pkt[off+1]) + 1) * 8
-			if (next == ipv6HopByHop && off != 40) || off+n > len(pkt) ||
+			if (next == ipv6HopByHop && off != first) || off+n > len(pkt) ||
 				ipv6OptionsRefused(pkt[off+2:off+n], next == ipv6HopByHop) {
 				return true
 			}
@@ -87,10 +91,14 @@ func ipv6Refuses(pkt []byte) bool {
 			}
 			next, off = pkt[off], off+(int(pkt[off+1])+1)*8
 		case ipv6Fragment:
-			if binary.BigEndian.Uint16(pkt[off+2:off+4])&0xfff8 != 0 {
+			fo := binary.BigEndian.Uint16(pkt[off+2 : off+4])
+			if fo&0xfff8 != 0 {
 				return false // the rest is in the first fragment
 			}
 			next, off = pkt[off], off+8
+			if fo&1 != 0 { // a first fragment, not an atomic one (RFC 6946)
+				first = off
+			}
 		default:
 			return false
 		}
