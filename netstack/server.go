@@ -253,8 +253,12 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 	}
 	// What the stack would drop never reaches the flow table or the tap
 	// (stackdrops.go); the checksums cost a pass over the bytes, so they
-	// are checked here only for the tap's sake.
-	if reason = stackRefuses(&p, inner[:p.Len]); reason == DropNone && s.cfg.Tap != nil && sumsFail(&p, inner[:p.Len]) {
+	// are checked here only for the tap's sake. An echo request, which the
+	// echo relay takes instead of the stack, follows the same rules, and
+	// its IPv4 header checksum, a few words, is checked with or without a
+	// tap, so that what is relayed does not depend on one.
+	if reason = stackRefuses(&p, inner[:p.Len]); reason == DropNone &&
+		(s.cfg.Tap != nil && sumsFail(&p, inner[:p.Len]) || echoSumFails(&p, inner[:p.Len])) {
 		reason = DropInnerBadChecksum
 	}
 	if reason != DropNone {

@@ -282,6 +282,15 @@ func sumsFail(p *Packet, pkt []byte) bool {
 	return false
 }
 
+// echoSumFails reports whether pkt, a client's echo request as ParsePacket
+// read it into p, has an IPv4 header checksum that does not hold. The echo
+// relay takes echo requests instead of the stack, and checks this always,
+// tap or not: it costs the header's few words, and sumsFail, which runs
+// with a tap, checks no more of an echo request than this.
+func echoSumFails(p *Packet, pkt []byte) bool {
+	return p.Echo && !p.IPv6 && !header.IPv4(pkt).IsChecksumValid()
+}
+
 // synDataCut returns, for a client's TCP segment with SYN or RST set that
 // carries data, a copy cut to its headers, with its lengths and checksums
 // mended, and p's length the copy's; otherwise pkt itself. gVisor does not
