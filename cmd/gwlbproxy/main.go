@@ -80,16 +80,17 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if reload {
-		_ = a.Reload() // a rejected file is logged; the policy New loaded stays
-	}
 	if ctl != nil {
 		ctl.SetWork(a.Carried)
 	}
-	ctx, fast := signalContext(sigs, a.Reload, func() { notify("STOPPING=1") }, a.CutDrain)
 	// Every listener is open: the GWLB's health check and GENEVE queue
-	// in the kernel until Run serves them, moments from now.
+	// in the kernel until Run serves them, moments from now. READY=1 goes
+	// before signalContext starts reading stops, so that systemd never
+	// gets STOPPING=1 before it; a stop meanwhile waits in its channel.
 	notify("READY=1")
+	// A SIGHUP caught during start-up is reloaded on the reload goroutine,
+	// not here: a stop signal is read while it runs, not held behind it.
+	ctx, fast := signalContext(sigs, reload, a.Reload, func() { notify("STOPPING=1") }, a.CutDrain)
 	return a.Run(ctx, func() time.Duration {
 		if fast.Load() {
 			return min(o.DrainTimeout, fastDrain)

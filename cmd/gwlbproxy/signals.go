@@ -67,10 +67,15 @@ const fastDrain = 5 * time.Second
 // arrives. SIGHUP calls reload, whenever it comes, on a goroutine of its
 // own: a reload of a large policy takes a while, and a stop signal is read
 // meanwhile; SIGHUPs that come during a reload make one more (signals.hup).
-func signalContext(sigs signals, reload func() error, onStop func(), cutDrain func(time.Duration)) (context.Context, *atomic.Bool) {
+// reloadNow (a SIGHUP caught by awaitStart) makes that goroutine reload
+// once before it reads sigs.hup.
+func signalContext(sigs signals, reloadNow bool, reload func() error, onStop func(), cutDrain func(time.Duration)) (context.Context, *atomic.Bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var fast atomic.Bool
 	go func() {
+		if reloadNow {
+			_ = reload() // a rejected file is logged; the policy in force stays
+		}
 		for sig := range sigs.hup {
 			slog.Info("signal received", "signal", sig)
 			_ = reload()

@@ -77,7 +77,7 @@ func TestSIGHUPsCoalesce(t *testing.T) {
 	sigs, stopSignals := catchSignals()
 	defer stopSignals()
 	started, release := make(chan struct{}, 16), make(chan struct{})
-	ctx, _ := signalContext(sigs, func() error {
+	ctx, _ := signalContext(sigs, false, func() error {
 		started <- struct{}{}
 		<-release
 		return nil
