@@ -26,8 +26,10 @@ import (
 //
 // Write is called by a Writer's goroutine; the mutex only keeps Close, at
 // the end of a drain that gave up on a stuck file, from racing it. It is
-// not held across the write itself: Close must return at once even when
-// that write hangs (a hung disk), or shutdown would wait on it.
+// held neither across the write itself nor across the look at the path and
+// a reopen: Close must return at once even when they hang (a hung disk or
+// NFS mount; a FIFO whose new incarnation has no reader yet, whose open
+// blocks until one comes), or shutdown would wait on them.
 type LogFile struct {
 	path string
 
@@ -136,39 +138,76 @@ func (l *LogFile) Write(p []byte) (int, error) {
 // good: follow returns an error, so that the Writer counts the records
 // failed, tells of them in a records_lost line once a reopen works, and
 // the health check fails after --record-stall, as on a full disk.
+//
+// It is called with l.mu held and l.f open, and drops l.mu while it looks
+// at the path and opens it (either may block: see LogFile); it returns with
+// l.mu held, and an error if Close came meanwhile.
 func (l *LogFile) follow(now int64) error {
-	fi, err := os.Stat(l.path)
-	if err == nil && os.SameFile(fi, l.fi) {
-		return nil
-	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return l.reopenFailed(now, fmt.Errorf("access log %s: %w", l.path, err))
-	}
-	f, nfi, err := openLog(l.path)
+	old, oldFI := l.f, l.fi
+	l.mu.Unlock()
+	f, nfi, err := l.reopen(oldFI)
+	var lost error
 	if err != nil {
-		return l.reopenFailed(now, err)
+		lost = stillLinked(old, err) // old may be closed meanwhile: an error then
 	}
-	if err := l.f.Close(); err != nil {
-		slog.Warn("closing the rotated access log", "file", l.path, "err", err)
+	l.mu.Lock()
+	if l.f == nil { // closed while the lock was dropped
+		if f != nil {
+			f.Close()
+		}
+		return fmt.Errorf("access log %s: %w", l.path, fs.ErrClosed)
+	}
+	if err != nil {
+		return l.reopenFailed(now, err, lost)
+	}
+	if f == nil { // the path still names the file open
+		return nil
 	}
 	l.f, l.fi, l.midLine = f, nfi, false
 	l.reopens.Add(1)
 	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)
+	l.mu.Unlock()
+	// Unlocked too: closing a file on NFS flushes it, and may hang.
+	if err := old.Close(); err != nil {
+		slog.Warn("closing the rotated access log", "file", l.path, "err", err)
+	}
+	l.mu.Lock()
+	if l.f == nil {
+		return fmt.Errorf("access log %s: %w", l.path, fs.ErrClosed)
+	}
 	return nil
 }
 
-// reopenFailed counts a failed reopen and says whether records may go on
-// to the file open: an error if it has no link left (fstat), or cannot be
-// stat'ed. It logs at most once a minute: on a full disk, or with the log's
-// directory gone, it fails before every write.
-func (l *LogFile) reopenFailed(now int64, err error) error {
-	l.reopenFailures.Add(1)
-	var lost error
-	if fi, serr := l.f.Stat(); serr != nil {
-		lost = fmt.Errorf("%w; and the file open: %w", err, serr)
-	} else if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
-		lost = fmt.Errorf("%w; and the file open was removed: records written there would be lost", err)
+// reopen opens the path if it names another file than oldFI's, or none;
+// it returns a nil file if it names that one still.
+func (l *LogFile) reopen(oldFI os.FileInfo) (*os.File, os.FileInfo, error) {
+	fi, err := os.Stat(l.path)
+	if err == nil && os.SameFile(fi, oldFI) {
+		return nil, nil, nil
 	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("access log %s: %w", l.path, err)
+	}
+	return openLog(l.path)
+}
+
+// stillLinked says, after the failed reopen err, whether records may go on
+// to the file open, f: an error if it has no link left (fstat), or cannot
+// be stat'ed.
+func stillLinked(f *os.File, err error) error {
+	if fi, serr := f.Stat(); serr != nil {
+		return fmt.Errorf("%w; and the file open: %w", err, serr)
+	} else if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
+		return fmt.Errorf("%w; and the file open was removed: records written there would be lost", err)
+	}
+	return nil
+}
+
+// reopenFailed counts a failed reopen, err, and returns lost, stillLinked's
+// verdict. It logs at most once a minute: on a full disk, or with the log's
+// directory gone, it fails before every write.
+func (l *LogFile) reopenFailed(now int64, err, lost error) error {
+	l.reopenFailures.Add(1)
 	if l.lastErrAt == 0 || now-l.lastErrAt >= int64(time.Minute) {
 		l.lastErrAt = now
 		if lost != nil {

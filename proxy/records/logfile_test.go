@@ -2,6 +2,8 @@ package records
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -255,5 +257,78 @@ func TestLogFileRemovedWithItsDirectoryFails(t *testing.T) {
 	}
 	if seqs(t, []byte(lines[1]+"\n"))[0] != 1+lost {
 		t.Errorf("the record after the marker: %q", lines[1])
+	}
+}
+
+// TestLogFileCloseDoesNotWaitForAReopen: --access-log names a FIFO a
+// collector reads. The collector restarts and makes its FIFO anew (rm,
+// mkfifo) but has not opened it yet; the next write looks at the path and
+// reopens it, and open(2) for writing blocks until a reader comes (as a
+// stat or open on a hung NFS mount blocks). The drain's end closes the
+// LogFile meanwhile: Close must return at once, and the reopened file,
+// once the open returns, is closed rather than written to. Close used to
+// wait for the mutex the blocked reopen held.
+func TestLogFileCloseDoesNotWaitForAReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf, err := OpenLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lf.Write([]byte("{\"a\":1}\n")); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(path, 0o600); err != nil { // the collector's new FIFO
+		t.Fatal(err)
+	}
+	time.Sleep(reopenCheck + 10*time.Millisecond)
+	wrote := make(chan error, 1)
+	go func() { _, err := lf.Write([]byte("{\"a\":2}\n")); wrote <- err }()
+	time.Sleep(200 * time.Millisecond) // the reopen blocks in open(2)
+	select {
+	case err := <-wrote:
+		t.Fatalf("the write did not wait for the FIFO's reader: %v", err)
+	default:
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- lf.Close() }()
+	closeBlocked := false
+	select {
+	case err := <-closed:
+		t.Logf("LogFile.Close: %v", err)
+	case <-time.After(2 * time.Second):
+		t.Errorf("LogFile.Close still blocked after 2 s behind the reopen")
+		closeBlocked = true
+	}
+	// The collector opens its FIFO: the reopen returns, to a closed LogFile.
+	r2, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	select {
+	case err := <-wrote:
+		if !errors.Is(err, fs.ErrClosed) {
+			t.Errorf("the write after Close: %v, want fs.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the write still blocked once the FIFO had a reader")
+	}
+	if closeBlocked {
+		<-closed
+	}
+	buf := make([]byte, 64)
+	if n, _ := r2.Read(buf); n > 0 {
+		t.Errorf("written to the FIFO after Close: %q", buf[:n])
 	}
 }
