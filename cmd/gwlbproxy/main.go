@@ -49,11 +49,16 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	sigs, stopSignals := catchSignals() // before anything slow: see catchSignals
-	defer stopSignals()
 	o, p, err := parseArgs(args, stderr)
 	if err != nil {
+		stopSignals() // for callers in the same process (tests): nothing ran
 		return err
 	}
+	// From here on the signals stay caught until the process exits: with
+	// their default actions restored on the way out, a SIGHUP (a reload,
+	// a path watcher) in the last moments would kill the process, and the
+	// unit's RestartForceExitStatus=SIGHUP would restart an appliance the
+	// operator stopped. One that comes then is read, or dropped, unheeded.
 	setupLogging(o.LogLevel, stderr)
 	// The access records go to stdout by default (--access-log -), and the
 	// logs to stderr. Unless SIGPIPE is handled, Go kills the process when

@@ -121,3 +121,31 @@ func TestSIGHUPsCoalesce(t *testing.T) {
 	}
 	close(release)
 }
+
+// TestSIGHUPsWhileExiting: SIGHUPs keep coming (a path watcher, a reload
+// loop) while the appliance stops. Each must stay caught until the process
+// is gone: one that met SIGHUP's default action in the last moments, once
+// runMain had stopped catching signals on its way out, killed the process
+// ("signal hangup"), which the unit's RestartForceExitStatus=SIGHUP turns
+// into a restart of an appliance the operator stopped. The SIGHUPs are
+// sent through the process's pidfd (os.Process), never to a reused PID.
+func TestSIGHUPsWhileExiting(t *testing.T) {
+	const runs = 8
+	for i := range runs {
+		p := startMain(t, nil, "--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+			"--gwlb-cidrs", "127.0.0.0/8", "--return-path", "bound",
+			"--access-log", "", "--state-dir", t.TempDir(), "--drain-timeout", "1s")
+		p.waitNotify("READY=1", 60*time.Second)
+		p.signal(syscall.SIGTERM)
+		sent := 0
+		for p.cmd.Process.Signal(syscall.SIGHUP) == nil {
+			sent++
+		}
+		if !p.exited(10 * time.Second) {
+			t.Fatal("still running 10s after SIGTERM")
+		}
+		if s := p.status(); s != "exit 0" {
+			t.Fatalf("run %d: SIGHUPs while stopping (%d sent): %s, want exit 0", i, sent, s)
+		}
+	}
+}
