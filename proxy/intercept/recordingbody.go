@@ -166,6 +166,31 @@ func (b *recordingBody) outcome(ctx context.Context, werr error) (result, errTex
 	return bodyResult(err), fmt.Sprintf("response body from the destination, after %d bytes: %v", delivered, err), delivered
 }
 
+// clientOutcome is rb's outcome (recordingBody.outcome) for a response
+// rt passed on to the client, ctx the request's: on an HTTP/1 client
+// connection, with the first write to it that failed. Called from rb.done.
+func (rt *roundTripper) clientOutcome(ctx context.Context, rb *recordingBody) (result, why string, delivered int64) {
+	var werr error
+	if !rt.s.h2 {
+		werr = rt.cc.responseWriteErr()
+	}
+	return rb.outcome(ctx, werr)
+}
+
+// noteOutcome puts a result other than "ok" and why in rec, after the
+// note rec.Error already holds, if any (a trust-page bucket's, an audited
+// destination check's).
+func noteOutcome(rec *records.Record, result, why string) {
+	if result == "ok" {
+		return
+	}
+	rec.Result = result
+	if rec.Error != "" {
+		why = rec.Error + "; " + why
+	}
+	rec.Error = why
+}
+
 // bodyResult names why reading a response body failed, for the Result
 // field: reset, timeout, or error (a body cut short by a close). An HTTP/2
 // stream reset is a reset: net/http's own StreamError type is unexported,

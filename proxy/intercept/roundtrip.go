@@ -280,21 +280,11 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
-		var werr error
-		if !s.h2 {
-			werr = rt.cc.responseWriteErr()
-		}
-		result, why, delivered := rb.outcome(ctx, werr)
+		result, why, delivered := rt.clientOutcome(ctx, rb)
 		if tunnel.ended() {
 			result = "ok" // its end was the reload's, which it resets: tunnel.record says so
 		}
-		if result != "ok" {
-			rec.Result = result
-			if rec.Error != "" { // an audited destination check's
-				why = rec.Error + "; " + why
-			}
-			rec.Error = why
-		}
+		noteOutcome(&rec, result, why) // after an audited destination check's note, if any
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
 		tunnel.record(&rec)
 		rt.write(&rec, start)

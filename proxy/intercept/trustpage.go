@@ -35,18 +35,8 @@ func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start
 	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
-		var werr error
-		if !s.h2 {
-			werr = rt.cc.responseWriteErr()
-		}
-		result, why, delivered := rb.outcome(ctx, werr)
-		if result != "ok" {
-			rec.Result = result
-			if rec.Error != "" { // the bucket's note
-				why = rec.Error + "; " + why
-			}
-			rec.Error = why
-		}
+		result, why, delivered := rt.clientOutcome(ctx, rb)
+		noteOutcome(rec, result, why) // after the bucket's note, if any
 		rec.BytesIn = delivered
 		rt.write(rec, start)
 		rt.requestDone()
