@@ -217,16 +217,12 @@ func pureAck(pkt []byte, p *Packet) (seq, ack uint32, thinnable bool) {
 		!onlyTimestamps(tcp.Options()) {
 		return seq, ack, false
 	}
-	var src, dst tcpip.Address
-	if p.IPv6 {
-		ip := header.IPv6(pkt)
-		src, dst = ip.SourceAddress(), ip.DestinationAddress()
-	} else {
-		ip := header.IPv4(pkt)
-		if p.Payload != header.IPv4MinimumSize || !ip.IsChecksumValid() {
-			return seq, ack, false
-		}
-		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	if !p.IPv6 && p.Payload != header.IPv4MinimumSize {
+		return seq, ack, false
+	}
+	src, dst, ok := ipAddrs(p, pkt)
+	if !ok {
+		return seq, ack, false
 	}
 	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
 	return seq, ack, checksum.Checksum(tcp, sum) == 0xffff

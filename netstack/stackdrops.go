@@ -244,6 +244,21 @@ func ipv4TimestampRefused(o []byte) bool {
 	return ptr-5+entry > n-4
 }
 
+// ipAddrs reads the source and destination addresses of pkt, a packet as
+// ParsePacket read it into p, for a transport checksum's pseudo-header; ok
+// is false when pkt is IPv4 and its header checksum does not hold.
+func ipAddrs(p *Packet, pkt []byte) (src, dst tcpip.Address, ok bool) {
+	if p.IPv6 {
+		ip := header.IPv6(pkt)
+		return ip.SourceAddress(), ip.DestinationAddress(), true
+	}
+	ip := header.IPv4(pkt)
+	if !ip.IsChecksumValid() {
+		return src, dst, false
+	}
+	return ip.SourceAddress(), ip.DestinationAddress(), true
+}
+
 // sumsFail reports whether the checksums of pkt, a client's packet as
 // ParsePacket read it into p (pkt cut to p.Len), do not hold where the
 // stack checks them: the IPv4 header's, and TCP's or UDP's (an IPv4 UDP
@@ -251,16 +266,9 @@ func ipv4TimestampRefused(o []byte) bool {
 // transport checksum is the reassembled datagram's, which the stack checks
 // after reassembly. It reads every byte of the packet.
 func sumsFail(p *Packet, pkt []byte) bool {
-	var src, dst tcpip.Address
-	if p.IPv6 {
-		ip := header.IPv6(pkt)
-		src, dst = ip.SourceAddress(), ip.DestinationAddress()
-	} else {
-		ip := header.IPv4(pkt)
-		if !ip.IsChecksumValid() {
-			return true
-		}
-		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	src, dst, ok := ipAddrs(p, pkt)
+	if !ok {
+		return true
 	}
 	if p.Fragment || p.MoreFragments || p.ICMPError || p.Echo {
 		return false
