@@ -205,8 +205,15 @@ func tcpSum(src, dst netip.Addr, tcp []byte) uint16 {
 // ipv4Packet wraps data[off:end] of a transport segment in an IPv4 header
 // from src to dst: a fragment at off (more: MF set) of datagram id.
 func ipv4Packet(src, dst netip.Addr, id uint16, data []byte, off, end int, more bool) []byte {
-	ip := make([]byte, 20+end-off)
-	ip[0] = 0x45
+	return ipv4FragWithOptions(src, dst, id, data, off, end, more, nil)
+}
+
+// ipv4FragWithOptions is ipv4Packet (a fragment of data at off) with the
+// IPv4 options opts (a multiple of 4 bytes long) in its header.
+func ipv4FragWithOptions(src, dst netip.Addr, id uint16, data []byte, off, end int, more bool, opts []byte) []byte {
+	ihl := 20 + len(opts)
+	ip := make([]byte, ihl+end-off)
+	ip[0] = 0x40 | byte(ihl/4)
 	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
 	binary.BigEndian.PutUint16(ip[4:], id)
 	fo := uint16(off / 8)
@@ -218,8 +225,9 @@ func ipv4Packet(src, dst netip.Addr, id uint16, data []byte, off, end int, more 
 	s, d := src.As4(), dst.As4()
 	copy(ip[12:], s[:])
 	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], ^checksum.Checksum(ip[:20], 0))
-	copy(ip[20:], data[off:end])
+	copy(ip[20:], opts)
+	binary.BigEndian.PutUint16(ip[10:], ^checksum.Checksum(ip[:ihl], 0))
+	copy(ip[ihl:], data[off:end])
 	return ip
 }
 

@@ -3,27 +3,10 @@ package netstack_test
 import (
 	"bytes"
 	"encoding/binary"
-	"net/netip"
 	"testing"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
-
-// ipv4FragWithOptions is ipv4Packet (a fragment of data at off) with the
-// IPv4 options opts (a multiple of 4 bytes long) in its header.
-func ipv4FragWithOptions(src, dst netip.Addr, id uint16, data []byte, off, end int, more bool, opts []byte) []byte {
-	plain := ipv4Packet(src, dst, id, data, off, end, more)
-	ihl := 20 + len(opts)
-	b := make([]byte, ihl+len(plain)-20)
-	copy(b, plain[:20])
-	b[0] = 0x40 | byte(ihl/4)
-	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-	copy(b[20:], opts)
-	b[10], b[11] = 0, 0
-	binary.BigEndian.PutUint16(b[10:], ^checksum.Checksum(b[:ihl], 0))
-	copy(b[ihl:], plain[20:])
-	return b
-}
 
 // TestTapOmitsIPv4RecordRouteTimestampDecoys: record route and timestamp
 // options gVisor refuses by their bytes alone (handleRecordRoute,

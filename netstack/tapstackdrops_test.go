@@ -46,17 +46,7 @@ func wantNoneInFeed(t *testing.T, tap *seenTap, markers ...string) {
 // ipv4WithOptions is ipv4Packet (a whole datagram) with the IPv4 options
 // opts (a multiple of 4 bytes long) in its header.
 func ipv4WithOptions(src, dst netip.Addr, id uint16, seg, opts []byte) []byte {
-	plain := ipv4Packet(src, dst, id, seg, 0, len(seg), false)
-	ihl := 20 + len(opts)
-	b := make([]byte, ihl+len(seg))
-	copy(b, plain[:20])
-	b[0] = 0x40 | byte(ihl/4)
-	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-	copy(b[20:], opts)
-	b[10], b[11] = 0, 0
-	binary.BigEndian.PutUint16(b[10:], ^checksum.Checksum(b[:ihl], 0))
-	copy(b[ihl:], seg)
-	return b
+	return ipv4FragWithOptions(src, dst, id, seg, 0, len(seg), false, opts)
 }
 
 // TestTapOmitsIPv4DecoysStackDrops: segments gVisor drops for their IPv4
