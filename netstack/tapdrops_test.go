@@ -148,6 +148,23 @@ func (r *tapRig) established() (*netstack.Conn, *notifier, []byte) {
 	}
 }
 
+// newSeenTapRig is newTapRig with a seenTap, which it returns too.
+func newSeenTapRig(t *testing.T) (*seenTap, *tapRig) {
+	t.Helper()
+	tap := &seenTap{}
+	return tap, newTapRig(t, tap)
+}
+
+// establishedSeqs is established with the appliance's last segment read
+// (replySeqs): its sequence number, the client's next and the client's
+// end.
+func (r *tapRig) establishedSeqs() (sc *netstack.Conn, n *notifier, srvSeq, cliSeq uint32, client netip.AddrPort) {
+	r.t.Helper()
+	sc, n, rep := r.established()
+	srvSeq, cliSeq, client = replySeqs(rep)
+	return sc, n, srvSeq, cliSeq, client
+}
+
 // replySeqs reads the appliance's segment to the client, rep (IPv4, or
 // IPv6 without extension headers): its sequence number, the client's next
 // (its ack) and the client's end.
@@ -238,10 +255,8 @@ func ipv4FragWithOptions(src, dst netip.Addr, id uint16, data []byte, off, end i
 // defrag policy and tshark keep the first of two at one offset) would
 // rebuild the request the destination never got: the Tap must not see it.
 func TestTapOmitsFragmentDroppedBeforeStack(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
-	sc, n, rep := r.established()
-	srvSeq, cliSeq, client := replySeqs(rep)
+	tap, r := newSeenTapRig(t)
+	sc, n, srvSeq, cliSeq, client := r.establishedSeqs()
 	evil := []byte("GET /evil/payload.sh HTTP/1.1\r\nHost: x\r\n\r\n")
 	benign := []byte("GET /fine/readme.txt HTTP/1.1\r\nHost: x\r\n\r\n")
 	evilSeg := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, evil)
@@ -284,10 +299,8 @@ func TestTapOmitsFragmentDroppedBeforeStack(t *testing.T) {
 // its own for the stack to answer) and the connection goes on. An IDS fed it would tear its flow down and miss what follows
 // (the TCB-teardown evasion): the Tap must not see it.
 func TestTapOmitsPacketNotFromClient(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
-	sc, n, rep := r.established()
-	srvSeq, cliSeq, client := replySeqs(rep)
+	tap, r := newSeenTapRig(t)
+	sc, n, srvSeq, cliSeq, client := r.establishedSeqs()
 	rst := tcpSegment(connDest, client, srvSeq, cliSeq, 0x14, nil) // RST|ACK
 	if err := r.client.Send(ipv4Packet(connDest.Addr(), connClient, 1, rst, 0, len(rst), false)); err != nil {
 		t.Fatal(err)
@@ -312,10 +325,8 @@ func TestTapOmitsPacketNotFromClient(t *testing.T) {
 // V:vp. Both are dropped now (stray_from_destination), and the connection
 // goes on.
 func TestTapOmitsPacketNotFromClientAfterSyn(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
-	sc, n, rep := r.established()
-	srvSeq, cliSeq, client := replySeqs(rep)
+	tap, r := newSeenTapRig(t)
+	sc, n, srvSeq, cliSeq, client := r.establishedSeqs()
 	syn := tcpSegment(connDest, client, srvSeq-1, 0, 0x02, nil)    // SYN
 	rst := tcpSegment(connDest, client, srvSeq, cliSeq, 0x14, nil) // RST|ACK in V's window
 	for i, seg := range [][]byte{syn, rst} {

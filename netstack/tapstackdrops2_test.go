@@ -1,12 +1,6 @@
 package netstack_test
 
-import (
-	"bytes"
-	"encoding/binary"
-	"testing"
-
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
-)
+import "testing"
 
 // TestTapOmitsIPv4RecordRouteTimestampDecoys: record route and timestamp
 // options gVisor refuses by their bytes alone (handleRecordRoute,
@@ -15,10 +9,8 @@ import (
 // whose overflow counter can count one more, which gVisor takes, is
 // delivered and shown.
 func TestTapOmitsIPv4RecordRouteTimestampDecoys(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
-	sc, n, rep := r.established()
-	srvSeq, cliSeq, client := replySeqs(rep)
+	tap, r := newSeenTapRig(t)
+	sc, n, srvSeq, cliSeq, client := r.establishedSeqs()
 	src, dst := connClient, connDest.Addr()
 	seg := func(m string) []byte { return tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, []byte(m)) }
 	r.sendEach(t,
@@ -31,20 +23,10 @@ func TestTapOmitsIPv4RecordRouteTimestampDecoys(t *testing.T) {
 		// RR full (pointer 8 > length 7), NOP, TS full with overflow 14
 		ipv4WithOptions(src, dst, 304, seg(string(evilRequest)),
 			[]byte{7, 7, 8, 0, 0, 0, 0, 1, 68, 8, 9, 0xe0, 0, 0, 0, 0}))
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
+	wantDelivered(t, sc, n, evilRequest)
 	wantNoneInFeed(t, tap, "/d-rr/", "/d-tsptr/", "/d-tsovf/")
-	shown := false
-	for _, p := range tap.inbound() {
-		shown = shown || bytes.Contains(p.pkt, []byte("/evil/"))
-	}
-	if !shown {
-		t.Error("the tap was not shown the request the stack delivered")
-	}
-	if got := r.srv.Stats().Drops["inner_refused"]; got != 3 {
-		t.Errorf("inner_refused %d, want 3", got)
-	}
+	wantInFeed(t, tap, []byte("/evil/"), "the request the stack delivered")
+	wantInnerRefused(t, r, 3)
 }
 
 // TestTapOmitsLaterFragmentRefusedOptions: a later fragment whose IPv4
@@ -53,10 +35,8 @@ func TestTapOmitsIPv4RecordRouteTimestampDecoys(t *testing.T) {
 // reassembly; the real later fragment at the same offset makes the
 // datagram the stack delivers.
 func TestTapOmitsLaterFragmentRefusedOptions(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
-	sc, n, rep := r.established()
-	srvSeq, cliSeq, client := replySeqs(rep)
+	tap, r := newSeenTapRig(t)
+	sc, n, srvSeq, cliSeq, client := r.establishedSeqs()
 	benign := []byte("GET /fine/readme.txt HTTP/1.1\r\nHost: x\r\n\r\n")
 	evilSeg := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, evilRequest)
 	benignSeg := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, benign)
@@ -65,13 +45,9 @@ func TestTapOmitsLaterFragmentRefusedOptions(t *testing.T) {
 		ipv4Packet(connClient, connDest.Addr(), 0x4343, evilSeg, 0, cut, true),
 		ipv4FragWithOptions(connClient, connDest.Addr(), 0x4343, benignSeg, cut, len(benignSeg), false, []byte{148, 4, 0, 1}),
 		ipv4Packet(connClient, connDest.Addr(), 0x4343, evilSeg, cut, len(evilSeg), false))
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
+	wantDelivered(t, sc, n, evilRequest)
 	wantNoneInFeed(t, tap, "/fine/")
-	if got := r.srv.Stats().Drops["inner_refused"]; got != 1 {
-		t.Errorf("inner_refused %d, want 1", got)
-	}
+	wantInnerRefused(t, r, 1)
 }
 
 // TestTapShowsRstWithoutItsData: a RST carrying data inside the window but
@@ -80,30 +56,13 @@ func TestTapOmitsLaterFragmentRefusedOptions(t *testing.T) {
 // with lengths and checksums that hold, and the real request at the same
 // sequence number is delivered.
 func TestTapShowsRstWithoutItsData(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
-	sc, n, rep := r.established()
-	srvSeq, cliSeq, client := replySeqs(rep)
+	tap, r := newSeenTapRig(t)
+	sc, n, srvSeq, cliSeq, client := r.establishedSeqs()
 	rst := tcpSegment(client, connDest, cliSeq+1, srvSeq, 0x14, []byte("GET /d-rst/ HTTP/1.1\r\n\r\n"))
 	data := tcpSegment(client, connDest, cliSeq, srvSeq, 0x18, evilRequest)
 	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 401, rst, 0, len(rst), false),
 		ipv4Packet(connClient, connDest.Addr(), 402, data, 0, len(data), false))
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
+	wantDelivered(t, sc, n, evilRequest)
 	wantNoneInFeed(t, tap, "/d-rst/")
-	for _, p := range tap.inbound() {
-		if p.pkt[33]&0x04 == 0 {
-			continue
-		}
-		ip, tcp := p.pkt, p.pkt[20:]
-		if len(ip) != 40 || binary.BigEndian.Uint16(ip[2:]) != 40 || p.p.Len != 40 {
-			t.Errorf("the RST shown is %d bytes, IP length %d, Len %d; want 40", len(ip), binary.BigEndian.Uint16(ip[2:]), p.p.Len)
-		}
-		if checksum.Checksum(ip[:20], 0) != 0xffff || binary.BigEndian.Uint16(tcp[16:]) != tcpSum(connClient, connDest.Addr(), tcp) {
-			t.Error("the RST shown has a checksum that does not hold")
-		}
-		return
-	}
-	t.Error("the tap was not shown the RST")
+	wantShownCut(t, tap, 0x04, "RST")
 }

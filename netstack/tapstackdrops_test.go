@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
 // Decoys: in-window segments the stack throws away, carrying other bytes
@@ -43,6 +44,66 @@ func wantNoneInFeed(t *testing.T, tap *seenTap, markers ...string) {
 	}
 }
 
+// wantDelivered fails unless the stack delivers want, whole, to sc.
+func wantDelivered(t *testing.T, sc *netstack.Conn, n *notifier, want []byte) {
+	t.Helper()
+	if got, err := readAll(t, sc, n, len(want)); !bytes.Equal(got, want) {
+		t.Fatalf("the stack delivered %q (%v), want %q", got, err, want)
+	}
+}
+
+// wantInFeed fails unless the tap was shown, from the client, a packet
+// holding marker; what names it in the failure.
+func wantInFeed(t *testing.T, tap *seenTap, marker []byte, what string) {
+	t.Helper()
+	for _, p := range tap.inbound() {
+		if bytes.Contains(p.pkt, marker) {
+			return
+		}
+	}
+	t.Errorf("the tap was not shown %s", what)
+}
+
+// wantShownCut fails unless the first segment from the client the tap was
+// shown with the TCP flag flag (IPv4, no options) is cut to its 40 bytes
+// of headers, with lengths and checksums that hold; what names the flag.
+func wantShownCut(t *testing.T, tap *seenTap, flag byte, what string) {
+	t.Helper()
+	for _, p := range tap.inbound() {
+		if p.pkt[33]&flag == 0 {
+			continue
+		}
+		ip, tcp := p.pkt, p.pkt[20:]
+		if len(ip) != 40 || binary.BigEndian.Uint16(ip[2:]) != 40 || p.p.Len != 40 {
+			t.Errorf("the %s shown is %d bytes, IP length %d, Len %d; want 40", what, len(ip), binary.BigEndian.Uint16(ip[2:]), p.p.Len)
+		}
+		if checksum.Checksum(ip[:20], 0) != 0xffff || binary.BigEndian.Uint16(tcp[16:]) != tcpSum(connClient, connDest.Addr(), tcp) {
+			t.Errorf("the %s shown has a checksum that does not hold", what)
+		}
+		return
+	}
+	t.Errorf("the tap was not shown the %s", what)
+}
+
+// wantInnerRefused fails unless the server counted want inner_refused
+// drops: packets kept from the stack and the tap for what the stack
+// would refuse in them.
+func wantInnerRefused(t *testing.T, r *tapRig, want uint64) {
+	t.Helper()
+	if got := r.srv.Stats().Drops["inner_refused"]; got != want {
+		t.Errorf("inner_refused %d, want %d", got, want)
+	}
+}
+
+// acceptedReading is the connection the stack accepted, with a notifier
+// of its reads, for readAll.
+func (r *tapRig) acceptedReading() (*netstack.Conn, *notifier) {
+	sc := r.accepted()
+	n := newNotifier()
+	sc.OnReadable(n.fn)
+	return sc, n
+}
+
 // ipv4WithOptions is ipv4Packet (a whole datagram) with the IPv4 options
 // opts (a multiple of 4 bytes long) in its header.
 func ipv4WithOptions(src, dst netip.Addr, id uint16, seg, opts []byte) []byte {
@@ -54,10 +115,8 @@ func ipv4WithOptions(src, dst netip.Addr, id uint16, seg, opts []byte) []byte {
 // stack), and are counted; the real request behind them, with a Router
 // Alert option gVisor takes, is delivered and shown.
 func TestTapOmitsIPv4DecoysStackDrops(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
-	sc, n, rep := r.established()
-	srvSeq, cliSeq, client := replySeqs(rep)
+	tap, r := newSeenTapRig(t)
+	sc, n, srvSeq, cliSeq, client := r.establishedSeqs()
 	src, dst := connClient, connDest.Addr()
 	seg := func(flags byte, m string) []byte {
 		return tcpSegment(client, connDest, cliSeq, srvSeq, flags, []byte(m))
@@ -81,18 +140,10 @@ func TestTapOmitsIPv4DecoysStackDrops(t *testing.T) {
 		pkt(208, seg(0x09, "GET /d-finnoack/")), // FIN|PSH without ACK
 		pkt(210, seg(0x1a, "GET /d-synack/")),   // SYN|PSH|ACK: a challenge ACK, its data thrown away
 		ipv4WithOptions(src, dst, 209, seg(0x18, string(evilRequest)), []byte{148, 4, 0, 0}))
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
+	wantDelivered(t, sc, n, evilRequest)
 	wantNoneInFeed(t, tap, "/d-ipsum/", "/d-opt/", "/d-alerts/", "/d-longoff/", "/d-shortoff/", "/d-tcpsum/", "/d-noack/",
 		"/d-finnoack/", "/d-synack/")
-	shown := false
-	for _, p := range tap.inbound() {
-		shown = shown || bytes.Contains(p.pkt, []byte("/evil/"))
-	}
-	if !shown {
-		t.Error("the tap was not shown the request the stack delivered")
-	}
+	wantInFeed(t, tap, []byte("/evil/"), "the request the stack delivered")
 	drops := r.srv.Stats().Drops
 	if drops["inner_refused"] != 6 || drops["inner_bad_checksum"] != 2 {
 		t.Errorf("drops inner_refused %d, inner_bad_checksum %d; want 6 and 2", drops["inner_refused"], drops["inner_bad_checksum"])
@@ -137,13 +188,9 @@ func TestTapOmitsIPv6DecoysStackDrops(t *testing.T) {
 		ipv6With(client6, dest6.Addr(), destOpts, []byte{0, 0, 1, 4, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0}, seg("GET /d-hbh2nd/")),
 		ipv6With(client6, dest6.Addr(), routingHdr, routing, seg("GET /d-rt/")),
 		ipv6With(client6, dest6.Addr(), hbh, []byte{6, 0, 1, 4, 0, 0, 0, 0}, seg(string(evilRequest))))
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
+	wantDelivered(t, sc, n, evilRequest)
 	wantNoneInFeed(t, tap, "/d-hbh/", "/d-dst/", "/d-dst3/", "/d-padpast/", "/d-hbh2nd/", "/d-rt/")
-	if d := r.srv.Stats().Drops["inner_refused"]; d != 6 {
-		t.Errorf("drops inner_refused %d, want 6", d)
-	}
+	wantInnerRefused(t, r, 6)
 }
 
 // TestTapShowsSynWithoutItsData: gVisor acknowledges a SYN's sequence
@@ -152,30 +199,9 @@ func TestTapOmitsIPv6DecoysStackDrops(t *testing.T) {
 // headers, with lengths and checksums that hold, and the stack still
 // answers it and delivers the later bytes.
 func TestTapShowsSynWithoutItsData(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
-	var mu sync.Mutex
-	var synack []byte
-	r.client.SetTap(func(inner []byte) bool {
-		if inner[9] == 6 && inner[33] == 0x12 {
-			mu.Lock()
-			synack = append([]byte(nil), inner...)
-			mu.Unlock()
-		}
-		return true
-	})
+	tap, r := newSeenTapRig(t)
 	cli := netip.AddrPortFrom(connClient, 41000)
-	syn := tcpSegment(cli, connDest, 1000, 0, 0x02, []byte("GET /d-syn/ HTTP/1.1\r\n\r\n"))
-	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 1, syn, 0, len(syn), false))
-	var sa []byte
-	for deadline := time.Now().Add(waitFor); sa == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		mu.Lock()
-		sa = synack
-		mu.Unlock()
-	}
-	if sa == nil {
-		t.Fatal("no SYN-ACK")
-	}
+	sa := r.synAckOf(t, cli, 1000, nil, []byte("GET /d-syn/ HTTP/1.1\r\n\r\n"))
 	isn := binary.BigEndian.Uint32(sa[24:])
 	if ack := binary.BigEndian.Uint32(sa[28:]); ack != 1001 {
 		t.Fatalf("the SYN-ACK acknowledges %d, want 1001 (the SYN alone)", ack)
@@ -184,25 +210,8 @@ func TestTapShowsSynWithoutItsData(t *testing.T) {
 	data := tcpSegment(cli, connDest, 1001, isn+1, 0x18, evilRequest)
 	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 2, ack, 0, len(ack), false),
 		ipv4Packet(connClient, connDest.Addr(), 3, data, 0, len(data), false))
-	sc := r.accepted()
-	n := newNotifier()
-	sc.OnReadable(n.fn)
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
+	sc, n := r.acceptedReading()
+	wantDelivered(t, sc, n, evilRequest)
 	wantNoneInFeed(t, tap, "/d-syn/")
-	for _, p := range tap.inbound() {
-		if p.pkt[33]&0x02 == 0 {
-			continue
-		}
-		ip, tcp := p.pkt, p.pkt[20:]
-		if len(ip) != 40 || binary.BigEndian.Uint16(ip[2:]) != 40 || p.p.Len != 40 {
-			t.Errorf("the SYN shown is %d bytes, IP length %d, Len %d; want 40", len(ip), binary.BigEndian.Uint16(ip[2:]), p.p.Len)
-		}
-		if checksum.Checksum(ip[:20], 0) != 0xffff || binary.BigEndian.Uint16(tcp[16:]) != tcpSum(connClient, connDest.Addr(), tcp) {
-			t.Error("the SYN shown has a checksum that does not hold")
-		}
-		return
-	}
-	t.Error("the tap was not shown the SYN")
+	wantShownCut(t, tap, 0x02, "SYN")
 }

@@ -35,8 +35,8 @@ func tsOption(val, ecr uint32) []byte {
 }
 
 // synAckOf opens a connection from cli with a SYN carrying synOpts and
-// returns the stack's SYN-ACK (its IPv4 packet).
-func (r *tapRig) synAckOf(t *testing.T, cli netip.AddrPort, isn uint32, synOpts []byte) []byte {
+// payload and returns the stack's SYN-ACK (its IPv4 packet).
+func (r *tapRig) synAckOf(t *testing.T, cli netip.AddrPort, isn uint32, synOpts, payload []byte) []byte {
 	t.Helper()
 	var mu sync.Mutex
 	var synack []byte
@@ -48,7 +48,7 @@ func (r *tapRig) synAckOf(t *testing.T, cli netip.AddrPort, isn uint32, synOpts 
 		}
 		return true
 	})
-	syn := tcpSegmentOpts(cli, connDest, isn, 0, 0x02, synOpts, nil)
+	syn := tcpSegmentOpts(cli, connDest, isn, 0, 0x02, synOpts, payload)
 	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 1, syn, 0, len(syn), false))
 	for deadline := time.Now().Add(waitFor); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		mu.Lock()
@@ -60,6 +60,19 @@ func (r *tapRig) synAckOf(t *testing.T, cli netip.AddrPort, isn uint32, synOpts 
 	}
 	t.Fatal("no SYN-ACK")
 	return nil
+}
+
+// synAckWithTimestamps opens a connection from cli with a SYN offering
+// an MSS and timestamps (TSval 100) and returns the stack's ISN and TSval
+// from its SYN-ACK; it fails the test if the SYN-ACK has no timestamp.
+func (r *tapRig) synAckWithTimestamps(t *testing.T, cli netip.AddrPort, isn uint32) (srvISN, tsval uint32) {
+	t.Helper()
+	sa := r.synAckOf(t, cli, isn, append([]byte{2, 4, 0x05, 0xb4}, tsOption(100, 0)...), nil)
+	srvISN, tsval = binary.BigEndian.Uint32(sa[24:]), tsValOf(sa)
+	if tsval == 0 {
+		t.Fatal("the SYN-ACK has no timestamp: not negotiated")
+	}
+	return srvISN, tsval
 }
 
 // tsValOf is the TSval of the TCP segment in the IPv4 packet pkt (0: none).
@@ -89,28 +102,17 @@ func tsValOf(pkt []byte) uint32 {
 // Once the handshake completed, a segment without timestamps, which
 // gVisor takes, is shown and delivered.
 func TestTapOmitsHandshakeAckWithoutTimestamps(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
+	tap, r := newSeenTapRig(t)
 	cli := netip.AddrPortFrom(connClient, 41001)
-	sa := r.synAckOf(t, cli, 5000, append([]byte{2, 4, 0x05, 0xb4}, tsOption(100, 0)...))
-	isn, tsval := binary.BigEndian.Uint32(sa[24:]), tsValOf(sa)
-	if tsval == 0 {
-		t.Fatal("the SYN-ACK has no timestamp: not negotiated")
-	}
+	isn, tsval := r.synAckWithTimestamps(t, cli, 5000)
 	decoy := tcpSegment(cli, connDest, 5001, isn+1, 0x18, []byte("GET /d-nots/ HTTP/1.1\r\nHost: x\r\n\r\n"))
 	real := tcpSegmentOpts(cli, connDest, 5001, isn+1, 0x18, tsOption(101, tsval), evilRequest)
 	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 2, decoy, 0, len(decoy), false),
 		ipv4Packet(connClient, connDest.Addr(), 3, real, 0, len(real), false))
-	sc := r.accepted()
-	n := newNotifier()
-	sc.OnReadable(n.fn)
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
+	sc, n := r.acceptedReading()
+	wantDelivered(t, sc, n, evilRequest)
 	wantNoneInFeed(t, tap, "/d-nots/")
-	if got := r.srv.Stats().Drops["inner_refused"]; got != 1 {
-		t.Errorf("inner_refused %d, want 1", got)
-	}
+	wantInnerRefused(t, r, 1)
 	// Established: gVisor takes a segment without timestamps, and so
 	// does the tap.
 	more := []byte("more bytes")
@@ -119,38 +121,25 @@ func TestTapOmitsHandshakeAckWithoutTimestamps(t *testing.T) {
 	if got, err := readAll(t, sc, n, len(more)); !bytes.Equal(got, more) {
 		t.Fatalf("after the handshake the stack delivered %q (%v), want %q", got, err, more)
 	}
-	shown := false
-	for _, p := range tap.inbound() {
-		shown = shown || bytes.Contains(p.pkt, more)
-	}
-	if !shown {
-		t.Error("the tap was not shown the segment without timestamps the stack took after the handshake")
-	}
+	wantInFeed(t, tap, more, "the segment without timestamps the stack took after the handshake")
 }
 
 // TestTapShowsHandshakeAckWithoutTimestampsNotOffered: a SYN that offers
 // no timestamps makes none wanted: the handshake's ACK without them is
 // taken, delivered and shown.
 func TestTapShowsHandshakeAckWithoutTimestampsNotOffered(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
+	_, r := newSeenTapRig(t)
 	cli := netip.AddrPortFrom(connClient, 41002)
-	sa := r.synAckOf(t, cli, 7000, []byte{2, 4, 0x05, 0xb4})
+	sa := r.synAckOf(t, cli, 7000, []byte{2, 4, 0x05, 0xb4}, nil)
 	if tsValOf(sa) != 0 {
 		t.Fatal("the SYN-ACK has a timestamp the SYN did not offer")
 	}
 	isn := binary.BigEndian.Uint32(sa[24:])
 	data := tcpSegment(cli, connDest, 7001, isn+1, 0x18, evilRequest)
 	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 2, data, 0, len(data), false))
-	sc := r.accepted()
-	n := newNotifier()
-	sc.OnReadable(n.fn)
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
-	if got := r.srv.Stats().Drops["inner_refused"]; got != 0 {
-		t.Errorf("inner_refused %d, want 0", got)
-	}
+	sc, n := r.acceptedReading()
+	wantDelivered(t, sc, n, evilRequest)
+	wantInnerRefused(t, r, 0)
 }
 
 // TestTapOmitsHandshakeAckWithoutTimestampsAfterTricks: neither a second
@@ -159,14 +148,9 @@ func TestTapShowsHandshakeAckWithoutTimestampsNotOffered(t *testing.T) {
 // SYN-RECEIVED) ends the wait for them: the decoy after both is still
 // kept from the tap.
 func TestTapOmitsHandshakeAckWithoutTimestampsAfterTricks(t *testing.T) {
-	tap := &seenTap{}
-	r := newTapRig(t, tap)
+	tap, r := newSeenTapRig(t)
 	cli := netip.AddrPortFrom(connClient, 41003)
-	sa := r.synAckOf(t, cli, 9000, append([]byte{2, 4, 0x05, 0xb4}, tsOption(100, 0)...))
-	isn, tsval := binary.BigEndian.Uint32(sa[24:]), tsValOf(sa)
-	if tsval == 0 {
-		t.Fatal("the SYN-ACK has no timestamp: not negotiated")
-	}
+	isn, tsval := r.synAckWithTimestamps(t, cli, 9000)
 	resyn := tcpSegmentOpts(cli, connDest, 9000, 0, 0x02, []byte{2, 4, 0x05, 0xb4}, nil)
 	outside := tcpSegmentOpts(cli, connDest, 9001-5000, isn+1, 0x10, tsOption(101, tsval), nil)
 	decoy := tcpSegment(cli, connDest, 9001, isn+1, 0x18, []byte("GET /d-nots/ HTTP/1.1\r\nHost: x\r\n\r\n"))
@@ -175,11 +159,7 @@ func TestTapOmitsHandshakeAckWithoutTimestampsAfterTricks(t *testing.T) {
 		ipv4Packet(connClient, connDest.Addr(), 3, outside, 0, len(outside), false),
 		ipv4Packet(connClient, connDest.Addr(), 4, decoy, 0, len(decoy), false),
 		ipv4Packet(connClient, connDest.Addr(), 5, real, 0, len(real), false))
-	sc := r.accepted()
-	n := newNotifier()
-	sc.OnReadable(n.fn)
-	if got, err := readAll(t, sc, n, len(evilRequest)); !bytes.Equal(got, evilRequest) {
-		t.Fatalf("the stack delivered %q (%v), want %q", got, err, evilRequest)
-	}
+	sc, n := r.acceptedReading()
+	wantDelivered(t, sc, n, evilRequest)
 	wantNoneInFeed(t, tap, "/d-nots/")
 }
