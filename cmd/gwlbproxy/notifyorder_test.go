@@ -1,10 +1,7 @@
 package main
 
 import (
-	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,15 +16,7 @@ import (
 // behind it, and the stop goroutine's STOPPING=1 raced main's READY=1
 // (systemd got STOPPING=1 first in some runs).
 func TestStopDuringPostStartReload(t *testing.T) {
-	var b strings.Builder
-	b.WriteString("policy:\n  mode: enforce\n  default: allow\n  rules:\n")
-	for i := range 10000 {
-		fmt.Fprintf(&b, "    - name: r%d\n      domains: [\"h%d.example.com\"]\n      action: deny\n", i, i)
-	}
-	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(policyFile, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	policyFile := largePolicyFile(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -11,14 +11,11 @@ import (
 	"time"
 )
 
-// TestSIGTERMAfterSIGHUPStorm: SIGHUPs come faster than the policy reloads
-// (a policy of 10,000 rules; a path watcher that sends one on every write
-// event), then a SIGTERM (systemctl restart). The SIGTERM must start the
-// drain: the extra SIGHUPs coalesce into one reload after the current one.
-// Before, the reloads ran on the goroutine reading the one signal channel,
-// whose 8 slots the SIGHUPs filled, and signal.Notify, which never blocks,
-// dropped the SIGTERM: the appliance served on until systemd's SIGKILL.
-func TestSIGTERMAfterSIGHUPStorm(t *testing.T) {
+// largePolicyFile writes a policy of 10,000 rules, one that takes a while
+// to load (a reload lasts long enough for signals to land during it), and
+// returns its path.
+func largePolicyFile(t *testing.T) string {
+	t.Helper()
 	var b strings.Builder
 	b.WriteString("policy:\n  mode: enforce\n  default: allow\n  rules:\n")
 	for i := range 10000 {
@@ -28,6 +25,18 @@ func TestSIGTERMAfterSIGHUPStorm(t *testing.T) {
 	if err := os.WriteFile(policyFile, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	return policyFile
+}
+
+// TestSIGTERMAfterSIGHUPStorm: SIGHUPs come faster than the policy reloads
+// (a policy of 10,000 rules; a path watcher that sends one on every write
+// event), then a SIGTERM (systemctl restart). The SIGTERM must start the
+// drain: the extra SIGHUPs coalesce into one reload after the current one.
+// Before, the reloads ran on the goroutine reading the one signal channel,
+// whose 8 slots the SIGHUPs filled, and signal.Notify, which never blocks,
+// dropped the SIGTERM: the appliance served on until systemd's SIGKILL.
+func TestSIGTERMAfterSIGHUPStorm(t *testing.T) {
+	policyFile := largePolicyFile(t)
 	p := startMain(t, nil, "--config", policyFile, "--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--gwlb-cidrs", "127.0.0.0/8", "--return-path", "bound",
 		"--access-log", "", "--state-dir", t.TempDir(), "--drain-timeout", "2s")
