@@ -14,6 +14,20 @@ import (
 	"time"
 )
 
+// openLogWriter opens the LogFile at path and a Writer to it, both closed
+// when the test ends, the Writer first.
+func openLogWriter(t *testing.T, path string) (*LogFile, *Writer) {
+	t.Helper()
+	lf, err := OpenLogFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lf.Close() })
+	w := NewWriter(nil, lf)
+	t.Cleanup(func() { w.Close(context.Background()) })
+	return lf, w
+}
+
 // TestLogFileFollowsRename: records stream into a real access log; midway
 // the file is renamed away, as logrotate rotates it. Within reopenCheck the
 // records go to a new file at the path, created with the same mode, and
@@ -22,13 +36,7 @@ import (
 func TestLogFileFollowsRename(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "access.log")
-	lf, err := OpenLogFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
-	w := NewWriter(nil, lf)
-	defer w.Close(context.Background())
+	_, w := openLogWriter(t, path)
 	start := time.Now()
 	renamed := false
 	n := 0
@@ -149,6 +157,41 @@ func TestLogFileCutLineStaysBehind(t *testing.T) {
 	}
 }
 
+// fifoLogFile makes a FIFO at path, opens it for reading (so that opening
+// it for writing succeeds; rd never reads unless the test reads it) and
+// opens the LogFile on it.
+func fifoLogFile(t *testing.T, path string) (rd *os.File, lf *LogFile) {
+	t.Helper()
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rd, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lf, err = OpenLogFile(path); err != nil {
+		t.Fatal(err)
+	}
+	return rd, lf
+}
+
+// closeOrBlocked closes lf and waits up to 2 s for Close to return. If it
+// has not, it fails the test (Close blocked behind behind) and returns the
+// channel Close's result is to come on; otherwise nil.
+func closeOrBlocked(t *testing.T, lf *LogFile, behind string) <-chan error {
+	t.Helper()
+	closed := make(chan error, 1)
+	go func() { closed <- lf.Close() }()
+	select {
+	case err := <-closed:
+		t.Logf("LogFile.Close: %v", err)
+		return nil
+	case <-time.After(2 * time.Second):
+		t.Errorf("LogFile.Close still blocked after 2 s behind %s", behind)
+		return closed
+	}
+}
+
 // TestLogFileCloseDoesNotWaitForAStuckWrite: the access log's write hangs
 // (a FIFO whose reader never reads, standing for a hung disk). The Writer's
 // Close gives up at its deadline and counts the rest dropped; the
@@ -157,18 +200,7 @@ func TestLogFileCutLineStaysBehind(t *testing.T) {
 // until systemd killed the process.
 func TestLogFileCloseDoesNotWaitForAStuckWrite(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "access.log")
-	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// A reader, so that opening for writing succeeds; it never reads.
-	rd, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lf, err := OpenLogFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rd, lf := fifoLogFile(t, path)
 	w := NewWriter(nil, lf)
 	for i := range 2000 {
 		w.Write(&Record{Kind: "tcp", Path: string(make([]byte, 200)), Packets: int64(i)})
@@ -177,15 +209,9 @@ func TestLogFileCloseDoesNotWaitForAStuckWrite(t *testing.T) {
 	if err := w.Close(ctxFor(t, 100*time.Millisecond)); err == nil {
 		t.Fatal("Writer.Close wrote everything into a pipe nobody reads")
 	}
-	done := make(chan error, 1)
-	go func() { done <- lf.Close() }()
-	select {
-	case err := <-done:
-		t.Logf("LogFile.Close: %v", err)
-	case <-time.After(2 * time.Second):
-		t.Errorf("LogFile.Close still blocked after 2 s behind the stuck write")
+	if blocked := closeOrBlocked(t, lf, "the stuck write"); blocked != nil {
 		rd.Close() // the write fails with EPIPE; Close can go on
-		<-done
+		<-blocked
 	}
 	rd.Close()
 }
@@ -204,13 +230,7 @@ func TestLogFileRemovedWithItsDirectoryFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "access.log")
-	lf, err := OpenLogFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
-	w := NewWriter(nil, lf)
-	defer w.Close(context.Background())
+	lf, w := openLogWriter(t, path)
 	w.Write(&Record{Kind: "tcp", Packets: 0})
 	if err := w.Flush(ctxFor(t, 5*time.Second)); err != nil {
 		t.Fatal(err)
@@ -270,17 +290,7 @@ func TestLogFileRemovedWithItsDirectoryFails(t *testing.T) {
 // wait for the mutex the blocked reopen held.
 func TestLogFileCloseDoesNotWaitForAReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "access.fifo")
-	if err := syscall.Mkfifo(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lf, err := OpenLogFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, lf := fifoLogFile(t, path)
 	if _, err := lf.Write([]byte("{\"a\":1}\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -300,16 +310,7 @@ func TestLogFileCloseDoesNotWaitForAReopen(t *testing.T) {
 		t.Fatalf("the write did not wait for the FIFO's reader: %v", err)
 	default:
 	}
-	closed := make(chan error, 1)
-	go func() { closed <- lf.Close() }()
-	closeBlocked := false
-	select {
-	case err := <-closed:
-		t.Logf("LogFile.Close: %v", err)
-	case <-time.After(2 * time.Second):
-		t.Errorf("LogFile.Close still blocked after 2 s behind the reopen")
-		closeBlocked = true
-	}
+	blocked := closeOrBlocked(t, lf, "the reopen")
 	// The collector opens its FIFO: the reopen returns, to a closed LogFile.
 	r2, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
@@ -324,8 +325,8 @@ func TestLogFileCloseDoesNotWaitForAReopen(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the write still blocked once the FIFO had a reader")
 	}
-	if closeBlocked {
-		<-closed
+	if blocked != nil {
+		<-blocked
 	}
 	buf := make([]byte, 64)
 	if n, _ := r2.Read(buf); n > 0 {
