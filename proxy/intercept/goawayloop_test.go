@@ -39,31 +39,12 @@ func startGoAwayOrigin(t *testing.T, cert *tls.Certificate) *goAwayOrigin {
 }
 
 func (o *goAwayOrigin) serve(c net.Conn) {
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(waitLimit))
-	pre := make([]byte, len(http2.ClientPreface))
-	if _, err := io.ReadFull(c, pre); err != nil {
-		return
-	}
-	fr := http2.NewFramer(c, c)
-	fr.WriteSettings()
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				fr.WriteSettingsAck()
-			}
-		case *http2.HeadersFrame:
-			o.headers.Add(1)
-			fr.WriteGoAway(0, http2.ErrCodeNo, nil)
-			time.Sleep(10 * time.Millisecond)
-			return
-		}
-	}
+	serveH2Frames(c, func(fr *http2.Framer, _ *http2.HeadersFrame) bool {
+		o.headers.Add(1)
+		fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+		time.Sleep(10 * time.Millisecond)
+		return false
+	})
 }
 
 // TestOriginGoAwayEveryRequest: an HTTP/2 origin that answers every
@@ -257,6 +238,37 @@ func TestKeepAliveRaceNotRefused(t *testing.T) {
 
 // acceptEach serves each connection ln accepts with serve, on a goroutine
 // of its own, counting them in accepted, until the test ends and closes ln.
+// serveH2Frames is a bare HTTP/2 origin on c, for waitLimit at the most:
+// it reads the client preface, sends its SETTINGS, acknowledges the
+// client's and hands each HEADERS frame to onHeaders, until a read fails
+// or onHeaders returns false; then it closes c.
+func serveH2Frames(c net.Conn, onHeaders func(*http2.Framer, *http2.HeadersFrame) bool) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(waitLimit))
+	pre := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(c, pre); err != nil {
+		return
+	}
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				fr.WriteSettingsAck()
+			}
+		case *http2.HeadersFrame:
+			if !onHeaders(fr, f) {
+				return
+			}
+		}
+	}
+}
+
 func acceptEach(t *testing.T, ln net.Listener, accepted *atomic.Int64, serve func(net.Conn)) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {

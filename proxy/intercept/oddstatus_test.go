@@ -23,33 +23,15 @@ import (
 // 10-byte body, its content-length said.
 func oddStatusH2Origin(status string) func(net.Conn) {
 	return func(c net.Conn) {
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(waitLimit))
-		pre := make([]byte, len(http2.ClientPreface))
-		if _, err := io.ReadFull(c, pre); err != nil {
-			return
-		}
-		fr := http2.NewFramer(c, c)
-		fr.WriteSettings()
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					fr.WriteSettingsAck()
-				}
-			case *http2.HeadersFrame:
-				var hb bytes.Buffer
-				enc := hpack.NewEncoder(&hb)
-				enc.WriteField(hpack.HeaderField{Name: ":status", Value: status})
-				enc.WriteField(hpack.HeaderField{Name: "content-length", Value: "10"})
-				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
-				fr.WriteData(f.StreamID, true, []byte("0123456789"))
-			}
-		}
+		serveH2Frames(c, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
+			var hb bytes.Buffer
+			enc := hpack.NewEncoder(&hb)
+			enc.WriteField(hpack.HeaderField{Name: ":status", Value: status})
+			enc.WriteField(hpack.HeaderField{Name: "content-length", Value: "10"})
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
+			fr.WriteData(f.StreamID, true, []byte("0123456789"))
+			return true
+		})
 	}
 }
 
@@ -62,6 +44,23 @@ func wantInvalidStatusRecord(t *testing.T, r *rig, status string) {
 		if rec.Status != http.StatusBadGateway || rec.Result != "error" {
 			t.Errorf("record status=%d result=%s error=%q, want 502 error", rec.Status, rec.Result, rec.Error)
 		}
+	}
+}
+
+// getXStatus sends GET /x for www.example.test on c, as an HTTP/1 client,
+// and returns the response's status.
+func getXStatus(t *testing.T, c net.Conn) int {
+	t.Helper()
+	resp, _ := newHTTPClient(t, c).do("GET /x HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+	return resp.StatusCode
+}
+
+// wantClient502 fails the test unless the client got, got, a 502; what
+// names the status the origin sent.
+func wantClient502(t *testing.T, got int, what string) {
+	t.Helper()
+	if got != http.StatusBadGateway {
+		t.Fatalf("%s: the client got %d, want 502", what, got)
 	}
 }
 
@@ -121,12 +120,9 @@ func TestOddStatusH2Origin(t *testing.T) {
 					resp.Body.Close()
 					got = resp.StatusCode
 				} else {
-					resp, _ := newHTTPClient(t, tc).do("GET /x HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
-					got = resp.StatusCode
+					got = getXStatus(t, tc)
 				}
-				if got != http.StatusBadGateway {
-					t.Fatalf(":status %s: the client got %d, want 502", status, got)
-				}
+				wantClient502(t, got, ":status "+status)
 				wantInvalidStatusRecord(t, r, status)
 			})
 		}
@@ -160,12 +156,9 @@ func TestOddStatusH1Origin(t *testing.T) {
 				if h2c {
 					got = h2cGetOne(t, c).StatusCode
 				} else {
-					resp, _ := newHTTPClient(t, c).do("GET /x HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
-					got = resp.StatusCode
+					got = getXStatus(t, c)
 				}
-				if got != http.StatusBadGateway {
-					t.Fatalf("status %s: the client got %d, want 502", status, got)
-				}
+				wantClient502(t, got, "status "+status)
 				wantInvalidStatusRecord(t, r, status)
 			})
 		}
@@ -189,9 +182,7 @@ func TestOddStatusConnNotKept(t *testing.T) {
 		io.Copy(io.Discard, br) // until the appliance closes
 	}()
 	c, _ := r.connectTCP(upEnd, httpDest)
-	if resp, _ := newHTTPClient(t, c).do("GET /x HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != http.StatusBadGateway {
-		t.Fatalf("status 000: the client got %d, want 502", resp.StatusCode)
-	}
+	wantClient502(t, getXStatus(t, c), "status 000")
 	select {
 	case <-closed:
 	case <-time.After(waitLimit):
