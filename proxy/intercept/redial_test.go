@@ -155,24 +155,9 @@ func TestBumpRedialUnverifiedH2(t *testing.T) {
 		mu.Unlock()
 		io.WriteString(w, "hello")
 	}
-	upEnd, originEnd := signalClosePair(t)
-	first := h2OriginWith(t, r.upLeaf("www.example.test"), originEnd, handler)
-	up2End, origin2End := testnet.TCPPair(t)
-	h2OriginWith(t, r.strangerLeaf("www.example.test"), origin2End, handler)
-	r.offerRedial(up2End)
-	c, sv := r.connect(upEnd, tlsDest)
-	cc, err := (&http2.Transport{}).NewClientConn(bumpClient(t, r, c, "www.example.test", "h2"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc, sv, first, upEnd := redialH2(t, r, handler)
 	for _, path := range []string{"/one", "/two"} {
-		req, _ := http.NewRequest("GET", "https://www.example.test"+path, nil)
-		resp, err := cc.RoundTrip(req)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		resp, _ := getH2(t, cc, path)
 		if resp.StatusCode != 200 {
 			t.Fatalf("%s: status %d; records %+v", path, resp.StatusCode, r.records())
 		}
@@ -206,6 +191,39 @@ func TestBumpRedialUnverifiedH2(t *testing.T) {
 	}
 }
 
+// redialH2 bumps an HTTP/2 client's connection to www.example.test on r
+// and returns its client end: the first origin connection (upEnd, served
+// by first) has a certificate r's upstream trusts, the redial one nobody
+// trusts; both origins serve h.
+func redialH2(t *testing.T, r *rig, h http.HandlerFunc) (cc *http2.ClientConn, sv *served, first *http.Server, upEnd *closeSignal) {
+	t.Helper()
+	upEnd, originEnd := signalClosePair(t)
+	first = h2OriginWith(t, r.upLeaf("www.example.test"), originEnd, h)
+	up2End, origin2End := testnet.TCPPair(t)
+	h2OriginWith(t, r.strangerLeaf("www.example.test"), origin2End, h)
+	r.offerRedial(up2End)
+	c, sv := r.connect(upEnd, tlsDest)
+	cc, err := (&http2.Transport{}).NewClientConn(bumpClient(t, r, c, "www.example.test", "h2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cc, sv, first, upEnd
+}
+
+// getH2 sends GET path for www.example.test on cc and returns the
+// response, its body read and closed.
+func getH2(t *testing.T, cc *http2.ClientConn, path string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "https://www.example.test"+path, nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, body
+}
+
 // h2OriginWith serves HTTP/2 over TLS with cert on c, with h; the
 // server's Shutdown sends a GOAWAY and closes c once its streams are done.
 func h2OriginWith(t *testing.T, cert *tls.Certificate, c net.Conn, h http.HandlerFunc) *http.Server {
@@ -235,27 +253,12 @@ func h2OriginWith(t *testing.T, cert *tls.Certificate, c net.Conn, h http.Handle
 func TestBumpRedialRefusedH2(t *testing.T) {
 	r := newRig(t, testPolicy)
 	handler := func(w http.ResponseWriter, req *http.Request) { io.WriteString(w, "hello") }
-	upEnd, originEnd := signalClosePair(t)
-	first := h2OriginWith(t, r.upLeaf("www.example.test"), originEnd, handler)
-	up2End, origin2End := testnet.TCPPair(t)
-	h2OriginWith(t, r.strangerLeaf("www.example.test"), origin2End, handler)
-	r.offerRedial(up2End)
-	c, sv := r.connect(upEnd, tlsDest)
-	cc, err := (&http2.Transport{}).NewClientConn(bumpClient(t, r, c, "www.example.test", "h2"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc, sv, first, upEnd := redialH2(t, r, handler)
 	for _, tc := range []struct {
 		path   string
 		status int
 	}{{"/one", 200}, {"/two", 502}} {
-		req, _ := http.NewRequest("GET", "https://www.example.test"+tc.path, nil)
-		resp, err := cc.RoundTrip(req)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.path, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, body := getH2(t, cc, tc.path)
 		if resp.StatusCode != tc.status {
 			t.Fatalf("%s: status %d %q; records %+v", tc.path, resp.StatusCode, body, r.records())
 		}
