@@ -22,7 +22,6 @@ type Flow struct {
 	tunnel   atomic.Pointer[tunnel]
 	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
 	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
-	tsAck    atomic.Uint32            // TCP: the handshake's last ACK's sequence number, with timestamps (tcpts.go)
 	snd      atomic.Uint64            // TCP: the stack's SND.UNA and SND.NXT as seen (tcpseq.go)
 	mtuTaken atomic.Int64             // TCP: when the stack last took a path MTU error (monoclock.Now; icmperr.go)
 	replied  atomic.Bool              // others: the stack has sent the client something
@@ -45,8 +44,6 @@ const (
 	tcpFinIn                          // the client's FIN
 	tcpFinOut                         // the stack's FIN
 	tcpReset                          // a RST, with no sign of life since
-	tcpTSWanted                       // the handshake wants timestamps on the client's ACKs (tcpts.go)
-	tcpTSArmed                        // the stack's SYN-ACK with timestamps seen; Flow.tsAck set
 )
 
 // TCP header flags, as Packet.TCPFlags holds them.
@@ -112,9 +109,7 @@ func afterStack(was uint32, flags uint8) uint32 {
 	case flags&flagRst != 0:
 		return was | tcpReset
 	case flags&flagSyn != 0:
-		// tsStackSynAck sets the timestamp bits after; the wait a
-		// client's SYN started must not lapse meanwhile.
-		return tcpSynAcked | was&tcpTSWanted
+		return tcpSynAcked
 	}
 	now := (was | tcpEstablished) &^ tcpReset // a RST it ignored (out of its window)
 	if flags&flagFin != 0 {

@@ -325,9 +325,6 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			// RST or FIN, from the destination's side of a handshake is a
 			// stray segment like any other.
 			flow, reason = s.flows.TouchSyn(&key, b[:h.Len], h, gwlb, now)
-			if reason == DropNone {
-				flow.tsClientSyn(p, inner[:p.Len])
-			}
 		case p.Proto == protoTCP:
 			flow, reason = s.flows.TouchSegment(&key, b[:h.Len], h, gwlb, now)
 		default:
@@ -342,11 +339,6 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// would have a router's Packet Too Big about data in flight
 		// refused), make it transitory, or restart its window.
 		if p.Proto == protoTCP {
-			// gVisor drops a handshake's ACK without the timestamps
-			// its SYN offered (tcpts.go); the tap must not show it.
-			if p.TCPFlags&(flagAck|flagSyn|flagRst) == flagAck && flow.tsRefuses(p, inner[:p.Len]) {
-				return DropInnerRefused
-			}
 			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
@@ -523,9 +515,6 @@ func (s *Server) wrapReply(endpoint uint64, buf []byte, innerOff, n int, now int
 	switch {
 	case p.Proto == protoTCP && !p.Fragment && !p.ICMPError:
 		s.flows.tcpSeen(flow, flow.tcpStack(p.TCPFlags))
-		if p.TCPFlags&(flagSyn|flagAck|flagRst) == flagSyn|flagAck {
-			flow.tsStackSynAck(&p, inner[:p.Len])
-		}
 		flow.tcpSent(&p, inner)
 	case p.Proto != protoTCP && !p.ICMPError && !flow.replied.Load():
 		flow.replied.Store(true)
