@@ -54,6 +54,15 @@ func stackRefuses(p *Packet, pkt []byte) DropReason {
 		if p.TCPFlags&(flagAck|flagSyn|flagRst) == 0 {
 			return DropInnerRefused
 		}
+		// A SYN or RST cut into fragments: no stack sends one, and the
+		// stack drops the data either carries (a SYN's, a RST's), which
+		// the tap would show in later fragments it cannot cut
+		// (synDataCut cuts whole segments only). Its later fragments
+		// follow it out: a fragment whose first was not taken in is
+		// dropped.
+		if p.MoreFragments && p.TCPFlags&(flagSyn|flagRst) != 0 {
+			return DropInnerRefused
+		}
 	case protoUDP:
 		if n := int(binary.BigEndian.Uint16(t[4:6])); n < 8 || (!p.MoreFragments && n > len(t)) {
 			return DropInnerRefused

@@ -215,3 +215,26 @@ func TestTapShowsSynWithoutItsData(t *testing.T) {
 	wantNoneInFeed(t, tap, "/d-syn/")
 	wantShownCut(t, tap, 0x02, "SYN")
 }
+
+// A SYN or a RST cut into IP fragments, its data in the later ones: the
+// stack drops the data, and the tap, which cuts the data of whole
+// segments only, would show it. No stack sends such a segment, so its
+// first fragment is refused (and counted), and the later ones follow it
+// out, never shown.
+func TestTapOmitsFragmentedSynAndRstData(t *testing.T) {
+	tap := &seenTap{}
+	r := newTapRig(t, tap)
+	cli := netip.AddrPortFrom(connClient, 42004)
+	syn := tcpSegment(cli, connDest, 6000, 0, 0x02, []byte("XXXXXXXXXXXXGET /d-syn/ HTTP/1.1\r\nHost: x\r\n\r\n"))
+	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 21, syn, 0, 24, true),
+		ipv4Packet(connClient, connDest.Addr(), 21, syn, 24, len(syn), false))
+	cli = netip.AddrPortFrom(connClient, 42005)
+	sa := r.synAckOf(t, cli, 6000, []byte{2, 4, 0x05, 0xb4}, nil)
+	isn := binary.BigEndian.Uint32(sa[24:])
+	rst := tcpSegment(cli, connDest, 6001, isn+1, 0x14, []byte("XXXXXXXXXXXXGET /d-rst/ HTTP/1.1\r\nHost: x\r\n\r\n"))
+	r.sendEach(t, ipv4Packet(connClient, connDest.Addr(), 22, rst, 0, 24, true),
+		ipv4Packet(connClient, connDest.Addr(), 22, rst, 24, len(rst), false))
+	time.Sleep(200 * time.Millisecond) // nothing more is to come: a show would be in by now
+	wantNoneInFeed(t, tap, "/d-syn/", "/d-rst/")
+	wantInnerRefused(t, r, 2)
+}
