@@ -85,18 +85,48 @@ func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, 
 // body's place, so its DATA's reset reaches the request only as its
 // context's end. Those look like a client's RST_STREAM, and are recorded
 // as the client's going away still.
+//
+// An HTTP/1 client's chunked body that breaks its framing (net/http's
+// chunked reader's errors, in its words too) is refused the same way,
+// and its connection closed: past a chunk it cannot read, what follows
+// is no request (RFC 9112 §7.1), and serving it as one is how a request
+// is smuggled behind another.
 func (rt *roundTripper) refuseMalformedBody(req *http.Request, bodyErr error, rec *records.Record, start time.Time) *http.Response {
-	if bodyErr == nil || !inH2Handler(req) {
+	if bodyErr == nil {
 		return nil
 	}
 	msg := bodyErr.Error()
-	if !strings.Contains(msg, "sender tried to send more than declared Content-Length") &&
-		!strings.Contains(msg, "request declared a Content-Length of") {
+	h2 := inH2Handler(req)
+	if h2 && !containsAny(msg, h2BodyErrors) || !h2 && !containsAny(msg, chunkedBodyErrors) {
 		return nil
 	}
-	rec.Status, rec.Result, rec.Error = http.StatusBadRequest, "error", "malformed request body: "+msg
+	rec.Status, rec.Result = http.StatusBadRequest, "error"
+	rec.Error = joinErrors(rec.Error, "malformed request body: "+msg) // an audit's note stays
 	rt.write(rec, start)
-	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request body does not match its content-length")
+	resp := errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request body is malformed")
+	resp.Close = !h2
+	return resp
+}
+
+// h2BodyErrors are x/net's words for a body that breaks its
+// content-length; chunkedBodyErrors net/http's chunked reader's for a
+// chunked body it cannot read (net/http/internal/chunked.go).
+var (
+	h2BodyErrors      = []string{"sender tried to send more than declared Content-Length", "request declared a Content-Length of"}
+	chunkedBodyErrors = []string{
+		"invalid byte in chunk length", "empty hex number for chunk length", "http chunk length too large",
+		"malformed chunked encoding", "chunked encoding contains too much non-data",
+		"chunked line ends with bare LF", "invalid CR in chunked line", "header line too long",
+	}
+)
+
+func containsAny(s string, subs []string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
 }
 
 // truncate cuts s to at most n bytes.

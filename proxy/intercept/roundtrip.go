@@ -201,7 +201,8 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 		// request's context ended, or its body could not be read to the
 		// end): the round trip was cut short for it, not by the
 		// destination.
-		rec.Result, rec.Error = rt.cc.limit.clientGone("reset", "before the response came", " ("+err.Error()+")")
+		result, why := rt.cc.limit.clientGone("reset", "before the response came", " ("+err.Error()+")")
+		rec.Result, rec.Error = result, joinErrors(rec.Error, why) // an audit's note stays
 		rt.write(&rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
 	}
