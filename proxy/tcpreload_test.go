@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -29,35 +30,21 @@ func (r *clsRig) reloadPolicy(t *testing.T, doc string) {
 // back, and a line "push" is answered 300 ms later, after the client has
 // had time to see a reload happen.
 func tcpPushServer(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	ln := testnet.Serve(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if line == "\x00push\n" {
-						time.Sleep(300 * time.Millisecond)
-					}
-					if _, err := c.Write([]byte(line)); err != nil {
-						return
-					}
-				}
-			}()
+			if line == "\x00push\n" {
+				time.Sleep(300 * time.Millisecond)
+			}
+			if _, err := c.Write([]byte(line)); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 

@@ -28,3 +28,28 @@ func TCPPair(t testing.TB) (a, b *net.TCPConn) {
 	t.Cleanup(func() { c.Close(); s.Close() })
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
+
+// Serve listens on a loopback TCP port and runs handle on each connection
+// it accepts, in a goroutine of its own, closing the connection when
+// handle returns. The listener is closed when the test ends.
+func Serve(t testing.TB, handle func(c net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln
+}

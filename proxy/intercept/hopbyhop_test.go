@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 )
 
 // startCannedOrigin is an HTTP/1 origin on loopback that answers every
@@ -21,35 +23,20 @@ import (
 // "Connection: close".
 func startCannedOrigin(t *testing.T, answer string) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return testnet.Serve(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(waitLimit))
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(waitLimit))
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, req.Body)
-					if _, err := io.WriteString(c, answer); err != nil || strings.Contains(answer, "Connection: close") {
-						return
-					}
-				}
-			}()
+			io.Copy(io.Discard, req.Body)
+			if _, err := io.WriteString(c, answer); err != nil || strings.Contains(answer, "Connection: close") {
+				return
+			}
 		}
-	}()
-	return ln
+	})
 }
 
 // hopAnswer carries connection-specific fields, as Apache sends
