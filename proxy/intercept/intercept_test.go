@@ -347,24 +347,12 @@ func TestBumpRedial(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, testPolicy)
-			// Over TCP: the upstream's close_notify must not wait for a
-			// reader, as it would on a pipe; the idle connection has none.
-			upEnd, up := r.startUpstreamTCP(r.upLeaf("www.example.test"), "http/1.1")
-			up.drop.Store(true)
-			up2End, up2 := r.startUpstreamTCP(tc.cert(r), "http/1.1")
-			r.offerRedial(up2End)
-			c, sv := r.connect(upEnd, tlsDest)
-			tlsc := bumpClient(t, r, c, "www.example.test", "http/1.1")
-			hc := newHTTPClient(t, tlsc)
-			if resp, body := hc.do("GET /one HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
-				t.Fatalf("first response %d %q", resp.StatusCode, body)
-			}
-			up.waitClosed(t)
+			hc, sv, up2 := bumpRedialH1(t, r, r.upLeaf("www.example.test"), tc.cert(r))
 			resp, body := hc.do("GET /two HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
 			if resp.StatusCode != tc.status {
 				t.Fatalf("second response %d %q, want %d", resp.StatusCode, body, tc.status)
 			}
-			tlsc.Close()
+			hc.c.Close()
 			sv.waitDoneOnce(t)
 			up2.waitClosed(t)
 			if got := up2.requests(); len(got) != tc.served2 {

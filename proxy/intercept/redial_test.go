@@ -56,23 +56,11 @@ func TestBumpRedialUnverified(t *testing.T) {
 			if !tc.firstTrusted {
 				first, second = stranger, trusted
 			}
-			upEnd, up := r.startUpstreamTCP(first, "http/1.1") // TCP: see TestBumpRedial
-			up.drop.Store(true)
-			up2End, up2 := r.startUpstreamTCP(second, "http/1.1")
-			r.offerRedial(up2End)
-			c, sv := r.connect(upEnd, tlsDest)
-			{
-				tlsc := bumpClient(t, r, c, "www.example.test", "http/1.1")
-				hc := newHTTPClient(t, tlsc)
-				if resp, body := hc.do("GET /one HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
-					t.Fatalf("first response %d %q", resp.StatusCode, body)
-				}
-				up.waitClosed(t)
-				if resp, body := hc.do("GET /two HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
-					t.Fatalf("second response %d %q", resp.StatusCode, body)
-				}
-				tlsc.Close()
+			hc, sv, up2 := bumpRedialH1(t, r, first, second)
+			if resp, body := hc.do("GET /two HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
+				t.Fatalf("second response %d %q", resp.StatusCode, body)
 			}
+			hc.c.Close()
 			sv.waitDoneOnce(t)
 			if got := up2.requests(); len(got) != 1 {
 				t.Fatalf("the second upstream connection served %q", got)
@@ -111,21 +99,11 @@ func TestBumpRedialUnverifiedNameCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	upEnd, up := r.startUpstreamTCP(cert, "http/1.1")
-	up.drop.Store(true)
-	up2End, up2 := r.startUpstreamTCP(r.strangerLeaf("api.example.test"), "http/1.1")
-	r.offerRedial(up2End)
-	c, sv := r.connect(upEnd, tlsDest)
-	tlsc := bumpClient(t, r, c, "www.example.test", "http/1.1")
-	hc := newHTTPClient(t, tlsc)
-	if resp, body := hc.do("GET /one HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
-		t.Fatalf("first response %d %q", resp.StatusCode, body)
-	}
-	up.waitClosed(t)
+	hc, sv, up2 := bumpRedialH1(t, r, cert, r.strangerLeaf("api.example.test"))
 	if resp, body := hc.do("GET /two HTTP/1.1\r\nHost: api.example.test\r\n\r\n"); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("second response %d %q, want 403", resp.StatusCode, body)
 	}
-	tlsc.Close()
+	hc.c.Close()
 	sv.waitDoneOnce(t)
 	if got := up2.requests(); len(got) != 0 {
 		t.Errorf("the redial served %q", got)
@@ -189,6 +167,29 @@ func TestBumpRedialUnverifiedH2(t *testing.T) {
 	if tr := ofKind(r.records(), "tls"); len(tr) != 1 || tr[0].UpstreamVerify != "failed" {
 		t.Errorf("tls records %+v, want one saying failed", tr)
 	}
+}
+
+// bumpRedialH1 bumps an HTTP/1.1 client's connection to
+// www.example.test on r: the first upstream connection has the
+// certificate first and is dropped after one request, the redial has
+// second. It sends GET /one, wants 200, and returns once the first
+// upstream connection has closed: the next request needs the redial (up2).
+// Both upstream connections are over TCP: the upstream's close_notify
+// must not wait for a reader, as it would on a pipe; the idle connection
+// has none.
+func bumpRedialH1(t *testing.T, r *rig, first, second *tls.Certificate) (hc *httpClient, sv *served, up2 *upstream) {
+	t.Helper()
+	upEnd, up := r.startUpstreamTCP(first, "http/1.1")
+	up.drop.Store(true)
+	up2End, up2 := r.startUpstreamTCP(second, "http/1.1")
+	r.offerRedial(up2End)
+	c, sv := r.connect(upEnd, tlsDest)
+	hc = newHTTPClient(t, bumpClient(t, r, c, "www.example.test", "http/1.1"))
+	if resp, body := hc.do("GET /one HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("first response %d %q", resp.StatusCode, body)
+	}
+	up.waitClosed(t)
+	return hc, sv, up2
 }
 
 // redialH2 bumps an HTTP/2 client's connection to www.example.test on r
