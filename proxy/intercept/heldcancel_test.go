@@ -24,48 +24,29 @@ import (
 func TestHeldStreamsGivenUpFreeTheirSlots(t *testing.T) {
 	for _, faulty := range []bool{false, true} {
 		t.Run(map[bool]string{false: "wellframed", true: "faulty"}[faulty], func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
 			var open atomic.Int64
 			var origin sync.WaitGroup
-			defer origin.Wait()
 			stop := make(chan struct{})
-			defer close(stop)
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					origin.Add(1)
-					go func() {
-						defer origin.Done()
-						defer c.Close()
-						open.Add(1)
-						defer open.Add(-1)
-						c.SetDeadline(time.Now().Add(40 * time.Second))
-						br := bufio.NewReader(c)
-						if _, err := http.ReadRequest(br); err != nil {
-							return
-						}
-						head := "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-						if faulty {
-							head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-						}
-						io.WriteString(c, head)
-						// A long poll: nothing more until the test ends, or
-						// the appliance closes the connection.
-						go func() { io.Copy(io.Discard, br); c.Close() }()
-						select {
-						case <-stop:
-						case <-time.After(40 * time.Second):
-						}
-					}()
+			ln := startHeldOrigin(t, &origin, func(c net.Conn) {
+				open.Add(1)
+				defer open.Add(-1)
+				c.SetDeadline(time.Now().Add(40 * time.Second))
+				br := bufio.NewReader(c)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
 				}
-			}()
+				io.WriteString(c, heldHead(faulty))
+				// A long poll: nothing more until the test ends, or
+				// the appliance closes the connection.
+				go func() { io.Copy(io.Discard, br); c.Close() }()
+				select {
+				case <-stop:
+				case <-time.After(40 * time.Second):
+				}
+			})
+			defer ln.Close()
+			defer origin.Wait()
+			defer close(stop)
 			cc := h2cToOrigin(t, ln, 40*time.Second)
 			defer cc.Close()
 			get := func(ctx context.Context) (*http.Response, error) {

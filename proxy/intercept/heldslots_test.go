@@ -31,54 +31,35 @@ func TestFaultyHeldConnsStayBounded(t *testing.T) {
 	const streams, bound = 40, 8
 	for _, faulty := range []bool{false, true} {
 		t.Run(map[bool]string{false: "wellframed", true: "faulty"}[faulty], func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
 			release := make(chan struct{})
 			var open, peak atomic.Int64
 			var origin sync.WaitGroup
-			defer origin.Wait()
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
+			ln := startHeldOrigin(t, &origin, func(c net.Conn) {
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				n := open.Add(1)
+				defer open.Add(-1)
+				for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+				}
+				br := bufio.NewReader(c)
+				for { // keep-alive: one response after another
+					if _, err := http.ReadRequest(br); err != nil {
 						return
 					}
-					origin.Add(1)
-					go func() {
-						defer origin.Done()
-						defer c.Close()
-						c.SetDeadline(time.Now().Add(30 * time.Second))
-						n := open.Add(1)
-						defer open.Add(-1)
-						for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-						}
-						br := bufio.NewReader(c)
-						for { // keep-alive: one response after another
-							if _, err := http.ReadRequest(br); err != nil {
-								return
-							}
-							head := "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-							if faulty {
-								head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-							}
-							if _, err := io.WriteString(c, head); err != nil {
-								return
-							}
-							select {
-							case <-release:
-							case <-time.After(30 * time.Second):
-								return
-							}
-							if _, err := io.WriteString(c, "0\r\n\r\n"); err != nil {
-								return
-							}
-						}
-					}()
+					if _, err := io.WriteString(c, heldHead(faulty)); err != nil {
+						return
+					}
+					select {
+					case <-release:
+					case <-time.After(30 * time.Second):
+						return
+					}
+					if _, err := io.WriteString(c, "0\r\n\r\n"); err != nil {
+						return
+					}
 				}
-			}()
+			})
+			defer ln.Close()
+			defer origin.Wait()
 			cc := h2cToOrigin(t, ln, 30*time.Second)
 			defer cc.Close()
 			var wg sync.WaitGroup
@@ -127,6 +108,44 @@ func TestFaultyHeldConnsStayBounded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startHeldOrigin is the loopback HTTP/1 origin of the held-connection
+// tests: each connection it accepts is counted in origin (before its
+// goroutine starts, so that origin.Wait sees it), served by serve in a
+// goroutine of its own, and closed when serve returns. The caller closes
+// the listener.
+func startHeldOrigin(t *testing.T, origin *sync.WaitGroup, serve func(c net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			origin.Add(1)
+			go func() {
+				defer origin.Done()
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln
+}
+
+// heldHead is the head and first chunk of a chunked response whose rest
+// the origin holds back; when faulty, it is framed with a Content-Length
+// as well.
+func heldHead(faulty bool) string {
+	if faulty {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+	}
+	return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
 }
 
 // h2cToOrigin returns an h2c client connection through a rig whose every
