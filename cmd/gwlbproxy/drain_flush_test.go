@@ -19,20 +19,7 @@ func TestSIGINTCutsFlush(t *testing.T) {
 	policyFile := auditPolicy(t)
 	addr, geneve := drainNet(252) // the CloudWatch endpoint on .4
 
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr(3), 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	dst := closingDest(t, addr(3))
 	cw, err := net.Listen("tcp", netip.AddrPortFrom(addr(4), 0).String())
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +56,7 @@ func TestSIGINTCutsFlush(t *testing.T) {
 		"--cloudwatch-endpoint", "http://"+cw.Addr().String())
 	p.waitLog(`msg="gwlbproxy serving"`, 30*time.Second)
 
-	dialThrough(t, addr(2), geneve, ln.Addr().(*net.TCPAddr).AddrPort()).Close()
+	dialThrough(t, addr(2), geneve, dst).Close()
 	time.Sleep(2 * time.Second) // the flow ends; its record waits for CloudWatch
 
 	p.signal(syscall.SIGTERM)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -38,25 +37,12 @@ func TestGWLBCIDRsMapped(t *testing.T) {
 	// End to end: the simulator on a 127/8 address, the senders named as
 	// ::ffff:127.0.0.0/104.
 	addr, geneve := drainNet(250)
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(addr(3), 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	dst := closingDest(t, addr(3))
 	p := startMain(t, []string{"GORACE=atexit_sleep_ms=0"}, "--config", auditPolicy(t), "--geneve-addr", geneve.String(),
 		"--admin-addr", netip.AddrPortFrom(addr(1), 0).String(), "--gwlb-cidrs", "::ffff:127.0.0.0/104",
 		"--unsafe-allow-loopback", "--return-path", "bound", "--access-log", "", "--state-dir", t.TempDir(), "--drain-timeout", "0s")
 	p.waitLog(`msg="gwlbproxy serving"`, 30*time.Second)
-	dialThrough(t, addr(2), geneve, ln.Addr().(*net.TCPAddr).AddrPort()).Close()
+	dialThrough(t, addr(2), geneve, dst).Close()
 }
 
 // TestMaxHeaderBytesBounds: --max-header-bytes is refused above 1 MiB,

@@ -351,6 +351,28 @@ func drainNet(third byte) (addr func(byte) netip.Addr, geneve netip.AddrPort) {
 	return addr, netip.AddrPortFrom(addr(1), 6081)
 }
 
+// closingDest is a destination for a flow through the appliance: a TCP
+// listener on a (port chosen by the system) that closes every connection
+// it accepts, closed itself when the test ends.
+func closingDest(t *testing.T, a netip.Addr) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
 // dialThrough connects a client stack behind a gwlbsim on sim to dst,
 // through the appliance listening for GENEVE on geneve; the simulator is
 // closed when the test ends.
