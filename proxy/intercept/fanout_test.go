@@ -1,7 +1,6 @@
 package intercept_test
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -9,10 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/net/http2"
-
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
 // TestH2FanOutBounded: an HTTP/2 client's concurrent streams towards an
@@ -43,20 +38,9 @@ func TestH2FanOutBounded(t *testing.T) {
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	dial := func(ctx context.Context, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
-	}
-	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Dial = dial })
-	first, err := dial(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, first := originRig(t, ln)
 	c, _ := r.connect(first, httpDest)
-	c.SetDeadline(time.Now().Add(waitLimit))
-	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc := h2cOver(t, c, waitLimit)
 	var wg sync.WaitGroup
 	codes := make(chan int, streams)
 	for i := range streams {

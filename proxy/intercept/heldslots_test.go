@@ -154,16 +154,30 @@ func heldHead(faulty bool) string {
 // its connections keep).
 func h2cToOrigin(t *testing.T, ln net.Listener, timeout time.Duration) *http2.ClientConn {
 	t.Helper()
-	r := newRig(t, testPolicy, func(c *intercept.Config) {
-		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
-		}
-	})
-	upEnd, err := net.Dial("tcp", ln.Addr().String())
+	r, upEnd := originRig(t, ln)
+	c, _ := r.connectTCP(upEnd, httpDest)
+	return h2cOver(t, c, timeout)
+}
+
+// originRig returns a rig whose every upstream dial reaches ln, and a
+// first upstream connection to ln, for the session's own.
+func originRig(t *testing.T, ln net.Listener) (*rig, net.Conn) {
+	t.Helper()
+	dial := func(ctx context.Context, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", ln.Addr().String())
+	}
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Dial = dial })
+	upEnd, err := dial(context.Background(), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, _ := r.connectTCP(upEnd, httpDest)
+	return r, upEnd
+}
+
+// h2cOver starts an h2c client (HTTP/2 with prior knowledge) on the
+// client's end c of a session, its deadline timeout from now.
+func h2cOver(t *testing.T, c net.Conn, timeout time.Duration) *http2.ClientConn {
+	t.Helper()
 	c.SetDeadline(time.Now().Add(timeout))
 	cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
 	if err != nil {
