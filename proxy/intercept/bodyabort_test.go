@@ -2,7 +2,6 @@ package intercept_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -146,36 +145,14 @@ func TestCutResponseCurl(t *testing.T) {
 			upEnd, originEnd := testnet.TCPPair(t)
 			got := make(chan struct{})
 			chunkedCutOrigin(originEnd, got)
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-			defer cancel()
 			var out bytes.Buffer
-			cmd := exec.CommandContext(ctx, curl, "-sS", tc.flag, "-H", "Host: ok.example.test",
-				"-o", "/dev/null", "http://"+ln.Addr().String()+"/x")
-			cmd.Stderr = &out
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			ln.(*net.TCPListener).SetDeadline(time.Now().Add(waitLimit))
-			c, err := ln.Accept()
-			if err != nil {
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatal(err)
-			}
-			sv := r.serve(c, c, upEnd, httpDest)
-			close(got) // the first chunk may go along with the end: curl sees both
-			err = cmd.Wait()
+			// The first chunk may go along with the end: curl sees both.
+			err := curlThroughRig(t, r, upEnd, curl, nil, &out, func() { close(got) },
+				"-sS", tc.flag, "-H", "Host: ok.example.test", "-o", "/dev/null")
 			var exit *exec.ExitError
 			if !errors.As(err, &exit) || exit.ExitCode() != tc.exit {
 				t.Errorf("curl ended with %v (%s), want exit status %d", err, strings.TrimSpace(out.String()), tc.exit)
 			}
-			c.Close()
-			sv.waitDoneOnce(t)
 			rec := oneHTTPRecord(t, r)
 			if rec.Result != "error" || !strings.Contains(rec.Error, "unexpected EOF") {
 				t.Errorf("record result %q error %q: want error, unexpected EOF", rec.Result, rec.Error)

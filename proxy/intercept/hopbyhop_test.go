@@ -39,6 +39,42 @@ func startCannedOrigin(t *testing.T, answer string) net.Listener {
 	})
 }
 
+// curlThroughRig runs curl with args and the URL http://<listener>/x,
+// the listener a loopback one whose one connection, curl's, r serves
+// with upEnd as its upstream connection to httpDest; served, if not nil,
+// is called once r has it. It returns curl's error once curl has exited
+// and the session has ended.
+func curlThroughRig(t *testing.T, r *rig, upEnd net.Conn, curl string, stdout, stderr io.Writer, served func(), args ...string) error {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, curl, append(args, "http://"+ln.Addr().String()+"/x")...)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(waitLimit))
+	c, err := ln.Accept()
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal(err)
+	}
+	sv := r.serve(c, c, upEnd, httpDest)
+	if served != nil {
+		served()
+	}
+	err = cmd.Wait()
+	c.Close()
+	sv.waitDoneOnce(t)
+	return err
+}
+
 // hopAnswer carries connection-specific fields, as Apache sends
 // Keep-Alive on every kept connection, and no Content-Type.
 const hopAnswer = "HTTP/1.1 200 OK\r\nConnection: Keep-Alive, X-Hop\r\nKeep-Alive: timeout=5, max=100\r\n" +
@@ -65,34 +101,13 @@ func TestHopByHopFieldsCurl(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-			defer cancel()
 			bodyFile := filepath.Join(t.TempDir(), "body")
 			var head, errOut bytes.Buffer
-			cmd := exec.CommandContext(ctx, curl, "-sS", tc.flag, "-H", "Host: www.example.test",
-				"-D", "-", "-o", bodyFile, "http://"+ln.Addr().String()+"/x")
-			cmd.Stdout, cmd.Stderr = &head, &errOut
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			ln.(*net.TCPListener).SetDeadline(time.Now().Add(waitLimit))
-			c, err := ln.Accept()
+			err = curlThroughRig(t, r, upEnd, curl, &head, &errOut, nil,
+				"-sS", tc.flag, "-H", "Host: www.example.test", "-D", "-", "-o", bodyFile)
 			if err != nil {
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatal(err)
-			}
-			sv := r.serve(c, c, upEnd, httpDest)
-			if err := cmd.Wait(); err != nil {
 				t.Fatalf("curl: %v (%s)", err, strings.TrimSpace(errOut.String()))
 			}
-			c.Close()
-			sv.waitDoneOnce(t)
 			// The status line, then the fields, as curl printed them.
 			tp := textproto.NewReader(bufio.NewReader(&head))
 			status, _ := tp.ReadLine()
