@@ -10,14 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -164,68 +161,54 @@ func TestLogrotateAccessLogFullDisk(t *testing.T) {
 	path := filepath.Join(dir, "access.log")
 	conf, logrotate := accessLogrotate(t, path)
 	state := filepath.Join(t.TempDir(), "state")
-	errc := make(chan error, 1)
 	var log []string
-	go func() {
-		// Never unlocked: the thread, in its own mount namespace, exits
-		// with the goroutine, and logrotate, forked from it, shares it.
-		runtime.LockOSThread()
-		errc <- func() error {
-			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-				return fmt.Errorf("unshare(CLONE_NEWNS): %w", err)
-			}
-			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-				return fmt.Errorf("making mounts private: %w", err)
-			}
-			if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k,mode=0755"); err != nil {
-				return fmt.Errorf("mounting a tmpfs: %w", err)
-			}
-			for i := 1; i <= 7; i++ {
-				if err := os.WriteFile(fmt.Sprintf("%s.%d", path, i), bytes.Repeat([]byte("{}\n"), 16<<10/3), 0o640); err != nil {
-					return err
-				}
-			}
-			lf, err := records.OpenLogFile(path)
-			if err != nil {
+	// logrotate, forked from the thread the tmpfs is mounted for, shares it.
+	err := testenv.InPrivateTmpfs(dir, "size=256k,mode=0755", func() error {
+		for i := 1; i <= 7; i++ {
+			if err := os.WriteFile(fmt.Sprintf("%s.%d", path, i), bytes.Repeat([]byte("{}\n"), 16<<10/3), 0o640); err != nil {
 				return err
 			}
-			defer lf.Close()
-			line := []byte(`{"kind":"tcp","pad":"` + strings.Repeat("a", 1000) + "\"}\n")
-			for {
-				_, err := lf.Write(line)
-				if errors.Is(err, syscall.ENOSPC) {
-					break
-				}
-				if err != nil {
-					return fmt.Errorf("filling the disk: %w", err)
-				}
+		}
+		lf, err := records.OpenLogFile(path)
+		if err != nil {
+			return err
+		}
+		defer lf.Close()
+		line := []byte(`{"kind":"tcp","pad":"` + strings.Repeat("a", 1000) + "\"}\n")
+		for {
+			_, err := lf.Write(line)
+			if errors.Is(err, syscall.ENOSPC) {
+				break
 			}
-			if _, err := lf.Write(line); !errors.Is(err, syscall.ENOSPC) {
-				return fmt.Errorf("a write to the full disk: %v, want ENOSPC", err)
-			}
-			out, err := exec.Command(logrotate, "-f", "-v", "-s", state, conf).CombinedOutput()
 			if err != nil {
-				return fmt.Errorf("logrotate on a full disk: %v\n%s", err, out)
+				return fmt.Errorf("filling the disk: %w", err)
 			}
-			after := []byte(`{"kind":"tcp","rule":"after-rotation"}` + "\n")
-			if _, err := lf.Write(after); err != nil {
-				return fmt.Errorf("writing after the rotation: %w", err)
-			}
-			if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, after) {
-				return fmt.Errorf("the new access log holds %q (%v), want the record written after the rotation", b, err)
-			}
-			if _, err := os.Stat(path + ".8"); err == nil {
-				return errors.New("the oldest rotation was kept")
-			}
-			ents, _ := os.ReadDir(dir)
-			for _, e := range ents {
-				fi, _ := e.Info()
-				log = append(log, fmt.Sprintf("%s %d", e.Name(), fi.Size()))
-			}
-			return nil
-		}()
-	}()
-	if err := <-errc; err != nil {
+		}
+		if _, err := lf.Write(line); !errors.Is(err, syscall.ENOSPC) {
+			return fmt.Errorf("a write to the full disk: %v, want ENOSPC", err)
+		}
+		out, err := exec.Command(logrotate, "-f", "-v", "-s", state, conf).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("logrotate on a full disk: %v\n%s", err, out)
+		}
+		after := []byte(`{"kind":"tcp","rule":"after-rotation"}` + "\n")
+		if _, err := lf.Write(after); err != nil {
+			return fmt.Errorf("writing after the rotation: %w", err)
+		}
+		if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, after) {
+			return fmt.Errorf("the new access log holds %q (%v), want the record written after the rotation", b, err)
+		}
+		if _, err := os.Stat(path + ".8"); err == nil {
+			return errors.New("the oldest rotation was kept")
+		}
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			fi, _ := e.Info()
+			log = append(log, fmt.Sprintf("%s %d", e.Name(), fi.Size()))
+		}
+		return nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("the tmpfs after rotation: %s", strings.Join(log, ", "))

@@ -9,13 +9,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 )
@@ -185,33 +182,17 @@ func TestWriterTmpfsFills(t *testing.T) {
 // files. Both files are used through their descriptors only.
 func fullTmpfs(t *testing.T) (logf, filler *os.File) {
 	dir := t.TempDir()
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread, in its own mount namespace, exits
-		// with the goroutine.
-		runtime.LockOSThread()
-		errc <- func() error {
-			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-				return fmt.Errorf("unshare(CLONE_NEWNS): %w", err)
-			}
-			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-				return fmt.Errorf("making mounts private: %w", err)
-			}
-			if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
-				return fmt.Errorf("mounting a tmpfs: %w", err)
-			}
-			var err error
-			if filler, err = os.OpenFile(filepath.Join(dir, "filler"), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
-				return err
-			}
-			if _, err = filler.Write(make([]byte, 16<<10)); err != nil {
-				return err
-			}
-			logf, err = os.OpenFile(filepath.Join(dir, "access.log"), os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600)
+	err := testenv.InPrivateTmpfs(dir, "size=64k", func() error {
+		var err error
+		if filler, err = os.OpenFile(filepath.Join(dir, "filler"), os.O_RDWR|os.O_CREATE, 0o600); err != nil {
 			return err
-		}()
-	}()
-	err := <-errc
+		}
+		if _, err = filler.Write(make([]byte, 16<<10)); err != nil {
+			return err
+		}
+		logf, err = os.OpenFile(filepath.Join(dir, "access.log"), os.O_RDWR|os.O_APPEND|os.O_CREATE, 0o600)
+		return err
+	})
 	for _, f := range []*os.File{logf, filler} {
 		if f != nil {
 			t.Cleanup(func() { f.Close() })
