@@ -197,45 +197,34 @@ func clsServeHTTPS(t *testing.T, leaf *tls.Certificate) netip.AddrPort {
 // what the policy cares for: it skips blank lines before the request line,
 // takes any request line, and answers with the Host header it found.
 func clsServeLenientHTTP(t *testing.T) netip.AddrPort {
-	ln := clsMust(net.Listen("tcp", "127.0.0.1:0"))(t)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	ln := testnet.Serve(t, "127.0.0.1:0", func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		var line, host string
 		for {
-			c, err := ln.Accept()
+			l, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				br := bufio.NewReader(c)
-				var line, host string
-				for {
-					l, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					l = strings.TrimRight(l, "\r\n")
-					switch {
-					case line == "" && l == "": // a blank line before the request: skipped
-						continue
-					case line == "":
-						line = l
-						continue
-					case l == "":
-					default:
-						if k, v, ok := strings.Cut(l, ":"); ok && strings.EqualFold(k, "host") {
-							host = strings.TrimSpace(v)
-						}
-						continue
-					}
-					break
+			l = strings.TrimRight(l, "\r\n")
+			switch {
+			case line == "" && l == "": // a blank line before the request: skipped
+				continue
+			case line == "":
+				line = l
+				continue
+			case l == "":
+			default:
+				if k, v, ok := strings.Cut(l, ":"); ok && strings.EqualFold(k, "host") {
+					host = strings.TrimSpace(v)
 				}
-				body := fmt.Sprintf("hello host=%s line=%q", host, line)
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
-			}()
+				continue
+			}
+			break
 		}
-	}()
+		body := fmt.Sprintf("hello host=%s line=%q", host, line)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	})
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 

@@ -8,34 +8,25 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 )
 
 // bannerServer is a server-first destination: it greets each connection
 // with a line, then echoes what it reads.
 func bannerServer(t *testing.T) netip.AddrPort {
 	t.Helper()
-	ln := clsMust(net.Listen("tcp", "127.0.0.1:0"))(t)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	ln := testnet.Serve(t, "127.0.0.1:0", func(c net.Conn) {
+		fmt.Fprintf(c, "220 banner\r\n")
+		buf := make([]byte, 512)
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "220 banner\r\n")
-				buf := make([]byte, 512)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					c.Write(buf[:n])
-				}
-			}()
+			c.Write(buf[:n])
 		}
-	}()
+	})
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 

@@ -30,7 +30,7 @@ func (r *clsRig) reloadPolicy(t *testing.T, doc string) {
 // back, and a line "push" is answered 300 ms later, after the client has
 // had time to see a reload happen.
 func tcpPushServer(t *testing.T) netip.AddrPort {
-	ln := testnet.Serve(t, func(c net.Conn) {
+	ln := testnet.Serve(t, "127.0.0.1:0", func(c net.Conn) {
 		br := bufio.NewReader(c)
 		for {
 			line, err := br.ReadString('\n')
@@ -213,20 +213,7 @@ func TestSplicedECHRedecidedAfterReload(t *testing.T) {
 
 // rawEchoServer echoes every byte it reads, on loopback.
 func rawEchoServer(t *testing.T) netip.AddrPort {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	ln := testnet.Serve(t, "127.0.0.1:0", func(c net.Conn) { _, _ = io.Copy(c, c) })
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 

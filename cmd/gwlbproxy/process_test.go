@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 )
 
@@ -356,20 +357,7 @@ func drainNet(third byte) (addr func(byte) netip.Addr, geneve netip.AddrPort) {
 // it accepts, closed itself when the test ends.
 func closingDest(t *testing.T, a netip.Addr) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	ln := testnet.Serve(t, netip.AddrPortFrom(a, 0).String(), func(net.Conn) {})
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck/destchecktest"
@@ -283,23 +284,7 @@ func (r *rig) stats() stats {
 // it stops when the test ends.
 func listenTCP(t testing.TB, addr netip.AddrPort, serve func(net.Conn)) netip.AddrPort {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr.String())
-	if err != nil {
-		t.Fatalf("listening on %s: %v", addr, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
+	ln := testnet.Serve(t, addr.String(), serve)
 	return ln.Addr().(*net.TCPAddr).AddrPort()
 }
 

@@ -29,14 +29,15 @@ func TCPPair(t testing.TB) (a, b *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
-// Serve listens on a loopback TCP port and runs handle on each connection
-// it accepts, in a goroutine of its own, closing the connection when
-// handle returns. The listener is closed when the test ends.
-func Serve(t testing.TB, handle func(c net.Conn)) net.Listener {
+// Serve listens for TCP on addr (such as "127.0.0.1:0") and runs handle
+// on each connection it accepts, in a goroutine of its own, closing the
+// connection when handle returns. The listener is closed when the test
+// ends.
+func Serve(t testing.TB, addr string, handle func(c net.Conn)) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("listening on %s: %v", addr, err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	go func() {

@@ -23,7 +23,7 @@ import (
 // "Connection: close".
 func startCannedOrigin(t *testing.T, answer string) net.Listener {
 	t.Helper()
-	return testnet.Serve(t, func(c net.Conn) {
+	return testnet.Serve(t, "127.0.0.1:0", func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(waitLimit))
 		br := bufio.NewReader(c)
 		for {

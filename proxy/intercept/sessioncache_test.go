@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 )
 
 // TestOriginSessionsBoundedInBytes: an origin whose chain verifies pads
@@ -238,28 +240,14 @@ func stapledOrigin(t *testing.T, version uint16, staple, extraNames int) (string
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(leaf)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	scfg := &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, OCSPStaple: make([]byte, staple)}},
 		MinVersion: version, MaxVersion: version}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				s := tls.Server(c, scfg)
-				s.SetDeadline(time.Now().Add(5 * time.Second))
-				if s.Handshake() == nil {
-					s.Write([]byte("x")) // after the tickets
-				}
-			}()
+	ln := testnet.Serve(t, "127.0.0.1:0", func(c net.Conn) {
+		s := tls.Server(c, scfg)
+		s.SetDeadline(time.Now().Add(5 * time.Second))
+		if s.Handshake() == nil {
+			s.Write([]byte("x")) // after the tickets
 		}
-	}()
+	})
 	return ln.Addr().String(), roots
 }
