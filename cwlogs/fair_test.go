@@ -3,7 +3,6 @@ package cwlogs
 import (
 	"encoding/json"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -210,27 +209,16 @@ func TestShipperFairUnderFlood(t *testing.T) {
 // leaves are charged against the buffer, so the heap still grows by about
 // the buffer only.
 func TestMemoryStaysBoundedManySources(t *testing.T) {
-	srv := cwlogstest.NewServer(t)
-	cfg := testConfig()
-	cfg.BufferBytes = 8 << 20
-	srv.Outage(time.Hour, cwlogstest.OutageRefuse)
-
-	var before, after runtime.MemStats
-	gc()
-	runtime.ReadMemStats(&before)
-	s := startShipper(t, srv, cfg)
-	base := netip.MustParseAddr("2001:db8:1:2::").As16()
-	for i := range 5 * cfg.BufferBytes / 250 {
-		a := base
-		if i%2 == 0 {
-			a[8], a[9] = byte(i>>9), byte(i>>1) // another /80 of the /64
+	srv, s, cfg, growth, limit := outageHeapGrowth(t, func(s *Shipper, cfg Config) {
+		base := netip.MustParseAddr("2001:db8:1:2::").As16()
+		for i := range 5 * cfg.BufferBytes / 250 {
+			a := base
+			if i%2 == 0 {
+				a[8], a[9] = byte(i>>9), byte(i>>1) // another /80 of the /64
+			}
+			s.Ship(time.Now(), line(0, i, 250), records.Source{Endpoint: 1, Client: netip.AddrFrom16(a)})
 		}
-		s.Ship(time.Now(), line(0, i, 250), records.Source{Endpoint: 1, Client: netip.AddrFrom16(a)})
-	}
-	gc()
-	runtime.ReadMemStats(&after)
-	growth := int64(after.HeapAlloc) - int64(before.HeapAlloc)
-	limit := int64(cfg.BufferBytes)*5/4 + 4<<20
+	})
 	st := s.Stats()
 	t.Logf("heap grew by %.1f MiB for a %d MiB buffer (queued %d bytes, %d records)",
 		float64(growth)/(1<<20), cfg.BufferBytes>>20, st.QueuedBytes, st.QueuedRecords)

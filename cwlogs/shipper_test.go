@@ -388,22 +388,11 @@ func TestOutageOverflowCountsEveryDrop(t *testing.T) {
 // checks the heap grows by no more than the buffer (plus allocator rounding
 // and one batch in flight).
 func TestMemoryStaysBounded(t *testing.T) {
-	srv := cwlogstest.NewServer(t)
-	cfg := testConfig()
-	cfg.BufferBytes = 8 << 20
-	srv.Outage(time.Hour, cwlogstest.OutageRefuse)
-
-	var before, after runtime.MemStats
-	gc()
-	runtime.ReadMemStats(&before)
-	s := startShipper(t, srv, cfg)
-	for i := range 5 * cfg.BufferBytes / 250 {
-		s.Write(line(0, i, 250))
-	}
-	gc()
-	runtime.ReadMemStats(&after)
-	growth := int64(after.HeapAlloc) - int64(before.HeapAlloc)
-	limit := int64(cfg.BufferBytes)*5/4 + 4<<20
+	srv, s, cfg, growth, limit := outageHeapGrowth(t, func(s *Shipper, cfg Config) {
+		for i := range 5 * cfg.BufferBytes / 250 {
+			s.Write(line(0, i, 250))
+		}
+	})
 	t.Logf("heap grew by %.1f MiB for a %d MiB buffer (queued %d bytes)", float64(growth)/(1<<20), cfg.BufferBytes>>20, s.Stats().QueuedBytes)
 	if growth > limit {
 		t.Errorf("heap grew by %d bytes, above %d", growth, limit)
@@ -812,6 +801,31 @@ func TestCloseRetriesFast(t *testing.T) {
 		t.Errorf("Close took %v under throttling", d)
 	}
 	checkExactlyOnce(t, srv.Events(cfg.Group, cfg.Stream), 10)
+}
+
+// outageHeapGrowth starts a shipper with an 8 MiB buffer while the server
+// refuses every call, lets write fill it, and returns the server, the
+// shipper, its config, how far the heap grew across the start and the
+// writes, and the bound that growth must stay under: the buffer plus a
+// quarter for allocator rounding and 4 MiB for one batch in flight. The
+// caller ends the outage.
+func outageHeapGrowth(t *testing.T, write func(s *Shipper, cfg Config)) (srv *cwlogstest.Server, s *Shipper, cfg Config, growth, limit int64) {
+	t.Helper()
+	srv = cwlogstest.NewServer(t)
+	cfg = testConfig()
+	cfg.BufferBytes = 8 << 20
+	srv.Outage(time.Hour, cwlogstest.OutageRefuse)
+
+	var before, after runtime.MemStats
+	gc()
+	runtime.ReadMemStats(&before)
+	s = startShipper(t, srv, cfg)
+	write(s, cfg)
+	gc()
+	runtime.ReadMemStats(&after)
+	growth = int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	limit = int64(cfg.BufferBytes)*5/4 + 4<<20
+	return srv, s, cfg, growth, limit
 }
 
 // gc collects twice: sync.Pool buffers survive one collection.
