@@ -42,6 +42,20 @@ func (p reclaimPair) reclaimed(t *testing.T) bool {
 	return false
 }
 
+// dialFrom connects the client from its address from (connClient or one
+// added to its stack) and returns both ends.
+func (r *connRig) dialFrom(from netip.Addr) reclaimPair {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	cc, err := r.client.DialTCPFrom(ctx, netip.AddrPortFrom(from, 0), connDest)
+	if err != nil {
+		r.t.Fatalf("dialing from %s: %v", from, err)
+	}
+	r.t.Cleanup(func() { cc.Close() })
+	return reclaimPair{cc, r.accepted()}
+}
+
 // TestReclaimAtCriticalMemory: while memory is critical, the connections
 // of the heaviest client (here all new, so the one with the most) are
 // reset, newest first among equal buffers, down to what sixteen new
@@ -54,24 +68,13 @@ func TestReclaimAtCriticalMemory(t *testing.T) {
 		AddressWithPrefix: tcpip.AddrFrom4(light.As4()).WithPrefix()}, stack.AddressProperties{}); err != nil {
 		t.Fatalf("adding the light client's address: %s", err)
 	}
-	dial := func(from netip.Addr) reclaimPair {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		cc, err := r.client.DialTCPFrom(ctx, netip.AddrPortFrom(from, 0), connDest)
-		if err != nil {
-			t.Fatalf("dialing from %s: %v", from, err)
-		}
-		t.Cleanup(func() { cc.Close() })
-		return reclaimPair{cc, r.accepted()}
-	}
 	const heavyN, lightN, share = 40, 5, netstack.CriticalMemoryClientFlows
 	var heavy, lights []reclaimPair
 	for range heavyN {
-		heavy = append(heavy, dial(connClient))
+		heavy = append(heavy, r.dialFrom(connClient))
 	}
 	for range lightN {
-		lights = append(lights, dial(light))
+		lights = append(lights, r.dialFrom(light))
 	}
 
 	r.srv.SetMemoryPressure(netstack.MemoryCritical)
@@ -102,7 +105,7 @@ func TestReclaimAtCriticalMemory(t *testing.T) {
 	// Left critical: the heavy client's new connections stay.
 	r.srv.SetMemoryPressure(netstack.MemoryAmple)
 	for range 20 {
-		heavy = append(heavy, dial(connClient))
+		heavy = append(heavy, r.dialFrom(connClient))
 	}
 	time.Sleep(time.Second)
 	if got := r.srv.Stats().MemoryReclaimed; got != heavyN-share {
@@ -170,26 +173,15 @@ func TestReclaimTakesTheHeaviestNotTheMostNumerous(t *testing.T) {
 			t.Fatalf("adding address %s: %s", a, err)
 		}
 	}
-	dial := func(from netip.Addr) reclaimPair {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-		defer cancel()
-		cc, err := r.client.DialTCPFrom(ctx, netip.AddrPortFrom(from, 0), connDest)
-		if err != nil {
-			t.Fatalf("dialing from %s: %v", from, err)
-		}
-		t.Cleanup(func() { cc.Close() })
-		return reclaimPair{cc, r.accepted()}
-	}
 	const share = netstack.CriticalMemoryClientFlows
 	var busy []reclaimPair
 	for range share + 1 {
-		busy = append(busy, dial(connClient))
+		busy = append(busy, r.dialFrom(connClient))
 	}
 	heavy := make([][]reclaimPair, len(heavyFrom))
 	for i, a := range heavyFrom {
 		for range share {
-			heavy[i] = append(heavy[i], dial(a))
+			heavy[i] = append(heavy[i], r.dialFrom(a))
 		}
 	}
 	// Each heavy connection grows its receive buffer with an upload read as
