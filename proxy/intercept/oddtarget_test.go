@@ -27,6 +27,16 @@ policy:
       action: allow
 `
 
+// allowWildcard allows every name under allowed.example, and nothing else.
+const allowWildcard = `
+policy:
+  default: deny
+  rules:
+    - name: allowed
+      domains: ["*.allowed.example"]
+      action: allow
+`
+
 // TestOddRequestTargetRefused: a request target that net/http reads as a
 // URL with a scheme and an opaque part ("x:http://evil/secret") has no
 // host, so the request used to be decided and recorded on its Host header
@@ -63,16 +73,7 @@ func TestOddRequestTargetRefused(t *testing.T) {
 					upEnd, up = r.startUpstream(nil)
 					c, sv = r.connect(upEnd, httpDest)
 				}
-				hc := newHTTPClient(t, c)
-				resp, body := hc.do("GET " + tc.target + " HTTP/1.1\r\nHost: " + tc.host + "\r\n\r\n")
-				c.Close()
-				sv.waitDoneOnce(t)
-				if resp.StatusCode != http.StatusBadRequest {
-					t.Errorf("status %d %q, want the appliance's 400", resp.StatusCode, body)
-				}
-				if got := up.requests(); len(got) != 0 {
-					t.Errorf("the destination served %q", got)
-				}
+				wantRefused(t, c, sv, up, "GET "+tc.target+" HTTP/1.1\r\nHost: "+tc.host+"\r\n\r\n")
 				var denied bool
 				for _, rec := range r.records() {
 					if rec.Kind == "http" {
@@ -120,14 +121,6 @@ func TestOddRequestTargetRefused(t *testing.T) {
 // and a deny record, and reach no origin; an IPv6 literal is decided as
 // one (denied here by the default, not refused).
 func TestBracketedAuthorityRefused(t *testing.T) {
-	const doc = `
-policy:
-  default: deny
-  rules:
-    - name: allowed
-      domains: ["*.allowed.example"]
-      action: allow
-`
 	for _, tc := range []struct {
 		authority string
 		status    int
@@ -144,7 +137,7 @@ policy:
 		{"[2001:db8::1]:8080", http.StatusForbidden},
 	} {
 		t.Run(tc.authority, func(t *testing.T) {
-			r := newRig(t, doc)
+			r := newRig(t, allowWildcard)
 			upEnd, up := r.startUpstream(nil)
 			c, _ := r.connect(upEnd, httpDest)
 			c.SetDeadline(time.Now().Add(waitLimit))
@@ -180,33 +173,33 @@ policy:
 // it now gets a 400 and reaches no origin (HTTP/2's :authority:
 // TestBracketedAuthorityRefused).
 func TestZonedAddressHostRefused(t *testing.T) {
-	const doc = `
-policy:
-  default: deny
-  rules:
-    - name: allowed
-      domains: ["*.allowed.example"]
-      action: allow
-`
 	zoned := "[::ffff:" + httpDest.Addr().String() + "%25.allowed.example]"
 	for _, head := range []string{
 		"GET /secret HTTP/1.1\r\nHost: " + zoned + "\r\n\r\n",
 		"GET http://" + zoned + "/secret HTTP/1.1\r\nHost: x.allowed.example\r\n\r\n",
 	} {
 		t.Run(strings.Fields(head)[1], func(t *testing.T) {
-			r := newRig(t, doc)
+			r := newRig(t, allowWildcard)
 			upEnd, up := r.startUpstream(nil)
 			c, sv := r.connect(upEnd, httpDest)
-			hc := newHTTPClient(t, c)
-			resp, body := hc.do(head)
-			c.Close()
-			sv.waitDoneOnce(t)
-			if resp.StatusCode != http.StatusBadRequest {
-				t.Errorf("status %d %q, want the appliance's 400", resp.StatusCode, body)
-			}
-			if got := up.requests(); len(got) != 0 {
-				t.Errorf("the destination served %q", got)
-			}
+			wantRefused(t, c, sv, up, head)
 		})
+	}
+}
+
+// wantRefused sends head on c, closes it once answered, waits for the
+// appliance to finish the flow, and checks that the appliance answered
+// 400 and the destination served nothing.
+func wantRefused(t *testing.T, c net.Conn, sv *served, up *upstream, head string) {
+	t.Helper()
+	hc := newHTTPClient(t, c)
+	resp, body := hc.do(head)
+	c.Close()
+	sv.waitDoneOnce(t)
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("status %d %q, want the appliance's 400", resp.StatusCode, body)
+	}
+	if got := up.requests(); len(got) != 0 {
+		t.Errorf("the destination served %q", got)
 	}
 }
