@@ -35,23 +35,18 @@ func TestStopDuringPostStartReload(t *testing.T) {
 	p.signal(syscall.SIGHUP)
 	p.waitLog(`msg="signal received during start-up: the policy is reloaded once started"`, 5*time.Second)
 	release()
-	// The admin listener is the last thing start-up opens: once it takes
-	// connections, start-up is over moments later, and the reload (about
-	// 200 ms, 2 s under -race: the policy took as long to load) begins.
-	// The SIGTERM comes 20 ms after that, inside the reload: a stop held
-	// behind the reload is read only once it has ended, and one read
-	// before the reload began would be read first all the same.
-	for end := time.Now().Add(30 * time.Second); ; {
-		if c, err := net.Dial("tcp", admin); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatal("the admin listener never opened")
-		}
-		time.Sleep(time.Millisecond)
+	// READY=1 comes once start-up is over, and the start-up SIGHUP's
+	// reload (about 200 ms, 2 s under -race: the policy took as long to
+	// load) begins after it: the SIGTERM goes at once, inside the reload.
+	// Before, the reload ran before READY=1, and the stop was read only
+	// once it had ended.
+	var order []string
+	select {
+	case m := <-p.notify:
+		order = append(order, m)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no READY=1 within 30s")
 	}
-	time.Sleep(20 * time.Millisecond)
 	p.signal(syscall.SIGTERM)
 	if !p.exited(20 * time.Second) {
 		t.Fatal("still running 20s after SIGTERM")
@@ -59,7 +54,6 @@ func TestStopDuringPostStartReload(t *testing.T) {
 	if s := p.status(); s != "exit 0" {
 		t.Fatalf("after SIGTERM: %s, want exit 0", s)
 	}
-	var order []string
 	for len(p.notify) > 0 {
 		order = append(order, <-p.notify)
 	}
