@@ -80,8 +80,9 @@ func TestStackCloseEndsInterceptedSessions(t *testing.T) {
 	wait(t, plainClosed, 2*time.Second, "the HTTP/1 origin's connection is still open")
 	wait(t, h2cClosed, 2*time.Second, "the h2c origin's connection is still open")
 	wait(t, bumpCancelled, 2*time.Second, "the bumped origin's request is still waiting")
-	// Proxy.Wait returns once every record is handed to the writer.
-	recs := r.sink.parse(t)
+	// Proxy.Wait returns once every record is handed to the writer, which
+	// writes on a goroutine of its own: wait for the four.
+	recs := r.sink.records(t, 4)
 	hosts := map[string]bool{}
 	tlsRecs := 0
 	for _, rec := range recs {

@@ -62,10 +62,10 @@ type wrappedConn interface {
 // direction aborts the other. It returns at once, and calls done from a
 // relay goroutine once both directions have ended and both connections are
 // closed, with the bytes sent upstream and back and the errors other than
-// a clean EOF. An idle relayed flow holds one goroutine with a shallow
-// stack, waiting in the poller for the destination without a buffer; the
-// client's direction waits with neither when the client is a
-// netstack.Conn.
+// a clean EOF. A relayed flow quiet for hostconn.IdleAfter holds no
+// goroutine and no buffer: the destination's direction is parked in
+// hostconn's watch, and the client's direction waits on the stack's queue
+// when the client is a netstack.Conn.
 func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) {
 	startWatchedRelay(client, upstream, nil, nil, done)
 }
@@ -147,8 +147,9 @@ func (r *relay) ended() {
 // It reads src one of three ways, chosen once what a wrapper read ahead
 // has been copied: a tryReader without waiting, parking without a goroutine
 // when nothing is there; a socket through its raw connection, taking a
-// buffer only once the poller says there are bytes; anything else with a
-// plain Read into a buffer held while it waits.
+// buffer only once the poller says there are bytes, and parking without a
+// goroutine once it has been quiet for a while (hostconn.Conn); anything
+// else with a plain Read into a buffer held while it waits.
 type halfRelay struct {
 	r        *relay
 	dst, src net.Conn // src as given: aborts and half-closes go through it
@@ -164,6 +165,8 @@ type halfRelay struct {
 	plain bool // src offers neither: plain Reads
 
 	rc     syscall.RawConn
+	ir     idleReader            // rc's conn, when it can park a quiet read
+	resume func()                // go copyFn, made once: ir's wake
 	readFn func(fd uintptr) bool // readFD, made once
 	rbuf   *[]byte               // readFD's buffer, when it read something
 	rn     int
@@ -314,6 +317,10 @@ func (h *halfRelay) choose() {
 	if sc, ok := c.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			h.rc, h.readFn = rc, h.readFD
+			if ir, ok := c.(idleReader); ok {
+				h.ir, h.copyFn = ir, h.copy
+				h.resume = func() { go h.copyFn() }
+			}
 			return
 		}
 	}
@@ -346,7 +353,10 @@ func (h *halfRelay) wake() {
 
 func (h *halfRelay) rawRead() (*[]byte, int, error) {
 	h.rn, h.rerr = 0, nil
-	if err := h.rc.Read(h.readFn); err != nil {
+	if err := h.rawWait(); err != nil {
+		if err == errParked {
+			return nil, 0, err
+		}
 		if h.rbuf != nil {
 			relayBufPool.Put(h.rbuf)
 			h.rbuf = nil
@@ -364,6 +374,31 @@ func (h *halfRelay) rawRead() (*[]byte, int, error) {
 		return nil, 0, io.EOF
 	}
 	return bufp, h.rn, nil
+}
+
+// rawWait reads through the raw connection. A connection that can park a
+// quiet read (hostconn.Conn) gives up a wait that lasts, and parks: the
+// direction then holds no goroutine until the destination sends or ends.
+func (h *halfRelay) rawWait() error {
+	if h.ir == nil {
+		return h.rc.Read(h.readFn)
+	}
+	for {
+		err := h.ir.WaitRead(h.readFn)
+		if err != hostconn.ErrIdle {
+			return err
+		}
+		if h.ir.ParkRead(h.resume) {
+			return errParked
+		}
+	}
+}
+
+// idleReader is a host connection whose quiet reads can wait without a
+// goroutine (hostconn.Conn).
+type idleReader interface {
+	WaitRead(fn func(fd uintptr) bool) error
+	ParkRead(wake func()) bool
 }
 
 // readFD is the raw connection's read: it takes a buffer only to read,

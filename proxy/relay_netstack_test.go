@@ -20,6 +20,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 )
 
 // These tests relay real netstack.Conns: the client direction reads with
@@ -492,5 +493,85 @@ func TestRelayChoosesHowToRead(t *testing.T) {
 	pc.Read(make([]byte, 16))
 	if got := how(pc); got != "raw" {
 		t.Errorf("a drained wrapper over a socket is read %s, want raw", got)
+	}
+}
+
+// A relayed flow that has been quiet for hostconn's IdleAfter holds no
+// goroutine (its stack was a third of an idle flow's memory), and wakes
+// for the destination's next bytes, its FIN and its reset.
+func TestRelayQuietFlowsHoldNoGoroutines(t *testing.T) {
+	t.Cleanup(hostconn.SetIdleAfter(100 * time.Millisecond))
+	r := newRelayRig(t)
+	const flows = 20
+	type flow struct {
+		client net.Conn
+		server *net.TCPConn
+		done   chan relayResult
+	}
+	warm, _ := r.dial(t, 2999) // the appliance's stack, made at the first packet, has its goroutines
+	warm.Close()
+	before := runtime.NumGoroutine()
+	var fs []flow
+	for i := range flows {
+		cc, conn := r.dial(t, uint16(3000+i))
+		upSide, server := loopbackPair(t)
+		f := flow{client: cc, server: server, done: make(chan relayResult, 1)}
+		startRelay(conn, hostconn.Wrap(upSide), func(out, in int64, err error) { f.done <- relayResult{out, in, err} })
+		exchange(t, cc, server, "hello")
+		fs = append(fs, f)
+	}
+	quiet := false
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		// The watch's goroutine and the sweep's are one each for all.
+		if runtime.NumGoroutine() <= before+2 {
+			quiet = true
+			break
+		}
+	}
+	if !quiet {
+		t.Fatalf("%d quiet relayed flows hold %d goroutines more than none did, want at most 2", flows, runtime.NumGoroutine()-before)
+	}
+	for _, f := range fs {
+		exchange(t, f.client, f.server, "again")
+	}
+	for i, f := range fs {
+		time.Sleep(150 * time.Millisecond * time.Duration(i%2)) // some parked again
+		if i%2 == 0 {
+			f.server.CloseWrite() // the destination's FIN reaches the client
+			f.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if b, err := io.ReadAll(f.client); err != nil || len(b) != 0 {
+				t.Fatalf("flow %d: the client read %q, %v after the destination's FIN, want the end", i, b, err)
+			}
+			f.client.Close()
+		} else {
+			f.server.SetLinger(0)
+			f.server.Close() // the destination's reset ends the flow
+		}
+		select {
+		case res := <-f.done:
+			if (i%2 == 0) != (res.err == nil) {
+				t.Errorf("flow %d ended with %v", i, res.err)
+			}
+			if res.out != 10 || res.in != 10 {
+				t.Errorf("flow %d relayed %d bytes out, %d in, want 10 each", i, res.out, res.in)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("flow %d: the relay did not end", i)
+		}
+	}
+}
+
+// exchange sends msg from the client to the destination and back.
+func exchange(t *testing.T, client, server net.Conn, msg string) {
+	t.Helper()
+	b := make([]byte, len(msg))
+	for _, p := range [][2]net.Conn{{client, server}, {server, client}} {
+		if _, err := p[0].Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		p[1].SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(p[1], b); err != nil || string(b) != msg {
+			t.Fatalf("read %q, %v, want %q", b, err, msg)
+		}
 	}
 }

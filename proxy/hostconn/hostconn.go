@@ -45,6 +45,8 @@ type Conn struct {
 	laddr, raddr *net.TCPAddr
 	closer       *closer
 	closed       atomic.Bool
+	gone         atomic.Bool // closed or aborted: unpark has run
+	idle         idleRead
 
 	// The state of the call in progress, one per direction, guarded by
 	// its mutex; the functions are bound once so that no call allocates.
@@ -127,7 +129,9 @@ func (c *Conn) RemoteAddr() net.Addr {
 // sent it at once.
 func (c *Conn) Close() error {
 	if c.closer == nil {
-		return c.TCPConn.Close()
+		err := c.TCPConn.Close()
+		c.unpark()
+		return err
 	}
 	if c.closed.Swap(true) {
 		return c.opError("close", net.ErrClosed)
@@ -136,6 +140,7 @@ func (c *Conn) Close() error {
 	// wakes a read or a write waiting in the poller.
 	_ = c.shutdown(unix.SHUT_RDWR)
 	c.closer.add(c.TCPConn)
+	c.unpark()
 	return nil
 }
 
@@ -147,6 +152,7 @@ func (c *Conn) Abort() {
 	}
 	_ = c.SetLinger(0)
 	c.TCPConn.Close()
+	c.unpark()
 }
 
 // CloseWrite shuts down the writing side of the connection.
