@@ -141,10 +141,21 @@ const domainMapThreshold = 8
 type domainSet struct {
 	exact, wild   []string
 	exactM, wildM map[string]struct{}
+	// maxExact and maxWild are the lengths of the longest exact name and
+	// wildcard suffix: no longer name or suffix can be in a map, so match
+	// hashes none (a Host of 60 KB of one-letter labels would otherwise
+	// cost one hash of the rest at each dot, quadratic in its length).
+	maxExact, maxWild int
 }
 
 func newDomainSet(exact, wild []string) *domainSet {
 	s := &domainSet{exact: exact, wild: wild}
+	for _, e := range exact {
+		s.maxExact = max(s.maxExact, len(e))
+	}
+	for _, w := range wild {
+		s.maxWild = max(s.maxWild, len(w))
+	}
 	if len(exact) >= domainMapThreshold {
 		s.exactM = make(map[string]struct{}, len(exact))
 		for _, e := range exact {
@@ -162,13 +173,17 @@ func newDomainSet(exact, wild []string) *domainSet {
 
 // match reports whether the normalised domain d is in the set. The
 // string(d) conversions in comparisons and map indexes do not allocate.
+// It reads no more than the last maxWild+1 bytes of a d longer than
+// maxExact, so its work is bounded by the set, whatever d's length.
 func (s *domainSet) match(d []byte) bool {
 	if len(d) == 0 {
 		return false
 	}
 	if s.exactM != nil {
-		if _, ok := s.exactM[string(d)]; ok {
-			return true
+		if len(d) <= s.maxExact { // a longer d is in no map: not worth hashing
+			if _, ok := s.exactM[string(d)]; ok {
+				return true
+			}
 		}
 	} else {
 		for _, e := range s.exact {
@@ -180,7 +195,10 @@ func (s *domainSet) match(d []byte) bool {
 	// "*.w" matches d when d ends in "." + w with at least one byte before
 	// that dot: subdomains only, never the apex w.
 	if s.wildM != nil {
-		for i := 1; i < len(d)-1; i++ {
+		// Only suffixes no longer than the longest wildcard can be in the
+		// map: start at the dot before the first of those (i is the dot,
+		// the suffix d[i+1:]), and never at d[0], as the apex is no match.
+		for i := max(1, len(d)-s.maxWild-1); i < len(d)-1; i++ {
 			if d[i] == '.' {
 				if _, ok := s.wildM[string(d[i+1:])]; ok {
 					return true
