@@ -15,13 +15,19 @@ import (
 // canonicalHost returns authority as net/http will send it as Host (IDN
 // labels in their xn-- form), or an error when its host and port cannot be
 // told apart, its host has an empty label (sniff.EmptyLabel), a character
-// no host name has, or brackets around anything but an IPv6 address. Requests
+// no host name has, brackets around anything but an IPv6 address, or more
+// bytes than a DNS name holds (nameLength). Requests
 // are decided on what is sent, not on what the client wrote: a rule for
 // xn--bcher-kva.example must match "bücher.example"; "evil.example:1:2",
 // which an origin may cut at its first colon, must not pass as some other
 // name; nor "evil.example..", which rules (ignoring one trailing dot) would
 // not take for evil.example and an origin may.
 func canonicalHost(authority string) (string, error) {
+	if len(authority) > maxAuthorityLen {
+		// Refused before IDNA, whose Punycode encoding is quadratic in a
+		// label's length: 60 KB of distinct CJK characters cost seconds.
+		return "", fmt.Errorf("Host of %d bytes: longer than any name and port", len(authority))
+	}
 	h, err := httpguts.PunycodeHostPort(authority)
 	if err != nil {
 		return "", fmt.Errorf("Host %q: %w", authority, err)
@@ -57,12 +63,49 @@ func canonicalHost(authority string) (string, error) {
 	if sniff.EmptyLabel(host) {
 		return "", fmt.Errorf("Host %q: empty label in the name", authority)
 	}
+	if err := nameLength(host); err != nil {
+		return "", fmt.Errorf("Host of %d bytes: %w", len(authority), err)
+	}
 	if a, err := netip.ParseAddr(host); err != nil && !nameChars(host) {
 		return "", fmt.Errorf("Host %q: a character no host name has", authority)
 	} else if err == nil && a.Zone() != "" {
 		return "", errZone(authority)
 	}
 	return h, nil
+}
+
+// The longest DNS name, without the root's trailing dot, and label (RFC
+// 1035 §2.3.4), as the SNI is held to them (sniff's validHostName) and the
+// bump's leaf minter takes them. A longer Host is refused as the SNI is:
+// it names nothing, an origin may read it otherwise than rules do, and
+// policy matching would pay for every byte of it (a 64 KiB head holds a
+// Host of 30,000 one-letter labels).
+const (
+	maxNameLen  = 253
+	maxLabelLen = 63
+	// maxAuthorityLen bounds an authority before IDNA turns it into the
+	// name sent: 4 bytes of UTF-8 per character of a name of maxNameLen
+	// at most, and a port. (Characters IDNA maps to nothing could make a
+	// longer one; no client sends a Host of them.)
+	maxAuthorityLen = 4*maxNameLen + len("[]:65535")
+)
+
+// nameLength reports a host longer than maxNameLen bytes (without one
+// trailing dot) or with a label longer than maxLabelLen. Its error does
+// not quote the host: the record holds it, and it may be 60 KB.
+func nameLength(host string) error {
+	if n := len(strings.TrimSuffix(host, ".")); n > maxNameLen {
+		return fmt.Errorf("a name of %d bytes, over %d", n, maxNameLen)
+	}
+	label := 0
+	for i := 0; i < len(host); i++ {
+		if label++; host[i] == '.' {
+			label = 0
+		} else if label > maxLabelLen {
+			return fmt.Errorf("a label of over %d bytes", maxLabelLen)
+		}
+	}
+	return nil
 }
 
 // errZone refuses an IPv6 literal with a zone ("[::ffff:192.0.2.1%25x.allowed.example]"):
