@@ -54,9 +54,9 @@ type idleRead struct {
 	kicked bool          // the sweep set a deadline to end the wait
 	swept  bool          // in the sweep's set
 
-	parked atomic.Bool // ParkRead's; whoever clears it calls wake
-	wake   func()      // set once, before the first park
-	token  uint64      // the epoll registration's, once armed; 0: never
+	parked atomic.Bool   // ParkRead's; whoever clears it calls wake
+	wake   func()        // set once, before the first park
+	token  atomic.Uint64 // the epoll registration's, once armed; 0: never
 }
 
 // pastDeadline is the deadline that ends a wait at once.
@@ -126,11 +126,10 @@ func (c *Conn) ParkRead(wake func()) bool {
 // descriptor takes it out of the epoll set without an event.
 func (c *Conn) unpark() {
 	c.gone.Store(true)
-	if w := theWatchIfAny(); w != nil {
+	if tok := c.idle.token.Load(); tok != 0 { // once parked: most conns never are
+		w := watches.made.Load()
 		w.mu.Lock()
-		if c.idle.token != 0 {
-			delete(w.conns, c.idle.token)
-		}
+		delete(w.conns, tok)
 		w.mu.Unlock()
 	}
 	if c.idle.parked.CompareAndSwap(true, false) {
@@ -148,49 +147,65 @@ type watch struct {
 	running bool
 }
 
-var (
-	watchOnce sync.Once
-	theWatch  *watch
-	watchErr  error
-	watchMade atomic.Bool // theWatch is set
-)
+// watches makes the process's watch at its first park. A failure (no
+// descriptor or memory free) is tried again at a park a second later, not
+// kept: parking off for good would cost every quiet flow its goroutine.
+var watches = watchMaker{create: unix.EpollCreate1, retry: time.Second}
 
-// theWatchIfAny returns the watch if a park has made it.
-func theWatchIfAny() *watch {
-	if !watchMade.Load() {
-		return nil
+// watchMaker makes a watch once, trying again after a failure.
+type watchMaker struct {
+	made atomic.Pointer[watch]
+
+	mu       sync.Mutex
+	create   func(flags int) (int, error)
+	retry    time.Duration
+	failedAt time.Time
+	err      error
+}
+
+// get returns the watch, made now if need be.
+func (m *watchMaker) get() (*watch, error) {
+	if w := m.made.Load(); w != nil {
+		return w, nil
 	}
-	return theWatch
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if w := m.made.Load(); w != nil {
+		return w, nil
+	}
+	if m.err != nil && time.Since(m.failedAt) < m.retry {
+		return nil, m.err
+	}
+	fd, err := m.create(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		m.failedAt, m.err = time.Now(), os.NewSyscallError("epoll_create1", err)
+		return nil, m.err
+	}
+	w := &watch{epfd: fd, conns: make(map[uint64]*Conn)}
+	m.made.Store(w)
+	return w, nil
 }
 
-func parkWatch() (*watch, error) {
-	watchOnce.Do(func() {
-		fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-		if err != nil {
-			watchErr = os.NewSyscallError("epoll_create1", err)
-			return
-		}
-		theWatch = &watch{epfd: fd, conns: make(map[uint64]*Conn)}
-		watchMade.Store(true)
-	})
-	return theWatch, watchErr
-}
+func parkWatch() (*watch, error) { return watches.get() }
 
 // arm adds fd to the epoll set for one event, level-triggered: bytes that
 // came before it count.
 func (w *watch) arm(c *Conn, fd int) error {
 	w.mu.Lock()
-	if c.gone.Load() {
-		// Closed, its descriptor not yet (a Dialer's closes in batches):
-		// unpark has forgotten it, or is about to.
-		w.mu.Unlock()
-		return net.ErrClosed
-	}
-	first := c.idle.token == 0
+	tok := c.idle.token.Load()
+	first := tok == 0
 	if first {
 		w.next++
-		c.idle.token = w.next
-		w.conns[c.idle.token] = c
+		tok = w.next
+		c.idle.token.Store(tok)
+		w.conns[tok] = c
+	}
+	// Looked at after the token is out: unpark either sees the token and
+	// forgets it, or is seen here (a Dialer's descriptor outlives Close).
+	if c.gone.Load() {
+		delete(w.conns, tok)
+		w.mu.Unlock()
+		return net.ErrClosed
 	}
 	if !w.running {
 		w.running = true
@@ -198,12 +213,18 @@ func (w *watch) arm(c *Conn, fd int) error {
 	}
 	w.mu.Unlock()
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT}
-	ev.Fd, ev.Pad = int32(uint32(c.idle.token)), int32(uint32(c.idle.token>>32))
+	ev.Fd, ev.Pad = int32(uint32(tok)), int32(uint32(tok>>32))
 	op := unix.EPOLL_CTL_MOD
 	if first {
 		op = unix.EPOLL_CTL_ADD
 	}
 	if err := unix.EpollCtl(w.epfd, op, fd, &ev); err != nil {
+		if first { // not in the set: the next park adds it again
+			w.mu.Lock()
+			delete(w.conns, tok)
+			c.idle.token.Store(0)
+			w.mu.Unlock()
+		}
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil

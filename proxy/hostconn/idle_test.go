@@ -3,11 +3,16 @@ package hostconn
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net"
+	"net/netip"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // shortIdle makes WaitRead give up after d for the test.
@@ -228,4 +233,144 @@ func TestIdleKicksRaceTheBytes(t *testing.T) {
 	if n, err := c.Read(b); n != 1 || b[0] != 0xff {
 		t.Errorf("a Read after the parks: %d, %v, want the last byte", n, err)
 	}
+}
+
+// A watch that could not be made (no descriptor free at the first park) is
+// tried again later, not given up for the process's life: parking off for
+// good would cost every quiet flow its goroutine and a kick every 2 s.
+func TestWatchMadeAgainAfterAFailure(t *testing.T) {
+	calls := 0
+	m := &watchMaker{retry: 50 * time.Millisecond, create: func(flags int) (int, error) {
+		calls++
+		if calls == 1 {
+			return -1, syscall.EMFILE
+		}
+		return unix.EpollCreate1(flags)
+	}}
+	if _, err := m.get(); !errors.Is(err, syscall.EMFILE) {
+		t.Fatalf("first get: %v, want EMFILE", err)
+	}
+	if _, err := m.get(); err == nil || calls != 1 {
+		t.Fatalf("a get right after the failure: %v after %d tries, want the failure kept for the retry's wait", err, calls)
+	}
+	time.Sleep(60 * time.Millisecond)
+	w, err := m.get()
+	if err != nil || w == nil {
+		t.Fatalf("a get after the retry's wait: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(w.epfd) })
+	if again, _ := m.get(); again != w || calls != 2 {
+		t.Errorf("the watch was made again (%d tries)", calls)
+	}
+}
+
+// Many connections park and wake over and over, bytes racing the sweep's
+// kicks, then end by Close, Abort, the peer's reset or its FIN: every
+// reader gets its bytes in order and ends, and the watch and the sweep
+// forget every connection (their maps only shrink when a Conn is gone).
+func TestParkChurnLeavesNothing(t *testing.T) {
+	t.Cleanup(SetIdleAfter(1 * time.Millisecond))
+	ln := loopback(t)
+	d := &Dialer{}
+	defer d.Close()
+	const N = 60
+	var wg sync.WaitGroup
+	errs := make(chan error, N)
+	for i := range N {
+		ap := netip.MustParseAddrPort(ln.Addr().String())
+		cc, err := d.DialContext(context.Background(), ap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := cc.(*Conn)
+		peer, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			woken := make(chan struct{}, 4)
+			buf := make([]byte, 64)
+			var n int
+			fn := func(fd uintptr) bool {
+				m, e := ReadFD(fd, buf)
+				if e == syscall.EAGAIN {
+					return false
+				}
+				n = m
+				if e != 0 {
+					n = -1
+				}
+				return true
+			}
+			go func() {
+				for j := range 50 {
+					peer.Write([]byte{byte(j)})
+					time.Sleep(time.Duration(rand.IntN(2500)) * time.Microsecond)
+				}
+				switch i % 4 {
+				case 0:
+					c.Close()
+				case 1:
+					c.Abort()
+				case 2:
+					peer.(*net.TCPConn).SetLinger(0)
+					peer.Close()
+				case 3:
+					peer.Close()
+				}
+			}()
+			want := 0
+			for {
+				err := c.WaitRead(fn)
+				if errors.Is(err, ErrIdle) {
+					if c.ParkRead(func() { woken <- struct{}{} }) {
+						select {
+						case <-woken:
+						case <-time.After(5 * time.Second):
+							errs <- errors.New("not woken")
+							return
+						}
+					}
+					continue
+				}
+				if err != nil || n <= 0 {
+					break
+				}
+				for _, b := range buf[:n] {
+					if int(b) != want {
+						errs <- errors.New("out of order")
+						return
+					}
+					want++
+				}
+			}
+			if want != 50 && i%4 == 3 {
+				errs <- errors.New("lost bytes")
+			}
+			c.Close()
+			peer.Close()
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if w := watches.made.Load(); w != nil {
+		w.mu.Lock()
+		t.Logf("watch conns %d running %v", len(w.conns), w.running)
+		if len(w.conns) != 0 {
+			t.Errorf("watch.conns leaked %d", len(w.conns))
+		}
+		w.mu.Unlock()
+	}
+	sweep.mu.Lock()
+	t.Logf("sweep conns %d running %v", len(sweep.conns), sweep.running)
+	if len(sweep.conns) != 0 {
+		t.Errorf("sweep.conns leaked %d", len(sweep.conns))
+	}
+	sweep.mu.Unlock()
 }
