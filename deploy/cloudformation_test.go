@@ -124,7 +124,7 @@ func TestTemplate(t *testing.T) {
 	for _, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			res := rt.resolve(t, sc.overrides)
-			c := &templateCheck{res: res, vals: res.vals}
+			c := &templateCheck{res: res, vals: res.vals, minDrainTimeout: int(rt.params["DrainTimeout"]["MinValue"].(float64))}
 			c.network(t)
 			c.gwlb(t)
 			c.securityGroup(t)
@@ -146,6 +146,8 @@ type templateCheck struct {
 	args        []string
 	stopTimeout time.Duration
 	targetGroup *elasticloadbalancingv2.TargetGroup
+	// minDrainTimeout is the DrainTimeout parameter's MinValue, seconds.
+	minDrainTimeout int
 }
 
 func (c *templateCheck) seconds(t *testing.T, param string) int {
@@ -553,6 +555,19 @@ func (c *templateCheck) userData(t *testing.T) {
 	drain := time.Duration(c.seconds(t, "DrainTimeout")) * time.Second
 	if d, err := time.ParseDuration(flag("drain-timeout")); err != nil || d != drain {
 		t.Errorf("--drain-timeout %q, want the deregistration delay %v", flag("drain-timeout"), drain)
+	}
+	// The drain's minimum outlasts the GWLB's count of failed health
+	// checks (and an interval more, for the checks in flight and the
+	// change to spread): until then new flows keep coming, and a stopping
+	// appliance must serve them. The appliance refuses a minimum above
+	// --drain-timeout, so every DrainTimeout the parameter allows must
+	// cover it (the flag check above does not get as far as the values).
+	drainMin, err := time.ParseDuration(flag("drain-min"))
+	if hold := time.Duration(derefInt(c.targetGroup.UnhealthyThresholdCount)+1) * time.Duration(derefInt(c.targetGroup.HealthCheckIntervalSeconds)) * time.Second; err != nil || drainMin < hold {
+		t.Errorf("--drain-min %q: want at least the health check's unhealthy threshold times its interval, and an interval more (%v)", flag("drain-min"), hold)
+	}
+	if drainMin > drain || drainMin > time.Duration(c.minDrainTimeout)*time.Second {
+		t.Errorf("--drain-min %v: above --drain-timeout %v or DrainTimeout's MinValue %d s: the appliance would refuse to start", drainMin, drain, c.minDrainTimeout)
 	}
 	// The appliance exits within --drain-timeout plus a second; leave
 	// systemd a margin beyond that.

@@ -203,6 +203,15 @@ func TestUnit(t *testing.T) {
 	if stop := systemdSpan(t, u.one(t, "Service", "TimeoutStopSec")); stop < drain+10*time.Second {
 		t.Errorf("TimeoutStopSec %v: want at least --drain-timeout %v plus 10 s", stop, drain)
 	}
+	// The packaged flags hold the drain until a GWLB health check of the
+	// template's settings (2 failures 10 s apart) has seen the 503, with
+	// a margin: until then new flows keep coming. The appliance refuses a
+	// minimum above --drain-timeout (the flag check above does not get as
+	// far as the values).
+	v, _ := flagValue(args, "drain-min")
+	if drainMin, err := time.ParseDuration(v); err != nil || drainMin < 30*time.Second || drainMin > drain {
+		t.Errorf("--drain-min %q in etc/flags: want 30s (2 x 10 s and a margin) to --drain-timeout %v", v, drain)
+	}
 }
 
 // TestSysctl: the drop-in opens unprivileged ICMP sockets to every group

@@ -180,6 +180,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.StringVar(&o.AdminAddr, "admin-addr", o.AdminAddr, "TCP address of the admin listener: health check (/), /stats, /metrics")
 	fs.StringVar(&o.AccessLog, "access-log", o.AccessLog, `file access records are appended to as JSON lines ("-": stdout, "": none)`)
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long until exit: existing flows are served, then the last records shipped in the last fifth (1s to 10s) of it (SIGINT: at most 5s)")
+	fs.DurationVar(&o.DrainMin, "drain-min", o.DrainMin, "on SIGTERM, how long the drain lasts at least, flows open or not: new flows are still served while the health check's 503 reaches the GWLB; set it above the target group's unhealthy threshold times its interval (0 to --drain-timeout)")
 	fs.DurationVar(&o.TCPIdleTimeout, "tcp-idle-timeout", o.TCPIdleTimeout, "TCP flow idle timeout; match the GWLB's (60s-6000s)")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "idle timeout of UDP and ICMP flows")
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST")

@@ -364,6 +364,8 @@ func TestBadFlagValues(t *testing.T) {
 		{"trust-host", "-x.example"},
 		{"gwlb-cidrs", "10.0.0.1/8"},
 		{"idle-timeout", "1ns"},
+		{"drain-min", "-1s"},
+		{"drain-min", "301s"}, // above the default --drain-timeout, 300s
 	} {
 		t.Run(tc.flag+"="+tc.value, func(t *testing.T) {
 			// A value accepted starts the appliance: the context stops it.
@@ -392,8 +394,9 @@ func TestBadFlagValues(t *testing.T) {
 	// The values at the floors, and 0 where it means the default, pass.
 	o, err := parseFlags([]string{"--readers", "0", "--memory-limit", "64MiB", "--trust-host", "ca.corp-1.example",
 		"--idle-timeout", "1s", "--dial-timeout", "1ms", "--pcap-rotate-bytes", "65536", "--pcap-max-bytes", "65536",
-		"--pcap-rotate-age", "1s", "--cloudwatch-buffer", "4194304", "--gwlb-cidrs", "10.0.0.0/8"}, &bytes.Buffer{})
-	if err != nil || o.Readers != 0 || o.TrustHost != "ca.corp-1.example" {
+		"--pcap-rotate-age", "1s", "--cloudwatch-buffer", "4194304", "--gwlb-cidrs", "10.0.0.0/8",
+		"--drain-timeout", "40s", "--drain-min", "40s"}, &bytes.Buffer{})
+	if err != nil || o.Readers != 0 || o.TrustHost != "ca.corp-1.example" || o.DrainMin != 40*time.Second {
 		t.Fatalf("values at the floors: %v", err)
 	}
 }

@@ -37,6 +37,7 @@ type Options struct {
 	AdminAddr         string
 	AccessLog         string
 	DrainTimeout      time.Duration
+	DrainMin          time.Duration // --drain-min: a drain serves at least this long, new flows too, while the GWLB counts the 503s (drainFlows)
 	TCPIdleTimeout    time.Duration
 	IdleTimeout       time.Duration
 	DialTimeout       time.Duration
@@ -175,6 +176,9 @@ func (o *Options) Validate() error {
 	}
 	if o.DrainTimeout < 0 {
 		return fmt.Errorf("--drain-timeout %s: must not be negative", o.DrainTimeout)
+	}
+	if o.DrainMin < 0 || o.DrainMin > o.DrainTimeout {
+		return fmt.Errorf("--drain-min %s: must be between 0 and --drain-timeout (%s)", o.DrainMin, o.DrainTimeout)
 	}
 	if o.WriteStallTimeout <= 0 {
 		return fmt.Errorf("--write-stall-timeout %s: must be positive", o.WriteStallTimeout)
@@ -462,25 +466,10 @@ func (a *Appliance) Close() {
 	}
 }
 
-// The drain's time budget. A drain of D seconds serves flows for D less
-// the flush reserve, then closes what is left and ships the last records
-// within the reserve: the process exits within D plus a moment, so that a
-// systemd TimeoutStopSec (or the GWLB's deregistration delay) set to D plus
-// a margin never has to kill it with records unshipped.
-const (
-	minFlushReserve = time.Second
-	maxFlushReserve = 10 * time.Second
-)
-
-// flushReserve is the part of a drain of d kept for the last records: a
-// fifth, at least a second and at most ten, and never more than half.
-func flushReserve(d time.Duration) time.Duration {
-	return min(max(d/5, minFlushReserve), maxFlushReserve, d/2)
-}
-
 // Run serves until ctx is cancelled, then drains: health turns 503 at once,
-// flows keep being served until none remain or the drain's flow time passes,
-// and the records are written and shipped within the rest of the drain.
+// flows keep being served (new ones too) for at least DrainMin, then until
+// none remain or the drain's flow time passes, and the records are written
+// and shipped within the rest of the drain.
 func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	wctx, stopWatch := context.WithCancel(context.Background())
 	defer stopWatch()
@@ -506,8 +495,8 @@ func (a *Appliance) Run(ctx context.Context, drain func() time.Duration) error {
 	timeout := drain()
 	end := time.Now().Add(timeout)
 	reserve := flushReserve(timeout)
-	slog.Info("draining", "active_flows", a.proxy.Active(), "timeout", timeout, "flush_reserve", reserve)
-	end, reserve = a.drainFlows(end, reserve)
+	slog.Info("draining", "active_flows", a.proxy.Active(), "timeout", timeout, "flush_reserve", reserve, "min", a.opts.DrainMin)
+	end, reserve = a.drainFlows(time.Now().Add(a.opts.DrainMin), end, reserve)
 	a.proxy.StacksClosing() // the flows closing the stacks ends are recorded as the shutdown's
 	a.netstack.Close()
 	a.destCheck.Close()

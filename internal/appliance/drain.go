@@ -7,6 +7,22 @@ import (
 	"time"
 )
 
+// The drain's time budget. A drain of D seconds serves flows for D less
+// the flush reserve, then closes what is left and ships the last records
+// within the reserve: the process exits within D plus a moment, so that a
+// systemd TimeoutStopSec (or the GWLB's deregistration delay) set to D plus
+// a margin never has to kill it with records unshipped.
+const (
+	minFlushReserve = time.Second
+	maxFlushReserve = 10 * time.Second
+)
+
+// flushReserve is the part of a drain of d kept for the last records: a
+// fifth, at least a second and at most ten, and never more than half.
+func flushReserve(d time.Duration) time.Duration {
+	return min(max(d/5, minFlushReserve), maxFlushReserve, d/2)
+}
+
 // drainCut is a request to end a drain sooner (CutDrain). Its zero value
 // is ready to use.
 type drainCut struct {
@@ -55,10 +71,12 @@ func (c *drainCut) get() (time.Time, time.Duration) {
 // counts; one made before the drain begins applies once it does.
 func (a *Appliance) CutDrain(d time.Duration) { a.cut.cut(d) }
 
-// drainFlows serves the open flows until none is left or the drain's time
-// for flows (end less reserve) passes, and returns the drain's end and
-// reserve: earlier ones if CutDrain cut it meanwhile.
-func (a *Appliance) drainFlows(end time.Time, reserve time.Duration) (time.Time, time.Duration) {
+// drainFlows serves the flows, new ones too, until hold (the drain's
+// minimum, DrainMin from its start) whether any is open or not, then until
+// none is left; or until the drain's time for flows (end less reserve)
+// passes, if sooner. It returns the drain's end and reserve: earlier ones
+// if CutDrain cut it meanwhile, which bounds the minimum too.
+func (a *Appliance) drainFlows(hold, end time.Time, reserve time.Duration) (time.Time, time.Duration) {
 	cut := a.cut.done()
 	for {
 		ctx, cancel := context.WithDeadline(context.Background(), end.Add(-reserve))
@@ -69,7 +87,7 @@ func (a *Appliance) drainFlows(end time.Time, reserve time.Duration) (time.Time,
 			case <-ctx.Done():
 			}
 		}(cut)
-		err := a.proxy.Wait(ctx)
+		err := a.holdThenWait(ctx, hold)
 		cancel()
 		if err == nil {
 			return end, reserve
@@ -77,7 +95,9 @@ func (a *Appliance) drainFlows(end time.Time, reserve time.Duration) (time.Time,
 		select {
 		case <-cut:
 		default: // cut already applied (nil), or not cut: the time is up
-			slog.Warn("drain time for flows passed with flows still open", "active_flows", a.proxy.Active())
+			if n := a.proxy.Active(); n > 0 {
+				slog.Warn("drain time for flows passed with flows still open", "active_flows", n)
+			}
 			return end, reserve
 		}
 		cut = nil
@@ -86,6 +106,25 @@ func (a *Appliance) drainFlows(end time.Time, reserve time.Duration) (time.Time,
 			slog.Info("drain cut short", "within", within, "flush_reserve", reserve, "active_flows", a.proxy.Active())
 		}
 	}
+}
+
+// holdThenWait waits until hold, then until no flow is open, each only
+// while ctx lasts. The hold is what keeps a drain with no flow open from
+// ending at once: the GWLB goes on sending new flows here until its health
+// checks have seen the 503 (UnhealthyThresholdCount of them, an interval
+// apart), and a process gone by then leaves them to hang on a closed port.
+func (a *Appliance) holdThenWait(ctx context.Context, hold time.Time) error {
+	if d := time.Until(hold); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			slog.Info("drain minimum passed", "active_flows", a.proxy.Active())
+		}
+	}
+	return a.proxy.Wait(ctx)
 }
 
 // untilCut returns a context that ends at due or, once CutDrain has cut

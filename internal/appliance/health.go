@@ -10,8 +10,9 @@ import (
 )
 
 // serveHealth answers the GWLB target group's health check on "/": 200
-// while the appliance serves, 503 while it drains (so that the GWLB sends
-// new flows elsewhere while the open ones finish) or while it is broken.
+// while the appliance serves, 503 while it drains (so that the GWLB, once
+// enough checks have failed, sends new flows elsewhere while the open ones
+// finish: --drain-min covers the checks) or while it is broken.
 // The body says which, for a person reading it with curl.
 func (a *Appliance) serveHealth(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
