@@ -171,3 +171,33 @@ func TestQUICSecondConnectionBehindForeignPacket(t *testing.T) {
 		t.Errorf("record kind %s sni %s", r.Kind, r.SNI)
 	}
 }
+
+// TestQUICCoalescedInitialsDropped plays a client that, on a flow decided
+// for an allowed name, packs its own Initials, each of which belongs on its
+// own, many to a datagram. Every Initial is opened under each key of the
+// flow, inline on the reader that delivered the datagram, so such datagrams
+// stalled every client behind that reader. A client coalesces at most an
+// Initial, a 0-RTT and a Handshake packet, and a 1-RTT one after them: that
+// still passes, while more long-header packets are dropped and counted.
+func TestQUICCoalescedInitialsDropped(t *testing.T) {
+	p, _, _ := udpProxy(t, quicPolicy, nil)
+	dst := newUDPSink(t, false)
+	allowed := quicFirstFlight(t, "www.example.test")
+	c, _ := startFlow(p, quicClient, dst.addr(), allowed...)
+	waitReceived(t, dst, len(allowed))
+	dcid := allowed[0][6 : 6+int(allowed[0][5])]
+
+	flood := bytes.Join([][]byte{allowed[0], allowed[1], allowed[0], allowed[1]}, nil)
+	c.inject(flood)
+	legit := bytes.Join([][]byte{allowed[0], longJunk(0x10, dcid), longJunk(0x20, dcid), {0x40, 1, 2, 3}}, nil)
+	c.inject(legit)
+	waitReceived(t, dst, len(allowed)+1)
+	time.Sleep(100 * time.Millisecond)
+	got := dst.received()
+	if len(got) != len(allowed)+1 || !bytes.Equal(got[len(allowed)], legit) {
+		t.Errorf("the destination received %d datagrams, want the %d of the allowed connection and its coalesced Initial, 0-RTT, Handshake and 1-RTT one", len(got), len(allowed))
+	}
+	if n := p.Stats().QUICSmuggled; n != 1 {
+		t.Errorf("smuggled datagrams counted: %d, want the one of 4 coalesced Initials", n)
+	}
+}

@@ -32,6 +32,15 @@ const (
 	// two (its first DCID, and a Retry's); an Initial under the keys of one
 	// more is refused.
 	maxRememberedDCIDs = 4
+	// maxCoalesced bounds the long-header packets of one datagram. A
+	// client coalesces at most one packet of each long-header type it
+	// sends, Initial, 0-RTT and Handshake (RFC 9000 §12.2 orders them by
+	// encryption level), so no client sends a datagram of more. It
+	// bounds the work one datagram costs: each Initial is opened under
+	// several keys (see readInitial), and a datagram of many small ones,
+	// each opened again and again, cost over 200 µs in Belongs, on the
+	// packet path.
+	maxCoalesced = 3
 )
 
 // TLS record framing used to hand the reassembled handshake message to
@@ -70,14 +79,20 @@ type Assembler struct {
 	// raised.
 	known  [maxRememberedDCIDs]knownCID
 	nknown int
+	// retried is set once a connection ID was admitted after the
+	// decision: a Retry's (see readInitial). A server sends at most one
+	// Retry (a client accepts at most one, RFC 9000 §17.2.5.2).
+	retried bool
 
 	// Per-call scratch space, kept to spare allocations: a private copy of
 	// the datagram for in-place decryption, the CRYPTO frames found, the
-	// stream state to roll back to, and the synthetic TLS records.
+	// stream state to roll back to, the synthetic TLS records, and
+	// openPacket's working space.
 	buf    []byte
 	frames []cryptoFrame
 	saved  []chunk
 	rec    []byte
+	open   openScratch
 }
 
 // Add feeds one client-to-server UDP datagram. It returns done == true with
@@ -87,8 +102,9 @@ type Assembler struct {
 //
 // Errors wrap ErrNotQUIC when the datagram does not start with a QUIC v1/v2
 // client packet, ErrTooLarge past the bounds (MaxDatagrams, MaxCryptoLen),
-// and ErrMalformed otherwise; an unreadable ClientHello also wraps the sniff
-// package's error. A datagram of only 0-RTT or Handshake packets of a
+// and ErrMalformed otherwise (a datagram of more than three coalesced
+// long-header packets included); an unreadable ClientHello also wraps the
+// sniff package's error. A datagram of only 0-RTT or Handshake packets of a
 // supported version carries nothing to read and is not an error.
 //
 // hello comes from sniff.ParseClientHello applied to the handshake message
@@ -110,7 +126,10 @@ func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, er
 	a.saved = append(a.saved[:0], a.stream.chunks...)
 	known, nknown := a.known, a.nknown
 
-	err = a.read(datagram)
+	at, typ, err := a.read(datagram)
+	if err != nil && at >= 0 {
+		err = packetError(at, typ, err)
+	}
 	if err == nil {
 		hello, done, err = a.tryParse()
 	}
@@ -126,11 +145,13 @@ func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, er
 }
 
 // read decrypts the Initial packets of datagram and adds their CRYPTO data
-// to the stream.
-func (a *Assembler) read(datagram []byte) error {
+// to the stream. When a packet fails, at and typ say where it sits and what
+// it is (Add reports them; Belongs, on the packet path, spares building the
+// message); at is -1 when the datagram as a whole fails.
+func (a *Assembler) read(datagram []byte) (at int, typ packetType, err error) {
 	first, err := parseLongHeader(datagram)
 	if err != nil {
-		return err
+		return -1, 0, err
 	}
 
 	// Walk the coalesced packets (RFC 9000 §12.2) for as long as their
@@ -147,21 +168,29 @@ func (a *Assembler) read(datagram []byte) error {
 	// server that does not ignore it would start a connection nobody
 	// decided on, and refusing it while the ClientHello is read as well as
 	// after keeps it out of the datagrams held for the decision.
+	//
+	// Every long header that parses counts towards maxCoalesced, those
+	// skipped included, and a datagram past it is refused before any of
+	// its packets is decrypted.
+	var (
+		pkts [maxCoalesced]longHeader
+		offs [maxCoalesced]int
+		n    int
+	)
 	h := first
 	for off := 0; ; {
+		if n == maxCoalesced {
+			return off, h.typ, errCoalesced
+		}
+		pkts[n], offs[n] = h, off
+		n++
 		own := h.version == first.version && bytes.Equal(h.dcid, first.dcid)
 		if h.typ == typeInitial {
 			if !own {
-				return packetError(off, h.typ, malformedf("coalesced Initial packet of another connection"))
+				return off, h.typ, errOtherConn
 			}
 			if len(datagram) < MinInitialDatagram {
-				return packetError(off, h.typ, malformedf("datagram of %d bytes is below the %d required for Initial packets", len(datagram), MinInitialDatagram))
-			}
-			if cap(a.buf) < 2*h.end {
-				a.buf = make([]byte, 2*h.end)
-			}
-			if err := a.readInitial(datagram[off:off+h.end], a.buf[:h.end], a.buf[h.end:2*h.end], h); err != nil {
-				return packetError(off, h.typ, err)
+				return off, h.typ, errShortDatagram
 			}
 		}
 		off += h.end
@@ -173,7 +202,19 @@ func (a *Assembler) read(datagram []byte) error {
 			break
 		}
 	}
-	return nil
+	for i, h := range pkts[:n] {
+		if h.typ != typeInitial {
+			continue
+		}
+		if cap(a.buf) < 2*h.end {
+			a.buf = make([]byte, 2*h.end)
+		}
+		off := offs[i]
+		if err := a.readInitial(datagram[off:off+h.end], a.buf[:h.end], a.buf[h.end:2*h.end], h); err != nil {
+			return off, h.typ, err
+		}
+	}
+	return -1, 0, nil
 }
 
 // knownCID is a Destination Connection ID whose keys opened a packet of the
@@ -224,29 +265,46 @@ func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader) error {
 			return malformedf("deriving Initial keys: %v", err)
 		}
 		copy(buf, pkt) // a failed attempt leaves buf scrambled
-		p, n, err := openPacket(buf, h.pnOffset, k, largest)
+		p, n, err := openPacket(buf, h.pnOffset, k, largest, &a.open)
 		if err != nil {
 			openErr = err
 			continue
 		}
 		if opened != -2 {
-			return malformedf("Initial packet opens both as packet %d under the keys of one connection ID and as packet %d under another's", pn, n)
+			return errOpensTwice
 		}
 		opened, payload, pn, pnBits = i, p, n, 8*(int(buf[0]&pnLenBits)+1)
 		buf, spare = spare, buf // keep payload; go on in the other area
 	}
 	if opened == -2 {
-		if openErr == nil {
-			openErr = malformedf("no Initial keys of this connection open the packet")
-		}
-		return openErr
+		return openErr // the last trial's: every one failed
 	}
 	if opened == -1 {
 		opened = own
 	}
+	var err error
+	a.frames, err = parseFrames(payload, a.frames[:0])
+	if err != nil {
+		return fmt.Errorf("packet number %d: %w", pn, err)
+	}
 	if opened < 0 {
+		// Keys of a connection ID not seen before. While the
+		// ClientHello is read, that is the client's first DCID. After
+		// the decision, the only new one a client protects its Initials
+		// with is a Retry's (RFC 9001 §5.2): once, and in an Initial
+		// that carries the Retry's token and its ClientHello again (the
+		// Retry was not acknowledged, so there is nothing else to send;
+		// the CRYPTO data is checked against the ClientHello below).
+		// Anything else is a new connection, and each connection ID
+		// kept adds a trial open to every Initial of the flow.
+		if a.done {
+			if a.retried || len(h.token) == 0 || len(a.frames) == 0 {
+				return errNewCID
+			}
+			a.retried = true
+		}
 		if a.nknown == len(a.known) {
-			return malformedf("Initial packet %d under the keys of a connection ID past the %d allowed", pn, len(a.known))
+			return errTooManyCIDs
 		}
 		a.known[a.nknown] = knownCID{dcid: bytes.Clone(h.dcid), largest: -1}
 		opened = a.nknown
@@ -254,11 +312,6 @@ func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader) error {
 	}
 	a.known[opened].largest = max(a.known[opened].largest, int64(pn))
 
-	var err error
-	a.frames, err = parseFrames(payload, a.frames[:0])
-	if err != nil {
-		return fmt.Errorf("packet number %d: %w", pn, err)
-	}
 	for _, f := range a.frames {
 		if err := a.stream.insert(f.offset, f.data); err != nil {
 			return fmt.Errorf("packet number %d: %w", pn, err)
@@ -335,11 +388,20 @@ func (a *Assembler) finish(hello sniff.ClientHello) {
 // read as a new connection's server would, or under those of a DCID seen
 // before, its packet number decoded as that connection's server would; see
 // readInitial) and any CRYPTO data in them repeats bytes of the ClientHello
-// read: a retransmission, an ACK, or the same ClientHello again under new
-// keys after a Retry, which would be decided the same way. A different
-// ClientHello (under any keys, or coalesced behind another connection's
-// packet), CRYPTO data past the one read, and a long header that does not
-// parse or is of a version not read here, do not belong. False before the ClientHello is complete.
+// read: a retransmission, an ACK, or the same ClientHello again after a
+// Retry, under the keys of the Retry's connection ID, which would be decided
+// the same way. A different ClientHello (under any keys, or coalesced behind
+// another connection's packet), CRYPTO data past the one read, an Initial
+// under the keys of a new connection ID other than a Retry's (an Initial
+// with a token and CRYPTO data, once), a datagram of more than three
+// coalesced long-header packets, and a long header that does not parse or is
+// of a version not read here, do not belong. False before the ClientHello is
+// complete.
+//
+// Belongs runs on the packet path: the trial opens that fail by design (see
+// readInitial) build no error, and a datagram's cost is bounded by its size
+// times the connection IDs kept, plus the derivation of one connection ID's
+// keys when its Initials are under one not seen before.
 func (a *Assembler) Belongs(datagram []byte) bool {
 	if !a.done {
 		return false
@@ -349,8 +411,8 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 	}
 	a.saved = append(a.saved[:0], a.stream.chunks...)
 	held := a.stream.size()
-	known, nknown := a.known, a.nknown
-	err := a.read(datagram)
+	known, nknown, retried := a.known, a.nknown, a.retried
+	_, _, err := a.read(datagram)
 	if cap(a.buf) > maxKeptScratch {
 		a.buf = nil
 	}
@@ -364,6 +426,6 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 		return true
 	}
 	a.stream.chunks = append(a.stream.chunks[:0], a.saved...)
-	a.known, a.nknown = known, nknown
+	a.known, a.nknown, a.retried = known, nknown, retried
 	return false
 }

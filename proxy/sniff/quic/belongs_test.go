@@ -2,6 +2,7 @@ package quic
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 )
 
@@ -110,5 +111,125 @@ func TestBelongsAfterRetry(t *testing.T) {
 	other := bigClientHello(t, 1600)
 	if a.Belongs(packet{dcid: serverCID, keyDCID: retryCID, pn: 3, payload: cryptoFrameBytes(0, other[:1000]), padTo: 1200}.seal(t)) {
 		t.Error("another ClientHello under the Retry's keys belongs")
+	}
+}
+
+// decidedWithRetry returns an Assembler that has read the RFC ClientHello
+// under testDCID and then, after a Retry to retryCID, the same ClientHello
+// again: the two connection IDs of a real client's flow, each a trial open
+// for every Initial that follows.
+func decidedWithRetry(t *testing.T, retryCID []byte) *Assembler {
+	t.Helper()
+	ch := rfcClientHello(t)
+	a := new(Assembler)
+	if _, done, err := a.Add(initialDatagram(t, 0, cryptoFrameBytes(0, ch))); !done || err != nil {
+		t.Fatal(done, err)
+	}
+	if !a.Belongs(packet{dcid: retryCID, token: []byte("token"), pn: 0, payload: cryptoFrameBytes(0, ch), padTo: 1200}.seal(t)) {
+		t.Fatal("the ClientHello again under the Retry's keys does not belong")
+	}
+	return a
+}
+
+// TestBelongsCoalescedBound: a client coalesces at most one Initial, one
+// 0-RTT and one Handshake packet, and a 1-RTT one after them (RFC 9000
+// §12.2). A datagram of many small Initials of the flow, each of which
+// belongs on its own, made Belongs open each under every key of the flow,
+// over 200 µs per 1,344-byte datagram on the packet path: more than three
+// long-header packets are refused before any is decrypted.
+func TestBelongsCoalescedBound(t *testing.T) {
+	serverCID := []byte{0x55, 0x66, 0x77, 0x88}
+	a := decidedWithRetry(t, []byte{0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4})
+	ack := func(pn uint64) []byte {
+		return packet{dcid: testDCID, pn: pn, payload: ackFrame(0, 0, 0, false)}.seal(t)
+	}
+	var flood []byte
+	for pn := uint64(10); len(flood) < 1344; pn++ {
+		flood = append(flood, packet{dcid: testDCID, pn: pn, payload: pingFrame()}.seal(t)...)
+	}
+	junk := bytes.Repeat([]byte{0xee}, 64)
+	short := append([]byte{0x40}, serverCID...)
+	tests := []struct {
+		name string
+		d    []byte
+		want bool
+	}{
+		{"Initial, Handshake and 1-RTT", concat(ack(20), rawLong(t, Version1, typeHandshake, serverCID, junk), short, bytes.Repeat([]byte{0}, 1100)), true},
+		{"Initial, 0-RTT and Handshake", concat(ack(21), rawLong(t, Version1, typeZeroRTT, testDCID, junk), rawLong(t, Version1, typeHandshake, serverCID, bytes.Repeat([]byte{0xee}, 1100))), true},
+		{"many coalesced PING Initials", flood, false},
+		{"two Initials, 0-RTT and Handshake", concat(ack(22), ack(23), rawLong(t, Version1, typeZeroRTT, testDCID, junk), rawLong(t, Version1, typeHandshake, serverCID, bytes.Repeat([]byte{0xee}, 1100))), false},
+		{"Initial and four Handshake packets", concat(ack(24), bytes.Repeat(rawLong(t, Version1, typeHandshake, serverCID, bytes.Repeat([]byte{0xee}, 300)), 4)), false},
+	}
+	for _, tc := range tests {
+		if got := a.Belongs(tc.d); got != tc.want {
+			t.Errorf("%s (%d bytes): Belongs = %v, want %v", tc.name, len(tc.d), got, tc.want)
+		}
+	}
+	// The same bound while the ClientHello is read.
+	var b Assembler
+	d := concat(initialDatagram(t, 0, cryptoFrameBytes(0, rfcClientHello(t))), flood)
+	if err := wantErr(t, &b, d, ErrMalformed); !strings.Contains(err.Error(), "coalesced") {
+		t.Errorf("Add: %v", err)
+	}
+}
+
+// TestBelongsNoNewConnIDAfterDecision: once the flow is decided, every
+// connection ID kept is one more trial open for each of its Initials, and
+// a client adds one only after a Retry, in an Initial that carries the
+// Retry's token and its ClientHello again. A PING under a new connection ID
+// was kept before (up to four), which multiplied the cost of every datagram
+// after it.
+func TestBelongsNoNewConnIDAfterDecision(t *testing.T) {
+	ch := rfcClientHello(t)
+	var a Assembler
+	if _, done, err := a.Add(initialDatagram(t, 0, cryptoFrameBytes(0, ch))); !done || err != nil {
+		t.Fatal(done, err)
+	}
+	cid := func(i byte) []byte { return []byte{0xaa, 0xbb, 0xcc, 0xdd, 0, 0, 0, i} }
+	tests := []struct {
+		name string
+		d    []byte
+		want bool
+	}{
+		{"PING under a new connection ID", packet{dcid: cid(1), pn: 0, payload: pingFrame(), padTo: 1200}.seal(t), false},
+		{"PING with a token under a new connection ID", packet{dcid: cid(2), token: []byte("token"), pn: 0, payload: pingFrame(), padTo: 1200}.seal(t), false},
+		{"the ClientHello without a token under a new connection ID", packet{dcid: cid(3), pn: 0, payload: cryptoFrameBytes(0, ch), padTo: 1200}.seal(t), false},
+		{"after a Retry: the ClientHello with its token", packet{dcid: cid(4), token: []byte("token"), pn: 0, payload: cryptoFrameBytes(0, ch), padTo: 1200}.seal(t), true},
+		{"its ACK to the server's connection ID", packet{dcid: []byte{0x55, 0x66}, keyDCID: cid(4), token: []byte("token"), pn: 1, payload: ackFrame(0, 0, 0, false), padTo: 1200}.seal(t), true},
+		{"a second Retry's", packet{dcid: cid(5), token: []byte("token"), pn: 0, payload: cryptoFrameBytes(0, ch), padTo: 1200}.seal(t), false},
+		{"the first connection ID's keys still", packet{dcid: testDCID, pn: 1, payload: ackFrame(0, 0, 0, false), padTo: 1200}.seal(t), true},
+	}
+	for _, tc := range tests {
+		if got := a.Belongs(tc.d); got != tc.want {
+			t.Errorf("%s: Belongs = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if a.nknown != 2 {
+		t.Errorf("%d connection IDs kept, want the first and the Retry's", a.nknown)
+	}
+}
+
+// TestBelongsTrialOpensAllocateNothing: every Initial of a flow with two
+// connection IDs is opened under three readings, and at least two fail by
+// design. Each failure built an error with fmt, most of Belongs' cost on
+// the packet path; a datagram no key opens is refused without one either.
+func TestBelongsTrialOpensAllocateNothing(t *testing.T) {
+	retryCID := []byte{0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4}
+	a := decidedWithRetry(t, retryCID)
+	serverCID := []byte{0x55, 0x66, 0x77, 0x88}
+	opens := packet{dcid: serverCID, keyDCID: retryCID, token: []byte("token"), pn: 1, payload: ackFrame(0, 0, 0, false), padTo: 1200}.seal(t)
+	none := bytes.Clone(opens)
+	none[len(none)-1] ^= 1 // the tag: no key opens it
+	for _, tc := range []struct {
+		name string
+		d    []byte
+		want bool
+	}{{"opens under one key of three", opens, true}, {"opens under none", none, false}} {
+		if got := a.Belongs(tc.d); got != tc.want {
+			t.Fatalf("%s: Belongs = %v, want %v", tc.name, got, tc.want)
+		}
+		if n := testing.AllocsPerRun(100, func() { a.Belongs(tc.d) }); n != 0 {
+			t.Errorf("%s: %v allocations per Belongs", tc.name, n)
+		}
 	}
 }

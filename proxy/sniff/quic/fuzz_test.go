@@ -127,7 +127,7 @@ func plaintexts(tb testing.TB, dgrams [][]byte) [][]byte {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		payload, _, err := openPacket(bytes.Clone(d[:h.end]), h.pnOffset, k, -1)
+		payload, _, err := openPacket(bytes.Clone(d[:h.end]), h.pnOffset, k, -1, new(openScratch))
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -245,15 +245,15 @@ func FuzzAssembler(f *testing.F) {
 
 // checkBelongs runs a.Belongs(d) and checks it against what the datagram
 // holds, read independently of the Assembler's own walk: Belongs must
-// leave d and the stream as they were, roll back the packet numbers when
-// it refuses, and refuse whenever mustRefuse finds a reason to.
+// leave d and the stream as they were, roll back the packet numbers (and a
+// Retry) when it refuses, and refuse whenever mustRefuse finds a reason to.
 func checkBelongs(t *testing.T, a *Assembler, d []byte) {
 	t.Helper()
 	before := make([]chunk, len(a.stream.chunks))
 	for i, c := range a.stream.chunks {
 		before[i] = chunk{off: c.off, data: bytes.Clone(c.data)}
 	}
-	known, nknown := a.known, a.nknown
+	known, nknown, retried := a.known, a.nknown, a.retried
 	why := mustRefuse(t, a, d)
 	orig := bytes.Clone(d)
 	got := a.Belongs(d)
@@ -273,6 +273,9 @@ func checkBelongs(t *testing.T, a *Assembler, d []byte) {
 	}) {
 		t.Fatal("Belongs refused a datagram but kept its packet numbers")
 	}
+	if !got && a.retried != retried {
+		t.Fatal("Belongs refused a datagram but kept its Retry")
+	}
 	if got && why != "" {
 		t.Fatalf("Belongs = true for a datagram with %s", why)
 	}
@@ -283,9 +286,11 @@ func checkBelongs(t *testing.T, a *Assembler, d []byte) {
 // refuse it, or "" when nothing says so: an Initial of another connection
 // than the first packet's, an Initial in a short datagram or that no key
 // of the flow opens or that opens under two, an Initial under the keys of
-// one connection ID too many, or CRYPTO data other than the ClientHello's
-// bytes. Packet numbers are decoded per connection ID, and fresh for the
-// packet's own keys, as a server meeting its DCID for the first time would.
+// one connection ID too many, or of a new one other than a Retry's (once,
+// with a token and CRYPTO data), CRYPTO data other than the ClientHello's
+// bytes, or more than maxCoalesced long-header packets. Packet numbers are
+// decoded per connection ID, and fresh for the packet's own keys, as a
+// server meeting its DCID for the first time would.
 func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
 	var hdr [handshakeHeaderLen]byte
 	if a.stream.prefixLen() < handshakeHeaderLen {
@@ -294,11 +299,15 @@ func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
 	h4 := a.stream.appendRange(hdr[:0], 0, handshakeHeaderLen)
 	msgLen := handshakeHeaderLen + (int(h4[1])<<16 | int(h4[2])<<8 | int(h4[3]))
 	known := slices.Clone(a.known[:a.nknown])
+	retried := a.retried
 	var first longHeader
-	for off := 0; off < len(d); {
+	for off, pkts := 0, 1; off < len(d); pkts++ {
 		h, err := parseLongHeader(d[off:])
 		if err != nil {
 			return ""
+		}
+		if pkts > maxCoalesced {
+			return "more long-header packets than a client coalesces"
 		}
 		if off == 0 {
 			first = h
@@ -320,7 +329,7 @@ func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
 				if err != nil {
 					t.Fatal(err)
 				}
-				p, n, err := openPacket(bytes.Clone(d[off:off+h.end]), h.pnOffset, k, r.largest)
+				p, n, err := openPacket(bytes.Clone(d[off:off+h.end]), h.pnOffset, k, r.largest, new(openScratch))
 				if err != nil || (opened == 0 && i == own+1 && n == pn) {
 					continue
 				}
@@ -335,7 +344,15 @@ func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
 			if opened == 0 {
 				opened = own + 1
 			}
+			frames, err := parseFrames(payload, nil)
+			if err != nil {
+				return "an Initial with malformed frames"
+			}
 			if opened == 0 {
+				if retried || len(h.token) == 0 || len(frames) == 0 {
+					return "an Initial under the keys of a new connection ID, not a Retry's"
+				}
+				retried = true
 				if len(known) == maxRememberedDCIDs {
 					return "an Initial under the keys of a connection ID too many"
 				}
@@ -343,10 +360,6 @@ func mustRefuse(t *testing.T, a *Assembler, d []byte) string {
 				opened = len(known)
 			}
 			known[opened-1].largest = max(known[opened-1].largest, int64(pn))
-			frames, err := parseFrames(payload, nil)
-			if err != nil {
-				return "an Initial with malformed frames"
-			}
 			for _, f := range frames {
 				end := f.offset + uint64(len(f.data))
 				if end > uint64(msgLen) {

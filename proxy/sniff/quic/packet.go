@@ -15,17 +15,28 @@ const (
 	pnLenBits    = 0x03
 )
 
+// openScratch is openPacket's working space, kept by the caller: the mask
+// and the nonce go through interface calls (cipher.Block, cipher.AEAD), so
+// as locals they would escape to the heap, two allocations for every trial
+// open on the packet path.
+type openScratch struct {
+	mask  [sampleLen]byte
+	nonce [12]byte
+}
+
 // openPacket removes header and packet protection from pkt, a private copy
 // of one Initial packet (header included) that it modifies in place, with
-// pnOffset from its header. largest is the largest packet number decrypted
-// so far in the Initial space, or -1. It returns the plaintext payload,
-// which aliases pkt, and the full packet number.
-func openPacket(pkt []byte, pnOffset int, k *initialKeys, largest int64) ([]byte, uint64, error) {
+// pnOffset from its header, and s as working space. largest is the largest
+// packet number decrypted so far in the Initial space, or -1. It returns the
+// plaintext payload, which aliases pkt, and the full packet number. Its
+// errors are preallocated: a failed open is the usual outcome of a trial
+// under the wrong keys.
+func openPacket(pkt []byte, pnOffset int, k *initialKeys, largest int64, s *openScratch) ([]byte, uint64, error) {
 	sampleOff := pnOffset + maxPNLen
 	if sampleOff+sampleLen > len(pkt) {
-		return nil, 0, malformedf("packet of %d bytes too short for a header protection sample", len(pkt))
+		return nil, 0, errNoSample
 	}
-	var mask [16]byte
+	mask := &s.mask
 	k.hp.Encrypt(mask[:], pkt[sampleOff:sampleOff+sampleLen])
 
 	pkt[0] ^= mask[0] & longHPMask
@@ -39,7 +50,8 @@ func openPacket(pkt []byte, pnOffset int, k *initialKeys, largest int64) ([]byte
 
 	// The nonce is the IV with the packet number XORed into its low bytes
 	// (RFC 9001 §5.3).
-	nonce := k.iv
+	nonce := &s.nonce
+	*nonce = k.iv
 	var pnBytes [8]byte
 	binary.BigEndian.PutUint64(pnBytes[:], pn)
 	for i := range pnBytes {
@@ -50,15 +62,15 @@ func openPacket(pkt []byte, pnOffset int, k *initialKeys, largest int64) ([]byte
 	ct := pkt[hdrEnd:]
 	payload, err := k.aead.Open(ct[:0], nonce[:], ct, pkt[:hdrEnd])
 	if err != nil {
-		return nil, 0, malformedf("packet %d does not authenticate: %v", pn, err)
+		return nil, 0, errNotAuthentic
 	}
 	// Checked only now: before authentication the bits are indistinguishable
 	// from a wrong key (RFC 9001 §5.4.1 requires this order).
 	if pkt[0]&reservedBits != 0 {
-		return nil, 0, malformedf("packet %d has reserved header bits set", pn)
+		return nil, 0, errReservedBits
 	}
 	if len(payload) == 0 {
-		return nil, 0, malformedf("packet %d has no frames", pn)
+		return nil, 0, errNoFrames
 	}
 	return payload, pn, nil
 }
