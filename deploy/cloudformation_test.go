@@ -419,6 +419,19 @@ func (c *templateCheck) securityGroup(t *testing.T) {
 	for _, ing := range c.res.ofType("AWS::EC2::SecurityGroupIngress") {
 		t.Errorf("separate ingress rule %s: keep the appliance's ingress in one place", ing)
 	}
+	// Egress: the one IPv4 rule the re-originated flows need (the subnets
+	// have no IPv6 route), and no other.
+	var egress []string
+	for _, e := range sg.SecurityGroupEgress {
+		egress = append(egress, fmt.Sprintf("%s to %s%s%s%s", e.IpProtocol, deref(e.CidrIp), deref(e.CidrIpv6),
+			deref(e.DestinationPrefixListId), deref(e.DestinationSecurityGroupId)))
+	}
+	if want := []string{"-1 to 0.0.0.0/0"}; !slices.Equal(egress, want) {
+		t.Errorf("security group egress %q, want exactly %q", egress, want)
+	}
+	for _, e := range c.res.ofType("AWS::EC2::SecurityGroupEgress") {
+		t.Errorf("separate egress rule %s: keep the appliance's egress in one place", e)
+	}
 }
 
 // instances: the launch template and the Auto Scaling group.
@@ -442,13 +455,29 @@ func (c *templateCheck) instances(t *testing.T) {
 	if !slices.Equal(d.SecurityGroupIds, []string{"ref:ApplianceSecurityGroup"}) {
 		t.Errorf("security groups %v, want only ApplianceSecurityGroup", d.SecurityGroupIds)
 	}
-	if d.MetadataOptions == nil || deref(d.MetadataOptions.HttpTokens) != "required" {
-		t.Errorf("metadata options %+v: want IMDSv2 only", d.MetadataOptions)
+	// Instance metadata, exactly: IMDSv2 only; a hop limit of 1, so that
+	// nothing a hop further (a container, a forwarded packet) reaches it
+	// with the role's credentials; no instance tags in it.
+	md := map[string]string{}
+	for k, v := range asMap(asMap(res.props(t, "LaunchTemplate", "AWS::EC2::LaunchTemplate")["LaunchTemplateData"])["MetadataOptions"]) {
+		md[k] = scalarString(v)
 	}
-	if len(d.BlockDeviceMappings) != 1 || d.BlockDeviceMappings[0].Ebs == nil ||
-		strconv.Itoa(derefInt(d.BlockDeviceMappings[0].Ebs.VolumeSize)) != c.vals["RootVolumeSize"] ||
-		d.BlockDeviceMappings[0].Ebs.Encrypted == nil || !*d.BlockDeviceMappings[0].Ebs.Encrypted {
-		t.Errorf("block devices %+v: want one encrypted root volume of RootVolumeSize GiB", d.BlockDeviceMappings)
+	if md["InstanceMetadataTags"] == "disabled" {
+		delete(md, "InstanceMetadataTags") // the default
+	}
+	if want := map[string]string{"HttpEndpoint": "enabled", "HttpTokens": "required", "HttpPutResponseHopLimit": "1"}; !maps.Equal(md, want) {
+		t.Errorf("metadata options %v, want exactly %v", md, want)
+	}
+	// One root volume, encrypted, deleted with the instance (it holds the
+	// local access log; a replaced instance must leave no volume behind).
+	if len(d.BlockDeviceMappings) != 1 || d.BlockDeviceMappings[0].Ebs == nil {
+		t.Fatalf("block devices %+v: want one root volume", d.BlockDeviceMappings)
+	}
+	if ebs := d.BlockDeviceMappings[0].Ebs; deref(d.BlockDeviceMappings[0].DeviceName) != "/dev/xvda" ||
+		strconv.Itoa(derefInt(ebs.VolumeSize)) != c.vals["RootVolumeSize"] || deref(ebs.VolumeType) != "gp3" ||
+		derefBool(ebs.Encrypted) != "true" || derefBool(ebs.DeleteOnTermination) != "true" {
+		t.Errorf("root volume %s: %d GiB %s, encrypted %s, deleted on termination %s; want /dev/xvda, RootVolumeSize GiB of gp3, encrypted, deleted on termination",
+			deref(d.BlockDeviceMappings[0].DeviceName), derefInt(ebs.VolumeSize), deref(ebs.VolumeType), derefBool(ebs.Encrypted), derefBool(ebs.DeleteOnTermination))
 	}
 
 	asg, err := res.goformatio.GetAutoScalingAutoScalingGroupWithName("ApplianceGroup")
@@ -465,6 +494,11 @@ func (c *templateCheck) instances(t *testing.T) {
 	}
 	if !slices.Equal(asg.TargetGroupARNs, []string{"ref:TargetGroup"}) || deref(asg.HealthCheckType) != "ELB" {
 		t.Errorf("target groups %v, health check type %s: want [ref:TargetGroup], ELB", asg.TargetGroupARNs, deref(asg.HealthCheckType))
+	}
+	// Scale-in may pick any instance: one protected from it would never
+	// drain and leave.
+	if asg.NewInstancesProtectedFromScaleIn != nil && *asg.NewInstancesProtectedFromScaleIn {
+		t.Errorf("NewInstancesProtectedFromScaleIn: want instances scale-in may remove")
 	}
 	// The stack waits for every instance's signal (the user data sends it
 	// once the health check answers).
