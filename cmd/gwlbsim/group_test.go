@@ -245,6 +245,7 @@ func TestAdminEndpoints(t *testing.T) {
 		t.Fatalf("attributes %+v", attrs)
 	}
 	do("POST", "/attributes?on_unhealthy=sometimes", 400, nil)
+	do("POST", "/attributes?on_unhealthy=no_rebalance", 400, nil) // the GWLB refuses mixed target_failover values
 	do("POST", "/attributes?colour=blue", 400, nil)
 	do("GET", "/attributes", 200, &attrs)
 	if attrs.OnDeregistration != gwlbsim.Rebalance {

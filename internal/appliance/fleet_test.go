@@ -175,7 +175,8 @@ func fleetSameCA(t *testing.T, f *fleet) {
 	t.Logf("every appliance's trust page serves the secret's CA %q, SHA-256 %s", want.Subject.CommonName, opensslFingerprint(want.Raw))
 }
 
-// fleetRebalance: with on_deregistration rebalance, a flow whose appliance
+// fleetRebalance: with target failover rebalance (on_deregistration and,
+// as the GWLB requires the two to match, on_unhealthy), a flow whose appliance
 // is deregistered moves, after the delay, to another one under a new
 // cookie; the client's next segment (a keepalive) gets a RST from there,
 // so the client fails at once instead of hanging, and its retry succeeds.
@@ -183,7 +184,7 @@ func fleetSameCA(t *testing.T, f *fleet) {
 func fleetRebalance(t *testing.T, f *fleet, from int) {
 	x := f.apps[from]
 	const delay = time.Second
-	f.simPost(t, "/attributes?on_deregistration=rebalance&deregistration_delay="+delay.String())
+	f.simPost(t, "/attributes?on_deregistration=rebalance&on_unhealthy=rebalance&deregistration_delay="+delay.String())
 	p := f.portTo(t, from, netnsSrvAddr+":80")
 	// 60 lines 250 ms apart: 15 s of download, unless it is cut.
 	dl := f.startSlow(t, p, 60, 250, "--keepalive-time", "1")
@@ -219,7 +220,7 @@ func fleetRebalance(t *testing.T, f *fleet, from int) {
 	}
 
 	// The fleet as it was: the default failover, and a registered again.
-	f.simPost(t, "/attributes?on_deregistration=no_rebalance&deregistration_delay="+fleetDeregDelay.String())
+	f.simPost(t, "/attributes?on_deregistration=no_rebalance&on_unhealthy=no_rebalance&deregistration_delay="+fleetDeregDelay.String())
 	f.waitTargets(t, "the deregistration to complete", func(ts map[string]gwlbsim.TargetStats) bool {
 		return ts[x.addr].State == gwlbsim.StateUnused
 	})

@@ -111,6 +111,12 @@ func (a *Attributes) normalize() error {
 	if err := errors.Join(err1, err2); err != nil {
 		return err
 	}
+	// The GWLB refuses a target group whose two target_failover
+	// attributes differ (ValidationError); a simulator that took them
+	// would let a test rely on a setting no real target group can have.
+	if a.OnUnhealthy != a.OnDeregistration {
+		return fmt.Errorf("gwlbsim: target failover on_deregistration %s with on_unhealthy %s: the GWLB requires both to be the same", a.OnDeregistration, a.OnUnhealthy)
+	}
 	if a.DeregistrationDelay < 0 {
 		return fmt.Errorf("gwlbsim: deregistration delay %s: must not be negative", a.DeregistrationDelay)
 	}

@@ -208,7 +208,7 @@ func TestNewFlowsOnlyToHealthy(t *testing.T) {
 func TestRebalanceOnUnhealthy(t *testing.T) {
 	g := newGroup(t, 104, 2, func(c *Config, hp int) {
 		c.HealthCheck = HealthCheck{Port: hp, Interval: 50 * time.Millisecond, Timeout: 50 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2}
-		c.Attributes.OnUnhealthy = Rebalance
+		c.Attributes.OnUnhealthy, c.Attributes.OnDeregistration = Rebalance, Rebalance
 	})
 	a, b := g.targets[0], g.targets[1]
 	g.waitState(t, map[*fakeTarget]TargetState{a: StateHealthy, b: StateHealthy})
@@ -267,7 +267,7 @@ func TestDeregistration(t *testing.T) {
 				n = 106
 			}
 			g := newGroup(t, n, 3, func(c *Config, _ int) {
-				c.Attributes = Attributes{OnDeregistration: fo, DeregistrationDelay: delay}
+				c.Attributes = Attributes{OnDeregistration: fo, OnUnhealthy: fo, DeregistrationDelay: delay}
 			})
 			b := g.targets[1]
 			port := g.portTo(t, b, protoUDP, 40000, 53)
@@ -453,6 +453,7 @@ func TestConfigErrors(t *testing.T) {
 		{"IPv6 target", Config{Addr: simAddr, Targets: []netip.AddrPort{netip.MustParseAddrPort("[::1]:6081")}}, "IPv4"},
 		{"stickiness", Config{Addr: simAddr, Targets: []netip.AddrPort{a}, Stickiness: "4-tuple"}, "stickiness"},
 		{"failover", Config{Addr: simAddr, Targets: []netip.AddrPort{a}, Attributes: Attributes{OnUnhealthy: "sometimes"}}, "no_rebalance or rebalance"},
+		{"mixed failover", Config{Addr: simAddr, Targets: []netip.AddrPort{a}, Attributes: Attributes{OnDeregistration: Rebalance}}, "requires both to be the same"},
 		{"negative delay", Config{Addr: simAddr, Targets: []netip.AddrPort{a}, Attributes: Attributes{DeregistrationDelay: -time.Second}}, "negative"},
 		{"timeout over interval", Config{Addr: simAddr, Targets: []netip.AddrPort{a, b}, HealthCheck: HealthCheck{Port: 80, Interval: time.Second, Timeout: 2 * time.Second}}, "at most the interval"},
 		{"threshold", Config{Addr: simAddr, Targets: []netip.AddrPort{a}, HealthCheck: HealthCheck{Port: 80, HealthyThreshold: 11}}, "healthy threshold"},
