@@ -37,9 +37,10 @@ import (
 // RST from its new appliance and the client's retry succeeds; one
 // appliance is killed (SIGKILL), new flows succeed on the others once the
 // simulator finds it unhealthy, and it loses at most what its CloudWatch
-// buffer held; one is drained (SIGTERM and deregistration): its health
-// check fails at once, its download in progress completes, new flows go
-// elsewhere, it exits within the drain and loses no record.
+// buffer held; one is taken out as an Auto Scaling group does
+// (deregistration, the deregistration delay, then SIGTERM): its download in
+// progress completes within the delay, new flows go elsewhere, its health
+// check fails at the SIGTERM, it exits within the drain and loses no record.
 func TestFleet(t *testing.T) {
 	requireNetns(t)
 	start := time.Now()
@@ -385,61 +386,84 @@ func fleetKill(t *testing.T, f *fleet, victim int) {
 	f.mu.Unlock()
 }
 
-// fleetDrainStep: SIGTERM one appliance and deregister it, as an Auto Scaling
-// group does. Its health check fails at once, its download in progress
-// completes, new flows go elsewhere, it exits within the drain, and every
-// record it owed is in its stream.
+// fleetDrainStep: take one appliance out as an Auto Scaling group does:
+// deregister it, wait the deregistration delay (the template makes it
+// --drain-timeout), and only then SIGTERM it (terminating the instance).
+// While the target drains, the appliance does not know: its health check
+// still answers 200 and its download in progress completes, while new
+// flows go elsewhere. Once the delay is over the SIGTERM fails its health
+// check at once; it exits within the drain, and every record it owed is in
+// its stream.
 func fleetDrainStep(t *testing.T, f *fleet, victim, survivor int) {
 	x := f.apps[victim]
+	// The template's deregistration delay is the drain timeout; a
+	// deregistration keeps the delay it started with.
+	const delay = fleetDrain
+	f.simPost(t, "/attributes?deregistration_delay="+delay.String())
 	p := f.portTo(t, victim, netnsSrvAddr+":80")
-	const lines = 8 // 8 × 400 ms of download
+	const lines = 8 // 8 × 400 ms of download: done well within the delay
 	dl := f.startSlow(t, p, lines, 400)
 	f.note(t, []uint16{p}, func(uint16) bool { return true })
 
-	if err := x.proc.signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	sigAt := time.Now()
 	f.simPost(t, "/deregister?target="+x.addr)
-	var code int
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if code = f.appHealth(x); code == 503 {
-			break
-		}
-	}
-	failedAfter := time.Since(sigAt)
-	if code != 503 {
-		t.Errorf("appliance %s's health check while draining: %d, want 503", x.name, code)
-	}
+	deregAt := time.Now()
 	if ts := f.targets(t)[x.addr]; ts.State != gwlbsim.StateDraining {
 		t.Errorf("the deregistered appliance is %s in the simulator, want draining", ts.State)
 	}
+	if code := f.appHealth(x); code != 200 {
+		t.Errorf("appliance %s's health check during the deregistration delay, before any SIGTERM: %d, want 200", x.name, code)
+	}
 	select {
 	case <-dl.done:
-		t.Fatal("the download ended before the drain could be seen")
+		t.Fatal("the download ended before the deregistration could be seen")
 	default:
 	}
 
 	ports := []uint16{f.port(), f.port(), f.port(), f.port(), f.port(), f.port()}
 	for _, r := range f.curlAll(ports, hello) {
 		if r.code != 0 || r.status != 200 {
-			t.Errorf("a new flow during the drain: %s", r)
+			t.Errorf("a new flow during the deregistration delay: %s", r)
 		}
 	}
 	for q, i := range f.note(t, ports, func(uint16) bool { return true }) {
 		if i != survivor {
-			t.Errorf("a new flow from port %d during the drain went to %s, want %s (the others are draining or dead)", q, f.name(i), f.apps[survivor].name)
+			t.Errorf("a new flow from port %d during the deregistration delay went to %s, want %s (the others are draining or dead)", q, f.name(i), f.apps[survivor].name)
 		}
 	}
 
-	err, rest, ended := dl.wait(15 * time.Second)
+	err, rest, ended := dl.wait(delay)
 	switch {
 	case !ended:
-		t.Fatal("the download in progress did not finish within 15s")
+		t.Fatalf("the download in progress did not finish within the %s deregistration delay", delay)
 	case err != nil || len(rest) != lines || rest[len(rest)-1] != "done":
-		t.Errorf("the download in progress during the drain: %v %s; got %d more lines %q, want %d and done",
+		t.Errorf("the download in progress during the deregistration delay: %v %s; got %d more lines %q, want %d and done",
 			err, dl.errb.String(), len(rest), rest, lines)
 	}
+
+	// The delay ends: the group terminates the instance.
+	for deadline := deregAt.Add(delay + 10*time.Second); f.targets(t)[x.addr].State != gwlbsim.StateUnused; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("appliance %s still not unused %s after its deregistration (delay %s)", x.name, time.Since(deregAt).Round(time.Millisecond), delay)
+		}
+	}
+	if d := time.Since(deregAt); d < delay {
+		t.Errorf("unused %s after the deregistration, before the %s delay", d, delay)
+	}
+	if err := x.proc.signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	sigAt := time.Now()
+	var code int
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if code = f.appHealth(x); code == 503 || code == 0 {
+			break
+		}
+	}
+	failedAfter := time.Since(sigAt)
+	if code == 200 {
+		t.Errorf("appliance %s's health check after SIGTERM: %d, want 503 (or no answer, once it has exited)", x.name, code)
+	}
+
 	exit := x.proc.wait(fleetDrain + 5*time.Second)
 	took := x.proc.at.Sub(sigAt)
 	switch {
@@ -448,8 +472,8 @@ func fleetDrainStep(t *testing.T, f *fleet, victim, survivor int) {
 	case took > fleetDrain+time.Second:
 		t.Errorf("appliance %s exited %s after SIGTERM, beyond its drain (%s) and a second", x.name, took, fleetDrain)
 	}
-	t.Logf("drain: SIGTERM and deregistration → %s's health check 503 within %s; its download finished %s after SIGTERM; it exited %s after SIGTERM (drain %s)",
-		x.name, failedAfter.Round(time.Millisecond), dl.at.Sub(sigAt).Round(time.Millisecond), took.Round(time.Millisecond), fleetDrain)
+	t.Logf("drain: deregistration → %s's download finished %s later, the target unused after the %s delay; SIGTERM → health check %d within %s, exit %s after it (drain %s)",
+		x.name, dl.at.Sub(deregAt).Round(time.Millisecond), delay, code, failedAfter.Round(time.Millisecond), took.Round(time.Millisecond), fleetDrain)
 
 	owed := f.portsOf(victim)
 	if missing := f.waitRecords(t, x, owed); len(missing) > 0 {
