@@ -417,6 +417,17 @@ func (s *Sim) flowKey(k netstack.TupleKey) netstack.TupleKey { return s.cfg.Stic
 // flow returns the state of a flow, creating it with a fresh cookie on a
 // target chosen for it; nil when there is no registered target.
 func (s *Sim) flow(e *Endpoint, p *netstack.Packet, etherType uint16) *simFlow {
+	if p.ICMPError {
+		// The GWLB hashes an ICMP error from the client's side by its own
+		// header (ICMP, the error's addresses), not by the flow it quotes:
+		// it gets a flow and a cookie of its own, and with several targets
+		// it may go to another one than the quoted flow's (design.md).
+		q := netstack.Packet{IPv6: p.IPv6, Proto: protoICMP, Src: p.Src, Dst: p.Dst}
+		if p.IPv6 {
+			q.Proto = protoICMPv6
+		}
+		p = &q
+	}
 	k := s.flowKey(p.Tuple(e.id))
 	s.mu.RLock()
 	f := s.flows[k]
