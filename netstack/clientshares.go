@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"sync"
 	"sync/atomic"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/clientkey"
 )
 
 // clientShares counts the flows of each client, and queues each client's
@@ -83,20 +85,12 @@ func clientShardOf(k *clientKey) int {
 	return int(h >> 58) // the top 6 bits: flowShards is 64
 }
 
-// clientKeyOf names the client of addr: an IPv4 address, or an IPv6 /80.
-// A VPC gives an instance IPv6 addresses one by one from its subnet's /64,
-// or as /80 prefixes (prefix delegation), and routes no other: a delegated
-// /80 is one instance's, and two addresses given one by one rarely share a
-// /80, while a /64 is the whole subnet, whose instances would all share
-// one client's share.
+// clientKeyOf names the client of addr behind endpoint: an IPv4 address,
+// or an IPv6 address's prefix (--ipv6-client-prefix, a /80 by default), as
+// package clientkey, which every per-client bound asks, says.
 func clientKeyOf(endpoint uint64, addr [16]byte) clientKey {
-	if [12]byte(addr[:12]) != v4InV6 {
-		clear(addr[10:])
-	}
-	return clientKey{endpoint, addr}
+	return clientKey{endpoint, clientkey.Of16(addr)}
 }
-
-var v4InV6 = [12]byte{10: 0xff, 11: 0xff}
 
 // take counts one more flow for the client and returns it, unless it
 // holds max already (DropClientFlowLimit), or memory is short and it holds

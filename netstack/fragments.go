@@ -22,7 +22,7 @@ import (
 // client sending first fragments under ever new IDs would evict everyone
 // else's, and their later fragments would find no flow. It takes a free or
 // expired entry, else its own client's oldest (the flow's client: an IPv4
-// address or an IPv6 /80, as for the flow table's shares), else the oldest
+// address or an IPv6 prefix, as for the flow table's shares), else the oldest
 // of another client's entries remembered over fragGrace ago (by then a
 // datagram's fragments have all come), else the oldest of a client holding
 // more than one entry in the bucket, and only when every entry is another

@@ -361,7 +361,7 @@ func TestFragTableFair(t *testing.T) {
 	v6dst := netip.MustParseAddr("2001:db8::9").As16()
 	v6victim := netip.MustParseAddr("2001:db8:0:1::5").As16()
 	first := func(src, dst [16]byte, id int) *Packet {
-		v6 := [12]byte(src[:12]) != v4InV6
+		v6 := !netip.AddrFrom16(src).Is4In6()
 		return &Packet{IPv6: v6, Proto: protoUDP, Src: src, Dst: dst, FragmentID: uint32(id), MoreFragments: true}
 	}
 	later := func(src, dst [16]byte, id int) *Packet {

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/clientkey"
 )
 
 // Reclaiming memory. Memory pressure refuses new flows to the clients that
@@ -33,7 +35,7 @@ import (
 //
 // The connections are those the handler accepted and has not closed
 // (Conn), listed per client as the flow table counts shares (endpoint and
-// address, an IPv6 /80): Accept and Close each take one shard lock, and
+// address, an IPv6 prefix): Accept and Close each take one shard lock, and
 // nothing is done per packet. The sizes are read only while memory is
 // critical, a walk of every list each reclaimEvery.
 
@@ -267,7 +269,7 @@ func (s *Server) resetTaken(k clientKey, conns []*Conn) {
 	s.stats.memoryReclaimed.Add(uint64(n))
 	var client any = netip.AddrFrom16(k.addr).Unmap()
 	if a := client.(netip.Addr); a.Is6() {
-		client = netip.PrefixFrom(a, 80)
+		client = clientkey.Prefix(a) // the prefix's connections, not the address's
 	}
 	slog.Warn("memory is critical: reset connections of the client whose connections held the most",
 		"endpoint", FlowInfo{Endpoint: k.endpoint}.EndpointName(), "client", client, "reset", n,

@@ -60,7 +60,7 @@ type Config struct {
 	DestinationCheck func(ctx context.Context, endpoint, name string, dest netip.Addr) error
 	// DNSAnswer, when set, sees every DNS response relayed back to a
 	// client, with the GWLB endpoint it goes through and the client as
-	// the per-client shares count it (its address; an IPv6 client's /80):
+	// the per-client shares count it (its address; an IPv6 client's prefix, clientkey.Of):
 	// the answers clients act on, which DestinationCheck can then accept.
 	// It must not keep msg. gen is what DNSGeneration returned before the
 	// proxy checked that the policy which let the flow out is still the
@@ -78,7 +78,7 @@ type Config struct {
 	// (one record per query, answers passed to DNSAnswer). Default: 53.
 	DNSPorts []uint16
 	// MaxUDPFlowsPerClient bounds the UDP flows (host sockets, each with
-	// an ephemeral port) one client, an address (IPv6: its /80) behind one
+	// an ephemeral port) one client, an address (IPv6: its prefix, clientkey.Of) behind one
 	// GWLB endpoint, holds at once; beyond it new flows are dropped.
 	// Default: DefaultMaxUDPFlowsPerClient.
 	MaxUDPFlowsPerClient int

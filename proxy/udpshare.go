@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/clientkey"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
@@ -55,8 +56,8 @@ type udpShares struct {
 }
 
 // shareKey is a client as the share counts it: its address behind one GWLB
-// endpoint, an IPv6 client by its /80, as the flow table's own per-client
-// bound counts it (netstack's clientKeyOf says why).
+// endpoint, an IPv6 client by its prefix (--ipv6-client-prefix), as the flow
+// table's own per-client bound counts it (package clientkey says why).
 type shareKey struct {
 	endpoint uint64
 	client   netip.Addr
@@ -69,11 +70,7 @@ type shareEntry struct {
 }
 
 func clientShareKey(f netstack.FlowInfo) shareKey {
-	a := f.Client.Addr().Unmap()
-	if a.Is6() {
-		a = netip.PrefixFrom(a, 80).Masked().Addr()
-	}
-	return shareKey{endpoint: f.Endpoint, client: a}
+	return shareKey{endpoint: f.Endpoint, client: clientkey.Of(f.Client.Addr())}
 }
 
 func (p *Proxy) udpShareLimit() int {
@@ -110,7 +107,10 @@ func (s *udpShares) acquire(k shareKey, limit int, now time.Time) (ok bool, reco
 	if what == "" {
 		what = "UDP flows, its share (--max-udp-flows-per-client)"
 	}
-	record = fmt.Sprintf("the client holds %d %s", limit, what)
+	// An IPv6 client's share is its prefix's, which neighbours may hold:
+	// "the client's /80 holds", never "the client holds" for flows that
+	// may not be its own.
+	record = fmt.Sprintf("%s holds %d %s", clientkey.Holder(k.client), limit, what)
 	if e.unrecorded > 0 {
 		record += fmt.Sprintf("; %d more new flows dropped since the last such record", e.unrecorded)
 	}

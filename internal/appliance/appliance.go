@@ -15,13 +15,13 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
+	"github.com/gwlbproxy/gwlbproxy/internal/clientkey"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy"
@@ -104,6 +104,11 @@ type Options struct {
 	// MaxEchoFlowsPerClient bounds the relayed ICMP echo flows (host ping
 	// sockets) one client holds at once (--max-echo-flows-per-client).
 	MaxEchoFlowsPerClient int
+	// IPv6ClientPrefix (--ipv6-client-prefix) is the prefix length an IPv6
+	// client is counted by in every per-client share, 48 to 128: 80, a
+	// delegated prefix, by default; 128 counts each address apart
+	// (package clientkey).
+	IPv6ClientPrefix int
 	// TLSKeyLog (--tls-keylog) is the file the secrets of both TLS
 	// sessions of every bumped connection are appended to, in NSS key log
 	// format, for Wireshark to decrypt captures with ("": none).
@@ -150,91 +155,9 @@ func DefaultOptions() Options {
 		DNSPorts:              []uint16{53},
 		MaxUDPFlowsPerClient:  proxy.DefaultMaxUDPFlowsPerClient,
 		MaxEchoFlowsPerClient: proxy.DefaultMaxEchoFlowsPerClient,
+		IPv6ClientPrefix:      clientkey.DefaultIPv6Bits,
 		DNSCacheSize:          destcheck.DefaultMaxEntries,
 	}
-}
-
-// Validate reports the first option that is out of range, naming its flag.
-func (o *Options) Validate() error {
-	if o.TCPIdleTimeout < 60*time.Second || o.TCPIdleTimeout > 6000*time.Second {
-		return fmt.Errorf("--tcp-idle-timeout %s: the GWLB allows 60s to 6000s", o.TCPIdleTimeout)
-	}
-	if o.IdleTimeout <= 0 {
-		return fmt.Errorf("--idle-timeout %s: must be positive", o.IdleTimeout)
-	}
-	if o.DialTimeout <= 0 { // proxy.New would quietly make it 10 s
-		return fmt.Errorf("--dial-timeout %s: must be positive", o.DialTimeout)
-	}
-	if o.Readers < 0 {
-		return fmt.Errorf("--readers %d: must not be negative (0: one per CPU)", o.Readers)
-	}
-	if err := checkAdminAddr(o.AdminAddr); err != nil {
-		return err
-	}
-	if err := CheckTrustHost(o.TrustHost); err != nil {
-		return err
-	}
-	if o.DrainTimeout < 0 {
-		return fmt.Errorf("--drain-timeout %s: must not be negative", o.DrainTimeout)
-	}
-	if o.DrainMin < 0 || o.DrainMin > o.DrainTimeout {
-		return fmt.Errorf("--drain-min %s: must be between 0 and --drain-timeout (%s)", o.DrainMin, o.DrainTimeout)
-	}
-	if o.WriteStallTimeout <= 0 {
-		return fmt.Errorf("--write-stall-timeout %s: must be positive", o.WriteStallTimeout)
-	}
-	if o.MaxFlows <= 0 {
-		return fmt.Errorf("--max-flows %d: must be positive", o.MaxFlows)
-	}
-	if o.MaxFlowsPerClient < 0 {
-		return fmt.Errorf("--max-flows-per-client %d: must be positive (0: a tenth of --max-flows)", o.MaxFlowsPerClient)
-	}
-	if o.MaxEndpoints <= 0 {
-		return fmt.Errorf("--max-endpoints %d: must be positive", o.MaxEndpoints)
-	}
-	if o.AnyGWLBSender && len(o.GWLBCIDRs) > 0 {
-		return errors.New(`--gwlb-cidrs: "any" and CIDRs do not go together`)
-	}
-	if o.AckDelay < 0 || o.AckDelay > netstack.MaxAckDelay {
-		return fmt.Errorf("--ack-delay %s: must be between 0 (off) and %s", o.AckDelay, netstack.MaxAckDelay)
-	}
-	if o.MTU != 0 && (o.MTU < 1280 || o.MTU > netstack.DefaultMTU) {
-		return fmt.Errorf("--mtu %d: must be between 1280 and %d", o.MTU, netstack.DefaultMTU)
-	}
-	if o.DNSResolver != "" {
-		if _, err := destcheck.ParseResolver(o.DNSResolver); err != nil {
-			return fmt.Errorf("--dns-resolver %w", err)
-		}
-	}
-	if len(o.DNSPorts) == 0 || slices.Contains(o.DNSPorts, 0) {
-		return fmt.Errorf("--dns-ports %v: want one or more ports, 1-65535", o.DNSPorts)
-	}
-	if o.MaxUDPFlowsPerClient <= 0 {
-		return fmt.Errorf("--max-udp-flows-per-client %d: must be positive", o.MaxUDPFlowsPerClient)
-	}
-	if o.MaxEchoFlowsPerClient <= 0 {
-		return fmt.Errorf("--max-echo-flows-per-client %d: must be positive", o.MaxEchoFlowsPerClient)
-	}
-	if o.DNSCacheSize < 0 {
-		return fmt.Errorf("--dns-cache-size %d: must not be negative (0: %d)", o.DNSCacheSize, destcheck.DefaultMaxEntries)
-	}
-	switch o.ReturnPath {
-	case netstack.ReturnPathAuto, netstack.ReturnPathRaw, netstack.ReturnPathBound:
-	default:
-		return fmt.Errorf("--return-path %q: want auto, raw or bound", o.ReturnPath)
-	}
-	if len(o.Capture.Filters) > 0 && o.Capture.PcapDir == "" {
-		return errors.New("--pcap-filter: needs --pcap-dir")
-	}
-	if o.Capture.Plaintext && o.Capture.PcapDir == "" && o.Capture.MirrorTAP == "" {
-		return errors.New("--capture-plaintext: needs --pcap-dir or --mirror-tap")
-	}
-	if o.Capture.PcapDir != "" || o.Capture.MirrorTAP != "" {
-		if err := o.Capture.Validate(); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // Appliance is one running gwlbproxy: the GENEVE side, the proxy, the
@@ -283,6 +206,9 @@ type Appliance struct {
 // opened is closed again.
 func New(o Options) (_ *Appliance, err error) {
 	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if err := clientkey.SetIPv6Bits(o.IPv6ClientPrefix); err != nil {
 		return nil, err
 	}
 	if o.RecordStall <= 0 {

@@ -467,7 +467,7 @@ func (c *Checker) Generation() uint64 { return c.observed.gen.Load() }
 // new policy for its TTL.
 //
 // client is who the answer was relayed to, as the proxy counts clients (an
-// address, an IPv6 /80): it claims the names of the answer, against its
+// address, an IPv6 prefix): it claims the names of the answer, against its
 // share of the endpoint's (Config.MaxEntriesPerClient), beyond which it
 // gives back its own oldest claims; a name stays while any client claims
 // it. The zero Addr names no client.

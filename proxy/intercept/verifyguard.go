@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/clientkey"
 )
 
 // What an upstream's chain may cost the appliance.
@@ -43,7 +45,7 @@ import (
 //     errors hold the certificate, whose Raw slices the whole certificate
 //     message crypto/tls copied (up to 256 KiB), so a thousand failures
 //     of distinct padded leaves would otherwise keep 256 MiB alive;
-//   - a client (an IPv4 address or an IPv6 /80, as the flow table counts
+//   - a client (an IPv4 address or an IPv6 prefix, as the flow table counts
 //     one) has at most maxClientVerifications verifications that are not
 //     taken from memory under way at once; further ones wait their turn,
 //     up to half the handshake timeout (verifyWait), and one that waits
@@ -106,8 +108,10 @@ func verifyWait(handshakeTimeout time.Duration) time.Duration { return handshake
 // errVerifyBusy is a verification that never ran: the client's slots
 // stayed taken for as long as its handshake may last. It says nothing of
 // the chain, so the bump ends as an error, not as a certificate refused
-// (bumpfail.go), and nothing is remembered of it.
-var errVerifyBusy = fmt.Errorf("the client's %d verifications under way did not end in time: not verified", maxClientVerifications)
+// (bumpfail.go), and nothing is remembered of it. acquire wraps it with
+// whose slots they were (clientkey.Holder: an IPv6 client's are its
+// prefix's, which a neighbour may hold).
+var errVerifyBusy = errors.New("not verified")
 
 // noVerdict returns err when it is no verdict on the chain (the handshake
 // then ends there), else nil.
@@ -200,13 +204,10 @@ type clientKey struct {
 }
 
 // newClientKey names the client of addr as the flow table and the proxy's
-// shares count one (netstack's clientKeyOf says why): an IPv4 address, or
-// an IPv6 /80, which a VPC may delegate to one instance whole.
+// shares count one (package clientkey says why): an IPv4 address, or an
+// IPv6 address's prefix (--ipv6-client-prefix).
 func newClientKey(endpoint string, addr netip.Addr) clientKey {
-	if addr = addr.Unmap(); addr.Is6() {
-		addr = netip.PrefixFrom(addr, 80).Masked().Addr()
-	}
-	return clientKey{endpoint, addr}
+	return clientKey{endpoint, clientkey.Of(addr)}
 }
 
 // verifySlots bounds each client's verifications under way.
@@ -242,7 +243,8 @@ func (v *verifySlots) acquire(client clientKey, wait time.Duration) (release fun
 		case cs.sem <- struct{}{}:
 		case <-t.C:
 			v.leave(client, cs)
-			return nil, errVerifyBusy
+			return nil, fmt.Errorf("%s's %d verifications under way did not end in time: %w",
+				clientkey.Holder(client.addr), maxClientVerifications, errVerifyBusy)
 		}
 	}
 	return func() { <-cs.sem; v.leave(client, cs) }, nil

@@ -167,6 +167,11 @@ func TestVerifySlotsClient(t *testing.T) {
 	if got != maxClientVerifications {
 		t.Errorf("%d verifications under way at once from one /80, want %d", got, maxClientVerifications)
 	}
+	busy := netip.MustParseAddr("2001:db8:0:0:1:77::7") // in the full /80
+	if _, err := v.acquire(newClientKey("vpce-1", busy), 0); err == nil ||
+		err.Error() != "the client's /80's 2 verifications under way did not end in time: not verified" {
+		t.Errorf("a neighbour's slots refused: %v, want them named the /80's", err)
+	}
 	other := netip.MustParseAddr("2001:db8::2:0:0:1") // the next /80 of the same /64
 	if _, err := v.acquire(newClientKey("vpce-1", other), 0); err != nil {
 		t.Errorf("another /80: %v", err)

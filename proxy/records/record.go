@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/clientkey"
 )
 
 // Record is one access record: a finished flow, or one HTTP request inside a
@@ -98,13 +100,14 @@ func DialResult(err error) string {
 
 // Source is the client a record belongs to, as the proxy's per-client
 // buckets count it: its address behind its GWLB endpoint, an IPv6 client by
-// its /80 (a client with a delegated prefix is one client, not millions).
+// its prefix (--ipv6-client-prefix, package clientkey: a client with a
+// delegated /80 is one client, not millions).
 // The zero Source stands for every record without a client: the
 // appliance's own. A sink that must share a bounded buffer between clients
 // (the CloudWatch shipper) tells them apart by it.
 type Source struct {
 	Endpoint uint64     // the GWLB endpoint's ID (the hex digits of "vpce-...")
-	Client   netip.Addr // the client's address, an IPv6 one masked to its /80
+	Client   netip.Addr // the client's address, an IPv6 one masked to its prefix (clientkey.Of)
 }
 
 // SourceOf returns the client r belongs to; the zero Source when r names no
@@ -118,9 +121,6 @@ func SourceOf(r *Record) Source {
 	if hex, ok := strings.CutPrefix(r.Endpoint, "vpce-"); ok {
 		s.Endpoint, _ = strconv.ParseUint(hex, 16, 64)
 	}
-	if a = a.Unmap().WithZone(""); a.Is6() {
-		a = netip.PrefixFrom(a, 80).Masked().Addr()
-	}
-	s.Client = a
+	s.Client = clientkey.Of(a)
 	return s
 }
