@@ -522,3 +522,10 @@ func (t *flowTable) PerEndpoint() map[uint64]int64 {
 	})
 	return m
 }
+
+// HasFlow reports whether the flow table holds a flow of k: its addresses
+// as ParsePacket gives them (IPv4 in the IPv4-mapped form As16 gives), the
+// client's side first. The capture asks it before it synthesizes a stream
+// with a 5-tuple of its choosing, so that the stream never shares one with
+// a flow on the wire.
+func (s *Server) HasFlow(k FlowKey) bool { return s.flows.Lookup(&k) != nil }

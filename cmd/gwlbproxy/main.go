@@ -263,7 +263,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		return nil
 	})
 	fs.StringVar(&o.Capture.MirrorTAP, "mirror-tap", "", "TAP device every inner packet is mirrored to, for an IDS to read: Ethernet frames with one 802.1Q VLAN per GWLB endpoint; created if missing (CAP_NET_ADMIN) (off when empty)")
-	fs.BoolVar(&o.Capture.Plaintext, "capture-plaintext", false, "also write the decrypted side of every bumped TLS connection to --pcap-dir and --mirror-tap, synthesized as a TCP stream between the client's and the destination's real addresses, to the real port, from the client's port with its top bit flipped (HTTP/1 as sent, HTTP/2 as its frames), marked apart from the wire packets: pcap interface vpce-…-plaintext, mirror VLAN = the endpoint's + 2000; it holds the traffic's secrets (needs --pcap-dir or --mirror-tap)")
+	fs.BoolVar(&o.Capture.Plaintext, "capture-plaintext", false, "also write the decrypted side of every bumped TLS connection to --pcap-dir and --mirror-tap, synthesized as a TCP stream between the client's and the destination's real addresses, to the real port, from the client's port with its top bit flipped, or the next free port when a flow holds that one (HTTP/1 as sent, HTTP/2 as its frames), marked apart from the wire packets: pcap interface vpce-…-plaintext, mirror VLAN = the endpoint's + 2000; it holds the traffic's secrets (needs --pcap-dir or --mirror-tap)")
 	fs.BoolVar(&o.AllowLoopback, "unsafe-allow-loopback", false, "TESTING ONLY: let clients reach loopback destinations, the appliance's own services included")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
 	fs.Var(&p.memLimit, "memory-limit", memoryLimitUsage)

@@ -296,7 +296,7 @@ func New(o Options) (_ *Appliance, err error) {
 		slog.Info("capturing inner packets", "pcap_dir", o.Capture.PcapDir, "mirror_tap", o.Capture.MirrorTAP,
 			"pcap_filters", len(o.Capture.Filters), "plaintext", o.Capture.Plaintext)
 		if o.Capture.Plaintext {
-			plain = plaintextTap{a.capture}
+			plain = plaintextTap{a.capture, a}
 			slog.Warn("--capture-plaintext: the decrypted contents of every bumped connection are written to the capture outputs; anyone who can read them reads the traffic")
 		}
 	}

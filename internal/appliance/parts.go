@@ -48,11 +48,17 @@ func upstreamRoots(files []string) (*x509.CertPool, error) {
 
 // plaintextTap hands the decrypted side of bumped connections to the
 // capture, which synthesizes it as packets.
-type plaintextTap struct{ c *capture.Capture }
+// a is the appliance whose flow table the streams' ports must not collide
+// with: its netstack is up before the first bumped connection.
+type plaintextTap struct {
+	c *capture.Capture
+	a *Appliance
+}
 
 // OpenPlaintext implements intercept.Plaintext.
 func (p plaintextTap) OpenPlaintext(f intercept.PlaintextFlow) intercept.PlaintextStream {
-	if s := p.c.OpenPlaintext(capture.PlaintextFlow{Endpoint: f.Endpoint, FlowCookie: f.FlowCookie, Client: f.Client, Dest: f.Dest}); s != nil {
+	if s := p.c.OpenPlaintext(capture.PlaintextFlow{Endpoint: f.Endpoint, FlowCookie: f.FlowCookie, Client: f.Client, Dest: f.Dest,
+		Taken: p.a.netstack.HasFlow}); s != nil {
 		return s
 	}
 	return nil

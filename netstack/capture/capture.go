@@ -101,6 +101,7 @@ type Capture struct {
 	filters   []Filter
 	plaintext bool // OpenPlaintext synthesizes streams
 	plain     plainCounters
+	ports     plainPorts    // the synthesized streams' 5-tuples
 	pcap      *pcapWriter   // nil: no pcap files
 	mirror    *mirror       // nil: no mirror
 	pcapQ     *queue        // the pcap writer's

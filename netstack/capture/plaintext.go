@@ -32,7 +32,9 @@ import (
 // default, any IDS reading the files) would take the two for one TCP
 // connection and make nonsense of both. Ephemeral ports are 32768 and up
 // (Linux) or 49152 and up (Windows, BSD, macOS), so the flipped port is
-// one no client picks by default.
+// one no client picks by default; one that does (a hostile client, or
+// clients behind a NAT using low ports) finds it taken: the stream then
+// takes the next free port (plainport.go).
 //
 // It is marked so that it is never taken for wire traffic: in
 // the files an interface of its own per endpoint ("vpce-…-plaintext") and
@@ -90,6 +92,10 @@ type PlaintextFlow struct {
 	FlowCookie string // the GWLB flow cookie, 8 hex digits
 	Client     netip.AddrPort
 	Dest       netip.AddrPort
+	// Taken reports whether the flow table holds a flow of a key
+	// (netstack.Server.HasFlow): a port it names is not the stream's.
+	// nil: only the other streams' ports are avoided.
+	Taken func(netstack.FlowKey) bool
 }
 
 // PlaintextStats counts the synthesized streams.
@@ -118,6 +124,7 @@ type Stream struct {
 	dest      [16]byte
 	cport     uint16
 	dport     uint16
+	tuple     plainTuple // reserved in c.ports until the stream is closed
 	mss       int
 	toPcap    bool // the pcap filters select the flow
 	toMirror  bool
@@ -192,17 +199,23 @@ func (c *Capture) OpenPlaintext(f PlaintextFlow) *Stream {
 	}
 	s := &Stream{
 		c: c, endpoint: endpoint, cookie: uint32(cookie), v6: !ca.Is4(),
-		client: ca.As16(), dest: da.As16(), cport: f.Client.Port() ^ PlaintextPortFlip, dport: f.Dest.Port(),
+		client: ca.As16(), dest: da.As16(), dport: f.Dest.Port(),
 		mss: plainMSS4, toMirror: c.mirrorQ != nil,
 	}
 	if s.v6 {
 		s.mss = plainMSS6
 	}
+	s.tuple = plainTuple{endpoint: endpoint, client: s.client, dest: s.dest, dport: s.dport}
+	if !c.ports.reserve(&s.tuple, s.v6, f.Client.Port(), f.Taken) {
+		return nil
+	}
+	s.cport = s.tuple.cport
 	// As ParsePacket describes the client's packets (IPv4 addresses in
 	// their IPv4-mapped form, as As16 gives them).
 	p := netstack.Packet{IPv6: s.v6, Proto: 6, Src: s.client, Dst: s.dest, SrcPort: s.cport, DstPort: s.dport}
 	s.toPcap = c.pcapQ != nil && (len(c.filters) == 0 || matchAny(c.filters, endpoint, false, &p))
 	if !s.toPcap && !s.toMirror {
+		c.ports.release(&s.tuple)
 		return nil
 	}
 	s.pseudoSum = s.pseudoHeaderSum()
@@ -360,6 +373,7 @@ func (s *Stream) ClientReset() {
 	s.emit(bp, true, tcpRST|tcpACK, nil, now)
 	s.closed = true
 	s.timer.Stop()
+	s.c.ports.release(&s.tuple)
 }
 
 // Close ends the stream: a FIN each way that has not been sent yet, the
@@ -379,6 +393,7 @@ func (s *Stream) Close() {
 	s.fin(bp, true, now)
 	s.closed = true
 	s.timer.Stop()
+	s.c.ports.release(&s.tuple)
 }
 
 // fin emits one side's FIN and its acknowledgement, once; s.mu is held.
