@@ -13,8 +13,9 @@ import (
 // it, refused as a denial, as a completed handshake with that certificate
 // would be. Anything else (the destination closed, timed out, spoke no
 // TLS, or no version or cipher in common, or failed after its certificate
-// verified; or the verification never ran, the client's slots taken for
-// too long: errVerifyBusy, verifyguard.go) is no
+// verified; or the verification never ran, the client's slots or the
+// appliance's taken for too long: errVerifyBusy, errVerifyQueue,
+// verifyguard.go) is no
 // verdict on a certificate and no decision of the policy, which allowed
 // the bump: the record keeps action bump, leaves upstream_verify out, and
 // says result error (timeout for a handshake that ran out of time), as for

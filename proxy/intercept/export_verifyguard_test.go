@@ -16,3 +16,7 @@ func HoldVerifySlot(ic *Interceptor, endpoint string, client netip.Addr) func() 
 // MaxClientVerifications is how many verifications a client may have
 // under way at once.
 const MaxClientVerifications = maxClientVerifications
+
+// SetVerificationLimit sets how many verifications all clients together
+// may have under way at once, in place of half of GOMAXPROCS.
+func SetVerificationLimit(ic *Interceptor, n int) { ic.slots.limit = func() int { return n } }

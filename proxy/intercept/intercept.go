@@ -181,7 +181,7 @@ type Interceptor struct {
 	verifications atomic.Uint64 // chains verified, not taken from verified or failed
 	// failed holds the upstream chains that did not, with why: verifyguard.go.
 	failed *expiringMap[failedChain, error]
-	slots  *verifySlots // each client's verifications under way
+	slots  *verifySlots // the verifications under way, each client's and all
 	// proven holds the destinations that verified a certificate for a
 	// name: bumpcheck.go.
 	proven *expiringSet[provenOrigin]

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -47,12 +49,17 @@ import (
 //     of distinct padded leaves would otherwise keep 256 MiB alive;
 //   - a client (an IPv4 address or an IPv6 prefix, as the flow table counts
 //     one) has at most maxClientVerifications verifications that are not
-//     taken from memory under way at once; further ones wait their turn,
-//     up to half the handshake timeout (verifyWait), and one that waits
-//     that long is an error, not a verdict on the chain (errVerifyBusy).
-//     A hostile client varies a byte per connection to miss the memory,
-//     and then holds at most two CPUs: the worst chain that passes the
-//     checks above, a pair of P-521 CAs of one subject over 7 more in a
+//     taken from memory under way at once, and all clients together at
+//     most globalVerifications (half the processors), handed out in turn
+//     to the clients with the fewest under way (verifySlots); further ones
+//     wait, up to half the handshake timeout (verifyWait), and one that
+//     waits that long is an error, not a verdict on the chain
+//     (errVerifyBusy, errVerifyQueue). A hostile client varies a byte (or
+//     the destination port) per connection to miss the memory, and then
+//     holds at most two CPUs, and hostile clients together half the
+//     appliance's; an honest client's new chain goes ahead of every
+//     waiting verification of a client with one under way already. The
+//     worst chain that passes the checks above, a pair of P-521 CAs of one subject over 7 more in a
 //     line under one naming a trusted root (TestSubjectTwiceCheap), costs
 //     about 40 ms, and 9 in a line without the pair about 25 ms (against
 //     0.1 ms for an honest chain, and 280 ms for the 100 "I"s). Honest
@@ -113,10 +120,16 @@ func verifyWait(handshakeTimeout time.Duration) time.Duration { return handshake
 // prefix's, which a neighbour may hold).
 var errVerifyBusy = errors.New("not verified")
 
+// errVerifyQueue is a verification that never ran, as errVerifyBusy, but
+// for want of one of everyone's slots (globalVerifications): other
+// clients' turns came first for as long as its handshake may last. It ends
+// the bump the same way.
+var errVerifyQueue = errors.New("the appliance's verifications under way did not end in time: not verified")
+
 // noVerdict returns err when it is no verdict on the chain (the handshake
 // then ends there), else nil.
 func noVerdict(err error) error {
-	if errors.Is(err, errVerifyBusy) {
+	if errors.Is(err, errVerifyBusy) || errors.Is(err, errVerifyQueue) {
 		return err
 	}
 	return nil
@@ -210,54 +223,128 @@ func newClientKey(endpoint string, addr netip.Addr) clientKey {
 	return clientKey{endpoint, clientkey.Of(addr)}
 }
 
-// verifySlots bounds each client's verifications under way.
+// verifySlots bounds the verifications under way: each client's, to
+// maxClientVerifications, and everyone's, to globalVerifications. Those
+// that find no slot wait in one queue, and a freed slot goes to the first
+// waiter of the clients with the fewest under way: a client with none
+// under way is served before one with one, whenever it came, so a client
+// that keeps its own slots full cannot keep another from its turn.
 type verifySlots struct {
-	mu  sync.Mutex
-	per map[clientKey]*clientSlots
+	mu      sync.Mutex
+	per     map[clientKey]*clientSlots
+	running int           // verifications under way, every client's
+	queue   []*slotWaiter // waiting, in the order they came
+	// limit is the most verifications under way at once, read at every
+	// take and give back: globalVerifications, or a test's.
+	limit func() int
 }
 
 type clientSlots struct {
-	sem   chan struct{}
-	users int // holding a slot or waiting for one
+	running int // under way
+	users   int // under way or waiting
 }
 
-func newVerifySlots() *verifySlots { return &verifySlots{per: make(map[clientKey]*clientSlots)} }
+// slotWaiter is a verification waiting for a slot; granted is closed when
+// it has one.
+type slotWaiter struct {
+	cs      *clientSlots
+	granted chan struct{}
+}
 
-// acquire takes one of client's slots, waiting at most wait for it; the
-// function it returns gives it back.
+func newVerifySlots() *verifySlots {
+	return &verifySlots{per: make(map[clientKey]*clientSlots), limit: globalVerifications}
+}
+
+// acquire takes one of client's slots, and one of everyone's, waiting at
+// most wait for them; the function it returns gives them back.
 func (v *verifySlots) acquire(client clientKey, wait time.Duration) (release func(), err error) {
 	v.mu.Lock()
 	cs := v.per[client]
 	if cs == nil {
-		cs = &clientSlots{sem: make(chan struct{}, maxClientVerifications)}
+		cs = &clientSlots{}
 		v.per[client] = cs
 	}
 	cs.users++
+	w := &slotWaiter{cs: cs, granted: make(chan struct{})}
+	// Queued first, then served in turn: a slot that came free when the
+	// limit rose goes to whoever waited, not to this late comer.
+	v.queue = append(v.queue, w)
+	v.grant()
 	v.mu.Unlock()
-	select {
-	case cs.sem <- struct{}{}:
-	default:
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case cs.sem <- struct{}{}:
-		case <-t.C:
-			v.leave(client, cs)
-			return nil, fmt.Errorf("%s's %d verifications under way did not end in time: %w",
-				clientkey.Holder(client.addr), maxClientVerifications, errVerifyBusy)
-		}
+	release = func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		cs.running--
+		v.running--
+		v.leave(client, cs)
+		v.grant()
 	}
-	return func() { <-cs.sem; v.leave(client, cs) }, nil
-}
-
-// leave forgets a client no verification of which is under way or waiting.
-func (v *verifySlots) leave(client clientKey, cs *clientSlots) {
+	select {
+	case <-w.granted:
+		return release, nil
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-w.granted:
+		return release, nil
+	case <-t.C:
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	select {
+	case <-w.granted: // granted as the wait ran out: taken
+		return release, nil
+	default:
+	}
+	v.queue = slices.DeleteFunc(v.queue, func(q *slotWaiter) bool { return q == w })
+	v.leave(client, cs)
+	if cs.running >= maxClientVerifications {
+		return nil, fmt.Errorf("%s's %d verifications under way did not end in time: %w",
+			clientkey.Holder(client.addr), maxClientVerifications, errVerifyBusy)
+	}
+	return nil, errVerifyQueue
+}
+
+// grant hands the free slots to the waiters whose turn it is: of those
+// whose client has a slot of its own free, the first of the clients with
+// the fewest under way. v.mu is held.
+func (v *verifySlots) grant() {
+	for limit := v.limit(); v.running < limit; {
+		next := -1
+		for i, w := range v.queue {
+			if w.cs.running < maxClientVerifications && (next < 0 || w.cs.running < v.queue[next].cs.running) {
+				if next = i; w.cs.running == 0 {
+					break
+				}
+			}
+		}
+		if next < 0 {
+			return
+		}
+		w := v.queue[next]
+		v.queue = slices.Delete(v.queue, next, next+1)
+		w.cs.running++
+		v.running++
+		close(w.granted)
+	}
+}
+
+// leave forgets a client no verification of which is under way or
+// waiting. v.mu is held.
+func (v *verifySlots) leave(client clientKey, cs *clientSlots) {
 	if cs.users--; cs.users == 0 {
 		delete(v.per, client)
 	}
 }
+
+// globalVerifications is the most verifications under way at once, for
+// every client together: half the processors the runtime has now, at
+// least one. Read at every use: package procs lowers GOMAXPROCS while the
+// appliance is quiet and raises it as soon as the processors it has are
+// saturated (as verifications waiting for their turn keep them).
+func globalVerifications() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 
 // minRSABits is the smallest RSA key a verified chain may hold. x509
 // accepts 1024-bit keys, which are within reach of a well-funded attacker

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -25,6 +26,7 @@ import (
 // not held up; a client with none under way is forgotten.
 func TestVerifySlots(t *testing.T) {
 	v := newVerifySlots()
+	v.limit = func() int { return 100 } // the clients' own bound alone
 	a := clientKey{"vpce-a", netip.MustParseAddr("10.0.0.1")}
 	b := clientKey{"vpce-b", netip.MustParseAddr("10.0.0.1")} // the same address behind another endpoint
 	var held []func()
@@ -157,6 +159,7 @@ func TestFailureText(t *testing.T) {
 // its own: 64 of them verified at once.
 func TestVerifySlotsClient(t *testing.T) {
 	v := newVerifySlots()
+	v.limit = func() int { return 100 } // the clients' own bound alone
 	got := 0
 	for i := range 64 {
 		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 9: 1, 10: byte(i), 15: byte(i + 1)})
@@ -187,5 +190,154 @@ func TestVerifySlotsClient(t *testing.T) {
 	}
 	if _, err := v.acquire(newClientKey("vpce-1", netip.MustParseAddr("10.0.0.2")), 0); err != nil {
 		t.Errorf("the next IPv4 address: %v", err)
+	}
+}
+
+// TestVerifySlotsGlobal: five clients, each with two verifications to do
+// at once, have at most the global limit under way together, and each
+// client at most its own two; all of them run in the end. Before, there
+// was no global limit: ten ran at once, ten CPUs for five addresses.
+func TestVerifySlotsGlobal(t *testing.T) {
+	const limit, clients = 2, 5
+	v := newVerifySlots()
+	v.limit = func() int { return limit }
+	var mu sync.Mutex
+	running, peak := 0, 0
+	perClient := map[int]int{}
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*maxClientVerifications)
+	for c := range clients {
+		key := clientKey{"vpce-1", netip.AddrFrom4([4]byte{10, 0, 0, byte(c + 1)})}
+		for range maxClientVerifications {
+			wg.Go(func() {
+				release, err := v.acquire(key, 10*time.Second)
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				running++
+				peak = max(peak, running)
+				if perClient[c]++; perClient[c] > maxClientVerifications {
+					errs <- fmt.Errorf("client %d: %d under way", c, perClient[c])
+				}
+				mu.Unlock()
+				time.Sleep(20 * time.Millisecond) // a verification
+				mu.Lock()
+				running--
+				perClient[c]--
+				mu.Unlock()
+				release()
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if peak != limit {
+		t.Errorf("%d verifications under way at once, want %d", peak, limit)
+	}
+	if v.running != 0 || len(v.queue) != 0 || len(v.per) != 0 {
+		t.Errorf("left: %d under way, %d waiting, %d clients", v.running, len(v.queue), len(v.per))
+	}
+}
+
+// TestVerifySlotsFair: with every slot taken, a freed one goes to a client
+// with none under way before a client with one under way already, though
+// the latter asked first; and a wait that runs out for want of a global
+// slot says so. Before, the client with one under way took its second
+// slot at once: nothing was shared.
+func TestVerifySlotsFair(t *testing.T) {
+	v := newVerifySlots()
+	v.limit = func() int { return 2 }
+	a := clientKey{"vpce-1", netip.MustParseAddr("10.0.0.1")}
+	b := clientKey{"vpce-1", netip.MustParseAddr("10.0.0.2")}
+	c := clientKey{"vpce-1", netip.MustParseAddr("10.0.0.3")}
+	releaseA, err := v.acquire(a, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	releaseC, err := v.acquire(c, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type got struct {
+		release func()
+		err     error
+	}
+	wait := func(k clientKey) chan got {
+		ch := make(chan got, 1)
+		mu := func() int { v.mu.Lock(); defer v.mu.Unlock(); return len(v.queue) }
+		before := mu()
+		go func() {
+			release, err := v.acquire(k, 10*time.Second)
+			ch <- got{release, err}
+		}()
+		// Queued, so that the order is a's, then b's (or, granted at once,
+		// never queued: what follows fails then).
+		for deadline := time.Now().Add(time.Second); mu() == before && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		return ch
+	}
+	secondA := wait(a) // a has one under way
+	firstB := wait(b)  // b has none
+	select {
+	case g := <-secondA:
+		t.Fatalf("a's second with every slot taken: %v", g.err)
+	case g := <-firstB:
+		t.Fatalf("b's first with every slot taken: %v", g.err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	releaseC()
+	var gb got
+	select {
+	case gb = <-firstB:
+		if gb.err != nil {
+			t.Fatal(gb.err)
+		}
+	case g := <-secondA:
+		t.Fatalf("the freed slot went to a, which has one under way, before b, which has none (err %v)", g.err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the freed slot went to nobody")
+	}
+	gb.release()
+	select {
+	case ga := <-secondA:
+		if ga.err != nil {
+			t.Fatal(ga.err)
+		}
+		ga.release()
+	case <-time.After(5 * time.Second):
+		t.Fatal("a's second: still waiting with a slot free")
+	}
+
+	// Both slots taken, by a and b: c, with none of its own under way,
+	// waits out its turn, and is told the appliance's slots were busy.
+	releaseB, err := v.acquire(b, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.acquire(c, 20*time.Millisecond); !errors.Is(err, errVerifyQueue) || noVerdict(err) == nil {
+		t.Errorf("c with every slot taken: %v, want %v", err, errVerifyQueue)
+	}
+	releaseA()
+	releaseB()
+	if v.running != 0 || len(v.queue) != 0 || len(v.per) != 0 {
+		t.Errorf("left: %d under way, %d waiting, %d clients", v.running, len(v.queue), len(v.per))
+	}
+}
+
+// TestGlobalVerifications: the limit follows GOMAXPROCS as it is now,
+// which package procs changes at run time: half of it, at least one.
+func TestGlobalVerifications(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	for procs, want := range map[int]int{1: 1, 2: 1, 3: 1, 4: 2, 8: 4} {
+		runtime.GOMAXPROCS(procs)
+		if got := globalVerifications(); got != want {
+			t.Errorf("GOMAXPROCS %d: %d, want %d", procs, got, want)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"math/big"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -259,6 +260,8 @@ func TestWeakRSARefused(t *testing.T) {
 func TestVerifySlotsShared(t *testing.T) {
 	const name = "www.example.test"
 	r := newRig(t, testPolicy)
+	// The client's own slots, not everyone's, are under test here.
+	intercept.SetVerificationLimit(r.ic, 2*intercept.MaxClientVerifications)
 	bump := func() error {
 		t.Helper()
 		upEnd, _ := r.startUpstreamTCP(r.upLeaf(name), "http/1.1")
@@ -452,5 +455,42 @@ func TestSubjectTwiceCheap(t *testing.T) {
 	}
 	if n := intercept.Verifications(r.ic) - before; n != 1 {
 		t.Errorf("%d verifications, want 1", n)
+	}
+}
+
+// TestVerifyQueueShared: with the appliance's verification slots all held
+// by other clients, a client with none of its own under way waits its
+// turn, and when the wait runs out the bump ends as when its own slots
+// stay full: an error, not a certificate refused, and nothing verified.
+// Before, there were no slots but the client's own: it verified at once,
+// however many other clients were verifying.
+func TestVerifyQueueShared(t *testing.T) {
+	const name = "www.example.test"
+	r := newRig(t, testPolicy)
+	intercept.SetVerificationLimit(r.ic, 2)
+	others := []func(){
+		intercept.HoldVerifySlot(r.ic, testEndpoint, netip.MustParseAddr("198.51.100.8")),
+		intercept.HoldVerifySlot(r.ic, testEndpoint, netip.MustParseAddr("198.51.100.9")),
+	}
+	before := intercept.Verifications(r.ic)
+	upEnd, _ := r.startUpstreamTCP(r.upLeaf(name), "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+	client.SetDeadline(time.Now().Add(waitLimit))
+	if err := client.Handshake(); err == nil || !strings.Contains(err.Error(), "handshake failure") {
+		t.Errorf("client handshake with every slot held: %v, want a handshake failure alert", err)
+	}
+	client.Close()
+	sv.waitDoneOnce(t)
+	rec := r.records()[0]
+	if rec.Action != "bump" || rec.Result != "error" || rec.UpstreamVerify != "" ||
+		rec.Error != "upstream TLS handshake: the appliance's verifications under way did not end in time: not verified" {
+		t.Errorf("record %+v", rec)
+	}
+	if n := intercept.Verifications(r.ic) - before; n != 0 {
+		t.Errorf("%d verifications, want none", n)
+	}
+	for _, release := range others {
+		release()
 	}
 }
