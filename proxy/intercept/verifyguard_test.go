@@ -494,3 +494,93 @@ func TestVerifyQueueShared(t *testing.T) {
 		release()
 	}
 }
+
+// TestDearRSARefused: a presented certificate whose RSA key makes every
+// signature check with it dear (8192 bits: about 3 ms a check; e = 2^31-1:
+// twice that) is refused before x509 sees the chain, and the record says
+// which. Before, x509 checked signatures with it, at up to 50 times an
+// honest key's cost. A small exponent (e = 3, as trusted roots still sent
+// for old clients have) is no dearer and goes on to x509, which fails this
+// chain on its own terms. The keys are public keys only: a refused chain
+// is never verified, so no one needs their private halves.
+func TestDearRSARefused(t *testing.T) {
+	const name = "www.example.test"
+	r := newRig(t, testPolicy)
+	ecKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	rsaPub := func(bits, e int) *rsa.PublicKey {
+		b := make([]byte, bits/8)
+		rand.Read(b)
+		b[0] |= 0x80
+		b[len(b)-1] |= 1
+		return &rsa.PublicKey{N: new(big.Int).SetBytes(b), E: e}
+	}
+	// What signs the leaf: an RSA key, so that x509, given the chain,
+	// checks the leaf's signature with the intermediate's dear key.
+	rsaSigner, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	chain := func(interPub *rsa.PublicKey) *tls.Certificate {
+		// The intermediate names the trusted root as its issuer; the
+		// leaf names the intermediate. Neither signature holds.
+		signer := ecKey()
+		interTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "dear CA"},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		interDER, err := x509.CreateCertificate(rand.Reader, interTmpl, &x509.Certificate{RawSubject: r.upCA.TrustAnchor().RawSubject}, interPub, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leafKey := ecKey()
+		leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(3), DNSNames: []string{name},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, interTmpl, &leafKey.PublicKey, rsaSigner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &tls.Certificate{Certificate: [][]byte{leafDER, interDER}, PrivateKey: leafKey}
+	}
+	for _, tc := range []struct {
+		what     string
+		pub      *rsa.PublicKey
+		wantErr  string // the record's, or its prefix with wantX509
+		wantX509 bool   // verified, and refused by x509
+	}{
+		{"RSA-8192", rsaPub(8192, 65537), `upstream certificate: RSA key of 8192 bits in "CN=dear CA", over 4096: not verified`, false},
+		{"RSA-4096, e = 2^31-1", rsaPub(4096, 1<<31-1), `upstream certificate: RSA public exponent 2147483647 in "CN=dear CA", over 65537: not verified`, false},
+		{"RSA-2048, e = 3", rsaPub(2048, 3), "upstream certificate: x509: ", true},
+	} {
+		before := intercept.Verifications(r.ic)
+		upEnd, _ := r.startUpstreamTCP(chain(tc.pub), "http/1.1")
+		c, sv := r.connect(upEnd, tlsDest)
+		client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: r.caPool()})
+		client.SetDeadline(time.Now().Add(waitLimit))
+		if err := client.Handshake(); err == nil || !strings.Contains(err.Error(), "bad certificate") {
+			t.Errorf("%s: client handshake: %v, want a bad certificate alert", tc.what, err)
+		}
+		client.Close()
+		sv.waitDoneOnce(t)
+		recs := r.records()
+		rec := recs[len(recs)-1]
+		t.Logf("%s: %s", tc.what, rec.Error)
+		if rec.Action != "deny" || rec.Result != "denied" || rec.UpstreamVerify != "failed" ||
+			!tc.wantX509 && rec.Error != tc.wantErr || tc.wantX509 && !strings.HasPrefix(rec.Error, tc.wantErr) {
+			t.Errorf("%s: record %+v", tc.what, rec)
+		}
+		want := uint64(0)
+		if tc.wantX509 {
+			want = 1
+		}
+		if n := intercept.Verifications(r.ic) - before; n != want {
+			t.Errorf("%s: %d verifications, want %d", tc.what, n, want)
+		}
+	}
+}
