@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"net/http"
 
@@ -184,6 +185,9 @@ func (h *h1Bounds) request(req *http.Request) {
 // with more behind it, is read past, and the boundaries given up.
 func (c *hijackedConn) readConn(b []byte) (int, error) {
 	if c.h1 {
+		if c.bodyFault.Load() != nil {
+			return 0, io.EOF // past a chunk that broke its body: no request (bodyfault.go)
+		}
 		return c.bounds.read(c.Conn, b)
 	}
 	n, err := c.Conn.Read(b)

@@ -38,6 +38,9 @@ type hijackedConn struct {
 	// and bounds keeps its buffers to one request (h1bounds.go).
 	h1     bool
 	bounds h1Bounds
+	// bodyFault is the framing error of a chunked request body, once one
+	// broke: nothing after it is served (bodyfault.go).
+	bodyFault atomic.Pointer[error]
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -361,17 +364,23 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 // which it does once the response is written, before it reads the next
 // request. The request's own body is closed first: goproxy closes it only
 // afterwards, and closing drains what the upstream did not read (a denied
-// upload, an early 413), bytes that are no head.
+// upload, an early 413), bytes that are no head. When that body's framing
+// broke, there is no next head: the connection ends after resp, whose
+// Close goproxy looks at once it has written it (bodyfault.go).
 type nextHead struct {
 	io.ReadCloser
 	cc      *hijackedConn
 	reqBody io.ReadCloser
+	resp    *http.Response
 }
 
 func (b *nextHead) Close() error {
 	err := b.ReadCloser.Close()
 	if b.reqBody != nil {
 		_ = b.reqBody.Close()
+	}
+	if b.cc.bodyFault.Load() != nil {
+		b.resp.Close = true // on goproxy's goroutine, which reads it next
 	}
 	b.cc.limit.read.Store(0)
 	b.cc.limit.inHead.Store(true)

@@ -90,7 +90,10 @@ func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, 
 // chunked reader's errors, in its words too) is refused the same way,
 // and its connection closed: past a chunk it cannot read, what follows
 // is no request (RFC 9112 §7.1), and serving it as one is how a request
-// is smuggled behind another.
+// is smuggled behind another. Such an error can come after the
+// destination's answer (it answered before reading the body): roundTrip
+// asks here once more when the round trip succeeded, and what is found
+// later is bodyfault.go's.
 func (rt *roundTripper) refuseMalformedBody(req *http.Request, bodyErr error, rec *records.Record, start time.Time) *http.Response {
 	if bodyErr == nil {
 		return nil

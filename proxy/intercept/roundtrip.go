@@ -22,6 +22,13 @@ import (
 // keep-alive connection, or a bumped one, may carry requests for other
 // names than its first) and gets its own record.
 func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
+	if rt.cc.bodyFault.Load() != nil {
+		// goproxy read this head from bytes it had buffered after a
+		// chunked body whose framing broke: no request (bodyfault.go).
+		// Not decided, sent or recorded; the error ends goproxy's loop,
+		// which closes the connection.
+		return nil, errAfterBodyFault
+	}
 	// In flight first, then a request: the order tryEnd relies on.
 	rt.inflight.Add(1)
 	rt.s.abortIfBroken() // the client reset after its FIN: AbortUnlessIdle
@@ -39,14 +46,15 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 		// seen: what it left held goes now, before a "100 Continue".
 		rt.cc.holdResponse(false)
 	}
-	reqBody := req.Body // goproxy's own, before roundTrip wraps it
-	resp, err := rt.roundTrip(req)
+	fb := watchBodyFault(req, rt.cc)
+	reqBody := req.Body // goproxy's own (or fb), before roundTrip wraps it
+	resp, err := rt.roundTrip(req, fb)
 	if !recordsOnClose(resp) {
 		rt.requestDone() // its record is written already
 	}
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
 		watch := watchOf(resp.Body)
-		resp.Body = &nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody}
+		resp.Body = &nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody, resp: resp}
 		if watch != nil { // the server's last flush is watched too
 			resp.Body = &streamEnd{ReadCloser: resp.Body, watch: watch}
 		}
@@ -77,7 +85,9 @@ func hasBody(req *http.Request, resp *http.Response) bool {
 		resp.StatusCode >= 200 && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified
 }
 
-func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
+// roundTrip is RoundTrip's one request; fb is its body when that is a
+// chunked HTTP/1 one (watchBodyFault), else nil.
+func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Response, error) {
 	s := rt.s
 	start := time.Now()
 	req.URL.Scheme = rt.scheme // goproxy saw cleartext and says http
@@ -193,6 +203,17 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	// still sent its body, and cleartext HTTP has no connection record to
 	// say so. A response's end counts it again (rb.done).
 	rec.BytesOut = sent.n.Load()
+	if err == nil && fb != nil {
+		// The destination answered before the body's framing broke, as
+		// far as the transport had read it: known now, before the
+		// answer's head goes out, the client gets the 400 instead.
+		// Found later, the answer goes on and the record says so
+		// (rb.done).
+		if bad := rt.refuseMalformedBody(req, sent.err(), &rec, start); bad != nil {
+			resp.Body.Close()
+			return bad, nil
+		}
+	}
 	if err != nil && (req.Context().Err() != nil || sent.failed.Load()) {
 		if resp := rt.refuseMalformedBody(req, sent.err(), &rec, start); resp != nil {
 			return resp, nil
@@ -281,11 +302,19 @@ func (rt *roundTripper) roundTrip(req *http.Request) (*http.Response, error) {
 	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
+		// The rest of a chunked body the destination did not read, to
+		// its end or the chunk that breaks it: the record says which.
+		bodyErr := fb.drain()
 		result, why, delivered := rt.clientOutcome(ctx, rb)
 		if tunnel.ended() {
 			result = "ok" // its end was the reload's, which it resets: tunnel.record says so
 		}
 		noteOutcome(&rec, result, why) // after an audited destination check's note, if any
+		if bodyErr != nil {
+			// The client had the destination's answer (its status stays
+			// in the record); its connection ends with it (nextHead).
+			noteOutcome(&rec, "error", "malformed request body: "+bodyErr.Error())
+		}
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
 		tunnel.record(&rec)
 		rt.write(&rec, start)

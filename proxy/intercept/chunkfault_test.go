@@ -1,0 +1,178 @@
+package intercept_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+)
+
+// earlyOrigin is an HTTP/1 origin that answers a request as soon as it
+// has read its head, and never reads its body as one: what comes after
+// the head on that connection is read and thrown away (a 401 or 413
+// answered before the upload, or a server that ignores bodies). With
+// readFirst it answers nothing, and reads the request's bytes until the
+// connection ends.
+type earlyOrigin struct {
+	t         *testing.T
+	status    int
+	readFirst bool
+
+	mu    sync.Mutex
+	heads []string // request lines, in the order read
+}
+
+// conn returns the appliance's end of a new connection to the origin.
+func (o *earlyOrigin) conn() net.Conn {
+	proxyEnd, serverEnd := testnet.TCPPair(o.t)
+	o.t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
+	go o.serve(serverEnd)
+	return proxyEnd
+}
+
+func (o *earlyOrigin) serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return
+	}
+	for {
+		h, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		if h == "\r\n" {
+			break
+		}
+	}
+	o.mu.Lock()
+	o.heads = append(o.heads, strings.TrimRight(line, "\r\n"))
+	o.mu.Unlock()
+	if !o.readFirst {
+		body := ""
+		if o.status != http.StatusNoContent {
+			body = "early answer"
+		}
+		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Length: %d\r\n\r\n%s", o.status, http.StatusText(o.status), len(body), body)
+	}
+	io.Copy(io.Discard, br)
+}
+
+func (o *earlyOrigin) served() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.heads...)
+}
+
+const (
+	chunkedHead = "POST /a HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+	// badChunk is a size line net/http refuses, and what follows it a
+	// request, were the body's framing read otherwise.
+	badChunk = "zz\r\nGET /smuggled HTTP/1.1\r\nHost: www.example.test\r\n\r\n"
+)
+
+// checkChunkFault checks what follows a malformed chunked body: the client
+// got one response, with status want (0: any), and then its connection
+// ended; the request's record has the status the client got, result
+// error and the body's fault; nothing after the bad chunk was served,
+// relayed or recorded. It returns the status the client got.
+func checkChunkFault(t *testing.T, r *rig, served func() []string, c net.Conn, br *bufio.Reader, want int) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
+	if err != nil {
+		t.Fatalf("no response to POST /a: %v", err)
+	}
+	io.ReadAll(resp.Body)
+	got := resp.StatusCode
+	if want != 0 && got != want {
+		t.Errorf("response %d, want %d", got, want)
+	}
+	checkChunkFaultAfter(t, r, served, c, br, got)
+}
+
+func checkChunkFaultAfter(t *testing.T, r *rig, served func() []string, c net.Conn, br *bufio.Reader, got int) {
+	t.Helper()
+	if next, err := http.ReadResponse(br, nil); err == nil {
+		t.Errorf("a second response, %d: the bytes after the bad chunk were served as a request", next.StatusCode)
+	} else if err != io.EOF && err != io.ErrUnexpectedEOF && !strings.Contains(err.Error(), "reset") {
+		t.Errorf("after the response: %v, want the connection closed", err)
+	}
+	c.Close()
+	var found bool
+	for _, rec := range ofKind(r.records(), "http") {
+		switch rec.Path {
+		case "/a":
+			found = true
+			if rec.Action != "allow" || rec.Rule != "default" || rec.Status != got || rec.Result != "error" ||
+				!strings.HasPrefix(rec.Error, "malformed request body: invalid byte in chunk length") {
+				t.Errorf("record: action %s rule %q status %d result %s error %q, want the decision (allow, default), %d (what the client got), error, malformed request body",
+					rec.Action, rec.Rule, rec.Status, rec.Result, rec.Error, got)
+			}
+		case "/smuggled":
+			t.Errorf("the bytes after the bad chunk were taken for a request: %+v", rec)
+		}
+	}
+	if !found {
+		t.Error("no record for POST /a")
+	}
+	for _, h := range served() {
+		if strings.Contains(h, "/smuggled") {
+			t.Errorf("the origin was sent %q", h)
+		}
+	}
+}
+
+// TestChunkFaultAfterAnswer: the origin answers a chunked POST from its
+// head, and the client, having read that answer, sends a chunk net/http
+// cannot read, then a request. The framing error is found only after the
+// response head went out: the client keeps the origin's answer, its
+// connection then ends, the record keeps the origin's status with result
+// error and the body's fault, and nothing after the bad chunk is served.
+// Before, goproxy's loop read the request after the bad chunk and served
+// it (a request smuggled behind another), and the POST's record said ok.
+// A 204 has goproxy decide to go on before it closes the response body:
+// the head it then reads from its buffers is refused unserved.
+func TestChunkFaultAfterAnswer(t *testing.T) {
+	for _, status := range []int{http.StatusOK, http.StatusNoContent} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			o := &earlyOrigin{t: t, status: status}
+			c, _ := r.connectTCP(o.conn(), httpDest)
+			r.offerRedial(o.conn())
+			c.SetDeadline(time.Now().Add(waitLimit))
+			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
+			if err != nil {
+				t.Fatalf("no early answer: %v", err)
+			}
+			io.ReadAll(resp.Body)
+			if resp.StatusCode != status {
+				t.Fatalf("response %d, want the origin's %d", resp.StatusCode, status)
+			}
+			io.WriteString(c, badChunk)
+			checkChunkFaultAfter(t, r, o.served, c, br, status)
+		})
+	}
+}
+
+// TestChunkFaultBeforeAnswer: the origin reads the body as it comes and
+// would answer at its end; the bad chunk breaks the round trip first, so
+// the client gets a 400 and the connection closes.
+func TestChunkFaultBeforeAnswer(t *testing.T) {
+	r := newRig(t, testPolicy)
+	o := &earlyOrigin{t: t, readFirst: true}
+	c, _ := r.connectTCP(o.conn(), httpDest)
+	r.offerRedial(o.conn())
+	c.SetDeadline(time.Now().Add(waitLimit))
+	io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+badChunk)
+	checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest)
+}
