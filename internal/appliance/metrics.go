@@ -443,6 +443,8 @@ var plaintextMetrics = []statMetric[capture.PlaintextStats]{
 		func(p *capture.PlaintextStats) float64 { return float64(p.Bytes) }),
 	newStatMetric("plaintext_dropped_total", promCounter, "Synthesized packets an output's queue had no room for (also counted in that output's dropped).",
 		func(p *capture.PlaintextStats) float64 { return float64(p.Dropped) }),
+	newStatMetric("plaintext_collisions_total", promCounter, "Synthesized streams written on a 5-tuple a wire flow or another stream held, every port tried being taken.",
+		func(p *capture.PlaintextStats) float64 { return float64(p.Collisions) }),
 }
 
 // accessLogStats is the access log file's counts; zero without one.

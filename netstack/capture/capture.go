@@ -261,7 +261,7 @@ func (c *Capture) Stats() Stats {
 	}
 	if c.plaintext {
 		s.Plaintext = &PlaintextStats{Streams: c.plain.streams.Load(), Packets: c.plain.packets.Load(),
-			Bytes: c.plain.bytes.Load(), Dropped: c.plain.dropped.Load()}
+			Bytes: c.plain.bytes.Load(), Dropped: c.plain.dropped.Load(), Collisions: c.plain.collisions.Load()}
 	}
 	return s
 }

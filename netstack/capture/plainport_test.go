@@ -49,3 +49,41 @@ func TestPlaintextPortAvoidsTaken(t *testing.T) {
 		t.Errorf("%d tuples still held after every stream closed", len(c.ports.m))
 	}
 }
+
+// A client that holds every port near the flipped one (a bare ACK from
+// each of 32,768 ports makes as many flows) must not hide its bumped
+// connections' plaintext from the IDS: the stream is written on the
+// flipped port anyway, the collision counted, and the search asks the flow
+// table about a bounded number of ports, not the whole half.
+func TestPlaintextPortCollidesRatherThanHides(t *testing.T) {
+	c := queuedCapture(4096)
+	asked := 0
+	f := plainFlow
+	f.Client = netip.AddrPortFrom(plainFlow.Client.Addr(), 40318)
+	f.Taken = func(netstack.FlowKey) bool { asked++; return true }
+	s1 := c.OpenPlaintext(f)
+	if s1 == nil {
+		t.Fatal("no stream when every port tried is a wire flow's: the connection's plaintext is hidden")
+	}
+	if s1.cport != 40318^PlaintextPortFlip {
+		t.Errorf("stream from %d, want the flipped port %d", s1.cport, 40318^PlaintextPortFlip)
+	}
+	if asked > plainPortTries {
+		t.Errorf("the flow table was asked about %d ports, want at most %d", asked, plainPortTries)
+	}
+	s2 := c.OpenPlaintext(f) // a second connection from the same port, after a reuse
+	if s2 == nil || s2.cport != s1.cport {
+		t.Fatalf("a second colliding stream: %v", s2)
+	}
+	if got := c.Stats().Plaintext.Collisions; got != 2 {
+		t.Errorf("collisions %d, want 2", got)
+	}
+	s1.Close()
+	if len(c.ports.m) != 1 {
+		t.Errorf("%d tuples held with one colliding stream still open, want 1", len(c.ports.m))
+	}
+	s2.Close()
+	if len(c.ports.m) != 0 {
+		t.Errorf("%d tuples still held after every stream closed", len(c.ports.m))
+	}
+}

@@ -106,10 +106,14 @@ type PlaintextStats struct {
 	// Dropped counts synthesized packets an output's queue had no room
 	// for (also in that output's dropped): their streams have gaps.
 	Dropped uint64 `json:"dropped"`
+	// Collisions counts streams whose 5-tuple a wire flow or another
+	// stream held on every port tried: written anyway, apart from it only
+	// by the VLAN or the pcap interface.
+	Collisions uint64 `json:"collisions"`
 }
 
 type plainCounters struct {
-	streams, packets, bytes, dropped atomic.Uint64
+	streams, packets, bytes, dropped, collisions atomic.Uint64
 }
 
 // Stream is the plaintext of one bumped connection being synthesized. Its
@@ -206,8 +210,8 @@ func (c *Capture) OpenPlaintext(f PlaintextFlow) *Stream {
 		s.mss = plainMSS6
 	}
 	s.tuple = plainTuple{endpoint: endpoint, client: s.client, dest: s.dest, dport: s.dport}
-	if !c.ports.reserve(&s.tuple, s.v6, f.Client.Port(), f.Taken) {
-		return nil
+	if c.ports.reserve(&s.tuple, s.v6, f.Client.Port(), f.Taken) {
+		c.plain.collisions.Add(1)
 	}
 	s.cport = s.tuple.cport
 	// As ParsePacket describes the client's packets (IPv4 addresses in
