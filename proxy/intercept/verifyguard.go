@@ -379,11 +379,19 @@ func (v *verifySlots) leave(client clientKey, cs *clientSlots) {
 }
 
 // globalVerifications is the most verifications under way at once, for
-// every client together: half the processors the runtime has now, at
-// least one. Read at every use: package procs lowers GOMAXPROCS while the
-// appliance is quiet and raises it as soon as the processors it has are
-// saturated (as verifications waiting for their turn keep them).
-func globalVerifications() int { return max(1, runtime.GOMAXPROCS(0)/2) }
+// every client together: half the processors the appliance may use, at
+// least one. Half of procsCeiling, not of GOMAXPROCS now: package procs
+// lowers GOMAXPROCS while the appliance is quiet and raises it only when
+// the processors it has are busy, which verifications waiting for a slot
+// (parked, not running) never make them; a cap read from a lowered
+// GOMAXPROCS would stay at one on an 8-core appliance through a flood of
+// dear chains, every honest new chain queued behind it.
+func globalVerifications() int { return max(1, procsCeiling/2) }
+
+// procsCeiling is GOMAXPROCS as the runtime chose it at start (the CPUs
+// the process may use), before package procs adjusts it; a variable for
+// tests.
+var procsCeiling = runtime.GOMAXPROCS(0)
 
 // minRSABits is the smallest RSA key a verified chain may hold. x509
 // accepts 1024-bit keys, which are within reach of a well-funded attacker
