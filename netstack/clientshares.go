@@ -38,7 +38,8 @@ type clientShard struct {
 // table, and it is dropped with its last flow.
 type client struct {
 	sh    *clientShard
-	flows int32 // in the table; 0: dropped
+	key   clientKey // as made: the key of a later --ipv6-client-prefix may differ
+	flows int32     // in the table; 0: dropped
 	fresh []*Flow
 	head  int
 	at    int         // index in sh.byFresh; -1: not in it
@@ -115,19 +116,19 @@ func (c *clientShares) take(endpoint uint64, addr [16]byte, pressed int32) (*cli
 		return nil, DropMemoryPressure
 	}
 	if cl == nil {
-		cl = &client{sh: s, at: -1}
+		cl = &client{sh: s, key: k, at: -1}
 		s.clients[k] = cl
 	}
 	cl.flows++
 	return cl, DropNone
 }
 
-// give returns a flow of cl's share, the client of endpoint and addr.
-func (c *clientShares) give(cl *client, endpoint uint64, addr [16]byte) {
+// give returns a flow of cl's share.
+func (c *clientShares) give(cl *client) {
 	s := cl.sh
 	s.mu.Lock()
 	if cl.flows--; cl.flows <= 0 {
-		delete(s.clients, clientKeyOf(endpoint, addr))
+		delete(s.clients, cl.key)
 		// Its queue holds entries of removed flows only.
 		clear(cl.fresh)
 		cl.fresh, cl.head = nil, 0

@@ -349,7 +349,7 @@ func (t *flowTable) touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.Addr
 		}
 		if t.count.Add(1) > t.max && !t.evict(own) {
 			t.count.Add(-1)
-			t.clients.give(own, k.Endpoint, k.ClientAddr)
+			t.clients.give(own)
 			return nil, DropFlowTableFull
 		}
 		s.mu.Lock()
@@ -363,7 +363,7 @@ func (t *flowTable) touch(k *FlowKey, hdr []byte, parsed Header, gwlb netip.Addr
 			t.endpointCounter(k.Endpoint).Add(1)
 		} else { // another reader created it first
 			t.count.Add(-1)
-			t.clients.give(own, k.Endpoint, k.ClientAddr)
+			t.clients.give(own)
 		}
 		s.mu.Unlock()
 		if made {
@@ -487,7 +487,7 @@ func (t *flowTable) removeLocked(s *flowShard, f *Flow) {
 	delete(s.flows, f.key)
 	f.removed.Store(true)
 	t.endpointCounter(f.key.Endpoint).Add(-1)
-	t.clients.give(f.owner, f.key.Endpoint, f.key.ClientAddr)
+	t.clients.give(f.owner)
 }
 
 // EndpointFlows returns the number of flows of one GWLB endpoint.
