@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync"
 	"sync/atomic"
 )
 
@@ -30,9 +31,24 @@ import (
 // record keeps the status the client got, with result error and the
 // body's fault (roundTrip's rb.done, which reads the body to its end or
 // its fault before it writes the record).
+//
+// Any error reading the body but its end counts, not only the chunked
+// reader's: past any of them the framing is lost (a trailer net/http
+// refuses leaves what follows it unread, a request head among it). The
+// record names a framing error (chunkedBodyErrors) a malformed body, and
+// any other the client's going away (roundTrip's rb.done).
 type faultBody struct {
 	io.ReadCloser
-	cc    *hijackedConn
+	cc *hijackedConn
+	// mu holds a read and its note together, and a close: net/http's
+	// body, after a trailer it refuses, closes itself inside the read
+	// that returns the error, and a later Close returns nil. Without mu,
+	// a Close (nextHead's, drain's) taken between that read's return and
+	// its note would see no fault, and goproxy would go on to the next
+	// head. With it the note happens before the Close returns. A close
+	// waited for a read under way already (net/http's body has its own
+	// lock), so mu adds no wait.
+	mu    sync.Mutex
 	fault atomic.Pointer[error]
 }
 
@@ -53,10 +69,10 @@ func watchBodyFault(req *http.Request, cc *hijackedConn) *faultBody {
 }
 
 func (b *faultBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	n, err := b.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
-		b.note(err)
-	}
+	b.note(err)
 	return n, err
 }
 
@@ -64,25 +80,27 @@ func (b *faultBody) Read(p []byte) (int, error) {
 // does (it is goproxy's, read by http.ReadRequest), which finds a framing
 // error in what the destination never read.
 func (b *faultBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	err := b.ReadCloser.Close()
-	if err != nil {
-		b.note(err)
-	}
+	b.note(err)
 	return err
 }
 
-// note keeps err when it is net/http's chunked reader's: a body whose
-// framing broke, not one the client stopped sending.
+// note keeps err, the first error reading the body other than its end;
+// b.mu is held. A read after a close (the transport's writer, once the
+// body was drained) is no fault of the body's: its end, or its fault,
+// was seen by the close.
 func (b *faultBody) note(err error) {
-	if !containsAny(err.Error(), chunkedBodyErrors) {
+	if err == nil || err == io.EOF || errors.Is(err, http.ErrBodyReadAfterClose) {
 		return
 	}
 	b.fault.CompareAndSwap(nil, &err)
 	b.cc.bodyFault.CompareAndSwap(nil, &err)
 }
 
-// drain reads the rest of the body (Close) and returns its framing
-// error, if it had one; b may be nil.
+// drain reads the rest of the body (Close) and returns the error that
+// broke it, if one did; b may be nil.
 func (b *faultBody) drain() error {
 	if b == nil {
 		return nil
@@ -92,4 +110,11 @@ func (b *faultBody) drain() error {
 		return *p
 	}
 	return nil
+}
+
+// malformedBody reports whether err, a request body's, is a framing
+// error of its own (net/http's words for it), not the client's going
+// away: the record calls the body malformed.
+func malformedBody(err error) bool {
+	return containsAny(err.Error(), chunkedBodyErrors)
 }

@@ -2,6 +2,7 @@ package intercept_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -20,10 +21,13 @@ import (
 // answered before the upload, or a server that ignores bodies). With
 // readFirst it answers nothing, and reads the request's bytes until the
 // connection ends.
+//
+// With leaf, the origin speaks TLS with it (a bumped connection's).
 type earlyOrigin struct {
 	t         *testing.T
 	status    int
 	readFirst bool
+	leaf      *tls.Certificate
 
 	mu    sync.Mutex
 	heads []string // request lines, in the order read
@@ -33,7 +37,11 @@ type earlyOrigin struct {
 func (o *earlyOrigin) conn() net.Conn {
 	proxyEnd, serverEnd := testnet.TCPPair(o.t)
 	o.t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
-	go o.serve(serverEnd)
+	var c net.Conn = serverEnd
+	if o.leaf != nil {
+		c = tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*o.leaf}, NextProtos: []string{"http/1.1"}})
+	}
+	go o.serve(c)
 	return proxyEnd
 }
 
@@ -74,17 +82,42 @@ func (o *earlyOrigin) served() []string {
 
 const (
 	chunkedHead = "POST /a HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+	// smuggledHead is a request, were the body's framing read past a
+	// fault.
+	smuggledHead = "GET /smuggled HTTP/1.1\r\nHost: www.example.test\r\n\r\n"
 	// badChunk is a size line net/http refuses, and what follows it a
-	// request, were the body's framing read otherwise.
-	badChunk = "zz\r\nGET /smuggled HTTP/1.1\r\nHost: www.example.test\r\n\r\n"
+	// request; chunkFault is net/http's error for it.
+	badChunk   = "zz\r\n" + smuggledHead
+	chunkFault = "invalid byte in chunk length"
 )
+
+// chunkClient opens the client's connection to o for www.example.test,
+// cleartext or bumped, with another connection to o on offer should
+// the appliance dial again. It returns the connection and the action its
+// requests' records carry.
+func chunkClient(t *testing.T, r *rig, o *earlyOrigin, bumped bool) (net.Conn, string) {
+	t.Helper()
+	var c net.Conn
+	action := "allow"
+	if bumped {
+		o.leaf = r.upLeaf("www.example.test")
+		c, _ = bumpedHTTP1(t, r, o.conn())
+		action = "bump"
+	} else {
+		c, _ = r.connectTCP(o.conn(), httpDest)
+	}
+	r.offerRedial(o.conn())
+	c.SetDeadline(time.Now().Add(waitLimit))
+	return c, action
+}
 
 // checkChunkFault checks what follows a malformed chunked body: the client
 // got one response, with status want (0: any), and then its connection
 // ended; the request's record has the status the client got, result
 // error and the body's fault; nothing after the bad chunk was served,
-// relayed or recorded. It returns the status the client got.
-func checkChunkFault(t *testing.T, r *rig, served func() []string, c net.Conn, br *bufio.Reader, want int) {
+// relayed or recorded. action is the record's (allow, or bump on a bumped
+// connection), fault the start of net/http's error for the body.
+func checkChunkFault(t *testing.T, r *rig, served func() []string, c net.Conn, br *bufio.Reader, want int, action, fault string) {
 	t.Helper()
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
 	if err != nil {
@@ -95,10 +128,12 @@ func checkChunkFault(t *testing.T, r *rig, served func() []string, c net.Conn, b
 	if want != 0 && got != want {
 		t.Errorf("response %d, want %d", got, want)
 	}
-	checkChunkFaultAfter(t, r, served, c, br, got)
+	checkChunkFaultAfter(t, r, served, c, br, got, action, fault)
 }
 
-func checkChunkFaultAfter(t *testing.T, r *rig, served func() []string, c net.Conn, br *bufio.Reader, got int) {
+// checkChunkFaultAfter is checkChunkFault once the client has its
+// response, with status got.
+func checkChunkFaultAfter(t *testing.T, r *rig, served func() []string, c net.Conn, br *bufio.Reader, got int, action, fault string) {
 	t.Helper()
 	if next, err := http.ReadResponse(br, nil); err == nil {
 		t.Errorf("a second response, %d: the bytes after the bad chunk were served as a request", next.StatusCode)
@@ -111,10 +146,10 @@ func checkChunkFaultAfter(t *testing.T, r *rig, served func() []string, c net.Co
 		switch rec.Path {
 		case "/a":
 			found = true
-			if rec.Action != "allow" || rec.Rule != "default" || rec.Status != got || rec.Result != "error" ||
-				!strings.HasPrefix(rec.Error, "malformed request body: invalid byte in chunk length") {
-				t.Errorf("record: action %s rule %q status %d result %s error %q, want the decision (allow, default), %d (what the client got), error, malformed request body",
-					rec.Action, rec.Rule, rec.Status, rec.Result, rec.Error, got)
+			if rec.Action != action || rec.Rule != "default" || rec.Status != got || rec.Result != "error" ||
+				!strings.HasPrefix(rec.Error, "malformed request body: "+fault) {
+				t.Errorf("record: action %s rule %q status %d result %s error %q, want the decision (%s, default), %d (what the client got), error, malformed request body: %s",
+					rec.Action, rec.Rule, rec.Status, rec.Result, rec.Error, action, got, fault)
 			}
 		case "/smuggled":
 			t.Errorf("the bytes after the bad chunk were taken for a request: %+v", rec)
@@ -159,7 +194,7 @@ func TestChunkFaultAfterAnswer(t *testing.T) {
 				t.Fatalf("response %d, want the origin's %d", resp.StatusCode, status)
 			}
 			io.WriteString(c, badChunk)
-			checkChunkFaultAfter(t, r, o.served, c, br, status)
+			checkChunkFaultAfter(t, r, o.served, c, br, status, "allow", chunkFault)
 		})
 	}
 }
@@ -174,5 +209,5 @@ func TestChunkFaultBeforeAnswer(t *testing.T) {
 	r.offerRedial(o.conn())
 	c.SetDeadline(time.Now().Add(waitLimit))
 	io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+badChunk)
-	checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest)
+	checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest, "allow", chunkFault)
 }

@@ -127,5 +127,5 @@ func TestMalformedH1ChunkedBody(t *testing.T) {
 	r.offerRedial(o.conn())
 	c.SetDeadline(time.Now().Add(waitLimit))
 	io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+badChunk)
-	checkChunkFault(t, r, func() []string { _, served := o.snapshot(); return served }, c, bufio.NewReader(c), 0)
+	checkChunkFault(t, r, func() []string { _, served := o.snapshot(); return served }, c, bufio.NewReader(c), 0, "allow", chunkFault)
 }

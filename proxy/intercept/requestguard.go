@@ -87,7 +87,8 @@ func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, 
 // as the client's going away still.
 //
 // An HTTP/1 client's chunked body that breaks its framing (net/http's
-// chunked reader's errors, in its words too) is refused the same way,
+// chunked reader's errors, or a trailer it refuses, in its words too;
+// chunkedBodyErrors) is refused the same way,
 // and its connection closed: past a chunk it cannot read, what follows
 // is no request (RFC 9112 §7.1), and serving it as one is how a request
 // is smuggled behind another. Such an error can come after the
@@ -112,14 +113,17 @@ func (rt *roundTripper) refuseMalformedBody(req *http.Request, bodyErr error, re
 }
 
 // h2BodyErrors are x/net's words for a body that breaks its
-// content-length; chunkedBodyErrors net/http's chunked reader's for a
-// chunked body it cannot read (net/http/internal/chunked.go).
+// content-length; chunkedBodyErrors net/http's for a chunked body it
+// cannot read: its chunked reader's (net/http/internal/chunked.go), and
+// those for a trailer it refuses (body.readTrailer: textproto's
+// malformed header lines, and one with no end within 4 KiB).
 var (
 	h2BodyErrors      = []string{"sender tried to send more than declared Content-Length", "request declared a Content-Length of"}
 	chunkedBodyErrors = []string{
 		"invalid byte in chunk length", "empty hex number for chunk length", "http chunk length too large",
 		"malformed chunked encoding", "chunked encoding contains too much non-data",
 		"chunked line ends with bare LF", "invalid CR in chunked line", "header line too long",
+		"malformed MIME header", "suspiciously long trailer after chunked body",
 	}
 )
 

@@ -310,10 +310,16 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 			result = "ok" // its end was the reload's, which it resets: tunnel.record says so
 		}
 		noteOutcome(&rec, result, why) // after an audited destination check's note, if any
-		if bodyErr != nil {
+		switch {
+		case bodyErr != nil && malformedBody(bodyErr):
 			// The client had the destination's answer (its status stays
 			// in the record); its connection ends with it (nextHead).
 			noteOutcome(&rec, "error", "malformed request body: "+bodyErr.Error())
+		case bodyErr != nil && result == "ok":
+			// The answer went out whole, but the client stopped sending
+			// its body (it closed, or reset): the connection ends too.
+			result, why = rt.cc.limit.clientGone("reset", "before its request body ended", " ("+bodyErr.Error()+")")
+			noteOutcome(&rec, result, why)
 		}
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
 		tunnel.record(&rec)

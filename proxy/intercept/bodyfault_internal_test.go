@@ -1,0 +1,74 @@
+package intercept
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+)
+
+// heldRead passes reads and closes on to net/http's body; a read that
+// fails holds its error (held closed) until release is closed: the
+// moment between net/http's read returning and faultBody's note, which
+// the scheduler may stretch at will.
+type heldRead struct {
+	io.ReadCloser
+	held, release chan struct{}
+}
+
+func (h *heldRead) Read(p []byte) (int, error) {
+	n, err := h.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		close(h.held)
+		<-h.release
+	}
+	return n, err
+}
+
+// TestFaultBodyCloseAfterTrailerRead: net/http's body closes itself
+// inside the read that returns a trailer's error, so a Close after that
+// read returns nil. A Close (nextHead's, before goproxy looks for the
+// next head) that comes while the transport's writer has that read's
+// error but has not noted it yet must still find the fault when it
+// returns. Before, it returned at once with no fault: goproxy went on to
+// the request buffered behind the trailer, unless the writer's note won
+// the race to the RoundTrip gate.
+func TestFaultBodyCloseAfterTrailerRead(t *testing.T) {
+	client, server := testnet.TCPPair(t)
+	go io.WriteString(client, "POST /a HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"3\r\nabc\r\n0\r\nbad line\r\nGET /smuggled HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+	req, err := http.ReadRequest(bufio.NewReader(server))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &heldRead{ReadCloser: req.Body, held: make(chan struct{}), release: make(chan struct{})}
+	req.Body = h
+	cc := &hijackedConn{}
+	fb := watchBodyFault(req, cc)
+	if fb == nil {
+		t.Fatal("a chunked HTTP/1 body is not watched")
+	}
+	go io.Copy(io.Discard, fb) // the transport's writer
+	select {
+	case <-h.held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the body's read did not fail at the trailer")
+	}
+	closed := make(chan struct{})
+	go func() { fb.Close(); close(closed) }()
+	select {
+	case <-closed:
+		if cc.bodyFault.Load() == nil {
+			t.Error("Close returned with the trailer's error read but not noted: no fault on the connection")
+		}
+	case <-time.After(100 * time.Millisecond): // Close waits for the read's note
+	}
+	close(h.release)
+	<-closed
+	if p := cc.bodyFault.Load(); p == nil || !malformedBody(*p) {
+		t.Errorf("connection's fault %v, want the trailer's", p)
+	}
+}
