@@ -20,13 +20,15 @@ import (
 // the head on that connection is read and thrown away (a 401 or 413
 // answered before the upload, or a server that ignores bodies). With
 // readFirst it answers nothing, and reads the request's bytes until the
-// connection ends.
+// connection ends. With stream, its answer is a chunked 200 of that many
+// 5-byte chunks, 30 ms apart.
 //
 // With leaf, the origin speaks TLS with it (a bumped connection's).
 type earlyOrigin struct {
 	t         *testing.T
 	status    int
 	readFirst bool
+	stream    int
 	leaf      *tls.Certificate
 
 	mu    sync.Mutex
@@ -64,7 +66,17 @@ func (o *earlyOrigin) serve(c net.Conn) {
 	o.mu.Lock()
 	o.heads = append(o.heads, strings.TrimRight(line, "\r\n"))
 	o.mu.Unlock()
-	if !o.readFirst {
+	if o.stream > 0 {
+		go io.Copy(io.Discard, br)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+		for i := 0; i < o.stream; i++ {
+			time.Sleep(30 * time.Millisecond)
+			if _, err := io.WriteString(c, "5\r\nhello\r\n"); err != nil {
+				return
+			}
+		}
+		io.WriteString(c, "0\r\n\r\n")
+	} else if !o.readFirst {
 		body := ""
 		if o.status != http.StatusNoContent {
 			body = "early answer"
@@ -210,4 +222,34 @@ func TestChunkFaultBeforeAnswer(t *testing.T) {
 	c.SetDeadline(time.Now().Add(waitLimit))
 	io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+badChunk)
 	checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest, "allow", chunkFault)
+}
+
+// TestChunkFaultWhileStreaming: the origin streams its answer while the
+// upload goes on, and the bad chunk comes in the middle of that stream.
+// The appliance ends the response with the connection (the transport's
+// writer closes the upstream connection when the body breaks), so the
+// client gets part of the answer and nothing after the bad chunk is
+// served; the record keeps the status with the body's fault alone,
+// "malformed request body: ...". Before, it first blamed the destination
+// for the cut ("response body from the destination, after 5 bytes: ...
+// use of closed network connection; malformed request body: ...").
+func TestChunkFaultWhileStreaming(t *testing.T) {
+	for _, bumped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			o := &earlyOrigin{t: t, status: http.StatusOK, stream: 20}
+			c, action := chunkClient(t, r, o, bumped)
+			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
+			if err != nil {
+				t.Fatalf("no answer: %v", err)
+			}
+			io.WriteString(c, badChunk)
+			if b, err := io.ReadAll(resp.Body); err == nil {
+				t.Errorf("the whole answer (%d bytes) came: the response was not cut", len(b))
+			}
+			checkChunkFaultAfter(t, r, o.served, c, br, http.StatusOK, action, chunkFault)
+		})
+	}
 }

@@ -309,16 +309,22 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 		if tunnel.ended() {
 			result = "ok" // its end was the reload's, which it resets: tunnel.record says so
 		}
-		noteOutcome(&rec, result, why) // after an audited destination check's note, if any
+		// Notes go after an audited destination check's, if any.
 		switch {
 		case bodyErr != nil && malformedBody(bodyErr):
 			// The client had the destination's answer (its status stays
 			// in the record); its connection ends with it (nextHead).
+			// A response still under way was cut by the appliance (the
+			// transport's writer closes the upstream connection when the
+			// body breaks): the fault is the body's, not the
+			// destination's, whatever that read then said.
 			noteOutcome(&rec, "error", "malformed request body: "+bodyErr.Error())
 		case bodyErr != nil && result == "ok":
 			// The answer went out whole, but the client stopped sending
 			// its body (it closed, or reset): the connection ends too.
 			result, why = rt.cc.limit.clientGone("reset", "before its request body ended", " ("+bodyErr.Error()+")")
+			noteOutcome(&rec, result, why)
+		default:
 			noteOutcome(&rec, result, why)
 		}
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
