@@ -186,42 +186,45 @@ func checkChunkFaultAfter(t *testing.T, r *rig, served func() []string, c net.Co
 // Before, goproxy's loop read the request after the bad chunk and served
 // it (a request smuggled behind another), and the POST's record said ok.
 // A 204 has goproxy decide to go on before it closes the response body:
-// the head it then reads from its buffers is refused unserved.
+// the head it then reads from its buffers is refused unserved. Cleartext
+// and bumped (the record's action is bump).
 func TestChunkFaultAfterAnswer(t *testing.T) {
-	for _, status := range []int{http.StatusOK, http.StatusNoContent} {
-		t.Run(fmt.Sprint(status), func(t *testing.T) {
-			r := newRig(t, testPolicy)
-			o := &earlyOrigin{t: t, status: status}
-			c, _ := r.connectTCP(o.conn(), httpDest)
-			r.offerRedial(o.conn())
-			c.SetDeadline(time.Now().Add(waitLimit))
-			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-			if err != nil {
-				t.Fatalf("no early answer: %v", err)
-			}
-			io.ReadAll(resp.Body)
-			if resp.StatusCode != status {
-				t.Fatalf("response %d, want the origin's %d", resp.StatusCode, status)
-			}
-			io.WriteString(c, badChunk)
-			checkChunkFaultAfter(t, r, o.served, c, br, status, "allow", chunkFault)
-		})
+	for _, bumped := range []bool{false, true} {
+		for _, status := range []int{http.StatusOK, http.StatusNoContent} {
+			t.Run(fmt.Sprintf("%d/bumped=%v", status, bumped), func(t *testing.T) {
+				r := newRig(t, testPolicy)
+				o := &earlyOrigin{t: t, status: status}
+				c, action := chunkClient(t, r, o, bumped)
+				io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
+				br := bufio.NewReader(c)
+				resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
+				if err != nil {
+					t.Fatalf("no early answer: %v", err)
+				}
+				io.ReadAll(resp.Body)
+				if resp.StatusCode != status {
+					t.Fatalf("response %d, want the origin's %d", resp.StatusCode, status)
+				}
+				io.WriteString(c, badChunk)
+				checkChunkFaultAfter(t, r, o.served, c, br, status, action, chunkFault)
+			})
+		}
 	}
 }
 
 // TestChunkFaultBeforeAnswer: the origin reads the body as it comes and
 // would answer at its end; the bad chunk breaks the round trip first, so
-// the client gets a 400 and the connection closes.
+// the client gets a 400 and the connection closes. Cleartext and bumped.
 func TestChunkFaultBeforeAnswer(t *testing.T) {
-	r := newRig(t, testPolicy)
-	o := &earlyOrigin{t: t, readFirst: true}
-	c, _ := r.connectTCP(o.conn(), httpDest)
-	r.offerRedial(o.conn())
-	c.SetDeadline(time.Now().Add(waitLimit))
-	io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+badChunk)
-	checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest, "allow", chunkFault)
+	for _, bumped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			o := &earlyOrigin{t: t, readFirst: true}
+			c, action := chunkClient(t, r, o, bumped)
+			io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+badChunk)
+			checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest, action, chunkFault)
+		})
+	}
 }
 
 // TestChunkFaultWhileStreaming: the origin streams its answer while the
