@@ -60,3 +60,44 @@ policy:
 		}
 	}
 }
+
+// TestDecideEarlyProtocols: DecideEarly answers only when no byte the
+// client sends could change the outcome. A rule for protocols [tcp] can
+// match a TCP flow, so under default deny a flow it may allow (SSH, a
+// database) must not be refused at its SYN by the default; and a deny rule
+// for tls alone must not refuse early a flow not yet known to be TLS (plain
+// HTTP, other TCP), nor name itself in that flow's record.
+func TestDecideEarlyProtocols(t *testing.T) {
+	ssh := mustParse(t, `
+policy:
+  default: deny
+  rules:
+    - name: ssh
+      protocols: [tcp]
+      ports: [22]
+      action: allow
+`)
+	if d, ok := ssh.DecideEarly(Subject{Dest: ap("192.0.2.1:22")}); ok {
+		t.Errorf("a flow a tcp-only allow rule may let through was denied early: %+v", d)
+	}
+	if d, ok := ssh.DecideEarly(Subject{Dest: ap("192.0.2.1:23")}); !ok || d.Rule != DefaultRule {
+		t.Errorf("a flow no rule may let through: %+v %v, want denied early by the default", d, ok)
+	}
+	tlsDeny := mustParse(t, `
+policy:
+  default: allow
+  rules:
+    - name: no-tls-here
+      protocols: [tls]
+      dest_cidrs: ["192.0.2.0/24"]
+      action: deny
+`)
+	if d, ok := tlsDeny.DecideEarly(Subject{Dest: ap("192.0.2.1:443")}); ok {
+		t.Errorf("denied early by a rule for tls alone, before the flow was known to be tls: %+v", d)
+	}
+	for _, proto := range []string{ProtoHTTP, ProtoTCP} {
+		if d := tlsDeny.Decide(Subject{Protocol: proto, Dest: ap("192.0.2.1:443")}); d.Action != Allow {
+			t.Errorf("%s flow under a tls-only deny: %+v, want allow", proto, d)
+		}
+	}
+}

@@ -14,6 +14,13 @@ func rulesDoc(lines ...string) string {
 	return "# test\npolicy:\n  rules:\n" + strings.Join(lines, "\n") + "\n"
 }
 
+// domain253 is a name of the longest length DNS allows (without the
+// trailing dot), domain254 one byte longer.
+var (
+	domain253 = strings.Repeat("x.", 126) + "x"
+	domain254 = strings.Repeat("x.", 126) + "xy"
+)
+
 func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		name, doc, want string
@@ -102,6 +109,16 @@ func TestParseErrors(t *testing.T) {
 			`policy.yaml:4: rule "d": invalid domain "bücher.example": not ASCII: write the xn-- (punycode) form`, 4},
 		{"empty label", rulesDoc("    - {name: d, domains: [\"a..example\"], action: deny}"),
 			`policy.yaml:4: rule "d": invalid domain "a..example": empty label`, 4},
+		// A name longer than DNS allows is no host's: a rule holding one
+		// is a mistake, caught at load rather than never matching.
+		{"domain over 253 bytes", rulesDoc("    - {name: d, domains: [\"" + domain254 + "\"], action: deny}"),
+			`policy.yaml:4: rule "d": invalid domain "` + domain254 + `": longer than 253 bytes`, 4},
+		// A YAML null is no name: "null" or "~" unquoted must not become
+		// the name "null", nor an entry that matches nothing.
+		{"null domain", rulesDoc("    - {name: d, domains: [null], action: deny}"),
+			`policy.yaml:4: rule "d": domains: entries must be single values`, 4},
+		{"tilde domain", rulesDoc("    - {name: d, domains: [a.example, ~], action: deny}"),
+			`policy.yaml:4: rule "d": domains: entries must be single values`, 4},
 		{"unknown protocol", rulesDoc("    - {name: pr, protocols: [tls, htp], action: deny}"),
 			`policy.yaml:4: rule "pr": unknown protocol "htp" (want tls, http, tcp, quic, udp or icmp)`, 4},
 		{"ping is not a protocol name", rulesDoc("    - {name: pr, protocols: [ping], action: deny}"),
@@ -383,6 +400,20 @@ func TestParseDomainsWithNamedProtocols(t *testing.T) {
 		"policy:\n  default: deny\n--- # end\n", "policy:\n  default: deny\n---\n---\n", "policy:\n  default: deny\n---\n...\n"} {
 		if _, err := Parse("policy.yaml", []byte(doc)); err != nil {
 			t.Errorf("%q: %v", doc, err)
+		}
+	}
+}
+
+// TestParseDomainEdges: the bounds TestParseErrors refuses past are
+// accepted at the bound itself, and a quoted "null" is the name null,
+// unlike the YAML null TestParseErrors refuses.
+func TestParseDomainEdges(t *testing.T) {
+	p := mustParse(t, rulesDoc(
+		"    - {name: long, domains: [\""+domain253+"\"], action: deny}",
+		"    - {name: quoted-null, domains: [\"null\"], action: deny}"))
+	for name, rule := range map[string]string{domain253: "long", "NULL.": "quoted-null"} {
+		if d := p.Decide(Subject{Protocol: ProtoHTTP, Domain: name}); d.Action != Deny || d.Rule != rule {
+			t.Errorf("%q: %v by %q, want deny by %q", name, d.Action, d.Rule, rule)
 		}
 	}
 }

@@ -347,10 +347,43 @@ func TestDecideDomainNoHostHas(t *testing.T) {
 		{"1.2.3.4.", Allow, "v6"},
 		{"01.2.3.4", Allow, "num"},
 		{"9.3.4", Allow, "num"},
+		// An octet over 255 makes no address: the name is matched as one
+		// (netip agrees), not taken for a literal.
+		{"256.2.3.4", Allow, "num"},
+		// An empty first label is no subdomain: ".allowed.example" is not
+		// under "*.allowed.example" on the short-list path (fewer than
+		// domainMapThreshold wildcards) any more than on the map path.
+		{".allowed.example", Allow, "v6"},
 	} {
 		d := p.Decide(Subject{Protocol: ProtoHTTP, Domain: tc.domain, Dest: netip.MustParseAddrPort("[2001:db8::1]:80")})
 		if d.Action != tc.action || d.Rule != tc.rule || d.Policy != p.ID() {
 			t.Errorf("%q: %v by %q (policy %q), want %v by %q", tc.domain, d.Action, d.Rule, d.Policy, tc.action, tc.rule)
+		}
+	}
+}
+
+// TestDecideMappedClient: a client address that comes IPv4-mapped (from a
+// dual-stack socket, or a sender writing it so) meets client_cidrs written
+// in IPv4: a client in a denied network cannot dodge the rule by the form
+// of its address.
+func TestDecideMappedClient(t *testing.T) {
+	p := mustParse(t, `
+policy:
+  default: allow
+  rules:
+    - name: no-lab
+      client_cidrs: ["10.9.0.0/16"]
+      action: deny
+`)
+	for _, client := range []string{"10.9.1.2", "::ffff:10.9.1.2"} {
+		for _, proto := range []string{ProtoTCP, ProtoTLS, ProtoUDP} {
+			d := p.Decide(Subject{Protocol: proto, Client: ip(client), Dest: ap("192.0.2.1:22")})
+			if d.Action != Deny || d.Rule != "no-lab" {
+				t.Errorf("client %s over %s: %v by %q, want deny by no-lab", client, proto, d.Action, d.Rule)
+			}
+		}
+		if d, ok := p.DecideEarly(Subject{Client: ip(client), Dest: ap("192.0.2.1:22")}); !ok || d.Rule != "no-lab" {
+			t.Errorf("client %s, early: %+v %v, want deny by no-lab", client, d, ok)
 		}
 	}
 }
