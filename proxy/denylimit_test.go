@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // refusedAcceptor is a connection attempt the proxy refuses before any
@@ -99,5 +100,45 @@ func TestDenyLimiterBounded(t *testing.T) {
 	// Later, every bucket has refilled: a new client gets one of its own.
 	if ok, _ := l.take(key(maxDenyClients+denyRecordBurst+1), t0.Add(10*time.Second), earlyDenyRate); !ok || len(l.m) != 1 {
 		t.Fatalf("after the buckets refilled: recorded %v, %d buckets kept, want 1", ok, len(l.m))
+	}
+}
+
+// TestAddressDenyRefusedAtSYN: a TCP flow the policy denies on its
+// addresses alone is refused at its SYN: never accepted (refusedAcceptor
+// panics if it is), its destination never dialled, and its record names
+// the rule. Without the early answer the appliance would complete the
+// handshake of every denied address and port, and each such connection
+// would hold a waiting slot until its bytes, or nameWait, decided it.
+func TestAddressDenyRefusedAtSYN(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dialled := make(chan struct{}, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+			dialled <- struct{}{}
+		}
+	}()
+	r := newClsRig(t, "policy:\n  default: allow\n  rules:\n    - name: no-net\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: deny\n", clsOptions{})
+	dest := ln.Addr().(*net.TCPAddr).AddrPort()
+	r.p.handleTCP(netstack.FlowInfo{Endpoint: 7, Client: netip.MustParseAddrPort("198.18.0.9:20000"), Dest: dest}, refusedAcceptor{})
+	var rec *records.Record
+	for deadline := time.Now().Add(3 * time.Second); rec == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, got := range r.recs.parse(t) {
+			if got.Action == "deny" {
+				rec = &got
+			}
+		}
+	}
+	if rec == nil || rec.Rule != "no-net" || rec.Result != "denied" || rec.Policy == "" {
+		t.Fatalf("record %+v, want one deny by no-net naming its policy; all %+v", rec, r.recs.parse(t))
+	}
+	select {
+	case <-dialled:
+		t.Fatal("the destination of a flow denied on its addresses was dialled")
+	case <-time.After(100 * time.Millisecond):
 	}
 }
