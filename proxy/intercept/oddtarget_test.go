@@ -117,9 +117,10 @@ func TestOddRequestTargetRefused(t *testing.T) {
 // and canonicalHost used to take any bracketed authority for an IPv6
 // literal and return it unchecked: the stream was decided on the name
 // inside (a *.allowed.example one here), while net/http sent the Host cut
-// at the '%'. Brackets around anything but an IPv6 address now get a 400
-// and a deny record, and reach no origin; an IPv6 literal is decided as
-// one (denied here by the default, not refused).
+// at the '%'. Brackets around anything but an IPv6 address (an IPv4
+// one included: brackets hold only IPv6, RFC 3986) now get a 400 and a
+// deny record, and reach no origin; an IPv6 literal is decided as one
+// (denied here by the default, not refused).
 func TestBracketedAuthorityRefused(t *testing.T) {
 	for _, tc := range []struct {
 		authority string
@@ -133,6 +134,8 @@ func TestBracketedAuthorityRefused(t *testing.T) {
 		{"[::ffff:192.0.2.10%25.allowed.example]", http.StatusBadRequest},
 		{"[::ffff:192.0.2.10%25.allowed.example]:80", http.StatusBadRequest},
 		{"[fe80::1%25eth0]", http.StatusBadRequest},
+		{"[192.0.2.10]", http.StatusBadRequest},
+		{"[192.0.2.10]:80", http.StatusBadRequest},
 		{"[2001:db8::1]", http.StatusForbidden},
 		{"[2001:db8::1]:8080", http.StatusForbidden},
 	} {
@@ -183,6 +186,29 @@ func TestZonedAddressHostRefused(t *testing.T) {
 			upEnd, up := r.startUpstream(nil)
 			c, sv := r.connect(upEnd, httpDest)
 			wantRefused(t, c, sv, up, head)
+		})
+	}
+}
+
+// TestHostPortNotNumberRefused: a Host whose port is not a number may
+// hide another authority: "x.allowed.example:@evil.example" splits into
+// host x.allowed.example (allowed) and port "@evil.example", while an
+// origin or front end that parses the authority as a URL reads userinfo
+// "x.allowed.example:" and host evil.example. Such a Host gets a 400 and
+// reaches no origin. (x/net's client refuses it as an HTTP/2 :authority,
+// so only HTTP/1 is tried; ports of letters or a sign alone never get this
+// far: the request head is refused as malformed before it is decided.)
+func TestHostPortNotNumberRefused(t *testing.T) {
+	for _, host := range []string{
+		"x.allowed.example:@evil.example",
+		"x.allowed.example:80@evil.example",
+		"x.allowed.example:65536",
+	} {
+		t.Run(host, func(t *testing.T) {
+			r := newRig(t, allowWildcard)
+			upEnd, up := r.startUpstream(nil)
+			c, sv := r.connect(upEnd, httpDest)
+			wantRefused(t, c, sv, up, "GET /secret HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
 		})
 	}
 }
