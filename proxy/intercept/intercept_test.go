@@ -550,6 +550,71 @@ func TestPerRequestDecision(t *testing.T) {
 	}
 }
 
+// tlsScopedDeny bumps www and denies evil over TLS only; everything else
+// is allowed by the default (which, for TLS, reads as splice).
+const tlsScopedDeny = `
+policy:
+  default: allow
+  rules:
+    - name: bump-www
+      domains: ["www.example.test"]
+      protocols: [tls]
+      action: bump
+    - name: no-tls-evil
+      domains: ["evil.example.test"]
+      protocols: [tls]
+      action: deny
+`
+
+// TestBumpedRequestDecidedAsTLS: a request inside a bumped connection is
+// decided as protocol tls, as the connection was. Were it decided as http,
+// a client could open a bumped connection with an SNI that is allowed and
+// send "Host: evil" to get past a deny rule scoped to protocols [tls]
+// (domain fronting). A request let through is recorded as bump, whatever
+// rule let it through: the default's allow reads as splice for TLS, and
+// a record saying splice would contradict the decryption that happened.
+// In cleartext the same Host is not under the tls-only rule.
+func TestBumpedRequestDecidedAsTLS(t *testing.T) {
+	r := newRig(t, tlsScopedDeny)
+	upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+	raw, sv := r.connect(upEnd, tlsDest)
+	c := bumpClient(t, r, raw, "www.example.test", "http/1.1")
+	hc := newHTTPClient(t, c)
+	if resp, body := hc.do("GET /a HTTP/1.1\r\nHost: evil.example.test\r\n\r\n"); resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "no-tls-evil") {
+		t.Errorf("Host evil.example.test in a bumped connection: %d %q, want 403 by no-tls-evil", resp.StatusCode, body)
+	}
+	if resp, _ := hc.do("GET /b HTTP/1.1\r\nHost: other.example.test\r\n\r\n"); resp.StatusCode != http.StatusOK {
+		t.Errorf("Host other.example.test in a bumped connection: %d, want 200 by the default", resp.StatusCode)
+	}
+	c.Close()
+	sv.waitDoneOnce(t)
+	if got := strings.Join(up.requests(), "; "); got != "GET other.example.test /b HTTP/1.1" {
+		t.Errorf("the upstream served %q, want only /b", got)
+	}
+	want := map[string]string{"/a": "deny no-tls-evil", "/b": "bump default"}
+	for _, rec := range ofKind(r.records(), "http") {
+		if got := rec.Action + " " + rec.Rule; got != want[rec.Path] {
+			t.Errorf("record of %s: %q, want %q", rec.Path, got, want[rec.Path])
+		}
+		delete(want, rec.Path)
+	}
+	if len(want) != 0 {
+		t.Errorf("no http record of %v; records %+v", want, r.records())
+	}
+
+	t.Run("cleartext", func(t *testing.T) {
+		r := newRig(t, tlsScopedDeny)
+		upEnd, _ := r.startUpstream(nil)
+		c, sv := r.connect(upEnd, httpDest)
+		hc := newHTTPClient(t, c)
+		if resp, _ := hc.do("GET /a HTTP/1.1\r\nHost: evil.example.test\r\n\r\n"); resp.StatusCode != http.StatusOK {
+			t.Errorf("Host evil.example.test in cleartext: %d, want 200: the deny is for tls only", resp.StatusCode)
+		}
+		c.Close()
+		sv.waitDoneOnce(t)
+	})
+}
+
 // TestH2C: a cleartext HTTP/2 client (prior knowledge) has each request
 // decided and recorded like an HTTP/1 one; the upstream gets HTTP/1.1 on
 // the session's connection.
