@@ -261,3 +261,61 @@ func TestH1BoundsChunkedDiverging(t *testing.T) {
 		}
 	}
 }
+
+// Once the boundaries are given up (boundLoose) they stay given up for the
+// connection, whatever request goproxy parses next: after a divergence
+// the bounds no longer know where that request's head began, so taking
+// its body's length up again would hand goproxy a boundary in the wrong
+// place and keep a request's bytes from it. A divergence only ever loses
+// the boundaries: every byte is handed out as it comes.
+func TestH1BoundsLooseStaysLoose(t *testing.T) {
+	const head = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+	const next = "POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\n\r\n"
+	for _, req := range []*http.Request{
+		{ContentLength: 0},
+		{ContentLength: 3},
+		{ContentLength: -1},
+		{ContentLength: -1, TransferEncoding: []string{"chunked"}},
+	} {
+		var h h1Bounds
+		if got := h.take([]byte(head)); got != len(head) || h.state != boundAwait {
+			t.Fatalf("head: handed out %d bytes (state %d), want %d (state %d)", got, h.state, len(head), boundAwait)
+		}
+		// A read past the request: the bytes of a WebSocket tunnel, say.
+		if got := h.take([]byte("tunnel")); got != len("tunnel") || h.state != boundLoose {
+			t.Fatalf("read past the request: handed out %d bytes (state %d), want all (state %d)", got, h.state, boundLoose)
+		}
+		h.request(req)
+		if h.state != boundLoose {
+			t.Errorf("request of length %d, TE %q, after the boundaries were given up: state %d, want %d (loose)", req.ContentLength, req.TransferEncoding, h.state, boundLoose)
+		}
+		if got := h.take([]byte(next)); got != len(next) {
+			t.Errorf("request of length %d, TE %q, after the boundaries were given up: handed out %d of %d bytes, want all", req.ContentLength, req.TransferEncoding, got, len(next))
+		}
+	}
+}
+
+// A request whose body has no length the bounds can follow (a
+// Content-Length of -1 without chunked, a Transfer-Encoding other than
+// chunked alone) has the boundaries given up: the bytes read after its
+// head are handed out whole, never a negative count (which bound() would
+// take as a slice index and panic on). net/http's ReadRequest refuses such
+// heads today; this holds the bounds safe should one come through.
+func TestH1BoundsUnknownBodyLengthLoose(t *testing.T) {
+	const head = "POST /a HTTP/1.1\r\nHost: a\r\n\r\n"
+	for _, req := range []*http.Request{
+		{ContentLength: -1},
+		{ContentLength: -1, TransferEncoding: []string{"gzip", "chunked"}},
+		{ContentLength: 5, TransferEncoding: []string{"identity"}},
+	} {
+		var h h1Bounds
+		h.take([]byte(head))
+		h.request(req)
+		b := []byte("some body bytes")
+		n, err := h.bound(b, len(b), io.EOF)
+		if n != len(b) || err != io.EOF || h.state != boundLoose || len(h.pending) != 0 {
+			t.Errorf("length %d, TE %q: handed out %d of %d bytes (%v), state %d, %d kept; want all, EOF, loose, none kept",
+				req.ContentLength, req.TransferEncoding, n, len(b), err, h.state, len(h.pending))
+		}
+	}
+}
