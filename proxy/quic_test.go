@@ -35,6 +35,15 @@ func quicFirstFlight(tb testing.TB, name string) [][]byte {
 	if v, ok := firstFlights.Load(name); ok {
 		return v.([][]byte)
 	}
+	flight := quicFirstFlightWith(tb, &tls.Config{ServerName: name, NextProtos: []string{"h3"}})
+	firstFlights.Store(name, flight)
+	return flight
+}
+
+// quicFirstFlightWith is quicFirstFlight for a client of configuration
+// cfg, uncached.
+func quicFirstFlightWith(tb testing.TB, cfg *tls.Config) [][]byte {
+	tb.Helper()
 	// The client sends to a loopback socket that never answers.
 	loopback := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
 	sink, err := net.ListenUDP("udp4", loopback)
@@ -50,7 +59,7 @@ func quicFirstFlight(tb testing.TB, name string) [][]byte {
 	ctx, cancel := context.WithCancel(context.Background())
 	dialed := make(chan error, 1)
 	go func() {
-		_, err := quicgo.Dial(ctx, client, sink.LocalAddr(), &tls.Config{ServerName: name, NextProtos: []string{"h3"}}, &quicgo.Config{})
+		_, err := quicgo.Dial(ctx, client, sink.LocalAddr(), cfg, &quicgo.Config{})
 		dialed <- err
 	}()
 	var sent [][]byte
@@ -83,7 +92,6 @@ func quicFirstFlight(tb testing.TB, name string) [][]byte {
 	if len(flight) == 0 {
 		tb.Fatal("quic-go sent nothing")
 	}
-	firstFlights.Store(name, flight)
 	return flight
 }
 
@@ -222,6 +230,35 @@ func TestQUICBumpBlocked(t *testing.T) {
 	}
 }
 
+// TestQUICECHDenied: under ech: deny, a QUIC flow whose ClientHello offers
+// ECH is refused as a TLS one is: its SNI is only the cover name of a
+// client-facing server, so no rule and no destination check can say where
+// it goes. Here the cover name (public.example) is allowed by the default;
+// the flow must still reach nothing, and its record says why, naming no
+// rule. Without ECH the same policy lets a QUIC flow through.
+func TestQUICECHDenied(t *testing.T) {
+	const doc = "policy: {default: allow, ech: deny}\n"
+	p, _, recs := udpProxy(t, doc, nil)
+	dst := newUDPSink(t, false)
+	startFlow(p, quicClient, dst.addr(), quicFirstFlightWith(t, &tls.Config{ServerName: "secret.example",
+		MinVersion: tls.VersionTLS13, NextProtos: []string{"h3"}, EncryptedClientHelloConfigList: clsECHConfigList(t, "public.example")})...)
+	got := recs.records(t, 1)[0]
+	if got.Kind != "quic" || got.Action != "deny" || got.Rule != "" || got.Policy == "" || !got.ECH ||
+		got.SNI != "public.example" || got.Error != "ClientHello offers ECH; policy ech: deny" {
+		t.Fatalf("record %+v, want a quic deny for ECH naming no rule", got)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := len(dst.received()); n != 0 {
+		t.Fatalf("the destination received %d datagrams of a QUIC flow offering ECH", n)
+	}
+
+	p, _, recs = udpProxy(t, doc, nil)
+	startFlow(p, quicClient, dst.addr(), quicFirstFlight(t, "public.example")...)
+	if got := recs.records(t, 1)[0]; got.Kind != "quic" || got.Action != "splice" || got.ECH {
+		t.Fatalf("without ECH: record %+v, want a quic splice", got)
+	}
+}
+
 // TestQUICAllowedInOrder: an allowed QUIC flow's held datagrams reach the
 // destination in order, then the flow is relayed both ways; its record
 // (kind quic, action splice) counts every byte.
@@ -277,7 +314,8 @@ func corrupt(d []byte) []byte {
 
 // TestQUICUnreadable: an Initial whose ClientHello cannot be read is denied
 // when the policy decides anything on names (relaying it would let it past
-// those rules), and relayed as udp when it does not.
+// those rules), and decided as udp when it does not: relayed when allowed,
+// refused when a rule denies udp there.
 func TestQUICUnreadable(t *testing.T) {
 	flight := quicFirstFlight(t, "blocked.example.test")
 	bad := corrupt(flight[0])
@@ -295,6 +333,21 @@ func TestQUICUnreadable(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		if n := len(dst.received()); n != 0 {
 			t.Fatalf("the destination received %d datagrams", n)
+		}
+	})
+	// Relayed as udp means decided as udp: a rule on addresses that denies
+	// udp there still refuses it, and nothing reaches the destination.
+	t.Run("addresses only, denied", func(t *testing.T) {
+		p, _, recs := udpProxy(t, "policy:\n  default: allow\n  rules:\n    - {name: no-udp, protocols: [udp], dest_cidrs: [\"127.0.0.0/8\"], action: deny}\n", nil)
+		dst := newUDPSink(t, false)
+		startFlow(p, quicClient, dst.addr(), bad)
+		got := recs.records(t, 1)[0]
+		if got.Kind != "udp" || got.Action != "deny" || got.Rule != "no-udp" || got.Result != "denied" {
+			t.Fatalf("record %+v, want a udp deny by no-udp", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if n := len(dst.received()); n != 0 {
+			t.Fatalf("the destination received %d datagrams of a denied flow", n)
 		}
 	})
 	t.Run("addresses only", func(t *testing.T) {

@@ -301,6 +301,53 @@ func TestUDPFlowWithoutQUICSurvivesReload(t *testing.T) {
 	waitReceived(t, dst, 3)
 }
 
+// TestUDPFlowGuardsInitialsAfterReload: a udp flow opened under a policy
+// that looks at no names lets QUIC Initials through (noted, see
+// quicUnread); after a reload to one that looks at names, and still
+// allows the flow, a QUIC Initial on it would start a connection to a name
+// nobody decided on (here one the new policy denies), so it is dropped, as
+// on a udp flow opened under that policy (TestQUICInitialAfterJunk),
+// while the flow's other datagrams still pass. A reload the other way
+// lifts the guard.
+func TestUDPFlowGuardsInitialsAfterReload(t *testing.T) {
+	p, h, _ := udpProxy(t, "policy:\n  default: allow\n", func(c *Config) { c.UDPIdleTimeout = 5 * time.Second })
+	dst := newUDPSink(t, false)
+	c, _ := startFlow(p, quicClient, dst.addr(), []byte("junk"))
+	waitReceived(t, dst, 1)
+	h.Store(mustPolicy(t, quicPolicy))
+	c.inject([]byte{0x40, 1, 2, 3}) // passes: the reload let the flow go on
+	waitReceived(t, dst, 2)
+	for _, d := range quicFirstFlight(t, "blocked.example.test") {
+		c.inject(d)
+	}
+	c.inject([]byte("more junk"))
+	waitReceived(t, dst, 3)
+	time.Sleep(100 * time.Millisecond)
+	if got := dst.received(); len(got) != 3 || string(got[2]) != "more junk" {
+		t.Fatalf("the destination received %d datagrams, want the 3 that are not QUIC", len(got))
+	}
+	if n := p.Stats().QUICSmuggled; n == 0 {
+		t.Error("no smuggled datagram counted")
+	}
+
+	// And back: after a reload to a policy that looks at no names again,
+	// the guard is lifted, as on a flow opened under that policy.
+	t.Run("names no longer matter", func(t *testing.T) {
+		p, h, _ := udpProxy(t, quicPolicy, func(c *Config) { c.UDPIdleTimeout = 5 * time.Second })
+		dst := newUDPSink(t, false)
+		c, _ := startFlow(p, quicClient, dst.addr(), []byte("junk"))
+		waitReceived(t, dst, 1)
+		h.Store(mustPolicy(t, "policy:\n  default: allow\n"))
+		c.inject([]byte{0x40, 1, 2, 3})
+		waitReceived(t, dst, 2)
+		flight := quicFirstFlight(t, "blocked.example.test")
+		for _, d := range flight {
+			c.inject(d)
+		}
+		waitReceived(t, dst, 2+len(flight))
+	})
+}
+
 // TestDNSQueryRecordsAfterReload: the queries a DNS flow relays after a
 // reload that decided it again, and still allows it by another rule, are
 // recorded under that rule and that policy: their records used to name the
