@@ -21,6 +21,18 @@ func TestBelongs(t *testing.T) {
 	if a.Belongs(d1) {
 		t.Fatal("Belongs before the ClientHello is complete")
 	}
+	// Nor while it is under way: no datagram belongs to a connection not
+	// yet decided, not even one that repeats what was read (a relay asking
+	// then would let datagrams past a decision still to come).
+	var part Assembler
+	if _, done, err := part.Add(d1); done || err != nil {
+		t.Fatalf("the first of two datagrams: done %v, %v", done, err)
+	}
+	for _, d := range [][]byte{d1, append([]byte{0x40}, serverCID...)} {
+		if part.Belongs(d) {
+			t.Errorf("datagram %x...: Belongs with half a ClientHello read", d[:5])
+		}
+	}
 	if i, hello := feed(t, &a, [][]byte{d1, d2}); i != 1 || hello.ServerName != "example.com" {
 		t.Fatalf("done at %d, %q", i, hello.ServerName)
 	}
