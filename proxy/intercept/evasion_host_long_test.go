@@ -1,13 +1,9 @@
 package intercept_test
 
 import (
-	"io"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // longHosts are Hosts longer than a DNS name may be, each with the words
@@ -117,34 +113,6 @@ func TestEvasionLongHost(t *testing.T) {
 // limits as a Host.
 func TestEvasionH2LongAuthority(t *testing.T) {
 	for _, tc := range longHosts()[3:] { // beyond the client's header list limit, the long ones
-		t.Run(tc.name, func(t *testing.T) {
-			r := newRig(t, idnPolicy)
-			upEnd, up := r.startUpstream(nil)
-			c, _ := r.connect(upEnd, httpDest)
-			c.SetDeadline(time.Now().Add(waitLimit))
-			cc, err := (&http2.Transport{AllowHTTP: true}).NewClientConn(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req, _ := http.NewRequest("GET", "http://ok.example/a", nil)
-			req.Host = tc.host
-			resp, err := cc.RoundTrip(req)
-			if err != nil {
-				t.Fatalf("%v", err)
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			cc.Close()
-			if resp.StatusCode != http.StatusBadRequest {
-				t.Errorf("status %d %q, want 400", resp.StatusCode, body)
-			}
-			if len(up.requests()) != 0 {
-				t.Errorf("the origin received %q", up.requests())
-			}
-			recs := ofKind(r.records(), "http")
-			if len(recs) != 1 || recs[0].Action != "deny" || recs[0].Status != 400 || recs[0].Host != tc.host || !strings.Contains(recs[0].Error, tc.why) {
-				t.Errorf("records %+v, want one 400 deny for %q saying %q", recs, tc.host, tc.why)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantH2AuthorityRefused(t, tc.host, tc.why) })
 	}
 }
