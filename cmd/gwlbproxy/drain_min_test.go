@@ -107,18 +107,6 @@ func TestDrainMin(t *testing.T) {
 		if p.exited(2 * time.Second) {
 			t.Fatalf("a second SIGTERM ended the minimum: %s", p.status())
 		}
-		p.signal(syscall.SIGINT)
-		began := time.Now()
-		if !p.exited(10 * time.Second) {
-			t.Fatal("still draining 10s after SIGINT")
-		}
-		// Within 5 s, and the second for the records.
-		if d := time.Since(began); d > 6500*time.Millisecond {
-			t.Errorf("exited %s after SIGINT, want within 6s", d)
-		}
-		if s := p.status(); s != "exit 0" {
-			t.Fatalf("after SIGINT: %s, want exit 0", s)
-		}
-		p.waitLog(`msg="drain cut short"`, 0)
+		p.cutBySIGINT(t)
 	})
 }

@@ -151,6 +151,24 @@ func (p *mainProc) status() string {
 	return fmt.Sprintf("exit %d", ws.ExitStatus())
 }
 
+// cutBySIGINT sends SIGINT to a draining process and checks that it exits
+// 0 within 5 s and the second the records get, saying the drain was cut.
+func (p *mainProc) cutBySIGINT(t *testing.T) {
+	t.Helper()
+	p.signal(syscall.SIGINT)
+	began := time.Now()
+	if !p.exited(10 * time.Second) {
+		t.Fatal("still draining 10s after SIGINT")
+	}
+	if d := time.Since(began); d > 6500*time.Millisecond {
+		t.Errorf("exited %s after SIGINT, want within 6s", d)
+	}
+	if s := p.status(); s != "exit 0" {
+		t.Fatalf("after SIGINT: %s, want exit 0", s)
+	}
+	p.waitLog(`msg="drain cut short"`, 0)
+}
+
 // waitNotify waits up to d for the datagram state on NOTIFY_SOCKET.
 func (p *mainProc) waitNotify(state string, d time.Duration) {
 	p.t.Helper()
@@ -315,19 +333,7 @@ func TestSIGINTCutsDrain(t *testing.T) {
 	if p.exited(2 * time.Second) {
 		t.Fatalf("the drain ended with a flow open, 2s into a 60s drain: %s", p.status())
 	}
-	p.signal(syscall.SIGINT)
-	began := time.Now()
-	if !p.exited(10 * time.Second) {
-		t.Fatal("still draining 10s after SIGINT")
-	}
-	// Within 5 s, and the second for the records.
-	if d := time.Since(began); d > 6500*time.Millisecond {
-		t.Errorf("exited %s after SIGINT, want within 6s", d)
-	}
-	if s := p.status(); s != "exit 0" {
-		t.Fatalf("after SIGINT: %s, want exit 0", s)
-	}
-	p.waitLog(`msg="drain cut short"`, 0)
+	p.cutBySIGINT(t)
 	p.waitLog(`msg=stopped`, 0)
 }
 
