@@ -71,7 +71,9 @@ func dialedPair(t *testing.T) (*Conn, net.Conn) {
 	t.Helper()
 	d := &Dialer{}
 	t.Cleanup(d.Close)
-	return dialAccept(t, d, loopback(t))
+	c, peer := dialAccept(t, d, loopback(t))
+	t.Cleanup(func() { c.Close() })
+	return c, peer
 }
 
 // A quiet read gives its wait up after IdleAfter and parks without a
@@ -276,6 +278,7 @@ func TestParkChurnLeavesNothing(t *testing.T) {
 	const N = 60
 	var wg sync.WaitGroup
 	errs := make(chan error, N)
+	mine := make(map[*Conn]bool, N)
 	for i := range N {
 		ap := netip.MustParseAddrPort(ln.Addr().String())
 		cc, err := d.DialContext(context.Background(), ap)
@@ -283,6 +286,7 @@ func TestParkChurnLeavesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := cc.(*Conn)
+		mine[c] = true
 		peer, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
@@ -358,19 +362,33 @@ func TestParkChurnLeavesNothing(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
-	time.Sleep(100 * time.Millisecond)
-	if w := watches.made.Load(); w != nil {
-		w.mu.Lock()
-		t.Logf("watch conns %d running %v", len(w.conns), w.running)
-		if len(w.conns) != 0 {
-			t.Errorf("watch.conns leaked %d", len(w.conns))
+	// The maps are the process's: other tests' conns may be in them. The
+	// sweep forgets a closed conn at its next pass, which may be a second
+	// away if it slept under the default IdleAfter.
+	held := func() (watched, swept int) {
+		if w := watches.made.Load(); w != nil {
+			w.mu.Lock()
+			for _, c := range w.conns {
+				if mine[c] {
+					watched++
+				}
+			}
+			w.mu.Unlock()
 		}
-		w.mu.Unlock()
+		sweep.mu.Lock()
+		for c := range sweep.conns {
+			if mine[c] {
+				swept++
+			}
+		}
+		sweep.mu.Unlock()
+		return watched, swept
 	}
-	sweep.mu.Lock()
-	t.Logf("sweep conns %d running %v", len(sweep.conns), sweep.running)
-	if len(sweep.conns) != 0 {
-		t.Errorf("sweep.conns leaked %d", len(sweep.conns))
+	watched, swept := held()
+	for end := time.Now().Add(5 * time.Second); (watched != 0 || swept != 0) && time.Now().Before(end); watched, swept = held() {
+		time.Sleep(20 * time.Millisecond)
 	}
-	sweep.mu.Unlock()
+	if watched != 0 || swept != 0 {
+		t.Errorf("of %d closed conns the watch still holds %d and the sweep %d", N, watched, swept)
+	}
 }
