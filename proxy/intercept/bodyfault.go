@@ -4,8 +4,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // A chunked HTTP/1 request body whose framing breaks.
@@ -40,17 +40,33 @@ import (
 type faultBody struct {
 	io.ReadCloser
 	cc *hijackedConn
-	// mu holds a read and its note together, and a close: net/http's
-	// body, after a trailer it refuses, closes itself inside the read
-	// that returns the error, and a later Close returns nil. Without mu,
-	// a Close (nextHead's, drain's) taken between that read's return and
-	// its note would see no fault, and goproxy would go on to the next
-	// head. With it the note happens before the Close returns. A close
-	// waited for a read under way already (net/http's body has its own
-	// lock), so mu adds no wait.
-	mu    sync.Mutex
-	fault atomic.Pointer[error]
+	// reading counts the reads inside the inner body's Read, noting those
+	// whose error is in hand and not yet noted. net/http's body, after a
+	// trailer it refuses, closes itself inside the read that returns the
+	// error, and a later Close returns nil: a Close (nextHead's, drain's)
+	// taken between that read's return and its note would see no fault,
+	// and goproxy would go on to the next head. Close waits for such a
+	// note (settle). No lock is held across the inner read: with
+	// "Expect: 100-continue" and an early answer goproxy sends no 100, and
+	// its body's Close returns at once, not draining a body the client
+	// was never asked to send, while the transport's writer may still be
+	// blocked reading it. A lock held by that read would have the Close
+	// wait for the client.
+	reading, noting atomic.Int32
+	fault           atomic.Pointer[error]
 }
+
+// noteWait bounds Close's wait for a read inside the inner body's Read
+// when the Close returns: with net/http's body none is (its Close takes
+// the lock its Read holds), bar the instructions between that Read's
+// return and the count of its error; goproxy's 100-continue body returns
+// from Close with the writer's read still blocked on the client, which
+// has found no error.
+const noteWait = 5 * time.Millisecond
+
+// testHookNoting, when set, runs in a read of b whose error is counted in
+// noting and not yet noted.
+var testHookNoting atomic.Pointer[func(*faultBody)]
 
 // errAfterBodyFault ends goproxy's loop at a head it read after a body
 // whose framing broke.
@@ -69,10 +85,19 @@ func watchBodyFault(req *http.Request, cc *hijackedConn) *faultBody {
 }
 
 func (b *faultBody) Read(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	b.reading.Add(1)
 	n, err := b.ReadCloser.Read(p)
-	b.note(err)
+	if err != nil {
+		b.noting.Add(1) // before reading drops: settle sees one or the other
+	}
+	b.reading.Add(-1)
+	if err != nil {
+		if h := testHookNoting.Load(); h != nil {
+			(*h)(b)
+		}
+		b.note(err)
+		b.noting.Add(-1)
+	}
 	return n, err
 }
 
@@ -80,15 +105,31 @@ func (b *faultBody) Read(p []byte) (int, error) {
 // does (it is goproxy's, read by http.ReadRequest), which finds a framing
 // error in what the destination never read.
 func (b *faultBody) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
 	err := b.ReadCloser.Close()
 	b.note(err)
+	b.settle()
 	return err
 }
 
-// note keeps err, the first error reading the body other than its end;
-// b.mu is held. A read after a close (the transport's writer, once the
+// settle waits for the note of any read whose error is in hand, and at
+// most noteWait for one still inside the inner body's Read.
+func (b *faultBody) settle() {
+	var until time.Time
+	for b.noting.Load() > 0 || b.reading.Load() > 0 {
+		if b.noting.Load() == 0 {
+			now := time.Now()
+			if until.IsZero() {
+				until = now.Add(noteWait)
+			} else if now.After(until) {
+				return
+			}
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+// note keeps err, the first error reading the body other than its end.
+// A read after a close (the transport's writer, once the
 // body was drained) is no fault of the body's: its end, or its fault,
 // was seen by the close.
 func (b *faultBody) note(err error) {

@@ -10,24 +10,6 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 )
 
-// heldRead passes reads and closes on to net/http's body; a read that
-// fails holds its error (held closed) until release is closed: the
-// moment between net/http's read returning and faultBody's note, which
-// the scheduler may stretch at will.
-type heldRead struct {
-	io.ReadCloser
-	held, release chan struct{}
-}
-
-func (h *heldRead) Read(p []byte) (int, error) {
-	n, err := h.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
-		close(h.held)
-		<-h.release
-	}
-	return n, err
-}
-
 // TestFaultBodyCloseAfterTrailerRead: net/http's body closes itself
 // inside the read that returns a trailer's error, so a Close after that
 // read returns nil. A Close (nextHead's, before goproxy looks for the
@@ -44,16 +26,26 @@ func TestFaultBodyCloseAfterTrailerRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &heldRead{ReadCloser: req.Body, held: make(chan struct{}), release: make(chan struct{})}
-	req.Body = h
 	cc := &hijackedConn{}
 	fb := watchBodyFault(req, cc)
 	if fb == nil {
 		t.Fatal("a chunked HTTP/1 body is not watched")
 	}
+	// The writer's read that fails is held between net/http's read
+	// returning and faultBody's note, a moment the scheduler may
+	// stretch at will.
+	held, release := make(chan struct{}), make(chan struct{})
+	hook := func(b *faultBody) {
+		if b == fb {
+			close(held)
+			<-release
+		}
+	}
+	testHookNoting.Store(&hook)
+	t.Cleanup(func() { testHookNoting.Store(nil) })
 	go io.Copy(io.Discard, fb) // the transport's writer
 	select {
-	case <-h.held:
+	case <-held:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the body's read did not fail at the trailer")
 	}
@@ -66,7 +58,7 @@ func TestFaultBodyCloseAfterTrailerRead(t *testing.T) {
 		}
 	case <-time.After(100 * time.Millisecond): // Close waits for the read's note
 	}
-	close(h.release)
+	close(release)
 	<-closed
 	if p := cc.bodyFault.Load(); p == nil || !malformedBody(*p) {
 		t.Errorf("connection's fault %v, want the trailer's", p)
