@@ -2,8 +2,10 @@ package intercept
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -30,7 +32,8 @@ import (
 // already is refused unserved and unrecorded (RoundTrip). The request's
 // record keeps the status the client got, with result error and the
 // body's fault (roundTrip's rb.done, which reads the body to its end or
-// its fault before it writes the record).
+// its fault before it writes the record, within drainMax and drainWait:
+// past them the connection ends after the answer all the same).
 //
 // Any error reading the body but its end counts, not only the chunked
 // reader's: past any of them the framing is lost (a trailer net/http
@@ -54,7 +57,37 @@ type faultBody struct {
 	// wait for the client.
 	reading, noting atomic.Int32
 	fault           atomic.Pointer[error]
+	// expect100: the request asked for "100 Continue" before its body;
+	// closing: the connection ends after the response anyway, as goproxy
+	// decided before writing it (nextHead sets it before the drain).
+	expect100 bool
+	closing   atomic.Bool
+	// drained runs drainRest once, for the first Close: the transport's
+	// writer's (net/http closes a request body when it stops writing it)
+	// or goproxy's (rb.done's drain). notRead is what it gave up on;
+	// quiet, that it read nothing, the body being moot (drain).
+	drained sync.Once
+	notRead error
+	quiet   bool
 }
+
+// How much of a chunked body the destination did not read is read once
+// its answer has ended, looking for the body's end (where the next
+// request's head starts) or its fault: at most drainMax bytes, for at
+// most drainWait, as net/http's server reads at most 256 KiB of a body
+// its handler left unread. Unbounded, a client that trickles its body on
+// after the answer held the request's record back (lost on a crash) and
+// the connection open for good, and one that stopped its upload on an
+// early answer waited with the appliance. Past either bound the
+// connection ends after the answer, and the record is written at once.
+const (
+	drainMax  = 256 << 10
+	drainWait = 2 * time.Second
+)
+
+// errBodyNotRead marks the connection once the drain gave up: nothing
+// more is read from it (readConn), and the response closes it (nextHead).
+var errBodyNotRead = errors.New("the rest of the request body was not read")
 
 // noteWait bounds Close's wait for a read inside the inner body's Read
 // when the Close returns: with net/http's body none is (its Close takes
@@ -79,7 +112,7 @@ func watchBodyFault(req *http.Request, cc *hijackedConn) *faultBody {
 		bodyless(req) {
 		return nil
 	}
-	fb := &faultBody{ReadCloser: req.Body, cc: cc}
+	fb := &faultBody{ReadCloser: req.Body, cc: cc, expect100: headerHasToken(req.Header, "Expect", "100-continue")}
 	req.Body = fb
 	return fb
 }
@@ -101,10 +134,12 @@ func (b *faultBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Close reads what is left of the body to its end, as net/http's body
-// does (it is goproxy's, read by http.ReadRequest), which finds a framing
-// error in what the destination never read.
+// Close reads what is left of the body to its end or its fault, within
+// drainMax and drainWait (drainRest), then closes it: goproxy's body,
+// read by http.ReadRequest, would read all of it, however long it went
+// on. The read finds a framing error in what the destination never read.
 func (b *faultBody) Close() error {
+	b.drained.Do(b.drainRest)
 	err := b.ReadCloser.Close()
 	b.note(err)
 	b.settle()
@@ -140,17 +175,60 @@ func (b *faultBody) note(err error) {
 	b.cc.bodyFault.CompareAndSwap(nil, &err)
 }
 
-// drain reads the rest of the body (Close) and returns the error that
-// broke it, if one did; b may be nil.
-func (b *faultBody) drain() error {
+// drain reads the rest of the body and closes it (Close), and returns
+// the error that broke it, if one did (fault), or, when the read gave up,
+// what it gave up on (notRead); b may be nil.
+func (b *faultBody) drain() (fault, notRead error) {
 	if b == nil {
-		return nil
+		return nil, nil
 	}
 	_ = b.Close()
-	if p := b.fault.Load(); p != nil {
-		return *p
+	if b.quiet || b.notRead != nil {
+		return nil, b.notRead // what its cut made the reads say is no fault
 	}
-	return nil
+	if p := b.fault.Load(); p != nil {
+		return *p, nil
+	}
+	return nil, nil
+}
+
+// drainRest reads the rest of the body, within drainMax and drainWait.
+// Past either it gives up (cut), and says so in notRead. A body the
+// connection's end makes moot after "Expect: 100-continue" is not read
+// at all: goproxy closes the connection after an answer that came before
+// it sent the 100, and the client rightly never sends that body.
+func (b *faultBody) drainRest() {
+	if b.expect100 && b.closing.Load() {
+		b.quiet = true
+		b.cut()
+		return
+	}
+	c := b.cc.Conn
+	_ = c.SetReadDeadline(time.Now().Add(drainWait))
+	_, err := io.CopyN(io.Discard, b, drainMax+1)
+	b.settle() // a fault the transport's writer found, noted
+	p := b.fault.Load()
+	switch {
+	case err == nil: // drainMax+1 bytes, and no end
+		b.notRead = fmt.Errorf("%w (more than %d KiB after the response)", errBodyNotRead, drainMax>>10)
+	case p == nil: // its end
+		_ = c.SetReadDeadline(time.Time{})
+		return
+	case isTimeout(*p): // the deadline just set: no other is armed while a body is read
+		b.notRead = fmt.Errorf("%w (not ended %v after the response)", errBodyNotRead, drainWait)
+	default:
+		return // its fault: the connection ends with it (nextHead)
+	}
+	b.cut()
+}
+
+// cut gives up on the body: the connection is marked, so that nothing
+// more is read from it and the response closes it, and a read of it
+// under way (the transport's writer's) ends now.
+func (b *faultBody) cut() {
+	err := errBodyNotRead
+	b.cc.bodyFault.CompareAndSwap(nil, &err)
+	_ = b.cc.Conn.SetReadDeadline(time.Now())
 }
 
 // malformedBody reports whether err, a request body's, is a framing

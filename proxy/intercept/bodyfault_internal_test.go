@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +27,7 @@ func TestFaultBodyCloseAfterTrailerRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc := &hijackedConn{}
+	cc := &hijackedConn{Conn: server}
 	fb := watchBodyFault(req, cc)
 	if fb == nil {
 		t.Fatal("a chunked HTTP/1 body is not watched")
@@ -35,10 +36,10 @@ func TestFaultBodyCloseAfterTrailerRead(t *testing.T) {
 	// returning and faultBody's note, a moment the scheduler may
 	// stretch at will.
 	held, release := make(chan struct{}), make(chan struct{})
+	var first sync.Once // the writer's read; not the close's, after it
 	hook := func(b *faultBody) {
 		if b == fb {
-			close(held)
-			<-release
+			first.Do(func() { close(held); <-release })
 		}
 	}
 	testHookNoting.Store(&hook)

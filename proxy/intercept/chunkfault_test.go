@@ -21,23 +21,39 @@ import (
 // answered before the upload, or a server that ignores bodies). With
 // readFirst it answers nothing, and reads the request's bytes until the
 // connection ends. With stream, its answer is a chunked 200 of that many
-// 5-byte chunks, 30 ms apart.
+// 5-byte chunks, 30 ms apart. With chunkedAnswer, its answer is chunked
+// ("large"), with no Content-Length. With stall, it reads nothing after
+// its answer, over a connection that buffers nothing (net.Pipe): the
+// transport's writer blocks on the body's first bytes.
 //
 // With leaf, the origin speaks TLS with it (a bumped connection's).
 type earlyOrigin struct {
-	t         *testing.T
-	status    int
-	readFirst bool
-	stream    int
-	leaf      *tls.Certificate
+	t             *testing.T
+	status        int
+	readFirst     bool
+	stream        int
+	leaf          *tls.Certificate
+	chunkedAnswer bool
+	stall         bool
 
 	mu    sync.Mutex
-	heads []string // request lines, in the order read
+	heads []string      // request lines, in the order read
+	ended chan struct{} // with stall: closed as the test ends
 }
 
 // conn returns the appliance's end of a new connection to the origin.
 func (o *earlyOrigin) conn() net.Conn {
-	proxyEnd, serverEnd := testnet.TCPPair(o.t)
+	var proxyEnd, serverEnd net.Conn
+	if o.stall {
+		proxyEnd, serverEnd = net.Pipe()
+		ended := make(chan struct{})
+		o.t.Cleanup(func() { close(ended) })
+		o.mu.Lock()
+		o.ended = ended
+		o.mu.Unlock()
+	} else {
+		proxyEnd, serverEnd = testnet.TCPPair(o.t)
+	}
 	o.t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
 	var c net.Conn = serverEnd
 	if o.leaf != nil {
@@ -76,12 +92,21 @@ func (o *earlyOrigin) serve(c net.Conn) {
 			}
 		}
 		io.WriteString(c, "0\r\n\r\n")
+	} else if o.chunkedAnswer {
+		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nlarge\r\n0\r\n\r\n", o.status, http.StatusText(o.status))
 	} else if !o.readFirst {
 		body := ""
 		if o.status != http.StatusNoContent {
 			body = "early answer"
 		}
 		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Length: %d\r\n\r\n%s", o.status, http.StatusText(o.status), len(body), body)
+	}
+	if o.stall {
+		o.mu.Lock()
+		ended := o.ended
+		o.mu.Unlock()
+		<-ended
+		return
 	}
 	io.Copy(io.Discard, br)
 }

@@ -375,6 +375,12 @@ type nextHead struct {
 }
 
 func (b *nextHead) Close() error {
+	if fb, ok := b.reqBody.(*faultBody); ok {
+		fb.closing.Store(b.resp.Close) // goproxy's decision, before the drain (rb.done)
+	}
+	if b.cc.h1 && b.reqBody != nil && b.reqBody != http.NoBody {
+		b.endChunked()
+	}
 	err := b.ReadCloser.Close()
 	if b.reqBody != nil {
 		_ = b.reqBody.Close()
@@ -389,6 +395,32 @@ func (b *nextHead) Close() error {
 	}
 	return err
 }
+
+// endChunked writes the last CRLF of a chunked response goproxy's HTTP/1
+// loop is writing, once its body has ended, and has the client
+// connection drop goproxy's own write of it. net/http's Response.Write
+// writes it only after it closes the response body, and that close reads
+// the rest of the request body first (a drain of up to drainWait, or a
+// Content-Length body's rest): a client that stopped its upload on an
+// early answer waited for the answer's end as long. A response with
+// trailers is left as it is.
+func (b *nextHead) endChunked() {
+	r := b.resp
+	if len(r.TransferEncoding) == 0 || r.TransferEncoding[0] != "chunked" || len(r.Trailer) != 0 ||
+		r.Request != nil && r.Request.Method == http.MethodHead {
+		return // what Response.Write writes after the close differs
+	}
+	if rb, ok := b.ReadCloser.(*recordingBody); !ok || !rb.ended.Load() || b.cc.werr.Load() != nil {
+		return // not the end of a whole body: goproxy is closing it after a failure
+	}
+	if _, err := b.cc.Write(crlf); err != nil {
+		return
+	}
+	b.cc.flushHeld()
+	b.cc.swallow = crlf // goproxy's goroutine: its next write is that CRLF
+}
+
+var crlf = []byte("\r\n")
 
 // write writes b to the client; h.mu is held. Once the client speaks
 // HTTP/2 it follows the server's frames, and after an HTTP/2 refusal it

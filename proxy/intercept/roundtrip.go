@@ -304,7 +304,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 	rb.done = func() {
 		// The rest of a chunked body the destination did not read, to
 		// its end or the chunk that breaks it: the record says which.
-		bodyErr := fb.drain()
+		bodyErr, notRead := fb.drain()
 		result, why, delivered := rt.clientOutcome(ctx, rb)
 		if tunnel.ended() {
 			result = "ok" // its end was the reload's, which it resets: tunnel.record says so
@@ -319,6 +319,10 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 			// body breaks): the fault is the body's, not the
 			// destination's, whatever that read then said.
 			noteOutcome(&rec, "error", "malformed request body: "+bodyErr.Error())
+		case notRead != nil && result == "ok":
+			// The answer went out whole; the client's body went on past
+			// the drain's bounds, and the connection ends with the answer.
+			rec.Error = joinErrors(rec.Error, notRead.Error())
 		case bodyErr != nil && result == "ok":
 			// The answer went out whole, but the client stopped sending
 			// its body (it closed, or reset): the connection ends too.
