@@ -39,7 +39,8 @@ import (
 // reader's: past any of them the framing is lost (a trailer net/http
 // refuses leaves what follows it unread, a request head among it). The
 // record names a framing error (chunkedBodyErrors) a malformed body, and
-// any other the client's going away (roundTrip's rb.done).
+// any other the client's stopping its body (roundTrip's rb.done): after
+// a whole answer, the request is ok all the same.
 type faultBody struct {
 	io.ReadCloser
 	cc *hijackedConn

@@ -63,43 +63,49 @@ func TestChunkTrailerFault(t *testing.T) {
 }
 
 // TestChunkBodyCutAfterAnswer: the origin answers a chunked POST from its
-// head, and the client, having read the answer, stops in the middle of a
-// chunk and closes its side. The rest of the body can no more be read
-// than a bad chunk's: the connection ends, and the record, not ok, says
-// the client went away before its body ended (an error that is not
-// net/http's for a malformed body is the client's, not the body's).
-// Before, only the malformed body's words counted: the record said ok.
+// head with a whole 413 (Content-Length), and the client, having read the
+// answer, stops its upload, as curl does, in the middle of a chunk, and
+// closes its side. The rest of the body can no more be read than a bad
+// chunk's: the connection ends. But the request had its whole answer:
+// the record is ok, with a note that the client stopped its body after
+// it (an error that is not net/http's for a malformed body is the
+// client's, not the body's). Before, it said result reset, "the client
+// went away before its request body ended". Cleartext and bumped.
 func TestChunkBodyCutAfterAnswer(t *testing.T) {
-	r := newRig(t, testPolicy)
-	o := &earlyOrigin{t: t, status: http.StatusOK}
-	c, action := chunkClient(t, r, o, false)
-	io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-	if err != nil {
-		t.Fatalf("no early answer: %v", err)
-	}
-	io.ReadAll(resp.Body)
-	io.WriteString(c, "5\r\nab")
-	c.(interface{ CloseWrite() error }).CloseWrite()
-	if next, err := http.ReadResponse(br, nil); err == nil {
-		t.Errorf("a second response, %d", next.StatusCode)
-	}
-	c.Close()
-	var found bool
-	for _, rec := range ofKind(r.records(), "http") {
-		if rec.Path != "/a" {
-			t.Errorf("a record for %s", rec.Path)
-			continue
-		}
-		found = true
-		if rec.Action != action || rec.Status != http.StatusOK || rec.Result != "reset" ||
-			rec.Error != "the client went away before its request body ended (unexpected EOF)" {
-			t.Errorf("record: action %s status %d result %s error %q, want %s, 200, reset, the client went away before its request body ended",
-				rec.Action, rec.Status, rec.Result, rec.Error, action)
-		}
-	}
-	if !found {
-		t.Error("no record for POST /a")
+	for _, bumped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
+			c, action := chunkClient(t, r, o, bumped)
+			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
+			if err != nil {
+				t.Fatalf("no early answer: %v", err)
+			}
+			io.ReadAll(resp.Body)
+			io.WriteString(c, "5\r\nab")
+			c.(interface{ CloseWrite() error }).CloseWrite()
+			if next, err := http.ReadResponse(br, nil); err == nil {
+				t.Errorf("a second response, %d", next.StatusCode)
+			}
+			c.Close()
+			var found bool
+			for _, rec := range ofKind(r.records(), "http") {
+				if rec.Path != "/a" {
+					t.Errorf("a record for %s", rec.Path)
+					continue
+				}
+				found = true
+				if want := "the client stopped sending its request body after the whole response ("; rec.Action != action ||
+					rec.Status != http.StatusRequestEntityTooLarge || rec.Result != "ok" || !strings.HasPrefix(rec.Error, want) {
+					t.Errorf("record: action %s status %d result %s error %q, want %s, 413, ok, %s...",
+						rec.Action, rec.Status, rec.Result, rec.Error, action, want)
+				}
+			}
+			if !found {
+				t.Error("no record for POST /a")
+			}
+		})
 	}
 }

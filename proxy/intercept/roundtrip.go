@@ -324,9 +324,16 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 			// the drain's bounds, and the connection ends with the answer.
 			rec.Error = joinErrors(rec.Error, notRead.Error())
 		case bodyErr != nil && result == "ok":
-			// The answer went out whole, but the client stopped sending
-			// its body (it closed, or reset): the connection ends too.
-			result, why = rt.cc.limit.clientGone("reset", "before its request body ended", " ("+bodyErr.Error()+")")
+			// The answer went out whole, and then the client stopped
+			// sending its body (it closed, or reset), as a client may
+			// once it has an answer (curl does on an early 413): the
+			// connection ends too, but the request had its answer. The
+			// appliance's own end of the connection (its shutdown) is
+			// said as such.
+			if result, why = rt.cc.limit.clientGone("ok", "before its request body ended", " ("+bodyErr.Error()+")"); result == "ok" {
+				why = "the client stopped sending its request body after the whole response (" + bodyErr.Error() + ")"
+				rec.Error = joinErrors(rec.Error, why)
+			}
 			noteOutcome(&rec, result, why)
 		default:
 			noteOutcome(&rec, result, why)
