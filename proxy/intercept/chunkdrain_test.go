@@ -60,15 +60,8 @@ func checkNotRead(t *testing.T, rec *records.Record, action string, status int, 
 func TestChunkDrainTrickle(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			r := newRig(t, testPolicy)
 			o := &earlyOrigin{t: t, status: http.StatusOK}
-			c, action := chunkClient(t, r, o, bumped)
-			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-			if err != nil {
-				t.Fatalf("no answer: %v", err)
-			}
+			r, c, br, resp, action := earlyAnswered(t, o, bumped)
 			io.ReadAll(resp.Body)
 			stop := make(chan struct{})
 			defer close(stop)
@@ -104,15 +97,8 @@ func TestChunkDrainTrickle(t *testing.T) {
 func TestChunkDrainTooMuch(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			r := newRig(t, testPolicy)
 			o := &earlyOrigin{t: t, status: http.StatusOK, stall: true}
-			c, action := chunkClient(t, r, o, bumped)
-			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-			if err != nil {
-				t.Fatalf("no answer: %v", err)
-			}
+			r, c, br, resp, action := earlyAnswered(t, o, bumped)
 			io.ReadAll(resp.Body)
 			chunk := fmt.Sprintf("%x\r\n%s\r\n", 16<<10, strings.Repeat("z", 16<<10))
 			go func() {
@@ -149,15 +135,8 @@ func TestChunkDrainTooMuch(t *testing.T) {
 func TestChunkEarlyChunkedAnswer(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			r := newRig(t, testPolicy)
 			o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge, chunkedAnswer: true}
-			c, action := chunkClient(t, r, o, bumped)
-			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-			if err != nil {
-				t.Fatalf("no answer: %v", err)
-			}
+			r, c, br, resp, action := earlyAnswered(t, o, bumped)
 			c.SetReadDeadline(time.Now().Add(time.Second)) // half the drain's bound
 			b, err := io.ReadAll(resp.Body)
 			if err != nil || string(b) != "large" {
@@ -180,15 +159,8 @@ func TestChunkEarlyChunkedAnswer(t *testing.T) {
 func TestChunkEarlyAnswerKeepSending(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			r := newRig(t, testPolicy)
 			o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
-			c, _ := chunkClient(t, r, o, bumped)
-			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-			if err != nil {
-				t.Fatalf("no answer: %v", err)
-			}
+			r, c, br, resp, _ := earlyAnswered(t, o, bumped)
 			io.ReadAll(resp.Body)
 			for range 5 {
 				io.WriteString(c, "400\r\n"+strings.Repeat("z", 0x400)+"\r\n")

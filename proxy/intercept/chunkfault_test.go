@@ -154,6 +154,22 @@ func chunkClient(t *testing.T, r *rig, o *earlyOrigin, bumped bool) (net.Conn, s
 // error and the body's fault; nothing after the bad chunk was served,
 // relayed or recorded. action is the record's (allow, or bump on a bumped
 // connection), fault the start of net/http's error for the body.
+// earlyAnswered opens a client (bumped or not) to o, sends a chunked
+// POST's head and first chunk, and reads the head of the origin's early
+// answer.
+func earlyAnswered(t *testing.T, o *earlyOrigin, bumped bool) (r *rig, c net.Conn, br *bufio.Reader, resp *http.Response, action string) {
+	t.Helper()
+	r = newRig(t, testPolicy)
+	c, action = chunkClient(t, r, o, bumped)
+	io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
+	br = bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
+	if err != nil {
+		t.Fatalf("no early answer: %v", err)
+	}
+	return r, c, br, resp, action
+}
+
 func checkChunkFault(t *testing.T, r *rig, served func() []string, c net.Conn, br *bufio.Reader, want int, action, fault string) {
 	t.Helper()
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
@@ -217,15 +233,8 @@ func TestChunkFaultAfterAnswer(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		for _, status := range []int{http.StatusOK, http.StatusNoContent} {
 			t.Run(fmt.Sprintf("%d/bumped=%v", status, bumped), func(t *testing.T) {
-				r := newRig(t, testPolicy)
 				o := &earlyOrigin{t: t, status: status}
-				c, action := chunkClient(t, r, o, bumped)
-				io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-				br := bufio.NewReader(c)
-				resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-				if err != nil {
-					t.Fatalf("no early answer: %v", err)
-				}
+				r, c, br, resp, action := earlyAnswered(t, o, bumped)
 				io.ReadAll(resp.Body)
 				if resp.StatusCode != status {
 					t.Fatalf("response %d, want the origin's %d", resp.StatusCode, status)
@@ -264,15 +273,8 @@ func TestChunkFaultBeforeAnswer(t *testing.T) {
 func TestChunkFaultWhileStreaming(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			r := newRig(t, testPolicy)
 			o := &earlyOrigin{t: t, status: http.StatusOK, stream: 20}
-			c, action := chunkClient(t, r, o, bumped)
-			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-			if err != nil {
-				t.Fatalf("no answer: %v", err)
-			}
+			r, c, br, resp, action := earlyAnswered(t, o, bumped)
 			io.WriteString(c, badChunk)
 			if b, err := io.ReadAll(resp.Body); err == nil {
 				t.Errorf("the whole answer (%d bytes) came: the response was not cut", len(b))

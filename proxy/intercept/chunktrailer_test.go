@@ -74,15 +74,8 @@ func TestChunkTrailerFault(t *testing.T) {
 func TestChunkBodyCutAfterAnswer(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			r := newRig(t, testPolicy)
 			o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
-			c, action := chunkClient(t, r, o, bumped)
-			io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-			if err != nil {
-				t.Fatalf("no early answer: %v", err)
-			}
+			r, c, br, resp, action := earlyAnswered(t, o, bumped)
 			io.ReadAll(resp.Body)
 			io.WriteString(c, "5\r\nab")
 			c.(interface{ CloseWrite() error }).CloseWrite()
