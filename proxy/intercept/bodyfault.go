@@ -58,11 +58,11 @@ type faultBody struct {
 	// wait for the client.
 	reading, noting atomic.Int32
 	fault           atomic.Pointer[error]
-	// expect100: the request asked for "100 Continue" before its body;
-	// closing: the connection ends after the response anyway, as goproxy
-	// decided before writing it (nextHead sets it before the drain).
+	// expect100: the request asked for "100 Continue" before its body.
 	expect100 bool
-	closing   atomic.Bool
+	// started: the body has been read; with expect100, goproxy sent the
+	// 100 at that first read, and not before.
+	started atomic.Bool
 	// drained runs drainRest once, for the first Close: the transport's
 	// writer's (net/http closes a request body when it stops writing it)
 	// or goproxy's (rb.done's drain). notRead is what it gave up on;
@@ -119,6 +119,9 @@ func watchBodyFault(req *http.Request, cc *hijackedConn) *faultBody {
 }
 
 func (b *faultBody) Read(p []byte) (int, error) {
+	if !b.started.Load() {
+		b.started.Store(true)
+	}
 	b.reading.Add(1)
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
@@ -197,9 +200,13 @@ func (b *faultBody) drain() (fault, notRead error) {
 // Past either it gives up (cut), and says so in notRead. A body the
 // connection's end makes moot after "Expect: 100-continue" is not read
 // at all: goproxy closes the connection after an answer that came before
-// it sent the 100, and the client rightly never sends that body.
+// it sent the 100, and the client rightly never sends that body. Whether
+// the 100 went out is whether the body was ever read (goproxy sends it at
+// the first read), not goproxy's decision to close, which the transport's
+// writer's close may come before; the connection is cut either way, so
+// that a body the client sends all the same is never read as a head.
 func (b *faultBody) drainRest() {
-	if b.expect100 && b.closing.Load() {
+	if b.expect100 && !b.started.Load() {
 		b.quiet = true
 		b.cut()
 		return

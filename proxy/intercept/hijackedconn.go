@@ -375,9 +375,6 @@ type nextHead struct {
 }
 
 func (b *nextHead) Close() error {
-	if fb, ok := b.reqBody.(*faultBody); ok {
-		fb.closing.Store(b.resp.Close) // goproxy's decision, before the drain (rb.done)
-	}
 	if b.cc.h1 && b.reqBody != nil && b.reqBody != http.NoBody {
 		b.endChunked()
 	}
@@ -409,6 +406,12 @@ func (b *nextHead) endChunked() {
 	if len(r.TransferEncoding) == 0 || r.TransferEncoding[0] != "chunked" || len(r.Trailer) != 0 ||
 		r.Request != nil && r.Request.Method == http.MethodHead {
 		return // what Response.Write writes after the close differs
+	}
+	if r.StatusCode < 200 || r.StatusCode == http.StatusNoContent || r.StatusCode == http.StatusNotModified ||
+		r.ContentLength == 0 {
+		// No body (an origin may still say chunked): Response.Write ends
+		// it itself, with a body of its own, and this close comes after.
+		return
 	}
 	if rb, ok := b.ReadCloser.(*recordingBody); !ok || !rb.ended.Load() || b.cc.werr.Load() != nil {
 		return // not the end of a whole body: goproxy is closing it after a failure
