@@ -58,11 +58,15 @@ type faultBody struct {
 	// wait for the client.
 	reading, noting atomic.Int32
 	fault           atomic.Pointer[error]
-	// expect100: the request asked for "100 Continue" before its body.
+	// expect100: the request asked for "100 Continue" before its body;
+	// closing: the connection ends after the response anyway, as goproxy
+	// decided before writing it (nextHead sets it before the drain);
+	// started: the body has been read. goproxy sends the 100 at the first
+	// read, if its answer has not gone out yet: a body never read was
+	// never asked for.
 	expect100 bool
-	// started: the body has been read; with expect100, goproxy sent the
-	// 100 at that first read, and not before.
-	started atomic.Bool
+	closing   atomic.Bool
+	started   atomic.Bool
 	// drained runs drainRest once, for the first Close: the transport's
 	// writer's (net/http closes a request body when it stops writing it)
 	// or goproxy's (rb.done's drain). notRead is what it gave up on;
@@ -200,13 +204,13 @@ func (b *faultBody) drain() (fault, notRead error) {
 // Past either it gives up (cut), and says so in notRead. A body the
 // connection's end makes moot after "Expect: 100-continue" is not read
 // at all: goproxy closes the connection after an answer that came before
-// it sent the 100, and the client rightly never sends that body. Whether
-// the 100 went out is whether the body was ever read (goproxy sends it at
-// the first read), not goproxy's decision to close, which the transport's
-// writer's close may come before; the connection is cut either way, so
-// that a body the client sends all the same is never read as a head.
+// it sent the 100 (closing), and the client rightly never sends that body.
+// The transport's writer's close may come before goproxy's decision: a
+// body it never read was never asked for either (started). The connection
+// is cut either way, so that a body the client sends all the same is
+// never read as a head.
 func (b *faultBody) drainRest() {
-	if b.expect100 && !b.started.Load() {
+	if b.expect100 && (b.closing.Load() || !b.started.Load()) {
 		b.quiet = true
 		b.cut()
 		return

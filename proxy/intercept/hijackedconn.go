@@ -375,6 +375,9 @@ type nextHead struct {
 }
 
 func (b *nextHead) Close() error {
+	if fb, ok := b.reqBody.(*faultBody); ok {
+		fb.closing.Store(b.resp.Close) // goproxy's decision, before the drain (rb.done)
+	}
 	if b.cc.h1 && b.reqBody != nil && b.reqBody != http.NoBody {
 		b.endChunked()
 	}
