@@ -4,7 +4,6 @@ package netstack_test
 // broken (a stack drop shown to the tap, a parse check, a forbidden spelling).
 
 import (
-	"net/netip"
 	"testing"
 )
 
@@ -28,13 +27,7 @@ func TestTapOmitsTimestampPointerBeforeFirstSlot(t *testing.T) {
 // a hop-by-hop header with two Router Alert
 // options is refused by gVisor; the tap must not be shown its segment.
 func TestTapOmitsTwoRouterAlerts(t *testing.T) {
-	client6 := netip.MustParseAddr("2001:db8::5")
-	dest6 := netip.AddrPortFrom(netip.MustParseAddr("2001:db8:9::9"), 80)
-	tap := &seenTap{}
-	r := newTapRigAt(t, tap, client6, dest6)
-	sc, n, rep := r.established()
-	srvSeq, cliSeq, client := replySeqs(rep)
-	seg := func(m string) []byte { return tcpSegment(client, dest6, cliSeq, srvSeq, 0x18, []byte(m)) }
+	tap, r, sc, n, seg := ipv6DecoyRig(t)
 	r.sendEach(t,
 		ipv6With(client6, dest6.Addr(), 0, []byte{6, 1, 5, 2, 0, 0, 5, 2, 0, 0, 1, 4, 0, 0, 0, 0}, seg("GET /d-ra2/")),
 		ipv6With(client6, dest6.Addr(), 0, []byte{6, 1, 5, 2, 0, 0, 1, 0, 1, 4, 0, 0, 0, 0, 1, 0}, seg(string(evilRequest))))

@@ -165,18 +165,30 @@ func ipv6With(src, dst netip.Addr, first byte, ext, tcp []byte) []byte {
 	return pkt
 }
 
-// TestTapOmitsIPv6DecoysStackDrops: segments whose IPv6 extension headers
-// make gVisor drop them (RFC 8200's action bits, which IDSs ignore, and a
-// routing header with segments left) never reach the tap; the real
-// request behind them, with a hop-by-hop header of padding, is delivered.
-func TestTapOmitsIPv6DecoysStackDrops(t *testing.T) {
-	client6 := netip.MustParseAddr("2001:db8::5")
-	dest6 := netip.AddrPortFrom(netip.MustParseAddr("2001:db8:9::9"), 80)
+// Addresses of the IPv6 decoy tests.
+var (
+	client6 = netip.MustParseAddr("2001:db8::5")
+	dest6   = netip.AddrPortFrom(netip.MustParseAddr("2001:db8:9::9"), 80)
+)
+
+// ipv6DecoyRig is a tap rig with an established IPv6 connection from
+// client6 to dest6, and seg, which makes its client's next segment.
+func ipv6DecoyRig(t *testing.T) (*seenTap, *tapRig, *netstack.Conn, *notifier, func(string) []byte) {
+	t.Helper()
 	tap := &seenTap{}
 	r := newTapRigAt(t, tap, client6, dest6)
 	sc, n, rep := r.established()
 	srvSeq, cliSeq, client := replySeqs(rep)
 	seg := func(m string) []byte { return tcpSegment(client, dest6, cliSeq, srvSeq, 0x18, []byte(m)) }
+	return tap, r, sc, n, seg
+}
+
+// TestTapOmitsIPv6DecoysStackDrops: segments whose IPv6 extension headers
+// make gVisor drop them (RFC 8200's action bits, which IDSs ignore, and a
+// routing header with segments left) never reach the tap; the real
+// request behind them, with a hop-by-hop header of padding, is delivered.
+func TestTapOmitsIPv6DecoysStackDrops(t *testing.T) {
+	tap, r, sc, n, seg := ipv6DecoyRig(t)
 	routing := make([]byte, 24) // type 0, one segment left
 	routing[0], routing[1], routing[3] = 6, 2, 1
 	const hbh, routingHdr, destOpts = 0, 43, 60
