@@ -58,33 +58,31 @@ func checkNotRead(t *testing.T, rec *records.Record, action string, status int, 
 // body's end with no bound (TestProbeR3RecordHeld: "3 s after the
 // origin's answer: 0 http records"). Cleartext and bumped.
 func TestChunkDrainTrickle(t *testing.T) {
-	for _, bumped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			o := &earlyOrigin{t: t, status: http.StatusOK}
-			r, c, br, resp, action := earlyAnswered(t, o, bumped)
-			io.ReadAll(resp.Body)
-			stop := make(chan struct{})
-			defer close(stop)
-			go func() {
-				for {
-					select {
-					case <-stop:
-						return
-					case <-time.After(200 * time.Millisecond):
-					}
-					if _, err := io.WriteString(c, "1\r\nq\r\n"); err != nil {
-						return
-					}
+	cleartextAndBumped(t, func(t *testing.T, bumped bool) {
+		o := &earlyOrigin{t: t, status: http.StatusOK}
+		r, c, br, resp, action := earlyAnswered(t, o, bumped)
+		io.ReadAll(resp.Body)
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(200 * time.Millisecond):
 				}
-			}()
-			rec := awaitRecord(t, r, "/a", 4*time.Second)
-			if rec == nil {
-				t.Fatal("no record 4 s after the answer: the drain waits for the trickled body's end")
+				if _, err := io.WriteString(c, "1\r\nq\r\n"); err != nil {
+					return
+				}
 			}
-			checkNotRead(t, rec, action, http.StatusOK, "not ended 2s after the response")
-			expectClosed(t, c, br, time.Second)
-		})
-	}
+		}()
+		rec := awaitRecord(t, r, "/a", 4*time.Second)
+		if rec == nil {
+			t.Fatal("no record 4 s after the answer: the drain waits for the trickled body's end")
+		}
+		checkNotRead(t, rec, action, http.StatusOK, "not ended 2s after the response")
+		expectClosed(t, c, br, time.Second)
+	})
 }
 
 // TestChunkDrainTooMuch: after the origin's early answer, the client
@@ -95,31 +93,29 @@ func TestChunkDrainTrickle(t *testing.T) {
 // closes. Before, all of it was read, however much, before the record.
 // Cleartext and bumped.
 func TestChunkDrainTooMuch(t *testing.T) {
-	for _, bumped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			o := &earlyOrigin{t: t, status: http.StatusOK, stall: true}
-			r, c, br, resp, action := earlyAnswered(t, o, bumped)
-			io.ReadAll(resp.Body)
-			chunk := fmt.Sprintf("%x\r\n%s\r\n", 16<<10, strings.Repeat("z", 16<<10))
-			go func() {
-				for range 64 { // 1 MiB
-					if _, err := io.WriteString(c, chunk); err != nil {
-						return
-					}
+	cleartextAndBumped(t, func(t *testing.T, bumped bool) {
+		o := &earlyOrigin{t: t, status: http.StatusOK, stall: true}
+		r, c, br, resp, action := earlyAnswered(t, o, bumped)
+		io.ReadAll(resp.Body)
+		chunk := fmt.Sprintf("%x\r\n%s\r\n", 16<<10, strings.Repeat("z", 16<<10))
+		go func() {
+			for range 64 { // 1 MiB
+				if _, err := io.WriteString(c, chunk); err != nil {
+					return
 				}
-				// and then nothing: the body goes on
-			}()
-			rec := awaitRecord(t, r, "/a", time.Second) // well within the drain's 2 s
-			if rec == nil {
-				t.Fatal("no record 1 s after the answer")
 			}
-			checkNotRead(t, rec, action, http.StatusOK, "more than 256 KiB after the response")
-			c.SetReadDeadline(time.Now().Add(time.Second))
-			if _, err := io.Copy(io.Discard, br); err != nil && !strings.Contains(err.Error(), "reset") {
-				t.Errorf("after the answer: %v, want the connection closed", err)
-			}
-		})
-	}
+			// and then nothing: the body goes on
+		}()
+		rec := awaitRecord(t, r, "/a", time.Second) // well within the drain's 2 s
+		if rec == nil {
+			t.Fatal("no record 1 s after the answer")
+		}
+		checkNotRead(t, rec, action, http.StatusOK, "more than 256 KiB after the response")
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := io.Copy(io.Discard, br); err != nil && !strings.Contains(err.Error(), "reset") {
+			t.Errorf("after the answer: %v, want the connection closed", err)
+		}
+	})
 }
 
 // TestChunkEarlyChunkedAnswer: the origin answers a chunked upload at once
@@ -133,23 +129,21 @@ func TestChunkDrainTooMuch(t *testing.T) {
 // it: "the client went away before its request body ended". Cleartext
 // and bumped.
 func TestChunkEarlyChunkedAnswer(t *testing.T) {
-	for _, bumped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge, chunkedAnswer: true}
-			r, c, br, resp, action := earlyAnswered(t, o, bumped)
-			c.SetReadDeadline(time.Now().Add(time.Second)) // half the drain's bound
-			b, err := io.ReadAll(resp.Body)
-			if err != nil || string(b) != "large" {
-				t.Fatalf("answer's body %q, %v: want all of it, at once", b, err)
-			}
-			rec := awaitRecord(t, r, "/a", 4*time.Second)
-			if rec == nil {
-				t.Fatal("no record 4 s after the answer")
-			}
-			checkNotRead(t, rec, action, http.StatusRequestEntityTooLarge, "not ended 2s after the response")
-			expectClosed(t, c, br, time.Second)
-		})
-	}
+	cleartextAndBumped(t, func(t *testing.T, bumped bool) {
+		o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge, chunkedAnswer: true}
+		r, c, br, resp, action := earlyAnswered(t, o, bumped)
+		c.SetReadDeadline(time.Now().Add(time.Second)) // half the drain's bound
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || string(b) != "large" {
+			t.Fatalf("answer's body %q, %v: want all of it, at once", b, err)
+		}
+		rec := awaitRecord(t, r, "/a", 4*time.Second)
+		if rec == nil {
+			t.Fatal("no record 4 s after the answer")
+		}
+		checkNotRead(t, rec, action, http.StatusRequestEntityTooLarge, "not ended 2s after the response")
+		expectClosed(t, c, br, time.Second)
+	})
 }
 
 // TestChunkEarlyAnswerKeepSending: a client that sends its whole body
@@ -157,29 +151,27 @@ func TestChunkEarlyChunkedAnswer(t *testing.T) {
 // its next request is served, and the 413's record is ok. Cleartext and
 // bumped.
 func TestChunkEarlyAnswerKeepSending(t *testing.T) {
-	for _, bumped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
-			r, c, br, resp, _ := earlyAnswered(t, o, bumped)
-			io.ReadAll(resp.Body)
-			for range 5 {
-				io.WriteString(c, "400\r\n"+strings.Repeat("z", 0x400)+"\r\n")
-				time.Sleep(20 * time.Millisecond)
-			}
-			io.WriteString(c, "0\r\nX-T: v\r\n\r\nGET /b HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
-			resp2, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatalf("no answer to the second request: %v", err)
-			}
-			io.ReadAll(resp2.Body)
-			c.Close()
-			rec := awaitRecord(t, r, "/a", time.Second)
-			if rec == nil || rec.Status != http.StatusRequestEntityTooLarge || rec.Result != "ok" || rec.Error != "" {
-				t.Errorf("record of POST /a %+v, want 413 ok", rec)
-			}
-			if rec := awaitRecord(t, r, "/b", time.Second); rec == nil {
-				t.Error("no record of GET /b")
-			}
-		})
-	}
+	cleartextAndBumped(t, func(t *testing.T, bumped bool) {
+		o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
+		r, c, br, resp, _ := earlyAnswered(t, o, bumped)
+		io.ReadAll(resp.Body)
+		for range 5 {
+			io.WriteString(c, "400\r\n"+strings.Repeat("z", 0x400)+"\r\n")
+			time.Sleep(20 * time.Millisecond)
+		}
+		io.WriteString(c, "0\r\nX-T: v\r\n\r\nGET /b HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+		resp2, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("no answer to the second request: %v", err)
+		}
+		io.ReadAll(resp2.Body)
+		c.Close()
+		rec := awaitRecord(t, r, "/a", time.Second)
+		if rec == nil || rec.Status != http.StatusRequestEntityTooLarge || rec.Result != "ok" || rec.Error != "" {
+			t.Errorf("record of POST /a %+v, want 413 ok", rec)
+		}
+		if rec := awaitRecord(t, r, "/b", time.Second); rec == nil {
+			t.Error("no record of GET /b")
+		}
+	})
 }

@@ -154,6 +154,14 @@ func chunkClient(t *testing.T, r *rig, o *earlyOrigin, bumped bool) (net.Conn, s
 // error and the body's fault; nothing after the bad chunk was served,
 // relayed or recorded. action is the record's (allow, or bump on a bumped
 // connection), fault the start of net/http's error for the body.
+// cleartextAndBumped runs f as two subtests, over cleartext HTTP/1 and
+// bumped HTTPS.
+func cleartextAndBumped(t *testing.T, f func(t *testing.T, bumped bool)) {
+	for _, bumped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) { f(t, bumped) })
+	}
+}
+
 // earlyAnswered opens a client (bumped or not) to o, sends a chunked
 // POST's head and first chunk, and reads the head of the origin's early
 // answer.
@@ -250,15 +258,13 @@ func TestChunkFaultAfterAnswer(t *testing.T) {
 // would answer at its end; the bad chunk breaks the round trip first, so
 // the client gets a 400 and the connection closes. Cleartext and bumped.
 func TestChunkFaultBeforeAnswer(t *testing.T) {
-	for _, bumped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			r := newRig(t, testPolicy)
-			o := &earlyOrigin{t: t, readFirst: true}
-			c, action := chunkClient(t, r, o, bumped)
-			io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+badChunk)
-			checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest, action, chunkFault)
-		})
-	}
+	cleartextAndBumped(t, func(t *testing.T, bumped bool) {
+		r := newRig(t, testPolicy)
+		o := &earlyOrigin{t: t, readFirst: true}
+		c, action := chunkClient(t, r, o, bumped)
+		io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+badChunk)
+		checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest, action, chunkFault)
+	})
 }
 
 // TestChunkFaultWhileStreaming: the origin streams its answer while the
@@ -271,15 +277,13 @@ func TestChunkFaultBeforeAnswer(t *testing.T) {
 // for the cut ("response body from the destination, after 5 bytes: ...
 // use of closed network connection; malformed request body: ...").
 func TestChunkFaultWhileStreaming(t *testing.T) {
-	for _, bumped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			o := &earlyOrigin{t: t, status: http.StatusOK, stream: 20}
-			r, c, br, resp, action := earlyAnswered(t, o, bumped)
-			io.WriteString(c, badChunk)
-			if b, err := io.ReadAll(resp.Body); err == nil {
-				t.Errorf("the whole answer (%d bytes) came: the response was not cut", len(b))
-			}
-			checkChunkFaultAfter(t, r, o.served, c, br, http.StatusOK, action, chunkFault)
-		})
-	}
+	cleartextAndBumped(t, func(t *testing.T, bumped bool) {
+		o := &earlyOrigin{t: t, status: http.StatusOK, stream: 20}
+		r, c, br, resp, action := earlyAnswered(t, o, bumped)
+		io.WriteString(c, badChunk)
+		if b, err := io.ReadAll(resp.Body); err == nil {
+			t.Errorf("the whole answer (%d bytes) came: the response was not cut", len(b))
+		}
+		checkChunkFaultAfter(t, r, o.served, c, br, http.StatusOK, action, chunkFault)
+	})
 }

@@ -72,33 +72,31 @@ func TestChunkTrailerFault(t *testing.T) {
 // client's, not the body's). Before, it said result reset, "the client
 // went away before its request body ended". Cleartext and bumped.
 func TestChunkBodyCutAfterAnswer(t *testing.T) {
-	for _, bumped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
-			r, c, br, resp, action := earlyAnswered(t, o, bumped)
-			io.ReadAll(resp.Body)
-			io.WriteString(c, "5\r\nab")
-			c.(interface{ CloseWrite() error }).CloseWrite()
-			if next, err := http.ReadResponse(br, nil); err == nil {
-				t.Errorf("a second response, %d", next.StatusCode)
+	cleartextAndBumped(t, func(t *testing.T, bumped bool) {
+		o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
+		r, c, br, resp, action := earlyAnswered(t, o, bumped)
+		io.ReadAll(resp.Body)
+		io.WriteString(c, "5\r\nab")
+		c.(interface{ CloseWrite() error }).CloseWrite()
+		if next, err := http.ReadResponse(br, nil); err == nil {
+			t.Errorf("a second response, %d", next.StatusCode)
+		}
+		c.Close()
+		var found bool
+		for _, rec := range ofKind(r.records(), "http") {
+			if rec.Path != "/a" {
+				t.Errorf("a record for %s", rec.Path)
+				continue
 			}
-			c.Close()
-			var found bool
-			for _, rec := range ofKind(r.records(), "http") {
-				if rec.Path != "/a" {
-					t.Errorf("a record for %s", rec.Path)
-					continue
-				}
-				found = true
-				if want := "the client stopped sending its request body after the whole response ("; rec.Action != action ||
-					rec.Status != http.StatusRequestEntityTooLarge || rec.Result != "ok" || !strings.HasPrefix(rec.Error, want) {
-					t.Errorf("record: action %s status %d result %s error %q, want %s, 413, ok, %s...",
-						rec.Action, rec.Status, rec.Result, rec.Error, action, want)
-				}
+			found = true
+			if want := "the client stopped sending its request body after the whole response ("; rec.Action != action ||
+				rec.Status != http.StatusRequestEntityTooLarge || rec.Result != "ok" || !strings.HasPrefix(rec.Error, want) {
+				t.Errorf("record: action %s status %d result %s error %q, want %s, 413, ok, %s...",
+					rec.Action, rec.Status, rec.Result, rec.Error, action, want)
 			}
-			if !found {
-				t.Error("no record for POST /a")
-			}
-		})
-	}
+		}
+		if !found {
+			t.Error("no record for POST /a")
+		}
+	})
 }
