@@ -10,7 +10,8 @@ import (
 	"time"
 )
 
-// A chunked HTTP/1 request body whose framing breaks.
+// An HTTP/1 request body the destination may leave unread, chunked or of
+// a Content-Length, and a chunked one whose framing breaks.
 //
 // Past a chunk net/http cannot read, what the client sent is no request
 // (RFC 9112 §7.1): serving it as one is how a request is smuggled behind
@@ -74,17 +75,23 @@ type faultBody struct {
 	drained sync.Once
 	notRead error
 	quiet   bool
+	// length is the body's Content-Length, -1 for a chunked one; n what
+	// has been read of it, by the transport's writer or the drain.
+	length int64
+	n      atomic.Int64
 }
 
-// How much of a chunked body the destination did not read is read once
-// its answer has ended, looking for the body's end (where the next
-// request's head starts) or its fault: at most drainMax bytes, for at
-// most drainWait, as net/http's server reads at most 256 KiB of a body
-// its handler left unread. Unbounded, a client that trickles its body on
+// How much of a body the destination did not read is read once its
+// answer has ended, looking for the body's end (where the next request's
+// head starts) or its fault: at most drainMax bytes, for at most
+// drainWait, as net/http's server reads at most 256 KiB of a body its
+// handler left unread. Unbounded, a client that trickles its body on
 // after the answer held the request's record back (lost on a crash) and
 // the connection open for good, and one that stopped its upload on an
 // early answer waited with the appliance. Past either bound the
 // connection ends after the answer, and the record is written at once.
+// A Content-Length body with more than drainMax left is not read at all,
+// as net/http's server does not: it could not end within the bound.
 const (
 	drainMax  = 256 << 10
 	drainWait = 2 * time.Second
@@ -110,14 +117,25 @@ var testHookNoting atomic.Pointer[func(*faultBody)]
 // whose framing broke.
 var errAfterBodyFault = errors.New("a request head after a chunked body that could not be read: not served")
 
-// watchBodyFault wraps req's body, a chunked HTTP/1 one, in a faultBody;
-// any other body is left as it is. It returns the faultBody, or nil.
+// watchBodyFault wraps req's body, an HTTP/1 one, chunked or of a
+// Content-Length, in a faultBody; any other body (HTTP/2's, whose server
+// bounds what it discards) is left as it is. It returns the faultBody,
+// or nil. Both framings: goproxy's Content-Length body, from
+// http.ReadRequest, reads all of its declared length when closed, with no
+// deadline, however slowly it comes.
 func watchBodyFault(req *http.Request, cc *hijackedConn) *faultBody {
-	if inH2Handler(req) || len(req.TransferEncoding) != 1 || req.TransferEncoding[0] != "chunked" ||
-		bodyless(req) {
+	if inH2Handler(req) || bodyless(req) {
 		return nil
 	}
-	fb := &faultBody{ReadCloser: req.Body, cc: cc, expect100: headerHasToken(req.Header, "Expect", "100-continue")}
+	length := req.ContentLength
+	switch {
+	case len(req.TransferEncoding) == 1 && req.TransferEncoding[0] == "chunked":
+		length = -1
+	case len(req.TransferEncoding) != 0 || length <= 0:
+		return nil
+	}
+	fb := &faultBody{ReadCloser: req.Body, cc: cc, length: length,
+		expect100: headerHasToken(req.Header, "Expect", "100-continue")}
 	req.Body = fb
 	return fb
 }
@@ -128,6 +146,7 @@ func (b *faultBody) Read(p []byte) (int, error) {
 	}
 	b.reading.Add(1)
 	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
 	if err != nil {
 		b.noting.Add(1) // before reading drops: settle sees one or the other
 	}
@@ -215,13 +234,23 @@ func (b *faultBody) drainRest() {
 		b.cut()
 		return
 	}
+	if b.length >= 0 {
+		switch left := b.length - b.n.Load(); {
+		case left == 0:
+			return // read whole: its end needs no read of the connection
+		case left > drainMax:
+			b.notRead = fmt.Errorf("%w (more than %d KiB after the response)", errBodyNotRead, drainMax>>10)
+			b.cut()
+			return
+		}
+	}
 	c := b.cc.Conn
 	_ = c.SetReadDeadline(time.Now().Add(drainWait))
 	_, err := io.CopyN(io.Discard, b, drainMax+1)
 	b.settle() // a fault the transport's writer found, noted
 	p := b.fault.Load()
 	switch {
-	case err == nil: // drainMax+1 bytes, and no end
+	case err == nil: // drainMax+1 bytes, and no end (chunked only)
 		b.notRead = fmt.Errorf("%w (more than %d KiB after the response)", errBodyNotRead, drainMax>>10)
 	case p == nil: // its end
 		_ = c.SetReadDeadline(time.Time{})

@@ -38,8 +38,8 @@ type hijackedConn struct {
 	// and bounds keeps its buffers to one request (h1bounds.go).
 	h1     bool
 	bounds h1Bounds
-	// bodyFault is the framing error of a chunked request body, once one
-	// broke: nothing after it is served (bodyfault.go).
+	// bodyFault is the error that broke an HTTP/1 request body, or the
+	// drain's giving up on it: nothing after it is served (bodyfault.go).
 	bodyFault atomic.Pointer[error]
 }
 
@@ -400,8 +400,7 @@ func (b *nextHead) Close() error {
 // loop is writing, once its body has ended, and has the client
 // connection drop goproxy's own write of it. net/http's Response.Write
 // writes it only after it closes the response body, and that close reads
-// the rest of the request body first (a drain of up to drainWait, or a
-// Content-Length body's rest): a client that stopped its upload on an
+// the rest of the request body first (a drain of up to drainWait): a client that stopped its upload on an
 // early answer waited for the answer's end as long. A response with
 // trailers is left as it is.
 func (b *nextHead) endChunked() {

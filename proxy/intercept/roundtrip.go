@@ -85,8 +85,8 @@ func hasBody(req *http.Request, resp *http.Response) bool {
 		resp.StatusCode >= 200 && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusNotModified
 }
 
-// roundTrip is RoundTrip's one request; fb is its body when that is a
-// chunked HTTP/1 one (watchBodyFault), else nil.
+// roundTrip is RoundTrip's one request; fb is its body when that is an
+// HTTP/1 one, chunked or of a Content-Length (watchBodyFault), else nil.
 func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Response, error) {
 	s := rt.s
 	start := time.Now()
@@ -302,8 +302,9 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
-		// The rest of a chunked body the destination did not read, to
-		// its end or the chunk that breaks it: the record says which.
+		// The rest of a body the destination did not read, to its end
+		// or what breaks it (a bad chunk, the client's stopping), within
+		// the drain's bounds: the record says which.
 		bodyErr, notRead := fb.drain()
 		result, why, delivered := rt.clientOutcome(ctx, rb)
 		if tunnel.ended() {
