@@ -34,6 +34,7 @@ type earlyOrigin struct {
 	stream        int
 	leaf          *tls.Certificate
 	chunkedAnswer bool
+	trailer       string // with chunkedAnswer: a trailer field, announced in the head
 	stall         bool
 
 	mu    sync.Mutex
@@ -92,6 +93,10 @@ func (o *earlyOrigin) serve(c net.Conn) {
 			}
 		}
 		io.WriteString(c, "0\r\n\r\n")
+	} else if o.chunkedAnswer && o.trailer != "" {
+		name, _, _ := strings.Cut(o.trailer, ":")
+		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\nTrailer: %s\r\n\r\n5\r\nlarge\r\n0\r\n%s\r\n\r\n",
+			o.status, http.StatusText(o.status), name, o.trailer)
 	} else if o.chunkedAnswer {
 		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nlarge\r\n0\r\n\r\n", o.status, http.StatusText(o.status))
 	} else if !o.readFirst {

@@ -59,14 +59,27 @@ func (c *hijackedConn) holdResponse(on bool) {
 	h.head = on
 }
 
+// swallowed drops b when it is the start of what is to be swallowed:
+// goproxy's CONNECT response, or the end of a chunked response written
+// already (nextHead.endChunked), which net/http writes a piece at a time
+// (a trailer field's name, ": ", its value, CRLF). Any other write ends
+// the swallowing. goproxy's goroutine only.
+func (c *hijackedConn) swallowed(b []byte) bool {
+	s := c.swallow
+	if len(b) > len(s) || string(b) != string(s[:len(b)]) {
+		c.swallow = nil
+		return false
+	}
+	if c.swallow = s[len(b):]; len(c.swallow) == 0 {
+		c.swallow = nil
+	}
+	return true
+}
+
 // Write implements net.Conn.
 func (c *hijackedConn) Write(b []byte) (int, error) {
-	if c.swallow != nil { // goproxy's first write: its CONNECT response
-		s := c.swallow
-		c.swallow = nil
-		if string(b) == string(s) {
-			return len(b), nil
-		}
+	if c.swallow != nil && c.swallowed(b) {
+		return len(b), nil
 	}
 	h := &c.hold
 	h.mu.Lock()

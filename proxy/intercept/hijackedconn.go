@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -396,16 +397,18 @@ func (b *nextHead) Close() error {
 	return err
 }
 
-// endChunked writes the last CRLF of a chunked response goproxy's HTTP/1
-// loop is writing, once its body has ended, and has the client
-// connection drop goproxy's own write of it. net/http's Response.Write
-// writes it only after it closes the response body, and that close reads
-// the rest of the request body first (a drain of up to drainWait): a client that stopped its upload on an
-// early answer waited for the answer's end as long. A response with
-// trailers is left as it is.
+// endChunked writes the end of a chunked response goproxy's HTTP/1 loop
+// is writing, once its body has ended: its trailer section, if any, and
+// the last CRLF. The client connection then drops goproxy's own write of
+// them. net/http's Response.Write writes them only after it closes the
+// response body, and that close reads the rest of the request body first
+// (a drain of up to drainWait): a client that stopped its upload on an
+// early answer waited for the answer's end as long. The trailer is
+// written as Response.Write writes it (Header.Write, of the same map,
+// whose fields the body's end has filled in), so what it writes matches.
 func (b *nextHead) endChunked() {
 	r := b.resp
-	if len(r.TransferEncoding) == 0 || r.TransferEncoding[0] != "chunked" || len(r.Trailer) != 0 ||
+	if len(r.TransferEncoding) == 0 || r.TransferEncoding[0] != "chunked" ||
 		r.Request != nil && r.Request.Method == http.MethodHead {
 		return // what Response.Write writes after the close differs
 	}
@@ -418,11 +421,17 @@ func (b *nextHead) endChunked() {
 	if rb, ok := b.ReadCloser.(*recordingBody); !ok || !rb.ended.Load() || b.cc.werr.Load() != nil {
 		return // not the end of a whole body: goproxy is closing it after a failure
 	}
-	if _, err := b.cc.Write(crlf); err != nil {
+	end := crlf
+	if r.Trailer != nil {
+		var buf bytes.Buffer
+		_ = r.Trailer.Write(&buf)
+		end = append(buf.Bytes(), crlf...)
+	}
+	if _, err := b.cc.Write(end); err != nil {
 		return
 	}
 	b.cc.flushHeld()
-	b.cc.swallow = crlf // goproxy's goroutine: its next write is that CRLF
+	b.cc.swallow = end // goproxy's goroutine: its next writes are these
 }
 
 var crlf = []byte("\r\n")
