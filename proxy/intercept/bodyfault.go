@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -277,4 +278,30 @@ func (b *faultBody) cut() {
 // away: the record calls the body malformed.
 func malformedBody(err error) bool {
 	return containsAny(err.Error(), chunkedBodyErrors)
+}
+
+// lingerClose closes c, a client connection answered with a request body
+// left unread, as net/http's server closes one (closeWriteAndWait): it
+// half-closes c (a TLS connection's close_notify, then the socket's FIN)
+// and reads and discards what the client still sends, up to its end, at
+// most drainMax bytes for at most drainWait, then closes it. Past
+// drainMax it reads no more but still waits out drainWait: the bytes it
+// read may well have been sent before the answer, and the client, its
+// writes now held by the full window, reads the answer and stops. Closed
+// at once, with the client's bytes unread or still coming, the connection
+// is reset (Linux and gVisor both answer unread data with a RST), and a
+// client that meets the reset on its next write gives up before it reads
+// the answer: curl then reports a send failure, not the 403 or 413 its
+// record says it had.
+func lingerClose(c net.Conn) error {
+	if halfClose(c) {
+		end := time.Now().Add(drainWait)
+		_ = c.SetReadDeadline(end)
+		if n, err := io.CopyN(io.Discard, c, drainMax); n == drainMax && err == nil {
+			// No event says the client has read the answer: a bounded
+			// wait, as net/http's rstAvoidanceDelay.
+			time.Sleep(time.Until(end))
+		}
+	}
+	return c.Close()
 }

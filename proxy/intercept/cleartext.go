@@ -55,8 +55,10 @@ func (s *session) serveHTTP() {
 		s.Record.Rule, s.Record.Action, s.Record.Policy = d.Rule, d.Action.String(), d.Policy
 		if d.Action == policy.Deny {
 			writeDenyResponse(s.client, d.Rule, host)
-			s.client.Close()
 			s.closeUpstream()
+			// Its body, if any, is unread: closed at once, the
+			// connection would be reset, and the 403 with it.
+			_ = lingerClose(s.client)
 			s.ic.denied.Add(1)
 			s.Record.Status = http.StatusForbidden
 			s.Record.Action, s.Record.Result, s.Record.Error = "deny", "denied", "denied by policy"

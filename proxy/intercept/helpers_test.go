@@ -378,6 +378,15 @@ func (c *peekedConn) Read(b []byte) (int, error) {
 	return c.Conn.Read(b)
 }
 
+// CloseWrite passes a half-close on, as the appliance's own peeked
+// connection does (proxy/tcp.go); a pipe has none.
+func (c *peekedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
 // upstream is an HTTP server on the far end of a pipe: the destination.
 type upstream struct {
 	mu     sync.Mutex

@@ -516,7 +516,15 @@ func (c *hijackedConn) Close() error {
 	c.flushLocked()
 	h.active.Store(false)
 	h.mu.Unlock()
-	err := c.Conn.Close()
+	var err error
+	if c.h1 && c.bodyFault.Load() != nil {
+		// A request body left unread, or broken while the client may
+		// still be sending: closed at once, the connection would be
+		// reset, and the answer with it (lingerClose).
+		err = lingerClose(c.Conn)
+	} else {
+		err = c.Conn.Close()
+	}
 	if c.onClose != nil {
 		c.once.Do(c.onClose)
 	}
