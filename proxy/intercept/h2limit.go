@@ -97,6 +97,13 @@ func (l *headLimit) clientGone(result, when, detail string) (string, string) {
 	return result, "the client went away " + when + detail
 }
 
+// endedByAppliance reports whether the client's connection was ended by
+// the appliance (its head deadline, or its shutdown), not the client:
+// clientGone's cases that are not the client's.
+func (l *headLimit) endedByAppliance() bool {
+	return l != nil && (l.timedOut.Load() || l.shuttingDown != nil && l.shuttingDown())
+}
+
 // untime disarms the head deadline, or the idle one (idle.go).
 func (l *headLimit) untime() {
 	timed, idle := l.timed.Swap(false), l.idle.armed.Swap(false)

@@ -1,7 +1,9 @@
 package intercept
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -95,13 +97,23 @@ func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, 
 // destination's answer (it answered before reading the body): roundTrip
 // asks here once more when the round trip succeeded, and what is found
 // later is bodyfault.go's.
+//
+// So is an HTTP/1 body the client's side of the connection ended short
+// of its Content-Length, or inside a chunk (net/http's unexpected EOF: a
+// FIN, or a TLS close_notify), before the answer: the HTTP/1 form of an
+// HTTP/2 stream that ends short of its content-length. The client may
+// only have half-closed, and reads on: it gets the 400, not a 502 saying
+// that it went away, and the record says what it got. A FIN cannot tell
+// a half-close from a close: a client that closed is recorded so too. A
+// reset, the appliance's deadline and its shutdown are no such end.
 func (rt *roundTripper) refuseMalformedBody(req *http.Request, bodyErr error, rec *records.Record, start time.Time) *http.Response {
 	if bodyErr == nil {
 		return nil
 	}
 	msg := bodyErr.Error()
 	h2 := inH2Handler(req)
-	if h2 && !containsAny(msg, h2BodyErrors) || !h2 && !containsAny(msg, chunkedBodyErrors) {
+	cutShort := !h2 && errors.Is(bodyErr, io.ErrUnexpectedEOF) && !rt.cc.limit.endedByAppliance()
+	if !cutShort && (h2 && !containsAny(msg, h2BodyErrors) || !h2 && !containsAny(msg, chunkedBodyErrors)) {
 		return nil
 	}
 	rec.Status, rec.Result = http.StatusBadRequest, "error"
