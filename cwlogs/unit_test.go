@@ -77,7 +77,10 @@ func TestPrepare(t *testing.T) {
 func TestTruncateBoundaries(t *testing.T) {
 	for _, n := range []int{MaxMessageBytes + 1, MaxMessageBytes + 2, MaxMessageBytes + 100, 3 * MaxMessageBytes} {
 		for _, unit := range []string{"a", "é", "€", "😀"} {
-			s := strings.Repeat(unit, n/len(unit)+1)
+			// Exactly n bytes: whole units, then ASCII filler, so that
+			// MaxMessageBytes+1 really is the first byte over.
+			s := strings.Repeat(unit, n/len(unit))
+			s += strings.Repeat("a", n-len(s))
 			msg, trunc := prepare([]byte(s))
 			if !trunc || len(msg) > MaxMessageBytes || !utf8.ValidString(msg) {
 				t.Fatalf("%d×%q: truncated=%v len=%d valid=%v", n, unit, trunc, len(msg), utf8.ValidString(msg))
@@ -94,6 +97,16 @@ func TestTruncateBoundaries(t *testing.T) {
 	// At the limit: kept whole.
 	if msg, trunc := prepare([]byte(strings.Repeat("a", MaxMessageBytes))); trunc || len(msg) != MaxMessageBytes {
 		t.Fatalf("line of exactly MaxMessageBytes: truncated=%v len=%d", trunc, len(msg))
+	}
+	// An invalid byte becomes U+FFFD (three bytes): the limit applies to
+	// the replaced line, which the service would otherwise refuse.
+	atLimit := strings.Repeat("a", MaxMessageBytes-3) + "\xff"
+	if msg, trunc := prepare([]byte(atLimit)); trunc || len(msg) != MaxMessageBytes || !utf8.ValidString(msg) {
+		t.Fatalf("invalid UTF-8 replaced to exactly MaxMessageBytes: truncated=%v len=%d", trunc, len(msg))
+	}
+	oneOver := strings.Repeat("a", MaxMessageBytes-2) + "\xff"
+	if msg, trunc := prepare([]byte(oneOver)); !trunc || len(msg) > MaxMessageBytes || !utf8.ValidString(msg) {
+		t.Fatalf("invalid UTF-8 replaced to MaxMessageBytes+1: truncated=%v len=%d", trunc, len(msg))
 	}
 }
 
