@@ -132,6 +132,32 @@ func TestBatchLimitsAdd(t *testing.T) {
 	if !lim.add(&later) || lim.add(&earlier) {
 		t.Fatal("span limit not applied to an earlier event")
 	}
+	// The byte limit at its edge, stated as the service's number rather
+	// than MaxBatchBytes so that a wrong constant is caught too: a batch
+	// of exactly 1,048,576 bytes (messages plus 26 each) is taken, one of
+	// 1,048,577 is not (the service refuses it, failing every record).
+	const serviceMaxBatchBytes = 1048576
+	quarter := strings.Repeat("x", serviceMaxBatchBytes/4-EventOverhead)
+	threeQuarters := func() batchLimits {
+		lim := newBatchLimits()
+		for i := range 3 {
+			e := entry{msg: quarter}
+			if !lim.add(&e) {
+				t.Fatalf("refused event %d of a batch under the byte limit", i)
+			}
+		}
+		return lim
+	}
+	lim = threeQuarters()
+	over := entry{msg: quarter + "y"}
+	if lim.add(&over) || !lim.full {
+		t.Fatalf("took a batch of %d bytes, over the service's %d", lim.bytes, serviceMaxBatchBytes)
+	}
+	lim = threeQuarters()
+	exact := entry{msg: quarter}
+	if !lim.add(&exact) || lim.bytes != serviceMaxBatchBytes {
+		t.Fatalf("refused a batch of exactly %d bytes (have %d)", serviceMaxBatchBytes, lim.bytes)
+	}
 }
 
 func TestSortBatchStable(t *testing.T) {
