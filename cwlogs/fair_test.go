@@ -2,6 +2,8 @@ package cwlogs
 
 import (
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -129,6 +131,60 @@ func TestFairQueueEvictsLargestSource(t *testing.T) {
 	checkFairQueue(t, &f)
 	if len(f.sources) != 0 || len(f.heap) != 0 || f.q.len() != 0 {
 		t.Fatalf("empty queue keeps %d sources, %d in the heap, %d slots", len(f.sources), len(f.heap), f.q.len())
+	}
+}
+
+// TestFairQueueSinksSourceAfterSend: a source that held the most bytes and
+// then had its oldest entries sent (popped from the front) sinks below a
+// source now holding more, so the next eviction takes the flooder's oldest
+// record, not the innocent client's.
+func TestFairQueueSinksSourceAfterSend(t *testing.T) {
+	var f fairQueue
+	innocent, small, flooder := srcOf("10.0.0.1"), srcOf("10.0.0.2"), srcOf("10.0.0.3")
+	push := func(src records.Source, ts, size int) {
+		e := entry{ts: int64(ts), msg: strings.Repeat("x", size)}
+		f.push(e, src, cost(e.msg))
+	}
+	for i := range 5 { // the innocent source, at the front, holds the most
+		push(innocent, i, 1000)
+	}
+	push(small, 5, 10)
+	for i := 6; i < 10; i++ { // the flooder, behind, holds a little less
+		push(flooder, i, 1000)
+	}
+	// CloudWatch takes the two oldest: the innocent source now holds
+	// three entries, the flooder four.
+	f.pop()
+	f.pop()
+	if top := f.heap[0].key; top != flooder {
+		t.Errorf("heap top is %v, want the flooder %v", top.Client, flooder.Client)
+	}
+	if e := f.evict(); e.ts != 6 {
+		t.Fatalf("evicted entry %d, want 6 (the flooder's oldest): an innocent client lost a record to the flooder's backlog", e.ts)
+	}
+	checkFairQueue(t, &f)
+}
+
+// TestFairQueueRandomOps: random pushes, pops and evictions over a dozen
+// sources of varied sizes, the queue kept short so that sources empty
+// often and anywhere in the heap; the bookkeeping and the max-heap are
+// checked after every step (a broken heap lets an eviction take a record
+// from a source that does not hold the most bytes).
+func TestFairQueueRandomOps(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11)) // fixed seed: a failure replays
+	var f fairQueue
+	for step := range 20000 {
+		switch op := rng.IntN(10); {
+		case f.len() < 1+rng.IntN(30):
+			src := srcOf(fmt.Sprintf("10.0.0.%d", 1+rng.IntN(12)))
+			e := entry{ts: int64(step), msg: strings.Repeat("x", 1+rng.IntN(2000))}
+			f.push(e, src, cost(e.msg))
+		case op < 6:
+			f.pop()
+		default:
+			f.evict()
+		}
+		checkFairQueue(t, &f)
 	}
 }
 
