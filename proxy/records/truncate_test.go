@@ -170,10 +170,25 @@ func TestWriterNormalRecordUntouched(t *testing.T) {
 	if !bytes.Equal(bytes.TrimSuffix(line, []byte("\n")), want) {
 		t.Errorf("line %s\nwant %s", line, want)
 	}
-	// Exactly at the limit: still untouched.
+	// At the limit's edge, with a path long enough that the line is over
+	// MinMaxLineBytes (SetMaxLineBytes raises a lower limit to it, and the
+	// edge would not be tried): exactly at the limit the line is
+	// untouched, one byte over it is shortened to fit and marked.
+	r.Path = "/" + strings.Repeat("p", 2*MinMaxLineBytes)
+	if want, err = json.Marshal(&r); err != nil {
+		t.Fatal(err)
+	}
 	exact := must(writeOne(t, len(want), &r))
-	if !bytes.Equal(exact, line) {
-		t.Errorf("a line exactly at the limit was changed: %s", exact)
+	if !bytes.Equal(bytes.TrimSuffix(exact, []byte("\n")), want) {
+		t.Errorf("a line exactly at the limit was changed: %.200s", exact)
+	}
+	limit := len(want) - 1
+	line, shipped := writeOne(t, limit, &r)
+	if !bytes.Equal(line, shipped) {
+		t.Error("the shipper and the file got different lines")
+	}
+	if rec := checkLine(t, line, limit); !rec.Truncated {
+		t.Error("a line one byte over the limit was not marked truncated")
 	}
 }
 
