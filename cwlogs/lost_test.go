@@ -165,3 +165,30 @@ func TestRejectedLossEventGivenBack(t *testing.T) {
 		t.Errorf("loss events tell of %d lost, %d were dropped", lost, st.Dropped)
 	}
 }
+
+// TestLostSinceIsEarliest: lost_since is the time of the oldest record lost
+// since the last loss event, whatever order they were dropped in
+// (evictions take the oldest record of the largest source, so another
+// source's older record can go after a newer one).
+func TestLostSinceIsEarliest(t *testing.T) {
+	var s Shipper
+	s.noteLossLocked(2000)
+	s.noteLossLocked(1000)
+	s.noteLossLocked(3000)
+	if s.lost != 3 || s.lostSince != 1000 {
+		t.Fatalf("lost %d since %d, want 3 since 1000 (the oldest lost record)", s.lost, s.lostSince)
+	}
+}
+
+// TestRestoredLossKeepsEarliest: a loss event's count given back (refused,
+// rejected, or abandoned at shutdown) while newer losses are pending
+// merges into one count whose lost_since is the earlier of the two.
+func TestRestoredLossKeepsEarliest(t *testing.T) {
+	var s Shipper
+	s.noteLossLocked(900) // a loss after the batch was taken
+	s.batchLoss, s.batchLost, s.batchLostSince = true, 2, 500
+	s.restoreLoss()
+	if s.lost != 3 || s.lostSince != 500 {
+		t.Fatalf("lost %d since %d, want 3 since 500", s.lost, s.lostSince)
+	}
+}

@@ -119,6 +119,17 @@ func TestWriterLostMarker(t *testing.T) {
 	if got := seqs(t, out); !slices.Equal(got, []int64{3, 4}) {
 		t.Fatalf("records %v, want 3 and 4", got)
 	}
+	// Another loss: its marker dates the losses from after the first
+	// marker, not from the first loss ever (told of already).
+	sink.set(true)
+	w.Write(&Record{Kind: "tcp", Packets: 5})
+	flush()
+	sink.set(false)
+	w.Write(&Record{Kind: "tcp", Packets: 6})
+	flush()
+	if m2 := lostMarkers(t, sink.bytes()); len(m2) != 2 || m2[1].Lost != 1 || m2[1].LostSince.Before(m[0].Time) {
+		t.Fatalf("markers %+v, want a second of 1 lost since after the first's time %v", m2, m[0].Time)
+	}
 
 	// The queue overflows: 4 queued behind a stuck write, the rest dropped.
 	gate := newGateSink()
