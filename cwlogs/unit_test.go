@@ -230,6 +230,9 @@ func TestClassifyRealErrors(t *testing.T) {
 		{"500", func() { srv.Fail(1, 500) }, classRetry},
 		{"503", func() { srv.Fail(1, 503) }, classRetry},
 		{"unknown 504", func() { srv.FailWithCode(1, 504, "GatewayTimeout") }, classRetry},
+		// Too Many Requests with a code the SDK's throttle list lacks (a
+		// proxy or a VPC endpoint answering): retried by its status.
+		{"unknown 429", func() { srv.FailWithCode(1, 429, "TooManyRequests") }, classRetry},
 		{"access denied", func() { srv.FailWithCode(1, 400, "AccessDeniedException") }, classRetry},
 		{"invalid", func() { srv.FailWithCode(1, 400, "InvalidParameterException") }, classPermanent},
 		{"conflict", func() { srv.FailWithCode(1, 400, "OperationAbortedException") }, classRetry},
