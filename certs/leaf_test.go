@@ -36,8 +36,23 @@ func TestLeafDNS(t *testing.T) {
 	if life := leaf.NotAfter.Sub(before); life > DefaultLeafValidity+time.Minute || life < DefaultLeafValidity-time.Minute {
 		t.Errorf("leaf valid for %v after minting, want %v", life, DefaultLeafValidity)
 	}
-	if leaf.IsCA || len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
-		t.Errorf("IsCA=%v ExtKeyUsage=%v, want a serverAuth end-entity", leaf.IsCA, leaf.ExtKeyUsage)
+	if leaf.IsCA || !leaf.BasicConstraintsValid || len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
+		t.Errorf("IsCA=%v BasicConstraintsValid=%v ExtKeyUsage=%v, want an explicit serverAuth end-entity",
+			leaf.IsCA, leaf.BasicConstraintsValid, leaf.ExtKeyUsage)
+	}
+	// The leaf's key signs handshakes only: no certSign or crlSign, which
+	// would let a leaked leaf key pass for a sub-CA's with lax verifiers.
+	if leaf.KeyUsage != x509.KeyUsageDigitalSignature {
+		t.Errorf("KeyUsage %#x, want digitalSignature (%#x) alone", int(leaf.KeyUsage), int(x509.KeyUsageDigitalSignature))
+	}
+	// Back-dated further than the CA: clamped to the CA's NotBefore, as
+	// some verifiers refuse a leaf that predates its issuer.
+	far, err := mustMinter(t, ca, MinterOptions{Backdate: 48 * time.Hour}).Leaf("clamp.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caFrom := ca.Certificate().NotBefore; !far.Leaf.NotBefore.Equal(caFrom) {
+		t.Errorf("leaf back-dated 48 h: NotBefore %v, want the CA's %v", far.Leaf.NotBefore, caFrom)
 	}
 	if len(leaf.DNSNames) != 1 || len(leaf.IPAddresses) != 0 {
 		t.Errorf("SANs DNS=%v IP=%v", leaf.DNSNames, leaf.IPAddresses)
