@@ -95,6 +95,36 @@ func TestTrustHandlerFiles(t *testing.T) {
 	}
 }
 
+// TestTrustHandlerHeaders: every response of the trust page is served as
+// its declared type only (nosniff), under a CSP that forbids scripts and
+// any load, revalidated on each use (the CA may be rotated); the page names
+// its charset, and the PEM is a download, not a page to render.
+func TestTrustHandlerHeaders(t *testing.T) {
+	ca := mustGenerate(t)
+	srv := httptest.NewServer(TrustHandler(ca, ""))
+	defer srv.Close()
+	for _, c := range []struct{ path, ctype, disposition string }{
+		{"/", "text/html; charset=utf-8", ""},
+		{"/ca.pem", "application/x-pem-file", `attachment; filename="gwlbproxy-ca.pem"`},
+		{"/ca.crt", "application/x-x509-ca-cert", `inline; filename="gwlbproxy-ca.crt"`},
+		{"/ca.der", "application/x-x509-ca-cert", `inline; filename="gwlbproxy-ca.crt"`},
+	} {
+		resp, _ := get(t, srv.URL+c.path)
+		h := resp.Header
+		for name, want := range map[string]string{
+			"Content-Type":            c.ctype,
+			"Content-Disposition":     c.disposition,
+			"X-Content-Type-Options":  "nosniff",
+			"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+			"Cache-Control":           "no-cache",
+		} {
+			if got := h.Get(name); got != want {
+				t.Errorf("%s: %s %q, want %q", c.path, name, got, want)
+			}
+		}
+	}
+}
+
 // TestTrustHandlerServesRootOfChain checks that clients are handed the
 // root of a loaded chain, not the intermediate that signs leaves.
 func TestTrustHandlerServesRootOfChain(t *testing.T) {
