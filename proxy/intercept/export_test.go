@@ -58,3 +58,15 @@ func SetClientIdleTimeout(d time.Duration) (restore func()) {
 	clientIdleTimeout = d
 	return func() { clientIdleTimeout = old }
 }
+
+// SetUpstreamWaitTimeout sets how long a request may wait for an upstream
+// connection while none comes free, and returns a function restoring it.
+func SetUpstreamWaitTimeout(d time.Duration) (restore func()) {
+	old := upstreamWaitTimeout
+	upstreamWaitTimeout = d
+	return func() { upstreamWaitTimeout = old }
+}
+
+// MaxWaitingStreams bounds a session's requests waiting for an upstream
+// connection.
+const MaxWaitingStreams = maxWaitingStreams

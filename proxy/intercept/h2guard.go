@@ -37,16 +37,29 @@ const (
 	h2MaxFrameSize      = 16384
 	h2TypeSettings      = 0x4
 	h2SettingMaxFrameSz = 0x5
+	// SETTINGS_MAX_CONCURRENT_STREAMS: goproxy's server advertises 250,
+	// rewritten to h2MaxConcurrentStreams (h2wait.go).
+	h2SettingMaxStreams = 0x3
 )
+
+// advertisedSetting is the value the appliance advertises for the setting
+// id patchSettings rewrites.
+func advertisedSetting(id uint16) uint32 {
+	if id == h2SettingMaxStreams {
+		return h2MaxConcurrentStreams
+	}
+	return h2MaxFrameSize
+}
 
 // frameTooLarge is the refusal of a frame of n bytes.
 func frameTooLarge(n int) error {
 	return &h2GoAway{http2.ErrCodeFrameSize, fmt.Sprintf("a frame of %d bytes, over the %d advertised", n, h2MaxFrameSize)}
 }
 
-// patchSettings returns b, the server's next write, with the value of
-// SETTINGS_MAX_FRAME_SIZE in the server's first frame (its SETTINGS)
-// replaced by h2MaxFrameSize: a copy, when it changes anything (once a
+// patchSettings returns b, the server's next write, with the values of
+// SETTINGS_MAX_FRAME_SIZE and SETTINGS_MAX_CONCURRENT_STREAMS in the
+// server's first frame (its SETTINGS) replaced by h2MaxFrameSize and
+// h2MaxConcurrentStreams: a copy, when it changes anything (once a
 // connection). The first frame may be split across writes: its state is
 // kept in f.
 func (f *h2Frames) patchSettings(b []byte) []byte {
@@ -66,8 +79,8 @@ func (f *h2Frames) patchSettings(b []byte) []byte {
 				f.setID = uint16(b[i])
 			case q == 1:
 				f.setID = f.setID<<8 | uint16(b[i])
-			case f.setID == h2SettingMaxFrameSz:
-				if want := byte(uint32(h2MaxFrameSize) >> (8 * (5 - q))); b[i] != want {
+			case f.setID == h2SettingMaxFrameSz || f.setID == h2SettingMaxStreams:
+				if want := byte(advertisedSetting(f.setID) >> (8 * (5 - q))); b[i] != want {
 					if out == nil {
 						out = bytes.Clone(b)
 					}

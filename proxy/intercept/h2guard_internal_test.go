@@ -44,7 +44,7 @@ func TestH2PatchSettingsSplit(t *testing.T) {
 			if s, ok := fm.(*http2.SettingsFrame); ok {
 				v, _ := s.Value(http2.SettingMaxFrameSize)
 				got = append(got, v)
-				if n, _ := s.Value(http2.SettingMaxConcurrentStreams); len(got) == 1 && n != 250 {
+				if n, _ := s.Value(http2.SettingMaxConcurrentStreams); len(got) == 1 && n != h2MaxConcurrentStreams {
 					t.Fatalf("writes of %d: max concurrent streams %d", size, n)
 				}
 			}

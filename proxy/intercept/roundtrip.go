@@ -236,10 +236,10 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the session was aborted"), nil
 	}
 	if err != nil {
-		rec.Status = http.StatusBadGateway
+		rec.Status = upstreamFailStatus(err) // 503 for a bounded wait: h2wait.go
 		rec.Result, rec.Error = records.DialResult(err), err.Error()
 		rt.write(&rec, start)
-		return errorResponse(req, http.StatusBadGateway, "gwlbproxy could not reach the destination: "+err.Error()), nil
+		return errorResponse(req, rec.Status, "gwlbproxy could not reach the destination: "+err.Error()), nil
 	}
 	if bad := invalidStatus(resp); bad != "" {
 		// Not a status a client can be given: net/http would answer it

@@ -175,7 +175,7 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 			return &framingConn{Conn: c, slot: slot}, nil
 		}
 	}
-	return withFirstIdle(oneHostTransport{tr, dest}, first, &used)
+	return withFirstIdle(oneHostTransport{tr, dest, &upstreamWait{}}, first, &used)
 }
 
 // withFirstIdle closes first, the connection dialled (and verified) before
@@ -221,12 +221,20 @@ func (t firstIdleTransport) CloseIdleConnections() {
 type oneHostTransport struct {
 	*http.Transport
 	host string
+	wait *upstreamWait // the session's requests waiting for a connection (h2wait.go)
 }
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done()}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
+	if err := hd.startWait(t.wait); err != nil {
+		cancel(err)
+		if req.Body != nil { // a RoundTripper closes it, even failing
+			req.Body.Close()
+		}
+		return nil, err
+	}
 	// A copy: the transport must not change the caller's request.
 	r := req.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, headDeadlineKey{}, hd), &httptrace.ClientTrace{
 		GotConn:              hd.gotConn,
@@ -242,6 +250,9 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if err != nil && errors.Is(context.Cause(ctx), errResponseHeadTimeout) {
 		err = fmt.Errorf("response head not complete %v after its first byte: %w", responseHeadTimeout, err)
+	}
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, errUpstreamWait) {
+		err = cause // roundTrip answers it 503 (upstreamFailStatus)
 	}
 	return resp, err
 }
@@ -342,6 +353,10 @@ type headDeadline struct {
 	// (connset.go) is given up with the request (net/http dials under
 	// its values, not its cancellation).
 	reqDone <-chan struct{}
+	// The request's wait for an upstream connection (h2wait.go): the
+	// session's count it is in until it gets one, and its bound.
+	wait      *upstreamWait
+	waitTimer *time.Timer
 }
 
 // requestDone returns the Done of the request whose dial's context ctx
@@ -357,6 +372,7 @@ func requestDone(ctx context.Context) <-chan struct{} {
 func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.endWait(true)
 	d.unwatch() // a retry's new connection
 	d.used.set(info.Conn)
 	tc, ok := info.Conn.(*tls.Conn)
@@ -427,6 +443,7 @@ func (d *headDeadline) stop() (*framingConn, int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.done = true
+	d.endWait(false)
 	d.unwatch()
 	if d.timer != nil {
 		d.timer.Stop()
@@ -439,7 +456,8 @@ func (d *headDeadline) stop() (*framingConn, int) {
 // (up to 250, goproxy's server allows) would otherwise dial one, a flood
 // of the destination from the appliance's address, counted in no flow
 // table. Streams beyond it wait for a connection to come free, as a
-// browser's requests to one host over HTTP/1 do. A connection counts
+// browser's requests to one host over HTTP/1 do, up to maxWaitingStreams
+// of them and for upstreamWaitTimeout at most (h2wait.go). A connection counts
 // until it really closes, held by a faulty response's body too
 // (connset.go's slots).
 const maxUpstreamConns = 8

@@ -1,0 +1,219 @@
+package intercept_test
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// silentOrigin is an HTTP/1 origin that takes requests and answers none
+// until release is closed.
+func silentOrigin(t *testing.T) (ln net.Listener, release chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release = make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		<-release
+		io.WriteString(w, "ok")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln, release
+}
+
+// TestH2StreamsWaitingForUpstreamAnswered: an HTTP/2 client's streams
+// towards an HTTP/1 origin that holds all 8 upstream connections wait for
+// one to come free, but not for good: once none has for the wait bound,
+// each is answered 503, and its record says why. They waited, each with
+// its handler, request and header list, for as long as the origin liked
+// (the review's probe: 242 streams, 3-38 MB, for 65 s and on).
+func TestH2StreamsWaitingForUpstreamAnswered(t *testing.T) {
+	defer intercept.SetUpstreamWaitTimeout(300 * time.Millisecond)()
+	const streams = 20
+	ln, release := silentOrigin(t)
+	r, first := originRig(t, ln)
+	c, _ := r.connect(first, httpDest)
+	cc := h2cOver(t, c, 3*waitLimit)
+	codes := make(chan int, streams)
+	start := time.Now()
+	for range streams {
+		go func() {
+			req, _ := http.NewRequest("GET", "http://www.example.test/slow", nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				codes <- -1
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	var n503 int
+	timeout := time.After(waitLimit)
+	for n503 < streams-8 {
+		select {
+		case code := <-codes:
+			if code != http.StatusServiceUnavailable {
+				t.Fatalf("a waiting stream got %d, want 503", code)
+			}
+			n503++
+		case <-timeout:
+			t.Fatalf("%d of the %d streams waiting for an upstream connection answered within %v (wait bound 300ms)", n503, streams-8, waitLimit)
+		}
+	}
+	t.Logf("%d waiting streams answered 503 in %v", n503, time.Since(start).Round(time.Millisecond))
+	close(release)
+	for range 8 {
+		if code := <-codes; code != http.StatusOK {
+			t.Errorf("a stream the origin served got %d", code)
+		}
+	}
+	cc.Close()
+	var got int
+	for _, rec := range ofKind(r.records(), "http") {
+		if rec.Status == http.StatusServiceUnavailable {
+			got++
+			if !strings.Contains(rec.Error, "upstream connection") {
+				t.Errorf("the 503's record says %q: not why", rec.Error)
+			}
+		}
+	}
+	if got != streams-8 {
+		t.Errorf("%d records of a 503, want %d", got, streams-8)
+	}
+}
+
+// TestH2StreamsBeyondWaitingBoundRefused: a client that ignores the
+// concurrent streams the appliance advertises (100) and opens 250 at once
+// towards a silent HTTP/1 origin has those past the 8 served and the
+// MaxWaitingStreams waiting answered 503 at once, and the waiting ones
+// once the wait bound has passed: the connection holds 8 streams then,
+// not 250 for good. Each 503's record says which bound.
+func TestH2StreamsBeyondWaitingBoundRefused(t *testing.T) {
+	defer intercept.SetUpstreamWaitTimeout(500 * time.Millisecond)()
+	const streams = 250
+	ln, release := silentOrigin(t)
+	defer close(release)
+	r, first := originRig(t, ln)
+	c, _ := r.connect(first, httpDest)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * waitLimit))
+	var buf, hb bytes.Buffer
+	buf.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&buf, nil)
+	fr.WriteSettings()
+	enc := hpack.NewEncoder(&hb)
+	for s := range streams {
+		hb.Reset()
+		for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "www.example.test"}, {":path", "/"}} {
+			enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*s + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+	}
+	go c.Write(buf.Bytes())
+
+	rd := http2.NewFramer(io.Discard, c)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	var answered int
+	var advertised uint32
+	for answered < streams-8 {
+		f, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatalf("%d streams answered, want %d (all but the 8 the origin holds): %v", answered, streams-8, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if v, ok := f.Value(http2.SettingMaxConcurrentStreams); ok && !f.IsAck() {
+				advertised = v
+			}
+		case *http2.MetaHeadersFrame:
+			if st := f.PseudoValue("status"); st != "503" {
+				t.Fatalf("stream %d answered %s", f.StreamID, st)
+			}
+			answered++
+		}
+	}
+	if advertised != 100 {
+		t.Errorf("SETTINGS_MAX_CONCURRENT_STREAMS %d advertised, want 100", advertised)
+	}
+	var atOnce, waited int
+	for _, rec := range ofKind(r.records(), "http") {
+		switch {
+		case rec.Status != http.StatusServiceUnavailable:
+		case rec.Result == "error" && strings.Contains(rec.Error, "wait for one of its 8 upstream connections already"):
+			atOnce++
+		case rec.Result == "timeout" && strings.Contains(rec.Error, "came free within"):
+			waited++
+		default:
+			t.Errorf("a 503 recorded as %q: %q", rec.Result, rec.Error)
+		}
+	}
+	if want := streams - 8 - intercept.MaxWaitingStreams; atOnce != want || waited != intercept.MaxWaitingStreams {
+		t.Errorf("503s recorded: %d at once, %d after the wait bound; want %d and %d", atOnce, waited, want, intercept.MaxWaitingStreams)
+	}
+}
+
+// TestH2StreamsWaitingBehindSlowOriginServed: the wait bound counts time
+// in which no stream of the session got a connection, not each stream's
+// own wait: an origin that answers, however slowly, keeps the queue
+// moving, and streams that wait longer than the bound behind it are
+// served, not refused.
+func TestH2StreamsWaitingBehindSlowOriginServed(t *testing.T) {
+	defer intercept.SetUpstreamWaitTimeout(300 * time.Millisecond)()
+	const streams = 40 // 5 rounds of 8, each 150 ms: the last wait 600 ms
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		time.Sleep(150 * time.Millisecond) // the origin's thinking
+		io.WriteString(w, "ok")
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	r, first := originRig(t, ln)
+	c, _ := r.connect(first, httpDest)
+	cc := h2cOver(t, c, 3*waitLimit)
+	defer cc.Close()
+	codes := make(chan int, streams)
+	start := time.Now()
+	for range streams {
+		go func() {
+			req, _ := http.NewRequest("GET", "http://www.example.test/", nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				codes <- -1
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	for range streams {
+		select {
+		case code := <-codes:
+			if code != http.StatusOK {
+				t.Fatalf("a stream queued behind a slow but serving origin got %d", code)
+			}
+		case <-time.After(2 * waitLimit):
+			t.Fatal("streams not answered")
+		}
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("all served in %v: no stream waited longer than the bound, the test shows nothing", d)
+	}
+}
