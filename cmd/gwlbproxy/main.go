@@ -220,7 +220,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		return nil
 	})
 	fs.DurationVar(&o.RecordStall, "record-stall", o.RecordStall, "how long access records may wait behind a blocked or slow sink, be dropped, or keep failing to be written before the health check reports the appliance broken (503)")
-	fs.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "largest HTTP/1 request head (request line and headers), and HTTP/2 header list, a client may send; a larger one gets 431 (1024 to 1048576)")
+	fs.IntVar(&o.MaxHeaderBytes, "max-header-bytes", o.MaxHeaderBytes, "largest HTTP/1 request head (request line and headers, 64 bytes more a line), and HTTP/2 header list (32 bytes more a field), a client may send; a larger one gets 431 (1024 to 1048576)")
 	fs.StringVar(&o.DNSResolver, "dns-resolver", o.DNSResolver, "DNS server the destination check asks for the addresses of names (IP, or IP:port; default: the first nameserver in /etc/resolv.conf)")
 	fs.BoolVar(&o.DNSObserve, "dns-observe", o.DNSObserve, "let the DNS answers relayed to a GWLB endpoint's clients vouch for that endpoint's destinations (false: only the appliance's own lookups do)")
 	fs.IntVar(&o.DNSCacheSize, "dns-cache-size", o.DNSCacheSize, "names the destination check keeps, for observed answers and for its own lookups each; one endpoint's answers get at most half")

@@ -70,3 +70,10 @@ func SetUpstreamWaitTimeout(d time.Duration) (restore func()) {
 // MaxWaitingStreams bounds a session's requests waiting for an upstream
 // connection.
 const MaxWaitingStreams = maxWaitingStreams
+
+// H1LineCharge and H1LineSlack: what each line of an HTTP/1 request head
+// costs against the head limit beside its bytes, and the lines' room.
+const (
+	H1LineCharge = h1LineCharge
+	H1LineSlack  = h1LineSlack
+)

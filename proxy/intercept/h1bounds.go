@@ -238,3 +238,32 @@ func (c *hijackedConn) awaitHead() {
 	}
 	c.limit.idleDeadline(c.Conn)
 }
+
+// The head limit's charge for lines. --max-header-bytes bounds a head's
+// bytes, not what net/http's parse makes of them: each field becomes a
+// map entry, a key string and a []string, in goproxy's request and in the
+// transport's copy, held for as long as the origin takes to answer (an
+// origin that never does: for as long as the client keeps the
+// connection). A head of 4-6 byte fields ("1a:") held about 17 times its
+// bytes, 1 MiB a connection for a 60 KB head, where one 60 KB field held
+// 120 KiB. So each line of a head costs h1LineCharge beside its bytes, about
+// what a field costs the appliance beyond them (~100 bytes measured), as
+// HTTP/2's list size charges 32 a field, with room for ten lines'
+// charge (h1LineSlack) as net/http's HTTP/2 conversion allows for ten
+// fields: a head of tiny fields the limit lets through holds less than
+// twice one of a single field, and an ordinary head of a few dozen
+// fields loses a few KiB of its 64.
+const (
+	h1LineCharge = 64
+	h1LineSlack  = 10 * h1LineCharge
+)
+
+// overHead adds the cost of b, the next bytes of a request head, to what
+// the head has cost, and reports whether that is over the limit: their
+// bytes, and h1LineCharge for each line they end.
+func (l *headLimit) overHead(b []byte) bool {
+	cost := int64(len(b)) + h1LineCharge*int64(bytes.Count(b, newline))
+	return l.read.Add(cost) > l.max+h1LineSlack
+}
+
+var newline = []byte{'\n'}

@@ -205,7 +205,7 @@ func (l *headLimit) count(b []byte) error {
 			l.preface -= k
 		}
 	}
-	if l.inHead.Load() && l.read.Add(int64(len(b))) > l.max {
+	if l.inHead.Load() && l.overHead(b) { // h1bounds.go: bytes and lines
 		return errHeadTooLarge
 	}
 	return nil
