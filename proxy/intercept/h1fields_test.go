@@ -179,3 +179,27 @@ func TestH1HeadHeldMemoryBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestH1BodyLinesNotChargedAsHead: the head limit's charge for lines ends
+// with the head. A small head and a body of short lines ("1\n" a few
+// thousand times, an upload of numbers, say) sent in one write, so that
+// the reads that take the head take the body's start too, is served:
+// charging the body's lines as the head's would refuse it 431.
+func TestH1BodyLinesNotChargedAsHead(t *testing.T) {
+	for _, sep := range []string{"\r\n", "\n"} {
+		t.Run(map[string]string{"\r\n": "crlf", "\n": "bare-lf"}[sep], func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			upEnd, _ := r.startUpstream(nil)
+			c, _ := r.connectTCP(upEnd, httpDest)
+			hc := newHTTPClient(t, c)
+			body := strings.Repeat("1\n", 30000) // 60 KB, 30,000 lines
+			req := "POST /upload HTTP/1.1" + sep + "Host: www.example.test" + sep +
+				fmt.Sprintf("Content-Length: %d", len(body)) + sep + sep + body
+			go io.WriteString(c, req)
+			resp, got := hc.read("a small head and a body of short lines")
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("a %d-byte body of short lines after a small head: %d %q, want 200", len(body), resp.StatusCode, got)
+			}
+		})
+	}
+}
