@@ -373,6 +373,12 @@ type nextHead struct {
 	cc      *hijackedConn
 	reqBody io.ReadCloser
 	resp    *http.Response
+	// trailer is resp.Trailer as it was before Response.Write began,
+	// which is what it writes after the body: nil when the head declared
+	// none, though the body's end may set a map of undeclared fields
+	// (net/http's TrailerPrefix, every HTTP/2 origin's trailer) that it
+	// never writes (endChunked).
+	trailer http.Header
 }
 
 func (b *nextHead) Close() error {
@@ -404,8 +410,11 @@ func (b *nextHead) Close() error {
 // response body, and that close reads the rest of the request body first
 // (a drain of up to drainWait): a client that stopped its upload on an
 // early answer waited for the answer's end as long. The trailer is
-// written as Response.Write writes it (Header.Write, of the same map,
-// whose fields the body's end has filled in), so what it writes matches.
+// written as Response.Write writes it: Header.Write of the map it took
+// when it began (b.trailer), whose fields the body's end has filled in;
+// none when that was nil, whatever map the body's end set since. Any
+// other end, and goproxy's write would not be the one swallowed: the
+// client would read a stray byte as the start of its next answer.
 func (b *nextHead) endChunked() {
 	r := b.resp
 	if len(r.TransferEncoding) == 0 || r.TransferEncoding[0] != "chunked" ||
@@ -422,9 +431,9 @@ func (b *nextHead) endChunked() {
 		return // not the end of a whole body: goproxy is closing it after a failure
 	}
 	end := crlf
-	if r.Trailer != nil {
+	if b.trailer != nil {
 		var buf bytes.Buffer
-		_ = r.Trailer.Write(&buf)
+		_ = b.trailer.Write(&buf)
 		end = append(buf.Bytes(), crlf...)
 	}
 	if _, err := b.cc.Write(end); err != nil {

@@ -54,7 +54,7 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	}
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
 		watch := watchOf(resp.Body)
-		resp.Body = &nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody, resp: resp}
+		resp.Body = &nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody, resp: resp, trailer: resp.Trailer}
 		if watch != nil { // the server's last flush is watched too
 			resp.Body = &streamEnd{ReadCloser: resp.Body, watch: watch}
 		}
