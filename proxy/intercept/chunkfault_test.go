@@ -292,3 +292,45 @@ func TestChunkFaultWhileStreaming(t *testing.T) {
 		checkChunkFaultAfter(t, r, o.served, c, br, http.StatusOK, action, chunkFault)
 	})
 }
+
+// TestChunkSizePastInt64: a chunk size of 16 hex digits, which net/http
+// takes, but which the boundaries cannot count (chunks.go,
+// maxChunkPrefix), sent with data and the body's end in one write, then
+// the client's FIN. The connection goes on as any other whose boundaries
+// were given up: net/http waits for the chunk's data, the body ends short,
+// and the client gets its 400 with a record of it. Holds the prefix check
+// (mutant C06, the check removed): the overflowed count then indexed out
+// of range in the client connection's goroutine, a panic of the process.
+func TestChunkSizePastInt64(t *testing.T) {
+	for _, size := range []string{"8000000000000000", "FFFFFFFFFFFFFFFF", "7FFFFFFFFFFFFFFF"} {
+		t.Run(size, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			o := &earlyOrigin{t: t, readFirst: true}
+			c, _ := chunkClient(t, r, o, false)
+			io.WriteString(c, chunkedHead+size+"\r\nabcdefgh\r\n0\r\n\r\n")
+			c.(interface{ CloseWrite() error }).CloseWrite()
+			resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodPost})
+			if err != nil {
+				t.Fatalf("no response to POST /a: %v", err)
+			}
+			io.ReadAll(resp.Body)
+			c.Close()
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("response %d, want %d", resp.StatusCode, http.StatusBadRequest)
+			}
+			var found bool
+			for _, rec := range ofKind(r.records(), "http") {
+				if rec.Path == "/a" {
+					found = true
+					if rec.Status != resp.StatusCode || rec.Result != "error" || rec.Error != "malformed request body: unexpected EOF" {
+						t.Errorf("record: status %d result %s error %q, want %d, error, malformed request body: unexpected EOF",
+							rec.Status, rec.Result, rec.Error, resp.StatusCode)
+					}
+				}
+			}
+			if !found {
+				t.Error("no record for POST /a")
+			}
+		})
+	}
+}

@@ -45,6 +45,13 @@ func (h *h1Bounds) chunks(p []byte) int {
 	for i := 0; i < len(p); {
 		switch h.state {
 		case boundChunkData:
+			if h.left < 0 {
+				// An overflowed count, which maxChunkPrefix keeps from
+				// being: stepping i back by it would index before p's
+				// start, a panic in the connection's goroutine.
+				h.state = boundLoose
+				return len(p)
+			}
 			k := int(min(int64(len(p)-i), h.left))
 			i += k
 			if h.left -= int64(k); h.left == 0 {
