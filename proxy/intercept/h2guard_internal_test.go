@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 
 	"golang.org/x/net/http2"
@@ -52,5 +53,56 @@ func TestH2PatchSettingsSplit(t *testing.T) {
 		if len(got) != 2 || got[0] != 16384 || got[1] != 1<<20 {
 			t.Fatalf("writes of %d: SETTINGS_MAX_FRAME_SIZE %v, want [16384 %d]", size, got, 1<<20)
 		}
+	}
+}
+
+// Only the server's HEADERS or RST_STREAM on a stream answer it for the
+// Rapid Reset guard: a stream the server touched with flow control alone
+// (a WINDOW_UPDATE for the DATA the client sent) and the client then reset
+// is a premature reset. A client that sends a DATA byte on each stream and
+// resets it after the WINDOW_UPDATE is refused (GOAWAY) past
+// h2MaxPrematureResets, as one that resets at once; streams the server
+// answered with HEADERS, then reset, are not counted. Holds the frame
+// types in h2Frames.advance (mutant G03: any frame the server writes on a
+// stream counts as its answer, and such a client is never refused) and
+// the opened count (G06: opened counted twice).
+func TestH2RapidResetFlowControlNotAnswer(t *testing.T) {
+	frame := func(typ, flags byte, id uint32, p ...byte) []byte {
+		n := len(p)
+		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags, byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}, p...)
+	}
+	const windowUpdate = 0x8
+	for _, tc := range []struct {
+		name    string
+		server  func(id uint32) []byte // what the server writes on the stream before the reset
+		refused bool
+	}{
+		{"window update", func(id uint32) []byte { return frame(windowUpdate, 0, id, 0, 0, 0, 1) }, true},
+		{"headers", func(id uint32) []byte { return frame(h2TypeHeaders, h2FlagEndHeaders, id, 0x88) }, false}, // :status 200
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := &h2Unanswered{}
+			l := newH2HeaderLimit(h2MaxHeaderList(64 << 10))
+			l.unanswered = u
+			var f h2Frames
+			var err error
+			const streams = 2 * h2MaxPrematureResets
+			for i := uint32(0); i < streams && err == nil; i++ {
+				id := 2*i + 1
+				if err = l.feed(frame(h2TypeHeaders, h2FlagEndHeaders, id, 0x82)); err != nil { // :method GET
+					break
+				}
+				f.advance(tc.server(id), u)
+				err = l.feed(frame(h2TypeRSTStream, 0, id, 0, 0, 0, 8)) // CANCEL
+			}
+			var g *h2GoAway
+			if refused := errors.As(err, &g); refused != tc.refused {
+				t.Fatalf("%d streams opened, the server's %s on each, then reset: %v (resets %d, opened %d); want refused %v",
+					streams, tc.name, err, l.resets, l.opened, tc.refused)
+			}
+			if tc.refused && l.opened != h2MaxPrematureResets+1 {
+				t.Errorf("refused after %d streams opened, want %d (the first reset past the bound)", l.opened, h2MaxPrematureResets+1)
+			}
+		})
 	}
 }
