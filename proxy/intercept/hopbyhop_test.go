@@ -93,31 +93,11 @@ func TestHopByHopFieldsCurl(t *testing.T) {
 	if err != nil {
 		t.Skip("no curl")
 	}
-	for _, tc := range []struct{ name, flag string }{{"HTTP/1.1", "--http1.1"}, {"h2c", "--http2-prior-knowledge"}} {
+	for _, tc := range curlProtocols {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newRig(t, testPolicy)
-			origin := startCannedOrigin(t, hopAnswer)
-			upEnd, err := net.Dial("tcp", origin.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			bodyFile := filepath.Join(t.TempDir(), "body")
-			var head, errOut bytes.Buffer
-			err = curlThroughRig(t, r, upEnd, curl, &head, &errOut, nil,
-				"-sS", tc.flag, "-H", "Host: www.example.test", "-D", "-", "-o", bodyFile)
-			if err != nil {
-				t.Fatalf("curl: %v (%s)", err, strings.TrimSpace(errOut.String()))
-			}
-			// The status line, then the fields, as curl printed them.
-			tp := textproto.NewReader(bufio.NewReader(&head))
-			status, _ := tp.ReadLine()
-			fields, err := tp.ReadMIMEHeader()
-			if err != nil {
-				t.Fatalf("curl's head %q: %v", head.String(), err)
-			}
-			body, _ := os.ReadFile(bodyFile)
-			if !strings.Contains(status, " 200") || string(body) != "ok" || fields.Get("X-End") != "2" {
-				t.Fatalf("got %q, X-End %q, body %q: want 200, X-End 2, ok", status, fields.Get("X-End"), body)
+			status, fields := curlCanned(t, curl, hopAnswer, tc.flag)
+			if !strings.Contains(status, " 200") {
+				t.Fatalf("got %q: want 200", status)
 			}
 			for _, k := range []string{"Connection", "Keep-Alive", "Proxy-Connection", "X-Hop", "Content-Type"} {
 				if v, ok := fields[k]; ok {
@@ -125,6 +105,73 @@ func TestHopByHopFieldsCurl(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// curlProtocols are the client protocols curl speaks to the appliance:
+// HTTP/1.1, and h2c with prior knowledge.
+var curlProtocols = []struct{ name, flag string }{{"HTTP/1.1", "--http1.1"}, {"h2c", "--http2-prior-knowledge"}}
+
+// curlCanned has curl, speaking the protocol flag says, fetch through a
+// rig from an origin that answers with answer, whose body is "ok" and
+// whose last field is "X-End: 2". It returns the status line and fields
+// curl printed, once curl succeeded and the body and X-End came whole.
+func curlCanned(t *testing.T, curl, answer, flag string) (string, textproto.MIMEHeader) {
+	t.Helper()
+	r := newRig(t, testPolicy)
+	origin := startCannedOrigin(t, answer)
+	upEnd, err := net.Dial("tcp", origin.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodyFile := filepath.Join(t.TempDir(), "body")
+	var head, errOut bytes.Buffer
+	err = curlThroughRig(t, r, upEnd, curl, &head, &errOut, nil,
+		"-sS", flag, "-H", "Host: www.example.test", "-D", "-", "-o", bodyFile)
+	if err != nil {
+		t.Fatalf("curl: %v (%s)", err, strings.TrimSpace(errOut.String()))
+	}
+	// The status line, then the fields, as curl printed them.
+	tp := textproto.NewReader(bufio.NewReader(&head))
+	status, _ := tp.ReadLine()
+	fields, err := tp.ReadMIMEHeader()
+	if err != nil {
+		t.Fatalf("curl's head %q: %v", head.String(), err)
+	}
+	body, _ := os.ReadFile(bodyFile)
+	if string(body) != "ok" || fields.Get("X-End") != "2" {
+		t.Fatalf("got %q, X-End %q, body %q: want X-End 2, ok", status, fields.Get("X-End"), body)
+	}
+	return status, fields
+}
+
+// TestHopByHopFieldsUnnamedCurl: connection-specific response fields an
+// origin sends without naming them in Connection (Keep-Alive, TE), and an
+// Upgrade offer on a status other than 101, reach neither an HTTP/1.1
+// client nor an h2c one. To curl over h2c each made the response
+// malformed (PROTOCOL_ERROR, the stream reset); an HTTP/1.1 client was
+// told the origin's connection terms. hopAnswer names Keep-Alive in
+// Connection, so it never held the list entry itself. Holds hopByHop's
+// entries (mutants R12, Keep-Alive dropped; R14, Te dropped) and the
+// Upgrade removal on a non-101 (R17).
+func TestHopByHopFieldsUnnamedCurl(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("no curl")
+	}
+	for _, a := range []struct{ name, answer, field string }{
+		{"keepalive", "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100\r\nX-End: 2\r\nContent-Length: 2\r\n\r\nok", "Keep-Alive"},
+		{"te", "HTTP/1.1 200 OK\r\nTE: gzip\r\nX-End: 2\r\nContent-Length: 2\r\n\r\nok", "Te"},
+		{"upgrade", "HTTP/1.1 426 Upgrade Required\r\nUpgrade: h2c\r\nX-End: 2\r\nContent-Length: 2\r\n\r\nok", "Upgrade"},
+	} {
+		for _, tc := range curlProtocols {
+			t.Run(a.name+"/"+tc.name, func(t *testing.T) {
+				_, fields := curlCanned(t, curl, a.answer, tc.flag)
+				if v, ok := fields[a.field]; ok {
+					t.Errorf("%s: %q reached the client", a.field, v)
+				}
+			})
+		}
 	}
 }
 
