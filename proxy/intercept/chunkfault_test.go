@@ -272,6 +272,38 @@ func TestChunkFaultBeforeAnswer(t *testing.T) {
 	})
 }
 
+// TestChunkFaultEveryWord: each of net/http's chunked reader errors
+// (chunkedBodyErrors' words for it) gets the client a 400, its connection
+// closed, and the record "malformed request body: <its words>", not only
+// "invalid byte in chunk length", the one other tests send. The words are
+// matched against Go's own: should a Go release reword one, this fails
+// rather than the record silently blaming the client's going away. The
+// trailer's words are TestChunkTrailerFault's. Holds chunkedBodyErrors'
+// entries (mutant R09: the bare-LF and invalid-CR words dropped, the
+// record then said result reset, "the client went away", and a 502).
+func TestChunkFaultEveryWord(t *testing.T) {
+	for _, tc := range []struct{ name, bad, fault string }{
+		{"badbyte", "zz\r\n", "invalid byte in chunk length"},
+		{"bareLF", "3\nabc\r\n", "chunked line ends with bare LF"},
+		{"CR", "3;a\rb\r\nabc\r\n", "invalid CR in chunked line"},
+		{"empty", "\r\n", "empty hex number for chunk length"},
+		{"toolarge", "10000000000000000\r\n", "http chunk length too large"},
+		{"nocrlf", "3\r\nabcXY", "malformed chunked encoding"},
+		{"longline", "1;" + strings.Repeat("x", 5000) + "\r\na\r\n", "header line too long"},
+		// Extensions ~1000 bytes each on one-byte chunks: past net/http's
+		// 16 KiB allowance of framing over data.
+		{"nondata", strings.Repeat("1;"+strings.Repeat("x", 1000)+"\r\na\r\n", 20), "chunked encoding contains too much non-data"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			o := &earlyOrigin{t: t, readFirst: true}
+			c, action := chunkClient(t, r, o, false)
+			io.WriteString(c, chunkedHead+"3\r\nabc\r\n"+tc.bad+smuggledHead)
+			checkChunkFault(t, r, o.served, c, bufio.NewReader(c), http.StatusBadRequest, action, tc.fault)
+		})
+	}
+}
+
 // TestChunkFaultWhileStreaming: the origin streams its answer while the
 // upload goes on, and the bad chunk comes in the middle of that stream.
 // The appliance ends the response with the connection (the transport's
