@@ -308,3 +308,43 @@ func BenchmarkH2HeaderLimit(b *testing.B) {
 		}
 	}
 }
+
+// TestH2HeaderLimitLongStringAtOnce: a header block whose literal value
+// declares 1 MiB, past a 64 KiB limit, is refused as soon as the value's
+// length has been read, in the HEADERS frame that carries it, not once its
+// bytes have all come: the limit's decoder never buffers the value, and a
+// client trickling it holds nothing for it. Holds SetMaxStringLength on
+// the limit's decoder (mutant L03: removed, the decoder buffered each
+// CONTINUATION's bytes and the block passed the limit while incomplete).
+func TestH2HeaderLimitLongStringAtOnce(t *testing.T) {
+	var b bytes.Buffer
+	fr := http2.NewFramer(&b, nil)
+	// A literal without indexing, new name "x", value of 1 MiB: its length
+	// an HPACK integer of 7-bit prefix.
+	block := []byte{0x00, 0x01, 'x', 0x7f}
+	for v := (1 << 20) - 127; ; v >>= 7 {
+		if v < 128 {
+			block = append(block, byte(v))
+			break
+		}
+		block = append(block, byte(v&0x7f|0x80))
+	}
+	block = append(block, bytes.Repeat([]byte{'a'}, 16000)...)
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block}); err != nil {
+		t.Fatal(err)
+	}
+	l := newH2HeaderLimit(h2MaxHeaderList(64 << 10))
+	if err := l.feed(b.Bytes()); !errors.Is(err, errHeadTooLarge) {
+		t.Fatalf("the HEADERS of a 1 MiB value: %v, want errHeadTooLarge at once", err)
+	}
+	// The refusal is kept: the value's next CONTINUATIONs find it still.
+	for i := 0; i < 6; i++ {
+		b.Reset()
+		if err := fr.WriteContinuation(1, false, bytes.Repeat([]byte{'a'}, 16384)); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.feed(b.Bytes()); !errors.Is(err, errHeadTooLarge) {
+			t.Fatalf("CONTINUATION %d of the 1 MiB value: %v, want errHeadTooLarge", i+1, err)
+		}
+	}
+}
