@@ -280,14 +280,19 @@ func malformedBody(err error) bool {
 	return containsAny(err.Error(), chunkedBodyErrors)
 }
 
+// lingerAfterMax is how long lingerClose waits, at most, once it has read
+// drainMax bytes and the client still sends.
+const lingerAfterMax = 500 * time.Millisecond
+
 // lingerClose closes c, a client connection answered with a request body
 // left unread, as net/http's server closes one (closeWriteAndWait): it
 // half-closes c (a TLS connection's close_notify, then the socket's FIN)
 // and reads and discards what the client still sends, up to its end, at
 // most drainMax bytes for at most drainWait, then closes it. Past
-// drainMax it reads no more but still waits out drainWait: the bytes it
-// read may well have been sent before the answer, and the client, its
-// writes now held by the full window, reads the answer and stops. Closed
+// drainMax it reads no more but waits lingerAfterMax (within drainWait):
+// the bytes it read may well have been sent before the answer, and the
+// client, its writes now held by the full window, reads the answer and
+// stops. Closed
 // at once, with the client's bytes unread or still coming, the connection
 // is reset (Linux and gVisor both answer unread data with a RST), and a
 // client that meets the reset on its next write gives up before it reads
@@ -299,8 +304,10 @@ func lingerClose(c net.Conn) error {
 		_ = c.SetReadDeadline(end)
 		if n, err := io.CopyN(io.Discard, c, drainMax); n == drainMax && err == nil {
 			// No event says the client has read the answer: a bounded
-			// wait, as net/http's rstAvoidanceDelay.
-			time.Sleep(time.Until(end))
+			// wait, net/http's rstAvoidanceDelay. It does not end when
+			// the connection is closed under it (the stacks' closing, a
+			// reclaim), so it is kept as short as net/http's.
+			time.Sleep(min(time.Until(end), lingerAfterMax))
 		}
 	}
 	return c.Close()

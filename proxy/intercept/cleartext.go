@@ -56,13 +56,14 @@ func (s *session) serveHTTP() {
 		if d.Action == policy.Deny {
 			writeDenyResponse(s.client, d.Rule, host)
 			s.closeUpstream()
-			// Its body, if any, is unread: closed at once, the
-			// connection would be reset, and the 403 with it.
-			_ = lingerClose(s.client)
 			s.ic.denied.Add(1)
 			s.Record.Status = http.StatusForbidden
 			s.Record.Action, s.Record.Result, s.Record.Error = "deny", "denied", "denied by policy"
-			s.finish()
+			s.writeRecord() // the client has its answer: the linger below is no part of it
+			// Its body, if any, is unread: closed at once, the
+			// connection would be reset, and the 403 with it.
+			_ = lingerClose(s.client)
+			s.Done()
 			return
 		}
 		// An allowed request is decided again, and its destination

@@ -268,6 +268,12 @@ type session struct {
 // finish writes the connection's record and ends the session; a tls record
 // gets the destination's bytes (not the client's), TLS and all, however it ended.
 func (s *session) finish() {
+	s.writeRecord()
+	s.Done()
+}
+
+// writeRecord completes the session's record and writes it.
+func (s *session) writeRecord() {
 	s.releaseWaiting() // if it ended before its dial
 	s.markEnding()
 	if s.Record.Kind == "tls" { // a refused bump's upstream handshake sent the SNI too
@@ -278,7 +284,6 @@ func (s *session) finish() {
 	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
 	s.ic.cfg.Records.Write(s.Record)
-	s.Done()
 }
 
 // closeUpstream closes the first connection to the destination, if any.
