@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net"
 	"net/netip"
 	"strings"
@@ -418,4 +419,81 @@ func TestUDPDeniedHeldAcrossReloadThatStillDenies(t *testing.T) {
 	if n := len(recs.parse(t)); n != 1 {
 		t.Fatalf("%d records, want 1", n)
 	}
+}
+
+// quicShortHeader is a short-header (1-RTT) packet of a QUIC connection
+// already under way: a flow decided afresh on it reads as plain udp, on
+// its addresses alone, with no name.
+var quicShortHeader = []byte{0x40, 1, 2, 3, 4, 5, 6, 7, 8}
+
+// echFlight is the first flight of a QUIC client offering ECH: its real
+// name, secret.example, hidden behind the cover name public.example.
+func echFlight(t *testing.T) [][]byte {
+	return quicFirstFlightWith(t, &tls.Config{ServerName: "secret.example", MinVersion: tls.VersionTLS13,
+		NextProtos: []string{"h3"}, EncryptedClientHelloConfigList: clsECHConfigList(t, "public.example")})
+}
+
+// splicedThenReloaded relays flight under a policy that lets it through,
+// reloads to doc, and sends a short-header packet of the connection: the
+// flow is decided again on it. It returns the flow's records.
+func splicedThenReloaded(t *testing.T, flight [][]byte, doc string) []records.Record {
+	t.Helper()
+	dst := newUDPSink(t, true)
+	p, h, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
+	c, _ := startFlow(p, quicClient, dst.addr(), flight...)
+	for range flight {
+		select {
+		case <-c.out:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the QUIC flow was not relayed under default: allow")
+		}
+	}
+	h.Store(mustPolicy(t, doc))
+	c.inject(quicShortHeader)
+	return recs.records(t, 1)
+}
+
+// heldAcrossSameReload starts a QUIC flow that doc refuses with wantErr,
+// reloads the same doc and sends a short-header packet of the connection:
+// the flow must stay held. Let go, the packet would start a flow decided
+// afresh as plain udp, on no name, and the refused connection would
+// resume.
+func heldAcrossSameReload(t *testing.T, doc string, flight [][]byte, wantErr string) {
+	t.Helper()
+	dst := newUDPSink(t, false)
+	p, h, recs := udpProxy(t, doc, func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
+	c, done := startFlow(p, quicClient, dst.addr(), flight...)
+	<-done
+	if got := recs.records(t, 1); len(got) != 1 || got[0].Action != "deny" || got[0].Error != wantErr {
+		t.Fatalf("records %+v, want one deny: %s", got, wantErr)
+	}
+	h.Store(mustPolicy(t, doc)) // the same file, loaded again
+	c.inject(quicShortHeader)
+	// Letting go closes the client end from a timer at once; nothing
+	// signals that it was kept, so give a let-go the time to show.
+	select {
+	case <-c.ended:
+		t.Fatal("a reload that still refuses the QUIC flow let it go: its next (short-header) datagram would be decided afresh as plain udp")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if n := len(dst.received()); n != 0 {
+		t.Fatalf("%d datagrams of a refused QUIC flow reached the destination", n)
+	}
+}
+
+// TestQUICECHFlowEndedByReloadToECHDeny: a spliced QUIC flow whose
+// ClientHello offers ECH ends when a reload turns ech: deny on. Decided
+// again on its cover name alone, it would go on: the very case ech: deny
+// is for, the real name being hidden.
+func TestQUICECHFlowEndedByReloadToECHDeny(t *testing.T) {
+	got := splicedThenReloaded(t, echFlight(t), "policy: {default: allow, ech: deny}\n")
+	if len(got) != 1 || got[0].Action != "deny" || got[0].Result != "denied" || !got[0].ECH {
+		t.Fatalf("records %+v, want the ECH flow ended as denied by the reload to ech: deny", got)
+	}
+}
+
+// TestQUICECHDeniedHeldAcrossSameReload: a QUIC flow refused for offering
+// ECH stays held across a reload that still has ech: deny.
+func TestQUICECHDeniedHeldAcrossSameReload(t *testing.T) {
+	heldAcrossSameReload(t, "policy: {default: allow, ech: deny}\n", echFlight(t), "ClientHello offers ECH; policy ech: deny")
 }
