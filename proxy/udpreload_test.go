@@ -497,3 +497,20 @@ func TestQUICECHFlowEndedByReloadToECHDeny(t *testing.T) {
 func TestQUICECHDeniedHeldAcrossSameReload(t *testing.T) {
 	heldAcrossSameReload(t, "policy: {default: allow, ech: deny}\n", echFlight(t), "ClientHello offers ECH; policy ech: deny")
 }
+
+// TestQUICFlowEndedByReloadThatBumpsIt: a spliced QUIC flow ends when a
+// reload has its name bumped. QUIC cannot be bumped: it is refused so that
+// the client falls back to TLS over TCP, where the bump inspects it; let
+// go on, it would stay uninspected.
+func TestQUICFlowEndedByReloadThatBumpsIt(t *testing.T) {
+	got := splicedThenReloaded(t, quicFirstFlight(t, "inspect.example.test"), quicPolicy)
+	if len(got) != 1 || got[0].Action != "deny" || got[0].Result != "denied" || got[0].SNI != "inspect.example.test" {
+		t.Fatalf("records %+v, want the flow ended as denied by the reload that bumps its name", got)
+	}
+}
+
+// TestQUICBumpRefusedHeldAcrossSameReload: a QUIC flow refused because its
+// name is bumped stays held across a reload that still bumps it.
+func TestQUICBumpRefusedHeldAcrossSameReload(t *testing.T) {
+	heldAcrossSameReload(t, quicPolicy, quicFirstFlight(t, "inspect.example.test"), quicBumpReason)
+}
