@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -32,6 +33,36 @@ func TestQUICGateFirstDatagramBounded(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if n := len(dst.received()); n != 0 {
 		t.Errorf("the destination received %d datagrams", n)
+	}
+}
+
+// TestQUICGateBoundsLaterDatagrams: the gate's byte bound covers the
+// datagrams after the first too. A client that sends its first Initial,
+// then large datagrams that do not complete the ClientHello, is refused
+// once it has sent quicGateBytes, not held up to the Assembler's own
+// limits (16 datagrams, 64 KiB of CRYPTO data) or the gate's wait: one
+// client may hold --max-udp-flows-per-client flows at the gate.
+func TestQUICGateBoundsLaterDatagrams(t *testing.T) {
+	flight := quicFirstFlight(t, "www.example.test")
+	if len(flight) < 2 {
+		t.Skip("quic-go's ClientHello fits one datagram here: the gate reads no second one")
+	}
+	p, _, recs := udpProxy(t, quicPolicy, nil)
+	dst := newUDPSink(t, false)
+	// Retransmissions of the first Initial, padded with zeros after the
+	// packet: the Assembler takes them without complaint, and the
+	// ClientHello stays incomplete. Two of them take the flow over the
+	// bound; left to the Assembler, it would wait out quicGateWait.
+	big := append(append([]byte(nil), flight[0]...), make([]byte, quicGateBytes/2)...)
+	startFlow(p, quicClient, dst.addr(), flight[0], big, big)
+	got := recs.records(t, 1)
+	want := fmt.Sprintf("no complete ClientHello in %d bytes", quicGateBytes)
+	if len(got) != 1 || got[0].Kind != "quic" || got[0].Action != "deny" || !strings.Contains(got[0].Error, want) {
+		t.Fatalf("records %+v, want a deny at the gate's byte bound: %s", got, want)
+	}
+	time.Sleep(100 * time.Millisecond) // a datagram relayed would have arrived
+	if n := len(dst.received()); n != 0 {
+		t.Fatalf("the destination received %d datagrams", n)
 	}
 }
 
