@@ -373,3 +373,35 @@ func TestDNSPortNotDNSNoted(t *testing.T) {
 		t.Errorf("udp record error %q, want %q", udpErr, want)
 	}
 }
+
+// TestDNSClientResponseNotAQuery: a DNS response the client sends to a DNS
+// port (a tunnel's, or a reflection) is no query: it has no dns record,
+// which would read as a lookup of its name, and the udp record counts it
+// among the datagrams that were not DNS queries (docs/records.md).
+func TestDNSClientResponseNotAQuery(t *testing.T) {
+	res := newDNSResolver(t, 0)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = time.Second
+		cfg.DNSPorts = []uint16{res.addr().Port()}
+	})
+	resp := dnsResponse(dnsQuery(9, "hidden.tunnel.example", 16))
+	c, done := startFlow(p, quicClient, res.addr(), dnsQuery(3, "www.example.test", 1), resp)
+	<-c.out
+	<-done
+	var dns []string
+	udpErr := "no udp record"
+	for _, r := range recs.records(t, 2) {
+		switch r.Kind {
+		case "dns":
+			dns = append(dns, r.QueryName)
+		case "udp":
+			udpErr = r.Error
+		}
+	}
+	if len(dns) != 1 || dns[0] != "www.example.test" {
+		t.Errorf("dns records %q, want the one query: a response from the client is no query", dns)
+	}
+	if want := "datagrams from the client that were not DNS queries: 1"; udpErr != want {
+		t.Errorf("udp record error %q, want %q", udpErr, want)
+	}
+}
