@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // TestUDPRelay: datagrams go both ways, the record counts them once the
@@ -336,6 +337,86 @@ func TestUDPDeniedHeld(t *testing.T) {
 	}
 	if n := len(dst.received()); n != 0 {
 		t.Fatalf("%d datagrams of a denied flow reached the destination", n)
+	}
+}
+
+// idleDeniedConn is the client end of a denied flow that sends nothing
+// more: it announces no datagrams until end closes it.
+type idleDeniedConn struct {
+	net.Conn
+	mu     sync.Mutex
+	notify func()
+	closed bool
+}
+
+func (c *idleDeniedConn) TryRead([]byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	return 0, netstack.ErrWouldBlock
+}
+
+func (c *idleDeniedConn) OnReadable(fn func()) {
+	c.mu.Lock()
+	c.notify = fn
+	c.mu.Unlock()
+}
+
+func (c *idleDeniedConn) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *idleDeniedConn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// end closes the conn and announces it, as the stack does when the flow's
+// endpoint goes: a held flow then lets it go at once.
+func (c *idleDeniedConn) end() {
+	c.mu.Lock()
+	c.closed = true
+	fn := c.notify
+	c.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+}
+
+// TestUDPDeniedHeldBounded: at most maxDeniedUDP denied flows are held
+// open, each with its timer and stack endpoint; the next is closed at
+// once, its datagrams then decided, and recorded, again. Unbounded, a
+// client flooding denied flows would have each kept for the idle timeout.
+func TestUDPDeniedHeldBounded(t *testing.T) {
+	p, h, _ := udpProxy(t, "policy: {default: deny}\n", func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
+	s := udpSubject{proto: policy.ProtoUDP, dest: netip.MustParseAddrPort("127.0.0.1:9"), client: quicClient.Addr()}
+	conns := make([]*idleDeniedConn, maxDeniedUDP+1)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				c.end()
+			}
+		}
+		waitUntil(t, 10*time.Second, func() bool { return p.udp.held.Load() == 0 }, "the held denied flows to be let go")
+	})
+	for i := range conns {
+		conns[i] = &idleDeniedConn{}
+		p.holdDenied(conns[i], conns[i], h.Load(), s)
+	}
+	if n := p.udp.held.Load(); n != maxDeniedUDP {
+		t.Errorf("%d denied flows held, want the bound, %d", n, maxDeniedUDP)
+	}
+	if conns[maxDeniedUDP-1].isClosed() {
+		t.Error("a denied flow within the bound was closed")
+	}
+	if !conns[maxDeniedUDP].isClosed() {
+		t.Error("the denied flow beyond the bound was held open")
 	}
 }
 

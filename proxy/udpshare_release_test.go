@@ -122,3 +122,26 @@ func exhaustFDs(t *testing.T) (undo func()) {
 	}
 	return undo
 }
+
+// TestUDPShareEntryGoesWithLastFlow: a client's share entry is removed
+// once it holds no flow, so that the map holds only clients with flows
+// open. Kept, it would grow by an entry for each client (each IPv6 /80)
+// ever seen.
+func TestUDPShareEntryGoesWithLastFlow(t *testing.T) {
+	dst := newUDPSink(t, false)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) { cfg.UDPIdleTimeout = 200 * time.Millisecond })
+	for port := uint16(1); port <= 3; port++ {
+		startFlow(p, netip.AddrPortFrom(shareClient, port), dst.addr(), []byte("x"))
+	}
+	for _, r := range recs.records(t, 3) {
+		if r.Action != "allow" || r.Result != "ok" {
+			t.Fatalf("record %+v, want the flow relayed (holding a share) and idled", r)
+		}
+	}
+	entries := func() int {
+		p.udp.shares.mu.Lock()
+		defer p.udp.shares.mu.Unlock()
+		return len(p.udp.shares.m)
+	}
+	waitUntil(t, 5*time.Second, func() bool { return entries() == 0 }, "the share entry of a client with no flow open to go")
+}
