@@ -174,6 +174,10 @@ type Stats struct {
 	// connection multiplexed on a decided QUIC flow, or an Initial on a
 	// flow decided as plain UDP under a policy that looks at names.
 	QUICSmuggled uint64 `json:"quic_smuggled_drops"`
+	// UDPCheckDrops counts client datagrams dropped while their QUIC
+	// flow waited for its destination check, past what a flow holds
+	// meanwhile (checkWaitDatagrams, checkWaitBytes).
+	UDPCheckDrops uint64 `json:"udp_check_drops"`
 	// TCPWaitingDrops counts new TCP connections refused because their
 	// client had MaxWaitingTCPPerClient connections waiting to be
 	// classified already.
@@ -267,7 +271,7 @@ func (p *Proxy) Stats() Stats {
 		TCPActive: p.stats.tcpActive.Load(), UDPActive: p.stats.udpActive.Load(),
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
 		Denied: p.stats.denied.Load() + p.intercept.Denied(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
-		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(),
+		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(), UDPCheckDrops: p.udp.checkDrops.Load(),
 		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
 		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),

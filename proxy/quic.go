@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -49,10 +48,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 	held, hello, err := f.gateQUIC(first, firstBuf)
 	f.rec.Kind = "quic"
 	if errors.Is(err, errClientGone) {
-		f.releaseShare()
-		f.client.Close()
-		f.rec.Result, f.rec.Error = "reset", "the flow ended before its QUIC ClientHello was read"
-		f.p.finish(f.rec, f.start)
+		f.clientLeft("the flow ended before its QUIC ClientHello was read")
 		return
 	}
 	if err != nil {
@@ -88,16 +84,33 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 		return
 	}
 	d := f.decide(policy.ProtoQUIC, hello.ServerName)
-	switch {
-	case d.Action == policy.Deny:
+	switch d.Action {
+	case policy.Deny:
 		f.refuseNamed("denied by policy")
-	case d.Action == policy.Bump:
+		return
+	case policy.Bump:
 		f.refuseNamed(quicBumpReason)
-	case f.p.checkDestination(context.Background(), f.pol, d, f.rec, hello.ServerName, f.info.Dest.Addr()):
+		return
+	}
+	held, deny, err := f.checkHolding(d, hello.ServerName, held)
+	switch {
+	case deny: // first: the flow was denied, whether or not its client stayed
 		f.refuseNamed(f.rec.Error)
+	case err != nil:
+		f.clientLeft("the flow ended while its destination was checked")
 	default:
 		f.relay(held, nil)
 	}
+}
+
+// clientLeft records a QUIC flow whose client's side closed, or failed,
+// before it was decided: no host socket was opened for it. why joins what
+// the record says already (an audited destination mismatch).
+func (f *udpFlow) clientLeft(why string) {
+	f.releaseShare()
+	f.client.Close()
+	f.rec.Result, f.rec.Error = "reset", joinError(f.rec.Error, why)
+	f.p.finish(f.rec, f.start)
 }
 
 // refuseNamed is refuse for a flow refused on its ClientHello's name: its

@@ -40,7 +40,10 @@ type udpState struct {
 	// start a QUIC connection on a flow decided for another (see
 	// udpFlow.smuggled).
 	quicSmuggled atomic.Uint64
-	held         atomic.Int64 // denied flows held (deniedUDP), at most maxDeniedUDP
+	// checkDrops counts client datagrams dropped while their flow waited
+	// for its destination check (checkWait).
+	checkDrops atomic.Uint64
+	held       atomic.Int64 // denied flows held (deniedUDP), at most maxDeniedUDP
 	// dnsPending counts each client's DNS queries waiting for answers.
 	dnsPending dnsPending
 }

@@ -276,6 +276,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.UDPShareDrops) }),
 	newStatMetric("quic_smuggled_drops_total", promCounter, "Client datagrams dropped because they would have started a QUIC connection the policy never decided on.",
 		func(s *stats) float64 { return float64(s.Proxy.QUICSmuggled) }),
+	newStatMetric("udp_check_drops_total", promCounter, "Client datagrams dropped while their QUIC flow waited for its destination check: a flow holds 16 of them, 24 KiB at most.",
+		func(s *stats) float64 { return float64(s.Proxy.UDPCheckDrops) }),
 	newStatMetric("tcp_waiting_drops_total", promCounter, "New TCP connections refused because their client already had 1,024 waiting for their first bytes.",
 		func(s *stats) float64 { return float64(s.Proxy.TCPWaitingDrops) }),
 	newStatMetric("denied_unrecorded_total", promCounter, "Denied flows that got no record of their own: their client's bucket of such records was empty.",

@@ -42,12 +42,16 @@ type Server struct {
 	addr netip.AddrPort
 	wg   sync.WaitGroup
 
+	closeOnce sync.Once
+
 	mu       sync.Mutex
 	zone     map[string]Record
 	truncate bool          // UDP answers carry TC and no records
 	delay    time.Duration // before each answer
 	silent   bool          // no answer at all
 	drop     int           // UDP queries still to drop unanswered
+	held     chan struct{} // answers wait until it is closed (Hold)
+	closing  chan struct{} // closed by Close: held answers are given up
 	queries  map[string]int
 	udp, tcp int
 }
@@ -89,7 +93,7 @@ func Listen(ap netip.AddrPort) (*Server, error) {
 
 func serve(pc net.PacketConn, ln net.Listener) *Server {
 	ap := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	s := &Server{pc: pc, ln: ln, addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), zone: map[string]Record{}, queries: map[string]int{}}
+	s := &Server{pc: pc, ln: ln, addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), zone: map[string]Record{}, queries: map[string]int{}, closing: make(chan struct{})}
 	s.wg.Add(2)
 	go s.serveUDP()
 	go s.serveTCP()
@@ -101,6 +105,7 @@ func (s *Server) Addr() netip.AddrPort { return s.addr }
 
 // Close stops the server and waits for it.
 func (s *Server) Close() {
+	s.closeOnce.Do(func() { close(s.closing) })
 	s.pc.Close()
 	s.ln.Close()
 	s.wg.Wait()
@@ -156,6 +161,28 @@ func (s *Server) SetSilent(on bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.silent = on
+}
+
+// Hold keeps every answer back until release is called (or the server
+// closes): a resolver that is as slow as a test needs, with no clock in
+// it. Queries tells when a query has come. Release more than once is a
+// no-op.
+func (s *Server) Hold() (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.held = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.held == ch {
+				s.held = nil
+			}
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
 }
 
 // DropNext makes the server drop the next n queries over UDP unanswered,
@@ -254,7 +281,7 @@ func (s *Server) answer(q []byte, udp bool) []byte {
 		s.tcp++
 	}
 	s.queries[canonical(question.Name.String())]++
-	delay, silent, truncate := s.delay, s.silent, s.truncate && udp
+	delay, silent, truncate, held := s.delay, s.silent, s.truncate && udp, s.held
 	if udp && s.drop > 0 {
 		s.drop--
 		silent = true
@@ -262,6 +289,13 @@ func (s *Server) answer(q []byte, udp bool) []byte {
 	s.mu.Unlock()
 	if delay > 0 {
 		time.Sleep(delay)
+	}
+	if held != nil {
+		select {
+		case <-held:
+		case <-s.closing:
+			return nil
+		}
 	}
 	if silent {
 		return nil
