@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"cmp"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,22 +65,40 @@ func (c *hijackedConn) holdResponse(on bool) {
 // already (nextHead.endChunked), which net/http writes a piece at a time
 // (a trailer field's name, ": ", its value, CRLF). Any other write ends
 // the swallowing. goproxy's goroutine only.
-func (c *hijackedConn) swallowed(b []byte) bool {
+//
+// A write other than the end it wrote (swallowEnd) fails, and with it the
+// connection: the client has that end already, and any other bytes after
+// it would be read as the start of its next response.
+func (c *hijackedConn) swallowed(b []byte) (bool, error) {
 	s := c.swallow
 	if len(b) > len(s) || string(b) != string(s[:len(b)]) {
 		c.swallow = nil
-		return false
+		if c.swallowEnd {
+			c.swallowEnd = false
+			err := errEndMismatch
+			c.werr.CompareAndSwap(nil, &err)
+			return false, err
+		}
+		return false, nil
 	}
 	if c.swallow = s[len(b):]; len(c.swallow) == 0 {
-		c.swallow = nil
+		c.swallow, c.swallowEnd = nil, false
 	}
-	return true
+	return true, nil
 }
+
+// errEndMismatch fails goproxy's write of a chunked response's end that
+// differs from the end endChunked wrote.
+var errEndMismatch = errors.New("a chunked response's end written differently from the end sent already: connection closed")
 
 // Write implements net.Conn.
 func (c *hijackedConn) Write(b []byte) (int, error) {
-	if c.swallow != nil && c.swallowed(b) {
-		return len(b), nil
+	if c.swallow != nil {
+		if ok, err := c.swallowed(b); ok {
+			return len(b), nil
+		} else if err != nil {
+			return 0, err
+		}
 	}
 	h := &c.hold
 	h.mu.Lock()

@@ -22,6 +22,9 @@ import (
 type hijackedConn struct {
 	net.Conn
 	swallow []byte
+	// swallowEnd says swallow is a chunked response's end endChunked
+	// wrote: goproxy's next writes must be the same bytes.
+	swallowEnd bool
 	in, out atomic.Int64
 	// werr is the first write to the client that failed: a response
 	// whose last bytes it lost is no success (responseWriteErr).
@@ -440,7 +443,7 @@ func (b *nextHead) endChunked() {
 		return
 	}
 	b.cc.flushHeld()
-	b.cc.swallow = end // goproxy's goroutine: its next writes are these
+	b.cc.swallow, b.cc.swallowEnd = end, true // goproxy's goroutine: its next writes are these
 }
 
 var crlf = []byte("\r\n")
