@@ -50,6 +50,37 @@ func checkNotRead(t *testing.T, rec *records.Record, action string, status int, 
 	}
 }
 
+// awaitNotRead waits up to limit for the record of POST /a, failing the
+// test if none comes, and checks it as checkNotRead does.
+func awaitNotRead(t *testing.T, r *rig, action string, status int, why string, limit time.Duration) {
+	t.Helper()
+	rec := awaitRecord(t, r, "/a", limit)
+	if rec == nil {
+		t.Fatalf("no record %v after the answer", limit)
+	}
+	checkNotRead(t, rec, action, status, why)
+}
+
+// trickle writes piece to c every 200 ms, as a client that sends its body
+// now and then and never ends it, until a write fails or the returned
+// stop is called.
+func trickle(c net.Conn, piece string) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if _, err := io.WriteString(c, piece); err != nil {
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // TestChunkDrainTrickle: after the origin's early answer, the client
 // sends a chunk of its body now and then, and never ends it. The
 // request's record must come within the drain's bound (2 s) of the
@@ -62,25 +93,8 @@ func TestChunkDrainTrickle(t *testing.T) {
 		o := &earlyOrigin{t: t, status: http.StatusOK}
 		r, c, br, resp, action := earlyAnswered(t, o, bumped)
 		io.ReadAll(resp.Body)
-		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(200 * time.Millisecond):
-				}
-				if _, err := io.WriteString(c, "1\r\nq\r\n"); err != nil {
-					return
-				}
-			}
-		}()
-		rec := awaitRecord(t, r, "/a", 4*time.Second)
-		if rec == nil {
-			t.Fatal("no record 4 s after the answer: the drain waits for the trickled body's end")
-		}
-		checkNotRead(t, rec, action, http.StatusOK, "not ended 2s after the response")
+		defer trickle(c, "1\r\nq\r\n")()
+		awaitNotRead(t, r, action, http.StatusOK, "not ended 2s after the response", 4*time.Second)
 		expectClosed(t, c, br, time.Second)
 	})
 }
@@ -106,11 +120,7 @@ func TestChunkDrainTooMuch(t *testing.T) {
 			}
 			// and then nothing: the body goes on
 		}()
-		rec := awaitRecord(t, r, "/a", time.Second) // well within the drain's 2 s
-		if rec == nil {
-			t.Fatal("no record 1 s after the answer")
-		}
-		checkNotRead(t, rec, action, http.StatusOK, "more than 256 KiB after the response")
+		awaitNotRead(t, r, action, http.StatusOK, "more than 256 KiB after the response", time.Second) // well within the drain's 2 s
 		c.SetReadDeadline(time.Now().Add(time.Second))
 		if _, err := io.Copy(io.Discard, br); err != nil && !strings.Contains(err.Error(), "reset") {
 			t.Errorf("after the answer: %v, want the connection closed", err)
@@ -137,11 +147,7 @@ func TestChunkEarlyChunkedAnswer(t *testing.T) {
 		if err != nil || string(b) != "large" {
 			t.Fatalf("answer's body %q, %v: want all of it, at once", b, err)
 		}
-		rec := awaitRecord(t, r, "/a", 4*time.Second)
-		if rec == nil {
-			t.Fatal("no record 4 s after the answer")
-		}
-		checkNotRead(t, rec, action, http.StatusRequestEntityTooLarge, "not ended 2s after the response")
+		awaitNotRead(t, r, action, http.StatusRequestEntityTooLarge, "not ended 2s after the response", 4*time.Second)
 		expectClosed(t, c, br, time.Second)
 	})
 }

@@ -172,9 +172,17 @@ func cleartextAndBumped(t *testing.T, f func(t *testing.T, bumped bool)) {
 // answer.
 func earlyAnswered(t *testing.T, o *earlyOrigin, bumped bool) (r *rig, c net.Conn, br *bufio.Reader, resp *http.Response, action string) {
 	t.Helper()
+	return earlyAnsweredTo(t, o, bumped, chunkedHead+"3\r\nabc\r\n")
+}
+
+// earlyAnsweredTo opens a client (bumped or not) to o, sends sent (a
+// POST's head and its body's first bytes), and reads the head of the
+// origin's early answer.
+func earlyAnsweredTo(t *testing.T, o *earlyOrigin, bumped bool, sent string) (r *rig, c net.Conn, br *bufio.Reader, resp *http.Response, action string) {
+	t.Helper()
 	r = newRig(t, testPolicy)
 	c, action = chunkClient(t, r, o, bumped)
-	io.WriteString(c, chunkedHead+"3\r\nabc\r\n")
+	io.WriteString(c, sent)
 	br = bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
 	if err != nil {

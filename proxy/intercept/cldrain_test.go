@@ -17,14 +17,7 @@ import (
 // the body's first bytes, and reads the early answer whole.
 func clEarlyAnswered(t *testing.T, o *earlyOrigin, bumped bool, head string) (r *rig, c net.Conn, br *bufio.Reader, action string) {
 	t.Helper()
-	r = newRig(t, testPolicy)
-	c, action = chunkClient(t, r, o, bumped)
-	io.WriteString(c, head+"abc")
-	br = bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodPost})
-	if err != nil {
-		t.Fatalf("no early answer: %v", err)
-	}
+	r, c, br, resp, action := earlyAnsweredTo(t, o, bumped, head+"abc")
 	io.ReadAll(resp.Body)
 	return r, c, br, action
 }
@@ -41,25 +34,8 @@ func TestCLDrainTrickle(t *testing.T) {
 		o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
 		head := "POST /a HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 100003\r\n\r\n"
 		r, c, br, action := clEarlyAnswered(t, o, bumped, head)
-		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(200 * time.Millisecond):
-				}
-				if _, err := io.WriteString(c, "q"); err != nil {
-					return
-				}
-			}
-		}()
-		rec := awaitRecord(t, r, "/a", 4*time.Second)
-		if rec == nil {
-			t.Fatal("no record 4 s after the answer")
-		}
-		checkNotRead(t, rec, action, http.StatusRequestEntityTooLarge, "not ended 2s after the response")
+		defer trickle(c, "q")()
+		awaitNotRead(t, r, action, http.StatusRequestEntityTooLarge, "not ended 2s after the response", 4*time.Second)
 		expectClosed(t, c, br, time.Second)
 	})
 }
@@ -77,11 +53,7 @@ func TestCLDrainTooMuch(t *testing.T) {
 		const total = 8 << 20
 		head := fmt.Sprintf("POST /a HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: %d\r\n\r\n", total+3)
 		r, c, br, action := clEarlyAnswered(t, o, bumped, head)
-		rec := awaitRecord(t, r, "/a", time.Second) // well within the drain's 2 s
-		if rec == nil {
-			t.Fatal("no record 1 s after the answer")
-		}
-		checkNotRead(t, rec, action, http.StatusRequestEntityTooLarge, "more than 256 KiB after the response")
+		awaitNotRead(t, r, action, http.StatusRequestEntityTooLarge, "more than 256 KiB after the response", time.Second) // well within the drain's 2 s
 		done := make(chan int, 1)
 		go func() {
 			buf := []byte(strings.Repeat("z", 64<<10))

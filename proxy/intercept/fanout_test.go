@@ -20,11 +20,7 @@ func TestH2FanOutBounded(t *testing.T) {
 	const streams = 40
 	release := make(chan struct{})
 	var conns, served atomic.Int64
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{
+	ln := serveOrigin(t, &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			served.Add(1)
 			<-release
@@ -35,9 +31,7 @@ func TestH2FanOutBounded(t *testing.T) {
 				conns.Add(1)
 			}
 		},
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	})
 	r, first := originRig(t, ln)
 	c, _ := r.connect(first, httpDest)
 	cc := h2cOver(t, c, waitLimit)
@@ -55,15 +49,7 @@ func TestH2FanOutBounded(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest("GET", "http://"+string(host)+"/slow", nil)
-			resp, err := cc.RoundTrip(req)
-			if err != nil {
-				codes <- -1
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			codes <- resp.StatusCode
+			codes <- h2Get(cc, "http://"+string(host)+"/slow")
 		}()
 	}
 	// The upstream holds every response: wait until no more requests come.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
@@ -86,38 +87,25 @@ func TestH1HeadHeldMemoryBounded(t *testing.T) {
 	const conns = 40
 	maxCost := intercept.DefaultMaxHeaderBytes + intercept.H1LineSlack
 	held := func(head string) (perConn int64, refused int) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
 		// The origin reads each head, tells of its end and never answers:
 		// it parses nothing, so what is held is the appliance's.
 		reached := make(chan struct{}, conns)
-		go func() {
+		ln := testnet.Serve(t, "127.0.0.1:0", func(c net.Conn) {
+			b := make([]byte, 32<<10)
+			var last uint32
 			for {
-				c, err := ln.Accept()
+				n, err := c.Read(b)
+				for _, x := range b[:n] {
+					if last = last<<8 | uint32(x); last == 0x0d0a0d0a {
+						reached <- struct{}{}
+					}
+				}
 				if err != nil {
 					return
 				}
-				go func() {
-					defer c.Close()
-					b := make([]byte, 32<<10)
-					var last uint32
-					for {
-						n, err := c.Read(b)
-						for _, x := range b[:n] {
-							if last = last<<8 | uint32(x); last == 0x0d0a0d0a {
-								reached <- struct{}{}
-							}
-						}
-						if err != nil {
-							return
-						}
-					}
-				}()
 			}
-		}()
-		defer ln.Close()
+		})
+		defer ln.Close() // each call's origin takes no more after it
 		r, first := originRig(t, ln)
 		first.Close()
 		runtime.GC()

@@ -19,18 +19,39 @@ import (
 // until release is closed.
 func silentOrigin(t *testing.T) (ln net.Listener, release chan struct{}) {
 	t.Helper()
+	release = make(chan struct{})
+	ln = serveOrigin(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		<-release
+		io.WriteString(w, "ok")
+	})})
+	return ln, release
+}
+
+// serveOrigin serves srv on a loopback listener, which it returns, until
+// the test ends.
+func serveOrigin(t *testing.T, srv *http.Server) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	release = make(chan struct{})
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		<-release
-		io.WriteString(w, "ok")
-	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return ln, release
+	return ln
+}
+
+// h2Get sends a GET of url on cc and reads its answer whole: it returns
+// the answer's status, or -1 if the round trip failed. Streams run it in
+// goroutines of their own, so it reports rather than failing the test.
+func h2Get(cc *http2.ClientConn, url string) int {
+	req, _ := http.NewRequest("GET", url, nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		return -1
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // TestH2StreamsWaitingForUpstreamAnswered: an HTTP/2 client's streams
@@ -49,17 +70,7 @@ func TestH2StreamsWaitingForUpstreamAnswered(t *testing.T) {
 	codes := make(chan int, streams)
 	start := time.Now()
 	for range streams {
-		go func() {
-			req, _ := http.NewRequest("GET", "http://www.example.test/slow", nil)
-			resp, err := cc.RoundTrip(req)
-			if err != nil {
-				codes <- -1
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			codes <- resp.StatusCode
-		}()
+		go func() { codes <- h2Get(cc, "http://www.example.test/slow") }()
 	}
 	var n503 int
 	timeout := time.After(waitLimit)
@@ -174,16 +185,10 @@ func TestH2StreamsBeyondWaitingBoundRefused(t *testing.T) {
 func TestH2StreamsWaitingBehindSlowOriginServed(t *testing.T) {
 	defer intercept.SetUpstreamWaitTimeout(300 * time.Millisecond)()
 	const streams = 40 // 5 rounds of 8, each 150 ms: the last wait 600 ms
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	ln := serveOrigin(t, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		time.Sleep(150 * time.Millisecond) // the origin's thinking
 		io.WriteString(w, "ok")
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	})})
 	r, first := originRig(t, ln)
 	c, _ := r.connect(first, httpDest)
 	cc := h2cOver(t, c, 3*waitLimit)
@@ -191,17 +196,7 @@ func TestH2StreamsWaitingBehindSlowOriginServed(t *testing.T) {
 	codes := make(chan int, streams)
 	start := time.Now()
 	for range streams {
-		go func() {
-			req, _ := http.NewRequest("GET", "http://www.example.test/", nil)
-			resp, err := cc.RoundTrip(req)
-			if err != nil {
-				codes <- -1
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			codes <- resp.StatusCode
-		}()
+		go func() { codes <- h2Get(cc, "http://www.example.test/") }()
 	}
 	for range streams {
 		select {
