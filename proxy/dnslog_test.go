@@ -356,22 +356,7 @@ func TestDNSPortNotDNSNoted(t *testing.T) {
 		<-c.out
 	}
 	<-done
-	var dns []string
-	udpErr := "no udp record"
-	for _, r := range recs.records(t, 2) {
-		switch r.Kind {
-		case "dns":
-			dns = append(dns, r.QueryName)
-		case "udp":
-			udpErr = r.Error
-		}
-	}
-	if len(dns) != 1 || dns[0] != "www.example.test" {
-		t.Errorf("dns records %q, want the one query", dns)
-	}
-	if want := "datagrams from the client that were not DNS queries: 2"; udpErr != want {
-		t.Errorf("udp record error %q, want %q", udpErr, want)
-	}
+	checkNotDNSNoted(t, recs, 2)
 }
 
 // TestDNSClientResponseNotAQuery: a DNS response the client sends to a DNS
@@ -388,6 +373,14 @@ func TestDNSClientResponseNotAQuery(t *testing.T) {
 	c, done := startFlow(p, quicClient, res.addr(), dnsQuery(3, "www.example.test", 1), resp)
 	<-c.out
 	<-done
+	checkNotDNSNoted(t, recs, 1)
+}
+
+// checkNotDNSNoted checks a flow's two records: one dns record, of the
+// one query (www.example.test), and a udp record whose error counts
+// notDNS datagrams from the client that were not DNS queries.
+func checkNotDNSNoted(t *testing.T, recs *recordSink, notDNS int) {
+	t.Helper()
 	var dns []string
 	udpErr := "no udp record"
 	for _, r := range recs.records(t, 2) {
@@ -399,9 +392,9 @@ func TestDNSClientResponseNotAQuery(t *testing.T) {
 		}
 	}
 	if len(dns) != 1 || dns[0] != "www.example.test" {
-		t.Errorf("dns records %q, want the one query: a response from the client is no query", dns)
+		t.Errorf("dns records %q, want the one query (a response from the client is no query)", dns)
 	}
-	if want := "datagrams from the client that were not DNS queries: 1"; udpErr != want {
+	if want := fmt.Sprintf("datagrams from the client that were not DNS queries: %d", notDNS); udpErr != want {
 		t.Errorf("udp record error %q, want %q", udpErr, want)
 	}
 }
