@@ -163,15 +163,7 @@ func TestTCPOutOfOrderHoldIsSmall(t *testing.T) {
 	tp := newTCPTap()
 	r.client.SetTap(tp.fn)
 	const flows = 16
-	var ports []uint16
-	for range flows {
-		cc, _ := r.dial()
-		if _, err := cc.Write([]byte("hello\n")); err != nil {
-			t.Fatal(err)
-		}
-		ports = append(ports, netip.MustParseAddrPort(cc.LocalAddr().String()).Port())
-	}
-	time.Sleep(200 * time.Millisecond) // the hellos acknowledged
+	ports := helloFlows(t, r, flows)
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -230,15 +222,7 @@ func TestTCPOutOfOrderHoldTinySegments(t *testing.T) {
 			tp := newTCPTap()
 			r.client.SetTap(tp.fn)
 			const flows = 4
-			var ports []uint16
-			for range flows {
-				cc, _ := r.dial()
-				if _, err := cc.Write([]byte("hello\n")); err != nil {
-					t.Fatal(err)
-				}
-				ports = append(ports, netip.MustParseAddrPort(cc.LocalAddr().String()).Port())
-			}
-			time.Sleep(200 * time.Millisecond) // the hellos acknowledged
+			ports := helloFlows(t, r, flows)
 			runtime.GC()
 			runtime.GC()
 			var before runtime.MemStats
@@ -283,6 +267,23 @@ func TestTCPOutOfOrderHoldTinySegments(t *testing.T) {
 			}
 		})
 	}
+}
+
+// helloFlows opens n connections through r, sends "hello\n" on each and
+// gives the appliance time to acknowledge them; it returns the client
+// ports, which the out-of-order segments are sent from.
+func helloFlows(t *testing.T, r *connRig, n int) []uint16 {
+	t.Helper()
+	var ports []uint16
+	for range n {
+		cc, _ := r.dial()
+		if _, err := cc.Write([]byte("hello\n")); err != nil {
+			t.Fatal(err)
+		}
+		ports = append(ports, netip.MustParseAddrPort(cc.LocalAddr().String()).Port())
+	}
+	time.Sleep(200 * time.Millisecond) // the hellos acknowledged
+	return ports
 }
 
 // oooSegment is a data segment of the client's connection from port with
