@@ -62,9 +62,9 @@ func SetClientIdleTimeout(d time.Duration) (restore func()) {
 // SetUpstreamWaitTimeout sets how long a request may wait for an upstream
 // connection while none comes free, and returns a function restoring it.
 func SetUpstreamWaitTimeout(d time.Duration) (restore func()) {
-	old := upstreamWaitTimeout
-	upstreamWaitTimeout = d
-	return func() { upstreamWaitTimeout = old }
+	old := upstreamWaitTimeout.Load()
+	upstreamWaitTimeout.Store(d)
+	return func() { upstreamWaitTimeout.Store(old) }
 }
 
 // MaxWaitingStreams bounds a session's requests waiting for an upstream

@@ -109,10 +109,11 @@ func TestH2StreamsWaitingForUpstreamAnswered(t *testing.T) {
 
 // TestH2StreamsBeyondWaitingBoundRefused: a client that ignores the
 // concurrent streams the appliance advertises (100) and opens 250 at once
-// towards a silent HTTP/1 origin has those past the 8 served and the
-// MaxWaitingStreams waiting answered 503 at once, and the waiting ones
-// once the wait bound has passed: the connection holds 8 streams then,
-// not 250 for good. Each 503's record says which bound.
+// towards a silent HTTP/1 origin has those past the MaxWaitingStreams
+// without a response head answered 503 at once, and those of them still
+// waiting for a connection (all but the origin's 8) once the wait bound
+// has passed: the connection holds 8 streams then, not 250 for good.
+// Each 503's record says which bound.
 func TestH2StreamsBeyondWaitingBoundRefused(t *testing.T) {
 	defer intercept.SetUpstreamWaitTimeout(500 * time.Millisecond)()
 	const streams = 250
@@ -164,16 +165,16 @@ func TestH2StreamsBeyondWaitingBoundRefused(t *testing.T) {
 	for _, rec := range ofKind(r.records(), "http") {
 		switch {
 		case rec.Status != http.StatusServiceUnavailable:
-		case rec.Result == "error" && strings.Contains(rec.Error, "wait for one of its 8 upstream connections already"):
+		case rec.Result == "error" && strings.Contains(rec.Error, "wait on its upstream already"):
 			atOnce++
-		case rec.Result == "timeout" && strings.Contains(rec.Error, "came free within"):
+		case rec.Result == "timeout" && strings.Contains(rec.Error, "came free, and the destination sent nothing, within"):
 			waited++
 		default:
 			t.Errorf("a 503 recorded as %q: %q", rec.Result, rec.Error)
 		}
 	}
-	if want := streams - 8 - intercept.MaxWaitingStreams; atOnce != want || waited != intercept.MaxWaitingStreams {
-		t.Errorf("503s recorded: %d at once, %d after the wait bound; want %d and %d", atOnce, waited, want, intercept.MaxWaitingStreams)
+	if want, wantWaited := streams-intercept.MaxWaitingStreams, intercept.MaxWaitingStreams-8; atOnce != want || waited != wantWaited {
+		t.Errorf("503s recorded: %d at once, %d after the wait bound; want %d and %d", atOnce, waited, want, wantWaited)
 	}
 }
 
@@ -210,5 +211,74 @@ func TestH2StreamsWaitingBehindSlowOriginServed(t *testing.T) {
 	}
 	if d := time.Since(start); d < 300*time.Millisecond {
 		t.Fatalf("all served in %v: no stream waited longer than the bound, the test shows nothing", d)
+	}
+}
+
+// TestH2RequestBehindStreamingDownloadsServed: an honest HTTP/2 client
+// downloads 8 long bodies from an HTTP/1 origin that streams them steadily
+// (a byte every 50 ms, for 4 times the wait bound), and asks for a ninth
+// resource meanwhile. It waits for one of the 8 connections, longer than
+// the bound, and is served, not refused: the bytes the origin sends are
+// the session's progress, as new connections are. (Counting only new
+// connections, it got a 503 recorded as a timeout.)
+func TestH2RequestBehindStreamingDownloadsServed(t *testing.T) {
+	const bound = 300 * time.Millisecond
+	defer intercept.SetUpstreamWaitTimeout(bound)()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{}, 8)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/small" {
+			io.WriteString(w, "small")
+			return
+		}
+		started <- struct{}{}
+		for range 4 * int(bound/(50*time.Millisecond)) {
+			w.Write([]byte("x"))
+			w.(http.Flusher).Flush()
+			time.Sleep(50 * time.Millisecond)
+		}
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	r, first := originRig(t, ln)
+	c, _ := r.connect(first, httpDest)
+	cc := h2cOver(t, c, 3*waitLimit)
+	defer cc.Close()
+	done := make(chan int, 8)
+	for range 8 {
+		go func() {
+			req, _ := http.NewRequest("GET", "http://www.example.test/big", nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				done <- -1
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+	}
+	for range 8 {
+		<-started // each of the 8 holds a connection
+	}
+	start := time.Now()
+	req, _ := http.NewRequest("GET", "http://www.example.test/small", nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "small" {
+		t.Errorf("a request behind 8 downloads the origin was streaming: %d %q after %v, want 200 (bound %v)",
+			resp.StatusCode, body, time.Since(start).Round(time.Millisecond), bound)
+	}
+	for range 8 {
+		if code := <-done; code != http.StatusOK {
+			t.Errorf("a download got %d", code)
+		}
 	}
 }

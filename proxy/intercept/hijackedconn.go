@@ -25,7 +25,7 @@ type hijackedConn struct {
 	// swallowEnd says swallow is a chunked response's end endChunked
 	// wrote: goproxy's next writes must be the same bytes.
 	swallowEnd bool
-	in, out atomic.Int64
+	in, out    atomic.Int64
 	// werr is the first write to the client that failed: a response
 	// whose last bytes it lost is no success (responseWriteErr).
 	werr    atomic.Pointer[error]

@@ -175,7 +175,7 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 			return &framingConn{Conn: c, slot: slot}, nil
 		}
 	}
-	return withFirstIdle(oneHostTransport{tr, dest, &upstreamWait{}}, first, &used)
+	return withFirstIdle(oneHostTransport{tr, dest, newUpstreamWait(s.upBytes.in.Load)}, first, &used)
 }
 
 // withFirstIdle closes first, the connection dialled (and verified) before
@@ -221,7 +221,7 @@ func (t firstIdleTransport) CloseIdleConnections() {
 type oneHostTransport struct {
 	*http.Transport
 	host string
-	wait *upstreamWait // the session's requests waiting for a connection (h2wait.go)
+	wait *upstreamWait // the session's requests with no response head yet (h2wait.go)
 }
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -372,7 +372,7 @@ func requestDone(ctx context.Context) <-chan struct{} {
 func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.endWait(true)
+	d.gotConnection()
 	d.unwatch() // a retry's new connection
 	d.used.set(info.Conn)
 	tc, ok := info.Conn.(*tls.Conn)
@@ -443,7 +443,7 @@ func (d *headDeadline) stop() (*framingConn, int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.done = true
-	d.endWait(false)
+	d.endWait()
 	d.unwatch()
 	if d.timer != nil {
 		d.timer.Stop()
