@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -146,5 +147,40 @@ func TestQUICCheckWaitClientGone(t *testing.T) {
 	}
 	if a := p.Stats().UDPActive; a != 0 {
 		t.Fatalf("udp_active %d", a)
+	}
+}
+
+// TestQUICCheckWaitReadsOnAfterPortUnreachable: the client's own ICMP port
+// unreachable while the check waits fails one read (gVisor's
+// ErrConnectionRefused) and leaves the endpoint open. The reading goes
+// on, dropping what comes (the flow ends once the check is over): had it
+// stopped, everything the client sent for the rest of the check would
+// queue unread, without bound. The flow is recorded as its client's
+// going away, with no host socket opened.
+func TestQUICCheckWaitReadsOnAfterPortUnreachable(t *testing.T) {
+	const sent = 5000
+	flight := quicFirstFlight(t, "www.example.test")
+	sc := newSlowCheck()
+	p, _, recs := udpProxy(t, checkWaitPolicy, func(c *Config) { c.DestinationCheck = sc.check })
+	dst := newUDPSink(t, false)
+	c, done := startFlow(p, quicClient, dst.addr(), flight...)
+	sc.waitStarted(t)
+	c.failRead(&net.OpError{Op: "read", Net: "udp", Err: syscall.ECONNREFUSED})
+	for range sent {
+		c.inject(nil)
+	}
+	if q := c.queued(); q > checkWaitDatagrams {
+		t.Errorf("%d of %d datagrams left unread while the check waits (bound %d)", q, sent, checkWaitDatagrams)
+	}
+	if drops := p.Stats().UDPCheckDrops; drops < sent-checkWaitDatagrams {
+		t.Errorf("udp_check_drops %d, want at least %d", drops, sent-checkWaitDatagrams)
+	}
+	sc.release <- nil
+	<-done
+	if rec := recs.records(t, 1)[0]; rec.Kind != "quic" || rec.Result != "reset" {
+		t.Fatalf("record %+v, want the client's going away", rec)
+	}
+	if n := len(dst.received()); n != 0 {
+		t.Fatalf("the destination received %d datagrams of a flow whose client refused", n)
 	}
 }

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -77,6 +79,7 @@ type checkWait struct {
 	cost    int      // what held is charged: its bytes, checkWaitCost each
 	stopped bool     // the check is over: nothing more is read here
 	err     error    // a read failed: the client's side closed or failed
+	closed  bool     // reads fail for good: nothing more is read here
 }
 
 // startCheckWait starts reading the client; stop ends it.
@@ -102,23 +105,39 @@ func (w *checkWait) announced() {
 
 // drain reads every waiting datagram, holding it within the bounds or
 // dropping it. Under mu.
+//
+// A read error (the client's own ICMP port unreachable, which gVisor
+// returns to one read and leaves the endpoint open) ends the flow once
+// the check is over, but not the reading: unread, what the client sends
+// after it would queue without bound for the rest of the check, as before
+// there was this reading. So what comes after it is read and dropped; only
+// a closed conn, or an error twice in a row, stops the reading.
 func (w *checkWait) drain() {
-	if w.stopped || w.err != nil {
+	if w.stopped || w.closed {
 		return
 	}
 	bufp := datagramBufPool.Get().(*[]byte)
 	defer datagramBufPool.Put(bufp)
+	failed := false // the last read failed
 	for {
 		n, err := w.f.ready.TryRead(*bufp)
 		if err == netstack.ErrWouldBlock {
 			return
 		}
 		if err != nil {
-			w.err = err
-			return
+			if w.err == nil {
+				w.err = err
+			}
+			if failed || errors.Is(err, net.ErrClosed) {
+				w.closed = true
+				return
+			}
+			failed = true
+			continue
 		}
-		if len(w.held) >= checkWaitDatagrams || w.cost+n+checkWaitCost > checkWaitBytes {
-			w.f.p.udp.checkDrops.Add(1)
+		failed = false
+		if w.err != nil || len(w.held) >= checkWaitDatagrams || w.cost+n+checkWaitCost > checkWaitBytes {
+			w.f.p.udp.checkDrops.Add(1) // the flow ends after a read error: nothing more is held
 			continue
 		}
 		w.cost += n + checkWaitCost
