@@ -115,7 +115,10 @@ func TestH2StreamsWaitingForUpstreamAnswered(t *testing.T) {
 // has passed: the connection holds 8 streams then, not 250 for good.
 // Each 503's record says which bound.
 func TestH2StreamsBeyondWaitingBoundRefused(t *testing.T) {
-	defer intercept.SetUpstreamWaitTimeout(500 * time.Millisecond)()
+	// Long enough for all 250 streams to reach the session before the first
+	// wait ends: one that ended early would free a place in the count for a
+	// later stream, moving it from "at once" to "after the bound".
+	defer intercept.SetUpstreamWaitTimeout(2 * time.Second)()
 	const streams = 250
 	ln, release := silentOrigin(t)
 	defer close(release)
