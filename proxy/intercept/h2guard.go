@@ -126,8 +126,9 @@ func (rt *roundTripper) recordRefused() bool {
 // connection's 58 KB of frames become 120 MB at the destination, 2000
 // times as much, from the appliance's address. So a connection's lists
 // together may decode to h2ExpansionRatio times the bytes the client sent
-// (every byte past its preface, DATA and all), plus h2ExpansionSlack; past
-// that the client gets GOAWAY(ENHANCE_YOUR_CALM). Real clients compress
+// (every byte past its preface, DATA and all), plus h2ExpansionSlack, as of
+// the end of each frame of a header block, whatever reads brought them;
+// past that the client gets GOAWAY(ENHANCE_YOUR_CALM). Real clients compress
 // far less: a browser's requests, with a warm table, decode to 5 to 30
 // times their size, and even a 4 KB cookie re-sent by index with a new
 // 40-byte path is about 100. The slack covers a connection's first

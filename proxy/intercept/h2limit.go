@@ -160,8 +160,9 @@ type h2HeaderLimit struct {
 	// (h2guard.go); unanswered is nil in some tests.
 	unanswered *h2Unanswered
 	resets     int64
-	// wire counts the bytes the client sent past its preface, decoded
-	// the header list bytes they decoded to, every block's (h2guard.go).
+	// wire counts the bytes the client sent past its preface, up to the
+	// one being taken; decoded the header list bytes they decoded to,
+	// every block's (h2guard.go).
 	wire, decoded uint64
 	// opened counts the header blocks read whole, within the limit, that
 	// opened a stream: the requests the server may start a handler for.
@@ -215,7 +216,6 @@ func newH2HeaderLimit(max uint32) *h2HeaderLimit {
 // once a header list is over the limit, errH2Unreadable once the frames
 // cannot be followed, and from then on always the same error.
 func (l *h2HeaderLimit) feed(b []byte) error {
-	l.wire += uint64(len(b))
 	for len(b) > 0 && l.err == nil {
 		if l.hdrN < h2FrameHeaderLen {
 			if l.hdrN == 0 && !l.inBlock {
@@ -223,6 +223,7 @@ func (l *h2HeaderLimit) feed(b []byte) error {
 			}
 			k := copy(l.hdr[l.hdrN:], b)
 			l.hdrN += k
+			l.wire += uint64(k)
 			b = b[k:]
 			if l.hdrN == h2FrameHeaderLen {
 				l.startFrame()
@@ -231,6 +232,7 @@ func (l *h2HeaderLimit) feed(b []byte) error {
 		}
 		n := min(len(b), l.length-l.off)
 		l.payload(b[:n])
+		l.wire += uint64(n)
 		b = b[n:]
 		if l.off == l.length {
 			l.endFrame()
@@ -331,15 +333,22 @@ func (l *h2HeaderLimit) decode(frag []byte) {
 		l.fail(errHeadTooLarge)
 	case err != nil:
 		l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
-	case l.decoded > h2ExpansionRatio*l.wire+h2ExpansionSlack: // h2guard.go
-		l.fail(overExpanded(l.decoded, l.wire))
 	}
 }
 
 // endFrame ends the frame just read, and with END_HEADERS its header block.
+// A frame of a header block ends with the expansion budget's check
+// (h2guard.go): the bytes sent up to its end are the same however reads
+// cut them, where the bytes of the read that brought a field were not
+// (a read with DATA after the block passed where the same bytes in
+// smaller reads were refused), and the server decodes whole frames only.
 func (l *h2HeaderLimit) endFrame() {
 	l.hdrN = 0
-	if (l.typ == h2TypeHeaders || l.typ == h2TypeContinuation) && l.flags&h2FlagEndHeaders != 0 && l.err == nil {
+	block := l.typ == h2TypeHeaders || l.typ == h2TypeContinuation
+	if block && l.err == nil && l.decoded > h2ExpansionRatio*l.wire+h2ExpansionSlack {
+		l.fail(overExpanded(l.decoded, l.wire))
+	}
+	if block && l.flags&h2FlagEndHeaders != 0 && l.err == nil {
 		l.inBlock = false
 		if err := l.dec.Close(); err != nil {
 			l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
