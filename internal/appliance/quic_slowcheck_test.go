@@ -151,28 +151,36 @@ func TestQUICSlowCheckZeroLengthFloodHeldBounded(t *testing.T) {
 	}
 	sent := 0
 	// The lookup times out after destcheck.DefaultLookupTimeout, and the
-	// heap must be read before. Under the race detector the appliance
-	// takes in fewer datagrams and reading the heap takes longer, so the
-	// flood stops sooner, and fewer datagrams are enough to measure: 1,000
-	// more at ~700 B each held were ~700 KiB, against the 256 KiB bound.
-	floodFor, minTaken := destcheck.DefaultLookupTimeout*3/5, uint64(4000)
+	// heap must be read before: the flood is a number of datagrams the
+	// appliance takes in at its own pace (under the race detector about
+	// 9,000 a second here), not a loop against the clock.
+	// Fewer are enough to measure under the detector: 1,000 more at
+	// ~700 B each held were ~700 KiB, against the 256 KiB bound.
+	minTaken := uint64(4000)
 	if raceEnabled {
-		floodFor, minTaken = destcheck.DefaultLookupTimeout*2/5, 1000
+		minTaken = 1000
 	}
-	// flood sends until the appliance has taken in n datagrams since the
-	// check began, or the lookup's timeout draws near: the check must
-	// still be waiting when the heap is read.
-	flood := func(n uint64) (in uint64) {
-		for time.Since(checkBegan) < floodFor && in < n {
-			for range 16 {
-				if _, err := r.ep.SendBatch(batch); err != nil {
-					t.Fatal(err)
-				}
-				sent += len(batch)
+	// flood sends until the appliance has taken in n more datagrams,
+	// keeping no more than a socket buffer's worth ahead of it, so that
+	// a slow appliance is paced rather than its socket overrun; at most
+	// 64 times n are sent.
+	flood := func(n uint64) {
+		start := r.stats().Netstack.PacketsIn
+		for sentHere := 0; sentHere < 64*int(n); {
+			in := r.stats().Netstack.PacketsIn - start
+			if in >= n {
+				return
 			}
-			in = r.stats().Netstack.PacketsIn - in0
+			if uint64(sentHere) > in+256 {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			if _, err := r.ep.SendBatch(batch); err != nil {
+				t.Fatal(err)
+			}
+			sent += len(batch)
+			sentHere += len(batch)
 		}
-		return in
 	}
 	// heap reads the live heap once the appliance has dealt with every
 	// datagram it took in, each held (the flow holds quic.MaxDatagrams at
@@ -204,7 +212,7 @@ func TestQUICSlowCheckZeroLengthFloodHeldBounded(t *testing.T) {
 	before, _ := heap()
 	flood(2000)
 	mid, in1 := heap()
-	flood(16000)
+	flood(minTaken + 1000)
 	after, in2 := heap()
 	waited := time.Since(checkBegan)
 	st := r.stats()
