@@ -132,11 +132,7 @@ func TestH2StreamsBeyondWaitingBoundRefused(t *testing.T) {
 	fr.WriteSettings()
 	enc := hpack.NewEncoder(&hb)
 	for s := range streams {
-		hb.Reset()
-		for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "www.example.test"}, {":path", "/"}} {
-			enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*s + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
+		writeGet(fr, enc, &hb, uint32(2*s+1), "http")
 	}
 	go c.Write(buf.Bytes())
 
@@ -284,4 +280,15 @@ func TestH2RequestBehindStreamingDownloadsServed(t *testing.T) {
 			t.Errorf("a download got %d", code)
 		}
 	}
+}
+
+// writeGet writes on fr a HEADERS frame that opens stream id with a GET
+// of / at www.example.test, ending the stream, its block encoded by enc
+// into hb.
+func writeGet(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, id uint32, scheme string) {
+	hb.Reset()
+	for _, kv := range [][2]string{{":method", "GET"}, {":scheme", scheme}, {":authority", "www.example.test"}, {":path", "/"}} {
+		enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
 }

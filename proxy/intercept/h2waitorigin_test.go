@@ -40,13 +40,7 @@ func TestH2OriginStreamsHeldBounded(t *testing.T) {
 	fr := http2.NewFramer(&buf, nil)
 	fr.WriteSettings()
 	enc := hpack.NewEncoder(&hb)
-	open := func(s int) {
-		hb.Reset()
-		for _, kv := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "www.example.test"}, {":path", "/"}} {
-			enc.WriteField(hpack.HeaderField{Name: kv[0], Value: kv[1]})
-		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*s + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
-	}
+	open := func(s int) { writeGet(fr, enc, &hb, uint32(2*s+1), "https") }
 	// The first stream alone, until the origin has it: the others then
 	// find the one upstream connection up (the rig has no second to give
 	// a request that would dial while it is made).
@@ -90,39 +84,20 @@ func TestH2OriginStreamsHeldBounded(t *testing.T) {
 	}
 }
 
-// silentH2Origin speaks just enough HTTP/2 over TLS on c to take streams
-// and answer none: its SETTINGS, an ACK of the client's, then it reads and
-// discards everything, counting HEADERS frames.
+// silentH2Origin takes streams over TLS on c and answers none, counting
+// its HEADERS frames in heads (serveH2Frames).
 func silentH2Origin(r *rig, c net.Conn, heads *atomic.Int64) {
 	tc := tls.Server(c, &tls.Config{
 		Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"h2"},
 	})
 	go func() {
-		defer c.Close()
 		if err := tc.Handshake(); err != nil {
+			c.Close()
 			return
 		}
-		pre := make([]byte, len(http2.ClientPreface))
-		if _, err := io.ReadFull(tc, pre); err != nil {
-			return
-		}
-		fw := http2.NewFramer(tc, nil)
-		fw.WriteSettings()
-		fr := http2.NewFramer(nil, tc)
-		fr.SetMaxReadFrameSize(1 << 24)
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					fw.WriteSettingsAck() // this goroutine's only write after the first
-				}
-			case *http2.HeadersFrame:
-				heads.Add(1)
-			}
-		}
+		serveH2Frames(tc, func(*http2.Framer, *http2.HeadersFrame) bool {
+			heads.Add(1)
+			return true
+		})
 	}()
 }
