@@ -1,0 +1,97 @@
+package intercept
+
+import (
+	"bufio"
+	"crypto/tls"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// upgradedBody is a 101 response's body: the connection, read through
+// what its reader holds.
+type upgradedBody struct {
+	br   *bufio.Reader
+	conn net.Conn
+	stop func() bool
+
+	// tunnel: goproxy relays it (a WebSocket), set before it has it.
+	tunnel  bool
+	ended   chan struct{} // closed once a read failed: that direction is over
+	endOnce sync.Once
+	// closing: Close is closing the connection, and a read it cuts short
+	// is the tunnel's end, not a failure of the destination's.
+	closing atomic.Bool
+}
+
+// upgradeDrain bounds how long a tunnel whose client has stopped sending
+// waits for the upstream to finish: long enough for a WebSocket server
+// to answer a Close frame, and no longer than that with a client that
+// may have gone altogether (a half-close and a close look alike).
+const upgradeDrain = 10 * time.Second
+
+func (u *upgradedBody) Read(p []byte) (int, error) {
+	n, err := u.br.Read(p)
+	if err != nil {
+		u.endOnce.Do(func() { close(u.ended) })
+		if err != io.EOF && u.closing.Load() {
+			err = io.EOF // our own close (recordingBody.outcome)
+		}
+	}
+	return n, err
+}
+
+func (u *upgradedBody) Write(p []byte) (int, error) { return u.conn.Write(p) }
+
+// Close implements io.Closer. goproxy closes a tunnel as soon as either
+// direction ends. When the client's ended first (it half-closed after its
+// last message), the upstream is told so and may still send the rest,
+// relayed until it ends its side, or upgradeDrain has passed.
+func (u *upgradedBody) Close() error {
+	if u.tunnel {
+		select {
+		case <-u.ended:
+		default:
+			if halfClose(u.conn) {
+				t := time.NewTimer(upgradeDrain)
+				select {
+				case <-u.ended:
+				case <-t.C:
+				}
+				t.Stop()
+			}
+		}
+	}
+	u.closing.Store(true)
+	u.stop()
+	return u.conn.Close()
+}
+
+// halfClose ends the sending side of c, an upstream connection, through
+// the wrappers this package puts on it: a TLS connection's close_notify,
+// then the socket's FIN (not every server reads the alert as the end).
+// It reports whether the peer was told anything.
+func halfClose(c net.Conn) bool {
+	told := false
+	for range 8 {
+		switch x := c.(type) {
+		case *tls.Conn:
+			if x.CloseWrite() != nil {
+				return told
+			}
+			told = true
+			c = x.NetConn()
+		case *setConn:
+			c = x.Conn
+		case *countedConn:
+			c = x.Conn
+		case interface{ CloseWrite() error }:
+			return x.CloseWrite() == nil || told
+		default:
+			return told
+		}
+	}
+	return told
+}
