@@ -282,6 +282,15 @@ func (t *h1Transport) exchange(c net.Conn, req *http.Request) (*http.Response, e
 // body, which ends the context's hold on c when closed.
 func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bool) (*http.Response, error) {
 	wrote := make(chan error, 1)
+	var gate *expectGate // the body's, held for the origin's 100 (expect.go)
+	if expectsContinue(req) {
+		gate = newExpectGate(req.Context(), req.Body)
+		req = req.WithContext(req.Context()) // a copy: the caller's keeps its body
+		req.Body = gate
+	}
+	// Past the heads, or on a failure reading them, a body still held is
+	// not sent: a 100 lets it go in the loop below.
+	defer gate.decide(false)
 	if bodyless(req) {
 		if n, err := writeRequest(c, req); err != nil {
 			if n == 0 {
@@ -294,9 +303,10 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 		go func() {
 			_, err := writeRequest(c, req)
 			wrote <- err
-			if err != nil {
+			if err != nil && !gate.refused() {
 				// Ends the wait for a response too: an upstream waiting
-				// for the rest of the body would never answer.
+				// for the rest of the body would never answer. A body
+				// the origin refused is no failure: its answer is read.
 				c.Close()
 			}
 		}()
@@ -317,6 +327,7 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 	}
 	var resp *http.Response
 	n := 0
+	continued := false // the origin asked for the held body
 	for ; ; n++ {
 		var err error
 		resp, err = readResponseHead(c, br, req)
@@ -332,6 +343,10 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 		}
 		if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
+		}
+		if resp.StatusCode == http.StatusContinue && gate != nil {
+			gate.decide(true)
+			continued = true
 		}
 		if n == max1xx {
 			putReader(br)
@@ -354,9 +369,13 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 		return resp, nil
 	}
 	// An invalid status (roundTrip refuses it) says the origin is not
-	// speaking HTTP as it should: its connection is not kept.
+	// speaking HTTP as it should: its connection is not kept. Nor is one
+	// whose held body went without the origin's 100 (after the wait): an
+	// origin that answered thinking it would not come may take it for the
+	// next request.
 	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, conn: c, br: br, wrote: wrote, stop: stop,
-		reuse: !resp.Close && !req.Close && !src.scan.faulty(n, resp) && invalidStatus(resp) == "", eof: resp.Body == http.NoBody}
+		reuse: !resp.Close && !req.Close && !src.scan.faulty(n, resp) && invalidStatus(resp) == "" && (gate == nil || continued),
+		eof:   resp.Body == http.NoBody}
 	return resp, nil
 }
 

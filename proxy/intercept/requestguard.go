@@ -224,13 +224,12 @@ var hopByHop = []string{"Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encodi
 // which tells it an appliance is in the way. An empty value makes both
 // transports send none.
 //
-// An Expect field goes nowhere either: neither transport waits for the
-// destination's 100 (the client is told "100 Continue" once its body is
-// asked for, and the body goes out right behind the head), while an origin
-// that sees the expectation may answer at once without reading the body
-// and read the body, on a kept connection, as the next request: one
-// nothing decided, for whatever Host it names. Without the field the
-// origin has a body to read, as for any other request.
+// An Expect field goes as "100-continue" alone, and only on a request
+// with a body: the transports then hold the body until the origin's 100
+// (expect.go), and send none after an answer that came first, on a
+// connection not kept. Any other expectation goes nowhere: the appliance
+// decided the request on what it knows, and an origin would answer one it
+// does not know with a 417.
 //
 // Its query is written as RFC 3986 has it (escapeQuery).
 //
@@ -245,7 +244,11 @@ func prepareForward(req *http.Request) *http.Request {
 	if _, ok := req.Header["User-Agent"]; !ok { // the key net/http looks up
 		req.Header["User-Agent"] = []string{""}
 	}
-	delete(req.Header, "Expect")
+	if expectsContinue(req) {
+		req.Header["Expect"] = []string{"100-continue"}
+	} else {
+		delete(req.Header, "Expect")
+	}
 	req.URL.RawQuery = escapeQuery(req.URL.RawQuery)
 	if !closeAfter(req) {
 		return req

@@ -128,6 +128,9 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 		IdleConnTimeout:     90 * time.Second,
 		// An HTTP/1 head, or an HTTP/2 header list (net/http passes it on).
 		MaxResponseHeaderBytes: maxResponseHead,
+		// A body asked for with "Expect: 100-continue" waits for the
+		// origin's 100 (expect.go).
+		ExpectContinueTimeout: expectContinueTimeout,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			slot, err := s.upstreams.takeSlot(ctx, requestDone(ctx)) // connset.go
 			if err != nil {
@@ -334,8 +337,8 @@ var errTooMany1xx = errors.New("too many 1xx informational responses")
 //     block whole, and a timer would time only the origin's thinking.
 //
 // Should the connection be none it knows (no countedConn under it), the
-// next head gets responseHeadTimeout from the 1xx. (No 100 Continue is
-// asked for: prepareForward drops a request's Expect.)
+// next head gets responseHeadTimeout from the 1xx. (A 100 Continue is
+// one such: the origin's answer to "Expect: 100-continue", expect.go.)
 type headDeadline struct {
 	cancel  context.CancelCauseFunc
 	mu      sync.Mutex

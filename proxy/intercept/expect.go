@@ -1,0 +1,118 @@
+package intercept
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// "Expect: 100-continue" through the appliance (RFC 9110 §10.1.1).
+//
+// A client that asks for a 100 before its body waits for it, and the
+// origin may refuse the body with a final answer (a 401, a 413) instead.
+// A proxy must not forward the body before the origin's 100, unless it
+// waits in vain. The expectation goes upstream (prepareForward keeps it),
+// and the body is held until the origin sends its 100, or
+// expectContinueTimeout passes without an answer; a final answer first
+// means the body is never sent, and the upstream connection, whose
+// request is then unfinished, is not kept. The client is told "100
+// Continue" at the first read of its body (goproxy's continueOnRead, on
+// cleartext and bumped connections alike), so it gets its 100 only after
+// the origin's: relayed, in effect, not made up.
+// A client answered before that never sends the body it was not asked
+// for, and the early-answer rules take over (faultBody.drainRest).
+//
+// h1Transport holds the body with an expectGate. http.Transport (an
+// HTTP/2 upstream) does the same by its ExpectContinueTimeout, and stops
+// a body the origin refused with a status over 299. (Over an HTTP/1
+// upstream, which only an HTTP/1 client whose later connections the
+// origin took to HTTP/1 would reach, net/http sends the body after an
+// answer that keeps the connection, so that it stays in step.) An HTTP/2
+// client's expectation is not seen at all: net/http's HTTP/2 server
+// removes the field from the request before the handler and sends the
+// 100 at the body's first read, so its body goes upstream as any other.
+
+// expectContinueTimeout is how long a body waits for the origin's 100
+// before it is sent anyway: net/http's default ExpectContinueTimeout, and
+// curl's own wait. An origin that ignores the expectation (an HTTP/1.0
+// one) costs an upload that long.
+var expectContinueTimeout = 1 * time.Second // a variable for tests
+
+// errExpectRefused ends the writing of a request whose origin answered
+// before it asked for the body: the body is not sent.
+var errExpectRefused = errors.New("the destination answered before asking for the request body: not sent")
+
+// expectsContinue reports whether req, with a body, asks for a 100
+// before it.
+func expectsContinue(req *http.Request) bool {
+	return !bodyless(req) && req.ProtoAtLeast(1, 1) && headerHasToken(req.Header, "Expect", "100-continue")
+}
+
+// expectGate holds a request body until the origin decides: its first
+// Read waits for decide, or expectContinueTimeout, or the request's end.
+type expectGate struct {
+	io.ReadCloser
+	ctx     context.Context
+	decided chan struct{} // closed by decide
+	once    sync.Once
+	send    bool // set before decided is closed
+	waited  bool // the first Read's wait is over (the writer's alone)
+}
+
+// newExpectGate returns a gate on body, for a request whose context is
+// ctx.
+func newExpectGate(ctx context.Context, body io.ReadCloser) *expectGate {
+	return &expectGate{ReadCloser: body, ctx: ctx, decided: make(chan struct{})}
+}
+
+// decide lets the body go (send: the origin sent its 100) or keeps it
+// back for good (an answer came first, or the exchange failed); the first
+// call counts. Safe on a nil gate.
+func (g *expectGate) decide(send bool) {
+	if g == nil {
+		return
+	}
+	g.once.Do(func() {
+		g.send = send
+		close(g.decided)
+	})
+}
+
+// refused reports whether the body was kept back for good. Safe on a nil
+// gate.
+func (g *expectGate) refused() bool {
+	if g == nil {
+		return false
+	}
+	select {
+	case <-g.decided:
+		return !g.send
+	default:
+		return false
+	}
+}
+
+func (g *expectGate) Read(p []byte) (int, error) {
+	if !g.waited {
+		g.waited = true
+		t := time.NewTimer(expectContinueTimeout)
+		select {
+		case <-g.decided:
+		case <-t.C:
+			g.decide(true) // no word from the origin: the body goes
+		case <-g.ctx.Done():
+			g.decide(false)
+		}
+		t.Stop()
+		<-g.decided
+		if !g.send {
+			return 0, errExpectRefused
+		}
+	} else if !g.send {
+		return 0, errExpectRefused
+	}
+	return g.ReadCloser.Read(p)
+}
