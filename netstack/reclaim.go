@@ -31,7 +31,13 @@ import (
 // (three quarters of it out of order) plus its send buffer, the sizes the
 // stack grants it: moderation grows them with use and never shrinks them,
 // and each is an atomic load; what an endpoint actually queues has no
-// count gVisor offers without the endpoint's lock.
+// count gVisor offers without the endpoint's lock. To those it adds what
+// the handler says it holds for the connection outside the stack
+// (AddHeld): the bumping proxy's requests waiting on an origin, up to a
+// hundred HTTP/2 streams a connection, each a goroutine, a request and a
+// header list, can make a few connections with small buffers hold more
+// than many with grown ones, and weighed by buffers alone their client
+// was never reset while honest ones were.
 //
 // The connections are those the handler accepted and has not closed
 // (Conn), listed per client as the flow table counts shares (endpoint and
@@ -128,11 +134,31 @@ func (s *liveShard) removeLocked(c *Conn) {
 	}
 }
 
-// weight is what the stack may hold for c: its receive and send buffers.
+// weight is what c may hold: its receive and send buffers, and what its
+// handler holds for it (AddHeld) past heldUnweighed.
 func (c *Conn) weight() int64 {
 	o := c.ep.SocketOptions()
-	return o.GetReceiveBufferSize() + o.GetSendBufferSize()
+	return o.GetReceiveBufferSize() + o.GetSendBufferSize() + max(c.held.Load()-heldUnweighed, 0)
 }
+
+// heldUnweighed is what a handler may hold for a connection (AddHeld) and
+// the reclaim not weigh: a connection in ordinary use holds a request or
+// two that way (an HTTP/1 request waiting for its answer, about 23 KB with
+// a browser's head), and a client with sixteen of them is left alone, as
+// one with sixteen new connections is (reclaimFloor).
+const heldUnweighed = 64 << 10
+
+// AddHeld tells the reclaim that the handler holds delta more bytes for c
+// (fewer, when negative) outside the stack: requests it took from the
+// client and has not answered yet (an HTTP/2 connection's streams waiting
+// on an origin, each a goroutine, a request and its header list), which
+// the client can make the most of its connection's cost while its stack
+// buffers stay small. The reclaim weighs a connection by its buffers and
+// this, so a client that holds much that way is reset as one with grown
+// buffers is. A handler adds what it takes and takes back what it adds;
+// it is an atomic add, for a handler to call as often as requests come
+// and go, from any goroutine.
+func (c *Conn) AddHeld(delta int64) { c.held.Add(delta) }
 
 // weightOf is the sum of lc's connections' weights; its shard is locked.
 func (lc *liveClient) weightOf() int64 {

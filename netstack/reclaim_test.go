@@ -376,3 +376,43 @@ func TestReclaimOfClosedConnNeverSaysReclaimed(t *testing.T) {
 		t.Errorf("a closed connection read as reclaimed %d times while the reclaim passed it over", seen)
 	}
 }
+
+// TestReclaimWeighsWhatTheHandlerHolds: a client whose two connections
+// have new, small buffers but whose handler holds 16 MiB for each outside
+// the stack (AddHeld: requests waiting on an origin) is the heaviest,
+// beside a client with forty new connections (20 MiB of buffers): one
+// round of the reclaim takes its connections, the held one first, and
+// none of the other's. What a handler gives back no longer counts.
+func TestReclaimWeighsWhatTheHandlerHolds(t *testing.T) {
+	r := newConnRig(t)
+	hoarder := netip.MustParseAddr("198.18.0.7")
+	if err := r.client.Stack.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddrFrom4(hoarder.As4()).WithPrefix()}, stack.AddressProperties{}); err != nil {
+		t.Fatalf("adding the hoarder's address: %s", err)
+	}
+	var many []reclaimPair
+	for range 40 {
+		many = append(many, r.dialFrom(connClient))
+	}
+	const held = 16 << 20
+	light, heavy := r.dialFrom(hoarder), r.dialFrom(hoarder)
+	heavy.conn.AddHeld(held)
+	light.conn.AddHeld(held / 2)
+	// Added and given back: a request answered.
+	light.conn.AddHeld(held)
+	light.conn.AddHeld(-held)
+
+	r.srv.ReclaimWith(func(taken []*netstack.Conn) {
+		if len(taken) != 2 || taken[0] != heavy.conn || taken[1] != light.conn {
+			t.Errorf("the round took %d connections, want the hoarder's 2, the one holding more first", len(taken))
+		}
+	})
+	if !heavy.reclaimed(t) || !light.reclaimed(t) {
+		t.Errorf("the hoarder's connections reclaimed: %v, %v; want both", heavy.reclaimed(t), light.reclaimed(t))
+	}
+	for i, p := range many {
+		if p.reclaimed(t) {
+			t.Errorf("the other client's connection %d was reset", i)
+		}
+	}
+}

@@ -42,6 +42,9 @@ type Conn struct {
 	live       *liveShard
 	liveOf     *liveClient
 	prev, next *Conn
+	// held is what the handler holds for the conn outside the stack
+	// (AddHeld), weighed by the reclaim with its buffers.
+	held atomic.Int64
 
 	// closedSend is TCPOptions.ClosedSendTimeout, and pressure the
 	// server's memory pressure that shortens it (closedSendTimeout); set

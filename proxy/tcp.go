@@ -457,6 +457,15 @@ func (c *peekedConn) Abort() { intercept.Abort(c.Conn) }
 // reset it to reclaim memory (intercept.Session's records ask).
 func (c *peekedConn) Reclaimed() error { return reclaimedOf(c.Conn) }
 
+// AddHeld passes on to the client connection what the session holds for
+// it outside the packet stack, which the memory reclaim weighs
+// (netstack.Conn.AddHeld).
+func (c *peekedConn) AddHeld(delta int64) {
+	if h, ok := c.Conn.(interface{ AddHeld(int64) }); ok {
+		h.AddHeld(delta)
+	}
+}
+
 // reclaimedOf is c's Reclaimed (netstack.Conn's), nil for a connection the
 // packet stack cannot reclaim.
 func reclaimedOf(c net.Conn) error {

@@ -122,10 +122,13 @@ func (s *Session) noteAbort(rec *records.Record) {
 	if d := a.denied; d != nil {
 		rec.Rule, rec.Action, rec.Policy = d.Rule, policy.Deny.String(), d.Policy
 	}
-	if rec.Error == "" {
-		rec.Error = a.err.Error()
-	} else {
-		rec.Error += "; " + a.err.Error()
+	switch why := a.err.Error(); {
+	case rec.Error == "":
+		rec.Error = why
+	case !strings.Contains(rec.Error, why):
+		// Not told twice: a request that saw the reclaim's reset first
+		// named it already (clientGone).
+		rec.Error += "; " + why
 	}
 }
 

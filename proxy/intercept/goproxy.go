@@ -54,7 +54,9 @@ type roundTripperKey struct{}
 // Close. Returning at once spares each intercepted connection a goroutine
 // (and its stack, about 9 KiB) that would only wait for that.
 func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
-	rt := &roundTripper{s: s, scheme: scheme, tr: tr}
+	// Each round trip is charged to the client connection while it waits
+	// on the destination: the memory reclaim weighs it (held.go).
+	rt := &roundTripper{s: s, scheme: scheme, tr: withHeld(tr, s.Client)}
 	host := s.Subject.Dest.String()
 	if s.Record.SNI != "" {
 		host = net.JoinHostPort(s.Record.SNI, strconv.Itoa(int(s.Subject.Dest.Port())))
@@ -62,6 +64,7 @@ func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
 	cc := &hijackedConn{Conn: s.client, swallow: []byte("HTTP/1.1 200 OK\r\n\r\n")}
 	cc.limit.arm(s.ic.cfg.MaxHeaderBytes, s.h2)
 	cc.limit.shuttingDown = s.ic.cfg.ShuttingDown
+	cc.limit.reclaimed, _ = s.Client.(reclaimable)
 	cc.onClose = rt.connClosed
 	cc.h1 = !s.h2
 	rt.cc = cc

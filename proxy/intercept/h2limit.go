@@ -84,10 +84,15 @@ const h2DeadlineSlack = 50
 // deadline ended the connection (an HTTP/2 client's frame left unfinished,
 // while other streams were under way): then the appliance did, the result
 // is timeout, and the detail (a cancelled context, "client disconnected")
-// would only mislead. l may be nil.
+// would only mislead. So too when the packet stack reset the connection to
+// reclaim memory: the HTTP/2 server may see the reset, and end the
+// streams, before the session's abort says why. l may be nil.
 func (l *headLimit) clientGone(result, when, detail string) (string, string) {
 	if l != nil && l.timedOut.Load() {
 		return "timeout", "the appliance ended the connection " + when + " (" + l.timeoutError() + ")"
+	}
+	if err := l.reclaimedErr(); err != nil {
+		return "reset", err.Error() + ", " + when
 	}
 	if l != nil && l.shuttingDown != nil && l.shuttingDown() {
 		// The stacks closing ends the client's connection: the HTTP/2
@@ -98,10 +103,20 @@ func (l *headLimit) clientGone(result, when, detail string) (string, string) {
 }
 
 // endedByAppliance reports whether the client's connection was ended by
-// the appliance (its head deadline, or its shutdown), not the client:
-// clientGone's cases that are not the client's.
+// the appliance (its head deadline, the memory reclaim, or its shutdown),
+// not the client: clientGone's cases that are not the client's.
 func (l *headLimit) endedByAppliance() bool {
-	return l != nil && (l.timedOut.Load() || l.shuttingDown != nil && l.shuttingDown())
+	return l != nil && (l.timedOut.Load() || l.reclaimedErr() != nil || l.shuttingDown != nil && l.shuttingDown())
+}
+
+// reclaimedErr is the packet stack's error once it has reset the client's
+// connection to reclaim memory, nil before (or for a connection it cannot
+// reclaim). l may be nil.
+func (l *headLimit) reclaimedErr() error {
+	if l == nil || l.reclaimed == nil {
+		return nil
+	}
+	return l.reclaimed.Reclaimed()
 }
 
 // untime disarms the head deadline, or the idle one (idle.go).

@@ -17,9 +17,10 @@ import (
 // 13 KB for a few fields, 157 KB for a list of tiny ones. An origin of
 // the client's own that reads requests and never answers held 242 of them
 // per client connection (goproxy's server allows 250) for as long as it
-// liked, 3-38 MB the memory reclaim never saw (it weighs a connection by
-// its stack buffers); an HTTP/2 origin that never answers holds as much,
-// its streams all on one connection. So the wait is bounded twice:
+// liked, 3-38 MB the memory reclaim never saw (it weighed a connection by
+// its stack buffers alone; held.go charges waiting requests to it now); an
+// HTTP/2 origin that never answers holds as much, its streams all on one
+// connection. So the wait is bounded twice:
 //
 //   - in number: the appliance advertises SETTINGS_MAX_CONCURRENT_STREAMS
 //     h2MaxConcurrentStreams (h2guard.go rewrites goproxy's 250; its

@@ -79,6 +79,9 @@ type rig struct {
 	log    *recordLog
 	ic     *intercept.Interceptor
 	dials  atomic.Int32 // attempts to open another upstream connection
+	// held is what the sessions say they hold for their clients outside
+	// the stack (AddHeld), all clients together.
+	held atomic.Int64
 
 	mu        sync.Mutex
 	sessions  []*served
@@ -319,7 +322,7 @@ func (r *rig) serve(client, proxySide, upEnd net.Conn, dest netip.AddrPort) *ser
 			DestIP: dest.Addr().String(), DestPort: dest.Port(), Result: "ok",
 		}
 		s := &intercept.Session{
-			Client: &peekedConn{Conn: proxySide, r: br}, Upstream: upEnd, Policy: r.pol,
+			Client: &peekedConn{Conn: proxySide, r: br, held: &r.held}, Upstream: upEnd, Policy: r.pol,
 			Record: rec, Start: time.Now(), Done: sv.doneFunc,
 		}
 		switch res.Kind {
@@ -365,8 +368,13 @@ func (r *rig) serve(client, proxySide, upEnd net.Conn, dest netip.AddrPort) *ser
 // peekedConn reads the bytes the sniffer peeked, then the connection.
 type peekedConn struct {
 	net.Conn
-	r *bufio.Reader // nil once empty
+	r    *bufio.Reader // nil once empty
+	held *atomic.Int64 // AddHeld's
 }
+
+// AddHeld counts what the session says it holds, as the packet stack's
+// connection does for the memory reclaim.
+func (c *peekedConn) AddHeld(delta int64) { c.held.Add(delta) }
 
 func (c *peekedConn) Read(b []byte) (int, error) {
 	if c.r != nil {

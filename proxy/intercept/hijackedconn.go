@@ -101,6 +101,9 @@ type headLimit struct {
 	unanswered h2Unanswered
 	// shuttingDown is Config.ShuttingDown (clientGone).
 	shuttingDown func() bool
+	// reclaimed is the client connection, if the packet stack may reset
+	// it to reclaim memory (clientGone).
+	reclaimed reclaimable
 	// h2 measures header lists once the HTTP/2 preface has come; read
 	// and written by the reader only. isH2 says so to the other
 	// goroutines.

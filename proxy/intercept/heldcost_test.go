@@ -1,0 +1,162 @@
+package intercept_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+)
+
+// heldShapes are the header lists TestHeldEstimateMatchesMemory measures:
+// what a browser sends, the most tiny fields the list limit (64 KiB, 33
+// bytes a field as HTTP/2 counts an empty one-letter field) lets through,
+// of few names and of as many, and a few fields of long values.
+var heldShapes = []struct {
+	name   string
+	fields func() []hpack.HeaderField
+}{
+	{"browser", func() []hpack.HeaderField {
+		return []hpack.HeaderField{
+			{Name: "user-agent", Value: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"},
+			{Name: "accept", Value: "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"},
+			{Name: "accept-language", Value: "en-GB,en;q=0.9"},
+			{Name: "cookie", Value: "session=" + strings.Repeat("c", 200)},
+		}
+	}},
+	{"tiny fields, 26 names", func() []hpack.HeaderField {
+		f := make([]hpack.HeaderField, 1900)
+		for i := range f {
+			f[i].Name = string(rune('a' + i%26))
+		}
+		return f
+	}},
+	{"tiny fields, all names", func() []hpack.HeaderField {
+		f := make([]hpack.HeaderField, 1600)
+		for i := range f {
+			f[i] = hpack.HeaderField{Name: fmt.Sprintf("x%d", i), Sensitive: true}
+		}
+		return f
+	}},
+	{"long values", func() []hpack.HeaderField {
+		f := make([]hpack.HeaderField, 7)
+		for i := range f {
+			f[i] = hpack.HeaderField{Name: fmt.Sprintf("x-long-%d", i), Value: strings.Repeat("v", 8000), Sensitive: true}
+		}
+		return f
+	}},
+}
+
+// TestHeldEstimateMatchesMemory measures what a bumped HTTP/2 stream
+// waiting on an origin that never answers holds (the heap and goroutine
+// stacks grown by 99 of them, past a first), for header lists of several
+// shapes, beside what the session says it holds for its client
+// (AddHeld, held.go's estimate): the estimate is within a factor of 1.5
+// of the measurement each way. The log lines are where held.go's
+// constants come from.
+func TestHeldEstimateMatchesMemory(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector changes what is measured")
+	}
+	for _, shape := range heldShapes {
+		// A subtest each: the last one's session ends with its rig.
+		t.Run(shape.name, func(t *testing.T) {
+			measured, estimated := measureWaitingStreams(t, shape.fields())
+			t.Logf("%d B measured a stream, %d B estimated (%.2f)", measured, estimated, float64(estimated)/float64(measured))
+			if estimated*3 < measured*2 || estimated*2 > measured*3 {
+				t.Errorf("%d B estimated a waiting stream, %d B measured: off by more than half", estimated, measured)
+			}
+		})
+	}
+}
+
+// measureWaitingStreams opens a bumped HTTP/2 connection whose origin
+// takes streams and answers none, a first stream, then 99 more with
+// fields; it returns what each of the 99 grew the heap and stacks by, and
+// what the session said each holds.
+func measureWaitingStreams(t *testing.T, fields []hpack.HeaderField) (measured, estimated int64) {
+	const streams = 100
+	r := newRig(t, testPolicy)
+	upEnd, originEnd := testnet.TCPPair(t)
+	var atOrigin atomic.Int64
+	silentH2Origin(r, originEnd, &atOrigin)
+	c, _ := r.connectTCP(upEnd, tlsDest)
+	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
+	defer tlsc.Close()
+	tlsc.SetDeadline(time.Now().Add(3 * waitLimit))
+	go io.Copy(io.Discard, tlsc)
+	var buf, hb bytes.Buffer
+	buf.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&buf, nil)
+	fr.WriteSettings()
+	enc := hpack.NewEncoder(&hb)
+	open := func(s int, fields []hpack.HeaderField) {
+		hb.Reset()
+		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+			{Name: ":authority", Value: "www.example.test"}, {Name: ":path", Value: "/wait"}} {
+			enc.WriteField(f)
+		}
+		for _, f := range fields {
+			enc.WriteField(f)
+		}
+		writeBlock(fr, uint32(2*s+1), hb.Bytes())
+	}
+	waitOrigin := func(n int64) {
+		t.Helper()
+		for end := time.Now().Add(waitLimit); atOrigin.Load() < n; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("the origin has %d streams, want %d", atOrigin.Load(), n)
+			}
+		}
+	}
+	open(0, fields)
+	tlsc.Write(buf.Bytes())
+	buf.Reset()
+	waitOrigin(1)
+	for s := 1; s < streams; s++ {
+		open(s, fields)
+	}
+	wire := bytes.Clone(buf.Bytes())
+	buf, hb = bytes.Buffer{}, bytes.Buffer{}
+	// The wire bytes are the test's, live now and not after: not the
+	// streams'.
+	heap0, held0 := heapAndStacks()-int64(cap(wire)), r.held.Load()
+	tlsc.Write(wire)
+	wire = nil
+	waitOrigin(streams)
+	heap1, held1 := heapAndStacks(), r.held.Load()
+	return (heap1 - heap0) / (streams - 1), (held1 - held0) / (streams - 1)
+}
+
+// heapAndStacks is what the heap's live objects and the goroutine stacks
+// take, after two collections.
+func heapAndStacks() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc) + int64(m.StackInuse)
+}
+
+// writeBlock writes on fr the header block that opens stream id, ending
+// it: a HEADERS frame and as many CONTINUATIONs as the default frame size
+// takes.
+func writeBlock(fr *http2.Framer, id uint32, block []byte) {
+	const max = 16 << 10
+	first := block[:min(len(block), max)]
+	block = block[len(first):]
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: first, EndStream: true, EndHeaders: len(block) == 0})
+	for len(block) > 0 {
+		n := min(len(block), max)
+		fr.WriteContinuation(id, n == len(block), block[:n])
+		block = block[n:]
+	}
+}
