@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // "Expect: 100-continue" through the appliance (RFC 9110 §10.1.1).
@@ -25,15 +27,17 @@ import (
 // A client answered before that never sends the body it was not asked
 // for, and the early-answer rules take over (faultBody.drainRest).
 //
-// h1Transport holds the body with an expectGate. http.Transport (an
-// HTTP/2 upstream) does the same by its ExpectContinueTimeout, and stops
-// a body the origin refused with a status over 299. (Over an HTTP/1
-// upstream, which only an HTTP/1 client whose later connections the
-// origin took to HTTP/1 would reach, net/http sends the body after an
-// answer that keeps the connection, so that it stays in step.) An HTTP/2
-// client's expectation is not seen at all: net/http's HTTP/2 server
-// removes the field from the request before the handler and sends the
-// 100 at the body's first read, so its body goes upstream as any other.
+// Only h1Transport holds a body, with an expectGate. The session's
+// http.Transport (an HTTP/2 client's, or one whose origin first spoke
+// HTTP/2) is given no Expect field (oneHostTransport drops it): over an
+// HTTP/1 connection net/http sends the body after an answer that came
+// first and keeps the connection, and an origin that answered without
+// reading it would take it for a request nothing decided. Its bodies go
+// right behind their heads, as before expectations were forwarded. An
+// HTTP/2 client's expectation mostly never reaches the appliance
+// (net/http's HTTP/2 server removes the field and sends the 100 at the
+// body's first read); one spelled so that the server passes it over is
+// dropped with the rest.
 
 // expectContinueTimeout is how long a body waits for the origin's 100
 // before it is sent anyway: net/http's default ExpectContinueTimeout, and
@@ -46,9 +50,11 @@ var expectContinueTimeout = 1 * time.Second // a variable for tests
 var errExpectRefused = errors.New("the destination answered before asking for the request body: not sent")
 
 // expectsContinue reports whether req, with a body, asks for a 100
-// before it.
+// before it, as net/http's servers read the field (only spaces and tabs
+// around the token): a spelling they pass over is no expectation here
+// either, and prepareForward drops it.
 func expectsContinue(req *http.Request) bool {
-	return !bodyless(req) && req.ProtoAtLeast(1, 1) && headerHasToken(req.Header, "Expect", "100-continue")
+	return !bodyless(req) && req.ProtoAtLeast(1, 1) && httpguts.HeaderValuesContainsToken(req.Header["Expect"], "100-continue")
 }
 
 // expectGate holds a request body until the origin decides: its first

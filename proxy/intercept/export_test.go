@@ -77,3 +77,11 @@ const (
 	H1LineCharge = h1LineCharge
 	H1LineSlack  = h1LineSlack
 )
+
+// SetExpectContinueTimeout sets how long a held body waits for the
+// origin's 100, and returns a function restoring it.
+func SetExpectContinueTimeout(d time.Duration) (restore func()) {
+	old := expectContinueTimeout
+	expectContinueTimeout = d
+	return func() { expectContinueTimeout = old }
+}

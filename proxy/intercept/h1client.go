@@ -342,6 +342,9 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 			return nil, fmt.Errorf("reading the response: %w", err)
 		}
 		if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
+			// A final answer (a 101 among them) before the origin's 100:
+			// the held body is not sent, now, not after the wait.
+			gate.decide(false)
 			break
 		}
 		if resp.StatusCode == http.StatusContinue && gate != nil {
@@ -397,7 +400,9 @@ func readResponseHead(c net.Conn, br *bufio.Reader, req *http.Request) (*http.Re
 func waitWritten(req *http.Request, wrote chan error) error {
 	select {
 	case err := <-wrote:
-		if err != nil {
+		// A held body the origin never asked for is written as far as it
+		// goes: the head.
+		if err != nil && !errors.Is(err, errExpectRefused) {
 			return fmt.Errorf("writing the request: %w", err)
 		}
 		return nil

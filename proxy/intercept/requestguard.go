@@ -225,9 +225,10 @@ var hopByHop = []string{"Keep-Alive", "Proxy-Connection", "Te", "Transfer-Encodi
 // transports send none.
 //
 // An Expect field goes as "100-continue" alone, and only on a request
-// with a body: the transports then hold the body until the origin's 100
-// (expect.go), and send none after an answer that came first, on a
-// connection not kept. Any other expectation goes nowhere: the appliance
+// with a body: h1Transport then holds the body until the origin's 100
+// (expect.go), and sends none after an answer that came first, on a
+// connection not kept (the session's http.Transport, which would, gets
+// no Expect: oneHostTransport drops it). Any other expectation goes nowhere: the appliance
 // decided the request on what it knows, and an origin would answer one it
 // does not know with a 417.
 //

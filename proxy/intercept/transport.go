@@ -128,9 +128,6 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 		IdleConnTimeout:     90 * time.Second,
 		// An HTTP/1 head, or an HTTP/2 header list (net/http passes it on).
 		MaxResponseHeaderBytes: maxResponseHead,
-		// A body asked for with "Expect: 100-continue" waits for the
-		// origin's 100 (expect.go).
-		ExpectContinueTimeout: expectContinueTimeout,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			slot, err := s.upstreams.takeSlot(ctx, requestDone(ctx)) // connset.go
 			if err != nil {
@@ -247,6 +244,14 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	u := *req.URL
 	u.Host = t.host
 	r.URL = &u
+	if _, ok := r.Header["Expect"]; ok {
+		// net/http sends a held body after an answer that came first on
+		// a connection it keeps, and an origin that answered thinking it
+		// would not come may read it as a request nothing decided: only
+		// h1Transport holds a body for the origin's 100 (expect.go).
+		r.Header = r.Header.Clone()
+		delete(r.Header, "Expect")
+	}
 	resp, err := t.Transport.RoundTrip(r)
 	if fc, n1xx := hd.stop(); fc != nil {
 		resp = endFaulty(fc, n1xx, req, resp, cancel)
