@@ -99,6 +99,15 @@ type Config struct {
 	// TCP port (0: no TCP port is refused).
 	GenevePorts []uint16
 	AdminPort   uint16
+	// VPCCIDRs are the CIDR blocks of the appliance's own VPC, as instance
+	// metadata names them. Base + 2 of each IPv4 block is refused as a
+	// destination, as the appliance's other AWS services are: at the
+	// primary block's, the Amazon DNS server (Route 53 Resolver) answers
+	// with the VPC's private hosted zones and Resolver rules, as the
+	// appliance (AWS reserves base + 2 in every block). IPv6 blocks have
+	// no such address (fd00:ec2::253 is refused anyway). Nil: unknown,
+	// none is refused.
+	VPCCIDRs []netip.Prefix
 	// WriteStallTimeout aborts a relayed TCP flow one of whose writes, to
 	// the client or to the destination, has been accepted nothing of for
 	// that long, so that a stalled flow does not hold its buffers for good
@@ -119,6 +128,9 @@ type Proxy struct {
 	denies    denyLimiter
 	stats     proxyCounters
 	stalls    *stallWatch
+	// vpcResolvers are base + 2 of the VPC's IPv4 blocks (vpcdns.go):
+	// never a destination.
+	vpcResolvers []netip.Addr
 	// stacksClosing is set once the packet stacks are closing (the end of
 	// the drain): a client connection that breaks from then on broke
 	// because of it, and its record says so, not that the client did.
@@ -232,6 +244,8 @@ func New(cfg Config) *Proxy {
 		dialer: &hostconn.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 60 * time.Second},
 		own:    watchOwnAddrs(ownAddrsRefresh, true),
 		stalls: newStallWatch(cfg.WriteStallTimeout),
+		// Never a destination, whatever the policy says (forbidden).
+		vpcResolvers: vpcResolverAddrs(cfg.VPCCIDRs),
 	}
 	ic := cfg.Intercept
 	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
@@ -327,11 +341,17 @@ var (
 )
 
 // forbidden says why a destination must not be dialled, or "". Clients must
-// never reach the appliance itself or the instance metadata service through
-// it: they would act with the appliance's identity.
+// never reach the appliance itself, the instance metadata service or the
+// VPC's DNS server through it: they would act with the appliance's
+// identity.
 func (p *Proxy) forbidden(a netip.Addr) string {
 	a = a.Unmap()
 	switch {
+	case p.isVPCResolver(a):
+		// Before loopback: tests give a loopback VPC, and
+		// AllowLoopback must not let its resolver through.
+		return "destination is the Amazon DNS server of the appliance's VPC (base + 2 of a VPC CIDR block): " +
+			"it would answer as the appliance (its private hosted zones and Resolver rules)"
 	case a.IsLoopback():
 		if p.cfg.AllowLoopback {
 			return ""

@@ -58,9 +58,11 @@ type Options struct {
 	UpstreamCA        []string
 	MaxHeaderBytes    int
 	GWLBCIDRs         []netip.Prefix
-	gwlbCIDRsFromVPC  bool          // GWLBCIDRs is the VPC's CIDR blocks, --gwlb-cidrs not given (resolveGWLBSenders)
-	CloudWatch        cwlogs.Config // shipping is on when Group is set
-	AllowLoopback     bool          // --unsafe-allow-loopback: tests and benchmarks only
+	gwlbCIDRsFromVPC  bool           // GWLBCIDRs is the VPC's CIDR blocks, --gwlb-cidrs not given (resolveGWLBSenders)
+	vpcCIDRs          []netip.Prefix // the VPC's CIDR blocks, nil if unknown: their base + 2 is refused (resolveVPCResolver)
+	sysfs             string         // where sysfs is read from to tell EC2's hardware ("": /sys); tests fake it
+	CloudWatch        cwlogs.Config  // shipping is on when Group is set
+	AllowLoopback     bool           // --unsafe-allow-loopback: tests and benchmarks only
 	// RecordStall is how long access records may be stuck behind a blocked
 	// or slow sink, dropped without a break, or failing to be written (with
 	// no clean second between failures), before the health check reports
@@ -217,6 +219,7 @@ func New(o Options) (_ *Appliance, err error) {
 	if err := resolveGWLBSenders(&o); err != nil {
 		return nil, err
 	}
+	resolveVPCResolver(&o)
 	// a, not the named result: an error return sets that to nil before
 	// the deferred clean-up below reads it.
 	a := &Appliance{opts: o, policy: proxy.AllowAll()}
@@ -322,6 +325,8 @@ func New(o Options) (_ *Appliance, err error) {
 		SenderPrefixes: senderPrefixes(&o),
 		GenevePorts:    genevePorts(o.GeneveAddr),
 		AdminPort:      senderAdminPort(&o),
+		// The VPC's DNS server, which would answer as the appliance.
+		VPCCIDRs: o.vpcCIDRs,
 		Intercept: intercept.Config{
 			Minter:         a.minter,
 			UpstreamRoots:  roots,

@@ -22,7 +22,9 @@ import (
 
 // metadataTimeout bounds reading the VPC's CIDR blocks from instance
 // metadata: on EC2 it answers in milliseconds; off EC2 start-up fails
-// within it, asking for --gwlb-cidrs.
+// within it, asking for --gwlb-cidrs. With --gwlb-cidrs, where they are
+// read for the VPC's DNS server alone (resolveVPCResolver), a start that
+// gets no answer within it goes on with a warning.
 const metadataTimeout = 2 * time.Second
 
 // resolveGWLBSenders settles whom GENEVE is accepted from. Forged GENEVE

@@ -111,6 +111,7 @@ func newRig(t testing.TB, mutate func(*Options), simCfg func(*gwlbsim.Config)) *
 	t.Cleanup(dns.Close)
 	o.DNSResolver = dns.Addr().String()
 	o.GWLBCIDRs = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} // the simulator, on loopback
+	o.sysfs = t.TempDir()                                              // not EC2: a rig asks the real instance metadata nothing
 	if mutate != nil {
 		mutate(&o)
 	}
