@@ -177,10 +177,16 @@ func nameChars(s string) bool {
 }
 
 // hostOnly returns an authority's host: without a port, and an IPv6
-// literal without its brackets.
+// literal without its brackets. Only a pair of brackets is taken off: a
+// lone one stays, so that canonicalHost refuses it as a character no host
+// name has; trimmed, "x.allowed.example]" was decided as x.allowed.example
+// while net/http sent the Host with its bracket.
 func hostOnly(authority string) string {
 	if h, _, err := net.SplitHostPort(authority); err == nil {
 		return h
 	}
-	return strings.TrimSuffix(strings.TrimPrefix(authority, "["), "]")
+	if len(authority) >= 2 && authority[0] == '[' && authority[len(authority)-1] == ']' {
+		return authority[1 : len(authority)-1]
+	}
+	return authority
 }

@@ -118,7 +118,9 @@ func TestOddRequestTargetRefused(t *testing.T) {
 // literal and return it unchecked: the stream was decided on the name
 // inside (a *.allowed.example one here), while net/http sent the Host cut
 // at the '%'. Brackets around anything but an IPv6 address (an IPv4
-// one included: brackets hold only IPv6, RFC 3986) now get a 400 and a
+// one included: brackets hold only IPv6, RFC 3986), or a lone one
+// ("x.allowed.example]", decided as x.allowed.example while net/http sent
+// the bracket on), now get a 400 and a
 // deny record, and reach no origin; an IPv6 literal is decided as one
 // (denied here by the default, not refused).
 func TestBracketedAuthorityRefused(t *testing.T) {
@@ -131,6 +133,10 @@ func TestBracketedAuthorityRefused(t *testing.T) {
 		{"[x.allowed.example]", http.StatusBadRequest},
 		{"[x.allowed.example]:80", http.StatusBadRequest},
 		{"[]", http.StatusBadRequest},
+		{"x.allowed.example]", http.StatusBadRequest},
+		{"[x.allowed.example", http.StatusBadRequest},
+		{"[", http.StatusBadRequest},
+		{"]", http.StatusBadRequest},
 		{"[::ffff:192.0.2.10%25.allowed.example]", http.StatusBadRequest},
 		{"[::ffff:192.0.2.10%25.allowed.example]:80", http.StatusBadRequest},
 		{"[fe80::1%25eth0]", http.StatusBadRequest},
