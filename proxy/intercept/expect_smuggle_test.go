@@ -116,9 +116,16 @@ func TestExpectAnswered101SendsNoBody(t *testing.T) {
 	if s := got.String(); s != "100-continue" {
 		t.Errorf("the origin got %q after the head's expectation, want the expectation and no body", s)
 	}
-	for _, rec := range ofKind(r.records(), "http") {
-		if rec.BytesOut != 0 {
-			t.Errorf("record bytes_out %d, want 0: no body went", rec.BytesOut)
-		}
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Errorf("the client got %d, want the 502 for an upgrade it did not offer", resp.StatusCode)
+	}
+	recs := ofKind(r.records(), "http")
+	if len(recs) != 1 {
+		t.Fatalf("%d http records, want 1", len(recs))
+	}
+	// The origin answered: the record says what it answered, not that
+	// the request could not be written.
+	if rec := recs[0]; rec.BytesOut != 0 || rec.Status != http.StatusBadGateway || rec.Error != "a WebSocket upgrade the request did not offer" {
+		t.Errorf("record status %d bytes_out %d error %q, want 502, 0 and the upgrade the request did not offer", rec.Status, rec.BytesOut, rec.Error)
 	}
 }

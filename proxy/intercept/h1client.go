@@ -362,7 +362,7 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 		// reads next: never both at once. An upgrade accepted before the
 		// body was sent whole waits for it (roundTrip refuses WebSocket
 		// upgrades with a body; this is for any that get here).
-		if err := waitWritten(req, wrote); err != nil {
+		if err := waitWritten(req, wrote, gate); err != nil {
 			putReader(br)
 			return nil, err
 		}
@@ -396,13 +396,14 @@ func readResponseHead(c net.Conn, br *bufio.Reader, req *http.Request) (*http.Re
 
 // waitWritten waits until req, whose response has come, has been written
 // whole, or its context ends (which closes the connection, and with it
-// the write).
-func waitWritten(req *http.Request, wrote chan error) error {
+// the write). A held body the origin never asked for (gate refused) is
+// written as far as it goes: the head.
+func waitWritten(req *http.Request, wrote chan error, gate *expectGate) error {
 	select {
 	case err := <-wrote:
-		// A held body the origin never asked for is written as far as it
-		// goes: the head.
-		if err != nil && !errors.Is(err, errExpectRefused) {
+		// Not errors.Is: net/http wraps a body's read error in a type
+		// that does not unwrap.
+		if err != nil && !gate.refused() {
 			return fmt.Errorf("writing the request: %w", err)
 		}
 		return nil
