@@ -225,7 +225,9 @@ type SinkStats struct {
 	Errors  uint64 `json:"errors"`  // not written: the output failed
 }
 
-// PcapStats are the pcap writer's counters.
+// PcapStats are the pcap writer's counters. A packet counts as written
+// once its bytes reached the file, and in Errors when writing it failed
+// (a failed write loses every packet of the write buffer).
 type PcapStats struct {
 	SinkStats
 	Files        int    `json:"files"`         // in the directory, the one being written included

@@ -48,6 +48,8 @@ const (
 	// trailer. A synthesized packet has a second comment (plainOverhead).
 	epbOverhead   = 28 + 8 + (4 + 24) + 4 + 4
 	plainOverhead = 4 + (len(PlaintextComment)+3)&^3
+	// pcapBufSize is the write buffer's: what a failed write may lose.
+	pcapBufSize = 256 << 10
 )
 
 // pcapWriter writes packets to rotated pcapng files in one directory,
@@ -57,11 +59,12 @@ type pcapWriter struct {
 	cfg Config
 
 	// The file being written, if any.
-	f      *os.File
-	buf    *bufio.Writer
-	ng     *pcapgo.NgWriter
-	ngOut  *countWriter     // what ng writes (section and interface blocks), into buf
-	ifaces map[ifaceKey]int // endpoint -> interface ID in this file
+	f       *os.File
+	buf     *bufio.Writer
+	fileOut *countWriter // what buf wrote into f: what reached the file
+	ng      *pcapgo.NgWriter
+	ngOut   *countWriter     // what ng writes (section and interface blocks), into buf
+	ifaces  map[ifaceKey]int // endpoint -> interface ID in this file
 	// idbSize is the size of an endpoint's interface block, wire [0] and
 	// plaintext [1]: the same for every endpoint, whose names all have
 	// the same length.
@@ -70,6 +73,11 @@ type pcapWriter struct {
 	size    int64 // bytes written to the file (through buf)
 	seq     uint64
 	scr     []byte // scratch for a block
+	// pending are the packets in buf, not yet known to be in the file.
+	// They count as written (packets, bytes) once their bytes reach the
+	// file, and as lost (errs) if writing them fails: a full disk loses
+	// the whole buffer, thousands of packets, not one.
+	pending []pendingPacket
 	// retryAt is when opening a file may be tried again after it failed.
 	retryAt time.Time
 	// create opens a new file for writing (createFile with the mode
@@ -94,6 +102,13 @@ type ifaceKey struct {
 	plain    bool
 }
 
+// pendingPacket is a packet in the write buffer: where its block ends in
+// the file, and the packet's length.
+type pendingPacket struct {
+	end int64
+	n   int
+}
+
 type fileInfo struct {
 	name string
 	size int64
@@ -105,7 +120,10 @@ func newPcapWriter(cfg Config) (*pcapWriter, error) {
 	}
 	mode := fileMode(cfg.Plaintext)
 	create := func(name string) (*os.File, error) { return createFile(name, mode) }
-	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+plainOverhead+4), create: create}
+	w := &pcapWriter{cfg: cfg, scr: make([]byte, 0, largeSlot+epbOverhead+plainOverhead+4), create: create,
+		// Room for a buffer of small packets: no allocation per packet.
+		pending: make([]pendingPacket, 0, pcapBufSize/(epbOverhead+20)),
+	}
 	for i, plain := range []bool{false, true} {
 		n, err := interfaceBlockSize(plain)
 		if err != nil {
@@ -209,7 +227,7 @@ func (w *pcapWriter) write(s *slot) {
 		}
 		if err := w.open(); err != nil {
 			w.retryAt = time.Now().Add(time.Second)
-			w.fail(err)
+			w.fail(err, 1)
 			return
 		}
 	}
@@ -222,7 +240,7 @@ func (w *pcapWriter) write(s *slot) {
 			err = w.ng.Flush() // into w.buf, ahead of the packet
 		}
 		if err != nil {
-			w.fail(err)
+			w.fail(err, 1)
 			return
 		}
 		w.ifaces[key] = id
@@ -230,13 +248,12 @@ func (w *pcapWriter) write(s *slot) {
 	}
 	b := appendEPB(w.scr[:0], id, s)
 	if _, err := w.buf.Write(b); err != nil {
-		w.fail(err)
+		w.fail(err, 1)
 		return
 	}
 	w.size += int64(len(b))
 	w.curSize.Store(w.size)
-	w.packets.Add(1)
-	w.bytes.Add(uint64(len(pkt)))
+	w.pending = append(w.pending, pendingPacket{end: w.size, n: len(pkt)})
 }
 
 // endpointInterface is the pcapng interface of an endpoint's wire packets,
@@ -355,7 +372,8 @@ func (w *pcapWriter) open() error {
 	if err != nil {
 		return err
 	}
-	w.buf = bufio.NewWriterSize(f, 256<<10)
+	w.fileOut = &countWriter{w: f}
+	w.buf = bufio.NewWriterSize(w.fileOut, pcapBufSize)
 	w.ngOut = &countWriter{w: w.buf}
 	opts := pcapgo.DefaultNgWriterOptions
 	opts.SectionInfo.Application = "gwlbproxy"
@@ -448,13 +466,71 @@ func (w *pcapWriter) finish() {
 	if w.f == nil {
 		return
 	}
-	err := w.buf.Flush()
-	if cerr := w.f.Close(); err == nil {
-		err = cerr
+	if err := w.buf.Flush(); err != nil {
+		w.fail(fmt.Errorf("finishing %s: %w", filepath.Base(w.f.Name()), err), 0)
+		w.rotations.Add(1)
+		return
 	}
-	if err != nil {
-		w.setError(err)
+	w.settle()
+	if err := w.f.Close(); err != nil {
+		// The bytes were handed to the kernel: whether a failure it
+		// reports only now lost any cannot be told, so it is logged.
+		if w.setError(err) {
+			slog.Warn("pcap: closing a file failed; its last packets may be missing", "file", w.f.Name(), "err", err)
+		}
 	}
+	w.drop()
+	w.rotations.Add(1)
+}
+
+func (w *pcapWriter) flush() {
+	if w.buf != nil && w.buf.Buffered() > 0 {
+		if err := w.buf.Flush(); err != nil {
+			w.fail(err, 0)
+			return
+		}
+		w.settle()
+	}
+}
+
+// settle counts the pending packets: written if their blocks reached the
+// file, lost if not (a write failed). It returns how many were lost.
+func (w *pcapWriter) settle() (lost uint64) {
+	reached := w.fileOut.n
+	var n, bytes uint64
+	for _, p := range w.pending {
+		if p.end > reached {
+			break
+		}
+		n++
+		bytes += uint64(p.n)
+	}
+	lost = uint64(len(w.pending)) - n
+	w.packets.Add(n)
+	w.bytes.Add(bytes)
+	w.errs.Add(lost)
+	w.pending = w.pending[:0]
+	return lost
+}
+
+// fail counts the packets lost to err (lost of them besides those in the
+// write buffer that never reached the file), logs err when it is new, and
+// drops the current file: the next packet opens another.
+func (w *pcapWriter) fail(err error, lost uint64) {
+	w.errs.Add(lost)
+	if w.f != nil {
+		lost += w.settle()
+		w.f.Close()
+		w.drop()
+	}
+	if w.setError(err) {
+		slog.Warn("pcap: writing packets failed; they are dropped and counted", "dir", w.cfg.PcapDir, "err", err, "lost", lost)
+	}
+}
+
+// drop lists the closed current file with the finished ones, as large as
+// it is on disk, and forgets it.
+func (w *pcapWriter) drop() {
 	name := filepath.Base(w.f.Name())
 	size := w.size
 	if st, serr := os.Stat(w.f.Name()); serr == nil {
@@ -464,38 +540,8 @@ func (w *pcapWriter) finish() {
 	w.files = append(w.files, fileInfo{name: name, size: size})
 	w.finished.Add(size)
 	w.mu.Unlock()
-	w.f, w.buf, w.ng, w.size = nil, nil, nil, 0
+	w.f, w.buf, w.fileOut, w.ng, w.size = nil, nil, nil, nil, 0
 	w.curSize.Store(0)
-	w.rotations.Add(1)
-}
-
-func (w *pcapWriter) flush() {
-	if w.buf != nil && w.buf.Buffered() > 0 {
-		if err := w.buf.Flush(); err != nil {
-			w.fail(err)
-		}
-	}
-}
-
-// fail counts a packet lost to err, logs err when it is new, and drops the
-// current file: the next packet opens another.
-func (w *pcapWriter) fail(err error) {
-	w.errs.Add(1)
-	if w.setError(err) {
-		slog.Warn("pcap: writing packets failed; they are dropped and counted", "dir", w.cfg.PcapDir, "err", err)
-	}
-	if w.f != nil {
-		w.f.Close()
-		w.mu.Lock()
-		name := filepath.Base(w.f.Name())
-		if st, serr := os.Stat(w.f.Name()); serr == nil {
-			w.files = append(w.files, fileInfo{name: name, size: st.Size()})
-			w.finished.Add(st.Size())
-		}
-		w.mu.Unlock()
-		w.f, w.buf, w.ng, w.size = nil, nil, nil, 0
-		w.curSize.Store(0)
-	}
 }
 
 func (w *pcapWriter) setError(err error) (changed bool) {

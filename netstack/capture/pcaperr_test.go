@@ -1,0 +1,135 @@
+package capture
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/gopacket/pcapgo"
+	"golang.org/x/sys/unix"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
+)
+
+// What the pcap writer counts when the file system fails it: a packet is
+// counted written (packets, bytes) once its bytes reached the file, and
+// lost (errors) when they never will. /stats and /metrics show both.
+
+// newTestPcapWriter is a writer on a fresh directory, with the defaults.
+func newTestPcapWriter(t *testing.T) *pcapWriter {
+	t.Helper()
+	cfg := Config{PcapDir: t.TempDir()}
+	cfg.setDefaults()
+	w, err := newPcapWriter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// writeN hands n copies of pkt to w, with a flush after each if flush.
+func writeN(w *pcapWriter, pkt []byte, n int, flush bool) {
+	for i := range n {
+		w.write(&slot{endpoint: epA, cookie: uint32(i), ts: int64(i), buf: pkt, n: len(pkt)})
+		if flush {
+			w.flush() // as run does when its queue runs empty
+		}
+	}
+}
+
+// TestPcapWriteFailureCountsLostPackets: the writer buffers up to 256 KiB
+// before the file sees a byte. When the file system refuses the write
+// (/dev/full: ENOSPC), every buffered packet is lost: none may stay
+// counted as written, and errors counts each of them, whether the write
+// fails when the queue runs empty (flush) or at a rotation or Close
+// (finish).
+func TestPcapWriteFailureCountsLostPackets(t *testing.T) {
+	for _, how := range []string{"flush", "finish"} {
+		t.Run(how, func(t *testing.T) {
+			w := newTestPcapWriter(t)
+			w.create = func(string) (*os.File, error) { return os.OpenFile("/dev/full", os.O_WRONLY, 0) }
+			pkt := tcpPacket(t, client, dest, []byte("GET /secret-exfil HTTP/1.1\r\n\r\n"))
+			const n = 500
+			writeN(w, pkt, n, false)
+			if how == "flush" {
+				w.flush()
+			} else {
+				w.finish()
+			}
+			st := w.stats(&queue{})
+			if st.Packets != 0 || st.Bytes != 0 || st.Errors != n || st.LastError == "" {
+				t.Errorf("%d packets, none reached the file: packets %d, bytes %d, errors %d, last_error %q; want 0, 0, %d and the error",
+					n, st.Packets, st.Bytes, st.Errors, st.LastError, n)
+			}
+		})
+	}
+}
+
+// TestPcapFullDiskCountsWhatReachedTheFile: a disk that fills in the
+// middle of a write keeps the blocks that fit. The packets whose blocks
+// are whole in the file are counted written, every later one lost, and
+// the two add up to what was handed in. The file is on a 1 MiB tmpfs in a
+// private mount namespace. Needs root (GWLBPROXY_PRIVILEGED_TESTS=1).
+func TestPcapFullDiskCountsWhatReachedTheFile(t *testing.T) {
+	testenv.RequireRoot(t, "mounts a tmpfs in a private mount namespace")
+	w := newTestPcapWriter(t)
+	small := t.TempDir()
+	pkt := tcpPacket(t, client, dest, make([]byte, 460))
+	const n = 400 // about 210 KiB of blocks: one flush, cut short
+	var name string
+	err := testenv.InPrivateTmpfs(small, "size=1m", func() error {
+		var st unix.Statfs_t
+		if err := unix.Statfs(small, &st); err != nil {
+			return err
+		}
+		free := int64(st.Bavail) * st.Bsize
+		if err := os.WriteFile(filepath.Join(small, "filler"), make([]byte, free-100<<10), 0o600); err != nil {
+			return err
+		}
+		w.create = func(base string) (*os.File, error) {
+			name = filepath.Join(small, filepath.Base(base))
+			return createFile(name, 0o600)
+		}
+		writeN(w, pkt, n, false)
+		w.flush()
+		got, err := countPcapngPackets(name)
+		if err != nil {
+			return err
+		}
+		st2 := w.stats(&queue{})
+		t.Logf("%d packets, %d whole in the file; stats: packets %d errors %d", n, got, st2.Packets, st2.Errors)
+		if got == 0 || got == n {
+			return fmt.Errorf("%d of %d packets in the file: the disk did not fill in the middle", got, n)
+		}
+		if st2.Packets != uint64(got) || st2.Errors != uint64(n-got) || st2.Bytes != uint64(got*len(pkt)) {
+			return fmt.Errorf("%d of %d packets whole in the file: packets %d, bytes %d, errors %d; want %d, %d, %d",
+				got, n, st2.Packets, st2.Bytes, st2.Errors, got, got*len(pkt), n-got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// countPcapngPackets counts the whole packet blocks in a pcapng file that
+// may end in a block cut short.
+func countPcapngPackets(name string) (int, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	r, err := pcapgo.NewNgReader(f, pcapgo.DefaultNgReaderOptions)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	n := 0
+	for {
+		if _, _, err := r.ReadPacketData(); err != nil {
+			return n, nil
+		}
+		n++
+	}
+}
