@@ -52,6 +52,11 @@ const (
 	pcapBufSize = 256 << 10
 )
 
+// pcapMaxBackoff is the longest the writer waits before it starts a new
+// file after a failure: the wait starts at a second and doubles with each
+// failure in a row.
+const pcapMaxBackoff = time.Minute
+
 // pcapWriter writes packets to rotated pcapng files in one directory,
 // keeping the directory's files under MaxBytes. It runs on one goroutine;
 // stats are read from others.
@@ -78,8 +83,13 @@ type pcapWriter struct {
 	// file, and as lost (errs) if writing them fails: a full disk loses
 	// the whole buffer, thousands of packets, not one.
 	pending []pendingPacket
-	// retryAt is when opening a file may be tried again after it failed.
+	// retryAt is when a new file may be started after opening or writing
+	// one failed; backoff is the wait after the last failure, doubled at
+	// each failure in a row and ended by a write that reaches a file. A
+	// file system that takes files but refuses their bytes (a quota, EIO)
+	// would otherwise get a new file at every flush.
 	retryAt time.Time
+	backoff time.Duration
 	// create opens a new file for writing (createFile with the mode
 	// fileMode gives; tests put a pipe there, whose writes block as a
 	// stalled disk's do).
@@ -222,11 +232,10 @@ func (w *pcapWriter) write(s *slot) {
 	}
 	if w.f == nil {
 		if time.Now().Before(w.retryAt) {
-			w.errs.Add(1) // the last open failed a moment ago
+			w.errs.Add(1) // the last file failed a moment ago
 			return
 		}
 		if err := w.open(); err != nil {
-			w.retryAt = time.Now().Add(time.Second)
 			w.fail(err, 1)
 			return
 		}
@@ -472,6 +481,7 @@ func (w *pcapWriter) finish() {
 		return
 	}
 	w.settle()
+	w.backoff = 0
 	if err := w.f.Close(); err != nil {
 		// The bytes were handed to the kernel: whether a failure it
 		// reports only now lost any cannot be told, so it is logged.
@@ -490,6 +500,7 @@ func (w *pcapWriter) flush() {
 			return
 		}
 		w.settle()
+		w.backoff = 0
 	}
 }
 
@@ -515,26 +526,36 @@ func (w *pcapWriter) settle() (lost uint64) {
 
 // fail counts the packets lost to err (lost of them besides those in the
 // write buffer that never reached the file), logs err when it is new, and
-// drops the current file: the next packet opens another.
+// drops the current file: a packet after the back-off opens another.
 func (w *pcapWriter) fail(err error, lost uint64) {
 	w.errs.Add(lost)
+	w.backoff = min(max(2*w.backoff, time.Second), pcapMaxBackoff)
+	w.retryAt = time.Now().Add(w.backoff)
 	if w.f != nil {
 		lost += w.settle()
 		w.f.Close()
 		w.drop()
 	}
 	if w.setError(err) {
-		slog.Warn("pcap: writing packets failed; they are dropped and counted", "dir", w.cfg.PcapDir, "err", err, "lost", lost)
+		slog.Warn("pcap: writing packets failed; they are dropped and counted", "dir", w.cfg.PcapDir, "err", err, "lost", lost, "retry_in", w.backoff)
 	}
 }
 
 // drop lists the closed current file with the finished ones, as large as
-// it is on disk, and forgets it.
+// it is on disk, and forgets it. A file left empty by a failed write is
+// deleted instead: its size would never make --pcap-max-bytes delete it.
 func (w *pcapWriter) drop() {
 	name := filepath.Base(w.f.Name())
-	size := w.size
+	size, regular := w.size, false
 	if st, serr := os.Stat(w.f.Name()); serr == nil {
-		size = st.Size()
+		size, regular = st.Size(), st.Mode().IsRegular()
+	}
+	if size == 0 && regular {
+		if err := os.Remove(w.f.Name()); err == nil || errors.Is(err, os.ErrNotExist) {
+			w.f, w.buf, w.fileOut, w.ng, w.size = nil, nil, nil, nil, 0
+			w.curSize.Store(0)
+			return
+		}
 	}
 	w.mu.Lock()
 	w.files = append(w.files, fileInfo{name: name, size: size})

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/google/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
@@ -48,7 +49,13 @@ func TestPcapWriteFailureCountsLostPackets(t *testing.T) {
 	for _, how := range []string{"flush", "finish"} {
 		t.Run(how, func(t *testing.T) {
 			w := newTestPcapWriter(t)
-			w.create = func(string) (*os.File, error) { return os.OpenFile("/dev/full", os.O_WRONLY, 0) }
+			// Through a link of the test's: whatever the writer does with
+			// the name, /dev/full stays.
+			full := filepath.Join(t.TempDir(), "full")
+			if err := os.Symlink("/dev/full", full); err != nil {
+				t.Fatal(err)
+			}
+			w.create = func(string) (*os.File, error) { return os.OpenFile(full, os.O_WRONLY, 0) }
 			pkt := tcpPacket(t, client, dest, []byte("GET /secret-exfil HTTP/1.1\r\n\r\n"))
 			const n = 500
 			writeN(w, pkt, n, false)
@@ -131,5 +138,57 @@ func countPcapngPackets(name string) (int, error) {
 			return n, nil
 		}
 		n++
+	}
+}
+
+// TestPcapFailingDiskBacksOff: a file system that takes new files but
+// refuses their bytes (a block quota used up, EIO; statfs still shows
+// room). After a failed write the writer waits before it starts another
+// file, longer after each failure, and deletes a file left empty: the
+// directory and the list of files stay bounded however many packets come,
+// and every packet is counted lost.
+func TestPcapFailingDiskBacksOff(t *testing.T) {
+	w := newTestPcapWriter(t)
+	opened := 0
+	w.create = func(name string) (*os.File, error) {
+		opened++
+		f, err := createFile(name, 0o640)
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
+		return os.Open(name) // read-only: every write fails (EBADF)
+	}
+	pkt := tcpPacket(t, client, dest, []byte("x"))
+	const n = 1000
+	writeN(w, pkt, n, true)
+	ents, err := os.ReadDir(w.cfg.PcapDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opened != 1 || len(ents) != 0 || len(w.files) != 0 || w.errs.Load() != n || w.packets.Load() != 0 {
+		t.Errorf("%d packets, each flushed, on a disk refusing writes: %d files started, %d in the directory, %d listed, errors %d, packets %d; want 1, 0, 0, %d, 0",
+			n, opened, len(ents), len(w.files), w.errs.Load(), w.packets.Load(), n)
+	}
+	// Each failure waits longer, up to pcapMaxBackoff.
+	last := time.Duration(0)
+	for i := range 10 {
+		w.retryAt = time.Time{} // the wait is over
+		writeN(w, pkt, 1, true)
+		wait := time.Until(w.retryAt)
+		if wait > pcapMaxBackoff || (wait <= last && last < pcapMaxBackoff-time.Second) {
+			t.Fatalf("failure %d: the next file waits %v, after %v", i+2, wait, last)
+		}
+		last = wait
+	}
+	if last < pcapMaxBackoff-time.Second {
+		t.Errorf("after 11 failures the next file waits %v, want about %v", last, pcapMaxBackoff)
+	}
+	// A write that reaches the file ends the back-off.
+	w.create = func(name string) (*os.File, error) { return createFile(name, 0o640) }
+	w.retryAt = time.Time{}
+	writeN(w, pkt, 1, true)
+	if w.backoff != 0 || w.packets.Load() != 1 {
+		t.Errorf("after a write that succeeded: back-off %v, packets %d; want 0 and 1", w.backoff, w.packets.Load())
 	}
 }
