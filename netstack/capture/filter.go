@@ -117,6 +117,9 @@ func (f *Filter) add(key, v string) error {
 }
 
 // parsePrefix takes a CIDR without host bits set, or a single address.
+// Either in the IPv4-mapped IPv6 form is taken as the IPv4 one: packets
+// are matched in their IPv4 form, and an IPv6 packet with a mapped
+// address never reaches the stack, so kept as IPv6 it would match nothing.
 func parsePrefix(v string) (netip.Prefix, error) {
 	if a, err := netip.ParseAddr(v); err == nil {
 		a = a.Unmap()
@@ -128,6 +131,11 @@ func parsePrefix(v string) (netip.Prefix, error) {
 	}
 	if p.Masked() != p {
 		return p, fmt.Errorf("host bits set (did you mean %s?)", p.Masked())
+	}
+	if p.Addr().Is4In6() {
+		// Masked and mapped: the ::ffff: bits are network bits, so
+		// Bits is 96 or more.
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 	}
 	return p, nil
 }
