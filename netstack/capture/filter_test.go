@@ -43,3 +43,37 @@ func TestFilterMappedAddressesMatchIPv4(t *testing.T) {
 		}
 	}
 }
+
+// TestFilterFragmentsEchoAndICMPv6: docs/ids.md's table of --pcap-filter
+// keys. A later IP fragment carries no ports and always matches a ports
+// condition: otherwise a client that fragments its datagrams on purpose
+// keeps the later fragments out of a ports-filtered capture, and the IDS
+// cannot reassemble them. ICMP echo has an identifier, not ports, and
+// matches no ports condition; protocols=icmp covers ICMPv6 (echo tunnels
+// over IPv6 included).
+func TestFilterFragmentsEchoAndICMPv6(t *testing.T) {
+	ports, err := ParseFilter("client_cidrs=10.1.0.0/16;ports=443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	frag := netstack.Packet{Proto: 6, Fragment: true, Src: addr16("10.1.2.3"), Dst: addr16("192.0.2.7")}
+	if !ports.match(epA, false, &frag) {
+		t.Error("a later fragment of the client's does not match ports=443: the files lose it")
+	}
+	fragOut := netstack.Packet{Proto: 6, Fragment: true, Src: addr16("192.0.2.7"), Dst: addr16("10.1.2.3")}
+	if !ports.match(epA, true, &fragOut) {
+		t.Error("a later fragment of a reply does not match ports=443")
+	}
+	echo := netstack.Packet{Proto: 1, Echo: true, Src: addr16("10.1.2.3"), Dst: addr16("192.0.2.7"), SrcPort: 443, DstPort: 443}
+	if ports.match(epA, false, &echo) {
+		t.Error("an echo request whose identifier is 443 matches ports=443")
+	}
+	icmp, err := ParseFilter("protocols=icmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo6 := netstack.Packet{IPv6: true, Proto: 58, Echo: true, Src: addr16("2001:db8::5"), Dst: addr16("2001:db8:1::7")}
+	if !icmp.match(epA, false, &echo6) {
+		t.Error("protocols=icmp does not match ICMPv6")
+	}
+}

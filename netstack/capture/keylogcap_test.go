@@ -53,3 +53,23 @@ func TestKeyLogCapped(t *testing.T) {
 		t.Fatalf("after rotation the key log holds %q, %d dropped; want the new line alone", b, k.Dropped())
 	}
 }
+
+// TestKeyLogWriteErrorCounted: a key log write the file system refuses (a
+// full disk: /dev/full) is counted in tls_keylog_errors, so that the
+// operator learns connections cannot be decrypted, and never fails the
+// handshake.
+func TestKeyLogWriteErrorCounted(t *testing.T) {
+	f, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	k := &KeyLog{f: f, max: KeyLogMaxBytes}
+	defer k.Close()
+	line := []byte("CLIENT_TRAFFIC_SECRET_0 00 00\n")
+	if n, err := k.Write(line); n != len(line) || err != nil {
+		t.Fatalf("Write: %d, %v (a failed key log write must not fail the handshake)", n, err)
+	}
+	if k.Errors() != 1 {
+		t.Errorf("a refused write: %d errors, want 1", k.Errors())
+	}
+}

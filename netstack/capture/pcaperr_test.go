@@ -1,9 +1,11 @@
 package capture
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,5 +192,81 @@ func TestPcapFailingDiskBacksOff(t *testing.T) {
 	writeN(w, pkt, 1, true)
 	if w.backoff != 0 || w.packets.Load() != 1 {
 		t.Errorf("after a write that succeeded: back-off %v, packets %d; want 0 and 1", w.backoff, w.packets.Load())
+	}
+}
+
+// TestPcapOpenFailureCounted: while a file cannot be opened, each packet
+// handed to the writer is lost and counted in errors, the ones that come
+// while the writer waits to try again too.
+func TestPcapOpenFailureCounted(t *testing.T) {
+	cfg := Config{PcapDir: t.TempDir()}
+	cfg.setDefaults()
+	w, err := newPcapWriter(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.create = func(name string) (*os.File, error) {
+		return nil, &os.PathError{Op: "open", Path: filepath.Base(name), Err: errors.New("refused by the test")}
+	}
+	pkt := tcpPacket(t, client, dest, []byte("x"))
+	for i := range 10 {
+		w.write(&slot{endpoint: epA, cookie: uint32(i), ts: int64(i), buf: pkt, n: len(pkt)})
+	}
+	if e, p := w.errs.Load(), w.packets.Load(); e != 10 || p != 0 {
+		t.Errorf("10 packets, no file: errors %d, packets %d; want 10, 0", e, p)
+	}
+}
+
+// TestPcapLeavesTheDiskRoom: docs/ids.md: "A new file is also started
+// only while the file system keeps a hundredth of its size free after it
+// ... when there are none left packets are dropped and counted rather than
+// filling the disk." On a 1 MiB tmpfs (a private mount namespace) with
+// 40 KiB free, not enough for a 64 KiB file and the hundredth, no file is
+// started, every packet is counted in errors, and the free space is left
+// alone for the records, the key log and the host. Needs root
+// (GWLBPROXY_PRIVILEGED_TESTS=1).
+func TestPcapLeavesTheDiskRoom(t *testing.T) {
+	testenv.RequireRoot(t, "mounts a tmpfs in a private mount namespace")
+	dir := t.TempDir()
+	pkt := tcpPacket(t, client, dest, make([]byte, 460))
+	err := testenv.InPrivateTmpfs(dir, "size=1m", func() error {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			return err
+		}
+		free := int64(st.Bavail) * st.Bsize
+		if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, free-40<<10), 0o600); err != nil {
+			return err
+		}
+		unix.Statfs(dir, &st)
+		before := int64(st.Bavail) * st.Bsize
+		cfg := Config{PcapDir: dir, RotateBytes: MinRotateBytes, MaxBytes: 1 << 20}
+		cfg.setDefaults()
+		w, err := newPcapWriter(cfg)
+		if err != nil {
+			return err
+		}
+		for i := range 200 {
+			w.write(&slot{endpoint: epA, cookie: uint32(i), ts: int64(i), buf: pkt, n: len(pkt)})
+			w.flush()
+		}
+		w.finish()
+		unix.Statfs(dir, &st)
+		after := int64(st.Bavail) * st.Bsize
+		ents, _ := os.ReadDir(dir)
+		var pcaps []string
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), filePrefix) {
+				pcaps = append(pcaps, e.Name())
+			}
+		}
+		t.Logf("free before %d, after %d; pcap files %v; packets %d errors %d", before, after, pcaps, w.packets.Load(), w.errs.Load())
+		if len(pcaps) != 0 || after < before || w.errs.Load() != 200 {
+			return fmt.Errorf("with 40 KiB free of 1 MiB: pcap files %v, free %d -> %d bytes, errors %d of 200 packets; want no file, the space left alone, 200 errors", pcaps, before, after, w.errs.Load())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

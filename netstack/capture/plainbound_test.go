@@ -97,3 +97,23 @@ func TestPlaintextShareOfQueueBounded(t *testing.T) {
 		t.Fatalf("%d slots still counted as synthesized after the queue emptied", n)
 	}
 }
+
+// TestPlaintextMirrorDropsCounted: synthesized packets the mirror's queue
+// had no room for are counted in plaintext.dropped as the pcap queue's are
+// (docs/ids.md: "for synthesized packets, also in /stats
+// capture.plaintext.dropped"): otherwise plaintext.dropped says 0 while
+// the mirror's plaintext has gaps. TestPlaintextDropsCounted has no mirror
+// queue.
+func TestPlaintextMirrorDropsCounted(t *testing.T) {
+	c := &Capture{plaintext: true, mirrorQ: newQueue(16), done: make(chan struct{})}
+	s := c.OpenPlaintext(plainFlow)
+	if s == nil {
+		t.Fatal("no stream")
+	}
+	s.FromServer(make([]byte, 100_000))
+	s.Close()
+	st := c.Stats()
+	if st.Plaintext.Dropped == 0 || st.Plaintext.Dropped != c.mirrorQ.dropped.Load() {
+		t.Errorf("plaintext %+v, mirror queue dropped %d", st.Plaintext, c.mirrorQ.dropped.Load())
+	}
+}
