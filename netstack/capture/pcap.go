@@ -52,11 +52,6 @@ const (
 	pcapBufSize = 256 << 10
 )
 
-// pcapMaxBackoff is the longest the writer waits before it starts a new
-// file after a failure: the wait starts at a second and doubles with each
-// failure in a row.
-const pcapMaxBackoff = time.Minute
-
 // pcapWriter writes packets to rotated pcapng files in one directory,
 // keeping the directory's files under MaxBytes. It runs on one goroutine;
 // stats are read from others.
@@ -110,13 +105,6 @@ type pcapWriter struct {
 type ifaceKey struct {
 	endpoint uint64
 	plain    bool
-}
-
-// pendingPacket is a packet in the write buffer: where its block ends in
-// the file, and the packet's length.
-type pendingPacket struct {
-	end int64
-	n   int
 }
 
 type fileInfo struct {
@@ -263,6 +251,11 @@ func (w *pcapWriter) write(s *slot) {
 	w.size += int64(len(b))
 	w.curSize.Store(w.size)
 	w.pending = append(w.pending, pendingPacket{end: w.size, n: len(pkt)})
+	if w.pending[0].end <= w.fileOut.n {
+		// The buffer filled and went to the file: under a load that never
+		// lets run flush, this is where its packets are counted.
+		w.settle()
+	}
 }
 
 // endpointInterface is the pcapng interface of an endpoint's wire packets,
@@ -502,75 +495,6 @@ func (w *pcapWriter) flush() {
 		w.settle()
 		w.backoff = 0
 	}
-}
-
-// settle counts the pending packets: written if their blocks reached the
-// file, lost if not (a write failed). It returns how many were lost.
-func (w *pcapWriter) settle() (lost uint64) {
-	reached := w.fileOut.n
-	var n, bytes uint64
-	for _, p := range w.pending {
-		if p.end > reached {
-			break
-		}
-		n++
-		bytes += uint64(p.n)
-	}
-	lost = uint64(len(w.pending)) - n
-	w.packets.Add(n)
-	w.bytes.Add(bytes)
-	w.errs.Add(lost)
-	w.pending = w.pending[:0]
-	return lost
-}
-
-// fail counts the packets lost to err (lost of them besides those in the
-// write buffer that never reached the file), logs err when it is new, and
-// drops the current file: a packet after the back-off opens another.
-func (w *pcapWriter) fail(err error, lost uint64) {
-	w.errs.Add(lost)
-	w.backoff = min(max(2*w.backoff, time.Second), pcapMaxBackoff)
-	w.retryAt = time.Now().Add(w.backoff)
-	if w.f != nil {
-		lost += w.settle()
-		w.f.Close()
-		w.drop()
-	}
-	if w.setError(err) {
-		slog.Warn("pcap: writing packets failed; they are dropped and counted", "dir", w.cfg.PcapDir, "err", err, "lost", lost, "retry_in", w.backoff)
-	}
-}
-
-// drop lists the closed current file with the finished ones, as large as
-// it is on disk, and forgets it. A file left empty by a failed write is
-// deleted instead: its size would never make --pcap-max-bytes delete it.
-func (w *pcapWriter) drop() {
-	name := filepath.Base(w.f.Name())
-	size, regular := w.size, false
-	if st, serr := os.Stat(w.f.Name()); serr == nil {
-		size, regular = st.Size(), st.Mode().IsRegular()
-	}
-	if size == 0 && regular {
-		if err := os.Remove(w.f.Name()); err == nil || errors.Is(err, os.ErrNotExist) {
-			w.f, w.buf, w.fileOut, w.ng, w.size = nil, nil, nil, nil, 0
-			w.curSize.Store(0)
-			return
-		}
-	}
-	w.mu.Lock()
-	w.files = append(w.files, fileInfo{name: name, size: size})
-	w.finished.Add(size)
-	w.mu.Unlock()
-	w.f, w.buf, w.fileOut, w.ng, w.size = nil, nil, nil, nil, 0
-	w.curSize.Store(0)
-}
-
-func (w *pcapWriter) setError(err error) (changed bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	changed = w.lastError != err.Error()
-	w.lastError = err.Error()
-	return changed
 }
 
 func (w *pcapWriter) close() error {

@@ -270,3 +270,28 @@ func TestPcapLeavesTheDiskRoom(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPcapCountsWrittenUnderLoad: under a load that never lets the queue
+// run empty, the writer never flushes on its own, but the write buffer
+// goes to the file each time it fills: the packets it held are counted
+// then, and the writer's list of packets in the buffer stays that
+// buffer's size (it would otherwise grow with the file, to 64 MiB's worth
+// of packets).
+func TestPcapCountsWrittenUnderLoad(t *testing.T) {
+	w := newTestPcapWriter(t)
+	pkt := tcpPacket(t, client, dest, []byte("x"))
+	room := cap(w.pending)
+	const n = 20_000 // about 7 buffers
+	writeN(w, pkt, n, false)
+	inBuf := uint64(w.buf.Buffered()) / uint64(epbOverhead+len(pkt)+3) // at most
+	if got := w.packets.Load(); got == 0 || got+inBuf+1 < n {
+		t.Errorf("%d packets handed in, %d bytes in the buffer: %d counted written", n, w.buf.Buffered(), got)
+	}
+	if cap(w.pending) != room || len(w.pending) > room {
+		t.Errorf("packets in the buffer: %d listed, room for %d (was %d)", len(w.pending), cap(w.pending), room)
+	}
+	w.finish()
+	if got := w.packets.Load(); got != n {
+		t.Errorf("after the file was finished: %d of %d packets counted written", got, n)
+	}
+}
