@@ -109,6 +109,12 @@ func TestParseErrors(t *testing.T) {
 			`policy.yaml:4: rule "d": invalid domain "bücher.example": not ASCII: write the xn-- (punycode) form`, 4},
 		{"empty label", rulesDoc("    - {name: d, domains: [\"a..example\"], action: deny}"),
 			`policy.yaml:4: rule "d": invalid domain "a..example": empty label`, 4},
+		// Decide drops one trailing dot of a name, so a pattern that keeps
+		// a second could never be matched: a deny rule denying nothing.
+		{"doubled trailing dot", rulesDoc("    - {name: d, domains: [\"bad.example..\"], action: deny}"),
+			`policy.yaml:4: rule "d": invalid domain "bad.example..": empty label`, 4},
+		{"wildcard with doubled trailing dot", rulesDoc("    - {name: d, domains: [\"*.bad.example..\"], action: deny}"),
+			`policy.yaml:4: rule "d": invalid domain "*.bad.example..": empty label`, 4},
 		// A name longer than DNS allows is no host's: a rule holding one
 		// is a mistake, caught at load rather than never matching.
 		{"domain over 253 bytes", rulesDoc("    - {name: d, domains: [\"" + domain254 + "\"], action: deny}"),

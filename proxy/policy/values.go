@@ -75,7 +75,10 @@ func normalizePattern(s string) (d string, wild bool, problem string) {
 		switch {
 		case 'a' <= c && c <= 'z', '0' <= c && c <= '9', c == '-', c == '_':
 		case c == '.':
-			if i == 0 || d[i-1] == '.' {
+			// A dot left at the end (the pattern ended ".."): Decide
+			// drops only one trailing dot of a name, so the pattern
+			// could never be matched.
+			if i == 0 || d[i-1] == '.' || i == len(d)-1 {
 				return "", false, "empty label"
 			}
 		case c == '*':
