@@ -12,7 +12,8 @@ import (
 )
 
 // Section is the top-level key of the config document that holds the
-// policy; Parse ignores every other top-level key.
+// policy; Parse ignores every other top-level key but the section's own
+// keys (rules, default, ...), which there can only be mis-indented.
 const Section = "policy"
 
 // ConfigError is a problem in a policy document, located by file and line.
@@ -65,9 +66,9 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 // in error messages only. Every error is a *ConfigError naming the file and,
 // where there is one, the line. Unknown keys inside the section and its
 // rules are errors, so that a typo cannot silently widen a rule; so are
-// empty condition lists (write no condition to match anything). A document
-// without the section is an error too: write `policy: {}` to allow
-// everything.
+// empty condition lists (write no condition to match anything), and so is
+// a key of the section at the top level. A document without the section is
+// an error too: write `policy: {default: allow}` to allow everything.
 func Parse(filename string, data []byte) (*Policy, error) {
 	p, _, err := parse(filename, data)
 	return p, err
@@ -115,11 +116,23 @@ func parse(filename string, data []byte) (*Policy, parsed, error) {
 	}
 	var section *yaml.Node
 	for i := 0; i+1 < len(root.Content); i += 2 {
-		if k := root.Content[i]; k.Kind == yaml.ScalarNode && k.Value == Section {
+		k := root.Content[i]
+		if k.Kind != yaml.ScalarNode {
+			continue
+		}
+		if k.Value == Section {
 			if section != nil {
 				return nil, parsed{}, ps.errf(k, "duplicate key %q", Section)
 			}
 			section = root.Content[i+1]
+			continue
+		}
+		// Other top-level keys are ignored (the file may hold more than
+		// the policy), but a key of the section standing there is a
+		// policy line indented too little: ignored, it would drop every
+		// rule, or the default, without a word.
+		if policyKeys.lookup(k.Value) != nil {
+			return nil, parsed{}, ps.errf(k, "%q is a key of the %s section, not of the document: did you mean to indent it under %s:?", k.Value, Section, Section)
 		}
 	}
 	if section == nil {
