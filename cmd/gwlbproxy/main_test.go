@@ -366,6 +366,15 @@ func TestBadFlagValues(t *testing.T) {
 		{"idle-timeout", "1ns"},
 		{"drain-min", "-1s"},
 		{"drain-min", "301s"}, // above the default --drain-timeout, 300s
+		// GENEVE on a random port, or on the default without a word:
+		// the health check answers while the GWLB's 6081 goes unheard.
+		{"geneve-addr", ""},
+		{"geneve-addr", ":0"},
+		{"geneve-addr", "10.0.0.5:0"},
+		{"geneve-addr", ":65536"},
+		{"geneve-addr", "[::1]:6081"}, // GENEVE is taken on IPv4 only
+		{"geneve-addr", "nonsense"},
+		{"geneve-addr", "gwlb.example:6081"},
 	} {
 		t.Run(tc.flag+"="+tc.value, func(t *testing.T) {
 			// A value accepted starts the appliance: the context stops it.
@@ -373,9 +382,12 @@ func TestBadFlagValues(t *testing.T) {
 			// loaded machine can take seconds to start and end.
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, os.Args[0], "--"+tc.flag, tc.value,
+			stateDir := t.TempDir()
+			// The flag under test comes last, so that it overrides the
+			// harmless values before it (the last of a flag wins).
+			cmd := exec.CommandContext(ctx, os.Args[0],
 				"--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--gwlb-cidrs", "127.0.0.0/8",
-				"--access-log", "", "--state-dir", t.TempDir())
+				"--access-log", "", "--state-dir", stateDir, "--"+tc.flag, tc.value)
 			cmd.Env = append(os.Environ(), asMainEnv+"=1")
 			cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGINT) }
 			cmd.WaitDelay = 10 * time.Second
@@ -383,7 +395,10 @@ func TestBadFlagValues(t *testing.T) {
 			if code := cmd.ProcessState.ExitCode(); code != 2 {
 				t.Fatalf("--%s %q: exit status %d (%v), want 2\n%s", tc.flag, tc.value, code, err, out)
 			}
-			if !strings.Contains(string(out), "gwlbproxy: ") || !strings.Contains(string(out), tc.flag) {
+			// The state dir, which t.TempDir names after the subtest and
+			// so after the flag, must not be what names it.
+			named := strings.ReplaceAll(string(out), stateDir, "")
+			if !strings.Contains(named, "gwlbproxy: ") || !strings.Contains(named, tc.flag) {
 				t.Fatalf("--%s %q: output names no flag:\n%s", tc.flag, tc.value, out)
 			}
 			if strings.Contains(string(out), "gwlbproxy serving") {

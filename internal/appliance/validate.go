@@ -3,6 +3,8 @@ package appliance
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -24,6 +26,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Readers < 0 {
 		return fmt.Errorf("--readers %d: must not be negative (0: one per CPU)", o.Readers)
+	}
+	if err := checkGeneveAddr(o.GeneveAddr); err != nil {
+		return err
 	}
 	if err := checkAdminAddr(o.AdminAddr); err != nil {
 		return err
@@ -93,6 +98,34 @@ func (o *Options) Validate() error {
 		if err := o.Capture.Validate(); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkGeneveAddr checks --geneve-addr as checkAdminAddr does --admin-addr,
+// before anything starts: an empty value would be replaced by :6081 without
+// a word, and port 0 would take a random port while the health check answers
+// and the GWLB's GENEVE to 6081 goes unheard (and unrefused at the senders).
+// GENEVE is taken on IPv4 only, so the host is an IPv4 address or none.
+func checkGeneveAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Errorf("--geneve-addr %q: want an IPv4 host:port or :port, such as :6081", addr)
+	}
+	n, err := net.LookupPort("udp", port)
+	if err != nil {
+		return fmt.Errorf("--geneve-addr %q: %w", addr, err)
+	}
+	var a netip.Addr
+	if host != "" {
+		a, err = netip.ParseAddr(host)
+		if err != nil || !a.Is4() {
+			return fmt.Errorf("--geneve-addr %q: the host must be an IPv4 address (GENEVE arrives over IPv4) or empty for all", addr)
+		}
+	}
+	// Port 0 stays allowed on loopback, where tests take a free port.
+	if n == 0 && !a.IsLoopback() {
+		return fmt.Errorf("--geneve-addr %q: port 0 would be a random port, which the GWLB does not send to", addr)
 	}
 	return nil
 }
