@@ -274,6 +274,14 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	if fs.NArg() > 0 {
 		return o, p, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
+	// Leaving --config out runs the built-in allow-all policy; giving it
+	// empty is rather `--config "$POLICY"` with the variable unset, which
+	// must not quietly do the same.
+	configGiven := false
+	fs.Visit(func(f *flag.Flag) { configGiven = configGiven || f.Name == "config" })
+	if configGiven && o.Config == "" {
+		return o, p, errors.New(`--config "": empty; name the policy file, or leave the flag out to allow every flow`)
+	}
 	if err := appliance.CheckCAFlags(&o); err != nil {
 		return o, p, err
 	}

@@ -375,6 +375,9 @@ func TestBadFlagValues(t *testing.T) {
 		{"geneve-addr", "[::1]:6081"}, // GENEVE is taken on IPv4 only
 		{"geneve-addr", "nonsense"},
 		{"geneve-addr", "gwlb.example:6081"},
+		// An unset variable in `--config "$POLICY"`: without the
+		// refusal, the built-in allow-all policy in place of the file.
+		{"config", ""},
 	} {
 		t.Run(tc.flag+"="+tc.value, func(t *testing.T) {
 			// A value accepted starts the appliance: the context stops it.

@@ -18,6 +18,8 @@ import (
 // checks of clients' cached answers (CDN, geo-DNS) until they ask again.
 func (a *Appliance) Reload() error {
 	if a.opts.Config == "" {
+		// Said, not passed over: whoever sent it expected a file read.
+		slog.Warn("SIGHUP: no --config, so there is nothing to reload; the built-in policy stays (every flow allowed, nothing decrypted)")
 		return nil
 	}
 	a.reloadMu.Lock()
@@ -41,11 +43,16 @@ func (a *Appliance) Reload() error {
 
 // logPolicy logs the policy in force, by its mode, default, rules and the
 // hash of its file, which is also its ID, the `policy` of the records it
-// decides (a built-in policy's is of its own bytes); and warns when its
-// default is allow by omission.
+// decides (a built-in policy's is of its own bytes); and warns when it is
+// the built-in one or its default is allow by omission.
 func logPolicy(msg string, st policy.Status, args ...any) {
 	args = append([]any{"file", st.File, "hash", st.Hash, "mode", st.Mode, "default", st.Default, "rules", st.Rules}, args...)
 	slog.Info(msg, args...)
+	if st.File == "" {
+		// Documented, but also what a --config that went missing from a
+		// unit or a script looks like: say it louder than the INFO line.
+		slog.Warn("no --config: the built-in policy is in force, so every flow is allowed and nothing is decrypted")
+	}
 	if !st.DefaultExplicit {
 		slog.Warn("the policy has no `default`: flows no rule matches are ALLOWED; write `default: allow` (or deny) to say which is meant",
 			"file", st.File, "rules", st.Rules)
