@@ -28,7 +28,7 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 		out := fs.String("out", "", "directory to write ca.pem and ca-key.pem (mode 0600) to")
 		cn := fs.String("cn", certs.DefaultCommonName, "the CA's common name")
 		force := fs.Bool("force", false, "replace a CA already in --out (every client that trusts it must then trust the new one)")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := parseNoArgs(fs, args[1:]); err != nil {
 			return err
 		}
 		if *out == "" {
@@ -60,7 +60,7 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 		fs.StringVar(&o.CAKey, "ca-key", "", "CA key file (PEM)")
 		caSecretFlags(fs, &o)
 		fs.StringVar(&o.TrustHost, "trust-host", o.TrustHost, "host name clients fetch the CA from")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := parseNoArgs(fs, args[1:]); err != nil {
 			return err
 		}
 		if err := appliance.CheckCAFlags(&o); err != nil {
@@ -92,6 +92,20 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	return fmt.Errorf("ca: unknown subcommand %q (want init or trust)", args[0])
+}
+
+// parseNoArgs parses a subcommand's flags and refuses an argument left
+// over: the flag package stops at the first one, so every flag after a
+// stray word would be dropped without a word (`ca trust x --ca-cert F`
+// printing the commands for another CA than F).
+func parseNoArgs(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q (see --help)", fs.Name(), fs.Arg(0))
+	}
+	return nil
 }
 
 // caSecretFlags adds the --ca-secret flags, shared by the appliance and
