@@ -137,6 +137,10 @@ func runQueryCommand(ctx context.Context, args []string, stdout io.Writer, newCl
 	if *limit < 0 || *limit > 10000 {
 		return errors.New("query: --limit must be between 1 and 10000")
 	}
+	// cwlogs would take it as its default, 1s, without a word.
+	if *poll <= 0 {
+		return fmt.Errorf("query: --poll %s: must be positive", *poll)
+	}
 	client, err := newClient(ctx, *region, *endpoint)
 	if err != nil {
 		return fmt.Errorf("query: %w", err)
@@ -167,8 +171,13 @@ func runQueryCommand(ctx context.Context, args []string, stdout io.Writer, newCl
 	return nil
 }
 
+// maxQuerySinceDays is the longest range --since takes: the longest
+// CloudWatch Logs keeps records (retention 3653 days), so no query needs
+// more, and a count of days under it cannot overflow a Duration.
+const maxQuerySinceDays = 3653
+
 // parseQuerySince parses a Go duration, or a whole number of days ("7d") or
-// weeks ("2w").
+// weeks ("2w"), of at most maxQuerySinceDays.
 func parseQuerySince(s string) (time.Duration, error) {
 	var d time.Duration
 	var err error
@@ -185,13 +194,25 @@ func parseQuerySince(s string) (time.Duration, error) {
 	if d <= 0 {
 		return 0, fmt.Errorf("%q is not a positive duration", s)
 	}
+	if d > maxQuerySinceDays*24*time.Hour {
+		return 0, fmt.Errorf("%q is longer than %d days, the longest CloudWatch Logs keeps records", s, maxQuerySinceDays)
+	}
 	return d, nil
 }
 
+// queryDays reads a count of n days times mult, bounded before it is
+// multiplied: a count past what a Duration holds would wrap, some to a
+// short positive range the query would cover without a word.
 func queryDays(n string, mult int) (time.Duration, error) {
 	v, err := strconv.Atoi(n)
 	if err != nil {
 		return 0, fmt.Errorf("invalid duration %q", n)
+	}
+	if v <= 0 {
+		return 0, fmt.Errorf("%q is not a positive count", n)
+	}
+	if v > maxQuerySinceDays/mult {
+		return 0, fmt.Errorf("%q times %d days is longer than %d days, the longest CloudWatch Logs keeps records", n, mult, maxQuerySinceDays)
 	}
 	return time.Duration(v*mult) * 24 * time.Hour, nil
 }

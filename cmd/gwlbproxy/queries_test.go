@@ -205,6 +205,43 @@ func TestParseQuerySince(t *testing.T) {
 	}
 }
 
+// TestQuerySinceBounded: a count of days or weeks is bounded before it is
+// multiplied. Unbounded, it overflowed a Duration, and some counts wrapped
+// to a short positive range (213504d to 25 minutes) that the query then
+// covered without a word. The bound is the longest CloudWatch Logs keeps
+// records, 3653 days; a Go duration is held to it too.
+func TestQuerySinceBounded(t *testing.T) {
+	const longest = 3653 * 24 * time.Hour
+	for in, want := range map[string]time.Duration{"3653d": longest, "521w": 521 * 7 * 24 * time.Hour, "87672h": longest} {
+		if got, err := parseQuerySince(in); err != nil || got != want {
+			t.Errorf("parseQuerySince(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"3654d", "522w", "87673h", "106752d", "213504d", "30501w", "9223372036854775807d", "-9223372036854775808w"} {
+		if got, err := parseQuerySince(in); err == nil {
+			t.Errorf("parseQuerySince(%q) accepted as %v", in, got)
+		} else if !strings.Contains(err.Error(), "3653 days") && !strings.Contains(err.Error(), "positive") {
+			t.Errorf("parseQuerySince(%q): %v, want the bound named", in, err)
+		}
+	}
+}
+
+// TestQueryPollPositive: --poll 0 or below was quietly taken as 1s.
+func TestQueryPollPositive(t *testing.T) {
+	srv := cwlogstest.NewServer(t)
+	srv.CreateGroup("g", 0)
+	var asked []string
+	for _, poll := range []string{"0", "-1s"} {
+		err := runQueryCommand(t.Context(), []string{"errors", "--group", "g", "--poll", poll}, &bytes.Buffer{}, localClient(srv, &asked))
+		if err == nil || !strings.Contains(err.Error(), "--poll") {
+			t.Errorf("--poll %s: %v, want it refused", poll, err)
+		}
+	}
+	if len(srv.Queries()) != 0 {
+		t.Errorf("a query ran with a --poll refused: %+v", srv.Queries())
+	}
+}
+
 // TestQueryTableEscapesControls: values in query results are what clients
 // sent (a Host header, a DNS query name); the table writes their control
 // characters as escapes, so that a client cannot move the auditor's
