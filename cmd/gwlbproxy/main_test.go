@@ -378,6 +378,8 @@ func TestBadFlagValues(t *testing.T) {
 		// An unset variable in `--config "$POLICY"`: without the
 		// refusal, the built-in allow-all policy in place of the file.
 		{"config", ""},
+		// Twice it overflowed the DNS cache's bound of claims: one name kept.
+		{"dns-cache-size", "9223372036854775807"},
 	} {
 		t.Run(tc.flag+"="+tc.value, func(t *testing.T) {
 			// A value accepted starts the appliance: the context stops it.

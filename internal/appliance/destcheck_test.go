@@ -377,6 +377,7 @@ func TestDestCheckOptions(t *testing.T) {
 		{func(o *Options) { o.DNSResolver = "resolver.example" }, `--dns-resolver "resolver.example": want an IP address`},
 		{func(o *Options) { o.DNSResolver = "10.0.0.2:0" }, "--dns-resolver"},
 		{func(o *Options) { o.DNSCacheSize = -1 }, "--dns-cache-size -1: must not be negative"},
+		{func(o *Options) { o.DNSCacheSize = 100_000_001 }, "--dns-cache-size 100000001: must be at most 100000000"},
 	} {
 		o := DefaultOptions()
 		tc.mutate(&o)

@@ -83,6 +83,11 @@ func (o *Options) Validate() error {
 	if o.DNSCacheSize < 0 {
 		return fmt.Errorf("--dns-cache-size %d: must not be negative (0: %d)", o.DNSCacheSize, destcheck.DefaultMaxEntries)
 	}
+	// Refused, not capped by destcheck without a word: a size past any
+	// memory is a mistake (a value meant for another flag, bytes).
+	if o.DNSCacheSize > destcheck.MaxMaxEntries {
+		return fmt.Errorf("--dns-cache-size %d: must be at most %d", o.DNSCacheSize, destcheck.MaxMaxEntries)
+	}
 	switch o.ReturnPath {
 	case netstack.ReturnPathAuto, netstack.ReturnPathRaw, netstack.ReturnPathBound:
 	default:

@@ -47,6 +47,12 @@ const (
 	DefaultMaxEntries    = 100_000
 )
 
+// MaxMaxEntries is the most Config.MaxEntries and the bounds under it take:
+// a thousand times the default, more names than the appliance has memory
+// for (a name costs up to about 2.8 KiB), and far from where the store's
+// bound of claims (claimsPerName times it) would overflow.
+const MaxMaxEntries = 100_000_000
+
 const (
 	// defaultRetransmit is how long a query over UDP waits for its answer
 	// before it is sent again.
@@ -91,7 +97,8 @@ type Config struct {
 	MaxLookups int
 	// MaxEntries bounds the names kept: observed answers (a name as seen
 	// by one endpoint is one entry) and the checker's own lookups, each
-	// (default 100,000). The entry updated longest ago is evicted first.
+	// (default 100,000; at most MaxMaxEntries, as are the two bounds
+	// below). The entry updated longest ago is evicted first.
 	MaxEntries int
 	// MaxEntriesPerEndpoint bounds the observed names of one GWLB
 	// endpoint (default half of MaxEntries), so that one VPC's clients
@@ -126,15 +133,22 @@ func (c *Config) setDefaults() {
 	if c.MaxLookups <= 0 {
 		c.MaxLookups = DefaultMaxLookups
 	}
+	// Past MaxMaxEntries, the store's bounds of claims (claimsPerName
+	// times these) can overflow negative and evict every name but the
+	// newest. The appliance refuses such a --dns-cache-size; other
+	// callers get the cap.
 	if c.MaxEntries <= 0 {
 		c.MaxEntries = DefaultMaxEntries
 	}
+	c.MaxEntries = min(c.MaxEntries, MaxMaxEntries)
 	if c.MaxEntriesPerEndpoint <= 0 {
 		c.MaxEntriesPerEndpoint = max(c.MaxEntries/2, 1)
 	}
+	c.MaxEntriesPerEndpoint = min(c.MaxEntriesPerEndpoint, MaxMaxEntries)
 	if c.MaxEntriesPerClient <= 0 {
 		c.MaxEntriesPerClient = max(c.MaxEntriesPerEndpoint/4, 1)
 	}
+	c.MaxEntriesPerClient = min(c.MaxEntriesPerClient, MaxMaxEntries)
 }
 
 // MismatchError says that a destination is not an address of the name.
