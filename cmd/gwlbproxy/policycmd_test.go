@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -66,5 +67,31 @@ func TestPolicyCheckBinary(t *testing.T) {
 	}
 	if err := exec.Command(bin, "policy", "check", filepath.Join(dir, "missing.yaml")).Run(); err == nil {
 		t.Error("a missing file passed the check")
+	}
+}
+
+// TestConfigurationAllowEverythingAdvice: the file configuration.md tells
+// operators to write to allow everything passes `policy check`, which the
+// unit's ExecReload runs: advice of `policy: {}` (no default) made
+// `systemctl reload` fail on the advised file.
+func TestConfigurationAllowEverythingAdvice(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "configuration.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("\\(write `(policy:[^`]*)`\\s+to allow everything").FindSubmatch(doc)
+	if m == nil {
+		t.Fatal("configuration.md no longer says which file allows everything")
+	}
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(file, append(m[1], '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := runPolicy([]string{"check", file}, &out, &bytes.Buffer{}); err != nil {
+		t.Fatalf("the advised %q: %v", m[1], err)
+	}
+	if !strings.Contains(out.String(), "default allow") {
+		t.Errorf("the advised %q: %s, want default allow", m[1], out.String())
 	}
 }
