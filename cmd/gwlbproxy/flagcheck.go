@@ -39,6 +39,9 @@ func checkFlagValues(o *appliance.Options) error {
 	if c.RotateAge < time.Second {
 		return fmt.Errorf("--pcap-rotate-age %s: must be at least 1s", c.RotateAge)
 	}
+	if err := checkTAPName(c.MirrorTAP); err != nil {
+		return err
+	}
 	if cw := o.CloudWatch; cw.FlushInterval <= 0 {
 		return fmt.Errorf("--cloudwatch-flush %s: must be positive", cw.FlushInterval)
 	}
@@ -52,6 +55,24 @@ func checkFlagValues(o *appliance.Options) error {
 		return err
 	}
 	return o.Validate()
+}
+
+// checkTAPName refuses a --mirror-tap the kernel takes for no interface
+// name (dev_valid_name: "." and "..", or "/", ":", a NUL or white space in
+// it): such a name passed and failed only at start, with a hint about
+// CAP_NET_ADMIN that misleads an operator running as root. The length is
+// capture's check.
+func checkTAPName(name string) error {
+	if name == "." || name == ".." {
+		return fmt.Errorf("--mirror-tap %q: not a device name", name)
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; c {
+		case '/', ':', 0, ' ', '\t', '\n', '\v', '\f', '\r', 0xa0: // 0xa0: the kernel's isspace
+			return fmt.Errorf("--mirror-tap %q: %q is not allowed in a device name", name, c)
+		}
+	}
+	return nil
 }
 
 // parseGWLBCIDRs parses --gwlb-cidrs' comma-separated CIDRs. An

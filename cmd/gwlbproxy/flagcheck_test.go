@@ -117,3 +117,20 @@ func TestAdminAddrFlag(t *testing.T) {
 		t.Errorf("the default --admin-addr: %q, %v", o.AdminAddr, err)
 	}
 }
+
+// TestMirrorTAPNameRefused: names the kernel takes for no interface ("/",
+// ":" or white space in them, "." and "..") are refused at the flag check,
+// naming the flag. They passed it and failed only at start, with a hint
+// about CAP_NET_ADMIN that sent a root operator the wrong way.
+func TestMirrorTAPNameRefused(t *testing.T) {
+	for _, v := range []string{"a/b", "a b", "tap\t0", "a:1", "tap0\n", ".", ".."} {
+		if _, err := parseFlags([]string{"--mirror-tap", v}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--mirror-tap") {
+			t.Errorf("--mirror-tap %q: %v, want it refused naming the flag", v, err)
+		}
+	}
+	for _, v := range []string{"ids0", "tap-mirror.1", "gwlb_mirror_15c"} {
+		if _, err := parseFlags([]string{"--mirror-tap", v}, &bytes.Buffer{}); err != nil {
+			t.Errorf("--mirror-tap %q: %v", v, err)
+		}
+	}
+}
