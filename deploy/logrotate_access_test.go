@@ -53,10 +53,7 @@ func accessLogrotate(t *testing.T, path string) (conf, logrotate string) {
 			t.Errorf("the access log's stanza has no %q, so it inherits the global setting:\n%s", want, stanza)
 		}
 	}
-	logrotate, err := exec.LookPath("logrotate")
-	if err != nil {
-		t.Skip("no logrotate")
-	}
+	logrotate = toolPath(t, "logrotate")
 	var lines []string
 	for _, l := range strings.Split(stanza, "\n") {
 		if !strings.Contains(l, "su gwlbproxy") {

@@ -39,10 +39,7 @@ func TestLogrotateKeyLog(t *testing.T) {
 			t.Errorf("the key log's stanza has no %q:\n%s", want, stanza)
 		}
 	}
-	logrotate, err := exec.LookPath("logrotate")
-	if err != nil {
-		t.Skip("no logrotate")
-	}
+	logrotate := toolPath(t, "logrotate")
 	dir := t.TempDir()
 	keys := filepath.Join(dir, "tls-keys.log")
 	f, err := os.OpenFile(keys, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)

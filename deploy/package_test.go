@@ -69,6 +69,19 @@ func requireTool(t *testing.T, tools ...string) {
 	}
 }
 
+// toolPath returns where tool is, as requireTool requires it: a missing
+// tool skips the test, or fails it in a privileged run, which must not
+// pass having silently shrunk.
+func toolPath(t *testing.T, tool string) string {
+	t.Helper()
+	requireTool(t, tool)
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // packaged is what both packages must hold, from nfpm.yaml: destination →
 // mode, and the configuration files.
 func packaged(t *testing.T) (files map[string]string, conffiles []string) {

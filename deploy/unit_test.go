@@ -331,10 +331,7 @@ func TestMirrorDropIn(t *testing.T) {
 		}
 	}
 
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze is not installed (apt-get install systemd)")
-	}
+	analyze := toolPath(t, "systemd-analyze")
 	// The unit as systemd reads it with the drop-in, from a directory of the
 	// test's own; ExecStart must name an executable, so the unit runs true.
 	dir := t.TempDir()
