@@ -72,7 +72,7 @@ var (
 func TestParseFilterErrors(t *testing.T) {
 	for _, bad := range []string{
 		"", ";", "ports", "ports=", "ports=0", "ports=9-8", "ports=70000", "client_cidrs=10.0.0.1/8",
-		"dest_cidrs=nope", "protocols=tls", "endpoints=vpce-123", "domains=example.com", "ports=80;ports=443",
+		"dest_cidrs=nope", "dest_cidrs=::ffff:0:0/95", "protocols=tls", "endpoints=vpce-123", "domains=example.com", "ports=80;ports=443",
 	} {
 		if _, err := ParseFilter(bad); err == nil {
 			t.Errorf("ParseFilter(%q) accepted", bad)
@@ -101,6 +101,11 @@ func TestFilterMatch(t *testing.T) {
 		{"endpoints=vpce-00fedcba987654321", false},
 		{"endpoints=vpce-00fedcba987654321,vpce-00123456789abcdef; client_cidrs=10.0.0.0/8 ;protocols=tcp", true},
 		{"client_cidrs=2001:db8::/32", false},
+		// IPv4-mapped CIDRs are the IPv4 CIDRs they name, as in the
+		// policy and --gwlb-cidrs: kept mapped, they matched no packet.
+		{"client_cidrs=::ffff:10.1.0.0/112", true},
+		{"dest_cidrs=::ffff:192.0.2.0/120", true},
+		{"dest_cidrs=::ffff:198.51.100.0/120", false},
 	} {
 		f, err := ParseFilter(tc.filter)
 		if err != nil {
