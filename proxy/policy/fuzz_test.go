@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -171,11 +172,11 @@ func refMatch(r refRule, f Subject) bool {
 			return false
 		}
 	}
-	if r.Protocols != nil && !contains(r.Protocols, f.Protocol) &&
-		!(f.Protocol == "quic" && contains(r.Protocols, "udp")) { // QUIC is UDP too
+	if r.Protocols != nil && !slices.Contains(r.Protocols, f.Protocol) &&
+		!(f.Protocol == "quic" && slices.Contains(r.Protocols, "udp")) { // QUIC is UDP too
 		return false
 	}
-	if r.Endpoints != nil && !contains(r.Endpoints, asciiLower(f.Endpoint)) {
+	if r.Endpoints != nil && !slices.Contains(r.Endpoints, asciiLower(f.Endpoint)) {
 		return false
 	}
 	return true

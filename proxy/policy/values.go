@@ -37,16 +37,25 @@ func (ps *parser) domains(v *yaml.Node, r *rule) error {
 		return err
 	}
 	var exact, wild []string
+	// A set, not a scan of the list so far: a blocklist of 10^5 names took
+	// minutes to parse that way, before the appliance could start.
+	seen := make(map[string]struct{}, len(items))
 	for _, it := range items {
 		d, isWild, problem := normalizePattern(it.Value)
 		if problem != "" {
 			return ps.errf(it, "invalid domain %q: %s", it.Value, problem)
 		}
+		key := d
 		if isWild {
-			if !contains(wild, d) {
-				wild = append(wild, d)
-			}
-		} else if !contains(exact, d) {
+			key = "*." + d
+		}
+		if _, dup := seen[key]; dup {
+			continue
+		}
+		seen[key] = struct{}{}
+		if isWild {
+			wild = append(wild, d)
+		} else {
 			exact = append(exact, d)
 		}
 	}

@@ -110,15 +110,6 @@ func readMapping[T any](ps *parser, n *yaml.Node, where string, table keyTable[T
 	return nil
 }
 
-func contains(list []string, s string) bool {
-	for _, e := range list {
-		if e == s {
-			return true
-		}
-	}
-	return false
-}
-
 // str returns a scalar's value; key names it in messages.
 func (ps *parser) str(n *yaml.Node, key string) (string, error) {
 	if n.Kind != yaml.ScalarNode || isNull(n) {
