@@ -79,34 +79,16 @@ func matchString(list []string, s string) bool {
 	return false
 }
 
-// prefixList is a rule's client_cidrs or dest_cidrs: its type says how it
-// matches an address.
-type prefixList interface {
-	clientPrefixes | *destPrefixes
-	contains(a netip.Addr) bool
-}
-
-// matchPrefix reports whether the list l holds the (unmapped, zoneless)
-// address a, as l's type reads it.
-func matchPrefix[L prefixList](l L, a netip.Addr) bool { return l.contains(a) }
-
-// clientPrefixes are a rule's client_cidrs: the client's own address.
+// clientPrefixes are a rule's client_cidrs, as written: the client's own
+// address. Decisions ask a prefixSet built from them.
 type clientPrefixes []netip.Prefix
 
-func (ps clientPrefixes) contains(a netip.Addr) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// destPrefixes are a rule's dest_cidrs. They match the destination itself,
-// and through the IPv4 addresses it carries for a NAT64 gateway, 6to4 relay
-// or SIIT translator to unwrap (EmbeddedIPv4): 64:ff9b::a00:5 reaches
-// 10.0.0.5 through a NAT gateway, so a deny for 10.0.0.0/16 (the one that
-// keeps clients out of the appliance's VPC above all) must cover it.
+// destPrefixes are a rule's dest_cidrs, as written; decisions ask a
+// destSet built from them. They match the destination itself, and through
+// the IPv4 addresses it carries for a NAT64 gateway, 6to4 relay or SIIT
+// translator to unwrap (EmbeddedIPv4): 64:ff9b::a00:5 reaches 10.0.0.5
+// through a NAT gateway, so a deny for 10.0.0.0/16 (the one that keeps
+// clients out of the appliance's VPC above all) must cover it.
 type destPrefixes struct {
 	prefixes clientPrefixes
 	// deny is set for a deny rule: it matches when any IPv4 address the
@@ -117,19 +99,6 @@ type destPrefixes struct {
 	// 0.0.0.0/8 must not let 64:ff9b:1::c633:6407 (198.51.100.7 to a /96
 	// translator) through because its /48 reading is 0.0.0.0.
 	deny bool
-}
-
-func (d *destPrefixes) contains(a netip.Addr) bool {
-	if d.prefixes.contains(a) {
-		return true
-	}
-	v4s, n := EmbeddedIPv4(a)
-	for _, v4 := range v4s[:n] {
-		if d.prefixes.contains(v4) == d.deny {
-			return d.deny
-		}
-	}
-	return n > 0 && !d.deny
 }
 
 // domainMapThreshold is the list length from which a set uses maps: below

@@ -178,6 +178,7 @@ type Policy struct {
 	destCheck DestinationCheck
 	denyECH   bool
 	rules     []rule
+	addrs     addrIndex // the rules' address conditions (ruleAddrs)
 }
 
 // Protocol bits; 0 means "not a known protocol".
@@ -312,8 +313,9 @@ func (p *Policy) Decide(f Subject) Decision {
 	client := f.Client.Unmap().WithZone("")
 
 	// Cheapest conditions first, so that misses cost little.
+	addrs := p.ruleAddrs()
 	for i := range p.rules {
-		r := &p.rules[i]
+		r, a := &p.rules[i], &addrs[i]
 		if r.protos != 0 && r.protos&pb == 0 {
 			continue
 		}
@@ -323,10 +325,10 @@ func (p *Policy) Decide(f Subject) Decision {
 		if r.endpoints != nil && !matchString(r.endpoints, f.Endpoint) {
 			continue
 		}
-		if r.clients != nil && !matchPrefix(r.clients, client) {
+		if a.clients != nil && !a.clients.contains(client) {
 			continue
 		}
-		if r.dests != nil && !matchPrefix(r.dests, dest) {
+		if a.dests != nil && !a.dests.contains(dest) {
 			continue
 		}
 		if r.domains != nil && !r.domains.match(dom) {
@@ -377,15 +379,16 @@ func (p *Policy) DecideEarly(f Subject) (d Decision, ok bool) {
 	}
 	dest := f.Dest.Addr().Unmap().WithZone("")
 	client := f.Client.Unmap().WithZone("")
+	addrs := p.ruleAddrs()
 	for i := range p.rules {
-		r := &p.rules[i]
+		r, a := &p.rules[i], &addrs[i]
 		if r.protos != 0 && r.protos&(bitTLS|bitHTTP|bitTCP) == 0 {
 			continue // a rule for UDP or ICMP only
 		}
 		if (r.ports != nil && !matchPort(r.ports, f.Dest.Port())) ||
 			(r.endpoints != nil && !matchString(r.endpoints, f.Endpoint)) ||
-			(r.clients != nil && !matchPrefix(r.clients, client)) ||
-			(r.dests != nil && !matchPrefix(r.dests, dest)) {
+			(a.clients != nil && !a.clients.contains(client)) ||
+			(a.dests != nil && !a.dests.contains(dest)) {
 			continue
 		}
 		if r.protos != 0 || r.domains != nil || r.action != Deny {
