@@ -147,10 +147,6 @@ func readFile(filename string) (*Policy, parsed, string, error) {
 	if err != nil {
 		return nil, parsed{}, "", err
 	}
-	// Index the rules' prefixes now, before the policy is put in force:
-	// with a long blocklist that takes milliseconds, which the first flow
-	// would otherwise wait for, and the flows arriving with it.
-	p.ruleAddrs()
 	return p, info, FileHash(data), nil
 }
 

@@ -141,6 +141,9 @@ func parse(filename string, data []byte) (*Policy, parsed, error) {
 	p, err := ps.policy(resolve(section))
 	if p != nil {
 		p.id = FileHash(data)
+		// Indexed now: a long blocklist takes milliseconds, which no
+		// decision should wait for.
+		p.ruleAddrs()
 	}
 	return p, parsed{defaultExplicit: ps.defaultExplicit}, err
 }

@@ -186,9 +186,9 @@ type addrIndex struct {
 }
 
 // ruleAddrs returns the index of p's rules' address conditions, building
-// it on the first call: the parser (parse.go) leaves the lists as they
-// were written, and the holder builds the index of a file it loads before
-// the policy is put in force (readFile), so that no flow waits for it.
+// it on the first call: the parser builds it (parse), so that no flow
+// waits for it; a Policy made otherwise (AllowAll) builds it at its first
+// decision.
 func (p *Policy) ruleAddrs() []ruleAddrs {
 	p.addrs.once.Do(func() {
 		p.addrs.rules = make([]ruleAddrs, len(p.rules))
