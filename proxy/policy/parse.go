@@ -143,7 +143,7 @@ func parse(filename string, data []byte) (*Policy, parsed, error) {
 		p.id = FileHash(data)
 		// Indexed now: a long blocklist takes milliseconds, which no
 		// decision should wait for.
-		p.ruleAddrs()
+		p.addrs = indexAddrs(p.rules)
 	}
 	return p, parsed{defaultExplicit: ps.defaultExplicit}, err
 }

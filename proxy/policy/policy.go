@@ -178,7 +178,7 @@ type Policy struct {
 	destCheck DestinationCheck
 	denyECH   bool
 	rules     []rule
-	addrs     addrIndex // the rules' address conditions (ruleAddrs)
+	addrs     []ruleAddrs // the rules' address conditions, indexed (indexAddrs)
 }
 
 // Protocol bits; 0 means "not a known protocol".
@@ -313,7 +313,7 @@ func (p *Policy) Decide(f Subject) Decision {
 	client := f.Client.Unmap().WithZone("")
 
 	// Cheapest conditions first, so that misses cost little.
-	addrs := p.ruleAddrs()
+	addrs := p.addrs
 	for i := range p.rules {
 		r, a := &p.rules[i], &addrs[i]
 		if r.protos != 0 && r.protos&pb == 0 {
@@ -379,7 +379,7 @@ func (p *Policy) DecideEarly(f Subject) (d Decision, ok bool) {
 	}
 	dest := f.Dest.Addr().Unmap().WithZone("")
 	client := f.Client.Unmap().WithZone("")
-	addrs := p.ruleAddrs()
+	addrs := p.addrs
 	for i := range p.rules {
 		r, a := &p.rules[i], &addrs[i]
 		if r.protos != 0 && r.protos&(bitTLS|bitHTTP|bitTCP) == 0 {

@@ -9,7 +9,6 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
-	"sync"
 )
 
 // prefixSet is the union of a list of prefixes. It holds an address when
@@ -179,28 +178,19 @@ type ruleAddrs struct {
 	dests   *destSet
 }
 
-// addrIndex holds a policy's ruleAddrs, one per rule in order.
-type addrIndex struct {
-	once  sync.Once
-	rules []ruleAddrs
-}
-
-// ruleAddrs returns the index of p's rules' address conditions, building
-// it on the first call: the parser builds it (parse), so that no flow
-// waits for it; a Policy made otherwise (AllowAll) builds it at its first
-// decision.
-func (p *Policy) ruleAddrs() []ruleAddrs {
-	p.addrs.once.Do(func() {
-		p.addrs.rules = make([]ruleAddrs, len(p.rules))
-		for i := range p.rules {
-			r, a := &p.rules[i], &p.addrs.rules[i]
-			if r.clients != nil {
-				a.clients = newPrefixSet(r.clients)
-			}
-			if r.dests != nil {
-				a.dests = &destSet{set: newPrefixSet(r.dests.prefixes), deny: r.dests.deny}
-			}
+// indexAddrs indexes the address conditions of rules, one ruleAddrs per
+// rule in order. The parser calls it (parse), the only maker of a Policy,
+// so that no decision waits for it.
+func indexAddrs(rules []rule) []ruleAddrs {
+	index := make([]ruleAddrs, len(rules))
+	for i := range rules {
+		r, a := &rules[i], &index[i]
+		if r.clients != nil {
+			a.clients = newPrefixSet(r.clients)
 		}
-	})
-	return p.addrs.rules
+		if r.dests != nil {
+			a.dests = &destSet{set: newPrefixSet(r.dests.prefixes), deny: r.dests.deny}
+		}
+	}
+	return index
 }

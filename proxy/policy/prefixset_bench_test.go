@@ -119,7 +119,7 @@ func BenchmarkPrefixSetSmall(b *testing.B) {
 }
 
 // BenchmarkPrefixSetBuild is what indexing a rule's 100,000 prefixes costs
-// when its policy is loaded (ruleAddrs).
+// when its policy is parsed (indexAddrs).
 func BenchmarkPrefixSetBuild(b *testing.B) {
 	p := cidrListPolicy(b, 100_000)
 	list := p.rules[0].dests.prefixes
