@@ -34,10 +34,29 @@ import (
 // Weighed by stack buffers alone, the few connections weighed less than
 // the floor and only the ordinary client was reset. The waiting streams
 // end, and their records say the appliance reset them.
-func TestReclaimWeighsWaitingStreams(t *testing.T) {
+func TestReclaimWeighsWaitingStreams(t *testing.T) { testReclaimWeighsHoardedStreams(t, false) }
+
+// TestReclaimWeighsStreamsPastTheirHead is TestReclaimWeighsWaitingStreams
+// with one change on the hoarder's origin: it answers each stream with a
+// response head and a first event, then nothing (an event stream that
+// stalls). Each stream holds as much as one waiting, and more (the
+// response, goproxy's buffer copying its body), until its record is
+// written; charged only until the head, the hoarder weighed its stack
+// buffers alone again, and the ordinary client was reset instead.
+func TestReclaimWeighsStreamsPastTheirHead(t *testing.T) { testReclaimWeighsHoardedStreams(t, true) }
+
+// testReclaimWeighsHoardedStreams is TestReclaimWeighsWaitingStreams, its
+// origin answering each stream with a head first if headFirst.
+func testReclaimWeighsHoardedStreams(t *testing.T, headFirst bool) {
 	const hoardConns, streams, bulkN = 3, 100, 20
 	var atOrigin atomic.Int64 // streams the origin holds
-	r := newBumpStallRig(t, 15*time.Minute, func(_ *bumpStallRig, _ http.ResponseWriter, req *http.Request) {
+	r := newBumpStallRig(t, 15*time.Minute, func(_ *bumpStallRig, w http.ResponseWriter, req *http.Request) {
+		if headFirst {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			_, _ = io.WriteString(w, ":\n")
+			w.(http.Flusher).Flush()
+		}
 		atOrigin.Add(1)
 		<-req.Context().Done()
 	}, "h2")
@@ -84,6 +103,7 @@ func TestReclaimWeighsWaitingStreams(t *testing.T) {
 	waitUntil(t, 5*time.Second, func() bool { return relayed.Load() == bulkN }, "the bulk client's relays")
 
 	// The hoarder: a few connections, 100 streams each.
+	var heads atomic.Int64 // response heads the hoarder has read
 	for range hoardConns {
 		c := r.dialTLS(t, "h2")
 		_ = c.SetDeadline(time.Now().Add(time.Minute))
@@ -91,11 +111,23 @@ func TestReclaimWeighsWaitingStreams(t *testing.T) {
 			t.Fatal(err)
 		}
 		go func() { // read, so that the appliance's frames never wait
-			_, _ = io.Copy(io.Discard, c)
+			fr := http2.NewFramer(io.Discard, c)
+			for {
+				f, err := fr.ReadFrame()
+				if err != nil {
+					break
+				}
+				if _, ok := f.(*http2.HeadersFrame); ok {
+					heads.Add(1)
+				}
+			}
 			ended("hoarder")
 		}()
 	}
 	waitUntil(t, 30*time.Second, func() bool { return atOrigin.Load() == hoardConns*streams }, "the streams at the origin")
+	if headFirst { // past their heads: goproxy's handlers copy the bodies
+		waitUntil(t, 10*time.Second, func() bool { return heads.Load() == hoardConns*streams }, "the heads at the client")
+	}
 	before := len(r.sink.parse(t))
 
 	// Critical until both clients are down to the floor: each hoarder

@@ -54,9 +54,7 @@ type roundTripperKey struct{}
 // Close. Returning at once spares each intercepted connection a goroutine
 // (and its stack, about 9 KiB) that would only wait for that.
 func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
-	// Each round trip is charged to the client connection while it waits
-	// on the destination: the memory reclaim weighs it (held.go).
-	rt := &roundTripper{s: s, scheme: scheme, tr: withHeld(tr, s.Client)}
+	rt := &roundTripper{s: s, scheme: scheme, tr: tr}
 	host := s.Subject.Dest.String()
 	if s.Record.SNI != "" {
 		host = net.JoinHostPort(s.Record.SNI, strconv.Itoa(int(s.Subject.Dest.Port())))

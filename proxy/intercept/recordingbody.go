@@ -47,6 +47,31 @@ type recordingBody struct {
 	done  func()
 	// An HTTP/2 stream's progress watch, when set (streamwatch.go).
 	stream *streamWatch
+	// held is the request's charge to the client connection (held.go),
+	// given back once the record is written; closed is set as Close
+	// begins (keepHeld).
+	held   atomic.Pointer[heldCharge]
+	closed atomic.Bool
+}
+
+// keepHeld has b give back c, its request's charge, once its record is
+// written (Close), or now if Close has begun already.
+func (b *recordingBody) keepHeld(c *heldCharge) {
+	if c == nil {
+		return
+	}
+	b.held.Store(c)
+	if b.closed.Load() {
+		b.giveBackHeld()
+	}
+}
+
+// giveBackHeld gives back the charge b keeps, if any: the first of Close
+// and keepHeld to take it does.
+func (b *recordingBody) giveBackHeld() {
+	if c := b.held.Swap(nil); c != nil {
+		c.giveBack()
+	}
 }
 
 func (b *recordingBody) Read(p []byte) (int, error) {
@@ -210,7 +235,12 @@ func (b *recordingBody) Close() error {
 		b.stream.end()
 	}
 	err := b.ReadCloser.Close()
-	b.once.Do(b.done)
+	b.closed.Store(true)
+	b.once.Do(func() {
+		// After the record, and however done returns.
+		defer b.giveBackHeld()
+		b.done()
+	})
 	return err
 }
 

@@ -31,6 +31,19 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	}
 	// In flight first, then a request: the order tryEnd relies on.
 	rt.inflight.Add(1)
+	// Charged to the client connection from now until its record is
+	// written, whatever it waits on meanwhile (its destination check,
+	// the origin, the client reading the body): the memory reclaim
+	// weighs it (held.go).
+	held := chargeHeld(rt.s.Client, req)
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			// A panic (an HTTP/2 handler's is recovered): no record
+			// will end this request, and its charge would stay.
+			held.giveBack()
+		}
+	}()
 	rt.s.abortIfBroken() // the client reset after its FIN: AbortUnlessIdle
 	rt.requests.Add(1)
 	if rt.idle != nil { // no longer idle: requestDone arms it again
@@ -49,9 +62,14 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	fb := watchBodyFault(req, rt.cc)
 	reqBody := req.Body // goproxy's own (or fb), before roundTrip wraps it
 	resp, err := rt.roundTrip(req, fb)
-	if !recordsOnClose(resp) {
+	if rb := recordingOf(resp); rb != nil {
+		held.pastHead(req, resp)
+		rb.keepHeld(held) // given back with its record
+	} else {
+		held.giveBack()
 		rt.requestDone() // its record is written already
 	}
+	handedOver = true
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
 		watch := watchOf(resp.Body)
 		resp.Body = &nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody, resp: resp, trailer: resp.Trailer}
@@ -65,17 +83,19 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	return resp, err
 }
 
-// recordsOnClose reports whether resp's record is written when goproxy
-// closes its body.
-func recordsOnClose(resp *http.Response) bool {
+// recordingOf returns resp's recordingBody if resp's record is written
+// when goproxy closes its body, else nil.
+func recordingOf(resp *http.Response) *recordingBody {
 	if resp == nil {
-		return false
+		return nil
 	}
-	switch resp.Body.(type) {
-	case *recordingBody, *recordingRWBody:
-		return true
+	switch b := resp.Body.(type) {
+	case *recordingBody:
+		return b
+	case *recordingRWBody:
+		return b.recordingBody
 	}
-	return false
+	return nil
 }
 
 // hasBody reports whether goproxy writes body bytes after resp's head. An
