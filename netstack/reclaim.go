@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
 	"github.com/gwlbproxy/gwlbproxy/internal/clientkey"
 )
 
@@ -135,10 +137,30 @@ func (s *liveShard) removeLocked(c *Conn) {
 }
 
 // weight is what c may hold: its receive and send buffers, and what its
-// handler holds for it (AddHeld) past heldUnweighed.
+// handler holds for it (AddHeld) past heldUnweighed; nothing once its
+// endpoint is no longer connected (peerConnected).
 func (c *Conn) weight() int64 {
+	if !c.peerConnected() {
+		return 0
+	}
 	o := c.ep.SocketOptions()
 	return o.GetReceiveBufferSize() + o.GetSendBufferSize() + max(c.held.Load()-heldUnweighed, 0)
+}
+
+// peerConnected reports whether c's endpoint is still connected (an
+// atomic load). One its client reset (or that timed out) is not: it
+// stays listed until its handler closes it, which for a session winding
+// down its requests takes a while, still charged with them (AddHeld).
+// The reclaim neither weighs nor takes nor marks it: resetting it frees
+// nothing its handler is not freeing already, and marked, its records
+// would say the appliance reset a connection its client had ended.
+func (c *Conn) peerConnected() bool {
+	switch tcp.EndpointState(c.ep.State()) {
+	case tcp.StateEstablished, tcp.StateFinWait1, tcp.StateFinWait2, tcp.StateTimeWait,
+		tcp.StateCloseWait, tcp.StateLastAck, tcp.StateClosing:
+		return true
+	}
+	return false
 }
 
 // heldUnweighed is what a handler may hold for a connection (AddHeld) and
@@ -213,6 +235,9 @@ func (l *liveConns) takeHeaviest(keep int64, batch int) (clientKey, []*Conn) {
 	for _, x := range all {
 		if total <= keep || len(taken) == batch {
 			break
+		}
+		if x.w == 0 && !x.c.peerConnected() {
+			continue // its client ended it: its handler closes it
 		}
 		topShard.removeLocked(x.c)
 		taken = append(taken, x.c)
@@ -303,8 +328,9 @@ func (s *Server) resetTaken(k clientKey, conns []*Conn) {
 }
 
 // abortReclaimed resets c to reclaim memory, unless its handler has closed
-// it since it was taken from the list: that one ends as the handler chose,
-// with its FIN and no RST, and is not counted. It reports whether it reset
+// it since it was taken from the list (that one ends as the handler chose,
+// with its FIN and no RST), or its client has reset it (peerConnected):
+// neither is counted. It reports whether it reset
 // c.
 func (c *Conn) abortReclaimed() bool {
 	// Marked first, and only if still open, in the word Close marks too:
@@ -314,6 +340,12 @@ func (c *Conn) abortReclaimed() bool {
 	// between the two would have said "reset by the appliance" of a
 	// connection that ended with its FIN). A Close that begins after the
 	// mark races with the Abort as a handler's Close always may.
+	if !c.peerConnected() {
+		// Its client reset it since it was taken: it ended as the client
+		// chose, and its records say so. A RST that comes between this
+		// load and the mark races with the reset, as any may.
+		return false
+	}
 	if !c.state.CompareAndSwap(0, connReclaimed) {
 		return false
 	}
