@@ -50,15 +50,21 @@ func (w laxTee) Write(p []byte) (int, error) {
 
 // conn returns the appliance's end of a new connection to the origin.
 func (o *laxOrigin) conn() net.Conn {
-	proxyEnd, serverEnd := testnet.TCPPair(o.t)
-	o.t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
-	o.mu.Lock()
-	n := len(o.raw)
-	buf := &bytes.Buffer{}
-	o.raw = append(o.raw, buf)
-	o.mu.Unlock()
+	proxyEnd, serverEnd, n, buf := o.pair()
 	go o.serve(n, serverEnd, bufio.NewReader(io.TeeReader(serverEnd, laxTee{o, buf})))
 	return proxyEnd
+}
+
+// pair makes a connection's two ends and the buffer that keeps what the
+// origin reads on it, the origin's connection n.
+func (o *laxOrigin) pair() (proxyEnd, serverEnd net.Conn, n int, buf *bytes.Buffer) {
+	proxyEnd, serverEnd = testnet.TCPPair(o.t)
+	o.t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	buf = &bytes.Buffer{}
+	o.raw = append(o.raw, buf)
+	return proxyEnd, serverEnd, len(o.raw) - 1, buf
 }
 
 func (o *laxOrigin) serve(n int, c net.Conn, br *bufio.Reader) {

@@ -2,7 +2,6 @@ package intercept_test
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
@@ -101,13 +99,7 @@ func TestExpectOddSpellingFromH1ClientNotSmuggled(t *testing.T) {
 
 // tlsLaxConn is laxOrigin.conn over TLS with cert, offering only http/1.1.
 func tlsLaxConn(o *laxOrigin, cert *tls.Certificate) net.Conn {
-	proxyEnd, serverEnd := testnet.TCPPair(o.t)
-	o.t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
-	o.mu.Lock()
-	n := len(o.raw)
-	buf := &bytes.Buffer{}
-	o.raw = append(o.raw, buf)
-	o.mu.Unlock()
+	proxyEnd, serverEnd, n, buf := o.pair()
 	go func() {
 		tc := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
 		tc.SetDeadline(time.Now().Add(waitLimit))

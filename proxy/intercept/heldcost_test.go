@@ -113,17 +113,7 @@ func measureStreams(t *testing.T, fields []hpack.HeaderField, headFirst bool) (m
 	fr := http2.NewFramer(&buf, nil)
 	fr.WriteSettings()
 	enc := hpack.NewEncoder(&hb)
-	open := func(s int, fields []hpack.HeaderField) {
-		hb.Reset()
-		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
-			{Name: ":authority", Value: "www.example.test"}, {Name: ":path", Value: "/wait"}} {
-			enc.WriteField(f)
-		}
-		for _, f := range fields {
-			enc.WriteField(f)
-		}
-		writeBlock(fr, uint32(2*s+1), hb.Bytes())
-	}
+	open := func(s int, fields []hpack.HeaderField) { writeWaitGet(fr, enc, &hb, s, "www.example.test", fields) }
 	// Past the head, the head has reached the client: goproxy's
 	// handler is copying the body.
 	wait := func(n int64) {
@@ -234,6 +224,21 @@ func heapAndStacks() int64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc) + int64(m.StackInuse)
+}
+
+// writeWaitGet writes on fr the header block of a GET of /wait for
+// authority with fields besides, opening client stream s (id 2s+1),
+// encoded through enc into hb.
+func writeWaitGet(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, s int, authority string, fields []hpack.HeaderField) {
+	hb.Reset()
+	for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+		{Name: ":authority", Value: authority}, {Name: ":path", Value: "/wait"}} {
+		enc.WriteField(f)
+	}
+	for _, f := range fields {
+		enc.WriteField(f)
+	}
+	writeBlock(fr, uint32(2*s+1), hb.Bytes())
 }
 
 // writeBlock writes on fr the header block that opens stream id, ending

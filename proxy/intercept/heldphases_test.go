@@ -57,17 +57,7 @@ func TestHeldChargedInDestinationCheck(t *testing.T) {
 	fr.WriteSettings()
 	enc := hpack.NewEncoder(&hb)
 	fields := heldShapes[1].fields()
-	open := func(s int) {
-		hb.Reset()
-		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
-			{Name: ":authority", Value: "api.example.test"}, {Name: ":path", Value: "/wait"}} {
-			enc.WriteField(f)
-		}
-		for _, f := range fields {
-			enc.WriteField(f)
-		}
-		writeBlock(fr, uint32(2*s+1), hb.Bytes())
-	}
+	open := func(s int) { writeWaitGet(fr, enc, &hb, s, "api.example.test", fields) }
 	waitChecks := func(n int64) {
 		t.Helper()
 		for end := time.Now().Add(waitLimit); waiting.Load() < n; time.Sleep(5 * time.Millisecond) {
