@@ -56,12 +56,17 @@ func (o *earlyOrigin) conn() net.Conn {
 		proxyEnd, serverEnd = testnet.TCPPair(o.t)
 	}
 	o.t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
-	var c net.Conn = serverEnd
-	if o.leaf != nil {
-		c = tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*o.leaf}, NextProtos: []string{"http/1.1"}})
-	}
-	go o.serve(c)
+	go o.serve(h1OriginSide(serverEnd, o.leaf))
 	return proxyEnd
+}
+
+// h1OriginSide is an HTTP/1 origin's end of its connection: serverEnd
+// itself, or over TLS with leaf, offering only http/1.1.
+func h1OriginSide(serverEnd net.Conn, leaf *tls.Certificate) net.Conn {
+	if leaf == nil {
+		return serverEnd
+	}
+	return tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"http/1.1"}})
 }
 
 func (o *earlyOrigin) serve(c net.Conn) {

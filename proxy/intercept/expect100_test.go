@@ -49,11 +49,7 @@ func newExpectOrigin(t *testing.T, refuse bool) *expectOrigin {
 func (o *expectOrigin) conn() net.Conn {
 	proxyEnd, serverEnd := testnet.TCPPair(o.t)
 	o.t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
-	var c net.Conn = serverEnd
-	if o.leaf != nil {
-		c = tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*o.leaf}, NextProtos: []string{"http/1.1"}})
-	}
-	go o.serve(c)
+	go o.serve(h1OriginSide(serverEnd, o.leaf))
 	return proxyEnd
 }
 
