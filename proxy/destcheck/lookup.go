@@ -47,8 +47,12 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 			return ErrClosed
 		}
 		if quota := max(c.cfg.MaxLookups/8, 1); len(c.calls) >= c.cfg.MaxLookups && c.callsBy[endpoint] >= quota {
+			// Read under the lock: a map read while a lookup's end
+			// writes it is a data race, and may be the runtime's fatal
+			// "concurrent map read and map write", for the whole process.
+			err := fmt.Errorf("%w: %d of its own among %d", errEndpointLookups, c.callsBy[endpoint], len(c.calls))
 			c.callMu.Unlock()
-			return fmt.Errorf("%w: %d of its own among %d", errEndpointLookups, c.callsBy[endpoint], len(c.calls))
+			return err
 		}
 		cl = &call{done: make(chan struct{}), endpoint: endpoint}
 		c.calls[name] = cl
