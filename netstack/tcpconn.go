@@ -45,9 +45,6 @@ type Conn struct {
 	// held is what the handler holds for the conn outside the stack
 	// (AddHeld), weighed by the reclaim with its buffers.
 	held atomic.Int64
-	// readBroke is what broke the connection as a read took it from the
-	// stack, which reports it once: BrokenError says it after.
-	readBroke atomic.Pointer[error]
 
 	// closedSend is TCPOptions.ClosedSendTimeout, and pressure the
 	// server's memory pressure that shortens it (closedSendTimeout); set
@@ -143,8 +140,6 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	if c.closed() { // Abort or Close while this read ran
 		return 0, c.opError(net.ErrClosed)
 	}
-	why := c.brokenBy(terr) // reported once: kept for BrokenError
-	c.readBroke.CompareAndSwap(nil, &why)
 	return 0, c.opError(c.stackError(terr))
 }
 
@@ -157,18 +152,6 @@ func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
 	if err != nil && c.reclaimed() {
 		return n, c.opError(ErrMemoryReclaimed)
-	}
-	if err != nil && err != io.EOF && c.Broken() {
-		// The stack's report of the reset, taken by this read: kept for
-		// BrokenError (gonet gives its words, not the stack's error).
-		why := ErrResetAfterFIN // a reset in CLOSE-WAIT: the stack calls it aborted
-		if tcp.EndpointState(c.ep.State()) == tcp.StateError {
-			why = errors.Unwrap(err)
-			if why == nil {
-				why = err
-			}
-		}
-		c.readBroke.CompareAndSwap(nil, &why)
 	}
 	return n, err
 }
@@ -319,39 +302,13 @@ func (c *Conn) Broken() bool {
 }
 
 // BrokenError is what broke the connection, as the stack saw it, or nil
-// when nothing did (or a Write has already reported it; a read that did
-// is remembered). It must not be
+// when nothing did (or a Write has already reported it). It must not be
 // called from OnReadable's function.
 func (c *Conn) BrokenError() error {
 	terr := c.ep.LastError()
 	if terr == nil {
-		// A read may have taken it first (an HTTP/2 server's, waiting on
-		// the connection, wakes with the reset): it is kept.
-		if p := c.readBroke.Load(); p != nil && !c.reclaimed() {
-			return *p
-		}
 		return nil
 	}
-	return c.brokenBy(terr)
-}
-
-// ClientBroke is what broke the connection (its client's reset, or its
-// vanishing) as a read took it from the stack, kept after Close: a
-// handler that ended on that read's error, taking it for the client
-// leaving, records it. Nil when no read took such an error, for a reset
-// after the client's FIN (ErrResetAfterFIN: the client had ended its side
-// cleanly), and once the server has reset the connection to reclaim
-// memory (Reclaimed says so).
-func (c *Conn) ClientBroke() error {
-	p := c.readBroke.Load()
-	if p == nil || c.reclaimed() || errors.Is(*p, ErrResetAfterFIN) {
-		return nil
-	}
-	return *p
-}
-
-// brokenBy is the error for terr, what the stack reports broke c.
-func (c *Conn) brokenBy(terr tcpip.Error) error {
 	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.reclaimed() {
 		// Not the server's Abort: Broken is false once the conn is closed.
 		return ErrResetAfterFIN

@@ -2,7 +2,6 @@ package intercept
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -146,51 +145,20 @@ type reclaimable interface{ Reclaimed() error }
 // once the session has begun to end (after markEnding), so no Abort
 // replaces it; an error that already names the reclaim (a failed handshake
 // noted its Abort itself) is not told twice.
-//
-// So too, when the stack did not, for a client that reset its connection
-// (or vanished) and whose session ended on the read that took the error
-// before the client watch's Abort came (clientBroke): result reset (or
-// timeout), "the client's connection broke: ...", as the watch says it.
 func (s *Session) noteReclaimed() {
 	r, ok := s.Client.(reclaimable)
 	if !ok {
 		return
 	}
 	err := r.Reclaimed()
-	result := "reset"
 	if err == nil {
-		if result, err = s.clientBroke(); err == nil {
-			return
-		}
+		return
 	}
 	// A swap from what was loaded: an Abort between the two keeps its
 	// reason, as one before does.
 	if a := s.aborted.Load(); (a == nil || a == ending) && !strings.Contains(s.Record.Error, err.Error()) {
-		s.aborted.CompareAndSwap(a, &abortReason{result: result, err: err})
+		s.aborted.CompareAndSwap(a, &abortReason{result: "reset", err: err})
 	}
-}
-
-// clientBroker is a client connection that says what broke it, as a read
-// took it (netstack.Conn.ClientBroke, and the proxy's wrappers).
-type clientBroker interface{ ClientBroke() error }
-
-// clientBroke returns the result and error of a session whose client
-// broke its connection, as the client watch's Abort says them, or a nil
-// error.
-func (s *Session) clientBroke() (string, error) {
-	b, ok := s.Client.(clientBroker)
-	if !ok {
-		return "", nil
-	}
-	why := b.ClientBroke()
-	if why == nil {
-		return "", nil
-	}
-	result := "reset"
-	if errors.Is(why, syscall.ETIMEDOUT) {
-		result = "timeout"
-	}
-	return result, fmt.Errorf("the client's connection broke: %w", why)
 }
 
 // handshakeReset reports whether a client handshake that failed with err
