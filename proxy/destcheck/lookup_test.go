@@ -345,34 +345,21 @@ func TestLookupIgnoresMismatchedAnswers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
+	go serveQuestions(pc, func(h dnsmessage.Header, q dnsmessage.Question, reply func([]byte)) {
+		answer := func(id uint16, name string, a [4]byte) []byte {
+			m := dnsmessage.Message{Header: dnsmessage.Header{ID: id, Response: true},
+				Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName(name), Type: q.Type, Class: dnsmessage.ClassINET}}}
+			if q.Type == dnsmessage.TypeA {
+				m.Answers = []dnsmessage.Resource{{Header: dnsmessage.ResourceHeader{Name: dnsmessage.MustNewName(name), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60}, Body: &dnsmessage.AResource{A: a}}}
 			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, _ := p.Question()
-			answer := func(id uint16, name string, a [4]byte) []byte {
-				m := dnsmessage.Message{Header: dnsmessage.Header{ID: id, Response: true},
-					Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName(name), Type: q.Type, Class: dnsmessage.ClassINET}}}
-				if q.Type == dnsmessage.TypeA {
-					m.Answers = []dnsmessage.Resource{{Header: dnsmessage.ResourceHeader{Name: dnsmessage.MustNewName(name), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60}, Body: &dnsmessage.AResource{A: a}}}
-				}
-				b, _ := m.Pack()
-				return b
-			}
-			pc.WriteTo(answer(h.ID+1, q.Name.String(), [4]byte{6, 6, 6, 6}), from) // wrong ID
-			pc.WriteTo(answer(h.ID, "other.test.", [4]byte{6, 6, 6, 7}), from)     // wrong question
-			pc.WriteTo([]byte{1, 2, 3}, from)                                      // junk
-			pc.WriteTo(answer(h.ID, q.Name.String(), [4]byte{192, 0, 2, 1}), from) // the answer
+			b, _ := m.Pack()
+			return b
 		}
-	}()
+		reply(answer(h.ID+1, q.Name.String(), [4]byte{6, 6, 6, 6})) // wrong ID
+		reply(answer(h.ID, "other.test.", [4]byte{6, 6, 6, 7}))     // wrong question
+		reply([]byte{1, 2, 3})                                      // junk
+		reply(answer(h.ID, q.Name.String(), [4]byte{192, 0, 2, 1})) // the answer
+	})
 	c := newTestChecker(t, Config{Resolver: pc.LocalAddr().(*net.UDPAddr).AddrPort()}, nil)
 	if err := check(c, epA, "real.test", "192.0.2.1"); err != nil {
 		t.Errorf("the real answer: %v", err)
@@ -465,4 +452,23 @@ func TestLookupsSharedByEndpoints(t *testing.T) {
 		t.Errorf("another endpoint's check: %v", err)
 	}
 	wg.Wait()
+}
+
+// serveQuestions reads DNS questions on pc until it closes and hands each,
+// with a way to reply to its sender, to answer.
+func serveQuestions(pc net.PacketConn, answer func(h dnsmessage.Header, q dnsmessage.Question, reply func([]byte))) {
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		var p dnsmessage.Parser
+		h, err := p.Start(buf[:n])
+		if err != nil {
+			continue
+		}
+		q, _ := p.Question()
+		answer(h, q, func(b []byte) { pc.WriteTo(b, from) })
+	}
 }

@@ -35,22 +35,10 @@ func TestTCPAnswerToAnotherQuestion(t *testing.T) {
 		b, _ := m.Pack()
 		return b
 	}
-	go func() { // every UDP answer truncated
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, _ := p.Question()
-			pc.WriteTo(build(h.ID, q.Name.String(), q.Type, true, [4]byte{}), from)
-		}
-	}()
+	// Every UDP answer truncated.
+	go serveQuestions(pc, func(h dnsmessage.Header, q dnsmessage.Question, reply func([]byte)) {
+		reply(build(h.ID, q.Name.String(), q.Type, true, [4]byte{}))
+	})
 	go func() { // over TCP, the right ID but another name's answer
 		for {
 			c, err := ln.Accept()
