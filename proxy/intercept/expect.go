@@ -43,7 +43,7 @@ import (
 // before it is sent anyway: net/http's default ExpectContinueTimeout, and
 // curl's own wait. An origin that ignores the expectation (an HTTP/1.0
 // one) costs an upload that long.
-var expectContinueTimeout = 1 * time.Second // a variable for tests
+var expectContinueTimeout = newDuration(1 * time.Second) // set by tests, read by sessions: atomic
 
 // errExpectRefused ends the writing of a request whose origin answered
 // before it asked for the body: the body is not sent.
@@ -104,7 +104,7 @@ func (g *expectGate) refused() bool {
 func (g *expectGate) Read(p []byte) (int, error) {
 	if !g.waited {
 		g.waited = true
-		t := time.NewTimer(expectContinueTimeout)
+		t := time.NewTimer(expectContinueTimeout.Load())
 		select {
 		case <-g.decided:
 		case <-t.C:

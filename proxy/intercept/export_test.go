@@ -81,7 +81,7 @@ const (
 // SetExpectContinueTimeout sets how long a held body waits for the
 // origin's 100, and returns a function restoring it.
 func SetExpectContinueTimeout(d time.Duration) (restore func()) {
-	old := expectContinueTimeout
-	expectContinueTimeout = d
-	return func() { expectContinueTimeout = old }
+	old := expectContinueTimeout.Load()
+	expectContinueTimeout.Store(d)
+	return func() { expectContinueTimeout.Store(old) }
 }
