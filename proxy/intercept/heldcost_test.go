@@ -125,26 +125,36 @@ func measureStreams(t *testing.T, fields []hpack.HeaderField, headFirst bool) (m
 		}
 	}
 	open(0, fields)
-	tlsc.Write(buf.Bytes())
-	buf.Reset()
-	wait(1)
-	for s := 1; s < streams; s++ {
-		open(s, fields)
-	}
-	wire := bytes.Clone(buf.Bytes())
-	buf, hb = bytes.Buffer{}, bytes.Buffer{}
-	// The wire bytes are the test's, live now and not after: not the
-	// streams'.
-	heap0, held0 := settledHeapAndStacks()-int64(cap(wire)), r.held.Load()
-	tlsc.Write(wire)
-	wire = nil
-	wait(streams)
-	heap1, held1 := heapAndStacks(), r.held.Load()
+	measured, estimated = measureStreamGrowth(r, tlsc, &buf, &hb, streams, func(s int) { open(s, fields) }, wait)
 	// Every charge is given back once the streams are over: the client
 	// gone, each stream's record written.
 	tlsc.Close()
 	waitHeldZero(t, r)
-	return (heap1 - heap0) / (streams - 1), (held1 - held0) / (streams - 1)
+	return measured, estimated
+}
+
+// measureStreamGrowth sends c the first stream buf holds and waits for it
+// (wait(1)), then opens streams 1 to n-1 (open, into buf through hb) and
+// sends them at once; it returns what each of those grew the heap and
+// stacks by, once wait(n) says they are all in place, and what the
+// session said each holds (r.held).
+func measureStreamGrowth(r *rig, c io.Writer, buf, hb *bytes.Buffer, n int, open func(s int), wait func(n int64)) (measured, estimated int64) {
+	c.Write(buf.Bytes())
+	buf.Reset()
+	wait(1)
+	for s := 1; s < n; s++ {
+		open(s)
+	}
+	wire := bytes.Clone(buf.Bytes())
+	*buf, *hb = bytes.Buffer{}, bytes.Buffer{}
+	// The wire bytes are the test's, live now and not after: not the
+	// streams'.
+	heap0, held0 := settledHeapAndStacks()-int64(cap(wire)), r.held.Load()
+	c.Write(wire)
+	wire = nil
+	wait(int64(n))
+	heap1, held1 := heapAndStacks(), r.held.Load()
+	return (heap1 - heap0) / int64(n-1), (held1 - held0) / int64(n-1)
 }
 
 // waitHeldZero waits until r's sessions say they hold nothing for their
