@@ -134,6 +134,15 @@ func parse(filename string, data []byte) (*Policy, parsed, error) {
 		if policyKeys.lookup(k.Value) != nil {
 			return nil, parsed{}, ps.errf(k, "%q is a key of the %s section, not of the document: did you mean to indent it under %s:?", k.Value, Section, Section)
 		}
+		// YAML keys are case-sensitive, so "Rules" or "Policy" would be
+		// ignored here too, and the rules with them: no other key of a
+		// document is likely to be one of these in another case.
+		if strings.EqualFold(k.Value, Section) {
+			return nil, parsed{}, ps.errf(k, "%q is the %s section's key written in another case: write it %q, once", k.Value, Section, Section)
+		}
+		if name, ok := policyKeys.foldLookup(k.Value); ok {
+			return nil, parsed{}, ps.errf(k, "%q is a key of the %s section written in another case, not a key of the document: did you mean to indent it under %s: as %q?", k.Value, Section, Section, name)
+		}
 	}
 	if section == nil {
 		return nil, parsed{}, ps.errf(root, "no %q section", Section)

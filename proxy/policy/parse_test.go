@@ -226,6 +226,14 @@ func TestParseErrors(t *testing.T) {
 			`policy.yaml:2: "destination_check" is a key of the policy section, not of the document: did you mean to indent it under policy:?`, 2},
 		{"ech at the top level", "policy: {default: allow}\nech: deny\n",
 			`policy.yaml:2: "ech" is a key of the policy section, not of the document: did you mean to indent it under policy:?`, 2},
+		// YAML keys are case-sensitive: "Rules" is no key of the section,
+		// and ignored at the top level it would drop the rules all the same.
+		{"Rules at the top level", "policy:\n  default: allow\nRules:\n  - {name: x, action: deny}\n",
+			`policy.yaml:3: "Rules" is a key of the policy section written in another case, not a key of the document: did you mean to indent it under policy: as "rules"?`, 3},
+		{"DEFAULT at the top level", "policy: {rules: []}\nDEFAULT: deny\n",
+			`policy.yaml:2: "DEFAULT" is a key of the policy section written in another case, not a key of the document: did you mean to indent it under policy: as "default"?`, 2},
+		{"Policy beside policy", "policy: {default: allow}\nPolicy:\n  default: deny\n",
+			`policy.yaml:2: "Policy" is the policy section's key written in another case: write it "policy", once`, 2},
 		// With no section at all, the policy key is the likelier slip.
 		{"rules with no section", "rules:\n  - {name: x, action: deny}\n",
 			`policy.yaml:1: "rules" is a key of the policy section, not of the document: did you mean to indent it under policy:?`, 1},

@@ -66,6 +66,16 @@ func (t keyTable[T]) lookup(name string) *key[T] {
 	return nil
 }
 
+// foldLookup finds the key that name spells in another case.
+func (t keyTable[T]) foldLookup(name string) (string, bool) {
+	for i := range t {
+		if strings.EqualFold(t[i].name, name) {
+			return t[i].name, true
+		}
+	}
+	return "", false
+}
+
 // readMapping reads mapping n into into by the rows of table; where names
 // the mapping in messages. A null n is an empty mapping. Every key is
 // checked (duplicate, non-scalar, merge and unknown keys are errors) before
