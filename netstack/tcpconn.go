@@ -45,6 +45,10 @@ type Conn struct {
 	// held is what the handler holds for the conn outside the stack
 	// (AddHeld), weighed by the reclaim with its buffers.
 	held atomic.Int64
+	// clientBroke is the client's reset, or its vanishing, as a Read or
+	// TryRead took it from the stack, which reports it once: BrokenError
+	// and ClientBroke say it after (clientbreak.go).
+	clientBroke atomic.Pointer[error]
 
 	// closedSend is TCPOptions.ClosedSendTimeout, and pressure the
 	// server's memory pressure that shortens it (closedSendTimeout); set
@@ -140,6 +144,7 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	if c.closed() { // Abort or Close while this read ran
 		return 0, c.opError(net.ErrClosed)
 	}
+	c.keepClientBreak(terr) // reported once: kept for BrokenError
 	return 0, c.opError(c.stackError(terr))
 }
 
@@ -147,11 +152,16 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 // Read), but says ErrMemoryReclaimed, not the stack's "operation aborted"
 // or the end of the stream, once the server has reset the connection to
 // reclaim memory: a reader waiting for the client's first bytes, or its
-// next request, records why the connection ended.
+// next request, records why the connection ended. A Read that takes the
+// client's reset, or its vanishing, from the stack calls OnReadable's
+// function before it returns (clientbreak.go).
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
 	if err != nil && c.reclaimed() {
 		return n, c.opError(ErrMemoryReclaimed)
+	}
+	if err != nil && c.keepReadBreak(err) {
+		c.notify.notified(0)
 	}
 	return n, err
 }
@@ -302,13 +312,15 @@ func (c *Conn) Broken() bool {
 }
 
 // BrokenError is what broke the connection, as the stack saw it, or nil
-// when nothing did (or a Write has already reported it). It must not be
-// called from OnReadable's function.
+// when nothing did (or a Write has already reported it; a read that did
+// is remembered: ClientBroke). It must not be called from OnReadable's
+// function.
 func (c *Conn) BrokenError() error {
 	terr := c.ep.LastError()
 	if terr == nil {
-		return nil
+		return c.ClientBroke()
 	}
+	c.keepClientBreak(terr)
 	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.reclaimed() {
 		// Not the server's Abort: Broken is false once the conn is closed.
 		return ErrResetAfterFIN
@@ -326,8 +338,10 @@ func (c *Conn) BrokenError() error {
 var ErrResetAfterFIN = errors.New("operation aborted")
 
 // OnReadable arranges for fn to be called when bytes, the client's FIN or
-// an error arrive, and again by Close or Abort. fn runs on the stack's
-// packet path holding the endpoint's lock: it must not block, and must not
+// an error arrive, and again by Close or Abort, and by a Read that takes
+// the client's reset or vanishing from the stack, before that Read
+// returns. fn runs on the stack's packet path holding the endpoint's lock
+// (or on the reader's goroutine): it must not block, and must not
 // call anything of the conn but Readable and Broken (TryRead, Read, Write, CloseWrite,
 // Close, Abort and OnReadable would deadlock); start a goroutine for that.
 // It may be called while bytes are already waiting, and bytes that were

@@ -58,21 +58,33 @@ func (w *clientWatch) watch(p *Proxy, is *intercept.Session) {
 	w.check() // it may have broken before the callback was there
 }
 
-// check runs on the stack's packet path: it must not block, nor call the
-// connection but for Broken.
+// check runs on the stack's packet path, or on the reader's goroutine in
+// the Read that took the break, before that Read returns: it must not
+// block, nor call the connection but for Broken. Whether a request is
+// under way is taken here, as the break is first seen, before the HTTP/2
+// server, reading the same reset, ends the streams: abort, which runs
+// later, would find the session between requests.
 func (w *clientWatch) check() {
-	if !w.conn.Broken() || !w.fired.CompareAndSwap(false, true) {
+	if !w.conn.Broken() {
 		return
 	}
-	go w.abort()
+	// Taken before fired: a check that loses the race for fired has
+	// taken it too, before its Read returned (the first one stands).
+	busy := w.is.NoteClientBreak()
+	if !w.fired.CompareAndSwap(false, true) {
+		return
+	}
+	go w.abort(busy)
 }
 
 // abort ends the session for the broken client: every connection is
 // reset, which ends what waits on them, and the records of the
 // connection and of the request under way say reset (timeout for
 // keepalives gone unanswered). A session that has
-// begun to end on its own is left to end so.
-func (w *clientWatch) abort() {
+// begun to end on its own is left to end so, and so is one whose client
+// reset between requests (busy false: no request under way when the
+// break came, NoteClientBreak): it loses nothing, as after a FIN.
+func (w *clientWatch) abort(busy bool) {
 	why := w.conn.BrokenError()
 	if why == nil {
 		return // a clean close completing, or a write to the client has the error
@@ -89,9 +101,10 @@ func (w *clientWatch) abort() {
 	// A reset, or keepalives gone unanswered (ETIMEDOUT): timeout then, as
 	// a relayed flow's record says (relayResultOf).
 	result, err := relayResultOf(why), fmt.Errorf("the client's connection broke: %w", why)
-	if errors.Is(why, netstack.ErrResetAfterFIN) {
-		// The client had ended its side: a session between requests
-		// loses nothing by it.
+	if !busy && result == "reset" {
+		// A reset between requests, after the client's FIN
+		// (ErrResetAfterFIN) or not: the session loses nothing by it.
+		// A vanished client (timeout) is said whenever it goes.
 		w.is.AbortUnlessIdle(result, err)
 		return
 	}

@@ -457,6 +457,16 @@ func (c *peekedConn) Abort() { intercept.Abort(c.Conn) }
 // reset it to reclaim memory (intercept.Session's records ask).
 func (c *peekedConn) Reclaimed() error { return reclaimedOf(c.Conn) }
 
+// ClientBroke passes on the client connection's (netstack.Conn's): what
+// broke it when its client did, as a read took it; nil for a connection
+// that cannot say (intercept.Session's records ask).
+func (c *peekedConn) ClientBroke() error {
+	if b, ok := c.Conn.(interface{ ClientBroke() error }); ok {
+		return b.ClientBroke()
+	}
+	return nil
+}
+
 // AddHeld passes on to the client connection what the session holds for
 // it outside the packet stack, which the memory reclaim weighs
 // (netstack.Conn.AddHeld).

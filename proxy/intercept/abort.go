@@ -43,14 +43,15 @@ func (s *Session) Abort(result string, err error) bool {
 	return s.abort(&abortReason{result: result, err: err})
 }
 
-// AbortUnlessIdle is Abort for a client that reset its connection after
-// its FIN, which had ended its side cleanly: a session between requests
-// then (goproxy serves it, no request is in flight, every stream the
-// client opened has reached one) is left to end on its own, as it does
-// once goproxy reads the FIN, and its records say what they would have
-// said. The client loses nothing, and it resets as a matter of course
-// when the appliance's answer to its close (a GOAWAY, a close_notify)
-// reaches a socket it has closed. A request that starts after the call
+// AbortUnlessIdle is Abort for a client that reset its connection when no
+// request was under way (NoteClientBreak), after its FIN or not: a
+// session between requests (goproxy serves it, no request is in flight,
+// every stream the client opened has reached one) is left to end on its
+// own, as it does once goproxy reads the FIN or the reset, and its records
+// say what they would have said. The client loses nothing, and it resets
+// as a matter of course when the appliance's answer to its close (a
+// GOAWAY, a close_notify), or frames it never read, reach a socket it has
+// closed. A request that starts after the call
 // has no client to answer: RoundTrip aborts the session then, for err.
 // It reports whether this call aborted the session.
 func (s *Session) AbortUnlessIdle(result string, err error) bool {

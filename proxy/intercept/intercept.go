@@ -161,6 +161,9 @@ type Session struct {
 	// lateBreak is why AbortUnlessIdle left it be (abort.go).
 	serving   atomic.Pointer[roundTripper]
 	lateBreak atomic.Pointer[abortReason]
+	// broke says whether a request was under way when the client's
+	// connection was first seen broken (clientbreak.go).
+	broke atomic.Int32
 	// upMu orders dialBumped's setting of Upstream with Abort's reading
 	// of it, which may run on another goroutine (the proxy's watches).
 	upMu sync.Mutex
@@ -281,6 +284,7 @@ func (s *session) writeRecord() {
 		s.noteRedialsInTLSRecord() // redial.go
 	}
 	s.noteReclaimed()
+	s.noteClientBreak()
 	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
 	s.ic.cfg.Records.Write(s.Record)

@@ -1,0 +1,73 @@
+package netstack_test
+
+import (
+	"errors"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+)
+
+// TestBrokenErrorAfterReadTookIt: a reader waiting on the connection
+// (an HTTP/2 server's) takes the client's reset from the stack, which
+// reports it once. Broken and BrokenError, asked after, still say the
+// connection broke and why, and ClientBroke says it after Close: a
+// session's client watch, told nothing, let the session end as if the
+// client had closed cleanly, and its record said ok.
+func TestBrokenErrorAfterReadTookIt(t *testing.T) {
+	r := newConnRig(t)
+	_, cep, c := r.dialEndpoint()
+	read := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 8))
+		read <- err
+	}()
+	cep.Abort()
+	var rerr error
+	select {
+	case rerr = <-read:
+	case <-time.After(waitFor):
+		t.Fatal("the read did not return after the client's RST")
+	}
+	if rerr == nil {
+		t.Fatal("the read after the client's RST returned no error")
+	}
+	if !c.Broken() {
+		t.Fatal("not Broken after the client's RST")
+	}
+	why := c.BrokenError()
+	t.Logf("read: %v; BrokenError: %v", rerr, why)
+	if why == nil || errors.Is(why, netstack.ErrResetAfterFIN) || errors.Is(why, syscall.ETIMEDOUT) {
+		t.Errorf("BrokenError after a read took the client's reset: %v; want the reset", why)
+	}
+	c.Close()
+	if got := c.ClientBroke(); got == nil || got.Error() != why.Error() {
+		t.Errorf("ClientBroke after Close: %v; want %v", got, why)
+	}
+}
+
+// TestReadTellsOnReadableOfBreak: a Read that takes the client's reset
+// from the stack calls OnReadable's function before it returns, so that
+// a watch of the connection hears of the break before the reader acts on
+// it. Here the function is set after the stack announced the reset, so
+// only the Read can call it: a watch that learned of it only once the
+// HTTP/2 server had ended its streams saw the session between requests.
+func TestReadTellsOnReadableOfBreak(t *testing.T) {
+	r := newConnRig(t)
+	_, cep, c := r.dialEndpoint()
+	cep.Abort()
+	for end := time.Now().Add(waitFor); !c.Broken(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("not Broken after the client's RST")
+		}
+	}
+	n := newNotifier()
+	c.OnReadable(n.fn)
+	if _, err := c.Read(make([]byte, 8)); err == nil {
+		t.Fatal("the read after the client's RST returned no error")
+	}
+	if n.calls.Load() == 0 {
+		t.Error("the Read that took the client's reset returned without calling OnReadable's function")
+	}
+}

@@ -1,0 +1,82 @@
+package intercept
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+)
+
+// What Session.broke says: whether a request was under way when the
+// client's connection was first seen broken.
+const (
+	breakBetweenRequests int32 = 1
+	breakUnderWay        int32 = 2
+)
+
+// NoteClientBreak takes whether a request is under way now, as the
+// client's connection is first seen broken, and reports it; the first
+// call's answer stands. A client that resets while a request is under way
+// (an HTTP/1 request, its head begun, or any HTTP/2 stream; or the TLS
+// handshake, the first bytes) loses it, and the records say reset; one
+// that resets between requests, as real clients close (curl --http2 with
+// the appliance's last frames unread sends a RST and no FIN), loses
+// nothing, and they say what they would have said. It must be called as
+// the break is seen (the client watch calls it from the packet stack's
+// callback, and from the Read that takes the reset, before that returns):
+// the HTTP/2 server, reading the same reset, ends the streams and makes
+// the session look idle soon after. It only loads atomics.
+func (s *Session) NoteClientBreak() bool {
+	v := breakBetweenRequests
+	if s.requestUnderWay() {
+		v = breakUnderWay
+	}
+	s.broke.CompareAndSwap(0, v)
+	return s.broke.Load() == breakUnderWay
+}
+
+// requestUnderWay reports whether a request is under way: one in flight,
+// a stream the client opened yet to reach RoundTrip, an HTTP/1 head begun
+// (its deadline armed), or no request served yet (the handshake, the
+// destination check, the first bytes).
+func (s *Session) requestUnderWay() bool {
+	rt := s.serving.Load()
+	if rt == nil {
+		return true
+	}
+	return rt.busy() || !rt.cc.limit.isH2.Load() && rt.cc.limit.timed.Load()
+}
+
+// clientBroker is a client connection that says what broke it when its
+// client did, as a read took it (netstack.Conn.ClientBroke, and the
+// proxy's wrappers).
+type clientBroker interface{ ClientBroke() error }
+
+// noteClientBreak makes the records of a session whose client broke its
+// connection say so, as the client watch's Abort does (result reset, or
+// timeout for a client that vanished; "the client's connection broke:
+// ..."), when the session ended on the read that took the break before
+// that Abort came: the HTTP/2 server ends its streams, and the session,
+// as soon as its read fails. A reset between requests (NoteClientBreak)
+// is left as it is: the client lost nothing. It runs once the session has
+// begun to end, after noteReclaimed: an Abort, or the reclaim's reset,
+// keeps its reason, and so does a record the session's own end has
+// already given another result (a failed handshake's: handshakeReset).
+func (s *Session) noteClientBreak() {
+	b, ok := s.Client.(clientBroker)
+	if !ok || s.Record.Result != "ok" {
+		return
+	}
+	why := b.ClientBroke()
+	if why == nil {
+		return
+	}
+	result := "reset"
+	if errors.Is(why, syscall.ETIMEDOUT) {
+		result = "timeout" // a vanished client, at any time: as the watch says it
+	} else if s.broke.Load() != breakUnderWay {
+		return
+	}
+	if a := s.aborted.Load(); a == nil || a == ending {
+		s.aborted.CompareAndSwap(a, &abortReason{result: result, err: fmt.Errorf("the client's connection broke: %w", why)})
+	}
+}
