@@ -85,3 +85,6 @@ func SetExpectContinueTimeout(d time.Duration) (restore func()) {
 	expectContinueTimeout.Store(d)
 	return func() { expectContinueTimeout.Store(old) }
 }
+
+// MaxStreamsInFlight bounds a session's requests in flight at once.
+const MaxStreamsInFlight = maxStreamsInFlight

@@ -108,7 +108,11 @@ type roundTripper struct {
 	// for every stream the client opened (headLimit.streams), for
 	// h2HandlerGrace at most: a stream the server refused (a malformed
 	// request) never gets one.
-	inflight   atomic.Int64
+	inflight atomic.Int64
+	// streams is the requests in flight as the bound on them counts
+	// them (streamcap.go): inflight's span, but a request whose stream
+	// is closed no longer counts.
+	streams    streamSlots
 	requests   atomic.Int64 // requests that reached RoundTrip
 	closed     atomic.Bool
 	graceArmed atomic.Bool // the grace's timer is running, or has run

@@ -30,7 +30,9 @@ import (
 //     response head already (waiting for a connection, or for the
 //     origin's answer on one, or tried again on a new one) is answered
 //     503 at once: only a client that ignored the setting (or opened
-//     streams before it came) meets that;
+//     streams before it came) meets that. (The session's requests in
+//     flight, waiting or past their heads, are bounded at as many:
+//     streamcap.go.);
 //   - in time: a request that has waited upstreamWaitTimeout for a
 //     connection while the session's upstream showed no progress (no
 //     request got a connection, and the origin sent no byte) is answered

@@ -109,8 +109,9 @@ func TestH2StreamsWaitingForUpstreamAnswered(t *testing.T) {
 
 // TestH2StreamsBeyondWaitingBoundRefused: a client that ignores the
 // concurrent streams the appliance advertises (100) and opens 250 at once
-// towards a silent HTTP/1 origin has those past the MaxWaitingStreams
-// without a response head answered 503 at once, and those of them still
+// towards a silent HTTP/1 origin has those past the MaxStreamsInFlight in
+// flight (all of them without a response head) answered 503 at once
+// (streamcap.go), and those of them still
 // waiting for a connection (all but the origin's 8) once the wait bound
 // has passed: the connection holds 8 streams then, not 250 for good.
 // Each 503's record says which bound.
@@ -164,7 +165,7 @@ func TestH2StreamsBeyondWaitingBoundRefused(t *testing.T) {
 	for _, rec := range ofKind(r.records(), "http") {
 		switch {
 		case rec.Status != http.StatusServiceUnavailable:
-		case rec.Result == "error" && strings.Contains(rec.Error, "wait on its upstream already"):
+		case rec.Result == "error" && strings.Contains(rec.Error, "streams in flight"):
 			atOnce++
 		case rec.Result == "timeout" && strings.Contains(rec.Error, "came free, and the destination sent nothing, within"):
 			waited++
@@ -172,7 +173,7 @@ func TestH2StreamsBeyondWaitingBoundRefused(t *testing.T) {
 			t.Errorf("a 503 recorded as %q: %q", rec.Result, rec.Error)
 		}
 	}
-	if want, wantWaited := streams-intercept.MaxWaitingStreams, intercept.MaxWaitingStreams-8; atOnce != want || waited != wantWaited {
+	if want, wantWaited := streams-intercept.MaxStreamsInFlight, intercept.MaxStreamsInFlight-8; atOnce != want || waited != wantWaited {
 		t.Errorf("503s recorded: %d at once, %d after the wait bound; want %d and %d", atOnce, waited, want, wantWaited)
 	}
 }

@@ -16,12 +16,12 @@ import (
 // list as Go holds it, while it waits in its destination check or on the
 // destination the transport's state for it, and past the response head
 // the response and goproxy's 32 KiB buffer copying its body. An HTTP/2
-// client keeps up to maxWaitingStreams of them waiting per connection
-// (h2wait.go) on an origin of its own that never answers, and more past
-// their heads (an origin that sends a head and a first byte, then
-// nothing, as an event stream that stalls: goproxy's server takes 250, and
-// nothing bounds the wait, the stream watch counting no time spent on the
-// origin): up to 190 KB each for a header list of tiny fields, fifteen
+// client keeps up to maxStreamsInFlight of them per connection
+// (streamcap.go), waiting (h2wait.go) on an origin of its own that never
+// answers, or past their heads (an origin that sends a head and a first
+// byte, then nothing, as an event stream that stalls: nothing bounds the
+// wait, the stream watch counting no time spent on the origin; goproxy's
+// server takes 250): up to 190 KB each for a header list of tiny fields, fifteen
 // megabytes and more a connection whose stack buffers hold half a
 // megabyte, which the reclaim, weighing buffers alone, never saw. An
 // HTTP/1 connection holds one such request at a time (its head up to the

@@ -36,12 +36,18 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	// the origin, the client reading the body): the memory reclaim
 	// weighs it (held.go).
 	held := chargeHeld(rt.s.Client, req)
+	// In flight for the session's bound from now until its record is
+	// written too (streamcap.go); over the bound, refused in roundTrip,
+	// once the request is decided.
+	slot, over := rt.streams.take(req.Context())
 	handedOver := false
 	defer func() {
 		if !handedOver {
 			// A panic (an HTTP/2 handler's is recovered): no record
-			// will end this request, and its charge would stay.
+			// will end this request, and its charge and its slot would
+			// stay.
 			held.giveBack()
+			slot.release()
 		}
 	}()
 	rt.s.abortIfBroken() // the client reset after its FIN: AbortUnlessIdle
@@ -61,12 +67,13 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	}
 	fb := watchBodyFault(req, rt.cc)
 	reqBody := req.Body // goproxy's own (or fb), before roundTrip wraps it
-	resp, err := rt.roundTrip(req, fb)
+	resp, err := rt.roundTrip(req, fb, slot, over)
 	if rb := recordingOf(resp); rb != nil {
 		held.pastHead(req, resp)
 		rb.keepHeld(held) // given back with its record
 	} else {
 		held.giveBack()
+		slot.release()
 		rt.requestDone() // its record is written already
 	}
 	handedOver = true
@@ -106,8 +113,10 @@ func hasBody(req *http.Request, resp *http.Response) bool {
 }
 
 // roundTrip is RoundTrip's one request; fb is its body when that is an
-// HTTP/1 one, chunked or of a Content-Length (watchBodyFault), else nil.
-func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Response, error) {
+// HTTP/1 one, chunked or of a Content-Length (watchBodyFault), else nil;
+// slot its place among the session's requests in flight, released with
+// its record, or over the error of a request over their bound.
+func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *streamSlot, over error) (*http.Response, error) {
 	s := rt.s
 	start := time.Now()
 	req.URL.Scheme = rt.scheme // goproxy saw cleartext and says http
@@ -186,6 +195,15 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 		rec.Error = "not sent: " + why
 		rt.write(&rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
+	}
+	if over != nil {
+		// Over the session's streams in flight (streamcap.go): before
+		// its destination check and its dial, answered at once. Only a
+		// client that ignored the concurrent streams advertised meets
+		// it.
+		rec.Status, rec.Result, rec.Error = http.StatusServiceUnavailable, "error", over.Error()
+		rt.write(&rec, start)
+		return errorResponse(req, rec.Status, "gwlbproxy: "+over.Error()), nil
 	}
 	if s.needsDestinationCheck(pol, d, host) {
 		if err := s.checkDestination(req.Context(), host); err != nil {
@@ -362,6 +380,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody) (*http.Respo
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
 		tunnel.record(&rec)
 		rt.write(&rec, start)
+		slot.release()
 		rt.requestDone()
 	}
 	if w, ok := resp.Body.(io.Writer); ok { // a 101's body carries both directions

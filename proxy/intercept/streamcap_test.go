@@ -1,0 +1,224 @@
+package intercept_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+)
+
+// TestH2StreamsPastHeadBounded: a bumped HTTP/2 client that ignores the
+// 100 concurrent streams the appliance advertises opens 150 towards an
+// HTTP/2 origin of its own that answers each with a head and a first byte,
+// then nothing (an event stream that stalls). Past their heads the
+// streams wait on no bound of the wait for a head, and x/net's server
+// takes 250: each held its handler, request and goproxy's 32 KiB copy
+// buffer for as long as the origin liked. The 50 past the 100 in flight
+// are answered 503 without reaching the origin, each recorded as refused
+// by the bound.
+func TestH2StreamsPastHeadBounded(t *testing.T) {
+	const streams, allowed = 150, intercept.MaxStreamsInFlight
+	r := newRig(t, testPolicy)
+	upEnd, originEnd := testnet.TCPPair(t)
+	var atOrigin atomic.Int64
+	headFirstH2Origin(r, originEnd, &atOrigin)
+	c, _ := r.connectTCP(upEnd, tlsDest)
+	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
+	defer tlsc.Close()
+	tlsc.SetDeadline(time.Now().Add(3 * waitLimit))
+	var buf, hb bytes.Buffer
+	buf.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&buf, nil)
+	fr.WriteSettings()
+	enc := hpack.NewEncoder(&hb)
+	open := func(s int) { writeGet(fr, enc, &hb, uint32(2*s+1), "https") }
+	// The first stream alone, until the origin has it: the others then
+	// find the one upstream connection up (the rig has no second).
+	open(0)
+	tlsc.Write(buf.Bytes())
+	buf.Reset()
+	for end := time.Now().Add(waitLimit); atOrigin.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the origin never got the first stream")
+		}
+	}
+	for s := 1; s < streams; s++ {
+		open(s)
+	}
+	go tlsc.Write(buf.Bytes())
+	rd := http2.NewFramer(io.Discard, tlsc)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	codes := map[string]int{}
+	for heads := 0; heads < streams; heads++ {
+		f, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatalf("%d of %d streams answered (%v): %v", heads, streams, codes, err)
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			codes[f.PseudoValue("status")]++
+		case *http2.RSTStreamFrame:
+			t.Fatalf("stream %d reset (%v), want a 503", f.StreamID, f.ErrCode)
+		default:
+			heads-- // not an answer
+		}
+	}
+	if codes["200"] != allowed || codes["503"] != streams-allowed {
+		t.Errorf("streams answered %v, want %d 200 and %d 503", codes, allowed, streams-allowed)
+	}
+	if n := atOrigin.Load(); n != allowed {
+		t.Errorf("the origin got %d streams, want %d", n, allowed)
+	}
+	var refused int
+	for _, rec := range ofKind(r.records(), "http") {
+		if rec.Status != http.StatusServiceUnavailable {
+			continue
+		}
+		refused++
+		if rec.Result != "error" || !strings.Contains(rec.Error, "streams in flight") || rec.Host != "www.example.test" || rec.Action != "bump" {
+			t.Errorf("a refusal recorded as %q %q (host %q, action %q)", rec.Result, rec.Error, rec.Host, rec.Action)
+		}
+	}
+	if refused != streams-allowed {
+		t.Errorf("%d refusals recorded, want %d", refused, streams-allowed)
+	}
+}
+
+// TestH2HonestClientNeverRefused: a Go HTTP/2 client, which keeps to the
+// concurrent streams the appliance advertises, has 130 requests to make at
+// any time for many rounds, so that it keeps 100 streams open throughout,
+// each past its head (the origin sends a head and a byte, then the rest a
+// little later), opening a new stream the moment one ends; one request in
+// seven it cancels after the first byte (a reset, and its slot reused at
+// once). It is never refused: the bound counts a request from the start of
+// RoundTrip until its record is written or its stream is closed, within
+// the span the server counts the stream open.
+func TestH2HonestClientNeverRefused(t *testing.T) {
+	const workers, rounds = 130, 8
+	r := newRig(t, testPolicy)
+	upEnd, originEnd := testnet.TCPPair(t)
+	var cur, peak atomic.Int64
+	slowH2Origin(r, originEnd, &cur, &peak)
+	c, _ := r.connectTCP(upEnd, tlsDest)
+	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
+	defer tlsc.Close()
+	tlsc.SetDeadline(time.Now().Add(6 * waitLimit))
+	// Strict: a connection at its peer's limit queues the request, where
+	// a pooling transport would open another connection.
+	cc, err := (&http2.Transport{StrictMaxConcurrentStreams: true}).NewClientConn(tlsc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	get := func(cancel bool) (int, error) {
+		req, _ := http.NewRequest("GET", "https://www.example.test/stream", nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		if cancel { // the first byte, then a reset
+			_, err = resp.Body.Read(make([]byte, 1))
+		} else {
+			_, err = io.Copy(io.Discard, resp.Body)
+		}
+		return resp.StatusCode, err
+	}
+	// The first request alone: the rest find the one upstream
+	// connection up (the rig has no second).
+	if code, err := get(false); code != http.StatusOK || err != nil {
+		t.Fatalf("the first request: %d, %v", code, err)
+	}
+	var (
+		mu    sync.Mutex
+		codes = map[int]int{}
+		errs  []error
+		n     atomic.Int64
+		wg    sync.WaitGroup
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				code, err := get(n.Add(1)%7 == 0)
+				mu.Lock()
+				codes[code]++
+				if err != nil {
+					errs = append(errs, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if codes[http.StatusOK] != workers*rounds || len(errs) > 0 {
+		t.Errorf("%d requests answered %v, errors %v; want all 200", workers*rounds, codes, errs[:min(len(errs), 3)])
+	}
+	t.Logf("%d requests, at most %d at the origin at once", workers*rounds, peak.Load())
+	if p := peak.Load(); p < intercept.MaxStreamsInFlight {
+		t.Errorf("at most %d streams at the origin at once: the client never reached the bound, the test shows nothing", p)
+	}
+	for _, rec := range ofKind(r.records(), "http") {
+		if rec.Status == http.StatusServiceUnavailable {
+			t.Fatalf("a 503 recorded: %q", rec.Error)
+		}
+	}
+}
+
+// slowH2Origin serves HTTP/2 over TLS on c: each response a head and a
+// first byte at once, the rest after a little while, as a slow stream
+// sends it; and until it has had 100 streams at once (or waitLimit), it
+// holds the rest of each back, so that the streams in flight are 100 at
+// least once. cur counts the streams it is serving, peak the most at once.
+func slowH2Origin(r *rig, c net.Conn, cur, peak *atomic.Int64) {
+	tc := tls.Server(c, &tls.Config{
+		Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"h2"},
+	})
+	full := make(chan struct{})
+	var fullOnce sync.Once
+	handler := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		n := cur.Add(1)
+		defer cur.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		if n >= intercept.MaxStreamsInFlight {
+			fullOnce.Do(func() { close(full) })
+		}
+		w.Write([]byte("x"))
+		w.(http.Flusher).Flush()
+		select {
+		case <-full:
+		case <-req.Context().Done():
+			return
+		case <-time.After(waitLimit): // reported by the test's peak
+		}
+		// The slow stream's pace: what the test simulates, not a wait
+		// for anything.
+		select {
+		case <-time.After(time.Duration(1+n%5) * time.Millisecond):
+		case <-req.Context().Done():
+			return
+		}
+		w.Write([]byte("y"))
+	})
+	go func() {
+		if err := tc.Handshake(); err != nil { // ServeConn wants it done
+			c.Close()
+			return
+		}
+		(&http2.Server{}).ServeConn(tc, &http2.ServeConnOpts{Handler: handler})
+	}()
+}
