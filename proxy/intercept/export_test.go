@@ -67,10 +67,6 @@ func SetUpstreamWaitTimeout(d time.Duration) (restore func()) {
 	return func() { upstreamWaitTimeout.Store(old) }
 }
 
-// MaxWaitingStreams bounds a session's requests waiting for an upstream
-// connection.
-const MaxWaitingStreams = maxWaitingStreams
-
 // H1LineCharge and H1LineSlack: what each line of an HTTP/1 request head
 // costs against the head limit beside its bytes, and the lines' room.
 const (

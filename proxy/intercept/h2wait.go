@@ -26,13 +26,15 @@ import (
 //     h2MaxConcurrentStreams (h2guard.go rewrites goproxy's 250; its
 //     server, which cannot be configured, still takes 250), so an honest
 //     client never has more than that many streams open, and a session's
-//     request that finds maxWaitingStreams of its requests without a
-//     response head already (waiting for a connection, or for the
-//     origin's answer on one, or tried again on a new one) is answered
-//     503 at once: only a client that ignored the setting (or opened
-//     streams before it came) meets that. (The session's requests in
-//     flight, waiting or past their heads, are bounded at as many:
-//     streamcap.go.);
+//     request that finds maxStreamsInFlight of its requests in flight
+//     already (waiting for a connection, for the origin's answer on one,
+//     or past their heads) is answered 503 at once (streamcap.go): only a
+//     client that ignored the setting (or opened streams before it came)
+//     meets that. The waiting requests had a count of their own, until
+//     their head or their round trip's end, which refused an honest
+//     client's stream opened the moment it had reset one still counted;
+//     the requests in flight bound them, and stop counting a reset one
+//     at once;
 //   - in time: a request that has waited upstreamWaitTimeout for a
 //     connection while the session's upstream showed no progress (no
 //     request got a connection, and the origin sent no byte) is answered
@@ -42,7 +44,7 @@ import (
 //     for that long will not serve them. Once a request has its
 //     connection, its wait for the answer is not timed, as an HTTP/1
 //     client's is not: an origin that trickles a byte every 29 s keeps
-//     its session's requests, at most maxWaitingStreams of them.
+//     its session's requests, at most maxStreamsInFlight of them.
 //
 // Both 503s are recorded, the error saying why.
 
@@ -50,10 +52,6 @@ import (
 // allowed, the value RFC 9113 recommends as the least (browsers open
 // about that many towards one origin, and queue the rest themselves).
 const h2MaxConcurrentStreams = 100
-
-// maxWaitingStreams bounds a session's requests without a response head
-// at once: an honest client has at most h2MaxConcurrentStreams open.
-const maxWaitingStreams = h2MaxConcurrentStreams
 
 // upstreamWaitTimeout bounds a request's wait for an upstream connection
 // while its session's upstream shows no progress. It covers the dial and
@@ -79,12 +77,8 @@ func (a *atomicDuration) Store(d time.Duration) { a.v.Store(int64(d)) }
 // was bounded; roundTrip answers it 503 (upstreamFailStatus).
 var errUpstreamWait = errors.New("waiting for an upstream connection")
 
-// errTooManyWaiting and errWaitedTooLong are the two bounds' errors.
-var (
-	errTooManyWaiting = fmt.Errorf("%w: %d of the session's requests wait on its upstream already (%d connections at most; %d concurrent streams are advertised)",
-		errUpstreamWait, maxWaitingStreams, maxUpstreamConns, h2MaxConcurrentStreams)
-	errWaitedTooLong = &waitedTooLong{}
-)
+// errWaitedTooLong is the bound's error.
+var errWaitedTooLong = &waitedTooLong{}
 
 // waitedTooLong is errWaitedTooLong: a timeout, as records.DialResult
 // reads it (result "timeout").
@@ -97,10 +91,9 @@ func (*waitedTooLong) Unwrap() error   { return errUpstreamWait }
 func (*waitedTooLong) Timeout() bool   { return true }
 func (*waitedTooLong) Temporary() bool { return true }
 
-// upstreamWait is a session's requests that have no response head yet:
-// waiting for an upstream connection, or for the origin's answer on one.
+// upstreamWait is what a session's requests waiting for an upstream
+// connection look at: the progress of its upstream.
 type upstreamWait struct {
-	waiting atomic.Int32
 	// lastGot is when the session's upstream last showed progress
 	// (UnixNano): a request got a connection, or the origin sent bytes.
 	lastGot atomic.Int64
@@ -127,25 +120,17 @@ func (w *upstreamWait) moved() bool {
 	return true
 }
 
-// startWait enters the request in w's count, refused past
-// maxWaitingStreams, and arms the bound on its wait for a connection; w
-// may be nil (no bound). The count lasts until the request has its
-// response head or ends (stop): a stream an HTTP/2 origin never answers
-// holds as much as one waiting for a connection, and a request net/http
-// tries again on a new connection is counted still.
-func (d *headDeadline) startWait(w *upstreamWait) error {
+// startWait arms the bound on the request's wait for a connection, which
+// ends once it has one (gotConnection), its response head, or its end
+// (stop); w may be nil (no bound).
+func (d *headDeadline) startWait(w *upstreamWait) {
 	if w == nil {
-		return nil
-	}
-	if w.waiting.Add(1) > maxWaitingStreams {
-		w.waiting.Add(-1)
-		return errTooManyWaiting
+		return
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.wait = w
 	d.waitTimer = time.AfterFunc(upstreamWaitTimeout.Load(), d.waitExpired)
-	return nil
 }
 
 // waitExpired ends the request if it still waits for a connection and the
@@ -187,14 +172,13 @@ func (d *headDeadline) untimeWait() {
 	}
 }
 
-// endWait takes the request out of its session's count, once: it has its
-// response head, or ended without one (which is no progress). Under mu.
+// endWait ends the request's wait, once: it has its response head, or
+// ended without one (which is no progress). Under mu.
 func (d *headDeadline) endWait() {
 	if d.wait == nil {
 		return
 	}
 	d.untimeWait()
-	d.wait.waiting.Add(-1)
 	d.wait = nil
 }
 

@@ -10,13 +10,14 @@ import (
 //
 // The appliance advertises SETTINGS_MAX_CONCURRENT_STREAMS
 // h2MaxConcurrentStreams (h2guard.go), but x/net's server, which cannot be
-// configured, takes 250. The wait for a response head is bounded
-// (h2wait.go); past its head a stream is not: an origin of the client's
-// own that sends a head and a byte, then nothing, had a client that
-// ignores the setting keep 250 streams per connection, each holding its
-// handler goroutine, request, header list and goproxy's 32 KiB copy
-// buffer (60-183 KB a stream). held.go charges them to the memory
-// reclaim, which counts them but bounds nothing.
+// configured, takes 250. A request's wait for an upstream connection is
+// bounded in time (h2wait.go); its wait for the answer on one, and past
+// its head its relay, are not: an origin of the client's own that sends a
+// head and a byte, then nothing, had a client that ignores the setting
+// keep 250 streams per connection, each holding its handler goroutine,
+// request, header list and goproxy's 32 KiB copy buffer (60-183 KB a
+// stream). held.go charges them to the memory reclaim, which counts them
+// but bounds nothing.
 //
 // So a session's requests in flight are bounded at maxStreamsInFlight: a
 // request is in flight from the start of RoundTrip until its record is

@@ -2,7 +2,10 @@ package intercept_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -106,11 +109,23 @@ func TestH2StreamsPastHeadBounded(t *testing.T) {
 // RoundTrip until its record is written or its stream is closed, within
 // the span the server counts the stream open.
 func TestH2HonestClientNeverRefused(t *testing.T) {
+	honestStreams(t, false)
+}
+
+// honestStreams is TestH2HonestClientNeverRefused; headLate, the origin
+// sends each head late, with the body, and the client cancels about one
+// request in three while it waits for its head, once the origin has it.
+func honestStreams(t *testing.T, headLate bool) {
 	const workers, rounds = 130, 8
 	r := newRig(t, testPolicy)
 	upEnd, originEnd := testnet.TCPPair(t)
 	var cur, peak atomic.Int64
-	slowH2Origin(r, originEnd, &cur, &peak)
+	var cancels sync.Map // path: the request's context.CancelFunc
+	slowH2Origin(r, originEnd, &cur, &peak, headLate, func(path string) {
+		if f, ok := cancels.Load(path); ok {
+			f.(context.CancelFunc)()
+		}
+	})
 	c, _ := r.connectTCP(upEnd, tlsDest)
 	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
 	defer tlsc.Close()
@@ -122,14 +137,27 @@ func TestH2HonestClientNeverRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	get := func(cancel bool) (int, error) {
-		req, _ := http.NewRequest("GET", "https://www.example.test/stream", nil)
+	var n atomic.Int64
+	get := func() (int, error) {
+		i := n.Add(1)
+		cancel := i%7 == 0 || headLate && i%3 == 0
+		path := fmt.Sprintf("/stream/%d", i)
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		if cancel && headLate {
+			cancels.Store(path, stop)
+			defer cancels.Delete(path)
+		}
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://www.example.test"+path, nil)
 		resp, err := cc.RoundTrip(req)
+		if cancel && headLate && errors.Is(err, context.Canceled) {
+			return 0, nil // as asked
+		}
 		if err != nil {
 			return 0, err
 		}
 		defer resp.Body.Close()
-		if cancel { // the first byte, then a reset
+		if cancel && !headLate { // the first byte, then a reset
 			_, err = resp.Body.Read(make([]byte, 1))
 		} else {
 			_, err = io.Copy(io.Discard, resp.Body)
@@ -138,14 +166,13 @@ func TestH2HonestClientNeverRefused(t *testing.T) {
 	}
 	// The first request alone: the rest find the one upstream
 	// connection up (the rig has no second).
-	if code, err := get(false); code != http.StatusOK || err != nil {
+	if code, err := get(); code != http.StatusOK || err != nil {
 		t.Fatalf("the first request: %d, %v", code, err)
 	}
 	var (
 		mu    sync.Mutex
 		codes = map[int]int{}
 		errs  []error
-		n     atomic.Int64
 		wg    sync.WaitGroup
 	)
 	for range workers {
@@ -153,7 +180,7 @@ func TestH2HonestClientNeverRefused(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range rounds {
-				code, err := get(n.Add(1)%7 == 0)
+				code, err := get()
 				mu.Lock()
 				codes[code]++
 				if err != nil {
@@ -164,10 +191,10 @@ func TestH2HonestClientNeverRefused(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if codes[http.StatusOK] != workers*rounds || len(errs) > 0 {
-		t.Errorf("%d requests answered %v, errors %v; want all 200", workers*rounds, codes, errs[:min(len(errs), 3)])
+	if codes[0]+codes[http.StatusOK] != workers*rounds || len(errs) > 0 {
+		t.Errorf("%d requests answered %v (0: cancelled), errors %v; want all 200", workers*rounds, codes, errs[:min(len(errs), 3)])
 	}
-	t.Logf("%d requests, at most %d at the origin at once", workers*rounds, peak.Load())
+	t.Logf("%d requests (%d cancelled waiting), at most %d at the origin at once", workers*rounds, codes[0], peak.Load())
 	if p := peak.Load(); p < intercept.MaxStreamsInFlight {
 		t.Errorf("at most %d streams at the origin at once: the client never reached the bound, the test shows nothing", p)
 	}
@@ -179,11 +206,12 @@ func TestH2HonestClientNeverRefused(t *testing.T) {
 }
 
 // slowH2Origin serves HTTP/2 over TLS on c: each response a head and a
-// first byte at once, the rest after a little while, as a slow stream
-// sends it; and until it has had 100 streams at once (or waitLimit), it
-// holds the rest of each back, so that the streams in flight are 100 at
-// least once. cur counts the streams it is serving, peak the most at once.
-func slowH2Origin(r *rig, c net.Conn, cur, peak *atomic.Int64) {
+// first byte at once (or, headLate, nothing yet), the rest after a little
+// while, as a slow stream sends it; and until it has had 100 streams at
+// once (or waitLimit), it holds the rest of each back, so that the streams
+// in flight are 100 at least once. cur counts the streams it is serving,
+// peak the most at once; arrived is told each stream's path as it comes.
+func slowH2Origin(r *rig, c net.Conn, cur, peak *atomic.Int64, headLate bool, arrived func(path string)) {
 	tc := tls.Server(c, &tls.Config{
 		Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"h2"},
 	})
@@ -197,8 +225,11 @@ func slowH2Origin(r *rig, c net.Conn, cur, peak *atomic.Int64) {
 		if n >= intercept.MaxStreamsInFlight {
 			fullOnce.Do(func() { close(full) })
 		}
-		w.Write([]byte("x"))
-		w.(http.Flusher).Flush()
+		arrived(req.URL.Path)
+		if !headLate {
+			w.Write([]byte("x"))
+			w.(http.Flusher).Flush()
+		}
 		select {
 		case <-full:
 		case <-req.Context().Done():
@@ -221,4 +252,15 @@ func slowH2Origin(r *rig, c net.Conn, cur, peak *atomic.Int64) {
 		}
 		(&http2.Server{}).ServeConn(tc, &http2.ServeConnOpts{Handler: handler})
 	}()
+}
+
+// TestH2HonestClientResetsWhileWaitingNeverRefused: as
+// TestH2HonestClientNeverRefused, but the origin sends each head late and
+// the client cancels about one request in three while it waits for it,
+// opening the next stream at once: a stream the client has reset is no
+// longer counted, though its round trip has yet to end. (The count of
+// requests without a head, kept until their round trip ended, refused
+// some in every run.)
+func TestH2HonestClientResetsWhileWaitingNeverRefused(t *testing.T) {
+	honestStreams(t, true)
 }

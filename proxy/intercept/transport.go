@@ -228,13 +228,7 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done()}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
-	if err := hd.startWait(t.wait); err != nil {
-		cancel(err)
-		if req.Body != nil { // a RoundTripper closes it, even failing
-			req.Body.Close()
-		}
-		return nil, err
-	}
+	hd.startWait(t.wait)
 	// A copy: the transport must not change the caller's request.
 	r := req.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, headDeadlineKey{}, hd), &httptrace.ClientTrace{
 		GotConn:              hd.gotConn,
@@ -464,8 +458,8 @@ func (d *headDeadline) stop() (*framingConn, int) {
 // (up to 250, goproxy's server allows) would otherwise dial one, a flood
 // of the destination from the appliance's address, counted in no flow
 // table. Streams beyond it wait for a connection to come free, as a
-// browser's requests to one host over HTTP/1 do, up to maxWaitingStreams
-// of them and for upstreamWaitTimeout at most (h2wait.go). A connection counts
+// browser's requests to one host over HTTP/1 do, up to maxStreamsInFlight
+// of them (streamcap.go) and for upstreamWaitTimeout at most (h2wait.go). A connection counts
 // until it really closes, held by a faulty response's body too
 // (connset.go's slots).
 const maxUpstreamConns = 8
