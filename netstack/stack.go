@@ -347,7 +347,7 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	_ = ep.SetSockOpt(&idle)
 	_ = ep.SetSockOpt(&intvl)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, r.opts.KeepaliveCount)
-	c := newConn(wq, ep)
+	c := newConn(wq, ep, r.Flow.Dest, r.Flow.Client)
 	c.closedSend, c.pressure = r.opts.ClosedSendTimeout, r.pressure
 	if r.live != nil {
 		r.live.add(c, r.client)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -49,6 +50,11 @@ type Conn struct {
 	// TryRead took it from the stack, which reports it once: BrokenError
 	// and ClientBroke say it after (clientbreak.go).
 	clientBroke atomic.Pointer[error]
+	// local and remote are the flow's destination and client, fixed at
+	// accept: gonet's addresses are nil once the endpoint is not
+	// connected, which callers such as x/net's HTTP/2 server do not
+	// expect (they call String on them).
+	local, remote netip.AddrPort
 
 	// closedSend is TCPOptions.ClosedSendTimeout, and pressure the
 	// server's memory pressure that shortens it (closedSendTimeout); set
@@ -97,9 +103,17 @@ func (c *Conn) reclaimed() bool { return c.state.Load()&connReclaimed != 0 }
 // markClosed marks c closed and reports whether it was the first to.
 func (c *Conn) markClosed() bool { return c.state.Or(connClosed)&connClosed == 0 }
 
-func newConn(wq *waiter.Queue, ep tcpip.Endpoint) *Conn {
-	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep}
+func newConn(wq *waiter.Queue, ep tcpip.Endpoint, local, remote netip.AddrPort) *Conn {
+	return &Conn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep, local: local, remote: remote}
 }
+
+// LocalAddr is the flow's destination, which this end of it stands for,
+// for the conn's whole life.
+func (c *Conn) LocalAddr() net.Addr { return net.TCPAddrFromAddrPort(c.local) }
+
+// RemoteAddr is the client, for the conn's whole life: never nil, as
+// gonet's is once the client has reset the connection.
+func (c *Conn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.remote) }
 
 // The events a reader waits for: bytes, the peer's FIN, or the end of the
 // endpoint.
