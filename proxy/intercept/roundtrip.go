@@ -337,6 +337,14 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	// the tunnel's (outcome).
 	rb.tunnel = resp.StatusCode == http.StatusSwitchingProtocols
 	rb.ended.Store(!rb.tunnel && !hasBody(req, resp))
+	if rb.ended.Load() {
+		// No body, so no trailers to follow it. An announced one (a HEAD
+		// answered with GET's fields) had goproxy flush the head first to
+		// copy them after; x/net's server ends a HEAD's stream on its head,
+		// and its context with it, which the record then read as the
+		// client going away from an answer it had whole.
+		resp.Trailer = nil
+	}
 	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
 	rb.done = func() {
