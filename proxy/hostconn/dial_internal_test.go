@@ -183,3 +183,26 @@ func TestOneBatchAtATime(t *testing.T) {
 		t.Errorf("%d spare sockets after a batch, want %d", n, spareBatch-1)
 	}
 }
+
+// TestClosingBounded: at most maxClosing descriptors wait for a batch
+// close, however long the batch's delay: a burst of closes must not hold
+// an unbounded number of descriptors (and their sockets) open.
+func TestClosingBounded(t *testing.T) {
+	var cl closer
+	cl.delay = time.Hour
+	t.Cleanup(cl.flush)
+	ln := loopback(t)
+	for range maxClosing + 10 {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.add(c.(*net.TCPConn))
+	}
+	cl.mu.Lock()
+	n := len(cl.pending)
+	cl.mu.Unlock()
+	if n >= maxClosing {
+		t.Fatalf("%d descriptors wait for the batch close, want fewer than %d", n, maxClosing)
+	}
+}

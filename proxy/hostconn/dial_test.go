@@ -253,6 +253,41 @@ func TestDialWaitsBounded(t *testing.T) {
 	}
 }
 
+// TestDialTimeoutBoundsUnderALaterContextDeadline: Timeout bounds a
+// connect besides the context's deadline (Dialer.Timeout), so a caller's
+// context with a later deadline cannot lift the proxy's dial bound
+// (cfg.DialTimeout) and hold a flow on a destination that never answers.
+func TestDialTimeoutBoundsUnderALaterContextDeadline(t *testing.T) {
+	dst := fullListener(t)
+	d := &hostconn.Dialer{Timeout: 200 * time.Millisecond}
+	t.Cleanup(d.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := d.DialContext(ctx, dst)
+	if el := time.Since(start); err == nil || el > 2*time.Second {
+		t.Fatalf("dial with Timeout 200ms under a 4s context: %v after %v, want a timeout after about 200ms", err, el)
+	}
+}
+
+// TestDialKeepAliveByDefault: a Dialer with KeepAlive 0 turns keep-alive
+// probes on after 15 s idle (Dialer.KeepAlive), so a destination that
+// vanished without a FIN or RST ends its relayed flow as a timeout rather
+// than holding it until the flow's idle timeout.
+func TestDialKeepAliveByDefault(t *testing.T) {
+	d := &hostconn.Dialer{Timeout: 5 * time.Second}
+	t.Cleanup(d.Close)
+	dst, ch := listen(t, "127.0.0.1:0")
+	c, _ := connect(t, context.Background(), d, dst, ch)
+	defer c.Close()
+	if v := sockopt(t, c, unix.SOL_SOCKET, unix.SO_KEEPALIVE); v == 0 {
+		t.Error("SO_KEEPALIVE is off")
+	}
+	if v := sockopt(t, c, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE); v != 15 {
+		t.Errorf("TCP_KEEPIDLE %d s, want 15", v)
+	}
+}
+
 // TestCloseEndsAtOnce: Close sends the FIN at once and wakes a read
 // waiting; the connection is unusable after it; and the descriptors of
 // closed connections and of spare sockets are all released in the end.

@@ -392,3 +392,35 @@ func TestParkChurnLeavesNothing(t *testing.T) {
 		t.Errorf("of %d closed conns the watch still holds %d and the sweep %d", N, watched, swept)
 	}
 }
+
+// TestLongParkStillWakes: a read parked for longer than the watch's empty
+// epoll wait (1 s) is still woken by the peer's bytes, because the watch
+// runs while any connection is parked. Otherwise a relayed flow whose
+// destination is quiet for a few seconds (an SSH session, a long poll)
+// would never see what the destination sends later.
+func TestLongParkStillWakes(t *testing.T) {
+	shortIdle(t, 50*time.Millisecond)
+	c, peer := dialedPair(t)
+	r := newIdleReader(c)
+	if err := c.WaitRead(r.read); !errors.Is(err, ErrIdle) {
+		t.Fatalf("WaitRead on a quiet connection: %v, want ErrIdle", err)
+	}
+	if !c.ParkRead(r.wake) {
+		t.Fatal("ParkRead refused an open connection")
+	}
+	// The quiet itself is what is tested: it must outlast two of the
+	// watch's empty waits, so no event can stand in for it.
+	select {
+	case <-r.woken:
+		t.Fatal("woken with nothing to read")
+	case <-time.After(2500 * time.Millisecond):
+	}
+	if _, err := peer.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.woken:
+	case <-time.After(3 * time.Second):
+		t.Fatal("bytes that came 2.5 s into a park never woke the parked read")
+	}
+}
