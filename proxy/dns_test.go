@@ -253,3 +253,44 @@ func nameLabels(t *testing.T, name string) []string {
 	}
 	return append(labels, string(l))
 }
+
+// TestParseDNSRefusesWhatNoServerReads: what a server would not read as a
+// query is not recorded as one (records.md: "a header, a question count
+// that is not zero, then the name ... and its type"): a question count of
+// 0, a question cut short in its class, and labels of the obsolete
+// extended types are refused. Otherwise a client could have any name of
+// its choosing recorded as a dns query it never made.
+func TestParseDNSRefusesWhatNoServerReads(t *testing.T) {
+	q := dnsQuery(7, "hidden.exfil.test", 1)
+	noQD := append([]byte{}, q...)
+	noQD[4], noQD[5] = 0, 0 // QDCOUNT 0, a question's bytes after the header
+	// A label of type 0x40 whose low six bits make a short label that
+	// fits: a server refuses it.
+	ext := append(append([]byte{}, q[:12]...), 0x41, 'a', 0, 0, 1, 0, 1)
+	ext80 := append(append([]byte{}, q[:12]...), 0x81, 'a', 0, 0, 1, 0, 1)
+	for name, b := range map[string][]byte{
+		"question count 0 with a question after it": noQD,
+		"type, half a class":                        q[:len(q)-1],
+		"type, no class":                            q[:len(q)-2],
+		"extended label 0x41":                       ext,
+		"extended label 0x81":                       ext80,
+	} {
+		if m, err := parseDNS(b); err != errNotDNS {
+			t.Errorf("%s: parsed as %+v (%q), %v; want errNotDNS", name, m, m.Name(), err)
+		}
+	}
+}
+
+// TestDNSRCodeNames: every rcode the records name (records.md: NOERROR,
+// NXDOMAIN, SERVFAIL, ...) is written by its name, the last one, REFUSED,
+// included, and those past the table by number.
+func TestDNSRCodeNames(t *testing.T) {
+	for r, want := range []string{"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"} {
+		if got := dnsRCodeName(uint8(r)); got != want {
+			t.Errorf("rcode %d: %q, want %q", r, got, want)
+		}
+	}
+	if got := dnsRCodeName(6); got != "RCODE6" {
+		t.Errorf("rcode 6: %q, want RCODE6", got)
+	}
+}

@@ -124,3 +124,22 @@ func TestDNSPendingAnswerGivesBack(t *testing.T) {
 	}
 	d.close()
 }
+
+// TestDNSPendingBudgetSharedAcrossFlowChurn: a client's flows share one
+// budget of pending queries however they come and go: one of them ending
+// must not hand the client's next flow a fresh budget while its other
+// flows still hold theirs, or a client that churns one flow between
+// batches restarts its bound each time (design.md: a bound per client).
+func TestDNSPendingBudgetSharedAcrossFlowChurn(t *testing.T) {
+	p, _, _ := udpProxy(t, "policy: {default: allow}\n", nil)
+	rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
+	a := newDNSLog(p, rec, nil)
+	b := newDNSLog(p, rec, nil)
+	a.close() // b still holds the client's budget
+	c := newDNSLog(p, rec, nil)
+	defer b.close()
+	defer c.close()
+	if b.budget != c.budget {
+		t.Fatal("a flow opened after another of the client's flows ended got a budget of its own: the client's bound restarts at every churn")
+	}
+}

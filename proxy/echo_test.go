@@ -323,3 +323,38 @@ func TestEchoDeniedShareLeavesRoomForOthers(t *testing.T) {
 		t.Errorf("a denied echo flow beyond the full pool: echo_denied_unrecorded %d, want %d", got, before+1)
 	}
 }
+
+// TestEchoDeniedShareComesBack: a client's denied echo flows that idle out
+// give their room in its share back (records.md: "... requests of its
+// further new denied flows are dropped without a record ... until some
+// idle out"). Otherwise a client's share fills once for good and every
+// later denied ping of that client goes unrecorded.
+func TestEchoDeniedShareComesBack(t *testing.T) {
+	p, _, sink := echoProxy(t, noPing, func(cfg *Config) { cfg.EchoIdleTimeout = 100 * time.Millisecond })
+	t.Cleanup(p.Close)
+	p.echo.deniedShare = 2
+	p.HandleEcho(echoReq("127.0.0.2", 1, 1))
+	p.HandleEcho(echoReq("127.0.0.2", 2, 1))
+	if n := len(sink.records(t, 2)); n != 2 {
+		t.Fatalf("%d records of the first two denied flows, want 2", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.echo.mu.Lock()
+		n := len(p.echo.flows)
+		p.echo.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d denied flows still remembered after their idle timeout", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.HandleEcho(echoReq("127.0.0.2", 3, 1))
+	p.HandleEcho(echoReq("127.0.0.2", 4, 1))
+	if n := len(sink.records(t, 4)); n != 4 {
+		t.Fatalf("%d records, want 4: the client's later denied flows went unrecorded (echo_denied_unrecorded %d) though its first ones had idled out",
+			n, p.Stats().EchoUnrecorded)
+	}
+}

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 )
 
 // loopbackPair returns both ends of a TCP connection on 127.0.0.1.
@@ -240,5 +242,39 @@ func TestRelayDestinationTimeoutRecorded(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the relay did not end; %d bytes sent", sent.Load())
+	}
+}
+
+// TestRelayLongQuietThenDestinationSends: a relayed flow whose destination
+// stays quiet for longer than IdleAfter plus the park watch's empty wait
+// (1 s) still relays what the destination sends afterwards (design.md: the
+// watch "resumes the direction in a new goroutine at the destination's
+// next bytes"); else an SSH session or a long poll would hang until its
+// idle timeout.
+func TestRelayLongQuietThenDestinationSends(t *testing.T) {
+	t.Cleanup(hostconn.SetIdleAfter(100 * time.Millisecond))
+	r := newRelayRig(t)
+	cc, conn := r.dial(t, 3900)
+	upSide, server := loopbackPair(t)
+	done := make(chan relayResult, 1)
+	startRelay(conn, hostconn.Wrap(upSide), func(out, in int64, err error) { done <- relayResult{out, in, err} })
+	exchange(t, cc, server, "hello")
+	// The quiet is what is tested, not a wait for an event: it must outlast
+	// two of the watch's empty waits while the direction is parked.
+	time.Sleep(2500 * time.Millisecond)
+	if _, err := server.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	cc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(cc, b); err != nil || string(b) != "late" {
+		t.Fatalf("the client read %q, %v: what the destination sent after 2.5 s of quiet was never relayed", b, err)
+	}
+	cc.Close()
+	server.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay did not end")
 	}
 }
