@@ -409,6 +409,56 @@ func TestOpenTUN(t *testing.T) {
 	}
 }
 
+// TestOpenTUNOffloadTakes: a TUN device opened with offload really has it
+// (virtio-net header, TSO split, GRO: a batch of more than one packet),
+// and one opened without it runs a packet at a time. wireguard's tun turns
+// offload on only if the device was created with IFF_VNET_HDR, and
+// otherwise silently runs without it, so --offload and the netns tests'
+// offload path could be off with nothing failing.
+func TestOpenTUNOffloadTakes(t *testing.T) {
+	testenv.RequireRoot(t, "the TUN test needs root: it creates a device in a private network namespace")
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread ends with its namespace (TestOpenTUN).
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
+			return
+		}
+		batch := func(offload bool) (int, error) {
+			dev, _, err := openTUN("gwlbsim%d", offload)
+			if err != nil {
+				return 0, err
+			}
+			defer dev.Close()
+			return dev.BatchSize(), nil
+		}
+		on, err := batch(true)
+		if err != nil {
+			errc <- err
+			return
+		}
+		off, err := batch(false)
+		if err != nil {
+			errc <- err
+			return
+		}
+		if on <= 1 || off != 1 {
+			errc <- fmt.Errorf("batch size %d with offload, %d without: want more than 1, and 1", on, off)
+			return
+		}
+		errc <- nil
+	}()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("opening the TUN devices did not finish within 10s")
+	}
+}
+
 // TestPumpReplyCapacity: a reply handed to the device starts with the
 // headroom for its header, and its capacity never lets the device coalesce
 // a packet beyond 65,535 bytes (it bounds coalescing by capacity alone;
