@@ -96,3 +96,29 @@ func TestWholeReplyOfNoFlowRefused(t *testing.T) {
 		t.Fatalf("stats %+v: a reply of no flow was delivered under another flow's header", st)
 	}
 }
+
+// TestConfiguredVNISent holds that the flows' headers carry the configured
+// VNI and that a reply must carry it back: a reply written under VNI 0 is
+// refused, the echoed header delivered. With every flow under VNI 0, an
+// appliance that writes 0 instead of echoing the VNI would pass every test.
+func TestConfiguredVNISent(t *testing.T) {
+	const vni = 0xabcdef
+	g := newGroup(t, 191, 1, func(c *Config, _ int) { c.VNI = vni })
+	a := g.targets[0]
+	if g.send(t, protoUDP, 40000, 53) != a {
+		t.Fatal("the packet did not reach the target")
+	}
+	r := a.last(t)
+	h, why := netstack.ParseHeader(append(append([]byte(nil), r.header...), 0x45))
+	if why != netstack.DropNone {
+		t.Fatalf("parsing the header the target got: %v", why)
+	}
+	if h.VNI != vni {
+		t.Fatalf("header sent with VNI %#x, want %#x", h.VNI, vni)
+	}
+	zero := netstack.AppendHeader(nil, netstack.EtherTypeIPv4, 0, h.Endpoint, h.Attachment, h.FlowCookie, nil)
+	a.send(r.from.Port(), zero, reflectPacket(r.inner))
+	g.waitStats(t, "a reply under VNI 0 refused", func(s Stats) bool { return s.HeaderMismatch == 1 })
+	a.send(r.from.Port(), r.header, reflectPacket(r.inner))
+	g.waitStats(t, "the reply under the echoed header delivered", func(s Stats) bool { return s.Received == 1 })
+}

@@ -51,6 +51,11 @@ type Config struct {
 	// ExtraOptions are further GENEVE options, already encoded (a multiple
 	// of 4 bytes), added after the AWS ones; the appliance must echo them.
 	ExtraOptions []byte
+	// VNI is the Virtual Network Identifier every flow's header carries
+	// (24 bits; default 0). A reply must carry it back unchanged, so a
+	// non-zero VNI shows an appliance that writes its own instead of
+	// echoing the header.
+	VNI uint32
 
 	// Stickiness is what defines a flow: the 5-tuple (the default), the
 	// 3-tuple (source IP, destination IP, protocol) or the 2-tuple (source
@@ -174,6 +179,9 @@ func New(cfg Config) (*Sim, error) {
 	}
 	if len(cfg.ExtraOptions)%4 != 0 {
 		return nil, errors.New("gwlbsim: extra options must be a multiple of 4 bytes")
+	}
+	if cfg.VNI >= 1<<24 {
+		return nil, fmt.Errorf("gwlbsim: VNI %#x is over 24 bits", cfg.VNI)
 	}
 	var err error
 	if cfg.Stickiness, err = ParseStickiness(string(cfg.Stickiness)); err != nil {
@@ -476,7 +484,7 @@ func (s *Sim) newRoute(f *simFlow, t *target, old uint32) *flowRoute {
 		cookie = rand.Uint32()
 	}
 	return &flowRoute{
-		header: netstack.AppendHeader(nil, f.etherType, 0, f.ep.id, f.ep.attachment, cookie, s.cfg.ExtraOptions),
+		header: netstack.AppendHeader(nil, f.etherType, s.cfg.VNI, f.ep.id, f.ep.attachment, cookie, s.cfg.ExtraOptions),
 		cookie: cookie, target: t,
 	}
 }

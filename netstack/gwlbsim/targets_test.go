@@ -458,6 +458,7 @@ func TestConfigErrors(t *testing.T) {
 		{"timeout over interval", Config{Addr: simAddr, Targets: []netip.AddrPort{a, b}, HealthCheck: HealthCheck{Port: 80, Interval: time.Second, Timeout: 2 * time.Second}}, "at most the interval"},
 		{"threshold", Config{Addr: simAddr, Targets: []netip.AddrPort{a}, HealthCheck: HealthCheck{Port: 80, HealthyThreshold: 11}}, "healthy threshold"},
 		{"path", Config{Addr: simAddr, Targets: []netip.AddrPort{a}, HealthCheck: HealthCheck{Port: 80, Path: "healthz"}}, "path"},
+		{"VNI over 24 bits", Config{Addr: simAddr, Targets: []netip.AddrPort{a}, VNI: 1 << 24}, "24 bits"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := New(tc.cfg)
