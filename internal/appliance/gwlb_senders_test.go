@@ -328,3 +328,21 @@ func TestGWLBCIDRsVPCDefaultWarns(t *testing.T) {
 		t.Errorf("a warning with --gwlb-cidrs set to the GWLB's subnet:\n%s", logged)
 	}
 }
+
+// TestGWLBCIDRsEmptyVPCBlocksRefused: instance metadata that names no VPC
+// CIDR block stops the start (asking for --gwlb-cidrs) rather than leaving
+// the senders' list empty. An empty list must never stand for "every
+// sender": GENEVE from anyone who reaches the port could forge endpoints
+// and clients and use the appliance as an open proxy, and without the
+// warning "--gwlb-cidrs any" gives.
+func TestGWLBCIDRsEmptyVPCBlocksRefused(t *testing.T) {
+	imds := newFakeIMDS(t, "\n", "") // an empty IPv4 entry, no IPv6 one
+	o := Options{MetadataEndpoint: imds.URL}
+	err := resolveGWLBSenders(&o)
+	if err == nil {
+		t.Fatalf("empty VPC CIDR blocks accepted: senders %v, from the VPC %v", o.GWLBCIDRs, o.gwlbCIDRsFromVPC)
+	}
+	if !strings.Contains(err.Error(), "--gwlb-cidrs") {
+		t.Errorf("error %q does not name --gwlb-cidrs", err)
+	}
+}
