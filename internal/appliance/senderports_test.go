@@ -110,3 +110,30 @@ func TestSenderPrefixesAny(t *testing.T) {
 		t.Errorf("named prefixes became %v", got)
 	}
 }
+
+// TestSenderGenevePortFromFlagRefused: with --geneve-addr on a port other
+// than 6081, a client's UDP to that port at a sender's address is refused
+// too (configuration.md --gwlb-cidrs: "6081, and --geneve-addr's"). A
+// sibling appliance of the same configuration listens there and would take
+// the datagram, from this appliance's address inside --gwlb-cidrs, for the
+// GWLB's GENEVE: the client could forge endpoints and flows on it. The
+// proxy refuses only 6081 unless the appliance hands it the flag's port.
+func TestSenderGenevePortFromFlagRefused(t *testing.T) {
+	const port = 7081
+	r := newRig(t, func(o *Options) {
+		ap := netip.MustParseAddrPort(o.GeneveAddr)
+		o.GeneveAddr = netip.AddrPortFrom(ap.Addr(), port).String()
+	}, nil)
+	var got atomic.Int32
+	sibling := serveUDP(t, netip.AddrPortFrom(r.net.server(3), port), func([]byte) []byte { got.Add(1); return nil })
+	u := must(r.client.DialUDP(sibling))(t)
+	defer u.Close()
+	must(u.Write([]byte("forged GENEVE")))(t)
+	recs := r.records(func(rs []records.Record) bool { return findRecord(rs, "udp", sibling) != nil })
+	if rec := findRecord(recs, "udp", sibling); rec == nil || rec.Action != "deny" || !strings.Contains(rec.Error, "GENEVE port") {
+		t.Errorf("UDP to a sender's --geneve-addr port %d: record %+v, want it denied as such", port, rec)
+	}
+	if got.Load() != 0 {
+		t.Errorf("the sibling got %d datagrams on its GENEVE port", got.Load())
+	}
+}
