@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -75,5 +77,58 @@ func TestAdminSilentBodyClosed(t *testing.T) {
 	_, err = io.Copy(io.Discard, c) // the response, if any, then the end
 	if took := time.Since(start); err != nil || took > 3*time.Second {
 		t.Fatalf("a body that never comes: %v after %s, want the connection closed after the read timeout", err, took)
+	}
+}
+
+// TestAdminUnreadResponsesEndTheConnection: a peer that asks and never
+// reads its answers cannot hold an admin connection, and the goroutine
+// and buffers serving it, for good (configuration.md "Admin listener": a
+// response must be read within a minute). Here, with a small receive
+// buffer and the write timeout shortened, it pipelines more requests than
+// the buffers hold and stalls past the timeout: the connection must end
+// before it has every answer.
+func TestAdminUnreadResponsesEndTheConnection(t *testing.T) {
+	w := adminWriteTimeout
+	adminWriteTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { adminWriteTimeout = w })
+	r := newRig(t, nil, nil)
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", r.app.adminLn.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 2000
+	if _, err := io.WriteString(c, strings.Repeat("GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n", n)); err != nil {
+		t.Fatal(err)
+	}
+	// The stall is the behaviour under test, not a wait for an event:
+	// the peer reads nothing for well past the write timeout.
+	const stall = 3 * time.Second
+	time.Sleep(stall)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	got := 0
+	for ; got < n; got++ {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			break
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			break
+		}
+	}
+	if got == n {
+		t.Fatalf("all %d responses came after the peer read nothing for %s: the write timeout (%s) did not end the connection", n, stall, adminWriteTimeout)
 	}
 }
