@@ -132,3 +132,38 @@ func TestAdminUnreadResponsesEndTheConnection(t *testing.T) {
 		t.Fatalf("all %d responses came after the peer read nothing for %s: the write timeout (%s) did not end the connection", n, stall, adminWriteTimeout)
 	}
 }
+
+// TestAdminAnswersOnlyItsPathsAndGET: the admin listener answers GET (and
+// HEAD) on its own paths only (configuration.md "Admin listener"). The
+// health check is "/" exactly, so a target group whose check path is wrong
+// (/healthz) fails instead of passing whatever the path, and other methods
+// get 405 rather than an answer.
+func TestAdminAnswersOnlyItsPathsAndGET(t *testing.T) {
+	r := newRig(t, nil, nil)
+	admin := "http://" + r.app.adminLn.Addr().String()
+	for _, tc := range []struct {
+		method, path string
+		want         int
+	}{
+		{"GET", "/", 200},
+		{"HEAD", "/", 200},
+		{"GET", "/healthz", 404},
+		{"GET", "/nothing/here", 404},
+		{"POST", "/", 405},
+		{"POST", "/stats", 405},
+		{"DELETE", "/metrics", 405},
+	} {
+		req, err := http.NewRequest(tc.method, admin+tc.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
+	}
+}
