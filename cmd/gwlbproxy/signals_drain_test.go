@@ -61,3 +61,27 @@ func TestSIGINTFirstDrainIsShort(t *testing.T) {
 		t.Fatalf("after SIGINT: %s, want exit 0", s)
 	}
 }
+
+// TestLateSIGINTDoesNotExtendDrain: a SIGINT during a SIGTERM drain ends it
+// within 5 s only "if it would end later" (CutDrain). With --drain-timeout
+// 2s the cut's deadline is past the drain's end, and the appliance must
+// still exit within --drain-timeout and a second: systemd's TimeoutStopSec
+// and the target group's deregistration delay are sized on that, and a
+// kill past it loses the records not yet shipped.
+func TestLateSIGINTDoesNotExtendDrain(t *testing.T) {
+	const drain = 2 * time.Second
+	p := servingWithFlow(t, 244, drain.String())
+	p.signal(syscall.SIGTERM)
+	began := time.Now()
+	p.waitLog(`msg=draining .*active_flows=1`, 5*time.Second)
+	p.signal(syscall.SIGINT)
+	if !p.exited(15 * time.Second) {
+		t.Fatalf("still running 15s after SIGTERM with --drain-timeout %s", drain)
+	}
+	if d := time.Since(began); d > drain+1500*time.Millisecond {
+		t.Errorf("exited %s after SIGTERM with --drain-timeout %s and a SIGINT during it, want within --drain-timeout and a second", d, drain)
+	}
+	if s := p.status(); s != "exit 0" {
+		t.Fatalf("after SIGTERM and SIGINT: %s, want exit 0", s)
+	}
+}
