@@ -6,11 +6,14 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/memwatch"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
@@ -254,6 +257,37 @@ func TestKernelTCPMemoryKeepsHealth(t *testing.T) {
 		t.Errorf("health check once the cause is the kernel's TCP memory again: %d %q, want 200", code, body)
 	}
 	r.app.memoryReport(memwatch.Ample, memwatch.NoCause, memwatch.Sample{}, false)
+}
+
+// TestKernelTCPMemoryLeavesReclaimOff: critical kernel TCP memory does
+// not turn on the reclaim that resets the connections of the client
+// holding the most (memoryReport): any client can fill that host-wide pool
+// with a few dozen stalled flows, and would then get the heaviest client's
+// connections reset every round. Critical for any other measure does.
+func TestKernelTCPMemoryLeavesReclaimOff(t *testing.T) {
+	r := newRig(t, nil, nil)
+	// As in TestKernelTCPMemoryKeepsHealth: after the watch's own first
+	// report, the reports below stand.
+	time.Sleep(2 * memwatch.DefaultInterval)
+	v := reflect.ValueOf(r.app.netstack).Elem().FieldByName("reclaimOff")
+	if !v.IsValid() {
+		t.Fatal("netstack.Server has no field reclaimOff any more: update this test")
+	}
+	off := (*atomic.Bool)(unsafe.Pointer(v.UnsafeAddr()))
+	const mib = 1 << 20
+	s := memwatch.Sample{Available: 3500 * mib, Total: 4000 * mib, TCPInUse: 340 * mib, TCPPressure: 240 * mib, TCPMax: 360 * mib}
+	r.app.memoryReport(memwatch.Critical, memwatch.KernelTCPMemory, s, false)
+	offTCP := off.Load()
+	s.Available = 100 * mib
+	r.app.memoryReport(memwatch.Critical, memwatch.AvailableMemory, s, false)
+	offAvail := off.Load()
+	r.app.memoryReport(memwatch.Ample, memwatch.NoCause, memwatch.Sample{}, false)
+	if !offTCP {
+		t.Error("reclaim on while the kernel's TCP memory is critical, want off")
+	}
+	if offAvail {
+		t.Error("reclaim off while available memory is critical, want on")
+	}
 }
 
 // TestStatsShowKernelTCPMemory: /stats carries the memory watch's last
