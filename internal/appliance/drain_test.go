@@ -32,3 +32,18 @@ func TestCutKeepsTheFloor(t *testing.T) {
 		t.Fatal("the cut did not end the phase at its floor")
 	}
 }
+
+// TestFlushReserveAtMostHalf: the drain keeps a fifth of itself, 1 s to
+// 10 s, to flush the records, but never more than half (design.md
+// "Drain"): without the cap a 1 s drain would give the flows no time at all,
+// and a drain of 0 would still wait a second.
+func TestFlushReserveAtMostHalf(t *testing.T) {
+	for d, want := range map[time.Duration]time.Duration{
+		0: 0, time.Second: 500 * time.Millisecond, 2 * time.Second: time.Second,
+		10 * time.Second: 2 * time.Second, 300 * time.Second: 10 * time.Second,
+	} {
+		if got := flushReserve(d); got != want {
+			t.Errorf("flushReserve(%s) = %s, want %s", d, got, want)
+		}
+	}
+}
