@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"testing"
+	"testing/fstest"
 )
 
 func TestParseMemoryLimit(t *testing.T) {
@@ -333,6 +334,47 @@ func TestDetectMemory(t *testing.T) {
 				t.Errorf("memoryCgroup %q, want %q", dir, wantDir)
 			}
 		})
+	}
+}
+
+// TestDetectMemorySmallestCgroupLimit: when two levels of the cgroup tree
+// (a service and its slice), or two hierarchies (hybrid v1 and v2), both
+// set a finite limit, the smallest wins, whichever holds it: the kernel
+// OOM-kills at the smallest, so --memory-limit auto must sit below it, or
+// the process dies, with every flow and queued record, before the GC or
+// the memory watch react.
+func TestDetectMemorySmallestCgroupLimit(t *testing.T) {
+	mem := func(s string) *fstest.MapFile { return &fstest.MapFile{Data: []byte(s)} }
+	for name, fsys := range map[string]fstest.MapFS{
+		"v2 service under a larger slice": {
+			"proc/meminfo":     mem(meminfo16G),
+			"proc/self/cgroup": mem(cgroupV2Svc),
+			"sys/fs/cgroup/system.slice/gwlbproxy.service/memory.max": mem("1073741824\n"),
+			"sys/fs/cgroup/system.slice/memory.max":                   mem("4294967296\n"),
+		},
+		"v2 slice smaller than the service": {
+			"proc/meminfo":     mem(meminfo16G),
+			"proc/self/cgroup": mem(cgroupV2Svc),
+			"sys/fs/cgroup/system.slice/gwlbproxy.service/memory.max": mem("4294967296\n"),
+			"sys/fs/cgroup/system.slice/memory.max":                   mem("1073741824\n"),
+		},
+		"hybrid: v1 smaller than v2": {
+			"proc/meminfo":                               mem(meminfo16G),
+			"proc/self/cgroup":                           mem("0::/\n5:memory:/\n"),
+			"sys/fs/cgroup/memory.max":                   mem("4294967296\n"),
+			"sys/fs/cgroup/memory/memory.limit_in_bytes": mem("1073741824\n"),
+		},
+		"hybrid: v2 smaller than v1": {
+			"proc/meminfo":                               mem(meminfo16G),
+			"proc/self/cgroup":                           mem("0::/\n5:memory:/\n"),
+			"sys/fs/cgroup/memory.max":                   mem("1073741824\n"),
+			"sys/fs/cgroup/memory/memory.limit_in_bytes": mem("4294967296\n"),
+		},
+	} {
+		got, src, err := detectMemory(fsys)
+		if err != nil || got != gib {
+			t.Errorf("%s: detectMemory = %d (%s), %v; want %d", name, got, src, err, gib)
+		}
 	}
 }
 
