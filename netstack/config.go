@@ -64,6 +64,9 @@ type Config struct {
 	// Senders, when set, are the only outer source addresses GENEVE is
 	// accepted from: the GWLB's. Anything else could forge endpoints and
 	// flows (a client reaching this port through a peer appliance, say).
+	// nil accepts every sender, for in-process tests; the appliance never
+	// passes nil or an empty list, and spells "every sender" out as
+	// 0.0.0.0/0 and ::/0.
 	Senders []netip.Prefix
 	// Handler receives every accepted flow.
 	Handler Handler

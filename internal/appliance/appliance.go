@@ -219,6 +219,10 @@ func New(o Options) (_ *Appliance, err error) {
 	if err := resolveGWLBSenders(&o); err != nil {
 		return nil, err
 	}
+	senders, err := geneveSenders(&o)
+	if err != nil {
+		return nil, err
+	}
 	resolveVPCResolver(&o)
 	// a, not the named result: an error return sets that to nil before
 	// the deferred clean-up below reads it.
@@ -349,7 +353,7 @@ func New(o Options) (_ *Appliance, err error) {
 		MTU:                  o.MTU,
 		AckDelay:             o.AckDelay,
 		AllowLoopback:        o.AllowLoopback,
-		Senders:              o.GWLBCIDRs,
+		Senders:              senders,
 		MaxEndpoints:         o.MaxEndpoints,
 		Handler:              a.proxy,
 		Tap:                  tap,

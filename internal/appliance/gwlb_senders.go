@@ -183,7 +183,7 @@ func senderAdminPort(o *Options) uint16 {
 
 // senderPrefixes returns the hosts whose GENEVE port clients may not
 // reach (proxy.Config.SenderPrefixes): --gwlb-cidrs, or with "any" every
-// address, as configuration.md says of 0.0.0.0/0. "any" leaves the
+// address, as configuration.md says of 0.0.0.0/0. "any" once left the
 // accepted senders' list empty, and the refusal used to follow it: a
 // client could send UDP to port 6081 of a sibling appliance or a GWLB
 // node from this appliance's address, which they take for GENEVE.
@@ -192,4 +192,18 @@ func senderPrefixes(o *Options) []netip.Prefix {
 		return []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 0), netip.PrefixFrom(netip.IPv6Unspecified(), 0)}
 	}
 	return o.GWLBCIDRs
+}
+
+// geneveSenders returns the senders GENEVE is accepted from
+// (netstack.Config.Senders), the same hosts as senderPrefixes. The
+// netstack reads a nil list as "every sender", so an empty list must never
+// reach it: "any" is spelt out as every address of both families, and
+// options that leave no sender (a bug in resolving them, say) stop the
+// start rather than open the GENEVE port to everyone.
+func geneveSenders(o *Options) ([]netip.Prefix, error) {
+	s := senderPrefixes(o)
+	if len(s) == 0 {
+		return nil, errors.New("no GENEVE sender to accept: pass the GWLB's subnets in --gwlb-cidrs, or any to accept every sender (unsafe)")
+	}
+	return s, nil
 }

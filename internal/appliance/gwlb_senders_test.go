@@ -346,3 +346,32 @@ func TestGWLBCIDRsEmptyVPCBlocksRefused(t *testing.T) {
 		t.Errorf("error %q does not name --gwlb-cidrs", err)
 	}
 }
+
+// TestGeneveSendersNeverEmpty: the senders' list the appliance hands the
+// netstack is never empty, since the netstack reads a nil list as "every
+// sender": "--gwlb-cidrs any" is spelt out as every address of both
+// families, and options that leave no sender at all (whatever bug in
+// resolving them would get there) stop the start instead of opening the
+// GENEVE port to everyone.
+func TestGeneveSendersNeverEmpty(t *testing.T) {
+	if s, err := geneveSenders(&Options{}); err == nil {
+		t.Errorf("no --gwlb-cidrs, not any: senders %v, want an error", s)
+	}
+	if s, err := geneveSenders(&Options{GWLBCIDRs: []netip.Prefix{}}); err == nil {
+		t.Errorf("an empty --gwlb-cidrs list: senders %v, want an error", s)
+	}
+	s, err := geneveSenders(&Options{AnyGWLBSender: true})
+	if err != nil || len(s) == 0 {
+		t.Fatalf("--gwlb-cidrs any: senders %v, %v; want every address spelt out", s, err)
+	}
+	for _, a := range []string{"192.0.2.1", "10.0.0.1", "2001:db8::1"} {
+		addr := netip.MustParseAddr(a)
+		if !slices.ContainsFunc(s, func(p netip.Prefix) bool { return p.Contains(addr) }) {
+			t.Errorf("--gwlb-cidrs any: senders %v leave out %s", s, addr)
+		}
+	}
+	given := prefixes("10.0.0.0/16")
+	if s, err := geneveSenders(&Options{GWLBCIDRs: given}); err != nil || !slices.Equal(s, given) {
+		t.Errorf("--gwlb-cidrs 10.0.0.0/16: senders %v, %v; want %v", s, err, given)
+	}
+}
