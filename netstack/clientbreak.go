@@ -12,11 +12,13 @@ import (
 // the connection, is woken by the client's reset as the watch of the
 // connection is (OnReadable), and often takes the report first: the
 // watch, asking BrokenError, was told nothing, and the session ended as
-// if the client had closed cleanly. A Conn keeps the client's reset, or
-// its vanishing, once a read or BrokenError has taken it, and a Read that
-// takes it tells OnReadable's function before its caller can act on it,
-// so that the watch sees the session as it was when the break came, not
-// after the server has ended its streams.
+// if the client had closed cleanly. So too with a writer (a response's
+// body copy, the HTTP/2 server's frame writer) that takes it mid-response.
+// A Conn keeps the client's reset, or its vanishing, once a read, a write
+// or BrokenError has taken it, and a Read or Write that takes it tells
+// OnReadable's function before its caller can act on it, so that the watch
+// sees the session as it was when the break came, not after the server
+// has ended its streams.
 
 // keepClientBreak keeps terr, what the stack reported broke c, when it is
 // the client's doing: its reset, or its vanishing (keepalives or
@@ -51,10 +53,10 @@ func (c *Conn) keepReadBreak(err error) bool {
 }
 
 // ClientBroke is what broke the connection when its client did (its
-// reset, or its vanishing: ETIMEDOUT), once a read or BrokenError has
-// taken it from the stack; kept after Close, so that a handler whose
-// session ended on that read's error, taking it for the client leaving,
-// can record it. Nil when the client broke nothing (a reset after its FIN,
+// reset, or its vanishing: ETIMEDOUT), once a read, a write or
+// BrokenError has taken it from the stack; kept after Close, so that a
+// handler whose session ended on that read's or write's error, taking it
+// for the client leaving, can record it. Nil when the client broke nothing (a reset after its FIN,
 // which a read never takes, reads as the end of the stream), and once the
 // server has reset the connection to reclaim memory (Reclaimed says so).
 func (c *Conn) ClientBroke() error {

@@ -50,3 +50,18 @@ func (s *Server) TCPTimedOut() uint64 {
 
 // AbortReclaimed is the reclaim's reset of c (abortReclaimed).
 func (c *Conn) AbortReclaimed() bool { return c.abortReclaimed() }
+
+// TakeErrorAsWriter does what a Write that takes the stack's error does
+// first: it holds the write lock and takes the error from the stack. The
+// function it returns does the rest: it keeps the error as Write does, and
+// lets go of the lock.
+func (c *Conn) TakeErrorAsWriter() (keep func()) {
+	c.rw.wmu.Lock()
+	terr := c.ep.LastError()
+	return func() {
+		if terr != nil {
+			c.keepClientBreak(terr)
+		}
+		c.rw.wmu.Unlock()
+	}
+}

@@ -217,7 +217,10 @@ func (c *Conn) opError(err error) error {
 }
 
 // Write writes b to the client, waiting while the send buffer is full,
-// until the write deadline passes or the connection ends.
+// until the write deadline passes or the connection ends. A Write that
+// takes the client's reset, or its vanishing, from the stack keeps it
+// (ClientBroke) and calls OnReadable's function before it returns, as
+// Read does (clientbreak.go).
 func (c *Conn) Write(b []byte) (int, error) {
 	c.rw.wmu.Lock()
 	defer c.rw.wmu.Unlock()
@@ -243,6 +246,12 @@ func (c *Conn) Write(b []byte) (int, error) {
 		default:
 			if c.closed() {
 				return n, c.writeError(net.ErrClosed)
+			}
+			// Reported once: kept for BrokenError before wmu is let go
+			// (it waits for that), and the watch told before the writer
+			// acts on it, as a Read does (clientbreak.go).
+			if c.keepClientBreak(terr) {
+				c.notify.notified(0)
 			}
 			return n, c.writeError(c.stackError(terr))
 		}
@@ -326,12 +335,23 @@ func (c *Conn) Broken() bool {
 }
 
 // BrokenError is what broke the connection, as the stack saw it, or nil
-// when nothing did (or a Write has already reported it; a read that did
-// is remembered: ClientBroke). It must not be called from OnReadable's
-// function.
+// when nothing did; a read or a write that took it from the stack first
+// is remembered (ClientBroke) when the client broke it, and a Write that
+// is keeping it is waited for. It must not be called from OnReadable's
+// function, nor from OnWriteWait's waiter (both may run in a Write).
 func (c *Conn) BrokenError() error {
 	terr := c.ep.LastError()
 	if terr == nil {
+		if tcp.EndpointState(c.ep.State()) == tcp.StateError {
+			// Broken, and the stack's one report taken: a Write may
+			// have it and not have kept it yet. It keeps it before it
+			// lets go of wmu, and returns at once on the error state
+			// (the stack wakes a Write waiting for room when the
+			// connection ends): waiting for wmu is short.
+			c.rw.wmu.Lock()
+			//lint:ignore SA2001 waiting for a Write keeping the break is the point
+			c.rw.wmu.Unlock()
+		}
 		return c.ClientBroke()
 	}
 	c.keepClientBreak(terr)
@@ -354,8 +374,10 @@ var ErrResetAfterFIN = errors.New("operation aborted")
 // OnReadable arranges for fn to be called when bytes, the client's FIN or
 // an error arrive, and again by Close or Abort, and by a Read that takes
 // the client's reset or vanishing from the stack, before that Read
-// returns. fn runs on the stack's packet path holding the endpoint's lock
-// (or on the reader's goroutine): it must not block, and must not
+// returns, and by a Write that takes it. fn runs on the stack's packet
+// path holding the endpoint's lock (or on the reader's or the writer's
+// goroutine, the writer holding the conn's write lock): it must not
+// block, and must not
 // call anything of the conn but Readable and Broken (TryRead, Read, Write, CloseWrite,
 // Close, Abort and OnReadable would deadlock); start a goroutine for that.
 // It may be called while bytes are already waiting, and bytes that were

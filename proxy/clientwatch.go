@@ -87,7 +87,7 @@ func (w *clientWatch) check() {
 func (w *clientWatch) abort(busy bool) {
 	why := w.conn.BrokenError()
 	if why == nil {
-		return // a clean close completing, or a write to the client has the error
+		return // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
 	}
 	if w.p.stacksClosing.Load() {
 		w.is.Abort("reset", fmt.Errorf("%w: the client's connection: %w", errShutdown, why))

@@ -268,7 +268,7 @@ func (h *halfRelay) watchBroken(b brokenReader) {
 		}
 		why := b.BrokenError()
 		if why == nil {
-			return // a clean close completing, or a write to the client has the error
+			return // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
 		}
 		err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
 		h.r.broke.Store(&err)

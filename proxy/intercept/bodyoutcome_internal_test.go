@@ -30,7 +30,7 @@ func TestFinalReadThenClientGone(t *testing.T) {
 		if gone {
 			cancel() // the client's RST_STREAM, while goproxy writes the last bytes
 		}
-		result, why, delivered := body.outcome(ctx, nil)
+		result, why, delivered := body.outcome(ctx, nil, nil)
 		cancel()
 		t.Logf("client gone %v: %s %q, %d bytes", gone, result, why, delivered)
 		switch {

@@ -62,21 +62,41 @@ type clientBroker interface{ ClientBroke() error }
 // keeps its reason, and so does a record the session's own end has
 // already given another result (a failed handshake's: handshakeReset).
 func (s *Session) noteClientBreak() {
-	b, ok := s.Client.(clientBroker)
-	if !ok || s.Record.Result != "ok" {
+	if s.Record.Result != "ok" {
 		return
 	}
-	why := b.ClientBroke()
+	why := s.clientBroke()
 	if why == nil {
 		return
 	}
-	result := "reset"
-	if errors.Is(why, syscall.ETIMEDOUT) {
-		result = "timeout" // a vanished client, at any time: as the watch says it
-	} else if s.broke.Load() != breakUnderWay {
+	// A vanished client (timeout) is said whenever it went, as the watch
+	// says it; a reset only when a request was under way.
+	result := clientBreakResult(why)
+	if result == "reset" && s.broke.Load() != breakUnderWay {
 		return
 	}
 	if a := s.aborted.Load(); a == nil || a == ending {
 		s.aborted.CompareAndSwap(a, &abortReason{result: result, err: fmt.Errorf("the client's connection broke: %w", why)})
 	}
+}
+
+// clientBroke is what broke the session's client connection when its
+// client did, as a read or a write took it (netstack.Conn.ClientBroke);
+// nil otherwise, and for a connection that cannot say.
+func (s *Session) clientBroke() error {
+	if b, ok := s.Client.(clientBroker); ok {
+		return b.ClientBroke()
+	}
+	return nil
+}
+
+// clientBreakResult is a record's result for why, the client's break of
+// its connection: timeout for a client that vanished (its keepalives or
+// retransmissions unanswered), reset otherwise, as the client watch says
+// it.
+func clientBreakResult(why error) string {
+	if errors.Is(why, syscall.ETIMEDOUT) {
+		return "timeout"
+	}
+	return "reset"
 }

@@ -150,8 +150,13 @@ func inH2Handler(req *http.Request) bool {
 // the bytes it held back failed to go out once the body had ended. Either
 // way the latest read is not counted; the result is timeout when the
 // write ran out of time, error otherwise, as for a write that failed
-// before the body's end.
-func (b *recordingBody) outcome(ctx context.Context, werr error) (result, errText string, delivered int64) {
+// before the body's end. A client that went away by breaking its
+// connection (broke, its reset or its vanishing, as the connection kept
+// it: netstack.Conn.ClientBroke) makes it reset (timeout for a vanished
+// one), "the client's connection broke: ...", as the client watch's
+// Abort says it: the writer may take the reset from the stack before the
+// watch does, and the record is written before the session ends.
+func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result, errText string, delivered int64) {
 	delivered = b.read.Load()
 	var err error
 	if p := b.readErr.Load(); p != nil {
@@ -185,6 +190,10 @@ func (b *recordingBody) outcome(ctx context.Context, werr error) (result, errTex
 				result = "timeout"
 			}
 		}
+		if broke != nil && result == "error" {
+			result = clientBreakResult(broke)
+			detail += "; the client's connection broke: " + broke.Error()
+		}
 		result, why := b.limit.clientGone(result, fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), detail)
 		return result, why, delivered
 	}
@@ -193,13 +202,15 @@ func (b *recordingBody) outcome(ctx context.Context, werr error) (result, errTex
 
 // clientOutcome is rb's outcome (recordingBody.outcome) for a response
 // rt passed on to the client, ctx the request's: on an HTTP/1 client
-// connection, with the first write to it that failed. Called from rb.done.
+// connection, with the first write to it that failed; and with the
+// client's break of its connection, if it has broken it. Called from
+// rb.done.
 func (rt *roundTripper) clientOutcome(ctx context.Context, rb *recordingBody) (result, why string, delivered int64) {
 	var werr error
 	if !rt.s.h2 {
 		werr = rt.cc.responseWriteErr()
 	}
-	return rb.outcome(ctx, werr)
+	return rb.outcome(ctx, werr, rt.s.clientBroke())
 }
 
 // noteOutcome puts a result other than "ok" and why in rec, after the
