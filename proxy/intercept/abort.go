@@ -46,7 +46,8 @@ func (s *Session) Abort(result string, err error) bool {
 // AbortUnlessIdle is Abort for a client that reset its connection when no
 // request was under way (NoteClientBreak), after its FIN or not: a
 // session between requests (goproxy serves it, no request is in flight,
-// every stream the client opened has reached one) is left to end on its
+// every stream the client opened has its answer, or was refused by the
+// server) is left to end on its
 // own, as it does once goproxy reads the FIN or the reset, and its records
 // say what they would have said. The client loses nothing, and it resets
 // as a matter of course when the appliance's answer to its close (a

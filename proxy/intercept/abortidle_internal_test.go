@@ -11,8 +11,9 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
-// AbortUnlessIdle leaves a session between requests be, aborts one with a
-// request in flight or a stream yet to reach RoundTrip, and a request
+// AbortUnlessIdle leaves a session between requests be (a stream the
+// server refused is no request under way), aborts one with a request in
+// flight or a stream yet to reach RoundTrip, and a request
 // that starts after it left one be aborts the session then, with what it
 // was told: the client that reset has no answer to wait for.
 func TestAbortUnlessIdle(t *testing.T) {
@@ -59,9 +60,21 @@ func TestAbortUnlessIdle(t *testing.T) {
 	})
 	t.Run("stream yet to reach RoundTrip", func(t *testing.T) {
 		rt := newRT()
+		rt.cc.limit.unanswered.open(1)
 		rt.cc.limit.streams.Store(1)
 		if !rt.s.AbortUnlessIdle("reset", broke) || abortedWith(rt) != broke {
 			t.Fatal("a session with a stream opened and no request yet was left be")
+		}
+	})
+	t.Run("stream the server refused", func(t *testing.T) {
+		// Opened, and reset by the server (RST_STREAM, no handler): it
+		// never reaches RoundTrip, and the client has its answer.
+		rt := newRT()
+		rt.cc.limit.unanswered.open(1)
+		rt.cc.limit.streams.Store(1)
+		rt.cc.limit.unanswered.answered(1)
+		if rt.s.AbortUnlessIdle("reset", broke) || abortedWith(rt) != nil {
+			t.Fatal("a session whose only stream the server refused was aborted")
 		}
 	})
 	t.Run("not serving requests yet", func(t *testing.T) {

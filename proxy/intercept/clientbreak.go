@@ -35,7 +35,8 @@ func (s *Session) NoteClientBreak() bool {
 }
 
 // requestUnderWay reports whether a request is under way: one in flight,
-// a stream the client opened yet to reach RoundTrip, an HTTP/1 head begun
+// a stream the client opened with no answer yet (not one the server
+// refused: it never reaches RoundTrip), an HTTP/1 head begun
 // (its deadline armed), or no request served yet (the handshake, the
 // destination check, the first bytes).
 func (s *Session) requestUnderWay() bool {

@@ -148,9 +148,14 @@ func (rt *roundTripper) requestDone() {
 }
 
 // busy reports whether a request is in flight, or a stream the client
-// opened has yet to reach RoundTrip.
+// opened has no answer yet (h2Unanswered): one yet to reach RoundTrip, or
+// whose response head has not gone out. Not the count of streams opened
+// against requests, as the end of the session waits (tryEnd): a stream
+// the server refused (RST_STREAM, no handler: a malformed request, one
+// past the advertised concurrency) never reaches RoundTrip, and would
+// keep the session busy for good.
 func (rt *roundTripper) busy() bool {
-	return rt.inflight.Load() > 0 || rt.requests.Load() < rt.cc.limit.streams.Load()
+	return rt.inflight.Load() > 0 || rt.cc.limit.unanswered.waiting()
 }
 
 // tryEnd ends the session if goproxy has closed the connection, every

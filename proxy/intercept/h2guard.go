@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/time/rate"
@@ -182,6 +183,9 @@ func (l *h2HeaderLimit) clientReset() {
 type h2Unanswered struct {
 	mu sync.Mutex
 	m  map[uint32]struct{}
+	// n is len(m), for waiting: the client watch asks on the packet
+	// stack's path, where no lock is taken.
+	n atomic.Int64
 }
 
 func (u *h2Unanswered) open(id uint32) {
@@ -193,6 +197,7 @@ func (u *h2Unanswered) open(id uint32) {
 		u.m = make(map[uint32]struct{})
 	}
 	u.m[id] = struct{}{}
+	u.n.Store(int64(len(u.m)))
 	u.mu.Unlock()
 }
 
@@ -202,6 +207,7 @@ func (u *h2Unanswered) answered(id uint32) {
 	}
 	u.mu.Lock()
 	delete(u.m, id)
+	u.n.Store(int64(len(u.m)))
 	u.mu.Unlock()
 }
 
@@ -214,8 +220,13 @@ func (u *h2Unanswered) reset(id uint32) bool {
 	defer u.mu.Unlock()
 	_, ok := u.m[id]
 	delete(u.m, id)
+	u.n.Store(int64(len(u.m)))
 	return ok
 }
+
+// waiting reports whether a stream the client opened has no answer yet:
+// neither a response head nor a reset, the server's or its own.
+func (u *h2Unanswered) waiting() bool { return u != nil && u.n.Load() > 0 }
 
 // Upstream dials. maxUpstreamConns bounds how many upstream connections an
 // HTTP/2 client's streams hold at once, not how often they are made: a
