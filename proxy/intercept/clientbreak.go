@@ -37,8 +37,10 @@ func (s *Session) NoteClientBreak() bool {
 // requestUnderWay reports whether a request is under way: one in flight,
 // a stream the client opened with no answer yet (not one the server
 // refused: it never reaches RoundTrip), an HTTP/1 head begun
-// (its deadline armed), or no request served yet (the handshake, the
-// destination check, the first bytes).
+// (its deadline armed), or the session not serving requests yet (the
+// first bytes, the destination check, the handshake). A client that
+// completed its handshake and sent no byte of a request, while goproxy
+// waits for its first one, has none under way: it loses nothing.
 func (s *Session) requestUnderWay() bool {
 	rt := s.serving.Load()
 	if rt == nil {
