@@ -54,9 +54,9 @@ func SetUpstreamIdleTimeout(d time.Duration) (restore func()) {
 // SetClientIdleTimeout sets how long an intercepted client connection may
 // wait with no request, and returns a function restoring it.
 func SetClientIdleTimeout(d time.Duration) (restore func()) {
-	old := clientIdleTimeout
-	clientIdleTimeout = d
-	return func() { clientIdleTimeout = old }
+	old := clientIdleTimeout.Load()
+	clientIdleTimeout.Store(d)
+	return func() { clientIdleTimeout.Store(old) }
 }
 
 // SetUpstreamWaitTimeout sets how long a request may wait for an upstream

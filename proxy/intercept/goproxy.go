@@ -141,7 +141,7 @@ func (rt *roundTripper) connClosed() {
 func (rt *roundTripper) requestDone() {
 	if rt.inflight.Add(-1) == 0 {
 		if rt.idle != nil {
-			rt.idle.Reset(clientIdleTimeout)
+			rt.idle.Reset(clientIdleTimeout.Load())
 		}
 		rt.tryEnd()
 	}

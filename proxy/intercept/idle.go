@@ -38,7 +38,7 @@ import (
 // 2 minutes, under the appliance's first keepalive to the client (at half
 // --tcp-idle-timeout, 175 s by default), so an abandoned connection ends
 // before it costs a probe.
-var clientIdleTimeout = 2 * time.Minute // a variable for tests
+var clientIdleTimeout = newDuration(2 * time.Minute) // set by tests while sessions read it
 
 // clientIdle is the idle bound's state, in headLimit.
 type clientIdle struct {
@@ -58,19 +58,19 @@ func (l *headLimit) idleDeadline(c net.Conn) {
 	l.timed.Store(false)
 	l.conn = c
 	l.idle.armed.Store(true)
-	_ = c.SetReadDeadline(time.Now().Add(clientIdleTimeout))
+	_ = c.SetReadDeadline(time.Now().Add(clientIdleTimeout.Load()))
 }
 
 // idleNote is what a connection's record says of an idle close.
 func idleNote() string {
-	return fmt.Sprintf("closed by the appliance: no request for %v", clientIdleTimeout)
+	return fmt.Sprintf("closed by the appliance: no request for %v", clientIdleTimeout.Load())
 }
 
 // armIdle starts the idle timer of an HTTP/2 session (also one whose
 // client, having negotiated h2, speaks HTTP/1: goproxy's h2 proxy serves
 // it).
 func (rt *roundTripper) armIdle() {
-	rt.idle = time.AfterFunc(clientIdleTimeout, rt.idleFired)
+	rt.idle = time.AfterFunc(clientIdleTimeout.Load(), rt.idleFired)
 }
 
 // idleFired closes the HTTP/2 connection if it is idle still: no request
