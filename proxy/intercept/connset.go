@@ -100,7 +100,10 @@ func (s *connSet) end(abort bool) {
 // maxUpstreamConns are open a dial waits, as the streams beyond the
 // bound wait in net/http's queue, rather than fail: net/http counts a
 // connection down before it closes it, so an honest stream's dial may
-// come in between, and a refusal would have been its 502.
+// come in between, and a refusal would have been its 502. An HTTP/2
+// upstream connection holds its slot the same way (countedConn.holdSlot):
+// net/http also stops counting one full of streams it reset, whose PING
+// the origin never acked, and keeps it open.
 
 // connSlot is one connection's place among the maxUpstreamConns a
 // session's http.Transport holds open.

@@ -84,3 +84,13 @@ func SetExpectContinueTimeout(d time.Duration) (restore func()) {
 
 // MaxStreamsInFlight bounds a session's requests in flight at once.
 const MaxStreamsInFlight = maxStreamsInFlight
+
+// SetUpstreamH2PingTimeouts sets when an upstream HTTP/2 connection with
+// nothing read is sent a PING, and how long its ack may take, and returns
+// a function restoring them.
+func SetUpstreamH2PingTimeouts(after, timeout time.Duration) (restore func()) {
+	oldAfter, oldTimeout := upstreamH2PingAfter.Load(), upstreamH2PingTimeout.Load()
+	upstreamH2PingAfter.Store(after)
+	upstreamH2PingTimeout.Store(timeout)
+	return func() { upstreamH2PingAfter.Store(oldAfter); upstreamH2PingTimeout.Store(oldTimeout) }
+}

@@ -30,6 +30,28 @@ type countedConn struct {
 	// returns bytes: headDeadline's, for the first byte of a response
 	// head after a 1xx, which http.Transport does not report.
 	onRead atomic.Pointer[func()]
+	// slot, when set, is released once the connection closes (holdSlot):
+	// an HTTP/2 upstream connection's, which net/http must have as the
+	// *tls.Conn itself, so no framingConn can hold it.
+	slot   atomic.Pointer[connSlot]
+	closed atomic.Bool
+}
+
+// holdSlot makes c release sl once it closes, or at once if it has.
+func (c *countedConn) holdSlot(sl *connSlot) {
+	c.slot.Store(sl)
+	if c.closed.Load() { // Close may not have seen sl
+		sl.release()
+	}
+}
+
+// Close closes the connection, then releases its slot if it holds one:
+// the next dial's connection comes only once this one is closed.
+func (c *countedConn) Close() error {
+	c.closed.Store(true)
+	err := c.Conn.Close()
+	c.slot.Load().release() // nil-safe, once
+	return err
 }
 
 func (c *countedConn) Read(b []byte) (int, error) {
@@ -72,6 +94,18 @@ func (c *countedConn) Abort() { Abort(c.Conn) }
 const (
 	upstreamH2ReceivePerConnection = 2 << 20
 	upstreamH2ReceivePerStream     = 1 << 20
+)
+
+// The health check of an upstream HTTP/2 connection: a PING after
+// upstreamH2PingAfter with no frame read, and the connection closed when
+// its ack has not come upstreamH2PingTimeout later. net/http counts a
+// stream it reset against its connection until the origin acks a PING;
+// one that never does (its own, or one gone silent) would keep a
+// connection full of such streams, and its slot among maxUpstreamConns,
+// until the session ends. Closed, its slot goes to the next dial.
+var (
+	upstreamH2PingAfter   = newDuration(15 * time.Second) // set by tests while sessions read them
+	upstreamH2PingTimeout = newDuration(10 * time.Second)
 )
 
 // transport returns the HTTP client side of one intercepted connection. Every
@@ -149,6 +183,8 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerConnection: upstreamH2ReceivePerConnection,
 			MaxReceiveBufferPerStream:     upstreamH2ReceivePerStream,
+			SendPingTimeout:               upstreamH2PingAfter.Load(),
+			PingTimeout:                   upstreamH2PingTimeout.Load(),
 		},
 	}
 	if redial != nil {
@@ -167,9 +203,17 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 			}
 			// HTTP/2 needs the *tls.Conn itself (the transport looks for
 			// it); HTTP/1 gets framingConn's rule. An HTTP/2 connection
-			// is no body's to hold: net/http's own count bounds it.
+			// holds its slot until it closes, through the countedConn
+			// under its TLS: net/http's own count does not bound it, as
+			// a connection full of streams it reset and whose origin
+			// never acks the PING that would free them leaves its pool
+			// (and MaxConnsPerHost's count) while it stays open.
 			if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
-				slot.release()
+				if cc := countedUnder(c); cc != nil {
+					cc.holdSlot(slot)
+				} else {
+					slot.release()
+				}
 				return c, nil
 			}
 			return &framingConn{Conn: c, slot: slot}, nil
@@ -454,10 +498,11 @@ func (d *headDeadline) stop() (*framingConn, int) {
 }
 
 // maxUpstreamConns bounds the upstream connections of one HTTP/2 client
-// connection whose upstream speaks HTTP/1: each of its concurrent streams
+// connection: towards an HTTP/1 upstream each of its concurrent streams
 // (up to 250, goproxy's server allows) would otherwise dial one, a flood
 // of the destination from the appliance's address, counted in no flow
-// table. Streams beyond it wait for a connection to come free, as a
+// table; towards an HTTP/2 upstream that never acks a PING, each stream
+// the client reset would (upstreamH2PingAfter's comment). Streams beyond it wait for a connection to come free, as a
 // browser's requests to one host over HTTP/1 do, up to maxStreamsInFlight
 // of them (streamcap.go) and for upstreamWaitTimeout at most (h2wait.go). A connection counts
 // until it really closes, held by a faulty response's body too
