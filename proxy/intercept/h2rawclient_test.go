@@ -89,6 +89,7 @@ type probeClient struct {
 	next   uint32
 	smu    sync.Mutex
 	stat   map[uint32]string // stream -> status, or "RST:code"
+	ended  map[uint32]bool   // streams the server ended (END_STREAM)
 	goneA  atomic.Value      // GOAWAY debug
 	dead   chan struct{}
 }
@@ -107,7 +108,7 @@ func newProbeClient(t *testing.T, r *rig) (*probeClient, *probeOrigin) {
 var probeInitialWindow uint32 = 1 << 20
 
 func newProbeClientOn(t *testing.T, c net.Conn, scheme string) *probeClient {
-	pc := &probeClient{t: t, c: c, scheme: scheme, auth: "www.example.test", next: 1, stat: map[uint32]string{}, dead: make(chan struct{})}
+	pc := &probeClient{t: t, c: c, scheme: scheme, auth: "www.example.test", next: 1, stat: map[uint32]string{}, ended: map[uint32]bool{}, dead: make(chan struct{})}
 	pc.fr = http2.NewFramer(c, nil)
 	pc.enc = hpack.NewEncoder(&pc.hb)
 	pc.mu.Lock()
@@ -131,11 +132,20 @@ func (pc *probeClient) readLoop() {
 		}
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
+			pc.smu.Lock()
 			if s := f.PseudoValue("status"); s != "" {
-				pc.smu.Lock()
 				if _, ok := pc.stat[f.StreamID]; !ok {
 					pc.stat[f.StreamID] = s
 				}
+			}
+			if f.StreamEnded() {
+				pc.ended[f.StreamID] = true
+			}
+			pc.smu.Unlock()
+		case *http2.DataFrame:
+			if f.StreamEnded() {
+				pc.smu.Lock()
+				pc.ended[f.StreamID] = true
 				pc.smu.Unlock()
 			}
 		case *http2.RSTStreamFrame:
@@ -194,6 +204,13 @@ func (pc *probeClient) status(id uint32) string {
 	pc.smu.Lock()
 	defer pc.smu.Unlock()
 	return pc.stat[id]
+}
+
+// streamEnded reports whether the server ended stream id (END_STREAM).
+func (pc *probeClient) streamEnded(id uint32) bool {
+	pc.smu.Lock()
+	defer pc.smu.Unlock()
+	return pc.ended[id]
 }
 
 func (pc *probeClient) statuses() map[string]int {
