@@ -153,6 +153,9 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 			// why, not that the client ended cleanly.
 			return 0, c.opError(ErrMemoryReclaimed)
 		}
+		if why := c.brokenNotEOF(); why != nil {
+			return 0, c.opError(why)
+		}
 		return 0, io.EOF
 	}
 	if c.closed() { // Abort or Close while this read ran
@@ -177,7 +180,32 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if err != nil && c.keepReadBreak(err) {
 		c.notify.notified(0)
 	}
+	if err == io.EOF && !c.closed() {
+		if why := c.brokenNotEOF(); why != nil {
+			return n, c.opError(why)
+		}
+	}
 	return n, err
+}
+
+// brokenNotEOF is the client's break when a read finds the receive side
+// closed because the connection broke, not because the client sent its
+// FIN: once a Write has taken the stack's one report of a reset, the
+// stack says "closed for receive" to reads, which gonet and TryRead call
+// the end of the stream. A relay took that for the client's FIN, passed a
+// clean FIN on to the destination (a cut upload that looked whole) and
+// recorded "the client's connection broke after its FIN" for a client
+// that never sent one. The Write keeps the break before it lets go of
+// wmu: waiting for wmu is short, as in BrokenError. Nil for a FIN, and
+// for a reset after one (never kept: ErrResetAfterFIN).
+func (c *Conn) brokenNotEOF() error {
+	if tcp.EndpointState(c.ep.State()) != tcp.StateError {
+		return nil
+	}
+	c.rw.wmu.Lock()
+	//lint:ignore SA2001 waiting for a Write keeping the break is the point
+	c.rw.wmu.Unlock()
+	return c.ClientBroke()
 }
 
 // Reclaimed is ErrMemoryReclaimed once the server has reset the connection
