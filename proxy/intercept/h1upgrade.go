@@ -24,6 +24,9 @@ type upgradedBody struct {
 	// closing: Close is closing the connection, and a read it cuts short
 	// is the tunnel's end, not a failure of the destination's.
 	closing atomic.Bool
+	// clientBroke says what broke the client's connection, if its client
+	// did (Session.clientBroke); set with tunnel.
+	clientBroke func() error
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending
@@ -48,9 +51,13 @@ func (u *upgradedBody) Write(p []byte) (int, error) { return u.conn.Write(p) }
 // Close implements io.Closer. goproxy closes a tunnel as soon as either
 // direction ends. When the client's ended first (it half-closed after its
 // last message), the upstream is told so and may still send the rest,
-// relayed until it ends its side, or upgradeDrain has passed.
+// relayed until it ends its side, or upgradeDrain has passed. A client
+// whose connection broke (its reset) reads nothing more: no wait then.
+// goproxy's copy toward it has stopped on the failed write, so nothing
+// reads the upstream to see it end, and the wait held the upstream, and
+// the records, for the whole drain.
 func (u *upgradedBody) Close() error {
-	if u.tunnel {
+	if u.tunnel && !u.clientGone() {
 		select {
 		case <-u.ended:
 		default:
@@ -67,6 +74,11 @@ func (u *upgradedBody) Close() error {
 	u.closing.Store(true)
 	u.stop()
 	return u.conn.Close()
+}
+
+// clientGone reports whether the tunnel's client broke its connection.
+func (u *upgradedBody) clientGone() bool {
+	return u.clientBroke != nil && u.clientBroke() != nil
 }
 
 // halfClose ends the sending side of c, an upstream connection, through

@@ -130,7 +130,9 @@ func inH2Handler(req *http.Request) bool {
 // the latest read are not counted; the client's own buffers may still have
 // held some it never read. A read failing is the destination's doing
 // (cut short, reset, timed out), unless ctx was cancelled first. A
-// tunnel's end is its own: ok, unless a read from the destination failed.
+// tunnel's end is its own: ok, unless a read from the destination failed,
+// or the client broke its connection (broke: reset, timeout for a vanished
+// one).
 //
 // The last read can bring the body's end with its bytes (n, io.EOF: a
 // net/http body of known length that arrives in one read), before goproxy
@@ -165,9 +167,14 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 	switch {
 	case b.tunnel:
 		// Either side may end a tunnel, the client first as well (goproxy
-		// then closes the body: nothing failed). A read that failed (not
-		// one cut by the tunnel's own close: upgradedBody) is the
-		// destination's doing.
+		// then closes the body: nothing failed), unless it broke its
+		// connection (reset, or vanished): the tunnel is a request under
+		// way, cut, as the client watch's Abort says, which may come
+		// after this record. A read that failed (not one cut by the
+		// tunnel's own close: upgradedBody) is the destination's doing.
+		if broke != nil {
+			return clientBreakResult(broke), fmt.Sprintf("WebSocket tunnel, after %d bytes from the destination: the client's connection broke: %v", delivered, broke), delivered
+		}
 		if err == nil || errors.Is(err, net.ErrClosed) {
 			return "ok", "", delivered
 		}

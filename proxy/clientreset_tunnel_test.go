@@ -1,0 +1,102 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// tunnelResetConns is how many tunnels the test of a reset mid-tunnel
+// opens: the tunnel's writer and the client watch race for the reset the
+// stack reports once.
+const tunnelResetConns = 6
+
+// wsFlood answers a WebSocket upgrade with 101 and streams 32 KiB chunks
+// until the tunnel breaks.
+func wsFlood(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "no hijack", http.StatusInternalServerError)
+		return
+	}
+	conn, bw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	fmt.Fprintf(bw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+	bw.Flush()
+	chunk := make([]byte, 32<<10)
+	for range 4096 {
+		if _, err := conn.Write(chunk); err != nil {
+			return
+		}
+	}
+}
+
+// TestBumpedWebSocketClientResetMidTunnelRecords: a client resets its
+// bumped connection (a RST, no FIN) while its WebSocket tunnel streams.
+// A tunnel is a request under way (docs/records.md): the tls record and
+// the tunnel's say reset, "the client's connection broke", and soon: the
+// tunnel used to call a tunnel the client ended ok whatever its
+// connection said, and wait the whole upgrade drain (10 s) for a client
+// that was gone.
+func TestBumpedWebSocketClientResetMidTunnelRecords(t *testing.T) {
+	r := newBumpStallRig(t, time.Hour, wsFlood, "http/1.1")
+	for i := range tunnelResetConns {
+		rc := dialRaw(t, r.client, r.dest)
+		c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
+		if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
+			t.Fatalf("tunnel %d: %v", i, err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("tunnel %d: %v", i, err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("tunnel %d: status %d, want 101", i, resp.StatusCode)
+		}
+		if _, err := io.ReadFull(br, make([]byte, 256<<10)); err != nil {
+			t.Fatalf("tunnel %d: reading from it: %v", i, err)
+		}
+		rc.reset()
+		start := time.Now()
+		port := uint16(rc.LocalAddr().(*net.TCPAddr).Port)
+		var tlsRec, tunRec *records.Record
+		waitUntil(t, 15*time.Second, func() bool {
+			tlsRec, tunRec = nil, nil
+			for _, rec := range r.sink.parse(t) {
+				if rec.ClientPort != port {
+					continue
+				}
+				switch rec.Kind {
+				case "tls":
+					tlsRec = &rec
+				case "http":
+					tunRec = &rec
+				}
+			}
+			return tlsRec != nil && tunRec != nil
+		}, "the records of the tunnel the client reset")
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("tunnel %d: its records came %v after the client's reset; want within about 1 s", i, took.Round(time.Millisecond))
+		}
+		for _, rec := range []*records.Record{tlsRec, tunRec} {
+			if rec.Result != "reset" || !strings.Contains(rec.Error, "the client's connection broke") {
+				t.Errorf("tunnel %d: the %s record of a tunnel its client reset says %s, %q; want reset, the client's connection broke",
+					i, rec.Kind, rec.Result, rec.Error)
+			}
+		}
+	}
+}
