@@ -71,3 +71,47 @@ func TestReadTellsOnReadableOfBreak(t *testing.T) {
 		t.Error("the Read that took the client's reset returned without calling OnReadable's function")
 	}
 }
+
+// TestReadAfterBrokenErrorTellsOnReadable: the client sends bytes and
+// resets right behind them. The watch's BrokenError takes the stack's one
+// report of the reset while the bytes still wait unread; the reader takes
+// them, and then the end of the stream. That Read, ending on the break
+// the watch already kept, still calls OnReadable's function before it
+// returns: the bytes it took before may have begun a request (an HTTP/1
+// head), which makes the break one under way, and the watch, having
+// seen the session between requests, is told only so.
+func TestReadAfterBrokenErrorTellsOnReadable(t *testing.T) {
+	r := newConnRig(t)
+	cc, cep, c := r.dialEndpoint()
+	if _, err := cc.Write([]byte("GET /b")); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(waitFor); !c.Readable(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the client's bytes did not arrive")
+		}
+	}
+	cep.Abort()
+	for end := time.Now().Add(waitFor); !c.Broken(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("not Broken after the client's RST")
+		}
+	}
+	if why := c.BrokenError(); why == nil {
+		t.Fatal("BrokenError after the client's RST: nil")
+	}
+	n := newNotifier()
+	c.OnReadable(n.fn)
+	buf := make([]byte, 64)
+	got, err := c.Read(buf)
+	if err != nil || string(buf[:got]) != "GET /b" {
+		t.Fatalf("the read of the bytes sent before the RST: %q, %v", buf[:got], err)
+	}
+	calls := n.calls.Load()
+	if _, err := c.Read(buf); err == nil {
+		t.Fatal("the read after the client's RST returned no error")
+	}
+	if n.calls.Load() == calls {
+		t.Error("the Read that ended on the client's reset, kept by BrokenError, returned without calling OnReadable's function")
+	}
+}

@@ -171,13 +171,16 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 // reclaim memory: a reader waiting for the client's first bytes, or its
 // next request, records why the connection ended. A Read that takes the
 // client's reset, or its vanishing, from the stack calls OnReadable's
-// function before it returns (clientbreak.go).
+// function before it returns (clientbreak.go); so does one that ends on
+// it after BrokenError took the stack's one report (the stack then says
+// the end of the stream): bytes the client sent right before its reset,
+// read since the watch first saw the break, may have begun a request.
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
 	if err != nil && c.reclaimed() {
 		return n, c.opError(ErrMemoryReclaimed)
 	}
-	if err != nil && c.keepReadBreak(err) {
+	if err != nil && (c.keepReadBreak(err) || c.ClientBroke() != nil && !c.closed()) {
 		c.notify.notified(0)
 	}
 	if err == io.EOF && !c.closed() {

@@ -14,8 +14,9 @@ const (
 )
 
 // NoteClientBreak takes whether a request is under way now, as the
-// client's connection is first seen broken, and reports it; the first
-// call's answer stands. A client that resets while a request is under way
+// client's connection is seen broken, and reports it; the first call's
+// answer stands, but for a later one that finds a request under way (see
+// below). A client that resets while a request is under way
 // (an HTTP/1 request, its head begun, or any HTTP/2 stream; or the TLS
 // handshake, the first bytes) loses it, and the records say reset; one
 // that resets between requests, as real clients close (curl --http2 with
@@ -24,13 +25,21 @@ const (
 // the break is seen (the client watch calls it from the packet stack's
 // callback, and from the Read that takes the reset, before that returns):
 // the HTTP/2 server, reading the same reset, ends the streams and makes
-// the session look idle soon after. It only loads atomics.
+// the session look idle soon after. The stack's callback comes as the
+// reset arrives, while bytes the client sent right before it may still
+// wait in the receive buffer, unread: an HTTP/1 head begun, an HTTP/2
+// HEADERS frame. The reader takes them before it takes the reset (the
+// Read that ends on the reset calls this again, netstack.Conn.Read, once
+// they made the request under way): a later
+// call that finds a request under way makes it so. Nothing the appliance
+// does after the break starts a request: only the client's bytes, sent
+// before its reset, do. It only loads and swaps atomics.
 func (s *Session) NoteClientBreak() bool {
-	v := breakBetweenRequests
 	if s.requestUnderWay() {
-		v = breakUnderWay
+		s.broke.Store(breakUnderWay)
+		return true
 	}
-	s.broke.CompareAndSwap(0, v)
+	s.broke.CompareAndSwap(0, breakBetweenRequests)
 	return s.broke.Load() == breakUnderWay
 }
 
