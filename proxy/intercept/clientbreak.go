@@ -44,8 +44,9 @@ func (s *Session) NoteClientBreak() bool {
 }
 
 // requestUnderWay reports whether a request is under way: one in flight,
-// a stream the client opened with no answer yet (not one the server
-// refused: it never reaches RoundTrip), an HTTP/1 head begun
+// a stream the client opened with no answer yet, from its HEADERS frame
+// on, its header block whole or not (h2guard.go's unanswered; not one the
+// server refused: it never reaches RoundTrip), an HTTP/1 head begun
 // (its deadline armed), or the session not serving requests yet (the
 // first bytes, the destination check, the handshake). A client that
 // completed its handshake and sent no byte of a request, while goproxy

@@ -297,6 +297,9 @@ func (l *h2HeaderLimit) startFrame() {
 		l.newStream = l.stream > l.lastStream
 		if l.newStream {
 			l.lastStream = l.stream
+			// Unanswered from its HEADERS frame, not once its block
+			// ends: a client that resets with the block unfinished had
+			// a request under way (docs/records.md, NoteClientBreak).
 			l.unanswered.open(l.stream)
 		}
 	case l.typ == h2TypeRSTStream && l.stream != 0:

@@ -1,0 +1,64 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// TestBumpedH2HeaderBlockBegunThenResetTLSRecord: an HTTP/2 client opens
+// a stream with a HEADERS frame whose header block is unfinished (no
+// END_HEADERS: CONTINUATION to come), the server having read it, and
+// resets. The HEADERS frame opened the stream (RFC 9113 §5.1), as an
+// HTTP/1 head begun is a request under way: the tls record says reset.
+func TestBumpedH2HeaderBlockBegunThenResetTLSRecord(t *testing.T) {
+	r := newBumpStallRig(t, time.Hour, func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "hello")
+	}, "h2")
+	bad := 0
+	for i := range resetAfterResponsesConns {
+		rc := dialRaw(t, r.client, r.dest)
+		tc := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"h2"}})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		var pre bytes.Buffer
+		pre.WriteString(http2.ClientPreface)
+		http2.NewFramer(&pre, nil).WriteSettings()
+		if _, err := tc.Write(pre.Bytes()); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if _, err := http2.NewFramer(io.Discard, tc).ReadFrame(); err != nil { // the server's SETTINGS
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+			{Name: ":authority", Value: "big.example"}} {
+			enc.WriteField(f)
+		}
+		var hf bytes.Buffer
+		http2.NewFramer(&hf, nil).WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true})
+		if _, err := tc.Write(hf.Bytes()); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		rc.reset()
+		if rec := tlsRecordOf(t, r, rc, i); rec.Result != "reset" {
+			t.Logf("connection %d: tls %s %q", i, rec.Result, rec.Error)
+			bad++
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d connections reset with an HTTP/2 header block begun: the tls record is not reset", bad, resetAfterResponsesConns)
+	}
+}
