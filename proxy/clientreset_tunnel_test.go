@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -97,6 +98,84 @@ func TestBumpedWebSocketClientResetMidTunnelRecords(t *testing.T) {
 				t.Errorf("tunnel %d: the %s record of a tunnel its client reset says %s, %q; want reset, the client's connection broke",
 					i, rec.Kind, rec.Result, rec.Error)
 			}
+		}
+	}
+}
+
+// TestBumpedWebSocketClientHalfCloseThenResetRecords: a client half-closes
+// its WebSocket tunnel (a FIN: the destination is told, and the tunnel
+// waits for it to end its side, for at most the upgrade drain) while the
+// destination streams on, and then resets. The tunnel was under way: its
+// records say reset, and at once, not once the drain's 10 s are over.
+// goproxy's copy toward the client stopped on the failed write, and the
+// drain waited for an upstream read that nobody made any more.
+func TestBumpedWebSocketClientHalfCloseThenResetRecords(t *testing.T) {
+	r := newBumpStallRig(t, time.Hour, wsFlood, "http/1.1")
+	for i := range 3 {
+		rc := dialRaw(t, r.client, r.dest)
+		c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
+		if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
+			t.Fatalf("tunnel %d: %v", i, err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("tunnel %d: %v", i, err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("tunnel %d: status %d, want 101", i, resp.StatusCode)
+		}
+		if _, err := io.ReadFull(br, make([]byte, 64<<10)); err != nil {
+			t.Fatalf("tunnel %d: reading from it: %v", i, err)
+		}
+		if err := rc.halfClose(); err != nil {
+			t.Fatalf("tunnel %d: half-closing: %v", i, err)
+		}
+		waitTunnelDraining(t)
+		rc.reset()
+		start := time.Now()
+		port := uint16(rc.LocalAddr().(*net.TCPAddr).Port)
+		var tlsRec, tunRec *records.Record
+		waitUntil(t, 15*time.Second, func() bool {
+			tlsRec, tunRec = nil, nil
+			for _, rec := range r.sink.parse(t) {
+				if rec.ClientPort != port {
+					continue
+				}
+				switch rec.Kind {
+				case "tls":
+					tlsRec = &rec
+				case "http":
+					tunRec = &rec
+				}
+			}
+			return tlsRec != nil && tunRec != nil
+		}, "the records of the tunnel the client half-closed and reset")
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("tunnel %d: its records came %v after the client's reset; want within about 1 s", i, took.Round(time.Millisecond))
+		}
+		for _, rec := range []*records.Record{tlsRec, tunRec} {
+			if rec.Result != "reset" {
+				t.Errorf("tunnel %d: the %s record of a tunnel its client half-closed and then reset says %s, %q; want reset",
+					i, rec.Kind, rec.Result, rec.Error)
+			}
+		}
+	}
+}
+
+// waitTunnelDraining waits until a tunnel's Close waits for the upstream
+// to end its side (upgradedBody.Close). The tests using it have one
+// tunnel at a time.
+func waitTunnelDraining(t *testing.T) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if strings.Contains(string(buf[:runtime.Stack(buf, true)]), "intercept.(*upgradedBody).Close") {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatal("the tunnel's Close did not begin to wait for the upstream")
 		}
 	}
 }

@@ -100,12 +100,28 @@ func (s *Session) abort(a *abortReason) bool {
 	// there, resets what it dialled itself.
 	s.upMu.Lock()
 	up := s.Upstream
+	if s.abortedCh == nil {
+		s.abortedCh = make(chan struct{})
+	}
+	close(s.abortedCh)
 	s.upMu.Unlock()
 	if up != nil {
 		Abort(up)
 	}
 	s.upstreams.abortAll()
 	return true
+}
+
+// abortedSignal is closed once Abort has ended the session: a wait on
+// the client (a tunnel's drain) that Abort's resets cannot end, nothing
+// reading what they broke, ends on it.
+func (s *Session) abortedSignal() <-chan struct{} {
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	if s.abortedCh == nil {
+		s.abortedCh = make(chan struct{})
+	}
+	return s.abortedCh
 }
 
 // abortedFromOutside reports whether Abort has ended the session.

@@ -25,8 +25,10 @@ type upgradedBody struct {
 	// is the tunnel's end, not a failure of the destination's.
 	closing atomic.Bool
 	// clientBroke says what broke the client's connection, if its client
-	// did (Session.clientBroke); set with tunnel.
+	// did (Session.clientBroke); aborted is closed once the session is
+	// aborted (Session.abortedSignal). Set with tunnel.
 	clientBroke func() error
+	aborted     <-chan struct{}
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending
@@ -55,7 +57,10 @@ func (u *upgradedBody) Write(p []byte) (int, error) { return u.conn.Write(p) }
 // whose connection broke (its reset) reads nothing more: no wait then.
 // goproxy's copy toward it has stopped on the failed write, so nothing
 // reads the upstream to see it end, and the wait held the upstream, and
-// the records, for the whole drain.
+// the records, for the whole drain. Nor does the wait outlast the
+// session's abort (the client's reset after its half-close, a stall):
+// the abort resets the upstream, but once goproxy's copy toward the
+// client has stopped on a failed write, no read sees that.
 func (u *upgradedBody) Close() error {
 	if u.tunnel && !u.clientGone() {
 		select {
@@ -65,6 +70,7 @@ func (u *upgradedBody) Close() error {
 				t := time.NewTimer(upgradeDrain)
 				select {
 				case <-u.ended:
+				case <-u.aborted: // nil (never) outside a session
 				case <-t.C:
 				}
 				t.Stop()

@@ -155,8 +155,10 @@ type Session struct {
 	// upstreams are the connections the session's HTTP transport dialled
 	// besides Upstream: all closed when it ends, pooled or not.
 	upstreams connSet
-	// aborted says why Abort ended the session, once it has.
-	aborted atomic.Pointer[abortReason]
+	// aborted says why Abort ended the session, once it has; abortedCh
+	// is closed then (abort.go), made on first use under upMu.
+	aborted   atomic.Pointer[abortReason]
+	abortedCh chan struct{}
 	// serving is the session's goproxy side once it serves requests;
 	// lateBreak is why AbortUnlessIdle left it be (abort.go).
 	serving   atomic.Pointer[roundTripper]

@@ -322,7 +322,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		tunnel = newTunnelReload(s, pol, subj, &rec)
 		if ub, ok := resp.Body.(*upgradedBody); ok {
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
-			ub.clientBroke = s.clientBroke
+			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
 		}
 	}
 	dropHopByHop(req, resp)
