@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -16,6 +18,24 @@ import (
 // and reset open: the stack's callback and goproxy's read of the begun
 // bytes race, and a rule kept only when one wins fails on some of them.
 const headBegunConns = 10
+
+// segmentsSent is how many segments rc's client endpoint has sent.
+func segmentsSent(rc *rawClient) uint64 {
+	return rc.ep.Stats().(*tcp.Stats).SegmentsSent.Value()
+}
+
+// waitSent waits until rc's client endpoint has sent a segment since it
+// had sent before of them: the bytes just written are on their way, ahead
+// of a RST (the client's stack drops what it has not sent when it
+// resets), whether or not the appliance reads them before it.
+func waitSent(t *testing.T, rc *rawClient, before uint64) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); segmentsSent(rc) == before; time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the client's bytes were not sent")
+		}
+	}
+}
 
 // tlsRecordOf waits for the tls record of rc's connection.
 func tlsRecordOf(t *testing.T, r *bumpStallRig, rc *rawClient, i int) records.Record {
@@ -66,9 +86,11 @@ func TestBumpedH1HeadBegunThenResetTLSRecord(t *testing.T) {
 			}
 			return false
 		}, "the first request's record")
+		sent := segmentsSent(rc)
 		if _, err := io.WriteString(c, "GET /b HTTP/1.1\r\nHost: big.exa"); err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}
+		waitSent(t, rc, sent)
 		rc.reset()
 		if rec := tlsRecordOf(t, r, rc, i); rec.Result != "reset" {
 			t.Logf("connection %d: tls %s %q", i, rec.Result, rec.Error)
