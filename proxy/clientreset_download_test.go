@@ -78,9 +78,22 @@ func TestBumpedH2ClientResetMidDownloadRecords(t *testing.T) {
 // broke.
 func expectResetRecords(t *testing.T, r *bumpStallRig, rc *rawClient, i int) {
 	t.Helper()
+	tlsRec, httpRec := connRecords(t, r, rc, 10*time.Second, "the records of the connection the client reset")
+	for _, rec := range []*records.Record{tlsRec, httpRec} {
+		if rec.Result != "reset" || !strings.Contains(rec.Error, "the client's connection broke") {
+			t.Errorf("connection %d: the %s record of a connection its client reset mid-response says %s, %q; want reset, the client's connection broke",
+				i, rec.Kind, rec.Result, rec.Error)
+		}
+	}
+}
+
+// connRecords waits, for at most within, until rc's connection of r has
+// its tls record and an http one, and returns the latest of each; what
+// names the wait in its failure.
+func connRecords(t *testing.T, r *bumpStallRig, rc *rawClient, within time.Duration, what string) (tlsRec, httpRec *records.Record) {
+	t.Helper()
 	port := uint16(rc.LocalAddr().(*net.TCPAddr).Port)
-	var tlsRec, httpRec *records.Record
-	waitUntil(t, 10*time.Second, func() bool {
+	waitUntil(t, within, func() bool {
 		tlsRec, httpRec = nil, nil
 		for _, rec := range r.sink.parse(t) {
 			if rec.ClientPort != port {
@@ -94,11 +107,6 @@ func expectResetRecords(t *testing.T, r *bumpStallRig, rc *rawClient, i int) {
 			}
 		}
 		return tlsRec != nil && httpRec != nil
-	}, "the records of the connection the client reset")
-	for _, rec := range []*records.Record{tlsRec, httpRec} {
-		if rec.Result != "reset" || !strings.Contains(rec.Error, "the client's connection broke") {
-			t.Errorf("connection %d: the %s record of a connection its client reset mid-response says %s, %q; want reset, the client's connection broke",
-				i, rec.Kind, rec.Result, rec.Error)
-		}
-	}
+	}, what)
+	return tlsRec, httpRec
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -55,41 +54,10 @@ func TestBumpedWebSocketClientResetMidTunnelRecords(t *testing.T) {
 	r := newBumpStallRig(t, time.Hour, wsFlood, "http/1.1")
 	for i := range tunnelResetConns {
 		rc := dialRaw(t, r.client, r.dest)
-		c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-		if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
-			t.Fatalf("tunnel %d: %v", i, err)
-		}
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("tunnel %d: %v", i, err)
-		}
-		if resp.StatusCode != http.StatusSwitchingProtocols {
-			t.Fatalf("tunnel %d: status %d, want 101", i, resp.StatusCode)
-		}
-		if _, err := io.ReadFull(br, make([]byte, 256<<10)); err != nil {
-			t.Fatalf("tunnel %d: reading from it: %v", i, err)
-		}
+		upgradeAndRead(t, r, rc, i, 256<<10)
 		rc.reset()
 		start := time.Now()
-		port := uint16(rc.LocalAddr().(*net.TCPAddr).Port)
-		var tlsRec, tunRec *records.Record
-		waitUntil(t, 15*time.Second, func() bool {
-			tlsRec, tunRec = nil, nil
-			for _, rec := range r.sink.parse(t) {
-				if rec.ClientPort != port {
-					continue
-				}
-				switch rec.Kind {
-				case "tls":
-					tlsRec = &rec
-				case "http":
-					tunRec = &rec
-				}
-			}
-			return tlsRec != nil && tunRec != nil
-		}, "the records of the tunnel the client reset")
+		tlsRec, tunRec := connRecords(t, r, rc, 15*time.Second, "the records of the tunnel the client reset")
 		if took := time.Since(start); took > 2*time.Second {
 			t.Errorf("tunnel %d: its records came %v after the client's reset; want within about 1 s", i, took.Round(time.Millisecond))
 		}
@@ -113,45 +81,14 @@ func TestBumpedWebSocketClientHalfCloseThenResetRecords(t *testing.T) {
 	r := newBumpStallRig(t, time.Hour, wsFlood, "http/1.1")
 	for i := range 3 {
 		rc := dialRaw(t, r.client, r.dest)
-		c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-		if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
-			t.Fatalf("tunnel %d: %v", i, err)
-		}
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("tunnel %d: %v", i, err)
-		}
-		if resp.StatusCode != http.StatusSwitchingProtocols {
-			t.Fatalf("tunnel %d: status %d, want 101", i, resp.StatusCode)
-		}
-		if _, err := io.ReadFull(br, make([]byte, 64<<10)); err != nil {
-			t.Fatalf("tunnel %d: reading from it: %v", i, err)
-		}
+		upgradeAndRead(t, r, rc, i, 64<<10)
 		if err := rc.halfClose(); err != nil {
 			t.Fatalf("tunnel %d: half-closing: %v", i, err)
 		}
 		waitTunnelDraining(t)
 		rc.reset()
 		start := time.Now()
-		port := uint16(rc.LocalAddr().(*net.TCPAddr).Port)
-		var tlsRec, tunRec *records.Record
-		waitUntil(t, 15*time.Second, func() bool {
-			tlsRec, tunRec = nil, nil
-			for _, rec := range r.sink.parse(t) {
-				if rec.ClientPort != port {
-					continue
-				}
-				switch rec.Kind {
-				case "tls":
-					tlsRec = &rec
-				case "http":
-					tunRec = &rec
-				}
-			}
-			return tlsRec != nil && tunRec != nil
-		}, "the records of the tunnel the client half-closed and reset")
+		tlsRec, tunRec := connRecords(t, r, rc, 15*time.Second, "the records of the tunnel the client half-closed and reset")
 		if took := time.Since(start); took > 2*time.Second {
 			t.Errorf("tunnel %d: its records came %v after the client's reset; want within about 1 s", i, took.Round(time.Millisecond))
 		}
@@ -177,5 +114,27 @@ func waitTunnelDraining(t *testing.T) {
 		if time.Now().After(end) {
 			t.Fatal("the tunnel's Close did not begin to wait for the upstream")
 		}
+	}
+}
+
+// upgradeAndRead opens a WebSocket tunnel, tunnel i of r, over rc, and
+// reads n bytes of what the destination streams through it.
+func upgradeAndRead(t *testing.T, r *bumpStallRig, rc *rawClient, i, n int) {
+	t.Helper()
+	c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
+	if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
+		t.Fatalf("tunnel %d: %v", i, err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("tunnel %d: %v", i, err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("tunnel %d: status %d, want 101", i, resp.StatusCode)
+	}
+	if _, err := io.ReadFull(br, make([]byte, n)); err != nil {
+		t.Fatalf("tunnel %d: reading from it: %v", i, err)
 	}
 }
