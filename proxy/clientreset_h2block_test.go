@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
-	"crypto/tls"
 	"io"
 	"net/http"
 	"testing"
@@ -24,14 +22,7 @@ func TestBumpedH2HeaderBlockBegunThenResetTLSRecord(t *testing.T) {
 	}, "h2")
 	bad := 0
 	for i := range resetAfterResponsesConns {
-		rc := dialRaw(t, r.client, r.dest)
-		tc := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"h2"}})
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("connection %d: %v", i, err)
-		}
+		rc, tc := r.dialRawTLS(t, "h2")
 		var pre bytes.Buffer
 		pre.WriteString(http2.ClientPreface)
 		http2.NewFramer(&pre, nil).WriteSettings()

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -26,14 +24,7 @@ func TestBumpedH2RefusedStreamThenResetTLSRecord(t *testing.T) {
 		io.WriteString(w, "hello")
 	}, "h2")
 	for i := range resetAfterResponsesConns {
-		rc := dialRaw(t, r.client, r.dest)
-		tc := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"h2"}})
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("connection %d: %v", i, err)
-		}
+		rc, tc := r.dialRawTLS(t, "h2")
 		var buf bytes.Buffer
 		buf.WriteString(http2.ClientPreface)
 		fr := http2.NewFramer(&buf, nil)

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"context"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -23,14 +21,7 @@ func TestBumpedH2PrefaceThenReset(t *testing.T) {
 		io.WriteString(w, "hello")
 	}, "h2")
 	for i := range 30 {
-		rc := dialRaw(t, r.client, r.dest)
-		tc := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"h2"}})
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
+		rc, tc := r.dialRawTLS(t, "h2")
 		if _, err := io.WriteString(tc, http2.ClientPreface); err != nil {
 			t.Fatal(err)
 		}

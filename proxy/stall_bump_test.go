@@ -312,3 +312,17 @@ func (r *bumpStallRig) dialTLS(t *testing.T, proto string) *tls.Conn {
 	}
 	return c
 }
+
+// dialRawTLS is dialTLS over a raw client connection, which the test can
+// reset (rawClient.reset) or half-close.
+func (r *bumpStallRig) dialRawTLS(t *testing.T, proto string) (*rawClient, *tls.Conn) {
+	t.Helper()
+	rc := dialRaw(t, r.client, r.dest)
+	c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{proto}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.HandshakeContext(ctx); err != nil {
+		t.Fatalf("TLS handshake with the appliance: %v", err)
+	}
+	return rc, c
+}
