@@ -31,33 +31,7 @@ func TestH2OriginStreamsHeldBounded(t *testing.T) {
 	upEnd, originEnd := testnet.TCPPair(t)
 	var atOrigin atomic.Int64
 	silentH2Origin(r, originEnd, &atOrigin)
-	c, _ := r.connectTCP(upEnd, tlsDest)
-	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
-	defer tlsc.Close()
-	tlsc.SetDeadline(time.Now().Add(3 * waitLimit))
-	var buf, hb bytes.Buffer
-	buf.WriteString(http2.ClientPreface)
-	fr := http2.NewFramer(&buf, nil)
-	fr.WriteSettings()
-	enc := hpack.NewEncoder(&hb)
-	open := func(s int) { writeGet(fr, enc, &hb, uint32(2*s+1), "https") }
-	// The first stream alone, until the origin has it: the others then
-	// find the one upstream connection up (the rig has no second to give
-	// a request that would dial while it is made).
-	open(0)
-	tlsc.Write(buf.Bytes())
-	buf.Reset()
-	for end := time.Now().Add(waitLimit); atOrigin.Load() == 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the origin never got the first stream")
-		}
-	}
-	for s := 1; s < streams; s++ {
-		open(s)
-	}
-	go tlsc.Write(buf.Bytes())
-	rd := http2.NewFramer(io.Discard, tlsc)
-	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	rd := openH2Streams(t, r, upEnd, &atOrigin, streams)
 	for answered := 0; answered < streams-allowed; {
 		f, err := rd.ReadFrame()
 		if err != nil {
@@ -100,4 +74,39 @@ func silentH2Origin(r *rig, c net.Conn, heads *atomic.Int64) {
 			return true
 		})
 	}()
+}
+
+// openH2Streams connects a bumped HTTP/2 client through r to the origin
+// behind upEnd, opens its first stream alone until the origin has it
+// (atOrigin), so that the others find the one upstream connection up
+// (the rig has no second to give a request that would dial meanwhile),
+// then opens streams 1 to n-1 at once. It returns a framer reading the
+// appliance's answers.
+func openH2Streams(t *testing.T, r *rig, upEnd net.Conn, atOrigin *atomic.Int64, n int) *http2.Framer {
+	t.Helper()
+	c, _ := r.connectTCP(upEnd, tlsDest)
+	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
+	t.Cleanup(func() { tlsc.Close() })
+	tlsc.SetDeadline(time.Now().Add(3 * waitLimit))
+	var buf, hb bytes.Buffer
+	buf.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&buf, nil)
+	fr.WriteSettings()
+	enc := hpack.NewEncoder(&hb)
+	open := func(s int) { writeGet(fr, enc, &hb, uint32(2*s+1), "https") }
+	open(0)
+	tlsc.Write(buf.Bytes())
+	buf.Reset()
+	for end := time.Now().Add(waitLimit); atOrigin.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the origin never got the first stream")
+		}
+	}
+	for s := 1; s < n; s++ {
+		open(s)
+	}
+	go tlsc.Write(buf.Bytes())
+	rd := http2.NewFramer(io.Discard, tlsc)
+	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	return rd
 }

@@ -1,7 +1,6 @@
 package intercept_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
@@ -37,32 +35,7 @@ func TestH2StreamsPastHeadBounded(t *testing.T) {
 	upEnd, originEnd := testnet.TCPPair(t)
 	var atOrigin atomic.Int64
 	headFirstH2Origin(r, originEnd, &atOrigin)
-	c, _ := r.connectTCP(upEnd, tlsDest)
-	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
-	defer tlsc.Close()
-	tlsc.SetDeadline(time.Now().Add(3 * waitLimit))
-	var buf, hb bytes.Buffer
-	buf.WriteString(http2.ClientPreface)
-	fr := http2.NewFramer(&buf, nil)
-	fr.WriteSettings()
-	enc := hpack.NewEncoder(&hb)
-	open := func(s int) { writeGet(fr, enc, &hb, uint32(2*s+1), "https") }
-	// The first stream alone, until the origin has it: the others then
-	// find the one upstream connection up (the rig has no second).
-	open(0)
-	tlsc.Write(buf.Bytes())
-	buf.Reset()
-	for end := time.Now().Add(waitLimit); atOrigin.Load() == 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the origin never got the first stream")
-		}
-	}
-	for s := 1; s < streams; s++ {
-		open(s)
-	}
-	go tlsc.Write(buf.Bytes())
-	rd := http2.NewFramer(io.Discard, tlsc)
-	rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	rd := openH2Streams(t, r, upEnd, &atOrigin, streams)
 	codes := map[string]int{}
 	for heads := 0; heads < streams; heads++ {
 		f, err := rd.ReadFrame()
