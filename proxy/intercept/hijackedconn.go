@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -279,13 +280,13 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 // Not errors.Is(err, os.ErrDeadlineExceeded): over the stack the client
 // connection's deadline error is gonet's own ("i/o timeout", Timeout()
 // true), which that misses (TestInterceptedHeadDeadlineRecorded). A
-// client's TCP timeout is no net.Error timeout on that path (gonet's
-// Read words it "operation timed out"; netstack's ETIMEDOUT is only
-// TryRead's and BrokenError's), so it is not taken for the deadline
+// client's TCP timeout (its keepalives or retransmissions unanswered) is
+// no deadline: netstack's Read says it as ETIMEDOUT once the break was
+// kept, a net.Error whose Timeout() is true, so it is ruled out by name
 // (TestInterceptedClientTimeoutMidHead).
 func isTimeout(err error) bool {
 	ne, ok := errors.AsType[net.Error](err)
-	return ok && ne.Timeout()
+	return ok && ne.Timeout() && !errors.Is(err, syscall.ETIMEDOUT)
 }
 
 // refuseH2 writes an HTTP/2 client its refusal while reading on, and
