@@ -366,47 +366,28 @@ func waitStats(p *pump, want pumpStats) pumpStats {
 // when the simulator closes it.
 func TestOpenTUN(t *testing.T) {
 	testenv.RequireRoot(t, "the TUN test needs root: it creates a device in a private network namespace")
-	errc := make(chan error, 1)
-	go func() {
-		// The thread stays locked: when the goroutine ends, the runtime
-		// ends the thread and with it the namespace it alone lives in.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
-			return
-		}
+	inPrivateNetns(t, "opening the TUN device", func() error {
 		f, name, err := openTUN("gwlbsim%d", true)
 		if err != nil {
-			errc <- err
-			return
+			return err
 		}
 		ifi, err := net.InterfaceByName(name)
 		if err != nil {
 			f.Close()
-			errc <- fmt.Errorf("the device %q is not there: %w", name, err)
-			return
+			return fmt.Errorf("the device %q is not there: %w", name, err)
 		}
 		f.Close()
 		_, gone := net.InterfaceByName(name)
 		switch {
 		case name != "gwlbsim0":
-			errc <- fmt.Errorf("device named %q, want gwlbsim0 (the first in a fresh namespace)", name)
+			return fmt.Errorf("device named %q, want gwlbsim0 (the first in a fresh namespace)", name)
 		case ifi.Flags&net.FlagPointToPoint == 0 || len(ifi.HardwareAddr) != 0:
-			errc <- fmt.Errorf("device flags %v, hardware address %q: want a layer-3 point-to-point device", ifi.Flags, ifi.HardwareAddr)
+			return fmt.Errorf("device flags %v, hardware address %q: want a layer-3 point-to-point device", ifi.Flags, ifi.HardwareAddr)
 		case gone == nil:
-			errc <- fmt.Errorf("device %q still exists after close", name)
-		default:
-			errc <- nil
+			return fmt.Errorf("device %q still exists after close", name)
 		}
-	}()
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("opening the TUN device did not finish within 10s")
-	}
+		return nil
+	})
 }
 
 // TestOpenTUNOffloadTakes: a TUN device opened with offload really has it
@@ -417,14 +398,7 @@ func TestOpenTUN(t *testing.T) {
 // offload path could be off with nothing failing.
 func TestOpenTUNOffloadTakes(t *testing.T) {
 	testenv.RequireRoot(t, "the TUN test needs root: it creates a device in a private network namespace")
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread ends with its namespace (TestOpenTUN).
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
-			return
-		}
+	inPrivateNetns(t, "opening the TUN devices", func() error {
 		batch := func(offload bool) (int, error) {
 			dev, _, err := openTUN("gwlbsim%d", offload)
 			if err != nil {
@@ -435,19 +409,34 @@ func TestOpenTUNOffloadTakes(t *testing.T) {
 		}
 		on, err := batch(true)
 		if err != nil {
-			errc <- err
-			return
+			return err
 		}
 		off, err := batch(false)
 		if err != nil {
-			errc <- err
-			return
+			return err
 		}
 		if on <= 1 || off != 1 {
-			errc <- fmt.Errorf("batch size %d with offload, %d without: want more than 1, and 1", on, off)
+			return fmt.Errorf("batch size %d with offload, %d without: want more than 1, and 1", on, off)
+		}
+		return nil
+	})
+}
+
+// inPrivateNetns runs fn in a network namespace private to one thread, so
+// nothing it creates appears in the host's, and fails t with its error or
+// when it has not finished within 10 s (what names it then).
+func inPrivateNetns(t *testing.T, what string, fn func() error) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		// The thread stays locked: when the goroutine ends, the runtime
+		// ends the thread and with it the namespace it alone lives in.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
 			return
 		}
-		errc <- nil
+		errc <- fn()
 	}()
 	select {
 	case err := <-errc:
@@ -455,7 +444,7 @@ func TestOpenTUNOffloadTakes(t *testing.T) {
 			t.Fatal(err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("opening the TUN devices did not finish within 10s")
+		t.Fatalf("%s did not finish within 10s", what)
 	}
 }
 
