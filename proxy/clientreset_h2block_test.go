@@ -49,14 +49,10 @@ func TestBumpedH2HeaderBlockBegunThenResetTLSRecord(t *testing.T) {
 		}
 		var hf bytes.Buffer
 		http2.NewFramer(&hf, nil).WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true})
-		sent := segmentsSent(rc)
-		if _, err := tc.Write(hf.Bytes()); err != nil {
-			t.Fatalf("connection %d: %v", i, err)
-		}
-		waitSent(t, rc, sent)
-		rc.reset()
-		if rec := tlsRecordOf(t, r, rc, i); rec.Result != "reset" {
-			t.Logf("connection %d: tls %s %q", i, rec.Result, rec.Error)
+		if !sendThenResetRecordsReset(t, r, rc, i, func() error {
+			_, err := tc.Write(hf.Bytes())
+			return err
+		}) {
 			bad++
 		}
 	}

@@ -86,18 +86,33 @@ func TestBumpedH1HeadBegunThenResetTLSRecord(t *testing.T) {
 			}
 			return false
 		}, "the first request's record")
-		sent := segmentsSent(rc)
-		if _, err := io.WriteString(c, "GET /b HTTP/1.1\r\nHost: big.exa"); err != nil {
-			t.Fatalf("connection %d: %v", i, err)
-		}
-		waitSent(t, rc, sent)
-		rc.reset()
-		if rec := tlsRecordOf(t, r, rc, i); rec.Result != "reset" {
-			t.Logf("connection %d: tls %s %q", i, rec.Result, rec.Error)
+		if !sendThenResetRecordsReset(t, r, rc, i, func() error {
+			_, err := io.WriteString(c, "GET /b HTTP/1.1\r\nHost: big.exa")
+			return err
+		}) {
 			bad++
 		}
 	}
 	if bad > 0 {
 		t.Errorf("%d of %d connections reset with an HTTP/1 head begun: the tls record is not reset", bad, headBegunConns)
 	}
+}
+
+// sendThenResetRecordsReset has rc, connection i of r, send what write
+// writes, waits until the client's stack has sent it (a stack that resets
+// drops what it has not sent), resets, and reports whether the
+// connection's tls record says reset.
+func sendThenResetRecordsReset(t *testing.T, r *bumpStallRig, rc *rawClient, i int, write func() error) bool {
+	t.Helper()
+	sent := segmentsSent(rc)
+	if err := write(); err != nil {
+		t.Fatalf("connection %d: %v", i, err)
+	}
+	waitSent(t, rc, sent)
+	rc.reset()
+	rec := tlsRecordOf(t, r, rc, i)
+	if rec.Result != "reset" {
+		t.Logf("connection %d: tls %s %q", i, rec.Result, rec.Error)
+	}
+	return rec.Result == "reset"
 }
