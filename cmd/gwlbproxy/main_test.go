@@ -362,6 +362,10 @@ func TestBadFlagValues(t *testing.T) {
 		{"trust-host", ""},
 		{"trust-host", "a b"},
 		{"trust-host", "-x.example"},
+		// An address, not a name: requests to that address, to any
+		// destination, would be answered with the CA page.
+		{"trust-host", "1.2.3.4"},
+		{"trust-host", "ca.10"},
 		{"gwlb-cidrs", "10.0.0.1/8"},
 		{"idle-timeout", "1ns"},
 		{"drain-min", "-1s"},

@@ -84,7 +84,10 @@ func CheckCAFlags(o *Options) error {
 // an empty name or one with a space would never be asked for, and the page
 // URL the install commands print would be broken. A host name is labels of
 // letters, digits and hyphens (not first or last), 1 to 63 characters each,
-// 253 in all, without a final dot.
+// 253 in all, without a final dot, and whose last label is not all
+// digits: that is an IPv4 address (or no name a resolver could hold), and
+// every plain-HTTP request naming that address, to any destination, would
+// get the page instead of what it asked for.
 func CheckTrustHost(h string) error {
 	bad := func(why string) error { return fmt.Errorf("--trust-host %q: %s", h, why) }
 	if h == "" {
@@ -93,7 +96,8 @@ func CheckTrustHost(h string) error {
 	if len(h) > 253 {
 		return bad("longer than 253 characters")
 	}
-	for _, label := range strings.Split(h, ".") {
+	labels := strings.Split(h, ".")
+	for _, label := range labels {
 		if label == "" || len(label) > 63 {
 			return bad("each dot-separated label must have 1 to 63 characters")
 		}
@@ -105,6 +109,9 @@ func CheckTrustHost(h string) error {
 				return bad(fmt.Sprintf("%q is not allowed in a host name (letters, digits, hyphens and dots)", r))
 			}
 		}
+	}
+	if strings.Trim(labels[len(labels)-1], "0123456789") == "" {
+		return bad("an address, or a name whose last label is all digits: want a host name")
 	}
 	return nil
 }
