@@ -24,10 +24,12 @@ import (
 )
 
 func main() {
-	if err := runMain(os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "gwlbproxy:", err)
-		}
+	err := runMain(os.Args[1:], os.Stdout, os.Stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0) // the usage was asked for, and printed: no error
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "gwlbproxy:", err)
 		os.Exit(2)
 	}
 }

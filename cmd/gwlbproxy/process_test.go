@@ -391,3 +391,24 @@ func dialThrough(t *testing.T, sim netip.Addr, geneve, dst netip.AddrPort) net.C
 	}
 	return c
 }
+
+// TestHelpExitsZero: asking for help is no error: the usage, with every
+// flag, and exit status 0, as Go's flag package does for its own
+// commands, so that `gwlbproxy --help && ...` in a script or an image
+// build goes on. Flag errors keep status 2 (TestBadFlagValues).
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"ca", "init", "-h"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, os.Args[0], args...)
+		cmd.Env = append(os.Environ(), asMainEnv+"=1")
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Errorf("%v: %v, want exit status 0\n%s", args, err, out)
+			continue
+		}
+		if !strings.Contains(string(out), "Usage") && !strings.Contains(string(out), "usage") {
+			t.Errorf("%v: no usage in the output:\n%s", args, out)
+		}
+	}
+}
