@@ -40,6 +40,11 @@ func TestForbiddenDestinations(t *testing.T) {
 		{"64:ff9b:1::c633:6407", ""},        // a /96 of 198.51.100.7: the other layouts read 0.x
 		{"2002:a9fe:a9fe::1", "link-local"}, // 6to4
 		{"2002:7f00:1::1", "loopback"},      // 6to4
+		// The one reading of a well-known NAT64 or a 6to4 address: 0.0.0.0 is
+		// no destination, wrapped or not (only the local-use /48's layouts
+		// read it out of ordinary addresses, and are spared it).
+		{"64:ff9b::", "not a unicast address"},
+		{"2002::1", "not a unicast address"},
 		{"64:ff9b::c633:6407", ""},          // NAT64 of 198.51.100.7: fine
 		{"2001:db8::1", ""},
 		{"198.51.100.7", ""},

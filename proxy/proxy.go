@@ -375,9 +375,12 @@ func (p *Proxy) forbidden(a netip.Addr) string {
 	// NAT gateway's DNS64/NAT64. The policy's dest_cidrs read the same ones.
 	v4s, n := policy.EmbeddedIPv4(a)
 	for _, v4 := range v4s[:n] {
-		// 0.0.0.0 is what another layout reads from a NAT64 address:
-		// no destination, and refusing it would refuse every such address.
-		if reason := p.forbidden(v4); reason != "" && !v4.IsUnspecified() {
+		// 0.0.0.0 is what another of the local-use /48's layouts reads
+		// from an ordinary NAT64 address: refusing it where there are
+		// several readings would refuse every such address. Where there
+		// is one (the well-known /96, 6to4), it is what the gateway would
+		// unwrap, and refused as it is unwrapped.
+		if reason := p.forbidden(v4); reason != "" && !(n > 1 && v4.IsUnspecified()) {
 			return reason + ", embedded in " + a.String()
 		}
 	}
