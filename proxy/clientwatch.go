@@ -101,6 +101,11 @@ func (w *clientWatch) abort(busy bool) {
 	// A reset, or keepalives gone unanswered (ETIMEDOUT): timeout then, as
 	// a relayed flow's record says (relayResultOf).
 	result, err := relayResultOf(why), fmt.Errorf("the client's connection broke: %w", why)
+	if busy && result == "reset" {
+		// A break that came as an HTTP/1 response's last bytes went out
+		// is settled by their write: between requests if they went out.
+		busy = w.is.ClientBreakUnderWay()
+	}
 	if !busy && result == "reset" {
 		// A reset between requests, after the client's FIN
 		// (ErrResetAfterFIN) or not: the session loses nothing by it.

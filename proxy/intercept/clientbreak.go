@@ -43,7 +43,8 @@ func (s *Session) NoteClientBreak() bool {
 	return s.broke.Load() == breakUnderWay
 }
 
-// requestUnderWay reports whether a request is under way: one in flight,
+// requestUnderWay reports whether a request is under way: one in flight
+// (an HTTP/1 one until its response's last byte is written: answer.go),
 // a stream the client opened with no answer yet, from its HEADERS frame
 // on, its header block whole or not (h2guard.go's unanswered; not one the
 // server refused: it never reaches RoundTrip), an HTTP/1 head begun
@@ -56,7 +57,7 @@ func (s *Session) requestUnderWay() bool {
 	if rt == nil {
 		return true
 	}
-	return rt.busy() || !rt.cc.limit.isH2.Load() && rt.cc.limit.timed.Load()
+	return rt.busyAtBreak() || !rt.cc.limit.isH2.Load() && rt.cc.limit.timed.Load()
 }
 
 // clientBroker is a client connection that says what broke it when its
@@ -83,7 +84,9 @@ func (s *Session) noteClientBreak() {
 		return
 	}
 	// A vanished client (timeout) is said whenever it went, as the watch
-	// says it; a reset only when a request was under way.
+	// says it; a reset only when a request was under way (settled by
+	// now: the last request's record is written, answer.go).
+	s.settleBreak(false)
 	result := clientBreakResult(why)
 	if result == "reset" && s.broke.Load() != breakUnderWay {
 		return

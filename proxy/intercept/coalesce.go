@@ -40,9 +40,11 @@ type writeHold struct {
 	active atomic.Bool
 	head   bool   // the next write is the response head: held whatever its size
 	held   []byte // not yet written
-	timer  *time.Timer
-	err    error         // of a write the timer made, for the next Write to return
-	delay  time.Duration // 0: holdDelay; longer in tests that count writes
+	// holding: held is not empty, for noteAnswered, which takes no lock.
+	holding atomic.Bool
+	timer   *time.Timer
+	err     error         // of a write the timer made, for the next Write to return
+	delay   time.Duration // 0: holdDelay; longer in tests that count writes
 }
 
 // holdResponse says whether the writes of the response goproxy is about to
@@ -103,6 +105,11 @@ func (c *hijackedConn) Write(b []byte) (int, error) {
 	h := &c.hold
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if c.lastPiece.Load() {
+		defer c.wroteLast() // the response's last piece is written, or held
+	} else {
+		defer c.noteAnswered() // a write that failed settles a break (answer.go)
+	}
 	switch {
 	case h.err != nil:
 		return 0, h.err
@@ -119,6 +126,7 @@ func (c *hijackedConn) Write(b []byte) (int, error) {
 			}
 		}
 		h.held = append(h.held, b...)
+		h.holding.Store(true)
 		return len(b), nil
 	case len(h.held) == 0:
 		h.head = false
@@ -162,6 +170,7 @@ func (c *hijackedConn) flushHeld() {
 // bytes before it are lost: none after them may follow); h.mu is held.
 func (c *hijackedConn) flushLocked() {
 	h := &c.hold
+	defer c.noteAnswered() // what was held may have been the response's last piece
 	if len(h.held) == 0 {
 		return
 	}
@@ -192,6 +201,7 @@ func (c *hijackedConn) endHold() {
 // release empties what is held, keeping the buffer for the next response
 // unless a huge head grew it; h.mu is held.
 func (h *writeHold) release() {
+	h.holding.Store(false)
 	if cap(h.held) > maxCoalesced {
 		h.held = nil
 		return

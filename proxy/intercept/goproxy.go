@@ -147,15 +147,37 @@ func (rt *roundTripper) requestDone() {
 	}
 }
 
-// busy reports whether a request is in flight, or a stream the client
-// opened has no answer yet (h2Unanswered): one yet to reach RoundTrip, or
-// whose response head has not gone out. Not the count of streams opened
+// busy reports whether a request is in flight, but an HTTP/1 one whose
+// response is out (answer.go), or a stream the client opened has no
+// answer yet (h2Unanswered): one yet to reach RoundTrip, or whose
+// response head has not gone out. Not the count of streams opened
 // against requests, as the end of the session waits (tryEnd): a stream
 // the server refused (RST_STREAM, no handler: a malformed request, one
 // past the advertised concurrency) never reaches RoundTrip, and would
 // keep the session busy for good.
 func (rt *roundTripper) busy() bool {
-	return rt.inflight.Load() > 0 || rt.cc.limit.unanswered.waiting()
+	return rt.inflight.Load() > 0 && !rt.answered() || rt.cc.limit.unanswered.waiting()
+}
+
+// answered reports whether the request in flight, an HTTP/1 one, is over
+// for a client's break: its response is out (answer.go). Not an HTTP/2
+// connection's: its streams have their own (h2Unanswered), and many may
+// be in flight.
+func (rt *roundTripper) answered() bool {
+	if rt.cc.limit.isH2.Load() {
+		return false
+	}
+	return rt.cc.answer.Load() == answerOut
+}
+
+// busyAtBreak is busy for NoteClientBreak, which takes the client's
+// break: an HTTP/1 request it finds in flight and not yet out is cut
+// (answer.go), and its record says what the break's Abort says.
+func (rt *roundTripper) busyAtBreak() bool {
+	if rt.inflight.Load() > 0 && !rt.cc.limit.isH2.Load() && rt.cc.cutAtBreak() {
+		return true
+	}
+	return rt.busy()
 }
 
 // tryEnd ends the session if goproxy has closed the connection, every

@@ -46,6 +46,15 @@ type hijackedConn struct {
 	// bodyFault is the error that broke an HTTP/1 request body, or the
 	// drain's giving up on it: nothing after it is served (bodyfault.go).
 	bodyFault atomic.Pointer[error]
+	// answer is where the HTTP/1 request in flight stands for a client's
+	// break, lastPiece whether its response's last bytes were read from
+	// its body, lastWritten whether goproxy's write of them returned,
+	// settled closed once a break that came as they went out is settled
+	// (answer.go).
+	answer      atomic.Int32
+	lastPiece   atomic.Bool
+	lastWritten atomic.Bool
+	settled     atomic.Pointer[chan struct{}]
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -392,8 +401,20 @@ func (b *nextHead) Close() error {
 	if fb, ok := b.reqBody.(*faultBody); ok {
 		fb.closing.Store(b.resp.Close) // goproxy's decision, before the drain (rb.done)
 	}
+	rb, whole := b.ReadCloser.(*recordingBody)
+	whole = whole && b.cc.h1 && rb.ended.Load()
+	if whole {
+		// goproxy has made the response's last write but for a chunked
+		// one's end, which endChunked writes next (wroteLast, answer.go).
+		b.cc.lastPieceRead()
+	}
 	if b.cc.h1 && b.reqBody != nil && b.reqBody != http.NoBody {
 		b.endChunked()
+	}
+	if whole {
+		// Once it went out, the request is over (answer.go), before the
+		// drain of its body and its record.
+		b.cc.responseWritten()
 	}
 	err := b.ReadCloser.Close()
 	if b.reqBody != nil {

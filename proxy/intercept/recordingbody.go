@@ -52,6 +52,11 @@ type recordingBody struct {
 	// begins (keepHeld).
 	held   atomic.Pointer[heldCharge]
 	closed atomic.Bool
+	// answerConn, for an HTTP/1 response of known length, whole, is told
+	// as its last bytes are read (answer.go): goproxy's next write has
+	// them.
+	answerConn *hijackedConn
+	whole      int64
 }
 
 // keepHeld has b give back c, its request's charge, once its record is
@@ -101,7 +106,9 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 			panic(http.ErrAbortHandler)
 		}
 	}
-	b.read.Add(int64(n))
+	if b.read.Add(int64(n)) == b.whole && n > 0 && b.answerConn != nil {
+		b.answerConn.lastPieceRead()
+	}
 	b.last.Store(int64(n))
 	if n > 0 {
 		b.lastData.Store(int64(n))

@@ -29,7 +29,9 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 		// which closes the connection.
 		return nil, errAfterBodyFault
 	}
-	// In flight first, then a request: the order tryEnd relies on.
+	// Under way (answer.go), in flight, then a request: the order
+	// tryEnd relies on.
+	rt.cc.startAnswer()
 	rt.inflight.Add(1)
 	// Charged to the client connection from now until its record is
 	// written, whatever it waits on meanwhile (its destination check,
@@ -338,6 +340,11 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	// the tunnel's (outcome).
 	rb.tunnel = resp.StatusCode == http.StatusSwitchingProtocols
 	rb.ended.Store(!rb.tunnel && !hasBody(req, resp))
+	if !rb.tunnel && !rb.ended.Load() && !inH2Handler(req) && resp.ContentLength > 0 {
+		// goproxy writes exactly that much (Response.Write): the write
+		// after the read that brings the last byte ends the response.
+		rb.answerConn, rb.whole = rt.cc, resp.ContentLength
+	}
 	if rb.ended.Load() {
 		// No body, so no trailers to follow it. An announced one (a HEAD
 		// answered with GET's fields) had goproxy flush the head first to
@@ -388,6 +395,9 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		}
 		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
 		tunnel.record(&rec)
+		// A client's break that found the request under way has its
+		// Abort on the way: the record says what it says (answer.go).
+		rt.awaitBreakAbort()
 		rt.write(&rec, start)
 		slot.release()
 		rt.requestDone()
