@@ -2,6 +2,7 @@ package netstack_test
 
 import (
 	"errors"
+	"io"
 	"syscall"
 	"testing"
 	"time"
@@ -113,5 +114,41 @@ func TestReadAfterBrokenErrorTellsOnReadable(t *testing.T) {
 	}
 	if n.calls.Load() == calls {
 		t.Error("the Read that ended on the client's reset, kept by BrokenError, returned without calling OnReadable's function")
+	}
+}
+
+// TestBrokenAfterFINTellsTheFIN: BrokenAfterFIN, which the client watch
+// asks on the packet path, tells a client's reset after its FIN (it had
+// ended its side whole: a WebSocket tunnel it closed is no longer under
+// way) from one without a FIN, as BrokenError does off that path.
+func TestBrokenAfterFINTellsTheFIN(t *testing.T) {
+	r := newConnRig(t)
+	for _, fin := range []bool{false, true} {
+		cc, cep, c := r.dialEndpoint()
+		if fin {
+			if err := cc.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(waitFor))
+			if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("read %v, want EOF", err)
+			}
+		}
+		cep.Abort()
+		for end := time.Now().Add(waitFor); !c.Broken(); time.Sleep(time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("FIN %v: not Broken after the client's RST", fin)
+			}
+		}
+		if got := c.BrokenAfterFIN(); got != fin {
+			t.Errorf("FIN %v: BrokenAfterFIN %v after the client's RST", fin, got)
+		}
+		if why := c.BrokenError(); errors.Is(why, netstack.ErrResetAfterFIN) != fin {
+			t.Errorf("FIN %v: BrokenError %v", fin, why)
+		}
+		c.Close()
+		if c.BrokenAfterFIN() {
+			t.Errorf("FIN %v: BrokenAfterFIN after Close", fin)
+		}
 	}
 }

@@ -365,6 +365,15 @@ func (c *Conn) Broken() bool {
 	return false
 }
 
+// BrokenAfterFIN reports whether Broken's break came after the client's
+// FIN: a reset in CLOSE-WAIT, which moves the endpoint to CLOSED, as a
+// clean close completing does (BrokenError tells them apart). Either
+// way the client had ended its side whole: everything it sent is there
+// to read. It may be called from OnReadable's function.
+func (c *Conn) BrokenAfterFIN() bool {
+	return tcp.EndpointState(c.ep.State()) == tcp.StateClose && !c.closed()
+}
+
 // BrokenError is what broke the connection, as the stack saw it, or nil
 // when nothing did; a read or a write that took it from the stack first
 // is remembered (ClientBroke) when the client broke it, and a Write that

@@ -10,9 +10,11 @@ import (
 )
 
 // brokenWatcher is a client connection that says when something arrives,
-// and tells a reset from a FIN (netstack.Conn).
+// tells a reset from a FIN, and a reset after a FIN from one before
+// (netstack.Conn).
 type brokenWatcher interface {
 	OnReadable(fn func())
+	BrokenAfterFIN() bool
 	brokenReader
 }
 
@@ -70,7 +72,7 @@ func (w *clientWatch) check() {
 	}
 	// Taken before fired: a check that loses the race for fired has
 	// taken it too, before its Read returned (the first one stands).
-	busy := w.is.NoteClientBreak()
+	busy := w.is.NoteClientBreak(w.conn.BrokenAfterFIN())
 	if !w.fired.CompareAndSwap(false, true) {
 		return
 	}

@@ -24,6 +24,13 @@ const (
 	answerOut                    // the response's last byte is written: over
 	answerCut                    // the client's break came first
 	answerUndecided              // the break came as the last bytes were going out
+	// answerTunnel: the response is a WebSocket tunnel's 101. A tunnel
+	// is under way until the client's break, unless that came after
+	// the client's FIN: the client had ended its side, what it sent is
+	// all there to relay, and the destination's bytes written to it
+	// before the reset are counted as any others (bytes_in); what the
+	// destination sends after cannot reach it, whatever is recorded.
+	answerTunnel
 )
 
 // breakAbortWait bounds how long a request the client's break cut waits
@@ -97,10 +104,17 @@ func (c *hijackedConn) settle(to int32) {
 
 // cutAtBreak is NoteClientBreak's: whether an HTTP/1 request in flight
 // is under way as the client's break is seen. One whose response is out
-// is not; one whose last bytes are going out is, until their write
-// settles it (awaitSettled); any other is cut, and stays so. It only
+// is not, nor a tunnel whose client's break came after its FIN (afterFIN);
+// one whose last bytes are going out is, until their write settles it
+// (awaitSettled); any other is cut, and stays so. It only
 // loads and swaps atomics (and makes a channel, once a break).
-func (c *hijackedConn) cutAtBreak() bool {
+func (c *hijackedConn) cutAtBreak(afterFIN bool) bool {
+	if c.answer.Load() == answerTunnel && afterFIN {
+		return false
+	}
+	if c.answer.CompareAndSwap(answerTunnel, answerCut) {
+		return true
+	}
 	if c.lastPiece.Load() && c.werr.Load() == nil {
 		ch := make(chan struct{})
 		c.settled.Store(&ch)

@@ -33,14 +33,46 @@ const (
 // they made the request under way): a later
 // call that finds a request under way makes it so. Nothing the appliance
 // does after the break starts a request: only the client's bytes, sent
-// before its reset, do. It only loads and swaps atomics.
-func (s *Session) NoteClientBreak() bool {
+// before its reset, do. afterFIN says the break came after the client's
+// FIN (netstack.Conn.BrokenAfterFIN): a WebSocket tunnel is no longer
+// under way then, the client having ended its side (answer.go). A tunnel
+// that waits for the destination to end its side (upgradedBody.Close)
+// ends on the break (clientBreakSignal). It only loads and swaps atomics,
+// and closes that channel.
+func (s *Session) NoteClientBreak(afterFIN bool) bool {
+	if afterFIN {
+		s.finBreak.Store(true) // before requestUnderWay loads it
+	}
+	defer s.signalBreak()
 	if s.requestUnderWay() {
 		s.broke.Store(breakUnderWay)
 		return true
 	}
 	s.broke.CompareAndSwap(0, breakBetweenRequests)
 	return s.broke.Load() == breakUnderWay
+}
+
+// clientBreakSignal returns a channel the client's break closes, once
+// NoteClientBreak has taken it: a tunnel's drain ends on it. One tunnel
+// a session asks for it (an HTTP/1 one, goproxy's last request).
+func (s *Session) clientBreakSignal() <-chan struct{} {
+	ch := make(chan struct{})
+	s.breakCh.Store(&ch)
+	// NoteClientBreak stores broke before it loads breakCh, and this the
+	// other way round (sequentially consistent atomics): one of the two
+	// sees the other.
+	if s.broke.Load() != 0 {
+		s.signalBreak()
+	}
+	return ch
+}
+
+// signalBreak closes the channel of clientBreakSignal, if there is one,
+// once.
+func (s *Session) signalBreak() {
+	if p := s.breakCh.Load(); p != nil && s.breakClosed.CompareAndSwap(false, true) {
+		close(*p)
+	}
 }
 
 // requestUnderWay reports whether a request is under way: one in flight

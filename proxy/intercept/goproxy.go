@@ -167,14 +167,20 @@ func (rt *roundTripper) answered() bool {
 	if rt.cc.limit.isH2.Load() {
 		return false
 	}
-	return rt.cc.answer.Load() == answerOut
+	switch rt.cc.answer.Load() {
+	case answerOut:
+		return true
+	case answerTunnel: // a WebSocket: over once its client sent its FIN
+		return rt.s.finBreak.Load()
+	}
+	return false
 }
 
 // busyAtBreak is busy for NoteClientBreak, which takes the client's
 // break: an HTTP/1 request it finds in flight and not yet out is cut
 // (answer.go), and its record says what the break's Abort says.
 func (rt *roundTripper) busyAtBreak() bool {
-	if rt.inflight.Load() > 0 && !rt.cc.limit.isH2.Load() && rt.cc.cutAtBreak() {
+	if rt.inflight.Load() > 0 && !rt.cc.limit.isH2.Load() && rt.cc.cutAtBreak(rt.s.finBreak.Load()) {
 		return true
 	}
 	return rt.busy()

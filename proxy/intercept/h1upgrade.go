@@ -29,6 +29,9 @@ type upgradedBody struct {
 	// aborted (Session.abortedSignal). Set with tunnel.
 	clientBroke func() error
 	aborted     <-chan struct{}
+	// clientBreak is closed by the client's break of its connection
+	// (Session.clientBreakSignal). Set with tunnel.
+	clientBreak <-chan struct{}
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending
@@ -58,9 +61,11 @@ func (u *upgradedBody) Write(p []byte) (int, error) { return u.conn.Write(p) }
 // goproxy's copy toward it has stopped on the failed write, so nothing
 // reads the upstream to see it end, and the wait held the upstream, and
 // the records, for the whole drain. Nor does the wait outlast the
-// session's abort (the client's reset after its half-close, a stall):
-// the abort resets the upstream, but once goproxy's copy toward the
-// client has stopped on a failed write, no read sees that.
+// session's abort (a stall): the abort resets the upstream, but once
+// goproxy's copy toward the client has stopped on a failed write, no read
+// sees that. Nor the client's reset after its half-close, which aborts
+// nothing (a tunnel whose client sent its FIN is no longer under way:
+// answer.go) and leaves nothing to relay the rest to.
 func (u *upgradedBody) Close() error {
 	if u.tunnel && !u.clientGone() {
 		select {
@@ -71,6 +76,7 @@ func (u *upgradedBody) Close() error {
 				select {
 				case <-u.ended:
 				case <-u.aborted: // nil (never) outside a session
+				case <-u.clientBreak: // nil too
 				case <-t.C:
 				}
 				t.Stop()

@@ -164,8 +164,13 @@ type Session struct {
 	serving   atomic.Pointer[roundTripper]
 	lateBreak atomic.Pointer[abortReason]
 	// broke says whether a request was under way when the client's
-	// connection was first seen broken (clientbreak.go).
-	broke atomic.Int32
+	// connection was first seen broken, finBreak whether that break came
+	// after the client's FIN, and breakCh, once a tunnel asked for it, is
+	// closed by the break (breakClosed: closed already) (clientbreak.go).
+	broke       atomic.Int32
+	finBreak    atomic.Bool
+	breakCh     atomic.Pointer[chan struct{}]
+	breakClosed atomic.Bool
 	// upMu orders dialBumped's setting of Upstream with Abort's reading
 	// of it, which may run on another goroutine (the proxy's watches).
 	upMu sync.Mutex

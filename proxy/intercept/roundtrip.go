@@ -325,7 +325,11 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		if ub, ok := resp.Body.(*upgradedBody); ok {
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
 			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
+			ub.clientBreak = s.clientBreakSignal()
 		}
+		// Under way until the client's break, unless that comes after
+		// its FIN (answer.go); a break before this stands.
+		rt.cc.answer.CompareAndSwap(answerPending, answerTunnel)
 	}
 	dropHopByHop(req, resp)
 	rb := &recordingBody{ReadCloser: resp.Body, limit: &rt.cc.limit}
