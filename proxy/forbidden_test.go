@@ -45,7 +45,7 @@ func TestForbiddenDestinations(t *testing.T) {
 		// read it out of ordinary addresses, and are spared it).
 		{"64:ff9b::", "not a unicast address"},
 		{"2002::1", "not a unicast address"},
-		{"64:ff9b::c633:6407", ""},          // NAT64 of 198.51.100.7: fine
+		{"64:ff9b::c633:6407", ""}, // NAT64 of 198.51.100.7: fine
 		{"2001:db8::1", ""},
 		{"198.51.100.7", ""},
 	}
