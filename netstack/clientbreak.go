@@ -5,6 +5,7 @@ import (
 	"net"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // The stack reports what broke a connection once, to whichever of a read,
@@ -65,4 +66,28 @@ func (c *Conn) ClientBroke() error {
 		return nil
 	}
 	return *p
+}
+
+// finBeforeBreak reports whether the client's FIN was in before its
+// connection broke (a reset or a vanishing after the FIN, with bytes
+// still unread before it): reads then say the end of the stream once the
+// bytes are read, as a Linux socket's do (tcp_recvmsg returns 0 once the
+// FIN is in, before it looks at the error), not the break, which is left
+// for BrokenError. gVisor says the break: a relay took it for an upload
+// cut short and reset the destination with no FIN, although the stack
+// had acknowledged the whole upload and its FIN to the client. A break
+// before the FIN never reads so: the stack takes a FIN in only in order,
+// after every byte before it. RcvClosed is read only once the endpoint
+// is no longer connected, when the stack writes it no more; the state's
+// atomic load orders it after the FIN's write.
+func (c *Conn) finBeforeBreak() bool {
+	ep, ok := c.ep.(*tcp.Endpoint)
+	if !ok {
+		return false
+	}
+	switch tcp.EndpointState(ep.State()) {
+	case tcp.StateError, tcp.StateClose:
+		return ep.RcvClosed
+	}
+	return false
 }

@@ -121,8 +121,9 @@ const tcpReadEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 
 // TryRead reads what the client has sent into b without waiting. It
 // returns ErrWouldBlock when nothing is waiting, io.EOF once the client's
-// FIN has been read, and an error wrapping net.ErrClosed after Close or
-// Abort.
+// FIN has been read, also when the client reset or vanished after it
+// (finBeforeBreak; BrokenError says the break), and an error wrapping
+// net.ErrClosed after Close or Abort.
 func (c *Conn) TryRead(b []byte) (int, error) {
 	if c.closed() {
 		return 0, c.opError(net.ErrClosed)
@@ -162,6 +163,9 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 		return 0, c.opError(net.ErrClosed)
 	}
 	c.keepClientBreak(terr) // reported once: kept for BrokenError
+	if !c.reclaimed() && c.finBeforeBreak() {
+		return 0, io.EOF
+	}
 	return 0, c.opError(c.stackError(terr))
 }
 
@@ -169,7 +173,9 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 // Read), but says ErrMemoryReclaimed, not the stack's "operation aborted"
 // or the end of the stream, once the server has reset the connection to
 // reclaim memory: a reader waiting for the client's first bytes, or its
-// next request, records why the connection ended. A Read that takes the
+// next request, records why the connection ended. Once the client's FIN
+// is read, it says the end of the stream whatever broke the connection
+// after the FIN, as TryRead does (finBeforeBreak). A Read that takes the
 // client's reset, or its vanishing, from the stack calls OnReadable's
 // function before it returns (clientbreak.go); so does one that ends on
 // it after BrokenError took the stack's one report (the stack then says
@@ -180,8 +186,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if err != nil && c.reclaimed() {
 		return n, c.opError(ErrMemoryReclaimed)
 	}
-	if err != nil && (c.keepReadBreak(err) || c.ClientBroke() != nil && !c.closed()) {
+	kept := err != nil && c.keepReadBreak(err)
+	if kept || err != nil && c.ClientBroke() != nil && !c.closed() {
 		c.notify.notified(0)
+	}
+	if kept && c.finBeforeBreak() {
+		return n, io.EOF
 	}
 	if err == io.EOF && !c.closed() {
 		if why := c.brokenNotEOF(); why != nil {
@@ -200,9 +210,10 @@ func (c *Conn) Read(b []byte) (int, error) {
 // recorded "the client's connection broke after its FIN" for a client
 // that never sent one. The Write keeps the break before it lets go of
 // wmu: waiting for wmu is short, as in BrokenError. Nil for a FIN, and
-// for a reset after one (never kept: ErrResetAfterFIN).
+// for a break after one (finBeforeBreak; a reset after it is never kept
+// either: ErrResetAfterFIN).
 func (c *Conn) brokenNotEOF() error {
-	if tcp.EndpointState(c.ep.State()) != tcp.StateError {
+	if tcp.EndpointState(c.ep.State()) != tcp.StateError || c.finBeforeBreak() {
 		return nil
 	}
 	c.rw.wmu.Lock()

@@ -78,7 +78,8 @@ func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) 
 // are still written: a write under way, to a peer slow to read, may
 // deliver them after the reload, for at most the write-stall timeout.
 func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, recheck func() error, done func(out, in int64, err error)) {
-	r := &relay{client: client, upstream: upstream, done: done, stalls: stalls, recheck: recheck}
+	r := &relay{client: client, upstream: upstream, done: done, stalls: stalls, recheck: recheck,
+		clientBroken: clientBrokenOf(client)}
 	r.out = halfRelay{r: r, dst: upstream, src: client}
 	r.in = halfRelay{r: r, dst: client, src: upstream}
 	r.left.Store(2)
@@ -100,6 +101,13 @@ type relay struct {
 	// broke is how the client's connection ended after its FIN, when it
 	// did otherwise than by the relay's own close (see watchBroken).
 	broke atomic.Pointer[error]
+	// finPassed is set once the client's FIN has been passed on to the
+	// destination: from then on the destination is closed, not reset,
+	// when the client breaks (relayfin.go).
+	finPassed atomic.Bool
+	// clientBroken says whether the client broke its connection (nil:
+	// the client cannot say).
+	clientBroken func() bool
 	// aborting is held by watchBroken's abort of the destination, which
 	// the report waits for: closing the socket wakes the other direction,
 	// which may end the relay while that Close is still under way, before
@@ -119,7 +127,14 @@ func (r *relay) ended() {
 		return
 	}
 	r.client.Close()
-	r.upstream.Close()
+	if r.finPassed.Load() {
+		// The destination's direction may have ended on a failed write
+		// to a client that broke, leaving bytes of the destination's
+		// unread.
+		closeDelivering(r.upstream)
+	} else {
+		r.upstream.Close()
+	}
 	r.aborting.Lock()
 	//lint:ignore SA2001 waiting for an abort under way to end is the point
 	r.aborting.Unlock()
@@ -200,7 +215,9 @@ func (h *halfRelay) copy() {
 			h.n += int64(nw)
 			if werr != nil {
 				relayBufPool.Put(bufp)
-				h.abort()
+				if !h.toBrokenClient() {
+					h.abort()
+				}
 				h.finish(werr)
 				return
 			}
@@ -214,6 +231,9 @@ func (h *halfRelay) copy() {
 		case rerr == io.EOF:
 			_ = closeWrite(h.dst)
 			h.eof = true
+			if h == &h.r.out {
+				h.r.finPassed.Store(true)
+			}
 			h.finish(nil)
 			return
 		}
@@ -229,6 +249,15 @@ func (h *halfRelay) copy() {
 func (h *halfRelay) abort() {
 	intercept.Abort(h.src)
 	intercept.Abort(h.dst)
+}
+
+// toBrokenClient reports whether h writes to a client that has broken its
+// connection: its failed write then resets nothing. The client's direction
+// still reads what the client sent before the break, and passes its FIN
+// on if one came first, or resets both (an upload cut short); the
+// destination gets its whole upload either way (relayfin.go).
+func (h *halfRelay) toBrokenClient() bool {
+	return h == &h.r.in && h.r.clientBroken != nil && h.r.clientBroken()
 }
 
 func (h *halfRelay) finish(err error) {
@@ -254,8 +283,9 @@ type brokenReader interface {
 // watchBroken runs on the packet path for a client direction ended by the
 // client's FIN while the destination's goes on. A client that then resets,
 // or vanishes (its keepalives time out), can read nothing more: the
-// destination is reset, rather than waited for as long as it stays silent,
-// and the record says why.
+// destination is closed, rather than waited for as long as it stays
+// silent, and the record says why. Closed, not reset: it still gets the
+// whole upload and the FIN (closeDelivering).
 func (h *halfRelay) watchBroken(b brokenReader) {
 	if !b.Broken() || !h.broken.CompareAndSwap(false, true) {
 		return
@@ -272,7 +302,7 @@ func (h *halfRelay) watchBroken(b brokenReader) {
 		}
 		err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
 		h.r.broke.Store(&err)
-		intercept.Abort(h.dst)
+		closeDelivering(h.dst)
 	}()
 }
 
