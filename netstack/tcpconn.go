@@ -173,7 +173,8 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 // Read), but says ErrMemoryReclaimed, not the stack's "operation aborted"
 // or the end of the stream, once the server has reset the connection to
 // reclaim memory: a reader waiting for the client's first bytes, or its
-// next request, records why the connection ended. Once the client's FIN
+// next request, records why the connection ended. After Close or Abort it
+// says net.ErrClosed, as TryRead does. Once the client's FIN
 // is read, it says the end of the stream whatever broke the connection
 // after the FIN, as TryRead does (finBeforeBreak). A Read that takes the
 // client's reset, or its vanishing, from the stack calls OnReadable's
@@ -185,6 +186,14 @@ func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
 	if err != nil && c.reclaimed() {
 		return n, c.opError(ErrMemoryReclaimed)
+	}
+	if err != nil && c.closed() {
+		// The appliance's own Close or Abort, as TryRead says it: gonet
+		// says io.EOF, which every reader takes for the client's FIN
+		// (the IDS plaintext showed a clean close for a client whose
+		// reset the watch aborted the session for), or the reset the
+		// Abort made.
+		return n, c.opError(net.ErrClosed)
 	}
 	kept := err != nil && c.keepReadBreak(err)
 	if kept || err != nil && c.ClientBroke() != nil && !c.closed() {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -58,6 +59,24 @@ policy:
 // newBumpStallRigPolicy is newBumpStallRig with the policy doc.
 func newBumpStallRigPolicy(t *testing.T, doc string, timeout time.Duration, handler func(rig *bumpStallRig, w http.ResponseWriter, r *http.Request), destProtos ...string) *bumpStallRig {
 	t.Helper()
+	return newBumpRig(t, bumpRigOptions{doc: doc, timeout: timeout, handler: handler, destProtos: destProtos})
+}
+
+// bumpRigOptions are newBumpRig's: newBumpStallRigPolicy's, and the
+// interceptor's plaintext sink and the stacks' TCP options.
+type bumpRigOptions struct {
+	doc        string
+	timeout    time.Duration
+	handler    func(rig *bumpStallRig, w http.ResponseWriter, r *http.Request)
+	destProtos []string
+	plaintext  intercept.Plaintext
+	tcp        netstack.TCPOptions
+}
+
+// newBumpRig is newBumpStallRigPolicy with all of o.
+func newBumpRig(t *testing.T, o bumpRigOptions) *bumpStallRig {
+	t.Helper()
+	doc, timeout, handler, destProtos := o.doc, o.timeout, o.handler, o.destProtos
 	r := &bumpStallRig{stallRig: &stallRig{sink: new(recordSink)}, ended: make(chan error, 4)}
 	upCA := clsMust(certs.Generate("stall test upstream CA"))(t)
 	leaf := clsMust(clsMust(certs.NewMinter(upCA, certs.MinterOptions{}))(t).LeafFor([]string{"big.example"}, nil))(t)
@@ -80,9 +99,9 @@ func newBumpStallRigPolicy(t *testing.T, doc string, timeout time.Duration, hand
 	r.roots = x509.NewCertPool()
 	r.roots.AddCert(ca.Certificate())
 	r.p = New(Config{Records: records.NewWriter(nil, r.sink), Policy: h, AllowLoopback: true, WriteStallTimeout: timeout,
-		Intercept: intercept.Config{UpstreamRoots: upRoots, Minter: clsMust(certs.NewMinter(ca, certs.MinterOptions{}))(t)}})
+		Intercept: intercept.Config{UpstreamRoots: upRoots, Minter: clsMust(certs.NewMinter(ca, certs.MinterOptions{}))(t), Plaintext: o.plaintext}})
 	t.Cleanup(r.p.Close)
-	ns, ep := simulatedEndpoint(t, r.p, true)
+	ns, ep := simulatedEndpointTCP(t, r.p, true, o.tcp)
 	r.ns = ns
 	var err error
 	if r.client, err = ep.NewClientStack(netip.MustParseAddr("198.18.0.5")); err != nil {

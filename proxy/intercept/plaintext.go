@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 )
 
 // Plaintext receives the decrypted bytes of every bumped connection, as
@@ -56,15 +57,25 @@ func (s *session) tapPlaintext() {
 	if st == nil {
 		return
 	}
-	s.client = &plaintextConn{Conn: s.client, st: st}
+	s.client = &plaintextConn{Conn: s.client, st: st, broke: s.clientBroke}
 }
 
 // plaintextConn copies what is read from and written to a bumped client
 // connection to its PlaintextStream.
 type plaintextConn struct {
 	net.Conn
-	st   PlaintextStream
-	once sync.Once
+	st PlaintextStream
+	// broke is what broke the client's connection when its client did
+	// (Session.clientBroke), nil otherwise.
+	broke func() error
+	reset atomic.Bool // a read has ended the stream with the client's RST
+	once  sync.Once
+}
+
+// clientReset ends the stream with the client's RST.
+func (c *plaintextConn) clientReset() {
+	c.reset.Store(true)
+	c.st.ClientReset()
 }
 
 // Read implements net.Conn.
@@ -75,6 +86,11 @@ func (c *plaintextConn) Read(b []byte) (int, error) {
 	}
 	switch {
 	case err == nil:
+	case c.clientBroke():
+		// The client reset or vanished: it aborted, whatever this read
+		// says of it (the end of the stream, or the appliance's close,
+		// once the client watch has aborted the session for the break).
+		c.clientReset()
 	case errors.Is(err, io.EOF):
 		c.st.ClientClosed()
 	case errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrClosedPipe), isTimeout(err):
@@ -85,7 +101,7 @@ func (c *plaintextConn) Read(b []byte) (int, error) {
 		// os.ErrDeadlineExceeded: on the stack the deadline error is
 		// gonet's own (TestPlaintextIdleH2Deadline).
 	default:
-		c.st.ClientReset()
+		c.clientReset()
 	}
 	return n, err
 }
@@ -99,9 +115,23 @@ func (c *plaintextConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// Close implements net.Conn.
+// Close implements net.Conn. The stream ends with the client's RST when
+// the client broke its connection, though no read saw it (nothing reads
+// the client while an HTTP/1 request waits on its destination), and with
+// FINs otherwise.
 func (c *plaintextConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.st.Close)
+	c.once.Do(func() {
+		if !c.reset.Load() && c.clientBroke() {
+			c.st.ClientReset()
+		}
+		c.st.Close()
+	})
 	return err
+}
+
+// clientBroke reports whether the client broke its connection (a reset,
+// or its vanishing), as the client conn kept it.
+func (c *plaintextConn) clientBroke() bool {
+	return c.broke != nil && c.broke() != nil
 }
