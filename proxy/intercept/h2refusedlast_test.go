@@ -14,11 +14,12 @@ import (
 // processed. A GOAWAY naming 3 would tell the client that request may
 // have been acted on, and a client retries only the streams above the
 // GOAWAY's last one (RFC 9113 §6.8): the request would be lost, not
-// retried.
+// retried. The refusal is counted among the denials (Interceptor.Denied),
+// as its deny record says.
 func TestH2GuardGoAwayNamesLastStreamServed(t *testing.T) {
 	r := newRig(t, testPolicy)
 	upEnd, up := r.startUpstream(nil)
-	c, _ := r.connectTCP(upEnd, httpDest)
+	c, sv := r.connectTCP(upEnd, httpDest)
 	frames := h2cFrames(c)
 	c.Write(h2cStart().Bytes())
 	var out bytes.Buffer
@@ -45,5 +46,12 @@ func TestH2GuardGoAwayNamesLastStreamServed(t *testing.T) {
 	}
 	if n := len(up.requests()); n != 1 {
 		t.Errorf("the origin served %d requests, want 1: %q", n, up.requests())
+	}
+	sv.waitDoneOnce(t)
+	if rec := refusedRecord(r.records()); rec == nil {
+		t.Errorf("no deny record for the refused connection: %+v", ofKind(r.records(), "http"))
+	}
+	if n := r.ic.Denied(); n != 1 {
+		t.Errorf("%d denials counted, want 1: the refused connection", n)
 	}
 }
