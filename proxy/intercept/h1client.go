@@ -205,6 +205,9 @@ func (t *h1Transport) take(req *http.Request) net.Conn {
 // RoundTrip implements upstreamTransport.
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	used := usedConnOf(req.Context()) // redial.go
+	if bs := bodySentOf(req.Context()); bs != nil {
+		bs.counted.Store(true) // by writeRequest
+	}
 	for attempt := 0; ; attempt++ {
 		c := t.take(req)
 		reused := c != nil
@@ -316,12 +319,11 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 	br.Reset(src)
 	if _, err := br.Peek(1); err != nil {
 		putReader(br)
-		select {
-		case werr := <-wrote:
-			if werr != nil {
-				return nil, fmt.Errorf("writing the request: %w", werr)
-			}
-		default: // the body is still being written
+		// A body's writer that wrote its last bytes (an upstream that
+		// read the whole upload and closed) may not have said so yet,
+		// nor counted them for bytes_out: it is given writeSettle.
+		if ok, werr := writeReport(wrote); ok && werr != nil {
+			return nil, fmt.Errorf("writing the request: %w", werr)
 		}
 		return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
@@ -412,15 +414,25 @@ func waitWritten(req *http.Request, wrote chan error, gate *expectGate) error {
 	}
 }
 
-// writeRequest writes req through a pooled buffer (a head and a short body
-// leave in one write) and returns how many bytes reached c.
+// writeRequest writes req through a pooled buffer and returns how many
+// bytes reached c. A body goes as it is read (bodysent.go), and what of it
+// left is counted into the request's bodySent, when it has one.
 func writeRequest(c net.Conn, req *http.Request) (int64, error) {
 	cw := &countingWriter{w: c}
 	bw := h1Writers.Get().(*bufio.Writer)
 	bw.Reset(cw)
+	var body *sentBody
+	if bs := bodySentOf(req.Context()); bs != nil && !bodyless(req) {
+		body = &sentBody{ReadCloser: req.Body, to: bs}
+		req = req.WithContext(req.Context()) // a copy: the caller's keeps its body
+		req.Body = body
+	}
 	err := req.Write(bw)
 	if err == nil {
 		err = bw.Flush()
+	}
+	if err == nil && body != nil {
+		body.done()
 	}
 	bw.Reset(nil)
 	h1Writers.Put(bw)
@@ -483,8 +495,11 @@ func (b *h1Body) Close() error {
 		err = b.ReadCloser.Close()
 	}
 	keep := live && b.reuse && b.eof && b.br.Buffered() == 0
-	if keep {
-		keep = requestWritten(b.wrote)
+	if b.eof {
+		// A response read whole: the request's writer may have written
+		// its last bytes and not yet said so, nor counted them for
+		// bytes_out, read after this Close (bodysent.go).
+		keep = requestWritten(b.wrote) && keep
 	}
 	if !keep {
 		b.conn.Close() // ends a request body still being written too
@@ -508,17 +523,24 @@ const writeSettle = 20 * time.Millisecond
 // writeSettle. Past that the upstream answered while the body was still
 // going out, and the connection is not kept.
 func requestWritten(wrote <-chan error) bool {
+	ok, werr := writeReport(wrote)
+	return ok && werr == nil
+}
+
+// writeReport returns whether the request's writer reported on wrote, at
+// once or within writeSettle, and its report.
+func writeReport(wrote <-chan error) (bool, error) {
 	select {
 	case werr := <-wrote:
-		return werr == nil
+		return true, werr
 	default:
 	}
 	t := time.NewTimer(writeSettle)
 	defer t.Stop()
 	select {
 	case werr := <-wrote:
-		return werr == nil
+		return true, werr
 	case <-t.C:
-		return false
+		return false, nil
 	}
 }

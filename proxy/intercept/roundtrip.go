@@ -231,6 +231,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	if req.Body != nil && req.Body != http.NoBody {
 		sent.r = req.Body
 		req.Body = &sent
+		req = withBodySent(req, &sent.wrote)
 	}
 	req, used := s.trackConn(req, rt.scheme == "https") // redial.go
 	resp, err := rt.tr.RoundTrip(req)
@@ -242,7 +243,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	// no response (the destination closed or reset, the client went away)
 	// still sent its body, and cleartext HTTP has no connection record to
 	// say so. A response's end counts it again (rb.done).
-	rec.BytesOut = sent.n.Load()
+	rec.BytesOut = sent.out()
 	if err == nil && fb != nil {
 		// The destination answered before the body's framing broke, as
 		// far as the transport had read it: known now, before the
@@ -397,7 +398,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		default:
 			noteOutcome(&rec, result, why)
 		}
-		rec.BytesOut, rec.BytesIn = sent.n.Load()+rb.written.Load(), delivered
+		rec.BytesOut, rec.BytesIn = sent.out()+rb.written.Load(), delivered
 		tunnel.record(&rec)
 		// A client's break that found the request under way has its
 		// Abort on the way: the record says what it says (answer.go).
@@ -522,9 +523,14 @@ func writeDenyResponse(c net.Conn, rule, host string) {
 	_ = resp.Write(c)
 }
 
+// countingReader counts the reads of a request's body, and says what of it
+// left (out).
 type countingReader struct {
 	r io.ReadCloser
 	n atomic.Int64
+	// wrote: what of the body the transport wrote upstream, when it
+	// counts that (h1Transport): read is not sent.
+	wrote bodySent
 	// failed: a read of the client's body failed (not its end): the
 	// client went, or the appliance's deadline cut its connection, or its
 	// HTTP/2 server refused the body (refuseMalformedBody). firstErr is
@@ -552,3 +558,12 @@ func (c *countingReader) err() error {
 }
 
 func (c *countingReader) Close() error { return c.r.Close() }
+
+// out returns what of the body went upstream: what the transport wrote,
+// when it counts it, else what it read.
+func (c *countingReader) out() int64 {
+	if c.wrote.counted.Load() {
+		return c.wrote.n.Load()
+	}
+	return c.n.Load()
+}

@@ -1,0 +1,78 @@
+package intercept
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+)
+
+// A request body goes upstream as the client sends it, and its record's
+// bytes_out is what of it was written to the destination. h1Transport
+// writes a request through a 4 KiB buffer; net/http flushes the head
+// before a body it cannot tell is in memory, and a chunked body chunk by
+// chunk, but copies a Content-Length body into the buffer, which left only
+// when full or at the body's end: a client that sent part of its body and
+// waited (an interactive upload) had it held for as long as it waited, and
+// after an early answer up to 4 KiB read from the client, and counted,
+// never left.
+
+// copyBufs holds the buffers countingWriter.ReadFrom copies a body through.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// ReadFrom writes r to w read by read. bufio.Writer hands a body's copy to
+// it once its buffer is empty (the head flushed), so that each read of the
+// client's body leaves at once rather than waiting in the buffer.
+func (w *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	// Only Write: io.CopyBuffer would hand the copy back to ReadFrom.
+	return io.CopyBuffer(struct{ io.Writer }{w}, r, *bp)
+}
+
+// bodySent is what of a request's body left for the destination, as its
+// transport counts it when it can (h1Transport); else nothing counts it,
+// and the reads of the body stand for it (countingReader.out).
+type bodySent struct {
+	n       atomic.Int64
+	counted atomic.Bool // a transport counts n
+}
+
+// bodySentKey is the context key of a request's bodySent.
+type bodySentKey struct{}
+
+// withBodySent returns req with bs in its context.
+func withBodySent(req *http.Request, bs *bodySent) *http.Request {
+	return req.WithContext(context.WithValue(req.Context(), bodySentKey{}, bs))
+}
+
+// bodySentOf returns the bodySent in ctx, or nil.
+func bodySentOf(ctx context.Context) *bodySent {
+	bs, _ := ctx.Value(bodySentKey{}).(*bodySent)
+	return bs
+}
+
+// sentBody counts a request body's bytes into to as they are known to
+// have left: a read's once the next read is asked for (the copy writes
+// each read whole before it reads again, and stops at a failed write) or
+// once the request was written whole (done). A read whose write failed is
+// not counted.
+type sentBody struct {
+	io.ReadCloser
+	to      *bodySent
+	pending int64
+}
+
+func (b *sentBody) Read(p []byte) (int, error) {
+	b.done()
+	n, err := b.ReadCloser.Read(p)
+	b.pending = int64(n)
+	return n, err
+}
+
+// done counts the last read: the request was written whole.
+func (b *sentBody) done() {
+	b.to.n.Add(b.pending)
+	b.pending = 0
+}
