@@ -293,6 +293,20 @@ func (rt *roundTripper) end() {
 				// the connection in, as the timeout's: rule and policy.
 				rec.Rule, rec.Policy = s.Record.Rule, s.Record.Policy
 				rec.Result, rec.Error = "ok", idleNote()
+			case s.abortedFromOutside() || s.clientBroke() != nil:
+				// The head was cut, not malformed: the client broke its
+				// connection (the watch's Abort, or the read that took
+				// the break), or the appliance's drain or stall bound
+				// ended it. A request under way, lost: the abort's
+				// result and words, the connection's decision, no
+				// denial (records.md).
+				rec.Rule, rec.Policy = s.Record.Rule, s.Record.Policy
+				rec.Error = ""
+				if !s.abortedFromOutside() {
+					why := s.clientBroke()
+					rec.Result, rec.Error = clientBreakResult(why), fmt.Sprintf("the client's connection broke: %v", why)
+				}
+				s.noteAbort(&rec)
 			default:
 				rec.Action, rec.Result = "deny", "denied"
 				rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
