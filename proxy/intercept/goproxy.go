@@ -251,7 +251,20 @@ func (rt *roundTripper) end() {
 		// Closed for want of a request (idle.go): no error, and not the
 		// client's doing; the record says so, its result left ok.
 		idled := rt.cc.limit.idle.out.Load() && !timedOut
+		// A head goproxy could not read, after a request or on a bumped
+		// connection: recorded as a cleartext connection's first is.
+		unread := rt.cc.headUnread() && !rt.cc.limit.tooLarge.Load() && !refused
 		if s.Record.Kind == "tls" { // bumped: the connection's record, besides one per request
+			if unread && !s.abortedFromOutside() && s.clientBroke() == nil {
+				// (A head its client's break cut: the tls record says so.)
+				rec := rt.base
+				rec.Kind, rec.Scheme, rec.Rule, rec.Policy = "http", rt.scheme, "", ""
+				rec.Method, rec.Path, rec.UserAgent = "", "", ""
+				rec.BytesOut, rec.BytesIn = 0, 0
+				rt.denyUnreadable(&rec)
+				rec.End(s.Start)
+				s.ic.cfg.Records.Write(&rec)
+			}
 			if timedOut && s.Record.Error == "" {
 				s.Record.Error = rt.cc.limit.timeoutError()
 				if s.Record.Result == "ok" { // as the cleartext record says
@@ -264,7 +277,7 @@ func (rt *roundTripper) end() {
 			s.finish() // with the destination's bytes, TLS and all
 			return
 		}
-		if (rt.requests.Load() == 0 || timedOut) && !rt.cc.limit.tooLarge.Load() && !refused && rt.cc.in.Load() > 0 {
+		if (rt.requests.Load() == 0 || timedOut || unread) && !rt.cc.limit.tooLarge.Load() && !refused && rt.cc.in.Load() > 0 {
 			// Cleartext bytes came, and no request: goproxy could not
 			// read a head (a malformed one, or one cut short) and closed
 			// the connection. Nothing went upstream, or came back, but
@@ -276,6 +289,9 @@ func (rt *roundTripper) end() {
 			rec := *s.Record
 			rec.Kind, rec.Scheme, rec.Rule, rec.Policy = "http", rt.scheme, "", ""
 			rec.BytesOut, rec.BytesIn = 0, 0
+			if rt.requests.Load() > 0 { // a later head: not the first, sniffed, request's
+				rec.Method, rec.Path, rec.UserAgent = "", "", ""
+			}
 			switch {
 			case timedOut:
 				// The appliance gave up waiting: no refusal, nor a
@@ -284,9 +300,6 @@ func (rt *roundTripper) end() {
 				// keeps its bump.
 				rec.Rule, rec.Policy = s.Record.Rule, s.Record.Policy
 				rec.Result, rec.Error = "timeout", rt.cc.limit.timeoutError()
-				if rt.requests.Load() > 0 { // a later head: not the first, sniffed, request's
-					rec.Method, rec.Path, rec.UserAgent = "", "", ""
-				}
 			case idled && rt.requests.Load() == 0:
 				// An h2c client's preface, and no request: nothing was
 				// refused, the wait for one ran out. The decision that let
@@ -308,13 +321,21 @@ func (rt *roundTripper) end() {
 				}
 				s.noteAbort(&rec)
 			default:
-				rec.Action, rec.Result = "deny", "denied"
-				rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
-				s.ic.denied.Add(1)
+				rt.denyUnreadable(&rec)
 			}
 			rec.End(s.Start)
 			s.ic.cfg.Records.Write(&rec)
 		}
 		s.Done()
 	})
+}
+
+// denyUnreadable makes rec the deny of a head goproxy could not read (a
+// malformed one, or one its client's FIN cut short), and counts it:
+// nothing went upstream, and the error says how many bytes the client
+// sent.
+func (rt *roundTripper) denyUnreadable(rec *records.Record) {
+	rec.Action, rec.Result = "deny", "denied"
+	rec.Error = fmt.Sprintf("no request could be read: malformed or incomplete request head (%d bytes from the client)", rt.cc.in.Load())
+	rt.s.ic.denied.Add(1)
 }

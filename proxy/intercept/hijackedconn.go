@@ -55,6 +55,9 @@ type hijackedConn struct {
 	lastPiece   atomic.Bool
 	lastWritten atomic.Bool
 	settled     atomic.Pointer[chan struct{}]
+	// lastClosed: goproxy's last response closes the connection, so it
+	// reads no head after it (headUnread).
+	lastClosed atomic.Bool
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -285,6 +288,15 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// headUnread reports whether goproxy's HTTP/1 loop stopped on a head it
+// could not read: one begun (its deadline armed: a first byte came after
+// the last request's head) and neither read, nor run past its deadline,
+// nor behind a response that closed the connection (goproxy never reads
+// what follows that).
+func (c *hijackedConn) headUnread() bool {
+	return !c.limit.isH2.Load() && c.limit.timed.Load() && !c.limit.timedOut.Load() && !c.lastClosed.Load()
+}
+
 // isTimeout reports whether err, from a read, is the head deadline's.
 // Not errors.Is(err, os.ErrDeadlineExceeded): over the stack the client
 // connection's deadline error is gonet's own ("i/o timeout", Timeout()
@@ -423,6 +435,7 @@ func (b *nextHead) Close() error {
 	if b.cc.bodyFault.Load() != nil {
 		b.resp.Close = true // on goproxy's goroutine, which reads it next
 	}
+	b.cc.lastClosed.Store(b.resp.Close)
 	b.cc.limit.read.Store(0)
 	b.cc.limit.inHead.Store(true)
 	if b.cc.h1 {

@@ -1,0 +1,151 @@
+package intercept_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// headOrigin is a destination that keeps each request head as it arrived
+// (request line and fields) and answers each 200 "ok".
+type headOrigin struct {
+	mu    sync.Mutex
+	heads []string
+}
+
+func (o *headOrigin) got() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.heads...)
+}
+
+// startHeadOrigin returns the appliance's end of a headOrigin, over TLS
+// with cert when it is not nil.
+func startHeadOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *headOrigin) {
+	t.Helper()
+	proxyEnd, serverEnd := net.Pipe()
+	t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
+	o := &headOrigin{}
+	go func() {
+		var c net.Conn = serverEnd
+		if cert != nil {
+			tc := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			c = tc
+		}
+		br := bufio.NewReader(c)
+		for {
+			var head strings.Builder
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				head.WriteString(line)
+				if line == "\r\n" {
+					break
+				}
+			}
+			o.mu.Lock()
+			o.heads = append(o.heads, head.String())
+			o.mu.Unlock()
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	}()
+	return proxyEnd, o
+}
+
+// connectHTTP1 connects an HTTP/1 client through the appliance to a
+// headOrigin: bumped (TLS for www.example.test) or cleartext.
+func connectHTTP1(t *testing.T, r *rig, bumped bool) (net.Conn, *served, *headOrigin) {
+	t.Helper()
+	if bumped {
+		upEnd, o := startHeadOrigin(t, r.upLeaf("www.example.test"))
+		raw, sv := r.connect(upEnd, tlsDest)
+		return bumpClient(t, r, raw, "www.example.test", "http/1.1"), sv, o
+	}
+	upEnd, o := startHeadOrigin(t, nil)
+	c, sv := r.connect(upEnd, httpDest)
+	return c, sv, o
+}
+
+// TestUnreadableHeadRecorded: an HTTP/1 request head net/http cannot
+// read (a bad escape, an unclosed bracket in the target), as a bumped
+// connection's first request or as any connection's second, gets the
+// record docs/records.md promises for plain HTTP: an http deny, "no
+// request could be read", and nothing reaches the destination. Before,
+// only a cleartext connection's first head got it; the others left no
+// trace (a bumped connection's tls record said ok, with no error).
+func TestUnreadableHeadRecorded(t *testing.T) {
+	for _, mode := range []string{"bumped first", "bumped second", "cleartext second"} {
+		for _, target := range []string{"/a%zz", "http://[::1/"} {
+			t.Run(mode+" "+target, func(t *testing.T) {
+				r := newRig(t, testPolicy)
+				c, sv, o := connectHTTP1(t, r, strings.HasPrefix(mode, "bumped"))
+				c.SetDeadline(time.Now().Add(waitLimit))
+				br := bufio.NewReader(c)
+				want := 0
+				if strings.HasSuffix(mode, "second") {
+					io.WriteString(c, "GET /first HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					want = 1
+				}
+				io.WriteString(c, "GET "+target+" HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+				io.Copy(io.Discard, br) // until the appliance closes
+				c.Close()
+				sv.waitDoneOnce(t)
+				var denied []string
+				for _, rec := range ofKind(r.records(), "http") {
+					if rec.Action == "deny" {
+						denied = append(denied, rec.Result+": "+rec.Error)
+						if rec.Path != "" || rec.Method != "" || rec.BytesOut != 0 {
+							t.Errorf("the deny record names method %q path %q, bytes_out %d: want none (no request was read)", rec.Method, rec.Path, rec.BytesOut)
+						}
+					}
+				}
+				if len(denied) != 1 || !strings.HasPrefix(denied[0], "denied: no request could be read") {
+					t.Errorf("deny records %q, want one: denied, no request could be read", denied)
+				}
+				if got := o.got(); len(got) != want {
+					t.Errorf("the destination got %d heads, want %d: %q", len(got), want, got)
+				}
+			})
+		}
+	}
+}
+
+// TestClosingResponseLeavesNextHeadUnrecorded: bytes a client pipelined
+// behind a request whose response closes the connection are never read as
+// a request, and no record says one could not be read.
+func TestClosingResponseLeavesNextHeadUnrecorded(t *testing.T) {
+	for _, bumped := range []bool{true, false} {
+		r := newRig(t, testPolicy)
+		c, sv, _ := connectHTTP1(t, r, bumped)
+		c.SetDeadline(time.Now().Add(waitLimit))
+		io.WriteString(c, "GET /first HTTP/1.1\r\nHost: www.example.test\r\nConnection: close\r\n\r\nGET /a%zz HTTP/1.1\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		c.Close()
+		sv.waitDoneOnce(t)
+		for _, rec := range ofKind(r.records(), "http") {
+			if rec.Action == "deny" {
+				t.Errorf("bumped %v: a deny record for bytes never read as a request: %s %q", bumped, rec.Result, rec.Error)
+			}
+		}
+	}
+}
