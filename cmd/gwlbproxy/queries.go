@@ -141,6 +141,11 @@ func runQueryCommand(ctx context.Context, args []string, stdout io.Writer, newCl
 	if *poll <= 0 {
 		return fmt.Errorf("query: --poll %s: must be positive", *poll)
 	}
+	// A deadline already past: the SDK's "context deadline exceeded",
+	// naming no option (and 0 read as "no limit" by many tools).
+	if *timeout <= 0 {
+		return fmt.Errorf("query: --timeout %s: must be positive", *timeout)
+	}
 	client, err := newClient(ctx, *region, *endpoint)
 	if err != nil {
 		return fmt.Errorf("query: %w", err)

@@ -242,6 +242,23 @@ func TestQueryPollPositive(t *testing.T) {
 	}
 }
 
+// TestQueryTimeoutPositive: --timeout 0 or below was taken as a deadline
+// already past, and the query failed with the SDK's "context deadline
+// exceeded", naming no option. It is refused as --poll is, before any
+// client is made.
+func TestQueryTimeoutPositive(t *testing.T) {
+	noClient := func(context.Context, string, string) (*cloudwatchlogs.Client, error) {
+		t.Error("a client was made with a --timeout refused")
+		return nil, fmt.Errorf("no client")
+	}
+	for _, timeout := range []string{"0", "-5s"} {
+		err := runQueryCommand(t.Context(), []string{"errors", "--group", "g", "--timeout", timeout}, &bytes.Buffer{}, noClient)
+		if err == nil || !strings.Contains(err.Error(), "--timeout") {
+			t.Errorf("--timeout %s: %v, want it refused naming --timeout", timeout, err)
+		}
+	}
+}
+
 // TestQueryTableEscapesControls: values in query results are what clients
 // sent (a Host header, a DNS query name); the table writes their control
 // characters as escapes, so that a client cannot move the auditor's
