@@ -51,16 +51,25 @@ func (rt *roundTripper) refuseConnect(req *http.Request, rec *records.Record, st
 // the absolute-form target http://evil/secret, whose host an origin takes
 // over the Host header (RFC 9112 §3.2.2): a shared origin serves a name
 // the policy never allowed, under a record naming an allowed one.
+//
+// So is any other target that is neither (target.go): one of another
+// scheme ("ftp://host/p"), or with no host ("x:", "https://", "http:/p").
 func (rt *roundTripper) refuseOddTarget(req *http.Request, rec *records.Record, start time.Time) *http.Response {
-	if req.URL.Opaque == "" {
+	var why string
+	if req.URL.Opaque != "" {
+		// By now goproxy has emptied RequestURI and replaced the
+		// scheme: what follows the scheme is all that is left of the
+		// target the client wrote.
+		why = "after its scheme, " + truncate(req.URL.Opaque, 256)
+	} else if n := targetNoteOf(req); n != nil && n.odd != "" {
+		why = n.odd + ": " + truncate(n.target, 256)
+	} else {
 		return nil
 	}
-	// No policy decided it. By now goproxy has emptied RequestURI and
-	// replaced the scheme: what follows the scheme is all that is left of
-	// the target the client wrote.
+	// No policy decided it.
 	rec.Path = ""
 	rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
-	rec.Action, rec.Result, rec.Error = "deny", "denied", "request target is neither a path nor an http(s) URL: after its scheme, "+truncate(req.URL.Opaque, 256)
+	rec.Action, rec.Result, rec.Error = "deny", "denied", "request target is neither a path nor an http(s) URL with a host: "+why
 	rt.writeDeny(rec, start)
 	return errorResponse(req, http.StatusBadRequest, "gwlbproxy: the request target must be a path or an http(s) URL")
 }

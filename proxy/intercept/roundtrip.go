@@ -150,6 +150,9 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	if resp := rt.refuseOddTarget(req, &rec, start); resp != nil {
 		return resp, nil
 	}
+	if keepAsterisk(req) { // target.go
+		rec.Path = "*"
+	}
 	if isWebSocketUpgrade(req.Header) && !bodyless(req) {
 		// A WebSocket handshake is a GET without a body (RFC 6455 §4.1).
 		// Tunnelled, an upgrade with one would have the body's writer

@@ -1,0 +1,76 @@
+package intercept_test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestHostlessTargetRefused: request targets that are neither a path nor
+// an http(s) URL with a host (a scheme alone, an empty or missing
+// authority, another scheme) are answered 400 with a deny record and
+// nothing sent, as docs/policy.md says such targets are. Before, only
+// targets with an opaque part ("x:http://evil/secret") were refused; these
+// went upstream as "GET /" or "GET /path", the record's path empty.
+func TestHostlessTargetRefused(t *testing.T) {
+	targets := []string{"x:", "http:", "https://", "http:/path", "http:///path", "http://@/x",
+		"ftp://www.example.test/path", "ws://www.example.test/path"}
+	for _, bumped := range []bool{true, false} {
+		for _, target := range targets {
+			t.Run(map[bool]string{true: "bumped ", false: "cleartext "}[bumped]+target, func(t *testing.T) {
+				r := newRig(t, allowOnlyWWW)
+				var c net.Conn
+				var sv *served
+				var up *upstream
+				if bumped {
+					var upEnd, raw net.Conn
+					upEnd, up = r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+					raw, sv = r.connect(upEnd, tlsDest)
+					c = bumpClient(t, r, raw, "www.example.test", "http/1.1")
+				} else {
+					var upEnd net.Conn
+					upEnd, up = r.startUpstream(nil)
+					c, sv = r.connect(upEnd, httpDest)
+				}
+				wantRefused(t, c, sv, up, "GET "+target+" HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+				recs := ofKind(r.records(), "http")
+				if len(recs) != 1 || recs[0].Action != "deny" || recs[0].Status != http.StatusBadRequest || recs[0].Rule != "" ||
+					!strings.Contains(recs[0].Error, "neither a path nor an http(s) URL") {
+					t.Errorf("http records %+v, want one deny with the 400, no rule, saying why", recs)
+				}
+			})
+		}
+	}
+}
+
+// TestOptionsAsteriskKept: "OPTIONS *" (a request for the server as a
+// whole) reaches the destination as "OPTIONS *", and its record's path is
+// "*". Before, goproxy's rebuilt URL made it "OPTIONS /", a request for
+// the resource "/", with the record's path empty.
+func TestOptionsAsteriskKept(t *testing.T) {
+	for _, bumped := range []bool{true, false} {
+		r := newRig(t, testPolicy)
+		c, sv, o := connectHTTP1(t, r, bumped)
+		c.SetDeadline(time.Now().Add(waitLimit))
+		io.WriteString(c, "OPTIONS * HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		c.Close()
+		sv.waitDoneOnce(t)
+		got := o.got()
+		if len(got) != 1 || !strings.HasPrefix(got[0], "OPTIONS * HTTP/1.1\r\n") {
+			t.Errorf("bumped %v: the destination got %q, want OPTIONS *", bumped, got)
+		}
+		recs := ofKind(r.records(), "http")
+		if len(recs) != 1 || recs[0].Path != "*" || recs[0].Method != "OPTIONS" {
+			t.Errorf("bumped %v: http records %+v, want one, OPTIONS, path *", bumped, recs)
+		}
+	}
+}
