@@ -134,8 +134,12 @@ func runQueryCommand(ctx context.Context, args []string, stdout io.Writer, newCl
 	if err != nil {
 		return fmt.Errorf("query: --since: %w", err)
 	}
-	if *limit < 0 || *limit > 10000 {
-		return errors.New("query: --limit must be between 1 and 10000")
+	// 0 is the flag's default, the query's own limit; given, it is out
+	// of range like any other.
+	limitGiven := false
+	fs.Visit(func(f *flag.Flag) { limitGiven = limitGiven || f.Name == "limit" })
+	if *limit < 0 || *limit > 10000 || limitGiven && *limit == 0 {
+		return fmt.Errorf("query: --limit %d: must be between 1 and 10000", *limit)
 	}
 	// cwlogs would take it as its default, 1s, without a word.
 	if *poll <= 0 {

@@ -259,6 +259,23 @@ func TestQueryTimeoutPositive(t *testing.T) {
 	}
 }
 
+// TestQueryLimitGivenZeroRefused: --limit 0 given on the command line is
+// out of its documented range (1 to 10,000) and refused before any AWS
+// client is made, not taken for the query's own limit, which is what
+// leaving the option out means.
+func TestQueryLimitGivenZeroRefused(t *testing.T) {
+	noClient := func(context.Context, string, string) (*cloudwatchlogs.Client, error) {
+		t.Error("a client was made with a --limit refused")
+		return nil, fmt.Errorf("no client")
+	}
+	for _, limit := range []string{"0", "-1", "10001"} {
+		err := runQueryCommand(t.Context(), []string{"errors", "--group", "g", "--limit", limit}, &bytes.Buffer{}, noClient)
+		if err == nil || !strings.Contains(err.Error(), "--limit") {
+			t.Errorf("--limit %s: %v, want it refused naming --limit", limit, err)
+		}
+	}
+}
+
 // TestQueryTableEscapesControls: values in query results are what clients
 // sent (a Host header, a DNS query name); the table writes their control
 // characters as escapes, so that a client cannot move the auditor's
