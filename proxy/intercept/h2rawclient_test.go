@@ -40,6 +40,12 @@ type probeOrigin struct {
 func startProbeOrigin(t *testing.T, r *rig, c net.Conn) *probeOrigin {
 	o := &probeOrigin{stop: make(chan struct{})}
 	t.Cleanup(func() { close(o.stop) })
+	o.serve(r, c)
+	return o
+}
+
+// serve serves c, one more connection to o.
+func (o *probeOrigin) serve(r *rig, c net.Conn) {
 	tc := tls.Server(c, &tls.Config{
 		Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"h2"},
 	})
@@ -71,7 +77,6 @@ func startProbeOrigin(t *testing.T, r *rig, c net.Conn) *probeOrigin {
 		}
 		(&http2.Server{MaxConcurrentStreams: 1000}).ServeConn(tc, &http2.ServeConnOpts{Handler: handler})
 	}()
-	return o
 }
 
 func (o *probeOrigin) has(path string) bool { _, ok := o.byPath.Load(path); return ok }
@@ -97,6 +102,19 @@ type probeClient struct {
 func newProbeClient(t *testing.T, r *rig) (*probeClient, *probeOrigin) {
 	upEnd, originEnd := testnet.TCPPair(t)
 	o := startProbeOrigin(t, r, originEnd)
+	// Streams that come while the first upstream connection is being
+	// taken up (before net/http has it in its pool) each have net/http
+	// dial one of its own: it cannot know the connection will be shared
+	// until it is. The destination answers those dials (and net/http
+	// closes, or shares, what they bring); a rig that refused them had
+	// such a stream answered 502, "no further upstream connection", and
+	// never reach the origin. So the rig answers as many as may come at
+	// once, each with a connection to the same origin.
+	for range maxUpstreamConns - 1 {
+		spareUp, spareOrigin := testnet.TCPPair(t)
+		o.serve(r, spareOrigin)
+		r.offerRedial(spareUp)
+	}
 	c, _ := r.connectTCP(upEnd, tlsDest)
 	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
 	tlsc.SetDeadline(time.Now().Add(60 * time.Second))

@@ -35,6 +35,24 @@ type countedConn struct {
 	// *tls.Conn itself, so no framingConn can hold it.
 	slot   atomic.Pointer[connSlot]
 	closed atomic.Bool
+	// onClose, when set, is called once the connection closes
+	// (whenClosed): the first connection's take-up's (h2first.go).
+	onClose atomic.Pointer[func()]
+}
+
+// whenClosed has f called once c closes, or at once if it has.
+func (c *countedConn) whenClosed(f func()) {
+	c.onClose.Store(&f)
+	if c.closed.Load() { // Close may not have seen f
+		c.closeOnce()
+	}
+}
+
+// closeOnce calls onClose's function, if any, once.
+func (c *countedConn) closeOnce() {
+	if f := c.onClose.Swap(nil); f != nil {
+		(*f)()
+	}
 }
 
 // holdSlot makes c release sl once it closes, or at once if it has.
@@ -51,6 +69,7 @@ func (c *countedConn) Close() error {
 	c.closed.Store(true)
 	err := c.Conn.Close()
 	c.slot.Load().release() // nil-safe, once
+	c.closeOnce()
 	return err
 }
 
@@ -187,8 +206,13 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 			PingTimeout:                   upstreamH2PingTimeout.Load(),
 		},
 	}
+	var takeUp *firstTakeUp // nil unless first is HTTP/2
 	if redial != nil {
+		takeUp = newFirstTakeUp(first)
 		tr.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			if err := takeUp.wait(ctx); err != nil { // h2first.go
+				return nil, err
+			}
 			slot, err := s.upstreams.takeSlot(ctx, requestDone(ctx))
 			if err != nil {
 				return nil, err
@@ -219,7 +243,7 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 			return &framingConn{Conn: c, slot: slot}, nil
 		}
 	}
-	return withFirstIdle(oneHostTransport{tr, dest, newUpstreamWait(s.upBytes.in.Load)}, first, &used)
+	return withFirstIdle(oneHostTransport{tr, dest, newUpstreamWait(s.upBytes.in.Load), takeUp}, first, &used)
 }
 
 // withFirstIdle closes first, the connection dialled (and verified) before
@@ -266,16 +290,22 @@ type oneHostTransport struct {
 	*http.Transport
 	host string
 	wait *upstreamWait // the session's requests with no response head yet (h2wait.go)
+	// first is the take-up of the session's first connection, if HTTP/2
+	// (h2first.go).
+	first *firstTakeUp
 }
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done()}
+	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done(), got: make(chan struct{})}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
 	hd.startWait(t.wait)
 	// A copy: the transport must not change the caller's request.
 	r := req.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, headDeadlineKey{}, hd), &httptrace.ClientTrace{
-		GotConn:              hd.gotConn,
+		GotConn: func(info httptrace.GotConnInfo) {
+			t.first.gotConn(info.Conn)
+			hd.gotConn(info)
+		},
 		GotFirstResponseByte: hd.start,
 		Got1xxResponse:       hd.got1xx,
 	}))
@@ -399,6 +429,10 @@ type headDeadline struct {
 	// (connset.go) is given up with the request (net/http dials under
 	// its values, not its cancellation).
 	reqDone <-chan struct{}
+	// got is closed once the request has a connection: a dial of its
+	// waiting for the first connection is not needed (h2first.go).
+	got       chan struct{}
+	gotClosed bool // under mu
 	// The request's wait for an upstream connection (h2wait.go): the
 	// session's count it is in until it gets one, and its bound.
 	wait      *upstreamWait
@@ -418,6 +452,10 @@ func requestDone(ctx context.Context) <-chan struct{} {
 func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.got != nil && !d.gotClosed { // a retry's connection: once
+		close(d.got)
+		d.gotClosed = true
+	}
 	d.gotConnection()
 	d.unwatch() // a retry's new connection
 	d.used.set(info.Conn)

@@ -1,0 +1,106 @@
+package intercept
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+)
+
+// The first HTTP/2 upstream connection's take-up.
+//
+// net/http learns that a connection is HTTP/2, and so shared, only once
+// it has it: a request that comes while the session's first connection is
+// being taken up (its HTTP/2 preface written, before it is in net/http's
+// pool) waits for it and has a dial of its own started too, which serves
+// it if it ends first. A client opens its first streams together, so a
+// session dialled, handshook and verified up to maxUpstreamConns-1 more
+// connections, each counted against the dial pace, that net/http then
+// closed unused; and a dial that failed (a destination that takes one
+// connection from a client, or a dial that timed out) had its stream
+// answered 502 though the first connection was about to carry it.
+//
+// The session's first connection is HTTP/2 from its handshake. So while
+// it is taken up, and no request has got it, another dial waits: for its
+// own request to get a connection (the first one, from the pool: the dial
+// is not needed), for the first connection to close (its take-up failed:
+// the dial goes ahead), or for its request to end. A dial that comes once
+// a request has got the first connection goes ahead at once: net/http
+// dials then only for a request none of its connections could take (an
+// origin that allows few streams a connection).
+
+// firstTakeUp is the take-up of a session's first connection, an HTTP/2
+// one; nil (no first connection, or not HTTP/2) holds back no dial.
+type firstTakeUp struct {
+	first  net.Conn
+	closed chan struct{} // closed once the first connection is
+
+	mu sync.Mutex
+	// handedOut: a dial has gone ahead to take the first connection.
+	handedOut bool
+	// up: a request has got the first connection.
+	up bool
+}
+
+// errDialNotNeeded ends a dial whose request got a connection while it
+// waited; net/http drops it, its request served already.
+var errDialNotNeeded = errors.New("the request got a connection while its dial waited for the first one")
+
+// newFirstTakeUp returns first's take-up, or nil when first is not an
+// HTTP/2 connection the session counts (countedConn, which tells when it
+// closes).
+func newFirstTakeUp(first net.Conn) *firstTakeUp {
+	if tc, ok := first.(*tls.Conn); !ok || tc.ConnectionState().NegotiatedProtocol != "h2" {
+		return nil
+	}
+	cc := countedUnder(first)
+	if cc == nil {
+		return nil
+	}
+	g := &firstTakeUp{first: first, closed: make(chan struct{})}
+	cc.whenClosed(func() { close(g.closed) })
+	return g
+}
+
+// wait returns once the dial whose context (net/http's: the request's
+// values, not its cancellation) is ctx may go ahead; errDialNotNeeded if
+// its request got a connection meanwhile.
+func (g *firstTakeUp) wait(ctx context.Context) error {
+	if g == nil {
+		return nil
+	}
+	g.mu.Lock()
+	if !g.handedOut || g.up {
+		g.handedOut = true // the first dial takes the first connection
+		g.mu.Unlock()
+		return nil
+	}
+	g.mu.Unlock()
+	var got, reqDone <-chan struct{}
+	if hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline); ok {
+		got, reqDone = hd.got, hd.reqDone
+	}
+	select {
+	case <-got:
+		return errDialNotNeeded
+	case <-g.closed:
+		return nil
+	case <-reqDone:
+		return errors.New("waiting for the first upstream connection: the request ended")
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the first upstream connection: %w", context.Cause(ctx))
+	}
+}
+
+// gotConn notes that a request got c: once it is the first connection,
+// the take-up is over.
+func (g *firstTakeUp) gotConn(c net.Conn) {
+	if g == nil || c != g.first {
+		return
+	}
+	g.mu.Lock()
+	g.up = true
+	g.mu.Unlock()
+}
