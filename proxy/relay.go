@@ -300,6 +300,14 @@ func (h *halfRelay) watchBroken(b brokenReader) {
 		if why == nil {
 			return // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
 		}
+		if errors.Is(why, netstack.ErrMemoryReclaimed) {
+			// The appliance's own reset, not the client's break: the
+			// record names the reclaim alone, and the destination is
+			// reset as the reclaim resets every flow it takes.
+			h.r.broke.Store(&why)
+			intercept.Abort(h.dst)
+			return
+		}
 		err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
 		h.r.broke.Store(&err)
 		closeDelivering(h.dst)
