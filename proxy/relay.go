@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
@@ -122,6 +123,16 @@ type relay struct {
 
 // ended is called by each direction as it ends; the last one closes both
 // connections and reports.
+// stallBound is the write-stall timeout in force for r's writes (the
+// default where r has no watch): the bound of a destination socket closed
+// with bytes still to send (closeDelivering).
+func (r *relay) stallBound() time.Duration {
+	if r.stalls == nil {
+		return DefaultWriteStallTimeout
+	}
+	return time.Duration(r.stalls.timeout.Load())
+}
+
 func (r *relay) ended() {
 	if r.left.Add(-1) != 0 {
 		return
@@ -131,7 +142,7 @@ func (r *relay) ended() {
 		// The destination's direction may have ended on a failed write
 		// to a client that broke, leaving bytes of the destination's
 		// unread.
-		closeDelivering(r.upstream)
+		closeDelivering(r.upstream, r.stallBound())
 	} else {
 		r.upstream.Close()
 	}
@@ -310,7 +321,7 @@ func (h *halfRelay) watchBroken(b brokenReader) {
 		}
 		err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
 		h.r.broke.Store(&err)
-		closeDelivering(h.dst)
+		closeDelivering(h.dst, h.r.stallBound())
 	}()
 }
 

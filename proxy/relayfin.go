@@ -1,8 +1,12 @@
 package proxy
 
 import (
+	"math"
 	"net"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 )
@@ -33,33 +37,51 @@ const maxDiscardReads = 16
 // (RFC 2525), throwing the upload's tail away as an Abort does. Bytes the
 // destination sends after that draw the RST, as they would from the gone
 // client.
-func closeDelivering(c net.Conn) {
-	discardUnread(c)
+//
+// Closed, the socket is no longer the appliance's to watch (no fd, no
+// record pending, nothing the reclaim or the stall watch sees), and a
+// destination that accepts nothing but answers the kernel's zero-window
+// probes would keep it, and its tail, for minutes. Its user timeout is set
+// to stall first (the write-stall timeout in force), the bound a write to
+// such a destination has while the flow lives: the kernel resets it once
+// nothing it sent has been acknowledged for that long.
+func closeDelivering(c net.Conn, stall time.Duration) {
+	if rc := rawConnOf(c); rc != nil {
+		bufp := relayBufPool.Get().(*[]byte)
+		_ = rc.Control(func(fd uintptr) {
+			discardUnread(fd, *bufp)
+			if ms := stall.Milliseconds(); ms > 0 && ms <= math.MaxInt32 {
+				_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(ms))
+			}
+		})
+		relayBufPool.Put(bufp)
+	}
 	_ = c.Close()
 }
 
-// discardUnread reads what c (a socket, under the proxy's wrappers) has
-// received, without waiting, and drops it. It reads through Control, not
-// Read: the relay's other direction may be waiting in a Read of c, which
-// holds c's read lock.
-func discardUnread(c net.Conn) {
+// rawConnOf returns the socket under c's proxy wrappers, or nil when
+// there is none. Its Control, not Read: the relay's other direction may
+// be waiting in a Read of c, which holds c's read lock.
+func rawConnOf(c net.Conn) syscall.RawConn {
 	sc, ok := unwrapped(c).(syscall.Conn)
 	if !ok {
-		return
+		return nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return
+		return nil
 	}
-	bufp := relayBufPool.Get().(*[]byte)
-	defer relayBufPool.Put(bufp)
-	_ = rc.Control(func(fd uintptr) {
-		for range maxDiscardReads {
-			if n, e := hostconn.ReadFD(fd, *bufp); e != 0 || n == 0 {
-				return
-			}
+	return rc
+}
+
+// discardUnread reads what the socket fd has received, without waiting,
+// and drops it.
+func discardUnread(fd uintptr, buf []byte) {
+	for range maxDiscardReads {
+		if n, e := hostconn.ReadFD(fd, buf); e != 0 || n == 0 {
+			return
 		}
-	})
+	}
 }
 
 // clientBrokenOf returns what says whether client, under the proxy's

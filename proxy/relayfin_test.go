@@ -39,7 +39,7 @@ func TestCloseDeliveringThroughWrapper(t *testing.T) {
 	if _, err := ours.Write(upload); err != nil {
 		t.Fatal(err)
 	}
-	closeDelivering(&prefixConn{Conn: ours, prefix: []byte("early")})
+	closeDelivering(&prefixConn{Conn: ours, prefix: []byte("early")}, time.Minute)
 	dest.SetReadDeadline(time.Now().Add(5 * time.Second))
 	n, err := io.Copy(io.Discard, dest)
 	if n != int64(len(upload)) || err != nil {
