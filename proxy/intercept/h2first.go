@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 )
 
 // The first HTTP/2 upstream connection's take-up.
@@ -26,7 +27,7 @@ import (
 // it is taken up, and no request has got it, another dial waits: for its
 // own request to get a connection (the first one, from the pool: the dial
 // is not needed), for the first connection to close (its take-up failed:
-// the dial goes ahead), or for its request to end. A dial that comes once
+// the dial goes ahead), for its request to end, or for firstTakeUpWait. A dial that comes once
 // a request has got the first connection goes ahead at once: net/http
 // dials then only for a request none of its connections could take (an
 // origin that allows few streams a connection).
@@ -43,6 +44,13 @@ type firstTakeUp struct {
 	// up: a request has got the first connection.
 	up bool
 }
+
+// firstTakeUpWait bounds a dial's wait for the first connection: a take-up
+// ends within a round trip, but a first connection no request ever gets
+// (its origin sent a GOAWAY, or allowed no streams, before any request
+// had it) would hold every other dial until the connection closed, 90 s
+// idle. Past the bound the dial goes ahead, as it did before the wait.
+const firstTakeUpWait = time.Second
 
 // errDialNotNeeded ends a dial whose request got a connection while it
 // waited; net/http drops it, its request served already.
@@ -82,11 +90,15 @@ func (g *firstTakeUp) wait(ctx context.Context) error {
 	if hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline); ok {
 		got, reqDone = hd.got, hd.reqDone
 	}
+	bound := time.NewTimer(firstTakeUpWait)
+	defer bound.Stop()
 	select {
 	case <-got:
 		return errDialNotNeeded
 	case <-g.closed:
 		return nil
+	case <-bound.C:
+		return nil // a first connection no request gets (a GOAWAY, no streams allowed)
 	case <-reqDone:
 		return errors.New("waiting for the first upstream connection: the request ended")
 	case <-ctx.Done():
