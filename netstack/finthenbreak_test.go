@@ -108,3 +108,19 @@ func TestReadsSayBreakWithoutFIN(t *testing.T) {
 		})
 	}
 }
+
+// TestBrokenAfterFINTellsAVanishingAfterFIN: a client that vanishes after
+// its FIN broke its connection after the FIN, as one that resets then
+// does: the client watch takes a WebSocket tunnel whose client ended its
+// side for over, and so leaves the destination to get the whole upload.
+// It took the vanishing for a cut tunnel, and the session's Abort reset
+// the destination, throwing away the tail the host socket still held. A
+// client that vanishes without a FIN broke it before.
+func TestBrokenAfterFINTellsAVanishingAfterFIN(t *testing.T) {
+	for _, fin := range []bool{true, false} {
+		c := vanishAfter(t, "upload", fin)
+		if got := c.BrokenAfterFIN(); got != fin {
+			t.Errorf("FIN %v: BrokenAfterFIN %v once the client vanished", fin, got)
+		}
+	}
+}

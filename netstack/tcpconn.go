@@ -387,11 +387,14 @@ func (c *Conn) Broken() bool {
 
 // BrokenAfterFIN reports whether Broken's break came after the client's
 // FIN: a reset in CLOSE-WAIT, which moves the endpoint to CLOSED, as a
-// clean close completing does (BrokenError tells them apart). Either
-// way the client had ended its side whole: everything it sent is there
-// to read. It may be called from OnReadable's function.
+// clean close completing does (BrokenError tells them apart), or a
+// vanishing after the FIN (finBeforeBreak: the error state, the FIN in), which
+// cut nothing either: a WebSocket tunnel's destination must still get
+// the whole upload. Either way the client had ended its side whole:
+// everything it sent is there to read. It may be called from
+// OnReadable's function.
 func (c *Conn) BrokenAfterFIN() bool {
-	return tcp.EndpointState(c.ep.State()) == tcp.StateClose && !c.closed()
+	return tcp.EndpointState(c.ep.State()) == tcp.StateClose && !c.closed() || c.Broken() && c.finBeforeBreak()
 }
 
 // BrokenError is what broke the connection, as the stack saw it, or nil

@@ -72,11 +72,12 @@ func (w *clientWatch) check() {
 	}
 	// Taken before fired: a check that loses the race for fired has
 	// taken it too, before its Read returned (the first one stands).
-	busy := w.is.NoteClientBreak(w.conn.BrokenAfterFIN())
+	afterFIN := w.conn.BrokenAfterFIN()
+	busy := w.is.NoteClientBreak(afterFIN)
 	if !w.fired.CompareAndSwap(false, true) {
 		return
 	}
-	go w.abort(busy)
+	go w.abort(busy, afterFIN)
 }
 
 // abort ends the session for the broken client: every connection is
@@ -85,9 +86,16 @@ func (w *clientWatch) check() {
 // keepalives gone unanswered). A session that has
 // begun to end on its own is left to end so, and so is one whose client
 // reset between requests (busy false: no request under way when the
-// break came, NoteClientBreak): it loses nothing, as after a FIN.
-func (w *clientWatch) abort(busy bool) {
+// break came, NoteClientBreak): it loses nothing, as after a FIN. So is
+// one whose client vanished after its FIN with nothing under way
+// (afterFIN): a WebSocket tunnel whose client ended its side is over,
+// and its destination must get the whole upload and the end of the
+// stream, not a reset that throws away the tail its host socket still
+// holds; the session ends once the tunnel has passed it all on, and its
+// records say timeout all the same (Session.noteClientBreak).
+func (w *clientWatch) abort(busy, afterFIN bool) {
 	why := w.conn.BrokenError()
+	w.is.ClientBreakTaken() // kept now, if the client's doing
 	if why == nil {
 		return // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
 	}
@@ -108,10 +116,11 @@ func (w *clientWatch) abort(busy bool) {
 		// is settled by their write: between requests if they went out.
 		busy = w.is.ClientBreakUnderWay()
 	}
-	if !busy && result == "reset" {
+	if !busy && (result == "reset" || afterFIN) {
 		// A reset between requests, after the client's FIN
-		// (ErrResetAfterFIN) or not: the session loses nothing by it.
-		// A vanished client (timeout) is said whenever it goes.
+		// (ErrResetAfterFIN) or not, or a vanishing after the FIN: the
+		// session loses nothing by it. A vanished client (timeout) is
+		// said whenever it goes, by the records if not by this Abort.
 		w.is.AbortUnlessIdle(result, err)
 		return
 	}

@@ -71,6 +71,9 @@ type bumpRigOptions struct {
 	destProtos []string
 	plaintext  intercept.Plaintext
 	tcp        netstack.TCPOptions
+	// destRcvBuf, when set, is the SO_RCVBUF of the destination's
+	// connections: a destination slower than its client.
+	destRcvBuf int
 }
 
 // newBumpRig is newBumpStallRigPolicy with all of o.
@@ -85,7 +88,7 @@ func newBumpRig(t *testing.T, o bumpRigOptions) *bumpStallRig {
 	if len(destProtos) == 0 {
 		destProtos = []string{"http/1.1"}
 	}
-	ln := clsMust(tls.Listen("tcp4", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: destProtos}))(t)
+	ln := tls.NewListener(destListener(t, o.destRcvBuf), &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: destProtos})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { handler(r, w, req) }),
 		ErrorLog: log.New(io.Discard, "", 0)}
 	go srv.Serve(ln)

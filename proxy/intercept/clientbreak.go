@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"time"
 )
 
 // What Session.broke says: whether a request was under way when the
@@ -147,4 +148,49 @@ func clientBreakResult(why error) string {
 		return "timeout"
 	}
 	return "reset"
+}
+
+// ClientBreakTaken says that the client watch has taken what broke the
+// client's connection from it (netstack.Conn.BrokenError, which keeps a
+// reset or a vanishing for ClientBroke), whatever it makes of it: a
+// tunnel's record waits for it (awaitBreakTaken). Safe to call more than
+// once.
+func (s *Session) ClientBreakTaken() {
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
+	if s.breakTakenCh == nil {
+		s.breakTakenCh = make(chan struct{})
+	}
+	if !s.breakTaken {
+		s.breakTaken = true
+		close(s.breakTakenCh)
+	}
+}
+
+// awaitBreakTaken waits, for breakAbortWait at most, for the client
+// watch to take the break of a client whose WebSocket tunnel ended on it
+// after the client's FIN (finBreak), and returns what broke the client's
+// connection then. NoteClientBreak ends the tunnel's wait for the
+// destination (clientBreakSignal) on the packet path, before any read
+// has taken, and kept, what the break was: the tunnel's record said ok
+// for a client that vanished after its FIN while the connection's said
+// timeout. A break before the FIN is settled by the watch's Abort
+// (awaitBreakAbort).
+func (s *Session) awaitBreakTaken() error {
+	if why := s.clientBroke(); why != nil || s.broke.Load() == 0 || !s.finBreak.Load() {
+		return why
+	}
+	s.upMu.Lock()
+	if s.breakTakenCh == nil {
+		s.breakTakenCh = make(chan struct{})
+	}
+	ch := s.breakTakenCh
+	s.upMu.Unlock()
+	t := time.NewTimer(breakAbortWait)
+	defer t.Stop()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+	return s.clientBroke()
 }

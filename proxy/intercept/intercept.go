@@ -171,6 +171,11 @@ type Session struct {
 	finBreak    atomic.Bool
 	breakCh     atomic.Pointer[chan struct{}]
 	breakClosed atomic.Bool
+	// breakTakenCh is closed once the client watch has taken what broke
+	// the client's connection (ClientBreakTaken), made on first use
+	// under upMu; breakTaken says it is closed.
+	breakTakenCh chan struct{}
+	breakTaken   bool
 	// upMu orders dialBumped's setting of Upstream with Abort's reading
 	// of it, which may run on another goroutine (the proxy's watches).
 	upMu sync.Mutex

@@ -224,7 +224,11 @@ func (rt *roundTripper) clientOutcome(ctx context.Context, rb *recordingBody) (r
 	if !rt.s.h2 {
 		werr = rt.cc.responseWriteErr()
 	}
-	return rb.outcome(ctx, werr, rt.s.clientBroke())
+	broke := rt.s.clientBroke()
+	if rb.tunnel {
+		broke = rt.s.awaitBreakTaken()
+	}
+	return rb.outcome(ctx, werr, broke)
 }
 
 // noteOutcome puts a result other than "ok" and why in rec, after the

@@ -1,0 +1,166 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+)
+
+// destListener listens on loopback; rcvBuf, when not 0, is its
+// connections' SO_RCVBUF (set before listen, so that they inherit it).
+func destListener(t *testing.T, rcvBuf int) net.Listener {
+	t.Helper()
+	if rcvBuf == 0 {
+		return clsMust(net.Listen("tcp4", "127.0.0.1:0"))(t)
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvBuf); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 8); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "listener")
+	defer f.Close()
+	return clsMust(net.FileListener(f))(t)
+}
+
+// wsSlowReader answers a WebSocket upgrade with 101, then reads nothing
+// until release is closed, and then reads the tunnel to its end, saying
+// on ends how many bytes it got and how the stream ended.
+func wsSlowReader(release <-chan struct{}, ends chan<- destEnd) func(*bumpStallRig, http.ResponseWriter, *http.Request) {
+	return func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
+		conn, bw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(bw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+		bw.Flush()
+		<-release
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := io.Copy(io.Discard, bw)
+		ends <- destEnd{n, err}
+	}
+}
+
+// TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN: a client sends
+// the last of its WebSocket tunnel and its FIN, all of it acknowledged by
+// the appliance, and then resets or vanishes while the destination, slower
+// than the client, still has the tail to read. The client had ended its
+// side whole: the destination gets every byte and the end of the stream,
+// as it would without the appliance, and both records say what
+// docs/records.md says (ok for a reset after the FIN, timeout for a
+// vanishing). The client watch's Abort reset the destination (a zero
+// linger), which threw away the tail the host socket still held.
+func TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		reset  bool
+		fin    bool
+		result string
+	}{
+		{"vanish", false, true, "timeout"},
+		{"reset", true, true, "ok"},
+		// A tunnel cut short: the destination is reset, never told
+		// the end of the stream.
+		{"reset before FIN", true, false, "reset"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const size = tunnelUploadSize
+			release := make(chan struct{})
+			ends := make(chan destEnd, 1)
+			released := false
+			defer func() {
+				if !released {
+					close(release)
+				}
+			}()
+			r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Hour,
+				handler: wsSlowReader(release, ends), destRcvBuf: 4096,
+				tcp: netstack.TCPOptions{KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2}})
+			rc := dialRaw(t, r.client, r.dest)
+			rc.SetDeadline(time.Now().Add(20 * time.Second))
+			c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
+			if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("the upgrade: %v; want 101", err)
+			}
+			if _, err := c.Write(make([]byte, size)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.fin {
+				_ = c.CloseWrite() // close_notify
+				if err := rc.halfClose(); err != nil {
+					t.Fatal(err)
+				}
+				// The upload and its FIN acknowledged by the appliance.
+				for end := time.Now().Add(10 * time.Second); tcp.EndpointState(rc.ep.State()) != tcp.StateFinWait2; time.Sleep(5 * time.Millisecond) {
+					if time.Now().After(end) {
+						t.Fatalf("the appliance did not take the whole upload and its FIN (client state %v)", tcp.EndpointState(rc.ep.State()))
+					}
+				}
+			}
+			if tc.reset {
+				rc.reset()
+			} else {
+				r.client.SetTap(func([]byte) bool { return true }) // the client is gone
+			}
+			// The session ends once it has seen the break: the tunnel waits
+			// for no silent destination.
+			tlsRec, tunRec := connRecords(t, r, rc, 10*time.Second, "the records of the tunnel whose client broke after its FIN")
+			close(release)
+			released = true
+			var got destEnd
+			select {
+			case got = <-ends:
+			case <-time.After(15 * time.Second):
+				t.Fatal("the destination's read did not end")
+			}
+			t.Logf("destination got %d of %d bytes, ended by %v; records: tls %s %q, tunnel %s %q bytes_out %d",
+				got.n, size, got.err, tlsRec.Result, tlsRec.Error, tunRec.Result, tunRec.Error, tunRec.BytesOut)
+			switch {
+			case !tc.fin:
+				if got.err == nil {
+					t.Errorf("the destination read the end of a tunnel its client cut short (%d bytes); want a reset", got.n)
+				}
+			case got.n != size || got.err != nil:
+				t.Errorf("the destination got %d of the %d bytes the client sent before its FIN, ended by %v; want all and the end of the stream",
+					got.n, size, got.err)
+			}
+			if tlsRec.Result != tc.result || tunRec.Result != tc.result {
+				t.Errorf("records: tls %s (%q), tunnel %s (%q); want both %s", tlsRec.Result, tlsRec.Error, tunRec.Result, tunRec.Error, tc.result)
+			}
+		})
+	}
+}
+
+// tunnelUploadSize is what the client of
+// TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN sends: more than
+// the destination's receive buffer holds, little enough for the
+// appliance's host socket to take the rest (its send buffer starts at
+// 16 KiB), so that the tunnel's copy has it all written when the client
+// breaks.
+const tunnelUploadSize = 8 << 10
