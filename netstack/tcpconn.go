@@ -182,6 +182,8 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 // it after BrokenError took the stack's one report (the stack then says
 // the end of the stream): bytes the client sent right before its reset,
 // read since the watch first saw the break, may have begun a request.
+// The Read that takes the break says it as TryRead does (ECONNRESET,
+// ETIMEDOUT), not in gonet's words.
 func (c *Conn) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
 	if err != nil && c.reclaimed() {
@@ -201,6 +203,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 	}
 	if kept && c.finBeforeBreak() {
 		return n, io.EOF
+	}
+	if why := c.ClientBroke(); kept && why != nil {
+		// gonet's own text ("operation timed out", no errno) for the
+		// Read that took the break: said as every other read says it,
+		// so that one event reads one way, whichever read took it.
+		return n, c.opError(why)
 	}
 	if err == io.EOF && !c.closed() {
 		if why := c.brokenNotEOF(); why != nil {

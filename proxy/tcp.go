@@ -187,7 +187,9 @@ func (s *tcpSession) serve(accepted net.Conn) {
 	if err != nil { // the client reset or broke the connection while we waited
 		s.client.Close()
 		s.up.Close()
-		s.rec.Result, s.rec.Error = "reset", err.Error()
+		// timeout for a client that vanished (ETIMEDOUT), as a relayed
+		// flow's record says it; reset otherwise.
+		s.rec.Result, s.rec.Error = relayResultOf(err), err.Error()
 		s.p.endTCP(s.rec, s.start)
 		return
 	}

@@ -23,6 +23,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 )
 
@@ -193,9 +194,15 @@ func sniff(br *bufio.Reader, conn ReadDeadliner, wait, complete time.Duration) (
 // endOfInput reports the errors that mean "no more bytes for now": the
 // deadline passed, or the client half-closed. They end sniffing but are left
 // for the next consumer to see again (a closed stream keeps returning EOF).
+// ETIMEDOUT says Timeout() too, but it is the client vanishing (its
+// keepalives or retransmissions unanswered), which broke the connection:
+// no deadline of sniffing's own.
 func endOfInput(err error) bool {
 	if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) {
 		return true
+	}
+	if errors.Is(err, syscall.ETIMEDOUT) {
+		return false
 	}
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()

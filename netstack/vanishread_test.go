@@ -1,0 +1,38 @@
+package netstack_test
+
+import (
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+)
+
+// TestReadSaysETIMEDOUTForClientVanishedBeforeBytes: a client that
+// connects and vanishes before its first bytes reads as one that vanished
+// (ETIMEDOUT, "connection timed out") to every Read, the one that takes
+// the stack's report too, as TryRead and the later reads say it. That
+// Read said gonet's "operation timed out", no ETIMEDOUT and no timeout, and
+// the connection's record said reset where the relay's says timeout for
+// the same event.
+func TestReadSaysETIMEDOUTForClientVanishedBeforeBytes(t *testing.T) {
+	r := newConnRigTCP(t, netstack.TCPOptions{
+		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
+	})
+	_, _, c := r.dialEndpoint()
+	r.client.SetTap(func([]byte) bool { return true }) // the client is gone
+	for end := time.Now().Add(waitFor); !c.Broken(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the stack did not give up on the vanished client")
+		}
+	}
+	buf := make([]byte, 16)
+	for i := range 2 {
+		_, err := c.Read(buf)
+		if !errors.Is(err, syscall.ETIMEDOUT) || !strings.HasSuffix(err.Error(), "connection timed out") {
+			t.Errorf("read %d: %v; want the client's vanishing, ETIMEDOUT", i+1, err)
+		}
+	}
+}
