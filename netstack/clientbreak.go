@@ -91,3 +91,19 @@ func (c *Conn) finBeforeBreak() bool {
 	}
 	return false
 }
+
+// errStackAborted is what reads say after a Write, or BrokenError, took
+// the stack's report of its own abort of the connection (the stacks
+// closing at the drain's end), in the stack's words: not the end of the
+// stream, which a relay takes for the client's FIN and passes on, a clean
+// end for an upload the shutdown cut.
+var errStackAborted = errors.New("operation aborted")
+
+// keepStackAbort notes terr, what the stack reported ended c, when it is
+// the stack's own abort and c was neither closed nor reset to reclaim
+// memory by the appliance (those say so themselves).
+func (c *Conn) keepStackAbort(terr tcpip.Error) {
+	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.closed() && !c.reclaimed() {
+		c.stackAborted.Store(true)
+	}
+}

@@ -50,6 +50,10 @@ type Conn struct {
 	// TryRead took it from the stack, which reports it once: BrokenError
 	// and ClientBroke say it after (clientbreak.go).
 	clientBroke atomic.Pointer[error]
+	// stackAborted says a Write or BrokenError took the stack's report
+	// of its own abort (the stacks closing), which is not the client's
+	// and is not kept as clientBroke: brokenNotEOF says it (clientbreak.go).
+	stackAborted atomic.Bool
 	// local and remote are the flow's destination and client, fixed at
 	// accept: gonet's addresses are nil once the endpoint is not
 	// connected, which callers such as x/net's HTTP/2 server do not
@@ -226,7 +230,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 // clean FIN on to the destination (a cut upload that looked whole) and
 // recorded "the client's connection broke after its FIN" for a client
 // that never sent one. The Write keeps the break before it lets go of
-// wmu: waiting for wmu is short, as in BrokenError. Nil for a FIN, and
+// wmu: waiting for wmu is short, as in BrokenError. The stack's own
+// abort (the stacks closing) that a Write or BrokenError took reads as
+// errStackAborted, not as the end of the stream either. Nil for a FIN, and
 // for a break after one (finBeforeBreak; a reset after it is never kept
 // either: ErrResetAfterFIN).
 func (c *Conn) brokenNotEOF() error {
@@ -236,7 +242,10 @@ func (c *Conn) brokenNotEOF() error {
 	c.rw.wmu.Lock()
 	//lint:ignore SA2001 waiting for a Write keeping the break is the point
 	c.rw.wmu.Unlock()
-	return c.ClientBroke()
+	if why := c.ClientBroke(); why != nil || !c.stackAborted.Load() {
+		return why
+	}
+	return errStackAborted
 }
 
 // Reclaimed is ErrMemoryReclaimed once the server has reset the connection
@@ -311,6 +320,8 @@ func (c *Conn) Write(b []byte) (int, error) {
 			// acts on it, as a Read does (clientbreak.go).
 			if c.keepClientBreak(terr) {
 				c.notify.notified(0)
+			} else {
+				c.keepStackAbort(terr)
 			}
 			return n, c.writeError(c.stackError(terr))
 		}
@@ -425,7 +436,9 @@ func (c *Conn) BrokenError() error {
 		}
 		return c.ClientBroke()
 	}
-	c.keepClientBreak(terr)
+	if !c.keepClientBreak(terr) {
+		c.keepStackAbort(terr)
+	}
 	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.reclaimed() {
 		// Not the server's Abort: Broken is false once the conn is closed.
 		return ErrResetAfterFIN
