@@ -82,6 +82,7 @@ func TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 		{"reset", true, true, "ok"},
 		// A tunnel cut short: the destination is reset, never told
 		// the end of the stream.
+		{"vanish before FIN", false, false, "timeout"},
 		{"reset before FIN", true, false, "reset"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

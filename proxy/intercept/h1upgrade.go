@@ -67,6 +67,9 @@ func (u *upgradedBody) Write(p []byte) (int, error) { return u.conn.Write(p) }
 // nothing (a tunnel whose client sent its FIN is no longer under way:
 // answer.go) and leaves nothing to relay the rest to.
 func (u *upgradedBody) Close() error {
+	if u.tunnel && u.clientGone() {
+		u.awaitAbort()
+	}
 	if u.tunnel && !u.clientGone() {
 		select {
 		case <-u.ended:
@@ -86,6 +89,27 @@ func (u *upgradedBody) Close() error {
 	u.closing.Store(true)
 	u.stop()
 	return u.conn.Close()
+}
+
+// awaitAbort waits, for breakAbortWait at most, for the session's Abort
+// when the client broke its connection: a break that cut the tunnel (one
+// before the client's FIN) resets the destination, and the close below,
+// made first, passed it a clean end (a close_notify and a FIN) for a
+// tunnel the client cut short, and left the Abort nothing to reset. The
+// reader that took the break ends goproxy's copy, and so the tunnel,
+// before the watch's Abort comes. A break after the FIN aborts nothing
+// (NoteClientBreak): the wait runs out, and the destination is closed,
+// getting all the client sent.
+func (u *upgradedBody) awaitAbort() {
+	if u.aborted == nil {
+		return
+	}
+	t := time.NewTimer(breakAbortWait)
+	defer t.Stop()
+	select {
+	case <-u.aborted:
+	case <-t.C:
+	}
 }
 
 // clientGone reports whether the tunnel's client broke its connection.
