@@ -62,12 +62,27 @@ type sentBody struct {
 	io.ReadCloser
 	to      *bodySent
 	pending int64
+	// err is a read's error kept for the next read. A reader may return
+	// data and an error from one read (net/http's chunked reader does when
+	// the client's FIN or reset cuts a chunk); the copy writes that data
+	// and stops without asking again, and when the request then fails
+	// (a cut body; a short one at io.EOF) done is never called: the data
+	// would leave uncounted. Handed back alone on the next read, the
+	// error lets that read count it first.
+	err error
 }
 
 func (b *sentBody) Read(p []byte) (int, error) {
 	b.done()
+	if b.err != nil {
+		return 0, b.err
+	}
 	n, err := b.ReadCloser.Read(p)
 	b.pending = int64(n)
+	if n > 0 && err != nil {
+		b.err = err
+		return n, nil
+	}
 	return n, err
 }
 

@@ -125,3 +125,98 @@ func TestBytesOutIsWhatWentUpstream(t *testing.T) {
 		})
 	}
 }
+
+// TestCutChunkedBodyCounted: a chunked upload the client cuts inside a
+// chunk, by its FIN or a reset: the record's bytes_out is what of the body
+// reached the destination. net/http's chunked reader hands over the
+// chunk's bytes read so far together with the error from one read; the
+// copy writes them upstream and stops, and they were never counted: the
+// record said bytes_out 0 while up to 32 KiB had left.
+func TestCutChunkedBodyCounted(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		first int // a whole first chunk, at the origin before the cut
+		size  int // the chunk being cut
+		sent  int // what of it the client sends
+		rst   bool
+	}{
+		{name: "fin", first: 3000, size: 3000, sent: 1000},
+		{name: "rst", first: 3000, size: 3000, sent: 1000, rst: true},
+		{name: "fin-30k", size: 40000, sent: 30000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			upEnd, originEnd := testnet.TCPPair(t)
+			firstIn := make(chan struct{})
+			received := make(chan int64, 1)
+			go func() {
+				defer originEnd.Close()
+				req, err := http.ReadRequest(bufio.NewReader(originEnd))
+				if err != nil {
+					close(firstIn)
+					received <- -1
+					return
+				}
+				originEnd.SetReadDeadline(time.Now().Add(waitLimit))
+				var n int64
+				buf := make([]byte, 4096)
+				signalled := false
+				for {
+					m, err := req.Body.Read(buf)
+					n += int64(m)
+					if !signalled && n >= int64(tc.first) {
+						signalled = true
+						close(firstIn)
+					}
+					if err != nil {
+						break
+					}
+				}
+				if !signalled {
+					close(firstIn)
+				}
+				received <- n
+			}()
+			client, proxySide := testnet.TCPPair(t)
+			sv := r.serve(client, proxySide, upEnd, httpDest)
+			client.SetDeadline(time.Now().Add(2 * waitLimit))
+			io.WriteString(client, "POST /up HTTP/1.1\r\nHost: ok.example.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+			if tc.first > 0 {
+				fmt.Fprintf(client, "%x\r\n%s\r\n", tc.first, bytes.Repeat([]byte("f"), tc.first))
+				select {
+				case <-firstIn:
+				case <-time.After(waitLimit):
+					t.Fatal("the first chunk did not reach the origin")
+				}
+			}
+			fmt.Fprintf(client, "%x\r\n%s", tc.size, bytes.Repeat([]byte("c"), tc.sent))
+			if tc.rst {
+				client.SetLinger(0)
+			} else {
+				client.CloseWrite()
+				if resp, err := http.ReadResponse(bufio.NewReader(client), nil); err == nil {
+					io.Copy(io.Discard, resp.Body)
+				}
+			}
+			client.Close()
+			sv.waitDoneOnce(t)
+			var n int64
+			select {
+			case n = <-received:
+			case <-time.After(waitLimit):
+				t.Fatal("the origin did not see the body end")
+			}
+			if want := int64(tc.first + tc.sent); !tc.rst && n != want {
+				t.Errorf("origin received %d body bytes, want all %d the client sent", n, want)
+			}
+			recs := ofKind(r.records(), "http")
+			if len(recs) != 1 {
+				t.Fatalf("%d http records, want 1: %+v", len(recs), recs)
+			}
+			if recs[0].BytesOut != n {
+				t.Errorf("record bytes_out %d, but the origin received %d body bytes (result %s, error %q)",
+					recs[0].BytesOut, n, recs[0].Result, recs[0].Error)
+			}
+		})
+	}
+}
