@@ -60,7 +60,20 @@ type h1Bounds struct {
 	// A chunked body's size line or trailer, so far (chunks.go).
 	n   int
 	sub uint8
+	// lead is how many more CR or LF bytes may be dropped before the
+	// next head begins (skipLead); skipped counts those dropped, for the
+	// client's byte count.
+	lead    int
+	skipped int64
 }
+
+// maxLeadingEmpty is how many CR or LF bytes before a head are dropped:
+// RFC 9112 §2.2 asks a server to ignore at least one empty line before a
+// request line (some clients send a CRLF after a request body), and
+// net/http's server drops up to four such bytes. goproxy's http.ReadRequest
+// drops none: it read the empty line as a malformed request line, closed
+// the connection and had it recorded as a head that could not be read.
+const maxLeadingEmpty = 4
 
 // h1Bounds states.
 const (
@@ -85,14 +98,45 @@ const (
 // read reads from c into b, handing out no byte past the boundary of the
 // part of the request being read.
 func (h *h1Bounds) read(c net.Conn, b []byte) (int, error) {
+	h.pending = h.pending[h.skipLead(h.pending):]
 	if len(h.pending) > 0 {
 		n := copy(b, h.pending)
 		k := h.take(b[:n])
 		h.pending = h.pending[k:]
 		return k, nil
 	}
-	n, err := c.Read(b)
-	return h.bound(b, n, err)
+	for {
+		n, err := c.Read(b)
+		if k := h.skipLead(b[:n]); k > 0 {
+			// Read on past dropped bytes: handed out as a read of none,
+			// they would arm nothing but could end goproxy's reader
+			// (io.ErrNoProgress). Bounded: each drop uses up lead.
+			n = copy(b, b[k:n])
+			if n == 0 && err == nil {
+				continue
+			}
+		}
+		return h.bound(b, n, err)
+	}
+}
+
+// skipLead returns how many of the bytes p, read next, are CR or LF bytes
+// before a head that are dropped (maxLeadingEmpty), and counts them. The
+// first other byte begins the head: none are dropped after it.
+func (h *h1Bounds) skipLead(p []byte) int {
+	if h.lead == 0 || h.state != boundHead || len(p) == 0 {
+		return 0
+	}
+	k := 0
+	for k < len(p) && k < h.lead && (p[k] == '\r' || p[k] == '\n') {
+		k++
+	}
+	h.lead -= k
+	if k < len(p) {
+		h.lead = 0
+	}
+	h.skipped += int64(k)
+	return k
 }
 
 // bound hands out the bytes b[:n] just read, with err, up to the boundary
@@ -222,7 +266,10 @@ func (c *hijackedConn) awaitHead() {
 	h := &c.bounds
 	switch h.state {
 	case boundDone:
-		h.state, h.line = boundHead, lineMid
+		h.state, h.line, h.lead = boundHead, lineMid, maxLeadingEmpty
+		// Empty lines kept are not the start of a head: the wait for
+		// one stays the idle one.
+		h.pending = h.pending[h.skipLead(h.pending):]
 		if len(h.pending) > 0 {
 			c.limit.time(c.Conn)
 			return

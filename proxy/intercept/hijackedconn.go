@@ -264,7 +264,8 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	if n == 0 && c.limit.idle.armed.Load() && isTimeout(err) {
 		c.limit.idle.out.Store(true)
 	}
-	c.in.Add(int64(n))
+	c.in.Add(int64(n) + c.bounds.skipped) // with the empty lines dropped before a head
+	c.bounds.skipped = 0
 	if lerr := c.limit.count(b[:n]); lerr != nil {
 		if _, ok := errors.AsType[*h2GoAway](lerr); ok && c.limit.refused.CompareAndSwap(nil, &lerr) {
 			c.refuseH2(b) // a guard's GOAWAY: h2guard.go

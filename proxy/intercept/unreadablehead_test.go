@@ -149,3 +149,70 @@ func TestClosingResponseLeavesNextHeadUnrecorded(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyLinesBeforeHeadIgnored: empty lines a client sends after a
+// request (some send a CRLF after a POST body) are skipped before its next
+// head, as RFC 9112 §2.2 asks of a server and net/http's does (up to four
+// CR or LF bytes): the next request is served, and no record says a
+// request could not be read. Before, goproxy read the empty line as a
+// malformed request line: the connection closed and an http deny record,
+// counted as a denial, said "no request could be read". More empty lines
+// than that are still a head that cannot be read.
+func TestEmptyLinesBeforeHeadIgnored(t *testing.T) {
+	for _, bumped := range []bool{false, true} {
+		for _, tc := range []struct {
+			name, withBody, later string
+			deny                  bool
+		}{
+			{name: "with the body", withBody: "\r\n"},
+			{name: "two with the body", withBody: "\r\n\r\n"},
+			{name: "later", later: "\r\n"},
+			{name: "split", withBody: "\r", later: "\n"},
+			{name: "three", withBody: "\r\n\r\n\r\n", deny: true},
+		} {
+			t.Run(map[bool]string{true: "bumped ", false: "cleartext "}[bumped]+tc.name, func(t *testing.T) {
+				r := newRig(t, testPolicy)
+				c, sv, o := connectHTTP1(t, r, bumped)
+				c.SetDeadline(time.Now().Add(waitLimit))
+				br := bufio.NewReader(c)
+				io.WriteString(c, "POST /first HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 4\r\n\r\nabcd"+tc.withBody)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				if tc.later != "" {
+					io.WriteString(c, tc.later)
+				}
+				if tc.deny {
+					io.Copy(io.Discard, br) // until the appliance closes
+				} else {
+					io.WriteString(c, "GET /second HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+					if resp, err = http.ReadResponse(br, nil); err != nil {
+						t.Errorf("the second request: %v", err)
+					} else if resp.StatusCode != http.StatusOK {
+						t.Errorf("the second request: status %d", resp.StatusCode)
+					}
+				}
+				c.Close()
+				sv.waitDoneOnce(t)
+				var denied []string
+				for _, rec := range ofKind(r.records(), "http") {
+					if rec.Action == "deny" {
+						denied = append(denied, rec.Result+": "+rec.Error)
+					}
+				}
+				want, heads := 0, 2
+				if tc.deny {
+					want, heads = 1, 1
+				}
+				if len(denied) != want {
+					t.Errorf("deny records %q, want %d", denied, want)
+				}
+				if got := o.got(); len(got) != heads {
+					t.Errorf("the destination got %d heads, want %d: %q", len(got), heads, got)
+				}
+			})
+		}
+	}
+}
