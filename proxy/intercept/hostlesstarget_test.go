@@ -47,6 +47,45 @@ func TestHostlessTargetRefused(t *testing.T) {
 	}
 }
 
+// TestAsteriskOnlyForOptions: "*" with a method other than OPTIONS
+// ("GET *", "DELETE *", "POST *" with a body) is refused like the other
+// targets that are not a path: 400, a deny record, nothing sent. RFC 9112
+// §3.2.4 allows the asterisk-form for OPTIONS only. Before, they went to
+// the destination as "GET *" and so on, recorded allowed with path "*",
+// a target an origin or a middlebox behind it may route as it likes.
+func TestAsteriskOnlyForOptions(t *testing.T) {
+	for _, bumped := range []bool{true, false} {
+		for _, head := range []string{
+			"GET * HTTP/1.1\r\nHost: www.example.test\r\n\r\n",
+			"DELETE * HTTP/1.1\r\nHost: www.example.test\r\n\r\n",
+			"POST * HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 5\r\n\r\nhello",
+		} {
+			t.Run(map[bool]string{true: "bumped ", false: "cleartext "}[bumped]+firstLine(head), func(t *testing.T) {
+				r := newRig(t, allowOnlyWWW)
+				var c net.Conn
+				var sv *served
+				var up *upstream
+				if bumped {
+					var upEnd, raw net.Conn
+					upEnd, up = r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+					raw, sv = r.connect(upEnd, tlsDest)
+					c = bumpClient(t, r, raw, "www.example.test", "http/1.1")
+				} else {
+					var upEnd net.Conn
+					upEnd, up = r.startUpstream(nil)
+					c, sv = r.connect(upEnd, httpDest)
+				}
+				wantRefused(t, c, sv, up, head)
+				recs := ofKind(r.records(), "http")
+				if len(recs) != 1 || recs[0].Action != "deny" || recs[0].Status != http.StatusBadRequest || recs[0].Rule != "" ||
+					recs[0].BytesOut != 0 || !strings.Contains(recs[0].Error, "for OPTIONS only") {
+					t.Errorf("http records %+v, want one deny with the 400, no rule, nothing sent, saying why", recs)
+				}
+			})
+		}
+	}
+}
+
 // TestOptionsAsteriskKept: "OPTIONS *" (a request for the server as a
 // whole) reaches the destination as "OPTIONS *", and its record's path is
 // "*". Before, goproxy's rebuilt URL made it "OPTIONS /", a request for

@@ -37,21 +37,27 @@ var asteriskNote = &targetNote{asterisk: true}
 // target, if it has one, in its context. An origin-form target (a path),
 // the one clients send a server, has none, and costs nothing.
 func noteTarget(req *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
-	if n := targetNoteFor(req.RequestURI); n != nil {
+	if n := targetNoteFor(req.Method, req.RequestURI); n != nil {
 		req = req.WithContext(context.WithValue(req.Context(), targetNoteKey{}, n))
 	}
 	return req, nil
 }
 
-// targetNoteFor returns the note of target, or nil when it needs none.
-// One with an opaque part ("x:http://evil/secret", "evil:443") is
-// refuseOddTarget's to refuse: goproxy leaves it in the URL.
-func targetNoteFor(target string) *targetNote {
+// targetNoteFor returns the note of target, the one of a request with
+// method, or nil when it needs none. One with an opaque part
+// ("x:http://evil/secret", "evil:443") is refuseOddTarget's to refuse:
+// goproxy leaves it in the URL.
+func targetNoteFor(method, target string) *targetNote {
 	switch {
 	case strings.HasPrefix(target, "/"):
 		return nil
-	case target == "*":
+	case target == "*" && method == http.MethodOptions:
 		return asteriskNote
+	case target == "*":
+		// RFC 9112 §3.2.4: the asterisk-form is for OPTIONS only. Sent
+		// on with another method ("GET *"), an origin or a middlebox
+		// behind it would route it as it likes.
+		return &targetNote{odd: "* is for OPTIONS only, not " + truncate(method, 32), target: target}
 	}
 	u, err := url.ParseRequestURI(target)
 	var odd string
