@@ -203,13 +203,18 @@ func TestBumpedWebSocketCleanCloseThenResetRecordsOK(t *testing.T) {
 		if i%2 == 0 {
 			_ = c.CloseWrite() // close_notify, as a closing TLS client may send
 		}
-		if err := rc.halfClose(); err != nil {
-			t.Fatalf("tunnel %d: half-closing: %v", i, err)
+		// The tunnel may end before the FIN: the destination closes once
+		// it has the close frame, and the appliance's close of the client
+		// with its close_notify still unread is a RST (as Linux's close
+		// with bytes unread is). The client's close was as clean then.
+		if err := rc.halfClose(); err == nil {
+			if _, err := io.ReadFull(br, make([]byte, 4)); err != nil {
+				t.Fatalf("tunnel %d: the echoed close frame: %v", i, err)
+			}
+			rc.reset() // what the closed socket's kernel answers the echo with
+		} else if i%2 != 0 {
+			t.Fatalf("tunnel %d: half-closing with nothing unread at the appliance: %v", i, err)
 		}
-		if _, err := io.ReadFull(br, make([]byte, 4)); err != nil {
-			t.Fatalf("tunnel %d: the echoed close frame: %v", i, err)
-		}
-		rc.reset() // what the closed socket's kernel answers the echo with
 		tlsRec, tunRec := connRecords(t, r, rc, 15*time.Second, "the records of the tunnel closed cleanly")
 		for _, rec := range []*records.Record{tlsRec, tunRec} {
 			if rec.Result != "ok" || rec.Error != "" {
