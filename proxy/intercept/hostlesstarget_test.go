@@ -3,7 +3,6 @@ package intercept_test
 import (
 	"bufio"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -23,19 +22,7 @@ func TestHostlessTargetRefused(t *testing.T) {
 		for _, target := range targets {
 			t.Run(map[bool]string{true: "bumped ", false: "cleartext "}[bumped]+target, func(t *testing.T) {
 				r := newRig(t, allowOnlyWWW)
-				var c net.Conn
-				var sv *served
-				var up *upstream
-				if bumped {
-					var upEnd, raw net.Conn
-					upEnd, up = r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
-					raw, sv = r.connect(upEnd, tlsDest)
-					c = bumpClient(t, r, raw, "www.example.test", "http/1.1")
-				} else {
-					var upEnd net.Conn
-					upEnd, up = r.startUpstream(nil)
-					c, sv = r.connect(upEnd, httpDest)
-				}
+				c, sv, up := connectWWW(t, r, bumped)
 				wantRefused(t, c, sv, up, "GET "+target+" HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
 				recs := ofKind(r.records(), "http")
 				if len(recs) != 1 || recs[0].Action != "deny" || recs[0].Status != http.StatusBadRequest || recs[0].Rule != "" ||
@@ -62,19 +49,7 @@ func TestAsteriskOnlyForOptions(t *testing.T) {
 		} {
 			t.Run(map[bool]string{true: "bumped ", false: "cleartext "}[bumped]+firstLine(head), func(t *testing.T) {
 				r := newRig(t, allowOnlyWWW)
-				var c net.Conn
-				var sv *served
-				var up *upstream
-				if bumped {
-					var upEnd, raw net.Conn
-					upEnd, up = r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
-					raw, sv = r.connect(upEnd, tlsDest)
-					c = bumpClient(t, r, raw, "www.example.test", "http/1.1")
-				} else {
-					var upEnd net.Conn
-					upEnd, up = r.startUpstream(nil)
-					c, sv = r.connect(upEnd, httpDest)
-				}
+				c, sv, up := connectWWW(t, r, bumped)
 				wantRefused(t, c, sv, up, head)
 				recs := ofKind(r.records(), "http")
 				if len(recs) != 1 || recs[0].Action != "deny" || recs[0].Status != http.StatusBadRequest || recs[0].Rule != "" ||

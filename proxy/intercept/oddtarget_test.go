@@ -60,19 +60,7 @@ func TestOddRequestTargetRefused(t *testing.T) {
 			name := map[bool]string{true: "bumped", false: "cleartext"}[bumped] + " " + tc.target + " Host " + tc.host
 			t.Run(name, func(t *testing.T) {
 				r := newRig(t, allowOnlyWWW)
-				var c net.Conn
-				var sv *served
-				var up *upstream
-				if bumped {
-					var upEnd, raw net.Conn
-					upEnd, up = r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
-					raw, sv = r.connect(upEnd, tlsDest)
-					c = bumpClient(t, r, raw, "www.example.test", "http/1.1")
-				} else {
-					var upEnd net.Conn
-					upEnd, up = r.startUpstream(nil)
-					c, sv = r.connect(upEnd, httpDest)
-				}
+				c, sv, up := connectWWW(t, r, bumped)
 				wantRefused(t, c, sv, up, "GET "+tc.target+" HTTP/1.1\r\nHost: "+tc.host+"\r\n\r\n")
 				var denied bool
 				for _, rec := range r.records() {
@@ -234,4 +222,19 @@ func wantRefused(t *testing.T, c net.Conn, sv *served, up *upstream, head string
 	if got := up.requests(); len(got) != 0 {
 		t.Errorf("the destination served %q", got)
 	}
+}
+
+// connectWWW connects a client through the appliance to an HTTP/1.1
+// upstream for www.example.test: bumped (TLS, its leaf trusted) or
+// cleartext HTTP.
+func connectWWW(t *testing.T, r *rig, bumped bool) (net.Conn, *served, *upstream) {
+	t.Helper()
+	if bumped {
+		upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+		raw, sv := r.connect(upEnd, tlsDest)
+		return bumpClient(t, r, raw, "www.example.test", "http/1.1"), sv, up
+	}
+	upEnd, up := r.startUpstream(nil)
+	c, sv := r.connect(upEnd, httpDest)
+	return c, sv, up
 }
