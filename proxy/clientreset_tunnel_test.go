@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"strings"
@@ -19,22 +20,32 @@ import (
 // stack reports once.
 const tunnelResetConns = 6
 
-// wsFlood answers a WebSocket upgrade with 101 and streams 32 KiB chunks
-// until the tunnel breaks.
-func wsFlood(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
+// switchToWebSocket takes the connection from w and answers the upgrade
+// with 101; nil when the connection cannot be had.
+func switchToWebSocket(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter) {
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		http.Error(w, "no hijack", http.StatusInternalServerError)
-		return
+		return nil, nil
 	}
 	conn, bw, err := hj.Hijack()
 	if err != nil {
-		return
+		return nil, nil
 	}
-	defer conn.Close()
 	fmt.Fprintf(bw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
 	bw.Flush()
+	return conn, bw
+}
+
+// wsFlood answers a WebSocket upgrade with 101 and streams 32 KiB chunks
+// until the tunnel breaks.
+func wsFlood(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
+	conn, _ := switchToWebSocket(w)
+	if conn == nil {
+		return
+	}
+	defer conn.Close()
 	chunk := make([]byte, 32<<10)
 	for range 4096 {
 		if _, err := conn.Write(chunk); err != nil {
@@ -153,19 +164,11 @@ const cleanCloseConns = 40
 // close frame (6 bytes: masked, no payload), echoes a close frame and
 // closes, as a WebSocket server ends the closing handshake.
 func wsEchoClose(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
-	hj, ok := w.(http.Hijacker)
-	if !ok {
-		http.Error(w, "no hijack", http.StatusInternalServerError)
-		return
-	}
-	conn, bw, err := hj.Hijack()
-	if err != nil {
+	conn, bw := switchToWebSocket(w)
+	if conn == nil {
 		return
 	}
 	defer conn.Close()
-	fmt.Fprintf(bw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
-	bw.Flush()
 	if _, err := io.ReadFull(bw, make([]byte, 6)); err != nil {
 		return
 	}

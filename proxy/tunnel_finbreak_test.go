@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -47,14 +46,11 @@ func destListener(t *testing.T, rcvBuf int) net.Listener {
 // on ends how many bytes it got and how the stream ended.
 func wsSlowReader(release <-chan struct{}, ends chan<- destEnd) func(*bumpStallRig, http.ResponseWriter, *http.Request) {
 	return func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
-		conn, bw, err := w.(http.Hijacker).Hijack()
-		if err != nil {
+		conn, bw := switchToWebSocket(w)
+		if conn == nil {
 			return
 		}
 		defer conn.Close()
-		fmt.Fprintf(bw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-			"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
-		bw.Flush()
 		<-release
 		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		n, err := io.Copy(io.Discard, bw)
