@@ -106,6 +106,14 @@ type relay struct {
 	// destination: from then on the destination is closed, not reset,
 	// when the client breaks (relayfin.go).
 	finPassed atomic.Bool
+	// delivering is set by the first closeDelivering, and cut by it when
+	// the destination did not take the upload's tail.
+	delivering atomic.Bool
+	cut        atomic.Pointer[lingerCut]
+	// lingering counts watchBroken's closeDelivering under way, which
+	// the report waits for: the record is written once the destination
+	// has its upload, or the linger's bound has passed.
+	lingering sync.WaitGroup
 	// clientBroken says whether the client broke its connection (nil:
 	// the client cannot say).
 	clientBroken func() bool
@@ -137,23 +145,33 @@ func (r *relay) ended() {
 	if r.left.Add(-1) != 0 {
 		return
 	}
+	// Asked before the client's close, after which it says no more.
+	broken := r.clientBroken != nil && r.clientBroken()
 	r.client.Close()
-	if r.finPassed.Load() {
+	if r.finPassed.Load() && broken {
 		// The destination's direction may have ended on a failed write
 		// to a client that broke, leaving bytes of the destination's
-		// unread.
-		closeDelivering(r.upstream, r.stallBound())
+		// unread. (A client that did not break has had its whole
+		// exchange: the destination ended its side too.)
+		r.closeDelivering(r.upstream)
 	} else {
 		r.upstream.Close()
 	}
 	r.aborting.Lock()
 	//lint:ignore SA2001 waiting for an abort under way to end is the point
 	r.aborting.Unlock()
+	r.lingering.Wait()
 	var broke error
 	if p := r.broke.Load(); p != nil {
 		broke = *p
 	}
 	err := errors.Join(r.out.err, r.in.err, broke)
+	out := r.out.n
+	if cut := r.cut.Load(); cut != nil {
+		// What the destination did not acknowledge never reached it.
+		out = max(out-cut.unsent, 0)
+		err = errors.Join(err, cut.err)
+	}
 	if r.stalls != nil {
 		r.stalls.unwatch(&r.out.ww)
 		r.stalls.unwatch(&r.in.ww)
@@ -163,7 +181,7 @@ func (r *relay) ended() {
 			err = errors.Join(*p, broke)
 		}
 	}
-	r.done(r.out.n, r.in.n, err)
+	r.done(out, r.in.n, err)
 }
 
 // halfRelay copies src to dst, then half-closes dst. On an error it resets
@@ -302,27 +320,42 @@ func (h *halfRelay) watchBroken(b brokenReader) {
 		return
 	}
 	go func() {
-		h.r.aborting.Lock()
-		defer h.r.aborting.Unlock()
-		if h.r.left.Load() == 0 {
-			return // the relay has ended meanwhile
+		if h.brokenAfterFIN(b) {
+			// Not under aborting, which the stall watch's one goroutine
+			// takes too: the report waits for the linger (lingering).
+			defer h.r.lingering.Done()
+			h.r.closeDelivering(h.dst)
 		}
-		why := b.BrokenError()
-		if why == nil {
-			return // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
-		}
-		if errors.Is(why, netstack.ErrMemoryReclaimed) {
-			// The appliance's own reset, not the client's break: the
-			// record names the reclaim alone, and the destination is
-			// reset as the reclaim resets every flow it takes.
-			h.r.broke.Store(&why)
-			intercept.Abort(h.dst)
-			return
-		}
-		err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
-		h.r.broke.Store(&err)
-		closeDelivering(h.dst, h.r.stallBound())
 	}()
+}
+
+// brokenAfterFIN takes what broke the client's connection after its FIN,
+// resetting the destination for a reclaim, and reports whether the
+// destination is to be closed delivering (counted in lingering then).
+func (h *halfRelay) brokenAfterFIN(b brokenReader) bool {
+	h.r.aborting.Lock()
+	defer h.r.aborting.Unlock()
+	if h.r.left.Load() == 0 {
+		return false // the relay has ended meanwhile
+	}
+	why := b.BrokenError()
+	if why == nil {
+		return false // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
+	}
+	if errors.Is(why, netstack.ErrMemoryReclaimed) {
+		// The appliance's own reset, not the client's break: the
+		// record names the reclaim alone, and the destination is
+		// reset as the reclaim resets every flow it takes.
+		h.r.broke.Store(&why)
+		intercept.Abort(h.dst)
+		return false
+	}
+	err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
+	h.r.broke.Store(&err)
+	// Added under aborting, which the relay's end takes before it waits:
+	// the Add happens before that Wait.
+	h.r.lingering.Add(1)
+	return true
 }
 
 // read returns the next bytes from src in a pooled buffer (nil when it

@@ -30,6 +30,14 @@ type destEnd struct {
 // end and says how many bytes it got and how the stream ended.
 func slowReadDest(t *testing.T, release <-chan struct{}) (netip.AddrPort, <-chan destEnd) {
 	t.Helper()
+	return slowReadDestKeep(t, release, false)
+}
+
+// slowReadDestKeep is slowReadDest whose connection, when keep, stays
+// open once read to its end, until the test ends: the destination ends
+// no relay.
+func slowReadDestKeep(t *testing.T, release <-chan struct{}, keep bool) (netip.AddrPort, <-chan destEnd) {
+	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +65,11 @@ func slowReadDest(t *testing.T, release <-chan struct{}) (netip.AddrPort, <-chan
 		if err != nil {
 			return
 		}
-		defer c.Close()
+		if keep {
+			t.Cleanup(func() { c.Close() })
+		} else {
+			defer c.Close()
+		}
 		<-release
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		n, err := io.Copy(io.Discard, c)
@@ -94,7 +106,9 @@ func TestRelayWholeUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 					close(release)
 				}
 			}()
-			dst, ends := slowReadDest(t, release)
+			// It stays open once it has read all, ending nothing: the
+			// relay ends on the client's break.
+			dst, ends := slowReadDestKeep(t, release, true)
 			c := dialRaw(t, client, dst)
 			c.SetDeadline(time.Now().Add(20 * time.Second))
 			payload := make([]byte, size)
@@ -116,12 +130,9 @@ func TestRelayWholeUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 			} else {
 				client.SetTap(func([]byte) bool { return true }) // the client is gone
 			}
-			// The relay ends once it has seen the break: it waits for no
-			// silent destination.
-			rec, ok := r.record(t, 10*time.Second)
-			if !ok {
-				t.Fatal("no record: the relay did not end after the client broke")
-			}
+			// The destination reads from now on; the relay, once it has
+			// seen the break, lingers until the destination has taken
+			// the tail and the FIN, and ends then.
 			close(release)
 			released = true
 			var got destEnd
@@ -129,6 +140,10 @@ func TestRelayWholeUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 			case got = <-ends:
 			case <-time.After(15 * time.Second):
 				t.Fatal("the destination's read did not end")
+			}
+			rec, ok := r.record(t, 10*time.Second)
+			if !ok {
+				t.Fatal("no record: the relay did not end after the client broke and the destination took all")
 			}
 			t.Logf("destination got %d of %d bytes, ended by %v; record: result %s, bytes_out %d, error %q",
 				got.n, size, got.err, rec.Result, rec.BytesOut, rec.Error)

@@ -1,14 +1,12 @@
 package proxy
 
 import (
-	"math"
+	"fmt"
 	"net"
 	"syscall"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
 // A client's FIN ends its upload whole: the stack has acknowledged every
@@ -20,48 +18,54 @@ import (
 // in, whatever came after), or in the host socket's send buffer to a
 // destination slower than the client. An Abort (a zero linger) throws the
 // send buffer away and resets the destination; the relay closes it
-// instead (closeDelivering). A break before the FIN still resets the
+// instead, once the destination took it all (closeDelivering). A break before the FIN still resets the
 // destination: that upload was cut short.
 
-// maxDiscardReads bounds discardUnread's reads of a destination that
-// keeps sending: each takes a relay buffer's worth (256 KiB), more than a
-// socket's receive buffer holds by default.
-const maxDiscardReads = 16
-
 // closeDelivering closes c, a destination that has been sent a client's
-// whole upload and its FIN, once the client has broken: the kernel goes on
-// sending what c's send buffer holds, and the FIN, and answers anything
-// more from the destination with a RST, so nothing waits on a destination
-// that stays silent. What the destination sent that nobody will read is
-// discarded first: a close with bytes unread resets the connection at once
-// (RFC 2525), throwing the upload's tail away as an Abort does. Bytes the
-// destination sends after that draw the RST, as they would from the gone
-// client.
+// whole upload and its FIN, once the client has broken, so that it still
+// gets all of it: a close with bytes the destination sent unread resets
+// the connection at once (RFC 2525), throwing the upload's tail in the
+// send buffer away as an Abort does, and a destination that keeps sending
+// draws that reset however late the close. So c lingers first
+// (hostconn.Linger): open, what the destination sends dropped, until it
+// has acknowledged the tail and the FIN, or the write-stall timeout in
+// force (r.stallBound(), the bound a write to it has while the flow
+// lives) has passed, and only then is closed; reset, when it did not take
+// it all. Meanwhile the flow is still live and its record unwritten: the
+// record says what the destination got (lingerCut).
 //
-// Closed, the socket is no longer the appliance's to watch (no fd, no
-// record pending, nothing the reclaim or the stall watch sees), and a
-// destination that accepts nothing but answers the kernel's zero-window
-// probes would keep it, and its tail, for minutes. Its user timeout is set
-// to stall first (the write-stall timeout in force), the bound a write to
-// such a destination has while the flow lives: the kernel resets it once
-// nothing it sent has been acknowledged for that long.
-func closeDelivering(c net.Conn, stall time.Duration) {
-	if rc := rawConnOf(c); rc != nil {
-		bufp := relayBufPool.Get().(*[]byte)
-		_ = rc.Control(func(fd uintptr) {
-			discardUnread(fd, *bufp)
-			if ms := stall.Milliseconds(); ms > 0 && ms <= math.MaxInt32 {
-				_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(ms))
-			}
-		})
-		relayBufPool.Put(bufp)
+// Only the first call lingers; one made meanwhile (the relay's end, while
+// watchBroken's lingers) returns at once, and the relay's report waits
+// for the first (lingering, or its own call).
+func (r *relay) closeDelivering(c net.Conn) {
+	if r.delivering.Swap(true) {
+		return
+	}
+	rc := rawConnOf(c)
+	if rc == nil {
+		_ = c.Close()
+		return
+	}
+	bufp := relayBufPool.Get().(*[]byte)
+	unsent, err := hostconn.Linger(rc, *bufp, r.stallBound())
+	relayBufPool.Put(bufp)
+	if err != nil {
+		r.cut.Store(&lingerCut{unsent: int64(unsent), err: fmt.Errorf("the upload's tail was not delivered: %w", err)})
+		intercept.Abort(c)
+		return
 	}
 	_ = c.Close()
 }
 
+// lingerCut is how closeDelivering found a destination that did not take
+// a whole upload's tail: unsent bytes of it were never acknowledged.
+type lingerCut struct {
+	unsent int64
+	err    error
+}
+
 // rawConnOf returns the socket under c's proxy wrappers, or nil when
-// there is none. Its Control, not Read: the relay's other direction may
-// be waiting in a Read of c, which holds c's read lock.
+// there is none.
 func rawConnOf(c net.Conn) syscall.RawConn {
 	sc, ok := unwrapped(c).(syscall.Conn)
 	if !ok {
@@ -72,16 +76,6 @@ func rawConnOf(c net.Conn) syscall.RawConn {
 		return nil
 	}
 	return rc
-}
-
-// discardUnread reads what the socket fd has received, without waiting,
-// and drops it.
-func discardUnread(fd uintptr, buf []byte) {
-	for range maxDiscardReads {
-		if n, e := hostconn.ReadFD(fd, buf); e != 0 || n == 0 {
-			return
-		}
-	}
 }
 
 // clientBrokenOf returns what says whether client, under the proxy's

@@ -39,9 +39,22 @@ func TestCloseDeliveringThroughWrapper(t *testing.T) {
 	if _, err := ours.Write(upload); err != nil {
 		t.Fatal(err)
 	}
-	closeDelivering(&prefixConn{Conn: ours, prefix: []byte("early")}, time.Minute)
+	r := new(relay)
+	closed := make(chan struct{})
+	go func() { // it lingers until the destination has read it all
+		defer close(closed)
+		r.closeDelivering(&prefixConn{Conn: ours, prefix: []byte("early")})
+	}()
 	dest.SetReadDeadline(time.Now().Add(5 * time.Second))
 	n, err := io.Copy(io.Discard, dest)
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("closeDelivering still lingers after the destination read it all")
+	}
+	if cut := r.cut.Load(); cut != nil {
+		t.Errorf("closeDelivering says the tail was cut: %v", cut.err)
+	}
 	if n != int64(len(upload)) || err != nil {
 		t.Errorf("the destination read %d of %d bytes, ended by %v; want all and the FIN", n, len(upload), err)
 	}
