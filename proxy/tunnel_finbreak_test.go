@@ -45,6 +45,13 @@ func destListener(t *testing.T, rcvBuf int) net.Listener {
 // until release is closed, and then reads the tunnel to its end, saying
 // on ends how many bytes it got and how the stream ended.
 func wsSlowReader(release <-chan struct{}, ends chan<- destEnd) func(*bumpStallRig, http.ResponseWriter, *http.Request) {
+	return wsSlowReaderHeld(release, ends, nil)
+}
+
+// wsSlowReaderHeld is wsSlowReader whose connection, once read to its end,
+// stays open until hold is closed (nil: not at all): the destination ends
+// no tunnel.
+func wsSlowReaderHeld(release <-chan struct{}, ends chan<- destEnd, hold <-chan struct{}) func(*bumpStallRig, http.ResponseWriter, *http.Request) {
 	return func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
 		conn, bw := switchToWebSocket(w)
 		if conn == nil {
@@ -55,6 +62,9 @@ func wsSlowReader(release <-chan struct{}, ends chan<- destEnd) func(*bumpStallR
 		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		n, err := io.Copy(io.Discard, bw)
 		ends <- destEnd{n, err}
+		if hold != nil {
+			<-hold
+		}
 	}
 }
 
@@ -85,6 +95,8 @@ func TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 			const size = tunnelUploadSize
 			release := make(chan struct{})
 			ends := make(chan destEnd, 1)
+			hold := make(chan struct{}) // the destination ends nothing: the client's break does
+			defer close(hold)
 			released := false
 			defer func() {
 				if !released {
@@ -92,7 +104,7 @@ func TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 				}
 			}()
 			r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Hour,
-				handler: wsSlowReader(release, ends), destRcvBuf: 4096,
+				handler: wsSlowReaderHeld(release, ends, hold), destRcvBuf: 4096,
 				tcp: netstack.TCPOptions{KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2}})
 			rc := dialRaw(t, r.client, r.dest)
 			rc.SetDeadline(time.Now().Add(20 * time.Second))
@@ -125,9 +137,9 @@ func TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 			} else {
 				r.client.SetTap(func([]byte) bool { return true }) // the client is gone
 			}
-			// The session ends once it has seen the break: the tunnel waits
-			// for no silent destination.
-			tlsRec, tunRec := connRecords(t, r, rc, 10*time.Second, "the records of the tunnel whose client broke after its FIN")
+			// The destination reads from now on. The session ends once it
+			// has seen the break; after the FIN, once the destination has
+			// taken the tail and the end (the upstream lingers till then).
 			close(release)
 			released = true
 			var got destEnd
@@ -136,6 +148,7 @@ func TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 			case <-time.After(15 * time.Second):
 				t.Fatal("the destination's read did not end")
 			}
+			tlsRec, tunRec := connRecords(t, r, rc, 10*time.Second, "the records of the tunnel whose client broke")
 			t.Logf("destination got %d of %d bytes, ended by %v; records: tls %s %q, tunnel %s %q bytes_out %d",
 				got.n, size, got.err, tlsRec.Result, tlsRec.Error, tunRec.Result, tunRec.Error, tunRec.BytesOut)
 			switch {

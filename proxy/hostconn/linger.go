@@ -27,7 +27,7 @@ const lingerPollMax = 50 * time.Millisecond
 
 // ErrTailUndelivered is Linger's when its bound passed before the peer
 // acknowledged all the socket had to send.
-var ErrTailUndelivered = errors.New("the destination did not take the upload's tail")
+var ErrTailUndelivered = errors.New("the destination did not acknowledge all it was sent")
 
 // Linger ends the sending side of the socket under rc (its FIN goes after
 // what the send queue holds) and keeps the socket open, reading and

@@ -98,6 +98,10 @@ type roundTripper struct {
 	tr     upstreamTransport
 	cc     *hijackedConn
 	base   records.Record // what each request's record starts from: s.Record changes as the session ends
+	// tailCut is why a WebSocket tunnel's upstream was reset with its
+	// client's upload not all delivered (upgradedBody.closeDelivering):
+	// the tls record says it too, as the tunnel's does.
+	tailCut atomic.Pointer[error]
 
 	// The session ends once goproxy has closed the connection and no
 	// request is in flight: an HTTP/2 server closes it without waiting for
@@ -274,6 +278,10 @@ func (rt *roundTripper) end() {
 			}
 			if idled && s.Record.Error == "" {
 				s.Record.Error = idleNote()
+			}
+			if p := rt.tailCut.Load(); p != nil && s.Record.Result == "ok" {
+				s.Record.Result = "reset"
+				s.Record.Error = fmt.Sprintf("the client's connection broke after its FIN, and %v", *p)
 			}
 			s.finish() // with the destination's bytes, TLS and all
 			return

@@ -32,6 +32,10 @@ type upgradedBody struct {
 	// clientBreak is closed by the client's break of its connection
 	// (Session.clientBreakSignal). Set with tunnel.
 	clientBreak <-chan struct{}
+	// onTailCut, if set, learns that closeDelivering reset the upstream
+	// with the client's upload not all delivered (the tls record says
+	// so). Set with tunnel.
+	onTailCut func(error)
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending
@@ -66,9 +70,14 @@ func (u *upgradedBody) Write(p []byte) (int, error) { return u.conn.Write(p) }
 // sees that. Nor the client's reset after its half-close, which aborts
 // nothing (a tunnel whose client sent its FIN is no longer under way:
 // answer.go) and leaves nothing to relay the rest to.
+//
+// A break after the FIN aborts nothing: the destination still gets all the
+// client sent, the socket lingering until it has (closeDelivering).
 func (u *upgradedBody) Close() error {
+	waited := false
 	if u.tunnel && u.clientGone() {
 		u.awaitAbort()
+		waited = true
 	}
 	if u.tunnel && !u.clientGone() {
 		select {
@@ -84,6 +93,14 @@ func (u *upgradedBody) Close() error {
 				}
 				t.Stop()
 			}
+		}
+	}
+	if u.tunnel && u.broken() {
+		if !waited {
+			u.awaitAbort()
+		}
+		if !u.wasAborted() {
+			return u.closeDelivering()
 		}
 	}
 	u.closing.Store(true)
@@ -109,6 +126,32 @@ func (u *upgradedBody) awaitAbort() {
 	select {
 	case <-u.aborted:
 	case <-t.C:
+	}
+}
+
+// wasAborted reports whether the session has been aborted (never outside
+// a session).
+func (u *upgradedBody) wasAborted() bool {
+	select {
+	case <-u.aborted:
+		return true
+	default:
+		return false
+	}
+}
+
+// broken reports whether the tunnel's client broke its connection, as the
+// connection says it (clientGone) or the session heard of it
+// (clientBreak), whichever came first.
+func (u *upgradedBody) broken() bool {
+	if u.clientGone() {
+		return true
+	}
+	select {
+	case <-u.clientBreak:
+		return true
+	default:
+		return false
 	}
 }
 

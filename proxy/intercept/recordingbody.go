@@ -40,6 +40,9 @@ type recordingBody struct {
 	abortStream bool
 	// tunnel: the body is a 101's, a WebSocket's way back.
 	tunnel bool
+	// cutTail is why a tunnel's close reset the destination with the
+	// client's upload not all delivered (upgradedBody.closeDelivering).
+	cutTail atomic.Pointer[error]
 	// limit is the client connection's, which says whether its end was
 	// the appliance's deadline (clientGone); nil in some tests.
 	limit *headLimit
@@ -179,6 +182,11 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 		// way, cut, as the client watch's Abort says, which may come
 		// after this record. A read that failed (not one cut by the
 		// tunnel's own close: upgradedBody) is the destination's doing.
+		if p := b.cutTail.Load(); p != nil {
+			// The client broke after its FIN; the destination never
+			// acknowledged the rest of its upload, and was reset.
+			return "reset", fmt.Sprintf("WebSocket tunnel, after %d bytes from the destination: the client's connection broke after its FIN, and %v", delivered, *p), delivered
+		}
 		if broke != nil {
 			return clientBreakResult(broke), fmt.Sprintf("WebSocket tunnel, after %d bytes from the destination: the client's connection broke: %v", delivered, broke), delivered
 		}
@@ -264,6 +272,9 @@ func (b *recordingBody) Close() error {
 		b.stream.end()
 	}
 	err := b.ReadCloser.Close()
+	if errors.Is(err, errTailUndelivered) {
+		b.cutTail.Store(&err)
+	}
 	b.closed.Store(true)
 	b.once.Do(func() {
 		// After the record, and however done returns.

@@ -1,0 +1,88 @@
+package intercept
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
+)
+
+// TunnelLingerBound bounds how long a WebSocket tunnel's upstream lingers
+// once its client broke after its FIN (closeDelivering): the write-stall
+// timeout's default at ample memory is longer, but no watch of the
+// session's sees the tunnel's end, and a destination that takes nothing
+// for a minute has stalled by any measure.
+const TunnelLingerBound = 60 * time.Second
+
+var tunnelLinger atomic.Int64
+
+func init() { tunnelLinger.Store(int64(TunnelLingerBound)) }
+
+// SetTunnelLingerBound changes the bound of a tunnel's linger, for tests;
+// it returns what undoes it.
+func SetTunnelLingerBound(d time.Duration) (restore func()) {
+	old := tunnelLinger.Swap(int64(d))
+	return func() { tunnelLinger.Store(old) }
+}
+
+// closeDelivering closes the upstream of a tunnel whose client broke
+// after its FIN, so that the destination still gets all the client sent:
+// the client's upload was whole (the appliance acknowledged it and the
+// FIN), but its tail may still be in the host socket's send buffer, and a
+// close with bytes the destination sent unread resets the connection at
+// once (RFC 2525), throwing that tail away; a destination that keeps
+// sending draws that reset however late the close. So the tunnel's end
+// goes out (a close_notify and a FIN, after the tail) and the socket
+// lingers (hostconn.Linger), what the destination sends dropped, until
+// the destination has acknowledged all of it, or TunnelLingerBound has
+// passed: then the socket is reset, and the error returned says the tail
+// was not delivered (the tunnel's record says so: recordingBody.Close).
+// The session, and its records, wait meanwhile.
+func (u *upgradedBody) closeDelivering() error {
+	u.closing.Store(true)
+	halfClose(u.conn)
+	sock := socketOf(u.conn)
+	var lerr error
+	if sc, ok := sock.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			_, lerr = hostconn.Linger(rc, make([]byte, 64<<10), time.Duration(tunnelLinger.Load()))
+		}
+	}
+	u.stop()
+	if lerr != nil {
+		Abort(sock)
+		_ = u.conn.Close()
+		err := fmt.Errorf("%w: %w", errTailUndelivered, lerr)
+		if u.onTailCut != nil {
+			u.onTailCut(err)
+		}
+		return err
+	}
+	return u.conn.Close()
+}
+
+// errTailUndelivered says a tunnel's upstream was reset with the client's
+// upload not all acknowledged by the destination (closeDelivering).
+var errTailUndelivered = fmt.Errorf("the upload's tail was not delivered")
+
+// socketOf is the connection under c's wrappers of this package's: the
+// host socket's, for an upstream.
+func socketOf(c net.Conn) net.Conn {
+	for range 8 {
+		switch x := c.(type) {
+		case *tls.Conn:
+			c = x.NetConn()
+		case *setConn:
+			c = x.Conn
+		case *countedConn:
+			c = x.Conn
+		default:
+			return c
+		}
+	}
+	return c
+}
