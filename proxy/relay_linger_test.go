@@ -76,20 +76,7 @@ func TestRelayWholeUploadReachesTalkingDestinationAfterClientBreak(t *testing.T)
 			}
 		}
 	}()
-	payload := make([]byte, size)
-	copy(payload, hello)
-	if _, err := c.Write(payload); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.halfClose(); err != nil {
-		t.Fatal(err)
-	}
-	for end := time.Now().Add(10 * time.Second); tcp.EndpointState(c.ep.State()) != tcp.StateFinWait2; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatalf("the appliance did not take the whole upload and its FIN (client state %v)", tcp.EndpointState(c.ep.State()))
-		}
-	}
-	c.reset()
+	uploadWholeThenReset(t, c, size)
 	var got destEnd
 	select {
 	case got = <-ends:
@@ -125,6 +112,25 @@ func TestRelayUndeliveredTailRecordedCut(t *testing.T) {
 	dst, _ := slowReadDest(t, release)
 	c := dialRaw(t, client, dst)
 	c.SetDeadline(time.Now().Add(30 * time.Second))
+	uploadWholeThenReset(t, c, size)
+	rec, ok := r.record(t, 10*time.Second)
+	if !ok {
+		t.Fatal("no record: the relay lingered past its bound")
+	}
+	t.Logf("record: result %s, bytes_out %d, error %q", rec.Result, rec.BytesOut, rec.Error)
+	if rec.Result == "ok" || !strings.Contains(rec.Error, "tail was not delivered") {
+		t.Errorf("record result %s (%q), want one that says the tail was not delivered", rec.Result, rec.Error)
+	}
+	if rec.BytesOut >= size {
+		t.Errorf("record bytes_out %d of a %d-byte upload the destination never read", rec.BytesOut, size)
+	}
+}
+
+// uploadWholeThenReset sends size bytes (hello first) and the FIN through
+// c, waits until the appliance has acknowledged all of it, and resets c:
+// a client whose upload was whole when it broke.
+func uploadWholeThenReset(t *testing.T, c *rawClient, size int) {
+	t.Helper()
 	payload := make([]byte, size)
 	copy(payload, hello)
 	if _, err := c.Write(payload); err != nil {
@@ -139,15 +145,4 @@ func TestRelayUndeliveredTailRecordedCut(t *testing.T) {
 		}
 	}
 	c.reset()
-	rec, ok := r.record(t, 10*time.Second)
-	if !ok {
-		t.Fatal("no record: the relay lingered past its bound")
-	}
-	t.Logf("record: result %s, bytes_out %d, error %q", rec.Result, rec.BytesOut, rec.Error)
-	if rec.Result == "ok" || !strings.Contains(rec.Error, "tail was not delivered") {
-		t.Errorf("record result %s (%q), want one that says the tail was not delivered", rec.Result, rec.Error)
-	}
-	if rec.BytesOut >= size {
-		t.Errorf("record bytes_out %d of a %d-byte upload the destination never read", rec.BytesOut, size)
-	}
 }
