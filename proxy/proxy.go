@@ -247,6 +247,7 @@ func New(cfg Config) *Proxy {
 		// Never a destination, whatever the policy says (forbidden).
 		vpcResolvers: vpcResolverAddrs(cfg.VPCCIDRs),
 	}
+	p.stalls.stacksClosing = &p.stacksClosing
 	ic := cfg.Intercept
 	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
 	ic.Policy = cfg.Policy // each intercepted request is decided by the policy in force

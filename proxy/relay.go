@@ -350,6 +350,14 @@ func (h *halfRelay) brokenAfterFIN(b brokenReader) bool {
 		intercept.Abort(h.dst)
 		return false
 	}
+	if w := h.r.stalls; w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
+		// The stacks closing (the drain's end), not the client: the
+		// flow ends now, its record within the drain's wait, as any
+		// other the closing ends; a linger would outlast the drain.
+		h.r.broke.Store(&why)
+		intercept.Abort(h.dst)
+		return false
+	}
 	err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
 	h.r.broke.Store(&err)
 	// Added under aborting, which the relay's end takes before it waits:

@@ -69,6 +69,9 @@ type stallWatch struct {
 	pressure atomic.Int32 // netstack.MemoryPressure
 	timeout  atomic.Int64 // in force: base, at most the pressure's bound
 	stalled  atomic.Uint64
+	// stacksClosing is the proxy's (nil outside one): once the stacks
+	// close, a relay ends at once and lingers for nothing (relay.go).
+	stacksClosing *atomic.Bool
 
 	mu      sync.Mutex
 	dirs    map[*writeWatch]struct{}
