@@ -147,12 +147,7 @@ func TestRelayWholeUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 			}
 			t.Logf("destination got %d of %d bytes, ended by %v; record: result %s, bytes_out %d, error %q",
 				got.n, size, got.err, rec.Result, rec.BytesOut, rec.Error)
-			if got.n != size || got.err != nil {
-				t.Errorf("the destination got %d of the %d bytes of a whole upload, ended by %v; want all and the FIN", got.n, size, got.err)
-			}
-			if rec.BytesOut != got.n {
-				t.Errorf("record bytes_out %d, but the destination got %d", rec.BytesOut, got.n)
-			}
+			wantWholeUploadDelivered(t, got, size, rec.BytesOut)
 			if rec.Result != tc.result {
 				t.Errorf("record result %s (%q), want %s", rec.Result, rec.Error, tc.result)
 			}

@@ -89,12 +89,7 @@ func TestRelayWholeUploadReachesTalkingDestinationAfterClientBreak(t *testing.T)
 	}
 	t.Logf("destination got %d of %d bytes, ended by %v; record: result %s, bytes_out %d, error %q",
 		got.n, size, got.err, rec.Result, rec.BytesOut, rec.Error)
-	if got.n != size || got.err != nil {
-		t.Errorf("the destination got %d of the %d bytes of a whole upload, ended by %v; want all and the FIN", got.n, size, got.err)
-	}
-	if rec.BytesOut != got.n {
-		t.Errorf("record bytes_out %d, but the destination got %d", rec.BytesOut, got.n)
-	}
+	wantWholeUploadDelivered(t, got, size, rec.BytesOut)
 }
 
 // TestRelayUndeliveredTailRecordedCut: a client uploads and sends its
@@ -145,4 +140,17 @@ func uploadWholeThenReset(t *testing.T, c *rawClient, size int) {
 		}
 	}
 	c.reset()
+}
+
+// wantWholeUploadDelivered holds a flow whose client's upload of size
+// bytes was whole to the destination's end got: every byte and the FIN,
+// and the record's bytesOut what the destination got.
+func wantWholeUploadDelivered(t *testing.T, got destEnd, size int64, bytesOut int64) {
+	t.Helper()
+	if got.n != size || got.err != nil {
+		t.Errorf("the destination got %d of the %d bytes of a whole upload, ended by %v; want all and the FIN", got.n, size, got.err)
+	}
+	if bytesOut != got.n {
+		t.Errorf("record bytes_out %d, but the destination got %d", bytesOut, got.n)
+	}
 }
