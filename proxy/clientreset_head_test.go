@@ -19,20 +19,27 @@ import (
 // bytes race, and a rule kept only when one wins fails on some of them.
 const headBegunConns = 10
 
-// segmentsSent is how many segments rc's client endpoint has sent.
-func segmentsSent(rc *rawClient) uint64 {
-	return rc.ep.Stats().(*tcp.Stats).SegmentsSent.Value()
+// segmentCounts is how many segments rc's client endpoint has sent and
+// received.
+func segmentCounts(rc *rawClient) (sent, received uint64) {
+	s := rc.ep.Stats().(*tcp.Stats)
+	return s.SegmentsSent.Value(), s.SegmentsReceived.Value()
 }
 
-// waitSent waits until rc's client endpoint has sent a segment since it
-// had sent before of them: the bytes just written are on their way, ahead
-// of a RST (the client's stack drops what it has not sent when it
-// resets), whether or not the appliance reads them before it.
-func waitSent(t *testing.T, rc *rawClient, before uint64) {
+// waitAcknowledged waits until rc's client endpoint has sent a segment
+// and received one since it had sent and received before of them: the
+// appliance's acknowledgement of the bytes just written, which are in its
+// receive buffer then, ahead of a RST. That they were sent is not enough:
+// a datagram lost on a loaded machine (CI) left the appliance without the
+// bytes, and a reset that, for it, came between requests.
+func waitAcknowledged(t *testing.T, rc *rawClient, sentBefore, receivedBefore uint64) {
 	t.Helper()
-	for end := time.Now().Add(5 * time.Second); segmentsSent(rc) == before; time.Sleep(time.Millisecond) {
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if sent, received := segmentCounts(rc); sent > sentBefore && received > receivedBefore {
+			return
+		}
 		if time.Now().After(end) {
-			t.Fatal("the client's bytes were not sent")
+			t.Fatal("the client's bytes were not acknowledged")
 		}
 	}
 }
@@ -99,16 +106,16 @@ func TestBumpedH1HeadBegunThenResetTLSRecord(t *testing.T) {
 }
 
 // sendThenResetRecordsReset has rc, connection i of r, send what write
-// writes, waits until the client's stack has sent it (a stack that resets
-// drops what it has not sent), resets, and reports whether the
-// connection's tls record says reset.
+// writes, waits until the appliance has acknowledged it (a stack that
+// resets drops what it has not sent, and a datagram may be lost), resets,
+// and reports whether the connection's tls record says reset.
 func sendThenResetRecordsReset(t *testing.T, r *bumpStallRig, rc *rawClient, i int, write func() error) bool {
 	t.Helper()
-	sent := segmentsSent(rc)
+	sent, received := segmentCounts(rc)
 	if err := write(); err != nil {
 		t.Fatalf("connection %d: %v", i, err)
 	}
-	waitSent(t, rc, sent)
+	waitAcknowledged(t, rc, sent, received)
 	rc.reset()
 	rec := tlsRecordOf(t, r, rc, i)
 	if rec.Result != "reset" {

@@ -20,6 +20,12 @@ import (
 // stack reports once.
 const tunnelResetConns = 6
 
+// recordsSoon bounds how long after the client's reset a tunnel's records
+// may come: well before the upgrade drain's 10 s they used to wait, with
+// room for a loaded machine (CI saw 2.04 s once, where 25 ms is usual:
+// likely a lost segment retransmitted).
+const recordsSoon = 5 * time.Second
+
 // switchToWebSocket takes the connection from w and answers the upgrade
 // with 101; nil when the connection cannot be had.
 func switchToWebSocket(w http.ResponseWriter) (net.Conn, *bufio.ReadWriter) {
@@ -69,8 +75,8 @@ func TestBumpedWebSocketClientResetMidTunnelRecords(t *testing.T) {
 		rc.reset()
 		start := time.Now()
 		tlsRec, tunRec := connRecords(t, r, rc, 15*time.Second, "the records of the tunnel the client reset")
-		if took := time.Since(start); took > 2*time.Second {
-			t.Errorf("tunnel %d: its records came %v after the client's reset; want within about 1 s", i, took.Round(time.Millisecond))
+		if took := time.Since(start); took > recordsSoon {
+			t.Errorf("tunnel %d: its records came %v after the client's reset; want well within the upgrade drain's 10 s", i, took.Round(time.Millisecond))
 		}
 		for _, rec := range []*records.Record{tlsRec, tunRec} {
 			if rec.Result != "reset" || !strings.Contains(rec.Error, "the client's connection broke") {
@@ -102,8 +108,8 @@ func TestBumpedWebSocketClientHalfCloseThenResetRecords(t *testing.T) {
 		rc.reset()
 		start := time.Now()
 		tlsRec, tunRec := connRecords(t, r, rc, 15*time.Second, "the records of the tunnel the client half-closed and reset")
-		if took := time.Since(start); took > 2*time.Second {
-			t.Errorf("tunnel %d: its records came %v after the client's reset; want within about 1 s", i, took.Round(time.Millisecond))
+		if took := time.Since(start); took > recordsSoon {
+			t.Errorf("tunnel %d: its records came %v after the client's reset; want well within the upgrade drain's 10 s", i, took.Round(time.Millisecond))
 		}
 		for _, rec := range []*records.Record{tlsRec, tunRec} {
 			if rec.Result != "ok" || rec.Error != "" {
