@@ -128,30 +128,7 @@ func TestBumpedWebSocketUndeliveredTailRecordedCut(t *testing.T) {
 	ends := make(chan destEnd, 1)
 	r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Hour,
 		handler: wsSlowReader(release, ends), destRcvBuf: 4096})
-	rc := dialRaw(t, r.client, r.dest)
-	rc.SetDeadline(time.Now().Add(20 * time.Second))
-	c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-	if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("the upgrade: %v; want 101", err)
-	}
-	if _, err := c.Write(make([]byte, size)); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.CloseWrite()
-	if err := rc.halfClose(); err != nil {
-		t.Fatal(err)
-	}
-	for end := time.Now().Add(10 * time.Second); tcp.EndpointState(rc.ep.State()) != tcp.StateFinWait2; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatalf("the appliance did not take the whole upload and its FIN (client state %v)", tcp.EndpointState(rc.ep.State()))
-		}
-	}
-	rc.reset()
+	rc := wsUploadWholeThenReset(t, r, size)
 	tlsRec, tunRec := connRecords(t, r, rc, 10*time.Second, "the records of the tunnel whose tail was cut")
 	t.Logf("records: tls %s %q, tunnel %s %q bytes_out %d", tlsRec.Result, tlsRec.Error, tunRec.Result, tunRec.Error, tunRec.BytesOut)
 	for _, rec := range []struct {

@@ -276,8 +276,16 @@ func (h *halfRelay) copy() {
 }
 
 func (h *halfRelay) abort() {
-	intercept.Abort(h.src)
-	intercept.Abort(h.dst)
+	for _, c := range [2]net.Conn{h.src, h.dst} {
+		if c == h.r.upstream && h.r.delivering.Load() {
+			// A linger owns it (closeDelivering): it sees the
+			// destination's reset itself, and resets it when the
+			// upload's tail did not go. Closed under it, the linger
+			// could not tell what the destination had.
+			continue
+		}
+		intercept.Abort(c)
+	}
 }
 
 // toBrokenClient reports whether h writes to a client that has broken its

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"syscall"
@@ -29,10 +30,12 @@ import (
 // draws that reset however late the close. So c lingers first
 // (hostconn.Linger): open, what the destination sends dropped, until it
 // has acknowledged the tail and the FIN, or the write-stall timeout in
-// force (r.stallBound(), the bound a write to it has while the flow
-// lives) has passed, and only then is closed; reset, when it did not take
-// it all. Meanwhile the flow is still live and its record unwritten: the
-// record says what the destination got (lingerCut).
+// force (r.stallBound, the bound a write to it has while the flow lives,
+// shortened with it while memory is short) has passed, or the stacks
+// close, and only then is closed; reset, when it did not take it all.
+// Meanwhile the flow is still live and its record unwritten: the record
+// says what the destination got (lingerCut). The relay's own aborts leave
+// the destination to the linger meanwhile (halfRelay.abort).
 //
 // Only the first call lingers; one made meanwhile (the relay's end, while
 // watchBroken's lingers) returns at once, and the relay's report waits
@@ -47,14 +50,37 @@ func (r *relay) closeDelivering(c net.Conn) {
 		return
 	}
 	bufp := relayBufPool.Get().(*[]byte)
-	unsent, err := hostconn.Linger(rc, *bufp, r.stallBound())
+	unsent, err := hostconn.Linger(rc, *bufp, r.stallBound, r.lingerStop)
 	relayBufPool.Put(bufp)
-	if err != nil {
+	switch {
+	case err == nil:
+		_ = c.Close()
+	case errors.Is(err, net.ErrClosed):
+		// Closed meanwhile by an abort of the relay's, whose reason the
+		// record has; what the destination had by then is not known.
+	case errors.Is(err, syscall.ECONNRESET):
+		// The destination's own reset: the bytes it had yet to
+		// acknowledge it may have read all the same (its acknowledgement
+		// held back), so bytes_out stays what was sent, as for any
+		// destination's reset, and the record says how many.
+		r.cut.Store(&lingerCut{err: fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)})
+		intercept.Abort(c)
+	default:
+		// The appliance's reset, its bound passed (or its shutdown):
+		// what the destination had not acknowledged, it never will.
 		r.cut.Store(&lingerCut{unsent: int64(unsent), err: fmt.Errorf("the upload's tail was not delivered: %w", err)})
 		intercept.Abort(c)
-		return
 	}
-	_ = c.Close()
+}
+
+// lingerStop ends a linger under way once the stacks are closing (the
+// drain's end): the process exits right after, and the flow's record must
+// be written within the drain's wait.
+func (r *relay) lingerStop() error {
+	if w := r.stalls; w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
+		return errShutdown
+	}
+	return nil
 }
 
 // lingerCut is how closeDelivering found a destination that did not take

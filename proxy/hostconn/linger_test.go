@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,6 +32,11 @@ func lingerPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	t.Cleanup(func() { ours.Close(); peer.Close() })
 	return ours, peer
 }
+
+// fixed is a linger bound that stays d.
+const delayedAckMax = 4096
+
+func fixed(d time.Duration) func() time.Duration { return func() time.Duration { return d } }
 
 // TestLingerDeliversToTalkingPeer: a peer that keeps sending and reads
 // only later gets every byte and the FIN of what was written before the
@@ -64,7 +71,7 @@ func TestLingerDeliversToTalkingPeer(t *testing.T) {
 			return
 		}
 		rc, _ := ours.SyscallConn()
-		n, err := hostconn.Linger(rc, make([]byte, 64<<10), 10*time.Second)
+		n, err := hostconn.Linger(rc, make([]byte, 64<<10), fixed(10*time.Second), nil)
 		lingered <- result{n, err}
 	}()
 	time.Sleep(200 * time.Millisecond) // a slow reader: the scenario, not a wait for an event
@@ -93,11 +100,170 @@ func TestLingerBoundedForPeerThatReadsNothing(t *testing.T) {
 	_, _ = ours.Write(make([]byte, 4<<20)) // as much as the buffers take
 	rc, _ := ours.SyscallConn()
 	start := time.Now()
-	n, err := hostconn.Linger(rc, make([]byte, 4096), 300*time.Millisecond)
+	n, err := hostconn.Linger(rc, make([]byte, 4096), fixed(300*time.Millisecond), nil)
 	if !errors.Is(err, hostconn.ErrTailUndelivered) || n == 0 {
 		t.Errorf("Linger: %d unsent, %v; want bytes unsent and ErrTailUndelivered", n, err)
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("Linger took %v, bound 300ms", d)
+	}
+}
+
+// fillUnread writes to ours as much as the buffers take, against a peer
+// that reads nothing: a tail Linger cannot deliver until the peer reads.
+func fillUnread(t *testing.T, ours, peer *net.TCPConn) {
+	t.Helper()
+	_ = peer.SetReadBuffer(4096)
+	_ = ours.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	_, _ = ours.Write(make([]byte, 4<<20))
+	_ = ours.SetWriteDeadline(time.Time{})
+}
+
+// TestLingerPeerResetAfterTakingAll: a peer that read all it was sent and
+// the FIN, and then reset (a server closing with SO_LINGER 0), had the
+// whole tail: Linger says all was delivered, whether its look found the
+// acknowledgement before the reset or both at once. It returned the
+// reset's error, and the count of its look before, 5 runs in 5.
+func TestLingerPeerResetAfterTakingAll(t *testing.T) {
+	for i := range 5 {
+		ours, peer := lingerPair(t)
+		_ = peer.SetReadBuffer(4096)
+		go func() { // the peer talks, so that ours has bytes to drop
+			for range 50 {
+				if _, err := peer.Write(make([]byte, 512)); err != nil {
+					return
+				}
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+		const size = 128 << 10
+		_ = ours.SetWriteBuffer(1 << 20)
+		if _, err := ours.Write(make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+		type result struct {
+			unsent int
+			err    error
+		}
+		lingered := make(chan result, 1)
+		rc, _ := ours.SyscallConn()
+		go func() {
+			n, err := hostconn.Linger(rc, make([]byte, 64<<10), fixed(10*time.Second), nil)
+			lingered <- result{n, err}
+		}()
+		time.Sleep(100 * time.Millisecond) // the linger is polling at its slowest by then: the scenario
+		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := io.Copy(io.Discard, peer)
+		if n != size || err != nil {
+			t.Fatalf("run %d: the peer got %d of %d bytes, ended by %v", i, n, size, err)
+		}
+		_ = peer.SetLinger(0)
+		peer.Close()
+		select {
+		case r := <-lingered:
+			// The peer's acknowledgement of the last bytes it read may be
+			// held back when it resets: the reset is said then, with what
+			// it had not acknowledged at that time, never a count of an
+			// earlier look. A peer that acknowledged all the data had it.
+			if r.err != nil && (!errors.Is(r.err, syscall.ECONNRESET) || r.unsent == 0 || r.unsent > delayedAckMax) {
+				t.Errorf("run %d: Linger: %d unsent, %v; want all delivered, or the reset with at most a delayed acknowledgement's %d bytes", i, r.unsent, r.err, delayedAckMax)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("run %d: Linger still waits after the peer's reset", i)
+		}
+	}
+}
+
+// TestLingerBoundShrinks: a bound that shrinks while Linger waits (memory
+// turning short shortens the write-stall timeout) ends the linger under
+// way by the new bound, not the one in force at its start.
+func TestLingerBoundShrinks(t *testing.T) {
+	ours, peer := lingerPair(t)
+	fillUnread(t, ours, peer)
+	var short atomic.Bool
+	bound := func() time.Duration {
+		if short.Load() {
+			return 300 * time.Millisecond
+		}
+		return time.Hour
+	}
+	rc, _ := ours.SyscallConn()
+	done := make(chan error, 1)
+	go func() {
+		_, err := hostconn.Linger(rc, make([]byte, 4096), bound, nil)
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	short.Store(true)
+	select {
+	case err := <-done:
+		if !errors.Is(err, hostconn.ErrTailUndelivered) {
+			t.Errorf("Linger: %v; want ErrTailUndelivered", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Linger still waits 5 s after its bound shrank to 300ms")
+	}
+}
+
+// TestLingerStops: stop's error ends a linger under way at once (the
+// appliance shutting down), with what was left unsent.
+func TestLingerStops(t *testing.T) {
+	ours, peer := lingerPair(t)
+	fillUnread(t, ours, peer)
+	errStop := errors.New("shutting down")
+	var stopping atomic.Bool
+	stop := func() error {
+		if stopping.Load() {
+			return errStop
+		}
+		return nil
+	}
+	rc, _ := ours.SyscallConn()
+	type result struct {
+		unsent int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := hostconn.Linger(rc, make([]byte, 4096), fixed(time.Hour), stop)
+		done <- result{n, err}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	stopping.Store(true)
+	select {
+	case r := <-done:
+		if !errors.Is(r.err, errStop) || r.unsent == 0 {
+			t.Errorf("Linger: %d unsent, %v; want bytes unsent and the stop's error", r.unsent, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Linger still waits 5 s after stop said to end")
+	}
+}
+
+// TestLingerSocketClosedMeanwhile: a socket another goroutine closes
+// under a linger ends it with net.ErrClosed and no count: the count of
+// an earlier look is not what the peer had at the close.
+func TestLingerSocketClosedMeanwhile(t *testing.T) {
+	ours, peer := lingerPair(t)
+	fillUnread(t, ours, peer)
+	rc, _ := ours.SyscallConn()
+	type result struct {
+		unsent int
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := hostconn.Linger(rc, make([]byte, 4096), fixed(time.Hour), nil)
+		done <- result{n, err}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	ours.Close()
+	select {
+	case r := <-done:
+		if !errors.Is(r.err, net.ErrClosed) || r.unsent != 0 {
+			t.Errorf("Linger: %d unsent, %v; want 0 and net.ErrClosed", r.unsent, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Linger still waits 5 s after its socket was closed")
 	}
 }

@@ -36,6 +36,10 @@ type upgradedBody struct {
 	// with the client's upload not all delivered (the tls record says
 	// so). Set with tunnel.
 	onTailCut func(error)
+	// shuttingDown, if set, says the appliance's stacks are closing,
+	// which ends closeDelivering's linger (Config.ShuttingDown). Set with
+	// tunnel.
+	shuttingDown func() bool
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending

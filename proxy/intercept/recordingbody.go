@@ -272,7 +272,7 @@ func (b *recordingBody) Close() error {
 		b.stream.end()
 	}
 	err := b.ReadCloser.Close()
-	if errors.Is(err, errTailUndelivered) {
+	if errors.Is(err, errTailUndelivered) || errors.Is(err, errDestinationResetLingering) {
 		b.cutTail.Store(&err)
 	}
 	b.closed.Store(true)

@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -39,35 +40,71 @@ func SetTunnelLingerBound(d time.Duration) (restore func()) {
 // goes out (a close_notify and a FIN, after the tail) and the socket
 // lingers (hostconn.Linger), what the destination sends dropped, until
 // the destination has acknowledged all of it, or TunnelLingerBound has
-// passed: then the socket is reset, and the error returned says the tail
-// was not delivered (the tunnel's record says so: recordingBody.Close).
-// The session, and its records, wait meanwhile.
+// passed, or the stacks close: then the socket is reset, and the error
+// returned says the tail was not delivered (the tunnel's record says so:
+// recordingBody.Close); or that the destination reset it first, with how
+// much it had not acknowledged. The session, and its records, wait
+// meanwhile.
 func (u *upgradedBody) closeDelivering() error {
 	u.closing.Store(true)
 	halfClose(u.conn)
 	sock := socketOf(u.conn)
-	var lerr error
+	var (
+		unsent int
+		lerr   error
+	)
 	if sc, ok := sock.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			_, lerr = hostconn.Linger(rc, make([]byte, 64<<10), time.Duration(tunnelLinger.Load()))
+			unsent, lerr = hostconn.Linger(rc, make([]byte, 64<<10), tunnelLingerBound, u.lingerStop)
 		}
 	}
 	u.stop()
-	if lerr != nil {
-		Abort(sock)
+	switch {
+	case lerr == nil:
+		return u.conn.Close()
+	case errors.Is(lerr, net.ErrClosed):
+		// The session's abort closed it meanwhile: its reason is the
+		// records'; what the destination had by then is not known.
 		_ = u.conn.Close()
-		err := fmt.Errorf("%w: %w", errTailUndelivered, lerr)
-		if u.onTailCut != nil {
-			u.onTailCut(err)
-		}
-		return err
+		return lerr
 	}
-	return u.conn.Close()
+	Abort(sock)
+	_ = u.conn.Close()
+	err := fmt.Errorf("%w: %w", errTailUndelivered, lerr)
+	if errors.Is(lerr, syscall.ECONNRESET) {
+		// The destination's own reset: bytes it had yet to acknowledge
+		// it may have read all the same (its acknowledgement held back).
+		err = fmt.Errorf("%w with %d bytes of the upload unacknowledged: %w", errDestinationResetLingering, unsent, lerr)
+	}
+	if u.onTailCut != nil {
+		u.onTailCut(err)
+	}
+	return err
+}
+
+// tunnelLingerBound is the bound of a tunnel's linger now.
+func tunnelLingerBound() time.Duration { return time.Duration(tunnelLinger.Load()) }
+
+// lingerStop ends a tunnel's linger once the appliance's stacks are
+// closing (its drain's end): the process exits right after, and the
+// records must be written within the drain's wait.
+func (u *upgradedBody) lingerStop() error {
+	if u.shuttingDown != nil && u.shuttingDown() {
+		return errShutdownLingering
+	}
+	return nil
 }
 
 // errTailUndelivered says a tunnel's upstream was reset with the client's
-// upload not all acknowledged by the destination (closeDelivering).
-var errTailUndelivered = fmt.Errorf("the upload's tail was not delivered")
+// upload not all acknowledged by the destination (closeDelivering), and
+// errDestinationResetLingering that the destination reset it before it had
+// acknowledged it all; errShutdownLingering is the stacks' close that ended
+// the linger.
+var (
+	errTailUndelivered           = errors.New("the upload's tail was not delivered")
+	errDestinationResetLingering = errors.New("the destination reset its connection")
+	errShutdownLingering         = errors.New("ended by the appliance's shutdown (its packet stacks closed)")
+)
 
 // socketOf is the connection under c's wrappers of this package's: the
 // host socket's, for an upstream.
