@@ -133,3 +133,29 @@ func TestShutdownEndsTunnelLingerUnderWay(t *testing.T) {
 		}
 	}
 }
+
+// TestTunnelLingerFollowsShortenedStallTimeout: a WebSocket tunnel whose
+// client broke after its FIN lingers towards a destination that reads
+// nothing for TunnelLingerBound (60 s), or the write-stall timeout in
+// force when shorter: one shortened meanwhile (as memory turning short
+// does) ends the linger under way by it, and the records say the tail was
+// not delivered. The tunnel kept its 60 s while every stalled write was
+// cut at 10 s.
+func TestTunnelLingerFollowsShortenedStallTimeout(t *testing.T) {
+	const size = 256 << 10
+	release := make(chan struct{})
+	defer close(release)
+	ends := make(chan destEnd, 1)
+	r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Hour,
+		handler: wsSlowReader(release, ends), destRcvBuf: 4096})
+	rc := wsUploadWholeThenReset(t, r, size)
+	time.Sleep(500 * time.Millisecond) // the reset taken, the linger begun: no event says so
+	r.p.SetWriteStallTimeout(time.Second)
+	tlsRec, tunRec := connRecords(t, r, rc, 8*time.Second, "the records of the tunnel, 8 s after the write-stall timeout became 1 s")
+	for _, rec := range []struct{ name, result, errTxt string }{
+		{"tls", tlsRec.Result, tlsRec.Error}, {"tunnel", tunRec.Result, tunRec.Error}} {
+		if rec.result != "reset" || !strings.Contains(rec.errTxt, "tail was not delivered") {
+			t.Errorf("%s record %s (%q), want reset, the tail not delivered", rec.name, rec.result, rec.errTxt)
+		}
+	}
+}

@@ -40,6 +40,9 @@ type upgradedBody struct {
 	// which ends closeDelivering's linger (Config.ShuttingDown). Set with
 	// tunnel.
 	shuttingDown func() bool
+	// stallTimeout, if set, is the write-stall timeout in force, which
+	// bounds that linger too (Config.WriteStallTimeout). Set with tunnel.
+	stallTimeout func() time.Duration
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending

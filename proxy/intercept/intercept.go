@@ -91,6 +91,11 @@ type Config struct {
 	// stacks are closing: a request whose client connection is lost then
 	// is recorded as ended by the shutdown, not by its client.
 	ShuttingDown func() bool
+	// WriteStallTimeout, when set, is the write-stall timeout in force
+	// (shortened while memory is short): a WebSocket tunnel's linger,
+	// after its client broke after its FIN, lasts no longer than it, nor
+	// than TunnelLingerBound.
+	WriteStallTimeout func() time.Duration
 }
 
 // DefaultMaxHeaderBytes is the default request head limit: Squid's, and

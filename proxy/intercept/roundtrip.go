@@ -331,7 +331,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
 			ub.clientBreak = s.clientBreakSignal()
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
-			ub.shuttingDown = s.ic.cfg.ShuttingDown
+			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
 		}
 		// Under way until the client's break, unless that comes after
 		// its FIN (answer.go); a break before this stands.

@@ -16,7 +16,8 @@ import (
 // once its client broke after its FIN (closeDelivering): the write-stall
 // timeout's default at ample memory is longer, but no watch of the
 // session's sees the tunnel's end, and a destination that takes nothing
-// for a minute has stalled by any measure.
+// for a minute has stalled by any measure. A write-stall timeout in force
+// that is shorter (memory short) bounds it instead.
 const TunnelLingerBound = 60 * time.Second
 
 var tunnelLinger atomic.Int64
@@ -55,7 +56,7 @@ func (u *upgradedBody) closeDelivering() error {
 	)
 	if sc, ok := sock.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			unsent, lerr = hostconn.Linger(rc, make([]byte, 64<<10), tunnelLingerBound, u.lingerStop)
+			unsent, lerr = hostconn.Linger(rc, make([]byte, 64<<10), u.lingerBound, u.lingerStop)
 		}
 	}
 	u.stop()
@@ -82,8 +83,15 @@ func (u *upgradedBody) closeDelivering() error {
 	return err
 }
 
-// tunnelLingerBound is the bound of a tunnel's linger now.
-func tunnelLingerBound() time.Duration { return time.Duration(tunnelLinger.Load()) }
+// lingerBound is the bound of the tunnel's linger now: TunnelLingerBound,
+// or the write-stall timeout in force when shorter (memory short).
+func (u *upgradedBody) lingerBound() time.Duration {
+	d := time.Duration(tunnelLinger.Load())
+	if u.stallTimeout != nil {
+		d = min(d, u.stallTimeout())
+	}
+	return d
+}
 
 // lingerStop ends a tunnel's linger once the appliance's stacks are
 // closing (its drain's end): the process exits right after, and the
