@@ -256,7 +256,8 @@ func New(cfg Config) *Proxy {
 	// the flow through: counted as the proxy counts its own.
 	ic.DialFailed = func() { p.stats.tcpDialErrors.Add(1) }
 	ic.ShuttingDown = p.stacksClosing.Load
-	ic.WriteStallTimeout = p.WriteStallTimeout // a tunnel's linger is bounded by it too
+	// A tunnel's linger is bounded by the write-stall timeout too.
+	ic.WriteStallTimeout = p.WriteStallTimeout
 	ic.DenyRecord = p.denyRequestRecord // a bucket per client: denylimit.go
 	ic.TrustRecord = p.trustPageRecord  // another
 	p.intercept = intercept.New(ic)
