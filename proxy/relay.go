@@ -110,6 +110,13 @@ type relay struct {
 	// the destination did not take the upload's tail.
 	delivering atomic.Bool
 	cut        atomic.Pointer[lingerCut]
+	// lingerOwed is set by watchBroken as it counts its linger
+	// (lingering), before closeDelivering sets delivering: from then on
+	// the destination is the linger's, whoever runs it.
+	lingerOwed atomic.Bool
+	// denied is the error of a reload that denied the flow (recheck):
+	// it ends a linger under way (lingerStop).
+	denied atomic.Pointer[error]
 	// lingering counts watchBroken's closeDelivering under way, which
 	// the report waits for: the record is written once the destination
 	// has its upload, or the linger's bound has passed.
@@ -148,11 +155,17 @@ func (r *relay) ended() {
 	// Asked before the client's close, after which it says no more.
 	broken := r.clientBroken != nil && r.clientBroken()
 	r.client.Close()
-	if r.finPassed.Load() && broken {
+	if r.finPassed.Load() && (broken || r.lingerOwed.Load()) {
 		// The destination's direction may have ended on a failed write
 		// to a client that broke, leaving bytes of the destination's
 		// unread. (A client that did not break has had its whole
-		// exchange: the destination ended its side too.)
+		// exchange: the destination ended its side too.) A linger
+		// watchBroken owes is this one's or under way (closeDelivering
+		// returns at once then): the destination is never closed under
+		// it, which would leave the linger unable to tell what it had.
+		// (broken is false once the relay's own abort closed the
+		// client: the destination's reset read by its other direction,
+		// a reload's deny.)
 		r.closeDelivering(r.upstream)
 	} else {
 		r.upstream.Close()
@@ -233,6 +246,7 @@ func (h *halfRelay) copy() {
 		}
 		if nr > 0 && h.r.recheck != nil {
 			if err := h.r.recheck(); err != nil {
+				h.r.denied.Store(&err) // before abort: it ends a linger under way
 				relayBufPool.Put(bufp)
 				h.abort()
 				h.finish(err)
@@ -277,7 +291,7 @@ func (h *halfRelay) copy() {
 
 func (h *halfRelay) abort() {
 	for _, c := range [2]net.Conn{h.src, h.dst} {
-		if c == h.r.upstream && h.r.delivering.Load() {
+		if c == h.r.upstream && (h.r.lingerOwed.Load() || h.r.delivering.Load()) {
 			// A linger owns it (closeDelivering): it sees the
 			// destination's reset itself, and resets it when the
 			// upload's tail did not go. Closed under it, the linger
@@ -371,6 +385,7 @@ func (h *halfRelay) brokenAfterFIN(b brokenReader) bool {
 	// Added under aborting, which the relay's end takes before it waits:
 	// the Add happens before that Wait.
 	h.r.lingering.Add(1)
+	h.r.lingerOwed.Store(true)
 	return true
 }
 

@@ -58,25 +58,38 @@ func (r *relay) closeDelivering(c net.Conn) {
 	case errors.Is(err, net.ErrClosed):
 		// Closed meanwhile by an abort of the relay's, whose reason the
 		// record has; what the destination had by then is not known.
-	case errors.Is(err, syscall.ECONNRESET):
-		// The destination's own reset: the bytes it had yet to
-		// acknowledge it may have read all the same (its acknowledgement
-		// held back), so bytes_out stays what was sent, as for any
-		// destination's reset, and the record says how many.
-		r.cut.Store(&lingerCut{err: fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)})
-		intercept.Abort(c)
 	default:
-		// The appliance's reset, its bound passed (or its shutdown):
-		// what the destination had not acknowledged, it never will.
-		r.cut.Store(&lingerCut{unsent: int64(unsent), err: fmt.Errorf("the upload's tail was not delivered: %w", err)})
+		r.cut.Store(lingerCutOf(unsent, err))
 		intercept.Abort(c)
 	}
 }
 
-// lingerStop ends a linger under way once the stacks are closing (the
-// drain's end): the process exits right after, and the flow's record must
-// be written within the drain's wait.
+// lingerCutOf says what a linger that ended with err, unsent data bytes
+// unacknowledged, left the destination without.
+func lingerCutOf(unsent int, err error) *lingerCut {
+	if ended, ok := errors.AsType[*hostconn.EndedError](err); ok && ended.ByPeer() {
+		// The destination's own reset: the bytes it had yet to
+		// acknowledge it may have read all the same (its acknowledgement
+		// held back), so bytes_out counts them, as for any destination's
+		// reset; those never sent it did not have.
+		return &lingerCut{unsent: int64(ended.NotSent), err: fmt.Errorf("the destination's connection ended with %d bytes of the upload unacknowledged: %w", unsent, err)}
+	}
+	// The appliance's end, or the kernel's (its bound passed, the
+	// shutdown, a reload's deny, the user timeout), or one with bytes
+	// never sent (the destination took nothing more): what the
+	// destination had not acknowledged, it never will.
+	return &lingerCut{unsent: int64(unsent), err: fmt.Errorf("the upload's tail was not delivered: %w", err)}
+}
+
+// lingerStop ends a linger under way once a reload has denied the flow
+// (the destination's direction found it, recheck: the tail goes no
+// further to a destination the policy now denies), or the stacks are
+// closing (the drain's end: the process exits right after, and the flow's
+// record must be written within the drain's wait).
 func (r *relay) lingerStop() error {
+	if p := r.denied.Load(); p != nil {
+		return *p
+	}
 	if w := r.stalls; w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
 		return errShutdown
 	}

@@ -22,6 +22,14 @@ import (
 // was whole when it broke.
 func wsUploadWholeThenReset(t *testing.T, r *bumpStallRig, size int) *rawClient {
 	t.Helper()
+	rc := wsUploadWhole(t, r, size)
+	rc.reset()
+	return rc
+}
+
+// wsUploadWhole is wsUploadWholeThenReset without the reset.
+func wsUploadWhole(t *testing.T, r *bumpStallRig, size int) *rawClient {
+	t.Helper()
 	rc := dialRaw(t, r.client, r.dest)
 	rc.SetDeadline(time.Now().Add(20 * time.Second))
 	c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
@@ -45,7 +53,6 @@ func wsUploadWholeThenReset(t *testing.T, r *bumpStallRig, size int) *rawClient 
 			t.Fatalf("the appliance did not take the whole upload and its FIN (client state %v)", tcp.EndpointState(rc.ep.State()))
 		}
 	}
-	rc.reset()
 	return rc
 }
 

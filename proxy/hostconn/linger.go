@@ -29,23 +29,54 @@ const lingerPollMax = 50 * time.Millisecond
 // acknowledged all the socket had to send.
 var ErrTailUndelivered = errors.New("the destination did not acknowledge all it was sent")
 
+// EndedError is Linger's error when the connection ended under it (the
+// peer's reset, the kernel's own timeout) with data unacknowledged.
+type EndedError struct {
+	// Err is the connection's error: syscall.ECONNRESET for the peer's
+	// reset, syscall.ETIMEDOUT for the kernel's timeout, or
+	// ErrEndedUnseen when another reader of the socket took it.
+	Err error
+	// NotSent is how many of the unacknowledged bytes were never sent:
+	// the peer's window was closed. Those it never had, whoever ended
+	// the connection; the others, sent and unacknowledged, a peer that
+	// reset may have read all the same (its acknowledgement held back).
+	NotSent int
+}
+
+func (e *EndedError) Error() string {
+	return fmt.Sprintf("lingering: %v (%d bytes never sent)", e.Err, e.NotSent)
+}
+
+func (e *EndedError) Unwrap() error { return e.Err }
+
+// ByPeer reports whether the connection ended by the peer's doing, as far
+// as can be told: its reset, or an end whose error another reader took
+// with every byte sent (the peer was taking them; with bytes never sent,
+// it was not, and the tail was cut whoever ended it).
+func (e *EndedError) ByPeer() bool {
+	return errors.Is(e.Err, syscall.ECONNRESET) || errors.Is(e.Err, ErrEndedUnseen) && e.NotSent == 0
+}
+
+// ErrEndedUnseen is an EndedError's when the connection ended and another
+// reader of the socket (the relay's other direction, a tunnel's) took its
+// error: Linger does not guess it.
+var ErrEndedUnseen = errors.New("the connection ended, its error read elsewhere")
+
 // Linger ends the sending side of the socket under rc (its FIN goes after
 // what the send queue holds) and keeps the socket open, reading and
 // dropping what the peer sends (into buf), until the peer has
 // acknowledged all of it and the FIN, or bound has passed, or stop said
-// to end, or the connection failed. It returns the data bytes left
+// to end, or the connection ended. It returns the data bytes left
 // unacknowledged (0 with a nil error: all delivered, whatever the peer did
 // after: a reset once it had all the data cuts nothing) and, when not all
-// were, why: ErrTailUndelivered once bound passed, stop's error, or the
-// connection's (syscall.ECONNRESET for the peer's reset: a peer that
-// resets may have read bytes it had yet to acknowledge, a delayed
-// acknowledgement, so the count is what it acknowledged, not what it
-// read). bound is asked at every look, so
-// that one that shrinks meanwhile (memory turning short) ends a linger
-// under way sooner; the socket's user timeout follows it down, so that a
-// socket closed after Linger outlives it by no more than that. stop, if
-// not nil, is asked at every look too: an error from it ends the linger
-// (the appliance shutting down).
+// were, why: ErrTailUndelivered once bound passed, stop's error, or an
+// *EndedError. bound is asked at every look, so that one that changes
+// meanwhile (memory turning short) applies to a linger under way; the
+// socket's user timeout follows it, so that a socket closed after Linger
+// outlives it by no more than that (the kernel's clock may have started
+// before the linger, with a first zero-window probe, and end it sooner:
+// an EndedError with ETIMEDOUT). stop, if not nil, is asked at every look
+// too: an error from it ends the linger (the appliance shutting down).
 //
 // It works through rc's Control, never its Read: another goroutine may be
 // waiting in a Read of the connection, which holds its read lock. One that
@@ -55,63 +86,31 @@ var ErrTailUndelivered = errors.New("the destination did not acknowledge all it 
 // when not all was delivered: what is left is no use to the peer).
 func Linger(rc syscall.RawConn, buf []byte, bound func() time.Duration, stop func() error) (int, error) {
 	var (
-		outq   int
-		e      syscall.Errno
-		peerFN bool // the peer's FIN read: no more to drop
-		userTO int64
+		limit  time.Duration
+		userTO time.Duration
+		l      lingerLook
 	)
-	setUserTimeout := func(fd uintptr, d time.Duration) {
-		if ms := d.Milliseconds(); ms > 0 && ms <= math.MaxInt32 && (userTO == 0 || ms < userTO) {
-			userTO = ms
-			_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(ms))
-		}
-	}
-	var limit time.Duration
 	look := func(fd uintptr) {
-		setUserTimeout(fd, limit)
-		for !peerFN {
-			n, re := ReadFD(fd, buf)
-			if re == syscall.EAGAIN {
-				break
-			}
-			if re != 0 {
-				// The peer's reset, say: the send queue's count still
-				// says what it had acknowledged before it.
-				e = re
-				break
-			}
-			peerFN = n == 0
+		if limit != userTO {
+			userTO = limit
+			setUserTimeout(fd, limit)
 		}
-		v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
-		if err != nil {
-			if !errors.As(err, &e) {
-				e = syscall.EINVAL
-			}
-			outq = -1
-			return
-		}
-		outq = v
-		// A connection reset (or timed out) is over, its send queue
-		// gone, though the count of what it held stays: what was not
-		// acknowledged by then never will be.
-		if outq > 0 && e == 0 {
-			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil && ti.State == tcpClose {
-				e = endedBy(fd, ti)
-			}
-		}
+		l.look(fd, buf)
 	}
 	start := time.Now()
 	limit = bound()
+	var serr syscall.Errno
 	if err := rc.Control(func(fd uintptr) {
+		userTO = limit
 		setUserTimeout(fd, limit)
 		if _, _, se := unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0); se != 0 && se != syscall.ENOTCONN {
-			e = se
+			serr = se
 		}
 	}); err != nil {
 		return 0, fmt.Errorf("lingering: %w", err)
 	}
-	if e != 0 {
-		return 0, fmt.Errorf("lingering: %w", e)
+	if serr != 0 {
+		return 0, fmt.Errorf("lingering: %w", serr)
 	}
 	for wait := time.Millisecond; ; wait = min(2*wait, lingerPollMax) {
 		limit = bound()
@@ -119,45 +118,91 @@ func Linger(rc syscall.RawConn, buf []byte, bound func() time.Duration, stop fun
 			return 0, fmt.Errorf("lingering: %w", err)
 		}
 		switch {
-		case outq < 0:
-			return 0, fmt.Errorf("lingering: %w", e)
-		case outq == 0 || e != 0 && unsentData(outq) == 0:
+		case l.err != nil:
+			return 0, fmt.Errorf("lingering: %w", l.err)
+		case l.outq == 0 || l.ended != nil && unsentData(l.outq) == 0:
 			// All acknowledged; or all the data, and the connection
 			// ended before the FIN was: a peer that reads to the end and
 			// resets at once (SO_LINGER 0) never acknowledges it (Linux
 			// holds a FIN's acknowledgement back for the answer's).
 			return 0, nil
-		case e != 0:
-			return unsentData(outq), fmt.Errorf("lingering: %w", e)
+		case l.ended != nil:
+			return unsentData(l.outq), &EndedError{Err: l.ended, NotSent: unsentData(l.notSent)}
 		}
 		if stop != nil {
 			if err := stop(); err != nil {
-				return unsentData(outq), fmt.Errorf("lingering: %w", err)
+				return unsentData(l.outq), fmt.Errorf("lingering: %w", err)
 			}
 		}
 		left := limit - time.Since(start)
 		if left <= 0 {
-			return unsentData(outq), fmt.Errorf("%w in %v (%d bytes unacknowledged)", ErrTailUndelivered, limit, unsentData(outq))
+			return unsentData(l.outq), fmt.Errorf("%w in %v (%d bytes unacknowledged)", ErrTailUndelivered, limit, unsentData(l.outq))
 		}
 		time.Sleep(min(wait, left))
 	}
 }
 
-// endedBy says what ended a connection found closed whose error another
-// reader of the socket may have taken (the relay's other direction, a
-// tunnel's): the socket's pending error if it is still there, else what
-// TCP_INFO shows. Retransmissions or zero-window probes under way when it
-// ended are the kernel's own timeout (TCP_USER_TIMEOUT): the peer was
-// taking nothing; none, a reset by a peer that was.
-func endedBy(fd uintptr, ti *unix.TCPInfo) syscall.Errno {
-	if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
-		return syscall.Errno(v)
+// setUserTimeout sets the socket's TCP_USER_TIMEOUT to d, when it fits.
+func setUserTimeout(fd uintptr, d time.Duration) {
+	if ms := d.Milliseconds(); ms > 0 && ms <= math.MaxInt32 {
+		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(ms))
 	}
-	if ti.Retransmits > 0 || ti.Probes > 0 {
-		return syscall.ETIMEDOUT
-	}
-	return syscall.ECONNRESET
 }
+
+// lingerLook is what Linger's last look at its socket found.
+type lingerLook struct {
+	outq    int   // SIOCOUTQ: bytes unacknowledged, the FIN's too
+	notSent int   // SIOCOUTQNSQ: bytes never sent, once the connection ended
+	ended   error // what ended the connection, when it did
+	err     error // the look itself failed
+	peerFIN bool  // the peer's FIN read: no more to drop
+}
+
+// look drops what the peer sent and reads the send queue's counts. A
+// connection that ended (reset, or timed out) is over, its send queue
+// gone, though the counts of what it held stay: what was not acknowledged
+// by then never will be.
+func (l *lingerLook) look(fd uintptr, buf []byte) {
+	for !l.peerFIN && l.ended == nil {
+		n, re := ReadFD(fd, buf)
+		if re == syscall.EAGAIN {
+			break
+		}
+		if re != 0 {
+			l.ended = re // the peer's reset, say
+			break
+		}
+		l.peerFIN = n == 0
+	}
+	v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+	if err != nil {
+		l.err = err
+		return
+	}
+	l.outq = v
+	if v == 0 {
+		return
+	}
+	if l.ended == nil {
+		ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil || ti.State != tcpClose {
+			return
+		}
+		// Ended, its error maybe taken by another reader of the socket:
+		// the pending error if it is still there.
+		l.ended = ErrEndedUnseen
+		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
+			l.ended = syscall.Errno(v)
+		}
+	}
+	if v, err := unix.IoctlGetInt(int(fd), siocOutqNSQ); err == nil {
+		l.notSent = v
+	}
+}
+
+// siocOutqNSQ is Linux's SIOCOUTQNSQ: the bytes of a socket's send queue
+// not yet sent (the FIN's too).
+const siocOutqNSQ = 0x894B
 
 // tcpClose is Linux's TCP_CLOSE, a socket's state once its connection
 // was reset or timed out.

@@ -267,3 +267,64 @@ func TestLingerSocketClosedMeanwhile(t *testing.T) {
 		t.Fatal("Linger still waits 5 s after its socket was closed")
 	}
 }
+
+// TestLingerZeroWindowTimeoutNotPeerReset: a peer alive and answering
+// zero-window probes, but reading nothing and never resetting, is timed
+// out by the kernel (the user timeout, whose clock started with the first
+// probe, before the linger), and another reader of the socket (the
+// relay's other direction) takes the error. Linger says the connection
+// ended with bytes never sent, never that the peer reset: a guess from
+// TCP_INFO (no retransmissions or probes counted: an acknowledged probe
+// clears them) named the peer.
+func TestLingerZeroWindowTimeoutNotPeerReset(t *testing.T) {
+	ours, peer := lingerPair(t)
+	fillUnread(t, ours, peer)
+	time.Sleep(800 * time.Millisecond) // the window zero a while before the linger: the scenario
+	go func() {                        // the relay's other direction, waiting on the peer
+		b := make([]byte, 4096)
+		for {
+			if _, err := ours.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	rc, _ := ours.SyscallConn()
+	_, err := hostconn.Linger(rc, make([]byte, 4096), fixed(1500*time.Millisecond), nil)
+	ended, ok := errors.AsType[*hostconn.EndedError](err)
+	if ok && ended.ByPeer() || errors.Is(err, syscall.ECONNRESET) || err == nil {
+		t.Errorf("Linger: %v; want an end that is not the peer's (it never reset, and took nothing)", err)
+	}
+}
+
+// TestLingerBoundGrowsBack: a bound that grows back while Linger waits
+// (memory ample again) applies, the socket's user timeout with it: the
+// user timeout set at the short bound stayed, and the kernel ended the
+// linger at the old bound.
+func TestLingerBoundGrowsBack(t *testing.T) {
+	ours, peer := lingerPair(t)
+	fillUnread(t, ours, peer)
+	var long atomic.Bool
+	bound := func() time.Duration {
+		if long.Load() {
+			return 5 * time.Second
+		}
+		return 600 * time.Millisecond
+	}
+	rc, _ := ours.SyscallConn()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := hostconn.Linger(rc, make([]byte, 4096), bound, nil)
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	long.Store(true)
+	select {
+	case err := <-done:
+		if d := time.Since(start); d < 4*time.Second {
+			t.Errorf("the bound in force is 5s, but the linger ended after %v: %v", d, err)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("Linger still waits 8 s after a bound of 5 s")
+	}
+}

@@ -72,7 +72,7 @@ func (u *upgradedBody) closeDelivering() error {
 	Abort(sock)
 	_ = u.conn.Close()
 	err := fmt.Errorf("%w: %w", errTailUndelivered, lerr)
-	if errors.Is(lerr, syscall.ECONNRESET) {
+	if ended, ok := errors.AsType[*hostconn.EndedError](lerr); ok && ended.ByPeer() {
 		// The destination's own reset: bytes it had yet to acknowledge
 		// it may have read all the same (its acknowledgement held back).
 		err = fmt.Errorf("%w with %d bytes of the upload unacknowledged: %w", errDestinationResetLingering, unsent, lerr)
@@ -110,7 +110,7 @@ func (u *upgradedBody) lingerStop() error {
 // the linger.
 var (
 	errTailUndelivered           = errors.New("the upload's tail was not delivered")
-	errDestinationResetLingering = errors.New("the destination reset its connection")
+	errDestinationResetLingering = errors.New("the destination's connection ended")
 	errShutdownLingering         = errors.New("ended by the appliance's shutdown (its packet stacks closed)")
 )
 
