@@ -45,6 +45,10 @@ type TCPOptions struct {
 	// would otherwise hold them, up to a send buffer, for good (default
 	// DefaultClosedSendTimeout; shorter under memory pressure, see
 	// closedSendTimeout). The appliance passes its write-stall timeout.
+	// It bounds the same wait while the handler still has the connection
+	// too (no shorter under pressure then: the stall watch and the
+	// reclaim see a live connection): a client that vanished with bytes
+	// in flight is timed out by it, as keepalives do not run then.
 	ClosedSendTimeout time.Duration
 }
 
@@ -347,6 +351,15 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	_ = ep.SetSockOpt(&idle)
 	_ = ep.SetSockOpt(&intvl)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, r.opts.KeepaliveCount)
+	// Keepalives do not run while data is outstanding, and the stack
+	// retransmits data for good: a client that vanished with bytes in
+	// flight, fewer than a send buffer (no write waits for the stall
+	// watch to see), held the connection, its record unwritten, for ever.
+	// The user timeout resets it once sent bytes have waited that long
+	// for an acknowledgement, as Linux's TCP_USER_TIMEOUT (or its
+	// retransmission limit, about 15 minutes) does.
+	uto := tcpip.TCPUserTimeoutOption(r.opts.ClosedSendTimeout)
+	_ = ep.SetSockOpt(&uto)
 	c := newConn(wq, ep, r.Flow.Dest, r.Flow.Client)
 	c.closedSend, c.pressure = r.opts.ClosedSendTimeout, r.pressure
 	if r.live != nil {

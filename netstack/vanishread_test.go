@@ -36,3 +36,29 @@ func TestReadSaysETIMEDOUTForClientVanishedBeforeBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestClientVanishedWithBytesInFlightTimesOut: a client that vanishes
+// while the appliance has written it bytes, fewer than a send buffer (no
+// write waits), is timed out by the user timeout (ClosedSendTimeout): the
+// connection reads as broken, ETIMEDOUT. Keepalives do not run while data
+// is outstanding, and gVisor retransmits data for good: the connection,
+// and its flow's record, were held for ever (25 min measured).
+func TestClientVanishedWithBytesInFlightTimesOut(t *testing.T) {
+	r := newConnRigTCP(t, netstack.TCPOptions{
+		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
+		ClosedSendTimeout: time.Second,
+	})
+	_, _, c := r.dialEndpoint()
+	r.client.SetTap(func([]byte) bool { return true }) // the client is gone
+	if _, err := c.Write(make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); !c.Broken(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the stack did not give up on the vanished client 10 s after its user timeout of 1 s")
+		}
+	}
+	if err := c.BrokenError(); !errors.Is(err, syscall.ETIMEDOUT) {
+		t.Errorf("broken by %v; want the client's vanishing, ETIMEDOUT", err)
+	}
+}
