@@ -267,7 +267,8 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	c.in.Add(int64(n) + c.bounds.skipped) // with the empty lines dropped before a head
 	c.bounds.skipped = 0
 	if lerr := c.limit.count(b[:n]); lerr != nil {
-		if _, ok := errors.AsType[*h2GoAway](lerr); ok && c.limit.refused.CompareAndSwap(nil, &lerr) {
+		refused := lerr // only this escapes: a read within the limits allocates nothing
+		if _, ok := errors.AsType[*h2GoAway](lerr); ok && c.limit.refused.CompareAndSwap(nil, &refused) {
 			c.refuseH2(b) // a guard's GOAWAY: h2guard.go
 		} else if lerr == errHeadTooLarge && !c.limit.tooLarge.Swap(true) {
 			if c.limit.h2 != nil {

@@ -273,7 +273,8 @@ func (b *recordingBody) Close() error {
 	}
 	err := b.ReadCloser.Close()
 	if errors.Is(err, errTailUndelivered) || errors.Is(err, errDestinationResetLingering) {
-		b.cutTail.Store(&err)
+		cut := err // only this escapes: every other Close allocates nothing
+		b.cutTail.Store(&cut)
 	}
 	b.closed.Store(true)
 	b.once.Do(func() {

@@ -213,8 +213,8 @@ func (u *usedConn) set(c net.Conn) {
 // err, a further connection refused for its certificate (its error, which
 // says why, is the record's).
 func (s *session) noteVerdict(rec *records.Record, u *usedConn, err error) {
-	var refused *redialRefusedError
-	if errors.As(err, &refused) {
+	// AsType, not As: As's target escaped, one allocation per request.
+	if _, refused := errors.AsType[*redialRefusedError](err); refused {
 		rec.UpstreamVerify = "failed"
 		return
 	}
