@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -69,12 +70,26 @@ func canonicalHost(authority string) (string, error) {
 	if err := nameLength(host); err != nil {
 		return "", fmt.Errorf("Host of %d bytes: %w", len(authority), err)
 	}
-	if a, err := netip.ParseAddr(host); err != nil && !nameChars(host) {
+	if a, err := parseAddrOf(host); err != nil && !nameChars(host) {
 		return "", fmt.Errorf("Host %q: a character no host name has", authority)
 	} else if err == nil && a.Zone() != "" {
 		return "", errZone(authority)
 	}
 	return h, nil
+}
+
+// errNoAddr: a host that netip.ParseAddr would refuse, not given to it.
+var errNoAddr = errors.New("not an IP address")
+
+// parseAddrOf is netip.ParseAddr for a host that may be an address: one
+// with a colon (IPv6), or of digits and dots alone (IPv4), which is all
+// ParseAddr takes. Any other is refused with errNoAddr, without ParseAddr,
+// whose error for a name (the usual Host) was an allocation per request.
+func parseAddrOf(host string) (netip.Addr, error) {
+	if strings.IndexByte(host, ':') < 0 && strings.Trim(host, ".0123456789") != "" {
+		return netip.Addr{}, errNoAddr
+	}
+	return netip.ParseAddr(host)
 }
 
 // idnaLength refuses a non-ASCII authority whose name has more characters
@@ -182,8 +197,12 @@ func nameChars(s string) bool {
 // name has; trimmed, "x.allowed.example]" was decided as x.allowed.example
 // while net/http sent the Host with its bracket.
 func hostOnly(authority string) string {
-	if h, _, err := net.SplitHostPort(authority); err == nil {
-		return h
+	// Without a colon SplitHostPort can only fail, and its error was an
+	// allocation per request (a Host without a port is the usual one).
+	if strings.IndexByte(authority, ':') >= 0 {
+		if h, _, err := net.SplitHostPort(authority); err == nil {
+			return h
+		}
 	}
 	if len(authority) >= 2 && authority[0] == '[' && authority[len(authority)-1] == ']' {
 		return authority[1 : len(authority)-1]
