@@ -103,15 +103,40 @@ var responseHeadTimeout = 10 * time.Second // a variable for tests
 // and not even that once a Got1xxResponse hook is set.
 const max1xx = 5
 
+// h1Reader is a response's buffered reader and the head-limited view of
+// the connection it reads through, pooled together: the view was an
+// allocation of its own per request.
+type h1Reader struct {
+	br  *bufio.Reader
+	src headLimitedConn
+}
+
+// h1Writer is a request's buffered writer and the counting writer under
+// it, pooled together for the same reason.
+type h1Writer struct {
+	bw *bufio.Writer
+	cw countingWriter
+}
+
 var (
-	h1Readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
-	h1Writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+	h1Readers = sync.Pool{New: func() any { return &h1Reader{br: bufio.NewReaderSize(nil, 4<<10)} }}
+	h1Writers = sync.Pool{New: func() any { return &h1Writer{bw: bufio.NewWriterSize(nil, 4<<10)} }}
 )
 
-// putReader returns br to the pool, holding no connection.
-func putReader(br *bufio.Reader) {
-	br.Reset(nil)
-	h1Readers.Put(br)
+// getReader returns a pooled reader of c's response heads and bodies,
+// its heads limited to maxResponseHead.
+func getReader(c net.Conn) *h1Reader {
+	rd := h1Readers.Get().(*h1Reader)
+	rd.src = headLimitedConn{Conn: c, left: maxResponseHead, limited: true}
+	rd.br.Reset(&rd.src)
+	return rd
+}
+
+// putReader returns rd to the pool, holding no connection.
+func putReader(rd *h1Reader) {
+	rd.br.Reset(nil)
+	rd.src = headLimitedConn{}
+	h1Readers.Put(rd)
 }
 
 var (
@@ -281,10 +306,17 @@ func (t *h1Transport) exchange(c net.Conn, req *http.Request) (*http.Response, e
 	return resp, err
 }
 
+// writtenWhole is the report of a request written whole before its
+// response is awaited (one without a body): closed, every receive takes
+// its nil at once, and such a request needs no channel of its own.
+var writtenWhole = func() chan error { c := make(chan error); close(c); return c }()
+
 // exchangeHead is exchange but for the context: stop goes to the response
 // body, which ends the context's hold on c when closed.
 func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bool) (*http.Response, error) {
-	wrote := make(chan error, 1)
+	// The request's writer reports on it once, and only one with a body
+	// has a writer of its own to wait for.
+	var wrote <-chan error = writtenWhole
 	var gate *expectGate // the body's, held for the origin's 100 (expect.go)
 	if expectsContinue(req) {
 		gate = newExpectGate(req.Context(), req.Body)
@@ -301,11 +333,12 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 			}
 			return nil, fmt.Errorf("writing the request: %w", err)
 		}
-		wrote <- nil
 	} else {
+		report := make(chan error, 1)
+		wrote = report
 		go func() {
 			_, err := writeRequest(c, req)
-			wrote <- err
+			report <- err
 			if err != nil && !gate.refused() {
 				// Ends the wait for a response too: an upstream waiting
 				// for the rest of the body would never answer. A body
@@ -314,11 +347,10 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 			}
 		}()
 	}
-	src := &headLimitedConn{Conn: c, left: maxResponseHead, limited: true}
-	br := h1Readers.Get().(*bufio.Reader)
-	br.Reset(src)
+	rd := getReader(c)
+	src, br := &rd.src, rd.br
 	if _, err := br.Peek(1); err != nil {
-		putReader(br)
+		putReader(rd)
 		// A body's writer that wrote its last bytes (an upstream that
 		// read the whole upload and closed) may not have said so yet,
 		// nor counted them for bytes_out: it is given writeSettle.
@@ -334,8 +366,9 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 		var err error
 		resp, err = readResponseHead(c, br, req)
 		if err != nil {
-			putReader(br)
-			if src.over {
+			over := src.over // before putReader clears it
+			putReader(rd)
+			if over {
 				return nil, fmt.Errorf("response head larger than %d bytes", maxResponseHead)
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -354,7 +387,7 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 			continued = true
 		}
 		if n == max1xx {
-			putReader(br)
+			putReader(rd)
 			return nil, errTooMany1xx
 		}
 	}
@@ -365,7 +398,7 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 		// body was sent whole waits for it (roundTrip refuses WebSocket
 		// upgrades with a body; this is for any that get here).
 		if err := waitWritten(req, wrote, gate); err != nil {
-			putReader(br)
+			putReader(rd)
 			return nil, err
 		}
 		// The connection is the response's body now, both ways; it is
@@ -378,7 +411,7 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 	// whose held body went without the origin's 100 (after the wait): an
 	// origin that answered thinking it would not come may take it for the
 	// next request.
-	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, conn: c, br: br, wrote: wrote, stop: stop,
+	resp.Body = &h1Body{ReadCloser: resp.Body, t: t, conn: c, rd: rd, wrote: wrote, stop: stop,
 		reuse: !resp.Close && !req.Close && !src.scan.faulty(n, resp) && invalidStatus(resp) == "" && (gate == nil || continued),
 		eof:   resp.Body == http.NoBody}
 	return resp, nil
@@ -400,7 +433,7 @@ func readResponseHead(c net.Conn, br *bufio.Reader, req *http.Request) (*http.Re
 // whole, or its context ends (which closes the connection, and with it
 // the write). A held body the origin never asked for (gate refused) is
 // written as far as it goes: the head.
-func waitWritten(req *http.Request, wrote chan error, gate *expectGate) error {
+func waitWritten(req *http.Request, wrote <-chan error, gate *expectGate) error {
 	select {
 	case err := <-wrote:
 		// Not errors.Is: net/http wraps a body's read error in a type
@@ -418,8 +451,9 @@ func waitWritten(req *http.Request, wrote chan error, gate *expectGate) error {
 // bytes reached c. A body goes as it is read (bodysent.go), and what of it
 // left is counted into the request's bodySent, when it has one.
 func writeRequest(c net.Conn, req *http.Request) (int64, error) {
-	cw := &countingWriter{w: c}
-	bw := h1Writers.Get().(*bufio.Writer)
+	wr := h1Writers.Get().(*h1Writer)
+	wr.cw = countingWriter{w: c}
+	cw, bw := &wr.cw, wr.bw
 	bw.Reset(cw)
 	var body *sentBody
 	if bs := bodySentOf(req.Context()); bs != nil && !bodyless(req) {
@@ -434,9 +468,11 @@ func writeRequest(c net.Conn, req *http.Request) (int64, error) {
 	if err == nil && body != nil {
 		body.done()
 	}
+	n := cw.n
 	bw.Reset(nil)
-	h1Writers.Put(bw)
-	return cw.n, err
+	wr.cw = countingWriter{}
+	h1Writers.Put(wr)
+	return n, err
 }
 
 // countingWriter counts what was written through it.
@@ -461,8 +497,8 @@ type h1Body struct {
 	io.ReadCloser
 	t      *h1Transport
 	conn   net.Conn
-	br     *bufio.Reader
-	wrote  chan error
+	rd     *h1Reader
+	wrote  <-chan error
 	stop   func() bool // ends the request context's hold on conn
 	reuse  bool
 	eof    bool
@@ -494,7 +530,7 @@ func (b *h1Body) Close() error {
 		// whole download the client no longer wants.
 		err = b.ReadCloser.Close()
 	}
-	keep := live && b.reuse && b.eof && b.br.Buffered() == 0
+	keep := live && b.reuse && b.eof && b.rd.br.Buffered() == 0
 	if b.eof {
 		// A response read whole: the request's writer may have written
 		// its last bytes and not yet said so, nor counted them for
@@ -504,7 +540,7 @@ func (b *h1Body) Close() error {
 	if !keep {
 		b.conn.Close() // ends a request body still being written too
 	}
-	putReader(b.br)
+	putReader(b.rd)
 	if keep {
 		b.t.keep(b.conn)
 	}
