@@ -119,14 +119,15 @@ const heldGivenBack = -1
 
 // chargeHeld charges req, a request the session has just taken from its
 // client, to the client connection, if the reclaim weighs it (a
-// connection of the packet stack, or a wrapper passing AddHeld on); nil
-// if not.
-func chargeHeld(client net.Conn, req *http.Request) *heldCharge {
+// connection of the packet stack, or a wrapper passing AddHeld on), and
+// returns c, a zero heldCharge the caller allocated with the rest of the
+// request's state; nil if not.
+func chargeHeld(client net.Conn, req *http.Request, c *heldCharge) *heldCharge {
 	to, ok := client.(heldCounter)
 	if !ok {
 		return nil
 	}
-	c := &heldCharge{to: to}
+	c.to = to
 	c.add(requestHeld(req))
 	return c
 }

@@ -37,11 +37,12 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	// written, whatever it waits on meanwhile (its destination check,
 	// the origin, the client reading the body): the memory reclaim
 	// weighs it (held.go).
-	held := chargeHeld(rt.s.Client, req)
+	st := new(requestState) // one allocation for what the request keeps
+	held := chargeHeld(rt.s.Client, req, &st.held)
 	// In flight for the session's bound from now until its record is
 	// written too (streamcap.go); over the bound, refused in roundTrip,
 	// once the request is decided.
-	slot, over := rt.streams.take(req.Context())
+	slot, over := rt.streams.take(req.Context(), &st.slot)
 	handedOver := false
 	defer func() {
 		if !handedOver {
@@ -69,7 +70,7 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	}
 	fb := watchBodyFault(req, rt.cc)
 	reqBody := req.Body // goproxy's own (or fb), before roundTrip wraps it
-	resp, err := rt.roundTrip(req, fb, slot, over)
+	resp, err := rt.roundTrip(req, fb, slot, over, st)
 	if rb := recordingOf(resp); rb != nil {
 		held.pastHead(req, resp)
 		rb.keepHeld(held) // given back with its record
@@ -81,7 +82,8 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	handedOver = true
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
 		watch := watchOf(resp.Body)
-		resp.Body = &nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody, resp: resp, trailer: resp.Trailer}
+		st.next = nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody, resp: resp, trailer: resp.Trailer}
+		resp.Body = &st.next
 		if watch != nil { // the server's last flush is watched too
 			resp.Body = &streamEnd{ReadCloser: resp.Body, watch: watch}
 		}
@@ -118,7 +120,7 @@ func hasBody(req *http.Request, resp *http.Response) bool {
 // HTTP/1 one, chunked or of a Content-Length (watchBodyFault), else nil;
 // slot its place among the session's requests in flight, released with
 // its record, or over the error of a request over their bound.
-func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *streamSlot, over error) (*http.Response, error) {
+func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *streamSlot, over error, st *requestState) (*http.Response, error) {
 	s := rt.s
 	start := time.Now()
 	req.URL.Scheme = rt.scheme // goproxy saw cleartext and says http
@@ -140,14 +142,15 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	}
 	req.Host = canon
 	host := hostOnly(req.Host)
-	rec := rt.base
+	rec := &st.rec
+	*rec = rt.base
 	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
 	rec.Path, rec.UserAgent, rec.Error, rec.Result = req.URL.Path, req.UserAgent(), "", "ok"
 	rec.BytesOut, rec.BytesIn = 0, 0
-	if resp := rt.refuseConnect(req, &rec, start); resp != nil {
+	if resp := rt.refuseConnect(req, rec, start); resp != nil {
 		return resp, nil
 	}
-	if resp := rt.refuseOddTarget(req, &rec, start); resp != nil {
+	if resp := rt.refuseOddTarget(req, rec, start); resp != nil {
 		return resp, nil
 	}
 	if keepAsterisk(req) { // target.go
@@ -160,13 +163,13 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// at once: they share its buffers. Nothing reaches the upstream.
 		rec.Status, rec.Rule, rec.Policy = http.StatusBadRequest, "", ""
 		rec.Action, rec.Result, rec.Error = "deny", "denied", "WebSocket upgrade request with a body"
-		rt.writeDeny(&rec, start)
+		rt.writeDeny(rec, start)
 		resp := errorResponse(req, http.StatusBadRequest, "gwlbproxy: a WebSocket upgrade request must have no body")
 		resp.Close = true // what follows the head is a body nobody will read as one
 		return resp, nil
 	}
 	if s.ic.IsTrustHost(host) {
-		return rt.serveTrust(req, &rec, start), nil // trustpage.go
+		return rt.serveTrust(req, rec, start), nil // trustpage.go
 	}
 	proto := policy.ProtoHTTP
 	if rt.scheme == "https" {
@@ -186,7 +189,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	if d.Action == policy.Deny {
 		rec.Status = http.StatusForbidden
 		rec.Action, rec.Result, rec.Error = "deny", "denied", "denied by policy"
-		rt.writeDeny(&rec, start)
+		rt.writeDeny(rec, start)
 		return denyResponse(req, d.Rule, host, ""), nil
 	}
 	if err := req.Context().Err(); err != nil {
@@ -198,7 +201,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		var why string
 		rec.Result, why = rt.cc.limit.clientGone("reset", "before the request could be sent upstream", " ("+err.Error()+")")
 		rec.Error = "not sent: " + why
-		rt.write(&rec, start)
+		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
 	}
 	if over != nil {
@@ -207,7 +210,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// client that ignored the concurrent streams advertised meets
 		// it.
 		rec.Status, rec.Result, rec.Error = http.StatusServiceUnavailable, "error", over.Error()
-		rt.write(&rec, start)
+		rt.write(rec, start)
 		return errorResponse(req, rec.Status, "gwlbproxy: "+over.Error()), nil
 	}
 	if s.needsDestinationCheck(pol, d, host) {
@@ -216,7 +219,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			if pol.Mode() != policy.Audit {
 				rec.Status = http.StatusForbidden
 				rec.Action, rec.Result = "deny", "denied"
-				rt.writeDeny(&rec, start)
+				rt.writeDeny(rec, start)
 				return denyResponse(req, d.Rule, host, "the destination address is not one this name resolves to"), nil
 			}
 			// Audit: recorded, and let through.
@@ -230,10 +233,10 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	// goproxy would close the client's connection too.
 	closeOnlyUpstream := fwd != req && !req.Close
 	req = fwd
-	var sent countingReader
+	sent := &st.sent
 	if req.Body != nil && req.Body != http.NoBody {
 		sent.r = req.Body
-		req.Body = &sent
+		req.Body = sent
 		req = withBodySent(req, &sent.wrote)
 	}
 	req, used := s.trackConn(req, rt.scheme == "https") // redial.go
@@ -241,7 +244,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	if err == nil && closeOnlyUpstream {
 		resp.Close = false // the transports have read it already: the connection is not kept
 	}
-	s.noteVerdict(&rec, used, err)
+	s.noteVerdict(rec, used, err)
 	// What of the body has gone upstream, on every path: a request with
 	// no response (the destination closed or reset, the client went away)
 	// still sent its body, and cleartext HTTP has no connection record to
@@ -253,13 +256,13 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// answer's head goes out, the client gets the 400 instead.
 		// Found later, the answer goes on and the record says so
 		// (rb.done).
-		if bad := rt.refuseMalformedBody(req, sent.err(), &rec, start); bad != nil {
+		if bad := rt.refuseMalformedBody(req, sent.err(), rec, start); bad != nil {
 			resp.Body.Close()
 			return bad, nil
 		}
 	}
 	if err != nil && (req.Context().Err() != nil || sent.failed.Load()) {
-		if resp := rt.refuseMalformedBody(req, sent.err(), &rec, start); resp != nil {
+		if resp := rt.refuseMalformedBody(req, sent.err(), rec, start); resp != nil {
 			return resp, nil
 		}
 		// The client went away while the request was under way (its
@@ -268,7 +271,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// destination.
 		result, why := rt.cc.limit.clientGone("reset", "before the response came", " ("+err.Error()+")")
 		rec.Result, rec.Error = result, joinErrors(rec.Error, why) // an audit's note stays
-		rt.write(&rec, start)
+		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
 	}
 	if err != nil && rt.s.abortedFromOutside() {
@@ -276,13 +279,13 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// stacks) reset the destination's connection under the round trip:
 		// the destination did not fail, and no 502 reaches anyone. The
 		// record has no status, and says what Abort was told (noteAbort).
-		rt.write(&rec, start)
+		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the session was aborted"), nil
 	}
 	if err != nil {
 		rec.Status = upstreamFailStatus(err) // 503 for a bounded wait: h2wait.go
 		rec.Result, rec.Error = records.DialResult(err), err.Error()
-		rt.write(&rec, start)
+		rt.write(rec, start)
 		return errorResponse(req, rec.Status, "gwlbproxy could not reach the destination: "+err.Error()), nil
 	}
 	if bad := invalidStatus(resp); bad != "" {
@@ -293,7 +296,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		resp.Body.Close()
 		rec.Status, rec.Result = http.StatusBadGateway, "error"
 		rec.Error = "invalid status " + bad + " from the destination"
-		rt.write(&rec, start)
+		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the destination answered with an invalid status"), nil
 	}
 	rec.Status = resp.StatusCode
@@ -321,11 +324,11 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		if why != "" {
 			resp.Body.Close()
 			rec.Status, rec.Result, rec.Error = http.StatusBadGateway, "error", why
-			rt.write(&rec, start)
+			rt.write(rec, start)
 			return errorResponse(req, http.StatusBadGateway, "gwlbproxy relays WebSocket upgrades only"), nil
 		}
 		rec.WebSocket = true
-		tunnel = newTunnelReload(s, pol, subj, &rec)
+		tunnel = newTunnelReload(s, pol, subj, rec)
 		if ub, ok := resp.Body.(*upgradedBody); ok {
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
 			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
@@ -338,7 +341,8 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		rt.cc.answer.CompareAndSwap(answerPending, answerTunnel)
 	}
 	dropHopByHop(req, resp)
-	rb := &recordingBody{ReadCloser: resp.Body, limit: &rt.cc.limit}
+	rb := &st.rb
+	rb.ReadCloser, rb.limit = resp.Body, &rt.cc.limit
 	// A client that has the body's length sees it fall short on its own;
 	// one without must be told: see Read. By ContentLength, not the
 	// header: a hostile HTTP/2 origin's unparsable content-length ("abc")
@@ -383,7 +387,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			// transport's writer closes the upstream connection when the
 			// body breaks): the fault is the body's, not the
 			// destination's, whatever that read then said.
-			noteOutcome(&rec, "error", "malformed request body: "+bodyErr.Error())
+			noteOutcome(rec, "error", "malformed request body: "+bodyErr.Error())
 		case notRead != nil && result == "ok":
 			// The answer went out whole; the client's body went on past
 			// the drain's bounds, and the connection ends with the answer.
@@ -399,16 +403,16 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 				why = "the client stopped sending its request body after the whole response (" + bodyErr.Error() + ")"
 				rec.Error = joinErrors(rec.Error, why)
 			}
-			noteOutcome(&rec, result, why)
+			noteOutcome(rec, result, why)
 		default:
-			noteOutcome(&rec, result, why)
+			noteOutcome(rec, result, why)
 		}
 		rec.BytesOut, rec.BytesIn = sent.out()+rb.written.Load(), delivered
-		tunnel.record(&rec)
+		tunnel.record(rec)
 		// A client's break that found the request under way has its
 		// Abort on the way: the record says what it says (answer.go).
 		rt.awaitBreakAbort()
-		rt.write(&rec, start)
+		rt.write(rec, start)
 		slot.release()
 		rt.requestDone()
 	}

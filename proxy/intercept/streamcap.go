@@ -65,11 +65,13 @@ type streamSlot struct {
 }
 
 // take counts a request whose context is ctx in flight, and returns its
-// slot; nil and errTooManyStreams when maxStreamsInFlight are already.
+// slot, sl (a zero streamSlot the caller allocated with the rest of the
+// request's state); nil and errTooManyStreams when maxStreamsInFlight are
+// already.
 // Those whose context is done are no longer counted: looked at only when
 // the count is full, at most maxStreamsInFlight of them, so that an honest
 // client's requests cost a map entry each and no look at the others.
-func (s *streamSlots) take(ctx context.Context) (*streamSlot, error) {
+func (s *streamSlots) take(ctx context.Context, sl *streamSlot) (*streamSlot, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.held) >= maxStreamsInFlight {
@@ -85,7 +87,7 @@ func (s *streamSlots) take(ctx context.Context) (*streamSlot, error) {
 	if s.held == nil {
 		s.held = make(map[*streamSlot]struct{})
 	}
-	sl := &streamSlot{ctx: ctx, of: s}
+	sl.ctx, sl.of = ctx, s
 	s.held[sl] = struct{}{}
 	return sl, nil
 }
