@@ -22,7 +22,7 @@ func TestHeldGivenBackWhenCloseCameFirst(t *testing.T) {
 	charge := &heldCharge{to: tally}
 	charge.n.Store(4096)
 	tally.AddHeld(4096)
-	body := &recordingBody{ReadCloser: io.NopCloser(strings.NewReader("")), done: func() {}}
+	body := &recordingBody{ReadCloser: io.NopCloser(strings.NewReader("")), done: endFunc(func() {})}
 	body.Close()
 	body.keepHeld(charge)
 	if n := tally.n.Load(); n != 0 {

@@ -47,7 +47,7 @@ type recordingBody struct {
 	// the appliance's deadline (clientGone); nil in some tests.
 	limit *headLimit
 	once  sync.Once
-	done  func()
+	done  recordEnder // writes the record: a requestState, or an endFunc
 	// An HTTP/2 stream's progress watch, when set (streamwatch.go).
 	stream *streamWatch
 	// held is the request's charge to the client connection (held.go),
@@ -280,7 +280,7 @@ func (b *recordingBody) Close() error {
 	b.once.Do(func() {
 		// After the record, and however done returns.
 		defer b.giveBackHeld()
-		b.done()
+		b.done.endRecord()
 	})
 	return err
 }

@@ -368,54 +368,10 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		resp.Trailer = nil
 	}
 	s.watchStream(rb)
-	ctx := req.Context() // goproxy cancels it only after closing the body
-	rb.done = func() {
-		// The rest of a body the destination did not read, to its end
-		// or what breaks it (a bad chunk, the client's stopping), within
-		// the drain's bounds: the record says which.
-		bodyErr, notRead := fb.drain()
-		result, why, delivered := rt.clientOutcome(ctx, rb)
-		if tunnel.ended() {
-			result = "ok" // its end was the reload's, which it resets: tunnel.record says so
-		}
-		// Notes go after an audited destination check's, if any.
-		switch {
-		case bodyErr != nil && malformedBody(bodyErr):
-			// The client had the destination's answer (its status stays
-			// in the record); its connection ends with it (nextHead).
-			// A response still under way was cut by the appliance (the
-			// transport's writer closes the upstream connection when the
-			// body breaks): the fault is the body's, not the
-			// destination's, whatever that read then said.
-			noteOutcome(rec, "error", "malformed request body: "+bodyErr.Error())
-		case notRead != nil && result == "ok":
-			// The answer went out whole; the client's body went on past
-			// the drain's bounds, and the connection ends with the answer.
-			rec.Error = joinErrors(rec.Error, notRead.Error())
-		case bodyErr != nil && result == "ok":
-			// The answer went out whole, and then the client stopped
-			// sending its body (it closed, or reset), as a client may
-			// once it has an answer (curl does on an early 413): the
-			// connection ends too, but the request had its answer. The
-			// appliance's own end of the connection (its shutdown) is
-			// said as such.
-			if result, why = rt.cc.limit.clientGone("ok", "before its request body ended", " ("+bodyErr.Error()+")"); result == "ok" {
-				why = "the client stopped sending its request body after the whole response (" + bodyErr.Error() + ")"
-				rec.Error = joinErrors(rec.Error, why)
-			}
-			noteOutcome(rec, result, why)
-		default:
-			noteOutcome(rec, result, why)
-		}
-		rec.BytesOut, rec.BytesIn = sent.out()+rb.written.Load(), delivered
-		tunnel.record(rec)
-		// A client's break that found the request under way has its
-		// Abort on the way: the record says what it says (answer.go).
-		rt.awaitBreakAbort()
-		rt.write(rec, start)
-		slot.release()
-		rt.requestDone()
-	}
+	// The record is written as the body is closed (endRecord); goproxy
+	// cancels the request's context only after that.
+	st.rt, st.fb, st.ctx, st.tunnel, st.slotp, st.start = rt, fb, req.Context(), tunnel, slot, start
+	rb.done = st
 	if w, ok := resp.Body.(io.Writer); ok { // a 101's body carries both directions
 		resp.Body = &recordingRWBody{recordingBody: rb, w: w, reload: tunnel}
 	} else {

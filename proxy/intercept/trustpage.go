@@ -34,13 +34,13 @@ func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start
 	rb.ended.Store(!hasBody(req, resp))
 	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
-	rb.done = func() {
+	rb.done = endFunc(func() {
 		result, why, delivered := rt.clientOutcome(ctx, rb)
 		noteOutcome(rec, result, why) // after the bucket's note, if any
 		rec.BytesIn = delivered
 		rt.write(rec, start)
 		rt.requestDone()
-	}
+	})
 	resp.Body = rb
 	return resp
 }
