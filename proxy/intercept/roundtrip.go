@@ -508,7 +508,8 @@ func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
 	c.n.Add(int64(n))
 	if err != nil && err != io.EOF {
-		c.firstErr.CompareAndSwap(nil, &err)
+		first := err // only this escapes: a read that succeeds allocates nothing
+		c.firstErr.CompareAndSwap(nil, &first)
 		c.failed.Store(true)
 	}
 	return n, err
