@@ -4,6 +4,7 @@ package intercept
 
 import (
 	"io"
+	"net"
 	"strings"
 	"testing"
 )
@@ -42,3 +43,32 @@ func TestCountingReaderReadAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations per read, want 0", n)
 	}
 }
+
+// TestFramingConnReadAllocatesNothing: a read of an upstream HTTP/1
+// connection allocates nothing; the error's address, taken while a faulty
+// response holds the connection, had moved every read's error to the heap.
+func TestFramingConnReadAllocatesNothing(t *testing.T) {
+	c := &framingConn{Conn: endlessConn{}}
+	b := make([]byte, 512)
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := c.Read(b); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("%v allocations per read, want 0", n)
+	}
+}
+
+// TestFaultBodyNoteAllocatesNothing: noting a read's or a close's nil
+// error allocates nothing; it was one allocation per request body.
+func TestFaultBodyNoteAllocatesNothing(t *testing.T) {
+	b := &faultBody{}
+	if n := testing.AllocsPerRun(100, func() { b.note(nil) }); n != 0 {
+		t.Errorf("%v allocations per note, want 0", n)
+	}
+}
+
+// endlessConn is a net.Conn whose reads always fill the buffer.
+type endlessConn struct{ net.Conn }
+
+func (endlessConn) Read(b []byte) (int, error) { return len(b), nil }

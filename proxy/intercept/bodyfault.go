@@ -199,8 +199,9 @@ func (b *faultBody) note(err error) {
 	if err == nil || err == io.EOF || errors.Is(err, http.ErrBodyReadAfterClose) {
 		return
 	}
-	b.fault.CompareAndSwap(nil, &err)
-	b.cc.bodyFault.CompareAndSwap(nil, &err)
+	fault := err // only this escapes: the body's close, its error nil, allocates nothing
+	b.fault.CompareAndSwap(nil, &fault)
+	b.cc.bodyFault.CompareAndSwap(nil, &fault)
 }
 
 // drain reads the rest of the body and closes it (Close), and returns

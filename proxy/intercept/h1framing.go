@@ -48,7 +48,8 @@ func (c *framingConn) Read(b []byte) (int, error) {
 		c.mu.Unlock()
 	}
 	if err != nil && c.held.Load() {
-		c.readErr.Store(&err)
+		held := err // only this escapes: every other read allocates nothing
+		c.readErr.Store(&held)
 	}
 	return n, err
 }
