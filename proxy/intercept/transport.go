@@ -38,6 +38,8 @@ type countedConn struct {
 	// onClose, when set, is called once the connection closes
 	// (whenClosed): the first connection's take-up's (h2first.go).
 	onClose atomic.Pointer[func()]
+	// credit: the request it was dialled for (dialcredit.go).
+	credit dialCredit
 }
 
 // whenClosed has f called once c closes, or at once if it has.
@@ -69,6 +71,7 @@ func (c *countedConn) Close() error {
 	c.closed.Store(true)
 	err := c.Conn.Close()
 	c.slot.Load().release() // nil-safe, once
+	c.creditOnClose()       // dialcredit.go
 	c.closeOnce()
 	return err
 }
@@ -76,6 +79,7 @@ func (c *countedConn) Close() error {
 func (c *countedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	c.n.in.Add(int64(n))
+	c.noteRead()
 	if n > 0 && c.onRead.Load() != nil {
 		if f := c.onRead.Swap(nil); f != nil {
 			(*f)()
@@ -147,6 +151,7 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 			return nil, err
 		}
 		if first != nil && !used.Swap(true) {
+			dialledFor(ctx, first) // dialcredit.go
 			return first, nil
 		}
 		if err := pace.wait(ctx); err != nil {
@@ -160,7 +165,9 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 		if s.WatchUpstream != nil {
 			unwatch = s.WatchUpstream(c)
 		}
-		return s.upstreams.add(&countedConn{Conn: c, n: &s.upBytes}, unwatch)
+		cc := &countedConn{Conn: c, n: &s.upBytes}
+		dialledFor(ctx, cc)
+		return s.upstreams.add(cc, unwatch)
 	}
 	if tc, ok := first.(*tls.Conn); !s.h2 && (!ok || tc.ConnectionState().NegotiatedProtocol != "h2") {
 		t := &h1Transport{dial: func(ctx context.Context) (net.Conn, error) {
@@ -209,17 +216,24 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 	var takeUp *firstTakeUp // nil unless first is HTTP/2
 	if redial != nil {
 		takeUp = newFirstTakeUp(first)
+		idle := &idleCloser{closeIdle: tr.CloseIdleConnections}
 		tr.DialTLSContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			if err := takeUp.wait(ctx); err != nil { // h2first.go
 				return nil, err
 			}
-			slot, err := s.upstreams.takeSlot(ctx, requestDone(ctx))
+			// An idle HTTP/2 connection gives its slot up (idleslots.go).
+			slot, err := s.upstreams.takeSlotClosingIdle(ctx, requestDone(ctx), idle)
 			if err != nil {
 				return nil, err
 			}
 			c, err := dial(ctx)
 			if err == nil && c != first {
-				c, err = redial(ctx, c, false)
+				cc := countedUnder(c)
+				if c, err = redial(ctx, c, false); err != nil && ctx.Err() != nil {
+					// net/http gave the dial up (its request had a
+					// connection): the destination refused nothing.
+					cc.giveBack()
+				}
 			}
 			if err != nil {
 				slot.release()
@@ -234,6 +248,7 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 			// (and MaxConnsPerHost's count) while it stays open.
 			if tc, ok := c.(*tls.Conn); ok && tc.ConnectionState().NegotiatedProtocol == "h2" {
 				if cc := countedUnder(c); cc != nil {
+					cc.handshaken()
 					cc.holdSlot(slot)
 				} else {
 					slot.release()
@@ -343,7 +358,9 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // an origin's graceful restart costs one try, two at most.
 //
 // Only the connections dialled for the request count (the session's
-// first one too, when the request is the one that takes it). Kept idle
+// first one too, when the request is the one that takes it), once made,
+// and not those other requests took or net/http closed unused
+// (dialcredit.go). Kept idle
 // connections it is tried on do not: an origin whose keep-alive timeout
 // closes a session's idle connections together (up to
 // MaxIdleConnsPerHost of them) could have an honest request lose the
@@ -363,15 +380,19 @@ var errRefusedTooOften = fmt.Errorf("the destination refused the request on %d c
 // cancellation), and counts the connections dialled for it.
 type headDeadlineKey struct{}
 
-// newConnFor counts a new connection for the request whose context (its
+// newConnFor refuses a new connection for the request whose context (its
 // values: net/http dials under the request's values, not its
-// cancellation) ctx is, if it is one of oneHostTransport's. The one past
-// maxConnsPerRequest is refused: it returns errRefusedTooOften, which
-// also ends the request, as the cause of its context (net/http may
-// otherwise go on to wait for another request's connection).
+// cancellation) ctx is, if it is one of oneHostTransport's, once
+// maxConnsPerRequest connections count for it (dialcredit.go): it
+// returns errRefusedTooOften, which also ends the request, as the cause
+// of its context (net/http may otherwise go on to wait for another
+// request's connection). A connection counts once it is made
+// (dialledFor): a request's dials that are still waiting for their turn
+// do not, as net/http may start one each time the request finds no
+// connection, and the connections of earlier ones went to others.
 func newConnFor(ctx context.Context) error {
 	hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline)
-	if !ok || hd.dials.Add(1) <= maxConnsPerRequest {
+	if !ok || hd.dials.Load() < maxConnsPerRequest {
 		return nil
 	}
 	hd.cancel(errRefusedTooOften)
@@ -420,6 +441,7 @@ type headDeadline struct {
 	done    bool         // the head has come: arm no timer
 	h2      bool         // the request went over HTTP/2
 	conn    *countedConn // the request's HTTP/1 connection, below TLS
+	up      *countedConn // the request's connection, below TLS, if counted
 	framing *framingConn // the same, as the transport holds it
 	next    func()       // conn.onRead's, while set: start
 	used    *usedConn    // where the request's connection is told, if anywhere: redial.go
@@ -459,6 +481,8 @@ func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
 	d.gotConnection()
 	d.unwatch() // a retry's new connection
 	d.used.set(info.Conn)
+	d.up = countedUnder(info.Conn)
+	d.up.takenBy(d) // dialcredit.go
 	tc, ok := info.Conn.(*tls.Conn)
 	d.h2 = ok && tc.ConnectionState().NegotiatedProtocol == "h2"
 	if !d.h2 {
@@ -475,6 +499,7 @@ func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
 func (d *headDeadline) start() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.up.answeredOn() // dialcredit.go
 	d.arm()
 }
 
