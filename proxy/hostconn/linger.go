@@ -50,11 +50,13 @@ func (e *EndedError) Error() string {
 func (e *EndedError) Unwrap() error { return e.Err }
 
 // ByPeer reports whether the connection ended by the peer's doing, as far
-// as can be told: its reset, or an end whose error another reader took
-// with every byte sent (the peer was taking them; with bytes never sent,
-// it was not, and the tail was cut whoever ended it).
+// as can be told: its reset (EPIPE when it came after the peer's FIN), or
+// an end whose error another reader took with every byte sent (the peer
+// was taking them; with bytes never sent, it was not, and the tail was
+// cut whoever ended it).
 func (e *EndedError) ByPeer() bool {
-	return errors.Is(e.Err, syscall.ECONNRESET) || errors.Is(e.Err, ErrEndedUnseen) && e.NotSent == 0
+	return errors.Is(e.Err, syscall.ECONNRESET) || errors.Is(e.Err, syscall.EPIPE) ||
+		errors.Is(e.Err, ErrEndedUnseen) && e.NotSent == 0
 }
 
 // ErrEndedUnseen is an EndedError's when the connection ended and another

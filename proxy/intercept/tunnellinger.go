@@ -48,7 +48,13 @@ func SetTunnelLingerBound(d time.Duration) (restore func()) {
 // meanwhile.
 func (u *upgradedBody) closeDelivering() error {
 	u.closing.Store(true)
+	before := wireOut(u.conn)
 	halfClose(u.conn)
+	// The tunnel's own end on the wire (a close_notify): a destination
+	// that closed its side and resets what comes after never
+	// acknowledges it, and that cuts nothing of the client's upload. (The
+	// count is the session's, but a tunnel's session writes nothing else.)
+	ownEnd := int(wireOut(u.conn) - before)
 	sock := socketOf(u.conn)
 	var (
 		unsent int
@@ -61,7 +67,9 @@ func (u *upgradedBody) closeDelivering() error {
 	}
 	u.stop()
 	switch {
-	case lerr == nil:
+	case lerr == nil, unsent <= ownEnd && !errors.Is(lerr, net.ErrClosed):
+		// All the client's bytes acknowledged, if not the tunnel's own
+		// end after them.
 		return u.conn.Close()
 	case errors.Is(lerr, net.ErrClosed):
 		// The session's abort closed it meanwhile: its reason is the
@@ -113,6 +121,24 @@ var (
 	errDestinationResetLingering = errors.New("the destination's connection ended")
 	errShutdownLingering         = errors.New("ended by the appliance's shutdown (its packet stacks closed)")
 )
+
+// wireOut is what the session wrote to its destinations, on the wire,
+// as counted under c's wrappers (countedConn), or 0 when nothing counts.
+func wireOut(c net.Conn) int64 {
+	for range 8 {
+		switch x := c.(type) {
+		case *tls.Conn:
+			c = x.NetConn()
+		case *setConn:
+			c = x.Conn
+		case *countedConn:
+			return x.n.out.Load()
+		default:
+			return 0
+		}
+	}
+	return 0
+}
 
 // socketOf is the connection under c's wrappers of this package's: the
 // host socket's, for an upstream.
