@@ -351,13 +351,13 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	_ = ep.SetSockOpt(&idle)
 	_ = ep.SetSockOpt(&intvl)
 	_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, r.opts.KeepaliveCount)
-	// Keepalives do not run while data is outstanding, and the stack
-	// retransmits data for good: a client that vanished with bytes in
-	// flight, fewer than a send buffer (no write waits for the stall
-	// watch to see), held the connection, its record unwritten, for ever.
-	// The user timeout resets it once sent bytes have waited that long
-	// for an acknowledgement, as Linux's TCP_USER_TIMEOUT (or its
-	// retransmission limit, about 15 minutes) does.
+	// Keepalives do not run while data is outstanding: a client that
+	// vanished with bytes in flight, fewer than a send buffer (no write
+	// waits for the stall watch to see), held the connection, its record
+	// unwritten, until gVisor's fixed retransmission limit (15 tries, the
+	// timeout capped at 120 s: 15.4 minutes), whatever the configured
+	// bounds. The user timeout resets it once sent bytes have waited that
+	// long for an acknowledgement, as Linux's TCP_USER_TIMEOUT does.
 	uto := tcpip.TCPUserTimeoutOption(r.opts.ClosedSendTimeout)
 	_ = ep.SetSockOpt(&uto)
 	c := newConn(wq, ep, r.Flow.Dest, r.Flow.Client)

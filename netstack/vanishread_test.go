@@ -41,8 +41,9 @@ func TestReadSaysETIMEDOUTForClientVanishedBeforeBytes(t *testing.T) {
 // while the appliance has written it bytes, fewer than a send buffer (no
 // write waits), is timed out by the user timeout (ClosedSendTimeout): the
 // connection reads as broken, ETIMEDOUT. Keepalives do not run while data
-// is outstanding, and gVisor retransmits data for good: the connection,
-// and its flow's record, were held for ever (25 min measured).
+// is outstanding: the connection, and its flow's record, were held until
+// gVisor's fixed retransmission limit (15 min 25 s measured), whatever
+// the configured bounds.
 func TestClientVanishedWithBytesInFlightTimesOut(t *testing.T) {
 	r := newConnRigTCP(t, netstack.TCPOptions{
 		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
