@@ -5,14 +5,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-
-	"github.com/gwlbproxy/gwlbproxy/netstack"
-	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
 // readAllThenResetDest listens on loopback with a 4 KiB receive buffer;
@@ -21,24 +16,7 @@ import (
 // says how many bytes it read.
 func readAllThenResetDest(t *testing.T, wait time.Duration) (netip.AddrPort, <-chan int64) {
 	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 8); err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), "listener")
-	ln, err := net.FileListener(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ln := smallBufferListener(t)
 	got := make(chan int64, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -127,15 +105,8 @@ func TestRelayLingerFollowsShortenedStallTimeout(t *testing.T) {
 // default), and the drain lost the record.
 func TestShutdownEndsLingerUnderWay(t *testing.T) {
 	const size = 256 << 10
-	sink := new(recordSink)
-	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
-	t.Cleanup(p.Close)
-	srv, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{})
-	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &stallRig{p: p, sink: sink, client: client}
+	r, srv := shutdownRig(t)
+	p, client := r.p, r.client
 	release := make(chan struct{})
 	defer close(release)
 	dst, _ := slowReadDest(t, release)

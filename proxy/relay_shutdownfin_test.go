@@ -20,15 +20,8 @@ import (
 // lost.
 func TestShutdownEndsFlowWhoseClientSentFIN(t *testing.T) {
 	const size = 256 << 10
-	sink := new(recordSink)
-	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
-	t.Cleanup(p.Close)
-	srv, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{})
-	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &stallRig{p: p, sink: sink, client: client}
+	r, srv := shutdownRig(t)
+	p, client := r.p, r.client
 	release := make(chan struct{})
 	defer close(release)
 	dst, _ := slowReadDest(t, release)
@@ -57,4 +50,20 @@ func TestShutdownEndsFlowWhoseClientSentFIN(t *testing.T) {
 		t.Errorf("flow still open 3s after the stacks closed (stall bound %v; record %v %+v, after %v): its record would be lost at shutdown",
 			p.WriteStallTimeout(), ok, rec, time.Since(t0))
 	}
+}
+
+// shutdownRig is a proxy behind a simulated GWLB endpoint whose stacks a
+// test closes (the drain's end, srv.Close), with a client stack of its.
+func shutdownRig(t *testing.T) (*stallRig, *netstack.Server) {
+	t.Helper()
+	sink := new(recordSink)
+	p := New(Config{Records: records.NewWriter(nil, sink), AllowLoopback: true})
+	t.Cleanup(p.Close)
+	srv, ep := simulatedEndpointTCP(t, p, true, netstack.TCPOptions{})
+	client, err := ep.NewClientStack(netip.MustParseAddr("198.18.0.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &stallRig{p: p, sink: sink, client: client}
+	return r, srv
 }
