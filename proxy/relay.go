@@ -117,6 +117,10 @@ type relay struct {
 	// denied is the error of a reload that denied the flow (recheck):
 	// it ends a linger under way (lingerStop).
 	denied atomic.Pointer[error]
+	// destReadErr is the error that ended the destination's direction
+	// on a read: the connection's error, which a linger of the same
+	// socket no longer sees (hostconn.ErrEndedUnseen).
+	destReadErr atomic.Pointer[error]
 	// lingering counts watchBroken's closeDelivering under way, which
 	// the report waits for: the record is written once the destination
 	// has its upload, or the linger's bound has passed.
@@ -279,6 +283,11 @@ func (h *halfRelay) copy() {
 			}
 			h.finish(nil)
 			return
+		}
+		if h == &h.r.in {
+			// Before the abort: a linger of the destination's socket,
+			// its error taken by this read, asks for it (destReadError).
+			h.r.destReadErr.Store(&rerr)
 		}
 		h.abort()
 		if errors.Is(rerr, net.ErrClosed) {

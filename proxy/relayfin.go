@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"syscall"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
@@ -49,9 +50,9 @@ func (r *relay) closeDelivering(c net.Conn) {
 		_ = c.Close()
 		return
 	}
-	bufp := relayBufPool.Get().(*[]byte)
+	bufp := lingerBufPool.Get().(*[]byte)
 	unsent, err := hostconn.Linger(rc, *bufp, r.stallBound, r.lingerStop)
-	relayBufPool.Put(bufp)
+	lingerBufPool.Put(bufp)
 	switch {
 	case err == nil:
 		_ = c.Close()
@@ -59,10 +60,19 @@ func (r *relay) closeDelivering(c net.Conn) {
 		// Closed meanwhile by an abort of the relay's, whose reason the
 		// record has; what the destination had by then is not known.
 	default:
+		if p := r.destReadErr.Load(); p != nil {
+			hostconn.SeenElsewhere(err, *p)
+		}
 		r.cut.Store(lingerCutOf(unsent, err))
 		intercept.Abort(c)
 	}
 }
+
+// lingerBufPool holds the buffers a linger reads what the destination
+// sends into, to drop it: small, as a lingering flow holds one for as
+// long as it lingers, with nothing in hand (Linger reads until the
+// socket has no more).
+var lingerBufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // lingerCutOf says what a linger that ended with err, unsent data bytes
 // unacknowledged, left the destination without.
@@ -72,23 +82,32 @@ func lingerCutOf(unsent int, err error) *lingerCut {
 		// acknowledge it may have read all the same (its acknowledgement
 		// held back), so bytes_out counts them, as for any destination's
 		// reset; those never sent it did not have.
-		return &lingerCut{unsent: int64(ended.NotSent), err: fmt.Errorf("the destination's connection ended with %d bytes of the upload unacknowledged: %w", unsent, err)}
+		return &lingerCut{unsent: int64(ended.NotSent), err: fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)}
 	}
-	// The appliance's end, or the kernel's (its bound passed, the
-	// shutdown, a reload's deny, the user timeout), or one with bytes
-	// never sent (the destination took nothing more): what the
-	// destination had not acknowledged, it never will.
+	// The appliance's end, or the host's (its bound passed, the
+	// shutdown, a reload's deny, the user timeout), or one whose cause is
+	// not known: what the destination had not acknowledged, it never
+	// will.
 	return &lingerCut{unsent: int64(unsent), err: fmt.Errorf("the upload's tail was not delivered: %w", err)}
 }
 
 // lingerStop ends a linger under way once a reload has denied the flow
-// (the destination's direction found it, recheck: the tail goes no
-// further to a destination the policy now denies), or the stacks are
+// (recheck: the tail goes no further to a destination the policy now
+// denies), or the stacks are
 // closing (the drain's end: the process exits right after, and the flow's
 // record must be written within the drain's wait).
 func (r *relay) lingerStop() error {
 	if p := r.denied.Load(); p != nil {
 		return *p
+	}
+	if r.recheck != nil {
+		// The destination's direction may have ended (on a failed
+		// write to the broken client) and checks nothing more: a reload
+		// that denies the flow ends the linger all the same.
+		if err := r.recheck(); err != nil {
+			r.denied.Store(&err)
+			return err
+		}
 	}
 	if w := r.stalls; w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
 		return errShutdown

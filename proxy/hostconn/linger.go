@@ -49,14 +49,26 @@ func (e *EndedError) Error() string {
 
 func (e *EndedError) Unwrap() error { return e.Err }
 
-// ByPeer reports whether the connection ended by the peer's doing, as far
-// as can be told: its reset (EPIPE when it came after the peer's FIN), or
-// an end whose error another reader took with every byte sent (the peer
-// was taking them; with bytes never sent, it was not, and the tail was
-// cut whoever ended it).
+// ByPeer reports whether the connection ended by the peer's reset
+// (EPIPE when it came after the peer's FIN). An end whose error another
+// reader took is not known to be the peer's (the host's own timeout ends
+// a connection with every byte sent too): SeenElsewhere gives it.
 func (e *EndedError) ByPeer() bool {
-	return errors.Is(e.Err, syscall.ECONNRESET) || errors.Is(e.Err, syscall.EPIPE) ||
-		errors.Is(e.Err, ErrEndedUnseen) && e.NotSent == 0
+	return errors.Is(e.Err, syscall.ECONNRESET) || errors.Is(e.Err, syscall.EPIPE)
+}
+
+// SeenElsewhere gives err, Linger's, the connection's error that another
+// reader of the socket took (readErr, its read's), when Linger ended with
+// ErrEndedUnseen: the cause is known then. Any other err, or a readErr
+// that carries no errno, is left as it is.
+func SeenElsewhere(err, readErr error) {
+	e, ok := errors.AsType[*EndedError](err)
+	if !ok || !errors.Is(e.Err, ErrEndedUnseen) {
+		return
+	}
+	if errno, ok := errors.AsType[syscall.Errno](readErr); ok {
+		e.Err = errno
+	}
 }
 
 // ErrEndedUnseen is an EndedError's when the connection ended and another

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -326,5 +327,29 @@ func TestLingerBoundGrowsBack(t *testing.T) {
 		}
 	case <-time.After(8 * time.Second):
 		t.Fatal("Linger still waits 8 s after a bound of 5 s")
+	}
+}
+
+// TestSeenElsewhereGivesTheCause: an end whose error another reader of
+// the socket took (ErrEndedUnseen) takes that reader's errno; no errno,
+// or an end Linger saw itself, is left as it was. The relay took an
+// unseen end with every byte sent for the destination's reset, where the
+// host had timed a vanished destination out.
+func TestSeenElsewhereGivesTheCause(t *testing.T) {
+	read := &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ETIMEDOUT)}
+	unseen := &hostconn.EndedError{Err: hostconn.ErrEndedUnseen}
+	hostconn.SeenElsewhere(unseen, read)
+	if !errors.Is(unseen, syscall.ETIMEDOUT) || unseen.ByPeer() {
+		t.Errorf("unseen end given a read's ETIMEDOUT: %v; want the timeout, not the peer's", unseen)
+	}
+	eof := &hostconn.EndedError{Err: hostconn.ErrEndedUnseen}
+	hostconn.SeenElsewhere(eof, io.EOF)
+	if !errors.Is(eof, hostconn.ErrEndedUnseen) || eof.ByPeer() {
+		t.Errorf("unseen end given io.EOF: %v; want it unseen, not the peer's", eof)
+	}
+	seen := &hostconn.EndedError{Err: syscall.ECONNRESET}
+	hostconn.SeenElsewhere(seen, read)
+	if !errors.Is(seen, syscall.ECONNRESET) || !seen.ByPeer() {
+		t.Errorf("a reset Linger saw itself, given another reader's timeout: %v; want the reset kept", seen)
 	}
 }

@@ -43,6 +43,14 @@ type upgradedBody struct {
 	// stallTimeout, if set, is the write-stall timeout in force, which
 	// bounds that linger too (Config.WriteStallTimeout). Set with tunnel.
 	stallTimeout func() time.Duration
+	// reloadCheck, if set, is the tunnel's recheck after a policy
+	// reload: a deny ends that linger too (tunnelReload.check, which
+	// aborts the session). Set with tunnel.
+	reloadCheck func() error
+	// readErr is the first error a read of the destination returned,
+	// not of the tunnel's own close: the connection's, which a linger of
+	// the same socket no longer sees.
+	readErr atomic.Pointer[error]
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending
@@ -54,6 +62,9 @@ const upgradeDrain = 10 * time.Second
 func (u *upgradedBody) Read(p []byte) (int, error) {
 	n, err := u.br.Read(p)
 	if err != nil {
+		if !u.closing.Load() {
+			u.readErr.CompareAndSwap(nil, &err) // closeDelivering's linger asks for it
+		}
 		u.endOnce.Do(func() { close(u.ended) })
 		if err != io.EOF && u.closing.Load() {
 			err = io.EOF // our own close (recordingBody.outcome)

@@ -335,6 +335,9 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			ub.clientBreak = s.clientBreakSignal()
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
 			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
+			if tunnel != nil {
+				ub.reloadCheck = tunnel.check
+			}
 		}
 		// Under way until the client's break, unless that comes after
 		// its FIN (answer.go); a break before this stands.

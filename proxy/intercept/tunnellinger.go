@@ -62,7 +62,7 @@ func (u *upgradedBody) closeDelivering() error {
 	)
 	if sc, ok := sock.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			unsent, lerr = hostconn.Linger(rc, make([]byte, 64<<10), u.lingerBound, u.lingerStop)
+			unsent, lerr = hostconn.Linger(rc, make([]byte, 16<<10), u.lingerBound, u.lingerStop)
 		}
 	}
 	u.stop()
@@ -79,6 +79,9 @@ func (u *upgradedBody) closeDelivering() error {
 	}
 	Abort(sock)
 	_ = u.conn.Close()
+	if p := u.readErr.Load(); p != nil {
+		hostconn.SeenElsewhere(lerr, *p)
+	}
 	err := fmt.Errorf("%w: %w", errTailUndelivered, lerr)
 	if ended, ok := errors.AsType[*hostconn.EndedError](lerr); ok && ended.ByPeer() {
 		// The destination's own reset: bytes it had yet to acknowledge
@@ -102,11 +105,18 @@ func (u *upgradedBody) lingerBound() time.Duration {
 }
 
 // lingerStop ends a tunnel's linger once the appliance's stacks are
-// closing (its drain's end): the process exits right after, and the
-// records must be written within the drain's wait.
+// closing (its drain's end: the process exits right after, and the
+// records must be written within the drain's wait), or a policy reload
+// denies the tunnel (the tail goes no further to a destination the
+// policy now denies).
 func (u *upgradedBody) lingerStop() error {
 	if u.shuttingDown != nil && u.shuttingDown() {
 		return errShutdownLingering
+	}
+	if u.reloadCheck != nil {
+		// goproxy's copies may have ended (the one towards the broken
+		// client on its first failed write) and check nothing more.
+		return u.reloadCheck()
 	}
 	return nil
 }
@@ -118,7 +128,7 @@ func (u *upgradedBody) lingerStop() error {
 // the linger.
 var (
 	errTailUndelivered           = errors.New("the upload's tail was not delivered")
-	errDestinationResetLingering = errors.New("the destination's connection ended")
+	errDestinationResetLingering = errors.New("the destination reset its connection")
 	errShutdownLingering         = errors.New("ended by the appliance's shutdown (its packet stacks closed)")
 )
 
