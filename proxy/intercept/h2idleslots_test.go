@@ -32,6 +32,14 @@ type streamsOrigin struct {
 	app     openCount    // the appliance's, the first one included
 }
 
+// shortPingInterval is the upstream PING interval of the tests whose
+// sessions close and dial many upstream connections: net/http keeps a
+// closed HTTP/2 connection (its buffers, 30 KB or so) for the interval,
+// as its read loop's health-check timer outlives it, and the heap a later
+// test measures (heldcost_test.go) shrank under it by as much as that
+// test measures.
+const shortPingInterval = 500 * time.Millisecond
+
 // startStreamsOrigin starts o and a rig whose every upstream dial goes to
 // it.
 func startStreamsOrigin(t *testing.T, mcs uint32, delay time.Duration) (*streamsOrigin, *rig) {
@@ -189,6 +197,7 @@ func notAll200(statuses []string) string {
 // dialcredit.go). Every stream is served, promptly, and the session never
 // holds more than maxUpstreamConns upstream connections.
 func TestH2OneStreamOriginServesAllStreams(t *testing.T) {
+	defer intercept.SetUpstreamH2PingTimeouts(shortPingInterval, 10*time.Second)()
 	for run := range 3 {
 		t.Run(strconv.Itoa(run), func(t *testing.T) {
 			o, r := startStreamsOrigin(t, 1, 50*time.Millisecond)

@@ -123,6 +123,7 @@ func (o *pingOrigin) serve(c net.Conn, r *rig) {
 // one too many where the origin sees them, its read of a closed one not
 // yet ended.
 func TestH2PendingResetsHoldUpstreamSlots(t *testing.T) {
+	defer intercept.SetUpstreamH2PingTimeouts(shortPingInterval, 10*time.Second)() // none closed in 3 s
 	o, r := startPingOrigin(t, false)
 	pc := bumpedTo(t, r, o)
 	resets := resetLoop(pc, o, 3*time.Second)
@@ -156,6 +157,7 @@ func TestH2SilentOriginConnsClosedByPing(t *testing.T) {
 // acks PINGs leave its connections usable, and a request after them is
 // served.
 func TestH2ResetsToPingingOriginServed(t *testing.T) {
+	defer intercept.SetUpstreamH2PingTimeouts(shortPingInterval, 10*time.Second)()
 	o, r := startPingOrigin(t, true)
 	pc := bumpedTo(t, r, o)
 	resets := resetLoop(pc, o, 2*time.Second)

@@ -445,7 +445,8 @@ type headDeadline struct {
 	framing *framingConn // the same, as the transport holds it
 	next    func()       // conn.onRead's, while set: start
 	used    *usedConn    // where the request's connection is told, if anywhere: redial.go
-	// dials: the connections dialled for the request (newConnFor).
+	// dials: the connections that count for the request (newConnFor,
+	// dialcredit.go).
 	dials atomic.Int32
 	// reqDone is the request's context's Done: a dial waiting for a slot
 	// (connset.go) is given up with the request (net/http dials under
