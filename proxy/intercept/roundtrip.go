@@ -505,12 +505,19 @@ type countingReader struct {
 	// the first such failure's error.
 	failed   atomic.Bool
 	firstErr atomic.Pointer[error]
+	// closed: the upstream transport closed the body. It does so when the
+	// request ends, and also to end its own read of the body when the
+	// destination reset the request (an HTTP/2 stream's RST_STREAM, the
+	// connection's reset) while the client was still uploading: that read
+	// then fails ("body closed by handler", http.ErrBodyReadAfterClose),
+	// which is the appliance's doing, not the client's going.
+	closed atomic.Bool
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
 	c.n.Add(int64(n))
-	if err != nil && err != io.EOF {
+	if err != nil && err != io.EOF && !c.closed.Load() {
 		first := err // only this escapes: a read that succeeds allocates nothing
 		c.firstErr.CompareAndSwap(nil, &first)
 		c.failed.Store(true)
@@ -526,7 +533,12 @@ func (c *countingReader) err() error {
 	return nil
 }
 
-func (c *countingReader) Close() error { return c.r.Close() }
+// Close marks the body closed before closing it, so that the read it
+// makes fail is not taken for a failure of the client's (Read).
+func (c *countingReader) Close() error {
+	c.closed.Store(true)
+	return c.r.Close()
+}
 
 // out returns what of the body went upstream: what the transport wrote,
 // when it counts it, else what it read.
