@@ -82,14 +82,20 @@ func lingerCutOf(unsent int, err error) *lingerCut {
 		// acknowledge it may have read all the same (its acknowledgement
 		// held back), so bytes_out counts them, as for any destination's
 		// reset; those never sent it did not have.
-		return &lingerCut{unsent: int64(ended.NotSent), err: fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)}
+		return &lingerCut{unsent: int64(ended.NotSent), err: &tailCutError{fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)}}
 	}
 	// The appliance's end, or the host's (its bound passed, the
 	// shutdown, a reload's deny, the user timeout), or one whose cause is
 	// not known: what the destination had not acknowledged, it never
 	// will.
-	return &lingerCut{unsent: int64(unsent), err: fmt.Errorf("the upload's tail was not delivered: %w", err)}
+	return &lingerCut{unsent: int64(unsent), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: %w", err)}}
 }
+
+// tailCutError is a linger's cut, as the record says it: kept whatever
+// else the record says (a reload's deny that ended the linger).
+type tailCutError struct{ error }
+
+func (e *tailCutError) Unwrap() error { return e.error }
 
 // lingerStop ends a linger under way once a reload has denied the flow
 // (recheck: the tail goes no further to a destination the policy now
@@ -97,20 +103,22 @@ func lingerCutOf(unsent int, err error) *lingerCut {
 // closing (the drain's end: the process exits right after, and the flow's
 // record must be written within the drain's wait).
 func (r *relay) lingerStop() error {
+	if w := r.stalls; w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
+		return errShutdown // first: a reload's check below may take a while
+	}
 	if p := r.denied.Load(); p != nil {
 		return *p
 	}
 	if r.recheck != nil {
 		// The destination's direction may have ended (on a failed
 		// write to the broken client) and checks nothing more: a reload
-		// that denies the flow ends the linger all the same.
+		// that denies the flow ends the linger all the same. (A check
+		// of the destination a reload calls for runs here, for at most
+		// the dial timeout, the linger waiting.)
 		if err := r.recheck(); err != nil {
 			r.denied.Store(&err)
 			return err
 		}
-	}
-	if w := r.stalls; w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
-		return errShutdown
 	}
 	return nil
 }

@@ -323,6 +323,10 @@ func (s *tcpSession) relay() {
 		switch {
 		case denied != "":
 			s.rec.Result, s.rec.Error = "denied", joinError(s.rec.Error, "ended by a policy reload: "+denied)
+			if cut, ok := errors.AsType[*tailCutError](err); ok {
+				// The deny ended a linger: the tail it did not deliver.
+				s.rec.Error = joinError(s.rec.Error, cut.Error())
+			}
 		case err != nil:
 			// Keep what was recorded before (an audited destination mismatch).
 			s.rec.Result, s.rec.Error = relayResultOf(err), joinError(s.rec.Error, s.p.endedError(err).Error())

@@ -3,10 +3,12 @@ package intercept
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -51,6 +53,27 @@ type upgradedBody struct {
 	// not of the tunnel's own close: the connection's, which a linger of
 	// the same socket no longer sees.
 	readErr atomic.Pointer[error]
+	// halfClosed, told and ownEnd are halfCloseUpstream's: whether it
+	// ran, what it reported, and the bytes of the tunnel's own end it
+	// put on the wire. Close's goroutine only.
+	halfClosed, told bool
+	ownEnd          int
+}
+
+// halfCloseUpstream half-closes the tunnel's upstream (halfClose), once,
+// and keeps the bytes of the tunnel's own end it put on the wire (a
+// close_notify): a destination that closed its side and resets what comes
+// after never acknowledges them, which cuts nothing of the client's upload
+// (closeDelivering). It reports whether the destination was told. (The
+// count is the session's, but a tunnel's session writes nothing else.)
+func (u *upgradedBody) halfCloseUpstream() bool {
+	if !u.halfClosed {
+		before := wireOut(u.conn)
+		u.told = halfClose(u.conn)
+		u.ownEnd = int(wireOut(u.conn) - before)
+		u.halfClosed = true
+	}
+	return u.told
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending
@@ -62,8 +85,12 @@ const upgradeDrain = 10 * time.Second
 func (u *upgradedBody) Read(p []byte) (int, error) {
 	n, err := u.br.Read(p)
 	if err != nil {
-		if !u.closing.Load() {
-			u.readErr.CompareAndSwap(nil, &err) // closeDelivering's linger asks for it
+		if _, ok := errors.AsType[syscall.Errno](err); ok {
+			// The connection's error (not the destination's FIN, nor
+			// the tunnel's own close): closeDelivering's linger asks
+			// for it. A copy: err is rewritten below.
+			rerr := err
+			u.readErr.CompareAndSwap(nil, &rerr)
 		}
 		u.endOnce.Do(func() { close(u.ended) })
 		if err != io.EOF && u.closing.Load() {
@@ -101,7 +128,7 @@ func (u *upgradedBody) Close() error {
 		select {
 		case <-u.ended:
 		default:
-			if halfClose(u.conn) {
+			if u.halfCloseUpstream() {
 				t := time.NewTimer(upgradeDrain)
 				select {
 				case <-u.ended:

@@ -48,13 +48,7 @@ func SetTunnelLingerBound(d time.Duration) (restore func()) {
 // meanwhile.
 func (u *upgradedBody) closeDelivering() error {
 	u.closing.Store(true)
-	before := wireOut(u.conn)
-	halfClose(u.conn)
-	// The tunnel's own end on the wire (a close_notify): a destination
-	// that closed its side and resets what comes after never
-	// acknowledges it, and that cuts nothing of the client's upload. (The
-	// count is the session's, but a tunnel's session writes nothing else.)
-	ownEnd := int(wireOut(u.conn) - before)
+	u.halfCloseUpstream() // if the drain has not: its own end's bytes kept (ownEnd)
 	sock := socketOf(u.conn)
 	var (
 		unsent int
@@ -67,7 +61,7 @@ func (u *upgradedBody) closeDelivering() error {
 	}
 	u.stop()
 	switch {
-	case lerr == nil, unsent <= ownEnd && !errors.Is(lerr, net.ErrClosed):
+	case lerr == nil, unsent <= u.ownEnd && !errors.Is(lerr, net.ErrClosed):
 		// All the client's bytes acknowledged, if not the tunnel's own
 		// end after them.
 		return u.conn.Close()
