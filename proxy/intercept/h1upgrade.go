@@ -57,7 +57,7 @@ type upgradedBody struct {
 	// ran, what it reported, and the bytes of the tunnel's own end it
 	// put on the wire. Close's goroutine only.
 	halfClosed, told bool
-	ownEnd          int
+	ownEnd           int
 }
 
 // halfCloseUpstream half-closes the tunnel's upstream (halfClose), once,
