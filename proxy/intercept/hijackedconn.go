@@ -58,6 +58,11 @@ type hijackedConn struct {
 	// lastClosed: goproxy's last response closes the connection, so it
 	// reads no head after it (headUnread).
 	lastClosed atomic.Bool
+	// lingers, when set, reports whether the connection, as goproxy
+	// closes it, ends with a lingering close; lingering says one has
+	// begun: reads return net.ErrClosed since (clientend.go).
+	lingers   func() bool
+	lingering atomic.Bool
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -247,10 +252,18 @@ func (l *headLimit) feedH2(b []byte) error {
 // request head or header list with a 431. The bytes that overran the limit
 // are never returned.
 func (c *hijackedConn) Read(b []byte) (int, error) {
+	if c.lingering.Load() {
+		return 0, net.ErrClosed
+	}
 	if c.hold.active.Load() {
 		c.endHold()
 	}
 	n, err := c.readConn(b)
+	if c.lingering.Load() {
+		// goproxy closed the connection during the read (the HTTP/2
+		// server's reader): what came is the linger's to drop.
+		return 0, net.ErrClosed
+	}
 	for n == 0 && c.limit.timed.Load() && isTimeout(err) {
 		if h := c.limit.h2; h == nil || h.pending() {
 			c.limit.timedOut.Store(true)
@@ -555,30 +568,4 @@ func (c *hijackedConn) responseWriteErr() error {
 		return *p
 	}
 	return nil
-}
-
-// Close writes what is still held, then closes the connection. A write
-// blocked on a client that stopped reading (a WebSocket tunnel whose other
-// direction ended) holds h.mu: the deadline, set first, ends it, as
-// tls.Conn.Close bounds its close_notify.
-func (c *hijackedConn) Close() error {
-	h := &c.hold
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	h.mu.Lock()
-	c.flushLocked()
-	h.active.Store(false)
-	h.mu.Unlock()
-	var err error
-	if c.h1 && c.bodyFault.Load() != nil {
-		// A request body left unread, or broken while the client may
-		// still be sending: closed at once, the connection would be
-		// reset, and the answer with it (lingerClose).
-		err = lingerClose(c.Conn)
-	} else {
-		err = c.Conn.Close()
-	}
-	if c.onClose != nil {
-		c.once.Do(c.onClose)
-	}
-	return err
 }

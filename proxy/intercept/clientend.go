@@ -1,0 +1,88 @@
+package intercept
+
+import (
+	"crypto/tls"
+	"time"
+)
+
+// How a bumped client's connection ends once goproxy is done with it.
+//
+// goproxy closes the client connection as soon as its last answer is
+// written: a WebSocket tunnel whose destination ended, an HTTP/1 answer
+// with Connection: close, an HTTP/2 connection its server ended. Most of
+// that answer may still be in the stack's send queue then. A client that
+// half-closed after its upload (close_notify, then FIN) and reads on may
+// have its close_notify arrive after that Close (held back by Nagle
+// behind its unacknowledged upload), and gVisor, as Linux, answers data
+// arriving on a closed connection with a RST: that discards the send
+// queue, and the client loses the answer's tail while the records say it
+// had it all. So the connection ends as net/http's server ends one
+// (closeWriteAndWait): half-closed (close_notify, then FIN after the
+// answer) and read, what comes dropped, until the client's end, and only
+// then closed (lingerClose). A cleartext client's FIN carries no data and
+// draws no RST: only bumped connections linger.
+//
+// The linger is lingerClose's: the client's end, at most drainMax bytes
+// for at most drainWait (2 s, the bound of the other lingers: the body
+// drain's and the HTTP/2 refusal's). What it waits for is bytes the
+// client sent before it saw the appliance's end, which arrive within a
+// round trip or a retransmission or two; a client that never closes
+// keeps its connection 2 s past the session, no longer (the
+// close_notify's write before it is bounded by tls.Conn's 5 s). It runs
+// on a goroutine of its own, so the session's end (its records, Done,
+// what a drain waits for) does not wait for it; the stacks' closing ends
+// its read at once, as does a reset.
+
+// Close writes what is still held, then closes the connection, or
+// begins its lingering close (above). A write blocked on a client that
+// stopped reading (a WebSocket tunnel whose other direction ended) holds
+// h.mu: the deadline, set first, ends it, as tls.Conn.Close bounds its
+// close_notify.
+func (c *hijackedConn) Close() error {
+	h := &c.hold
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	h.mu.Lock()
+	c.flushLocked()
+	h.active.Store(false)
+	h.mu.Unlock()
+	var err error
+	switch {
+	case c.h1 && c.bodyFault.Load() != nil:
+		// A request body left unread, or broken while the client may
+		// still be sending: closed at once, the connection would be
+		// reset, and the answer with it (lingerClose). Its record is
+		// written after the linger: it waits for the body's end.
+		err = lingerClose(c.Conn)
+	case c.lingers != nil && c.lingers():
+		// A second Close (the HTTP/2 server's, after goproxy's) leaves it
+		// to the linger; one after an abort (lingers false) closes.
+		if c.lingering.CompareAndSwap(false, true) {
+			go func() { _ = lingerClose(c.Conn) }()
+		}
+	default:
+		err = c.Conn.Close()
+	}
+	if c.onClose != nil {
+		c.once.Do(c.onClose)
+	}
+	return err
+}
+
+// lingersAtEnd reports whether the session's client connection ends with
+// a lingering close as goproxy closes it: a bumped one (a TLS
+// connection), and a session that ends on its own. Not one aborted (its
+// connections reset already: nothing more to read or to deliver), nor one
+// whose client broke its connection, nor once the stacks are closing: the
+// records of those say the connection's end was not a clean one.
+func (s *session) lingersAtEnd() bool {
+	if _, ok := s.client.(*tls.Conn); !ok {
+		return false
+	}
+	if s.abortedFromOutside() || s.clientBroke() != nil {
+		return false
+	}
+	if r, ok := s.Client.(reclaimable); ok && r.Reclaimed() != nil {
+		return false
+	}
+	return s.ic.cfg.ShuttingDown == nil || !s.ic.cfg.ShuttingDown()
+}
