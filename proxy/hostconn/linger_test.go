@@ -198,8 +198,10 @@ func TestLingerBoundShrinks(t *testing.T) {
 	short.Store(true)
 	select {
 	case err := <-done:
-		if !errors.Is(err, hostconn.ErrTailUndelivered) {
-			t.Errorf("Linger: %v; want ErrTailUndelivered", err)
+		// The host's user timeout follows the bound, its clock started
+		// with the first zero-window probe: it may end the linger first.
+		if !errors.Is(err, hostconn.ErrTailUndelivered) && !errors.Is(err, syscall.ETIMEDOUT) {
+			t.Errorf("Linger: %v; want ErrTailUndelivered or the host's timeout", err)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Linger still waits 5 s after its bound shrank to 300ms")
