@@ -222,6 +222,29 @@ func TestH2OneStreamOriginServesAllStreams(t *testing.T) {
 	}
 }
 
+// TestH2OneStreamOriginDialsAtPace: 60 streams opened together against
+// an origin allowing one stream a connection are all served within the
+// bound of the 20 above: the session dials at its pace (16 a second)
+// while they wait. The idle closer's CloseIdleConnections also cancelled
+// every dial no request waited for, each a turn of the pace spent: dials
+// fell to about 2 a second and the streams took 20-24 s.
+func TestH2OneStreamOriginDialsAtPace(t *testing.T) {
+	defer intercept.SetUpstreamH2PingTimeouts(shortPingInterval, 10*time.Second)()
+	o, r := startStreamsOrigin(t, 1, 50*time.Millisecond)
+	statuses, slowest := streamsTogether(t, r, o, 60, 60*time.Second)
+	t.Logf("slowest stream %v; %d further connections dialled, at most %d open at once",
+		slowest.Round(time.Millisecond), o.dialled.Load(), o.app.peak.Load())
+	if bad := notAll200(statuses); bad != "" {
+		t.Errorf("streams not all answered 200: %s", bad)
+	}
+	if slowest > 15*time.Second {
+		t.Errorf("the slowest of 60 streams took %v, want under 15 s (3.4-4 s at the dial pace)", slowest.Round(time.Millisecond))
+	}
+	if p := o.app.peak.Load(); p > maxUpstreamConns {
+		t.Errorf("the session held %d upstream connections at once (maxUpstreamConns %d)", p, maxUpstreamConns)
+	}
+}
+
 // TestH2HonestOriginOneConnection: the converse. An origin that allows
 // many streams a connection carries 20 streams opened together on the
 // session's first connection, with no further dial.

@@ -226,10 +226,19 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 			if err != nil {
 				return nil, err
 			}
-			c, err := dial(ctx)
+			// The dial, once it has a slot, is not given up when net/http
+			// cancels it: CloseIdleConnections, which a dial waiting for a
+			// slot calls every idleSlotCheck (idleslots.go), also cancels
+			// every dial no request waits for, each of which has spent a
+			// turn of the dial pace (against an origin allowing one
+			// stream a connection, dials fell from 16 to about 2 a second).
+			// It completes into net/http's pool, bounded by the slot and
+			// the dial timeout.
+			dctx := context.WithoutCancel(ctx)
+			c, err := dial(dctx)
 			if err == nil && c != first {
 				cc := countedUnder(c)
-				if c, err = redial(ctx, c, false); err != nil && ctx.Err() != nil {
+				if c, err = redial(dctx, c, false); err != nil && ctx.Err() != nil {
 					// net/http gave the dial up (its request had a
 					// connection): the destination refused nothing.
 					cc.giveBack()
