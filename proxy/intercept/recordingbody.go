@@ -43,6 +43,14 @@ type recordingBody struct {
 	// cutTail is why a tunnel's close reset the destination with the
 	// client's upload not all delivered (upgradedBody.closeDelivering).
 	cutTail atomic.Pointer[error]
+	// writing is held by a tunnel's write to the destination
+	// (recordingRWBody.Write) until its bytes are counted in written:
+	// goproxy closes the tunnel as soon as either direction ends, and
+	// the destination's end may come with the last write's bytes in its
+	// socket, that write not yet returned, or returned and not yet
+	// counted. Close takes it once the upstream is closed, which ends a
+	// write still blocked, so that the record counts what went out.
+	writing sync.Mutex
 	// limit is the client connection's, which says whether its end was
 	// the appliance's deadline (clientGone); nil in some tests.
 	limit *headLimit
@@ -272,6 +280,10 @@ func (b *recordingBody) Close() error {
 		b.stream.end()
 	}
 	err := b.ReadCloser.Close()
+	if b.tunnel {
+		b.writing.Lock() // the write under way, if any, has returned and is counted
+		b.writing.Unlock()
+	}
 	if errors.Is(err, errTailUndelivered) || errors.Is(err, errDestinationResetLingering) {
 		cut := err // only this escapes: every other Close allocates nothing
 		b.cutTail.Store(&cut)
@@ -312,6 +324,8 @@ func (b *recordingRWBody) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	b.writing.Lock()
+	defer b.writing.Unlock()
 	n, err := b.w.Write(p)
 	b.written.Add(int64(n))
 	return n, err
