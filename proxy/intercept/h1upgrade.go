@@ -26,6 +26,15 @@ type upgradedBody struct {
 	// closing: Close is closing the connection, and a read it cuts short
 	// is the tunnel's end, not a failure of the destination's.
 	closing atomic.Bool
+	// sendEnded: the appliance ended its side of the connection
+	// (halfCloseUpstream), and a write failing after it is the tunnel's end too
+	// (endedHere).
+	sendEnded atomic.Bool
+	// writeErr is the first write to the destination that failed by its
+	// doing (writeFailed): goproxy ends the tunnel on it, and the read
+	// from the destination then need not see the reset
+	// (recordingBody.outcome).
+	writeErr atomic.Pointer[error]
 	// clientBroke says what broke the client's connection, if its client
 	// did (Session.clientBroke); aborted is closed once the session is
 	// aborted (Session.abortedSignal). Set with tunnel.
@@ -58,22 +67,26 @@ type upgradedBody struct {
 	// put on the wire. Close's goroutine only.
 	halfClosed, told bool
 	ownEnd           int
+	halfCloseErr     error
 }
 
 // halfCloseUpstream half-closes the tunnel's upstream (halfClose), once,
 // and keeps the bytes of the tunnel's own end it put on the wire (a
 // close_notify): a destination that closed its side and resets what comes
 // after never acknowledges them, which cuts nothing of the client's upload
-// (closeDelivering). It reports whether the destination was told. (The
-// count is the session's, but a tunnel's session writes nothing else.)
-func (u *upgradedBody) halfCloseUpstream() bool {
+// (closeDelivering). It reports whether the destination was told, and
+// the close_notify's write error, if it failed. A write failing after it
+// is the tunnel's end too (endedHere). (The count is the session's, but a
+// tunnel's session writes nothing else.)
+func (u *upgradedBody) halfCloseUpstream() (bool, error) {
 	if !u.halfClosed {
+		u.sendEnded.Store(true)
 		before := wireOut(u.conn)
-		u.told = halfClose(u.conn)
+		u.told, u.halfCloseErr = halfCloseErr(u.conn)
 		u.ownEnd = int(wireOut(u.conn) - before)
 		u.halfClosed = true
 	}
-	return u.told
+	return u.told, u.halfCloseErr
 }
 
 // upgradeDrain bounds how long a tunnel whose client has stopped sending
@@ -100,7 +113,42 @@ func (u *upgradedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (u *upgradedBody) Write(p []byte) (int, error) { return u.conn.Write(p) }
+func (u *upgradedBody) Write(p []byte) (int, error) {
+	n, err := u.conn.Write(p)
+	if err != nil && !u.endedHere(err) {
+		u.noteWriteErr(err)
+	}
+	return n, err
+}
+
+// noteWriteErr keeps err, a write to the destination that failed by its
+// doing, if it is the first.
+func (u *upgradedBody) noteWriteErr(err error) {
+	first := err // only this escapes: a write that succeeds allocates nothing
+	u.writeErr.CompareAndSwap(nil, &first)
+}
+
+// writeFailed is the first write to the destination that failed by its
+// doing, nil if none did.
+func (u *upgradedBody) writeFailed() error {
+	if p := u.writeErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// endedHere reports whether err, a write to the upstream that failed, is
+// the appliance's own doing: its close (net.ErrClosed, also the session's
+// Abort, whose reason is the records'), or its own end of sending (a TLS
+// connection's "protocol is shutdown", the socket's EPIPE). A reset is
+// always the destination's, and so is an EPIPE before that end: it comes
+// to a write once the destination's reset has been taken, by a read or an
+// earlier write. By the error, not by when it came: the destination's
+// reset may fail the write and end the read (cleanly, the error taken),
+// and that end close the tunnel before the failed write is looked at.
+func (u *upgradedBody) endedHere(err error) bool {
+	return errors.Is(err, net.ErrClosed) || (u.sendEnded.Load() && !errors.Is(err, syscall.ECONNRESET))
+}
 
 // Close implements io.Closer. goproxy closes a tunnel as soon as either
 // direction ends. When the client's ended first (it half-closed after its
@@ -128,7 +176,14 @@ func (u *upgradedBody) Close() error {
 		select {
 		case <-u.ended:
 		default:
-			if u.halfCloseUpstream() {
+			told, err := u.halfCloseUpstream()
+			if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+				// The tunnel's end (a close_notify) met the destination's
+				// reset, taken by no read: the client's upload, all
+				// written, may not all have been read.
+				u.noteWriteErr(err)
+			}
+			if told {
 				t := time.NewTimer(upgradeDrain)
 				select {
 				case <-u.ended:
@@ -210,12 +265,19 @@ func (u *upgradedBody) clientGone() bool {
 // then the socket's FIN (not every server reads the alert as the end).
 // It reports whether the peer was told anything.
 func halfClose(c net.Conn) bool {
+	told, _ := halfCloseErr(c)
+	return told
+}
+
+// halfCloseErr is halfClose, with the error of the TLS close_notify's
+// write, if it failed.
+func halfCloseErr(c net.Conn) (bool, error) {
 	told := false
 	for range 8 {
 		switch x := c.(type) {
 		case *tls.Conn:
-			if x.CloseWrite() != nil {
-				return told
+			if err := x.CloseWrite(); err != nil {
+				return told, err
 			}
 			told = true
 			c = x.NetConn()
@@ -224,10 +286,10 @@ func halfClose(c net.Conn) bool {
 		case *countedConn:
 			c = x.Conn
 		case interface{ CloseWrite() error }:
-			return x.CloseWrite() == nil || told
+			return x.CloseWrite() == nil || told, nil
 		default:
-			return told
+			return told, nil
 		}
 	}
-	return told
+	return told, nil
 }

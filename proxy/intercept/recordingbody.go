@@ -149,8 +149,8 @@ func inH2Handler(req *http.Request) bool {
 // held some it never read. A read failing is the destination's doing
 // (cut short, reset, timed out), unless ctx was cancelled first. A
 // tunnel's end is its own: ok, unless a read from the destination failed,
-// or the client broke its connection (broke: reset, timeout for a vanished
-// one).
+// or a write to it (upgradedBody.writeFailed), or the client broke its
+// connection (broke: reset, timeout for a vanished one).
 //
 // The last read can bring the body's end with its bytes (n, io.EOF: a
 // net/http body of known length that arrives in one read), before goproxy
@@ -198,10 +198,18 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 		if broke != nil {
 			return clientBreakResult(broke), fmt.Sprintf("WebSocket tunnel, after %d bytes from the destination: the client's connection broke: %v", delivered, broke), delivered
 		}
-		if err == nil || errors.Is(err, net.ErrClosed) {
-			return "ok", "", delivered
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			return bodyResult(err), fmt.Sprintf("WebSocket tunnel from the destination, after %d bytes: %v", delivered, err), delivered
 		}
-		return bodyResult(err), fmt.Sprintf("WebSocket tunnel from the destination, after %d bytes: %v", delivered, err), delivered
+		if f, ok := b.ReadCloser.(interface{ writeFailed() error }); ok {
+			if werr := f.writeFailed(); werr != nil {
+				// The read ended cleanly, or by the tunnel's own close,
+				// which the failed write brought about: the reset was
+				// the write's.
+				return writeResult(werr), fmt.Sprintf("WebSocket tunnel to the destination, after %d bytes: %v", b.written.Load(), werr), delivered
+			}
+		}
+		return "ok", "", delivered
 	case b.ended.Load() && ctx.Err() == nil && werr == nil:
 		return "ok", "", delivered
 	case err == nil || ctx.Err() != nil || werr != nil || errors.Is(err, context.Canceled):
@@ -273,6 +281,17 @@ func bodyResult(err error) string {
 		return "reset"
 	}
 	return records.DialResult(err)
+}
+
+// writeResult names why a write to a tunnel's destination failed, for the
+// Result field: a reset, also when the write came after the reset was
+// taken (EPIPE: endedHere has left out the appliance's own end); else as
+// bodyResult.
+func writeResult(err error) string {
+	if errors.Is(err, syscall.EPIPE) {
+		return "reset"
+	}
+	return bodyResult(err)
 }
 
 func (b *recordingBody) Close() error {

@@ -1,8 +1,13 @@
 package intercept
 
 import (
+	"context"
+	"errors"
 	"io"
+	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -58,5 +63,51 @@ func TestTunnelRecordCountsTheWriteUnderWay(t *testing.T) {
 	<-wrote
 	if counted != 4281 {
 		t.Errorf("the record counted %d bytes out; the tunnel wrote %d", counted, rb.written.Load())
+	}
+}
+
+// failingConn is an upstream whose writes fail with err.
+type failingConn struct {
+	net.Conn
+	err error
+}
+
+func (c failingConn) Write([]byte) (int, error) { return 0, c.err }
+
+// A write to a tunnel's destination that failed is the tunnel's result
+// unless the appliance's own end of the tunnel failed it: the
+// destination's reset, taken by the write (ECONNRESET) or before it
+// (EPIPE), was recorded ok, the read from it ended by the close that the
+// failed write brought about.
+func TestTunnelWriteFailureDecidesTheOutcome(t *testing.T) {
+	opErr := func(errno syscall.Errno) error {
+		return &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", errno)}
+	}
+	for _, tc := range []struct {
+		name      string
+		err       error
+		sendEnded bool // the appliance had ended its side first
+		result    string
+	}{
+		{"reset", opErr(syscall.ECONNRESET), false, "reset"},
+		{"reset taken before", opErr(syscall.EPIPE), false, "reset"},
+		{"reset after the appliance's end", opErr(syscall.ECONNRESET), true, "reset"},
+		{"the appliance's end", opErr(syscall.EPIPE), true, "ok"},
+		{"the appliance's TLS end", errors.New("tls: protocol is shutdown"), true, "ok"},
+		{"the appliance's close", &net.OpError{Op: "write", Net: "tcp", Err: net.ErrClosed}, false, "ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := &upgradedBody{conn: failingConn{err: tc.err}}
+			u.sendEnded.Store(tc.sendEnded)
+			rb := &recordingBody{ReadCloser: u, tunnel: true}
+			b := &recordingRWBody{recordingBody: rb, w: u}
+			if _, err := b.Write([]byte("x")); err == nil {
+				t.Fatal("the write did not fail")
+			}
+			result, why, _ := rb.outcome(context.Background(), nil, nil)
+			if result != tc.result || (result != "ok") != strings.HasPrefix(why, "WebSocket tunnel to the destination, after 0 bytes: ") {
+				t.Errorf("a write failing with %v: %s %q, want %s", tc.err, result, why, tc.result)
+			}
+		})
 	}
 }
