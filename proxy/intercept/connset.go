@@ -3,7 +3,6 @@ package intercept
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -120,30 +119,7 @@ var errSetEnded = errors.New("the client connection has ended")
 // until ctx (the dial's) or reqDone (the request's, nil if none) ends, or
 // the set does.
 func (s *connSet) takeSlot(ctx context.Context, reqDone <-chan struct{}) (*connSlot, error) {
-	for {
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			return nil, errSetEnded
-		}
-		if s.open < maxUpstreamConns {
-			s.open++
-			s.mu.Unlock()
-			return &connSlot{set: s}, nil
-		}
-		if s.freed == nil {
-			s.freed = make(chan struct{})
-		}
-		freed := s.freed
-		s.mu.Unlock()
-		select {
-		case <-freed:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for one of %d upstream connections to close: %w", maxUpstreamConns, context.Cause(ctx))
-		case <-reqDone:
-			return nil, fmt.Errorf("waiting for one of %d upstream connections to close: the request ended", maxUpstreamConns)
-		}
-	}
+	return s.takeSlotClosingIdle(ctx, reqDone, nil)
 }
 
 // release gives the slot back, once; sl may be nil.

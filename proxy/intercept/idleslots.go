@@ -58,9 +58,13 @@ func (c *idleCloser) maybeClose() {
 
 // takeSlotClosingIdle is takeSlot (connset.go) for a transport whose
 // connections may be HTTP/2: while no slot is free it has idle's
-// connections closed, at once and then every idleSlotCheck.
+// connections closed, at once and then every idleSlotCheck (none when
+// idle is nil).
 func (s *connSet) takeSlotClosingIdle(ctx context.Context, reqDone <-chan struct{}, idle *idleCloser) (*connSlot, error) {
-	var tick *time.Ticker // once the dial waits
+	var (
+		tick  *time.Ticker // once the dial waits
+		ticks <-chan time.Time
+	)
 	defer func() {
 		if tick != nil {
 			tick.Stop()
@@ -82,14 +86,17 @@ func (s *connSet) takeSlotClosingIdle(ctx context.Context, reqDone <-chan struct
 		}
 		freed := s.freed
 		s.mu.Unlock()
-		if tick == nil {
-			tick = time.NewTicker(idleSlotCheck)
+		if idle != nil {
+			if tick == nil {
+				tick = time.NewTicker(idleSlotCheck)
+				ticks = tick.C
+			}
+			// Outside mu: a connection's Close releases its slot under it.
+			idle.maybeClose()
 		}
-		// Outside mu: a connection's Close releases its slot under it.
-		idle.maybeClose()
 		select {
 		case <-freed:
-		case <-tick.C:
+		case <-ticks:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting for one of %d upstream connections to close: %w", maxUpstreamConns, context.Cause(ctx))
 		case <-reqDone:
