@@ -3,6 +3,7 @@ package proxy
 import (
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -148,52 +149,19 @@ func TestRelayReloadDenyEndsLinger(t *testing.T) {
 	p, sink, client := quickKeepaliveRig(t)
 	p.SetWriteStallTimeout(20 * time.Second)
 	r := &stallRig{p: p, sink: sink, client: client}
-	ln := smallBufferListener(t)
-	read := make(chan int64, 1)
-	startRead, talk := make(chan struct{}), make(chan struct{})
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		stop := make(chan struct{})
-		go func() { // talks once the reload is in
-			<-talk
-			for range 100 {
-				select {
-				case <-stop:
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				if _, err := c.Write([]byte("tick\n")); err != nil {
-					return
-				}
-			}
-		}()
-		<-startRead
-		close(stop)
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, _ := io.Copy(io.Discard, c)
-		read <- n
-	}()
-	dst := ln.Addr().(*net.TCPAddr).AddrPort()
-	c := dialRaw(t, client, dst)
+	d := startReloadTalkingDest(t, nil)
+	c := dialRaw(t, client, d.addr)
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	uploadWholeThenReset(t, c, size)
 	time.Sleep(500 * time.Millisecond) // the reset taken, the linger begun: no event says so
-	pol, err := policy.Parse("reloaded.yaml", []byte("policy: {default: deny}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cfg.Policy.Store(pol)
-	close(talk)
+	denyAll(t, p)
+	close(d.talk)
 	rec, ok := r.record(t, 5*time.Second)
-	left := socketsTo(t, dst.Port())
-	close(startRead)
+	left := socketsTo(t, d.addr.Port())
+	close(d.startRead)
 	var n int64 = -1
 	select {
-	case n = <-read:
+	case n = <-d.read:
 	case <-time.After(12 * time.Second):
 	}
 	if !ok {
@@ -229,4 +197,63 @@ func TestBumpedWebSocketZeroWindowDestinationTailNotDelivered(t *testing.T) {
 			t.Errorf("the destination never read nor reset; the %s record says %s %q", rec.name, rec.result, rec.errTxt)
 		}
 	}
+}
+
+// reloadTalkingDest is a destination with a 4 KiB receive buffer that
+// reads nothing until startRead is closed, then reads to the end and says
+// how many bytes it got (read); it writes a line once early is closed
+// (never when nil), and one every 100 ms once talk is closed, until it
+// reads.
+type reloadTalkingDest struct {
+	addr            netip.AddrPort
+	talk, startRead chan struct{}
+	read            chan int64
+}
+
+func startReloadTalkingDest(t *testing.T, early <-chan struct{}) *reloadTalkingDest {
+	t.Helper()
+	ln := smallBufferListener(t)
+	d := &reloadTalkingDest{addr: ln.Addr().(*net.TCPAddr).AddrPort(),
+		talk: make(chan struct{}), startRead: make(chan struct{}), read: make(chan int64, 1)}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if early != nil {
+			<-early
+			_, _ = c.Write([]byte("early\n"))
+		}
+		stop := make(chan struct{})
+		go func() {
+			<-d.talk
+			for range 100 {
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+				if _, err := c.Write([]byte("tick\n")); err != nil {
+					return
+				}
+			}
+		}()
+		<-d.startRead
+		close(stop)
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _ := io.Copy(io.Discard, c)
+		d.read <- n
+	}()
+	return d
+}
+
+// denyAll has p's policy reloaded to one that denies everything.
+func denyAll(t *testing.T, p *Proxy) {
+	t.Helper()
+	pol, err := policy.Parse("reloaded.yaml", []byte("policy: {default: deny}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cfg.Policy.Store(pol)
 }

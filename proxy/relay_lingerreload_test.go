@@ -1,12 +1,8 @@
 package proxy
 
 import (
-	"io"
-	"net"
 	"testing"
 	"time"
-
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // TestRelayReloadDenyEndsLingerAfterDestinationDirectionEnded: TestRelayReloadDenyEndsLinger with
@@ -28,57 +24,23 @@ func reloadAfterInEnded(t *testing.T, size int) {
 	p, sink, client := quickKeepaliveRig(t)
 	p.SetWriteStallTimeout(8 * time.Second)
 	r := &stallRig{p: p, sink: sink, client: client}
-	ln := smallBufferListener(t)
-	read := make(chan int64, 1)
-	talkedOnce, talk, startRead := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		<-talkedOnce
-		_, _ = c.Write([]byte("early\n"))
-		stop := make(chan struct{})
-		go func() {
-			<-talk
-			for range 100 {
-				select {
-				case <-stop:
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-				if _, err := c.Write([]byte("tick\n")); err != nil {
-					return
-				}
-			}
-		}()
-		<-startRead
-		close(stop)
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, _ := io.Copy(io.Discard, c)
-		read <- n
-	}()
-	dst := ln.Addr().(*net.TCPAddr).AddrPort()
-	c := dialRaw(t, client, dst)
+	talkedOnce := make(chan struct{})
+	d := startReloadTalkingDest(t, talkedOnce)
+	c := dialRaw(t, client, d.addr)
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	uploadWholeThenReset(t, c, size)
 	time.Sleep(300 * time.Millisecond)
 	close(talkedOnce) // the destination's direction ends on the broken client
 	time.Sleep(300 * time.Millisecond)
-	pol, err := policy.Parse("reloaded.yaml", []byte("policy: {default: deny}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cfg.Policy.Store(pol)
-	close(talk)
+	denyAll(t, p)
+	close(d.talk)
 	start := time.Now()
 	rec, ok := r.record(t, 5*time.Second)
-	left := socketsTo(t, dst.Port())
-	close(startRead)
+	left := socketsTo(t, d.addr.Port())
+	close(d.startRead)
 	var n int64 = -1
 	select {
-	case n = <-read:
+	case n = <-d.read:
 	case <-time.After(12 * time.Second):
 	}
 	if !ok {
