@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -10,8 +8,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
@@ -106,31 +102,13 @@ func TestBumpedWebSocketUploadSurvivesClientBreakAfterFIN(t *testing.T) {
 			r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Hour,
 				handler: wsSlowReaderHeld(release, ends, hold), destRcvBuf: 4096,
 				tcp: netstack.TCPOptions{KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2}})
-			rc := dialRaw(t, r.client, r.dest)
-			rc.SetDeadline(time.Now().Add(20 * time.Second))
-			c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-			if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
-				t.Fatal(err)
-			}
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-				t.Fatalf("the upgrade: %v; want 101", err)
-			}
-			if _, err := c.Write(make([]byte, size)); err != nil {
-				t.Fatal(err)
-			}
+			rc, c := wsUpgradeAndUpload(t, r, size)
 			if tc.fin {
 				_ = c.CloseWrite() // close_notify
 				if err := rc.halfClose(); err != nil {
 					t.Fatal(err)
 				}
-				// The upload and its FIN acknowledged by the appliance.
-				for end := time.Now().Add(10 * time.Second); tcp.EndpointState(rc.ep.State()) != tcp.StateFinWait2; time.Sleep(5 * time.Millisecond) {
-					if time.Now().After(end) {
-						t.Fatalf("the appliance did not take the whole upload and its FIN (client state %v)", tcp.EndpointState(rc.ep.State()))
-					}
-				}
+				waitFINAcknowledged(t, rc) // the upload and its FIN acknowledged by the appliance
 			}
 			if tc.reset {
 				rc.reset()

@@ -30,8 +30,22 @@ func wsUploadWholeThenReset(t *testing.T, r *bumpStallRig, size int) *rawClient 
 // wsUploadWhole is wsUploadWholeThenReset without the reset.
 func wsUploadWhole(t *testing.T, r *bumpStallRig, size int) *rawClient {
 	t.Helper()
+	rc, c := wsUpgradeAndUpload(t, r, size)
+	_ = c.CloseWrite()
+	if err := rc.halfClose(); err != nil {
+		t.Fatal(err)
+	}
+	waitFINAcknowledged(t, rc)
+	return rc
+}
+
+// wsUpgradeAndUpload opens a bumped WebSocket tunnel through r and
+// uploads size bytes through it; it returns the client's connection and
+// its TLS.
+func wsUpgradeAndUpload(t *testing.T, r *bumpStallRig, size int) (*rawClient, *tls.Conn) {
+	t.Helper()
 	rc := dialRaw(t, r.client, r.dest)
-	rc.SetDeadline(time.Now().Add(20 * time.Second))
+	rc.SetDeadline(time.Now().Add(30 * time.Second))
 	c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
 	if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
@@ -44,16 +58,18 @@ func wsUploadWhole(t *testing.T, r *bumpStallRig, size int) *rawClient {
 	if _, err := c.Write(make([]byte, size)); err != nil {
 		t.Fatal(err)
 	}
-	_ = c.CloseWrite()
-	if err := rc.halfClose(); err != nil {
-		t.Fatal(err)
-	}
+	return rc, c
+}
+
+// waitFINAcknowledged waits until the appliance has acknowledged all rc
+// sent and its FIN (the client in FIN-WAIT-2).
+func waitFINAcknowledged(t *testing.T, rc *rawClient) {
+	t.Helper()
 	for end := time.Now().Add(10 * time.Second); tcp.EndpointState(rc.ep.State()) != tcp.StateFinWait2; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatalf("the appliance did not take the whole upload and its FIN (client state %v)", tcp.EndpointState(rc.ep.State()))
 		}
 	}
-	return rc
 }
 
 // wsReadAllThenReset answers a WebSocket upgrade, reads nothing for wait,

@@ -1,18 +1,13 @@
 package proxy
 
 import (
-	"bufio"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // TestBumpedWebSocketReloadDenyEndsLingerAfterCopiesEnded: a tunnel's
@@ -51,36 +46,12 @@ func TestBumpedWebSocketReloadDenyEndsLingerAfterCopiesEnded(t *testing.T) {
 		ends <- destEnd{n, err}
 	}
 	r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Hour, handler: handler, destRcvBuf: 4096})
-	rc := dialRaw(t, r.client, r.dest)
-	rc.SetDeadline(time.Now().Add(30 * time.Second))
-	c := tls.Client(rc, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-	if _, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: big.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("the upgrade: %v; want 101", err)
-	}
-	if _, err := c.Write(make([]byte, size)); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.CloseWrite()
-	_ = rc.halfClose()
-	for end := time.Now().Add(10 * time.Second); tcp.EndpointState(rc.ep.State()) != tcp.StateFinWait2; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("no FIN_WAIT2")
-		}
-	}
+	rc := wsUploadWhole(t, r, size)
 	rc.reset()
 	time.Sleep(300 * time.Millisecond)
 	close(early)
 	time.Sleep(500 * time.Millisecond) // lingering
-	pol, err := policy.Parse("reloaded.yaml", []byte("policy: {default: deny}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.p.cfg.Policy.Store(pol)
+	denyAll(t, r.p)
 	close(talk)
 	start := time.Now()
 	time.Sleep(time.Second)
