@@ -34,6 +34,24 @@ func lingerPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 	return ours, peer
 }
 
+// lingerResult is what a Linger run in the background returned.
+type lingerResult struct {
+	unsent int
+	err    error
+}
+
+// lingerAsync runs Linger on ours's socket in the background, with a
+// 64 KiB buffer for what the peer sends.
+func lingerAsync(ours *net.TCPConn, bound func() time.Duration, stop func() error) <-chan lingerResult {
+	done := make(chan lingerResult, 1)
+	rc, _ := ours.SyscallConn()
+	go func() {
+		n, err := hostconn.Linger(rc, make([]byte, 64<<10), bound, stop)
+		done <- lingerResult{n, err}
+	}()
+	return done
+}
+
 // fixed is a linger bound that stays d.
 const delayedAckMax = 4096
 
@@ -142,16 +160,7 @@ func TestLingerPeerResetAfterTakingAll(t *testing.T) {
 		if _, err := ours.Write(make([]byte, size)); err != nil {
 			t.Fatal(err)
 		}
-		type result struct {
-			unsent int
-			err    error
-		}
-		lingered := make(chan result, 1)
-		rc, _ := ours.SyscallConn()
-		go func() {
-			n, err := hostconn.Linger(rc, make([]byte, 64<<10), fixed(10*time.Second), nil)
-			lingered <- result{n, err}
-		}()
+		lingered := lingerAsync(ours, fixed(10*time.Second), nil)
 		time.Sleep(100 * time.Millisecond) // the linger is polling at its slowest by then: the scenario
 		_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
 		n, err := io.Copy(io.Discard, peer)
@@ -188,16 +197,12 @@ func TestLingerBoundShrinks(t *testing.T) {
 		}
 		return time.Hour
 	}
-	rc, _ := ours.SyscallConn()
-	done := make(chan error, 1)
-	go func() {
-		_, err := hostconn.Linger(rc, make([]byte, 4096), bound, nil)
-		done <- err
-	}()
+	done := lingerAsync(ours, bound, nil)
 	time.Sleep(100 * time.Millisecond)
 	short.Store(true)
 	select {
-	case err := <-done:
+	case r := <-done:
+		err := r.err
 		// The host's user timeout follows the bound, its clock started
 		// with the first zero-window probe: it may end the linger first.
 		if !errors.Is(err, hostconn.ErrTailUndelivered) && !errors.Is(err, syscall.ETIMEDOUT) {
@@ -221,16 +226,7 @@ func TestLingerStops(t *testing.T) {
 		}
 		return nil
 	}
-	rc, _ := ours.SyscallConn()
-	type result struct {
-		unsent int
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() {
-		n, err := hostconn.Linger(rc, make([]byte, 4096), fixed(time.Hour), stop)
-		done <- result{n, err}
-	}()
+	done := lingerAsync(ours, fixed(time.Hour), stop)
 	time.Sleep(100 * time.Millisecond)
 	stopping.Store(true)
 	select {
@@ -249,16 +245,7 @@ func TestLingerStops(t *testing.T) {
 func TestLingerSocketClosedMeanwhile(t *testing.T) {
 	ours, peer := lingerPair(t)
 	fillUnread(t, ours, peer)
-	rc, _ := ours.SyscallConn()
-	type result struct {
-		unsent int
-		err    error
-	}
-	done := make(chan result, 1)
-	go func() {
-		n, err := hostconn.Linger(rc, make([]byte, 4096), fixed(time.Hour), nil)
-		done <- result{n, err}
-	}()
+	done := lingerAsync(ours, fixed(time.Hour), nil)
 	time.Sleep(100 * time.Millisecond)
 	ours.Close()
 	select {
@@ -313,17 +300,13 @@ func TestLingerBoundGrowsBack(t *testing.T) {
 		}
 		return 600 * time.Millisecond
 	}
-	rc, _ := ours.SyscallConn()
-	done := make(chan error, 1)
 	start := time.Now()
-	go func() {
-		_, err := hostconn.Linger(rc, make([]byte, 4096), bound, nil)
-		done <- err
-	}()
+	done := lingerAsync(ours, bound, nil)
 	time.Sleep(100 * time.Millisecond)
 	long.Store(true)
 	select {
-	case err := <-done:
+	case r := <-done:
+		err := r.err
 		if d := time.Since(start); d < 4*time.Second {
 			t.Errorf("the bound in force is 5s, but the linger ended after %v: %v", d, err)
 		}
