@@ -99,15 +99,7 @@ func TestRelayWholeUploadReachesTalkingDestinationAfterClientBreak(t *testing.T)
 // short of the upload by what the destination never acknowledged.
 func TestRelayUndeliveredTailRecordedCut(t *testing.T) {
 	const size = 256 << 10
-	p, sink, client := quickKeepaliveRig(t)
-	p.SetWriteStallTimeout(2 * time.Second)
-	r := &stallRig{p: p, sink: sink, client: client}
-	release := make(chan struct{})
-	defer close(release)
-	dst, _ := slowReadDest(t, release)
-	c := dialRaw(t, client, dst)
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	uploadWholeThenReset(t, c, size)
+	r := lingerOnDeafDest(t, 2*time.Second, size)
 	rec, ok := r.record(t, 10*time.Second)
 	if !ok {
 		t.Fatal("no record: the relay lingered past its bound")
@@ -153,4 +145,21 @@ func wantWholeUploadDelivered(t *testing.T, got destEnd, size int64, bytesOut in
 	if bytesOut != got.n {
 		t.Errorf("record bytes_out %d, but the destination got %d", bytesOut, got.n)
 	}
+}
+
+// lingerOnDeafDest has a client of a proxy whose write-stall timeout is
+// stall send size bytes and its FIN, all acknowledged, to a destination
+// that reads nothing while the test runs, and reset: a flow that lingers.
+func lingerOnDeafDest(t *testing.T, stall time.Duration, size int) *stallRig {
+	t.Helper()
+	p, sink, client := quickKeepaliveRig(t)
+	p.SetWriteStallTimeout(stall)
+	r := &stallRig{p: p, sink: sink, client: client}
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	dst, _ := slowReadDest(t, release)
+	c := dialRaw(t, client, dst)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	uploadWholeThenReset(t, c, size)
+	return r
 }

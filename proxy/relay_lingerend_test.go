@@ -77,15 +77,8 @@ func TestRelayDestinationResetAfterWholeUploadNotCut(t *testing.T) {
 // write was cut at 10 s.
 func TestRelayLingerFollowsShortenedStallTimeout(t *testing.T) {
 	const size = 256 << 10
-	p, sink, client := quickKeepaliveRig(t)
-	p.SetWriteStallTimeout(40 * time.Second)
-	r := &stallRig{p: p, sink: sink, client: client}
-	release := make(chan struct{})
-	defer close(release)
-	dst, _ := slowReadDest(t, release)
-	c := dialRaw(t, client, dst)
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	uploadWholeThenReset(t, c, size)
+	r := lingerOnDeafDest(t, 40*time.Second, size)
+	p := r.p
 	time.Sleep(500 * time.Millisecond) // the reset taken, the linger begun: no event says so
 	p.SetWriteStallTimeout(time.Second)
 	rec, ok := r.record(t, 8*time.Second)
