@@ -414,6 +414,8 @@ type upstream struct {
 	// drop: answer, then close the connection without saying so first
 	// (HTTP/1 only), as a server ending an idle keep-alive connection does.
 	drop atomic.Bool
+	// chunked: answer with a chunked body, as a handler that streams does.
+	chunked atomic.Bool
 }
 
 // requests returns what the upstream has served.
@@ -440,6 +442,9 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	u.mu.Unlock()
 	io.Copy(io.Discard, req.Body)
 	body := "upstream: " + line
+	if u.chunked.Load() {
+		w.Header().Set("Transfer-Encoding", "chunked")
+	}
 	if u.drop.Load() {
 		c, bw, err := w.(http.Hijacker).Hijack()
 		if err != nil {

@@ -435,7 +435,7 @@ func (b *nextHead) Close() error {
 		// one's end, which endChunked writes next (wroteLast, answer.go).
 		b.cc.lastPieceRead()
 	}
-	if b.cc.h1 && b.reqBody != nil && b.reqBody != http.NoBody {
+	if b.cc.h1 {
 		b.endChunked()
 	}
 	if whole {
@@ -465,7 +465,10 @@ func (b *nextHead) Close() error {
 // them. net/http's Response.Write writes them only after it closes the
 // response body, and that close reads the rest of the request body first
 // (a drain of up to drainWait): a client that stopped its upload on an
-// early answer waited for the answer's end as long. The trailer is
+// early answer waited for the answer's end as long. And the record,
+// written at that close, sends what is held to learn whether the client
+// got it: a response's end written after it would leave as a TLS record,
+// segment and datagram of its own. The trailer is
 // written as Response.Write writes it: Header.Write of the map it took
 // when it began (b.trailer), whose fields the body's end has filled in;
 // none when that was nil, whatever map the body's end set since. Any
