@@ -24,13 +24,16 @@ import (
 //
 // An ACK is held only when waiting is likely to pay and cannot stall the
 // client for long:
-//   - the flow answered quickly before: data left within the delay of the
-//     flow's last pure ACK (the time it was made, held or not), and no held
-//     ACK of it has run out its delay since (Linux's "pingpong" mode);
-//   - it acknowledges new data, at most maxDelayedBytes of it, so that a
-//     client sending a window's worth is acknowledged at once; a second
-//     such ACK while one is held goes out at once, as Linux acknowledges
-//     every second full segment;
+//   - the flow has not been slow to answer: no held ACK of it has run out
+//     its delay, or data left within the delay of its last pure ACK since
+//     (Linux's "pingpong" mode). A new flow starts as one that answers
+//     quickly: a client speaking first (a TLS ClientHello, a request) is
+//     answered by the appliance itself, often within the delay;
+//   - it acknowledges new data, at most maxDelayedBytes of it since the
+//     last ACK that left, so that a client sending a window's worth is
+//     acknowledged at once, as Linux acknowledges at once once more than a
+//     full segment is unacknowledged; a later ACK while one is held takes
+//     its place, keeping its deadline, while that holds;
 //   - it carries no option but timestamps: duplicate ACKs and SACK blocks,
 //     which drive the client's loss recovery, are never held.
 //
@@ -68,7 +71,7 @@ type flowAcks struct {
 	gen     uint32     // counts holds, so that the timer tells a hold it queued from a later one
 	sentAck uint32     // the highest acknowledgement number sent, when sent is set
 	sent    bool
-	quick   bool  // the flow answers quickly: its ACKs may be held
+	slow    bool  // the flow has not answered within the delay: its ACKs leave at once
 	ackAt   int64 // when the flow's last pure ACK was made (monoclock.Now)
 }
 
@@ -105,7 +108,8 @@ type ackDelayer struct {
 	due     []heldRef
 
 	held, carried atomic.Uint64
-	stopped       atomic.Bool // the server closed: nothing is held any more
+	replaced      atomic.Uint64 // held ACKs a later ACK took the place of
+	stopped       atomic.Bool   // the server closed: nothing is held any more
 }
 
 func (d *ackDelayer) init(srv *Server, delay time.Duration) {
@@ -170,6 +174,16 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 		// which a client drops unread when it lies below its window.
 		carries := hasAck && !seqAfter(h.seq, seq) &&
 			(seqAfter(ack, h.ack) || ack == h.ack && (payload > 0 || flags&(tcpSYN|tcpFIN) != 0))
+		if carries && pure && a.sent && ack-a.sentAck <= maxDelayedBytes && len(dgram) <= maxHeldDatagram &&
+			onlyTimestamps(tcp[20:dataOff]) {
+			// A later ACK of little more: it takes the held one's place
+			// and its deadline (the queue's entry, by gen).
+			*h = delayedAck{buf: h.buf, n: copy(*h.buf, dgram), inner: inner, gwlb: gwlb, seq: seq, ack: ack}
+			a.ackAt = now
+			a.mu.Unlock()
+			d.replaced.Add(1)
+			return false
+		}
 		if carries {
 			heldPool.Put(h.buf)
 			secondAck = pure
@@ -181,7 +195,7 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 		*h = delayedAck{}
 		d.released()
 	}
-	if pure && earlier.buf == nil && !secondAck && a.quick && a.sent && seqAfter(ack, a.sentAck) && ack-a.sentAck <= maxDelayedBytes &&
+	if pure && earlier.buf == nil && !secondAck && !a.slow && a.sent && seqAfter(ack, a.sentAck) && ack-a.sentAck <= maxDelayedBytes &&
 		len(dgram) <= maxHeldDatagram && onlyTimestamps(tcp[20:dataOff]) {
 		buf := heldPool.Get().(*[]byte)
 		a.held = delayedAck{buf: buf, n: copy(*buf, dgram), inner: inner, gwlb: gwlb, seq: seq, ack: ack}
@@ -202,7 +216,7 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 	case pure:
 		a.ackAt = now
 	case payload > 0 && now-a.ackAt <= d.delay:
-		a.quick = true
+		a.slow = false
 	}
 	a.mu.Unlock()
 	if earlier.buf != nil {
@@ -303,7 +317,7 @@ func (d *ackDelayer) fire() {
 		}
 		// The answer did not come in time: the flow's ACKs leave at once
 		// from now on, until it answers within the delay of one.
-		a.quick = false
+		a.slow = true
 		a.mu.Unlock()
 		d.released()
 		if b.full() {
@@ -317,4 +331,22 @@ func (d *ackDelayer) fire() {
 	clear(d.due)
 	d.srv.sendReplies(b)
 	b.release()
+}
+
+// dropHeld drops flow f's held ACK, if any: the client reset the flow, and
+// an ACK would reach no connection (its answer would be another RST).
+// Called for each RST the client sends.
+func (d *ackDelayer) dropHeld(f *Flow) {
+	a := f.acks.Load()
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	h := a.held
+	a.held = delayedAck{}
+	a.mu.Unlock()
+	if h.buf != nil {
+		heldPool.Put(h.buf)
+		d.released()
+	}
 }

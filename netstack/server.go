@@ -342,6 +342,8 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
+			} else if p.TCPFlags&flagRst != 0 && s.acks.delay != 0 {
+				s.acks.dropHeld(flow)
 			}
 		}
 		// An echo request's fragments never reach the stack: the echo

@@ -53,10 +53,12 @@ type Stats struct {
 	// ReadErrors counts the GENEVE sockets' failed reads (each retried,
 	// after a wait that grows while they go on failing).
 	ReadErrors uint64 `json:"read_errors"`
-	// AcksDelayed counts the pure ACKs held for a reply to carry, and
-	// AcksCarried those of them a reply carried, so they never left.
-	AcksDelayed uint64 `json:"acks_delayed"`
-	AcksCarried uint64 `json:"acks_carried"`
+	// AcksDelayed counts the pure ACKs held for a reply to carry,
+	// AcksCarried those of them a reply carried, so they never left, and
+	// AcksReplaced those a later ACK of their flow took the place of.
+	AcksDelayed  uint64 `json:"acks_delayed"`
+	AcksCarried  uint64 `json:"acks_carried"`
+	AcksReplaced uint64 `json:"acks_replaced"`
 	// MemoryPressure is how short of memory new flows are admitted by:
 	// ample, short or critical (MemoryPressure).
 	MemoryPressure string `json:"memory_pressure"`
@@ -98,6 +100,7 @@ func (s *Server) Stats() Stats {
 		MemoryReclaimed:     c.memoryReclaimed.Load(),
 		AcksDelayed:         s.acks.held.Load(),
 		AcksCarried:         s.acks.carried.Load(),
+		AcksReplaced:        s.acks.replaced.Load(),
 		ReturnPortFallbacks: c.returnFallbacks.Load(),
 		ReadErrors:          c.readErrors.Load(),
 	}

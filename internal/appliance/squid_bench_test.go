@@ -395,8 +395,8 @@ func BenchmarkVsSquid(b *testing.B) {
 	b.Logf("gwlbproxy leaves: %d hits, %d misses, %d mints, %d cached; CLK_TCK %.0f; squid runs as %s",
 		l.Hits, l.Misses, l.Mints, l.Cached, hz, vsCredName(cred))
 	n := st.Netstack
-	b.Logf("gwlbproxy GENEVE datagrams (all phases): %d in, %d out; ACKs delayed %d, carried by a reply %d",
-		n.PacketsIn, n.PacketsOut, n.AcksDelayed, n.AcksCarried)
+	b.Logf("gwlbproxy GENEVE datagrams (all phases): %d in, %d out; ACKs delayed %d, carried by a reply %d, replaced by a later ACK %d",
+		n.PacketsIn, n.PacketsOut, n.AcksDelayed, n.AcksCarried, n.AcksReplaced)
 }
 
 // vsPhase is a kind of work the proxies are measured on.
