@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,6 +36,23 @@ type upgradedBody struct {
 	// from the destination then need not see the reset
 	// (recordingBody.outcome).
 	writeErr atomic.Pointer[error]
+	// wmu is held by a write to the destination while it is under way,
+	// and its outcome kept: Close waits on it for a write in flight
+	// (boundWrite).
+	wmu sync.Mutex
+	// bounded: boundWrite has set the write deadline that bounds a write
+	// in flight, and a write it times out is the appliance's own doing
+	// (endedHere).
+	bounded atomic.Bool
+	// cut is the first write to the destination that the appliance's own
+	// end failed (endedHere, but not its close, whose reason is the
+	// session's): what the client sent went no further, and its tail was
+	// not delivered (closeDelivering).
+	cut atomic.Pointer[error]
+	// writeBound is the bound boundWrite gave a write in flight, and
+	// writeWait how long it waited for it: the linger's bound counts it
+	// (closeDelivering). Close's goroutine only.
+	writeBound, writeWait time.Duration
 	// clientBroke says what broke the client's connection, if its client
 	// did (Session.clientBroke); aborted is closed once the session is
 	// aborted (Session.abortedSignal). Set with tunnel.
@@ -77,8 +95,20 @@ type upgradedBody struct {
 // (closeDelivering). It reports whether the destination was told, and
 // the close_notify's write error, if it failed. A write failing after it
 // is the tunnel's end too (endedHere). (The count is the session's, but a
-// tunnel's session writes nothing else.)
+// tunnel's session writes nothing else.) A write in flight is bounded
+// first (boundWrite); after one cut short it tells the destination
+// nothing.
 func (u *upgradedBody) halfCloseUpstream() (bool, error) {
+	if !u.halfClosed {
+		u.boundWrite()
+	}
+	if !u.halfClosed && u.writeCut() != nil {
+		// A write cut short left a TLS record part-written, and the
+		// TLS connection failed for writing: the close_notify would
+		// only wait on a socket the destination does not empty.
+		u.sendEnded.Store(true)
+		u.halfClosed = true
+	}
 	if !u.halfClosed {
 		u.sendEnded.Store(true)
 		before := wireOut(u.conn)
@@ -114,11 +144,46 @@ func (u *upgradedBody) Read(p []byte) (int, error) {
 }
 
 func (u *upgradedBody) Write(p []byte) (int, error) {
+	u.wmu.Lock()
+	defer u.wmu.Unlock()
 	n, err := u.conn.Write(p)
-	if err != nil && !u.endedHere(err) {
+	switch {
+	case err == nil:
+	case !u.endedHere(err):
 		u.noteWriteErr(err)
+	case !errors.Is(err, net.ErrClosed):
+		cut := err // only this escapes, as in noteWriteErr
+		u.cut.CompareAndSwap(nil, &cut)
 	}
 	return n, err
+}
+
+// writeCut is the first write to the destination that the tunnel's own
+// end cut (not its close), nil if none was.
+func (u *upgradedBody) writeCut() error {
+	if p := u.cut.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// boundWrite bounds a write to the destination in flight by the linger's
+// bound, and waits for it to return, before the tunnel's end goes out: a
+// TLS connection's close_notify waits for it (tls's write lock), and one
+// blocked on a destination that reads nothing held the tunnel, its drain
+// and its linger never begun, until the write-stall timeout (15 minutes
+// by default) ended the session. The write may still finish within the
+// bound; one that does not is cut, the appliance's own end (endedHere),
+// and the upload's tail was not delivered (closeDelivering). The linger
+// after it counts the wait against its bound.
+func (u *upgradedBody) boundWrite() {
+	u.bounded.Store(true)
+	start := time.Now()
+	u.writeBound = u.lingerBound()
+	_ = u.conn.SetWriteDeadline(start.Add(u.writeBound))
+	u.wmu.Lock()
+	u.writeWait = time.Since(start)
+	u.wmu.Unlock()
 }
 
 // noteWriteErr keeps err, a write to the destination that failed by its
@@ -145,9 +210,11 @@ func (u *upgradedBody) writeFailed() error {
 // to a write once the destination's reset has been taken, by a read or an
 // earlier write. By the error, not by when it came: the destination's
 // reset may fail the write and end the read (cleanly, the error taken),
-// and that end close the tunnel before the failed write is looked at.
+// and that end close the tunnel before the failed write is looked at. So
+// is a write's timeout once boundWrite has set its deadline.
 func (u *upgradedBody) endedHere(err error) bool {
-	return errors.Is(err, net.ErrClosed) || (u.sendEnded.Load() && !errors.Is(err, syscall.ECONNRESET))
+	return errors.Is(err, net.ErrClosed) || (u.sendEnded.Load() && !errors.Is(err, syscall.ECONNRESET)) ||
+		(u.bounded.Load() && errors.Is(err, os.ErrDeadlineExceeded))
 }
 
 // Close implements io.Closer. goproxy closes a tunnel as soon as either

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -45,22 +46,37 @@ func SetTunnelLingerBound(d time.Duration) (restore func()) {
 // returned says the tail was not delivered (the tunnel's record says so:
 // recordingBody.Close); or that the destination reset it first, with how
 // much it had not acknowledged. The session, and its records, wait
-// meanwhile.
+// meanwhile. A write of the upload that the tunnel's end cut (boundWrite)
+// left the rest undelivered, whatever the destination acknowledges: the
+// socket is reset, at once when the cut came first, else once the linger
+// is over, whatever it found.
 func (u *upgradedBody) closeDelivering() error {
 	u.closing.Store(true)
 	u.halfCloseUpstream() // if the drain has not: its own end's bytes kept (ownEnd)
 	sock := socketOf(u.conn)
+	if cut := u.writeCut(); cut != nil {
+		// The upload went no further than the write cut: nothing the
+		// destination may still acknowledge makes it whole.
+		u.stop()
+		return u.resetTail(sock, u.cutError(cut))
+	}
 	var (
 		unsent int
 		lerr   error
 	)
 	if sc, ok := sock.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			unsent, lerr = hostconn.Linger(rc, make([]byte, 16<<10), u.lingerBound, u.lingerStop)
+			// A write in flight had part of the bound (boundWrite).
+			bound := func() time.Duration { return u.lingerBound() - u.writeWait }
+			unsent, lerr = hostconn.Linger(rc, make([]byte, 16<<10), bound, u.lingerStop)
 		}
 	}
 	u.stop()
 	switch {
+	case (lerr == nil || unsent <= u.ownEnd && !errors.Is(lerr, net.ErrClosed)) && u.writeCut() != nil:
+		// All that went out acknowledged, but the copy's next write,
+		// after the tunnel's end, was cut: the rest never went.
+		return u.resetTail(sock, u.cutError(u.writeCut()))
 	case lerr == nil, unsent <= u.ownEnd && !errors.Is(lerr, net.ErrClosed):
 		// All the client's bytes acknowledged, if not the tunnel's own
 		// end after them.
@@ -71,8 +87,6 @@ func (u *upgradedBody) closeDelivering() error {
 		_ = u.conn.Close()
 		return lerr
 	}
-	Abort(sock)
-	_ = u.conn.Close()
 	if p := u.readErr.Load(); p != nil {
 		hostconn.SeenElsewhere(lerr, *p)
 	}
@@ -82,10 +96,29 @@ func (u *upgradedBody) closeDelivering() error {
 		// it may have read all the same (its acknowledgement held back).
 		err = fmt.Errorf("%w with %d bytes of the upload unacknowledged: %w", errDestinationResetLingering, unsent, lerr)
 	}
+	return u.resetTail(sock, err)
+}
+
+// resetTail resets the tunnel's upstream, sock its socket, whose client's
+// upload was not all delivered, err saying why, and tells onTailCut.
+func (u *upgradedBody) resetTail(sock net.Conn, err error) error {
+	Abort(sock)
+	_ = u.conn.Close()
 	if u.onTailCut != nil {
 		u.onTailCut(err)
 	}
 	return err
+}
+
+// cutError says why the upload's tail was not delivered, cut being the
+// write to the destination that the tunnel's end cut: a write in flight
+// that did not finish within the linger's bound (boundWrite), or one that
+// came after the tunnel's end, with the rest of the upload.
+func (u *upgradedBody) cutError(cut error) error {
+	if errors.Is(cut, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: a write to the destination did not finish within %v: %w", errTailUndelivered, u.writeBound, cut)
+	}
+	return fmt.Errorf("%w: the rest of it came after the tunnel's end: %w", errTailUndelivered, cut)
 }
 
 // lingerBound is the bound of the tunnel's linger now: TunnelLingerBound,
