@@ -88,7 +88,7 @@ func (g *firstTakeUp) wait(ctx context.Context) error {
 	g.mu.Unlock()
 	var got, reqDone <-chan struct{}
 	if hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline); ok {
-		got, reqDone = hd.got, hd.reqDone
+		got, reqDone = hd.gotChan(), hd.reqDone
 	}
 	bound := time.NewTimer(firstTakeUpWait)
 	defer bound.Stop()

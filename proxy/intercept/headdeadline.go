@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http/httptrace"
 	"net/textproto"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,13 +66,51 @@ type headDeadline struct {
 	// its values, not its cancellation).
 	reqDone <-chan struct{}
 	// got is closed once the request has a connection: a dial of its
-	// waiting for the first connection is not needed (h2first.go).
+	// waiting for the first connection is not needed (h2first.go). Made
+	// by the first such dial (gotChan), under mu: most requests have none.
 	got       chan struct{}
 	gotClosed bool // under mu
 	// The request's wait for an upstream connection (h2wait.go): the
 	// session's count it is in until it gets one, and its bound.
 	wait      *upstreamWait
 	waitTimer *time.Timer
+	// What the request's copy that http.Transport takes holds (set by
+	// oneHostTransport.RoundTrip), here to be allocated with the rest:
+	// its context, its trace and its URL.
+	ctx   headDeadlineCtx
+	trace httptrace.ClientTrace
+	url   url.URL
+}
+
+// headDeadlineCtx is the context of a request's copy for http.Transport:
+// the request's own, cancelled by its headDeadline, which it has as the
+// value of headDeadlineKey (context.WithValue would allocate one more).
+type headDeadlineCtx struct {
+	context.Context
+	d *headDeadline
+}
+
+// Value returns the headDeadline for headDeadlineKey, else the request
+// context's value.
+func (c *headDeadlineCtx) Value(key any) any {
+	if _, ok := key.(headDeadlineKey); ok {
+		return c.d
+	}
+	return c.Context.Value(key)
+}
+
+// gotChan returns the channel closed once the request has a connection
+// (got), making it if no dial has yet.
+func (d *headDeadline) gotChan() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.got == nil {
+		d.got = make(chan struct{})
+		if d.gotClosed {
+			close(d.got)
+		}
+	}
+	return d.got
 }
 
 // requestDone returns the Done of the request whose dial's context ctx
@@ -87,8 +126,10 @@ func requestDone(ctx context.Context) <-chan struct{} {
 func (d *headDeadline) gotConn(info httptrace.GotConnInfo) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.got != nil && !d.gotClosed { // a retry's connection: once
-		close(d.got)
+	if !d.gotClosed { // a retry's connection: once
+		if d.got != nil {
+			close(d.got)
+		}
 		d.gotClosed = true
 	}
 	d.gotConnection()

@@ -318,22 +318,26 @@ type oneHostTransport struct {
 }
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done(), got: make(chan struct{})}
+	// The headDeadline holds what the request's copy needs for as long
+	// (its context value, trace and URL): one allocation, not four.
+	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done()}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
+	hd.ctx = headDeadlineCtx{Context: ctx, d: hd}
 	hd.startWait(t.wait)
-	// A copy: the transport must not change the caller's request.
-	r := req.WithContext(httptrace.WithClientTrace(context.WithValue(ctx, headDeadlineKey{}, hd), &httptrace.ClientTrace{
+	hd.trace = httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			t.first.gotConn(info.Conn)
 			hd.gotConn(info)
 		},
 		GotFirstResponseByte: hd.start,
 		Got1xxResponse:       hd.got1xx,
-	}))
-	u := *req.URL
-	u.Host = t.host
-	r.URL = &u
+	}
+	// A copy: the transport must not change the caller's request.
+	r := req.WithContext(httptrace.WithClientTrace(&hd.ctx, &hd.trace))
+	hd.url = *req.URL
+	hd.url.Host = t.host
+	r.URL = &hd.url
 	if _, ok := r.Header["Expect"]; ok {
 		// net/http sends a held body after an answer that came first on
 		// a connection it keeps, and an origin that answered thinking it
