@@ -118,3 +118,20 @@ func (tracedStub) RoundTrip(r *http.Request) (*http.Response, error) {
 	trace.GotFirstResponseByte()
 	return stubResp, nil
 }
+
+// TestH2HeadStartAllocatesNothing: an HTTP/2 response's first byte, which
+// net/http reports once its header list is whole, arms no head timer:
+// there is no rest of the head to time, and the timer and its function
+// were two allocations per request.
+func TestH2HeadStartAllocatesNothing(t *testing.T) {
+	d := &headDeadline{h2: true, cancel: func(error) {}}
+	if n := testing.AllocsPerRun(100, func() {
+		d.start()
+		if d.timer != nil {
+			d.timer.Stop()
+			d.timer = nil
+		}
+	}); n != 0 {
+		t.Errorf("%v allocations per first byte, want 0", n)
+	}
+}

@@ -26,7 +26,8 @@ var errTooMany1xx = errors.New("too many 1xx informational responses")
 // first byte too, which a long poll may spend. The request's context is
 // ended (cancel), which closes an HTTP/1 upstream connection, or resets an
 // HTTP/2 stream. HTTP/2 reports the first byte only once the header list
-// is whole (maxResponseHead bounds one still coming).
+// is whole (maxResponseHead bounds one still coming), so its head arms no
+// timer (start).
 //
 // It also counts 1xx responses (got1xx): with a Got1xxResponse hook set,
 // net/http leaves bounding them to the hook's owner (an HTTP/1 upstream's
@@ -154,7 +155,13 @@ func (d *headDeadline) start() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.up.answeredOn() // dialcredit.go
-	d.arm()
+	// HTTP/2 reports the first byte once the header list is whole
+	// (processHeaders, before the response is built): the head has come,
+	// and stop follows with nothing read between, so a timer would time
+	// nothing (and cost two allocations per request).
+	if !d.h2 {
+		d.arm()
+	}
 }
 
 // arm starts the timer, unless it runs or the head has come; under mu.
