@@ -135,3 +135,19 @@ func TestH2HeadStartAllocatesNothing(t *testing.T) {
 		t.Errorf("%v allocations per first byte, want 0", n)
 	}
 }
+
+// TestUpstreamWaitAllocatesNothing: a request's wait for an upstream
+// connection, bounded and then ended by the connection, allocates
+// nothing: the session's waits share one timer. A timer and its function
+// per request were two allocations.
+func TestUpstreamWaitAllocatesNothing(t *testing.T) {
+	w := newUpstreamWait(func() int64 { return 0 })
+	d := &headDeadline{cancel: func(error) {}}
+	if n := testing.AllocsPerRun(100, func() {
+		d.startWait(w)
+		d.gotConnection()
+		d.endWait()
+	}); n != 0 {
+		t.Errorf("%v allocations per wait, want 0", n)
+	}
+}

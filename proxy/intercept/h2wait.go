@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -92,7 +93,10 @@ func (*waitedTooLong) Timeout() bool   { return true }
 func (*waitedTooLong) Temporary() bool { return true }
 
 // upstreamWait is what a session's requests waiting for an upstream
-// connection look at: the progress of its upstream.
+// connection look at: the progress of its upstream. It bounds their waits
+// with one timer, not one each: every HTTP/2 request waits, if only for
+// the moment until net/http hands it a connection, and a timer of its own
+// was two allocations per request.
 type upstreamWait struct {
 	// lastGot is when the session's upstream last showed progress
 	// (UnixNano): a request got a connection, or the origin sent bytes.
@@ -101,6 +105,15 @@ type upstreamWait struct {
 	// received; lastBytes is what it read at the last look.
 	bytesIn   func() int64
 	lastBytes atomic.Int64
+
+	mu sync.Mutex
+	// waiting: the requests whose waits are timed, linked through their
+	// waitNext and waitPrev.
+	waiting *headDeadline
+	// timer runs expire at timerDue (zero: stopped), no later than the
+	// soonest look of a waiting request; made by the first wait.
+	timer    *time.Timer
+	timerDue time.Time
 }
 
 // newUpstreamWait returns a session's upstreamWait; in reads what its
@@ -120,9 +133,96 @@ func (w *upstreamWait) moved() bool {
 	return true
 }
 
-// startWait arms the bound on the request's wait for a connection, which
-// ends once it has one (gotConnection), its response head, or its end
-// (stop); w may be nil (no bound).
+// add times d's wait: its first look is due after bound.
+func (w *upstreamWait) add(d *headDeadline, bound time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := time.Now()
+	d.waitDue = now.Add(bound)
+	d.waitPrev, d.waitNext = nil, w.waiting
+	if w.waiting != nil {
+		w.waiting.waitPrev = d
+	}
+	w.waiting = d
+	d.waitListed = true
+	switch {
+	case w.timer == nil:
+		w.timer = time.AfterFunc(bound, w.expire)
+	case w.timerDue.IsZero() || d.waitDue.Before(w.timerDue):
+		w.timer.Reset(bound)
+	default:
+		return // the timer comes sooner
+	}
+	w.timerDue = d.waitDue
+}
+
+// remove ends the timing of d's wait, if timed; the timer stops with the
+// last one.
+func (w *upstreamWait) remove(d *headDeadline) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.unlink(d)
+	if w.waiting == nil && !w.timerDue.IsZero() {
+		w.timer.Stop()
+		w.timerDue = time.Time{}
+	}
+}
+
+// unlink takes d out of the waiting list, if in it. Under mu.
+func (w *upstreamWait) unlink(d *headDeadline) {
+	if !d.waitListed {
+		return
+	}
+	if d.waitPrev != nil {
+		d.waitPrev.waitNext = d.waitNext
+	} else {
+		w.waiting = d.waitNext
+	}
+	if d.waitNext != nil {
+		d.waitNext.waitPrev = d.waitPrev
+	}
+	d.waitPrev, d.waitNext, d.waitListed = nil, nil, false
+}
+
+// expire looks at every waiting request whose look is due, as a timer of
+// its own would have at that moment: it ends the request if the session's
+// upstream showed no progress for the bound, else it looks again once the
+// bound from the progress has passed. The timer is set for the next look.
+func (w *upstreamWait) expire() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.timerDue = time.Time{}
+	now := time.Now()
+	var next time.Time
+	for d := w.waiting; d != nil; {
+		nd := d.waitNext
+		if !d.waitDue.After(now) {
+			bound := upstreamWaitTimeout.Load()
+			if w.moved() {
+				d.waitDue = now.Add(bound)
+			} else if since := time.Since(time.Unix(0, w.lastGot.Load())); since < bound {
+				d.waitDue = now.Add(bound - since)
+			} else {
+				w.unlink(d)
+				d.cancel(errWaitedTooLong)
+				d = nd
+				continue
+			}
+		}
+		if next.IsZero() || d.waitDue.Before(next) {
+			next = d.waitDue
+		}
+		d = nd
+	}
+	if !next.IsZero() {
+		w.timer.Reset(next.Sub(now))
+		w.timerDue = next
+	}
+}
+
+// startWait bounds the request's wait for a connection, which ends once
+// it has one (gotConnection), its response head, or its end (stop); w
+// may be nil (no bound).
 func (d *headDeadline) startWait(w *upstreamWait) {
 	if w == nil {
 		return
@@ -130,34 +230,14 @@ func (d *headDeadline) startWait(w *upstreamWait) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.wait = w
-	d.waitTimer = time.AfterFunc(upstreamWaitTimeout.Load(), d.waitExpired)
-}
-
-// waitExpired ends the request if it still waits for a connection and the
-// session's upstream showed no progress for the bound; else it looks
-// again then.
-func (d *headDeadline) waitExpired() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.waitTimer == nil { // it got one, or ended
-		return
-	}
-	bound := upstreamWaitTimeout.Load()
-	if d.wait.moved() {
-		d.waitTimer.Reset(bound)
-		return
-	}
-	if since := time.Since(time.Unix(0, d.wait.lastGot.Load())); since < bound {
-		d.waitTimer.Reset(bound - since)
-		return
-	}
-	d.cancel(errWaitedTooLong)
+	d.waitTimed = true
+	w.add(d, upstreamWaitTimeout.Load())
 }
 
 // gotConnection ends the bound on the request's wait for a connection,
 // and notes the progress for the others. Under mu.
 func (d *headDeadline) gotConnection() {
-	if d.waitTimer == nil {
+	if !d.waitTimed {
 		return
 	}
 	d.wait.lastGot.Store(time.Now().UnixNano())
@@ -166,9 +246,9 @@ func (d *headDeadline) gotConnection() {
 
 // untimeWait ends the bound on the request's wait. Under mu.
 func (d *headDeadline) untimeWait() {
-	if d.waitTimer != nil {
-		d.waitTimer.Stop()
-		d.waitTimer = nil
+	if d.waitTimed {
+		d.wait.remove(d)
+		d.waitTimed = false
 	}
 }
 

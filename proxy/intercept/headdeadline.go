@@ -72,9 +72,14 @@ type headDeadline struct {
 	got       chan struct{}
 	gotClosed bool // under mu
 	// The request's wait for an upstream connection (h2wait.go): the
-	// session's count it is in until it gets one, and its bound.
-	wait      *upstreamWait
-	waitTimer *time.Timer
+	// session's upstreamWait, which times it while waitTimed (under mu);
+	// its place in the session's list of timed waits, and when its bound
+	// is next looked at (under wait.mu).
+	wait               *upstreamWait
+	waitTimed          bool
+	waitListed         bool
+	waitNext, waitPrev *headDeadline
+	waitDue            time.Time
 	// What the request's copy that http.Transport takes holds (set by
 	// oneHostTransport.RoundTrip), here to be allocated with the rest:
 	// its context, its trace and its URL.
