@@ -333,20 +333,26 @@ func (d *ackDelayer) fire() {
 	b.release()
 }
 
-// dropHeld drops flow f's held ACK, if any: the client reset the flow, and
-// an ACK would reach no connection (its answer would be another RST).
-// Called for each RST the client sends.
-func (d *ackDelayer) dropHeld(f *Flow) {
+// dropHeld drops flow f's held ACK, if any, for a RST of the client's
+// with sequence number seq: one the stack takes resets the flow, and an ACK
+// would reach no connection (its answer would be another RST). The stack
+// takes a RST only at exactly the next sequence number it expects (RFC
+// 5961), which the held ACK acknowledges: any other it drops, or answers
+// with a challenge ACK, and the flow lives on, so its ACK stays held.
+// Called for each RST the client sends, before the stack sees it.
+func (d *ackDelayer) dropHeld(f *Flow, seq uint32) {
 	a := f.acks.Load()
 	if a == nil {
 		return
 	}
 	a.mu.Lock()
 	h := a.held
+	if h.buf == nil || h.ack != seq {
+		a.mu.Unlock()
+		return
+	}
 	a.held = delayedAck{}
 	a.mu.Unlock()
-	if h.buf != nil {
-		heldPool.Put(h.buf)
-		d.released()
-	}
+	heldPool.Put(h.buf)
+	d.released()
 }

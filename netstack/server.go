@@ -343,7 +343,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
 			} else if p.TCPFlags&flagRst != 0 && s.acks.delay != 0 {
-				s.acks.dropHeld(flow)
+				s.acks.dropHeld(flow, p.seq)
 			}
 		}
 		// An echo request's fragments never reach the stack: the echo
