@@ -24,16 +24,18 @@ import (
 //
 // An ACK is held only when waiting is likely to pay and cannot stall the
 // client for long:
-//   - the flow has not been slow to answer: no held ACK of it has run out
-//     its delay, or data left within the delay of its last pure ACK since
-//     (Linux's "pingpong" mode). A new flow starts as one that answers
-//     quickly: a client speaking first (a TLS ClientHello, a request) is
-//     answered by the appliance itself, often within the delay;
+//   - the flow answered quickly before: data left within the delay of the
+//     flow's last pure ACK (the time it was made, held or not), and no held
+//     ACK of it has run out its delay since (Linux's "pingpong" mode). A new
+//     flow's ACKs leave at once until then, as Linux's quickack start does:
+//     a client whose first request is two writes under Nagle's algorithm
+//     sends the second only once the first is acknowledged;
 //   - it acknowledges new data, at most maxDelayedBytes of it since the
 //     last ACK that left, so that a client sending a window's worth is
 //     acknowledged at once, as Linux acknowledges at once once more than a
-//     full segment is unacknowledged; a later ACK while one is held takes
-//     its place, keeping its deadline, while that holds;
+//     full segment is unacknowledged. A later ACK while one is held takes
+//     its place, keeping its deadline, while that holds and the delay is
+//     at most maxReplacedHold; with a longer one it leaves at once;
 //   - it carries no option but timestamps: duplicate ACKs and SACK blocks,
 //     which drive the client's loss recovery, are never held.
 //
@@ -48,6 +50,14 @@ const DefaultAckDelay = 2 * time.Millisecond
 // MaxAckDelay is the longest delay the appliance accepts: the least Linux
 // waits, so that no client sees an ACK later than from a kernel.
 const MaxAckDelay = 40 * time.Millisecond
+
+// maxReplacedHold is the longest delay under which a held ACK may be
+// replaced by a later one and keep its deadline: with two segments in
+// flight, a Linux client probes for a lost tail (TLP) twice its round trip
+// plus two ticks after its last send, at least 2 ms. A longer hold of both
+// segments' ACK drew a needless retransmission from most connections at
+// 10 ms. A variable for tests.
+var maxReplacedHold = 2 * time.Millisecond
 
 // maxDelayedBytes is the most new data an ACK that is held may acknowledge:
 // one full segment of a 1,500-byte path (Linux acknowledges at once when
@@ -71,7 +81,7 @@ type flowAcks struct {
 	gen     uint32     // counts holds, so that the timer tells a hold it queued from a later one
 	sentAck uint32     // the highest acknowledgement number sent, when sent is set
 	sent    bool
-	slow    bool  // the flow has not answered within the delay: its ACKs leave at once
+	quick   bool  // the flow answers quickly: its ACKs may be held
 	ackAt   int64 // when the flow's last pure ACK was made (monoclock.Now)
 }
 
@@ -97,6 +107,9 @@ type heldRef struct {
 type ackDelayer struct {
 	srv   *Server
 	delay int64 // nanoseconds; 0: every ACK leaves at once
+	// replace: a later ACK of little more may take a held one's place
+	// (delay at most maxReplacedHold).
+	replace bool
 
 	mu    sync.Mutex
 	queue []heldRef // in the order held, so by deadline; may hold stale refs
@@ -115,6 +128,7 @@ type ackDelayer struct {
 func (d *ackDelayer) init(srv *Server, delay time.Duration) {
 	d.srv = srv
 	d.delay = max(int64(delay), 0)
+	d.replace = delay <= maxReplacedHold
 	d.timer = time.AfterFunc(time.Hour, d.fire)
 	d.timer.Stop()
 }
@@ -174,7 +188,7 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 		// which a client drops unread when it lies below its window.
 		carries := hasAck && !seqAfter(h.seq, seq) &&
 			(seqAfter(ack, h.ack) || ack == h.ack && (payload > 0 || flags&(tcpSYN|tcpFIN) != 0))
-		if carries && pure && a.sent && ack-a.sentAck <= maxDelayedBytes && len(dgram) <= maxHeldDatagram &&
+		if carries && pure && d.replace && a.sent && ack-a.sentAck <= maxDelayedBytes && len(dgram) <= maxHeldDatagram &&
 			onlyTimestamps(tcp[20:dataOff]) {
 			// A later ACK of little more: it takes the held one's place
 			// and its deadline (the queue's entry, by gen).
@@ -195,7 +209,7 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 		*h = delayedAck{}
 		d.released()
 	}
-	if pure && earlier.buf == nil && !secondAck && !a.slow && a.sent && seqAfter(ack, a.sentAck) && ack-a.sentAck <= maxDelayedBytes &&
+	if pure && earlier.buf == nil && !secondAck && a.quick && a.sent && seqAfter(ack, a.sentAck) && ack-a.sentAck <= maxDelayedBytes &&
 		len(dgram) <= maxHeldDatagram && onlyTimestamps(tcp[20:dataOff]) {
 		buf := heldPool.Get().(*[]byte)
 		a.held = delayedAck{buf: buf, n: copy(*buf, dgram), inner: inner, gwlb: gwlb, seq: seq, ack: ack}
@@ -216,7 +230,7 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 	case pure:
 		a.ackAt = now
 	case payload > 0 && now-a.ackAt <= d.delay:
-		a.slow = false
+		a.quick = true
 	}
 	a.mu.Unlock()
 	if earlier.buf != nil {
@@ -317,7 +331,7 @@ func (d *ackDelayer) fire() {
 		}
 		// The answer did not come in time: the flow's ACKs leave at once
 		// from now on, until it answers within the delay of one.
-		a.slow = true
+		a.quick = false
 		a.mu.Unlock()
 		d.released()
 		if b.full() {

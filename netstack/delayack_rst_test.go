@@ -7,6 +7,21 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
+// TestDelayedAckDroppedOnReset: the client's RST drops its flow's held ACK,
+// which would reach no connection.
+func TestDelayedAckDroppedOnReset(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	fam := groFamilies[0]
+	r := newDelayRig(t, fam.client, fam.server, delay, nil, nil)
+	r.quicken(0)
+	r.batch(r.data([]byte("GET /2")))
+	r.waitHeld(1)
+	r.batch(clientSegment(r.client, r.server, r.seq, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+	r.noReply(t, delay+delay/2)
+	r.wantAcks("reset", 1, 0)
+	r.tapped()
+}
+
 // TestDelayedAckKeptOnRefusedReset: a RST the stack does not take (out of
 // its window: dropped; in it but not exact: a challenge ACK, RFC 5961)
 // leaves the flow live, and the held ACK of the client's last segment
@@ -24,7 +39,7 @@ func TestDelayedAckKeptOnRefusedReset(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			fam := groFamilies[0]
 			r := newDelayRig(t, fam.client, fam.server, delay, nil, nil)
-			r.firstAnswer()
+			r.quicken(0)
 			start := time.Now()
 			r.batch(r.data([]byte("GET /2")))
 			r.waitHeld(1)

@@ -91,9 +91,6 @@ type delayRig struct {
 	t        *testing.T
 	tap      *ackTap
 	pureRead int64 // pure ACKs the client read
-	// base: the counters when the flow's first answer was read; acks
-	// counts from there.
-	baseDelayed, baseCarried, baseReplaced uint64
 }
 
 func newDelayRig(t *testing.T, client, server netip.AddrPort, delay time.Duration, synOpts, opts []byte) *delayRig {
@@ -104,10 +101,8 @@ func newDelayRig(t *testing.T, client, server netip.AddrPort, delay time.Duratio
 
 func (r *delayRig) acks() (delayed, carried uint64) {
 	st := r.s.Stats()
-	return st.AcksDelayed - r.baseDelayed, st.AcksCarried - r.baseCarried
+	return st.AcksDelayed, st.AcksCarried
 }
-
-func (r *delayRig) replaced() uint64 { return r.s.Stats().AcksReplaced - r.baseReplaced }
 
 // waitHeld waits until delayed ACKs have been held in all.
 func (r *delayRig) waitHeld(delayed uint64) {
@@ -144,19 +139,17 @@ func (r *delayRig) tapped() {
 	}
 }
 
-// firstAnswer has the flow's first request answered at once: a new flow is
-// taken for a quick one, so its ACK is held and the answer carries it.
-// The counters count from there.
-func (r *delayRig) firstAnswer() {
+// quicken makes the flow one that answers quickly: a request, its ACK,
+// and the answer at once.
+func (r *delayRig) quicken(delayed uint64) {
 	r.t.Helper()
-	r.batch(r.data([]byte("GET /first")))
-	r.waitHeld(1)
-	r.noReply(r.t, r.delayHalf()/10)
-	r.answer(r.t, "200 first")
-	r.wantAcks("first request, carried", 1, 1)
-	st := r.s.Stats()
-	r.baseDelayed, r.baseCarried, r.baseReplaced = st.AcksDelayed, st.AcksCarried, st.AcksReplaced
+	r.batch(r.data([]byte("GET /quick")))
+	r.pureAck(r.delayHalf(), r.seq, "request of a flow not yet quick")
+	r.wantAcks("request of a flow not yet quick", delayed, r.carriedNow())
+	r.answer(r.t, "200 quick")
 }
+
+func (r *delayRig) carriedNow() uint64 { _, c := r.acks(); return c }
 
 func (r *delayRig) delayHalf() time.Duration { return r.s.cfg.AckDelay / 2 }
 
@@ -169,10 +162,11 @@ func TestDelayedAck(t *testing.T) {
 		t.Run(fam.name, func(t *testing.T) {
 			r := newDelayRig(t, fam.client, fam.server, delay, nil, nil)
 
-			// A new flow's first ACK is held, and its answer carries it.
-			r.firstAnswer()
+			// A flow that has not answered quickly yet: its ACK leaves at
+			// once. The answer right after makes it a quick one.
+			r.quicken(0)
 
-			// So does the next one's: nothing leaves before it.
+			// Now the answer carries the ACK: nothing leaves before it.
 			r.batch(r.data([]byte("GET /2")))
 			r.waitHeld(1)
 			r.noReply(t, delay/10)
@@ -206,48 +200,32 @@ func TestDelayedAck(t *testing.T) {
 			r.wantAcks("large request", 2, 1)
 			r.answer(t, "200 large")
 
-			// A second ACK of little more while one is held takes its
-			// place: the answer carries both.
+			// A second ACK while one is held leaves at once, and the held
+			// one is dropped: every second segment is acknowledged.
 			r.batch(r.data([]byte("part 1")))
 			r.waitHeld(3)
 			r.batch(r.data([]byte("part 2")))
-			waitUntil(t, 5*time.Second, "the second ACK held", func() (bool, string) {
-				return r.replaced() == 1, fmt.Sprintf("%d replaced", r.replaced())
-			})
-			r.noReply(t, delay/10)
-			r.wantAcks("second small segment", 3, 1)
-			if got := r.answer(t, "200 parts"); got.AckNumber() != r.seq {
-				t.Fatalf("the answer to two segments acknowledges %d, want %d", got.AckNumber(), r.seq)
-			}
-			r.wantAcks("two small segments answered", 3, 2)
-
-			// One that makes more than a segment's worth unacknowledged
-			// leaves at once, and the held one is dropped: every second
-			// full segment is acknowledged.
-			r.batch(r.data([]byte("part 3")))
-			r.waitHeld(4)
-			r.batch(r.data(bytes.Repeat([]byte("c"), maxDelayedBytes)))
-			r.pureAck(delay/2, r.seq, "a segment's worth more")
-			r.wantAcks("a segment's worth more", 4, 3)
+			r.pureAck(delay/2, r.seq, "second segment")
+			r.wantAcks("second segment", 3, 2)
 			r.noReply(t, delay+delay/2)
 			r.answer(t, "200 parts")
 
 			// A duplicate ACK (a segment beyond a gap) is never held, and
 			// a held ACK goes out before it.
 			r.batch(r.data([]byte("GET /5")))
-			r.waitHeld(5)
-			r.wantAcks("request before a gap", 5, 3)
+			r.waitHeld(4)
+			r.wantAcks("request before a gap", 4, 2)
 			r.batch(clientSegment(r.client, r.server, r.seq+100, r.ack, header.TCPFlagAck, []byte("later")))
 			r.pureAck(delay/2, r.seq, "held ACK before a duplicate")
 			r.pureAck(delay/2, r.seq, "duplicate ACK")
-			r.wantAcks("duplicate ACK", 5, 3)
+			r.wantAcks("duplicate ACK", 4, 2)
 			r.batch(clientSegment(r.client, r.server, r.seq+200, r.ack, header.TCPFlagAck, []byte("later still")))
 			r.pureAck(delay/2, r.seq, "duplicate ACK with nothing held")
-			r.wantAcks("duplicate ACK with nothing held", 5, 3)
+			r.wantAcks("duplicate ACK with nothing held", 4, 2)
 
 			// The server's FIN carries a held ACK, and is not held itself.
 			r.batch(r.data([]byte("GET /6")))
-			r.waitHeld(6)
+			r.waitHeld(5)
 			if err := r.conn.CloseWrite(); err != nil {
 				t.Fatal(err)
 			}
@@ -255,7 +233,7 @@ func TestDelayedAck(t *testing.T) {
 			if fin.Flags() != header.TCPFlagAck|header.TCPFlagFin || fin.AckNumber() != r.seq {
 				t.Fatalf("after close: flags %s, ack %d; want FIN|ACK of %d", fin.Flags(), fin.AckNumber(), r.seq)
 			}
-			r.wantAcks("FIN", 6, 4)
+			r.wantAcks("FIN", 5, 3)
 			r.tapped()
 		})
 	}
@@ -269,7 +247,7 @@ func TestDelayedAckOptions(t *testing.T) {
 	syn := []byte{4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0} // SACK permitted, timestamps
 	fam := groFamilies[0]
 	r := newDelayRig(t, fam.client, fam.server, delay, syn, ts)
-	r.firstAnswer()
+	r.quicken(0)
 	r.batch(r.data([]byte("GET /2")))
 	r.waitHeld(1)
 	if got := r.answer(t, "200 two"); len(got.Options()) == 0 {
@@ -303,7 +281,7 @@ func TestDelayedAckRetransmission(t *testing.T) {
 	const delay = 5 * time.Second // longer than the stack's retransmission timeout
 	fam := groFamilies[0]
 	r := newDelayRig(t, fam.client, fam.server, delay, nil, nil)
-	r.firstAnswer()
+	r.quicken(0)
 	// The server sends bytes the client never acknowledges; the client's
 	// request then gets its ACK held, and the bytes are sent again.
 	if _, err := r.conn.Write([]byte("unacknowledged")); err != nil {
@@ -326,18 +304,55 @@ func TestDelayedAckRetransmission(t *testing.T) {
 	r.tapped()
 }
 
-// TestDelayedAckDroppedOnReset: the client's RST drops its flow's held ACK,
-// which would reach no connection.
-func TestDelayedAckDroppedOnReset(t *testing.T) {
+// TestDelayedAckReplaced: with a delay of at most maxReplacedHold, a second
+// ACK of little more while one is held takes its place and deadline, and
+// the answer carries both; one that makes more than a segment's worth
+// unacknowledged leaves at once. (TestDelayedAck: with a longer delay, the
+// second ACK leaves at once.)
+func TestDelayedAckReplaced(t *testing.T) {
 	const delay = 300 * time.Millisecond
+	defer func(old time.Duration) { maxReplacedHold = old }(maxReplacedHold)
+	maxReplacedHold = delay // read as the server starts
 	fam := groFamilies[0]
 	r := newDelayRig(t, fam.client, fam.server, delay, nil, nil)
-	r.firstAnswer()
-	r.batch(r.data([]byte("GET /2")))
+	r.quicken(0)
+
+	start := time.Now()
+	r.batch(r.data([]byte("part 1")))
 	r.waitHeld(1)
-	r.batch(clientSegment(r.client, r.server, r.seq, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
-	r.noReply(t, delay+delay/2)
-	r.wantAcks("reset", 1, 0)
+	r.batch(r.data([]byte("part 2")))
+	waitUntil(t, 5*time.Second, "the second ACK held", func() (bool, string) {
+		n := r.s.Stats().AcksReplaced
+		return n == 1, fmt.Sprintf("%d replaced", n)
+	})
+	r.noReply(t, delay/10)
+	if got := r.answer(t, "200 parts"); got.AckNumber() != r.seq {
+		t.Fatalf("the answer to two segments acknowledges %d, want %d", got.AckNumber(), r.seq)
+	}
+	r.wantAcks("two small segments answered", 1, 1)
+
+	// Unanswered, the replacing ACK leaves at the first one's deadline.
+	start = time.Now()
+	r.batch(r.data([]byte("part 3")))
+	r.waitHeld(2)
+	time.Sleep(delay / 2)
+	r.batch(r.data([]byte("part 4")))
+	r.pureAck(delay, r.seq, "the replacing ACK at the first one's deadline")
+	if waited := time.Since(start); waited < delay || waited > delay+delay/2 {
+		t.Fatalf("the replacing ACK left %v after the first segment, want about the delay (%v)", waited, delay)
+	}
+	r.wantAcks("unanswered pair", 2, 1)
+	r.answer(t, "200 late") // quick again: the answer came within the delay of that ACK
+
+	// More than a segment's worth unacknowledged: at once.
+	r.batch(r.data([]byte("part 5")))
+	r.waitHeld(3)
+	r.batch(r.data(bytes.Repeat([]byte("c"), maxDelayedBytes)))
+	r.pureAck(delay/2, r.seq, "a segment's worth more")
+	r.wantAcks("a segment's worth more", 3, 2)
+	if n := r.s.Stats().AcksReplaced; n != 2 {
+		t.Fatalf("%d ACKs replaced, want 2", n)
+	}
 	r.tapped()
 }
 
@@ -387,7 +402,7 @@ func newReplyRig(tb testing.TB, delay time.Duration, n int) *replyRig {
 		k := p.Key(h.Endpoint)
 		f, _ := r.s.flows.Touch(&k, d[:h.Len], h, gwlb, 0)
 		a := acksOf(f)
-		a.sent, a.sentAck = true, 1
+		a.sent, a.sentAck, a.quick = true, 1, true
 		r.flows = append(r.flows, replyFlow{
 			flow: f,
 			ack:  clientSegment(server, c, 1, 1, header.TCPFlagAck, nil),
