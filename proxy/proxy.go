@@ -74,6 +74,10 @@ type Config struct {
 	// MaxWaitingTCPPerClient bounds the TCP connections one client may
 	// have waiting to be classified (default DefaultMaxWaitingTCPPerClient).
 	MaxWaitingTCPPerClient int
+	// MaxLingeringPerClient bounds the connections one client may have
+	// lingering after its flow ended (default
+	// DefaultMaxLingeringPerClient; lingershare.go).
+	MaxLingeringPerClient int
 	// DNSPorts are the UDP destination ports whose traffic is read as DNS
 	// (one record per query, answers passed to DNSAnswer). Default: 53.
 	DNSPorts []uint16
@@ -139,8 +143,13 @@ type Proxy struct {
 
 // StacksClosing tells the proxy that the packet stacks are about to be
 // closed (the drain's end): the flows that closing ends are recorded as
-// ended by the appliance's shutdown, not by their clients.
-func (p *Proxy) StacksClosing() { p.stacksClosing.Store(true) }
+// ended by the appliance's shutdown, not by their clients. Lingers under
+// way are woken to see it (their polls back off to a second): their flows'
+// records must be written within the drain's wait.
+func (p *Proxy) StacksClosing() {
+	p.stacksClosing.Store(true)
+	hostconn.WakeLingers()
+}
 
 // errShutdown is what a flow ended by the closing of the packet stacks
 // is recorded with.
@@ -194,6 +203,10 @@ type Stats struct {
 	// client had MaxWaitingTCPPerClient connections waiting to be
 	// classified already.
 	TCPWaitingDrops uint64 `json:"tcp_waiting_drops"`
+	// LingerShareCuts counts lingers cut short, their destination reset
+	// with the upload's tail undelivered, because their client had
+	// MaxLingeringPerClient connections lingering already (lingershare.go).
+	LingerShareCuts uint64 `json:"linger_share_cuts"`
 	// DeniedUnrecorded counts flows refused before any handshake, or QUIC
 	// flows refused on their names, that got no record of their own: their
 	// client had used up its records (denylimit.go). Each is in Denied too.
@@ -262,6 +275,7 @@ func New(cfg Config) *Proxy {
 	ic.TrustRecord = p.trustPageRecord  // another
 	p.intercept = intercept.New(ic)
 	p.tcp.waiting.what = "TCP connections waiting for their first bytes, its share"
+	p.tcp.lingers.what = "lingering connections, its share"
 	p.echo.init(p)
 	return p
 }
@@ -289,7 +303,7 @@ func (p *Proxy) Stats() Stats {
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
 		Denied: p.stats.denied.Load() + p.intercept.Denied(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(), UDPCheckDrops: p.udp.checkDrops.Load(),
-		TCPWaitingDrops:  p.tcp.waitingDrops.Load(),
+		TCPWaitingDrops: p.tcp.waitingDrops.Load(), LingerShareCuts: p.tcp.lingerCuts.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
 		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
 		TCPStalled: p.stalls.stalled.Load(),

@@ -68,7 +68,7 @@ type wrappedConn interface {
 // hostconn's watch, and the client's direction waits on the stack's queue
 // when the client is a netstack.Conn.
 func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) {
-	startWatchedRelay(client, upstream, nil, nil, done)
+	startWatchedRelay(client, upstream, nil, nil, nil, done)
 }
 
 // startWatchedRelay is startRelay with writes that wait without progress
@@ -78,9 +78,13 @@ func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) 
 // connection, tcpreload.go). Bytes already read when it changes its mind
 // are still written: a write under way, to a peer slow to read, may
 // deliver them after the reload, for at most the write-stall timeout.
-func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, recheck func() error, done func(out, in int64, err error)) {
+//
+// takeLinger, if not nil, takes one of the client's lingering connections
+// for a linger of the destination after the client's break
+// (closeDelivering): one it refuses is cut short at once.
+func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, recheck func() error, takeLinger func() (func(), error), done func(out, in int64, err error)) {
 	r := &relay{client: client, upstream: upstream, done: done, stalls: stalls, recheck: recheck,
-		clientBroken: clientBrokenOf(client)}
+		takeLinger: takeLinger, clientBroken: clientBrokenOf(client)}
 	r.out = halfRelay{r: r, dst: upstream, src: client}
 	r.in = halfRelay{r: r, dst: client, src: upstream}
 	r.left.Store(2)
@@ -138,6 +142,9 @@ type relay struct {
 	stalls  *stallWatch
 	stalled atomic.Pointer[error]
 	recheck func() error // nil: none
+	// takeLinger takes one of the client's lingering connections for
+	// closeDelivering's linger (Proxy.takeLinger); nil: none is counted.
+	takeLinger func() (release func(), err error)
 }
 
 // ended is called by each direction as it ends; the last one closes both

@@ -36,7 +36,10 @@ import (
 // close, and only then is closed; reset, when it did not take it all.
 // Meanwhile the flow is still live and its record unwritten: the record
 // says what the destination got (lingerCut). The relay's own aborts leave
-// the destination to the linger meanwhile (halfRelay.abort).
+// the destination to the linger meanwhile (halfRelay.abort). The linger
+// takes one of the client's lingering connections (r.takeLinger,
+// lingershare.go): a client that holds its share already has it cut short,
+// after one look (a tail already acknowledged is delivered).
 //
 // Only the first call lingers; one made meanwhile (the relay's end, while
 // watchBroken's lingers) returns at once, and the relay's report waits
@@ -50,8 +53,20 @@ func (r *relay) closeDelivering(c net.Conn) {
 		_ = c.Close()
 		return
 	}
+	stop := r.lingerStop
+	if r.takeLinger != nil {
+		// The client's flow-table entry may be forgotten soon (its
+		// reset), giving its flow share back: the linger is counted in
+		// a share of its own, and one past it is cut short at once.
+		release, err := r.takeLinger()
+		if err != nil {
+			stop = func() error { return err }
+		} else {
+			defer release()
+		}
+	}
 	bufp := lingerBufPool.Get().(*[]byte)
-	unsent, err := hostconn.Linger(rc, *bufp, r.stallBound, r.lingerStop)
+	unsent, err := hostconn.Linger(rc, *bufp, r.stallBound, stop)
 	lingerBufPool.Put(bufp)
 	switch {
 	case err == nil:

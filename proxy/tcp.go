@@ -128,6 +128,10 @@ const DefaultMaxWaitingTCPPerClient = 1024
 type tcpState struct {
 	waiting      udpShares
 	waitingDrops atomic.Uint64
+	// lingers counts each client's connections lingering after its flow
+	// ended (lingershare.go), and lingerCuts the lingers cut short for it.
+	lingers    udpShares
+	lingerCuts atomic.Uint64
 }
 
 func (p *Proxy) tcpWaitingLimit() int {
@@ -315,7 +319,7 @@ func (s *tcpSession) refuse(reason string) {
 func (s *tcpSession) relay() {
 	rl := &tcpReload{s: s, spliced: s.rec.Kind == "tls", nameUnread: s.nameUnread}
 	rl.pol.Store(s.pol)
-	startWatchedRelay(s.client, s.up, s.p.stalls, rl.check, func(out, in int64, err error) {
+	startWatchedRelay(s.client, s.up, s.p.stalls, rl.check, s.p.lingerTaker(s.waiting), func(out, in int64, err error) {
 		s.rec.BytesOut, s.rec.BytesIn = out, in
 		rl.mu.Lock()
 		denied := rl.why
