@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
@@ -38,6 +39,13 @@ type clientWatch struct {
 	is    *intercept.Session
 	conn  brokenWatcher // nil: the client is not a netstack.Conn
 	fired atomic.Bool
+	// key is the client's, for its share of lingering connections;
+	// release gives back the one the session holds (holdLinger), once
+	// stopped. Under mu.
+	key     shareKey
+	mu      sync.Mutex
+	release func()
+	stopped bool
 }
 
 // watch starts watching is's client, when it is a netstack.Conn (under
@@ -121,15 +129,53 @@ func (w *clientWatch) abort(busy, afterFIN bool) {
 		// (ErrResetAfterFIN) or not, or a vanishing after the FIN: the
 		// session loses nothing by it. A vanished client (timeout) is
 		// said whenever it goes, by the records if not by this Abort.
+		if afterFIN {
+			if serr := w.holdLinger(); serr != nil {
+				w.is.Abort("reset", fmt.Errorf("the client's connection broke after its FIN (%w), and the upload's tail was not delivered: lingering: %w", why, serr))
+				return
+			}
+		}
 		w.is.AbortUnlessIdle(result, err)
 		return
 	}
 	w.is.Abort(result, err)
 }
 
-// stop ends the watch: the session is done.
+// holdLinger takes one of the client's lingering connections for the
+// session, whose client broke after its FIN, until it is done: a WebSocket
+// tunnel lingers then until its destination has the upload's tail
+// (intercept's upgradedBody.closeDelivering), for up to a minute, while
+// the client's flow-table entry is forgotten soon after its reset (the
+// transitory timeout), giving its flow share back; any other session ends
+// soon after. An error says the client held its share already: the
+// session is to be cut short.
+func (w *clientWatch) holdLinger() error {
+	release, err := w.p.takeLinger(w.key)
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped {
+		release() // done meanwhile
+		return nil
+	}
+	w.release = release
+	return nil
+}
+
+// stop ends the watch: the session is done. It gives back the session's
+// lingering connection, if it held one.
 func (w *clientWatch) stop() {
 	if w.conn != nil {
 		w.conn.OnReadable(nil)
+	}
+	w.mu.Lock()
+	w.stopped = true
+	release := w.release
+	w.release = nil
+	w.mu.Unlock()
+	if release != nil {
+		release()
 	}
 }

@@ -403,8 +403,10 @@ type sessionWatch struct {
 // watchSession watches is's client and first upstream connection, and
 // each further one it dials, from now until is.Done; and its client's
 // connection for a break (clientwatch.go).
-func (p *Proxy) watchSession(is *intercept.Session) {
+// key is its client's, for its share of lingering connections.
+func (p *Proxy) watchSession(is *intercept.Session, key shareKey) {
 	sw := &sessionWatch{p: p, is: is}
+	sw.broken.key = key
 	sw.client.watchWrites(p.stalls, sw, is.Client)
 	sw.up.watchWrites(p.stalls, sw, is.Upstream)
 	is.WatchUpstream = sw.watchUpstream

@@ -415,7 +415,7 @@ func (s *tcpSession) intercept(is *intercept.Session) {
 	is.Record, is.Start = s.rec, s.start
 	// Its writes are bounded as a relay's are (stall.go); Done counts it
 	// ended.
-	s.p.watchSession(is)
+	s.p.watchSession(is, s.waiting)
 	s.p.intercept.Serve(is)
 }
 

@@ -282,7 +282,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.UDPCheckDrops) }),
 	newStatMetric("tcp_waiting_drops_total", promCounter, "New TCP connections refused because their client already had 1,024 waiting for their first bytes.",
 		func(s *stats) float64 { return float64(s.Proxy.TCPWaitingDrops) }),
-	newStatMetric("linger_share_cuts_total", promCounter, "Lingers cut short, the upload's tail undelivered, because their client already had 1,024 connections lingering after their flows ended.",
+	newStatMetric("linger_share_cuts_total", promCounter, "Lingers (relayed flows, WebSocket tunnels) cut short, the upload's tail undelivered, because their client already had 1,024 connections lingering after their flows ended.",
 		func(s *stats) float64 { return float64(s.Proxy.LingerShareCuts) }),
 	newStatMetric("denied_unrecorded_total", promCounter, "Denied flows that got no record of their own: their client's bucket of such records was empty.",
 		func(s *stats) float64 { return float64(s.Proxy.DeniedUnrecorded) }),
