@@ -101,6 +101,21 @@ func (g *expectGate) refused() bool {
 	}
 }
 
+// Close closes the body if the gate let it go. One kept back (the origin
+// answered first, or the exchange failed before its 100) is not closed
+// here: nothing of it was read, and it stays the transport's, which may
+// send it on a new connection (h1Transport.RoundTrip) or closes it.
+// net/http closes a request body when it stops writing it, as early as a
+// failed write of the head: closing the client's body then would have cut
+// a client connection whose request could still go.
+func (g *expectGate) Close() error {
+	g.decide(false)
+	if g.send {
+		return g.ReadCloser.Close()
+	}
+	return nil
+}
+
 func (g *expectGate) Read(p []byte) (int, error) {
 	if !g.waited {
 		g.waited = true

@@ -47,8 +47,10 @@ type upstreamTransport interface {
 // was written yet, so that is safe for any method. A request a kept
 // connection then fails to answer is sent once more on a new connection
 // under net/http's rule (retryable): only a request without a body, and
-// only when nothing of it was written or it is idempotent. A kept
-// connection is closed after h1IdleTimeout, by a timer, not a goroutine.
+// only when nothing of it was written or it is idempotent; and a request
+// whose "Expect: 100-continue" body was still held, none of it read from
+// the client, when no answer came at all. A kept connection is closed
+// after h1IdleTimeout, by a timer, not a goroutine.
 //
 // An exchange ends when the request's context does, and when the request
 // body cannot be read (the client went away mid-upload): the connection
@@ -138,17 +140,6 @@ func putReader(rd *h1Reader) {
 	rd.src = headLimitedConn{}
 	h1Readers.Put(rd)
 }
-
-var (
-	// errNoAnswer: the upstream closed the connection, or would take no
-	// request on it, before answering. On a kept connection that is an
-	// upstream ending an idle connection, and an idempotent request may
-	// go again.
-	errNoAnswer = errors.New("the upstream closed the connection before answering")
-	// errNothingWritten: writing the request failed before any of it
-	// left; any request without a body may go again.
-	errNothingWritten = errors.New("the request could not be sent")
-)
 
 // CloseIdleConnections closes the kept connection, and any kept later.
 func (t *h1Transport) CloseIdleConnections() {
@@ -243,49 +234,23 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 		used.set(c)
-		resp, err := t.exchange(c, req)
+		resp, held, err := t.exchange(c, req)
 		if err == nil {
+			if held {
+				// Kept back by an early answer: its gate leaves the
+				// close to the transport (expect.go).
+				req.Body.Close()
+			}
 			return resp, nil
 		}
 		c.Close()
-		if !reused || attempt > 0 || !retryable(req, err) {
+		if !reused || attempt > 0 || !retryable(req, err, held) {
+			if held {
+				req.Body.Close()
+			}
 			return nil, err
 		}
 	}
-}
-
-// bodyless reports whether req has no body to send.
-func bodyless(req *http.Request) bool {
-	return req.Body == nil || req.Body == http.NoBody
-}
-
-// retryable reports whether req, which failed with err on a kept
-// connection, may go again on a new one: net/http's rule. Only a request
-// without a body (one with a body has been read, and cannot be read
-// again); and only when nothing of it left, or the upstream closed the
-// connection without answering and the request is idempotent: it may
-// have acted on one that is not.
-func retryable(req *http.Request, err error) bool {
-	if !bodyless(req) || req.Context().Err() != nil {
-		return false
-	}
-	if errors.Is(err, errNothingWritten) {
-		return true
-	}
-	return errors.Is(err, errNoAnswer) && idempotent(req)
-}
-
-// idempotent reports whether req may be sent twice (RFC 9110 §9.2.2), or
-// says so with the widely used Idempotency-Key header, as net/http
-// decides it.
-func idempotent(req *http.Request) bool {
-	switch req.Method {
-	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	_, key := req.Header["Idempotency-Key"]
-	_, xkey := req.Header["X-Idempotency-Key"]
-	return key || xkey
 }
 
 // exchange writes req on c and reads its response head. A request without
@@ -294,16 +259,26 @@ func idempotent(req *http.Request) bool {
 // all of it). Until the response body is closed, the end of the request's
 // context closes c, and so does a failure to write the request (its body
 // could not be read: the client went away), as net/http does.
-func (t *h1Transport) exchange(c net.Conn, req *http.Request) (*http.Response, error) {
+//
+// held reports a body that waited for the origin's "100 Continue" and
+// was kept back, nothing of it read (expect.go): it is the caller's to
+// close, or to send again.
+func (t *h1Transport) exchange(c net.Conn, req *http.Request) (resp *http.Response, held bool, err error) {
 	stop := context.AfterFunc(req.Context(), func() { c.Close() })
-	resp, err := t.exchangeHead(c, req, stop)
+	var gate *expectGate // the body's, held for the origin's 100
+	if expectsContinue(req) {
+		gate = newExpectGate(req.Context(), req.Body)
+	}
+	resp, err = t.exchangeHead(c, req, gate, stop)
+	// Decided for good by now (exchangeHead's end decides).
+	held = gate.refused()
 	if err != nil {
 		stop()
 		if cerr := req.Context().Err(); cerr != nil {
-			return nil, fmt.Errorf("%w: %w", cerr, err)
+			return nil, held, fmt.Errorf("%w: %w", cerr, err)
 		}
 	}
-	return resp, err
+	return resp, held, err
 }
 
 // writtenWhole is the report of a request written whole before its
@@ -312,14 +287,13 @@ func (t *h1Transport) exchange(c net.Conn, req *http.Request) (*http.Response, e
 var writtenWhole = func() chan error { c := make(chan error); close(c); return c }()
 
 // exchangeHead is exchange but for the context: stop goes to the response
-// body, which ends the context's hold on c when closed.
-func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bool) (*http.Response, error) {
+// body, which ends the context's hold on c when closed. gate, when not
+// nil, holds req's body for the origin's 100.
+func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, gate *expectGate, stop func() bool) (*http.Response, error) {
 	// The request's writer reports on it once, and only one with a body
 	// has a writer of its own to wait for.
 	var wrote <-chan error = writtenWhole
-	var gate *expectGate // the body's, held for the origin's 100 (expect.go)
-	if expectsContinue(req) {
-		gate = newExpectGate(req.Context(), req.Body)
+	if gate != nil {
 		req = req.WithContext(req.Context()) // a copy: the caller's keeps its body
 		req.Body = gate
 	}
@@ -351,6 +325,13 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 	src, br := &rd.src, rd.br
 	if _, err := br.Peek(1); err != nil {
 		putReader(rd)
+		// A body still held stays unread now, whatever the writer made
+		// of the head: no answer came, and the request may go again
+		// (retryable).
+		gate.decide(false)
+		if gate.refused() {
+			return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
+		}
 		// A body's writer that wrote its last bytes (an upstream that
 		// read the whole upload and closed) may not have said so yet,
 		// nor counted them for bytes_out: it is given writeSettle.
@@ -374,6 +355,10 @@ func (t *h1Transport) exchangeHead(c net.Conn, req *http.Request, stop func() bo
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				return nil, fmt.Errorf("response head not complete %v after its first byte: %w", responseHeadTimeout, err)
 			}
+			// After a 1xx (a 100 let a held body go) as before the
+			// first byte: an upstream that read the whole upload and
+			// closed may have its writer's count still to come.
+			writeReport(wrote)
 			return nil, fmt.Errorf("reading the response: %w", err)
 		}
 		if resp.StatusCode < 100 || resp.StatusCode > 199 || resp.StatusCode == http.StatusSwitchingProtocols {
