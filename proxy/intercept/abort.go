@@ -33,8 +33,8 @@ var ending = &abortReason{}
 func (s *Session) markEnding() { s.aborted.CompareAndSwap(nil, ending) }
 
 // Abort ends the session at once, from outside (the proxy's write-stall
-// bound, a client connection that broke) or for a WebSocket tunnel a
-// reload ends (tunnelReload): the client and every connection to the destination get a RST,
+// bound, a client connection that broke) or for a WebSocket tunnel, or an
+// HTTP/1 request under way, a reload ends (tunnelReload): the client and every connection to the destination get a RST,
 // which ends what waits on them, and the connection's record, and that of
 // each request under way, get result and err. Safe to call from any
 // goroutine and more than once (the first call counts); it reports

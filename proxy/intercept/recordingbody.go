@@ -68,6 +68,12 @@ type recordingBody struct {
 	// them.
 	answerConn *hijackedConn
 	whole      int64
+	// reload decides the request again after a reload, when set (not a
+	// tunnel's: recordingRWBody's): the bytes of a read it denies do not
+	// go on. resetStream: the body is an HTTP/2 stream's, which such a
+	// deny resets.
+	reload      *tunnelReload
+	resetStream bool
 }
 
 // keepHeld has b give back c, its request's charge, once its record is
@@ -95,6 +101,21 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		p = b.stream.next(p) // the previous piece is written
 	}
 	n, err := b.ReadCloser.Read(p)
+	if b.reload != nil && (n > 0 || err != nil) {
+		// Also on a failed read: the request body's check may have
+		// ended the request, and its upstream with it.
+		if rerr := b.reload.check(); rerr != nil {
+			if b.resetStream {
+				// Reset, as for a failed read below: the client must
+				// not take what it had for the whole body.
+				panic(http.ErrAbortHandler)
+			}
+			// goproxy wrote the previous read whole before this one
+			// (last): this one brought nothing that went on.
+			b.last.Store(0)
+			return 0, rerr
+		}
+	}
 	if n > 0 && b.stream != nil {
 		b.stream.writing(n) // goproxy writes it next
 	}

@@ -22,13 +22,16 @@ type requestState struct {
 	sent countingReader
 	rb   recordingBody
 	next nextHead
+	// recheck decides the request again after a reload, while its body,
+	// its response's, or the tunnel it opened, is under way.
+	recheck tunnelReload
 
 	// For endRecord, set as the response's body is made (roundTrip).
 	rt     *roundTripper
 	fb     *faultBody
 	ctx    context.Context // the request's
-	tunnel *tunnelReload
-	slotp  *streamSlot // &slot, once taken
+	reload *tunnelReload   // &recheck, nil if no reload can happen
+	slotp  *streamSlot     // &slot, once taken
 	start  time.Time
 }
 
@@ -44,18 +47,18 @@ func (f endFunc) endRecord() { f() }
 // endRecord writes the request's record once its response has ended:
 // recordingBody.Close calls it, once.
 func (st *requestState) endRecord() {
-	rt, fb, ctx, tunnel, slot, start := st.rt, st.fb, st.ctx, st.tunnel, st.slotp, st.start
+	rt, fb, ctx, reload, slot, start := st.rt, st.fb, st.ctx, st.reload, st.slotp, st.start
 	rb, rec, sent := &st.rb, &st.rec, &st.sent
 	// The rest of a body the destination did not read, to its end
 	// or what breaks it (a bad chunk, the client's stopping), within
 	// the drain's bounds: the record says which.
 	bodyErr, notRead := fb.drain()
 	result, why, delivered := rt.clientOutcome(ctx, rb)
-	if tunnel.ended() {
-		result = "ok" // its end was the reload's, which it resets: tunnel.record says so
-	}
 	// Notes go after an audited destination check's, if any.
 	switch {
+	case reload.ended():
+		// Its end was the reload's, which reset it (and what of its
+		// body was left): reload.record says so.
 	case bodyErr != nil && malformedBody(bodyErr):
 		// The client had the destination's answer (its status stays
 		// in the record); its connection ends with it (nextHead).
@@ -84,7 +87,7 @@ func (st *requestState) endRecord() {
 		noteOutcome(rec, result, why)
 	}
 	rec.BytesOut, rec.BytesIn = sent.out()+rb.written.Load(), delivered
-	tunnel.record(rec)
+	reload.record(rec)
 	// A client's break that found the request under way has its
 	// Abort on the way: the record says what it says (answer.go).
 	rt.awaitBreakAbort()

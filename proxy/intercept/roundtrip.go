@@ -233,9 +233,12 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	// goproxy would close the client's connection too.
 	closeOnlyUpstream := fwd != req && !req.Close
 	req = fwd
+	// Decided again after a reload while its body, or its response's, is
+	// under way (tunnelReload), as a tunnel it may open is.
+	reload := st.recheck.init(s, pol, subj, rec, inH2Handler(req))
 	sent := &st.sent
 	if req.Body != nil && req.Body != http.NoBody {
-		sent.r = req.Body
+		sent.r, sent.reload = req.Body, reload
 		req.Body = sent
 		req = withBodySent(req, &sent.wrote)
 	}
@@ -260,6 +263,19 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			resp.Body.Close()
 			return bad, nil
 		}
+	}
+	if err != nil && reload.ended() {
+		// A reload denied the request while its body was under way:
+		// nothing read after it went upstream. An HTTP/1 client's
+		// connection is reset already (tunnelReload.check); an HTTP/2
+		// stream is answered 403, and the server resets what is left of
+		// its upload.
+		if inH2Handler(req) {
+			rec.Status = http.StatusForbidden
+		}
+		reload.record(rec)
+		rt.write(rec, start)
+		return denyResponse(req, rec.Rule, host, "ended by a policy reload"), nil
 	}
 	if err != nil && (req.Context().Err() != nil || sent.failed.Load()) {
 		if resp := rt.refuseMalformedBody(req, sent.err(), rec, start); resp != nil {
@@ -300,7 +316,6 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the destination answered with an invalid status"), nil
 	}
 	rec.Status = resp.StatusCode
-	var tunnel *tunnelReload // a WebSocket's recheck after a reload
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// goproxy tunnels a WebSocket upgrade only; any other 101 it would
 		// answer as a plain response and go on reading requests from what
@@ -328,15 +343,14 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			return errorResponse(req, http.StatusBadGateway, "gwlbproxy relays WebSocket upgrades only"), nil
 		}
 		rec.WebSocket = true
-		tunnel = newTunnelReload(s, pol, subj, rec)
 		if ub, ok := resp.Body.(*upgradedBody); ok {
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
 			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
 			ub.clientBreak = s.clientBreakSignal()
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
 			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
-			if tunnel != nil {
-				ub.reloadCheck = tunnel.check
+			if reload != nil {
+				ub.reloadCheck = reload.check
 			}
 		}
 		// Under way until the client's break, unless that comes after
@@ -370,13 +384,16 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// client going away from an answer it had whole.
 		resp.Trailer = nil
 	}
+	if !rb.tunnel { // a tunnel's is recordingRWBody's
+		rb.reload, rb.resetStream = reload, inH2Handler(req)
+	}
 	s.watchStream(rb)
 	// The record is written as the body is closed (endRecord); goproxy
 	// cancels the request's context only after that.
-	st.rt, st.fb, st.ctx, st.tunnel, st.slotp, st.start = rt, fb, req.Context(), tunnel, slot, start
+	st.rt, st.fb, st.ctx, st.reload, st.slotp, st.start = rt, fb, req.Context(), reload, slot, start
 	rb.done = st
 	if w, ok := resp.Body.(io.Writer); ok { // a 101's body carries both directions
-		resp.Body = &recordingRWBody{recordingBody: rb, w: w, reload: tunnel}
+		resp.Body = &recordingRWBody{recordingBody: rb, w: w, reload: reload}
 	} else {
 		resp.Body = rb
 	}
@@ -512,10 +529,18 @@ type countingReader struct {
 	// then fails ("body closed by handler", http.ErrBodyReadAfterClose),
 	// which is the appliance's doing, not the client's going.
 	closed atomic.Bool
+	// reload decides the request again after a reload (nil: none can
+	// happen): the bytes of a read it denies do not go on, nor count.
+	reload *tunnelReload
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
+	if n > 0 {
+		if rerr := c.reload.check(); rerr != nil {
+			return 0, rerr
+		}
+	}
 	c.n.Add(int64(n))
 	if err != nil && err != io.EOF && !c.closed.Load() {
 		first := err // only this escapes: a read that succeeds allocates nothing

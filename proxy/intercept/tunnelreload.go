@@ -15,17 +15,26 @@ import (
 // no next request for the reload to reach, and without this a tunnel (a
 // command channel, an exfiltration under way) to a name the operator has
 // since denied would carry bytes for as long as either end kept it busy,
-// as a relayed TCP connection would (proxy/tcpreload.go). The check costs
-// one atomic load and a pointer compare per read or write.
+// as a relayed TCP connection would (proxy/tcpreload.go). A request's body
+// under way (an upload that never ends, a gRPC stream) and its response's
+// (a long download) are the same channel, and are decided again the same
+// way (countingReader, recordingBody). The check costs one atomic load and
+// a pointer compare per read or write.
 
-// errTunnelReloadDenied ends a tunnel a reload denies.
+// errTunnelReloadDenied ends a tunnel, or a request, a reload denies.
 var errTunnelReloadDenied = errors.New("denied by a policy reload")
 
-// tunnelReload is what a WebSocket tunnel keeps to be decided again.
+// tunnelReload is what a WebSocket tunnel, or a request under way, keeps
+// to be decided again.
 type tunnelReload struct {
 	s    *session
-	subj policy.Subject // the upgrade request's, with its name
+	subj policy.Subject // the request's, with its name
 	pol  atomic.Pointer[policy.Policy]
+	// stream: the request is an HTTP/2 stream, which a deny ends alone
+	// (its reader resets it, or answers it 403); else a deny ends the
+	// session, since nothing may follow on an HTTP/1 connection whose
+	// request was cut mid-body.
+	stream bool
 
 	mu sync.Mutex // both directions may find the reload at once
 	// why says why a reload ended the tunnel, and d by which decision;
@@ -37,22 +46,29 @@ type tunnelReload struct {
 	destCheck, checkErr string
 }
 
-// newTunnelReload returns the recheck of a tunnel opened by a request
-// decided under pol, on subj, whose destination check rec records; nil
-// when the interceptor has no policy holder (no reload can happen).
-func newTunnelReload(s *session, pol *policy.Policy, subj policy.Subject, rec *records.Record) *tunnelReload {
+// init makes r the recheck of a request (and of the tunnel it may open)
+// decided under pol, on subj, whose destination check rec records, and
+// returns it; nil when the interceptor has no policy holder (no reload can
+// happen). stream says the request is an HTTP/2 stream. In place: r is a
+// part of the request's requestState, no allocation of its own.
+func (r *tunnelReload) init(s *session, pol *policy.Policy, subj policy.Subject, rec *records.Record, stream bool) *tunnelReload {
 	if s.ic.cfg.Policy == nil {
 		return nil
 	}
-	r := &tunnelReload{s: s, subj: subj, destCheck: rec.DestCheck}
+	r.s, r.subj, r.destCheck, r.stream = s, subj, rec.DestCheck, stream
 	r.pol.Store(pol)
 	return r
 }
 
-// check is the tunnel's recheck, before a read's bytes go on or a write
-// goes out: nil while the tunnel may go on. A tunnel it ends has both ends
-// reset (the client's connection and the destination's).
+// check is the recheck, before a read's bytes go on or a write goes out:
+// nil while the tunnel or request may go on (also for a nil r). One it
+// ends on an HTTP/1 connection has both ends reset (the client's
+// connection and the destination's); an HTTP/2 stream is its reader's to
+// end.
 func (r *tunnelReload) check() error {
+	if r == nil {
+		return nil
+	}
 	pol := r.s.ic.cfg.Policy.Load()
 	if pol == nil || pol == r.pol.Load() {
 		return nil
@@ -67,9 +83,13 @@ func (r *tunnelReload) check() error {
 	}
 	if r.why = r.decide(pol); r.why != "" {
 		r.s.ic.denied.Add(1)
+		if r.stream {
+			return errTunnelReloadDenied
+		}
 		// Ending the session resets the client and every connection to
 		// the destination: the tunnel took the client's connection over,
-		// so nothing else of the session is left to serve. The
+		// or the request was cut mid-body and nothing may follow it, so
+		// nothing else of the session is left to serve. The
 		// connection's record (a bumped one's tls record) says denied by
 		// the reload's rule and policy, as the tunnel's does (record).
 		d := r.d
@@ -80,8 +100,8 @@ func (r *tunnelReload) check() error {
 	return nil
 }
 
-// decide decides the tunnel under pol as a new upgrade request on its name
-// would be, destination check included (policy.DestCheckAfterReload): it
+// decide decides the tunnel or request under pol as a new request on its
+// name would be, destination check included (policy.DestCheckAfterReload): it
 // returns why pol ends it, or "" if it goes on. A check never made is made
 // here, in the direction that found the reload, for at most
 // DestinationCheckTimeout.
