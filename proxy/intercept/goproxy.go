@@ -299,8 +299,12 @@ func (rt *roundTripper) end() {
 			rec := *s.Record
 			rec.Kind, rec.Scheme, rec.Rule, rec.Policy = "http", rt.scheme, "", ""
 			rec.BytesOut, rec.BytesIn = 0, 0
-			if rt.requests.Load() > 0 { // a later head: not the first, sniffed, request's
-				rec.Method, rec.Path, rec.UserAgent = "", "", ""
+			if rt.requests.Load() > 0 {
+				// A later head: not the first, sniffed, request's, and
+				// never read: none of its fields is known, its Host
+				// either (the first's would name a host it did not
+				// carry, as a bumped connection's record does not).
+				rec.Method, rec.Host, rec.Path, rec.UserAgent = "", "", "", ""
 			}
 			switch {
 			case timedOut:
