@@ -32,6 +32,8 @@ func newGoproxy(h2 bool) *goproxy.ProxyHttpServer {
 	// goproxy formats a line per request when verbose: only when debugging.
 	gp.Verbose = slog.Default().Enabled(context.Background(), slog.LevelDebug)
 	gp.OnRequest().DoFunc(noteTarget) // the target as the client wrote it: target.go
+	// Before goproxy drops the Connection field, what it names: connoptions.go.
+	gp.OnRequest().DoFunc(dropConnectionOptions)
 	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 		rt, _ := ctx.Req.Context().Value(roundTripperKey{}).(*roundTripper)
 		if rt == nil { // not one of ours: nothing else reaches this proxy
