@@ -98,6 +98,11 @@ func TestTunnelBreakAfterFINWithUploadWriteBlockedEndsInLingerBound(t *testing.T
 					t.Errorf("%s record %s (%q), want reset, the upload's tail not delivered", rec.name, rec.result, rec.errTxt)
 				}
 			}
+			// The reset throws away what was written and not yet
+			// acknowledged: the record says how much.
+			if !strings.Contains(tunRec.Error, "bytes on the wire unacknowledged") && !strings.Contains(tunRec.Error, "bytes unacknowledged") {
+				t.Errorf("tunnel record %q does not say how much of what was written the destination had not acknowledged", tunRec.Error)
+			}
 			// bytes_out counts what was written: short of the upload,
 			// as the copy's write was blocked.
 			if tunRec.BytesOut >= size {

@@ -76,6 +76,9 @@ type upgradedBody struct {
 	// reload: a deny ends that linger too (tunnelReload.check, which
 	// aborts the session). Set with tunnel.
 	reloadCheck func() error
+	// upload, if set, follows goproxy's copy of the client's upload into
+	// Write: the tunnel's end waits for it (boundWrite). Set with tunnel.
+	upload *uploadCopy
 	// readErr is the first error a read of the destination returned,
 	// not of the tunnel's own close: the connection's, which a linger of
 	// the same socket no longer sees.
@@ -147,6 +150,9 @@ func (u *upgradedBody) Write(p []byte) (int, error) {
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
 	n, err := u.conn.Write(p)
+	if u.upload != nil {
+		u.upload.wrote(n, err)
+	}
 	switch {
 	case err == nil:
 	case !u.endedHere(err):
@@ -167,20 +173,40 @@ func (u *upgradedBody) writeCut() error {
 	return nil
 }
 
-// boundWrite bounds a write to the destination in flight by the linger's
-// bound, and waits for it to return, before the tunnel's end goes out: a
-// TLS connection's close_notify waits for it (tls's write lock), and one
-// blocked on a destination that reads nothing held the tunnel, its drain
-// and its linger never begun, until the write-stall timeout (15 minutes
-// by default) ended the session. The write may still finish within the
-// bound; one that does not is cut, the appliance's own end (endedHere),
-// and the upload's tail was not delivered (closeDelivering). The linger
-// after it counts the wait against its bound.
+// boundWrite bounds the writes of the client's upload to the destination
+// by the linger's bound, and waits for goproxy's copy of it to reach the
+// client's end (uploadCopy), and for a write in flight to return, before
+// the tunnel's end goes out. goproxy ends the tunnel as soon as either
+// direction ends: after a client's reset that came after its FIN, its
+// copy of the upload may still hold much of what the appliance
+// acknowledged, and a close_notify sent before it is written cuts the
+// rest (its next write: "tls: protocol is shutdown"), where the
+// destination would have had all of it (a reset after the FIN cuts
+// nothing). And a TLS connection's close_notify waits for a write in
+// flight (tls's write lock): one blocked on a destination that reads
+// nothing held the tunnel, its drain and its linger never begun, until
+// the write-stall timeout (15 minutes by default) ended the session.
+// The copy may still finish within the bound; a write of it still under
+// way at the bound is cut, the appliance's own end (endedHere), and the
+// upload's tail was not delivered (closeDelivering). The session's abort
+// ends the wait too (it closes the upstream). The linger after it counts
+// the wait against its bound.
 func (u *upgradedBody) boundWrite() {
 	u.bounded.Store(true)
 	start := time.Now()
 	u.writeBound = u.lingerBound()
 	_ = u.conn.SetWriteDeadline(start.Add(u.writeBound))
+	if u.upload != nil {
+		// Bounded by a timer too: a copy that waits on a read of a client
+		// that never ends writes nothing the deadline could cut.
+		t := time.NewTimer(u.writeBound)
+		select {
+		case <-u.upload.over():
+		case <-u.aborted: // nil (never) outside a session
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	u.wmu.Lock()
 	u.writeWait = time.Since(start)
 	u.wmu.Unlock()

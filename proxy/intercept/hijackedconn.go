@@ -63,6 +63,9 @@ type hijackedConn struct {
 	// begun: reads return net.ErrClosed since (clientend.go).
 	lingers   func() bool
 	lingering atomic.Bool
+	// upload follows goproxy's copy of a WebSocket tunnel's upload, which
+	// reads here: the tunnel's end waits for it (uploadcopy.go).
+	upload uploadCopy
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -299,6 +302,9 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 		case c.limit.inHead.Load():
 			c.limit.time(c.Conn)
 		}
+	}
+	if err != nil {
+		c.upload.readEnded(n) // a tunnel's upload copy reads no more
 	}
 	return n, err
 }

@@ -111,14 +111,23 @@ func (u *upgradedBody) resetTail(sock net.Conn, err error) error {
 }
 
 // cutError says why the upload's tail was not delivered, cut being the
-// write to the destination that the tunnel's end cut: a write in flight
-// that did not finish within the linger's bound (boundWrite), or one that
-// came after the tunnel's end, with the rest of the upload.
+// write to the destination that the tunnel's end cut: a write of the
+// upload still under way at the linger's bound (boundWrite), or one that
+// came after the tunnel's end, with the rest of the upload. It says how
+// much of what was written the destination had not acknowledged, which
+// the reset that follows throws away, as the linger's error does: the
+// record's bytes_out counts it as written.
 func (u *upgradedBody) cutError(cut error) error {
-	if errors.Is(cut, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("%w: a write to the destination did not finish within %v: %w", errTailUndelivered, u.writeBound, cut)
+	unacked := ""
+	if q, ok := socketOf(u.conn).(interface{ SendQueued() (int, error) }); ok {
+		if n, err := q.SendQueued(); err == nil {
+			unacked = fmt.Sprintf(" (%d bytes on the wire unacknowledged)", n)
+		}
 	}
-	return fmt.Errorf("%w: the rest of it came after the tunnel's end: %w", errTailUndelivered, cut)
+	if errors.Is(cut, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: a write to the destination did not finish within %v%s: %w", errTailUndelivered, u.writeBound, unacked, cut)
+	}
+	return fmt.Errorf("%w: the rest of it came after the tunnel's end%s: %w", errTailUndelivered, unacked, cut)
 }
 
 // lingerBound is the bound of the tunnel's linger now: TunnelLingerBound,
