@@ -69,6 +69,11 @@ func (u *upgradedBody) closeDelivering() error {
 			// A write in flight had part of the bound (boundWrite).
 			bound := func() time.Duration { return u.lingerBound() - u.writeWait }
 			unsent, lerr = hostconn.Linger(rc, make([]byte, 16<<10), bound, u.lingerStop)
+			if errors.Is(lerr, hostconn.ErrTailUndelivered) {
+				// Linger names its own part of the bound: the record
+				// names the whole, which the tunnel waited.
+				lerr = fmt.Errorf("%w within the %v bound (%d bytes unacknowledged)", hostconn.ErrTailUndelivered, u.lingerBound(), unsent)
+			}
 		}
 	}
 	u.stop()
