@@ -17,6 +17,10 @@ import (
 // http.Transport, or h1Transport.
 type upstreamTransport interface {
 	RoundTrip(*http.Request) (*http.Response, error)
+	// roundTripRechecked is RoundTrip for a request a reload may decide
+	// again (reload, nil if none can): its checkHead, once the request
+	// has its connection and before its head goes on it.
+	roundTripRechecked(req *http.Request, reload *tunnelReload) (*http.Response, error)
 	CloseIdleConnections()
 }
 
@@ -220,10 +224,16 @@ func (t *h1Transport) take(req *http.Request) net.Conn {
 
 // RoundTrip implements upstreamTransport.
 func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.roundTripRechecked(req, nil)
+}
+
+// roundTripRechecked implements upstreamTransport.
+func (t *h1Transport) roundTripRechecked(req *http.Request, reload *tunnelReload) (*http.Response, error) {
 	used := usedConnOf(req.Context()) // redial.go
 	if bs := bodySentOf(req.Context()); bs != nil {
 		bs.counted.Store(true) // by writeRequest
 	}
+	heldBefore := false // a try's body held and kept back: the caller's to close
 	for attempt := 0; ; attempt++ {
 		c := t.take(req)
 		reused := c != nil
@@ -232,6 +242,17 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if c, err = t.dial(req.Context()); err != nil {
 				return nil, err
 			}
+		}
+		if err := reload.checkHead(); err != nil {
+			// Denied after the dial, or on the try again after a kept
+			// connection ended (an Expect: 100-continue request's body
+			// still held): nothing of it goes, and the connection,
+			// unused, is kept for the next request.
+			t.keep(c)
+			if heldBefore {
+				req.Body.Close()
+			}
+			return nil, err
 		}
 		used.set(c)
 		resp, held, err := t.exchange(c, req)
@@ -250,6 +271,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return nil, err
 		}
+		heldBefore = held
 	}
 }
 

@@ -59,3 +59,6 @@ type noTransport struct{}
 
 func (noTransport) RoundTrip(*http.Request) (*http.Response, error) { return nil, errors.New("none") }
 func (noTransport) CloseIdleConnections()                           {}
+func (noTransport) roundTripRechecked(*http.Request, *tunnelReload) (*http.Response, error) {
+	return nil, errors.New("none")
+}

@@ -243,7 +243,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		req = withBodySent(req, &sent.wrote)
 	}
 	req, used := s.trackConn(req, rt.scheme == "https") // redial.go
-	resp, err := rt.tr.RoundTrip(req)
+	resp, err := rt.tr.roundTripRechecked(req, reload)
 	if err == nil && closeOnlyUpstream {
 		resp.Close = false // the transports have read it already: the connection is not kept
 	}
@@ -269,8 +269,10 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// nothing read after it went upstream. An HTTP/1 client's
 		// connection is reset already (tunnelReload.check); an HTTP/2
 		// stream is answered 403, and the server resets what is left of
-		// its upload.
-		if inH2Handler(req) {
+		// its upload. One denied before its head went (checkHead) had
+		// nothing cut: its HTTP/1 client is answered 403 too, and its
+		// connection serves on.
+		if inH2Handler(req) || reload.deniedUnsent() {
 			rec.Status = http.StatusForbidden
 		}
 		reload.record(rec)

@@ -318,6 +318,11 @@ type oneHostTransport struct {
 }
 
 func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.roundTripRechecked(req, nil)
+}
+
+// roundTripRechecked implements upstreamTransport.
+func (t oneHostTransport) roundTripRechecked(req *http.Request, reload *tunnelReload) (*http.Response, error) {
 	// The headDeadline holds what the request's copy needs for as long
 	// (its context value, trace and URL): one allocation, not four.
 	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done()}
@@ -329,6 +334,7 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		GotConn: func(info httptrace.GotConnInfo) {
 			t.first.gotConn(info.Conn)
 			hd.gotConn(info)
+			recheckHead(reload, info.Conn, cancel)
 		},
 		GotFirstResponseByte: hd.start,
 		Got1xxResponse:       hd.got1xx,
@@ -357,6 +363,37 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		err = cause // roundTrip answers it 503 (upstreamFailStatus)
 	}
 	return resp, err
+}
+
+// unrecheckedTransport is an http.Transport whose requests no reload
+// decides again: the trust host's, which dials nothing.
+type unrecheckedTransport struct{ *http.Transport }
+
+func (t unrecheckedTransport) roundTripRechecked(req *http.Request, _ *tunnelReload) (*http.Response, error) {
+	return t.RoundTrip(req)
+}
+
+// recheckHead decides a request again (tunnelReload.checkHead) once
+// http.Transport has given it c, after any wait for a slot among the
+// session's upstream connections (up to upstreamWaitTimeout), for a dial,
+// or for a kept connection: the head goes next. Denied, the request's
+// context ends (cancel) with the deny as its cause; an HTTP/1 connection,
+// which net/http writes the head on next whatever the context says, is
+// closed first, so that nothing of the request reaches it (one kept idle
+// is lost with it: a reload that denies a name mid-wait is rare). An
+// HTTP/2 connection carries other streams and stays: its stream is given
+// up with the context, which net/http looks at before it writes the
+// HEADERS, though not always (its choice between a ready context and a
+// free writer is random).
+func recheckHead(reload *tunnelReload, c net.Conn, cancel context.CancelCauseFunc) {
+	err := reload.checkHead()
+	if err == nil {
+		return
+	}
+	cancel(err)
+	if fc, ok := c.(*framingConn); ok {
+		fc.Close()
+	}
 }
 
 // maxConnsPerRequest bounds the new connections one request is tried on.

@@ -35,6 +35,10 @@ type tunnelReload struct {
 	// session, since nothing may follow on an HTTP/1 connection whose
 	// request was cut mid-body.
 	stream bool
+	// unsent: a reload denied the request before its head went upstream
+	// (checkHead), so nothing was cut and its client is answered 403;
+	// under mu.
+	unsent bool
 
 	mu sync.Mutex // both directions may find the reload at once
 	// why says why a reload ended the tunnel, and d by which decision;
@@ -65,7 +69,21 @@ func (r *tunnelReload) init(s *session, pol *policy.Policy, subj policy.Subject,
 // ends on an HTTP/1 connection has both ends reset (the client's
 // connection and the destination's); an HTTP/2 stream is its reader's to
 // end.
-func (r *tunnelReload) check() error {
+func (r *tunnelReload) check() error { return r.recheck(false) }
+
+// checkHead is the recheck of a request whose head is about to go
+// upstream, after whatever it waited for since it was decided (a dial, a
+// slot among the session's upstream connections, a kept connection that
+// ended under an Expect: 100-continue request, its destination check):
+// without it, a reload that denied its name meanwhile still had its head,
+// and its body up to the first read, go to that name. Nothing of it has
+// gone, nor been answered, so a deny ends the request alone, on HTTP/1
+// too: its client gets a 403 (roundTrip) and its connection serves on.
+// nil for a nil r.
+func (r *tunnelReload) checkHead() error { return r.recheck(true) }
+
+// recheck is check, or checkHead for head.
+func (r *tunnelReload) recheck(head bool) error {
 	if r == nil {
 		return nil
 	}
@@ -83,6 +101,10 @@ func (r *tunnelReload) check() error {
 	}
 	if r.why = r.decide(pol); r.why != "" {
 		r.s.ic.denied.Add(1)
+		if head {
+			r.unsent = true
+			return errTunnelReloadDenied
+		}
 		if r.stream {
 			return errTunnelReloadDenied
 		}
@@ -122,6 +144,17 @@ func (r *tunnelReload) decide(pol *policy.Policy) string {
 		return r.destCheck == "mismatch"
 	})
 	return why
+}
+
+// deniedUnsent reports whether a reload denied the request before its
+// head went upstream (checkHead).
+func (r *tunnelReload) deniedUnsent() bool {
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.unsent
 }
 
 // ended reports whether a reload ended the tunnel.
