@@ -539,7 +539,10 @@ type countingReader struct {
 
 func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
-	if n > 0 {
+	// Also the read that brings only the end (io.EOF): the transport
+	// sends the body's end (the last chunk, END_STREAM) on it, which
+	// completes the request at the origin.
+	if n > 0 || err == io.EOF {
 		if rerr := c.reload.check(); rerr != nil {
 			return 0, rerr
 		}
