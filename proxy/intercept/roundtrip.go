@@ -244,6 +244,15 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	}
 	req, used := s.trackConn(req, rt.scheme == "https") // redial.go
 	resp, err := rt.tr.roundTripRechecked(req, reload)
+	if err == nil {
+		if rerr := reload.checkAnswer(); rerr != nil {
+			// Its head came after a reload denied the name: decided
+			// here, or a response with no body read to follow (a HEAD
+			// answer, a 101) would go out whole, recorded allow.
+			resp.Body.Close()
+			resp, err = nil, rerr
+		}
+	}
 	if err == nil && closeOnlyUpstream {
 		resp.Close = false // the transports have read it already: the connection is not kept
 	}
@@ -269,7 +278,8 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// nothing read after it went upstream. An HTTP/1 client's
 		// connection is reset already (tunnelReload.check); an HTTP/2
 		// stream is answered 403, and the server resets what is left of
-		// its upload. One denied before its head went (checkHead) had
+		// its upload. One denied before its head went (checkHead), or
+		// before its answer's head went to the client (checkAnswer), had
 		// nothing cut: its HTTP/1 client is answered 403 too, and its
 		// connection serves on.
 		if inH2Handler(req) || reload.deniedUnsent() {

@@ -36,7 +36,8 @@ type tunnelReload struct {
 	// request was cut mid-body.
 	stream bool
 	// unsent: a reload denied the request before its head went upstream
-	// (checkHead), so nothing was cut and its client is answered 403;
+	// (checkHead), or its answer's head to the client (checkAnswer), so
+	// nothing was cut and its client is answered 403;
 	// under mu.
 	unsent bool
 
@@ -82,7 +83,15 @@ func (r *tunnelReload) check() error { return r.recheck(false) }
 // nil for a nil r.
 func (r *tunnelReload) checkHead() error { return r.recheck(true) }
 
-// recheck is check, or checkHead for head.
+// checkAnswer is the recheck of a request whose response head has come,
+// before it goes to the client: a response with no body read to follow
+// (an answer to HEAD, a 101 that opens a tunnel) met no other recheck, and
+// went out whole after a reload that denied its name. Nothing of the
+// answer has reached the client, so a deny ends the request alone, as
+// checkHead's does: a 403, its connection serving on. nil for a nil r.
+func (r *tunnelReload) checkAnswer() error { return r.recheck(true) }
+
+// recheck is check, or checkHead (checkAnswer) for head.
 func (r *tunnelReload) recheck(head bool) error {
 	if r == nil {
 		return nil
@@ -147,7 +156,8 @@ func (r *tunnelReload) decide(pol *policy.Policy) string {
 }
 
 // deniedUnsent reports whether a reload denied the request before its
-// head went upstream (checkHead).
+// head went upstream (checkHead), or before its answer's head went to the
+// client (checkAnswer): nothing of it was cut.
 func (r *tunnelReload) deniedUnsent() bool {
 	if r == nil {
 		return false
