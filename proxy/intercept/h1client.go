@@ -53,7 +53,8 @@ type upstreamTransport interface {
 // under net/http's rule (retryable): only a request without a body, and
 // only when nothing of it was written or it is idempotent; and a request
 // whose "Expect: 100-continue" body was still held, none of it read from
-// the client, when no answer came at all. A kept connection is closed
+// the client, when no answer came at all and it may go twice (an
+// idempotent method, or an idempotency key). A kept connection is closed
 // after h1IdleTimeout, by a timer, not a goroutine.
 //
 // An exchange ends when the request's context does, and when the request

@@ -56,15 +56,18 @@ func expectAnswer(c net.Conn, req *http.Request) int64 {
 // TestH1ExpectResentBeforeBody: a request whose body waits for "100
 // Continue", sent on a kept connection the upstream then closes without
 // answering (as it ends an idle keep-alive connection, legally, just as
-// the head goes out), goes again on a new connection, whatever its
-// method: nothing of its body was read from the client, who sends it
+// the head goes out), goes again on a new connection when it may go
+// twice (an idempotent method, or an idempotency key; a POST without one
+// does not: TestH1ExpectNonIdempotentNotResent): nothing of its body was
+// read from the client, who sends it
 // after the new connection's 100. The whole body reaches the upstream
 // once, and bytes_out counts it once. Before, any request with a body
 // failed there (a 502 to the client), though not a byte of it had left.
 func TestH1ExpectResentBeforeBody(t *testing.T) {
 	const size = 1000
-	for _, method := range []string{"POST", "PUT"} {
-		t.Run(method, func(t *testing.T) {
+	for _, name := range []string{"PUT", "DELETE", "POST with an Idempotency-Key"} {
+		t.Run(name, func(t *testing.T) {
+			method, _, keyed := strings.Cut(name, " ")
 			var mu sync.Mutex
 			var got []string
 			dial := h1Server(t, func(n int, c net.Conn) {
@@ -93,6 +96,9 @@ func TestH1ExpectResentBeforeBody(t *testing.T) {
 			defer tr.CloseIdleConnections()
 			get(t, tr, "GET", "/warmup")
 			req, body, bs := expectReq(t, method, size)
+			if keyed {
+				req.Header.Set("Idempotency-Key", "k1")
+			}
 			resp, err := tr.RoundTrip(req)
 			if err != nil {
 				t.Fatalf("%s with its body held for a 100, on a kept connection the upstream closed: %v", method, err)

@@ -37,17 +37,20 @@ func bodyless(req *http.Request) bool {
 // to (expect.go). When the upstream then closed the connection without
 // any answer, a 1xx or a final one (errNoAnswer: on a kept connection,
 // an upstream ending it as idle as the head went out), the request goes
-// again whatever its method: the upstream had a head that announced a
-// body it never got, and could act on it only by answering without
-// the body, which it did not. Else the client got a 502 for a request no
-// origin refused, and it had not sent its body (a PUT an SDK sends with
-// the expectation, a POST).
+// again if its method is idempotent (RFC 9110 §9.2.2: PUT and DELETE
+// too, the methods an SDK sends with the expectation), or an
+// idempotency key says it may: else the client got a 502 for a request
+// no origin refused, and it had not sent its body. Not a POST without a
+// key: an origin may have acted on its head (the target, the headers)
+// and failed before it answered, and RFC 9110 §9.2.2 says a proxy MUST
+// NOT retry a non-idempotent request on its own; its client gets the
+// 502, and decides.
 func retryable(req *http.Request, err error, held bool) bool {
 	if req.Context().Err() != nil {
 		return false
 	}
 	if held {
-		return errors.Is(err, errNoAnswer)
+		return errors.Is(err, errNoAnswer) && idempotentMethod(req)
 	}
 	if !bodyless(req) {
 		return false
@@ -69,4 +72,17 @@ func idempotent(req *http.Request) bool {
 	_, key := req.Header["Idempotency-Key"]
 	_, xkey := req.Header["X-Idempotency-Key"]
 	return key || xkey
+}
+
+// idempotentMethod reports whether req's method is idempotent (RFC 9110
+// §9.2.2: the safe methods, PUT and DELETE), or an idempotency key says
+// the request is. Wider than idempotent, net/http's set for a bodyless
+// request, which leaves out PUT and DELETE: for a held body the retry is
+// the appliance's own, within what the RFC allows a proxy.
+func idempotentMethod(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return idempotent(req)
 }

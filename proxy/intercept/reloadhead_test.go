@@ -324,7 +324,8 @@ func TestReloadDeniesExpectRequestSentAgain(t *testing.T) {
 	} else {
 		io.Copy(io.Discard, resp.Body)
 	}
-	io.WriteString(c, "POST /secret HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 6\r\nExpect: 100-continue\r\n\r\n")
+	// A PUT: idempotent, so it may go again (a POST would not: h1retry.go).
+	io.WriteString(c, "PUT /secret HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 6\r\nExpect: 100-continue\r\n\r\n")
 	o.waitHead(t, "/first")
 	o.waitHead(t, "/secret") // allowed then: its body waits for the 100
 	after := reloadTo(t, &holder, tightenedPolicy)
