@@ -241,6 +241,11 @@ func (t *h1Transport) roundTripRechecked(req *http.Request, reload *tunnelReload
 		if c == nil {
 			var err error
 			if c, err = t.dial(req.Context()); err != nil {
+				if heldBefore {
+					// The held body, kept for this try: a RoundTrip
+					// closes the body on every path.
+					req.Body.Close()
+				}
 				return nil, err
 			}
 		}

@@ -2,6 +2,8 @@ package intercept
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -61,5 +63,47 @@ func TestH1ExpectNonIdempotentNotResent(t *testing.T) {
 	}
 	if !body.closed.Load() {
 		t.Error("the body was not closed")
+	}
+}
+
+// TestH1ExpectHeldBodyClosedWhenRetryDialFails: a held body whose request
+// went again on a new connection was left open when that connection's
+// dial failed: RoundTrip must close the request body on every path.
+func TestH1ExpectHeldBodyClosedWhenRetryDialFails(t *testing.T) {
+	var dials atomic.Int32
+	inner := h1Server(t, func(n int, c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if req.Method == "GET" {
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				continue
+			}
+			return // the kept connection ended as the head went out
+		}
+	})
+	dial := func(ctx context.Context) (net.Conn, error) {
+		if dials.Add(1) > 1 {
+			return nil, errors.New("test: dial refused")
+		}
+		return inner(ctx)
+	}
+	tr := &h1Transport{dial: dial}
+	defer tr.CloseIdleConnections()
+	get(t, tr, "GET", "/warmup")
+	req, body, _ := expectReq(t, "PUT", 10)
+	resp, err := tr.RoundTrip(req)
+	if err == nil {
+		readBody(t, resp.Body)
+		t.Fatalf("answered %d, want the retry's dial error", resp.StatusCode)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d dials, want 2 (the retry's failed)", n)
+	}
+	if !body.closed.Load() {
+		t.Error("the held body was not closed after the retry's dial failed")
 	}
 }
