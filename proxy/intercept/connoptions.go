@@ -9,7 +9,7 @@ import (
 )
 
 // dropConnectionOptions removes from an HTTP/1 request the fields its
-// Connection field names, and Upgrade: they are the client's connection's
+// Connection field names, and Keep-Alive and Upgrade: they are the client's connection's
 // alone (RFC 9110 §7.6.1, §7.8), as dropHopByHop has it for a response.
 // goproxy drops the Connection field itself after this filter, and kept
 // what it named: an h2c upgrade offer (Upgrade: h2c, HTTP2-Settings)
@@ -24,6 +24,9 @@ import (
 // names only keep-alive or close.
 func dropConnectionOptions(req *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
 	h := req.Header
+	// Hop-by-hop whether Connection names it or not (RFC 9112 §9.3,
+	// RFC 9110 §7.6.1). Canonical keys: no allocation.
+	delete(h, "Keep-Alive")
 	conn := h["Connection"]
 	if conn == nil {
 		delete(h, "Upgrade")
@@ -35,8 +38,7 @@ func dropConnectionOptions(req *http.Request, _ *goproxy.ProxyCtx) (*http.Reques
 		for t := range strings.SplitSeq(v, ",") {
 			switch t = textproto.TrimString(t); {
 			case t == "", strings.EqualFold(t, "close"):
-			case strings.EqualFold(t, "keep-alive"):
-				delete(h, "Keep-Alive") // canonical: no allocation
+			case strings.EqualFold(t, "keep-alive"): // dropped above
 			case strings.EqualFold(t, "upgrade"):
 				if !ws {
 					delete(h, "Upgrade")
