@@ -105,16 +105,14 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		// Also on a failed read: the request body's check may have
 		// ended the request, and its upstream with it.
 		if rerr := b.reload.check(); rerr != nil {
-			// goproxy wrote the previous read whole before this one
-			// (last): this one brought nothing that went on. Else the
-			// outcome (a body closed before its end) would discount the
-			// previous piece as one the client never got.
-			b.last.Store(0)
 			if b.resetStream {
 				// Reset, as for a failed read below: the client must
 				// not take what it had for the whole body.
 				panic(http.ErrAbortHandler)
 			}
+			// goproxy wrote the previous read whole before this one
+			// (last): this one brought nothing that went on.
+			b.last.Store(0)
 			return 0, rerr
 		}
 	}
