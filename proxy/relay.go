@@ -144,7 +144,16 @@ type relay struct {
 	recheck func() error // nil: none
 	// takeLinger takes one of the client's lingering connections for
 	// closeDelivering's linger (Proxy.takeLinger); nil: none is counted.
+	// It is taken once (shareLinger), at the linger or before it, when
+	// the client breaks after its FIN while the upload is still being
+	// written (relaybreak.go), and given back as the relay ends.
 	takeLinger func() (release func(), err error)
+	// breakSeen is the client's break after its FIN as breakWhileCopying
+	// took it from the stack, which reports it once.
+	breakSeen     atomic.Pointer[error]
+	lingerOnce    sync.Once
+	lingerErr     error
+	lingerRelease func()
 }
 
 // ended is called by each direction as it ends; the last one closes both
@@ -185,6 +194,7 @@ func (r *relay) ended() {
 	//lint:ignore SA2001 waiting for an abort under way to end is the point
 	r.aborting.Unlock()
 	r.lingering.Wait()
+	r.releaseLinger()
 	var broke error
 	if p := r.broke.Load(); p != nil {
 		broke = *p
@@ -242,6 +252,9 @@ type halfRelay struct {
 
 	// ww follows the writes to dst for the stall watch (stall.go).
 	ww writeWatch
+
+	done       atomic.Bool // finish has run
+	writeBreak atomic.Bool // breakWhileCopying has acted
 }
 
 // errParked ends a copy whose tryReader has nothing to read: wake resumes
@@ -269,6 +282,13 @@ func (h *halfRelay) copy() {
 			h.n += int64(nw)
 			if werr != nil {
 				relayBufPool.Put(bufp)
+				if h.writeBreak.Load() && errors.Is(werr, net.ErrClosed) {
+					// The destination reset for the client's break,
+					// which the record says (r.broke).
+					h.abort()
+					h.finish(nil)
+					return
+				}
 				if !h.toBrokenClient() {
 					h.abort()
 				}
@@ -329,6 +349,7 @@ func (h *halfRelay) toBrokenClient() bool {
 
 func (h *halfRelay) finish(err error) {
 	h.err = err
+	h.done.Store(true)
 	if h.tr != nil {
 		if b, ok := h.tr.(brokenReader); ok && err == nil && h.eof {
 			h.tr.OnReadable(func() { h.watchBroken(b) })
@@ -377,6 +398,9 @@ func (h *halfRelay) brokenAfterFIN(b brokenReader) bool {
 		return false // the relay has ended meanwhile
 	}
 	why := b.BrokenError()
+	if p := h.r.breakSeen.Load(); why == nil && p != nil {
+		why = *p // breakWhileCopying took it from the stack
+	}
 	if why == nil {
 		return false // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
 	}
@@ -473,11 +497,14 @@ func (h *halfRelay) tryRead() (*[]byte, int, error) {
 	}
 }
 
-// wake resumes a parked copy. It runs on the stack's packet path.
+// wake resumes a parked copy, or, for one under way, looks for the
+// client's break (breakWhileCopying). It runs on the stack's packet path.
 func (h *halfRelay) wake() {
 	if h.parked.CompareAndSwap(true, false) {
 		go h.copyFn()
+		return
 	}
+	h.watchCopying()
 }
 
 func (h *halfRelay) rawRead() (*[]byte, int, error) {

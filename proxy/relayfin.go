@@ -54,17 +54,14 @@ func (r *relay) closeDelivering(c net.Conn) {
 		return
 	}
 	stop := r.lingerStop
-	if r.takeLinger != nil {
-		// The client's flow-table entry may be forgotten soon (its
-		// reset), giving its flow share back: the linger is counted in
-		// a share of its own, and one past it is cut short at once.
-		release, err := r.takeLinger()
-		if err != nil {
-			stop = func() error { return err }
-		} else {
-			defer release()
-		}
+	// The client's flow-table entry may be forgotten soon (its reset),
+	// giving its flow share back: the linger is counted in a share of
+	// its own (taken at the break already, when the upload was still
+	// being written: relaybreak.go), and one past it is cut short.
+	if err := r.shareLinger(); err != nil {
+		stop = func() error { return err }
 	}
+	defer r.releaseLinger()
 	bufp := lingerBufPool.Get().(*[]byte)
 	unsent, err := hostconn.Linger(rc, *bufp, r.stallBound, stop)
 	lingerBufPool.Put(bufp)

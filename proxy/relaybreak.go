@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"golang.org/x/sys/unix"
+)
+
+// A client's direction blocked in a write to a destination that reads
+// nothing (the client uploaded more than it takes) reads the client no
+// more: a client that resets then, FIN first or not, went unseen until
+// the write-stall timeout (15 minutes by default), while its flow-table
+// entry, forgotten soon after the reset, gave its flow share back and the
+// relay kept the host socket, its buffers and the stack's queued upload
+// outside every share: one client held as many as it cared to make. So
+// the direction's wake (the stack's news of the client) looks for a break
+// while the copy is under way too (breakWhileCopying).
+
+// afterFINer tells a break after the client's FIN from one before
+// (netstack.Conn).
+type afterFINer interface{ BrokenAfterFIN() bool }
+
+// watchCopying runs on the stack's packet path, for a copy under way
+// (not parked): a client that broke is seen to at once, in a goroutine.
+func (h *halfRelay) watchCopying() {
+	if h.r == nil || h != &h.r.out || h.done.Load() {
+		return // a direction ended by the client's FIN has watchBroken
+	}
+	b, ok := h.tr.(brokenReader)
+	if !ok || !b.Broken() || !h.writeBreak.CompareAndSwap(false, true) {
+		return
+	}
+	go h.breakWhileCopying(b)
+}
+
+// breakWhileCopying sees to a client that broke while its direction was
+// copying, its write to the destination possibly blocked. A break before
+// the FIN cut the upload short: the destination is reset at once, as a
+// read of the break would have, and the record says why. A break after
+// the FIN (the FIN in the stack, behind the upload still to be written)
+// cut nothing: the copy goes on, and the destination lingers once it has
+// the upload (watchBroken); the linger is counted in the client's share
+// of lingering connections from now, and one past it is cut short at
+// once, the destination reset with the upload's tail undelivered.
+func (h *halfRelay) breakWhileCopying(b brokenReader) {
+	why := b.BrokenError()
+	if why == nil {
+		return // a clean close completing
+	}
+	r := h.r
+	r.aborting.Lock()
+	defer r.aborting.Unlock()
+	if r.left.Load() == 0 || h.done.Load() {
+		return // ended meanwhile: by the client's FIN, watchBroken's
+	}
+	af, _ := b.(afterFINer)
+	afterFIN := af != nil && af.BrokenAfterFIN()
+	closing := r.stalls != nil && r.stalls.stacksClosing != nil && r.stalls.stacksClosing.Load()
+	var err error
+	switch {
+	case errors.Is(why, netstack.ErrMemoryReclaimed) || closing:
+		// The appliance's own reset, or the stacks closing: the record
+		// names it, and the destination is reset as for every flow.
+		err = why
+	case !afterFIN:
+		err = fmt.Errorf("the client's connection broke before its FIN, its upload waiting on the destination: %w", why)
+	default:
+		// Taken from the stack once: watchBroken's look at the end of
+		// the copy finds it here.
+		r.breakSeen.Store(&why)
+		serr := r.shareLinger()
+		if serr == nil {
+			return // the copy goes on; the linger holds the share taken
+		}
+		err = fmt.Errorf("the client's connection broke after its FIN: %w", why)
+		unsent := unackedOf(r.upstream)
+		r.cut.Store(&lingerCut{unsent: int64(unsent), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}})
+	}
+	r.broke.Store(&err)
+	intercept.Abort(r.upstream) // the blocked write ends with net.ErrClosed
+}
+
+// shareLinger takes one of the client's lingering connections for r, once
+// (r.takeLinger): later calls say what the first got. Nil when r counts
+// none.
+func (r *relay) shareLinger() error {
+	if r.takeLinger == nil {
+		return nil
+	}
+	r.lingerOnce.Do(func() {
+		r.lingerRelease, r.lingerErr = r.takeLinger()
+	})
+	return r.lingerErr
+}
+
+// releaseLinger gives back the lingering connection shareLinger took, if
+// it took one. Only once the destination is closed or reset.
+func (r *relay) releaseLinger() {
+	r.lingerOnce.Do(func() {}) // none taken from now
+	if r.lingerRelease != nil {
+		r.lingerRelease()
+	}
+}
+
+// unackedOf is how many bytes c's socket holds that its peer has not
+// acknowledged (0 when it cannot say): before the socket's FIN, all data.
+func unackedOf(c net.Conn) int {
+	rc := rawConnOf(c)
+	if rc == nil {
+		return 0
+	}
+	n := 0
+	_ = rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+			n = v
+		}
+	})
+	return n
+}
