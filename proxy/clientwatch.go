@@ -131,6 +131,9 @@ func (w *clientWatch) abort(busy, afterFIN bool) {
 		// said whenever it goes, by the records if not by this Abort.
 		if afterFIN {
 			if serr := w.holdLinger(); serr != nil {
+				if se, ok := errors.AsType[*lingerShareError](serr); ok {
+					se.counted() // the session is cut short at once
+				}
 				w.is.Abort("reset", fmt.Errorf("the client's connection broke after its FIN (%w), and the upload's tail was not delivered: lingering: %w", why, serr))
 				return
 			}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/clientkey"
@@ -43,7 +44,13 @@ func (p *Proxy) lingerLimit() int {
 type lingerShareError struct {
 	holder string // clientkey.Holder's
 	limit  int
+	cuts   *atomic.Uint64 // linger_share_cuts: see counted
 }
+
+// counted counts the linger as cut short (linger_share_cuts): by whoever
+// cut it, as a refusal of the share alone cuts nothing when the one look
+// finds the tail delivered.
+func (e *lingerShareError) counted() { e.cuts.Add(1) }
 
 func (e *lingerShareError) Error() string {
 	return fmt.Sprintf("%s held its share of lingering connections (%d)", e.holder, e.limit)
@@ -52,12 +59,12 @@ func (e *lingerShareError) Error() string {
 // takeLinger takes one of the lingering connections of the client k. It
 // returns what gives it back (once, however often it is called), or, when
 // the client holds its share already, an error saying so: the linger is
-// to be cut short then.
+// to be cut short then, after a look (the error's counted counts the cut,
+// if it was one).
 func (p *Proxy) takeLinger(k shareKey) (release func(), err error) {
 	limit := p.lingerLimit()
 	if ok, _ := p.tcp.lingers.acquire(k, limit, time.Now()); !ok {
-		p.tcp.lingerCuts.Add(1)
-		return nil, &lingerShareError{holder: clientkey.Holder(k.client), limit: limit}
+		return nil, &lingerShareError{holder: clientkey.Holder(k.client), limit: limit, cuts: &p.tcp.lingerCuts}
 	}
 	var once sync.Once
 	return func() { once.Do(func() { p.tcp.lingers.release(k) }) }, nil

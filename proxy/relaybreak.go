@@ -76,6 +76,9 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 		if serr == nil {
 			return // the copy goes on; the linger holds the share taken
 		}
+		if se, ok := errors.AsType[*lingerShareError](serr); ok {
+			se.counted()
+		}
 		err = fmt.Errorf("the client's connection broke after its FIN: %w", why)
 		unsent := unackedOf(r.upstream)
 		r.cut.Store(&lingerCut{unsent: int64(unsent), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}})

@@ -72,6 +72,9 @@ func (r *relay) closeDelivering(c net.Conn) {
 		// Closed meanwhile by an abort of the relay's, whose reason the
 		// record has; what the destination had by then is not known.
 	default:
+		if se, ok := errors.AsType[*lingerShareError](err); ok {
+			se.counted() // cut by the share, not delivered at the one look
+		}
 		if p := r.destReadErr.Load(); p != nil {
 			hostconn.SeenElsewhere(err, *p)
 		}
