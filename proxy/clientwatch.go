@@ -131,11 +131,16 @@ func (w *clientWatch) abort(busy, afterFIN bool) {
 		// said whenever it goes, by the records if not by this Abort.
 		if afterFIN {
 			if serr := w.holdLinger(); serr != nil {
+				// Past the share: a tunnel's linger looks once (a tail
+				// acknowledged already is delivered) and is cut short
+				// else; a session that cannot look is cut at once.
+				counted := func() {}
 				if se, ok := errors.AsType[*lingerShareError](serr); ok {
-					se.counted() // the session is cut short at once
+					counted = se.counted
 				}
-				w.is.Abort("reset", fmt.Errorf("the client's connection broke after its FIN (%w), and the upload's tail was not delivered: lingering: %w", why, serr))
-				return
+				if w.is.CutLinger(serr, "reset", fmt.Errorf("the client's connection broke after its FIN (%w), and the upload's tail was not delivered: lingering: %w", why, serr), counted) {
+					return
+				}
 			}
 		}
 		w.is.AbortUnlessIdle(result, err)

@@ -72,6 +72,9 @@ type upgradedBody struct {
 	// stallTimeout, if set, is the write-stall timeout in force, which
 	// bounds that linger too (Config.WriteStallTimeout). Set with tunnel.
 	stallTimeout func() time.Duration
+	// lingerCut, if set, is why that linger is cut short after one
+	// look, nil until it is (Session.CutLinger). Set with tunnel.
+	lingerCut func() *lingerCutReason
 	// reloadCheck, if set, is the tunnel's recheck after a policy
 	// reload: a deny ends that linger too (tunnelReload.check, which
 	// aborts the session). Set with tunnel.

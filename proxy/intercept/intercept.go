@@ -168,6 +168,9 @@ type Session struct {
 	// lateBreak is why AbortUnlessIdle left it be (abort.go).
 	serving   atomic.Pointer[roundTripper]
 	lateBreak atomic.Pointer[abortReason]
+	// lingerCut cuts the tunnel's linger short after one look
+	// (CutLinger).
+	lingerCut atomic.Pointer[lingerCutReason]
 	// broke says whether a request was under way when the client's
 	// connection was first seen broken, finBreak whether that break came
 	// after the client's FIN, and breakCh, once a tunnel asked for it, is

@@ -362,6 +362,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			ub.upload = &rt.cc.upload // goproxy's copy of the client's upload (uploadCopy)
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
 			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
+			ub.lingerCut = s.lingerCutErr
 			if reload != nil {
 				ub.reloadCheck = reload.check
 			}

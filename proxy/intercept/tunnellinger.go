@@ -92,6 +92,9 @@ func (u *upgradedBody) closeDelivering() error {
 		_ = u.conn.Close()
 		return lerr
 	}
+	if r := u.lingerCutBy(lerr); r != nil && r.counted != nil {
+		r.counted()
+	}
 	if p := u.readErr.Load(); p != nil {
 		hostconn.SeenElsewhere(lerr, *p)
 	}
@@ -153,6 +156,11 @@ func (u *upgradedBody) lingerBound() time.Duration {
 func (u *upgradedBody) lingerStop() error {
 	if u.shuttingDown != nil && u.shuttingDown() {
 		return errShutdownLingering
+	}
+	if u.lingerCut != nil {
+		if r := u.lingerCut(); r != nil {
+			return r.err // after the one look: Linger asks after it
+		}
 	}
 	if u.reloadCheck != nil {
 		// goproxy's copies may have ended (the one towards the broken
