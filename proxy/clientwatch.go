@@ -143,7 +143,11 @@ func (w *clientWatch) abort(busy, afterFIN bool) {
 				}
 			}
 		}
-		w.is.AbortUnlessIdle(result, err)
+		if !w.is.AbortUnlessIdle(result, err) && afterFIN {
+			// A tunnel's write of the upload under way is bounded from
+			// now, and cut by the stacks' close: nothing else ends it.
+			w.is.BoundTunnelUpload()
+		}
 		return
 	}
 	w.is.Abort(result, err)

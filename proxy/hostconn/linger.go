@@ -291,3 +291,7 @@ const tcpClose = 7
 // socket shut for writing: its FIN takes a sequence number of its own,
 // counted until acknowledged.
 func unsentData(outq int) int { return max(outq-1, 0) }
+
+// LingersWoken returns the channel the next WakeLingers closes: a wait
+// that a linger's stop decides (the stacks closing) ends on it too.
+func LingersWoken() <-chan struct{} { return lingerWoken() }

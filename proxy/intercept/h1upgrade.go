@@ -44,6 +44,8 @@ type upgradedBody struct {
 	// in flight, and a write it times out is the appliance's own doing
 	// (endedHere).
 	bounded atomic.Bool
+	// shutCut: the stacks' close cut that write (boundUploadNow).
+	shutCut atomic.Bool
 	// cut is the first write to the destination that the appliance's own
 	// end failed (endedHere, but not its close, whose reason is the
 	// session's): what the client sent went no further, and its tail was

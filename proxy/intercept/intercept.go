@@ -171,6 +171,9 @@ type Session struct {
 	// lingerCut cuts the tunnel's linger short after one look
 	// (CutLinger).
 	lingerCut atomic.Pointer[lingerCutReason]
+	// tunnel is the session's WebSocket tunnel's body, once it has one
+	// (BoundTunnelUpload).
+	tunnel atomic.Pointer[upgradedBody]
 	// broke says whether a request was under way when the client's
 	// connection was first seen broken, finBreak whether that break came
 	// after the client's FIN, and breakCh, once a tunnel asked for it, is

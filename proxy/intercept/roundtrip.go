@@ -363,6 +363,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
 			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
 			ub.lingerCut = s.lingerCutErr
+			s.tunnel.Store(ub)
 			if reload != nil {
 				ub.reloadCheck = reload.check
 			}

@@ -132,6 +132,9 @@ func (u *upgradedBody) cutError(cut error) error {
 			unacked = fmt.Sprintf(" (%d bytes on the wire unacknowledged)", n)
 		}
 	}
+	if errors.Is(cut, os.ErrDeadlineExceeded) && u.shutCut.Load() {
+		return fmt.Errorf("%w: a write to the destination was under way when it was %w%s: %w", errTailUndelivered, errShutdownLingering, unacked, cut)
+	}
 	if errors.Is(cut, os.ErrDeadlineExceeded) {
 		return fmt.Errorf("%w: a write to the destination did not finish within %v%s: %w", errTailUndelivered, u.writeBound, unacked, cut)
 	}
