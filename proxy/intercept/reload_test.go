@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
@@ -30,9 +29,7 @@ policy:
 func TestReloadDecidesOpenConnectionsRequests(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(map[bool]string{false: "cleartext", true: "bumped"}[bumped], func(t *testing.T) {
-			var holder policy.Holder
-			r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-			holder.Store(r.pol)
+			r, holder := newReloadableRig(t)
 			var (
 				upEnd  net.Conn
 				up     *upstream

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // TestReloadDeniesAnswerHeadWithoutBody: a response whose head the
@@ -30,9 +28,7 @@ func TestReloadDeniesAnswerHeadWithoutBody(t *testing.T) {
 				"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Secret: exfil-after-deny\r\n\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var holder policy.Holder
-			r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-			holder.Store(r.pol)
+			r, holder := newReloadableRig(t)
 			proxyEnd, originEnd := testnet.TCPPair(t)
 			originEnd.SetDeadline(time.Now().Add(waitLimit))
 			c, sv := r.connectTCP(proxyEnd, httpDest)
@@ -41,7 +37,7 @@ func TestReloadDeniesAnswerHeadWithoutBody(t *testing.T) {
 			if _, err := http.ReadRequest(bufio.NewReader(originEnd)); err != nil {
 				t.Fatal(err)
 			}
-			after := reloadTo(t, &holder, tightenedPolicy)
+			after := reloadTo(t, holder, tightenedPolicy)
 			io.WriteString(originEnd, tc.answer)
 			br := bufio.NewReader(c)
 			sent, err := http.ReadRequest(bufio.NewReader(strings.NewReader(tc.request)))

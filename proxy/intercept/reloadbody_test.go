@@ -103,6 +103,15 @@ func (o *keptOrigin) waitEnded(t *testing.T) {
 // piece is the i'th piece of a streamed body: each one is told apart.
 func piece(i int) string { return fmt.Sprintf("secret-%03d;", i) }
 
+// newReloadableRig is a rig whose policy a test can reload through holder,
+// which holds the rig's policy to start with.
+func newReloadableRig(t *testing.T) (*rig, *policy.Holder) {
+	holder := new(policy.Holder)
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = holder })
+	holder.Store(r.pol)
+	return r, holder
+}
+
 // reloadTo stores the policy text in holder, as a reload does, and
 // returns it.
 func reloadTo(t *testing.T, holder *policy.Holder, text string) *policy.Policy {
@@ -163,9 +172,7 @@ func TestReloadEndsStreamingRequestBody(t *testing.T) {
 		{"bumped", true, "Transfer-Encoding: chunked", func(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var holder policy.Holder
-			r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-			holder.Store(r.pol)
+			r, holder := newReloadableRig(t)
 			proxyEnd, originEnd := testnet.TCPPair(t)
 			var oc net.Conn = originEnd
 			dest := httpDest
@@ -182,7 +189,7 @@ func TestReloadEndsStreamingRequestBody(t *testing.T) {
 			c.SetDeadline(time.Now().Add(waitLimit))
 			io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: www.example.test\r\n"+tc.head+"\r\n\r\n"+tc.frame(piece(0)))
 			o.waitFor(t, piece(0))
-			after := reloadTo(t, &holder, tightenedPolicy)
+			after := reloadTo(t, holder, tightenedPolicy)
 			for i := 1; i <= 5; i++ {
 				if _, err := io.WriteString(c, tc.frame(piece(i))); err != nil {
 					break // the reset came
@@ -211,9 +218,7 @@ func TestReloadEndsStreamingRequestBody(t *testing.T) {
 // new stream for it got 403. Now the stream's next DATA after the reload
 // ends it, with a 403, and only it: the connection serves on.
 func TestReloadEndsStreamingRequestBodyH2C(t *testing.T) {
-	var holder policy.Holder
-	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-	holder.Store(r.pol)
+	r, holder := newReloadableRig(t)
 	proxyEnd, originEnd := testnet.TCPPair(t)
 	o := startKeptOrigin(t, originEnd, "", "")
 	c, sv := r.connectTCP(proxyEnd, httpDest)
@@ -222,7 +227,7 @@ func TestReloadEndsStreamingRequestBodyH2C(t *testing.T) {
 	id := pc.open("POST", "/upload", false)
 	pc.data(id, []byte(piece(0)), false)
 	o.waitFor(t, piece(0))
-	after := reloadTo(t, &holder, tightenedPolicy)
+	after := reloadTo(t, holder, tightenedPolicy)
 	for i := 1; i <= 5; i++ {
 		pc.data(id, []byte(piece(i)), false)
 	}
@@ -252,9 +257,7 @@ func TestReloadEndsStreamingRequestBodyH2C(t *testing.T) {
 // denies its name is ended the same way: what the destination sends after
 // it does not reach the client.
 func TestReloadEndsStreamingResponseBody(t *testing.T) {
-	var holder policy.Holder
-	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-	holder.Store(r.pol)
+	r, holder := newReloadableRig(t)
 	proxyEnd, originEnd := testnet.TCPPair(t)
 	originEnd.SetDeadline(time.Now().Add(waitLimit))
 	c, sv := r.connectTCP(proxyEnd, httpDest)
@@ -272,7 +275,7 @@ func TestReloadEndsStreamingResponseBody(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, make([]byte, len(piece(0)))); err != nil {
 		t.Fatalf("the download's first piece: %v", err)
 	}
-	after := reloadTo(t, &holder, tightenedPolicy)
+	after := reloadTo(t, holder, tightenedPolicy)
 	for i := 1; i <= 5; i++ {
 		if _, err := io.WriteString(originEnd, piece(i)); err != nil {
 			break // the reset came
@@ -295,9 +298,7 @@ func TestReloadEndsStreamingResponseBody(t *testing.T) {
 // a reload denies is reset, not ended as if whole; the connection serves
 // on.
 func TestReloadEndsStreamingResponseBodyH2C(t *testing.T) {
-	var holder policy.Holder
-	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-	holder.Store(r.pol)
+	r, holder := newReloadableRig(t)
 	proxyEnd, originEnd := testnet.TCPPair(t)
 	originEnd.SetDeadline(time.Now().Add(waitLimit))
 	c, sv := r.connectTCP(proxyEnd, httpDest)
@@ -335,7 +336,7 @@ func TestReloadEndsStreamingResponseBodyH2C(t *testing.T) {
 	if _, err := io.ReadFull(a.resp.Body, make([]byte, len(piece(0)))); err != nil {
 		t.Fatalf("the download's first piece: %v", err)
 	}
-	after := reloadTo(t, &holder, tightenedPolicy)
+	after := reloadTo(t, holder, tightenedPolicy)
 	for i := 1; i <= 5; i++ {
 		if _, err := io.WriteString(originEnd, piece(i)); err != nil {
 			break // the upstream connection was closed
@@ -364,9 +365,7 @@ func TestReloadEndsStreamingResponseBodyH2C(t *testing.T) {
 // the name does not disturb a body under way: every piece reaches the
 // destination, and its answer the client.
 func TestReloadAllowedKeepsStreamingRequestBody(t *testing.T) {
-	var holder policy.Holder
-	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-	holder.Store(r.pol)
+	r, holder := newReloadableRig(t)
 	proxyEnd, originEnd := testnet.TCPPair(t)
 	o := startKeptOrigin(t, originEnd, "0\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	c, sv := r.connectTCP(proxyEnd, httpDest)
@@ -374,7 +373,7 @@ func TestReloadAllowedKeepsStreamingRequestBody(t *testing.T) {
 	chunk := func(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }
 	io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n"+chunk(piece(0)))
 	o.waitFor(t, piece(0))
-	reloadTo(t, &holder, "policy: {default: allow}\n")
+	reloadTo(t, holder, "policy: {default: allow}\n")
 	for i := 1; i <= 5; i++ {
 		io.WriteString(c, chunk(piece(i)))
 	}

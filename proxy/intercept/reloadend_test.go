@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // TestReloadDeniesUploadEnd: an upload whose data went before a reload
@@ -20,9 +18,7 @@ import (
 // end is decided again too: the end does not go, the record says deny.
 func TestReloadDeniesUploadEnd(t *testing.T) {
 	t.Run("chunked", func(t *testing.T) {
-		var holder policy.Holder
-		r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-		holder.Store(r.pol)
+		r, holder := newReloadableRig(t)
 		proxyEnd, originEnd := testnet.TCPPair(t)
 		o := startKeptOrigin(t, originEnd, "", "")
 		c, sv := r.connectTCP(proxyEnd, httpDest)
@@ -30,7 +26,7 @@ func TestReloadDeniesUploadEnd(t *testing.T) {
 		chunk := fmt.Sprintf("%x\r\n%s\r\n", len(piece(0)), piece(0))
 		io.WriteString(c, "POST /commit HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n"+chunk)
 		o.waitFor(t, piece(0))
-		after := reloadTo(t, &holder, tightenedPolicy)
+		after := reloadTo(t, holder, tightenedPolicy)
 		io.WriteString(c, "0\r\n\r\n")
 		io.ReadAll(c)
 		o.waitEnded(t)
@@ -45,9 +41,7 @@ func TestReloadDeniesUploadEnd(t *testing.T) {
 		checkReloadDenied(t, wwwRecord(t, r), after, int64(len(piece(0))))
 	})
 	t.Run("h2c", func(t *testing.T) {
-		var holder policy.Holder
-		r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
-		holder.Store(r.pol)
+		r, holder := newReloadableRig(t)
 		proxyEnd, originEnd := testnet.TCPPair(t)
 		o := startKeptOrigin(t, originEnd, "", "")
 		c, sv := r.connectTCP(proxyEnd, httpDest)
@@ -56,7 +50,7 @@ func TestReloadDeniesUploadEnd(t *testing.T) {
 		id := pc.open("POST", "/commit", false)
 		pc.data(id, []byte(piece(0)), false)
 		o.waitFor(t, piece(0))
-		after := reloadTo(t, &holder, tightenedPolicy)
+		after := reloadTo(t, holder, tightenedPolicy)
 		pc.data(id, nil, true)
 		if !waitFor(t, "the stream's answer", waitLimit, func() bool { return pc.status(id) != "" }) {
 			t.Fatal("the stream the reload denied got no answer")

@@ -174,6 +174,21 @@ func pathRecord(t *testing.T, r *rig, path string) records.Record {
 	return out[0]
 }
 
+// endAndCheck ends the client's connection c and the origin, then checks
+// that the origin got the head of /secret, the request the reload denied,
+// want times (those before the reload), and that its record is the
+// reload's deny.
+func (o *reloadOrigin) endAndCheck(t *testing.T, c net.Conn, sv *served, r *rig, after *policy.Policy, want int) {
+	t.Helper()
+	c.Close()
+	sv.waitDoneOnce(t)
+	o.close()
+	if n := o.count("/secret"); n != want {
+		t.Errorf("the origin got the head of /secret %d times, want %d (none after the reload denied its name)", n, want)
+	}
+	checkHeadDenied(t, pathRecord(t, r, "/secret"), after)
+}
+
 // checkHeadDenied fails unless rec says the reload to after denied the
 // request before it went upstream: 403, rule no-www, nothing sent.
 func checkHeadDenied(t *testing.T, rec records.Record, after *policy.Policy) {
@@ -227,13 +242,7 @@ func TestReloadDeniesHeadAfterDial(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("the request the reload denied got %d, want 403", resp.StatusCode)
 	}
-	c.Close()
-	sv.waitDoneOnce(t)
-	o.close()
-	if n := o.count("/secret"); n != 0 {
-		t.Errorf("the origin got the request's head %d times after the reload denied its name", n)
-	}
-	checkHeadDenied(t, pathRecord(t, r, "/secret"), after)
+	o.endAndCheck(t, c, sv, r, after, 0)
 }
 
 // TestReloadDeniesH2StreamWaitingForSlot: an HTTP/2 client's stream that
@@ -287,13 +296,7 @@ func TestReloadDeniesH2StreamWaitingForSlot(t *testing.T) {
 		t.Error("the client's connection ended with the stream")
 	default:
 	}
-	c.Close()
-	sv.waitDoneOnce(t)
-	o.close()
-	if n := o.count("/secret"); n != 0 {
-		t.Errorf("the origin got the stream's head %d times after the reload denied its name", n)
-	}
-	checkHeadDenied(t, pathRecord(t, r, "/secret"), after)
+	o.endAndCheck(t, c, sv, r, after, 0)
 }
 
 // TestReloadDeniesExpectRequestSentAgain: an Expect: 100-continue request
@@ -338,11 +341,5 @@ func TestReloadDeniesExpectRequestSentAgain(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("the request the reload denied got %d, want 403", resp.StatusCode)
 	}
-	c.Close()
-	sv.waitDoneOnce(t)
-	o.close()
-	if n := o.count("/secret"); n != 1 {
-		t.Errorf("the origin got the request's head %d times, want once (before the reload)", n)
-	}
-	checkHeadDenied(t, pathRecord(t, r, "/secret"), after)
+	o.endAndCheck(t, c, sv, r, after, 1) // once, before the reload
 }
