@@ -68,13 +68,7 @@ func TestTunnelLingersHeldToClientShare(t *testing.T) {
 	t.Cleanup(func() { close(release); srv.Close() })
 	dest := ln.Addr().(*net.TCPAddr).AddrPort()
 
-	h := new(policy.Holder)
-	h.Store(clsMust(policy.Parse("test.yaml", []byte("policy: {default: bump}\n")))(t))
-	ca := clsMust(certs.Generate("lingershare appliance CA"))(t)
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Certificate())
-	r := newShareRig(t, share, 300*time.Millisecond, Config{Policy: h, WriteStallTimeout: 5 * time.Minute, MaxLingeringPerClient: lingerCap,
-		Intercept: intercept.Config{UpstreamRoots: upRoots, Minter: clsMust(certs.NewMinter(ca, certs.MinterOptions{}))(t)}})
+	r, roots := newBumpShareRig(t, share, upRoots, Config{WriteStallTimeout: 5 * time.Minute, MaxLingeringPerClient: lingerCap})
 
 	for range tunnels {
 		rc := r.dialWithinShare(t, dest, 10*time.Second)
@@ -119,4 +113,19 @@ func TestTunnelLingersHeldToClientShare(t *testing.T) {
 	if cut != tunnels-lingerCap {
 		t.Errorf("%d tunnel records say the share of lingering connections cut the upload's tail; want %d", cut, tunnels-lingerCap)
 	}
+}
+
+// newBumpShareRig is a shareRig (transitory timeout 300 ms) whose policy
+// bumps everything, with a CA of its own, which roots trusts, and upRoots
+// for the destinations: for tunnels through the whole proxy.
+func newBumpShareRig(t *testing.T, share int, upRoots *x509.CertPool, cfg Config) (*shareRig, *x509.CertPool) {
+	t.Helper()
+	h := new(policy.Holder)
+	h.Store(clsMust(policy.Parse("test.yaml", []byte("policy: {default: bump}\n")))(t))
+	ca := clsMust(certs.Generate("share rig appliance CA"))(t)
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Certificate())
+	cfg.Policy = h
+	cfg.Intercept = intercept.Config{UpstreamRoots: upRoots, Minter: clsMust(certs.NewMinter(ca, certs.MinterOptions{}))(t)}
+	return newShareRig(t, share, 300*time.Millisecond, cfg), roots
 }

@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -59,13 +57,7 @@ func TestTunnelPastLingerShareDeliveredLooksFirst(t *testing.T) {
 	t.Cleanup(func() { close(release); srv.Close() })
 	dest := ln.Addr().(*net.TCPAddr).AddrPort()
 
-	h := new(policy.Holder)
-	h.Store(clsMust(policy.Parse("test.yaml", []byte("policy: {default: bump}\n")))(t))
-	ca := clsMust(certs.Generate("probe appliance CA"))(t)
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Certificate())
-	r := newShareRig(t, 8, 300*time.Millisecond, Config{Policy: h, WriteStallTimeout: 5 * time.Minute, MaxLingeringPerClient: 1,
-		Intercept: intercept.Config{UpstreamRoots: upRoots, Minter: clsMust(certs.NewMinter(ca, certs.MinterOptions{}))(t)}})
+	r, roots := newBumpShareRig(t, 8, upRoots, Config{WriteStallTimeout: 5 * time.Minute, MaxLingeringPerClient: 1})
 	tunnel := func(path string, size int, wait time.Duration) {
 		rc := r.dialWithinShare(t, dest, 10*time.Second)
 		c := tls.Client(rc, &tls.Config{ServerName: "ws.example", RootCAs: roots, NextProtos: []string{"http/1.1"}})

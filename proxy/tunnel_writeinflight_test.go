@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -49,13 +47,7 @@ func testTunnelWriteInFlightAtBreak(t *testing.T, size int, stall time.Duration)
 	go srv.Serve(ln)
 	t.Cleanup(func() { close(release); srv.Close() })
 	dest := ln.Addr().(*net.TCPAddr).AddrPort()
-	h := new(policy.Holder)
-	h.Store(clsMust(policy.Parse("test.yaml", []byte("policy: {default: bump}\n")))(t))
-	ca := clsMust(certs.Generate("probe appliance CA"))(t)
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Certificate())
-	r := newShareRig(t, 8, 300*time.Millisecond, Config{Policy: h, WriteStallTimeout: stall,
-		Intercept: intercept.Config{UpstreamRoots: upRoots, Minter: clsMust(certs.NewMinter(ca, certs.MinterOptions{}))(t)}})
+	r, roots := newBumpShareRig(t, 8, upRoots, Config{WriteStallTimeout: stall})
 	rc := r.dialWithinShare(t, dest, 10*time.Second)
 	c := tls.Client(rc, &tls.Config{ServerName: "ws.example", RootCAs: roots, NextProtos: []string{"http/1.1"}})
 	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
