@@ -1,7 +1,6 @@
 package intercept
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -21,23 +20,13 @@ func TestH1ExpectNonIdempotentNotResent(t *testing.T) {
 	var acted, conns atomic.Int32
 	dial := h1Server(t, func(n int, c net.Conn) {
 		conns.Add(1)
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if req.Method == "GET" {
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				continue
-			}
+		answerGETs(c, func(*http.Request) {
 			acted.Add(1) // POST /upload?amount=100: done on the head
 			if n == 0 {
 				return // it closes before answering
 			}
 			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-			return
-		}
+		})
 	})
 	tr := &h1Transport{dial: dial}
 	defer tr.CloseIdleConnections()
@@ -72,18 +61,7 @@ func TestH1ExpectNonIdempotentNotResent(t *testing.T) {
 func TestH1ExpectHeldBodyClosedWhenRetryDialFails(t *testing.T) {
 	var dials atomic.Int32
 	inner := h1Server(t, func(n int, c net.Conn) {
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if req.Method == "GET" {
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				continue
-			}
-			return // the kept connection ended as the head went out
-		}
+		answerGETs(c, func(*http.Request) {}) // the kept connection ended as the head went out
 	})
 	dial := func(ctx context.Context) (net.Conn, error) {
 		if dials.Add(1) > 1 {

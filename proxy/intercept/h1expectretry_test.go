@@ -142,22 +142,12 @@ func TestH1ExpectNotResentAfterBodyRead(t *testing.T) {
 			var conns atomic.Int32
 			dial := h1Server(t, func(n int, c net.Conn) {
 				conns.Add(1)
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.Method == "GET" {
-						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-						continue
-					}
+				answerGETs(c, func(req *http.Request) {
 					if tc.sends {
 						io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
 					}
-					io.Copy(io.Discard, req.Body)
-					return // the body read, and no answer
-				}
+					io.Copy(io.Discard, req.Body) // the body read, and no answer
+				})
 			})
 			tr := &h1Transport{dial: dial}
 			defer tr.CloseIdleConnections()
@@ -231,5 +221,22 @@ func TestH1ExpectHeldBodyClosed(t *testing.T) {
 				t.Error("the body was not closed")
 			}
 		})
+	}
+}
+
+// answerGETs serves c as an upstream: it answers each GET "ok" and hands
+// the first other request to other, after which it serves no more.
+func answerGETs(c net.Conn, other func(*http.Request)) {
+	br := bufio.NewReader(c)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		if req.Method != "GET" {
+			other(req)
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	}
 }
