@@ -60,6 +60,11 @@ func tshark(t *testing.T, args ...string) string {
 	if err != nil {
 		t.Fatalf("tshark %v: %v\n%s", args, err, stderr.String())
 	}
+	if len(out) == 0 && stderr.Len() > 0 {
+		// What it said, for a run where it showed nothing (once in a
+		// loaded suite it decrypted neither capture).
+		t.Logf("tshark %v said on stderr: %s", args, stderr.String())
+	}
 	return string(out)
 }
 
