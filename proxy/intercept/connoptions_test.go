@@ -1,12 +1,8 @@
 package intercept_test
 
 import (
-	"bufio"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestRequestConnectionOptionsDropped: the fields a request's Connection
@@ -22,25 +18,10 @@ import (
 func TestRequestConnectionOptionsDropped(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(map[bool]string{false: "cleartext", true: "bumped"}[bumped], func(t *testing.T) {
-			r := newRig(t, testPolicy)
-			c, sv, o := connectHTTP1(t, r, bumped)
-			c.SetDeadline(time.Now().Add(waitLimit))
-			br := bufio.NewReader(c)
-			io.WriteString(c, "POST /a HTTP/1.1\r\nHost: www.example.test\r\n"+
+			got := forwardedHead(t, bumped, "POST /a HTTP/1.1\r\nHost: www.example.test\r\n"+
 				"Connection: Upgrade, HTTP2-Settings, x-hop, keep-alive, Content-Length\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"+
 				"X-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-End: 2\r\nContent-Length: 2\r\n\r\nhi")
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			c.Close()
-			sv.waitDoneOnce(t)
-			heads := o.got()
-			if len(heads) != 1 {
-				t.Fatalf("the origin got %q, want one head", heads)
-			}
-			head := strings.ToLower(heads[0])
+			head := strings.ToLower(got)
 			for _, gone := range []string{"\nupgrade:", "\nhttp2-settings:", "\nx-hop:", "\nkeep-alive:", "\nconnection:"} {
 				if strings.Contains(head, gone) {
 					t.Errorf("the origin got %q, a field the client's Connection named", strings.TrimPrefix(gone, "\n"))
@@ -48,7 +29,7 @@ func TestRequestConnectionOptionsDropped(t *testing.T) {
 			}
 			for _, kept := range []string{"\nx-end: 2", "\ncontent-length: 2"} {
 				if !strings.Contains(head, kept) {
-					t.Errorf("the origin's head %q lacks %q", heads[0], strings.TrimPrefix(kept, "\n"))
+					t.Errorf("the origin's head %q lacks %q", got, strings.TrimPrefix(kept, "\n"))
 				}
 			}
 		})
@@ -59,28 +40,14 @@ func TestRequestConnectionOptionsDropped(t *testing.T) {
 // names Upgrade, which goes on, with Connection: the origin must see the
 // offer to accept it. Another field it names does not.
 func TestWebSocketHandshakeKeepsUpgrade(t *testing.T) {
-	r := newRig(t, testPolicy)
-	c, sv, o := connectHTTP1(t, r, false)
-	c.SetDeadline(time.Now().Add(waitLimit))
-	br := bufio.NewReader(c)
-	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade, X-Hop\r\nUpgrade: websocket\r\n"+
+	// The origin answers 200: no upgrade.
+	got := forwardedHead(t, false, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade, X-Hop\r\nUpgrade: websocket\r\n"+
 		"X-Hop: 1\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	resp, err := http.ReadResponse(br, nil) // the origin's 200: no upgrade
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	c.Close()
-	sv.waitDoneOnce(t)
-	heads := o.got()
-	if len(heads) != 1 {
-		t.Fatalf("the origin got %q, want one head", heads)
-	}
-	head := strings.ToLower(heads[0])
+	head := strings.ToLower(got)
 	if !strings.Contains(head, "\nupgrade: websocket") || !strings.Contains(head, "\nconnection: upgrade") {
-		t.Errorf("the origin's head %q lacks the WebSocket offer", heads[0])
+		t.Errorf("the origin's head %q lacks the WebSocket offer", got)
 	}
 	if strings.Contains(head, "\nx-hop:") {
-		t.Errorf("the origin's head %q has X-Hop, which the client's Connection named", heads[0])
+		t.Errorf("the origin's head %q has X-Hop, which the client's Connection named", got)
 	}
 }
