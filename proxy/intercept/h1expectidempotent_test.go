@@ -44,12 +44,7 @@ func TestH1ExpectNonIdempotentNotResent(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("%d upstream connections, want 1", n)
 	}
-	if n := body.read.Load(); n != 0 {
-		t.Errorf("%d bytes read of the client's body, want 0", n)
-	}
-	if n := bs.n.Load(); n != 0 {
-		t.Errorf("counted %d body bytes sent, want 0", n)
-	}
+	body.wantRead(t, bs, 0)
 	if !body.closed.Load() {
 		t.Error("the body was not closed")
 	}

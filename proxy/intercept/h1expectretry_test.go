@@ -21,6 +21,18 @@ type watchedBody struct {
 	closed atomic.Bool
 }
 
+// wantRead checks that want bytes of the body were read from the client,
+// and that the transport counted as many sent (bs).
+func (b *watchedBody) wantRead(t *testing.T, bs *bodySent, want int64) {
+	t.Helper()
+	if n := b.read.Load(); n != want {
+		t.Errorf("%d bytes read of the client's body, want %d", n, want)
+	}
+	if n := bs.n.Load(); n != want {
+		t.Errorf("counted %d body bytes sent, want %d", n, want)
+	}
+}
+
 func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.read.Add(int64(n))
@@ -106,12 +118,7 @@ func TestH1ExpectResentBeforeBody(t *testing.T) {
 			if answer := readBody(t, resp.Body); answer != fmt.Sprint(size) {
 				t.Errorf("the upstream read %s body bytes, want %d", answer, size)
 			}
-			if n := body.read.Load(); n != size {
-				t.Errorf("%d bytes read of the client's body, want %d", n, size)
-			}
-			if n := bs.n.Load(); n != size {
-				t.Errorf("counted %d body bytes sent, want %d", n, size)
-			}
+			body.wantRead(t, bs, size)
 			mu.Lock()
 			defer mu.Unlock()
 			want := []string{"0 GET /warmup", "0 " + method + " /upload", "1 " + method + " /upload", fmt.Sprintf("1 body %d", size)}
@@ -161,12 +168,7 @@ func TestH1ExpectNotResentAfterBodyRead(t *testing.T) {
 			if n := conns.Load(); n != 1 {
 				t.Errorf("%d upstream connections, want 1: the request went again", n)
 			}
-			if n := body.read.Load(); n != size {
-				t.Errorf("%d bytes read of the client's body, want %d", n, size)
-			}
-			if n := bs.n.Load(); n != size {
-				t.Errorf("counted %d body bytes sent, want %d", n, size)
-			}
+			body.wantRead(t, bs, size)
 			if !body.closed.Load() {
 				t.Error("the body was not closed")
 			}
@@ -211,12 +213,7 @@ func TestH1ExpectHeldBodyClosed(t *testing.T) {
 			if n := conns.Load(); n != 1 {
 				t.Errorf("%d upstream connections, want 1", n)
 			}
-			if n := body.read.Load(); n != 0 {
-				t.Errorf("%d bytes read of the client's body, want 0", n)
-			}
-			if n := bs.n.Load(); n != 0 {
-				t.Errorf("counted %d body bytes sent, want 0", n)
-			}
+			body.wantRead(t, bs, 0)
 			if !body.closed.Load() {
 				t.Error("the body was not closed")
 			}
