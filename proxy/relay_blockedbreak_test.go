@@ -1,9 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -114,20 +111,5 @@ func waitFINAcked(t *testing.T, c *rawClient) {
 // process holds (an inode), not the kernel's orphans a close left.
 func hostFDSocketsTo(t *testing.T, port uint16) int {
 	t.Helper()
-	f, err := os.Open("/proc/net/tcp")
-	if err != nil {
-		t.Skipf("no /proc/net/tcp: %v", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Scan() // the heading
-	want := fmt.Sprintf(":%04X", port)
-	n := 0
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) > 9 && strings.HasSuffix(fs[2], want) && fs[3] != "06" && fs[3] != "07" && fs[9] != "0" {
-			n++
-		}
-	}
-	return n
+	return countHostSockets(t, port, true)
 }

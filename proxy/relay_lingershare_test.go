@@ -169,6 +169,14 @@ func heldDest(t *testing.T) (dst netip.AddrPort, drain func() []destEnd) {
 // host sockets to a loopback destination.
 func hostSocketsTo(t *testing.T, port uint16) int {
 	t.Helper()
+	return countHostSockets(t, port, false)
+}
+
+// countHostSockets counts the IPv4 TCP sockets whose remote port is port,
+// neither in TIME_WAIT nor closed, and with fdOnly only those an fd holds
+// (an inode).
+func countHostSockets(t *testing.T, port uint16, fdOnly bool) int {
+	t.Helper()
 	f, err := os.Open("/proc/net/tcp")
 	if err != nil {
 		t.Skipf("no /proc/net/tcp: %v", err)
@@ -180,7 +188,7 @@ func hostSocketsTo(t *testing.T, port uint16) int {
 	n := 0
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
-		if len(fs) > 3 && strings.HasSuffix(fs[2], want) && fs[3] != "06" && fs[3] != "07" {
+		if len(fs) > 9 && strings.HasSuffix(fs[2], want) && fs[3] != "06" && fs[3] != "07" && (!fdOnly || fs[9] != "0") {
 			n++
 		}
 	}
