@@ -7,7 +7,6 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
-	"golang.org/x/sys/unix"
 )
 
 // A client's direction blocked in a write to a destination that reads
@@ -112,15 +111,10 @@ func (r *relay) releaseLinger() {
 // unackedOf is how many bytes c's socket holds that its peer has not
 // acknowledged (0 when it cannot say): before the socket's FIN, all data.
 func unackedOf(c net.Conn) int {
-	rc := rawConnOf(c)
-	if rc == nil {
-		return 0
-	}
-	n := 0
-	_ = rc.Control(func(fd uintptr) {
-		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
-			n = v
+	if q, ok := unwrapped(c).(interface{ SendQueued() (int, error) }); ok {
+		if n, err := q.SendQueued(); err == nil {
+			return n
 		}
-	})
-	return n
+	}
+	return 0
 }
