@@ -110,6 +110,15 @@ func (c *hijackedConn) Write(b []byte) (int, error) {
 	} else {
 		defer c.noteAnswered() // a write that failed settles a break (answer.go)
 	}
+	if c.unchunk.state != unchunkOff { // an answer to an HTTP/1.0 request (http10.go)
+		return c.writeUnchunked(b)
+	}
+	return c.writeLocked(b)
+}
+
+// writeLocked is Write's holding and writing of b; h.mu is held.
+func (c *hijackedConn) writeLocked(b []byte) (int, error) {
+	h := &c.hold
 	switch {
 	case h.err != nil:
 		return 0, h.err

@@ -66,6 +66,9 @@ type hijackedConn struct {
 	// upload follows goproxy's copy of a WebSocket tunnel's upload, which
 	// reads here: the tunnel's end waits for it (uploadcopy.go).
 	upload uploadCopy
+	// unchunk undoes goproxy's chunking of an answer to an HTTP/1.0
+	// request (http10.go).
+	unchunk unchunk
 }
 
 // hijacker is the http.ResponseWriter goproxy gets for our CONNECT: it can
@@ -453,8 +456,10 @@ func (b *nextHead) Close() error {
 	if b.reqBody != nil {
 		_ = b.reqBody.Close()
 	}
-	if b.cc.bodyFault.Load() != nil {
-		b.resp.Close = true // on goproxy's goroutine, which reads it next
+	if b.cc.bodyFault.Load() != nil || b.cc.unchunking() {
+		// On goproxy's goroutine, which reads it next. An unchunked
+		// answer's body ends with the connection (http10.go).
+		b.resp.Close = true
 	}
 	b.cc.lastClosed.Store(b.resp.Close)
 	b.cc.limit.read.Store(0)

@@ -62,6 +62,7 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	rt.cc.limit.headDone()
 	if rt.cc.h1 { // also an h2 connection that speaks HTTP/1: h1bounds.go
 		rt.cc.bounds.request(req) // its body's length
+		rt.cc.startUnchunk(req)   // an HTTP/1.0 request's answer: http10.go
 	}
 	if !rt.s.h2 {
 		// The previous response is complete, whether or not its end was

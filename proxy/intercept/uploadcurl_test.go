@@ -15,8 +15,15 @@ import (
 
 // curlThrough runs curl against a loopback listener whose one accepted
 // connection the rig serves as a cleartext flow to httpDest, and returns
-// what curl printed.
+// what curl printed: only the status code, beside any message.
 func curlThrough(t *testing.T, r *rig, o *earlyOrigin, args ...string) string {
+	t.Helper()
+	full := append([]string{"-sS", "-o", "/dev/null", "-w", "code=%{http_code}", "--max-time", "15"}, args...)
+	return curlRun(t, r, o, full...)
+}
+
+// curlRun is curlThrough with all of curl's arguments but the URL.
+func curlRun(t *testing.T, r *rig, o *earlyOrigin, args ...string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -33,8 +40,7 @@ func curlThrough(t *testing.T, r *rig, o *earlyOrigin, args ...string) string {
 	r.offerRedial(o.conn())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	full := append([]string{"-sS", "-o", "/dev/null", "-w", "code=%{http_code}", "--max-time", "15"}, args...)
-	full = append(full, "http://"+ln.Addr().String()+"/a")
+	full := append(args[:len(args):len(args)], "http://"+ln.Addr().String()+"/a")
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, "curl", full...)
 	cmd.Stdout, cmd.Stderr = &out, &out
