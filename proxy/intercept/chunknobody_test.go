@@ -106,3 +106,26 @@ func TestExpectAnsweredOriginClosedBodyNotRead(t *testing.T) {
 		}
 	}
 }
+
+// TestNoBodyStatusSaidChunkedSendsNoBody: a 204 or 304 has no body
+// whatever its origin says (RFC 9112 6.3), so the client gets the head
+// alone: a last chunk after it ("0\r\n\r\n") is what a keep-alive client
+// reads as the start of its next answer ("malformed HTTP response").
+func TestNoBodyStatusSaidChunkedSendsNoBody(t *testing.T) {
+	for _, status := range []int{http.StatusNoContent, http.StatusNotModified} {
+		r := newRig(t, testPolicy)
+		up := cannedOrigin(t, fmt.Sprintf("HTTP/1.1 %d X\r\nTransfer-Encoding: chunked\r\n\r\n", status))
+		c, _ := r.connectTCP(up, httpDest)
+		c.SetDeadline(time.Now().Add(waitLimit))
+		io.WriteString(c, "GET /a HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+		got := rawAfter(c, bufio.NewReader(c), 500*time.Millisecond)
+		c.Close()
+		head, rest, ok := strings.Cut(got, "\r\n\r\n")
+		if !ok || !strings.HasPrefix(head, fmt.Sprintf("HTTP/1.1 %d ", status)) || rest != "" {
+			t.Errorf("%d: the client got %q, want the head alone", status, got)
+		}
+		if strings.Contains(strings.ToLower(head), "transfer-encoding") {
+			t.Errorf("%d: the head %q says chunked for no body", status, head)
+		}
+	}
+}
