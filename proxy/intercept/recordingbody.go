@@ -74,6 +74,9 @@ type recordingBody struct {
 	// deny resets.
 	reload      *tunnelReload
 	resetStream bool
+	// toStream: the body is relayed to an HTTP/2 client's stream by its
+	// server's handler (inH2Handler), through a streamEnd.
+	toStream bool
 }
 
 // keepHeld has b give back c, its request's charge, once its record is

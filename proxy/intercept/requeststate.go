@@ -22,6 +22,7 @@ type requestState struct {
 	sent countingReader
 	rb   recordingBody
 	next nextHead
+	end  streamEnd // for a body relayed to an HTTP/2 client's stream
 	// recheck decides the request again after a reload, while its body,
 	// its response's, or the tunnel it opened, is under way.
 	recheck tunnelReload

@@ -92,11 +92,12 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	}
 	handedOver = true
 	if resp != nil && resp.Body != nil && resp.StatusCode != http.StatusSwitchingProtocols { // a 101 is a tunnel now
-		watch := watchOf(resp.Body)
+		rb := relayedToStream(resp.Body)
 		st.next = nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody, resp: resp, trailer: resp.Trailer}
 		resp.Body = &st.next
-		if watch != nil { // the server's last flush is watched too
-			resp.Body = &streamEnd{ReadCloser: resp.Body, watch: watch}
+		if rb != nil { // the server's flushes: streamEnd
+			st.end = streamEnd{ReadCloser: resp.Body, watch: rb.stream}
+			resp.Body = &st.end
 		}
 		if !rt.s.h2 && hasBody(req, resp) {
 			rt.cc.holdResponse(true)
@@ -391,7 +392,8 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	// header: a hostile HTTP/2 origin's unparsable content-length ("abc")
 	// stays in the header with ContentLength -1, and the HTTP/2 server
 	// drops it on the way to the client, which is then told no length.
-	rb.abortStream = inH2Handler(req) && resp.ContentLength < 0
+	rb.toStream = inH2Handler(req)
+	rb.abortStream = rb.toStream && resp.ContentLength < 0
 	// Nothing to wait for in a response without a body (HEAD, 204, 304,
 	// Content-Length 0). A 101's body is the tunnel's way back: its end is
 	// the tunnel's (outcome).

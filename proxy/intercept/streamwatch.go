@@ -148,6 +148,22 @@ func (w *streamWatch) end() {
 // that waits on the window: the trailers' HEADERS, or an empty DATA frame
 // with END_STREAM (x/net sends one after a flush, 9 bytes more than a
 // response that ends with its last DATA frame).
+//
+// The server's buffer holds the head too (x/net sends HEADERS with the
+// first bytes it writes out), and a body's first bytes when they are
+// fewer than 4 KiB: an origin that sends the head and a few bytes, then
+// waits (a long poll, a progress stream of a known length, a slow
+// origin), had its client get nothing, not even the head, until 4 KiB or
+// the end came. So the copy flushes the head before its first read, as
+// an HTTP/1 client has it at once, and flushes a piece when the origin
+// has nothing more for now: its read came back short of the piece asked
+// for. A piece of more than 4 KiB went out whole already (the server's
+// buffer, empty, passes it on in one DATA frame), and that flush costs
+// no frame; only a piece under 4 KiB is sent on its own rather than
+// joined with the next, which comes later anyway (a fast origin fills
+// its reads). (The head no longer goes with the first bytes, so x/net no
+// longer sniffs a Content-Type the origin did not send: as for HTTP/1,
+// the client gets the origin's fields.)
 
 // streamPieces holds the buffers streamEnd copies through.
 var streamPieces = sync.Pool{New: func() any {
@@ -156,40 +172,99 @@ var streamPieces = sync.Pool{New: func() any {
 }}
 
 // streamEnd is the body, as goproxy gets it, of a response relayed to an
-// HTTP/2 client's stream under a stream watch.
+// HTTP/2 client's stream; watch is its stream watch, if any.
 type streamEnd struct {
 	io.ReadCloser
 	watch *streamWatch
 }
 
 // WriteTo copies the body to w, the server's ResponseWriter, as io.Copy
-// would, then flushes w under the watch: also when the copy failed, as a
-// body the destination cut short leaves its last bytes held as well. A
-// flush that fails (the client reset the stream, or the session was
-// aborted) fails the copy, as a write would.
-func (b *streamEnd) WriteTo(w io.Writer) (int64, error) {
+// would, flushing the head first and each piece the origin sent short of
+// what was asked, then flushes w under the watch: also when the copy
+// failed, as a body the destination cut short leaves its last bytes held
+// as well. A flush that fails (the client reset the stream, or the
+// session was aborted) fails the copy, as a write would.
+func (b *streamEnd) WriteTo(w io.Writer) (n int64, err error) {
 	// The body hands out at most maxStreamPiece at a time: a pooled buffer
 	// of that size, not io.Copy's 32 KiB made for every response.
 	bufp := streamPieces.Get().(*[]byte)
-	n, err := io.CopyBuffer(w, b.ReadCloser, *bufp)
-	streamPieces.Put(bufp)
+	defer streamPieces.Put(bufp)
 	rw, ok := w.(http.ResponseWriter)
 	if !ok {
-		return n, err // not the server's: nothing it holds
+		return io.CopyBuffer(w, b.ReadCloser, *bufp) // not the server's: nothing it holds
 	}
-	b.watch.flushing()
-	ferr := http.NewResponseController(rw).Flush()
-	b.watch.flushed()
-	if err == nil && ferr != nil && !errors.Is(ferr, http.ErrNotSupported) {
+	rc := http.NewResponseController(rw)
+	if err := b.flushWatched(rc); err != nil {
+		return 0, fmt.Errorf("flushing the response head: %w", err)
+	}
+	n, err = b.copyFlushing(w, rc, *bufp)
+	ferr := b.flushWatched(rc)
+	if err == nil && ferr != nil {
 		err = fmt.Errorf("flushing the end of the body: %w", ferr)
 	}
 	return n, err
 }
 
-// watchOf returns the stream watch of a response body, if it has one.
-func watchOf(body io.ReadCloser) *streamWatch {
-	if rb, ok := body.(*recordingBody); ok {
-		return rb.stream
+// copyFlushing copies the body to w through buf, flushing (rc) each piece
+// whose read came back short: what the origin had for now.
+func (b *streamEnd) copyFlushing(w io.Writer, rc *http.ResponseController, buf []byte) (n int64, err error) {
+	for {
+		nr, er := b.ReadCloser.Read(buf)
+		if nr > 0 {
+			nw, ew := w.Write(buf[:nr])
+			n += int64(nw)
+			if ew == nil && nw != nr {
+				ew = io.ErrShortWrite
+			}
+			if ew != nil {
+				return n, ew
+			}
+			// Asked: the buffer, as the watch cut it (next).
+			asked := len(buf)
+			if b.watch != nil {
+				asked = min(asked, b.watch.limit)
+			}
+			// A piece of 4 KiB or less may sit whole in the server's
+			// buffer, even one that filled its read.
+			if nr < asked || nr <= minStreamPiece {
+				// Part of the piece's write, which the watch times
+				// until the next read.
+				if fe := rc.Flush(); fe != nil && !errors.Is(fe, http.ErrNotSupported) {
+					return n, fmt.Errorf("flushing the body: %w", fe)
+				}
+			}
+		}
+		if er == io.EOF {
+			return n, nil
+		}
+		if er != nil {
+			return n, er
+		}
+	}
+}
+
+// flushWatched flushes the server's buffer as a write the watch times,
+// when there is a watch: the head before the body, or the body's end.
+// Not supported is nothing held.
+func (b *streamEnd) flushWatched(rc *http.ResponseController) error {
+	if b.watch != nil {
+		b.watch.flushing()
+	}
+	err := rc.Flush()
+	if b.watch != nil {
+		b.watch.flushed()
+	}
+	if errors.Is(err, http.ErrNotSupported) {
+		return nil
+	}
+	return err
+}
+
+// relayedToStream returns a response body's recordingBody when it has
+// bytes to relay to an HTTP/2 client's stream, else nil.
+func relayedToStream(body io.ReadCloser) *recordingBody {
+	if rb, ok := body.(*recordingBody); ok && rb.toStream && !rb.tunnel && !rb.ended.Load() {
+		return rb
 	}
 	return nil
 }
