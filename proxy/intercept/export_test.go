@@ -94,3 +94,10 @@ func SetUpstreamH2PingTimeouts(after, timeout time.Duration) (restore func()) {
 	upstreamH2PingTimeout.Store(timeout)
 	return func() { upstreamH2PingAfter.Store(oldAfter); upstreamH2PingTimeout.Store(oldTimeout) }
 }
+
+// OnBodyRead has f run as each read of a response body begins, and
+// returns a function that stops it.
+func OnBodyRead(f func()) (restore func()) {
+	testHookBodyRead.Store(&f)
+	return func() { testHookBodyRead.Store(nil) }
+}

@@ -75,8 +75,18 @@ type recordingBody struct {
 	reload      *tunnelReload
 	resetStream bool
 	// toStream: the body is relayed to an HTTP/2 client's stream by its
-	// server's handler (inH2Handler), through a streamEnd.
+	// server's handler (inH2Handler). What went out on it, for a reset's
+	// record (resetAfter): copying says streamEnd copies the body (one of
+	// a known length), and notes what its flushes sent, the head
+	// (headGone) and the first gone bytes of the body; else goproxy's
+	// streaming copy does, which flushes each piece, and the head with
+	// the first, before its next read. headless: a reload's reset came
+	// before the head went.
 	toStream bool
+	copying  atomic.Bool
+	headGone atomic.Bool
+	gone     atomic.Int64
+	headless atomic.Bool
 }
 
 // keepHeld has b give back c, its request's charge, once its record is
@@ -99,7 +109,14 @@ func (b *recordingBody) giveBackHeld() {
 	}
 }
 
+// testHookBodyRead, when set, runs as a read of a response body begins:
+// the response's head has been decided and handed to goproxy.
+var testHookBodyRead atomic.Pointer[func()]
+
 func (b *recordingBody) Read(p []byte) (int, error) {
+	if h := testHookBodyRead.Load(); h != nil {
+		(*h)()
+	}
 	if b.stream != nil {
 		p = b.stream.next(p) // the previous piece is written
 	}
@@ -110,7 +127,10 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		if rerr := b.reload.check(); rerr != nil {
 			if b.resetStream {
 				// Reset, as for a failed read below: the client must
-				// not take what it had for the whole body.
+				// not take what it had for the whole body. The reset
+				// discards what the server holds unsent: only what
+				// went out is counted (outcome takes last off).
+				b.resetAfter()
 				panic(http.ErrAbortHandler)
 			}
 			// goproxy wrote the previous read whole before this one
@@ -152,6 +172,21 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		b.ended.Store(true)
 	}
 	return n, err
+}
+
+// resetAfter notes, as a reload resets the stream b is relayed to, what
+// its client had of it: the body bytes flushed to the stream (the latest
+// read's may still be held in the server's buffer, a known-length body's
+// up to 4 KiB, and the head with them), and whether the head went.
+func (b *recordingBody) resetAfter() {
+	read := b.read.Load()
+	gone, head := b.gone.Load(), b.headGone.Load()
+	if b.toStream && !b.copying.Load() {
+		// goproxy's streaming copy flushed each piece before this read.
+		gone, head = read, read > 0
+	}
+	b.last.Store(read - gone)
+	b.headless.Store(b.toStream && !head)
 }
 
 // inH2Handler reports whether req is served by an HTTP/2 server's stream

@@ -89,6 +89,11 @@ func (st *requestState) endRecord() {
 	}
 	rec.BytesOut, rec.BytesIn = sent.out()+rb.written.Load(), delivered
 	reload.record(rec)
+	if rb.headless.Load() {
+		// A reload reset the stream before its head went: the client
+		// saw no status (docs/records.md).
+		rec.Status = 0
+	}
 	// A client's break that found the request under way has its
 	// Abort on the way: the record says what it says (answer.go).
 	rt.awaitBreakAbort()

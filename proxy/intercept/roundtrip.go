@@ -96,7 +96,7 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 		st.next = nextHead{ReadCloser: resp.Body, cc: rt.cc, reqBody: reqBody, resp: resp, trailer: resp.Trailer}
 		resp.Body = &st.next
 		if rb != nil { // the server's flushes: streamEnd
-			st.end = streamEnd{ReadCloser: resp.Body, watch: rb.stream}
+			st.end = streamEnd{ReadCloser: resp.Body, watch: rb.stream, rb: rb}
 			resp.Body = &st.end
 		}
 		if !rt.s.h2 && hasBody(req, resp) {

@@ -172,10 +172,12 @@ var streamPieces = sync.Pool{New: func() any {
 }}
 
 // streamEnd is the body, as goproxy gets it, of a response relayed to an
-// HTTP/2 client's stream; watch is its stream watch, if any.
+// HTTP/2 client's stream; watch is its stream watch, if any, and rb its
+// recordingBody, told what went out (flushed).
 type streamEnd struct {
 	io.ReadCloser
 	watch *streamWatch
+	rb    *recordingBody
 }
 
 // WriteTo copies the body to w, the server's ResponseWriter, as io.Copy
@@ -194,9 +196,11 @@ func (b *streamEnd) WriteTo(w io.Writer) (n int64, err error) {
 		return io.CopyBuffer(w, b.ReadCloser, *bufp) // not the server's: nothing it holds
 	}
 	rc := http.NewResponseController(rw)
+	b.rb.copying.Store(true)
 	if err := b.flushWatched(rc); err != nil {
 		return 0, fmt.Errorf("flushing the response head: %w", err)
 	}
+	b.rb.headGone.Store(true)
 	n, err = b.copyFlushing(w, rc, *bufp)
 	ferr := b.flushWatched(rc)
 	if err == nil && ferr != nil {
@@ -232,6 +236,7 @@ func (b *streamEnd) copyFlushing(w io.Writer, rc *http.ResponseController, buf [
 				if fe := rc.Flush(); fe != nil && !errors.Is(fe, http.ErrNotSupported) {
 					return n, fmt.Errorf("flushing the body: %w", fe)
 				}
+				b.rb.gone.Store(b.rb.read.Load())
 			}
 		}
 		if er == io.EOF {
@@ -256,6 +261,9 @@ func (b *streamEnd) flushWatched(rc *http.ResponseController) error {
 	}
 	if errors.Is(err, http.ErrNotSupported) {
 		return nil
+	}
+	if err == nil {
+		b.rb.gone.Store(b.rb.read.Load())
 	}
 	return err
 }
