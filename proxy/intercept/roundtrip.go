@@ -72,16 +72,7 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	fb := watchBodyFault(req, rt.cc)
 	reqBody := req.Body // goproxy's own (or fb), before roundTrip wraps it
 	resp, err := rt.roundTrip(req, fb, slot, over, st)
-	if resp != nil && (resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusNotModified) {
-		// No body, whatever the origin said (RFC 9112 6.3), and no length
-		// of one (RFC 9110 8.6). net/http's Response.Write would end a
-		// body said chunked with a last chunk, which a keep-alive client
-		// takes for the start of its next answer, and it says
-		// "Content-Length: 0" to a POST, PUT or PATCH when the length is
-		// 0. A length of -1 writes neither; Uncompressed keeps Write from
-		// taking that for a body the close must delimit (Connection: close).
-		resp.TransferEncoding, resp.ContentLength, resp.Uncompressed = nil, -1, true
-	}
+	noBodyAnswer(resp) // nobodystatus.go
 	if rb := recordingOf(resp); rb != nil {
 		held.pastHead(req, resp)
 		rb.keepHeld(held) // given back with its record
