@@ -85,6 +85,22 @@ type flowAcks struct {
 	ackAt   int64 // when the flow's last pure ACK was made (monoclock.Now)
 }
 
+// restart forgets what a.mu's flow did before: the stack is answering a
+// SYN, so a new connection starts on the flow. A flow-table entry outlives
+// its connection (a reset or closed flow is held a while), and a client
+// may reuse the 4-tuple in the meantime; its new connection starts as a
+// new flow's does, ACKs leaving at once, and an ACK still held for the
+// old one would reach no connection. Its sequence numbers are new too:
+// the SYN-ACK's acknowledgement is taken whatever the old one's was.
+func (a *flowAcks) restart(d *ackDelayer) {
+	if a.held.buf != nil {
+		heldPool.Put(a.held.buf)
+		a.held = delayedAck{}
+		d.released()
+	}
+	a.quick, a.sent, a.sentAck, a.ackAt = false, false, 0, 0
+}
+
 // delayedAck is a held ACK: its GENEVE datagram, ready to send.
 type delayedAck struct {
 	buf      *[]byte // from heldPool; the datagram is (*buf)[:n], outer headroom first
@@ -180,6 +196,9 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 
 	a := acksOf(f)
 	a.mu.Lock()
+	if flags&tcpSYN != 0 {
+		a.restart(d)
+	}
 	var earlier delayedAck // a held ACK this packet does not supersede: it goes first
 	secondAck := false
 	if h := &a.held; h.buf != nil {
