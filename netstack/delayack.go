@@ -372,7 +372,8 @@ func (d *ackDelayer) fire() {
 // takes a RST only at exactly the next sequence number it expects (RFC
 // 5961), which the held ACK acknowledges: any other it drops, or answers
 // with a challenge ACK, and the flow lives on, so its ACK stays held.
-// Called for each RST the client sends, before the stack sees it.
+// Called for each RST the client sends whose checksums hold (the stack
+// drops any other), before the stack sees it.
 func (d *ackDelayer) dropHeld(f *Flow, seq uint32) {
 	a := f.acks.Load()
 	if a == nil {

@@ -342,7 +342,13 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
-			} else if p.TCPFlags&flagRst != 0 && s.acks.delay != 0 {
+			} else if p.TCPFlags&flagRst != 0 && s.acks.delay != 0 &&
+				(s.cfg.Tap != nil || !sumsFail(p, inner[:p.Len])) {
+				// Only a RST the stack will take ends the flow's
+				// connection: without a tap nothing above checked
+				// its checksums, and the stack drops one that fails
+				// them, its flow live. A RST is a few words; a
+				// fragmented one never gets here (stackRefuses).
 				s.acks.dropHeld(flow, p.seq)
 			}
 		}
