@@ -40,7 +40,10 @@ import (
 //     which drive the client's loss recovery, are never held.
 //
 // A hostile client can make the appliance hold ACKs of its own flows only,
-// one per flow, each for at most the delay.
+// one per flow, each for the delay plus the timer's wake-up latency (the
+// Go runtime's: small on an idle host, milliseconds under load), which
+// bounds every hold. The timer is not armed early to make up for it: the
+// latency depends on the load, and an ACK sent early forgoes its reply.
 
 // DefaultAckDelay is how long the appliance (cmd/gwlbproxy's --ack-delay)
 // holds a pure ACK for a reply to carry it: a twentieth of the 40 ms Linux
@@ -48,7 +51,9 @@ import (
 const DefaultAckDelay = 2 * time.Millisecond
 
 // MaxAckDelay is the longest delay the appliance accepts: the least Linux
-// waits, so that no client sees an ACK later than from a kernel.
+// waits, so that no client sees an ACK later than from a kernel (whose
+// delayed-ACK timer, like the appliance's, fires some time past its
+// deadline).
 const MaxAckDelay = 40 * time.Millisecond
 
 // maxReplacedHold is the longest delay under which a held ACK may be
