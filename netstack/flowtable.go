@@ -28,6 +28,12 @@ type Flow struct {
 	removed  atomic.Bool              // out of the table: expired or evicted (flowevict.go)
 	queued   atomic.Bool              // in its client's queue (flowevict.go)
 	owner    *client                  // its client's share and queue, while in the table
+
+	// TCP: when the client last sent a RST (monoclock.Now), and whether a
+	// SYN of its waits for the stack to let go of the reset connection on
+	// the flow's 4-tuple (synwait.go).
+	clientRst  atomic.Int64
+	synWaiting atomic.Bool
 }
 
 // What a TCP flow's segments showed, as bits of Flow.tcp. A flow lives for

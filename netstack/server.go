@@ -340,6 +340,9 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// refused), make it transitory, or restart its window.
 		if p.Proto == protoTCP {
 			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
+			if p.TCPFlags&flagRst != 0 {
+				flow.clientRst.Store(now) // a SYN right after it may wait (synwait.go)
+			}
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
 			} else if p.TCPFlags&flagRst != 0 && s.acks.delay != 0 &&
@@ -374,6 +377,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	if p.Echo {
 		s.handleEcho(flow, p, inner)
 		return DropNone
+	}
+	if p.Proto == protoTCP && p.TCPFlags&(flagSyn|flagAck|flagRst|flagFin) == flagSyn &&
+		s.synWaits(st, flow, inner[:p.Len], p.IPv6, now) {
+		return DropNone // a reset connection on its 4-tuple is on its way out
 	}
 	if co != nil && coalescable(p, inner) {
 		// Cut to the IP length: GRO would sum the bytes after it into the

@@ -1,0 +1,81 @@
+package netstack
+
+import (
+	"bytes"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
+)
+
+// A client that resets its connection and at once opens a new one from the
+// same port (a close with SO_LINGER 0, then a connect bound to the same
+// source port, as pools and some clients do: tens of microseconds apart)
+// must get its new connection, as from Linux, which takes the RST before
+// the SYN comes (RFC 9293: the reset connection is CLOSED, and the port
+// listens). gVisor hands a connection's segments to a goroutine of its own:
+// a SYN that comes before that goroutine has taken the RST is queued on
+// the old connection, and when it closes, the SYN is offered to the other
+// connections of the stack only, never to the forwarder that makes new
+// ones, and answered with a RST (tcp.Endpoint's
+// tryDeliverSegmentFromClosedEndpoint). The client's connect was refused
+// (a Linux client through the appliance: 35 of 60 such connects).
+//
+// So a bare SYN that comes within maxSynWait of a RST of the client's on
+// its flow, while the stack still holds the flow's connection, waits for
+// the stack to let it go, then goes in. (Not "a RST since the flow's last
+// sign of life", Flow.tcp's tcpReset: the stack's FIN, written by a proxy
+// that closed its end before the stack had the RST, crosses the RST and
+// clears that.) gVisor says nothing when a connection leaves its
+// demultiplexer: the wait looks, at growing intervals, for at most
+// maxSynWait. A RST the stack does not take (out of its window) leaves the
+// connection live; the SYN then goes in after maxSynWait and is answered as
+// on a live connection, with an ACK (RFC 5961 4.2). One SYN per flow waits,
+// so that a client's SYNs cost at most one goroutine per flow: another
+// meanwhile goes in at once, as before (a client sends its SYN again only
+// after a second). A waiting SYN was shown to the capture tap as it came:
+// it is taken in, only later.
+
+// maxSynWait bounds how long a SYN waits for the stack to let go of the
+// reset connection on its 4-tuple: far longer than the stack takes to
+// handle a RST, even on a loaded host, and far shorter than the second a
+// client waits before it sends its SYN again.
+const maxSynWait = 20 * time.Millisecond
+
+// firstSynPoll is the first interval at which a waiting SYN looks whether
+// the stack has let the old connection go; each later one is twice the
+// last, up to lastSynPoll.
+const (
+	firstSynPoll = 50 * time.Microsecond
+	lastSynPoll  = 2 * time.Millisecond
+)
+
+// synWaits reports whether the client's bare SYN pkt (inner packet, cut to
+// its length) of flow on stack st must wait for the stack to let go of a
+// reset connection on its 4-tuple, and if so has it wait and go in later;
+// now is the SYN's time. Call it with st.mu read-locked.
+func (s *Server) synWaits(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool, now int64) bool {
+	if now-flow.clientRst.Load() > int64(maxSynWait) || !s.holdsTCP(&flow.key) {
+		return false
+	}
+	if !flow.synWaiting.CompareAndSwap(false, true) {
+		return false
+	}
+	pkt = bytes.Clone(pkt) // the reader's buffer is reused
+	go s.deliverSynLater(st, flow, pkt, ipv6)
+	return true
+}
+
+// deliverSynLater hands a waiting SYN to st once it no longer holds the
+// connection on the SYN's 4-tuple, or after maxSynWait.
+func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool) {
+	deadline := monoclock.Now() + int64(maxSynWait)
+	for poll := firstSynPoll; s.holdsTCP(&flow.key) && monoclock.Now() < deadline; poll = min(2*poll, lastSynPoll) {
+		time.Sleep(poll)
+	}
+	flow.synWaiting.Store(false)
+	st.mu.RLock()
+	if !st.closed { // closed: the client sends its SYN again to a new stack
+		st.link.inject(pkt, ipv6)
+	}
+	st.mu.RUnlock()
+}
