@@ -22,7 +22,9 @@ import (
 // connection closes after the answer (nextHead.Close), which is what
 // delimits the body then: an HTTP/1.0 client that asked to keep it alive
 // is not left waiting for more. Answers of a known length, and those with
-// no body (HEAD, 1xx, 204, 304), pass as they are. The decoding keeps no
+// no body (HEAD, 1xx, 204, 304), pass as they are, but that a HEAD's
+// loses its Transfer-Encoding and Trailer fields too (§6.1 holds for it,
+// and nobodystatus.go drops a 204's or 304's). The decoding keeps no
 // bytes: each write's data goes on as slices of it.
 
 // Where an answer's unchunking stands (unchunk.state).
@@ -39,12 +41,13 @@ const (
 // unchunk is the unchunking of the answer goproxy is writing; goproxy's
 // goroutine only (RoundTrip, and its writes).
 type unchunk struct {
-	state uint8
-	digit bool   // the size line has a digit
-	rest  bool   // the size line is past its digits: an extension, white space
-	line  int    // bytes of the trailer's line so far, but a CR
-	left  int64  // of the chunk's data, or of its CRLF
-	head  []byte // the head so far; then the head rewritten: kept for the connection
+	state  uint8
+	noBody bool   // the request is a HEAD: its answer is a head alone
+	digit  bool   // the size line has a digit
+	rest   bool   // the size line is past its digits: an extension, white space
+	line   int    // bytes of the trailer's line so far, but a CR
+	left   int64  // of the chunk's data, or of its CRLF
+	head   []byte // the head so far; then the head rewritten: kept for the connection
 }
 
 // errUnchunk fails goproxy's write of a chunked body the client connection
@@ -52,18 +55,18 @@ type unchunk struct {
 var errUnchunk = errors.New("a chunked response to an HTTP/1.0 request written with framing that cannot be undone")
 
 // startUnchunk readies the client connection for the answer to req: one
-// to a request below HTTP/1.1 with a body to come is looked at; a HEAD's
-// has none. An HTTP/1.1 request leaves an idle state as it is: the
-// per-request cost is one comparison.
+// to a request below HTTP/1.1 is looked at (a HEAD's for its head alone).
+// An HTTP/1.1 request leaves an idle state as it is: the per-request cost
+// is one comparison.
 func (c *hijackedConn) startUnchunk(req *http.Request) {
 	u := &c.unchunk
-	if req.ProtoAtLeast(1, 1) || req.Method == http.MethodHead {
+	if req.ProtoAtLeast(1, 1) {
 		if u.state != unchunkOff {
 			u.state = unchunkOff
 		}
 		return
 	}
-	u.state, u.head = unchunkHead, u.head[:0]
+	u.state, u.noBody, u.head = unchunkHead, req.Method == http.MethodHead, u.head[:0]
 }
 
 // unchunking reports whether the answer being written is being unchunked:
@@ -110,7 +113,8 @@ func (c *hijackedConn) writeUnchunked(b []byte) (int, error) {
 
 // unchunkHead takes b, bytes of the head, and returns what follows the
 // head in it. Once the head is whole it is written: rewritten when the
-// answer is chunked and has a body, else as it is (unchunkOff).
+// answer is chunked (a HEAD's, that said chunked, loses that alone), else
+// as it is (unchunkOff).
 func (c *hijackedConn) unchunkHead(b []byte) ([]byte, error) {
 	u := &c.unchunk
 	head, rest := b, []byte(nil)
@@ -127,12 +131,14 @@ func (c *hijackedConn) unchunkHead(b []byte) ([]byte, error) {
 		rest = b[i-k:]
 		head = u.head[:i]
 	}
-	out, chunked := rewriteHead(head, u.head[len(u.head):])
+	out, chunked := rewriteHead(head, u.head[len(u.head):], !u.noBody)
 	u.state = unchunkOff
-	if chunked {
-		u.state, u.digit, u.rest, u.left = unchunkSize, false, false, 0
+	if out != nil {
 		u.head = out[:0] // its storage, for the connection's next such head
 		head = out
+	}
+	if chunked {
+		u.state, u.digit, u.rest, u.left = unchunkSize, false, false, 0
 	}
 	if _, err := c.writeLocked(head); err != nil {
 		return nil, err
@@ -143,8 +149,10 @@ func (c *hijackedConn) unchunkHead(b []byte) ([]byte, error) {
 // rewriteHead returns head without its Transfer-Encoding, Trailer,
 // Connection and Keep-Alive fields, with "Connection: close" after its
 // status line, appended to buf; and whether the answer is chunked with a
-// body to undo (else out is nil).
-func rewriteHead(head, buf []byte) (out []byte, chunked bool) {
+// body to undo (else out is nil). With body false (a HEAD's answer), out
+// is head without its Transfer-Encoding and Trailer fields, or nil when it
+// has none, and chunked is false: there is nothing to undo or to delimit.
+func rewriteHead(head, buf []byte, body bool) (out []byte, chunked bool) {
 	status, fields, _ := bytes.Cut(head, []byte("\r\n"))
 	// "HTTP/1.1 200 OK": the code at [9:12], as net/http writes it.
 	if len(status) < 12 {
@@ -154,7 +162,12 @@ func rewriteHead(head, buf []byte) (out []byte, chunked bool) {
 	if code[0] < '2' || string(code) == "204" || string(code) == "304" {
 		return nil, false
 	}
-	out = append(append(buf, status...), "\r\nConnection: close\r\n"...)
+	out = append(buf, status...)
+	if body {
+		out = append(out, "\r\nConnection: close"...)
+	}
+	out = append(out, "\r\n"...)
+	framed := false // a Transfer-Encoding or a Trailer field was dropped
 	for len(fields) > 0 {
 		var line []byte
 		line, fields, _ = bytes.Cut(fields, []byte("\r\n"))
@@ -163,15 +176,20 @@ func rewriteHead(head, buf []byte) (out []byte, chunked bool) {
 		case len(line) == 0:
 			continue
 		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
-			chunked = chunked || bytes.EqualFold(bytes.TrimSpace(value), []byte("chunked"))
+			chunked, framed = chunked || bytes.EqualFold(bytes.TrimSpace(value), []byte("chunked")), true
 			continue
-		case bytes.EqualFold(name, []byte("Trailer")), bytes.EqualFold(name, []byte("Connection")),
-			bytes.EqualFold(name, []byte("Keep-Alive")):
+		case bytes.EqualFold(name, []byte("Trailer")):
+			framed = true
+			continue
+		case body && (bytes.EqualFold(name, []byte("Connection")) || bytes.EqualFold(name, []byte("Keep-Alive"))):
 			continue
 		}
 		out = append(append(out, line...), "\r\n"...)
 	}
-	if !chunked {
+	switch {
+	case !body && framed:
+		return append(out, "\r\n"...), false
+	case !body, !chunked:
 		return nil, false
 	}
 	return append(out, "\r\n"...), true

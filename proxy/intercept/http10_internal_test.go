@@ -45,8 +45,9 @@ func TestUnchunkSplits(t *testing.T) {
 	}
 }
 
-// TestUnchunkPassesOthers: answers that are not chunked, or have no body,
-// pass as they are, and so does every answer to an HTTP/1.1 request.
+// TestUnchunkPassesOthers: answers that are not chunked, or have no body
+// (a HEAD's that does not say chunked), pass as they are, and so does
+// every answer to an HTTP/1.1 request.
 func TestUnchunkPassesOthers(t *testing.T) {
 	http10 := &http.Request{Method: http.MethodGet, ProtoMajor: 1, ProtoMinor: 0}
 	http11 := &http.Request{Method: http.MethodGet, ProtoMajor: 1, ProtoMinor: 1}
@@ -57,7 +58,7 @@ func TestUnchunkPassesOthers(t *testing.T) {
 		{http10, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
 		{http10, "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
 		{http10, "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
-		{&http.Request{Method: http.MethodHead, ProtoMajor: 1}, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"},
+		{&http.Request{Method: http.MethodHead, ProtoMajor: 1}, "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nConnection: keep-alive\r\n\r\n"},
 		{http11, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"},
 	} {
 		wc := &writesConn{}
@@ -68,6 +69,32 @@ func TestUnchunkPassesOthers(t *testing.T) {
 		}
 		if wc.got.String() != tc.in || c.unchunking() {
 			t.Errorf("%s %q: got %q (unchunking %v)", tc.req.Method, tc.in, wc.got.String(), c.unchunking())
+		}
+	}
+}
+
+// TestUnchunkHEADHeadOnly: an HTTP/1.0 HEAD's answer the origin said
+// chunked loses its Transfer-Encoding and Trailer fields (RFC 9112 §6.1
+// holds for a HEAD's answer too), whatever the cut of its writes, and
+// nothing else: it has no body to unchunk, so its Connection field stays
+// and the connection does not end with it.
+func TestUnchunkHEADHeadOnly(t *testing.T) {
+	in := "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nX-A: b\r\n\r\n"
+	want := "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: b\r\n\r\n"
+	req := &http.Request{Method: http.MethodHead, ProtoMajor: 1, ProtoMinor: 0}
+	for size := 1; size <= len(in); size++ {
+		wc := &writesConn{}
+		c := &hijackedConn{Conn: wc}
+		c.startUnchunk(req)
+		for b := []byte(in); len(b) > 0; {
+			k := min(size, len(b))
+			if n, err := c.Write(b[:k]); n != k || err != nil {
+				t.Fatalf("writes of %d: Write: %d, %v", size, n, err)
+			}
+			b = b[k:]
+		}
+		if got := wc.got.String(); got != want || c.unchunking() {
+			t.Fatalf("writes of %d: got %q (unchunking %v), want %q", size, got, c.unchunking(), want)
 		}
 	}
 }

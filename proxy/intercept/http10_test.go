@@ -190,14 +190,18 @@ func TestHTTP10ClientChunkedAnswerCut(t *testing.T) {
 
 // TestHTTP10ClientOtherAnswersUnchanged: answers to HTTP/1.0 requests
 // that goproxy does not chunk (a Content-Length; no body: HEAD, 204, 304)
-// reach the client as before; a 204 or a 304 the origin said chunked
-// loses the Transfer-Encoding it has no body for (TestNoBodyStatusSaidChunkedSendsNoBody).
+// reach the client as before, but that none says Transfer-Encoding (RFC
+// 9112 §6.1): a HEAD's answer the origin said chunked loses it and its
+// Trailer field, as a 204 or a 304 does (TestNoBodyStatusSaidChunkedSendsNoBody).
 func TestHTTP10ClientOtherAnswersUnchanged(t *testing.T) {
 	for _, tc := range []struct{ name, head, answer, want string }{
 		{"content-length", http10Get, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
 			"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"},
 		{"HEAD chunked", "HEAD /a HTTP/1.0\r\nHost: www.example.test\r\n\r\n", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-			"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"},
+			"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"},
+		{"HEAD chunked trailer", "HEAD /a HTTP/1.0\r\nHost: www.example.test\r\n\r\n",
+			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\nX-A: b\r\n\r\n",
+			"HTTP/1.1 200 OK\r\nConnection: close\r\nX-A: b\r\n\r\n"},
 		{"204 chunked", http10Get, "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
 			"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"},
 		{"304 chunked", http10Get, "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
