@@ -20,8 +20,11 @@ import (
 // appliance reads to frame and relay the request (Host, Content-Length,
 // Transfer-Encoding, Expect) stay whatever Connection says: a client that
 // names them (which RFC 9110 forbids) does not get its request framed
-// otherwise than it was read. Allocates nothing for a Connection that
-// names only keep-alive or close.
+// otherwise than it was read. An HTTP/1.0 request's Upgrade is dropped
+// too, a WebSocket's included: a server must ignore it (RFC 9110 §7.8),
+// and RFC 6455 needs HTTP/1.1; it went upstream as an HTTP/1.1 upgrade and
+// the client was tunnelled. Allocates nothing for a Connection that names
+// only keep-alive or close.
 func dropConnectionOptions(req *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
 	h := req.Header
 	// Hop-by-hop whether Connection names it or not (RFC 9112 §9.3,
@@ -32,7 +35,7 @@ func dropConnectionOptions(req *http.Request, _ *goproxy.ProxyCtx) (*http.Reques
 		delete(h, "Upgrade")
 		return req, nil
 	}
-	ws := isWebSocketUpgrade(h)
+	ws := req.ProtoAtLeast(1, 1) && isWebSocketUpgrade(h)
 	others := false // a WebSocket handshake's Connection names more than upgrade
 	for _, v := range conn {
 		for t := range strings.SplitSeq(v, ",") {
