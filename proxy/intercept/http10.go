@@ -152,6 +152,9 @@ func (c *hijackedConn) unchunkHead(b []byte) ([]byte, error) {
 // body to undo (else out is nil). With body false (a HEAD's answer), out
 // is head without its Transfer-Encoding and Trailer fields, or nil when it
 // has none, and chunked is false: there is nothing to undo or to delimit.
+// A head it leaves as it is costs no allocation: the fields are looked at
+// before anything is built (an answer of a known length built a head and
+// threw it away: 3 allocations per HTTP/1.0 request).
 func rewriteHead(head, buf []byte, body bool) (out []byte, chunked bool) {
 	status, fields, _ := bytes.Cut(head, []byte("\r\n"))
 	// "HTTP/1.1 200 OK": the code at [9:12], as net/http writes it.
@@ -162,37 +165,45 @@ func rewriteHead(head, buf []byte, body bool) (out []byte, chunked bool) {
 	if code[0] < '2' || string(code) == "204" || string(code) == "304" {
 		return nil, false
 	}
+	chunked, framed := framing(fields)
+	if (body && !chunked) || !framed {
+		return nil, false
+	}
 	out = append(buf, status...)
 	if body {
 		out = append(out, "\r\nConnection: close"...)
 	}
 	out = append(out, "\r\n"...)
-	framed := false // a Transfer-Encoding or a Trailer field was dropped
 	for len(fields) > 0 {
 		var line []byte
 		line, fields, _ = bytes.Cut(fields, []byte("\r\n"))
-		name, value, _ := bytes.Cut(line, []byte(":"))
+		name, _, _ := bytes.Cut(line, []byte(":"))
 		switch {
-		case len(line) == 0:
-			continue
-		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
-			chunked, framed = chunked || bytes.EqualFold(bytes.TrimSpace(value), []byte("chunked")), true
-			continue
-		case bytes.EqualFold(name, []byte("Trailer")):
-			framed = true
+		case len(line) == 0, bytes.EqualFold(name, []byte("Transfer-Encoding")), bytes.EqualFold(name, []byte("Trailer")):
 			continue
 		case body && (bytes.EqualFold(name, []byte("Connection")) || bytes.EqualFold(name, []byte("Keep-Alive"))):
 			continue
 		}
 		out = append(append(out, line...), "\r\n"...)
 	}
-	switch {
-	case !body && framed:
-		return append(out, "\r\n"...), false
-	case !body, !chunked:
-		return nil, false
+	return append(out, "\r\n"...), body
+}
+
+// framing reports whether a head's fields say Transfer-Encoding: chunked,
+// and whether they have a Transfer-Encoding or a Trailer field at all.
+func framing(fields []byte) (chunked, framed bool) {
+	for len(fields) > 0 {
+		var line []byte
+		line, fields, _ = bytes.Cut(fields, []byte("\r\n"))
+		name, value, _ := bytes.Cut(line, []byte(":"))
+		switch {
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			chunked, framed = chunked || bytes.EqualFold(bytes.TrimSpace(value), []byte("chunked")), true
+		case bytes.EqualFold(name, []byte("Trailer")):
+			framed = true
+		}
 	}
-	return append(out, "\r\n"...), true
+	return chunked, framed
 }
 
 // next takes b, bytes of the chunked body, and returns the body's data at
