@@ -293,9 +293,14 @@ func writePeer(fd int, pkt []byte) (int, error) { return unix.Write(fd, pkt) }
 func readPeer(t *testing.T, fd int) []byte {
 	t.Helper()
 	buf := make([]byte, 65536)
-	n, err := unix.Read(fd, buf)
-	if err != nil {
-		t.Fatalf("reading a reply from the fake device: %v", err)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue // the runtime's preemption signal, not the device
+		}
+		if err != nil {
+			t.Fatalf("reading a reply from the fake device: %v", err)
+		}
+		return buf[:n]
 	}
-	return buf[:n]
 }

@@ -251,12 +251,7 @@ func (r *rig) write(t *testing.T, pkt []byte) {
 
 func (r *rig) read(t *testing.T) []byte {
 	t.Helper()
-	buf := make([]byte, 65536)
-	n, err := unix.Read(r.peer, buf)
-	if err != nil {
-		t.Fatalf("reading a reply from the fake device: %v", err)
-	}
-	return buf[:n]
+	return readPeer(t, r.peer)
 }
 
 // TestPumpRoundTrip: a packet from the device travels as GENEVE with the
