@@ -55,6 +55,11 @@ func TestBumpedWebSocketBytesOutCountsTheLastWrite(t *testing.T) {
 			t.Fatalf("try %d: upload: %v", i, err)
 		}
 		io.Copy(io.Discard, br)
+		// Told the destination's end, the client ends its side, as
+		// clients do: the tunnel relays a destination's end as a
+		// half-close, and waits for the client's (tunnel_desthalfclose_test.go).
+		_ = c.CloseWrite()
+		_ = rc.halfClose()
 		read := <-destRead
 		_, tunRec := connRecords(t, r, rc, 10*time.Second, "the tunnel's records")
 		if tunRec.Result != "ok" || tunRec.BytesOut != read || read != size {

@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -285,6 +286,9 @@ func (rt *roundTripper) end() {
 			if p := rt.tailCut.Load(); p != nil && s.Record.Result == "ok" {
 				s.Record.Result = "reset"
 				s.Record.Error = fmt.Sprintf("the client's connection broke after its FIN, and %v", *p)
+				if errors.Is(*p, errUploadUnended) { // as the tunnel's record says it (writeFailed)
+					s.Record.Result, s.Record.Error = "timeout", (*p).Error()
+				}
 			}
 			s.finish() // with the destination's bytes, TLS and all
 			return

@@ -81,6 +81,10 @@ type upgradedBody struct {
 	// reload: a deny ends that linger too (tunnelReload.check, which
 	// aborts the session). Set with tunnel.
 	reloadCheck func() error
+	// endClient, if set, half-closes the tunnel's client connection
+	// (hijackedConn.halfClose): the destination's half-close relayed
+	// (relayDestinationEnd). Set with tunnel.
+	endClient func() bool
 	// upload, if set, follows goproxy's copy of the client's upload into
 	// Write: the tunnel's end waits for it (boundWrite). Set with tunnel.
 	upload *uploadCopy
@@ -273,6 +277,9 @@ func (u *upgradedBody) Close() error {
 	if u.tunnel && !u.clientGone() {
 		select {
 		case <-u.ended:
+			if err := u.relayDestinationEnd(); err != nil {
+				return err // the destination reset, the upload cut
+			}
 		default:
 			told, err := u.halfCloseUpstream()
 			if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
@@ -382,6 +389,8 @@ func halfCloseErr(c net.Conn) (bool, error) {
 		case *setConn:
 			c = x.Conn
 		case *countedConn:
+			c = x.Conn
+		case *plaintextConn: // a client's (hijackedConn.halfClose)
 			c = x.Conn
 		case interface{ CloseWrite() error }:
 			return x.CloseWrite() == nil || told, nil

@@ -362,7 +362,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
 			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
 			ub.clientBreak = s.clientBreakSignal()
-			ub.upload = &rt.cc.upload // goproxy's copy of the client's upload (uploadCopy)
+			ub.upload, ub.endClient = &rt.cc.upload, rt.cc.halfClose // goproxy's upload copy (uploadCopy); the client's end (relayDestinationEnd)
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
 			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
 			ub.lingerCut = s.lingerCutErr
