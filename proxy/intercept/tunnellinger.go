@@ -98,6 +98,10 @@ func (u *upgradedBody) closeDelivering() error {
 	if p := u.readErr.Load(); p != nil {
 		hostconn.SeenElsewhere(lerr, *p)
 	}
+	// Or the upload's write took it (a reset while it was blocked on
+	// the destination), the read after it seeing a plain end: Linux
+	// hands a connection's error out once.
+	hostconn.SeenElsewhere(lerr, u.writeFailed())
 	err := fmt.Errorf("%w: %w", errTailUndelivered, lerr)
 	if ended, ok := errors.AsType[*hostconn.EndedError](lerr); ok && ended.ByPeer() {
 		// The destination's own reset: bytes it had yet to acknowledge
