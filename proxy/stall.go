@@ -505,5 +505,8 @@ func (sw *sessionWatch) stall(ww *writeWatch, waited, timeout time.Duration) {
 	}
 	// Counted before the session's records can be written, as a relay's
 	// stall is.
-	sw.is.AbortNoting("stalled", stallError(to, waited, timeout), func() { ww.sw.stalled.Add(1) })
+	// A tunnel's write of the upload blocked after its client's break
+	// after its FIN is said as its linger says a tail cut short.
+	result, err := sw.is.StallAbort(stallError(to, waited, timeout))
+	sw.is.AbortNoting(result, err, func() { ww.sw.stalled.Add(1) })
 }

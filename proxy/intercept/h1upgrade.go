@@ -46,6 +46,9 @@ type upgradedBody struct {
 	bounded atomic.Bool
 	// shutCut: the stacks' close cut that write (boundUploadNow).
 	shutCut atomic.Bool
+	// uploadBounded: the client broke after its FIN with the upload's
+	// copy under way (BoundTunnelUpload).
+	uploadBounded atomic.Bool
 	// cut is the first write to the destination that the appliance's own
 	// end failed (endedHere, but not its close, whose reason is the
 	// session's): what the client sent went no further, and its tail was

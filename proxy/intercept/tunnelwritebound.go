@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
@@ -26,7 +27,22 @@ func (s *Session) BoundTunnelUpload() {
 	if u == nil || u.upload == nil || u.upload.overNow() {
 		return
 	}
+	u.uploadBounded.Store(true)
 	go u.boundUploadNow()
+}
+
+// StallAbort is the result and error of the write-stall watch's abort of
+// the session, err the stall's: those of a WebSocket tunnel's upload tail
+// not delivered when its client broke after its FIN with goproxy's write
+// of the upload still under way (BoundTunnelUpload), as the same tunnel
+// whose write is not blocked gets them from its linger, bounded by the
+// write-stall timeout in force too (docs/records.md, websocket); else
+// stalled, err.
+func (s *Session) StallAbort(err error) (string, error) {
+	if u := s.tunnel.Load(); u != nil && u.uploadBounded.Load() && !u.upload.overNow() {
+		return "reset", fmt.Errorf("the client's connection broke after its FIN, and %w: %w", errTailUndelivered, err)
+	}
+	return "stalled", err
 }
 
 // boundUploadNow is BoundTunnelUpload's wait: until the upload's copy is
