@@ -102,6 +102,9 @@ func (u *upgradedBody) closeDelivering() error {
 	// the destination), the read after it seeing a plain end: Linux
 	// hands a connection's error out once.
 	hostconn.SeenElsewhere(lerr, u.writeFailed())
+	if timedOutAtBound(lerr) {
+		lerr = fmt.Errorf("%w within the %v bound (%d bytes unacknowledged)", hostconn.ErrTailUndelivered, u.lingerBound(), unsent)
+	}
 	err := fmt.Errorf("%w: %w", errTailUndelivered, lerr)
 	if ended, ok := errors.AsType[*hostconn.EndedError](lerr); ok && ended.ByPeer() {
 		// The destination's own reset: bytes it had yet to acknowledge
@@ -109,6 +112,20 @@ func (u *upgradedBody) closeDelivering() error {
 		err = fmt.Errorf("%w with %d bytes of the upload unacknowledged: %w", errDestinationResetLingering, unsent, lerr)
 	}
 	return u.resetTail(sock, err)
+}
+
+// timedOutAtBound reports whether lerr, the linger's, is the host's
+// timeout of the connection (its zero-window probes or retransmissions
+// unanswered): the socket's user timeout, which Linger sets to what is
+// left of the bound, so the bound's. The kernel's clock starts when the
+// destination stops acknowledging (a first zero-window probe), which may
+// be before the tunnel's end, and so ends the linger before the bound by
+// the tunnel's clock: the destination had acknowledged nothing for as
+// long as the bound all the same. Said as "connection timed out", it read
+// as a network timeout of the destination's, not the appliance's bound.
+func timedOutAtBound(lerr error) bool {
+	ended, ok := errors.AsType[*hostconn.EndedError](lerr)
+	return ok && errors.Is(ended.Err, syscall.ETIMEDOUT)
 }
 
 // resetTail resets the tunnel's upstream, sock its socket, whose client's
