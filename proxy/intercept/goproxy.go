@@ -283,7 +283,9 @@ func (rt *roundTripper) end() {
 			if idled && s.Record.Error == "" {
 				s.Record.Error = idleNote()
 			}
-			if p := rt.tailCut.Load(); p != nil && s.Record.Result == "ok" {
+			// A reload's deny that ended the linger is said as the reload
+			// says it (noteAbort), as the tunnel's record does.
+			if p := rt.tailCut.Load(); p != nil && s.Record.Result == "ok" && !errors.Is(*p, errTunnelReloadDenied) {
 				s.Record.Result = "reset"
 				s.Record.Error = fmt.Sprintf("the client's connection broke after its FIN, and %v", *p)
 				if errors.Is(*p, errUploadUnended) { // as the tunnel's record says it (writeFailed)
