@@ -155,13 +155,16 @@ func (w *streamWatch) end() {
 // waits (a long poll, a progress stream of a known length, a slow
 // origin), had its client get nothing, not even the head, until 4 KiB or
 // the end came. So the copy flushes the head before its first read, as
-// an HTTP/1 client has it at once, and flushes a piece when the origin
-// has nothing more for now: its read came back short of the piece asked
-// for. A piece of more than 4 KiB went out whole already (the server's
-// buffer, empty, passes it on in one DATA frame), and that flush costs
-// no frame; only a piece under 4 KiB is sent on its own rather than
-// joined with the next, which comes later anyway (a fast origin fills
-// its reads). (The head no longer goes with the first bytes, so x/net no
+// an HTTP/1 client has it at once, and flushes each piece of 4 KiB or
+// less, which the server would hold: the origin had nothing more for now
+// (a read asks for 4 KiB at least), or the watch cut the read to 4 KiB.
+// A piece of more than 4 KiB goes out whole without a flush (the server's
+// buffer, empty, passes it on in DATA frames, and the Write returns once
+// they are handed to the connection); so the buffer is empty after each
+// piece, and each piece, flushed or not, is counted as gone (gone: what a
+// reload's reset counts). Only a piece under 4 KiB is sent on its own
+// rather than joined with the next, which comes later anyway (a fast
+// origin fills its reads). (The head no longer goes with the first bytes, so x/net no
 // longer sniffs a Content-Type the origin did not send: as for HTTP/1,
 // the client gets the origin's fields.)
 
@@ -210,7 +213,7 @@ func (b *streamEnd) WriteTo(w io.Writer) (n int64, err error) {
 }
 
 // copyFlushing copies the body to w through buf, flushing (rc) each piece
-// whose read came back short: what the origin had for now.
+// the server would hold (4 KiB or less), and notes each piece as gone.
 func (b *streamEnd) copyFlushing(w io.Writer, rc *http.ResponseController, buf []byte) (n int64, err error) {
 	for {
 		nr, er := b.ReadCloser.Read(buf)
@@ -223,21 +226,19 @@ func (b *streamEnd) copyFlushing(w io.Writer, rc *http.ResponseController, buf [
 			if ew != nil {
 				return n, ew
 			}
-			// Asked: the buffer, as the watch cut it (next).
-			asked := len(buf)
-			if b.watch != nil {
-				asked = min(asked, b.watch.limit)
-			}
-			// A piece of 4 KiB or less may sit whole in the server's
-			// buffer, even one that filled its read.
-			if nr < asked || nr <= minStreamPiece {
-				// Part of the piece's write, which the watch times
-				// until the next read.
+			// x/net's per-stream buffer (bufio, 4 KiB) is empty here:
+			// the head and every piece before went out. A piece of more
+			// than 4 KiB passes it whole: the Write returned once its
+			// DATA frames were handed to the connection, out as a flush
+			// would have it. One of 4 KiB or less stays in the buffer,
+			// even one that filled its read: flushed, as part of the
+			// piece's write, which the watch times until the next read.
+			if nr <= minStreamPiece {
 				if fe := rc.Flush(); fe != nil && !errors.Is(fe, http.ErrNotSupported) {
 					return n, fmt.Errorf("flushing the body: %w", fe)
 				}
-				b.rb.gone.Store(b.rb.read.Load())
 			}
+			b.rb.gone.Store(b.rb.read.Load())
 		}
 		if er == io.EOF {
 			return n, nil
