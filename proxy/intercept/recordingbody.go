@@ -34,10 +34,6 @@ type recordingBody struct {
 	ended atomic.Bool
 	// readErr is the first read error other than io.EOF.
 	readErr atomic.Pointer[error]
-	// abortStream: the body, of no length the client is told, is read by
-	// an HTTP/2 server's stream handler (inH2Handler): a failed read
-	// aborts the stream.
-	abortStream bool
 	// tunnel: the body is a 101's, a WebSocket's way back.
 	tunnel bool
 	// cutTail is why a tunnel's close reset the destination with the
@@ -75,10 +71,11 @@ type recordingBody struct {
 	reload      *tunnelReload
 	resetStream bool
 	// toStream: the body is relayed to an HTTP/2 client's stream by its
-	// server's handler (inH2Handler). What went out on it, for a reset's
-	// record (resetAfter): copying says streamEnd copies the body (one of
-	// a known length), and notes what its flushes sent, the head
-	// (headGone) and the first gone bytes of the body; else goproxy's
+	// server's handler (inH2Handler): a failed read resets the stream
+	// (Read). What went out on it, for a reset's record (resetAfter):
+	// copying says streamEnd copies the body (one of a known length),
+	// and notes what went out, the head (headGone) and the first gone
+	// bytes of the body; else goproxy's
 	// streaming copy does, which flushes each piece, and the head with
 	// the first, before its next read. headless: a reload's reset came
 	// before the head went.
@@ -145,19 +142,24 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 	if err != nil && err != io.EOF {
 		first := err // only this escapes: a read that succeeds allocates nothing
 		b.readErr.CompareAndSwap(nil, &first)
-		if b.abortStream {
+		if b.toStream {
 			// goproxy's HTTP/2 handler stops at a failed read and returns
 			// normally: the server would end the stream with END_STREAM,
-			// and the client take a body cut short (chunked, or of no
-			// length: nothing to check it by) for a whole one. A handler
-			// that panics with ErrAbortHandler has the server reset the
-			// stream instead (RST_STREAM, INTERNAL_ERROR), as
-			// httputil.ReverseProxy does; the server recovers it, and
-			// goproxy's deferred Close still writes the record. The bytes
-			// of this read never reach the client: not counted. (With a
-			// Content-Length the client finds a stream that ends short
-			// of it malformed, RFC 9113 §8.1.1, having had the head and
-			// the bytes before, which a reset could discard unsent.)
+			// and the client take a body cut short for a whole one: one
+			// of no length (chunked, upstream) has nothing to check it
+			// by, and one with a Content-Length is a malformed response
+			// that an intermediary must not forward (RFC 9113 §8.1.1),
+			// which a client or cache that trusts END_STREAM would store
+			// whole. A handler that panics with ErrAbortHandler has the
+			// server reset the stream instead (RST_STREAM,
+			// INTERNAL_ERROR), as httputil.ReverseProxy does; the server
+			// recovers it, and goproxy's deferred Close still writes the
+			// record. The reset discards nothing the client would have
+			// had: the server holds no bytes of the body as it is read
+			// (streamEnd flushes each piece it would hold, goproxy's
+			// streaming copy each piece), so the head and every piece
+			// before are out. The bytes of this read never reach the
+			// client: not counted.
 			panic(http.ErrAbortHandler)
 		}
 	}

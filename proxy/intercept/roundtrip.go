@@ -378,13 +378,8 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	dropHopByHop(req, resp)
 	rb := &st.rb
 	rb.ReadCloser, rb.limit = resp.Body, &rt.cc.limit
-	// A client that has the body's length sees it fall short on its own;
-	// one without must be told: see Read. By ContentLength, not the
-	// header: a hostile HTTP/2 origin's unparsable content-length ("abc")
-	// stays in the header with ContentLength -1, and the HTTP/2 server
-	// drops it on the way to the client, which is then told no length.
+	// A body cut short resets an HTTP/2 client's stream: see Read.
 	rb.toStream = inH2Handler(req)
-	rb.abortStream = rb.toStream && resp.ContentLength < 0
 	// Nothing to wait for in a response without a body (HEAD, 204, 304,
 	// Content-Length 0). A 101's body is the tunnel's way back: its end is
 	// the tunnel's (outcome).
