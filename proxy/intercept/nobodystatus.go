@@ -6,7 +6,8 @@ import (
 )
 
 // noBodyAnswer makes a 204 or a 304 a head alone, whatever its origin
-// said: no body (RFC 9112 6.3), and no length of one (RFC 9110 8.6).
+// said: no body (RFC 9112 6.3), and no length of one (RFC 9110 8.6; a
+// 304's Content-Length field stays for an HTTP/2 client: it is allowed).
 //
 // net/http's Response.Write ended a body said chunked with a last chunk,
 // which a keep-alive client takes for the start of its next answer, and
@@ -24,6 +25,13 @@ func noBodyAnswer(resp *http.Response) {
 		return
 	}
 	resp.TransferEncoding, resp.ContentLength, resp.Uncompressed = nil, -1, true
+	if resp.StatusCode == http.StatusNoContent {
+		// Response.Write leaves the field out for an HTTP/1 client, but
+		// goproxy copies the header to the HTTP/2 server as it is: a
+		// 204 must have none (a 304 may, the length its 200 would have
+		// had).
+		resp.Header.Del("Content-Length")
+	}
 	if rb := recordingOf(resp); rb != nil {
 		rb.ReadCloser = noBodyRead{rb.ReadCloser}
 	} else if resp.Body != nil {
