@@ -164,9 +164,12 @@ func (w *streamWatch) end() {
 // piece, and each piece, flushed or not, is counted as gone (gone: what a
 // reload's reset counts). Only a piece under 4 KiB is sent on its own
 // rather than joined with the next, which comes later anyway (a fast
-// origin fills its reads). (The head no longer goes with the first bytes, so x/net no
-// longer sniffs a Content-Type the origin did not send: as for HTTP/1,
-// the client gets the origin's fields.)
+// origin fills its reads), as goproxy's streaming copy does already. That
+// copy, for a body of no known length or an event stream, writes the head
+// and flushes only after the first piece: there the head still waits for
+// the first bytes. (A head flushed alone changes no field: x/net sniffs
+// no Content-Type from the first bytes, dropHopByHop, requestguard.go,
+// turns that off for every answer to an HTTP/2 client.)
 
 // streamPieces holds the buffers streamEnd copies through.
 var streamPieces = sync.Pool{New: func() any {
