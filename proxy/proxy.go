@@ -145,10 +145,13 @@ type Proxy struct {
 // closed (the drain's end): the flows that closing ends are recorded as
 // ended by the appliance's shutdown, not by their clients. Lingers under
 // way are woken to see it (their polls back off to a second): their flows'
-// records must be written within the drain's wait.
+// records must be written within the drain's wait. So are relays whose
+// write to the destination waits: the stacks' close reaches only those
+// whose client's connection has not ended.
 func (p *Proxy) StacksClosing() {
 	p.stacksClosing.Store(true)
 	hostconn.WakeLingers()
+	p.stalls.endWaiting()
 }
 
 // errShutdown is what a flow ended by the closing of the packet stacks

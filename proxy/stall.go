@@ -306,6 +306,41 @@ func (ww *writeWatch) WriteWaiting(waiting bool) {
 	if !ww.watched.Load() && !ww.watched.Swap(true) {
 		ww.sw.add(ww)
 	}
+	// After the wait is in the watch: a wait that began as the stacks
+	// closed is ended here or by their close's walk (endWaiting).
+	if c := ww.sw.stacksClosing; c != nil && c.Load() {
+		if o, ok := ww.owner.(shutdownOwner); ok {
+			go o.shutdownWaiting(ww) // not here: the write holds its socket
+		}
+	}
+}
+
+// shutdownOwner is an owner whose waiting writes the stacks' close does
+// not reach by itself (a relay, whose client may have ended already).
+type shutdownOwner interface {
+	// shutdownWaiting ends it, ww's write waiting as the stacks close.
+	shutdownWaiting(ww *writeWatch)
+}
+
+// endWaiting ends the owners of the writes waiting as the stacks close,
+// when they are shutdownOwners: nothing else may ever end such a write
+// but the write-stall timeout, long after the drain. Called once the
+// stacks are closing (stacksClosing set): a write that waits later sees
+// it (WriteWaiting).
+func (w *stallWatch) endWaiting() {
+	var waiting []*writeWatch
+	w.mu.Lock()
+	for ww := range w.dirs {
+		if ww.waitSince.Load() > 0 {
+			waiting = append(waiting, ww)
+		}
+	}
+	w.mu.Unlock()
+	for _, ww := range waiting {
+		if o, ok := ww.owner.(shutdownOwner); ok {
+			o.shutdownWaiting(ww)
+		}
+	}
 }
 
 // watchWrites has conn, under its wrappers, tell ww when a write to it
