@@ -46,15 +46,19 @@ func (h *halfRelay) watchCopying() {
 // of lingering connections from now, and one past it is cut short at
 // once, the destination reset with the upload's tail undelivered.
 func (h *halfRelay) breakWhileCopying(b brokenReader) {
-	why := b.BrokenError()
-	if why == nil {
-		return // a clean close completing
-	}
 	r := h.r
+	// The stack reports the break once: taken under aborting, as
+	// watchBroken's look at the copy's end (brokenAfterFIN) takes it, so
+	// that one of the two keeps it. Taken before, a copy that reached
+	// the FIN meanwhile found none, and this found the copy ended.
 	r.aborting.Lock()
 	defer r.aborting.Unlock()
 	if r.left.Load() == 0 || h.done.Load() {
 		return // ended meanwhile: by the client's FIN, watchBroken's
+	}
+	why := b.BrokenError()
+	if why == nil {
+		return // a clean close completing
 	}
 	af, _ := b.(afterFINer)
 	afterFIN := af != nil && af.BrokenAfterFIN()
