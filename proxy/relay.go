@@ -201,18 +201,23 @@ func (r *relay) ended() {
 	}
 	err := errors.Join(r.out.err, r.in.err, broke)
 	out := r.out.n
+	var cutErr error
 	if cut := r.cut.Load(); cut != nil {
 		// What the destination did not acknowledge never reached it.
 		out = max(out-cut.unsent, 0)
-		err = errors.Join(err, cut.err)
+		err, cutErr = errors.Join(err, cut.err), cut.err
 	}
 	if r.stalls != nil {
 		r.stalls.unwatch(&r.out.ww)
 		r.stalls.unwatch(&r.in.ww)
 		if p := r.stalled.Load(); p != nil {
 			// Why it ended; the directions' errors are those of the
-			// resets it made.
+			// resets it made. One that ended a linger begun at the
+			// client's break is the tail's cut (cutAfterBreak).
 			err = errors.Join(*p, broke)
+			if errors.Is(cutErr, errWriteStalled) {
+				err = errors.Join(broke, cutErr)
+			}
 		}
 	}
 	r.done(out, r.in.n, err)
@@ -272,7 +277,7 @@ func (h *halfRelay) copy() {
 			if err := h.r.recheck(); err != nil {
 				h.r.denied.Store(&err) // before abort: it ends a linger under way
 				relayBufPool.Put(bufp)
-				h.abort()
+				h.abort(err)
 				h.finish(err)
 				return
 			}
@@ -285,12 +290,12 @@ func (h *halfRelay) copy() {
 				if h.writeBreak.Load() && errors.Is(werr, net.ErrClosed) {
 					// The destination reset for the client's break,
 					// which the record says (r.broke).
-					h.abort()
+					h.abort(nil)
 					h.finish(nil)
 					return
 				}
 				if !h.toBrokenClient() {
-					h.abort()
+					werr = h.abort(werr)
 				}
 				h.finish(werr)
 				return
@@ -316,7 +321,7 @@ func (h *halfRelay) copy() {
 			// its error taken by this read, asks for it (destReadError).
 			h.r.destReadErr.Store(&rerr)
 		}
-		h.abort()
+		rerr = h.abort(rerr)
 		if errors.Is(rerr, net.ErrClosed) {
 			rerr = nil // closed by the other direction's error
 		}
@@ -325,7 +330,9 @@ func (h *halfRelay) copy() {
 	}
 }
 
-func (h *halfRelay) abort() {
+// abort resets both peers, for why (nil: a reason the record has). It
+// returns why, or nil when the record says it otherwise (cutAfterBreak).
+func (h *halfRelay) abort(why error) error {
 	for _, c := range [2]net.Conn{h.src, h.dst} {
 		if c == h.r.upstream && (h.r.lingerOwed.Load() || h.r.delivering.Load()) {
 			// A linger owns it (closeDelivering): it sees the
@@ -334,8 +341,12 @@ func (h *halfRelay) abort() {
 			// could not tell what the destination had.
 			continue
 		}
+		if c == h.r.upstream && h.r.cutAfterBreak(why) { // before the close: what it had
+			why = nil
+		}
 		intercept.Abort(c)
 	}
+	return why
 }
 
 // toBrokenClient reports whether h writes to a client that has broken its

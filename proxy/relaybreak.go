@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
@@ -90,6 +92,34 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 	intercept.Abort(r.upstream) // the blocked write ends with net.ErrClosed
 }
 
+// cutAfterBreak sees to the end of a relay whose client broke after its
+// FIN while the upload was still being written (breakSeen): why, the
+// destination's reset, the stall watch's, the shutdown's or another abort
+// of the relay's, ends the linger begun at the break, before the
+// destination had the upload's tail. The record says the break, as
+// watchBroken's would, and the tail's cut as a linger's end says it
+// (lingerCutOf), bytes_out net of what the destination had not
+// acknowledged. Called before the destination's socket is closed, whose
+// queue's counts go with it; the first call counts, and reports whether
+// the record says why so.
+func (r *relay) cutAfterBreak(why error) bool {
+	p := r.breakSeen.Load()
+	if p == nil || why == nil || r.cut.Load() != nil {
+		return false
+	}
+	if errors.Is(why, syscall.ECONNRESET) || errors.Is(why, syscall.EPIPE) {
+		// The destination's reset: the bytes it had yet to acknowledge
+		// it may have read, those never sent it did not.
+		why = &hostconn.EndedError{Err: why, NotSent: notSentOf(r.upstream)}
+	}
+	if !r.cut.CompareAndSwap(nil, lingerCutOf(unackedOf(r.upstream), why)) {
+		return false
+	}
+	err := fmt.Errorf("the client's connection broke after its FIN: %w", *p)
+	r.broke.CompareAndSwap(nil, &err)
+	return true
+}
+
 // shareLinger takes one of the client's lingering connections for r, once
 // (r.takeLinger): later calls say what the first got. Nil when r counts
 // none.
@@ -110,6 +140,17 @@ func (r *relay) releaseLinger() {
 	if r.lingerRelease != nil {
 		r.lingerRelease()
 	}
+}
+
+// notSentOf is how many bytes c's socket holds that it never sent (0
+// when it cannot say).
+func notSentOf(c net.Conn) int {
+	if q, ok := unwrapped(c).(interface{ SendNotSent() (int, error) }); ok {
+		if n, err := q.SendNotSent(); err == nil {
+			return n
+		}
+	}
+	return 0
 }
 
 // unackedOf is how many bytes c's socket holds that its peer has not

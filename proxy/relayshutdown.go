@@ -32,9 +32,13 @@ func (r *relay) shutdownWaiting(ww *writeWatch) {
 	if r.left.Load() == 0 || r.out.done.Load() || r.stalled.Load() != nil || r.broke.Load() != nil {
 		return // ended, or being ended, meanwhile
 	}
-	err := errShutdownWriting
-	r.broke.Store(&err)
-	r.cut.Store(&lingerCut{unsent: int64(unackedOf(r.upstream))})
+	if r.breakSeen.Load() != nil {
+		r.cutAfterBreak(errShutdown) // the linger begun at the break
+	} else {
+		err := errShutdownWriting
+		r.broke.Store(&err)
+		r.cut.Store(&lingerCut{unsent: int64(unackedOf(r.upstream))})
+	}
 	r.out.writeBreak.Store(true) // the write's error is this abort's
 	intercept.Abort(r.upstream)
 }

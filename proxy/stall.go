@@ -410,6 +410,7 @@ func (r *relay) stall(ww *writeWatch, waited, timeout time.Duration) {
 	err := stallError(to, waited, timeout)
 	r.stalled.Store(&err)
 	ww.sw.stalled.Add(1)
+	r.cutAfterBreak(err)
 	intercept.Abort(r.client)
 	intercept.Abort(r.upstream)
 }

@@ -256,12 +256,20 @@ func (c *Conn) doWrite(fd uintptr) bool {
 // destination reading slowly but steadily can leave it waiting long after
 // its last progress; a watch of stalled writes asks here before it calls a
 // write stalled.
-func (c *Conn) SendQueued() (int, error) {
+func (c *Conn) SendQueued() (int, error) { return c.ioctlInt(unix.SIOCOUTQ) }
+
+// SendNotSent returns the bytes in the socket's send queue never sent
+// (SIOCOUTQNSD): the peer's window kept them back. Like SendQueued, it
+// still counts them once the connection was reset, until the socket is
+// closed: what a reset peer cannot have read.
+func (c *Conn) SendNotSent() (int, error) { return c.ioctlInt(siocOutqNSQ) }
+
+func (c *Conn) ioctlInt(req uint) (int, error) {
 	var (
 		n int
 		e error
 	)
-	if err := c.rc.Control(func(fd uintptr) { n, e = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil {
+	if err := c.rc.Control(func(fd uintptr) { n, e = unix.IoctlGetInt(int(fd), req) }); err != nil {
 		return 0, c.opError("ioctl", err)
 	}
 	if e != nil {
