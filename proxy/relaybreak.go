@@ -89,6 +89,11 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 		r.cut.Store(&lingerCut{unsent: int64(unsent), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}})
 	}
 	r.broke.Store(&err)
+	if r.cut.Load() == nil {
+		// The reset throws the socket's send queue away: bytes_out
+		// counts what the destination acknowledged, as for a cut linger.
+		r.cut.Store(&lingerCut{unsent: int64(unackedOf(r.upstream))})
+	}
 	intercept.Abort(r.upstream) // the blocked write ends with net.ErrClosed
 }
 
