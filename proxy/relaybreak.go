@@ -71,8 +71,12 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 		// The appliance's own reset, or the stacks closing: the record
 		// names it, and the destination is reset as for every flow.
 		err = why
-	case !afterFIN:
+	case !afterFIN && h.ww.waitSince.Load() != 0:
 		err = fmt.Errorf("the client's connection broke before its FIN, its upload waiting on the destination: %w", why)
+	case !afterFIN:
+		// The copy is busy, no write waiting (the write watch says when
+		// one does): the destination took all it was given so far.
+		err = fmt.Errorf("the client's connection broke before its FIN: %w", why)
 	default:
 		// Taken from the stack once: watchBroken's look at the end of
 		// the copy finds it here.
