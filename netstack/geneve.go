@@ -82,6 +82,7 @@ const (
 	DropInnerBadAddress
 	DropInnerRefused
 	DropInnerBadChecksum
+	DropSynWaitAbandoned
 	dropReasons
 )
 
@@ -156,6 +157,11 @@ var dropReasonNames = [dropReasons]string{
 	// hold; counted only while a capture tap is on (without one the stack
 	// drops it itself), so that the tap never shows it (stackdrops.go).
 	DropInnerBadChecksum: "inner_bad_checksum",
+	// A client's SYN that waited for the stack to let go of the reset
+	// connection on its 4-tuple and was then not taken in: its flow left
+	// the table meanwhile, so the flow table would no longer bound what
+	// the stack takes in (synwait.go). The client sends it again.
+	DropSynWaitAbandoned: "syn_wait_abandoned",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

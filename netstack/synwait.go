@@ -66,13 +66,21 @@ func (s *Server) synWaits(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool, 
 }
 
 // deliverSynLater hands a waiting SYN to st once it no longer holds the
-// connection on the SYN's 4-tuple, or after maxSynWait.
+// connection on the SYN's 4-tuple, or after maxSynWait. A SYN whose flow
+// left the table meanwhile (evicted: a reset half-open flow is evictable at
+// once) is dropped: taken in, it would reach the handler with no GWLB
+// attachment or flow cookie and its SYN-ACK would have no flow to go out
+// under; the client sends it again in a second, and makes a new flow.
 func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool) {
 	deadline := monoclock.Now() + int64(maxSynWait)
 	for poll := firstSynPoll; s.holdsTCP(&flow.key) && monoclock.Now() < deadline; poll = min(2*poll, lastSynPoll) {
 		time.Sleep(poll)
 	}
 	flow.synWaiting.Store(false)
+	if flow.removed.Load() {
+		s.stats.drop(DropSynWaitAbandoned)
+		return
+	}
 	st.mu.RLock()
 	if !st.closed { // closed: the client sends its SYN again to a new stack
 		st.link.inject(pkt, ipv6)
