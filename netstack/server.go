@@ -51,6 +51,10 @@ type Server struct {
 	// (reclaim.go); reclaiming is set while its loop runs.
 	live       liveConns
 	reclaiming atomic.Bool
+	// synWaiters counts the SYNs waiting for a stack to let go of a reset
+	// connection, at most synWaitCap, or maxSynWaiters if 0 (synwait.go).
+	synWaiters atomic.Int32
+	synWaitCap int32
 }
 
 // Listen opens the GENEVE sockets and the return path. Serve starts reading.
@@ -340,19 +344,18 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// refused), make it transitory, or restart its window.
 		if p.Proto == protoTCP {
 			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
-			if p.TCPFlags&flagRst != 0 {
-				flow.clientRst.Store(now) // a SYN right after it may wait (synwait.go)
-			}
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
-			} else if p.TCPFlags&flagRst != 0 && s.acks.delay != 0 &&
-				(s.cfg.Tap != nil || !sumsFail(p, inner[:p.Len])) {
+			} else if p.TCPFlags&flagRst != 0 && (s.cfg.Tap != nil || !sumsFail(p, inner[:p.Len])) {
 				// Only a RST the stack will take ends the flow's
 				// connection: without a tap nothing above checked
 				// its checksums, and the stack drops one that fails
 				// them, its flow live. A RST is a few words; a
 				// fragmented one never gets here (stackRefuses).
-				s.acks.dropHeld(flow, p.seq)
+				flow.clientRst.Store(now) // a SYN right after it may wait (synwait.go)
+				if s.acks.delay != 0 {
+					s.acks.dropHeld(flow, p.seq)
+				}
 			}
 		}
 		// An echo request's fragments never reach the stack: the echo

@@ -29,10 +29,14 @@ import (
 // demultiplexer: the wait looks, at growing intervals, for at most
 // maxSynWait. A RST the stack does not take (out of its window) leaves the
 // connection live; the SYN then goes in after maxSynWait and is answered as
-// on a live connection, with an ACK (RFC 5961 4.2). One SYN per flow waits,
-// so that a client's SYNs cost at most one goroutine per flow: another
-// meanwhile goes in at once, as before (a client sends its SYN again only
-// after a second). A waiting SYN was shown to the capture tap as it came:
+// on a live connection, with an ACK (RFC 5961 4.2); a RST whose checksums
+// fail, which the stack drops, starts no wait. One SYN per flow waits, and
+// a waiting SYN whose flow leaves the table stops waiting (dropped), so
+// that a client's SYNs cost at most about one goroutine per flow it holds
+// in the table even while its flows are evicted and made again; another
+// SYN meanwhile goes in at once, as before (a client sends its SYN again
+// only after a second). At most maxSynWaiters SYNs wait in all: past that
+// a SYN goes in at once, as before the wait existed. A waiting SYN was shown to the capture tap as it came:
 // it is taken in, only later.
 
 // maxSynWait bounds how long a SYN waits for the stack to let go of the
@@ -40,6 +44,12 @@ import (
 // handle a RST, even on a loaded host, and far shorter than the second a
 // client waits before it sends its SYN again.
 const maxSynWait = 20 * time.Millisecond
+
+// maxSynWaiters bounds the SYNs that wait at once, over all stacks: each
+// holds a goroutine and a copy of its SYN (up to a jumbo frame), so 4,096
+// cost at most some 50 MiB, while a reconnect right after a RST is rare
+// enough that far fewer wait at any time.
+const maxSynWaiters = 4096
 
 // firstSynPoll is the first interval at which a waiting SYN looks whether
 // the stack has let the old connection go; each later one is twice the
@@ -57,7 +67,16 @@ func (s *Server) synWaits(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool, 
 	if now-flow.clientRst.Load() > int64(maxSynWait) || !s.holdsTCP(&flow.key) {
 		return false
 	}
+	limit := s.synWaitCap
+	if limit == 0 {
+		limit = maxSynWaiters
+	}
+	if s.synWaiters.Add(1) > limit {
+		s.synWaiters.Add(-1)
+		return false
+	}
 	if !flow.synWaiting.CompareAndSwap(false, true) {
+		s.synWaiters.Add(-1)
 		return false
 	}
 	pkt = bytes.Clone(pkt) // the reader's buffer is reused
@@ -73,10 +92,11 @@ func (s *Server) synWaits(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool, 
 // under; the client sends it again in a second, and makes a new flow.
 func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool) {
 	deadline := monoclock.Now() + int64(maxSynWait)
-	for poll := firstSynPoll; s.holdsTCP(&flow.key) && monoclock.Now() < deadline; poll = min(2*poll, lastSynPoll) {
+	for poll := firstSynPoll; s.holdsTCP(&flow.key) && !flow.removed.Load() && monoclock.Now() < deadline; poll = min(2*poll, lastSynPoll) {
 		time.Sleep(poll)
 	}
 	flow.synWaiting.Store(false)
+	s.synWaiters.Add(-1)
 	if flow.removed.Load() {
 		s.stats.drop(DropSynWaitAbandoned)
 		return
