@@ -29,11 +29,11 @@ type Flow struct {
 	queued   atomic.Bool              // in its client's queue (flowevict.go)
 	owner    *client                  // its client's share and queue, while in the table
 
-	// TCP: when the client last sent a RST (monoclock.Now), and whether a
-	// SYN of its waits for the stack to let go of the reset connection on
-	// the flow's 4-tuple (synwait.go).
-	clientRst  atomic.Int64
-	synWaiting atomic.Bool
+	// TCP: when the client last sent a RST (monoclock.Now), and its SYN
+	// waiting for the stack to let go of the reset connection on the
+	// flow's 4-tuple, if one does (synwait.go).
+	clientRst atomic.Int64
+	synWait   atomic.Pointer[synWait]
 }
 
 // What a TCP flow's segments showed, as bits of Flow.tcp. A flow lives for

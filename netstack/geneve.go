@@ -83,6 +83,7 @@ const (
 	DropInnerRefused
 	DropInnerBadChecksum
 	DropSynWaitAbandoned
+	DropSynWaiting
 	dropReasons
 )
 
@@ -162,6 +163,11 @@ var dropReasonNames = [dropReasons]string{
 	// the table meanwhile, so the flow table would no longer bound what
 	// the stack takes in (synwait.go). The client sends it again.
 	DropSynWaitAbandoned: "syn_wait_abandoned",
+	// A client's bare SYN of a flow whose SYN waits (synwait.go): a copy
+	// of the waiting one, or the waiting one itself, replaced by a SYN
+	// with another ISN. Taken in at once, it found the old connection and
+	// was answered with a RST, which refuses the client's connect.
+	DropSynWaiting: "syn_waiting",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -381,9 +381,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		s.handleEcho(flow, p, inner)
 		return DropNone
 	}
-	if p.Proto == protoTCP && p.TCPFlags&(flagSyn|flagAck|flagRst|flagFin) == flagSyn &&
-		s.synWaits(st, flow, inner[:p.Len], p.IPv6, now) {
-		return DropNone // a reset connection on its 4-tuple is on its way out
+	if p.Proto == protoTCP && p.TCPFlags&(flagSyn|flagAck|flagRst|flagFin) == flagSyn {
+		if waits, reason := s.synWaits(st, flow, p, inner[:p.Len], now); waits {
+			return reason // a reset connection on its 4-tuple is on its way out
+		}
 	}
 	if co != nil && coalescable(p, inner) {
 		// Cut to the IP length: GRO would sum the bytes after it into the

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"bytes"
+	"sync"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
@@ -34,10 +35,10 @@ import (
 // a waiting SYN whose flow leaves the table stops waiting (dropped), so
 // that a client's SYNs cost at most about one goroutine per flow it holds
 // in the table even while its flows are evicted and made again; another
-// SYN meanwhile goes in at once, as before (a client sends its SYN again
-// only after a second). At most maxSynWaiters SYNs wait in all: past that
-// a SYN goes in at once, as before the wait existed. A waiting SYN was shown to the capture tap as it came:
-// it is taken in, only later.
+// SYN of the flow's meanwhile does not go in (synWaits). At most
+// maxSynWaiters SYNs wait in all: past that a SYN goes in at once, as
+// before the wait existed. A waiting SYN was shown to the capture tap as
+// it came: it is taken in, only later.
 
 // maxSynWait bounds how long a SYN waits for the stack to let go of the
 // reset connection on its 4-tuple: far longer than the stack takes to
@@ -59,13 +60,38 @@ const (
 	lastSynPoll  = 2 * time.Millisecond
 )
 
-// synWaits reports whether the client's bare SYN pkt (inner packet, cut to
-// its length) of flow on stack st must wait for the stack to let go of a
-// reset connection on its 4-tuple, and if so has it wait and go in later;
-// now is the SYN's time. Call it with st.mu read-locked.
-func (s *Server) synWaits(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool, now int64) bool {
+// synWait is a flow's SYN waiting for the stack to let go of the reset
+// connection on its 4-tuple.
+type synWait struct {
+	mu   sync.Mutex
+	done bool   // its goroutine has taken pkt: a later SYN goes its own way
+	pkt  []byte // the client's latest SYN, a copy
+	seq  uint32 // its ISN
+}
+
+// synWaits reports whether the client's bare SYN p, pkt (inner packet, cut
+// to its length), of flow on stack st must wait for the stack to let go of
+// a reset connection on its 4-tuple, and if so has it wait and go in
+// later; now is the SYN's time. While one of the flow's SYNs waits, another
+// does not go in: a copy of it (the same ISN: a duplicate on the way, or a
+// client repeating it) is dropped, as the waiting one answers for it, and
+// one with another ISN takes the waiting one's place, as the client's
+// socket knows only its latest; either is counted as reason. Taken in at
+// once, it found the old connection and was answered with a RST, which
+// refuses a client's connect. Call it with st.mu read-locked.
+func (s *Server) synWaits(st *endpointStack, flow *Flow, p *Packet, pkt []byte, now int64) (waits bool, reason DropReason) {
+	if w := flow.synWait.Load(); w != nil {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if !w.done {
+			if w.seq != p.seq {
+				w.pkt, w.seq = append(w.pkt[:0], pkt...), p.seq
+			}
+			return true, DropSynWaiting
+		}
+	}
 	if now-flow.clientRst.Load() > int64(maxSynWait) || !s.holdsTCP(&flow.key) {
-		return false
+		return false, DropNone
 	}
 	limit := s.synWaitCap
 	if limit == 0 {
@@ -73,29 +99,33 @@ func (s *Server) synWaits(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool, 
 	}
 	if s.synWaiters.Add(1) > limit {
 		s.synWaiters.Add(-1)
-		return false
+		return false, DropNone
 	}
-	if !flow.synWaiting.CompareAndSwap(false, true) {
+	w := &synWait{pkt: bytes.Clone(pkt), seq: p.seq} // the reader's buffer is reused
+	if !flow.synWait.CompareAndSwap(nil, w) {
 		s.synWaiters.Add(-1)
-		return false
+		return false, DropNone
 	}
-	pkt = bytes.Clone(pkt) // the reader's buffer is reused
-	go s.deliverSynLater(st, flow, pkt, ipv6)
-	return true
+	go s.deliverSynLater(st, flow, w, p.IPv6)
+	return true, DropNone
 }
 
-// deliverSynLater hands a waiting SYN to st once it no longer holds the
-// connection on the SYN's 4-tuple, or after maxSynWait. A SYN whose flow
-// left the table meanwhile (evicted: a reset half-open flow is evictable at
-// once) is dropped: taken in, it would reach the handler with no GWLB
-// attachment or flow cookie and its SYN-ACK would have no flow to go out
-// under; the client sends it again in a second, and makes a new flow.
-func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, pkt []byte, ipv6 bool) {
+// deliverSynLater hands flow's waiting SYN w to st once it no longer holds
+// the connection on the SYN's 4-tuple, or after maxSynWait. A SYN whose
+// flow left the table meanwhile (evicted: a reset half-open flow is
+// evictable at once) is dropped: taken in, it would reach the handler with
+// no GWLB attachment or flow cookie and its SYN-ACK would have no flow to
+// go out under; the client sends it again in a second, and makes a new
+// flow.
+func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, w *synWait, ipv6 bool) {
 	deadline := monoclock.Now() + int64(maxSynWait)
 	for poll := firstSynPoll; s.holdsTCP(&flow.key) && !flow.removed.Load() && monoclock.Now() < deadline; poll = min(2*poll, lastSynPoll) {
 		time.Sleep(poll)
 	}
-	flow.synWaiting.Store(false)
+	w.mu.Lock()
+	w.done = true
+	flow.synWait.Store(nil)
+	w.mu.Unlock()
 	s.synWaiters.Add(-1)
 	if flow.removed.Load() {
 		s.stats.drop(DropSynWaitAbandoned)
@@ -103,7 +133,7 @@ func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, pkt []byte, ipv6
 	}
 	st.mu.RLock()
 	if !st.closed { // closed: the client sends its SYN again to a new stack
-		st.link.inject(pkt, ipv6)
+		st.link.inject(w.pkt, ipv6)
 	}
 	st.mu.RUnlock()
 }
