@@ -300,6 +300,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	now := monoclock.Now()
 	inner := b[h.Len:]
 	var flow *Flow
+	var tcpState uint32 // a TCP flow's, after this segment (not a fragment's)
 	if p.Fragment {
 		// A flow evicted since its first fragment (flowevict.go) takes
 		// no more: fragments never get past the table.
@@ -343,7 +344,8 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// would have a router's Packet Too Big about data in flight
 		// refused), make it transitory, or restart its window.
 		if p.Proto == protoTCP {
-			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
+			tcpState = flow.tcpClient(p.TCPFlags)
+			s.flows.tcpSeen(flow, tcpState)
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
 			} else if p.TCPFlags&flagRst != 0 && (s.cfg.Tap != nil || !sumsFail(p, inner[:p.Len])) {
@@ -370,7 +372,9 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// client get a well-formed answer to a request it never made.
 		return DropEchoFragmented
 	}
-	if s.cfg.Tap != nil {
+	if s.cfg.Tap != nil && s.tapWithholds(p, inner, flow, tcpState) {
+		s.stats.tapWithheld.Add(1)
+	} else if s.cfg.Tap != nil {
 		// Only now, taken in: a packet dropped above never reached a
 		// stack, and an IDS shown it would rebuild what no one got.
 		// A SYN's or a RST's data is shown cut off, as the stack throws it away.
@@ -398,6 +402,27 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	}
 	st.link.inject(inner, p.IPv6)
 	return DropNone
+}
+
+// tapWithholds reports whether the client's TCP segment p, pkt, of flow
+// (its state tcpState after the segment) carries data that no connection
+// of its stack can take: the stack answers it with a RST and throws the
+// data away, so it goes in but is not shown to the tap. Else a client
+// could send a decoy at its first sequence number after its SYN, before
+// the stack's SYN-ACK (while the proxy decides, or dials the destination,
+// the stack holds no connection yet), or after its own RST, and an IDS
+// would take the decoy's bytes for the stream's and the real ones, sent
+// again at the same number, for a retransmission. An established flow's
+// stack holds its connection, and costs no lookup.
+func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpState uint32) bool {
+	if p.Proto != protoTCP || p.Fragment || p.MoreFragments || p.TCPFlags&(flagSyn|flagRst) != 0 ||
+		tcpState&tcpEstablished != 0 && tcpState&tcpReset == 0 {
+		return false
+	}
+	if p.Len <= p.Payload+int(pkt[p.Payload+12]>>4)*4 {
+		return false // no data: an ACK or a FIN alone misleads no reassembly
+	}
+	return !s.holdsTCP(&flow.key)
 }
 
 // coalescable reports whether the inner packet pkt, as ParsePacket read it

@@ -18,6 +18,7 @@ type counters struct {
 	stacksCreated        atomic.Uint64
 	stacksClosed         atomic.Uint64
 	memoryReclaimed      atomic.Uint64
+	tapWithheld          atomic.Uint64
 	lastSendError        atomic.Value // string
 }
 
@@ -66,6 +67,10 @@ type Stats struct {
 	// critical because their client's connections could hold the most
 	// bytes (reclaim.go).
 	MemoryReclaimed uint64 `json:"memory_reclaimed"`
+	// TapWithheld counts client TCP segments with data that went to their
+	// stack but not to the tap, as no connection of the stack's could take
+	// them (server.go, tapWithholds).
+	TapWithheld uint64 `json:"tap_withheld"`
 }
 
 // Carried is the bytes of GENEVE datagrams taken in and sent out so far: a
@@ -98,6 +103,7 @@ func (s *Server) Stats() Stats {
 		ReturnPath:          s.ret.name(),
 		MemoryPressure:      MemoryPressure(s.flows.pressure.Load()).String(),
 		MemoryReclaimed:     c.memoryReclaimed.Load(),
+		TapWithheld:         c.tapWithheld.Load(),
 		AcksDelayed:         s.acks.held.Load(),
 		AcksCarried:         s.acks.carried.Load(),
 		AcksReplaced:        s.acks.replaced.Load(),

@@ -257,6 +257,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Netstack.AcksCarried) }),
 	newStatMetric("acks_replaced_total", promCounter, "Held ACKs that a later ACK of their flow took the place of, keeping their deadline.",
 		func(s *stats) float64 { return float64(s.Netstack.AcksReplaced) }),
+	newStatMetric("tap_withheld_total", promCounter, "Client TCP segments with data that no connection of their stack could take, not shown to the capture (an IDS decoy).",
+		func(s *stats) float64 { return float64(s.Netstack.TapWithheld) }),
 	newStatMetric("return_port_fallbacks_total", promCounter, "Replies sent from the listener port because the flow's port could not be bound.",
 		func(s *stats) float64 { return float64(s.Netstack.ReturnPortFallbacks) }),
 	newStatMetric("geneve_read_errors_total", promCounter, "Failed reads of the GENEVE sockets (retried after a growing wait while they go on failing).",
