@@ -1,12 +1,14 @@
 package intercept_test
 
 import (
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
 // TestH2CutShortBodyResetsStream: an origin that closes its connection
@@ -63,5 +65,43 @@ func TestH2CutShortBodyResetsStream(t *testing.T) {
 					rec.Status, rec.BytesIn, rec.Result, rec.Error, data)
 			}
 		})
+	}
+}
+
+// TestH2CutBeforeFirstBytesNoStatus: a chunked answer's head goes to an
+// HTTP/2 client with its first bytes; an origin that closes before any
+// has the stream reset before the client saw a head, and the record then
+// has no status (it said 200, a status the client never got).
+func TestH2CutBeforeFirstBytesNoStatus(t *testing.T) {
+	r := newRig(t, testPolicy)
+	reading := make(chan struct{})
+	var once sync.Once
+	defer intercept.OnBodyRead(func() { once.Do(func() { close(reading) }) })()
+	proxyEnd, originEnd := testnet.TCPPair(t)
+	steps := scriptOrigin(t, originEnd)
+	c, sv := r.connectTCP(proxyEnd, httpDest)
+	c.SetDeadline(time.Now().Add(4 * waitLimit))
+	h := newH2Tally(t, c, 1<<30)
+	h.loop()
+	h.get(1, "http", "/x")
+	steps <- []byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+	select {
+	case <-reading: // the head is goproxy's; the body's first read waits
+	case <-time.After(waitLimit):
+		t.Fatal("the response body was never read")
+	}
+	steps <- nil // the origin closes
+	if !h.waitUntil(waitLimit, func(h *h2Tally) bool { return h.ended || h.rst }) {
+		t.Fatal("the stream neither ended nor was reset")
+	}
+	data, _, status, rst, ended := h.snapshot()
+	c.Close()
+	sv.waitDoneOnce(t)
+	rec := wwwRecord(t, r)
+	if ended || !rst || status != "" || data != 0 {
+		t.Errorf("client: END_STREAM %v, RST_STREAM %v, status %q, %d bytes; want a reset alone", ended, rst, status, data)
+	}
+	if rec.Status != 0 || rec.BytesIn != 0 || rec.Result != "error" {
+		t.Errorf("record: status %d bytes_in %d result %s error %q; want no status, 0, error", rec.Status, rec.BytesIn, rec.Result, rec.Error)
 	}
 }

@@ -77,8 +77,8 @@ type recordingBody struct {
 	// and notes what went out, the head (headGone) and the first gone
 	// bytes of the body; else goproxy's
 	// streaming copy does, which flushes each piece, and the head with
-	// the first, before its next read. headless: a reload's reset came
-	// before the head went.
+	// the first, before its next read. headless: the stream's reset (a
+	// reload's, or a failed read's) came before the head went.
 	toStream bool
 	copying  atomic.Bool
 	headGone atomic.Bool
@@ -159,7 +159,10 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 			// (streamEnd flushes each piece it would hold, goproxy's
 			// streaming copy each piece), so the head and every piece
 			// before are out. The bytes of this read never reach the
-			// client: not counted.
+			// client: not counted. A reset before the head went (a
+			// chunked answer's goes with its first bytes) left the
+			// client no status.
+			b.headless.Store(!b.headWent())
 			panic(http.ErrAbortHandler)
 		}
 	}
@@ -182,13 +185,24 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 // up to 4 KiB, and the head with them), and whether the head went.
 func (b *recordingBody) resetAfter() {
 	read := b.read.Load()
-	gone, head := b.gone.Load(), b.headGone.Load()
+	gone := b.gone.Load()
 	if b.toStream && !b.copying.Load() {
 		// goproxy's streaming copy flushed each piece before this read.
-		gone, head = read, read > 0
+		gone = read
 	}
 	b.last.Store(read - gone)
-	b.headless.Store(b.toStream && !head)
+	b.headless.Store(b.toStream && !b.headWent())
+}
+
+// headWent reports whether the head of the response whose body b is went
+// out to the client's HTTP/2 stream: streamEnd notes it; goproxy's
+// streaming copy sends it with the first piece, flushed before the next
+// read.
+func (b *recordingBody) headWent() bool {
+	if b.copying.Load() {
+		return b.headGone.Load()
+	}
+	return b.read.Load() > 0
 }
 
 // inH2Handler reports whether req is served by an HTTP/2 server's stream

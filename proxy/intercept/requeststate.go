@@ -90,8 +90,9 @@ func (st *requestState) endRecord() {
 	rec.BytesOut, rec.BytesIn = sent.out()+rb.written.Load(), delivered
 	reload.record(rec)
 	if rb.headless.Load() {
-		// A reload reset the stream before its head went: the client
-		// saw no status (docs/records.md).
+		// A reload, or the destination's failed body, reset the stream
+		// before its head went: the client saw no status
+		// (docs/records.md).
 		rec.Status = 0
 	}
 	// A client's break that found the request under way has its
