@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"crypto/tls"
+	"net"
 	"time"
 )
 
@@ -47,6 +48,12 @@ func (c *hijackedConn) Close() error {
 	h.mu.Unlock()
 	var err error
 	switch {
+	case c.h1 && c.unchunk.cut():
+		// An unchunked answer's body is delimited by the close: closed,
+		// a body the destination cut short would look whole to the
+		// client, and so would a close_notify. A RST says it was not
+		// (http10.go).
+		abortBeneathTLS(c.Conn)
 	case c.h1 && c.bodyFault.Load() != nil:
 		// A request body left unread, or broken while the client may
 		// still be sending: closed at once, the connection would be
@@ -66,6 +73,15 @@ func (c *hijackedConn) Close() error {
 		c.once.Do(c.onClose)
 	}
 	return err
+}
+
+// abortBeneathTLS resets c's connection, the one beneath TLS for a bumped
+// one.
+func abortBeneathTLS(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	Abort(c)
 }
 
 // lingersAtEnd reports whether the session's client connection ends with

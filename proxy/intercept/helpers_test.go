@@ -405,6 +405,10 @@ func (c *peekedConn) CloseWrite() error {
 	return c.Conn.Close()
 }
 
+// Abort resets the connection, as the appliance's own peeked connection
+// passes it on (proxy/tcp.go); a pipe's is a close.
+func (c *peekedConn) Abort() { intercept.Abort(c.Conn) }
+
 // upstream is an HTTP server on the far end of a pipe: the destination.
 type upstream struct {
 	mu     sync.Mutex

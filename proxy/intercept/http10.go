@@ -21,7 +21,9 @@ import (
 // CRLF after its data, the last chunk, the trailer section), and the
 // connection closes after the answer (nextHead.Close), which is what
 // delimits the body then: an HTTP/1.0 client that asked to keep it alive
-// is not left waiting for more. Answers of a known length, and those with
+// is not left waiting for more. A body the destination cut short ends the
+// connection with a RST instead (clientend.go): the close would tell the
+// client it had it all. Answers of a known length, and those with
 // no body (HEAD, 1xx, 204, 304), pass as they are, but that a HEAD's
 // loses its Transfer-Encoding and Trailer fields too (§6.1 holds for it,
 // and nobodystatus.go drops a 204's or 304's). The decoding keeps no
@@ -67,6 +69,14 @@ func (c *hijackedConn) startUnchunk(req *http.Request) {
 		return
 	}
 	u.state, u.noBody, u.head = unchunkHead, req.Method == http.MethodHead, u.head[:0]
+}
+
+// cut reports whether an unchunked answer's body ended before its last
+// chunk: goproxy stopped writing it (the destination's read failed, or
+// the client went away), and the connection, which delimits it, must not
+// end as if it were whole.
+func (u *unchunk) cut() bool {
+	return u.state == unchunkSize || u.state == unchunkData || u.state == unchunkDataEnd
 }
 
 // unchunking reports whether the answer being written is being unchunked:
