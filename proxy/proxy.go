@@ -264,6 +264,9 @@ func New(cfg Config) *Proxy {
 		vpcResolvers: vpcResolverAddrs(cfg.VPCCIDRs),
 	}
 	p.stalls.stacksClosing = &p.stacksClosing
+	// A reload's deny reaches a linger at its next look, which, once it
+	// has lasted a while, is up to a second away: woken, it looks now.
+	cfg.Policy.OnChange(hostconn.WakeLingers)
 	ic := cfg.Intercept
 	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
 	ic.Policy = cfg.Policy // each intercepted request is decided by the policy in force

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 	"io"
 	"net"
 	"net/netip"
@@ -256,4 +257,18 @@ func denyAll(t *testing.T, p *Proxy) {
 		t.Fatal(err)
 	}
 	p.cfg.Policy.Store(pol)
+}
+
+// TestReloadWakesLingers: a change of the policy in force wakes every
+// linger, so that a reload's deny reaches one that has lingered a while
+// (its look then once a second) at once, not up to a second later.
+func TestReloadWakesLingers(t *testing.T) {
+	p, _, _ := quickKeepaliveRig(t)
+	woken := hostconn.LingersWoken()
+	denyAll(t, p)
+	select {
+	case <-woken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a reload woke no linger")
+	}
 }

@@ -24,6 +24,25 @@ type Holder struct {
 	// its file under mu.
 	smu    sync.Mutex
 	status Status
+	// onChange runs after each change of the policy in force (OnChange);
+	// guarded by smu.
+	onChange []func()
+}
+
+// OnChange has f run after each change of the policy in force: a Store, a
+// LoadFile, a reload that loads. f runs with the holder's lock held: it
+// must be quick, and must not call the holder.
+func (h *Holder) OnChange(f func()) {
+	h.smu.Lock()
+	defer h.smu.Unlock()
+	h.onChange = append(h.onChange, f)
+}
+
+// changed runs the OnChange functions; h.smu is held.
+func (h *Holder) changed() {
+	for _, f := range h.onChange {
+		f()
+	}
 }
 
 // Status is what /stats shows of the policy: the one in force and how its
@@ -68,6 +87,7 @@ func (h *Holder) Store(p *Policy) {
 	defer h.smu.Unlock()
 	h.cur.Store(p)
 	h.status.describe(p, "", p.ID(), true, time.Now())
+	h.changed()
 }
 
 // Status returns the policy in force and the counts of reloads.
@@ -91,6 +111,7 @@ func (h *Holder) LoadFile(filename string) error {
 	defer h.smu.Unlock()
 	h.cur.Store(p)
 	h.status.describe(p, filename, hash, info.defaultExplicit, time.Now())
+	h.changed()
 	return nil
 }
 
@@ -134,6 +155,7 @@ func (h *Holder) ReloadChecked(filename string, check func(*Policy) error) error
 	h.status.describe(p, filename, hash, info.defaultExplicit, now)
 	h.status.Reloads++
 	h.status.LastError = ""
+	h.changed()
 	return nil
 }
 

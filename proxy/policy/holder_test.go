@@ -125,3 +125,34 @@ func TestPolicyID(t *testing.T) {
 		t.Errorf("a nil policy's decision %+v names a policy", d)
 	}
 }
+
+// TestHolderOnChange: the functions given to OnChange run after each
+// change of the policy in force (Store, LoadFile, a reload that loads),
+// and not after a reload that is rejected.
+func TestHolderOnChange(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var h Holder
+	changes := 0
+	h.OnChange(func() { changes++ })
+	write("policy: {default: allow}\n")
+	if err := h.LoadFile(file); err != nil {
+		t.Fatal(err)
+	}
+	write("policy: {default: deny}\n")
+	if err := h.Reload(file); err != nil {
+		t.Fatal(err)
+	}
+	write("policy: {default: nonsense}\n")
+	if err := h.Reload(file); err == nil {
+		t.Fatal("a bad file reloaded")
+	}
+	h.Store(h.Load())
+	if changes != 3 {
+		t.Errorf("OnChange ran %d times, want 3 (LoadFile, the good reload, Store)", changes)
+	}
+}
