@@ -84,6 +84,7 @@ const (
 	DropInnerBadChecksum
 	DropSynWaitAbandoned
 	DropSynWaiting
+	DropTCPNoConnection
 	dropReasons
 )
 
@@ -168,6 +169,11 @@ var dropReasonNames = [dropReasons]string{
 	// with another ISN. Taken in at once, it found the old connection and
 	// was answered with a RST, which refuses the client's connect.
 	DropSynWaiting: "syn_waiting",
+	// The first fragment of a client's TCP segment with data that no
+	// connection of its stack can take, while a capture is on
+	// (tapWithholds): shown to an IDS, a decoy; the stack would answer it
+	// with a RST. Its later fragments are fragment_without_flow.
+	DropTCPNoConnection: "tcp_no_connection",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

@@ -300,7 +300,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	now := monoclock.Now()
 	inner := b[h.Len:]
 	var flow *Flow
-	var tcpState uint32 // a TCP flow's, after this segment (not a fragment's)
+	var tcpBefore uint32 // a TCP flow's state before this segment, with a tap
 	if p.Fragment {
 		// A flow evicted since its first fragment (flowevict.go) takes
 		// no more: fragments never get past the table.
@@ -344,8 +344,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// would have a router's Packet Too Big about data in flight
 		// refused), make it transitory, or restart its window.
 		if p.Proto == protoTCP {
-			tcpState = flow.tcpClient(p.TCPFlags)
-			s.flows.tcpSeen(flow, tcpState)
+			if s.cfg.Tap != nil {
+				tcpBefore = flow.tcp.Load()
+			}
+			s.flows.tcpSeen(flow, flow.tcpClient(p.TCPFlags))
 			if p.TCPFlags&(flagAck|flagRst|flagSyn) == flagAck {
 				flow.tcpAcked(p.ack)
 			} else if p.TCPFlags&flagRst != 0 && (s.cfg.Tap != nil || !sumsFail(p, inner[:p.Len])) {
@@ -360,6 +362,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 				}
 			}
 		}
+		if p.MoreFragments && s.cfg.Tap != nil && s.tapWithholds(p, inner, flow, tcpBefore) {
+			// Its later fragments find no first and are dropped too.
+			return DropTCPNoConnection
+		}
 		// An echo request's fragments never reach the stack: the echo
 		// relay takes the first alone.
 		if p.MoreFragments && !p.Echo {
@@ -372,7 +378,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// client get a well-formed answer to a request it never made.
 		return DropEchoFragmented
 	}
-	if s.cfg.Tap != nil && s.tapWithholds(p, inner, flow, tcpState) {
+	if s.cfg.Tap != nil && !p.MoreFragments && s.tapWithholds(p, inner, flow, tcpBefore) {
 		s.stats.tapWithheld.Add(1)
 	} else if s.cfg.Tap != nil {
 		// Only now, taken in: a packet dropped above never reached a
@@ -404,23 +410,35 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	return DropNone
 }
 
-// tapWithholds reports whether the client's TCP segment p, pkt, of flow
-// (its state tcpState after the segment) carries data that no connection
-// of its stack can take: the stack answers it with a RST and throws the
-// data away, so it goes in but is not shown to the tap. Else a client
-// could send a decoy at its first sequence number after its SYN, before
-// the stack's SYN-ACK (while the proxy decides, or dials the destination,
-// the stack holds no connection yet), or after its own RST, and an IDS
-// would take the decoy's bytes for the stream's and the real ones, sent
-// again at the same number, for a retransmission. An established flow's
-// stack holds its connection, and costs no lookup.
-func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpState uint32) bool {
-	if p.Proto != protoTCP || p.Fragment || p.MoreFragments || p.TCPFlags&(flagSyn|flagRst) != 0 ||
-		tcpState&tcpEstablished != 0 && tcpState&tcpReset == 0 {
+// tapWithholds reports whether the client's TCP segment p, pkt (a whole
+// one, or a first fragment), of flow (its state before the segment
+// tcpBefore) carries data that no connection of its stack can take: the
+// stack answers it with a RST and throws the data away, so it goes in but
+// is not shown to the tap (a first fragment is dropped: server.deliver).
+// Else a client could send a decoy at its first sequence number after its
+// SYN, before the stack's SYN-ACK (while the proxy decides, or dials the
+// destination, the stack holds no connection yet), or after its own RST,
+// and an IDS would take the decoy's bytes for the stream's and the real
+// ones, sent again at the same number, for a retransmission. Data while a
+// SYN of the flow waits (synwait.go) goes to the reset connection on its
+// way out, or comes before the new one: withheld without a look. Only a
+// flow live before the segment (established, neither reset nor closed both
+// ways), whose client never sent a RST, costs no look-up: a client's ACK
+// makes a reset flow established again, and so does a segment the stack
+// sends after the RST came, before it took it (an ACK it owed); a SYN
+// leaves the state as it was.
+func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpBefore uint32) bool {
+	if p.Proto != protoTCP || p.Fragment || p.TCPFlags&(flagSyn|flagRst) != 0 {
 		return false
 	}
-	if p.Len <= p.Payload+int(pkt[p.Payload+12]>>4)*4 {
+	if !p.MoreFragments && p.Len <= p.Payload+int(pkt[p.Payload+12]>>4)*4 {
 		return false // no data: an ACK or a FIN alone misleads no reassembly
+	}
+	if flow.synWait.Load() != nil {
+		return true
+	}
+	if tcpLiveState(tcpBefore) && flow.clientRst.Load() == 0 {
+		return false
 	}
 	return !s.holdsTCP(&flow.key)
 }

@@ -2,10 +2,12 @@ package netstack
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,20 +15,25 @@ import (
 )
 
 // payloadTap records the payloads of the client's TCP segments the server
-// shows its tap.
+// shows its tap, and every client packet whole.
 type payloadTap struct {
 	mu       sync.Mutex
 	payloads [][]byte
+	pkts     [][]byte
 }
 
 func (pt *payloadTap) Packet(_ uint64, _ uint32, out bool, _ int64, p Packet, pkt []byte) {
-	if out || p.Proto != protoTCP {
+	if out {
+		return
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	pt.pkts = append(pt.pkts, bytes.Clone(pkt))
+	if p.Proto != protoTCP || p.Fragment {
 		return
 	}
 	if data := header.TCP(pkt[p.Payload:p.Len]).Payload(); len(data) > 0 {
-		pt.mu.Lock()
 		pt.payloads = append(pt.payloads, bytes.Clone(data))
-		pt.mu.Unlock()
 	}
 }
 
@@ -41,16 +48,39 @@ func (pt *payloadTap) saw(data string) bool {
 	return false
 }
 
-// gatedHandler holds each connection attempt until gate closes, as the
-// proxy does while it decides or dials the destination.
+// gatedHandler holds each connection attempt after the first pass ones
+// until gate closes, as the proxy does while it decides or dials the
+// destination.
 type gatedHandler struct {
 	AcceptHandler
 	gate chan struct{}
+	pass atomic.Int32
 }
 
 func (h *gatedHandler) HandleTCP(req *TCPRequest) {
-	<-h.gate
+	if h.pass.Add(-1) < 0 {
+		<-h.gate
+	}
 	h.AcceptHandler.HandleTCP(req)
+}
+
+// sawPart reports whether the tap was shown a packet holding part.
+func (pt *payloadTap) sawPart(part string) bool {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	for _, p := range pt.pkts {
+		if bytes.Contains(p, []byte(part)) {
+			return true
+		}
+	}
+	return false
+}
+
+// flowKeyOf is the key of endpoint 7's TCP flow from client to server.
+func flowKeyOf(client, server netip.AddrPort) FlowKey {
+	p := Packet{Proto: protoTCP, IPv6: client.Addr().Is6(), SrcPort: client.Port(), DstPort: server.Port()}
+	p.Src, p.Dst = client.Addr().As16(), server.Addr().As16()
+	return p.Key(7)
 }
 
 // TestTapWithholdsDataBeforeHandshake: a client's data segment sent after
@@ -105,5 +135,151 @@ func TestTapWithholdsDataBeforeHandshake(t *testing.T) {
 	}
 	if got := s.Stats().TapWithheld; got != 1 {
 		t.Errorf("tap_withheld %d, want 1", got)
+	}
+}
+
+// tapReuseRig is a server with a tap whose client has an established
+// connection; its handler holds every later connection attempt until
+// gate closes.
+type tapReuseRig struct {
+	t              *testing.T
+	s              *Server
+	tap            *payloadTap
+	h              *gatedHandler
+	gwlb           *net.UDPConn
+	client, server netip.AddrPort
+	ether          uint16
+	ack            uint32 // the client's ACK on the first connection
+	co             *coalescer
+	dgram          []byte
+	opened         sync.Once
+}
+
+func newTapReuseRig(t *testing.T, v6 bool) *tapReuseRig {
+	r := &tapReuseRig{t: t, tap: &payloadTap{}, co: newCoalescer(), ether: EtherTypeIPv4,
+		client: netip.MustParseAddrPort("198.18.0.5:40001"), server: netip.MustParseAddrPort("198.18.9.9:80")}
+	if v6 {
+		r.client, r.server = netip.MustParseAddrPort("[2001:db8::5]:40001"), netip.MustParseAddrPort("[2001:db8::9]:80")
+		r.ether = EtherTypeIPv6
+	}
+	r.h = &gatedHandler{AcceptHandler: AcceptHandler{Conns: make(chan *Conn, 4)}, gate: make(chan struct{})}
+	r.h.pass.Store(1)
+	r.gwlb = gwlbSocket(t, "127.0.0.2:0")
+	r.s = startServer(t, Config{Handler: r.h, Tap: r.tap, ReplyPort: r.gwlb.LocalAddr().(*net.UDPAddr).AddrPort().Port()})
+	t.Cleanup(r.open)
+	r.send(clientSegment(r.client, r.server, 1000, 0, header.TCPFlagSyn, nil))
+	r.ack = readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1
+	r.send(clientSegment(r.client, r.server, 1001, r.ack, header.TCPFlagAck, nil))
+	r.accept()
+	r.send(clientSegment(r.client, r.server, 1001, r.ack, header.TCPFlagAck|header.TCPFlagPsh, []byte("hello")))
+	return r
+}
+
+func (r *tapReuseRig) send(pkt []byte) {
+	r.dgram = append(AppendHeader(r.dgram[:0], r.ether, 0, 7, 0x0a1b2c3d4e5f6071, 0x11223344, nil), pkt...)
+	r.s.handleDatagram(r.dgram, netip.MustParseAddrPort("127.0.0.2:47001"), r.co)
+	r.co.flush()
+}
+
+func (r *tapReuseRig) accept() *Conn {
+	select {
+	case c := <-r.h.Conns:
+		r.t.Cleanup(c.Abort)
+		return c
+	case <-time.After(5 * time.Second):
+		r.t.Fatal("no connection accepted")
+		return nil
+	}
+}
+
+// open lets the connection attempts held so far, and later ones, go on.
+func (r *tapReuseRig) open() { r.opened.Do(func() { close(r.h.gate) }) }
+
+// TestTapWithholdsDecoyOnReusedPorts: the flow of a connection the client
+// reset (or closed) stays established in the table, and a client's ACK
+// makes a reset flow established again: a decoy after a new SYN on the
+// same ports, before the SYN-ACK, or after the RST alone, once the stack
+// let the connection go, or while the new SYN waits for that
+// (synwait.go), was shown to the tap, with no look at whether a connection
+// could take it. The stack answers it with a RST.
+func TestTapWithholdsDecoyOnReusedPorts(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		for _, mode := range []string{"new SYN", "data after the RST", "SYN waiting"} {
+			t.Run(fmt.Sprintf("v6=%v/%s", v6, mode), func(t *testing.T) {
+				r := newTapReuseRig(t, v6)
+				r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+				if mode != "SYN waiting" {
+					waitUntil(t, 5*time.Second, "the stack to let the reset connection go", func() (bool, string) {
+						k := flowKeyOf(r.client, r.server)
+						return !r.s.holdsTCP(&k), "held"
+					})
+				}
+				decoy := "GET /fine/readme.txt"
+				switch mode {
+				case "data after the RST":
+					r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagAck|header.TCPFlagPsh, []byte(decoy)))
+				default:
+					r.send(clientSegment(r.client, r.server, 50000, 0, header.TCPFlagSyn, nil))
+					r.send(clientSegment(r.client, r.server, 50001, 5000, header.TCPFlagAck|header.TCPFlagPsh, []byte(decoy)))
+				}
+				if r.tap.saw(decoy) {
+					t.Errorf("the tap was shown the decoy %q, which no connection took", decoy)
+				}
+				if got := r.s.Stats().TapWithheld; got != 1 {
+					t.Errorf("tap_withheld %d, want 1", got)
+				}
+				if mode != "new SYN" {
+					return
+				}
+				r.open()
+				ack := readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1
+				r.send(clientSegment(r.client, r.server, 50001, ack, header.TCPFlagAck, nil))
+				c := r.accept()
+				real := "GET /evil/payload.sh"
+				r.send(clientSegment(r.client, r.server, 50001, ack, header.TCPFlagAck|header.TCPFlagPsh, []byte(real)))
+				got := make([]byte, len(real))
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != real || !r.tap.saw(real) {
+					t.Errorf("the new connection read %q (%v), the tap saw it: %v; want %q, seen", got, err, r.tap.saw(real), real)
+				}
+			})
+		}
+	}
+}
+
+// TestTapWithholdsFragmentedDecoy: a decoy after the SYN, before the
+// SYN-ACK, cut into IP fragments, is dropped whole (its first fragment
+// tcp_no_connection, the others finding no first): shown to the tap, an
+// IDS reassembled it.
+func TestTapWithholdsFragmentedDecoy(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			r := newTapReuseRig(t, v6)
+			r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+			waitUntil(t, 5*time.Second, "the stack to let the reset connection go", func() (bool, string) {
+				k := flowKeyOf(r.client, r.server)
+				return !r.s.holdsTCP(&k), "held"
+			})
+			r.send(clientSegment(r.client, r.server, 50000, 0, header.TCPFlagSyn, nil))
+			decoy := "GET /fine/readme.txt HTTP/1.1\r\nHost: decoy.example\r\n\r\n"
+			mtu := 80
+			if v6 {
+				mtu = 120
+			}
+			frags := fragment(clientSegment(r.client, r.server, 50001, 5000, header.TCPFlagAck|header.TCPFlagPsh, []byte(decoy)), 77, mtu)
+			for _, f := range frags {
+				if !v6 {
+					ip := header.IPv4(f)
+					ip.SetChecksum(0)
+					ip.SetChecksum(^ip.CalculateChecksum())
+				}
+				r.send(f)
+			}
+			d := r.s.Stats().Drops
+			if r.tap.sawPart("decoy.example") || d["tcp_no_connection"] != 1 || d["fragment_without_flow"] != uint64(len(frags)-1) {
+				t.Errorf("%d fragments: tap saw the decoy %v, tcp_no_connection %d, fragment_without_flow %d; want not seen, 1, %d",
+					len(frags), r.tap.sawPart("decoy.example"), d["tcp_no_connection"], d["fragment_without_flow"], len(frags)-1)
+			}
+		})
 	}
 }
