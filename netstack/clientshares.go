@@ -35,15 +35,21 @@ type clientShard struct {
 // pruned by Expire, or by eviction when it picks a client whose queue is
 // stale: else a client that made many connections since the last prune
 // ranked as the biggest holder by entries of its live flows. A client's flows point to it while they are in the
-// table, and it is dropped with its last flow.
+// table, and it is dropped with its last flow, or if a SYN of its waits
+// then, with its last waiting SYN (synwait.go).
 type client struct {
 	sh    *clientShard
 	key   clientKey // as made: the key of a later --ipv6-client-prefix may differ
-	flows int32     // in the table; 0: dropped
+	flows int32     // in the table; 0: dropped, or kept for its waiting SYNs
 	fresh []*Flow
 	head  int
 	at    int         // index in sh.byFresh; -1: not in it
 	stale atomic.Bool // a queued flow may have left the evictable set since the last prune
+
+	// synWaits counts its SYNs waiting for a stack (synwait.go): it stays
+	// in its shard's map while any does, so that the client's flows made
+	// again count in the same share as the waits of its flows gone.
+	synWaits atomic.Int32
 }
 
 // queuedN is the number of entries in c's queue; the caller holds c.sh.
@@ -128,7 +134,9 @@ func (c *clientShares) give(cl *client) {
 	s := cl.sh
 	s.mu.Lock()
 	if cl.flows--; cl.flows <= 0 {
-		delete(s.clients, cl.key)
+		if cl.synWaits.Load() == 0 { // else the last wait's end drops it
+			delete(s.clients, cl.key)
+		}
 		// Its queue holds entries of removed flows only.
 		clear(cl.fresh)
 		cl.fresh, cl.head = nil, 0

@@ -31,14 +31,24 @@ import (
 // maxSynWait. A RST the stack does not take (out of its window) leaves the
 // connection live; the SYN then goes in after maxSynWait and is answered as
 // on a live connection, with an ACK (RFC 5961 4.2); a RST whose checksums
-// fail, which the stack drops, starts no wait. One SYN per flow waits, and
-// a waiting SYN whose flow leaves the table stops waiting (dropped), so
-// that a client's SYNs cost at most about one goroutine per flow it holds
-// in the table even while its flows are evicted and made again; another
-// SYN of the flow's meanwhile does not go in (synWaits). At most
-// maxSynWaiters SYNs wait in all: past that a SYN goes in at once, as
-// before the wait existed. A waiting SYN was shown to the capture tap as
-// it came: it is taken in, only later.
+// fail, which the stack drops, starts no wait. One SYN per flow waits;
+// another SYN of the flow's meanwhile does not go in (synWaits). A waiting
+// SYN whose flow leaves the table stops waiting (dropped), but only at its
+// next look, up to lastSynPoll later: a client whose flows are evicted and
+// made again keeps more SYNs waiting than it holds flows (113 to 126 for a
+// 96-flow client). So each client (clientKeyOf: an IPv4 address, or an
+// IPv6 prefix) has a share of the waiting SYNs, maxSynWaitersPerClient,
+// counted on its client (clientshares.go), which it keeps while any of its
+// SYNs waits, its flows gone or not; and at most maxSynWaiters wait in
+// all. Past either, a SYN goes in at once, as before the wait existed:
+// with the global bound alone, one client holding many connections and
+// sending on each a RST the stack ignores (out of its window: the SYN
+// waits the whole maxSynWait) and a SYN held every place, and other
+// clients' reconnects right after their RSTs were refused again (8 to 12
+// of 20, the bound lowered to 64). A client's SYNs so cost at most
+// maxSynWaitersPerClient goroutines and copies, however its flows churn. A
+// waiting SYN was shown to the capture tap as it came: it is taken in,
+// only later.
 
 // maxSynWait bounds how long a SYN waits for the stack to let go of the
 // reset connection on its 4-tuple: far longer than the stack takes to
@@ -51,6 +61,13 @@ const maxSynWait = 20 * time.Millisecond
 // cost at most some 50 MiB, while a reconnect right after a RST is rare
 // enough that far fewer wait at any time.
 const maxSynWaiters = 4096
+
+// maxSynWaitersPerClient is a client's share of the waiting SYNs: far more
+// than the connections a client resets and opens again from the same ports
+// within maxSynWait, and a 64th of maxSynWaiters, so that a client whose
+// RSTs the stack ignores, each making its SYN wait the whole maxSynWait,
+// leaves the others their waits.
+const maxSynWaitersPerClient = 64
 
 // firstSynPoll is the first interval at which a waiting SYN looks whether
 // the stack has let the old connection go; each later one is twice the
@@ -93,17 +110,28 @@ func (s *Server) synWaits(st *endpointStack, flow *Flow, p *Packet, pkt []byte, 
 	if now-flow.clientRst.Load() > int64(maxSynWait) || !s.holdsTCP(&flow.key) {
 		return false, DropNone
 	}
+	cl := flow.owner
+	if cl.synWaits.Add(1) > maxSynWaitersPerClient {
+		cl.synWaitEnd()
+		return false, DropNone
+	}
 	limit := s.synWaitCap
 	if limit == 0 {
 		limit = maxSynWaiters
 	}
 	if s.synWaiters.Add(1) > limit {
 		s.synWaiters.Add(-1)
+		cl.synWaitEnd()
 		return false, DropNone
 	}
+	// A flow removed meanwhile may have had its client dropped, and a wait
+	// counted on that would be in no share: the removal is marked before
+	// clientShares.give reads synWaits, so either give sees this wait's
+	// count and keeps the client, or this sees the removal.
 	w := &synWait{pkt: bytes.Clone(pkt), seq: p.seq} // the reader's buffer is reused
-	if !flow.synWait.CompareAndSwap(nil, w) {
+	if flow.removed.Load() || !flow.synWait.CompareAndSwap(nil, w) {
 		s.synWaiters.Add(-1)
+		cl.synWaitEnd()
 		return false, DropNone
 	}
 	go s.deliverSynLater(st, flow, w, p.IPv6)
@@ -127,6 +155,7 @@ func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, w *synWait, ipv6
 	flow.synWait.Store(nil)
 	w.mu.Unlock()
 	s.synWaiters.Add(-1)
+	flow.owner.synWaitEnd()
 	if flow.removed.Load() {
 		s.stats.drop(DropSynWaitAbandoned)
 		return
@@ -136,4 +165,18 @@ func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, w *synWait, ipv6
 		st.link.inject(w.pkt, ipv6)
 	}
 	st.mu.RUnlock()
+}
+
+// synWaitEnd gives back a waiting SYN's place in cl's share, and drops cl
+// if that was its last and it holds no flow (clientShares.give kept it).
+func (cl *client) synWaitEnd() {
+	if cl.synWaits.Add(-1) > 0 {
+		return
+	}
+	s := cl.sh
+	s.mu.Lock()
+	if cl.flows <= 0 && cl.synWaits.Load() == 0 && s.clients[cl.key] == cl {
+		delete(s.clients, cl.key)
+	}
+	s.mu.Unlock()
 }
