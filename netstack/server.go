@@ -410,39 +410,6 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	return DropNone
 }
 
-// tapWithholds reports whether the client's TCP segment p, pkt (a whole
-// one, or a first fragment), of flow (its state before the segment
-// tcpBefore) carries data that no connection of its stack can take: the
-// stack answers it with a RST and throws the data away, so it goes in but
-// is not shown to the tap (a first fragment is dropped: server.deliver).
-// Else a client could send a decoy at its first sequence number after its
-// SYN, before the stack's SYN-ACK (while the proxy decides, or dials the
-// destination, the stack holds no connection yet), or after its own RST,
-// and an IDS would take the decoy's bytes for the stream's and the real
-// ones, sent again at the same number, for a retransmission. Data while a
-// SYN of the flow waits (synwait.go) goes to the reset connection on its
-// way out, or comes before the new one: withheld without a look. Only a
-// flow live before the segment (established, neither reset nor closed both
-// ways), whose client never sent a RST, costs no look-up: a client's ACK
-// makes a reset flow established again, and so does a segment the stack
-// sends after the RST came, before it took it (an ACK it owed); a SYN
-// leaves the state as it was.
-func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpBefore uint32) bool {
-	if p.Proto != protoTCP || p.Fragment || p.TCPFlags&(flagSyn|flagRst) != 0 {
-		return false
-	}
-	if !p.MoreFragments && p.Len <= p.Payload+int(pkt[p.Payload+12]>>4)*4 {
-		return false // no data: an ACK or a FIN alone misleads no reassembly
-	}
-	if flow.synWait.Load() != nil {
-		return true
-	}
-	if tcpLiveState(tcpBefore) && flow.clientRst.Load() == 0 {
-		return false
-	}
-	return !s.holdsTCP(&flow.key)
-}
-
 // coalescable reports whether the inner packet pkt, as ParsePacket read it
 // into p, goes to the stack by way of a coalescer: TCP, not a fragment, and
 // for IPv6 with TCP right after the fixed header. GRO would merge packets

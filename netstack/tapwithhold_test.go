@@ -76,13 +76,6 @@ func (pt *payloadTap) sawPart(part string) bool {
 	return false
 }
 
-// flowKeyOf is the key of endpoint 7's TCP flow from client to server.
-func flowKeyOf(client, server netip.AddrPort) FlowKey {
-	p := Packet{Proto: protoTCP, IPv6: client.Addr().Is6(), SrcPort: client.Port(), DstPort: server.Port()}
-	p.Src, p.Dst = client.Addr().As16(), server.Addr().As16()
-	return p.Key(7)
-}
-
 // TestTapWithholdsDataBeforeHandshake: a client's data segment sent after
 // its SYN, before the stack's SYN-ACK (the stack holds no connection yet:
 // it answers with a RST and throws the data away), is not shown to the
