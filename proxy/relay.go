@@ -319,7 +319,10 @@ func (h *halfRelay) copy() {
 		if h == &h.r.in {
 			// Before the abort: a linger of the destination's socket,
 			// its error taken by this read, asks for it (destReadError).
-			h.r.destReadErr.Store(&rerr)
+			// A copy: rerr is reassigned below, while the linger may
+			// read it.
+			readErr := rerr
+			h.r.destReadErr.Store(&readErr)
 		}
 		rerr = h.abort(rerr)
 		if errors.Is(rerr, net.ErrClosed) {
