@@ -242,10 +242,14 @@ func (st *endpointStack) destroy() {
 // stack's demultiplexer at once; an out-of-window RST leaves it. A lookup
 // there is a few read locks and map reads, and Expire asks only about
 // flows a RST would expire.
-func (s *Server) holdsTCP(k *FlowKey) bool {
+func (s *Server) holdsTCP(k *FlowKey) bool { return s.tcpEndpoint(k) != nil }
+
+// tcpEndpoint returns the connection the stack of k's endpoint holds on
+// k's 4-tuple, or nil.
+func (s *Server) tcpEndpoint(k *FlowKey) stack.TransportEndpoint {
 	v, ok := s.stacks.Load(k.Endpoint)
 	if !ok {
-		return false
+		return nil
 	}
 	st := v.(*endpointStack)
 	proto, client, server := ipv4.ProtocolNumber, tcpip.AddrFrom4([4]byte(k.ClientAddr[12:])), tcpip.AddrFrom4([4]byte(k.ServerAddr[12:]))
@@ -254,7 +258,26 @@ func (s *Server) holdsTCP(k *FlowKey) bool {
 	}
 	// The stack's end is the server, its local one.
 	id := stack.TransportEndpointID{LocalPort: k.ServerPort, LocalAddress: server, RemotePort: k.ClientPort, RemoteAddress: client}
-	return st.stack.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID) != nil
+	return st.stack.FindTransportEndpoint(proto, tcp.ProtocolNumber, id, nicID)
+}
+
+// tcpTakesData reports whether the stack of k's endpoint holds a
+// connection on k's 4-tuple that may take a client's data: one not torn
+// down already (reset, closed, in TIME-WAIT). A RST the connection has
+// not taken yet, or one it ignored, leaves it taking data: only the stack
+// can tell which.
+func (s *Server) tcpTakesData(k *FlowKey) bool {
+	ep := s.tcpEndpoint(k)
+	if ep == nil {
+		return false
+	}
+	if e, ok := ep.(*tcp.Endpoint); ok {
+		switch e.EndpointState() {
+		case tcp.StateError, tcp.StateClose, tcp.StateTimeWait:
+			return false
+		}
+	}
+	return true
 }
 
 // fullAddr converts a gVisor address and port.

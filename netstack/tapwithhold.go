@@ -9,14 +9,16 @@ package netstack
 // SYN, before the stack's SYN-ACK (while the proxy decides, or dials the
 // destination, the stack holds no connection yet), or after its own RST,
 // and an IDS would take the decoy's bytes for the stream's and the real
-// ones, sent again at the same number, for a retransmission. Data while a
-// SYN of the flow waits (synwait.go) goes to the reset connection on its
-// way out, or comes before the new one: withheld without a look. Only a
+// ones, sent again at the same number, for a retransmission. Only a
 // flow live before the segment (established, neither reset nor closed both
 // ways), whose client never sent a RST, costs no look-up: a client's ACK
 // makes a reset flow established again, and so does a segment the stack
 // sends after the RST came, before it took it (an ACK it owed); a SYN
-// leaves the state as it was.
+// leaves the state as it was. The look is at the connection's state too:
+// while a SYN of the flow waits (synwait.go), the stack still holds the
+// old connection, torn down by the client's RST (data then is a decoy) or
+// live (a RST it ignored: the data is the stream's, and withholding it
+// would hide it from the IDS).
 func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpBefore uint32) bool {
 	if p.Proto != protoTCP || p.Fragment || p.TCPFlags&(flagSyn|flagRst) != 0 {
 		return false
@@ -24,11 +26,8 @@ func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpBefore uint3
 	if !p.MoreFragments && p.Len <= p.Payload+int(pkt[p.Payload+12]>>4)*4 {
 		return false // no data: an ACK or a FIN alone misleads no reassembly
 	}
-	if flow.synWait.Load() != nil {
-		return true
-	}
 	if tcpLiveState(tcpBefore) && flow.clientRst.Load() == 0 {
 		return false
 	}
-	return !s.holdsTCP(&flow.key)
+	return !s.tcpTakesData(&flow.key)
 }

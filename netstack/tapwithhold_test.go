@@ -143,6 +143,7 @@ type tapReuseRig struct {
 	client, server netip.AddrPort
 	ether          uint16
 	ack            uint32 // the client's ACK on the first connection
+	accepted       *Conn  // the first connection
 	co             *coalescer
 	dgram          []byte
 	opened         sync.Once
@@ -163,7 +164,7 @@ func newTapReuseRig(t *testing.T, v6 bool) *tapReuseRig {
 	r.send(clientSegment(r.client, r.server, 1000, 0, header.TCPFlagSyn, nil))
 	r.ack = readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1
 	r.send(clientSegment(r.client, r.server, 1001, r.ack, header.TCPFlagAck, nil))
-	r.accept()
+	r.accepted = r.accept()
 	r.send(clientSegment(r.client, r.server, 1001, r.ack, header.TCPFlagAck|header.TCPFlagPsh, []byte("hello")))
 	return r
 }
@@ -192,21 +193,18 @@ func (r *tapReuseRig) open() { r.opened.Do(func() { close(r.h.gate) }) }
 // reset (or closed) stays established in the table, and a client's ACK
 // makes a reset flow established again: a decoy after a new SYN on the
 // same ports, before the SYN-ACK, or after the RST alone, once the stack
-// let the connection go, or while the new SYN waits for that
-// (synwait.go), was shown to the tap, with no look at whether a connection
-// could take it. The stack answers it with a RST.
+// let the connection go, was shown to the tap, with no look at whether a
+// connection could take it. The stack answers it with a RST.
 func TestTapWithholdsDecoyOnReusedPorts(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
-		for _, mode := range []string{"new SYN", "data after the RST", "SYN waiting"} {
+		for _, mode := range []string{"new SYN", "data after the RST"} {
 			t.Run(fmt.Sprintf("v6=%v/%s", v6, mode), func(t *testing.T) {
 				r := newTapReuseRig(t, v6)
 				r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
-				if mode != "SYN waiting" {
-					waitUntil(t, 5*time.Second, "the stack to let the reset connection go", func() (bool, string) {
-						k := flowKeyOf(r.client, r.server)
-						return !r.s.holdsTCP(&k), "held"
-					})
-				}
+				waitUntil(t, 5*time.Second, "the stack to let the reset connection go", func() (bool, string) {
+					k := flowKeyOf(r.client, r.server)
+					return !r.s.holdsTCP(&k), "held"
+				})
 				decoy := "GET /fine/readme.txt"
 				switch mode {
 				case "data after the RST":
@@ -272,6 +270,37 @@ func TestTapWithholdsFragmentedDecoy(t *testing.T) {
 			if r.tap.sawPart("decoy.example") || d["tcp_no_connection"] != 1 || d["fragment_without_flow"] != uint64(len(frags)-1) {
 				t.Errorf("%d fragments: tap saw the decoy %v, tcp_no_connection %d, fragment_without_flow %d; want not seen, 1, %d",
 					len(frags), r.tap.sawPart("decoy.example"), d["tcp_no_connection"], d["fragment_without_flow"], len(frags)-1)
+			}
+		})
+	}
+}
+
+// TestTapShowsLiveDataWhileSynWaits: a RST the stack ignores (out of its
+// window) leaves the connection live; a SYN right after it waits
+// (synwait.go), and data the client sends meanwhile on the live
+// connection is taken by the stack: it must be shown to the tap. Withheld
+// while a SYN waited, a client could hide real bytes from an IDS by
+// sending such a RST and SYN before each burst.
+func TestTapShowsLiveDataWhileSynWaits(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			r := newTapReuseRig(t, v6)
+			c := r.accepted
+			got := make([]byte, 5)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil {
+				t.Fatal(err)
+			}
+			r.send(clientSegment(r.client, r.server, 1006+0x40000000, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+			r.send(clientSegment(r.client, r.server, 90000, 0, header.TCPFlagSyn, nil))
+			hidden := "POST /exfil"
+			r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagAck|header.TCPFlagPsh, []byte(hidden)))
+			got = make([]byte, len(hidden))
+			if _, err := io.ReadFull(c, got); err != nil || string(got) != hidden {
+				t.Fatalf("the live connection read %q (%v), want %q", got, err, hidden)
+			}
+			if !r.tap.saw(hidden) {
+				t.Errorf("the tap was not shown %q, which the live connection took", hidden)
 			}
 		})
 	}
