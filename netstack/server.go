@@ -378,6 +378,10 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// client get a well-formed answer to a request it never made.
 		return DropEchoFragmented
 	}
+	if s.cfg.Tap != nil && p.Proto == protoTCP && !p.ICMPError && !p.Fragment && !p.MoreFragments &&
+		p.TCPFlags&(flagSyn|flagRst) == 0 && s.holdBehindSyn(flow, &h, p, inner[:p.Len]) {
+		return DropNone // shown, and taken in, after the SYN it follows
+	}
 	if s.cfg.Tap != nil && !p.MoreFragments && s.tapWithholds(p, inner, flow, tcpBefore) {
 		s.stats.tapWithheld.Add(1)
 	} else if s.cfg.Tap != nil {

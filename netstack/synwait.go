@@ -84,6 +84,42 @@ type synWait struct {
 	done bool   // its goroutine has taken pkt: a later SYN goes its own way
 	pkt  []byte // the client's latest SYN, a copy
 	seq  uint32 // its ISN
+	held []heldSegment
+}
+
+// heldSegment is a client's segment of the flow held behind its waiting
+// SYN, while a capture is on (holdBehindSyn), as the tap is to be shown it.
+type heldSegment struct {
+	pkt      []byte // the inner packet, a copy
+	p        Packet
+	endpoint uint64
+	cookie   uint32
+}
+
+// maxHeldBehindSyn bounds the segments held behind a waiting SYN: what a
+// client sends between its SYN and the stack's answer is a few segments
+// (a Fast Open's or a decoy's); more go in as they come.
+const maxHeldBehindSyn = 8
+
+// holdBehindSyn holds the client's segment p, pkt (inner packet, cut to
+// its length; not a SYN, a RST or a fragment) of flow, whose SYN waits,
+// to be shown to the tap and go in after the SYN's wait; it reports
+// whether it did. Shown now, data there could be a decoy (the client's RST
+// taken, the stack drops it) or the stream's (a RST the stack ignored,
+// the connection live), which only the stack tells apart, once it has
+// taken the RST: the wait's end (deliverSynLater) decides.
+func (s *Server) holdBehindSyn(flow *Flow, h *Header, p *Packet, pkt []byte) bool {
+	w := flow.synWait.Load()
+	if w == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done || len(w.held) >= maxHeldBehindSyn {
+		return false
+	}
+	w.held = append(w.held, heldSegment{pkt: bytes.Clone(pkt), p: *p, endpoint: h.Endpoint, cookie: h.FlowCookie})
+	return true
 }
 
 // synWaits reports whether the client's bare SYN p, pkt (inner packet, cut
@@ -153,16 +189,28 @@ func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, w *synWait, ipv6
 	w.mu.Lock()
 	w.done = true
 	flow.synWait.Store(nil)
+	held := w.held
 	w.mu.Unlock()
 	s.synWaiters.Add(-1)
 	flow.owner.synWaitEnd()
 	if flow.removed.Load() {
 		s.stats.drop(DropSynWaitAbandoned)
+		for range held {
+			s.stats.drop(DropSynWaitAbandoned)
+		}
 		return
+	}
+	// Decided before the SYN goes in: the connection it makes would be
+	// the one a look finds.
+	for i := range held {
+		s.tapHeld(flow, &held[i])
 	}
 	st.mu.RLock()
 	if !st.closed { // closed: the client sends its SYN again to a new stack
 		st.link.inject(w.pkt, ipv6)
+		for _, seg := range held {
+			st.link.inject(seg.pkt, ipv6)
+		}
 	}
 	st.mu.RUnlock()
 }

@@ -1,5 +1,7 @@
 package netstack
 
+import "time"
+
 // tapWithholds reports whether the client's TCP segment p, pkt (a whole
 // one, or a first fragment), of flow (its state before the segment
 // tcpBefore) carries data that no connection of its stack can take: the
@@ -30,4 +32,16 @@ func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpBefore uint3
 		return false
 	}
 	return !s.tcpTakesData(&flow.key)
+}
+
+// tapHeld shows the tap a segment held behind a waiting SYN, unless it
+// carries data that the stack's connection on the flow's 4-tuple, now that
+// the wait is over, takes none of (holdBehindSyn).
+func (s *Server) tapHeld(flow *Flow, seg *heldSegment) {
+	p := &seg.p
+	if p.Len > p.Payload+int(seg.pkt[p.Payload+12]>>4)*4 && !s.tcpTakesData(&flow.key) {
+		s.stats.tapWithheld.Add(1)
+		return
+	}
+	s.cfg.Tap.Packet(seg.endpoint, seg.cookie, false, time.Now().UnixNano(), *p, seg.pkt)
 }

@@ -193,18 +193,22 @@ func (r *tapReuseRig) open() { r.opened.Do(func() { close(r.h.gate) }) }
 // reset (or closed) stays established in the table, and a client's ACK
 // makes a reset flow established again: a decoy after a new SYN on the
 // same ports, before the SYN-ACK, or after the RST alone, once the stack
-// let the connection go, was shown to the tap, with no look at whether a
-// connection could take it. The stack answers it with a RST.
+// let the connection go, or in one burst with the RST and the SYN, which
+// waits for the stack to take the RST (synwait.go), was shown to the tap,
+// with no look at whether a connection could take it. The stack answers
+// it with a RST.
 func TestTapWithholdsDecoyOnReusedPorts(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
-		for _, mode := range []string{"new SYN", "data after the RST"} {
+		for _, mode := range []string{"new SYN", "data after the RST", "SYN waiting"} {
 			t.Run(fmt.Sprintf("v6=%v/%s", v6, mode), func(t *testing.T) {
 				r := newTapReuseRig(t, v6)
 				r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
-				waitUntil(t, 5*time.Second, "the stack to let the reset connection go", func() (bool, string) {
-					k := flowKeyOf(r.client, r.server)
-					return !r.s.holdsTCP(&k), "held"
-				})
+				if mode != "SYN waiting" {
+					waitUntil(t, 5*time.Second, "the stack to let the reset connection go", func() (bool, string) {
+						k := flowKeyOf(r.client, r.server)
+						return !r.s.holdsTCP(&k), "held"
+					})
+				}
 				decoy := "GET /fine/readme.txt"
 				switch mode {
 				case "data after the RST":
@@ -213,13 +217,19 @@ func TestTapWithholdsDecoyOnReusedPorts(t *testing.T) {
 					r.send(clientSegment(r.client, r.server, 50000, 0, header.TCPFlagSyn, nil))
 					r.send(clientSegment(r.client, r.server, 50001, 5000, header.TCPFlagAck|header.TCPFlagPsh, []byte(decoy)))
 				}
+				if mode == "SYN waiting" {
+					// Held behind the SYN, decided as its wait ends.
+					waitUntil(t, 5*time.Second, "the SYN's wait to end", func() (bool, string) {
+						return r.s.synWaiters.Load() == 0, "waiting"
+					})
+				}
 				if r.tap.saw(decoy) {
 					t.Errorf("the tap was shown the decoy %q, which no connection took", decoy)
 				}
 				if got := r.s.Stats().TapWithheld; got != 1 {
 					t.Errorf("tap_withheld %d, want 1", got)
 				}
-				if mode != "new SYN" {
+				if mode == "data after the RST" {
 					return
 				}
 				r.open()
