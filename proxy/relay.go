@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
@@ -158,16 +157,6 @@ type relay struct {
 
 // ended is called by each direction as it ends; the last one closes both
 // connections and reports.
-// stallBound is the write-stall timeout in force for r's writes (the
-// default where r has no watch): the bound of a destination socket closed
-// with bytes still to send (closeDelivering).
-func (r *relay) stallBound() time.Duration {
-	if r.stalls == nil {
-		return DefaultWriteStallTimeout
-	}
-	return time.Duration(r.stalls.timeout.Load())
-}
-
 func (r *relay) ended() {
 	if r.left.Add(-1) != 0 {
 		return
@@ -213,10 +202,13 @@ func (r *relay) ended() {
 		if p := r.stalled.Load(); p != nil {
 			// Why it ended; the directions' errors are those of the
 			// resets it made. One that ended a linger begun at the
-			// client's break is the tail's cut (cutAfterBreak).
+			// client's break is the tail's cut (cutAfterBreak), and
+			// the result is the break's (reset, timeout), as for the
+			// same client's linger at the copy's end and a tunnel's
+			// (Session.StallAbort): the stall only bounded the linger.
 			err = errors.Join(*p, broke)
 			if errors.Is(cutErr, errWriteStalled) {
-				err = errors.Join(broke, cutErr)
+				err = errors.Join(broke, saidOnly{cutErr})
 			}
 		}
 	}

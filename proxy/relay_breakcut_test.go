@@ -32,15 +32,35 @@ func TestDestResetAfterBreakWhileWritingSaysBreak(t *testing.T) {
 // TestStallAfterBreakWhileWritingSaysTailCut: the same, the destination
 // neither reading nor resetting: the write-stall timeout ends the linger
 // begun at the break, and the record says the tail was not delivered,
-// bytes_out counting only what the destination acknowledged.
+// bytes_out counting only what the destination acknowledged. Its result
+// is the break's (reset), as the same client's linger at the copy's end
+// (TestStallAfterBreakResultMatchesLinger) and a tunnel's say: it was
+// `stalled`.
 func TestStallAfterBreakWhileWritingSaysTailCut(t *testing.T) {
 	rec := breakWhileWritingRecord(t, true)
-	if rec.Result != "stalled" || !strings.Contains(rec.Error, "the client's connection broke after its FIN") ||
+	if rec.Result != "reset" || !strings.Contains(rec.Error, "the client's connection broke after its FIN") ||
 		!strings.Contains(rec.Error, "the upload's tail was not delivered: write stalled") {
-		t.Errorf("record %s %q, want stalled, the client's break after its FIN and the tail not delivered", rec.Result, rec.Error)
+		t.Errorf("record %s %q, want reset, the client's break after its FIN and the tail not delivered", rec.Result, rec.Error)
 	}
 	if rec.BytesOut > heldBytesMax {
 		t.Errorf("bytes_out %d: more than the destination, which read nothing, can have had (%d)", rec.BytesOut, heldBytesMax)
+	}
+}
+
+// TestStallAfterBreakResultMatchesLinger: a client resets after its FIN,
+// the destination reading nothing, the write-stall timeout 2 s. Whether
+// the relay's write of the upload was done at the break (a linger at the
+// copy's end) or still waiting, the same client and destination get the
+// same result: it was `reset` for the one and `stalled` for the other.
+func TestStallAfterBreakResultMatchesLinger(t *testing.T) {
+	r := lingerOnDeafDest(t, 2*time.Second, 256<<10)
+	lingerRec, ok := r.record(t, 10*time.Second)
+	if !ok {
+		t.Fatal("no record of the linger")
+	}
+	blockedRec := breakWhileWritingRecord(t, true)
+	if lingerRec.Result != "reset" || blockedRec.Result != lingerRec.Result {
+		t.Errorf("results %s (write done at the break) and %s (write waiting at the break), want reset for both", lingerRec.Result, blockedRec.Result)
 	}
 }
 

@@ -129,6 +129,11 @@ func (r *relay) cutAfterBreak(why error) bool {
 	return true
 }
 
+// saidOnly is an error whose text the record says, and whose causes the
+// record's result does not go by (relayResultOf): a stall that ended a
+// linger is not the flow's stall.
+type saidOnly struct{ error }
+
 // shareLinger takes one of the client's lingering connections for r, once
 // (r.takeLinger): later calls say what the first got. Nil when r counts
 // none.

@@ -389,6 +389,16 @@ func stallError(to string, waited, timeout time.Duration) error {
 		errWriteStalled, to, waited.Round(time.Millisecond), timeout)
 }
 
+// stallBound is the write-stall timeout in force for r's writes (the
+// default where r has no watch): the bound of a destination socket closed
+// with bytes still to send (closeDelivering).
+func (r *relay) stallBound() time.Duration {
+	if r.stalls == nil {
+		return DefaultWriteStallTimeout
+	}
+	return time.Duration(r.stalls.timeout.Load())
+}
+
 // stall aborts the relay, whose write through ww has made no progress for
 // waited: both peers get a reset, the waiting write returns, and the
 // record says why.
