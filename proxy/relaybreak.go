@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
@@ -83,7 +84,9 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 		r.breakSeen.Store(&why)
 		serr := r.shareLinger()
 		if serr == nil {
-			return // the copy goes on; the linger holds the share taken
+			// The copy goes on; the linger holds the share taken.
+			go r.watchDeny()
+			return
 		}
 		if se, ok := errors.AsType[*lingerShareError](serr); ok {
 			se.counted()
@@ -127,6 +130,56 @@ func (r *relay) cutAfterBreak(why error) bool {
 	err := fmt.Errorf("the client's connection broke after its FIN: %w", *p)
 	r.broke.CompareAndSwap(nil, &err)
 	return true
+}
+
+// denyPoll is how often watchDeny asks the recheck between the policy's
+// changes, which wake it at once: it looks mostly for the copy's end.
+const denyPoll = time.Second
+
+// watchDeny ends the relay, its client broken after its FIN while the
+// write of the upload waits (a linger from the break), when a reload
+// denies the flow, as lingerStop ends a linger: the copy asks the recheck
+// only between reads, and the flow ran to the write-stall timeout, the
+// share and the socket held. It asks at each change of the policy
+// (hostconn.WakeLingers, the policy's OnChange), and every denyPoll, until
+// the copy or the relay ends: a linger at the copy's end asks for itself.
+func (r *relay) watchDeny() {
+	if r.recheck == nil {
+		return
+	}
+	t := time.NewTimer(denyPoll)
+	defer t.Stop()
+	for {
+		woken := hostconn.LingersWoken() // before the look: a change after it wakes the wait
+		if r.left.Load() == 0 || r.out.done.Load() || r.cut.Load() != nil {
+			return
+		}
+		if err := r.recheck(); err != nil {
+			r.denyWhileWriting(err)
+			return
+		}
+		select {
+		case <-woken:
+			t.Stop()
+		case <-t.C:
+		}
+		t.Reset(denyPoll)
+	}
+}
+
+// denyWhileWriting ends the relay watchDeny found denied: the destination
+// is reset, the tail not delivered (cutAfterBreak), and the record says
+// the deny as a linger's (tailCutError).
+func (r *relay) denyWhileWriting(err error) {
+	r.aborting.Lock()
+	defer r.aborting.Unlock()
+	if r.left.Load() == 0 || r.out.done.Load() || r.stalled.Load() != nil {
+		return // ended meanwhile; a linger at the copy's end asks the recheck itself
+	}
+	r.denied.Store(&err)
+	if r.cutAfterBreak(err) {
+		intercept.Abort(r.upstream) // the blocked write ends with net.ErrClosed (writeBreak)
+	}
 }
 
 // saidOnly is an error whose text the record says, and whose causes the
