@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -25,8 +26,9 @@ func TestReloadDenyEndsBreakWhileWriting(t *testing.T) {
 			p.SetWriteStallTimeout(20 * time.Second)
 			r := &stallRig{p: p, sink: sink, client: client}
 			release := make(chan struct{})
-			defer close(release)
-			dst, _ := slowReadDest(t, release)
+			var once sync.Once
+			defer once.Do(func() { close(release) })
+			dst, ends := slowReadDest(t, release)
 			c := dialRaw(t, client, dst)
 			c.SetDeadline(time.Now().Add(60 * time.Second))
 			if blocked {
@@ -56,6 +58,15 @@ func TestReloadDenyEndsBreakWhileWriting(t *testing.T) {
 			if rec.Result != "denied" || !strings.Contains(rec.Error, "ended by a policy reload") ||
 				!strings.Contains(rec.Error, "the upload's tail was not delivered") {
 				t.Errorf("record %s %q, want denied, ended by a policy reload, the tail not delivered", rec.Result, rec.Error)
+			}
+			once.Do(func() { close(release) })
+			select {
+			case got := <-ends:
+				if rec.BytesOut < got.n {
+					t.Errorf("bytes_out %d, less than the %d bytes the destination read", rec.BytesOut, got.n)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("the destination's read did not end")
 			}
 		})
 	}

@@ -95,6 +95,9 @@ func TestRelayZeroWindowDestinationTailNotDelivered(t *testing.T) {
 			t.Errorf("run %d: the destination got %d of %d bytes, never resetting; the record says bytes_out %d, %s %q; want the tail not delivered",
 				i, got.n, size, rec.BytesOut, rec.Result, rec.Error)
 		}
+		if rec.BytesOut < got.n {
+			t.Errorf("run %d: bytes_out %d, less than the %d bytes the destination read", i, rec.BytesOut, got.n)
+		}
 	}
 }
 
@@ -171,6 +174,9 @@ func TestRelayReloadDenyEndsLinger(t *testing.T) {
 	if left > 0 || n == size || rec.Result != "denied" || rec.BytesOut >= size || !strings.Contains(rec.Error, "tail was not delivered") {
 		t.Errorf("record %s bytes_out %d %q, sockets to the destination after it %d, the destination then read %d of %d; want denied, no socket left, the tail not delivered, and the record saying so",
 			rec.Result, rec.BytesOut, rec.Error, left, n, size)
+	}
+	if rec.BytesOut < n {
+		t.Errorf("bytes_out %d, less than the %d bytes the destination read", rec.BytesOut, n)
 	}
 }
 

@@ -92,14 +92,13 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 			se.counted()
 		}
 		err = fmt.Errorf("the client's connection broke after its FIN: %w", why)
-		unsent := unackedOf(r.upstream)
-		r.cut.Store(&lingerCut{unsent: int64(unsent), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}})
+		r.cut.Store(&lingerCut{unsent: int64(notSentOf(r.upstream)), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}})
 	}
 	r.broke.Store(&err)
 	if r.cut.Load() == nil {
 		// The reset throws the socket's send queue away: bytes_out
-		// counts what the destination acknowledged, as for a cut linger.
-		r.cut.Store(&lingerCut{unsent: int64(unackedOf(r.upstream))})
+		// leaves out what was never sent (resetCut).
+		r.cut.Store(&lingerCut{unsent: int64(notSentOf(r.upstream))})
 	}
 	intercept.Abort(r.upstream) // the blocked write ends with net.ErrClosed
 }
@@ -110,8 +109,8 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 // of the relay's, ends the linger begun at the break, before the
 // destination had the upload's tail. The record says the break, as
 // watchBroken's would, and the tail's cut as a linger's end says it
-// (lingerCutOf), bytes_out net of what the destination had not
-// acknowledged. Called before the destination's socket is closed, whose
+// (lingerCutOf), bytes_out net of what the destination never had
+// (resetCut). Called before the destination's socket is closed, whose
 // queue's counts go with it; the first call counts, and reports whether
 // the record says why so.
 func (r *relay) cutAfterBreak(why error) bool {
@@ -124,7 +123,7 @@ func (r *relay) cutAfterBreak(why error) bool {
 		// it may have read, those never sent it did not.
 		why = &hostconn.EndedError{Err: why, NotSent: notSentOf(r.upstream)}
 	}
-	if !r.cut.CompareAndSwap(nil, lingerCutOf(unackedOf(r.upstream), why)) {
+	if !r.cut.CompareAndSwap(nil, lingerCutOf(unackedOf(r.upstream), notSentOf(r.upstream), why)) {
 		return false
 	}
 	err := fmt.Errorf("the client's connection broke after its FIN: %w", *p)
@@ -207,6 +206,23 @@ func (r *relay) releaseLinger() {
 	if r.lingerRelease != nil {
 		r.lingerRelease()
 	}
+}
+
+// resetCut: a reset the appliance sends a destination with bytes of the
+// upload still in the socket's queue throws them away, and bytes_out
+// leaves out what the destination never had. Never sent, it never had
+// them. Sent and not yet acknowledged, it may: the reset follows them on
+// the wire, and a destination that held its acknowledgement back (a
+// delayed ACK) reads them before it (4,096 bytes read where the 2,048
+// acknowledged were counted, in 6 runs of 6), so they are counted, as for
+// a destination's own reset; unless the appliance gave up after a wait
+// that timed out (a write stalled, a linger's bound, the host's timeout):
+// what was not acknowledged in all that time never will be.
+
+// timedOut reports whether err ended a wait on the destination that timed
+// out (resetCut).
+func timedOut(err error) bool {
+	return errors.Is(err, errWriteStalled) || errors.Is(err, hostconn.ErrTailUndelivered) || errors.Is(err, syscall.ETIMEDOUT)
 }
 
 // notSentOf is how many bytes c's socket holds that it never sent (0

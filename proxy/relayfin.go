@@ -78,7 +78,9 @@ func (r *relay) closeDelivering(c net.Conn) {
 		if p := r.destReadErr.Load(); p != nil {
 			hostconn.SeenElsewhere(err, *p)
 		}
-		r.cut.Store(lingerCutOf(unsent, err))
+		// Shut for writing: its FIN counts among the bytes not sent
+		// until it goes.
+		r.cut.Store(lingerCutOf(unsent, max(notSentOf(c)-1, 0), err))
 		intercept.Abort(c)
 	}
 }
@@ -90,20 +92,29 @@ func (r *relay) closeDelivering(c net.Conn) {
 var lingerBufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // lingerCutOf says what a linger that ended with err, unsent data bytes
-// unacknowledged, left the destination without.
-func lingerCutOf(unsent int, err error) *lingerCut {
-	if ended, ok := errors.AsType[*hostconn.EndedError](err); ok && ended.ByPeer() {
+// unacknowledged and notSent of them never sent, left the destination
+// without (resetCut).
+func lingerCutOf(unsent, notSent int, err error) *lingerCut {
+	ended, isEnded := errors.AsType[*hostconn.EndedError](err)
+	if isEnded {
+		notSent = ended.NotSent // counted before the connection's end
+	}
+	if isEnded && ended.ByPeer() {
 		// The destination's own reset: the bytes it had yet to
 		// acknowledge it may have read all the same (its acknowledgement
-		// held back), so bytes_out counts them, as for any destination's
-		// reset; those never sent it did not have.
-		return &lingerCut{unsent: int64(ended.NotSent), err: &tailCutError{fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)}}
+		// held back), so bytes_out counts them; those never sent it did
+		// not have.
+		return &lingerCut{unsent: int64(notSent), err: &tailCutError{fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)}}
 	}
-	// The appliance's end, or the host's (its bound passed, the
-	// shutdown, a reload's deny, the user timeout), or one whose cause is
-	// not known: what the destination had not acknowledged, it never
-	// will.
-	return &lingerCut{unsent: int64(unsent), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: %w", err)}}
+	// The appliance's end (the shutdown, a reload's deny, the share),
+	// or one whose cause is not known: in flight, the destination may
+	// have what it had not acknowledged. After a wait that timed out (the
+	// bound passed, a stall, the user timeout) it never will.
+	cut := notSent
+	if timedOut(err) {
+		cut = unsent
+	}
+	return &lingerCut{unsent: int64(cut), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: %w", err)}}
 }
 
 // tailCutError is a linger's cut, as the record says it: kept whatever

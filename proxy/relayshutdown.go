@@ -21,8 +21,8 @@ import (
 var errShutdownWriting = errors.New("its write to the destination was waiting")
 
 // shutdownWaiting ends r, its write through ww waiting as the stacks
-// close: the destination is reset, and bytes_out counts what it
-// acknowledged (the reset throws the rest away).
+// close: the destination is reset, and bytes_out counts what was sent it
+// (the reset throws the rest away; resetCut).
 func (r *relay) shutdownWaiting(ww *writeWatch) {
 	if ww != &r.out.ww {
 		return // a write to the client: the stacks' close ends it
@@ -37,7 +37,7 @@ func (r *relay) shutdownWaiting(ww *writeWatch) {
 	} else {
 		err := errShutdownWriting
 		r.broke.Store(&err)
-		r.cut.Store(&lingerCut{unsent: int64(unackedOf(r.upstream))})
+		r.cut.Store(&lingerCut{unsent: int64(notSentOf(r.upstream))})
 	}
 	r.out.writeBreak.Store(true) // the write's error is this abort's
 	intercept.Abort(r.upstream)
