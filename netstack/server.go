@@ -308,6 +308,11 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			return DropFragmentNoFlow
 		}
 		flow.lastSeen.Store(now)
+		if s.cfg.Tap != nil {
+			if reason := s.tapScreensFragment(p, inner, flow, 0); reason != DropNone {
+				return reason
+			}
+		}
 	} else if p.ICMPError {
 		// About a flow the table holds, or about nothing: an error makes
 		// no flow (a router's error would take its share from the router,
@@ -362,9 +367,11 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 				}
 			}
 		}
-		if p.MoreFragments && s.cfg.Tap != nil && s.tapWithholds(p, inner, flow, tcpBefore) {
+		if p.MoreFragments && s.cfg.Tap != nil {
 			// Its later fragments find no first and are dropped too.
-			return DropTCPNoConnection
+			if reason := s.tapScreensFragment(p, inner, flow, tcpBefore); reason != DropNone {
+				return reason
+			}
 		}
 		// An echo request's fragments never reach the stack: the echo
 		// relay takes the first alone.
@@ -379,8 +386,14 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		return DropEchoFragmented
 	}
 	if s.cfg.Tap != nil && p.Proto == protoTCP && !p.ICMPError && !p.Fragment && !p.MoreFragments &&
-		p.TCPFlags&(flagSyn|flagRst) == 0 && s.holdBehindSyn(flow, &h, p, inner[:p.Len]) {
-		return DropNone // shown, and taken in, after the SYN it follows
+		p.TCPFlags&(flagSyn|flagRst) == 0 && flow.synWait.Load() != nil {
+		held, full := s.holdBehindSyn(flow, &h, p, inner[:p.Len])
+		if full {
+			return DropSynWaiting
+		}
+		if held {
+			return DropNone // shown, and taken in, after the SYN it follows
+		}
 	}
 	if s.cfg.Tap != nil && !p.MoreFragments && s.tapWithholds(p, inner, flow, tcpBefore) {
 		s.stats.tapWithheld.Add(1)

@@ -98,7 +98,9 @@ type heldSegment struct {
 
 // maxHeldBehindSyn bounds the segments held behind a waiting SYN: what a
 // client sends between its SYN and the stack's answer is a few segments
-// (a Fast Open's or a decoy's); more go in as they come.
+// (a Fast Open's or a decoy's); more are dropped (syn_waiting), as they
+// would be shown before the stack has taken the client's RST: a client
+// resends what it sent on a live connection.
 const maxHeldBehindSyn = 8
 
 // holdBehindSyn holds the client's segment p, pkt (inner packet, cut to
@@ -107,19 +109,25 @@ const maxHeldBehindSyn = 8
 // whether it did. Shown now, data there could be a decoy (the client's RST
 // taken, the stack drops it) or the stream's (a RST the stack ignored,
 // the connection live), which only the stack tells apart, once it has
-// taken the RST: the wait's end (deliverSynLater) decides.
-func (s *Server) holdBehindSyn(flow *Flow, h *Header, p *Packet, pkt []byte) bool {
+// taken the RST: the wait's end (deliverSynLater) decides. full says it
+// could not: the bound is reached, and the segment is to be dropped.
+// Neither, the wait is over (its held segments went in as it ended, under
+// w.mu): the segment goes its way.
+func (s *Server) holdBehindSyn(flow *Flow, h *Header, p *Packet, pkt []byte) (held, full bool) {
 	w := flow.synWait.Load()
 	if w == nil {
-		return false
+		return false, false
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.done || len(w.held) >= maxHeldBehindSyn {
-		return false
+	if w.done {
+		return false, false
+	}
+	if len(w.held) >= maxHeldBehindSyn {
+		return false, true
 	}
 	w.held = append(w.held, heldSegment{pkt: bytes.Clone(pkt), p: *p, endpoint: h.Endpoint, cookie: h.FlowCookie})
-	return true
+	return true, false
 }
 
 // synWaits reports whether the client's bare SYN p, pkt (inner packet, cut
@@ -186,33 +194,34 @@ func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, w *synWait, ipv6
 	for poll := firstSynPoll; s.holdsTCP(&flow.key) && !flow.removed.Load() && monoclock.Now() < deadline; poll = min(2*poll, lastSynPoll) {
 		time.Sleep(poll)
 	}
+	// st.mu before w.mu, as deliver takes them. The held segments go in
+	// under w.mu: one that comes meanwhile waits for them (holdBehindSyn),
+	// rather than reach the stack, and the tap, before them.
+	st.mu.RLock()
+	defer st.mu.RUnlock()
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.done = true
 	flow.synWait.Store(nil)
-	held := w.held
-	w.mu.Unlock()
 	s.synWaiters.Add(-1)
 	flow.owner.synWaitEnd()
 	if flow.removed.Load() {
-		s.stats.drop(DropSynWaitAbandoned)
-		for range held {
+		for range 1 + len(w.held) {
 			s.stats.drop(DropSynWaitAbandoned)
 		}
 		return
 	}
 	// Decided before the SYN goes in: the connection it makes would be
 	// the one a look finds.
-	for i := range held {
-		s.tapHeld(flow, &held[i])
+	for i := range w.held {
+		s.tapHeld(flow, &w.held[i])
 	}
-	st.mu.RLock()
 	if !st.closed { // closed: the client sends its SYN again to a new stack
 		st.link.inject(w.pkt, ipv6)
-		for _, seg := range held {
+		for _, seg := range w.held {
 			st.link.inject(seg.pkt, ipv6)
 		}
 	}
-	st.mu.RUnlock()
 }
 
 // synWaitEnd gives back a waiting SYN's place in cl's share, and drops cl

@@ -31,17 +31,43 @@ func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpBefore uint3
 	if tcpLiveState(tcpBefore) && flow.clientRst.Load() == 0 {
 		return false
 	}
-	return !s.tcpTakesData(&flow.key)
+	return !s.tcpTakesData(&flow.key, true)
 }
 
 // tapHeld shows the tap a segment held behind a waiting SYN, unless it
 // carries data that the stack's connection on the flow's 4-tuple, now that
-// the wait is over, takes none of (holdBehindSyn).
+// the wait is over, takes none of (holdBehindSyn). A half-open connection
+// (SYN-RECEIVED) takes none either: the waiting SYN goes in before it, and
+// gVisor resets a half-open connection on a SYN with another ISN (one with
+// the same ISN is a copy the wait answered for: synWaits).
 func (s *Server) tapHeld(flow *Flow, seg *heldSegment) {
 	p := &seg.p
-	if p.Len > p.Payload+int(seg.pkt[p.Payload+12]>>4)*4 && !s.tcpTakesData(&flow.key) {
+	if p.Len > p.Payload+int(seg.pkt[p.Payload+12]>>4)*4 && !s.tcpTakesData(&flow.key, false) {
 		s.stats.tapWithheld.Add(1)
 		return
 	}
 	s.cfg.Tap.Packet(seg.endpoint, seg.cookie, false, time.Now().UnixNano(), *p, seg.pkt)
+}
+
+// tapScreensFragment decides, with a tap on, on a client's IP fragment p,
+// pkt, of flow (its TCP state before it tcpBefore, for a first one): it
+// returns why it is to be dropped, or DropNone. The feed would show a
+// fragment as it comes, before the stack has the datagram whole: a TCP
+// segment's fragments that no connection will take are a decoy, and each
+// is looked at (a first fragment sent while the connection lived, the rest
+// after the client's RST and SYN, showed a decoy whole). While a SYN of
+// the flow waits they cannot be held whole: dropped (the client sends them
+// again).
+func (s *Server) tapScreensFragment(p *Packet, pkt []byte, flow *Flow, tcpBefore uint32) DropReason {
+	switch {
+	case flow.key.Proto != protoTCP:
+		return DropNone
+	case flow.synWait.Load() != nil:
+		return DropSynWaiting
+	case p.Fragment && !s.tcpTakesData(&flow.key, true):
+		return DropTCPNoConnection
+	case !p.Fragment && s.tapWithholds(p, pkt, flow, tcpBefore):
+		return DropTCPNoConnection
+	}
+	return DropNone
 }

@@ -64,6 +64,20 @@ func (h *gatedHandler) HandleTCP(req *TCPRequest) {
 	h.AcceptHandler.HandleTCP(req)
 }
 
+// sawAny reports whether the tap was shown any of pkts, as they are.
+func (pt *payloadTap) sawAny(pkts [][]byte) bool {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	for _, p := range pt.pkts {
+		for _, q := range pkts {
+			if bytes.Equal(p, q) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // sawPart reports whether the tap was shown a packet holding part.
 func (pt *payloadTap) sawPart(part string) bool {
 	pt.mu.Lock()
@@ -311,6 +325,123 @@ func TestTapShowsLiveDataWhileSynWaits(t *testing.T) {
 			}
 			if !r.tap.saw(hidden) {
 				t.Errorf("the tap was not shown %q, which the live connection took", hidden)
+			}
+		})
+	}
+}
+
+// decoyFragments is a decoy segment at seq, cut into IP fragments with
+// their checksums set; the last ones hold "decoy.example".
+func decoyFragments(r *tapReuseRig, seq uint32) [][]byte {
+	decoy := "GET /fine/readme.txt HTTP/1.1\r\nHost: decoy.example\r\n\r\n"
+	mtu := 80
+	if r.ether == EtherTypeIPv6 {
+		mtu = 120
+	}
+	frags := fragment(clientSegment(r.client, r.server, seq, 5000, header.TCPFlagAck|header.TCPFlagPsh, []byte(decoy)), 77, mtu)
+	for _, f := range frags {
+		if r.ether == EtherTypeIPv4 {
+			ip := header.IPv4(f)
+			ip.SetChecksum(0)
+			ip.SetChecksum(^ip.CalculateChecksum())
+		}
+	}
+	return frags
+}
+
+// TestTapWithholdsSplitFragmentDecoy: a decoy's first fragment sent while
+// the connection lives (no look: a live flow), its other fragments after
+// the client's RST and a new SYN: the stack reassembled it with no
+// connection there and answered with a RST, and the feed showed every
+// fragment. Each later fragment is looked at too: dropped.
+func TestTapWithholdsSplitFragmentDecoy(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		for _, burst := range []bool{false, true} {
+			t.Run(fmt.Sprintf("v6=%v/burst=%v", v6, burst), func(t *testing.T) {
+				r := newTapReuseRig(t, v6)
+				frags := decoyFragments(r, 50001)
+				r.send(frags[0])
+				r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+				if !burst {
+					waitUntil(t, 5*time.Second, "the stack to let the reset connection go", func() (bool, string) {
+						k := flowKeyOf(r.client, r.server)
+						return !r.s.holdsTCP(&k), "held"
+					})
+				}
+				r.send(clientSegment(r.client, r.server, 50000, 0, header.TCPFlagSyn, nil))
+				for _, f := range frags[1:] {
+					r.send(f)
+				}
+				d := r.s.Stats().Drops
+				if r.tap.sawAny(frags[1:]) || d["tcp_no_connection"]+d["syn_waiting"] == 0 {
+					t.Errorf("tap saw the decoy's later fragments %v; tcp_no_connection %d, syn_waiting %d; want not seen, dropped",
+						r.tap.sawAny(frags[1:]), d["tcp_no_connection"], d["syn_waiting"])
+				}
+			})
+		}
+	}
+}
+
+// TestTapBehindWaitingSynPastHold: behind a SYN waiting for the stack to
+// take the client's RST, what the hold cannot take (the 9th segment, any
+// fragment) was looked at at once, before the stack took the RST (about
+// half a millisecond), and a decoy there shown. It is dropped (syn_waiting).
+func TestTapBehindWaitingSynPastHold(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		for _, mode := range []string{"9th segment", "fragments"} {
+			t.Run(fmt.Sprintf("v6=%v/%s", v6, mode), func(t *testing.T) {
+				r := newTapReuseRig(t, v6)
+				r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+				r.send(clientSegment(r.client, r.server, 50000, 0, header.TCPFlagSyn, nil))
+				if mode == "9th segment" {
+					for range maxHeldBehindSyn {
+						r.send(clientSegment(r.client, r.server, 50001, 5000, header.TCPFlagAck, nil))
+					}
+					r.send(clientSegment(r.client, r.server, 50001, 5000, header.TCPFlagAck|header.TCPFlagPsh,
+						[]byte("GET /fine/readme.txt HTTP/1.1\r\nHost: decoy.example\r\n\r\n")))
+				} else {
+					for _, f := range decoyFragments(r, 50001) {
+						r.send(f)
+					}
+				}
+				waitUntil(t, 5*time.Second, "the SYN's wait to end", func() (bool, string) {
+					return r.s.synWaiters.Load() == 0, "waiting"
+				})
+				if r.tap.sawPart("decoy.example") {
+					t.Errorf("the tap was shown the decoy behind the waiting SYN (syn_waiting %d)", r.s.Stats().Drops["syn_waiting"])
+				}
+			})
+		}
+	}
+}
+
+// TestTapHeldDecoyBehindHalfOpen: the old connection half-open
+// (SYN-RECEIVED), the client's RST out of its window (ignored), a SYN with
+// another ISN waits its whole 20 ms and a decoy is held behind it: at the
+// wait's end the half-open connection was taken to take data, the decoy
+// shown; but the SYN goes in first and gVisor resets a half-open
+// connection on a SYN with another ISN, and the decoy found none.
+func TestTapHeldDecoyBehindHalfOpen(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			r := newTapReuseRig(t, v6)
+			r.client = netip.AddrPortFrom(r.client.Addr(), 40002) // a port of its own, half-open
+			r.open()
+			r.send(clientSegment(r.client, r.server, 1000, 0, header.TCPFlagSyn, nil))
+			readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck)
+			r.send(clientSegment(r.client, r.server, 1001+0x40000000, 0, header.TCPFlagRst, nil))
+			r.send(clientSegment(r.client, r.server, 50000, 0, header.TCPFlagSyn, nil))
+			if r.s.synWaiters.Load() == 0 {
+				t.Fatal("the SYN did not wait")
+			}
+			decoy := "GET /fine/readme.txt"
+			r.send(clientSegment(r.client, r.server, 50001, 5000, header.TCPFlagAck|header.TCPFlagPsh, []byte(decoy)))
+			waitUntil(t, 5*time.Second, "the SYN's wait to end", func() (bool, string) {
+				return r.s.synWaiters.Load() == 0, "waiting"
+			})
+			t.Logf("tap_withheld %d", r.s.Stats().TapWithheld)
+			if r.tap.saw(decoy) {
+				t.Errorf("the tap was shown the decoy held behind a SYN that resets the half-open connection (tap_withheld %d)", r.s.Stats().TapWithheld)
 			}
 		})
 	}
