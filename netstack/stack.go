@@ -263,10 +263,10 @@ func (s *Server) tcpEndpoint(k *FlowKey) stack.TransportEndpoint {
 
 // tcpTakesData reports whether the stack of k's endpoint holds a
 // connection on k's 4-tuple that may take a client's data: one not torn
-// down already (reset, closed, in TIME-WAIT), and, with halfOpen false,
-// not half-open (SYN-RECEIVED). A RST the connection has not taken yet,
-// or one it ignored, leaves it taking data: only the stack can tell which.
-func (s *Server) tcpTakesData(k *FlowKey, halfOpen bool) bool {
+// down already (reset, closed, in TIME-WAIT). A RST the connection has
+// not taken yet, or one it ignored, leaves it taking data: only the stack
+// can tell which.
+func (s *Server) tcpTakesData(k *FlowKey) bool {
 	ep := s.tcpEndpoint(k)
 	if ep == nil {
 		return false
@@ -275,8 +275,6 @@ func (s *Server) tcpTakesData(k *FlowKey, halfOpen bool) bool {
 		switch e.EndpointState() {
 		case tcp.StateError, tcp.StateClose, tcp.StateTimeWait:
 			return false
-		case tcp.StateSynRecv:
-			return halfOpen
 		}
 	}
 	return true

@@ -201,8 +201,9 @@ func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, w *synWait, ipv6
 	defer st.mu.RUnlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// Cleared last: until then a segment finds the wait and waits on w.mu.
+	defer flow.synWait.Store(nil)
 	w.done = true
-	flow.synWait.Store(nil)
 	s.synWaiters.Add(-1)
 	flow.owner.synWaitEnd()
 	if flow.removed.Load() {

@@ -31,18 +31,20 @@ func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpBefore uint3
 	if tcpLiveState(tcpBefore) && flow.clientRst.Load() == 0 {
 		return false
 	}
-	return !s.tcpTakesData(&flow.key, true)
+	return !s.tcpTakesData(&flow.key)
 }
 
 // tapHeld shows the tap a segment held behind a waiting SYN, unless it
 // carries data that the stack's connection on the flow's 4-tuple, now that
 // the wait is over, takes none of (holdBehindSyn). A half-open connection
-// (SYN-RECEIVED) takes none either: the waiting SYN goes in before it, and
-// gVisor resets a half-open connection on a SYN with another ISN (one with
-// the same ISN is a copy the wait answered for: synWaits).
+// (SYN-RECEIVED) counts as taking it: the waiting SYN, which goes in
+// first, resets it when its ISN differs and falls in its window, but a
+// copy of its SYN, or one out of its window, draws an ACK and leaves it,
+// and the held segment may then complete its handshake with the client's
+// request: withheld, the request would be hidden from the IDS.
 func (s *Server) tapHeld(flow *Flow, seg *heldSegment) {
 	p := &seg.p
-	if p.Len > p.Payload+int(seg.pkt[p.Payload+12]>>4)*4 && !s.tcpTakesData(&flow.key, false) {
+	if p.Len > p.Payload+int(seg.pkt[p.Payload+12]>>4)*4 && !s.tcpTakesData(&flow.key) {
 		s.stats.tapWithheld.Add(1)
 		return
 	}
@@ -64,7 +66,7 @@ func (s *Server) tapScreensFragment(p *Packet, pkt []byte, flow *Flow, tcpBefore
 		return DropNone
 	case flow.synWait.Load() != nil:
 		return DropSynWaiting
-	case p.Fragment && !s.tcpTakesData(&flow.key, true):
+	case p.Fragment && !s.tcpTakesData(&flow.key):
 		return DropTCPNoConnection
 	case !p.Fragment && s.tapWithholds(p, pkt, flow, tcpBefore):
 		return DropTCPNoConnection

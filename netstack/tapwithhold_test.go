@@ -415,34 +415,92 @@ func TestTapBehindWaitingSynPastHold(t *testing.T) {
 	}
 }
 
-// TestTapHeldDecoyBehindHalfOpen: the old connection half-open
-// (SYN-RECEIVED), the client's RST out of its window (ignored), a SYN with
-// another ISN waits its whole 20 ms and a decoy is held behind it: at the
-// wait's end the half-open connection was taken to take data, the decoy
-// shown; but the SYN goes in first and gVisor resets a half-open
-// connection on a SYN with another ISN, and the decoy found none.
-func TestTapHeldDecoyBehindHalfOpen(t *testing.T) {
+// TestTapShowsRequestBehindSynToHalfOpen: the client's connection half
+// open (the stack sent its SYN-ACK), a RST out of its window (ignored), a
+// SYN the connection does not reset on (a copy of its SYN, or one out of
+// its window: an ACK answers it) that waits its whole 20 ms, then the ACK
+// of the SYN-ACK with the request: held behind the SYN, the request
+// completes the handshake and the connection takes it, so the tap must be
+// shown it. Counting a half-open connection as taking none of the held
+// data hid it (30 of 30).
+func TestTapShowsRequestBehindSynToHalfOpen(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
-		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
-			r := newTapReuseRig(t, v6)
-			r.client = netip.AddrPortFrom(r.client.Addr(), 40002) // a port of its own, half-open
-			r.open()
-			r.send(clientSegment(r.client, r.server, 1000, 0, header.TCPFlagSyn, nil))
-			readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck)
-			r.send(clientSegment(r.client, r.server, 1001+0x40000000, 0, header.TCPFlagRst, nil))
-			r.send(clientSegment(r.client, r.server, 50000, 0, header.TCPFlagSyn, nil))
-			if r.s.synWaiters.Load() == 0 {
-				t.Fatal("the SYN did not wait")
-			}
-			decoy := "GET /fine/readme.txt"
-			r.send(clientSegment(r.client, r.server, 50001, 5000, header.TCPFlagAck|header.TCPFlagPsh, []byte(decoy)))
-			waitUntil(t, 5*time.Second, "the SYN's wait to end", func() (bool, string) {
-				return r.s.synWaiters.Load() == 0, "waiting"
+		for _, isn := range []uint32{1000, 1000 + 0x80000000} {
+			t.Run(fmt.Sprintf("v6=%v/isn=%d", v6, isn), func(t *testing.T) {
+				r := newTapReuseRig(t, v6)
+				r.client = netip.AddrPortFrom(r.client.Addr(), 40002) // a port of its own, half-open
+				r.open()
+				r.send(clientSegment(r.client, r.server, 1000, 0, header.TCPFlagSyn, nil))
+				ack := readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1
+				r.send(clientSegment(r.client, r.server, 1001+0x40000000, 0, header.TCPFlagRst, nil))
+				r.send(clientSegment(r.client, r.server, isn, 0, header.TCPFlagSyn, nil))
+				request := "GET /evil/hidden-from-ids HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+				r.send(clientSegment(r.client, r.server, 1001, ack, header.TCPFlagAck|header.TCPFlagPsh, []byte(request)))
+				c := r.accept()
+				got := make([]byte, len(request))
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(c, got); err != nil || string(got) != request {
+					t.Fatalf("the connection read %q (%v), want the request", got, err)
+				}
+				if !r.tap.saw(request) {
+					t.Errorf("the stack took the request, the tap was never shown it (tap_withheld %d)", r.s.Stats().TapWithheld)
+				}
 			})
-			t.Logf("tap_withheld %d", r.s.Stats().TapWithheld)
-			if r.tap.saw(decoy) {
-				t.Errorf("the tap was shown the decoy held behind a SYN that resets the half-open connection (tap_withheld %d)", r.s.Stats().TapWithheld)
+		}
+	}
+}
+
+// TestTapHeldSegmentsShownInTheStacksOrder: a segment that comes as the
+// wait behind which others were held ends goes to the stack after them,
+// and so to the tap: it reached the stack first while the tap showed the
+// held one first, at the same sequence number (an IDS rebuilt other bytes
+// than the stack took).
+func TestTapHeldSegmentsShownInTheStacksOrder(t *testing.T) {
+	inverted, tries := 0, 0
+	for range 100 {
+		r := newTapReuseRig(t, false)
+		c := r.accepted
+		got := make([]byte, 5)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatal(err)
+		}
+		// A RST the stack ignores: the connection lives, the SYN waits 20 ms.
+		r.send(clientSegment(r.client, r.server, 1006+0x40000000, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+		r.send(clientSegment(r.client, r.server, 90000, 0, header.TCPFlagSyn, nil))
+		k := flowKeyOf(r.client, r.server)
+		f := r.s.flows.Lookup(&k)
+		if f.synWait.Load() == nil {
+			continue
+		}
+		tries++
+		r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagAck|header.TCPFlagPsh, []byte("XXXXXXXX")))
+		// The moment the wait looks over to deliver, as close as can be.
+		for deadline := time.Now().Add(5 * time.Second); f.synWait.Load() != nil && time.Now().Before(deadline); {
+		}
+		r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagAck|header.TCPFlagPsh, []byte("YYYYYYYY")))
+		got = make([]byte, 8)
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatal(err)
+		}
+		r.tap.mu.Lock()
+		first := ""
+		for _, p := range r.tap.payloads {
+			if s := string(p); s == "XXXXXXXX" || s == "YYYYYYYY" {
+				first = s
+				break
 			}
-		})
+		}
+		r.tap.mu.Unlock()
+		if first != string(got) {
+			inverted++
+		}
+	}
+	if tries == 0 {
+		t.Fatal("no SYN waited")
+	}
+	t.Logf("%d of %d inverted", inverted, tries)
+	if inverted > 0 {
+		t.Errorf("the tap showed first other bytes than the stack took at the same sequence number in %d of %d", inverted, tries)
 	}
 }
