@@ -212,16 +212,17 @@ func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, w *synWait, ipv6
 		}
 		return
 	}
+	if st.closed { // the client sends its SYN again to a new stack
+		return
+	}
 	// Decided before the SYN goes in: the connection it makes would be
 	// the one a look finds.
 	for i := range w.held {
 		s.tapHeld(flow, &w.held[i])
 	}
-	if !st.closed { // closed: the client sends its SYN again to a new stack
-		st.link.inject(w.pkt, ipv6)
-		for _, seg := range w.held {
-			st.link.inject(seg.pkt, ipv6)
-		}
+	st.link.inject(w.pkt, ipv6)
+	for _, seg := range w.held {
+		st.link.inject(seg.pkt, ipv6)
 	}
 }
 
