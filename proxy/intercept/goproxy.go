@@ -288,8 +288,8 @@ func (rt *roundTripper) end() {
 			if p := rt.tailCut.Load(); p != nil && s.Record.Result == "ok" && !errors.Is(*p, errTunnelReloadDenied) {
 				s.Record.Result = "reset"
 				s.Record.Error = fmt.Sprintf("the client's connection broke after its FIN, and %v", *p)
-				if errors.Is(*p, errUploadUnended) { // as the tunnel's record says it (writeFailed)
-					s.Record.Result, s.Record.Error = "timeout", (*p).Error()
+				if destEndCut(*p) { // as the tunnel's record says it (writeFailed)
+					s.Record.Result, s.Record.Error = writeResult(*p), (*p).Error()
 				}
 			}
 			s.finish() // with the destination's bytes, TLS and all

@@ -40,6 +40,8 @@ type upgradedBody struct {
 	// and its outcome kept: Close waits on it for a write in flight
 	// (boundWrite).
 	wmu sync.Mutex
+	// writing: such a write is under way (relayDestinationEnd's record).
+	writing atomic.Bool
 	// bounded: boundWrite has set the write deadline that bounds a write
 	// in flight, and a write it times out is the appliance's own doing
 	// (endedHere).
@@ -161,7 +163,9 @@ func (u *upgradedBody) Read(p []byte) (int, error) {
 func (u *upgradedBody) Write(p []byte) (int, error) {
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
+	u.writing.Store(true)
 	n, err := u.conn.Write(p)
+	u.writing.Store(false)
 	if u.upload != nil {
 		u.upload.wrote(n, err)
 	}
@@ -201,23 +205,27 @@ func (u *upgradedBody) writeCut() error {
 // The copy may still finish within the bound; a write of it still under
 // way at the bound is cut, the appliance's own end (endedHere), and the
 // upload's tail was not delivered (closeDelivering). The session's abort
-// ends the wait too (it closes the upstream). The linger after it counts
-// the wait against its bound.
+// ends the wait too (it closes the upstream), and so does the stacks'
+// close, which cuts the write at once (shutCut): a client that closed
+// has no endpoint for it to abort, and the tunnel outlived the drain by
+// the whole bound. The bound follows the write-stall timeout as it
+// changes (awaitBounded). The linger after it counts the wait against
+// its bound.
 func (u *upgradedBody) boundWrite() {
 	u.bounded.Store(true)
 	start := time.Now()
-	u.writeBound = u.lingerBound()
-	_ = u.conn.SetWriteDeadline(start.Add(u.writeBound))
+	setBound := func(d time.Duration) {
+		u.writeBound = d
+		_ = u.conn.SetWriteDeadline(start.Add(d))
+	}
+	setBound(u.lingerBound())
 	if u.upload != nil {
 		// Bounded by a timer too: a copy that waits on a read of a client
 		// that never ends writes nothing the deadline could cut.
-		t := time.NewTimer(u.writeBound)
-		select {
-		case <-u.upload.over():
-		case <-u.aborted: // nil (never) outside a session
-		case <-t.C:
+		if u.awaitBounded(start, u.upload.over(), nil, setBound) == endedAtShutdown {
+			u.shutCut.Store(true) // before the cut: cutError names it
+			_ = u.conn.SetWriteDeadline(time.Now())
 		}
-		t.Stop()
 	}
 	u.wmu.Lock()
 	u.writeWait = time.Since(start)

@@ -360,10 +360,11 @@ func bodyResult(err error) string {
 
 // writeResult names why a write to a tunnel's destination failed, for the
 // Result field: a reset, also when the write came after the reset was
-// taken (EPIPE: endedHere has left out the appliance's own end); else as
+// taken (EPIPE: endedHere has left out the appliance's own end), and the
+// appliance's reset at its shutdown (relayDestinationEnd); else as
 // bodyResult.
 func writeResult(err error) string {
-	if errors.Is(err, syscall.EPIPE) {
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, errShutdownLingering) {
 		return "reset"
 	}
 	return bodyResult(err)

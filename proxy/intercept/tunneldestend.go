@@ -21,40 +21,44 @@ import (
 // ended the tunnel (Close, u.ended), as a half-close: the client is told
 // (its side of the tunnel's end: close_notify, FIN), and the upload goes
 // on until its copy is over (the client's own end, all of it written),
-// bounded by the linger's bound (the write-stall timeout, when shorter:
-// the session's stall watch bounds a write blocked meanwhile), the
-// session's abort, or the client's break. A copy not over by the bound
+// bounded by the linger's bound (the write-stall timeout, when shorter,
+// followed as it changes: the session's stall watch bounds a write
+// blocked meanwhile), the session's abort, the client's break, or the
+// stacks' close. A copy not over by the bound, or at the stacks' close,
 // leaves the client's upload cut: the destination is reset, never given
 // the end of a stream the client did not end, and the error returned and
-// kept for the records (writeFailed: a timeout, the bound's) says so;
-// nil otherwise, and Close ends the upstream as usual. A destination
-// whose read ended on the connection's error (a reset) is not waited
-// for: it reads nothing more.
+// kept for the records (writeFailed; onTailCut) says so: a timeout, the
+// bound's, or the shutdown (a reset); nil otherwise, and Close ends the
+// upstream as usual. A copy whose write waits on the destination then is
+// the destination's doing (errUploadUntaken), whatever the client did: a
+// client that closed cleanly meanwhile has ended its side, and its
+// upload waits on a destination that takes nothing. A destination whose
+// read ended on the connection's error (a reset) is not waited for: it
+// reads nothing more.
 func (u *upgradedBody) relayDestinationEnd() error {
 	if u.upload == nil || u.endClient == nil || u.readErr.Load() != nil || u.upload.overNow() {
 		return nil
 	}
 	u.endClient()
-	bound := u.lingerBound()
-	t := time.NewTimer(bound)
-	defer t.Stop()
-	select {
-	case <-u.upload.over():
-		return nil
-	case <-u.aborted: // nil (never) outside a session: its reason is the records'
-		return nil
-	case <-u.clientBreak: // nil too: Close's broken path settles it
-		return nil
-	case <-t.C:
-	}
-	if u.upload.overNow() {
+	end := u.awaitBounded(time.Now(), u.upload.over(), u.clientBreak, nil) // clientBreak: Close's broken path settles it
+	if end == endedEarly || u.upload.overNow() {
 		return nil
 	}
 	// Kept as the upload's failed write for the tunnel's record
-	// (writeFailed), and told to the connection's (onTailCut): the
-	// appliance's bound, a timeout, cut it.
-	cut := fmt.Errorf("%w within the %v bound: the destination was reset, the rest of the client's upload not relayed: %w",
-		errUploadUnended, bound, os.ErrDeadlineExceeded)
+	// (writeFailed), and told to the connection's (onTailCut).
+	why, unacked := errUploadUnended, ""
+	if u.writing.Load() {
+		why = errUploadUntaken
+		unacked = u.unackedNote()
+	}
+	var cut error
+	if end == endedAtShutdown {
+		cut = fmt.Errorf("%w when it was %w%s: the destination was reset, the rest of the client's upload not relayed",
+			why, errShutdownLingering, unacked)
+	} else {
+		cut = fmt.Errorf("%w within the %v bound%s: the destination was reset, the rest of the client's upload not relayed: %w",
+			why, u.lingerBound(), unacked, os.ErrDeadlineExceeded)
+	}
 	u.noteWriteErr(cut)
 	u.closing.Store(true)
 	u.stop()
@@ -62,8 +66,20 @@ func (u *upgradedBody) relayDestinationEnd() error {
 }
 
 // errUploadUnended says a tunnel's destination ended its side and its
-// client did not end its own within the bound (relayDestinationEnd).
-var errUploadUnended = errors.New("the destination ended its side, and the client had not ended its own")
+// client did not end its own within the bound (relayDestinationEnd), and
+// errUploadUntaken that the destination, having ended its side, did not
+// take what the client sent: a write of it to the destination was
+// waiting.
+var (
+	errUploadUnended = errors.New("the destination ended its side, and the client had not ended its own")
+	errUploadUntaken = errors.New("the destination ended its side, and took no more of the client's upload")
+)
+
+// destEndCut reports whether err is relayDestinationEnd's cut of the
+// upload: the connection's record says it as the tunnel's does.
+func destEndCut(err error) bool {
+	return errors.Is(err, errUploadUnended) || errors.Is(err, errUploadUntaken)
+}
 
 // halfClose ends the sending side of the client's connection (a TLS
 // close_notify, then the socket's FIN), after what its writes hold, and

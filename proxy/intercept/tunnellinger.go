@@ -147,12 +147,7 @@ func (u *upgradedBody) resetTail(sock net.Conn, err error) error {
 // the reset that follows throws away, as the linger's error does: the
 // record's bytes_out counts it as written.
 func (u *upgradedBody) cutError(cut error) error {
-	unacked := ""
-	if q, ok := socketOf(u.conn).(interface{ SendQueued() (int, error) }); ok {
-		if n, err := q.SendQueued(); err == nil {
-			unacked = fmt.Sprintf(" (%d bytes on the wire unacknowledged)", n)
-		}
-	}
+	unacked := u.unackedNote()
 	if errors.Is(cut, os.ErrDeadlineExceeded) && u.shutCut.Load() {
 		return fmt.Errorf("%w: a write to the destination was under way when it was %w%s: %w", errTailUndelivered, errShutdownLingering, unacked, cut)
 	}
@@ -160,6 +155,18 @@ func (u *upgradedBody) cutError(cut error) error {
 		return fmt.Errorf("%w: a write to the destination did not finish within %v%s: %w", errTailUndelivered, u.writeBound, unacked, cut)
 	}
 	return fmt.Errorf("%w: the rest of it came after the tunnel's end%s: %w", errTailUndelivered, unacked, cut)
+}
+
+// unackedNote says how much of what was written to the upstream its
+// destination has not acknowledged, for an error's text; "" when the
+// socket cannot say.
+func (u *upgradedBody) unackedNote() string {
+	if q, ok := socketOf(u.conn).(interface{ SendQueued() (int, error) }); ok {
+		if n, err := q.SendQueued(); err == nil {
+			return fmt.Sprintf(" (%d bytes on the wire unacknowledged)", n)
+		}
+	}
+	return ""
 }
 
 // lingerBound is the bound of the tunnel's linger now: TunnelLingerBound,
