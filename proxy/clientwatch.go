@@ -107,6 +107,9 @@ func (w *clientWatch) abort(busy, afterFIN bool) {
 	if why == nil {
 		return // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
 	}
+	// A break after the FIN is one only now (a clean close completing
+	// looks alike on the packet path): a tunnel's waits end on it.
+	w.is.ClientBroken()
 	if w.p.stacksClosing.Load() {
 		w.is.Abort("reset", fmt.Errorf("%w: the client's connection: %w", errShutdown, why))
 		return

@@ -125,6 +125,27 @@ func TestTunnelDestHalfCloseCleanClientStacksClose(t *testing.T) {
 				if rec.Result != "reset" || !strings.Contains(rec.Error, "ended by the appliance's shutdown (its packet stacks closed)") {
 					t.Errorf("%s record %s %q; want reset, the shutdown", rec.Kind, rec.Result, rec.Error)
 				}
+				if strings.Contains(rec.Error, "broke") {
+					t.Errorf("%s record %q says the client broke its connection; it closed cleanly", rec.Kind, rec.Error)
+				}
+			}
+		})
+	}
+}
+
+// TestTunnelDestHalfCloseCleanClientIsDestinationsDoing: with no
+// shutdown, the records at the bound blame the destination, which took
+// nothing more, not the client, which closed cleanly.
+func TestTunnelDestHalfCloseCleanClientIsDestinationsDoing(t *testing.T) {
+	defer intercept.SetTunnelLingerBound(3 * time.Second)()
+	for _, bumped := range []bool{false, true} {
+		t.Run(map[bool]string{false: "cleartext", true: "bumped"}[bumped], func(t *testing.T) {
+			r, rc := cleanClosedTunnel(t, bumped)
+			for _, rec := range tunnelRecords(t, r, rc, bumped, 15*time.Second) {
+				t.Logf("%s record %s %q bytes_out %d", rec.Kind, rec.Result, rec.Error, rec.BytesOut)
+				if rec.Result != "timeout" || !strings.Contains(rec.Error, "the destination ended its side, and took no more of the client's upload within the 3s bound") || strings.Contains(rec.Error, "broke") {
+					t.Errorf("%s record %s %q; want timeout, the destination taking no more", rec.Kind, rec.Result, rec.Error)
+				}
 			}
 		})
 	}

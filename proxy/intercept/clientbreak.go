@@ -38,13 +38,18 @@ const (
 // FIN (netstack.Conn.BrokenAfterFIN): a WebSocket tunnel is no longer
 // under way then, the client having ended its side (answer.go). A tunnel
 // that waits for the destination to end its side (upgradedBody.Close)
-// ends on the break (clientBreakSignal). It only loads and swaps atomics,
-// and closes that channel.
+// ends on the break (clientBreakSignal): a break before the FIN at once,
+// one after it once the client watch knows it for one (ClientBroken): a
+// clean close completing (the client's FIN, then its ACK of the
+// appliance's) looks alike until then, and a tunnel's wait for its
+// upload ended on it, its record saying the client broke its connection.
+// It only loads and swaps atomics, and closes that channel.
 func (s *Session) NoteClientBreak(afterFIN bool) bool {
 	if afterFIN {
 		s.finBreak.Store(true) // before requestUnderWay loads it
+	} else {
+		defer s.ClientBroken()
 	}
-	defer s.signalBreak()
 	if s.requestUnderWay() {
 		s.broke.Store(breakUnderWay)
 		return true
@@ -59,13 +64,23 @@ func (s *Session) NoteClientBreak(afterFIN bool) bool {
 func (s *Session) clientBreakSignal() <-chan struct{} {
 	ch := make(chan struct{})
 	s.breakCh.Store(&ch)
-	// NoteClientBreak stores broke before it loads breakCh, and this the
-	// other way round (sequentially consistent atomics): one of the two
-	// sees the other.
-	if s.broke.Load() != 0 {
+	// ClientBroken stores brokenSeen before it loads breakCh, and this
+	// the other way round (sequentially consistent atomics): one of the
+	// two sees the other.
+	if s.brokenSeen.Load() {
 		s.signalBreak()
 	}
 	return ch
+}
+
+// ClientBroken says the client broke its connection (a reset or a
+// vanishing, not a clean close), and ends a tunnel's waits on it
+// (clientBreakSignal). The client watch calls it once it has what broke
+// the connection, for a break after the client's FIN (NoteClientBreak
+// does for one before it).
+func (s *Session) ClientBroken() {
+	s.brokenSeen.Store(true)
+	s.signalBreak()
 }
 
 // signalBreak closes the channel of clientBreakSignal, if there is one,

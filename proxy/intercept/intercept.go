@@ -177,9 +177,11 @@ type Session struct {
 	// broke says whether a request was under way when the client's
 	// connection was first seen broken, finBreak whether that break came
 	// after the client's FIN, and breakCh, once a tunnel asked for it, is
-	// closed by the break (breakClosed: closed already) (clientbreak.go).
+	// closed by the break (breakClosed: closed already), once it is known
+	// for one (brokenSeen: ClientBroken) (clientbreak.go).
 	broke       atomic.Int32
 	finBreak    atomic.Bool
+	brokenSeen  atomic.Bool
 	breakCh     atomic.Pointer[chan struct{}]
 	breakClosed atomic.Bool
 	// breakTakenCh is closed once the client watch has taken what broke
