@@ -326,6 +326,15 @@ func (rt *roundTripper) clientOutcome(ctx context.Context, rb *recordingBody) (r
 	broke := rt.s.clientBroke()
 	if rb.tunnel {
 		broke = rt.s.awaitBreakTaken()
+		if broke != nil && rt.s.finBreak.Load() && clientBreakResult(broke) == "reset" {
+			// A reset after the client's FIN cuts nothing (the tls
+			// record says ok: noteClientBreak). The stack keeps no
+			// reset that comes in CLOSE-WAIT (ErrResetAfterFIN), but
+			// keeps one that meets the appliance's own FIN, not yet
+			// acknowledged (LAST-ACK, CLOSING: a destination's
+			// half-close relayed), as a plain reset.
+			broke = nil
+		}
 	}
 	return rb.outcome(ctx, werr, broke)
 }
