@@ -65,6 +65,9 @@ type upgradedBody struct {
 	// aborted (Session.abortedSignal). Set with tunnel.
 	clientBroke func() error
 	aborted     <-chan struct{}
+	// breakAfterFIN says the client's break came after its FIN
+	// (Session.finBreak). Set with tunnel.
+	breakAfterFIN func() bool
 	// clientBreak is closed by the client's break of its connection
 	// (Session.clientBreakSignal). Set with tunnel.
 	clientBreak <-chan struct{}
@@ -315,13 +318,28 @@ func (u *upgradedBody) Close() error {
 		if !waited {
 			u.awaitAbort()
 		}
-		if !u.wasAborted() {
+		if !u.wasAborted() && !u.brokeBeforeFIN() {
 			return u.closeDelivering()
 		}
 	}
 	u.closing.Store(true)
 	u.stop()
+	if u.wasAborted() || u.tunnel && u.brokeBeforeFIN() {
+		// The session's Abort resets the upstream, but signals first
+		// (abortedSignal), and a break before the client's FIN whose
+		// Abort is late (past breakAbortWait: a loaded machine) cut
+		// the tunnel all the same: a plain close here passed the
+		// destination a clean end (a FIN after all it had been sent)
+		// of a stream the client never ended.
+		Abort(socketOf(u.conn))
+	}
 	return u.conn.Close()
+}
+
+// brokeBeforeFIN reports whether the tunnel's client broke its connection
+// before its FIN: the tunnel was cut.
+func (u *upgradedBody) brokeBeforeFIN() bool {
+	return u.clientGone() && (u.breakAfterFIN == nil || !u.breakAfterFIN())
 }
 
 // awaitAbort waits, for breakAbortWait at most, for the session's Abort

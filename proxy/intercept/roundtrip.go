@@ -361,6 +361,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		if ub, ok := resp.Body.(*upgradedBody); ok {
 			ub.tunnel = true // its end waits for the upstream's (upgradedBody.Close)
 			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
+			ub.breakAfterFIN = s.finBreak.Load
 			ub.clientBreak = s.clientBreakSignal()
 			ub.upload, ub.endClient = &rt.cc.upload, rt.cc.halfClose // goproxy's upload copy (uploadCopy); the client's end (relayDestinationEnd)
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
