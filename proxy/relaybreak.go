@@ -150,11 +150,7 @@ func (r *relay) watchDeny() {
 	defer t.Stop()
 	for {
 		woken := hostconn.LingersWoken() // before the look: a change after it wakes the wait
-		if r.left.Load() == 0 || r.out.done.Load() || r.cut.Load() != nil {
-			return
-		}
-		if err := r.recheck(); err != nil {
-			r.denyWhileWriting(err)
+		if r.askDeny() {
 			return
 		}
 		select {
@@ -166,19 +162,28 @@ func (r *relay) watchDeny() {
 	}
 }
 
-// denyWhileWriting ends the relay watchDeny found denied: the destination
-// is reset, the tail not delivered (cutAfterBreak), and the record says
-// the deny as a linger's (tailCutError).
-func (r *relay) denyWhileWriting(err error) {
+// askDeny asks the recheck for watchDeny, and reports whether the watch is
+// over: the relay ended (or its copy, or a cut or stall ended it), or the
+// recheck denied it, and then the destination is reset, the tail not
+// delivered (cutAfterBreak), and the record says the deny as a linger's
+// (tailCutError). Under aborting, which the relay's end takes before its
+// record: the recheck's decision, written into the record's fields, is
+// made before that record is written, or not at all.
+func (r *relay) askDeny() bool {
 	r.aborting.Lock()
 	defer r.aborting.Unlock()
-	if r.left.Load() == 0 || r.out.done.Load() || r.stalled.Load() != nil {
-		return // ended meanwhile; a linger at the copy's end asks the recheck itself
+	if r.left.Load() == 0 || r.out.done.Load() || r.cut.Load() != nil || r.stalled.Load() != nil {
+		return true // a linger at the copy's end asks the recheck itself
+	}
+	err := r.recheck()
+	if err == nil {
+		return false
 	}
 	r.denied.Store(&err)
 	if r.cutAfterBreak(err) {
 		intercept.Abort(r.upstream) // the blocked write ends with net.ErrClosed (writeBreak)
 	}
+	return true
 }
 
 // saidOnly is an error whose text the record says, and whose causes the

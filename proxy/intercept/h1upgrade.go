@@ -284,11 +284,15 @@ func (u *upgradedBody) endedHere(err error) bool {
 // client sent, the socket lingering until it has (closeDelivering).
 func (u *upgradedBody) Close() error {
 	waited := false
-	if u.tunnel && u.clientGone() {
+	// broken: also a break known only by its signal, no read or write of
+	// the client having taken it yet (the upload's copy blocked in a
+	// write to the destination): told its end, the destination would
+	// take a stream the client cut for a whole one.
+	if u.tunnel && u.broken() {
 		u.awaitAbort()
 		waited = true
 	}
-	if u.tunnel && !u.clientGone() {
+	if u.tunnel && !u.broken() {
 		select {
 		case <-u.ended:
 			if err := u.relayDestinationEnd(); err != nil {
@@ -337,9 +341,13 @@ func (u *upgradedBody) Close() error {
 }
 
 // brokeBeforeFIN reports whether the tunnel's client broke its connection
-// before its FIN: the tunnel was cut.
+// before its FIN: the tunnel was cut. The break may be known only by its
+// signal (clientBreak), from the packet path, before a read or a write of
+// the client took it: one after the FIN is signalled only once it is
+// known for one (Session.ClientBroken), so a signal with no break after
+// the FIN is one before it.
 func (u *upgradedBody) brokeBeforeFIN() bool {
-	return u.clientGone() && (u.breakAfterFIN == nil || !u.breakAfterFIN())
+	return u.broken() && (u.breakAfterFIN == nil || !u.breakAfterFIN())
 }
 
 // awaitAbort waits, for breakAbortWait at most, for the session's Abort

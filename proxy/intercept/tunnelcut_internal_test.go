@@ -20,14 +20,16 @@ import (
 // failed once in a full -race run).
 func TestTunnelCutByBreakBeforeFINResetsDestination(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		aborted  bool // the Abort's signal came, its reset not yet
-		afterFIN bool
-		reset    bool
+		name       string
+		aborted    bool // the Abort's signal came, its reset not yet
+		afterFIN   bool
+		signalOnly bool // the break signalled from the packet path, no read or write took it yet
+		reset      bool
 	}{
-		{"abort signalled, reset not yet", true, false, true},
-		{"abort late", false, false, true},
-		{"break after the FIN", false, true, false}, // the destination gets it all and the end
+		{"abort signalled, reset not yet", true, false, false, true},
+		{"abort late", false, false, false, true},
+		{"abort late, break signalled only", false, false, true, true},
+		{"break after the FIN", false, true, false, false}, // the destination gets it all and the end
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up, origin := tcpPair(t)
@@ -36,9 +38,14 @@ func TestTunnelCutByBreakBeforeFINResetsDestination(t *testing.T) {
 			if tc.aborted {
 				close(aborted)
 			}
+			clientBroke, clientBreak := func() error { return syscall.ETIMEDOUT }, make(chan struct{})
+			if tc.signalOnly {
+				clientBroke = func() error { return nil }
+				close(clientBreak)
+			}
 			u := &upgradedBody{br: bufio.NewReader(up), conn: up, stop: func() bool { return true },
 				ended: make(chan struct{}), tunnel: true, aborted: aborted,
-				clientBroke:   func() error { return syscall.ETIMEDOUT },
+				clientBroke: clientBroke, clientBreak: clientBreak,
 				breakAfterFIN: func() bool { return tc.afterFIN }}
 			if _, err := u.Write(make([]byte, 1000)); err != nil {
 				t.Fatal(err)
