@@ -275,3 +275,13 @@ func onlyTimestamps(opts []byte) bool {
 	}
 	return true
 }
+
+// coalescable reports whether the inner packet pkt, as ParsePacket read it
+// into p, goes to the stack by way of a coalescer: TCP, not a fragment, and
+// for IPv6 with TCP right after the fixed header. GRO would merge packets
+// with extension headers too, but it checks the TCP checksum against the
+// fixed header's destination, which a routing header would make the wrong
+// one, and the stack trusts what GRO checked (see checkedDelivery).
+func coalescable(p *Packet, pkt []byte) bool {
+	return p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && (!p.IPv6 || pkt[6] == protoTCP)
+}

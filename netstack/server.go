@@ -308,10 +308,8 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 			return DropFragmentNoFlow
 		}
 		flow.lastSeen.Store(now)
-		if s.cfg.Tap != nil {
-			if reason := s.tapScreensFragment(p, inner, flow, 0); reason != DropNone {
-				return reason
-			}
+		if reason := s.tapScreensFragment(p, inner, flow, 0); reason != DropNone {
+			return reason
 		}
 	} else if p.ICMPError {
 		// About a flow the table holds, or about nothing: an error makes
@@ -367,8 +365,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 				}
 			}
 		}
-		if p.MoreFragments && s.cfg.Tap != nil {
-			// Its later fragments find no first and are dropped too.
+		if p.MoreFragments { // its later fragments find no first if it is dropped
 			if reason := s.tapScreensFragment(p, inner, flow, tcpBefore); reason != DropNone {
 				return reason
 			}
@@ -385,24 +382,12 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 		// client get a well-formed answer to a request it never made.
 		return DropEchoFragmented
 	}
-	if s.cfg.Tap != nil && p.Proto == protoTCP && !p.ICMPError && !p.Fragment && !p.MoreFragments &&
-		p.TCPFlags&(flagSyn|flagRst) == 0 && flow.synWait.Load() != nil {
-		held, full := s.holdBehindSyn(flow, &h, p, inner[:p.Len])
-		if full {
-			return DropSynWaiting
-		}
-		if held {
-			return DropNone // shown, and taken in, after the SYN it follows
-		}
-	}
-	if s.cfg.Tap != nil && !p.MoreFragments && s.tapWithholds(p, inner, flow, tcpBefore) {
-		s.stats.tapWithheld.Add(1)
-	} else if s.cfg.Tap != nil {
+	if s.cfg.Tap != nil {
 		// Only now, taken in: a packet dropped above never reached a
 		// stack, and an IDS shown it would rebuild what no one got.
-		// A SYN's or a RST's data is shown cut off, as the stack throws it away.
-		tp := *p
-		s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, time.Now().UnixNano(), tp, synDataCut(&tp, inner)) // wall time, as replies and records are stamped
+		if held, reason := s.tapIn(flow, &h, p, inner, tcpBefore); held {
+			return reason
+		}
 	}
 	if p.Echo {
 		s.handleEcho(flow, p, inner)
@@ -425,16 +410,6 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	}
 	st.link.inject(inner, p.IPv6)
 	return DropNone
-}
-
-// coalescable reports whether the inner packet pkt, as ParsePacket read it
-// into p, goes to the stack by way of a coalescer: TCP, not a fragment, and
-// for IPv6 with TCP right after the fixed header. GRO would merge packets
-// with extension headers too, but it checks the TCP checksum against the
-// fixed header's destination, which a routing header would make the wrong
-// one, and the stack trusts what GRO checked (see checkedDelivery).
-func coalescable(p *Packet, pkt []byte) bool {
-	return p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && (!p.IPv6 || pkt[6] == protoTCP)
 }
 
 func (s *Server) allowedSender(a netip.Addr) bool {

@@ -2,6 +2,32 @@ package netstack
 
 import "time"
 
+// tapIn shows the tap the client's packet p, pkt, of flow (its TCP state
+// before it tcpBefore), taken in for its stack, unless it carries data no
+// connection of the stack's can take (tapWithholds); a SYN's or a RST's
+// data is shown cut off, as the stack throws it away. A segment behind a
+// waiting SYN is held (holdBehindSyn): held reports that it is not to go
+// in now, reason why (DropSynWaiting when the hold is full).
+func (s *Server) tapIn(flow *Flow, h *Header, p *Packet, pkt []byte, tcpBefore uint32) (held bool, reason DropReason) {
+	if p.Proto == protoTCP && !p.ICMPError && !p.Fragment && !p.MoreFragments &&
+		p.TCPFlags&(flagSyn|flagRst) == 0 && flow.synWait.Load() != nil {
+		held, full := s.holdBehindSyn(flow, h, p, pkt[:p.Len])
+		if full {
+			return true, DropSynWaiting
+		}
+		if held {
+			return true, DropNone // shown, and taken in, after the SYN it follows
+		}
+	}
+	if !p.MoreFragments && s.tapWithholds(p, pkt, flow, tcpBefore) {
+		s.stats.tapWithheld.Add(1)
+		return false, DropNone
+	}
+	tp := *p
+	s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, time.Now().UnixNano(), tp, synDataCut(&tp, pkt)) // wall time, as replies and records are stamped
+	return false, DropNone
+}
+
 // tapWithholds reports whether the client's TCP segment p, pkt (a whole
 // one, or a first fragment), of flow (its state before the segment
 // tcpBefore) carries data that no connection of its stack can take: the
@@ -51,9 +77,10 @@ func (s *Server) tapHeld(flow *Flow, seg *heldSegment) {
 	s.cfg.Tap.Packet(seg.endpoint, seg.cookie, false, time.Now().UnixNano(), *p, seg.pkt)
 }
 
-// tapScreensFragment decides, with a tap on, on a client's IP fragment p,
-// pkt, of flow (its TCP state before it tcpBefore, for a first one): it
-// returns why it is to be dropped, or DropNone. The feed would show a
+// tapScreensFragment decides, with a tap on (else it passes all), on a
+// client's IP fragment p, pkt, of flow (its TCP state before it
+// tcpBefore, for a first one): it returns why it is to be dropped, or
+// DropNone. The feed would show a
 // fragment as it comes, before the stack has the datagram whole: a TCP
 // segment's fragments that no connection will take are a decoy, and each
 // is looked at (a first fragment sent while the connection lived, the rest
@@ -62,7 +89,7 @@ func (s *Server) tapHeld(flow *Flow, seg *heldSegment) {
 // again).
 func (s *Server) tapScreensFragment(p *Packet, pkt []byte, flow *Flow, tcpBefore uint32) DropReason {
 	switch {
-	case flow.key.Proto != protoTCP:
+	case s.cfg.Tap == nil || flow.key.Proto != protoTCP:
 		return DropNone
 	case flow.synWait.Load() != nil:
 		return DropSynWaiting
