@@ -48,7 +48,9 @@ func (s *Server) tapIn(flow *Flow, h *Header, p *Packet, pkt []byte, tcpBefore u
 // live (a RST it ignored: the data is the stream's, and withholding it
 // would hide it from the IDS).
 func (s *Server) tapWithholds(p *Packet, pkt []byte, flow *Flow, tcpBefore uint32) bool {
-	if p.Proto != protoTCP || p.Fragment || p.TCPFlags&(flagSyn|flagRst) != 0 {
+	// An ICMP error about a TCP flow says TCP too (the quoted segment's),
+	// but is no segment: its bytes there are the ICMP header's.
+	if p.Proto != protoTCP || p.ICMPError || p.Fragment || p.TCPFlags&(flagSyn|flagRst) != 0 {
 		return false
 	}
 	if !p.MoreFragments && p.Len <= p.Payload+int(pkt[p.Payload+12]>>4)*4 {

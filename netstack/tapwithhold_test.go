@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -502,5 +504,28 @@ func TestTapHeldSegmentsShownInTheStacksOrder(t *testing.T) {
 	t.Logf("%d of %d inverted", inverted, tries)
 	if inverted > 0 {
 		t.Errorf("the tap showed first other bytes than the stack took at the same sequence number in %d of %d", inverted, tries)
+	}
+}
+
+// TestTapShowsICMPErrorAboutClosedConnection: an ICMP error from the
+// client about its TCP flow is no TCP data, whatever the bytes at its
+// quoted segment's data offset say: it is shown to the tap also when the
+// stack holds no connection on the flow (it was withheld as data no
+// connection could take).
+func TestTapShowsICMPErrorAboutClosedConnection(t *testing.T) {
+	r := newTapReuseRig(t, false)
+	r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+	waitUntil(t, 5*time.Second, "the stack to let the reset connection go", func() (bool, string) {
+		k := flowKeyOf(r.client, r.server)
+		return !r.s.holdsTCP(&k), "held"
+	})
+	quoted := clientSegment(r.server, r.client, r.ack, 1006, header.TCPFlagAck|header.TCPFlagPsh, []byte("reply bytes"))
+	errPkt := icmpError(r.client.Addr(), r.server.Addr(), quoted)
+	errPkt[20], errPkt[21] = 3, 3 // port unreachable
+	binary.BigEndian.PutUint16(errPkt[22:], 0)
+	binary.BigEndian.PutUint16(errPkt[22:], ^checksum.Checksum(errPkt[20:], 0))
+	r.send(errPkt)
+	if !r.tap.sawAny([][]byte{errPkt}) {
+		t.Errorf("the client's ICMP error about its flow was not shown (tap_withheld %d, drops %v)", r.s.Stats().TapWithheld, r.s.Stats().Drops)
 	}
 }
