@@ -280,6 +280,16 @@ func (c *Conn) stackError(terr tcpip.Error) error {
 	return stackError(terr)
 }
 
+// SendQueued returns the bytes written to the connection that the client
+// has not acknowledged yet, sent or not.
+func (c *Conn) SendQueued() (int, error) {
+	n, terr := c.ep.GetSockOptInt(tcpip.SendQueueSizeOption)
+	if terr != nil {
+		return 0, c.stackError(terr)
+	}
+	return n, nil
+}
+
 func (c *Conn) opError(err error) error {
 	return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }

@@ -457,6 +457,16 @@ func (c *peekedConn) pending() bool {
 
 func (c *peekedConn) unwrap() net.Conn { return c.Conn }
 
+// SendQueued passes on the client connection's count of bytes written and
+// not yet acknowledged (netstack.Conn), for a reset that must not throw
+// them away (intercept's abortWhenSent).
+func (c *peekedConn) SendQueued() (int, error) {
+	if q, ok := c.Conn.(interface{ SendQueued() (int, error) }); ok {
+		return q.SendQueued()
+	}
+	return 0, errors.ErrUnsupported
+}
+
 // CloseWrite passes a half-close on to the client connection.
 func (c *peekedConn) CloseWrite() error { return closeWrite(c.Conn) }
 

@@ -25,18 +25,26 @@ func (a *Appliance) Reload() error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
 	before := a.policy.Status()
-	if err := a.policy.ReloadChecked(a.opts.Config, a.canCarryOut); err != nil {
+	changed := false
+	check := func(p *policy.Policy) error {
+		if err := a.canCarryOut(p); err != nil {
+			return err
+		}
+		// The hash is of the file's bytes, and a policy is its file's
+		// bytes alone: equal hashes, equal policies. Forgotten before the
+		// new policy is stored: its store wakes the lingers, which
+		// decide again at once, and would go by the old answers.
+		if changed = before.File != a.opts.Config || p.ID() != before.Hash; changed {
+			a.destCheck.ForgetObserved()
+		}
+		return nil
+	}
+	if err := a.policy.ReloadChecked(a.opts.Config, check); err != nil {
 		slog.Error("policy reload rejected; the running policy stays", "err", err,
 			"hash", before.Hash, "mode", before.Mode, "default", before.Default, "rules", before.Rules)
 		return err
 	}
 	after := a.policy.Status()
-	// The hash is of the file's bytes, and a policy is its file's bytes
-	// alone: equal hashes, equal policies.
-	changed := after.File != before.File || after.Hash != before.Hash
-	if changed {
-		a.destCheck.ForgetObserved()
-	}
 	logPolicy("policy reloaded", after, "previous_hash", before.Hash, "dns_answers_forgotten", changed)
 	return nil
 }

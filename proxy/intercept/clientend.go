@@ -52,8 +52,8 @@ func (c *hijackedConn) Close() error {
 		// An unchunked answer's body is delimited by the close: closed,
 		// a body the destination cut short would look whole to the
 		// client, and so would a close_notify. A RST says it was not
-		// (http10.go).
-		abortBeneathTLS(c.Conn)
+		// (http10.go), once the client has what was written.
+		go abortWhenSent(c.Conn)
 	case c.h1 && c.bodyFault.Load() != nil:
 		// A request body left unread, or broken while the client may
 		// still be sending: closed at once, the connection would be
@@ -75,11 +75,23 @@ func (c *hijackedConn) Close() error {
 	return err
 }
 
-// abortBeneathTLS resets c's connection, the one beneath TLS for a bumped
-// one.
-func abortBeneathTLS(c net.Conn) {
+// abortWhenSent resets c's connection, the one beneath TLS for a bumped
+// one, once the client has acknowledged all that was written to it, or
+// after drainWait: a reset throws away the send queue, and the client
+// lost most of a body written before the cut (96 KiB of 2 MiB) while the
+// record counted it all. A connection that cannot say is reset at once.
+func abortWhenSent(c net.Conn) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
+	}
+	if q, ok := socketOf(c).(interface{ SendQueued() (int, error) }); ok {
+		end := time.Now().Add(drainWait)
+		for poll := time.Millisecond; time.Now().Before(end); poll = min(2*poll, 50*time.Millisecond) {
+			if n, err := q.SendQueued(); err != nil || n == 0 {
+				break
+			}
+			time.Sleep(poll)
+		}
 	}
 	Abort(c)
 }

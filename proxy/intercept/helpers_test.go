@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
@@ -408,6 +410,25 @@ func (c *peekedConn) CloseWrite() error {
 // Abort resets the connection, as the appliance's own peeked connection
 // passes it on (proxy/tcp.go); a pipe's is a close.
 func (c *peekedConn) Abort() { intercept.Abort(c.Conn) }
+
+// SendQueued is the socket's unacknowledged bytes (SIOCOUTQ), as the
+// appliance's packet stack says them (netstack.Conn.SendQueued).
+func (c *peekedConn) SendQueued() (int, error) {
+	tc, ok := c.Conn.(*net.TCPConn)
+	if !ok {
+		return 0, errors.ErrUnsupported
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var qerr error
+	if err := raw.Control(func(fd uintptr) { n, qerr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil {
+		return 0, err
+	}
+	return n, qerr
+}
 
 // upstream is an HTTP server on the far end of a pipe: the destination.
 type upstream struct {
