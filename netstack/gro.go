@@ -283,5 +283,5 @@ func onlyTimestamps(opts []byte) bool {
 // fixed header's destination, which a routing header would make the wrong
 // one, and the stack trusts what GRO checked (see checkedDelivery).
 func coalescable(p *Packet, pkt []byte) bool {
-	return p.Proto == protoTCP && !p.Fragment && !p.MoreFragments && (!p.IPv6 || pkt[6] == protoTCP)
+	return p.Proto == protoTCP && !p.ICMPError && !p.Fragment && !p.MoreFragments && (!p.IPv6 || pkt[6] == protoTCP)
 }

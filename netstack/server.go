@@ -385,7 +385,7 @@ func (s *Server) deliver(st *endpointStack, b []byte, h Header, p *Packet, gwlb 
 	if s.cfg.Tap != nil {
 		// Only now, taken in: a packet dropped above never reached a
 		// stack, and an IDS shown it would rebuild what no one got.
-		if held, reason := s.tapIn(flow, &h, p, inner, tcpBefore); held {
+		if done, reason := s.tapIn(st, co, flow, &h, p, inner, tcpBefore); done {
 			return reason
 		}
 	}

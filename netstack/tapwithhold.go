@@ -3,12 +3,15 @@ package netstack
 import "time"
 
 // tapIn shows the tap the client's packet p, pkt, of flow (its TCP state
-// before it tcpBefore), taken in for its stack, unless it carries data no
-// connection of the stack's can take (tapWithholds); a SYN's or a RST's
-// data is shown cut off, as the stack throws it away. A segment behind a
-// waiting SYN is held (holdBehindSyn): held reports that it is not to go
-// in now, reason why (DropSynWaiting when the hold is full).
-func (s *Server) tapIn(flow *Flow, h *Header, p *Packet, pkt []byte, tcpBefore uint32) (held bool, reason DropReason) {
+// before it tcpBefore), taken in for its stack st, unless it carries data
+// no connection of the stack's can take (tapWithholds); a SYN's or a
+// RST's data is shown cut off, as the stack throws it away. done says the
+// packet needs nothing more, reason why it did not go in: a segment
+// behind a waiting SYN is held (holdBehindSyn; DropSynWaiting when the
+// hold is full), and a withheld one goes in at once, not by way of the
+// coalescer co, whose batch a connection the proxy accepts meanwhile
+// would take it from (a request the stack took, shown to no one).
+func (s *Server) tapIn(st *endpointStack, co *coalescer, flow *Flow, h *Header, p *Packet, pkt []byte, tcpBefore uint32) (done bool, reason DropReason) {
 	if p.Proto == protoTCP && !p.ICMPError && !p.Fragment && !p.MoreFragments &&
 		p.TCPFlags&(flagSyn|flagRst) == 0 && flow.synWait.Load() != nil {
 		held, full := s.holdBehindSyn(flow, h, p, pkt[:p.Len])
@@ -21,7 +24,11 @@ func (s *Server) tapIn(flow *Flow, h *Header, p *Packet, pkt []byte, tcpBefore u
 	}
 	if !p.MoreFragments && s.tapWithholds(p, pkt, flow, tcpBefore) {
 		s.stats.tapWithheld.Add(1)
-		return false, DropNone
+		if co != nil {
+			co.flushLocked(st) // the flow's segments before it go in first
+		}
+		st.link.inject(pkt, p.IPv6)
+		return true, DropNone
 	}
 	tp := *p
 	s.cfg.Tap.Packet(h.Endpoint, h.FlowCookie, false, time.Now().UnixNano(), tp, synDataCut(&tp, pkt)) // wall time, as replies and records are stamped

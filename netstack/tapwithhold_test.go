@@ -529,3 +529,39 @@ func TestTapShowsICMPErrorAboutClosedConnection(t *testing.T) {
 		t.Errorf("the client's ICMP error about its flow was not shown (tap_withheld %d, drops %v)", r.s.Stats().TapWithheld, r.s.Stats().Drops)
 	}
 }
+
+// TestTapWithheldSegmentNotBatched: a client's data right after its SYN
+// (a blind ACK, no PSH) was looked at while the stack held no connection,
+// withheld, and held in the reader's batch (the coalescer); the proxy
+// accepting the connection before the batch ended made the connection
+// that then took it: a request the stack read and the feed never showed.
+// A withheld segment goes in at once: before the connection, which answers
+// it with a RST (the client sends it again).
+func TestTapWithheldSegmentNotBatched(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			r := newTapReuseRig(t, v6)
+			r.client = netip.AddrPortFrom(r.client.Addr(), 40003)
+			put := func(pkt []byte) { // into the batch, not flushed
+				r.dgram = append(AppendHeader(r.dgram[:0], r.ether, 0, 7, 0x0a1b2c3d4e5f6071, 0x11223344, nil), pkt...)
+				r.s.handleDatagram(r.dgram, netip.MustParseAddrPort("127.0.0.2:47001"), r.co)
+			}
+			put(clientSegment(r.client, r.server, 1000, 0, header.TCPFlagSyn, nil))
+			r.co.flush()
+			request := "GET /evil/hidden-from-ids HTTP/1.1\r\nHost: x\r\n\r\n"
+			put(clientSegment(r.client, r.server, 1001, 5000, header.TCPFlagAck, []byte(request)))
+			r.open() // the proxy accepts within the batch
+			ack := readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1
+			r.co.flush() // the batch ends
+			// The handshake completes, if the blind ACK did not.
+			r.send(clientSegment(r.client, r.server, 1001, ack, header.TCPFlagAck, nil))
+			c := r.accept()
+			got := make([]byte, len(request))
+			c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			n, _ := io.ReadFull(c, got)
+			if n > 0 && !r.tap.saw(request) {
+				t.Errorf("the connection took %d bytes of the request that the tap was never shown", n)
+			}
+		})
+	}
+}
