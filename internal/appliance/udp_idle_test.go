@@ -133,11 +133,15 @@ func TestUDPIdleFlowCost(t *testing.T) {
 	setup := time.Since(start)
 	time.Sleep(200 * time.Millisecond) // every flow's goroutines parked
 	after := idleMem()
-	perFlow := float64(after.bytes-base.bytes) / float64(n)
+	// Signed: the heap may shrink under the measurement (garbage of the
+	// tests before, freed meanwhile), and an unsigned difference read
+	// 9e15 bytes a flow in a full -race run.
+	grew := func(after, before uint64) float64 { return float64(int64(after)-int64(before)) / float64(n) }
+	perFlow := grew(after.bytes, base.bytes)
 	gPerFlow := float64(after.goroutines-base.goroutines) / float64(n)
 	t.Logf("%d idle UDP flows (set up in %s): %.0f bytes/flow (heap %.0f, stacks %.0f), %.2f goroutines/flow; kernel slab +%.0f bytes/flow",
-		n, setup.Round(time.Millisecond), perFlow, float64(after.heap-base.heap)/float64(n), float64(after.stack-base.stack)/float64(n),
-		gPerFlow, float64(after.slab-base.slab)/float64(n))
+		n, setup.Round(time.Millisecond), perFlow, grew(after.heap, base.heap), grew(after.stack, base.stack),
+		gPerFlow, grew(after.slab, base.slab))
 	t.Logf("extrapolated to 100,000 idle flows: %.2f GiB of Go memory", perFlow*100000/(1<<30))
 	if perFlow > maxIdleUDPFlowBytes {
 		t.Errorf("an idle UDP flow costs %.0f bytes, want at most %d", perFlow, maxIdleUDPFlowBytes)
