@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -23,41 +24,16 @@ import (
 // said 2 for the 204, bytes the client never got.
 func TestH2Client204WithDataRecordsNoBody(t *testing.T) {
 	r := newRig(t, testPolicy)
-	proxyEnd, serverEnd := testnet.TCPPair(t)
-	t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
-	tc := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"h2"}})
-	go func() {
-		if err := tc.Handshake(); err != nil {
-			return
+	proxyEnd := startH2TLSOrigin(t, r, func(fr *http2.Framer, id uint32, path string) {
+		switch path {
+		case "/204":
+			writeH2Answer(fr, id, []byte("xx"), hpack.HeaderField{Name: ":status", Value: "204"})
+		case "/304":
+			writeH2Answer(fr, id, []byte("xx"), hpack.HeaderField{Name: ":status", Value: "304"}, hpack.HeaderField{Name: "etag", Value: `"v1"`})
+		default:
+			writeH2Answer(fr, id, []byte("ok"), hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-length", Value: "2"})
 		}
-		dec := hpack.NewDecoder(4096, nil)
-		serveH2Frames(tc, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
-			fields, _ := dec.DecodeFull(f.HeaderBlockFragment())
-			path := ""
-			for _, hf := range fields {
-				if hf.Name == ":path" {
-					path = hf.Value
-				}
-			}
-			var hb bytes.Buffer
-			enc := hpack.NewEncoder(&hb)
-			body := []byte("xx")
-			switch path {
-			case "/204":
-				enc.WriteField(hpack.HeaderField{Name: ":status", Value: "204"})
-			case "/304":
-				enc.WriteField(hpack.HeaderField{Name: ":status", Value: "304"})
-				enc.WriteField(hpack.HeaderField{Name: "etag", Value: `"v1"`})
-			default:
-				enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-				enc.WriteField(hpack.HeaderField{Name: "content-length", Value: "2"})
-				body = []byte("ok")
-			}
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
-			fr.WriteData(f.StreamID, true, body)
-			return true
-		})
-	}()
+	})
 	c, _ := r.connectTCP(proxyEnd, tlsDest)
 	tlsc := bumpClient(t, r, c, "www.example.test", "h2")
 	defer tlsc.Close()
@@ -94,4 +70,44 @@ func TestH2Client204WithDataRecordsNoBody(t *testing.T) {
 			t.Errorf("%s: record status %d, result %s (%q), bytes_in %d; want %d, ok, %d", tc.path, rec.Status, rec.Result, rec.Error, rec.BytesIn, tc.status, tc.bytesIn)
 		}
 	}
+}
+
+// startH2TLSOrigin starts an HTTP/2 origin over TLS (www.example.test's
+// leaf from r) on one end of a TCP pair, answering each stream with
+// answer(its ID, its :path); it returns the other end, the proxy's.
+func startH2TLSOrigin(t *testing.T, r *rig, answer func(fr *http2.Framer, id uint32, path string)) net.Conn {
+	t.Helper()
+	proxyEnd, serverEnd := testnet.TCPPair(t)
+	t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
+	tc := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"h2"}})
+	go func() {
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		dec := hpack.NewDecoder(4096, nil)
+		serveH2Frames(tc, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
+			fields, _ := dec.DecodeFull(f.HeaderBlockFragment())
+			path := ""
+			for _, hf := range fields {
+				if hf.Name == ":path" {
+					path = hf.Value
+				}
+			}
+			answer(fr, f.StreamID, path)
+			return true
+		})
+	}()
+	return proxyEnd
+}
+
+// writeH2Answer writes a stream's answer: a header block of fields, then
+// body in one DATA frame that ends the stream.
+func writeH2Answer(fr *http2.Framer, id uint32, body []byte, fields ...hpack.HeaderField) {
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range fields {
+		enc.WriteField(f)
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
+	fr.WriteData(id, true, body)
 }

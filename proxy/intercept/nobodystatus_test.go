@@ -2,8 +2,6 @@ package intercept_test
 
 import (
 	"bufio"
-	"bytes"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,8 +10,6 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-
-	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 )
 
 // TestH2Origin204WithDataNeverReachesH1Client: an HTTP/2 origin answers a
@@ -30,45 +26,23 @@ func TestH2Origin204WithDataNeverReachesH1Client(t *testing.T) {
 			for _, host := range []string{"www.example.test", "evil.example.test"} {
 				t.Run(status+"/length="+length+"/"+host, func(t *testing.T) {
 					r := newRig(t, testPolicy)
-					proxyEnd, serverEnd := testnet.TCPPair(t)
-					t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
 					inject := "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!"
 					if length != "" {
 						inject = "EVIL!"
 					}
-					tc := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"h2"}})
-					go func() {
-						if err := tc.Handshake(); err != nil {
+					proxyEnd := startH2TLSOrigin(t, r, func(fr *http2.Framer, id uint32, path string) {
+						if id == 1 {
+							fields := []hpack.HeaderField{{Name: ":status", Value: status}}
+							if length != "" {
+								fields = append(fields, hpack.HeaderField{Name: "content-length", Value: length})
+							}
+							writeH2Answer(fr, 1, []byte(inject), fields...)
 							return
 						}
-						dec := hpack.NewDecoder(4096, nil)
-						serveH2Frames(tc, func(fr *http2.Framer, f *http2.HeadersFrame) bool {
-							fields, _ := dec.DecodeFull(f.HeaderBlockFragment())
-							path := ""
-							for _, hf := range fields {
-								if hf.Name == ":path" {
-									path = hf.Value
-								}
-							}
-							var hb bytes.Buffer
-							enc := hpack.NewEncoder(&hb)
-							if f.StreamID == 1 {
-								enc.WriteField(hpack.HeaderField{Name: ":status", Value: status})
-								if length != "" {
-									enc.WriteField(hpack.HeaderField{Name: "content-length", Value: length})
-								}
-								fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
-								fr.WriteData(1, true, []byte(inject))
-								return true
-							}
-							body := "real:" + path
-							enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-							enc.WriteField(hpack.HeaderField{Name: "content-length", Value: fmt.Sprint(len(body))})
-							fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
-							fr.WriteData(f.StreamID, true, []byte(body))
-							return true
-						})
-					}()
+						body := "real:" + path
+						writeH2Answer(fr, id, []byte(body), hpack.HeaderField{Name: ":status", Value: "200"},
+							hpack.HeaderField{Name: "content-length", Value: fmt.Sprint(len(body))})
+					})
 					c, _ := r.connectTCP(proxyEnd, tlsDest)
 					// A client that would take h2 but prefers http/1.1:
 					// the origin is offered both and picks h2.
