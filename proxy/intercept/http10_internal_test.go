@@ -26,16 +26,7 @@ func TestUnchunkSplits(t *testing.T) {
 	want := "HTTP/1.1 200 OK\r\nConnection: close\r\nX-A: b\r\n\r\nhello" + strings.Repeat("z", 26)
 	req := &http.Request{Method: http.MethodGet, ProtoMajor: 1, ProtoMinor: 0}
 	for size := 1; size <= len(in); size++ {
-		wc := &writesConn{}
-		c := &hijackedConn{Conn: wc}
-		c.startUnchunk(req)
-		for b := []byte(in); len(b) > 0; {
-			k := min(size, len(b))
-			if n, err := c.Write(b[:k]); n != k || err != nil {
-				t.Fatalf("writes of %d: Write: %d, %v", size, n, err)
-			}
-			b = b[k:]
-		}
+		c, wc := writeInPieces(t, req, in, size)
 		if got := wc.got.String(); got != want {
 			t.Fatalf("writes of %d: got %q, want %q", size, got, want)
 		}
@@ -83,16 +74,7 @@ func TestUnchunkHEADHeadOnly(t *testing.T) {
 	want := "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nX-A: b\r\n\r\n"
 	req := &http.Request{Method: http.MethodHead, ProtoMajor: 1, ProtoMinor: 0}
 	for size := 1; size <= len(in); size++ {
-		wc := &writesConn{}
-		c := &hijackedConn{Conn: wc}
-		c.startUnchunk(req)
-		for b := []byte(in); len(b) > 0; {
-			k := min(size, len(b))
-			if n, err := c.Write(b[:k]); n != k || err != nil {
-				t.Fatalf("writes of %d: Write: %d, %v", size, n, err)
-			}
-			b = b[k:]
-		}
+		c, wc := writeInPieces(t, req, in, size)
 		if got := wc.got.String(); got != want || c.unchunking() {
 			t.Fatalf("writes of %d: got %q (unchunking %v), want %q", size, got, c.unchunking(), want)
 		}
@@ -115,4 +97,22 @@ func TestUnchunkBadFraming(t *testing.T) {
 			t.Errorf("%q: the client got %q", body, got)
 		}
 	}
+}
+
+// writeInPieces writes in, the answer to req, to a client connection, in
+// writes of size bytes (the last shorter), and returns the connection and
+// what reached its socket.
+func writeInPieces(t *testing.T, req *http.Request, in string, size int) (*hijackedConn, *writesConn) {
+	t.Helper()
+	wc := &writesConn{}
+	c := &hijackedConn{Conn: wc}
+	c.startUnchunk(req)
+	for b := []byte(in); len(b) > 0; {
+		k := min(size, len(b))
+		if n, err := c.Write(b[:k]); n != k || err != nil {
+			t.Fatalf("writes of %d: Write: %d, %v", size, n, err)
+		}
+		b = b[k:]
+	}
+	return c, wc
 }
