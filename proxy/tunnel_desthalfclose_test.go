@@ -101,9 +101,7 @@ func TestTunnelDestinationHalfCloseBumpedClientGetsWholeUpload(t *testing.T) {
 			go io.Copy(io.Discard, c)
 			got := awaitDestEnd(t, ends, 30*time.Second)
 			tlsRec, tunRec := connRecords(t, r, rc, 25*time.Second, "records")
-			if got.n != size || got.err != io.EOF {
-				t.Errorf("the destination read %d of the %d bytes the client sent, ended by %v; want all, then EOF", got.n, size, got.err)
-			}
+			wantWholeUpload(t, got, size)
 			if tlsRec.Result != "ok" || tunRec.Result != "ok" {
 				t.Errorf("records: tls %s %q, tunnel %s %q; want ok", tlsRec.Result, tlsRec.Error, tunRec.Result, tunRec.Error)
 			}
@@ -126,9 +124,7 @@ func TestTunnelDestinationHalfCloseCleartextClientGetsWholeUpload(t *testing.T) 
 	go io.Copy(io.Discard, rc)
 	got := awaitDestEnd(t, ends, 30*time.Second)
 	rec := clearTunnelRecord(t, r, rc)
-	if got.n != size || got.err != io.EOF {
-		t.Errorf("the destination read %d of the %d bytes the client sent, ended by %v; want all, then EOF", got.n, size, got.err)
-	}
+	wantWholeUpload(t, got, size)
 	if rec.Result != "ok" || rec.BytesOut != size {
 		t.Errorf("record %s %q bytes_out %d; want ok, %d", rec.Result, rec.Error, rec.BytesOut, size)
 	}
@@ -198,9 +194,7 @@ func TestTunnelDestinationHalfCloseCleartextClientStillSending(t *testing.T) {
 	}
 	got := awaitDestEnd(t, ends, 40*time.Second)
 	rec := clearTunnelRecord(t, r, rc)
-	if got.n != sent || got.err != io.EOF {
-		t.Errorf("the destination read %d of the %d bytes the client sent, ended by %v; want all, then EOF", got.n, sent, got.err)
-	}
+	wantWholeUpload(t, got, sent)
 	if rec.Result != "ok" || rec.BytesOut != sent {
 		t.Errorf("record %s %q bytes_out %d; want ok, %d", rec.Result, rec.Error, rec.BytesOut, sent)
 	}
@@ -247,9 +241,7 @@ func TestTunnelDestinationHalfCloseBumpedClientBursts(t *testing.T) {
 	}
 	got := awaitDestEnd(t, ends, 30*time.Second)
 	tlsRec, tunRec := connRecords(t, r, rc, 20*time.Second, "records")
-	if got.n != sent || got.err != io.EOF {
-		t.Errorf("the destination read %d of the %d bytes the client sent, ended by %v; want all, then EOF", got.n, sent, got.err)
-	}
+	wantWholeUpload(t, got, sent)
 	if tlsRec.Result != "ok" || tunRec.Result != "ok" {
 		t.Errorf("records: tls %s %q, tunnel %s %q; want ok", tlsRec.Result, tlsRec.Error, tunRec.Result, tunRec.Error)
 	}
@@ -298,5 +290,14 @@ func TestTunnelDestinationHalfCloseClientNeverEndsIsReset(t *testing.T) {
 		if rec.result != "timeout" || !strings.Contains(rec.err, "the client had not ended its own within the 2s bound") {
 			t.Errorf("%s record %s %q; want timeout, the upload cut at the bound", rec.kind, rec.result, rec.err)
 		}
+	}
+}
+
+// wantWholeUpload checks that the destination read all the sent bytes of
+// the client's upload, then its end.
+func wantWholeUpload(t *testing.T, got destEnd, sent int64) {
+	t.Helper()
+	if got.n != sent || got.err != io.EOF {
+		t.Errorf("the destination read %d of the %d bytes the client sent, ended by %v; want all, then EOF", got.n, sent, got.err)
 	}
 }
