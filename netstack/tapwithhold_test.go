@@ -202,6 +202,23 @@ func (r *tapReuseRig) accept() *Conn {
 	}
 }
 
+// ignoredRstThenSyn reads the rig's first 5 bytes on its connection, then
+// sends a RST out of the connection's window, which the stack ignores
+// (the connection lives), and a SYN, which waits for the stack to let go
+// of the connection (synwait.go): 20 ms, as it does not. It returns the
+// connection, its deadline 5 s on.
+func (r *tapReuseRig) ignoredRstThenSyn(t *testing.T) *Conn {
+	t.Helper()
+	c := r.accepted
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	r.send(clientSegment(r.client, r.server, 1006+0x40000000, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
+	r.send(clientSegment(r.client, r.server, 90000, 0, header.TCPFlagSyn, nil))
+	return c
+}
+
 // open lets the connection attempts held so far, and later ones, go on.
 func (r *tapReuseRig) open() { r.opened.Do(func() { close(r.h.gate) }) }
 
@@ -311,17 +328,10 @@ func TestTapShowsLiveDataWhileSynWaits(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
 			r := newTapReuseRig(t, v6)
-			c := r.accepted
-			got := make([]byte, 5)
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.ReadFull(c, got); err != nil {
-				t.Fatal(err)
-			}
-			r.send(clientSegment(r.client, r.server, 1006+0x40000000, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
-			r.send(clientSegment(r.client, r.server, 90000, 0, header.TCPFlagSyn, nil))
+			c := r.ignoredRstThenSyn(t)
 			hidden := "POST /exfil"
 			r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagAck|header.TCPFlagPsh, []byte(hidden)))
-			got = make([]byte, len(hidden))
+			got := make([]byte, len(hidden))
 			if _, err := io.ReadFull(c, got); err != nil || string(got) != hidden {
 				t.Fatalf("the live connection read %q (%v), want %q", got, err, hidden)
 			}
@@ -461,15 +471,7 @@ func TestTapHeldSegmentsShownInTheStacksOrder(t *testing.T) {
 	inverted, tries := 0, 0
 	for range 100 {
 		r := newTapReuseRig(t, false)
-		c := r.accepted
-		got := make([]byte, 5)
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.ReadFull(c, got); err != nil {
-			t.Fatal(err)
-		}
-		// A RST the stack ignores: the connection lives, the SYN waits 20 ms.
-		r.send(clientSegment(r.client, r.server, 1006+0x40000000, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil))
-		r.send(clientSegment(r.client, r.server, 90000, 0, header.TCPFlagSyn, nil))
+		c := r.ignoredRstThenSyn(t) // the connection lives, the SYN waits 20 ms
 		k := flowKeyOf(r.client, r.server)
 		f := r.s.flows.Lookup(&k)
 		if f.synWait.Load() == nil {
@@ -481,7 +483,7 @@ func TestTapHeldSegmentsShownInTheStacksOrder(t *testing.T) {
 		for deadline := time.Now().Add(5 * time.Second); f.synWait.Load() != nil && time.Now().Before(deadline); {
 		}
 		r.send(clientSegment(r.client, r.server, 1006, r.ack, header.TCPFlagAck|header.TCPFlagPsh, []byte("YYYYYYYY")))
-		got = make([]byte, 8)
+		got := make([]byte, 8)
 		if _, err := io.ReadFull(c, got); err != nil {
 			t.Fatal(err)
 		}
