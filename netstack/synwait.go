@@ -57,9 +57,11 @@ import (
 const maxSynWait = 20 * time.Millisecond
 
 // maxSynWaiters bounds the SYNs that wait at once, over all stacks: each
-// holds a goroutine and a copy of its SYN (up to a jumbo frame), so 4,096
-// cost at most some 50 MiB, while a reconnect right after a RST is rare
-// enough that far fewer wait at any time.
+// holds a goroutine, a copy of its SYN (up to a jumbo frame) and, with a
+// capture on, at most maxHeldBytesBehindSyn of the segments behind it, so
+// 4,096 cost at most some 100 MiB (a client's 64, 1.6 MiB), while a
+// reconnect right after a RST is rare enough that far fewer wait at any
+// time.
 const maxSynWaiters = 4096
 
 // maxSynWaitersPerClient is a client's share of the waiting SYNs: far more
@@ -85,6 +87,8 @@ type synWait struct {
 	pkt  []byte // the client's latest SYN, a copy
 	seq  uint32 // its ISN
 	held []heldSegment
+	// heldBytes is the bytes of held's copies.
+	heldBytes int
 }
 
 // heldSegment is a client's segment of the flow held behind its waiting
@@ -96,12 +100,17 @@ type heldSegment struct {
 	cookie   uint32
 }
 
-// maxHeldBehindSyn bounds the segments held behind a waiting SYN: what a
-// client sends between its SYN and the stack's answer is a few segments
-// (a Fast Open's or a decoy's); more are dropped (syn_waiting), as they
-// would be shown before the stack has taken the client's RST: a client
-// resends what it sent on a live connection.
-const maxHeldBehindSyn = 8
+// maxHeldBehindSyn and maxHeldBytesBehindSyn bound the segments held
+// behind a waiting SYN: what a client sends between its SYN and the
+// stack's answer is a few segments (a Fast Open's or a decoy's); more are
+// dropped (syn_waiting), as they would be shown before the stack has
+// taken the client's RST: a client resends what it sent on a live
+// connection. The bytes bound keeps a client's waits from holding 8 jumbo
+// frames each (4.6 MiB for its 64, 330 MiB for all).
+const (
+	maxHeldBehindSyn      = 8
+	maxHeldBytesBehindSyn = 16 << 10
+)
 
 // holdBehindSyn holds the client's segment p, pkt (inner packet, cut to
 // its length; not a SYN, a RST or a fragment) of flow, whose SYN waits,
@@ -123,9 +132,10 @@ func (s *Server) holdBehindSyn(flow *Flow, h *Header, p *Packet, pkt []byte) (he
 	if w.done {
 		return false, false
 	}
-	if len(w.held) >= maxHeldBehindSyn {
+	if len(w.held) >= maxHeldBehindSyn || w.heldBytes+len(pkt) > maxHeldBytesBehindSyn {
 		return false, true
 	}
+	w.heldBytes += len(pkt)
 	w.held = append(w.held, heldSegment{pkt: bytes.Clone(pkt), p: *p, endpoint: h.Endpoint, cookie: h.FlowCookie})
 	return true, false
 }
