@@ -336,8 +336,11 @@ func (h *halfRelay) abort(why error) error {
 			// could not tell what the destination had.
 			continue
 		}
-		if c == h.r.upstream && h.r.cutAfterBreak(why) { // before the close: what it had
-			why = nil
+		if c == h.r.upstream {
+			if h.r.cutAfterBreak(why) { // before the close: what it had
+				why = nil
+			}
+			h.r.cutOnReset(why)
 		}
 		intercept.Abort(c)
 	}

@@ -224,6 +224,26 @@ func (r *relay) releaseLinger() {
 // that timed out (a write stalled, a linger's bound, the host's timeout):
 // what was not acknowledged in all that time never will be.
 
+// cutOnReset counts, before the destination's socket is reset or closed
+// for why (the destination's own reset, a stall, a reload's deny, the
+// client's reset), what its send queue held that the destination never
+// had, unless a cut is counted already: the bytes never sent, or, after a
+// wait that timed out, all those unacknowledged (resetCut). A destination
+// that reset first left the counts as they stood.
+func (r *relay) cutOnReset(why error) {
+	if r.cut.Load() != nil {
+		return
+	}
+	unsent := notSentOf(r.upstream)
+	if timedOut(why) {
+		unsent = unackedOf(r.upstream)
+	}
+	if r.finPassed.Load() {
+		unsent = max(unsent-1, 0) // the FIN's sequence number is no byte
+	}
+	r.cut.CompareAndSwap(nil, &lingerCut{unsent: int64(unsent)})
+}
+
 // timedOut reports whether err ended a wait on the destination that timed
 // out (resetCut).
 func timedOut(err error) bool {

@@ -421,6 +421,7 @@ func (r *relay) stall(ww *writeWatch, waited, timeout time.Duration) {
 	r.stalled.Store(&err)
 	ww.sw.stalled.Add(1)
 	r.cutAfterBreak(err)
+	r.cutOnReset(err)
 	intercept.Abort(r.client)
 	intercept.Abort(r.upstream)
 }
