@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -99,5 +101,104 @@ func TestRelayDestinationResetCountsOnlySent(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("the client was not reset")
+	}
+}
+
+// readCountingListener hands out connections that count what was read from
+// them, the last one's in conn.
+type readCountingListener struct {
+	net.Listener
+	conn chan *readCounted
+}
+
+type readCounted struct {
+	*net.TCPConn
+	n atomic.Int64
+}
+
+func (c *readCounted) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (l *readCountingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	rc := &readCounted{TCPConn: c.(*net.TCPConn)}
+	select {
+	case l.conn <- rc:
+	default:
+	}
+	return rc, nil
+}
+
+// A bumped upload to a destination that stops reading: the session is
+// reset for the stall with the upstream socket's send queue full. The tls
+// record's bytes_out, the TCP payload sent the destination, is what the
+// destination had, not what was written into the socket.
+func TestBumpStallCountsOnlyDelivered(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	dests := make(chan *readCounted, 1)
+	r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Second,
+		handler:  func(*bumpStallRig, http.ResponseWriter, *http.Request) { <-release }, // reads nothing of the body
+		destWrap: func(l net.Listener) net.Listener { return &readCountingListener{Listener: l, conn: dests} }})
+	c := r.dialTLS(t, "http/1.1")
+	if _, err := fmt.Fprintf(c, "POST /up HTTP/1.1\r\nHost: big.example\r\nContent-Length: %d\r\n\r\n", 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	var sent atomic.Int64
+	go func() { _ = flood(c, &sent) }()
+	rec, ok := r.tlsRecord(t, 20*time.Second)
+	if !ok {
+		t.Fatal("the stalled session was never recorded")
+	}
+	r.checkStalled(t, rec, "destination")
+	dc := <-dests
+	got := destinationHas(t, dc.TCPConn, dc.n.Load())
+	t.Logf("client sent %d, destination has %d, tls record bytes_out %d", sent.Load(), got, rec.BytesOut)
+	if rec.BytesOut != got {
+		t.Errorf("tls record bytes_out %d, but the destination has %d bytes", rec.BytesOut, got)
+	}
+}
+
+// A bumped upload whose destination stops reading, then resets its
+// connection while the upstream socket still holds much of the upload:
+// the tls record's bytes_out leaves out what was never sent.
+func TestBumpDestinationResetCountsOnlySent(t *testing.T) {
+	resetNow := make(chan struct{})
+	had := make(chan int64, 1)
+	dests := make(chan *readCounted, 1)
+	r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Minute,
+		handler: func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) {
+			<-resetNow
+			dc := <-dests
+			had <- destinationHas(t, dc.TCPConn, dc.n.Load())
+			_ = dc.SetLinger(0)
+			dc.Close()
+		},
+		destWrap: func(l net.Listener) net.Listener { return &readCountingListener{Listener: l, conn: dests} }})
+	c := r.dialTLS(t, "http/1.1")
+	if _, err := fmt.Fprintf(c, "POST /up HTTP/1.1\r\nHost: big.example\r\nContent-Length: %d\r\n\r\n", 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	var sent atomic.Int64
+	go func() { _ = flood(c, &sent) }()
+	stalled(t, &sent)
+	close(resetNow)
+	got := <-had
+	rec, ok := r.tlsRecord(t, 10*time.Second)
+	if !ok {
+		t.Fatal("the reset session was never recorded")
+	}
+	t.Logf("client sent %d, destination had %d, tls record %s %q bytes_out %d", sent.Load(), got, rec.Result, rec.Error, rec.BytesOut)
+	for _, x := range r.sink.parse(t) {
+		t.Logf("%s %s %q out %d in %d status %d", x.Kind, x.Result, x.Error, x.BytesOut, x.BytesIn, x.Status)
+	}
+	if rec.BytesOut != got {
+		t.Errorf("tls record bytes_out %d, but the destination had %d bytes when it reset", rec.BytesOut, got)
 	}
 }

@@ -74,6 +74,8 @@ type bumpRigOptions struct {
 	// destRcvBuf, when set, is the SO_RCVBUF of the destination's
 	// connections: a destination slower than its client.
 	destRcvBuf int
+	// destWrap, when set, wraps the destination's listener under its TLS.
+	destWrap func(net.Listener) net.Listener
 }
 
 // newBumpRig is newBumpStallRigPolicy with all of o.
@@ -88,7 +90,11 @@ func newBumpRig(t *testing.T, o bumpRigOptions) *bumpStallRig {
 	if len(destProtos) == 0 {
 		destProtos = []string{"http/1.1"}
 	}
-	ln := tls.NewListener(destListener(t, o.destRcvBuf), &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: destProtos})
+	raw := destListener(t, o.destRcvBuf)
+	if o.destWrap != nil {
+		raw = o.destWrap(raw)
+	}
+	ln := tls.NewListener(raw, &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: destProtos})
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) { handler(r, w, req) }),
 		ErrorLog: log.New(io.Discard, "", 0)}
 	go srv.Serve(ln)

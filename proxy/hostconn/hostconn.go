@@ -308,3 +308,15 @@ func (c *Conn) opError(op string, err error) error {
 // SyscallConn returns the raw connection Conn reads and writes through,
 // rather than a new one per call (the relay and the keep-alive peek ask).
 func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
+// Ended reports whether the connection has ended in a reset or a timeout
+// (Linux's TCP_CLOSE): its send queue is gone, what it held never to be
+// sent, though SendNotSent still counts it until the socket is closed.
+func (c *Conn) Ended() bool {
+	var ti *unix.TCPInfo
+	var e error
+	if err := c.rc.Control(func(fd uintptr) { ti, e = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || e != nil {
+		return false
+	}
+	return ti.State == tcpClose
+}

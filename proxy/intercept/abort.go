@@ -105,7 +105,9 @@ func (s *Session) abort(a *abortReason) bool {
 	}
 	close(s.abortedCh)
 	s.upMu.Unlock()
-	if up != nil {
+	if cc := s.upCounted.Load(); cc != nil && cc.Conn == up {
+		cc.Abort()
+	} else if up != nil {
 		Abort(up)
 	}
 	s.upstreams.abortAll()

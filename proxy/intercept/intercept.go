@@ -192,6 +192,10 @@ type Session struct {
 	// upMu orders dialBumped's setting of Upstream with Abort's reading
 	// of it, which may run on another goroutine (the proxy's watches).
 	upMu sync.Mutex
+	// upCounted counts Upstream's bytes once the session wraps it: Abort
+	// resets it through that, which leaves out what it never sent
+	// (upunsent.go).
+	upCounted atomic.Pointer[countedConn]
 	// waitingReleased says ReleaseWaiting has been called.
 	waitingReleased atomic.Bool
 }
@@ -373,7 +377,9 @@ func (s *session) bump() {
 			return noVerdict(verifyErr) // verifyguard.go: a wait that ran out ends here
 		},
 	}
-	up := tls.Client(&countedConn{Conn: s.Upstream, n: &s.upBytes}, ucfg)
+	counted := &countedConn{Conn: s.Upstream, n: &s.upBytes}
+	s.upCounted.Store(counted)
+	up := tls.Client(counted, ucfg)
 	hctx, cancel := context.WithTimeout(context.Background(), ic.cfg.HandshakeTimeout)
 	err := up.HandshakeContext(hctx)
 	cancel()

@@ -38,6 +38,9 @@ type countedConn struct {
 	onClose atomic.Pointer[func()]
 	// credit: the request it was dialled for (dialcredit.go).
 	credit dialCredit
+	// unsentDropped says what the socket never sent is off the count
+	// (upunsent.go).
+	unsentDropped atomic.Bool
 }
 
 // whenClosed has f called once c closes, or at once if it has.
@@ -67,6 +70,7 @@ func (c *countedConn) holdSlot(sl *connSlot) {
 // the next dial's connection comes only once this one is closed.
 func (c *countedConn) Close() error {
 	c.closed.Store(true)
+	c.dropUnsent(false)
 	err := c.Conn.Close()
 	c.slot.Load().release() // nil-safe, once
 	c.creditOnClose()       // dialcredit.go
@@ -102,7 +106,10 @@ func (c *countedConn) Write(b []byte) (int, error) {
 }
 
 // Abort resets the connection.
-func (c *countedConn) Abort() { Abort(c.Conn) }
+func (c *countedConn) Abort() {
+	c.dropUnsent(true)
+	Abort(c.Conn)
+}
 
 // The windows the upstream HTTP/2 transport grants a destination. It takes
 // what a stream's window allows into memory whether or not the client
@@ -200,7 +207,9 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 				// Cleartext: the connection dialled before the session
 				// is counted nowhere (each request's record counts its
 				// bytes); wrapped, headDeadline sees its reads.
-				c = &countedConn{Conn: c, n: &s.upBytes}
+				cc := &countedConn{Conn: c, n: &s.upBytes}
+				s.upCounted.Store(cc)
+				c = cc
 			}
 			return &framingConn{Conn: c, slot: slot}, nil // HTTP/1: no h2c upstream
 		},
