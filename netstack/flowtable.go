@@ -23,6 +23,7 @@ type Flow struct {
 	acks     atomic.Pointer[flowAcks] // TCP, with an ACK delay: the reply path's (delayack.go)
 	tcp      atomic.Uint32            // TCP: what the flow's segments showed (tcpSynAcked...)
 	snd      atomic.Uint64            // TCP: the stack's SND.UNA and SND.NXT as seen (tcpseq.go)
+	iss      atomic.Uint64            // TCP: issKnown | the stack's SYN-ACK's sequence number (tcpseq.go)
 	mtuTaken atomic.Int64             // TCP: when the stack last took a path MTU error (monoclock.Now; icmperr.go)
 	replied  atomic.Bool              // others: the stack has sent the client something
 	removed  atomic.Bool              // out of the table: expired or evicted (flowevict.go)

@@ -250,3 +250,54 @@ func TestPathMTUErrorsSpaced(t *testing.T) {
 		})
 	}
 }
+
+// TestTCPUnackedAcrossKeepalive: the flow's count of what the client has
+// not acknowledged (Conn.SendQueued) starts at the stack's SYN-ACK, follows
+// the client's acknowledgments across 2^32, and is not thrown off by a
+// keepalive probe, which gVisor sends with SND.NXT-1 and no data: taken
+// for the start of a window, it set SND.UNA one back, and the client's
+// answer, acknowledging SND.NXT "beyond" it, was ignored for good.
+func TestTCPUnackedAcrossKeepalive(t *testing.T) {
+	client, server := groFamilies[0].client, groFamilies[0].server
+	var f Flow
+	stack := func(seq uint32, flags header.TCPFlags, n int) {
+		pkt := clientSegment(server, client, seq, 1, flags, make([]byte, n))
+		p, r := ParsePacket(pkt, EtherTypeIPv4)
+		if r != DropNone {
+			t.Fatal(r)
+		}
+		f.tcpSent(&p, pkt)
+	}
+	want := func(step string, written int64, n int) {
+		t.Helper()
+		got, ok := f.tcpUnacked(written)
+		if !ok || got != n {
+			t.Errorf("%s: unacked %d, %v; want %d", step, got, ok, n)
+		}
+	}
+	if _, ok := f.tcpUnacked(0); ok {
+		t.Error("a flow with no SYN-ACK seen says what is unacknowledged")
+	}
+	stack(0xfffffff0, header.TCPFlagSyn|header.TCPFlagAck, 0)
+	want("SYN-ACK", 0, 0)
+	f.tcpAcked(0xfffffff1)
+	want("written, not yet sent", 0x100, 0x100)
+	stack(0xfffffff1, header.TCPFlagAck, 0x100)
+	want("sent", 0x100, 0x100)
+	f.tcpAcked(0x10)
+	want("acknowledged across 2^32", 0x100, 0x100-0x1f)
+	f.tcpAcked(0xf1)
+	want("all acknowledged", 0x100, 0)
+	stack(0xf0, header.TCPFlagAck, 0) // a keepalive probe: SND.NXT-1
+	want("after a keepalive", 0x100, 0)
+	stack(0xf1, header.TCPFlagAck, 0x10)
+	f.tcpAcked(0x101)
+	want("data after the keepalive, acknowledged", 0x110, 0)
+	stack(0x101, header.TCPFlagAck|header.TCPFlagFin, 0)
+	f.tcpAcked(0x102)
+	want("the FIN acknowledged", 0x110, 0)
+	f.removed.Store(true)
+	if _, ok := f.tcpUnacked(0x110); ok {
+		t.Error("a flow out of the table says what is unacknowledged")
+	}
+}

@@ -287,16 +287,23 @@ func fullAddr(a tcpip.Address, port uint16) netip.AddrPort {
 }
 
 func (st *endpointStack) info(proto uint8, id stack.TransportEndpointID) FlowInfo {
+	info, _ := st.infoKey(proto, id)
+	return info
+}
+
+// infoKey is info, and the flow's key in the table.
+func (st *endpointStack) infoKey(proto uint8, id stack.TransportEndpointID) (FlowInfo, FlowKey) {
 	client := fullAddr(id.RemoteAddress, id.RemotePort)
 	dest := fullAddr(id.LocalAddress, id.LocalPort)
 	p := Packet{Proto: proto, IPv6: dest.Addr().Is6(), SrcPort: client.Port(), DstPort: dest.Port()}
 	p.Src, p.Dst = client.Addr().As16(), dest.Addr().As16()
 	key := p.Key(st.endpoint)
-	return st.srv.flowInfo(st.endpoint, client, dest, &key)
+	return st.srv.flowInfo(st.endpoint, client, dest, &key), key
 }
 
 func (st *endpointStack) handleTCP(r *tcp.ForwarderRequest) {
-	req := &TCPRequest{Flow: st.info(protoTCP, r.ID()), fr: r, opts: &st.srv.cfg.TCP}
+	info, key := st.infoKey(protoTCP, r.ID())
+	req := &TCPRequest{Flow: info, fr: r, opts: &st.srv.cfg.TCP, flow: st.srv.flows.Lookup(&key)}
 	req.client = clientKeyOf(st.endpoint, req.Flow.Client.Addr().As16())
 	if !st.setups.take(req.client, st.srv.cfg.TCP.MaxInFlight) {
 		st.srv.stats.tcpSetupsRefused.Add(1)
@@ -349,6 +356,9 @@ type TCPRequest struct {
 	// pressure is the server's memory pressure (flowTable.pressure), by
 	// which Close shortens the conn's ClosedSendTimeout.
 	pressure *atomic.Int32
+	// flow is the flow's entry in the table as the SYN found it: its
+	// segments tell what the client acknowledged (Conn.SendQueued).
+	flow *Flow
 }
 
 // ErrRequestDone is returned by Accept after Accept or Reject.
@@ -384,7 +394,7 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	uto := tcpip.TCPUserTimeoutOption(r.opts.ClosedSendTimeout)
 	_ = ep.SetSockOpt(&uto)
 	c := newConn(wq, ep, r.Flow.Dest, r.Flow.Client)
-	c.closedSend, c.pressure = r.opts.ClosedSendTimeout, r.pressure
+	c.closedSend, c.pressure, c.flow = r.opts.ClosedSendTimeout, r.pressure, r.flow
 	if r.live != nil {
 		r.live.add(c, r.client)
 	}

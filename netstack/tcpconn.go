@@ -65,6 +65,12 @@ type Conn struct {
 	// by Accept, nil pressure for a conn of no server.
 	closedSend time.Duration
 	pressure   *atomic.Int32
+
+	// flow is the conn's flow in the table, set by Accept (nil for a
+	// conn of no server), and written what Write gave the stack, for
+	// SendQueued.
+	flow    *Flow
+	written atomic.Int64
 }
 
 // WriteWaiter learns when a Write waits for room in the send buffer: the
@@ -281,14 +287,24 @@ func (c *Conn) stackError(terr tcpip.Error) error {
 }
 
 // SendQueued returns the bytes written to the connection that the client
-// has not acknowledged yet, sent or not.
+// has not acknowledged yet, sent or not. gVisor's TCP endpoint does not
+// say (it knows no SendQueueSizeOption): the flow's segments do, the
+// stack's first sequence number and the client's acknowledgments as the
+// packet path saw them (tcpseq.go). ErrSendQueueUnknown when they cannot
+// (a flow made again after it expired, or gone from the table).
 func (c *Conn) SendQueued() (int, error) {
-	n, terr := c.ep.GetSockOptInt(tcpip.SendQueueSizeOption)
-	if terr != nil {
-		return 0, c.stackError(terr)
+	if c.flow == nil {
+		return 0, ErrSendQueueUnknown
+	}
+	n, ok := c.flow.tcpUnacked(c.written.Load())
+	if !ok {
+		return 0, ErrSendQueueUnknown
 	}
 	return n, nil
 }
+
+// ErrSendQueueUnknown is SendQueued's error when the flow cannot tell.
+var ErrSendQueueUnknown = errors.New("netstack: the flow's acknowledgments are not known")
 
 func (c *Conn) opError(err error) error {
 	return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
@@ -317,6 +333,9 @@ func (c *Conn) Write(b []byte) (int, error) {
 	for n < len(b) {
 		m, terr := c.rw.writeLocked(c.ep, b[n:])
 		n += int(m)
+		if m > 0 {
+			c.written.Add(m)
+		}
 		switch terr.(type) {
 		case nil:
 			continue

@@ -39,6 +39,9 @@ func (f *Flow) tcpSent(p *Packet, pkt []byte) {
 	end := p.seq + uint32(max(p.Len-p.Payload-int(pkt[p.Payload+12]>>4)*4, 0))
 	if flags&flagSyn != 0 {
 		end++
+		if f.iss.Load() != issKnown|uint64(p.seq) {
+			f.iss.Store(issKnown | uint64(p.seq))
+		}
 	}
 	if flags&flagFin != 0 {
 		end++
@@ -47,6 +50,11 @@ func (f *Flow) tcpSent(p *Packet, pkt []byte) {
 		was := f.snd.Load()
 		una, nxt := uint32(was>>32), uint32(was)
 		switch {
+		case end == p.seq && flags&flagSyn == 0 && was != 0:
+			// No sequence space: a pure ACK, or a keepalive probe
+			// (SND.NXT-1), which would set the window one back and
+			// have the client's next acknowledgment ignored.
+			return
 		case flags&flagSyn != 0, una == nxt:
 			// A SYN-ACK starts a connection; with nothing in flight
 			// (or nothing seen yet) the segment starts the window.
@@ -77,6 +85,31 @@ func (f *Flow) tcpAcked(ack uint32) {
 			return
 		}
 	}
+}
+
+// issKnown marks Flow.iss set: the stack's SYN-ACK was seen.
+const issKnown = 1 << 32
+
+// tcpUnacked returns the bytes of written, all the stack was given to send
+// on the flow's connection, that the client has not acknowledged: sent or
+// not, as Linux's SIOCOUTQ counts them. It reports false when the flow
+// cannot say: its SYN-ACK was not seen (a flow made again after it
+// expired), or it has left the table, where its counts move no more.
+func (f *Flow) tcpUnacked(written int64) (int, bool) {
+	iss := f.iss.Load()
+	if iss&issKnown == 0 || f.removed.Load() {
+		return 0, false
+	}
+	start := uint32(iss) + 1       // the SYN's own sequence number is no byte
+	end := start + uint32(written) // modulo 2^32: a send buffer is far less
+	una := uint32(f.snd.Load() >> 32)
+	if seqAfter(start, una) {
+		una = start // the SYN-ACK not yet acknowledged
+	}
+	if !seqAfter(end, una) {
+		return 0, true // all of it, the FIN too maybe
+	}
+	return int(end - una), true
 }
 
 // tcpInFlight reports whether seq lies in the flow's send window: at or
