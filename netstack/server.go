@@ -51,10 +51,10 @@ type Server struct {
 	// (reclaim.go); reclaiming is set while its loop runs.
 	live       liveConns
 	reclaiming atomic.Bool
-	// synWaiters counts the SYNs waiting for a stack to let go of a reset
-	// connection, at most synWaitCap, or maxSynWaiters if 0 (synwait.go).
+	// The SYNs waiting for a stack to let go of a reset connection: at most synWaitCap (synwait.go).
 	synWaiters atomic.Int32
-	synWaitCap int32
+	synWaitCap int32 // maxSynWaiters if 0
+	synPoll    synPoller
 }
 
 // Listen opens the GENEVE sockets and the return path. Serve starts reading.

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"sync"
 	"time"
-
-	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 )
 
 // A client that resets its connection and at once opens a new one from the
@@ -27,8 +25,8 @@ import (
 // sign of life", Flow.tcp's tcpReset: the stack's FIN, written by a proxy
 // that closed its end before the stack had the RST, crosses the RST and
 // clears that.) gVisor says nothing when a connection leaves its
-// demultiplexer: the wait looks, at growing intervals, for at most
-// maxSynWait. A RST the stack does not take (out of its window) leaves the
+// demultiplexer: the wait is looked at, by one goroutine for all
+// (synpoll.go), for at most maxSynWait. A RST the stack does not take (out of its window) leaves the
 // connection live; the SYN then goes in after maxSynWait and is answered as
 // on a live connection, with an ACK (RFC 5961 4.2); a RST whose checksums
 // fail, which the stack drops, starts no wait. One SYN per flow waits;
@@ -46,7 +44,7 @@ import (
 // waits the whole maxSynWait) and a SYN held every place, and other
 // clients' reconnects right after their RSTs were refused again (8 to 12
 // of 20, the bound lowered to 64). A client's SYNs so cost at most
-// maxSynWaitersPerClient goroutines and copies, however its flows churn. A
+// maxSynWaitersPerClient copies, however its flows churn. A
 // waiting SYN was shown to the capture tap as it came: it is taken in,
 // only later.
 
@@ -57,9 +55,11 @@ import (
 const maxSynWait = 20 * time.Millisecond
 
 // maxSynWaiters bounds the SYNs that wait at once, over all stacks: each
-// holds a goroutine, a copy of its SYN (up to a jumbo frame) and, with a
-// capture on, at most maxHeldBytesBehindSyn of the segments behind it, so
-// 4,096 cost at most some 100 MiB (a client's 64, 1.6 MiB), while a
+// holds a copy of its SYN (up to a jumbo frame) and, with a capture on,
+// at most maxHeldBytesBehindSyn of the segments behind it (in copies of up
+// to 8 segments, each allocated in Go's size classes: 29 KiB for a jumbo
+// SYN and 7 segments of 2,305 bytes), so 4,096 cost at most some 130 MiB
+// (a client's 64, 1.9 MiB), while a
 // reconnect right after a RST is rare enough that far fewer wait at any
 // time.
 const maxSynWaiters = 4096
@@ -71,13 +71,9 @@ const maxSynWaiters = 4096
 // leaves the others their waits.
 const maxSynWaitersPerClient = 64
 
-// firstSynPoll is the first interval at which a waiting SYN looks whether
-// the stack has let the old connection go; each later one is twice the
-// last, up to lastSynPoll.
-const (
-	firstSynPoll = 50 * time.Microsecond
-	lastSynPoll  = 2 * time.Millisecond
-)
+// lastSynPoll is the longest time between two looks at a waiting SYN
+// (synPollEvery).
+const lastSynPoll = 2 * time.Millisecond
 
 // synWait is a flow's SYN waiting for the stack to let go of the reset
 // connection on its 4-tuple.
@@ -118,7 +114,7 @@ const (
 // whether it did. Shown now, data there could be a decoy (the client's RST
 // taken, the stack drops it) or the stream's (a RST the stack ignored,
 // the connection live), which only the stack tells apart, once it has
-// taken the RST: the wait's end (deliverSynLater) decides. full says it
+// taken the RST: the wait's end (deliverSyn) decides. full says it
 // could not: the bound is reached, and the segment is to be dropped.
 // Neither, the wait is over (its held segments went in as it ended, under
 // w.mu): the segment goes its way.
@@ -188,22 +184,18 @@ func (s *Server) synWaits(st *endpointStack, flow *Flow, p *Packet, pkt []byte, 
 		cl.synWaitEnd()
 		return false, DropNone
 	}
-	go s.deliverSynLater(st, flow, w, p.IPv6)
+	s.synPoll.add(s, pendingSyn{st: st, flow: flow, w: w, ipv6: p.IPv6, deadline: now + int64(maxSynWait)})
 	return true, DropNone
 }
 
-// deliverSynLater hands flow's waiting SYN w to st once it no longer holds
-// the connection on the SYN's 4-tuple, or after maxSynWait. A SYN whose
-// flow left the table meanwhile (evicted: a reset half-open flow is
-// evictable at once) is dropped: taken in, it would reach the handler with
-// no GWLB attachment or flow cookie and its SYN-ACK would have no flow to
-// go out under; the client sends it again in a second, and makes a new
-// flow.
-func (s *Server) deliverSynLater(st *endpointStack, flow *Flow, w *synWait, ipv6 bool) {
-	deadline := monoclock.Now() + int64(maxSynWait)
-	for poll := firstSynPoll; s.holdsTCP(&flow.key) && !flow.removed.Load() && monoclock.Now() < deadline; poll = min(2*poll, lastSynPoll) {
-		time.Sleep(poll)
-	}
+// deliverSyn hands flow's waiting SYN w to st: it no longer holds the
+// connection on the SYN's 4-tuple, or maxSynWait has passed (synPoller).
+// A SYN whose flow left the table meanwhile (evicted: a reset half-open
+// flow is evictable at once) is dropped: taken in, it would reach the
+// handler with no GWLB attachment or flow cookie and its SYN-ACK would
+// have no flow to go out under; the client sends it again in a second, and
+// makes a new flow.
+func (s *Server) deliverSyn(st *endpointStack, flow *Flow, w *synWait, ipv6 bool) {
 	// st.mu before w.mu, as deliver takes them. The held segments go in
 	// under w.mu: one that comes meanwhile waits for them (holdBehindSyn),
 	// rather than reach the stack, and the tap, before them.
