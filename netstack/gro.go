@@ -23,10 +23,14 @@ type coalescer struct {
 	// acks holds the last pure ACK of each flow in the batch that has one
 	// pending (see "Thinning pure ACKs"), in the order the flows came.
 	acks []heldAck
+	// flows are the flows of the segments held, each once per run of its
+	// segments: whether one is there (holds) decides whether a segment
+	// that bypasses the batch must flush it first.
+	flows []ackFlow
 }
 
 func newCoalescer() *coalescer {
-	c := &coalescer{acks: make([]heldAck, 0, maxBatch)}
+	c := &coalescer{acks: make([]heldAck, 0, maxBatch), flows: make([]ackFlow, 0, maxBatch)}
 	c.gro.Init(true)
 	return c
 }
@@ -47,6 +51,9 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, p *Packet) {
 	c.out = checkedDelivery{nic: *dp, ip4: st.ip4, ip6: st.ip6}
 	c.gro.Dispatcher = &c.out
 	flow := ackFlow{p.Src, p.Dst, p.SrcPort, p.DstPort}
+	if n := len(c.flows); n == 0 || c.flows[n-1] != flow {
+		c.flows = append(c.flows, flow)
+	}
 	seq, ack, thinnable := pureAck(pkt, p)
 	for i := range c.acks {
 		h := &c.acks[i]
@@ -67,6 +74,20 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, p *Packet) {
 		return
 	}
 	c.enqueue(pkt, p.IPv6)
+}
+
+// holds reports whether the coalescer holds a segment of p's flow for st.
+func (c *coalescer) holds(st *endpointStack, p *Packet) bool {
+	if c.st != st {
+		return false
+	}
+	flow := ackFlow{p.Src, p.Dst, p.SrcPort, p.DstPort}
+	for i := range c.flows {
+		if c.flows[i] == flow {
+			return true
+		}
+	}
+	return false
 }
 
 // releaseAcks hands the ACKs held to the GRO.
@@ -111,6 +132,7 @@ func (c *coalescer) flushLocked(st *endpointStack) {
 		c.gro.Dispatcher = discardDispatcher{}
 	}
 	c.releaseAcks()
+	c.flows = c.flows[:0]
 	c.gro.Flush()
 	c.gro.Dispatcher, c.out = nil, checkedDelivery{}
 }

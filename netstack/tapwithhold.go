@@ -24,8 +24,8 @@ func (s *Server) tapIn(st *endpointStack, co *coalescer, flow *Flow, h *Header, 
 	}
 	if !p.MoreFragments && s.tapWithholds(p, pkt, flow, tcpBefore) {
 		s.stats.tapWithheld.Add(1)
-		if co != nil {
-			co.flushLocked(st) // the flow's segments before it go in first
+		if co != nil && co.holds(st, p) {
+			co.flushLocked(st) // the flow's segments before it go in first; others' stay batched
 		}
 		st.link.inject(pkt, p.IPv6)
 		return true, DropNone
