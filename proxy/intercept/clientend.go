@@ -75,16 +75,17 @@ func (c *hijackedConn) Close() error {
 	return err
 }
 
-// abortWhenSent resets c's connection, the one beneath TLS for a bumped
-// one, once the client has acknowledged all that was written to it, or
-// after drainWait: a reset throws away the send queue, and the client
-// lost most of a body written before the cut (96 KiB of 2 MiB) while the
-// record counted it all. A connection that cannot say is reset at once.
+// abortWhenSent resets c's socket (beneath TLS and the plaintext tap,
+// socketOf), once the client has acknowledged all that was written to
+// it, or after drainWait: a reset throws away the send queue, and the
+// client lost most of a body written before the cut (96 KiB of 2 MiB)
+// while the record counted it all. A connection that cannot say is reset
+// at once. The socket, not c: c's Close would end a bumped one with a
+// close_notify and a FIN, which say the body was whole. A tap's stream
+// is ended here, as nothing closes c after this.
 func abortWhenSent(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	if q, ok := socketOf(c).(interface{ SendQueued() (int, error) }); ok {
+	sock := socketOf(c)
+	if q, ok := sock.(interface{ SendQueued() (int, error) }); ok {
 		end := time.Now().Add(drainWait)
 		for poll := time.Millisecond; time.Now().Before(end); poll = min(2*poll, 50*time.Millisecond) {
 			if n, err := q.SendQueued(); err != nil || n == 0 {
@@ -93,7 +94,10 @@ func abortWhenSent(c net.Conn) {
 			time.Sleep(poll)
 		}
 	}
-	Abort(c)
+	Abort(sock)
+	if p, ok := c.(*plaintextConn); ok {
+		p.endStream()
+	}
 }
 
 // lingersAtEnd reports whether the session's client connection ends with
@@ -103,7 +107,11 @@ func abortWhenSent(c net.Conn) {
 // whose client broke its connection, nor once the stacks are closing: the
 // records of those say the connection's end was not a clean one.
 func (s *session) lingersAtEnd() bool {
-	if _, ok := s.client.(*tls.Conn); !ok {
+	c := s.client
+	if p, ok := c.(*plaintextConn); ok { // the tap's (plaintext.go)
+		c = p.Conn
+	}
+	if _, ok := c.(*tls.Conn); !ok {
 		return false
 	}
 	if s.abortedFromOutside() || s.clientBroke() != nil {

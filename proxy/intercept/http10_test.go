@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
 // piecesOrigin is an HTTP/1 origin (over TLS with leaf, when not nil) that
@@ -162,12 +163,21 @@ func TestHTTP10ClientChunkedAnswer(t *testing.T) {
 // connection's end at once (not a wait for an end that never comes): a
 // reset, since the body is delimited by the close, and a close (a FIN, or
 // a close_notify) would tell the client it had the whole body. The record
-// does not say ok.
+// does not say ok. With the plaintext tap (--capture-plaintext) too: the
+// tap's wrapper hid the TLS connection, and the bumped client got a
+// close_notify and a FIN after half the body; the tap's stream is ended
+// once all the same.
 func TestHTTP10ClientChunkedAnswerCut(t *testing.T) {
-	for _, bumped := range []bool{false, true} {
-		t.Run(fmt.Sprintf("bumped=%v", bumped), func(t *testing.T) {
-			r := newRig(t, testPolicy)
+	for _, mode := range []string{"clear", "bumped", "bumped+tap"} {
+		t.Run(mode, func(t *testing.T) {
+			sink := &plainSink{}
+			r := newRig(t, testPolicy, func(c *intercept.Config) {
+				if mode == "bumped+tap" {
+					c.Plaintext = sink
+				}
+			})
 			var leaf *tls.Certificate
+			bumped := mode != "clear"
 			if bumped {
 				leaf = r.upLeaf("www.example.test")
 			}
@@ -195,6 +205,25 @@ func TestHTTP10ClientChunkedAnswerCut(t *testing.T) {
 			}
 			if rec.Result == "ok" {
 				t.Errorf("an answer the origin cut short is recorded ok (%q)", rec.Error)
+			}
+			if mode != "bumped+tap" {
+				return
+			}
+			_, streams := sink.get()
+			if len(streams) != 1 {
+				t.Fatalf("%d plaintext streams, want 1", len(streams))
+			}
+			for end := time.Now().Add(waitLimit); ; time.Sleep(5 * time.Millisecond) {
+				_, s2c, closes, _ := streams[0].snapshot()
+				if closes == 1 {
+					if _, tapped, _ := strings.Cut(s2c, "\r\n\r\n"); tapped != want {
+						t.Errorf("the tap got %d body bytes, want the %d written", len(tapped), size)
+					}
+					break
+				}
+				if closes > 1 || time.Now().After(end) {
+					t.Fatalf("the tap's stream was closed %d times, want once", closes)
+				}
 			}
 		})
 	}

@@ -121,13 +121,19 @@ func (c *plaintextConn) Write(b []byte) (int, error) {
 // FINs otherwise.
 func (c *plaintextConn) Close() error {
 	err := c.Conn.Close()
+	c.endStream()
+	return err
+}
+
+// endStream ends the stream as Close does, for a connection reset beneath
+// the tap (abortWhenSent), which nothing closes then.
+func (c *plaintextConn) endStream() {
 	c.once.Do(func() {
 		if !c.reset.Load() && c.clientBroke() {
 			c.st.ClientReset()
 		}
 		c.st.Close()
 	})
-	return err
 }
 
 // clientBroke reports whether the client broke its connection (a reset,

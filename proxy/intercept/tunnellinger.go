@@ -231,12 +231,15 @@ func wireOut(c net.Conn) int64 {
 }
 
 // socketOf is the connection under c's wrappers of this package's: the
-// host socket's, for an upstream.
+// host socket's, for an upstream; the stack's, for a client (beneath TLS
+// and the plaintext tap, when bumped).
 func socketOf(c net.Conn) net.Conn {
 	for range 8 {
 		switch x := c.(type) {
 		case *tls.Conn:
 			c = x.NetConn()
+		case *plaintextConn:
+			c = x.Conn
 		case *setConn:
 			c = x.Conn
 		case *countedConn:
