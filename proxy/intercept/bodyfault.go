@@ -286,7 +286,7 @@ func malformedBody(err error) bool {
 const lingerAfterMax = 500 * time.Millisecond
 
 // lingerClose closes c, a client connection answered with a request body
-// left unread (or a bumped one ending on its own: clientend.go), as
+// left unread (or one ending on its own: clientend.go), as
 // net/http's server closes one (closeWriteAndWait): it
 // half-closes c (a TLS connection's close_notify, then the socket's FIN)
 // and reads and discards what the client still sends, up to its end, at

@@ -1,27 +1,28 @@
 package intercept
 
 import (
-	"crypto/tls"
 	"net"
 	"time"
 )
 
-// How a bumped client's connection ends once goproxy is done with it.
+// How a client's connection ends once goproxy is done with it.
 //
 // goproxy closes the client connection as soon as its last answer is
 // written: a WebSocket tunnel whose destination ended, an HTTP/1 answer
-// with Connection: close, an HTTP/2 connection its server ended. Most of
-// that answer may still be in the stack's send queue then. A client that
-// half-closed after its upload (close_notify, then FIN) and reads on may
-// have its close_notify arrive after that Close (held back by Nagle
-// behind its unacknowledged upload), and gVisor, as Linux, answers data
-// arriving on a closed connection with a RST: that discards the send
-// queue, and the client loses the answer's tail while the records say it
-// had it all. So the connection ends as net/http's server ends one
-// (closeWriteAndWait): half-closed (close_notify, then FIN after the
-// answer) and read, what comes dropped, until the client's end, and only
-// then closed (lingerClose). A cleartext client's FIN carries no data and
-// draws no RST: only bumped connections linger.
+// with Connection: close or to an HTTP/1.0 request (http10.go), an
+// HTTP/2 connection its server ended. Most of that answer may still be
+// in the stack's send queue then, and gVisor, as Linux, answers data
+// unread or arriving on a closed connection with a RST: that discards
+// the send queue, and the client loses the answer's tail while the
+// records say it had it all. Bumped, a client that half-closed after its
+// upload (close_notify, then FIN) and reads on may have its close_notify
+// arrive after that Close (held back by Nagle behind its unacknowledged
+// upload); bumped or not, a keep-alive client may have sent its next
+// request while the answer was coming (128 KiB of a 1 MiB answer reached
+// such a cleartext client, the record ok). So the connection ends as
+// net/http's server ends one (closeWriteAndWait): half-closed
+// (close_notify, then FIN after the answer) and read, what comes
+// dropped, until the client's end, and only then closed (lingerClose).
 //
 // The linger is lingerClose's: the client's end, at most drainMax bytes
 // for at most drainWait (2 s, the bound of the other lingers: the body
@@ -29,10 +30,14 @@ import (
 // client sent before it saw the appliance's end, which arrive within a
 // round trip or a retransmission or two; a client that never closes
 // keeps its connection 2 s past the session, no longer (the
-// close_notify's write before it is bounded by tls.Conn's 5 s). It runs
-// on a goroutine of its own, so the session's end (its records, Done,
-// what a drain waits for) does not wait for it; the stacks' closing ends
-// its read at once, as does a reset.
+// close_notify's write before it is bounded by tls.Conn's 5 s). The
+// session ends first (its records, Done, what a drain waits for), and
+// the linger runs after it: an HTTP/1 connection's on goproxy's own
+// goroutine, whose Close it is and which ends with it (an HTTP/1.0
+// client's every request is a connection: no goroutine more for each),
+// an HTTP/2 one's on a goroutine of its own, the HTTP/2 server's Close
+// coming before its own end. The stacks' closing ends its read at once,
+// as does a reset.
 
 // Close writes what is still held, then closes the connection, or
 // begins its lingering close (above). A write blocked on a client that
@@ -63,9 +68,18 @@ func (c *hijackedConn) Close() error {
 	case c.lingers != nil && c.lingers():
 		// A second Close (the HTTP/2 server's, after goproxy's) leaves it
 		// to the linger; one after an abort (lingers false) closes.
-		if c.lingering.CompareAndSwap(false, true) {
-			go func() { _ = lingerClose(c.Conn) }()
+		if !c.lingering.CompareAndSwap(false, true) {
+			break
 		}
+		if !c.h1 {
+			go func() { _ = lingerClose(c.Conn) }()
+			break
+		}
+		if c.onClose != nil {
+			c.once.Do(c.onClose)
+		}
+		_ = lingerClose(c.Conn)
+		return nil
 	default:
 		err = c.Conn.Close()
 	}
@@ -101,19 +115,12 @@ func abortWhenSent(c net.Conn) {
 }
 
 // lingersAtEnd reports whether the session's client connection ends with
-// a lingering close as goproxy closes it: a bumped one (a TLS
-// connection), and a session that ends on its own. Not one aborted (its
-// connections reset already: nothing more to read or to deliver), nor one
-// whose client broke its connection, nor once the stacks are closing: the
-// records of those say the connection's end was not a clean one.
+// a lingering close as goproxy closes it: a session that ends on its own.
+// Not one aborted (its connections reset already: nothing more to read or
+// to deliver), nor one whose client broke its connection, nor once the
+// stacks are closing: the records of those say the connection's end was
+// not a clean one.
 func (s *session) lingersAtEnd() bool {
-	c := s.client
-	if p, ok := c.(*plaintextConn); ok { // the tap's (plaintext.go)
-		c = p.Conn
-	}
-	if _, ok := c.(*tls.Conn); !ok {
-		return false
-	}
 	if s.abortedFromOutside() || s.clientBroke() != nil {
 		return false
 	}

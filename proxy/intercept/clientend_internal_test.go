@@ -87,3 +87,48 @@ func TestHijackedConnNoLingerClosesAtOnce(t *testing.T) {
 		t.Error("Close left the connection of a session that does not linger open")
 	}
 }
+
+// TestHijackedConnH1LingersOnClosingGoroutine: an HTTP/1 connection's
+// lingering close (a cleartext one's too) runs on the goroutine of
+// goproxy's Close, not on one of its own: an HTTP/1.0 client's every
+// request is a connection. The session ends first; Close returns once
+// the client has ended its side, with what it sent late read and
+// dropped, not answered with a reset.
+func TestHijackedConnH1LingersOnClosingGoroutine(t *testing.T) {
+	client, server := testnet.TCPPair(t)
+	ended := make(chan struct{})
+	cc := &hijackedConn{Conn: server, h1: true, lingers: func() bool { return true }, onClose: func() { close(ended) }}
+	if _, err := server.Write([]byte("answer")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Write([]byte("GET /next HTTP/1.1\r\n\r\n")); err != nil { // unread as goproxy closes
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- cc.Close() }()
+	select {
+	case <-ended:
+	case <-time.After(drainWait / 2):
+		t.Fatal("the session's end waited for the linger")
+	}
+	got, err := io.ReadAll(client) // to the appliance's FIN
+	if err != nil || string(got) != "answer" {
+		t.Fatalf("the client read %q, %v; want the answer and a clean end", got, err)
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) before the client's end: the linger is not on its goroutine", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if err := client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(drainWait / 2):
+		t.Fatal("Close did not return on the client's end")
+	}
+	if !closedSoon(server, 50*time.Millisecond) {
+		t.Error("the connection is still open after the linger")
+	}
+}
