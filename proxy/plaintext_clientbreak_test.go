@@ -67,6 +67,7 @@ func (s *endStream) FromClient([]byte) {}
 func (s *endStream) FromServer([]byte) {}
 func (s *endStream) ClientClosed()     { s.ev("ClientClosed") }
 func (s *endStream) ClientReset()      { s.ev("ClientReset") }
+func (s *endStream) ServerReset()      { s.ev("ServerReset") }
 func (s *endStream) Close()            { s.ev("Close") }
 
 // TestPlaintextOfClientBrokenUnderWay: a bumped HTTP/1 client resets its
@@ -146,5 +147,27 @@ func TestPlaintextOfApplianceAbortNoClientReset(t *testing.T) {
 	}
 	if ev := sink.ends(t); slices.Contains(ev, "ClientReset") {
 		t.Errorf("the appliance's own reset shown as the client's RST: the plaintext ends %v", ev)
+	}
+}
+
+// TestPlaintextOfStalledSession: a bumped client that stops reading a
+// download has its session reset by the appliance a write-stall timeout
+// later; the IDS plaintext ends with the destination's side's RST, as the
+// client saw it, not with FINs, which said the session closed cleanly.
+func TestPlaintextOfStalledSession(t *testing.T) {
+	sink := &endSink{}
+	r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Second, plaintext: sink,
+		handler: (*bumpStallRig).flood})
+	_, br := r.get(t)
+	if _, err := io.ReadFull(br, make([]byte, 1<<20)); err != nil { // the window opens, then shuts
+		t.Fatal(err)
+	}
+	rec, ok := r.tlsRecord(t, 20*time.Second)
+	if !ok {
+		t.Fatal("the stalled session was never recorded")
+	}
+	r.checkStalled(t, rec, "client")
+	if ev := sink.ends(t); !slices.Equal(ev, []string{"ServerReset", "Close"}) {
+		t.Errorf("the plaintext stream ended with %v, want the appliance's reset", ev)
 	}
 }

@@ -364,7 +364,18 @@ func (s *Stream) ClientClosed() {
 // nothing after it (Close then adds no FIN). It is for a read from the
 // client that ended in an error, a reset most often, rather than its FIN:
 // an IDS should see the connection aborted, as it was, not closed cleanly.
-func (s *Stream) ClientReset() {
+func (s *Stream) ClientReset() { s.reset(true) }
+
+// ServerReset synthesizes the appliance's abort of the client's
+// connection: a RST from the destination's side, and nothing after it.
+// It is for a connection the appliance reset (a write that stalled, a
+// reload's deny, the shutdown, an answer delimited by the close that the
+// destination cut short): an IDS shown FINs would take what came for
+// whole.
+func (s *Stream) ServerReset() { s.reset(false) }
+
+// reset ends the stream with a RST from one side.
+func (s *Stream) reset(fromClient bool) {
 	bp := getScratch()
 	defer putScratch(bp)
 	s.mu.Lock()
@@ -374,7 +385,7 @@ func (s *Stream) ClientReset() {
 	}
 	now := time.Now().UnixNano()
 	s.flush(bp, now)
-	s.emit(bp, true, tcpRST|tcpACK, nil, now)
+	s.emit(bp, fromClient, tcpRST|tcpACK, nil, now)
 	s.closed = true
 	s.timer.Stop()
 	s.c.ports.release(&s.tuple)

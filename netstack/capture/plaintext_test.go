@@ -212,46 +212,59 @@ func TestPlaintextStream(t *testing.T) {
 	}
 }
 
-// TestPlaintextClientReset: a stream whose client aborted ends in the
-// client's RST, in sequence after its bytes and acknowledging the
-// server's, with no FIN either way and nothing after it, Close included.
-func TestPlaintextClientReset(t *testing.T) {
-	c := queuedCapture(4096)
-	s := c.OpenPlaintext(plainFlow)
-	if s == nil {
-		t.Fatal("OpenPlaintext: nil")
-	}
-	req, resp := []byte("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n"), []byte("HTTP/1.1 200 OK\r\n")
-	s.FromClient(req)
-	s.FromServer(resp)
-	s.ClientReset()
-	s.Close()
-	s.FromServer([]byte("after the reset: ignored"))
-	pkts := drain(t, c)
-	var cisn, sisn uint32
-	for i, p := range pkts {
-		g := gopacket.NewPacket(p.data, layers.LayerTypeIPv4, gopacket.Default)
-		tcp, _ := g.TransportLayer().(*layers.TCP)
-		if tcp == nil {
-			t.Fatalf("packet %d: no TCP", i)
-		}
-		switch {
-		case i == 0:
-			cisn = tcp.Seq
-		case i == 1:
-			sisn = tcp.Seq
-		case tcp.FIN:
-			t.Errorf("packet %d is a FIN", i)
-		case i == len(pkts)-1:
-			if !tcp.RST || p.out {
-				t.Fatalf("the last packet is not the client's RST: out %v, %+v", p.out, tcp)
+// TestPlaintextReset: a stream whose client aborted ends in the client's
+// RST, and one the appliance reset in the destination's RST, in sequence
+// after its side's bytes and acknowledging the other's, with no FIN either
+// way and nothing after it, Close included.
+func TestPlaintextReset(t *testing.T) {
+	for _, fromClient := range []bool{true, false} {
+		t.Run(fmt.Sprintf("client=%v", fromClient), func(t *testing.T) {
+			c := queuedCapture(4096)
+			s := c.OpenPlaintext(plainFlow)
+			if s == nil {
+				t.Fatal("OpenPlaintext: nil")
 			}
-			if tcp.Seq != cisn+1+uint32(len(req)) || tcp.Ack != sisn+1+uint32(len(resp)) {
-				t.Errorf("RST seq %d ack %d, want %d %d", tcp.Seq, tcp.Ack, cisn+1+uint32(len(req)), sisn+1+uint32(len(resp)))
+			req, resp := []byte("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n"), []byte("HTTP/1.1 200 OK\r\n")
+			s.FromClient(req)
+			s.FromServer(resp)
+			if fromClient {
+				s.ClientReset()
+			} else {
+				s.ServerReset()
 			}
-		case tcp.RST:
-			t.Errorf("packet %d is a RST, before the last", i)
-		}
+			s.Close()
+			s.FromServer([]byte("after the reset: ignored"))
+			pkts := drain(t, c)
+			var cisn, sisn uint32
+			for i, p := range pkts {
+				g := gopacket.NewPacket(p.data, layers.LayerTypeIPv4, gopacket.Default)
+				tcp, _ := g.TransportLayer().(*layers.TCP)
+				if tcp == nil {
+					t.Fatalf("packet %d: no TCP", i)
+				}
+				switch {
+				case i == 0:
+					cisn = tcp.Seq
+				case i == 1:
+					sisn = tcp.Seq
+				case tcp.FIN:
+					t.Errorf("packet %d is a FIN", i)
+				case i == len(pkts)-1:
+					if !tcp.RST || p.out == fromClient {
+						t.Fatalf("the last packet is not the RST of the right side (client %v): out %v, %+v", fromClient, p.out, tcp)
+					}
+					seq, ack := cisn+1+uint32(len(req)), sisn+1+uint32(len(resp))
+					if !fromClient {
+						seq, ack = ack, seq
+					}
+					if tcp.Seq != seq || tcp.Ack != ack {
+						t.Errorf("RST seq %d ack %d, want %d %d", tcp.Seq, tcp.Ack, seq, ack)
+					}
+				case tcp.RST:
+					t.Errorf("packet %d is a RST, before the last", i)
+				}
+			}
+		})
 	}
 }
 

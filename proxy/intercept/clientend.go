@@ -110,7 +110,7 @@ func abortWhenSent(c net.Conn) {
 	}
 	Abort(sock)
 	if p, ok := c.(*plaintextConn); ok {
-		p.endStream()
+		p.endStream(true)
 	}
 }
 

@@ -219,6 +219,14 @@ func TestHTTP10ClientChunkedAnswerCut(t *testing.T) {
 					if _, tapped, _ := strings.Cut(s2c, "\r\n\r\n"); tapped != want {
 						t.Errorf("the tap got %d body bytes, want the %d written", len(tapped), size)
 					}
+					// The IDS is shown the appliance's RST, as the client
+					// got it: FINs would say the body was whole.
+					streams[0].mu.Lock()
+					resets := streams[0].serverResets
+					streams[0].mu.Unlock()
+					if resets != 1 {
+						t.Errorf("the tap's stream ended with %d RSTs of the destination's side, want 1", resets)
+					}
 					break
 				}
 				if closes > 1 || time.Now().After(end) {

@@ -38,6 +38,11 @@ type PlaintextStream interface {
 	// ClientReset: reading from the client failed other than by its end
 	// of data (a reset, most often); the stream ends aborted, with no FIN.
 	ClientReset()
+	// ServerReset: the appliance reset the client's connection (a write
+	// that stalled, a reload's deny, the shutdown, an answer delimited by
+	// the close that the destination cut short); the stream ends aborted
+	// from the destination's side, with no FIN, as the client saw it.
+	ServerReset()
 	Close() // the connection is closed; called once, last
 }
 
@@ -57,7 +62,7 @@ func (s *session) tapPlaintext() {
 	if st == nil {
 		return
 	}
-	s.client = &plaintextConn{Conn: s.client, st: st, broke: s.clientBroke}
+	s.client = &plaintextConn{Conn: s.client, st: st, broke: s.clientBroke, aborted: s.abortedFromOutside}
 }
 
 // plaintextConn copies what is read from and written to a bumped client
@@ -68,8 +73,11 @@ type plaintextConn struct {
 	// broke is what broke the client's connection when its client did
 	// (Session.clientBroke), nil otherwise.
 	broke func() error
-	reset atomic.Bool // a read has ended the stream with the client's RST
-	once  sync.Once
+	// aborted reports whether the appliance reset the session's
+	// connections (Session.Abort).
+	aborted func() bool
+	reset   atomic.Bool // a read has ended the stream with the client's RST
+	once    sync.Once
 }
 
 // clientReset ends the stream with the client's RST.
@@ -117,20 +125,26 @@ func (c *plaintextConn) Write(b []byte) (int, error) {
 
 // Close implements net.Conn. The stream ends with the client's RST when
 // the client broke its connection, though no read saw it (nothing reads
-// the client while an HTTP/1 request waits on its destination), and with
-// FINs otherwise.
+// the client while an HTTP/1 request waits on its destination), with the
+// destination's when the appliance reset the connection (Session.Abort),
+// and with FINs otherwise.
 func (c *plaintextConn) Close() error {
 	err := c.Conn.Close()
-	c.endStream()
+	c.endStream(false)
 	return err
 }
 
-// endStream ends the stream as Close does, for a connection reset beneath
-// the tap (abortWhenSent), which nothing closes then.
-func (c *plaintextConn) endStream() {
+// endStream ends the stream as Close does; reset says the appliance
+// reset the connection beneath the tap (abortWhenSent), which nothing
+// closes then.
+func (c *plaintextConn) endStream(reset bool) {
 	c.once.Do(func() {
-		if !c.reset.Load() && c.clientBroke() {
+		switch {
+		case c.reset.Load():
+		case c.clientBroke():
 			c.st.ClientReset()
+		case reset || (c.aborted != nil && c.aborted()):
+			c.st.ServerReset()
 		}
 		c.st.Close()
 	})

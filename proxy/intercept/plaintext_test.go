@@ -45,7 +45,7 @@ type plainStream struct {
 	mu                      sync.Mutex
 	fromClient, fromServer  bytes.Buffer
 	clientClosed, closes    int
-	resets                  int
+	resets, serverResets    int
 	afterClose              bool
 	serverAfterClientClosed bool
 }
@@ -74,6 +74,12 @@ func (s *plainStream) ClientReset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.resets++
+}
+
+func (s *plainStream) ServerReset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.serverResets++
 }
 
 func (s *plainStream) Close() {

@@ -26,6 +26,7 @@ func (s *eventStream) FromClient([]byte) {}
 func (s *eventStream) FromServer([]byte) {}
 func (s *eventStream) ClientClosed()     { s.ev("ClientClosed") }
 func (s *eventStream) ClientReset()      { s.ev("ClientReset") }
+func (s *eventStream) ServerReset()      { s.ev("ServerReset") }
 func (s *eventStream) Close()            { s.ev("Close") }
 
 // readErrConn is a client conn whose reads fail with err.
