@@ -109,6 +109,7 @@ type relay struct {
 	// destination: from then on the destination is closed, not reset,
 	// when the client breaks (relayfin.go).
 	finPassed atomic.Bool
+	finQueued atomic.Bool // and its shutdown took: the FIN is in the socket's queue
 	// delivering is set by the first closeDelivering, and cut by it when
 	// the destination did not take the upload's tail.
 	delivering atomic.Bool
@@ -269,7 +270,7 @@ func (h *halfRelay) copy() {
 			if err := h.r.recheck(); err != nil {
 				h.r.denied.Store(&err) // before abort: it ends a linger under way
 				relayBufPool.Put(bufp)
-				h.abort(err)
+				h.abort(err, false)
 				h.finish(err)
 				return
 			}
@@ -282,12 +283,12 @@ func (h *halfRelay) copy() {
 				if h.writeBreak.Load() && errors.Is(werr, net.ErrClosed) {
 					// The destination reset for the client's break,
 					// which the record says (r.broke).
-					h.abort(nil)
+					h.abort(nil, false)
 					h.finish(nil)
 					return
 				}
 				if !h.toBrokenClient() {
-					werr = h.abort(werr)
+					werr = h.abort(werr, h == &h.r.out)
 				}
 				h.finish(werr)
 				return
@@ -300,9 +301,10 @@ func (h *halfRelay) copy() {
 		case rerr == nil:
 			continue
 		case rerr == io.EOF:
-			_ = closeWrite(h.dst)
+			werr := closeWrite(h.dst)
 			h.eof = true
 			if h == &h.r.out {
+				h.r.finQueued.Store(werr == nil) // the FIN is no byte of bytes_out (cutOnReset)
 				h.r.finPassed.Store(true)
 			}
 			h.finish(nil)
@@ -316,7 +318,7 @@ func (h *halfRelay) copy() {
 			readErr := rerr
 			h.r.destReadErr.Store(&readErr)
 		}
-		rerr = h.abort(rerr)
+		rerr = h.abort(rerr, h == &h.r.in)
 		if errors.Is(rerr, net.ErrClosed) {
 			rerr = nil // closed by the other direction's error
 		}
@@ -325,9 +327,11 @@ func (h *halfRelay) copy() {
 	}
 }
 
-// abort resets both peers, for why (nil: a reason the record has). It
-// returns why, or nil when the record says it otherwise (cutAfterBreak).
-func (h *halfRelay) abort(why error) error {
+// abort resets both peers, for why (nil: a reason the record has), which
+// fromDest says is the destination's socket's error (a timeout of which
+// means the destination acknowledged nothing for that long: cutOnReset).
+// It returns why, or nil when the record says it otherwise (cutAfterBreak).
+func (h *halfRelay) abort(why error, fromDest bool) error {
 	for _, c := range [2]net.Conn{h.src, h.dst} {
 		if c == h.r.upstream && (h.r.lingerOwed.Load() || h.r.delivering.Load()) {
 			// A linger owns it (closeDelivering): it sees the
@@ -340,7 +344,7 @@ func (h *halfRelay) abort(why error) error {
 			if h.r.cutAfterBreak(why) { // before the close: what it had
 				why = nil
 			}
-			h.r.cutOnReset(why)
+			h.r.cutOnReset(fromDest && timedOut(why))
 		}
 		intercept.Abort(c)
 	}

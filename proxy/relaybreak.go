@@ -225,20 +225,23 @@ func (r *relay) releaseLinger() {
 // what was not acknowledged in all that time never will be.
 
 // cutOnReset counts, before the destination's socket is reset or closed
-// for why (the destination's own reset, a stall, a reload's deny, the
+// (for the destination's own reset, a stall, a reload's deny, the
 // client's reset), what its send queue held that the destination never
-// had, unless a cut is counted already: the bytes never sent, or, after a
-// wait that timed out, all those unacknowledged (resetCut). A destination
-// that reset first left the counts as they stood.
-func (r *relay) cutOnReset(why error) {
+// had, unless a cut is counted already: the bytes never sent, or, when
+// the destination itself timed out (destTimedOut: the write to it
+// stalled, its socket's own timeout), all those unacknowledged
+// (resetCut). Not for the client's timeout or stall: the destination,
+// acknowledging all along, may read the bytes in flight, which the reset
+// follows. A destination that reset first left the counts as they stood.
+func (r *relay) cutOnReset(destTimedOut bool) {
 	if r.cut.Load() != nil {
 		return
 	}
 	unsent := notSentOf(r.upstream)
-	if timedOut(why) {
+	if destTimedOut {
 		unsent = unackedOf(r.upstream)
 	}
-	if r.finPassed.Load() {
+	if r.finQueued.Load() {
 		unsent = max(unsent-1, 0) // the FIN's sequence number is no byte
 	}
 	r.cut.CompareAndSwap(nil, &lingerCut{unsent: int64(unsent)})

@@ -421,7 +421,7 @@ func (r *relay) stall(ww *writeWatch, waited, timeout time.Duration) {
 	r.stalled.Store(&err)
 	ww.sw.stalled.Add(1)
 	r.cutAfterBreak(err)
-	r.cutOnReset(err)
+	r.cutOnReset(culprit == &r.out.ww) // a stall of the write to the destination
 	intercept.Abort(r.client)
 	intercept.Abort(r.upstream)
 }
