@@ -45,6 +45,7 @@ type Conn struct {
 	laddr, raddr *net.TCPAddr
 	closer       *closer
 	closed       atomic.Bool
+	finQueued    atomic.Bool // CloseWrite queued the FIN
 	gone         atomic.Bool // closed or aborted: unpark has run
 	idle         idleRead
 
@@ -160,8 +161,17 @@ func (c *Conn) CloseWrite() error {
 	if c.closed.Load() {
 		return c.opError("close", net.ErrClosed)
 	}
-	return c.shutdown(unix.SHUT_WR)
+	err := c.shutdown(unix.SHUT_WR)
+	if err == nil {
+		c.finQueued.Store(true)
+	}
+	return err
 }
+
+// FINQueued reports whether CloseWrite queued the connection's FIN, which
+// SendQueued and SendNotSent count as a byte until it is acknowledged, or
+// sent.
+func (c *Conn) FINQueued() bool { return c.finQueued.Load() }
 
 func (c *Conn) shutdown(how int) error {
 	var e syscall.Errno

@@ -335,6 +335,7 @@ func (u *upgradedBody) Close() error {
 		// the tunnel all the same: a plain close here passed the
 		// destination a clean end (a FIN after all it had been sent)
 		// of a stream the client never ended.
+		dropUnsentUnder(u.conn)
 		Abort(socketOf(u.conn))
 	}
 	return u.conn.Close()

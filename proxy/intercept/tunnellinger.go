@@ -131,6 +131,7 @@ func timedOutAtBound(lerr error) bool {
 // resetTail resets the tunnel's upstream, sock its socket, whose client's
 // upload was not all delivered, err saying why, and tells onTailCut.
 func (u *upgradedBody) resetTail(sock net.Conn, err error) error {
+	dropUnsentUnder(u.conn)
 	Abort(sock)
 	_ = u.conn.Close()
 	if u.onTailCut != nil {

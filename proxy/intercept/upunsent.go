@@ -1,5 +1,7 @@
 package intercept
 
+import "net"
+
 // A connection to the destination that ends in a reset, the appliance's
 // (a stall, a reload, the client's break, the shutdown) or the
 // destination's own, has its socket's send queue thrown away: what was
@@ -12,6 +14,16 @@ package intercept
 type notSentQueue interface {
 	SendNotSent() (int, error)
 	Ended() bool
+	FINQueued() bool
+}
+
+// dropUnsentUnder is dropUnsent(true) for the countedConn under c, if
+// any: for a reset of the socket beneath it (a tunnel's), which its own
+// Close, coming after, finds closed.
+func dropUnsentUnder(c net.Conn) {
+	if cc := countedUnder(c); cc != nil {
+		cc.dropUnsent(true)
+	}
 }
 
 // dropUnsent takes what c's socket never sent off the count, once: before
@@ -24,6 +36,9 @@ func (c *countedConn) dropUnsent(reset bool) {
 		return
 	}
 	n, err := q.SendNotSent()
+	if err == nil && n > 0 && q.FINQueued() {
+		n-- // the FIN's sequence number is no byte of the payload
+	}
 	if err != nil || n <= 0 || (!reset && !q.Ended()) {
 		return
 	}
