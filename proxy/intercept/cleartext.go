@@ -35,7 +35,7 @@ func (s *session) serveHTTP() {
 		host = hostOnly(authority)
 		s.Record.Method, s.Record.Host, s.Record.Scheme = req.Method, authority, "http"
 		if u, err := url.Parse(req.Target); err == nil {
-			s.Record.Path = u.Path
+			s.Record.Path = u.EscapedPath()
 		}
 	}
 	// HTTP/2 with prior knowledge comes with no request yet, so nothing to
