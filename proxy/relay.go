@@ -417,19 +417,15 @@ func (h *halfRelay) brokenAfterFIN(b brokenReader) bool {
 	if why == nil {
 		return false // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
 	}
-	if errors.Is(why, netstack.ErrMemoryReclaimed) {
-		// The appliance's own reset, not the client's break: the
-		// record names the reclaim alone, and the destination is
-		// reset as the reclaim resets every flow it takes.
+	if w := h.r.stalls; errors.Is(why, netstack.ErrMemoryReclaimed) || w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
+		// The appliance's own reset (the reclaim's: the record names it
+		// alone), or the stacks closing (the drain's end: the record
+		// due within the drain's wait, which a linger would outlast),
+		// not the client's break: the destination is reset as every
+		// flow the reclaim or the closing ends, bytes_out net of what
+		// the reset throws away.
 		h.r.broke.Store(&why)
-		intercept.Abort(h.dst)
-		return false
-	}
-	if w := h.r.stalls; w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
-		// The stacks closing (the drain's end), not the client: the
-		// flow ends now, its record within the drain's wait, as any
-		// other the closing ends; a linger would outlast the drain.
-		h.r.broke.Store(&why)
+		h.r.cutOnReset(false)
 		intercept.Abort(h.dst)
 		return false
 	}
