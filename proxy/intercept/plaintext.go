@@ -62,7 +62,7 @@ func (s *session) tapPlaintext() {
 	if st == nil {
 		return
 	}
-	s.client = &plaintextConn{Conn: s.client, st: st, broke: s.clientBroke, aborted: s.abortedFromOutside}
+	s.client = &plaintextConn{Conn: s.client, st: st, broke: s.clientBroke, aborted: s.applianceEnded}
 }
 
 // plaintextConn copies what is read from and written to a bumped client
@@ -73,8 +73,8 @@ type plaintextConn struct {
 	// broke is what broke the client's connection when its client did
 	// (Session.clientBroke), nil otherwise.
 	broke func() error
-	// aborted reports whether the appliance reset the session's
-	// connections (Session.Abort).
+	// aborted reports whether the appliance reset the client's
+	// connection (session.applianceEnded).
 	aborted func() bool
 	reset   atomic.Bool // a read has ended the stream with the client's RST
 	once    sync.Once
@@ -108,10 +108,28 @@ func (c *plaintextConn) Read(b []byte) (int, error) {
 		// client), and a reset would end the capture there. isTimeout, not
 		// os.ErrDeadlineExceeded: on the stack the deadline error is
 		// gonet's own (TestPlaintextIdleH2Deadline).
+	case c.aborted != nil && c.aborted():
+		// The appliance's reset (the reclaim's, the stacks' close), which
+		// the read may take before the session's Abort comes.
+		c.reset.Store(true)
+		c.st.ServerReset()
 	default:
 		c.clientReset()
 	}
 	return n, err
+}
+
+// applianceEnded reports whether the appliance reset the session's client
+// connection: its Abort, the packet stack's reset to reclaim memory, or
+// the stacks closing (the drain's end), which resets every connection.
+func (s *session) applianceEnded() bool {
+	if s.abortedFromOutside() {
+		return true
+	}
+	if r, ok := s.Client.(reclaimable); ok && r.Reclaimed() != nil {
+		return true
+	}
+	return s.ic.cfg.ShuttingDown != nil && s.ic.cfg.ShuttingDown()
 }
 
 // Write implements net.Conn: what reached the client (n bytes) is copied.
