@@ -313,6 +313,7 @@ func (s *session) writeRecord() {
 		s.noteRedialsInTLSRecord() // redial.go
 	}
 	s.noteReclaimed()
+	s.noteShutdownEnd()
 	s.noteClientBreak()
 	s.noteAbort(s.Record)
 	s.Record.End(s.Start)
