@@ -32,7 +32,8 @@ const (
 	// cannot help.
 	classPermanent
 	// classAccepted: the service already holds the batch
-	// (DataAlreadyAcceptedException): its records are shipped.
+	// (DataAlreadyAcceptedException), or said it took it (a 2xx whose
+	// body could not be read): its records are shipped.
 	classAccepted
 )
 
@@ -102,6 +103,13 @@ func classify(err error) errClass {
 	var respErr *awshttp.ResponseError
 	if errors.As(err, &respErr) {
 		switch st := respErr.HTTPStatusCode(); {
+		case st >= 200 && st < 300:
+			// The service took the batch; only its answer's body was cut
+			// (a reset, the call's timeout after the headers) or is no
+			// JSON of the service's (an intermediary's page). Counted as
+			// refused, stored records were reported lost, and a loss
+			// report it carried was sent again: counted twice.
+			return classAccepted
 		case st == 0, st >= 500, st == 429:
 			// Status 0: no answer was read (connection refused or
 			// reset, DNS, TLS, timeout).

@@ -433,8 +433,8 @@ func (s *Shipper) deliver() {
 		}
 		class := classify(err)
 		if class == classAccepted {
-			slog.Info("cwlogs: CloudWatch Logs already had a batch; its records count as shipped",
-				"group", s.cfg.Group, "stream", s.cfg.Stream, "records", n)
+			slog.Info("cwlogs: CloudWatch Logs took a batch, or had it already, with no answer to read; its records count as shipped",
+				"group", s.cfg.Group, "stream", s.cfg.Stream, "records", n, "error", err)
 			s.delivered(&cloudwatchlogs.PutLogEventsOutput{}, n)
 			return
 		}

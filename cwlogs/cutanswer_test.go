@@ -1,0 +1,113 @@
+package cwlogs
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
+
+	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// cutFront forwards every call to srv; the first `cut` PutLogEvents answers
+// that are 200 lose their body's second half (the connection breaks after
+// the headers and part of the body), or are an intermediary's page
+// (garbage); the service has stored the batch. With stall > 0: the headers go out at once, the body after stall.
+func cutFront(t *testing.T, srv *cwlogstest.Server, cut int32, garbage bool, stall time.Duration) *httptest.Server {
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	var left atomic.Int32
+	left.Store(cut)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		req, _ := http.NewRequest(r.Method, srv.URL+r.URL.Path, bytes.NewReader(body))
+		req.Header = r.Header.Clone()
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		rb, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		isPut := strings.HasSuffix(r.Header.Get("X-Amz-Target"), ".PutLogEvents")
+		if isPut && resp.StatusCode == 200 && left.Add(-1) >= 0 {
+			if stall > 0 {
+				w.WriteHeader(200)
+				w.(http.Flusher).Flush()
+				time.Sleep(stall)
+				w.Write(rb)
+				return
+			}
+			if garbage {
+				// A 200 whose body is not the service's JSON (an
+				// intermediary's page).
+				w.Header().Del("Content-Length")
+				w.WriteHeader(200)
+				io.WriteString(w, "<html>ok</html>")
+				return
+			}
+			w.Header().Set("Content-Length", strconv.Itoa(len(rb)))
+			w.WriteHeader(200)
+			w.Write(rb[:len(rb)/2])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		w.WriteHeader(resp.StatusCode)
+		w.Write(rb)
+	}))
+	t.Cleanup(front.Close)
+	return front
+}
+
+// TestCutAnswerCountsStoredAsShipped: a PutLogEvents the service took
+// (200) whose answer's body cannot be read (cut by a reset, an
+// intermediary's page, or coming after the call's timeout) counts its
+// records shipped, not failed: classed as a refusal, 50 of 50 stored
+// records were counted failed and logged as lost (review r1cwlogs F1).
+func TestCutAnswerCountsStoredAsShipped(t *testing.T) {
+	t.Run("cut", func(t *testing.T) { cutAnswerCounted(t, false, 0) })
+	t.Run("not the service's JSON", func(t *testing.T) { cutAnswerCounted(t, true, 0) })
+	t.Run("body after the timeout", func(t *testing.T) { cutAnswerCounted(t, false, 400*time.Millisecond) })
+}
+
+func cutAnswerCounted(t *testing.T, garbage bool, stall time.Duration) {
+	srv := cwlogstest.NewServer(t)
+	front := cutFront(t, srv, 1, garbage, stall)
+	client := srv.Client(func(o *cloudwatchlogs.Options) { o.BaseEndpoint = aws.String(front.URL) })
+	cfg := testConfig()
+	if stall > 0 {
+		cfg.RequestTimeout = stall / 2
+	}
+	s, err := NewWithClient(t.Context(), client, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := logs.count("their records are lost")
+	const n = 50
+	for i := range n {
+		s.Ship(time.Now(), line(0, i, 100), records.Source{})
+	}
+	closeShipper(t, s, 5*time.Second)
+	st := s.Stats()
+	stored := srv.EventCount(cfg.Group, cfg.Stream)
+	t.Logf("stored in CloudWatch: %d; stats: shipped=%d failed=%d dropped=%d rejected=%d retried=%d last_error=%q",
+		stored, st.Shipped, st.Failed, st.Dropped, st.Rejected, st.Retried, st.LastError)
+	t.Logf("'their records are lost' errors logged: %d", logs.count("their records are lost")-before)
+	if stored != n {
+		t.Fatalf("the service stored %d of %d records", stored, n)
+	}
+	if st.Failed != 0 || st.Shipped != n || logs.count("their records are lost") != before {
+		t.Errorf("the service stored all %d records, but shipped %d, failed %d (refused as invalid, logged as lost)", n, st.Shipped, st.Failed)
+	}
+}
