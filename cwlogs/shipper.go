@@ -300,7 +300,7 @@ func (s *Shipper) Close(ctx context.Context) error {
 		if err == nil {
 			err = context.Canceled
 		}
-		return fmt.Errorf("cwlogs: %d records not shipped at close: %w", s.abandoned, err)
+		return fmt.Errorf("cwlogs: %d records not known to be shipped at close (a call given up may have been stored): %w", s.abandoned, err)
 	}
 	return nil
 }
