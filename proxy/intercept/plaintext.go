@@ -74,8 +74,9 @@ type plaintextConn struct {
 	// (Session.clientBroke), nil otherwise.
 	broke func() error
 	// aborted reports whether the appliance reset the client's
-	// connection (session.applianceEnded).
-	aborted func() bool
+	// connection (session.applianceEnded); reading says a read failed,
+	// which during the stacks' close is their reset.
+	aborted func(reading bool) bool
 	reset   atomic.Bool // a read has ended the stream with the client's RST
 	once    sync.Once
 }
@@ -108,7 +109,7 @@ func (c *plaintextConn) Read(b []byte) (int, error) {
 		// client), and a reset would end the capture there. isTimeout, not
 		// os.ErrDeadlineExceeded: on the stack the deadline error is
 		// gonet's own (TestPlaintextIdleH2Deadline).
-	case c.aborted != nil && c.aborted():
+	case c.aborted != nil && c.aborted(true):
 		// The appliance's reset (the reclaim's, the stacks' close), which
 		// the read may take before the session's Abort comes.
 		c.reset.Store(true)
@@ -120,16 +121,18 @@ func (c *plaintextConn) Read(b []byte) (int, error) {
 }
 
 // applianceEnded reports whether the appliance reset the session's client
-// connection: its Abort, the packet stack's reset to reclaim memory, or
-// the stacks closing (the drain's end), which resets every connection.
-func (s *session) applianceEnded() bool {
+// connection: its Abort, or the packet stack's reset to reclaim memory;
+// or, for a read that failed (reading), the stacks closing (the drain's
+// end), which resets every connection. Not for a clean end then: the
+// client got FINs.
+func (s *session) applianceEnded(reading bool) bool {
 	if s.abortedFromOutside() {
 		return true
 	}
 	if r, ok := s.Client.(reclaimable); ok && r.Reclaimed() != nil {
 		return true
 	}
-	return s.ic.cfg.ShuttingDown != nil && s.ic.cfg.ShuttingDown()
+	return reading && s.ic.cfg.ShuttingDown != nil && s.ic.cfg.ShuttingDown()
 }
 
 // Write implements net.Conn: what reached the client (n bytes) is copied.
@@ -161,7 +164,7 @@ func (c *plaintextConn) endStream(reset bool) {
 		case c.reset.Load():
 		case c.clientBroke():
 			c.st.ClientReset()
-		case reset || (c.aborted != nil && c.aborted()):
+		case reset || (c.aborted != nil && c.aborted(false)):
 			c.st.ServerReset()
 		}
 		c.st.Close()
