@@ -34,8 +34,8 @@ func (s *session) serveHTTP() {
 		unreadable = err != nil // refused with a 400 as goproxy hands it over
 		host = hostOnly(authority)
 		s.Record.Method, s.Record.Host, s.Record.Scheme = req.Method, authority, "http"
-		if u, err := url.Parse(req.Target); err == nil {
-			s.Record.Path = u.EscapedPath()
+		if u, err := url.ParseRequestURI(req.Target); err == nil { // as net/http reads the later ones
+			s.Record.Path = recordPath(u)
 		}
 	}
 	// HTTP/2 with prior knowledge comes with no request yet, so nothing to

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -208,4 +209,15 @@ func hostOnly(authority string) string {
 		return authority[1 : len(authority)-1]
 	}
 	return authority
+}
+
+// recordPath is the path a record gives for a request to u: the one that
+// goes to the destination, its percent-escapes kept (decoded, a client
+// could make its record show another path), and "/" for an absolute-form
+// target with none, as the request line says it.
+func recordPath(u *url.URL) string {
+	if p := u.EscapedPath(); p != "" || u.Host == "" {
+		return p
+	}
+	return "/"
 }

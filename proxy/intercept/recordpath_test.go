@@ -52,17 +52,40 @@ func TestRecordPathAsSent(t *testing.T) {
 			}
 		})
 	}
-	t.Run("cleartext first request denied", func(t *testing.T) {
+	// The first request is read apart, and was parsed as a URL, not a
+	// request target: a path beginning // lost its first segment to a
+	// host, and a # cut the rest off, in the deny record alone (review
+	// r3s24 F3). A raw # is a byte a path may not hold: Go's URL
+	// handling escapes the path afresh, as for the destination.
+	for p, want := range map[string]string{path: path, "//x/y%2Fz": "//x/y%2Fz", "/a#frag%2F": "/a%23frag/"} {
+		t.Run("cleartext first request denied "+p, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			upEnd, _ := r.startUpstream(nil)
+			c, sv := r.connect(upEnd, httpDest)
+			hc := newHTTPClient(t, c)
+			if resp, body := hc.do("GET " + p + " HTTP/1.1\r\nHost: evil.example.test\r\n\r\n"); resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("%d %q", resp.StatusCode, body)
+			}
+			sv.waitDoneOnce(t)
+			if recs := r.records(); len(recs) != 1 || recs[0].Path != want {
+				t.Errorf("records %+v, want one with path %q", recs, want)
+			}
+		})
+	}
+	// An absolute-form target with no path goes out as "/".
+	t.Run("absolute-form without a path", func(t *testing.T) {
 		r := newRig(t, testPolicy)
 		upEnd, _ := r.startUpstream(nil)
 		c, sv := r.connect(upEnd, httpDest)
 		hc := newHTTPClient(t, c)
-		if resp, body := hc.do("GET http://evil.example.test" + path + " HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != http.StatusForbidden {
+		hc.do("GET / HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+		if resp, body := hc.do("GET http://www.example.test?q=1 HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
 			t.Fatalf("%d %q", resp.StatusCode, body)
 		}
+		c.Close()
 		sv.waitDoneOnce(t)
-		if recs := r.records(); len(recs) != 1 || recs[0].Path != path {
-			t.Errorf("records %+v, want one with path %q", recs, path)
+		if hr := ofKind(r.records(), "http"); len(hr) != 2 || hr[1].Path != "/" {
+			t.Errorf("records %+v, want the second with path /", hr)
 		}
 	})
 }
