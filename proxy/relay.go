@@ -165,7 +165,7 @@ func (r *relay) ended() {
 	// Asked before the client's close, after which it says no more.
 	broken := r.clientBroken != nil && r.clientBroken()
 	r.client.Close()
-	if r.finPassed.Load() && (broken || r.lingerOwed.Load() || unackedOf(r.upstream) > 1) {
+	if r.finPassed.Load() && (broken || r.lingerOwed.Load()) {
 		// The destination's direction may have ended on a failed write
 		// to a client that broke, leaving bytes of the destination's
 		// unread. (A client that did not break has had its whole
@@ -175,10 +175,7 @@ func (r *relay) ended() {
 		// it, which would leave the linger unable to tell what it had.
 		// (broken is false once the relay's own abort closed the
 		// client: the destination's reset read by its other direction,
-		// a reload's deny.) So is a destination that ended its side
-		// before it acknowledged all the upload (more than the FIN
-		// unacknowledged): closed, it could reset and throw the queue
-		// away, and the record said ok with all of it counted.
+		// a reload's deny.)
 		r.closeDelivering(r.upstream)
 	} else {
 		r.upstream.Close()
