@@ -122,9 +122,10 @@ func (c *plaintextConn) Read(b []byte) (int, error) {
 
 // applianceEnded reports whether the appliance reset the session's client
 // connection: its Abort, or the packet stack's reset to reclaim memory;
-// or, for a read that failed (reading), the stacks closing (the drain's
-// end), which resets every connection. Not for a clean end then: the
-// client got FINs.
+// or, the stacks closing (the drain's end), which resets every
+// connection, for a read that failed (reading) or a connection the client
+// watch saw broken (a write cut, before the watch's Abort came). Not for
+// a clean end then: the client got FINs, and its close is no break.
 func (s *session) applianceEnded(reading bool) bool {
 	if s.abortedFromOutside() {
 		return true
@@ -132,7 +133,8 @@ func (s *session) applianceEnded(reading bool) bool {
 	if r, ok := s.Client.(reclaimable); ok && r.Reclaimed() != nil {
 		return true
 	}
-	return reading && s.ic.cfg.ShuttingDown != nil && s.ic.cfg.ShuttingDown()
+	shutting := s.ic.cfg.ShuttingDown != nil && s.ic.cfg.ShuttingDown()
+	return shutting && (reading || s.brokenSeen.Load() && !s.finBreak.Load())
 }
 
 // Write implements net.Conn: what reached the client (n bytes) is copied.
