@@ -103,12 +103,14 @@ func classify(err error) errClass {
 	var respErr *awshttp.ResponseError
 	if errors.As(err, &respErr) {
 		switch st := respErr.HTTPStatusCode(); {
-		case st >= 200 && st < 300:
-			// The service took the batch; only its answer's body was cut
-			// (a reset, the call's timeout after the headers) or is no
-			// JSON of the service's (an intermediary's page). Counted as
-			// refused, stored records were reported lost, and a loss
-			// report it carried was sent again: counted twice.
+		case st >= 200 && st < 300 && respErr.ServiceRequestID() != "":
+			// The service took the batch (its request ID says the answer
+			// is its own); only the answer's body was cut (a reset, the
+			// call's timeout after the headers) or mangled on the way.
+			// Counted as refused, stored records were reported lost, and
+			// a loss report it carried was sent again: counted twice. A
+			// 2xx with no request ID is no answer of the service's (an
+			// intermediary's page): refused, below.
 			return classAccepted
 		case st == 0, st >= 500, st == 429:
 			// Status 0: no answer was read (connection refused or
