@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -209,6 +210,15 @@ func hostOnly(authority string) string {
 		return authority[1 : len(authority)-1]
 	}
 	return authority
+}
+
+// requestPath is the path a record gives for req: none for a CONNECT,
+// whose target is an authority, else recordPath's.
+func requestPath(req *http.Request) string {
+	if req.Method == http.MethodConnect {
+		return ""
+	}
+	return recordPath(req.URL)
 }
 
 // recordPath is the path a record gives for a request to u: the one that

@@ -148,7 +148,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	rec := &st.rec
 	*rec = rt.base
 	rec.Kind, rec.Scheme, rec.Method, rec.Host = "http", rt.scheme, req.Method, req.Host
-	rec.Path, rec.UserAgent, rec.Error, rec.Result = recordPath(req.URL), req.UserAgent(), "", "ok"
+	rec.Path, rec.UserAgent, rec.Error, rec.Result = requestPath(req), req.UserAgent(), "", "ok"
 	rec.BytesOut, rec.BytesIn = 0, 0
 	if resp := rt.refuseConnect(req, rec, start); resp != nil {
 		return resp, nil
