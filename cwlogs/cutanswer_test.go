@@ -1,73 +1,45 @@
 package cwlogs
 
 import (
-	"bytes"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
-// cutFront forwards every call to srv; the first `cut` PutLogEvents answers
-// that are 200 lose their body's second half (the connection breaks after
-// the headers and part of the body), or are an intermediary's page
-// (garbage); the service has stored the batch. With stall > 0: the headers go out at once, the body after stall.
-func cutFront(t *testing.T, srv *cwlogstest.Server, cut int32, garbage bool, stall time.Duration) *httptest.Server {
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
+// cutFront is a client of srv through a front that forwards every call;
+// the first `cut` PutLogEvents answers that are 200 lose their body's
+// second half (the connection breaks after the headers and part of the
+// body), or are an intermediary's page (garbage), or, with stall > 0, have
+// their body come stall after their head: the service has stored the batch.
+func cutFront(t *testing.T, srv *cwlogstest.Server, cut int32, garbage bool, stall time.Duration) *cloudwatchlogs.Client {
 	var left atomic.Int32
 	left.Store(cut)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		req, _ := http.NewRequest(r.Method, srv.URL+r.URL.Path, bytes.NewReader(body))
-		req.Header = r.Header.Clone()
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			panic(http.ErrAbortHandler)
-		}
-		rb, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for k, v := range resp.Header {
-			w.Header()[k] = v
-		}
-		isPut := strings.HasSuffix(r.Header.Get("X-Amz-Target"), ".PutLogEvents")
-		if isPut && resp.StatusCode == 200 && left.Add(-1) >= 0 {
-			if stall > 0 {
-				w.WriteHeader(200)
-				w.(http.Flusher).Flush()
-				time.Sleep(stall)
-				w.Write(rb)
-				return
-			}
-			if garbage {
-				// A 200 whose body is not the service's JSON (an
-				// intermediary's page).
-				w.Header().Del("Content-Length")
-				w.WriteHeader(200)
-				io.WriteString(w, "<html>ok</html>")
-				return
-			}
-			w.Header().Set("Content-Length", strconv.Itoa(len(rb)))
-			w.WriteHeader(200)
-			w.Write(rb[:len(rb)/2])
+	return newFront(t, srv, func(f *front, w http.ResponseWriter, r *http.Request, body []byte) {
+		status, answer := f.forward(w, r, body)
+		switch {
+		case !isPut(r) || status != http.StatusOK || left.Add(-1) < 0:
+			w.WriteHeader(status)
+			w.Write(answer)
+		case stall > 0:
+			w.WriteHeader(http.StatusOK)
 			w.(http.Flusher).Flush()
-			panic(http.ErrAbortHandler)
+			time.Sleep(stall)
+			w.Write(answer)
+		case garbage:
+			w.Header().Del("Content-Length")
+			w.WriteHeader(http.StatusOK)
+			io.WriteString(w, "<html>ok</html>")
+		default:
+			cutAnswer(w, answer)
 		}
-		w.WriteHeader(resp.StatusCode)
-		w.Write(rb)
-	}))
-	t.Cleanup(front.Close)
-	return front
+	})
 }
 
 // TestCutAnswerCountsStoredAsShipped: a PutLogEvents the service took
@@ -83,8 +55,7 @@ func TestCutAnswerCountsStoredAsShipped(t *testing.T) {
 
 func cutAnswerCounted(t *testing.T, garbage bool, stall time.Duration) {
 	srv := cwlogstest.NewServer(t)
-	front := cutFront(t, srv, 1, garbage, stall)
-	client := srv.Client(func(o *cloudwatchlogs.Options) { o.BaseEndpoint = aws.String(front.URL) })
+	client := cutFront(t, srv, 1, garbage, stall)
 	cfg := testConfig()
 	if stall > 0 {
 		cfg.RequestTimeout = stall / 2

@@ -1,16 +1,10 @@
 package cwlogs
 
 import (
-	"bytes"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -24,32 +18,15 @@ import (
 // review r4s24 F4).
 func TestIntermediaryPageNotShipped(t *testing.T) {
 	srv := cwlogstest.NewServer(t)
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		if strings.HasSuffix(r.Header.Get("X-Amz-Target"), ".PutLogEvents") {
-			w.Header().Set("Content-Type", "text/html")
-			w.WriteHeader(200)
-			io.WriteString(w, "<html>blocked by policy</html>")
+	client := newFront(t, srv, func(f *front, w http.ResponseWriter, r *http.Request, body []byte) {
+		if !isPut(r) {
+			f.relay(w, r, body)
 			return
 		}
-		req, _ := http.NewRequest(r.Method, srv.URL+r.URL.Path, bytes.NewReader(body))
-		req.Header = r.Header.Clone()
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			panic(http.ErrAbortHandler)
-		}
-		rb, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for k, v := range resp.Header {
-			w.Header()[k] = v
-		}
-		w.WriteHeader(resp.StatusCode)
-		w.Write(rb)
-	}))
-	t.Cleanup(front.Close)
-	client := srv.Client(func(o *cloudwatchlogs.Options) { o.BaseEndpoint = aws.String(front.URL) })
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, "<html>blocked by policy</html>")
+	})
 	cfg := testConfig()
 	s, err := NewWithClient(t.Context(), client, cfg)
 	if err != nil {

@@ -3,17 +3,11 @@ package cwlogs
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
-	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs/cwlogstest"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -26,35 +20,16 @@ import (
 // for 2,059 dropped; review r1cwlogs F1).
 func TestLossReportedOnceWhenAnswerCut(t *testing.T) {
 	srv := cwlogstest.NewServer(t)
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
 	var cut atomic.Int32
 	cut.Store(1)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		req, _ := http.NewRequest(r.Method, srv.URL+r.URL.Path, bytes.NewReader(body))
-		req.Header = r.Header.Clone()
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			panic(http.ErrAbortHandler)
+	client := newFront(t, srv, func(f *front, w http.ResponseWriter, r *http.Request, body []byte) {
+		status, answer := f.forward(w, r, body)
+		if status == http.StatusOK && bytes.Contains(body, []byte(`records_lost`)) && cut.Add(-1) >= 0 {
+			cutAnswer(w, answer)
 		}
-		rb, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		for k, v := range resp.Header {
-			w.Header()[k] = v
-		}
-		if resp.StatusCode == 200 && bytes.Contains(body, []byte(`records_lost`)) && cut.Add(-1) >= 0 {
-			w.Header().Set("Content-Length", strconv.Itoa(len(rb)))
-			w.WriteHeader(200)
-			w.Write(rb[:len(rb)/2])
-			w.(http.Flusher).Flush()
-			panic(http.ErrAbortHandler)
-		}
-		w.WriteHeader(resp.StatusCode)
-		w.Write(rb)
-	}))
-	t.Cleanup(front.Close)
-	client := srv.Client(func(o *cloudwatchlogs.Options) { o.BaseEndpoint = aws.String(front.URL) })
+		w.WriteHeader(status)
+		w.Write(answer)
+	})
 	cfg := testConfig()
 	cfg.BufferBytes = MinBufferBytes
 	srv.Throttle(1 << 30)
