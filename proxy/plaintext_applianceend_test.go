@@ -23,15 +23,7 @@ func TestPlaintextOfReclaimedSession(t *testing.T) {
 		handler: func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hi") }})
 	opened := 0
 	reclaimAndRecords(t, r.stallRig, []string{"tls"}, func() {
-		tc := tls.Client(r.dial0(t, r.dest), &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-		_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
-		_, _ = io.WriteString(tc, "GET /x HTTP/1.1\r\nHost: big.example\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
-		if err != nil {
-			t.Fatalf("reading the first response: %v", err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		r.answeredOnce(t)
 		opened++
 		waitUntil(t, 5*time.Second, func() bool { return countKind(r.sink.parse(t), "http") == opened }, "the first request's record")
 	})
@@ -77,15 +69,7 @@ func plaintextOfSessionAtShutdown(t *testing.T) {
 	sink := &endSink{}
 	r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Hour, plaintext: sink,
 		handler: func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hi") }})
-	tc := tls.Client(r.dial0(t, r.dest), &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-	_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
-	_, _ = io.WriteString(tc, "GET /x HTTP/1.1\r\nHost: big.example\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	r.answeredOnce(t)
 	waitUntil(t, 5*time.Second, func() bool { return countKind(r.sink.parse(t), "http") == 1 }, "the request's record")
 	r.p.StacksClosing()
 	r.ns.Close()
@@ -104,4 +88,30 @@ func plaintextOfSessionAtShutdown(t *testing.T) {
 	if slices.Contains(ev, "ClientReset") || !slices.Contains(ev, "ServerReset") {
 		t.Errorf("the appliance's shutdown shown as %v, want its RST", ev)
 	}
+}
+
+// bumpedGet dials the rig's destination as big.example, bumped, and sends
+// GET path; the client's deadline is 20 s away.
+func (r *bumpStallRig) bumpedGet(t *testing.T, path string) *tls.Conn {
+	t.Helper()
+	tc := tls.Client(r.dial0(t, r.dest), &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
+	_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(tc, "GET "+path+" HTTP/1.1\r\nHost: big.example\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	return tc
+}
+
+// answeredOnce is bumpedGet of /x with its whole answer read: the session
+// waits for the next request once the request's record is out.
+func (r *bumpStallRig) answeredOnce(t *testing.T) *tls.Conn {
+	t.Helper()
+	tc := r.bumpedGet(t, "/x")
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatalf("reading the first response: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return tc
 }

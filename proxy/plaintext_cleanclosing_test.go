@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"crypto/tls"
 	"io"
 	"net/http"
 	"slices"
@@ -20,16 +18,7 @@ func TestPlaintextOfCleanCloseWhileStacksClosing(t *testing.T) {
 		sink := &endSink{}
 		r := newBumpRig(t, bumpRigOptions{doc: "policy: {default: bump}\n", timeout: time.Hour, plaintext: sink,
 			handler: func(_ *bumpStallRig, w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "hi") }})
-		raw := r.dial0(t, r.dest)
-		tc := tls.Client(raw, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-		_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
-		_, _ = io.WriteString(tc, "GET /x HTTP/1.1\r\nHost: big.example\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		tc := r.answeredOnce(t)
 		waitUntil(t, 5*time.Second, func() bool { return countKind(r.sink.parse(t), "http") == 1 }, "the request's record")
 		if closing {
 			r.p.StacksClosing() // the drain's end begins; the stacks still up

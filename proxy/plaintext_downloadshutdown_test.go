@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"io"
 	"net/http"
 	"slices"
@@ -31,9 +30,7 @@ func TestPlaintextOfDownloadAtShutdown(t *testing.T) {
 					}
 				}
 			}})
-		tc := tls.Client(r.dial0(t, r.dest), &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-		_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
-		_, _ = io.WriteString(tc, "GET /x HTTP/1.1\r\nHost: big.example\r\n\r\n")
+		tc := r.bumpedGet(t, "/x")
 		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
 		if err != nil {
 			t.Fatal(err)

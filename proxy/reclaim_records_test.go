@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -118,15 +116,7 @@ func TestReclaimRecordsBumpedIdle(t *testing.T) {
 	})
 	opened := 0
 	reclaimAndRecords(t, r.stallRig, []string{"tls"}, func() {
-		tc := tls.Client(r.dial0(t, r.dest), &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-		_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
-		_, _ = io.WriteString(tc, "GET /x HTTP/1.1\r\nHost: big.example\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
-		if err != nil {
-			t.Fatalf("reading the first response: %v", err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		r.answeredOnce(t)
 		// Idle once the request's record is out: goproxy reads the next.
 		opened++
 		waitUntil(t, 5*time.Second, func() bool { return countKind(r.sink.parse(t), "http") == opened }, "the first request's record")
@@ -143,9 +133,7 @@ func TestReclaimRecordsBumpedPoll(t *testing.T) {
 	})
 	opened := int64(0)
 	reclaimAndRecords(t, r.stallRig, []string{"http", "tls"}, func() {
-		tc := tls.Client(r.dial0(t, r.dest), &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"http/1.1"}})
-		_ = tc.SetDeadline(time.Now().Add(20 * time.Second))
-		_, _ = io.WriteString(tc, "GET /poll HTTP/1.1\r\nHost: big.example\r\n\r\n")
+		r.bumpedGet(t, "/poll")
 		opened++
 		waitUntil(t, 5*time.Second, func() bool { return polling.Load() == opened }, "the request at the origin")
 	})
