@@ -132,14 +132,7 @@ func TestPathMTUErrorQuotesSegmentInFlight(t *testing.T) {
 func TestTCPSendWindowWraps(t *testing.T) {
 	client, server := groFamilies[0].client, groFamilies[0].server
 	var f Flow
-	stack := func(seq uint32, flags header.TCPFlags, n int) {
-		pkt := clientSegment(server, client, seq, 1, flags, make([]byte, n))
-		p, r := ParsePacket(pkt, EtherTypeIPv4)
-		if r != DropNone {
-			t.Fatal(r)
-		}
-		f.tcpSent(&p, pkt)
-	}
+	stack := stackSends(t, &f, client, server)
 	in := func(seqs ...uint32) []bool {
 		var got []bool
 		for _, s := range seqs {
@@ -260,14 +253,7 @@ func TestPathMTUErrorsSpaced(t *testing.T) {
 func TestTCPUnackedAcrossKeepalive(t *testing.T) {
 	client, server := groFamilies[0].client, groFamilies[0].server
 	var f Flow
-	stack := func(seq uint32, flags header.TCPFlags, n int) {
-		pkt := clientSegment(server, client, seq, 1, flags, make([]byte, n))
-		p, r := ParsePacket(pkt, EtherTypeIPv4)
-		if r != DropNone {
-			t.Fatal(r)
-		}
-		f.tcpSent(&p, pkt)
-	}
+	stack := stackSends(t, &f, client, server)
 	want := func(step string, written int64, n int) {
 		t.Helper()
 		got, ok := f.tcpUnacked(written)
@@ -299,5 +285,19 @@ func TestTCPUnackedAcrossKeepalive(t *testing.T) {
 	f.removed.Store(true)
 	if _, ok := f.tcpUnacked(0x110); ok {
 		t.Error("a flow out of the table says what is unacknowledged")
+	}
+}
+
+// stackSends returns a function that has f see a segment the stack sends
+// from server to client: its sequence number, flags and n bytes of data.
+func stackSends(t *testing.T, f *Flow, client, server netip.AddrPort) func(seq uint32, flags header.TCPFlags, n int) {
+	return func(seq uint32, flags header.TCPFlags, n int) {
+		t.Helper()
+		pkt := clientSegment(server, client, seq, 1, flags, make([]byte, n))
+		p, r := ParsePacket(pkt, EtherTypeIPv4)
+		if r != DropNone {
+			t.Fatal(r)
+		}
+		f.tcpSent(&p, pkt)
 	}
 }
