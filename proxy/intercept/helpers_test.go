@@ -299,6 +299,26 @@ func (r *rig) connectTCP(upEnd net.Conn, dest netip.AddrPort) (*net.TCPConn, *se
 	return client, r.serve(client, proxySide, upEnd, dest)
 }
 
+// listenOnce returns a loopback listener whose first connection the
+// interceptor serves, with upEnd as its upstream, as connect does: for a
+// client that dials for itself (curl, net/http's client). The listener is
+// closed when the test ends.
+func (r *rig) listenOnce(upEnd net.Conn, dest netip.AddrPort) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		r.serve(c, c, upEnd, dest)
+	}()
+	return ln
+}
+
 // serve serves proxySide, the interceptor's end of client's connection.
 func (r *rig) serve(client, proxySide, upEnd net.Conn, dest netip.AddrPort) *served {
 	r.t.Cleanup(func() { client.Close(); proxySide.Close(); upEnd.Close() })

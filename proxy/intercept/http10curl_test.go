@@ -35,18 +35,7 @@ func TestCurlHTTP10CutAnswerFails(t *testing.T) {
 			const size = 4000
 			up := piecesOrigin(t, r.upLeaf("www.example.test"), true,
 				fmt.Sprintf("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s", 2*size, strings.Repeat("a", size)))
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				r.serve(c, c, up, tlsDest)
-			}()
+			ln := r.listenOnce(up, tlsDest)
 			dir := t.TempDir()
 			ca := filepath.Join(dir, "ca.pem")
 			if err := os.WriteFile(ca, r.ca.TrustPEM(), 0o600); err != nil {
@@ -61,7 +50,7 @@ func TestCurlHTTP10CutAnswerFails(t *testing.T) {
 				"-o", filepath.Join(dir, "body"), "-w", "code=%{http_code} size=%{size_download}",
 				fmt.Sprintf("https://www.example.test:%d/a", port))
 			cmd.Stdout, cmd.Stderr = &out, &out
-			err = cmd.Run()
+			err := cmd.Run()
 			if rec := awaitRecord(t, r, "/a", waitLimit); rec == nil || rec.Result == "ok" {
 				t.Errorf("the cut answer's record: %+v; want one not ok", rec)
 			}

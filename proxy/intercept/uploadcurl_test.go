@@ -3,7 +3,6 @@ package intercept_test
 import (
 	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,18 +24,7 @@ func curlThrough(t *testing.T, r *rig, o *earlyOrigin, args ...string) string {
 // curlRun is curlThrough with all of curl's arguments but the URL.
 func curlRun(t *testing.T, r *rig, o *earlyOrigin, args ...string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		r.serve(c, c, o.conn(), httpDest)
-	}()
+	ln := r.listenOnce(o.conn(), httpDest)
 	r.offerRedial(o.conn())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -107,17 +95,7 @@ func TestGoClientFirstRequestDeniedUpload(t *testing.T) {
 	for i := range runs {
 		o := &earlyOrigin{t: t, status: http.StatusRequestEntityTooLarge}
 		r := newRig(t, testPolicy)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r.serve(c, c, o.conn(), httpDest)
-		}()
+		ln := r.listenOnce(o.conn(), httpDest)
 		cl := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
 		req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/a", bytes.NewReader(body))
 		req.Host = "evil.example.test"
