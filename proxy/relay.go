@@ -109,7 +109,6 @@ type relay struct {
 	// destination: from then on the destination is closed, not reset,
 	// when the client breaks (relayfin.go).
 	finPassed atomic.Bool
-	finQueued atomic.Bool // and its shutdown took: the FIN is in the socket's queue
 	// delivering is set by the first closeDelivering, and cut by it when
 	// the destination did not take the upload's tail.
 	delivering atomic.Bool
@@ -301,10 +300,9 @@ func (h *halfRelay) copy() {
 		case rerr == nil:
 			continue
 		case rerr == io.EOF:
-			werr := closeWrite(h.dst)
+			_ = closeWrite(h.dst)
 			h.eof = true
 			if h == &h.r.out {
-				h.r.finQueued.Store(werr == nil) // the FIN is no byte of bytes_out (cutOnReset)
 				h.r.finPassed.Store(true)
 			}
 			h.finish(nil)

@@ -241,7 +241,7 @@ func (r *relay) cutOnReset(destTimedOut bool) {
 	if destTimedOut {
 		unsent = unackedOf(r.upstream)
 	}
-	if r.finQueued.Load() {
+	if finQueued(r.upstream) {
 		unsent = max(unsent-1, 0) // the FIN's sequence number is no byte
 	}
 	r.cut.CompareAndSwap(nil, &lingerCut{unsent: int64(unsent)})
@@ -251,6 +251,14 @@ func (r *relay) cutOnReset(destTimedOut bool) {
 // out (resetCut).
 func timedOut(err error) bool {
 	return errors.Is(err, errWriteStalled) || errors.Is(err, hostconn.ErrTailUndelivered) || errors.Is(err, syscall.ETIMEDOUT)
+}
+
+// finQueued reports whether c's socket was shut for writing, its FIN
+// queued (hostconn.Conn.FINQueued): the FIN takes a sequence number in
+// the socket's counts, which is no byte of bytes_out.
+func finQueued(c net.Conn) bool {
+	q, ok := unwrapped(c).(interface{ FINQueued() bool })
+	return ok && q.FINQueued()
 }
 
 // notSentOf is how many bytes c's socket holds that it never sent (0

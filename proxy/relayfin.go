@@ -80,7 +80,11 @@ func (r *relay) closeDelivering(c net.Conn) {
 		}
 		// Shut for writing: its FIN counts among the bytes not sent
 		// until it goes.
-		r.cut.Store(lingerCutOf(unsent, max(notSentOf(c)-1, 0), err))
+		notSent := notSentOf(c)
+		if finQueued(c) {
+			notSent = max(notSent-1, 0)
+		}
+		r.cut.Store(lingerCutOf(unsent, notSent, err))
 		intercept.Abort(c)
 	}
 }
