@@ -67,7 +67,7 @@ type wrappedConn interface {
 // hostconn's watch, and the client's direction waits on the stack's queue
 // when the client is a netstack.Conn.
 func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) {
-	startWatchedRelay(client, upstream, nil, nil, nil, done)
+	startWatchedRelay(client, upstream, nil, nil, nil, func(n relayCounts, err error) { done(n.out, n.in, err) })
 }
 
 // startWatchedRelay is startRelay with writes that wait without progress
@@ -81,7 +81,7 @@ func startRelay(client, upstream net.Conn, done func(out, in int64, err error)) 
 // takeLinger, if not nil, takes one of the client's lingering connections
 // for a linger of the destination after the client's break
 // (closeDelivering): one it refuses is cut short at once.
-func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, recheck func() error, takeLinger func() (func(), error), done func(out, in int64, err error)) {
+func startWatchedRelay(client, upstream net.Conn, stalls *stallWatch, recheck func() error, takeLinger func() (func(), error), done func(n relayCounts, err error)) {
 	r := &relay{client: client, upstream: upstream, done: done, stalls: stalls, recheck: recheck,
 		takeLinger: takeLinger, clientBroken: clientBrokenOf(client)}
 	r.out = halfRelay{r: r, dst: upstream, src: client}
@@ -101,7 +101,7 @@ type relay struct {
 	client, upstream net.Conn
 	out, in          halfRelay
 	left             atomic.Int32 // directions not yet ended
-	done             func(out, in int64, err error)
+	done             func(n relayCounts, err error)
 	// broke is how the client's connection ended after its FIN, when it
 	// did otherwise than by the relay's own close (see watchBroken).
 	broke atomic.Pointer[error]
@@ -109,6 +109,9 @@ type relay struct {
 	// destination: from then on the destination is closed, not reset,
 	// when the client breaks (relayfin.go).
 	finPassed atomic.Bool
+	// closeUnacked is what the destination had not acknowledged when the
+	// relay closed its socket (not reset: r.cut says then).
+	closeUnacked atomic.Int64
 	// delivering is set by the first closeDelivering, and cut by it when
 	// the destination did not take the upload's tail.
 	delivering atomic.Bool
@@ -177,6 +180,11 @@ func (r *relay) ended() {
 		// a reload's deny.)
 		r.closeDelivering(r.upstream)
 	} else {
+		// A close leaves what the destination has not acknowledged to
+		// the host's kernel, which sends it; a destination that resets
+		// (one that closes with the upload unread) never gets it, after
+		// the record is written: the record says how much that is.
+		r.closeUnacked.Store(unackedPayload(r.upstream))
 		r.upstream.Close()
 	}
 	r.aborting.Lock()
@@ -189,13 +197,15 @@ func (r *relay) ended() {
 		broke = *p
 	}
 	err := errors.Join(r.out.err, r.in.err, broke)
-	out := r.out.n
+	out, unacked := r.out.n, r.closeUnacked.Load()
 	var cutErr error
 	if cut := r.cut.Load(); cut != nil {
 		// What the destination did not acknowledge never reached it.
 		out = max(out-cut.unsent, 0)
+		unacked = cut.unacked
 		err, cutErr = errors.Join(err, cut.err), cut.err
 	}
+	unacked = min(unacked, out)
 	if r.stalls != nil {
 		r.stalls.unwatch(&r.out.ww)
 		r.stalls.unwatch(&r.in.ww)
@@ -212,8 +222,13 @@ func (r *relay) ended() {
 			}
 		}
 	}
-	r.done(out, r.in.n, err)
+	r.done(relayCounts{out: out, in: r.in.n, outUnacked: unacked}, err)
 }
+
+// relayCounts is what a relay carried: bytes_out, bytes_in, and of out the
+// bytes the destination had not acknowledged when the relay let go of its
+// connection (records.Record.BytesOutUnacked).
+type relayCounts struct{ out, in, outUnacked int64 }
 
 // halfRelay copies src to dst, then half-closes dst. On an error it resets
 // both, so the opposite direction ends too and each peer sees the failure as

@@ -44,7 +44,7 @@ func TestBreakBeforeFINNotWaitingSaysNoWait(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	startWatchedRelay(&peekedConn{Conn: conn}, hostconn.Wrap(upSide), newStallWatch(0), recheck, nil,
-		func(_, _ int64, err error) { done <- err })
+		func(_ relayCounts, err error) { done <- err })
 	destEnded := make(chan error, 1)
 	go func() {
 		_ = server.SetReadDeadline(time.Now().Add(10 * time.Second))

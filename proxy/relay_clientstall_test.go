@@ -73,4 +73,5 @@ func TestRelayClientStallCountsUploadInFlight(t *testing.T) {
 	if rec.BytesOut < got {
 		t.Errorf("bytes_out %d is less than the %d bytes the destination has (records.md: it never counts less than the destination read, bar a timed-out destination)", rec.BytesOut, got)
 	}
+	checkVouched(t, rec, got)
 }

@@ -60,6 +60,7 @@ func TestRelayStallCountsOnlyDelivered(t *testing.T) {
 	if rec.BytesOut != got {
 		t.Errorf("bytes_out %d, but the destination has %d bytes (acknowledged all of them)", rec.BytesOut, got)
 	}
+	checkVouched(t, rec, got)
 }
 
 // A destination that stops reading, then resets its connection while the
@@ -94,6 +95,7 @@ func TestRelayDestinationResetCountsOnlySent(t *testing.T) {
 	if rec.BytesOut != got {
 		t.Errorf("bytes_out %d, but the destination had %d bytes when it reset", rec.BytesOut, got)
 	}
+	checkVouched(t, rec, got)
 	select {
 	case err := <-clientErr:
 		if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -163,6 +165,7 @@ func TestBumpStallCountsOnlyDelivered(t *testing.T) {
 	if rec.BytesOut != got {
 		t.Errorf("tls record bytes_out %d, but the destination has %d bytes", rec.BytesOut, got)
 	}
+	checkVouched(t, rec, got)
 }
 
 // A bumped upload whose destination stops reading, then resets its
@@ -201,4 +204,5 @@ func TestBumpDestinationResetCountsOnlySent(t *testing.T) {
 	if rec.BytesOut != got {
 		t.Errorf("tls record bytes_out %d, but the destination had %d bytes when it reset", rec.BytesOut, got)
 	}
+	checkVouched(t, rec, got)
 }

@@ -92,13 +92,13 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 			se.counted()
 		}
 		err = fmt.Errorf("the client's connection broke after its FIN: %w", why)
-		r.cut.Store(&lingerCut{unsent: int64(notSentOf(r.upstream)), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}})
+		r.cut.Store(queueCut(r.upstream, false, &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}))
 	}
 	r.broke.Store(&err)
 	if r.cut.Load() == nil {
 		// The reset throws the socket's send queue away: bytes_out
 		// leaves out what was never sent (resetCut).
-		r.cut.Store(&lingerCut{unsent: int64(notSentOf(r.upstream))})
+		r.cut.Store(queueCut(r.upstream, false, nil))
 	}
 	intercept.Abort(r.upstream) // the blocked write ends with net.ErrClosed
 }
@@ -237,14 +237,36 @@ func (r *relay) cutOnReset(destTimedOut bool) {
 	if r.cut.Load() != nil {
 		return
 	}
-	unsent := notSentOf(r.upstream)
-	if destTimedOut {
-		unsent = unackedOf(r.upstream)
+	r.cut.CompareAndSwap(nil, queueCut(r.upstream, destTimedOut, nil))
+}
+
+// queueCut is the cut of a reset of c, the destination's socket, with err
+// (nil: none the record says): bytes_out leaves out the bytes its send
+// queue never sent, or, all, every byte the destination had not
+// acknowledged; of those it still counts, unacked are not acknowledged
+// (the record's bytes_out_unacked).
+func queueCut(c net.Conn, all bool, err error) *lingerCut {
+	notSent, unacked := notSentOf(c), unackedOf(c)
+	if finQueued(c) {
+		// The FIN's sequence number is no byte; it is counted among the
+		// bytes never sent until it goes, among those unacknowledged
+		// until it is acknowledged.
+		notSent, unacked = max(notSent-1, 0), max(unacked-1, 0)
 	}
-	if finQueued(r.upstream) {
-		unsent = max(unsent-1, 0) // the FIN's sequence number is no byte
+	if all {
+		notSent = unacked
 	}
-	r.cut.CompareAndSwap(nil, &lingerCut{unsent: int64(unsent)})
+	return &lingerCut{unsent: int64(notSent), unacked: int64(max(unacked-notSent, 0)), err: err}
+}
+
+// unackedPayload is how many bytes of the payload written to c, the
+// destination's socket, its peer has not acknowledged (its FIN is none).
+func unackedPayload(c net.Conn) int64 {
+	n := unackedOf(c)
+	if finQueued(c) {
+		n = max(n-1, 0)
+	}
+	return int64(n)
 }
 
 // timedOut reports whether err ended a wait on the destination that timed

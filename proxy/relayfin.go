@@ -108,7 +108,7 @@ func lingerCutOf(unsent, notSent int, err error) *lingerCut {
 		// acknowledge it may have read all the same (its acknowledgement
 		// held back), so bytes_out counts them; those never sent it did
 		// not have.
-		return &lingerCut{unsent: int64(notSent), err: &tailCutError{fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)}}
+		return &lingerCut{unsent: int64(notSent), unacked: int64(max(unsent-notSent, 0)), err: &tailCutError{fmt.Errorf("the destination reset its connection with %d bytes of the upload unacknowledged: %w", unsent, err)}}
 	}
 	// The appliance's end (the shutdown, a reload's deny, the share),
 	// or one whose cause is not known: in flight, the destination may
@@ -118,7 +118,7 @@ func lingerCutOf(unsent, notSent int, err error) *lingerCut {
 	if timedOut(err) {
 		cut = unsent
 	}
-	return &lingerCut{unsent: int64(cut), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: %w", err)}}
+	return &lingerCut{unsent: int64(cut), unacked: int64(max(unsent-cut, 0)), err: &tailCutError{fmt.Errorf("the upload's tail was not delivered: %w", err)}}
 }
 
 // tailCutError is a linger's cut, as the record says it: kept whatever
@@ -154,10 +154,14 @@ func (r *relay) lingerStop() error {
 }
 
 // lingerCut is how closeDelivering found a destination that did not take
-// a whole upload's tail: unsent bytes of it were never acknowledged.
+// a whole upload's tail, or what a reset of the destination threw away:
+// unsent bytes of bytes_out it never had, and unacked more it still
+// counts, which the destination had not acknowledged (it may have read
+// them all the same).
 type lingerCut struct {
-	unsent int64
-	err    error
+	unsent  int64
+	unacked int64
+	err     error
 }
 
 // rawConnOf returns the socket under c's proxy wrappers, or nil when

@@ -319,8 +319,8 @@ func (s *tcpSession) refuse(reason string) {
 func (s *tcpSession) relay() {
 	rl := &tcpReload{s: s, spliced: s.rec.Kind == "tls", nameUnread: s.nameUnread}
 	rl.pol.Store(s.pol)
-	startWatchedRelay(s.client, s.up, s.p.stalls, rl.check, s.p.lingerTaker(s.waiting), func(out, in int64, err error) {
-		s.rec.BytesOut, s.rec.BytesIn = out, in
+	startWatchedRelay(s.client, s.up, s.p.stalls, rl.check, s.p.lingerTaker(s.waiting), func(n relayCounts, err error) {
+		s.rec.BytesOut, s.rec.BytesIn, s.rec.BytesOutUnacked = n.out, n.in, n.outUnacked
 		rl.mu.Lock()
 		denied := rl.why
 		rl.mu.Unlock()

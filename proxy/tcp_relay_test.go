@@ -228,7 +228,7 @@ func TestRelayDestinationTimeoutRecorded(t *testing.T) {
 	}
 	stalls := newStallWatch(time.Minute) // far beyond the test: the timeout ends it
 	ended := make(chan error, 1)
-	startWatchedRelay(client, up, stalls, nil, nil, func(_, _ int64, err error) { ended <- err })
+	startWatchedRelay(client, up, stalls, nil, nil, func(_ relayCounts, err error) { ended <- err })
 	var sent atomic.Int64
 	go flood(clientPeer, &sent)
 	select {

@@ -310,6 +310,7 @@ func (s *session) writeRecord() {
 	s.markEnding()
 	if s.Record.Kind == "tls" { // a refused bump's upstream handshake sent the SNI too
 		s.Record.BytesOut, s.Record.BytesIn = s.upBytes.out.Load(), s.upBytes.in.Load()
+		s.Record.BytesOutUnacked = min(s.upBytes.outUnacked.Load(), s.Record.BytesOut)
 		s.noteRedialsInTLSRecord() // redial.go
 	}
 	s.noteReclaimed()

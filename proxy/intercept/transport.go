@@ -16,7 +16,12 @@ import (
 // both ways: for a bumped connection's record, which says what reached the
 // destination, not what the client sent (a request denied inside it sends
 // nothing on).
-type byteCount struct{ out, in atomic.Int64 }
+type byteCount struct {
+	out, in atomic.Int64
+	// outUnacked is how many of out the destination had not acknowledged
+	// when the appliance let go of a connection (upunsent.go).
+	outUnacked atomic.Int64
+}
 
 // countedConn counts what is read from and written to a connection to the
 // destination, below TLS: the bytes on the wire, as the record of a

@@ -10,9 +10,11 @@ import "net"
 // sent the destination, leaves it out, as a relayed flow's does.
 
 // notSentQueue is a host socket that tells what of its send queue it
-// never sent, and whether its connection has ended (hostconn.Conn).
+// never sent and what its peer has not acknowledged, and whether its
+// connection has ended (hostconn.Conn).
 type notSentQueue interface {
 	SendNotSent() (int, error)
+	SendQueued() (int, error)
 	Ended() bool
 	FINQueued() bool
 }
@@ -26,23 +28,33 @@ func dropUnsentUnder(c net.Conn) {
 	}
 }
 
-// dropUnsent takes what c's socket never sent off the count, once: before
-// the appliance's reset (reset), or at a close, when the connection had
-// ended already (the destination's reset). A clean close leaves the queue
-// to the kernel, which still sends it.
+// dropUnsent settles c's count once, as the appliance lets go of its
+// socket: before its reset (reset), or at its close. What the socket never
+// sent is taken off the count when the reset throws it away, the
+// appliance's or, at a close, the destination's own that came first. A
+// clean close leaves the queue to the kernel, which still sends it, unless
+// the destination resets afterwards (one that closes with the upload
+// unread): the record cannot vouch for what the destination had not
+// acknowledged, and counts it apart (byteCount.outUnacked).
 func (c *countedConn) dropUnsent(reset bool) {
 	q, ok := c.Conn.(notSentQueue)
-	if !ok || c.unsentDropped.Load() {
+	if !ok || !c.unsentDropped.CompareAndSwap(false, true) {
 		return
 	}
-	n, err := q.SendNotSent()
-	if err == nil && n > 0 && q.FINQueued() {
-		n-- // the FIN's sequence number is no byte of the payload
+	notSent, nerr := q.SendNotSent()
+	unacked, uerr := q.SendQueued()
+	if nerr != nil || uerr != nil {
+		return // closed under it: what it held is not known
 	}
-	if err != nil || n <= 0 || (!reset && !q.Ended()) {
-		return
+	if q.FINQueued() {
+		// The FIN's sequence number is no byte of the payload: counted
+		// among those never sent until it goes, unacknowledged until it
+		// is acknowledged.
+		notSent, unacked = max(notSent-1, 0), max(unacked-1, 0)
 	}
-	if c.unsentDropped.CompareAndSwap(false, true) {
-		c.n.out.Add(-int64(n))
+	if notSent > 0 && !reset && !q.Ended() {
+		notSent = 0 // the kernel still sends it
 	}
+	c.n.out.Add(-int64(notSent))
+	c.n.outUnacked.Add(int64(max(unacked-notSent, 0)))
 }

@@ -39,6 +39,9 @@ func appendRecord(b []byte, r *Record) ([]byte, error) {
 	}
 	b = strconv.AppendInt(append(b, `,"bytes_out":`...), r.BytesOut, 10)
 	b = strconv.AppendInt(append(b, `,"bytes_in":`...), r.BytesIn, 10)
+	if r.BytesOutUnacked != 0 {
+		b = strconv.AppendInt(append(b, `,"bytes_out_unacked":`...), r.BytesOutUnacked, 10)
+	}
 	if b, err = appendFloat(append(b, `,"duration_ms":`...), r.DurationMS); err != nil {
 		return b, err
 	}

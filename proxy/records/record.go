@@ -28,18 +28,23 @@ type Record struct {
 	// its file's bytes); empty when no policy decided.
 	Policy string `json:"policy,omitempty"`
 
-	Endpoint   string  `json:"endpoint"`    // GWLB endpoint, e.g. vpce-0123456789abcdef0
-	Attachment string  `json:"attachment"`  // GWLB attachment ID, 16 hex digits
-	FlowCookie string  `json:"flow_cookie"` // GWLB flow cookie, 8 hex digits
-	ClientIP   string  `json:"client_ip"`
-	ClientPort uint16  `json:"client_port,omitempty"`
-	DestIP     string  `json:"dest_ip"`
-	DestPort   uint16  `json:"dest_port,omitempty"`
-	BytesOut   int64   `json:"bytes_out"`   // client → destination (payload bytes)
-	BytesIn    int64   `json:"bytes_in"`    // destination → client (payload bytes)
-	DurationMS float64 `json:"duration_ms"` // flow or request duration
-	Result     string  `json:"result"`      // ok, refused, timeout, reset, error, denied
-	Error      string  `json:"error,omitempty"`
+	Endpoint   string `json:"endpoint"`    // GWLB endpoint, e.g. vpce-0123456789abcdef0
+	Attachment string `json:"attachment"`  // GWLB attachment ID, 16 hex digits
+	FlowCookie string `json:"flow_cookie"` // GWLB flow cookie, 8 hex digits
+	ClientIP   string `json:"client_ip"`
+	ClientPort uint16 `json:"client_port,omitempty"`
+	DestIP     string `json:"dest_ip"`
+	DestPort   uint16 `json:"dest_port,omitempty"`
+	BytesOut   int64  `json:"bytes_out"` // client → destination (payload bytes)
+	BytesIn    int64  `json:"bytes_in"`  // destination → client (payload bytes)
+	// BytesOutUnacked is how many of BytesOut the destination had not
+	// acknowledged when the appliance let go of its connection (closed it,
+	// leaving them to the host's kernel, or reset it): bytes the record
+	// cannot vouch the destination got. 0 when none, or not known.
+	BytesOutUnacked int64   `json:"bytes_out_unacked,omitempty"`
+	DurationMS      float64 `json:"duration_ms"` // flow or request duration
+	Result          string  `json:"result"`      // ok, refused, timeout, reset, error, denied
+	Error           string  `json:"error,omitempty"`
 	// DestCheck is the outcome of tying a name-based decision to the
 	// destination address (policy destination_check): ok, or mismatch when
 	// the destination is not an address the name resolves to (denied in
