@@ -37,8 +37,6 @@ var relayBufPool = sync.Pool{New: func() any {
 // write-stall timeout resets the flow (stall.go).
 const relayBufSize = 256 << 10
 
-type closeWriter interface{ CloseWrite() error }
-
 // tryReader is a source that can be read without waiting and that says
 // when it has something to read (netstack.Conn): the direction reading it
 // holds no goroutine while it is quiet.
@@ -224,11 +222,6 @@ func (r *relay) ended() {
 	}
 	r.done(relayCounts{out: out, in: r.in.n, outUnacked: unacked}, err)
 }
-
-// relayCounts is what a relay carried: bytes_out, bytes_in, and of out the
-// bytes the destination had not acknowledged when the relay let go of its
-// connection (records.Record.BytesOutUnacked).
-type relayCounts struct{ out, in, outUnacked int64 }
 
 // halfRelay copies src to dst, then half-closes dst. On an error it resets
 // both, so the opposite direction ends too and each peer sees the failure as
@@ -597,12 +590,4 @@ func (h *halfRelay) readFD(fd uintptr) bool {
 		h.rerr = e
 	}
 	return true
-}
-
-// closeWrite half-closes c where it can, and closes it where it cannot.
-func closeWrite(c net.Conn) error {
-	if cw, ok := c.(closeWriter); ok {
-		return cw.CloseWrite()
-	}
-	return c.Close()
 }

@@ -198,3 +198,18 @@ func unwrapped(c net.Conn) net.Conn {
 		c = w.unwrap()
 	}
 }
+
+// relayCounts is what a relay carried: bytes_out, bytes_in, and of out the
+// bytes the destination had not acknowledged when the relay let go of its
+// connection (records.Record.BytesOutUnacked).
+type relayCounts struct{ out, in, outUnacked int64 }
+
+type closeWriter interface{ CloseWrite() error }
+
+// closeWrite half-closes c where it can, and closes it where it cannot.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
