@@ -78,6 +78,9 @@ var retryCodes = map[string]bool{
 
 // classify decides how to handle err from a CloudWatch Logs call.
 func classify(err error) errClass {
+	if _, ok := errors.AsType[*notServiceError](err); ok {
+		return classPermanent
+	}
 	var apiErr apiError
 	if errors.As(err, &apiErr) {
 		code := apiErr.ErrorCode()
@@ -103,14 +106,15 @@ func classify(err error) errClass {
 	var respErr *awshttp.ResponseError
 	if errors.As(err, &respErr) {
 		switch st := respErr.HTTPStatusCode(); {
-		case st >= 200 && st < 300 && respErr.ServiceRequestID() != "":
-			// The service took the batch (its request ID says the answer
-			// is its own); only the answer's body was cut (a reset, the
-			// call's timeout after the headers) or mangled on the way.
-			// Counted as refused, stored records were reported lost, and
-			// a loss report it carried was sent again: counted twice. A
-			// 2xx with no request ID is no answer of the service's (an
-			// intermediary's page): refused, below.
+		case st >= 200 && st < 300 && respErr.Response != nil && serviceAnswer(respErr.ServiceRequestID(), respErr.Response.Header):
+			// The service took the batch (its request ID and its JSON's
+			// content type say the answer is its own); only the answer's
+			// body was cut (a reset, the call's timeout after the
+			// headers) or mangled on the way. Counted as refused, stored
+			// records were reported lost, and a loss report it carried
+			// was sent again: counted twice. Any other 2xx is no answer
+			// of the service's (an intermediary's page): refused, below
+			// (serviceanswer.go).
 			return classAccepted
 		case st == 0, st >= 500, st == 429:
 			// Status 0: no answer was read (connection refused or

@@ -424,8 +424,10 @@ func (s *Shipper) deliver() {
 		out, err := s.client.PutLogEvents(ctx, in, noSDKRetries)
 		cancel()
 		if err == nil {
-			s.delivered(out, n)
-			return
+			if err = checkServiceSuccess(out); err == nil {
+				s.delivered(out, n)
+				return
+			}
 		}
 		if s.runCtx.Err() != nil {
 			s.abandon(n)
