@@ -66,6 +66,7 @@ func (s *endStream) get() []string {
 func (s *endStream) FromClient([]byte) {}
 func (s *endStream) FromServer([]byte) {}
 func (s *endStream) ClientClosed()     { s.ev("ClientClosed") }
+func (s *endStream) ServerClosed()     { s.ev("ServerClosed") }
 func (s *endStream) ClientReset()      { s.ev("ClientReset") }
 func (s *endStream) ServerReset()      { s.ev("ServerReset") }
 func (s *endStream) Close()            { s.ev("Close") }

@@ -77,3 +77,54 @@ func TestPlaintextWindowCoversUnackedSegments(t *testing.T) {
 		}
 	}
 }
+
+// TestPlaintextServerClosedThenReset: the appliance ends its side (a
+// lingering close, a tunnel's destination that ended first), the client
+// still sends, and the connection is then reset (the stacks' close): the
+// stream shows the destination's FIN where it went, the client's bytes
+// after it, and a RST in sequence after the FIN, acknowledging them all;
+// the destination's bytes after its FIN are none.
+func TestPlaintextServerClosedThenReset(t *testing.T) {
+	c := queuedCapture(4096)
+	s := c.OpenPlaintext(plainFlow)
+	req, resp, more := []byte("POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n"), []byte("HTTP/1.1 413 Too Large\r\n\r\n"), []byte("body rest")
+	s.FromClient(req)
+	s.FromServer(resp)
+	s.ServerClosed()
+	s.FromServer([]byte("after the FIN: ignored"))
+	s.FromClient(more)
+	s.ServerReset()
+	s.Close()
+	pkts := drain(t, c)
+	var cisn, sisn uint32
+	fins, c2s := 0, 0
+	for i, p := range pkts {
+		tcp, _ := gopacket.NewPacket(p.data, layers.LayerTypeIPv4, gopacket.Default).TransportLayer().(*layers.TCP)
+		if tcp == nil {
+			t.Fatalf("packet %d: no TCP", i)
+		}
+		switch {
+		case i == 0:
+			cisn = tcp.Seq
+		case i == 1:
+			sisn = tcp.Seq
+		case tcp.FIN:
+			fins++
+			if !p.out || tcp.Seq != sisn+1+uint32(len(resp)) {
+				t.Errorf("packet %d: a FIN, out %v seq %d: want the destination's, at %d", i, p.out, tcp.Seq, sisn+1+uint32(len(resp)))
+			}
+		case tcp.RST:
+			if i != len(pkts)-1 || !p.out {
+				t.Fatalf("packet %d of %d: a RST, out %v: want the destination's, last", i, len(pkts), p.out)
+			}
+			if seq, ack := sisn+2+uint32(len(resp)), cisn+1+uint32(len(req)+len(more)); tcp.Seq != seq || tcp.Ack != ack {
+				t.Errorf("RST seq %d ack %d, want %d %d (after the FIN, acknowledging the client's bytes)", tcp.Seq, tcp.Ack, seq, ack)
+			}
+		case !p.out:
+			c2s += len(tcp.Payload)
+		}
+	}
+	if fins != 1 || c2s != len(req)+len(more) {
+		t.Errorf("%d FINs, %d client bytes; want the destination's FIN only and %d bytes", fins, c2s, len(req)+len(more))
+	}
+}

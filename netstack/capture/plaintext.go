@@ -360,6 +360,21 @@ func (s *Stream) ClientClosed() {
 	}
 }
 
+// ServerClosed synthesizes the appliance's end of its side of the
+// client's connection (its FIN, acknowledged): the client reads on, and
+// may still send, until the connection ends.
+func (s *Stream) ServerClosed() {
+	bp := getScratch()
+	defer putScratch(bp)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		now := time.Now().UnixNano()
+		s.flush(bp, now)
+		s.fin(bp, false, now)
+	}
+}
+
 // ClientReset synthesizes the client's abort: a RST from its side, and
 // nothing after it (Close then adds no FIN). It is for a read from the
 // client that ended in an error, a reset most often, rather than its FIN:

@@ -413,8 +413,20 @@ func halfClose(c net.Conn) bool {
 }
 
 // halfCloseErr is halfClose, with the error of the TLS close_notify's
-// write, if it failed.
+// write, if it failed. A tapped client's plaintext shows the appliance's
+// end of its side once the client was told it.
 func halfCloseErr(c net.Conn) (bool, error) {
+	var tapped *plaintextConn
+	told, err := halfCloseUnder(c, &tapped)
+	if told && tapped != nil {
+		tapped.st.ServerClosed()
+	}
+	return told, err
+}
+
+// halfCloseUnder is halfCloseErr's walk down c's wrappers; it sets
+// *tapped to the plaintextConn it met, if any.
+func halfCloseUnder(c net.Conn, tapped **plaintextConn) (bool, error) {
 	told := false
 	for range 8 {
 		switch x := c.(type) {
@@ -428,8 +440,8 @@ func halfCloseErr(c net.Conn) (bool, error) {
 			c = x.Conn
 		case *countedConn:
 			c = x.Conn
-		case *plaintextConn: // a client's (hijackedConn.halfClose)
-			c = x.Conn
+		case *plaintextConn: // a client's (hijackedConn.halfClose, lingerClose)
+			*tapped, c = x, x.Conn
 		case interface{ CloseWrite() error }:
 			return x.CloseWrite() == nil || told, nil
 		default:

@@ -35,6 +35,10 @@ type PlaintextStream interface {
 	FromClient(b []byte) // decrypted bytes read from the client
 	FromServer(b []byte) // bytes written to the client, before encryption
 	ClientClosed()       // the client ended its side (close_notify)
+	// ServerClosed: the appliance ended its side of the client's
+	// connection (close_notify, FIN), the client reading on: a lingering
+	// close, a tunnel's destination that ended its side.
+	ServerClosed()
 	// ClientReset: reading from the client failed other than by its end
 	// of data (a reset, most often); the stream ends aborted, with no FIN.
 	ClientReset()

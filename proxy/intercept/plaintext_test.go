@@ -42,12 +42,12 @@ func (p *plainSink) get() ([]intercept.PlaintextFlow, []*plainStream) {
 }
 
 type plainStream struct {
-	mu                      sync.Mutex
-	fromClient, fromServer  bytes.Buffer
-	clientClosed, closes    int
-	resets, serverResets    int
-	afterClose              bool
-	serverAfterClientClosed bool
+	mu                                 sync.Mutex
+	fromClient, fromServer             bytes.Buffer
+	clientClosed, serverClosed, closes int
+	resets, serverResets               int
+	afterClose                         bool
+	serverAfterClientClosed            bool
 }
 
 func (s *plainStream) FromClient(b []byte) {
@@ -68,6 +68,12 @@ func (s *plainStream) ClientClosed() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.clientClosed++
+}
+
+func (s *plainStream) ServerClosed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.serverClosed++
 }
 
 func (s *plainStream) ClientReset() {

@@ -25,6 +25,7 @@ func (s *eventStream) ev(e string) {
 func (s *eventStream) FromClient([]byte) {}
 func (s *eventStream) FromServer([]byte) {}
 func (s *eventStream) ClientClosed()     { s.ev("ClientClosed") }
+func (s *eventStream) ServerClosed()     { s.ev("ServerClosed") }
 func (s *eventStream) ClientReset()      { s.ev("ClientReset") }
 func (s *eventStream) ServerReset()      { s.ev("ServerReset") }
 func (s *eventStream) Close()            { s.ev("Close") }
