@@ -202,6 +202,10 @@ type Stats struct {
 	// flow waited for its destination check, past what a flow holds
 	// meanwhile (checkWaitDatagrams, checkWaitBytes).
 	UDPCheckDrops uint64 `json:"udp_check_drops"`
+	// UDPDeniedUnheld counts denied UDP flows closed instead of held
+	// (udpdenied.go): their client held its share of the hold, or the
+	// hold was full. Each further datagram of one is decided again.
+	UDPDeniedUnheld uint64 `json:"udp_denied_unheld"`
 	// TCPWaitingDrops counts new TCP connections refused because their
 	// client had MaxWaitingTCPPerClient connections waiting to be
 	// classified already.
@@ -309,6 +313,7 @@ func (p *Proxy) Stats() Stats {
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
 		Denied: p.stats.denied.Load() + p.intercept.Denied(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(), UDPCheckDrops: p.udp.checkDrops.Load(),
+		UDPDeniedUnheld: p.udp.unheld.Load(),
 		TCPWaitingDrops: p.tcp.waitingDrops.Load(), LingerShareCuts: p.tcp.lingerCuts.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
 		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),

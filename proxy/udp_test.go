@@ -391,8 +391,10 @@ func (c *idleDeniedConn) end() {
 
 // TestUDPDeniedHeldBounded: at most maxDeniedUDP denied flows are held
 // open, each with its timer and stack endpoint; the next is closed at
-// once, its datagrams then decided, and recorded, again. Unbounded, a
-// client flooding denied flows would have each kept for the idle timeout.
+// once, its datagrams then decided, and recorded, again. Unbounded,
+// clients flooding denied flows would have each kept for the idle timeout.
+// The flows are those of as many clients as the bound takes at their
+// share each (TestUDPDeniedHeldClientShare tests the share).
 func TestUDPDeniedHeldBounded(t *testing.T) {
 	p, h, _ := udpProxy(t, "policy: {default: deny}\n", func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
 	s := udpSubject{proto: policy.ProtoUDP, dest: netip.MustParseAddrPort("127.0.0.1:9"), client: quicClient.Addr()}
@@ -407,7 +409,9 @@ func TestUDPDeniedHeldBounded(t *testing.T) {
 	})
 	for i := range conns {
 		conns[i] = &idleDeniedConn{}
-		p.holdDenied(conns[i], conns[i], h.Load(), s)
+		client := netip.AddrFrom4([4]byte{198, 18, 1, byte(i / maxDeniedUDPPerClient)})
+		s.client = client
+		p.holdDenied(conns[i], conns[i], h.Load(), s, shareKey{endpoint: 7, client: client})
 	}
 	if n := p.udp.held.Load(); n != maxDeniedUDP {
 		t.Errorf("%d denied flows held, want the bound, %d", n, maxDeniedUDP)

@@ -18,6 +18,15 @@ import (
 // and each further datagram of it is decided, and recorded, again.
 const maxDeniedUDP = 1 << 14
 
+// maxDeniedUDPPerClient is a client's share of the hold (a client as the
+// UDP share counts it, shareKey). Without it one client opening denied
+// flows from fresh ports fills the hold, and every other client's denied
+// flows then cost a decision and a record per datagram; past its share, a
+// client's own denied flows are closed, so that cost falls on it alone.
+// 1,024 is more than a client retrying a few denied destinations holds
+// within an idle timeout, as for denied echo flows (deniedEchoShares).
+const maxDeniedUDPPerClient = maxDeniedUDP / 16
+
 // deniedUDP is a denied flow kept open without a host socket, its
 // datagrams discarded, until it idles: a client that keeps sending (a QUIC
 // client retransmitting its Initial, a flood) gives one deny record, not
@@ -35,6 +44,7 @@ type deniedUDP struct {
 	subject udpSubject
 	pol     atomic.Pointer[policy.Policy] // the policy last found to deny it
 	last    atomic.Int64                  // when a datagram last came (monoclock.Now)
+	share   shareKey                      // its client's, in udpState.heldShares while it is held
 	timer   *time.Timer
 	closing atomic.Bool // ending: the timer fires at once
 	closed  atomic.Bool
@@ -97,21 +107,34 @@ func (p *Proxy) redecide(pol *policy.Policy, s *udpSubject, rec *records.Record)
 // hold keeps the flow's client end as a denied flow's, denied under pol (nil
 // for a forbidden destination).
 func (f *udpFlow) hold(pol *policy.Policy) {
-	f.p.holdDenied(f.client, f.ready, pol, f.subject())
+	f.p.holdDenied(f.client, f.ready, pol, f.subject(), clientShareKey(f.info))
 }
 
 // holdDenied keeps a denied flow's client end open, or closes it when that
-// cannot be done cheaply (a conn that cannot announce its datagrams) or too
-// many are held. s is what pol denied.
-func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy, s udpSubject) {
-	if ready == nil || p.udp.held.Add(1) > maxDeniedUDP {
-		if ready != nil {
-			p.udp.held.Add(-1)
-		}
+// cannot be done cheaply (a conn that cannot announce its datagrams), too
+// many are held, or its client (share) holds its share of them. s is what
+// pol denied.
+func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy, s udpSubject, share shareKey) {
+	if ready == nil {
 		conn.Close()
 		return
 	}
-	d := &deniedUDP{p: p, conn: conn, ready: ready, subject: s}
+	// The client's share first: a client at its share must not take a
+	// place in the hold, even for a moment. The zero time asks for no
+	// drop record: the flow's deny record is written already.
+	if ok, _ := p.udp.heldShares.acquire(share, maxDeniedUDPPerClient, time.Time{}); !ok {
+		p.udp.unheld.Add(1) // its own doing: its denials' records say enough
+		conn.Close()
+		return
+	}
+	if p.udp.held.Add(1) > maxDeniedUDP {
+		p.udp.held.Add(-1)
+		p.udp.heldShares.release(share)
+		p.udp.unheld.Add(1)
+		conn.Close()
+		return
+	}
+	d := &deniedUDP{p: p, conn: conn, ready: ready, subject: s, share: share}
 	d.pol.Store(pol)
 	d.last.Store(monoclock.Now())
 	d.timer = time.AfterFunc(p.cfg.UDPIdleTimeout, d.expire)
@@ -163,4 +186,5 @@ func (d *deniedUDP) expire() {
 	d.ready.OnReadable(nil)
 	d.conn.Close()
 	d.p.udp.held.Add(-1)
+	d.p.udp.heldShares.release(d.share)
 }

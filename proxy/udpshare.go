@@ -44,6 +44,11 @@ type udpState struct {
 	// for its destination check (checkWait).
 	checkDrops atomic.Uint64
 	held       atomic.Int64 // denied flows held (deniedUDP), at most maxDeniedUDP
+	// heldShares counts each client's held denied flows, at most
+	// maxDeniedUDPPerClient; unheld the denied flows closed instead of
+	// held, their client at its share or the hold full.
+	heldShares udpShares
+	unheld     atomic.Uint64
 	// dnsPending counts each client's DNS queries waiting for answers.
 	dnsPending dnsPending
 }
