@@ -268,6 +268,11 @@ const maxPendingDNS = 1024
 
 func newDNSLog(p *Proxy, base *records.Record, pol *policy.Policy) *dnsLog {
 	d := &dnsLog{p: p, base: *base, pending: make(map[dnsKey]dnsQuestion), client: recordShareKey(base)}
+	// What the flow's record says of the flow (a first datagram that read
+	// as a QUIC Initial and was relayed as udp, a destination check) is
+	// the flow's: on each query's record it would read as that query's,
+	// an answered lookup seeming to have failed.
+	d.base.Error, d.base.DestCheck = "", ""
 	d.budget = p.udp.dnsPending.acquire(d.client)
 	d.pol.Store(pol)
 	return d
