@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/monoclock"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -219,6 +220,18 @@ type dnsLog struct {
 	asked   bool     // a query was seen
 	opaque  int64    // datagrams from the client that were not DNS queries
 	client  shareKey // whose bucket of DNS records the flow's come from
+	// unasked counts the server's datagrams that answered no waiting
+	// query: not DNS, not a response, or a response to nothing asked. A
+	// server's own stream on a DNS port shows by them in the udp record,
+	// and they do not put off the flow's end (lastDNS).
+	unasked int64
+	// repeats is how many more answers the flow may get without counting
+	// them in unasked: one for each copy of an answered query the client
+	// sent again, which a server may answer once each.
+	repeats int64
+	// lastDNS is when the flow last carried a query or its answer
+	// (monoclock): the linger of a quiet flow counts from it.
+	lastDNS int64
 	// budget is the client's count of pending queries, across its flows
 	// (dnspending.go); nil once the flow has closed.
 	budget *dnsBudget
@@ -244,10 +257,11 @@ type dnsKey struct {
 }
 
 type dnsQuestion struct {
-	msg   dnsMessage
-	size  int
-	start time.Time
-	dec   *dnsDecision // the decision it was relayed under; nil: the flow's first
+	msg    dnsMessage
+	size   int
+	copies int // copies of it the client sent again before its answer
+	start  time.Time
+	dec    *dnsDecision // the decision it was relayed under; nil: the flow's first
 }
 
 // dnsDecision is a decision a reload made for a DNS flow, for the records
@@ -296,12 +310,14 @@ func (d *dnsLog) query(b []byte) {
 		return
 	}
 	d.asked = true
+	d.lastDNS = monoclock.Now()
 	k := dnsKey{name: m.Wire, id: m.ID, typ: m.Type}
 	switch q, ok := d.pending[k]; {
 	case ok:
 		// The same question again: a retransmission, which one record
 		// names as well as two would.
 		q.size += len(b)
+		q.copies++
 		d.pending[k] = q
 	case len(d.pending) < maxPendingDNS && d.budget.take():
 		d.pending[k] = dnsQuestion{msg: m, size: len(b), start: time.Now(), dec: d.dec.Load()}
@@ -319,20 +335,31 @@ func (d *dnsLog) query(b []byte) {
 // Config.DNSAnswer, which thus knows an address before the client can act
 // on it, if the policy that allowed the flow is still in force. Responses
 // to nothing the client asked are not handed on: the client drops them
-// too. It reports whether the flow is now quiet.
+// too. Datagrams that answer no waiting query are counted (unasked). It
+// reports whether the flow is now quiet.
 func (d *dnsLog) answer(b []byte) (quiet bool) {
 	var wire [maxDNSName]byte
 	m, n, err := parseDNSInto(b, &wire)
 	if err != nil || !m.Response {
+		d.mu.Lock()
+		d.unasked++
+		d.mu.Unlock()
 		return false
 	}
 	d.mu.Lock()
 	// The lookup converts the name without allocating; the delete uses the
 	// name the query is kept under.
 	q, ok := d.pending[dnsKey{name: string(wire[:n]), id: m.ID, typ: m.Type}]
-	if ok {
+	switch {
+	case ok:
 		delete(d.pending, dnsKey{name: q.msg.Wire, id: m.ID, typ: m.Type})
 		d.budget.give(1)
+		d.lastDNS = monoclock.Now()
+		d.repeats += int64(q.copies)
+	case d.repeats > 0:
+		d.repeats-- // a server answering each copy of a query sent again
+	default:
+		d.unasked++
 	}
 	quiet = d.quietLocked()
 	d.mu.Unlock()
@@ -364,17 +391,32 @@ func (d *dnsLog) quiet() bool {
 
 func (d *dnsLog) quietLocked() bool { return d.asked && d.opaque == 0 && len(d.pending) == 0 }
 
+// quietSince reports whether the flow is quiet and, if so, when it last
+// carried a query or an answer (monoclock): what the server sends that
+// answers nothing does not put the flow's end off, or a server could keep
+// a lookup's flow, and its host port, as long as it liked.
+func (d *dnsLog) quietSince() (since int64, quiet bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lastDNS, d.quietLocked()
+}
+
 // notQueries is the note the flow's udp record carries when the client sent
 // the DNS port datagrams that are not DNS queries (no header, no question
-// that can be read, or a response): they have no dns record, and the note
-// says the port carried something else. Empty when there were none.
+// that can be read, or a response), or the server sent datagrams that
+// answered no waiting query: they have no dns record, and the note says
+// the port carried something else. Empty when there were none.
 func (d *dnsLog) notQueries() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.opaque == 0 {
-		return ""
+	var notes []string
+	if d.opaque > 0 {
+		notes = append(notes, fmt.Sprintf("datagrams from the client that were not DNS queries: %d", d.opaque))
 	}
-	return fmt.Sprintf("datagrams from the client that were not DNS queries: %d", d.opaque)
+	if d.unasked > 0 {
+		notes = append(notes, fmt.Sprintf("datagrams from the server that answered no waiting query: %d", d.unasked))
+	}
+	return strings.Join(notes, "; ")
 }
 
 // write records a query, from the client's bucket of DNS records

@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// TestDNSServerStreamDoesNotKeepFlow: a DNS-port flow whose one query is
+// answered, its server then sending datagrams that answer nothing, ends a
+// linger after the answer as policy.md says, not a linger after the
+// server's last datagram; and its udp record counts what the server sent
+// that answered no query. Before, each such datagram put the flow's end
+// off by a linger, so a server could keep it (and its host port) as long
+// as it liked, and the record said nothing of them.
+func TestDNSServerStreamDoesNotKeepFlow(t *testing.T) {
+	dst := newUDPSink(t, false)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = time.Minute
+		cfg.DNSPorts = []uint16{dst.addr().Port()}
+	})
+	q := dnsQuery(31, "push.example.test", 1)
+	c, done := startFlow(p, quicClient, dst.addr(), q)
+	waitUntil(t, 5*time.Second, func() bool { return len(dst.received()) == 1 }, "the query to be relayed")
+	dst.mu.Lock()
+	from := dst.from[0]
+	dst.mu.Unlock()
+	answered := time.Now()
+	if _, err := dst.pc.WriteToUDPAddrPort(dnsResponse(q), from); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.out:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the answer did not reach the client")
+	}
+	// A datagram every 200 ms for 3 s, or until the flow ends.
+	push := []byte("not an answer to anything")
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var ended time.Duration
+pushing:
+	for range 15 {
+		select {
+		case <-c.ended:
+			ended = time.Since(answered)
+			break pushing
+		case <-tick.C:
+			dst.pc.WriteToUDPAddrPort(push, from)
+		}
+	}
+	if ended == 0 {
+		select {
+		case <-c.ended:
+			ended = time.Since(answered)
+		case <-time.After(5 * time.Second):
+			c.Close()
+			ended = time.Since(answered)
+		}
+	}
+	<-done
+	// The linger is a second; the rest is slack for a loaded machine, far
+	// below the 3 s and more that the server's datagrams kept it before.
+	if ended > 2*time.Second {
+		t.Errorf("the flow ended %v after its one answer, kept up by its server's datagrams; want a linger (%v) after the answer", ended.Round(time.Millisecond), dnsLinger)
+	}
+	var udp *records.Record
+	for _, r := range recs.records(t, 2) {
+		if r.Kind == "udp" {
+			udp = &r
+		}
+	}
+	if udp == nil {
+		t.Fatal("no udp record")
+	}
+	var n int
+	if _, err := fmt.Sscanf(udp.Error, "datagrams from the server that answered no waiting query: %d", &n); err != nil || n < 1 {
+		t.Errorf("udp record error %q, want the count of the server's datagrams that answered no query", udp.Error)
+	}
+	if want := int64(len(dnsResponse(q)) + n*len(push)); udp.BytesIn != want {
+		t.Errorf("udp record bytes_in %d, want the answer and the %d datagrams counted, %d", udp.BytesIn, n, want)
+	}
+}
+
+// TestDNSUnaskedCounted: what the server sends that answers no waiting
+// query (not DNS, not a response, a response to nothing asked) is counted
+// for the udp record and leaves the quiet flow's linger where its last
+// answer put it. A server answering each copy of a query the client sent
+// again is not counted: that is a lookup's ordinary traffic.
+func TestDNSUnaskedCounted(t *testing.T) {
+	p, _, _ := udpProxy(t, "policy: {default: allow}\n", nil)
+	rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
+	d := newDNSLog(p, rec, nil)
+	q := dnsQuery(32, "again.example.test", 1)
+	d.query(q)
+	d.query(q) // a retransmission
+	if !d.answer(dnsResponse(q)) {
+		t.Fatal("the flow is not quiet once its query is answered")
+	}
+	since, quiet := d.quietSince()
+	if !quiet {
+		t.Fatal("quietSince: not quiet")
+	}
+	d.answer(dnsResponse(q)) // the server's answer to the copy
+	if got := d.notQueries(); got != "" {
+		t.Errorf("after the answer to a query's copy: note %q, want none", got)
+	}
+	time.Sleep(2 * time.Millisecond)                             // monoclock moves on
+	d.answer(dnsResponse(q))                                     // a third answer: to nothing asked
+	d.answer(q)                                                  // not a response
+	d.answer([]byte("\x00\x01 no DNS message here"))             // not DNS
+	d.answer(dnsResponse(dnsQuery(33, "never.example.test", 1))) // never asked
+	if got, want := d.notQueries(), "datagrams from the server that answered no waiting query: 4"; got != want {
+		t.Errorf("note %q, want %q", got, want)
+	}
+	if s, q := d.quietSince(); !q || s != since {
+		t.Errorf("after datagrams that answered nothing: quiet %v since %d, want still quiet since the answer, %d", q, s, since)
+	}
+	d.close()
+}
