@@ -280,11 +280,24 @@ func TestTCPUnackedAcrossKeepalive(t *testing.T) {
 	f.tcpAcked(0x101)
 	want("data after the keepalive, acknowledged", 0x110, 0)
 	stack(0x101, header.TCPFlagAck|header.TCPFlagFin, 0)
+	if f.tcpFINAcked(0x110) {
+		t.Error("the FIN acknowledged before the client's ACK of it")
+	}
+	f.tcpAcked(0x101)
+	if f.tcpFINAcked(0x110) {
+		t.Error("the FIN acknowledged by an ACK of the data before it only")
+	}
 	f.tcpAcked(0x102)
 	want("the FIN acknowledged", 0x110, 0)
+	if !f.tcpFINAcked(0x110) {
+		t.Error("the FIN's acknowledgement not seen")
+	}
 	f.removed.Store(true)
 	if _, ok := f.tcpUnacked(0x110); ok {
 		t.Error("a flow out of the table says what is unacknowledged")
+	}
+	if !f.tcpFINAcked(0x110) {
+		t.Error("a FIN acknowledged before the flow left the table is no longer")
 	}
 }
 

@@ -303,6 +303,14 @@ func (c *Conn) SendQueued() (int, error) {
 	return n, nil
 }
 
+// FINAcked reports whether the client acknowledged the connection's FIN
+// (CloseWrite's, or Close's), and with it every byte written before: it
+// had the whole stream and its end. The flow's segments say, as for
+// SendQueued; false when they cannot.
+func (c *Conn) FINAcked() bool {
+	return c.flow != nil && c.flow.tcpFINAcked(c.written.Load())
+}
+
 // ErrSendQueueUnknown is SendQueued's error when the flow cannot tell.
 var ErrSendQueueUnknown = errors.New("netstack: the flow's acknowledgments are not known")
 

@@ -112,6 +112,19 @@ func (f *Flow) tcpUnacked(written int64) (int, bool) {
 	return int(end - una), true
 }
 
+// tcpFINAcked reports whether the client acknowledged the FIN that follows
+// written, the bytes the stack was given to send, and so all of them: the
+// flow's counts as the packet path saw them, frozen once it left the
+// table. False when they cannot say (the SYN-ACK not seen).
+func (f *Flow) tcpFINAcked(written int64) bool {
+	iss := f.iss.Load()
+	if iss&issKnown == 0 {
+		return false
+	}
+	fin := uint32(iss) + 1 + uint32(written) // modulo 2^32
+	return seqAfter(uint32(f.snd.Load()>>32), fin)
+}
+
 // tcpInFlight reports whether seq lies in the flow's send window: at or
 // after SND.UNA and before SND.NXT (a segment starting at SND.NXT carries
 // nothing yet sent, so it cannot have been too big).

@@ -467,6 +467,14 @@ func (c *peekedConn) SendQueued() (int, error) {
 	return 0, errors.ErrUnsupported
 }
 
+// FINAcked passes on the client connection's: whether the client
+// acknowledged its FIN (netstack.Conn), for the plaintext capture of a
+// half-closed connection that a reset then ended (intercept's serverEnded).
+func (c *peekedConn) FINAcked() bool {
+	q, ok := c.Conn.(interface{ FINAcked() bool })
+	return ok && q.FINAcked()
+}
+
 // CloseWrite passes a half-close on to the client connection.
 func (c *peekedConn) CloseWrite() error { return closeWrite(c.Conn) }
 

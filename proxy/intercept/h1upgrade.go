@@ -413,13 +413,14 @@ func halfClose(c net.Conn) bool {
 }
 
 // halfCloseErr is halfClose, with the error of the TLS close_notify's
-// write, if it failed. A tapped client's plaintext shows the appliance's
-// end of its side once the client was told it.
+// write, if it failed. A tapped client's connection notes it: its
+// plaintext shows the appliance's FIN once the client had it
+// (plaintextConn.serverEnded).
 func halfCloseErr(c net.Conn) (bool, error) {
 	var tapped *plaintextConn
 	told, err := halfCloseUnder(c, &tapped)
 	if told && tapped != nil {
-		tapped.st.ServerClosed()
+		tapped.halfClosed.Store(true)
 	}
 	return told, err
 }

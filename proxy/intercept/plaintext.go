@@ -35,9 +35,10 @@ type PlaintextStream interface {
 	FromClient(b []byte) // decrypted bytes read from the client
 	FromServer(b []byte) // bytes written to the client, before encryption
 	ClientClosed()       // the client ended its side (close_notify)
-	// ServerClosed: the appliance ended its side of the client's
-	// connection (close_notify, FIN), the client reading on: a lingering
-	// close, a tunnel's destination that ended its side.
+	// ServerClosed: the appliance had ended its side of the client's
+	// connection (close_notify, FIN), and the client had it all, when a
+	// reset came (called right before ClientReset or ServerReset): a
+	// lingering close, a tunnel whose destination ended its side.
 	ServerClosed()
 	// ClientReset: reading from the client failed other than by its end
 	// of data (a reset, most often); the stream ends aborted, with no FIN.
@@ -83,12 +84,30 @@ type plaintextConn struct {
 	aborted func(reading bool) bool
 	reset   atomic.Bool // a read has ended the stream with the client's RST
 	once    sync.Once
+	// halfClosed: the appliance ended its side and read on (a lingering
+	// close, a tunnel whose destination ended first: halfCloseErr).
+	halfClosed atomic.Bool
 }
 
 // clientReset ends the stream with the client's RST.
 func (c *plaintextConn) clientReset() {
 	c.reset.Store(true)
+	c.serverEnded()
 	c.st.ClientReset()
+}
+
+// serverEnded shows the appliance's FIN before a reset ends the stream,
+// when the appliance had ended its side and the client acknowledged that
+// FIN first: it had the whole stream from the appliance and its end. A
+// FIN still queued behind bytes the client had not taken is not shown:
+// the reset threw both away.
+func (c *plaintextConn) serverEnded() {
+	if !c.halfClosed.Load() {
+		return
+	}
+	if q, ok := socketOf(c.Conn).(interface{ FINAcked() bool }); ok && q.FINAcked() {
+		c.st.ServerClosed()
+	}
 }
 
 // Read implements net.Conn.
@@ -117,6 +136,7 @@ func (c *plaintextConn) Read(b []byte) (int, error) {
 		// The appliance's reset (the reclaim's, the stacks' close), which
 		// the read may take before the session's Abort comes.
 		c.reset.Store(true)
+		c.serverEnded()
 		c.st.ServerReset()
 	default:
 		c.clientReset()
@@ -169,8 +189,10 @@ func (c *plaintextConn) endStream(reset bool) {
 		switch {
 		case c.reset.Load():
 		case c.clientBroke():
+			c.serverEnded()
 			c.st.ClientReset()
 		case reset || (c.aborted != nil && c.aborted(false)):
+			c.serverEnded()
 			c.st.ServerReset()
 		}
 		c.st.Close()
