@@ -79,6 +79,17 @@ func (s *Server) SetLatency(d time.Duration) {
 	s.latency = d
 }
 
+// SetAnswerDelay makes every request processed at once, as the real
+// service processes one it has read whole, and its answer wait d; 0
+// answers at once. A client that gives up meanwhile gets no answer, but
+// what it sent is stored (SetLatency delays before processing, and
+// stores nothing for a client that gave up): a resend stores it again.
+func (s *Server) SetAnswerDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.answerDelay = d
+}
+
 // Outage starts an outage lasting d; see OutageMode.
 func (s *Server) Outage(d time.Duration, mode OutageMode) {
 	s.mu.Lock()

@@ -134,6 +134,7 @@ type Server struct {
 	served      int // faults served
 	faults      []*fault
 	latency     time.Duration
+	answerDelay time.Duration // SetAnswerDelay's
 	outageUntil time.Time
 	outageMode  OutageMode
 	outageTimer *time.Timer
@@ -254,7 +255,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := s.requestID()
 	s.calls[op]++
 	outage, mode := !s.outageUntil.IsZero(), s.outageMode
-	latency := s.latency
+	latency, answerDelay := s.latency, s.answerDelay
 	var f *fault
 	if !outage {
 		for _, cand := range s.faults {
@@ -323,6 +324,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out, aerr := s.dispatch(op, body)
+	if answerDelay > 0 {
+		t := time.NewTimer(answerDelay)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			return // the client gave up: what it sent is processed all the same
+		}
+	}
 	if aerr != nil {
 		writeError(w, id, aerr)
 		return
