@@ -314,3 +314,34 @@ func stackSends(t *testing.T, f *Flow, client, server netip.AddrPort) func(seq u
 		f.tcpSent(&p, pkt)
 	}
 }
+
+// TestConnCountsOnlyItsOwnConnection: a client that resets and connects
+// again from the same port makes a new connection on the same flow, whose
+// SYN-ACK restarts the flow's counts; the old connection's SendQueued and
+// FINAcked, asked late, read the new one's numbers (review r3s25 F4). A
+// conn knows the SYN-ACK it was made with, and cannot say once another
+// came.
+func TestConnCountsOnlyItsOwnConnection(t *testing.T) {
+	client, server := groFamilies[0].client, groFamilies[0].server
+	var f Flow
+	stack := stackSends(t, &f, client, server)
+	stack(1000, header.TCPFlagSyn|header.TCPFlagAck, 0)
+	c := &Conn{flow: &f, iss: f.iss.Load()}
+	c.written.Store(10)
+	stack(1001, header.TCPFlagAck, 10)
+	if n, err := c.SendQueued(); err != nil || n != 10 {
+		t.Fatalf("own connection: SendQueued %d, %v; want 10", n, err)
+	}
+	// The new connection: another SYN-ACK, and more acknowledged on it
+	// than the old one ever wrote.
+	stack(500000, header.TCPFlagSyn|header.TCPFlagAck, 0)
+	f.tcpAcked(500001)
+	stack(500001, header.TCPFlagAck, 100)
+	f.tcpAcked(500102)
+	if n, err := c.SendQueued(); err == nil {
+		t.Errorf("after a new connection on the flow, the old conn's SendQueued says %d", n)
+	}
+	if c.FINAcked() {
+		t.Error("after a new connection on the flow, the old conn's FIN reads as acknowledged")
+	}
+}

@@ -395,6 +395,9 @@ func (r *TCPRequest) Accept() (*Conn, error) {
 	_ = ep.SetSockOpt(&uto)
 	c := newConn(wq, ep, r.Flow.Dest, r.Flow.Client)
 	c.closedSend, c.pressure, c.flow = r.opts.ClosedSendTimeout, r.pressure, r.flow
+	if r.flow != nil {
+		c.iss = r.flow.iss.Load() // the SYN-ACK went out through the flow before the handshake ended
+	}
 	if r.live != nil {
 		r.live.add(c, r.client)
 	}

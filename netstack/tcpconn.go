@@ -71,6 +71,10 @@ type Conn struct {
 	// SendQueued.
 	flow    *Flow
 	written atomic.Int64
+	// iss is the flow's Flow.iss when Accept made the conn: a client that
+	// reset and connected again from the same port made a new connection
+	// on the flow, whose counts are not this one's (ownFlow).
+	iss uint64
 }
 
 // WriteWaiter learns when a Write waits for room in the send buffer: the
@@ -293,14 +297,21 @@ func (c *Conn) stackError(terr tcpip.Error) error {
 // packet path saw them (tcpseq.go). ErrSendQueueUnknown when they cannot
 // (a flow made again after it expired, or gone from the table).
 func (c *Conn) SendQueued() (int, error) {
-	if c.flow == nil {
+	if !c.ownFlow() {
 		return 0, ErrSendQueueUnknown
 	}
 	n, ok := c.flow.tcpUnacked(c.written.Load())
-	if !ok {
+	if !ok || !c.ownFlow() {
 		return 0, ErrSendQueueUnknown
 	}
 	return n, nil
+}
+
+// ownFlow reports whether the flow's counts are still this connection's:
+// no new connection was made on the flow since (its SYN-ACK's sequence
+// number is the one Accept saw).
+func (c *Conn) ownFlow() bool {
+	return c.flow != nil && c.iss&issKnown != 0 && c.flow.iss.Load() == c.iss
 }
 
 // FINAcked reports whether the client acknowledged the connection's FIN
@@ -308,7 +319,7 @@ func (c *Conn) SendQueued() (int, error) {
 // had the whole stream and its end. The flow's segments say, as for
 // SendQueued; false when they cannot.
 func (c *Conn) FINAcked() bool {
-	return c.flow != nil && c.flow.tcpFINAcked(c.written.Load())
+	return c.ownFlow() && c.flow.tcpFINAcked(c.written.Load()) && c.ownFlow()
 }
 
 // ErrSendQueueUnknown is SendQueued's error when the flow cannot tell.
