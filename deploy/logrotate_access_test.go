@@ -92,7 +92,7 @@ func TestLogrotateAccessLog(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "access.log")
 	conf, logrotate := accessLogrotate(t, path)
-	lf, err := records.OpenLogFile(path)
+	lf, err := records.OpenLogFile(path, records.Rotation{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestLogrotateAccessLogFullDisk(t *testing.T) {
 				return err
 			}
 		}
-		lf, err := records.OpenLogFile(path)
+		lf, err := records.OpenLogFile(path, records.Rotation{})
 		if err != nil {
 			return err
 		}

@@ -29,6 +29,9 @@ func checkFlagValues(o *appliance.Options) error {
 	if o.IdleTimeout < minIdleTimeout {
 		return fmt.Errorf("--idle-timeout %s: must be at least %s", o.IdleTimeout, minIdleTimeout)
 	}
+	if k := o.AccessLogRotation.Keep; k < 1 || k > 1000 {
+		return fmt.Errorf("--access-log-keep %d: must be 1 to 1000 (--access-log-max-size 0 turns the rotation off)", k)
+	}
 	c := o.Capture
 	if c.RotateBytes < capture.MinRotateBytes {
 		return fmt.Errorf("--pcap-rotate-bytes %d: must be at least %d", c.RotateBytes, capture.MinRotateBytes)

@@ -134,3 +134,33 @@ func TestMirrorTAPNameRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestAccessLogRotationFlags: --access-log-max-size takes a size (0 for
+// never) of at least 1 MiB, --access-log-keep 1 to 1000; anything else
+// stops the start naming the flag.
+func TestAccessLogRotationFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--access-log-max-size", "512KiB"},
+		{"--access-log-max-size", "-1"},
+		{"--access-log-max-size", "lots"},
+		{"--access-log-keep", "0"},
+		{"--access-log-keep", "1001"},
+	} {
+		_, err := parseFlags(args, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), strings.TrimLeft(args[0], "-")) {
+			t.Errorf("%v: error %v, want it refused naming the flag", args, err)
+		}
+	}
+	o, err := parseFlags(nil, &bytes.Buffer{})
+	if err != nil || o.AccessLogRotation.MaxSize != 1<<30 || o.AccessLogRotation.Keep != 7 {
+		t.Errorf("defaults: %+v, %v; want 1 GiB and 7", o.AccessLogRotation, err)
+	}
+	o, err = parseFlags([]string{"--access-log-max-size", "0", "--access-log-keep", "30"}, &bytes.Buffer{})
+	if err != nil || o.AccessLogRotation.MaxSize != 0 || o.AccessLogRotation.Keep != 30 {
+		t.Errorf("0 and 30: %+v, %v", o.AccessLogRotation, err)
+	}
+	o, err = parseFlags([]string{"--access-log-max-size", "256MiB"}, &bytes.Buffer{})
+	if err != nil || o.AccessLogRotation.MaxSize != 256<<20 {
+		t.Errorf("256MiB: %+v, %v", o.AccessLogRotation, err)
+	}
+}

@@ -36,6 +36,7 @@ type Options struct {
 	GeneveAddr        string
 	AdminAddr         string
 	AccessLog         string
+	AccessLogRotation records.Rotation // --access-log-max-size, --access-log-keep: the file rotates itself by size
 	DrainTimeout      time.Duration
 	DrainMin          time.Duration // --drain-min: a drain serves at least this long, new flows too, while the GWLB counts the 503s (drainFlows)
 	TCPIdleTimeout    time.Duration
@@ -139,6 +140,7 @@ func DefaultOptions() Options {
 		GeneveAddr:            fmt.Sprintf(":%d", netstack.GenevePort),
 		AdminAddr:             ":80",
 		AccessLog:             "-",
+		AccessLogRotation:     records.Rotation{MaxSize: 1 << 30, Keep: 7},
 		DrainTimeout:          300 * time.Second,
 		TCPIdleTimeout:        350 * time.Second,
 		IdleTimeout:           120 * time.Second,
@@ -257,8 +259,9 @@ func New(o Options) (_ *Appliance, err error) {
 	case "-":
 		files = append(files, os.Stdout)
 	default:
-		// Reopened when logrotate renames it (records.LogFile).
-		f, err := records.OpenLogFile(o.AccessLog)
+		// Reopened when logrotate renames it (records.LogFile), and
+		// rotated past its size (records.Rotation).
+		f, err := records.OpenLogFile(o.AccessLog, o.AccessLogRotation)
 		if err != nil {
 			return nil, fmt.Errorf("opening --access-log: %w", err)
 		}

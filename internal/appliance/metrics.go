@@ -332,6 +332,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(accessLogStats(s).Reopens) }),
 	newStatMetric("access_log_reopen_failures_total", promCounter, "Looks that found --access-log's path moved on and could not open it (records went on to the file open).",
 		func(s *stats) float64 { return float64(accessLogStats(s).ReopenFailures) }),
+	newStatMetric("access_log_rotations_total", promCounter, "Times --access-log reached --access-log-max-size and the appliance rotated it.",
+		func(s *stats) float64 { return float64(accessLogStats(s).Rotations) }),
 	newStatMetric("records_queued", promGauge, "Access records waiting for the sinks.",
 		func(s *stats) float64 { return float64(s.Records.Queued) }),
 	newStatMetric("record_sink_errors_total", promCounter, "Sink writes (of one or more access records) that failed.",

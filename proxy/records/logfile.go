@@ -32,6 +32,8 @@ import (
 // blocks until one comes), or shutdown would wait on them.
 type LogFile struct {
 	path string
+	rot  Rotation
+	size int64 // bytes in the file open, as far as this process knows
 
 	mu        sync.Mutex
 	f         *os.File
@@ -41,7 +43,7 @@ type LogFile struct {
 	midLine   bool        // the last write to f stopped within a line
 	lastErrAt int64       // monoNow of the last reopen failure logged
 
-	reopens, reopenFailures atomic.Uint64
+	reopens, reopenFailures, rotations atomic.Uint64
 }
 
 // LogFileStats counts a LogFile's reopens.
@@ -53,11 +55,14 @@ type LogFileStats struct {
 	// could not open it (records went on to the file open, or failed if
 	// it had no link left).
 	ReopenFailures uint64 `json:"reopen_failures"`
+	// Rotations counts the times the file reached --access-log-max-size
+	// and was rotated by the appliance itself (rotate.go).
+	Rotations uint64 `json:"rotations"`
 }
 
 // Stats returns the reopen counts.
 func (l *LogFile) Stats() LogFileStats {
-	return LogFileStats{Reopens: l.reopens.Load(), ReopenFailures: l.reopenFailures.Load()}
+	return LogFileStats{Reopens: l.reopens.Load(), ReopenFailures: l.reopenFailures.Load(), Rotations: l.rotations.Load()}
 }
 
 // reopenCheck is how often LogFile looks at its path: a stat a second
@@ -71,13 +76,14 @@ const (
 	logFileMode  = 0o640
 )
 
-// OpenLogFile opens path for appending, creating it if missing.
-func OpenLogFile(path string) (*LogFile, error) {
+// OpenLogFile opens path for appending, creating it if missing, and
+// rotates it as rot says (rotate.go).
+func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 	f, fi, err := openLog(path)
 	if err != nil {
 		return nil, err
 	}
-	return &LogFile{path: path, f: f, fi: fi, checked: monoNow()}, nil
+	return &LogFile{path: path, rot: rot, f: f, fi: fi, size: fi.Size(), checked: monoNow()}, nil
 }
 
 func openLog(path string) (*os.File, os.FileInfo, error) {
@@ -127,6 +133,10 @@ func (l *LogFile) Write(p []byte) (int, error) {
 		l.midLine = p[n-1] != '\n'
 	}
 	l.failed = err != nil
+	l.size += int64(n)
+	if l.rot.due(l.size) && !l.midLine && l.rotate() && l.follow(monoNow()) != nil {
+		l.failed = true // the next write looks at the path again
+	}
 	return n, err
 }
 
@@ -163,7 +173,7 @@ func (l *LogFile) follow(now int64) error {
 	if f == nil { // the path still names the file open
 		return nil
 	}
-	l.f, l.fi, l.midLine = f, nfi, false
+	l.f, l.fi, l.midLine, l.size = f, nfi, false, nfi.Size()
 	l.reopens.Add(1)
 	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)
 	l.mu.Unlock()

@@ -18,7 +18,7 @@ import (
 // when the test ends, the Writer first.
 func openLogWriter(t *testing.T, path string) (*LogFile, *Writer) {
 	t.Helper()
-	lf, err := OpenLogFile(path)
+	lf, err := OpenLogFile(path, Rotation{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestLogFileFollowsRename(t *testing.T) {
 // created anew at the path, and records go on there.
 func TestLogFileFollowsRemoval(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "access.log")
-	lf, err := OpenLogFile(path)
+	lf, err := OpenLogFile(path, Rotation{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +130,7 @@ func TestLogFileFollowsRemoval(t *testing.T) {
 // file, that has no line to end and gets no blank line.
 func TestLogFileCutLineStaysBehind(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "access.log")
-	lf, err := OpenLogFile(path)
+	lf, err := OpenLogFile(path, Rotation{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func fifoLogFile(t *testing.T, path string) (rd *os.File, lf *LogFile) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lf, err = OpenLogFile(path); err != nil {
+	if lf, err = OpenLogFile(path, Rotation{}); err != nil {
 		t.Fatal(err)
 	}
 	return rd, lf
