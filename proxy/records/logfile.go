@@ -134,7 +134,7 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	}
 	l.failed = err != nil
 	l.size += int64(n)
-	if l.rot.due(l.size) && !l.midLine && l.rotate() && l.follow(monoNow()) != nil {
+	if l.f != nil && l.rot.due(l.size) && !l.midLine && l.rotate() && l.follow(monoNow()) != nil {
 		l.failed = true // the next write looks at the path again
 	}
 	return n, err
