@@ -23,9 +23,16 @@ const maxDeniedUDP = 1 << 14
 // flows from fresh ports fills the hold, and every other client's denied
 // flows then cost a decision and a record per datagram; past its share, a
 // client's own denied flows are closed, so that cost falls on it alone.
-// 1,024 is more than a client retrying a few denied destinations holds
-// within an idle timeout, as for denied echo flows (deniedEchoShares).
-const maxDeniedUDPPerClient = maxDeniedUDP / 16
+// A 64th of the hold (256), as for denied echo flows (deniedEchoShares),
+// not a 16th: an IPv4 address is a client of its own, and one instance
+// holds 16 of them without spoofing any (a delegated /28, or secondary
+// addresses), so a 16th let one instance fill the hold; at a 64th it takes
+// a quarter. 256 is still more than a client retrying a few denied
+// destinations holds within an idle timeout.
+const maxDeniedUDPPerClient = maxDeniedUDP / deniedUDPShares
+
+// deniedUDPShares is how many clients at their share fill the hold.
+const deniedUDPShares = 64
 
 // deniedUDP is a denied flow kept open without a host socket, its
 // datagrams discarded, until it idles: a client that keeps sending (a QUIC

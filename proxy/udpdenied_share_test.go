@@ -128,3 +128,59 @@ func TestUDPDeniedHeldClientShare(t *testing.T) {
 		t.Errorf("another client's denied flow of 5 datagrams got %d records, want 1", mine)
 	}
 }
+
+// TestUDPDeniedHeldIPv4PrefixLeavesRoom: the 16 addresses of one delegated
+// IPv4 /28, each a client of its own, each opening a 16th of the hold's
+// worth of denied flows, hold only their shares, a quarter of the hold;
+// another client's denied flow is then still held, one record however
+// many datagrams it sends. With a 16th of the hold as the share, one
+// instance's /28 filled it.
+func TestUDPDeniedHeldIPv4PrefixLeavesRoom(t *testing.T) {
+	p, _, recs := udpProxy(t, "policy: {default: deny}\n", func(cfg *Config) { cfg.UDPIdleTimeout = time.Minute })
+	dest := netip.MustParseAddrPort("127.0.0.1:9")
+	const addrs, each = 16, maxDeniedUDP / 16
+	conns := make([]*lightDeniedConn, 0, addrs*each)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.end()
+		}
+		waitUntil(t, 10*time.Second, func() bool { return p.udp.held.Load() == 0 }, "the held denied flows to be let go")
+	})
+	for a := range addrs {
+		addr := netip.AddrFrom4([4]byte{198, 18, 0, byte(16 + a)}) // 198.18.0.16/28
+		for i := range each {
+			src := netip.AddrPortFrom(addr, uint16(1024+i))
+			c := &lightDeniedConn{first: []byte("x"), src: src, dst: dest}
+			conns = append(conns, c)
+			p.HandleUDP(netstack.FlowInfo{Endpoint: 7, Client: src, Dest: dest}, c)
+		}
+	}
+	if n, want := p.udp.held.Load(), int64(addrs*maxDeniedUDPPerClient); n != want {
+		t.Errorf("a /28's denied flows: %d held, want its %d addresses' shares, %d", n, addrs, want)
+	}
+	if n := p.udp.held.Load(); n >= maxDeniedUDP {
+		t.Fatalf("one /28 filled the hold: %d of %d held", n, maxDeniedUDP)
+	}
+
+	before := len(recs.records(t, 0))
+	victim := netip.MustParseAddrPort("198.18.1.5:5555")
+	c, done := startFlow(p, victim, dest, []byte("x"))
+	<-done
+	for range 4 {
+		c.inject([]byte("x"))
+	}
+	t.Cleanup(func() { c.Close() })
+	waitUntil(t, 5*time.Second, func() bool { return p.udp.held.Load() == int64(addrs*maxDeniedUDPPerClient+1) }, "the other client's denied flow to be held")
+	if c.isClosed() {
+		t.Error("another client's denied flow was closed, not held, after one /28's flood")
+	}
+	var mine int
+	for _, r := range recs.records(t, before+1)[before:] {
+		if r.ClientIP == victim.Addr().String() {
+			mine++
+		}
+	}
+	if mine != 1 {
+		t.Errorf("another client's denied flow of 5 datagrams got %d records, want 1", mine)
+	}
+}

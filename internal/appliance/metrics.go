@@ -282,7 +282,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.QUICSmuggled) }),
 	newStatMetric("udp_check_drops_total", promCounter, "Client datagrams dropped while their QUIC flow waited for its destination check: a flow holds 16 of them, 24 KiB at most.",
 		func(s *stats) float64 { return float64(s.Proxy.UDPCheckDrops) }),
-	newStatMetric("udp_denied_unheld_total", promCounter, "Denied UDP flows closed instead of held, their client holding 1,024 held already or the appliance 16,384: each further datagram of one is decided again.",
+	newStatMetric("udp_denied_unheld_total", promCounter, "Denied UDP flows closed instead of held, their client holding 256 held already or the appliance 16,384: each further datagram of one is decided again.",
 		func(s *stats) float64 { return float64(s.Proxy.UDPDeniedUnheld) }),
 	newStatMetric("tcp_waiting_drops_total", promCounter, "New TCP connections refused because their client already had 1,024 waiting for their first bytes.",
 		func(s *stats) float64 { return float64(s.Proxy.TCPWaitingDrops) }),
