@@ -223,14 +223,15 @@ type dnsLog struct {
 	// unasked counts the server's datagrams that answered no waiting
 	// query: not DNS, not a response, or a response to nothing asked. A
 	// server's own stream on a DNS port shows by them in the udp record,
-	// and they do not put off the flow's end (lastDNS).
+	// and they do not put off a lookup's end (lastDNS).
 	unasked int64
 	// repeats is how many more answers the flow may get without counting
 	// them in unasked: one for each copy of an answered query the client
 	// sent again, which a server may answer once each.
 	repeats int64
 	// lastDNS is when the flow last carried a query or its answer
-	// (monoclock): the linger of a quiet flow counts from it.
+	// (monoclock): a lookup's end counts from it, the linger once it is
+	// quiet, the idle timeout while a query waits.
 	lastDNS int64
 	// budget is the client's count of pending queries, across its flows
 	// (dnspending.go); nil once the flow has closed.
@@ -391,14 +392,17 @@ func (d *dnsLog) quiet() bool {
 
 func (d *dnsLog) quietLocked() bool { return d.asked && d.opaque == 0 && len(d.pending) == 0 }
 
-// quietSince reports whether the flow is quiet and, if so, when it last
-// carried a query or an answer (monoclock): what the server sends that
-// answers nothing does not put the flow's end off, or a server could keep
-// a lookup's flow, and its host port, as long as it liked.
-func (d *dnsLog) quietSince() (since int64, quiet bool) {
+// lookupSince reports whether the flow is a lookup, its client having sent
+// DNS queries and nothing else, and if so when it last carried a query or
+// an answer (monoclock) and whether every query has its answer (quiet).
+// What the server sends that answers nothing does not move since, or a
+// server could keep a lookup's flow, and its host port, as long as it
+// liked: after the linger while the flow is quiet, and, by leaving one
+// query unanswered, after the idle timeout too.
+func (d *dnsLog) lookupSince() (since int64, lookup, quiet bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.lastDNS, d.quietLocked()
+	return d.lastDNS, d.asked && d.opaque == 0, d.quietLocked()
 }
 
 // notQueries is the note the flow's udp record carries when the client sent

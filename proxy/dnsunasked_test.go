@@ -99,9 +99,9 @@ func TestDNSUnaskedCounted(t *testing.T) {
 	if !d.answer(dnsResponse(q)) {
 		t.Fatal("the flow is not quiet once its query is answered")
 	}
-	since, quiet := d.quietSince()
+	since, _, quiet := d.lookupSince()
 	if !quiet {
-		t.Fatal("quietSince: not quiet")
+		t.Fatal("lookupSince: not quiet")
 	}
 	d.answer(dnsResponse(q)) // the server's answer to the copy
 	if got := d.notQueries(); got != "" {
@@ -115,8 +115,107 @@ func TestDNSUnaskedCounted(t *testing.T) {
 	if got, want := d.notQueries(), "datagrams from the server that answered no waiting query: 4"; got != want {
 		t.Errorf("note %q, want %q", got, want)
 	}
-	if s, q := d.quietSince(); !q || s != since {
+	if s, _, q := d.lookupSince(); !q || s != since {
 		t.Errorf("after datagrams that answered nothing: quiet %v since %d, want still quiet since the answer, %d", q, s, since)
 	}
 	d.close()
+}
+
+// TestDNSPendingQueryServerStreamDoesNotKeepFlow: a DNS-port flow whose one
+// query goes unanswered, its server sending datagrams that answer nothing
+// every 300 ms, ends at the idle timeout after the query, not after the
+// server's last datagram. Before, each such datagram put the flow's end
+// off by an idle timeout, so a server could keep a lookup's flow (and its
+// host port) as long as it liked by leaving one query unanswered.
+func TestDNSPendingQueryServerStreamDoesNotKeepFlow(t *testing.T) {
+	const idle = 2 * time.Second
+	dst := newUDPSink(t, false)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = idle
+		cfg.DNSPorts = []uint16{dst.addr().Port()}
+	})
+	q := dnsQuery(41, "never-answered.example.test", 1)
+	asked := time.Now()
+	c, done := startFlow(p, quicClient, dst.addr(), q)
+	waitUntil(t, 5*time.Second, func() bool { return len(dst.received()) == 1 }, "the query to be relayed")
+	dst.mu.Lock()
+	from := dst.from[0]
+	dst.mu.Unlock()
+	push := []byte("not an answer to anything")
+	tick := time.NewTicker(300 * time.Millisecond)
+	defer tick.Stop()
+	var ended time.Duration
+pushing:
+	for range 20 { // 6 s, three idle timeouts
+		select {
+		case <-c.ended:
+			ended = time.Since(asked)
+			break pushing
+		case <-tick.C:
+			dst.pc.WriteToUDPAddrPort(push, from)
+		}
+	}
+	if ended == 0 {
+		ended = time.Since(asked)
+		c.Close()
+	}
+	<-done
+	// The idle timeout is 2 s; the rest is slack for a loaded machine, well
+	// below the 6 s the server's datagrams kept it up before.
+	if ended > idle+1500*time.Millisecond {
+		t.Errorf("the flow ended %v after its one query, kept up by its server's datagrams; want the idle timeout (%v) after the query", ended.Round(time.Millisecond), idle)
+	}
+	var udp, dns *records.Record
+	for _, r := range recs.records(t, 2) {
+		switch r.Kind {
+		case "udp":
+			udp = &r
+		case "dns":
+			dns = &r
+		}
+	}
+	if udp == nil || dns == nil {
+		t.Fatalf("want a udp and a dns record, got udp %v dns %v", udp != nil, dns != nil)
+	}
+	if dns.Result != "timeout" {
+		t.Errorf("the unanswered query's record says %q, want timeout", dns.Result)
+	}
+	var n int
+	if _, err := fmt.Sscanf(udp.Error, "datagrams from the server that answered no waiting query: %d", &n); err != nil || n < 1 {
+		t.Errorf("udp record error %q, want the count of the server's datagrams that answered no query", udp.Error)
+	}
+}
+
+// TestDNSPendingLookupKeptByItsQueries: a lookup whose query waits is kept
+// by the client's queries: a query sent again before the idle timeout puts
+// the flow's end off, as any client datagram does for a flow, the timeout
+// counting from the last query.
+func TestDNSPendingLookupKeptByItsQueries(t *testing.T) {
+	const idle = 2 * time.Second
+	dst := newUDPSink(t, false)
+	p, _, _ := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = idle
+		cfg.DNSPorts = []uint16{dst.addr().Port()}
+	})
+	q := dnsQuery(42, "slow.example.test", 1)
+	c, done := startFlow(p, quicClient, dst.addr(), q)
+	defer func() { c.Close(); <-done }()
+	waitUntil(t, 5*time.Second, func() bool { return len(dst.received()) == 1 }, "the query to be relayed")
+	dst.mu.Lock()
+	from := dst.from[0]
+	dst.mu.Unlock()
+	dst.pc.WriteToUDPAddrPort([]byte("not an answer"), from) // bytes in: the idle timeout, not the unanswered one
+	for i := range 3 {                                       // 4.5 s of queries, 1.5 s apart
+		select {
+		case <-c.ended:
+			t.Fatalf("the flow ended after %d of its client's queries, %v apart (idle timeout %v)", i+1, 1500*time.Millisecond, idle)
+		case <-time.After(1500 * time.Millisecond):
+		}
+		c.inject(dnsQuery(uint16(43+i), "slow.example.test", 1))
+	}
+	select {
+	case <-c.ended:
+		t.Fatal("the flow ended before the idle timeout after its last query")
+	case <-time.After(500 * time.Millisecond):
+	}
 }

@@ -463,14 +463,18 @@ func (f *udpFlow) serveHost() {
 // deadline is when the flow ends unless a datagram passes first: after the
 // idle timeout, after the unanswered timeout while the destination has sent
 // nothing, or, for a DNS flow with every query answered, the linger after
-// its last query or answer. Only the host loop calls it (it reads bytesIn).
+// its last query or answer. A DNS lookup's timeouts count from its last
+// query or answer, not its last datagram. Only the host loop calls it (it
+// reads bytesIn).
 func (f *udpFlow) deadline() time.Time {
+	last := monoclock.Time(f.last.Load())
 	if f.dns != nil {
-		if since, quiet := f.dns.quietSince(); quiet {
+		if since, lookup, quiet := f.dns.lookupSince(); quiet {
 			return monoclock.Time(since).Add(min(dnsLinger, f.p.cfg.UDPIdleTimeout))
+		} else if lookup {
+			last = monoclock.Time(since)
 		}
 	}
-	last := monoclock.Time(f.last.Load())
 	if f.bytesIn == 0 { // unanswered: the packet stack forgets the flow sooner too
 		return last.Add(min(f.p.cfg.UDPUnansweredTimeout, f.p.cfg.UDPIdleTimeout))
 	}
