@@ -227,7 +227,10 @@ type dnsLog struct {
 	unasked int64
 	// repeats is how many more answers the flow may get without counting
 	// them in unasked: one for each copy of an answered query the client
-	// sent again, which a server may answer once each.
+	// sent again, which a server may answer once each, and one for each
+	// query relayed untracked, whose answer has nothing to match (keeping
+	// what would match it is the memory the bound refused), so that a
+	// busy client's ordinary lookups do not read as a server's stream.
 	repeats int64
 	// lastDNS is when the flow last carried a query or its answer
 	// (monoclock): a lookup's end counts from it, the linger once it is
@@ -327,6 +330,7 @@ func (d *dnsLog) query(b []byte) {
 		// budget: the query is relayed all the same (the client's
 		// resolver is its own business), so it is recorded now, or it
 		// would never be.
+		d.repeats++ // its answer is excused, unmatched
 		d.write(dnsQuestion{msg: m, size: len(b), start: time.Now(), dec: d.dec.Load()}, "", 0, "untracked")
 	}
 }
@@ -358,7 +362,7 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 		d.lastDNS = monoclock.Now()
 		d.repeats += int64(q.copies)
 	case d.repeats > 0:
-		d.repeats-- // a server answering each copy of a query sent again
+		d.repeats-- // a server answering each copy of a query sent again, or an untracked query
 	default:
 		d.unasked++
 	}

@@ -219,3 +219,59 @@ func TestDNSPendingLookupKeptByItsQueries(t *testing.T) {
 	case <-time.After(500 * time.Millisecond):
 	}
 }
+
+// TestDNSUntrackedAnswersNotCounted: a query past the flow's 1,024
+// waiting, or past its client's 4,096 across its flows, is relayed and
+// recorded untracked; its answer, though it matches nothing, answers a
+// query the client asked and is not counted in the udp record as a
+// datagram that answered no waiting query, which reads as a server's
+// stream or a tunnel on the port. A response beyond those is counted.
+func TestDNSUntrackedAnswersNotCounted(t *testing.T) {
+	p, _, _ := udpProxy(t, "policy: {default: allow}\n", nil)
+	t.Run("flow", func(t *testing.T) {
+		rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
+		d := newDNSLog(p, rec, nil)
+		defer d.close()
+		qs := make([][]byte, 0, maxPendingDNS+2)
+		for i := range maxPendingDNS + 2 {
+			q := dnsQuery(uint16(i), "busy.example.test", 1)
+			qs = append(qs, q)
+			d.query(q)
+		}
+		if n := pendingOf([]*dnsLog{d}); n != maxPendingDNS {
+			t.Fatalf("%d queries waiting, want the flow's %d, the 2 past them untracked", n, maxPendingDNS)
+		}
+		for _, q := range qs {
+			d.answer(dnsResponse(q))
+		}
+		if got := d.notQueries(); got != "" {
+			t.Errorf("every datagram from the server answered a query the client asked; note %q, want none", got)
+		}
+		d.answer(dnsResponse(dnsQuery(9999, "never.example.test", 1)))
+		if got, want := d.notQueries(), "datagrams from the server that answered no waiting query: 1"; got != want {
+			t.Errorf("after a response to nothing asked: note %q, want %q", got, want)
+		}
+	})
+	t.Run("client", func(t *testing.T) {
+		rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.6"}
+		full := make([]*dnsLog, maxPendingDNSPerClient/maxPendingDNS)
+		for i := range full {
+			full[i] = newDNSLog(p, rec, nil)
+			defer full[i].close()
+			for id := range maxPendingDNS {
+				full[i].query(dnsQuery(uint16(id), "fill.example.test", 1))
+			}
+		}
+		d := newDNSLog(p, rec, nil)
+		defer d.close()
+		q := dnsQuery(7, "one-more.example.test", 1)
+		d.query(q)
+		if n := pendingOf([]*dnsLog{d}); n != 0 {
+			t.Fatalf("%d queries waiting, want none: the query is past the client's %d, untracked", n, maxPendingDNSPerClient)
+		}
+		d.answer(dnsResponse(q))
+		if got := d.notQueries(); got != "" {
+			t.Errorf("the server answered the one query the client asked; note %q, want none", got)
+		}
+	})
+}
