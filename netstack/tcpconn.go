@@ -290,41 +290,6 @@ func (c *Conn) stackError(terr tcpip.Error) error {
 	return stackError(terr)
 }
 
-// SendQueued returns the bytes written to the connection that the client
-// has not acknowledged yet, sent or not. gVisor's TCP endpoint does not
-// say (it knows no SendQueueSizeOption): the flow's segments do, the
-// stack's first sequence number and the client's acknowledgments as the
-// packet path saw them (tcpseq.go). ErrSendQueueUnknown when they cannot
-// (a flow made again after it expired, or gone from the table).
-func (c *Conn) SendQueued() (int, error) {
-	if !c.ownFlow() {
-		return 0, ErrSendQueueUnknown
-	}
-	n, ok := c.flow.tcpUnacked(c.written.Load())
-	if !ok || !c.ownFlow() {
-		return 0, ErrSendQueueUnknown
-	}
-	return n, nil
-}
-
-// ownFlow reports whether the flow's counts are still this connection's:
-// no new connection was made on the flow since (its SYN-ACK's sequence
-// number is the one Accept saw).
-func (c *Conn) ownFlow() bool {
-	return c.flow != nil && c.iss&issKnown != 0 && c.flow.iss.Load() == c.iss
-}
-
-// FINAcked reports whether the client acknowledged the connection's FIN
-// (CloseWrite's, or Close's), and with it every byte written before: it
-// had the whole stream and its end. The flow's segments say, as for
-// SendQueued; false when they cannot.
-func (c *Conn) FINAcked() bool {
-	return c.ownFlow() && c.flow.tcpFINAcked(c.written.Load()) && c.ownFlow()
-}
-
-// ErrSendQueueUnknown is SendQueued's error when the flow cannot tell.
-var ErrSendQueueUnknown = errors.New("netstack: the flow's acknowledgments are not known")
-
 func (c *Conn) opError(err error) error {
 	return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }

@@ -1,5 +1,7 @@
 package netstack
 
+import "errors"
+
 // The stack's send window of a TCP flow, as its segments show it: what
 // the stack has sent and the client not yet acknowledged. A "fragmentation
 // needed" or Packet Too Big about a TCP flow is taken only when the
@@ -133,3 +135,38 @@ func (f *Flow) tcpInFlight(seq uint32) bool {
 	una, nxt := uint32(s>>32), uint32(s)
 	return seq-una < nxt-una // modulo 2^32: the window may wrap
 }
+
+// SendQueued returns the bytes written to the connection that the client
+// has not acknowledged yet, sent or not. gVisor's TCP endpoint does not
+// say (it knows no SendQueueSizeOption): the flow's segments do, the
+// stack's first sequence number and the client's acknowledgments as the
+// packet path saw them (tcpseq.go). ErrSendQueueUnknown when they cannot
+// (a flow made again after it expired, or gone from the table).
+func (c *Conn) SendQueued() (int, error) {
+	if !c.ownFlow() {
+		return 0, ErrSendQueueUnknown
+	}
+	n, ok := c.flow.tcpUnacked(c.written.Load())
+	if !ok || !c.ownFlow() {
+		return 0, ErrSendQueueUnknown
+	}
+	return n, nil
+}
+
+// ownFlow reports whether the flow's counts are still this connection's:
+// no new connection was made on the flow since (its SYN-ACK's sequence
+// number is the one Accept saw).
+func (c *Conn) ownFlow() bool {
+	return c.flow != nil && c.iss&issKnown != 0 && c.flow.iss.Load() == c.iss
+}
+
+// FINAcked reports whether the client acknowledged the connection's FIN
+// (CloseWrite's, or Close's), and with it every byte written before: it
+// had the whole stream and its end. The flow's segments say, as for
+// SendQueued; false when they cannot.
+func (c *Conn) FINAcked() bool {
+	return c.ownFlow() && c.flow.tcpFINAcked(c.written.Load()) && c.ownFlow()
+}
+
+// ErrSendQueueUnknown is SendQueued's error when the flow cannot tell.
+var ErrSendQueueUnknown = errors.New("netstack: the flow's acknowledgments are not known")
