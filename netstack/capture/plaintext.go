@@ -348,22 +348,15 @@ func (s *Stream) flushIdle() {
 
 // ClientClosed synthesizes the client's end of its data (its FIN,
 // acknowledged): it closed its side of the connection.
-func (s *Stream) ClientClosed() {
-	bp := getScratch()
-	defer putScratch(bp)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.closed {
-		now := time.Now().UnixNano()
-		s.flush(bp, now)
-		s.fin(bp, true, now)
-	}
-}
+func (s *Stream) ClientClosed() { s.sideClosed(true) }
 
 // ServerClosed synthesizes the appliance's end of its side of the
 // client's connection (its FIN, acknowledged): the client reads on, and
 // may still send, until the connection ends.
-func (s *Stream) ServerClosed() {
+func (s *Stream) ServerClosed() { s.sideClosed(false) }
+
+// sideClosed emits one side's FIN after what it has pending.
+func (s *Stream) sideClosed(fromClient bool) {
 	bp := getScratch()
 	defer putScratch(bp)
 	s.mu.Lock()
@@ -371,7 +364,7 @@ func (s *Stream) ServerClosed() {
 	if !s.closed {
 		now := time.Now().UnixNano()
 		s.flush(bp, now)
-		s.fin(bp, false, now)
+		s.fin(bp, fromClient, now)
 	}
 }
 
