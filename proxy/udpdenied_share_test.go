@@ -106,27 +106,7 @@ func TestUDPDeniedHeldClientShare(t *testing.T) {
 	}
 
 	// The other client's denied flow: its first datagram and 4 more.
-	before := len(recs.records(t, 0))
-	victim := netip.MustParseAddrPort("198.18.0.5:5555")
-	c, done := startFlow(p, victim, dest, []byte("x"))
-	<-done
-	for range 4 {
-		c.inject([]byte("x"))
-	}
-	t.Cleanup(func() { c.Close() })
-	waitUntil(t, 5*time.Second, func() bool { return p.udp.held.Load() == maxDeniedUDPPerClient+1 }, "the other client's denied flow to be held")
-	if c.isClosed() {
-		t.Error("another client's denied flow was closed, not held, after one client's flood")
-	}
-	var mine int
-	for _, r := range recs.records(t, before+1)[before:] {
-		if r.ClientIP == victim.Addr().String() {
-			mine++
-		}
-	}
-	if mine != 1 {
-		t.Errorf("another client's denied flow of 5 datagrams got %d records, want 1", mine)
-	}
+	checkDeniedHeld(t, p, recs, netip.MustParseAddrPort("198.18.0.5:5555"), dest, maxDeniedUDPPerClient+1, "one client's flood")
 }
 
 // TestUDPDeniedHeldIPv4PrefixLeavesRoom: the 16 addresses of one delegated
@@ -162,17 +142,25 @@ func TestUDPDeniedHeldIPv4PrefixLeavesRoom(t *testing.T) {
 		t.Fatalf("one /28 filled the hold: %d of %d held", n, maxDeniedUDP)
 	}
 
+	checkDeniedHeld(t, p, recs, netip.MustParseAddrPort("198.18.1.5:5555"), dest, int64(addrs*maxDeniedUDPPerClient+1), "one /28's flood")
+}
+
+// checkDeniedHeld has victim, a client of its own, send a denied flow's
+// first datagram and 4 more to dest after another's flood (what), and
+// fails t unless the flow is held (held places taken in all then) and
+// recorded once.
+func checkDeniedHeld(t *testing.T, p *Proxy, recs *recordSink, victim, dest netip.AddrPort, held int64, what string) {
+	t.Helper()
 	before := len(recs.records(t, 0))
-	victim := netip.MustParseAddrPort("198.18.1.5:5555")
 	c, done := startFlow(p, victim, dest, []byte("x"))
 	<-done
 	for range 4 {
 		c.inject([]byte("x"))
 	}
 	t.Cleanup(func() { c.Close() })
-	waitUntil(t, 5*time.Second, func() bool { return p.udp.held.Load() == int64(addrs*maxDeniedUDPPerClient+1) }, "the other client's denied flow to be held")
+	waitUntil(t, 5*time.Second, func() bool { return p.udp.held.Load() == held }, "the other client's denied flow to be held")
 	if c.isClosed() {
-		t.Error("another client's denied flow was closed, not held, after one /28's flood")
+		t.Errorf("another client's denied flow was closed, not held, after %s", what)
 	}
 	var mine int
 	for _, r := range recs.records(t, before+1)[before:] {
