@@ -42,6 +42,9 @@ type LogFile struct {
 	failed    bool        // the last write failed: look at the path before the next
 	midLine   bool        // the last write to f stopped within a line
 	lastErrAt int64       // monoNow of the last reopen failure logged
+	// rotateAfter is the monoNow before which no rotation is tried again,
+	// after one that failed.
+	rotateAfter int64
 
 	reopens, reopenFailures, rotations atomic.Uint64
 }
@@ -82,6 +85,12 @@ func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 	f, fi, err := openLog(path)
 	if err != nil {
 		return nil, err
+	}
+	if lfi, err := os.Lstat(path); rot.MaxSize > 0 && (err != nil || !lfi.Mode().IsRegular()) {
+		// A collector's FIFO, /dev/stdout, or a symlink to a log elsewhere:
+		// renamed, it would be replaced by regular files here (rotate.go).
+		slog.Warn("the access log is not a regular file at its path: it is not rotated by size (--access-log-max-size)", "file", path)
+		rot = Rotation{}
 	}
 	return &LogFile{path: path, rot: rot, f: f, fi: fi, size: fi.Size(), checked: monoNow()}, nil
 }
@@ -134,10 +143,36 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	}
 	l.failed = err != nil
 	l.size += int64(n)
-	if l.f != nil && l.rot.due(l.size) && !l.midLine && l.rotate() && l.follow(monoNow()) != nil {
-		l.failed = true // the next write looks at the path again
+	if now := monoNow(); l.f != nil && l.rot.due(l.size) && !l.midLine && now >= l.rotateAfter {
+		l.rotateNow(now)
 	}
 	return n, err
+}
+
+// rotateNow rotates the file (rotate.go) and opens the path anew; a
+// rotation that failed is tried again reopenCheck later at the soonest,
+// not at every batch. Called with l.mu held, after a write.
+func (l *LogFile) rotateNow(now int64) {
+	open := l.fi
+	l.mu.Unlock()
+	did, moved, err := l.rotate(open)
+	l.mu.Lock()
+	if did {
+		l.rotations.Add(1)
+	}
+	if err != nil {
+		l.rotateFailed(now, err)
+		l.rotateAfter = now + int64(reopenCheck)
+	}
+	if !moved || l.f == nil {
+		return
+	}
+	if l.follow(now) != nil || os.SameFile(l.fi, open) {
+		// Not opened anew (no file can be made there now): writes go on
+		// to the file open, wherever it went, and the next look is
+		// reopenCheck away, not at every batch.
+		l.rotateAfter = now + int64(reopenCheck)
+	}
 }
 
 // follow reopens the path when it names another file than the one open, or

@@ -21,7 +21,15 @@ import (
 // configured, keeps its copy, and drops the biggest client's records
 // first when its buffer fills) rather than stop the appliance. The names
 // are logrotate's, so that a logrotate of the same path (the package's,
-// daily) and this one rotate the same chain.
+// daily, with as many kept) and this one rotate the same chain.
+//
+// Only the file the appliance has open is rotated, and only a regular
+// file at the path itself: one that logrotate or an operator moved away
+// is followed (a reopen), never rotated again, and a FIFO, a device or a
+// symlink is never renamed. The file is taken first (renamed aside), the
+// chain shifted only once it was: a rotation that found the path gone
+// after shifting would shift again at every batch and remove the whole
+// chain, the file open with it (review r4s25 F1).
 
 // Rotation is how the access log rotates itself by size.
 type Rotation struct {
@@ -36,38 +44,60 @@ type Rotation struct {
 // due reports whether a file of size bytes is to be rotated.
 func (r Rotation) due(size int64) bool { return r.MaxSize > 0 && size >= r.MaxSize }
 
-// rotate renames the chain of rotated files one up, removing the oldest,
-// and the path to path.1, and reports whether it did; the caller then
-// opens the path anew (follow). It is called with l.mu held, after a write,
-// by the Writer's goroutine: the renames are quick on a local disk, and
-// Close, which is all that races a write, does not wait for them. A rename
-// that fails is logged, at most once a minute as reopens are, and the file
-// goes on growing until the next write past MaxSize tries again.
-func (l *LogFile) rotate() bool {
+// rotationHeld is the name the file open is renamed to while the chain
+// is shifted.
+func rotationHeld(path string) string { return path + ".rotating" }
+
+// rotate rotates the file open, open's FileInfo, if the path still names
+// it and it is a regular file: renamed aside, the chain shifted one up
+// (the oldest removed), then renamed to path.1; did says it took the file.
+// moved reports whether the path no longer names the file open (rotated,
+// or moved away by someone else): the caller then opens it anew (follow).
+// It runs without l.mu, by the Writer's goroutine, so that Close never
+// waits for the renames.
+func (l *LogFile) rotate(open os.FileInfo) (did, moved bool, err error) {
+	fi, err := os.Lstat(l.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, true, nil // moved away by someone else: follow it
+	case err != nil:
+		return false, false, err
+	case !os.SameFile(fi, open):
+		return false, true, nil
+	case !fi.Mode().IsRegular():
+		return false, false, errNotRegular
+	}
+	held := rotationHeld(l.path)
+	if err := os.Rename(l.path, held); err != nil {
+		return false, false, err
+	}
+	// The file is ours now: the shift cannot run on without it.
 	keep := max(l.rot.Keep, 1)
-	err := os.Remove(rotated(l.path, keep))
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil
+	if err := os.Remove(rotated(l.path, keep)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return true, true, fmt.Errorf("%w (the rotated file is kept as %s)", err, held)
 	}
-	for i := keep - 1; i >= 1 && err == nil; i-- {
-		if e := os.Rename(rotated(l.path, i), rotated(l.path, i+1)); e != nil && !errors.Is(e, fs.ErrNotExist) {
-			err = e
+	for i := keep - 1; i >= 1; i-- {
+		if err := os.Rename(rotated(l.path, i), rotated(l.path, i+1)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return true, true, fmt.Errorf("%w (the rotated file is kept as %s)", err, held)
 		}
 	}
-	if err == nil {
-		err = os.Rename(l.path, rotated(l.path, 1))
+	if err := os.Rename(held, rotated(l.path, 1)); err != nil {
+		return true, true, fmt.Errorf("%w (the rotated file is kept as %s)", err, held)
 	}
-	if err != nil {
-		now := monoNow()
-		l.reopenFailures.Add(1)
-		if l.lastErrAt == 0 || now-l.lastErrAt >= int64(60e9) {
-			l.lastErrAt = now
-			slog.Error("rotating the access log past its --access-log-max-size; writing on to it", "file", l.path, "err", err)
-		}
-		return false
+	return true, true, nil
+}
+
+// errNotRegular is a rotation refused: the path is no regular file.
+var errNotRegular = errors.New("not a regular file (a FIFO, a device or a symlink is never renamed)")
+
+// rotateFailed counts and logs a rotation that did not happen, at most
+// once a minute as reopens are; l.mu is held.
+func (l *LogFile) rotateFailed(now int64, err error) {
+	l.reopenFailures.Add(1)
+	if l.lastErrAt == 0 || now-l.lastErrAt >= int64(60e9) {
+		l.lastErrAt = now
+		slog.Error("rotating the access log past its --access-log-max-size; writing on to it", "file", l.path, "err", err)
 	}
-	l.rotations.Add(1)
-	return true
 }
 
 // rotated is the name of the i-th rotation of path, as logrotate names it.

@@ -72,3 +72,113 @@ func TestLogFileRotatesBySize(t *testing.T) {
 	}
 	t.Logf("%d of %d lines on disk in %d files, %d rotations", total, lines, len(names), lf.Stats().Rotations)
 }
+
+// TestLogFileRotationFollowsAMovedPath: logrotate (or an operator) moves
+// the path away while the file open is about to reach MaxSize, and the
+// batches that take it there come before the once-a-second look. The
+// rotation finds the path gone, takes nothing and shifts nothing: it
+// follows the move, opening the path anew, and every rotated file and
+// every record is still on disk. The rotation shifted the chain first
+// and renamed the path last: with the path gone, each batch shifted the
+// chain again, and within 10 batches it removed every rotated file and the
+// file open itself, its records counted written (review r4s25 F1).
+func TestLogFileRotationFollowsAMovedPath(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	const maxSize, keep = 4096, 3
+	for i := 1; i <= keep; i++ {
+		if err := os.WriteFile(rotated(path, i), fmt.Appendf(nil, "{\"kept\":%d}\n", i), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lf, err := OpenLogFile(path, Rotation{MaxSize: maxSize, Keep: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	line := func(i int) []byte { return fmt.Appendf(nil, "{\"n\":%06d}\n", i) }
+	n := 0
+	write := func() {
+		t.Helper()
+		if _, err := lf.Write(line(n)); err != nil {
+			t.Fatalf("write %d: %v", n, err)
+		}
+		n++
+	}
+	for size := 0; size < maxSize-100; size += len(line(0)) {
+		write()
+	}
+	// logrotate's rotation: the chain one up, the oldest gone, the path
+	// renamed to .1, nothing created (nocreate).
+	if err := os.Remove(rotated(path, keep)); err != nil {
+		t.Fatal(err)
+	}
+	for i := keep - 1; i >= 1; i-- {
+		if err := os.Rename(rotated(path, i), rotated(path, i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Rename(path, rotated(path, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 { // well within a second: before the look at the path
+		write()
+	}
+	for i := 2; i <= keep; i++ {
+		if b, err := os.ReadFile(rotated(path, i)); err != nil || !bytes.HasPrefix(b, []byte(`{"kept":`)) {
+			t.Errorf("%s: %.20q, %v; want the file kept there", rotated(path, i), b, err)
+		}
+	}
+	seen := map[int]bool{}
+	for _, name := range []string{rotated(path, 1), path} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, l := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+			var i int
+			if _, err := fmt.Sscanf(string(l), "{\"n\":%06d}", &i); err == nil {
+				seen[i] = true
+			}
+		}
+	}
+	if len(seen) != n {
+		t.Errorf("%d of %d lines on disk: records counted written were removed", len(seen), n)
+	}
+	t.Logf("stats %+v", lf.Stats())
+}
+
+// TestLogFileRotationLeavesSymlinksAndFIFOs: an access log path that is
+// a symlink (to a log on a bigger volume) or a FIFO (a collector's) is
+// never renamed by the rotation: it would be replaced by regular files
+// at the path, on the small volume, or cut the collector off (review
+// r4s25 F2).
+func TestLogFileRotationLeavesSymlinksAndFIFOs(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "elsewhere.log")
+	link := filepath.Join(dir, "access.log")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	lf, err := OpenLogFile(link, Rotation{MaxSize: 1024, Keep: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	for i := range 100 {
+		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the symlink at the path: %v, %v; want it kept", fi, err)
+	}
+	if _, err := os.Lstat(rotated(link, 1)); err == nil {
+		t.Error("the symlinked log was rotated")
+	}
+	if b, _ := os.ReadFile(target); bytes.Count(b, []byte("\n")) != 100 {
+		t.Errorf("the symlink's target holds %d lines, want 100", bytes.Count(b, []byte("\n")))
+	}
+	if lf.Stats().Rotations != 0 {
+		t.Errorf("%d rotations", lf.Stats().Rotations)
+	}
+}
