@@ -158,8 +158,20 @@ func overExpanded(decoded, wire uint64) error {
 // Envoy and haproxy do, a connection's premature resets (of a stream the
 // server had not answered: no response head, nor a reset of its own) are
 // counted, and past h2MaxPrematureResets, once they are more than half the
-// streams the client opened, the client gets GOAWAY(ENHANCE_YOUR_CALM).
-// A browser that navigates away resets a few streams, not most of them.
+// streams the client opened that the appliance served, the client gets
+// GOAWAY(ENHANCE_YOUR_CALM). Served leaves out the streams the appliance
+// answered without serving them, which cost the client nothing it does
+// not get back at once: those x/net reset itself (a malformed HEADERS, a
+// stream over the concurrency bound; no handler, no record) and those
+// the appliance answered itself (a deny, the trust page; their records
+// drawn from the client's buckets). Counted as opened, one such stream
+// beside each reset one kept the resets at exactly half: 10,000 reset
+// streams, each with its handler and unbucketed record, and no GOAWAY
+// (review r1dos F1). Whatever else keeps the ratio down is a stream
+// served upstream, with its own record: resets then at most double what
+// the client's requests cost anyway. A browser that navigates away, or a
+// client whose requests time out, resets a few of its streams, not most
+// of those it was served.
 const h2MaxPrematureResets = 100
 
 // clientReset takes the client's RST_STREAM on l.stream.
@@ -168,9 +180,11 @@ func (l *h2HeaderLimit) clientReset() {
 		return
 	}
 	l.resets++
-	if l.resets > h2MaxPrematureResets && 2*l.resets > l.opened {
+	unserved := l.unanswered.unservedCount()
+	if served := l.opened - unserved; l.resets > h2MaxPrematureResets && 2*l.resets > served {
 		l.fail(&h2GoAway{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf(
-			"%d streams reset before their response, of %d opened", l.resets, l.opened)})
+			"%d streams reset before their response, of %d opened and served (%d more refused or answered by the appliance itself)",
+			l.resets, served, unserved)})
 	}
 }
 
@@ -186,6 +200,10 @@ type h2Unanswered struct {
 	// n is len(m), for waiting: the client watch asks on the packet
 	// stack's path, where no lock is taken.
 	n atomic.Int64
+	// unserved counts the streams the appliance did not serve: reset by
+	// the server before any answer, or answered by the appliance itself
+	// (clientReset).
+	unserved atomic.Int64
 }
 
 func (u *h2Unanswered) open(id uint32) {
@@ -209,6 +227,36 @@ func (u *h2Unanswered) answered(id uint32) {
 	delete(u.m, id)
 	u.n.Store(int64(len(u.m)))
 	u.mu.Unlock()
+}
+
+// serverReset takes id out, reset by the server: a stream it refused, if
+// it had not answered it yet.
+func (u *h2Unanswered) serverReset(id uint32) {
+	if u == nil {
+		return
+	}
+	u.mu.Lock()
+	if _, ok := u.m[id]; ok {
+		delete(u.m, id)
+		u.n.Store(int64(len(u.m)))
+		u.unserved.Add(1)
+	}
+	u.mu.Unlock()
+}
+
+// answeredLocally counts a stream the appliance answered itself, with no
+// upstream request: a deny, or the trust page.
+func (u *h2Unanswered) answeredLocally() {
+	if u != nil {
+		u.unserved.Add(1)
+	}
+}
+
+func (u *h2Unanswered) unservedCount() int64 {
+	if u == nil {
+		return 0
+	}
+	return u.unserved.Load()
 }
 
 // reset takes id out, and reports whether it was unanswered.

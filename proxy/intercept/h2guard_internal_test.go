@@ -106,3 +106,69 @@ func TestH2RapidResetFlowControlNotAnswer(t *testing.T) {
 		})
 	}
 }
+
+// The Rapid Reset guard counts a client's resets against the streams the
+// appliance served, not all it opened: a client that sends, beside each
+// stream it resets, one the server resets itself (a malformed HEADERS:
+// x/net's RST_STREAM, no handler, no record) or one the appliance answers
+// itself (a deny, its record from the client's bucket) is refused past
+// h2MaxPrematureResets, where counting every stream opened kept its resets
+// at exactly half and it was never refused (review r1dos F1). A filler the
+// appliance served (answered upstream, with its own record) still counts.
+func TestH2RapidResetUnservedFiller(t *testing.T) {
+	frame := func(typ, flags byte, id uint32, p ...byte) []byte {
+		n := len(p)
+		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags, byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}, p...)
+	}
+	headers := func(id uint32) []byte { return frame(h2TypeHeaders, h2FlagEndHeaders, id, 0x88) } // :status 200
+	for _, tc := range []struct {
+		name    string
+		filler  func(u *h2Unanswered, f *h2Frames, id uint32) // the appliance's answer to the filler
+		refused bool
+	}{
+		{"server reset", func(u *h2Unanswered, f *h2Frames, id uint32) {
+			f.advance(frame(h2TypeRSTStream, 0, id, 0, 0, 0, 1), u) // PROTOCOL_ERROR
+		}, true},
+		{"answered locally", func(u *h2Unanswered, f *h2Frames, id uint32) {
+			u.answeredLocally()
+			f.advance(headers(id), u)
+		}, true},
+		{"served", func(u *h2Unanswered, f *h2Frames, id uint32) { f.advance(headers(id), u) }, false},
+		// A stream the client reset first, then the server: the client's
+		// reset counted, the server's not as a refusal.
+		{"served, reset after", func(u *h2Unanswered, f *h2Frames, id uint32) {
+			f.advance(headers(id), u)
+			f.advance(frame(h2TypeRSTStream, 0, id, 0, 0, 0, 2), u)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := &h2Unanswered{}
+			l := newH2HeaderLimit(h2MaxHeaderList(64 << 10))
+			l.unanswered = u
+			var f h2Frames
+			var err error
+			const pairs = 20 * h2MaxPrematureResets
+			resets := 0
+			for i := uint32(0); i < pairs && err == nil; i++ {
+				filler, id := 4*i+1, 4*i+3
+				if err = l.feed(frame(h2TypeHeaders, h2FlagEndHeaders, filler, 0x82)); err != nil {
+					break
+				}
+				tc.filler(u, &f, filler)
+				if err = l.feed(frame(h2TypeHeaders, h2FlagEndHeaders, id, 0x82)); err != nil {
+					break
+				}
+				err = l.feed(frame(h2TypeRSTStream, 0, id, 0, 0, 0, 8)) // CANCEL
+				resets++
+			}
+			var g *h2GoAway
+			if refused := errors.As(err, &g); refused != tc.refused {
+				t.Fatalf("%d pairs of a filler (%s) and a reset stream: %v (resets %d, opened %d, unserved %d); want refused %v",
+					resets, tc.name, err, l.resets, l.opened, u.unservedCount(), tc.refused)
+			}
+			if tc.refused && l.resets != h2MaxPrematureResets+1 {
+				t.Errorf("refused after %d resets, want %d (the first past the bound)", l.resets, h2MaxPrematureResets+1)
+			}
+		})
+	}
+}

@@ -324,8 +324,8 @@ func h2cRequests(c net.Conn, enc *hpack.Encoder, hb *bytes.Buffer, host string, 
 
 // Rapid Reset paced below x/net's own bound: an h2c client that resets
 // each stream right after opening it is sent GOAWAY(ENHANCE_YOUR_CALM)
-// once more than 100 streams, and more than half of those it opened, were
-// reset before their response. Until then each started handler costs a
+// once more than 100 streams, and more than half of those it opened that
+// the appliance served, were reset before their response. Until then each started handler costs a
 // record, and perhaps an upstream dial: bounded now by the limit, where
 // 2000 such pairs made about 2000 records. Resets of streams already
 // answered do not count.
@@ -374,7 +374,7 @@ func TestH2RapidResetLimit(t *testing.T) {
 		t.Errorf("no deny record for the refused connection: %+v", rec)
 	}
 	// The streams the server was handed before the GOAWAY: those of the
-	// 150, and about 150 more (the limit is past half of all opened).
+	// 150, and about 150 more (the limit is past half of all served).
 	made := len(recs) - before
 	t.Logf("%d records, %d dials and %d requests at the destination for the pairs", made, dials.Load()-dialsBefore, served.Load()-150)
 	if made > 200 {

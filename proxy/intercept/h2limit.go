@@ -436,8 +436,11 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) {
 		b = b[f.step(b):]
 		if f.hdrDone {
 			f.hdrDone = false
-			if f.typ == h2TypeHeaders || f.typ == h2TypeRSTStream {
+			switch f.typ {
+			case h2TypeHeaders:
 				u.answered(f.stream)
+			case h2TypeRSTStream:
+				u.serverReset(f.stream)
 			}
 		}
 	}

@@ -351,12 +351,21 @@ func closeAfter(req *http.Request) bool {
 	return false
 }
 
+// answeredLocally tells the Rapid Reset guard (h2guard.go) of a stream
+// the appliance answered itself, not served upstream.
+func (rt *roundTripper) answeredLocally() {
+	if rt.cc != nil {
+		rt.cc.limit.unanswered.answeredLocally()
+	}
+}
+
 // writeDeny counts a denied request, and ends and writes its record
 // unless the client's budget of deny records (Config.DenyRecord) is spent:
 // a request costs an HTTP/2 client a few bytes, and its deny record, made
 // before anything else is looked at, hundreds.
 func (rt *roundTripper) writeDeny(rec *records.Record, start time.Time) {
 	rt.s.ic.denied.Add(1)
+	rt.answeredLocally()
 	if f := rt.s.ic.cfg.DenyRecord; f != nil {
 		ok, skipped := f(rec)
 		if !ok {

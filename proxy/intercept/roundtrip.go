@@ -213,6 +213,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// client that ignored the concurrent streams advertised meets
 		// it.
 		rec.Status, rec.Result, rec.Error = http.StatusServiceUnavailable, "error", over.Error()
+		rt.answeredLocally()
 		rt.write(rec, start)
 		return errorResponse(req, rec.Status, "gwlbproxy: "+over.Error()), nil
 	}

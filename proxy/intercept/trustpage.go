@@ -21,6 +21,7 @@ func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start
 	resp := serveLocally(s.ic.cfg.Trust, req)
 	rec.Action, rec.Rule, rec.Status = "allow", trustRule, resp.StatusCode
 	rec.Policy = "" // the appliance's own page, whatever the policy
+	rt.answeredLocally()
 	if f := s.ic.cfg.TrustRecord; f != nil {
 		ok, skipped := f(rec)
 		if !ok {
