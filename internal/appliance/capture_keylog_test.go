@@ -79,17 +79,24 @@ func pcapFilesIn(t *testing.T, dir string) []string {
 }
 
 // awaitCaptureIdle waits until the pcap writer has written every packet
-// the appliance handled so far (the count stops moving): it flushes each
-// time its queue runs empty.
+// the appliance handled so far (the count stops moving, for three looks
+// in a row: one quiet look was not enough in a loaded suite, the writer's
+// goroutine not run for 300 ms with packets still queued, and tshark found
+// the request missing): it flushes each time its queue runs empty.
 func awaitCaptureIdle(t *testing.T, r *rig) capture.PcapStats {
 	t.Helper()
 	var last capture.PcapStats
+	still := 0
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		time.Sleep(300 * time.Millisecond)
 		st := r.app.stats().Capture.Pcap
 		if st.Packets > 0 && st.Packets == last.Packets {
-			return *st
+			if still++; still == 3 {
+				return *st
+			}
+		} else {
+			still = 0
 		}
 		last = *st
 		if time.Now().After(deadline) {
