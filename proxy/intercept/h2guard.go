@@ -174,17 +174,37 @@ func overExpanded(decoded, wire uint64) error {
 // of those it was served.
 const h2MaxPrematureResets = 100
 
+// A client can also have the server reset its streams for it, sending
+// right after a request a frame the stream may not take (a WINDOW_UPDATE
+// of 0, DATA after its END_STREAM): x/net resets the stream (PROTOCOL_ERROR,
+// STREAM_CLOSED) once its handler has started, and the client sent no
+// RST_STREAM of its own ("MadeYouReset", CVE-2025-8671): 2,000 such
+// streams made 2,000 records with no GOAWAY (review r5s25 F1). A server
+// reset of an unanswered stream for the client's protocol error counts as
+// a premature reset of the client's, and is checked at the client's next
+// stream; one that refused the stream (REFUSED_STREAM) is not served, and
+// one of the appliance's own (INTERNAL_ERROR, CANCEL: a reload's deny, an
+// upstream that failed) is neither.
+
 // clientReset takes the client's RST_STREAM on l.stream.
 func (l *h2HeaderLimit) clientReset() {
 	if !l.unanswered.reset(l.stream) {
 		return
 	}
 	l.resets++
-	unserved := l.unanswered.unservedCount()
-	if served := l.opened - unserved; l.resets > h2MaxPrematureResets && 2*l.resets > served {
+	l.checkResets()
+}
+
+// checkResets refuses the client once its premature resets, its own and
+// those it had the server make, pass h2MaxPrematureResets and are more than
+// half the streams the appliance served.
+func (l *h2HeaderLimit) checkResets() {
+	caused := l.unanswered.causedCount()
+	resets, unserved := l.resets+caused, l.unanswered.unservedCount()
+	if served := l.opened - unserved; resets > h2MaxPrematureResets && 2*resets > served {
 		l.fail(&h2GoAway{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf(
-			"%d streams reset before their response, of %d opened and served (%d more refused or answered by the appliance itself)",
-			l.resets, served, unserved)})
+			"%d streams reset before their response (%d by the server, for the client's protocol errors), of %d opened and served (%d more refused or answered by the appliance itself)",
+			resets, caused, served, unserved)})
 	}
 }
 
@@ -200,10 +220,11 @@ type h2Unanswered struct {
 	// n is len(m), for waiting: the client watch asks on the packet
 	// stack's path, where no lock is taken.
 	n atomic.Int64
-	// unserved counts the streams the appliance did not serve: reset by
-	// the server before any answer, or answered by the appliance itself
-	// (clientReset).
-	unserved atomic.Int64
+	// unserved counts the streams the appliance did not serve: refused by
+	// the server before any answer, or answered by the appliance itself;
+	// caused those the server reset for the client's protocol error
+	// (checkResets).
+	unserved, caused atomic.Int64
 }
 
 func (u *h2Unanswered) open(id uint32) {
@@ -229,9 +250,10 @@ func (u *h2Unanswered) answered(id uint32) {
 	u.mu.Unlock()
 }
 
-// serverReset takes id out, reset by the server: a stream it refused, if
-// it had not answered it yet.
-func (u *h2Unanswered) serverReset(id uint32) {
+// serverReset takes id out, reset by the server with code, if it had not
+// answered it yet: refused (not served), reset for the client's protocol
+// error (a premature reset the client caused), or the appliance's own.
+func (u *h2Unanswered) serverReset(id uint32, code http2.ErrCode) {
 	if u == nil {
 		return
 	}
@@ -239,9 +261,21 @@ func (u *h2Unanswered) serverReset(id uint32) {
 	if _, ok := u.m[id]; ok {
 		delete(u.m, id)
 		u.n.Store(int64(len(u.m)))
-		u.unserved.Add(1)
+		switch code {
+		case http2.ErrCodeRefusedStream:
+			u.unserved.Add(1)
+		case http2.ErrCodeProtocol, http2.ErrCodeFlowControl, http2.ErrCodeStreamClosed, http2.ErrCodeFrameSize:
+			u.caused.Add(1)
+		}
 	}
 	u.mu.Unlock()
+}
+
+func (u *h2Unanswered) causedCount() int64 {
+	if u == nil {
+		return 0
+	}
+	return u.caused.Load()
 }
 
 // answeredLocally counts a stream the appliance answered itself, with no

@@ -166,8 +166,65 @@ func TestH2RapidResetUnservedFiller(t *testing.T) {
 				t.Fatalf("%d pairs of a filler (%s) and a reset stream: %v (resets %d, opened %d, unserved %d); want refused %v",
 					resets, tc.name, err, l.resets, l.opened, u.unservedCount(), tc.refused)
 			}
-			if tc.refused && l.resets != h2MaxPrematureResets+1 {
-				t.Errorf("refused after %d resets, want %d (the first past the bound)", l.resets, h2MaxPrematureResets+1)
+			// A filler the server reset for a protocol error counts as a
+			// premature reset too (TestH2RapidResetServerMade).
+			if n := l.resets + u.causedCount(); tc.refused && n != h2MaxPrematureResets+1 {
+				t.Errorf("refused after %d resets, want %d (the first past the bound)", n, h2MaxPrematureResets+1)
+			}
+		})
+	}
+}
+
+// TestH2RapidResetServerMade: a client that never resets a stream itself
+// but has the server reset each one, sending right after its request a
+// frame the stream may not take ("MadeYouReset": x/net resets the stream,
+// PROTOCOL_ERROR or STREAM_CLOSED, once its handler has started), is
+// refused past h2MaxPrematureResets, at its next stream; it went on for
+// good, 2,000 handlers and records from 50 KB of frames (review r5s25 F1).
+// The server's refusal of a stream (REFUSED_STREAM) and the appliance's
+// own resets (INTERNAL_ERROR, CANCEL) are no client's doing.
+func TestH2RapidResetServerMade(t *testing.T) {
+	frame := func(typ, flags byte, id uint32, p ...byte) []byte {
+		n := len(p)
+		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags, byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}, p...)
+	}
+	for _, tc := range []struct {
+		code    byte
+		refused bool
+	}{
+		{byte(http2.ErrCodeProtocol), true},
+		{byte(http2.ErrCodeStreamClosed), true},
+		{byte(http2.ErrCodeFlowControl), true},
+		{byte(http2.ErrCodeRefusedStream), false},
+		{byte(http2.ErrCodeInternal), false},
+		{byte(http2.ErrCodeCancel), false},
+	} {
+		t.Run(http2.ErrCode(tc.code).String(), func(t *testing.T) {
+			u := &h2Unanswered{}
+			l := newH2HeaderLimit(h2MaxHeaderList(64 << 10))
+			l.unanswered = u
+			var f h2Frames
+			var err error
+			streams := 0
+			for i := uint32(0); i < 20*h2MaxPrematureResets && err == nil; i++ {
+				id := 2*i + 1
+				if err = l.feed(frame(h2TypeHeaders, h2FlagEndHeaders|0x1, id, 0x82)); err != nil {
+					break
+				}
+				streams++
+				// The server's reset, written in two pieces as a write may
+				// cut it.
+				rst := frame(h2TypeRSTStream, 0, id, 0, 0, 0, tc.code)
+				f.advance(rst[:11], u)
+				f.advance(rst[11:], u)
+			}
+			var g *h2GoAway
+			if refused := errors.As(err, &g); refused != tc.refused {
+				t.Fatalf("%d streams each reset by the server (%s): %v (caused %d, unserved %d); want refused %v",
+					streams, http2.ErrCode(tc.code), err, u.causedCount(), u.unservedCount(), tc.refused)
+			}
+			if tc.refused && u.causedCount() != h2MaxPrematureResets+1 {
+				t.Errorf("refused after %d server-made resets, want %d", u.causedCount(), h2MaxPrematureResets+1)
 			}
 		})
 	}

@@ -296,6 +296,10 @@ func (l *h2HeaderLimit) startFrame() {
 		l.inBlock, l.blockStream, l.size, l.trailers = true, l.stream, 0, 0
 		l.newStream = l.stream > l.lastStream
 		if l.newStream {
+			l.checkResets() // those the server made for the client since (h2guard.go)
+			if l.err != nil {
+				return
+			}
 			l.lastStream = l.stream
 			// Unanswered from its HEADERS frame, not once its block
 			// ends: a client that resets with the block unfinished had
@@ -416,6 +420,12 @@ type h2Frames struct {
 	typ     byte // the frame's type and stream
 	stream  uint32
 	hdrDone bool // its header was just completed
+	// An RST_STREAM's error code, as its payload comes, and how many of
+	// its 4 bytes came; rstDone: the frame just ended
+	// (h2Unanswered.serverReset).
+	code    uint32
+	codeN   int
+	rstDone bool
 	started bool // the server has written something: its preface at least
 	// final, when set, is written at the next frame boundary; after it
 	// nothing more is.
@@ -436,12 +446,13 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) {
 		b = b[f.step(b):]
 		if f.hdrDone {
 			f.hdrDone = false
-			switch f.typ {
-			case h2TypeHeaders:
+			if f.typ == h2TypeHeaders {
 				u.answered(f.stream)
-			case h2TypeRSTStream:
-				u.serverReset(f.stream)
 			}
+		}
+		if f.rstDone {
+			f.rstDone = false
+			u.serverReset(f.stream, http2.ErrCode(f.code))
 		}
 	}
 }
@@ -450,6 +461,9 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) {
 // being written, and returns how many bytes it took.
 func (f *h2Frames) step(b []byte) int {
 	if f.hdrN < h2FrameHeaderLen {
+		if f.hdrN == 0 {
+			f.code, f.codeN = 0, 0
+		}
 		k := min(h2FrameHeaderLen-f.hdrN, len(b))
 		for i := range k {
 			switch p := f.hdrN + i; {
@@ -473,9 +487,17 @@ func (f *h2Frames) step(b []byte) int {
 		return k
 	}
 	k := min(f.left, len(b))
+	if f.typ == h2TypeRSTStream {
+		for _, c := range b[:k] {
+			if f.codeN < 4 {
+				f.code, f.codeN = f.code<<8|uint32(c), f.codeN+1
+			}
+		}
+	}
 	f.left -= k
 	if f.left == 0 {
 		f.hdrN = 0
+		f.rstDone = f.typ == h2TypeRSTStream
 	}
 	return k
 }
