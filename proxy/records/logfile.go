@@ -157,7 +157,7 @@ func (l *LogFile) rotateNow(now int64) {
 	l.mu.Unlock()
 	did, moved, err := l.rotate(open)
 	l.mu.Lock()
-	if did {
+	if did && err == nil {
 		l.rotations.Add(1)
 	}
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"time"
 )
 
 // A client can make records far faster than an hourly logrotate bounds
@@ -68,23 +69,48 @@ func (l *LogFile) rotate(open os.FileInfo) (did, moved bool, err error) {
 		return false, false, errNotRegular
 	}
 	held := rotationHeld(l.path)
+	if _, err := os.Lstat(held); err == nil {
+		// Left by a rotation a crash cut short: kept aside, never
+		// overwritten (its records are no one else's copy).
+		aside := fmt.Sprintf("%s-%d", held, time.Now().UnixNano())
+		if err := os.Rename(held, aside); err != nil {
+			return false, false, err
+		}
+		slog.Warn("the access log's rotation found a file left by one cut short; kept aside", "file", aside)
+	}
 	if err := os.Rename(l.path, held); err != nil {
 		return false, false, err
 	}
-	// The file is ours now: the shift cannot run on without it.
-	keep := max(l.rot.Keep, 1)
-	if err := os.Remove(rotated(l.path, keep)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return true, true, fmt.Errorf("%w (the rotated file is kept as %s)", err, held)
-	}
-	for i := keep - 1; i >= 1; i-- {
-		if err := os.Rename(rotated(l.path, i), rotated(l.path, i+1)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return true, true, fmt.Errorf("%w (the rotated file is kept as %s)", err, held)
+	// The file is ours now: the shift cannot run on without it. A shift
+	// that fails puts it back at the path, to be written on and rotated
+	// later, rather than leave it where the next rotation would take its
+	// name.
+	if err := shiftChain(l.path, max(l.rot.Keep, 1)); err != nil {
+		if rerr := os.Rename(held, l.path); rerr != nil {
+			return true, true, fmt.Errorf("%w; and putting the file back: %w (it is kept as %s)", err, rerr, held)
 		}
+		return false, false, err
 	}
 	if err := os.Rename(held, rotated(l.path, 1)); err != nil {
-		return true, true, fmt.Errorf("%w (the rotated file is kept as %s)", err, held)
+		if rerr := os.Rename(held, l.path); rerr != nil {
+			return true, true, fmt.Errorf("%w; and putting the file back: %w (it is kept as %s)", err, rerr, held)
+		}
+		return false, false, err
 	}
 	return true, true, nil
+}
+
+// shiftChain moves path.1 ... path.(keep-1) one up, removing path.keep.
+func shiftChain(path string, keep int) error {
+	if err := os.Remove(rotated(path, keep)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for i := keep - 1; i >= 1; i-- {
+		if err := os.Rename(rotated(path, i), rotated(path, i+1)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // errNotRegular is a rotation refused: the path is no regular file.
