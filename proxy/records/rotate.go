@@ -73,44 +73,77 @@ func (l *LogFile) rotate(open os.FileInfo) (did, moved bool, err error) {
 		// Left by a rotation a crash cut short: kept aside, never
 		// overwritten (its records are no one else's copy).
 		aside := fmt.Sprintf("%s-%d", held, time.Now().UnixNano())
-		if err := os.Rename(held, aside); err != nil {
+		if err := renameFile(held, aside); err != nil {
 			return false, false, err
 		}
 		slog.Warn("the access log's rotation found a file left by one cut short; kept aside", "file", aside)
 	}
-	if err := os.Rename(l.path, held); err != nil {
+	if err := renameFile(l.path, held); err != nil {
 		return false, false, err
 	}
-	// The file is ours now: the shift cannot run on without it. A shift
-	// that fails puts it back at the path, to be written on and rotated
-	// later, rather than leave it where the next rotation would take its
-	// name.
-	if err := shiftChain(l.path, max(l.rot.Keep, 1)); err != nil {
-		if rerr := os.Rename(held, l.path); rerr != nil {
+	// The file is ours now: the shift cannot run on without it. A
+	// rotation that fails undoes what it did, the file taken put back at
+	// the path to be written on and rotated later: it must neither leave
+	// the taken file where the next rotation would take its name, nor
+	// drop the oldest rotation at every try (review r5s25 F3, r6s25 F2).
+	undo, commit, err := shiftChain(l.path, max(l.rot.Keep, 1))
+	if err == nil {
+		if err = renameFile(held, rotated(l.path, 1)); err != nil {
+			undo()
+		}
+	}
+	if err != nil {
+		if rerr := renameFile(held, l.path); rerr != nil {
 			return true, true, fmt.Errorf("%w; and putting the file back: %w (it is kept as %s)", err, rerr, held)
 		}
 		return false, false, err
 	}
-	if err := os.Rename(held, rotated(l.path, 1)); err != nil {
-		if rerr := os.Rename(held, l.path); rerr != nil {
-			return true, true, fmt.Errorf("%w; and putting the file back: %w (it is kept as %s)", err, rerr, held)
-		}
-		return false, false, err
-	}
+	commit()
 	return true, true, nil
 }
 
-// shiftChain moves path.1 ... path.(keep-1) one up, removing path.keep.
-func shiftChain(path string, keep int) error {
-	if err := os.Remove(rotated(path, keep)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+// renameFile is os.Rename; tests make it fail.
+var renameFile = os.Rename
+
+// shiftChain moves path.1 ... path.(keep-1) one up, and path.keep aside,
+// to be removed by commit or put back by undo, which also moves the others
+// back down. On an error it has undone what it did.
+func shiftChain(path string, keep int) (undo, commit func(), err error) {
+	oldest, drop := rotated(path, keep), rotated(path, keep)+".dropping"
+	dropped := false
+	if err := renameFile(oldest, drop); err == nil {
+		dropped = true
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, err
 	}
-	for i := keep - 1; i >= 1; i-- {
-		if err := os.Rename(rotated(path, i), rotated(path, i+1)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+	var moved []int // i: path.i went to path.(i+1)
+	undo = func() {
+		for j := len(moved) - 1; j >= 0; j-- {
+			_ = renameFile(rotated(path, moved[j]+1), rotated(path, moved[j]))
+		}
+		if dropped {
+			_ = renameFile(drop, oldest)
 		}
 	}
-	return nil
+	for i := keep - 1; i >= 1; i-- {
+		err := renameFile(rotated(path, i), rotated(path, i+1))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			undo()
+			return nil, nil, err
+		}
+		moved = append(moved, i)
+	}
+	commit = func() {
+		if dropped {
+			if err := os.Remove(drop); err != nil {
+				slog.Warn("removing the oldest rotation of the access log", "file", drop, "err", err)
+			}
+		}
+	}
+	return undo, commit, nil
 }
 
 // errNotRegular is a rotation refused: the path is no regular file.
