@@ -330,15 +330,7 @@ func h2cRequests(c net.Conn, enc *hpack.Encoder, hb *bytes.Buffer, host string, 
 // 2000 such pairs made about 2000 records. Resets of streams already
 // answered do not count.
 func TestH2RapidResetLimit(t *testing.T) {
-	addr, served, _ := loopbackOrigin(t, 20*time.Millisecond)
-	var dials atomic.Int64
-	r := newRig(t, testPolicy, dialTo(addr, &dials))
-	upEnd, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, sv := r.connectTCP(upEnd, httpDest)
-	frames := h2cFrames(c)
+	r, c, sv, frames, dials, served := h2cOriginRig(t)
 	c.Write(h2cStart().Bytes())
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
@@ -426,4 +418,21 @@ func TestH2UpstreamDialPace(t *testing.T) {
 	if d := dials.Load(); d > most {
 		t.Errorf("%d dials in %v, over the pace (%d)", d, elapsed, most)
 	}
+}
+
+// h2cOriginRig is an h2c client's connection through the interceptor to a
+// loopback origin answering after 20 ms: the rig, the client's end, the
+// session, its frames as the client reads them, the dials to the origin
+// and the requests it served.
+func h2cOriginRig(t *testing.T) (*rig, *net.TCPConn, *served, <-chan h2Ev, *atomic.Int64, *atomic.Int64) {
+	t.Helper()
+	addr, served, _ := loopbackOrigin(t, 20*time.Millisecond)
+	dials := new(atomic.Int64)
+	r := newRig(t, testPolicy, dialTo(addr, dials))
+	upEnd, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, sv := r.connectTCP(upEnd, httpDest)
+	return r, c, sv, h2cFrames(c), dials, served
 }

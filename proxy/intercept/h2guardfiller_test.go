@@ -30,15 +30,7 @@ func TestH2RapidResetUnservedFillerRefused(t *testing.T) {
 }
 
 func rapidResetWithFiller(t *testing.T, filler string) {
-	addr, _, _ := loopbackOrigin(t, 20*time.Millisecond)
-	var dials atomic.Int64
-	r := newRig(t, testPolicy, dialTo(addr, &dials))
-	upEnd, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, sv := r.connectTCP(upEnd, httpDest)
-	frames := h2cFrames(c)
+	r, c, sv, frames, dials, _ := h2cOriginRig(t)
 	goaway := make(chan h2Ev, 1)
 	go func() {
 		if g, ok := nextFrame(t, frames, isGoAway); ok {
