@@ -13,7 +13,7 @@ import (
 )
 
 // apiError is what the SDK's modelled and generic API errors implement
-// (smithy.APIError, declared here to keep smithy-go an indirect dependency).
+// (smithy.APIError: the part of it classify uses).
 type apiError interface {
 	error
 	ErrorCode() string
