@@ -78,7 +78,9 @@ func (l *LogFile) rotate(open os.FileInfo) (did, moved bool, err error) {
 		}
 		slog.Warn("the access log's rotation found a file left by one cut short; kept aside", "file", aside)
 	}
-	if err := renameFile(l.path, held); err != nil {
+	if err := renameFile(l.path, held); errors.Is(err, fs.ErrNotExist) {
+		return false, true, nil // moved away since the look: follow it
+	} else if err != nil {
 		return false, false, err
 	}
 	// The file is ours now: the shift cannot run on without it. A
@@ -118,11 +120,19 @@ func shiftChain(path string, keep int) (undo, commit func(), err error) {
 	}
 	var moved []int // i: path.i went to path.(i+1)
 	undo = func() {
+		// A rename replaces its target: one that failed leaves its file
+		// where the next would land, so the undo stops at the first
+		// failure, the chain left with a gap but no file lost.
 		for j := len(moved) - 1; j >= 0; j-- {
-			_ = renameFile(rotated(path, moved[j]+1), rotated(path, moved[j]))
+			if err := renameFile(rotated(path, moved[j]+1), rotated(path, moved[j])); err != nil {
+				slog.Error("undoing a failed rotation of the access log; the rotated files keep their new names", "err", err)
+				return
+			}
 		}
 		if dropped {
-			_ = renameFile(drop, oldest)
+			if err := renameFile(drop, oldest); err != nil {
+				slog.Error("undoing a failed rotation of the access log", "file", drop, "err", err)
+			}
 		}
 	}
 	for i := keep - 1; i >= 1; i-- {
