@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -37,29 +38,14 @@ func TestDNSServerStreamDoesNotKeepFlow(t *testing.T) {
 		t.Fatal("the answer did not reach the client")
 	}
 	// A datagram every 200 ms for 3 s, or until the flow ends.
-	push := []byte("not an answer to anything")
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	var ended time.Duration
-pushing:
-	for range 15 {
+	if !serverPushes(c, dst, from, 200*time.Millisecond, 15) {
 		select {
 		case <-c.ended:
-			ended = time.Since(answered)
-			break pushing
-		case <-tick.C:
-			dst.pc.WriteToUDPAddrPort(push, from)
-		}
-	}
-	if ended == 0 {
-		select {
-		case <-c.ended:
-			ended = time.Since(answered)
 		case <-time.After(5 * time.Second):
 			c.Close()
-			ended = time.Since(answered)
 		}
 	}
+	ended := time.Since(answered)
 	<-done
 	// The linger is a second; the rest is slack for a loaded machine, far
 	// below the 3 s and more that the server's datagrams kept it before.
@@ -79,7 +65,7 @@ pushing:
 	if _, err := fmt.Sscanf(udp.Error, "datagrams from the server that answered no waiting query: %d", &n); err != nil || n < 1 {
 		t.Errorf("udp record error %q, want the count of the server's datagrams that answered no query", udp.Error)
 	}
-	if want := int64(len(dnsResponse(q)) + n*len(push)); udp.BytesIn != want {
+	if want := int64(len(dnsResponse(q)) + n*len(serverPush)); udp.BytesIn != want {
 		t.Errorf("udp record bytes_in %d, want the answer and the %d datagrams counted, %d", udp.BytesIn, n, want)
 	}
 }
@@ -141,24 +127,10 @@ func TestDNSPendingQueryServerStreamDoesNotKeepFlow(t *testing.T) {
 	dst.mu.Lock()
 	from := dst.from[0]
 	dst.mu.Unlock()
-	push := []byte("not an answer to anything")
-	tick := time.NewTicker(300 * time.Millisecond)
-	defer tick.Stop()
-	var ended time.Duration
-pushing:
-	for range 20 { // 6 s, three idle timeouts
-		select {
-		case <-c.ended:
-			ended = time.Since(asked)
-			break pushing
-		case <-tick.C:
-			dst.pc.WriteToUDPAddrPort(push, from)
-		}
-	}
-	if ended == 0 {
-		ended = time.Since(asked)
+	if !serverPushes(c, dst, from, 300*time.Millisecond, 20) { // 6 s, three idle timeouts
 		c.Close()
 	}
+	ended := time.Since(asked)
 	<-done
 	// The idle timeout is 2 s; the rest is slack for a loaded machine, well
 	// below the 6 s the server's datagrams kept it up before.
@@ -274,4 +246,24 @@ func TestDNSUntrackedAnswersNotCounted(t *testing.T) {
 			t.Errorf("the server answered the one query the client asked; note %q, want none", got)
 		}
 	})
+}
+
+// serverPush is what a server sends that answers nothing.
+var serverPush = []byte("not an answer to anything")
+
+// serverPushes has dst send the flow's client end, from, a datagram that
+// answers nothing every interval, rounds times or until c's flow ends; it
+// reports whether the flow ended.
+func serverPushes(c *fakeUDPClient, dst *udpSink, from netip.AddrPort, every time.Duration, rounds int) bool {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for range rounds {
+		select {
+		case <-c.ended:
+			return true
+		case <-tick.C:
+			dst.pc.WriteToUDPAddrPort(serverPush, from)
+		}
+	}
+	return false
 }
