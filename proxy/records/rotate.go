@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A client can make records far faster than an hourly logrotate bounds
@@ -104,25 +106,86 @@ func (l *LogFile) rotate(open os.FileInfo) (did, moved bool, err error) {
 	return true, true, nil
 }
 
-// renameFile is os.Rename; tests make it fail.
-var renameFile = os.Rename
+// renameFile is renameNoReplace; tests make it fail.
+var renameFile = renameNoReplace
+
+// renameat2 is unix.Renameat2; tests take the flag away.
+var renameat2 = unix.Renameat2
+
+// renameNoReplace renames from to to unless to exists (an error then,
+// fs.ErrExist). Every rename of the rotation goes through it: logrotate
+// shifts the same chain with renames that replace, and one whose shift
+// lands between two of the appliance's renames (it looked at the path just
+// before the file was taken) moves a rotated file onto the name the next
+// of the appliance's renames targets, which then replaced it, a middle
+// rotation lost (review r7s25 F3). A target that exists is now a failed
+// rotation, undone and tried again a second later. No lock serves instead:
+// logrotate's only one is on its state file, taken with LOCK_NB, and a
+// logrotate that found it held would exit 3, rotating no log at all.
+func renameNoReplace(from, to string) error {
+	err := renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		// A filesystem (NFS, some FUSE ones) or a kernel (before 3.15)
+		// without the flag: a look, then a plain rename. It leaves the
+		// race the window of a stat and a rename, no longer that of the
+		// whole shift. A link and an unlink would refuse atomically, but
+		// the unlink could then remove a file logrotate renamed onto the
+		// old name meanwhile, and a crash between leaves one file twice.
+		if _, lerr := os.Lstat(to); lerr == nil {
+			err = unix.EEXIST
+		} else {
+			return os.Rename(from, to)
+		}
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+	}
+	return nil
+}
 
 // shiftChain moves path.1 ... path.(keep-1) one up, and path.keep aside,
 // to be removed by commit or put back by undo, which also moves the others
-// back down. On an error it has undone what it did.
+// back down. On an error it has undone what it did. A chain with a gap
+// (a rotation whose undo stopped short, logrotate's shift that found the
+// file taken, an operator's rm) is shifted only up to its lowest gap,
+// nothing dropped: shifted whole, each such gap cost a rotated file that
+// had room (kept:5 of 7, after logrotate's and the appliance's shifts met).
 func shiftChain(path string, keep int) (undo, commit func(), err error) {
+	top := keep // the highest name a file moves to
+	for i := 1; i < keep; i++ {
+		if _, err := os.Lstat(rotated(path, i)); errors.Is(err, fs.ErrNotExist) {
+			top = i
+			break
+		}
+	}
 	oldest, drop := rotated(path, keep), rotated(path, keep)+".dropping"
 	dropped := false
-	if err := renameFile(oldest, drop); err == nil {
+	if top < keep {
+		err = fs.ErrNotExist // nothing to drop
+	} else {
+		err = renameFile(oldest, drop)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		// Left by a rotation whose undo stopped short: it was path.keep
+		// then, older than every file in the chain now, and past keep
+		// once this shift is done, as a plain rename would have dropped
+		// it. The name is the appliance's own, never logrotate's.
+		if rerr := os.Remove(drop); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			return nil, nil, rerr
+		}
+		err = renameFile(oldest, drop)
+	}
+	if err == nil {
 		dropped = true
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, err
 	}
 	var moved []int // i: path.i went to path.(i+1)
 	undo = func() {
-		// A rename replaces its target: one that failed leaves its file
-		// where the next would land, so the undo stops at the first
-		// failure, the chain left with a gap but no file lost.
+		// A rename that failed leaves its file where the next would land
+		// (a target that exists, or the fallback's plain rename), so the
+		// undo stops at the first failure, the chain left with a gap but
+		// no file lost.
 		for j := len(moved) - 1; j >= 0; j-- {
 			if err := renameFile(rotated(path, moved[j]+1), rotated(path, moved[j])); err != nil {
 				slog.Error("undoing a failed rotation of the access log; the rotated files keep their new names", "err", err)
@@ -135,7 +198,7 @@ func shiftChain(path string, keep int) (undo, commit func(), err error) {
 			}
 		}
 	}
-	for i := keep - 1; i >= 1; i-- {
+	for i := top - 1; i >= 1; i-- {
 		err := renameFile(rotated(path, i), rotated(path, i+1))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue

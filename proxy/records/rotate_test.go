@@ -2,7 +2,9 @@ package records
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -219,13 +221,14 @@ func rotationStuck(t *testing.T, final bool) {
 	if final {
 		stuck = rotationHeld(path)
 	}
+	real := renameFile
 	renameFile = func(from, to string) error {
 		if from == stuck && (!final || to == rotated(path, 1)) {
 			return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EPERM}
 		}
-		return os.Rename(from, to)
+		return real(from, to)
 	}
-	t.Cleanup(func() { renameFile = os.Rename })
+	t.Cleanup(func() { renameFile = real })
 	lf, err := OpenLogFile(path, Rotation{MaxSize: 512, Keep: keep})
 	if err != nil {
 		t.Fatal(err)
@@ -261,5 +264,170 @@ func rotationStuck(t *testing.T, final bool) {
 	}
 	if st := lf.Stats(); st.Rotations != 0 || st.ReopenFailures < 2 {
 		t.Errorf("stats %+v: want no rotation counted, the tries' failures counted", st)
+	}
+}
+
+// TestLogFileRotationReplacesNoRotatedFile: logrotate looked at the path
+// just before the appliance took the file, and its shift of the same
+// chain (keep 7, the package's) lands between two of the appliance's
+// renames, at each of them in turn. Two rotations may drop the two oldest
+// rotated files, never a newer one, every record stays on disk, and a
+// rotation that failed for it is done at the next try. The
+// appliance's renames replaced their targets: from the third, one of them
+// put a rotated file onto one logrotate had just moved there, and
+// kept:2 ... kept:5 was lost (review r7s25 F3).
+func TestLogFileRotationReplacesNoRotatedFile(t *testing.T) {
+	const keep = 7
+	// The appliance's renames: the take, the oldest aside, the keep-1
+	// moves up, the taken file to path.1.
+	for step := 0; step < keep+2; step++ {
+		t.Run(fmt.Sprint(step), func(t *testing.T) { logrotateAtRename(t, keep, step) })
+	}
+}
+
+// logrotateAtRename runs logrotate's shift of path's chain, as it renames
+// it (the oldest moved past keep and removed at the end, ENOENT skipped),
+// just before the step-th rename of the appliance's first rotation.
+func logrotateAtRename(t *testing.T, keep, step int) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	for i := 1; i <= keep; i++ {
+		if err := os.WriteFile(rotated(path, i), fmt.Appendf(nil, "{\"kept\":%d}\n", i), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logrotate := func() {
+		for i := keep; i >= 1; i-- {
+			_ = os.Rename(rotated(path, i), rotated(path, i+1))
+		}
+		_ = os.Rename(path, rotated(path, 1)) // ENOENT once the file is taken
+		_ = os.Remove(rotated(path, keep+1))
+	}
+	real, calls := renameFile, 0
+	renameFile = func(from, to string) error {
+		if calls == step {
+			logrotate()
+		}
+		calls++
+		return real(from, to)
+	}
+	t.Cleanup(func() { renameFile = real })
+	lf, err := OpenLogFile(path, Rotation{MaxSize: 512, Keep: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	lines := 0
+	for st := lf.Stats(); st.Rotations == 0 && st.ReopenFailures == 0 && lines < 1000; st = lf.Stats() {
+		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", lines)); err != nil {
+			t.Fatal(err)
+		}
+		lines++
+	}
+	if calls <= step {
+		t.Fatalf("%d renames, none the %d-th", calls, step)
+	}
+	// A rotation that failed is tried again a second later, and is not
+	// stopped by what the failed one left (access.log.7.dropping).
+	for end := time.Now().Add(3 * time.Second); lf.Stats().Rotations == 0 && time.Now().Before(end); lines++ {
+		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", lines)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if st := lf.Stats(); st.Rotations != 1 {
+		t.Errorf("stats %+v: want the rotation done at the second try", st)
+	}
+	seen, kept := map[int]int{}, map[int][]string{}
+	names, _ := filepath.Glob(path + "*")
+	for _, name := range names {
+		b, _ := os.ReadFile(name)
+		for _, l := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+			var i int
+			if _, err := fmt.Sscanf(string(l), "{\"n\":%06d}", &i); err == nil {
+				seen[i]++
+			} else if _, err := fmt.Sscanf(string(l), "{\"kept\":%d}", &i); err == nil {
+				kept[i] = append(kept[i], filepath.Base(name))
+			}
+		}
+	}
+	for i := 1; i <= keep-2; i++ {
+		if len(kept[i]) != 1 {
+			t.Errorf("kept:%d in %v, want one file (on disk: %v)", i, kept[i], kept)
+		}
+	}
+	if len(seen) != lines {
+		t.Errorf("%d of %d lines on disk", len(seen), lines)
+	}
+	t.Logf("%d renames, stats %+v, rotated files %v", calls, lf.Stats(), kept)
+}
+
+// TestRenameNoReplaceWithoutTheFlag: on a filesystem or kernel without
+// RENAME_NOREPLACE (EINVAL, ENOSYS), the rotation's rename still refuses
+// a target that exists, and renames onto one that does not.
+func TestRenameNoReplaceWithoutTheFlag(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.EINVAL, syscall.ENOSYS} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			real := renameat2
+			renameat2 = func(int, string, int, string, uint) error { return errno }
+			t.Cleanup(func() { renameat2 = real })
+			dir := t.TempDir()
+			a, b, c := filepath.Join(dir, "a"), filepath.Join(dir, "b"), filepath.Join(dir, "c")
+			for _, name := range []string{a, b} {
+				if err := os.WriteFile(name, []byte(name), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := renameNoReplace(a, b); !errors.Is(err, fs.ErrExist) {
+				t.Errorf("a onto b: %v, want it refused (exists)", err)
+			}
+			if got, _ := os.ReadFile(b); string(got) != b {
+				t.Errorf("b holds %q: replaced", got)
+			}
+			if err := renameNoReplace(a, c); err != nil {
+				t.Errorf("a onto c, free: %v", err)
+			}
+			if got, _ := os.ReadFile(c); string(got) != a {
+				t.Errorf("c holds %q, want a's", got)
+			}
+		})
+	}
+}
+
+// TestLogFileRotationDropsALeftoverDropping: a full chain beside the
+// access.log.N.dropping a rotation whose undo stopped short left (older
+// than the whole chain). The rotation, whose renames no longer replace,
+// removes it when it drops the oldest, rather than fail at every try.
+func TestLogFileRotationDropsALeftoverDropping(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	const keep = 3
+	for i := 1; i <= keep; i++ {
+		if err := os.WriteFile(rotated(path, i), fmt.Appendf(nil, "{\"kept\":%d}\n", i), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale := rotated(path, keep) + ".dropping"
+	if err := os.WriteFile(stale, []byte("{\"kept\":4}\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	lf, err := OpenLogFile(path, Rotation{MaxSize: 512, Keep: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	for n := 0; lf.Stats().Rotations == 0 && lf.Stats().ReopenFailures == 0 && n < 1000; n++ {
+		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := lf.Stats(); st.Rotations != 1 || st.ReopenFailures != 0 {
+		t.Errorf("stats %+v: want one rotation, no failure", st)
+	}
+	if _, err := os.Lstat(stale); err == nil {
+		t.Errorf("%s still there", stale)
+	}
+	for i := 2; i <= keep; i++ {
+		if b, err := os.ReadFile(rotated(path, i)); err != nil || string(b) != fmt.Sprintf("{\"kept\":%d}\n", i-1) {
+			t.Errorf("%s: %q, %v; want kept:%d moved there", rotated(path, i), b, err, i-1)
+		}
 	}
 }
