@@ -1,8 +1,10 @@
 package intercept
 
 import (
+	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -62,6 +64,9 @@ type sentBody struct {
 	io.ReadCloser
 	to      *bodySent
 	pending int64
+	// hold, if set, holds the body's small writes (uploadHold): a read's
+	// bytes may not have left when the next read is asked for.
+	hold *uploadHold
 	// err is a read's error kept for the next read. A reader may return
 	// data and an error from one read (net/http's chunked reader does when
 	// the client's FIN or reset cuts a chunk); the copy writes that data
@@ -86,8 +91,85 @@ func (b *sentBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// done counts the last read: the request was written whole.
+// done counts the last read: the request was written whole. Held with
+// others (uploadHold), it counts once they have left.
 func (b *sentBody) done() {
-	b.to.n.Add(b.pending)
+	if b.hold != nil {
+		b.hold.settle(b.pending, b.to)
+	} else {
+		b.to.n.Add(b.pending)
+	}
 	b.pending = 0
+}
+
+// h1Writer is a request's buffered writer, the counting writer under it
+// and the hold of its body's small writes, pooled together for the same
+// reason.
+type h1Writer struct {
+	bw   *bufio.Writer
+	cw   countingWriter
+	hold uploadHold
+}
+
+var h1Writers = sync.Pool{New: func() any { return &h1Writer{bw: bufio.NewWriterSize(nil, 4<<10)} }}
+
+// writeRequest writes req through a pooled buffer and returns how many
+// bytes reached c. A body goes as it is read, small reads in a burst
+// gathered (uploadHold), and what of it left is counted into the
+// request's bodySent, when it has one.
+func writeRequest(c net.Conn, req *http.Request) (int64, error) {
+	wr := h1Writers.Get().(*h1Writer)
+	wr.cw = countingWriter{w: c}
+	cw, bw := &wr.cw, wr.bw
+	bw.Reset(cw)
+	var body *sentBody
+	if bs := bodySentOf(req.Context()); bs != nil && !bodyless(req) {
+		body = &sentBody{ReadCloser: req.Body, to: bs, hold: &wr.hold}
+		req = req.WithContext(req.Context()) // a copy: the caller's keeps its body
+		req.Body = body
+		wr.hold.start((*countedOut)(cw))
+		cw.hold = &wr.hold
+	}
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if body != nil {
+		// What is held leaves after a failed read of the body too, as it
+		// would have unheld; not after a failed write.
+		if herr := wr.hold.finish(); err == nil {
+			err = herr
+		}
+	}
+	if err == nil && body != nil {
+		body.done()
+	}
+	n := cw.n
+	bw.Reset(nil)
+	wr.cw = countingWriter{}
+	h1Writers.Put(wr)
+	return n, err
+}
+
+// countingWriter counts what was written through it, through hold if set.
+type countingWriter struct {
+	w    io.Writer
+	n    int64
+	hold *uploadHold
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	if w.hold != nil {
+		return w.hold.write(b)
+	}
+	return (*countedOut)(w).Write(b)
+}
+
+// countedOut is a countingWriter's write to its writer, under its hold.
+type countedOut countingWriter
+
+func (w *countedOut) Write(b []byte) (int, error) {
+	n, err := w.w.Write(b)
+	w.n += int64(n)
+	return n, err
 }

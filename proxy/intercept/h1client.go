@@ -118,17 +118,7 @@ type h1Reader struct {
 	src headLimitedConn
 }
 
-// h1Writer is a request's buffered writer and the counting writer under
-// it, pooled together for the same reason.
-type h1Writer struct {
-	bw *bufio.Writer
-	cw countingWriter
-}
-
-var (
-	h1Readers = sync.Pool{New: func() any { return &h1Reader{br: bufio.NewReaderSize(nil, 4<<10)} }}
-	h1Writers = sync.Pool{New: func() any { return &h1Writer{bw: bufio.NewWriterSize(nil, 4<<10)} }}
-)
+var h1Readers = sync.Pool{New: func() any { return &h1Reader{br: bufio.NewReaderSize(nil, 4<<10)} }}
 
 // getReader returns a pooled reader of c's response heads and bodies,
 // its heads limited to maxResponseHead.
@@ -458,46 +448,6 @@ func waitWritten(req *http.Request, wrote <-chan error, gate *expectGate) error 
 	case <-req.Context().Done():
 		return fmt.Errorf("the request body was not sent whole: %w", req.Context().Err())
 	}
-}
-
-// writeRequest writes req through a pooled buffer and returns how many
-// bytes reached c. A body goes as it is read (bodysent.go), and what of it
-// left is counted into the request's bodySent, when it has one.
-func writeRequest(c net.Conn, req *http.Request) (int64, error) {
-	wr := h1Writers.Get().(*h1Writer)
-	wr.cw = countingWriter{w: c}
-	cw, bw := &wr.cw, wr.bw
-	bw.Reset(cw)
-	var body *sentBody
-	if bs := bodySentOf(req.Context()); bs != nil && !bodyless(req) {
-		body = &sentBody{ReadCloser: req.Body, to: bs}
-		req = req.WithContext(req.Context()) // a copy: the caller's keeps its body
-		req.Body = body
-	}
-	err := req.Write(bw)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil && body != nil {
-		body.done()
-	}
-	n := cw.n
-	bw.Reset(nil)
-	wr.cw = countingWriter{}
-	h1Writers.Put(wr)
-	return n, err
-}
-
-// countingWriter counts what was written through it.
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (w *countingWriter) Write(b []byte) (int, error) {
-	n, err := w.w.Write(b)
-	w.n += int64(n)
-	return n, err
 }
 
 // h1Body is a response's body. Read to its end and closed, it gives the

@@ -94,8 +94,12 @@ type upgradedBody struct {
 	// (relayDestinationEnd). Set with tunnel.
 	endClient func() bool
 	// upload, if set, follows goproxy's copy of the client's upload into
-	// Write: the tunnel's end waits for it (boundWrite). Set with tunnel.
+	// Write: the tunnel's end waits for it (boundWrite). Set with tunnel,
+	// by holdUpload.
 	upload *uploadCopy
+	// hold gathers the upload's small writes (uploadHold), once upload
+	// is set.
+	hold uploadHold
 	// readErr is the first error a read of the destination returned,
 	// not of the tunnel's own close: the connection's, which a linger of
 	// the same socket no longer sees.
@@ -166,6 +170,17 @@ func (u *upgradedBody) Read(p []byte) (int, error) {
 func (u *upgradedBody) Write(p []byte) (int, error) {
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
+	if u.upload != nil {
+		return u.hold.write(p) // its small writes gathered (uploadHold)
+	}
+	return (*upgradedOut)(u).Write(p)
+}
+
+// upgradedOut is an upgradedBody's write to the destination, under wmu.
+type upgradedOut upgradedBody
+
+func (o *upgradedOut) Write(p []byte) (int, error) {
+	u := (*upgradedBody)(o)
 	u.writing.Store(true)
 	n, err := u.conn.Write(p)
 	u.writing.Store(false)
@@ -181,6 +196,14 @@ func (u *upgradedBody) Write(p []byte) (int, error) {
 		u.cut.CompareAndSwap(nil, &cut)
 	}
 	return n, err
+}
+
+// holdUpload makes c the tunnel's upload copy, its small writes held in
+// bursts (uploadHold), the copy not over while any are.
+func (u *upgradedBody) holdUpload(c *uploadCopy) {
+	u.upload = c
+	u.hold.startTunnel((*upgradedOut)(u), &u.wmu, c)
+	c.holdWrites(&u.hold)
 }
 
 // writeCut is the first write to the destination that the tunnel's own

@@ -364,7 +364,8 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
 			ub.breakAfterFIN = s.finBreak.Load
 			ub.clientBreak = s.clientBreakSignal()
-			ub.upload, ub.endClient = &rt.cc.upload, rt.cc.halfClose // goproxy's upload copy (uploadCopy); the client's end (relayDestinationEnd)
+			ub.holdUpload(&rt.cc.upload)   // goproxy's upload copy (uploadCopy)
+			ub.endClient = rt.cc.halfClose // the client's end (relayDestinationEnd)
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
 			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
 			ub.lingerCut = s.lingerCutErr

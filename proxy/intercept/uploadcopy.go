@@ -28,6 +28,34 @@ type uploadCopy struct {
 	// done is closed once the copy is over; made on first ask.
 	done   chan struct{}
 	isOver bool
+	// hold, if set, is the tunnel's hold of the copy's small writes
+	// (uploadHold): the copy is not over while it holds any.
+	hold *uploadHold
+}
+
+// holdWrites makes the copy's end wait for h to hold nothing.
+func (c *uploadCopy) holdWrites(h *uploadHold) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hold = h
+}
+
+// heldOut notes that the hold wrote, or dropped, what it held: a copy
+// whose writes all returned is over now.
+func (c *uploadCopy) heldOut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended && c.owed <= 0 {
+		c.settledLocked()
+	}
+}
+
+// settledLocked ends the copy, whose last write returned, unless bytes it
+// wrote are still held; c.mu is held.
+func (c *uploadCopy) settledLocked() {
+	if c.hold == nil || !c.hold.holding.Load() {
+		c.overLocked()
+	}
 }
 
 // readEnded notes that a read of the client's connection returned n
@@ -40,7 +68,7 @@ func (c *uploadCopy) readEnded(n int) {
 	}
 	c.ended, c.owed = true, n
 	if n <= 0 {
-		c.overLocked()
+		c.settledLocked()
 	}
 }
 
@@ -58,7 +86,7 @@ func (c *uploadCopy) wrote(n int, err error) {
 		// have held bytes read before: the bytes written after the
 		// end's read settle what it owed, whichever they are.
 		if c.owed -= n; c.owed <= 0 {
-			c.overLocked()
+			c.settledLocked()
 		}
 	}
 }

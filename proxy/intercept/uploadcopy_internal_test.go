@@ -54,7 +54,8 @@ func TestTunnelEndWaitsForTheUploadCopy(t *testing.T) {
 	up, dest := tlsUpstream(t)
 	var upload uploadCopy
 	u := &upgradedBody{br: bufio.NewReader(up), conn: up, stop: func() bool { return true },
-		ended: make(chan struct{}), tunnel: true, upload: &upload}
+		ended: make(chan struct{}), tunnel: true}
+	u.holdUpload(&upload)
 	got := make(chan int64, 1)
 	go func() {
 		n, _ := io.Copy(io.Discard, dest) // to the close_notify
