@@ -60,7 +60,7 @@ func TestAbortUnlessIdle(t *testing.T) {
 	})
 	t.Run("stream yet to reach RoundTrip", func(t *testing.T) {
 		rt := newRT()
-		rt.cc.limit.unanswered.open(1)
+		rt.cc.limit.unanswered.open(1, false)
 		rt.cc.limit.streams.Store(1)
 		if !rt.s.AbortUnlessIdle("reset", broke) || abortedWith(rt) != broke {
 			t.Fatal("a session with a stream opened and no request yet was left be")
@@ -70,7 +70,7 @@ func TestAbortUnlessIdle(t *testing.T) {
 		// Opened, and reset by the server (RST_STREAM, no handler): it
 		// never reaches RoundTrip, and the client has its answer.
 		rt := newRT()
-		rt.cc.limit.unanswered.open(1)
+		rt.cc.limit.unanswered.open(1, false)
 		rt.cc.limit.streams.Store(1)
 		rt.cc.limit.unanswered.answered(1)
 		if rt.s.AbortUnlessIdle("reset", broke) || abortedWith(rt) != nil {

@@ -271,7 +271,7 @@ func FuzzH2Frames(f *testing.F) {
 		u := &c.limit.unanswered
 		frames := h2Walk(data)
 		for _, fm := range frames {
-			u.open(fm.stream)
+			u.open(fm.stream, false)
 		}
 		ends := map[int]bool{0: true} // the frame boundaries
 		for _, fm := range frames {

@@ -181,10 +181,25 @@ const h2MaxPrematureResets = 100
 // RST_STREAM of its own ("MadeYouReset", CVE-2025-8671): 2,000 such
 // streams made 2,000 records with no GOAWAY (review r5s25 F1). A server
 // reset of an unanswered stream for the client's protocol error counts as
-// a premature reset of the client's, and is checked at the client's next
-// stream; one that refused the stream (REFUSED_STREAM) is not served, and
-// one of the appliance's own (INTERNAL_ERROR, CANCEL: a reload's deny, an
-// upstream that failed) is neither.
+// a premature reset of the client's; one that refused the stream
+// (REFUSED_STREAM) is not served, and one of the appliance's own
+// (INTERNAL_ERROR, CANCEL: a reload's deny, an upstream that failed) is
+// neither.
+//
+// Such a reset is counted when the client's frame that must draw it
+// comes in (provokedReset), not when x/net's RST_STREAM is written: a
+// client that stops reading keeps x/net's writes, the resets among them,
+// queued behind a full socket, and x/net closes a stream only once its
+// reset is written, so the streams stayed open and unanswered; such a
+// client had x/net's 250 handlers per connection, with no GOAWAY and no
+// refusal record (review r6s25 F1). The frames read are those x/net
+// answers with a stream error whatever the stream's state but idle (a
+// WINDOW_UPDATE of 0, a PRIORITY on which the stream depends on itself)
+// or on a stream whose client side has ended (DATA, HEADERS after its
+// END_STREAM), and a trailer block without END_STREAM. The resets x/net
+// makes for other client errors (a stream's DATA over its window or its
+// content-length, a bad trailer field) are counted as they are written,
+// and checked at the client's next stream.
 
 // clientReset takes the client's RST_STREAM on l.stream.
 func (l *h2HeaderLimit) clientReset() {
@@ -195,47 +210,99 @@ func (l *h2HeaderLimit) clientReset() {
 	l.checkResets()
 }
 
-// checkResets refuses the client once its premature resets, its own and
-// those it had the server make, pass h2MaxPrematureResets and are more than
-// half the streams the appliance served.
+// checkResets refuses the client once its premature resets pass the bound
+// (resetsOver).
 func (l *h2HeaderLimit) checkResets() {
-	caused := l.unanswered.causedCount()
-	resets, unserved := l.resets+caused, l.unanswered.unservedCount()
-	if served := l.opened - unserved; resets > h2MaxPrematureResets && 2*resets > served {
-		l.fail(&h2GoAway{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf(
+	if err := l.unanswered.resetsOver(l.opened); err != nil {
+		l.fail(err)
+	}
+}
+
+// resetsOver returns the refusal of a client whose premature resets, its
+// own and those it had the server make, pass h2MaxPrematureResets and are
+// more than half the streams the appliance served of the opened ones; nil
+// if they do not.
+func (u *h2Unanswered) resetsOver(opened int64) error {
+	caused := u.causedCount()
+	resets, unserved := u.ownCount()+caused, u.unservedCount()
+	if served := opened - unserved; resets > h2MaxPrematureResets && 2*resets > served {
+		return &h2GoAway{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf(
 			"%d streams reset before their response (%d by the server, for the client's protocol errors), of %d opened and served (%d more refused or answered by the appliance itself)",
-			resets, caused, served, unserved)})
+			resets, caused, served, unserved)}
+	}
+	return nil
+}
+
+// Frame types and flags the reset count reads besides h2limit.go's.
+const (
+	h2TypeData         = 0x0
+	h2TypePriority     = 0x2
+	h2TypeWindowUpdate = 0x8
+	h2FlagEndStream    = 0x1
+)
+
+// streamFrameStart takes the header of a frame on a stream the client
+// opened already (l.stream, not new): DATA, or the HEADERS of a trailer
+// block. x/net resets the stream (STREAM_CLOSED) if the client had ended
+// it, and a trailer block without END_STREAM (PROTOCOL_ERROR).
+func (l *h2HeaderLimit) streamFrameStart() {
+	end := l.flags&h2FlagEndStream != 0
+	if l.unanswered.clientFrame(l.stream, end, l.typ == h2TypeHeaders && !end) {
+		l.checkResets()
+	}
+}
+
+// streamFrameEnd takes the end of a frame the reset count reads the
+// payload of, its first four bytes in l.word: a WINDOW_UPDATE of 0 on a
+// stream, and a PRIORITY on which the stream depends on itself, each a
+// stream error of PROTOCOL_ERROR to x/net in any state of the stream but
+// idle (which is a connection error), so a reset of it if it is
+// unanswered. A frame of another length is a connection error.
+func (l *h2HeaderLimit) streamFrameEnd() {
+	if l.stream == 0 || l.err != nil {
+		return
+	}
+	w := l.word & (1<<31 - 1)
+	switch {
+	case l.typ == h2TypeWindowUpdate && l.length == 4 && w == 0,
+		l.typ == h2TypePriority && l.length == 5 && w == l.stream:
+		if l.unanswered.provoked(l.stream) {
+			l.checkResets()
+		}
 	}
 }
 
 // h2Unanswered is the streams a client opened that the server has not
 // answered: the reader adds each new stream before the server sees it,
 // the writer takes out those it writes a response head (HEADERS) or a
-// reset for, and a client's reset those it finds here. What it holds is
+// reset for, and a client's reset those it finds here, as does a frame
+// of the client's that must draw the server's reset. What it holds is
 // bounded by the streams the server keeps open. Its zero value is ready; a
 // nil one holds nothing.
 type h2Unanswered struct {
 	mu sync.Mutex
-	m  map[uint32]struct{}
+	// m holds, for each stream, whether the client ended its side
+	// (END_STREAM).
+	m map[uint32]bool
 	// n is len(m), for waiting: the client watch asks on the packet
 	// stack's path, where no lock is taken.
 	n atomic.Int64
 	// unserved counts the streams the appliance did not serve: refused by
 	// the server before any answer, or answered by the appliance itself;
-	// caused those the server reset for the client's protocol error
-	// (checkResets).
-	unserved, caused atomic.Int64
+	// caused those the server reset for the client's protocol error, own
+	// those the client reset (resetsOver).
+	unserved, caused, own atomic.Int64
 }
 
-func (u *h2Unanswered) open(id uint32) {
+func (u *h2Unanswered) open(id uint32, ended bool) {
 	if u == nil {
 		return
 	}
 	u.mu.Lock()
 	if u.m == nil {
-		u.m = make(map[uint32]struct{})
+		u.m = make(map[uint32]bool)
 	}
-	u.m[id] = struct{}{}
+	u.m[id] = ended
 	u.n.Store(int64(len(u.m)))
 	u.mu.Unlock()
 }
@@ -250,25 +317,73 @@ func (u *h2Unanswered) answered(id uint32) {
 	u.mu.Unlock()
 }
 
+// clientFrame takes the client's DATA or trailer HEADERS on id, ending its
+// side if end: if id is unanswered and its side had ended, or bad is set,
+// the frame draws x/net's reset (streamFrameStart), which it counts and
+// reports.
+func (u *h2Unanswered) clientFrame(id uint32, end, bad bool) bool {
+	if u == nil {
+		return false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ended, ok := u.m[id]
+	switch {
+	case !ok:
+		return false
+	case ended || bad:
+		u.takeLocked(id)
+		u.caused.Add(1)
+		return true
+	case end:
+		u.m[id] = true
+	}
+	return false
+}
+
+// provoked counts a reset the client's frame on id must draw from the
+// server, if id is unanswered, and reports whether it was.
+func (u *h2Unanswered) provoked(id uint32) bool {
+	if u == nil {
+		return false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, ok := u.m[id]; !ok {
+		return false
+	}
+	u.takeLocked(id)
+	u.caused.Add(1)
+	return true
+}
+
+func (u *h2Unanswered) takeLocked(id uint32) {
+	delete(u.m, id)
+	u.n.Store(int64(len(u.m)))
+}
+
 // serverReset takes id out, reset by the server with code, if it had not
 // answered it yet: refused (not served), reset for the client's protocol
 // error (a premature reset the client caused), or the appliance's own.
-func (u *h2Unanswered) serverReset(id uint32, code http2.ErrCode) {
+// It reports whether it counted a reset the client caused. A stream whose
+// reset was counted as the client's frame came in is no longer here.
+func (u *h2Unanswered) serverReset(id uint32, code http2.ErrCode) (caused bool) {
 	if u == nil {
-		return
+		return false
 	}
 	u.mu.Lock()
 	if _, ok := u.m[id]; ok {
-		delete(u.m, id)
-		u.n.Store(int64(len(u.m)))
+		u.takeLocked(id)
 		switch code {
 		case http2.ErrCodeRefusedStream:
 			u.unserved.Add(1)
 		case http2.ErrCodeProtocol, http2.ErrCodeFlowControl, http2.ErrCodeStreamClosed, http2.ErrCodeFrameSize:
 			u.caused.Add(1)
+			caused = true
 		}
 	}
 	u.mu.Unlock()
+	return caused
 }
 
 func (u *h2Unanswered) causedCount() int64 {
@@ -276,6 +391,13 @@ func (u *h2Unanswered) causedCount() int64 {
 		return 0
 	}
 	return u.caused.Load()
+}
+
+func (u *h2Unanswered) ownCount() int64 {
+	if u == nil {
+		return 0
+	}
+	return u.own.Load()
 }
 
 // answeredLocally counts a stream the appliance answered itself, with no
@@ -301,8 +423,10 @@ func (u *h2Unanswered) reset(id uint32) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	_, ok := u.m[id]
-	delete(u.m, id)
-	u.n.Store(int64(len(u.m)))
+	u.takeLocked(id)
+	if ok {
+		u.own.Add(1)
+	}
 	return ok
 }
 

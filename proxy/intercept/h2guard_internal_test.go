@@ -229,3 +229,75 @@ func TestH2RapidResetServerMade(t *testing.T) {
 		})
 	}
 }
+
+// The reset a client's frame must draw from x/net is counted as the frame
+// comes in, once, only for a stream not answered yet, and not again when
+// the server's RST_STREAM for it is written (review r6s25 F1). Frames a
+// stream may take draw none.
+func TestH2RapidResetProvokedOnArrival(t *testing.T) {
+	frame := func(typ, flags byte, id uint32, p ...byte) []byte {
+		n := len(p)
+		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags, byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}, p...)
+	}
+	const endStream, get = 0x1, 0x82
+	for _, tc := range []struct {
+		name   string
+		end    bool   // the request's HEADERS ends the stream
+		frames []byte // what the client sends next on stream 1
+		drawn  bool
+	}{
+		{"window update 0", true, frame(h2TypeWindowUpdate, 0, 1, 0, 0, 0, 0), true},
+		{"window update 0, reserved bit", false, frame(h2TypeWindowUpdate, 0, 1, 0x80, 0, 0, 0), true},
+		{"window update 1", true, frame(h2TypeWindowUpdate, 0, 1, 0, 0, 0, 1), false},
+		{"data after end", true, frame(h2TypeData, 0, 1, 'x'), true},
+		{"empty data after end", true, frame(h2TypeData, endStream, 1), true},
+		{"data, then data after its end", false, append(frame(h2TypeData, endStream, 1, 'x'), frame(h2TypeData, 0, 1, 'y')...), true},
+		{"data", false, frame(h2TypeData, 0, 1, 'x'), false},
+		{"data ending it", false, frame(h2TypeData, endStream, 1, 'x'), false},
+		{"priority on itself", false, frame(h2TypePriority, 0, 1, 0, 0, 0, 1, 15), true},
+		{"priority on another", false, frame(h2TypePriority, 0, 1, 0, 0, 0, 3, 15), false},
+		{"trailers after end", true, frame(h2TypeHeaders, h2FlagEndHeaders|endStream, 1, get), true},
+		{"trailers without end", false, frame(h2TypeHeaders, h2FlagEndHeaders, 1, get), true},
+		{"trailers", false, frame(h2TypeHeaders, h2FlagEndHeaders|endStream, 1, get), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, answered := range []bool{false, true} {
+				u := &h2Unanswered{}
+				l := newH2HeaderLimit(h2MaxHeaderList(64 << 10))
+				l.unanswered = u
+				var f h2Frames
+				flags := byte(h2FlagEndHeaders)
+				if tc.end {
+					flags |= endStream
+				}
+				if err := l.feed(frame(h2TypeHeaders, flags, 1, get)); err != nil {
+					t.Fatal(err)
+				}
+				if answered {
+					f.advance(frame(h2TypeHeaders, h2FlagEndHeaders, 1, 0x88), u) // :status 200
+				}
+				// In pieces, as reads may cut them.
+				for i := range tc.frames {
+					if err := l.feed(tc.frames[i : i+1]); err != nil {
+						t.Fatal(err)
+					}
+				}
+				want := int64(0)
+				if tc.drawn && !answered {
+					want = 1
+				}
+				if got := u.causedCount(); got != want {
+					t.Fatalf("answered %v: %d resets counted, want %d", answered, got, want)
+				}
+				// x/net's reset, written later: counted already.
+				f.advance(frame(h2TypeRSTStream, 0, 1, 0, 0, 0, byte(http2.ErrCodeProtocol)), u)
+				if got := u.causedCount(); tc.drawn && got != want {
+					t.Fatalf("answered %v: %d resets counted once the server's was written, want %d", answered, got, want)
+				}
+				if u.waiting() {
+					t.Fatalf("answered %v: the stream is waiting still", answered)
+				}
+			}
+		})
+	}
+}

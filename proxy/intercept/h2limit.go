@@ -160,6 +160,9 @@ type h2HeaderLimit struct {
 	stream uint32
 	pre    int // HEADERS: pad length and priority fields before the block
 	pad    int // HEADERS: padding after it
+	// word is the first 4 bytes of a WINDOW_UPDATE's or PRIORITY's
+	// payload (h2guard.go, streamFrameEnd).
+	word uint32
 
 	// The header block being decoded.
 	inBlock     bool
@@ -271,7 +274,7 @@ func (l *h2HeaderLimit) startFrame() {
 	l.length = int(h[0])<<16 | int(h[1])<<8 | int(h[2])
 	l.typ, l.flags = h[3], h[4]
 	l.stream = (uint32(h[5])<<24 | uint32(h[6])<<16 | uint32(h[7])<<8 | uint32(h[8])) & (1<<31 - 1)
-	l.off, l.pre, l.pad = 0, 0, 0
+	l.off, l.pre, l.pad, l.word = 0, 0, 0, 0
 	switch {
 	case l.length > h2MaxFrameSize: // h2guard.go
 		l.fail(frameTooLarge(l.length))
@@ -304,7 +307,17 @@ func (l *h2HeaderLimit) startFrame() {
 			// Unanswered from its HEADERS frame, not once its block
 			// ends: a client that resets with the block unfinished had
 			// a request under way (docs/records.md, NoteClientBreak).
-			l.unanswered.open(l.stream)
+			l.unanswered.open(l.stream, l.flags&h2FlagEndStream != 0)
+		} else {
+			l.streamFrameStart() // a trailer block (h2guard.go)
+			if l.err != nil {
+				return
+			}
+		}
+	case l.typ == h2TypeData && l.stream != 0:
+		l.streamFrameStart() // h2guard.go
+		if l.err != nil {
+			return
 		}
 	case l.typ == h2TypeRSTStream && l.stream != 0:
 		l.clientReset() // h2guard.go
@@ -340,6 +353,11 @@ func (l *h2HeaderLimit) payload(b []byte) {
 		l.decode(b)
 		l.off += len(b)
 	default:
+		if l.typ == h2TypeWindowUpdate || l.typ == h2TypePriority {
+			for _, c := range b[:min(len(b), max(0, 4-l.off))] {
+				l.word = l.word<<8 | uint32(c)
+			}
+		}
 		l.off += len(b)
 	}
 }
@@ -366,6 +384,9 @@ func (l *h2HeaderLimit) decode(frag []byte) {
 // smaller reads were refused), and the server decodes whole frames only.
 func (l *h2HeaderLimit) endFrame() {
 	l.hdrN = 0
+	if l.typ == h2TypeWindowUpdate || l.typ == h2TypePriority {
+		l.streamFrameEnd() // h2guard.go
+	}
 	block := l.typ == h2TypeHeaders || l.typ == h2TypeContinuation
 	if block && l.err == nil && l.decoded > h2ExpansionRatio*l.wire+h2ExpansionSlack {
 		l.fail(overExpanded(l.decoded, l.wire))
@@ -439,8 +460,9 @@ type h2Frames struct {
 }
 
 // advance takes bytes written, and tells u of the streams the server
-// answered in them (h2guard.go).
-func (f *h2Frames) advance(b []byte, u *h2Unanswered) {
+// answered in them (h2guard.go). It reports whether they held a reset u
+// counted as the client's doing.
+func (f *h2Frames) advance(b []byte, u *h2Unanswered) (caused bool) {
 	f.started = f.started || len(b) > 0
 	for len(b) > 0 {
 		b = b[f.step(b):]
@@ -452,9 +474,10 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) {
 		}
 		if f.rstDone {
 			f.rstDone = false
-			u.serverReset(f.stream, http2.ErrCode(f.code))
+			caused = u.serverReset(f.stream, http2.ErrCode(f.code)) || caused
 		}
 	}
+	return caused
 }
 
 // step takes the start of b, up to the end of the frame header or payload
