@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/time/rate"
@@ -199,7 +200,8 @@ const h2MaxPrematureResets = 100
 // END_STREAM), and a trailer block without END_STREAM. The resets x/net
 // makes for other client errors (a stream's DATA over its window or its
 // content-length, a bad trailer field) are counted as they are written,
-// and checked at the client's next stream.
+// and checked there (checkWrittenResets): checked only at the client's
+// next stream, a client that opened none more kept its connection.
 
 // clientReset takes the client's RST_STREAM on l.stream.
 func (l *h2HeaderLimit) clientReset() {
@@ -231,6 +233,55 @@ func (u *h2Unanswered) resetsOver(opened int64) error {
 			resets, caused, served, unserved)}
 	}
 	return nil
+}
+
+// checkWrittenResets runs the check where the server's reset just written
+// was counted, on x/net's writer (h.mu held): past the bound, the refusal
+// is recorded as the reader's is, and its GOAWAY goes at the next frame
+// boundary (write), which the writer alone may write at. The reader is
+// woken to linger rather than hand the server more (lingerRefused).
+func (c *hijackedConn) checkWrittenResets() {
+	f := &c.frames
+	if f.final != nil || f.sealed {
+		return
+	}
+	err := c.limit.unanswered.resetsOver(c.limit.streams.Load())
+	if err == nil || !c.limit.refused.CompareAndSwap(nil, &err) {
+		return // within the bound, or the reader refused the client first
+	}
+	g := err.(*h2GoAway)
+	var buf bytes.Buffer
+	_ = http2.NewFramer(&buf, nil).WriteGoAway(c.limit.idle.last.Load(), g.code, []byte("gwlbproxy: "+g.why))
+	f.final = buf.Bytes()
+	c.limit.unanswered.writerRefused.Store(1)
+	_ = c.Conn.SetReadDeadline(time.Now())
+}
+
+// lingerRefused is the reader's part of the writer's refusal
+// (checkWrittenResets): what the client sends is read and dropped, as
+// after the reader's own refusal (refuseH2), until it has been quiet for
+// h2LingerQuiet, at most h2Linger; the server gets the refusal's error.
+// b is a buffer to read into.
+func (c *hijackedConn) lingerRefused(b []byte) error {
+	if c.limit.unanswered.writerRefused.CompareAndSwap(1, 2) {
+		if len(b) == 0 {
+			b = make([]byte, 4096)
+		}
+		end := time.Now().Add(h2Linger)
+		for {
+			dl := time.Now().Add(h2LingerQuiet)
+			if dl.After(end) {
+				dl = end
+			}
+			_ = c.Conn.SetReadDeadline(dl)
+			n, err := c.Conn.Read(b)
+			c.in.Add(int64(n))
+			if err != nil {
+				break
+			}
+		}
+	}
+	return *c.limit.refused.Load()
 }
 
 // Frame types and flags the reset count reads besides h2limit.go's.
@@ -292,6 +343,9 @@ type h2Unanswered struct {
 	// caused those the server reset for the client's protocol error, own
 	// those the client reset (resetsOver).
 	unserved, caused, own atomic.Int64
+	// writerRefused is 1 once the writer refused the client
+	// (checkWrittenResets), 2 once the reader has lingered for it.
+	writerRefused atomic.Int32
 }
 
 func (u *h2Unanswered) open(id uint32, ended bool) {

@@ -18,14 +18,20 @@ import (
 // END_STREAM, and after all of them the frame that has x/net reset each
 // stream (how: "window0", a WINDOW_UPDATE of 0; "dataAfterEnd", DATA
 // after END_STREAM; "selfPriority", a PRIORITY on which the stream
-// depends on itself).
+// depends on itself; "overLength", a POST of content-length 1 without
+// END_STREAM, then DATA of 2 bytes).
 func madeYouReset(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, how, path string, ids []uint32) {
 	for _, id := range ids {
 		hb.Reset()
-		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", path}, {":authority", "www.example.test"}} {
+		fields := [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", path}, {":authority", "www.example.test"}}
+		if how == "overLength" {
+			fields = append(fields, [2]string{"content-length", "1"})
+			fields[0][1] = "POST"
+		}
+		for _, f := range fields {
 			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: how != "overLength"})
 	}
 	for _, id := range ids {
 		switch how {
@@ -35,6 +41,8 @@ func madeYouReset(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, how, p
 			fr.WriteData(id, false, []byte("x"))
 		case "selfPriority":
 			fr.WritePriority(id, http2.PriorityParam{StreamDep: id, Weight: 15})
+		case "overLength":
+			fr.WriteData(id, true, []byte("xx"))
 		}
 	}
 }
@@ -137,11 +145,15 @@ func h2StalledReader(t *testing.T, how string) {
 // A MadeYouReset client that reads, and opens no stream after those the
 // server reset: its resets were checked only at its next stream, and it
 // kept its connection, with no GOAWAY nor refusal record. Its streams go
-// in batches of 20, each batch's HEADERS before their WINDOW_UPDATEs of 0,
-// 120 streams in all (each batch's resets read before the next), so that
-// no HEADERS comes once the resets are past h2MaxPrematureResets.
+// in batches of 20, each batch's HEADERS before the frames that draw the
+// resets, 120 streams in all (each batch's resets read before the next),
+// so that no HEADERS comes once the resets are past h2MaxPrematureResets.
+// The resets counted as the client's frames come in (window0,
+// dataAfterEnd) are checked there; those counted as x/net writes them (a
+// DATA over the request's content-length, overLength) are checked on the
+// writer, which writes the GOAWAY between two of x/net's frames.
 func TestH2RapidResetNoFurtherStream(t *testing.T) {
-	for _, how := range []string{"window0", "dataAfterEnd"} {
+	for _, how := range []string{"window0", "dataAfterEnd", "overLength"} {
 		t.Run(how, func(t *testing.T) {
 			r, c, sv, frames, _, _ := h2cOriginRig(t)
 			c.Write(h2cStart().Bytes())
@@ -178,6 +190,16 @@ func TestH2RapidResetNoFurtherStream(t *testing.T) {
 			}
 			if !refused || g.code != http2.ErrCodeEnhanceYourCalm {
 				t.Errorf("%s: %d streams reset by the server, then no more: no GOAWAY(ENHANCE_YOUR_CALM) (%+v)", how, id/2, g)
+			} else if g.last < id-2-40 || g.last > id-2 {
+				// The last batch's streams, if the server was handed them.
+				t.Errorf("%s: GOAWAY's last stream %d, want %d to %d", how, g.last, id-2-40, id-2)
+			}
+			// The appliance ends the connection, the client sending nothing.
+			start := time.Now()
+			if f, ok := nextFrame(t, frames, func(h2Ev) bool { return true }); ok {
+				t.Errorf("%s: a frame after the GOAWAY: %+v", how, f)
+			} else if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("%s: the connection ended %v after the GOAWAY", how, d)
 			}
 			c.Close()
 			sv.waitDoneOnce(t)

@@ -264,11 +264,17 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	if c.hold.active.Load() {
 		c.endHold()
 	}
+	if c.limit.unanswered.writerRefused.Load() != 0 {
+		return 0, c.lingerRefused(b) // h2guard.go
+	}
 	n, err := c.readConn(b)
 	if c.lingering.Load() {
 		// goproxy closed the connection during the read (the HTTP/2
 		// server's reader): what came is the linger's to drop.
 		return 0, net.ErrClosed
+	}
+	if c.limit.unanswered.writerRefused.Load() != 0 {
+		return 0, c.lingerRefused(b) // what came is not the server's
 	}
 	for n == 0 && c.limit.timed.Load() && isTimeout(err) {
 		if h := c.limit.h2; h == nil || h.pending() {
@@ -531,7 +537,12 @@ func (c *hijackedConn) write(b []byte) (int, error) {
 	}
 	if f.final == nil {
 		n, err := c.rawWrite(b)
-		f.advance(b[:n], &c.limit.unanswered)
+		if f.advance(b[:n], &c.limit.unanswered) {
+			c.checkWrittenResets() // h2guard.go
+			if err == nil && f.final != nil && f.atBoundary() {
+				c.writeFinal()
+			}
+		}
 		return n, err
 	}
 	k := f.toBoundary(b)
