@@ -188,7 +188,7 @@ const h2MaxPrematureResets = 100
 // neither.
 //
 // Such a reset is counted when the client's frame that must draw it
-// comes in (provokedReset), not when x/net's RST_STREAM is written: a
+// comes in (streamFrameStart, streamFrameEnd), not when x/net's RST_STREAM is written: a
 // client that stops reading keeps x/net's writes, the resets among them,
 // queued behind a full socket, and x/net closes a stream only once its
 // reset is written, so the streams stayed open and unanswered; such a
@@ -202,6 +202,10 @@ const h2MaxPrematureResets = 100
 // content-length, a bad trailer field) are counted as they are written,
 // and checked there (checkWrittenResets): checked only at the client's
 // next stream, a client that opened none more kept its connection.
+// A stream counted so is out of the unanswered ones, so x/net's reset,
+// once written, is not counted again. One whose reset x/net had queued
+// already (REFUSED_STREAM, one of the appliance's own) counts so too, as
+// the client's: the frame was its protocol error all the same.
 
 // clientReset takes the client's RST_STREAM on l.stream.
 func (l *h2HeaderLimit) clientReset() {
