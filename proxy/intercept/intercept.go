@@ -295,6 +295,8 @@ type session struct {
 	// verdicts are the verification failures its rule accepted, of the
 	// first upstream connection and of further ones: redial.go.
 	verdicts verdicts
+	// nameCheck is its own name decided after a reload: connreload.go.
+	nameCheck nameRecheck
 }
 
 // finish writes the connection's record and ends the session; a tls record

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"slices"
@@ -44,6 +45,12 @@ const unverifiedNote = "upstream certificate accepted by rule: "
 func (s *session) redialer(ucfg *tls.Config, name string, groupsKey string) func(ctx context.Context, c net.Conn, h1Only bool) (net.Conn, error) {
 	ic := s.ic
 	return func(ctx context.Context, c net.Conn, h1Only bool) (net.Conn, error) {
+		// Not a ClientHello with a name the policy in force denies
+		// (connreload.go): nothing is sent on c.
+		if _, why := s.nameDenied(s.requestPolicy()); why != "" {
+			c.Close()
+			return nil, fmt.Errorf("%w: %s", errNameDenied, s.nameDeniedNote(why))
+		}
 		cfg := ucfg.Clone()
 		sessions := ic.res.originSessions(s.Subject.Dest)
 		cfg.ClientSessionCache = sessions

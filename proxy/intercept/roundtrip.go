@@ -195,6 +195,9 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		rt.writeDeny(rec, start)
 		return denyResponse(req, d.Rule, host, ""), nil
 	}
+	if resp := rt.refuseDeniedName(req, rec, pol, host, start); resp != nil { // connreload.go
+		return resp, nil
+	}
 	if err := req.Context().Err(); err != nil {
 		// The client is gone already (it closed the connection, or reset
 		// the stream: an HTTP/2 server may close the connection before
@@ -313,6 +316,9 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// record has no status, and says what Abort was told (noteAbort).
 		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the session was aborted"), nil
+	}
+	if resp := rt.refuseRedial(req, rec, err, start); resp != nil { // connreload.go
+		return resp, nil
 	}
 	if err != nil {
 		rec.Status = upstreamFailStatus(err) // 503 for a bounded wait: h2wait.go
@@ -436,17 +442,6 @@ func invalidStatus(resp *http.Response) string {
 		}
 	}
 	return strconv.Itoa(code)
-}
-
-// requestPolicy returns the policy a request arriving now is decided by:
-// the one in force (one atomic load), else the connection's.
-func (s *session) requestPolicy() *policy.Policy {
-	if h := s.ic.cfg.Policy; h != nil {
-		if p := h.Load(); p != nil {
-			return p
-		}
-	}
-	return s.Policy
 }
 
 // write ends rec, one request's record, and writes it.

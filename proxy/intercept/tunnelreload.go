@@ -132,7 +132,8 @@ func (r *tunnelReload) recheck(head bool) error {
 }
 
 // decide decides the tunnel or request under pol as a new request on its
-// name would be, destination check included (policy.DestCheckAfterReload): it
+// name would be, and the connection's own name as a new connection's
+// (nameDenied), destination check included (policy.DestCheckAfterReload): it
 // returns why pol ends it, or "" if it goes on. A check never made is made
 // here, in the direction that found the reload, for at most
 // DestinationCheckTimeout.
@@ -141,6 +142,14 @@ func (r *tunnelReload) decide(pol *policy.Policy) string {
 	r.d = d
 	if d.Action == policy.Deny {
 		return "denied by policy"
+	}
+	if r.s.Hello != nil && r.s.Hello.ServerName != r.subj.Domain {
+		// The connection's own name, which its upstream connections
+		// carry (connreload.go).
+		if nd, why := r.s.nameDenied(pol); why != "" {
+			r.d = nd
+			return r.s.nameDeniedNote(why)
+		}
 	}
 	if !r.s.needsDestinationCheck(pol, d, r.subj.Domain) {
 		return ""

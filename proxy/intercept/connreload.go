@@ -1,0 +1,143 @@
+package intercept
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// The connection's own name after a reload.
+//
+// A bumped connection is decided on its ClientHello, its SNI among the
+// rest, and each request on it on its Host, under the policy in force when
+// the request comes. A reload that denied the SNI reached only the
+// requests for that name: one for any other Host went on over the
+// upstream connection made with the denied name, to that name's server
+// (one that routes by SNI, or ignores Host), and a further upstream
+// connection was dialled with the denied name in the appliance's own
+// ClientHello (review r1bypass F1). So the connection is decided again
+// too, on what its first decision knew (its addresses and port, its SNI,
+// whether it offered ECH), once per policy: a request for another name is
+// refused while the connection's name is denied, a request or tunnel
+// under way is ended as a reload that denies its own name ends it
+// (tunnelReload), and no upstream connection is dialled for it again
+// (redialer). The connection itself stays bumped, as it was decided: its
+// requests are what reach the destination.
+
+// nameRecheck is a bumped session's decision of its own name under a
+// policy other than the one that bumped it.
+type nameRecheck struct {
+	mu  sync.Mutex
+	pol *policy.Policy // the policy d and why are under; nil before any
+	d   policy.Decision
+	why string // why pol denies the connection's name, "" if it does not
+	// destCheck is the connection's destination check as it stands
+	// ("ok", "mismatch", "" if none was made): the bump's, then one made
+	// here; checkErr the error of one made here.
+	destCheck, checkErr string
+	seeded              bool // destCheck has the bump's
+}
+
+// nameDenied decides the session's own name (its ClientHello's) under pol
+// as a new connection's would be, destination check included
+// (policy.DestCheckAfterReload), once per policy: it returns pol's decision
+// and why pol denies the connection, "" if it does not (always under the
+// policy that bumped it). A check never made is made here, for at most
+// DestinationCheckTimeout, the session's other requests waiting meanwhile.
+func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
+	if pol == nil || pol == s.Policy || s.Hello == nil {
+		return s.Decision, ""
+	}
+	c := &s.nameCheck
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if pol == c.pol {
+		return c.d, c.why
+	}
+	if !c.seeded {
+		c.destCheck, c.seeded = s.Record.DestCheck, true
+	}
+	c.pol, c.d, c.why = pol, pol.Decide(s.Subject), ""
+	sni := s.Hello.ServerName
+	switch {
+	case s.Hello.ECH && pol.DenyECH():
+		c.d = policy.Decision{Action: policy.Deny, Policy: pol.ID()}
+		c.why = "its ClientHello offers ECH; policy ech: deny"
+	case c.d.Action == policy.Deny:
+		c.why = "denied by policy"
+	case s.needsDestinationCheck(pol, c.d, sni) && !s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)):
+		c.why, _ = pol.DestCheckAfterReload(c.destCheck, func() bool {
+			c.destCheck = "ok"
+			if err := s.checkDestination(context.Background(), sni); err != nil {
+				c.destCheck, c.checkErr = "mismatch", err.Error()
+			}
+			return c.destCheck == "mismatch"
+		})
+	}
+	return c.d, c.why
+}
+
+// errNameDenied fails the dial of a further upstream connection for a
+// connection whose name the policy in force denies (redialer).
+var errNameDenied = errors.New("not dialled again")
+
+// nameDeniedNote says, for a record, that a reload denied the connection's
+// name, and why.
+func (s *session) nameDeniedNote(why string) string {
+	return fmt.Sprintf("the connection's name (SNI %q) is no longer allowed, after a policy reload: %s", s.Hello.ServerName, why)
+}
+
+// refuseDeniedName refuses req, decided on its Host under pol, when pol
+// denies the connection's own name: its record (rec, begun) takes that
+// decision's rule and says why, and the client gets a 403; an HTTP/1
+// connection is closed after it, since every request it could carry now
+// would be refused alike. nil when the connection's name is allowed, or is
+// req's Host (decided already).
+func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record, pol *policy.Policy, host string, start time.Time) *http.Response {
+	s := rt.s
+	if s.Hello == nil || s.Hello.ServerName == host {
+		return nil
+	}
+	d, why := s.nameDenied(pol)
+	if why == "" {
+		return nil
+	}
+	rec.Status, rec.Rule, rec.Policy = http.StatusForbidden, d.Rule, d.Policy
+	rec.Action, rec.Result, rec.Error = "deny", "denied", s.nameDeniedNote(why)
+	rt.writeDeny(rec, start)
+	resp := denyResponse(req, d.Rule, s.Hello.ServerName, "the connection's name is denied")
+	resp.Close = !inH2Handler(req)
+	return resp
+}
+
+// refuseRedial answers req as a denial when its upstream connection was
+// not dialled again for the connection's name (err, the round trip's, is
+// errNameDenied): a request decided before the reload, waiting for its
+// dial. nil for any other err.
+func (rt *roundTripper) refuseRedial(req *http.Request, rec *records.Record, err error, start time.Time) *http.Response {
+	if err == nil || !errors.Is(err, errNameDenied) {
+		return nil
+	}
+	d, _ := rt.s.nameDenied(rt.s.requestPolicy())
+	rec.Status, rec.Rule, rec.Policy = http.StatusForbidden, d.Rule, d.Policy
+	rec.Action, rec.Result, rec.Error = "deny", "denied", err.Error()
+	rt.writeDeny(rec, start)
+	return denyResponse(req, d.Rule, rt.s.Hello.ServerName, "the connection's name is denied")
+}
+
+// requestPolicy returns the policy a request arriving now is decided by:
+// the one in force (one atomic load), else the connection's.
+func (s *session) requestPolicy() *policy.Policy {
+	if h := s.ic.cfg.Policy; h != nil {
+		if p := h.Load(); p != nil {
+			return p
+		}
+	}
+	return s.Policy
+}

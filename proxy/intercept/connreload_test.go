@@ -1,0 +1,212 @@
+package intercept_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// wantNameDeniedRecord checks rec, the record of a request for another
+// name on a connection whose own name a reload denied.
+func wantNameDeniedRecord(t *testing.T, rec records.Record, path string) {
+	t.Helper()
+	if rec.Path != path || rec.Action != "deny" || rec.Rule != "no-www" || rec.Result != "denied" ||
+		rec.Status != http.StatusForbidden || !strings.Contains(rec.Error, `the connection's name (SNI "www.example.test") is no longer allowed`) {
+		t.Errorf("record of %s: action %s rule %q status %d result %s error %q, want denied by no-www for the connection's name",
+			path, rec.Action, rec.Rule, rec.Status, rec.Result, rec.Error)
+	}
+}
+
+// TestReloadDeniedSNIRefusesOtherHosts: a reload that denies a bumped
+// connection's SNI reached only requests for that name; one for another
+// Host went on, over the upstream connection made with the denied name, to
+// its server (review r1bypass F1). It is refused now, 403 and a deny
+// record with the rule that denied the connection's name, over HTTP/1
+// (whose connection then closes) and HTTP/2; nothing more reaches the
+// destination.
+func TestReloadDeniedSNIRefusesOtherHosts(t *testing.T) {
+	t.Run("http1", func(t *testing.T) {
+		r, holder := newReloadableRig(t)
+		upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "http/1.1")
+		raw, sv := r.connect(upEnd, tlsDest)
+		hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
+		if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: other.example.test\r\n\r\n"); resp.StatusCode != 200 {
+			t.Fatalf("before the reload: %d %q", resp.StatusCode, body)
+		}
+		reloadTo(t, holder, tightenedPolicy)
+		resp, body := hc.do("GET /after HTTP/1.1\r\nHost: other.example.test\r\n\r\n")
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "no-www") {
+			t.Fatalf("after the reload denied the connection's name: %d %q", resp.StatusCode, body)
+		}
+		hc.wantClosed()
+		sv.waitDoneOnce(t)
+		if got := up.requests(); len(got) != 1 {
+			t.Errorf("the destination served %q, want only the request before the reload", got)
+		}
+		recs := ofKind(r.records(), "http")
+		if len(recs) != 2 {
+			t.Fatalf("%d http records, want 2", len(recs))
+		}
+		wantNameDeniedRecord(t, recs[1], "/after")
+	})
+	t.Run("http2", func(t *testing.T) {
+		r, holder := newReloadableRig(t)
+		upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "h2")
+		raw, sv := r.connect(upEnd, tlsDest)
+		tc := bumpClient(t, r, raw, "www.example.test", "h2")
+		tc.SetDeadline(time.Time{})
+		cc, err := (&http2.Transport{}).NewClientConn(tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		get := func(path string) int {
+			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", "https://other.example.test"+path, nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if code := get("/before"); code != 200 {
+			t.Fatalf("before the reload: %d", code)
+		}
+		reloadTo(t, holder, tightenedPolicy)
+		for _, p := range []string{"/after1", "/after2"} {
+			if code := get(p); code != http.StatusForbidden {
+				t.Errorf("%s after the reload denied the connection's name: %d, want 403", p, code)
+			}
+		}
+		cc.Close()
+		sv.waitDoneOnce(t)
+		if got := up.requests(); len(got) != 1 {
+			t.Errorf("the destination served %q, want only the request before the reload", got)
+		}
+		recs := ofKind(r.records(), "http")
+		if len(recs) != 3 {
+			t.Fatalf("%d http records, want 3", len(recs))
+		}
+		wantNameDeniedRecord(t, recs[1], "/after1")
+		wantNameDeniedRecord(t, recs[2], "/after2")
+	})
+}
+
+// TestReloadDeniedSNINotRedialled: a request decided before a reload that
+// denies the connection's name, still waiting for its upstream connection
+// (the kept one ended), had it dialled with the denied name in the
+// appliance's own ClientHello after the reload (review r1bypass F1). The
+// connection is dialled, nothing is sent on it, and the request is refused.
+func TestReloadDeniedSNINotRedialled(t *testing.T) {
+	holder := new(policy.Holder)
+	redial := make(chan net.Conn)
+	dialing := make(chan struct{}, 4)
+	var r *rig
+	r = newRig(t, testPolicy, func(c *intercept.Config) {
+		c.Policy = holder
+		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+			dialing <- struct{}{}
+			select {
+			case c := <-redial:
+				return c, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	})
+	holder.Store(r.pol)
+	upEnd, up := r.startUpstreamTCP(r.upLeaf("www.example.test"), "http/1.1")
+	up.drop.Store(true) // the kept connection ends after its answer
+	raw, sv := r.connect(upEnd, tlsDest)
+	hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
+	if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: other.example.test\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("before the reload: %d %q", resp.StatusCode, body)
+	}
+	up.waitClosed(t)
+	io.WriteString(hc.c, "GET /waiting HTTP/1.1\r\nHost: other.example.test\r\n\r\n")
+	select {
+	case <-dialing: // decided under the old policy, dialling
+	case <-time.After(waitLimit):
+		resp, body := hc.read("x")
+		t.Fatalf("no dial for the second request: %d %q %+v", resp.StatusCode, body, r.records())
+	}
+	reloadTo(t, holder, tightenedPolicy)
+	proxyEnd, originEnd := testnet.TCPPair(t)
+	redial <- proxyEnd
+	resp, body := hc.read("the request waiting for its dial")
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("the request waiting for its dial: %d %q, want 403", resp.StatusCode, body)
+	}
+	originEnd.SetReadDeadline(time.Now().Add(waitLimit))
+	if b, _ := io.ReadAll(originEnd); len(b) != 0 {
+		t.Errorf("the destination got %d bytes on the connection dialled after the reload, want none (no ClientHello with the denied name)", len(b))
+	}
+	raw.Close()
+	sv.waitDoneOnce(t)
+	recs := ofKind(r.records(), "http")
+	if len(recs) != 2 {
+		t.Fatalf("%d http records, want 2", len(recs))
+	}
+	if rec := recs[1]; rec.Path != "/waiting" || rec.Action != "deny" || rec.Rule != "no-www" || rec.Result != "denied" ||
+		!strings.Contains(rec.Error, "the connection's name") {
+		t.Errorf("record of the request waiting for its dial: action %s rule %q status %d result %s error %q",
+			rec.Action, rec.Rule, rec.Status, rec.Result, rec.Error)
+	}
+}
+
+// TestReloadDeniedSNIEndsTunnelForOtherHost: a WebSocket tunnel opened for
+// another Host on a bumped connection is decided again after a reload on
+// the connection's name too: denied, the tunnel ends at its next bytes, as
+// one for the denied name does, and both records say so (review r1bypass
+// F1).
+func TestReloadDeniedSNIEndsTunnelForOtherHost(t *testing.T) {
+	r, holder := newReloadableRig(t)
+	upEnd, got, _ := tlsEchoUpgradeUpstream(t, r.upLeaf("www.example.test"))
+	c, sv := r.connectTCP(upEnd, tlsDest)
+	tc := bumpClient(t, r, c, "www.example.test", "http/1.1")
+	io.WriteString(tc, "GET /ws HTTP/1.1\r\nHost: other.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	br := bufio.NewReader(tc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	<-got
+	io.WriteString(tc, "before")
+	if _, err := io.ReadFull(br, make([]byte, len("before"))); err != nil {
+		t.Fatalf("the tunnel carried nothing before the reload: %v", err)
+	}
+	after := reloadTo(t, holder, tightenedPolicy)
+	io.WriteString(tc, "after")
+	if _, err := io.ReadFull(br, make([]byte, len("after"))); err == nil {
+		t.Fatal("the tunnel carried bytes both ways after the reload denied the connection's name")
+	}
+	c.Close()
+	sv.waitDoneOnce(t)
+	recs := r.records()
+	for _, kind := range []string{"http", "tls"} {
+		ks := ofKind(recs, kind)
+		if len(ks) != 1 {
+			t.Fatalf("%s records %+v, want one", kind, ks)
+		}
+		if rec := ks[0]; rec.Action != "deny" || rec.Rule != "no-www" || rec.Result != "denied" || rec.Policy != after.ID() ||
+			!strings.Contains(rec.Error, "ended by a policy reload: the connection's name") {
+			t.Errorf("%s record: action %s rule %q result %s policy %s error %q; want denied by no-www for the connection's name",
+				kind, rec.Action, rec.Rule, rec.Result, rec.Policy, rec.Error)
+		}
+	}
+}
