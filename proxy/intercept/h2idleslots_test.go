@@ -66,8 +66,12 @@ func startStreamsOrigin(t *testing.T, mcs uint32, delay time.Duration) (*streams
 		w.Write([]byte("ok"))
 	})
 	var conns sync.WaitGroup
-	t.Cleanup(conns.Wait)
+	accepting := make(chan struct{})
+	// The accept loop is over before the wait for its connections:
+	// an Add racing a Wait is the WaitGroup misused.
+	t.Cleanup(func() { ln.Close(); <-accepting; conns.Wait() })
 	go func() {
+		defer close(accepting)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
