@@ -136,8 +136,9 @@ func TestMirrorTAPNameRefused(t *testing.T) {
 }
 
 // TestAccessLogRotationFlags: --access-log-max-size takes a size (0 for
-// never) of at least 1 MiB, --access-log-keep 1 to 1000; anything else
-// stops the start naming the flag.
+// never) of at least 1 MiB, --access-log-max-age a duration (0 for never)
+// of at least a minute, 24h by default, --access-log-keep 1 to 1000;
+// anything else stops the start naming the flag.
 func TestAccessLogRotationFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"--access-log-max-size", "512KiB"},
@@ -145,6 +146,9 @@ func TestAccessLogRotationFlags(t *testing.T) {
 		{"--access-log-max-size", "lots"},
 		{"--access-log-keep", "0"},
 		{"--access-log-keep", "1001"},
+		{"--access-log-max-age", "-1h"},
+		{"--access-log-max-age", "30s"},
+		{"--access-log-max-age", "a day"},
 	} {
 		_, err := parseFlags(args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), strings.TrimLeft(args[0], "-")) {
@@ -152,8 +156,16 @@ func TestAccessLogRotationFlags(t *testing.T) {
 		}
 	}
 	o, err := parseFlags(nil, &bytes.Buffer{})
-	if err != nil || o.AccessLogRotation.MaxSize != 1<<30 || o.AccessLogRotation.Keep != 7 {
-		t.Errorf("defaults: %+v, %v; want 1 GiB and 7", o.AccessLogRotation, err)
+	if err != nil || o.AccessLogRotation.MaxSize != 1<<30 || o.AccessLogRotation.MaxAge != 24*time.Hour || o.AccessLogRotation.Keep != 7 {
+		t.Errorf("defaults: %+v, %v; want 1 GiB, 24h and 7", o.AccessLogRotation, err)
+	}
+	o, err = parseFlags([]string{"--access-log-max-age", "0"}, &bytes.Buffer{})
+	if err != nil || o.AccessLogRotation.MaxAge != 0 {
+		t.Errorf("--access-log-max-age 0: %+v, %v", o.AccessLogRotation, err)
+	}
+	o, err = parseFlags([]string{"--access-log-max-age", "6h"}, &bytes.Buffer{})
+	if err != nil || o.AccessLogRotation.MaxAge != 6*time.Hour {
+		t.Errorf("--access-log-max-age 6h: %+v, %v", o.AccessLogRotation, err)
 	}
 	o, err = parseFlags([]string{"--access-log-max-size", "0", "--access-log-keep", "30"}, &bytes.Buffer{})
 	if err != nil || o.AccessLogRotation.MaxSize != 0 || o.AccessLogRotation.Keep != 30 {

@@ -36,7 +36,7 @@ type Options struct {
 	GeneveAddr        string
 	AdminAddr         string
 	AccessLog         string
-	AccessLogRotation records.Rotation // --access-log-max-size, --access-log-keep: the file rotates itself by size
+	AccessLogRotation records.Rotation // --access-log-max-size, --access-log-max-age, --access-log-keep: the file rotates itself
 	DrainTimeout      time.Duration
 	DrainMin          time.Duration // --drain-min: a drain serves at least this long, new flows too, while the GWLB counts the 503s (drainFlows)
 	TCPIdleTimeout    time.Duration
@@ -140,7 +140,7 @@ func DefaultOptions() Options {
 		GeneveAddr:            fmt.Sprintf(":%d", netstack.GenevePort),
 		AdminAddr:             ":80",
 		AccessLog:             "-",
-		AccessLogRotation:     records.Rotation{MaxSize: 1 << 30, Keep: 7},
+		AccessLogRotation:     records.Rotation{MaxSize: 1 << 30, MaxAge: 24 * time.Hour, Keep: 7},
 		DrainTimeout:          300 * time.Second,
 		TCPIdleTimeout:        350 * time.Second,
 		IdleTimeout:           120 * time.Second,

@@ -34,6 +34,9 @@ type LogFile struct {
 	path string
 	rot  Rotation
 	size int64 // bytes in the file open, as far as this process knows
+	// opened is the logNow when this process opened the file open: at
+	// start, or at a reopen (its own rotation, or someone else's move).
+	opened int64
 
 	mu        sync.Mutex
 	f         *os.File
@@ -47,6 +50,11 @@ type LogFile struct {
 	rotateAfter int64
 
 	reopens, reopenFailures, rotations atomic.Uint64
+	namesSkipped, writesRefused        atomic.Uint64
+	// failingSince is the logNow of the first of the rotations failed
+	// since the last one done; 0 while none fails.
+	failingSince atomic.Int64
+	lastSkipLog  atomic.Int64 // logNow of the last name skipped logged
 }
 
 // LogFileStats counts a LogFile's reopens.
@@ -59,13 +67,29 @@ type LogFileStats struct {
 	// it had no link left).
 	ReopenFailures uint64 `json:"reopen_failures"`
 	// Rotations counts the times the file reached --access-log-max-size
-	// and was rotated by the appliance itself (rotate.go).
+	// or --access-log-max-age and the appliance rotated it (rotate.go).
 	Rotations uint64 `json:"rotations"`
+	// RotationFailingSeconds is how long the rotation has failed at every
+	// try (each also counted in ReopenFailures); 0 while it works.
+	RotationFailingSeconds float64 `json:"rotation_failing_seconds"`
+	// NamesSkipped counts the names of the chain the rotation could not
+	// use and went around (a rotated file it cannot move, a .dropping it
+	// cannot remove), each logged with its path.
+	NamesSkipped uint64 `json:"rotation_names_skipped"`
+	// WritesRefused counts the batches refused because the file held twice
+	// --access-log-max-size, its rotation failing: their records are
+	// counted failed.
+	WritesRefused uint64 `json:"writes_refused"`
 }
 
 // Stats returns the reopen counts.
 func (l *LogFile) Stats() LogFileStats {
-	return LogFileStats{Reopens: l.reopens.Load(), ReopenFailures: l.reopenFailures.Load(), Rotations: l.rotations.Load()}
+	st := LogFileStats{Reopens: l.reopens.Load(), ReopenFailures: l.reopenFailures.Load(), Rotations: l.rotations.Load(),
+		NamesSkipped: l.namesSkipped.Load(), WritesRefused: l.writesRefused.Load()}
+	if since := l.failingSince.Load(); since != 0 {
+		st.RotationFailingSeconds = time.Duration(logNow() - since).Seconds()
+	}
+	return st
 }
 
 // reopenCheck is how often LogFile looks at its path: a stat a second
@@ -86,13 +110,17 @@ func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	if lfi, err := os.Lstat(path); rot.MaxSize > 0 && (err != nil || !lfi.Mode().IsRegular()) {
+	if lfi, err := os.Lstat(path); rot.on() && (err != nil || !lfi.Mode().IsRegular()) {
 		// A collector's FIFO, /dev/stdout, or a symlink to a log elsewhere:
 		// renamed, it would be replaced by regular files here (rotate.go).
-		slog.Warn("the access log is not a regular file at its path: it is not rotated by size (--access-log-max-size)", "file", path)
+		slog.Warn("the access log is not a regular file at its path: it is not rotated (--access-log-max-size, --access-log-max-age)", "file", path)
 		rot = Rotation{}
 	}
-	return &LogFile{path: path, rot: rot, f: f, fi: fi, size: fi.Size(), checked: monoNow()}, nil
+	if rot.on() {
+		warnOtherRotators(path)
+	}
+	now := logNow()
+	return &LogFile{path: path, rot: rot, f: f, fi: fi, size: fi.Size(), opened: now, checked: now}, nil
 }
 
 func openLog(path string) (*os.File, os.FileInfo, error) {
@@ -116,7 +144,7 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	if l.f == nil {
 		return 0, fmt.Errorf("access log %s: %w", l.path, fs.ErrClosed)
 	}
-	if now := monoNow(); l.failed || now-l.checked >= int64(reopenCheck) {
+	if now := logNow(); l.failed || now-l.checked >= int64(reopenCheck) {
 		l.checked = now
 		if err := l.follow(now); err != nil {
 			// Look again before the next write: the reopen may work then.
@@ -131,6 +159,20 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	if len(p) == 1 && p[0] == '\n' && !l.midLine {
 		return 1, nil
 	}
+	// The newline that ends a line a failed write cut goes through: the
+	// rotation waits for whole lines.
+	if l.rot.capped(l.size) && !(len(p) == 1 && p[0] == '\n') {
+		if now := logNow(); !l.midLine && now >= l.rotateAfter {
+			l.rotateNow(now)
+		}
+		if l.f != nil && l.rot.capped(l.size) {
+			l.writesRefused.Add(1)
+			return 0, fmt.Errorf("access log %s: %d bytes, twice --access-log-max-size, and its rotation fails (see rotation_failing_seconds): %w", l.path, l.size, errCapped)
+		}
+		if l.f == nil {
+			return 0, fmt.Errorf("access log %s: %w", l.path, fs.ErrClosed)
+		}
+	}
 	f := l.f
 	l.mu.Unlock()
 	// Unlocked: Close may close f under a write that hangs. One Writer
@@ -143,7 +185,7 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	}
 	l.failed = err != nil
 	l.size += int64(n)
-	if now := monoNow(); l.f != nil && l.rot.due(l.size) && !l.midLine && now >= l.rotateAfter {
+	if now := logNow(); l.f != nil && l.rot.due(l.size, l.opened, now) && !l.midLine && now >= l.rotateAfter {
 		l.rotateNow(now)
 	}
 	return n, err
@@ -159,6 +201,7 @@ func (l *LogFile) rotateNow(now int64) {
 	l.mu.Lock()
 	if did && err == nil {
 		l.rotations.Add(1)
+		l.failingSince.Store(0)
 	}
 	if err != nil {
 		l.rotateFailed(now, err)
@@ -208,7 +251,8 @@ func (l *LogFile) follow(now int64) error {
 	if f == nil { // the path still names the file open
 		return nil
 	}
-	l.f, l.fi, l.midLine, l.size = f, nfi, false, nfi.Size()
+	l.f, l.fi, l.midLine, l.size, l.opened = f, nfi, false, nfi.Size(), now
+	l.failingSince.Store(0) // a new file: no rotation is due
 	l.reopens.Add(1)
 	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)
 	l.mu.Unlock()

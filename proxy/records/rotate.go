@@ -18,34 +18,61 @@ import (
 // volume in half an hour; a log that cannot be written fails the health
 // check, and a disk so filled stayed full past every hourly logrotate run
 // until the daily one. So the access log rotates itself once it holds
-// Rotation.MaxSize, as logrotate would (path.1 ... path.Keep, the oldest
-// removed), and the disk holds at most Keep+1 files of about MaxSize: a
-// flood rotates older local records away (CloudWatch Logs, where it is
-// configured, keeps its copy, and drops the biggest client's records
-// first when its buffer fills) rather than stop the appliance. The names
-// are logrotate's, so that a logrotate of the same path (the package's,
-// daily, with as many kept) and this one rotate the same chain.
+// Rotation.MaxSize, or has been open Rotation.MaxAge (day-sized files,
+// as logrotate's daily made), with logrotate's names (path.1 ... path.Keep,
+// the oldest removed), and the disk holds at most Keep+1 files of about
+// MaxSize: a flood rotates older local records away (CloudWatch Logs, where
+// it is configured, keeps its copy, and drops the biggest client's records
+// first when its buffer fills) rather than stop the appliance.
+//
+// It is the chain's only rotator: the package's logrotate no longer names
+// the access log. Two rotators of one chain cannot be made safe: logrotate's
+// renames replace their targets whatever the appliance does, and a
+// logrotate paused inside its shift lost a rotated file, or the appliance's
+// whole newest one, to a rotation of the appliance's (review r3s26 F1).
 //
 // Only the file the appliance has open is rotated, and only a regular
-// file at the path itself: one that logrotate or an operator moved away
-// is followed (a reopen), never rotated again, and a FIFO, a device or a
-// symlink is never renamed. The file is taken first (renamed aside), the
-// chain shifted only once it was: a rotation that found the path gone
-// after shifting would shift again at every batch and remove the whole
-// chain, the file open with it (review r4s25 F1).
+// file at the path itself: one that an operator moved away is followed (a
+// reopen), never rotated again, and a FIFO, a device or a symlink is never
+// renamed. The file is taken first (renamed aside), the chain shifted only
+// once it was: a rotation that found the path gone after shifting would
+// shift again at every batch and remove the whole chain, the file open
+// with it (review r4s25 F1).
 
-// Rotation is how the access log rotates itself by size.
+// Rotation is how the access log rotates itself.
 type Rotation struct {
 	// MaxSize is the size past which the file is rotated, at the end of
-	// the batch that took it there; 0: never (logrotate's alone).
+	// the batch that took it there; 0: never by size.
 	MaxSize int64
+	// MaxAge is how long after this process opened (or created) the file
+	// it is rotated, at the end of the first batch written from then on;
+	// 0: never by age.
+	MaxAge time.Duration
 	// Keep is how many rotated files are kept: path.1 (the newest) to
-	// path.Keep; at least 1 when MaxSize is set.
+	// path.Keep; at least 1 when MaxSize or MaxAge is set.
 	Keep int
 }
 
-// due reports whether a file of size bytes is to be rotated.
-func (r Rotation) due(size int64) bool { return r.MaxSize > 0 && size >= r.MaxSize }
+// on reports whether the file rotates itself at all.
+func (r Rotation) on() bool { return r.MaxSize > 0 || r.MaxAge > 0 }
+
+// due reports whether a file of size bytes, opened at opened (logNow), is
+// to be rotated at now. An empty file is not, as logrotate's notifempty.
+func (r Rotation) due(size, opened, now int64) bool {
+	return r.MaxSize > 0 && size >= r.MaxSize || r.MaxAge > 0 && size > 0 && now-opened >= int64(r.MaxAge)
+}
+
+// capped reports whether a file of size bytes takes no more writes until
+// it is rotated: past twice MaxSize, the rotation has failed for a whole
+// file's worth of records (a name it cannot use, a directory it cannot
+// rename in), and a file growing on would fill the volume the bound was
+// for (review r3s26 F2). Records then fail, as on a full disk, and the
+// health check tells of it after --record-stall, with the rest of the
+// volume (the journal, the captures) still free.
+func (r Rotation) capped(size int64) bool { return r.MaxSize > 0 && size >= 2*r.MaxSize }
+
+// logNow is LogFile's clock (monoNow); tests move it on by hours.
+var logNow = monoNow
 
 // rotationHeld is the name the file open is renamed to while the chain
 // is shifted.
@@ -90,7 +117,7 @@ func (l *LogFile) rotate(open os.FileInfo) (did, moved bool, err error) {
 	// the path to be written on and rotated later: it must neither leave
 	// the taken file where the next rotation would take its name, nor
 	// drop the oldest rotation at every try (review r5s25 F3, r6s25 F2).
-	undo, commit, err := shiftChain(l.path, max(l.rot.Keep, 1))
+	undo, commit, err := shiftChain(l.path, max(l.rot.Keep, 1), l.skipName)
 	if err == nil {
 		if err = renameFile(held, rotated(l.path, 1)); err != nil {
 			undo()
@@ -113,15 +140,13 @@ var renameFile = renameNoReplace
 var renameat2 = unix.Renameat2
 
 // renameNoReplace renames from to to unless to exists (an error then,
-// fs.ErrExist). Every rename of the rotation goes through it: logrotate
-// shifts the same chain with renames that replace, and one whose shift
-// lands between two of the appliance's renames (it looked at the path just
-// before the file was taken) moves a rotated file onto the name the next
-// of the appliance's renames targets, which then replaced it, a middle
-// rotation lost (review r7s25 F3). A target that exists is now a failed
-// rotation, undone and tried again a second later. No lock serves instead:
-// logrotate's only one is on its state file, taken with LOCK_NB, and a
-// logrotate that found it held would exit 3, rotating no log at all.
+// fs.ErrExist). Every rename of the rotation goes through it, so that a
+// file that appeared at a name (an operator's copy, a logrotate still
+// configured for the path against the docs) is never replaced: the
+// rotation fails, is undone and tried again a second later (review r7s25
+// F3). It protects the appliance's renames only: another rotator's plain
+// renames replace whatever the appliance moved, which is why the appliance
+// is the chain's only rotator (review r3s26 F1).
 func renameNoReplace(from, to string) error {
 	err := renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
@@ -143,14 +168,44 @@ func renameNoReplace(from, to string) error {
 	return nil
 }
 
+// errUnusable is a name of the chain whose file cannot be renamed (an
+// immutable or append-only file, a mount point): the chain ends below it.
+type errUnusable struct {
+	i   int
+	err error
+}
+
+func (e *errUnusable) Error() string { return e.err.Error() }
+func (e *errUnusable) Unwrap() error { return e.err }
+
 // shiftChain moves path.1 ... path.(keep-1) one up, and path.keep aside,
 // to be removed by commit or put back by undo, which also moves the others
-// back down. On an error it has undone what it did. A chain with a gap
-// (a rotation whose undo stopped short, logrotate's shift that found the
-// file taken, an operator's rm) is shifted only up to its lowest gap,
-// nothing dropped: shifted whole, each such gap cost a rotated file that
-// had room (kept:5 of 7, after logrotate's and the appliance's shifts met).
-func shiftChain(path string, keep int) (undo, commit func(), err error) {
+// back down. On an error it has undone what it did. A name whose file
+// cannot be moved, path.i, ends the chain below it, path.(i-1) the one
+// dropped: an operator's chattr +i (evidence kept) blocked every rotation
+// while the file open grew without bound (review r3s26 F2). skip is told
+// of each name gone around. A path.1 that cannot be moved leaves the
+// chain no name: the rotation fails.
+func shiftChain(path string, keep int, skip func(name string, err error)) (undo, commit func(), err error) {
+	for k := keep; ; {
+		undo, commit, err = shiftOnce(path, k, skip)
+		var u *errUnusable
+		if !errors.As(err, &u) {
+			return undo, commit, err
+		}
+		skip(rotated(path, u.i), u.err)
+		if u.i <= 1 {
+			return nil, nil, fmt.Errorf("no name of the chain can take the rotated file: %w", err)
+		}
+		k = u.i - 1
+	}
+}
+
+// shiftOnce is shiftChain with path.keep the chain's end. A chain with a
+// gap (a rotation whose undo stopped short, an operator's rm) is shifted
+// only up to its lowest gap, nothing dropped: shifted whole, each such gap
+// cost a rotated file that had room.
+func shiftOnce(path string, keep int, skip func(name string, err error)) (undo, commit func(), err error) {
 	top := keep // the highest name a file moves to
 	for i := 1; i < keep; i++ {
 		if _, err := os.Lstat(rotated(path, i)); errors.Is(err, fs.ErrNotExist) {
@@ -166,19 +221,24 @@ func shiftChain(path string, keep int) (undo, commit func(), err error) {
 		err = renameFile(oldest, drop)
 	}
 	if errors.Is(err, fs.ErrExist) {
-		// Left by a rotation whose undo stopped short: it was path.keep
-		// then, older than every file in the chain now, and past keep
-		// once this shift is done, as a plain rename would have dropped
-		// it. The name is the appliance's own, never logrotate's.
+		// Left by a rotation whose undo stopped short, or whose remove
+		// failed: older than every file in the chain now, and past keep
+		// once this shift is done. The name is the appliance's own.
 		if rerr := os.Remove(drop); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-			return nil, nil, rerr
+			// A non-empty directory, an immutable file: it would fail
+			// every try (review r3s26 F2). A fresh name instead.
+			skip(drop, rerr)
+			drop = fmt.Sprintf("%s-%d", drop, time.Now().UnixNano())
 		}
 		err = renameFile(oldest, drop)
 	}
 	if err == nil {
 		dropped = true
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, err
+		if errors.Is(err, fs.ErrExist) {
+			return nil, nil, err
+		}
+		return nil, nil, &errUnusable{keep, err}
 	}
 	var moved []int // i: path.i went to path.(i+1)
 	undo = func() {
@@ -205,6 +265,12 @@ func shiftChain(path string, keep int) (undo, commit func(), err error) {
 		}
 		if err != nil {
 			undo()
+			if !errors.Is(err, fs.ErrExist) {
+				// The target did not exist (RENAME_NOREPLACE), the
+				// directory took the file's own rename: path.i's file
+				// is what cannot move.
+				return nil, nil, &errUnusable{i, err}
+			}
 			return nil, nil, err
 		}
 		moved = append(moved, i)
@@ -212,7 +278,7 @@ func shiftChain(path string, keep int) (undo, commit func(), err error) {
 	commit = func() {
 		if dropped {
 			if err := os.Remove(drop); err != nil {
-				slog.Warn("removing the oldest rotation of the access log", "file", drop, "err", err)
+				skip(drop, err)
 			}
 		}
 	}
@@ -226,9 +292,21 @@ var errNotRegular = errors.New("not a regular file (a FIFO, a device or a symlin
 // once a minute as reopens are; l.mu is held.
 func (l *LogFile) rotateFailed(now int64, err error) {
 	l.reopenFailures.Add(1)
+	l.failingSince.CompareAndSwap(0, now)
 	if l.lastErrAt == 0 || now-l.lastErrAt >= int64(60e9) {
 		l.lastErrAt = now
-		slog.Error("rotating the access log past its --access-log-max-size; writing on to it", "file", l.path, "err", err)
+		slog.Error("rotating the access log (--access-log-max-size, --access-log-max-age); writing on to it until it holds twice --access-log-max-size", "file", l.path, "size", l.size, "err", err)
+	}
+}
+
+// skipName counts and logs a name the rotation went around (shiftChain),
+// the log at most once a minute: it may come at every rotation.
+func (l *LogFile) skipName(name string, err error) {
+	l.namesSkipped.Add(1)
+	now := logNow()
+	if last := l.lastSkipLog.Load(); last == 0 || now-last >= int64(time.Minute) {
+		l.lastSkipLog.Store(now)
+		slog.Warn("the access log's rotation cannot use a name and goes around it: remove or rename the file (rotation_names_skipped in /stats)", "file", name, "err", err)
 	}
 }
 

@@ -234,12 +234,22 @@ func rotationStuck(t *testing.T, final bool) {
 		t.Fatal(err)
 	}
 	defer lf.Close()
-	lines := 0
-	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); lines++ {
-		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", lines)); err != nil {
+	// Past twice MaxSize, with the rotation failing, writes are refused
+	// (their records counted failed): the file is bounded (review r3s26
+	// F2). The line refused is written again, so lines counts those taken.
+	lines, refused := 0, 0
+	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); {
+		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", lines)); errors.Is(err, errCapped) {
+			refused++
+		} else if err != nil {
 			t.Fatal(err)
+		} else {
+			lines++
 		}
 		time.Sleep(time.Millisecond)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() > 2*512+11 || refused == 0 {
+		t.Errorf("the access log holds %v bytes (%v), %d writes refused: want at most twice MaxSize, the rest refused", fi.Size(), err, refused)
 	}
 	for i := 1; i <= keep; i++ {
 		if b, err := os.ReadFile(rotated(path, i)); err != nil || string(b) != fmt.Sprintf("{\"kept\":%d}\n", i) {
@@ -262,8 +272,8 @@ func rotationStuck(t *testing.T, final bool) {
 	if len(seen) != lines || left != 1 {
 		t.Errorf("%d of %d lines on disk, the leftover's line %d times (files %v)", len(seen), lines, left, names)
 	}
-	if st := lf.Stats(); st.Rotations != 0 || st.ReopenFailures < 2 {
-		t.Errorf("stats %+v: want no rotation counted, the tries' failures counted", st)
+	if st := lf.Stats(); st.Rotations != 0 || st.ReopenFailures < 2 || st.WritesRefused != uint64(refused) || st.RotationFailingSeconds < 2 {
+		t.Errorf("stats %+v: want no rotation counted, the tries' failures counted, %d writes refused, failing for over 2 s", st, refused)
 	}
 }
 
@@ -328,8 +338,12 @@ func logrotateAtRename(t *testing.T, keep, step int) {
 	}
 	// A rotation that failed is tried again a second later, and is not
 	// stopped by what the failed one left (access.log.7.dropping).
-	for end := time.Now().Add(3 * time.Second); lf.Stats().Rotations == 0 && time.Now().Before(end); lines++ {
-		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", lines)); err != nil {
+	// Writes past twice MaxSize are refused until it is (errCapped), and
+	// the line refused is written again.
+	for end := time.Now().Add(3 * time.Second); lf.Stats().Rotations == 0 && time.Now().Before(end); {
+		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", lines)); err == nil {
+			lines++
+		} else if !errors.Is(err, errCapped) {
 			t.Fatal(err)
 		}
 		time.Sleep(2 * time.Millisecond)

@@ -1,0 +1,110 @@
+package records
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
+)
+
+// TestLogFileRotationGoesAroundUnusableNames: a name of the chain the
+// rotation can never use, and 12 files' worth of records (keep 3, MaxSize
+// 512). Every rotation still happens, none fails, the access log stays
+// within MaxSize and a line, and the name gone around is counted. A
+// non-empty directory moved up to access.log.3 could not be removed as
+// access.log.3.dropping, and every later rotation failed on it; an
+// immutable access.log.2 failed every move; the access log grew to 10-13
+// times MaxSize, and on (review r3s26 F2).
+func TestLogFileRotationGoesAroundUnusableNames(t *testing.T) {
+	dirAt := func(name string) func(t *testing.T, path string) {
+		return func(t *testing.T, path string) {
+			if err := os.MkdirAll(filepath.Join(path+name, "sub"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, c := range []struct {
+		name    string
+		make    func(t *testing.T, path string)
+		rotates int // rotations in the chain: old files kept beyond it are left alone
+	}{
+		{"a non-empty directory at .1", dirAt(".1"), 3},
+		{"a non-empty directory at .2", dirAt(".2"), 3},
+		{"a non-empty directory at .3.dropping", dirAt(".3.dropping"), 3},
+		{"an immutable .2", immutable(".2"), 1},
+		{"an immutable .3", immutable(".3"), 2},
+		{"an immutable .3.dropping", immutable(".3.dropping"), 3},
+	} {
+		t.Run(c.name, func(t *testing.T) { goAround(t, c.make, c.rotates) })
+	}
+}
+
+// immutable makes path+name a file chattr +i made immutable (an operator
+// keeping evidence), removed again at the end.
+func immutable(name string) func(t *testing.T, path string) {
+	return func(t *testing.T, path string) {
+		testenv.RequireRoot(t, "chattr +i needs CAP_LINUX_IMMUTABLE")
+		chattr, err := exec.LookPath("chattr")
+		if err != nil {
+			testenv.RequirePrivileged(t, "no chattr")
+		}
+		f := path + name
+		if err := os.WriteFile(f, []byte("{\"evidence\":1}\n"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(chattr, "+i", f).CombinedOutput(); err != nil {
+			testenv.RequirePrivileged(t, fmt.Sprintf("chattr +i on %s: %v %s", f, err, out))
+		}
+		t.Cleanup(func() { _ = exec.Command(chattr, "-i", f).Run() })
+		if err := os.Rename(f, f+"x"); err == nil || !strings.Contains(err.Error(), syscall.EPERM.Error()) {
+			t.Fatalf("renaming the immutable %s: %v, want EPERM", f, err)
+		}
+	}
+}
+
+func goAround(t *testing.T, makeIt func(t *testing.T, path string), rotates int) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	makeIt(t, path)
+	const keep, maxSize, files = 3, 512, 12
+	lf, err := OpenLogFile(path, Rotation{MaxSize: maxSize, Keep: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	line := []byte("{\"pad\":\"" + strings.Repeat("x", 53) + "\"}\n") // 64 bytes
+	for i := 0; i < files*maxSize/len(line); i++ {
+		if _, err := lf.Write(line); err != nil {
+			t.Fatalf("write %d: %v (stats %+v)", i, err, lf.Stats())
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := lf.Stats()
+	t.Logf("stats %+v, access.log %d bytes", st, fi.Size())
+	if st.Rotations < files-1 || st.ReopenFailures != 0 || st.RotationFailingSeconds != 0 {
+		t.Errorf("stats %+v: want every rotation done, none failed", st)
+	}
+	if fi.Size() > maxSize+int64(len(line)) {
+		t.Errorf("access.log holds %d bytes: past MaxSize and a line", fi.Size())
+	}
+	if st.NamesSkipped == 0 {
+		t.Error("the name gone around is not counted")
+	}
+	for i := 1; i <= rotates; i++ {
+		if b, err := os.ReadFile(rotated(path, i)); err != nil || !bytes.HasPrefix(b, line) || len(b) < maxSize {
+			t.Errorf("%s: %d bytes (%v), want a rotated file of MaxSize", rotated(path, i), len(b), err)
+		}
+	}
+	names, _ := filepath.Glob(path + "*")
+	if len(names) > keep+3 {
+		t.Errorf("files %v: more than the chain, the access log and the name gone around", names)
+	}
+}
