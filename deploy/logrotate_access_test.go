@@ -23,15 +23,19 @@ import (
 // accessLogPath is where the unit has the appliance write its access log.
 const accessLogPath = "/var/log/gwlbproxy/access.log"
 
-// accessLogrotate returns the packaged stanza for the access log, pointed at
-// path instead, without its su line (the user need not exist here), after
-// the global options of globalLogrotate, and the logrotate binary; it skips
-// the test without one.
+// accessExample is the stanza docs/deploy.md gives an operator who turns
+// the appliance's own rotation off; the package does not install it.
+const accessExample = "etc/logrotate-access.example"
+
+// accessLogrotate returns the operator's stanza for the access log
+// (accessExample), pointed at path instead, without its su line (the user
+// need not exist here), after the global options of globalLogrotate, and
+// the logrotate binary; it skips the test without one.
 func accessLogrotate(t *testing.T, path string) (conf, logrotate string) {
 	t.Helper()
-	_, stanza, ok := strings.Cut(readFile(t, "etc/logrotate"), accessLogPath+" {")
+	_, stanza, ok := strings.Cut(readFile(t, accessExample), accessLogPath+" {")
 	if !ok {
-		t.Fatalf("etc/logrotate does not rotate %s", accessLogPath)
+		t.Fatalf("%s does not rotate %s", accessExample, accessLogPath)
 	}
 	stanza, _, _ = strings.Cut(stanza, "}")
 	// Rotation by rename, which needs no free space, and nothing that
@@ -83,7 +87,79 @@ func packets(t *testing.T, b []byte) []int64 {
 	return out
 }
 
-// TestLogrotateAccessLog: the packaged logrotate rotates the access log by
+// TestPackagedLogrotateLeavesAccessLog: the logrotate configuration the
+// package installs, run by the real logrotate (forced, its paths moved
+// into a temporary directory), rotates the TLS key log and leaves the
+// access log alone: the same file, the same bytes, no access.log.1. The
+// appliance rotates the access log itself, and the package's stanza for it
+// too made two rotators of one chain, whose renames lost rotated files
+// (review r3s26 F1). The operator's stanza is a file the package does not
+// install, and docs/deploy.md gives it.
+func TestPackagedLogrotateLeavesAccessLog(t *testing.T) {
+	const dst = "/etc/logrotate.d/gwlbproxy"
+	c := loadNfpm(t)
+	if src, _ := c.installed(t, dst); src != "deploy/etc/logrotate" {
+		t.Fatalf("the package installs %s at %s", src, dst)
+	}
+	for _, f := range c.Contents {
+		if strings.HasSuffix(f.Src, strings.TrimPrefix(accessExample, "etc/")) {
+			t.Errorf("the package installs %s at %s: two rotators of the access log", f.Src, f.Dst)
+		}
+	}
+	ex := readFile(t, accessExample)
+	if i := strings.Index(ex, accessLogPath+" {"); i < 0 || !strings.Contains(readFile(t, "../docs/deploy.md"), ex[i:]) {
+		t.Errorf("docs/deploy.md does not give the stanza of %s as it is", accessExample)
+	}
+	logrotate := toolPath(t, "logrotate")
+	dir := t.TempDir()
+	logs, lib := filepath.Join(dir, "log"), filepath.Join(dir, "lib")
+	for _, d := range []string{logs, lib} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var lines []string
+	for _, l := range strings.Split(readFile(t, "etc/logrotate"), "\n") {
+		if !strings.Contains(l, "su gwlbproxy") {
+			lines = append(lines, l)
+		}
+	}
+	packaged := strings.Join(lines, "\n")
+	packaged = strings.ReplaceAll(packaged, "/var/log/gwlbproxy/", logs+"/")
+	packaged = strings.ReplaceAll(packaged, "/var/lib/gwlbproxy/", lib+"/")
+	conf := filepath.Join(dir, "logrotate.conf")
+	if err := os.WriteFile(conf, []byte(globalLogrotate+packaged), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	access, keys := filepath.Join(logs, "access.log"), filepath.Join(lib, "tls-keys.log")
+	body := []byte("{\"kind\":\"tcp\"}\n")
+	for _, f := range []string{access, keys} {
+		if err := os.WriteFile(f, body, 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := os.Stat(access)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(logrotate, "-f", "-v", "-s", filepath.Join(dir, "state"), conf).CombinedOutput()
+	if err != nil {
+		t.Fatalf("logrotate: %v\n%s", err, out)
+	}
+	after, err := os.Stat(access)
+	if b, _ := os.ReadFile(access); err != nil || !os.SameFile(before, after) || !bytes.Equal(b, body) {
+		t.Errorf("the packaged logrotate touched the access log (%v, same file %v, %q)\n%s", err, err == nil && os.SameFile(before, after), b, out)
+	}
+	if names, _ := filepath.Glob(access + "?*"); len(names) != 0 {
+		t.Errorf("the packaged logrotate rotated the access log: %v\n%s", names, out)
+	}
+	if _, err := os.Stat(keys + ".1"); err != nil {
+		t.Errorf("the packaged logrotate did not rotate the key log (a broken configuration?): %v\n%s", err, out)
+	}
+}
+
+// TestLogrotateAccessLog: the operator's logrotate stanza (accessExample,
+// for --access-log-max-size 0 --access-log-max-age 0) rotates the access log by
 // renaming it while the appliance's log file (records.LogFile behind a
 // records.Writer, as --access-log opens it) streams records into it. The
 // appliance then writes to a new file at the path, with the same mode, and
@@ -145,7 +221,7 @@ func TestLogrotateAccessLog(t *testing.T) {
 // TestLogrotateAccessLogFullDisk: a burst of records has filled the disk
 // the access log is on (a 256 KiB tmpfs, in a mount namespace of the test's
 // own thread), with seven older rotations beside it. Writes fail; the
-// packaged logrotate still rotates (renames take no space) and deletes the
+// operator's logrotate stanza still rotates (renames take no space) and deletes the
 // oldest rotation, and the appliance's next write goes to a new file at
 // the path, in the space that freed. With copytruncate logrotate failed
 // ("error copying ... No space left on device") and the disk stayed full.

@@ -119,8 +119,13 @@ func TestUnit(t *testing.T) {
 	if log, _ := flagValue(args, "access-log"); path.Dir(log) != "/var/log/"+u.one(t, "Service", "LogsDirectory") {
 		t.Errorf("--access-log %s, LogsDirectory=%s", log, u.one(t, "Service", "LogsDirectory"))
 	}
-	if log, _ := flagValue(args, "access-log"); !strings.Contains(readFile(t, "etc/logrotate"), log+" {") {
-		t.Errorf("etc/logrotate does not rotate %s", log)
+	// The appliance rotates it itself: the packaged logrotate must not
+	// too, and the operator's stanza (not installed) names the same path.
+	if log, _ := flagValue(args, "access-log"); strings.Contains(readFile(t, "etc/logrotate"), log+" {") {
+		t.Errorf("etc/logrotate rotates %s, which the appliance rotates itself", log)
+	}
+	if log, _ := flagValue(args, "access-log"); !strings.Contains(readFile(t, accessExample), log+" {") {
+		t.Errorf("%s does not rotate %s", accessExample, log)
 	}
 
 	user := u.one(t, "Service", "User")
@@ -272,7 +277,8 @@ func TestScripts(t *testing.T) {
 }
 
 // TestLogrotateHourly: the package makes logrotate run hourly, so that the
-// access log's size bound holds within the hour, not the day.
+// TLS key log's size bound holds within the hour, not the day (and the
+// operator's access log stanza's, where the appliance's rotation is off).
 func TestLogrotateHourly(t *testing.T) {
 	const dst = "/usr/lib/systemd/system/logrotate.timer.d/50-gwlbproxy.conf"
 	if src, _ := loadNfpm(t).installed(t, dst); src != "deploy/systemd/logrotate-hourly.conf" {
@@ -282,8 +288,8 @@ func TestLogrotateHourly(t *testing.T) {
 	if !strings.Contains(conf, "[Timer]\nOnCalendar=\nOnCalendar=hourly\n") {
 		t.Errorf("the drop-in does not reset OnCalendar to hourly:\n%s", conf)
 	}
-	if !strings.Contains(readFile(t, "etc/logrotate"), "maxsize 1G") {
-		t.Error("etc/logrotate has no size bound")
+	if !strings.Contains(readFile(t, "etc/logrotate"), "maxsize 256M") || !strings.Contains(readFile(t, accessExample), "maxsize 1G") {
+		t.Errorf("etc/logrotate or %s has no size bound", accessExample)
 	}
 }
 
