@@ -89,7 +89,7 @@ func TestLogFileRotatesByAge(t *testing.T) {
 func TestLogFileRotatesByAgeOrSize(t *testing.T) {
 	clock := fakeLogClock(t)
 	path := filepath.Join(t.TempDir(), "access.log")
-	lf, err := OpenLogFile(path, Rotation{MaxSize: 64, MaxAge: time.Hour, Keep: 3})
+	lf, err := OpenLogFile(path, Rotation{MaxSize: 120, MaxAge: time.Hour, Keep: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,8 +102,10 @@ func TestLogFileRotatesByAgeOrSize(t *testing.T) {
 		}
 	}
 	mustWrite()
-	clock.Add(int64(30 * time.Minute))
-	mustWrite() // 102 bytes: by size
+	clock.Add(int64(10 * time.Minute))
+	mustWrite()
+	clock.Add(int64(20 * time.Minute))
+	mustWrite() // 153 bytes: by size
 	if st := lf.Stats(); st.Rotations != 1 {
 		t.Fatalf("stats %+v: want a rotation by size", st)
 	}
@@ -113,7 +115,7 @@ func TestLogFileRotatesByAgeOrSize(t *testing.T) {
 		t.Fatalf("stats %+v: the new file's hour counted from the old one's", st)
 	}
 	clock.Add(int64(time.Minute))
-	mustWrite()
+	mustWrite() // 102 bytes, under MaxSize: by age
 	if st := lf.Stats(); st.Rotations != 2 {
 		t.Fatalf("stats %+v: want a rotation by age", st)
 	}
@@ -127,5 +129,32 @@ func TestLogFileAgeOnlyNeverCaps(t *testing.T) {
 	}
 	if !(Rotation{MaxSize: 100}).capped(200) || (Rotation{MaxSize: 100}).capped(199) {
 		t.Error("want capped at twice MaxSize")
+	}
+}
+
+// TestLogFileBothBoundsOffNeverRotates: with MaxSize 0 and MaxAge 0 the
+// appliance does not rotate, however large or old the file (the case of
+// the operator's logrotate stanza, docs/deploy.md), and refuses no write.
+func TestLogFileBothBoundsOffNeverRotates(t *testing.T) {
+	clock := fakeLogClock(t)
+	path := filepath.Join(t.TempDir(), "access.log")
+	lf, err := OpenLogFile(path, Rotation{Keep: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	line := make([]byte, 4096)
+	line[len(line)-1] = '\n'
+	for i := 0; i < 64; i++ {
+		clock.Add(int64(24 * time.Hour))
+		if _, err := lf.Write(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if names, _ := filepath.Glob(path + "?*"); len(names) != 0 || lf.Stats().Rotations != 0 {
+		t.Errorf("rotated with both bounds off: %v, stats %+v", names, lf.Stats())
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != 64*4096 {
+		t.Errorf("access.log: %v, %v; want every write in it", fi, err)
 	}
 }

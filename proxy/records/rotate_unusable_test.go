@@ -2,6 +2,7 @@ package records
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 )
@@ -106,5 +108,52 @@ func goAround(t *testing.T, makeIt func(t *testing.T, path string), rotates int)
 	names, _ := filepath.Glob(path + "*")
 	if len(names) > keep+3 {
 		t.Errorf("files %v: more than the chain, the access log and the name gone around", names)
+	}
+}
+
+// TestLogFileCappedEndsACutLine: a write cut mid-line took the file past
+// twice MaxSize while its rotation fails. The Writer's newline that ends
+// the cut line still goes in (the rotation waits for whole lines, so a
+// refused newline would leave it never tried again); the next batch is
+// refused; once the rotation works, writes go on in a new file.
+func TestLogFileCappedEndsACutLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "access.log")
+	fail := true
+	real := renameFile
+	renameFile = func(from, to string) error {
+		if fail {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EROFS}
+		}
+		return real(from, to)
+	}
+	t.Cleanup(func() { renameFile = real })
+	clock := fakeLogClock(t)
+	lf, err := OpenLogFile(path, Rotation{MaxSize: 100, Keep: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if _, err := lf.Write(append(bytes.Repeat([]byte("x"), 150), '\n')); err != nil { // its rotation fails
+		t.Fatal(err)
+	}
+	if _, err := lf.Write(append([]byte("{\"cut\":"), bytes.Repeat([]byte("x"), 60)...)); err != nil { // as a partial write leaves it
+		t.Fatal(err)
+	}
+	if n, err := lf.Write([]byte("\n")); n != 1 || err != nil {
+		t.Fatalf("the newline ending the cut line: %d, %v; want it written", n, err)
+	}
+	if _, err := lf.Write([]byte("{}\n")); !errors.Is(err, errCapped) {
+		t.Fatalf("a batch past twice MaxSize, the rotation failing: %v, want it refused", err)
+	}
+	fail = false
+	clock.Add(int64(2 * time.Second))
+	if _, err := lf.Write([]byte("{\"after\":1}\n")); err != nil {
+		t.Fatalf("after the rotation works: %v", err)
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "{\"after\":1}\n" {
+		t.Errorf("the new access log: %q, %v", b, err)
+	}
+	if st := lf.Stats(); st.Rotations != 1 || st.WritesRefused != 1 || st.RotationFailingSeconds != 0 {
+		t.Errorf("stats %+v: want one rotation, one batch refused, not failing", st)
 	}
 }
