@@ -37,6 +37,8 @@ type Conn struct {
 	rw    endpointIO
 	wdl   deadline    // Write's
 	wwait WriteWaiter // OnWriteWait's, guarded by rw.wmu
+	// readWait is OnReadWait's function, nil if none.
+	readWait atomic.Pointer[func()]
 
 	// live is the shard counting the conn for its client (reclaim.go),
 	// set by Accept; liveOf, prev and next are guarded by its lock.
@@ -87,6 +89,20 @@ type WriteWaiter interface {
 	// with false when a Write that said true returns. It runs in the
 	// writer's goroutine and must not call the conn.
 	WriteWaiting(waiting bool)
+}
+
+// OnReadWait has fn called by Read, in the reader's goroutine, each time
+// it finds nothing to read and is about to wait for the client: a
+// reader's writes held for what the client sent next can go now (the
+// interception's upload hold). nil stops it. It reports true: the conn
+// supports it (wrappers report false when theirs does not).
+func (c *Conn) OnReadWait(fn func()) bool {
+	if fn == nil {
+		c.readWait.Store(nil)
+	} else {
+		c.readWait.Store(&fn)
+	}
+	return true
 }
 
 // OnWriteWait arranges for w to learn when Write waits; nil stops it.
@@ -199,6 +215,9 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 // The Read that takes the break says it as TryRead does (ECONNRESET,
 // ETIMEDOUT), not in gonet's words.
 func (c *Conn) Read(b []byte) (int, error) {
+	if fn := c.readWait.Load(); fn != nil && !c.Readable() {
+		(*fn)()
+	}
 	n, err := c.TCPConn.Read(b)
 	if err != nil && c.reclaimed() {
 		return n, c.opError(ErrMemoryReclaimed)

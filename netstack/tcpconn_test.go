@@ -528,3 +528,52 @@ func TestConnOnReadableNil(t *testing.T) {
 		t.Fatal("Close called a function after OnReadable(nil)")
 	}
 }
+
+// TestConnOnReadWait: OnReadWait's function runs when a Read finds nothing
+// to read and is about to wait for the client, not when bytes are there
+// already; nil stops it.
+func TestConnOnReadWait(t *testing.T) {
+	r := newConnRig(t)
+	cc, c := r.dial()
+	var waits atomic.Int32
+	if !c.OnReadWait(func() { waits.Add(1) }) {
+		t.Fatal("OnReadWait not supported")
+	}
+	if _, err := cc.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(waitFor); !c.Readable(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the client's bytes never became readable")
+		}
+	}
+	buf := make([]byte, 64)
+	if k, err := c.Read(buf); err != nil || string(buf[:k]) != "hello" {
+		t.Fatalf("Read: %q, %v", buf[:k], err)
+	}
+	if n := waits.Load(); n != 0 {
+		t.Fatalf("called %d times for a Read that found bytes", n)
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		cc.Write([]byte("again"))
+	}()
+	c.SetReadDeadline(time.Now().Add(waitFor))
+	if k, err := c.Read(buf); err != nil || string(buf[:k]) != "again" {
+		t.Fatalf("Read: %q, %v", buf[:k], err)
+	}
+	if n := waits.Load(); n != 1 {
+		t.Fatalf("called %d times for a Read that waited, want 1", n)
+	}
+	c.OnReadWait(nil)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		cc.Write([]byte("third"))
+	}()
+	if _, err := c.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if n := waits.Load(); n != 1 {
+		t.Fatalf("called after OnReadWait(nil): %d", n)
+	}
+}

@@ -457,6 +457,13 @@ func (c *peekedConn) pending() bool {
 
 func (c *peekedConn) unwrap() net.Conn { return c.Conn }
 
+// OnReadWait passes on the client connection's call before a read waits
+// (netstack.Conn.OnReadWait); false when it has none.
+func (c *peekedConn) OnReadWait(fn func()) bool {
+	w, ok := c.Conn.(interface{ OnReadWait(func()) bool })
+	return ok && w.OnReadWait(fn)
+}
+
 // SendQueued passes on the client connection's count of bytes written and
 // not yet acknowledged (netstack.Conn), for a reset that must not throw
 // them away (intercept's abortWhenSent).

@@ -39,6 +39,10 @@ func (w *countingWriter) ReadFrom(r io.Reader) (int64, error) {
 type bodySent struct {
 	n       atomic.Int64
 	counted atomic.Bool // a transport counts n
+	// client is the HTTP/1 client connection the body is read from, whose
+	// reader's waits let the body's held writes go (uploadHold); nil for
+	// an HTTP/2 stream's, read by x/net's reader for every stream.
+	client net.Conn
 }
 
 // bodySentKey is the context key of a request's bodySent.
@@ -127,7 +131,7 @@ func writeRequest(c net.Conn, req *http.Request) (int64, error) {
 		body = &sentBody{ReadCloser: req.Body, to: bs, hold: &wr.hold}
 		req = req.WithContext(req.Context()) // a copy: the caller's keeps its body
 		req.Body = body
-		wr.hold.start((*countedOut)(cw))
+		wr.hold.start((*countedOut)(cw), bs.client)
 		cw.hold = &wr.hold
 	}
 	err := req.Write(bw)

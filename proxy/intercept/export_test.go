@@ -101,3 +101,11 @@ func OnBodyRead(f func()) (restore func()) {
 	testHookBodyRead.Store(&f)
 	return func() { testHookBodyRead.Store(nil) }
 }
+
+// SetUploadHoldDelay sets how long an upload's small writes may be held,
+// and returns a function restoring it.
+func SetUploadHoldDelay(d time.Duration) (restore func()) {
+	old := uploadDelay
+	uploadDelay = d
+	return func() { uploadDelay = old }
+}

@@ -171,7 +171,11 @@ func (u *upgradedBody) Write(p []byte) (int, error) {
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
 	if u.upload != nil {
-		return u.hold.write(p) // its small writes gathered (uploadHold)
+		// Its small writes gathered (uploadHold); the copy counts what
+		// it wrote, held or gone, and is not over while any is held.
+		n, err := u.hold.write(p)
+		u.upload.wrote(n, err)
+		return n, err
 	}
 	return (*upgradedOut)(u).Write(p)
 }
@@ -184,8 +188,8 @@ func (o *upgradedOut) Write(p []byte) (int, error) {
 	u.writing.Store(true)
 	n, err := u.conn.Write(p)
 	u.writing.Store(false)
-	if u.upload != nil {
-		u.upload.wrote(n, err)
+	if err != nil && u.upload != nil {
+		u.upload.wrote(0, err) // a flush's failure ends the copy too
 	}
 	switch {
 	case err == nil:
@@ -198,11 +202,13 @@ func (o *upgradedOut) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// holdUpload makes c the tunnel's upload copy, its small writes held in
-// bursts (uploadHold), the copy not over while any are.
-func (u *upgradedBody) holdUpload(c *uploadCopy) {
+// holdUpload makes c the tunnel's upload copy, its small writes held
+// while client's reader finds more (uploadHold), the copy not over while
+// any are; unsent is the tunnel's count of what was written, which takes
+// held bytes as written.
+func (u *upgradedBody) holdUpload(c *uploadCopy, client net.Conn, unsent *atomic.Int64) {
 	u.upload = c
-	u.hold.startTunnel((*upgradedOut)(u), &u.wmu, c)
+	u.hold.startTunnel((*upgradedOut)(u), client, &u.wmu, c, unsent)
 	c.holdWrites(&u.hold)
 }
 
@@ -306,6 +312,7 @@ func (u *upgradedBody) endedHere(err error) bool {
 // A break after the FIN aborts nothing: the destination still gets all the
 // client sent, the socket lingering until it has (closeDelivering).
 func (u *upgradedBody) Close() error {
+	defer u.hold.stop() // what it waited for has left; the rest never will
 	waited := false
 	// broken: also a break known only by its signal, no read or write of
 	// the client having taken it yet (the upload's copy blocked in a

@@ -392,6 +392,34 @@ type peekedConn struct {
 	net.Conn
 	r    *bufio.Reader // nil once empty
 	held *atomic.Int64 // AddHeld's
+	// readWait is OnReadWait's function, nil if none.
+	readWait atomic.Pointer[func()]
+}
+
+// OnReadWait has fn called before a Read of a TCP connection with nothing
+// to read (SIOCINQ 0), as netstack.Conn's is before one that waits; a
+// pipe cannot say.
+func (c *peekedConn) OnReadWait(fn func()) bool {
+	if _, ok := c.Conn.(*net.TCPConn); !ok {
+		return false
+	}
+	if fn == nil {
+		c.readWait.Store(nil)
+	} else {
+		c.readWait.Store(&fn)
+	}
+	return true
+}
+
+// wouldWait reports whether a Read of the TCP connection would wait.
+func (c *peekedConn) wouldWait() bool {
+	raw, err := c.Conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 1
+	_ = raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n == 0
 }
 
 // AddHeld counts what the session says it holds, as the packet stack's
@@ -414,6 +442,9 @@ func (c *peekedConn) Read(b []byte) (int, error) {
 			return c.r.Read(b) // buffered bytes only: no read of the connection
 		}
 		c.r = nil
+	}
+	if fn := c.readWait.Load(); fn != nil && c.wouldWait() {
+		(*fn)()
 	}
 	return c.Conn.Read(b)
 }

@@ -246,6 +246,9 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	sent := &st.sent
 	if req.Body != nil && req.Body != http.NoBody {
 		sent.r, sent.reload = req.Body, reload
+		if sent.wrote.client = s.client; inH2Handler(req) {
+			sent.wrote.client = nil // read by x/net's reader, every stream's (uploadHold)
+		}
 		req.Body = sent
 		req = withBodySent(req, &sent.wrote)
 	}
@@ -370,8 +373,8 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			ub.clientBroke, ub.aborted = s.clientBroke, s.abortedSignal()
 			ub.breakAfterFIN = s.finBreak.Load
 			ub.clientBreak = s.clientBreakSignal()
-			ub.holdUpload(&rt.cc.upload)   // goproxy's upload copy (uploadCopy)
-			ub.endClient = rt.cc.halfClose // the client's end (relayDestinationEnd)
+			ub.holdUpload(&rt.cc.upload, s.client, &st.rb.written) // goproxy's upload copy (uploadCopy)
+			ub.endClient = rt.cc.halfClose                         // the client's end (relayDestinationEnd)
 			ub.onTailCut = func(err error) { rt.tailCut.Store(&err) }
 			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
 			ub.lingerCut = s.lingerCutErr

@@ -55,7 +55,7 @@ func TestTunnelEndWaitsForTheUploadCopy(t *testing.T) {
 	var upload uploadCopy
 	u := &upgradedBody{br: bufio.NewReader(up), conn: up, stop: func() bool { return true },
 		ended: make(chan struct{}), tunnel: true}
-	u.holdUpload(&upload)
+	u.holdUpload(&upload, nil, nil)
 	got := make(chan int64, 1)
 	go func() {
 		n, _ := io.Copy(io.Discard, dest) // to the close_notify

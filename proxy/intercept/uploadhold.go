@@ -1,8 +1,8 @@
 package intercept
 
 import (
-	"cmp"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,30 +13,38 @@ import (
 // thousands of one-byte records in a handful of segments, and each became
 // a write of the appliance's own: a system call, an upstream TLS record
 // and a segment from the appliance's address, hundreds of packets for one
-// of the client's. uploadHold gathers the small writes that come in a
-// burst: a write after a quiet holdDelay leaves at once (an interactive
-// upload waits for nothing), one within holdDelay of the last write out
-// is held, and what is held leaves at the end of that holdDelay, with the
-// next large write, once maxCoalesced is reached, or at the upload's end.
-// So a burst of tiny records costs a write per holdDelay, and a bulk
-// upload, whose records are large, is never held. Answers, the other
-// direction, are coalesced by hijackedConn (coalesce.go).
+// of the client's (review r1dos F2). uploadHold gathers what the client
+// connection already has: a small write is held while the reader goes
+// back for more, and what is held leaves as soon as that reader finds the
+// client's connection empty and is about to wait for it
+// (netstack.Conn.OnReadWait), with the next large write, at maxCoalesced,
+// or at the upload's end; and uploadDelay after its first byte at the
+// latest. So a burst of records that came in one segment leaves in one
+// write, and an exchange (a message, then a wait for the answer) is not
+// held at all: its reader finds nothing more and the message leaves before
+// the wait. A connection that cannot say when its reader waits holds
+// nothing. Answers, the other direction, are coalesced by hijackedConn
+// (coalesce.go).
 
-// uploadHold holds the small writes of an upload; its writes, the delay's
-// timer and its end take mu in turn (after outer, when set). The zero
-// value is ready to start.
+// uploadDelay bounds how long a byte is held; a variable for tests.
+var uploadDelay = holdDelay
+
+// readWaiter is a client connection that can say when its reader is about
+// to wait (netstack.Conn.OnReadWait, passed on by the proxy's wrapper).
+type readWaiter interface{ OnReadWait(fn func()) bool }
+
+// uploadHold holds the small writes of an upload; its writes, the flushes
+// (the reader's wait, the timer) and its end take mu in turn (after outer,
+// when set). The zero value is ready to start.
 type uploadHold struct {
 	mu sync.Mutex
-	// outer, if set, is taken before mu by the timer's write: the lock a
-	// write of the upload holds while under way (upgradedBody.wmu).
+	// outer, if set, is taken before mu by a flush: the lock a write of
+	// the upload holds while under way (upgradedBody.wmu).
 	outer *sync.Mutex
 	out   io.Writer // the destination; written with mu held
-	// held is what waits for the end of the delay, a pooled buffer; nil
-	// when nothing does, so that an idle upload keeps no buffer.
-	held *[]byte
-	// last is when a write last went out: a small write within delay of
-	// it is held.
-	last  time.Time
+	// held is what waits, a pooled buffer; nil when nothing does, so that
+	// an idle upload keeps no buffer.
+	held  *[]byte
 	timer *time.Timer
 	// err is the first write's that failed, which every later write
 	// returns: the bytes after lost ones must not follow them.
@@ -45,34 +53,57 @@ type uploadHold struct {
 	// counted sent (settle); to counts it once it has left.
 	heldBody int64
 	to       *bodySent
-	// on: small writes are held; a request's from its body's first
-	// read (settle), a tunnel's from the start.
+	// unsent, if set, is a count that took held bytes as written (a
+	// tunnel's bytes_out, recordingRWBody): bytes dropped unwritten are
+	// taken off it.
+	unsent *atomic.Int64
+	// client is the connection whose reader's waits flush what is held;
+	// nil when it cannot say (nothing is held then).
+	client readWaiter
+	flush  func() // flushHeld, made once
+	// on: small writes are held; a request's from its body's first read
+	// (settle), a tunnel's from the start.
 	on bool
 	// holding: held is not nil, for upload, which takes no lock of h's.
 	holding atomic.Bool
 	// upload, if set, is a tunnel's upload copy, not over while bytes it
 	// wrote are held (uploadCopy.heldOut).
 	upload *uploadCopy
-	delay  time.Duration // 0: holdDelay; longer in tests
 }
 
-// start makes h write to out: through at once until the first read of
-// the upload (settle), held in bursts after it. A request's head leaves
-// as it always did, and the body's first write after it is not held for
-// having come right after the head.
-func (h *uploadHold) start(out io.Writer) {
+// start makes h write to out, holding small writes once the body's first
+// read has been asked for (settle) if client's reader can say when it
+// waits. A request's head leaves as it always did.
+func (h *uploadHold) start(out io.Writer, client net.Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.out, h.err, h.last, h.heldBody, h.to, h.on = out, nil, time.Time{}, 0, nil, false
+	h.out, h.err, h.heldBody, h.to, h.on = out, nil, 0, nil, false
+	h.client = h.registerLocked(client)
 }
 
 // startTunnel makes h hold the small writes of a tunnel's upload to out
-// from the start; outer is the lock its writes hold (the timer's too),
-// and upload the upload's copy.
-func (h *uploadHold) startTunnel(out io.Writer, outer *sync.Mutex, upload *uploadCopy) {
+// from the start, if client's reader can say when it waits; outer is the
+// lock its writes hold, upload the upload's copy, unsent the count that
+// takes held bytes as written.
+func (h *uploadHold) startTunnel(out io.Writer, client net.Conn, outer *sync.Mutex, upload *uploadCopy, unsent *atomic.Int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.out, h.outer, h.upload, h.on = out, outer, upload, true
+	h.out, h.outer, h.upload, h.unsent = out, outer, upload, unsent
+	h.client = h.registerLocked(client)
+	h.on = h.client != nil
+}
+
+// registerLocked has client's reader flush what is held before it waits;
+// it returns the connection that will, nil if none can. h.mu is held.
+func (h *uploadHold) registerLocked(client net.Conn) readWaiter {
+	w, ok := socketOf(client).(readWaiter)
+	if h.flush == nil {
+		h.flush = h.flushHeld
+	}
+	if !ok || !w.OnReadWait(h.flush) {
+		return nil
+	}
+	return w
 }
 
 // write writes b through h: held, or out at once after what is held.
@@ -82,61 +113,62 @@ func (h *uploadHold) write(b []byte) (int, error) {
 	if h.err != nil {
 		return 0, h.err
 	}
-	if !h.on {
-		n, err := h.out.Write(b)
-		h.err = err
-		return n, err
+	if !h.on || len(b) >= holdSmall || h.held != nil && len(*h.held)+len(b) > maxCoalesced {
+		return h.writeOut(b)
 	}
-	now := time.Now()
-	delay := cmp.Or(h.delay, holdDelay)
-	if h.held == nil && len(b) < holdSmall && now.Sub(h.last) < delay {
+	if h.held == nil {
 		h.held = coalescePool.Get().(*[]byte)
 		*h.held = (*h.held)[:0]
 		h.holding.Store(true)
-		wait := delay - now.Sub(h.last)
 		if h.timer == nil {
-			h.timer = time.AfterFunc(wait, h.flushHeld)
+			h.timer = time.AfterFunc(uploadDelay, h.flush)
 		} else {
-			h.timer.Reset(wait)
+			h.timer.Reset(uploadDelay)
 		}
 	}
-	if h.held != nil && len(b) < holdSmall && len(*h.held)+len(b) <= maxCoalesced {
-		*h.held = append(*h.held, b...)
-		return len(b), nil
-	}
-	return h.writeOut(b, now)
+	*h.held = append(*h.held, b...)
+	return len(b), nil
 }
 
 // writeOut writes what is held and the start of b in one write, and the
-// rest of b after it; h.mu is held.
-func (h *uploadHold) writeOut(b []byte, now time.Time) (int, error) {
-	h.last = now
+// rest of b after it; h.mu is held. A tunnel's copy learns that nothing
+// is held only once all of b has gone (heldOut): counted over earlier, its
+// end could overtake the rest.
+func (h *uploadHold) writeOut(b []byte) (int, error) {
 	if h.held == nil {
 		n, err := h.out.Write(b)
 		h.err = err
 		return n, err
 	}
 	h.timer.Stop() // if it fires anyway, it finds nothing held
-	k := min(len(b), maxCoalesced-len(*h.held))
+	before := len(*h.held)
+	k := min(len(b), maxCoalesced-before)
 	*h.held = append(*h.held, b[:k]...)
-	err := h.writeHeld()
-	if err != nil || k == len(b) {
-		if err != nil {
-			k = 0
-		}
-		return k, err
+	err := h.writeHeld(before)
+	if err == nil && k < len(b) {
+		var n int
+		n, err = h.out.Write(b[k:])
+		k += n
+		h.err = err
+	} else if err != nil {
+		k = 0
 	}
-	n, err := h.out.Write(b[k:])
-	h.err = err
-	return k + n, err
+	h.heldOut()
+	return k, err
 }
 
-// writeHeld writes what is held, counts the body it held as sent if it
-// went, and gives the buffer back; h.mu is held.
-func (h *uploadHold) writeHeld() error {
+// writeHeld writes what is held, of which the first mine bytes were held
+// before (the rest is the caller's, not counted anywhere yet), counts the
+// body it held as sent if it went, and gives the buffer back; h.mu is
+// held.
+func (h *uploadHold) writeHeld(mine int) error {
 	_, err := h.out.Write(*h.held)
-	if h.err = err; err == nil && h.to != nil {
+	h.err = err
+	switch {
+	case err == nil && h.to != nil:
 		h.to.n.Add(h.heldBody)
+	case err != nil && h.unsent != nil:
+		h.unsent.Add(-int64(mine))
 	}
 	h.heldBody = 0
 	h.release()
@@ -148,12 +180,18 @@ func (h *uploadHold) release() {
 	coalescePool.Put(h.held)
 	h.held = nil
 	h.holding.Store(false)
+}
+
+// heldOut tells a tunnel's copy that nothing it wrote is held; h.mu is
+// held.
+func (h *uploadHold) heldOut() {
 	if h.upload != nil {
 		h.upload.heldOut()
 	}
 }
 
-// flushHeld writes what has been held for the delay.
+// flushHeld writes what is held: the reader is about to wait for the
+// client, or the first held byte has waited uploadDelay.
 func (h *uploadHold) flushHeld() {
 	if h.outer != nil {
 		h.outer.Lock()
@@ -161,39 +199,75 @@ func (h *uploadHold) flushHeld() {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.held != nil && h.err == nil {
-		h.last = time.Now()
-		_ = h.writeHeld()
+	if h.held == nil {
+		return
 	}
+	h.timer.Stop()
+	if h.err == nil {
+		_ = h.writeHeld(len(*h.held))
+	} else {
+		h.dropLocked()
+	}
+	h.heldOut()
+}
+
+// dropLocked drops what is held, unwritten; h.mu is held.
+func (h *uploadHold) dropLocked() {
+	if h.unsent != nil {
+		h.unsent.Add(-int64(len(*h.held)))
+	}
+	h.heldBody = 0
+	h.release()
 }
 
 // finish writes what is held, if no write failed, and stops holding: the
-// upload is over. It returns the first write's error, which may be the
-// timer's, after the upload's last write returned.
+// upload is over. It returns the first write's error, which may be a
+// flush's, after the upload's last write returned.
 func (h *uploadHold) finish() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.held != nil {
 		h.timer.Stop()
 		if h.err == nil {
-			_ = h.writeHeld()
+			_ = h.writeHeld(len(*h.held))
 		} else {
-			h.heldBody = 0
-			h.release()
+			h.dropLocked()
 		}
 	}
-	h.out, h.to = nil, nil
+	if h.client != nil {
+		h.client.OnReadWait(nil)
+		h.client = nil
+	}
+	h.out, h.to, h.on = nil, nil, false
 	return h.err
+}
+
+// stop drops what is held, unwritten, and stops holding: a tunnel's end,
+// whatever made it (what it waited for has been written by then).
+func (h *uploadHold) stop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.held != nil {
+		h.timer.Stop()
+		h.dropLocked()
+		h.heldOut()
+	}
+	if h.client != nil {
+		h.client.OnReadWait(nil)
+		h.client = nil
+	}
+	h.on = false
 }
 
 // settle counts n bytes of a request body, read and handed to the writes,
 // into to: at once if nothing is held (they have left), else once what is
 // held has (writeHeld). It is called before each read of the body, and
-// the writes are held from the first.
+// the writes are held from the first, if the client's reader can say when
+// it waits.
 func (h *uploadHold) settle(n int64, to *bodySent) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.on = true
+	h.on = h.client != nil
 	if h.held == nil {
 		to.n.Add(n)
 		return

@@ -1,10 +1,14 @@
 package intercept
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
+	"io"
+	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -33,6 +37,43 @@ func (w *uploadLog) got() []string {
 	return append([]string(nil), w.writes...)
 }
 
+func (w *uploadLog) failWith(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.fail = err
+}
+
+// waitingClient is a client connection whose reader's wait the test
+// plays (readWait), as netstack.Conn.OnReadWait calls it.
+type waitingClient struct {
+	net.Conn
+	mu sync.Mutex
+	fn func()
+}
+
+func (c *waitingClient) OnReadWait(fn func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fn = fn
+	return true
+}
+
+// readWait plays the client's reader finding nothing and going to wait.
+func (c *waitingClient) readWait() {
+	c.mu.Lock()
+	fn := c.fn
+	c.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+}
+
+func (c *waitingClient) registered() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fn != nil
+}
+
 // mustWrite writes b through h and fails the test if it failed.
 func mustWrite(t *testing.T, h *uploadHold, b string) {
 	t.Helper()
@@ -48,14 +89,23 @@ func wantWrites(t *testing.T, out *uploadLog, want ...string) {
 	}
 }
 
-// TestUploadHoldGathersABurst: before the body's first read (a request's
-// head) writes go through; the first write of the body goes at once, and
-// the small ones that follow within the delay are held and go together at
-// its end, by the timer.
-func TestUploadHoldGathersABurst(t *testing.T) {
-	out := &uploadLog{}
-	h := &uploadHold{delay: 200 * time.Millisecond}
-	h.start(out)
+// holdFor sets how long a byte may be held, for the test.
+func holdFor(t *testing.T, d time.Duration) {
+	old := uploadDelay
+	uploadDelay = d
+	t.Cleanup(func() { uploadDelay = old })
+}
+
+// TestUploadHoldGoesWhenTheReaderWaits: a request's head goes through;
+// the body's small writes are held while its reader finds more, and go
+// together the moment it finds none and is about to wait for the client,
+// not after a delay (an hour here); counted sent only once gone. finish
+// stops the reader's calls.
+func TestUploadHoldGoesWhenTheReaderWaits(t *testing.T) {
+	holdFor(t, time.Hour)
+	out, client := &uploadLog{}, &waitingClient{}
+	h := &uploadHold{}
+	h.start(out, client)
 	mustWrite(t, h, "head1")
 	mustWrite(t, h, "head2")
 	wantWrites(t, out, "head1", "head2")
@@ -64,48 +114,87 @@ func TestUploadHoldGathersABurst(t *testing.T) {
 	mustWrite(t, h, "a")
 	h.settle(1, &sent)
 	mustWrite(t, h, "b")
-	h.settle(1, &sent)
-	mustWrite(t, h, "c")
-	wantWrites(t, out, "head1", "head2", "a")
-	if n := sent.n.Load(); n != 1 {
-		t.Fatalf("counted sent %d with b held, want 1 (a)", n)
+	wantWrites(t, out, "head1", "head2")
+	if n := sent.n.Load(); n != 0 {
+		t.Fatalf("counted sent %d with a held, want 0", n)
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(out.got()) < 4; time.Sleep(time.Millisecond) {
+	client.readWait()
+	wantWrites(t, out, "head1", "head2", "ab")
+	if n := sent.n.Load(); n != 1 {
+		t.Fatalf("counted sent %d once a left, want 1 (b is counted at the next read)", n)
+	}
+	h.settle(1, &sent)
+	if n := sent.n.Load(); n != 2 {
+		t.Fatalf("counted sent %d, want 2", n)
+	}
+	if err := h.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if client.registered() {
+		t.Fatal("the reader still flushes a finished upload")
+	}
+}
+
+// TestUploadHoldBoundedInTime: what is held goes uploadDelay after its
+// first byte at the latest, the reader never having waited.
+func TestUploadHoldBoundedInTime(t *testing.T) {
+	holdFor(t, 30*time.Millisecond)
+	out, client := &uploadLog{}, &waitingClient{}
+	h := &uploadHold{}
+	h.start(out, client)
+	var sent bodySent
+	h.settle(0, &sent)
+	mustWrite(t, h, "a")
+	mustWrite(t, h, "b")
+	for deadline := time.Now().Add(10 * time.Second); len(out.got()) == 0; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("what was held never left: %q", out.got())
+			t.Fatal("what was held never left")
 		}
 	}
-	wantWrites(t, out, "head1", "head2", "a", "bc")
-	if n := sent.n.Load(); n != 2 {
-		t.Fatalf("counted sent %d once b left, want 2 (c is counted at the next read)", n)
+	wantWrites(t, out, "ab")
+	if err := h.finish(); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// TestUploadHoldNothingWithoutReadWaits: a client connection that cannot
+// say when its reader waits has nothing held: every write goes at once.
+func TestUploadHoldNothingWithoutReadWaits(t *testing.T) {
+	holdFor(t, time.Hour)
+	out := &uploadLog{}
+	h := &uploadHold{}
+	h.start(out, nil)
+	var sent bodySent
+	h.settle(0, &sent)
+	mustWrite(t, h, "a")
+	mustWrite(t, h, "b")
+	wantWrites(t, out, "a", "b")
 	if err := h.finish(); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // TestUploadHoldLargeWriteTakesTheHeld: a large write leaves at once, what
-// is held before it in the same write; finish sends what is left held.
+// is held before it in the same write; past maxCoalesced the write goes
+// with what fits, then the rest; finish sends what is left held.
 func TestUploadHoldLargeWriteTakesTheHeld(t *testing.T) {
-	out := &uploadLog{}
-	h := &uploadHold{delay: time.Hour}
-	h.start(out)
+	holdFor(t, time.Hour)
+	out, client := &uploadLog{}, &waitingClient{}
+	h := &uploadHold{}
+	h.start(out, client)
 	var sent bodySent
 	h.settle(0, &sent)
 	mustWrite(t, h, "a")
-	mustWrite(t, h, "b")
 	large := strings.Repeat("L", holdSmall)
 	mustWrite(t, h, large)
 	mustWrite(t, h, "c")
-	wantWrites(t, out, "a", "b"+large)
-	// Past maxCoalesced held, the write goes with what fits.
+	wantWrites(t, out, "a"+large)
 	huge := bytes.Repeat([]byte("H"), 2*maxCoalesced)
 	if n, err := h.write(huge); n != len(huge) || err != nil {
 		t.Fatalf("huge write: %d, %v", n, err)
 	}
-	got := out.got()
-	if len(got) != 4 || got[2] != "c"+string(huge[:maxCoalesced-1]) || got[3] != string(huge[maxCoalesced-1:]) {
-		t.Fatalf("after the huge write: %d writes, lengths %d", len(got), lens(got))
+	if got := out.got(); len(got) != 3 || got[1] != "c"+string(huge[:maxCoalesced-1]) || got[2] != string(huge[maxCoalesced-1:]) {
+		t.Fatalf("after the huge write: %d writes", len(got))
 	}
 	mustWrite(t, h, "d")
 	h.settle(1, &sent)
@@ -124,43 +213,120 @@ func TestUploadHoldLargeWriteTakesTheHeld(t *testing.T) {
 }
 
 // TestUploadHoldFailedWriteStops: once a write failed, held bytes are not
-// counted, no later write goes, and finish reports the failure, also when
-// it was the timer's write after the upload's last.
+// counted (a tunnel's count of them is taken back), no later write goes,
+// and finish reports the failure, also when it was a flush's after the
+// upload's last write.
 func TestUploadHoldFailedWriteStops(t *testing.T) {
-	out := &uploadLog{}
-	h := &uploadHold{delay: 20 * time.Millisecond}
-	h.start(out)
-	var sent bodySent
-	h.settle(0, &sent)
-	mustWrite(t, h, "a")
-	mustWrite(t, h, "b")
-	h.settle(1, &sent)
+	holdFor(t, time.Hour)
+	out, client := &uploadLog{}, &waitingClient{}
+	var written atomic.Int64
+	var upload uploadCopy
+	h := &uploadHold{}
+	h.startTunnel(out, client, nil, &upload, &written)
+	for _, b := range []string{"a", "bb", "ccc"} {
+		mustWrite(t, h, b)
+		written.Add(int64(len(b))) // as recordingRWBody counts them
+	}
 	boom := errors.New("boom")
-	out.mu.Lock()
-	out.fail = boom
-	out.mu.Unlock()
-	time.Sleep(100 * time.Millisecond) // the timer's write fails
-	if err := h.finish(); !errors.Is(err, boom) {
-		t.Fatalf("finish: %v, want the timer's write's failure", err)
+	out.failWith(boom)
+	client.readWait() // the flush fails
+	if n := written.Load(); n != 0 {
+		t.Fatalf("counted %d written, want 0: none of it left", n)
 	}
-	if n := sent.n.Load(); n != 0 {
-		t.Fatalf("counted %d sent, want 0: b never left", n)
+	if _, err := h.write([]byte("d")); !errors.Is(err, boom) {
+		t.Fatalf("a write after the failure: %v", err)
 	}
-	h.start(out) // a new upload on a pooled writer starts clean
-	out.mu.Lock()
-	out.fail = nil
-	out.mu.Unlock()
-	mustWrite(t, h, "head")
-	wantWrites(t, out, "a", "head")
-	if err := h.finish(); err != nil {
-		t.Fatal(err)
+	h.stop()
+	if client.registered() {
+		t.Fatal("the reader still flushes a stopped tunnel")
+	}
+	wantWrites(t, out)
+	h2 := &uploadHold{}
+	h2.start(out, client)
+	h2.settle(0, &bodySent{})
+	mustWrite(t, h2, "x")
+	if err := h2.finish(); !errors.Is(err, boom) {
+		t.Fatalf("finish: %v, want the write's failure", err)
 	}
 }
 
-func lens(s []string) []int {
-	var n []int
-	for _, x := range s {
-		n = append(n, len(x))
+// gatedConn lets its first pass writes through and holds the rest until
+// open is closed.
+type gatedConn struct {
+	net.Conn
+	pass   int
+	open   chan struct{}
+	gated  chan struct{} // closed when a write waits at the gate
+	writes int
+}
+
+func (c *gatedConn) Write(b []byte) (int, error) {
+	c.writes++
+	if c.writes > c.pass {
+		close(c.gated)
+		<-c.open
 	}
-	return n
+	return c.Conn.Write(b)
+}
+
+// TestTunnelCopyNotOverBeforeItsLastWrite: the copy's last read (16 KiB
+// and the client's end) went out in two writes, what was held with its
+// start, then its rest; the copy counted as over after the first (the
+// held bytes settled what the last read owed), and a tunnel whose
+// destination had ended its side closed over the second: the destination
+// got a clean end without the upload's tail, the records ok (review r2s26
+// F1). The copy is over only once all its last read has gone, and the
+// destination gets all of it.
+func TestTunnelCopyNotOverBeforeItsLastWrite(t *testing.T) {
+	holdFor(t, time.Hour)
+	up, dest := tlsUpstream(t)
+	gc := &gatedConn{Conn: up, pass: 1, open: make(chan struct{}), gated: make(chan struct{})}
+	var upload uploadCopy
+	u := &upgradedBody{br: bufio.NewReader(up), conn: gc, stop: func() bool { return true },
+		ended: make(chan struct{}), tunnel: true, endClient: func() bool { return true }}
+	u.holdUpload(&upload, &waitingClient{}, nil)
+	got := make(chan []byte, 1)
+	go func() {
+		b, err := io.ReadAll(dest)
+		if err != nil {
+			b = append(b, " <"+err.Error()+">"...)
+		}
+		got <- b
+	}()
+	var want bytes.Buffer
+	write := func(b []byte) {
+		want.Write(b)
+		if n, err := u.Write(b); n != len(b) || err != nil {
+			t.Errorf("write %d: %d %v", len(b), n, err)
+		}
+	}
+	for j := range 3 {
+		write(bytes.Repeat([]byte{byte('b' + j)}, 4000)) // held
+	}
+	last := bytes.Repeat([]byte("Z"), 16384)
+	upload.readEnded(len(last)) // the last read: 16 KiB and the client's end
+	done := make(chan struct{})
+	go func() { defer close(done); write(last) }()
+	<-gc.gated // held and the start of the last read went; its rest waits
+	select {
+	case <-upload.over():
+		t.Error("the upload's copy is over with the rest of its last read still to be written")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(u.ended) // the destination had ended its side: Close waits for the copy
+	closed := make(chan error, 1)
+	go func() { closed <- u.Close() }()
+	select {
+	case err := <-closed:
+		t.Errorf("Close returned (%v) with the upload's tail still to be written", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gc.open)
+	<-done
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if b := <-got; !bytes.Equal(b, want.Bytes()) {
+		t.Errorf("the destination got %d of the %d bytes", len(b), want.Len())
+	}
 }
