@@ -97,11 +97,12 @@ func (s *session) nameDeniedNote(why string) string {
 // denies the connection's own name: its record (rec, begun) takes that
 // decision's rule and says why, and the client gets a 403; an HTTP/1
 // connection is closed after it, since every request it could carry now
-// would be refused alike. nil when the connection's name is allowed, or is
-// req's Host (decided already).
+// would be refused alike. nil when the connection's name is allowed. A
+// request for the connection's own name meets it too: its decision on the
+// Host knows nothing of the ClientHello's ECH.
 func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record, pol *policy.Policy, host string, start time.Time) *http.Response {
 	s := rt.s
-	if s.Hello == nil || s.Hello.ServerName == host {
+	if s.Hello == nil {
 		return nil
 	}
 	d, why := s.nameDenied(pol)
@@ -128,7 +129,9 @@ func (rt *roundTripper) refuseRedial(req *http.Request, rec *records.Record, err
 	rec.Status, rec.Rule, rec.Policy = http.StatusForbidden, d.Rule, d.Policy
 	rec.Action, rec.Result, rec.Error = "deny", "denied", err.Error()
 	rt.writeDeny(rec, start)
-	return denyResponse(req, d.Rule, rt.s.Hello.ServerName, "the connection's name is denied")
+	resp := denyResponse(req, d.Rule, rt.s.Hello.ServerName, "the connection's name is denied")
+	resp.Close = !inH2Handler(req)
+	return resp
 }
 
 // requestPolicy returns the policy a request arriving now is decided by:

@@ -16,6 +16,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // wantNameDeniedRecord checks rec, the record of a request for another
@@ -208,5 +209,80 @@ func TestReloadDeniedSNIEndsTunnelForOtherHost(t *testing.T) {
 			t.Errorf("%s record: action %s rule %q result %s policy %s error %q; want denied by no-www for the connection's name",
 				kind, rec.Action, rec.Rule, rec.Result, rec.Policy, rec.Error)
 		}
+	}
+}
+
+// echDenyPolicy is testPolicy with ech: deny.
+const echDenyPolicy = `
+policy:
+  default: bump
+  ech: deny
+  rules:
+    - name: no-evil
+      domains: ["evil.example.test"]
+      action: deny
+`
+
+// serveECH is rig.serve for a bumped connection whose ClientHello offered
+// ECH (a browser's GREASE ECH, which the default ech: allow bumps).
+func (r *rig) serveECH(client, proxySide, upEnd net.Conn) *served {
+	r.t.Cleanup(func() { client.Close(); proxySide.Close(); upEnd.Close() })
+	sv := &served{done: make(chan struct{}), returned: make(chan struct{})}
+	r.mu.Lock()
+	r.sessions = append(r.sessions, sv)
+	r.mu.Unlock()
+	go func() {
+		defer close(sv.returned)
+		br := sniff.NewReader(proxySide)
+		res, err := sniff.Sniff(br, proxySide)
+		if err != nil || res.Kind != sniff.KindTLS || res.Err != nil {
+			r.t.Errorf("sniff: %v %v", err, res.Kind)
+			return
+		}
+		hello := res.Hello
+		hello.ECH = true
+		subj := policy.Subject{Dest: tlsDest, Client: testClient, Endpoint: testEndpoint, Protocol: policy.ProtoTLS, Domain: hello.ServerName}
+		d := r.pol.Decide(subj)
+		rec := &records.Record{
+			Kind: "tls", Action: d.Action.String(), Rule: d.Rule, Policy: r.pol.ID(), Endpoint: testEndpoint,
+			ClientIP: testClient.String(), ClientPort: testClientPort, SNI: hello.ServerName, ECH: true,
+			DestIP: tlsDest.Addr().String(), DestPort: tlsDest.Port(), Result: "ok",
+		}
+		r.ic.Serve(&intercept.Session{
+			Client: &peekedConn{Conn: proxySide, r: br, held: &r.held}, Upstream: upEnd, Policy: r.pol,
+			Record: rec, Start: time.Now(), Done: sv.doneFunc, Hello: &hello, Decision: d, Subject: subj,
+		})
+	}()
+	return sv
+}
+
+// TestReloadECHDenyReachesTheConnectionsOwnName: after a reload to ech:
+// deny, a bumped connection whose ClientHello offered ECH went on serving
+// requests for its own name (their Host decision knows nothing of ECH),
+// over its kept upstream connection (review r4s26 F1); they are refused
+// too, as a spliced connection with that ClientHello is ended.
+func TestReloadECHDenyReachesTheConnectionsOwnName(t *testing.T) {
+	holder := new(policy.Holder)
+	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = holder })
+	holder.Store(r.pol)
+	upEnd, up := r.startUpstreamTCP(r.upLeaf("www.example.test"), "http/1.1")
+	client, proxySide := testnet.TCPPair(t)
+	sv := r.serveECH(client, proxySide, upEnd)
+	hc := newHTTPClient(t, bumpClient(t, r, client, "www.example.test", "http/1.1"))
+	if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("before the reload: %d %q", resp.StatusCode, body)
+	}
+	reloadTo(t, holder, echDenyPolicy)
+	if resp, body := hc.do("GET /after HTTP/1.1\r\nHost: www.example.test\r\n\r\n"); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("after the reload to ech: deny: %d %q, want 403", resp.StatusCode, body)
+	}
+	hc.wantClosed()
+	sv.waitDoneOnce(t)
+	if got := up.requests(); len(got) != 1 {
+		t.Errorf("the destination served %q, want only the request before the reload", got)
+	}
+	recs := ofKind(r.records(), "http")
+	if len(recs) != 2 || recs[1].Action != "deny" || !strings.Contains(recs[1].Error, "ech: deny") {
+		t.Errorf("records %+v, want the second denied for ech: deny", recs)
 	}
 }

@@ -167,6 +167,9 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 		if err := pace.wait(ctx); err != nil {
 			return nil, err
 		}
+		if _, why := s.nameDenied(s.requestPolicy()); why != "" { // connreload.go
+			return nil, fmt.Errorf("%w: %s", errNameDenied, s.nameDeniedNote(why))
+		}
 		c, err := s.ic.cfg.Dial(ctx, dest)
 		if err != nil {
 			return nil, err

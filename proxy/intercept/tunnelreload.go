@@ -143,9 +143,9 @@ func (r *tunnelReload) decide(pol *policy.Policy) string {
 	if d.Action == policy.Deny {
 		return "denied by policy"
 	}
-	if r.s.Hello != nil && r.s.Hello.ServerName != r.subj.Domain {
+	if r.s.Hello != nil {
 		// The connection's own name, which its upstream connections
-		// carry (connreload.go).
+		// carry, and its ECH (connreload.go).
 		if nd, why := r.s.nameDenied(pol); why != "" {
 			r.d = nd
 			return r.s.nameDeniedNote(why)
