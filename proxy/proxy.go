@@ -58,6 +58,14 @@ type Config struct {
 	// or a lookup that failed). It may block on a lookup, bounded by ctx.
 	// Nil: names are trusted.
 	DestinationCheck func(ctx context.Context, endpoint, name string, dest netip.Addr) error
+	// DestinationLookedUp, when set with DNSGeneration, says of a
+	// destination that passed DestinationCheck whether it would pass
+	// without the observed DNS answers (DNSAnswer's): the appliance's own
+	// lookup vouches for it, or the name is the address. One it does not
+	// vouch for passed on an observed answer, and is checked again after a
+	// reload that forgot them (DNSGeneration advanced). It must not block.
+	// Nil: every pass is taken to rest on an observed answer.
+	DestinationLookedUp func(name string, dest netip.Addr) bool
 	// DNSAnswer, when set, sees every DNS response relayed back to a
 	// client, with the GWLB endpoint it goes through and the client as
 	// the per-client shares count it (its address; an IPv6 client's prefix, clientkey.Of):
@@ -69,7 +77,8 @@ type Config struct {
 	// DNSGeneration, when set, is read before that check, for DNSAnswer:
 	// a reload that lands between the check and DNSAnswer's store, and
 	// advances it, can so make DNSAnswer drop an answer the new policy
-	// might not have let through. Nil: gen is 0.
+	// might not have let through. Nil: gen is 0. It is also read before
+	// each destination check (DestinationLookedUp). It must not block.
 	DNSGeneration func() uint64
 	// MaxWaitingTCPPerClient bounds the TCP connections one client may
 	// have waiting to be classified (default DefaultMaxWaitingTCPPerClient).

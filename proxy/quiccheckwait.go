@@ -55,7 +55,7 @@ func (f *udpFlow) checkHolding(d policy.Decision, name string, held [][]byte) ([
 		return held, false, nil // nothing waits: the relay reads what came
 	}
 	w := f.startCheckWait()
-	deny := f.p.checkDestination(context.Background(), f.pol, d, f.rec, name, f.info.Dest.Addr())
+	deny := f.p.checkDestination(context.Background(), f.pol, d, f.rec, &f.vouch, name, f.info.Dest.Addr())
 	more, err := w.stop()
 	if err != nil {
 		return held, deny, fmt.Errorf("%w: %w", errClientGone, err)

@@ -152,6 +152,7 @@ func (p *Proxy) endTCP(rec *records.Record, start time.Time) {
 type tcpSession struct {
 	p      *Proxy
 	rec    *records.Record // the connection's record
+	vouch  destVouch       // what its destination check passed on
 	start  time.Time
 	pol    *policy.Policy
 	subj   policy.Subject
@@ -385,7 +386,7 @@ func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
 			s.rec.Action, s.rec.Error = policy.Splice.String(), "bump requested but the appliance has no CA"
 			d.Action = policy.Splice // spliced, the name is proven by nothing: check it
 		}
-		if s.p.checkDestination(context.Background(), s.pol, d, s.rec, hello.ServerName, s.subj.Dest.Addr()) {
+		if s.p.checkDestination(context.Background(), s.pol, d, s.rec, &s.vouch, hello.ServerName, s.subj.Dest.Addr()) {
 			intercept.WriteAlert(s.client, intercept.AlertAccessDenied)
 			s.refuse(s.rec.Error)
 			return

@@ -93,8 +93,8 @@ func (r *tcpReload) decide(pol *policy.Policy) string {
 	if r.spliced && d.Action == policy.Bump {
 		d.Action = policy.Splice // no CA: spliced, as serveTLS does
 	}
-	why := s.p.reloadDestCheck(pol, d, s.rec, s.subj.Domain, func() bool {
-		return s.p.checkDestination(context.Background(), pol, d, s.rec, s.subj.Domain, s.subj.Dest.Addr())
+	why := s.p.reloadDestCheck(pol, d, s.rec, &s.vouch, s.subj.Domain, s.subj.Dest.Addr(), func() bool {
+		return s.p.checkDestination(context.Background(), pol, d, s.rec, &s.vouch, s.subj.Domain, s.subj.Dest.Addr())
 	})
 	if why != "" {
 		s.rec.Rule, s.rec.Action, s.rec.Policy = d.Rule, policy.Deny.String(), d.Policy

@@ -57,6 +57,7 @@ type udpFlow struct {
 	client net.Conn
 	ready  readableConn // nil: the client is read by a goroutine of its own
 	rec    *records.Record
+	vouch  destVouch // what its destination check passed on
 	start  time.Time
 	pol    *policy.Policy
 	share  shareKey // the client's, while the flow counts against its share

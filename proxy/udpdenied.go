@@ -65,6 +65,7 @@ type udpSubject struct {
 	ech         bool   // a QUIC ClientHello that offered ECH
 	unread      bool   // a QUIC connection whose ClientHello was not read
 	destCheck   string // the record's dest_check
+	vouch       destVouch
 	endpoint    string
 	dest        netip.AddrPort
 	client      netip.Addr
@@ -74,7 +75,7 @@ type udpSubject struct {
 // of its ClientHello.
 func (f *udpFlow) subject() udpSubject {
 	s := udpSubject{
-		proto: policy.ProtoUDP, unread: f.quicUnread, destCheck: f.rec.DestCheck,
+		proto: policy.ProtoUDP, unread: f.quicUnread, destCheck: f.rec.DestCheck, vouch: f.vouch,
 		endpoint: f.rec.Endpoint, dest: f.info.Dest, client: f.info.Client.Addr(),
 	}
 	if f.rec.Kind == "quic" && !f.quicUnread {
@@ -108,7 +109,7 @@ func (p *Proxy) redecide(pol *policy.Policy, s *udpSubject, rec *records.Record)
 	if rec == nil {
 		rec = &records.Record{DestCheck: s.destCheck}
 	}
-	return d, p.reloadDestCheck(pol, d, rec, s.name, nil)
+	return d, p.reloadDestCheck(pol, d, rec, &s.vouch, s.name, s.dest.Addr(), nil)
 }
 
 // hold keeps the flow's client end as a denied flow's, denied under pol (nil

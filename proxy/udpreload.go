@@ -35,6 +35,7 @@ func (f *udpFlow) reloaded(pol *policy.Policy) bool {
 		f.endDenied(pol, d, why)
 		return false
 	}
+	f.vouch = s.vouch
 	f.pol = pol
 	if f.quic == nil && !f.quicUnread {
 		f.guardInitials = pol.NamesMatter()

@@ -322,6 +322,7 @@ func New(o Options) (_ *Appliance, err error) {
 		AllowLoopback:         o.AllowLoopback,
 		Policy:                a.policy,
 		DestinationCheck:      a.destCheck.Check,
+		DestinationLookedUp:   a.destCheck.LookedUp,
 		DNSAnswer:             dnsAnswer,
 		DNSGeneration:         a.destCheck.Generation,
 		DNSPorts:              o.DNSPorts,

@@ -8,11 +8,12 @@ import (
 )
 
 // Reload re-reads --config (SIGHUP). A file with an error is rejected and
-// the running policy stays in force. Open TCP connections keep the policy
-// they started with; allowed UDP, QUIC and echo flows are decided again on
-// their next datagram. DNS answers observed under the old policy are
-// forgotten if the file changed: the old one may have let clients ask
-// resolvers of their own. A reload of the same bytes (configuration
+// the running policy stays in force. Allowed flows are decided again on
+// their next bytes (HTTP requests each as it comes). DNS answers observed
+// under the old policy are forgotten if the file changed: the old one may
+// have let clients ask resolvers of their own; and a flow whose
+// destination check passed on one of them is checked again then
+// (proxy/destcheck.go), not only new ones. A reload of the same bytes (configuration
 // management re-applying the file, a periodic SIGHUP) keeps them: the
 // policy has not changed, and forgetting them would fail the destination
 // checks of clients' cached answers (CDN, geo-DNS) until they ask again.

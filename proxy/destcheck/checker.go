@@ -310,17 +310,12 @@ func (c *Checker) Check(ctx context.Context, endpoint, name string, dest netip.A
 	c.stats.checks.Add(1)
 	dest = dest.Unmap()
 	name = canonical(name)
-	if looksLikeAddr(name) {
-		if a, err := netip.ParseAddr(name); err == nil {
-			// A zone names an interface of the sender's, never a
-			// destination; and Unmap drops it, which made any
-			// "::ffff:D%anything" equal to D.
-			if v4, nat64 := nat64Embedded(dest); a.Zone() == "" && (a.Unmap() == dest || nat64 && a.Unmap() == v4) {
-				return nil
-			}
-			c.stats.mismatches.Add(1)
-			return &MismatchError{Name: name, Dest: dest, Addrs: []netip.Addr{a.Unmap()}}
+	if a, ok := literal(name); ok {
+		if literalIs(a, dest) {
+			return nil
 		}
+		c.stats.mismatches.Add(1)
+		return &MismatchError{Name: name, Dest: dest, Addrs: []netip.Addr{a.Unmap()}}
 	}
 	now := c.clock()
 	if c.observedHas(endpoint, name, dest, now) {
@@ -351,6 +346,41 @@ func (c *Checker) Check(ctx context.Context, endpoint, name string, dest netip.A
 		return nil
 	}
 	return c.mismatch(endpoint, name, dest, now)
+}
+
+// LookedUp reports whether dest is an address of name by what
+// ForgetObserved leaves: name is that address, or a current answer of the
+// checker's own lookups holds it. It looks nothing up, and counts nothing.
+// The proxy asks it of a destination that passed Check: one it does not
+// vouch for passed on an observed answer alone, which a reload that forgets
+// them withdraws.
+func (c *Checker) LookedUp(name string, dest netip.Addr) bool {
+	dest = dest.Unmap()
+	name = canonical(name)
+	if a, ok := literal(name); ok {
+		return literalIs(a, dest)
+	}
+	st, _ := c.resolvedState(name, dest, c.clock())
+	return st == stateHit
+}
+
+// literal returns the address name is, if it is one (a Host of
+// "192.0.2.1").
+func literal(name string) (netip.Addr, bool) {
+	if !looksLikeAddr(name) {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(name)
+	return a, err == nil
+}
+
+// literalIs reports whether a name that is the address a names dest (an
+// unmapped address).
+func literalIs(a, dest netip.Addr) bool {
+	// A zone names an interface of the sender's, never a destination; and
+	// Unmap drops it, which made any "::ffff:D%anything" equal to D.
+	v4, nat64 := nat64Embedded(dest)
+	return a.Zone() == "" && (a.Unmap() == dest || nat64 && a.Unmap() == v4)
 }
 
 // looksLikeAddr reports whether name could be an IP address literal (a
@@ -532,7 +562,8 @@ func (c *Checker) ObserveAt(gen uint64, endpoint string, client netip.Addr, msg 
 // new one no longer lets clients ask (one a client runs itself), and kept,
 // they would vouch for their names for up to MaxTTL and the grace. It
 // advances Generation, so that an answer checked before it and stored after
-// (ObserveAt) is dropped.
+// (ObserveAt) is dropped, and so that the proxy checks again the flows whose
+// check passed on an answer it dropped (LookedUp).
 func (c *Checker) ForgetObserved() {
 	s := c.observed
 	s.mu.Lock()

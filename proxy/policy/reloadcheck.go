@@ -33,3 +33,25 @@ func (p *Policy) DestCheckAfterReload(prior string, check func() (mismatch bool)
 	}
 	return "", false
 }
+
+// DestCheckWithdrawn is DestCheckAfterReload for a flow whose check passed
+// on evidence the reload withdrew: a DNS answer observed under the old
+// policy, which a reload of a changed file forgets so that it stops
+// vouching at once (the answer may have come from a resolver the client
+// ran itself, which the new policy no longer lets it ask). Its "ok" no
+// longer holds, and it is checked again as one never checked is: by check,
+// or, where no lookup may wait (check nil), not at all, which ends it under
+// an enforcing p and lets it go on unchecked under an auditing one.
+func (p *Policy) DestCheckWithdrawn(check func() (mismatch bool)) (why string, unchecked bool) {
+	audit := p.Mode() == Audit
+	switch {
+	case check == nil:
+		if audit {
+			return "", true
+		}
+		return "the DNS answer its destination check passed on was forgotten by the reload, and no lookup can wait here", false
+	case check() && !audit:
+		return "its destination fails the destination check, which passed on a DNS answer the reload forgot", false
+	}
+	return "", false
+}
