@@ -59,6 +59,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 			f.rec.Rule, f.rec.Policy = "", f.pol.ID() // no rule, but the policy looks at names
 			f.quicUnread = true                       // held as such: see udpSubject
 			f.refuse(reason)
+			f.p.udp.quicPaths.denied(f, f.pol, reason)
 			return
 		}
 		// Nothing in the policy looks at names or tells QUIC apart:
@@ -117,10 +118,15 @@ func (f *udpFlow) clientLeft(why string) {
 // record comes from the client's bucket of such denials (denylimit.go), so
 // that a client cannot keep the name out of the records by first spending
 // its bucket of early denials on cheap ones.
-func (f *udpFlow) refuseNamed(reason string) {
+func (f *udpFlow) refuseNamed(reason string) { f.refuseNamedAs(reason, reason) }
+
+// refuseNamedAs is refuseNamed, the denial remembered for the
+// connection's new paths (quicpaths.go) as why.
+func (f *udpFlow) refuseNamedAs(reason, why string) {
 	f.releaseShare() // no host socket: it does not count
 	f.p.denyNamed(f.rec, f.start, clientShareKey(f.info), reason)
 	f.hold(f.pol)
+	f.p.udp.quicPaths.denied(f, f.pol, why)
 }
 
 // gateQUIC holds the client's datagrams, from first on, until they carry a

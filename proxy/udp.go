@@ -166,6 +166,9 @@ func (f *udpFlow) serve() {
 		f.serveQUIC(first, bufp)
 		return
 	}
+	if f.followQUIC(first, bufp) { // a QUIC connection's new path (quicpaths.go)
+		return
+	}
 	if d := f.decide(policy.ProtoUDP, ""); d.Action == policy.Deny {
 		datagramBufPool.Put(bufp)
 		f.refuse("denied by policy")
@@ -235,11 +238,14 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	f.readFn, f.writeFn = f.readHost, f.writeHost
 	f.hostPol = f.pol
 	// Read as DNS only what the policy let out as UDP to a DNS port: a
-	// flow let out as QUIC by its ClientHello's name carries, after it,
-	// whatever reads as a short header (a DNS query with an ID below
-	// 0x8000 does), and its server's answers would vouch for any name.
-	if f.quic == nil && p.isDNSPort(f.info.Dest.Port()) {
+	// flow let out as QUIC by its ClientHello's name (or as a new path of
+	// such a flow) carries whatever reads as a short header (a DNS query
+	// with an ID below 0x8000 does), and its server's answers would vouch
+	// for any name.
+	if f.rec.Kind == "udp" && p.isDNSPort(f.info.Dest.Port()) {
 		f.dns = newDNSLog(p, f.rec, f.pol)
+	} else if f.rec.Kind == "quic" {
+		p.udp.quicPaths.opened(f)
 	}
 	p.stats.udpActive.Add(1)
 
@@ -576,6 +582,9 @@ func (f *udpFlow) finish() {
 		f.rec.Error = note
 	}
 	f.p.finish(f.rec, f.start)
+	if f.rec.Kind == "quic" {
+		f.p.udp.quicPaths.closed(f)
+	}
 	if held {
 		// As a flow denied from the start: its further datagrams are
 		// discarded, with no record each, until it idles or a reload allows it.

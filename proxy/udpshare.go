@@ -51,6 +51,8 @@ type udpState struct {
 	unheld     atomic.Uint64
 	// dnsPending counts each client's DNS queries waiting for answers.
 	dnsPending dnsPending
+	// quicPaths remembers each client's QUIC flows, for their new paths.
+	quicPaths quicPaths
 }
 
 // udpShares counts what each client holds of a resource shared by all
