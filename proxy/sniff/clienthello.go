@@ -25,6 +25,23 @@ const (
 	extECH               = 0xfe0d
 )
 
+// hidesName reports an extension that carries the real server name
+// encrypted: RFC 9849's encrypted_client_hello, and the code points its
+// drafts and draft ESNI used before it. Servers no longer accept those,
+// but a client talking to a server of its own can still send them, and
+// its real name is as hidden: `ech: deny` must see them, and the record
+// say ech.
+func hidesName(typ int) bool {
+	switch {
+	case typ == extECH,
+		typ == 0xffce,                  // encrypted_server_name (ESNI, drafts 00-05)
+		typ == 0xff02,                  // encrypted_client_hello (drafts 06-07)
+		typ >= 0xfe08 && typ <= 0xfe0c: // encrypted_client_hello (drafts 08-12)
+		return true
+	}
+	return false
+}
+
 // MaxClientHelloLen is the largest ClientHello body (the handshake message
 // without its 4-byte header) that ParseClientHello accepts. The protocol
 // allows 16 MiB; crypto/tls refuses handshake messages above 64 KiB, and so
@@ -395,8 +412,10 @@ func parseClientHelloBody(body []byte) (ClientHello, error) {
 			for i := range h.SupportedVersions {
 				h.SupportedVersions[i] = uint16(be16(list[2*i:]))
 			}
-		case extECH:
-			h.ECH = true
+		default:
+			if hidesName(typ) {
+				h.ECH = true
+			}
 		}
 	}
 	return h, nil
