@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -225,5 +226,35 @@ func TestQUICPathsBounded(t *testing.T) {
 	q.denied(flow("198.18.0.7", 1), pol, "denied by policy")
 	if n := q.len(); n != 1 {
 		t.Fatalf("%d remembered after they expired, want 1", n)
+	}
+}
+
+// TestQUICMigrationUnreadAfterReload: a QUIC connection that a udp flow
+// carried unread, under a policy that looked at no names, is denied by a
+// reload to one that does (TestUDPFlowGuardsInitialsAfterReload's
+// quicUnread); moving to a new client port must not carry it on either.
+func TestQUICMigrationUnreadAfterReload(t *testing.T) {
+	p, h, recs := udpProxy(t, "policy:\n  default: allow\n", func(c *Config) { c.UDPIdleTimeout = 3 * time.Second })
+	dst := newUDPSink(t, false)
+	flight := quicFirstFlight(t, "blocked.example.test")
+	c1, _ := startFlow(p, quicClient, dst.addr(), []byte("junk"))
+	defer c1.Close()
+	waitReceived(t, dst, 1)
+	for _, d := range flight {
+		c1.inject(d)
+	}
+	waitReceived(t, dst, 1+len(flight))
+
+	h.Store(mustPolicy(t, migrateAfter))
+	migrated := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+1)
+	c2, _ := startFlow(p, migrated, dst.addr(), shortPacket('c'))
+	defer c2.Close()
+	r := recordOfPort(t, recs, migrated.Port())
+	time.Sleep(100 * time.Millisecond)
+	if n := tagged(dst, 'c'); n != 0 {
+		t.Fatal("the unread connection went on from a new port after the reload")
+	}
+	if r.Kind != "quic" || r.Action != "deny" || r.SNI != "" || !strings.Contains(r.Error, "ClientHello was not read") {
+		t.Fatalf("the new path's record: %+v", r)
 	}
 }

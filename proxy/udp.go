@@ -244,7 +244,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	// for any name.
 	if f.rec.Kind == "udp" && p.isDNSPort(f.info.Dest.Port()) {
 		f.dns = newDNSLog(p, f.rec, f.pol)
-	} else if f.rec.Kind == "quic" {
+	} else if f.rec.Kind == "quic" || f.quicUnread {
 		p.udp.quicPaths.opened(f)
 	}
 	p.stats.udpActive.Add(1)
@@ -408,6 +408,7 @@ func (f *udpFlow) smuggled(d []byte) bool {
 		// same connection decided as quic. The first byte (a long
 		// header) keeps the check off most datagrams.
 		f.quicUnread = true
+		f.p.udp.quicPaths.opened(f) // its new paths are decided as it is
 	}
 	return false
 }
@@ -582,7 +583,7 @@ func (f *udpFlow) finish() {
 		f.rec.Error = note
 	}
 	f.p.finish(f.rec, f.start)
-	if f.rec.Kind == "quic" {
+	if f.rec.Kind == "quic" || f.quicUnread {
 		f.p.udp.quicPaths.closed(f)
 	}
 	if held {
