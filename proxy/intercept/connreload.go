@@ -93,6 +93,23 @@ func (s *session) nameDeniedNote(why string) string {
 	return fmt.Sprintf("the connection's name (SNI %q) is no longer allowed, after a policy reload: %s", s.Hello.ServerName, why)
 }
 
+// noteNameDenied makes the tls record of a connection that ended while
+// the policy in force denied its own name (its requests refused for it
+// since) say so, as the end of a tunnel a reload denied does: the
+// denying rule and policy, action deny, result denied, and why. Only one
+// that ended cleanly: a reset, a stall, the client's going say their own.
+func (s *session) noteNameDenied() {
+	c := &s.nameCheck
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.why == "" || s.Record.Result != "ok" {
+		return
+	}
+	s.Record.Rule, s.Record.Action, s.Record.Policy = c.d.Rule, "deny", c.d.Policy
+	s.Record.Result = "denied"
+	s.Record.Error = joinErrors(s.Record.Error, "ended by a policy reload: "+s.nameDeniedNote(c.why))
+}
+
 // refuseDeniedName refuses req, decided on its Host under pol, when pol
 // denies the connection's own name: its record (rec, begun) takes that
 // decision's rule and says why, and the client gets a 403; an HTTP/1

@@ -56,11 +56,17 @@ func TestReloadDeniedSNIRefusesOtherHosts(t *testing.T) {
 		if got := up.requests(); len(got) != 1 {
 			t.Errorf("the destination served %q, want only the request before the reload", got)
 		}
-		recs := ofKind(r.records(), "http")
+		all := r.records()
+		recs := ofKind(all, "http")
 		if len(recs) != 2 {
 			t.Fatalf("%d http records, want 2", len(recs))
 		}
 		wantNameDeniedRecord(t, recs[1], "/after")
+		// The connection's record says what ended it (review r4s26 F3).
+		if tr := ofKind(all, "tls"); len(tr) != 1 || tr[0].Action != "deny" || tr[0].Rule != "no-www" || tr[0].Result != "denied" ||
+			!strings.Contains(tr[0].Error, "ended by a policy reload: the connection's name") {
+			t.Errorf("tls record %+v, want denied by no-www, ended by the reload", tr)
+		}
 	})
 	t.Run("http2", func(t *testing.T) {
 		r, holder := newReloadableRig(t)

@@ -314,6 +314,7 @@ func (s *session) writeRecord() {
 		s.Record.BytesOut, s.Record.BytesIn = s.upBytes.out.Load(), s.upBytes.in.Load()
 		s.Record.BytesOutUnacked = min(s.upBytes.outUnacked.Load(), s.Record.BytesOut)
 		s.noteRedialsInTLSRecord() // redial.go
+		s.noteNameDenied()         // connreload.go
 	}
 	s.noteReclaimed()
 	s.noteShutdownEnd()
