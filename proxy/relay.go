@@ -110,6 +110,9 @@ type relay struct {
 	// closeUnacked is what the destination had not acknowledged when the
 	// relay closed its socket (not reset: r.cut says then).
 	closeUnacked atomic.Int64
+	// finMu holds the client's FIN passed on (r.closeWrite) and each
+	// count of the destination's send queue apart (sendQueue).
+	finMu sync.Mutex
 	// delivering is set by the first closeDelivering, and cut by it when
 	// the destination did not take the upload's tail.
 	delivering atomic.Bool
@@ -182,7 +185,7 @@ func (r *relay) ended() {
 		// the host's kernel, which sends it; a destination that resets
 		// (one that closes with the upload unread) never gets it, after
 		// the record is written: the record says how much that is.
-		r.closeUnacked.Store(unackedPayload(r.upstream))
+		r.closeUnacked.Store(r.unackedPayload())
 		r.upstream.Close()
 	}
 	r.aborting.Lock()
@@ -308,7 +311,7 @@ func (h *halfRelay) copy() {
 		case rerr == nil:
 			continue
 		case rerr == io.EOF:
-			_ = closeWrite(h.dst)
+			h.r.closeWrite(h.dst)
 			h.eof = true
 			if h == &h.r.out {
 				h.r.finPassed.Store(true)

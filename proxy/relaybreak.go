@@ -92,13 +92,13 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 			se.counted()
 		}
 		err = fmt.Errorf("the client's connection broke after its FIN: %w", why)
-		r.cut.Store(queueCut(r.upstream, false, &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}))
+		r.cut.Store(r.queueCut(false, &tailCutError{fmt.Errorf("the upload's tail was not delivered: lingering: %w", serr)}))
 	}
 	r.broke.Store(&err)
 	if r.cut.Load() == nil {
 		// The reset throws the socket's send queue away: bytes_out
 		// leaves out what was never sent (resetCut).
-		r.cut.Store(queueCut(r.upstream, false, nil))
+		r.cut.Store(r.queueCut(false, nil))
 	}
 	intercept.Abort(r.upstream) // the blocked write ends with net.ErrClosed
 }
@@ -118,12 +118,13 @@ func (r *relay) cutAfterBreak(why error) bool {
 	if p == nil || why == nil || r.cut.Load() != nil {
 		return false
 	}
+	unacked, notSent := r.sendQueue()
 	if errors.Is(why, syscall.ECONNRESET) || errors.Is(why, syscall.EPIPE) {
 		// The destination's reset: the bytes it had yet to acknowledge
 		// it may have read, those never sent it did not.
-		why = &hostconn.EndedError{Err: why, NotSent: notSentOf(r.upstream)}
+		why = &hostconn.EndedError{Err: why, NotSent: notSent}
 	}
-	if !r.cut.CompareAndSwap(nil, lingerCutOf(unackedOf(r.upstream), notSentOf(r.upstream), why)) {
+	if !r.cut.CompareAndSwap(nil, lingerCutOf(unacked, notSent, why)) {
 		return false
 	}
 	err := fmt.Errorf("the client's connection broke after its FIN: %w", *p)
@@ -237,36 +238,62 @@ func (r *relay) cutOnReset(destTimedOut bool) {
 	if r.cut.Load() != nil {
 		return
 	}
-	r.cut.CompareAndSwap(nil, queueCut(r.upstream, destTimedOut, nil))
+	r.cut.CompareAndSwap(nil, r.queueCut(destTimedOut, nil))
 }
 
-// queueCut is the cut of a reset of c, the destination's socket, with err
+// queueCut is the cut of a reset of the destination's socket, with err
 // (nil: none the record says): bytes_out leaves out the bytes its send
 // queue never sent, or, all, every byte the destination had not
 // acknowledged; of those it still counts, unacked are not acknowledged
 // (the record's bytes_out_unacked).
-func queueCut(c net.Conn, all bool, err error) *lingerCut {
-	notSent, unacked := notSentOf(c), unackedOf(c)
-	if finQueued(c) {
-		// The FIN's sequence number is no byte; it is counted among the
-		// bytes never sent until it goes, among those unacknowledged
-		// until it is acknowledged.
-		notSent, unacked = max(notSent-1, 0), max(unacked-1, 0)
-	}
+func (r *relay) queueCut(all bool, err error) *lingerCut {
+	unacked, notSent := r.sendQueue()
 	if all {
 		notSent = unacked
 	}
 	return &lingerCut{unsent: int64(notSent), unacked: int64(max(unacked-notSent, 0)), err: err}
 }
 
-// unackedPayload is how many bytes of the payload written to c, the
-// destination's socket, its peer has not acknowledged (its FIN is none).
-func unackedPayload(c net.Conn) int64 {
-	n := unackedOf(c)
-	if finQueued(c) {
-		n = max(n-1, 0)
+// unackedPayload is how many bytes of the payload written to the
+// destination's socket it has not acknowledged (its FIN is none).
+func (r *relay) unackedPayload() int64 {
+	unacked, _ := r.sendQueue()
+	return int64(unacked)
+}
+
+// sendQueue is what the destination's socket holds of the upload: the
+// bytes the destination has not acknowledged, and of them those never
+// sent. The FIN's sequence number is no byte; the socket counts it among
+// the bytes never sent until it goes, among those unacknowledged until it
+// is acknowledged, from the moment the shutdown queues it, and the
+// connection says it queued (FINQueued) only once that shutdown has
+// returned. A count read between the two found the FIN in the counts and
+// took it for a byte: a reset of the destination meanwhile, which keeps
+// the counts as they stood, left bytes_out one below what the destination
+// had read (1 run in 25 under load). So the counts are read under finMu,
+// which closeWrite holds across the shutdown and what the connection says
+// of it: they and FINQueued agree.
+func (r *relay) sendQueue() (unacked, notSent int) {
+	r.finMu.Lock()
+	defer r.finMu.Unlock()
+	unacked, notSent = unackedOf(r.upstream), notSentOf(r.upstream)
+	if finQueued(r.upstream) {
+		unacked, notSent = max(unacked-1, 0), max(notSent-1, 0)
 	}
-	return int64(n)
+	return unacked, notSent
+}
+
+// closeWrite passes the end of a direction's stream on to c, one of r's
+// connections: a shutdown of the destination's socket under finMu
+// (sendQueue).
+func (r *relay) closeWrite(c net.Conn) {
+	if c != r.upstream {
+		_ = closeWrite(c)
+		return
+	}
+	r.finMu.Lock()
+	defer r.finMu.Unlock()
+	_ = closeWrite(c)
 }
 
 // timedOut reports whether err ended a wait on the destination that timed

@@ -78,12 +78,7 @@ func (r *relay) closeDelivering(c net.Conn) {
 		if p := r.destReadErr.Load(); p != nil {
 			hostconn.SeenElsewhere(err, *p)
 		}
-		// Shut for writing: its FIN counts among the bytes not sent
-		// until it goes.
-		notSent := notSentOf(c)
-		if finQueued(c) {
-			notSent = max(notSent-1, 0)
-		}
+		_, notSent := r.sendQueue() // c is r.upstream
 		r.cut.Store(lingerCutOf(unsent, notSent, err))
 		intercept.Abort(c)
 	}

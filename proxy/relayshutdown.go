@@ -37,7 +37,7 @@ func (r *relay) shutdownWaiting(ww *writeWatch) {
 	} else {
 		err := errShutdownWriting
 		r.broke.Store(&err)
-		r.cut.Store(queueCut(r.upstream, false, nil))
+		r.cut.Store(r.queueCut(false, nil))
 	}
 	r.out.writeBreak.Store(true) // the write's error is this abort's
 	intercept.Abort(r.upstream)

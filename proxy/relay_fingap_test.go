@@ -1,0 +1,116 @@
+package proxy
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
+)
+
+// finGapConn is a destination's socket whose CloseWrite says its FIN is
+// queued only once gap has run after the shutdown that queued it, as
+// hostconn.Conn says it once its shutdown has returned: a count of the
+// send queue between the two finds the FIN's sequence number there, and
+// FINQueued false.
+type finGapConn struct {
+	*hostconn.Conn
+	gap     func()
+	fin     atomic.Bool
+	once    sync.Once
+	counted chan struct{} // closed by the first SendNotSent
+}
+
+func (c *finGapConn) CloseWrite() error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var e syscall.Errno
+	if err := rc.Control(func(fd uintptr) { _, _, e = unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0) }); err != nil {
+		return err
+	}
+	if e != 0 {
+		return e
+	}
+	c.gap()
+	c.fin.Store(true)
+	return nil
+}
+
+func (c *finGapConn) FINQueued() bool { return c.fin.Load() }
+
+func (c *finGapConn) SendNotSent() (int, error) {
+	c.once.Do(func() { close(c.counted) })
+	return c.Conn.SendNotSent()
+}
+
+// TestRelayFINCountedWithItsShutdown: the client's FIN is passed on to a
+// destination that has much of the upload still unsent in the appliance's
+// socket, and the destination resets between the shutdown that queued the
+// FIN and the FIN's being said queued. The destination's direction reads
+// the reset and counts the queue the reset throws away: it found the
+// FIN's sequence number in the counts and took it for a byte never sent,
+// bytes_out one below what the destination had (1 of 25 runs of
+// TestRelayFINCrossingDestinationReset, under load). Each count of the
+// queue is made with the FIN as it stands.
+func TestRelayFINCountedWithItsShutdown(t *testing.T) {
+	ln := smallBufferListener(t)
+	accepted := make(chan *net.TCPConn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c.(*net.TCPConn)
+		}
+	}()
+	up, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dc *net.TCPConn
+	select {
+	case dc = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("accept")
+	}
+	t.Cleanup(func() { up.Close(); dc.Close() })
+	had := make(chan int64, 1)
+	g := &finGapConn{Conn: hostconn.Wrap(up).(*hostconn.Conn), counted: make(chan struct{})}
+	g.gap = func() {
+		had <- destinationHas(t, dc, 0)
+		_ = dc.SetLinger(0)
+		dc.Close() // the reset, after the FIN was queued
+		select {
+		case <-g.counted: // the destination's direction counting, the FIN said unqueued
+		case <-time.After(time.Second): // the count waits for the FIN
+		}
+	}
+	client, peer := loopbackPair(t)
+	done := make(chan relayCounts, 1)
+	startWatchedRelay(client, g, nil, nil, nil, func(n relayCounts, _ error) { done <- n })
+	const upload = 24 << 10
+	if _, err := peer.Write(make([]byte, upload)); err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	var n relayCounts
+	select {
+	case n = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not end")
+	}
+	got := <-had
+	t.Logf("bytes_out %d (unacked %d), the destination had %d of %d", n.out, n.outUnacked, got, upload)
+	if got >= upload {
+		t.Fatalf("the destination had the whole upload: the test wants its tail unsent")
+	}
+	if n.out != got {
+		t.Errorf("bytes_out %d, the destination had %d (diff %d)", n.out, got, n.out-got)
+	}
+}
