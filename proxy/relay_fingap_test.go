@@ -114,3 +114,60 @@ func TestRelayFINCountedWithItsShutdown(t *testing.T) {
 		t.Errorf("bytes_out %d, the destination had %d (diff %d)", n.out, got, n.out-got)
 	}
 }
+
+// TestRelayLingerCountsNoFINAfterReset: the destination resets with much
+// of the upload unsent before the client's FIN is passed on (the relay's
+// shutdown finds the connection ended: ENOTCONN, no FIN queued), and the
+// client breaks after its FIN: the destination lingers (closeDelivering),
+// and the linger finds the connection ended. Its counts took a FIN off
+// that was never queued: bytes_out one above what the destination had
+// read. The record counts the queue as the reset left it.
+func TestRelayLingerCountsNoFINAfterReset(t *testing.T) {
+	ln := smallBufferListener(t)
+	accepted := make(chan *net.TCPConn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c.(*net.TCPConn)
+		}
+	}()
+	up, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dc *net.TCPConn
+	select {
+	case dc = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("accept")
+	}
+	t.Cleanup(func() { up.Close(); dc.Close() })
+	hc := hostconn.Wrap(up).(*hostconn.Conn)
+	const upload = 24 << 10
+	if _, err := hc.Write(make([]byte, upload)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the destination's window filled
+	had := destinationHas(t, dc, 0)
+	_ = dc.SetLinger(0)
+	dc.Close()
+	for end := time.Now().Add(5 * time.Second); !hc.Ended(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the destination's reset never came")
+		}
+	}
+	r := &relay{upstream: hc}
+	r.closeWrite(hc) // ENOTCONN: the client's FIN, after the reset
+	if hc.FINQueued() {
+		t.Fatal("a FIN was queued after the reset")
+	}
+	r.closeDelivering(hc)
+	cut := r.cut.Load()
+	if cut == nil {
+		t.Fatalf("the linger cut nothing: the destination had %d of %d", had, upload)
+	}
+	out := int64(upload) - cut.unsent
+	t.Logf("bytes_out %d (cut %d, unacked %d: %v), the destination had %d of %d", out, cut.unsent, cut.unacked, cut.err, had, upload)
+	if out != had {
+		t.Errorf("bytes_out %d, the destination had %d (diff %d)", out, had, out-had)
+	}
+}

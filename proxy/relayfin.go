@@ -78,7 +78,14 @@ func (r *relay) closeDelivering(c net.Conn) {
 		if p := r.destReadErr.Load(); p != nil {
 			hostconn.SeenElsewhere(err, *p)
 		}
-		_, notSent := r.sendQueue() // c is r.upstream
+		unacked, notSent := r.sendQueue() // c is r.upstream
+		if e, ok := errors.AsType[*hostconn.EndedError](err); ok {
+			// The counts stand as the end left them. Linger's take a
+			// FIN off always, but the relay's shutdown queued none
+			// when the destination had reset before it (ENOTCONN):
+			// bytes_out was a byte above what the destination read.
+			unsent, e.NotSent = unacked, notSent
+		}
 		r.cut.Store(lingerCutOf(unsent, notSent, err))
 		intercept.Abort(c)
 	}
