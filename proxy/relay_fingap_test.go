@@ -171,3 +171,61 @@ func TestRelayLingerCountsNoFINAfterReset(t *testing.T) {
 		t.Errorf("bytes_out %d, the destination had %d (diff %d)", out, had, out-had)
 	}
 }
+
+// TestRelayBreakCutCountsFINApart: the client broke after its FIN while
+// its upload was still being written (breakSeen), the copy has since
+// passed the FIN on, and the destination resets before the linger takes
+// the socket: the reset's read ends the linger begun at the break
+// (cutAfterBreak), which counted the FIN's sequence number, unsent behind
+// the upload, as a byte never sent: bytes_out one below what the
+// destination had read.
+func TestRelayBreakCutCountsFINApart(t *testing.T) {
+	ln := smallBufferListener(t)
+	accepted := make(chan *net.TCPConn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c.(*net.TCPConn)
+		}
+	}()
+	up, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dc *net.TCPConn
+	select {
+	case dc = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("accept")
+	}
+	t.Cleanup(func() { up.Close(); dc.Close() })
+	hc := hostconn.Wrap(up).(*hostconn.Conn)
+	const upload = 24 << 10
+	if _, err := hc.Write(make([]byte, upload)); err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{upstream: hc}
+	broke := error(syscall.ECONNRESET)
+	r.breakSeen.Store(&broke)
+	r.closeWrite(hc) // the FIN, behind the upload
+	if !hc.FINQueued() {
+		t.Fatal("no FIN queued")
+	}
+	time.Sleep(100 * time.Millisecond) // the destination's window filled
+	had := destinationHas(t, dc, 0)
+	_ = dc.SetLinger(0)
+	dc.Close()
+	for end := time.Now().Add(5 * time.Second); !hc.Ended(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the destination's reset never came")
+		}
+	}
+	if !r.cutAfterBreak(&net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}) {
+		t.Fatal("cutAfterBreak counted nothing")
+	}
+	cut := r.cut.Load()
+	out := int64(upload) - cut.unsent
+	t.Logf("bytes_out %d (cut %d, unacked %d: %v), the destination had %d of %d", out, cut.unsent, cut.unacked, cut.err, had, upload)
+	if out != had {
+		t.Errorf("bytes_out %d, the destination had %d (diff %d)", out, had, out-had)
+	}
+}
