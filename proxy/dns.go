@@ -370,9 +370,9 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	d.mu.Unlock()
 	if ok {
 		if fn := d.p.cfg.DNSAnswer; fn != nil {
-			// The generation first: a reload stores its policy, then
-			// advances it, so one that the compare below misses is seen
-			// by DNSAnswer.
+			// The generation first: a reload advances it, stores its
+			// policy and advances it again, so one that the compare
+			// below misses is seen by DNSAnswer (ObserveAt).
 			var gen uint64
 			if g := d.p.cfg.DNSGeneration; g != nil {
 				gen = g()

@@ -37,6 +37,7 @@ func (a *Appliance) Reload() error {
 		// decide again at once, and would go by the old answers.
 		if changed = before.File != a.opts.Config || p.ID() != before.Hash; changed {
 			a.destCheck.ForgetObserved()
+			reloadForgotten()
 		}
 		return nil
 	}
@@ -44,6 +45,15 @@ func (a *Appliance) Reload() error {
 		slog.Error("policy reload rejected; the running policy stays", "err", err,
 			"hash", before.Hash, "mode", before.Mode, "default", before.Default, "rules", before.Rules)
 		return err
+	}
+	if changed {
+		// And forgotten again once it is stored: an answer checked between
+		// the two, against the old policy still in force, read the new
+		// generation and was kept, to vouch under the new policy (review
+		// r6s26 F6). One checked before the store and kept after this
+		// finds the generation moved (ObserveAt), and one checked after it
+		// finds its flow's policy replaced.
+		a.destCheck.ForgetObserved()
 	}
 	after := a.policy.Status()
 	logPolicy("policy reloaded", after, "previous_hash", before.Hash, "dns_answers_forgotten", changed)
@@ -78,3 +88,7 @@ func (a *Appliance) canCarryOut(p *policy.Policy) error {
 	}
 	return nil
 }
+
+// reloadForgotten runs between a reload's first forgetting of the observed
+// answers and its store of the new policy; a hook for tests.
+var reloadForgotten = func() {}

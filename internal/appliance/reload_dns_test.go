@@ -133,3 +133,36 @@ func TestReloadSameFileKeepsObservedAnswers(t *testing.T) {
 
 // noRogueDNS is a policy that tightens DNS: no UDP to port 53.
 const noRogueDNS = "policy:\n  default: allow\n  rules:\n    - name: no-rogue-dns\n      protocols: [udp]\n      ports: [53]\n      action: deny\n"
+
+// TestReloadForgetsAnswerObservedMidReload: an answer checked between the
+// reload's forgetting and its store of the new policy (the old policy
+// still in force, the generation already new) was kept, and vouched under
+// the new policy (review r6s26 F6). The reload forgets again once the new
+// policy is stored.
+func TestReloadForgetsAnswerObservedMidReload(t *testing.T) {
+	const open = "policy:\n  default: allow\n"
+	r := newRig(t, func(o *Options) {
+		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+		if err := os.WriteFile(o.Config, []byte(open), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}, nil)
+	old := reloadForgotten
+	t.Cleanup(func() { reloadForgotten = old })
+	reloadForgotten = func() {
+		// The proxy's answer path: the generation read, the flow's policy
+		// still the one in force, the answer stored.
+		dc := r.app.destCheck
+		dc.ObserveAt(dc.Generation(), "vpce-0000000000000001", netip.Addr{},
+			forgedAnswer(t, "allowed.example.", netip.MustParseAddr("198.51.100.66")))
+	}
+	if err := os.WriteFile(r.app.opts.Config, []byte(noRogueDNS), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.app.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.app.destCheck.Stats().ObservedNames; n != 0 {
+		t.Fatalf("%d observed names after the reload, want 0: an answer observed during it vouches under the new policy", n)
+	}
+}
