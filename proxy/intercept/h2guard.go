@@ -197,11 +197,14 @@ const h2MaxPrematureResets = 100
 // answers with a stream error whatever the stream's state but idle (a
 // WINDOW_UPDATE of 0, a PRIORITY on which the stream depends on itself)
 // or on a stream whose client side has ended (DATA, HEADERS after its
-// END_STREAM), and a trailer block without END_STREAM. The resets x/net
-// makes for other client errors (a stream's DATA over its window or its
-// content-length, a bad trailer field) are counted as they are written,
-// and checked there (checkWrittenResets): checked only at the client's
-// next stream, a client that opened none more kept its connection.
+// END_STREAM), a trailer block without END_STREAM, and those of
+// h2guardbody.go: DATA past the request's content-length, a trailer block
+// with a field x/net refuses there (review r4s26 F2). The resets x/net
+// makes for DATA over a stream's flow-control window, which the
+// appliance cannot tell exactly as the frame comes in (h2guardbody.go),
+// are counted as they are written, and checked there
+// (checkWrittenResets): checked only at the client's next stream, a
+// client that opened none more kept its connection.
 // A stream counted so is out of the unanswered ones, so x/net's reset,
 // once written, is not counted again. One whose reset x/net had queued
 // already (REFUSED_STREAM, one of the appliance's own) counts so too, as
@@ -299,7 +302,8 @@ const (
 // streamFrameStart takes the header of a frame on a stream the client
 // opened already (l.stream, not new): DATA, or the HEADERS of a trailer
 // block. x/net resets the stream (STREAM_CLOSED) if the client had ended
-// it, and a trailer block without END_STREAM (PROTOCOL_ERROR).
+// it, and a trailer block without END_STREAM (PROTOCOL_ERROR); what the
+// frame brings is read at its end (h2guardbody.go).
 func (l *h2HeaderLimit) streamFrameStart() {
 	end := l.flags&h2FlagEndStream != 0
 	if l.unanswered.clientFrame(l.stream, end, l.typ == h2TypeHeaders && !end) {
@@ -337,8 +341,8 @@ func (l *h2HeaderLimit) streamFrameEnd() {
 type h2Unanswered struct {
 	mu sync.Mutex
 	// m holds, for each stream, whether the client ended its side
-	// (END_STREAM).
-	m map[uint32]bool
+	// (END_STREAM), and its body so far (h2guardbody.go).
+	m map[uint32]h2Stream
 	// n is len(m), for waiting: the client watch asks on the packet
 	// stack's path, where no lock is taken.
 	n atomic.Int64
@@ -358,9 +362,9 @@ func (u *h2Unanswered) open(id uint32, ended bool) {
 	}
 	u.mu.Lock()
 	if u.m == nil {
-		u.m = make(map[uint32]bool)
+		u.m = make(map[uint32]h2Stream)
 	}
-	u.m[id] = ended
+	u.m[id] = h2Stream{ended: ended, declared: -1}
 	u.n.Store(int64(len(u.m)))
 	u.mu.Unlock()
 }
@@ -385,16 +389,17 @@ func (u *h2Unanswered) clientFrame(id uint32, end, bad bool) bool {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	ended, ok := u.m[id]
+	s, ok := u.m[id]
 	switch {
 	case !ok:
 		return false
-	case ended || bad:
+	case s.ended || bad:
 		u.takeLocked(id)
 		u.caused.Add(1)
 		return true
 	case end:
-		u.m[id] = true
+		s.ended = true
+		u.m[id] = s
 	}
 	return false
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // The server's SETTINGS is patched however its bytes are split across
@@ -230,6 +231,81 @@ func TestH2RapidResetServerMade(t *testing.T) {
 	}
 }
 
+// provokedCase is a frame of the client's after its request on stream 1,
+// and whether x/net must reset the stream for it.
+type provokedCase struct {
+	name   string
+	end    bool   // the request's HEADERS ends the stream
+	req    []byte // its header block, if not a GET's
+	frames []byte // what the client sends next on stream 1
+	drawn  bool
+}
+
+// provokedCases are the frames TestH2RapidResetProvokedOnArrival counts
+// and TestH2RapidResetProvokedAgreesWithServer has x/net answer, and
+// getBlock the request's header block where a case has none.
+func provokedCases() (cases []provokedCase, getBlock []byte) {
+	frame := func(typ, flags byte, id uint32, p ...byte) []byte {
+		n := len(p)
+		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags, byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}, p...)
+	}
+	const endStream, get = 0x1, 0x82
+	// A header block of name, value pairs, never indexed: each decoder
+	// reads it as the first.
+	block := func(kv ...string) []byte {
+		var b bytes.Buffer
+		enc := hpack.NewEncoder(&b)
+		for i := 0; i < len(kv); i += 2 {
+			enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1], Sensitive: true})
+		}
+		return b.Bytes()
+	}
+	post := func(kv ...string) []byte {
+		return block(append([]string{":method", "POST", ":scheme", "http", ":path", "/", ":authority", "a.test"}, kv...)...)
+	}
+	padded := func(flags byte, data string, pad int) []byte {
+		return frame(h2TypeData, flags|h2FlagPadded, 1, append(append([]byte{byte(pad)}, data...), make([]byte, pad)...)...)
+	}
+	trailers := func(kv ...string) []byte {
+		return frame(h2TypeHeaders, h2FlagEndHeaders|endStream, 1, block(kv...)...)
+	}
+	return []provokedCase{
+		// x/net's rules for a body and its trailers (review r4s26 F2).
+		{"data over content-length", false, post("content-length", "1"), frame(h2TypeData, endStream, 1, 'x', 'x'), true},
+		{"data to content-length", false, post("content-length", "2"), frame(h2TypeData, endStream, 1, 'x', 'x'), false},
+		{"data to content-length, then more", false, post("content-length", "2"),
+			append(frame(h2TypeData, 0, 1, 'x'), frame(h2TypeData, 0, 1, 'x', 'x')...), true},
+		{"data short of content-length", false, post("content-length", "3"), frame(h2TypeData, endStream, 1, 'x', 'x'), false},
+		{"padded data to content-length", false, post("content-length", "1"), padded(endStream, "x", 6), false},
+		{"padded data over content-length", false, post("content-length", "1"), padded(endStream, "xx", 6), true},
+		{"empty data at content-length 0", false, post("content-length", "0"), frame(h2TypeData, endStream, 1), false},
+		{"data over an unreadable content-length (0)", false, post("content-length", "+1"), frame(h2TypeData, 0, 1, 'x'), true},
+		{"data over the first content-length", false, post("content-length", "1", "content-length", "5"), frame(h2TypeData, 0, 1, 'x', 'x'), true},
+		{"data, no content-length", false, post(), frame(h2TypeData, 0, 1, 'x', 'x'), false},
+		{"trailers with a pseudo-header", false, post(), trailers(":path", "/x"), true},
+		{"trailers with an upper-case name", false, post(), trailers("X-Up", "1"), true},
+		{"trailers with a bad value", false, post(), trailers("x-t", "a\x00b"), true},
+		{"trailers announced", false, post("trailer", "x-t"), trailers("x-t", "1"), false},
+		{"trailers announced, one that may not be", false, post("trailer", "x-t"), trailers("authorization", "1"), true},
+		{"trailers not announced, one that may not be", false, post(), trailers("authorization", "1"), false},
+		{"trailers announced bogus, one that may not be", false, post("trailer", " content-length, Trailer"), trailers("if-match", "1"), false},
+
+		{"window update 0", true, nil, frame(h2TypeWindowUpdate, 0, 1, 0, 0, 0, 0), true},
+		{"window update 0, reserved bit", false, nil, frame(h2TypeWindowUpdate, 0, 1, 0x80, 0, 0, 0), true},
+		{"window update 1", true, nil, frame(h2TypeWindowUpdate, 0, 1, 0, 0, 0, 1), false},
+		{"data after end", true, nil, frame(h2TypeData, 0, 1, 'x'), true},
+		{"empty data after end", true, nil, frame(h2TypeData, endStream, 1), true},
+		{"data, then data after its end", false, nil, append(frame(h2TypeData, endStream, 1, 'x'), frame(h2TypeData, 0, 1, 'y')...), true},
+		{"data", false, nil, frame(h2TypeData, 0, 1, 'x'), false},
+		{"data ending it", false, nil, frame(h2TypeData, endStream, 1, 'x'), false},
+		{"priority on itself", false, nil, frame(h2TypePriority, 0, 1, 0, 0, 0, 1, 15), true},
+		{"priority on another", false, nil, frame(h2TypePriority, 0, 1, 0, 0, 0, 3, 15), false},
+		{"trailers after end", true, nil, frame(h2TypeHeaders, h2FlagEndHeaders|endStream, 1, get), true},
+		{"trailers without end", false, nil, frame(h2TypeHeaders, h2FlagEndHeaders, 1, get), true},
+		{"trailers", false, nil, trailers("x-t", "1"), false},
+	}, block(":method", "GET", ":scheme", "http", ":path", "/", ":authority", "a.test")
+}
+
 // The reset a client's frame must draw from x/net is counted as the frame
 // comes in, once, only for a stream not answered yet, and not again when
 // the server's RST_STREAM for it is written (review r6s25 F1). Frames a
@@ -239,27 +315,9 @@ func TestH2RapidResetProvokedOnArrival(t *testing.T) {
 		n := len(p)
 		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags, byte(id >> 24), byte(id >> 16), byte(id >> 8), byte(id)}, p...)
 	}
-	const endStream, get = 0x1, 0x82
-	for _, tc := range []struct {
-		name   string
-		end    bool   // the request's HEADERS ends the stream
-		frames []byte // what the client sends next on stream 1
-		drawn  bool
-	}{
-		{"window update 0", true, frame(h2TypeWindowUpdate, 0, 1, 0, 0, 0, 0), true},
-		{"window update 0, reserved bit", false, frame(h2TypeWindowUpdate, 0, 1, 0x80, 0, 0, 0), true},
-		{"window update 1", true, frame(h2TypeWindowUpdate, 0, 1, 0, 0, 0, 1), false},
-		{"data after end", true, frame(h2TypeData, 0, 1, 'x'), true},
-		{"empty data after end", true, frame(h2TypeData, endStream, 1), true},
-		{"data, then data after its end", false, append(frame(h2TypeData, endStream, 1, 'x'), frame(h2TypeData, 0, 1, 'y')...), true},
-		{"data", false, frame(h2TypeData, 0, 1, 'x'), false},
-		{"data ending it", false, frame(h2TypeData, endStream, 1, 'x'), false},
-		{"priority on itself", false, frame(h2TypePriority, 0, 1, 0, 0, 0, 1, 15), true},
-		{"priority on another", false, frame(h2TypePriority, 0, 1, 0, 0, 0, 3, 15), false},
-		{"trailers after end", true, frame(h2TypeHeaders, h2FlagEndHeaders|endStream, 1, get), true},
-		{"trailers without end", false, frame(h2TypeHeaders, h2FlagEndHeaders, 1, get), true},
-		{"trailers", false, frame(h2TypeHeaders, h2FlagEndHeaders|endStream, 1, get), false},
-	} {
+	const endStream = 0x1
+	cases, getBlock := provokedCases()
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, answered := range []bool{false, true} {
 				u := &h2Unanswered{}
@@ -270,7 +328,11 @@ func TestH2RapidResetProvokedOnArrival(t *testing.T) {
 				if tc.end {
 					flags |= endStream
 				}
-				if err := l.feed(frame(h2TypeHeaders, flags, 1, get)); err != nil {
+				req := tc.req
+				if req == nil {
+					req = getBlock
+				}
+				if err := l.feed(frame(h2TypeHeaders, flags, 1, req...)); err != nil {
 					t.Fatal(err)
 				}
 				if answered {

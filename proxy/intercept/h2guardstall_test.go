@@ -19,19 +19,24 @@ import (
 // stream (how: "window0", a WINDOW_UPDATE of 0; "dataAfterEnd", DATA
 // after END_STREAM; "selfPriority", a PRIORITY on which the stream
 // depends on itself; "overLength", a POST of content-length 1 without
-// END_STREAM, then DATA of 2 bytes).
+// END_STREAM, then DATA of 2 bytes; "badTrailer", a POST without
+// END_STREAM, then a trailer block with END_STREAM and a pseudo-header
+// field).
 func madeYouReset(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, how, path string, ids []uint32) {
 	for _, id := range ids {
 		hb.Reset()
 		fields := [][2]string{{":method", "GET"}, {":scheme", "http"}, {":path", path}, {":authority", "www.example.test"}}
-		if how == "overLength" {
+		switch how {
+		case "overLength":
 			fields = append(fields, [2]string{"content-length", "1"})
+			fields[0][1] = "POST"
+		case "badTrailer":
 			fields[0][1] = "POST"
 		}
 		for _, f := range fields {
 			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: how != "overLength"})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: how != "overLength" && how != "badTrailer"})
 	}
 	for _, id := range ids {
 		switch how {
@@ -43,6 +48,10 @@ func madeYouReset(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, how, p
 			fr.WritePriority(id, http2.PriorityParam{StreamDep: id, Weight: 15})
 		case "overLength":
 			fr.WriteData(id, true, []byte("xx"))
+		case "badTrailer":
+			hb.Reset()
+			enc.WriteField(hpack.HeaderField{Name: ":path", Value: "/x"})
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: true})
 		}
 	}
 }
@@ -54,10 +63,12 @@ func madeYouReset(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, how, p
 // the blocked write, and x/net closes a stream only once its reset is
 // written: counted as written, the resets stayed at 0, and the client had
 // x/net's 250 handlers (249 records) with no GOAWAY and no refusal record
-// (review r6s25 F1). Counted as the client's frame comes in, the
-// connection is refused past h2MaxPrematureResets, with its record.
+// (review r6s25 F1), and so still with DATA over the request's
+// content-length and a bad trailer block (review r4s26 F2). Counted as
+// the client's frame comes in, the connection is refused past
+// h2MaxPrematureResets, with its record.
 func TestH2RapidResetStalledReader(t *testing.T) {
-	for _, how := range []string{"window0", "dataAfterEnd", "selfPriority"} {
+	for _, how := range []string{"window0", "dataAfterEnd", "selfPriority", "overLength", "badTrailer"} {
 		t.Run(how, func(t *testing.T) { h2StalledReader(t, how) })
 	}
 }

@@ -166,6 +166,7 @@ type h2HeaderLimit struct {
 
 	// The header block being decoded.
 	inBlock     bool
+	block       h2Block // what the reset count reads of it (h2guardbody.go)
 	blockStream uint32
 	newStream   bool   // the block opens its stream (it is not a trailer block)
 	size        uint64 // of the header list so far, but its trailer fields
@@ -207,6 +208,7 @@ func newH2HeaderLimit(max uint32) *h2HeaderLimit {
 	l := &h2HeaderLimit{max: max}
 	l.dec = hpack.NewDecoder(initialHeaderTableSize, func(f hpack.HeaderField) {
 		l.decoded += uint64(f.Size())
+		l.block.field(f, l.newStream)
 		if f.Name == "trailer" {
 			// As x/net's server counts it, on a budget of its own: each
 			// name the field announces costs 32 bytes, so 33,000 commas
@@ -297,6 +299,7 @@ func (l *h2HeaderLimit) startFrame() {
 			return
 		}
 		l.inBlock, l.blockStream, l.size, l.trailers = true, l.stream, 0, 0
+		l.block.reset()
 		l.newStream = l.stream > l.lastStream
 		if l.newStream {
 			l.checkResets() // those the server made for the client since (h2guard.go)
@@ -353,6 +356,9 @@ func (l *h2HeaderLimit) payload(b []byte) {
 		l.decode(b)
 		l.off += len(b)
 	default:
+		if l.typ == h2TypeData && l.off == 0 && l.flags&h2FlagPadded != 0 {
+			l.pad = int(b[0]) // h2guardbody.go
+		}
 		if l.typ == h2TypeWindowUpdate || l.typ == h2TypePriority {
 			for _, c := range b[:min(len(b), max(0, 4-l.off))] {
 				l.word = l.word<<8 | uint32(c)
@@ -384,8 +390,11 @@ func (l *h2HeaderLimit) decode(frag []byte) {
 // smaller reads were refused), and the server decodes whole frames only.
 func (l *h2HeaderLimit) endFrame() {
 	l.hdrN = 0
-	if l.typ == h2TypeWindowUpdate || l.typ == h2TypePriority {
+	switch {
+	case l.typ == h2TypeWindowUpdate || l.typ == h2TypePriority:
 		l.streamFrameEnd() // h2guard.go
+	case l.typ == h2TypeData && l.stream != 0 && l.err == nil:
+		l.dataEnd() // h2guardbody.go
 	}
 	block := l.typ == h2TypeHeaders || l.typ == h2TypeContinuation
 	if block && l.err == nil && l.decoded > h2ExpansionRatio*l.wire+h2ExpansionSlack {
@@ -395,8 +404,11 @@ func (l *h2HeaderLimit) endFrame() {
 		l.inBlock = false
 		if err := l.dec.Close(); err != nil {
 			l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
-		} else if l.newStream {
-			l.opened++
+		} else {
+			if l.newStream {
+				l.opened++
+			}
+			l.blockEnd() // h2guardbody.go
 		}
 	}
 }
