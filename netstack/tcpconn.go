@@ -91,19 +91,19 @@ type WriteWaiter interface {
 	WriteWaiting(waiting bool)
 }
 
-// OnReadWait has fn called by Read, in the reader's goroutine, each time
+// OnReadWait has *fn called by Read, in the reader's goroutine, each time
 // it finds nothing to read and is about to wait for the client: a
 // reader's writes held for what the client sent next can go now (the
-// interception's upload hold). nil stops it. It reports true: the conn
-// supports it (wrappers report false when theirs does not).
-func (c *Conn) OnReadWait(fn func()) bool {
-	if fn == nil {
-		c.readWait.Store(nil)
-	} else {
-		c.readWait.Store(&fn)
-	}
+// interception's upload hold). It replaces any function set before, and
+// reports true: the conn supports it (wrappers report false when theirs
+// does not). A pointer, so that StopReadWait stops only its own.
+func (c *Conn) OnReadWait(fn *func()) bool {
+	c.readWait.Store(fn)
 	return true
 }
+
+// StopReadWait stops OnReadWait's fn, if it is still the one set.
+func (c *Conn) StopReadWait(fn *func()) { c.readWait.CompareAndSwap(fn, nil) }
 
 // OnWriteWait arranges for w to learn when Write waits; nil stops it.
 // Writes that find room call nothing.

@@ -531,12 +531,13 @@ func TestConnOnReadableNil(t *testing.T) {
 
 // TestConnOnReadWait: OnReadWait's function runs when a Read finds nothing
 // to read and is about to wait for the client, not when bytes are there
-// already; nil stops it.
+// already; StopReadWait of another function leaves it, of its own stops it.
 func TestConnOnReadWait(t *testing.T) {
 	r := newConnRig(t)
 	cc, c := r.dial()
 	var waits atomic.Int32
-	if !c.OnReadWait(func() { waits.Add(1) }) {
+	count := func() { waits.Add(1) }
+	if !c.OnReadWait(&count) {
 		t.Fatal("OnReadWait not supported")
 	}
 	if _, err := cc.Write([]byte("hello")); err != nil {
@@ -565,7 +566,9 @@ func TestConnOnReadWait(t *testing.T) {
 	if n := waits.Load(); n != 1 {
 		t.Fatalf("called %d times for a Read that waited, want 1", n)
 	}
-	c.OnReadWait(nil)
+	other := func() {}
+	c.StopReadWait(&other) // not the one set: nothing stops
+	c.StopReadWait(&count)
 	go func() {
 		time.Sleep(20 * time.Millisecond)
 		cc.Write([]byte("third"))
@@ -574,6 +577,6 @@ func TestConnOnReadWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	if n := waits.Load(); n != 1 {
-		t.Fatalf("called after OnReadWait(nil): %d", n)
+		t.Fatalf("called after StopReadWait: %d", n)
 	}
 }

@@ -460,9 +460,16 @@ func (c *peekedConn) unwrap() net.Conn { return c.Conn }
 
 // OnReadWait passes on the client connection's call before a read waits
 // (netstack.Conn.OnReadWait); false when it has none.
-func (c *peekedConn) OnReadWait(fn func()) bool {
-	w, ok := c.Conn.(interface{ OnReadWait(func()) bool })
+func (c *peekedConn) OnReadWait(fn *func()) bool {
+	w, ok := c.Conn.(interface{ OnReadWait(*func()) bool })
 	return ok && w.OnReadWait(fn)
+}
+
+// StopReadWait passes on netstack.Conn.StopReadWait.
+func (c *peekedConn) StopReadWait(fn *func()) {
+	if w, ok := c.Conn.(interface{ StopReadWait(*func()) }); ok {
+		w.StopReadWait(fn)
+	}
 }
 
 // SendQueued passes on the client connection's count of bytes written and

@@ -396,20 +396,19 @@ type peekedConn struct {
 	readWait atomic.Pointer[func()]
 }
 
-// OnReadWait has fn called before a Read of a TCP connection with nothing
-// to read (SIOCINQ 0), as netstack.Conn's is before one that waits; a
-// pipe cannot say.
-func (c *peekedConn) OnReadWait(fn func()) bool {
+// OnReadWait has *fn called before a Read of a TCP connection with
+// nothing to read (SIOCINQ 0), as netstack.Conn's is before one that
+// waits; a pipe cannot say.
+func (c *peekedConn) OnReadWait(fn *func()) bool {
 	if _, ok := c.Conn.(*net.TCPConn); !ok {
 		return false
 	}
-	if fn == nil {
-		c.readWait.Store(nil)
-	} else {
-		c.readWait.Store(&fn)
-	}
+	c.readWait.Store(fn)
 	return true
 }
+
+// StopReadWait stops fn, if it is still the one set.
+func (c *peekedConn) StopReadWait(fn *func()) { c.readWait.CompareAndSwap(fn, nil) }
 
 // wouldWait reports whether a Read of the TCP connection would wait.
 func (c *peekedConn) wouldWait() bool {

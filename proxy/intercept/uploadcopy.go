@@ -62,6 +62,12 @@ func (c *uploadCopy) settledLocked() {
 // bytes and an error: the copy reads no more, and writes n bytes more.
 func (c *uploadCopy) readEnded(n int) {
 	c.mu.Lock()
+	h := c.hold
+	c.mu.Unlock()
+	if h != nil {
+		h.clientEnded() // takes c.mu itself (heldOut): not under it
+	}
+	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ended {
 		return

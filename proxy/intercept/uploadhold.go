@@ -31,7 +31,10 @@ var uploadDelay = holdDelay
 
 // readWaiter is a client connection that can say when its reader is about
 // to wait (netstack.Conn.OnReadWait, passed on by the proxy's wrapper).
-type readWaiter interface{ OnReadWait(fn func()) bool }
+type readWaiter interface {
+	OnReadWait(fn *func()) bool
+	StopReadWait(fn *func())
+}
 
 // uploadHold holds the small writes of an upload; its writes, the flushes
 // (the reader's wait, the timer) and its end take mu in turn (after outer,
@@ -60,7 +63,9 @@ type uploadHold struct {
 	// client is the connection whose reader's waits flush what is held;
 	// nil when it cannot say (nothing is held then).
 	client readWaiter
-	flush  func() // flushHeld, made once
+	// flush is flushHeld, made once: registered by its pointer, which
+	// allocates nothing and lets finish stop only its own.
+	flush *func()
 	// on: small writes are held; a request's from its body's first read
 	// (settle), a tunnel's from the start.
 	on bool
@@ -98,7 +103,8 @@ func (h *uploadHold) startTunnel(out io.Writer, client net.Conn, outer *sync.Mut
 func (h *uploadHold) registerLocked(client net.Conn) readWaiter {
 	w, ok := socketOf(client).(readWaiter)
 	if h.flush == nil {
-		h.flush = h.flushHeld
+		fn := h.flushHeld
+		h.flush = &fn
 	}
 	if !ok || !w.OnReadWait(h.flush) {
 		return nil
@@ -121,7 +127,7 @@ func (h *uploadHold) write(b []byte) (int, error) {
 		*h.held = (*h.held)[:0]
 		h.holding.Store(true)
 		if h.timer == nil {
-			h.timer = time.AfterFunc(uploadDelay, h.flush)
+			h.timer = time.AfterFunc(uploadDelay, *h.flush)
 		} else {
 			h.timer.Reset(uploadDelay)
 		}
@@ -130,45 +136,38 @@ func (h *uploadHold) write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// writeOut writes what is held and the start of b in one write, and the
-// rest of b after it; h.mu is held. A tunnel's copy learns that nothing
-// is held only once all of b has gone (heldOut): counted over earlier, its
-// end could overtake the rest.
+// writeOut writes what is held, then b; h.mu is held. Apart, not in one
+// write: a failure of b's own must not take the held bytes, which would
+// have left on their own, with it. A tunnel's copy learns that nothing is held only
+// once b has gone too (heldOut): counted over earlier, its end could
+// overtake b.
 func (h *uploadHold) writeOut(b []byte) (int, error) {
-	if h.held == nil {
-		n, err := h.out.Write(b)
-		h.err = err
-		return n, err
+	if h.held != nil {
+		h.timer.Stop() // if it fires anyway, it finds nothing held
+		err := h.writeHeld()
+		defer h.heldOut()
+		if err != nil {
+			return 0, err
+		}
 	}
-	h.timer.Stop() // if it fires anyway, it finds nothing held
-	before := len(*h.held)
-	k := min(len(b), maxCoalesced-before)
-	*h.held = append(*h.held, b[:k]...)
-	err := h.writeHeld(before)
-	if err == nil && k < len(b) {
-		var n int
-		n, err = h.out.Write(b[k:])
-		k += n
-		h.err = err
-	} else if err != nil {
-		k = 0
-	}
-	h.heldOut()
-	return k, err
+	n, err := h.out.Write(b)
+	h.err = err
+	return n, err
 }
 
-// writeHeld writes what is held, of which the first mine bytes were held
-// before (the rest is the caller's, not counted anywhere yet), counts the
-// body it held as sent if it went, and gives the buffer back; h.mu is
-// held.
-func (h *uploadHold) writeHeld(mine int) error {
-	_, err := h.out.Write(*h.held)
+// writeHeld writes what is held, counts the body it held as sent if it
+// went, takes the held bytes that did not go off a tunnel's count
+// (unsent), and gives the buffer back; h.mu is held.
+func (h *uploadHold) writeHeld() error {
+	n, err := h.out.Write(*h.held)
 	h.err = err
 	switch {
 	case err == nil && h.to != nil:
 		h.to.n.Add(h.heldBody)
 	case err != nil && h.unsent != nil:
-		h.unsent.Add(-int64(mine))
+		// What did go counts (a TLS write returns the bytes of the
+		// records it wrote whole before it failed).
+		h.unsent.Add(-int64(len(*h.held) - n))
 	}
 	h.heldBody = 0
 	h.release()
@@ -204,7 +203,7 @@ func (h *uploadHold) flushHeld() {
 	}
 	h.timer.Stop()
 	if h.err == nil {
-		_ = h.writeHeld(len(*h.held))
+		_ = h.writeHeld()
 	} else {
 		h.dropLocked()
 	}
@@ -229,17 +228,42 @@ func (h *uploadHold) finish() error {
 	if h.held != nil {
 		h.timer.Stop()
 		if h.err == nil {
-			_ = h.writeHeld(len(*h.held))
+			_ = h.writeHeld()
 		} else {
 			h.dropLocked()
 		}
 	}
 	if h.client != nil {
-		h.client.OnReadWait(nil)
+		h.client.StopReadWait(h.flush)
 		h.client = nil
 	}
 	h.out, h.to, h.on = nil, nil, false
 	return h.err
+}
+
+// clientEnded writes what is held and stops holding: the client's side of
+// a tunnel has ended, the copy reads no more (uploadCopy.readEnded), and
+// what came with that end (its last records, then its close_notify or
+// FIN) would otherwise wait out uploadDelay: no read finds the
+// connection empty any more.
+func (h *uploadHold) clientEnded() {
+	if h.outer != nil {
+		h.outer.Lock()
+		defer h.outer.Unlock()
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.on = false
+	if h.held == nil {
+		return
+	}
+	h.timer.Stop()
+	if h.err == nil {
+		_ = h.writeHeld()
+	} else {
+		h.dropLocked()
+	}
+	h.heldOut()
 }
 
 // stop drops what is held, unwritten, and stops holding: a tunnel's end,
@@ -253,7 +277,7 @@ func (h *uploadHold) stop() {
 		h.heldOut()
 	}
 	if h.client != nil {
-		h.client.OnReadWait(nil)
+		h.client.StopReadWait(h.flush)
 		h.client = nil
 	}
 	h.on = false

@@ -48,14 +48,22 @@ func (w *uploadLog) failWith(err error) {
 type waitingClient struct {
 	net.Conn
 	mu sync.Mutex
-	fn func()
+	fn *func()
 }
 
-func (c *waitingClient) OnReadWait(fn func()) bool {
+func (c *waitingClient) OnReadWait(fn *func()) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fn = fn
 	return true
+}
+
+func (c *waitingClient) StopReadWait(fn *func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fn == fn {
+		c.fn = nil
+	}
 }
 
 // readWait plays the client's reader finding nothing and going to wait.
@@ -64,7 +72,7 @@ func (c *waitingClient) readWait() {
 	fn := c.fn
 	c.mu.Unlock()
 	if fn != nil {
-		fn()
+		(*fn)()
 	}
 }
 
@@ -174,10 +182,11 @@ func TestUploadHoldNothingWithoutReadWaits(t *testing.T) {
 	}
 }
 
-// TestUploadHoldLargeWriteTakesTheHeld: a large write leaves at once, what
-// is held before it in the same write; past maxCoalesced the write goes
-// with what fits, then the rest; finish sends what is left held.
-func TestUploadHoldLargeWriteTakesTheHeld(t *testing.T) {
+// TestUploadHoldLargeWriteGoesAfterTheHeld: a large write leaves at once,
+// after what is held, apart (a failure of its own must not take the held
+// bytes with it); past maxCoalesced held, a small write goes the same way;
+// finish sends what is left held.
+func TestUploadHoldLargeWriteGoesAfterTheHeld(t *testing.T) {
 	holdFor(t, time.Hour)
 	out, client := &uploadLog{}, &waitingClient{}
 	h := &uploadHold{}
@@ -188,13 +197,14 @@ func TestUploadHoldLargeWriteTakesTheHeld(t *testing.T) {
 	large := strings.Repeat("L", holdSmall)
 	mustWrite(t, h, large)
 	mustWrite(t, h, "c")
-	wantWrites(t, out, "a"+large)
-	huge := bytes.Repeat([]byte("H"), 2*maxCoalesced)
-	if n, err := h.write(huge); n != len(huge) || err != nil {
-		t.Fatalf("huge write: %d, %v", n, err)
+	wantWrites(t, out, "a", large)
+	small := strings.Repeat("s", holdSmall-1)
+	fit := (maxCoalesced - 1) / len(small) // beside "c"
+	for range fit + 1 {
+		mustWrite(t, h, small)
 	}
-	if got := out.got(); len(got) != 3 || got[1] != "c"+string(huge[:maxCoalesced-1]) || got[2] != string(huge[maxCoalesced-1:]) {
-		t.Fatalf("after the huge write: %d writes", len(got))
+	if got := out.got(); len(got) != 4 || got[2] != "c"+strings.Repeat(small, fit) || got[3] != small {
+		t.Fatalf("past maxCoalesced: %d writes, want the held, then the one that did not fit", len(got))
 	}
 	mustWrite(t, h, "d")
 	h.settle(1, &sent)
@@ -205,7 +215,7 @@ func TestUploadHoldLargeWriteTakesTheHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got := out.got(); got[len(got)-1] != "d" {
-		t.Fatalf("finish did not send what was held: last write %q", got[len(got)-1])
+		t.Fatalf("finish did not send what was held: last write of %d bytes", len(got[len(got)-1]))
 	}
 	if n := sent.n.Load(); n != 1 {
 		t.Fatalf("counted %d once d left, want 1", n)
@@ -329,4 +339,97 @@ func TestTunnelCopyNotOverBeforeItsLastWrite(t *testing.T) {
 	if b := <-got; !bytes.Equal(b, want.Bytes()) {
 		t.Errorf("the destination got %d of the %d bytes", len(b), want.Len())
 	}
+}
+
+// TestUploadHoldStopsOnlyItsOwnReadWait: a hold that finishes after
+// another registered on the same client connection leaves the other's
+// call in place (review r5s26 F2), and registering and stopping allocate
+// nothing (F4).
+func TestUploadHoldStopsOnlyItsOwnReadWait(t *testing.T) {
+	out, client := &uploadLog{}, &waitingClient{}
+	first, second := &uploadHold{}, &uploadHold{}
+	first.start(out, client)
+	second.start(out, client)
+	if err := first.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if !client.registered() {
+		t.Fatal("the first hold's finish stopped the second's call")
+	}
+	second.settle(0, &bodySent{})
+	mustWrite(t, second, "x")
+	client.readWait()
+	wantWrites(t, out, "x")
+	if err := second.finish(); err != nil {
+		t.Fatal(err)
+	}
+	if client.registered() {
+		t.Fatal("the second hold's call is still registered after its finish")
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		second.start(out, client)
+		_ = second.finish()
+	}); n != 0 {
+		t.Errorf("%v allocations to start and finish a hold, want 0", n)
+	}
+}
+
+// partialWriter writes the first n bytes it is given, then fails.
+type partialWriter struct {
+	n   int
+	got []byte
+}
+
+func (w *partialWriter) Write(b []byte) (int, error) {
+	k := min(len(b), w.n-len(w.got))
+	w.got = append(w.got, b[:k]...)
+	if k < len(b) {
+		return k, errors.New("reset midway")
+	}
+	return k, nil
+}
+
+// TestUploadHoldPartlyFailedFlushCounts: a flush that failed after part of
+// what was held went takes off a tunnel's count only what did not go
+// (review r5s26 F3: 20 bytes went, 0 counted).
+func TestUploadHoldPartlyFailedFlushCounts(t *testing.T) {
+	holdFor(t, time.Hour)
+	out, client := &partialWriter{n: 20}, &waitingClient{}
+	var written atomic.Int64
+	var upload uploadCopy
+	h := &uploadHold{}
+	h.startTunnel(out, client, nil, &upload, &written)
+	for range 3 {
+		mustWrite(t, h, "0123456789")
+		written.Add(10) // as recordingRWBody counts them
+	}
+	client.readWait()
+	if n := written.Load(); n != 20 {
+		t.Errorf("counted %d written, want the 20 that went", n)
+	}
+	h.stop()
+}
+
+// TestUploadHoldGoesAtTheClientsEnd: a tunnel's client whose last records
+// came with its end (a close_notify, a FIN) has no read that finds the
+// connection empty: they waited out the time bound (review r5s26 F1). The
+// copy's reading the client's end lets them go, and nothing is held after.
+func TestUploadHoldGoesAtTheClientsEnd(t *testing.T) {
+	holdFor(t, time.Hour)
+	out, client := &uploadLog{}, &waitingClient{}
+	var upload uploadCopy
+	h := &uploadHold{}
+	h.startTunnel(out, client, nil, &upload, nil)
+	upload.holdWrites(h)
+	mustWrite(t, h, "last")
+	upload.readEnded(0)
+	wantWrites(t, out, "last")
+	select {
+	case <-upload.over():
+	default:
+		t.Error("the copy is not over once its last bytes went")
+	}
+	mustWrite(t, h, "after")
+	wantWrites(t, out, "last", "after")
+	h.stop()
 }
