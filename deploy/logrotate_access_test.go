@@ -159,7 +159,7 @@ func TestPackagedLogrotateLeavesAccessLog(t *testing.T) {
 }
 
 // TestLogrotateAccessLog: the operator's logrotate stanza (accessExample,
-// for --access-log-max-size 0 --access-log-max-age 0) rotates the access log by
+// which makes the appliance leave the rotation to logrotate) rotates the access log by
 // renaming it while the appliance's log file (records.LogFile behind a
 // records.Writer, as --access-log opens it) streams records into it. The
 // appliance then writes to a new file at the path, with the same mode, and

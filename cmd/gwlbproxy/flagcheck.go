@@ -30,7 +30,7 @@ func checkFlagValues(o *appliance.Options) error {
 		return fmt.Errorf("--idle-timeout %s: must be at least %s", o.IdleTimeout, minIdleTimeout)
 	}
 	if k := o.AccessLogRotation.Keep; k < 1 || k > 1000 {
-		return fmt.Errorf("--access-log-keep %d: must be 1 to 1000 (--access-log-max-size 0 and --access-log-max-age 0 turn the rotation off)", k)
+		return fmt.Errorf("--access-log-keep %d: must be 1 to 1000 (a logrotate stanza naming the file turns the appliance's rotation off)", k)
 	}
 	if a := o.AccessLogRotation.MaxAge; a != 0 && a < time.Minute {
 		return fmt.Errorf("--access-log-max-age %s: must be 0 (never) or at least 1m", a)

@@ -135,8 +135,8 @@ func TestMirrorTAPNameRefused(t *testing.T) {
 	}
 }
 
-// TestAccessLogRotationFlags: --access-log-max-size takes a size (0 for
-// never) of at least 1 MiB, --access-log-max-age a duration (0 for never)
+// TestAccessLogRotationFlags: --access-log-max-size takes a size (0:
+// another rotator's) of at least 1 MiB, --access-log-max-age a duration (0 for never)
 // of at least a minute, 24h by default, --access-log-keep 1 to 1000;
 // anything else stops the start naming the flag.
 func TestAccessLogRotationFlags(t *testing.T) {

@@ -181,7 +181,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.StringVar(&o.GeneveAddr, "geneve-addr", o.GeneveAddr, "UDP address the GWLB's GENEVE traffic arrives on")
 	fs.StringVar(&o.AdminAddr, "admin-addr", o.AdminAddr, "TCP address of the admin listener: health check (/), /stats, /metrics")
 	fs.StringVar(&o.AccessLog, "access-log", o.AccessLog, `file access records are appended to as JSON lines ("-": stdout, "": none)`)
-	fs.Func("access-log-max-size", "size past which the --access-log file rotates itself (to FILE.1, ... FILE.N, the oldest removed): 1GiB, 512MiB, 0 for never (default 1GiB); past twice this, with its rotation failing, records fail", func(v string) error {
+	fs.Func("access-log-max-size", "size past which the --access-log file rotates itself (to FILE.1, ... FILE.N, the oldest removed): 1GiB, 512MiB (default 1GiB); past twice this, with its rotation failing, records fail; 0: another rotator's, and 1GiB when no logrotate configuration names the file. Whatever this says, a logrotate configuration that names the file at start leaves its rotation to logrotate", func(v string) error {
 		if v == "0" {
 			o.AccessLogRotation.MaxSize = 0
 			return nil
@@ -197,7 +197,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		return nil
 	})
 	fs.DurationVar(&o.AccessLogRotation.MaxAge, "access-log-max-age", o.AccessLogRotation.MaxAge, "how long after the appliance opened or created the --access-log file it rotates it, at the next batch of records written (same chain as --access-log-max-size): 24h, 1h, 0 for never; at least 1m")
-	fs.IntVar(&o.AccessLogRotation.Keep, "access-log-keep", o.AccessLogRotation.Keep, "how many files the rotation (--access-log-max-size, --access-log-max-age) keeps (FILE.1 to FILE.N), 1 to 1000")
+	fs.IntVar(&o.AccessLogRotation.Keep, "access-log-keep", o.AccessLogRotation.Keep, "how many files the appliance's rotation (--access-log-max-size, --access-log-max-age) keeps (FILE.1 to FILE.N), 1 to 1000")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long until exit: existing flows are served, then the last records shipped in the last fifth (1s to 10s) of it (SIGINT: at most 5s)")
 	fs.DurationVar(&o.DrainMin, "drain-min", o.DrainMin, "on SIGTERM, how long the drain lasts at least, flows open or not: new flows are still served while the health check's 503 reaches the GWLB; set it above the target group's unhealthy threshold times its interval (0 to --drain-timeout)")
 	fs.DurationVar(&o.TCPIdleTimeout, "tcp-idle-timeout", o.TCPIdleTimeout, "TCP flow idle timeout; match the GWLB's (60s-6000s)")

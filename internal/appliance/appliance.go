@@ -140,7 +140,7 @@ func DefaultOptions() Options {
 		GeneveAddr:            fmt.Sprintf(":%d", netstack.GenevePort),
 		AdminAddr:             ":80",
 		AccessLog:             "-",
-		AccessLogRotation:     records.Rotation{MaxSize: 1 << 30, MaxAge: 24 * time.Hour, Keep: 7},
+		AccessLogRotation:     records.Rotation{MaxSize: records.DefaultMaxSize, MaxAge: 24 * time.Hour, Keep: 7},
 		DrainTimeout:          300 * time.Second,
 		TCPIdleTimeout:        350 * time.Second,
 		IdleTimeout:           120 * time.Second,

@@ -434,3 +434,17 @@ func TestMetricsCapture(t *testing.T) {
 		t.Error("with the mirror and plaintext off, their metrics are still sent, or the pcap ones are not")
 	}
 }
+
+// TestMetricsAccessLogRotatedBy: the access log's rotator, decided at
+// start, is a gauge: 1 while a logrotate configuration names the file
+// (the appliance neither rotates nor caps it), 0 while the appliance
+// rotates it, and /stats names the configurations (review r7s26 F2).
+func TestMetricsAccessLogRotatedBy(t *testing.T) {
+	s := metricsStats()
+	for by, want := range map[string]float64{records.RotatedByOther: 1, records.RotatedByAppliance: 0, records.RotatedByNone: 0} {
+		s.AccessLog = &records.LogFileStats{RotatedBy: by, OtherRotators: []string{"/etc/logrotate.d/gwlbproxy"}}
+		if v, ok := single(t, collectMetrics(t, s), "gwlbproxy_access_log_rotated_by_other", dto.MetricType_GAUGE); ok && v != want {
+			t.Errorf("rotated_by %s: gwlbproxy_access_log_rotated_by_other %v, want %v", by, v, want)
+		}
+	}
+}

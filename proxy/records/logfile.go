@@ -37,6 +37,12 @@ type LogFile struct {
 	// opened is the logNow when this process opened the file open: at
 	// start, or at a reopen (its own rotation, or someone else's move).
 	opened int64
+	// rotatedBy says who rotates the file (RotatedByAppliance, ...);
+	// otherRotators are the logrotate configurations that name it, and
+	// unreadConfigs those the start's look could not read.
+	rotatedBy                    string
+	otherRotators, unreadConfigs []string
+	otherWarned                  int64 // logNow of the last warning of otherRotators
 
 	mu        sync.Mutex
 	f         *os.File
@@ -80,12 +86,21 @@ type LogFileStats struct {
 	// --access-log-max-size, its rotation failing: their records are
 	// counted failed.
 	WritesRefused uint64 `json:"writes_refused"`
+	// RotatedBy is who rotates the file, decided at start: "appliance",
+	// "other" (OtherRotators name it: the appliance follows their renames
+	// and neither rotates nor caps it) or "none" (no regular file).
+	RotatedBy     string   `json:"rotated_by"`
+	OtherRotators []string `json:"other_rotators,omitempty"`
+	// UnreadableConfigs are the logrotate configuration files the start's
+	// look could not read: any of them may name the file too.
+	UnreadableConfigs []string `json:"rotation_configs_unreadable,omitempty"`
 }
 
 // Stats returns the reopen counts.
 func (l *LogFile) Stats() LogFileStats {
 	st := LogFileStats{Reopens: l.reopens.Load(), ReopenFailures: l.reopenFailures.Load(), Rotations: l.rotations.Load(),
-		NamesSkipped: l.namesSkipped.Load(), WritesRefused: l.writesRefused.Load()}
+		NamesSkipped: l.namesSkipped.Load(), WritesRefused: l.writesRefused.Load(),
+		RotatedBy: l.rotatedBy, OtherRotators: l.otherRotators, UnreadableConfigs: l.unreadConfigs}
 	if since := l.failingSince.Load(); since != 0 {
 		st.RotationFailingSeconds = time.Duration(logNow() - since).Seconds()
 	}
@@ -103,24 +118,49 @@ const (
 	logFileMode  = 0o640
 )
 
+// DefaultMaxSize is --access-log-max-size's default, and the size the
+// appliance rotates at when the flag is 0 (another rotator's) but no
+// logrotate configuration names the file.
+const DefaultMaxSize = 1 << 30
+
 // OpenLogFile opens path for appending, creating it if missing, and
-// rotates it as rot says (rotate.go).
+// rotates it as rot says (rotate.go), unless a logrotate configuration
+// names it (otherRotators): one rotator, decided here.
 func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 	f, fi, err := openLog(path)
 	if err != nil {
 		return nil, err
 	}
-	if lfi, err := os.Lstat(path); rot.on() && (err != nil || !lfi.Mode().IsRegular()) {
+	by, others, unread := RotatedByAppliance, []string(nil), []string(nil)
+	if lfi, err := os.Lstat(path); err != nil || !lfi.Mode().IsRegular() {
 		// A collector's FIFO, /dev/stdout, or a symlink to a log elsewhere:
 		// renamed, it would be replaced by regular files here (rotate.go).
 		slog.Warn("the access log is not a regular file at its path: it is not rotated (--access-log-max-size, --access-log-max-age)", "file", path)
-		rot = Rotation{}
-	}
-	if rot.on() {
-		warnOtherRotators(path)
+		rot, by = Rotation{}, RotatedByNone
+	} else {
+		var bad []configRead
+		others, bad = otherRotators(path)
+		for _, c := range bad {
+			// logrotate runs as root, the appliance as gwlbproxy.
+			slog.Warn("a logrotate configuration file could not be read: if it names the access log, two rotators rotate it and lose rotated files", "config", c.path, "err", c.err, "file", path)
+			unread = append(unread, c.path)
+		}
+		switch {
+		case len(others) > 0:
+			// Two rotators of one chain lose rotated files (rotate.go),
+			// and the operator who kept a stanza chose logrotate.
+			rot, by = Rotation{}, RotatedByOther
+			warnOtherRotators(path, others)
+		case rot.MaxSize == 0:
+			// 0 was "logrotate alone": an upgrade replaced the unedited
+			// stanza, and a flood would fill the disk (review r7s26 F1).
+			rot.MaxSize = DefaultMaxSize
+			slog.Warn("--access-log-max-size 0 leaves the access log to another rotator, and no logrotate configuration names it: the appliance rotates it at 1GiB (docs/deploy.md)", "file", path)
+		}
 	}
 	now := logNow()
-	return &LogFile{path: path, rot: rot, f: f, fi: fi, size: fi.Size(), opened: now, checked: now}, nil
+	return &LogFile{path: path, rot: rot, rotatedBy: by, otherRotators: others, unreadConfigs: unread,
+		f: f, fi: fi, size: fi.Size(), opened: now, checked: now, otherWarned: now}, nil
 }
 
 func openLog(path string) (*os.File, os.FileInfo, error) {
@@ -146,6 +186,10 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	}
 	if now := logNow(); l.failed || now-l.checked >= int64(reopenCheck) {
 		l.checked = now
+		if l.otherRotators != nil && now-l.otherWarned >= int64(otherRotatorWarn) {
+			l.otherWarned = now
+			warnOtherRotators(l.path, l.otherRotators)
+		}
 		if err := l.follow(now); err != nil {
 			// Look again before the next write: the reopen may work then.
 			l.failed = true

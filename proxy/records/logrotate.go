@@ -2,10 +2,13 @@ package records
 
 import (
 	"errors"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // errCapped is a write refused: the file holds twice --access-log-max-size
@@ -16,57 +19,113 @@ var errCapped = errors.New("not written until the rotation works")
 // looked for at start.
 var logrotateConfs = []string{"/etc/logrotate.conf", "/etc/logrotate.d"}
 
-// logrotateTaboo are the name endings logrotate skips in an include
-// directory (its default tabooext): an upgrade's leftover .rpmsave or
-// .dpkg-old of the old stanza rotates nothing.
-var logrotateTaboo = []string{",v", ".cfsaved", ".disabled", ".dpkg-bak", ".dpkg-del", ".dpkg-dist",
-	".dpkg-new", ".dpkg-old", ".rpmnew", ".rpmorig", ".rpmsave", ".swp", ".ucf-dist", ".ucf-new", ".ucf-old", "~"}
+// logrotateTaboo are the name endings logrotate 3.21 skips in an include
+// directory (its default tabooext, matched as "*" + ending with
+// FNM_PERIOD, so that a dotfile never matches and is read): an upgrade's
+// leftover .rpmsave or .dpkg-old of the old stanza rotates nothing. An
+// ending with a "*" matches anything there.
+var logrotateTaboo = []string{",v", ".bak", ".cfsaved", ".disabled", ".dpkg-bak", ".dpkg-del", ".dpkg-dist",
+	".dpkg-new", ".dpkg-old", ".dpkg-tmp", ".rhn-cfg-tmp-*", ".rpmnew", ".rpmorig", ".rpmsave", ".swp",
+	".ucf-dist", ".ucf-new", ".ucf-old", "~"}
 
-// warnOtherRotators warns of each logrotate configuration that names path
-// while the appliance rotates it: two rotators of one chain lose rotated
-// files (rotate.go). The package's /etc/logrotate.d/gwlbproxy named it
-// before; edited, it is kept on upgrade (a configuration file), and only
-// the operator can take the stanza out.
-func warnOtherRotators(path string) {
-	for _, conf := range otherRotators(path) {
-		slog.Warn("a logrotate configuration rotates the access log, which the appliance rotates itself: remove its stanza, or set --access-log-max-size 0 and --access-log-max-age 0 (docs/deploy.md); two rotators of one file lose rotated files", "config", conf, "file", path)
-	}
+// Who rotates the access log (LogFileStats.RotatedBy), decided at start.
+const (
+	// RotatedByAppliance: the appliance, by --access-log-max-size and
+	// --access-log-max-age.
+	RotatedByAppliance = "appliance"
+	// RotatedByOther: a logrotate configuration names the file, so the
+	// appliance only follows its renames.
+	RotatedByOther = "other"
+	// RotatedByNone: the path is no regular file (a FIFO, /dev/stdout, a
+	// symlink), which nothing here renames.
+	RotatedByNone = "none"
+)
+
+// otherRotatorWarn is how often the appliance repeats that another
+// rotator rotates the access log: a start's journal line scrolls away.
+const otherRotatorWarn = time.Hour
+
+// warnOtherRotators warns that the configurations confs rotate the access
+// log, path, which the appliance therefore leaves to them; at start and
+// every otherRotatorWarn.
+func warnOtherRotators(path string, confs []string) {
+	slog.Warn("a logrotate configuration rotates the access log: the appliance does not rotate it (no --access-log-max-size, --access-log-max-age nor cap) and follows its renames; to have the appliance rotate it, remove the stanza and restart (docs/deploy.md)", "config", strings.Join(confs, ","), "file", path)
+}
+
+// configRead is a logrotate configuration file that could not be read.
+type configRead struct {
+	path string
+	err  error
 }
 
 // otherRotators returns the files of logrotateConfs that name path in a
-// stanza's head (a glob that matches it included).
-func otherRotators(path string) []string {
-	var files, found []string
+// stanza's head (a glob that matches it included), and those it could
+// not read (the appliance runs as gwlbproxy, logrotate as root). It reads
+// what logrotate 3.21 reads: an include directory's entries through
+// symlinks, dotfiles too, the taboo endings skipped, regular files only,
+// and, as root does, none writable by group or others or owned by
+// another user than root (logrotate ignores those).
+func otherRotators(path string) (found []string, unread []configRead) {
+	var files []string
 	for _, c := range logrotateConfs {
 		fi, err := os.Stat(c)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err != nil {
+			unread = append(unread, configRead{c, err})
 			continue
 		}
 		if !fi.IsDir() {
 			files = append(files, c)
 			continue
 		}
-		ents, _ := os.ReadDir(c)
+		ents, err := os.ReadDir(c)
+		if err != nil {
+			unread = append(unread, configRead{c, err})
+		}
 		for _, e := range ents {
-			if e.Type().IsRegular() && !taboo(e.Name()) {
+			if !taboo(e.Name()) {
 				files = append(files, filepath.Join(c, e.Name()))
 			}
 		}
 	}
 	for _, f := range files {
-		if b, err := os.ReadFile(f); err == nil && namesLog(string(b), path) {
+		fi, err := os.Stat(f)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) { // a dangling symlink logrotate skips too
+				unread = append(unread, configRead{f, err})
+			}
+			continue
+		}
+		if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o022 != 0 || !rootOwned(fi) {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			unread = append(unread, configRead{f, err})
+			continue
+		}
+		if namesLog(string(b), path) {
 			found = append(found, f)
 		}
 	}
-	return found
+	return found, unread
 }
 
+func rootOwned(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return !ok || st.Uid == 0
+}
+
+// taboo reports whether logrotate skips the include directory's entry
+// name: an ending of logrotateTaboo, on a name not starting with a dot.
 func taboo(name string) bool {
 	if strings.HasPrefix(name, ".") {
-		return true
+		return false
 	}
 	for _, t := range logrotateTaboo {
-		if strings.HasSuffix(name, t) {
+		if ok, _ := filepath.Match("*"+t, name); ok {
 			return true
 		}
 	}

@@ -42,19 +42,17 @@ import (
 // Rotation is how the access log rotates itself.
 type Rotation struct {
 	// MaxSize is the size past which the file is rotated, at the end of
-	// the batch that took it there; 0: never by size.
+	// the batch that took it there; 0: another rotator's (a logrotate
+	// stanza), and DefaultMaxSize when none names the file (OpenLogFile).
 	MaxSize int64
 	// MaxAge is how long after this process opened (or created) the file
 	// it is rotated, at the end of the first batch written from then on;
 	// 0: never by age.
 	MaxAge time.Duration
 	// Keep is how many rotated files are kept: path.1 (the newest) to
-	// path.Keep; at least 1 when MaxSize or MaxAge is set.
+	// path.Keep; at least 1.
 	Keep int
 }
-
-// on reports whether the file rotates itself at all.
-func (r Rotation) on() bool { return r.MaxSize > 0 || r.MaxAge > 0 }
 
 // due reports whether a file of size bytes, opened at opened (logNow), is
 // to be rotated at now. An empty file is not, as logrotate's notifempty.
