@@ -340,7 +340,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(accessLogStats(s).NamesSkipped) }),
 	newStatMetric("access_log_rotated_by_other", promGauge, "1 when a logrotate configuration names --access-log (other_rotators in /stats): the appliance follows its renames and neither rotates nor caps the file; 0 otherwise.",
 		func(s *stats) float64 { return boolGauge(accessLogStats(s).RotatedBy == records.RotatedByOther) }),
-	newStatMetric("access_log_writes_refused_total", promCounter, "Batches of records refused because --access-log held twice --access-log-max-size and its rotation failed.",
+	newStatMetric("access_log_writes_refused_total", promCounter, "Batches of records refused because --access-log held twice --access-log-max-size and its rotation had failed for 10s.",
 		func(s *stats) float64 { return float64(accessLogStats(s).WritesRefused) }),
 	newStatMetric("records_queued", promGauge, "Access records waiting for the sinks.",
 		func(s *stats) float64 { return float64(s.Records.Queued) }),

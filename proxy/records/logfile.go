@@ -83,8 +83,8 @@ type LogFileStats struct {
 	// cannot remove), each logged with its path.
 	NamesSkipped uint64 `json:"rotation_names_skipped"`
 	// WritesRefused counts the batches refused because the file held twice
-	// --access-log-max-size, its rotation failing: their records are
-	// counted failed.
+	// --access-log-max-size, its rotation failing for capGrace: their
+	// records are counted failed.
 	WritesRefused uint64 `json:"writes_refused"`
 	// RotatedBy is who rotates the file, decided at start: "appliance",
 	// "other" (OtherRotators name it: the appliance follows their renames
@@ -101,9 +101,7 @@ func (l *LogFile) Stats() LogFileStats {
 	st := LogFileStats{Reopens: l.reopens.Load(), ReopenFailures: l.reopenFailures.Load(), Rotations: l.rotations.Load(),
 		NamesSkipped: l.namesSkipped.Load(), WritesRefused: l.writesRefused.Load(),
 		RotatedBy: l.rotatedBy, OtherRotators: l.otherRotators, UnreadableConfigs: l.unreadConfigs}
-	if since := l.failingSince.Load(); since != 0 {
-		st.RotationFailingSeconds = time.Duration(logNow() - since).Seconds()
-	}
+	st.RotationFailingSeconds = l.failingFor(logNow()).Seconds()
 	return st
 }
 
@@ -205,13 +203,13 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	}
 	// The newline that ends a line a failed write cut goes through: the
 	// rotation waits for whole lines.
-	if l.rot.capped(l.size) && !(len(p) == 1 && p[0] == '\n') {
-		if now := logNow(); !l.midLine && now >= l.rotateAfter {
+	if now := logNow(); l.rot.capped(l.size) && !(len(p) == 1 && p[0] == '\n') {
+		if !l.midLine && now >= l.rotateAfter {
 			l.rotateNow(now)
 		}
-		if l.f != nil && l.rot.capped(l.size) {
+		if l.f != nil && l.rot.capped(l.size) && l.failingFor(now) >= capGrace {
 			l.writesRefused.Add(1)
-			return 0, fmt.Errorf("access log %s: %d bytes, twice --access-log-max-size, and its rotation fails (see rotation_failing_seconds): %w", l.path, l.size, errCapped)
+			return 0, fmt.Errorf("access log %s: %d bytes, twice --access-log-max-size, and its rotation has failed for 10s (see rotation_failing_seconds): %w", l.path, l.size, errCapped)
 		}
 		if l.f == nil {
 			return 0, fmt.Errorf("access log %s: %w", l.path, fs.ErrClosed)
@@ -233,6 +231,22 @@ func (l *LogFile) Write(p []byte) (int, error) {
 		l.rotateNow(now)
 	}
 	return n, err
+}
+
+// capGrace is how long the rotation fails before the cap refuses writes:
+// one transient failure (a name found taken once) at --access-log-max-size's
+// 1 MiB minimum refused a second of a flood's records, although the next
+// try worked (review r7s26 F3). The file so holds at most twice MaxSize
+// and capGrace's worth of records.
+const capGrace = 10 * time.Second
+
+// failingFor is how long the rotation has failed at every try at now; 0
+// while it works.
+func (l *LogFile) failingFor(now int64) time.Duration {
+	if since := l.failingSince.Load(); since != 0 {
+		return time.Duration(now - since)
+	}
+	return 0
 }
 
 // rotateNow rotates the file (rotate.go) and opens the path anew; a

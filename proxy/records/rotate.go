@@ -61,8 +61,8 @@ func (r Rotation) due(size, opened, now int64) bool {
 }
 
 // capped reports whether a file of size bytes takes no more writes until
-// it is rotated: past twice MaxSize, the rotation has failed for a whole
-// file's worth of records (a name it cannot use, a directory it cannot
+// it is rotated, once the rotation has failed for capGrace: past twice
+// MaxSize, the rotation has failed for a whole file's worth of records (a name it cannot use, a directory it cannot
 // rename in), and a file growing on would fill the volume the bound was
 // for (review r3s26 F2). Records then fail, as on a full disk, and the
 // health check tells of it after --record-stall, with the rest of the
@@ -293,7 +293,7 @@ func (l *LogFile) rotateFailed(now int64, err error) {
 	l.failingSince.CompareAndSwap(0, now)
 	if l.lastErrAt == 0 || now-l.lastErrAt >= int64(60e9) {
 		l.lastErrAt = now
-		slog.Error("rotating the access log (--access-log-max-size, --access-log-max-age); writing on to it until it holds twice --access-log-max-size", "file", l.path, "size", l.size, "err", err)
+		slog.Error("rotating the access log (--access-log-max-size, --access-log-max-age); writing on to it until it holds twice --access-log-max-size and the rotation has failed for 10s", "file", l.path, "size", l.size, "err", err)
 	}
 }
 

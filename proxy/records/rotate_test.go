@@ -202,7 +202,7 @@ func TestLogFileRotationLosesNothingItCannotDo(t *testing.T) {
 	}
 }
 
-// rotationStuck writes for 2.5 s into a log whose rotations fail: the
+// rotationStuck writes for 15 s (a fake clock) into a log whose rotations fail: the
 // move of path.1 up, or (final) the taken file's to path.1 (review r7s25
 // F2: that undo was not tested).
 func rotationStuck(t *testing.T, final bool) {
@@ -229,16 +229,20 @@ func rotationStuck(t *testing.T, final bool) {
 		return real(from, to)
 	}
 	t.Cleanup(func() { renameFile = real })
+	clock := fakeLogClock(t)
 	lf, err := OpenLogFile(path, Rotation{MaxSize: 512, Keep: keep})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lf.Close()
-	// Past twice MaxSize, with the rotation failing, writes are refused
-	// (their records counted failed): the file is bounded (review r3s26
-	// F2). The line refused is written again, so lines counts those taken.
+	// Past twice MaxSize, with the rotation failing for capGrace, writes
+	// are refused (their records counted failed): the file is bounded
+	// (review r3s26 F2). The line refused is written again, so lines
+	// counts those taken. A line every 5 ms for 15 s.
+	const step, line = 5 * time.Millisecond, 13
 	lines, refused := 0, 0
-	for end := time.Now().Add(2500 * time.Millisecond); time.Now().Before(end); {
+	for range int(15 * time.Second / step) {
+		clock.Add(int64(step))
 		if _, err := lf.Write(fmt.Appendf(nil, "{\"n\":%06d}\n", lines)); errors.Is(err, errCapped) {
 			refused++
 		} else if err != nil {
@@ -246,10 +250,9 @@ func rotationStuck(t *testing.T, final bool) {
 		} else {
 			lines++
 		}
-		time.Sleep(time.Millisecond)
 	}
-	if fi, err := os.Stat(path); err != nil || fi.Size() > 2*512+11 || refused == 0 {
-		t.Errorf("the access log holds %v bytes (%v), %d writes refused: want at most twice MaxSize, the rest refused", fi.Size(), err, refused)
+	if fi, err := os.Stat(path); err != nil || fi.Size() > 2*512+int64(capGrace/step+1)*line || refused == 0 {
+		t.Errorf("the access log holds %v bytes (%v), %d writes refused: want at most twice MaxSize and capGrace's lines, the rest refused", fi.Size(), err, refused)
 	}
 	for i := 1; i <= keep; i++ {
 		if b, err := os.ReadFile(rotated(path, i)); err != nil || string(b) != fmt.Sprintf("{\"kept\":%d}\n", i) {
@@ -272,8 +275,8 @@ func rotationStuck(t *testing.T, final bool) {
 	if len(seen) != lines || left != 1 {
 		t.Errorf("%d of %d lines on disk, the leftover's line %d times (files %v)", len(seen), lines, left, names)
 	}
-	if st := lf.Stats(); st.Rotations != 0 || st.ReopenFailures < 2 || st.WritesRefused != uint64(refused) || st.RotationFailingSeconds < 2 {
-		t.Errorf("stats %+v: want no rotation counted, the tries' failures counted, %d writes refused, failing for over 2 s", st, refused)
+	if st := lf.Stats(); st.Rotations != 0 || st.ReopenFailures < 2 || st.WritesRefused != uint64(refused) || st.RotationFailingSeconds < 14 {
+		t.Errorf("stats %+v: want no rotation counted, the tries' failures counted, %d writes refused, failing for over 14 s", st, refused)
 	}
 }
 

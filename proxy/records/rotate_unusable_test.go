@@ -142,8 +142,9 @@ func TestLogFileCappedEndsACutLine(t *testing.T) {
 	if n, err := lf.Write([]byte("\n")); n != 1 || err != nil {
 		t.Fatalf("the newline ending the cut line: %d, %v; want it written", n, err)
 	}
+	clock.Add(int64(capGrace))
 	if _, err := lf.Write([]byte("{}\n")); !errors.Is(err, errCapped) {
-		t.Fatalf("a batch past twice MaxSize, the rotation failing: %v, want it refused", err)
+		t.Fatalf("a batch past twice MaxSize, the rotation failing for capGrace: %v, want it refused", err)
 	}
 	fail = false
 	clock.Add(int64(2 * time.Second))
@@ -155,5 +156,62 @@ func TestLogFileCappedEndsACutLine(t *testing.T) {
 	}
 	if st := lf.Stats(); st.Rotations != 1 || st.WritesRefused != 1 || st.RotationFailingSeconds != 0 {
 		t.Errorf("stats %+v: want one rotation, one batch refused, not failing", st)
+	}
+}
+
+// TestLogFileCapWaitsForARotationFailingAWhile: --access-log-max-size at
+// its minimum (1 MiB), a 16 MB/s flood (64 KiB batches every 4 ms): one
+// failed rotation (a name found taken once) refuses nothing, since the
+// next try, a second later, works; the cap refused 0.93 s of records
+// (review r7s26 F3). A rotation that keeps failing is refused past twice
+// MaxSize once it has failed for capGrace, the file bounded there.
+func TestLogFileCapWaitsForARotationFailingAWhile(t *testing.T) {
+	for _, always := range []bool{false, true} {
+		clock := fakeLogClock(t)
+		path := filepath.Join(t.TempDir(), "access.log")
+		lf, err := OpenLogFile(path, Rotation{MaxSize: 1 << 20, Keep: 7})
+		if err != nil {
+			t.Fatal(err)
+		}
+		real := renameFile
+		failed := false
+		renameFile = func(from, to string) error {
+			if (always || !failed) && to == rotated(path, 1) {
+				failed = true
+				return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EEXIST}
+			}
+			return real(from, to)
+		}
+		batch := append(bytes.Repeat([]byte("x"), 64<<10-1), '\n')
+		const step = 4 * time.Millisecond
+		refused, firstRefused := 0, time.Duration(0)
+		for i := range 4000 { // 16 s
+			clock.Add(int64(step))
+			if _, err := lf.Write(batch); errors.Is(err, errCapped) {
+				if refused++; refused == 1 {
+					firstRefused = time.Duration(i) * step
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+		renameFile = real
+		st := lf.Stats()
+		lf.Close()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !always {
+			if refused != 0 || st.Rotations < 200 || st.ReopenFailures != 1 {
+				t.Errorf("one failed rotation: %d batches refused, stats %+v; want none refused, the rotation going on", refused, st)
+			}
+			continue
+		}
+		// The file took 2 MiB in 128 ms: refused from capGrace on.
+		bound := 2<<20 + int64(capGrace/step+1)*int64(len(batch))
+		if refused == 0 || firstRefused < capGrace || firstRefused > capGrace+time.Second || fi.Size() > bound {
+			t.Errorf("rotation always failing: %d refused from %v, file %d bytes; want refusals from capGrace on, the file at most %d", refused, firstRefused, fi.Size(), bound)
+		}
 	}
 }
