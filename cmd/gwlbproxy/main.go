@@ -196,7 +196,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		o.AccessLogRotation.MaxSize = n
 		return nil
 	})
-	fs.DurationVar(&o.AccessLogRotation.MaxAge, "access-log-max-age", o.AccessLogRotation.MaxAge, "how long after the appliance opened or created the --access-log file it rotates it, at the next batch of records written (same chain as --access-log-max-size): 24h, 1h, 0 for never; at least 1m")
+	fs.DurationVar(&o.AccessLogRotation.MaxAge, "access-log-max-age", o.AccessLogRotation.MaxAge, "how old the --access-log file gets (from its birth time, or where the filesystem keeps none from when the appliance opened it) before it is rotated, at the next batch of records written (same chain as --access-log-max-size): 24h, 1h, 0 for never; at least 1m")
 	fs.IntVar(&o.AccessLogRotation.Keep, "access-log-keep", o.AccessLogRotation.Keep, "how many files the appliance's rotation (--access-log-max-size, --access-log-max-age) keeps (FILE.1 to FILE.N), 1 to 1000")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM, how long until exit: existing flows are served, then the last records shipped in the last fifth (1s to 10s) of it (SIGINT: at most 5s)")
 	fs.DurationVar(&o.DrainMin, "drain-min", o.DrainMin, "on SIGTERM, how long the drain lasts at least, flows open or not: new flows are still served while the health check's 503 reaches the GWLB; set it above the target group's unhealthy threshold times its interval (0 to --drain-timeout)")

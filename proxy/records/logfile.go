@@ -34,8 +34,9 @@ type LogFile struct {
 	path string
 	rot  Rotation
 	size int64 // bytes in the file open, as far as this process knows
-	// opened is the logNow when this process opened the file open: at
-	// start, or at a reopen (its own rotation, or someone else's move).
+	// opened is the logNow from which the file open's age counts: its
+	// birth (birth.go), else when this process opened it (at start, or
+	// at a reopen: its own rotation, or someone else's move).
 	opened int64
 	// rotatedBy says who rotates the file (RotatedByAppliance, ...);
 	// otherRotators are the logrotate configurations that name it, and
@@ -158,7 +159,7 @@ func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 	}
 	now := logNow()
 	return &LogFile{path: path, rot: rot, rotatedBy: by, otherRotators: others, unreadConfigs: unread,
-		f: f, fi: fi, size: fi.Size(), opened: now, checked: now, otherWarned: now}, nil
+		f: f, fi: fi, size: fi.Size(), opened: fileOpened(f, now), checked: now, otherWarned: now}, nil
 }
 
 func openLog(path string) (*os.File, os.FileInfo, error) {
@@ -309,7 +310,7 @@ func (l *LogFile) follow(now int64) error {
 	if f == nil { // the path still names the file open
 		return nil
 	}
-	l.f, l.fi, l.midLine, l.size, l.opened = f, nfi, false, nfi.Size(), now
+	l.f, l.fi, l.midLine, l.size, l.opened = f, nfi, false, nfi.Size(), fileOpened(f, now)
 	l.failingSince.Store(0) // a new file: no rotation is due
 	l.reopens.Add(1)
 	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)

@@ -18,7 +18,7 @@ import (
 // volume in half an hour; a log that cannot be written fails the health
 // check, and a disk so filled stayed full past every hourly logrotate run
 // until the daily one. So the access log rotates itself once it holds
-// Rotation.MaxSize, or has been open Rotation.MaxAge (day-sized files,
+// Rotation.MaxSize, or is Rotation.MaxAge old (day-sized files,
 // as logrotate's daily made), with logrotate's names (path.1 ... path.Keep,
 // the oldest removed), and the disk holds at most Keep+1 files of about
 // MaxSize: a flood rotates older local records away (CloudWatch Logs, where
@@ -45,9 +45,10 @@ type Rotation struct {
 	// the batch that took it there; 0: another rotator's (a logrotate
 	// stanza), and DefaultMaxSize when none names the file (OpenLogFile).
 	MaxSize int64
-	// MaxAge is how long after this process opened (or created) the file
-	// it is rotated, at the end of the first batch written from then on;
-	// 0: never by age.
+	// MaxAge is how old the file gets before it is rotated, at the end
+	// of the first batch written from then on: from its birth, or when
+	// this process opened it where the filesystem keeps no birth time
+	// (birth.go); 0: never by age.
 	MaxAge time.Duration
 	// Keep is how many rotated files are kept: path.1 (the newest) to
 	// path.Keep; at least 1.

@@ -132,9 +132,9 @@ func TestLogFileAgeOnlyNeverCaps(t *testing.T) {
 	}
 }
 
-// TestLogFileBothBoundsOffNeverRotates: with MaxSize 0 and MaxAge 0 the
-// appliance does not rotate, however large or old the file (the case of
-// the operator's logrotate stanza, docs/deploy.md), and refuses no write.
+// TestLogFileBothBoundsOffNeverRotates: with MaxSize 0 (the default size,
+// no logrotate stanza naming the file) and MaxAge 0 the appliance does not
+// rotate a file under the size, however old, and refuses no write.
 func TestLogFileBothBoundsOffNeverRotates(t *testing.T) {
 	clock := fakeLogClock(t)
 	path := filepath.Join(t.TempDir(), "access.log")
@@ -156,5 +156,81 @@ func TestLogFileBothBoundsOffNeverRotates(t *testing.T) {
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Size() != 64*4096 {
 		t.Errorf("access.log: %v, %v; want every write in it", fi, err)
+	}
+}
+
+// fakeBirth makes fileBirth say the file open was born age ago, or that
+// its filesystem keeps no birth time when age is negative.
+func fakeBirth(t *testing.T, age *time.Duration) {
+	real := fileBirth
+	fileBirth = func(*os.File) (time.Time, bool) {
+		if *age < 0 {
+			return time.Time{}, false
+		}
+		return time.Now().Add(-*age), true
+	}
+	t.Cleanup(func() { fileBirth = real })
+}
+
+// TestLogFileAgeIsTheFilesAge: --access-log-max-age counts from the file's
+// birth: restarts 23 h apart (upgrades, a nightly restart) rotate the file
+// at the first batch after it is a day old. Counted from each start, 14
+// such restarts rotated nothing and the file held two weeks (review r7s26
+// F4). Without a birth time the count starts at the open.
+func TestLogFileAgeIsTheFilesAge(t *testing.T) {
+	clock := fakeLogClock(t)
+	var age time.Duration
+	fakeBirth(t, &age)
+	path := filepath.Join(t.TempDir(), "access.log")
+	start := func() *LogFile {
+		t.Helper()
+		lf, err := OpenLogFile(path, Rotation{MaxAge: 24 * time.Hour, Keep: 7})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lf.Write([]byte("{}\n")); err != nil {
+			t.Fatal(err)
+		}
+		return lf
+	}
+	for restart, want := range []uint64{0, 0, 1} { // the file 0 h, 23 h, 46 h old
+		age = time.Duration(restart) * 23 * time.Hour
+		lf := start()
+		if st := lf.Stats(); st.Rotations != want {
+			t.Errorf("start %d, the file %v old: %d rotations, want %d", restart, age, st.Rotations, want)
+		}
+		lf.Close()
+		clock.Add(int64(23 * time.Hour))
+	}
+	age = -1 // no birth time: counted from the open
+	lf := start()
+	defer lf.Close()
+	clock.Add(int64(23 * time.Hour))
+	lf.Write([]byte("{}\n"))
+	if st := lf.Stats(); st.Rotations != 0 {
+		t.Errorf("no birth time: rotated 23 h after the open (stats %+v)", st)
+	}
+	clock.Add(int64(time.Hour))
+	lf.Write([]byte("{}\n"))
+	if st := lf.Stats(); st.Rotations != 1 {
+		t.Errorf("no birth time: not rotated 24 h after the open (stats %+v)", st)
+	}
+}
+
+// TestStatxBirth: where the filesystem keeps a birth time, a file just
+// created was born within the test.
+func TestStatxBirth(t *testing.T) {
+	before := time.Now().Add(-time.Second)
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	born, ok := statxBirth(f)
+	if !ok {
+		t.Skip("no birth time on this filesystem")
+	}
+	if born.Before(before) || born.After(time.Now().Add(time.Second)) {
+		t.Errorf("born %v, want within the test (from %v)", born, before)
 	}
 }
