@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -278,10 +280,42 @@ func shiftOnce(path string, keep int, skip func(name string, err error)) (undo, 
 		if dropped {
 			if err := os.Remove(drop); err != nil {
 				skip(drop, err)
+			} else {
+				removeLeftDroppings(path)
 			}
 		}
 	}
 	return undo, commit, nil
+}
+
+// removeLeftDroppings removes the regular files at path.K.dropping-<ns>
+// names: a fresh name for the oldest, taken when .dropping was stuck, is
+// left by an undo that stopped short or a crash before the remove, and no
+// rotation used that name again, so each such file stayed for good
+// (review r7s26 F5). Each held the chain's oldest file, older than any
+// now in the chain. Called once a drop succeeded, so at most once a
+// rotation.
+func removeLeftDroppings(path string) {
+	dir, base := filepath.Split(path)
+	ents, err := os.ReadDir(filepath.Clean(dir))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), base+".")
+		k, ns, ok2 := strings.Cut(rest, ".dropping-")
+		if !ok || !ok2 || !digits(k) || !digits(ns) || !e.Type().IsRegular() {
+			continue
+		}
+		name := filepath.Join(dir, e.Name())
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			slog.Warn("removing a rotated file a rotation left to be dropped", "file", name, "err", err)
+		}
+	}
+}
+
+func digits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }
 
 // errNotRegular is a rotation refused: the path is no regular file.

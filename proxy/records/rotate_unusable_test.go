@@ -215,3 +215,66 @@ func TestLogFileCapWaitsForARotationFailingAWhile(t *testing.T) {
 		}
 	}
 }
+
+// TestLogFileRotationRemovesLeftDroppings: with a stuck .dropping (a
+// non-empty directory), the oldest goes to a fresh .dropping-<ns> name; an
+// undo that stops short (names found taken) leaves it there, as a crash
+// before the remove would, and nothing looked at such names again: each
+// kept a rotated file for good (review r7s26 F5). The next drop that
+// succeeds removes them, and leaves other names alone.
+func TestLogFileRotationRemovesLeftDroppings(t *testing.T) {
+	clock := fakeLogClock(t)
+	path := filepath.Join(t.TempDir(), "access.log")
+	const keep = 3
+	if err := os.MkdirAll(filepath.Join(rotated(path, keep)+".dropping", "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	crashed := rotated(path, 2) + ".dropping-12345" // a crash's, with a shorter chain
+	other := rotated(path, keep) + ".dropping-notes"
+	for _, name := range []string{crashed, other} {
+		if err := os.WriteFile(name, []byte("{}\n"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lf, err := OpenLogFile(path, Rotation{MaxSize: 512, Keep: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	line := []byte("{\"pad\":\"" + strings.Repeat("x", 53) + "\"}\n")
+	write := func(batches int) {
+		for range batches {
+			clock.Add(int64(50 * time.Millisecond))
+			if _, err := lf.Write(line); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(5 * 512 / len(line)) // the chain full
+	real := renameFile
+	conflicts := 0
+	renameFile = func(from, to string) error {
+		// held -> .1 finds .1 taken, and so does the undo's .2 -> .1.
+		if conflicts < 2 && to == rotated(path, 1) && (from == rotationHeld(path) || from == rotated(path, 2)) {
+			conflicts++
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EEXIST}
+		}
+		return real(from, to)
+	}
+	write(512 / len(line))
+	renameFile = real
+	if left, _ := filepath.Glob(rotated(path, keep) + ".dropping-[0-9]*"); len(left) != 1 || conflicts != 2 {
+		t.Fatalf("left at .dropping-<ns>: %v (%d conflicts); want the undo to leave one", left, conflicts)
+	}
+	// The stuck directory freed: the next drops succeed.
+	if err := os.RemoveAll(rotated(path, keep) + ".dropping"); err != nil {
+		t.Fatal(err)
+	}
+	write(4 * 512 / len(line))
+	if left, _ := filepath.Glob(path + ".*.dropping-[0-9]*"); len(left) != 0 {
+		t.Errorf("left at .dropping-<ns> after drops that succeeded: %v", left)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("%s, no name of the rotation's, removed: %v", other, err)
+	}
+}
