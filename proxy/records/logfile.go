@@ -62,6 +62,7 @@ type LogFile struct {
 	// since the last one done; 0 while none fails.
 	failingSince atomic.Int64
 	lastSkipLog  atomic.Int64 // logNow of the last name skipped logged
+	skipped      sync.Map     // the names counted in namesSkipped: at most 2 Keep
 }
 
 // LogFileStats counts a LogFile's reopens.
@@ -79,9 +80,10 @@ type LogFileStats struct {
 	// RotationFailingSeconds is how long the rotation has failed at every
 	// try (each also counted in ReopenFailures); 0 while it works.
 	RotationFailingSeconds float64 `json:"rotation_failing_seconds"`
-	// NamesSkipped counts the names of the chain the rotation could not
-	// use and went around (a rotated file it cannot move, a .dropping it
-	// cannot remove), each logged with its path.
+	// NamesSkipped counts the names of the chain the rotation found it
+	// could not use (a rotated file it cannot move, gone around, or at .1
+	// failing the rotation; a .dropping it cannot remove), each once
+	// however many rotations find it, and logged with its path.
 	NamesSkipped uint64 `json:"rotation_names_skipped"`
 	// WritesRefused counts the batches refused because the file held twice
 	// --access-log-max-size, its rotation failing for capGrace: their

@@ -278,3 +278,43 @@ func TestLogFileRotationRemovesLeftDroppings(t *testing.T) {
 		t.Errorf("%s, no name of the rotation's, removed: %v", other, err)
 	}
 }
+
+// TestLogFileNamesSkippedCountsNames: rotation_names_skipped counts the
+// names the rotation could not use, each once, not the rotations that
+// found them: a stuck .dropping and an unmovable .2 over 20 rotations
+// are 2; they counted 40 (review r7s26 F6).
+func TestLogFileNamesSkippedCountsNames(t *testing.T) {
+	clock := fakeLogClock(t)
+	path := filepath.Join(t.TempDir(), "access.log")
+	const keep = 4
+	if err := os.MkdirAll(filepath.Join(rotated(path, keep)+".dropping", "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lf, err := OpenLogFile(path, Rotation{MaxSize: 512, Keep: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	line := []byte("{\"pad\":\"" + strings.Repeat("x", 53) + "\"}\n")
+	write := func(rotations int) {
+		for range rotations * 512 / len(line) {
+			clock.Add(int64(50 * time.Millisecond))
+			if _, err := lf.Write(line); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(8) // the chain full: the stuck .dropping met at each rotation
+	real := renameFile
+	renameFile = func(from, to string) error {
+		if from == rotated(path, 2) && to == rotated(path, 3) {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: syscall.EPERM}
+		}
+		return real(from, to)
+	}
+	t.Cleanup(func() { renameFile = real })
+	write(12)
+	if st := lf.Stats(); st.NamesSkipped != 2 || st.Rotations < 15 {
+		t.Errorf("stats %+v: want 2 names skipped (.4.dropping, .2) over the rotations", st)
+	}
+}
