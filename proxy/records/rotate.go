@@ -28,10 +28,12 @@ import (
 // first when its buffer fills) rather than stop the appliance.
 //
 // It is the chain's only rotator: the package's logrotate no longer names
-// the access log. Two rotators of one chain cannot be made safe: logrotate's
-// renames replace their targets whatever the appliance does, and a
-// logrotate paused inside its shift lost a rotated file, or the appliance's
-// whole newest one, to a rotation of the appliance's (review r3s26 F1).
+// the access log, and a logrotate stanza that does makes the appliance
+// leave the file alone (OpenLogFile). Two rotators of one chain cannot be
+// made safe: logrotate's renames replace their targets whatever the
+// appliance does, and a logrotate paused inside its shift lost a rotated
+// file, or the appliance's whole newest one, to a rotation of the
+// appliance's (review r3s26 F1).
 //
 // Only the file the appliance has open is rotated, and only a regular
 // file at the path itself: one that an operator moved away is followed (a
