@@ -296,8 +296,11 @@ func (l *LogFile) follow(now int64) error {
 	l.mu.Unlock()
 	f, nfi, err := l.reopen(oldFI)
 	var lost error
+	var opened int64
 	if err != nil {
 		lost = stillLinked(old, err) // old may be closed meanwhile: an error then
+	} else if f != nil {
+		opened = fileOpened(f, now) // a statx, which may hang on NFS as the open may
 	}
 	l.mu.Lock()
 	if l.f == nil { // closed while the lock was dropped
@@ -312,7 +315,7 @@ func (l *LogFile) follow(now int64) error {
 	if f == nil { // the path still names the file open
 		return nil
 	}
-	l.f, l.fi, l.midLine, l.size, l.opened = f, nfi, false, nfi.Size(), fileOpened(f, now)
+	l.f, l.fi, l.midLine, l.size, l.opened = f, nfi, false, nfi.Size(), opened
 	l.failingSince.Store(0) // a new file: no rotation is due
 	l.reopens.Add(1)
 	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)
