@@ -252,6 +252,8 @@ func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
 		why  string
 	)
 	for i := range h.live {
+		// redecide may bind its vouch anew (reloadDestCheck): what it
+		// leaves in h.live[i] is what the new flow carries.
 		dd, w := f.p.redecide(f.pol, &h.live[i], nil)
 		if w == "" {
 			f.followed(&h.live[i], dd, "an allowed QUIC flow of the client's to this destination is open")
@@ -280,10 +282,13 @@ func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
 }
 
 // setQUIC makes f's record, and so what a reload decides it on (subject),
-// that of the QUIC connection s.
+// that of the QUIC connection s: its destination check's vouch too, without
+// which a reload that forgets the observed answer the check passed on
+// would take the new path's check for one that holds (destVouch's zero
+// value), let it go on, and remember it so for the connection's next paths.
 func (f *udpFlow) setQUIC(s *udpSubject) {
 	f.rec.Kind, f.rec.SNI, f.rec.ECH, f.rec.DestCheck = "quic", s.name, s.ech, s.destCheck
-	f.quicUnread = s.unread
+	f.quicUnread, f.vouch = s.unread, s.vouch
 }
 
 // followed lets f through as a new path of the QUIC connection s, allowed
