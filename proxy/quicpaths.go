@@ -20,8 +20,9 @@ import (
 // remembered by client (as the UDP share counts it) and destination: a new
 // flow from that client to that destination that does not begin with an
 // Initial, while the policy looks at names, is taken for a new path of that
-// client's QUIC connection there, and decided as it: let through, as quic
-// with that connection's name, only if one of the client's live quic flows
+// client's QUIC connection there, and decided as it, on its own client
+// address (the share groups a prefix; client_cidrs match one address):
+// let through, as quic with that connection's name, only if one of the client's live quic flows
 // there is still allowed by the policy in force; otherwise decided as the
 // last of its QUIC flows there that ended, or was denied, within
 // quicPathMemory. Any first datagram counts, not only a short-header
@@ -246,6 +247,13 @@ func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
 	if !ok {
 		return false
 	}
+	// Decided on the flow's own client address and endpoint: the memory
+	// is per share (IPv6 per prefix), but a rule's client_cidrs match one
+	// address, and a neighbour's connection must not decide this one.
+	own := func(s udpSubject) udpSubject {
+		s.client, s.endpoint = f.info.Client.Addr(), f.rec.Endpoint
+		return s
+	}
 	var (
 		deny *udpSubject
 		d    policy.Decision
@@ -253,23 +261,25 @@ func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
 	)
 	for i := range h.live {
 		// redecide may bind its vouch anew (reloadDestCheck): what it
-		// leaves in h.live[i] is what the new flow carries.
-		dd, w := f.p.redecide(f.pol, &h.live[i], nil)
+		// leaves in s is what the new flow carries.
+		s := own(h.live[i])
+		dd, w := f.p.redecide(f.pol, &s, nil)
 		if w == "" {
-			f.followed(&h.live[i], dd, "an allowed QUIC flow of the client's to this destination is open")
+			f.followed(&s, dd, "an allowed QUIC flow of the client's to this destination is open")
 			f.relay([][]byte{first}, buf)
 			return true
 		}
 		if deny == nil {
-			deny, d, why = &h.live[i], dd, w
+			deny, d, why = &s, dd, w
 		}
 	}
 	if deny == nil {
-		deny = &h.last
-		if h.deniedBy == f.pol { // denied under the policy in force: no reload since
+		s := own(h.last)
+		deny = &s
+		if h.deniedBy == f.pol && s == h.last { // denied under the policy in force, for this address: no reload since
 			d.Rule, why = h.rule, h.why
-		} else if d, why = f.p.redecide(f.pol, &h.last, nil); why == "" {
-			f.followed(&h.last, d, "the client's last QUIC flow to this destination ended allowed")
+		} else if d, why = f.p.redecide(f.pol, &s, nil); why == "" {
+			f.followed(&s, d, "the client's last QUIC flow to this destination ended allowed")
 			f.relay([][]byte{first}, buf)
 			return true
 		}
