@@ -98,12 +98,24 @@ func (f *udpFlow) quicPathKey() quicPathKey {
 	return quicPathKey{share: clientShareKey(f.info), dest: f.info.Dest}
 }
 
-// opened remembers f, an allowed quic flow whose relay starts.
+// opened remembers f, an allowed quic flow whose relay starts, or one
+// found to carry a QUIC connection unread (smuggled). A flow is live once,
+// however often it is opened: a new path whose guardInitials a reload to a
+// policy that looks at no names cleared is opened again at its next
+// Initial, and closed takes one entry out, so a second would stay, alive
+// for ever, past every bound. Opened again, it is remembered as what it
+// now is.
 func (q *quicPaths) opened(f *udpFlow) {
 	s := f.subject()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	e := q.entry(f.quicPathKey())
+	for i := range e.live {
+		if e.live[i].f == f {
+			e.live[i].s = s
+			return
+		}
+	}
 	e.live = append(e.live, liveQUIC{f: f, s: s})
 }
 
