@@ -90,7 +90,12 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 		f.refuseNamed("denied by policy")
 		return
 	case policy.Bump:
-		f.refuseNamed(quicBumpReason)
+		// Not remembered for new paths (quicpaths.go): the connection
+		// reached no server, so no path of it can come, and the policy
+		// denies QUIC to the name, not the destination. What the client
+		// sends there next without an Initial (WireGuard, TURN on 443 at
+		// an HTTPS front end's address) is its own udp flow.
+		f.refuseNamedAs(quicBumpReason, "")
 		return
 	}
 	held, deny, err := f.checkHolding(d, hello.ServerName, held)
@@ -121,12 +126,14 @@ func (f *udpFlow) clientLeft(why string) {
 func (f *udpFlow) refuseNamed(reason string) { f.refuseNamedAs(reason, reason) }
 
 // refuseNamedAs is refuseNamed, the denial remembered for the
-// connection's new paths (quicpaths.go) as why.
+// connection's new paths (quicpaths.go) as why, unless why is empty.
 func (f *udpFlow) refuseNamedAs(reason, why string) {
 	f.releaseShare() // no host socket: it does not count
 	f.p.denyNamed(f.rec, f.start, clientShareKey(f.info), reason)
 	f.hold(f.pol)
-	f.p.udp.quicPaths.denied(f, f.pol, why)
+	if why != "" {
+		f.p.udp.quicPaths.denied(f, f.pol, why)
+	}
 }
 
 // gateQUIC holds the client's datagrams, from first on, until they carry a

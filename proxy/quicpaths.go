@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"container/list"
-	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,12 +22,15 @@ import (
 // Initial, while the policy looks at names, is taken for a new path of that
 // client's QUIC connection there, and decided as it, on its own client
 // address (the share groups a prefix; client_cidrs match one address):
-// let through, as quic with that connection's name, only if one of the client's live quic flows
-// there is still allowed by the policy in force; otherwise decided as the
-// last of its QUIC flows there that ended, or was denied, within
-// quicPathMemory. Any first datagram counts, not only a short-header
-// packet: a server ignores a datagram it cannot read, so a client could
-// send some other one first and migrate behind it.
+// let through, as quic with that connection's name, if the policy in
+// force still allows any of the client's connections there: its live quic
+// flows, or those that ended, or were denied, within quicPathMemory (a few
+// per destination: maxQUICEndedPerPath); denied only when all are denied.
+// Any first datagram counts, not only a short-header packet: a server
+// ignores a datagram it cannot read, so a client could send some other
+// one first and migrate behind it. A QUIC flow refused because QUIC
+// cannot be bumped is not remembered: it reached no server, and the policy
+// denies QUIC to its name, not the destination.
 //
 // What this cannot tell apart is documented in policy.md (UDP flows and
 // their limits): one allowed connection covers another to the same address
@@ -60,17 +63,35 @@ type quicPathKey struct {
 type quicPath struct {
 	key  quicPathKey
 	live []liveQUIC // its allowed quic flows relayed now
-	// The last one that ended, or was denied, when ended is set: by the
-	// policy deniedBy (nil: it ended allowed, idle or its client gone),
-	// with why and rule for the record.
-	ended    bool
-	last     udpSubject
-	deniedBy *policy.Policy
-	why      string
-	rule     string
-	at       time.Time
-	elem     *list.Element // in quicPaths.order while ended
-	celem    *list.Element // in its client's list while ended
+	// Its connections that ended, or were denied, lately, oldest first:
+	// one entry per connection as a decision tells them apart (sameConn),
+	// at most maxQUICEndedPerPath. A set, not the last one only: a
+	// denial of another name at the same address and port must not
+	// override an allowed connection that resumes there.
+	ended []endedQUIC
+	at    time.Time     // when the newest of ended came
+	elem  *list.Element // in quicPaths.order while ended is not empty
+	celem *list.Element // in its client's list while ended is not empty
+}
+
+// endedQUIC is one connection of a quicPath that ended, or was denied:
+// by the policy deniedBy (nil: it ended allowed, idle or its client
+// gone), with why and rule for the record.
+type endedQUIC struct {
+	s         udpSubject
+	deniedBy  *policy.Policy
+	why, rule string
+	at        time.Time
+}
+
+// maxQUICEndedPerPath bounds a quicPath's ended connections: a page's
+// HTTP/3 connections to one CDN address are a few names at once.
+const maxQUICEndedPerPath = 4
+
+// sameConn reports whether a and b are one connection as far as a
+// decision can tell them apart.
+func sameConn(a, b udpSubject) bool {
+	return a.client == b.client && a.proto == b.proto && a.name == b.name && a.ech == b.ech && a.unread == b.unread
 }
 
 type liveQUIC struct {
@@ -159,12 +180,18 @@ func (q *quicPaths) entry(k quicPathKey) *quicPath {
 	return e
 }
 
-// end makes s, what the flow was decided on, the last of e's ended flows,
-// the newest memory, within the bounds. Under mu.
+// end makes s, what the flow was decided on, the newest of e's ended
+// connections (in place of what was known of that connection), and e the
+// newest memory, within the bounds. Under mu.
 func (q *quicPaths) end(e *quicPath, s udpSubject, pol *policy.Policy, why, rule string) {
 	now := time.Now()
-	q.forget(e)
-	e.ended, e.last, e.deniedBy, e.why, e.rule, e.at = true, s, pol, why, rule, now
+	e.ended = slices.DeleteFunc(e.ended, func(m endedQUIC) bool { return sameConn(m.s, s) })
+	e.ended = append(e.ended, endedQUIC{s: s, deniedBy: pol, why: why, rule: rule, at: now})
+	if len(e.ended) > maxQUICEndedPerPath {
+		e.ended = slices.Delete(e.ended, 0, 1)
+	}
+	q.unlist(e)
+	e.at = now
 	cl := q.clients[e.key.share]
 	if cl == nil {
 		cl = list.New()
@@ -182,9 +209,9 @@ func (q *quicPaths) end(e *quicPath, s udpSubject, pol *policy.Policy, why, rule
 	}
 }
 
-// forget takes e's ended memory out of the lists. Under mu.
-func (q *quicPaths) forget(e *quicPath) {
-	if !e.ended {
+// unlist takes e out of the lists of ended memories. Under mu.
+func (q *quicPaths) unlist(e *quicPath) {
+	if e.elem == nil {
 		return
 	}
 	q.order.Remove(e.elem)
@@ -194,13 +221,14 @@ func (q *quicPaths) forget(e *quicPath) {
 			delete(q.clients, e.key.share)
 		}
 	}
-	e.ended, e.elem, e.celem, e.deniedBy, e.last = false, nil, nil, nil, udpSubject{}
+	e.elem, e.celem = nil, nil
 }
 
 // drop forgets e's ended memory, and e itself once no live flow is left.
 // Under mu.
 func (q *quicPaths) drop(e *quicPath) {
-	q.forget(e)
+	q.unlist(e)
+	e.ended = nil
 	if len(e.live) == 0 {
 		delete(q.m, e.key)
 	}
@@ -209,12 +237,8 @@ func (q *quicPaths) drop(e *quicPath) {
 // pathHistory is a copy of what is known of a client's QUIC flows to a
 // destination, taken to decide on outside the lock.
 type pathHistory struct {
-	live     []udpSubject
-	ended    bool
-	last     udpSubject
-	deniedBy *policy.Policy
-	why      string
-	rule     string
+	live  []udpSubject
+	ended []endedQUIC // oldest first
 }
 
 // history returns what is known for k; ok is false when nothing is.
@@ -225,7 +249,9 @@ func (q *quicPaths) history(k quicPathKey) (h pathHistory, ok bool) {
 	if e == nil {
 		return h, false
 	}
-	if e.ended && time.Since(e.at) > q.lasts() {
+	now := time.Now()
+	e.ended = slices.DeleteFunc(e.ended, func(m endedQUIC) bool { return now.Sub(m.at) > q.lasts() })
+	if len(e.ended) == 0 {
 		q.drop(e)
 		if q.m[k] == nil {
 			return h, false
@@ -234,8 +260,8 @@ func (q *quicPaths) history(k quicPathKey) (h pathHistory, ok bool) {
 	for _, l := range e.live {
 		h.live = append(h.live, l.s)
 	}
-	h.ended, h.last, h.deniedBy, h.why, h.rule = e.ended, e.last, e.deniedBy, e.why, e.rule
-	return h, len(h.live) > 0 || h.ended
+	h.ended = slices.Clone(e.ended)
+	return h, len(h.live) > 0 || len(h.ended) > 0
 }
 
 // len returns how many client and destination pairs are remembered.
@@ -243,81 +269,4 @@ func (q *quicPaths) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.m)
-}
-
-// followQUIC decides a new flow of f's client that did not begin with an
-// Initial, while the policy looks at names, as the QUIC connection it may
-// be a new path of (see above). It reports false when the client has no
-// QUIC flow to remember there: the flow is then decided as udp, as any
-// other. Otherwise the flow is relayed (first, in the pooled buf, first)
-// or refused, and buf is given back.
-func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
-	if !f.pol.NamesMatter() {
-		return false // the flow is decided as its connection was: on addresses
-	}
-	h, ok := f.p.udp.quicPaths.history(f.quicPathKey())
-	if !ok {
-		return false
-	}
-	// Decided on the flow's own client address and endpoint: the memory
-	// is per share (IPv6 per prefix), but a rule's client_cidrs match one
-	// address, and a neighbour's connection must not decide this one.
-	own := func(s udpSubject) udpSubject {
-		s.client, s.endpoint = f.info.Client.Addr(), f.rec.Endpoint
-		return s
-	}
-	var (
-		deny *udpSubject
-		d    policy.Decision
-		why  string
-	)
-	for i := range h.live {
-		// redecide may bind its vouch anew (reloadDestCheck): what it
-		// leaves in s is what the new flow carries.
-		s := own(h.live[i])
-		dd, w := f.p.redecide(f.pol, &s, nil)
-		if w == "" {
-			f.followed(&s, dd, "an allowed QUIC flow of the client's to this destination is open")
-			f.relay([][]byte{first}, buf)
-			return true
-		}
-		if deny == nil {
-			deny, d, why = &s, dd, w
-		}
-	}
-	if deny == nil {
-		s := own(h.last)
-		deny = &s
-		if h.deniedBy == f.pol && s == h.last { // denied under the policy in force, for this address: no reload since
-			d.Rule, why = h.rule, h.why
-		} else if d, why = f.p.redecide(f.pol, &s, nil); why == "" {
-			f.followed(&s, d, "the client's last QUIC flow to this destination ended allowed")
-			f.relay([][]byte{first}, buf)
-			return true
-		}
-	}
-	datagramBufPool.Put(buf)
-	f.setQUIC(deny)
-	f.rec.Rule, f.rec.Action, f.rec.Policy = d.Rule, policy.Deny.String(), f.pol.ID()
-	f.refuseNamedAs(fmt.Sprintf("taken for a new path of the client's QUIC connection to this destination (no Initial first: connection migration, RFC 9000 §9), which is denied: %s", why), why)
-	return true
-}
-
-// setQUIC makes f's record, and so what a reload decides it on (subject),
-// that of the QUIC connection s: its destination check's vouch too, without
-// which a reload that forgets the observed answer the check passed on
-// would take the new path's check for one that holds (destVouch's zero
-// value), let it go on, and remember it so for the connection's next paths.
-func (f *udpFlow) setQUIC(s *udpSubject) {
-	f.rec.Kind, f.rec.SNI, f.rec.ECH, f.rec.DestCheck = "quic", s.name, s.ech, s.destCheck
-	f.quicUnread, f.vouch = s.unread, s.vouch
-}
-
-// followed lets f through as a new path of the QUIC connection s, allowed
-// by d under the policy in force.
-func (f *udpFlow) followed(s *udpSubject, d policy.Decision, because string) {
-	f.setQUIC(s)
-	f.rec.Rule, f.rec.Action, f.rec.Policy = d.Rule, d.Action.String(), d.Policy
-	f.rec.Error = "relayed as a new path of the client's QUIC connection to this destination (no Initial first: connection migration, RFC 9000 §9): " + because
-	f.guardInitials = true // an Initial here starts a connection nobody decided on
 }

@@ -411,7 +411,7 @@ func TestUDPDeniedHeldBounded(t *testing.T) {
 		conns[i] = &idleDeniedConn{}
 		client := netip.AddrFrom4([4]byte{198, 18, 1, byte(i / maxDeniedUDPPerClient)})
 		s.client = client
-		p.holdDenied(conns[i], conns[i], h.Load(), s, shareKey{endpoint: 7, client: client})
+		p.holdDenied(conns[i], conns[i], h.Load(), []udpSubject{s}, shareKey{endpoint: 7, client: client})
 	}
 	if n := p.udp.held.Load(); n != maxDeniedUDP {
 		t.Errorf("%d denied flows held, want the bound, %d", n, maxDeniedUDP)

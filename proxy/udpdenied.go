@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -48,7 +49,7 @@ type deniedUDP struct {
 	p       *Proxy
 	conn    net.Conn
 	ready   readableConn
-	subject udpSubject
+	subject []udpSubject                  // what it may be: let go when a reload allows any
 	pol     atomic.Pointer[policy.Policy] // the policy last found to deny it
 	last    atomic.Int64                  // when a datagram last came (monoclock.Now)
 	share   shareKey                      // its client's, in udpState.heldShares while it is held
@@ -115,14 +116,14 @@ func (p *Proxy) redecide(pol *policy.Policy, s *udpSubject, rec *records.Record)
 // hold keeps the flow's client end as a denied flow's, denied under pol (nil
 // for a forbidden destination).
 func (f *udpFlow) hold(pol *policy.Policy) {
-	f.p.holdDenied(f.client, f.ready, pol, f.subject(), clientShareKey(f.info))
+	f.p.holdDenied(f.client, f.ready, pol, []udpSubject{f.subject()}, clientShareKey(f.info))
 }
 
 // holdDenied keeps a denied flow's client end open, or closes it when that
 // cannot be done cheaply (a conn that cannot announce its datagrams), too
 // many are held, or its client (share) holds its share of them. s is what
-// pol denied.
-func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy, s udpSubject, share shareKey) {
+// pol denied: the connections it may be, let go when a reload allows any.
+func (p *Proxy) holdDenied(conn net.Conn, ready readableConn, pol *policy.Policy, s []udpSubject, share shareKey) {
 	if ready == nil {
 		conn.Close()
 		return
@@ -166,7 +167,7 @@ func (d *deniedUDP) discard() {
 	}
 	if was := d.pol.Load(); was != nil {
 		if pol := d.p.cfg.Policy.Load(); pol != was {
-			if _, why := d.p.redecide(pol, &d.subject, nil); why == "" {
+			if slices.ContainsFunc(d.subject, func(s udpSubject) bool { _, why := d.p.redecide(pol, &s, nil); return why == "" }) {
 				d.closeSoon()
 			} else {
 				d.pol.CompareAndSwap(was, pol) // still denied: not decided again until the next reload
