@@ -43,12 +43,16 @@ import (
 // longer than this comes back as udp.
 const quicPathMemory = 10 * time.Minute
 
-// maxQUICPaths bounds the ended or denied QUIC flows remembered, and
-// maxQUICPathsPerClient one client's share of them (a 64th, as for the
-// hold of denied flows: udpdenied.go says why). A client past its share
-// forgets its own oldest, not another client's; past the bound, the
-// oldest of all is forgotten. Live flows are remembered while they last,
-// bounded by the UDP share.
+// maxQUICPaths bounds the destinations of ended or denied QUIC flows
+// remembered, and maxQUICPathsPerClient one client's share of them (a
+// 64th, as for the hold of denied flows: udpdenied.go says why). A client
+// past its share forgets its own oldest, not another client's; past the
+// bound, the oldest of all is forgotten. Either way, what holds only
+// refusals at an Initial goes first, and a connection that was relayed
+// last: a refusal costs its client one datagram and no server, so 256 of
+// them to other ports would otherwise forget, on purpose, the connection a
+// reload denied, which then moves on as udp. Live flows are remembered
+// while they last, bounded by the UDP share.
 const (
 	maxQUICPaths          = 1 << 14
 	maxQUICPathsPerClient = maxQUICPaths / deniedUDPShares
@@ -70,8 +74,26 @@ type quicPath struct {
 	// override an allowed connection that resumes there.
 	ended []endedQUIC
 	at    time.Time     // when the newest of ended came
+	class int           // of the lists elem and celem are in: classOf
 	elem  *list.Element // in quicPaths.order while ended is not empty
-	celem *list.Element // in its client's list while ended is not empty
+	celem *list.Element // in its client's lists while ended is not empty
+}
+
+// The classes of ended memories, in the order they are forgotten when a
+// bound is reached: those of refusals at an Initial alone, then those with
+// a connection that was relayed.
+const (
+	refusedOnly = iota
+	withRelayed
+	pathClasses
+)
+
+// classOf returns e's class.
+func (e *quicPath) classOf() int {
+	if slices.ContainsFunc(e.ended, func(m endedQUIC) bool { return m.relayed }) {
+		return withRelayed
+	}
+	return refusedOnly
 }
 
 // endedQUIC is one connection of a quicPath that ended, or was denied:
@@ -82,6 +104,7 @@ type endedQUIC struct {
 	deniedBy  *policy.Policy
 	why, rule string
 	at        time.Time
+	relayed   bool // the connection was relayed (not only refused at its Initial)
 }
 
 // maxQUICEndedPerPath bounds a quicPath's ended connections: a page's
@@ -103,9 +126,9 @@ type liveQUIC struct {
 type quicPaths struct {
 	mu      sync.Mutex
 	m       map[quicPathKey]*quicPath
-	order   list.List               // the ended memories, oldest first
-	clients map[shareKey]*list.List // each client's, oldest first
-	memory  time.Duration           // quicPathMemory, unless a test sets it
+	order   [pathClasses]list.List               // the ended memories, oldest first, by class
+	clients map[shareKey]*[pathClasses]list.List // each client's, oldest first, by class
+	memory  time.Duration                        // quicPathMemory, unless a test sets it
 }
 
 func (q *quicPaths) lasts() time.Duration {
@@ -155,7 +178,7 @@ func (q *quicPaths) closed(f *udpFlow) {
 			break
 		}
 	}
-	q.end(e, s, f.deniedBy, f.deniedWhy, f.rec.Rule)
+	q.end(e, s, f.deniedBy, f.deniedWhy, f.rec.Rule, true)
 }
 
 // denied remembers a QUIC flow (or a new path of one) denied under pol
@@ -164,13 +187,13 @@ func (q *quicPaths) denied(f *udpFlow, pol *policy.Policy, why string) {
 	s := f.subject()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.end(q.entry(f.quicPathKey()), s, pol, why, f.rec.Rule)
+	q.end(q.entry(f.quicPathKey()), s, pol, why, f.rec.Rule, false)
 }
 
 func (q *quicPaths) entry(k quicPathKey) *quicPath {
 	if q.m == nil {
 		q.m = make(map[quicPathKey]*quicPath)
-		q.clients = make(map[shareKey]*list.List)
+		q.clients = make(map[shareKey]*[pathClasses]list.List)
 	}
 	e := q.m[k]
 	if e == nil {
@@ -181,32 +204,52 @@ func (q *quicPaths) entry(k quicPathKey) *quicPath {
 }
 
 // end makes s, what the flow was decided on, the newest of e's ended
-// connections (in place of what was known of that connection), and e the
-// newest memory, within the bounds. Under mu.
-func (q *quicPaths) end(e *quicPath, s udpSubject, pol *policy.Policy, why, rule string) {
+// connections (in place of what was known of that connection, which stays
+// relayed if it was), and e the newest memory, within the bounds. Under mu.
+func (q *quicPaths) end(e *quicPath, s udpSubject, pol *policy.Policy, why, rule string, relayed bool) {
 	now := time.Now()
-	e.ended = slices.DeleteFunc(e.ended, func(m endedQUIC) bool { return sameConn(m.s, s) })
-	e.ended = append(e.ended, endedQUIC{s: s, deniedBy: pol, why: why, rule: rule, at: now})
+	e.ended = slices.DeleteFunc(e.ended, func(m endedQUIC) bool {
+		relayed = relayed || sameConn(m.s, s) && m.relayed
+		return sameConn(m.s, s)
+	})
+	e.ended = append(e.ended, endedQUIC{s: s, deniedBy: pol, why: why, rule: rule, at: now, relayed: relayed})
 	if len(e.ended) > maxQUICEndedPerPath {
-		e.ended = slices.Delete(e.ended, 0, 1)
+		i := slices.IndexFunc(e.ended, func(m endedQUIC) bool { return !m.relayed })
+		if i < 0 {
+			i = 0
+		}
+		e.ended = slices.Delete(e.ended, i, i+1)
 	}
 	q.unlist(e)
-	e.at = now
+	e.at, e.class = now, e.classOf()
 	cl := q.clients[e.key.share]
 	if cl == nil {
-		cl = list.New()
+		cl = new([pathClasses]list.List)
 		q.clients[e.key.share] = cl
 	}
-	e.elem, e.celem = q.order.PushBack(e), cl.PushBack(e)
-	for front := q.order.Front(); front != nil && now.Sub(front.Value.(*quicPath).at) > q.lasts(); front = q.order.Front() {
-		q.drop(front.Value.(*quicPath))
+	e.elem, e.celem = q.order[e.class].PushBack(e), cl[e.class].PushBack(e)
+	for c := range q.order {
+		for front := q.order[c].Front(); front != nil && now.Sub(front.Value.(*quicPath).at) > q.lasts(); front = q.order[c].Front() {
+			q.drop(front.Value.(*quicPath))
+		}
 	}
-	if cl.Len() > maxQUICPathsPerClient {
-		q.drop(cl.Front().Value.(*quicPath))
+	if cl[refusedOnly].Len()+cl[withRelayed].Len() > maxQUICPathsPerClient {
+		q.drop(oldestOf(cl))
 	}
-	if q.order.Len() > maxQUICPaths {
-		q.drop(q.order.Front().Value.(*quicPath))
+	if q.order[refusedOnly].Len()+q.order[withRelayed].Len() > maxQUICPaths {
+		q.drop(oldestOf(&q.order))
 	}
+}
+
+// oldestOf returns the memory to forget first of lists: the oldest of the
+// first class that has one. Not called on empty lists.
+func oldestOf(lists *[pathClasses]list.List) *quicPath {
+	for c := range lists {
+		if front := lists[c].Front(); front != nil {
+			return front.Value.(*quicPath)
+		}
+	}
+	panic("quicPaths: no memory to forget")
 }
 
 // unlist takes e out of the lists of ended memories. Under mu.
@@ -214,10 +257,10 @@ func (q *quicPaths) unlist(e *quicPath) {
 	if e.elem == nil {
 		return
 	}
-	q.order.Remove(e.elem)
+	q.order[e.class].Remove(e.elem)
 	if cl := q.clients[e.key.share]; cl != nil {
-		cl.Remove(e.celem)
-		if cl.Len() == 0 {
+		cl[e.class].Remove(e.celem)
+		if cl[refusedOnly].Len()+cl[withRelayed].Len() == 0 {
 			delete(q.clients, e.key.share)
 		}
 	}
