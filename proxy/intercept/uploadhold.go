@@ -71,6 +71,9 @@ type uploadHold struct {
 	on bool
 	// holding: held is not nil, for upload, which takes no lock of h's.
 	holding atomic.Bool
+	// ended: the tunnel's client has ended its side (clientEnded):
+	// nothing more is held.
+	ended atomic.Bool
 	// upload, if set, is a tunnel's upload copy, not over while bytes it
 	// wrote are held (uploadCopy.heldOut).
 	upload *uploadCopy
@@ -119,7 +122,7 @@ func (h *uploadHold) write(b []byte) (int, error) {
 	if h.err != nil {
 		return 0, h.err
 	}
-	if !h.on || len(b) >= holdSmall || h.held != nil && len(*h.held)+len(b) > maxCoalesced {
+	if !h.on || h.ended.Load() || len(b) >= holdSmall || h.held != nil && len(*h.held)+len(b) > maxCoalesced {
 		return h.writeOut(b)
 	}
 	if h.held == nil {
@@ -245,15 +248,23 @@ func (h *uploadHold) finish() error {
 // a tunnel has ended, the copy reads no more (uploadCopy.readEnded), and
 // what came with that end (its last records, then its close_notify or
 // FIN) would otherwise wait out uploadDelay: no read finds the
-// connection empty any more.
+// connection empty any more. A flush under way (the timer's, blocked on
+// a destination that takes nothing) is not waited for: it writes what it
+// holds, and the copy is over once it has (heldOut); waiting for it here,
+// in the copy's read, kept the tunnel from ending, and its linger's bound
+// from starting, for as long as the destination took nothing.
 func (h *uploadHold) clientEnded() {
+	h.ended.Store(true) // no more holding, whoever holds the lock
 	if h.outer != nil {
-		h.outer.Lock()
+		if !h.outer.TryLock() {
+			return
+		}
 		defer h.outer.Unlock()
 	}
-	h.mu.Lock()
+	if !h.mu.TryLock() {
+		return
+	}
 	defer h.mu.Unlock()
-	h.on = false
 	if h.held == nil {
 		return
 	}

@@ -433,3 +433,53 @@ func TestUploadHoldGoesAtTheClientsEnd(t *testing.T) {
 	wantWrites(t, out, "last", "after")
 	h.stop()
 }
+
+// gateWriter says when a write starts and holds it until gate is closed.
+type gateWriter struct {
+	gate, started chan struct{}
+	once          sync.Once
+}
+
+func (w *gateWriter) Write(b []byte) (int, error) {
+	w.once.Do(func() { close(w.started) })
+	<-w.gate
+	return len(b), nil
+}
+
+// TestUploadHoldClientEndNotBlockedByAFlush: a flush blocked on a
+// destination that takes nothing held the read of the client's end, and
+// with it the tunnel's end and its linger's bound, for as long as the
+// destination took nothing (review r8s26 F4). The read goes on; the copy
+// is over once that flush has written what it held.
+func TestUploadHoldClientEndNotBlockedByAFlush(t *testing.T) {
+	holdFor(t, 10*time.Millisecond)
+	out := &gateWriter{gate: make(chan struct{}), started: make(chan struct{})}
+	var wmu sync.Mutex
+	var upload uploadCopy
+	h := &uploadHold{}
+	h.startTunnel(out, &waitingClient{}, &wmu, &upload, nil)
+	upload.holdWrites(h)
+	wmu.Lock() // as upgradedBody.Write holds it
+	mustWrite(t, h, "a")
+	wmu.Unlock()
+	<-out.started // the timer's flush, blocked on the destination
+	ended := make(chan struct{})
+	go func() { upload.readEnded(0); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the read of the client's end waits for a flush blocked on the destination")
+	}
+	select {
+	case <-upload.over():
+		t.Fatal("the copy is over with its bytes still being written")
+	default:
+	}
+	close(out.gate)
+	select {
+	case <-upload.over():
+	case <-time.After(2 * time.Second):
+		t.Fatal("the copy is not over once the flush wrote what it held")
+	}
+	h.stop()
+}
