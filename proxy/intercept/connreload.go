@@ -97,13 +97,15 @@ func (s *session) nameDeniedNote(why string) string {
 // the policy in force denied its own name (its requests refused for it
 // since) say so, as the end of a tunnel a reload denied does: the
 // denying rule and policy, action deny, result denied, and why. Only one
-// that ended cleanly: a reset, a stall, the client's going say their own.
+// that ended cleanly (a reset, a stall, the client's going say their
+// own: it runs after them), and only under the policy in force at its
+// end (a reload may have allowed the name again).
 func (s *session) noteNameDenied() {
 	c := &s.nameCheck
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.why == "" || s.Record.Result != "ok" {
-		return
+	if c.why == "" || s.Record.Kind != "tls" || s.Record.Result != "ok" || c.pol != s.requestPolicy() {
+		return // allowed, or ended otherwise, or a later policy not decided on
 	}
 	s.Record.Rule, s.Record.Action, s.Record.Policy = c.d.Rule, "deny", c.d.Policy
 	s.Record.Result = "denied"

@@ -3,6 +3,7 @@ package intercept_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -290,5 +291,98 @@ func TestReloadECHDenyReachesTheConnectionsOwnName(t *testing.T) {
 	recs := ofKind(r.records(), "http")
 	if len(recs) != 2 || recs[1].Action != "deny" || !strings.Contains(recs[1].Error, "ech: deny") {
 		t.Errorf("records %+v, want the second denied for ech: deny", recs)
+	}
+}
+
+// serveKeeping is rig.serve for a bumped TLS client that hands over the
+// session, for a test to abort it as the stall or client watch does.
+func (r *rig) serveKeeping(upEnd net.Conn) (net.Conn, *served, <-chan *intercept.Session) {
+	client, proxySide := net.Pipe()
+	r.t.Cleanup(func() { client.Close(); proxySide.Close(); upEnd.Close() })
+	sv := &served{done: make(chan struct{}), returned: make(chan struct{})}
+	r.mu.Lock()
+	r.sessions = append(r.sessions, sv)
+	r.mu.Unlock()
+	sess := make(chan *intercept.Session, 1)
+	go func() {
+		defer close(sv.returned)
+		br := sniff.NewReader(proxySide)
+		res, err := sniff.Sniff(br, proxySide)
+		if err != nil || res.Kind != sniff.KindTLS {
+			r.t.Errorf("sniff: %v %v", res.Kind, err)
+			return
+		}
+		hello := res.Hello
+		subj := policy.Subject{Dest: tlsDest, Client: testClient, Endpoint: testEndpoint, Protocol: policy.ProtoTLS, Domain: hello.ServerName}
+		d := r.pol.Decide(subj)
+		s := &intercept.Session{
+			Client: &peekedConn{Conn: proxySide, r: br, held: &r.held}, Upstream: upEnd, Policy: r.pol,
+			Record: &records.Record{Kind: "tls", Action: d.Action.String(), Rule: d.Rule, Policy: r.pol.ID(), Endpoint: testEndpoint,
+				ClientIP: testClient.String(), ClientPort: testClientPort, SNI: hello.ServerName,
+				DestIP: tlsDest.Addr().String(), DestPort: tlsDest.Port(), Result: "ok"},
+			Start: time.Now(), Done: sv.doneFunc, Hello: &hello, Decision: d, Subject: subj,
+		}
+		sess <- s
+		r.ic.Serve(s)
+	}()
+	return client, sv, sess
+}
+
+// TestNameDeniedTLSRecordKeepsOtherEnds: the tls record of a connection
+// refused for its name after a reload said denied by the reload whatever
+// ended it after (a stall, a vanished client), and after a reload that
+// allowed the name again (review r8s26 F1, F2). Those ends are said as
+// they are; only a clean end under a policy that denies the name says
+// denied.
+func TestNameDeniedTLSRecordKeepsOtherEnds(t *testing.T) {
+	for _, tc := range []struct{ how, result string }{
+		{"denied", "denied"}, {"reallowed", "ok"}, {"stalled", "stalled"}, {"vanished", "timeout"},
+	} {
+		t.Run(tc.how, func(t *testing.T) {
+			r, holder := newReloadableRig(t)
+			upEnd, _ := r.startUpstream(r.upLeaf("www.example.test"), "h2")
+			raw, sv, sess := r.serveKeeping(upEnd)
+			tc2 := bumpClient(t, r, raw, "www.example.test", "h2")
+			tc2.SetDeadline(time.Time{})
+			s := <-sess
+			cc, err := (&http2.Transport{}).NewClientConn(tc2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			get := func(path string) int {
+				ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+				defer cancel()
+				req, _ := http.NewRequestWithContext(ctx, "GET", "https://other.example.test"+path, nil)
+				resp, err := cc.RoundTrip(req)
+				if err != nil {
+					t.Fatalf("%s: %v", path, err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			if code := get("/before"); code != 200 {
+				t.Fatalf("before: %d", code)
+			}
+			reloadTo(t, holder, tightenedPolicy)
+			if code := get("/after"); code != http.StatusForbidden {
+				t.Fatalf("after the deny: %d", code)
+			}
+			switch tc.how {
+			case "reallowed":
+				reloadTo(t, holder, testPolicy)
+			case "stalled":
+				s.Abort("stalled", errors.New("the client accepted nothing for 15m0s"))
+			case "vanished":
+				s.Abort("timeout", errors.New("the client's connection broke: connection timed out"))
+			}
+			cc.Close()
+			raw.Close()
+			sv.waitDoneOnce(t)
+			tr := ofKind(r.records(), "tls")
+			if len(tr) != 1 || tr[0].Result != tc.result {
+				t.Fatalf("tls records %+v, want one with result %s", tr, tc.result)
+			}
+		})
 	}
 }

@@ -314,12 +314,12 @@ func (s *session) writeRecord() {
 		s.Record.BytesOut, s.Record.BytesIn = s.upBytes.out.Load(), s.upBytes.in.Load()
 		s.Record.BytesOutUnacked = min(s.upBytes.outUnacked.Load(), s.Record.BytesOut)
 		s.noteRedialsInTLSRecord() // redial.go
-		s.noteNameDenied()         // connreload.go
 	}
 	s.noteReclaimed()
 	s.noteShutdownEnd()
 	s.noteClientBreak()
 	s.noteAbort(s.Record)
+	s.noteNameDenied() // connreload.go: after every other end, which says its own
 	s.Record.End(s.Start)
 	s.ic.cfg.Records.Write(s.Record)
 }
