@@ -89,7 +89,10 @@ func TestPlaintextShareOfQueueBounded(t *testing.T) {
 	if d := wireDropped() - before; d != 0 {
 		t.Fatalf("%d of 1000 wire packets dropped behind the synthesized ones", d)
 	}
-	// Written out, the slots are the share's again.
+	// Written out, the slots are the share's again. The stream closed
+	// first: its flush timer could otherwise queue a packet after the
+	// queue was emptied (a full -race run saw one).
+	s.Close()
 	for len(c.pcapQ.full) > 0 {
 		c.pcapQ.release(<-c.pcapQ.full)
 	}
