@@ -31,6 +31,22 @@ func wantNameDeniedRecord(t *testing.T, rec records.Record, path string) {
 	}
 }
 
+// h2GetOther asks for path on other.example.test over cc, and returns the
+// status, the body read.
+func h2GetOther(t *testing.T, cc *http2.ClientConn, path string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://other.example.test"+path, nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // TestReloadDeniedSNIRefusesOtherHosts: a reload that denies a bumped
 // connection's SNI reached only requests for that name; one for another
 // Host went on, over the upstream connection made with the denied name, to
@@ -79,18 +95,7 @@ func TestReloadDeniedSNIRefusesOtherHosts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		get := func(path string) int {
-			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-			defer cancel()
-			req, _ := http.NewRequestWithContext(ctx, "GET", "https://other.example.test"+path, nil)
-			resp, err := cc.RoundTrip(req)
-			if err != nil {
-				t.Fatalf("%s: %v", path, err)
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			return resp.StatusCode
-		}
+		get := func(path string) int { return h2GetOther(t, cc, path) }
 		if code := get("/before"); code != 200 {
 			t.Fatalf("before the reload: %d", code)
 		}
@@ -349,18 +354,7 @@ func TestNameDeniedTLSRecordKeepsOtherEnds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			get := func(path string) int {
-				ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-				defer cancel()
-				req, _ := http.NewRequestWithContext(ctx, "GET", "https://other.example.test"+path, nil)
-				resp, err := cc.RoundTrip(req)
-				if err != nil {
-					t.Fatalf("%s: %v", path, err)
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				return resp.StatusCode
-			}
+			get := func(path string) int { return h2GetOther(t, cc, path) }
 			if code := get("/before"); code != 200 {
 				t.Fatalf("before: %d", code)
 			}

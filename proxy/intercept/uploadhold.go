@@ -201,6 +201,12 @@ func (h *uploadHold) flushHeld() {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.flushLocked()
+}
+
+// flushLocked writes what is held, or drops it after a failed write, and
+// tells a tunnel's copy; h.mu is held.
+func (h *uploadHold) flushLocked() {
 	if h.held == nil {
 		return
 	}
@@ -228,14 +234,7 @@ func (h *uploadHold) dropLocked() {
 func (h *uploadHold) finish() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.held != nil {
-		h.timer.Stop()
-		if h.err == nil {
-			_ = h.writeHeld()
-		} else {
-			h.dropLocked()
-		}
-	}
+	h.flushLocked()
 	if h.client != nil {
 		h.client.StopReadWait(h.flush)
 		h.client = nil
@@ -265,16 +264,7 @@ func (h *uploadHold) clientEnded() {
 		return
 	}
 	defer h.mu.Unlock()
-	if h.held == nil {
-		return
-	}
-	h.timer.Stop()
-	if h.err == nil {
-		_ = h.writeHeld()
-	} else {
-		h.dropLocked()
-	}
-	h.heldOut()
+	h.flushLocked()
 }
 
 // stop drops what is held, unwritten, and stops holding: a tunnel's end,
