@@ -86,6 +86,7 @@ func (h *uploadHold) start(out io.Writer, client net.Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.out, h.err, h.heldBody, h.to, h.on = out, nil, 0, nil, false
+	h.ended.Store(false) // a pooled writer's: a tunnel's is never reused
 	h.client = h.registerLocked(client)
 }
 
