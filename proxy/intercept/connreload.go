@@ -99,12 +99,13 @@ func (s *session) nameDeniedNote(why string) string {
 // denying rule and policy, action deny, result denied, and why. Only one
 // that ended cleanly (a reset, a stall, the client's going say their
 // own: it runs after them), and only under the policy in force at its
-// end (a reload may have allowed the name again).
+// end (a reload may have allowed the name again; one of the same file,
+// the same ID, decides the same).
 func (s *session) noteNameDenied() {
 	c := &s.nameCheck
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.why == "" || s.Record.Kind != "tls" || s.Record.Result != "ok" || c.pol != s.requestPolicy() {
+	if c.why == "" || s.Record.Kind != "tls" || s.Record.Result != "ok" || c.pol.ID() != s.requestPolicy().ID() {
 		return // allowed, or ended otherwise, or a later policy not decided on
 	}
 	s.Record.Rule, s.Record.Action, s.Record.Policy = c.d.Rule, "deny", c.d.Policy

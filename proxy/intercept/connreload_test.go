@@ -342,6 +342,7 @@ func (r *rig) serveKeeping(upEnd net.Conn) (net.Conn, *served, <-chan *intercept
 func TestNameDeniedTLSRecordKeepsOtherEnds(t *testing.T) {
 	for _, tc := range []struct{ how, result string }{
 		{"denied", "denied"}, {"reallowed", "ok"}, {"stalled", "stalled"}, {"vanished", "timeout"},
+		{"reloaded-same", "denied"}, // the same file again: the name still denied (review r11s26 F2)
 	} {
 		t.Run(tc.how, func(t *testing.T) {
 			r, holder := newReloadableRig(t)
@@ -365,6 +366,8 @@ func TestNameDeniedTLSRecordKeepsOtherEnds(t *testing.T) {
 			switch tc.how {
 			case "reallowed":
 				reloadTo(t, holder, testPolicy)
+			case "reloaded-same":
+				reloadTo(t, holder, tightenedPolicy)
 			case "stalled":
 				s.Abort("stalled", errors.New("the client accepted nothing for 15m0s"))
 			case "vanished":

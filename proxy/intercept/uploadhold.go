@@ -252,7 +252,10 @@ func (h *uploadHold) finish() error {
 // a destination that takes nothing) is not waited for: it writes what it
 // holds, and the copy is over once it has (heldOut); waiting for it here,
 // in the copy's read, kept the tunnel from ending, and its linger's bound
-// from starting, for as long as the destination took nothing.
+// from starting, for as long as the destination took nothing. A last read
+// that returned bytes with the end (a TLS 1.2 close_notify right behind
+// the last record) still has the copy write them after that flush, as any
+// write of the copy's waits for the one before it.
 func (h *uploadHold) clientEnded() {
 	h.ended.Store(true) // no more holding, whoever holds the lock
 	if h.outer != nil {
