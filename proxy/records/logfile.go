@@ -59,7 +59,7 @@ type LogFile struct {
 	reopens, reopenFailures, rotations atomic.Uint64
 	namesSkipped, writesRefused        atomic.Uint64
 	// failingSince is the logNow of the first of the rotations failed
-	// since the last one done; 0 while none fails.
+	// since the last one done or the last new file; 0 while none fails.
 	failingSince atomic.Int64
 	lastSkipLog  atomic.Int64 // logNow of the last name skipped logged
 	skipped      sync.Map     // the names counted in namesSkipped: at most 2 Keep
@@ -78,7 +78,8 @@ type LogFileStats struct {
 	// or --access-log-max-age and the appliance rotated it (rotate.go).
 	Rotations uint64 `json:"rotations"`
 	// RotationFailingSeconds is how long the rotation has failed at every
-	// try (each also counted in ReopenFailures); 0 while it works.
+	// try (a failed rename, or no new file made at the path after one);
+	// 0 while it works.
 	RotationFailingSeconds float64 `json:"rotation_failing_seconds"`
 	// NamesSkipped counts the names of the chain the rotation found it
 	// could not use (a rotated file it cannot move, gone around, or at .1
@@ -272,10 +273,17 @@ func (l *LogFile) rotateNow(now int64) {
 		return
 	}
 	if l.follow(now) != nil || os.SameFile(l.fi, open) {
-		// Not opened anew (no file can be made there now): writes go on
-		// to the file open, wherever it went, and the next look is
-		// reopenCheck away, not at every batch.
+		// Not opened anew (no file can be made there now: inodes, EMFILE,
+		// EDQUOT, a directory at the path; or the path is a symlink to
+		// the file open): writes go on to the file open, wherever it
+		// went, and the next look is reopenCheck away, not at every
+		// batch. The file open still grows, so the rotation fails: only
+		// a failed rename counted, and the file took every record for
+		// good, past the cap (review r9s26 F3).
 		l.rotateAfter = now + int64(reopenCheck)
+		if l.f != nil {
+			l.failingSince.CompareAndSwap(0, now)
+		}
 	}
 }
 
