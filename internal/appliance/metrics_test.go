@@ -437,7 +437,7 @@ func TestMetricsCapture(t *testing.T) {
 
 // TestMetricsAccessLogRotatedBy: the access log's rotator, decided at
 // start, is a gauge: 1 while a logrotate configuration names the file
-// (the appliance neither rotates nor caps it), 0 while the appliance
+// (the appliance does not rotate it, a backstop aside), 0 while the appliance
 // rotates it, and /stats names the configurations (review r7s26 F2).
 func TestMetricsAccessLogRotatedBy(t *testing.T) {
 	s := metricsStats()

@@ -1,6 +1,7 @@
 package records
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -44,6 +45,12 @@ type LogFile struct {
 	rotatedBy                    string
 	otherRotators, unreadConfigs []string
 	otherWarned                  int64 // logNow of the last warning of otherRotators
+	// backstop is, while otherRotators rotate the file, the size past
+	// which it takes no writes after capGrace: twice --access-log-max-size
+	// (DefaultMaxSize for 0). A stanza the scan takes to rotate the file
+	// may be one logrotate never applies (rejected, not included, not
+	// run), and the file grew without bound (review r9s26 F1).
+	backstop int64
 
 	mu        sync.Mutex
 	f         *os.File
@@ -92,7 +99,8 @@ type LogFileStats struct {
 	WritesRefused uint64 `json:"writes_refused"`
 	// RotatedBy is who rotates the file, decided at start: "appliance",
 	// "other" (OtherRotators name it: the appliance follows their renames
-	// and neither rotates nor caps it) or "none" (no regular file).
+	// and does not rotate it, and past twice --access-log-max-size for
+	// capGrace it refuses writes, a backstop) or "none" (no regular file).
 	RotatedBy     string   `json:"rotated_by"`
 	OtherRotators []string `json:"other_rotators,omitempty"`
 	// UnreadableConfigs are the logrotate configuration files the start's
@@ -133,7 +141,7 @@ func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	by, others, unread := RotatedByAppliance, []string(nil), []string(nil)
+	by, others, unread, backstop := RotatedByAppliance, []string(nil), []string(nil), int64(0)
 	if lfi, err := os.Lstat(path); err != nil || !lfi.Mode().IsRegular() {
 		// A collector's FIFO, /dev/stdout, or a symlink to a log elsewhere:
 		// renamed, it would be replaced by regular files here (rotate.go).
@@ -151,8 +159,9 @@ func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 		case len(others) > 0:
 			// Two rotators of one chain lose rotated files (rotate.go),
 			// and the operator who kept a stanza chose logrotate.
+			backstop = 2 * cmp.Or(rot.MaxSize, DefaultMaxSize)
 			rot, by = Rotation{}, RotatedByOther
-			warnOtherRotators(path, others)
+			warnOtherRotators(path, others, backstop)
 		case rot.MaxSize == 0:
 			// 0 was "logrotate alone": an upgrade replaced the unedited
 			// stanza, and a flood would fill the disk (review r7s26 F1).
@@ -161,7 +170,7 @@ func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 		}
 	}
 	now := logNow()
-	return &LogFile{path: path, rot: rot, rotatedBy: by, otherRotators: others, unreadConfigs: unread,
+	return &LogFile{path: path, rot: rot, rotatedBy: by, otherRotators: others, unreadConfigs: unread, backstop: backstop,
 		f: f, fi: fi, size: fi.Size(), opened: fileOpened(f, now), checked: now, otherWarned: now}, nil
 }
 
@@ -190,7 +199,7 @@ func (l *LogFile) Write(p []byte) (int, error) {
 		l.checked = now
 		if l.otherRotators != nil && now-l.otherWarned >= int64(otherRotatorWarn) {
 			l.otherWarned = now
-			warnOtherRotators(l.path, l.otherRotators)
+			warnOtherRotators(l.path, l.otherRotators, l.backstop)
 		}
 		if err := l.follow(now); err != nil {
 			// Look again before the next write: the reopen may work then.
@@ -204,6 +213,11 @@ func (l *LogFile) Write(p []byte) (int, error) {
 	// only be noise.
 	if len(p) == 1 && p[0] == '\n' && !l.midLine {
 		return 1, nil
+	}
+	if l.backstop > 0 && l.size >= l.backstop && !(len(p) == 1 && p[0] == '\n') {
+		if err := l.backstopped(); err != nil {
+			return 0, err
+		}
 	}
 	// The newline that ends a line a failed write cut goes through: the
 	// rotation waits for whole lines.
@@ -235,6 +249,34 @@ func (l *LogFile) Write(p []byte) (int, error) {
 		l.rotateNow(now)
 	}
 	return n, err
+}
+
+// backstopped says whether a write is refused by the backstop (a file
+// another rotator rotates, past l.backstop for capGrace). The size is
+// looked at anew first: a copytruncate empties the file in place, no
+// reopen seen. Called with l.mu held, l.size past the backstop.
+func (l *LogFile) backstopped() error {
+	f := l.f
+	l.mu.Unlock()
+	fi, err := f.Stat() // unlocked: it may hang on NFS, as the write may
+	l.mu.Lock()
+	if l.f != f {
+		return fmt.Errorf("access log %s: %w", l.path, fs.ErrClosed)
+	}
+	if err == nil {
+		l.size = fi.Size()
+	}
+	now := logNow()
+	if l.size < l.backstop {
+		l.failingSince.Store(0)
+		return nil
+	}
+	l.failingSince.CompareAndSwap(0, now)
+	if l.failingFor(now) < capGrace {
+		return nil
+	}
+	l.writesRefused.Add(1)
+	return fmt.Errorf("access log %s: %d bytes, twice --access-log-max-size, and the logrotate configuration that names it has not rotated it for 10s (rotation_failing_seconds): %w", l.path, l.size, errCapped)
 }
 
 // capGrace is how long the rotation fails before the cap refuses writes:

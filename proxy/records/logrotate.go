@@ -45,11 +45,12 @@ const (
 // rotator rotates the access log: a start's journal line scrolls away.
 const otherRotatorWarn = time.Hour
 
-// warnOtherRotators warns that the configurations confs rotate the access
-// log, path, which the appliance therefore leaves to them; at start and
-// every otherRotatorWarn.
-func warnOtherRotators(path string, confs []string) {
-	slog.Warn("a logrotate configuration rotates the access log: the appliance does not rotate it (no --access-log-max-size, --access-log-max-age nor cap) and follows its renames; to have the appliance rotate it, remove the stanza and restart (docs/deploy.md)", "config", strings.Join(confs, ","), "file", path)
+// warnOtherRotators warns that the configurations confs name the access
+// log, path, whose rotation the appliance therefore leaves to them, the
+// backstop (bytes) aside; at start and every otherRotatorWarn. That they
+// name it does not make logrotate apply them: the scan is no logrotate.
+func warnOtherRotators(path string, confs []string, backstop int64) {
+	slog.Warn("a logrotate configuration names the access log: the appliance leaves its rotation to logrotate (no --access-log-max-size, --access-log-max-age), follows its renames, and refuses records once the file has held twice --access-log-max-size for 10s, in case logrotate never applies the stanza (not run, the stanza rejected: check logrotate -d); to have the appliance rotate it, remove the stanza and restart (docs/deploy.md)", "config", strings.Join(confs, ","), "file", path, "backstop_bytes", backstop)
 }
 
 // configRead is a logrotate configuration file that could not be read.
