@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -59,42 +60,61 @@ type configRead struct {
 	err  error
 }
 
-// otherRotators returns the files of logrotateConfs that name path in a
-// stanza's head (a glob that matches it included), and those it could
-// not read (the appliance runs as gwlbproxy, logrotate as root). It reads
-// what logrotate 3.21 reads: an include directory's entries through
-// symlinks, dotfiles too, the taboo endings skipped, regular files only,
-// and, as root does, none writable by group or others or owned by
-// another user than root (logrotate ignores those).
+// otherRotators returns the files of logrotateConfs, and those their
+// include directives name, that name path in a stanza's head (a glob that
+// matches it included), and those it could not read (the appliance runs
+// as gwlbproxy, logrotate as root). It reads what logrotate 3.21 reads:
+// an include directory's entries through symlinks, dotfiles too, the
+// taboo endings skipped, regular files only, and, as root does, none
+// writable by group or others or owned by another user than root
+// (logrotate ignores those). Includes are followed, files and
+// directories, from every file read: a stanza in a directory that
+// logrotate.conf includes, or in a file a logrotate.d entry includes, was
+// missed, and two rotators shared the chain (review r9s26 F2).
 func otherRotators(path string) (found []string, unread []configRead) {
-	var files []string
-	for _, c := range logrotateConfs {
+	logFI, _ := os.Stat(path) // nil for a file not there yet
+	seen := map[string]bool{}
+	var queue []string
+	// add queues the configuration name c, a directory's entries or a
+	// file, each once: includes may name each other, or themselves.
+	add := func(c string) {
+		c = filepath.Clean(c)
+		if seen[c] {
+			return
+		}
+		seen[c] = true
 		fi, err := os.Stat(c)
 		if errors.Is(err, fs.ErrNotExist) {
-			continue
+			return // a dangling symlink logrotate skips too
 		}
 		if err != nil {
 			unread = append(unread, configRead{c, err})
-			continue
+			return
 		}
 		if !fi.IsDir() {
-			files = append(files, c)
-			continue
+			queue = append(queue, c)
+			return
 		}
 		ents, err := os.ReadDir(c)
 		if err != nil {
 			unread = append(unread, configRead{c, err})
 		}
 		for _, e := range ents {
-			if !taboo(e.Name()) {
-				files = append(files, filepath.Join(c, e.Name()))
+			if f := filepath.Join(c, e.Name()); !taboo(e.Name()) && !seen[f] {
+				seen[f] = true
+				queue = append(queue, f)
 			}
 		}
 	}
-	for _, f := range files {
+	for _, c := range logrotateConfs {
+		add(c)
+	}
+	for len(queue) > 0 {
+		f := queue[0]
+		queue = queue[1:]
 		fi, err := os.Stat(f)
 		if err != nil {
-			if !errors.Is(err, fs.ErrNotExist) { // a dangling symlink logrotate skips too
+			if !errors.Is(err, fs.ErrNotExist) {
 				unread = append(unread, configRead{f, err})
 			}
 			continue
@@ -107,11 +127,36 @@ func otherRotators(path string) (found []string, unread []configRead) {
 			unread = append(unread, configRead{f, err})
 			continue
 		}
-		if namesLog(string(b), path) {
+		heads, includes := parseConf(string(b))
+		if slices.ContainsFunc(heads, func(w string) bool { return namesFile(w, path, logFI) }) {
 			found = append(found, f)
+		}
+		for _, inc := range includes {
+			add(inc)
 		}
 	}
 	return found, unread
+}
+
+// namesFile reports whether the stanza head word w names the log, path,
+// logFI its FileInfo (nil if not there): by identity, each file its glob
+// expands to compared with the log's, so that "//", "/./" and a symlinked
+// directory on either side name it as they do for logrotate; by the
+// string, cleaned, for a file not there yet. A word that expands to a
+// symlink names nothing: logrotate refuses to rotate a symlink.
+func namesFile(w, path string, logFI os.FileInfo) bool {
+	w = strings.Trim(w, `"'`)
+	if logFI == nil {
+		ok, _ := filepath.Match(filepath.Clean(w), filepath.Clean(path))
+		return ok
+	}
+	matches, _ := filepath.Glob(w)
+	for _, m := range matches {
+		if fi, err := os.Lstat(m); err == nil && fi.Mode().IsRegular() && os.SameFile(fi, logFI) {
+			return true
+		}
+	}
+	return false
 }
 
 func rootOwned(fi os.FileInfo) bool {
@@ -134,10 +179,19 @@ func taboo(name string) bool {
 }
 
 // namesLog reports whether the logrotate configuration conf has a stanza
-// whose head names path: the words before a "{", on its line or on the
-// lines since the last stanza (logrotate lets a stanza name files on lines
-// of their own). A stanza's body, its scripts included, names nothing.
+// whose head names path (namesFile).
 func namesLog(conf, path string) bool {
+	fi, _ := os.Stat(path)
+	heads, _ := parseConf(conf)
+	return slices.ContainsFunc(heads, func(w string) bool { return namesFile(w, path, fi) })
+}
+
+// parseConf returns the words of the logrotate configuration conf's
+// stanza heads, and the paths its include directives name. A head is the
+// words before a "{", on its line or on the lines since the last stanza
+// (logrotate lets a stanza name files on lines of their own). A stanza's
+// body, its scripts included, names nothing.
+func parseConf(conf string) (heads, includes []string) {
 	var head []string
 	in, script := false, false
 	for _, line := range strings.Split(conf, "\n") {
@@ -155,6 +209,9 @@ func namesLog(conf, path string) bool {
 				in = false
 			}
 		case !strings.ContainsAny(f[0][:1], `/"'*~{`): // a global directive
+			if f[0] == "include" && len(f) > 1 {
+				includes = append(includes, strings.Trim(f[1], `"'`))
+			}
 			head = head[:0]
 		default:
 			before, _, open := strings.Cut(line, "{")
@@ -162,13 +219,9 @@ func namesLog(conf, path string) bool {
 			if !open {
 				continue
 			}
-			for _, w := range head {
-				if ok, _ := filepath.Match(strings.Trim(w, `"'`), path); ok {
-					return true
-				}
-			}
+			heads = append(heads, head...)
 			head, in = head[:0], true
 		}
 	}
-	return false
+	return heads, includes
 }

@@ -1,0 +1,91 @@
+package records
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+// writeConf writes a logrotate configuration file, 0644, root's as the
+// tests run.
+func writeConf(t *testing.T, name, conf string) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(name, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// TestOtherRotatorsFollowIncludes: the real logrotate reads the files an
+// include names, a directory's entries or a file, from logrotate.conf or
+// from any file it reads. The start's look read only logrotate.conf and
+// logrotate.d's entries: a stanza in a directory logrotate.conf includes,
+// or in a file a logrotate.d entry includes, went unseen, and the
+// appliance rotated the chain logrotate rotated too (review r9s26 F2).
+// Includes that name each other, or an included directory's taboo
+// entries, are read once or not at all.
+func TestOtherRotatorsFollowIncludes(t *testing.T) {
+	top := t.TempDir()
+	log := writeConf(t, filepath.Join(top, "log", "access.log"), "")
+	stanza := log + " {\n  daily\n}\n"
+	conf := writeConf(t, filepath.Join(top, "logrotate.conf"),
+		"weekly\ninclude "+filepath.Join(top, "logrotate.d")+"\ninclude \""+filepath.Join(top, "extra.d")+"\"\n/var/log/wtmp {\n  monthly\n}\n")
+	writeConf(t, filepath.Join(top, "logrotate.d", "syslog"), "include "+filepath.Join(top, "other", "x.conf")+"\ninclude "+conf+"\n")
+	inDir := writeConf(t, filepath.Join(top, "extra.d", "gwlbproxy-access"), stanza)
+	writeConf(t, filepath.Join(top, "extra.d", "old.rpmsave"), stanza)
+	inFile := writeConf(t, filepath.Join(top, "other", "x.conf"), "include "+filepath.Join(top, "extra.d")+"\n"+stanza)
+	real := logrotateConfs
+	logrotateConfs = []string{conf, filepath.Join(top, "logrotate.d")}
+	t.Cleanup(func() { logrotateConfs = real })
+	found, unread := otherRotators(log)
+	slices.Sort(found)
+	want := []string{inDir, inFile}
+	slices.Sort(want)
+	if !slices.Equal(found, want) || len(unread) != 0 {
+		t.Errorf("otherRotators found %v, unread %v; want %v, none unread", found, unread, want)
+	}
+}
+
+// TestOtherRotatorsByIdentity: a stanza names the log when a file its
+// glob expands to is the log: a doubled slash (a template's
+// "{{ dir }}/access.log"), a "/./", and a symlinked directory on either
+// side, which logrotate rotates, were compared as strings and missed
+// (review r9s26 F2). A stanza naming a symlink to the log does not name
+// it (logrotate does not rotate symlinks), nor one naming another file.
+func TestOtherRotatorsByIdentity(t *testing.T) {
+	top := t.TempDir()
+	dir := filepath.Join(top, "log")
+	log := writeConf(t, filepath.Join(dir, "access.log"), "")
+	writeConf(t, filepath.Join(dir, "other.log"), "")
+	link := filepath.Join(top, "link")
+	if err := os.Symlink("log", link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("access.log", filepath.Join(dir, "alias.log")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path, head string
+		want       bool
+	}{
+		{log, dir + "//access.log", true},
+		{log, dir + "/./access.log", true},
+		{log, top + "//log/../log/access.log", true},
+		{log, link + "/access.log", true},
+		{log, link + "/*.log", true},
+		{link + "/access.log", log, true},
+		{link + "//access.log", top + "/l*/access.log", true},
+		{log, dir + "/alias.log", false},
+		{log, dir + "/other.log", false},
+		{log, dir + "/access.log.1", false},
+	} {
+		logrotateDir(t, map[string]string{"gwlbproxy": c.head + " {\n  daily\n}\n"})
+		if found, _ := otherRotators(c.path); (len(found) == 1) != c.want {
+			t.Errorf("--access-log %s, stanza %s: found %v, want named %v", c.path, c.head, found, c.want)
+		}
+	}
+}
