@@ -31,7 +31,17 @@ func statxBirth(f *os.File) (time.Time, bool) {
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		serr = unix.Statx(int(fd), "", unix.AT_EMPTY_PATH, unix.STATX_BTIME, &st)
-	}); err != nil || serr != nil || st.Mask&unix.STATX_BTIME == 0 || st.Btime.Sec == 0 {
+	}); err != nil || serr != nil {
+		return time.Time{}, false
+	}
+	return statxBorn(&st)
+}
+
+// statxBorn is the birth time st holds, if any: a filesystem may set the
+// mask and leave the time 0 (the epoch), which would make every file
+// decades old and rotate it at each batch.
+func statxBorn(st *unix.Statx_t) (time.Time, bool) {
+	if st.Mask&unix.STATX_BTIME == 0 || st.Btime.Sec == 0 {
 		return time.Time{}, false
 	}
 	return time.Unix(st.Btime.Sec, int64(st.Btime.Nsec)), true

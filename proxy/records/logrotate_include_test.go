@@ -89,3 +89,25 @@ func TestOtherRotatorsByIdentity(t *testing.T) {
 		}
 	}
 }
+
+// TestOtherRotatorsRootOwnedOnly: logrotate, run as root, ignores a
+// configuration file owned by another user ("the file owner is wrong"),
+// so such a stanza names nothing, and the same file owned by root does
+// (review r9s26 F4: the rule was untested).
+func TestOtherRotatorsRootOwnedOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown")
+	}
+	top := t.TempDir()
+	log := writeConf(t, filepath.Join(top, "access.log"), "")
+	d := logrotateDir(t, map[string]string{"gwlbproxy": log + " {\n  daily\n}\n"})
+	conf := filepath.Join(d, "gwlbproxy")
+	for _, uid := range []int{1000, 0} {
+		if err := os.Chown(conf, uid, 0); err != nil {
+			t.Fatal(err)
+		}
+		if found, _ := otherRotators(log); (len(found) == 1) != (uid == 0) {
+			t.Errorf("stanza owned by uid %d: found %v, want named only when root's", uid, found)
+		}
+	}
+}
