@@ -336,7 +336,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(accessLogStats(s).Rotations) }),
 	newStatMetric("access_log_rotation_failing_seconds", promGauge, "How long --access-log's rotation has failed at every try (with rotated_by other: how long the file has held twice --access-log-max-size, logrotate not rotating it); 0 while it works.",
 		func(s *stats) float64 { return accessLogStats(s).RotationFailingSeconds }),
-	newStatMetric("access_log_rotation_names_skipped_total", promCounter, "Names of --access-log's rotated chain the rotation found it could not use (a file it cannot move, a .dropping it cannot remove), each counted once however many rotations find it.",
+	newStatMetric("access_log_rotation_names_skipped_total", promCounter, "Names of --access-log's rotated chain the rotation found it could not use (a file it cannot move, a .dropping it cannot remove), each counted once since start however many rotations find it, and not again after it was fixed and broke anew.",
 		func(s *stats) float64 { return float64(accessLogStats(s).NamesSkipped) }),
 	newStatMetric("access_log_rotated_by_other", promGauge, "1 when a logrotate configuration names --access-log (other_rotators in /stats): the appliance follows its renames and does not rotate the file, but refuses records once it has held twice --access-log-max-size for 10s (a backstop, in case logrotate never applies the stanza); 0 otherwise.",
 		func(s *stats) float64 { return boolGauge(accessLogStats(s).RotatedBy == records.RotatedByOther) }),

@@ -91,7 +91,9 @@ type LogFileStats struct {
 	// NamesSkipped counts the names of the chain the rotation found it
 	// could not use (a rotated file it cannot move, gone around, or at .1
 	// failing the rotation; a .dropping it cannot remove), each once
-	// however many rotations find it, and logged with its path.
+	// since start however many rotations find it, and not again after it
+	// was fixed and broke anew (skipped is never emptied), and logged
+	// with its path.
 	NamesSkipped uint64 `json:"rotation_names_skipped"`
 	// WritesRefused counts the batches refused because the file held twice
 	// --access-log-max-size, its rotation failing for capGrace: their
