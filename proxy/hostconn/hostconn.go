@@ -46,8 +46,11 @@ type Conn struct {
 	closer       *closer
 	closed       atomic.Bool
 	finQueued    atomic.Bool // CloseWrite queued the FIN
-	gone         atomic.Bool // closed or aborted: unpark has run
-	idle         idleRead
+	// finMu holds CloseWrite's shutdown and its finQueued together, so
+	// that SendPayload's counts and finQueued agree.
+	finMu sync.Mutex
+	gone  atomic.Bool // closed or aborted: unpark has run
+	idle  idleRead
 
 	// The state of the call in progress, one per direction, guarded by
 	// its mutex; the functions are bound once so that no call allocates.
@@ -161,11 +164,39 @@ func (c *Conn) CloseWrite() error {
 	if c.closed.Load() {
 		return c.opError("close", net.ErrClosed)
 	}
+	c.finMu.Lock()
+	defer c.finMu.Unlock()
 	err := c.shutdown(unix.SHUT_WR)
 	if err == nil {
+		afterShutdown()
 		c.finQueued.Store(true)
 	}
 	return err
+}
+
+// afterShutdown runs between CloseWrite's shutdown and its finQueued; a
+// hook for tests.
+var afterShutdown = func() {}
+
+// SendPayload returns SendQueued and SendNotSent, the payload's bytes
+// alone: the FIN, which the kernel counts as a byte of the queue from
+// the shutdown on, is left out when CloseWrite queued it. The counts are
+// read under the lock CloseWrite holds across its shutdown and its note of
+// the FIN: read apart, a reset in between had a FIN in the counts and
+// none noted, and it was counted a byte of payload never sent.
+func (c *Conn) SendPayload() (unacked, notSent int, err error) {
+	c.finMu.Lock()
+	defer c.finMu.Unlock()
+	if unacked, err = c.SendQueued(); err != nil {
+		return 0, 0, err
+	}
+	if notSent, err = c.SendNotSent(); err != nil {
+		return 0, 0, err
+	}
+	if c.finQueued.Load() {
+		unacked, notSent = max(unacked-1, 0), max(notSent-1, 0)
+	}
+	return unacked, notSent, nil
 }
 
 // FINQueued reports whether CloseWrite queued the connection's FIN, which

@@ -9,14 +9,12 @@ import "net"
 // destination never had. The tls record's bytes_out, what the appliance
 // sent the destination, leaves it out, as a relayed flow's does.
 
-// notSentQueue is a host socket that tells what of its send queue it
-// never sent and what its peer has not acknowledged, and whether its
-// connection has ended (hostconn.Conn).
+// notSentQueue is a host socket that tells what of its send queue's
+// payload it never sent and what its peer has not acknowledged, and
+// whether its connection has ended (hostconn.Conn).
 type notSentQueue interface {
-	SendNotSent() (int, error)
-	SendQueued() (int, error)
+	SendPayload() (unacked, notSent int, err error)
 	Ended() bool
-	FINQueued() bool
 }
 
 // dropUnsentUnder is dropUnsent(true) for the countedConn under c, if
@@ -41,16 +39,12 @@ func (c *countedConn) dropUnsent(reset bool) {
 	if !ok || !c.unsentDropped.CompareAndSwap(false, true) {
 		return
 	}
-	notSent, nerr := q.SendNotSent()
-	unacked, uerr := q.SendQueued()
-	if nerr != nil || uerr != nil {
+	// The FIN's sequence number is no byte of the payload, and is left
+	// out, with the counts read as one with the note of it (a tunnel's
+	// end racing the destination's reset).
+	unacked, notSent, err := q.SendPayload()
+	if err != nil {
 		return // closed under it: what it held is not known
-	}
-	if q.FINQueued() {
-		// The FIN's sequence number is no byte of the payload: counted
-		// among those never sent until it goes, unacknowledged until it
-		// is acknowledged.
-		notSent, unacked = max(notSent-1, 0), max(unacked-1, 0)
 	}
 	if notSent > 0 && !reset && !q.Ended() {
 		notSent = 0 // the kernel still sends it
