@@ -58,8 +58,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 			// flow past every rule that looks at names or at quic.
 			f.rec.Rule, f.rec.Policy = "", f.pol.ID() // no rule, but the policy looks at names
 			f.quicUnread = true                       // held as such: see udpSubject
-			f.refuse(reason)
-			f.p.udp.quicPaths.denied(f, f.pol, reason)
+			f.refuse(reason)                          // not remembered: see quicpaths.go
 			return
 		}
 		// Nothing in the policy looks at names or tells QUIC apart:
@@ -90,12 +89,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 		f.refuseNamed("denied by policy")
 		return
 	case policy.Bump:
-		// Not remembered for new paths (quicpaths.go): the connection
-		// reached no server, so no path of it can come, and the policy
-		// denies QUIC to the name, not the destination. What the client
-		// sends there next without an Initial (WireGuard, TURN on 443 at
-		// an HTTPS front end's address) is its own udp flow.
-		f.refuseNamedAs(quicBumpReason, "")
+		f.refuseNamed(quicBumpReason)
 		return
 	}
 	held, deny, err := f.checkHolding(d, hello.ServerName, held)
@@ -122,18 +116,15 @@ func (f *udpFlow) clientLeft(why string) {
 // refuseNamed is refuse for a flow refused on its ClientHello's name: its
 // record comes from the client's bucket of such denials (denylimit.go), so
 // that a client cannot keep the name out of the records by first spending
-// its bucket of early denials on cheap ones.
-func (f *udpFlow) refuseNamed(reason string) { f.refuseNamedAs(reason, reason) }
-
-// refuseNamedAs is refuseNamed, the denial remembered for the
-// connection's new paths (quicpaths.go) as why, unless why is empty.
-func (f *udpFlow) refuseNamedAs(reason, why string) {
+// its bucket of early denials on cheap ones. A connection refused at its
+// Initial is not remembered for new paths (quicpaths.go): it reached no
+// server, so no path of it can follow, and what its client sends there
+// next without an Initial (WireGuard, TURN on 443 at an HTTPS front end's
+// address) is its own udp flow.
+func (f *udpFlow) refuseNamed(reason string) {
 	f.releaseShare() // no host socket: it does not count
 	f.p.denyNamed(f.rec, f.start, clientShareKey(f.info), reason)
 	f.hold(f.pol)
-	if why != "" {
-		f.p.udp.quicPaths.denied(f, f.pol, why)
-	}
 }
 
 // gateQUIC holds the client's datagrams, from first on, until they carry a

@@ -4,8 +4,6 @@ import (
 	"net/netip"
 	"testing"
 	"time"
-
-	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
 // TestQUICPathOpenedTwice: a flow let through as a new path of a QUIC
@@ -30,7 +28,7 @@ func TestQUICPathOpenedTwice(t *testing.T) {
 	h.Store(mustPolicy(t, noNames))
 	c2.inject(quicFirstFlight(t, "another.example.test")[0])
 	waitReceived(t, dst, len(flight)+2)
-	key := quicPathKey{share: clientShareKey(netstack.FlowInfo{Endpoint: 7, Client: quicClient, Dest: dst.addr()}), dest: dst.addr()}
+	key := quicPathKey{client: quicClient.Addr(), dest: dst.addr()}
 	live := func() int {
 		q := &p.udp.quicPaths
 		q.mu.Lock()

@@ -80,7 +80,8 @@ func TestQUICBumpRefusalLeavesUDP(t *testing.T) {
 // TestQUICNewPathOfSeveralDenied: a new path that may be any of several
 // denied connections is denied, its record naming none of them (it may be
 // any, or none), its error each; held, it is let go by a reload that
-// allows any of them, and its next flow goes through as that one. It used
+// allows any of them, its next flow then denied as the one still denied
+// (deny wins), and going through once a reload allows both. It used
 // to be recorded, and held, as the last that ended alone. (found by review
 // r6s26 F3)
 func TestQUICNewPathOfSeveralDenied(t *testing.T) {
@@ -114,10 +115,22 @@ func TestQUICNewPathOfSeveralDenied(t *testing.T) {
 	h.Store(mustPolicy(t, migrateAfter)) // allows www.example.test again
 	c3.inject(shortPacket('x'))
 	waitUntil(t, 2*time.Second, func() bool { return p.udp.held.Load() == 0 }, "the held path to be let go")
+	// Decided afresh: blocked.example.test is still denied, and deny wins
+	// (r10s26 F1), so it is denied as that one.
 	c4, _ := startFlow(p, port3, dst.addr(), shortPacket('y'))
 	defer c4.Close()
+	waitUntil(t, 2*time.Second, func() bool { return len(recs.parse(t)) > 0 && recs.parse(t)[len(recs.parse(t))-1].Rule == "no-blocked" }, "the next flow's record")
+	r = recs.parse(t)[len(recs.parse(t))-1]
+	if r.ClientPort != port3.Port() || r.Action != "deny" || r.SNI != "blocked.example.test" {
+		t.Fatalf("the next flow's record: %+v", r)
+	}
+	h.Store(mustPolicy(t, migrateBefore)) // allows both
+	c4.inject(shortPacket('y'))
+	waitUntil(t, 2*time.Second, func() bool { return p.udp.held.Load() == 0 }, "the held path to be let go")
+	c5, _ := startFlow(p, port3, dst.addr(), shortPacket('z'))
+	defer c5.Close()
 	waitReceived(t, dst, n+1)
-	if tagged(dst, 'x') != 0 {
+	if tagged(dst, 'x', 'y') != 0 {
 		t.Fatal("a datagram of the denied path reached the destination")
 	}
 }

@@ -114,39 +114,6 @@ func TestQUICMigrationAfterReloadDenied(t *testing.T) {
 	}
 }
 
-// TestQUICMigrationDeniedFromTheStart: a client whose QUIC connection was
-// refused on its name cannot reach the destination from another port with
-// packets that no Initial preceded there, but a reload that allows the
-// name lets the next such flow through, as quic with that name.
-func TestQUICMigrationDeniedFromTheStart(t *testing.T) {
-	p, h, recs := udpProxy(t, migrateAfter, nil)
-	dst := newUDPSink(t, false)
-	c1, _ := startFlow(p, quicClient, dst.addr(), quicFirstFlight(t, "blocked.example.test")...)
-	defer c1.Close()
-	if r := recordOfPort(t, recs, quicClient.Port()); r.Action != "deny" {
-		t.Fatalf("the connection's record: %+v", r)
-	}
-	port2 := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+1)
-	c2, _ := startFlow(p, port2, dst.addr(), shortPacket('c'))
-	defer c2.Close()
-	if r := recordOfPort(t, recs, port2.Port()); r.Kind != "quic" || r.Action != "deny" || r.SNI != "blocked.example.test" {
-		t.Fatalf("the new path's record: %+v", r)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if n := tagged(dst, 'c'); n != 0 {
-		t.Fatalf("%d datagrams of the new path reached the destination", n)
-	}
-
-	h.Store(mustPolicy(t, migrateBefore))
-	port3 := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+2)
-	c3, _ := startFlow(p, port3, dst.addr(), shortPacket('e'))
-	defer c3.Close()
-	waitReceived(t, dst, 1)
-	if r := recordOfPort(t, recs, port3.Port()); r.Kind != "quic" || r.Action != "splice" || r.SNI != "blocked.example.test" {
-		t.Fatalf("the new path's record after a reload that allows the name: %+v", r)
-	}
-}
-
 // TestQUICMigrationAllowed: a client's QUIC connection that the policy
 // allows goes on from a new port, the new flow recorded as quic with the
 // connection's name, and decided on it at the next reload; a flow from a
@@ -192,7 +159,8 @@ func TestQUICMigrationAllowed(t *testing.T) {
 
 // TestQUICPathsBounded: the memory of ended QUIC flows keeps a client to
 // its share, forgetting its own oldest, and forgets what is older than
-// quicPathMemory.
+// quicPathMemory. A denial of a connection not remembered (one refused at
+// its Initial) remembers nothing.
 func TestQUICPathsBounded(t *testing.T) {
 	p, _, _ := udpProxy(t, migrateAfter, nil)
 	q := &p.udp.quicPaths
@@ -202,11 +170,20 @@ func TestQUICPathsBounded(t *testing.T) {
 		f.info.Dest = netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port)
 		return f
 	}
-	pol := p.cfg.Policy.Load()
-	for i := range maxQUICPathsPerClient + 10 {
-		q.denied(flow("198.18.0.5", uint16(1+i)), pol, "denied by policy")
+	ended := func(f *udpFlow) {
+		q.opened(f)
+		q.closed(f)
 	}
-	q.denied(flow("198.18.0.6", 1), pol, "denied by policy")
+	pol := p.cfg.Policy.Load()
+	f := flow("198.18.0.9", 1)
+	q.denied(f.quicPathKey(), f.subject(), pol, "denied by policy", "no-blocked")
+	if n := q.len(); n != 0 {
+		t.Fatalf("%d remembered of a connection refused at its Initial", n)
+	}
+	for i := range maxQUICPathsPerClient + 10 {
+		ended(flow("198.18.0.5", uint16(1+i)))
+	}
+	ended(flow("198.18.0.6", 1))
 	if n := q.len(); n != maxQUICPathsPerClient+1 {
 		t.Fatalf("%d remembered, want %d", n, maxQUICPathsPerClient+1)
 	}
@@ -223,7 +200,7 @@ func TestQUICPathsBounded(t *testing.T) {
 	if _, ok := q.history(flow("198.18.0.6", 1).quicPathKey()); ok {
 		t.Fatal("remembered past quicPathMemory")
 	}
-	q.denied(flow("198.18.0.7", 1), pol, "denied by policy")
+	ended(flow("198.18.0.7", 1))
 	if n := q.len(); n != 1 {
 		t.Fatalf("%d remembered after they expired, want 1", n)
 	}

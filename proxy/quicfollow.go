@@ -15,13 +15,14 @@ type pathDenial struct {
 	rule, why string
 }
 
-// followQUIC decides a new flow of f's client that did not begin with an
-// Initial, while the policy looks at names, as the QUIC connection it may
-// be a new path of (quicpaths.go). It reports false when the client has no
-// QUIC flow to remember there: the flow is then decided as udp, as any
-// other. Otherwise the flow is relayed (first, in the pooled buf, first)
-// if any of the connections it may be is allowed, or refused when all
-// are denied, and buf is given back.
+// followQUIC decides a new flow of f's client address that did not begin
+// with an Initial, while the policy looks at names, as the QUIC connection
+// it may be a new path of (quicpaths.go). It reports false when the
+// address has no QUIC connection to remember there: the flow is then
+// decided as udp, as any other. Otherwise the flow is refused if the
+// policy in force denies any of the connections it may be (deny wins: an
+// allowed one, a decoy's, must not cover it), or relayed (first, in the
+// pooled buf, first) as an allowed one; and buf is given back.
 func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
 	if !f.pol.NamesMatter() {
 		return false // the flow is decided as its connection was: on addresses
@@ -30,52 +31,60 @@ func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
 	if !ok {
 		return false
 	}
-	// Decided on the flow's own client address and endpoint: the memory
-	// is per share (IPv6 per prefix), but a rule's client_cidrs match one
-	// address, and a neighbour's connection must not decide this one.
+	// Decided on the flow's own endpoint: a rule's endpoints match the
+	// one it comes through.
 	own := func(s udpSubject) udpSubject {
-		s.client, s.endpoint = f.info.Client.Addr(), f.rec.Endpoint
+		s.endpoint = f.rec.Endpoint
 		return s
 	}
 	var denials []pathDenial
-	for i := range h.live {
+	var allowed *pathAllowed
+	decide := func(s udpSubject, because string) {
 		// redecide may bind its vouch anew (reloadDestCheck): what it
 		// leaves in s is what the new flow carries.
-		s := own(h.live[i])
 		d, why := f.p.redecide(f.pol, &s, nil)
-		if why == "" {
-			f.followed(&s, d, "an allowed QUIC flow of the client's to this destination is open")
-			f.relay([][]byte{first}, buf)
-			return true
+		switch {
+		case why != "":
+			denials = append(denials, pathDenial{s: s, rule: d.Rule, why: why})
+		case allowed == nil:
+			allowed = &pathAllowed{s: s, d: d, because: because}
 		}
-		denials = append(denials, pathDenial{s: s, rule: d.Rule, why: why})
+	}
+	for i := range h.live {
+		decide(own(h.live[i]), "an allowed QUIC flow of the client's to this destination is open")
 	}
 	for i := len(h.ended) - 1; i >= 0; i-- { // newest first
 		m := &h.ended[i]
 		s := own(m.s)
-		if m.deniedBy == f.pol && s == m.s { // denied under the policy in force, for this address: no reload since
+		if m.deniedBy == f.pol && s == m.s { // denied under the policy in force: no reload since
 			denials = append(denials, pathDenial{s: s, rule: m.rule, why: m.why})
 			continue
 		}
-		d, why := f.p.redecide(f.pol, &s, nil)
-		if why == "" {
-			f.followed(&s, d, "a QUIC flow of the client's to this destination ended lately, and the policy allows its connection")
-			f.relay([][]byte{first}, buf)
-			return true
-		}
-		denials = append(denials, pathDenial{s: s, rule: d.Rule, why: why})
+		decide(s, "a QUIC flow of the client's to this destination ended lately, and the policy allows its connection")
 	}
-	datagramBufPool.Put(buf)
-	f.refusePath(denials)
+	if len(denials) > 0 {
+		datagramBufPool.Put(buf)
+		f.refusePath(denials)
+		return true
+	}
+	f.followed(&allowed.s, allowed.d, allowed.because)
+	f.relay([][]byte{first}, buf)
 	return true
 }
 
+// pathAllowed is the connection a new path is let through as.
+type pathAllowed struct {
+	s       udpSubject
+	d       policy.Decision
+	because string
+}
+
 // refusePath refuses f, taken for a new path of one of the connections
-// denials says are denied (at least one). Of one connection, its record
-// is that connection's, and the denial is remembered for its next paths;
-// of several, it names none of them (it may be any, or none), its error
-// saying which they are, and the held flow is let go when a reload allows
-// any of them.
+// denials says are denied (at least one), and remembers the denial of
+// each for its next paths. Of one connection, its record is that
+// connection's; of several, it names none of them (it may be any, or
+// none), its error saying which they are, and the held flow is let go
+// when a reload allows any of them.
 func (f *udpFlow) refusePath(denials []pathDenial) {
 	const taken = "no Initial first: connection migration, RFC 9000 §9"
 	first := denials[0]
@@ -89,10 +98,13 @@ func (f *udpFlow) refusePath(denials []pathDenial) {
 			rule = ""
 		}
 	}
+	for _, c := range conns {
+		f.p.udp.quicPaths.denied(f.quicPathKey(), c.s, f.pol, c.why, c.rule)
+	}
 	f.setQUIC(&first.s)
 	f.rec.Rule, f.rec.Action, f.rec.Policy = rule, policy.Deny.String(), f.pol.ID()
 	if len(conns) == 1 {
-		f.refuseNamedAs(fmt.Sprintf("taken for a new path of the client's QUIC connection to this destination (%s), which is denied: %s", taken, first.why), first.why)
+		f.refuseNamed(fmt.Sprintf("taken for a new path of the client's QUIC connection to this destination (%s), which is denied: %s", taken, first.why))
 		return
 	}
 	f.rec.SNI, f.rec.ECH, f.rec.DestCheck = "", false, ""

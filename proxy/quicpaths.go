@@ -16,95 +16,85 @@ import (
 // NEW_CONNECTION_ID frames, which nothing here can match to the ClientHello
 // the connection was decided on. Decided as plain udp, on no name, that new
 // flow would let a connection that a reload denied carry on, under any
-// policy that lets udp reach its destination. So a client's QUIC flows are
-// remembered by client (as the UDP share counts it) and destination: a new
-// flow from that client to that destination that does not begin with an
-// Initial, while the policy looks at names, is taken for a new path of that
-// client's QUIC connection there, and decided as it, on its own client
-// address (the share groups a prefix; client_cidrs match one address):
-// let through, as quic with that connection's name, if the policy in
-// force still allows any of the client's connections there: its live quic
-// flows, or those that ended, or were denied, within quicPathMemory (a few
-// per destination: maxQUICEndedPerPath); denied only when all are denied.
-// Any first datagram counts, not only a short-header packet: a server
-// ignores a datagram it cannot read, so a client could send some other
-// one first and migrate behind it. A QUIC flow refused because QUIC
-// cannot be bumped is not remembered: it reached no server, and the policy
-// denies QUIC to its name, not the destination.
+// policy that lets udp reach its destination. So the QUIC connections a
+// client address relayed are remembered by that address and destination:
+// a new flow from it there that does not begin with an Initial, while the
+// policy looks at names, is taken for a new path of one of them, and
+// decided as it. Deny wins: if the policy in force denies any of them
+// (its live quic flows, or those that ended, or were denied by a reload,
+// within quicPathMemory: a few per destination, maxQUICEndedPerPath), the
+// flow is denied as that one, whatever others it allows; else it is let
+// through as an allowed one. Any allowed one covering the rest let one
+// decoy Initial of another name, allowed by default, carry a connection a
+// reload denied. Any first datagram counts, not only a short-header
+// packet: a server ignores a datagram it cannot read, so a client could
+// send some other one first and migrate behind it.
+//
+// A connection refused at its Initial, for whatever reason, is not
+// remembered: it reached no server, so no path of it can follow, and
+// remembering it denied the client's plain udp there, and every
+// connection's new path, under a name refused on a shared CDN address.
+// Only the flow's own address's connections decide it: a neighbour's in
+// the same share (an IPv6 prefix) must neither cover a denied connection
+// nor deny another's flows; the share bounds the memory only.
 //
 // What this cannot tell apart is documented in policy.md (UDP flows and
-// their limits): one allowed connection covers another to the same address
-// and port, the memory is per client address and bounded, and a server's
-// preferred_address moves the connection to an address no flow went to.
+// their limits): a denied connection denies an allowed one's new paths to
+// the same address and port, the memory is bounded and lasts 10 minutes,
+// and a server's preferred_address moves the connection to an address no
+// flow went to.
 
-// quicPathMemory is how long a client's ended or denied QUIC flow to a
-// destination is remembered. Its held flow (udpdenied.go) lasts until it
-// idles for --idle-timeout; a connection whose two ends stay silent for
-// longer than this comes back as udp.
+// quicPathMemory is how long a client's QUIC connection to a destination
+// is remembered from when it ended, or was last denied (a reload, or a
+// new path of it refused), whatever its held flow (udpdenied.go) sends
+// meanwhile: refreshing from those would keep no attacker out (one who
+// waits, silent, 10 minutes gets the same), and cost the held flow's
+// packet path a lookup under the memory's lock.
 const quicPathMemory = 10 * time.Minute
 
-// maxQUICPaths bounds the destinations of ended or denied QUIC flows
-// remembered, and maxQUICPathsPerClient one client's share of them (a
-// 64th, as for the hold of denied flows: udpdenied.go says why). A client
-// past its share forgets its own oldest, not another client's; past the
-// bound, the oldest of all is forgotten. Either way, what holds only
-// refusals at an Initial goes first, and a connection that was relayed
-// last: a refusal costs its client one datagram and no server, so 256 of
-// them to other ports would otherwise forget, on purpose, the connection a
-// reload denied, which then moves on as udp. Live flows are remembered
-// while they last, bounded by the UDP share.
+// maxQUICPaths bounds the destinations of ended or denied QUIC
+// connections remembered, and maxQUICPathsPerClient one client's share of
+// them (a 64th, as for the hold of denied flows: udpdenied.go says why).
+// A client past its share forgets its own oldest, not another client's;
+// past the bound, the oldest of all is forgotten. Only relayed connections
+// are remembered, so a client forgets one only by relaying 256 others to
+// other destinations (each its own host socket, within the UDP share).
+// Live flows are remembered while they last, bounded by the UDP share.
 const (
 	maxQUICPaths          = 1 << 14
 	maxQUICPathsPerClient = maxQUICPaths / deniedUDPShares
 )
 
+// quicPathKey is a client address and a destination: one address's
+// memories alone decide its flows.
 type quicPathKey struct {
-	share shareKey
-	dest  netip.AddrPort
+	client netip.Addr
+	dest   netip.AddrPort
 }
 
-// quicPath is what is known of one client's QUIC flows to one destination.
+// quicPath is what is known of one client address's QUIC flows to one
+// destination.
 type quicPath struct {
-	key  quicPathKey
-	live []liveQUIC // its allowed quic flows relayed now
+	key   quicPathKey
+	share shareKey   // the client's, as the bounds count it
+	live  []liveQUIC // its allowed quic flows relayed now
 	// Its connections that ended, or were denied, lately, oldest first:
 	// one entry per connection as a decision tells them apart (sameConn),
-	// at most maxQUICEndedPerPath. A set, not the last one only: a
-	// denial of another name at the same address and port must not
-	// override an allowed connection that resumes there.
+	// at most maxQUICEndedPerPath.
 	ended []endedQUIC
 	at    time.Time     // when the newest of ended came
-	class int           // of the lists elem and celem are in: classOf
 	elem  *list.Element // in quicPaths.order while ended is not empty
-	celem *list.Element // in its client's lists while ended is not empty
+	celem *list.Element // in its client's list while ended is not empty
 }
 
-// The classes of ended memories, in the order they are forgotten when a
-// bound is reached: those of refusals at an Initial alone, then those with
-// a connection that was relayed.
-const (
-	refusedOnly = iota
-	withRelayed
-	pathClasses
-)
-
-// classOf returns e's class.
-func (e *quicPath) classOf() int {
-	if slices.ContainsFunc(e.ended, func(m endedQUIC) bool { return m.relayed }) {
-		return withRelayed
-	}
-	return refusedOnly
-}
-
-// endedQUIC is one connection of a quicPath that ended, or was denied:
-// by the policy deniedBy (nil: it ended allowed, idle or its client
-// gone), with why and rule for the record.
+// endedQUIC is one relayed connection of a quicPath that ended, or was
+// denied: by the policy deniedBy (nil: it ended allowed, idle or its
+// client gone), with why and rule for the record.
 type endedQUIC struct {
 	s         udpSubject
 	deniedBy  *policy.Policy
 	why, rule string
 	at        time.Time
-	relayed   bool // the connection was relayed (not only refused at its Initial)
 }
 
 // maxQUICEndedPerPath bounds a quicPath's ended connections: a page's
@@ -126,9 +116,9 @@ type liveQUIC struct {
 type quicPaths struct {
 	mu      sync.Mutex
 	m       map[quicPathKey]*quicPath
-	order   [pathClasses]list.List               // the ended memories, oldest first, by class
-	clients map[shareKey]*[pathClasses]list.List // each client's, oldest first, by class
-	memory  time.Duration                        // quicPathMemory, unless a test sets it
+	order   list.List               // the ended memories, oldest first
+	clients map[shareKey]*list.List // each client's, oldest first
+	memory  time.Duration           // quicPathMemory, unless a test sets it
 }
 
 func (q *quicPaths) lasts() time.Duration {
@@ -139,7 +129,7 @@ func (q *quicPaths) lasts() time.Duration {
 }
 
 func (f *udpFlow) quicPathKey() quicPathKey {
-	return quicPathKey{share: clientShareKey(f.info), dest: f.info.Dest}
+	return quicPathKey{client: f.info.Client.Addr(), dest: f.info.Dest}
 }
 
 // opened remembers f, an allowed quic flow whose relay starts, or one
@@ -153,7 +143,7 @@ func (q *quicPaths) opened(f *udpFlow) {
 	s := f.subject()
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	e := q.entry(f.quicPathKey())
+	e := q.entry(f.quicPathKey(), clientShareKey(f.info))
 	for i := range e.live {
 		if e.live[i].f == f {
 			e.live[i].s = s
@@ -178,78 +168,63 @@ func (q *quicPaths) closed(f *udpFlow) {
 			break
 		}
 	}
-	q.end(e, s, f.deniedBy, f.deniedWhy, f.rec.Rule, true)
+	q.end(e, s, f.deniedBy, f.deniedWhy, f.rec.Rule)
 }
 
-// denied remembers a QUIC flow (or a new path of one) denied under pol
-// before it was relayed.
-func (q *quicPaths) denied(f *udpFlow, pol *policy.Policy, why string) {
-	s := f.subject()
+// denied remembers that a new path of the connection s, to k's
+// destination, was denied under pol: for why, by rule. Only a connection
+// remembered there (one that was relayed) is: a connection refused at its
+// Initial is not.
+func (q *quicPaths) denied(k quicPathKey, s udpSubject, pol *policy.Policy, why, rule string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.end(q.entry(f.quicPathKey()), s, pol, why, f.rec.Rule, false)
+	e := q.m[k]
+	if e == nil || !slices.ContainsFunc(e.ended, func(m endedQUIC) bool { return sameConn(m.s, s) }) {
+		return
+	}
+	q.end(e, s, pol, why, rule)
 }
 
-func (q *quicPaths) entry(k quicPathKey) *quicPath {
+func (q *quicPaths) entry(k quicPathKey, share shareKey) *quicPath {
 	if q.m == nil {
 		q.m = make(map[quicPathKey]*quicPath)
-		q.clients = make(map[shareKey]*[pathClasses]list.List)
+		q.clients = make(map[shareKey]*list.List)
 	}
 	e := q.m[k]
 	if e == nil {
-		e = &quicPath{key: k}
+		e = &quicPath{key: k, share: share}
 		q.m[k] = e
 	}
 	return e
 }
 
 // end makes s, what the flow was decided on, the newest of e's ended
-// connections (in place of what was known of that connection, which stays
-// relayed if it was), and e the newest memory, within the bounds. Under mu.
-func (q *quicPaths) end(e *quicPath, s udpSubject, pol *policy.Policy, why, rule string, relayed bool) {
+// connections (in place of what was known of that connection), and e the
+// newest memory, within the bounds. Under mu.
+func (q *quicPaths) end(e *quicPath, s udpSubject, pol *policy.Policy, why, rule string) {
 	now := time.Now()
-	e.ended = slices.DeleteFunc(e.ended, func(m endedQUIC) bool {
-		relayed = relayed || sameConn(m.s, s) && m.relayed
-		return sameConn(m.s, s)
-	})
-	e.ended = append(e.ended, endedQUIC{s: s, deniedBy: pol, why: why, rule: rule, at: now, relayed: relayed})
+	e.ended = slices.DeleteFunc(e.ended, func(m endedQUIC) bool { return sameConn(m.s, s) })
+	e.ended = append(e.ended, endedQUIC{s: s, deniedBy: pol, why: why, rule: rule, at: now})
 	if len(e.ended) > maxQUICEndedPerPath {
-		i := slices.IndexFunc(e.ended, func(m endedQUIC) bool { return !m.relayed })
-		if i < 0 {
-			i = 0
-		}
-		e.ended = slices.Delete(e.ended, i, i+1)
+		e.ended = slices.Delete(e.ended, 0, 1)
 	}
 	q.unlist(e)
-	e.at, e.class = now, e.classOf()
-	cl := q.clients[e.key.share]
+	e.at = now
+	cl := q.clients[e.share]
 	if cl == nil {
-		cl = new([pathClasses]list.List)
-		q.clients[e.key.share] = cl
+		cl = new(list.List)
+		q.clients[e.share] = cl
 	}
-	e.elem, e.celem = q.order[e.class].PushBack(e), cl[e.class].PushBack(e)
-	for c := range q.order {
-		for front := q.order[c].Front(); front != nil && now.Sub(front.Value.(*quicPath).at) > q.lasts(); front = q.order[c].Front() {
-			q.drop(front.Value.(*quicPath))
-		}
+	e.elem, e.celem = q.order.PushBack(e), cl.PushBack(e)
+	for front := q.order.Front(); front != nil && now.Sub(front.Value.(*quicPath).at) > q.lasts(); front = q.order.Front() {
+		q.drop(front.Value.(*quicPath))
 	}
-	if cl[refusedOnly].Len()+cl[withRelayed].Len() > maxQUICPathsPerClient {
-		q.drop(oldestOf(cl))
+	if cl.Len() > maxQUICPathsPerClient {
+		q.drop(cl.Front().Value.(*quicPath))
 	}
-	if q.order[refusedOnly].Len()+q.order[withRelayed].Len() > maxQUICPaths {
-		q.drop(oldestOf(&q.order))
+	if q.order.Len() > maxQUICPaths {
+		q.drop(q.order.Front().Value.(*quicPath))
 	}
-}
-
-// oldestOf returns the memory to forget first of lists: the oldest of the
-// first class that has one. Not called on empty lists.
-func oldestOf(lists *[pathClasses]list.List) *quicPath {
-	for c := range lists {
-		if front := lists[c].Front(); front != nil {
-			return front.Value.(*quicPath)
-		}
-	}
-	panic("quicPaths: no memory to forget")
 }
 
 // unlist takes e out of the lists of ended memories. Under mu.
@@ -257,11 +232,11 @@ func (q *quicPaths) unlist(e *quicPath) {
 	if e.elem == nil {
 		return
 	}
-	q.order[e.class].Remove(e.elem)
-	if cl := q.clients[e.key.share]; cl != nil {
-		cl[e.class].Remove(e.celem)
-		if cl[refusedOnly].Len()+cl[withRelayed].Len() == 0 {
-			delete(q.clients, e.key.share)
+	q.order.Remove(e.elem)
+	if cl := q.clients[e.share]; cl != nil {
+		cl.Remove(e.celem)
+		if cl.Len() == 0 {
+			delete(q.clients, e.share)
 		}
 	}
 	e.elem, e.celem = nil, nil
