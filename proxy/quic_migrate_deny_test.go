@@ -165,3 +165,42 @@ func TestQUICRefusalAtInitialRemembersNothing(t *testing.T) {
 		t.Fatalf("the allowed connection's new path's record: %+v", r)
 	}
 }
+
+// TestQUICDenyWinsCost: what policy.md says deny wins costs: an allowed
+// connection of the same client address to the same address and port
+// that migrates after a reload denied another of its connections there is
+// denied too, as the denied one; it reconnects with a new Initial, which
+// is decided on its own name and let through.
+func TestQUICDenyWinsCost(t *testing.T) {
+	p, h, recs := udpProxy(t, migrateBefore, func(c *Config) { c.UDPIdleTimeout = 3 * time.Second })
+	dst := newUDPSink(t, false)
+	n := 0
+	var conns []*fakeUDPClient
+	for i, name := range []string{"www.example.test", "blocked.example.test"} {
+		flight := quicFirstFlight(t, name)
+		c, _ := startFlow(p, netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+uint16(i)), dst.addr(), flight...)
+		defer c.Close()
+		conns = append(conns, c)
+		n += len(flight)
+		waitReceived(t, dst, n)
+	}
+	h.Store(mustPolicy(t, migrateAfter))
+	conns[1].inject(shortPacket('b')) // ended by the reload
+	if r := recordOfPort(t, recs, quicClient.Port()+1); r.Result != "denied" {
+		t.Fatalf("the denied connection's record: %+v", r)
+	}
+	pm := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+2)
+	cm, _ := startFlow(p, pm, dst.addr(), shortPacket('w')) // www's migration
+	defer cm.Close()
+	if r := recordOfPort(t, recs, pm.Port()); r.Action != "deny" || r.SNI != "blocked.example.test" {
+		t.Fatalf("the allowed connection's migration: %+v", r)
+	}
+	pn := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+3)
+	flight := quicFirstFlight(t, "www.example.test")
+	cn, _ := startFlow(p, pn, dst.addr(), flight...)
+	defer cn.Close()
+	waitReceived(t, dst, n+len(flight))
+	if tagged(dst, 'b', 'w') != 0 {
+		t.Fatal("a datagram of a denied path reached the destination")
+	}
+}
