@@ -28,7 +28,7 @@ func TestQUICPathOpenedTwice(t *testing.T) {
 	h.Store(mustPolicy(t, noNames))
 	c2.inject(quicFirstFlight(t, "another.example.test")[0])
 	waitReceived(t, dst, len(flight)+2)
-	key := quicPathKey{client: quicClient.Addr(), dest: dst.addr()}
+	key := quicPathKey{endpoint: 7, client: quicClient.Addr(), dest: dst.addr()}
 	live := func() int {
 		q := &p.udp.quicPaths
 		q.mu.Lock()

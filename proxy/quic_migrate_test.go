@@ -176,7 +176,7 @@ func TestQUICPathsBounded(t *testing.T) {
 	}
 	pol := p.cfg.Policy.Load()
 	f := flow("198.18.0.9", 1)
-	q.denied(f.quicPathKey(), f.subject(), pol, "denied by policy", "no-blocked")
+	q.denied(f.quicPathKey(), f.subject(), pol, "denied by policy", "no-blocked", nil)
 	if n := q.len(); n != 0 {
 		t.Fatalf("%d remembered of a connection refused at its Initial", n)
 	}

@@ -39,10 +39,12 @@ func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
 	}
 	var denials []pathDenial
 	var allowed *pathAllowed
+	var mayBe []udpSubject
 	decide := func(s udpSubject, because string) {
 		// redecide may bind its vouch anew (reloadDestCheck): what it
 		// leaves in s is what the new flow carries.
 		d, why := f.p.redecide(f.pol, &s, nil)
+		mayBe = append(mayBe, s)
 		switch {
 		case why != "":
 			denials = append(denials, pathDenial{s: s, rule: d.Rule, why: why})
@@ -68,6 +70,11 @@ func (f *udpFlow) followQUIC(first []byte, buf *[]byte) bool {
 		return true
 	}
 	f.followed(&allowed.s, allowed.d, allowed.because)
+	// A reload decides every connection it may be: recorded as the first
+	// allowed, a path that migrated before the reload behind a decoy of
+	// another name was decided again on the decoy's name alone, and went
+	// on (review r12s26 F2).
+	f.mayBe = mayBe
 	f.relay([][]byte{first}, buf)
 	return true
 }
@@ -99,7 +106,7 @@ func (f *udpFlow) refusePath(denials []pathDenial) {
 		}
 	}
 	for _, c := range conns {
-		f.p.udp.quicPaths.denied(f.quicPathKey(), c.s, f.pol, c.why, c.rule)
+		f.p.udp.quicPaths.denied(f.quicPathKey(), c.s, f.pol, c.why, c.rule, f.p.deniesNow)
 	}
 	f.setQUIC(&first.s)
 	f.rec.Rule, f.rec.Action, f.rec.Policy = rule, policy.Deny.String(), f.pol.ID()
@@ -140,4 +147,27 @@ func (f *udpFlow) followed(s *udpSubject, d policy.Decision, because string) {
 	f.rec.Rule, f.rec.Action, f.rec.Policy = d.Rule, d.Action.String(), d.Policy
 	f.rec.Error = "relayed as a new path of the client's QUIC connection to this destination (no Initial first: connection migration, RFC 9000 §9): " + because
 	f.guardInitials = true // an Initial here starts a connection nobody decided on
+}
+
+// deniesNow reports whether the policy in force denies the connection s
+// (redecide, with no lookup).
+func (p *Proxy) deniesNow(s udpSubject) bool {
+	pol := p.cfg.Policy.Load()
+	if pol == nil {
+		return false
+	}
+	_, why := p.redecide(pol, &s, nil)
+	return why != ""
+}
+
+// mayBeDenied returns why pol denies a connection f, followed as a new
+// QUIC path, may be, "" if it denies none, with the denying decision.
+func (f *udpFlow) mayBeDenied(pol *policy.Policy) (policy.Decision, string) {
+	for i := range f.mayBe {
+		c := f.mayBe[i]
+		if d, why := f.p.redecide(pol, &c, nil); why != "" {
+			return d, fmt.Sprintf("a new path that may be the client's QUIC connection to %q, which the policy now denies: %s", c.name, why)
+		}
+	}
+	return policy.Decision{}, ""
 }

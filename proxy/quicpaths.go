@@ -65,11 +65,16 @@ const (
 	maxQUICPathsPerClient = maxQUICPaths / deniedUDPShares
 )
 
-// quicPathKey is a client address and a destination: one address's
-// memories alone decide its flows.
+// quicPathKey is a client address behind a GWLB endpoint, and a
+// destination: one address's memories alone decide its flows. The
+// endpoint too: the same address in two VPCs (overlapping ranges, every
+// default VPC's 172.31.0.0/16) is two hosts, whose memories never
+// collide (a host's connection denied another's plain udp, or its allowed
+// one covered the other's).
 type quicPathKey struct {
-	client netip.Addr
-	dest   netip.AddrPort
+	endpoint uint64
+	client   netip.Addr
+	dest     netip.AddrPort
 }
 
 // quicPath is what is known of one client address's QUIC flows to one
@@ -129,7 +134,7 @@ func (q *quicPaths) lasts() time.Duration {
 }
 
 func (f *udpFlow) quicPathKey() quicPathKey {
-	return quicPathKey{client: f.info.Client.Addr(), dest: f.info.Dest}
+	return quicPathKey{endpoint: f.info.Endpoint, client: f.info.Client.Addr(), dest: f.info.Dest}
 }
 
 // opened remembers f, an allowed quic flow whose relay starts, or one
@@ -168,21 +173,21 @@ func (q *quicPaths) closed(f *udpFlow) {
 			break
 		}
 	}
-	q.end(e, s, f.deniedBy, f.deniedWhy, f.rec.Rule)
+	q.end(e, s, f.deniedBy, f.deniedWhy, f.rec.Rule, f.p.deniesNow)
 }
 
 // denied remembers that a new path of the connection s, to k's
 // destination, was denied under pol: for why, by rule. Only a connection
 // remembered there (one that was relayed) is: a connection refused at its
 // Initial is not.
-func (q *quicPaths) denied(k quicPathKey, s udpSubject, pol *policy.Policy, why, rule string) {
+func (q *quicPaths) denied(k quicPathKey, s udpSubject, pol *policy.Policy, why, rule string, denies func(udpSubject) bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	e := q.m[k]
 	if e == nil || !slices.ContainsFunc(e.ended, func(m endedQUIC) bool { return sameConn(m.s, s) }) {
 		return
 	}
-	q.end(e, s, pol, why, rule)
+	q.end(e, s, pol, why, rule, denies)
 }
 
 func (q *quicPaths) entry(k quicPathKey, share shareKey) *quicPath {
@@ -200,13 +205,18 @@ func (q *quicPaths) entry(k quicPathKey, share shareKey) *quicPath {
 
 // end makes s, what the flow was decided on, the newest of e's ended
 // connections (in place of what was known of that connection), and e the
-// newest memory, within the bounds. Under mu.
-func (q *quicPaths) end(e *quicPath, s udpSubject, pol *policy.Policy, why, rule string) {
+// newest memory, within the bounds. Past maxQUICEndedPerPath the oldest
+// connection the policy in force allows (denies, nil: none does) goes
+// first: four decoy Initials of other names that ended allowed pushed a
+// denied connection out, which then migrated through (review r12s26 F3).
+// Under mu.
+func (q *quicPaths) end(e *quicPath, s udpSubject, pol *policy.Policy, why, rule string, denies func(udpSubject) bool) {
 	now := time.Now()
 	e.ended = slices.DeleteFunc(e.ended, func(m endedQUIC) bool { return sameConn(m.s, s) })
 	e.ended = append(e.ended, endedQUIC{s: s, deniedBy: pol, why: why, rule: rule, at: now})
 	if len(e.ended) > maxQUICEndedPerPath {
-		e.ended = slices.Delete(e.ended, 0, 1)
+		i := slices.IndexFunc(e.ended, func(m endedQUIC) bool { return m.deniedBy == nil && (denies == nil || !denies(m.s)) })
+		e.ended = slices.Delete(e.ended, max(i, 0), max(i, 0)+1)
 	}
 	q.unlist(e)
 	e.at = now

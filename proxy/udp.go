@@ -95,6 +95,10 @@ type udpFlow struct {
 	// policy that looks at names denies it, as the gate would have
 	// (udpreload.go).
 	quicUnread bool
+	// mayBe is every connection a flow followed as a new QUIC path may be
+	// (quicfollow.go): a reload decides each, not only the one it is
+	// recorded as.
+	mayBe []udpSubject
 
 	// outMu lets one drain of the client's datagrams run at a time: the
 	// stack may announce datagrams from several goroutines at once.

@@ -31,6 +31,11 @@ import (
 func (f *udpFlow) reloaded(pol *policy.Policy) bool {
 	s := f.subject()
 	d, why := f.p.redecide(pol, &s, f.rec)
+	if why == "" && f.mayBe != nil {
+		if d, why = f.mayBeDenied(pol); why != "" {
+			f.rec.SNI, f.rec.ECH = "", false // which of them it is, nothing can tell
+		}
+	}
 	if why != "" {
 		f.endDenied(pol, d, why)
 		return false
