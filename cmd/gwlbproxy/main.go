@@ -181,7 +181,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.StringVar(&o.GeneveAddr, "geneve-addr", o.GeneveAddr, "UDP address the GWLB's GENEVE traffic arrives on")
 	fs.StringVar(&o.AdminAddr, "admin-addr", o.AdminAddr, "TCP address of the admin listener: health check (/), /stats, /metrics")
 	fs.StringVar(&o.AccessLog, "access-log", o.AccessLog, `file access records are appended to as JSON lines ("-": stdout, "": none)`)
-	fs.Func("access-log-max-size", "size past which the --access-log file rotates itself (to FILE.1, ... FILE.N, the oldest removed): 1GiB, 512MiB (default 1GiB); past twice this, its rotation failing for 10s, records fail; 0: another rotator's, and 1GiB when no logrotate configuration names the file. Whatever this says, a logrotate configuration that names the file at start leaves its rotation to logrotate, this then only a backstop: past twice it for 10s, records fail until logrotate renames the file", func(v string) error {
+	fs.Func("access-log-max-size", "size past which the --access-log file rotates itself (to FILE.1, ... FILE.N, the oldest removed): 1GiB, 512MiB (default 1GiB); past twice this, its rotation failing for 10s, records fail; 0: another rotator's, and 1GiB when no logrotate configuration names the file. Whatever this says, a logrotate configuration that names the file at start leaves its rotation to logrotate, this then only a backstop: past twice it for 10s, records fail until logrotate renames the file; its first rename (or copytruncate) disarms it", func(v string) error {
 		if v == "0" {
 			o.AccessLogRotation.MaxSize = 0
 			return nil

@@ -338,7 +338,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return accessLogStats(s).RotationFailingSeconds }),
 	newStatMetric("access_log_rotation_names_skipped_total", promCounter, "Names of --access-log's rotated chain the rotation found it could not use (a file it cannot move, a .dropping it cannot remove), each counted once since start however many rotations find it, and not again after it was fixed and broke anew.",
 		func(s *stats) float64 { return float64(accessLogStats(s).NamesSkipped) }),
-	newStatMetric("access_log_rotated_by_other", promGauge, "1 when a logrotate configuration names --access-log (other_rotators in /stats): the appliance follows its renames and does not rotate the file, but refuses records once it has held twice --access-log-max-size for 10s (a backstop, in case logrotate never applies the stanza); 0 otherwise.",
+	newStatMetric("access_log_rotated_by_other", promGauge, "1 when a logrotate configuration names --access-log (other_rotators in /stats): the appliance follows its renames and does not rotate the file, but refuses records once it has held twice --access-log-max-size for 10s until logrotate first renames or copytruncates it (a backstop, in case logrotate never applies the stanza); 0 otherwise.",
 		func(s *stats) float64 { return boolGauge(accessLogStats(s).RotatedBy == records.RotatedByOther) }),
 	newStatMetric("access_log_writes_refused_total", promCounter, "Batches of records refused because --access-log held twice --access-log-max-size and its rotation (or, with rotated_by other, logrotate's) had failed for 10s.",
 		func(s *stats) float64 { return float64(accessLogStats(s).WritesRefused) }),

@@ -49,7 +49,12 @@ type LogFile struct {
 	// which it takes no writes after capGrace: twice --access-log-max-size
 	// (DefaultMaxSize for 0). A stanza the scan takes to rotate the file
 	// may be one logrotate never applies (rejected, not included, not
-	// run), and the file grew without bound (review r9s26 F1).
+	// run), and the file grew without bound (review r9s26 F1). It is 0
+	// once logrotate has been seen at work (a rename of the file, or a
+	// copytruncate) since start: from then on its bound is logrotate's,
+	// since a working hourly run lets a busy appliance's file grow past
+	// any fixed size between runs, and refusing there lost records and
+	// failed the health check every hour (review r13s26 F1).
 	backstop int64
 
 	mu        sync.Mutex
@@ -266,6 +271,12 @@ func (l *LogFile) backstopped() error {
 		return fmt.Errorf("access log %s: %w", l.path, fs.ErrClosed)
 	}
 	if err == nil {
+		if fi.Size() < l.size {
+			// Emptied in place: a copytruncate, logrotate at work.
+			l.size = fi.Size()
+			l.rotatorWorks("copytruncate")
+			return nil
+		}
 		l.size = fi.Size()
 	}
 	now := logNow()
@@ -279,6 +290,14 @@ func (l *LogFile) backstopped() error {
 	}
 	l.writesRefused.Add(1)
 	return fmt.Errorf("access log %s: %d bytes, twice --access-log-max-size, and the logrotate configuration that names it has not rotated it for 10s (rotation_failing_seconds): %w", l.path, l.size, errCapped)
+}
+
+// rotatorWorks disarms the backstop: logrotate has been seen at work, by
+// how. Called with l.mu held.
+func (l *LogFile) rotatorWorks(how string) {
+	l.backstop = 0
+	l.failingSince.Store(0)
+	slog.Info("logrotate rotated the access log: the appliance no longer refuses records past twice --access-log-max-size; logrotate's runs and maxsize bound the file (docs/deploy.md)", "file", l.path, "seen", how)
 }
 
 // capGrace is how long the rotation fails before the cap refuses writes:
@@ -344,15 +363,24 @@ func (l *LogFile) rotateNow(now int64) {
 // at the path and opens it (either may block: see LogFile); it returns with
 // l.mu held, and an error if Close came meanwhile.
 func (l *LogFile) follow(now int64) error {
-	old, oldFI := l.f, l.fi
+	old, oldFI, armed := l.f, l.fi, l.backstop > 0
 	l.mu.Unlock()
 	f, nfi, err := l.reopen(oldFI)
 	var lost error
 	var opened int64
+	renamed := false
 	if err != nil {
 		lost = stillLinked(old, err) // old may be closed meanwhile: an error then
 	} else if f != nil {
 		opened = fileOpened(f, now) // a statx, which may hang on NFS as the open may
+		// Still linked: renamed, not removed (an operator's rm is no
+		// rotator at work).
+		if armed {
+			if fi, serr := old.Stat(); serr == nil {
+				st, ok := fi.Sys().(*syscall.Stat_t)
+				renamed = ok && st.Nlink > 0
+			}
+		}
 	}
 	l.mu.Lock()
 	if l.f == nil { // closed while the lock was dropped
@@ -370,6 +398,9 @@ func (l *LogFile) follow(now int64) error {
 	l.f, l.fi, l.midLine, l.size, l.opened = f, nfi, false, nfi.Size(), opened
 	l.failingSince.Store(0) // a new file: no rotation is due
 	l.reopens.Add(1)
+	if renamed && l.backstop > 0 {
+		l.rotatorWorks("rename")
+	}
 	slog.Info("access log reopened: its path named another file or none (rotated or removed)", "file", l.path)
 	l.mu.Unlock()
 	// Unlocked too: closing a file on NFS flushes it, and may hang.

@@ -50,8 +50,13 @@ const otherRotatorWarn = time.Hour
 // log, path, whose rotation the appliance therefore leaves to them, the
 // backstop (bytes) aside; at start and every otherRotatorWarn. That they
 // name it does not make logrotate apply them: the scan is no logrotate.
+// A backstop of 0: logrotate has rotated the file since start.
 func warnOtherRotators(path string, confs []string, backstop int64) {
-	slog.Warn("a logrotate configuration names the access log: the appliance leaves its rotation to logrotate (no --access-log-max-size, --access-log-max-age), follows its renames, and refuses records once the file has held twice --access-log-max-size for 10s, in case logrotate never applies the stanza (not run, the stanza rejected: check logrotate -d); to have the appliance rotate it, remove the stanza and restart (docs/deploy.md)", "config", strings.Join(confs, ","), "file", path, "backstop_bytes", backstop)
+	if backstop == 0 {
+		slog.Warn("a logrotate configuration names the access log, and logrotate has rotated it since start: the appliance leaves its rotation to logrotate (no --access-log-max-size, --access-log-max-age) and refuses no records, so only logrotate's runs and maxsize bound the file (a flood between hourly runs may fill the disk); to have the appliance rotate it, remove the stanza and restart (docs/deploy.md)", "config", strings.Join(confs, ","), "file", path)
+		return
+	}
+	slog.Warn("a logrotate configuration names the access log: the appliance leaves its rotation to logrotate (no --access-log-max-size, --access-log-max-age), follows its renames, and refuses records once the file has held twice --access-log-max-size for 10s until logrotate is first seen to rotate it (a rename, a copytruncate), in case logrotate never applies the stanza (not run, the stanza rejected: check logrotate -d); to have the appliance rotate it, remove the stanza and restart (docs/deploy.md)", "config", strings.Join(confs, ","), "file", path, "backstop_bytes", backstop)
 }
 
 // configRead is a logrotate configuration file that could not be read.
