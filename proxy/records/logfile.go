@@ -155,6 +155,9 @@ func OpenLogFile(path string, rot Rotation) (*LogFile, error) {
 		slog.Warn("the access log is not a regular file at its path: it is not rotated (--access-log-max-size, --access-log-max-age)", "file", path)
 		rot, by = Rotation{}, RotatedByNone
 	} else {
+		if n := hardLinks(lfi); n > 1 {
+			slog.Warn("the access log has more than one hard link: logrotate rotates no such file, so the appliance rotates it whatever a logrotate stanza names", "file", path, "links", n)
+		}
 		var bad []configRead
 		others, bad = otherRotators(path)
 		for _, c := range bad {

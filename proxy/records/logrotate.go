@@ -148,9 +148,15 @@ func otherRotators(path string) (found []string, unread []configRead) {
 // expands to compared with the log's, so that "//", "/./" and a symlinked
 // directory on either side name it as they do for logrotate; by the
 // string, cleaned, for a file not there yet. A word that expands to a
-// symlink names nothing: logrotate refuses to rotate a symlink.
+// symlink names nothing: logrotate refuses to rotate a symlink. Nor does
+// any word name a log with more than one hard link: logrotate 3.21 skips
+// such a file ("multiple hard links ... skipping") whatever name the
+// stanza gives, and "other" left it to no rotator (review r13s26 F2).
 func namesFile(w, path string, logFI os.FileInfo) bool {
 	w = strings.Trim(w, `"'`)
+	if hardLinks(logFI) > 1 {
+		return false
+	}
 	if logFI == nil {
 		ok, _ := filepath.Match(filepath.Clean(w), filepath.Clean(path))
 		return ok
@@ -162,6 +168,17 @@ func namesFile(w, path string, logFI os.FileInfo) bool {
 		}
 	}
 	return false
+}
+
+// hardLinks is fi's link count; 0 for a nil fi or one without it.
+func hardLinks(fi os.FileInfo) uint64 {
+	if fi == nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 0
 }
 
 func rootOwned(fi os.FileInfo) bool {

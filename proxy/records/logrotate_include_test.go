@@ -2,8 +2,10 @@ package records
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -109,5 +111,54 @@ func TestOtherRotatorsRootOwnedOnly(t *testing.T) {
 		if found, _ := otherRotators(log); (len(found) == 1) != (uid == 0) {
 			t.Errorf("stanza owned by uid %d: found %v, want named only when root's", uid, found)
 		}
+	}
+}
+
+// TestOtherRotatorsHardLink: logrotate 3.21 rotates no file with more than
+// one hard link ("Rotation of files with multiple hard links is not
+// allowed ... skipping"), whether its stanza names the access log or
+// another link of it (a collector's spool link). The scan found such a
+// stanza by identity, said "other", and nobody rotated the file: past the
+// backstop every record was refused for good (review r13s26 F2). It names
+// nothing now, and the appliance rotates the file, with a warning.
+func TestOtherRotatorsHardLink(t *testing.T) {
+	top := t.TempDir()
+	log := writeConf(t, filepath.Join(top, "log", "access.log"), "x\n")
+	spool := filepath.Join(top, "spool", "gw.log")
+	if err := os.MkdirAll(filepath.Dir(spool), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(log, spool); err != nil {
+		t.Fatal(err)
+	}
+	logrotateDir(t, map[string]string{
+		"spool": spool + " {\n  rotate 2\n}\n",
+		"own":   log + " {\n  rotate 2\n}\n",
+	})
+	if found, _ := otherRotators(log); len(found) != 0 {
+		t.Errorf("a log with 2 hard links: found %v, want none (logrotate skips it)", found)
+	}
+	if lr, err := exec.LookPath("logrotate"); err == nil { // what the scan mirrors
+		conf := writeConf(t, filepath.Join(top, "logrotate.conf"), "include "+logrotateConfs[0]+"\n")
+		out, _ := exec.Command(lr, "-f", "-v", "-s", filepath.Join(top, "state"), conf).CombinedOutput()
+		if _, err := os.Stat(log + ".1"); err == nil || !strings.Contains(string(out), "hard links") {
+			t.Errorf("the installed logrotate rotated a file of 2 hard links, or said nothing of them:\n%s", out)
+		}
+	}
+	logs := logCapture(t)
+	lf, err := OpenLogFile(log, Rotation{MaxSize: 1 << 20, Keep: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if st := lf.Stats(); st.RotatedBy != RotatedByAppliance || !strings.Contains(logs(), "more than one hard link") {
+		t.Errorf("rotated_by %q, want appliance, and a warning; log:\n%s", st.RotatedBy, logs())
+	}
+	// One link again: the stanza names it.
+	if err := os.Remove(spool); err != nil {
+		t.Fatal(err)
+	}
+	if found, _ := otherRotators(log); len(found) != 1 {
+		t.Errorf("one link: found %v, want the own stanza", found)
 	}
 }
