@@ -59,6 +59,12 @@ func warnOtherRotators(path string, confs []string, backstop int64) {
 	slog.Warn("a logrotate configuration names the access log: the appliance leaves its rotation to logrotate (no --access-log-max-size, --access-log-max-age), follows its renames, and refuses records once the file has held twice --access-log-max-size for 10s until logrotate is first seen to rotate it (a rename, a copytruncate), in case logrotate never applies the stanza (not run, the stanza rejected: check logrotate -d); to have the appliance rotate it, remove the stanza and restart (docs/deploy.md)", "config", strings.Join(confs, ","), "file", path, "backstop_bytes", backstop)
 }
 
+// maxIncludeDepth is logrotate 3.21's MAX_NESTING: a file this many
+// includes deep is read, and its includes are not ("include nesting too
+// deep"). The look followed any depth, and said "other" for a stanza
+// logrotate never reads (review r13s26 F3).
+const maxIncludeDepth = 16
+
 // configRead is a logrotate configuration file that could not be read.
 type configRead struct {
 	path string
@@ -75,14 +81,21 @@ type configRead struct {
 // (logrotate ignores those). Includes are followed, files and
 // directories, from every file read: a stanza in a directory that
 // logrotate.conf includes, or in a file a logrotate.d entry includes, was
-// missed, and two rotators shared the chain (review r9s26 F2).
+// missed, and two rotators shared the chain (review r9s26 F2). As
+// logrotate, it follows no include past maxIncludeDepth.
 func otherRotators(path string) (found []string, unread []configRead) {
 	logFI, _ := os.Stat(path) // nil for a file not there yet
 	seen := map[string]bool{}
-	var queue []string
+	type conf struct {
+		path  string
+		depth int // includes followed to reach it
+	}
+	var queue []conf
 	// add queues the configuration name c, a directory's entries or a
-	// file, each once: includes may name each other, or themselves.
-	add := func(c string) {
+	// file, each once: includes may name each other, or themselves. The
+	// queue is breadth first, so a file is first reached by its shortest
+	// chain of includes: logrotate reads it if any chain is short enough.
+	add := func(c string, depth int) {
 		c = filepath.Clean(c)
 		if seen[c] {
 			return
@@ -97,7 +110,7 @@ func otherRotators(path string) (found []string, unread []configRead) {
 			return
 		}
 		if !fi.IsDir() {
-			queue = append(queue, c)
+			queue = append(queue, conf{c, depth})
 			return
 		}
 		ents, err := os.ReadDir(c)
@@ -107,15 +120,17 @@ func otherRotators(path string) (found []string, unread []configRead) {
 		for _, e := range ents {
 			if f := filepath.Join(c, e.Name()); !taboo(e.Name()) && !seen[f] {
 				seen[f] = true
-				queue = append(queue, f)
+				queue = append(queue, conf{f, depth})
 			}
 		}
 	}
-	for _, c := range logrotateConfs {
-		add(c)
+	for i, c := range logrotateConfs {
+		// logrotate reads /etc/logrotate.d as logrotate.conf's include,
+		// one deep.
+		add(c, min(i, 1))
 	}
 	for len(queue) > 0 {
-		f := queue[0]
+		f, depth := queue[0].path, queue[0].depth
 		queue = queue[1:]
 		fi, err := os.Stat(f)
 		if err != nil {
@@ -136,8 +151,11 @@ func otherRotators(path string) (found []string, unread []configRead) {
 		if slices.ContainsFunc(heads, func(w string) bool { return namesFile(w, path, logFI) }) {
 			found = append(found, f)
 		}
+		if depth >= maxIncludeDepth {
+			continue // "include nesting too deep": logrotate reads no further
+		}
 		for _, inc := range includes {
-			add(inc)
+			add(inc, depth+1)
 		}
 	}
 	return found, unread

@@ -1,6 +1,7 @@
 package records
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,5 +161,52 @@ func TestOtherRotatorsHardLink(t *testing.T) {
 	}
 	if found, _ := otherRotators(log); len(found) != 1 {
 		t.Errorf("one link: found %v, want the own stanza", found)
+	}
+}
+
+// TestOtherRotatorsIncludeDepth: logrotate 3.21 follows includes 16 deep
+// and no further ("include nesting too deep"): a stanza in the file 16
+// includes down is applied, one 17 down is not. The look followed any
+// depth and said "other" for the latter, which nobody applies (review
+// r13s26 F3). A cycle still ends, and its stanza is found.
+func TestOtherRotatorsIncludeDepth(t *testing.T) {
+	const log = "/var/log/gwlbproxy/access.log"
+	for _, tc := range []struct {
+		at   int // the file of the chain that holds the stanza
+		want bool
+	}{{16, true}, {17, false}} {
+		top := t.TempDir()
+		for i := 1; i <= 20; i++ {
+			conf := "include " + filepath.Join(top, fmt.Sprintf("f%d.conf", i+1)) + "\n"
+			if i == tc.at {
+				conf += log + " {\n  missingok\n}\n"
+			}
+			writeConf(t, filepath.Join(top, fmt.Sprintf("f%d.conf", i)), conf)
+		}
+		main := writeConf(t, filepath.Join(top, "main.conf"), "include "+filepath.Join(top, "f1.conf")+"\n")
+		real := logrotateConfs
+		logrotateConfs = []string{main}
+		found, _ := otherRotators(log)
+		logrotateConfs = real
+		if got := len(found) > 0; got != tc.want {
+			t.Errorf("stanza %d includes deep: found %v, want found %v", tc.at, found, tc.want)
+		}
+		if lr, err := exec.LookPath("logrotate"); err == nil { // what the scan mirrors
+			out, _ := exec.Command(lr, "-d", "-s", filepath.Join(top, "state"), main).CombinedOutput()
+			if applied := strings.Contains(string(out), "Handling 1 logs"); applied != tc.want {
+				t.Errorf("stanza %d includes deep: the installed logrotate applies it: %v, want %v:\n%s", tc.at, applied, tc.want, out)
+			}
+		}
+	}
+	// A cycle: a includes b includes a; the stanza in b.
+	top := t.TempDir()
+	a, b := filepath.Join(top, "a.conf"), filepath.Join(top, "b.conf")
+	writeConf(t, a, "include "+b+"\n")
+	writeConf(t, b, "include "+a+"\n"+log+" {\n}\n")
+	real := logrotateConfs
+	logrotateConfs = []string{a}
+	t.Cleanup(func() { logrotateConfs = real })
+	if found, _ := otherRotators(log); !slices.Equal(found, []string{b}) {
+		t.Errorf("include cycle: found %v, want %s", found, b)
 	}
 }
