@@ -278,7 +278,9 @@ func TestScripts(t *testing.T) {
 
 // TestLogrotateHourly: the package makes logrotate run hourly, so that the
 // TLS key log's size bound holds within the hour, not the day (and the
-// operator's access log stanza's, where the appliance's rotation is off).
+// operator's access log stanza's, where one names the file). Its comment
+// says that a stanza, not a flag, leaves the access log to logrotate, and
+// what the disk then holds (review r13s26 F4).
 func TestLogrotateHourly(t *testing.T) {
 	const dst = "/usr/lib/systemd/system/logrotate.timer.d/50-gwlbproxy.conf"
 	if src, _ := loadNfpm(t).installed(t, dst); src != "deploy/systemd/logrotate-hourly.conf" {
@@ -287,6 +289,9 @@ func TestLogrotateHourly(t *testing.T) {
 	conf := readFile(t, "systemd/logrotate-hourly.conf")
 	if !strings.Contains(conf, "[Timer]\nOnCalendar=\nOnCalendar=hourly\n") {
 		t.Errorf("the drop-in does not reset OnCalendar to hourly:\n%s", conf)
+	}
+	if strings.Contains(conf, "turns that off") || !strings.Contains(conf, "unless a logrotate stanza names it") || !strings.Contains(conf, "8 x 2.2 GiB") {
+		t.Errorf("the drop-in's comment says a flag turns the appliance's rotation off, or not the disk logrotate's rotation takes:\n%s", conf)
 	}
 	if !strings.Contains(readFile(t, "etc/logrotate"), "maxsize 256M") || !strings.Contains(readFile(t, accessExample), "maxsize 1G") {
 		t.Errorf("etc/logrotate or %s has no size bound", accessExample)
