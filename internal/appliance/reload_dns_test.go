@@ -35,6 +35,18 @@ func forgedAnswer(t *testing.T, name string, addr netip.Addr) []byte {
 	return msg
 }
 
+// configuredRig is a rig whose policy is a file holding text, for a test
+// to rewrite and reload.
+func configuredRig(t *testing.T, text string) *rig {
+	t.Helper()
+	return newRig(t, func(o *Options) {
+		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
+		if err := os.WriteFile(o.Config, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}, nil)
+}
+
 // TestReloadForgetsObservedAnswers: a policy that let clients ask any DNS
 // server let them plant answers (allowed.example → an address of their
 // own) that the destination check then trusts. A reload to a policy that
@@ -42,12 +54,7 @@ func forgedAnswer(t *testing.T, name string, addr netip.Addr) []byte {
 // them, since the policy in force has not changed.
 func TestReloadForgetsObservedAnswers(t *testing.T) {
 	const open = "policy:\n  default: allow\n"
-	r := newRig(t, func(o *Options) {
-		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
-		if err := os.WriteFile(o.Config, []byte(open), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}, nil)
+	r := configuredRig(t, open)
 	observe := func() {
 		r.app.destCheck.Observe("vpce-0000000000000001", forgedAnswer(t, "allowed.example.", netip.MustParseAddr("198.51.100.66")))
 	}
@@ -98,12 +105,7 @@ func TestReloadForgetsObservedAnswers(t *testing.T) {
 // did change still forgets them.
 func TestReloadSameFileKeepsObservedAnswers(t *testing.T) {
 	const open = "policy:\n  default: allow\n"
-	r := newRig(t, func(o *Options) {
-		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
-		if err := os.WriteFile(o.Config, []byte(open), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}, nil)
+	r := configuredRig(t, open)
 	r.app.destCheck.Observe("vpce-0000000000000001", forgedAnswer(t, "cdn.example.", netip.MustParseAddr("198.51.100.7")))
 	for i := range 2 {
 		// Written again, as configuration management does: same bytes.
@@ -141,12 +143,7 @@ const noRogueDNS = "policy:\n  default: allow\n  rules:\n    - name: no-rogue-dn
 // policy is stored.
 func TestReloadForgetsAnswerObservedMidReload(t *testing.T) {
 	const open = "policy:\n  default: allow\n"
-	r := newRig(t, func(o *Options) {
-		o.Config = filepath.Join(t.TempDir(), "gwlbproxy.yaml")
-		if err := os.WriteFile(o.Config, []byte(open), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}, nil)
+	r := configuredRig(t, open)
 	old := reloadForgotten
 	t.Cleanup(func() { reloadForgotten = old })
 	reloadForgotten = func() {

@@ -1,7 +1,6 @@
 package intercept_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -187,41 +186,7 @@ func TestReloadDeniedSNINotRedialled(t *testing.T) {
 // one for the denied name does, and both records say so (review r1bypass
 // F1).
 func TestReloadDeniedSNIEndsTunnelForOtherHost(t *testing.T) {
-	r, holder := newReloadableRig(t)
-	upEnd, got, _ := tlsEchoUpgradeUpstream(t, r.upLeaf("www.example.test"))
-	c, sv := r.connectTCP(upEnd, tlsDest)
-	tc := bumpClient(t, r, c, "www.example.test", "http/1.1")
-	io.WriteString(tc, "GET /ws HTTP/1.1\r\nHost: other.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	br := bufio.NewReader(tc)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v %v", resp, err)
-	}
-	<-got
-	io.WriteString(tc, "before")
-	if _, err := io.ReadFull(br, make([]byte, len("before"))); err != nil {
-		t.Fatalf("the tunnel carried nothing before the reload: %v", err)
-	}
-	after := reloadTo(t, holder, tightenedPolicy)
-	io.WriteString(tc, "after")
-	if _, err := io.ReadFull(br, make([]byte, len("after"))); err == nil {
-		t.Fatal("the tunnel carried bytes both ways after the reload denied the connection's name")
-	}
-	c.Close()
-	sv.waitDoneOnce(t)
-	recs := r.records()
-	for _, kind := range []string{"http", "tls"} {
-		ks := ofKind(recs, kind)
-		if len(ks) != 1 {
-			t.Fatalf("%s records %+v, want one", kind, ks)
-		}
-		if rec := ks[0]; rec.Action != "deny" || rec.Rule != "no-www" || rec.Result != "denied" || rec.Policy != after.ID() ||
-			!strings.Contains(rec.Error, "ended by a policy reload: the connection's name") {
-			t.Errorf("%s record: action %s rule %q result %s policy %s error %q; want denied by no-www for the connection's name",
-				kind, rec.Action, rec.Rule, rec.Result, rec.Policy, rec.Error)
-		}
-	}
+	reloadEndsBumpedTunnel(t, "other.example.test", "ended by a policy reload: the connection's name")
 }
 
 // echDenyPolicy is testPolicy with ech: deny.

@@ -126,6 +126,15 @@ func echoUpgradeUpstream(t *testing.T) (net.Conn, <-chan string, <-chan error) {
 // the new policy's rule and ID. It used to keep action bump and the old
 // rule and policy beside result denied, a pairing records.md rules out.
 func TestReloadEndsBumpedWebSocketTunnelTLSRecord(t *testing.T) {
+	reloadEndsBumpedTunnel(t, "www.example.test", "ended by a policy reload")
+}
+
+// reloadEndsBumpedTunnel opens a bumped WebSocket tunnel for host on a
+// connection to www.example.test, reloads to tightenedPolicy (no-www), and
+// checks that the tunnel carries no more and that both its records say it
+// was denied by the reload, their error holding wantErr.
+func reloadEndsBumpedTunnel(t *testing.T, host, wantErr string) {
+	t.Helper()
 	var holder policy.Holder
 	r := newRig(t, testPolicy, func(c *intercept.Config) { c.Policy = &holder })
 	holder.Store(r.pol)
@@ -133,7 +142,7 @@ func TestReloadEndsBumpedWebSocketTunnelTLSRecord(t *testing.T) {
 	c, sv := r.connectTCP(upEnd, tlsDest)
 	tc := tls.Client(c, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
 	tc.SetDeadline(time.Now().Add(waitLimit))
-	io.WriteString(tc, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+	io.WriteString(tc, "GET /ws HTTP/1.1\r\nHost: "+host+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 	br := bufio.NewReader(tc)
 	resp, err := http.ReadResponse(br, nil)
@@ -163,8 +172,8 @@ func TestReloadEndsBumpedWebSocketTunnelTLSRecord(t *testing.T) {
 			t.Fatalf("%s records %+v, want one", kind, ks)
 		}
 		if rec := ks[0]; rec.Action != "deny" || rec.Rule != "no-www" || rec.Result != "denied" || rec.Policy != after.ID() ||
-			!strings.Contains(rec.Error, "ended by a policy reload") {
-			t.Errorf("%s record %+v; want deny, rule no-www, result denied, policy %s (the reload's)", kind, rec, after.ID())
+			!strings.Contains(rec.Error, wantErr) {
+			t.Errorf("%s record %+v; want deny, rule no-www, result denied, policy %s (the reload's), error with %q", kind, rec, after.ID(), wantErr)
 		}
 	}
 }
