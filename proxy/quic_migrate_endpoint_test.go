@@ -147,3 +147,39 @@ func TestQUICPathBehindDecoyEndsAtReload(t *testing.T) {
 		t.Errorf("after the reload denied the connection: %d of 10 delivered, record %s %q %q, want ended", got, r.Action, r.SNI, r.Error)
 	}
 }
+
+// TestQUICPathEndedForAConnectionLeavesNoPhantom: a path ended at a reload
+// for a connection it may be (its name cleared, since which it is nothing
+// can tell) was remembered as a connection of no name, denied, which then
+// denied the client's next paths there and counted one connection twice
+// (review r14s26 F3). Only the connections themselves are remembered.
+func TestQUICPathEndedForAConnectionLeavesNoPhantom(t *testing.T) {
+	p, h, recs := udpProxy(t, migrateBefore, func(c *Config) { c.UDPIdleTimeout = 2 * time.Second })
+	dst := newUDPSink(t, false)
+	decoyPort := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+2)
+	decoy := quicFirstFlight(t, "anything-else.example.test")
+	cd, _ := startFlow(p, decoyPort, dst.addr(), decoy...)
+	defer cd.Close()
+	n := len(decoy)
+	waitReceived(t, dst, n)
+	flight := quicFirstFlight(t, "blocked.example.test")
+	c1, _ := startFlow(p, quicClient, dst.addr(), flight...)
+	defer c1.Close()
+	n += len(flight)
+	waitReceived(t, dst, n)
+	moved := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+3)
+	cm, _ := startFlow(p, moved, dst.addr(), shortPacket('m'))
+	defer cm.Close()
+	waitReceived(t, dst, n+1)
+	h.Store(mustPolicy(t, migrateAfter))
+	cm.inject(shortPacket('n'))
+	if r := recordOfPort(t, recs, moved.Port()); r.Action != "deny" {
+		t.Fatalf("the path was not ended at the reload: %s", r.Action)
+	}
+	hist, _ := p.udp.quicPaths.history(quicPathKey{endpoint: 7, client: quicClient.Addr(), dest: dst.addr()})
+	for _, m := range hist.ended {
+		if m.s.name == "" {
+			t.Errorf("a connection of no name is remembered (%q, denied %v): the ended path itself", m.why, m.deniedBy != nil)
+		}
+	}
+}

@@ -173,6 +173,14 @@ func (q *quicPaths) closed(f *udpFlow) {
 			break
 		}
 	}
+	if f.mayBe != nil && f.deniedBy != nil && f.rec.SNI == "" {
+		// A path ended for a connection it may be (mayBeDenied, which
+		// clears its name): those are remembered as themselves. Kept, it
+		// was a connection of no name, denied, which denied the client's
+		// next paths there under a policy that allows all it could be
+		// (review r14s26 F3).
+		return
+	}
 	q.end(e, s, f.deniedBy, f.deniedWhy, f.rec.Rule, f.p.deniesNow)
 }
 
