@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // startFlowOn is startFlow behind GWLB endpoint ep.
@@ -120,23 +121,7 @@ func TestQUICDecoysDoNotEvictDenied(t *testing.T) {
 // connection decided the path on the decoy's name alone: 10 of 10 went on
 // (review r12s26 F2). A reload decides every connection a path may be.
 func TestQUICPathBehindDecoyEndsAtReload(t *testing.T) {
-	p, h, recs := udpProxy(t, migrateBefore, func(c *Config) { c.UDPIdleTimeout = 3 * time.Second })
-	dst := newUDPSink(t, false)
-	decoyPort := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+2)
-	decoy := quicFirstFlight(t, "anything-else.example.test")
-	cd, _ := startFlow(p, decoyPort, dst.addr(), decoy...)
-	defer cd.Close()
-	n := len(decoy)
-	waitReceived(t, dst, n)
-	flight := quicFirstFlight(t, "blocked.example.test")
-	c1, _ := startFlow(p, quicClient, dst.addr(), flight...)
-	defer c1.Close()
-	n += len(flight)
-	waitReceived(t, dst, n)
-	moved := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+3)
-	cm, _ := startFlow(p, moved, dst.addr(), shortPacket('m'))
-	defer cm.Close()
-	waitReceived(t, dst, n+1) // followed, before any reload
+	_, h, recs, dst, moved, cm := migratedBehindDecoy(t, 3*time.Second)
 	h.Store(mustPolicy(t, migrateAfter))
 	for range 10 {
 		cm.inject(shortPacket('n'))
@@ -154,23 +139,7 @@ func TestQUICPathBehindDecoyEndsAtReload(t *testing.T) {
 // denied the client's next paths there and counted one connection twice
 // (review r14s26 F3). Only the connections themselves are remembered.
 func TestQUICPathEndedForAConnectionLeavesNoPhantom(t *testing.T) {
-	p, h, recs := udpProxy(t, migrateBefore, func(c *Config) { c.UDPIdleTimeout = 2 * time.Second })
-	dst := newUDPSink(t, false)
-	decoyPort := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+2)
-	decoy := quicFirstFlight(t, "anything-else.example.test")
-	cd, _ := startFlow(p, decoyPort, dst.addr(), decoy...)
-	defer cd.Close()
-	n := len(decoy)
-	waitReceived(t, dst, n)
-	flight := quicFirstFlight(t, "blocked.example.test")
-	c1, _ := startFlow(p, quicClient, dst.addr(), flight...)
-	defer c1.Close()
-	n += len(flight)
-	waitReceived(t, dst, n)
-	moved := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+3)
-	cm, _ := startFlow(p, moved, dst.addr(), shortPacket('m'))
-	defer cm.Close()
-	waitReceived(t, dst, n+1)
+	p, h, recs, dst, moved, cm := migratedBehindDecoy(t, 2*time.Second)
 	h.Store(mustPolicy(t, migrateAfter))
 	cm.inject(shortPacket('n'))
 	if r := recordOfPort(t, recs, moved.Port()); r.Action != "deny" {
@@ -182,4 +151,27 @@ func TestQUICPathEndedForAConnectionLeavesNoPhantom(t *testing.T) {
 			t.Errorf("a connection of no name is remembered (%q, denied %v): the ended path itself", m.why, m.deniedBy != nil)
 		}
 	}
+}
+
+// migratedBehindDecoy opens a decoy QUIC connection of an allowed name,
+// then one to blocked.example.test, from the same client to one
+// destination, and moves the second to a new port (moved, its client cm)
+// before any reload: the path is followed as the decoy.
+func migratedBehindDecoy(t *testing.T, idle time.Duration) (*Proxy, *policy.Holder, *recordSink, *udpSink, netip.AddrPort, *fakeUDPClient) {
+	t.Helper()
+	p, h, recs := udpProxy(t, migrateBefore, func(c *Config) { c.UDPIdleTimeout = idle })
+	dst := newUDPSink(t, false)
+	decoy := quicFirstFlight(t, "anything-else.example.test")
+	cd, _ := startFlow(p, netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+2), dst.addr(), decoy...)
+	t.Cleanup(func() { cd.Close() })
+	waitReceived(t, dst, len(decoy))
+	flight := quicFirstFlight(t, "blocked.example.test")
+	c1, _ := startFlow(p, quicClient, dst.addr(), flight...)
+	t.Cleanup(func() { c1.Close() })
+	waitReceived(t, dst, len(decoy)+len(flight))
+	moved := netip.AddrPortFrom(quicClient.Addr(), quicClient.Port()+3)
+	cm, _ := startFlow(p, moved, dst.addr(), shortPacket('m'))
+	t.Cleanup(func() { cm.Close() })
+	waitReceived(t, dst, len(decoy)+len(flight)+1) // followed, before any reload
+	return p, h, recs, dst, moved, cm
 }

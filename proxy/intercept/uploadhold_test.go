@@ -142,14 +142,7 @@ func TestBumpedUploadOfTinyRecordsCoalesced(t *testing.T) {
 			if resp.StatusCode != 200 || body != "ok" {
 				t.Fatalf("response %d %q", resp.StatusCode, body)
 			}
-			select {
-			case b := <-got:
-				if b != want.String() {
-					t.Fatalf("the destination got %d bytes %.40q..., want the %d sent", len(b), b, tinyRecords)
-				}
-			case <-time.After(waitLimit):
-				t.Fatal("the destination got no body")
-			}
+			wantDelivered(t, got, want.String())
 			writes := up.writes.Load() - writes0
 			t.Logf("%d one-byte records in %d of the client's writes: %d writes to the destination (%d bytes)", tinyRecords, rb.writes, writes, up.bytes.Load())
 			// Unheld, a write per record: tinyRecords. Held, a write per
@@ -229,14 +222,7 @@ func TestBumpedTunnelUploadOfTinyRecordsCoalesced(t *testing.T) {
 	if err := rb.flush(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case b := <-got:
-		if b != want.String() {
-			t.Fatalf("the destination got %d bytes %.60q..., want the %d sent", len(b), b, tinyRecords)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("the tunnel's upload never ended at the destination")
-	}
+	wantDelivered(t, got, want.String())
 	writes := up.writes.Load() - writes0
 	t.Logf("%d one-byte records in %d of the client's writes: %d writes to the destination", tinyRecords, rb.writes, writes)
 	if writes > tinyRecords/10 {
@@ -304,4 +290,18 @@ func TestBumpedTunnelExchangeNotHeld(t *testing.T) {
 	}
 	tc.Close()
 	sv.waitDoneOnce(t)
+}
+
+// wantDelivered waits for what the destination read (got) and checks that
+// it is want, whole and in order.
+func wantDelivered(t *testing.T, got <-chan string, want string) {
+	t.Helper()
+	select {
+	case b := <-got:
+		if b != want {
+			t.Fatalf("the destination got %d bytes %.60q..., want the %d sent", len(b), b, len(want))
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the destination's read of the upload never ended")
+	}
 }
