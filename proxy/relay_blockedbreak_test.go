@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,13 +45,10 @@ func testBreakWhileWriteBlocked(t *testing.T, finFirst bool) {
 	r.p.SetWriteStallTimeout(5 * time.Minute)
 	dst, _ := heldDest(t)
 	for i := range flows {
+		before := hostSocketQueues(t, dst.Port())
 		c := r.dialWithinShare(t, dst, 20*time.Second)
 		if finFirst {
-			// More than the host socket and the destination take, less
-			// than they and the stack's window do.
-			if _, err := c.Write(make([]byte, 3<<20)); err != nil {
-				t.Fatal(err)
-			}
+			uploadUntilRelayBlocked(t, c, dst.Port(), before)
 			if err := c.halfClose(); err != nil {
 				t.Fatal(err)
 			}
@@ -112,4 +112,86 @@ func waitFINAcked(t *testing.T, c *rawClient) {
 func hostFDSocketsTo(t *testing.T, port uint16) int {
 	t.Helper()
 	return countHostSockets(t, port, true)
+}
+
+// uploadUntilRelayBlocked has c upload, a chunk at a time, until the
+// relay's write to its host socket is blocked: the host socket and the
+// destination hold less than c sent, and stop taking more. Only then is
+// the next chunk left in the stack, so the upload overshoots by at most a
+// chunk, well within the stack's first receive window: a fixed size
+// (3 MiB once) needed the window grown by moderation past what the
+// kernel's send buffer took, which a loaded machine did not always do
+// (the client's FIN then never left: FIN-WAIT-1). before is the host
+// sockets to port before c was dialled; the new one is c's.
+func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map[string]int64) {
+	t.Helper()
+	const chunk = 64 << 10
+	var local string
+	for end := time.Now().Add(5 * time.Second); local == "" && time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		for a := range hostSocketQueues(t, port) {
+			if _, ok := before[a]; !ok {
+				local = a
+			}
+		}
+	}
+	if local == "" {
+		t.Fatal("no new host socket to the destination after the dial")
+	}
+	queued := func() int64 { return hostSocketQueues(t, port)[local] }
+	sent := int64(0)
+	for sent < 32<<20 {
+		if _, err := c.Write(make([]byte, chunk)); err != nil {
+			t.Fatal(err)
+		}
+		sent += chunk
+		// Until the relay has written it all, or nothing more moves for
+		// 100 ms while some of it is still short.
+		last, still := queued(), time.Now()
+		for end := time.Now().Add(10 * time.Second); last < sent && time.Since(still) < 100*time.Millisecond; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("the host socket's queue still moving after 10s: %d of %d bytes", last, sent)
+			}
+			if q := queued(); q != last {
+				last, still = q, time.Now()
+			}
+		}
+		if last < sent {
+			t.Logf("relay blocked: %d bytes sent, the host socket and destination hold %d", sent, last)
+			return
+		}
+	}
+	t.Fatalf("the host socket and destination took %d bytes and still took more", sent)
+}
+
+// hostSocketQueues reads the established sockets to port from
+// /proc/net/tcp: by local address, the bytes each has yet to have
+// acknowledged plus the bytes its peer (a listener's socket on port) has
+// received and not read.
+func hostSocketQueues(t *testing.T, port uint16) map[string]int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Skipf("no /proc/net/tcp: %v", err)
+	}
+	suffix := fmt.Sprintf(":%04X", port)
+	out, peerRx := map[string]int64{}, map[string]int64{}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		fs := strings.Fields(l)
+		if len(fs) < 5 || fs[3] != "01" {
+			continue
+		}
+		tx, rx, _ := strings.Cut(fs[4], ":")
+		switch {
+		case strings.HasSuffix(fs[2], suffix):
+			n, _ := strconv.ParseInt(tx, 16, 64)
+			out[fs[1]] += n
+		case strings.HasSuffix(fs[1], suffix):
+			n, _ := strconv.ParseInt(rx, 16, 64)
+			peerRx[fs[2]] += n
+		}
+	}
+	for a := range out {
+		out[a] += peerRx[a]
+	}
+	return out
 }
