@@ -104,6 +104,11 @@ type upgradedBody struct {
 	// not of the tunnel's own close: the connection's, which a linger of
 	// the same socket no longer sees.
 	readErr atomic.Pointer[error]
+	// failed is the first read of the destination that failed (not its
+	// end, nor the tunnel's own close), kept before ended closes: Close
+	// waits on ended, and the record may be written before the read's
+	// caller (recordingBody.Read) has kept the error (readFailed).
+	failed atomic.Pointer[error]
 	// halfClosed, told and ownEnd are halfCloseUpstream's: whether it
 	// ran, what it reported, and the bytes of the tunnel's own end it
 	// put on the wire. Close's goroutine only.
@@ -159,10 +164,15 @@ func (u *upgradedBody) Read(p []byte) (int, error) {
 			rerr := err
 			u.readErr.CompareAndSwap(nil, &rerr)
 		}
-		u.endOnce.Do(func() { close(u.ended) })
-		if err != io.EOF && u.closing.Load() {
-			err = io.EOF // our own close (recordingBody.outcome)
+		if err != io.EOF {
+			if u.closing.Load() {
+				err = io.EOF // our own close (recordingBody.outcome)
+			} else {
+				failed := err
+				u.failed.CompareAndSwap(nil, &failed)
+			}
 		}
+		u.endOnce.Do(func() { close(u.ended) })
 	}
 	return n, err
 }
@@ -200,6 +210,15 @@ func (o *upgradedOut) Write(p []byte) (int, error) {
 		u.cut.CompareAndSwap(nil, &cut)
 	}
 	return n, err
+}
+
+// readFailed is the first read of the destination that failed, nil if
+// none did.
+func (u *upgradedBody) readFailed() error {
+	if p := u.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // holdUpload makes c the tunnel's upload copy, its small writes held

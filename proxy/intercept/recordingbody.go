@@ -257,6 +257,11 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 	if p := b.readErr.Load(); p != nil {
 		err = *p
 	}
+	if f, ok := b.ReadCloser.(interface{ readFailed() error }); ok && err == nil {
+		// The failed read ended the tunnel (its Close waits for that)
+		// before Read above kept the error: this record may come first.
+		err = f.readFailed()
+	}
 	switch {
 	case b.tunnel:
 		// Either side may end a tunnel, the client first as well (goproxy
