@@ -29,12 +29,11 @@ func TestReloadDenyEndsBreakWhileWriting(t *testing.T) {
 			var once sync.Once
 			defer once.Do(func() { close(release) })
 			dst, ends := slowReadDest(t, release)
+			before := hostSocketQueues(t, dst.Port())
 			c := dialRaw(t, client, dst)
 			c.SetDeadline(time.Now().Add(60 * time.Second))
 			if blocked {
-				if _, err := c.Write(make([]byte, 3<<20)); err != nil {
-					t.Fatal(err)
-				}
+				uploadUntilRelayBlocked(t, c, dst.Port(), before)
 				if err := c.halfClose(); err != nil {
 					t.Fatal(err)
 				}

@@ -34,11 +34,10 @@ func testShutdownEndsRelayWrite(t *testing.T, reset bool) {
 	r, srv := shutdownRig(t)
 	p := r.p
 	dst, drain := heldDest(t)
+	before := hostSocketQueues(t, dst.Port())
 	c := dialRaw(t, r.client, dst)
 	c.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := c.Write(make([]byte, 3<<20)); err != nil {
-		t.Fatal(err)
-	}
+	uploadUntilRelayBlocked(t, c, dst.Port(), before)
 	if err := c.halfClose(); err != nil {
 		t.Fatal(err)
 	}
