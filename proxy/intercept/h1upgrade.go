@@ -105,10 +105,12 @@ type upgradedBody struct {
 	// the same socket no longer sees.
 	readErr atomic.Pointer[error]
 	// failed is the first read of the destination that failed (not its
-	// end, nor the tunnel's own close), kept before ended closes: Close
-	// waits on ended, and the record may be written before the read's
-	// caller (recordingBody.Read) has kept the error (readFailed).
+	// end, nor the tunnel's own close): a failure, which
+	// relayDestinationEnd must not relay as the destination's end.
 	failed atomic.Pointer[error]
+	// readOver: a read returned an error, and the direction is over once
+	// its caller has counted it (readEnded closes ended).
+	readOver atomic.Bool
 	// halfClosed, told and ownEnd are halfCloseUpstream's: whether it
 	// ran, what it reported, and the bytes of the tunnel's own end it
 	// put on the wire. Close's goroutine only.
@@ -172,9 +174,20 @@ func (u *upgradedBody) Read(p []byte) (int, error) {
 				u.failed.CompareAndSwap(nil, &failed)
 			}
 		}
-		u.endOnce.Do(func() { close(u.ended) })
+		u.readOver.Store(true)
 	}
 	return n, err
+}
+
+// readEnded closes ended once a read has returned an error, called by the
+// reader (recordingRWBody.Read) after it has counted that read: Close
+// waits on ended, and the record is written as soon as it returns, so
+// closed inside Read it let the record miss the read's bytes (data and
+// the destination's end in one read) or its error (a reset recorded ok).
+func (u *upgradedBody) readEnded() {
+	if u.readOver.Load() {
+		u.endOnce.Do(func() { close(u.ended) })
+	}
 }
 
 func (u *upgradedBody) Write(p []byte) (int, error) {
@@ -210,15 +223,6 @@ func (o *upgradedOut) Write(p []byte) (int, error) {
 		u.cut.CompareAndSwap(nil, &cut)
 	}
 	return n, err
-}
-
-// readFailed is the first read of the destination that failed, nil if
-// none did.
-func (u *upgradedBody) readFailed() error {
-	if p := u.failed.Load(); p != nil {
-		return *p
-	}
-	return nil
 }
 
 // holdUpload makes c the tunnel's upload copy, its small writes held

@@ -64,9 +64,9 @@ type recordingBody struct {
 	// them.
 	answerConn *hijackedConn
 	whole      int64
-	// reload decides the request again after a reload, when set (not a
-	// tunnel's: recordingRWBody's): the bytes of a read it denies do not
-	// go on. resetStream: the body is an HTTP/2 stream's, which such a
+	// reload decides the request (or the tunnel) again after a reload,
+	// when set: the bytes of a read it denies do not go on, nor are they
+	// counted. resetStream: the body is an HTTP/2 stream's, which such a
 	// deny resets.
 	reload      *tunnelReload
 	resetStream bool
@@ -118,9 +118,12 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		p = b.stream.next(p) // the previous piece is written
 	}
 	n, err := b.ReadCloser.Read(p)
-	if b.reload != nil && (n > 0 || err != nil) {
+	if b.reload != nil && (n > 0 || err != nil && !b.tunnel) {
 		// Also on a failed read: the request body's check may have
-		// ended the request, and its upstream with it.
+		// ended the request, and its upstream with it (not a tunnel's:
+		// a failed read of it is the destination's). Before the bytes
+		// are counted: the reload's abort may have the record written
+		// at once.
 		if rerr := b.reload.check(); rerr != nil {
 			if b.resetStream {
 				// Reset, as for a failed read below: the client must
@@ -256,11 +259,6 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 	var err error
 	if p := b.readErr.Load(); p != nil {
 		err = *p
-	}
-	if f, ok := b.ReadCloser.(interface{ readFailed() error }); ok && err == nil {
-		// The failed read ended the tunnel (its Close waits for that)
-		// before Read above kept the error: this record may come first.
-		err = f.readFailed()
 	}
 	switch {
 	case b.tunnel:
@@ -409,18 +407,17 @@ func (b *recordingBody) Close() error {
 type recordingRWBody struct {
 	*recordingBody
 	w      io.Writer
-	reload *tunnelReload // nil: no reload can reach it
+	reload *tunnelReload // the client's side's; nil: no reload can reach it
 }
 
 // Read reads the destination's side of the tunnel; bytes read after a
-// reload that ends the tunnel are not passed on, nor counted.
+// reload that ends the tunnel are not passed on, nor counted
+// (recordingBody.reload). A read that ended the direction ends it only
+// once counted (upgradedBody.readEnded).
 func (b *recordingRWBody) Read(p []byte) (int, error) {
 	n, err := b.recordingBody.Read(p)
-	if n > 0 && b.reload != nil {
-		if rerr := b.reload.check(); rerr != nil {
-			b.read.Add(-int64(n))
-			return 0, rerr
-		}
+	if u, ok := b.ReadCloser.(*upgradedBody); ok {
+		u.readEnded()
 	}
 	return n, err
 }

@@ -410,9 +410,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// client going away from an answer it had whole.
 		resp.Trailer = nil
 	}
-	if !rb.tunnel { // a tunnel's is recordingRWBody's
-		rb.reload, rb.resetStream = reload, inH2Handler(req)
-	}
+	rb.reload, rb.resetStream = reload, !rb.tunnel && inH2Handler(req)
 	s.watchStream(rb)
 	// The record is written as the body is closed (endRecord); goproxy
 	// cancels the request's context only after that.

@@ -33,10 +33,10 @@ import (
 // the destination's doing (errUploadUntaken), whatever the client did: a
 // client that closed cleanly meanwhile has ended its side, and its
 // upload waits on a destination that takes nothing. A destination whose
-// read ended on the connection's error (a reset) is not waited for: it
-// reads nothing more.
+// read failed (a reset, a TLS failure) is not waited for, nor is its
+// client told a clean end: it reads nothing more.
 func (u *upgradedBody) relayDestinationEnd() error {
-	if u.upload == nil || u.endClient == nil || u.readErr.Load() != nil || u.upload.overNow() {
+	if u.upload == nil || u.endClient == nil || u.failed.Load() != nil || u.upload.overNow() {
 		return nil
 	}
 	u.endClient()
