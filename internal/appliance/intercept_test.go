@@ -43,6 +43,12 @@ type upstream struct {
 
 func startUpstream(t *testing.T, addr netip.Addr, selfSigned bool) *upstream {
 	t.Helper()
+	return startUpstreamAt(t, netip.AddrPortFrom(addr, 0), selfSigned)
+}
+
+// startUpstreamAt is startUpstream on a given port (0: any).
+func startUpstreamAt(t *testing.T, addr netip.AddrPort, selfSigned bool) *upstream {
+	t.Helper()
 	ca := must(certs.Generate("test upstream CA"))(t)
 	minter := must(certs.NewMinter(ca, certs.MinterOptions{}))(t)
 	leaf := must(minter.Leaf("www.example.test"))(t)
@@ -70,7 +76,7 @@ func startUpstream(t *testing.T, addr netip.Addr, selfSigned bool) *upstream {
 		}
 		fmt.Fprintln(w, "end")
 	})
-	ln := must(tls.Listen("tcp", netip.AddrPortFrom(addr, 0).String(), &tls.Config{
+	ln := must(tls.Listen("tcp", addr.String(), &tls.Config{
 		Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"h2", "http/1.1"},
 	}))(t)
 	caFile := filepath.Join(t.TempDir(), "upstream-ca.pem")
