@@ -16,6 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+
 	"github.com/gwlbproxy/gwlbproxy/internal/testenv"
 	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -154,7 +158,7 @@ func testCaptureKeyLogDecryptsBump(t *testing.T, up *upstream) {
 
 	// The upstream side crosses loopback: tcpdump sees it, if it can run.
 	var upPcap string
-	var stopDump func()
+	var stopDump func() string
 	if _, err := exec.LookPath("tcpdump"); err == nil && os.Geteuid() == 0 {
 		upPcap, stopDump = startTcpdump(t, "lo", fmt.Sprintf("host %s and tcp port %d", up.addr.Addr(), up.addr.Port()))
 	} else {
@@ -220,18 +224,59 @@ func testCaptureKeyLogDecryptsBump(t *testing.T, up *upstream) {
 
 	// The upstream's session, from loopback.
 	if stopDump != nil {
-		stopDump()
+		awaitPcapEnd(t, upPcap)
+		said := stopDump()
 		out := tshark(t, "-r", upPcap, "-o", "tls.keylog_file:"+keyLog, "-d", allTCPIsTLS,
 			"-Y", "http.request", "-T", "fields", "-e", "http.request.method", "-e", "http.request.uri")
 		if out != "GET\t/hello?who=keylog\n" {
-			t.Errorf("tshark decrypts from the upstream connection %q, want the request", out)
+			t.Errorf("tshark decrypts from the upstream connection %q, want the request; tcpdump said:\n%s", out, said)
+		}
+	}
+}
+
+// awaitPcapEnd waits until tcpdump's file holds a TCP FIN or reset (the
+// appliance closes its upstream connection once the client has gone), so
+// that it holds every packet before: tcpdump stopped by SIGINT writes
+// nothing it has not yet read from the kernel, and a tcpdump not run for a
+// while on a loaded machine has read nothing (0 of 10 packets captured
+// when stopped so).
+func awaitPcapEnd(t *testing.T, file string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !pcapHasTCPEnd(file) {
+		if time.Now().After(deadline) {
+			t.Fatalf("tcpdump's file %s holds no TCP FIN or reset after 30s", file)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func pcapHasTCPEnd(file string) bool {
+	f, err := os.Open(file)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil { // not even the file's header yet
+		return false
+	}
+	for {
+		data, _, err := r.ReadPacketData()
+		if err != nil { // the end, or a packet half written
+			return false
+		}
+		p := gopacket.NewPacket(data, r.LinkType(), gopacket.Lazy)
+		if tcp, ok := p.Layer(layers.LayerTypeTCP).(*layers.TCP); ok && (tcp.FIN || tcp.RST) {
+			return true
 		}
 	}
 }
 
 // startTcpdump captures on dev with filter into a file until stop (or
-// the test's end), bounded to a minute.
-func startTcpdump(t *testing.T, dev, filter string) (file string, stop func()) {
+// the test's end), bounded to a minute; stop returns what tcpdump said
+// (its counts of packets captured and dropped).
+func startTcpdump(t *testing.T, dev, filter string) (file string, stop func() string) {
 	t.Helper()
 	file = filepath.Join(t.TempDir(), dev+".pcap")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -243,9 +288,10 @@ func startTcpdump(t *testing.T, dev, filter string) (file string, stop func()) {
 		t.Fatal(err)
 	}
 	var once sync.Once
-	stop = func() {
+	stop = func() string {
 		once.Do(func() {
-			// SIGINT: tcpdump writes out what it holds.
+			// SIGINT: tcpdump writes out what it has read (not what
+			// the kernel still holds for it: see awaitPcapEnd).
 			_ = cmd.Process.Signal(os.Interrupt)
 			done := make(chan struct{})
 			go func() { cmd.Wait(); close(done) }()
@@ -257,8 +303,9 @@ func startTcpdump(t *testing.T, dev, filter string) (file string, stop func()) {
 			}
 			cancel()
 		})
+		return stderr.String()
 	}
-	t.Cleanup(stop)
+	t.Cleanup(func() { stop() })
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(stderr.String(), "listening on") {
 		if time.Now().After(deadline) {
