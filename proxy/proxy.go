@@ -47,8 +47,8 @@ type Config struct {
 	Policy *policy.Holder
 	// Intercept configures the interception of HTTP and TLS: the CA's
 	// minter, upstream roots, the trust page, the request head limit. Its
-	// Records, Dial, DialFailed, HandshakeTimeout, DestinationCheck and
-	// Policy are the proxy's own.
+	// Records, Dial, DialFailed, HandshakeTimeout, DestinationCheck,
+	// DNSGeneration, DestinationLookedUp and Policy are the proxy's own.
 	Intercept intercept.Config
 	// DestinationCheck, when set, ties decisions made on a name to the
 	// destination (policy destination_check: dns): before a flow that a
@@ -282,6 +282,7 @@ func New(cfg Config) *Proxy {
 	cfg.Policy.OnChange(hostconn.WakeLingers)
 	ic := cfg.Intercept
 	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
+	ic.DNSGeneration, ic.DestinationLookedUp = cfg.DNSGeneration, cfg.DestinationLookedUp
 	ic.Policy = cfg.Policy // each intercepted request is decided by the policy in force
 	ic.Dial = p.dialTCP
 	// A bump's first dial is the interceptor's when only a name could let

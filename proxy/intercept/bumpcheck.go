@@ -53,14 +53,17 @@ func (s *session) checkBumpDestination() bool {
 	if !s.needsDestinationCheck(s.Policy, s.Decision, sni) || s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)) {
 		return true
 	}
-	if err := s.checkDestination(context.Background(), sni); err != nil {
+	v, err := s.checkDestination(context.Background(), sni)
+	if err != nil {
 		s.Record.DestCheck = "mismatch"
 		s.closeUpstream() // not a byte sent, if dialled at all
 		WriteAlert(s.client, AlertAccessDenied)
 		s.refuse(err.Error())
 		return false
 	}
-	s.Record.DestCheck = "ok"
+	// Before any request: a reload's recheck of the connection's name
+	// (nameDenied) reads it under its lock.
+	s.Record.DestCheck, s.nameCheck.vouch = "ok", v
 	return true
 }
 

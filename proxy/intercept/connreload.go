@@ -1,7 +1,6 @@
 package intercept
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -39,16 +38,19 @@ type nameRecheck struct {
 	why string // why pol denies the connection's name, "" if it does not
 	// destCheck is the connection's destination check as it stands
 	// ("ok", "mismatch", "" if none was made): the bump's, then one made
-	// here; checkErr the error of one made here.
+	// here; checkErr the error of one made here; vouch what its pass
+	// rested on (the bump's set by checkBumpDestination).
 	destCheck, checkErr string
+	vouch               destVouch
 	seeded              bool // destCheck has the bump's
 }
 
 // nameDenied decides the session's own name (its ClientHello's) under pol
 // as a new connection's would be, destination check included
-// (policy.DestCheckAfterReload), once per policy: it returns pol's decision
-// and why pol denies the connection, "" if it does not (always under the
-// policy that bumped it). A check never made is made here, for at most
+// (checkAfterReload), once per policy: it returns pol's decision and why
+// pol denies the connection, "" if it does not (always under the policy
+// that bumped it). A check never made, or whose pass rested on a DNS
+// answer the reload forgot, is made here, for at most
 // DestinationCheckTimeout, the session's other requests waiting meanwhile.
 func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
 	if pol == nil || pol == s.Policy || s.Hello == nil {
@@ -72,13 +74,7 @@ func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
 	case c.d.Action == policy.Deny:
 		c.why = "denied by policy"
 	case s.needsDestinationCheck(pol, c.d, sni) && !s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)):
-		c.why, _ = pol.DestCheckAfterReload(c.destCheck, func() bool {
-			c.destCheck = "ok"
-			if err := s.checkDestination(context.Background(), sni); err != nil {
-				c.destCheck, c.checkErr = "mismatch", err.Error()
-			}
-			return c.destCheck == "mismatch"
-		})
+		c.why = s.checkAfterReload(pol, sni, &c.destCheck, &c.checkErr, &c.vouch)
 	}
 	return c.d, c.why
 }

@@ -65,6 +65,13 @@ type Config struct {
 	// DestinationCheckTimeout bounds each DestinationCheck call (default
 	// 5 s); a check that runs out fails.
 	DestinationCheckTimeout time.Duration
+	// DNSGeneration and DestinationLookedUp are proxy.Config's: with
+	// DNSGeneration set, a pass of DestinationCheck that
+	// DestinationLookedUp does not vouch for rested on an observed DNS
+	// answer, and is checked again after a reload that forgot it
+	// (destcheck.go). Neither may block.
+	DNSGeneration       func() uint64
+	DestinationLookedUp func(name string, dest netip.Addr) bool
 	// KeyLogWriter, when set, receives the secrets of both TLS sessions of
 	// every bumped connection, the client's and the upstream's (and of
 	// the trust page's), in NSS key log format (tls.Config.KeyLogWriter):
@@ -562,29 +569,4 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj 
 	}
 	ic.verified.add(key, verifiedChainMemory, chainsExpiry(chains))
 	return nil
-}
-
-// needsDestinationCheck reports whether a request for host that decision d
-// of pol lets through must first be tied to the destination address: d rests on
-// the name (a rule with domains), the policy asks for the check, there is
-// one to ask, and nothing proved the name already. A bumped connection's
-// verified upstream certificate is that proof for every name it covers:
-// the destination holds a key for the name. Not under a bump whose rule
-// accepts an unverified upstream: which connection a request goes over is
-// the transport's to choose after the check, and a further one may be one
-// whose certificate failed (redial.go).
-func (s *session) needsDestinationCheck(pol *policy.Policy, d policy.Decision, host string) bool {
-	if !d.ByName || host == "" || pol.DestinationCheck() != policy.CheckDNS || s.ic.cfg.DestinationCheck == nil {
-		return false
-	}
-	return s.upstreamCert == nil || s.Decision.AllowUnverifiedUpstream || s.upstreamCert.VerifyHostname(host) != nil
-}
-
-// checkDestination asks whether the session's destination is an address
-// host resolves to, bounded by DestinationCheckTimeout. Its error is the
-// check's own, recorded as it is: it names the address and the name.
-func (s *session) checkDestination(ctx context.Context, host string) error {
-	ctx, cancel := context.WithTimeout(ctx, s.ic.cfg.DestinationCheckTimeout)
-	defer cancel()
-	return s.ic.cfg.DestinationCheck(ctx, s.Subject.Endpoint, host, s.Subject.Dest.Addr().Unmap())
 }

@@ -220,8 +220,10 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		rt.write(rec, start)
 		return errorResponse(req, rec.Status, "gwlbproxy: "+over.Error()), nil
 	}
+	var vouch destVouch // what a pass rested on, for a reload's recheck
 	if s.needsDestinationCheck(pol, d, host) {
-		if err := s.checkDestination(req.Context(), host); err != nil {
+		var err error
+		if vouch, err = s.checkDestination(req.Context(), host); err != nil {
 			rec.DestCheck, rec.Error = "mismatch", err.Error()
 			if pol.Mode() != policy.Audit {
 				rec.Status = http.StatusForbidden
@@ -242,7 +244,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	req = fwd
 	// Decided again after a reload while its body, or its response's, is
 	// under way (tunnelReload), as a tunnel it may open is.
-	reload := st.recheck.init(s, pol, subj, rec, inH2Handler(req))
+	reload := st.recheck.init(s, pol, subj, rec, vouch, inH2Handler(req))
 	sent := &st.sent
 	if req.Body != nil && req.Body != http.NoBody {
 		sent.r, sent.reload = req.Body, reload

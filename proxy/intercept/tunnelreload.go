@@ -1,7 +1,6 @@
 package intercept
 
 import (
-	"context"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -47,20 +46,23 @@ type tunnelReload struct {
 	why string
 	d   policy.Decision
 	// destCheck is the tunnel's destination check ("ok", "mismatch", or ""
-	// if none was made), and checkErr the error of one made here; under mu.
+	// if none was made), and checkErr the error of one made here; vouch
+	// what its pass rested on; under mu.
 	destCheck, checkErr string
+	vouch               destVouch
 }
 
 // init makes r the recheck of a request (and of the tunnel it may open)
-// decided under pol, on subj, whose destination check rec records, and
-// returns it; nil when the interceptor has no policy holder (no reload can
-// happen). stream says the request is an HTTP/2 stream. In place: r is a
-// part of the request's requestState, no allocation of its own.
-func (r *tunnelReload) init(s *session, pol *policy.Policy, subj policy.Subject, rec *records.Record, stream bool) *tunnelReload {
+// decided under pol, on subj, whose destination check rec records, a pass
+// of it resting on v, and returns it; nil when the interceptor has no
+// policy holder (no reload can happen). stream says the request is an
+// HTTP/2 stream. In place: r is a part of the request's requestState, no
+// allocation of its own.
+func (r *tunnelReload) init(s *session, pol *policy.Policy, subj policy.Subject, rec *records.Record, v destVouch, stream bool) *tunnelReload {
 	if s.ic.cfg.Policy == nil {
 		return nil
 	}
-	r.s, r.subj, r.destCheck, r.stream = s, subj, rec.DestCheck, stream
+	r.s, r.subj, r.destCheck, r.vouch, r.stream = s, subj, rec.DestCheck, v, stream
 	r.pol.Store(pol)
 	return r
 }
@@ -132,16 +134,23 @@ func (r *tunnelReload) recheck(head bool) error {
 }
 
 // decide decides the tunnel or request under pol as a new request on its
-// name would be, and the connection's own name as a new connection's
-// (nameDenied), destination check included (policy.DestCheckAfterReload): it
-// returns why pol ends it, or "" if it goes on. A check never made is made
-// here, in the direction that found the reload, for at most
-// DestinationCheckTimeout.
+// name would be, destination check included (checkAfterReload), and the
+// connection's own name as a new connection's (nameDenied): it returns why
+// pol ends it, or "" if it goes on. A check never made, or whose pass
+// rested on a DNS answer the reload forgot, is made here, in the direction
+// that found the reload, for at most DestinationCheckTimeout. The
+// tunnel's own check comes before the connection's, so that one that
+// fails is its record's (dest_check), as a spliced connection's is.
 func (r *tunnelReload) decide(pol *policy.Policy) string {
 	d := pol.Decide(r.subj)
 	r.d = d
 	if d.Action == policy.Deny {
 		return "denied by policy"
+	}
+	if r.s.needsDestinationCheck(pol, d, r.subj.Domain) {
+		if why := r.s.checkAfterReload(pol, r.subj.Domain, &r.destCheck, &r.checkErr, &r.vouch); why != "" {
+			return why
+		}
 	}
 	if r.s.Hello != nil {
 		// The connection's own name, which its upstream connections
@@ -151,17 +160,7 @@ func (r *tunnelReload) decide(pol *policy.Policy) string {
 			return r.s.nameDeniedNote(why)
 		}
 	}
-	if !r.s.needsDestinationCheck(pol, d, r.subj.Domain) {
-		return ""
-	}
-	why, _ := pol.DestCheckAfterReload(r.destCheck, func() bool {
-		r.destCheck = "ok"
-		if err := r.s.checkDestination(context.Background(), r.subj.Domain); err != nil {
-			r.destCheck, r.checkErr = "mismatch", err.Error()
-		}
-		return r.destCheck == "mismatch"
-	})
-	return why
+	return ""
 }
 
 // deniedUnsent reports whether a reload denied the request before its
