@@ -129,7 +129,7 @@ func TestTunnelReloadDeniedReadNotCounted(t *testing.T) {
 	client := &abortingClient{Conn: proxySide}
 	s := &session{Session: &Session{Client: client, Record: &records.Record{Kind: "tls"}, Start: time.Now()}, ic: ic}
 	var r tunnelReload
-	reload := r.init(s, before, policy.Subject{Domain: "www.example.test", Dest: netip.MustParseAddrPort("192.0.2.10:443")}, &records.Record{}, false)
+	reload := r.init(s, before, policy.Subject{Domain: "www.example.test", Dest: netip.MustParseAddrPort("192.0.2.10:443")}, &records.Record{}, destVouch{}, false)
 	rb.reload = reload // as roundTrip wires a tunnel
 	b := &recordingRWBody{recordingBody: rb, w: u, reload: reload}
 	client.onAbort = func() {
