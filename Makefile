@@ -44,7 +44,7 @@ test: vet
 	    echo "test: not root: privileged tests (namespaces, TUN, raw return path, port-53 DNS) will skip; run as root for the whole suite"; \
 	  fi; \
 	fi
-	$(GO) test -race -timeout 15m ./...
+	$(GO) test -race -timeout 25m ./...
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
