@@ -122,8 +122,9 @@ func hostFDSocketsTo(t *testing.T, port uint16) int {
 // (3 MiB once) needed the window grown by moderation past what the
 // kernel's send buffer took, which a loaded machine did not always do
 // (the client's FIN then never left: FIN-WAIT-1). before is the host
-// sockets to port before c was dialled; the new one is c's.
-func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map[string]int64) {
+// sockets to port before c was dialled; the new one is c's. It returns
+// what c sent.
+func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map[string]int64) (sent int64) {
 	t.Helper()
 	const chunk = 64 << 10
 	var local string
@@ -138,7 +139,6 @@ func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map
 		t.Fatal("no new host socket to the destination after the dial")
 	}
 	queued := func() int64 { return hostSocketQueues(t, port)[local] }
-	sent := int64(0)
 	for sent < 32<<20 {
 		if _, err := c.Write(make([]byte, chunk)); err != nil {
 			t.Fatal(err)
@@ -157,13 +157,14 @@ func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map
 		}
 		if last < sent {
 			t.Logf("relay blocked: %d bytes sent, the host socket and destination hold %d", sent, last)
-			return
+			return sent
 		}
 	}
 	t.Fatalf("the host socket and destination took %d bytes and still took more", sent)
+	return sent
 }
 
-// hostSocketQueues reads the established sockets to port from
+// hostSocketQueues reads the open sockets to port from
 // /proc/net/tcp: by local address, the bytes each has yet to have
 // acknowledged plus the bytes its peer (a listener's socket on port) has
 // received and not read.
@@ -177,7 +178,13 @@ func hostSocketQueues(t *testing.T, port uint16) map[string]int64 {
 	out, peerRx := map[string]int64{}, map[string]int64{}
 	for _, l := range strings.Split(string(b), "\n")[1:] {
 		fs := strings.Fields(l)
-		if len(fs) < 5 || fs[3] != "01" {
+		switch {
+		case len(fs) < 5:
+			continue
+		case fs[3] == "01", fs[3] == "04", fs[3] == "05", fs[3] == "08":
+			// Established, or with a FIN sent or taken: the queues
+			// still count.
+		default:
 			continue
 		}
 		tx, rx, _ := strings.Cut(fs[4], ":")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -186,4 +187,68 @@ func TestBumpEarlyAnswerCountsUnackedUpload(t *testing.T) {
 		t.Fatalf("the destination had %d bytes of %d: the test wants it short of the upload (a 4 KiB window)", got, rec.BytesOut)
 	}
 	checkVouched(t, rec, got)
+}
+
+// A clean close of the client's connection that completes (both FINs
+// acknowledged, the stack's endpoint closed) while the relay is still
+// writing the upload to a destination that reads slowly is not a break:
+// the relay closes the destination when the upload is written, leaving
+// the tail to the kernel, and writes the record, as for any clean end. It
+// read the endpoint's closed state as the client's break after its FIN,
+// and lingered until the destination had acknowledged all of it (here
+// never: the record came only with the destination's reset, 20 s later,
+// and said reset; once in twenty runs of TestRelayCloseCountsUnackedUpload
+// under -race, and once in a loaded suite).
+func TestRelayCleanCloseDuringUploadIsNotABreak(t *testing.T) {
+	r := newStallRig(t, time.Minute)
+	ln := smallBufferListener(t)
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	const tail = 8 << 10
+	readUpTo, recorded := make(chan int64), make(chan struct{})
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		dc := c.(*net.TCPConn)
+		defer dc.Close()
+		if _, err := io.ReadFull(dc, make([]byte, len(hello))); err != nil {
+			return
+		}
+		_, _ = dc.Write([]byte("bye"))
+		_ = dc.CloseWrite()
+		// All but the tail, once told, so that the relay's write ends
+		// with the tail in the host's send buffer; then nothing more.
+		_, _ = io.ReadFull(dc, make([]byte, <-readUpTo))
+		select {
+		case <-recorded:
+		case <-time.After(20 * time.Second):
+		}
+	}()
+	before := hostSocketQueues(t, dst.Port())
+	c := dialRaw(t, r.client, dst)
+	if _, err := c.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	sent := uploadUntilRelayBlocked(t, c, dst.Port(), before)
+	if err := c.halfClose(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(c); err != nil || string(got) != "bye" {
+		t.Fatalf("the client read %q, %v; want bye and the destination's FIN", got, err)
+	}
+	// The appliance's FIN went first: the client's close completes
+	// (CLOSED) once its FIN is acknowledged, and the stack's endpoint is
+	// closed after its TIME_WAIT (a second) at the latest.
+	waitEndpointState(t, c, tcp.StateClose)
+	time.Sleep(1500 * time.Millisecond)
+	readUpTo <- sent - tail
+	rec, ok := r.record(t, 10*time.Second)
+	close(recorded)
+	if !ok {
+		t.Fatal("no record 10 s after a clean end both ways: the relay waits for the destination to take the upload's tail")
+	}
+	if want := int64(len(hello)) + sent; rec.Result != "ok" || rec.BytesOut != want || rec.BytesOutUnacked <= 0 {
+		t.Errorf("record %s %q, bytes_out %d, bytes_out_unacked %d; want ok, %d, and the tail unacknowledged", rec.Result, rec.Error, rec.BytesOut, rec.BytesOutUnacked, want)
+	}
 }

@@ -181,11 +181,15 @@ func rawConnOf(c net.Conn) syscall.RawConn {
 }
 
 // clientBrokenOf returns what says whether client, under the proxy's
-// wrappers, broke its connection (netstack.Conn's Broken), or nil when it
-// cannot say.
+// wrappers, broke its connection (netstack.Conn's Broken, with what broke
+// it), or nil when it cannot say. The endpoint's closed state alone is
+// also a clean close that completed, both FINs acknowledged, before the
+// relay's end (a destination slow to take the upload): taken for a break,
+// the relay lingered until the destination had acknowledged every byte,
+// the record held back meanwhile, instead of closing it as any clean end.
 func clientBrokenOf(client net.Conn) func() bool {
 	if b, ok := unwrapped(client).(brokenReader); ok {
-		return b.Broken
+		return func() bool { return b.Broken() && b.BrokenError() != nil }
 	}
 	return nil
 }
