@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"errors"
 	"net"
 	"time"
 )
@@ -65,6 +66,13 @@ func (c *hijackedConn) Close() error {
 		// reset, and the answer with it (lingerClose). Its record is
 		// written after the linger: it waits for the body's end.
 		err = lingerClose(c.Conn)
+	case c.destFailed != nil && c.destFailed() && c.lingers != nil && c.lingers():
+		// A WebSocket tunnel whose destination's side failed (a reset,
+		// a TLS failure): its way back was cut short, and a close_notify
+		// and a FIN would tell the client it had all of it (a body cut
+		// short, above). A RST says it was not, once the client has
+		// what was written.
+		go abortWhenSent(c.Conn)
 	case c.lingers != nil && c.lingers():
 		// A second Close (the HTTP/2 server's, after goproxy's) leaves it
 		// to the linger; one after an abort (lingers false) closes.
@@ -112,6 +120,18 @@ func abortWhenSent(c net.Conn) {
 	if p, ok := c.(*plaintextConn); ok {
 		p.endStream(true)
 	}
+}
+
+// tunnelDestinationFailed reports whether the session's WebSocket tunnel
+// ended on its destination's failure: a read of it that failed, not at
+// its end nor by the tunnel's own close or the session's abort.
+func (s *session) tunnelDestinationFailed() bool {
+	u := s.tunnel.Load()
+	if u == nil {
+		return false
+	}
+	p := u.failed.Load()
+	return p != nil && !errors.Is(*p, net.ErrClosed)
 }
 
 // lingersAtEnd reports whether the session's client connection ends with

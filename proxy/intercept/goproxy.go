@@ -69,6 +69,7 @@ func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
 	cc.limit.reclaimed, _ = s.Client.(reclaimable)
 	cc.onClose = rt.connClosed
 	cc.lingers = s.lingersAtEnd // clientend.go
+	cc.destFailed = s.tunnelDestinationFailed
 	cc.h1 = !s.h2
 	rt.cc = cc
 	s.serving.Store(rt)

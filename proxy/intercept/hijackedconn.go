@@ -63,6 +63,8 @@ type hijackedConn struct {
 	// begun: reads return net.ErrClosed since (clientend.go).
 	lingers   func() bool
 	lingering atomic.Bool
+	// destFailed, when set, reports whether a tunnel's destination failed (clientend.go).
+	destFailed func() bool
 	// upload follows goproxy's copy of a WebSocket tunnel's upload, which
 	// reads here: the tunnel's end waits for it (uploadcopy.go).
 	upload uploadCopy

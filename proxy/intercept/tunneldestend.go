@@ -34,7 +34,8 @@ import (
 // client that closed cleanly meanwhile has ended its side, and its
 // upload waits on a destination that takes nothing. A destination whose
 // read failed (a reset, a TLS failure) is not waited for, nor is its
-// client told a clean end: it reads nothing more.
+// client told a clean end: it reads nothing more, and goproxy's close of
+// the client resets it (hijackedConn.Close).
 func (u *upgradedBody) relayDestinationEnd() error {
 	if u.upload == nil || u.endClient == nil || u.failed.Load() != nil || u.upload.overNow() {
 		return nil

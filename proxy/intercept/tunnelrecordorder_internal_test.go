@@ -153,7 +153,8 @@ func TestTunnelReloadDeniedReadNotCounted(t *testing.T) {
 
 // A destination whose read failed (a record that does not decrypt: a TLS
 // failure, no errno) did not end its side: the tunnel's client is not
-// told a clean end (close_notify, FIN), nor does the tunnel wait for the
+// told a clean end (close_notify, FIN) here (goproxy's close of it then
+// resets it: TestTunnelDestinationFailureResetsClient), nor does the tunnel wait for the
 // client's upload as it would after the destination's end. It was (review
 // r1s27 F3), and the tls record said the client had not ended its side
 // while the tunnel's said the destination failed.
