@@ -36,6 +36,12 @@ type recordingBody struct {
 	readErr atomic.Pointer[error]
 	// tunnel: the body is a 101's, a WebSocket's way back.
 	tunnel bool
+	// passed is what a tunnel's copy towards the client
+	// (recordingRWBody.WriteTo, once copying is set) wrote to it: a
+	// read's bytes count towards bytes_in once their write returned
+	// (outcome), not as read.
+	passed        atomic.Int64
+	copyingTunnel atomic.Bool
 	// cutTail is why a tunnel's close reset the destination with the
 	// client's upload not all delivered (upgradedBody.closeDelivering).
 	cutTail atomic.Pointer[error]
@@ -262,6 +268,9 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 	}
 	switch {
 	case b.tunnel:
+		if b.copyingTunnel.Load() {
+			delivered = b.passed.Load()
+		}
 		// Either side may end a tunnel, the client first as well (goproxy
 		// then closes the body: nothing failed), unless it broke its
 		// connection (reset, or vanished): the tunnel is a request under
@@ -420,6 +429,46 @@ func (b *recordingRWBody) Read(p []byte) (int, error) {
 		u.readEnded()
 	}
 	return n, err
+}
+
+// WriteTo is goproxy's copy of the destination's side of the tunnel to
+// the client, w (io.Copy takes it): a read's bytes count towards bytes_in
+// once their write to the client has returned, and only what it wrote
+// (passed). Counted as read, the record counted bytes whose write failed
+// (a client's reset after its FIN), or that it came before: the record
+// is written as soon as the read that brought them with the
+// destination's end has ended the direction. That end now comes only
+// once they are written (readEnded), so that the tunnel's end waits for
+// their write.
+func (b *recordingRWBody) WriteTo(w io.Writer) (int64, error) {
+	b.copyingTunnel.Store(true)
+	u, _ := b.ReadCloser.(*upgradedBody)
+	buf := make([]byte, 32<<10)
+	var total int64
+	for {
+		n, rerr := b.recordingBody.Read(buf)
+		var werr error
+		if n > 0 {
+			var wn int
+			wn, werr = w.Write(buf[:n])
+			b.passed.Add(int64(wn))
+			total += int64(wn)
+			if werr == nil && wn < n {
+				werr = io.ErrShortWrite
+			}
+		}
+		if u != nil {
+			u.readEnded()
+		}
+		switch {
+		case werr != nil:
+			return total, werr
+		case rerr == io.EOF:
+			return total, nil
+		case rerr != nil:
+			return total, rerr
+		}
+	}
 }
 
 // Write writes the client's side of the tunnel, unless a reload has ended

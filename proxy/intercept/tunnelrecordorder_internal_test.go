@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -181,5 +182,65 @@ func TestTunnelDestinationFailureNotRelayedAsItsEnd(t *testing.T) {
 	}
 	if result != "error" {
 		t.Errorf("the tunnel's record says %s, want error", result)
+	}
+}
+
+// failingClientWriter is a tunnel's client connection whose write fails
+// (the client reset after its FIN), after the record, if the record comes
+// within wait; it says whether it did.
+type failingClientWriter struct {
+	recorded       <-chan struct{}
+	wait           time.Duration
+	sawRecordFirst bool
+}
+
+func (w *failingClientWriter) Write([]byte) (int, error) {
+	select {
+	case <-w.recorded:
+		w.sawRecordFirst = true
+	case <-time.After(w.wait):
+	}
+	return 0, syscall.ECONNRESET
+}
+
+// TestTunnelBytesInCountsOnlyWrittenToClient: a tunnel's bytes_in counts
+// what goproxy's copy wrote to the client, not what it read from the
+// destination: a last message that came with the destination's end
+// (TLS 1.2: one read), whose write to the client then failed, was
+// counted, the record written as soon as the read had ended the
+// direction, before the write (bytes_in 1000, 0 written; 3 of 3). The
+// direction ends once the write has returned, and the record after it.
+func TestTunnelBytesInCountsOnlyWrittenToClient(t *testing.T) {
+	up, _, _ := tunnelTLSPairWith(t, tls.VersionTLS12, func(sc *tls.Conn, hw *heldWrites) {
+		_, _ = io.Copy(io.Discard, sc) // until the tunnel's close_notify
+		hw.setHold()
+		_, _ = sc.Write(make([]byte, 1000))
+		_ = sc.CloseWrite()
+		_ = hw.release()
+	})
+	u := &upgradedBody{br: bufio.NewReader(up), conn: up, stop: func() bool { return true }, ended: make(chan struct{}), tunnel: true}
+	rb := &recordingBody{ReadCloser: u, tunnel: true}
+	var (
+		result    string
+		delivered int64
+	)
+	recorded := make(chan struct{})
+	rb.done = endFunc(func() {
+		result, _, delivered = rb.outcome(context.Background(), nil, nil)
+		close(recorded)
+	})
+	b := &recordingRWBody{recordingBody: rb, w: u}
+	w := &failingClientWriter{recorded: recorded, wait: 300 * time.Millisecond}
+	copied := make(chan int64)
+	go func() {
+		n, _ := io.Copy(w, b) // goproxy's copy toward the client
+		copied <- n
+	}()
+	go b.Close() // goproxy's, the client's side having ended
+	n := <-copied
+	<-recorded
+	if w.sawRecordFirst || delivered != n || n != 0 {
+		t.Errorf("record %s, bytes_in %d; the copy wrote %d to the client; the record came before the write returned: %v",
+			result, delivered, n, w.sawRecordFirst)
 	}
 }
