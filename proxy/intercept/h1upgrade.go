@@ -277,7 +277,7 @@ func (u *upgradedBody) boundWrite() {
 	if u.upload != nil {
 		// Bounded by a timer too: a copy that waits on a read of a client
 		// that never ends writes nothing the deadline could cut.
-		if u.awaitBounded(start, u.upload.over(), nil, setBound) == endedAtShutdown {
+		if u.awaitBounded(start, u.upload.over(), nil, setBound, nil) == endedAtShutdown {
 			u.shutCut.Store(true) // before the cut: cutError names it
 			_ = u.conn.SetWriteDeadline(time.Now())
 		}

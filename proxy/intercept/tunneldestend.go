@@ -3,8 +3,12 @@ package intercept
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A destination's half-close (its FIN, or TLS close_notify and FIN) ends
@@ -41,9 +45,26 @@ func (u *upgradedBody) relayDestinationEnd() error {
 		return nil
 	}
 	u.endClient()
-	end := u.awaitBounded(time.Now(), u.upload.over(), u.clientBreak, nil) // clientBreak: Close's broken path settles it
-	if end == endedEarly || u.upload.overNow() {
+	var reset error
+	look := func() bool {
+		if u.reloadCheck != nil && u.reloadCheck() != nil {
+			return true // the check aborted the session: Close records the deny
+		}
+		reset = upstreamReset(u.conn)
+		return reset != nil
+	}
+	end := u.awaitBounded(time.Now(), u.upload.over(), u.clientBreak, nil, look) // clientBreak: Close's broken path settles it
+	if end == endedEarly || u.upload.overNow() || end == endedByLook && reset == nil {
 		return nil
+	}
+	if reset != nil {
+		// The destination's doing, not the client's: kept as the
+		// upload's failed write, as a write that met the reset is.
+		cut := fmt.Errorf("%w%s: the rest of the client's upload not relayed: %w", errDestResetAfterEnd, u.unackedNote(), reset)
+		u.noteWriteErr(cut)
+		u.closing.Store(true)
+		u.stop()
+		return u.resetTail(socketOf(u.conn), cut)
 	}
 	// Kept as the upload's failed write for the tunnel's record
 	// (writeFailed), and told to the connection's (onTailCut).
@@ -71,16 +92,51 @@ func (u *upgradedBody) relayDestinationEnd() error {
 // errUploadUntaken that the destination, having ended its side, did not
 // take what the client sent: a write of it to the destination was
 // waiting.
+// errDestResetAfterEnd that it reset its connection after, before its
+// client ended its own.
 var (
-	errUploadUnended = errors.New("the destination ended its side, and the client had not ended its own")
-	errUploadUntaken = errors.New("the destination ended its side, and took no more of the client's upload")
+	errUploadUnended     = errors.New("the destination ended its side, and the client had not ended its own")
+	errUploadUntaken     = errors.New("the destination ended its side, and took no more of the client's upload")
+	errDestResetAfterEnd = errors.New("the destination ended its side, then reset its connection before the client ended its own")
 )
 
 // destEndCut reports whether err is relayDestinationEnd's cut of the
 // upload: the connection's record says it as the tunnel's does.
 func destEndCut(err error) bool {
-	return errors.Is(err, errUploadUnended) || errors.Is(err, errUploadUntaken)
+	return errors.Is(err, errUploadUnended) || errors.Is(err, errUploadUntaken) || errors.Is(err, errDestResetAfterEnd)
 }
+
+// upstreamReset is the error of c's connection (an upstream's: its host
+// socket, beneath TLS) if it has ended in a reset or a timeout (Linux's
+// TCP_CLOSE), nil otherwise or when it cannot say. Nothing reads a
+// connection whose destination ended its side: its reset after is seen
+// only so (Linux says a reset in CLOSE-WAIT EPIPE: said as the reset).
+func upstreamReset(c net.Conn) error {
+	sc, ok := socketOf(c).(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var ended error
+	_ = rc.Control(func(fd uintptr) {
+		ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil || ti.State != tcpClose {
+			return
+		}
+		ended = syscall.ECONNRESET
+		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 && v != int(syscall.EPIPE) {
+			ended = syscall.Errno(v) // the host's timeout, say
+		}
+	})
+	return ended
+}
+
+// tcpClose is Linux's TCP_CLOSE, a socket's state once its connection
+// was reset or timed out.
+const tcpClose = 7
 
 // halfClose ends the sending side of the client's connection (a TLS
 // close_notify, then the socket's FIN), after what its writes hold, and

@@ -19,6 +19,7 @@ const (
 	endedEarly      boundedEnd = iota // what it waited for, the abort, or the client's break
 	endedAtBound                      // the bound passed
 	endedAtShutdown                   // the stacks are closing
+	endedByLook                       // look said to end it
 )
 
 // awaitBounded waits for done, the session's abort or brk (nil: never),
@@ -28,8 +29,10 @@ const (
 // once the client closed, and the drain's records must be written within
 // its wait: it ends the wait at once (WakeLingers), as it ends the linger.
 // The bound is asked at every look (every tunnelPoll), as the linger asks
-// it, and told to setBound, if set, when it changes.
-func (u *upgradedBody) awaitBounded(start time.Time, done, brk <-chan struct{}, setBound func(time.Duration)) boundedEnd {
+// it, and told to setBound, if set, when it changes; look, if set, is
+// asked then too, and ends the wait when it says so (relayDestinationEnd:
+// what nothing wakes it for, a reload's deny, the upstream's reset).
+func (u *upgradedBody) awaitBounded(start time.Time, done, brk <-chan struct{}, setBound func(time.Duration), look func() bool) boundedEnd {
 	t := time.NewTimer(tunnelPoll)
 	defer t.Stop()
 	last := time.Duration(-1)
@@ -43,6 +46,9 @@ func (u *upgradedBody) awaitBounded(start time.Time, done, brk <-chan struct{}, 
 			setBound(bound)
 		}
 		last = bound
+		if look != nil && look() {
+			return endedByLook
+		}
 		left := bound - time.Since(start)
 		if left <= 0 {
 			return endedAtBound
