@@ -25,10 +25,11 @@ const (
 	destRST                         // a reset
 	destMidRecordFIN                // a FIN inside a TLS record (unexpected EOF)
 	destBadRecord                   // a record that does not decrypt (bad record MAC)
+	destBareFIN                     // a FIN between records, no close_notify: Go's TLS takes it for the end
 )
 
 func (e destEnd) String() string {
-	return [...]string{"close_notify+FIN", "RST", "midRecordFIN", "badRecord"}[e]
+	return [...]string{"close_notify+FIN", "RST", "midRecordFIN", "badRecord", "bareFIN"}[e]
 }
 
 // endingTLSUpgradeUpstream answers a WebSocket upgrade over TLS with
@@ -71,6 +72,9 @@ func endingTLSUpgradeUpstream(t *testing.T, cert *tls.Certificate, n int, end de
 			raw.CloseWrite()
 		case destBadRecord:
 			raw.Write(append([]byte{23, 3, 3, 0, 40}, make([]byte, 40)...))
+		case destBareFIN:
+			raw.CloseWrite()
+			io.Copy(io.Discard, br)
 		}
 		<-done
 	}()
@@ -86,12 +90,15 @@ func endingTLSUpgradeUpstream(t *testing.T, cert *tls.Certificate, n int, end de
 // about a millisecond after the failure, the client taking the tunnel's
 // way back for whole. The tunnel's record says the destination's
 // failure, the connection's tls record ok. A destination that ends its
-// side cleanly is relayed as a clean end, as before.
+// side cleanly is relayed as a clean end, as before, and so is a FIN
+// between TLS records with no close_notify, which Go's TLS takes for the
+// end (records.md says so).
 func TestTunnelDestinationFailureResetsClient(t *testing.T) {
 	for _, tt := range []struct {
 		end       destEnd
 		cleartext bool
-	}{{destCloseNotify, false}, {destRST, false}, {destMidRecordFIN, false}, {destBadRecord, false}, {destCloseNotify, true}, {destRST, true}} {
+	}{{destCloseNotify, false}, {destRST, false}, {destMidRecordFIN, false}, {destBadRecord, false}, {destBareFIN, false},
+		{destCloseNotify, true}, {destRST, true}} {
 		end := tt.end
 		name := end.String()
 		if tt.cleartext {
@@ -129,7 +136,7 @@ func TestTunnelDestinationFailureResetsClient(t *testing.T) {
 			if n != 1000 {
 				t.Errorf("the client got %d bytes of the destination's 1000 (%v)", n, err)
 			}
-			if end == destCloseNotify {
+			if end == destCloseNotify || end == destBareFIN {
 				if err != nil {
 					t.Errorf("the destination's clean end reached the client as %v, want its clean end", err)
 				}
@@ -150,7 +157,7 @@ func TestTunnelDestinationFailureResetsClient(t *testing.T) {
 			if len(tun) != 1 || len(tlsRecs) != 1 {
 				t.Fatalf("records %+v, want a tunnel's and a tls one", recs)
 			}
-			want, wantErr := map[destEnd]string{destCloseNotify: "ok", destRST: "reset", destMidRecordFIN: "error", destBadRecord: "error"}[end],
+			want, wantErr := map[destEnd]string{destCloseNotify: "ok", destBareFIN: "ok", destRST: "reset", destMidRecordFIN: "error", destBadRecord: "error"}[end],
 				map[destEnd]string{destRST: "WebSocket tunnel from the destination, after 1000 bytes: ", destMidRecordFIN: "unexpected EOF", destBadRecord: "bad record MAC"}[end]
 			if rec := tun[0]; rec.Result != want || !strings.Contains(rec.Error, wantErr) || rec.BytesIn != 1000 || rec.BytesOut != 1 {
 				t.Errorf("tunnel record %s %q in=%d out=%d; want %s, error with %q, in=1000 out=1", rec.Result, rec.Error, rec.BytesIn, rec.BytesOut, want, wantErr)
