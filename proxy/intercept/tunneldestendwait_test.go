@@ -3,9 +3,11 @@ package intercept_test
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,6 +86,19 @@ func TestTunnelDestinationEndWaitSeesUpstream(t *testing.T) {
 			}
 			if took := time.Since(start); took > bound/2 {
 				t.Errorf("the tunnel ended %v after the destination's end, want within a look or two (the bound is %v)", took, bound)
+			}
+			if !tc.reload {
+				// The destination's reset reaches the client as one, not
+				// as a lingering close that takes (and drops) what it
+				// still sends: its upload is lost, and it must learn so
+				// (the destination's close_notify and FIN came before).
+				var werr error
+				for end := time.Now().Add(waitLimit); werr == nil && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+					_, werr = c.Write([]byte("more of the upload"))
+				}
+				if !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, syscall.EPIPE) {
+					t.Errorf("the client's writes after the destination's reset: %v, want the connection reset", werr)
+				}
 			}
 			c.Close()
 			recs := r.records()
