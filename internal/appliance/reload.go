@@ -34,26 +34,32 @@ func (a *Appliance) Reload() error {
 		// The hash is of the file's bytes, and a policy is its file's
 		// bytes alone: equal hashes, equal policies. Forgotten before the
 		// new policy is stored: its store wakes the lingers, which
-		// decide again at once, and would go by the old answers.
+		// decide again at once, and would go by the old answers. And
+		// held until the forget after the store: an answer relayed
+		// meanwhile, the old policy still in force, would be observed
+		// at the new generation, and a flow checked between the store
+		// and that forget would pass on it, and keep a pass no later
+		// forget withdraws (review r3s27 F1).
 		if changed = before.File != a.opts.Config || p.ID() != before.Hash; changed {
-			a.destCheck.ForgetObserved()
+			a.destCheck.HoldObserved()
 			reloadForgotten()
 		}
 		return nil
 	}
-	if err := a.policy.ReloadChecked(a.opts.Config, check); err != nil {
+	err := a.policy.ReloadChecked(a.opts.Config, check)
+	if changed {
+		// And forgotten again once it is stored, which ends the hold: an
+		// answer read at the held generation and stored after this
+		// finds the generation moved (ObserveAt), and one read after it
+		// under the old policy finds its flow's policy replaced (review
+		// r6s26 F6). Also after a failed reload, which must not leave
+		// the answers held.
+		a.destCheck.ForgetObserved()
+	}
+	if err != nil {
 		slog.Error("policy reload rejected; the running policy stays", "err", err,
 			"hash", before.Hash, "mode", before.Mode, "default", before.Default, "rules", before.Rules)
 		return err
-	}
-	if changed {
-		// And forgotten again once it is stored: an answer checked between
-		// the two, against the old policy still in force, read the new
-		// generation and was kept, to vouch under the new policy (review
-		// r6s26 F6). One checked before the store and kept after this
-		// finds the generation moved (ObserveAt), and one checked after it
-		// finds its flow's policy replaced.
-		a.destCheck.ForgetObserved()
 	}
 	after := a.policy.Status()
 	logPolicy("policy reloaded", after, "previous_hash", before.Hash, "dns_answers_forgotten", changed)

@@ -163,3 +163,35 @@ func TestReloadForgetsAnswerObservedMidReload(t *testing.T) {
 		t.Fatalf("%d observed names after the reload, want 0: an answer observed during it vouches under the new policy", n)
 	}
 }
+
+// TestReloadHoldsAnswersUntilStored: an answer relayed between the
+// reload's first forget and its store (the hook) is not taken in at all,
+// not only forgotten after the store: a flow checked between the store
+// and the second forget would pass on it, and keep that pass for ever
+// (review r3s27 F1). After the reload, answers are observed again.
+func TestReloadHoldsAnswersUntilStored(t *testing.T) {
+	const open = "policy:\n  default: allow\n"
+	r := configuredRig(t, open)
+	dc := r.app.destCheck
+	answer := forgedAnswer(t, "allowed.example.", netip.MustParseAddr("198.51.100.66"))
+	old := reloadForgotten
+	t.Cleanup(func() { reloadForgotten = old })
+	held := -1
+	reloadForgotten = func() {
+		dc.ObserveAt(dc.Generation(), "vpce-0000000000000001", netip.Addr{}, answer)
+		held = dc.Stats().ObservedNames
+	}
+	if err := os.WriteFile(r.app.opts.Config, []byte(noRogueDNS), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.app.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if held != 0 {
+		t.Fatalf("%d observed names in the reload's window, want 0: an answer relayed before the store was taken in", held)
+	}
+	dc.ObserveAt(dc.Generation(), "vpce-0000000000000001", netip.Addr{}, answer)
+	if n := dc.Stats().ObservedNames; n != 1 {
+		t.Fatalf("%d observed names after the reload, want 1: the reload left the answers held", n)
+	}
+}

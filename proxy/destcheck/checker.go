@@ -540,8 +540,8 @@ func (c *Checker) ObserveAt(gen uint64, endpoint string, client netip.Addr, msg 
 	s := c.observed
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.gen.Load() != gen {
-		return // forgotten while it was read: see ObserveAt
+	if s.gen.Load() != gen || s.held {
+		return // forgotten while it was read (see ObserveAt), or held (HoldObserved)
 	}
 	for n := range r.nchain {
 		if names[n] == "" {
@@ -563,12 +563,13 @@ func (c *Checker) ObserveAt(gen uint64, endpoint string, client netip.Addr, msg 
 // they would vouch for their names for up to MaxTTL and the grace. It
 // advances Generation, so that an answer checked before it and stored after
 // (ObserveAt) is dropped, and so that the proxy checks again the flows whose
-// check passed on an answer it dropped (LookedUp).
+// check passed on an answer it dropped (LookedUp). It ends a hold (HoldObserved).
 func (c *Checker) ForgetObserved() {
 	s := c.observed
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reset()
+	s.held = false
 	s.gen.Add(1)
 }
 

@@ -155,6 +155,28 @@ type store struct {
 	// gen counts the resets (Checker.ForgetObserved): advanced under mu
 	// for writing, and read without it by Checker.Generation.
 	gen atomic.Uint64
+	// held: no answer is taken in (HoldObserved), until the next
+	// ForgetObserved; under mu.
+	held bool
+}
+
+// HoldObserved is ForgetObserved, and takes in no answer after it until
+// the next ForgetObserved. A reload holds from before its store of the new
+// policy until after it: an answer relayed meanwhile, under the old policy
+// still in force, would be observed at the new generation, and a flow
+// checked again (or opened) before the second forget could pass on it and
+// keep that pass at a generation no later reload moves past, and so never
+// be checked again (review r3s27 F1). Held, nothing checked during the
+// reload passes on an observed answer at all, whatever flow asks (spliced
+// TLS, QUIC, a bumped tunnel, the connection's name), and the flows' read
+// paths need no second trigger.
+func (c *Checker) HoldObserved() {
+	s := c.observed
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reset()
+	s.held = true
+	s.gen.Add(1)
 }
 
 func newStore(max, maxPerEndpoint, maxPerClient int) *store {
