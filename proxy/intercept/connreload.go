@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +44,7 @@ type nameRecheck struct {
 	destCheck, checkErr string
 	vouch               destVouch
 	seeded              bool // destCheck has the bump's
+	byCheck             bool // why is the destination check's
 }
 
 // nameDenied decides the session's own name (its ClientHello's) under pol
@@ -65,7 +67,7 @@ func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
 	if !c.seeded {
 		c.destCheck, c.seeded = s.Record.DestCheck, true
 	}
-	c.pol, c.d, c.why = pol, pol.Decide(s.Subject), ""
+	c.pol, c.d, c.why, c.byCheck = pol, pol.Decide(s.Subject), "", false
 	sni := s.Hello.ServerName
 	switch {
 	case s.Hello.ECH && pol.DenyECH():
@@ -75,6 +77,7 @@ func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
 		c.why = "denied by policy"
 	case s.needsDestinationCheck(pol, c.d, sni) && !s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)):
 		c.why = s.checkAfterReload(pol, sni, &c.destCheck, &c.checkErr, &c.vouch)
+		c.byCheck = c.why != ""
 	}
 	return c.d, c.why
 }
@@ -101,6 +104,16 @@ func (s *session) noteNameDenied() {
 	c := &s.nameCheck
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.byCheck && c.checkErr != "" && s.Record.Kind == "tls" {
+		// A check of the name made again after a reload failed (it
+		// passed on an answer the reload forgot) and denies it: the
+		// record's dest_check is that one's, with why, not "ok" next to
+		// an error saying the check failed (review r3s27 F2).
+		s.Record.DestCheck = c.destCheck
+		if !strings.Contains(s.Record.Error, c.checkErr) {
+			s.Record.Error = joinErrors(s.Record.Error, c.checkErr)
+		}
+	}
 	if c.why == "" || s.Record.Kind != "tls" || s.Record.Result != "ok" || c.pol.ID() != s.requestPolicy().ID() {
 		return // allowed, or ended otherwise, or a later policy not decided on
 	}
@@ -127,10 +140,35 @@ func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record,
 	}
 	rec.Status, rec.Rule, rec.Policy = http.StatusForbidden, d.Rule, d.Policy
 	rec.Action, rec.Result, rec.Error = "deny", "denied", s.nameDeniedNote(why)
+	note := "the connection's name is denied"
+	if destCheck, checkErr, ok := s.nameCheckFailure(); ok {
+		if strings.EqualFold(host, s.Hello.ServerName) {
+			// The request's own check would be this one, of the same
+			// name and address: its record gives it as a failed check
+			// of the request's Host (review r3s27 F2).
+			rec.DestCheck, note = destCheck, "the destination address is not one this name resolves to"
+			if checkErr != "" {
+				rec.Error = checkErr
+			}
+		} else if checkErr != "" {
+			rec.Error = joinErrors(rec.Error, checkErr)
+		}
+	}
 	rt.writeDeny(rec, start)
-	resp := denyResponse(req, d.Rule, s.Hello.ServerName, "the connection's name is denied")
+	resp := denyResponse(req, d.Rule, s.Hello.ServerName, note)
 	resp.Close = !inH2Handler(req)
 	return resp
+}
+
+// nameCheckFailure returns, when the policy nameDenied last decided under
+// denies the connection's name for its destination check, that check as
+// it stands and the error of one made here ("" if it failed before the
+// reload, at the bump).
+func (s *session) nameCheckFailure() (destCheck, checkErr string, ok bool) {
+	c := &s.nameCheck
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.destCheck, c.checkErr, c.byCheck
 }
 
 // refuseRedial answers req as a denial when its upstream connection was
