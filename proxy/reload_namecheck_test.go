@@ -108,3 +108,27 @@ func TestReloadNameCheckOtherHostRecord(t *testing.T) {
 		t.Errorf("the request's record: dest_check %q error %q; want none of its own, the note and the name's check's error", rec.DestCheck, rec.Error)
 	}
 }
+
+// TestReloadNameCheckAuditRecorded: under an auditing policy the
+// connection's name failing its check made again lets the connection go
+// on, and its tls record says dest_check mismatch and why, as an audited
+// tunnel's record does (review r3s27 F3).
+func TestReloadNameCheckAuditRecorded(t *testing.T) {
+	const literal = "\n    - name: literal\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: allow\n"
+	after := strings.Replace(bumpTrustedDNSPolicy, "default: deny", "mode: audit\n  default: deny", 1) + literal
+	if after == bumpTrustedDNSPolicy+literal {
+		t.Fatal("the audit policy is the enforcing one")
+	}
+	_, get, reload, end := nameCheckRig(t, bumpAnyDNSPolicy+literal, after, "127.0.0.1")
+	if code := get("/before"); code != http.StatusOK {
+		t.Fatalf("before the reload: %d", code)
+	}
+	reload()
+	if code := get("/after"); code != http.StatusOK {
+		t.Fatalf("after the reload: %d, want 200: audited", code)
+	}
+	tlsRec := end()
+	if tlsRec.DestCheck != "mismatch" || tlsRec.Result != "ok" || !strings.Contains(tlsRec.Error, "no address of allowed.example could be looked up") {
+		t.Errorf("the tls record: dest_check %q result %q error %q; want mismatch, ok, the check's error", tlsRec.DestCheck, tlsRec.Result, tlsRec.Error)
+	}
+}

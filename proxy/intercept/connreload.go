@@ -104,11 +104,14 @@ func (s *session) noteNameDenied() {
 	c := &s.nameCheck
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.byCheck && c.checkErr != "" && s.Record.Kind == "tls" {
+	if c.checkErr != "" && s.Record.Kind == "tls" {
 		// A check of the name made again after a reload failed (it
-		// passed on an answer the reload forgot) and denies it: the
-		// record's dest_check is that one's, with why, not "ok" next to
-		// an error saying the check failed (review r3s27 F2).
+		// passed on an answer the reload forgot): the record's
+		// dest_check is that one's, with why, not "ok" next to an error
+		// saying the check failed (review r3s27 F2); and so under an
+		// auditing policy that let the connection go on too, as an
+		// audited tunnel's record says it: an audit that read "ok"
+		// would hide what enforcing would cut (review r3s27 F3).
 		s.Record.DestCheck = c.destCheck
 		if !strings.Contains(s.Record.Error, c.checkErr) {
 			s.Record.Error = joinErrors(s.Record.Error, c.checkErr)
