@@ -56,6 +56,9 @@ type Conn struct {
 	// of its own abort (the stacks closing), which is not the client's
 	// and is not kept as clientBroke: brokenNotEOF says it (clientbreak.go).
 	stackAborted atomic.Bool
+	// resetAfterFIN says BrokenError took the stack's one report of a
+	// reset after the client's FIN, which it says again after.
+	resetAfterFIN atomic.Bool
 	// local and remote are the flow's destination and client, fixed at
 	// accept: gonet's addresses are nil once the endpoint is not
 	// connected, which callers such as x/net's HTTP/2 server do not
@@ -466,13 +469,19 @@ func (c *Conn) BrokenError() error {
 			//lint:ignore SA2001 waiting for a Write keeping the break is the point
 			c.rw.wmu.Unlock()
 		}
-		return c.ClientBroke()
+		if why := c.ClientBroke(); why != nil || !c.resetAfterFIN.Load() || c.closed() {
+			return why
+		}
+		return ErrResetAfterFIN
 	}
 	if !c.keepClientBreak(terr) {
 		c.keepStackAbort(terr)
 	}
 	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.reclaimed() {
 		// Not the server's Abort: Broken is false once the conn is closed.
+		// Kept for the next caller (not as ClientBroke: a break after
+		// the FIN cut nothing the client sent).
+		c.resetAfterFIN.Store(true)
 		return ErrResetAfterFIN
 	}
 	return c.stackError(terr)

@@ -132,9 +132,9 @@ type relay struct {
 	// the report waits for: the record is written once the destination
 	// has its upload, or the linger's bound has passed.
 	lingering sync.WaitGroup
-	// clientBroken says whether the client broke its connection (nil:
-	// the client cannot say).
-	clientBroken func() bool
+	// clientBroken is what broke the client's connection, nil if nothing
+	// did (nil itself: the client cannot say).
+	clientBroken func() error
 	// aborting is held by watchBroken's abort of the destination, which
 	// the report waits for: closing the socket wakes the other direction,
 	// which may end the relay while that Close is still under way, before
@@ -166,7 +166,7 @@ func (r *relay) ended() {
 		return
 	}
 	// Asked before the client's close, after which it says no more.
-	broken := r.clientBroken != nil && r.clientBroken()
+	broken := r.clientBreakAtEnd() != nil
 	r.client.Close()
 	if r.finPassed.Load() && (broken || r.lingerOwed.Load()) {
 		// The destination's direction may have ended on a failed write
@@ -366,7 +366,7 @@ func (h *halfRelay) abort(why error, fromDest bool) error {
 // on if one came first, or resets both (an upload cut short); the
 // destination gets its whole upload either way (relayfin.go).
 func (h *halfRelay) toBrokenClient() bool {
-	return h == &h.r.in && h.r.clientBroken != nil && h.r.clientBroken()
+	return h == &h.r.in && h.r.clientBroken != nil && h.r.clientBroken() != nil
 }
 
 func (h *halfRelay) finish(err error) {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
@@ -187,11 +188,35 @@ func rawConnOf(c net.Conn) syscall.RawConn {
 // relay's end (a destination slow to take the upload): taken for a break,
 // the relay lingered until the destination had acknowledged every byte,
 // the record held back meanwhile, instead of closing it as any clean end.
-func clientBrokenOf(client net.Conn) func() bool {
+func clientBrokenOf(client net.Conn) func() error {
 	if b, ok := unwrapped(client).(brokenReader); ok {
-		return func() bool { return b.Broken() && b.BrokenError() != nil }
+		return func() error {
+			if !b.Broken() {
+				return nil
+			}
+			return b.BrokenError()
+		}
 	}
 	return nil
+}
+
+// clientBreakAtEnd is what broke the client's connection as the relay
+// ends, nil if nothing did; one after the FIN passed on is kept for the
+// record, as watchBroken keeps the one it sees (the linger it brings is
+// said: "the client's connection broke after its FIN"), unless it is the
+// appliance's own (the reclaim's, the stacks closing).
+func (r *relay) clientBreakAtEnd() error {
+	if r.clientBroken == nil {
+		return nil
+	}
+	why := r.clientBroken()
+	w := r.stalls
+	own := errors.Is(why, netstack.ErrMemoryReclaimed) || w != nil && w.stacksClosing != nil && w.stacksClosing.Load()
+	if why != nil && !own && r.finPassed.Load() {
+		err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
+		r.broke.CompareAndSwap(nil, &err)
+	}
+	return why
 }
 
 // unwrapped is c under the proxy's wrappers (wrappedConn).
