@@ -345,3 +345,36 @@ func TestConnCountsOnlyItsOwnConnection(t *testing.T) {
 		t.Error("after a new connection on the flow, the old conn's FIN reads as acknowledged")
 	}
 }
+
+// TestTCPUnackedPastTwoGiB: the count of what the client has not
+// acknowledged holds after 2 GiB and 4 GiB have gone: it compared SND.UNA
+// with the connection's first byte, which lies "after" it in sequence
+// space once 2 GiB have been acknowledged, and said 0 with 1.27 MB in
+// flight (found by review r5s27 F1: a tunnel's client reset once its
+// writes were acknowledged threw them away).
+func TestTCPUnackedPastTwoGiB(t *testing.T) {
+	client, server := groFamilies[0].client, groFamilies[0].server
+	for _, written := range []int64{1<<31 + 5, 3_300_000_000, 5<<30 + 7} {
+		var f Flow
+		stack := stackSends(t, &f, client, server)
+		const iss, seg, segs = 0x1000, 60_000, 20
+		const inFlight = seg * segs
+		stack(iss, header.TCPFlagSyn|header.TCPFlagAck, 0)
+		f.tcpAcked(iss + 1)
+		end := uint32(iss) + 1 + uint32(written)
+		for i := range uint32(segs) { // the window's last segments
+			stack(end-inFlight+i*seg, header.TCPFlagAck, seg)
+		}
+		if got, ok := f.tcpUnacked(written); !ok || got != inFlight {
+			t.Errorf("%d bytes written: unacked %d, %v; want %d", written, got, ok, inFlight)
+		}
+		f.tcpAcked(end - 1000)
+		if got, _ := f.tcpUnacked(written); got != 1000 {
+			t.Errorf("%d bytes written, all but 1000 acknowledged: unacked %d", written, got)
+		}
+		f.tcpAcked(end)
+		if got, _ := f.tcpUnacked(written); got != 0 {
+			t.Errorf("%d bytes written, all acknowledged: unacked %d", written, got)
+		}
+	}
+}

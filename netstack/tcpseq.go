@@ -104,14 +104,16 @@ func (f *Flow) tcpUnacked(written int64) (int, bool) {
 	}
 	start := uint32(iss) + 1       // the SYN's own sequence number is no byte
 	end := start + uint32(written) // modulo 2^32: a send buffer is far less
-	una := uint32(f.snd.Load() >> 32)
-	if seqAfter(start, una) {
-		una = start // the SYN-ACK not yet acknowledged
+	// Modulo 2^32 too, never against start: once 2 GiB had gone, SND.UNA
+	// looked before start, and the count said 0 with megabytes in flight.
+	switch d := end - uint32(f.snd.Load()>>32); {
+	case d >= 1<<31:
+		return 0, true // SND.UNA past the end: the FIN acknowledged too
+	case int64(d) > written:
+		return int(written), true // the SYN-ACK not yet acknowledged
+	default:
+		return int(d), true
 	}
-	if !seqAfter(end, una) {
-		return 0, true // all of it, the FIN too maybe
-	}
-	return int(end - una), true
 }
 
 // tcpFINAcked reports whether the client acknowledged the FIN that follows
