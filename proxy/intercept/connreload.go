@@ -47,6 +47,19 @@ type nameRecheck struct {
 	byCheck             bool // why is the destination check's
 }
 
+// nameVerdict is the connection's own name decided under a policy: the
+// decision and why it denies the connection ("" if it does not), and, when
+// why is the destination check's (byCheck), that check as it stands and the
+// error of one made here ("" if it failed before the reload, at the bump),
+// read in the one critical section that decided, so that a request does
+// not take another policy's check as its own.
+type nameVerdict struct {
+	d                   policy.Decision
+	why                 string
+	destCheck, checkErr string
+	byCheck             bool
+}
+
 // nameDenied decides the session's own name (its ClientHello's) under pol
 // as a new connection's would be, destination check included
 // (checkAfterReload), once per policy: it returns pol's decision and why
@@ -55,15 +68,32 @@ type nameRecheck struct {
 // answer the reload forgot, is made here, for at most
 // DestinationCheckTimeout, the session's other requests waiting meanwhile.
 func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
+	v := s.decideName(pol)
+	return v.d, v.why
+}
+
+// decideName is nameDenied, with the check that denied.
+func (s *session) decideName(pol *policy.Policy) nameVerdict {
 	if pol == nil || pol == s.Policy || s.Hello == nil {
-		return s.Decision, ""
+		return nameVerdict{d: s.Decision}
 	}
 	c := &s.nameCheck
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if pol == c.pol {
-		return c.d, c.why
+	if pol != c.pol {
+		s.decideNameLocked(pol)
 	}
+	v := nameVerdict{d: c.d, why: c.why, byCheck: c.byCheck}
+	if c.byCheck {
+		v.destCheck, v.checkErr = c.destCheck, c.checkErr
+	}
+	return v
+}
+
+// decideNameLocked decides the connection's name under pol, a policy not
+// decided on yet; c.mu held.
+func (s *session) decideNameLocked(pol *policy.Policy) {
+	c := &s.nameCheck
 	if !c.seeded {
 		c.destCheck, c.seeded = s.Record.DestCheck, true
 	}
@@ -79,7 +109,6 @@ func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
 		c.why = s.checkAfterReload(pol, sni, &c.destCheck, &c.checkErr, &c.vouch)
 		c.byCheck = c.why != ""
 	}
-	return c.d, c.why
 }
 
 // errNameDenied fails the dial of a further upstream connection for a
@@ -137,41 +166,31 @@ func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record,
 	if s.Hello == nil {
 		return nil
 	}
-	d, why := s.nameDenied(pol)
-	if why == "" {
+	v := s.decideName(pol)
+	if v.why == "" {
 		return nil
 	}
+	d := v.d
 	rec.Status, rec.Rule, rec.Policy = http.StatusForbidden, d.Rule, d.Policy
-	rec.Action, rec.Result, rec.Error = "deny", "denied", s.nameDeniedNote(why)
+	rec.Action, rec.Result, rec.Error = "deny", "denied", s.nameDeniedNote(v.why)
 	note := "the connection's name is denied"
-	if destCheck, checkErr, ok := s.nameCheckFailure(); ok {
+	if v.byCheck {
 		if strings.EqualFold(host, s.Hello.ServerName) {
 			// The request's own check would be this one, of the same
 			// name and address: its record gives it as a failed check
 			// of the request's Host (review r3s27 F2).
-			rec.DestCheck, note = destCheck, "the destination address is not one this name resolves to"
-			if checkErr != "" {
-				rec.Error = checkErr
+			rec.DestCheck, note = v.destCheck, "the destination address is not one this name resolves to"
+			if v.checkErr != "" {
+				rec.Error = v.checkErr
 			}
-		} else if checkErr != "" {
-			rec.Error = joinErrors(rec.Error, checkErr)
+		} else if v.checkErr != "" {
+			rec.Error = joinErrors(rec.Error, v.checkErr)
 		}
 	}
 	rt.writeDeny(rec, start)
 	resp := denyResponse(req, d.Rule, s.Hello.ServerName, note)
 	resp.Close = !inH2Handler(req)
 	return resp
-}
-
-// nameCheckFailure returns, when the policy nameDenied last decided under
-// denies the connection's name for its destination check, that check as
-// it stands and the error of one made here ("" if it failed before the
-// reload, at the bump).
-func (s *session) nameCheckFailure() (destCheck, checkErr string, ok bool) {
-	c := &s.nameCheck
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.destCheck, c.checkErr, c.byCheck
 }
 
 // refuseRedial answers req as a denial when its upstream connection was

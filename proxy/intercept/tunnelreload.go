@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -155,9 +156,22 @@ func (r *tunnelReload) decide(pol *policy.Policy) string {
 	if r.s.Hello != nil {
 		// The connection's own name, which its upstream connections
 		// carry, and its ECH (connreload.go).
-		if nd, why := r.s.nameDenied(pol); why != "" {
-			r.d = nd
-			return r.s.nameDeniedNote(why)
+		if v := r.s.decideName(pol); v.why != "" {
+			r.d = v.d
+			if v.byCheck {
+				// The name's check failed: its error goes into the
+				// record, and for a request for that name (same name,
+				// same address) it is the request's own check, as for
+				// a new request (refuseDeniedName), not "ok" next to
+				// "fails the destination check" (review r6s27 F1).
+				if strings.EqualFold(r.subj.Domain, r.s.Hello.ServerName) {
+					r.destCheck = v.destCheck
+				}
+				if v.checkErr != "" && !strings.Contains(r.checkErr, v.checkErr) {
+					r.checkErr = joinErrors(r.checkErr, v.checkErr)
+				}
+			}
+			return r.s.nameDeniedNote(v.why)
 		}
 	}
 	return ""
