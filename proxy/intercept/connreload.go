@@ -45,6 +45,10 @@ type nameRecheck struct {
 	vouch               destVouch
 	seeded              bool // destCheck has the bump's
 	byCheck             bool // why is the destination check's
+	// checkDeniedBy is the ID of the last policy that denied the name
+	// for its destination check (refusing its requests while in force),
+	// "" if none did: a later one may allow the name again.
+	checkDeniedBy string
 }
 
 // nameVerdict is the connection's own name decided under a policy: the
@@ -107,7 +111,9 @@ func (s *session) decideNameLocked(pol *policy.Policy) {
 		c.why = "denied by policy"
 	case s.needsDestinationCheck(pol, c.d, sni) && !s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)):
 		c.why = s.checkAfterReload(pol, sni, &c.destCheck, &c.checkErr, &c.vouch)
-		c.byCheck = c.why != ""
+		if c.byCheck = c.why != ""; c.byCheck {
+			c.checkDeniedBy = pol.ID()
+		}
 	}
 }
 
@@ -128,7 +134,9 @@ func (s *session) nameDeniedNote(why string) string {
 // that ended cleanly (a reset, a stall, the client's going say their
 // own: it runs after them), and only under the policy in force at its
 // end (a reload may have allowed the name again; one of the same file,
-// the same ID, decides the same).
+// the same ID, decides the same). A name an enforcing policy denied for
+// its destination check, which that end does not give, is said too, with
+// that policy.
 func (s *session) noteNameDenied() {
 	c := &s.nameCheck
 	c.mu.Lock()
@@ -146,12 +154,23 @@ func (s *session) noteNameDenied() {
 			s.Record.Error = joinErrors(s.Record.Error, c.checkErr)
 		}
 	}
-	if c.why == "" || s.Record.Kind != "tls" || s.Record.Result != "ok" || c.pol.ID() != s.requestPolicy().ID() {
-		return // allowed, or ended otherwise, or a later policy not decided on
+	if c.why != "" && s.Record.Kind == "tls" && s.Record.Result == "ok" && c.pol.ID() == s.requestPolicy().ID() {
+		s.Record.Rule, s.Record.Action, s.Record.Policy = c.d.Rule, "deny", c.d.Policy
+		s.Record.Result = "denied"
+		s.Record.Error = joinErrors(s.Record.Error, "ended by a policy reload: "+s.nameDeniedNote(c.why))
+		if c.byCheck {
+			return // the denial it gives is the check's
+		}
 	}
-	s.Record.Rule, s.Record.Action, s.Record.Policy = c.d.Rule, "deny", c.d.Policy
-	s.Record.Result = "denied"
-	s.Record.Error = joinErrors(s.Record.Error, "ended by a policy reload: "+s.nameDeniedNote(c.why))
+	if c.checkDeniedBy != "" && s.Record.Kind == "tls" {
+		// The check denied the name under an enforcing policy that a
+		// later one (allowing the name again, or ended otherwise)
+		// does not give: else its dest_check mismatch next to the
+		// bump's policy and result ok reads as an audit's, which it
+		// was not (review r6s27 F2).
+		s.Record.Error = joinErrors(s.Record.Error, fmt.Sprintf(
+			"the connection's name was denied after a policy reload, for its destination check, by policy %s, which refused its requests while in force", c.checkDeniedBy))
+	}
 }
 
 // refuseDeniedName refuses req, decided on its Host under pol, when pol

@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/certs"
+	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+	"golang.org/x/net/http2"
+)
+
+// h2NameCheckRig is an HTTP/2 bumped connection (not closed after a 403)
+// to allowed.example, whose SNI's check passed on an observed answer, and
+// a request for path with Host 127.0.0.1 (a dest_cidrs rule allows it);
+// reload loads pol, forgetting the observed answers if forget.
+func h2NameCheckRig(t *testing.T, before string) (r *clsRig, dc *destcheck.Checker, dst netip.AddrPort, get func(path string) int, reload func(pol string, forget bool), end func() records.Record) {
+	ca := clsMust(certs.Generate("untrusted h2 destination CA"))(t)
+	leaf := clsMust(clsMust(certs.NewMinter(ca, certs.MinterOptions{}))(t).LeafFor([]string{"allowed.example"}, nil))(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello") }),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"h2", "http/1.1"}}}
+	go hs.ServeTLS(ln, "", "")
+	t.Cleanup(func() { hs.Close() })
+	dst = ln.Addr().(*net.TCPAddr).AddrPort()
+	dc = destcheck.New(destcheck.Config{})
+	t.Cleanup(dc.Close)
+	r = newClsRig(t, before, clsOptions{bump: true, check: dc.Check, config: wireChecker(dc)})
+	dc.Observe(nameCheckEndpoint, aResponse(dnsQuery(7, "allowed.example", 1), dst.Addr()))
+	c := r.dial(t, dst)
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	roots := x509.NewCertPool()
+	roots.AddCert(r.ca.Certificate())
+	tc := tls.Client(c, &tls.Config{ServerName: "allowed.example", RootCAs: roots, NextProtos: []string{"h2"}})
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get = func(path string) int {
+		req, _ := http.NewRequest("GET", "https://127.0.0.1"+path, nil)
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	reload = func(pol string, forget bool) {
+		if forget {
+			dc.HoldObserved()
+		}
+		r.reloadPolicy(t, pol)
+		if forget {
+			dc.ForgetObserved()
+		}
+	}
+	end = func() records.Record {
+		cc.Close()
+		c.Close()
+		return r.record(t, c, "tls")
+	}
+	return r, dc, dst, get, reload, end
+}
+
+// nameCheckEndpoint is the rig's client's endpoint.
+var nameCheckEndpoint = fmt.Sprintf("vpce-%017x", uint64(0x0123456789abcdef))
+
+// TestReloadNameCheckThenAllowedRecord: an HTTP/2 bumped connection (not
+// closed after a 403) whose SNI's check passed on an observed answer. A
+// reload to an enforcing policy forgets it: the name's check made again
+// fails, and a request for another Host is refused. A second reload turns
+// the check off: the name is allowed again, and the connection ends
+// cleanly. Its tls record keeps dest_check mismatch and the check's error,
+// and says which enforcing policy denied the name and refused its
+// requests, not only the bump's policy next to result ok, as an audit's
+// record reads (review r6s27 F2).
+func TestReloadNameCheckThenAllowedRecord(t *testing.T) {
+	const literal = "\n    - name: literal\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: allow\n"
+	r, _, _, get, reload, end := h2NameCheckRig(t, bumpAnyDNSPolicy+literal)
+	codes := []int{get("/before")}
+	reload(bumpTrustedDNSPolicy+literal, true)
+	codes = append(codes, get("/after1"))
+	reload(strings.Replace(bumpTrustedDNSPolicy, "  rules:", "  destination_check: off\n  rules:", 1)+literal, true)
+	codes = append(codes, get("/after2"))
+	tlsRec := end()
+	if fmt.Sprint(codes) != "[200 403 200]" {
+		t.Fatalf("codes %v, want [200 403 200]", codes)
+	}
+	denier := httpRecordOf(t, r, "/after1").Policy
+	if denier == "" || denier == tlsRec.Policy {
+		t.Fatalf("the denying policy %q, the bump's %q: want two", denier, tlsRec.Policy)
+	}
+	want := "the connection's name was denied after a policy reload, for its destination check, by policy " + denier
+	if tlsRec.DestCheck != "mismatch" || tlsRec.Result != "ok" || !strings.Contains(tlsRec.Error, "no address of allowed.example could be looked up") ||
+		!strings.Contains(tlsRec.Error, want) {
+		t.Errorf("the tls record: dest_check %q result %q error %q; want mismatch, ok, the check's error and %q", tlsRec.DestCheck, tlsRec.Result, tlsRec.Error, want)
+	}
+}
+
+// TestReloadNameCheckFailureStaysDenied: the connection's name whose check
+// made again after a reload failed (here for want of a resolver, as a
+// transient failure would) stays denied under a later enforcing policy
+// that checks it, with no new check made, even once the name holds for the
+// address again (a new connection's check passes): a failed check is not
+// made again, as a tunnel's or a spliced connection's is not. policy.md
+// says so.
+func TestReloadNameCheckFailureStaysDenied(t *testing.T) {
+	const literal = "\n    - name: literal\n      dest_cidrs: [\"127.0.0.0/8\"]\n      action: allow\n"
+	const other = "\n    - name: other\n      domains: [\"other.example\"]\n      action: allow\n"
+	_, dc, dst, get, reload, end := h2NameCheckRig(t, bumpAnyDNSPolicy+literal)
+	codes := []int{get("/before")}
+	reload(bumpTrustedDNSPolicy+literal, true)
+	codes = append(codes, get("/after1"))
+	// The name holds for the address again, under the policy in force.
+	dc.Observe(nameCheckEndpoint, aResponse(dnsQuery(8, "allowed.example", 1), dst.Addr()))
+	if err := dc.Check(context.Background(), nameCheckEndpoint, "allowed.example", dst.Addr()); err != nil {
+		t.Fatalf("a new check of the name: %v", err)
+	}
+	reload(bumpTrustedDNSPolicy+literal+other, false) // another enforcing policy, the answer kept
+	codes = append(codes, get("/after2"))
+	end()
+	if fmt.Sprint(codes) != "[200 403 403]" {
+		t.Errorf("codes %v, want [200 403 403]: the failed check stands", codes)
+	}
+}
