@@ -209,6 +209,18 @@ func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record,
 	rt.writeDeny(rec, start)
 	resp := denyResponse(req, d.Rule, s.Hello.ServerName, note)
 	resp.Close = !inH2Handler(req)
+	if v.byCheck && !resp.Close {
+		// An HTTP/2 connection refused for its name's failed check is sent
+		// a GOAWAY (x/net's server takes "Connection: close" so), its
+		// streams under way finishing, as an HTTP/1 one is closed: the
+		// check is not made again on it, and it answered 403 to every
+		// request for as long as its client kept it, the failure maybe a
+		// passing one (a lookup error, the lookups' quota spent by
+		// another client during the reload), while a new connection is
+		// checked afresh (review r8s27 F1). A name the policy denies is
+		// refused on a new connection as well: no need.
+		resp.Header.Set("Connection", "close")
+	}
 	return resp
 }
 
