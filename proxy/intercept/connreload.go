@@ -169,7 +169,7 @@ func (s *session) noteNameDenied() {
 		// bump's policy and result ok reads as an audit's, which it
 		// was not (review r6s27 F2).
 		s.Record.Error = joinErrors(s.Record.Error, fmt.Sprintf(
-			"the connection's name was denied after a policy reload, for its destination check, by policy %s, which refused its requests while in force", c.checkDeniedBy))
+			"the connection's name was denied after a policy reload, for its destination check, by policy %s, which refused or ended its requests while in force", c.checkDeniedBy))
 	}
 }
 
