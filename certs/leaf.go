@@ -182,13 +182,18 @@ func (m *Minter) mint(key string, dns []string, ips []net.IP) (*tls.Certificate,
 			return c, nil
 		}
 		start := time.Now()
-		cert, minted, refresh, err := m.sign(dns, ips)
+		cert, _, refresh, err := m.sign(dns, ips)
 		if err != nil {
 			m.mintErrors.Add(1)
 			return nil, err
 		}
 		m.mints.Add(1)
-		if n := m.cache.add(key, cert, minted, refresh); n > 0 {
+		// Served from the leaf's own NotBefore, not the minting's moment:
+		// a caller that read the clock before the minting did, and the
+		// cache after it, took the leaf for one from a clock stepped back,
+		// dropped it and minted again (a second leaf for one name, under a
+		// loaded -race suite).
+		if n := m.cache.add(key, cert, cert.Leaf.NotBefore, refresh); n > 0 {
 			m.evictions.Add(uint64(n))
 		}
 		m.log.Debug("minted leaf certificate", "names", dns, "ips", ips,

@@ -467,3 +467,29 @@ func TestCacheWallStepBack(t *testing.T) {
 		t.Error("the leaf minted after the step was replaced")
 	}
 }
+
+// TestLeafServedToAnEarlierClockReading: a caller that read the clock a
+// moment before the leaf for its name was minted, and the cache after,
+// gets that leaf: it took it for one minted under a clock stepped back,
+// dropped it and minted a second (TestConcurrentLeafMintsOnce, once in a
+// loaded -race suite).
+func TestLeafServedToAnEarlierClockReading(t *testing.T) {
+	m := mustMinter(t, mustGenerate(t), MinterOptions{})
+	now := time.Now()
+	m.now = func() time.Time { return now }
+	first, err := m.Leaf("same.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.now = func() time.Time { return now.Add(-time.Millisecond) }
+	second, err := m.Leaf("same.example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second != first {
+		t.Error("a caller whose clock reading came a moment before the minting got a second leaf")
+	}
+	if s := m.Stats(); s.Mints != 1 {
+		t.Errorf("%d mints, want 1", s.Mints)
+	}
+}
