@@ -154,8 +154,21 @@ func checkNoDesync(t *testing.T, r *rig, o *laxOrigin, cBody string) {
 	if len(raw) == 0 || !strings.Contains(raw[0], "\r\nConnection: close\r\n") {
 		t.Errorf("the request with the body did not ask to close its upstream connection: %q", raw)
 	}
-	if len(served) == 0 || !strings.HasPrefix(served[len(served)-1], "conn 1: GET www.example.test /c") {
-		t.Errorf("GET /c did not go on a new upstream connection: %q", served)
+	// By its connection, not its place: the origin's connections read
+	// apart, and the hidden request, read on the first, may be noted
+	// after /c under load.
+	onNew := 0
+	for _, s := range served {
+		if strings.Contains(s, "GET www.example.test /c") {
+			if !strings.HasPrefix(s, "conn 1: ") {
+				onNew = -1
+				break
+			}
+			onNew++
+		}
+	}
+	if onNew != 1 {
+		t.Errorf("GET /c did not go, once, on a new upstream connection: %q", served)
 	}
 	for _, s := range served {
 		if o.honourClose && strings.Contains(s, "evil") {
