@@ -127,17 +127,25 @@ func (r *relayRig) dialEndpoint(t *testing.T, port uint16) (tcpip.Endpoint, *net
 	ent, ch := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
 	wq.EventRegister(&ent)
 	defer wq.EventUnregister(&ent)
+	start := time.Now()
 	if terr = ep.Connect(tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{198, 18, 9, 9}), Port: port}); terr != nil {
 		if _, ok := terr.(*tcpip.ErrConnectStarted); !ok {
 			t.Fatal(terr)
 		}
-		<-ch
+		select {
+		case <-ch:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the connection through the appliance not made in 20 s (state %v)", tcp.EndpointState(ep.State()))
+		}
+		if terr = ep.LastError(); terr != nil {
+			t.Fatalf("connecting through the appliance, after %v: %v", time.Since(start).Round(time.Millisecond), terr)
+		}
 	}
 	select {
 	case c := <-r.h.conns:
 		return ep, c
 	case <-time.After(5 * time.Second):
-		t.Fatal("the connection did not reach the handler")
+		t.Fatalf("the connection, made in %v, did not reach the handler (state %v)", time.Since(start).Round(time.Millisecond), tcp.EndpointState(ep.State()))
 		return nil, nil
 	}
 }
