@@ -74,12 +74,10 @@ func h2NameCheckRig(t *testing.T, before string) (r *clsRig, dc *destcheck.Check
 	}
 	reload = func(pol string, forget bool) {
 		if forget {
-			dc.HoldObserved()
+			reloadForgetting(t, r, dc, pol)
+			return
 		}
 		r.reloadPolicy(t, pol)
-		if forget {
-			dc.ForgetObserved()
-		}
 	}
 	end = func() records.Record { // the first connection's
 		cc.Close()

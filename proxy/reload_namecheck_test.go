@@ -35,9 +35,7 @@ func nameCheckRig(t *testing.T, before, after, host string) (r *clsRig, get func
 		return resp.StatusCode
 	}
 	reload = func() {
-		dc.HoldObserved()
-		r.reloadPolicy(t, after)
-		dc.ForgetObserved()
+		reloadForgetting(t, r, dc, after)
 	}
 	end = func() records.Record {
 		c.Close()

@@ -77,15 +77,8 @@ func TestReloadNameCheckSameHostTunnelRecord(t *testing.T) {
 	}
 	srv.Delete("allowed.example")
 	time.Sleep(1500 * time.Millisecond) // the lookup's answer runs out
-	dc.HoldObserved()
-	r.reloadPolicy(t, bumpTrustedDNSPolicy)
-	dc.ForgetObserved()
-	relayed := 0
-	for i := range 3 {
-		if send(fmt.Sprintf("after-%d", i)) {
-			relayed++
-		}
-	}
+	reloadForgetting(t, r, dc, bumpTrustedDNSPolicy)
+	relayed := relayedAfter(send)
 	c.Close()
 	ws := httpRecordOf(t, r, "/ws")
 	if relayed != 0 {
@@ -123,15 +116,8 @@ func TestReloadNameCheckOtherHostTunnelRecord(t *testing.T) {
 			if !send("before") {
 				t.Fatal("nothing relayed before the reload")
 			}
-			dc.HoldObserved()
-			r.reloadPolicy(t, after)
-			dc.ForgetObserved()
-			relayed := 0
-			for i := range 3 {
-				if send(fmt.Sprintf("after-%d", i)) {
-					relayed++
-				}
-			}
+			reloadForgetting(t, r, dc, after)
+			relayed := relayedAfter(send)
 			c.Close()
 			ws := httpRecordOf(t, r, "/ws")
 			if mode == "audit" {
@@ -147,4 +133,26 @@ func TestReloadNameCheckOtherHostTunnelRecord(t *testing.T) {
 			}
 		})
 	}
+}
+
+// relayedAfter sends three messages over a tunnel (wsTunnelOpen's send)
+// after a reload, and returns how many came back.
+func relayedAfter(send func(msg string) bool) int {
+	relayed := 0
+	for i := range 3 {
+		if send(fmt.Sprintf("after-%d", i)) {
+			relayed++
+		}
+	}
+	return relayed
+}
+
+// reloadForgetting reloads r to pol in the appliance's order for a changed
+// file: the observed answers held (forgotten, none taken in), the policy
+// stored, then forgotten again and taken in once more (Reload).
+func reloadForgetting(t *testing.T, r *clsRig, dc *destcheck.Checker, pol string) {
+	t.Helper()
+	dc.HoldObserved()
+	r.reloadPolicy(t, pol)
+	dc.ForgetObserved()
 }

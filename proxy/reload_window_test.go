@@ -82,12 +82,7 @@ func TestReloadWindowBumpedTunnel(t *testing.T) {
 	w.reloadOpen(t, r, bumpTrustedDNSPolicy)
 	inWindow := send("in-window") // the tunnel's recheck
 	w.reloadClose()
-	relayed := 0
-	for i := range 3 {
-		if send(fmt.Sprintf("after-%d", i)) {
-			relayed++
-		}
-	}
+	relayed := relayedAfter(send)
 	c.Close()
 	rec := r.record(t, c, "http")
 	if inWindow || relayed > 0 {
@@ -160,12 +155,7 @@ func TestReloadWindowSplicedTLS(t *testing.T) {
 	w.reloadOpen(t, r, trustedDNSPolicy)
 	inWindow := send("in-window")
 	w.reloadClose()
-	relayed := 0
-	for i := range 3 {
-		if send(fmt.Sprintf("after-%d", i)) {
-			relayed++
-		}
-	}
+	relayed := relayedAfter(send)
 	if inWindow || relayed > 0 {
 		t.Errorf("relayed in the window: %v, and %d of 3 after the reload; want none", inWindow, relayed)
 	}
