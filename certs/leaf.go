@@ -182,7 +182,7 @@ func (m *Minter) mint(key string, dns []string, ips []net.IP) (*tls.Certificate,
 			return c, nil
 		}
 		start := time.Now()
-		cert, _, refresh, err := m.sign(dns, ips)
+		cert, refresh, err := m.sign(dns, ips)
 		if err != nil {
 			m.mintErrors.Add(1)
 			return nil, err
@@ -206,13 +206,13 @@ func (m *Minter) mint(key string, dns []string, ips []net.IP) (*tls.Certificate,
 	return v.(*tls.Certificate), nil
 }
 
-// sign creates a leaf and returns it with the time it was minted and the
-// time its cache entry should be dropped.
-func (m *Minter) sign(dns []string, ips []net.IP) (cert *tls.Certificate, minted, refresh time.Time, err error) {
+// sign creates a leaf and returns it with the time its cache entry
+// should be dropped.
+func (m *Minter) sign(dns []string, ips []net.IP) (cert *tls.Certificate, refresh time.Time, err error) {
 	ca := m.ca
 	now := m.now()
 	if !now.Before(ca.notAfter) {
-		return nil, time.Time{}, time.Time{}, fmt.Errorf("mint leaf: CA expired at %s", ca.notAfter.UTC().Format(time.RFC3339))
+		return nil, time.Time{}, fmt.Errorf("mint leaf: CA expired at %s", ca.notAfter.UTC().Format(time.RFC3339))
 	}
 	notBefore := now.Add(-m.backdate)
 	if notBefore.Before(ca.cert.NotBefore) {
@@ -225,11 +225,11 @@ func (m *Minter) sign(dns []string, ips []net.IP) (cert *tls.Certificate, minted
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, time.Time{}, time.Time{}, fmt.Errorf("mint leaf key: %w", err)
+		return nil, time.Time{}, fmt.Errorf("mint leaf key: %w", err)
 	}
 	serial, err := randomSerial()
 	if err != nil {
-		return nil, time.Time{}, time.Time{}, fmt.Errorf("mint leaf: %w", err)
+		return nil, time.Time{}, fmt.Errorf("mint leaf: %w", err)
 	}
 	// Clients match SANs only; a CommonName still helps people reading the
 	// certificate and very old clients. X.509 caps it at 64 characters.
@@ -254,11 +254,11 @@ func (m *Minter) sign(dns []string, ips []net.IP) (cert *tls.Certificate, minted
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
-		return nil, time.Time{}, time.Time{}, fmt.Errorf("mint leaf: %w", err)
+		return nil, time.Time{}, fmt.Errorf("mint leaf: %w", err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, time.Time{}, time.Time{}, fmt.Errorf("mint leaf: parse: %w", err)
+		return nil, time.Time{}, fmt.Errorf("mint leaf: parse: %w", err)
 	}
 	chain := make([][]byte, 0, 1+len(ca.intermediates))
 	chain = append(chain, der)
@@ -266,7 +266,7 @@ func (m *Minter) sign(dns []string, ips []net.IP) (cert *tls.Certificate, minted
 	// Serve a cached leaf for at most half of its remaining life, so every
 	// leaf a client sees still has days left whatever its clock says.
 	refresh = now.Add(notAfter.Sub(now) / 2)
-	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, now, refresh, nil
+	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, refresh, nil
 }
 
 // nameKey normalises one DNS name or IP literal and returns its cache key.
