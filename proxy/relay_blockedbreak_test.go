@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -170,22 +169,17 @@ func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map
 // received and not read.
 func hostSocketQueues(t *testing.T, port uint16) map[string]int64 {
 	t.Helper()
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		t.Skipf("no /proc/net/tcp: %v", err)
-	}
 	suffix := fmt.Sprintf(":%04X", port)
 	out, peerRx := map[string]int64{}, map[string]int64{}
-	for _, l := range strings.Split(string(b), "\n")[1:] {
-		fs := strings.Fields(l)
+	procTCPRows(t, func(fs []string) {
 		switch {
 		case len(fs) < 5:
-			continue
+			return
 		case fs[3] == "01", fs[3] == "04", fs[3] == "05", fs[3] == "08":
 			// Established, or with a FIN sent or taken: the queues
 			// still count.
 		default:
-			continue
+			return
 		}
 		tx, rx, _ := strings.Cut(fs[4], ":")
 		switch {
@@ -196,7 +190,7 @@ func hostSocketQueues(t *testing.T, port uint16) map[string]int64 {
 			n, _ := strconv.ParseInt(rx, 16, 64)
 			peerRx[fs[2]] += n
 		}
-	}
+	})
 	for a := range out {
 		out[a] += peerRx[a]
 	}

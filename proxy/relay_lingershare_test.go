@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -177,22 +176,27 @@ func hostSocketsTo(t *testing.T, port uint16) int {
 // (an inode).
 func countHostSockets(t *testing.T, port uint16, fdOnly bool) int {
 	t.Helper()
-	f, err := os.Open("/proc/net/tcp")
-	if err != nil {
-		t.Skipf("no /proc/net/tcp: %v", err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Scan() // the heading
 	want := fmt.Sprintf(":%04X", port)
 	n := 0
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
+	procTCPRows(t, func(fs []string) {
 		if len(fs) > 9 && strings.HasSuffix(fs[2], want) && fs[3] != "06" && fs[3] != "07" && (!fdOnly || fs[9] != "0") {
 			n++
 		}
-	}
+	})
 	return n
+}
+
+// procTCPRows calls row with the fields of each socket of /proc/net/tcp
+// (local and remote address, state, queues, ...), the heading left out.
+func procTCPRows(t *testing.T, row func(fs []string)) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Skipf("no /proc/net/tcp: %v", err)
+	}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		row(strings.Fields(l))
+	}
 }
 
 // TestRelayLingersHeldToClientShare: one client uploads to a destination
