@@ -57,6 +57,12 @@ func (f *Flow) tcpSent(p *Packet, pkt []byte) {
 			// (SND.NXT-1), which would set the window one back and
 			// have the client's next acknowledgment ignored.
 			return
+		case flags&flagSyn == 0 && una == nxt && was != 0 && end == una:
+			// Ends where the client's acknowledgment is: gVisor's
+			// zero-window probe, one junk byte at SND.UNA-1, which
+			// would start the window one back and count a byte the
+			// client has until it answers (never, if it went away).
+			return
 		case flags&flagSyn != 0, una == nxt:
 			// A SYN-ACK starts a connection; with nothing in flight
 			// (or nothing seen yet) the segment starts the window.
