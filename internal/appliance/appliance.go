@@ -126,6 +126,11 @@ type Options struct {
 	// (netstack.Config.NewStacksAtFullProcs): main passes the Full of its
 	// GOMAXPROCS controller (--adapt-procs).
 	NewStacksAtFullProcs func(newStack func())
+
+	// dnsLookupTimeout bounds the destination check's lookups
+	// (destcheck.DefaultLookupTimeout when zero). No flag sets it: a test
+	// that holds a lookup unanswered sets it past the work it does meanwhile.
+	dnsLookupTimeout time.Duration
 }
 
 // defaultRecordStall outlasts the hiccups of a healthy log sink (a rotation,

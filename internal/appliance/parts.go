@@ -84,7 +84,7 @@ func (a *Appliance) closeCapture(ctx context.Context) {
 // it still accepts what relayed DNS answers vouch for; everything else
 // fails to be checked, and the log says why.
 func newDestCheck(o *Options) *destcheck.Checker {
-	cfg := destcheck.Config{MaxEntries: o.DNSCacheSize}
+	cfg := destcheck.Config{MaxEntries: o.DNSCacheSize, LookupTimeout: o.dnsLookupTimeout}
 	if o.DNSResolver != "" {
 		cfg.Resolver, _ = destcheck.ParseResolver(o.DNSResolver) // Validate checked it
 	} else if r, err := destcheck.SystemResolver(destcheck.ResolvConf); err != nil {

@@ -20,7 +20,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 
-	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 	"github.com/gwlbproxy/gwlbproxy/proxy/sniff/quic"
 )
@@ -124,7 +123,12 @@ func liveHeap() int64 {
 func TestQUICSlowCheckZeroLengthFloodHeldBounded(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "policy.yaml")
 	must(0, os.WriteFile(cfg, []byte(slowCheckQUICPolicy), 0o644))(t)
-	r := newRig(t, func(o *Options) { o.Config = cfg }, nil)
+	// The lookup is held unanswered while the flood runs, which takes
+	// 5 s and more on a loaded machine under the race detector, past the
+	// default 3 s bound: its end would release the flow's datagrams
+	// before the heap is read.
+	const lookupTimeout = 30 * time.Second
+	r := newRig(t, func(o *Options) { o.Config = cfg; o.dnsLookupTimeout = lookupTimeout }, nil)
 	dst := serveUDP(t, netip.AddrPortFrom(r.net.server(5), 0), func([]byte) []byte { return nil })
 	r.dns.Set("slow.example.test", 60, dst.Addr())
 	release := r.dns.Hold()
@@ -150,8 +154,8 @@ func TestQUICSlowCheckZeroLengthFloodHeldBounded(t *testing.T) {
 		batch[i] = empty
 	}
 	sent := 0
-	// The lookup times out after destcheck.DefaultLookupTimeout, and the
-	// heap must be read before: the flood is a number of datagrams the
+	// The lookup times out after lookupTimeout, and the heap must be
+	// read before: the flood is a number of datagrams the
 	// appliance takes in at its own pace (under the race detector about
 	// 9,000 a second here), not a loop against the clock.
 	// Fewer are enough to measure under the detector: 1,000 more at
@@ -190,14 +194,14 @@ func TestQUICSlowCheckZeroLengthFloodHeldBounded(t *testing.T) {
 	heap := func() (int64, uint64) {
 		t.Helper()
 		var prev uint64
-		for i := range 100 {
+		for i := range 1000 { // 10 s: a loaded machine takes seconds
 			st := r.stats()
 			in := st.Netstack.PacketsIn - in0
 			dealt := st.Proxy.UDPCheckDrops + min(in, quic.MaxDatagrams)
 			if dealt >= in && in == prev && i > 0 {
 				break
 			}
-			if i == 99 {
+			if i == 999 {
 				t.Errorf("the appliance left %d of the %d datagrams it took in unread", in-dealt, in)
 			}
 			prev = in
@@ -218,7 +222,7 @@ func TestQUICSlowCheckZeroLengthFloodHeldBounded(t *testing.T) {
 	st := r.stats()
 	t.Logf("sent %d zero-length datagrams, the appliance took in %d in %s: live heap %+d KiB after %d, %+d KiB for the %d after them; udp_check_drops %d",
 		sent, in2, waited.Round(time.Millisecond), (mid-before)>>10, in1, (after-mid)>>10, in2-in1, st.Proxy.UDPCheckDrops)
-	if recs := r.readRecords(); findQUIC(recs, "slow.example.test") != nil || waited >= destcheck.DefaultLookupTimeout {
+	if recs := r.readRecords(); findQUIC(recs, "slow.example.test") != nil || waited >= lookupTimeout {
 		t.Fatalf("the check ended before the heap was read (%s): nothing measured\n%s", waited, summarizeRecords(recs))
 	}
 	if in2-in1 < minTaken {
