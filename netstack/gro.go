@@ -10,14 +10,16 @@ import (
 )
 
 // coalescer merges the consecutive TCP segments of a flow that one reader
-// took in one recvmmsg batch into fewer, bigger ones (gVisor's GRO) before
-// its stack sees them: TCP then runs, acknowledges and wakes its
-// processors once per merged segment instead of once per packet. Nothing
-// waits for more packets: what a batch brought is delivered before the
-// reader reads again. A reader's coalescer serves one stack at a time,
-// entered read-locked like any delivery, and is used by that reader alone.
+// took in one recvmmsg batch into fewer, bigger ones (gVisor's GRO for
+// IPv4, merger6 for IPv6) before its stack sees them: TCP then runs,
+// acknowledges and wakes its processors once per merged segment instead of
+// once per packet. Nothing waits for more packets: what a batch brought is
+// delivered before the reader reads again. A reader's coalescer serves one
+// stack at a time, entered read-locked like any delivery, and is used by
+// that reader alone.
 type coalescer struct {
-	gro gro.GRO
+	gro gro.GRO         // IPv4's
+	m6  merger6         // IPv6's (gro6.go)
 	st  *endpointStack  // the stack of the segments held, or nil
 	out checkedDelivery // between the GRO and st
 	// acks holds the last pure ACK of each flow in the batch that has one
@@ -50,6 +52,7 @@ func (c *coalescer) hold(st *endpointStack, pkt []byte, p *Packet) {
 	c.st = st
 	c.out = checkedDelivery{nic: *dp, ip4: st.ip4, ip6: st.ip6}
 	c.gro.Dispatcher = &c.out
+	c.m6.out = &c.out
 	flow := ackFlow{p.Src, p.Dst, p.SrcPort, p.DstPort}
 	if n := len(c.flows); n == 0 || c.flows[n-1] != flow {
 		c.flows = append(c.flows, flow)
@@ -99,11 +102,12 @@ func (c *coalescer) releaseAcks() {
 }
 
 func (c *coalescer) enqueue(pkt []byte, ipv6 bool) {
+	if ipv6 {
+		c.m6.enqueue(pkt)
+		return
+	}
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	pb.NetworkProtocolNumber = header.IPv4ProtocolNumber
-	if ipv6 {
-		pb.NetworkProtocolNumber = header.IPv6ProtocolNumber
-	}
 	c.gro.Enqueue(pb)
 	pb.DecRef()
 }
@@ -129,12 +133,13 @@ func (c *coalescer) flushLocked(st *endpointStack) {
 	}
 	c.st = nil
 	if st.closed {
-		c.gro.Dispatcher = discardDispatcher{}
+		c.gro.Dispatcher, c.m6.out = discardDispatcher{}, nil
 	}
 	c.releaseAcks()
 	c.flows = c.flows[:0]
 	c.gro.Flush()
-	c.gro.Dispatcher, c.out = nil, checkedDelivery{}
+	c.m6.flush()
+	c.gro.Dispatcher, c.m6.out, c.out = nil, nil, checkedDelivery{}
 }
 
 // checkedDelivery hands what GRO lets out to the stack. GRO checks the IP

@@ -107,35 +107,40 @@ func TestGROMergedTinySegmentsOneChunk(t *testing.T) {
 		{"100B", 100, func(int) int { return 1 }},
 		{"1448B", 1448, func(segs int) int { return segs }},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			client, server := groFamilies[0].client, groFamilies[0].server
-			rec := &viewCounter{}
-			var d stack.NetworkDispatcher = rec
-			st := &endpointStack{link: &link{}}
-			st.link.dispatcher.Store(&d)
-			c := newCoalescer()
-			const segs = 32
-			payload := bytes.Repeat([]byte{'x'}, tc.payload)
-			seq := uint32(1000)
-			for range segs {
-				pkt := clientSegment(client, server, seq, 1, header.TCPFlagAck, payload)
-				seq += uint32(len(payload))
-				p, reason := ParsePacket(pkt, EtherTypeIPv4)
-				if reason != DropNone {
-					t.Fatal(reason)
+		for _, fam := range groFamilies {
+			t.Run(tc.name+"/"+fam.name, func(t *testing.T) {
+				rec := &viewCounter{}
+				var d stack.NetworkDispatcher = rec
+				st := &endpointStack{link: &link{}}
+				st.link.dispatcher.Store(&d)
+				c := newCoalescer()
+				const segs = 32
+				payload := bytes.Repeat([]byte{'x'}, tc.payload)
+				seq := uint32(1000)
+				ether, ipLen := uint16(EtherTypeIPv4), header.IPv4MinimumSize
+				if fam.client.Addr().Is6() {
+					ether, ipLen = EtherTypeIPv6, header.IPv6MinimumSize
 				}
-				c.hold(st, pkt, &p)
-			}
-			c.flush()
-			if len(rec.views) != 1 {
-				t.Fatalf("%d packets delivered, want the %d segments merged into 1", len(rec.views), segs)
-			}
-			if want := header.IPv4MinimumSize + header.TCPMinimumSize + segs*tc.payload; rec.sizes[0] != want {
-				t.Errorf("the merged segment has %d bytes, want %d", rec.sizes[0], want)
-			}
-			if got, want := rec.views[0], tc.wantViews(segs); got != want {
-				t.Errorf("the merged segment has %d views, want %d", got, want)
-			}
-		})
+				for range segs {
+					pkt := clientSegment(fam.client, fam.server, seq, 1, header.TCPFlagAck, payload)
+					seq += uint32(len(payload))
+					p, reason := ParsePacket(pkt, ether)
+					if reason != DropNone {
+						t.Fatal(reason)
+					}
+					c.hold(st, pkt, &p)
+				}
+				c.flush()
+				if len(rec.views) != 1 {
+					t.Fatalf("%d packets delivered, want the %d segments merged into 1", len(rec.views), segs)
+				}
+				if want := ipLen + header.TCPMinimumSize + segs*tc.payload; rec.sizes[0] != want {
+					t.Errorf("the merged segment has %d bytes, want %d", rec.sizes[0], want)
+				}
+				if got, want := rec.views[0], tc.wantViews(segs); got != want {
+					t.Errorf("the merged segment has %d views, want %d", got, want)
+				}
+			})
+		}
 	}
 }
