@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -33,7 +34,13 @@ import (
 // nameRecheck is a bumped session's decision of its own name under a
 // policy other than the one that bumped it.
 type nameRecheck struct {
-	mu  sync.Mutex
+	mu sync.Mutex
+	nameDecision
+}
+
+// nameDecision is a nameRecheck's state, under its mu: a copy of it is
+// what a cancelled decision puts back (decideNameCtx).
+type nameDecision struct {
 	pol *policy.Policy // the policy d and why are under; nil before any
 	d   policy.Decision
 	why string // why pol denies the connection's name, "" if it does not
@@ -78,6 +85,13 @@ func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
 
 // decideName is nameDenied, with the check that denied.
 func (s *session) decideName(pol *policy.Policy) nameVerdict {
+	return s.decideNameCtx(context.Background(), pol)
+}
+
+// decideNameCtx is decideName, its check cancelled by ctx: a decision
+// that ctx cancelled is not kept (the next asks again), and the verdict
+// returned then is no answer (its caller, which cancelled, drops it).
+func (s *session) decideNameCtx(ctx context.Context, pol *policy.Policy) nameVerdict {
 	if pol == nil || pol == s.Policy || s.Hello == nil {
 		return nameVerdict{d: s.Decision}
 	}
@@ -85,7 +99,10 @@ func (s *session) decideName(pol *policy.Policy) nameVerdict {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if pol != c.pol {
-		s.decideNameLocked(pol)
+		was := c.nameDecision
+		if s.decideNameLocked(ctx, pol); ctx.Err() != nil {
+			c.nameDecision = was
+		}
 	}
 	v := nameVerdict{d: c.d, why: c.why, byCheck: c.byCheck}
 	if c.byCheck {
@@ -96,7 +113,7 @@ func (s *session) decideName(pol *policy.Policy) nameVerdict {
 
 // decideNameLocked decides the connection's name under pol, a policy not
 // decided on yet; c.mu held.
-func (s *session) decideNameLocked(pol *policy.Policy) {
+func (s *session) decideNameLocked(ctx context.Context, pol *policy.Policy) {
 	c := &s.nameCheck
 	if !c.seeded {
 		c.destCheck, c.seeded = s.Record.DestCheck, true
@@ -110,7 +127,7 @@ func (s *session) decideNameLocked(pol *policy.Policy) {
 	case c.d.Action == policy.Deny:
 		c.why = "denied by policy"
 	case s.needsDestinationCheck(pol, c.d, sni) && !s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)):
-		c.why = s.checkAfterReload(pol, sni, &c.destCheck, &c.checkErr, &c.vouch)
+		c.why = s.checkAfterReload(ctx, pol, sni, &c.destCheck, &c.checkErr, &c.vouch)
 		if c.byCheck = c.why != ""; c.byCheck {
 			c.checkDeniedBy = pol.ID()
 		}

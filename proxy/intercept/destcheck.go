@@ -82,10 +82,11 @@ func (ic *Interceptor) observedGen() uint64 {
 // never made, or whose pass rested on an observed answer a reload has
 // forgotten since, is made here (policy.DestCheckWithdrawn); any other
 // stands (policy.DestCheckAfterReload). The caller holds the lock of all
-// three.
-func (s *session) checkAfterReload(pol *policy.Policy, host string, destCheck, checkErr *string, v *destVouch) string {
+// three. A check that ctx cancelled is no answer: its caller, which
+// cancelled it, puts back what was there (the "mismatch" written here).
+func (s *session) checkAfterReload(ctx context.Context, pol *policy.Policy, host string, destCheck, checkErr *string, v *destVouch) string {
 	check := func() bool {
-		nv, err := s.checkDestination(context.Background(), host)
+		nv, err := s.checkDestination(ctx, host)
 		if err != nil {
 			*destCheck, *checkErr = "mismatch", err.Error()
 			return true

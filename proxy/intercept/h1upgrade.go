@@ -85,10 +85,11 @@ type upgradedBody struct {
 	// lingerCut, if set, is why that linger is cut short after one
 	// look, nil until it is (Session.CutLinger). Set with tunnel.
 	lingerCut func() *lingerCutReason
-	// reloadCheck, if set, is the tunnel's recheck after a policy
-	// reload: a deny ends that linger too (tunnelReload.check, which
-	// aborts the session). Set with tunnel.
-	reloadCheck func() error
+	// reload, if set, is the tunnel's recheck after a policy reload: a
+	// deny ends that linger too, and relayDestinationEnd's wait
+	// (tunnelReload.check, which aborts the session; made off their
+	// goroutine: reloadLook). Set with tunnel.
+	reload *tunnelReload
 	// endClient, if set, half-closes the tunnel's client connection
 	// (hijackedConn.halfClose): the destination's half-close relayed
 	// (relayDestinationEnd). Set with tunnel.
@@ -277,7 +278,7 @@ func (u *upgradedBody) boundWrite() {
 	if u.upload != nil {
 		// Bounded by a timer too: a copy that waits on a read of a client
 		// that never ends writes nothing the deadline could cut.
-		if u.awaitBounded(start, u.upload.over(), nil, setBound, nil) == endedAtShutdown {
+		if u.awaitBounded(start, u.upload.over(), nil, setBound, nil, nil) == endedAtShutdown {
 			u.shutCut.Store(true) // before the cut: cutError names it
 			_ = u.conn.SetWriteDeadline(time.Now())
 		}

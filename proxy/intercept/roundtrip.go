@@ -381,9 +381,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 			ub.shuttingDown, ub.stallTimeout = s.ic.cfg.ShuttingDown, s.ic.cfg.WriteStallTimeout
 			ub.lingerCut = s.lingerCutErr
 			s.tunnel.Store(ub)
-			if reload != nil {
-				ub.reloadCheck = reload.check
-			}
+			ub.reload = reload
 		}
 		// Under way until the client's break, unless that comes after
 		// its FIN (answer.go); a break before this stands.

@@ -47,13 +47,14 @@ func (u *upgradedBody) relayDestinationEnd() error {
 	u.endClient()
 	var reset error
 	look := func() bool {
-		if u.reloadCheck != nil && u.reloadCheck() != nil {
-			return true // the check aborted the session: Close records the deny
-		}
 		reset = upstreamReset(u.conn)
 		return reset != nil
 	}
-	end := u.awaitBounded(time.Now(), u.upload.over(), u.clientBreak, nil, look) // clientBreak: Close's broken path settles it
+	// A reload's deny ends the wait too (the check aborted the session:
+	// Close records the deny).
+	rl := newReloadLook(u.reload)
+	end := u.awaitBounded(time.Now(), u.upload.over(), u.clientBreak, nil, look, rl) // clientBreak: Close's broken path settles it
+	rl.stop()
 	if end == endedEarly || u.upload.overNow() || end == endedByLook && reset == nil {
 		return nil
 	}

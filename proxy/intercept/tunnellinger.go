@@ -68,7 +68,9 @@ func (u *upgradedBody) closeDelivering() error {
 		if rc, err := sc.SyscallConn(); err == nil {
 			// A write in flight had part of the bound (boundWrite).
 			bound := func() time.Duration { return u.lingerBound() - u.writeWait }
-			unsent, lerr = hostconn.Linger(rc, make([]byte, 16<<10), bound, u.lingerStop)
+			rl := newReloadLook(u.reload)
+			unsent, lerr = hostconn.Linger(rc, make([]byte, 16<<10), bound, func() error { return u.lingerStop(rl) })
+			rl.stop()
 			if errors.Is(lerr, hostconn.ErrTailUndelivered) {
 				// Linger names its own part of the bound: the record
 				// names the whole, which the tunnel waited.
@@ -184,8 +186,9 @@ func (u *upgradedBody) lingerBound() time.Duration {
 // closing (its drain's end: the process exits right after, and the
 // records must be written within the drain's wait), or a policy reload
 // denies the tunnel (the tail goes no further to a destination the
-// policy now denies).
-func (u *upgradedBody) lingerStop() error {
+// policy now denies): rl's answer, its check made off the linger's
+// goroutine, which meanwhile looks on (reloadLook).
+func (u *upgradedBody) lingerStop(rl *reloadLook) error {
 	if u.shuttingDown != nil && u.shuttingDown() {
 		return errShutdownLingering
 	}
@@ -194,12 +197,9 @@ func (u *upgradedBody) lingerStop() error {
 			return r.err // after the one look: Linger asks after it
 		}
 	}
-	if u.reloadCheck != nil {
-		// goproxy's copies may have ended (the one towards the broken
-		// client on its first failed write) and check nothing more.
-		return u.reloadCheck()
-	}
-	return nil
+	// goproxy's copies may have ended (the one towards the broken
+	// client on its first failed write) and check nothing more.
+	return rl.poll()
 }
 
 // errTailUndelivered says a tunnel's upstream was reset with the client's

@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"sync"
@@ -42,13 +43,19 @@ type tunnelReload struct {
 	unsent bool
 
 	mu sync.Mutex // both directions may find the reload at once
-	// why says why a reload ended the tunnel, and d by which decision;
-	// set once, under mu.
+	// why says why a reload ended the tunnel; set once, under mu.
 	why string
-	d   policy.Decision
+	decided
+}
+
+// decided is what a tunnelReload's decisions found, under its mu: a copy
+// of it is what a cancelled one puts back (recheck).
+type decided struct {
+	// d is the decision that ended the tunnel, or the last made.
+	d policy.Decision
 	// destCheck is the tunnel's destination check ("ok", "mismatch", or ""
 	// if none was made), and checkErr the error of one made here; vouch
-	// what its pass rested on; under mu.
+	// what its pass rested on.
 	destCheck, checkErr string
 	vouch               destVouch
 }
@@ -73,7 +80,23 @@ func (r *tunnelReload) init(s *session, pol *policy.Policy, subj policy.Subject,
 // ends on an HTTP/1 connection has both ends reset (the client's
 // connection and the destination's); an HTTP/2 stream is its reader's to
 // end.
-func (r *tunnelReload) check() error { return r.recheck(false) }
+func (r *tunnelReload) check() error { return r.recheck(context.Background(), false) }
+
+// checkCtx is check, its lookups cancelled by ctx: one that ctx cancelled
+// decides nothing (nil, and the next check decides again), for a waiting
+// tunnel whose wait ended before its answer (reloadLook).
+func (r *tunnelReload) checkCtx(ctx context.Context) error { return r.recheck(ctx, false) }
+
+// due reports whether a check would decide the tunnel again: a policy
+// other than the one it was last decided under is in force. One atomic
+// load and a compare; false for a nil r.
+func (r *tunnelReload) due() bool {
+	if r == nil {
+		return false
+	}
+	pol := r.s.ic.cfg.Policy.Load()
+	return pol != nil && pol != r.pol.Load()
+}
 
 // checkHead is the recheck of a request whose head is about to go
 // upstream, after whatever it waited for since it was decided (a dial, a
@@ -84,7 +107,7 @@ func (r *tunnelReload) check() error { return r.recheck(false) }
 // gone, nor been answered, so a deny ends the request alone, on HTTP/1
 // too: its client gets a 403 (roundTrip) and its connection serves on.
 // nil for a nil r.
-func (r *tunnelReload) checkHead() error { return r.recheck(true) }
+func (r *tunnelReload) checkHead() error { return r.recheck(context.Background(), true) }
 
 // checkAnswer is the recheck of a request whose response head has come,
 // before it goes to the client: a response with no body read to follow
@@ -92,10 +115,10 @@ func (r *tunnelReload) checkHead() error { return r.recheck(true) }
 // went out whole after a reload that denied its name. Nothing of the
 // answer has reached the client, so a deny ends the request alone, as
 // checkHead's does: a 403, its connection serving on. nil for a nil r.
-func (r *tunnelReload) checkAnswer() error { return r.recheck(true) }
+func (r *tunnelReload) checkAnswer() error { return r.recheck(context.Background(), true) }
 
-// recheck is check, or checkHead (checkAnswer) for head.
-func (r *tunnelReload) recheck(head bool) error {
+// recheck is checkCtx, or checkHead (checkAnswer) for head.
+func (r *tunnelReload) recheck(ctx context.Context, head bool) error {
 	if r == nil {
 		return nil
 	}
@@ -111,7 +134,13 @@ func (r *tunnelReload) recheck(head bool) error {
 	if pol == r.pol.Load() { // the other direction decided it meanwhile
 		return nil
 	}
-	if r.why = r.decide(pol); r.why != "" {
+	was := r.decided
+	if r.why = r.decide(ctx, pol); ctx.Err() != nil {
+		// Its waiter ended first: what it found ended nothing.
+		r.decided, r.why = was, ""
+		return nil
+	}
+	if r.why != "" {
 		r.s.ic.denied.Add(1)
 		if head {
 			r.unsent = true
@@ -142,21 +171,21 @@ func (r *tunnelReload) recheck(head bool) error {
 // that found the reload, for at most DestinationCheckTimeout. The
 // tunnel's own check comes before the connection's, so that one that
 // fails is its record's (dest_check), as a spliced connection's is.
-func (r *tunnelReload) decide(pol *policy.Policy) string {
+func (r *tunnelReload) decide(ctx context.Context, pol *policy.Policy) string {
 	d := pol.Decide(r.subj)
 	r.d = d
 	if d.Action == policy.Deny {
 		return "denied by policy"
 	}
 	if r.s.needsDestinationCheck(pol, d, r.subj.Domain) {
-		if why := r.s.checkAfterReload(pol, r.subj.Domain, &r.destCheck, &r.checkErr, &r.vouch); why != "" {
+		if why := r.s.checkAfterReload(ctx, pol, r.subj.Domain, &r.destCheck, &r.checkErr, &r.vouch); why != "" {
 			return why
 		}
 	}
 	if r.s.Hello != nil {
 		// The connection's own name, which its upstream connections
 		// carry, and its ECH (connreload.go).
-		if v := r.s.decideName(pol); v.why != "" {
+		if v := r.s.decideNameCtx(ctx, pol); v.why != "" {
 			r.d = v.d
 			if v.byCheck {
 				// The name's check failed: its error goes into the

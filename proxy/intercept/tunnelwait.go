@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"context"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
@@ -31,8 +32,10 @@ const (
 // The bound is asked at every look (every tunnelPoll), as the linger asks
 // it, and told to setBound, if set, when it changes; look, if set, is
 // asked then too, and ends the wait when it says so (relayDestinationEnd:
-// what nothing wakes it for, a reload's deny, the upstream's reset).
-func (u *upgradedBody) awaitBounded(start time.Time, done, brk <-chan struct{}, setBound func(time.Duration), look func() bool) boundedEnd {
+// what nothing wakes it for, the upstream's reset). rl, if not nil, is
+// the tunnel's reload recheck, started at a look and answered beside the
+// rest: its deny ends the wait (endedByLook).
+func (u *upgradedBody) awaitBounded(start time.Time, done, brk <-chan struct{}, setBound func(time.Duration), look func() bool, rl *reloadLook) boundedEnd {
 	t := time.NewTimer(tunnelPoll)
 	defer t.Stop()
 	last := time.Duration(-1)
@@ -46,7 +49,7 @@ func (u *upgradedBody) awaitBounded(start time.Time, done, brk <-chan struct{}, 
 			setBound(bound)
 		}
 		last = bound
-		if look != nil && look() {
+		if look != nil && look() || rl.poll() != nil {
 			return endedByLook
 		}
 		left := bound - time.Since(start)
@@ -61,8 +64,97 @@ func (u *upgradedBody) awaitBounded(start time.Time, done, brk <-chan struct{}, 
 			return endedEarly
 		case <-brk:
 			return endedEarly
+		case err := <-rl.answer():
+			if rl.took(err) != nil {
+				return endedByLook // the check aborted the session: Close records the deny
+			}
 		case <-t.C:
 		case <-woken:
 		}
+	}
+}
+
+// reloadLook runs a waiting tunnel's reload recheck (tunnelReload.check)
+// off the waiting goroutine. After a reload, the check may make the
+// destination check, a lookup of up to DestinationCheckTimeout (two back
+// to back for a bumped tunnel: its request's name, then the connection's),
+// and a wait that made it itself saw nothing else meanwhile: not the
+// client's end, its break, the session's abort nor the stacks' close,
+// which end it at once (review r5s27 F4). So one check at a time runs on a
+// goroutine of its own, started at a look when a policy other than the
+// tunnel's is in force, and its answer is the wait's to select on. stop,
+// at the wait's end, cancels one under way: the wait ended first, and what
+// it would have found ends nothing (tunnelReload.checkCtx). Nil (no
+// recheck: no policy holder) is a look that never answers. The waiting
+// goroutine's only.
+type reloadLook struct {
+	r      *tunnelReload
+	ctx    context.Context
+	cancel context.CancelFunc
+	res    chan error // the answer of the check under way; nil when none is
+}
+
+// newReloadLook is the reload look of r's tunnel, nil for a nil r.
+func newReloadLook(r *tunnelReload) *reloadLook {
+	if r == nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &reloadLook{r: r, ctx: ctx, cancel: cancel}
+}
+
+// poll returns the answer of the check under way if it has come, else
+// nil, and starts a check when one is due (a policy other than the
+// tunnel's in force: once per policy) and none is under way.
+func (l *reloadLook) poll() error {
+	if l == nil {
+		return nil
+	}
+	if l.res != nil {
+		select {
+		case err := <-l.res:
+			if l.took(err) != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+	if l.r.due() {
+		res := make(chan error, 1)
+		l.res = res
+		go func() {
+			err := l.r.checkCtx(l.ctx)
+			if err != nil {
+				// A linger asks its stop only at its looks (lingerStop):
+				// the deny is seen now.
+				hostconn.WakeLingers()
+			}
+			res <- err
+		}()
+	}
+	return nil
+}
+
+// answer is the channel of the answer of the check under way, nil (never
+// ready) when none is.
+func (l *reloadLook) answer() <-chan error {
+	if l == nil {
+		return nil
+	}
+	return l.res
+}
+
+// took notes err, the answer of the check under way, received from
+// answer, and returns it.
+func (l *reloadLook) took(err error) error {
+	l.res = nil
+	return err
+}
+
+// stop cancels the check under way, if any: the wait is over.
+func (l *reloadLook) stop() {
+	if l != nil {
+		l.cancel()
 	}
 }
