@@ -108,10 +108,19 @@ func destEndCut(err error) bool {
 }
 
 // upstreamReset is the error of c's connection (an upstream's: its host
-// socket, beneath TLS) if it has ended in a reset or a timeout (Linux's
-// TCP_CLOSE), nil otherwise or when it cannot say. Nothing reads a
-// connection whose destination ended its side: its reset after is seen
-// only so (Linux says a reset in CLOSE-WAIT EPIPE: said as the reset).
+// socket, beneath TLS) if it has ended in a reset or a timeout, nil
+// otherwise or when it cannot say. Nothing reads a connection whose
+// destination ended its side: its reset after is seen only so. Linux's
+// TCP_CLOSE is not enough: a connection both ends closed cleanly ends
+// there too (the peer's FIN then ours, LAST_ACK then CLOSE; ours then
+// the peer's, which leaves the socket CLOSE behind its TIME_WAIT), and
+// was taken for a reset (review r5s27 F3). A reset or a timeout leaves
+// the socket's error (SO_ERROR) set, a clean close does not: so CLOSE
+// with an error is the answer (Linux says a reset in CLOSE-WAIT EPIPE:
+// said as the reset). The error is the socket's to hand out once: this
+// takes it, and a read after sees a plain end (EOF), so it is asked only
+// where the wait ends on a reset found (relayDestinationEnd); one a write
+// or a read took before is not seen here (nil), that one having it.
 func upstreamReset(c net.Conn) error {
 	sc, ok := socketOf(c).(syscall.Conn)
 	if !ok {
@@ -127,8 +136,12 @@ func upstreamReset(c net.Conn) error {
 		if err != nil || ti.State != tcpClose {
 			return
 		}
-		ended = syscall.ECONNRESET
-		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 && v != int(syscall.EPIPE) {
+		switch v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); {
+		case err != nil || v == 0:
+			// A clean close of both ends, or an error taken already.
+		case v == int(syscall.EPIPE):
+			ended = syscall.ECONNRESET
+		default:
 			ended = syscall.Errno(v) // the host's timeout, say
 		}
 	})
@@ -136,7 +149,7 @@ func upstreamReset(c net.Conn) error {
 }
 
 // tcpClose is Linux's TCP_CLOSE, a socket's state once its connection
-// was reset or timed out.
+// was reset or timed out, or closed by both ends.
 const tcpClose = 7
 
 // halfClose ends the sending side of the client's connection (a TLS
