@@ -62,7 +62,7 @@ func (s *session) checkBumpDestination() bool {
 		return false
 	}
 	// Before any request: a reload's recheck of the connection's name
-	// (nameDenied) reads it under its lock.
+	// (decideName) reads it under its lock.
 	s.Record.DestCheck, s.nameCheck.vouch = "ok", v
 	return true
 }

@@ -71,19 +71,14 @@ type nameVerdict struct {
 	byCheck             bool
 }
 
-// nameDenied decides the session's own name (its ClientHello's) under pol
-// as a new connection's would be, destination check included
-// (checkAfterReload), once per policy: it returns pol's decision and why
-// pol denies the connection, "" if it does not (always under the policy
-// that bumped it). A check never made, or whose pass rested on a DNS
-// answer the reload forgot, is made here, for at most
-// DestinationCheckTimeout, the session's other requests waiting meanwhile.
-func (s *session) nameDenied(pol *policy.Policy) (policy.Decision, string) {
-	v := s.decideName(pol)
-	return v.d, v.why
-}
-
-// decideName is nameDenied, with the check that denied.
+// decideName decides the session's own name (its ClientHello's) under
+// pol as a new connection's would be, destination check included
+// (checkAfterReload), once per policy: it returns pol's decision, why pol
+// denies the connection ("" if it does not; always under the policy that
+// bumped it), and the check that denied. A check never made, or whose
+// pass rested on a DNS answer the reload forgot, is made here, for at
+// most DestinationCheckTimeout, the session's other requests waiting
+// meanwhile.
 func (s *session) decideName(pol *policy.Policy) nameVerdict {
 	return s.decideNameCtx(context.Background(), pol)
 }
@@ -135,8 +130,32 @@ func (s *session) decideNameLocked(ctx context.Context, pol *policy.Policy) {
 }
 
 // errNameDenied fails the dial of a further upstream connection for a
-// connection whose name the policy in force denies (redialer).
+// connection whose name the policy in force denies (redialer): a
+// *nameDeniedError is.
 var errNameDenied = errors.New("not dialled again")
+
+// nameDeniedError is errNameDenied with the verdict that refused the dial
+// (v, of the policy in force then), which the refused request's record
+// gives (refuseRedial): its rule and policy, and the name's check that
+// failed, as a request refused before its dial records them
+// (refuseDeniedName); read again after, it could be another policy's.
+type nameDeniedError struct {
+	v    nameVerdict
+	note string // nameDeniedNote's
+}
+
+func (e *nameDeniedError) Error() string { return errNameDenied.Error() + ": " + e.note }
+func (e *nameDeniedError) Unwrap() error { return errNameDenied }
+
+// dialDenied returns the error that fails a dial for the connection's
+// name, denied by the policy in force, nil if it is not.
+func (s *session) dialDenied() error {
+	v := s.decideName(s.requestPolicy())
+	if v.why == "" {
+		return nil
+	}
+	return &nameDeniedError{v: v, note: s.nameDeniedNote(v.why)}
+}
 
 // nameDeniedNote says, for a record, that a reload denied the connection's
 // name, and why.
@@ -206,25 +225,9 @@ func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record,
 	if v.why == "" {
 		return nil
 	}
-	d := v.d
-	rec.Status, rec.Rule, rec.Policy = http.StatusForbidden, d.Rule, d.Policy
-	rec.Action, rec.Result, rec.Error = "deny", "denied", s.nameDeniedNote(v.why)
-	note := "the connection's name is denied"
-	if v.byCheck {
-		if strings.EqualFold(host, s.Hello.ServerName) {
-			// The request's own check would be this one, of the same
-			// name and address: its record gives it as a failed check
-			// of the request's Host (review r3s27 F2).
-			rec.DestCheck, note = v.destCheck, "the destination address is not one this name resolves to"
-			if v.checkErr != "" {
-				rec.Error = v.checkErr
-			}
-		} else if v.checkErr != "" {
-			rec.Error = joinErrors(rec.Error, v.checkErr)
-		}
-	}
+	note := recordNameDenial(rec, v, host, s.Hello.ServerName, s.nameDeniedNote(v.why))
 	rt.writeDeny(rec, start)
-	resp := denyResponse(req, d.Rule, s.Hello.ServerName, note)
+	resp := denyResponse(req, v.d.Rule, s.Hello.ServerName, note)
 	resp.Close = !inH2Handler(req)
 	if v.byCheck && !resp.Close {
 		// An HTTP/2 connection refused for its name's failed check is sent
@@ -241,19 +244,44 @@ func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record,
 	return resp
 }
 
-// refuseRedial answers req as a denial when its upstream connection was
-// not dialled again for the connection's name (err, the round trip's, is
-// errNameDenied): a request decided before the reload, waiting for its
-// dial. nil for any other err.
-func (rt *roundTripper) refuseRedial(req *http.Request, rec *records.Record, err error, start time.Time) *http.Response {
-	if err == nil || !errors.Is(err, errNameDenied) {
+// recordNameDenial puts into rec, the record of a request for host
+// refused for the connection's name (sni) by v, that refusal: v's rule
+// and policy, action deny, result denied, status 403, and why (the
+// record's error). It returns what the 403's body says.
+func recordNameDenial(rec *records.Record, v nameVerdict, host, sni, why string) (note string) {
+	rec.Status, rec.Rule, rec.Policy = http.StatusForbidden, v.d.Rule, v.d.Policy
+	rec.Action, rec.Result, rec.Error = "deny", "denied", why
+	note = "the connection's name is denied"
+	if v.byCheck {
+		if strings.EqualFold(host, sni) {
+			// The request's own check would be this one, of the same
+			// name and address: its record gives it as a failed check
+			// of the request's Host (review r3s27 F2).
+			rec.DestCheck, note = v.destCheck, "the destination address is not one this name resolves to"
+			if v.checkErr != "" {
+				rec.Error = v.checkErr
+			}
+		} else if v.checkErr != "" {
+			rec.Error = joinErrors(rec.Error, v.checkErr)
+		}
+	}
+	return note
+}
+
+// refuseRedial answers req, for host, as a denial when its upstream
+// connection was not dialled again for the connection's name (err, the
+// round trip's, is a *nameDeniedError): a request decided before the
+// reload, waiting for its dial. Its record is what the verdict that
+// refused the dial makes it, as refuseDeniedName's (review r8s27). nil
+// for any other err.
+func (rt *roundTripper) refuseRedial(req *http.Request, rec *records.Record, host string, err error, start time.Time) *http.Response {
+	denied, ok := errors.AsType[*nameDeniedError](err)
+	if !ok {
 		return nil
 	}
-	d, _ := rt.s.nameDenied(rt.s.requestPolicy())
-	rec.Status, rec.Rule, rec.Policy = http.StatusForbidden, d.Rule, d.Policy
-	rec.Action, rec.Result, rec.Error = "deny", "denied", err.Error()
+	note := recordNameDenial(rec, denied.v, host, rt.s.Hello.ServerName, err.Error())
 	rt.writeDeny(rec, start)
-	resp := denyResponse(req, d.Rule, rt.s.Hello.ServerName, "the connection's name is denied")
+	resp := denyResponse(req, denied.v.d.Rule, rt.s.Hello.ServerName, note)
 	resp.Close = !inH2Handler(req)
 	return resp
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"slices"
@@ -47,9 +46,9 @@ func (s *session) redialer(ucfg *tls.Config, name string, groupsKey string) func
 	return func(ctx context.Context, c net.Conn, h1Only bool) (net.Conn, error) {
 		// Not a ClientHello with a name the policy in force denies
 		// (connreload.go): nothing is sent on c.
-		if _, why := s.nameDenied(s.requestPolicy()); why != "" {
+		if err := s.dialDenied(); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("%w: %s", errNameDenied, s.nameDeniedNote(why))
+			return nil, err
 		}
 		cfg := ucfg.Clone()
 		sessions := ic.res.originSessions(s.Subject.Dest)

@@ -322,7 +322,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the session was aborted"), nil
 	}
-	if resp := rt.refuseRedial(req, rec, err, start); resp != nil { // connreload.go
+	if resp := rt.refuseRedial(req, rec, host, err, start); resp != nil { // connreload.go
 		return resp, nil
 	}
 	if err != nil {

@@ -167,8 +167,8 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 		if err := pace.wait(ctx); err != nil {
 			return nil, err
 		}
-		if _, why := s.nameDenied(s.requestPolicy()); why != "" { // connreload.go
-			return nil, fmt.Errorf("%w: %s", errNameDenied, s.nameDeniedNote(why))
+		if err := s.dialDenied(); err != nil { // connreload.go
+			return nil, err
 		}
 		c, err := s.ic.cfg.Dial(ctx, dest)
 		if err != nil {

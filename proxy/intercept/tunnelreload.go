@@ -165,7 +165,7 @@ func (r *tunnelReload) recheck(ctx context.Context, head bool) error {
 
 // decide decides the tunnel or request under pol as a new request on its
 // name would be, destination check included (checkAfterReload), and the
-// connection's own name as a new connection's (nameDenied): it returns why
+// connection's own name as a new connection's (decideName): it returns why
 // pol ends it, or "" if it goes on. A check never made, or whose pass
 // rested on a DNS answer the reload forgot, is made here, in the direction
 // that found the reload, for at most DestinationCheckTimeout. The

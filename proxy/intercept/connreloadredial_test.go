@@ -1,0 +1,98 @@
+package intercept_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+// TestReloadNameCheckRefusedRedialRecord: a request decided before a
+// reload, waiting for its upstream connection's dial, is refused when the
+// reload makes the connection's name fail its destination check (the
+// bump's upstream certificate did not verify, so nothing proved the name).
+// Its record is what the verdict that refused the dial makes it, as for a
+// request refused before its dial: for the connection's own name, that
+// check is its own (dest_check mismatch, the check's error); for another
+// Host, the check's error after the note. It used to say neither, and took
+// its rule and policy from the name decided again (review r8s27).
+func TestReloadNameCheckRefusedRedialRecord(t *testing.T) {
+	const checkErr = "www.example.test resolves to 203.0.113.9"
+	for _, tc := range []struct {
+		host      string
+		destCheck string
+	}{
+		{"www.example.test", "mismatch"},
+		{"api.example.test", ""},
+	} {
+		t.Run(tc.host, func(t *testing.T) {
+			holder := new(policy.Holder)
+			dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
+			redial := make(chan net.Conn)
+			dialing := make(chan struct{}, 4)
+			r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
+				c.Policy = holder
+				c.DestinationCheck = dc.check
+				c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+					dialing <- struct{}{}
+					select {
+					case c := <-redial:
+						return c, nil
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					}
+				}
+			})
+			holder.Store(r.pol)
+			// Not verified (the rule accepts it): nothing proves the name.
+			upEnd, up := r.startUpstreamTCP(r.strangerLeaf("www.example.test"), "http/1.1")
+			up.drop.Store(true) // the kept connection ends after its answer
+			raw, sv := r.connect(upEnd, tlsDest)
+			hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
+			if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: " + tc.host + "\r\n\r\n"); resp.StatusCode != 200 {
+				t.Fatalf("before the reload: %d %q", resp.StatusCode, body)
+			}
+			up.waitClosed(t)
+			io.WriteString(hc.c, "GET /waiting HTTP/1.1\r\nHost: "+tc.host+"\r\n\r\n")
+			select {
+			case <-dialing: // decided under the old policy, dialling
+			case <-time.After(waitLimit):
+				t.Fatalf("no dial for the second request: %+v", r.records())
+			}
+			after := reloadTo(t, holder, fmt.Sprintf(legacyPolicy, "destination_check: dns"))
+			proxyEnd, originEnd := testnet.TCPPair(t)
+			redial <- proxyEnd
+			resp, body := hc.read("the request waiting for its dial")
+			if resp.StatusCode != http.StatusForbidden {
+				t.Errorf("the request waiting for its dial: %d %q, want 403", resp.StatusCode, body)
+			}
+			originEnd.SetReadDeadline(time.Now().Add(waitLimit))
+			if b, _ := io.ReadAll(originEnd); len(b) != 0 {
+				t.Errorf("the destination got %d bytes on the connection dialled after the reload, want none", len(b))
+			}
+			raw.Close()
+			sv.waitDoneOnce(t)
+			recs := ofKind(r.records(), "http")
+			if len(recs) != 2 {
+				t.Fatalf("%d http records, want 2", len(recs))
+			}
+			rec := recs[1]
+			if rec.Path != "/waiting" || rec.Action != "deny" || rec.Rule != "legacy" || rec.Policy != after.ID() ||
+				rec.Result != "denied" || rec.Status != http.StatusForbidden || rec.DestCheck != tc.destCheck || !strings.Contains(rec.Error, checkErr) {
+				t.Errorf("record of the request waiting for its dial: action %s rule %q policy %q status %d result %s dest_check %q error %q; want denied by legacy under %q, dest_check %q, the check's error",
+					rec.Action, rec.Rule, rec.Policy, rec.Status, rec.Result, rec.DestCheck, rec.Error, after.ID(), tc.destCheck)
+			}
+			if tc.destCheck == "" && !strings.Contains(rec.Error, `not dialled again: the connection's name (SNI "www.example.test") is no longer allowed`) {
+				t.Errorf("record of the request for another Host: error %q, want the note before the check's error", rec.Error)
+			}
+		})
+	}
+}
