@@ -3,10 +3,13 @@ package intercept_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -138,6 +141,133 @@ policy:
 				// The check did not answer before the tunnel's end: it
 				// ended nothing, nor is it the record's.
 				t.Errorf("http record: result %q, dest_check %q, error %q, want ok, none, none", h.Result, h.DestCheck, h.Error)
+			}
+		})
+	}
+}
+
+// TestBumpedTunnelDestinationEndWaitNotHeldByNameCheck is
+// TestTunnelDestinationEndWaitNotHeldByReloadCheck for a bumped tunnel,
+// whose recheck makes two checks back to back: its request's name's, then
+// the connection's own name's (its upstream certificate, accepted
+// unverified by the rule, proves neither). The second is slow: the
+// client's end ends the tunnel at once all the same, and the check,
+// cancelled, decides nothing: both records ok, the connection's name not
+// taken for denied; one that fails ends the tunnel, both records denied.
+func TestBumpedTunnelDestinationEndWaitNotHeldByNameCheck(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		deny bool
+	}{{"client ends during the name's check", false}, {"the name's check denies", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var holder policy.Holder
+			checks := make(chan struct{}, 8)
+			r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
+				c.Policy = &holder
+				n := 0
+				c.DestinationCheck = func(ctx context.Context, _, name string, _ netip.Addr) error {
+					n++ // one at a time: under the recheck's lock
+					checks <- struct{}{}
+					if n == 1 {
+						return nil // the request's own name: at once
+					}
+					took := 3 * time.Second
+					if tc.deny {
+						took = 200 * time.Millisecond
+					}
+					select {
+					case <-time.After(took):
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+					if tc.deny {
+						return errors.New(name + " resolves to 203.0.113.9")
+					}
+					return nil
+				}
+			})
+			holder.Store(r.pol)
+			proxyEnd, serverEnd := testnet.TCPPair(t)
+			go func() {
+				serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
+				end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.strangerLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
+				br := bufio.NewReader(end)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				io.WriteString(end, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+				end.Write(make([]byte, 100))
+				end.CloseWrite()       // the destination ends its side: close_notify,
+				serverEnd.CloseWrite() // and its FIN
+				io.Copy(io.Discard, br)
+			}()
+			c, sv := r.connectTCP(proxyEnd, tlsDest)
+			tc2 := tls.Client(c, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
+			tc2.SetDeadline(time.Now().Add(3 * waitLimit))
+			io.WriteString(tc2, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+			br := bufio.NewReader(tc2)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("upgrade: %v %v", resp, err)
+			}
+			if n, err := io.Copy(io.Discard, br); n != 100 || err != nil {
+				t.Fatalf("the destination's 100 bytes and end: got %d, %v", n, err)
+			}
+			after, err := policy.Parse("policy.yaml", []byte(fmt.Sprintf(legacyPolicy, "destination_check: dns")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			reloaded := time.Now()
+			holder.Store(after)
+			if tc.deny {
+				select {
+				case <-sv.done:
+				case <-time.After(3 * waitLimit):
+					t.Fatal("the session did not end")
+				}
+				if took := time.Since(reloaded); took > 2500*time.Millisecond {
+					t.Errorf("the reload's deny ended the tunnel %v after the reload", took.Round(time.Millisecond))
+				}
+			} else {
+				for i := range 2 {
+					select {
+					case <-checks: // the request's name's, then the connection's
+					case <-time.After(waitLimit):
+						t.Fatalf("%d destination checks after the reload, want 2", i)
+					}
+				}
+				time.Sleep(200 * time.Millisecond)
+				fin := time.Now()
+				tc2.CloseWrite() // the client ends its side, the name's check under way
+				c.CloseWrite()
+				select {
+				case <-sv.done:
+				case <-time.After(3 * waitLimit):
+					t.Fatal("the session did not end")
+				}
+				if took := time.Since(fin); took > 300*time.Millisecond {
+					t.Errorf("the client's end ended the tunnel %v after it, the name's check under way", took.Round(time.Millisecond))
+				}
+			}
+			recs := r.records()
+			for _, kind := range []string{"http", "tls"} {
+				ks := ofKind(recs, kind)
+				if len(ks) != 1 {
+					t.Fatalf("%s records %+v, want one", kind, ks)
+				}
+				rec := ks[0]
+				if tc.deny {
+					if rec.Result != "denied" || rec.Action != "deny" || rec.Policy != after.ID() || rec.DestCheck != "mismatch" ||
+						!strings.Contains(rec.Error, "www.example.test resolves to 203.0.113.9") {
+						t.Errorf("%s record: result %q action %q policy %q dest_check %q error %q; want denied under %q, the name's check failed",
+							kind, rec.Result, rec.Action, rec.Policy, rec.DestCheck, rec.Error, after.ID())
+					}
+				} else if rec.Result != "ok" || rec.Action != "bump" || rec.Policy != r.pol.ID() || rec.DestCheck == "mismatch" ||
+					strings.Contains(rec.Error, "policy reload") {
+					t.Errorf("%s record: result %q action %q policy %q dest_check %q error %q; want ok, bump, under %q, nothing of the reload's check",
+						kind, rec.Result, rec.Action, rec.Policy, rec.DestCheck, rec.Error, r.pol.ID())
+				}
 			}
 		})
 	}
