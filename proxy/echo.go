@@ -29,9 +29,9 @@ import (
 //
 // Each flow is decided once, when its first request arrives: against the
 // forbidden destinations, then the policy (protocol icmp). An allowed flow
-// is decided again on its next request after a reload, like a UDP flow: one
-// the new policy denies ends, its record saying so, and is remembered as a
-// denied flow (echoreload.go). A denied flow writes one deny record and stays in the table, without
+// is decided again on its next request or reply after a reload, like a UDP
+// flow: one the new policy denies ends, that packet dropped, its record
+// saying so, and is remembered as a denied flow (echoreload.go). A denied flow writes one deny record and stays in the table, without
 // a socket, so that its further requests (a ping -f) are dropped at the cost
 // of a map lookup, with no record each; it is forgotten once idle for
 // EchoIdleTimeout, and decided afresh on its next request after a reload.
@@ -257,7 +257,7 @@ func (r *echoRelay) flow(req *netstack.EchoRequest, now time.Time) (f *echoSessi
 	f.last.Store(monoclock.Stamp(now))
 	r.flows[k] = f
 	r.p.stats.echoActive.Add(1)
-	go r.serve(k, f, rec)
+	go r.serve(k, f, rec, pol)
 	return f, true, nil
 }
 
@@ -378,7 +378,10 @@ const echoReplyBuf = netstack.DefaultMTU
 // EchoIdleTimeout after its last request, or, until a reply has come,
 // UDPUnansweredTimeout after it, as for UDP: the packet stack forgets an
 // unanswered flow then too, and a later reply could not reach the client.
-func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
+//
+// pol is the policy that opened the flow: a reply that comes under another
+// is decided on before it is relayed (replyReloaded).
+func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record, pol *policy.Policy) {
 	start := time.Now()
 	defer r.p.stats.echoActive.Add(-1)
 	idle := r.p.cfg.EchoIdleTimeout
@@ -388,6 +391,7 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 		proto = 58
 	}
 	var replies int64
+	seen := pol // the policy the flow was last decided under, as serve knows
 	deadline := func() time.Time {
 		if replies == 0 {
 			return monoclock.Time(f.last.Load()).Add(unanswered)
@@ -424,6 +428,15 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record) {
 			continue
 		}
 		req := f.latest.Load()
+		if req == nil {
+			continue // not an answer: no request has gone out yet
+		}
+		if pol := r.p.cfg.Policy.Load(); pol != seen {
+			var ok bool
+			if seen, ok = r.replyReloaded(k, f, time.Now()); !ok {
+				break // ended by a reload: the reply is dropped, the record says why
+			}
+		}
 		// The kernel replaced the client's echo ID with the socket's; the
 		// sequence number and data are the destination's own.
 		reply := *req

@@ -8,7 +8,8 @@ import (
 )
 
 // reloaded decides the allowed echo flow f again under pol, the policy in
-// force since a reload, on its next request: without that, a ping started
+// force since a reload, on its next request (or reply: replyReloaded):
+// without that, a ping started
 // before an operator tightened the policy would go on for as long as it
 // keeps sending. Still allowed, f goes on under pol (its record keeps the
 // rule that opened it). Denied, f leaves the table, and closing its socket
@@ -49,3 +50,28 @@ func (r *echoRelay) reloaded(k echoKey, f *echoSession, req *netstack.EchoReques
 // its denied flows from crowding out other clients'. It is never in the
 // table, and its fields are never written but last.
 var reloadDeniedNoRoom = echoSession{denied: true}
+
+// replyReloaded has serve decide f again, before it relays the
+// destination's next reply, when the policy changed since it last looked:
+// without that, a destination that keeps answering (or sends replies
+// unasked, with the socket's ident) would reach a silent client after a
+// reload that denies the ping, for as long as the flow has not idled, as
+// would a reply to a request sent just before the reload. It is decided as
+// a request would be (reloaded): denied, the flow ends, its record saying
+// so, and is remembered as denied. It returns the policy now looked at,
+// and whether the reply may go: not once a reload ended the flow, on a
+// request or here. r.mu not held.
+func (r *echoRelay) replyReloaded(k echoKey, f *echoSession, now time.Time) (*policy.Policy, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Loaded under r.mu, as flow loads it: an older policy must never
+	// undo what a request decided under a newer one.
+	pol := r.p.cfg.Policy.Load()
+	if r.flows[k] != f {
+		return pol, false // a request after the reload ended it
+	}
+	if f.pol != pol && r.reloaded(k, f, f.latest.Load(), pol, now) != f {
+		return pol, false
+	}
+	return pol, true
+}
