@@ -2,6 +2,8 @@ package netstack
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -31,8 +33,10 @@ type EchoRequest struct {
 func (r *EchoRequest) IPv6() bool { return r.Flow.Dest.Addr().Is6() }
 
 // Reply sends the client an echo reply from the destination carrying data,
-// as the destination answered.
-func (r *EchoRequest) Reply(data []byte) {
+// as the destination answered. It reports why the reply did not go out, if
+// it did not (the drop counted in the server's stats), so that the relay
+// counts only the replies the client may have got.
+func (r *EchoRequest) Reply(data []byte) error {
 	bufp := replyBufPool.Get().(*[]byte)
 	defer replyBufPool.Put(bufp)
 	buf := *bufp
@@ -45,7 +49,7 @@ func (r *EchoRequest) Reply(data []byte) {
 	n := ipLen + 8 + len(data)
 	if innerOff+n > len(buf) || n > r.srv.cfg.MTU {
 		r.srv.stats.drop(DropTooBig)
-		return
+		return fmt.Errorf("a reply of %d bytes is larger than the inner MTU (%d)", n, r.srv.cfg.MTU)
 	}
 	pkt := buf[innerOff : innerOff+n]
 	src, dst := r.Flow.Dest.Addr(), r.Flow.Client.Addr()
@@ -81,8 +85,17 @@ func (r *EchoRequest) Reply(data []byte) {
 		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
 	}
 	// At most the MTU and unfragmented: no fragment table.
-	r.srv.sendInner(r.endpoint, buf, innerOff, n, monoclock.Now(), nil)
+	if !r.srv.sendInner(r.endpoint, buf, innerOff, n, monoclock.Now(), nil) {
+		return ErrEchoNotSent
+	}
+	return nil
 }
+
+// ErrEchoNotSent says an echo reply that fit the MTU was dropped on its way
+// to the client: the packet stack had no flow for it (it forgot an
+// unanswered one) or the send to the GWLB failed. The drop's reason is in
+// the server's stats.
+var ErrEchoNotSent = errors.New("the packet stack could not send it (no flow for it, or the send failed: see the drops in /stats)")
 
 // DropUnavailable counts an echo request the handler could not relay
 // because the host allows no ICMP sockets.

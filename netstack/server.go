@@ -460,23 +460,23 @@ func (s *Server) sendReplies(b *replyBatch) {
 
 // sendInner wraps the inner packet at buf[innerOff:innerOff+n], which the
 // appliance made beside the stack (the echo relay's replies), in its flow's
-// GENEVE header and sends it (see wrapReply).
-func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) {
-	if dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags, false); ok {
-		s.sendDatagram(dgram, gwlb)
-	}
+// GENEVE header and sends it (see wrapReply), reporting whether it went out.
+func (s *Server) sendInner(endpoint uint64, buf []byte, innerOff, n int, now int64, frags *fragTable) bool {
+	dgram, gwlb, ok := s.wrapReply(endpoint, buf, innerOff, n, now, frags, false)
+	return ok && s.sendDatagram(dgram, gwlb)
 }
 
 // sendDatagram sends one GENEVE datagram (outer headroom first) on its own
-// system call, and counts it.
-func (s *Server) sendDatagram(dgram []byte, gwlb netip.AddrPort) {
+// system call, counts it, and reports whether the send succeeded.
+func (s *Server) sendDatagram(dgram []byte, gwlb netip.AddrPort) bool {
 	if err := s.ret.send(dgram, gwlb); err != nil {
 		s.stats.drop(DropSendError)
 		s.stats.lastSendError.Store(err.Error())
-		return
+		return false
 	}
 	s.stats.packetsOut.Add(1)
 	s.stats.bytesOut.Add(uint64(len(dgram) - outerHeadroom))
+	return true
 }
 
 // wrapReply puts the GENEVE header of the inner packet's flow right in front

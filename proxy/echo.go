@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -375,9 +376,10 @@ func (r *echoRelay) forget(k echoKey, f *echoSession) {
 const echoReplyBuf = netstack.DefaultMTU
 
 // serve reads the destination's replies for one echo flow until it idles:
-// EchoIdleTimeout after its last request, or, until a reply has come,
-// UDPUnansweredTimeout after it, as for UDP: the packet stack forgets an
-// unanswered flow then too, and a later reply could not reach the client.
+// EchoIdleTimeout after its last request, or, until a reply has gone out
+// to the client, UDPUnansweredTimeout after it, as for UDP: the packet
+// stack forgets an unanswered flow then too, and a later reply could not
+// reach the client.
 //
 // pol is the policy that opened the flow: a reply that comes under another
 // is decided on before it is relayed (replyReloaded).
@@ -390,8 +392,9 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record, pol *p
 	if f.v6 {
 		proto = 58
 	}
-	var replies int64
-	seen := pol // the policy the flow was last decided under, as serve knows
+	var replies, dropped int64 // replies sent to the client; replies the packet stack dropped
+	var dropErr error          // why the last dropped reply was
+	seen := pol                // the policy the flow was last decided under, as serve knows
 	deadline := func() time.Time {
 		if replies == 0 {
 			return monoclock.Time(f.last.Load()).Add(unanswered)
@@ -441,7 +444,12 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record, pol *p
 		// sequence number and data are the destination's own.
 		reply := *req
 		reply.Seq = uint16(echo.Seq)
-		reply.Reply(echo.Data)
+		// A reply the packet stack dropped (larger than the inner MTU, say)
+		// never reached the client: it is neither a reply nor bytes_in.
+		if err := reply.Reply(echo.Data); err != nil {
+			dropped, dropErr = dropped+1, err
+			continue
+		}
 		replies++
 		f.bytesIn.Add(int64(len(echo.Data)))
 	}
@@ -457,6 +465,13 @@ func (r *echoRelay) serve(k echoKey, f *echoSession, rec *records.Record, pol *p
 	rec.BytesOut, rec.BytesIn = f.bytesOut.Load(), f.bytesIn.Load()
 	if replies == 0 { // not bytesIn: a reply without data (ping -s 0) is a reply
 		rec.Result = "timeout"
+		if dropped > 0 { // the destination did answer: say why the client never saw it
+			what := "the destination's reply was dropped"
+			if dropped > 1 {
+				what = fmt.Sprintf("the destination's %d replies were dropped, the last", dropped)
+			}
+			rec.Error = "no reply reached the client: " + what + ": " + dropErr.Error()
+		}
 	}
 	if reloadWhy != "" {
 		rec.Rule, rec.Action, rec.Policy = reloadRule, policy.Deny.String(), reloadPolicy

@@ -55,6 +55,16 @@ type echoRig struct {
 // the host allows no ping sockets.
 func newEchoRig(t *testing.T, doc string, mutate func(*Config)) *echoRig {
 	t.Helper()
+	return newEchoRigOn(t, doc, mutate, func(h netstack.Handler) (*netstack.Server, *gwlbsim.Endpoint) {
+		return simulatedEndpoint(t, h, false)
+	})
+}
+
+// newEchoRigOn is newEchoRig with the netstack server and endpoint that
+// endpoint starts for the Proxy.
+func newEchoRigOn(t *testing.T, doc string, mutate func(*Config),
+	endpoint func(netstack.Handler) (*netstack.Server, *gwlbsim.Endpoint)) *echoRig {
+	t.Helper()
 	if c, err := icmp.ListenPacket("udp4", "0.0.0.0"); err != nil {
 		t.Skipf("no unprivileged ICMP sockets (net.ipv4.ping_group_range): %v", err)
 	} else {
@@ -64,7 +74,7 @@ func newEchoRig(t *testing.T, doc string, mutate func(*Config)) *echoRig {
 	r.p, _, r.sink = echoProxy(t, doc, mutate)
 	t.Cleanup(r.p.Close)
 	var ep *gwlbsim.Endpoint
-	r.srv, ep = simulatedEndpoint(t, r.p, false)
+	r.srv, ep = endpoint(r.p)
 	var err error
 	if r.client, err = ep.NewClientStack(echoRigClient, echoRigOther); err != nil {
 		t.Fatal(err)
