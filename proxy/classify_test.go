@@ -424,6 +424,12 @@ func TestUnreadableFailsClosed(t *testing.T) {
 		{"SSLv2-format hello", "\x80\x1c\x01\x03\x03\x00\x03\x00\x00\x00\x10\x00\x00\x2f" + strings.Repeat("\xaa", 16), "tls", "ClientHello could not be read: sniff: SSLv2-format", true},
 		{"two spaces", "GET  / HTTP/1.1\r\nHost: denied.example\r\n\r\n", "http", "request head could not be read", false},
 		{"blank line, space after version", "\r\nGET / HTTP/1.1 \r\nHost: denied.example\r\n\r\n", "http", "request head could not be read", false},
+		// Python's http.server splits the line on any whitespace, and
+		// drops it before the method.
+		{"tab after the method", "GET\t/ HTTP/1.1\r\nHost: denied.example\r\n\r\n", "http", "request head could not be read", false},
+		{"space before the method", " GET / HTTP/1.1\r\nHost: denied.example\r\n\r\n", "http", "request head could not be read", false},
+		{"vertical tab after the method", "GET\v/ HTTP/1.1\r\nHost: denied.example\r\n\r\n", "http", "request head could not be read", false},
+		{"no-break space before the method", "\xa0GET / HTTP/1.1\r\nHost: denied.example\r\n\r\n", "http", "request head could not be read", false},
 	}
 	t.Run("names matter", func(t *testing.T) {
 		r := newClsRig(t, clsDenyByName, clsOptions{})

@@ -85,6 +85,8 @@ func FuzzSniffHTTP(f *testing.F) {
 		"\r\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
 		"\n\r\n" + H2Preface,
 		"GET  / HTTP/1.1\r\nHost: a.example\r\n\r\n",
+		"GET\t/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
+		" \xa0GET / HTTP/1.1\r\nHost: a.example\r\n\r\n",
 		"OPTIONS rtsp://cam/s RTSP/1.0\r\n",
 		"SSH-2.0-OpenSSH_9.6\r\n",
 		"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",

@@ -10,12 +10,14 @@ import (
 // HTTP/2 prior-knowledge preface).
 var ErrNotHTTP = errors.New("sniff: not an HTTP/1.x request")
 
-// ErrMalformedHTTP means the bytes start with a known method and a space,
-// and the first line names HTTP ("HTTP/" in any case), but it is not a
-// request line this parser accepts: several spaces, a space after the
-// version, a control byte in the target, a version other than 1.x. Lenient
-// servers (nginx) accept some of these, so such a head must never pass as
-// opaque bytes: it is HTTP whose Host cannot be read.
+// ErrMalformedHTTP means the bytes start with a known method and
+// whitespace, possibly after whitespace, and the first line names HTTP
+// ("HTTP/" in any case), but it is not a request line this parser accepts:
+// several spaces, a tab or other whitespace for a space, whitespace before
+// the method or after the version, a control byte in the target, a version
+// other than 1.x. Lenient servers (nginx, Python's http.server) accept some
+// of these, so such a head must never pass as opaque bytes: it is HTTP
+// whose Host cannot be read.
 var ErrMalformedHTTP = errors.New("sniff: malformed HTTP/1.x request line")
 
 // H2Preface is the client connection preface of HTTP/2 with prior knowledge
@@ -137,8 +139,9 @@ func targetByte(c byte) bool { return c > ' ' && c != 0x7f }
 //   - a *NeedMoreError (ErrNeedMore) while b could still become that; the
 //     returned HTTPRequest then holds what was parsed so far (Method alone,
 //     or the whole request line without Host);
-//   - ErrMalformedHTTP when a known method and a space begin a first line
-//     that names HTTP but is not a valid request line (Method is set);
+//   - ErrMalformedHTTP when a known method and whitespace (isSpace),
+//     possibly after whitespace, begin a first line that names HTTP but is
+//     not a valid request line (Method is set);
 //   - ErrNotHTTP otherwise, including HTTP/0.9 requests (no version),
 //     unknown or lower-case methods, and lines of other protocols that
 //     share methods (RTSP and SIP "OPTIONS", Redis inline "GET key").
@@ -149,24 +152,35 @@ func targetByte(c byte) bool { return c > ' ' && c != 0x7f }
 // bytes next parses them properly.
 func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	var req HTTPRequest
-	sp := bytes.IndexByte(b[:min(len(b), maxMethodLen+1)], ' ')
+	lead := 0
+	for lead < len(b) && isSpace(b[lead]) {
+		lead++
+	}
+	m := b[lead:]
+	sp := indexSpace(m[:min(len(m), maxMethodLen+1)])
 	if sp < 0 {
-		if len(b) <= maxMethodLen && isMethodPrefix(b) {
+		if len(m) <= maxMethodLen && isMethodPrefix(m) {
 			return req, needMore(len(b) + 1)
 		}
 		return req, ErrNotHTTP
 	}
-	req.Method = lookupMethod(b[:sp])
+	req.Method = lookupMethod(m[:sp])
 	if req.Method == "" {
 		return HTTPRequest{}, ErrNotHTTP
 	}
 	// From here on, whatever is not a valid request line is judged by
-	// badLine: a known method and a space may begin a line that lenient
-	// servers still take for HTTP.
+	// badLine: a known method and whitespace may begin a line that lenient
+	// servers still take for HTTP. Python's http.server splits the line on
+	// any whitespace and drops it before the method, Tomcat takes a tab
+	// for a space: whitespace before the method, or other than one space
+	// after it, is such a line, never opaque bytes.
+	if lead > 0 || m[sp] != ' ' {
+		return badLine(b, lead, req.Method)
+	}
 	if req.Method == "PRI" {
 		n := min(len(b), len(H2Preface))
 		if string(b[:n]) != H2Preface[:n] {
-			return badLine(b, req.Method)
+			return badLine(b, 0, req.Method)
 		}
 		if n < len(H2Preface) {
 			return req, needMore(len(H2Preface))
@@ -178,7 +192,7 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	i := 0
 	for i < len(rest) && rest[i] != ' ' {
 		if !targetByte(rest[i]) {
-			return badLine(b, req.Method)
+			return badLine(b, 0, req.Method)
 		}
 		i++
 	}
@@ -186,7 +200,7 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 		return req, needMore(len(b) + 1)
 	}
 	if i == 0 {
-		return badLine(b, req.Method)
+		return badLine(b, 0, req.Method)
 	}
 	target := rest[:i]
 	rest = rest[i+1:]
@@ -194,14 +208,14 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	const version = "HTTP/1."
 	n := min(len(rest), len(version))
 	if string(rest[:n]) != version[:n] {
-		return badLine(b, req.Method)
+		return badLine(b, 0, req.Method)
 	}
 	if len(rest) < len(version)+1 {
 		return req, needMore(len(b) + len(version) + 1 - len(rest))
 	}
 	d := rest[len(version)]
 	if d < '0' || d > '9' {
-		return badLine(b, req.Method)
+		return badLine(b, 0, req.Method)
 	}
 	rest = rest[len(version)+1:]
 	switch {
@@ -212,7 +226,7 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	case rest[0] == '\r' && rest[1] == '\n':
 		rest = rest[2:]
 	default:
-		return badLine(b, req.Method)
+		return badLine(b, 0, req.Method)
 	}
 	req.Target = string(target)
 	req.Proto = protos[d-'0']
@@ -236,19 +250,40 @@ func ParseHTTPRequest(b []byte) (HTTPRequest, error) {
 	}
 }
 
-// badLine judges a first line that begins with a known method and a space
-// but is not a valid request line: ErrMalformedHTTP once the line is
-// complete and names HTTP, ErrNotHTTP once it is complete and does not (an
-// RTSP, SIP or Redis line), and need-more until its LF has come.
-func badLine(b []byte, method string) (HTTPRequest, error) {
-	nl := bytes.IndexByte(b, '\n')
+// badLine judges a first line that begins, at b[from:], with a known
+// method and whitespace but is not a valid request line: ErrMalformedHTTP
+// once the line is complete and names HTTP, ErrNotHTTP once it is complete
+// and does not (an RTSP, SIP or Redis line), and need-more until its LF has
+// come.
+func badLine(b []byte, from int, method string) (HTTPRequest, error) {
+	nl := bytes.IndexByte(b[from:], '\n')
 	if nl < 0 {
 		return HTTPRequest{Method: method}, needMore(len(b) + 1)
 	}
-	if !namesHTTP(b[:nl]) {
+	if !namesHTTP(b[from : from+nl]) {
 		return HTTPRequest{}, ErrNotHTTP
 	}
 	return HTTPRequest{Method: method}, ErrMalformedHTTP
+}
+
+// isSpace reports the bytes some server takes for whitespace in a request
+// line: Python's http.server splits it with str.split() after decoding it
+// as Latin-1, so HT, LF, VT, FF, CR, 0x1c-0x1f, SP, 0x85 and 0xa0.
+func isSpace(c byte) bool {
+	switch c {
+	case ' ', '\t', '\n', '\v', '\f', '\r', 0x1c, 0x1d, 0x1e, 0x1f, 0x85, 0xa0:
+		return true
+	}
+	return false
+}
+
+func indexSpace(b []byte) int {
+	for i, c := range b {
+		if isSpace(c) {
+			return i
+		}
+	}
+	return -1
 }
 
 // namesHTTP reports whether line contains "HTTP/" in any case.

@@ -240,8 +240,14 @@ func classify(buf []byte, stop error) (Result, int) {
 		}
 		return res, 0
 	}
-	if buf[0]&0x80 != 0 { // neither HTTP nor blank: maybe an SSLv2-format hello
-		return classifySSLv2(res, buf, stop)
+	if buf[0]&0x80 != 0 { // maybe an SSLv2-format hello
+		// 0x85 and 0xa0 are also whitespace that a server may drop before
+		// a request line (isSpace); an SSLv2-format hello has message type
+		// 1 in its third byte, which no request has.
+		r, need := classifySSLv2(res, buf, stop)
+		if r.Kind != KindOther || need > 0 || !isSpace(buf[0]) {
+			return r, need
+		}
 	}
 
 	// Servers skip blank lines before the request line (RFC 9112 §2.2;
@@ -282,7 +288,13 @@ func classify(buf []byte, stop error) (Result, int) {
 		// A known method and a space make it HTTP to any HTTP handler, which
 		// decides each request on its own Host once it has come whole. A
 		// stalled beginning of a method ("GE") stays "other": one-byte
-		// commands of binary protocols look the same.
+		// commands of binary protocols look the same. A buffer full of
+		// whitespace, like one full of blank lines, may still end in a
+		// request that a server drops the whitespace before.
+		if req.Method == "" && errors.Is(stop, ErrTooLarge) && allSpace(buf[blank:]) {
+			res.Kind = KindHTTP
+			res.Err = fmt.Errorf("%w: %d bytes of whitespace and no request line yet", ErrMalformedHTTP, len(buf))
+		}
 		if req.Method != "" {
 			res.Kind, res.HTTP, res.Blank = KindHTTP, req, blank
 			if req.Method == "PRI" {
@@ -292,4 +304,13 @@ func classify(buf []byte, stop error) (Result, int) {
 		}
 	}
 	return res, 0
+}
+
+func allSpace(b []byte) bool {
+	for _, c := range b {
+		if !isSpace(c) {
+			return false
+		}
+	}
+	return true
 }
