@@ -264,12 +264,13 @@ func (s *tcpSession) policyAtFirstBytes() bool {
 // cannot be read. Relayed as opaque bytes, it would pass every rule that
 // needs the name, and a client can shape its first bytes so that a server
 // accepts them and the classifier does not: it is refused whenever the
-// policy has such rules (a TLS alert or a 400, then a RST). A policy of
-// addresses and ports alone decides it like any TCP connection, since its
-// rules need no name and refusing would only break binary protocols whose
-// first bytes look alike.
+// policy has such rules, or rules for tcp, which it would match as opaque
+// bytes though it is TLS or HTTP (a TLS alert or a 400, then a RST). A
+// policy of addresses and ports alone decides it like any TCP connection,
+// since its rules need no name and refusing would only break binary
+// protocols whose first bytes look alike.
 func (s *tcpSession) unreadable(kind, reason string) {
-	if !s.pol.NamesMatter() {
+	if !s.pol.TCPNamesMatter() {
 		s.nameUnread = true
 		s.serveTCP()
 		return

@@ -71,7 +71,7 @@ func (r *tcpReload) check() error {
 // timeout (the other direction waits on mu meanwhile).
 func (r *tcpReload) decide(pol *policy.Policy) string {
 	s := r.s
-	if r.nameUnread && pol.NamesMatter() {
+	if r.nameUnread && pol.TCPNamesMatter() {
 		s.rec.Rule, s.rec.Action, s.rec.Policy = "", policy.Deny.String(), pol.ID()
 		return "its name could not be read, and the policy now looks at names"
 	}

@@ -253,9 +253,9 @@ func (p *Policy) DenyECH() bool { return p.denyECH }
 // NamesMatter reports whether any decision can depend on what a client
 // sends rather than on addresses and ports alone: a rule with domains or
 // with a protocols condition that tells TLS, HTTP or QUIC apart, or a bump
-// or splice anywhere. When true, a connection that looks like TLS or HTTP
-// but cannot be read must be denied: relaying it as opaque bytes would let
-// it past those rules.
+// or splice anywhere. When true, a flow that looks like QUIC but cannot be
+// read must be denied: relaying it as opaque bytes would let it past those
+// rules. TCP connections ask TCPNamesMatter.
 func (p *Policy) NamesMatter() bool {
 	if p.def == Bump || p.def == Splice || p.denyECH {
 		return true
@@ -264,6 +264,24 @@ func (p *Policy) NamesMatter() bool {
 		r := &p.rules[i]
 		if r.domains != nil || r.protos&(bitTLS|bitHTTP|bitQUIC) != 0 ||
 			r.action == Bump || r.action == Splice {
+			return true
+		}
+	}
+	return false
+}
+
+// TCPNamesMatter is NamesMatter for a TCP connection: a rule whose
+// protocols condition names tcp counts too. It tells TCP that is neither
+// TLS nor HTTP from TLS and HTTP, so a ClientHello or request head that
+// cannot be read, relayed as tcp, would match a rule written to exclude it,
+// while the same bytes read cleanly would not. UDP flows keep NamesMatter:
+// such a rule never matches them.
+func (p *Policy) TCPNamesMatter() bool {
+	if p.NamesMatter() {
+		return true
+	}
+	for i := range p.rules {
+		if p.rules[i].protos&bitTCP != 0 {
 			return true
 		}
 	}

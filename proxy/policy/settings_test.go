@@ -100,3 +100,35 @@ func TestNamesMatter(t *testing.T) {
 		}
 	}
 }
+
+// TCPNamesMatter counts a rule for tcp as well: it tells TCP that is
+// neither TLS nor HTTP from them, so an unreadable ClientHello relayed as
+// tcp would match it. Rules for UDP or ICMP alone do not count.
+func TestTCPNamesMatter(t *testing.T) {
+	tests := []struct {
+		doc       string
+		want, udp bool // TCPNamesMatter, NamesMatter
+	}{
+		{"policy: {default: allow}", false, false},
+		{"policy: {default: deny, rules: [{name: a, dest_cidrs: [10.0.0.0/8], ports: [443], action: allow}]}", false, false},
+		{"policy: {default: allow, rules: [{name: a, protocols: [udp, icmp], action: deny}]}", false, false},
+		{"policy: {default: deny, rules: [{name: a, dest_cidrs: [10.0.0.0/8], protocols: [tcp], action: allow}]}", true, false},
+		{"policy: {default: allow, rules: [{name: a, protocols: [tcp, udp], action: deny}]}", true, false},
+		{"policy: {default: allow, rules: [{name: a, protocols: [tcp, tls, http], action: deny}]}", true, true},
+		{"policy: {default: deny, rules: [{name: a, domains: [x.example], action: allow}]}", true, true},
+		{"policy: {default: allow, rules: [{name: a, protocols: [quic], action: deny}]}", true, true},
+		{"policy: {default: allow, ech: deny}", true, true},
+	}
+	for _, tc := range tests {
+		p, err := Parse("p.yaml", []byte(tc.doc))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.doc, err)
+		}
+		if got := p.TCPNamesMatter(); got != tc.want {
+			t.Errorf("%s: TCPNamesMatter() = %v, want %v", tc.doc, got, tc.want)
+		}
+		if got := p.NamesMatter(); got != tc.udp {
+			t.Errorf("%s: NamesMatter() = %v, want %v", tc.doc, got, tc.udp)
+		}
+	}
+}
