@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
@@ -74,7 +73,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 		f.relay(held, nil)
 		return
 	}
-	f.rec.SNI, f.rec.ALPN, f.rec.ECH = hello.ServerName, strings.Join(hello.ALPN, ","), hello.ECH
+	f.rec.SNI, f.rec.ALPN, f.rec.ECH = hello.ServerName, alpnList(hello.ALPN), hello.ECH
 	if hello.ECH && f.pol.DenyECH() {
 		// As for TLS: the SNI is only the cover name of a client-facing
 		// server, so no rule, and no destination check, can say where

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -352,7 +351,7 @@ func (s *tcpSession) serveTCP() {
 }
 
 func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
-	s.rec.Kind, s.rec.SNI, s.rec.ALPN = "tls", hello.ServerName, strings.Join(hello.ALPN, ",")
+	s.rec.Kind, s.rec.SNI, s.rec.ALPN = "tls", hello.ServerName, alpnList(hello.ALPN)
 	// Set before any handover, so that the bumped connection's record and
 	// each of its requests' records, which start from it, carry it too.
 	s.rec.ECH = hello.ECH
