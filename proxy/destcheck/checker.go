@@ -92,8 +92,8 @@ type Config struct {
 	// LookupTimeout bounds one lookup: A and AAAA in parallel, a
 	// retransmission, and TCP after a truncated answer (default 3 s).
 	LookupTimeout time.Duration
-	// MaxLookups bounds the lookups in flight (default 64); more wait for
-	// a slot within their LookupTimeout.
+	// MaxLookups bounds the lookups running at once (default 64); more
+	// wait for a slot, at most another LookupTimeout.
 	MaxLookups int
 	// MaxEntries bounds the names kept: observed answers (a name as seen
 	// by one endpoint is one entry) and the checker's own lookups, each
@@ -232,12 +232,12 @@ type Checker struct {
 
 	ctx    context.Context // cancelled by Close: ends lookups
 	cancel context.CancelFunc
-	sem    chan struct{} // lookups in flight
 	wg     sync.WaitGroup
 
 	callMu  sync.Mutex
-	calls   map[string]*call // lookups in flight, by name
+	calls   map[string]*call // lookups in flight (running or waiting), by name
 	callsBy map[string]int   // lookups in flight, by the endpoint that started them
+	slots   slots
 	closed  bool
 
 	retransmit time.Duration // UDP retransmission interval
@@ -245,13 +245,6 @@ type Checker struct {
 	stats struct {
 		checks, observedHits, resolvedHits, mismatches, lookupFailures, lookups, observed atomic.Uint64
 	}
-}
-
-// call is one lookup in flight; its waiters share its outcome.
-type call struct {
-	done     chan struct{}
-	err      error
-	endpoint string // whose check started it
 }
 
 // New returns a Checker. Close it to end its lookups.
@@ -268,7 +261,6 @@ func newChecker(cfg Config, now func() time.Time) *Checker {
 		resolved:   newStore(cfg.MaxEntries, cfg.MaxEntries, cfg.MaxEntries),
 		ctx:        ctx,
 		cancel:     cancel,
-		sem:        make(chan struct{}, cfg.MaxLookups),
 		calls:      make(map[string]*call),
 		callsBy:    make(map[string]int),
 		retransmit: min(defaultRetransmit, cfg.LookupTimeout/2),
@@ -439,8 +431,9 @@ func (c *Checker) resolvedState(name string, dest netip.Addr, now int64) (int, e
 // endpoint's clients got, or an earlier lookup's, not yet expired), since
 // dest is not among them; a LookupError otherwise.
 func (c *Checker) failed(endpoint, name string, dest netip.Addr, err error) error {
-	if errors.Is(err, errEndpointLookups) {
-		// Not looked up again: what is known of the name is no verdict.
+	if errors.Is(err, errEndpointLookups) || errors.Is(err, errNoSlot) {
+		// The resolver was not asked: what is known of the name is no
+		// verdict.
 		c.stats.lookupFailures.Add(1)
 		return &LookupError{Name: name, Err: err}
 	}

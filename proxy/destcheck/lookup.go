@@ -23,21 +23,45 @@ const ednsSize = 1232
 var errNoResolver = errors.New("no resolver is configured")
 
 // errEndpointLookups fails a check that would start a lookup while its
-// endpoint has started its share of those in flight.
+// endpoint has its share of those in flight and few slots are free.
 var errEndpointLookups = errors.New("too many lookups in flight for this GWLB endpoint")
+
+// errNoSlot fails a lookup that waited for a slot in vain: the resolver
+// was never asked, so nothing is learned of the name and nothing cached.
+var errNoSlot = errors.New("no lookup slot came free")
+
+// call is one lookup in flight; its waiters share its outcome.
+type call struct {
+	done     chan struct{}
+	err      error
+	endpoint string // whose check started it
+
+	granted bool          // it holds a slot (under callMu)
+	slot    chan struct{} // closed when granted, if it had to wait; set once
+}
+
+// slots are the MaxLookups slots the lookups run in. A call that finds
+// none free waits for one; a slot let go passes to the call that waited
+// longest. Under callMu.
+type slots struct {
+	running int     // slots held
+	waiting []*call // oldest first; only while no slot is free
+}
 
 // lookup looks name up for a check from endpoint unless a lookup of it is
 // already in flight, and waits for that lookup or for ctx. The lookup runs
-// on its own, bounded by LookupTimeout, whatever happens to ctx: other
-// checks may be waiting for it, and its answer is cached for the next ones.
+// on its own, bounded by LookupTimeout once it has a slot (and its wait
+// for one by another LookupTimeout), whatever happens to ctx: other checks
+// may be waiting for it, and its answer is cached for the next ones.
 //
-// While more lookups are in flight (running or waiting for a slot) than
-// there are slots, an endpoint that started an eighth of MaxLookups of
-// them gets a new name refused at once (joining a lookup in flight is
-// always allowed). Else the clients of one or two endpoints, sending fresh
-// names under an allowed wildcard, would hold every slot, and every other
-// endpoint's checks would wait until they failed. With slots to spare,
-// nobody is refused.
+// An endpoint with an eighth of MaxLookups lookups in flight (its share,
+// running or waiting) gets a new name refused at once unless more than
+// three shares of slots are free, and it takes one of those (joining a
+// lookup in flight is always allowed). So one endpoint's clients, sending
+// fresh names under an allowed wildcard whose servers never answer, hold
+// at most MaxLookups less three shares, and two endpoints' a share more:
+// the other endpoints' checks find slots free instead of waiting for them
+// until they fail.
 func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 	c.callMu.Lock()
 	cl := c.calls[name]
@@ -46,15 +70,24 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 			c.callMu.Unlock()
 			return ErrClosed
 		}
-		if quota := max(c.cfg.MaxLookups/8, 1); len(c.calls) >= c.cfg.MaxLookups && c.callsBy[endpoint] >= quota {
-			// Read under the lock: a map read while a lookup's end
+		share := max(c.cfg.MaxLookups/8, 1)
+		free := c.cfg.MaxLookups - c.slots.running
+		if n := c.callsBy[endpoint]; n >= share && free <= 3*share {
+			// Built under the lock: a map read while a lookup's end
 			// writes it is a data race, and may be the runtime's fatal
 			// "concurrent map read and map write", for the whole process.
-			err := fmt.Errorf("%w: %d of its own among %d", errEndpointLookups, c.callsBy[endpoint], len(c.calls))
+			err := fmt.Errorf("%w: %d of its own, %d of %d slots free", errEndpointLookups, n, free, c.cfg.MaxLookups)
 			c.callMu.Unlock()
 			return err
 		}
 		cl = &call{done: make(chan struct{}), endpoint: endpoint}
+		if free > 0 {
+			c.slots.running++
+			cl.granted = true
+		} else {
+			cl.slot = make(chan struct{})
+			c.slots.waiting = append(c.slots.waiting, cl)
+		}
 		c.calls[name] = cl
 		c.callsBy[endpoint]++
 		c.wg.Add(1)
@@ -72,14 +105,28 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 // run performs one lookup, stores its outcome and hands it to the waiters.
 func (c *Checker) run(name string, cl *call) {
 	defer c.wg.Done()
-	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.LookupTimeout)
-	defer cancel()
-	res, err := c.resolve(ctx, name)
+	qname, err := c.question(name)
+	if err == nil { // a name that cannot be asked needs no slot
+		err = c.awaitSlot(cl)
+	}
+	var res result
+	if err == nil {
+		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.LookupTimeout)
+		res, err = c.resolve(ctx, qname)
+		cancel()
+	}
 	if err != nil && c.ctx.Err() != nil {
 		err = ErrClosed
 	}
-	c.store(name, res, err)
+	if !errors.Is(err, errNoSlot) {
+		c.store(name, res, err)
+	}
 	c.callMu.Lock()
+	if cl.granted {
+		c.release()
+	} else {
+		c.slots.leave(cl)
+	}
 	delete(c.calls, name)
 	if c.callsBy[cl.endpoint]--; c.callsBy[cl.endpoint] <= 0 {
 		delete(c.callsBy, cl.endpoint)
@@ -87,6 +134,54 @@ func (c *Checker) run(name string, cl *call) {
 	c.callMu.Unlock()
 	cl.err = err
 	close(cl.done)
+}
+
+// awaitSlot returns once cl holds a slot, or fails after LookupTimeout
+// without one (or when the checker closes). A slot that comes as it fails
+// is let go by run, to the next call waiting.
+func (c *Checker) awaitSlot(cl *call) error {
+	if cl.slot == nil { // it had one at once
+		return nil
+	}
+	t := time.NewTimer(c.cfg.LookupTimeout)
+	defer t.Stop()
+	select {
+	case <-cl.slot:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%w within %s: %d lookups running", errNoSlot, c.cfg.LookupTimeout, c.cfg.MaxLookups)
+	case <-c.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// leave takes cl, which never got a slot, out of the calls waiting for
+// one. Under callMu.
+func (s *slots) leave(cl *call) {
+	w := s.waiting
+	for i := range w {
+		if w[i] == cl {
+			copy(w[i:], w[i+1:])
+			w[len(w)-1] = nil
+			s.waiting = w[:len(w)-1]
+			return
+		}
+	}
+}
+
+// release lets go of a slot: to the call that waited longest, if one
+// waits. Under callMu.
+func (c *Checker) release() {
+	w := c.slots.waiting
+	if len(w) == 0 {
+		c.slots.running--
+		return
+	}
+	next := w[0]
+	w[0] = nil
+	c.slots.waiting = w[1:]
+	next.granted = true
+	close(next.slot)
 }
 
 // result is what a lookup found: addresses with their TTLs, or none and
@@ -121,21 +216,21 @@ func (c *Checker) store(name string, res result, err error) {
 	e.fresh = now + int64(c.clampTTL(ttl))
 }
 
-// resolve asks the resolver for name's A and AAAA records at once.
-func (c *Checker) resolve(ctx context.Context, name string) (result, error) {
+// question returns the name to ask the resolver about, or why there is
+// none.
+func (c *Checker) question(name string) (dnsmessage.Name, error) {
 	if !c.cfg.Resolver.IsValid() {
-		return result{}, errNoResolver
+		return dnsmessage.Name{}, errNoResolver
 	}
 	qname, err := dnsmessage.NewName(name + ".")
 	if err != nil || name == "" {
-		return result{}, fmt.Errorf("%q is not a name that can be looked up", name)
+		return dnsmessage.Name{}, fmt.Errorf("%q is not a name that can be looked up", name)
 	}
-	select {
-	case c.sem <- struct{}{}:
-		defer func() { <-c.sem }()
-	case <-ctx.Done():
-		return result{}, fmt.Errorf("too many lookups in flight (%d): %w", c.cfg.MaxLookups, context.Cause(ctx))
-	}
+	return qname, nil
+}
+
+// resolve asks the resolver for qname's A and AAAA records at once.
+func (c *Checker) resolve(ctx context.Context, qname dnsmessage.Name) (result, error) {
 	c.stats.lookups.Add(1)
 	var a, aaaa typeResult
 	var wg sync.WaitGroup

@@ -412,44 +412,49 @@ func TestSystemResolver(t *testing.T) {
 	}
 }
 
-// TestLookupsSharedByEndpoints: while every slot is claimed, an endpoint
-// that started its share of the lookups gets a new name refused at once (a
-// lookup error, not a mismatch), while a name already being looked up may
-// still be waited for, and another endpoint's checks still get their
-// lookups. Before, one or two endpoints' clients sending fresh names under
-// an allowed wildcard held every slot, and every other endpoint's checks
-// waited until they failed. With slots to spare, an endpoint may start as
-// many as it likes.
+// TestLookupsSharedByEndpoints: an endpoint that started its share of the
+// lookups in flight gets a new name refused at once (a lookup error, not a
+// mismatch) unless more than three shares of slots are free, while a name
+// already being looked up may still be waited for, and other endpoints'
+// checks still get their lookups: within their share they take the slots
+// left, or wait for one. Before, one or two endpoints' clients sending
+// fresh names under an allowed wildcard held every slot, and every other
+// endpoint's checks waited until they failed.
 func TestLookupsSharedByEndpoints(t *testing.T) {
 	srv := startServer(t)
 	srv.Set("*.slow.test", 60, addr("192.0.2.1"))
 	srv.SetDelay(300 * time.Millisecond)
-	c := newTestChecker(t, Config{Resolver: srv.Addr(), MaxLookups: 8}, nil) // a share of 1 once all 8 are claimed
+	c := newTestChecker(t, Config{Resolver: srv.Addr(), MaxLookups: 8}, nil) // a share of 1, 3 slots kept
 	var wg sync.WaitGroup
-	for i, ep := range []string{epA, epA, epA, epA, epB, epB, epB, epB} {
+	for i := range 5 { // beyond its share while more than 3 slots are free
 		name := string(rune('a'+i)) + ".slow.test"
 		wg.Go(func() {
-			if err := check(c, ep, name, "192.0.2.1"); err != nil {
-				t.Errorf("%s from %s: %v", name, ep, err)
+			if err := check(c, epA, name, "192.0.2.1"); err != nil {
+				t.Errorf("%s from %s: %v", name, epA, err)
 			}
 		})
-	}
-	for srv.Queries("") < 16 { // A and AAAA of all eight: none refused
-		time.Sleep(5 * time.Millisecond)
+		for srv.Queries("") < 2*(i+1) {
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	start := time.Now()
 	err := check(c, epA, "z.slow.test", "192.0.2.1")
 	var le *LookupError
 	if !errors.Is(err, errEndpointLookups) || !errors.As(err, &le) || time.Since(start) > 100*time.Millisecond {
-		t.Errorf("a new name from an endpoint at its share while every slot is claimed: %v after %s, want a lookup error at once", err, time.Since(start))
+		t.Errorf("a new name from an endpoint beyond its share with 3 slots free: %v after %s, want a lookup error at once", err, time.Since(start))
 	}
 	wg.Go(func() { // a name in flight: joined, not refused
 		if err := check(c, epA, "a.slow.test", "192.0.2.1"); err != nil {
 			t.Errorf("joining a lookup in flight: %v", err)
 		}
 	})
-	if err := check(c, "vpce-0000000000000000c", "y.slow.test", "192.0.2.1"); err != nil {
-		t.Errorf("another endpoint's check: %v", err)
+	// Four other endpoints: three take the slots left, one waits for a slot.
+	for i := range 4 {
+		wg.Go(func() {
+			if err := check(c, fmt.Sprintf("vpce-%017x", 12+i), string(rune('v'+i))+".slow.test", "192.0.2.1"); err != nil {
+				t.Errorf("another endpoint's check: %v", err)
+			}
+		})
 	}
 	wg.Wait()
 }
