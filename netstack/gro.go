@@ -137,10 +137,22 @@ func (c *coalescer) flushLocked(st *endpointStack) {
 	}
 	c.releaseAcks()
 	c.flows = c.flows[:0]
-	c.gro.Flush()
+	// gVisor's GRO.Flush hands over only the first packet of each of its
+	// buckets (removing one clears its link to the next: google/gvisor
+	// PR 14081, not in the version used here), and a bucket holds up to 8
+	// flows' packets. One call left the others held: they reached the
+	// stack only with the reader's next batch, or, if that batch was
+	// another endpoint's, that endpoint's stack (review r3s28 F1).
+	for range groBucketSize {
+		c.gro.Flush()
+	}
 	c.m6.flush()
 	c.gro.Dispatcher, c.m6.out, c.out = nil, nil, checkedDelivery{}
 }
+
+// groBucketSize is how many packets one of gVisor's GRO buckets holds at
+// most (gro.groBucketSize, unexported): a flush per packet empties them.
+const groBucketSize = 8
 
 // checkedDelivery hands what GRO lets out to the stack. GRO checks the IP
 // and TCP checksums of every segment before it merges any, and marks what

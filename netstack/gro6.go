@@ -33,8 +33,9 @@ type merger6 struct {
 	out stack.NetworkDispatcher
 }
 
-// mergeFlows is how many flows a merger holds a segment of at once; the
-// oldest leaves for a new one. gVisor's GRO holds up to 64 in 8 buckets.
+// mergeFlows is how many flows a merger holds a segment of at once; a
+// segment of a further flow goes to the stack alone (until the batch's
+// end lets the held ones go). gVisor's GRO holds up to 64 in 8 buckets.
 const mergeFlows = 16
 
 // maxMerged is the largest merged packet: an IPv6 payload length must
@@ -123,7 +124,12 @@ func (m *merger6) enqueue(pkt []byte) {
 			return
 		}
 		if m.n == len(m.held) {
-			m.release(0)
+			// Full: this flow's segment goes alone. Evicting the oldest
+			// flow instead let 17 interleaved flows each lose its slot
+			// before its next segment came, and nothing merged at all
+			// (review r3s28 F2).
+			m.deliver(pkt, true)
+			return
 		}
 		i = m.n
 		m.n++

@@ -173,7 +173,10 @@ func TestMerger6(t *testing.T) {
 }
 
 // TestMerger6ManyFlows: more flows than the merger holds at once still
-// reach the stack whole and each in order.
+// reach the stack whole and each in order, and the flows it holds still
+// merge: the segments of the flows past mergeFlows go alone. Evicting the
+// oldest held flow for a new one instead had every flow lose its slot
+// before its next segment came, and nothing merged (review r3s28 F2).
 func TestMerger6ManyFlows(t *testing.T) {
 	out := &checkedRecorder{}
 	m := &merger6{out: out}
@@ -191,6 +194,10 @@ func TestMerger6ManyFlows(t *testing.T) {
 	checkMerged(t, in, out)
 	if m.n != 0 {
 		t.Fatalf("%d segments still held after flush", m.n)
+	}
+	if want := mergeFlows + 3*3; len(out.pkts) != want {
+		t.Errorf("%d flows of 3 segments each, interleaved: %d packets reached the stack, want %d (the %d held flows merged, the 3 others' segments alone)",
+			mergeFlows+3, len(out.pkts), want, mergeFlows)
 	}
 }
 
