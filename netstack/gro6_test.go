@@ -262,7 +262,28 @@ func FuzzMerger6(f *testing.F) {
 			var p []byte
 			switch kind {
 			case 0, 1, 2:
-				p = v6Seg(src, seqs[fl], 1, header.TCPFlagAck, nil, n)
+				// Headers that must keep segments apart, chosen by
+				// the junk: the merge must never join them.
+				var v byte
+				if len(junk) > 0 {
+					v = junk[i%len(junk)] & 7
+				}
+				ack, opts := uint32(1), []byte(nil)
+				switch v {
+				case 1:
+					ack = 2
+				case 2:
+					opts = []byte{1, 1, 8, 10, 0, 0, 0, byte(i), 0, 0, 0, 1}
+				}
+				p = v6Seg(src, seqs[fl], ack, header.TCPFlagAck, opts, n)
+				switch v {
+				case 3:
+					p[7]-- // hop limit
+				case 4:
+					p[1] ^= 0x10 // traffic class
+				case 5:
+					p[3] ^= 1 // flow label
+				}
 			case 3:
 				seqs[fl] += 7
 				p = v6Seg(src, seqs[fl], 1, header.TCPFlagAck, nil, n)
@@ -290,5 +311,58 @@ func FuzzMerger6(f *testing.F) {
 		}
 		m.flush()
 		checkMerged(t, in, out)
+		checkHeadersKept(t, in, out)
 	})
+}
+
+// mergeKey is what of an IPv6 TCP segment must be the same in every
+// segment merged with it: version, traffic class, flow label, hop limit,
+// ACK number and options. ok is false for what is no whole segment with
+// data.
+func mergeKey(p []byte) (key string, flow string, data int, ok bool) {
+	flow, unit := unit6(p)
+	if len(p) < header.IPv6MinimumSize+header.TCPMinimumSize || len(unit) == len(p) || len(unit) == 0 {
+		return "", flow, 0, false
+	}
+	tcp := header.TCP(p[header.IPv6MinimumSize:])
+	off := int(tcp.DataOffset())
+	return string(p[:4]) + string(p[7:8]) + string(tcp[8:12]) + string(tcp[header.TCPMinimumSize:off]), flow, len(unit), true
+}
+
+// checkHeadersKept fails t unless every packet that reached the stack
+// with data carries the merge key of every segment of in whose bytes it
+// holds (each flow's bytes counted in order, as checkMerged found them):
+// a merge across different ACKs, options or IP header fields would have
+// the stack take a segment's bytes under another's header (review r3s28
+// F3: the fuzz target could not see it).
+func checkHeadersKept(t *testing.T, in [][]byte, out *checkedRecorder) {
+	t.Helper()
+	type span struct {
+		end int // offset in the flow's stream after the segment
+		key string
+	}
+	spans := map[string][]span{}
+	ends := map[string]int{}
+	for _, p := range in {
+		flow, unit := unit6(p)
+		ends[flow] += len(unit)
+		if key, _, _, ok := mergeKey(p); ok {
+			spans[flow] = append(spans[flow], span{ends[flow], key})
+		}
+	}
+	at := map[string]int{}
+	for i, p := range out.pkts {
+		flow, unit := unit6(p)
+		start := at[flow]
+		at[flow] += len(unit)
+		key, _, _, ok := mergeKey(p)
+		if !ok {
+			continue
+		}
+		for _, sp := range spans[flow] {
+			if sp.end > start && sp.end <= at[flow] && sp.key != key {
+				t.Fatalf("packet %d (flow bytes %d-%d) carries the bytes of a segment with another header (ACK, options, or IP fields)", i, start, at[flow])
+			}
+		}
+	}
 }
