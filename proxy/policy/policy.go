@@ -271,17 +271,20 @@ func (p *Policy) NamesMatter() bool {
 }
 
 // TCPNamesMatter is NamesMatter for a TCP connection: a rule whose
-// protocols condition names tcp counts too. It tells TCP that is neither
-// TLS nor HTTP from TLS and HTTP, so a ClientHello or request head that
-// cannot be read, relayed as tcp, would match a rule written to exclude it,
-// while the same bytes read cleanly would not. UDP flows keep NamesMatter:
-// such a rule never matches them.
+// protocols condition names tcp and that lets a flow through counts too.
+// It tells TCP that is neither TLS nor HTTP from TLS and HTTP, so a
+// ClientHello or request head that cannot be read, relayed as tcp, would
+// match a rule written to exclude it, while the same bytes read cleanly
+// would not. A rule that denies tcp cannot let such bytes through, only
+// deny more of them as tcp, so it makes nothing refused (review r5s28 F1:
+// a deny for tcp to another network refused unreadable bytes everywhere).
+// UDP flows keep NamesMatter: such a rule never matches them.
 func (p *Policy) TCPNamesMatter() bool {
 	if p.NamesMatter() {
 		return true
 	}
 	for i := range p.rules {
-		if p.rules[i].protos&bitTCP != 0 {
+		if p.rules[i].protos&bitTCP != 0 && p.rules[i].action != Deny {
 			return true
 		}
 	}

@@ -113,7 +113,11 @@ func TestTCPNamesMatter(t *testing.T) {
 		{"policy: {default: deny, rules: [{name: a, dest_cidrs: [10.0.0.0/8], ports: [443], action: allow}]}", false, false},
 		{"policy: {default: allow, rules: [{name: a, protocols: [udp, icmp], action: deny}]}", false, false},
 		{"policy: {default: deny, rules: [{name: a, dest_cidrs: [10.0.0.0/8], protocols: [tcp], action: allow}]}", true, false},
-		{"policy: {default: allow, rules: [{name: a, protocols: [tcp, udp], action: deny}]}", true, false},
+		{"policy: {default: deny, rules: [{name: a, dest_cidrs: [10.0.0.0/8], protocols: [tcp], action: splice}]}", true, true},
+		// A rule that denies tcp lets nothing unreadable through as tcp:
+		// it counts for nothing (review r5s28 F1).
+		{"policy: {default: allow, rules: [{name: a, protocols: [tcp, udp], action: deny}]}", false, false},
+		{"policy: {default: allow, rules: [{name: a, dest_cidrs: [203.0.113.0/24], ports: [25], protocols: [tcp], action: deny}]}", false, false},
 		{"policy: {default: allow, rules: [{name: a, protocols: [tcp, tls, http], action: deny}]}", true, true},
 		{"policy: {default: deny, rules: [{name: a, domains: [x.example], action: allow}]}", true, true},
 		{"policy: {default: allow, rules: [{name: a, protocols: [quic], action: deny}]}", true, true},
