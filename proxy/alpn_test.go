@@ -40,8 +40,8 @@ func alpnParse(t *testing.T, s string) []string {
 }
 
 // An ALPN protocol name may hold any byte, a comma too: the record's alpn
-// writes a comma or backslash inside a name as \044 or \092, so that each
-// offer reads back as itself.
+// writes a comma, a backslash or a byte outside printable ASCII inside a
+// name as \DDD (\044, \092), so that each offer reads back as itself.
 func TestALPNList(t *testing.T) {
 	for _, tc := range []struct {
 		offer []string
@@ -54,6 +54,10 @@ func TestALPNList(t *testing.T) {
 		{[]string{`a\b`, "c"}, `a\092b,c`},
 		{[]string{`\044`}, `\092044`},
 		{[]string{","}, `\044`},
+		// Bytes outside printable ASCII: "h2\xff" and "h2\xfe" were both
+		// U+FFFD once in JSON (review r5s28 F3).
+		{[]string{"h2\xff", "h2\xfe"}, `h2\255,h2\254`},
+		{[]string{"a b", "\x00\x7f"}, `a\032b,\000\127`},
 	} {
 		got := alpnList(tc.offer)
 		if got != tc.want {
@@ -64,7 +68,7 @@ func TestALPNList(t *testing.T) {
 		}
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	alphabet := []byte{',', '\\', '0', '4', 'a', 0xff}
+	alphabet := []byte{',', '\\', '0', '4', 'a', ' ', 0x00, 0x7f, 0xfe, 0xff}
 	for range 2000 {
 		offer := make([]string, 1+rng.IntN(4))
 		for i := range offer {
@@ -74,8 +78,14 @@ func TestALPNList(t *testing.T) {
 			}
 			offer[i] = string(b)
 		}
-		if back := alpnParse(t, alpnList(offer)); !slices.Equal(back, offer) {
-			t.Fatalf("%q: written %q, reads back as %q", offer, alpnList(offer), back)
+		got := alpnList(offer)
+		if back := alpnParse(t, got); !slices.Equal(back, offer) {
+			t.Fatalf("%q: written %q, reads back as %q", offer, got, back)
+		}
+		for i := 0; i < len(got); i++ {
+			if got[i] < '!' || got[i] > '~' {
+				t.Fatalf("%q: written %q, with byte %#x, which JSON may not keep", offer, got, got[i])
+			}
 		}
 	}
 }
