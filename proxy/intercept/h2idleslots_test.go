@@ -251,18 +251,19 @@ func TestH2OneStreamOriginDialsAtPace(t *testing.T) {
 
 // TestH2HonestOriginOneConnection: the converse. An origin that allows
 // many streams a connection carries 20 streams opened together on the
-// session's first connection: at most one further dial (before the first
-// connection's take-up, every stream but one dialled its own). One further
-// dial, with every stream served in about 65 ms, comes in about 1 run of
-// 20 under -race (4 of 60 on a loaded machine); its cause, a request net/http
-// dials for after the first connection was taken up, is not found yet.
+// session's first connection, with no further dial (before the first
+// connection's take-up, every stream but one dialled its own). A stream
+// that came before a request had the first connection could still be
+// dialled for once one had it, while net/http had yet to hand the first
+// connection to the streams waiting: 1 to 7 further dials in about 1 run
+// of 20 under -race on a loaded machine (h2first.go).
 func TestH2HonestOriginOneConnection(t *testing.T) {
 	o, r := startStreamsOrigin(t, 1000, 50*time.Millisecond)
 	statuses, slowest := streamsTogether(t, r, o, 20, 20*time.Second)
 	if bad := notAll200(statuses); bad != "" {
 		t.Errorf("streams not all answered 200: %s", bad)
 	}
-	if n := o.dialled.Load(); n > 1 {
-		t.Errorf("%d further upstream connections dialled (slowest stream %v), want at most 1: the first carries them all", n, slowest.Round(time.Millisecond))
+	if n := o.dialled.Load(); n > 0 {
+		t.Errorf("%d further upstream connections dialled (slowest stream %v), want none: the first carries them all", n, slowest.Round(time.Millisecond))
 	}
 }

@@ -71,6 +71,10 @@ type headDeadline struct {
 	// by the first such dial (gotChan), under mu: most requests have none.
 	got       chan struct{}
 	gotClosed bool // under mu
+	// beforeFirstUp: the request came before a request had the session's
+	// first connection, HTTP/2: net/http may yet hand it that one
+	// (h2first.go).
+	beforeFirstUp bool
 	// The request's wait for an upstream connection (h2wait.go): the
 	// session's upstreamWait, which times it while waitTimed (under mu);
 	// its place in the session's list of timed waits, and when its bound

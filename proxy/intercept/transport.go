@@ -342,7 +342,8 @@ func (t oneHostTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (t oneHostTransport) roundTripRechecked(req *http.Request, reload *tunnelReload) (*http.Response, error) {
 	// The headDeadline holds what the request's copy needs for as long
 	// (its context value, trace and URL): one allocation, not four.
-	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done()}
+	hd := &headDeadline{used: usedConnOf(req.Context()), reqDone: req.Context().Done(),
+		beforeFirstUp: !t.first.isUp()}
 	ctx, cancel := context.WithCancelCause(req.Context())
 	hd.cancel = cancel
 	hd.ctx = headDeadlineCtx{Context: ctx, d: hd}
