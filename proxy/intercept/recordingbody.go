@@ -129,8 +129,20 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		// ended the request, and its upstream with it (not a tunnel's:
 		// a failed read of it is the destination's). Before the bytes
 		// are counted: the reload's abort may have the record written
-		// at once.
-		if rerr := b.reload.check(); rerr != nil {
+		// at once. The body's end alone (net/http's read past a
+		// Content-Length, the client having had every byte) relays
+		// nothing: a reload since reaches the next request, and only
+		// one that ended this one already ends it here; deciding it
+		// reset a keep-alive connection whose response was whole.
+		var rerr error
+		if n == 0 && err == io.EOF {
+			if b.reload.ended() {
+				rerr = errTunnelReloadDenied
+			}
+		} else {
+			rerr = b.reload.check()
+		}
+		if rerr != nil {
 			if b.resetStream {
 				// Reset, as for a failed read below: the client must
 				// not take what it had for the whole body. The reset
