@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -135,19 +137,38 @@ func (r *relayRig) dialEndpoint(t *testing.T, port uint16) (tcpip.Endpoint, *net
 		select {
 		case <-ch:
 		case <-time.After(20 * time.Second):
-			t.Fatalf("the connection through the appliance not made in 20 s (state %v)", tcp.EndpointState(ep.State()))
+			t.Fatalf("the connection through the appliance not made in 20 s (state %v); %s", tcp.EndpointState(ep.State()), r.handshakeSeen())
 		}
 		if terr = ep.LastError(); terr != nil {
-			t.Fatalf("connecting through the appliance, after %v: %v", time.Since(start).Round(time.Millisecond), terr)
+			t.Fatalf("connecting through the appliance, after %v: %v; %s", time.Since(start).Round(time.Millisecond), terr, r.handshakeSeen())
 		}
 	}
 	select {
 	case c := <-r.h.conns:
 		return ep, c
 	case <-time.After(5 * time.Second):
-		t.Fatalf("the connection, made in %v, did not reach the handler (state %v)", time.Since(start).Round(time.Millisecond), tcp.EndpointState(ep.State()))
+		t.Fatalf("the connection, made in %v, did not reach the handler (state %v); %s", time.Since(start).Round(time.Millisecond), tcp.EndpointState(ep.State()), r.handshakeSeen())
 		return nil, nil
 	}
+}
+
+// handshakeSeen says what each side counted of a connect that failed or
+// took long: where its segments stopped (the client's SYNs sent again, the
+// appliance's packets and drops, the connection attempts it handed over).
+func (r *relayRig) handshakeSeen() string {
+	ct := r.client.Stack.Stats().TCP
+	st := r.srv.Stats()
+	var drops []string
+	for why, n := range st.Drops {
+		if n > 0 {
+			drops = append(drops, fmt.Sprintf("%s %d", why, n))
+		}
+	}
+	slices.Sort(drops)
+	return fmt.Sprintf("client: %d segments sent, %d retransmitted, %d received, %d resets received; "+
+		"appliance: %d packets in, %d out, drops %v, %d connection attempts, %d refused, %d return port fallbacks",
+		ct.SegmentsSent.Value(), ct.Retransmits.Value(), ct.ValidSegmentsReceived.Value(), ct.ResetsReceived.Value(),
+		st.PacketsIn, st.PacketsOut, drops, st.TCPConnections, st.TCPSetupsRefused, st.ReturnPortFallbacks)
 }
 
 // Idle relayed flows keep no pooled buffer alive. gVisor's endpoint keeps
