@@ -253,7 +253,7 @@ func recordNameDenial(rec *records.Record, v nameVerdict, host, sni, why string)
 	rec.Action, rec.Result, rec.Error = "deny", "denied", why
 	note = "the connection's name is denied"
 	if v.byCheck {
-		if strings.EqualFold(host, sni) {
+		if sameName(host, sni) {
 			// The request's own check would be this one, of the same
 			// name and address: its record gives it as a failed check
 			// of the request's Host (review r3s27 F2).
@@ -266,6 +266,16 @@ func recordNameDenial(rec *records.Record, v nameVerdict, host, sni, why string)
 		}
 	}
 	return note
+}
+
+// sameName reports whether host, a request's, is the connection's name
+// sni as the policy and the destination check take a name: case aside,
+// one trailing dot dropped. A Host "www.example.test." is that name, and
+// a failed check of the name is its own; compared as written, its record
+// said dest_check ok next to "fails the destination check" (review r4s28
+// F1).
+func sameName(host, sni string) bool {
+	return strings.EqualFold(strings.TrimSuffix(host, "."), strings.TrimSuffix(sni, "."))
 }
 
 // refuseRedial answers req, for host, as a denial when its upstream

@@ -23,7 +23,10 @@ import (
 // request refused before its dial: for the connection's own name, that
 // check is its own (dest_check mismatch, the check's error); for another
 // Host, the check's error after the note. It used to say neither, and took
-// its rule and policy from the name decided again (review r8s27).
+// its rule and policy from the name decided again (review r8s27). A Host
+// of the connection's name with a trailing dot is that name: it was taken
+// for another Host's, its record dest_check ok next to "fails the
+// destination check" (review r4s28 F1).
 func TestReloadNameCheckRefusedRedialRecord(t *testing.T) {
 	const checkErr = "www.example.test resolves to 203.0.113.9"
 	for _, tc := range []struct {
@@ -31,6 +34,9 @@ func TestReloadNameCheckRefusedRedialRecord(t *testing.T) {
 		destCheck string
 	}{
 		{"www.example.test", "mismatch"},
+		// The connection's own name, as the policy and the check take
+		// it: not another Host's (review r4s28 F1).
+		{"www.example.test.", "mismatch"},
 		{"api.example.test", ""},
 	} {
 		t.Run(tc.host, func(t *testing.T) {

@@ -193,7 +193,7 @@ func (r *tunnelReload) decide(ctx context.Context, pol *policy.Policy) string {
 				// same address) it is the request's own check, as for
 				// a new request (refuseDeniedName), not "ok" next to
 				// "fails the destination check" (review r6s27 F1).
-				if strings.EqualFold(r.subj.Domain, r.s.Hello.ServerName) {
+				if sameName(r.subj.Domain, r.s.Hello.ServerName) {
 					r.destCheck = v.destCheck
 				}
 				if v.checkErr != "" && !strings.Contains(r.checkErr, v.checkErr) {
