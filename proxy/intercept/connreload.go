@@ -213,9 +213,9 @@ func (s *session) noteNameDenied() {
 // denies the connection's own name: its record (rec, begun) takes that
 // decision's rule and says why, and the client gets a 403; an HTTP/1
 // connection is closed after it, since every request it could carry now
-// would be refused alike. nil when the connection's name is allowed. A
-// request for the connection's own name meets it too: its decision on the
-// Host knows nothing of the ClientHello's ECH.
+// would be refused alike (nameDenyResponse). nil when the connection's
+// name is allowed. A request for the connection's own name meets it too:
+// its decision on the Host knows nothing of the ClientHello's ECH.
 func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record, pol *policy.Policy, host string, start time.Time) *http.Response {
 	s := rt.s
 	if s.Hello == nil {
@@ -227,18 +227,23 @@ func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record,
 	}
 	note := recordNameDenial(rec, v, host, s.Hello.ServerName, s.nameDeniedNote(v.why))
 	rt.writeDeny(rec, start)
-	resp := denyResponse(req, v.d.Rule, s.Hello.ServerName, note)
+	return nameDenyResponse(req, v, s.Hello.ServerName, note)
+}
+
+// nameDenyResponse is the 403 that refuses req for the connection's name
+// (sni), denied by v, its body saying note. An HTTP/1 connection is closed
+// after it. An HTTP/2 one refused for its name's failed check is sent a
+// GOAWAY (x/net's server takes "Connection: close" so), its streams under
+// way finishing: the check is not made again on it, and it answered 403
+// to every request for as long as its client kept it, the failure maybe a
+// passing one (a lookup error, the lookups' quota spent by another client
+// during the reload), while a new connection is checked afresh (review
+// r8s27 F1); a request refused at its redial too (review r4s28 F2). A
+// name the policy denies is refused on a new connection as well: no need.
+func nameDenyResponse(req *http.Request, v nameVerdict, sni, note string) *http.Response {
+	resp := denyResponse(req, v.d.Rule, sni, note)
 	resp.Close = !inH2Handler(req)
 	if v.byCheck && !resp.Close {
-		// An HTTP/2 connection refused for its name's failed check is sent
-		// a GOAWAY (x/net's server takes "Connection: close" so), its
-		// streams under way finishing, as an HTTP/1 one is closed: the
-		// check is not made again on it, and it answered 403 to every
-		// request for as long as its client kept it, the failure maybe a
-		// passing one (a lookup error, the lookups' quota spent by
-		// another client during the reload), while a new connection is
-		// checked afresh (review r8s27 F1). A name the policy denies is
-		// refused on a new connection as well: no need.
 		resp.Header.Set("Connection", "close")
 	}
 	return resp
@@ -282,8 +287,9 @@ func sameName(host, sni string) bool {
 // connection was not dialled again for the connection's name (err, the
 // round trip's, is a *nameDeniedError): a request decided before the
 // reload, waiting for its dial. Its record is what the verdict that
-// refused the dial makes it, as refuseDeniedName's (review r8s27). nil
-// for any other err.
+// refused the dial makes it, and so is its 403 (an HTTP/2 connection
+// refused for its name's failed check sent a GOAWAY), as refuseDeniedName's
+// (reviews r8s27, r4s28 F2). nil for any other err.
 func (rt *roundTripper) refuseRedial(req *http.Request, rec *records.Record, host string, err error, start time.Time) *http.Response {
 	denied, ok := errors.AsType[*nameDeniedError](err)
 	if !ok {
@@ -291,9 +297,7 @@ func (rt *roundTripper) refuseRedial(req *http.Request, rec *records.Record, hos
 	}
 	note := recordNameDenial(rec, denied.v, host, rt.s.Hello.ServerName, err.Error())
 	rt.writeDeny(rec, start)
-	resp := denyResponse(req, denied.v.d.Rule, rt.s.Hello.ServerName, note)
-	resp.Close = !inH2Handler(req)
-	return resp
+	return nameDenyResponse(req, denied.v, rt.s.Hello.ServerName, note)
 }
 
 // requestPolicy returns the policy a request arriving now is decided by:

@@ -13,6 +13,7 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+	"golang.org/x/net/http2"
 )
 
 // TestReloadNameCheckRefusedRedialRecord: a request decided before a
@@ -98,6 +99,115 @@ func TestReloadNameCheckRefusedRedialRecord(t *testing.T) {
 			}
 			if tc.destCheck == "" && !strings.Contains(rec.Error, `not dialled again: the connection's name (SNI "www.example.test") is no longer allowed`) {
 				t.Errorf("record of the request for another Host: error %q, want the note before the check's error", rec.Error)
+			}
+		})
+	}
+}
+
+// TestReloadNameCheckRefusedRedialH2GoAway is
+// TestReloadNameCheckRefusedRedialRecord over HTTP/2: the request waiting
+// for its upstream's redial, refused for the connection's name's failed
+// check, has the record of the verdict that refused its dial, and the
+// connection is sent a GOAWAY, as one refused before its dial is: the
+// check is not made again on it, while the client's next connection is
+// checked afresh (review r8s27 F1). It got none, and only the next
+// request's refusal sent one (review r4s28 F2).
+func TestReloadNameCheckRefusedRedialH2GoAway(t *testing.T) {
+	const checkErr = "www.example.test resolves to 203.0.113.9"
+	for _, tc := range []struct{ host, destCheck string }{
+		{"www.example.test", "mismatch"},
+		{"api.example.test", ""},
+	} {
+		t.Run(tc.host, func(t *testing.T) {
+			holder := new(policy.Holder)
+			dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
+			redial := make(chan net.Conn)
+			dialing := make(chan struct{}, 4)
+			r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
+				c.Policy = holder
+				c.DestinationCheck = dc.check
+				c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+					dialing <- struct{}{}
+					select {
+					case c := <-redial:
+						return c, nil
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					}
+				}
+			})
+			holder.Store(r.pol)
+			h := func(w http.ResponseWriter, req *http.Request) { io.WriteString(w, "hello") }
+			upEnd, originEnd := signalClosePair(t)
+			first := h2OriginWith(t, r.strangerLeaf("www.example.test"), originEnd, h)
+			c, sv := r.connect(upEnd, tlsDest)
+			cc, err := (&http2.Transport{}).NewClientConn(bumpClient(t, r, c, "www.example.test", "h2"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			get := func(path string) (*http.Response, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+				defer cancel()
+				req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+tc.host+path, nil)
+				resp, err := cc.RoundTrip(req)
+				if err != nil {
+					return nil, err
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				return resp, nil
+			}
+			if resp, err := get("/before"); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("before the reload: %v %v", resp, err)
+			}
+			endFirstH2(t, first, upEnd)
+			type result struct {
+				resp *http.Response
+				err  error
+			}
+			done := make(chan result, 1)
+			go func() { resp, err := get("/waiting"); done <- result{resp, err} }()
+			select {
+			case <-dialing: // decided under the old policy, dialling
+			case <-time.After(waitLimit):
+				t.Fatalf("no dial for the second request: %+v", r.records())
+			}
+			after := reloadTo(t, holder, fmt.Sprintf(legacyPolicy, "destination_check: dns"))
+			proxyEnd, originEnd2 := testnet.TCPPair(t)
+			redial <- proxyEnd
+			got := <-done
+			if got.err != nil || got.resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("the request waiting for its dial: %v %v, want 403", got.resp, got.err)
+			}
+			// The GOAWAY follows the 403's head; not the connection's end
+			// for idleness, seconds later.
+			for end := time.Now().Add(time.Second); ; time.Sleep(5 * time.Millisecond) {
+				if st := cc.State(); st.Closing || st.Closed {
+					break
+				}
+				if time.Now().After(end) {
+					t.Fatalf("no GOAWAY within 1 s of the 403 that refused the redial: %+v", cc.State())
+				}
+			}
+			originEnd2.SetReadDeadline(time.Now().Add(waitLimit))
+			if b, _ := io.ReadAll(originEnd2); len(b) != 0 {
+				t.Errorf("the destination got %d bytes on the connection dialled after the reload, want none", len(b))
+			}
+			cc.Close()
+			sv.waitDoneOnce(t)
+			var found bool
+			for _, rec := range ofKind(r.records(), "http") {
+				if rec.Path != "/waiting" {
+					continue
+				}
+				found = true
+				if rec.Action != "deny" || rec.Rule != "legacy" || rec.Policy != after.ID() || rec.DestCheck != tc.destCheck || !strings.Contains(rec.Error, checkErr) {
+					t.Errorf("/waiting record: action %s rule %q policy %q dest_check %q error %q; want denied by legacy under %q, dest_check %q, the check's error",
+						rec.Action, rec.Rule, rec.Policy, rec.DestCheck, rec.Error, after.ID(), tc.destCheck)
+				}
+			}
+			if !found {
+				t.Fatalf("no record of /waiting: %+v", r.records())
 			}
 		})
 	}
