@@ -36,6 +36,12 @@ import (
 type nameRecheck struct {
 	mu sync.Mutex
 	nameDecision
+	// undo is the state before the last decision, made under undoBy, a
+	// context that may yet be cancelled: its caller cancelled after the
+	// decision was kept puts it back (settleName). Nil when none, or once
+	// settled, or once another caller took that decision as it stands.
+	undo   *nameDecision
+	undoBy context.Context
 }
 
 // nameDecision is a nameRecheck's state, under its mu: a copy of it is
@@ -85,7 +91,9 @@ func (s *session) decideName(pol *policy.Policy) nameVerdict {
 
 // decideNameCtx is decideName, its check cancelled by ctx: a decision
 // that ctx cancelled is not kept (the next asks again), and the verdict
-// returned then is no answer (its caller, which cancelled, drops it).
+// returned then is no answer (its caller, which cancelled, drops it). A
+// caller whose ctx may be cancelled settles the decision (settleName)
+// once it has seen ctx itself.
 func (s *session) decideNameCtx(ctx context.Context, pol *policy.Policy) nameVerdict {
 	if pol == nil || pol == s.Policy || s.Hello == nil {
 		return nameVerdict{d: s.Decision}
@@ -95,15 +103,44 @@ func (s *session) decideNameCtx(ctx context.Context, pol *policy.Policy) nameVer
 	defer c.mu.Unlock()
 	if pol != c.pol {
 		was := c.nameDecision
+		c.undo, c.undoBy = nil, nil
 		if s.decideNameLocked(ctx, pol); ctx.Err() != nil {
 			c.nameDecision = was
+		} else if ctx.Done() != nil {
+			c.undo, c.undoBy = &was, ctx
 		}
+	} else if c.undoBy != ctx {
+		// Another caller takes the decision as it stands (a request
+		// refused by it): it stands.
+		c.undo, c.undoBy = nil, nil
 	}
 	v := nameVerdict{d: c.d, why: c.why, byCheck: c.byCheck}
 	if c.byCheck {
 		v.destCheck, v.checkErr = c.destCheck, c.checkErr
 	}
 	return v
+}
+
+// settleName settles the name's decision made under ctx, if it was kept
+// and not taken by another caller since (decideNameCtx): put back when
+// cancelled, ctx cancelled after it was kept, so that a cancelled check
+// decides nothing, the connection's name included. The tunnel it was made
+// for went on, and the name kept denied made its tls record say "ended by
+// a policy reload" while nothing was (review r4s28 F3).
+func (s *session) settleName(ctx context.Context, cancelled bool) {
+	if s.Hello == nil {
+		return
+	}
+	c := &s.nameCheck
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.undoBy != ctx || c.undo == nil {
+		return
+	}
+	if cancelled {
+		c.nameDecision = *c.undo
+	}
+	c.undo, c.undoBy = nil, nil
 }
 
 // decideNameLocked decides the connection's name under pol, a policy not

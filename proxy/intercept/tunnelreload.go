@@ -135,7 +135,14 @@ func (r *tunnelReload) recheck(ctx context.Context, head bool) error {
 		return nil
 	}
 	was := r.decided
-	if r.why = r.decide(ctx, pol); ctx.Err() != nil {
+	r.why = r.decide(ctx, pol)
+	cancelled := ctx.Err() != nil
+	if ctx.Done() != nil {
+		// The connection's name decided under ctx too: kept or put back
+		// as the tunnel's part is, on this one look at ctx.
+		r.s.settleName(ctx, cancelled)
+	}
+	if cancelled {
 		// Its waiter ended first: what it found ended nothing.
 		r.decided, r.why = was, ""
 		return nil
