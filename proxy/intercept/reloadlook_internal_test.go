@@ -59,7 +59,7 @@ func TestLingerStopReloadCheckOffTheLinger(t *testing.T) {
 			var r tunnelReload
 			reload := r.init(s, before, policy.Subject{Domain: "www.example.test", Dest: dest}, &records.Record{}, destVouch{}, false)
 			u := &upgradedBody{reload: reload}
-			rl := newReloadLook(reload)
+			rl := newLingerLook(reload)
 			defer rl.stop()
 			if err := u.lingerStop(rl); err != nil {
 				t.Fatalf("before the reload: %v", err)

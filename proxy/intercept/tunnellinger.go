@@ -68,7 +68,7 @@ func (u *upgradedBody) closeDelivering() error {
 		if rc, err := sc.SyscallConn(); err == nil {
 			// A write in flight had part of the bound (boundWrite).
 			bound := func() time.Duration { return u.lingerBound() - u.writeWait }
-			rl := newReloadLook(u.reload)
+			rl := newLingerLook(u.reload)
 			unsent, lerr = hostconn.Linger(rc, make([]byte, 16<<10), bound, func() error { return u.lingerStop(rl) })
 			rl.stop()
 			if errors.Is(lerr, hostconn.ErrTailUndelivered) {

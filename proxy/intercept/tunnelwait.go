@@ -92,15 +92,34 @@ type reloadLook struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	res    chan error // the answer of the check under way; nil when none is
+	// linger: the look is a linger's (newLingerLook), whose deny wakes
+	// the lingers (WakeLingers).
+	linger bool
 }
 
-// newReloadLook is the reload look of r's tunnel, nil for a nil r.
+// newReloadLook is the reload look of r's tunnel's wait (awaitBounded),
+// nil for a nil r.
 func newReloadLook(r *tunnelReload) *reloadLook {
 	if r == nil {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &reloadLook{r: r, ctx: ctx, cancel: cancel}
+}
+
+// newLingerLook is the reload look of r's tunnel's linger (lingerStop),
+// nil for a nil r. A linger asks its stop only at its looks, and nothing
+// but WakeLingers, which wakes every linger and every tunnel's wait in the
+// process, makes it look sooner: only a linger's deny wakes them. A
+// wait's deny came on its own channel (answer), and woke them all, each
+// looking again: looks grew with the square of the waits a reload denied
+// (review r4s28 F4).
+func newLingerLook(r *tunnelReload) *reloadLook {
+	l := newReloadLook(r)
+	if l != nil {
+		l.linger = true
+	}
+	return l
 }
 
 // poll returns the answer of the check under way if it has come, else
@@ -123,15 +142,15 @@ func (l *reloadLook) poll() error {
 	if l.r.due() {
 		res := make(chan error, 1)
 		l.res = res
-		go func() {
+		go func(linger bool) {
 			err := l.r.checkCtx(l.ctx)
-			if err != nil {
+			if err != nil && linger {
 				// A linger asks its stop only at its looks (lingerStop):
 				// the deny is seen now.
 				hostconn.WakeLingers()
 			}
 			res <- err
-		}()
+		}(l.linger)
 	}
 	return nil
 }
