@@ -51,7 +51,7 @@ type slots struct {
 // lookup looks name up for a check from endpoint unless a lookup of it is
 // already in flight, and waits for that lookup or for ctx. The lookup runs
 // on its own, bounded by LookupTimeout once it has a slot (and its wait
-// for one by another LookupTimeout), whatever happens to ctx: other checks
+// for one by slotWait), whatever happens to ctx: other checks
 // may be waiting for it, and its answer is cached for the next ones.
 //
 // An endpoint with an eighth of MaxLookups lookups in flight (its share,
@@ -136,23 +136,36 @@ func (c *Checker) run(name string, cl *call) {
 	close(cl.done)
 }
 
-// awaitSlot returns once cl holds a slot, or fails after LookupTimeout
-// without one (or when the checker closes). A slot that comes as it fails
-// is let go by run, to the next call waiting.
+// slotWait bounds a lookup's wait for a slot: LookupTimeout and a margin,
+// since a slot held by a lookup the resolver never answers comes free a
+// few ms after its LookupTimeout (the read's timeout, the other query, the
+// store), and a lookup queued right behind it should get it.
+func (c *Checker) slotWait() time.Duration {
+	return c.cfg.LookupTimeout + min(c.cfg.LookupTimeout/4, 250*time.Millisecond)
+}
+
+// awaitSlot returns once cl holds a slot, or fails after slotWait without
+// one (or when the checker closes).
 func (c *Checker) awaitSlot(cl *call) error {
 	if cl.slot == nil { // it had one at once
 		return nil
 	}
-	t := time.NewTimer(c.cfg.LookupTimeout)
+	t := time.NewTimer(c.slotWait())
 	defer t.Stop()
 	select {
 	case <-cl.slot:
 		return nil
 	case <-t.C:
-		return fmt.Errorf("%w within %s: %d lookups running", errNoSlot, c.cfg.LookupTimeout, c.cfg.MaxLookups)
 	case <-c.ctx.Done():
 		return ErrClosed
 	}
+	c.callMu.Lock()
+	defer c.callMu.Unlock()
+	if cl.granted { // a slot that came with the timer is as good
+		return nil
+	}
+	c.slots.leave(cl)
+	return fmt.Errorf("%w within %s: %d lookups running", errNoSlot, c.slotWait(), c.cfg.MaxLookups)
 }
 
 // leave takes cl, which never got a slot, out of the calls waiting for
