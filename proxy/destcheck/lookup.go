@@ -30,6 +30,10 @@ var errEndpointLookups = errors.New("too many lookups in flight for this GWLB en
 // was never asked, so nothing is learned of the name and nothing cached.
 var errNoSlot = errors.New("no lookup slot came free")
 
+// errGaveUpWaiting fails a check whose own context ended while its lookup
+// still waited for a slot: the resolver was not asked for it either.
+var errGaveUpWaiting = errors.New("gave up waiting for a lookup slot")
+
 // call is one lookup in flight; its waiters share its outcome.
 type call struct {
 	done     chan struct{}
@@ -98,8 +102,14 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 	case <-cl.done:
 		return cl.err
 	case <-ctx.Done():
-		return fmt.Errorf("gave up waiting for the lookup: %w", context.Cause(ctx))
 	}
+	c.callMu.Lock()
+	waiting := !cl.granted && cl.slot != nil
+	c.callMu.Unlock()
+	if waiting {
+		return fmt.Errorf("%w: %w", errGaveUpWaiting, context.Cause(ctx))
+	}
+	return fmt.Errorf("gave up waiting for the lookup: %w", context.Cause(ctx))
 }
 
 // run performs one lookup, stores its outcome and hands it to the waiters.

@@ -1,6 +1,8 @@
 package destcheck
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -49,6 +51,35 @@ func slotInvariants(c *Checker) string {
 		return fmt.Sprintf("callsBy sums to %d, for %d calls", total, counted)
 	}
 	return ""
+}
+
+// TestGaveUpWaitingForSlotNotAMismatch: every slot is held. An endpoint's
+// clients got an answer for n.fast.test naming 192.0.2.9. A check of
+// n.fast.test to 192.0.2.1 whose own context (a short dial timeout) ends
+// while its lookup waits for a slot is a LookupError, counted as a lookup
+// failure: the resolver was not asked, and what is known of the name is no
+// verdict. Before, it was a mismatch naming 192.0.2.9. The lookup itself
+// goes on, and the next check passes on its answer.
+func TestGaveUpWaitingForSlotNotAMismatch(t *testing.T) {
+	res, slow := zoneResolver(t, 0)
+	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second, MaxLookups: 1}, nil)
+	go checkWithin(c, epA, "h.slow.test")
+	waitFor(t, "the slot taken", func() bool { return slow.Load() >= 2 })
+	c.Observe(epB, msg(t, "n.fast.test.", rr{name: "n.fast.test.", ttl: 60, addr: "192.0.2.9"}))
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	err := c.Check(ctx, epB, "n.fast.test", addr("192.0.2.1"))
+	var le *LookupError
+	var me *MismatchError
+	if !errors.As(err, &le) || errors.As(err, &me) || !errors.Is(err, errGaveUpWaiting) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a check that gave up while its lookup waited for a slot: %v (%T), want a LookupError", err, err)
+	}
+	if s := c.Stats(); s.Mismatches != 0 || s.LookupFailures != 1 {
+		t.Errorf("stats %+v, want no mismatch and a lookup failure", s)
+	}
+	if _, err := checkWithin(c, epB, "n.fast.test"); err != nil {
+		t.Errorf("once the waiting lookup ran: %v", err)
+	}
 }
 
 // TestSlotGrantedAsWaitEnds: one slot, held by a lookup the resolver never
