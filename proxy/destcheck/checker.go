@@ -236,7 +236,7 @@ type Checker struct {
 
 	callMu  sync.Mutex
 	calls   map[string]*call // lookups in flight (running or waiting), by name
-	callsBy map[string]int   // lookups in flight, by the endpoint that started them
+	callsBy map[string]int   // lookups in flight but those waiting beyond their share, by the endpoint that started them
 	slots   slots
 	closed  bool
 
@@ -263,6 +263,7 @@ func newChecker(cfg Config, now func() time.Time) *Checker {
 		cancel:     cancel,
 		calls:      make(map[string]*call),
 		callsBy:    make(map[string]int),
+		slots:      slots{heldBy: make(map[string]int)},
 		retransmit: min(defaultRetransmit, cfg.LookupTimeout/2),
 	}
 }
@@ -431,7 +432,7 @@ func (c *Checker) resolvedState(name string, dest netip.Addr, now int64) (int, e
 // endpoint's clients got, or an earlier lookup's, not yet expired), since
 // dest is not among them; a LookupError otherwise.
 func (c *Checker) failed(endpoint, name string, dest netip.Addr, err error) error {
-	if errors.Is(err, errEndpointLookups) || errors.Is(err, errNoSlot) || errors.Is(err, errGaveUpWaiting) {
+	if errors.Is(err, errEndpointLookups) || errors.Is(err, errNoSlot) || errors.Is(err, errGaveUpWaiting) || errors.Is(err, errNoCheckWaits) {
 		// The resolver was not asked: what is known of the name is no
 		// verdict.
 		c.stats.lookupFailures.Add(1)

@@ -22,8 +22,8 @@ const ednsSize = 1232
 // errNoResolver is the cause of every lookup without a configured resolver.
 var errNoResolver = errors.New("no resolver is configured")
 
-// errEndpointLookups fails a check that would start a lookup while its
-// endpoint has its share of those in flight and few slots are free.
+// errEndpointLookups fails a lookup that waited in vain for its turn
+// beyond its endpoint's share: the resolver was never asked.
 var errEndpointLookups = errors.New("too many lookups in flight for this GWLB endpoint")
 
 // errNoSlot fails a lookup that waited for a slot in vain: the resolver
@@ -34,38 +34,62 @@ var errNoSlot = errors.New("no lookup slot came free")
 // still waited for a slot: the resolver was not asked for it either.
 var errGaveUpWaiting = errors.New("gave up waiting for a lookup slot")
 
+// errNoCheckWaits ends a lookup waiting beyond its endpoint's share once
+// every check that wanted it has given up: nobody would read its answer,
+// and a flood of fresh names would otherwise leave a lookup per name
+// waiting for the whole slot wait.
+var errNoCheckWaits = errors.New("no check waits for the lookup any more")
+
+// slotWait bounds a lookup's wait for a slot: LookupTimeout and a margin,
+// since a slot held by a lookup the resolver never answers comes free a
+// few ms after its LookupTimeout (the read's timeout, the other query, the
+// store), and a lookup queued right behind it should get it.
+func (c *Checker) slotWait() time.Duration {
+	return c.cfg.LookupTimeout + min(c.cfg.LookupTimeout/4, 250*time.Millisecond)
+}
+
 // call is one lookup in flight; its waiters share its outcome.
 type call struct {
 	done     chan struct{}
 	err      error
 	endpoint string // whose check started it
 
-	granted bool          // it holds a slot (under callMu)
-	slot    chan struct{} // closed when granted, if it had to wait; set once
+	// Under callMu:
+	granted   bool          // it holds a slot
+	overShare bool          // it waits in slots.overShare
+	checks    int           // checks waiting for it while it waits for a slot
+	slot      chan struct{} // closed when granted or dropped, if it had to wait; set once
 }
 
-// slots are the MaxLookups slots the lookups run in. A call that finds
-// none free waits for one; a slot let go passes to the call that waited
-// longest. Under callMu.
+// slots are the MaxLookups slots the lookups run in. Under callMu.
 type slots struct {
-	running int     // slots held
-	waiting []*call // oldest first; only while no slot is free
+	running int // slots held
+	// waiting are the calls within their endpoint's share that found no
+	// slot free, oldest first; only while none is free.
+	waiting []*call
+	// overShare are the calls of endpoints at their share, oldest first,
+	// each to start once more than three shares are free (or its endpoint
+	// falls below its share). They do not count in callsBy.
+	overShare []*call
+	heldBy    map[string]int // slots held, by endpoint
 }
 
 // lookup looks name up for a check from endpoint unless a lookup of it is
 // already in flight, and waits for that lookup or for ctx. The lookup runs
 // on its own, bounded by LookupTimeout once it has a slot (and its wait
-// for one by slotWait), whatever happens to ctx: other checks
-// may be waiting for it, and its answer is cached for the next ones.
+// for one by slotWait), whatever happens to ctx: other checks may be
+// waiting for it, and its answer is cached for the next ones.
 //
 // An endpoint with an eighth of MaxLookups lookups in flight (its share,
-// running or waiting) gets a new name refused at once unless more than
-// three shares of slots are free, and it takes one of those (joining a
-// lookup in flight is always allowed). So one endpoint's clients, sending
-// fresh names under an allowed wildcard whose servers never answer, hold
-// at most MaxLookups less three shares, and two endpoints' a share more:
-// the other endpoints' checks find slots free instead of waiting for them
-// until they fail.
+// running or waiting within it) starts another only while more than three
+// shares of slots are free, and takes one of those; otherwise that lookup
+// waits in a queue of its own until so many are free or its endpoint falls
+// below its share (joining a lookup in flight is always allowed). So one
+// endpoint's clients, sending fresh names under an allowed wildcard whose
+// servers never answer, hold at most MaxLookups less three shares, and two
+// endpoints' a share more: the other endpoints' checks find slots free
+// instead of waiting for them until they fail. And a burst of new names
+// from one endpoint waits for slots a few lookups' time instead of failing.
 func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 	c.callMu.Lock()
 	cl := c.calls[name]
@@ -74,29 +98,25 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 			c.callMu.Unlock()
 			return ErrClosed
 		}
-		share := max(c.cfg.MaxLookups/8, 1)
-		free := c.cfg.MaxLookups - c.slots.running
-		if n := c.callsBy[endpoint]; n >= share && free <= 3*share {
-			// Built under the lock: a map read while a lookup's end
-			// writes it is a data race, and may be the runtime's fatal
-			// "concurrent map read and map write", for the whole process.
-			err := fmt.Errorf("%w: %d of its own, %d of %d slots free", errEndpointLookups, n, free, c.cfg.MaxLookups)
-			c.callMu.Unlock()
-			return err
-		}
 		cl = &call{done: make(chan struct{}), endpoint: endpoint}
-		if free > 0 {
-			c.slots.running++
-			cl.granted = true
-		} else {
+		switch free := c.cfg.MaxLookups - c.slots.running; {
+		case c.callsBy[endpoint] >= c.share() && free <= 3*c.share():
+			cl.slot = make(chan struct{})
+			cl.overShare = true
+			c.slots.overShare = append(c.slots.overShare, cl)
+		case free > 0:
+			c.grant(cl)
+			c.callsBy[endpoint]++
+		default:
 			cl.slot = make(chan struct{})
 			c.slots.waiting = append(c.slots.waiting, cl)
+			c.callsBy[endpoint]++
 		}
 		c.calls[name] = cl
-		c.callsBy[endpoint]++
 		c.wg.Add(1)
 		go c.run(name, cl)
 	}
+	cl.checks++
 	c.callMu.Unlock()
 	select {
 	case <-cl.done:
@@ -104,12 +124,29 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 	case <-ctx.Done():
 	}
 	c.callMu.Lock()
-	waiting := !cl.granted && cl.slot != nil
-	c.callMu.Unlock()
-	if waiting {
-		return fmt.Errorf("%w: %w", errGaveUpWaiting, context.Cause(ctx))
+	defer c.callMu.Unlock()
+	if cl.checks--; cl.granted || cl.slot == nil {
+		return fmt.Errorf("gave up waiting for the lookup: %w", context.Cause(ctx))
 	}
-	return fmt.Errorf("gave up waiting for the lookup: %w", context.Cause(ctx))
+	if cl.checks == 0 && cl.overShare && c.slots.leave(cl) {
+		close(cl.slot)        // not granted: run ends it
+		delete(c.calls, name) // a check of name from now on starts anew
+	}
+	return fmt.Errorf("%w: %w", errGaveUpWaiting, context.Cause(ctx))
+}
+
+// share is the lookups an endpoint may have in flight whatever the others
+// do.
+func (c *Checker) share() int { return max(c.cfg.MaxLookups/8, 1) }
+
+// grant gives cl a slot. Under callMu.
+func (c *Checker) grant(cl *call) {
+	c.slots.running++
+	c.slots.heldBy[cl.endpoint]++
+	cl.granted = true
+	if cl.slot != nil {
+		close(cl.slot)
+	}
 }
 
 // run performs one lookup, stores its outcome and hands it to the waiters.
@@ -128,34 +165,38 @@ func (c *Checker) run(name string, cl *call) {
 	if err != nil && c.ctx.Err() != nil {
 		err = ErrClosed
 	}
-	if !errors.Is(err, errNoSlot) {
+	if !errors.Is(err, errNoSlot) && !errors.Is(err, errEndpointLookups) && !errors.Is(err, errNoCheckWaits) {
 		c.store(name, res, err)
 	}
 	c.callMu.Lock()
+	counted := !cl.overShare // it counts in callsBy
+	c.slots.leave(cl)
+	if c.calls[name] == cl {
+		delete(c.calls, name)
+	}
+	if cl.granted {
+		if c.slots.heldBy[cl.endpoint]--; c.slots.heldBy[cl.endpoint] <= 0 {
+			delete(c.slots.heldBy, cl.endpoint)
+		}
+	}
+	if counted {
+		if c.callsBy[cl.endpoint]--; c.callsBy[cl.endpoint] <= 0 {
+			delete(c.callsBy, cl.endpoint)
+		}
+	}
 	if cl.granted {
 		c.release()
-	} else {
-		c.slots.leave(cl)
 	}
-	delete(c.calls, name)
-	if c.callsBy[cl.endpoint]--; c.callsBy[cl.endpoint] <= 0 {
-		delete(c.callsBy, cl.endpoint)
+	if counted {
+		c.promote(cl.endpoint)
 	}
 	c.callMu.Unlock()
 	cl.err = err
 	close(cl.done)
 }
 
-// slotWait bounds a lookup's wait for a slot: LookupTimeout and a margin,
-// since a slot held by a lookup the resolver never answers comes free a
-// few ms after its LookupTimeout (the read's timeout, the other query, the
-// store), and a lookup queued right behind it should get it.
-func (c *Checker) slotWait() time.Duration {
-	return c.cfg.LookupTimeout + min(c.cfg.LookupTimeout/4, 250*time.Millisecond)
-}
-
 // awaitSlot returns once cl holds a slot, or fails after slotWait without
-// one (or when the checker closes).
+// one (or when the checker closes, or no check waits for it any more).
 func (c *Checker) awaitSlot(cl *call) error {
 	if cl.slot == nil { // it had one at once
 		return nil
@@ -164,6 +205,11 @@ func (c *Checker) awaitSlot(cl *call) error {
 	defer t.Stop()
 	select {
 	case <-cl.slot:
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		if !cl.granted {
+			return errNoCheckWaits
+		}
 		return nil
 	case <-t.C:
 	case <-c.ctx.Done():
@@ -175,36 +221,78 @@ func (c *Checker) awaitSlot(cl *call) error {
 		return nil
 	}
 	c.slots.leave(cl)
+	if cl.overShare {
+		return fmt.Errorf("%w: %d of its own, %d of %d slots free after waiting %s", errEndpointLookups,
+			c.callsBy[cl.endpoint], c.cfg.MaxLookups-c.slots.running, c.cfg.MaxLookups, c.slotWait())
+	}
 	return fmt.Errorf("%w within %s: %d lookups running", errNoSlot, c.slotWait(), c.cfg.MaxLookups)
 }
 
-// leave takes cl, which never got a slot, out of the calls waiting for
-// one. Under callMu.
-func (s *slots) leave(cl *call) {
-	w := s.waiting
+// leave takes cl out of the queue it waits in for a slot, and reports
+// whether it was in one. Under callMu.
+func (s *slots) leave(cl *call) bool {
+	return remove(&s.waiting, cl) || remove(&s.overShare, cl)
+}
+
+func remove(q *[]*call, cl *call) bool {
+	w := *q
 	for i := range w {
 		if w[i] == cl {
 			copy(w[i:], w[i+1:])
 			w[len(w)-1] = nil
-			s.waiting = w[:len(w)-1]
-			return
+			*q = w[:len(w)-1]
+			return true
 		}
+	}
+	return false
+}
+
+// release lets go of a slot: to the call that waited longest within its
+// endpoint's share, if one waits, or else to calls beyond their share
+// while more than three shares are free. Under callMu.
+func (c *Checker) release() {
+	c.slots.running--
+	if w := c.slots.waiting; len(w) > 0 {
+		next := w[0]
+		remove(&c.slots.waiting, next)
+		c.grant(next)
+		return
+	}
+	for len(c.slots.overShare) > 0 && c.cfg.MaxLookups-c.slots.running > 3*c.share() {
+		c.admit(c.slots.overShare[0])
 	}
 }
 
-// release lets go of a slot: to the call that waited longest, if one
-// waits. Under callMu.
-func (c *Checker) release() {
-	w := c.slots.waiting
-	if len(w) == 0 {
-		c.slots.running--
+// promote lets the call of endpoint that waited longest beyond its share
+// on, once the endpoint has fallen below it: to a slot if one is free, or
+// to the queue within shares. Under callMu.
+func (c *Checker) promote(endpoint string) {
+	if c.callsBy[endpoint] >= c.share() {
 		return
 	}
-	next := w[0]
-	w[0] = nil
-	c.slots.waiting = w[1:]
-	next.granted = true
-	close(next.slot)
+	for _, cl := range c.slots.overShare {
+		if cl.endpoint != endpoint {
+			continue
+		}
+		if c.slots.running < c.cfg.MaxLookups {
+			c.admit(cl)
+			return
+		}
+		remove(&c.slots.overShare, cl)
+		cl.overShare = false
+		c.callsBy[endpoint]++
+		c.slots.waiting = append(c.slots.waiting, cl)
+		return
+	}
+}
+
+// admit gives cl, waiting beyond its endpoint's share, a slot. Under
+// callMu.
+func (c *Checker) admit(cl *call) {
+	remove(&c.slots.overShare, cl)
+	cl.overShare = false
+	c.callsBy[cl.endpoint]++
+	c.grant(cl)
 }
 
 // result is what a lookup found: addresses with their TTLs, or none and

@@ -413,13 +413,16 @@ func TestSystemResolver(t *testing.T) {
 }
 
 // TestLookupsSharedByEndpoints: an endpoint that started its share of the
-// lookups in flight gets a new name refused at once (a lookup error, not a
-// mismatch) unless more than three shares of slots are free, while a name
-// already being looked up may still be waited for, and other endpoints'
-// checks still get their lookups: within their share they take the slots
-// left, or wait for one. Before, one or two endpoints' clients sending
-// fresh names under an allowed wildcard held every slot, and every other
-// endpoint's checks waited until they failed.
+// lookups in flight starts a new name only while more than three shares of
+// slots are free; otherwise the new name's lookup waits (not counted in
+// the endpoint's share, holding no slot) until so many are free, while a
+// name already being looked up may still be waited for, and other
+// endpoints' checks still get their lookups: within their share they take
+// the slots left, or wait for one, ahead of the lookup beyond its share.
+// Before 6a0904e, one or two endpoints' clients sending fresh names under
+// an allowed wildcard held every slot, and every other endpoint's checks
+// waited until they failed; until the queue beyond the share, the new name
+// was refused at once.
 func TestLookupsSharedByEndpoints(t *testing.T) {
 	srv := startServer(t)
 	srv.Set("*.slow.test", 60, addr("192.0.2.1"))
@@ -438,12 +441,19 @@ func TestLookupsSharedByEndpoints(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	err := check(c, epA, "z.slow.test", "192.0.2.1")
-	var le *LookupError
-	if !errors.Is(err, errEndpointLookups) || !errors.As(err, &le) || time.Since(start) > 100*time.Millisecond {
-		t.Errorf("a new name from an endpoint beyond its share with 3 slots free: %v after %s, want a lookup error at once", err, time.Since(start))
-	}
-	wg.Go(func() { // a name in flight: joined, not refused
+	var waited time.Duration
+	wg.Go(func() {
+		if err := check(c, epA, "z.slow.test", "192.0.2.1"); err != nil {
+			t.Errorf("a new name from an endpoint beyond its share: %v", err)
+		}
+		waited = time.Since(start)
+	})
+	waitFor(t, "the new name beyond the share queued", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return len(c.slots.overShare) == 1 && c.slots.running == 5 && c.callsBy[epA] == 5
+	})
+	wg.Go(func() { // a name in flight: joined, not queued
 		if err := check(c, epA, "a.slow.test", "192.0.2.1"); err != nil {
 			t.Errorf("joining a lookup in flight: %v", err)
 		}
@@ -456,7 +466,18 @@ func TestLookupsSharedByEndpoints(t *testing.T) {
 			}
 		})
 	}
+	waitFor(t, "the other endpoints' lookups", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.running == 8 && len(c.slots.waiting) == 1 && len(c.slots.overShare) == 1
+	})
 	wg.Wait()
+	if waited < 500*time.Millisecond {
+		t.Errorf("the new name beyond the share was answered after %v, want after it waited for the first lookups to end (about 600 ms)", waited)
+	}
+	if s := slotInvariants(c); s != "" {
+		t.Error(s)
+	}
 }
 
 // serveQuestions reads DNS questions on pc until it closes and hands each,
