@@ -247,13 +247,23 @@ func remove(q *[]*call, cl *call) bool {
 	return false
 }
 
-// release lets go of a slot: to the call that waited longest within its
-// endpoint's share, if one waits, or else to calls beyond their share
-// while more than three shares are free. Under callMu.
+// release lets go of a slot: to a call waiting within its endpoint's
+// share, if one waits, that of the endpoint holding the fewest slots
+// (oldest first among those), or else to calls beyond their share while
+// more than three shares are free. Fewest first, not oldest: while
+// endpoints at their share keep every slot held, an endpoint holding none
+// would otherwise wait behind all their calls queued ahead of its own,
+// about half a LookupTimeout, and its own waiting calls count against its
+// share meanwhile. Under callMu.
 func (c *Checker) release() {
 	c.slots.running--
 	if w := c.slots.waiting; len(w) > 0 {
 		next := w[0]
+		for _, cl := range w[1:] {
+			if c.slots.heldBy[cl.endpoint] < c.slots.heldBy[next.endpoint] {
+				next = cl
+			}
+		}
 		remove(&c.slots.waiting, next)
 		c.grant(next)
 		return

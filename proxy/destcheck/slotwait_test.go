@@ -221,3 +221,45 @@ func TestSlotsNeverLeak(t *testing.T) {
 		c.callMu.Unlock()
 	}
 }
+
+// TestFreedSlotToEndpointHoldingFewest: every slot is held, and eight
+// endpoints holding one slot each have another lookup waiting for one.
+// Then an endpoint holding none needs a lookup: the first slot freed is
+// its, and its check passes within about two answers' time. Before, the
+// slot went to the call that waited longest, and it waited for the
+// lookups the resolver never answers to give up.
+func TestFreedSlotToEndpointHoldingFewest(t *testing.T) {
+	const delay = 150 * time.Millisecond
+	res, _ := zoneResolver(t, delay)
+	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: 2 * time.Second, MaxLookups: 16}, nil) // a share of 2
+	var wg sync.WaitGroup
+	state := func(running, waiting int) func() bool {
+		return func() bool {
+			c.callMu.Lock()
+			defer c.callMu.Unlock()
+			return c.slots.running == running && len(c.slots.waiting) == waiting
+		}
+	}
+	// Sixteen endpoints hold a slot each, one of them for a name answered
+	// in 150 ms, the others for names never answered.
+	for i := range 16 {
+		name := fmt.Sprintf("h%d.slow.test", i)
+		if i == 15 {
+			name = "first.fast.test"
+		}
+		wg.Go(func() { checkWithin(c, fmt.Sprintf("vpce-%017x", i), name) })
+	}
+	waitFor(t, "every slot held", state(16, 0))
+	for i := range 8 { // their second lookups wait, oldest first
+		wg.Go(func() { checkWithin(c, fmt.Sprintf("vpce-%017x", i), fmt.Sprintf("q%d.slow.test", i)) })
+		waitFor(t, "another lookup waiting", state(16, i+1))
+	}
+	d, err := checkWithin(c, "vpce-00000000000000100", "v.fast.test")
+	if err != nil || d > 2*delay+100*time.Millisecond {
+		t.Errorf("the check of an endpoint holding no slot: %v after %v, want it passed within about %v: the first slot freed", err, d.Round(time.Millisecond), 2*delay)
+	}
+	wg.Wait()
+	if s := slotInvariants(c); s != "" {
+		t.Error(s)
+	}
+}
