@@ -33,6 +33,14 @@ type shareRig struct {
 
 func newShareRig(t *testing.T, share int, transitory time.Duration, cfg Config) *shareRig {
 	t.Helper()
+	return newShareRigTCP(t, share, transitory, cfg, netstack.TCPOptions{KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2})
+}
+
+// newShareRigTCP is newShareRig with the stack's TCP options (its
+// keepalives) given: newShareRig's give a client that vanished up within
+// a second, and so, on a loaded machine, one that answered a probe late.
+func newShareRigTCP(t *testing.T, share int, transitory time.Duration, cfg Config, tcpOpts netstack.TCPOptions) *shareRig {
+	t.Helper()
 	sink := new(recordSink)
 	cfg.Records, cfg.AllowLoopback = records.NewWriter(nil, sink), true
 	p := New(cfg)
@@ -45,8 +53,7 @@ func newShareRig(t *testing.T, share int, transitory time.Duration, cfg Config) 
 	pc.Close()
 	srv, err := netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
 		ReturnPath: netstack.ReturnPathBound, Handler: p, AllowLoopback: true,
-		MaxFlows: 1000, MaxFlowsPerClient: share, TransitoryTimeout: transitory,
-		TCP: netstack.TCPOptions{KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2}})
+		MaxFlows: 1000, MaxFlowsPerClient: share, TransitoryTimeout: transitory, TCP: tcpOpts})
 	if err != nil {
 		t.Fatal(err)
 	}
