@@ -286,6 +286,23 @@ func nameDenyResponse(req *http.Request, v nameVerdict, sni, note string) *http.
 	return resp
 }
 
+// denyResponse is the 403 of a request r ended (roundTrip), for host.
+// One ended for the connection's own name is refused as refuseDeniedName
+// refuses one (nameDenyResponse): its HTTP/1 connection closed, an HTTP/2
+// one refused for the name's failed check sent a GOAWAY. Answered as a
+// request's own deny, the client kept the connection, and its next
+// request was refused for the name before it was told to go (review
+// r8s28 F1).
+func (r *tunnelReload) denyResponse(req *http.Request, host string) *http.Response {
+	r.mu.Lock()
+	v, byName := nameVerdict{d: r.d, byCheck: r.nameByCheck}, r.byName
+	r.mu.Unlock()
+	if byName {
+		return nameDenyResponse(req, v, r.s.Hello.ServerName, "ended by a policy reload: the connection's name is denied")
+	}
+	return denyResponse(req, v.d.Rule, host, "ended by a policy reload")
+}
+
 // recordNameDenial puts into rec, the record of a request for host
 // refused for the connection's name (sni) by v, that refusal: v's rule
 // and policy, action deny, result denied, status 403, and why (the

@@ -292,14 +292,14 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// stream is answered 403, and the server resets what is left of
 		// its upload. One denied before its head went (checkHead), or
 		// before its answer's head went to the client (checkAnswer), had
-		// nothing cut: its HTTP/1 client is answered 403 too, and its
-		// connection serves on.
+		// nothing cut: its HTTP/1 client is answered 403 too, its
+		// connection serving on unless its name is denied.
 		if inH2Handler(req) || reload.deniedUnsent() {
 			rec.Status = http.StatusForbidden
 		}
 		reload.record(rec)
 		rt.write(rec, start)
-		return denyResponse(req, rec.Rule, host, "ended by a policy reload"), nil
+		return reload.denyResponse(req, host), nil
 	}
 	if err != nil && (req.Context().Err() != nil || sent.failed.Load()) {
 		if resp := rt.refuseMalformedBody(req, sent.err(), rec, start); resp != nil {

@@ -58,6 +58,10 @@ type decided struct {
 	// what its pass rested on.
 	destCheck, checkErr string
 	vouch               destVouch
+	// byName: d denies the connection's own name, not the request's
+	// alone; nameByCheck: for the name's failed destination check. Its
+	// 403 says so as refuseDeniedName's does (reloadDenyResponse).
+	byName, nameByCheck bool
 }
 
 // init makes r the recheck of a request (and of the tunnel it may open)
@@ -105,7 +109,8 @@ func (r *tunnelReload) due() bool {
 // without it, a reload that denied its name meanwhile still had its head,
 // and its body up to the first read, go to that name. Nothing of it has
 // gone, nor been answered, so a deny ends the request alone, on HTTP/1
-// too: its client gets a 403 (roundTrip) and its connection serves on.
+// too: its client gets a 403 (roundTrip), its connection serving on
+// unless the connection's own name is denied (denyResponse).
 // nil for a nil r.
 func (r *tunnelReload) checkHead() error { return r.recheck(context.Background(), true) }
 
@@ -180,12 +185,16 @@ func (r *tunnelReload) recheck(ctx context.Context, head bool) error {
 // fails is its record's (dest_check), as a spliced connection's is.
 func (r *tunnelReload) decide(ctx context.Context, pol *policy.Policy) string {
 	d := pol.Decide(r.subj)
-	r.d = d
+	r.d, r.byName, r.nameByCheck = d, false, false
 	if d.Action == policy.Deny {
 		return "denied by policy"
 	}
 	if r.s.needsDestinationCheck(pol, d, r.subj.Domain) {
 		if why := r.s.checkAfterReload(ctx, pol, r.subj.Domain, &r.destCheck, &r.checkErr, &r.vouch); why != "" {
+			// Of the connection's own name (same name, same address),
+			// it is the name's check that failed.
+			r.byName = r.s.Hello != nil && sameName(r.subj.Domain, r.s.Hello.ServerName)
+			r.nameByCheck = r.byName
 			return why
 		}
 	}
@@ -193,7 +202,7 @@ func (r *tunnelReload) decide(ctx context.Context, pol *policy.Policy) string {
 		// The connection's own name, which its upstream connections
 		// carry, and its ECH (connreload.go).
 		if v := r.s.decideNameCtx(ctx, pol); v.why != "" {
-			r.d = v.d
+			r.d, r.byName, r.nameByCheck = v.d, true, v.byCheck
 			if v.byCheck {
 				// The name's check failed: its error goes into the
 				// record, and for a request for that name (same name,
