@@ -68,9 +68,7 @@ func (u *upgradedBody) closeDelivering() error {
 		if rc, err := sc.SyscallConn(); err == nil {
 			// A write in flight had part of the bound (boundWrite).
 			bound := func() time.Duration { return u.lingerBound() - u.writeWait }
-			rl := newLingerLook(u.reload)
-			unsent, lerr = hostconn.Linger(rc, make([]byte, 16<<10), bound, func() error { return u.lingerStop(rl) })
-			rl.stop()
+			unsent, lerr = u.lingerTail(rc, bound)
 			if errors.Is(lerr, hostconn.ErrTailUndelivered) {
 				// Linger names its own part of the bound: the record
 				// names the whole, which the tunnel waited.
@@ -200,6 +198,17 @@ func (u *upgradedBody) lingerStop(rl *reloadLook) error {
 	// goproxy's copies may have ended (the one towards the broken
 	// client on its first failed write) and check nothing more.
 	return rl.poll()
+}
+
+// lingerTail lingers on rc, the upstream's socket, within bound, until
+// the destination has acknowledged what went out, and says what it left
+// unacknowledged (hostconn.Linger). Its stop's reload look is a linger's
+// (newLingerLook): a linger asks its stop only at its looks, once a second
+// after its first 2 s, and its deny wakes it.
+func (u *upgradedBody) lingerTail(rc syscall.RawConn, bound func() time.Duration) (int, error) {
+	rl := newLingerLook(u.reload)
+	defer rl.stop()
+	return hostconn.Linger(rc, make([]byte, 16<<10), bound, func() error { return u.lingerStop(rl) })
 }
 
 // errTailUndelivered says a tunnel's upstream was reset with the client's
