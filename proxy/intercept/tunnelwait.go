@@ -92,9 +92,9 @@ type reloadLook struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	res    chan error // the answer of the check under way; nil when none is
-	// linger: the look is a linger's (newLingerLook), whose deny wakes
-	// the lingers (WakeLingers).
-	linger bool
+	// wake, a linger's look's (newLingerLook), wakes the lingers
+	// (WakeLingers) on its deny; nil for a wait's.
+	wake func()
 }
 
 // newReloadLook is the reload look of r's tunnel's wait (awaitBounded),
@@ -117,7 +117,7 @@ func newReloadLook(r *tunnelReload) *reloadLook {
 func newLingerLook(r *tunnelReload) *reloadLook {
 	l := newReloadLook(r)
 	if l != nil {
-		l.linger = true
+		l.wake = hostconn.WakeLingers
 	}
 	return l
 }
@@ -142,15 +142,17 @@ func (l *reloadLook) poll() error {
 	if l.r.due() {
 		res := make(chan error, 1)
 		l.res = res
-		go func(linger bool) {
+		go func(wake func()) {
 			err := l.r.checkCtx(l.ctx)
-			if err != nil && linger {
+			res <- err // buffered: there for the look the wake makes
+			if err != nil && wake != nil {
 				// A linger asks its stop only at its looks (lingerStop):
-				// the deny is seen now.
-				hostconn.WakeLingers()
+				// the deny is seen now. Woken before the answer was
+				// there, it found none, and slept to its next look, up
+				// to a second on (review r8s28 N1).
+				wake()
 			}
-			res <- err
-		}(l.linger)
+		}(l.wake)
 	}
 	return nil
 }
