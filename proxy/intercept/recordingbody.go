@@ -129,13 +129,17 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		// ended the request, and its upstream with it (not a tunnel's:
 		// a failed read of it is the destination's). Before the bytes
 		// are counted: the reload's abort may have the record written
-		// at once. The body's end alone (net/http's read past a
-		// Content-Length, the client having had every byte) relays
-		// nothing: a reload since reaches the next request, and only
-		// one that ended this one already ends it here; deciding it
-		// reset a keep-alive connection whose response was whole.
+		// at once. The body's end alone after a known length read
+		// whole (net/http's read past a Content-Length, the client
+		// having had every byte) relays nothing: a reload since
+		// reaches the next request, and only one that ended this one
+		// already ends it here; deciding it reset a keep-alive
+		// connection whose response was whole. Any other body's end
+		// (a chunked body's last chunk, an HTTP/2 END_STREAM) is
+		// relayed, trailer and all, and tells the client the response
+		// is whole: decided like bytes.
 		var rerr error
-		if n == 0 && err == io.EOF {
+		if n == 0 && err == io.EOF && b.whole > 0 && b.read.Load() == b.whole {
 			if b.reload.ended() {
 				rerr = errTunnelReloadDenied
 			}
