@@ -102,6 +102,14 @@ func OnBodyRead(f func()) (restore func()) {
 	return func() { testHookBodyRead.Store(nil) }
 }
 
+// OnTakeUpBound has f run as a dial's wait for the session's first
+// HTTP/2 connection ends at its bound (h2first.go), and returns a
+// function that stops it.
+func OnTakeUpBound(f func()) (restore func()) {
+	testHookTakeUpBound.Store(&f)
+	return func() { testHookTakeUpBound.Store(nil) }
+}
+
 // SetUploadHoldDelay sets how long an upload's small writes may be held,
 // and returns a function restoring it.
 func SetUploadHoldDelay(d time.Duration) (restore func()) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -36,7 +37,9 @@ import (
 // dial for a request that came once a request had the first connection
 // goes ahead at once: net/http's pool had it then, and dials only for a
 // request none of its connections could take (an origin that allows few
-// streams a connection).
+// streams a connection). So does a dial for a request net/http asks a
+// connection for again (a retry): the one it was handed, such as the
+// first one full, could not carry it.
 
 // firstTakeUp is the take-up of a session's first connection, an HTTP/2
 // one; nil (no first connection, or not HTTP/2) holds back no dial.
@@ -57,6 +60,10 @@ type firstTakeUp struct {
 // had it) would hold every other dial until the connection closed, 90 s
 // idle. Past the bound the dial goes ahead, as it did before the wait.
 const firstTakeUpWait = time.Second
+
+// testHookTakeUpBound, when set, runs as a dial's wait for the first
+// connection ends at firstTakeUpWait.
+var testHookTakeUpBound atomic.Pointer[func()]
 
 // errDialNotNeeded ends a dial whose request got a connection while it
 // waited; net/http drops it, its request served already.
@@ -87,7 +94,7 @@ func (g *firstTakeUp) wait(ctx context.Context) error {
 	}
 	hd, _ := ctx.Value(headDeadlineKey{}).(*headDeadline)
 	g.mu.Lock()
-	if !g.handedOut || g.up && !hd.mayGetFirst() {
+	if !g.handedOut || hd.retrying() || g.up && !hd.mayGetFirst() {
 		g.handedOut = true // the first dial takes the first connection
 		g.mu.Unlock()
 		return nil
@@ -105,12 +112,31 @@ func (g *firstTakeUp) wait(ctx context.Context) error {
 	case <-g.closed:
 		return nil
 	case <-bound.C:
+		if h := testHookTakeUpBound.Load(); h != nil {
+			(*h)()
+		}
 		return nil // a first connection no request gets (a GOAWAY, no streams allowed)
 	case <-reqDone:
 		return errors.New("waiting for the first upstream connection: the request ended")
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for the first upstream connection: %w", context.Cause(ctx))
 	}
+}
+
+// retrying reports whether net/http has asked for a connection for the
+// request d before and it has got none: the one it was handed could not
+// carry it. Handed a full HTTP/2 connection (the first one, from an origin
+// allowing one stream a connection), a request got none as httptrace
+// tells it (GotConn), so a wait for got would hold its retry's dial the
+// whole firstTakeUpWait. (net/http's HTTP/2 pool also asks as it hands a
+// request a connection it then gets at once: not a retry.)
+func (d *headDeadline) retrying() bool {
+	if d == nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.asked > 1 && !d.gotClosed
 }
 
 // mayGetFirst reports whether the request d may yet be handed the first
@@ -124,6 +150,14 @@ func (d *headDeadline) mayGetFirst() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.beforeFirstUp && !d.gotClosed
+}
+
+// askedConn notes that net/http asks for a connection for the request d
+// (httptrace's GetConn): a second ask with none got is a retry.
+func (d *headDeadline) askedConn(string) {
+	d.mu.Lock()
+	d.asked++
+	d.mu.Unlock()
 }
 
 // isUp reports whether a request has got the first connection; true with

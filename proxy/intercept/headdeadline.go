@@ -75,6 +75,9 @@ type headDeadline struct {
 	// first connection, HTTP/2: net/http may yet hand it that one
 	// (h2first.go).
 	beforeFirstUp bool
+	// asked counts net/http's asks for a connection for the request
+	// (httptrace's GetConn), under mu: one more is a retry (h2first.go).
+	asked int
 	// The request's wait for an upstream connection (h2wait.go): the
 	// session's upstreamWait, which times it while waitTimed (under mu);
 	// its place in the session's list of timed waits, and when its bound

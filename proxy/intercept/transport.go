@@ -354,6 +354,7 @@ func (t oneHostTransport) roundTripRechecked(req *http.Request, reload *tunnelRe
 			hd.gotConn(info)
 			recheckHead(reload, info.Conn, cancel)
 		},
+		GetConn:              hd.askedConn,
 		GotFirstResponseByte: hd.start,
 		Got1xxResponse:       hd.got1xx,
 	}
