@@ -432,9 +432,10 @@ func (c *Checker) resolvedState(name string, dest netip.Addr, now int64) (int, e
 // endpoint's clients got, or an earlier lookup's, not yet expired), since
 // dest is not among them; a LookupError otherwise.
 func (c *Checker) failed(endpoint, name string, dest netip.Addr, err error) error {
-	if errors.Is(err, errEndpointLookups) || errors.Is(err, errNoSlot) || errors.Is(err, errGaveUpWaiting) || errors.Is(err, errNoCheckWaits) {
-		// The resolver was not asked: what is known of the name is no
-		// verdict.
+	if errors.Is(err, errEndpointLookups) || errors.Is(err, errNoSlot) || errors.Is(err, errGaveUpWaiting) || errors.Is(err, errNoCheckWaits) ||
+		errors.Is(err, ErrClosed) {
+		// The resolver was not asked (or its answer cut off by Close): what
+		// is known of the name is no verdict.
 		c.stats.lookupFailures.Add(1)
 		return &LookupError{Name: name, Err: err}
 	}

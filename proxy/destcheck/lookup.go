@@ -165,7 +165,7 @@ func (c *Checker) run(name string, cl *call) {
 	if err != nil && c.ctx.Err() != nil {
 		err = ErrClosed
 	}
-	if !errors.Is(err, errNoSlot) && !errors.Is(err, errEndpointLookups) && !errors.Is(err, errNoCheckWaits) {
+	if !errors.Is(err, errNoSlot) && !errors.Is(err, errEndpointLookups) && !errors.Is(err, errNoCheckWaits) && !errors.Is(err, ErrClosed) {
 		c.store(name, res, err)
 	}
 	c.callMu.Lock()

@@ -263,3 +263,33 @@ func TestFreedSlotToEndpointHoldingFewest(t *testing.T) {
 		t.Error(s)
 	}
 }
+
+// TestCloseWhileQueuedNotAMismatch: one slot, held; endpoint B's clients
+// got an answer naming 192.0.2.9, and B's check of the name to 192.0.2.1
+// waits for a slot when the checker closes. The resolver was never asked:
+// the check fails as a lookup error, not as a mismatch naming 192.0.2.9.
+// (After review r9s28's probe, F4.)
+func TestCloseWhileQueuedNotAMismatch(t *testing.T) {
+	res, slow := zoneResolver(t, 0)
+	c := newChecker(Config{Resolver: res, LookupTimeout: 5 * time.Second, MaxLookups: 1}, time.Now)
+	var wg sync.WaitGroup
+	wg.Go(func() { checkWithin(c, epA, "h.slow.test") })
+	waitFor(t, "the slot taken", func() bool { return slow.Load() >= 2 })
+	c.Observe(epB, msg(t, "n.fast.test.", rr{name: "n.fast.test.", ttl: 60, addr: "192.0.2.9"}))
+	var err error
+	wg.Go(func() { err = c.Check(context.Background(), epB, "n.fast.test", addr("192.0.2.1")) })
+	waitFor(t, "queued", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return len(c.slots.waiting) == 1
+	})
+	c.Close()
+	wg.Wait()
+	var le *LookupError
+	if !errors.As(err, &le) || !errors.Is(err, ErrClosed) {
+		t.Errorf("a check whose lookup was still queued at Close: %v (%T), want a LookupError for ErrClosed", err, err)
+	}
+	if s := c.Stats(); s.Mismatches != 0 || s.LookupFailures != 2 {
+		t.Errorf("mismatches %d, lookup_failures %d; want 0 and 2", s.Mismatches, s.LookupFailures)
+	}
+}
