@@ -56,6 +56,7 @@ type call struct {
 
 	// Under callMu:
 	granted   bool          // it holds a slot
+	deadline  time.Time     // when its lookup gives up: LookupTimeout from its grant
 	overShare bool          // it waits in slots.overShare
 	checks    int           // checks waiting for it while it waits for a slot
 	slot      chan struct{} // closed when granted or dropped, if it had to wait; set once
@@ -144,10 +145,17 @@ func (c *Checker) grant(cl *call) {
 	c.slots.running++
 	c.slots.heldBy[cl.endpoint]++
 	cl.granted = true
+	// From the grant, not from when run gets to it: a lookup queued behind
+	// this one waits slotWait, whose margin must not absorb scheduling delays.
+	cl.deadline = time.Now().Add(c.cfg.LookupTimeout)
 	if cl.slot != nil {
 		close(cl.slot)
 	}
 }
+
+// testHookBeforeResolve, if set, runs before each lookup asks the resolver
+// (a test standing in for a scheduling delay).
+var testHookBeforeResolve func(name string)
 
 // run performs one lookup, stores its outcome and hands it to the waiters.
 func (c *Checker) run(name string, cl *call) {
@@ -158,7 +166,13 @@ func (c *Checker) run(name string, cl *call) {
 	}
 	var res result
 	if err == nil {
-		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.LookupTimeout)
+		if testHookBeforeResolve != nil {
+			testHookBeforeResolve(name)
+		}
+		c.callMu.Lock()
+		deadline := cl.deadline
+		c.callMu.Unlock()
+		ctx, cancel := context.WithDeadline(c.ctx, deadline)
 		res, err = c.resolve(ctx, qname)
 		cancel()
 	}

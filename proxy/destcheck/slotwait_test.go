@@ -293,3 +293,34 @@ func TestCloseWhileQueuedNotAMismatch(t *testing.T) {
 		t.Errorf("mismatches %d, lookup_failures %d; want 0 and 2", s.Mismatches, s.LookupFailures)
 	}
 }
+
+// TestLookupTimeoutFromGrant: one slot, held by a lookup the resolver never
+// answers whose goroutine runs 60 ms after its grant (a loaded machine);
+// another lookup waits for the slot, LookupTimeout and a 25 ms margin. The
+// holder's LookupTimeout counts from its grant, so the slot comes free in
+// time. Before, it counted from when the goroutine ran, and the waiter
+// failed "no lookup slot came free" (TestSlotGrantedAsWaitEnds, 3 of 10
+// runs under -race at load 7-10). (Found by review r9s28 F3.)
+func TestLookupTimeoutFromGrant(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	testHookBeforeResolve = func(name string) {
+		if strings.HasSuffix(name, ".slow.test") {
+			time.Sleep(60 * time.Millisecond)
+		}
+	}
+	t.Cleanup(func() { testHookBeforeResolve = nil })
+	res, _ := zoneResolver(t, 0)
+	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: timeout, MaxLookups: 1}, nil)
+	var wg sync.WaitGroup
+	wg.Go(func() { checkWithin(c, epA, "h.slow.test") })
+	waitFor(t, "the slot taken", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.running == 1
+	})
+	d, err := checkWithin(c, epB, "w.fast.test")
+	wg.Wait()
+	if err != nil {
+		t.Errorf("a lookup queued behind one whose goroutine ran late: %v after %v", err, d.Round(time.Millisecond))
+	}
+}
