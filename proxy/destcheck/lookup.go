@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -50,15 +51,16 @@ func (c *Checker) slotWait() time.Duration {
 
 // call is one lookup in flight; its waiters share its outcome.
 type call struct {
-	done     chan struct{}
-	err      error
-	endpoint string // whose check started it
+	done chan struct{}
+	err  error
 
-	// Under callMu:
+	// Under callMu (and fixed once done is closed):
+	endpoint  string        // whose share it counts in: the starter's, or a joiner's (adopt)
 	granted   bool          // it holds a slot
 	deadline  time.Time     // when its lookup gives up: LookupTimeout from its grant
 	overShare bool          // it waits in slots.overShare
 	checks    int           // checks waiting for it while it waits for a slot
+	joinedBy  []string      // other endpoints whose checks joined it beyond its share, at theirs
 	slot      chan struct{} // closed when granted or dropped, if it had to wait; set once
 }
 
@@ -116,11 +118,25 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 		c.calls[name] = cl
 		c.wg.Add(1)
 		go c.run(name, cl)
+	} else if cl.overShare && cl.endpoint != endpoint {
+		if c.callsBy[endpoint] < c.share() {
+			c.adopt(cl, endpoint)
+		} else if !slices.Contains(cl.joinedBy, endpoint) {
+			cl.joinedBy = append(cl.joinedBy, endpoint) // promote adopts it
+		}
 	}
 	cl.checks++
 	c.callMu.Unlock()
 	select {
 	case <-cl.done:
+		if cl.endpoint != endpoint && errors.Is(cl.err, errEndpointLookups) {
+			// It waited beyond another endpoint's share, joined while this
+			// one was at its own: say so of this one, never of the other.
+			c.callMu.Lock()
+			defer c.callMu.Unlock()
+			return fmt.Errorf("%w: %d of its own, %d of %d slots free after waiting %s", errEndpointLookups,
+				c.callsBy[endpoint], c.cfg.MaxLookups-c.slots.running, c.cfg.MaxLookups, c.slotWait())
+		}
 		return cl.err
 	case <-ctx.Done():
 	}
@@ -287,27 +303,38 @@ func (c *Checker) release() {
 	}
 }
 
-// promote lets the call of endpoint that waited longest beyond its share
-// on, once the endpoint has fallen below it: to a slot if one is free, or
+// promote lets the call of endpoint (or that its checks joined, see
+// adopt) that waited longest beyond its share on, once the endpoint has fallen below it: to a slot if one is free, or
 // to the queue within shares. Under callMu.
 func (c *Checker) promote(endpoint string) {
 	if c.callsBy[endpoint] >= c.share() {
 		return
 	}
 	for _, cl := range c.slots.overShare {
-		if cl.endpoint != endpoint {
-			continue
-		}
-		if c.slots.running < c.cfg.MaxLookups {
-			c.admit(cl)
+		if cl.endpoint == endpoint || slices.Contains(cl.joinedBy, endpoint) {
+			c.adopt(cl, endpoint)
 			return
 		}
-		remove(&c.slots.overShare, cl)
-		cl.overShare = false
-		c.callsBy[endpoint]++
-		c.slots.waiting = append(c.slots.waiting, cl)
+	}
+}
+
+// adopt makes cl, waiting beyond its endpoint's share, a lookup of
+// endpoint, below its share, whose check joins it (or joined it, at its
+// share then): it counts in that share
+// and takes a free slot or waits within the share. Otherwise the check
+// would wait behind the other endpoint's whole second queue, and fail with
+// its share's error, though its own endpoint may start lookups. Under
+// callMu.
+func (c *Checker) adopt(cl *call, endpoint string) {
+	remove(&c.slots.overShare, cl)
+	cl.overShare = false
+	cl.endpoint = endpoint
+	c.callsBy[endpoint]++
+	if c.slots.running < c.cfg.MaxLookups {
+		c.grant(cl)
 		return
 	}
+	c.slots.waiting = append(c.slots.waiting, cl)
 }
 
 // admit gives cl, waiting beyond its endpoint's share, a slot. Under

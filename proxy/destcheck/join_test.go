@@ -1,0 +1,86 @@
+package destcheck
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// floodBeyondShare has endpoint A's clients hold 40 slots with names the
+// resolver never answers and queue 200 more beyond A's share, then one of
+// A's clients check popular.fast.test, which waits at the end of A's
+// second queue. It returns once all that is so.
+func floodBeyondShare(t *testing.T, ctx context.Context, c *Checker, wg *sync.WaitGroup, held int) {
+	t.Helper()
+	for i := range 240 {
+		wg.Go(func() { _ = c.Check(ctx, epA, fmt.Sprintf("h%d.slow.test", i), addr("192.0.2.1")) })
+	}
+	waitFor(t, "A's flood queued", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.running == held && len(c.slots.overShare) == 240-(held-c.slots.heldBy[epB])
+	})
+	queued := 0
+	c.callMu.Lock()
+	queued = len(c.slots.overShare)
+	c.callMu.Unlock()
+	wg.Go(func() { _ = c.Check(ctx, epA, "popular.fast.test", addr("192.0.2.1")) })
+	waitFor(t, "A's popular lookup queued", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return len(c.slots.overShare) == queued+1
+	})
+}
+
+// TestJoinBeyondOthersShare: endpoint B, holding no slot with 24 free,
+// checks a name whose lookup waits at the end of endpoint A's second
+// queue. The lookup becomes B's and starts at once. Before, B's check
+// joined it, waited behind A's whole queue and failed after 1.25 s with
+// A's share error ("40 of its own"). (Found by review r9s28 F1.)
+func TestJoinBeyondOthersShare(t *testing.T) {
+	res, _ := zoneResolver(t, 0)
+	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	floodBeyondShare(t, ctx, c, &wg, 40)
+	if d, err := checkWithin(c, epB, "popular.fast.test"); err != nil || d > 500*time.Millisecond {
+		t.Errorf("B, holding no slot with 24 free, checked a name queued beyond A's share: %v after %v", err, d.Round(time.Millisecond))
+	}
+	if s := slotInvariants(c); s != "" {
+		t.Error(s)
+	}
+}
+
+// TestJoinBeyondOthersShareAtOwnShare: as above, but B holds its share of
+// slots with lookups the resolver never answers, so the lookup stays in
+// A's queue; once B's lookups end (after LookupTimeout, 1 s) it becomes
+// B's and starts, ahead of A's queue. Before, B's check failed with A's
+// share error after 1.25 s.
+func TestJoinBeyondOthersShareAtOwnShare(t *testing.T) {
+	res, _ := zoneResolver(t, 0)
+	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for i := range 8 {
+		wg.Go(func() { _ = c.Check(ctx, epB, fmt.Sprintf("b%d.slow.test", i), addr("192.0.2.1")) })
+	}
+	waitFor(t, "B at its share", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.heldBy[epB] == 8
+	})
+	floodBeyondShare(t, ctx, c, &wg, 40)
+	d, err := checkWithin(c, epB, "popular.fast.test")
+	if err != nil {
+		t.Errorf("B at its share, joining a lookup beyond A's: %v after %v", err, d.Round(time.Millisecond))
+	}
+	if s := slotInvariants(c); s != "" {
+		t.Error(s)
+	}
+}
