@@ -263,7 +263,7 @@ func newChecker(cfg Config, now func() time.Time) *Checker {
 		cancel:     cancel,
 		calls:      make(map[string]*call),
 		callsBy:    make(map[string]int),
-		slots:      slots{heldBy: make(map[string]int)},
+		slots:      slots{heldBy: make(map[string]int), overShare: queue{by: make(map[string]int)}},
 		retransmit: min(defaultRetransmit, cfg.LookupTimeout/2),
 	}
 }

@@ -62,6 +62,7 @@ type call struct {
 	checks    int           // checks waiting for it while it waits for a slot
 	joinedBy  []string      // other endpoints whose checks joined it beyond its share, at theirs
 	slot      chan struct{} // closed when granted or dropped, if it had to wait; set once
+	link                    // in slots.waiting or slots.overShare
 }
 
 // slots are the MaxLookups slots the lookups run in. Under callMu.
@@ -69,11 +70,12 @@ type slots struct {
 	running int // slots held
 	// waiting are the calls within their endpoint's share that found no
 	// slot free, oldest first; only while none is free.
-	waiting []*call
+	waiting queue
 	// overShare are the calls of endpoints at their share, oldest first,
 	// each to start once more than three shares are free (or its endpoint
-	// falls below its share). They do not count in callsBy.
-	overShare []*call
+	// falls below its share), at most MaxLookups of an endpoint (counted
+	// by endpoint). They do not count in callsBy.
+	overShare queue
 	heldBy    map[string]int // slots held, by endpoint
 }
 
@@ -104,15 +106,25 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 		cl = &call{done: make(chan struct{}), endpoint: endpoint}
 		switch free := c.cfg.MaxLookups - c.slots.running; {
 		case c.callsBy[endpoint] >= c.share() && free <= 3*c.share():
+			if queued := c.slots.overShare.by[endpoint]; queued >= c.cfg.MaxLookups {
+				// Each queued name holds a call and a goroutine for up to
+				// slotWait: a flood of fresh names is refused beyond a
+				// queue as long as the slots, uncached, as before there
+				// was a queue.
+				running := c.callsBy[endpoint]
+				c.callMu.Unlock()
+				return fmt.Errorf("%w: %d of its own and %d more waiting, %d of %d slots free", errEndpointLookups,
+					running, queued, free, c.cfg.MaxLookups)
+			}
 			cl.slot = make(chan struct{})
 			cl.overShare = true
-			c.slots.overShare = append(c.slots.overShare, cl)
+			c.slots.overShare.push(cl)
 		case free > 0:
 			c.grant(cl)
 			c.callsBy[endpoint]++
 		default:
 			cl.slot = make(chan struct{})
-			c.slots.waiting = append(c.slots.waiting, cl)
+			c.slots.waiting.push(cl)
 			c.callsBy[endpoint]++
 		}
 		c.calls[name] = cl
@@ -261,20 +273,7 @@ func (c *Checker) awaitSlot(cl *call) error {
 // leave takes cl out of the queue it waits in for a slot, and reports
 // whether it was in one. Under callMu.
 func (s *slots) leave(cl *call) bool {
-	return remove(&s.waiting, cl) || remove(&s.overShare, cl)
-}
-
-func remove(q *[]*call, cl *call) bool {
-	w := *q
-	for i := range w {
-		if w[i] == cl {
-			copy(w[i:], w[i+1:])
-			w[len(w)-1] = nil
-			*q = w[:len(w)-1]
-			return true
-		}
-	}
-	return false
+	return s.waiting.remove(cl) || s.overShare.remove(cl)
 }
 
 // release lets go of a slot: to a call waiting within its endpoint's
@@ -287,30 +286,30 @@ func remove(q *[]*call, cl *call) bool {
 // share meanwhile. Under callMu.
 func (c *Checker) release() {
 	c.slots.running--
-	if w := c.slots.waiting; len(w) > 0 {
-		next := w[0]
-		for _, cl := range w[1:] {
+	if next := c.slots.waiting.front(); next != nil {
+		for cl := range c.slots.waiting.all() {
 			if c.slots.heldBy[cl.endpoint] < c.slots.heldBy[next.endpoint] {
 				next = cl
 			}
 		}
-		remove(&c.slots.waiting, next)
+		c.slots.waiting.remove(next)
 		c.grant(next)
 		return
 	}
-	for len(c.slots.overShare) > 0 && c.cfg.MaxLookups-c.slots.running > 3*c.share() {
-		c.admit(c.slots.overShare[0])
+	for c.slots.overShare.len() > 0 && c.cfg.MaxLookups-c.slots.running > 3*c.share() {
+		c.admit(c.slots.overShare.front())
 	}
 }
 
-// promote lets the call of endpoint (or that its checks joined, see
-// adopt) that waited longest beyond its share on, once the endpoint has fallen below it: to a slot if one is free, or
-// to the queue within shares. Under callMu.
+// promote lets the call of endpoint (or that its checks joined, see adopt)
+// that waited longest beyond its share on, once the endpoint has fallen
+// below it: to a slot if one is free, or to the queue within shares.
+// Under callMu.
 func (c *Checker) promote(endpoint string) {
 	if c.callsBy[endpoint] >= c.share() {
 		return
 	}
-	for _, cl := range c.slots.overShare {
+	for cl := range c.slots.overShare.all() {
 		if cl.endpoint == endpoint || slices.Contains(cl.joinedBy, endpoint) {
 			c.adopt(cl, endpoint)
 			return
@@ -320,13 +319,13 @@ func (c *Checker) promote(endpoint string) {
 
 // adopt makes cl, waiting beyond its endpoint's share, a lookup of
 // endpoint, below its share, whose check joins it (or joined it, at its
-// share then): it counts in that share
-// and takes a free slot or waits within the share. Otherwise the check
+// share then): it counts in that share and takes a free slot or waits
+// within the share. Otherwise the check
 // would wait behind the other endpoint's whole second queue, and fail with
 // its share's error, though its own endpoint may start lookups. Under
 // callMu.
 func (c *Checker) adopt(cl *call, endpoint string) {
-	remove(&c.slots.overShare, cl)
+	c.slots.overShare.remove(cl)
 	cl.overShare = false
 	cl.endpoint = endpoint
 	c.callsBy[endpoint]++
@@ -334,13 +333,13 @@ func (c *Checker) adopt(cl *call, endpoint string) {
 		c.grant(cl)
 		return
 	}
-	c.slots.waiting = append(c.slots.waiting, cl)
+	c.slots.waiting.push(cl)
 }
 
 // admit gives cl, waiting beyond its endpoint's share, a slot. Under
 // callMu.
 func (c *Checker) admit(cl *call) {
-	remove(&c.slots.overShare, cl)
+	c.slots.overShare.remove(cl)
 	cl.overShare = false
 	c.callsBy[cl.endpoint]++
 	c.grant(cl)

@@ -451,7 +451,7 @@ func TestLookupsSharedByEndpoints(t *testing.T) {
 	waitFor(t, "the new name beyond the share queued", func() bool {
 		c.callMu.Lock()
 		defer c.callMu.Unlock()
-		return len(c.slots.overShare) == 1 && c.slots.running == 5 && c.callsBy[epA] == 5
+		return c.slots.overShare.len() == 1 && c.slots.running == 5 && c.callsBy[epA] == 5
 	})
 	wg.Go(func() { // a name in flight: joined, not queued
 		if err := check(c, epA, "a.slow.test", "192.0.2.1"); err != nil {
@@ -469,7 +469,7 @@ func TestLookupsSharedByEndpoints(t *testing.T) {
 	waitFor(t, "the other endpoints' lookups", func() bool {
 		c.callMu.Lock()
 		defer c.callMu.Unlock()
-		return c.slots.running == 8 && len(c.slots.waiting) == 1 && len(c.slots.overShare) == 1
+		return c.slots.running == 8 && c.slots.waiting.len() == 1 && c.slots.overShare.len() == 1
 	})
 	wg.Wait()
 	if waited < 500*time.Millisecond {

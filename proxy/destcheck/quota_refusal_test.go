@@ -41,7 +41,7 @@ func TestQuotaWaitNotAMismatch(t *testing.T) {
 		t.Errorf("stats %+v, want no mismatch and a lookup failure", s)
 	}
 	c.callMu.Lock()
-	queued, inFlight := len(c.slots.overShare), c.calls["z.slow.test"] != nil
+	queued, inFlight := c.slots.overShare.len(), c.calls["z.slow.test"] != nil
 	c.callMu.Unlock()
 	if queued != 0 || inFlight {
 		t.Errorf("after its only check gave up, %d lookups wait beyond their share, z.slow.test's in flight: %v; want none", queued, inFlight)

@@ -92,7 +92,7 @@ func TestLookupFloodLeavesOtherEndpointsSlots(t *testing.T) {
 	waitFor(t, "the flood's questions and queue", func() bool {
 		c.callMu.Lock()
 		defer c.callMu.Unlock()
-		return slow.Load() >= 80 && len(c.slots.overShare) == 24
+		return slow.Load() >= 80 && c.slots.overShare.len() == 24
 	})
 	c.callMu.Lock()
 	running, own := c.slots.running, c.callsBy[epA]

@@ -23,8 +23,8 @@ func slotInvariants(c *Checker) string {
 	if s.running < 0 || s.running > c.cfg.MaxLookups {
 		return fmt.Sprintf("%d slots held of %d", s.running, c.cfg.MaxLookups)
 	}
-	if len(s.waiting) > 0 && s.running != c.cfg.MaxLookups {
-		return fmt.Sprintf("%d waiting while only %d of %d slots are held", len(s.waiting), s.running, c.cfg.MaxLookups)
+	if s.waiting.len() > 0 && s.running != c.cfg.MaxLookups {
+		return fmt.Sprintf("%d waiting while only %d of %d slots are held", s.waiting.len(), s.running, c.cfg.MaxLookups)
 	}
 	granted, counted := 0, 0
 	for _, cl := range c.calls {
@@ -35,12 +35,22 @@ func slotInvariants(c *Checker) string {
 			counted++
 		}
 	}
-	for _, q := range [][]*call{s.waiting, s.overShare} {
-		for _, cl := range q {
+	for _, q := range []*queue{&s.waiting, &s.overShare} {
+		for cl := range q.all() {
 			if cl.granted {
 				return "a call waiting for a slot holds one"
 			}
 		}
+	}
+	queued := 0
+	for _, n := range s.overShare.by {
+		if n > c.cfg.MaxLookups {
+			return fmt.Sprintf("%d calls of an endpoint beyond its share, of %d", n, c.cfg.MaxLookups)
+		}
+		queued += n
+	}
+	if queued != s.overShare.len() {
+		return fmt.Sprintf("%d calls beyond their share, %d counted by endpoint", s.overShare.len(), queued)
 	}
 	held, total := 0, 0
 	for _, n := range s.heldBy {
@@ -214,9 +224,9 @@ func TestSlotsNeverLeak(t *testing.T) {
 		}
 		c.callMu.Lock()
 		s := &c.slots
-		if s.running != 0 || len(s.waiting)+len(s.overShare) != 0 || len(c.calls)+len(c.callsBy)+len(s.heldBy) != 0 {
+		if s.running != 0 || s.waiting.len()+s.overShare.len() != 0 || len(c.calls)+len(c.callsBy)+len(s.heldBy) != 0 {
 			t.Errorf("round %d: after every check and Close: %d slots held, %d+%d waiting, %d calls, %d+%d endpoints counted",
-				round, s.running, len(s.waiting), len(s.overShare), len(c.calls), len(c.callsBy), len(s.heldBy))
+				round, s.running, s.waiting.len(), s.overShare.len(), len(c.calls), len(c.callsBy), len(s.heldBy))
 		}
 		c.callMu.Unlock()
 	}
@@ -237,7 +247,7 @@ func TestFreedSlotToEndpointHoldingFewest(t *testing.T) {
 		return func() bool {
 			c.callMu.Lock()
 			defer c.callMu.Unlock()
-			return c.slots.running == running && len(c.slots.waiting) == waiting
+			return c.slots.running == running && c.slots.waiting.len() == waiting
 		}
 	}
 	// Sixteen endpoints hold a slot each, one of them for a name answered
@@ -281,7 +291,7 @@ func TestCloseWhileQueuedNotAMismatch(t *testing.T) {
 	waitFor(t, "queued", func() bool {
 		c.callMu.Lock()
 		defer c.callMu.Unlock()
-		return len(c.slots.waiting) == 1
+		return c.slots.waiting.len() == 1
 	})
 	c.Close()
 	wg.Wait()
