@@ -270,12 +270,6 @@ func (c *Checker) awaitSlot(cl *call) error {
 	return fmt.Errorf("%w within %s: %d lookups running", errNoSlot, c.slotWait(), c.cfg.MaxLookups)
 }
 
-// leave takes cl out of the queue it waits in for a slot, and reports
-// whether it was in one. Under callMu.
-func (s *slots) leave(cl *call) bool {
-	return s.waiting.remove(cl) || s.overShare.remove(cl)
-}
-
 // release lets go of a slot: to a call waiting within its endpoint's
 // share, if one waits, that of the endpoint holding the fewest slots
 // (oldest first among those), or else to calls beyond their share while

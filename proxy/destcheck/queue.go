@@ -17,6 +17,12 @@ type link struct {
 	in         *queue // the queue it waits in, if any
 }
 
+// leave takes cl out of the queue it waits in for a slot, and reports
+// whether it was in one. Under callMu.
+func (s *slots) leave(cl *call) bool {
+	return s.waiting.remove(cl) || s.overShare.remove(cl)
+}
+
 func (q *queue) len() int { return q.n }
 
 func (q *queue) front() *call { return q.head }
