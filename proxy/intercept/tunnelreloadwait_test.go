@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -53,46 +54,14 @@ policy:
 				c.Policy = &holder
 				c.DestinationCheck = func(ctx context.Context, _, _ string, _ netip.Addr) error {
 					checked <- struct{}{}
-					took := 3 * time.Second
-					if tc.deny {
-						took = 200 * time.Millisecond
-					}
-					select {
-					case <-time.After(took):
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-					if tc.deny {
-						return errors.New("www.example.test does not resolve to 192.0.2.10")
-					}
-					return nil
+					return slowCheck(ctx, tc.deny, "www.example.test does not resolve to 192.0.2.10")
 				}
 			})
 			holder.Store(r.pol)
 			proxyEnd, serverEnd := testnet.TCPPair(t)
-			go func() {
-				serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
-				br := bufio.NewReader(serverEnd)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				io.WriteString(serverEnd, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-				serverEnd.Write(make([]byte, 100))
-				serverEnd.CloseWrite() // the destination ends its side
-				io.Copy(io.Discard, br)
-			}()
+			go answerUpgradeThenEnd(serverEnd, serverEnd) // the destination ends its side
 			c, sv := r.connectTCP(proxyEnd, httpDest)
-			c.SetDeadline(time.Now().Add(3 * waitLimit))
-			io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-				t.Fatalf("upgrade: %v %v", resp, err)
-			}
-			if n, err := io.Copy(io.Discard, br); n != 100 || err != nil {
-				t.Fatalf("the destination's 100 bytes and end: got %d, %v", n, err)
-			}
+			upgradeToEnd(t, c)
 			pol, err := policy.Parse("policy.yaml", []byte(after))
 			if err != nil {
 				t.Fatal(err)
@@ -102,14 +71,7 @@ policy:
 			if tc.deny {
 				// The wait's look (every second) makes the check, which
 				// denies: the tunnel ends without the client's end.
-				select {
-				case <-sv.done:
-				case <-time.After(3 * waitLimit):
-					t.Fatal("the session did not end")
-				}
-				if took := time.Since(reloaded); took > 2500*time.Millisecond {
-					t.Errorf("the reload's deny ended the tunnel %v after the reload", took.Round(time.Millisecond))
-				}
+				awaitDeniedByReload(t, sv, reloaded)
 			} else {
 				select {
 				case <-checked: // the wait's look began the check
@@ -119,11 +81,7 @@ policy:
 				time.Sleep(200 * time.Millisecond)
 				fin := time.Now()
 				c.CloseWrite() // the client ends its side, the check under way
-				select {
-				case <-sv.done:
-				case <-time.After(3 * waitLimit):
-					t.Fatal("the session did not end")
-				}
+				awaitSessionEnd(t, sv)
 				if took := time.Since(fin); took > 300*time.Millisecond {
 					t.Errorf("the client's end ended the tunnel %v after it, the reload's check under way", took.Round(time.Millisecond))
 				}
@@ -171,49 +129,17 @@ func TestBumpedTunnelDestinationEndWaitNotHeldByNameCheck(t *testing.T) {
 					if n == 1 {
 						return nil // the request's own name: at once
 					}
-					took := 3 * time.Second
-					if tc.deny {
-						took = 200 * time.Millisecond
-					}
-					select {
-					case <-time.After(took):
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-					if tc.deny {
-						return errors.New(name + " resolves to 203.0.113.9")
-					}
-					return nil
+					return slowCheck(ctx, tc.deny, name+" resolves to 203.0.113.9")
 				}
 			})
 			holder.Store(r.pol)
 			proxyEnd, serverEnd := testnet.TCPPair(t)
-			go func() {
-				serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
-				end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.strangerLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
-				br := bufio.NewReader(end)
-				if _, err := http.ReadRequest(br); err != nil {
-					return
-				}
-				io.WriteString(end, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-				end.Write(make([]byte, 100))
-				end.CloseWrite()       // the destination ends its side: close_notify,
-				serverEnd.CloseWrite() // and its FIN
-				io.Copy(io.Discard, br)
-			}()
+			end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.strangerLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
+			// The destination ends its side: close_notify, and its FIN.
+			go answerUpgradeThenEnd(end, end, serverEnd)
 			c, sv := r.connectTCP(proxyEnd, tlsDest)
 			tc2 := tls.Client(c, &tls.Config{ServerName: "www.example.test", RootCAs: r.caPool(), NextProtos: []string{"http/1.1"}})
-			tc2.SetDeadline(time.Now().Add(3 * waitLimit))
-			io.WriteString(tc2, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-				"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-			br := bufio.NewReader(tc2)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-				t.Fatalf("upgrade: %v %v", resp, err)
-			}
-			if n, err := io.Copy(io.Discard, br); n != 100 || err != nil {
-				t.Fatalf("the destination's 100 bytes and end: got %d, %v", n, err)
-			}
+			upgradeToEnd(t, tc2)
 			after, err := policy.Parse("policy.yaml", []byte(fmt.Sprintf(legacyPolicy, "destination_check: dns")))
 			if err != nil {
 				t.Fatal(err)
@@ -221,14 +147,7 @@ func TestBumpedTunnelDestinationEndWaitNotHeldByNameCheck(t *testing.T) {
 			reloaded := time.Now()
 			holder.Store(after)
 			if tc.deny {
-				select {
-				case <-sv.done:
-				case <-time.After(3 * waitLimit):
-					t.Fatal("the session did not end")
-				}
-				if took := time.Since(reloaded); took > 2500*time.Millisecond {
-					t.Errorf("the reload's deny ended the tunnel %v after the reload", took.Round(time.Millisecond))
-				}
+				awaitDeniedByReload(t, sv, reloaded)
 			} else {
 				for i := range 2 {
 					select {
@@ -241,11 +160,7 @@ func TestBumpedTunnelDestinationEndWaitNotHeldByNameCheck(t *testing.T) {
 				fin := time.Now()
 				tc2.CloseWrite() // the client ends its side, the name's check under way
 				c.CloseWrite()
-				select {
-				case <-sv.done:
-				case <-time.After(3 * waitLimit):
-					t.Fatal("the session did not end")
-				}
+				awaitSessionEnd(t, sv)
 				if took := time.Since(fin); took > 300*time.Millisecond {
 					t.Errorf("the client's end ended the tunnel %v after it, the name's check under way", took.Round(time.Millisecond))
 				}
@@ -270,5 +185,77 @@ func TestBumpedTunnelDestinationEndWaitNotHeldByNameCheck(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// slowCheck is a destination check that takes 3 s (cancellable) and
+// passes, or with deny takes 200 ms and fails with denied.
+func slowCheck(ctx context.Context, deny bool, denied string) error {
+	took := 3 * time.Second
+	if deny {
+		took = 200 * time.Millisecond
+	}
+	select {
+	case <-time.After(took):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if deny {
+		return errors.New(denied)
+	}
+	return nil
+}
+
+// answerUpgradeThenEnd answers c's WebSocket upgrade, sends 100 bytes,
+// ends its side by closing the writes of ends in order, and reads the
+// client's bytes to their end.
+func answerUpgradeThenEnd(c net.Conn, ends ...interface{ CloseWrite() error }) {
+	c.SetDeadline(time.Now().Add(2 * waitLimit))
+	br := bufio.NewReader(c)
+	if _, err := http.ReadRequest(br); err != nil {
+		return
+	}
+	io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	c.Write(make([]byte, 100))
+	for _, e := range ends {
+		e.CloseWrite()
+	}
+	io.Copy(io.Discard, br)
+}
+
+// upgradeToEnd upgrades c to a WebSocket tunnel and reads the
+// destination's 100 bytes and its end (answerUpgradeThenEnd's).
+func upgradeToEnd(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(3 * waitLimit))
+	io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: www.example.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	if n, err := io.Copy(io.Discard, br); n != 100 || err != nil {
+		t.Fatalf("the destination's 100 bytes and end: got %d, %v", n, err)
+	}
+}
+
+// awaitSessionEnd waits for sv's session to end.
+func awaitSessionEnd(t *testing.T, sv *served) {
+	t.Helper()
+	select {
+	case <-sv.done:
+	case <-time.After(3 * waitLimit):
+		t.Fatal("the session did not end")
+	}
+}
+
+// awaitDeniedByReload waits for sv's tunnel to end, within 2.5 s of the
+// reload: its check's deny, made off the wait.
+func awaitDeniedByReload(t *testing.T, sv *served, reloaded time.Time) {
+	t.Helper()
+	awaitSessionEnd(t, sv)
+	if took := time.Since(reloaded); took > 2500*time.Millisecond {
+		t.Errorf("the reload's deny ended the tunnel %v after the reload", took.Round(time.Millisecond))
 	}
 }
