@@ -41,24 +41,7 @@ func TestReloadNameCheckRefusedRedialRecord(t *testing.T) {
 		{"api.example.test", ""},
 	} {
 		t.Run(tc.host, func(t *testing.T) {
-			holder := new(policy.Holder)
-			dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
-			redial := make(chan net.Conn)
-			dialing := make(chan struct{}, 4)
-			r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
-				c.Policy = holder
-				c.DestinationCheck = dc.check
-				c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
-					dialing <- struct{}{}
-					select {
-					case c := <-redial:
-						return c, nil
-					case <-ctx.Done():
-						return nil, ctx.Err()
-					}
-				}
-			})
-			holder.Store(r.pol)
+			r, holder, hd := wwwCheckFailsRig(t)
 			// Not verified (the rule accepts it): nothing proves the name.
 			upEnd, up := r.startUpstreamTCP(r.strangerLeaf("www.example.test"), "http/1.1")
 			up.drop.Store(true) // the kept connection ends after its answer
@@ -69,22 +52,14 @@ func TestReloadNameCheckRefusedRedialRecord(t *testing.T) {
 			}
 			up.waitClosed(t)
 			io.WriteString(hc.c, "GET /waiting HTTP/1.1\r\nHost: "+tc.host+"\r\n\r\n")
-			select {
-			case <-dialing: // decided under the old policy, dialling
-			case <-time.After(waitLimit):
-				t.Fatalf("no dial for the second request: %+v", r.records())
-			}
+			hd.await(t, r)
 			after := reloadTo(t, holder, fmt.Sprintf(legacyPolicy, "destination_check: dns"))
-			proxyEnd, originEnd := testnet.TCPPair(t)
-			redial <- proxyEnd
+			originEnd := hd.complete(t)
 			resp, body := hc.read("the request waiting for its dial")
 			if resp.StatusCode != http.StatusForbidden {
 				t.Errorf("the request waiting for its dial: %d %q, want 403", resp.StatusCode, body)
 			}
-			originEnd.SetReadDeadline(time.Now().Add(waitLimit))
-			if b, _ := io.ReadAll(originEnd); len(b) != 0 {
-				t.Errorf("the destination got %d bytes on the connection dialled after the reload, want none", len(b))
-			}
+			wantNothingSent(t, originEnd, "want none")
 			raw.Close()
 			sv.waitDoneOnce(t)
 			recs := ofKind(r.records(), "http")
@@ -119,24 +94,7 @@ func TestReloadNameCheckRefusedRedialH2GoAway(t *testing.T) {
 		{"api.example.test", ""},
 	} {
 		t.Run(tc.host, func(t *testing.T) {
-			holder := new(policy.Holder)
-			dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
-			redial := make(chan net.Conn)
-			dialing := make(chan struct{}, 4)
-			r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
-				c.Policy = holder
-				c.DestinationCheck = dc.check
-				c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
-					dialing <- struct{}{}
-					select {
-					case c := <-redial:
-						return c, nil
-					case <-ctx.Done():
-						return nil, ctx.Err()
-					}
-				}
-			})
-			holder.Store(r.pol)
+			r, holder, hd := wwwCheckFailsRig(t)
 			h := func(w http.ResponseWriter, req *http.Request) { io.WriteString(w, "hello") }
 			upEnd, originEnd := signalClosePair(t)
 			first := h2OriginWith(t, r.strangerLeaf("www.example.test"), originEnd, h)
@@ -167,14 +125,9 @@ func TestReloadNameCheckRefusedRedialH2GoAway(t *testing.T) {
 			}
 			done := make(chan result, 1)
 			go func() { resp, err := get("/waiting"); done <- result{resp, err} }()
-			select {
-			case <-dialing: // decided under the old policy, dialling
-			case <-time.After(waitLimit):
-				t.Fatalf("no dial for the second request: %+v", r.records())
-			}
+			hd.await(t, r)
 			after := reloadTo(t, holder, fmt.Sprintf(legacyPolicy, "destination_check: dns"))
-			proxyEnd, originEnd2 := testnet.TCPPair(t)
-			redial <- proxyEnd
+			originEnd2 := hd.complete(t)
 			got := <-done
 			if got.err != nil || got.resp.StatusCode != http.StatusForbidden {
 				t.Fatalf("the request waiting for its dial: %v %v, want 403", got.resp, got.err)
@@ -189,10 +142,7 @@ func TestReloadNameCheckRefusedRedialH2GoAway(t *testing.T) {
 					t.Fatalf("no GOAWAY within 1 s of the 403 that refused the redial: %+v", cc.State())
 				}
 			}
-			originEnd2.SetReadDeadline(time.Now().Add(waitLimit))
-			if b, _ := io.ReadAll(originEnd2); len(b) != 0 {
-				t.Errorf("the destination got %d bytes on the connection dialled after the reload, want none", len(b))
-			}
+			wantNothingSent(t, originEnd2, "want none")
 			cc.Close()
 			sv.waitDoneOnce(t)
 			var found bool
@@ -210,5 +160,71 @@ func TestReloadNameCheckRefusedRedialH2GoAway(t *testing.T) {
 				t.Fatalf("no record of /waiting: %+v", r.records())
 			}
 		})
+	}
+}
+
+// heldDial is a Config.Dial whose dials wait: each is told on dialing,
+// and gets the connection sent on redial.
+type heldDial struct {
+	redial  chan net.Conn
+	dialing chan struct{}
+}
+
+func newHeldDial() *heldDial {
+	return &heldDial{redial: make(chan net.Conn), dialing: make(chan struct{}, 4)}
+}
+
+func (d *heldDial) dial(ctx context.Context, _ string) (net.Conn, error) {
+	d.dialing <- struct{}{}
+	select {
+	case c := <-d.redial:
+		return c, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// await waits for a dial: the second request's, decided under the old
+// policy.
+func (d *heldDial) await(t *testing.T, r *rig) {
+	t.Helper()
+	select {
+	case <-d.dialing: // decided under the old policy, dialling
+	case <-time.After(waitLimit):
+		t.Fatalf("no dial for the second request: %+v", r.records())
+	}
+}
+
+// complete gives the waiting dial its connection, and returns the
+// destination's end of it.
+func (d *heldDial) complete(t *testing.T) net.Conn {
+	proxyEnd, originEnd := testnet.TCPPair(t)
+	d.redial <- proxyEnd
+	return originEnd
+}
+
+// wwwCheckFailsRig is a rig of legacyPolicy, destination_check off, whose
+// policy a test reloads through the holder, whose check fails for
+// www.example.test, and whose dials are held.
+func wwwCheckFailsRig(t *testing.T) (*rig, *policy.Holder, *heldDial) {
+	holder := new(policy.Holder)
+	dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
+	hd := newHeldDial()
+	r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
+		c.Policy = holder
+		c.DestinationCheck = dc.check
+		c.Dial = hd.dial
+	})
+	holder.Store(r.pol)
+	return r, holder, hd
+}
+
+// wantNothingSent checks the destination got no byte on originEnd, the
+// connection dialled after the reload.
+func wantNothingSent(t *testing.T, originEnd net.Conn, want string) {
+	t.Helper()
+	originEnd.SetReadDeadline(time.Now().Add(waitLimit))
+	if b, _ := io.ReadAll(originEnd); len(b) != 0 {
+		t.Errorf("the destination got %d bytes on the connection dialled after the reload, %s", len(b), want)
 	}
 }
