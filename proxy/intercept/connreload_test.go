@@ -125,20 +125,11 @@ func TestReloadDeniedSNIRefusesOtherHosts(t *testing.T) {
 // connection is dialled, nothing is sent on it, and the request is refused.
 func TestReloadDeniedSNINotRedialled(t *testing.T) {
 	holder := new(policy.Holder)
-	redial := make(chan net.Conn)
-	dialing := make(chan struct{}, 4)
+	hd := newHeldDial()
 	var r *rig
 	r = newRig(t, testPolicy, func(c *intercept.Config) {
 		c.Policy = holder
-		c.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
-			dialing <- struct{}{}
-			select {
-			case c := <-redial:
-				return c, nil
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
+		c.Dial = hd.dial
 	})
 	holder.Store(r.pol)
 	upEnd, up := r.startUpstreamTCP(r.upLeaf("www.example.test"), "http/1.1")
@@ -151,22 +142,18 @@ func TestReloadDeniedSNINotRedialled(t *testing.T) {
 	up.waitClosed(t)
 	io.WriteString(hc.c, "GET /waiting HTTP/1.1\r\nHost: other.example.test\r\n\r\n")
 	select {
-	case <-dialing: // decided under the old policy, dialling
+	case <-hd.dialing: // decided under the old policy, dialling
 	case <-time.After(waitLimit):
 		resp, body := hc.read("x")
 		t.Fatalf("no dial for the second request: %d %q %+v", resp.StatusCode, body, r.records())
 	}
 	reloadTo(t, holder, tightenedPolicy)
-	proxyEnd, originEnd := testnet.TCPPair(t)
-	redial <- proxyEnd
+	originEnd := hd.complete(t)
 	resp, body := hc.read("the request waiting for its dial")
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("the request waiting for its dial: %d %q, want 403", resp.StatusCode, body)
 	}
-	originEnd.SetReadDeadline(time.Now().Add(waitLimit))
-	if b, _ := io.ReadAll(originEnd); len(b) != 0 {
-		t.Errorf("the destination got %d bytes on the connection dialled after the reload, want none (no ClientHello with the denied name)", len(b))
-	}
+	wantNothingSent(t, originEnd, "want none (no ClientHello with the denied name)")
 	raw.Close()
 	sv.waitDoneOnce(t)
 	recs := ofKind(r.records(), "http")
