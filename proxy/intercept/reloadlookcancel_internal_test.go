@@ -8,11 +8,9 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
-	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // A bumped tunnel's wait ends (stop) just as the reload's recheck of the
@@ -25,37 +23,23 @@ import (
 // neither is. The window is a few instructions wide: the stop is timed
 // off the check's answer, at random, many times over.
 func TestReloadLookCancelPutsTheNameBack(t *testing.T) {
-	parse := func(doc string) *policy.Policy {
-		p, err := policy.Parse("policy.yaml", []byte(doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	const rules = "  default: deny\n  rules:\n    - {name: named, domains: [www.example.test, api.example.test], action: allow}\n"
-	before := parse("policy:\n  destination_check: off\n" + rules)
-	after := parse("policy:\n" + rules)
+	before, after := checkOnPolicies(t, "www.example.test, api.example.test")
 	dest := netip.MustParseAddrPort("192.0.2.10:443")
 	var denied, undecided, broken, runs int
 	const n = 10000
 	for i := range n {
 		runs++
-		holder := &policy.Holder{}
-		holder.Store(before)
 		answering := make(chan struct{})
-		ic := New(Config{Policy: holder, DestinationCheck: func(ctx context.Context, _, name string, _ netip.Addr) error {
+		ic, holder := checkingInterceptor(before, func(ctx context.Context, _, name string, _ netip.Addr) error {
 			if name == "api.example.test" {
 				return nil // the tunnel's own name
 			}
 			close(answering) // the connection's name: it fails
 			return errors.New(name + " resolves to 203.0.113.9")
-		}})
+		})
 		a, b := net.Pipe()
-		s := &session{Session: &Session{Client: &abortingClient{Conn: a, onAbort: func() {}}, Record: &records.Record{Kind: "tls"}, Start: time.Now()}, ic: ic}
-		s.Subject.Dest, s.Subject.Domain = dest, "www.example.test"
-		s.Hello = &sniff.ClientHello{ServerName: "www.example.test"}
-		s.Policy = before
-		s.Decision = before.Decide(s.Subject)
+		s := pipeSession(ic, a, "tls", dest)
+		namedTo(s, "www.example.test", before)
 		var r tunnelReload
 		reload := r.init(s, before, policy.Subject{Domain: "api.example.test", Dest: dest}, &records.Record{}, destVouch{}, false)
 		rl := newReloadLook(reload)

@@ -6,11 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"testing"
-	"time"
-
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
-	"github.com/gwlbproxy/gwlbproxy/proxy/records"
-	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
 
 // A deny of the connection's name decided under a wait's context that a
@@ -22,31 +17,17 @@ import (
 // request landing between the wait's decision and its settleName has,
 // made here in turn.
 func TestSettleNameKeepsADenyARequestTook(t *testing.T) {
-	parse := func(doc string) *policy.Policy {
-		p, err := policy.Parse("policy.yaml", []byte(doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	const rules = "  default: deny\n  rules:\n    - {name: named, domains: [www.example.test], action: allow}\n"
-	before := parse("policy:\n  destination_check: off\n" + rules)
-	after := parse("policy:\n" + rules)
+	before, after := checkOnPolicies(t, "www.example.test")
 	dest := netip.MustParseAddrPort("192.0.2.10:443")
 	for _, requestTook := range []bool{false, true} {
-		holder := &policy.Holder{}
-		holder.Store(before)
 		checks := 0
-		ic := New(Config{Policy: holder, DestinationCheck: func(ctx context.Context, _, name string, _ netip.Addr) error {
+		ic, holder := checkingInterceptor(before, func(ctx context.Context, _, name string, _ netip.Addr) error {
 			checks++
 			return errors.New(name + " resolves to 203.0.113.9")
-		}})
+		})
 		a, b := net.Pipe()
-		s := &session{Session: &Session{Client: &abortingClient{Conn: a, onAbort: func() {}}, Record: &records.Record{Kind: "tls"}, Start: time.Now()}, ic: ic}
-		s.Subject.Dest, s.Subject.Domain = dest, "www.example.test"
-		s.Hello = &sniff.ClientHello{ServerName: "www.example.test"}
-		s.Policy = before
-		s.Decision = before.Decide(s.Subject)
+		s := pipeSession(ic, a, "tls", dest)
+		namedTo(s, "www.example.test", before)
 		holder.Store(after)
 
 		ctx, cancel := context.WithCancel(context.Background())
