@@ -20,26 +20,14 @@ import (
 // the look made right after the wake). Here the look is made in the wake
 // itself, so it always came first before.
 func TestLingerLookWakesAfterItsAnswer(t *testing.T) {
-	parse := func(doc string) *policy.Policy {
-		p, err := policy.Parse("policy.yaml", []byte(doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	const rules = "  default: deny\n  rules:\n    - {name: named, domains: [www.example.test], action: allow}\n"
-	before := parse("policy:\n  destination_check: off\n" + rules)
-	after := parse("policy:\n" + rules)
-	holder := &policy.Holder{}
-	holder.Store(before)
-	ic := New(Config{Policy: holder, DestinationCheck: func(ctx context.Context, _, name string, _ netip.Addr) error {
+	before, after := checkOnPolicies(t, "www.example.test")
+	ic, holder := checkingInterceptor(before, func(ctx context.Context, _, name string, _ netip.Addr) error {
 		return errors.New(name + " resolves to 203.0.113.9")
-	}})
+	})
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	s := &session{Session: &Session{Client: &abortingClient{Conn: a, onAbort: func() {}}, Record: &records.Record{Kind: "tcp"}, Start: time.Now()}, ic: ic}
-	s.Subject.Dest = netip.MustParseAddrPort("192.0.2.10:443")
+	s := pipeSession(ic, a, "tcp", netip.MustParseAddrPort("192.0.2.10:443"))
 	reload := new(tunnelReload).init(s, before, policy.Subject{Domain: "www.example.test", Dest: s.Subject.Dest}, &records.Record{}, destVouch{}, false)
 	u := &upgradedBody{reload: reload}
 	rl := newLingerLook(reload)

@@ -20,21 +20,10 @@ import (
 // whose deny wakes no linger, it ended about 700 ms after the deny, at its
 // next look (review r8s28 F2).
 func TestLingerTailReloadDenyEndsItAtOnce(t *testing.T) {
-	parse := func(doc string) *policy.Policy {
-		p, err := policy.Parse("policy.yaml", []byte(doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	const rules = "  default: deny\n  rules:\n    - {name: named, domains: [www.example.test], action: allow}\n"
-	before := parse("policy:\n  destination_check: off\n" + rules)
-	after := parse("policy:\n" + rules)
-	holder := &policy.Holder{}
-	holder.Store(before)
+	before, after := checkOnPolicies(t, "www.example.test")
 	release := make(chan struct{})
 	answered := make(chan time.Time, 1)
-	ic := New(Config{Policy: holder, DestinationCheck: func(ctx context.Context, _, name string, _ netip.Addr) error {
+	ic, holder := checkingInterceptor(before, func(ctx context.Context, _, name string, _ netip.Addr) error {
 		select {
 		case <-release:
 		case <-ctx.Done():
@@ -42,12 +31,11 @@ func TestLingerTailReloadDenyEndsItAtOnce(t *testing.T) {
 		}
 		answered <- time.Now()
 		return errors.New(name + " resolves to 203.0.113.9")
-	}})
+	})
 	clientEnd, proxySide := net.Pipe()
 	defer clientEnd.Close()
 	dest := netip.MustParseAddrPort("192.0.2.10:443")
-	s := &session{Session: &Session{Client: &abortingClient{Conn: proxySide, onAbort: func() {}}, Record: &records.Record{Kind: "tcp"}, Start: time.Now()}, ic: ic}
-	s.Subject.Dest = dest
+	s := pipeSession(ic, proxySide, "tcp", dest)
 	reload := new(tunnelReload).init(s, before, policy.Subject{Domain: "www.example.test", Dest: dest}, &records.Record{}, destVouch{}, false)
 	u := &upgradedBody{reload: reload}
 
