@@ -8,11 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 )
 
 // TestReloadNameCheckHostTrailingDot: a request, or a WebSocket tunnel,
@@ -31,31 +28,16 @@ func TestReloadNameCheckHostTrailingDot(t *testing.T) {
 	const host, checkErr = "www.example.test.", "www.example.test resolves to 203.0.113.9"
 	for _, tunnel := range []bool{false, true} {
 		t.Run(map[bool]string{false: "request", true: "tunnel"}[tunnel], func(t *testing.T) {
-			holder := new(policy.Holder)
-			dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
-			r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
-				c.Policy = holder
-				c.DestinationCheck = dc.check
-			})
-			holder.Store(r.pol)
+			r, holder := wwwCheckFailsRig(t)
 			proxyEnd, serverEnd := testnet.TCPPair(t)
-			go func() {
-				serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
-				end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.strangerLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
-				br := bufio.NewReader(end)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.Header.Get("Upgrade") != "" {
-						io.WriteString(end, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-						io.Copy(end, br) // an echo
-						return
-					}
-					io.WriteString(end, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+			go tlsH1Origin(r, serverEnd, func(end *tls.Conn, br *bufio.Reader, req *http.Request) bool {
+				if req.Header.Get("Upgrade") == "" {
+					return false
 				}
-			}()
+				io.WriteString(end, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+				io.Copy(end, br) // an echo
+				return true
+			})
 			raw, sv := r.connectTCP(proxyEnd, tlsDest)
 			hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
 			if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: " + host + "\r\n\r\n"); resp.StatusCode != 200 {

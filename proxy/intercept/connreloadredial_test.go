@@ -1,7 +1,9 @@
 package intercept_test
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -41,7 +43,8 @@ func TestReloadNameCheckRefusedRedialRecord(t *testing.T) {
 		{"api.example.test", ""},
 	} {
 		t.Run(tc.host, func(t *testing.T) {
-			r, holder, hd := wwwCheckFailsRig(t)
+			hd := newHeldDial()
+			r, holder := wwwCheckFailsRig(t, func(c *intercept.Config) { c.Dial = hd.dial })
 			// Not verified (the rule accepts it): nothing proves the name.
 			upEnd, up := r.startUpstreamTCP(r.strangerLeaf("www.example.test"), "http/1.1")
 			up.drop.Store(true) // the kept connection ends after its answer
@@ -94,7 +97,8 @@ func TestReloadNameCheckRefusedRedialH2GoAway(t *testing.T) {
 		{"api.example.test", ""},
 	} {
 		t.Run(tc.host, func(t *testing.T) {
-			r, holder, hd := wwwCheckFailsRig(t)
+			hd := newHeldDial()
+			r, holder := wwwCheckFailsRig(t, func(c *intercept.Config) { c.Dial = hd.dial })
 			h := func(w http.ResponseWriter, req *http.Request) { io.WriteString(w, "hello") }
 			upEnd, originEnd := signalClosePair(t)
 			first := h2OriginWith(t, r.strangerLeaf("www.example.test"), originEnd, h)
@@ -103,28 +107,11 @@ func TestReloadNameCheckRefusedRedialH2GoAway(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			get := func(path string) (*http.Response, error) {
-				ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-				defer cancel()
-				req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+tc.host+path, nil)
-				resp, err := cc.RoundTrip(req)
-				if err != nil {
-					return nil, err
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				return resp, nil
-			}
-			if resp, err := get("/before"); err != nil || resp.StatusCode != http.StatusOK {
+			if resp, err := h2GetHost(cc, tc.host, "/before"); err != nil || resp.StatusCode != http.StatusOK {
 				t.Fatalf("before the reload: %v %v", resp, err)
 			}
 			endFirstH2(t, first, upEnd)
-			type result struct {
-				resp *http.Response
-				err  error
-			}
-			done := make(chan result, 1)
-			go func() { resp, err := get("/waiting"); done <- result{resp, err} }()
+			done := goH2GetHost(cc, tc.host, "/waiting")
 			hd.await(t, r)
 			after := reloadTo(t, holder, fmt.Sprintf(legacyPolicy, "destination_check: dns"))
 			originEnd2 := hd.complete(t)
@@ -134,14 +121,7 @@ func TestReloadNameCheckRefusedRedialH2GoAway(t *testing.T) {
 			}
 			// The GOAWAY follows the 403's head; not the connection's end
 			// for idleness, seconds later.
-			for end := time.Now().Add(time.Second); ; time.Sleep(5 * time.Millisecond) {
-				if st := cc.State(); st.Closing || st.Closed {
-					break
-				}
-				if time.Now().After(end) {
-					t.Fatalf("no GOAWAY within 1 s of the 403 that refused the redial: %+v", cc.State())
-				}
-			}
+			awaitGoAway(t, cc, "no GOAWAY within 1 s of the 403 that refused the redial: %+v")
 			wantNothingSent(t, originEnd2, "want none")
 			cc.Close()
 			sv.waitDoneOnce(t)
@@ -204,19 +184,77 @@ func (d *heldDial) complete(t *testing.T) net.Conn {
 }
 
 // wwwCheckFailsRig is a rig of legacyPolicy, destination_check off, whose
-// policy a test reloads through the holder, whose check fails for
-// www.example.test, and whose dials are held.
-func wwwCheckFailsRig(t *testing.T) (*rig, *policy.Holder, *heldDial) {
+// policy a test reloads through the holder, and whose check fails for
+// www.example.test; configure as newRig's.
+func wwwCheckFailsRig(t *testing.T, configure ...func(*intercept.Config)) (*rig, *policy.Holder) {
 	holder := new(policy.Holder)
 	dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
-	hd := newHeldDial()
-	r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
+	r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), append([]func(*intercept.Config){func(c *intercept.Config) {
 		c.Policy = holder
 		c.DestinationCheck = dc.check
-		c.Dial = hd.dial
-	})
+	}}, configure...)...)
 	holder.Store(r.pol)
-	return r, holder, hd
+	return r, holder
+}
+
+// h2GetHost gets path of host on cc, its body read, within waitLimit.
+func h2GetHost(cc *http2.ClientConn, host, path string) (*http.Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+host+path, nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp, nil
+}
+
+// h2Result is an HTTP/2 request's outcome.
+type h2Result struct {
+	resp *http.Response
+	err  error
+}
+
+// goH2GetHost is h2GetHost off the test's goroutine.
+func goH2GetHost(cc *http2.ClientConn, host, path string) <-chan h2Result {
+	done := make(chan h2Result, 1)
+	go func() { resp, err := h2GetHost(cc, host, path); done <- h2Result{resp, err} }()
+	return done
+}
+
+// awaitGoAway fails the test unless cc is sent a GOAWAY (or closed) within
+// 1 s; failed formats cc's state.
+func awaitGoAway(t *testing.T, cc *http2.ClientConn, failed string) {
+	t.Helper()
+	for end := time.Now().Add(time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if st := cc.State(); st.Closing || st.Closed {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf(failed, cc.State())
+		}
+	}
+}
+
+// tlsH1Origin answers each HTTP/1.1 request over TLS on serverEnd (the
+// unverified certificate of www.example.test) with "hello", unless take
+// answers it, returning true: then it serves no more.
+func tlsH1Origin(r *rig, serverEnd net.Conn, take func(end *tls.Conn, br *bufio.Reader, req *http.Request) bool) {
+	serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
+	end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.strangerLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
+	br := bufio.NewReader(end)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		if take(end, br, req) {
+			return
+		}
+		io.WriteString(end, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+	}
 }
 
 // wantNothingSent checks the destination got no byte on originEnd, the

@@ -2,18 +2,14 @@ package intercept_test
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
-	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
-	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
 	"golang.org/x/net/http2"
 )
 
@@ -25,13 +21,7 @@ import (
 func TestReloadNameCheckAnswerH2GoAway(t *testing.T) {
 	for _, host := range []string{"api.example.test", "www.example.test"} {
 		t.Run(host, func(t *testing.T) {
-			holder := new(policy.Holder)
-			dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
-			r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
-				c.Policy = holder
-				c.DestinationCheck = dc.check
-			})
-			holder.Store(r.pol)
+			r, holder := wwwCheckFailsRig(t)
 			arrived, release := make(chan struct{}, 1), make(chan struct{})
 			h := func(w http.ResponseWriter, req *http.Request) {
 				if req.URL.Path == "/slow" {
@@ -48,26 +38,10 @@ func TestReloadNameCheckAnswerH2GoAway(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { cc.Close(); sv.waitDoneOnce(t) }()
-			get := func(path string) (*http.Response, error) {
-				ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-				defer cancel()
-				req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+host+path, nil)
-				resp, err := cc.RoundTrip(req)
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				return resp, err
-			}
-			if resp, err := get("/before"); err != nil || resp.StatusCode != 200 {
+			if resp, err := h2GetHost(cc, host, "/before"); err != nil || resp.StatusCode != 200 {
 				t.Fatalf("before the reload: %v %v", resp, err)
 			}
-			type result struct {
-				resp *http.Response
-				err  error
-			}
-			done := make(chan result, 1)
-			go func() { resp, err := get("/slow"); done <- result{resp, err} }()
+			done := goH2GetHost(cc, host, "/slow")
 			<-arrived
 			reloadTo(t, holder, fmt.Sprintf(legacyPolicy, "destination_check: dns"))
 			close(release)
@@ -77,14 +51,7 @@ func TestReloadNameCheckAnswerH2GoAway(t *testing.T) {
 			}
 			// Within 1 s: the connection is closed anyway some seconds
 			// later, with no GOAWAY at the 403.
-			for end := time.Now().Add(time.Second); ; time.Sleep(5 * time.Millisecond) {
-				if st := cc.State(); st.Closing || st.Closed {
-					break
-				}
-				if time.Now().After(end) {
-					t.Fatalf("no GOAWAY after the 403 for the name's failed check (state %+v)", cc.State())
-				}
-			}
+			awaitGoAway(t, cc, "no GOAWAY after the 403 for the name's failed check (state %+v)")
 		})
 	}
 }
@@ -93,31 +60,16 @@ func TestReloadNameCheckAnswerH2GoAway(t *testing.T) {
 // refuseDeniedName's, every request it could carry being refused alike
 // (review r8s28 F1).
 func TestReloadNameCheckAnswerH1Close(t *testing.T) {
-	holder := new(policy.Holder)
-	dc := &destCheck{bad: map[string]bool{"www.example.test": true}}
-	r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
-		c.Policy = holder
-		c.DestinationCheck = dc.check
-	})
-	holder.Store(r.pol)
+	r, holder := wwwCheckFailsRig(t)
 	arrived, release := make(chan struct{}, 1), make(chan struct{})
 	proxyEnd, serverEnd := testnet.TCPPair(t)
-	go func() {
-		serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
-		end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.strangerLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
-		br := bufio.NewReader(end)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			if req.URL.Path == "/slow" {
-				arrived <- struct{}{}
-				<-release
-			}
-			io.WriteString(end, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+	go tlsH1Origin(r, serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			<-release
 		}
-	}()
+		return false
+	})
 	raw, sv := r.connectTCP(proxyEnd, tlsDest)
 	defer func() { raw.Close(); sv.waitDoneOnce(t) }()
 	hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
