@@ -42,19 +42,12 @@ func floodBeyondShare(t *testing.T, ctx context.Context, c *Checker, wg *sync.Wa
 // joined it, waited behind A's whole queue and failed after 1.25 s with
 // A's share error ("40 of its own"). (Found by review r9s28 F1.)
 func TestJoinBeyondOthersShare(t *testing.T) {
-	res, _ := zoneResolver(t, 0)
-	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second}, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	floodBeyondShare(t, ctx, c, &wg, 40)
+	c, ctx, wg := floodChecker(t)
+	floodBeyondShare(t, ctx, c, wg, 40)
 	if d, err := checkWithin(c, epB, "popular.fast.test"); err != nil || d > 500*time.Millisecond {
 		t.Errorf("B, holding no slot with 24 free, checked a name queued beyond A's share: %v after %v", err, d.Round(time.Millisecond))
 	}
-	if s := slotInvariants(c); s != "" {
-		t.Error(s)
-	}
+	wantSlotInvariants(t, c)
 }
 
 // TestJoinBeyondOthersShareAtOwnShare: as above, but B holds its share of
@@ -63,12 +56,7 @@ func TestJoinBeyondOthersShare(t *testing.T) {
 // B's and starts, ahead of A's queue. Before, B's check failed with A's
 // share error after 1.25 s.
 func TestJoinBeyondOthersShareAtOwnShare(t *testing.T) {
-	res, _ := zoneResolver(t, 0)
-	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second}, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
+	c, ctx, wg := floodChecker(t)
 	for i := range 8 {
 		wg.Go(func() { _ = c.Check(ctx, epB, fmt.Sprintf("b%d.slow.test", i), addr("192.0.2.1")) })
 	}
@@ -77,14 +65,12 @@ func TestJoinBeyondOthersShareAtOwnShare(t *testing.T) {
 		defer c.callMu.Unlock()
 		return c.slots.heldBy[epB] == 8
 	})
-	floodBeyondShare(t, ctx, c, &wg, 40)
+	floodBeyondShare(t, ctx, c, wg, 40)
 	d, err := checkWithin(c, epB, "popular.fast.test")
 	if err != nil {
 		t.Errorf("B at its share, joining a lookup beyond A's: %v after %v", err, d.Round(time.Millisecond))
 	}
-	if s := slotInvariants(c); s != "" {
-		t.Error(s)
-	}
+	wantSlotInvariants(t, c)
 }
 
 // TestOverShareQueueBounded: endpoint A's clients send 300 fresh names
@@ -94,12 +80,7 @@ func TestJoinBeyondOthersShareAtOwnShare(t *testing.T) {
 // queue for the whole slot wait. (Found by review r9s28 F2: 48,454 names
 // queued at 15,000/s, about 8 KB each.)
 func TestOverShareQueueBounded(t *testing.T) {
-	res, _ := zoneResolver(t, 0)
-	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second}, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
+	c, ctx, wg := floodChecker(t)
 	var refused atomic.Int32
 	for i := range 300 {
 		wg.Go(func() {
@@ -117,7 +98,19 @@ func TestOverShareQueueBounded(t *testing.T) {
 	if running != 40 || queued != 64 || refused.Load() != 196 {
 		t.Errorf("%d running, %d queued beyond the share, %d refused at once; want 40, 64, 196", running, queued, refused.Load())
 	}
-	if s := slotInvariants(c); s != "" {
-		t.Error(s)
-	}
+	wantSlotInvariants(t, c)
+}
+
+// floodChecker is a checker whose resolver answers no *.slow.test name and
+// whose lookups time out after a second, with a context and a wait group
+// for its flood's checks: at the test's end the context is cancelled and
+// the checks waited for.
+func floodChecker(t *testing.T) (*Checker, context.Context, *sync.WaitGroup) {
+	res, _ := zoneResolver(t, 0)
+	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	wg := new(sync.WaitGroup)
+	t.Cleanup(wg.Wait)
+	t.Cleanup(cancel)
+	return c, ctx, wg
 }

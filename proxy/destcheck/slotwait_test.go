@@ -100,9 +100,7 @@ func TestSingleEndpointBurst(t *testing.T) {
 		if len(failed) > 0 {
 			t.Errorf("a single endpoint's burst of 100 new names over %v: %d checks failed: %q", spread, len(failed), failed[0])
 		}
-		if s := slotInvariants(c); s != "" {
-			t.Error(s)
-		}
+		wantSlotInvariants(t, c)
 	}
 }
 
@@ -273,9 +271,7 @@ func TestFreedSlotToEndpointHoldingFewest(t *testing.T) {
 		t.Errorf("the check of an endpoint holding no slot: %v after %v, want it passed within about %v: the first slot freed", err, d.Round(time.Millisecond), 2*delay)
 	}
 	wg.Wait()
-	if s := slotInvariants(c); s != "" {
-		t.Error(s)
-	}
+	wantSlotInvariants(t, c)
 }
 
 // TestCloseWhileQueuedNotAMismatch: one slot, held; endpoint B's clients
@@ -336,5 +332,13 @@ func TestLookupTimeoutFromGrant(t *testing.T) {
 	wg.Wait()
 	if err != nil {
 		t.Errorf("a lookup queued behind one whose goroutine ran late: %v after %v", err, d.Round(time.Millisecond))
+	}
+}
+
+// wantSlotInvariants fails the test if slotInvariants finds c's slots wrong.
+func wantSlotInvariants(t *testing.T, c *Checker) {
+	t.Helper()
+	if s := slotInvariants(c); s != "" {
+		t.Error(s)
 	}
 }
