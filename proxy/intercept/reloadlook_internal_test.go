@@ -24,21 +24,10 @@ import (
 func TestLingerStopReloadCheckOffTheLinger(t *testing.T) {
 	for _, deny := range []bool{false, true} {
 		t.Run(map[bool]string{false: "pass", true: "deny"}[deny], func(t *testing.T) {
-			parse := func(doc string) *policy.Policy {
-				p, err := policy.Parse("policy.yaml", []byte(doc))
-				if err != nil {
-					t.Fatal(err)
-				}
-				return p
-			}
-			const rules = "  default: deny\n  rules:\n    - {name: named, domains: [www.example.test], action: allow}\n"
-			before := parse("policy:\n  destination_check: off\n" + rules)
-			after := parse("policy:\n" + rules)
-			holder := &policy.Holder{}
-			holder.Store(before)
+			before, after := checkOnPolicies(t, "www.example.test")
 			var checks atomic.Int32
 			release := make(chan struct{})
-			ic := New(Config{Policy: holder, DestinationCheck: func(ctx context.Context, _, name string, _ netip.Addr) error {
+			ic, holder := checkingInterceptor(before, func(ctx context.Context, _, name string, _ netip.Addr) error {
 				checks.Add(1)
 				select {
 				case <-release:
@@ -49,13 +38,11 @@ func TestLingerStopReloadCheckOffTheLinger(t *testing.T) {
 					return errors.New(name + " resolves to 203.0.113.9")
 				}
 				return nil
-			}})
+			})
 			clientEnd, proxySide := net.Pipe()
 			defer clientEnd.Close()
-			client := &abortingClient{Conn: proxySide, onAbort: func() {}}
 			dest := netip.MustParseAddrPort("192.0.2.10:443")
-			s := &session{Session: &Session{Client: client, Record: &records.Record{Kind: "tcp"}, Start: time.Now()}, ic: ic}
-			s.Subject.Dest = dest
+			s := pipeSession(ic, proxySide, "tcp", dest)
 			var r tunnelReload
 			reload := r.init(s, before, policy.Subject{Domain: "www.example.test", Dest: dest}, &records.Record{}, destVouch{}, false)
 			u := &upgradedBody{reload: reload}

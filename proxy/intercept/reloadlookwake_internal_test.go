@@ -23,21 +23,10 @@ import (
 // 1164 for 50 in the review (review r4s28 F4). Only a linger's deny wakes
 // the lingers (TestLingerStopReloadCheckOffTheLinger).
 func TestReloadLookWaitDenyWakesNoOtherWait(t *testing.T) {
-	parse := func(doc string) *policy.Policy {
-		p, err := policy.Parse("policy.yaml", []byte(doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	const rules = "  default: deny\n  rules:\n    - {name: named, domains: [www.example.test], action: allow}\n"
-	before := parse("policy:\n  destination_check: off\n" + rules)
-	after := parse("policy:\n" + rules)
+	before, after := checkOnPolicies(t, "www.example.test")
 	const m = 50
-	holder := &policy.Holder{}
-	holder.Store(before)
 	var idx atomic.Int64
-	ic := New(Config{Policy: holder, DestinationCheck: func(ctx context.Context, _, name string, _ netip.Addr) error {
+	ic, holder := checkingInterceptor(before, func(ctx context.Context, _, name string, _ netip.Addr) error {
 		i := idx.Add(1)
 		select {
 		case <-time.After(time.Duration(i) * 200 * time.Millisecond / m):
@@ -45,7 +34,7 @@ func TestReloadLookWaitDenyWakesNoOtherWait(t *testing.T) {
 			return ctx.Err()
 		}
 		return errors.New(name + " resolves to 203.0.113.9")
-	}})
+	})
 	var looks atomic.Int64
 	var wg sync.WaitGroup
 	var ends [m]boundedEnd
@@ -55,8 +44,7 @@ func TestReloadLookWaitDenyWakesNoOtherWait(t *testing.T) {
 		a, b := net.Pipe()
 		defer a.Close()
 		defer b.Close()
-		s := &session{Session: &Session{Client: &abortingClient{Conn: a, onAbort: func() {}}, Record: &records.Record{Kind: "tcp"}, Start: time.Now()}, ic: ic}
-		s.Subject.Dest = dest
+		s := pipeSession(ic, a, "tcp", dest)
 		reload := new(tunnelReload).init(s, before, policy.Subject{Domain: "www.example.test", Dest: dest}, &records.Record{}, destVouch{}, false)
 		u := &upgradedBody{reload: reload, aborted: s.abortedSignal()}
 		wg.Add(1)
