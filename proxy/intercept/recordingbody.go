@@ -70,6 +70,9 @@ type recordingBody struct {
 	// them.
 	answerConn *hijackedConn
 	whole      int64
+	// bodiless: the response has no body (HEAD, 204, 304, Content-Length
+	// 0): its one read, the end, relays nothing.
+	bodiless bool
 	// reload decides the request (or the tunnel) again after a reload,
 	// when set: the bytes of a read it denies do not go on, nor are they
 	// counted. resetStream: the body is an HTTP/2 stream's, which such a
@@ -131,7 +134,9 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		// are counted: the reload's abort may have the record written
 		// at once. The body's end alone after a known length read
 		// whole (net/http's read past a Content-Length, the client
-		// having had every byte) relays nothing: a reload since
+		// having had every byte), or of a response without a body
+		// (its head was decided and is all the client gets), relays
+		// nothing: a reload since
 		// reaches the next request, and only one that ended this one
 		// already ends it here; deciding it reset a keep-alive
 		// connection whose response was whole. Any other body's end
@@ -139,7 +144,7 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 		// relayed, trailer and all, and tells the client the response
 		// is whole: decided like bytes.
 		var rerr error
-		if n == 0 && err == io.EOF && b.whole > 0 && b.read.Load() == b.whole {
+		if n == 0 && err == io.EOF && (b.bodiless || b.whole > 0 && b.read.Load() == b.whole) {
 			if b.reload.ended() {
 				rerr = errTunnelReloadDenied
 			}

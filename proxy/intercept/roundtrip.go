@@ -396,7 +396,8 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	// Content-Length 0). A 101's body is the tunnel's way back: its end is
 	// the tunnel's (outcome).
 	rb.tunnel = resp.StatusCode == http.StatusSwitchingProtocols
-	rb.ended.Store(!rb.tunnel && !hasBody(req, resp))
+	rb.bodiless = !rb.tunnel && !hasBody(req, resp)
+	rb.ended.Store(rb.bodiless)
 	if !rb.tunnel && !rb.ended.Load() && !inH2Handler(req) && resp.ContentLength > 0 {
 		// goproxy writes exactly that much (Response.Write): the write
 		// after the read that brings the last byte ends the response.
