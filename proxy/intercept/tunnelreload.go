@@ -187,6 +187,9 @@ func (r *tunnelReload) decide(ctx context.Context, pol *policy.Policy) string {
 	d := pol.Decide(r.subj)
 	r.d, r.byName, r.nameByCheck = d, false, false
 	if d.Action == policy.Deny {
+		// A request for the connection's own name denies the name: its
+		// 403 closes the connection as the name's does (review r10s28 N1).
+		r.byName = r.s.Hello != nil && sameName(r.subj.Domain, r.s.Hello.ServerName)
 		return "denied by policy"
 	}
 	if r.s.needsDestinationCheck(pol, d, r.subj.Domain) {

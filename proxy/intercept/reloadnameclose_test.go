@@ -1,0 +1,64 @@
+package intercept_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+)
+
+// TestReloadDeniedNameClosesH1Connection: a reload that denies the
+// connection's own name (SNI www.example.test) by the policy's rules ends
+// a request under way (its answer's head come after the reload) with a 403
+// that closes the HTTP/1 connection, for a request for another Host (the
+// name's deny) and for one for the name itself (its own deny, which is the
+// name's): that one kept the connection, every later request refused
+// (review r10s28 N1).
+func TestReloadDeniedNameClosesH1Connection(t *testing.T) {
+	for _, host := range []string{"api.example.test", "www.example.test"} {
+		t.Run(host, func(t *testing.T) {
+			r, holder := newReloadableRig(t)
+			arrived, release := make(chan struct{}, 1), make(chan struct{})
+			proxyEnd, serverEnd := testnet.TCPPair(t)
+			go func() {
+				serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
+				end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
+				br := bufio.NewReader(end)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if req.URL.Path == "/slow" {
+						arrived <- struct{}{}
+						<-release
+					}
+					io.WriteString(end, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+				}
+			}()
+			raw, sv := r.connectTCP(proxyEnd, tlsDest)
+			defer func() { raw.Close(); sv.waitDoneOnce(t) }()
+			hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
+			if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: " + host + "\r\n\r\n"); resp.StatusCode != 200 {
+				t.Fatalf("before the reload: %d %q", resp.StatusCode, body)
+			}
+			io.WriteString(hc.c, "GET /slow HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+			<-arrived
+			reloadTo(t, holder, tightenedPolicy)
+			close(release)
+			resp, body := hc.read("/slow")
+			if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "reload") {
+				t.Fatalf("/slow after the reload: %d %q", resp.StatusCode, body)
+			}
+			if !resp.Close {
+				t.Errorf("the connection is kept after the 403 of a reload that denied its name (Connection %q)", resp.Header.Get("Connection"))
+			}
+			time.Sleep(50 * time.Millisecond)
+		})
+	}
+}
