@@ -114,3 +114,59 @@ func floodChecker(t *testing.T) (*Checker, context.Context, *sync.WaitGroup) {
 	t.Cleanup(cancel)
 	return c, ctx, wg
 }
+
+// TestGivenUpJoinNotHandedOver: B, holding its share, has checks join 20
+// of A's lookups queued beyond A's share, which give up after 50 ms; then
+// B checks its own fresh name, queued beyond B's share. Once B's lookups
+// end, B's share goes to its own name, not to A's names that no check of
+// B's waits for any more. Before, it went to 8 of A's names and B's own
+// check failed after 1.25 s with "8 of its own" (found by review r11s28
+// F1).
+func TestGivenUpJoinNotHandedOver(t *testing.T) {
+	c, ctx, wg := floodChecker(t)
+	for i := range 8 {
+		wg.Go(func() { _ = c.Check(ctx, epB, fmt.Sprintf("b%d.slow.test", i), addr("192.0.2.1")) })
+	}
+	waitFor(t, "B at its share", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.heldBy[epB] == 8
+	})
+	time.Sleep(300 * time.Millisecond) // A's held lookups end 300 ms after B's
+	for i := range 32 + 64 {
+		wg.Go(func() { _ = c.Check(ctx, epA, fmt.Sprintf("h%d.slow.test", i), addr("192.0.2.1")) })
+	}
+	waitFor(t, "A's flood", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.running == 40 && c.slots.overShare.len() == 64
+	})
+	var queued []string
+	c.callMu.Lock()
+	for name, cl := range c.calls {
+		if cl.overShare && len(queued) < 20 {
+			queued = append(queued, name)
+		}
+	}
+	c.callMu.Unlock()
+	var jwg sync.WaitGroup
+	for _, name := range queued {
+		jwg.Go(func() {
+			jctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			_ = c.Check(jctx, epB, name, addr("192.0.2.1"))
+		})
+	}
+	jwg.Wait()
+	if d, err := checkWithin(c, epB, "bown.fast.test"); err != nil {
+		t.Errorf("B's own name, after B's checks of 20 of A's queued names gave up: %v after %v", err, d.Round(time.Millisecond))
+	}
+	c.callMu.Lock()
+	for name, cl := range c.calls {
+		if cl.endpoint == epB && name[0] == 'h' {
+			t.Errorf("A's %s, which no check of B waits for, counts in B's share", name)
+		}
+	}
+	c.callMu.Unlock()
+	wantSlotInvariants(t, c)
+}

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -60,7 +59,7 @@ type call struct {
 	deadline  time.Time     // when its lookup gives up: LookupTimeout from its grant
 	overShare bool          // it waits in slots.overShare
 	checks    int           // checks waiting for it while it waits for a slot
-	joinedBy  []string      // other endpoints whose checks joined it beyond its share, at theirs
+	joinedBy  []joiner      // other endpoints whose checks wait for it beyond its share, at theirs
 	slot      chan struct{} // closed when granted or dropped, if it had to wait; set once
 	link                    // in slots.waiting or slots.overShare
 }
@@ -133,8 +132,8 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 	} else if cl.overShare && cl.endpoint != endpoint {
 		if c.callsBy[endpoint] < c.share() {
 			c.adopt(cl, endpoint)
-		} else if !slices.Contains(cl.joinedBy, endpoint) {
-			cl.joinedBy = append(cl.joinedBy, endpoint) // promote adopts it
+		} else {
+			cl.join(endpoint) // promote adopts it
 		}
 	}
 	cl.checks++
@@ -154,7 +153,10 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 	}
 	c.callMu.Lock()
 	defer c.callMu.Unlock()
-	if cl.checks--; cl.granted || cl.slot == nil {
+	if cl.checks--; cl.overShare && cl.endpoint != endpoint {
+		cl.unjoin(endpoint) // promote must not hand it to an endpoint none of whose checks wants it
+	}
+	if cl.granted || cl.slot == nil {
 		return fmt.Errorf("gave up waiting for the lookup: %w", context.Cause(ctx))
 	}
 	if cl.checks == 0 && cl.overShare && c.slots.leave(cl) {
@@ -293,50 +295,6 @@ func (c *Checker) release() {
 	for c.slots.overShare.len() > 0 && c.cfg.MaxLookups-c.slots.running > 3*c.share() {
 		c.admit(c.slots.overShare.front())
 	}
-}
-
-// promote lets the call of endpoint (or that its checks joined, see adopt)
-// that waited longest beyond its share on, once the endpoint has fallen
-// below it: to a slot if one is free, or to the queue within shares.
-// Under callMu.
-func (c *Checker) promote(endpoint string) {
-	if c.callsBy[endpoint] >= c.share() {
-		return
-	}
-	for cl := range c.slots.overShare.all() {
-		if cl.endpoint == endpoint || slices.Contains(cl.joinedBy, endpoint) {
-			c.adopt(cl, endpoint)
-			return
-		}
-	}
-}
-
-// adopt makes cl, waiting beyond its endpoint's share, a lookup of
-// endpoint, below its share, whose check joins it (or joined it, at its
-// share then): it counts in that share and takes a free slot or waits
-// within the share. Otherwise the check
-// would wait behind the other endpoint's whole second queue, and fail with
-// its share's error, though its own endpoint may start lookups. Under
-// callMu.
-func (c *Checker) adopt(cl *call, endpoint string) {
-	c.slots.overShare.remove(cl)
-	cl.overShare = false
-	cl.endpoint = endpoint
-	c.callsBy[endpoint]++
-	if c.slots.running < c.cfg.MaxLookups {
-		c.grant(cl)
-		return
-	}
-	c.slots.waiting.push(cl)
-}
-
-// admit gives cl, waiting beyond its endpoint's share, a slot. Under
-// callMu.
-func (c *Checker) admit(cl *call) {
-	c.slots.overShare.remove(cl)
-	cl.overShare = false
-	c.callsBy[cl.endpoint]++
-	c.grant(cl)
 }
 
 // result is what a lookup found: addresses with their TTLs, or none and
