@@ -170,3 +170,51 @@ func TestGivenUpJoinNotHandedOver(t *testing.T) {
 	c.callMu.Unlock()
 	wantSlotInvariants(t, c)
 }
+
+// TestAdoptedLookupWaitsFullSlotWait: B, holding no slot while none is
+// free, checks a name A queued beyond its share 0.9 s before. The lookup
+// becomes B's and waits within B's share a whole slot wait from then, as
+// a fresh name would, and gets a slot as the first lookups end. Before, it
+// kept the wait that began when A queued it and failed after 0.35 s with
+// "no lookup slot came free within 1.25s" (found by review r11s28 F2).
+func TestAdoptedLookupWaitsFullSlotWait(t *testing.T) {
+	res, _ := zoneResolver(t, 0)
+	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second, MaxLookups: 8}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	wg := new(sync.WaitGroup)
+	t.Cleanup(wg.Wait)
+	t.Cleanup(cancel)
+	ep := func(i int) string { return fmt.Sprintf("vpce-%017x", i+100) }
+	for i := range 5 {
+		wg.Go(func() { _ = c.Check(ctx, epA, fmt.Sprintf("a%d.slow.test", i), addr("192.0.2.1")) })
+	}
+	waitFor(t, "A holds 5", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.running == 5
+	})
+	wg.Go(func() { _ = c.Check(ctx, epA, "popular.fast.test", addr("192.0.2.1")) })
+	waitFor(t, "A's popular queued", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.overShare.len() == 1
+	})
+	time.Sleep(300 * time.Millisecond)
+	for i := range 3 { // C, D, E take the other 3 slots
+		wg.Go(func() { _ = c.Check(ctx, ep(i), fmt.Sprintf("x%d.slow.test", i), addr("192.0.2.1")) })
+	}
+	time.Sleep(200 * time.Millisecond)
+	for i := 3; i < 8; i++ { // F to J wait within their share
+		wg.Go(func() { _ = c.Check(ctx, ep(i), fmt.Sprintf("x%d.slow.test", i), addr("192.0.2.1")) })
+	}
+	waitFor(t, "5 waiting", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.waiting.len() == 5 && c.slots.running == 8
+	})
+	time.Sleep(400 * time.Millisecond)
+	if d, err := checkWithin(c, epB, "popular.fast.test"); err != nil {
+		t.Errorf("B's check of a name A queued 0.9 s before, no slot free: %v after %v", err, d.Round(time.Millisecond))
+	}
+	wantSlotInvariants(t, c)
+}

@@ -60,6 +60,7 @@ type call struct {
 	overShare bool          // it waits in slots.overShare
 	checks    int           // checks waiting for it while it waits for a slot
 	joinedBy  []joiner      // other endpoints whose checks wait for it beyond its share, at theirs
+	waitUntil time.Time     // when its wait for a slot ends: slotWait from its queuing or hand-over
 	slot      chan struct{} // closed when granted or dropped, if it had to wait; set once
 	link                    // in slots.waiting or slots.overShare
 }
@@ -115,14 +116,14 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 				return fmt.Errorf("%w: %d of its own and %d more waiting, %d of %d slots free", errEndpointLookups,
 					running, queued, free, c.cfg.MaxLookups)
 			}
-			cl.slot = make(chan struct{})
+			cl.slot, cl.waitUntil = make(chan struct{}), time.Now().Add(c.slotWait())
 			cl.overShare = true
 			c.slots.overShare.push(cl)
 		case free > 0:
 			c.grant(cl)
 			c.callsBy[endpoint]++
 		default:
-			cl.slot = make(chan struct{})
+			cl.slot, cl.waitUntil = make(chan struct{}), time.Now().Add(c.slotWait())
 			c.slots.waiting.push(cl)
 			c.callsBy[endpoint]++
 		}
@@ -247,19 +248,29 @@ func (c *Checker) awaitSlot(cl *call) error {
 	}
 	t := time.NewTimer(c.slotWait())
 	defer t.Stop()
-	select {
-	case <-cl.slot:
-		c.callMu.Lock()
-		defer c.callMu.Unlock()
-		if !cl.granted {
-			return errNoCheckWaits
+	for {
+		select {
+		case <-cl.slot:
+			c.callMu.Lock()
+			defer c.callMu.Unlock()
+			if !cl.granted {
+				return errNoCheckWaits
+			}
+			return nil
+		case <-t.C:
+		case <-c.ctx.Done():
+			return ErrClosed
 		}
-		return nil
-	case <-t.C:
-	case <-c.ctx.Done():
-		return ErrClosed
+		c.callMu.Lock()
+		// A lookup handed to another endpoint (adopt) waits a whole
+		// slotWait from then, as that endpoint's fresh name would.
+		left := time.Until(cl.waitUntil)
+		if cl.granted || left <= 0 {
+			break
+		}
+		c.callMu.Unlock()
+		t.Reset(left)
 	}
-	c.callMu.Lock()
 	defer c.callMu.Unlock()
 	if cl.granted { // a slot that came with the timer is as good
 		return nil

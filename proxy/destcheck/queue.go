@@ -3,6 +3,7 @@ package destcheck
 import (
 	"iter"
 	"slices"
+	"time"
 )
 
 // queue is a list of calls waiting for a slot, oldest first, linked
@@ -147,6 +148,7 @@ func (c *Checker) adopt(cl *call, endpoint string) {
 	cl.overShare = false
 	cl.endpoint, cl.joinedBy = endpoint, nil
 	c.callsBy[endpoint]++
+	cl.waitUntil = time.Now().Add(c.slotWait()) // its wait starts again, within this share
 	if c.slots.running < c.cfg.MaxLookups {
 		c.grant(cl)
 		return
