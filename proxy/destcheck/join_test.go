@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -217,4 +218,39 @@ func TestAdoptedLookupWaitsFullSlotWait(t *testing.T) {
 		t.Errorf("B's check of a name A queued 0.9 s before, no slot free: %v after %v", err, d.Round(time.Millisecond))
 	}
 	wantSlotInvariants(t, c)
+}
+
+// TestEndedWaitNotHandedOver: a lookup beyond A's share whose slot wait
+// has just ended (awaitSlot took it out of the queue, and run has not yet
+// locked to finish it) is not handed to B's check, below B's share: the
+// lookup has failed, so B's check gets the failure said of B. Before, B
+// adopted it, took a slot for a lookup that would never ask, and said A's
+// share error of B (found by review r11s28, by reading). The state is set
+// up by hand: the window is a few instructions wide.
+func TestEndedWaitNotHandedOver(t *testing.T) {
+	res, _ := zoneResolver(t, 0) // never asked: no lookup runs
+	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: time.Second}, nil)
+	cl := &call{done: make(chan struct{}), endpoint: epA, overShare: true, slot: make(chan struct{})}
+	c.callMu.Lock()
+	c.calls["ended.slow.test"] = cl
+	c.callMu.Unlock()
+	errc := make(chan error, 1)
+	go func() { errc <- c.lookup(context.Background(), epB, "ended.slow.test") }()
+	waitFor(t, "B's check waits", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return cl.checks == 1
+	})
+	c.callMu.Lock()
+	if cl.endpoint != epA || cl.granted || c.callsBy[epB] != 0 || c.slots.running != 0 {
+		t.Errorf("B took over a lookup whose wait had ended: endpoint %s, granted %v, callsBy[B] %d, %d running",
+			cl.endpoint, cl.granted, c.callsBy[epB], c.slots.running)
+	}
+	delete(c.calls, "ended.slow.test")
+	c.callMu.Unlock()
+	cl.err = fmt.Errorf("%w: 40 of its own", errEndpointLookups)
+	close(cl.done)
+	if err := <-errc; !errors.Is(err, errEndpointLookups) || strings.Contains(err.Error(), "40 of its own") {
+		t.Errorf("B's check: %v, want B's share error", err)
+	}
 }

@@ -130,7 +130,7 @@ func (c *Checker) lookup(ctx context.Context, endpoint, name string) error {
 		c.calls[name] = cl
 		c.wg.Add(1)
 		go c.run(name, cl)
-	} else if cl.overShare && cl.endpoint != endpoint {
+	} else if cl.in == &c.slots.overShare && cl.endpoint != endpoint { // one whose wait just ended has failed
 		if c.callsBy[endpoint] < c.share() {
 			c.adopt(cl, endpoint)
 		} else {
