@@ -1,5 +1,7 @@
 package proxy
 
+import "strings"
+
 // alpnList writes a client's ALPN offer as a record's alpn: the protocol
 // names joined with commas. A name may hold any byte (RFC 7301), so a
 // comma, a backslash and any byte outside printable ASCII inside one is
@@ -15,17 +17,13 @@ func alpnList(protos []string) string {
 			plain = plainALPNByte(p[i])
 		}
 	}
-	if len(protos) == 0 {
-		return ""
+	if plain {
+		return strings.Join(protos, ",")
 	}
 	b := make([]byte, 0, n+8)
 	for i, p := range protos {
 		if i > 0 {
 			b = append(b, ',')
-		}
-		if plain {
-			b = append(b, p...)
-			continue
 		}
 		for j := 0; j < len(p); j++ {
 			if c := p[j]; plainALPNByte(c) {
