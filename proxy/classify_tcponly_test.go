@@ -63,27 +63,37 @@ func clsOpenSSLServer(t *testing.T) netip.AddrPort {
 		"-keyout", key, "-out", crt, "-days", "1", "-subj", "/CN=raw.example").CombinedOutput(); err != nil {
 		t.Fatalf("openssl req: %v %s", err, out)
 	}
+	return startLoopbackServer(t, "openssl s_server", func(port int) *exec.Cmd {
+		return exec.Command("openssl", "s_server", "-accept", fmt.Sprint(port), "-cert", crt, "-key", key, "-www", "-quiet")
+	})
+}
+
+// startLoopbackServer starts the process cmd makes for a free port of
+// 127.0.0.1, stopped when t ends, and returns its address once it accepts
+// connections (within 10 s).
+func startLoopbackServer(t *testing.T, name string, cmd func(port int) *exec.Cmd) netip.AddrPort {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
-	cmd := exec.Command("openssl", "s_server", "-accept", fmt.Sprint(port), "-cert", crt, "-key", key, "-www", "-quiet")
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := cmd.Start(); err != nil {
+	c := cmd(port)
+	c.Stdout, c.Stderr = io.Discard, io.Discard
+	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
 	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
 	for range 200 {
-		if c, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
-			c.Close()
+		if conn, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
+			conn.Close()
 			return addr
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatal("openssl s_server did not start")
+	t.Fatalf("%s did not start", name)
 	return addr
 }
 
