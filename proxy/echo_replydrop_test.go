@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -22,26 +21,7 @@ const echoSmallMTU = 1500
 func newEchoRigMTU(t *testing.T, doc string, mutate func(*Config)) *echoRig {
 	t.Helper()
 	return newEchoRigOn(t, doc, mutate, func(h netstack.Handler) (*netstack.Server, *gwlbsim.Endpoint) {
-		pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-		pc.Close() // the simulator's port, free again for it
-		srv, err := netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
-			ReturnPath: netstack.ReturnPathBound, Handler: h, MTU: echoSmallMTU})
-		if err != nil {
-			t.Fatal(err)
-		}
-		sim, err := gwlbsim.New(gwlbsim.Config{Addr: netip.MustParseAddr("127.0.0.1"), ListenPort: port, Appliance: srv.Addr(), Senders: 1})
-		if err != nil {
-			srv.Close()
-			t.Fatal(err)
-		}
-		served := make(chan struct{})
-		go func() { srv.Serve(); close(served) }()
-		t.Cleanup(func() { sim.Close(); srv.Close(); <-served })
-		return srv, sim.Endpoint(0x0123456789abcdef, 0x1111222233334444)
+		return simulatedEndpointWith(t, netstack.Config{Handler: h, MTU: echoSmallMTU})
 	})
 }
 

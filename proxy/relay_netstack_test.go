@@ -74,14 +74,21 @@ func simulatedEndpoint(t *testing.T, h netstack.Handler, allowLoopback bool) (*n
 // tcp.
 func simulatedEndpointTCP(t *testing.T, h netstack.Handler, allowLoopback bool, tcp netstack.TCPOptions) (*netstack.Server, *gwlbsim.Endpoint) {
 	t.Helper()
+	return simulatedEndpointWith(t, netstack.Config{Handler: h, AllowLoopback: allowLoopback, TCP: tcp})
+}
+
+// simulatedEndpointWith is simulatedEndpoint with a server made of cfg
+// (its listen address, reader, reply port and return path set here).
+func simulatedEndpointWith(t *testing.T, cfg netstack.Config) (*netstack.Server, *gwlbsim.Endpoint) {
+	t.Helper()
 	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	pc.Close() // the simulator's port, free again for it
-	srv, err := netstack.Listen(netstack.Config{ListenAddr: "127.0.0.1:0", Readers: 1, ReplyPort: port,
-		ReturnPath: netstack.ReturnPathBound, Handler: h, AllowLoopback: allowLoopback, TCP: tcp})
+	cfg.ListenAddr, cfg.Readers, cfg.ReplyPort, cfg.ReturnPath = "127.0.0.1:0", 1, port, netstack.ReturnPathBound
+	srv, err := netstack.Listen(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
