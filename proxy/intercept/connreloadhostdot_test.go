@@ -30,7 +30,7 @@ func TestReloadNameCheckHostTrailingDot(t *testing.T) {
 		t.Run(map[bool]string{false: "request", true: "tunnel"}[tunnel], func(t *testing.T) {
 			r, holder := wwwCheckFailsRig(t)
 			proxyEnd, serverEnd := testnet.TCPPair(t)
-			go tlsH1Origin(r, serverEnd, func(end *tls.Conn, br *bufio.Reader, req *http.Request) bool {
+			go tlsH1Origin(r.strangerLeaf("www.example.test"), serverEnd, func(end *tls.Conn, br *bufio.Reader, req *http.Request) bool {
 				if req.Header.Get("Upgrade") == "" {
 					return false
 				}

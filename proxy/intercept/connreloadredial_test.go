@@ -238,12 +238,12 @@ func awaitGoAway(t *testing.T, cc *http2.ClientConn, failed string) {
 	}
 }
 
-// tlsH1Origin answers each HTTP/1.1 request over TLS on serverEnd (the
-// unverified certificate of www.example.test) with "hello", unless take
+// tlsH1Origin answers each HTTP/1.1 request over TLS on serverEnd (as
+// leaf, a certificate of www.example.test) with "hello", unless take
 // answers it, returning true: then it serves no more.
-func tlsH1Origin(r *rig, serverEnd net.Conn, take func(end *tls.Conn, br *bufio.Reader, req *http.Request) bool) {
+func tlsH1Origin(leaf *tls.Certificate, serverEnd net.Conn, take func(end *tls.Conn, br *bufio.Reader, req *http.Request) bool) {
 	serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
-	end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.strangerLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
+	end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*leaf}, NextProtos: []string{"http/1.1"}})
 	br := bufio.NewReader(end)
 	for {
 		req, err := http.ReadRequest(br)

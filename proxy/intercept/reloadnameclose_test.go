@@ -25,22 +25,13 @@ func TestReloadDeniedNameClosesH1Connection(t *testing.T) {
 			r, holder := newReloadableRig(t)
 			arrived, release := make(chan struct{}, 1), make(chan struct{})
 			proxyEnd, serverEnd := testnet.TCPPair(t)
-			go func() {
-				serverEnd.SetDeadline(time.Now().Add(2 * waitLimit))
-				end := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*r.upLeaf("www.example.test")}, NextProtos: []string{"http/1.1"}})
-				br := bufio.NewReader(end)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					if req.URL.Path == "/slow" {
-						arrived <- struct{}{}
-						<-release
-					}
-					io.WriteString(end, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+			go tlsH1Origin(r.upLeaf("www.example.test"), serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
+				if req.URL.Path == "/slow" {
+					arrived <- struct{}{}
+					<-release
 				}
-			}()
+				return false
+			})
 			raw, sv := r.connectTCP(proxyEnd, tlsDest)
 			defer func() { raw.Close(); sv.waitDoneOnce(t) }()
 			hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))

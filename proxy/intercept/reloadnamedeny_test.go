@@ -63,7 +63,7 @@ func TestReloadNameCheckAnswerH1Close(t *testing.T) {
 	r, holder := wwwCheckFailsRig(t)
 	arrived, release := make(chan struct{}, 1), make(chan struct{})
 	proxyEnd, serverEnd := testnet.TCPPair(t)
-	go tlsH1Origin(r, serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
+	go tlsH1Origin(r.strangerLeaf("www.example.test"), serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
 		if req.URL.Path == "/slow" {
 			arrived <- struct{}{}
 			<-release
