@@ -67,6 +67,15 @@ func dialRaw(t *testing.T, cs *gwlbsim.ClientStack, dst netip.AddrPort) *rawClie
 	return c
 }
 
+// closeLeftToTest is a client connection whose Close leaves the endpoint
+// open, for a test that ends it itself (halfClose, reset) while the TLS
+// or HTTP/2 client above may close when the appliance ends its side;
+// dialRaw's cleanup closes it.
+type closeLeftToTest struct{ net.Conn }
+
+// Close does nothing: see closeLeftToTest.
+func (closeLeftToTest) Close() error { return nil }
+
 // reset sends the appliance a RST.
 func (c *rawClient) reset() { c.ep.Abort() }
 
@@ -413,7 +422,12 @@ func TestBumpedH2ClientDoneThenReset(t *testing.T) {
 	const conns = 12
 	for i := range conns {
 		c := dialRaw(t, r.client, r.dest)
-		tc := tls.Client(c, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"h2"}})
+		// The appliance answers the close_notify with its own and its FIN,
+		// and the transport's reader, at that end, closes the connection:
+		// its FIN, before the test's when the answer comes quickly, and
+		// the endpoint closed (halfClose then fails, not connected) with
+		// no RST to send. The client's end is the test's to make.
+		tc := tls.Client(closeLeftToTest{c}, &tls.Config{ServerName: "big.example", RootCAs: r.roots, NextProtos: []string{"h2"}})
 		cc, err := (&http2.Transport{}).NewClientConn(tc)
 		if err != nil {
 			t.Fatalf("connection %d: HTTP/2 through the appliance: %v", i, err)
