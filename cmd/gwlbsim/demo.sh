@@ -101,9 +101,12 @@ wait_for() {
 }
 
 step "building gwlbproxy, gwlbsim and the test servers"
+# The servers are internal/appliance's test binary: its init turns it into
+# them when GWLBPROXY_NETNS_SERVER is set (netns_helpers_test.go).
+# TestDemoBuildsTheServers (cmd/gwlbsim) checks that the two still agree.
 (cd "$ROOT" &&
 	go build -o "$WORK/" ./cmd/gwlbproxy ./cmd/gwlbsim &&
-	go test -c -o "$WORK/servers.test" ./cmd/gwlbproxy)
+	go test -c -o "$WORK/servers.test" ./internal/appliance)
 
 step "creating namespaces $CLIENT, $APP, $SRV"
 for ns in "$CLIENT" "$APP" "$SRV"; do

@@ -2,7 +2,8 @@ package appliance
 
 // Helpers of the namespace end-to-end test: the topology, processes started
 // inside namespaces, and the destination servers, which run in a copy of
-// this test binary started with netnsServerEnv set.
+// this test binary started with netnsServerEnv set (as cmd/gwlbsim/demo.sh
+// starts it too: TestDemoBuildsTheServers holds the script to this package).
 
 import (
 	"bufio"
