@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -61,6 +62,56 @@ func checkFlagValues(o *appliance.Options) error {
 		return err
 	}
 	return o.Validate()
+}
+
+// outputTuning lists, for each output a flag turns on (off when that flag
+// is absent or empty), the flags that only tune it.
+var outputTuning = []struct {
+	on, off string   // the flag turning the output on; what happens without it
+	tuning  []string // in --help's order
+}{
+	{"cloudwatch-group", "no record is shipped to CloudWatch Logs", []string{
+		"cloudwatch-stream", "cloudwatch-region", "cloudwatch-endpoint",
+		"cloudwatch-flush", "cloudwatch-buffer", "cloudwatch-retention-days"}},
+	{"pcap-dir", "no packet is written to pcap files", []string{
+		"pcap-rotate-bytes", "pcap-rotate-age", "pcap-max-bytes"}},
+}
+
+// checkOutputTuning refuses a flag that tunes an output given while the
+// output is off: it did nothing, without a word, so the operator who set
+// --cloudwatch-stream believed the records shipped while nothing left the
+// host, as --ca-secret-region without --ca-secret and --pcap-filter
+// without --pcap-dir are refused for. The output's flag given empty is
+// refused with them: it is rather `--cloudwatch-group "$GROUP"` with the
+// variable unset (as `--config ""` is refused for) than a wish to ship
+// nothing while naming how. Given empty alone, it keeps meaning off.
+func checkOutputTuning(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for _, out := range outputTuning {
+		if fs.Lookup(out.on).Value.String() != "" {
+			continue
+		}
+		var set []string
+		for _, name := range out.tuning {
+			if given[name] {
+				set = append(set, "--"+name)
+			}
+		}
+		if len(set) == 0 {
+			continue
+		}
+		verb, subject := "needs", "the flag"
+		if len(set) > 1 {
+			verb, subject = "need", "these flags"
+		}
+		how := ", not given"
+		if given[out.on] {
+			how = fmt.Sprintf(`, given empty (as --%s "$VAR" with the variable unset)`, out.on)
+		}
+		return fmt.Errorf("%s %s --%s%s: without it %s, and %s would do nothing", strings.Join(set, ", "), verb, out.on, how, out.off, subject)
+	}
+	return nil
 }
 
 // checkTAPName refuses a --mirror-tap the kernel takes for no interface

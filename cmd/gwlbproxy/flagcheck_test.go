@@ -176,3 +176,68 @@ func TestAccessLogRotationFlags(t *testing.T) {
 		t.Errorf("256MiB: %+v, %v", o.AccessLogRotation, err)
 	}
 }
+
+// TestOutputTuningNeedsItsOutput: a flag that tunes CloudWatch shipping or
+// the pcap files, given while that output is off (its flag absent, or given
+// empty: `--cloudwatch-group "$GROUP"` with the variable unset), is refused
+// naming the flags, as --ca-secret-region without --ca-secret is. They were
+// accepted and did nothing, without a word: an appliance started with
+// --cloudwatch-stream and no group shipped nothing while its operator
+// believed it did. With the output on they pass, and the output's flag
+// given empty alone still means off.
+func TestOutputTuningNeedsItsOutput(t *testing.T) {
+	pcapDir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want []string // in the error
+	}{
+		{[]string{"--cloudwatch-stream", "s"}, []string{"--cloudwatch-stream needs --cloudwatch-group, not given"}},
+		{[]string{"--cloudwatch-region", "eu-west-1"}, []string{"--cloudwatch-region needs --cloudwatch-group"}},
+		{[]string{"--cloudwatch-endpoint", "http://127.0.0.1:1"}, []string{"--cloudwatch-endpoint needs --cloudwatch-group"}},
+		{[]string{"--cloudwatch-flush", "1s"}, []string{"--cloudwatch-flush needs --cloudwatch-group"}},
+		{[]string{"--cloudwatch-buffer", "8388608"}, []string{"--cloudwatch-buffer needs --cloudwatch-group"}},
+		{[]string{"--cloudwatch-retention-days", "30"}, []string{"--cloudwatch-retention-days needs --cloudwatch-group"}},
+		{[]string{"--cloudwatch-retention-days", "30", "--cloudwatch-stream", "s"},
+			[]string{"--cloudwatch-stream, --cloudwatch-retention-days need --cloudwatch-group"}},
+		{[]string{"--cloudwatch-group", "", "--cloudwatch-retention-days", "30"},
+			[]string{"--cloudwatch-retention-days needs --cloudwatch-group, given empty"}},
+		// The last of a flag wins: a group given, then emptied.
+		{[]string{"--cloudwatch-group", "g", "--cloudwatch-stream", "s", "--cloudwatch-group", ""},
+			[]string{"--cloudwatch-stream needs --cloudwatch-group, given empty"}},
+		{[]string{"--pcap-rotate-bytes", "65536"}, []string{"--pcap-rotate-bytes needs --pcap-dir, not given"}},
+		{[]string{"--pcap-rotate-age", "1m"}, []string{"--pcap-rotate-age needs --pcap-dir"}},
+		{[]string{"--pcap-max-bytes", "99999999999"}, []string{"--pcap-max-bytes needs --pcap-dir"}},
+		{[]string{"--pcap-dir", "", "--pcap-rotate-age", "1m", "--pcap-max-bytes", "99999999999"},
+			[]string{"--pcap-rotate-age, --pcap-max-bytes need --pcap-dir, given empty"}},
+		// A mirror is no pcap output: the pcap flags still do nothing.
+		{[]string{"--mirror-tap", "ids0", "--pcap-rotate-age", "1m"}, []string{"--pcap-rotate-age needs --pcap-dir"}},
+	} {
+		_, err := parseFlags(tc.args, &bytes.Buffer{})
+		if err == nil {
+			t.Errorf("%q: accepted", tc.args)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%q: error %q, want it to say %q", tc.args, err, w)
+			}
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: error of more than one line: %q", tc.args, err)
+		}
+	}
+	for _, args := range [][]string{
+		nil,
+		{"--cloudwatch-group", ""}, // off, said explicitly
+		{"--pcap-dir", ""},
+		{"--cloudwatch-group", "g", "--cloudwatch-stream", "s", "--cloudwatch-region", "eu-west-1", "--cloudwatch-endpoint", "http://127.0.0.1:1",
+			"--cloudwatch-flush", "1s", "--cloudwatch-buffer", "8388608", "--cloudwatch-retention-days", "30"},
+		{"--pcap-dir", pcapDir, "--pcap-rotate-bytes", "65536", "--pcap-rotate-age", "1m", "--pcap-max-bytes", "99999999999"},
+		// The defaults, given as such, with their output on.
+		{"--cloudwatch-flush", "5s", "--cloudwatch-group", "g"},
+	} {
+		if _, err := parseFlags(args, &bytes.Buffer{}); err != nil {
+			t.Errorf("%q: %v", args, err)
+		}
+	}
+}

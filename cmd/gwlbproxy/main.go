@@ -254,7 +254,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		}
 		return nil
 	})
-	fs.StringVar(&o.CloudWatch.Group, "cloudwatch-group", "", "CloudWatch Logs group to ship access records to (off when empty); created if missing")
+	fs.StringVar(&o.CloudWatch.Group, "cloudwatch-group", "", "CloudWatch Logs group to ship access records to (off when empty); created if missing. The other --cloudwatch-* flags need it")
 	fs.StringVar(&o.CloudWatch.Stream, "cloudwatch-stream", "", "log stream (default: the EC2 instance ID, or the host name off EC2)")
 	fs.StringVar(&o.CloudWatch.Region, "cloudwatch-region", "", "AWS region (default: from the environment or instance metadata)")
 	fs.StringVar(&o.CloudWatch.Endpoint, "cloudwatch-endpoint", "", "CloudWatch Logs endpoint URL, e.g. a VPC endpoint")
@@ -269,7 +269,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		return nil
 	})
 	fs.StringVar(&o.TLSKeyLog, "tls-keylog", "", "file (mode 0600) the secrets of both TLS sessions of every bumped connection are appended to, NSS key log format, so Wireshark can decrypt captures; it holds secrets (off when empty)")
-	fs.StringVar(&o.Capture.PcapDir, "pcap-dir", "", "directory every inner packet received from and sent to the GWLB is written to, as rotated pcapng files with one interface per GWLB endpoint (off when empty)")
+	fs.StringVar(&o.Capture.PcapDir, "pcap-dir", "", "directory every inner packet received from and sent to the GWLB is written to, as rotated pcapng files with one interface per GWLB endpoint (off when empty). The other --pcap-* flags need it")
 	fs.Int64Var(&o.Capture.RotateBytes, "pcap-rotate-bytes", capture.DefaultRotateBytes, "start a new pcap file before the current one would grow past this many bytes")
 	fs.DurationVar(&o.Capture.RotateAge, "pcap-rotate-age", capture.DefaultRotateAge, "start a new pcap file once the current one is this old")
 	fs.Int64Var(&o.Capture.MaxBytes, "pcap-max-bytes", capture.DefaultMaxBytes, "bytes the pcap files may take together; the oldest are deleted to stay under it")
@@ -329,6 +329,10 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		if err := cwlogs.CheckStreamName(st); err != nil {
 			return o, p, fmt.Errorf("--cloudwatch-stream %q: %w", st, err)
 		}
+	}
+	// After the values' own checks, which name the problem more closely.
+	if err := checkOutputTuning(fs); err != nil {
+		return o, p, err
 	}
 	return o, p, nil
 }

@@ -384,6 +384,9 @@ func TestBadFlagValues(t *testing.T) {
 		{"config", ""},
 		// Twice it overflowed the DNS cache's bound of claims: one name kept.
 		{"dns-cache-size", "9223372036854775807"},
+		// Tuning an output that is off: it did nothing, without a word.
+		{"cloudwatch-stream", "s"},
+		{"pcap-rotate-age", "1m"},
 	} {
 		t.Run(tc.flag+"="+tc.value, func(t *testing.T) {
 			// A value accepted starts the appliance: the context stops it.
@@ -418,7 +421,7 @@ func TestBadFlagValues(t *testing.T) {
 	// The values at the floors, and 0 where it means the default, pass.
 	o, err := parseFlags([]string{"--readers", "0", "--memory-limit", "64MiB", "--trust-host", "ca.corp-1.example",
 		"--idle-timeout", "1s", "--dial-timeout", "1ms", "--pcap-rotate-bytes", "65536", "--pcap-max-bytes", "65536",
-		"--pcap-rotate-age", "1s", "--cloudwatch-buffer", "4194304", "--gwlb-cidrs", "10.0.0.0/8",
+		"--pcap-rotate-age", "1s", "--pcap-dir", t.TempDir(), "--cloudwatch-buffer", "4194304", "--cloudwatch-group", "g", "--gwlb-cidrs", "10.0.0.0/8",
 		"--drain-timeout", "40s", "--drain-min", "40s"}, &bytes.Buffer{})
 	if err != nil || o.Readers != 0 || o.TrustHost != "ca.corp-1.example" || o.DrainMin != 40*time.Second {
 		t.Fatalf("values at the floors: %v", err)
