@@ -99,7 +99,7 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 // stray word would be dropped without a word (`ca trust x --ca-cert F`
 // printing the commands for another CA than F).
 func parseNoArgs(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	if err := parseQuietly(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

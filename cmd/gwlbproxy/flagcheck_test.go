@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -239,5 +242,58 @@ func TestOutputTuningNeedsItsOutput(t *testing.T) {
 		if _, err := parseFlags(args, &bytes.Buffer{}); err != nil {
 			t.Errorf("%q: %v", args, err)
 		}
+	}
+}
+
+// TestFlagErrorIsOneLine: a value the flag package itself refuses (a
+// syntax error, an fs.Func's error, an unknown flag), for the appliance
+// and for the subcommands, ends the process with exit status 2 and the one
+// line `gwlbproxy: <error>` configuration.md promises. The flag package
+// printed the error and then the whole usage (117 lines) before main
+// printed the error again. --help still prints the usage, to stderr, and
+// exits 0. Each runs gwlbproxy as its own process: main does the printing.
+func TestFlagErrorIsOneLine(t *testing.T) {
+	run := func(args ...string) (code int, stdout, stderr string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, os.Args[0], args...)
+		cmd.Env = append(os.Environ(), asMainEnv+"=1")
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		_ = cmd.Run()
+		return cmd.ProcessState.ExitCode(), out.String(), errb.String()
+	}
+	for _, tc := range []struct {
+		args []string
+		want string // in the line
+	}{
+		{[]string{"--dns-ports", "0"}, "-dns-ports"},
+		{[]string{"--readers", "x"}, "-readers"},
+		{[]string{"--memory-limit", "2048"}, "-memory-limit"},
+		{[]string{"--access-log-max-size", "1.5GiB"}, "-access-log-max-size"},
+		{[]string{"--pcap-filter", "ports=0"}, "-pcap-filter"},
+		{[]string{"--nosuchflag"}, "-nosuchflag"},
+		{[]string{"ca", "init", "--bogus"}, "-bogus"},
+		{[]string{"ca", "trust", "--ca-cert"}, "-ca-cert"}, // no value
+		{[]string{"query", "denied", "--limit", "many"}, "-limit"},
+		{[]string{"queries", "install", "--bogus"}, "-bogus"},
+	} {
+		code, stdout, stderr := run(tc.args...)
+		if code != 2 || stdout != "" || strings.Count(stderr, "\n") != 1 ||
+			!strings.HasPrefix(stderr, "gwlbproxy: ") || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%q: exit status %d, stdout %q, stderr (%d lines):\n%s\nwant status 2 and one line `gwlbproxy: ...` naming %s",
+				tc.args, code, stdout, strings.Count(stderr, "\n"), stderr, tc.want)
+		}
+	}
+	for _, h := range []string{"--help", "-h"} {
+		code, stdout, stderr := run(h)
+		if code != 0 || stdout != "" || !strings.HasPrefix(stderr, "Usage of gwlbproxy:\n") ||
+			!strings.Contains(stderr, "\n  -admin-addr string\n") || strings.Contains(stderr, "gwlbproxy: ") {
+			t.Errorf("%s: exit status %d, stdout %q, stderr:\n%s\nwant status 0 and the usage on stderr", h, code, stdout, stderr)
+		}
+	}
+	if code, _, stderr := run("ca", "init", "-h"); code != 0 || !strings.HasPrefix(stderr, "Usage of gwlbproxy ca init:\n") || !strings.Contains(stderr, "-out") {
+		t.Errorf("ca init -h: exit status %d, stderr:\n%s", code, stderr)
 	}
 }

@@ -287,7 +287,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
 	fs.Var(&p.memLimit, "memory-limit", memoryLimitUsage)
 	fs.BoolVar(&p.adaptProcs, "adapt-procs", p.adaptProcs, adaptProcsUsage)
-	if err := fs.Parse(args); err != nil {
+	if err := parseQuietly(fs, args); err != nil {
 		return o, p, err
 	}
 	if fs.NArg() > 0 {

@@ -64,7 +64,7 @@ func installCatalogQueries(ctx context.Context, args []string, stdout io.Writer,
 	group := fs.String("group", "", "log group the saved queries target (required)")
 	region := fs.String("region", "", "AWS region (default: from the environment or instance metadata)")
 	endpoint := fs.String("endpoint", "", "CloudWatch Logs endpoint URL (default: the region's)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseQuietly(fs, args); err != nil {
 		return err
 	}
 	if *group == "" || fs.NArg() > 0 {
@@ -107,7 +107,7 @@ func runQueryCommand(ctx context.Context, args []string, stdout io.Writer, newCl
 	endpoint := fs.String("endpoint", "", "CloudWatch Logs endpoint URL (default: the region's)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for the query")
 	poll := fs.Duration("poll", time.Second, "interval between polls for results")
-	if err := fs.Parse(args); err != nil {
+	if err := parseQuietly(fs, args); err != nil {
 		return err
 	}
 	rest := fs.Args()
