@@ -62,6 +62,9 @@ func runMain(args []string, stdout, stderr io.Writer) error {
 	// unit's RestartForceExitStatus=SIGHUP would restart an appliance the
 	// operator stopped. One that comes then is read, or dropped, unheeded.
 	setupLogging(o.LogLevel, stderr)
+	if p.sniffWait {
+		slog.Warn("--sniff-wait is deprecated and ignored: a connection is classified by whichever side speaks first")
+	}
 	// The access records go to stdout by default (--access-log -), and the
 	// logs to stderr. Unless SIGPIPE is handled, Go kills the process when
 	// a write to fd 1 or 2 meets a closed pipe (a log reader restarted or
@@ -170,6 +173,7 @@ func parseFlags(args []string, stderr io.Writer) (appliance.Options, error) {
 type processFlags struct {
 	memLimit   memoryLimit
 	adaptProcs bool
+	sniffWait  bool // the deprecated --sniff-wait was given
 }
 
 // parseArgs parses the flags: the appliance's options, and the process's
@@ -234,8 +238,11 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 		return nil
 	})
 	fs.Func("sniff-wait", "deprecated and ignored: a connection is classified by whichever side speaks first, with no time limit", func(string) error {
-		// Accepted so that unit files written for older versions still start.
-		slog.Warn("--sniff-wait is deprecated and ignored: a connection is classified by whichever side speaks first")
+		// Accepted so that unit files written for older versions still
+		// start; warned about by runMain once logging is set up, in its
+		// format and at its level (logged here, it went out through Go's
+		// default logger, in another format, whatever --log-level said).
+		p.sniffWait = true
 		return nil
 	})
 	fs.DurationVar(&o.RecordStall, "record-stall", o.RecordStall, "how long access records may wait behind a blocked or slow sink, be dropped, or keep failing to be written before the health check reports the appliance broken (503)")

@@ -443,3 +443,29 @@ func TestGWLBCIDRsEverySender(t *testing.T) {
 		t.Fatalf("no warning about --gwlb-cidrs 0.0.0.0/0:\n%s", errb.String())
 	}
 }
+
+// TestSniffWaitWarnsThroughTheLogger: the deprecated --sniff-wait is
+// warned about through the configured logger, in its key=value format
+// and at its level. It was logged while the flags were parsed, before
+// logging was set up: through Go's default logger, in another format a
+// log pipeline misread, and even with --log-level error.
+func TestSniffWaitWarnsThroughTheLogger(t *testing.T) {
+	warning := regexp.MustCompile(`(?m)^time=\S+ level=WARN msg="--sniff-wait is deprecated and ignored`)
+	for _, level := range []string{"info", "error"} {
+		var errb bytes.Buffer
+		// A missing --upstream-ca stops start-up before any listener opens.
+		err := runMain([]string{"--sniff-wait", "5s", "--log-level", level, "--adapt-procs=false",
+			"--config", auditPolicyFile(t), "--upstream-ca", filepath.Join(t.TempDir(), "none.pem"),
+			"--gwlb-cidrs", "127.0.0.0/8", "--geneve-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+			"--access-log", "", "--state-dir", t.TempDir()}, &bytes.Buffer{}, &errb)
+		if err == nil {
+			t.Fatal("started with a missing --upstream-ca")
+		}
+		if got, want := len(warning.FindAllString(errb.String(), -1)), map[string]int{"info": 1, "error": 0}[level]; got != want {
+			t.Errorf("--log-level %s: %d --sniff-wait warnings in the logger's format, want %d; stderr:\n%s", level, got, want, errb.String())
+		}
+		if strings.Contains(errb.String(), "sniff-wait") && level == "error" {
+			t.Errorf("--log-level error: --sniff-wait warned about anyway:\n%s", errb.String())
+		}
+	}
+}
