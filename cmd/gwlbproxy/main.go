@@ -206,7 +206,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.DurationVar(&o.DrainMin, "drain-min", o.DrainMin, "on SIGTERM, how long the drain lasts at least, flows open or not: new flows are still served while the health check's 503 reaches the GWLB; set it above the target group's unhealthy threshold times its interval (0 to --drain-timeout)")
 	fs.DurationVar(&o.TCPIdleTimeout, "tcp-idle-timeout", o.TCPIdleTimeout, "TCP flow idle timeout; match the GWLB's (60s-6000s)")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "idle timeout of UDP and ICMP flows")
-	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST")
+	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "how long connecting to a destination may take before the client gets a RST (at most "+appliance.MaxDialTimeout.String()+")")
 	fs.DurationVar(&o.WriteStallTimeout, "write-stall-timeout", o.WriteStallTimeout, "how long a relayed TCP flow's write to the client or the destination may make no progress before the flow is reset (60s at most while memory is short, 10s while critical)")
 	fs.IntVar(&o.MaxFlows, "max-flows", o.MaxFlows, "flow table capacity; a new flow beyond it takes the place of the oldest never established or answered, else is dropped and counted")
 	fs.IntVar(&o.MaxFlowsPerClient, "max-flows-per-client", 0, "flows one client (inner source IPv4 address or IPv6 prefix of --ipv6-client-prefix, behind one GWLB endpoint) may hold; 0: a tenth of --max-flows")

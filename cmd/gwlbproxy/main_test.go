@@ -347,6 +347,10 @@ func TestBadFlagValues(t *testing.T) {
 	}{
 		{"dial-timeout", "0"},
 		{"dial-timeout", "-1s"},
+		// Twice it overflowed past about 146 years: the transitory
+		// timeout became its 30 s floor without a word.
+		{"dial-timeout", "10m1s"},
+		{"dial-timeout", "2562047h"},
 		{"readers", "-3"},
 		{"pcap-rotate-bytes", "0"},
 		{"pcap-rotate-bytes", "-1"},

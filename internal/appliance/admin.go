@@ -177,7 +177,7 @@ func checkAdminAddr(addr string) error {
 		return fmt.Errorf("--admin-addr %q: %w", addr, err)
 	}
 	if a, err := netip.ParseAddr(host); n == 0 && (err != nil || !a.IsLoopback()) {
-		return fmt.Errorf("--admin-addr %q: port 0 would be a random port, which the GWLB's health check cannot find", addr)
+		return fmt.Errorf("--admin-addr %q: port 0 would be a random port, which the GWLB's health check cannot find (allowed, for tests, only on a loopback IP address such as 127.0.0.1, not a name)", addr)
 	}
 	return nil
 }

@@ -13,6 +13,14 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/destcheck"
 )
 
+// MaxDialTimeout is the longest --dial-timeout. Linux gives up a connect
+// after about 2 minutes (tcp_syn_retries 6: 127 s), so a longer timeout
+// waits for nothing more; and twice the timeout keeps a flow not yet
+// established in the flow table (the transitory timeout): unbounded, that
+// doubling overflowed past about 146 years, and the timeout became the
+// 30 s floor without a word.
+const MaxDialTimeout = 10 * time.Minute
+
 // Validate reports the first option that is out of range, naming its flag.
 func (o *Options) Validate() error {
 	if o.TCPIdleTimeout < 60*time.Second || o.TCPIdleTimeout > 6000*time.Second {
@@ -23,6 +31,9 @@ func (o *Options) Validate() error {
 	}
 	if o.DialTimeout <= 0 { // proxy.New would quietly make it 10 s
 		return fmt.Errorf("--dial-timeout %s: must be positive", o.DialTimeout)
+	}
+	if o.DialTimeout > MaxDialTimeout {
+		return fmt.Errorf("--dial-timeout %s: must be at most %s (the kernel gives up connecting after about 2m by default)", o.DialTimeout, MaxDialTimeout)
 	}
 	if o.Readers < 0 {
 		return fmt.Errorf("--readers %d: must not be negative (0: one per CPU)", o.Readers)
@@ -49,7 +60,7 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--max-flows %d: must be positive", o.MaxFlows)
 	}
 	if o.MaxFlowsPerClient < 0 {
-		return fmt.Errorf("--max-flows-per-client %d: must be positive (0: a tenth of --max-flows)", o.MaxFlowsPerClient)
+		return fmt.Errorf("--max-flows-per-client %d: must not be negative (0: a tenth of --max-flows)", o.MaxFlowsPerClient)
 	}
 	if o.MaxEndpoints <= 0 {
 		return fmt.Errorf("--max-endpoints %d: must be positive", o.MaxEndpoints)
