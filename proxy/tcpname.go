@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
@@ -38,8 +39,11 @@ var nameWait = 30 * time.Second
 // destination then resets the client, since its handshake is long done.
 // There is no destination to speak first: a server-first protocol the
 // addresses alone do not allow is denied, as it would be once classified.
-// The connection keeps its slot in the client's waiting share until it is
-// refused or its destination dialled.
+// A client silent until a reload that lets something other than a name
+// through is served as a connection dialled first (dialFirst). The
+// connection keeps its slot in the client's waiting share until it is
+// refused or its destination dialled (or, dialled first, its first bytes
+// come).
 func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
 	accepted, err := req.Accept()
 	if err != nil {
@@ -63,17 +67,24 @@ func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
 	if res.Peeked == 0 {
 		// Nothing to decide on but the addresses, under the policy in
 		// force now: a reload during the wait may have denied them by a
-		// rule of its own, or allowed them outright (a server-first
-		// protocol), and the record must name the policy that decided.
+		// rule of its own, and the record must name the policy that
+		// decided.
 		if !s.policyAtFirstBytes() {
 			return
 		}
-		if d := s.decide(policy.ProtoTCP, ""); d.Action != policy.Deny {
-			if s.dialAllowed() {
-				s.relay()
-			}
+		if !s.pol.OnlyNameAllows(s.subj) {
+			// The reload lets something other than a name through: the
+			// connection is now what it would be if it came now, dialled
+			// first. Decided here as tcp and relayed, a ClientHello or a
+			// request it sent later would pass unread, past every rule
+			// about names (a bump too), and be recorded as a tcp allow.
+			s.client = nil // serve sniffs through a reader of its own
+			br.Reset(nil)  // and this one holds nothing
+			sniffReaders.Put(br)
+			s.dialFirst(accepted)
 			return
 		}
+		s.decide(policy.ProtoTCP, "") // a deny, whose record names its rule
 		why := fmt.Sprintf("the client sent nothing within %s", nameWait)
 		if time.Since(waitStart) < nameWait {
 			why = "the client closed without sending anything"
@@ -82,6 +93,29 @@ func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
 		return
 	}
 	s.classified(&res, br)
+}
+
+// dialFirst dials the destination of a silent connection whose nameWait
+// ended under a policy that no longer needs a name for it, and serves it as
+// a connection dialled first (tcpSession.serve): whichever side speaks
+// first decides, with no time limit, so a ClientHello or request the client
+// sends later is classified and decided by its name. The connection keeps
+// its slot in its client's waiting share through the dial and until its
+// first bytes come, as one dialled first does, and serve gives it back.
+// A failed dial resets the client, whose handshake is long done.
+func (s *tcpSession) dialFirst(accepted net.Conn) {
+	s.holding = false // serve's to give back, not releaseWaiting's
+	up, err := s.p.dialTCP(context.Background(), s.subj.Dest.String())
+	if err != nil {
+		s.p.tcp.waiting.release(s.waiting)
+		intercept.Abort(accepted)
+		s.p.stats.tcpDialErrors.Add(1)
+		s.rec.Result, s.rec.Error = records.DialResult(err), err.Error()
+		s.p.endTCP(s.rec, s.start)
+		return
+	}
+	s.up = up
+	s.serve(accepted)
 }
 
 // dialAllowed dials the destination of a connection the policy has just
