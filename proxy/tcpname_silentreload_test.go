@@ -276,3 +276,63 @@ func TestNamedOnlySilentClientReloadedToAllowDialFails(t *testing.T) {
 		t.Errorf("%d waiting slots held, want 0", n)
 	}
 }
+
+// The handed-over connection gives its waiting slot back exactly once,
+// whether its dial fails, its name is refused or it is served: a second
+// silent connection of the same client, dialled first under the reloaded
+// policy, holds a slot throughout, so a second release would show as none
+// held (with one connection only, the client's entry goes at its first
+// release and a second leaves no trace; found by review r5s29 F1).
+func TestNamedOnlySilentClientHandoverReleasesSlotOnce(t *testing.T) {
+	defer func(w time.Duration) { nameWait = w }(nameWait)
+	nameWait = 300 * time.Millisecond
+	for _, end := range []string{"dial fails", "name refused", "served"} {
+		t.Run(end, func(t *testing.T) {
+			r := newClsRig(t, fmt.Sprintf(clsStrictAllowList, "splice"), clsOptions{})
+			dest := r.tlsDest
+			if end == "dial fails" {
+				ln := clsMust(net.Listen("tcp", "127.0.0.1:0"))(t)
+				dest = ln.Addr().(*net.TCPAddr).AddrPort()
+				ln.Close()
+			}
+			c := r.dial(t, dest)
+			t.Cleanup(func() { c.Close() })
+			time.Sleep(nameWait / 3)
+			r.reloadPolicy(t, silentDenyList)
+			x := r.dial(t, r.plainDest) // dialled first, silent: one slot
+			t.Cleanup(func() { x.Close() })
+			time.Sleep(2 * nameWait) // c's wait has ended, handed over
+			want := 2
+			if end == "dial fails" {
+				want = 1
+			}
+			if n := waitingHeld(r); n != want {
+				t.Errorf("after the handover: %d waiting slots held, want %d", n, want)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			switch end {
+			case "dial fails":
+				if _, err := c.Read(make([]byte, 1)); err == nil || !isReset(err) {
+					t.Errorf("read %v, want a reset", err)
+				}
+				r.record(t, c, "tcp")
+			case "name refused":
+				err := tls.Client(c, &tls.Config{ServerName: "denied.example", RootCAs: r.upRoots}).Handshake()
+				if err == nil || !strings.Contains(err.Error(), "access denied") {
+					t.Errorf("handshake for denied.example: %v, want access denied", err)
+				}
+				r.record(t, c, "tls")
+			case "served":
+				tc := tls.Client(c, &tls.Config{ServerName: "allowed.example", RootCAs: r.upRoots, NextProtos: []string{"http/1.1"}})
+				if body, err := clsGet(tc, "allowed.example"); err != nil || body != "hello host=allowed.example" {
+					t.Errorf("GET for allowed.example: %q, %v", body, err)
+				}
+				tc.Close()
+				r.record(t, c, "tls")
+			}
+			if n := waitingHeld(r); n != 1 {
+				t.Errorf("%d waiting slots held, want 1: the silent second connection's", n)
+			}
+		})
+	}
+}
