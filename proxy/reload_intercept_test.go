@@ -23,8 +23,11 @@ policy:
 // so each request is decided by the policy in force as it arrives. The
 // connection stays bumped; the request the reload denies gets the 403.
 // Each record names the policy that decided it: the request before the
-// reload the old one, the request after it the new one, and the
-// connection, decided before the reload but recorded after it, the old.
+// reload the old one, the request after it the new one. The connection,
+// decided before the reload, recorded after it, names the new one too: the
+// reload denied its own name (allowed.example, its SNI), which ended it,
+// and its tls record says so (policy.md); it said bump, ok, under the old
+// policy (review r4s29 F1).
 func TestReloadDecidesKeepAliveRequest(t *testing.T) {
 	r := newClsRig(t, clsBumpAll, clsOptions{bump: true})
 	oldID := r.p.cfg.Policy.Load().ID()
@@ -69,8 +72,10 @@ func TestReloadDecidesKeepAliveRequest(t *testing.T) {
 	if oldID == "" || newID == "" || oldID == newID {
 		t.Fatalf("policy IDs %q before the reload, %q after: want two, not the same", oldID, newID)
 	}
-	if conn.Policy != oldID {
-		t.Errorf("the connection's tls record names policy %q, want %q: it was decided before the reload", conn.Policy, oldID)
+	if conn.Policy != newID || conn.Action != "deny" || conn.Rule != "no-allowed" || conn.Result != "denied" ||
+		!strings.Contains(conn.Error, "ended by a policy reload: the connection's name") {
+		t.Errorf("the connection's tls record: policy %q action %q rule %q result %q error %q, want denied by no-allowed of %q, ended by the reload",
+			conn.Policy, conn.Action, conn.Rule, conn.Result, conn.Error, newID)
 	}
 	var got []string
 	for _, rec := range r.recs.parse(t) {

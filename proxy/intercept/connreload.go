@@ -278,10 +278,38 @@ func (rt *roundTripper) refuseDeniedName(req *http.Request, rec *records.Record,
 // r8s27 F1); a request refused at its redial too (review r4s28 F2). A
 // name the policy denies is refused on a new connection as well: no need.
 func nameDenyResponse(req *http.Request, v nameVerdict, sni, note string) *http.Response {
-	resp := denyResponse(req, v.d.Rule, sni, note)
+	return closeForName(req, denyResponse(req, v.d.Rule, sni, note), v)
+}
+
+// closeForName makes resp, a 403 to req refusing the connection's name
+// (denied by v), end the connection as nameDenyResponse says: an HTTP/1
+// one closed after it, an HTTP/2 one refused for the name's failed check
+// sent a GOAWAY.
+func closeForName(req *http.Request, resp *http.Response, v nameVerdict) *http.Response {
 	resp.Close = !inH2Handler(req)
 	if v.byCheck && !resp.Close {
 		resp.Header.Set("Connection", "close")
+	}
+	return resp
+}
+
+// ownDenyResponse is the 403 of req, for host, that d, pol's decision on
+// its Host, denies. A request for the connection's own name denied by a
+// policy other than the one that bumped it denies the name too (same
+// name, same connection): the name is decided as denied (decideName), so
+// that the tls record says the reload denied it (noteNameDenied), and the
+// 403 ends the connection as the name's does (closeForName). Answered as
+// a request's own deny alone, its HTTP/1 connection was kept, every later
+// request on it refused alike, and the tls record said bump, ok, under the
+// old rule and policy, while a request for another Host had all that
+// (review r4s29 F1). Its record keeps its own deny: the same rule, the
+// same reason.
+func (rt *roundTripper) ownDenyResponse(req *http.Request, d policy.Decision, pol *policy.Policy, host string) *http.Response {
+	resp := denyResponse(req, d.Rule, host, "")
+	if s := rt.s; s.Hello != nil && sameName(host, s.Hello.ServerName) {
+		if v := s.decideName(pol); v.why != "" {
+			return closeForName(req, resp, v)
+		}
 	}
 	return resp
 }

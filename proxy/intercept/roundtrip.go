@@ -192,8 +192,9 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	if d.Action == policy.Deny {
 		rec.Status = http.StatusForbidden
 		rec.Action, rec.Result, rec.Error = "deny", "denied", "denied by policy"
+		resp := rt.ownDenyResponse(req, d, pol, host) // connreload.go
 		rt.writeDeny(rec, start)
-		return denyResponse(req, d.Rule, host, ""), nil
+		return resp, nil
 	}
 	if resp := rt.refuseDeniedName(req, rec, pol, host, start); resp != nil { // connreload.go
 		return resp, nil
