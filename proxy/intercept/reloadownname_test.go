@@ -2,7 +2,9 @@ package intercept_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -135,4 +138,40 @@ func TestReloadOwnNameNewRequestH2(t *testing.T) {
 		t.Fatalf("%d http records, want 3", len(recs))
 	}
 	wantOwnNameDeniedTLS(t, all)
+}
+
+// TestReloadOwnNameUnderWayTLSRecord: a request for the connection's own
+// name under way across a reload that denies the name (its answer's head
+// come after it) is refused as the name's deny, its HTTP/1 connection
+// closed (review r10s28 N1); its tls record said bump, ok, under the old
+// policy all the same, the name never decided as denied. It says the
+// reload denied it, as after such a request for another Host.
+func TestReloadOwnNameUnderWayTLSRecord(t *testing.T) {
+	for _, host := range []string{"api.example.test", "www.example.test"} {
+		t.Run(host, func(t *testing.T) {
+			r, holder := newReloadableRig(t)
+			arrived, release := make(chan struct{}, 1), make(chan struct{})
+			proxyEnd, serverEnd := testnet.TCPPair(t)
+			go tlsH1Origin(r.upLeaf("www.example.test"), serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
+				if req.URL.Path == "/slow" {
+					arrived <- struct{}{}
+					<-release
+				}
+				return false
+			})
+			raw, sv := r.connectTCP(proxyEnd, tlsDest)
+			hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
+			io.WriteString(hc.c, "GET /slow HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+			<-arrived
+			reloadTo(t, holder, tightenedPolicy)
+			close(release)
+			if resp, body := hc.read("/slow"); resp.StatusCode != http.StatusForbidden || !resp.Close {
+				t.Fatalf("/slow after the reload: %d (close %v) %q, want a 403 that closes", resp.StatusCode, resp.Close, body)
+			}
+			wantEOF(t, hc.c, hc.br)
+			raw.Close()
+			sv.waitDoneOnce(t)
+			wantOwnNameDeniedTLS(t, r.records())
+		})
+	}
 }

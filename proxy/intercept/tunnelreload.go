@@ -190,6 +190,13 @@ func (r *tunnelReload) decide(ctx context.Context, pol *policy.Policy) string {
 		// A request for the connection's own name denies the name: its
 		// 403 closes the connection as the name's does (review r10s28 N1).
 		r.byName = r.s.Hello != nil && sameName(r.subj.Domain, r.s.Hello.ServerName)
+		if r.byName {
+			// And the name decided so, for the tls record to say the
+			// reload denied it (noteNameDenied); it said bump, ok,
+			// under the old policy (review r4s29 F1). Settled with
+			// the tunnel's decision (recheck).
+			r.s.decideNameCtx(ctx, pol)
+		}
 		return "denied by policy"
 	}
 	if r.s.needsDestinationCheck(pol, d, r.subj.Domain) {
