@@ -45,6 +45,13 @@ var errClientGone = errors.New("the client's side closed")
 // the pooled firstBuf).
 func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 	held, hello, err := f.gateQUIC(first, firstBuf)
+	// Decided under the policy in force now, as a TCP connection's first
+	// bytes are (policyAtFirstBytes): the gate may have waited across a
+	// reload for the rest of the ClientHello, and the decision, the
+	// destination check (which can wait here, unlike the relay's recheck),
+	// the record and the relay must all follow the policy that decided.
+	// Nothing else reads f.pol before the relay starts.
+	f.pol = f.p.cfg.Policy.Load()
 	f.rec.Kind = "quic"
 	if errors.Is(err, errClientGone) {
 		f.clientLeft("the flow ended before its QUIC ClientHello was read")
