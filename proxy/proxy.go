@@ -280,6 +280,9 @@ func New(cfg Config) *Proxy {
 	// A reload's deny reaches a linger at its next look, which, once it
 	// has lasted a while, is up to a second away: woken, it looks now.
 	cfg.Policy.OnChange(hostconn.WakeLingers)
+	// And one that denies a connection dialled first, still waiting for
+	// its client's first bytes, ends it (tcpwaitreload.go).
+	cfg.Policy.OnChange(p.policyChanged)
 	ic := cfg.Intercept
 	ic.Records, ic.HandshakeTimeout, ic.DestinationCheck = cfg.Records, cfg.DialTimeout, cfg.DestinationCheck
 	ic.DNSGeneration, ic.DestinationLookedUp = cfg.DNSGeneration, cfg.DestinationLookedUp

@@ -52,22 +52,53 @@ func watchServerFirst(client, up net.Conn) (deadliner *serverFirstWatch, stop fu
 }
 
 // serverFirstWatch is the client's read deadline as the sniffer sets it:
-// once the destination has spoken, any deadline, or none, is now.
+// once the destination has spoken, or a reload has woken the wait (wake),
+// any deadline, or none, is now.
 type serverFirstWatch struct {
 	client   net.Conn
 	mu       sync.Mutex
 	sniffing bool
 	spoke    bool
+	woken    bool // a reload woke the wait, and the sniffer has not looked yet (takeWake)
+	// waiter lists the connection among those a reload looks at
+	// (tcpwaitreload.go); the watch is allocated anyway, so listing it
+	// allocates nothing.
+	waiter tcpWaiter
 }
 
 // SetReadDeadline implements sniff.ReadDeadliner.
 func (w *serverFirstWatch) SetReadDeadline(t time.Time) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.spoke { // even "no deadline": the wait must end now
+	if w.spoke || w.woken { // even "no deadline": the wait must end now
 		t = time.Now()
 	}
 	return w.client.SetReadDeadline(t)
+}
+
+// wake ends the sniffer's wait now, for a reload that may deny the
+// connection (tcpWaiters.sweep); takeWake tells the sniffer so. Nothing
+// is classified on the wake: the sniffer decides the connection on its
+// addresses and, if they are still allowed, waits on.
+func (w *serverFirstWatch) wake() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.sniffing || w.spoke {
+		return // the wait is over anyway
+	}
+	w.woken = true
+	_ = w.client.SetReadDeadline(time.Now())
+}
+
+// takeWake reports whether the sniff ended because a reload woke it, not
+// because the destination spoke, and clears the wake: a sniff after it
+// waits again, and only a later wake ends that one.
+func (w *serverFirstWatch) takeWake() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	woke := w.woken && !w.spoke
+	w.woken = false
+	return woke
 }
 
 // prefixConn reads prefix, then err if set (how the connection ended while

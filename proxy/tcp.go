@@ -127,6 +127,9 @@ const DefaultMaxWaitingTCPPerClient = 1024
 type tcpState struct {
 	waiting      udpShares
 	waitingDrops atomic.Uint64
+	// waiters are the connections dialled first waiting for their first
+	// bytes, which a reload looks at (tcpwaitreload.go).
+	waiters tcpWaiters
 	// lingers counts each client's connections lingering after its flow
 	// ended (lingershare.go), and lingerCuts the lingers cut short for it.
 	lingers    udpShares
@@ -179,10 +182,25 @@ func (s *tcpSession) serve(accepted net.Conn) {
 	br := sniffReaders.Get().(*bufio.Reader)
 	br.Reset(accepted)
 	deadline, stop := watchServerFirst(accepted, s.up)
+	// A reload that denies the addresses ends the wait (tcpwaitreload.go),
+	// and so does one since the policy was loaded, which no sweep may
+	// have found the connection for.
+	s.p.tcp.waiters.add(deadline, &s.subj)
+	if s.p.cfg.Policy.Load() != s.pol {
+		deadline.wake()
+	}
 	// No time limit: a client that waits and then sends a ClientHello must
 	// still meet the domain rules. A destination that speaks first ends the
 	// wait (the protocol is then server-first, and relayed as TCP).
 	res, err := sniff.Sniff(br, deadline)
+	denied := false
+	for err == nil && deadline.takeWake() {
+		if denied = s.deniedWaiting(); denied {
+			break
+		}
+		res, err = sniff.Sniff(br, deadline) // still allowed: wait on, from what came
+	}
+	s.p.tcp.waiters.remove(deadline)
 	s.p.tcp.waiting.release(s.waiting)
 	if early, upErr := stop(); len(early) > 0 || upErr != nil {
 		s.up = &prefixConn{Conn: s.up, prefix: early, err: upErr}
@@ -195,6 +213,10 @@ func (s *tcpSession) serve(accepted net.Conn) {
 		// flow's record says it; reset otherwise.
 		s.rec.Result, s.rec.Error = relayResultOf(err), err.Error()
 		s.p.endTCP(s.rec, s.start)
+		return
+	}
+	if denied {
+		s.refuse(errWaitingDenied)
 		return
 	}
 	s.classified(&res, br)

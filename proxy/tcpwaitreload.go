@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/policy"
+)
+
+// A connection dialled first waits for its client's first bytes with no
+// time limit (tcpSession.serve), its destination's connection open: a
+// database's connection slot, say, held for as long as the client stays
+// silent. Its first bytes are decided under the policy in force when they
+// come (policyAtFirstBytes), but a reload that denies its addresses
+// outright would otherwise reach it only then, so a client could keep
+// such slots, and its own waiting share, past the reload that was meant
+// to cut it off. So each reload looks at the connections waiting so
+// (tcpWaiters.sweep): one whose addresses alone the new policy denies
+// (DecideEarly) has its wait woken, is decided again on its addresses
+// under the policy then in force, and refused as a new connection to them
+// would be (its client reset, its destination's connection closed, a deny
+// record naming the new rule). Nothing else is decided on the wake: a
+// silent client is never classified as tcp because a reload woke it (that
+// would relay, unread, the ClientHello it sends later), and one whose
+// addresses are still allowed waits on. The list costs each connection
+// dialled first two short critical sections and no allocation; a reload
+// costs one DecideEarly per waiting connection, on a goroutine of its own.
+
+// tcpWaiter is a waiting connection's place in tcpWaiters.
+type tcpWaiter struct {
+	prev, next *serverFirstWatch
+	listed     bool
+	subj       *policy.Subject // the session's: unchanged while it waits
+}
+
+// tcpWaiters lists the connections dialled first that wait for their
+// client's first bytes.
+type tcpWaiters struct {
+	mu   sync.Mutex
+	head *serverFirstWatch
+	// pending says a sweep is started and has not loaded the policy yet:
+	// a reload meanwhile needs no sweep of its own. sweepMu runs sweeps
+	// one at a time.
+	pending atomic.Bool
+	sweepMu sync.Mutex
+}
+
+// add lists w, waiting for the first bytes of the connection subj.
+func (ws *tcpWaiters) add(w *serverFirstWatch, subj *policy.Subject) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	w.waiter = tcpWaiter{next: ws.head, listed: true, subj: subj}
+	if ws.head != nil {
+		ws.head.waiter.prev = w
+	}
+	ws.head = w
+}
+
+// remove takes w off the list: its wait is over.
+func (ws *tcpWaiters) remove(w *serverFirstWatch) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if !w.waiter.listed {
+		return
+	}
+	prev, next := w.waiter.prev, w.waiter.next
+	if prev != nil {
+		prev.waiter.next = next
+	} else {
+		ws.head = next
+	}
+	if next != nil {
+		next.waiter.prev = prev
+	}
+	w.waiter = tcpWaiter{}
+}
+
+// policyChanged is the policy's OnChange function: it runs under the
+// holder's lock and must be quick, so the sweep runs on a goroutine of its
+// own, one per burst of reloads.
+func (p *Proxy) policyChanged() {
+	if !p.tcp.waiters.pending.Swap(true) {
+		go p.tcp.waiters.sweep(p.cfg.Policy)
+	}
+}
+
+// sweep wakes the waiting connections whose addresses alone the policy in
+// force denies.
+func (ws *tcpWaiters) sweep(h *policy.Holder) {
+	ws.sweepMu.Lock()
+	defer ws.sweepMu.Unlock()
+	ws.pending.Store(false) // first: a reload after it starts another sweep
+	pol := h.Load()
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for w := ws.head; w != nil; w = w.waiter.next {
+		if _, deny := pol.DecideEarly(*w.waiter.subj); deny {
+			w.wake()
+		}
+	}
+}
+
+// deniedWaiting decides a connection whose wait a reload woke on its
+// addresses alone, under the policy in force now (a later reload may have
+// allowed them again), and reports whether that denies it; the record then
+// names the rule and policy, and the caller refuses it.
+func (s *tcpSession) deniedWaiting() bool {
+	pol := s.p.cfg.Policy.Load()
+	d, deny := pol.DecideEarly(s.subj)
+	if !deny {
+		return false
+	}
+	s.pol = pol
+	s.rec.Rule, s.rec.Policy = d.Rule, d.Policy
+	return true
+}
+
+// errWaitingDenied is the record's error for a waiting connection a reload
+// denied: nothing of it was relayed, but its destination was dialled under
+// the policy before, as for a relayed flow a reload ends.
+const errWaitingDenied = "ended by a policy reload: denied by policy, while the connection waited for its client's first bytes"
