@@ -20,10 +20,12 @@ import "math"
 // CRLF: its size is its leading hex digits, and it ends at its first line
 // feed, whatever else it holds. A line without a leading digit, or longer
 // than net/http allows, or a size past int64, a trailer longer than its
-// buffer, gives the boundaries up (boundLoose) rather than guess. Should
-// net/http still end the body elsewhere (a trailer whose fields end at a
-// bare LF before the CRLF CRLF), the boundaries are lost, never a byte
-// (h1Bounds).
+// buffer, gives the boundaries up (boundLoose) rather than guess. A
+// trailer whose fields net/http ends at an empty line before the CRLF CRLF
+// (one a bare LF ends: "\n\n", "\r\n\n", "\n\r\n") has net/http end the
+// body there, though its reader peeks on up to that CRLF CRLF, and read
+// what follows as the next request: the boundaries are given up at that
+// line (trailerLine), so they hold back and drop no byte of it (h1Bounds).
 
 // Bounds on what the chunk framing may hold, as net/http's: a size line
 // and a trailer that fit its reader's 4 KiB buffer (ReadSlice's,
@@ -72,9 +74,19 @@ func (h *h1Bounds) chunks(p []byte) int {
 			c := p[i]
 			i++
 			h.n++
+			empty := h.trailerLine(c)
 			if h.trailerEnd(c) {
 				h.state = boundDone
 				return i
+			}
+			if empty {
+				// net/http's trailer ended here, at an empty line a bare
+				// LF ended, before the CRLF CRLF its reader peeks for:
+				// what follows is the next request's, wherever net/http
+				// finds it. Given up, so that nothing here takes a
+				// byte it is reading for one (skipLead's drop).
+				h.state = boundLoose
+				return len(p)
 			}
 			if h.n >= maxTrailer {
 				h.state = boundLoose
@@ -102,7 +114,7 @@ func (h *h1Bounds) sizeLine(c byte) bool {
 		case h.sub == sizeStart:
 			return false
 		case h.left == 0: // the last chunk
-			h.state, h.n, h.sub = boundTrailer, 0, 0
+			h.state, h.n, h.sub, h.line = boundTrailer, 0, 0, lineStart
 		default:
 			h.state, h.left = boundChunkData, h.left+2 // and its CRLF
 		}
@@ -136,6 +148,25 @@ func hexDigit(c byte) (byte, bool) {
 		return c - 'A' + 10, true
 	}
 	return 0, false
+}
+
+// trailerLine takes the trailer's next byte, c, and reports whether it
+// ends an empty line, where net/http's reader of the trailer's fields
+// (textproto's ReadMIMEHeader) ends it: a line feed at a line's start or
+// after a carriage return there, the line's start being the trailer's or
+// the byte after a line feed. h.line is where c's line stands.
+func (h *h1Bounds) trailerLine(c byte) bool {
+	switch {
+	case c == '\n':
+		empty := h.line != lineMid
+		h.line = lineStart
+		return empty
+	case c == '\r' && h.line == lineStart:
+		h.line = lineCR
+	default:
+		h.line = lineMid
+	}
+	return false
 }
 
 // trailerEnd takes the trailer's next byte, c, and reports whether the

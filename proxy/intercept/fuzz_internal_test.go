@@ -77,44 +77,72 @@ func (c *countReader) Read(b []byte) (int, error) {
 // the body (it refused it, or the bytes ran out). bareLF: a chunked body
 // whose trailer net/http ended at a bare line feed before a CRLF CRLF,
 // which the boundaries read up to that CRLF CRLF, by design (chunks.go):
-// from there on they may be lost, never a byte.
+// from there on they are given up.
 type h1Span struct {
 	head, end int
 	bareLF    bool
 }
 
 // h1Reference reads data as goproxy's HTTP/1 loop does, with no bounds in
-// the way, and returns where each request it read ended. Buffered readers
-// make of a stream the same requests however it is cut into reads, so
-// these are the ends the bounded loop must find too.
-func h1Reference(data []byte) []h1Span {
+// the way, one request at a time (next), and says where each ended.
+// Buffered readers make of a stream the same requests however it is cut
+// into reads, so these are the ends the bounded loop must find too.
+type h1Reference struct {
+	data   []byte
+	src    *countReader
+	r1, r2 *bufio.Reader
+	spans  []h1Span
+	done   bool // the last request read was the last one there is
+}
+
+func newH1Reference(data []byte) *h1Reference {
 	src := &countReader{r: bytes.NewReader(data)}
 	r1 := bufio.NewReader(src)
-	r2 := bufio.NewReader(readFunc(r1.Read))
-	pos := func() int { return src.n - r1.Buffered() - r2.Buffered() }
-	var spans []h1Span
-	for {
-		if _, err := r2.Peek(1); err != nil {
-			return spans
+	return &h1Reference{data: data, src: src, r1: r1, r2: bufio.NewReader(readFunc(r1.Read))}
+}
+
+func (r *h1Reference) pos() int { return r.src.n - r.r1.Buffered() - r.r2.Buffered() }
+
+// span returns the ith request's span, reading on up to it: before each
+// later request i, when drop(i) (the boundaries armed their drop at the
+// end of the one before: skipLead), up to maxLeadingEmpty CR or LF bytes
+// are dropped first, as net/http's server drops them. false when data
+// holds no ith request that can be read.
+func (r *h1Reference) span(i int, drop func(int) bool) (h1Span, bool) {
+	for len(r.spans) <= i && !r.done {
+		if len(r.spans) > 0 && drop(len(r.spans)) {
+			lead, _ := r.r2.Peek(maxLeadingEmpty)
+			k := 0
+			for k < len(lead) && (lead[k] == '\r' || lead[k] == '\n') {
+				k++
+			}
+			_, _ = r.r2.Discard(k)
 		}
-		req, err := http.ReadRequest(r2)
+		if _, err := r.r2.Peek(1); err != nil {
+			r.done = true
+			break
+		}
+		req, err := http.ReadRequest(r.r2)
 		if err != nil {
-			return spans
+			r.done = true
+			break
 		}
-		s := h1Span{head: pos(), end: -1}
+		s := h1Span{head: r.pos(), end: -1}
 		_, err = io.Copy(io.Discard, req.Body)
 		if err == nil {
-			s.end = pos()
+			s.end = r.pos()
 			chunked := len(req.TransferEncoding) == 1 && req.TransferEncoding[0] == "chunked"
-			if chunked && !bytes.HasSuffix(data[s.head:s.end], []byte("\r\n\r\n")) {
+			if chunked && !bytes.HasSuffix(r.data[s.head:s.end], []byte("\r\n\r\n")) {
 				s.bareLF = true
 			}
 		}
-		spans = append(spans, s)
-		if err != nil {
-			return spans
-		}
+		r.spans = append(r.spans, s)
+		r.done = err != nil
 	}
+	if i < len(r.spans) {
+		return r.spans[i], true
+	}
+	return h1Span{}, false
 }
 
 // h1Seeds are the shapes of the HTTP/1 tests' requests: heads ending in
@@ -161,20 +189,27 @@ var h1Seeds = []string{
 // until a byte is not the preface's); skipAwait has the response to the
 // requests whose bit it holds (the i%8th) end with no awaitHead, as a 101
 // does, so that the next read is one past the request. Beyond no panic:
-//   - the bytes handed out, together, are the input's start, and all of
-//     it once a read returns an error (nothing lost, reordered or
-//     duplicated), and no read returns nothing while bytes are kept;
+//   - the bytes handed out, and those dropped (skipLead), together and in
+//     order, are the input's start, and all of it once a read returns an
+//     error (nothing lost, reordered or duplicated), and no read returns
+//     nothing while bytes are kept;
+//   - bytes are dropped only after a request net/http ended where the
+//     boundaries did (awaitHead in boundDone), and only CR or LF bytes,
+//     the first up to maxLeadingEmpty of those that follow that end;
 //   - net/http reads the same requests, ending at the same offsets, as it
-//     does with no bounds in the way;
+//     does with no bounds in the way (and those bytes dropped where the
+//     boundaries dropped theirs, as net/http's server drops them);
 //   - while the boundaries are not given up (boundLoose), no byte past the
 //     end of the head or body net/http is reading is handed out, and a
 //     head net/http read whole is one the bounds saw end (boundAwait);
+//     past a trailer net/http ended at a bare LF they are given up;
 //   - the state, and a head's line state, are defined ones.
 func FuzzH1Bounds(f *testing.F) {
 	for i, s := range h1Seeds {
 		next := h1Seeds[(i+1)%len(h1Seeds)]
 		f.Add([]byte(s), []byte{}, false, false, uint8(0))
 		f.Add([]byte(s+next), []byte{0, 3, 40, 255, 7, 1}, i%2 == 0, i%3 == 0, uint8(i))
+		f.Add([]byte(s+"\r\n"+next), []byte{}, false, false, uint8(0))
 	}
 	for _, size := range hugeChunkSizes { // chunks_internal_test.go
 		body := "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + size + "\r\nabcdefgh\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n"
@@ -183,6 +218,13 @@ func FuzzH1Bounds(f *testing.F) {
 	f.Add([]byte("POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nxGET"), []byte{0, 60}, true, false, uint8(0))
 	f.Add([]byte("GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HT"), []byte{}, true, true, uint8(0))
 	f.Add([]byte(http2.ClientPreface+"\x00\x00\x00\x04\x00\x00\x00\x00\x00"), []byte{2, 5}, true, false, uint8(0))
+	// Empty lines before a later head (skipLead): within a read, cut
+	// across reads, more than are dropped, and behind a trailer net/http
+	// ended at a bare LF, where they are the next request's body.
+	f.Add([]byte("GET /a HTTP/1.1\r\n\r\n\r\n\r\nGET /b HTTP/1.1\r\n\r\n"), []byte{18, 0, 0, 2}, false, false, uint8(0))
+	f.Add([]byte("GET /a HTTP/1.1\r\n\r\n\r\n\r\n\rGET /b HTTP/1.1\r\n\r\n"), []byte{}, false, true, uint8(0))
+	f.Add([]byte("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nPOST /b HTTP/1.1\r\nContent-Length: 4\r\n\r\n\r\n\r\nGET /c HTTP/1.1\r\n\r\n"),
+		[]byte{}, false, false, uint8(0))
 	f.Fuzz(func(t *testing.T, data, sizes []byte, h2, eofWithLast bool, skipAwait uint8) {
 		fuzzH1Bounds(t, data, sizes, h2, eofWithLast, skipAwait)
 	})
@@ -192,23 +234,49 @@ func fuzzH1Bounds(t *testing.T, data, sizes []byte, h2, eofWithLast bool, skipAw
 	conn := &fuzzConn{data: data, sizes: sizes, eofWithLast: eofWithLast}
 	c := &hijackedConn{Conn: conn, h1: !h2}
 	h := &c.bounds
-	spans := h1Reference(data)
-	var out []byte    // what the reads handed out
-	limit := -1       // where net/http ends the head or body it is reading; -1: not known
-	ended := false    // a read returned an error
-	diverged := false // past a trailer the boundaries read otherwise, by design
+	ref := newH1Reference(data)
+	// armed[i]: awaitHead, at the end of request i-1, armed the drop
+	// before request i's head (it found the boundaries at boundDone).
+	armed := map[int]bool{}
+	drop := func(i int) bool { return armed[i] }
+	var out []byte       // what the reads handed out
+	pos := 0             // the input's bytes handed out or dropped
+	limit := -1          // where net/http ends the head or body it is reading; -1: not known
+	ended := false       // a read returned an error
+	dropFrom := -1       // where bytes may be dropped from: the end of a request awaitHead armed the drop after
+	dropped := 0         // of them, how many were
+	dropTake := func() { // count the bytes skipLead dropped since
+		k := int(h.skipped) - (pos - len(out))
+		if k == 0 {
+			return
+		}
+		if dropFrom < 0 || pos < dropFrom || pos+k > dropFrom+maxLeadingEmpty || pos+k > len(data) {
+			t.Fatalf("%d bytes dropped at %d: no request ended before them where the boundaries armed the drop (at %d) (input %q)", k, pos, dropFrom, data)
+		}
+		for _, b := range data[pos : pos+k] {
+			if b != '\r' && b != '\n' {
+				t.Fatalf("dropped %q at %d: not a CR or LF", data[pos:pos+k], pos)
+			}
+		}
+		pos += k
+		dropped += k
+	}
 	// A read may go past a request, giving the boundaries up: goproxy's
 	// peek for the preface, after a head shorter than it; a response
-	// with no awaitHead; a body of no known length. Else they follow
-	// every request net/http reads.
+	// with no awaitHead; a body of no known length; a trailer net/http
+	// ended at a bare LF. Else they follow every request net/http reads.
 	mayLoose := h2
 	rd := readFunc(func(b []byte) (int, error) {
 		kept := len(h.pending)
 		n, err := c.readConn(b)
-		if at := len(out); at+n > len(data) || !bytes.Equal(b[:n], data[at:at+n]) {
-			t.Fatalf("after %d bytes, handed out %q; the input goes on %q", at, b[:n], data[at:min(at+n, len(data))])
+		dropTake() // dropped bytes come before those handed out
+		if pos+n > len(data) || !bytes.Equal(b[:n], data[pos:pos+n]) {
+			t.Fatalf("after %d bytes, handed out %q; the input goes on %q", pos, b[:n], data[pos:min(pos+n, len(data))])
 		}
 		out = append(out, b[:n]...)
+		if pos += n; n > 0 {
+			dropFrom = -1 // a head began: nothing more is dropped before it
+		}
 		if kept > 0 && n == 0 && len(b) > 0 {
 			t.Fatalf("a read returned nothing (%v) with %d bytes kept", err, kept)
 		}
@@ -219,16 +287,16 @@ func fuzzH1Bounds(t *testing.T, data, sizes []byte, h2, eofWithLast bool, skipAw
 			}
 		}
 		checkH1State(t, h)
-		if c.h1 && h.state != boundLoose && limit >= 0 && len(out) > limit {
-			t.Fatalf("state %d: handed out %d bytes, past the end of the part net/http reads, at %d (input %q)", h.state, len(out), limit, data)
+		if c.h1 && h.state != boundLoose && limit >= 0 && pos > limit {
+			t.Fatalf("state %d: handed out up to %d, past the end of the part net/http reads, at %d (input %q)", h.state, pos, limit, data)
 		}
 		return n, err
 	})
 	// goproxy's readers: its peek for TLS, and for an h2 connection its
 	// peek for the preface, on the first; its HTTP/1 loop's on top.
 	r1 := bufio.NewReader(rd)
-	if len(spans) > 0 {
-		limit = spans[0].head
+	if s, ok := ref.span(0, drop); ok {
+		limit = s.head
 	}
 	if _, err := r1.Peek(1); err == nil && h2 {
 		if p, err := r1.Peek(len(http2.ClientPreface)); err == nil && string(p) == http2.ClientPreface {
@@ -238,26 +306,30 @@ func fuzzH1Bounds(t *testing.T, data, sizes []byte, h2, eofWithLast bool, skipAw
 	// goproxy's readBufferedConn: a reader of r1 that is no *bufio.Reader,
 	// which bufio.NewReader would return as it is.
 	r2 := bufio.NewReader(readFunc(r1.Read))
+	// at is where net/http stands in the input: what the reads took from
+	// it, but for what its readers hold.
+	at := func() int { return pos - r1.Buffered() - r2.Buffered() }
 	buffered := func() int { return r1.Buffered() + r2.Buffered() }
 	for i := 0; ; i++ {
+		span, ok := ref.span(i, drop)
 		limit = -1
-		if i < len(spans) && !diverged {
-			limit = spans[i].head
+		if ok {
+			limit = span.head
 		}
 		if _, err := r2.Peek(1); err != nil { // goproxy's IsEOF
 			break
 		}
 		req, err := http.ReadRequest(r2)
 		if err != nil {
-			if i < len(spans) {
+			if ok {
 				t.Fatalf("request %d: %v, read without the bounds", i, err)
 			}
 			break
 		}
-		if i >= len(spans) || len(out)-buffered() != spans[i].head {
-			t.Fatalf("request %d: its head ended at %d, without the bounds at %v", i, len(out)-buffered(), spans)
+		if !ok || at() != span.head {
+			t.Fatalf("request %d: its head ended at %d, without the bounds at %v", i, at(), ref.spans)
 		}
-		if c.h1 && !diverged && (h.state != boundLoose || !mayLoose) && (h.state != boundAwait || buffered() != 0) {
+		if c.h1 && (h.state != boundLoose || !mayLoose) && (h.state != boundAwait || buffered() != 0) {
 			t.Fatalf("request %d: net/http read its head, the bounds are in state %d with %d bytes past it buffered", i, h.state, buffered())
 		}
 		if c.h1 { // RoundTrip
@@ -267,36 +339,49 @@ func fuzzH1Bounds(t *testing.T, data, sizes []byte, h2, eofWithLast bool, skipAw
 		if !chunked && (req.ContentLength < 0 || len(req.TransferEncoding) > 0) {
 			mayLoose = true // a body of no length the bounds follow: "PRI * HTTP/2.0" has the rest
 		}
-		diverged = diverged || spans[i].bareLF
-		if limit = spans[i].end; diverged {
-			limit = -1
-		}
+		limit = span.end
 		_, err = io.Copy(io.Discard, req.Body)
 		_ = req.Body.Close()
 		if err != nil {
+			if span.end >= 0 {
+				t.Fatalf("request %d: its body: %v; without the bounds it ended at %d", i, err, span.end)
+			}
 			break // a body's fault ends the connection (bodyfault.go)
 		}
-		if spans[i].end >= 0 && len(out)-buffered() != spans[i].end {
-			t.Fatalf("request %d: its body ended at %d, without the bounds at %d", i, len(out)-buffered(), spans[i].end)
+		if span.end < 0 || at() != span.end {
+			t.Fatalf("request %d: its body ended at %d, without the bounds at %d", i, at(), span.end)
 		}
-		if c.h1 && !diverged && (h.state == boundDone && buffered() != 0 || h.state != boundDone && h.state != boundLoose) {
+		if span.bareLF {
+			// net/http ended the trailer at a bare LF, before the CRLF
+			// CRLF the bounds read to: given up at that line.
+			if c.h1 && h.state != boundLoose {
+				t.Fatalf("request %d: its trailer ended at a bare LF, the bounds are in state %d, not given up: %q", i, h.state, data)
+			}
+			mayLoose = true
+		}
+		if c.h1 && (h.state == boundDone && buffered() != 0 || h.state != boundDone && h.state != boundLoose) {
 			t.Fatalf("request %d: its body read, the bounds are in state %d with %d bytes past it buffered", i, h.state, buffered())
 		}
-		if c.h1 && !diverged && !mayLoose && h.state != boundDone {
+		if c.h1 && !mayLoose && h.state != boundDone {
 			t.Fatalf("request %d: its body read whole, the boundaries were given up (state %d): %q", i, h.state, data)
 		}
 		if !c.h1 {
 			continue
 		}
 		if skipAwait&(1<<(i%8)) == 0 { // the response body's close: nextHead
+			dropFrom = -1
+			if armed[i+1] = h.state == boundDone; armed[i+1] {
+				dropFrom = pos // where the bounds stand: at span.end, with nothing buffered
+			}
 			c.awaitHead()
+			dropTake()
 			checkH1State(t, h)
 		} else {
 			mayLoose = true
 		}
 	}
-	if ended && len(out) != len(data) {
-		t.Fatalf("the reads ended having handed out %d of %d bytes", len(out), len(data))
+	if ended && pos != len(data) {
+		t.Fatalf("the reads ended having handed out %d and dropped %d of %d bytes", len(out), dropped, len(data))
 	}
 }
 

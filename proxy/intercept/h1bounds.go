@@ -37,7 +37,10 @@ import (
 // whose end net/http found elsewhere than they did. A pipelined partial
 // head behind that is bounded by the idle timeout only. A divergence only
 // ever loses the boundaries: bytes are handed out in order and whole, and
-// no read waits while bytes are kept.
+// no read waits while bytes are kept. The one exception, up to four CR or
+// LF bytes before a later head (skipLead), is armed only at a request's
+// end the boundaries found where net/http did (boundDone): never once
+// they are lost, where such bytes may be another request's.
 //
 // A client that negotiated h2 by ALPN (or whose cleartext the sniffer took
 // for h2c) is served by goproxy's HTTP/2 proxy, which looks for the
@@ -46,7 +49,7 @@ import (
 // if it had been HTTP/1 from the start.
 type h1Bounds struct {
 	state uint8
-	line  uint8 // at the head's end of the last read: lineMid, lineStart or lineCR
+	line  uint8 // at the end of the last read of a head or a trailer (chunks.go): lineMid, lineStart or lineCR
 	left  int64 // of the body, in boundBody; of the chunk (chunks.go)
 	// pending is what a read brought past a boundary, handed out first;
 	// buf is its storage, kept while requests follow one another (a body

@@ -1,0 +1,107 @@
+package intercept_test
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// bodyOrigin is a destination that reads whole requests as net/http does
+// and keeps each as "METHOD path body", answering each 200 "ok".
+type bodyOrigin struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (o *bodyOrigin) requests() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.got...)
+}
+
+// startBodyOrigin returns the appliance's end of a bodyOrigin, over TLS
+// with cert when it is not nil.
+func startBodyOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *bodyOrigin) {
+	t.Helper()
+	proxyEnd, serverEnd := net.Pipe()
+	t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
+	o := &bodyOrigin{}
+	go func() {
+		var c net.Conn = serverEnd
+		if cert != nil {
+			tc := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			c = tc
+		}
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			body, err := io.ReadAll(req.Body)
+			o.mu.Lock()
+			o.got = append(o.got, fmt.Sprintf("%s %s %q", req.Method, req.URL.Path, body))
+			o.mu.Unlock()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	}()
+	return proxyEnd, o
+}
+
+// TestBareLFTrailerKeepsNextBody: a chunked body whose trailer net/http
+// ends at a bare LF (the bounds read it up to the CRLF CRLF, which is the
+// next request's head end), then a request whose body is CR and LF bytes,
+// then a third: each reaches the destination as the client sent it.
+func TestBareLFTrailerKeepsNextBody(t *testing.T) {
+	for _, bumped := range []bool{false, true} {
+		t.Run(map[bool]string{true: "bumped", false: "cleartext"}[bumped], func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			var c net.Conn
+			var sv *served
+			var o *bodyOrigin
+			if bumped {
+				upEnd, bo := startBodyOrigin(t, r.upLeaf("www.example.test"))
+				raw, s := r.connect(upEnd, tlsDest)
+				c, sv, o = bumpClient(t, r, raw, "www.example.test", "http/1.1"), s, bo
+			} else {
+				upEnd, bo := startBodyOrigin(t, nil)
+				c, sv = r.connect(upEnd, httpDest)
+				o = bo
+			}
+			c.SetDeadline(time.Now().Add(waitLimit))
+			go io.WriteString(c, "POST /one HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\n"+
+				"POST /two HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 4\r\n\r\n\r\n\r\n"+
+				"GET /three HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+			br := bufio.NewReader(c)
+			for i := range 3 {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Errorf("response %d: %v", i+1, err)
+					break
+				}
+				io.Copy(io.Discard, resp.Body)
+			}
+			c.Close()
+			sv.waitDoneOnce(t)
+			for _, rec := range ofKind(r.records(), "http") {
+				t.Logf("record: %s %s %s %d %s %q", rec.Action, rec.Method, rec.Path, rec.Status, rec.Result, rec.Error)
+			}
+			want := []string{`POST /one "abc"`, `POST /two "\r\n\r\n"`, `GET /three ""`}
+			if got := o.requests(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("the destination got %q, want %q", got, want)
+			}
+		})
+	}
+}
