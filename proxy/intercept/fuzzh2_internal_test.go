@@ -221,8 +221,9 @@ func settingsPatched(b []byte) []byte {
 // from the server's bytes only in the first SETTINGS frame's
 // MAX_FRAME_SIZE and MAX_CONCURRENT_STREAMS values, however the writes cut
 // it; the refusal goes at the first frame boundary after it was raised,
-// and nothing after it; the frames the server answered are the HEADERS
-// and RST_STREAM frames written, and no others.
+// and nothing after it; the streams the server answered are those of the
+// HEADERS frames whose header was written and of the RST_STREAM frames
+// written whole (with or without a payload), and no others.
 func FuzzH2Frames(f *testing.F) {
 	var buf bytes.Buffer
 	fr := http2.NewFramer(&buf, nil)
@@ -332,7 +333,9 @@ func FuzzH2Frames(f *testing.F) {
 		}
 		answered := map[uint32]bool{}
 		for _, fm := range frames {
-			if fm.hdrEnd <= written && (fm.typ == h2TypeHeaders || fm.typ == h2TypeRSTStream) {
+			// A HEADERS frame answers at its header; an RST_STREAM once
+			// whole, its code read from its payload (d088005).
+			if fm.typ == h2TypeHeaders && fm.hdrEnd <= written || fm.typ == h2TypeRSTStream && fm.end <= written {
 				answered[fm.stream] = true
 			}
 		}

@@ -363,3 +363,32 @@ func TestH2RapidResetProvokedOnArrival(t *testing.T) {
 		})
 	}
 }
+
+// An RST_STREAM the server writes whole answers its stream whatever its
+// payload, and only a payload of 4 bytes gives it a code: one with none
+// was never taken (its end, which the code waits for, came with its
+// header), and one of fewer bytes read them as a code (a 1-byte payload of
+// 7 counted the stream refused). x/net writes neither; FuzzH2Frames found
+// the first (review r3s29 F1).
+func TestH2ServerResetShortPayload(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+	}{
+		{"no payload", nil},
+		{"1 byte", []byte{byte(http2.ErrCodeRefusedStream)}},
+		{"3 bytes", []byte{0, 0, byte(http2.ErrCodeProtocol)}},
+	} {
+		for _, id := range []uint32{0, 1} {
+			u := &h2Unanswered{}
+			u.open(id, false)
+			var f h2Frames
+			n := len(tc.payload)
+			f.advance(append([]byte{0, 0, byte(n), h2TypeRSTStream, 0, 0, 0, 0, byte(id)}, tc.payload...), u)
+			if _, open := u.m[id]; open || u.unservedCount() != 0 || u.causedCount() != 0 {
+				t.Errorf("%s on stream %d: still unanswered %v, %d unserved, %d caused; want answered, none counted",
+					tc.name, id, open, u.unservedCount(), u.causedCount())
+			}
+		}
+	}
+}

@@ -486,7 +486,13 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) (caused bool) {
 		}
 		if f.rstDone {
 			f.rstDone = false
-			caused = u.serverReset(f.stream, http2.ErrCode(f.code)) || caused
+			// A code is the payload's 4 bytes; one shorter (x/net never
+			// writes it) says none, rather than a code of its bytes.
+			code := http2.ErrCodeNo
+			if f.codeN == 4 {
+				code = http2.ErrCode(f.code)
+			}
+			caused = u.serverReset(f.stream, code) || caused
 		}
 	}
 	return caused
@@ -517,6 +523,9 @@ func (f *h2Frames) step(b []byte) int {
 			f.hdrDone = true
 			if f.left == 0 {
 				f.hdrN = 0
+				// An RST_STREAM with no payload ends here: taken, with
+				// no code, as one with a payload is at its end.
+				f.rstDone = f.typ == h2TypeRSTStream
 			}
 		}
 		return k
