@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -100,6 +101,53 @@ func TestBareLFTrailerKeepsNextBody(t *testing.T) {
 			}
 			want := []string{`POST /one "abc"`, `POST /two "\r\n\r\n"`, `GET /three ""`}
 			if got := o.requests(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("the destination got %q, want %q", got, want)
+			}
+		})
+	}
+}
+
+// TestBareLFTrailerThenUnreadableHeadRecorded: after a chunked body whose
+// trailer net/http ends at a bare LF and a request read from the bytes the
+// bounds took for that trailer, a head that cannot be read still gets the
+// http deny record records.md promises, "no request could be read", and
+// reaches nothing. Bounds given up at the bare LF (boundLoose) handed
+// everything to goproxy's buffers, where no read armed the head's deadline
+// that marks a head begun, and the record was lost; read to the CRLF CRLF
+// and marked lost, they keep it as they did before the drop came.
+func TestBareLFTrailerThenUnreadableHeadRecorded(t *testing.T) {
+	for _, bumped := range []bool{false, true} {
+		t.Run(map[bool]string{true: "bumped", false: "cleartext"}[bumped], func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			var c net.Conn
+			var sv *served
+			var o *bodyOrigin
+			if bumped {
+				upEnd, bo := startBodyOrigin(t, r.upLeaf("www.example.test"))
+				raw, s := r.connect(upEnd, tlsDest)
+				c, sv, o = bumpClient(t, r, raw, "www.example.test", "http/1.1"), s, bo
+			} else {
+				upEnd, bo := startBodyOrigin(t, nil)
+				c, sv = r.connect(upEnd, httpDest)
+				o = bo
+			}
+			c.SetDeadline(time.Now().Add(waitLimit))
+			go io.WriteString(c, "POST /one HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\n"+
+				"GET /two HTTP/1.1\r\nHost: www.example.test\r\n\r\n"+
+				"GET /a%zz HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+			io.Copy(io.Discard, c) // two answers, then the close
+			c.Close()
+			sv.waitDoneOnce(t)
+			var denied []string
+			for _, rec := range ofKind(r.records(), "http") {
+				if rec.Action == "deny" {
+					denied = append(denied, rec.Result+": "+rec.Error)
+				}
+			}
+			if len(denied) != 1 || !strings.HasPrefix(denied[0], "denied: no request could be read") {
+				t.Errorf("deny records %q, want one: denied, no request could be read", denied)
+			}
+			if got, want := o.requests(), []string{`POST /one "abc"`, `GET /two ""`}; fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("the destination got %q, want %q", got, want)
 			}
 		})

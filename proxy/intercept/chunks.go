@@ -20,12 +20,13 @@ import "math"
 // CRLF: its size is its leading hex digits, and it ends at its first line
 // feed, whatever else it holds. A line without a leading digit, or longer
 // than net/http allows, or a size past int64, a trailer longer than its
-// buffer, gives the boundaries up (boundLoose) rather than guess. A
-// trailer whose fields net/http ends at an empty line before the CRLF CRLF
-// (one a bare LF ends: "\n\n", "\r\n\n", "\n\r\n") has net/http end the
-// body there, though its reader peeks on up to that CRLF CRLF, and read
-// what follows as the next request: the boundaries are given up at that
-// line (trailerLine), so they hold back and drop no byte of it (h1Bounds).
+// buffer, gives the boundaries up (boundLoose) rather than guess. Should
+// net/http still end the body elsewhere (a trailer whose fields end at a
+// bare LF before the CRLF CRLF), the boundaries are lost, never a byte
+// (h1Bounds): net/http's reader peeks on up to that CRLF CRLF, and reads
+// what follows its empty line as the next request, so the bounds read to
+// the CRLF CRLF too, and mark the end lost (trailerLine), which keeps
+// awaitHead from dropping CR or LF bytes that may be that request's.
 
 // Bounds on what the chunk framing may hold, as net/http's: a size line
 // and a trailer that fit its reader's 4 KiB buffer (ReadSlice's,
@@ -82,11 +83,9 @@ func (h *h1Bounds) chunks(p []byte) int {
 			if empty {
 				// net/http's trailer ended here, at an empty line a bare
 				// LF ended, before the CRLF CRLF its reader peeks for:
-				// what follows is the next request's, wherever net/http
-				// finds it. Given up, so that nothing here takes a
-				// byte it is reading for one (skipLead's drop).
-				h.state = boundLoose
-				return len(p)
+				// what follows is the next request's, as far as that
+				// CRLF CRLF and maybe past it.
+				h.lost = true
 			}
 			if h.n >= maxTrailer {
 				h.state = boundLoose
@@ -114,7 +113,7 @@ func (h *h1Bounds) sizeLine(c byte) bool {
 		case h.sub == sizeStart:
 			return false
 		case h.left == 0: // the last chunk
-			h.state, h.n, h.sub, h.line = boundTrailer, 0, 0, lineStart
+			h.state, h.n, h.sub, h.line, h.lost = boundTrailer, 0, 0, lineStart, false
 		default:
 			h.state, h.left = boundChunkData, h.left+2 // and its CRLF
 		}

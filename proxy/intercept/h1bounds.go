@@ -39,8 +39,9 @@ import (
 // ever loses the boundaries: bytes are handed out in order and whole, and
 // no read waits while bytes are kept. The one exception, up to four CR or
 // LF bytes before a later head (skipLead), is armed only at a request's
-// end the boundaries found where net/http did (boundDone): never once
-// they are lost, where such bytes may be another request's.
+// end the boundaries found where net/http did: never after a trailer
+// net/http ended at a bare LF (lost), where such bytes may be the next
+// request's own.
 //
 // A client that negotiated h2 by ALPN (or whose cleartext the sniffer took
 // for h2c) is served by goproxy's HTTP/2 proxy, which looks for the
@@ -68,6 +69,10 @@ type h1Bounds struct {
 	// client's byte count.
 	lead    int
 	skipped int64
+	// lost: the request just read ended where net/http had not ended it
+	// (a trailer it ended at a bare LF, chunks.go): what is kept may be a
+	// request net/http is reading already, so awaitHead arms no lead.
+	lost bool
 }
 
 // maxLeadingEmpty is how many CR or LF bytes before a head are dropped:
@@ -269,7 +274,11 @@ func (c *hijackedConn) awaitHead() {
 	h := &c.bounds
 	switch h.state {
 	case boundDone:
-		h.state, h.line, h.lead = boundHead, lineMid, maxLeadingEmpty
+		h.state, h.line = boundHead, lineMid
+		if !h.lost {
+			h.lead = maxLeadingEmpty
+		}
+		h.lost = false
 		// Empty lines kept are not the start of a head: the wait for
 		// one stays the idle one.
 		h.pending = h.pending[h.skipLead(h.pending):]
