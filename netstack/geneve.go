@@ -85,6 +85,7 @@ const (
 	DropSynWaitAbandoned
 	DropSynWaiting
 	DropTCPNoConnection
+	DropInnerBadDestination
 	dropReasons
 )
 
@@ -174,6 +175,13 @@ var dropReasonNames = [dropReasons]string{
 	// (tapWithholds): shown to an IDS, a decoy; the stack would answer it
 	// with a RST. Its later fragments are fragment_without_flow.
 	DropTCPNoConnection: "tcp_no_connection",
+	// A client's TCP or UDP packet to a destination the stack never
+	// delivers to: multicast, the limited broadcast, loopback (unless
+	// Config.AllowLoopback) and, for TCP, unspecified. Taken in, it made a
+	// flow and reached the capture tap, then the stack dropped it
+	// uncounted, before the proxy could refuse or record it
+	// (clientscreen.go).
+	DropInnerBadDestination: "inner_bad_destination",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

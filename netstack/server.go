@@ -47,6 +47,8 @@ type Server struct {
 	capWarned atomic.Int64
 	done      chan struct{}
 	wg        sync.WaitGroup
+	// badDestWarned is when a packet to a bad destination was last logged.
+	badDestWarned atomic.Int64
 	// live counts the accepted TCP connections per client, for reclaim
 	// (reclaim.go); reclaiming is set while its loop runs.
 	live       liveConns
@@ -244,26 +246,10 @@ func (s *Server) handleDatagram(b []byte, from netip.AddrPort, co *coalescer) {
 	}
 	inner := b[h.Len:]
 	p, reason := ParsePacket(inner, h.Protocol)
-	if reason == DropNone && p.BadClientSource() {
-		reason = DropInnerBadAddress
-	}
-	if reason != DropNone {
-		s.stats.drop(reason)
-		return
-	}
-	if p.UnsupportedFromClient() {
-		s.stats.drop(DropInnerUnsupported)
-		return
-	}
-	// What the stack would drop never reaches the flow table or the tap
-	// (stackdrops.go); the checksums cost a pass over the bytes, so they
-	// are checked here only for the tap's sake. An echo request, which the
-	// echo relay takes instead of the stack, follows the same rules, and
-	// its IPv4 header checksum, a few words, is checked with or without a
-	// tap, so that what is relayed does not depend on one.
-	if reason = stackRefuses(&p, inner[:p.Len]); reason == DropNone &&
-		(s.cfg.Tap != nil && sumsFail(&p, inner[:p.Len]) || echoSumFails(&p, inner[:p.Len])) {
-		reason = DropInnerBadChecksum
+	if reason == DropNone {
+		// What the stack would drop never reaches the flow table or the
+		// tap (clientscreen.go).
+		reason = s.screenClient(&p, inner[:p.Len], h.Endpoint)
 	}
 	if reason != DropNone {
 		s.stats.drop(reason)
