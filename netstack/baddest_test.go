@@ -264,3 +264,23 @@ func nonzeroDrops(m map[string]uint64) map[string]uint64 {
 	}
 	return r
 }
+
+// TestUDPCreateFailureCounted: a datagram of a new UDP flow for which the
+// stack can make no endpoint is dropped and counted (udp_create_failed),
+// where before it moved only a counter /stats and /metrics never showed.
+// Datagrams to a broadcast destination were such, before the server
+// dropped them for their destination; one handed to the stack directly
+// still is, as a flow's first datagram whose 4-tuple another reader's took
+// at the same moment would be.
+func TestUDPCreateFailureCounted(t *testing.T) {
+	s := startServer(t, Config{Handler: &countingHandler{}})
+	st, reason := s.enterStack(7, true, DropNone)
+	if st == nil {
+		t.Fatalf("no stack: %s", reason)
+	}
+	st.link.inject(innerPacket(netip.AddrPortFrom(testClient, 5000), netip.MustParseAddrPort("255.255.255.255:67"), protoUDP, 16), false)
+	st.mu.RUnlock()
+	if got := s.Stats(); got.Drops["udp_create_failed"] != 1 || got.UDPFlows != 0 {
+		t.Errorf("udp_create_failed %d, udp_flows %d; want 1 and 0", got.Drops["udp_create_failed"], got.UDPFlows)
+	}
+}

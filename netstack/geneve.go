@@ -86,6 +86,8 @@ const (
 	DropSynWaiting
 	DropTCPNoConnection
 	DropInnerBadDestination
+	DropTCPSetupsFull
+	DropUDPCreateFailed
 	dropReasons
 )
 
@@ -182,6 +184,17 @@ var dropReasonNames = [dropReasons]string{
 	// uncounted, before the proxy could refuse or record it
 	// (clientscreen.go).
 	DropInnerBadDestination: "inner_bad_destination",
+	// A client's SYN the stack dropped because all TCPOptions.MaxInFlight
+	// of its slots for connections being set up were taken, by attempts of
+	// clients each under its share (setups.go): gVisor's forwarder drops it
+	// before the handler sees it (Stats().TCP.ForwardMaxInFlightDrop, which
+	// every stack counts into counters.synsPastInFlight). The client sends
+	// it again.
+	DropTCPSetupsFull: "tcp_setups_full",
+	// A client's UDP datagram of a new flow for which the stack could make
+	// no endpoint (its 4-tuple's taken, say, by a datagram of the same new
+	// flow another reader handed in at the same moment).
+	DropUDPCreateFailed: "udp_create_failed",
 }
 
 // String returns the reason's name as used in /stats and /metrics.

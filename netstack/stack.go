@@ -29,8 +29,9 @@ type TCPOptions struct {
 	SendBuffer    int
 	// MaxInFlight bounds the connection attempts a stack holds while the
 	// handler dials the destination (default 16384). Beyond it SYNs are
-	// dropped and the client retries; a small bound would stall every new
-	// connection behind a few blackholed destinations.
+	// dropped, counted as tcp_setups_full, and the client retries; a small
+	// bound would stall every new connection behind a few blackholed
+	// destinations.
 	MaxInFlight int
 	// KeepaliveIdle, KeepaliveInterval and KeepaliveCount set the keepalive
 	// the stack sends to clients. The idle time must stay below the GWLB's
@@ -173,6 +174,10 @@ func newGVisorStack(srv *Server) *stack.Stack {
 			tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6,
 		},
 		HandleLocal: false,
+		// The SYNs its TCP forwarder drops, its MaxInFlight slots all
+		// taken, go into the server's counter, not one that closes
+		// with the stack.
+		Stats: tcpip.Stats{TCP: tcpip.TCPStats{ForwardMaxInFlightDrop: &srv.stats.synsPastInFlight}},
 	})
 }
 
@@ -329,7 +334,7 @@ func (st *endpointStack) handleUDP(r *udp.ForwarderRequest) bool {
 	conn := newUDPConn()
 	ep, err := r.CreateEndpoint(&conn.wq)
 	if err != nil {
-		st.srv.stats.udpCreateErrors.Add(1)
+		st.srv.stats.drop(DropUDPCreateFailed)
 		return true
 	}
 	st.srv.stats.udpFlows.Add(1)

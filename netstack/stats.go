@@ -2,6 +2,8 @@ package netstack
 
 import (
 	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 type counters struct {
@@ -13,13 +15,16 @@ type counters struct {
 	tcpAttempts          atomic.Uint64
 	tcpSetupsRefused     atomic.Uint64
 	udpFlows             atomic.Uint64
-	udpCreateErrors      atomic.Uint64
 	echoRequests         atomic.Uint64
 	stacksCreated        atomic.Uint64
 	stacksClosed         atomic.Uint64
 	memoryReclaimed      atomic.Uint64
 	tapWithheld          atomic.Uint64
 	lastSendError        atomic.Value // string
+	// synsPastInFlight is every stack's Stats().TCP.ForwardMaxInFlightDrop
+	// (newGVisorStack), one counter for all, so that it outlives the
+	// stacks: shown as the drop reason tcp_setups_full.
+	synsPastInFlight tcpip.StatCounter
 }
 
 func (c *counters) drop(r DropReason) { c.drops[r].Add(1) }
@@ -113,6 +118,7 @@ func (s *Server) Stats() Stats {
 	for r := DropReason(1); r < dropReasons; r++ {
 		st.Drops[r.String()] = c.drops[r].Load()
 	}
+	st.Drops[DropTCPSetupsFull.String()] += c.synsPastInFlight.Value()
 	for ep, n := range s.flows.PerEndpoint() {
 		st.FlowsByEndpoint[FlowInfo{Endpoint: ep}.EndpointName()] = n
 	}
