@@ -542,9 +542,11 @@ func TestReload(t *testing.T) {
 		t.Fatalf("a request on a connection opened before reloading default deny: %v %v, want 403", resp, errors.Join(err))
 	}
 	// Each record names the policy that decided it by its file's hash, as
-	// the reload logged it: the connection, decided before the reload and
-	// recorded after it, the old; its request and the refused connection,
-	// decided after it, the new.
+	// the reload logged it: the connection's request and the refused
+	// connection, decided after it, the new; so does the connection, whose
+	// name the reload denies (its request for that name decided it again:
+	// policy.md), with the connection ended by the reload.
+	openPort := uint16(open.LocalAddr().(*net.TCPAddr).Port)
 	open.Close()
 	oldID, newID := policy.FileHash([]byte(interceptPolicy)), policy.FileHash([]byte("policy:\n  default: deny\n"))
 	if st := r.app.policy.Status(); st.Hash != newID {
@@ -555,11 +557,14 @@ func TestReload(t *testing.T) {
 	})
 	for _, rec := range recs {
 		want := newID
-		if rec.Kind == "tls" {
-			want = oldID
+		if rec.Kind == "tls" && rec.ClientPort != openPort {
+			want = oldID // the connection dialled after the rejected reload: nothing decided it again
 		}
 		if rec.Policy != want {
-			t.Errorf("%s record (%s, rule %q) names policy %q, want %q", rec.Kind, rec.Action, rec.Rule, rec.Policy, want)
+			t.Errorf("%s record (%s, rule %q, client port %d) names policy %q, want %q", rec.Kind, rec.Action, rec.Rule, rec.ClientPort, rec.Policy, want)
+		}
+		if rec.Kind == "tls" && rec.ClientPort == openPort && (rec.Action != "deny" || rec.Result != "denied") {
+			t.Errorf("the connection open across the reload: tls record %s/%s, want deny/denied: the reload denies its name", rec.Action, rec.Result)
 		}
 	}
 }
