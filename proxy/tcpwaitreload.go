@@ -23,8 +23,13 @@ import (
 // silent client is never classified as tcp because a reload woke it (that
 // would relay, unread, the ClientHello it sends later), and one whose
 // addresses are still allowed waits on. The list costs each connection
-// dialled first two short critical sections and no allocation; a reload
-// costs one DecideEarly per waiting connection, on a goroutine of its own.
+// dialled first two short critical sections and no allocation. A reload
+// costs, on a goroutine of its own, one DecideEarly per distinct subject
+// waiting (one client's connections to one destination share one), run
+// with the list's lock released: the lock is held only to copy the list
+// out, so a reload under a policy of many rules does not stall every new
+// connection, and every waiting one whose first bytes come, for as long
+// as the decisions take.
 
 // tcpWaiter is a waiting connection's place in tcpWaiters.
 type tcpWaiter struct {
@@ -38,6 +43,7 @@ type tcpWaiter struct {
 type tcpWaiters struct {
 	mu   sync.Mutex
 	head *serverFirstWatch
+	n    int // how many are listed: what a sweep copies out
 	// pending says a sweep is started and has not loaded the policy yet:
 	// a reload meanwhile needs no sweep of its own. sweepMu runs sweeps
 	// one at a time.
@@ -54,6 +60,7 @@ func (ws *tcpWaiters) add(w *serverFirstWatch, subj *policy.Subject) {
 		ws.head.waiter.prev = w
 	}
 	ws.head = w
+	ws.n++
 }
 
 // remove takes w off the list: its wait is over.
@@ -73,6 +80,7 @@ func (ws *tcpWaiters) remove(w *serverFirstWatch) {
 		next.waiter.prev = prev
 	}
 	w.waiter = tcpWaiter{}
+	ws.n--
 }
 
 // policyChanged is the policy's OnChange function: it runs under the
@@ -91,11 +99,49 @@ func (ws *tcpWaiters) sweep(h *policy.Holder) {
 	defer ws.sweepMu.Unlock()
 	ws.pending.Store(false) // first: a reload after it starts another sweep
 	pol := h.Load()
+	ws.wakeWhere(func(subj policy.Subject) bool {
+		_, deny := pol.DecideEarly(subj)
+		return deny
+	})
+}
+
+// sweptWaiter is a waiting connection as a sweep copied it out of the
+// list: its subject copied too, since once the connection leaves the list
+// its session goes on to fill in the protocol and name.
+type sweptWaiter struct {
+	w    *serverFirstWatch
+	subj policy.Subject
+}
+
+// wakeWhere wakes the listed connections whose subject denies says to.
+// The list's lock is held only while the list is copied out: deny and the
+// wakes run without it, so connections are listed and unlisted meanwhile.
+// A connection whose wait ended after the copy is not harmed by its wake:
+// wake does nothing once the sniffer's watch has stopped, and one that
+// lands between the sniffer's last look (takeWake) and stop only sets a
+// read deadline that stop clears, the first bytes then being decided
+// under the policy in force (policyAtFirstBytes). One listed after the
+// copy checks the policy itself (tcpSession.serve).
+func (ws *tcpWaiters) wakeWhere(deny func(policy.Subject) bool) {
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
+	n := ws.n
+	ws.mu.Unlock()
+	listed := make([]sweptWaiter, 0, n+n/8+1) // allocated without the lock
+	ws.mu.Lock()
 	for w := ws.head; w != nil; w = w.waiter.next {
-		if _, deny := pol.DecideEarly(*w.waiter.subj); deny {
-			w.wake()
+		listed = append(listed, sweptWaiter{w: w, subj: *w.waiter.subj})
+	}
+	ws.mu.Unlock()
+	decided := make(map[policy.Subject]bool)
+	for i := range listed {
+		l := &listed[i]
+		denied, ok := decided[l.subj]
+		if !ok {
+			denied = deny(l.subj)
+			decided[l.subj] = denied
+		}
+		if denied {
+			l.w.wake()
 		}
 	}
 }
