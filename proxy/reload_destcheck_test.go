@@ -170,7 +170,18 @@ func TestPreconnectedClassifiedUnderNewPolicy(t *testing.T) {
 			c := r.dial(t, rawEchoServer(t))
 			defer c.Close()
 			time.Sleep(100 * time.Millisecond) // accepted, waiting for the first bytes
+			if tc.wantErr != "" {
+				waitListed(t, r.p, 1) // dialled first, waiting under the old policy
+			}
 			r.reloadPolicy(t, tc.after)
+			if tc.wantErr != "" {
+				// The reload's look runs on a goroutine of its own: the
+				// ClientHello is written once it has refused the
+				// connection. Written first, it would be refused as first
+				// bytes under the new policy ("denied by policy"), also
+				// right, but not the order this case is about.
+				waitListed(t, r.p, 0)
+			}
 			hello := captureClientHello(t, &tls.Config{ServerName: "allowed.example"})
 			if _, err := c.Write(hello); err != nil && tc.wantErr == "" {
 				t.Fatal(err)
