@@ -182,9 +182,9 @@ func (s *tcpSession) serve(accepted net.Conn) {
 	br := sniffReaders.Get().(*bufio.Reader)
 	br.Reset(accepted)
 	deadline, stop := watchServerFirst(accepted, s.up)
-	// A reload that denies the addresses ends the wait (tcpwaitreload.go),
-	// and so does one since the policy was loaded, which no sweep may
-	// have found the connection for.
+	// A reload that denies the addresses, or lets only a name through,
+	// ends the wait (tcpwaitreload.go), and so does one since the policy
+	// was loaded, which no sweep may have found the connection for.
 	s.p.tcp.waiters.add(deadline, &s.subj)
 	if s.p.cfg.Policy.Load() != s.pol {
 		deadline.wake()
@@ -193,14 +193,18 @@ func (s *tcpSession) serve(accepted net.Conn) {
 	// still meet the domain rules. A destination that speaks first ends the
 	// wait (the protocol is then server-first, and relayed as TCP).
 	res, err := sniff.Sniff(br, deadline)
-	denied := false
+	woken := waitOn
 	for err == nil && deadline.takeWake() {
-		if denied = s.deniedWaiting(); denied {
+		if woken = s.decideWoken(); woken != waitOn {
 			break
 		}
 		res, err = sniff.Sniff(br, deadline) // still allowed: wait on, from what came
 	}
 	s.p.tcp.waiters.remove(deadline)
+	if woken == waitNamed {
+		s.awaitNameAfterReload(accepted, br, stop)
+		return
+	}
 	s.p.tcp.waiting.release(s.waiting)
 	if early, upErr := stop(); len(early) > 0 || upErr != nil {
 		s.up = &prefixConn{Conn: s.up, prefix: early, err: upErr}
@@ -215,7 +219,7 @@ func (s *tcpSession) serve(accepted net.Conn) {
 		s.p.endTCP(s.rec, s.start)
 		return
 	}
-	if denied {
+	if woken == waitDenied {
 		s.refuse(errWaitingDenied)
 		return
 	}

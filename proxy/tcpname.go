@@ -54,6 +54,15 @@ func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
 	}
 	br := sniffReaders.Get().(*bufio.Reader)
 	br.Reset(accepted)
+	s.awaitName(accepted, br, "so it was not dialled")
+}
+
+// awaitName waits, nameWait at most, for the first bytes of a connection
+// that only a name could let through, with nothing dialled and its slot in
+// its client's waiting share held, and serves it as they, or its silence,
+// say. undialled ends the record's error for a silent client: why nothing
+// at the destination was reached, or is still.
+func (s *tcpSession) awaitName(accepted net.Conn, br *bufio.Reader, undialled string) {
 	waitStart := time.Now()
 	res, err := sniff.SniffWithin(br, accepted, nameWait)
 	s.client = &peekedConn{Conn: accepted, r: br}
@@ -61,7 +70,7 @@ func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
 		s.releaseWaiting()
 		s.client.Close()
 		s.rec.Result, s.rec.Error = "reset", err.Error()
-		p.endTCP(s.rec, s.start)
+		s.p.endTCP(s.rec, s.start)
 		return
 	}
 	if res.Peeked == 0 {
@@ -89,7 +98,7 @@ func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
 		if time.Since(waitStart) < nameWait {
 			why = "the client closed without sending anything"
 		}
-		s.refuse(why + "; only a name could allow this destination, so it was not dialled")
+		s.refuse(why + "; only a name could allow this destination, " + undialled)
 		return
 	}
 	s.classified(&res, br)

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -19,13 +21,18 @@ import (
 // (DecideEarly) has its wait woken, is decided again on its addresses
 // under the policy then in force, and refused as a new connection to them
 // would be (its client reset, its destination's connection closed, a deny
-// record naming the new rule). Nothing else is decided on the wake: a
-// silent client is never classified as tcp because a reload woke it (that
-// would relay, unread, the ClientHello it sends later), and one whose
-// addresses are still allowed waits on. The list costs each connection
+// record naming the new rule). One that only a name could now let through
+// (OnlyNameAllows: a lock-down to an allow-list of names, whose domain
+// rules keep DecideEarly from denying) is woken too, and goes on as a new
+// connection would under that policy: its destination's connection
+// closed, it waits nameWait for a name with nothing dialled
+// (awaitNameAfterReload). Nothing else is decided on the wake: a silent
+// client is never classified as tcp because a reload woke it (that would
+// relay, unread, the ClientHello it sends later), and one whose addresses
+// are still allowed, by something other than a name, waits on. The list costs each connection
 // dialled first two short critical sections and no allocation. A reload
-// costs, on a goroutine of its own, one DecideEarly per distinct subject
-// waiting (one client's connections to one destination share one), run
+// costs, on a goroutine of its own, one DecideEarly (and OnlyNameAllows)
+// per distinct subject waiting (one client's connections to one destination share one), run
 // with the list's lock released: the lock is held only to copy the list
 // out, so a reload under a policy of many rules does not stall every new
 // connection, and every waiting one whose first bytes come, for as long
@@ -93,7 +100,7 @@ func (p *Proxy) policyChanged() {
 }
 
 // sweep wakes the waiting connections whose addresses alone the policy in
-// force denies.
+// force denies, or that only a name could now let through.
 func (ws *tcpWaiters) sweep(h *policy.Holder) {
 	ws.sweepMu.Lock()
 	defer ws.sweepMu.Unlock()
@@ -101,7 +108,7 @@ func (ws *tcpWaiters) sweep(h *policy.Holder) {
 	pol := h.Load()
 	ws.wakeWhere(func(subj policy.Subject) bool {
 		_, deny := pol.DecideEarly(subj)
-		return deny
+		return deny || pol.OnlyNameAllows(subj)
 	})
 }
 
@@ -146,19 +153,52 @@ func (ws *tcpWaiters) wakeWhere(deny func(policy.Subject) bool) {
 	}
 }
 
-// deniedWaiting decides a connection whose wait a reload woke on its
+// waitVerdict is what a reload's wake of a waiting connection comes to.
+type waitVerdict int
+
+const (
+	waitOn     waitVerdict = iota // its addresses may still pass: it waits on
+	waitDenied                    // its addresses alone are denied: refused
+	waitNamed                     // only a name could let it through now
+)
+
+// decideWoken decides a connection whose wait a reload woke, on its
 // addresses alone, under the policy in force now (a later reload may have
-// allowed them again), and reports whether that denies it; the record then
-// names the rule and policy, and the caller refuses it.
-func (s *tcpSession) deniedWaiting() bool {
+// allowed them again). A deny is recorded with its rule and policy, and
+// the caller refuses the connection; one only a name could now let
+// through goes on as awaitNameAfterReload says.
+func (s *tcpSession) decideWoken() waitVerdict {
 	pol := s.p.cfg.Policy.Load()
-	d, deny := pol.DecideEarly(s.subj)
-	if !deny {
-		return false
+	if d, deny := pol.DecideEarly(s.subj); deny {
+		s.pol = pol
+		s.rec.Rule, s.rec.Policy = d.Rule, d.Policy
+		return waitDenied
 	}
-	s.pol = pol
-	s.rec.Rule, s.rec.Policy = d.Rule, d.Policy
-	return true
+	if pol.OnlyNameAllows(s.subj) {
+		s.pol = pol
+		return waitNamed
+	}
+	return waitOn
+}
+
+// awaitNameAfterReload goes on with a connection, dialled first, whose
+// wait a reload woke and under which only a name could let it through (an
+// allow-list of names, say): as a new connection would be under it, it
+// is served with nothing dialled (serveNamed). Its destination's
+// connection is closed, and anything the destination sent since the
+// watch was last looked at is dropped with it, since a flow to that
+// destination no name has allowed must not reach it, nor hear from it.
+// The connection keeps the slot in its client's waiting share that it
+// took when it came, and waits for a name for nameWait: a silent client
+// is refused then, never classified as tcp, and one whose first bytes
+// name what the policy allows has its destination dialled again
+// (dialAllowed). Bytes it sent before the wake stay buffered in br.
+func (s *tcpSession) awaitNameAfterReload(accepted net.Conn, br *bufio.Reader, stop func() ([]byte, error)) {
+	_, _ = stop()
+	s.up.Close()
+	s.up = nil
+	s.holding = true // released as a flow only a name could let through releases it
+	s.awaitName(accepted, br, "so the reload closed its connection there")
 }
 
 // errWaitingDenied is the record's error for a waiting connection a reload

@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -109,5 +111,83 @@ func TestWaitingSweepDecidesEachSubjectOnce(t *testing.T) {
 	}
 	if ws.head != nil || ws.n != 0 {
 		t.Errorf("the list holds %d once every connection left it", ws.n)
+	}
+}
+
+// namesOnly is a lock-down to an allow-list of names: default deny, and
+// only allowed.example let through.
+const namesOnly = "policy:\n  default: deny\n  rules:\n    - name: web\n      domains: [allowed.example]\n      action: allow\n"
+
+// TestWaitingDialledFirstNamedOnlyAfterReload: a connection dialled first
+// whose client is silent, when a reload makes its destination one only a
+// name could let through (an allow-list of names, whose domain rules keep
+// the addresses from being denied outright), is served as a new connection
+// would be under that policy: its destination's connection closed at the
+// reload, its slot in its client's waiting share kept, and a name awaited
+// for nameWait with nothing dialled. A client silent through it is refused
+// (never classified as tcp); one whose ClientHello names an allowed name
+// has its destination dialled again and is spliced; a denied name is
+// refused. Before, the sweep did not wake it (DecideEarly denies nothing
+// here), and the destination's connection stayed open for as long as the
+// client stayed silent (review r7s29 F2).
+func TestWaitingDialledFirstNamedOnlyAfterReload(t *testing.T) {
+	defer func(w time.Duration) { nameWait = w }(nameWait)
+	nameWait = time.Second
+
+	t.Run("silent", func(t *testing.T) {
+		r := newClsRig(t, "policy: {default: allow}\n", clsOptions{})
+		dest, accepted, closed := silentServer(t)
+		c := r.dial(t, dest)
+		defer c.Close()
+		receive(t, accepted, "the destination's connection")
+		waitListed(t, r.p, 1)
+
+		r.reloadPolicy(t, namesOnly)
+		receive(t, closed, "the destination's connection closed after a reload under which only a name could open it")
+		if n := waitingSlotsHeld(r.p); n != 1 {
+			t.Errorf("%d waiting slots held while the connection waits for a name, want 1", n)
+		}
+		waitListed(t, r.p, 0)
+		c.SetReadDeadline(time.Now().Add(nameWait + 3*time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || !isReset(err) {
+			t.Errorf("the silent client's read: %v, want a reset once nameWait ended", err)
+		}
+		rec := r.record(t, c, "tcp")
+		if rec.Action != "deny" || rec.Rule != policy.DefaultRule || rec.Policy != r.p.cfg.Policy.Load().ID() ||
+			rec.Result != "denied" || !strings.Contains(rec.Error, "so the reload closed its connection there") ||
+			rec.BytesOut != 0 || rec.BytesIn != 0 {
+			t.Errorf("record %+v; want tcp denied by default of the new policy, the silent client named", rec)
+		}
+		select {
+		case <-accepted:
+			t.Errorf("the destination was dialled again for a client that sent no name")
+		default:
+		}
+		waitNoWaitingSlots(t, r.p, "after the refusal")
+	})
+
+	for _, tc := range []struct{ name, action, rule string }{
+		{"allowed.example", "splice", "web"},
+		{"denied.example", "deny", policy.DefaultRule},
+	} {
+		t.Run("hello for "+tc.name, func(t *testing.T) {
+			r := newClsRig(t, "policy: {default: allow}\n", clsOptions{})
+			c := r.dial(t, r.tlsDest)
+			defer c.Close()
+			waitListed(t, r.p, 1)
+
+			r.reloadPolicy(t, namesOnly)
+			waitListed(t, r.p, 0) // waiting for a name now, with nothing dialled
+			err := tls.Client(c, &tls.Config{ServerName: tc.name, RootCAs: r.upRoots}).Handshake()
+			if (err == nil) != (tc.action == "splice") {
+				t.Errorf("handshake for %s: %v", tc.name, err)
+			}
+			c.Close()
+			onlyRecord(t, r, c, "tls")
+			if rec := r.record(t, c, "tls"); rec.Action != tc.action || rec.Rule != tc.rule || rec.SNI != tc.name {
+				t.Errorf("record %+v, want tls %s by rule %s", rec, tc.action, tc.rule)
+			}
+			waitNoWaitingSlots(t, r.p, "after the handshake")
+		})
 	}
 }
