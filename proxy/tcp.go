@@ -179,31 +179,48 @@ type tcpSession struct {
 
 // serve classifies the connection by its first bytes and serves it.
 func (s *tcpSession) serve(accepted net.Conn) {
-	br := sniffReaders.Get().(*bufio.Reader)
-	br.Reset(accepted)
-	deadline, stop := watchServerFirst(accepted, s.up)
-	// A reload that denies the addresses, or lets only a name through,
-	// ends the wait (tcpwaitreload.go), and so does one since the policy
-	// was loaded, which no sweep may have found the connection for.
-	s.p.tcp.waiters.add(deadline, &s.subj)
-	if s.p.cfg.Policy.Load() != s.pol {
-		deadline.wake()
-	}
-	// No time limit: a client that waits and then sends a ClientHello must
-	// still meet the domain rules. A destination that speaks first ends the
-	// wait (the protocol is then server-first, and relayed as TCP).
-	res, err := sniff.Sniff(br, deadline)
-	woken := waitOn
-	for err == nil && deadline.takeWake() {
-		if woken = s.decideWoken(); woken != waitOn {
+	var (
+		br    *bufio.Reader
+		res   sniff.Result
+		err   error
+		stop  func() ([]byte, error)
+		woken waitVerdict
+	)
+	// A loop, not a call back into serve: reloads flipping between a
+	// policy of names and one of addresses may send a silent connection
+	// round it any number of times.
+	for {
+		br = sniffReaders.Get().(*bufio.Reader)
+		br.Reset(accepted)
+		var deadline *serverFirstWatch
+		deadline, stop = watchServerFirst(accepted, s.up)
+		// A reload that denies the addresses, or lets only a name
+		// through, ends the wait (tcpwaitreload.go), and so does one
+		// since the policy was loaded, which no sweep may have found the
+		// connection for.
+		s.p.tcp.waiters.add(deadline, &s.subj)
+		if s.p.cfg.Policy.Load() != s.pol {
+			deadline.wake()
+		}
+		// No time limit: a client that waits and then sends a ClientHello
+		// must still meet the domain rules. A destination that speaks
+		// first ends the wait (the protocol is then server-first, and
+		// relayed as TCP).
+		res, err = sniff.Sniff(br, deadline)
+		woken = waitOn
+		for err == nil && deadline.takeWake() {
+			if woken = s.decideWoken(); woken != waitOn {
+				break
+			}
+			res, err = sniff.Sniff(br, deadline) // still allowed: wait on, from what came
+		}
+		s.p.tcp.waiters.remove(deadline)
+		if woken != waitNamed {
 			break
 		}
-		res, err = sniff.Sniff(br, deadline) // still allowed: wait on, from what came
-	}
-	s.p.tcp.waiters.remove(deadline)
-	if woken == waitNamed {
-		s.awaitNameAfterReload(accepted, br, stop)
-		return
+		if !s.awaitNameAfterReload(accepted, br, stop) || !s.redial(accepted) {
+			return
+		}
 	}
 	s.p.tcp.waiting.release(s.waiting)
 	if early, upErr := stop(); len(early) > 0 || upErr != nil {

@@ -40,7 +40,7 @@ var nameWait = 30 * time.Second
 // There is no destination to speak first: a server-first protocol the
 // addresses alone do not allow is denied, as it would be once classified.
 // A client silent until a reload that lets something other than a name
-// through is served as a connection dialled first (dialFirst). The
+// through is served as a connection dialled first (redial). The
 // connection keeps its slot in the client's waiting share until it is
 // refused or its destination dialled (or, dialled first, its first bytes
 // come).
@@ -54,15 +54,19 @@ func (p *Proxy) serveNamed(req tcpAcceptor, s *tcpSession) {
 	}
 	br := sniffReaders.Get().(*bufio.Reader)
 	br.Reset(accepted)
-	s.awaitName(accepted, br, "so it was not dialled")
+	if s.awaitName(accepted, br, "so it was not dialled") && s.redial(accepted) {
+		s.serve(accepted)
+	}
 }
 
 // awaitName waits, nameWait at most, for the first bytes of a connection
 // that only a name could let through, with nothing dialled and its slot in
 // its client's waiting share held, and serves it as they, or its silence,
 // say. undialled ends the record's error for a silent client: why nothing
-// at the destination was reached, or is still.
-func (s *tcpSession) awaitName(accepted net.Conn, br *bufio.Reader, undialled string) {
+// at the destination was reached, or is still. It reports whether the
+// connection is to be served dialled first (redial, then serve): a silent
+// client whose wait ended under a policy that no longer needs a name.
+func (s *tcpSession) awaitName(accepted net.Conn, br *bufio.Reader, undialled string) (dialFirst bool) {
 	waitStart := time.Now()
 	res, err := sniff.SniffWithin(br, accepted, nameWait)
 	s.client = &peekedConn{Conn: accepted, r: br}
@@ -71,7 +75,7 @@ func (s *tcpSession) awaitName(accepted net.Conn, br *bufio.Reader, undialled st
 		s.client.Close()
 		s.rec.Result, s.rec.Error = "reset", err.Error()
 		s.p.endTCP(s.rec, s.start)
-		return
+		return false
 	}
 	if res.Peeked == 0 {
 		// Nothing to decide on but the addresses, under the policy in
@@ -79,7 +83,7 @@ func (s *tcpSession) awaitName(accepted net.Conn, br *bufio.Reader, undialled st
 		// rule of its own, and the record must name the policy that
 		// decided.
 		if !s.policyAtFirstBytes() {
-			return
+			return false
 		}
 		if !s.pol.OnlyNameAllows(s.subj) {
 			// The reload lets something other than a name through: the
@@ -90,8 +94,7 @@ func (s *tcpSession) awaitName(accepted net.Conn, br *bufio.Reader, undialled st
 			s.client = nil // serve sniffs through a reader of its own
 			br.Reset(nil)  // and this one holds nothing
 			sniffReaders.Put(br)
-			s.dialFirst(accepted)
-			return
+			return true
 		}
 		s.decide(policy.ProtoTCP, "") // a deny, whose record names its rule
 		why := fmt.Sprintf("the client sent nothing within %s", nameWait)
@@ -99,20 +102,22 @@ func (s *tcpSession) awaitName(accepted net.Conn, br *bufio.Reader, undialled st
 			why = "the client closed without sending anything"
 		}
 		s.refuse(why + "; only a name could allow this destination, " + undialled)
-		return
+		return false
 	}
 	s.classified(&res, br)
+	return false
 }
 
-// dialFirst dials the destination of a silent connection whose nameWait
-// ended under a policy that no longer needs a name for it, and serves it as
+// redial dials the destination of a silent connection whose nameWait
+// ended under a policy that no longer needs a name for it, to be served as
 // a connection dialled first (tcpSession.serve): whichever side speaks
 // first decides, with no time limit, so a ClientHello or request the client
 // sends later is classified and decided by its name. The connection keeps
 // its slot in its client's waiting share through the dial and until its
 // first bytes come, as one dialled first does, and serve gives it back.
-// A failed dial resets the client, whose handshake is long done.
-func (s *tcpSession) dialFirst(accepted net.Conn) {
+// A failed dial resets the client, whose handshake is long done, and
+// reports false.
+func (s *tcpSession) redial(accepted net.Conn) bool {
 	s.holding = false // serve's to give back, not releaseWaiting's
 	up, err := s.p.dialTCP(context.Background(), s.subj.Dest.String())
 	if err != nil {
@@ -121,10 +126,10 @@ func (s *tcpSession) dialFirst(accepted net.Conn) {
 		s.p.stats.tcpDialErrors.Add(1)
 		s.rec.Result, s.rec.Error = records.DialResult(err), err.Error()
 		s.p.endTCP(s.rec, s.start)
-		return
+		return false
 	}
 	s.up = up
-	s.serve(accepted)
+	return true
 }
 
 // dialAllowed dials the destination of a connection the policy has just

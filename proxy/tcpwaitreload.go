@@ -193,12 +193,14 @@ func (s *tcpSession) decideWoken() waitVerdict {
 // is refused then, never classified as tcp, and one whose first bytes
 // name what the policy allows has its destination dialled again
 // (dialAllowed). Bytes it sent before the wake stay buffered in br.
-func (s *tcpSession) awaitNameAfterReload(accepted net.Conn, br *bufio.Reader, stop func() ([]byte, error)) {
+// It reports whether the connection is to be served dialled first again
+// (awaitName).
+func (s *tcpSession) awaitNameAfterReload(accepted net.Conn, br *bufio.Reader, stop func() ([]byte, error)) bool {
 	_, _ = stop()
 	s.up.Close()
 	s.up = nil
 	s.holding = true // released as a flow only a name could let through releases it
-	s.awaitName(accepted, br, "so the reload closed its connection there")
+	return s.awaitName(accepted, br, "so the reload closed its connection there")
 }
 
 // errWaitingDenied is the record's error for a waiting connection a reload
