@@ -30,36 +30,30 @@ func (o *bodyOrigin) requests() []string {
 // with cert when it is not nil.
 func startBodyOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *bodyOrigin) {
 	t.Helper()
-	proxyEnd, serverEnd := net.Pipe()
-	t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
 	o := &bodyOrigin{}
-	go func() {
-		var c net.Conn = serverEnd
-		if cert != nil {
-			tc := tls.Server(serverEnd, &tls.Config{Certificates: []tls.Certificate{*cert}, NextProtos: []string{"http/1.1"}})
-			if err := tc.Handshake(); err != nil {
-				return
-			}
-			c = tc
-		}
-		br := bufio.NewReader(c)
-		for {
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			body, err := io.ReadAll(req.Body)
-			o.mu.Lock()
-			o.got = append(o.got, fmt.Sprintf("%s %s %q", req.Method, req.URL.Path, body))
-			o.mu.Unlock()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		}
-	}()
-	return proxyEnd, o
+	return startPipeOrigin(t, cert, o.serve), o
 }
+
+func (o *bodyOrigin) serve(c net.Conn, br *bufio.Reader) {
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		body, err := io.ReadAll(req.Body)
+		o.mu.Lock()
+		o.got = append(o.got, fmt.Sprintf("%s %s %q", req.Method, req.URL.Path, body))
+		o.mu.Unlock()
+		if err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}
+}
+
+// bareLFTrailerPost is a chunked POST /one of "abc" whose trailer net/http
+// ends at a bare LF.
+const bareLFTrailerPost = "POST /one HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\n"
 
 // TestBareLFTrailerKeepsNextBody: a chunked body whose trailer net/http
 // ends at a bare LF (the bounds read it up to the CRLF CRLF, which is the
@@ -69,20 +63,9 @@ func TestBareLFTrailerKeepsNextBody(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(map[bool]string{true: "bumped", false: "cleartext"}[bumped], func(t *testing.T) {
 			r := newRig(t, testPolicy)
-			var c net.Conn
-			var sv *served
-			var o *bodyOrigin
-			if bumped {
-				upEnd, bo := startBodyOrigin(t, r.upLeaf("www.example.test"))
-				raw, s := r.connect(upEnd, tlsDest)
-				c, sv, o = bumpClient(t, r, raw, "www.example.test", "http/1.1"), s, bo
-			} else {
-				upEnd, bo := startBodyOrigin(t, nil)
-				c, sv = r.connect(upEnd, httpDest)
-				o = bo
-			}
+			c, sv, o := connectHTTP1To(t, r, bumped, startBodyOrigin)
 			c.SetDeadline(time.Now().Add(waitLimit))
-			go io.WriteString(c, "POST /one HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\n"+
+			go io.WriteString(c, bareLFTrailerPost+
 				"POST /two HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 4\r\n\r\n\r\n\r\n"+
 				"GET /three HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
 			br := bufio.NewReader(c)
@@ -119,20 +102,9 @@ func TestBareLFTrailerThenUnreadableHeadRecorded(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(map[bool]string{true: "bumped", false: "cleartext"}[bumped], func(t *testing.T) {
 			r := newRig(t, testPolicy)
-			var c net.Conn
-			var sv *served
-			var o *bodyOrigin
-			if bumped {
-				upEnd, bo := startBodyOrigin(t, r.upLeaf("www.example.test"))
-				raw, s := r.connect(upEnd, tlsDest)
-				c, sv, o = bumpClient(t, r, raw, "www.example.test", "http/1.1"), s, bo
-			} else {
-				upEnd, bo := startBodyOrigin(t, nil)
-				c, sv = r.connect(upEnd, httpDest)
-				o = bo
-			}
+			c, sv, o := connectHTTP1To(t, r, bumped, startBodyOrigin)
 			c.SetDeadline(time.Now().Add(waitLimit))
-			go io.WriteString(c, "POST /one HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\n"+
+			go io.WriteString(c, bareLFTrailerPost+
 				"GET /two HTTP/1.1\r\nHost: www.example.test\r\n\r\n"+
 				"GET /a%zz HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
 			io.Copy(io.Discard, c) // two answers, then the close

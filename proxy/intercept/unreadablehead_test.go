@@ -25,13 +25,13 @@ func (o *headOrigin) got() []string {
 	return append([]string(nil), o.heads...)
 }
 
-// startHeadOrigin returns the appliance's end of a headOrigin, over TLS
-// with cert when it is not nil.
-func startHeadOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *headOrigin) {
+// startPipeOrigin returns the appliance's end of a pipe whose other end
+// serve reads as a destination, over TLS with cert (offering http/1.1)
+// when it is not nil; both ends close when the test ends.
+func startPipeOrigin(t *testing.T, cert *tls.Certificate, serve func(c net.Conn, br *bufio.Reader)) net.Conn {
 	t.Helper()
 	proxyEnd, serverEnd := net.Pipe()
 	t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
-	o := &headOrigin{}
 	go func() {
 		var c net.Conn = serverEnd
 		if cert != nil {
@@ -41,38 +41,57 @@ func startHeadOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *headOrigin
 			}
 			c = tc
 		}
-		br := bufio.NewReader(c)
-		for {
-			var head strings.Builder
-			for {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				head.WriteString(line)
-				if line == "\r\n" {
-					break
-				}
-			}
-			o.mu.Lock()
-			o.heads = append(o.heads, head.String())
-			o.mu.Unlock()
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		}
+		serve(c, bufio.NewReader(c))
 	}()
-	return proxyEnd, o
+	return proxyEnd
+}
+
+// startHeadOrigin returns the appliance's end of a headOrigin, over TLS
+// with cert when it is not nil.
+func startHeadOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *headOrigin) {
+	t.Helper()
+	o := &headOrigin{}
+	return startPipeOrigin(t, cert, o.serve), o
+}
+
+func (o *headOrigin) serve(c net.Conn, br *bufio.Reader) {
+	for {
+		var head strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			head.WriteString(line)
+			if line == "\r\n" {
+				break
+			}
+		}
+		o.mu.Lock()
+		o.heads = append(o.heads, head.String())
+		o.mu.Unlock()
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}
 }
 
 // connectHTTP1 connects an HTTP/1 client through the appliance to a
 // headOrigin: bumped (TLS for www.example.test) or cleartext.
 func connectHTTP1(t *testing.T, r *rig, bumped bool) (net.Conn, *served, *headOrigin) {
 	t.Helper()
+	return connectHTTP1To(t, r, bumped, startHeadOrigin)
+}
+
+// connectHTTP1To connects an HTTP/1 client through the appliance to the
+// destination start returns: bumped (TLS for www.example.test, start given
+// its leaf) or cleartext (start given nil).
+func connectHTTP1To[O any](t *testing.T, r *rig, bumped bool, start func(*testing.T, *tls.Certificate) (net.Conn, O)) (net.Conn, *served, O) {
+	t.Helper()
 	if bumped {
-		upEnd, o := startHeadOrigin(t, r.upLeaf("www.example.test"))
+		upEnd, o := start(t, r.upLeaf("www.example.test"))
 		raw, sv := r.connect(upEnd, tlsDest)
 		return bumpClient(t, r, raw, "www.example.test", "http/1.1"), sv, o
 	}
-	upEnd, o := startHeadOrigin(t, nil)
+	upEnd, o := start(t, nil)
 	c, sv := r.connect(upEnd, httpDest)
 	return c, sv, o
 }
