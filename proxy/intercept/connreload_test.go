@@ -1,7 +1,6 @@
 package intercept_test
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -30,20 +29,66 @@ func wantNameDeniedRecord(t *testing.T, rec records.Record, path string) {
 	}
 }
 
-// h2GetOther asks for path on other.example.test over cc, and returns the
-// status, the body read.
-func h2GetOther(t *testing.T, cc *http2.ClientConn, path string) int {
+// h2GetStatus asks for path on host over cc, its body read, and returns the
+// status; an error fails the test.
+func h2GetStatus(t *testing.T, cc *http2.ClientConn, host, path string) int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", "https://other.example.test"+path, nil)
-	resp, err := cc.RoundTrip(req)
+	resp, err := h2GetHost(cc, host, path)
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// reloadDeniesNameH1 reloads to tightenedPolicy, which denies the name of
+// hc's bumped connection (www.example.test) by rule no-www, and asks hc
+// for host's /after: it must be refused 403, naming the rule. It returns
+// that answer.
+func reloadDeniesNameH1(t *testing.T, holder *policy.Holder, hc *httpClient, host string) *http.Response {
+	t.Helper()
+	reloadTo(t, holder, tightenedPolicy)
+	resp, body := hc.do("GET /after HTTP/1.1\r\nHost: " + host + "\r\n\r\n")
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "no-www") {
+		t.Fatalf("after the reload denied the connection's name: %d %q", resp.StatusCode, body)
+	}
+	return resp
+}
+
+// reloadDeniesNameH2 bumps an HTTP/2 connection for www.example.test and
+// asks it for host's /before, then reloads to tightenedPolicy, which denies
+// that name by rule no-www: host's /after1 and /after2 must be refused 403
+// and nothing after /before reach the destination. It closes the
+// connection and returns its records, of which three are http.
+func reloadDeniesNameH2(t *testing.T, host string) []records.Record {
+	t.Helper()
+	r, holder := newReloadableRig(t)
+	upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "h2")
+	raw, sv := r.connect(upEnd, tlsDest)
+	tc := bumpClient(t, r, raw, "www.example.test", "h2")
+	tc.SetDeadline(time.Time{})
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := h2GetStatus(t, cc, host, "/before"); code != 200 {
+		t.Fatalf("before the reload: %d", code)
+	}
+	reloadTo(t, holder, tightenedPolicy)
+	for _, p := range []string{"/after1", "/after2"} {
+		if code := h2GetStatus(t, cc, host, p); code != http.StatusForbidden {
+			t.Errorf("%s after the reload denied the connection's name: %d, want 403", p, code)
+		}
+	}
+	cc.Close()
+	sv.waitDoneOnce(t)
+	if got := up.requests(); len(got) != 1 {
+		t.Errorf("the destination served %q, want only the request before the reload", got)
+	}
+	all := r.records()
+	if recs := ofKind(all, "http"); len(recs) != 3 {
+		t.Fatalf("%d http records, want 3", len(recs))
+	}
+	return all
 }
 
 // TestReloadDeniedSNIRefusesOtherHosts: a reload that denies a bumped
@@ -62,11 +107,7 @@ func TestReloadDeniedSNIRefusesOtherHosts(t *testing.T) {
 		if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: other.example.test\r\n\r\n"); resp.StatusCode != 200 {
 			t.Fatalf("before the reload: %d %q", resp.StatusCode, body)
 		}
-		reloadTo(t, holder, tightenedPolicy)
-		resp, body := hc.do("GET /after HTTP/1.1\r\nHost: other.example.test\r\n\r\n")
-		if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "no-www") {
-			t.Fatalf("after the reload denied the connection's name: %d %q", resp.StatusCode, body)
-		}
+		reloadDeniesNameH1(t, holder, hc, "other.example.test")
 		hc.wantClosed()
 		sv.waitDoneOnce(t)
 		if got := up.requests(); len(got) != 1 {
@@ -79,40 +120,10 @@ func TestReloadDeniedSNIRefusesOtherHosts(t *testing.T) {
 		}
 		wantNameDeniedRecord(t, recs[1], "/after")
 		// The connection's record says what ended it (review r4s26 F3).
-		if tr := ofKind(all, "tls"); len(tr) != 1 || tr[0].Action != "deny" || tr[0].Rule != "no-www" || tr[0].Result != "denied" ||
-			!strings.Contains(tr[0].Error, "ended by a policy reload: the connection's name") {
-			t.Errorf("tls record %+v, want denied by no-www, ended by the reload", tr)
-		}
+		wantOwnNameDeniedTLS(t, all)
 	})
 	t.Run("http2", func(t *testing.T) {
-		r, holder := newReloadableRig(t)
-		upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "h2")
-		raw, sv := r.connect(upEnd, tlsDest)
-		tc := bumpClient(t, r, raw, "www.example.test", "h2")
-		tc.SetDeadline(time.Time{})
-		cc, err := (&http2.Transport{}).NewClientConn(tc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		get := func(path string) int { return h2GetOther(t, cc, path) }
-		if code := get("/before"); code != 200 {
-			t.Fatalf("before the reload: %d", code)
-		}
-		reloadTo(t, holder, tightenedPolicy)
-		for _, p := range []string{"/after1", "/after2"} {
-			if code := get(p); code != http.StatusForbidden {
-				t.Errorf("%s after the reload denied the connection's name: %d, want 403", p, code)
-			}
-		}
-		cc.Close()
-		sv.waitDoneOnce(t)
-		if got := up.requests(); len(got) != 1 {
-			t.Errorf("the destination served %q, want only the request before the reload", got)
-		}
-		recs := ofKind(r.records(), "http")
-		if len(recs) != 3 {
-			t.Fatalf("%d http records, want 3", len(recs))
-		}
+		recs := ofKind(reloadDeniesNameH2(t, "other.example.test"), "http")
 		wantNameDeniedRecord(t, recs[1], "/after1")
 		wantNameDeniedRecord(t, recs[2], "/after2")
 	})
@@ -307,7 +318,7 @@ func TestNameDeniedTLSRecordKeepsOtherEnds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			get := func(path string) int { return h2GetOther(t, cc, path) }
+			get := func(path string) int { return h2GetStatus(t, cc, "other.example.test", path) }
 			if code := get("/before"); code != 200 {
 				t.Fatalf("before: %d", code)
 			}

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
@@ -71,11 +69,7 @@ func TestReloadOwnNameNewRequestH1(t *testing.T) {
 					t.Fatalf("before the reload: %d %q", resp.StatusCode, body)
 				}
 			}
-			reloadTo(t, holder, tightenedPolicy)
-			resp, body := hc.do("GET /after HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
-			if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "no-www") {
-				t.Fatalf("after the reload denied the connection's name: %d %q", resp.StatusCode, body)
-			}
+			resp := reloadDeniesNameH1(t, holder, hc, "www.example.test")
 			if !resp.Close {
 				t.Errorf("the 403 that refuses the connection's name keeps its HTTP/1 connection (Connection %q)", resp.Header.Get("Connection"))
 			}
@@ -103,41 +97,7 @@ func TestReloadOwnNameNewRequestH1(t *testing.T) {
 // old rule and policy, though every request after the reload was refused
 // for the name (review r4s29 F1).
 func TestReloadOwnNameNewRequestH2(t *testing.T) {
-	r, holder := newReloadableRig(t)
-	upEnd, up := r.startUpstream(r.upLeaf("www.example.test"), "h2")
-	raw, sv := r.connect(upEnd, tlsDest)
-	tc := bumpClient(t, r, raw, "www.example.test", "h2")
-	tc.SetDeadline(time.Time{})
-	cc, err := (&http2.Transport{}).NewClientConn(tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	get := func(path string) int {
-		resp, err := h2GetHost(cc, "www.example.test", path)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		return resp.StatusCode
-	}
-	if code := get("/before"); code != 200 {
-		t.Fatalf("before the reload: %d", code)
-	}
-	reloadTo(t, holder, tightenedPolicy)
-	for _, p := range []string{"/after1", "/after2"} {
-		if code := get(p); code != http.StatusForbidden {
-			t.Errorf("%s after the reload denied the connection's name: %d, want 403", p, code)
-		}
-	}
-	cc.Close()
-	sv.waitDoneOnce(t)
-	if got := up.requests(); len(got) != 1 {
-		t.Errorf("the destination served %q, want only the request before the reload", got)
-	}
-	all := r.records()
-	if recs := ofKind(all, "http"); len(recs) != 3 {
-		t.Fatalf("%d http records, want 3", len(recs))
-	}
-	wantOwnNameDeniedTLS(t, all)
+	wantOwnNameDeniedTLS(t, reloadDeniesNameH2(t, "www.example.test"))
 }
 
 // TestReloadOwnNameUnderWayTLSRecord: a request for the connection's own
