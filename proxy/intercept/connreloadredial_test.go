@@ -257,6 +257,24 @@ func tlsH1Origin(leaf *tls.Certificate, serverEnd net.Conn, take func(end *tls.C
 	}
 }
 
+// connectSlowH1Origin connects a client of r over loopback TCP (tlsDest)
+// to a tlsH1Origin with leaf that holds a request for /slow, once it has
+// said on arrived that one came, until release is closed.
+func connectSlowH1Origin(t *testing.T, r *rig, leaf *tls.Certificate) (raw *net.TCPConn, sv *served, arrived <-chan struct{}, release chan<- struct{}) {
+	t.Helper()
+	came, free := make(chan struct{}, 1), make(chan struct{})
+	proxyEnd, serverEnd := testnet.TCPPair(t)
+	go tlsH1Origin(leaf, serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
+		if req.URL.Path == "/slow" {
+			came <- struct{}{}
+			<-free
+		}
+		return false
+	})
+	raw, sv = r.connectTCP(proxyEnd, tlsDest)
+	return raw, sv, came, free
+}
+
 // wantNothingSent checks the destination got no byte on originEnd, the
 // connection dialled after the reload.
 func wantNothingSent(t *testing.T, originEnd net.Conn, want string) {

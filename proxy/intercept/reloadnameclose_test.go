@@ -1,15 +1,11 @@
 package intercept_test
 
 import (
-	"bufio"
-	"crypto/tls"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 )
 
 // TestReloadDeniedNameClosesH1Connection: a reload that denies the
@@ -23,16 +19,7 @@ func TestReloadDeniedNameClosesH1Connection(t *testing.T) {
 	for _, host := range []string{"api.example.test", "www.example.test"} {
 		t.Run(host, func(t *testing.T) {
 			r, holder := newReloadableRig(t)
-			arrived, release := make(chan struct{}, 1), make(chan struct{})
-			proxyEnd, serverEnd := testnet.TCPPair(t)
-			go tlsH1Origin(r.upLeaf("www.example.test"), serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
-				if req.URL.Path == "/slow" {
-					arrived <- struct{}{}
-					<-release
-				}
-				return false
-			})
-			raw, sv := r.connectTCP(proxyEnd, tlsDest)
+			raw, sv, arrived, release := connectSlowH1Origin(t, r, r.upLeaf("www.example.test"))
 			defer func() { raw.Close(); sv.waitDoneOnce(t) }()
 			hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
 			if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: " + host + "\r\n\r\n"); resp.StatusCode != 200 {

@@ -1,15 +1,12 @@
 package intercept_test
 
 import (
-	"bufio"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 
-	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"golang.org/x/net/http2"
 )
 
@@ -61,16 +58,7 @@ func TestReloadNameCheckAnswerH2GoAway(t *testing.T) {
 // (review r8s28 F1).
 func TestReloadNameCheckAnswerH1Close(t *testing.T) {
 	r, holder := wwwCheckFailsRig(t)
-	arrived, release := make(chan struct{}, 1), make(chan struct{})
-	proxyEnd, serverEnd := testnet.TCPPair(t)
-	go tlsH1Origin(r.strangerLeaf("www.example.test"), serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
-		if req.URL.Path == "/slow" {
-			arrived <- struct{}{}
-			<-release
-		}
-		return false
-	})
-	raw, sv := r.connectTCP(proxyEnd, tlsDest)
+	raw, sv, arrived, release := connectSlowH1Origin(t, r, r.strangerLeaf("www.example.test"))
 	defer func() { raw.Close(); sv.waitDoneOnce(t) }()
 	hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
 	if resp, body := hc.do("GET /before HTTP/1.1\r\nHost: api.example.test\r\n\r\n"); resp.StatusCode != 200 {

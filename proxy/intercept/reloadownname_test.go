@@ -2,7 +2,6 @@ package intercept_test
 
 import (
 	"bufio"
-	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -110,16 +108,7 @@ func TestReloadOwnNameUnderWayTLSRecord(t *testing.T) {
 	for _, host := range []string{"api.example.test", "www.example.test"} {
 		t.Run(host, func(t *testing.T) {
 			r, holder := newReloadableRig(t)
-			arrived, release := make(chan struct{}, 1), make(chan struct{})
-			proxyEnd, serverEnd := testnet.TCPPair(t)
-			go tlsH1Origin(r.upLeaf("www.example.test"), serverEnd, func(_ *tls.Conn, _ *bufio.Reader, req *http.Request) bool {
-				if req.URL.Path == "/slow" {
-					arrived <- struct{}{}
-					<-release
-				}
-				return false
-			})
-			raw, sv := r.connectTCP(proxyEnd, tlsDest)
+			raw, sv, arrived, release := connectSlowH1Origin(t, r, r.upLeaf("www.example.test"))
 			hc := newHTTPClient(t, bumpClient(t, r, raw, "www.example.test", "http/1.1"))
 			io.WriteString(hc.c, "GET /slow HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
 			<-arrived
