@@ -8,42 +8,26 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
 
-// bodyOrigin is a destination that reads whole requests as net/http does
-// and keeps each as "METHOD path body", answering each 200 "ok".
-type bodyOrigin struct {
-	mu  sync.Mutex
-	got []string
-}
-
-func (o *bodyOrigin) requests() []string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return append([]string(nil), o.got...)
-}
-
-// startBodyOrigin returns the appliance's end of a bodyOrigin, over TLS
-// with cert when it is not nil.
-func startBodyOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *bodyOrigin) {
+// startBodyOrigin returns the appliance's end of a pipeOrigin that reads
+// whole requests as net/http does and keeps each as "METHOD path body",
+// over TLS with cert when it is not nil.
+func startBodyOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *pipeOrigin) {
 	t.Helper()
-	o := &bodyOrigin{}
-	return startPipeOrigin(t, cert, o.serve), o
+	return startPipeOrigin(t, cert, keepBodies)
 }
 
-func (o *bodyOrigin) serve(c net.Conn, br *bufio.Reader) {
+func keepBodies(o *pipeOrigin, c net.Conn, br *bufio.Reader) {
 	for {
 		req, err := http.ReadRequest(br)
 		if err != nil {
 			return
 		}
 		body, err := io.ReadAll(req.Body)
-		o.mu.Lock()
-		o.got = append(o.got, fmt.Sprintf("%s %s %q", req.Method, req.URL.Path, body))
-		o.mu.Unlock()
+		o.keep(fmt.Sprintf("%s %s %q", req.Method, req.URL.Path, body))
 		if err != nil {
 			return
 		}
@@ -51,9 +35,17 @@ func (o *bodyOrigin) serve(c net.Conn, br *bufio.Reader) {
 	}
 }
 
-// bareLFTrailerPost is a chunked POST /one of "abc" whose trailer net/http
-// ends at a bare LF.
-const bareLFTrailerPost = "POST /one HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\n"
+// pipelineAfterBareLFTrailer connects an HTTP/1 client, bumped or
+// cleartext, through the appliance to a startBodyOrigin, and sends it a
+// chunked POST /one of "abc" whose trailer net/http ends at a bare LF,
+// then rest, pipelined.
+func pipelineAfterBareLFTrailer(t *testing.T, r *rig, bumped bool, rest string) (net.Conn, *served, *pipeOrigin) {
+	t.Helper()
+	c, sv, o := connectHTTP1To(t, r, bumped, startBodyOrigin)
+	c.SetDeadline(time.Now().Add(waitLimit))
+	go io.WriteString(c, "POST /one HTTP/1.1\r\nHost: www.example.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\n"+rest)
+	return c, sv, o
+}
 
 // TestBareLFTrailerKeepsNextBody: a chunked body whose trailer net/http
 // ends at a bare LF (the bounds read it up to the CRLF CRLF, which is the
@@ -63,11 +55,9 @@ func TestBareLFTrailerKeepsNextBody(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(map[bool]string{true: "bumped", false: "cleartext"}[bumped], func(t *testing.T) {
 			r := newRig(t, testPolicy)
-			c, sv, o := connectHTTP1To(t, r, bumped, startBodyOrigin)
-			c.SetDeadline(time.Now().Add(waitLimit))
-			go io.WriteString(c, bareLFTrailerPost+
+			c, sv, o := pipelineAfterBareLFTrailer(t, r, bumped,
 				"POST /two HTTP/1.1\r\nHost: www.example.test\r\nContent-Length: 4\r\n\r\n\r\n\r\n"+
-				"GET /three HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+					"GET /three HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
 			br := bufio.NewReader(c)
 			for i := range 3 {
 				resp, err := http.ReadResponse(br, nil)
@@ -83,7 +73,7 @@ func TestBareLFTrailerKeepsNextBody(t *testing.T) {
 				t.Logf("record: %s %s %s %d %s %q", rec.Action, rec.Method, rec.Path, rec.Status, rec.Result, rec.Error)
 			}
 			want := []string{`POST /one "abc"`, `POST /two "\r\n\r\n"`, `GET /three ""`}
-			if got := o.requests(); fmt.Sprint(got) != fmt.Sprint(want) {
+			if got := o.got(); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("the destination got %q, want %q", got, want)
 			}
 		})
@@ -102,11 +92,9 @@ func TestBareLFTrailerThenUnreadableHeadRecorded(t *testing.T) {
 	for _, bumped := range []bool{false, true} {
 		t.Run(map[bool]string{true: "bumped", false: "cleartext"}[bumped], func(t *testing.T) {
 			r := newRig(t, testPolicy)
-			c, sv, o := connectHTTP1To(t, r, bumped, startBodyOrigin)
-			c.SetDeadline(time.Now().Add(waitLimit))
-			go io.WriteString(c, bareLFTrailerPost+
+			c, sv, o := pipelineAfterBareLFTrailer(t, r, bumped,
 				"GET /two HTTP/1.1\r\nHost: www.example.test\r\n\r\n"+
-				"GET /a%zz HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
+					"GET /a%zz HTTP/1.1\r\nHost: www.example.test\r\n\r\n")
 			io.Copy(io.Discard, c) // two answers, then the close
 			c.Close()
 			sv.waitDoneOnce(t)
@@ -119,7 +107,7 @@ func TestBareLFTrailerThenUnreadableHeadRecorded(t *testing.T) {
 			if len(denied) != 1 || !strings.HasPrefix(denied[0], "denied: no request could be read") {
 				t.Errorf("deny records %q, want one: denied, no request could be read", denied)
 			}
-			if got, want := o.requests(), []string{`POST /one "abc"`, `GET /two ""`}; fmt.Sprint(got) != fmt.Sprint(want) {
+			if got, want := o.got(), []string{`POST /one "abc"`, `GET /two ""`}; fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("the destination got %q, want %q", got, want)
 			}
 		})

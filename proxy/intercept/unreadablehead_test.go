@@ -12,26 +12,34 @@ import (
 	"time"
 )
 
-// headOrigin is a destination that keeps each request head as it arrived
-// (request line and fields) and answers each 200 "ok".
-type headOrigin struct {
-	mu    sync.Mutex
-	heads []string
+// pipeOrigin is a destination on a pipe that keeps a string for each
+// request it reads and answers each 200 "ok".
+type pipeOrigin struct {
+	mu   sync.Mutex
+	kept []string
 }
 
-func (o *headOrigin) got() []string {
+func (o *pipeOrigin) keep(s string) {
+	o.mu.Lock()
+	o.kept = append(o.kept, s)
+	o.mu.Unlock()
+}
+
+// got returns what the origin has kept.
+func (o *pipeOrigin) got() []string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return append([]string(nil), o.heads...)
+	return append([]string(nil), o.kept...)
 }
 
 // startPipeOrigin returns the appliance's end of a pipe whose other end
-// serve reads as a destination, over TLS with cert (offering http/1.1)
+// serve reads as a pipeOrigin, over TLS with cert (offering http/1.1)
 // when it is not nil; both ends close when the test ends.
-func startPipeOrigin(t *testing.T, cert *tls.Certificate, serve func(c net.Conn, br *bufio.Reader)) net.Conn {
+func startPipeOrigin(t *testing.T, cert *tls.Certificate, serve func(o *pipeOrigin, c net.Conn, br *bufio.Reader)) (net.Conn, *pipeOrigin) {
 	t.Helper()
 	proxyEnd, serverEnd := net.Pipe()
 	t.Cleanup(func() { proxyEnd.Close(); serverEnd.Close() })
+	o := &pipeOrigin{}
 	go func() {
 		var c net.Conn = serverEnd
 		if cert != nil {
@@ -41,20 +49,20 @@ func startPipeOrigin(t *testing.T, cert *tls.Certificate, serve func(c net.Conn,
 			}
 			c = tc
 		}
-		serve(c, bufio.NewReader(c))
+		serve(o, c, bufio.NewReader(c))
 	}()
-	return proxyEnd
+	return proxyEnd, o
 }
 
-// startHeadOrigin returns the appliance's end of a headOrigin, over TLS
+// startHeadOrigin returns the appliance's end of a pipeOrigin that keeps
+// each request head as it arrived (request line and fields), over TLS
 // with cert when it is not nil.
-func startHeadOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *headOrigin) {
+func startHeadOrigin(t *testing.T, cert *tls.Certificate) (net.Conn, *pipeOrigin) {
 	t.Helper()
-	o := &headOrigin{}
-	return startPipeOrigin(t, cert, o.serve), o
+	return startPipeOrigin(t, cert, keepHeads)
 }
 
-func (o *headOrigin) serve(c net.Conn, br *bufio.Reader) {
+func keepHeads(o *pipeOrigin, c net.Conn, br *bufio.Reader) {
 	for {
 		var head strings.Builder
 		for {
@@ -67,24 +75,23 @@ func (o *headOrigin) serve(c net.Conn, br *bufio.Reader) {
 				break
 			}
 		}
-		o.mu.Lock()
-		o.heads = append(o.heads, head.String())
-		o.mu.Unlock()
+		o.keep(head.String())
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 	}
 }
 
 // connectHTTP1 connects an HTTP/1 client through the appliance to a
-// headOrigin: bumped (TLS for www.example.test) or cleartext.
-func connectHTTP1(t *testing.T, r *rig, bumped bool) (net.Conn, *served, *headOrigin) {
+// pipeOrigin that keeps request heads: bumped (TLS for www.example.test)
+// or cleartext.
+func connectHTTP1(t *testing.T, r *rig, bumped bool) (net.Conn, *served, *pipeOrigin) {
 	t.Helper()
 	return connectHTTP1To(t, r, bumped, startHeadOrigin)
 }
 
 // connectHTTP1To connects an HTTP/1 client through the appliance to the
-// destination start returns: bumped (TLS for www.example.test, start given
+// pipeOrigin start returns: bumped (TLS for www.example.test, start given
 // its leaf) or cleartext (start given nil).
-func connectHTTP1To[O any](t *testing.T, r *rig, bumped bool, start func(*testing.T, *tls.Certificate) (net.Conn, O)) (net.Conn, *served, O) {
+func connectHTTP1To(t *testing.T, r *rig, bumped bool, start func(*testing.T, *tls.Certificate) (net.Conn, *pipeOrigin)) (net.Conn, *served, *pipeOrigin) {
 	t.Helper()
 	if bumped {
 		upEnd, o := start(t, r.upLeaf("www.example.test"))
