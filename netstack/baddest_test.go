@@ -44,17 +44,23 @@ func badDestPackets() map[string][]byte {
 	for i, d := range []string{"224.0.0.1", "224.0.0.251", "239.255.255.250", "255.255.255.255", "127.0.0.1", "127.0.0.53", "127.255.255.255", "0.0.0.0",
 		"ff02::1", "ff0e::1234", "ff05::1:3", "::1", "::"} {
 		dst := netip.MustParseAddr(d)
-		src := v4
-		if dst.Is6() {
-			src = v6
-		}
-		src = netip.AddrPortFrom(src.Addr(), src.Port()+uint16(i))
+		src := clientFor(dst, v4, v6, i)
 		pkts["SYN to "+d] = clientSegment(src, netip.AddrPortFrom(dst, 443), 1000, 0, header.TCPFlagSyn, nil)
 		if !dst.IsUnspecified() {
 			pkts["UDP to "+d] = innerPacket(src, netip.AddrPortFrom(dst, 53), protoUDP, 16)
 		}
 	}
 	return pkts
+}
+
+// clientFor returns v4 or v6, whichever is of dst's family, its port moved
+// up by i: each destination's packets come from a client port of their own.
+func clientFor(dst netip.Addr, v4, v6 netip.AddrPort, i int) netip.AddrPort {
+	src := v4
+	if dst.Is6() {
+		src = v6
+	}
+	return netip.AddrPortFrom(src.Addr(), src.Port()+uint16(i))
 }
 
 func sendInner(t *testing.T, c *net.UDPConn, s *Server, inner []byte) {
@@ -122,11 +128,7 @@ func TestDeliverableDestinationsPass(t *testing.T) {
 	for i, d := range []string{"223.255.255.255", "240.0.0.1", "255.255.255.254", "126.255.255.255", "128.0.0.0", "0.1.2.3", "127.0.0.1",
 		"fe80::1", "feff::1", "2001:db8:9::9", "::1", "::2"} {
 		dst := netip.MustParseAddr(d)
-		src := v4
-		if dst.Is6() {
-			src = v6
-		}
-		src = netip.AddrPortFrom(src.Addr(), src.Port()+uint16(i))
+		src := clientFor(dst, v4, v6, i)
 		sendInner(t, c, s, clientSegment(src, netip.AddrPortFrom(dst, 443), 1000, 0, header.TCPFlagSyn, nil))
 		sendInner(t, c, s, innerPacket(src, netip.AddrPortFrom(dst, 53), protoUDP, 16))
 		tcp++
@@ -134,10 +136,7 @@ func TestDeliverableDestinationsPass(t *testing.T) {
 	}
 	for _, d := range []string{"0.0.0.0", "::"} {
 		dst := netip.MustParseAddr(d)
-		src := v4
-		if dst.Is6() {
-			src = v6
-		}
+		src := clientFor(dst, v4, v6, 0)
 		sendInner(t, c, s, innerPacket(netip.AddrPortFrom(src.Addr(), 42000), netip.AddrPortFrom(dst, 53), protoUDP, 16))
 		udp++
 	}
