@@ -98,13 +98,7 @@ func TestBareLFTrailerThenUnreadableHeadRecorded(t *testing.T) {
 			io.Copy(io.Discard, c) // two answers, then the close
 			c.Close()
 			sv.waitDoneOnce(t)
-			var denied []string
-			for _, rec := range ofKind(r.records(), "http") {
-				if rec.Action == "deny" {
-					denied = append(denied, rec.Result+": "+rec.Error)
-				}
-			}
-			if len(denied) != 1 || !strings.HasPrefix(denied[0], "denied: no request could be read") {
+			if denied := httpDenials(r); len(denied) != 1 || !strings.HasPrefix(denied[0], "denied: no request could be read") {
 				t.Errorf("deny records %q, want one: denied, no request could be read", denied)
 			}
 			if got, want := o.got(), []string{`POST /one "abc"`, `GET /two ""`}; fmt.Sprint(got) != fmt.Sprint(want) {

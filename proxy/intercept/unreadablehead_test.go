@@ -103,6 +103,17 @@ func connectHTTP1To(t *testing.T, r *rig, bumped bool, start func(*testing.T, *t
 	return c, sv, o
 }
 
+// httpDenials returns "result: error" of each http deny record r wrote.
+func httpDenials(r *rig) []string {
+	var denied []string
+	for _, rec := range ofKind(r.records(), "http") {
+		if rec.Action == "deny" {
+			denied = append(denied, rec.Result+": "+rec.Error)
+		}
+	}
+	return denied
+}
+
 // TestUnreadableHeadRecorded: an HTTP/1 request head net/http cannot
 // read (a bad escape, an unclosed bracket in the target), as a bumped
 // connection's first request or as any connection's second, gets the
@@ -222,12 +233,7 @@ func TestEmptyLinesBeforeHeadIgnored(t *testing.T) {
 				}
 				c.Close()
 				sv.waitDoneOnce(t)
-				var denied []string
-				for _, rec := range ofKind(r.records(), "http") {
-					if rec.Action == "deny" {
-						denied = append(denied, rec.Result+": "+rec.Error)
-					}
-				}
+				denied := httpDenials(r)
 				want, heads := 0, 2
 				if tc.deny {
 					want, heads = 1, 1
