@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
@@ -71,7 +72,7 @@ func testBreakWhileWriteBlocked(t *testing.T, finFirst bool) {
 		c := r.dialWithinShare(t, dst, 20*time.Second)
 		made[uint16(c.LocalAddr().(*net.TCPAddr).Port)] = true
 		if finFirst {
-			uploadUntilRelayBlocked(t, c, dst.Port(), before)
+			uploadUntilRelayBlocked(t, r.p, c, dst.Port(), before)
 			if err := c.halfClose(); err != nil {
 				t.Fatal(err)
 			}
@@ -154,15 +155,20 @@ func hostFDSocketsTo(t *testing.T, port uint16) int {
 
 // uploadUntilRelayBlocked has c upload, a chunk at a time, until the
 // relay's write to its host socket is blocked: the host socket and the
-// destination hold less than c sent, and stop taking more. Only then is
-// the next chunk left in the stack, so the upload overshoots by at most a
-// chunk, well within the stack's first receive window: a fixed size
-// (3 MiB once) needed the window grown by moderation past what the
-// kernel's send buffer took, which a loaded machine did not always do
-// (the client's FIN then never left: FIN-WAIT-1). before is the host
-// sockets to port before c was dialled; the new one is c's. It returns
-// what c sent.
-func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map[string]int64) (sent int64) {
+// destination hold less than c sent and stop taking more, and p's stall
+// watch has that socket's write waiting. Only then is the next chunk left
+// in the stack, so the upload overshoots by at most a chunk, well within
+// the stack's first receive window: a fixed size (3 MiB once) needed the
+// window grown by moderation past what the kernel's send buffer took,
+// which a loaded machine did not always do (the client's FIN then never
+// left: FIN-WAIT-1). The queue standing still for 100 ms is not enough by
+// itself: a loaded machine (2 CPU hogs, -race) held the relay's copy that
+// long with 0.3 to 2.5 MB of the 2.8 MB the socket takes written, and the
+// relay, scheduled again, wrote the rest without waiting (no relay write
+// waits on the destination, 3 runs of 40; the tests that did not check
+// went on without their premise). before is the host sockets to port
+// before c was dialled; the new one is c's. It returns what c sent.
+func uploadUntilRelayBlocked(t *testing.T, p *Proxy, c *rawClient, port uint16, before map[string]int64) (sent int64) {
 	t.Helper()
 	const chunk = 64 << 10
 	var local string
@@ -176,18 +182,23 @@ func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map
 	if local == "" {
 		t.Fatal("no new host socket to the destination after the dial")
 	}
+	_, hexPort, _ := strings.Cut(local, ":")
+	localPort, err := strconv.ParseUint(hexPort, 16, 16)
+	if err != nil {
+		t.Fatalf("host socket %q: %v", local, err)
+	}
 	queued := func() int64 { return hostSocketQueues(t, port)[local] }
 	for sent < 32<<20 {
 		if _, err := c.Write(make([]byte, chunk)); err != nil {
 			t.Fatal(err)
 		}
 		sent += chunk
-		// Until the relay has written it all, or nothing more moves for
-		// 100 ms while some of it is still short.
+		// Until the relay has written it all, or its write waits and
+		// nothing more moves for 100 ms while some of it is still short.
 		last, still := queued(), time.Now()
-		for end := time.Now().Add(10 * time.Second); last < sent && time.Since(still) < 100*time.Millisecond; time.Sleep(5 * time.Millisecond) {
+		for end := time.Now().Add(10 * time.Second); last < sent && (time.Since(still) < 100*time.Millisecond || !relayWriteWaitsFrom(p, uint16(localPort))); time.Sleep(5 * time.Millisecond) {
 			if time.Now().After(end) {
-				t.Fatalf("the host socket's queue still moving after 10s: %d of %d bytes", last, sent)
+				t.Fatalf("the host socket's queue holds %d of %d bytes 10s on, the relay's write to it waiting %v", last, sent, relayWriteWaitsFrom(p, uint16(localPort)))
 			}
 			if q := queued(); q != last {
 				last, still = q, time.Now()
@@ -200,6 +211,23 @@ func uploadUntilRelayBlocked(t *testing.T, c *rawClient, port uint16, before map
 	}
 	t.Fatalf("the host socket and destination took %d bytes and still took more", sent)
 	return sent
+}
+
+// relayWriteWaitsFrom says whether p's stall watch has a write waiting on
+// the host socket whose local port is port.
+func relayWriteWaitsFrom(p *Proxy, port uint16) bool {
+	p.stalls.mu.Lock()
+	defer p.stalls.mu.Unlock()
+	for ww := range p.stalls.dirs {
+		hc, ok := ww.conn.(*hostconn.Conn)
+		if !ok || ww.waitSince.Load() <= 0 {
+			continue
+		}
+		if a, ok := hc.LocalAddr().(*net.TCPAddr); ok && a.Port == int(port) {
+			return true
+		}
+	}
+	return false
 }
 
 // hostSocketQueues reads the open sockets to port from

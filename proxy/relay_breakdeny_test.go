@@ -33,7 +33,7 @@ func TestReloadDenyEndsBreakWhileWriting(t *testing.T) {
 			c := dialRaw(t, client, dst)
 			c.SetDeadline(time.Now().Add(60 * time.Second))
 			if blocked {
-				uploadUntilRelayBlocked(t, c, dst.Port(), before)
+				uploadUntilRelayBlocked(t, p, c, dst.Port(), before)
 				if err := c.halfClose(); err != nil {
 					t.Fatal(err)
 				}

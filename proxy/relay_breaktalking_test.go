@@ -79,7 +79,7 @@ func breakAfterFINToTalkingDest(t *testing.T, fixed int64) records.Record {
 		}
 		sent = fixed
 	} else {
-		sent = uploadUntilRelayBlocked(t, c, dst.Port(), before)
+		sent = uploadUntilRelayBlocked(t, r.p, c, dst.Port(), before)
 	}
 	if err := c.halfClose(); err != nil {
 		t.Fatal(err)

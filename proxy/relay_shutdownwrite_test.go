@@ -37,7 +37,7 @@ func testShutdownEndsRelayWrite(t *testing.T, reset bool) {
 	before := hostSocketQueues(t, dst.Port())
 	c := dialRaw(t, r.client, dst)
 	c.SetDeadline(time.Now().Add(60 * time.Second))
-	uploadUntilRelayBlocked(t, c, dst.Port(), before)
+	uploadUntilRelayBlocked(t, p, c, dst.Port(), before)
 	if err := c.halfClose(); err != nil {
 		t.Fatal(err)
 	}

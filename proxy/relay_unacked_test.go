@@ -230,7 +230,7 @@ func TestRelayCleanCloseDuringUploadIsNotABreak(t *testing.T) {
 	if _, err := c.Write(hello); err != nil {
 		t.Fatal(err)
 	}
-	sent := uploadUntilRelayBlocked(t, c, dst.Port(), before)
+	sent := uploadUntilRelayBlocked(t, r.p, c, dst.Port(), before)
 	if err := c.halfClose(); err != nil {
 		t.Fatal(err)
 	}
