@@ -46,6 +46,11 @@ func TestNetnsCaptureMirror(t *testing.T) {
 		"--config", polFile, "--upstream-ca", origins.caFile, "--state-dir", filepath.Join(work, "state"),
 		"--tls-keylog", keyLog, "--pcap-dir", pcapDir, "--mirror-tap", "ids0", "--capture-plaintext")
 	for _, warning := range []string{"--tls-keylog: the secrets of every bumped TLS connection", "--capture-plaintext: the decrypted contents"} {
+		// Healthy means logged, not yet read from its pipe: a loaded
+		// machine's copy may lag the health check by a moment.
+		for end := time.Now().Add(5 * time.Second); !strings.Contains(app.logs(), warning) && time.Now().Before(end); {
+			time.Sleep(20 * time.Millisecond)
+		}
 		if !strings.Contains(app.logs(), warning) {
 			t.Errorf("no warning at start %q:\n%s", warning, app.logs())
 		}
