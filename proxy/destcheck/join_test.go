@@ -58,14 +58,7 @@ func TestJoinBeyondOthersShare(t *testing.T) {
 // share error after 1.25 s.
 func TestJoinBeyondOthersShareAtOwnShare(t *testing.T) {
 	c, ctx, wg := floodChecker(t)
-	for i := range 8 {
-		wg.Go(func() { _ = c.Check(ctx, epB, fmt.Sprintf("b%d.slow.test", i), addr("192.0.2.1")) })
-	}
-	waitFor(t, "B at its share", func() bool {
-		c.callMu.Lock()
-		defer c.callMu.Unlock()
-		return c.slots.heldBy[epB] == 8
-	})
+	fillBShare(t, ctx, c, wg)
 	floodBeyondShare(t, ctx, c, wg, 40)
 	d, err := checkWithin(c, epB, "popular.fast.test")
 	if err != nil {
@@ -125,14 +118,7 @@ func floodChecker(t *testing.T) (*Checker, context.Context, *sync.WaitGroup) {
 // F1).
 func TestGivenUpJoinNotHandedOver(t *testing.T) {
 	c, ctx, wg := floodChecker(t)
-	for i := range 8 {
-		wg.Go(func() { _ = c.Check(ctx, epB, fmt.Sprintf("b%d.slow.test", i), addr("192.0.2.1")) })
-	}
-	waitFor(t, "B at its share", func() bool {
-		c.callMu.Lock()
-		defer c.callMu.Unlock()
-		return c.slots.heldBy[epB] == 8
-	})
+	fillBShare(t, ctx, c, wg)
 	time.Sleep(300 * time.Millisecond) // A's held lookups end 300 ms after B's
 	for i := range 32 + 64 {
 		wg.Go(func() { _ = c.Check(ctx, epA, fmt.Sprintf("h%d.slow.test", i), addr("192.0.2.1")) })
@@ -253,4 +239,18 @@ func TestEndedWaitNotHandedOver(t *testing.T) {
 	if err := <-errc; !errors.Is(err, errEndpointLookups) || strings.Contains(err.Error(), "40 of its own") {
 		t.Errorf("B's check: %v, want B's share error", err)
 	}
+}
+
+// fillBShare has endpoint B hold its share of 8 slots with lookups the
+// resolver never answers, and waits until it does.
+func fillBShare(t *testing.T, ctx context.Context, c *Checker, wg *sync.WaitGroup) {
+	t.Helper()
+	for i := range 8 {
+		wg.Go(func() { _ = c.Check(ctx, epB, fmt.Sprintf("b%d.slow.test", i), addr("192.0.2.1")) })
+	}
+	waitFor(t, "B at its share", func() bool {
+		c.callMu.Lock()
+		defer c.callMu.Unlock()
+		return c.slots.heldBy[epB] == 8
+	})
 }
