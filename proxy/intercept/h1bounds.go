@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 
 	"golang.org/x/net/http2"
 )
@@ -35,7 +36,9 @@ import (
 // for the connection (boundLoose): a read past a request (a WebSocket
 // tunnel after its 101 reads the connection as a byte stream), a body
 // whose end net/http found elsewhere than they did. A pipelined partial
-// head behind that is bounded by the idle timeout only. A divergence only
+// head behind that is bounded by the idle timeout only, and one that
+// cannot be read is told by how goproxy's loop ends (unreadhead.go). A
+// divergence only
 // ever loses the boundaries: bytes are handed out in order and whole, and
 // no read waits while bytes are kept. The one exception, up to four CR or
 // LF bytes before a later head (skipLead), is armed only at a request's
@@ -71,8 +74,13 @@ type h1Bounds struct {
 	skipped int64
 	// lost: the request just read ended where net/http had not ended it
 	// (a trailer it ended at a bare LF, chunks.go): what is kept may be a
-	// request net/http is reading already, so awaitHead arms no lead.
+	// request net/http is reading already, so awaitHead arms no lead;
+	// and goproxy's reader holds what followed net/http's end, the next
+	// head's start, so awaitHead arms its deadline.
 	lost bool
+	// blind and readFailed are what the session's end knows of a head
+	// goproxy's reader may hold unseen (unreadhead.go).
+	blind, readFailed atomic.Bool
 }
 
 // maxLeadingEmpty is how many CR or LF bytes before a head are dropped:
@@ -212,6 +220,7 @@ func (h *h1Bounds) headEnd(p []byte) int {
 // request takes the request whose head was handed out: its body is read
 // up to its length, when known.
 func (h *h1Bounds) request(req *http.Request) {
+	h.blind.Store(false) // the head goproxy read: whatever it held was one
 	switch {
 	case h.state != boundAwait:
 		h.state = boundLoose
@@ -274,15 +283,21 @@ func (c *hijackedConn) awaitHead() {
 	h := &c.bounds
 	switch h.state {
 	case boundDone:
+		lost := h.lost
 		h.state, h.line = boundHead, lineMid
-		if !h.lost {
+		if !lost {
 			h.lead = maxLeadingEmpty
 		}
 		h.lost = false
 		// Empty lines kept are not the start of a head: the wait for
 		// one stays the idle one.
 		h.pending = h.pending[h.skipLead(h.pending):]
-		if len(h.pending) > 0 {
+		// After a trailer net/http ended at a bare LF, its reader holds
+		// the bytes from there to the CRLF CRLF the bounds read to, at
+		// least that CRLF: the next head has begun, though no read will
+		// bring a byte of it if it is whole there, and a head that
+		// cannot be read is marked begun for its record (headUnread).
+		if len(h.pending) > 0 || lost {
 			c.limit.time(c.Conn)
 			return
 		}

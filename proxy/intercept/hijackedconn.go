@@ -315,18 +315,9 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 		}
 	}
 	if err != nil {
-		c.upload.readEnded(n) // a tunnel's upload copy reads no more
+		c.readEnded(n) // unreadhead.go
 	}
 	return n, err
-}
-
-// headUnread reports whether goproxy's HTTP/1 loop stopped on a head it
-// could not read: one begun (its deadline armed: a first byte came after
-// the last request's head) and neither read, nor run past its deadline,
-// nor behind a response that closed the connection (goproxy never reads
-// what follows that).
-func (c *hijackedConn) headUnread() bool {
-	return !c.limit.isH2.Load() && c.limit.timed.Load() && !c.limit.timedOut.Load() && !c.lastClosed.Load()
 }
 
 // isTimeout reports whether err, from a read, is the head deadline's.
@@ -473,7 +464,7 @@ func (b *nextHead) Close() error {
 	b.cc.limit.read.Store(0)
 	b.cc.limit.inHead.Store(true)
 	if b.cc.h1 {
-		b.cc.awaitHead()
+		b.awaitHead() // unreadhead.go
 	}
 	return err
 }
