@@ -95,16 +95,38 @@ func (s *session) decideName(pol *policy.Policy) nameVerdict {
 // caller whose ctx may be cancelled settles the decision (settleName)
 // once it has seen ctx itself.
 func (s *session) decideNameCtx(ctx context.Context, pol *policy.Policy) nameVerdict {
+	v, _ := s.decideNameAs(ctx, pol, false)
+	return v
+}
+
+// decideNameOutright is decideName for a request its own rule denied,
+// whose 403 is certain: the name is decided only if that needs no
+// destination check (pol denies it, or its ECH; allows it with none to
+// make; or decided it already), else nothing is, and ok is false. A check
+// takes up to DestinationCheckTimeout, the session's other requests
+// waiting meanwhile, to confirm an answer already given; the name is left
+// to the next request that needs it (refuseDeniedName).
+func (s *session) decideNameOutright(pol *policy.Policy) (v nameVerdict, ok bool) {
+	return s.decideNameAs(context.Background(), pol, true)
+}
+
+// decideNameAs is decideNameCtx, and decideNameOutright when outright.
+func (s *session) decideNameAs(ctx context.Context, pol *policy.Policy, outright bool) (nameVerdict, bool) {
 	if pol == nil || pol == s.Policy || s.Hello == nil {
-		return nameVerdict{d: s.Decision}
+		return nameVerdict{d: s.Decision}, true
 	}
 	c := &s.nameCheck
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if pol != c.pol {
+		d := pol.Decide(s.Subject)
+		check := s.nameNeedsCheck(pol, d)
+		if outright && check {
+			return nameVerdict{}, false
+		}
 		was := c.nameDecision
 		c.undo, c.undoBy = nil, nil
-		if s.decideNameLocked(ctx, pol); ctx.Err() != nil {
+		if s.decideNameLocked(ctx, pol, d, check); ctx.Err() != nil {
 			c.nameDecision = was
 		} else if ctx.Done() != nil {
 			c.undo, c.undoBy = &was, ctx
@@ -118,7 +140,7 @@ func (s *session) decideNameCtx(ctx context.Context, pol *policy.Policy) nameVer
 	if c.byCheck {
 		v.destCheck, v.checkErr = c.destCheck, c.checkErr
 	}
-	return v
+	return v, true
 }
 
 // settleName settles the name's decision made under ctx, if it was kept
@@ -144,13 +166,14 @@ func (s *session) settleName(ctx context.Context, cancelled bool) {
 }
 
 // decideNameLocked decides the connection's name under pol, a policy not
-// decided on yet; c.mu held.
-func (s *session) decideNameLocked(ctx context.Context, pol *policy.Policy) {
+// decided on yet, whose decision on the connection's subject is d, check
+// whether that makes a destination check (nameNeedsCheck); c.mu held.
+func (s *session) decideNameLocked(ctx context.Context, pol *policy.Policy, d policy.Decision, check bool) {
 	c := &s.nameCheck
 	if !c.seeded {
 		c.destCheck, c.seeded = s.Record.DestCheck, true
 	}
-	c.pol, c.d, c.why, c.byCheck = pol, pol.Decide(s.Subject), "", false
+	c.pol, c.d, c.why, c.byCheck = pol, d, "", false
 	sni := s.Hello.ServerName
 	switch {
 	case s.Hello.ECH && pol.DenyECH():
@@ -158,12 +181,22 @@ func (s *session) decideNameLocked(ctx context.Context, pol *policy.Policy) {
 		c.why = "its ClientHello offers ECH; policy ech: deny"
 	case c.d.Action == policy.Deny:
 		c.why = "denied by policy"
-	case s.needsDestinationCheck(pol, c.d, sni) && !s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni)):
+	case check:
 		c.why = s.checkAfterReload(ctx, pol, sni, &c.destCheck, &c.checkErr, &c.vouch)
 		if c.byCheck = c.why != ""; c.byCheck {
 			c.checkDeniedBy = pol.ID()
 		}
 	}
+}
+
+// nameNeedsCheck reports whether deciding the connection's name under pol,
+// whose decision on the connection's subject is d, makes a destination
+// check (decideNameLocked): neither ECH nor d denies it, and nothing
+// proved the name at this address.
+func (s *session) nameNeedsCheck(pol *policy.Policy, d policy.Decision) bool {
+	sni := s.Hello.ServerName
+	return !(s.Hello.ECH && pol.DenyECH()) && d.Action != policy.Deny &&
+		s.needsDestinationCheck(pol, d, sni) && !s.ic.proven.has(newProvenOrigin(s.Subject.Dest, sni))
 }
 
 // errNameDenied fails the dial of a further upstream connection for a
@@ -302,14 +335,26 @@ func closeForName(req *http.Request, resp *http.Response, v nameVerdict) *http.R
 // a request's own deny alone, its HTTP/1 connection was kept, every later
 // request on it refused alike, and the tls record said bump, ok, under the
 // old rule and policy, while a request for another Host had all that
-// (review r4s29 F1). Its record keeps its own deny: the same rule, the
-// same reason.
+// (review r4s29 F1). A request for another Host is refused by its own
+// rule first, and the name was left undecided: its HTTP/1 connection kept
+// and the tls record as it was until a request the rules allow came. So
+// its name is decided too, when that needs no destination check
+// (decideNameOutright), and a name denied closes the connection alike.
+// Its record keeps its own deny: its own rule, its own reason.
 func (rt *roundTripper) ownDenyResponse(req *http.Request, d policy.Decision, pol *policy.Policy, host string) *http.Response {
 	resp := denyResponse(req, d.Rule, host, "")
-	if s := rt.s; s.Hello != nil && sameName(host, s.Hello.ServerName) {
-		if v := s.decideName(pol); v.why != "" {
-			return closeForName(req, resp, v)
-		}
+	s := rt.s
+	if s.Hello == nil {
+		return resp
+	}
+	var v nameVerdict
+	if sameName(host, s.Hello.ServerName) {
+		v = s.decideName(pol)
+	} else {
+		v, _ = s.decideNameOutright(pol) // one that needs a check stays undecided
+	}
+	if v.why != "" {
+		return closeForName(req, resp, v)
 	}
 	return resp
 }
