@@ -113,6 +113,22 @@ type denyBucket struct {
 func (l *recordLimiter) take(k shareKey, now time.Time, r recordRate) (ok bool, skipped int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	b := l.bucket(k, now, r)
+	if b.tokens < 1 {
+		b.skipped++
+		return false, 0
+	}
+	b.tokens--
+	skipped, b.skipped = b.skipped, 0
+	if b == &l.overflow {
+		skipped = 0 // other clients', not this one's: only in the counter
+	}
+	return true, skipped
+}
+
+// bucket returns client k's bucket (the overflow one when the map is
+// full), refilled to now. l.mu is held.
+func (l *recordLimiter) bucket(k shareKey, now time.Time, r recordRate) *denyBucket {
 	if l.m == nil {
 		l.m = make(map[shareKey]*denyBucket)
 	}
@@ -133,16 +149,7 @@ func (l *recordLimiter) take(k shareKey, now time.Time, r recordRate) (ok bool, 
 		b.tokens = min(r.burst, b.tokens+now.Sub(b.last).Seconds()*r.perSecond)
 		b.last = now
 	}
-	if b.tokens < 1 {
-		b.skipped++
-		return false, 0
-	}
-	b.tokens--
-	skipped, b.skipped = b.skipped, 0
-	if b == &l.overflow {
-		skipped = 0 // other clients', not this one's: only in the counter
-	}
-	return true, skipped
+	return b
 }
 
 // sweep forgets the buckets that have refilled: such a client starts

@@ -139,6 +139,7 @@ type Proxy struct {
 	udp       udpState
 	tcp       tcpState
 	denies    denyLimiter
+	text      textBudget // request text recorded whole, per client
 	stats     proxyCounters
 	stalls    *stallWatch
 	// vpcResolvers are base + 2 of the VPC's IPv4 blocks (vpcdns.go):
@@ -233,6 +234,10 @@ type Stats struct {
 	// TrustUnrecorded counts trust-page requests answered without a record
 	// of their own: each client's come from a bucket (denylimit.go).
 	TrustUnrecorded uint64 `json:"trust_unrecorded"`
+	// RequestTextCut counts records of intercepted requests whose path,
+	// User-Agent or method were cut: their client had had its share of
+	// long ones recorded whole (textbudget.go).
+	RequestTextCut uint64 `json:"request_text_cut"`
 	// TCPStalled counts relayed TCP flows, and intercepted (bumped or
 	// cleartext HTTP) connections, aborted because a write to the client
 	// or the destination made no progress for the write-stall timeout
@@ -296,6 +301,8 @@ func New(cfg Config) *Proxy {
 	ic.WriteStallTimeout = p.WriteStallTimeout
 	ic.DenyRecord = p.denyRequestRecord // a bucket per client: denylimit.go
 	ic.TrustRecord = p.trustPageRecord  // another
+	ic.RequestText = p.requestText      // a bucket of bytes per client: textbudget.go
+	p.text.rate = recordRate{requestTextBurst, requestTextRate}
 	p.intercept = intercept.New(ic)
 	p.tcp.waiting.what = "TCP connections waiting for their first bytes, its share"
 	p.tcp.lingers.what = "lingering connections, its share"
@@ -329,7 +336,7 @@ func (p *Proxy) Stats() Stats {
 		UDPDeniedUnheld: p.udp.unheld.Load(),
 		TCPWaitingDrops: p.tcp.waitingDrops.Load(), LingerShareCuts: p.tcp.lingerCuts.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
-		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
+		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), RequestTextCut: p.text.cut.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
 		TCPStalled: p.stalls.stalled.Load(),
 	}
 }

@@ -294,6 +294,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.DNSUnrecorded) }),
 	newStatMetric("trust_unrecorded_total", promCounter, "Trust-page requests answered without a record of their own: their client's bucket of trust-page records was empty.",
 		func(s *stats) float64 { return float64(s.Proxy.TrustUnrecorded) }),
+	newStatMetric("request_text_cut_total", promCounter, "Records of intercepted requests whose path, user_agent or method were cut to 256 bytes and marked truncated: their client had had its share of long ones recorded whole (16 MiB, then 1 MiB a second).",
+		func(s *stats) float64 { return float64(s.Proxy.RequestTextCut) }),
 	newStatMetric("echo_share_drops_total", promCounter, "Echo requests of new flows dropped because their client already held 64 relayed echo flows.",
 		func(s *stats) float64 { return float64(s.Proxy.EchoShareDrops) }),
 	newStatMetric("echo_foreign_replies_total", promCounter, "Echo replies dropped because they came from another address than their flow's destination.",

@@ -94,6 +94,12 @@ type Config struct {
 	// request the trust page answers: one costs a client a few bytes, like
 	// a denied request.
 	TrustRecord func(rec *records.Record) (ok bool, skipped int)
+	// RequestText, when set, is given each record a client's requests
+	// make just before it is written (rec, its client's): a request's
+	// path, User-Agent and method are as long as the client likes, up to
+	// MaxHeaderBytes, so it may cut them (records.Record.CutClientText)
+	// once the client has had its share of such text recorded whole.
+	RequestText func(rec *records.Record)
 	// ShuttingDown, when set, reports whether the appliance's packet
 	// stacks are closing: a request whose client connection is lost then
 	// is recorded as ended by the shutdown, not by its client.
@@ -328,7 +334,7 @@ func (s *session) writeRecord() {
 	s.noteAbort(s.Record)
 	s.noteNameDenied() // connreload.go: after every other end, which says its own
 	s.Record.End(s.Start)
-	s.ic.cfg.Records.Write(s.Record)
+	s.ic.write(s.Record)
 }
 
 // closeUpstream closes the first connection to the destination, if any.

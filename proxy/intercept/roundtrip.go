@@ -451,7 +451,7 @@ func invalidStatus(resp *http.Response) string {
 func (rt *roundTripper) write(rec *records.Record, start time.Time) {
 	rt.s.noteAbort(rec)
 	rec.End(start)
-	rt.s.ic.cfg.Records.Write(rec)
+	rt.s.ic.write(rec) // requesttext.go
 }
 
 // isWebSocketUpgrade is goproxy's own test for a response it tunnels.

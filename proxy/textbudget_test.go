@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/internal/testnet"
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// TestRequestTextBudget: allowed requests with a long path and User-Agent
+// made records as long as the client liked, so one client's pipelined
+// GETs made 30-37 MB/s of them. Each is still recorded, but the text a
+// client chooses is recorded whole only while its bucket can pay for it:
+// past that, client A's records keep their decision, host, method,
+// status and result, with path and user_agent cut to 256 bytes ending in
+// "…" and truncated set, and are counted in request_text_cut; client B's,
+// from another address at the same time, are whole.
+func TestRequestTextBudget(t *testing.T) {
+	r := newClsRig(t, "policy:\n  default: allow\n", clsOptions{})
+	// Room for two of A's records: each is 3,000 + 1,000 bytes of text,
+	// about 3,500 of it past the cut. Refilled slowly enough that no
+	// third fits during the test.
+	r.p.text.rate = recordRate{burst: 8 << 10, perSecond: 1}
+	origin := textOrigin(t)
+	path := "/" + strings.Repeat("p", 3000)
+	ua := strings.Repeat("u", 1000)
+	clientA, clientB := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	const fromA, fromB = 6, 2
+	textRequests(t, r.dialFrom(t, clientA, origin), fromA, path, ua)
+	textRequests(t, r.dialFrom(t, clientB, origin), fromB, path, ua)
+
+	var recs []records.Record
+	for deadline := time.Now().Add(5 * time.Second); len(recs) < fromA+fromB && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		recs = recs[:0]
+		for _, rec := range r.recs.parse(t) {
+			if rec.Kind == "http" {
+				recs = append(recs, rec)
+			}
+		}
+	}
+	var wholeA, cutA, wholeB int
+	for _, rec := range recs {
+		if rec.Action != "allow" || rec.Rule != "default" || rec.Host != "text.example" || rec.Method != "GET" || rec.Status != http.StatusNoContent || rec.Result != "ok" {
+			t.Fatalf("record lost what it must keep: %+v", rec)
+		}
+		whole := rec.Path == path && rec.UserAgent == ua && !rec.Truncated
+		cut := rec.Truncated && len(rec.Path) <= requestTextCut && len(rec.UserAgent) <= requestTextCut &&
+			strings.HasSuffix(rec.Path, "…") && strings.HasPrefix(path, strings.TrimSuffix(rec.Path, "…")) &&
+			strings.HasSuffix(rec.UserAgent, "…") && strings.HasPrefix(ua, strings.TrimSuffix(rec.UserAgent, "…"))
+		switch {
+		case rec.ClientIP == clientA.String() && whole:
+			wholeA++
+		case rec.ClientIP == clientA.String() && cut:
+			cutA++
+		case rec.ClientIP == clientB.String() && whole:
+			wholeB++
+		default:
+			t.Fatalf("client %s's record: path of %d bytes, user_agent of %d, truncated %v", rec.ClientIP, len(rec.Path), len(rec.UserAgent), rec.Truncated)
+		}
+	}
+	if wholeA != 2 || cutA != fromA-2 || wholeB != fromB {
+		t.Fatalf("client A: %d records whole, %d cut (want 2 and %d); client B: %d whole (want %d)", wholeA, cutA, fromA-2, wholeB, fromB)
+	}
+	if got := r.p.Stats().RequestTextCut; got != uint64(cutA) {
+		t.Fatalf("request_text_cut %d, want %d", got, cutA)
+	}
+}
+
+// dialFrom is dial, with the flow's client address client.
+func (r *clsRig) dialFrom(t *testing.T, client netip.Addr, dest netip.AddrPort) net.Conn {
+	c, proxySide := testnet.TCPPair(t)
+	flow := netstack.FlowInfo{
+		Endpoint: 0x0123456789abcdef, Attachment: 0x1111222233334444, FlowCookie: 0xabcd,
+		Client: netip.AddrPortFrom(client, c.LocalAddr().(*net.TCPAddr).AddrPort().Port()), Dest: dest,
+	}
+	go r.p.handleTCP(flow, &clsAcceptor{conn: proxySide})
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// textOrigin is a kept-alive HTTP origin on loopback answering 204.
+func textOrigin(t *testing.T) netip.AddrPort {
+	ln := clsMust(net.Listen("tcp", "127.0.0.1:0"))(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// textRequests sends n GETs for path with User-Agent ua on c, one after
+// another, each answered before the next, and closes c.
+func textRequests(t *testing.T, c net.Conn, n int, path, ua string) {
+	t.Helper()
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := range n {
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: text.example\r\nUser-Agent: %s\r\n\r\n", path, ua)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			t.Fatalf("request %d: status %d", i, resp.StatusCode)
+		}
+	}
+}
