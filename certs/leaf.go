@@ -132,8 +132,40 @@ func (m *Minter) Leaf(name string) (*tls.Certificate, error) {
 	if c := m.lookup(key); c != nil {
 		return c, nil
 	}
-	// Build the SAN lists only on a miss, so cache hits allocate nothing for
-	// DNS names.
+	return m.mintName(key, ip)
+}
+
+// Cached returns the fresh cached leaf for name, as Leaf would serve it,
+// or nil (and no error) when the cache holds none: a lookup that never
+// mints, counted as Leaf's is (a hit or a miss; an invalid name is an
+// error). A caller that bounds the mints under way (the interceptor, whose
+// clients choose the names) calls Mint after a miss, once it may mint:
+// Cached then Mint is Leaf, with the caller's wait in between.
+func (m *Minter) Cached(name string) (*tls.Certificate, error) {
+	key, _, err := nameKey(name, false)
+	if err != nil {
+		m.invalidNames.Add(1)
+		return nil, err
+	}
+	return m.lookup(key), nil
+}
+
+// Mint returns a leaf for name, as Leaf does after a miss, once Cached
+// found none: it counts no lookup of its own (Cached counted the miss),
+// and serves the leaf another caller minted for name meanwhile instead of
+// minting it again.
+func (m *Minter) Mint(name string) (*tls.Certificate, error) {
+	key, ip, err := nameKey(name, false)
+	if err != nil {
+		m.invalidNames.Add(1)
+		return nil, err
+	}
+	return m.mintName(key, ip)
+}
+
+// mintName mints the leaf for one name's key. The SAN lists are built only
+// here, on a miss, so cache hits allocate nothing for DNS names.
+func (m *Minter) mintName(key string, ip netip.Addr) (*tls.Certificate, error) {
 	if ip.IsValid() {
 		return m.mint(key, nil, []net.IP{ip.AsSlice()})
 	}
