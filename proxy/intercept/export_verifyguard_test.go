@@ -20,3 +20,11 @@ const MaxClientVerifications = maxClientVerifications
 // SetVerificationLimit sets how many verifications all clients together
 // may have under way at once, in place of half of GOMAXPROCS.
 func SetVerificationLimit(ic *Interceptor, n int) { ic.slots.limit = func() int { return n } }
+
+// VerifyWaiting returns how many verifications and leaf mints wait for a
+// slot.
+func VerifyWaiting(ic *Interceptor) int {
+	ic.slots.mu.Lock()
+	defer ic.slots.mu.Unlock()
+	return len(ic.slots.queue)
+}

@@ -15,6 +15,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -226,7 +227,7 @@ type Interceptor struct {
 	verifications atomic.Uint64 // chains verified, not taken from verified or failed
 	// failed holds the upstream chains that did not, with why: verifyguard.go.
 	failed *expiringMap[failedChain, error]
-	slots  *verifySlots // the verifications under way, each client's and all
+	slots  *verifySlots // the verifications and leaf mints under way, each client's and all
 	// proven holds the destinations that verified a certificate for a
 	// name: bumpcheck.go.
 	proven *expiringSet[provenOrigin]
@@ -435,10 +436,9 @@ func (s *session) bump() {
 	}
 	// Whether verified or accepted unverified by the rule, the leaf claims
 	// no more than the name the client asked for.
-	leaf, err := ic.cfg.Minter.Leaf(name)
+	leaf, err := s.leaf(name) // mintslot.go: a mint takes a slot
 	if err != nil {
-		WriteAlert(s.client, AlertInternalError)
-		s.refuse("minting a leaf: " + err.Error())
+		s.mintFailed(err)
 		return
 	}
 	if !s.handshakeClient(name, leaf, cs.NegotiatedProtocol == "h2") {
@@ -503,10 +503,9 @@ const trustRule = policy.TrustPageRule
 func (s *session) serveTrustTLS(name string) {
 	s.closeUpstream()
 	s.Record.Rule, s.Record.Action, s.Record.Policy = trustRule, policy.Allow.String(), "" // no policy's rule
-	leaf, err := s.ic.cfg.Minter.Leaf(name)
+	leaf, err := s.leaf(name)
 	if err != nil {
-		WriteAlert(s.client, AlertInternalError)
-		s.refuse("minting a leaf: " + err.Error())
+		s.mintFailed(err)
 		return
 	}
 	if !s.handshakeClient(name, leaf, false) {
@@ -554,7 +553,7 @@ func (ic *Interceptor) verifyUpstream(cs tls.ConnectionState, name string, subj 
 	}
 	release, err := ic.slots.acquire(newClientKey(subj.Endpoint, subj.Client), verifyWait(ic.cfg.HandshakeTimeout))
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: not verified", err)
 	}
 	defer release()
 	inter := x509.NewCertPool()

@@ -57,7 +57,8 @@ import (
 //     to the clients with the fewest under way (verifySlots); further ones
 //     wait, up to half the handshake timeout (verifyWait), and one that
 //     waits that long is an error, not a verdict on the chain
-//     (errVerifyBusy, errVerifyQueue). A hostile client varies a byte (or
+//     (errVerifyBusy, errVerifyQueue). Leaf mints share these slots
+//     (mintslot.go). A hostile client varies a byte (or
 //     the destination port) per connection to miss the memory, and then
 //     holds at most two CPUs, and hostile clients together half the
 //     appliance's; an honest client's new chain goes ahead of every
@@ -115,19 +116,21 @@ const maxClientVerifications = 2
 // before the handshake does and the record says why.
 func verifyWait(handshakeTimeout time.Duration) time.Duration { return handshakeTimeout / 2 }
 
-// errVerifyBusy is a verification that never ran: the client's slots
-// stayed taken for as long as its handshake may last. It says nothing of
-// the chain, so the bump ends as an error, not as a certificate refused
-// (bumpfail.go), and nothing is remembered of it. acquire wraps it with
-// whose slots they were (clientkey.Holder: an IPv6 client's are its
-// prefix's, which a neighbour may hold).
-var errVerifyBusy = errors.New("not verified")
+// errVerifyBusy is a verification or a leaf's mint (mintslot.go) that
+// never ran: the client's slots stayed taken for as long as its handshake
+// may last. It says nothing of the chain, so the bump ends as an error,
+// not as a certificate refused (bumpfail.go, mintFailed), and nothing is
+// remembered of it. acquire wraps it with whose slots they were
+// (clientkey.Holder: an IPv6 client's are its prefix's, which a neighbour
+// may hold), and its caller with what never ran ("not verified", "not
+// minted").
+var errVerifyBusy = errors.New("did not end in time")
 
-// errVerifyQueue is a verification that never ran, as errVerifyBusy, but
-// for want of one of everyone's slots (globalVerifications): other
-// clients' turns came first for as long as its handshake may last. It ends
-// the bump the same way.
-var errVerifyQueue = errors.New("the appliance's verifications under way did not end in time: not verified")
+// errVerifyQueue is a verification or a mint that never ran, as
+// errVerifyBusy, but for want of one of everyone's slots
+// (globalVerifications): other clients' turns came first for as long as
+// its handshake may last. It ends the bump the same way.
+var errVerifyQueue = errors.New("the appliance's verifications and leaf mints under way did not end in time")
 
 // noVerdict returns err when it is no verdict on the chain (the handshake
 // then ends there), else nil.
@@ -262,8 +265,9 @@ func newClientKey(endpoint string, addr netip.Addr) clientKey {
 	return clientKey{endpoint, clientkey.Of(addr)}
 }
 
-// verifySlots bounds the verifications under way: each client's, to
-// maxClientVerifications, and everyone's, to globalVerifications. Those
+// verifySlots bounds the verifications under way, and the leaf mints
+// (mintslot.go), together: each client's, to maxClientVerifications, and
+// everyone's, to globalVerifications. Those
 // that find no slot wait in one queue, and a freed slot goes to the first
 // waiter of the clients with the fewest under way: a client with none
 // under way is served before one with one, whenever it came, so a client
@@ -340,7 +344,7 @@ func (v *verifySlots) acquire(client clientKey, wait time.Duration) (release fun
 	v.queue = slices.DeleteFunc(v.queue, func(q *slotWaiter) bool { return q == w })
 	v.leave(client, cs)
 	if cs.running >= maxClientVerifications {
-		return nil, fmt.Errorf("%s's %d verifications under way did not end in time: %w",
+		return nil, fmt.Errorf("%s's %d verifications and leaf mints under way %w",
 			clientkey.Holder(client.addr), maxClientVerifications, errVerifyBusy)
 	}
 	return nil, errVerifyQueue

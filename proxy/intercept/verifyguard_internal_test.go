@@ -38,7 +38,7 @@ func TestVerifySlots(t *testing.T) {
 		held = append(held, release)
 	}
 	start := time.Now()
-	if _, err := v.acquire(a, 50*time.Millisecond); err == nil || !strings.Contains(err.Error(), "verifications under way") {
+	if _, err := v.acquire(a, 50*time.Millisecond); err == nil || !strings.Contains(err.Error(), "verifications and leaf mints under way") {
 		t.Fatalf("one more for the same client: %v, want it refused once its wait ran out", err)
 	}
 	if d := time.Since(start); d < 50*time.Millisecond {
@@ -172,7 +172,7 @@ func TestVerifySlotsClient(t *testing.T) {
 	}
 	busy := netip.MustParseAddr("2001:db8:0:0:1:77::7") // in the full /80
 	if _, err := v.acquire(newClientKey("vpce-1", busy), 0); err == nil ||
-		err.Error() != "the client's /80's 2 verifications under way did not end in time: not verified" {
+		err.Error() != "the client's /80's 2 verifications and leaf mints under way did not end in time" {
 		t.Errorf("a neighbour's slots refused: %v, want them named the /80's", err)
 	}
 	other := netip.MustParseAddr("2001:db8::2:0:0:1") // the next /80 of the same /64

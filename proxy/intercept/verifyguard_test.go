@@ -301,7 +301,7 @@ func TestVerifySlotsShared(t *testing.T) {
 	sv.waitDoneOnce(t)
 	rec := r.records()[1]
 	if rec.Action != "bump" || rec.Result != "error" || rec.UpstreamVerify != "" ||
-		rec.Error != "upstream TLS handshake: the client's 2 verifications under way did not end in time: not verified" {
+		rec.Error != "upstream TLS handshake: the client's 2 verifications and leaf mints under way did not end in time: not verified" {
 		t.Errorf("record %+v", rec)
 	}
 	neighbour()
@@ -484,7 +484,7 @@ func TestVerifyQueueShared(t *testing.T) {
 	sv.waitDoneOnce(t)
 	rec := r.records()[0]
 	if rec.Action != "bump" || rec.Result != "error" || rec.UpstreamVerify != "" ||
-		rec.Error != "upstream TLS handshake: the appliance's verifications under way did not end in time: not verified" {
+		rec.Error != "upstream TLS handshake: the appliance's verifications and leaf mints under way did not end in time: not verified" {
 		t.Errorf("record %+v", rec)
 	}
 	if n := intercept.Verifications(r.ic) - before; n != 0 {
