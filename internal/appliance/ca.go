@@ -2,6 +2,9 @@ package appliance
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -42,6 +45,59 @@ func LoadCA(o *Options) (*certs.CA, error) {
 			"dir", o.StateDir, "fingerprint", ca.Fingerprint())
 	}
 	return ca, nil
+}
+
+// warnCAKey logs, when the CA's key is RSA, a warning that each leaf
+// minted under it costs many times what it costs under an ECDSA P-256 CA,
+// and reports whether it logged. The appliance mints a leaf for every
+// name a bumped client asks for that its cache does not hold, and it is
+// the CA's signature that costs (certs.BenchmarkLeafMintRSACA): about
+// 0.16 ms a leaf under P-256, 1 ms under RSA-2048, 6 ms under RSA-4096.
+// Mints are bounded as verifications are (two under way per client, half
+// the processors for all; proxy/intercept/mintslot.go), but a client that
+// bumps a fresh name per connection fills that share 6 to 40 times
+// sooner. An operator importing a corporate RSA CA is told nothing else:
+// the appliance's own CA is P-256. New calls it once, at start.
+func warnCAKey(ca *certs.CA) bool {
+	k, ok := ca.Certificate().PublicKey.(*rsa.PublicKey)
+	if !ok {
+		return false
+	}
+	bits := k.N.BitLen()
+	slog.Warn(fmt.Sprintf("the interception CA's key is RSA-%d: each leaf minted for a name not cached costs %s of CPU under it, "+
+		"against about 0.16 ms under an ECDSA P-256 CA, so bumping many new names (a client varying the SNI) costs that much more; "+
+		"when clients are next handed a CA, prefer an ECDSA P-256 one (gwlbproxy ca init makes one)", bits, rsaMintCost(bits)),
+		"key_type", caKeyType(ca), "fingerprint", ca.Fingerprint())
+	return true
+}
+
+// rsaMintCost is about what a leaf's mint costs under an RSA CA key of
+// bits, as measured on a 2-vCPU machine (BenchmarkLeafMintRSACA): the
+// private key operation grows with about the cube of the size.
+func rsaMintCost(bits int) string {
+	switch {
+	case bits <= 2048:
+		return "about 1 ms"
+	case bits <= 3072:
+		return "about 3 ms"
+	case bits <= 4096:
+		return "about 6 ms"
+	}
+	return "well over 6 ms"
+}
+
+// caKeyType names the CA's key for /stats: ecdsa-p256 (the appliance's
+// own), ecdsa-p384, rsa-4096, ed25519.
+func caKeyType(ca *certs.CA) string {
+	switch k := ca.Certificate().PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		return "ecdsa-" + strings.ToLower(strings.ReplaceAll(k.Curve.Params().Name, "-", ""))
+	case *rsa.PublicKey:
+		return fmt.Sprintf("rsa-%d", k.N.BitLen())
+	case ed25519.PublicKey:
+		return "ed25519"
+	}
+	return "other"
 }
 
 // caExpiryCheckEvery is how often a running appliance repeats the CA's
