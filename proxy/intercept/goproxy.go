@@ -35,6 +35,7 @@ func newGoproxy(h2 bool) *goproxy.ProxyHttpServer {
 	gp.OnRequest().DoFunc(noteTarget) // the target as the client wrote it: target.go
 	// Before goproxy drops the Connection field, what it names: connoptions.go.
 	gp.OnRequest().DoFunc(dropConnectionOptions)
+	gp.OnRequest().DoFunc(noteH2Stream) // what ended its stream, for its record: h2streamend.go
 	gp.OnRequest().HandleConnectFunc(func(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 		rt, _ := ctx.Req.Context().Value(roundTripperKey{}).(*roundTripper)
 		if rt == nil { // not one of ours: nothing else reaches this proxy

@@ -325,6 +325,7 @@ func (l *h2HeaderLimit) streamFrameEnd() {
 	switch {
 	case l.typ == h2TypeWindowUpdate && l.length == 4 && w == 0,
 		l.typ == h2TypePriority && l.length == 5 && w == l.stream:
+		l.unanswered.noteServerReset(l.stream, http2.ErrCodeProtocol) // answered or not: h2streamend.go
 		if l.unanswered.provoked(l.stream) {
 			l.checkResets()
 		}
@@ -354,6 +355,8 @@ type h2Unanswered struct {
 	// writerRefused is 1 once the writer refused the client
 	// (checkWrittenResets), 2 once the reader has lingered for it.
 	writerRefused atomic.Int32
+	// ends is what ended each stream, for its record (h2streamend.go).
+	ends h2StreamNotes
 }
 
 func (u *h2Unanswered) open(id uint32, ended bool) {
@@ -367,6 +370,7 @@ func (u *h2Unanswered) open(id uint32, ended bool) {
 	u.m[id] = h2Stream{ended: ended, declared: -1}
 	u.n.Store(int64(len(u.m)))
 	u.mu.Unlock()
+	u.ends.open(id)
 }
 
 func (u *h2Unanswered) answered(id uint32) {
@@ -396,6 +400,11 @@ func (u *h2Unanswered) clientFrame(id uint32, end, bad bool) bool {
 	case s.ended || bad:
 		u.takeLocked(id)
 		u.caused.Add(1)
+		code := http2.ErrCodeProtocol // a trailer block without END_STREAM
+		if s.ended {
+			code = http2.ErrCodeStreamClosed
+		}
+		u.ends.server(id, code, false)
 		return true
 	case end:
 		s.ended = true
@@ -434,6 +443,7 @@ func (u *h2Unanswered) serverReset(id uint32, code http2.ErrCode) (caused bool) 
 	if u == nil {
 		return false
 	}
+	u.ends.server(id, code, true) // answered or not
 	u.mu.Lock()
 	if _, ok := u.m[id]; ok {
 		u.takeLocked(id)
@@ -490,6 +500,7 @@ func (u *h2Unanswered) reset(id uint32) bool {
 	if ok {
 		u.own.Add(1)
 	}
+	u.ends.client(id) // answered or not
 	return ok
 }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -173,6 +174,7 @@ func (u *h2Unanswered) data(id uint32, n int64) bool {
 	case s.declared >= 0 && s.body+n > s.declared:
 		u.takeLocked(id)
 		u.caused.Add(1)
+		u.ends.server(id, http2.ErrCodeProtocol, false)
 		return true
 	}
 	s.body += n
@@ -195,5 +197,6 @@ func (u *h2Unanswered) badTrailers(id uint32, bad, notTrailer bool) bool {
 	}
 	u.takeLocked(id)
 	u.caused.Add(1)
+	u.ends.server(id, http2.ErrCodeProtocol, false)
 	return true
 }

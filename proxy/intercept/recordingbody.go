@@ -340,7 +340,7 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 			result = clientBreakResult(broke)
 			detail += "; the client's connection broke: " + broke.Error()
 		}
-		result, why := b.limit.clientGone(result, fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), detail)
+		result, why := b.limit.streamGone(ctx, nil, result, fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), detail)
 		return result, why, delivered
 	}
 	return bodyResult(err), fmt.Sprintf("response body from the destination, after %d bytes: %v", delivered, err), delivered

@@ -206,7 +206,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// for a response nobody will read, and the record says so, not
 		// that the destination failed.
 		var why string
-		rec.Result, why = rt.cc.limit.clientGone("reset", "before the request could be sent upstream", " ("+err.Error()+")")
+		rec.Result, why = rt.cc.limit.streamGone(req.Context(), nil, "reset", "before the request could be sent upstream", " ("+err.Error()+")")
 		rec.Error = "not sent: " + why
 		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
@@ -310,7 +310,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// request's context ended, or its body could not be read to the
 		// end): the round trip was cut short for it, not by the
 		// destination.
-		result, why := rt.cc.limit.clientGone("reset", "before the response came", " ("+err.Error()+")")
+		result, why := rt.cc.limit.streamGone(req.Context(), sent.err(), "reset", "before the response came", " ("+err.Error()+")")
 		rec.Result, rec.Error = result, joinErrors(rec.Error, why) // an audit's note stays
 		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil

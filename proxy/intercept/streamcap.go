@@ -101,4 +101,5 @@ func (sl *streamSlot) release() {
 	sl.of.mu.Lock()
 	delete(sl.of.held, sl)
 	sl.of.mu.Unlock()
+	releaseH2Note(sl.ctx) // h2streamend.go
 }

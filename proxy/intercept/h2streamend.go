@@ -1,0 +1,396 @@
+package intercept
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"golang.org/x/net/http2"
+)
+
+// Who ended an HTTP/2 stream.
+//
+// x/net's server (goproxy's, facing the client) cancels a stream's
+// request context the same way whoever ends the stream: the client's
+// RST_STREAM, its own RST_STREAM for a protocol error of the client's (a
+// WINDOW_UPDATE of 0, DATA after END_STREAM, a stream window overflowed:
+// PROTOCOL_ERROR, STREAM_CLOSED, FLOW_CONTROL_ERROR), the connection's
+// end, its own GOAWAY for a connection error of the client's among them.
+// A request saw only its context done, and its record said "the client
+// went away" each time: of a client still connected, which the appliance
+// had just sent an RST_STREAM or a GOAWAY (review records30 F1, F2).
+//
+// The appliance sees what ended each stream before the request does. The
+// client's frames reach x/net through the client connection's reads,
+// after the header list limit has followed them (h2limit.go): a client's
+// RST_STREAM, and the frames x/net must answer with a reset whatever the
+// stream's state (a WINDOW_UPDATE of 0, a PRIORITY on which the stream
+// depends on itself), or whose state the Rapid Reset count follows
+// (h2guard.go, h2guardbody.go), are noted there, before x/net has read
+// them, so before it cancels the context. The server's writes are
+// followed too (h2Frames): its RST_STREAMs, with their codes, and its
+// GOAWAY; those are seen only once x/net flushes them, which may be just
+// after it cancelled the context (it closes the stream once the reset is
+// in its write buffer), so a request that finds nothing noted waits for
+// them, at most h2EndWait, or for the connection's close (the client's
+// end, which x/net cancels every stream for just before it closes the
+// connection).
+//
+// A request knows its stream by the id x/net gave it, read from its body
+// as x/net made it (h2StreamIDOf), before goproxy replaces the body of a
+// request without one; a stream whose id cannot be read, or whose note
+// was dropped (a client that keeps more than h2MaxEndNotes streams noted:
+// those its handler never started, such as streams x/net refused), is
+// recorded as before, as the client's going away. Nothing is guessed: a
+// note says server only when the server reset that very stream, and a
+// client's RST_STREAM noted first stays the client's.
+
+// h2EndWait bounds a request's wait for what ended its stream, once its
+// context is done with nothing noted yet: x/net flushes its reset at
+// once, and closes the connection right after it ends it.
+const h2EndWait = time.Second
+
+// h2MaxEndNotes bounds the streams a connection has noted at once. A
+// client that keeps to the concurrency advertised has at most
+// h2MaxConcurrentStreams notes, each dropped as its request's record is
+// written; past the bound, the older half is dropped.
+const h2MaxEndNotes = 4 * h2MaxConcurrentStreams
+
+// Who ended a stream, as far as the appliance saw.
+const (
+	h2EndedNot    = iota // nothing seen yet
+	h2EndedClient        // the client's RST_STREAM
+	h2EndedServer        // the server's RST_STREAM, for the client's protocol error
+	// h2EndedUnknown: the note was dropped (h2MaxEndNotes), and with it
+	// what came after: the stream is recorded as before.
+	h2EndedUnknown
+)
+
+// h2StreamNote is what the appliance saw of one stream of an HTTP/2
+// connection, from its HEADERS frame until its request's record is
+// written (or it is dropped, h2MaxEndNotes). Its fields are guarded by
+// its notes' mu.
+type h2StreamNote struct {
+	of      *h2StreamNotes
+	id      uint32
+	ended   uint8 // h2Ended*
+	code    http2.ErrCode
+	claimed bool // a request of the appliance's handler took it up
+}
+
+// h2StreamNotes is a connection's notes, kept in h2Unanswered. Its zero
+// value is ready.
+type h2StreamNotes struct {
+	mu     sync.Mutex
+	m      map[uint32]*h2StreamNote
+	closed bool // the connection was closed
+	// changed is closed, and dropped, when the writer notes something or
+	// the connection closes: a waiting request looks again (end).
+	changed chan struct{}
+}
+
+// open notes stream id, from its HEADERS frame.
+func (n *h2StreamNotes) open(id uint32) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.m == nil {
+		n.m = make(map[uint32]*h2StreamNote)
+	}
+	if len(n.m) >= h2MaxEndNotes {
+		n.dropOlderLocked()
+	}
+	n.m[id] = &h2StreamNote{of: n, id: id}
+}
+
+// dropOlderLocked drops the notes of the older half of the streams noted,
+// by id (a client opens them in order): one pass, however many go.
+func (n *h2StreamNotes) dropOlderLocked() {
+	lo, hi := ^uint32(0), uint32(0)
+	for id := range n.m {
+		lo, hi = min(lo, id), max(hi, id)
+	}
+	cut := lo + (hi-lo)/2
+	for id, e := range n.m {
+		if id <= cut {
+			if e.ended == h2EndedNot {
+				// What ends it now goes unseen: a request that holds
+				// the note must not read its end from what it lacks.
+				e.ended = h2EndedUnknown
+			}
+			delete(n.m, id)
+		}
+	}
+}
+
+// client notes the client's RST_STREAM on id.
+func (n *h2StreamNotes) client(id uint32) {
+	n.mu.Lock()
+	if e := n.m[id]; e != nil && e.ended == h2EndedNot {
+		e.ended = h2EndedClient
+	}
+	n.mu.Unlock()
+}
+
+// serverResetCode reports whether code, on an RST_STREAM of the server's,
+// says the client's protocol error: not REFUSED_STREAM (a stream it never
+// served), nor the appliance's own (INTERNAL_ERROR, CANCEL: a handler that
+// gave up), nor NO_ERROR (after a whole response).
+func serverResetCode(code http2.ErrCode) bool {
+	switch code {
+	case http2.ErrCodeProtocol, http2.ErrCodeFlowControl, http2.ErrCodeStreamClosed, http2.ErrCodeFrameSize:
+		return true
+	}
+	return false
+}
+
+// server notes the server's reset of id with code, for the client's
+// protocol error: from the reader, as the client's frame that draws it
+// comes in; from the writer (written), as the reset goes out. A stream
+// the client reset first stays the client's.
+func (n *h2StreamNotes) server(id uint32, code http2.ErrCode, written bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	e := n.m[id]
+	if e == nil || e.ended != h2EndedNot || !serverResetCode(code) {
+		return
+	}
+	e.ended, e.code = h2EndedServer, code
+	if written {
+		n.changedLocked()
+	}
+}
+
+// connClosed notes the client connection's close.
+func (n *h2StreamNotes) connClosed() {
+	n.mu.Lock()
+	n.closed = true
+	n.changedLocked()
+	n.mu.Unlock()
+}
+
+func (n *h2StreamNotes) changedLocked() {
+	if n.changed != nil {
+		close(n.changed)
+		n.changed = nil
+	}
+}
+
+// claim takes up the note of stream id for the request the appliance's
+// handler serves on it; nil if there is none.
+func (n *h2StreamNotes) claim(id uint32) *h2StreamNote {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	e := n.m[id]
+	if e != nil {
+		e.claimed = true
+	}
+	return e
+}
+
+// release drops e, its request's record written.
+func (e *h2StreamNote) release() {
+	n := e.of
+	n.mu.Lock()
+	if n.m[e.id] == e {
+		delete(n.m, e.id)
+	}
+	n.mu.Unlock()
+}
+
+// look returns what ended e's stream, as noted so far: h2Ended* and the
+// reset's code.
+func (e *h2StreamNote) look() (ended uint8, code http2.ErrCode) {
+	n := e.of
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return e.ended, e.code
+}
+
+// end is look, once something is noted: with nothing noted yet, it waits
+// for the writer's note or the connection's close, at most h2EndWait.
+func (e *h2StreamNote) end() (ended uint8, code http2.ErrCode) {
+	n := e.of
+	var timer *time.Timer
+	expired := false
+	for {
+		n.mu.Lock()
+		ended, code = e.ended, e.code
+		if ended != h2EndedNot || n.closed || expired {
+			n.mu.Unlock()
+			if timer != nil {
+				timer.Stop()
+			}
+			return ended, code
+		}
+		if n.changed == nil {
+			n.changed = make(chan struct{})
+		}
+		ch := n.changed
+		n.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(h2EndWait)
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			expired = true
+		}
+	}
+}
+
+// h2StreamNoteKey is the context key of a request's h2StreamNote.
+type h2StreamNoteKey struct{}
+
+// h2StreamNoteOf returns the note of the stream whose request's context
+// is ctx, or nil.
+func h2StreamNoteOf(ctx context.Context) *h2StreamNote {
+	if ctx == nil {
+		return nil
+	}
+	e, _ := ctx.Value(h2StreamNoteKey{}).(*h2StreamNote)
+	return e
+}
+
+// releaseH2Note drops the note of the stream whose request's context is
+// ctx, if it has one: its record is written (streamSlot.release).
+func releaseH2Note(ctx context.Context) {
+	if e := h2StreamNoteOf(ctx); e != nil {
+		e.release()
+	}
+}
+
+// noteH2Stream is goproxy's request filter: it puts the note of an
+// HTTP/2 request's stream, if there is one, in the request's context. It
+// runs before goproxy replaces the body of a request without one, which
+// is the only part of the request x/net made that knows its stream.
+func noteH2Stream(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+	if req.ProtoMajor != 2 {
+		return req, nil
+	}
+	rt, _ := ctx.RoundTripper.(*roundTripper)
+	if rt == nil || rt.cc == nil {
+		return req, nil
+	}
+	id := h2StreamIDOf(req.Body)
+	if id == 0 {
+		return req, nil
+	}
+	e := rt.cc.limit.unanswered.notes().claim(id)
+	if e == nil {
+		return req, nil
+	}
+	return req.WithContext(context.WithValue(req.Context(), h2StreamNoteKey{}, e)), nil
+}
+
+// h2BodyLayout is where x/net's request body keeps its stream's id: the
+// indexes of the field requestBody.stream and of stream.id.
+type h2BodyLayout struct {
+	typ        reflect.Type // *http2.requestBody
+	stream, id int
+}
+
+var h2Layout atomic.Pointer[h2BodyLayout]
+
+// h2StreamIDOf returns the id of the HTTP/2 stream whose request's body,
+// as x/net's server made it, is body; 0 if body is no such body. x/net
+// exports no stream id: it is read from the body's unexported fields
+// (requestBody.stream.id, set as the stream opens, before its handler
+// starts, and never changed), each checked for its name and kind, so
+// that another x/net, laid out otherwise, makes it 0, which records the
+// stream as before (TestH2StreamIDOf says so).
+func h2StreamIDOf(body io.ReadCloser) uint32 {
+	v := reflect.ValueOf(body)
+	if v.Kind() != reflect.Pointer || v.IsNil() {
+		return 0
+	}
+	l := h2Layout.Load()
+	if l == nil || l.typ != v.Type() {
+		if l = h2LayoutOf(v.Type()); l == nil {
+			return 0
+		}
+		h2Layout.Store(l)
+	}
+	st := v.Elem().Field(l.stream)
+	if st.IsNil() {
+		return 0
+	}
+	return uint32(st.Elem().Field(l.id).Uint())
+}
+
+// h2LayoutOf returns the layout of t if it is x/net's *requestBody, as
+// h2StreamIDOf reads it; nil if not.
+func h2LayoutOf(t reflect.Type) *h2BodyLayout {
+	if t.Kind() != reflect.Pointer {
+		return nil
+	}
+	b := t.Elem()
+	if b.Kind() != reflect.Struct || b.PkgPath() != "golang.org/x/net/http2" || b.Name() != "requestBody" {
+		return nil
+	}
+	sf, ok := b.FieldByName("stream")
+	if !ok || len(sf.Index) != 1 || sf.Type.Kind() != reflect.Pointer || sf.Type.Elem().Kind() != reflect.Struct {
+		return nil
+	}
+	idf, ok := sf.Type.Elem().FieldByName("id")
+	if !ok || len(idf.Index) != 1 || idf.Type.Kind() != reflect.Uint32 {
+		return nil
+	}
+	return &h2BodyLayout{typ: t, stream: sf.Index[0], id: idf.Index[0]}
+}
+
+// streamGone is clientGone (h2limit.go) for the request whose context is
+// ctx, and whose body's read failed with bodyErr, if it did: an HTTP/2
+// stream's says what ended the stream when the appliance's server did,
+// not the client: `error`, and "reset by the appliance's HTTP/2 server
+// for the client's protocol error (RST_STREAM <code>)". Not `reset`: that
+// result says the client reset (docs/records.md); this client is still
+// there, and got the server's reset for what it sent.
+func (l *headLimit) streamGone(ctx context.Context, bodyErr error, result, when, detail string) (string, string) {
+	e := h2StreamNoteOf(ctx)
+	if e == nil {
+		return l.clientGone(result, when, detail)
+	}
+	ended, code := e.look()
+	if ended == h2EndedUnknown {
+		return l.clientGone(result, when, detail)
+	}
+	if se, ok := errors.AsType[http2.StreamError](bodyErr); ended == h2EndedNot && ok && se.StreamID == e.id && serverResetCode(se.Code) {
+		// x/net closes a stream's body with the StreamError that
+		// closed the stream: the client's RST_STREAM (noted before x/net
+		// read it), or its own reset, just written, which the writer may
+		// not have seen yet. The body's error may come just before the
+		// request's context is done.
+		ended, code = h2EndedServer, se.Code
+	}
+	if ended == h2EndedNot {
+		if l.endedByAppliance() || ctx.Err() == nil {
+			// The appliance's deadline, reclaim or shutdown; or a
+			// stream not ended (a request ended otherwise: a reload's
+			// deny): nothing to wait for.
+			return l.clientGone(result, when, detail)
+		}
+		ended, code = e.end()
+	}
+	if ended == h2EndedServer {
+		return "error", fmt.Sprintf("reset by the appliance's HTTP/2 server for the client's protocol error (RST_STREAM %v) %s%s", code, when, detail)
+	}
+	return l.clientGone(result, when, detail)
+}
+
+// notes returns u's stream notes.
+func (u *h2Unanswered) notes() *h2StreamNotes { return &u.ends }
+
+// noteServerReset notes the server's reset of id with code, drawn by the
+// client's frame just read; u may be nil.
+func (u *h2Unanswered) noteServerReset(id uint32, code http2.ErrCode) {
+	if u != nil {
+		u.ends.server(id, code, false)
+	}
+}

@@ -1,0 +1,183 @@
+package intercept
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// TestH2StreamIDOf: the stream id read from a request's body as x/net's
+// server made it is the stream's, a bodiless request's too; a body of
+// any other kind gives 0. If x/net is ever laid out otherwise this fails,
+// rather than the records quietly losing what ended each stream.
+func TestH2StreamIDOf(t *testing.T) {
+	if id := h2StreamIDOf(http.NoBody); id != 0 {
+		t.Errorf("http.NoBody: id %d, want 0", id)
+	}
+	if id := h2StreamIDOf(nil); id != 0 {
+		t.Errorf("nil: id %d, want 0", id)
+	}
+	if id := h2StreamIDOf(io.NopCloser(strings.NewReader("x"))); id != 0 {
+		t.Errorf("another body: id %d, want 0", id)
+	}
+	srv, cli := net.Pipe()
+	defer cli.Close()
+	var mu sync.Mutex
+	got := map[string]uint32{}
+	go (&http2.Server{}).ServeConn(srv, &http2.ServeConnOpts{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		got[r.Method+" "+r.URL.Path] = h2StreamIDOf(r.Body)
+		mu.Unlock()
+		_, _ = io.Copy(io.Discard, r.Body)
+	})})
+	tr := &http2.Transport{AllowHTTP: true}
+	cc, err := tr.NewClientConn(cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range []struct{ method, path, body string }{
+		{"GET", "/a", ""}, {"POST", "/b", "hello"}, {"GET", "/c", ""},
+	} {
+		var body io.Reader
+		if req.body != "" {
+			body = strings.NewReader(req.body)
+		}
+		r, _ := http.NewRequest(req.method, "http://x"+req.path, body)
+		resp, err := cc.RoundTrip(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for k, want := range map[string]uint32{"GET /a": 1, "POST /b": 3, "GET /c": 5} {
+		if got[k] != want {
+			t.Errorf("%s: stream id %d, want %d", k, got[k], want)
+		}
+	}
+}
+
+// TestH2StreamNotes: what ended a stream is the first thing noted of it;
+// resets that are not for the client's error, and streams not noted,
+// take nothing.
+func TestH2StreamNotes(t *testing.T) {
+	var n h2StreamNotes
+	for id := uint32(1); id <= 9; id += 2 {
+		n.open(id)
+	}
+	n.client(1)
+	n.server(1, http2.ErrCodeProtocol, false) // after the client's: the client's
+	n.server(3, http2.ErrCodeStreamClosed, false)
+	n.client(3) // after the server's: the server's
+	n.server(5, http2.ErrCodeRefusedStream, true)
+	n.server(5, http2.ErrCodeCancel, true) // not for the client's error: nothing
+	n.server(11, http2.ErrCodeProtocol, false)
+	n.server(9, http2.ErrCodeFlowControl, true)
+	for _, tc := range []struct {
+		id    uint32
+		ended uint8
+		code  http2.ErrCode
+	}{
+		{1, h2EndedClient, 0}, {3, h2EndedServer, http2.ErrCodeStreamClosed}, {5, h2EndedNot, 0},
+		{9, h2EndedServer, http2.ErrCodeFlowControl},
+	} {
+		e := n.claim(tc.id)
+		if e == nil {
+			t.Fatalf("stream %d: no note", tc.id)
+		}
+		if ended, code := e.look(); ended != tc.ended || code != tc.code {
+			t.Errorf("stream %d: ended %d code %v, want %d %v", tc.id, ended, code, tc.ended, tc.code)
+		}
+		e.release()
+	}
+	n.claim(7).release()
+	if e := n.claim(11); e != nil {
+		t.Error("stream 11, never opened, has a note")
+	}
+	if len(n.m) != 0 {
+		t.Errorf("%d notes left after every request's release", len(n.m))
+	}
+}
+
+// TestH2StreamNotesBounded: past h2MaxEndNotes streams noted, the older
+// half is dropped; a request on a dropped stream finds no note (and is
+// recorded as before), the newer ones keep theirs.
+func TestH2StreamNotesBounded(t *testing.T) {
+	var n h2StreamNotes
+	n.open(1)
+	n.open(3)
+	held, ended := n.claim(1), n.claim(3) // requests under way
+	n.client(3)
+	last := uint32(2*h2MaxEndNotes + 1)
+	for id := uint32(5); id <= last; id += 2 {
+		n.open(id)
+	}
+	// The client's RST_STREAM on stream 1, once its note is dropped, is
+	// not seen: the request that holds it reads no end from it.
+	n.client(1)
+	if e, _ := held.look(); e != h2EndedUnknown {
+		t.Errorf("a dropped note, its stream's end unseen, says %d, want unknown", e)
+	}
+	if e, _ := ended.look(); e != h2EndedClient {
+		t.Errorf("a dropped note whose stream had ended says %d, want still the client's", e)
+	}
+	if len(n.m) > h2MaxEndNotes {
+		t.Fatalf("%d notes, want at most %d", len(n.m), h2MaxEndNotes)
+	}
+	if n.claim(1) != nil {
+		t.Error("the oldest stream's note was kept")
+	}
+	if n.claim(last) == nil {
+		t.Error("the newest stream's note was dropped")
+	}
+}
+
+// TestH2StreamEndWaits: a request whose stream's end is not noted yet
+// waits for the writer's note of the server's reset (x/net cancels the
+// request before it flushes the reset), or for the connection's close.
+func TestH2StreamEndWaits(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		then  func(n *h2StreamNotes)
+		ended uint8
+	}{
+		{"reset written", func(n *h2StreamNotes) { n.server(1, http2.ErrCodeFlowControl, true) }, h2EndedServer},
+		{"connection closed", func(n *h2StreamNotes) { n.connClosed() }, h2EndedNot},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var n h2StreamNotes
+			n.open(1)
+			e := n.claim(1)
+			done := make(chan uint8)
+			go func() {
+				ended, _ := e.end()
+				done <- ended
+			}()
+			select {
+			case <-done:
+				t.Fatal("end returned with nothing noted")
+			case <-time.After(20 * time.Millisecond):
+			}
+			start := time.Now()
+			tc.then(&n)
+			select {
+			case ended := <-done:
+				if ended != tc.ended {
+					t.Errorf("ended %d, want %d", ended, tc.ended)
+				}
+				if d := time.Since(start); d > h2EndWait/2 {
+					t.Errorf("end returned %v after the note, want at once", d)
+				}
+			case <-time.After(2 * h2EndWait):
+				t.Fatal("end did not return")
+			}
+		})
+	}
+}
