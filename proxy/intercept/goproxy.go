@@ -285,6 +285,7 @@ func (rt *roundTripper) end() {
 			if idled && s.Record.Error == "" {
 				s.Record.Error = idleNote()
 			}
+			rt.noteServerGoAway() // h2streamend.go
 			// A reload's deny that ended the linger is said as the reload
 			// says it (noteAbort), as the tunnel's record does.
 			if p := rt.tailCut.Load(); p != nil && s.Record.Result == "ok" && !errors.Is(*p, errTunnelReloadDenied) {

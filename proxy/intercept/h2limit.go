@@ -132,6 +132,7 @@ const (
 	h2FrameHeaderLen   = 9
 	h2TypeHeaders      = 0x1
 	h2TypeRSTStream    = 0x3
+	h2TypeGoAway       = 0x7
 	h2TypeContinuation = 0x9
 	h2FlagEndHeaders   = 0x4
 	h2FlagPadded       = 0x8
@@ -453,13 +454,16 @@ type h2Frames struct {
 	typ     byte // the frame's type and stream
 	stream  uint32
 	hdrDone bool // its header was just completed
-	// An RST_STREAM's error code, as its payload comes, and how many of
-	// its 4 bytes came; rstDone: the frame just ended
-	// (h2Unanswered.serverReset).
-	code    uint32
-	codeN   int
-	rstDone bool
-	started bool // the server has written something: its preface at least
+	// An RST_STREAM's error code, or a GOAWAY's, as its payload comes,
+	// how many of its 4 bytes came, and of the payload (paid); rstDone,
+	// goAwayDone: the frame just ended (h2Unanswered.serverReset,
+	// serverGoAway).
+	code       uint32
+	codeN      int
+	paid       int
+	rstDone    bool
+	goAwayDone bool
+	started    bool // the server has written something: its preface at least
 	// final, when set, is written at the next frame boundary; after it
 	// nothing more is.
 	final  []byte
@@ -494,6 +498,12 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) (caused bool) {
 			}
 			caused = u.serverReset(f.stream, code) || caused
 		}
+		if f.goAwayDone {
+			f.goAwayDone = false
+			if f.codeN == 4 {
+				u.serverGoAway(http2.ErrCode(f.code)) // h2streamend.go
+			}
+		}
 	}
 	return caused
 }
@@ -503,7 +513,7 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) (caused bool) {
 func (f *h2Frames) step(b []byte) int {
 	if f.hdrN < h2FrameHeaderLen {
 		if f.hdrN == 0 {
-			f.code, f.codeN = 0, 0
+			f.code, f.codeN, f.paid = 0, 0, 0
 		}
 		k := min(h2FrameHeaderLen-f.hdrN, len(b))
 		for i := range k {
@@ -531,17 +541,25 @@ func (f *h2Frames) step(b []byte) int {
 		return k
 	}
 	k := min(f.left, len(b))
-	if f.typ == h2TypeRSTStream {
+	if f.typ == h2TypeRSTStream || f.typ == h2TypeGoAway {
+		// The code: an RST_STREAM's payload, a GOAWAY's after the last
+		// stream's id.
+		at := 0
+		if f.typ == h2TypeGoAway {
+			at = 4
+		}
 		for _, c := range b[:k] {
-			if f.codeN < 4 {
+			if f.paid >= at && f.codeN < 4 {
 				f.code, f.codeN = f.code<<8|uint32(c), f.codeN+1
 			}
+			f.paid++
 		}
 	}
 	f.left -= k
 	if f.left == 0 {
 		f.hdrN = 0
 		f.rstDone = f.typ == h2TypeRSTStream
+		f.goAwayDone = f.typ == h2TypeGoAway
 	}
 	return k
 }

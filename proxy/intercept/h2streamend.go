@@ -88,9 +88,13 @@ type h2StreamNote struct {
 // h2StreamNotes is a connection's notes, kept in h2Unanswered. Its zero
 // value is ready.
 type h2StreamNotes struct {
-	mu     sync.Mutex
-	m      map[uint32]*h2StreamNote
-	closed bool // the connection was closed
+	mu sync.Mutex
+	m  map[uint32]*h2StreamNote
+	// goAway is the code of the server's first GOAWAY with one other
+	// than NO_ERROR, once written (goneAway).
+	goAway   http2.ErrCode
+	goneAway bool
+	closed   bool // the connection was closed
 	// changed is closed, and dropped, when the writer notes something or
 	// the connection closes: a waiting request looks again (end).
 	changed chan struct{}
@@ -153,18 +157,33 @@ func serverResetCode(code http2.ErrCode) bool {
 // server notes the server's reset of id with code, for the client's
 // protocol error: from the reader, as the client's frame that draws it
 // comes in; from the writer (written), as the reset goes out. A stream
-// the client reset first stays the client's.
+// the client reset first stays the client's. Once the server has sent a
+// GOAWAY for a connection error, it reads no more frames: those that come
+// reset nothing.
 func (n *h2StreamNotes) server(id uint32, code http2.ErrCode, written bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	e := n.m[id]
-	if e == nil || e.ended != h2EndedNot || !serverResetCode(code) {
+	if e == nil || e.ended != h2EndedNot || !serverResetCode(code) || n.goneAway && !written {
 		return
 	}
 	e.ended, e.code = h2EndedServer, code
 	if written {
 		n.changedLocked()
 	}
+}
+
+// serverGoAway notes a GOAWAY the server wrote, with code.
+func (n *h2StreamNotes) serverGoAway(code http2.ErrCode) {
+	if code == http2.ErrCodeNo {
+		return // a graceful one: the streams under way go on
+	}
+	n.mu.Lock()
+	if !n.goneAway {
+		n.goAway, n.goneAway = code, true
+		n.changedLocked()
+	}
+	n.mu.Unlock()
 }
 
 // connClosed notes the client connection's close.
@@ -180,6 +199,14 @@ func (n *h2StreamNotes) changedLocked() {
 		close(n.changed)
 		n.changed = nil
 	}
+}
+
+// serverEnd returns the code of the server's GOAWAY for a connection
+// error, if it sent one.
+func (n *h2StreamNotes) serverEnd() (http2.ErrCode, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.goAway, n.goneAway
 }
 
 // claim takes up the note of stream id for the request the appliance's
@@ -205,29 +232,30 @@ func (e *h2StreamNote) release() {
 }
 
 // look returns what ended e's stream, as noted so far: h2Ended* and the
-// reset's code.
-func (e *h2StreamNote) look() (ended uint8, code http2.ErrCode) {
+// reset's code, and the code of the server's GOAWAY, if it sent one
+// (goneAway).
+func (e *h2StreamNote) look() (ended uint8, code, goAway http2.ErrCode, goneAway bool) {
 	n := e.of
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return e.ended, e.code
+	return e.ended, e.code, n.goAway, n.goneAway
 }
 
 // end is look, once something is noted: with nothing noted yet, it waits
 // for the writer's note or the connection's close, at most h2EndWait.
-func (e *h2StreamNote) end() (ended uint8, code http2.ErrCode) {
+func (e *h2StreamNote) end() (ended uint8, code, goAway http2.ErrCode, goneAway bool) {
 	n := e.of
 	var timer *time.Timer
 	expired := false
 	for {
 		n.mu.Lock()
-		ended, code = e.ended, e.code
-		if ended != h2EndedNot || n.closed || expired {
+		ended, code, goAway, goneAway = e.ended, e.code, n.goAway, n.goneAway
+		if ended != h2EndedNot || goneAway || n.closed || expired {
 			n.mu.Unlock()
 			if timer != nil {
 				timer.Stop()
 			}
-			return ended, code
+			return ended, code, goAway, goneAway
 		}
 		if n.changed == nil {
 			n.changed = make(chan struct{})
@@ -349,15 +377,17 @@ func h2LayoutOf(t reflect.Type) *h2BodyLayout {
 // ctx, and whose body's read failed with bodyErr, if it did: an HTTP/2
 // stream's says what ended the stream when the appliance's server did,
 // not the client: `error`, and "reset by the appliance's HTTP/2 server
-// for the client's protocol error (RST_STREAM <code>)". Not `reset`: that
-// result says the client reset (docs/records.md); this client is still
-// there, and got the server's reset for what it sent.
+// for the client's protocol error (RST_STREAM <code>)", or, for the
+// server's GOAWAY, "the appliance's HTTP/2 server closed the connection
+// ... (GOAWAY <code>)". Not `reset`: that result says the client reset
+// (docs/records.md); this client is still there, and got the server's
+// reset or GOAWAY for what it sent.
 func (l *headLimit) streamGone(ctx context.Context, bodyErr error, result, when, detail string) (string, string) {
 	e := h2StreamNoteOf(ctx)
 	if e == nil {
 		return l.clientGone(result, when, detail)
 	}
-	ended, code := e.look()
+	ended, code, goAway, goneAway := e.look()
 	if ended == h2EndedUnknown {
 		return l.clientGone(result, when, detail)
 	}
@@ -369,19 +399,45 @@ func (l *headLimit) streamGone(ctx context.Context, bodyErr error, result, when,
 		// request's context is done.
 		ended, code = h2EndedServer, se.Code
 	}
-	if ended == h2EndedNot {
+	if ended == h2EndedNot && !goneAway {
 		if l.endedByAppliance() || ctx.Err() == nil {
 			// The appliance's deadline, reclaim or shutdown; or a
 			// stream not ended (a request ended otherwise: a reload's
 			// deny): nothing to wait for.
 			return l.clientGone(result, when, detail)
 		}
-		ended, code = e.end()
+		ended, code, goAway, goneAway = e.end()
 	}
-	if ended == h2EndedServer {
+	switch {
+	case ended == h2EndedServer:
 		return "error", fmt.Sprintf("reset by the appliance's HTTP/2 server for the client's protocol error (RST_STREAM %v) %s%s", code, when, detail)
+	case ended == h2EndedNot && goneAway:
+		return "error", serverGoAwayError(goAway) + " " + when + detail
 	}
 	return l.clientGone(result, when, detail)
+}
+
+// serverGoAwayError says the server's GOAWAY with code, for the records.
+func serverGoAwayError(code http2.ErrCode) string {
+	why := "the client's protocol error"
+	if code == http2.ErrCodeEnhanceYourCalm {
+		why = "the load the client's frames put on it"
+	}
+	return fmt.Sprintf("the appliance's HTTP/2 server closed the connection for %s (GOAWAY %v)", why, code)
+}
+
+// noteServerGoAway puts the server's GOAWAY for a connection error, if it
+// sent one, in the session's tls record: `error`, unless something else
+// ended it first.
+func (rt *roundTripper) noteServerGoAway() {
+	code, ok := rt.cc.limit.unanswered.notes().serverEnd()
+	if !ok || rt.s.Record.Error != "" {
+		return
+	}
+	rt.s.Record.Error = serverGoAwayError(code)
+	if rt.s.Record.Result == "ok" {
+		rt.s.Record.Result = "error"
+	}
 }
 
 // notes returns u's stream notes.
@@ -392,5 +448,13 @@ func (u *h2Unanswered) notes() *h2StreamNotes { return &u.ends }
 func (u *h2Unanswered) noteServerReset(id uint32, code http2.ErrCode) {
 	if u != nil {
 		u.ends.server(id, code, false)
+	}
+}
+
+// serverGoAway notes the server's GOAWAY with code, just written; u may
+// be nil.
+func (u *h2Unanswered) serverGoAway(code http2.ErrCode) {
+	if u != nil {
+		u.ends.serverGoAway(code)
 	}
 }

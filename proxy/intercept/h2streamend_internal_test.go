@@ -1,6 +1,7 @@
 package intercept
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -65,8 +66,9 @@ func TestH2StreamIDOf(t *testing.T) {
 }
 
 // TestH2StreamNotes: what ended a stream is the first thing noted of it;
-// resets that are not for the client's error, and streams not noted,
-// take nothing.
+// a reset the reader notes after the server's GOAWAY is none (x/net reads
+// no more frames then), one the writer wrote is; streams not noted, or
+// dropped, take nothing.
 func TestH2StreamNotes(t *testing.T) {
 	var n h2StreamNotes
 	for id := uint32(1); id <= 9; id += 2 {
@@ -79,6 +81,12 @@ func TestH2StreamNotes(t *testing.T) {
 	n.server(5, http2.ErrCodeRefusedStream, true)
 	n.server(5, http2.ErrCodeCancel, true) // not for the client's error: nothing
 	n.server(11, http2.ErrCodeProtocol, false)
+	n.serverGoAway(http2.ErrCodeNo) // graceful: nothing
+	if _, ok := n.serverEnd(); ok {
+		t.Error("a GOAWAY with NO_ERROR noted as the server's end")
+	}
+	n.serverGoAway(http2.ErrCodeFlowControl)
+	n.server(7, http2.ErrCodeProtocol, false) // read after it: x/net ignores it
 	n.server(9, http2.ErrCodeFlowControl, true)
 	for _, tc := range []struct {
 		id    uint32
@@ -86,18 +94,19 @@ func TestH2StreamNotes(t *testing.T) {
 		code  http2.ErrCode
 	}{
 		{1, h2EndedClient, 0}, {3, h2EndedServer, http2.ErrCodeStreamClosed}, {5, h2EndedNot, 0},
-		{9, h2EndedServer, http2.ErrCodeFlowControl},
+		{7, h2EndedNot, 0}, {9, h2EndedServer, http2.ErrCodeFlowControl},
 	} {
 		e := n.claim(tc.id)
 		if e == nil {
 			t.Fatalf("stream %d: no note", tc.id)
 		}
-		if ended, code := e.look(); ended != tc.ended || code != tc.code {
-			t.Errorf("stream %d: ended %d code %v, want %d %v", tc.id, ended, code, tc.ended, tc.code)
+		ended, code, goAway, goneAway := e.end() // the connection's GOAWAY: no wait
+		if ended != tc.ended || code != tc.code || !goneAway || goAway != http2.ErrCodeFlowControl {
+			t.Errorf("stream %d: ended %d code %v GOAWAY %v %v, want %d %v, and the GOAWAY FLOW_CONTROL_ERROR",
+				tc.id, ended, code, goneAway, goAway, tc.ended, tc.code)
 		}
 		e.release()
 	}
-	n.claim(7).release()
 	if e := n.claim(11); e != nil {
 		t.Error("stream 11, never opened, has a note")
 	}
@@ -122,10 +131,10 @@ func TestH2StreamNotesBounded(t *testing.T) {
 	// The client's RST_STREAM on stream 1, once its note is dropped, is
 	// not seen: the request that holds it reads no end from it.
 	n.client(1)
-	if e, _ := held.look(); e != h2EndedUnknown {
+	if e, _, _, _ := held.look(); e != h2EndedUnknown {
 		t.Errorf("a dropped note, its stream's end unseen, says %d, want unknown", e)
 	}
-	if e, _ := ended.look(); e != h2EndedClient {
+	if e, _, _, _ := ended.look(); e != h2EndedClient {
 		t.Errorf("a dropped note whose stream had ended says %d, want still the client's", e)
 	}
 	if len(n.m) > h2MaxEndNotes {
@@ -157,7 +166,7 @@ func TestH2StreamEndWaits(t *testing.T) {
 			e := n.claim(1)
 			done := make(chan uint8)
 			go func() {
-				ended, _ := e.end()
+				ended, _, _, _ := e.end()
 				done <- ended
 			}()
 			select {
@@ -179,5 +188,32 @@ func TestH2StreamEndWaits(t *testing.T) {
 				t.Fatal("end did not return")
 			}
 		})
+	}
+}
+
+// TestH2FramesGoAway: the server's GOAWAY is noted with its code however
+// its bytes are cut into writes; a graceful one (NO_ERROR) is not.
+func TestH2FramesGoAway(t *testing.T) {
+	for _, code := range []http2.ErrCode{http2.ErrCodeProtocol, http2.ErrCodeNo} {
+		var buf bytes.Buffer
+		fr := http2.NewFramer(&buf, nil)
+		_ = fr.WriteRSTStream(3, http2.ErrCodeStreamClosed)
+		_ = fr.WriteGoAway(7, code, []byte("why"))
+		b := buf.Bytes()
+		for cut := 1; cut < len(b); cut++ {
+			u := &h2Unanswered{}
+			u.open(3, true)
+			var f h2Frames
+			f.advance(b[:cut], u)
+			f.advance(b[cut:], u)
+			got, ok := u.ends.serverEnd()
+			if want := code != http2.ErrCodeNo; ok != want || ok && got != code {
+				t.Fatalf("code %v, cut at %d: noted %v %v", code, cut, ok, got)
+			}
+			e := u.ends.claim(3)
+			if ended, c, _, _ := e.end(); ended != h2EndedServer || c != http2.ErrCodeStreamClosed {
+				t.Fatalf("cut at %d: stream 3 ended %d by %v, want the server's STREAM_CLOSED", cut, ended, c)
+			}
+		}
 	}
 }

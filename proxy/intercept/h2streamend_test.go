@@ -124,9 +124,33 @@ func TestH2ClientResetStillRecordedSo(t *testing.T) {
 	}
 }
 
+// TestH2ServerGoAwayRecorded: a connection error of the client's (here a
+// connection WINDOW_UPDATE of 0) has the appliance's HTTP/2 server send
+// a GOAWAY and close the connection, a request at the destination; the
+// tls record said ok, with no error, and the request "the client went
+// away" (review records30 F2). Both now say the server closed it, and
+// why.
+func TestH2ServerGoAwayRecorded(t *testing.T) {
+	r := newRig(t, testPolicy)
+	pc, o := newProbeClient(t, r)
+	openUnderway(t, pc, o.has, false, false)
+	windowUpdate0(pc, 0)
+	rec := onlyHTTPRecord(t, r)
+	goAway := "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY PROTOCOL_ERROR)"
+	if rec.Result != "error" || !strings.HasPrefix(rec.Error, goAway+" before the response came") {
+		t.Errorf("record result %q error %q, want error, %q before the response came", rec.Result, rec.Error, goAway)
+	}
+	if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, "PROTOCOL_ERROR") {
+		t.Errorf("the client got GOAWAY %q, want PROTOCOL_ERROR", g)
+	}
+	tlsRec := onlyRecord(t, r, "tls")
+	if tlsRec.Result != "error" || tlsRec.Error != goAway {
+		t.Errorf("tls record result %q error %q, want error, %q", tlsRec.Result, tlsRec.Error, goAway)
+	}
+}
+
 // TestH2CServerEndsRecorded: the same over cleartext HTTP/2 (h2c), served
-// by the same server: a stream it reset, noted as the client's frame came
-// in, or as the reset went out.
+// by the same server: a stream it reset, and a connection it closed.
 func TestH2CServerEndsRecorded(t *testing.T) {
 	for _, tc := range []struct {
 		name, want string
@@ -135,6 +159,8 @@ func TestH2CServerEndsRecorded(t *testing.T) {
 		{"stream", "reset by the appliance's HTTP/2 server for the client's protocol error (RST_STREAM PROTOCOL_ERROR) before the response came", windowUpdate0},
 		{"stream-window-overflow", "reset by the appliance's HTTP/2 server for the client's protocol error (RST_STREAM FLOW_CONTROL_ERROR) before the response came",
 			func(pc *probeClient, id uint32) { pc.window(id, 0x7fffffff); pc.window(id, 0x7fffffff) }},
+		{"connection", "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY PROTOCOL_ERROR) before the response came",
+			func(pc *probeClient, _ uint32) { windowUpdate0(pc, 0) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, testPolicy)
