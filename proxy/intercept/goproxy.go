@@ -72,6 +72,7 @@ func (s *session) serveGoproxy(scheme string, tr upstreamTransport) {
 	cc.lingers = s.lingersAtEnd // clientend.go
 	cc.destFailed = s.tunnelDestinationFailed
 	cc.h1 = !s.h2
+	cc.limit.unanswered.notes().onReject = rt.recordRejected // h2reject.go
 	rt.cc = cc
 	s.serving.Store(rt)
 	if s.h2 { // the wait for a request: idle.go

@@ -164,8 +164,9 @@ func overExpanded(decoded, wire uint64) error {
 // answered without serving them, which cost the client nothing it does
 // not get back at once: those x/net reset itself (a malformed HEADERS, a
 // stream over the concurrency bound; no handler, no record) and those
-// the appliance answered itself (a deny, the trust page; their records
-// drawn from the client's buckets). Counted as opened, one such stream
+// the appliance answered itself (a deny, the trust page, a 400 x/net's
+// server gives itself, h2reject.go; their records drawn from the
+// client's buckets). Counted as opened, one such stream
 // beside each reset one kept the resets at exactly half: 10,000 reset
 // streams, each with its handler and unbucketed record, and no GOAWAY
 // (review r1dos F1). Whatever else keeps the ratio down is a stream
@@ -381,6 +382,7 @@ func (u *h2Unanswered) answered(id uint32) {
 	delete(u.m, id)
 	u.n.Store(int64(len(u.m)))
 	u.mu.Unlock()
+	u.ends.answered(id) // h2reject.go
 }
 
 // clientFrame takes the client's DATA or trailer HEADERS on id, ending its

@@ -55,6 +55,8 @@ type h2Block struct {
 	bad          bool // a pseudo-header field, or a name or value x/net refuses
 	notTrailer   bool // a field that may not be a trailer
 	sawDeclaring bool // a content-length field came
+	// req is what x/net's 400 for a request would say (h2reject.go).
+	req h2RequestFields
 }
 
 func (b *h2Block) reset() { *b = h2Block{declared: -1} }
@@ -64,6 +66,7 @@ func (b *h2Block) reset() { *b = h2Block{declared: -1} }
 // trailer fields announce matter.
 func (b *h2Block) field(f hpack.HeaderField, newStream bool) {
 	if newStream {
+		b.req.field(f) // h2reject.go
 		switch f.Name {
 		case "content-length":
 			if !b.sawDeclaring {
@@ -120,6 +123,7 @@ func (l *h2HeaderLimit) blockEnd() {
 	b := &l.block
 	if l.newStream {
 		l.unanswered.declare(l.blockStream, b.declared, b.announces)
+		l.unanswered.reject(l.blockStream, &b.req) // h2reject.go
 		return
 	}
 	if l.unanswered.badTrailers(l.blockStream, b.bad, b.notTrailer) {

@@ -83,6 +83,9 @@ type h2StreamNote struct {
 	ended   uint8 // h2Ended*
 	code    http2.ErrCode
 	claimed bool // a request of the appliance's handler took it up
+	// reject is the request x/net's server must answer 400 itself, as
+	// the header block said it (h2reject.go).
+	reject *h2Reject
 }
 
 // h2StreamNotes is a connection's notes, kept in h2Unanswered. Its zero
@@ -98,6 +101,9 @@ type h2StreamNotes struct {
 	// changed is closed, and dropped, when the writer notes something or
 	// the connection closes: a waiting request looks again (end).
 	changed chan struct{}
+	// onReject records a request x/net answered 400 itself
+	// (h2reject.go); set by the session.
+	onReject func(*h2Reject)
 }
 
 // open notes stream id, from its HEADERS frame.
@@ -164,7 +170,14 @@ func (n *h2StreamNotes) server(id uint32, code http2.ErrCode, written bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	e := n.m[id]
-	if e == nil || e.ended != h2EndedNot || !serverResetCode(code) || n.goneAway && !written {
+	if e == nil {
+		return
+	}
+	if written {
+		// A reset, whatever its code, is no 400 (h2reject.go).
+		e.reject = nil
+	}
+	if e.ended != h2EndedNot || !serverResetCode(code) || n.goneAway && !written {
 		return
 	}
 	e.ended, e.code = h2EndedServer, code
@@ -217,6 +230,7 @@ func (n *h2StreamNotes) claim(id uint32) *h2StreamNote {
 	e := n.m[id]
 	if e != nil {
 		e.claimed = true
+		e.reject = nil // served by the appliance: no 400 of x/net's
 	}
 	return e
 }
