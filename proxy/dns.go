@@ -253,7 +253,8 @@ type dnsLog struct {
 // second query with the ID of one still pending took its place, and the
 // first one's answer (its name not the second's) went unrecorded: a
 // client could hide any query behind an innocent one. The name is the wire
-// form (dnsMessage.Wire), at most 254 bytes.
+// form (dnsMessage.Wire), at most 254 bytes, with A-Z lowered (dnsfold.go):
+// an answer that spells the name in another case answers the query.
 type dnsKey struct {
 	name string
 	id   uint16
@@ -315,6 +316,7 @@ func (d *dnsLog) query(b []byte) {
 	}
 	d.asked = true
 	d.lastDNS = monoclock.Now()
+	m.Wire = foldWire(m.Wire) // the record's name is lowered anyway (presentName)
 	k := dnsKey{name: m.Wire, id: m.ID, typ: m.Type}
 	switch q, ok := d.pending[k]; {
 	case ok:
@@ -351,6 +353,7 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 		d.mu.Unlock()
 		return false
 	}
+	foldWireBytes(wire[:n]) // as the query is kept (dnsfold.go)
 	d.mu.Lock()
 	// The lookup converts the name without allocating; the delete uses the
 	// name the query is kept under.
