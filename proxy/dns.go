@@ -20,7 +20,7 @@ import (
 type dnsMessage struct {
 	ID       uint16
 	Response bool
-	RCode    uint8
+	RCode    uint8 // the header's 4 bits: an answer's full rcode is dnsAnswerRCode's
 	// Wire is the first question's name as it is on the wire, compression
 	// pointers followed: each label's length octet and bytes, without the
 	// root's zero ("" for the root). At most 254 bytes, it is what a
@@ -185,15 +185,6 @@ func dnsTypeName(t uint16) string {
 		return s
 	}
 	return "TYPE" + strconv.Itoa(int(t))
-}
-
-var dnsRCodes = [...]string{"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"}
-
-func dnsRCodeName(r uint8) string {
-	if int(r) < len(dnsRCodes) {
-		return dnsRCodes[r]
-	}
-	return "RCODE" + strconv.Itoa(int(r))
 }
 
 // isDNSPort reports whether UDP traffic to port is read as DNS.
@@ -384,7 +375,7 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 				fn(gen, d.base.Endpoint, d.client.client, b)
 			}
 		}
-		d.write(q, dnsRCodeName(m.RCode), int64(len(b)), "ok")
+		d.write(q, dnsRCodeName(dnsAnswerRCode(b)), int64(len(b)), "ok")
 	}
 	return quiet
 }

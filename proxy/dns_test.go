@@ -80,7 +80,7 @@ func TestParseDNS(t *testing.T) {
 	resp := append([]byte{}, q...)
 	resp[2], resp[3] = 0x81, 0x83 // response, NXDOMAIN
 	m, err = parseDNS(resp)
-	if err != nil || !m.Response || dnsRCodeName(m.RCode) != "NXDOMAIN" || m.Name() != "www.gwlbproxy.test" {
+	if err != nil || !m.Response || dnsRCodeName(uint16(m.RCode)) != "NXDOMAIN" || m.Name() != "www.gwlbproxy.test" {
 		t.Fatalf("response: %+v %v", m, err)
 	}
 	for name, b := range map[string][]byte{
@@ -283,14 +283,16 @@ func TestParseDNSRefusesWhatNoServerReads(t *testing.T) {
 
 // TestDNSRCodeNames: every rcode the records name (records.md: NOERROR,
 // NXDOMAIN, SERVFAIL, ...) is written by its name, the last one, REFUSED,
-// included, and those past the table by number.
+// included, the extended BADVERS and BADCOOKIE too, and others by number.
 func TestDNSRCodeNames(t *testing.T) {
 	for r, want := range []string{"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"} {
-		if got := dnsRCodeName(uint8(r)); got != want {
+		if got := dnsRCodeName(uint16(r)); got != want {
 			t.Errorf("rcode %d: %q, want %q", r, got, want)
 		}
 	}
-	if got := dnsRCodeName(6); got != "RCODE6" {
-		t.Errorf("rcode 6: %q, want RCODE6", got)
+	for r, want := range map[uint16]string{6: "RCODE6", 16: "BADVERS", 17: "RCODE17", 23: "BADCOOKIE", 4095: "RCODE4095"} {
+		if got := dnsRCodeName(r); got != want {
+			t.Errorf("rcode %d: %q, want %q", r, got, want)
+		}
 	}
 }
