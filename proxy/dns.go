@@ -324,7 +324,7 @@ func (d *dnsLog) query(b []byte) {
 		// resolver is its own business), so it is recorded now, or it
 		// would never be.
 		d.repeats++ // its answer is excused, unmatched
-		d.write(dnsQuestion{msg: m, size: len(b), start: time.Now(), dec: d.dec.Load()}, "", 0, "untracked")
+		d.write(dnsQuestion{msg: m, size: len(b), start: time.Now(), dec: d.dec.Load()}, "", 0, "untracked", "")
 	}
 }
 
@@ -333,12 +333,15 @@ func (d *dnsLog) query(b []byte) {
 // Config.DNSAnswer, which thus knows an address before the client can act
 // on it, if the policy that allowed the flow is still in force. Responses
 // to nothing the client asked are not handed on: the client drops them
-// too. Datagrams that answer no waiting query are counted (unasked). It
-// reports whether the flow is now quiet.
+// too, and neither is a response with no question (dnsbare.go), which
+// names no address: it answers the one query waiting under its ID, if only
+// one does. Datagrams that answer no waiting query are counted (unasked).
+// It reports whether the flow is now quiet.
 func (d *dnsLog) answer(b []byte) (quiet bool) {
 	var wire [maxDNSName]byte
 	m, n, err := parseDNSInto(b, &wire)
-	if err != nil || !m.Response {
+	bare := err != nil && bareResponse(b) // matched by its ID alone (dnsbare.go)
+	if !bare && (err != nil || !m.Response) {
 		d.mu.Lock()
 		d.unasked++
 		d.mu.Unlock()
@@ -346,37 +349,46 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	}
 	foldWireBytes(wire[:n]) // as the query is kept (dnsfold.go)
 	d.mu.Lock()
-	// The lookup converts the name without allocating; the delete uses the
-	// name the query is kept under.
-	q, ok := d.pending[dnsKey{name: string(wire[:n]), id: m.ID, typ: m.Type}]
+	var q dnsQuestion
+	var ok, ambiguous bool
+	if bare {
+		q, ok, ambiguous = d.takeByIDLocked(uint16(b[0])<<8 | uint16(b[1]))
+	} else if q, ok = d.pending[dnsKey{name: string(wire[:n]), id: m.ID, typ: m.Type}]; ok {
+		// The lookup converts the name without allocating; the delete
+		// uses the name the query is kept under.
+		delete(d.pending, dnsKey{name: q.msg.Wire, id: m.ID, typ: m.Type})
+	}
 	switch {
 	case ok:
-		delete(d.pending, dnsKey{name: q.msg.Wire, id: m.ID, typ: m.Type})
 		d.budget.give(1)
 		d.lastDNS = monoclock.Now()
 		d.repeats += int64(q.copies)
-	case d.repeats > 0:
+	case d.repeats > 0 && !ambiguous:
 		d.repeats-- // a server answering each copy of a query sent again, or an untracked query
 	default:
 		d.unasked++
 	}
 	quiet = d.quietLocked()
 	d.mu.Unlock()
-	if ok {
-		if fn := d.p.cfg.DNSAnswer; fn != nil {
-			// The generation first: a reload advances it, stores its
-			// policy and advances it again, so one that the compare
-			// below misses is seen by DNSAnswer (ObserveAt).
-			var gen uint64
-			if g := d.p.cfg.DNSGeneration; g != nil {
-				gen = g()
-			}
-			if d.pol.Load() == d.p.cfg.Policy.Load() {
-				fn(gen, d.base.Endpoint, d.client.client, b)
-			}
-		}
-		d.write(q, dnsRCodeName(dnsAnswerRCode(b)), int64(len(b)), "ok")
+	if !ok {
+		return quiet
 	}
+	note := ""
+	if bare {
+		note = bareNote // and no addresses to vouch for
+	} else if fn := d.p.cfg.DNSAnswer; fn != nil {
+		// The generation first: a reload advances it, stores its policy
+		// and advances it again, so one that the compare below misses is
+		// seen by DNSAnswer (ObserveAt).
+		var gen uint64
+		if g := d.p.cfg.DNSGeneration; g != nil {
+			gen = g()
+		}
+		if d.pol.Load() == d.p.cfg.Policy.Load() {
+			fn(gen, d.base.Endpoint, d.client.client, b)
+		}
+	}
+	d.write(q, dnsRCodeName(dnsAnswerRCode(b)), int64(len(b)), "ok", note)
 	return quiet
 }
 
@@ -425,8 +437,9 @@ func (d *dnsLog) notQueries() string {
 // (denylimit.go): a query is one datagram, and without a bound one client
 // could fill the records queue that every client's records go through.
 // Beyond the bucket the query is counted, not recorded, and the client's
-// next DNS record says how many went before it unrecorded.
-func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
+// next DNS record says how many went before it unrecorded. note, if any,
+// is the query's own error, after that count.
+func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result, note string) {
 	ok, skipped := d.p.denies.dns.take(d.client, time.Now(), dnsQueryRate)
 	if !ok {
 		d.p.denies.dnsUnrecorded.Add(1)
@@ -441,6 +454,12 @@ func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result string) {
 	if skipped > 0 {
 		r.Error = fmt.Sprintf("%d more DNS queries from this client before this one, not recorded one by one", skipped)
 	}
+	if note != "" {
+		if r.Error != "" {
+			note = r.Error + "; " + note
+		}
+		r.Error = note
+	}
 	d.p.finish(&r, q.start)
 }
 
@@ -453,7 +472,7 @@ func (d *dnsLog) close() {
 	d.p.udp.dnsPending.release(d.client, d.budget)
 	d.budget = nil
 	for k, q := range d.pending {
-		d.write(q, "", 0, "timeout")
+		d.write(q, "", 0, "timeout", "")
 		delete(d.pending, k)
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -118,5 +119,125 @@ func TestDNSAnswerInAnotherCaseMatches(t *testing.T) {
 	}
 	if res.afterIn > dnsLinger+time.Second {
 		t.Errorf("the flow lasted %v after its answer; want the linger (%v)", res.afterIn, dnsLinger)
+	}
+}
+
+// bareAnswer answers a query with its header alone: its ID, QR and RD, the
+// rcode, and no question, as servers answer FORMERR (RFC 6891 §7) or
+// REFUSED.
+func bareAnswer(rcode byte) func(q []byte) []byte {
+	return func(q []byte) []byte {
+		r := bytes.Clone(q[:dnsHeaderLen])
+		r[2], r[3] = 0x81, rcode
+		r[4], r[5] = 0, 0
+		return r
+	}
+}
+
+// TestDNSBareAnswerMatched plays the reviewer's servers that answer a
+// query with a 12-byte header, FORMERR or REFUSED and no question: the
+// client takes it (it matches by ID and source), so the query's record
+// says ok with the rcode and the answer's 12 bytes, notes the missing
+// question, and the flow ends a linger after it. Read as no DNS message,
+// the query was recorded as a timeout, the udp record counted the answer
+// as answering no waiting query, and the flow lasted to its idle timeout.
+// An answer with no question names no address: it is not handed to
+// DNSAnswer.
+func TestDNSBareAnswerMatched(t *testing.T) {
+	for _, c := range []struct {
+		rcode byte
+		want  string
+	}{{1, "FORMERR"}, {5, "REFUSED"}} {
+		dst := answeringServer(t, bareAnswer(c.rcode))
+		vouched := make(chan []byte, 1)
+		p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+			cfg.UDPIdleTimeout = 10 * time.Second
+			cfg.DNSPorts = []uint16{dst.Port()}
+			cfg.DNSAnswer = func(_ uint64, _ string, _ netip.Addr, msg []byte) { vouched <- msg }
+		})
+		c0, _ := startFlow(p, quicClient, dst, dnsQuery(21, "a.example.test", 1))
+		select {
+		case b := <-c0.out:
+			if len(b) != dnsHeaderLen {
+				t.Fatalf("the client got %d bytes, want the 12-byte answer", len(b))
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("the client got no answer")
+		}
+		answered := time.Now()
+		select {
+		case <-c0.ended:
+		case <-time.After(dnsLinger + 3*time.Second):
+			t.Fatalf("%s: the flow lasted past its linger after the answer (its idle timeout is 10 s)", c.want)
+		}
+		if took := time.Since(answered); took < dnsLinger/2 {
+			t.Errorf("%s: the flow ended %v after the answer, before the linger", c.want, took)
+		}
+		var dns []records.Record
+		udpErr := "no udp record"
+		for _, r := range recs.records(t, 2) {
+			switch r.Kind {
+			case "dns":
+				dns = append(dns, r)
+			case "udp":
+				udpErr = r.Error
+			}
+		}
+		if len(dns) != 1 || dns[0].Result != "ok" || dns[0].RCode != c.want || dns[0].BytesIn != dnsHeaderLen || dns[0].Error != bareNote {
+			t.Errorf("dns records %+v; want one, ok, %s, bytes_in 12, error %q", dns, c.want, bareNote)
+		}
+		if udpErr != "" {
+			t.Errorf("%s: udp record error %q; want none: the answer answered the query", c.want, udpErr)
+		}
+		select {
+		case m := <-vouched:
+			t.Errorf("%s: an answer with no question was handed to DNSAnswer: % x", c.want, m)
+		default:
+		}
+	}
+}
+
+// TestDNSBareAnswerIDReused: an answer with no question names only an ID;
+// when two pending queries share it, it could be either's, and taking one
+// would let a client hide a query behind an innocent one of the same ID (a
+// bare answer closing the hidden one's record). Neither is taken: both
+// wait on (here to their timeout), and the answer counts among those that
+// answered no waiting query. One pending query of another ID is no
+// ambiguity, nor is a bare answer's ID that no query has.
+func TestDNSBareAnswerIDReused(t *testing.T) {
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", nil)
+	rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
+	d := newDNSLog(p, rec, nil)
+	hidden, innocent, other := dnsQuery(5, "hidden.exfil.test", 16), dnsQuery(5, "www.example.com", 1), dnsQuery(6, "x.example.com", 1)
+	again := dnsQuery(7, "again.example.com", 1)
+	d.query(again)
+	d.query(again) // sent again: the server may answer each copy
+	d.answer(dnsResponse(again))
+	d.query(hidden)
+	d.query(innocent)
+	d.query(other)
+	if d.answer(bareAnswer(1)(hidden)) {
+		t.Fatal("an ambiguous bare answer made the flow quiet")
+	}
+	d.mu.Lock()
+	repeats := d.repeats
+	d.mu.Unlock()
+	if repeats != 1 {
+		t.Errorf("an ambiguous bare answer was taken for the answer to a copy sent again (%d such answers left, want 1)", repeats)
+	}
+	d.answer(dnsResponse(again))                // the answer to the copy
+	d.answer(bareAnswer(3)(dnsQuery(9, "", 1))) // an ID no query has
+	d.answer(bareAnswer(2)(other))
+	if note := d.notQueries(); note != "datagrams from the server that answered no waiting query: 2" {
+		t.Errorf("udp note %q; want the ambiguous and the unmatched answers counted", note)
+	}
+	d.close()
+	got := map[string]string{}
+	for _, r := range recs.records(t, 4) {
+		got[r.QueryName] = r.Result + " " + r.RCode
+	}
+	want := map[string]string{"again.example.com": "ok NXDOMAIN", "hidden.exfil.test": "timeout ", "www.example.com": "timeout ", "x.example.com": "ok SERVFAIL"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("records (name: result rcode) %v, want %v", got, want)
 	}
 }
