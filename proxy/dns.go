@@ -198,8 +198,8 @@ func (p *Proxy) isDNSPort(port uint16) bool { return slices.Contains(p.cfg.DNSPo
 const dnsLinger = time.Second
 
 // dnsLog turns the DNS traffic of one UDP flow into one record per query:
-// name, type, and the answer's rcode, or a timeout for queries the flow
-// ended without an answer to, or untracked for a query it had no room to
+// name, type, and the answer's rcode, or what ended the flow for queries
+// it ended without an answer to (dnsend.go), or untracked for a query it had no room to
 // wait for an answer to (recorded as it is relayed). It also says when the flow has nothing left
 // to wait for (quiet), so that the flow can end long before its idle
 // timeout.
@@ -461,20 +461,6 @@ func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result, note strin
 		r.Error = note
 	}
 	d.p.finish(&r, q.start)
-}
-
-// close records the queries left without an answer as timeouts, and gives
-// their room back to the client's budget.
-func (d *dnsLog) close() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.budget.give(len(d.pending))
-	d.p.udp.dnsPending.release(d.client, d.budget)
-	d.budget = nil
-	for k, q := range d.pending {
-		d.write(q, "", 0, "timeout", "")
-		delete(d.pending, k)
-	}
 }
 
 // presentName writes a query name, in the form parseDNS gives it, as

@@ -231,7 +231,7 @@ func TestDNSBareAnswerIDReused(t *testing.T) {
 	if note := d.notQueries(); note != "datagrams from the server that answered no waiting query: 2" {
 		t.Errorf("udp note %q; want the ambiguous and the unmatched answers counted", note)
 	}
-	d.close()
+	d.close(dnsTimedOut)
 	got := map[string]string{}
 	for _, r := range recs.records(t, 4) {
 		got[r.QueryName] = r.Result + " " + r.RCode

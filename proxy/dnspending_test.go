@@ -52,7 +52,7 @@ func TestDNSPendingClientBudget(t *testing.T) {
 	}
 	closeAll := func(logs []*dnsLog) {
 		for _, d := range logs {
-			d.close()
+			d.close(dnsTimedOut)
 		}
 	}
 
@@ -122,7 +122,7 @@ func TestDNSPendingAnswerGivesBack(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { d.answer(resp) }); n != 0 {
 		t.Errorf("an answer allocates %v times, want 0", n)
 	}
-	d.close()
+	d.close(dnsTimedOut)
 }
 
 // TestDNSPendingBudgetSharedAcrossFlowChurn: a client's flows share one
@@ -135,10 +135,10 @@ func TestDNSPendingBudgetSharedAcrossFlowChurn(t *testing.T) {
 	rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
 	a := newDNSLog(p, rec, nil)
 	b := newDNSLog(p, rec, nil)
-	a.close() // b still holds the client's budget
+	a.close(dnsTimedOut) // b still holds the client's budget
 	c := newDNSLog(p, rec, nil)
-	defer b.close()
-	defer c.close()
+	defer b.close(dnsTimedOut)
+	defer c.close(dnsTimedOut)
 	if b.budget != c.budget {
 		t.Fatal("a flow opened after another of the client's flows ended got a budget of its own: the client's bound restarts at every churn")
 	}

@@ -26,7 +26,7 @@ func TestDNSRetransmissionBytesCounted(t *testing.T) {
 	ans := append([]byte{}, q...)
 	ans[2] = 0x81
 	d.answer(ans)
-	d.close()
+	d.close(dnsTimedOut)
 	var got []records.Record
 	for _, r := range recs.records(t, 1) {
 		if r.Kind == "dns" {
@@ -58,7 +58,7 @@ func TestDNSServerQueryIsNoAnswer(t *testing.T) {
 	if d.answer(q) {
 		t.Fatal("a query echoed back by the server made the flow quiet")
 	}
-	d.close()
+	d.close(dnsTimedOut)
 	var got []records.Record
 	for _, r := range recs.records(t, 1) {
 		if r.Kind == "dns" {
@@ -78,7 +78,7 @@ func TestDNSOpaqueFlowNotQuiet(t *testing.T) {
 	p, _, _ := udpProxy(t, "policy: {default: allow}\n", nil)
 	rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
 	d := newDNSLog(p, rec, nil)
-	defer d.close()
+	defer d.close(dnsTimedOut)
 	d.query([]byte("not a dns message at all"))
 	q := dnsQuery(12, "z.example.test", 1)
 	d.query(q)
@@ -98,7 +98,7 @@ func TestDNSOneUnrecordedQueryNamed(t *testing.T) {
 	p, _, recs := udpProxy(t, "policy: {default: allow}\n", nil)
 	rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
 	d := newDNSLog(p, rec, nil)
-	defer d.close()
+	defer d.close(dnsTimedOut)
 	ask := func(id uint16) {
 		q := dnsQuery(id, "w.example.test", 1)
 		d.query(q)

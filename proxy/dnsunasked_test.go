@@ -104,7 +104,7 @@ func TestDNSUnaskedCounted(t *testing.T) {
 	if s, _, q := d.lookupSince(); !q || s != since {
 		t.Errorf("after datagrams that answered nothing: quiet %v since %d, want still quiet since the answer, %d", q, s, since)
 	}
-	d.close()
+	d.close(dnsTimedOut)
 }
 
 // TestDNSPendingQueryServerStreamDoesNotKeepFlow: a DNS-port flow whose one
@@ -203,7 +203,7 @@ func TestDNSUntrackedAnswersNotCounted(t *testing.T) {
 	t.Run("flow", func(t *testing.T) {
 		rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
 		d := newDNSLog(p, rec, nil)
-		defer d.close()
+		defer d.close(dnsTimedOut)
 		qs := make([][]byte, 0, maxPendingDNS+2)
 		for i := range maxPendingDNS + 2 {
 			q := dnsQuery(uint16(i), "busy.example.test", 1)
@@ -229,13 +229,13 @@ func TestDNSUntrackedAnswersNotCounted(t *testing.T) {
 		full := make([]*dnsLog, maxPendingDNSPerClient/maxPendingDNS)
 		for i := range full {
 			full[i] = newDNSLog(p, rec, nil)
-			defer full[i].close()
+			defer full[i].close(dnsTimedOut)
 			for id := range maxPendingDNS {
 				full[i].query(dnsQuery(uint16(id), "fill.example.test", 1))
 			}
 		}
 		d := newDNSLog(p, rec, nil)
-		defer d.close()
+		defer d.close(dnsTimedOut)
 		q := dnsQuery(7, "one-more.example.test", 1)
 		d.query(q)
 		if n := pendingOf([]*dnsLog{d}); n != 0 {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -71,7 +70,7 @@ type udpFlow struct {
 	wbuf            []byte // the datagram writeHost sends
 	werr            error  // and what sending it gave
 	hostErr         error  // a read error of the host socket (the host loop's own)
-	clientGone      bool   // the client's side closed (the host loop's own)
+	clientGone      error  // a write to the client's side failed (the host loop's own)
 	hostDecide      bool   // a datagram waits under a policy loaded since (the host loop's own)
 	// hostPol is the policy the host loop last saw the flow decided
 	// under (its own: f.pol is outMu's): see hostReloaded.
@@ -112,6 +111,10 @@ type udpFlow struct {
 
 	endOnce sync.Once
 	endErr  error // what ended the flow, if it failed (set in endOnce)
+	// endHow is what else ended it, and clientWhy, for endClient, the
+	// client side's error (set in endOnce): udpend.go.
+	endHow    udpEnd
+	clientWhy error
 	// deniedBy is the policy, loaded by a reload, that ended the flow, and
 	// deniedWhy why (set in endOnce): see reloaded.
 	deniedBy  *policy.Policy
@@ -315,7 +318,7 @@ func (f *udpFlow) drainClient() {
 			return
 		}
 		if err != nil {
-			f.end(clientError(err))
+			f.endByClient(err)
 			return
 		}
 		if !f.fromClient((*bufp)[:n]) {
@@ -332,7 +335,7 @@ func (f *udpFlow) readClient() {
 	for {
 		n, err := f.client.Read(*bufp)
 		if err != nil {
-			f.end(clientError(err))
+			f.endByClient(err)
 			return
 		}
 		f.outMu.Lock()
@@ -342,19 +345,6 @@ func (f *udpFlow) readClient() {
 			return
 		}
 	}
-}
-
-// clientError is what a failed read of the client says about the flow: a
-// closed conn ends it cleanly (the stack closing, the flow ending), and so
-// does a client whose port answered ICMP unreachable: it closed its socket,
-// and the flow is over (ending it at once gives its host port back). The
-// packet stack passes on only the client's own unreachables, not another
-// host's about the client's flow (netstack's checkICMPError).
-func clientError(err error) error {
-	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNREFUSED) {
-		return nil
-	}
-	return err
 }
 
 // fromClient sends one of the client's datagrams to the destination. It
@@ -443,8 +433,8 @@ func (f *udpFlow) serveHost() {
 		case f.hostErr != nil:
 			f.end(f.hostErr)
 			return
-		case f.clientGone:
-			f.end(nil)
+		case f.clientGone != nil:
+			f.endClientGone(f.clientGone)
 			return
 		case err == nil: // readHost asks for the deadline to be looked at
 		case errors.Is(err, os.ErrDeadlineExceeded):
@@ -465,7 +455,7 @@ func (f *udpFlow) serveHost() {
 		}
 		d := f.deadline()
 		if !time.Now().Before(d) {
-			f.end(nil)
+			f.endIdle()
 			return
 		}
 		f.setHostDeadline(d)
@@ -538,61 +528,8 @@ func (f *udpFlow) readHost(fd uintptr) bool {
 			look = true // quiet now: the deadline shortens
 		}
 		if _, err := f.client.Write(buf[:n]); err != nil && err != netstack.ErrWouldBlock {
-			f.clientGone = true
+			f.clientGone = err
 			return true
 		}
-	}
-}
-
-// finish stops the relaying, closes both sides (or, for a flow a reload
-// denied, holds the client's as a denied flow's) and writes the records.
-func (f *udpFlow) finish() {
-	f.done.Store(true)
-	if f.ready != nil {
-		f.ready.OnReadable(nil)
-	}
-	// An empty critical section: a drain under way ends first, and later
-	// ones see done.
-	f.outMu.Lock()
-	//lint:ignore SA2001 the wait is the point
-	f.outMu.Unlock()
-
-	f.end(nil) // first: it orders what ended the flow before what follows
-	// Here, on the host loop's goroutine once its Read has returned, the
-	// close waits for nothing (see stopHost).
-	f.up.Close()
-	held := f.deniedBy != nil && f.ready != nil
-	if !held {
-		f.client.Close()
-	}
-	if f.readerDone != nil {
-		<-f.readerDone
-	}
-	note := ""
-	if f.dns != nil {
-		f.dns.close()
-		note = f.dns.notQueries()
-	}
-	f.rec.BytesOut, f.rec.BytesIn = f.bytesOut, f.bytesIn
-	switch {
-	case f.endErr != nil:
-		f.rec.Result, f.rec.Error = records.DialResult(f.endErr), f.endErr.Error()
-	case f.deniedBy != nil:
-		f.rec.Result, f.rec.Error = "denied", "ended by a policy reload: "+f.deniedWhy
-	}
-	if note != "" {
-		if f.rec.Error != "" {
-			note = f.rec.Error + "; " + note
-		}
-		f.rec.Error = note
-	}
-	f.p.finish(f.rec, f.start)
-	if f.rec.Kind == "quic" || f.quicUnread {
-		f.p.udp.quicPaths.closed(f)
-	}
-	if held {
-		// As a flow denied from the start: its further datagrams are
-		// discarded, with no record each, until it idles or a reload allows it.
-		f.hold(f.deniedBy)
 	}
 }

@@ -1,11 +1,30 @@
 package proxy
 
-import "time"
+import (
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
 
 // How a UDP flow ends. Whatever ends it (the client's side closing or
 // failing, a write to the destination failing, a reload denying it, the
 // host loop's own deadline) only marks it done and wakes the host loop;
 // the host loop's goroutine then finishes it and closes the host socket.
+// What ended it is kept (endErr, deniedBy, endHow) for its record and for
+// the records of the DNS queries it leaves waiting.
+
+// udpEnd is what ended a flow that did not fail or get denied.
+type udpEnd uint8
+
+const (
+	endOther  udpEnd = iota // nothing said: a failure (endErr), a deny, or its socket failing under it
+	endIdle                 // its deadline: idle, unanswered, or a DNS flow's linger
+	endClient               // its client's side: closed (the packet stack's close), or its port unreachable
+)
 
 // end ends the flow once: stopHost wakes serveHost, which finishes it.
 // err is what it failed with, if it did.
@@ -14,6 +33,78 @@ func (f *udpFlow) end(err error) {
 		f.endErr = err
 		f.stopHost()
 	})
+}
+
+// endIdle ends the flow at its deadline.
+func (f *udpFlow) endIdle() {
+	f.endOnce.Do(func() {
+		f.endHow = endIdle
+		f.stopHost()
+	})
+}
+
+// endByClient ends the flow for a read of its client's side that failed
+// with err: one that is no failure of the flow (clientError) as
+// endClientGone does.
+func (f *udpFlow) endByClient(err error) {
+	if failed := clientError(err); failed != nil {
+		f.end(failed)
+		return
+	}
+	f.endClientGone(err)
+}
+
+// endClientGone ends the flow for its client's side having gone (closed,
+// or its port unreachable), which err says: a read of it or a write to it
+// failed so.
+func (f *udpFlow) endClientGone(err error) {
+	f.endOnce.Do(func() {
+		f.endHow, f.clientWhy = endClient, err
+		f.stopHost()
+	})
+}
+
+// clientError is what a failed read of the client says about the flow: a
+// closed conn ends it cleanly (the stack closing, the flow ending), and so
+// does a client whose port answered ICMP unreachable: it closed its socket,
+// and the flow is over (ending it at once gives its host port back). The
+// packet stack passes on only the client's own unreachables, not another
+// host's about the client's flow (netstack's checkICMPError).
+func clientError(err error) error {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNREFUSED) {
+		return nil
+	}
+	return err
+}
+
+// udpEnding is how a flow's ending is recorded: on its own record (result
+// and err; "" keeps `ok` with no error) and on those of the DNS queries it
+// leaves waiting (query).
+type udpEnding struct {
+	result, err string
+	query       dnsEnd
+}
+
+// ending is how the flow's ending is recorded, by what ended it. A query
+// still waiting is recorded as what ended its flow ended it: `timeout`
+// only when the flow's deadline did, or its client gave up.
+func (f *udpFlow) ending() udpEnding {
+	switch {
+	case f.endErr != nil:
+		why, result := f.endErr.Error(), records.DialResult(f.endErr)
+		return udpEnding{result, why, dnsEnd{result: result, err: "the flow ended before its answer: " + why}}
+	case f.deniedBy != nil:
+		// The rule and policy that denied it, as the flow's record has
+		// them (endDenied).
+		dec := &dnsDecision{rule: f.rec.Rule, action: f.rec.Action, policy: f.rec.Policy}
+		return udpEnding{"denied", "ended by a policy reload: " + f.deniedWhy,
+			dnsEnd{result: "denied", err: "ended by a policy reload before its answer: " + f.deniedWhy, dec: dec}}
+	case f.endHow == endClient:
+		// The client closed its socket (its port answered unreachable):
+		// it gave up waiting, as a stub resolver does at its own timeout.
+		return udpEnding{query: dnsEnd{result: "timeout", err: "the client's side of the flow closed before its answer: " + f.clientWhy.Error()}}
+	}
+	return udpEnding{query: dnsTimedOut}
 }
 
 // stopHost marks the flow done and wakes serveHost with a deadline in the
@@ -39,4 +130,55 @@ func (f *udpFlow) setHostDeadline(d time.Time) {
 		_ = f.up.SetReadDeadline(d)
 	}
 	f.wakeMu.Unlock()
+}
+
+// finish stops the relaying, closes both sides (or, for a flow a reload
+// denied, holds the client's as a denied flow's) and writes the records.
+func (f *udpFlow) finish() {
+	f.done.Store(true)
+	if f.ready != nil {
+		f.ready.OnReadable(nil)
+	}
+	// An empty critical section: a drain under way ends first, and later
+	// ones see done.
+	f.outMu.Lock()
+	//lint:ignore SA2001 the wait is the point
+	f.outMu.Unlock()
+
+	f.end(nil) // first: it orders what ended the flow before what follows
+	// Here, on the host loop's goroutine once its Read has returned, the
+	// close waits for nothing (see stopHost).
+	f.up.Close()
+	held := f.deniedBy != nil && f.ready != nil
+	if !held {
+		f.client.Close()
+	}
+	if f.readerDone != nil {
+		<-f.readerDone
+	}
+	e := f.ending()
+	note := ""
+	if f.dns != nil {
+		f.dns.close(e.query)
+		note = f.dns.notQueries()
+	}
+	f.rec.BytesOut, f.rec.BytesIn = f.bytesOut, f.bytesIn
+	if e.result != "" {
+		f.rec.Result, f.rec.Error = e.result, e.err
+	}
+	if note != "" {
+		if f.rec.Error != "" {
+			note = f.rec.Error + "; " + note
+		}
+		f.rec.Error = note
+	}
+	f.p.finish(f.rec, f.start)
+	if f.rec.Kind == "quic" || f.quicUnread {
+		f.p.udp.quicPaths.closed(f)
+	}
+	if held {
+		// As a flow denied from the start: its further datagrams are
+		// discarded, with no record each, until it idles or a reload allows it.
+		f.hold(f.deniedBy)
+	}
 }
