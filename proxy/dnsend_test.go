@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -87,6 +88,44 @@ func TestDNSPendingRefusedDestination(t *testing.T) {
 	r := dns[0]
 	if r.Result != "refused" || !strings.HasPrefix(r.Error, "the flow ended before its answer: ") || !strings.Contains(r.Error, "connection refused") {
 		t.Errorf("dns record %+v; want refused, error naming the refusal", r)
+	}
+}
+
+// TestUDPShutdownRecorded: flows the appliance's shutdown ends (the packet
+// stacks close their client sides once StacksClosing is called) say so, in
+// errShutdown's words and `reset`, as the TCP flows the shutdown ends do: a
+// UDP flow whose destination was answering, and a QUIC one, were recorded
+// `ok` with no error, like flows that idled out; and a DNS query still
+// waiting says the shutdown ended it, not a timeout.
+func TestUDPShutdownRecorded(t *testing.T) {
+	dns, echo := newUDPSink(t, false), newUDPSink(t, true)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 30 * time.Second
+		cfg.DNSPorts = []uint16{dns.addr().Port()}
+	})
+	dc, _ := startFlow(p, quicClient, dns.addr(), dnsQuery(3, "shut.example", 1))
+	uc, _ := startFlow(p, netip.MustParseAddrPort("198.18.0.6:40001"), echo.addr(), []byte("stream please"))
+	qc, _ := startFlow(p, netip.MustParseAddrPort("198.18.0.7:40002"), echo.addr(), quicFirstFlight(t, "www.example.test")...)
+	waitReceived(t, dns, 1)
+	<-uc.out // the destination answers: the flow is live
+	<-qc.out
+	p.StacksClosing()
+	for _, c := range []*fakeUDPClient{dc, uc, qc} {
+		c.Close() // the stacks' close closes the flows' client sides
+	}
+	kinds := map[string]int{}
+	for _, r := range recs.records(t, 4) {
+		kinds[r.Kind]++
+		want, wantErr := "reset", errShutdown.Error()
+		if r.Kind == "dns" {
+			wantErr += " before its answer"
+		}
+		if r.Result != want || r.Error != wantErr {
+			t.Errorf("%s record %+v; want %s, error %q", r.Kind, r, want, wantErr)
+		}
+	}
+	if kinds["udp"] != 2 || kinds["quic"] != 1 || kinds["dns"] != 1 {
+		t.Errorf("records by kind %v; want 2 udp, 1 quic, 1 dns", kinds)
 	}
 }
 
