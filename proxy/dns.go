@@ -388,6 +388,9 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 			fn(gen, d.base.Endpoint, d.client.client, b)
 		}
 	}
+	if b[2]&0x02 != 0 {
+		note = joinNotes(note, truncatedNote)
+	}
 	d.write(q, dnsRCodeName(dnsAnswerRCode(b)), int64(len(b)), "ok", note)
 	return quiet
 }
@@ -454,12 +457,7 @@ func (d *dnsLog) write(q dnsQuestion, rcode string, in int64, result, note strin
 	if skipped > 0 {
 		r.Error = fmt.Sprintf("%d more DNS queries from this client before this one, not recorded one by one", skipped)
 	}
-	if note != "" {
-		if r.Error != "" {
-			note = r.Error + "; " + note
-		}
-		r.Error = note
-	}
+	r.Error = joinNotes(r.Error, note)
 	d.p.finish(&r, q.start)
 }
 

@@ -241,3 +241,20 @@ func TestDNSBareAnswerIDReused(t *testing.T) {
 		t.Errorf("records (name: result rcode) %v, want %v", got, want)
 	}
 }
+
+// TestDNSTruncatedAnswerNoted: an answer cut to fit (TC set) is the
+// query's answer, but the client asks again over TCP, and that lookup has
+// only a tcp record: the query's record says the answer was truncated,
+// else the name finally resolved would be in no dns record and nothing
+// would say so.
+func TestDNSTruncatedAnswerNoted(t *testing.T) {
+	q := dnsQuery(24, "c.example.test", 1)
+	res := runDNSFlow(t, func(b []byte) []byte {
+		r := bytes.Clone(b)
+		r[2], r[3] = 0x83, 0x80 // QR, TC, RD; RA, NOERROR
+		return r
+	}, 3*time.Second, 1, q)
+	if len(res.dns) != 1 || res.dns[0].Result != "ok" || res.dns[0].RCode != "NOERROR" || res.dns[0].Error != truncatedNote {
+		t.Errorf("dns records %+v; want one, ok, NOERROR, error %q", res.dns, truncatedNote)
+	}
+}

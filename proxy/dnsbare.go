@@ -14,6 +14,12 @@ package proxy
 // bareNote is the error of a query's record whose answer had no question.
 const bareNote = "answered without its question"
 
+// truncatedNote is the error of a query's record whose answer was cut to
+// fit (TC set): the client may ask again over TCP, and a DNS lookup over
+// TCP has only its connection's tcp record, so the name it finally
+// resolved would be in no dns record without it.
+const truncatedNote = "the answer was truncated (TC): the client may ask again over TCP, which gets no dns record"
+
 // bareResponse reports whether b is a DNS response with no question: a
 // whole header, QR set, a question count of 0.
 func bareResponse(b []byte) bool {

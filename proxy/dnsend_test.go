@@ -55,8 +55,8 @@ func TestDNSPendingDeniedByReload(t *testing.T) {
 		t.Error("the answer reached the client after the reload denied the flow")
 	default:
 	}
-	if udp.Result != "denied" {
-		t.Fatalf("udp record %+v; want the flow denied by the reload", udp)
+	if udp.Result != "denied" || strings.Contains(udp.Error, silentNote) {
+		t.Fatalf("udp record %+v; want the flow denied by the reload, not said to have had nothing from its destination (its answer met the deny)", udp)
 	}
 	r := dns[0]
 	const why = "ended by a policy reload before its answer: "
@@ -117,8 +117,11 @@ func TestUDPShutdownRecorded(t *testing.T) {
 	for _, r := range recs.records(t, 4) {
 		kinds[r.Kind]++
 		want, wantErr := "reset", errShutdown.Error()
-		if r.Kind == "dns" {
+		switch {
+		case r.Kind == "dns":
 			wantErr += " before its answer"
+		case r.BytesIn == 0: // the DNS flow: its server never answered
+			wantErr += "; " + silentNote
 		}
 		if r.Result != want || r.Error != wantErr {
 			t.Errorf("%s record %+v; want %s, error %q", r.Kind, r, want, wantErr)
@@ -132,7 +135,8 @@ func TestUDPShutdownRecorded(t *testing.T) {
 // TestDNSPendingClientGone: a client whose port answers unreachable closed
 // its socket: its queries still waiting went unanswered for as long as it
 // waited, and their records say `timeout`, noting that the client's side
-// closed; the flow's record says `ok`, the client having ended it.
+// closed; the flow's record says `ok`, the client having ended it (and
+// that the server sent nothing).
 func TestDNSPendingClientGone(t *testing.T) {
 	dst := newUDPSink(t, false)
 	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
@@ -143,8 +147,8 @@ func TestDNSPendingClientGone(t *testing.T) {
 	waitReceived(t, dst, 1)
 	c.failRead(syscall.ECONNREFUSED)
 	udp, dns := flowRecords(t, recs, 1)
-	if udp.Result != "ok" || udp.Error != "" {
-		t.Errorf("udp record %+v; want ok, no error", udp)
+	if udp.Result != "ok" || udp.Error != silentNote {
+		t.Errorf("udp record %+v; want ok, error %q (the server never answered)", udp, silentNote)
 	}
 	if r := dns[0]; r.Result != "timeout" || !strings.HasPrefix(r.Error, "the client's side of the flow closed before its answer: ") {
 		t.Errorf("dns record %+v; want timeout, noting the client's side closed", r)
@@ -163,5 +167,29 @@ func TestDNSPendingTimedOut(t *testing.T) {
 	_, dns := flowRecords(t, recs, 1)
 	if r := dns[0]; r.Result != "timeout" || r.Error != "" || r.DurationMS < 250 {
 		t.Errorf("dns record %+v; want timeout after the flow's 300 ms, no error", r)
+	}
+}
+
+// TestUDPSilentDestinationNoted: a relayed flow whose destination sent
+// nothing back (a QUIC server that never answered, a DNS server that
+// answered nothing, a one-way stream) was recorded `ok` with nothing to
+// tell it from an answered one; its error now says so, its result still
+// `ok` (much UDP is one-way by design). A flow that was answered has no
+// such note.
+func TestUDPSilentDestinationNoted(t *testing.T) {
+	sink, echo := newUDPSink(t, false), newUDPSink(t, true)
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
+		cfg.UDPIdleTimeout = 300 * time.Millisecond
+	})
+	startFlow(p, quicClient, sink.addr(), []byte("anyone there?"))
+	c, _ := startFlow(p, netip.MustParseAddrPort("198.18.0.6:40001"), echo.addr(), []byte("echo"))
+	<-c.out
+	got := map[uint16]string{}
+	for _, r := range recs.records(t, 2) {
+		got[r.DestPort] = r.Result + ": " + r.Error
+	}
+	if got[sink.addr().Port()] != "ok: "+silentNote || got[echo.addr().Port()] != "ok: " {
+		t.Errorf("records (result: error) %q to the silent destination, %q to the answering one; want %q and %q",
+			got[sink.addr().Port()], got[echo.addr().Port()], "ok: "+silentNote, "ok: ")
 	}
 }

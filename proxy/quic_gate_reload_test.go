@@ -86,7 +86,7 @@ func TestQUICGateDecidesUnderPolicyAtHello(t *testing.T) {
 		waitReceived(t, dst, len(flight))
 		rec := oneRecord(t, recs)
 		if rec.Kind != "quic" || rec.Action != "splice" || rec.Rule != "web" || rec.Policy != mustPolicy(t, to).ID() ||
-			rec.DestCheck != destCheckOK || rec.Result == "denied" || rec.Error != "" {
+			rec.DestCheck != destCheckOK || rec.Result == "denied" || rec.Error != silentNote { // the sink never answers
 			t.Errorf("record %+v; want quic let through (splice) by web under the new policy %s, dest_check ok", rec, mustPolicy(t, to).ID())
 		}
 		if n := checked.Load(); n != 1 {
@@ -157,7 +157,7 @@ func TestQUICGateUnreadableUnderPolicyAtTimeout(t *testing.T) {
 		dst, rec := start(t, names, addrs)
 		waitReceived(t, dst, 1)
 		if rec.Kind != "udp" || rec.Action != "allow" || rec.Policy != mustPolicy(t, addrs).ID() ||
-			!strings.HasSuffix(rec.Error, "; relayed as udp") {
+			!strings.HasSuffix(rec.Error, "; relayed as udp; "+silentNote) { // the sink never answers
 			t.Errorf("record %+v; want relayed as udp under the new policy %s", rec, mustPolicy(t, addrs).ID())
 		}
 	})

@@ -174,12 +174,15 @@ func (f *udpFlow) finish() {
 	if e.result != "" {
 		f.rec.Result, f.rec.Error = e.result, e.err
 	}
-	if note != "" {
-		if f.rec.Error != "" {
-			note = f.rec.Error + "; " + note
-		}
-		f.rec.Error = note
+	if f.bytesIn == 0 && f.endErr == nil && f.deniedBy == nil {
+		// Not `timeout`: much UDP is one-way by design (syslog, metrics,
+		// flow exports), and would flood the errors; but `ok` alone read
+		// as a flow that was answered. Not for a flow a reload denied:
+		// the destination's datagram that met the deny was dropped
+		// unread, so nothing can say it sent nothing.
+		note = joinNotes(silentNote, note)
 	}
+	f.rec.Error = joinNotes(f.rec.Error, note)
 	f.p.finish(f.rec, f.start)
 	if f.rec.Kind == "quic" || f.quicUnread {
 		f.p.udp.quicPaths.closed(f)
@@ -189,4 +192,21 @@ func (f *udpFlow) finish() {
 		// discarded, with no record each, until it idles or a reload allows it.
 		f.hold(f.deniedBy)
 	}
+}
+
+// silentNote is the note of a relayed flow whose destination sent nothing
+// back: a QUIC server that never answered, a DNS server that answered no
+// query, as well as a one-way stream.
+const silentNote = "the destination sent nothing"
+
+// joinNotes joins two notes of a record's error, either of which may be
+// empty.
+func joinNotes(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
 }
