@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"bytes"
+	"io"
 	"testing"
 	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 
 	"golang.org/x/net/dns/dnsmessage"
 )
@@ -162,4 +165,43 @@ func dnsmessageRCode(b []byte) (uint16, bool) {
 			return 0, false
 		}
 	}
+}
+
+// FuzzDNSLogAnswer: no datagram from a server panics the answer path (a
+// response with a question, one with none, anything else) on a flow with
+// queries waiting, two of them under the datagram's own ID, one under the
+// next; and whatever it answered, the flow's count of pending queries and
+// the client's budget agree, and come back to nothing at its close.
+func FuzzDNSLogAnswer(f *testing.F) {
+	q := dnsQuery(21, "a.example.test", 1)
+	f.Add(bareAnswer(1)(q))
+	f.Add(dnsResponse(q))
+	f.Add(withAdditional(dnsResponse(q), optRR(1, 0)))
+	f.Add([]byte{0, 22, 0x83, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 41, 4, 0xd0, 1, 0, 0, 0, 0, 0})
+	f.Add([]byte("not DNS"))
+	rec := &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}
+	p := New(Config{AllowLoopback: true, Records: records.NewWriter(nil, io.Discard)})
+	f.Cleanup(p.Close)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var id uint16
+		if len(b) >= 2 {
+			id = uint16(b[0])<<8 | uint16(b[1])
+		}
+		d := newDNSLog(p, rec, nil)
+		d.query(dnsQuery(id, "a.example.test", 1))
+		d.query(dnsQuery(id, "A.example.test", 28))
+		d.query(dnsQuery(id+1, "b.example.test", 1))
+		d.answer(b)
+		d.mu.Lock()
+		pending, budget := len(d.pending), d.budget.n.Load()
+		d.mu.Unlock()
+		if int64(pending) != budget || pending < 2 {
+			t.Fatalf("%d queries pending, the budget counts %d; want them equal, and at least 2 (one answer takes one)", pending, budget)
+		}
+		b2 := d.budget
+		d.close(dnsTimedOut)
+		if n := b2.n.Load(); n != 0 {
+			t.Fatalf("the budget counts %d after the close, want 0", n)
+		}
+	})
 }
