@@ -78,6 +78,9 @@ type h1Bounds struct {
 	// and goproxy's reader holds what followed net/http's end, the next
 	// head's start, so awaitHead arms its deadline.
 	lost bool
+	// err came with the bytes of a read, which went out without it: it is
+	// the next read's, once pending is out (bound).
+	err error
 	// blind and readFailed are what the session's end knows of a head
 	// goproxy's reader may hold unseen (unreadhead.go).
 	blind, readFailed atomic.Bool
@@ -121,6 +124,10 @@ func (h *h1Bounds) read(c net.Conn, b []byte) (int, error) {
 		h.pending = h.pending[k:]
 		return k, nil
 	}
+	if err := h.err; err != nil {
+		h.err = nil
+		return 0, err
+	}
 	for {
 		n, err := c.Read(b)
 		if k := h.skipLead(b[:n]); k > 0 {
@@ -155,13 +162,24 @@ func (h *h1Bounds) skipLead(p []byte) int {
 	return k
 }
 
-// bound hands out the bytes b[:n] just read, with err, up to the boundary
-// of the part of the request being read, and keeps the rest.
+// bound hands out the bytes b[:n] just read up to the boundary of the
+// part of the request being read, and keeps the rest. An error that came
+// with bytes is the next read's, which brings none: a read that brought
+// bytes is not the client's end (unreadhead.go's readFailed). crypto/tls
+// returns a TLS 1.2 close_notify's io.EOF with the data before it, which
+// may be a whole head goproxy cannot read. A timeout is not kept: the
+// next read has the deadline then set.
 func (h *h1Bounds) bound(b []byte, n int, err error) (int, error) {
+	if n > 0 && err != nil {
+		if !isTimeout(err) {
+			h.err = err
+		}
+		err = nil
+	}
 	if k := h.take(b[:n]); k < n {
 		h.buf = append(h.buf[:0], b[k:n]...)
 		h.pending = h.buf
-		return k, nil // an error comes again with the next read
+		return k, nil
 	}
 	return n, err
 }

@@ -3,8 +3,10 @@ package intercept
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"math/rand"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -313,9 +315,83 @@ func TestH1BoundsUnknownBodyLengthLoose(t *testing.T) {
 		h.request(req)
 		b := []byte("some body bytes")
 		n, err := h.bound(b, len(b), io.EOF)
-		if n != len(b) || err != io.EOF || h.state != boundLoose || len(h.pending) != 0 {
-			t.Errorf("length %d, TE %q: handed out %d of %d bytes (%v), state %d, %d kept; want all, EOF, loose, none kept",
-				req.ContentLength, req.TransferEncoding, n, len(b), err, h.state, len(h.pending))
+		if n != len(b) || err != nil || h.err != io.EOF || h.state != boundLoose || len(h.pending) != 0 {
+			t.Errorf("length %d, TE %q: handed out %d of %d bytes (%v, %v kept), state %d, %d kept; want all, no error, EOF kept, loose, none kept",
+				req.ContentLength, req.TransferEncoding, n, len(b), err, h.err, h.state, len(h.pending))
 		}
+	}
+}
+
+// readResult is one read of a scriptedConn.
+type readResult struct {
+	data string
+	err  error
+}
+
+// scriptedConn returns its reads in turn, then errPastScript.
+type scriptedConn struct {
+	net.Conn
+	reads []readResult
+	calls int
+}
+
+var errPastScript = errors.New("read past the script")
+
+func (c *scriptedConn) Read(b []byte) (int, error) {
+	c.calls++
+	if len(c.reads) == 0 {
+		return 0, errPastScript
+	}
+	r := c.reads[0]
+	c.reads = c.reads[1:]
+	return copy(b, r.data), r.err
+}
+
+// timeoutErr is a deadline's error.
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+// A read that brings bytes and an error together (crypto/tls returns a
+// TLS 1.2 close_notify's io.EOF with the data before it) hands out the
+// bytes alone, and the error with the next read, which reads no more of
+// the connection: a read that brought a head is not the client's clean
+// end (unreadhead.go's readFailed), and one whose bytes the bounds kept
+// in part hands those out first. A timeout is not kept: the next read
+// has whatever deadline is set by then.
+func TestH1BoundsErrorAfterBytes(t *testing.T) {
+	const head = "GET /a%zz HTTP/1.1\r\nHost: a\r\n\r\n"
+	type out struct {
+		data string
+		err  error
+	}
+	for _, tc := range []struct {
+		name  string
+		state uint8
+		read  readResult
+		want  []out
+		calls int // of the connection, by the reads of want
+	}{
+		{"loose", boundLoose, readResult{head, io.EOF}, []out{{head, nil}, {"", io.EOF}}, 1},
+		{"head and more", boundHead, readResult{head + "GET", io.EOF}, []out{{head, nil}, {"GET", nil}, {"", io.EOF}}, 1},
+		{"timeout", boundLoose, readResult{head, timeoutErr{}}, []out{{head, nil}, {"", errPastScript}}, 2},
+		{"no bytes", boundLoose, readResult{"", io.EOF}, []out{{"", io.EOF}, {"", errPastScript}}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &scriptedConn{reads: []readResult{tc.read}}
+			h := h1Bounds{state: tc.state}
+			for i, w := range tc.want {
+				b := make([]byte, 64)
+				n, err := h.read(c, b)
+				if string(b[:n]) != w.data || err != w.err {
+					t.Errorf("read %d: %q, %v; want %q, %v", i+1, b[:n], err, w.data, w.err)
+				}
+			}
+			if c.calls != tc.calls {
+				t.Errorf("%d reads of the connection, want %d", c.calls, tc.calls)
+			}
+		})
 	}
 }

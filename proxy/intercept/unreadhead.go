@@ -24,7 +24,8 @@ import "net/http"
 // also taken as unread there when the last response went out
 // (nextHead.awaitHead: blind) and no read failed since (readFailed). A
 // clean close, the client's FIN after its last response, is a read that
-// failed: no record. What this cannot tell is a partial head held so and
+// failed: no record. A read that brings bytes is none, though its error
+// came with them (bound keeps it for the next). What this cannot tell is a partial head held so and
 // then cut short by the client's FIN from that clean close: goproxy's
 // buffers are not in sight, and that one goes unrecorded.
 
