@@ -102,10 +102,13 @@ func (s *session) decideNameCtx(ctx context.Context, pol *policy.Policy) nameVer
 // decideNameOutright is decideName for a request its own rule denied,
 // whose 403 is certain: the name is decided only if that needs no
 // destination check (pol denies it, or its ECH; allows it with none to
-// make; or decided it already), else nothing is, and ok is false. A check
-// takes up to DestinationCheckTimeout, the session's other requests
-// waiting meanwhile, to confirm an answer already given; the name is left
-// to the next request that needs it (refuseDeniedName).
+// make; or decided it already), and no other request is deciding it now,
+// else nothing is, and ok is false. A check takes up to
+// DestinationCheckTimeout, the session's other requests waiting
+// meanwhile, to confirm an answer already given, and one under way holds
+// the name's lock for as long: an HTTP/2 stream's 403 waited for another
+// stream's check (review rev30a F2). The name is left to the next request
+// that needs it (refuseDeniedName), or to the one deciding it.
 func (s *session) decideNameOutright(pol *policy.Policy) (v nameVerdict, ok bool) {
 	return s.decideNameAs(context.Background(), pol, true)
 }
@@ -116,7 +119,11 @@ func (s *session) decideNameAs(ctx context.Context, pol *policy.Policy, outright
 		return nameVerdict{d: s.Decision}, true
 	}
 	c := &s.nameCheck
-	c.mu.Lock()
+	if !outright {
+		c.mu.Lock()
+	} else if !c.mu.TryLock() {
+		return nameVerdict{}, false // being decided, perhaps by a check
+	}
 	defer c.mu.Unlock()
 	if pol != c.pol {
 		d := pol.Decide(s.Subject)

@@ -162,3 +162,83 @@ func TestReloadOtherHostOwnDenyNoCheck(t *testing.T) {
 	raw.Close()
 	sv.waitDoneOnce(t)
 }
+
+// TestReloadOtherHostOwnDenyNoWaitForCheck: over HTTP/2, after a reload
+// under which the connection's name is allowed only on a destination
+// check, a request for the name starts that check (one that hangs until
+// its timeout); a request for another Host that its own rule denies,
+// sent meanwhile, gets its 403 at once, as policy.md says: the name is
+// left to the request deciding it. It waited for that check, up to the
+// timeout: deciding the name outright waited for the name's lock, which
+// the check holds, before finding that it would not check.
+func TestReloadOtherHostOwnDenyNoWaitForCheck(t *testing.T) {
+	const checkTimeout = 3 * time.Second
+	holder := new(policy.Holder)
+	dc := &destCheck{block: true}
+	r := newRig(t, fmt.Sprintf(legacyPolicy, "destination_check: off"), func(c *intercept.Config) {
+		c.Policy = holder
+		c.DestinationCheck = dc.check
+		c.DestinationCheckTimeout = checkTimeout
+	})
+	holder.Store(r.pol)
+	upEnd, _ := r.startUpstream(r.strangerLeaf("www.example.test"), "h2")
+	raw, sv := r.connect(upEnd, tlsDest)
+	tc := bumpClient(t, r, raw, "www.example.test", "h2")
+	tc.SetDeadline(time.Time{})
+	cc, err := (&http2.Transport{}).NewClientConn(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := h2GetStatus(t, cc, "www.example.test", "/before"); code != 200 {
+		t.Fatalf("before the reload: %d", code)
+	}
+	reloadTo(t, holder, fmt.Sprintf(legacyPolicy, "destination_check: dns"))
+	own := make(chan int, 1)
+	go func() {
+		resp, err := h2GetHost(cc, "www.example.test", "/own")
+		if err != nil {
+			own <- -1
+			return
+		}
+		own <- resp.StatusCode
+	}()
+	if !waitFor(t, "the name's check", waitLimit, func() bool { return len(dc.called()) > 0 }) {
+		t.FailNow()
+	}
+	start := time.Now()
+	code := h2GetStatus(t, cc, "evil.example.test", "/evil")
+	took := time.Since(start)
+	ownCode := 0
+	select {
+	case ownCode = <-own:
+		t.Errorf("www.example.test answered %d before evil.example.test's 403 came: that 403 waited for the name's check", ownCode)
+	default:
+	}
+	if code != http.StatusForbidden || took > checkTimeout/3 {
+		t.Errorf("evil.example.test: %d after %v, want a 403 at once (the check hangs for %v)", code, took, checkTimeout)
+	}
+	if ownCode == 0 {
+		select {
+		case ownCode = <-own:
+		case <-time.After(checkTimeout + waitLimit):
+			t.Fatal("www.example.test: no answer after its check's timeout")
+		}
+	}
+	if ownCode != http.StatusForbidden {
+		t.Errorf("www.example.test, its check timed out: %d, want 403", ownCode)
+	}
+	if calls := dc.called(); len(calls) != 1 {
+		t.Errorf("destination checks %q, want the name's one", calls)
+	}
+	cc.Close()
+	sv.waitDoneOnce(t)
+	var evil []string
+	for _, rec := range ofKind(r.records(), "http") {
+		if rec.Host == "evil.example.test" {
+			evil = append(evil, fmt.Sprintf("%s %s %d %q", rec.Path, rec.Action, rec.Status, rec.Error))
+		}
+	}
+	if w := fmt.Sprintf("/evil deny 403 %q", "denied by policy"); len(evil) != 1 || evil[0] != w {
+		t.Errorf("records of evil.example.test %q, want [%s]", evil, w)
+	}
+}
