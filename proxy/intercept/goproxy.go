@@ -255,7 +255,7 @@ func (rt *roundTripper) end() {
 			}
 			rec.Action, rec.Result, rec.Error = "deny", "denied", fmt.Sprintf("%s larger than %d bytes", what, s.ic.cfg.MaxHeaderBytes)
 			rec.End(s.Start)
-			s.ic.cfg.Records.Write(&rec)
+			s.ic.write(&rec)
 		}
 		refused := rt.recordRefused() // h2guard.go
 		// A head left unfinished past its deadline: hijackedconn.go.
@@ -275,7 +275,7 @@ func (rt *roundTripper) end() {
 				rec.BytesOut, rec.BytesIn = 0, 0
 				rt.denyUnreadable(&rec)
 				rec.End(s.Start)
-				s.ic.cfg.Records.Write(&rec)
+				s.ic.write(&rec)
 			}
 			if timedOut && s.Record.Error == "" {
 				s.Record.Error = rt.cc.limit.timeoutError()
@@ -350,7 +350,7 @@ func (rt *roundTripper) end() {
 				rt.denyUnreadable(&rec)
 			}
 			rec.End(s.Start)
-			s.ic.cfg.Records.Write(&rec)
+			s.ic.write(&rec)
 		}
 		s.Done()
 	})

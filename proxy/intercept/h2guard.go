@@ -116,7 +116,7 @@ func (rt *roundTripper) recordRefused() bool {
 	rec.Action, rec.Result, rec.Error = "deny", "denied", "connection refused: "+(*p).Error()
 	s.ic.denied.Add(1)
 	rec.End(s.Start)
-	s.ic.cfg.Records.Write(&rec)
+	s.ic.write(&rec)
 	return true
 }
 
