@@ -19,9 +19,9 @@ import (
 // (path, user_agent, method: records.Record.ClientTextOver) is recorded
 // whole only up to a budget in bytes per client: each record pays for what
 // its fields hold past requestTextCut bytes each, and once the client's
-// bucket cannot pay, those fields are cut to requestTextCut bytes and the
-// record is marked truncated (its fields end in "…"). The record itself is
-// never dropped.
+// bucket cannot pay, those fields are cut to requestTextCut bytes, their
+// start and their end with "…" between, and the record is marked
+// truncated. The record itself is never dropped.
 //
 // Nearly every real request pays nothing: a browser's User-Agent is
 // 100-250 bytes and its paths (without the query string, which records
@@ -29,9 +29,11 @@ import (
 // paths (an image service's encoded parameters, a content-addressed
 // file), a few hundred bytes each. 1 MiB a second is 4,000 requests a
 // second each 256 bytes over, and the burst of 16 MiB 64,000 of them at
-// once: an office of browsers behind one NAT address never spends it. A
-// flood is then bound to that much whole text, plus at most 3 x 256 bytes
-// of its own text in each record.
+// once: an office of browsers behind one NAT address never spends it
+// (one hostile host among them can, for all of them: a bucket is a
+// client key's, an IPv4 address or an IPv6 prefix). A flood is then
+// bound to that much whole text, plus at most 3 x 256 bytes of its own
+// text in each record.
 const (
 	requestTextBurst = 16 << 20 // bytes of JSON past requestTextCut
 	requestTextRate  = 1 << 20  // bytes a second

@@ -1,5 +1,7 @@
 package records
 
+import "unicode/utf8"
+
 // A request record copies text its client chose, as long as its request
 // head could hold it (64 KiB by default): the URL path, the User-Agent,
 // and the method. The other fields an http record holds are the
@@ -32,14 +34,14 @@ func (r *Record) ClientTextOver(limit int) int {
 }
 
 // CutClientText cuts each of r's client-chosen fields (path, user_agent,
-// method) longer than limit bytes of JSON down to fit it, whole runes
-// ending in "…", and marks r Truncated when it cut any. It reports whether
-// it did.
+// method) longer than limit bytes of JSON down to fit it, keeping both
+// ends (cutEnds), and marks r Truncated when it cut any. It reports
+// whether it did.
 func (r *Record) CutClientText(limit int) bool {
 	cut := false
 	for _, f := range r.clientText() {
 		if len(*f) > limit/6 && jsonLen(*f) > limit {
-			*f = cutTo(*f, limit)
+			*f = cutEnds(*f, limit)
 			cut = true
 		}
 	}
@@ -47,4 +49,37 @@ func (r *Record) CutClientText(limit int) bool {
 		r.Truncated = true
 	}
 	return cut
+}
+
+// cutEnds returns s, longer than limit bytes of JSON, cut to fit them: its
+// first half and its last, whole runes, with "…" between. A cut that kept
+// only the start let a client whose budget was spent choose what its
+// record keeps: padding pushed the tail of a path (a traversal, the
+// payload of an exfiltration) out of it (review rev30a F4). It reads
+// the head and the tail alone, not what it cuts away.
+func cutEnds(s string, limit int) string {
+	room := limit - len(cutMark)
+	if room < 0 {
+		return ""
+	}
+	h, n := 0, 0 // the head's end in s, and its bytes of JSON
+	for half := room - room/2; h < len(s); {
+		rl, size := jsonRuneLen(s[h:])
+		if n+rl > half {
+			break
+		}
+		n, h = n+rl, h+size
+	}
+	i, tail := len(s), 0 // the tail's start in s, and its bytes of JSON
+	for i > h {
+		// Read backwards, the runes are those read forwards: UTF-8
+		// resynchronizes, and a byte that is no rune's is one alone.
+		_, size := utf8.DecodeLastRuneInString(s[h:i])
+		rl, _ := jsonRuneLen(s[i-size : i])
+		if tail+rl > room-n {
+			break
+		}
+		tail, i = tail+rl, i-size
+	}
+	return s[:h] + cutMark + s[i:]
 }

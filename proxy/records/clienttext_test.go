@@ -1,8 +1,11 @@
 package records
 
 import (
+	"encoding/json"
+	"math/rand/v2"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // TestCutClientText: a record's client-chosen fields past the limit are
@@ -21,10 +24,12 @@ func TestCutClientText(t *testing.T) {
 	if !r.CutClientText(limit) || !r.Truncated {
 		t.Fatal("nothing cut, or not marked truncated")
 	}
-	if jsonLen(r.Path) > limit || !strings.HasSuffix(r.Path, cutMark) || !strings.HasPrefix(long, strings.TrimSuffix(r.Path, cutMark)) {
+	if head, tail, ok := strings.Cut(r.Path, cutMark); jsonLen(r.Path) != limit || !ok ||
+		!strings.HasPrefix(long, head) || !strings.HasSuffix(long, tail) || len(head) < 120 || len(tail) < 120 {
 		t.Fatalf("path cut to %q", r.Path)
 	}
-	if jsonLen(r.UserAgent) > limit || !strings.HasSuffix(r.UserAgent, "é"+cutMark) {
+	if head, tail, ok := strings.Cut(r.UserAgent, cutMark); jsonLen(r.UserAgent) > limit || !ok ||
+		!strings.HasPrefix(ua, head) || !strings.HasSuffix(ua, tail) || !utf8.ValidString(r.UserAgent) || len(head) < 120 || len(tail) < 120 {
 		t.Fatalf("user agent cut to %q", r.UserAgent)
 	}
 	if r.Method != "GET" || r.Host != "h.example" || len(r.Error) != 1000 {
@@ -47,5 +52,53 @@ func TestCutClientText(t *testing.T) {
 	}
 	if testing.AllocsPerRun(100, func() { r.ClientTextOver(limit) }) != 0 {
 		t.Fatal("ClientTextOver allocates")
+	}
+}
+
+// TestCutClientTextKeepsTail: a cut field keeps its end as well as its
+// start, so a client whose budget is spent cannot push a path's tail out
+// of its record with padding: the cut kept the first 256 bytes only, and
+// "/" + 300 bytes of padding + "/../../etc/passwd" was recorded as the
+// padding.
+func TestCutClientTextKeepsTail(t *testing.T) {
+	const limit = 256
+	r := Record{Path: "/" + strings.Repeat("x", 300) + "/../../etc/passwd"}
+	if !r.CutClientText(limit) || !strings.HasPrefix(r.Path, "/xxx") || !strings.HasSuffix(r.Path, "x/../../etc/passwd") ||
+		!strings.Contains(r.Path, cutMark) || jsonLen(r.Path) > limit {
+		t.Fatalf("path cut to %q", r.Path)
+	}
+}
+
+// TestCutEnds: over random text of ASCII, bytes JSON escapes, runes of two
+// to four bytes and bytes that are no UTF-8, a cut field is the start and
+// the end of the text, whole runes, with the mark between; its JSON, as
+// encoding/json writes it, is at most the limit and not far under it; and
+// it is valid UTF-8 wherever the text was.
+func TestCutEnds(t *testing.T) {
+	rng := rand.New(rand.NewPCG(30, 4))
+	pieces := []string{"a", "/", "<", "\"", "\n", "\x01", "é", "€", "𝄞", "\u2028", "\xff", "\xe2\x82"}
+	for range 2000 {
+		var b strings.Builder
+		for b.Len() < 200+rng.IntN(600) {
+			b.WriteString(pieces[rng.IntN(len(pieces))])
+		}
+		s := b.String()
+		limit := 16 + rng.IntN(300)
+		if jsonLen(s) <= limit {
+			continue
+		}
+		cut := cutEnds(s, limit)
+		enc, _ := json.Marshal(cut)
+		head, tail, ok := strings.Cut(cut, cutMark)
+		switch {
+		case !ok || !strings.HasPrefix(s, head) || !strings.HasSuffix(s, tail):
+			t.Fatalf("cutEnds(%q, %d) = %q: not the text's start, the mark and its end", s, limit, cut)
+		case len(enc)-2 != jsonLen(cut) || jsonLen(cut) > limit || jsonLen(cut) < limit-12:
+			t.Fatalf("cutEnds(%q, %d) = %q: %d bytes of JSON (counted %d), want at most %d, at least %d", s, limit, cut, len(enc)-2, jsonLen(cut), limit, limit-12)
+		case utf8.ValidString(s) && !utf8.ValidString(cut):
+			t.Fatalf("cutEnds(%q, %d) = %q: a rune split", s, limit, cut)
+		case jsonLen(head)-jsonLen(tail) > 10 || jsonLen(tail)-jsonLen(head) > 10: // each end short of its half by a rune of 6 at most
+			t.Fatalf("cutEnds(%q, %d) = %q: ends of %d and %d bytes of JSON, want halves", s, limit, cut, jsonLen(head), jsonLen(tail))
+		}
 	}
 }
