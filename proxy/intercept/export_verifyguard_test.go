@@ -1,6 +1,9 @@
 package intercept
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // HoldVerifySlot takes one of a client's verification slots, as a
 // verification under way would, and returns the function that gives it
@@ -27,4 +30,11 @@ func VerifyWaiting(ic *Interceptor) int {
 	ic.slots.mu.Lock()
 	defer ic.slots.mu.Unlock()
 	return len(ic.slots.queue)
+}
+
+// AcquireVerifySlot takes one of a client's verification slots, waiting
+// at most wait, as a verification or a leaf's mint does, and returns the
+// function that gives it back.
+func AcquireVerifySlot(ic *Interceptor, endpoint string, client netip.Addr, wait time.Duration) (func(), error) {
+	return ic.slots.acquire(newClientKey(endpoint, client), wait)
 }

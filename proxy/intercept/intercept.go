@@ -500,10 +500,12 @@ const trustRule = policy.TrustPageRule
 
 // serveTrustTLS answers the trust host over TLS itself, with a leaf for the
 // name: no destination can prove it is gwlbproxy.internal, so none is asked.
+// The leaf is the configured trust host's, not minted in a slot
+// (mintslot.go says why).
 func (s *session) serveTrustTLS(name string) {
 	s.closeUpstream()
 	s.Record.Rule, s.Record.Action, s.Record.Policy = trustRule, policy.Allow.String(), "" // no policy's rule
-	leaf, err := s.leaf(name)
+	leaf, err := s.ic.cfg.Minter.Leaf(s.ic.cfg.TrustHost)
 	if err != nil {
 		s.mintFailed(err)
 		return

@@ -18,12 +18,27 @@ import (
 // (verifySlots, verifyguard.go): a client's verifications and mints
 // together hold at most maxClientVerifications processors, and all
 // clients' at most globalVerifications, handed out in turn to the clients
-// with the fewest under way, as verifications are. A cached leaf takes no
+// with the fewest under way, and among those to the one served least
+// recently, as verifications are. A cached leaf takes no
 // slot and waits for none: an honest client's names are mostly cached,
 // and a flood of fresh ones delays its own mints first. A mint that waits
 // for a slot as long as a verification may (verifyWait) never runs: the
 // bump ends as an error, as a verification that waited that long does
 // (mintFailed).
+//
+// The trust page's leaf takes no slot (serveTrustTLS mints through
+// Minter.Leaf). It is one name, the configured trust host's, whatever
+// case the client's SNI has: the minter mints it once (its singleflight)
+// however many clients ask together, and then serves it from its cache
+// until it is evicted (after 1,024 other names are minted, each in its
+// client's slot) or refreshed (at half of its life). A flood can thus
+// make the trust page mint at most once per 1,024 mints of its own. In a
+// slot, at a limit of one (2 processors), the trust page waited behind a
+// fresh-name flood once the flood had evicted its leaf, and was refused
+// with an internal_error alert (review rev30b F1): the page an operator
+// sends users to when bumping fails. Keeping its leaf from eviction
+// instead would need the minter to pin a name, and would still leave its
+// refresh, and its first mint, in a slot.
 
 // leaf returns the leaf for name: the cached one, or one minted in a slot
 // of the session's client.

@@ -53,17 +53,20 @@ import (
 //   - a client (an IPv4 address or an IPv6 prefix, as the flow table counts
 //     one) has at most maxClientVerifications verifications that are not
 //     taken from memory under way at once, and all clients together at
-//     most globalVerifications (half the processors), handed out in turn
-//     to the clients with the fewest under way (verifySlots); further ones
-//     wait, up to half the handshake timeout (verifyWait), and one that
-//     waits that long is an error, not a verdict on the chain
+//     most globalVerifications (half the processors, at least one),
+//     handed out in turn to the clients with the fewest under way, and
+//     among those to the one served least recently (verifySlots); further
+//     ones wait, up to half the handshake timeout (verifyWait), and one
+//     that waits that long is an error, not a verdict on the chain
 //     (errVerifyBusy, errVerifyQueue). Leaf mints share these slots
-//     (mintslot.go). A hostile client varies a byte (or
-//     the destination port) per connection to miss the memory, and then
-//     holds at most two CPUs, and hostile clients together half the
-//     appliance's; an honest client's new chain goes ahead of every
-//     waiting verification of a client with one under way already. The
-//     worst chain that passes the checks above, a pair of P-521 CAs of one subject over 7 more in a
+//     (mintslot.go). A hostile client varies a byte (or the destination
+//     port) per connection to miss the memory, and then holds at most two
+//     CPUs, and hostile clients together half the appliance's; an honest
+//     client's new chain goes ahead of every waiting verification of a
+//     client with one under way already, and where the limit is one (2
+//     processors) it waits for at most the one under way and one turn of
+//     each other client waiting, however many each has queued. The worst
+//     chain that passes the checks above, a pair of P-521 CAs of one subject over 7 more in a
 //     line under one naming a trusted root (TestSubjectTwiceCheap), costs
 //     about 40 ms, and 9 in a line without the pair about 25 ms (against
 //     0.1 ms for an honest chain, and 280 ms for the 100 "I"s). Honest
@@ -267,16 +270,24 @@ func newClientKey(endpoint string, addr netip.Addr) clientKey {
 
 // verifySlots bounds the verifications under way, and the leaf mints
 // (mintslot.go), together: each client's, to maxClientVerifications, and
-// everyone's, to globalVerifications. Those
-// that find no slot wait in one queue, and a freed slot goes to the first
-// waiter of the clients with the fewest under way: a client with none
-// under way is served before one with one, whenever it came, so a client
-// that keeps its own slots full cannot keep another from its turn.
+// everyone's, to globalVerifications. Those that find no slot wait in one
+// queue, and a freed slot goes to a waiter of the clients with the fewest
+// under way, and of those to the client granted one least recently (one
+// never granted first), its first waiter: a client with none under way is
+// served before one with one, whenever it came, and clients with as many
+// under way take turns. Turns matter where the limit is one (a 2-vCPU
+// appliance): a client whose mint just ended has none under way again as
+// the slot is handed on, as many as a client waiting for its first, and
+// by the queue's order alone it took the slot back for every one it had
+// queued first, an honest client's one mint waiting behind them all until
+// its wait ran out (review rev30b F1). In turns, an honest client waits for
+// at most one grant per other client waiting.
 type verifySlots struct {
 	mu      sync.Mutex
 	per     map[clientKey]*clientSlots
 	running int           // verifications under way, every client's
 	queue   []*slotWaiter // waiting, in the order they came
+	grants  uint64        // slots granted so far: the turns' clock
 	// limit is the most verifications under way at once, read at every
 	// take and give back: globalVerifications, or a test's.
 	limit func() int
@@ -285,6 +296,10 @@ type verifySlots struct {
 type clientSlots struct {
 	running int // under way
 	users   int // under way or waiting
+	// lastGrant is v.grants as of the client's latest grant; 0 for a
+	// client granted none since it came (or came back: a client is
+	// forgotten once it has nothing under way or waiting).
+	lastGrant uint64
 }
 
 // slotWaiter is a verification waiting for a slot; granted is closed when
@@ -351,16 +366,15 @@ func (v *verifySlots) acquire(client clientKey, wait time.Duration) (release fun
 }
 
 // grant hands the free slots to the waiters whose turn it is: of those
-// whose client has a slot of its own free, the first of the clients with
-// the fewest under way. v.mu is held.
+// whose client has a slot of its own free, the first waiter of the client
+// with the fewest under way, and of those the client granted one least
+// recently (verifySlots). v.mu is held.
 func (v *verifySlots) grant() {
 	for limit := v.limit(); v.running < limit; {
 		next := -1
 		for i, w := range v.queue {
-			if w.cs.running < maxClientVerifications && (next < 0 || w.cs.running < v.queue[next].cs.running) {
-				if next = i; w.cs.running == 0 {
-					break
-				}
+			if w.cs.running < maxClientVerifications && (next < 0 || w.cs.before(v.queue[next].cs)) {
+				next = i
 			}
 		}
 		if next < 0 {
@@ -368,10 +382,22 @@ func (v *verifySlots) grant() {
 		}
 		w := v.queue[next]
 		v.queue = slices.Delete(v.queue, next, next+1)
+		v.grants++
 		w.cs.running++
+		w.cs.lastGrant = v.grants
 		v.running++
 		close(w.granted)
 	}
+}
+
+// before reports whether cs's turn comes before o's: fewer under way, or
+// as many and granted one less recently. A client's waiters are never
+// before one another, so the first of them is served first.
+func (cs *clientSlots) before(o *clientSlots) bool {
+	if cs.running != o.running {
+		return cs.running < o.running
+	}
+	return cs.lastGrant < o.lastGrant
 }
 
 // leave forgets a client no verification of which is under way or
