@@ -323,7 +323,10 @@ func (l *h2HeaderLimit) startFrame() {
 		if l.err != nil {
 			return
 		}
-	case l.typ == h2TypeRSTStream && l.stream != 0:
+	case l.typ == h2TypeRSTStream && l.stream != 0 && l.length == 4:
+		// Of another length it is a connection error to x/net
+		// (FRAME_SIZE_ERROR): its GOAWAY, not the client, ends the
+		// streams, and is what their records say (h2streamend.go).
 		l.clientReset() // h2guard.go
 		if l.err != nil {
 			return

@@ -149,6 +149,35 @@ func TestH2ServerGoAwayRecorded(t *testing.T) {
 	}
 }
 
+// TestH2MalformedClientResetRecorded: a client's RST_STREAM of 8 bytes,
+// not 4, on a stream whose request is at the destination, is no reset of
+// the stream to x/net but a connection error (FRAME_SIZE_ERROR): it sends
+// a GOAWAY and closes the connection. The request's record says so, as
+// the tls record does. Before, the reader took the frame for the
+// client's reset at its header: the request said the client went away
+// (reset), the tls record that the appliance's server closed the
+// connection (review rev30b F3).
+func TestH2MalformedClientResetRecorded(t *testing.T) {
+	r := newRig(t, testPolicy)
+	pc, o := newProbeClient(t, r)
+	id, _ := openUnderway(t, pc, o.has, false, false)
+	pc.mu.Lock()
+	pc.fr.WriteRawFrame(http2.FrameRSTStream, 0, id, []byte{0, 0, 0, 8, 0, 0, 0, 0})
+	pc.mu.Unlock()
+	rec := onlyHTTPRecord(t, r)
+	goAway := "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY FRAME_SIZE_ERROR)"
+	if rec.Result != "error" || !strings.HasPrefix(rec.Error, goAway+" before the response came") {
+		t.Errorf("record result %q error %q, want error, %q before the response came", rec.Result, rec.Error, goAway)
+	}
+	if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, "FRAME_SIZE_ERROR") {
+		t.Errorf("the client got GOAWAY %q, want FRAME_SIZE_ERROR", g)
+	}
+	tlsRec := onlyRecord(t, r, "tls")
+	if tlsRec.Result != "error" || tlsRec.Error != goAway {
+		t.Errorf("tls record result %q error %q, want error, %q", tlsRec.Result, tlsRec.Error, goAway)
+	}
+}
+
 // TestH2CServerEndsRecorded: the same over cleartext HTTP/2 (h2c), served
 // by the same server: a stream it reset, and a connection it closed.
 func TestH2CServerEndsRecorded(t *testing.T) {
