@@ -50,7 +50,9 @@ import (
 // those its handler never started, such as streams x/net refused), is
 // recorded as before, as the client's going away. Nothing is guessed: a
 // note says server only when the server reset that very stream, and a
-// client's RST_STREAM noted first stays the client's.
+// client's RST_STREAM noted first stays the client's; a reset the reader
+// foresaw counts only if the writer saw it go out, or the server sent no
+// GOAWAY for a connection error (endedLocked).
 
 // h2EndWait bounds a request's wait for what ended its stream, once its
 // context is done with nothing noted yet: x/net flushes its reset at
@@ -78,10 +80,14 @@ const (
 // written (or it is dropped, h2MaxEndNotes). Its fields are guarded by
 // its notes' mu.
 type h2StreamNote struct {
-	of      *h2StreamNotes
-	id      uint32
-	ended   uint8 // h2Ended*
-	code    http2.ErrCode
+	of    *h2StreamNotes
+	id    uint32
+	ended uint8 // h2Ended*
+	code  http2.ErrCode
+	// written: the server's reset (ended h2EndedServer) was seen going
+	// out, not only foreseen by the reader as the client's frame came
+	// (endedLocked).
+	written bool
 	claimed bool // a request of the appliance's handler took it up
 	// reject is the request x/net's server must answer 400 itself, as
 	// the header block said it (h2reject.go).
@@ -177,13 +183,42 @@ func (n *h2StreamNotes) server(id uint32, code http2.ErrCode, written bool) {
 		// A reset, whatever its code, is no 400 (h2reject.go).
 		e.reject = nil
 	}
+	if written && e.ended == h2EndedServer && !e.written {
+		// The reset the reader foresaw, going out.
+		e.written = true
+		if serverResetCode(code) {
+			e.code = code
+		}
+		n.changedLocked()
+		return
+	}
 	if e.ended != h2EndedNot || !serverResetCode(code) || n.goneAway && !written {
 		return
 	}
-	e.ended, e.code = h2EndedServer, code
+	e.ended, e.code, e.written = h2EndedServer, code, written
 	if written {
 		n.changedLocked()
 	}
+}
+
+// endedLocked is what ended e's stream as noted so far, and its reset's
+// code. A reset the reader foresaw and the writer has not seen going out
+// is none once the server has sent a GOAWAY for a connection error: x/net
+// processes no frame read after the one that broke the connection (the
+// client's frame may have come in the same read, after it, the reader
+// noting it before x/net's writer had the GOAWAY out), and writes no
+// frame it had queued once that GOAWAY is out (its scheduler pops none
+// after an error GOAWAY). Either way no RST_STREAM reaches the client,
+// and the stream ends with the connection: the GOAWAY is what ended it
+// (review rev30b F2). x/net cancels a stream it reset only once the reset
+// is written, so a request that finds the reset foreseen and no GOAWAY
+// has its stream ended by that reset, seen going out or not yet. n.mu is
+// held.
+func (e *h2StreamNote) endedLocked() (uint8, http2.ErrCode) {
+	if e.ended == h2EndedServer && !e.written && e.of.goneAway {
+		return h2EndedNot, 0
+	}
+	return e.ended, e.code
 }
 
 // serverGoAway notes a GOAWAY the server wrote, with code.
@@ -252,7 +287,8 @@ func (e *h2StreamNote) look() (ended uint8, code, goAway http2.ErrCode, goneAway
 	n := e.of
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return e.ended, e.code, n.goAway, n.goneAway
+	ended, code = e.endedLocked()
+	return ended, code, n.goAway, n.goneAway
 }
 
 // end is look, once something is noted: with nothing noted yet, it waits
@@ -263,7 +299,8 @@ func (e *h2StreamNote) end() (ended uint8, code, goAway http2.ErrCode, goneAway 
 	expired := false
 	for {
 		n.mu.Lock()
-		ended, code, goAway, goneAway = e.ended, e.code, n.goAway, n.goneAway
+		ended, code = e.endedLocked()
+		goAway, goneAway = n.goAway, n.goneAway
 		if ended != h2EndedNot || goneAway || n.closed || expired {
 			n.mu.Unlock()
 			if timer != nil {

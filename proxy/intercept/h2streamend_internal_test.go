@@ -78,6 +78,9 @@ func TestH2StreamNotes(t *testing.T) {
 	n.server(1, http2.ErrCodeProtocol, false) // after the client's: the client's
 	n.server(3, http2.ErrCodeStreamClosed, false)
 	n.client(3) // after the server's: the server's
+	// Seen going out before the GOAWAY (unseen, the GOAWAY ended it:
+	// TestH2StreamNotesForeseenReset).
+	n.server(3, http2.ErrCodeStreamClosed, true)
 	n.server(5, http2.ErrCodeRefusedStream, true)
 	n.server(5, http2.ErrCodeCancel, true) // not for the client's error: nothing
 	n.server(11, http2.ErrCodeProtocol, false)
@@ -112,6 +115,42 @@ func TestH2StreamNotes(t *testing.T) {
 	}
 	if len(n.m) != 0 {
 		t.Errorf("%d notes left after every request's release", len(n.m))
+	}
+}
+
+// TestH2StreamNotesForeseenReset: a reset the reader foresaw (the
+// client's frame that draws it came in) ends its stream unless the
+// server's GOAWAY for a connection error went out and the reset did not:
+// x/net then processed no frame after the one that broke the connection,
+// and writes no frame it had queued, and the stream ends with the
+// connection (review rev30b F2). One seen going out stays, with the code
+// written.
+func TestH2StreamNotesForeseenReset(t *testing.T) {
+	var n h2StreamNotes
+	for id := uint32(1); id <= 5; id += 2 {
+		n.open(id)
+	}
+	n.server(1, http2.ErrCodeProtocol, false) // foreseen, never written
+	n.server(3, http2.ErrCodeProtocol, false) // foreseen, then written
+	n.server(3, http2.ErrCodeStreamClosed, true)
+	n.server(5, http2.ErrCodeProtocol, true) // written, not foreseen
+	e1, e3, e5 := n.claim(1), n.claim(3), n.claim(5)
+	if ended, code, _, _ := e1.look(); ended != h2EndedServer || code != http2.ErrCodeProtocol {
+		t.Errorf("a foreseen reset, no GOAWAY: ended %d code %v, want the server's PROTOCOL_ERROR", ended, code)
+	}
+	n.serverGoAway(http2.ErrCodeProtocol)
+	for _, tc := range []struct {
+		e     *h2StreamNote
+		ended uint8
+		code  http2.ErrCode
+	}{{e1, h2EndedNot, 0}, {e3, h2EndedServer, http2.ErrCodeStreamClosed}, {e5, h2EndedServer, http2.ErrCodeProtocol}} {
+		for _, f := range []func() (uint8, http2.ErrCode, http2.ErrCode, bool){tc.e.look, tc.e.end} {
+			ended, code, goAway, goneAway := f()
+			if ended != tc.ended || code != tc.code || !goneAway || goAway != http2.ErrCodeProtocol {
+				t.Errorf("stream %d after the GOAWAY: ended %d code %v GOAWAY %v %v, want %d %v and the GOAWAY",
+					tc.e.id, ended, code, goneAway, goAway, tc.ended, tc.code)
+			}
+		}
 	}
 }
 

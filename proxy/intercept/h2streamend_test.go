@@ -1,6 +1,7 @@
 package intercept_test
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -146,6 +147,51 @@ func TestH2ServerGoAwayRecorded(t *testing.T) {
 	tlsRec := onlyRecord(t, r, "tls")
 	if tlsRec.Result != "error" || tlsRec.Error != goAway {
 		t.Errorf("tls record result %q error %q, want error, %q", tlsRec.Result, tlsRec.Error, goAway)
+	}
+}
+
+// TestH2GoAwayThenStreamFrameRecorded: a connection error of the
+// client's (a connection WINDOW_UPDATE of 0) and, in the same write, a
+// frame that would have the server reset a stream whose request is at
+// the destination (a PRIORITY on which it depends on itself). x/net
+// answers the first with a GOAWAY and processes nothing after it: the
+// client gets no RST_STREAM, and the stream ends with the connection.
+// The record says the GOAWAY. Before, the reader had noted the second
+// frame's reset before x/net's writer had the GOAWAY out, and the record
+// said "reset by the appliance's HTTP/2 server ... (RST_STREAM
+// PROTOCOL_ERROR)", a frame the client never got (review rev30b F2).
+func TestH2GoAwayThenStreamFrameRecorded(t *testing.T) {
+	for round := range 3 {
+		r := newRig(t, testPolicy)
+		pc, o := newProbeClient(t, r)
+		id, _ := openUnderway(t, pc, o.has, false, false)
+		var buf bytes.Buffer
+		fr := http2.NewFramer(&buf, nil)
+		fr.AllowIllegalWrites = true
+		fr.WriteWindowUpdate(0, 0)
+		fr.WritePriority(id, http2.PriorityParam{StreamDep: id, Weight: 15})
+		pc.mu.Lock()
+		pc.c.Write(buf.Bytes()) // one write: the limit reads both before x/net acts on the first
+		pc.mu.Unlock()
+		rec := onlyHTTPRecord(t, r)
+		waitFor(t, "the client's end", waitLimit, func() bool {
+			select {
+			case <-pc.dead:
+				return true
+			default:
+				return false
+			}
+		})
+		if st := pc.status(id); strings.HasPrefix(st, "RST:") {
+			t.Fatalf("round %d: the client got %q: x/net processed the frame after its GOAWAY; the test proves nothing", round, st)
+		}
+		if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, "PROTOCOL_ERROR") {
+			t.Errorf("round %d: the client got GOAWAY %q, want PROTOCOL_ERROR", round, g)
+		}
+		want := "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY PROTOCOL_ERROR) before the response came"
+		if rec.Result != "error" || !strings.HasPrefix(rec.Error, want) {
+			t.Errorf("round %d: record result %q error %q, want error, %q", round, rec.Result, rec.Error, want)
+		}
 	}
 }
 
