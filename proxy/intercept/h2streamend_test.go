@@ -224,6 +224,23 @@ func TestH2MalformedClientResetRecorded(t *testing.T) {
 	}
 }
 
+// TestH2ServerGoAwayWhileAnswered: the same GOAWAY with the response
+// under way (its head and a byte at the client): the record says the
+// GOAWAY, with what of the body passed, in the words of records.md's
+// response-body paragraph, which named the server's RST_STREAM instead
+// (review rev30b F4).
+func TestH2ServerGoAwayWhileAnswered(t *testing.T) {
+	r := newRig(t, testPolicy)
+	pc, o := newProbeClient(t, r)
+	openUnderway(t, pc, o.has, true, false)
+	windowUpdate0(pc, 0)
+	rec := onlyHTTPRecord(t, r)
+	want := "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY PROTOCOL_ERROR) before the response ended (1 body bytes passed on)"
+	if rec.Status != 200 || rec.Result != "error" || !strings.HasPrefix(rec.Error, want) {
+		t.Errorf("record status %d result %q error %q, want 200, error, %q", rec.Status, rec.Result, rec.Error, want)
+	}
+}
+
 // TestH2CServerEndsRecorded: the same over cleartext HTTP/2 (h2c), served
 // by the same server: a stream it reset, and a connection it closed.
 func TestH2CServerEndsRecorded(t *testing.T) {
