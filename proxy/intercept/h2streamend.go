@@ -324,31 +324,33 @@ func (e *h2StreamNote) end() (ended uint8, code, goAway http2.ErrCode, goneAway 
 	}
 }
 
-// h2StreamNoteKey is the context key of a request's h2StreamNote.
-type h2StreamNoteKey struct{}
-
-// h2StreamNoteOf returns the note of the stream whose request's context
-// is ctx, or nil.
-func h2StreamNoteOf(ctx context.Context) *h2StreamNote {
+// h2StreamNoteOf returns the note noteH2Stream left on the ProxyCtx of
+// goproxy's request, or nil.
+func h2StreamNoteOf(ctx *goproxy.ProxyCtx) *h2StreamNote {
 	if ctx == nil {
 		return nil
 	}
-	e, _ := ctx.Value(h2StreamNoteKey{}).(*h2StreamNote)
+	e, _ := ctx.UserData.(*h2StreamNote)
 	return e
 }
 
-// releaseH2Note drops the note of the stream whose request's context is
-// ctx, if it has one: its record is written (streamSlot.release).
-func releaseH2Note(ctx context.Context) {
-	if e := h2StreamNoteOf(ctx); e != nil {
+// releaseIfAny is release for a note that may be nil.
+func (e *h2StreamNote) releaseIfAny() {
+	if e != nil {
 		e.release()
 	}
 }
 
-// noteH2Stream is goproxy's request filter: it puts the note of an
-// HTTP/2 request's stream, if there is one, in the request's context. It
-// runs before goproxy replaces the body of a request without one, which
-// is the only part of the request x/net made that knows its stream.
+// noteH2Stream is goproxy's request filter: it leaves the note of an
+// HTTP/2 request's stream, if there is one, on the request's ProxyCtx,
+// where RoundTrip takes it up (h2StreamNoteOf). It runs before goproxy
+// replaces the body of a request without one, which is the only part of
+// the request x/net made that knows its stream. goproxy makes a ProxyCtx
+// for each request (each stream's, handleH2MitmStream) and hands it, as
+// it handed it to the filters, to RoundTrip; its UserData, the parent's
+// copied, is nil, as the appliance sets none on the parent. Not in the
+// request's context: that cost a context and a copy of the request, two
+// allocations for every HTTP/2 request (review rev30b F5).
 func noteH2Stream(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
 	if req.ProtoMajor != 2 {
 		return req, nil
@@ -361,11 +363,10 @@ func noteH2Stream(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *htt
 	if id == 0 {
 		return req, nil
 	}
-	e := rt.cc.limit.unanswered.notes().claim(id)
-	if e == nil {
-		return req, nil
+	if e := rt.cc.limit.unanswered.notes().claim(id); e != nil {
+		ctx.UserData = e
 	}
-	return req.WithContext(context.WithValue(req.Context(), h2StreamNoteKey{}, e)), nil
+	return req, nil
 }
 
 // h2BodyLayout is where x/net's request body keeps its stream's id: the
@@ -424,8 +425,9 @@ func h2LayoutOf(t reflect.Type) *h2BodyLayout {
 	return &h2BodyLayout{typ: t, stream: sf.Index[0], id: idf.Index[0]}
 }
 
-// streamGone is clientGone (h2limit.go) for the request whose context is
-// ctx, and whose body's read failed with bodyErr, if it did: an HTTP/2
+// streamGone is clientGone (h2limit.go) for the request whose stream's
+// note is e (nil for none), whose context is ctx, and whose body's read
+// failed with bodyErr, if it did: an HTTP/2
 // stream's says what ended the stream when the appliance's server did,
 // not the client: `error`, and "reset by the appliance's HTTP/2 server
 // for the client's protocol error (RST_STREAM <code>)", or, for the
@@ -433,8 +435,7 @@ func h2LayoutOf(t reflect.Type) *h2BodyLayout {
 // ... (GOAWAY <code>)". Not `reset`: that result says the client reset
 // (docs/records.md); this client is still there, and got the server's
 // reset or GOAWAY for what it sent.
-func (l *headLimit) streamGone(ctx context.Context, bodyErr error, result, when, detail string) (string, string) {
-	e := h2StreamNoteOf(ctx)
+func (l *headLimit) streamGone(e *h2StreamNote, ctx context.Context, bodyErr error, result, when, detail string) (string, string) {
 	if e == nil {
 		return l.clientGone(result, when, detail)
 	}

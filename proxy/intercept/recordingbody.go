@@ -56,8 +56,11 @@ type recordingBody struct {
 	// limit is the client connection's, which says whether its end was
 	// the appliance's deadline (clientGone); nil in some tests.
 	limit *headLimit
-	once  sync.Once
-	done  recordEnder // writes the record: a requestState, or an endFunc
+	// note is the HTTP/2 stream's, if it has one: what ended it
+	// (h2streamend.go).
+	note *h2StreamNote
+	once sync.Once
+	done recordEnder // writes the record: a requestState, or an endFunc
 	// An HTTP/2 stream's progress watch, when set (streamwatch.go).
 	stream *streamWatch
 	// held is the request's charge to the client connection (held.go),
@@ -340,7 +343,7 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 			result = clientBreakResult(broke)
 			detail += "; the client's connection broke: " + broke.Error()
 		}
-		result, why := b.limit.streamGone(ctx, nil, result, fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), detail)
+		result, why := b.limit.streamGone(b.note, ctx, nil, result, fmt.Sprintf("before the response ended (%d body bytes passed on)", delivered), detail)
 		return result, why, delivered
 	}
 	return bodyResult(err), fmt.Sprintf("response body from the destination, after %d bytes: %v", delivered, err), delivered

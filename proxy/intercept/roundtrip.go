@@ -21,7 +21,7 @@ import (
 // intercepted connection. Every request is decided on its own Host (a
 // keep-alive connection, or a bumped one, may carry requests for other
 // names than its first) and gets its own record.
-func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
+func (rt *roundTripper) RoundTrip(req *http.Request, pctx *goproxy.ProxyCtx) (*http.Response, error) {
 	if rt.cc.bodyFault.Load() != nil {
 		// goproxy read this head from bytes it had buffered after a
 		// chunked body whose framing broke: no request (bodyfault.go).
@@ -42,6 +42,7 @@ func (rt *roundTripper) RoundTrip(req *http.Request, _ *goproxy.ProxyCtx) (*http
 	// In flight for the session's bound from now until its record is
 	// written too (streamcap.go); over the bound, refused in roundTrip,
 	// once the request is decided.
+	st.slot.note = h2StreamNoteOf(pctx) // what ended its stream: h2streamend.go
 	slot, over := rt.streams.take(req.Context(), &st.slot)
 	handedOver := false
 	defer func() {
@@ -172,7 +173,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		return resp, nil
 	}
 	if s.ic.IsTrustHost(host) {
-		return rt.serveTrust(req, rec, start), nil // trustpage.go
+		return rt.serveTrust(req, rec, start, st.slot.note), nil // trustpage.go
 	}
 	proto := policy.ProtoHTTP
 	if rt.scheme == "https" {
@@ -206,7 +207,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// for a response nobody will read, and the record says so, not
 		// that the destination failed.
 		var why string
-		rec.Result, why = rt.cc.limit.streamGone(req.Context(), nil, "reset", "before the request could be sent upstream", " ("+err.Error()+")")
+		rec.Result, why = rt.cc.limit.streamGone(st.slot.note, req.Context(), nil, "reset", "before the request could be sent upstream", " ("+err.Error()+")")
 		rec.Error = "not sent: " + why
 		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
@@ -310,7 +311,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		// request's context ended, or its body could not be read to the
 		// end): the round trip was cut short for it, not by the
 		// destination.
-		result, why := rt.cc.limit.streamGone(req.Context(), sent.err(), "reset", "before the response came", " ("+err.Error()+")")
+		result, why := rt.cc.limit.streamGone(st.slot.note, req.Context(), sent.err(), "reset", "before the response came", " ("+err.Error()+")")
 		rec.Result, rec.Error = result, joinErrors(rec.Error, why) // an audit's note stays
 		rt.write(rec, start)
 		return errorResponse(req, http.StatusBadGateway, "gwlbproxy: the client went away"), nil
@@ -390,7 +391,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	}
 	dropHopByHop(req, resp)
 	rb := &st.rb
-	rb.ReadCloser, rb.limit = resp.Body, &rt.cc.limit
+	rb.ReadCloser, rb.limit, rb.note = resp.Body, &rt.cc.limit, st.slot.note
 	// A body cut short resets an HTTP/2 client's stream: see Read.
 	rb.toStream = inH2Handler(req)
 	// Nothing to wait for in a response without a body (HEAD, 204, 304,

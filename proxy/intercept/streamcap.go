@@ -62,6 +62,10 @@ type streamSlots struct {
 type streamSlot struct {
 	ctx context.Context // the request's: done once its stream is closed
 	of  *streamSlots
+	// note is the request's HTTP/2 stream's (h2streamend.go), set by
+	// RoundTrip whether the slot is taken or not, and dropped with the
+	// slot.
+	note *h2StreamNote
 }
 
 // take counts a request whose context is ctx in flight, and returns its
@@ -101,5 +105,5 @@ func (sl *streamSlot) release() {
 	sl.of.mu.Lock()
 	delete(sl.of.held, sl)
 	sl.of.mu.Unlock()
-	releaseH2Note(sl.ctx) // h2streamend.go
+	sl.note.releaseIfAny() // h2streamend.go
 }

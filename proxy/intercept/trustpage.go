@@ -15,8 +15,8 @@ import (
 // goproxy closes its body, once it has reached the client or failed to,
 // bytes_in what was passed on. Its record is drawn from the trust page's
 // own bucket (Config.TrustRecord) before anything is sent; one the bucket
-// refuses is not written at all.
-func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start time.Time) *http.Response {
+// refuses is not written at all. note is its HTTP/2 stream's, if any.
+func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start time.Time, note *h2StreamNote) *http.Response {
 	s := rt.s
 	resp := serveLocally(s.ic.cfg.Trust, req)
 	rec.Action, rec.Rule, rec.Status = "allow", trustRule, resp.StatusCode
@@ -31,7 +31,7 @@ func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start
 			rec.Error = fmt.Sprintf("%d more trust-page requests from this client before this one, not recorded one by one", skipped)
 		}
 	}
-	rb := &recordingBody{ReadCloser: resp.Body, limit: &rt.cc.limit}
+	rb := &recordingBody{ReadCloser: resp.Body, limit: &rt.cc.limit, note: note}
 	rb.ended.Store(!hasBody(req, resp))
 	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
