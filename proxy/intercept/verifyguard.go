@@ -273,7 +273,8 @@ func newClientKey(endpoint string, addr netip.Addr) clientKey {
 // everyone's, to globalVerifications. Those that find no slot wait in one
 // queue, and a freed slot goes to a waiter of the clients with the fewest
 // under way, and of those to the client granted one least recently (one
-// never granted first), its first waiter: a client with none under way is
+// that came since counting as granted just before the latest grant), its
+// first waiter: a client with none under way is
 // served before one with one, whenever it came, and clients with as many
 // under way take turns. Turns matter where the limit is one (a 2-vCPU
 // appliance): a client whose mint just ended has none under way again as
@@ -296,9 +297,9 @@ type verifySlots struct {
 type clientSlots struct {
 	running int // under way
 	users   int // under way or waiting
-	// lastGrant is v.grants as of the client's latest grant; 0 for a
-	// client granted none since it came (or came back: a client is
-	// forgotten once it has nothing under way or waiting).
+	// lastGrant orders the clients' turns: twice v.grants as of the
+	// client's latest grant, or, for a client granted none since it came,
+	// one less than the latest grant's (acquire).
 	lastGrant uint64
 }
 
@@ -319,7 +320,13 @@ func (v *verifySlots) acquire(client clientKey, wait time.Duration) (release fun
 	v.mu.Lock()
 	cs := v.per[client]
 	if cs == nil {
-		cs = &clientSlots{}
+		// A client comes (or comes back: it is forgotten once it has
+		// nothing under way or waiting) after those granted before it
+		// and before the one granted last. With "never granted" first,
+		// two hostile clients each keeping one mint in flight came back
+		// ahead of every waiter at each turn, and an honest client's
+		// second wait was never served (review rev30d F1).
+		cs = &clientSlots{lastGrant: max(2*v.grants, 1) - 1}
 		v.per[client] = cs
 	}
 	cs.users++
@@ -384,7 +391,7 @@ func (v *verifySlots) grant() {
 		v.queue = slices.Delete(v.queue, next, next+1)
 		v.grants++
 		w.cs.running++
-		w.cs.lastGrant = v.grants
+		w.cs.lastGrant = 2 * v.grants // even: a newcomer's odd turn falls between two grants
 		v.running++
 		close(w.granted)
 	}

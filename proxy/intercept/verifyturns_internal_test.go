@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -195,6 +196,51 @@ func TestVerifySlotsFloodLimitOne(t *testing.T) {
 		t.Logf("limit %d: honest mint served after %v, %d of the flood's before it", limit, took, before)
 		if err != nil || before > 2 {
 			t.Errorf("limit %d: the honest client's one mint waited behind %d of the flood's (err %v)", limit, before, err)
+		}
+	}
+}
+
+// TestVerifySlotsReturningClientsTakeTurns: a client is forgotten once
+// its one wait ends, and comes back with its next; counted then as never
+// granted, two hostile clients each keeping one mint in flight took every
+// turn at a limit of one, ahead of an honest client's second wait (a page
+// opening two fresh names), which was never served (review rev30d F1).
+// It must be served within one turn of each other client.
+func TestVerifySlotsReturningClientsTakeTurns(t *testing.T) {
+	v := newVerifySlots()
+	v.limit = func() int { return 1 }
+	h1 := clientKey{"vpce-1", netip.MustParseAddr("10.0.0.66")}
+	h2 := clientKey{"vpce-1", netip.MustParseAddr("10.0.0.67")}
+	honest := clientKey{"vpce-1", netip.MustParseAddr("10.0.0.7")}
+	g := newSlotGrants(t, v)
+	g.wait("honest", honest)
+	if got := g.next(); got != "honest" {
+		t.Fatalf("first grant %q, want honest's", got)
+	}
+	g.wait("honest", honest) // its second fresh name waits
+	g.wait("h1", h1)
+	(<-g.held)() // honest's first ends
+	got := []string{g.next()}
+	for i := range 4 {
+		// The other hostile client queues its next while this one's runs.
+		if i%2 == 0 {
+			g.wait("h2", h2)
+		} else {
+			g.wait("h1", h1)
+		}
+		(<-g.held)()
+		got = append(got, g.next())
+	}
+	if i := slices.Index(got, "honest"); i < 0 || i > 2 {
+		t.Errorf("grants after honest's first: %q; want honest's second within one turn of each of the two others", got)
+	}
+	// Hand back what is held until every wait has had its grant.
+	for quiet := false; !quiet; {
+		select {
+		case release := <-g.held:
+			release()
+		case <-time.After(200 * time.Millisecond):
+			quiet = true
 		}
 	}
 }
