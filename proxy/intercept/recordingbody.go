@@ -42,6 +42,9 @@ type recordingBody struct {
 	// (outcome), not as read.
 	passed        atomic.Int64
 	copyingTunnel atomic.Bool
+	// pass is that copy's write under way, which the record waits for
+	// (tunnelPass.settle).
+	pass tunnelPass
 	// cutTail is why a tunnel's close reset the destination with the
 	// client's upload not all delivered (upgradedBody.closeDelivering).
 	cutTail atomic.Pointer[error]
@@ -423,6 +426,7 @@ func (b *recordingBody) Close() error {
 	if b.tunnel {
 		b.writing.Lock() // the write under way, if any, has returned and is counted
 		b.writing.Unlock()
+		b.pass.settle() // and so has the one toward the client
 	}
 	if errors.Is(err, errTailUndelivered) || errors.Is(err, errDestinationResetLingering) {
 		cut := err // only this escapes: every other Close allocates nothing
@@ -453,46 +457,6 @@ func (b *recordingRWBody) Read(p []byte) (int, error) {
 		u.readEnded()
 	}
 	return n, err
-}
-
-// WriteTo is goproxy's copy of the destination's side of the tunnel to
-// the client, w (io.Copy takes it): a read's bytes count towards bytes_in
-// once their write to the client has returned, and only what it wrote
-// (passed). Counted as read, the record counted bytes whose write failed
-// (a client's reset after its FIN), or that it came before: the record
-// is written as soon as the read that brought them with the
-// destination's end has ended the direction. That end now comes only
-// once they are written (readEnded), so that the tunnel's end waits for
-// their write.
-func (b *recordingRWBody) WriteTo(w io.Writer) (int64, error) {
-	b.copyingTunnel.Store(true)
-	u, _ := b.ReadCloser.(*upgradedBody)
-	buf := make([]byte, 32<<10)
-	var total int64
-	for {
-		n, rerr := b.recordingBody.Read(buf)
-		var werr error
-		if n > 0 {
-			var wn int
-			wn, werr = w.Write(buf[:n])
-			b.passed.Add(int64(wn))
-			total += int64(wn)
-			if werr == nil && wn < n {
-				werr = io.ErrShortWrite
-			}
-		}
-		if u != nil {
-			u.readEnded()
-		}
-		switch {
-		case werr != nil:
-			return total, werr
-		case rerr == io.EOF:
-			return total, nil
-		case rerr != nil:
-			return total, rerr
-		}
-	}
 }
 
 // Write writes the client's side of the tunnel, unless a reload has ended

@@ -176,6 +176,12 @@ func reloadEndsBumpedTunnel(t *testing.T, host, wantErr string) {
 			t.Errorf("%s record %+v; want deny, rule no-www, result denied, policy %s (the reload's), error with %q", kind, rec, after.ID(), wantErr)
 		}
 	}
+	// The tunnel's bytes, both ways: the client read the echo of "before"
+	// (its record used to be written before the write that gave it the
+	// echo had returned: TestTunnelRecordWaitsForWriteToClient).
+	if rec := ofKind(recs, "http")[0]; rec.BytesOut != int64(len("before")) || rec.BytesIn != int64(len("before")) {
+		t.Errorf("tunnel record bytes_out %d, bytes_in %d; want %d each way, what went before the reload", rec.BytesOut, rec.BytesIn, len("before"))
+	}
 }
 
 // tlsEchoUpgradeUpstream is echoUpgradeUpstream over TLS with cert (nil:
