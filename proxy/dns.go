@@ -329,9 +329,10 @@ func (d *dnsLog) query(b []byte) {
 }
 
 // answer looks at a datagram from the server, before it is relayed to the
-// client: a response to a pending query is recorded and handed to
-// Config.DNSAnswer, which thus knows an address before the client can act
-// on it, if the policy that allowed the flow is still in force. Responses
+// client: a response to a pending query is recorded and, if its whole
+// rcode (dnsAnswerRCode) is NOERROR, handed to Config.DNSAnswer, which
+// thus knows an address before the client can act on it, if the policy
+// that allowed the flow is still in force. Responses
 // to nothing the client asked are not handed on: the client drops them
 // too, and neither is a response with no question (dnsbare.go), which
 // names no address: it answers the one query waiting under its ID, if only
@@ -373,10 +374,15 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	if !ok {
 		return quiet
 	}
-	note := ""
+	note, rcode := "", dnsAnswerRCode(b)
 	if bare {
 		note = bareNote // and no addresses to vouch for
-	} else if fn := d.p.cfg.DNSAnswer; fn != nil {
+	} else if fn := d.p.cfg.DNSAnswer; fn != nil && rcode == 0 {
+		// Only a success, by the rcode the record says: a header's
+		// NOERROR with an OPT's BADVERS, recorded as the failure it is,
+		// vouched for its addresses (glibc's stub, which reads the header
+		// alone, uses them; the appliance's record and its own check must
+		// not disagree on whether the lookup failed).
 		// The generation first: a reload advances it, stores its policy
 		// and advances it again, so one that the compare below misses is
 		// seen by DNSAnswer (ObserveAt).
@@ -391,7 +397,7 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	if b[2]&0x02 != 0 {
 		note = joinNotes(note, truncatedNote)
 	}
-	d.write(q, dnsRCodeName(dnsAnswerRCode(b)), int64(len(b)), "ok", note)
+	d.write(q, dnsRCodeName(rcode), int64(len(b)), "ok", note)
 	return quiet
 }
 

@@ -14,8 +14,8 @@ import (
 )
 
 // dnsResolver is a resolver on loopback that answers every query with
-// NXDOMAIN after delay (never, when delay is negative), and remembers the
-// names it was asked.
+// NXDOMAIN (newDNSResolverWith: as it is told) after delay (never, when
+// delay is negative), and remembers the names it was asked.
 type dnsResolver struct {
 	pc    *net.UDPConn
 	mu    sync.Mutex
@@ -23,6 +23,13 @@ type dnsResolver struct {
 }
 
 func newDNSResolver(t *testing.T, delay time.Duration) *dnsResolver {
+	t.Helper()
+	return newDNSResolverWith(t, delay, dnsResponse)
+}
+
+// newDNSResolverWith is newDNSResolver answering each query q with
+// respond(q).
+func newDNSResolverWith(t *testing.T, delay time.Duration, respond func(q []byte) []byte) *dnsResolver {
 	t.Helper()
 	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -43,7 +50,7 @@ func newDNSResolver(t *testing.T, delay time.Duration) *dnsResolver {
 			r.asked = append(r.asked, m.Name())
 			r.mu.Unlock()
 			if delay >= 0 {
-				time.AfterFunc(delay, func() { pc.WriteToUDPAddrPort(dnsResponse(q), from) })
+				time.AfterFunc(delay, func() { pc.WriteToUDPAddrPort(respond(q), from) })
 			}
 		}
 	}()
@@ -302,7 +309,7 @@ func TestDNSRecordNameLowerCase(t *testing.T) {
 // matched and handed to DNSAnswer; and the flow's udp record says nothing
 // of datagrams that are not DNS, for there were none.
 func TestDNSDotInLabelRecorded(t *testing.T) {
-	res := newDNSResolver(t, 0)
+	res := newDNSResolverWith(t, 0, dnsNoError)
 	answers := make(chan []byte, 4)
 	p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
 		cfg.UDPIdleTimeout = 3 * time.Second
@@ -324,13 +331,13 @@ func TestDNSDotInLabelRecorded(t *testing.T) {
 			}
 		}
 	}
-	const want = `c2vjcmv0\046zgf0yq.exfil.evil.test TXT ok NXDOMAIN`
+	const want = `c2vjcmv0\046zgf0yq.exfil.evil.test TXT ok NOERROR`
 	if len(got) != 1 || got[0] != want {
 		t.Fatalf("dns records %q, want [%q]", got, want)
 	}
 	select {
 	case a := <-answers:
-		if !bytes.Equal(a, dnsResponse(q)) {
+		if !bytes.Equal(a, dnsNoError(q)) {
 			t.Errorf("DNSAnswer saw %q, want the answer", a)
 		}
 	default:

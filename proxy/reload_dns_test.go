@@ -37,7 +37,7 @@ func TestDNSAnswerAfterReloadNotObserved(t *testing.T) {
 	dst.mu.Lock()
 	from := dst.from[0]
 	dst.mu.Unlock()
-	dst.pc.WriteToUDPAddrPort(dnsResponse(dnsQuery(1, "allowed.example", 1)), from)
+	dst.pc.WriteToUDPAddrPort(dnsNoError(dnsQuery(1, "allowed.example", 1)), from)
 	<-c.out
 	if n := seen.Load(); n != 1 {
 		t.Fatalf("%d answers observed before the reload, want 1", n)
@@ -45,7 +45,7 @@ func TestDNSAnswerAfterReloadNotObserved(t *testing.T) {
 	c.inject(dnsQuery(2, "allowed.example", 1))
 	waitReceived(t, dst, 2)
 	h.Store(mustPolicy(t, tightDNSPolicy))
-	dst.pc.WriteToUDPAddrPort(dnsResponse(dnsQuery(2, "allowed.example", 1)), from)
+	dst.pc.WriteToUDPAddrPort(dnsNoError(dnsQuery(2, "allowed.example", 1)), from)
 	select {
 	case <-c.out:
 		t.Fatal("the answer to a query asked before the reload was relayed after the reload denied the flow")
@@ -104,12 +104,12 @@ func TestDNSGenerationReadBeforePolicyCheck(t *testing.T) {
 	dst.mu.Lock()
 	from := dst.from[0]
 	dst.mu.Unlock()
-	dst.pc.WriteToUDPAddrPort(dnsResponse(dnsQuery(1, "allowed.example", 1)), from)
+	dst.pc.WriteToUDPAddrPort(dnsNoError(dnsQuery(1, "allowed.example", 1)), from)
 	<-c.out
 	c.inject(dnsQuery(2, "allowed.example", 1))
 	waitReceived(t, dst, 2)
 	reloadOnRead.Store(true)
-	dst.pc.WriteToUDPAddrPort(dnsResponse(dnsQuery(2, "allowed.example", 1)), from)
+	dst.pc.WriteToUDPAddrPort(dnsNoError(dnsQuery(2, "allowed.example", 1)), from)
 	select {
 	case <-c.out:
 	case <-time.After(3 * time.Second):

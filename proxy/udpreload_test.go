@@ -63,7 +63,7 @@ func TestUDPAllowedRedecidedAfterReload(t *testing.T) {
 // second of each answer keeps it in the DNS linger). Its queries after the
 // reload are not relayed, so no answer to them is relayed or observed.
 func TestDNSFlowRedecidedAfterReload(t *testing.T) {
-	res := newDNSResolver(t, 0)
+	res := newDNSResolverWith(t, 0, dnsNoError)
 	var seen atomic.Int32
 	p, h, _ := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
 		cfg.UDPIdleTimeout = 3 * time.Second

@@ -485,7 +485,9 @@ func (c *Checker) known(endpoint, name string, dest netip.Addr, now int64) *Mism
 // endpoint (the proxy's DNSAnswer hook): the A and AAAA records it holds
 // for the name asked, and for each alias on its CNAME chain, count for that
 // endpoint's checks until their TTL and the grace have passed. Anything
-// but a well-formed NOERROR response to a standard query is ignored.
+// but a well-formed NOERROR response to a standard query is ignored:
+// NOERROR in its whole rcode, the header's 4 bits and its OPT record's 8
+// (a header's NOERROR with an OPT's BADVERS is a failed lookup).
 // Observe does not keep msg. It names no client: the names it brings in
 // count against the endpoint's bound only (see ObserveAt).
 func (c *Checker) Observe(endpoint string, msg []byte) {
@@ -516,7 +518,7 @@ func (c *Checker) ObserveAt(gen uint64, endpoint string, client netip.Addr, msg 
 	}
 	r := responsePool.Get().(*response)
 	defer responsePool.Put(r)
-	if r.parse(msg) != nil || r.header.OpCode != 0 || r.header.RCode != dnsmessage.RCodeSuccess ||
+	if r.parse(msg) != nil || r.header.OpCode != 0 || r.rcode != uint16(dnsmessage.RCodeSuccess) ||
 		r.question.Class != dnsmessage.ClassINET || r.naddrs == 0 {
 		return
 	}

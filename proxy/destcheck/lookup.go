@@ -405,12 +405,15 @@ func (c *Checker) query(ctx context.Context, qname dnsmessage.Name, qtype dnsmes
 			return typeResult{err: fmt.Errorf("the answer over UDP was truncated, and over TCP: %w", err)}
 		}
 	}
-	switch r.header.RCode {
+	// The whole rcode, as ObserveAt reads it: the query carries EDNS, and
+	// a header's NOERROR with an OPT's BADVERS is a failed lookup.
+	rcode := dnsmessage.RCode(r.rcode)
+	switch rcode {
 	case dnsmessage.RCodeSuccess, dnsmessage.RCodeNameError:
 	default:
-		return typeResult{rcode: r.header.RCode, err: fmt.Errorf("resolver %s answered %s for %s", c.cfg.Resolver, rcodeName(r.header.RCode), qtype)}
+		return typeResult{rcode: rcode, err: fmt.Errorf("resolver %s answered %s for %s", c.cfg.Resolver, rcodeName(rcode), qtype)}
 	}
-	res := typeResult{rcode: r.header.RCode}
+	res := typeResult{rcode: rcode}
 	r.bind()
 	for i := range r.nbound {
 		if b := r.bound[i]; b.name == 0 {
@@ -540,8 +543,13 @@ func (c *Checker) ioError(ctx context.Context, err error) error {
 var rcodeNames = [...]string{"NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"}
 
 func rcodeName(rc dnsmessage.RCode) string {
-	if int(rc) < len(rcodeNames) {
+	switch {
+	case int(rc) < len(rcodeNames):
 		return rcodeNames[rc]
+	case rc == 16:
+		return "BADVERS"
+	case rc == 23:
+		return "BADCOOKIE"
 	}
 	return fmt.Sprintf("RCODE%d", rc)
 }

@@ -37,7 +37,11 @@ type addrRR struct {
 // was asked for. Its arrays are large (a dnsmessage.Name is 256 bytes), so
 // responses are pooled, never allocated per message.
 type response struct {
-	header   dnsmessage.Header
+	header dnsmessage.Header
+	// rcode is the whole rcode: the header's 4 bits and, when the
+	// response carries an OPT record, its 8 extended ones (RFC 6891
+	// §6.1.3), as the proxy's dns records read it.
+	rcode    uint16
 	question dnsmessage.Question
 	cnames   [maxRecords]cnameRR
 	ncnames  int
@@ -57,9 +61,19 @@ type response struct {
 var responsePool = sync.Pool{New: func() any { return new(response) }}
 
 // parse reads msg's header, its first question and the A, AAAA and CNAME
-// records of class IN in its answer section (at most maxRecords of them).
-// Every other record is skipped. A message dnsmessage refuses, or one that
-// is not a response with a question, is an error: nothing of it counts.
+// records of class IN in its answer section (at most maxRecords of them),
+// then the rest of the message up to its first OPT record, for the whole
+// rcode (r.rcode). Every other record is skipped. A message dnsmessage
+// refuses, cut short or malformed before its OPT record (or its end, when
+// it has none) too, or one that is not a response with a question, is an
+// error: nothing of it counts.
+//
+// Read from the header's 4 bits alone, a response whose header says
+// NOERROR and whose OPT says otherwise (BADVERS: header 0, OPT 1) counted
+// as a success: its addresses vouched for its name while the dns record of
+// the same answer said the lookup failed. A message whose rcode cannot be
+// read to its OPT record is no answer to learn from: the proxy's walk may
+// have read a failure there.
 func (r *response) parse(msg []byte) error {
 	r.ncnames, r.naddrs, r.nchain, r.nbound = 0, 0, 0, 0
 	var p dnsmessage.Parser
@@ -70,13 +84,22 @@ func (r *response) parse(msg []byte) error {
 	if !h.Response {
 		return errNotResponse
 	}
-	r.header = h
+	r.header, r.rcode = h, uint16(h.RCode)
 	if r.question, err = p.Question(); err != nil {
 		return err
 	}
 	if err := p.SkipAllQuestions(); err != nil {
 		return err
 	}
+	if err := r.parseAnswers(&p); err != nil {
+		return err
+	}
+	return r.parseRCode(&p)
+}
+
+// parseAnswers reads the answer section's A, AAAA and CNAME records of
+// class IN, the first maxRecords of them; the rest are skipped.
+func (r *response) parseAnswers(p *dnsmessage.Parser) error {
 	for n := 0; n < maxRecords; n++ {
 		rh, err := p.AnswerHeader()
 		if errors.Is(err, dnsmessage.ErrSectionDone) {
@@ -119,7 +142,36 @@ func (r *response) parse(msg []byte) error {
 			}
 		}
 	}
-	return nil
+	return p.SkipAllAnswers()
+}
+
+// parseRCode skips the authorities and reads the additional section up to
+// its first OPT record, whose TTL's first byte holds the upper 8 bits of
+// the rcode. The first OPT counts, as Go's resolver takes it
+// (extractExtendedRCode), and whatever its EDNS version: dnsmessage's
+// ExtendedRCode reads them only for version 0, and the proxy's records
+// (dnsAnswerRCode) for any, so a response of another version whose OPT
+// says a failure would have vouched here while recorded as failed there.
+func (r *response) parseRCode(p *dnsmessage.Parser) error {
+	if err := p.SkipAllAuthorities(); err != nil {
+		return err
+	}
+	for {
+		rh, err := p.AdditionalHeader()
+		if errors.Is(err, dnsmessage.ErrSectionDone) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if rh.Type == dnsmessage.TypeOPT {
+			r.rcode |= uint16(rh.TTL>>24) << 4
+			return nil
+		}
+		if err := p.SkipAdditional(); err != nil {
+			return err
+		}
+	}
 }
 
 // boundAddr is an address the chain leads to, for one name of the chain.
