@@ -245,7 +245,8 @@ type dnsLog struct {
 // first one's answer (its name not the second's) went unrecorded: a
 // client could hide any query behind an innocent one. The name is the wire
 // form (dnsMessage.Wire), at most 254 bytes, with A-Z lowered (dnsfold.go):
-// an answer that spells the name in another case answers the query.
+// an answer that spells the name in another case finds the query, but is
+// its own answer only if it repeats the spelling (dnsQuestion.upper).
 type dnsKey struct {
 	name string
 	id   uint16
@@ -253,11 +254,13 @@ type dnsKey struct {
 }
 
 type dnsQuestion struct {
-	msg    dnsMessage
+	msg    dnsMessage // its Wire folded, as the key's
+	upper  caseBits   // the bytes of msg.Wire the client sent in upper case (in its latest copy)
 	size   int
 	copies int // copies of it the client sent again before its answer
 	start  time.Time
 	dec    *dnsDecision // the decision it was relayed under; nil: the flow's first
+	early  dnsEarly     // an answer it got that is not its own (dnsearly.go)
 }
 
 // dnsDecision is a decision a reload made for a DNS flow, for the records
@@ -307,17 +310,23 @@ func (d *dnsLog) query(b []byte) {
 	}
 	d.asked = true
 	d.lastDNS = monoclock.Now()
-	m.Wire = foldWire(m.Wire) // the record's name is lowered anyway (presentName)
+	// The record's name is lowered anyway (presentName); the spelling is
+	// kept for the answer's (dnsfold.go).
+	var upper caseBits
+	m.Wire, upper = foldWire(m.Wire)
 	k := dnsKey{name: m.Wire, id: m.ID, typ: m.Type}
 	switch q, ok := d.pending[k]; {
 	case ok:
 		// The same question again: a retransmission, which one record
-		// names as well as two would.
+		// names as well as two would. Sent in another case, its own
+		// answer is the one that repeats the latest spelling, the one a
+		// client that randomises case waits for.
 		q.size += len(b)
 		q.copies++
+		q.upper = upper
 		d.pending[k] = q
 	case len(d.pending) < maxPendingDNS && d.budget.take():
-		d.pending[k] = dnsQuestion{msg: m, size: len(b), start: time.Now(), dec: d.dec.Load()}
+		d.pending[k] = dnsQuestion{msg: m, upper: upper, size: len(b), start: time.Now(), dec: d.dec.Load()}
 	default:
 		// No room to wait for its answer, in the flow or in the client's
 		// budget: the query is relayed all the same (the client's
@@ -329,15 +338,17 @@ func (d *dnsLog) query(b []byte) {
 }
 
 // answer looks at a datagram from the server, before it is relayed to the
-// client: a response to a pending query is recorded and, if its whole
-// rcode (dnsAnswerRCode) is NOERROR, handed to Config.DNSAnswer, which
-// thus knows an address before the client can act on it, if the policy
-// that allowed the flow is still in force. Responses
-// to nothing the client asked are not handed on: the client drops them
-// too, and neither is a response with no question (dnsbare.go), which
-// names no address: it answers the one query waiting under its ID, if only
-// one does. Datagrams that answer no waiting query are counted (unasked).
-// It reports whether the flow is now quiet.
+// client: a pending query's own answer, one that repeats its ID, type and
+// name byte for byte, is recorded and, if its whole rcode (dnsAnswerRCode)
+// is NOERROR, handed to Config.DNSAnswer, which thus knows an address
+// before the client can act on it, if the policy that allowed the flow is
+// still in force. An answer that spells the name in another case is noted
+// on the query, which waits on for its own (dnsearly.go), and handed to no
+// one. Responses to nothing the client asked are not handed on: the
+// client drops them too, and neither is a response with no question
+// (dnsbare.go), which names no address: it answers the one query waiting
+// under its ID, if only one does. Datagrams that answer no waiting query
+// are counted (unasked). It reports whether the flow is now quiet.
 func (d *dnsLog) answer(b []byte) (quiet bool) {
 	var wire [maxDNSName]byte
 	m, n, err := parseDNSInto(b, &wire)
@@ -348,22 +359,30 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 		d.mu.Unlock()
 		return false
 	}
-	foldWireBytes(wire[:n]) // as the query is kept (dnsfold.go)
+	spelled := foldWireBytes(wire[:n]) // as the query is kept (dnsfold.go)
+	rcode := dnsAnswerRCode(b)
 	d.mu.Lock()
+	var k dnsKey
 	var q dnsQuestion
-	var ok, ambiguous bool
+	var found, own, ambiguous bool
 	if bare {
-		q, ok, ambiguous = d.takeByIDLocked(uint16(b[0])<<8 | uint16(b[1]))
-	} else if q, ok = d.pending[dnsKey{name: string(wire[:n]), id: m.ID, typ: m.Type}]; ok {
-		// The lookup converts the name without allocating; the delete
+		q, own, ambiguous = d.takeByIDLocked(uint16(b[0])<<8 | uint16(b[1]))
+	} else if q, found = d.pending[dnsKey{name: string(wire[:n]), id: m.ID, typ: m.Type}]; found {
+		// The lookup converts the name without allocating; the key kept
 		// uses the name the query is kept under.
-		delete(d.pending, dnsKey{name: q.msg.Wire, id: m.ID, typ: m.Type})
+		k = dnsKey{name: q.msg.Wire, id: m.ID, typ: m.Type}
+		if own = q.upper == spelled; own {
+			delete(d.pending, k)
+		}
 	}
 	switch {
-	case ok:
+	case own:
 		d.budget.give(1)
 		d.lastDNS = monoclock.Now()
-		d.repeats += int64(q.copies)
+		// Of the copies+1 answers the server may send, this one and the
+		// early ones have come.
+		d.repeats += int64(max(0, q.copies-q.early.n))
+	case found && d.noteEarlyLocked(k, q, b, rcode):
 	case d.repeats > 0 && !ambiguous:
 		d.repeats-- // a server answering each copy of a query sent again, or an untracked query
 	default:
@@ -371,10 +390,10 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	}
 	quiet = d.quietLocked()
 	d.mu.Unlock()
-	if !ok {
+	if !own {
 		return quiet
 	}
-	note, rcode := "", dnsAnswerRCode(b)
+	note := ""
 	if bare {
 		note = bareNote // and no addresses to vouch for
 	} else if fn := d.p.cfg.DNSAnswer; fn != nil && rcode == 0 {
@@ -383,6 +402,7 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 		// vouched for its addresses (glibc's stub, which reads the header
 		// alone, uses them; the appliance's record and its own check must
 		// not disagree on whether the lookup failed).
+		//
 		// The generation first: a reload advances it, stores its policy
 		// and advances it again, so one that the compare below misses is
 		// seen by DNSAnswer (ObserveAt).

@@ -19,7 +19,8 @@ type dnsEnd struct {
 // waited for an answer as long as the flow would.
 var dnsTimedOut = dnsEnd{result: "timeout"}
 
-// close records the queries left without an answer, as e says, and gives
+// close records the queries left without their own answer: one that got
+// another (dnsearly.go) as answered by it, the others as e says; and gives
 // their room back to the client's budget.
 func (d *dnsLog) close(e dnsEnd) {
 	d.mu.Lock()
@@ -28,10 +29,16 @@ func (d *dnsLog) close(e dnsEnd) {
 	d.p.udp.dnsPending.release(d.client, d.budget)
 	d.budget = nil
 	for k, q := range d.pending {
+		delete(d.pending, k)
+		if q.early.n > 0 {
+			// Answered, by an answer the client may have taken, under
+			// the decision it was relayed under (dnsearly.go).
+			d.write(q, dnsRCodeName(q.early.rcode), int64(q.early.in), "ok", q.early.note())
+			continue
+		}
 		if e.dec != nil {
 			q.dec = e.dec
 		}
 		d.write(q, "", 0, e.result, e.err)
-		delete(d.pending, k)
 	}
 }

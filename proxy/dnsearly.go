@@ -1,0 +1,55 @@
+package proxy
+
+// Some answers a client may take are not a query's own: one that spells
+// the name in another case (dnsfold.go), which glibc takes and a 0x20
+// client drops as a forgery. Such an answer is noted on the query (the
+// first that comes), which waits on for its own answer: that one, when it
+// comes, is recorded as any answer is and is the only one handed to the
+// destination check; without it, the query is recorded at the flow's end
+// as answered by the noted one (`ok`, its rcode and size, and a note
+// saying so). Taking such an answer for the query's own let a forgery in
+// another case teach the check, and the real answer after it answer
+// nothing.
+//
+// The flow lives as it did before such answers were matched: the query
+// still waits, and a noted answer does not move the lookup's last answer
+// (lastDNS), so the flow ends at its idle timeout after its last query,
+// as for a query that has no answer.
+
+// caseNote is the error of a query's record whose answer spelled its name
+// in another case and whose own answer never came.
+const caseNote = "answered in another case"
+
+// dnsEarly is the first answer a pending query got that is not its own.
+type dnsEarly struct {
+	n     int    // such answers seen: the first one is kept, the others are its copies' (or unasked)
+	in    int    // its size
+	rcode uint16 // its whole rcode (dnsAnswerRCode)
+	tc    bool   // it was truncated
+}
+
+// note is the error of the record of a query answered by e alone.
+func (e *dnsEarly) note() string {
+	if e.tc {
+		return joinNotes(caseNote, truncatedNote)
+	}
+	return caseNote
+}
+
+// noteEarlyLocked notes on q, kept under k, an answer b of whole rcode
+// rcode that is not its own, and reports whether that answered it: the
+// first such answer, or one for a copy of it the client sent again. A
+// query's copies are answered by at most copies+1 answers, its own among
+// them. Under d.mu.
+func (d *dnsLog) noteEarlyLocked(k dnsKey, q dnsQuestion, b []byte, rcode uint16) bool {
+	switch {
+	case q.early.n == 0:
+		q.early = dnsEarly{n: 1, in: len(b), rcode: rcode, tc: b[2]&0x02 != 0}
+	case q.early.n <= q.copies:
+		q.early.n++
+	default:
+		return false
+	}
+	d.pending[k] = q
+	return true
+}
