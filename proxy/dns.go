@@ -342,13 +342,13 @@ func (d *dnsLog) query(b []byte) {
 // name byte for byte, is recorded and, if its whole rcode (dnsAnswerRCode)
 // is NOERROR, handed to Config.DNSAnswer, which thus knows an address
 // before the client can act on it, if the policy that allowed the flow is
-// still in force. An answer that spells the name in another case is noted
-// on the query, which waits on for its own (dnsearly.go), and handed to no
-// one. Responses to nothing the client asked are not handed on: the
-// client drops them too, and neither is a response with no question
-// (dnsbare.go), which names no address: it answers the one query waiting
-// under its ID, if only one does. Datagrams that answer no waiting query
-// are counted (unasked). It reports whether the flow is now quiet.
+// still in force. An answer that spells the name in another case, or has
+// no question (dnsbare.go) and is the answer of the one query waiting
+// under its ID, is noted on the query, which waits on for its own
+// (dnsearly.go), and handed to no one. Responses to nothing the client
+// asked are not handed on: the client drops them too. Datagrams that
+// answer no waiting query are counted (unasked). It reports whether the
+// flow is now quiet.
 func (d *dnsLog) answer(b []byte) (quiet bool) {
 	var wire [maxDNSName]byte
 	m, n, err := parseDNSInto(b, &wire)
@@ -364,25 +364,24 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	d.mu.Lock()
 	var k dnsKey
 	var q dnsQuestion
-	var found, own, ambiguous bool
+	var found, ambiguous bool
 	if bare {
-		q, own, ambiguous = d.takeByIDLocked(uint16(b[0])<<8 | uint16(b[1]))
+		k, q, found, ambiguous = d.findByIDLocked(uint16(b[0])<<8 | uint16(b[1]))
 	} else if q, found = d.pending[dnsKey{name: string(wire[:n]), id: m.ID, typ: m.Type}]; found {
 		// The lookup converts the name without allocating; the key kept
 		// uses the name the query is kept under.
 		k = dnsKey{name: q.msg.Wire, id: m.ID, typ: m.Type}
-		if own = q.upper == spelled; own {
-			delete(d.pending, k)
-		}
 	}
+	own := found && !bare && q.upper == spelled
 	switch {
 	case own:
+		delete(d.pending, k)
 		d.budget.give(1)
 		d.lastDNS = monoclock.Now()
 		// Of the copies+1 answers the server may send, this one and the
 		// early ones have come.
 		d.repeats += int64(max(0, q.copies-q.early.n))
-	case found && d.noteEarlyLocked(k, q, b, rcode):
+	case found && d.noteEarlyLocked(k, q, b, rcode, bare):
 	case d.repeats > 0 && !ambiguous:
 		d.repeats-- // a server answering each copy of a query sent again, or an untracked query
 	default:
@@ -393,10 +392,7 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 	if !own {
 		return quiet
 	}
-	note := ""
-	if bare {
-		note = bareNote // and no addresses to vouch for
-	} else if fn := d.p.cfg.DNSAnswer; fn != nil && rcode == 0 {
+	if fn := d.p.cfg.DNSAnswer; fn != nil && rcode == 0 {
 		// Only a success, by the rcode the record says: a header's
 		// NOERROR with an OPT's BADVERS, recorded as the failure it is,
 		// vouched for its addresses (glibc's stub, which reads the header
@@ -414,8 +410,9 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 			fn(gen, d.base.Endpoint, d.client.client, b)
 		}
 	}
+	note := ""
 	if b[2]&0x02 != 0 {
-		note = joinNotes(note, truncatedNote)
+		note = truncatedNote
 	}
 	d.write(q, dnsRCodeName(rcode), int64(len(b)), "ok", note)
 	return quiet

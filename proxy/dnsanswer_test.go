@@ -145,65 +145,102 @@ func bareAnswer(rcode byte) func(q []byte) []byte {
 }
 
 // TestDNSBareAnswerMatched plays the reviewer's servers that answer a
-// query with a 12-byte header, FORMERR or REFUSED and no question: the
-// client takes it (it matches by ID and source), so the query's record
-// says ok with the rcode and the answer's 12 bytes, notes the missing
-// question, and the flow ends a linger after it. Read as no DNS message,
-// the query was recorded as a timeout, the udp record counted the answer
-// as answering no waiting query, and the flow lasted to its idle timeout.
-// An answer with no question names no address: it is not handed to
-// DNSAnswer.
+// query with a 12-byte header, FORMERR or REFUSED and no question: glibc's
+// stub takes it (it matches by ID and source), so the query's record says
+// ok with the rcode and the answer's 12 bytes, and notes the missing
+// question. Read as no DNS message, the query was recorded as a timeout
+// and the udp record counted the answer as answering no waiting query.
+// Go's resolver and musl drop such an answer and wait on, so the flow
+// does too, to its idle timeout, as it did before such answers matched:
+// ended a linger after it, it cut off their real answer. An answer with no
+// question names no address: it is not handed to DNSAnswer.
 func TestDNSBareAnswerMatched(t *testing.T) {
 	for _, c := range []struct {
 		rcode byte
 		want  string
 	}{{1, "FORMERR"}, {5, "REFUSED"}} {
-		dst := answeringServer(t, bareAnswer(c.rcode))
-		vouched := make(chan []byte, 1)
-		p, _, recs := udpProxy(t, "policy: {default: allow}\n", func(cfg *Config) {
-			cfg.UDPIdleTimeout = 10 * time.Second
-			cfg.DNSPorts = []uint16{dst.Port()}
-			cfg.DNSAnswer = func(_ uint64, _ string, _ netip.Addr, msg []byte) { vouched <- msg }
-		})
-		c0, _ := startFlow(p, quicClient, dst, dnsQuery(21, "a.example.test", 1))
-		select {
-		case b := <-c0.out:
-			if len(b) != dnsHeaderLen {
-				t.Fatalf("the client got %d bytes, want the 12-byte answer", len(b))
-			}
-		case <-time.After(3 * time.Second):
-			t.Fatal("the client got no answer")
+		const idle = 3 * time.Second
+		res := runTeachFlow(t, func(q []byte, send func([]byte)) { send(bareAnswer(c.rcode)(q)) },
+			idle, 1, dnsQuery(21, "a.example.test", 1))
+		if len(res.got) != 1 || len(res.got[0]) != dnsHeaderLen {
+			t.Fatalf("%s: the client got %d datagrams, want the 12-byte answer", c.want, len(res.got))
 		}
-		answered := time.Now()
-		select {
-		case <-c0.ended:
-		case <-time.After(dnsLinger + 3*time.Second):
-			t.Fatalf("%s: the flow lasted past its linger after the answer (its idle timeout is 10 s)", c.want)
+		if len(res.dns) != 1 || res.dns[0].Result != "ok" || res.dns[0].RCode != c.want || res.dns[0].BytesIn != dnsHeaderLen || res.dns[0].Error != bareNote {
+			t.Errorf("dns records %+v; want one, ok, %s, bytes_in 12, error %q", res.dns, c.want, bareNote)
 		}
-		if took := time.Since(answered); took < dnsLinger/2 {
-			t.Errorf("%s: the flow ended %v after the answer, before the linger", c.want, took)
+		if res.udp.Error != "" {
+			t.Errorf("%s: udp record error %q; want none: the answer answered the query", c.want, res.udp.Error)
 		}
-		var dns []records.Record
-		udpErr := "no udp record"
-		for _, r := range recs.records(t, 2) {
-			switch r.Kind {
-			case "dns":
-				dns = append(dns, r)
-			case "udp":
-				udpErr = r.Error
-			}
+		if len(res.handed) != 0 {
+			t.Errorf("%s: an answer with no question was handed to DNSAnswer: % x", c.want, res.handed)
 		}
-		if len(dns) != 1 || dns[0].Result != "ok" || dns[0].RCode != c.want || dns[0].BytesIn != dnsHeaderLen || dns[0].Error != bareNote {
-			t.Errorf("dns records %+v; want one, ok, %s, bytes_in 12, error %q", dns, c.want, bareNote)
+		if res.lasted < idle-500*time.Millisecond {
+			t.Errorf("%s: the flow lasted %v after its query; want its idle timeout (%v): Go's and musl's stubs wait on after such an answer", c.want, res.lasted, idle)
 		}
-		if udpErr != "" {
-			t.Errorf("%s: udp record error %q; want none: the answer answered the query", c.want, udpErr)
-		}
-		select {
-		case m := <-vouched:
-			t.Errorf("%s: an answer with no question was handed to DNSAnswer: % x", c.want, m)
-		default:
-		}
+	}
+}
+
+// TestDNSBareAnswerThenRealAnswer plays review rev30c's F3: a server (or
+// an injector) sends a bare REFUSED, and the real answer 1.5 s later. Go's
+// resolver and musl drop the bare answer and take the real one; but the
+// bare answer ended the query, the flow was quiet and ended a linger (1 s)
+// later, and the real answer never reached the client. The flow now waits
+// for it, the record is the real answer's, as for any answer, and only it
+// is handed to DNSAnswer.
+func TestDNSBareAnswerThenRealAnswer(t *testing.T) {
+	real := netip.MustParseAddr("192.0.2.10")
+	q := dnsQuery(0x6161, "a.example.test", 1)
+	const delay = 1500 * time.Millisecond
+	res := runTeachFlow(t, func(q []byte, send func([]byte)) {
+		send(bareAnswer(5)(q))
+		time.Sleep(delay)
+		send(aResponse(q, real))
+	}, 10*time.Second, 1, q)
+	if len(res.got) != 2 {
+		t.Fatalf("the client got %d datagrams, want the bare answer and the real one", len(res.got))
+	}
+	want := int64(len(aResponse(q, real)))
+	if len(res.dns) != 1 || res.dns[0].Result != "ok" || res.dns[0].RCode != "NOERROR" || res.dns[0].BytesIn != want || res.dns[0].Error != "" {
+		t.Errorf("dns records %+v; want one, ok, NOERROR, bytes_in %d, no error", res.dns, want)
+	}
+	if len(res.handed) != 1 || !res.vouches("a.example.test", real) {
+		t.Errorf("DNSAnswer was handed %d answers, and the check vouches for %s: %v; want the real answer", len(res.handed), real, res.vouches("a.example.test", real))
+	}
+	if res.lasted > delay+dnsLinger+2*time.Second {
+		t.Errorf("the flow lasted %v; want it to end a linger after the real answer", res.lasted)
+	}
+}
+
+// TestDNSBareMeansHeaderAlone: only a response with no question, answer or
+// authority is answered by its ID alone, as records.md has it ("its header
+// alone"); an OPT record in its additional section is read for its rcode.
+// One with no question that carries an A record (no server's FORMERR or
+// REFUSED; clients that match by question drop it) answered its query by
+// ID, and the A record went unseen by the check: it now answers no waiting
+// query.
+func TestDNSBareMeansHeaderAlone(t *testing.T) {
+	p, _, recs := udpProxy(t, "policy: {default: allow}\n", nil)
+	d := newDNSLog(p, &records.Record{Kind: "udp", Endpoint: "vpce-7", ClientIP: "10.0.0.5"}, nil)
+	withA, withOPT := dnsQuery(44, "x.example.test", 1), dnsQuery(45, "y.example.test", 1)
+	d.query(withA)
+	d.query(withOPT)
+	b := bareAnswer(0)(withA)
+	b[7] = 1 // ANCOUNT 1: a root-owned A record
+	b = append(b, 0, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 203, 0, 113, 66)
+	d.answer(b)
+	opt := withAdditional(bareAnswer(0)(withOPT), optRR(1, 0))
+	d.answer(opt)
+	if note := d.notQueries(); note != "datagrams from the server that answered no waiting query: 1" {
+		t.Errorf("udp note %q; want the answer with an A record and no question counted", note)
+	}
+	d.close(dnsTimedOut)
+	got := map[string]string{}
+	for _, r := range recs.records(t, 2) {
+		got[r.QueryName] = fmt.Sprintf("%s %s %d %s", r.Result, r.RCode, r.BytesIn, r.Error)
+	}
+	want := map[string]string{"x.example.test": "timeout  0 ", "y.example.test": fmt.Sprintf("ok BADVERS %d %s", len(opt), bareNote)}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("records (name: result rcode bytes_in error) %v, want %v", got, want)
 	}
 }
 
