@@ -19,7 +19,9 @@ const dnsTypeOPT = 41
 // at most once and cannot loop; a message cut short or malformed before
 // its OPT record is given the header's rcode. The first OPT record counts
 // (a message with more is malformed, RFC 6891 §6.1.1), whatever its owner
-// name, as clients such as miekg/dns take it.
+// name, as Go's resolver takes it (net's extractExtendedRCode, and
+// destcheck's parse after it); miekg/dns's IsEdns0 scans from the end and
+// takes the last.
 func dnsAnswerRCode(b []byte) uint16 {
 	hdr := uint16(b[3] & 0x0f)
 	count := func(i int) int { return int(b[i])<<8 | int(b[i+1]) }
