@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,10 +103,10 @@ wait:
 func TestDNSAnswerInAnotherCaseNoted(t *testing.T) {
 	q := dnsQuery(23, "WWW.Example.TEST", 1)
 	again := dnsQuery(23, "www.EXAMPLE.test", 1)
-	answered := 0
+	var answered atomic.Int32 // the server serves each datagram on a goroutine of its own
 	const idle = 3 * time.Second
 	res := runTeachFlow(t, func(b []byte, send func([]byte)) {
-		if answered++; answered < 2 {
+		if answered.Add(1) < 2 {
 			return // the first copy goes unanswered: the client sends it again
 		}
 		send(dnsNoError(bytes.ToLower(b)))
