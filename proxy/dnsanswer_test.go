@@ -16,6 +16,18 @@ import (
 // it gets with answer(datagram), and not at all when that is nil.
 func answeringServer(t *testing.T, answer func(q []byte) []byte) netip.AddrPort {
 	t.Helper()
+	return loopbackDNS(t, func(q []byte, reply func([]byte)) {
+		if a := answer(q); a != nil {
+			reply(a)
+		}
+	})
+}
+
+// loopbackDNS listens on a UDP port of 127.0.0.1 until the test ends and
+// hands each datagram it gets (a copy of its own), with a way to answer
+// its sender, to handle, one after another; it returns the port.
+func loopbackDNS(t *testing.T, handle func(q []byte, reply func([]byte))) netip.AddrPort {
+	t.Helper()
 	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -28,9 +40,7 @@ func answeringServer(t *testing.T, answer func(q []byte) []byte) netip.AddrPort 
 			if err != nil {
 				return
 			}
-			if a := answer(bytes.Clone(buf[:n])); a != nil {
-				_, _ = pc.WriteToUDPAddrPort(a, from)
-			}
+			handle(bytes.Clone(buf[:n]), func(b []byte) { _, _ = pc.WriteToUDPAddrPort(b, from) })
 		}
 	}()
 	return pc.LocalAddr().(*net.UDPAddr).AddrPort()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -16,29 +15,14 @@ import (
 // record, addr, for the name asked (a 1 h TTL).
 func aResolver(t *testing.T, addr netip.Addr) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			r := append([]byte(nil), buf[:n]...)
-			r[2], r[3] = 0x81, 0x80
-			r[6], r[7] = 0, 1 // ANCOUNT 1
-			r = append(r, 0xc0, 12, 0, 1, 0, 1)
-			r = binary.BigEndian.AppendUint32(r, 3600)
-			a := addr.As4()
-			r = append(append(r, 0, 4), a[:]...)
-			pc.WriteToUDPAddrPort(r, from)
-		}
-	}()
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	return answeringServer(t, func(r []byte) []byte {
+		r[2], r[3] = 0x81, 0x80
+		r[6], r[7] = 0, 1 // ANCOUNT 1
+		r = append(r, 0xc0, 12, 0, 1, 0, 1)
+		r = binary.BigEndian.AppendUint32(r, 3600)
+		a := addr.As4()
+		return append(append(r, 0, 4), a[:]...)
+	})
 }
 
 // TestDNSAnswerClientShare: the proxy hands DNSAnswer the client an answer

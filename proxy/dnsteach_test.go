@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync"
 	"testing"
@@ -22,23 +21,7 @@ const teachEP = "vpce-00000000000000007"
 // goroutine of its own.
 func sendingServer(t *testing.T, serve func(q []byte, send func([]byte))) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			q := bytes.Clone(buf[:n])
-			go serve(q, func(b []byte) { _, _ = pc.WriteToUDPAddrPort(b, from) })
-		}
-	}()
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	return loopbackDNS(t, func(q []byte, reply func([]byte)) { go serve(q, reply) })
 }
 
 // teachResult is what a DNS flow through a proxy with a real destination
