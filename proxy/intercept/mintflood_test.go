@@ -71,16 +71,7 @@ func TestFreshMintBesideMintFlood(t *testing.T) {
 		pool := x509.NewCertPool()
 		pool.AddCert(r.ca.TrustAnchor())
 		upLeaf := r.upLeaf("*.example.test")
-		bump := func(name string) error {
-			upEnd, _ := r.startUpstreamTCP(upLeaf, "http/1.1")
-			c, sv := r.connect(upEnd, tlsDest)
-			client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: pool})
-			client.SetDeadline(time.Now().Add(waitLimit))
-			err := client.Handshake()
-			client.Close()
-			sv.waitDoneOnce(t)
-			return err
-		}
+		bump := func(name string) error { return r.bumpHandshake(t, upLeaf, pool, name) }
 		stop := mintFlood(t, r.ic, 300)
 		start := time.Now()
 		err := bump("fresh.example.test")

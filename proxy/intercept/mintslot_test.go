@@ -38,16 +38,7 @@ func TestMintTakesVerifySlot(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.TrustAnchor())
 	upLeaf := r.upLeaf("*.example.test")
-	bump := func(name string) error {
-		upEnd, _ := r.startUpstreamTCP(upLeaf, "http/1.1")
-		c, sv := r.connect(upEnd, tlsDest)
-		client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: pool})
-		client.SetDeadline(time.Now().Add(waitLimit))
-		err := client.Handshake()
-		client.Close()
-		sv.waitDoneOnce(t)
-		return err
-	}
+	bump := func(name string) error { return r.bumpHandshake(t, upLeaf, pool, name) }
 	lastRecord := func() string {
 		t.Helper()
 		recs := r.records()
@@ -140,4 +131,19 @@ func TestMintTakesVerifySlot(t *testing.T) {
 	if n := intercept.Verifications(r.ic) - verified; n != 0 {
 		t.Errorf("%d verifications after the first two bumps, want none: the mints alone were under test", n)
 	}
+}
+
+// bumpHandshake bumps one connection to an upstream serving upLeaf, its
+// client asking for name and trusting pool, and returns the client's
+// handshake error once the session is done.
+func (r *rig) bumpHandshake(t *testing.T, upLeaf *tls.Certificate, pool *x509.CertPool, name string) error {
+	t.Helper()
+	upEnd, _ := r.startUpstreamTCP(upLeaf, "http/1.1")
+	c, sv := r.connect(upEnd, tlsDest)
+	client := tls.Client(c, &tls.Config{ServerName: name, RootCAs: pool})
+	client.SetDeadline(time.Now().Add(waitLimit))
+	err := client.Handshake()
+	client.Close()
+	sv.waitDoneOnce(t)
+	return err
 }
