@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rsa"
 	"fmt"
 	"log/slog"
@@ -47,28 +48,48 @@ func LoadCA(o *Options) (*certs.CA, error) {
 	return ca, nil
 }
 
-// warnCAKey logs, when the CA's key is RSA, a warning that each leaf
-// minted under it costs many times what it costs under an ECDSA P-256 CA,
-// and reports whether it logged. The appliance mints a leaf for every
-// name a bumped client asks for that its cache does not hold, and it is
-// the CA's signature that costs (certs.BenchmarkLeafMintRSACA): about
-// 0.16 ms a leaf under P-256, 1 ms under RSA-2048, 6 ms under RSA-4096.
-// Mints are bounded as verifications are (two under way per client, half
-// the processors for all; proxy/intercept/mintslot.go), but a client that
+// warnCAKey logs, when leaves minted under the CA's key cost several times
+// what they cost under an ECDSA P-256 CA, a warning naming the cost, and
+// reports whether it logged. The appliance mints a leaf for every name a
+// bumped client asks for that its cache does not hold, and it is the CA's
+// signature that costs (certs.BenchmarkLeafMintRSACA and
+// BenchmarkLeafMintECCA): about 0.16 ms a leaf under P-256, 1 ms under
+// RSA-2048 or P-384, 2.5 ms under P-521, 6 ms under RSA-4096. Mints are
+// bounded as verifications are (two under way per client, half the
+// processors for all; proxy/intercept/mintslot.go), but a client that
 // bumps a fresh name per connection fills that share 6 to 40 times
-// sooner. An operator importing a corporate RSA CA is told nothing else:
-// the appliance's own CA is P-256. New calls it once, at start.
+// sooner. An operator importing a corporate CA is told nothing else: the
+// appliance's own CA is P-256. New calls it once, at start.
 func warnCAKey(ca *certs.CA) bool {
-	k, ok := ca.Certificate().PublicKey.(*rsa.PublicKey)
-	if !ok {
+	name, cost := dearCAKey(ca.Certificate().PublicKey)
+	if cost == "" {
 		return false
 	}
-	bits := k.N.BitLen()
-	slog.Warn(fmt.Sprintf("the interception CA's key is RSA-%d: each leaf minted for a name not cached costs %s of CPU under it, "+
+	slog.Warn(fmt.Sprintf("the interception CA's key is %s: each leaf minted for a name not cached costs %s of CPU under it, "+
 		"against about 0.16 ms under an ECDSA P-256 CA, so bumping many new names (a client varying the SNI) costs that much more; "+
-		"when clients are next handed a CA, prefer an ECDSA P-256 one (gwlbproxy ca init makes one)", bits, rsaMintCost(bits)),
+		"when clients are next handed a CA, prefer an ECDSA P-256 one (gwlbproxy ca init makes one)", name, cost),
 		"key_type", caKeyType(ca), "fingerprint", ca.Fingerprint())
 	return true
+}
+
+// dearCAKey names a CA key whose signature makes each leaf's mint cost
+// several times a P-256 CA's, and about what a mint then costs; for any
+// other key it returns empty strings. Go signs P-256 in assembly but
+// P-384 and P-521 in generic code, and RSA grows with the key's size.
+func dearCAKey(pub any) (name, cost string) {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		bits := k.N.BitLen()
+		return fmt.Sprintf("RSA-%d", bits), rsaMintCost(bits)
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P384():
+			return "ECDSA P-384", "about 1 ms"
+		case elliptic.P521():
+			return "ECDSA P-521", "about 2.5 ms"
+		}
+	}
+	return "", ""
 }
 
 // rsaMintCost is about what a leaf's mint costs under an RSA CA key of
