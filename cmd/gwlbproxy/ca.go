@@ -10,6 +10,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/certs"
 	"github.com/gwlbproxy/gwlbproxy/internal/appliance"
+	"github.com/gwlbproxy/gwlbproxy/internal/cliflag"
 )
 
 // caUsage is what `gwlbproxy ca` takes.
@@ -99,7 +100,7 @@ func runCA(args []string, stdout, stderr io.Writer) error {
 // stray word would be dropped without a word (`ca trust x --ca-cert F`
 // printing the commands for another CA than F).
 func parseNoArgs(fs *flag.FlagSet, args []string) error {
-	if err := parseQuietly(fs, args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -64,27 +62,6 @@ func checkFlagValues(o *appliance.Options) error {
 		return err
 	}
 	return o.Validate()
-}
-
-// parseQuietly parses args into fs as fs.Parse does, but prints nothing
-// on an error: the flag package prints the error and then the whole usage
-// (every flag, some 120 lines) on each, and main prints the error again,
-// so one mistaken value put its line between two copies of the usage, far
-// from the `gwlbproxy: <error>` line configuration.md promises (in a
-// journal, the real error buried). The usage is printed, to fs's output
-// as before, only when asked for (-h, -help): then the error is
-// flag.ErrHelp, which main takes as no error.
-func parseQuietly(fs *flag.FlagSet, args []string) error {
-	out, usage := fs.Output(), fs.Usage
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	err := fs.Parse(args)
-	fs.SetOutput(out)
-	fs.Usage = usage
-	if errors.Is(err, flag.ErrHelp) {
-		fs.Usage()
-	}
-	return err
 }
 
 // outputTuning lists, for each output a flag turns on (off when that flag

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
 	"github.com/gwlbproxy/gwlbproxy/internal/appliance"
+	"github.com/gwlbproxy/gwlbproxy/internal/cliflag"
 	"github.com/gwlbproxy/gwlbproxy/netstack/capture"
 	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
@@ -294,7 +295,7 @@ func parseArgs(args []string, stderr io.Writer) (appliance.Options, processFlags
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error (logs go to stderr)")
 	fs.Var(&p.memLimit, "memory-limit", memoryLimitUsage)
 	fs.BoolVar(&p.adaptProcs, "adapt-procs", p.adaptProcs, adaptProcsUsage)
-	if err := parseQuietly(fs, args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		return o, p, err
 	}
 	if fs.NArg() > 0 {

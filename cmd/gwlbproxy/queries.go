@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/cloudwatchlogs"
 
 	"github.com/gwlbproxy/gwlbproxy/cwlogs"
+	"github.com/gwlbproxy/gwlbproxy/internal/cliflag"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
@@ -64,7 +65,7 @@ func installCatalogQueries(ctx context.Context, args []string, stdout io.Writer,
 	group := fs.String("group", "", "log group the saved queries target (required)")
 	region := fs.String("region", "", "AWS region (default: from the environment or instance metadata)")
 	endpoint := fs.String("endpoint", "", "CloudWatch Logs endpoint URL (default: the region's)")
-	if err := parseQuietly(fs, args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		return err
 	}
 	if *group == "" || fs.NArg() > 0 {
@@ -107,7 +108,7 @@ func runQueryCommand(ctx context.Context, args []string, stdout io.Writer, newCl
 	endpoint := fs.String("endpoint", "", "CloudWatch Logs endpoint URL (default: the region's)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for the query")
 	poll := fs.Duration("poll", time.Second, "interval between polls for results")
-	if err := parseQuietly(fs, args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		return err
 	}
 	rest := fs.Args()

@@ -42,6 +42,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gwlbproxy/gwlbproxy/internal/cliflag"
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 )
@@ -168,7 +169,7 @@ Flags:
 	fs.DurationVar(&g.Attributes.DeregistrationDelay, "deregistration-delay", g.Attributes.DeregistrationDelay, "how long a deregistered target keeps its existing flows (0s-3600s)")
 	fs.DurationVar(&g.TCPIdleTimeout, "tcp-idle-timeout", g.TCPIdleTimeout, "a TCP flow without packets for this long is forgotten; its next packet is a new flow")
 	fs.DurationVar(&g.IdleTimeout, "idle-timeout", g.IdleTimeout, "a flow of any other protocol without packets for this long is forgotten")
-	if err := fs.Parse(args); err != nil {
+	if err := cliflag.Parse(fs, args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {

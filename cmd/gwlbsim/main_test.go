@@ -82,3 +82,22 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagErrorPrintsNothing: a value the flag package refuses (a syntax
+// error, an unknown flag, a missing value) is returned for main's one line
+// `gwlbsim: <error>` and nothing else is printed. Before, the flag package
+// printed the error and the whole usage (some 50 lines) first, and main
+// printed the error again.
+func TestFlagErrorPrintsNothing(t *testing.T) {
+	base := []string{"--addr", "198.18.1.2", "--appliance", "198.18.1.1", "--tun", "tun0"}
+	for _, extra := range [][]string{{"--senders", "x"}, {"--nosuchflag"}, {"--tcp-idle-timeout"}} {
+		var out bytes.Buffer
+		err := runMain(append(append([]string{}, base...), extra...), io.Discard, &out)
+		if err == nil || errors.Is(err, flag.ErrHelp) || !strings.Contains(err.Error(), strings.TrimLeft(extra[0], "-")) {
+			t.Errorf("%q: error %v, want one naming %s", extra, err, extra[0])
+		}
+		if out.Len() != 0 {
+			t.Errorf("%q: printed %d bytes besides the error:\n%s", extra, out.Len(), out.String())
+		}
+	}
+}
