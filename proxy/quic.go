@@ -115,6 +115,11 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 func (f *udpFlow) clientLeft(why string) {
 	f.releaseShare()
 	f.client.Close()
+	if f.p.stacksClosing.Load() {
+		// The drain's close of the stacks ended the client's side, not
+		// the client: said first, as every flow the drain cuts says it.
+		why = errShutdown.Error() + ": " + why
+	}
 	f.rec.Result, f.rec.Error = "reset", joinError(f.rec.Error, why)
 	f.p.finish(f.rec, f.start)
 }
