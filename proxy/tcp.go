@@ -232,7 +232,9 @@ func (s *tcpSession) serve(accepted net.Conn) {
 		s.up.Close()
 		// timeout for a client that vanished (ETIMEDOUT), as a relayed
 		// flow's record says it; reset otherwise.
-		s.rec.Result, s.rec.Error = relayResultOf(err), err.Error()
+		// With the drain's words first when its close of the stacks
+		// broke it, not the client.
+		s.rec.Result, s.rec.Error = relayResultOf(err), s.p.endedError(err).Error()
 		s.p.endTCP(s.rec, s.start)
 		return
 	}

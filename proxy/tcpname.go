@@ -73,7 +73,7 @@ func (s *tcpSession) awaitName(accepted net.Conn, br *bufio.Reader, undialled st
 	if err != nil { // the client reset or broke the connection while we waited
 		s.releaseWaiting()
 		s.client.Close()
-		s.rec.Result, s.rec.Error = "reset", err.Error()
+		s.rec.Result, s.rec.Error = "reset", s.p.endedError(err).Error() // the drain's words first when it did
 		s.p.endTCP(s.rec, s.start)
 		return false
 	}
