@@ -57,6 +57,27 @@ func writeCAOf(t *testing.T, key crypto.Signer, keyBlock *pem.Block, notAfter ti
 	return certFile, keyFile, cert.NotAfter
 }
 
+// logToBuffer sends the default logger's lines to a buffer until the test
+// ends, and returns what it holds so far and a way to empty it.
+func logToBuffer(t *testing.T) (logged func() string, reset func()) {
+	var logs bytes.Buffer
+	lw := &lockedWriter{w: &logs}
+	old := slog.Default()
+	t.Cleanup(func() { slog.SetDefault(old) })
+	slog.SetDefault(slog.New(slog.NewTextHandler(lw, nil)))
+	logged = func() string {
+		lw.mu.Lock()
+		defer lw.mu.Unlock()
+		return logs.String()
+	}
+	reset = func() {
+		lw.mu.Lock()
+		defer lw.mu.Unlock()
+		logs.Reset()
+	}
+	return logged, reset
+}
+
 // TestRSACAWarned: an appliance started with an operator's RSA CA
 // (--ca-cert/--ca-key) warns once at start that each leaf minted under it
 // costs many times a P-256 CA's (about 1 ms at RSA-2048, against 0.16 ms),
@@ -65,16 +86,7 @@ func writeCAOf(t *testing.T, key crypto.Signer, keyBlock *pem.Block, notAfter ti
 // Before, nothing told an operator importing a corporate RSA CA what each
 // fresh name then cost.
 func TestRSACAWarned(t *testing.T) {
-	var logs bytes.Buffer
-	lw := &lockedWriter{w: &logs}
-	old := slog.Default()
-	t.Cleanup(func() { slog.SetDefault(old) })
-	slog.SetDefault(slog.New(slog.NewTextHandler(lw, nil)))
-	logged := func() string {
-		lw.mu.Lock()
-		defer lw.mu.Unlock()
-		return logs.String()
-	}
+	logged, resetLogs := logToBuffer(t)
 	const warning = "the interception CA's key is RSA"
 
 	certFile, keyFile := writeRSACAFiles(t, 2048)
@@ -93,9 +105,7 @@ func TestRSACAWarned(t *testing.T) {
 	}
 	r.app.Close()
 
-	lw.mu.Lock()
-	logs.Reset()
-	lw.mu.Unlock()
+	resetLogs()
 	r = newRig(t, nil, nil)
 	if s := r.stats(); s.CA == nil || s.CA.KeyType != "ecdsa-p256" {
 		t.Errorf("/stats ca %+v with the appliance's own CA, want key_type ecdsa-p256", s.CA)
@@ -120,21 +130,14 @@ func TestRSAMintCost(t *testing.T) {
 // costs about 1 ms against P-256's 0.16 (certs.BenchmarkLeafMintECCA).
 // Before, only RSA keys were warned of.
 func TestP384CAWarned(t *testing.T) {
-	var logs bytes.Buffer
-	lw := &lockedWriter{w: &logs}
-	old := slog.Default()
-	t.Cleanup(func() { slog.SetDefault(old) })
-	slog.SetDefault(slog.New(slog.NewTextHandler(lw, nil)))
-
+	logged, _ := logToBuffer(t)
 	key := must(ecdsa.GenerateKey(elliptic.P384(), rand.Reader))(t)
 	certFile, keyFile, _ := writeCAOf(t, key, &pem.Block{Type: "PRIVATE KEY", Bytes: must(x509.MarshalPKCS8PrivateKey(key))(t)}, time.Now().Add(365*24*time.Hour))
 	r := newRig(t, func(o *Options) { o.CACert, o.CAKey = certFile, keyFile }, nil)
 	if s := r.stats(); s.CA == nil || s.CA.KeyType != "ecdsa-p384" {
 		t.Errorf("/stats ca %+v, want key_type ecdsa-p384", s.CA)
 	}
-	lw.mu.Lock()
-	out := logs.String()
-	lw.mu.Unlock()
+	out := logged()
 	if n := strings.Count(out, "the interception CA's key is ECDSA P-384"); n != 1 {
 		t.Errorf("%d warnings of the P-384 CA, want 1; logs:\n%s", n, out)
 	}
