@@ -37,6 +37,26 @@ const (
 	namedDenyRecordRate  = 20 // a second
 )
 
+// A dial that fails before its client's handshake is done costs the
+// client one packet too: a SYN (the destination is dialled before the
+// handshake is completed, tcp.go), or a UDP datagram whose destination
+// answers port or host unreachable before anything else. Under a policy
+// that lets a destination through by its address (default: allow, or a
+// rule on the client's own host), a client sending single SYNs or
+// datagrams to closed ports made a record of about 400 bytes for each,
+// with no bound: the flood the early-denial bucket is there against. So
+// such records come from a bucket per client too, of the same size, but a
+// bucket of their own: a failed dial is no decision of the policy, and a
+// client that spent its bucket on dials to closed ports must not keep the
+// denials that follow out of the records, nor its denials a real failure.
+// A dial that fails after the client's handshake and first bytes (a flow
+// only a name could let through, dialled once its name is allowed) is not
+// bucketed: like a TLS refusal, it costs a handshake first.
+const (
+	dialErrorRecordBurst = 100
+	dialErrorRecordRate  = 20 // a second
+)
+
 // Allowed DNS makes one record per query, and a query is one datagram: a
 // client could make records faster than the sinks take them, and fill the
 // shared records queue. So a client's DNS records come from a bucket too.
@@ -81,13 +101,15 @@ var (
 	namedDenyRate = recordRate{namedDenyRecordBurst, namedDenyRecordRate}
 	dnsQueryRate  = recordRate{dnsRecordBurst, dnsRecordRate}
 	requestDeny   = recordRate{requestDenyRecordBurst, requestDenyRecordRate}
+	dialErrorRate = recordRate{dialErrorRecordBurst, dialErrorRecordRate}
 )
 
 // denyLimiter holds the per-client buckets of records that a client can
 // make for the price of one packet: early denials, QUIC denials made on a
-// name, DNS queries, and requests denied inside intercepted connections.
+// name, dials failed before a handshake, DNS queries, and requests denied
+// inside intercepted connections.
 type denyLimiter struct {
-	early, named, dns, request, trust recordLimiter
+	early, named, dialErrors, dns, request, trust recordLimiter
 	// dnsUnrecorded counts DNS queries whose record the client's bucket
 	// had no room for; trustUnrecorded, trust-page requests.
 	dnsUnrecorded, trustUnrecorded atomic.Uint64
@@ -191,6 +213,24 @@ func (p *Proxy) denyLimited(l *recordLimiter, rate recordRate, r *records.Record
 		reason += fmt.Sprintf("; %d %s, not recorded one by one", skipped, more)
 	}
 	p.deny(r, start, reason)
+}
+
+// finishDialError writes the record of a flow of client k whose dial
+// failed at the cost of one packet of the client's (see dialErrorRate),
+// from the client's bucket of such records; one the bucket has no room for
+// is counted in dial_errors_unrecorded, and the client's next such record
+// says how many went before it unrecorded.
+func (p *Proxy) finishDialError(r *records.Record, start time.Time, k shareKey) {
+	// Now, not start: a dial may have waited for its timeout.
+	ok, skipped := p.denies.dialErrors.take(k, time.Now(), dialErrorRate)
+	if !ok {
+		p.stats.dialErrorsUnrecorded.Add(1)
+		return
+	}
+	if skipped > 0 {
+		r.Error = joinNotes(r.Error, fmt.Sprintf("%d more failed dials from this client before this one, not recorded one by one", skipped))
+	}
+	p.finish(r, start)
 }
 
 // denyRequestRecord is the interceptor's Config.DenyRecord: whether the

@@ -182,6 +182,8 @@ type proxyCounters struct {
 	tcpDialErrors, denied            atomic.Uint64
 	echoUnrecorded                   atomic.Uint64
 	deniedUnrecorded                 atomic.Uint64
+	udpDialErrors                    atomic.Uint64
+	dialErrorsUnrecorded             atomic.Uint64
 }
 
 // Stats is a snapshot of the proxy's counters.
@@ -190,7 +192,16 @@ type Stats struct {
 	UDPActive     int64  `json:"udp_active"`
 	EchoActive    int64  `json:"echo_active"`
 	TCPDialErrors uint64 `json:"tcp_dial_errors"`
-	Denied        uint64 `json:"denied"`
+	// UDPDialErrors counts UDP and QUIC flows whose destination could not
+	// be reached: no host socket could be opened for it, or it answered
+	// port or host unreachable before it sent anything.
+	UDPDialErrors uint64 `json:"udp_dial_errors"`
+	// DialErrorsUnrecorded counts the flows, among TCPDialErrors and
+	// UDPDialErrors, whose dial failed at the cost of one packet of their
+	// client's and that got no record of their own: their client had used
+	// up its records of such failures (denylimit.go).
+	DialErrorsUnrecorded uint64 `json:"dial_errors_unrecorded"`
+	Denied               uint64 `json:"denied"`
 	// EchoUnrecorded counts echo requests of denied flows dropped without an
 	// access record: too many denied echo flows were remembered already.
 	EchoUnrecorded uint64 `json:"echo_denied_unrecorded"`
@@ -336,7 +347,8 @@ func (p *Proxy) Stats() Stats {
 		UDPDeniedUnheld: p.udp.unheld.Load(),
 		TCPWaitingDrops: p.tcp.waitingDrops.Load(), LingerShareCuts: p.tcp.lingerCuts.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
-		DNSUnrecorded:    p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), RequestTextCut: p.text.cut.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
+		UDPDialErrors:    p.stats.udpDialErrors.Load(), DialErrorsUnrecorded: p.stats.dialErrorsUnrecorded.Load(),
+		DNSUnrecorded: p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), RequestTextCut: p.text.cut.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
 		TCPStalled: p.stalls.stalled.Load(),
 	}
 }

@@ -96,7 +96,10 @@ func (p *Proxy) handleTCP(flow netstack.FlowInfo, req tcpAcceptor) {
 		req.Reject()
 		p.stats.tcpDialErrors.Add(1)
 		rec.Result, rec.Error = records.DialResult(err), err.Error()
-		p.endTCP(rec, start)
+		// The client sent a SYN and nothing more: the record comes from
+		// its bucket (denylimit.go), whatever ended the dial.
+		p.finishDialError(rec, start, key)
+		p.stats.tcpActive.Add(-1)
 		return
 	}
 	client, err := req.Accept()

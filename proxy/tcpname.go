@@ -135,7 +135,10 @@ func (s *tcpSession) redial(accepted net.Conn) bool {
 // dialAllowed dials the destination of a connection the policy has just
 // allowed, unless it was dialled before classification; it reports
 // whether there is one. A failed dial resets the client and ends the
-// connection, its record saying how the dial ended.
+// connection, its record saying how the dial ended: recorded whatever the
+// client's bucket of failed dials holds, as redial's is, since its client
+// completed a handshake and sent its first bytes (or waited out nameWait)
+// for it, not one packet (denylimit.go).
 func (s *tcpSession) dialAllowed() bool {
 	if s.up != nil {
 		return true

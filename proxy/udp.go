@@ -237,8 +237,11 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 	if err != nil {
 		f.releaseShare()
 		f.client.Close()
+		p.stats.udpDialErrors.Add(1)
 		f.rec.Result, f.rec.Error = records.DialResult(err), err.Error()
-		p.finish(f.rec, f.start)
+		// Nothing was sent: the client's datagrams bought this record,
+		// which comes from its bucket (denylimit.go).
+		p.finishDialError(f.rec, f.start, f.share)
 		return
 	}
 	f.up = up

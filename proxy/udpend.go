@@ -183,7 +183,14 @@ func (f *udpFlow) finish() {
 		note = joinNotes(silentNote, note)
 	}
 	f.rec.Error = joinNotes(f.rec.Error, note)
-	f.p.finish(f.rec, f.start)
+	if f.unreached() {
+		// One datagram to a closed port buys this record: it comes from
+		// the client's bucket (denylimit.go).
+		f.p.stats.udpDialErrors.Add(1)
+		f.p.finishDialError(f.rec, f.start, f.share)
+	} else {
+		f.p.finish(f.rec, f.start)
+	}
 	if f.rec.Kind == "quic" || f.quicUnread {
 		f.p.udp.quicPaths.closed(f)
 	}
@@ -192,6 +199,23 @@ func (f *udpFlow) finish() {
 		// discarded, with no record each, until it idles or a reload allows it.
 		f.hold(f.deniedBy)
 	}
+}
+
+// unreached reports a flow whose destination answered port or host
+// unreachable before it sent anything back: it ends at once, giving its
+// place in its client's share back, so the share does not bound how fast
+// a client makes such flows, each for the price of one datagram (or the
+// few its QUIC gate held). A flow its destination answered first is not
+// one: its record cost the destination's cooperation too.
+func (f *udpFlow) unreached() bool {
+	if f.endErr == nil || f.bytesIn != 0 {
+		return false
+	}
+	switch records.DialResult(f.endErr) {
+	case "refused", "unreachable":
+		return true
+	}
+	return false
 }
 
 // silentNote is the note of a relayed flow whose destination sent nothing
