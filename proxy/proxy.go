@@ -184,14 +184,23 @@ type proxyCounters struct {
 	deniedUnrecorded                 atomic.Uint64
 	udpDialErrors                    atomic.Uint64
 	dialErrorsUnrecorded             atomic.Uint64
+	// quicGated counts the QUIC flows being decided (quic.go's
+	// serveQUIC): held at the gate or in their destination check, with
+	// no host socket yet, so not in udpActive.
+	quicGated atomic.Int64
 }
 
 // Stats is a snapshot of the proxy's counters.
 type Stats struct {
-	TCPActive     int64  `json:"tcp_active"`
-	UDPActive     int64  `json:"udp_active"`
-	EchoActive    int64  `json:"echo_active"`
-	TCPDialErrors uint64 `json:"tcp_dial_errors"`
+	TCPActive int64 `json:"tcp_active"`
+	UDPActive int64 `json:"udp_active"`
+	// QUICGateActive counts the QUIC flows held while they are decided:
+	// at the gate, waiting for the rest of their ClientHello, or in their
+	// destination check. They have no host socket yet, so UDPActive does
+	// not count them, but each holds its datagrams.
+	QUICGateActive int64  `json:"quic_gate_active"`
+	EchoActive     int64  `json:"echo_active"`
+	TCPDialErrors  uint64 `json:"tcp_dial_errors"`
 	// UDPDialErrors counts UDP and QUIC flows whose destination could not
 	// be reached: no host socket could be opened for it, or it answered
 	// port or host unreachable before it sent anything.
@@ -340,7 +349,7 @@ func (p *Proxy) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
 // Stats returns a snapshot of the proxy's counters.
 func (p *Proxy) Stats() Stats {
 	return Stats{
-		TCPActive: p.stats.tcpActive.Load(), UDPActive: p.stats.udpActive.Load(),
+		TCPActive: p.stats.tcpActive.Load(), UDPActive: p.stats.udpActive.Load(), QUICGateActive: p.stats.quicGated.Load(),
 		EchoActive: p.stats.echoActive.Load(), TCPDialErrors: p.stats.tcpDialErrors.Load(),
 		Denied: p.stats.denied.Load() + p.intercept.Denied(), EchoUnrecorded: p.stats.echoUnrecorded.Load(),
 		UDPShareDrops: p.udp.shareDrops.Load(), QUICSmuggled: p.udp.quicSmuggled.Load(), UDPCheckDrops: p.udp.checkDrops.Load(),

@@ -44,6 +44,13 @@ var errClientGone = errors.New("the client's side closed")
 // serveQUIC decides a flow that began with a QUIC Initial (first, read into
 // the pooled firstBuf).
 func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
+	// Counted while it is decided: it holds its datagrams and what is read
+	// from them (up to about 110 KiB with its goroutine, policy.md), and
+	// has no host socket, which udp_active counts, so that a client
+	// holding its share of flows at the gate shows in /stats. A relayed
+	// flow is in udp_active by the time this returns.
+	f.p.stats.quicGated.Add(1)
+	defer f.p.stats.quicGated.Add(-1)
 	held, hello, err := f.gateQUIC(first, firstBuf)
 	// Decided under the policy in force now, as a TCP connection's first
 	// bytes are (policyAtFirstBytes): the gate may have waited across a

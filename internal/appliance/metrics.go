@@ -268,6 +268,8 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.TCPActive) }),
 	newStatMetric("udp_active", promGauge, "UDP flows being relayed.",
 		func(s *stats) float64 { return float64(s.Proxy.UDPActive) }),
+	newStatMetric("quic_gate_active", promGauge, "QUIC flows held while they are decided (at the gate for the rest of their ClientHello, or in their destination check), with no host socket yet: not in udp_active.",
+		func(s *stats) float64 { return float64(s.Proxy.QUICGateActive) }),
 	newStatMetric("echo_active", promGauge, "ICMP echo flows being relayed.",
 		func(s *stats) float64 { return float64(s.Proxy.EchoActive) }),
 	newStatMetric("tcp_dial_errors_total", promCounter, "Destinations that could not be dialled.",
