@@ -411,8 +411,11 @@ func (d *dnsLog) answer(b []byte) (quiet bool) {
 		}
 	}
 	note := ""
+	if q.early.n > 0 {
+		note = q.early.cameFirst() // a forgery shows so (dnsearly.go)
+	}
 	if b[2]&0x02 != 0 {
-		note = truncatedNote
+		note = joinNotes(note, truncatedNote)
 	}
 	d.write(q, dnsRCodeName(rcode), int64(len(b)), "ok", note)
 	return quiet

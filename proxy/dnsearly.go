@@ -1,13 +1,16 @@
 package proxy
 
+import "fmt"
+
 // Some answers a client may take are not a query's own: one that spells
 // the name in another case (dnsfold.go), which glibc takes and a 0x20
 // client drops as a forgery, and one with no question (dnsbare.go), which
 // glibc, dig and miekg/dns take and Go's resolver and musl drop, waiting
 // on for the real one. Such an answer is noted on the query (the first
 // that comes), which waits on for its own answer: that one, when it comes,
-// is recorded as any answer is and is the only one handed to the
-// destination check; without it, the query is recorded at the flow's end
+// is recorded as any answer is, its record noting the one that came first
+// (cameFirst), and is the only one handed to the destination check;
+// without it, the query is recorded at the flow's end
 // as answered by the noted one (`ok`, its rcode and size, and a note
 // saying which kind it was). Taking such an answer for the query's own
 // let a forgery in another case teach the check, and the real answer
@@ -43,6 +46,18 @@ func (e *dnsEarly) note() string {
 		n = joinNotes(n, truncatedNote)
 	}
 	return n
+}
+
+// cameFirst is the error of the record of a query whose own answer came
+// after e: the answer a client such as glibc took, if it took the first
+// that came, and the trace of a forgery that raced the real answer (a
+// 0x20 client's defence, or Go's and musl's, dropped it; glibc's did not).
+func (e *dnsEarly) cameFirst() string {
+	kind := "in another case"
+	if e.bare {
+		kind = "without its question"
+	}
+	return fmt.Sprintf("an answer %s came first (%s, %d bytes)", kind, dnsRCodeName(e.rcode), e.in)
 }
 
 // noteEarlyLocked notes on q, kept under k, an answer b of whole rcode
