@@ -123,7 +123,8 @@ func hasBody(req *http.Request, resp *http.Response) bool {
 // roundTrip is RoundTrip's one request; fb is its body when that is an
 // HTTP/1 one, chunked or of a Content-Length (watchBodyFault), else nil;
 // slot its place among the session's requests in flight, released with
-// its record, or over the error of a request over their bound.
+// its record (not counted, and released for its stream's note alone,
+// when over is the error of a request over their bound).
 func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *streamSlot, over error, st *requestState) (*http.Response, error) {
 	s := rt.s
 	start := time.Now()
@@ -173,7 +174,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 		return resp, nil
 	}
 	if s.ic.IsTrustHost(host) {
-		return rt.serveTrust(req, rec, start, st.slot.note), nil // trustpage.go
+		return rt.serveTrust(req, rec, start, slot), nil // trustpage.go
 	}
 	proto := policy.ProtoHTTP
 	if rt.scheme == "https" {

@@ -64,14 +64,18 @@ type streamSlot struct {
 	of  *streamSlots
 	// note is the request's HTTP/2 stream's (h2streamend.go), set by
 	// RoundTrip whether the slot is taken or not, and dropped with the
-	// slot.
+	// slot: a slot not taken (of nil) is released for its note alone.
 	note *h2StreamNote
 }
 
 // take counts a request whose context is ctx in flight, and returns its
 // slot, sl (a zero streamSlot the caller allocated with the rest of the
-// request's state); nil and errTooManyStreams when maxStreamsInFlight are
-// already.
+// request's state); sl not counted and errTooManyStreams when
+// maxStreamsInFlight are already. A refused request's record is written
+// too, and its release drops its stream's note: a nil slot here left the
+// note of every refused stream behind, and past h2MaxEndNotes those
+// crowded out the notes of the streams in flight, whose records then
+// said the client went away for the server's reset.
 // Those whose context is done are no longer counted: looked at only when
 // the count is full, at most maxStreamsInFlight of them, so that an honest
 // client's requests cost a map entry each and no look at the others.
@@ -85,7 +89,7 @@ func (s *streamSlots) take(ctx context.Context, sl *streamSlot) (*streamSlot, er
 			}
 		}
 		if len(s.held) >= maxStreamsInFlight {
-			return nil, errTooManyStreams
+			return sl, errTooManyStreams
 		}
 	}
 	if s.held == nil {
@@ -96,14 +100,17 @@ func (s *streamSlots) take(ctx context.Context, sl *streamSlot) (*streamSlot, er
 	return sl, nil
 }
 
-// release ends the request's count, once its record is written; later
-// calls, and a nil slot, do nothing.
+// release ends the request's count, if it was counted, and drops its
+// stream's note, once its record is written; later calls, and a nil
+// slot, do nothing.
 func (sl *streamSlot) release() {
 	if sl == nil {
 		return
 	}
-	sl.of.mu.Lock()
-	delete(sl.of.held, sl)
-	sl.of.mu.Unlock()
+	if sl.of != nil {
+		sl.of.mu.Lock()
+		delete(sl.of.held, sl)
+		sl.of.mu.Unlock()
+	}
 	sl.note.releaseIfAny() // h2streamend.go
 }

@@ -15,8 +15,12 @@ import (
 // goproxy closes its body, once it has reached the client or failed to,
 // bytes_in what was passed on. Its record is drawn from the trust page's
 // own bucket (Config.TrustRecord) before anything is sent; one the bucket
-// refuses is not written at all. note is its HTTP/2 stream's, if any.
-func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start time.Time, note *h2StreamNote) *http.Response {
+// refuses is not written at all. slot is its place among the session's
+// requests in flight, with its HTTP/2 stream's note, if any: released with
+// its record, as any request's (requestState.endRecord); kept, the notes
+// of an HTTP/2 client's trust-page requests crowded out those of its
+// streams in flight (h2MaxEndNotes).
+func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start time.Time, slot *streamSlot) *http.Response {
 	s := rt.s
 	resp := serveLocally(s.ic.cfg.Trust, req)
 	rec.Action, rec.Rule, rec.Status = "allow", trustRule, resp.StatusCode
@@ -31,7 +35,7 @@ func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start
 			rec.Error = fmt.Sprintf("%d more trust-page requests from this client before this one, not recorded one by one", skipped)
 		}
 	}
-	rb := &recordingBody{ReadCloser: resp.Body, limit: &rt.cc.limit, note: note}
+	rb := &recordingBody{ReadCloser: resp.Body, limit: &rt.cc.limit, note: slot.note}
 	rb.ended.Store(!hasBody(req, resp))
 	s.watchStream(rb)
 	ctx := req.Context() // goproxy cancels it only after closing the body
@@ -40,6 +44,7 @@ func (rt *roundTripper) serveTrust(req *http.Request, rec *records.Record, start
 		noteOutcome(rec, result, why) // after the bucket's note, if any
 		rec.BytesIn = delivered
 		rt.write(rec, start)
+		slot.release()
 		rt.requestDone()
 	})
 	resp.Body = rb
