@@ -52,7 +52,9 @@ import (
 // note says server only when the server reset that very stream, and a
 // client's RST_STREAM noted first stays the client's; a reset the reader
 // foresaw counts only if the writer saw it go out, or the server sent no
-// GOAWAY for a connection error (endedLocked).
+// GOAWAY for a connection error (endedLocked); a client's reset, only if
+// x/net had processed it when that GOAWAY went out
+// (clientBeforeGoAwayLocked).
 
 // h2EndWait bounds a request's wait for what ended its stream, once its
 // context is done with nothing noted yet: x/net flushes its reset at
@@ -89,6 +91,13 @@ type h2StreamNote struct {
 	// (endedLocked).
 	written bool
 	claimed bool // a request of the appliance's handler took it up
+	// ctx is the request's, once claimed: done once x/net has closed
+	// the stream (clientBeforeGoAwayLocked).
+	ctx context.Context
+	// unsure: the client's reset was noted, and the server's GOAWAY for
+	// a connection error written, before the request was claimed; claim
+	// tells which x/net processed first.
+	unsure bool
 	// reject is the request x/net's server must answer 400 itself, as
 	// the header block said it (h2reject.go).
 	reject *h2Reject
@@ -145,13 +154,43 @@ func (n *h2StreamNotes) dropOlderLocked() {
 	}
 }
 
-// client notes the client's RST_STREAM on id.
+// client notes the client's RST_STREAM on id, as the reader reads it:
+// foreseen, as a reset of the server's is, for x/net takes the client's
+// frames in their order on the wire, and processes none after one that
+// broke the connection. One read once the server's GOAWAY for a
+// connection error is out came after that error: nothing. One read
+// before is weighed as that GOAWAY goes out (serverGoAway).
 func (n *h2StreamNotes) client(id uint32) {
 	n.mu.Lock()
-	if e := n.m[id]; e != nil && e.ended == h2EndedNot {
+	if e := n.m[id]; e != nil && e.ended == h2EndedNot && !n.goneAway {
 		e.ended = h2EndedClient
 	}
 	n.mu.Unlock()
+}
+
+// clientBeforeGoAwayLocked weighs e's client reset, noted by the reader,
+// as the server's GOAWAY for a connection error goes out, or, if e was
+// not claimed then, as it is claimed (unsure). x/net cancels a stream's
+// context as it processes the client's RST_STREAM, before it goes on to
+// the next frame, so before it processes the frame that broke the
+// connection, and so before the GOAWAY it draws is written; a stream it
+// has not closed by then had its reset come after that frame, which
+// x/net never processes: the stream ends with the connection, its
+// GOAWAY, as the tls record says (review rev30d F2). Its context is done
+// otherwise only once the connection closes, a second after the GOAWAY.
+// n.mu is held.
+func (e *h2StreamNote) clientBeforeGoAwayLocked() {
+	if e.ended != h2EndedClient {
+		return
+	}
+	if e.ctx == nil {
+		e.unsure = true
+		return
+	}
+	e.unsure = false
+	if e.ctx.Err() == nil {
+		e.ended = h2EndedNot
+	}
 }
 
 // serverResetCode reports whether code, on an RST_STREAM of the server's,
@@ -229,6 +268,9 @@ func (n *h2StreamNotes) serverGoAway(code http2.ErrCode) {
 	n.mu.Lock()
 	if !n.goneAway {
 		n.goAway, n.goneAway = code, true
+		for _, e := range n.m {
+			e.clientBeforeGoAwayLocked()
+		}
 		n.changedLocked()
 	}
 	n.mu.Unlock()
@@ -258,14 +300,17 @@ func (n *h2StreamNotes) serverEnd() (http2.ErrCode, bool) {
 }
 
 // claim takes up the note of stream id for the request the appliance's
-// handler serves on it; nil if there is none.
-func (n *h2StreamNotes) claim(id uint32) *h2StreamNote {
+// handler serves on it, whose context is ctx; nil if there is none.
+func (n *h2StreamNotes) claim(id uint32, ctx context.Context) *h2StreamNote {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	e := n.m[id]
 	if e != nil {
-		e.claimed = true
+		e.claimed, e.ctx = true, ctx
 		e.reject = nil // served by the appliance: no 400 of x/net's
+		if e.unsure {
+			e.clientBeforeGoAwayLocked()
+		}
 	}
 	return e
 }
@@ -363,7 +408,7 @@ func noteH2Stream(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *htt
 	if id == 0 {
 		return req, nil
 	}
-	if e := rt.cc.limit.unanswered.notes().claim(id); e != nil {
+	if e := rt.cc.limit.unanswered.notes().claim(id, req.Context()); e != nil {
 		ctx.UserData = e
 	}
 	return req, nil

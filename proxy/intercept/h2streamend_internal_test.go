@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -91,6 +92,11 @@ func TestH2StreamNotes(t *testing.T) {
 	n.serverGoAway(http2.ErrCodeFlowControl)
 	n.server(7, http2.ErrCodeProtocol, false) // read after it: x/net ignores it
 	n.server(9, http2.ErrCodeFlowControl, true)
+	// Stream 1's request: its context done, as x/net processed the
+	// client's reset before the frame that drew the GOAWAY
+	// (TestH2StreamNotesClientResetBesideGoAway).
+	reset, cancel := context.WithCancel(context.Background())
+	cancel()
 	for _, tc := range []struct {
 		id    uint32
 		ended uint8
@@ -99,7 +105,11 @@ func TestH2StreamNotes(t *testing.T) {
 		{1, h2EndedClient, 0}, {3, h2EndedServer, http2.ErrCodeStreamClosed}, {5, h2EndedNot, 0},
 		{7, h2EndedNot, 0}, {9, h2EndedServer, http2.ErrCodeFlowControl},
 	} {
-		e := n.claim(tc.id)
+		ctx := context.Background()
+		if tc.id == 1 {
+			ctx = reset
+		}
+		e := n.claim(tc.id, ctx)
 		if e == nil {
 			t.Fatalf("stream %d: no note", tc.id)
 		}
@@ -110,7 +120,7 @@ func TestH2StreamNotes(t *testing.T) {
 		}
 		e.release()
 	}
-	if e := n.claim(11); e != nil {
+	if e := n.claim(11, context.Background()); e != nil {
 		t.Error("stream 11, never opened, has a note")
 	}
 	if len(n.m) != 0 {
@@ -134,7 +144,7 @@ func TestH2StreamNotesForeseenReset(t *testing.T) {
 	n.server(3, http2.ErrCodeProtocol, false) // foreseen, then written
 	n.server(3, http2.ErrCodeStreamClosed, true)
 	n.server(5, http2.ErrCodeProtocol, true) // written, not foreseen
-	e1, e3, e5 := n.claim(1), n.claim(3), n.claim(5)
+	e1, e3, e5 := n.claim(1, context.Background()), n.claim(3, context.Background()), n.claim(5, context.Background())
 	if ended, code, _, _ := e1.look(); ended != h2EndedServer || code != http2.ErrCodeProtocol {
 		t.Errorf("a foreseen reset, no GOAWAY: ended %d code %v, want the server's PROTOCOL_ERROR", ended, code)
 	}
@@ -154,6 +164,38 @@ func TestH2StreamNotesForeseenReset(t *testing.T) {
 	}
 }
 
+// TestH2StreamNotesClientResetBesideGoAway: a client's reset the reader
+// noted stays the client's when x/net had processed it as the server's
+// GOAWAY for a connection error went out (the request's context done
+// then: the reset came before the frame that broke the connection), and
+// is none when it had not (it came after that frame, and x/net never
+// processes it: review rev30d F2), whether the request was claimed before
+// the GOAWAY or after; one noted after the GOAWAY is none.
+func TestH2StreamNotesClientResetBesideGoAway(t *testing.T) {
+	var n h2StreamNotes
+	for id := uint32(1); id <= 9; id += 2 {
+		n.open(id)
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	live := context.Background()
+	e1, e3 := n.claim(1, done), n.claim(3, live)
+	for id := uint32(1); id <= 7; id += 2 {
+		n.client(id)
+	}
+	n.serverGoAway(http2.ErrCodeProtocol)
+	n.client(9) // read after the GOAWAY went out
+	e5, e7, e9 := n.claim(5, done), n.claim(7, live), n.claim(9, live)
+	for _, tc := range []struct {
+		e     *h2StreamNote
+		ended uint8
+	}{{e1, h2EndedClient}, {e3, h2EndedNot}, {e5, h2EndedClient}, {e7, h2EndedNot}, {e9, h2EndedNot}} {
+		if ended, _, goAway, goneAway := tc.e.look(); ended != tc.ended || !goneAway || goAway != http2.ErrCodeProtocol {
+			t.Errorf("stream %d: ended %d GOAWAY %v %v, want %d and the GOAWAY", tc.e.id, ended, goneAway, goAway, tc.ended)
+		}
+	}
+}
+
 // TestH2StreamNotesBounded: past h2MaxEndNotes streams noted, the older
 // half is dropped; a request on a dropped stream finds no note (and is
 // recorded as before), the newer ones keep theirs.
@@ -161,7 +203,7 @@ func TestH2StreamNotesBounded(t *testing.T) {
 	var n h2StreamNotes
 	n.open(1)
 	n.open(3)
-	held, ended := n.claim(1), n.claim(3) // requests under way
+	held, ended := n.claim(1, context.Background()), n.claim(3, context.Background()) // requests under way
 	n.client(3)
 	last := uint32(2*h2MaxEndNotes + 1)
 	for id := uint32(5); id <= last; id += 2 {
@@ -179,10 +221,10 @@ func TestH2StreamNotesBounded(t *testing.T) {
 	if len(n.m) > h2MaxEndNotes {
 		t.Fatalf("%d notes, want at most %d", len(n.m), h2MaxEndNotes)
 	}
-	if n.claim(1) != nil {
+	if n.claim(1, context.Background()) != nil {
 		t.Error("the oldest stream's note was kept")
 	}
-	if n.claim(last) == nil {
+	if n.claim(last, context.Background()) == nil {
 		t.Error("the newest stream's note was dropped")
 	}
 }
@@ -202,7 +244,7 @@ func TestH2StreamEndWaits(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var n h2StreamNotes
 			n.open(1)
-			e := n.claim(1)
+			e := n.claim(1, context.Background())
 			done := make(chan uint8)
 			go func() {
 				ended, _, _, _ := e.end()
@@ -249,7 +291,7 @@ func TestH2FramesGoAway(t *testing.T) {
 			if want := code != http2.ErrCodeNo; ok != want || ok && got != code {
 				t.Fatalf("code %v, cut at %d: noted %v %v", code, cut, ok, got)
 			}
-			e := u.ends.claim(3)
+			e := u.ends.claim(3, context.Background())
 			if ended, c, _, _ := e.end(); ended != h2EndedServer || c != http2.ErrCodeStreamClosed {
 				t.Fatalf("cut at %d: stream 3 ended %d by %v, want the server's STREAM_CLOSED", cut, ended, c)
 			}

@@ -195,6 +195,65 @@ func TestH2GoAwayThenStreamFrameRecorded(t *testing.T) {
 	}
 }
 
+// TestH2ClientResetBesideGoAwayRecorded: a connection error of the
+// client's (a connection WINDOW_UPDATE of 0) and its own RST_STREAM of a
+// stream whose request is at the destination, in one write. x/net takes
+// the client's frames in their order on the wire: a reset first ends the
+// stream (the client's going away), and the connection error after it
+// the connection; a reset after the connection error is never processed
+// (x/net processes no frame after its GOAWAY), and the stream ends with
+// the connection. The request's record and the tls record tell that one
+// story. Before, the reader noted the reset as the client's as it read
+// it, whatever came before it: after the error, the request's record said
+// the client went away while the tls record said the appliance's server
+// closed the connection (review rev30d F2).
+func TestH2ClientResetBesideGoAwayRecorded(t *testing.T) {
+	goAway := "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY PROTOCOL_ERROR)"
+	for _, tc := range []struct {
+		name       string
+		resetFirst bool
+		result     string
+		err        string
+	}{
+		{"reset-after-error", false, "error", goAway + " before the response came"},
+		{"reset-before-error", true, "reset", "the client went away before the response came"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for round := range 3 {
+				r := newRig(t, testPolicy)
+				pc, o := newProbeClient(t, r)
+				id, _ := openUnderway(t, pc, o.has, false, false)
+				var buf bytes.Buffer
+				fr := http2.NewFramer(&buf, nil)
+				fr.AllowIllegalWrites = true
+				if tc.resetFirst {
+					fr.WriteRSTStream(id, http2.ErrCodeCancel)
+				}
+				fr.WriteWindowUpdate(0, 0)
+				if !tc.resetFirst {
+					fr.WriteRSTStream(id, http2.ErrCodeCancel)
+				}
+				pc.mu.Lock()
+				pc.c.Write(buf.Bytes()) // one write: the limit reads both before x/net acts on the first
+				pc.mu.Unlock()
+				rec := onlyHTTPRecord(t, r)
+				// The record of a stream the client reset first may come
+				// before the GOAWAY reaches the client.
+				waitFor(t, "the GOAWAY", waitLimit, func() bool { g, _ := pc.goneA.Load().(string); return g != "" })
+				if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, "PROTOCOL_ERROR") {
+					t.Errorf("round %d: the client got GOAWAY %q, want PROTOCOL_ERROR", round, g)
+				}
+				if rec.Result != tc.result || !strings.HasPrefix(rec.Error, tc.err) {
+					t.Errorf("round %d: record result %q error %q, want %s, %q", round, rec.Result, rec.Error, tc.result, tc.err)
+				}
+				if tlsRec := onlyRecord(t, r, "tls"); tlsRec.Result != "error" || tlsRec.Error != goAway {
+					t.Errorf("round %d: tls record result %q error %q, want error, %q", round, tlsRec.Result, tlsRec.Error, goAway)
+				}
+			}
+		})
+	}
+}
+
 // TestH2MalformedClientResetRecorded: a client's RST_STREAM of 8 bytes,
 // not 4, on a stream whose request is at the destination, is no reset of
 // the stream to x/net but a connection error (FRAME_SIZE_ERROR): it sends
