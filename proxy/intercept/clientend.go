@@ -46,7 +46,7 @@ import (
 // h.mu: the deadline, set first, ends it, as tls.Conn.Close bounds its
 // close_notify.
 func (c *hijackedConn) Close() error {
-	c.limit.unanswered.notes().connClosed() // a request waiting on what ended its stream: h2streamend.go
+	c.limit.unanswered.notes().connClosed(c.closedByServer()) // a request waiting on what ended its stream: h2streamend.go
 	h := &c.hold
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	h.mu.Lock()

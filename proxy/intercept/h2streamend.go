@@ -113,6 +113,10 @@ type h2StreamNotes struct {
 	goAway   http2.ErrCode
 	goneAway bool
 	closed   bool // the connection was closed
+	// graceful: the server's GOAWAY with NO_ERROR is out; byServer: the
+	// server closed the connection on its own after it, and cut: a
+	// request under way was ended so (h2graceful.go).
+	graceful, byServer, cut bool
 	// changed is closed, and dropped, when the writer notes something or
 	// the connection closes: a waiting request looks again (end).
 	changed chan struct{}
@@ -262,10 +266,14 @@ func (e *h2StreamNote) endedLocked() (uint8, http2.ErrCode) {
 
 // serverGoAway notes a GOAWAY the server wrote, with code.
 func (n *h2StreamNotes) serverGoAway(code http2.ErrCode) {
-	if code == http2.ErrCodeNo {
-		return // a graceful one: the streams under way go on
-	}
 	n.mu.Lock()
+	if code == http2.ErrCodeNo {
+		// A graceful one: the streams under way go on, unless the
+		// server closes the connection after it (h2graceful.go).
+		n.graceful = true
+		n.mu.Unlock()
+		return
+	}
 	if !n.goneAway {
 		n.goAway, n.goneAway = code, true
 		for _, e := range n.m {
@@ -276,9 +284,13 @@ func (n *h2StreamNotes) serverGoAway(code http2.ErrCode) {
 	n.mu.Unlock()
 }
 
-// connClosed notes the client connection's close.
-func (n *h2StreamNotes) connClosed() {
+// connClosed notes the client connection's close; byServer, by the
+// server on its own, the client's side whole (h2graceful.go).
+func (n *h2StreamNotes) connClosed(byServer bool) {
 	n.mu.Lock()
+	if !n.closed {
+		n.byServer = byServer && n.graceful && !n.goneAway
+	}
 	n.closed = true
 	n.changedLocked()
 	n.mu.Unlock()
@@ -510,6 +522,8 @@ func (l *headLimit) streamGone(e *h2StreamNote, ctx context.Context, bodyErr err
 		return "error", fmt.Sprintf("reset by the appliance's HTTP/2 server for the client's protocol error (RST_STREAM %v) %s%s", code, when, detail)
 	case ended == h2EndedNot && goneAway:
 		return "error", serverGoAwayError(goAway) + " " + when + detail
+	case ended == h2EndedNot && e.of.cutByServer():
+		return "error", errClosedAfterGraceful + " " + when + detail // h2graceful.go
 	}
 	return l.clientGone(result, when, detail)
 }
@@ -527,11 +541,19 @@ func serverGoAwayError(code http2.ErrCode) string {
 // sent one, in the session's tls record: `error`, unless something else
 // ended it first.
 func (rt *roundTripper) noteServerGoAway() {
-	code, ok := rt.cc.limit.unanswered.notes().serverEnd()
-	if !ok || rt.s.Record.Error != "" {
+	n := rt.cc.limit.unanswered.notes()
+	code, ok := n.serverEnd()
+	if rt.s.Record.Error != "" {
 		return
 	}
-	rt.s.Record.Error = serverGoAwayError(code)
+	switch {
+	case ok:
+		rt.s.Record.Error = serverGoAwayError(code)
+	case n.cutRequest():
+		rt.s.Record.Error = errClosedAfterGraceful // h2graceful.go
+	default:
+		return
+	}
 	if rt.s.Record.Result == "ok" {
 		rt.s.Record.Result = "error"
 	}

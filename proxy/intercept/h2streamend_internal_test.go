@@ -239,7 +239,7 @@ func TestH2StreamEndWaits(t *testing.T) {
 		ended uint8
 	}{
 		{"reset written", func(n *h2StreamNotes) { n.server(1, http2.ErrCodeFlowControl, true) }, h2EndedServer},
-		{"connection closed", func(n *h2StreamNotes) { n.connClosed() }, h2EndedNot},
+		{"connection closed", func(n *h2StreamNotes) { n.connClosed(false) }, h2EndedNot},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var n h2StreamNotes
@@ -296,5 +296,43 @@ func TestH2FramesGoAway(t *testing.T) {
 				t.Fatalf("cut at %d: stream 3 ended %d by %v, want the server's STREAM_CLOSED", cut, ended, c)
 			}
 		}
+	}
+}
+
+// TestH2StreamNotesClosedAfterGraceful: the connection's close counts as
+// the server's own after its graceful GOAWAY only with the client's side
+// whole, and no GOAWAY for a connection error (which says the close
+// itself); a request ended by it marks the connection for its tls record.
+func TestH2StreamNotesClosedAfterGraceful(t *testing.T) {
+	for _, tc := range []struct {
+		name                string
+		graceful, goAway    bool
+		byServer, cutByServ bool
+	}{
+		{"graceful, closed by the server", true, false, true, true},
+		{"graceful, the client's side ended", true, false, false, false},
+		{"no graceful GOAWAY", false, false, true, false},
+		{"graceful, then a GOAWAY for an error", true, true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var n h2StreamNotes
+			if tc.graceful {
+				n.serverGoAway(http2.ErrCodeNo)
+			}
+			if tc.goAway {
+				n.serverGoAway(http2.ErrCodeProtocol)
+			}
+			if n.cutRequest() {
+				t.Fatal("a request cut before any close")
+			}
+			n.connClosed(tc.byServer)
+			n.connClosed(false) // goproxy's second Close changes nothing
+			if got := n.cutByServer(); got != tc.cutByServ {
+				t.Errorf("cutByServer %v, want %v", got, tc.cutByServ)
+			}
+			if got := n.cutRequest(); got != tc.cutByServ {
+				t.Errorf("cutRequest %v, want %v", got, tc.cutByServ)
+			}
+		})
 	}
 }
