@@ -102,3 +102,40 @@ func TestCutEnds(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkClientTextOver: what the text budget's look at each request's
+// record costs (proxy/textbudget.go): a browser's request (a short path,
+// a 110-byte User-Agent), and the flood's (BenchmarkRecordFlood's 3 KB and
+// 30 KB paths with a 1 KB User-Agent).
+func BenchmarkClientTextOver(b *testing.B) {
+	ua := "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+	for _, tc := range []struct {
+		name string
+		r    Record
+	}{
+		{"browser", Record{Method: "GET", Path: "/static/js/app.3f9a2c.js", UserAgent: ua}},
+		{"path=3000", Record{Method: "GET", Path: "/" + strings.Repeat("p", 3000), UserAgent: strings.Repeat("u", 1000)}},
+		{"path=30000", Record{Method: "GET", Path: "/" + strings.Repeat("p", 30000), UserAgent: strings.Repeat("u", 1000)}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(tc.r.Method) + len(tc.r.Path) + len(tc.r.UserAgent)))
+			for b.Loop() {
+				tc.r.ClientTextOver(256)
+			}
+		})
+	}
+}
+
+// TestJSONLenEachByte: jsonLen, which looks ASCII bytes up in a table,
+// agrees with encoding/json on every byte alone and between others.
+func TestJSONLenEachByte(t *testing.T) {
+	for b := range 256 {
+		for _, s := range []string{string([]byte{byte(b)}), "a" + string([]byte{byte(b)}) + "é<"} {
+			enc, _ := json.Marshal(s)
+			if got := jsonLen(s); got != len(enc)-2 {
+				t.Errorf("jsonLen(%q) = %d, encoding/json writes %d", s, got, len(enc)-2)
+			}
+		}
+	}
+}

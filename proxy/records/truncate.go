@@ -119,16 +119,34 @@ func cutTo(s string, limit int) string {
 }
 
 // jsonLen returns the length of s as encoding/json writes it inside its
-// quotes, HTML escaping included (the Encoder's default).
+// quotes, HTML escaping included (the Encoder's default). An ASCII byte
+// is looked up (jsonASCII), not decoded as a rune: the text budget
+// measures every request's path and User-Agent with it
+// (ClientTextOver), 2.5 ns a byte that way, 80-100 µs for a 30 KB path
+// (BenchmarkClientTextOver).
 func jsonLen(s string) int {
 	n := 0
 	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			n += int(jsonASCII[b])
+			i++
+			continue
+		}
 		rl, size := jsonRuneLen(s[i:])
 		n += rl
 		i += size
 	}
 	return n
 }
+
+// jsonASCII is jsonRuneLen's length of each ASCII byte.
+var jsonASCII = func() (t [utf8.RuneSelf]uint8) {
+	for b := range t {
+		n, _ := jsonRuneLen(string(rune(b)))
+		t[b] = uint8(n)
+	}
+	return t
+}()
 
 // jsonRuneLen returns how many bytes encoding/json writes for the rune at
 // the start of s, and how many bytes of s it takes.
