@@ -33,7 +33,10 @@ import (
 // (one hostile host among them can, for all of them: a bucket is a
 // client key's, an IPv4 address or an IPv6 prefix). A flood is then
 // bound to that much whole text, plus at most 3 x 256 bytes of its own
-// text in each record.
+// text in each record. The host and the error keep 4 x 256 bytes whole
+// (records.Record.ClientTextOver): they are a name and the appliance's
+// words, which fit, save where they quote what the client sent (a Host
+// that cannot be read, a malformed body's line), which pays past that.
 const (
 	requestTextBurst = 16 << 20 // bytes of JSON past requestTextCut
 	requestTextRate  = 1 << 20  // bytes a second

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -121,4 +122,67 @@ func textRequests(t *testing.T, c net.Conn, n int, path, ua string) {
 			t.Fatalf("request %d: status %d", i, resp.StatusCode)
 		}
 	}
+}
+
+// TestRequestTextBudgetHostAndError: a Host that cannot be read stood
+// whole in its deny record's host (up to the head's 64 KiB) and quoted in
+// its error, whatever its client's budget: text of the client's outside
+// it (review rev30b / left31b). Now the host and the error keep 1,024
+// bytes of JSON whole, as they always have for a name and the
+// appliance's words; past it they are paid for, and cut, keeping both
+// ends, once the client's budget is spent, as path and user_agent are.
+func TestRequestTextBudgetHostAndError(t *testing.T) {
+	r := newClsRig(t, "policy:\n  default: allow\n", clsOptions{})
+	r.p.text.rate = recordRate{burst: 1, perSecond: 1} // spent at once
+	origin := textOrigin(t)
+	client := netip.MustParseAddr("10.0.0.3")
+	long := strings.Repeat("h", 5000) + ".example"       // longer than any name and port
+	quoted := "text.example:" + strings.Repeat("9", 900) // quoted twice in the error: "port ... is not a number"
+	for _, host := range []string{long, quoted} {
+		c := r.dialFrom(t, client, origin)
+		br := bufio.NewReader(c)
+		// The connection's first request names a host that can be read:
+		// the second's is decided on its own.
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: text.example\r\n\r\nGET / HTTP/1.1\r\nHost: %s\r\n\r\n", host)
+		for i := range 2 {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("Host of %d bytes, response %d: %v", len(host), i, err)
+			}
+			resp.Body.Close()
+		}
+		c.Close()
+	}
+	var denies []records.Record
+	for deadline := time.Now().Add(5 * time.Second); len(denies) < 2 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		denies = denies[:0]
+		for _, rec := range r.recs.parse(t) {
+			if rec.Kind == "http" && rec.Status == http.StatusBadRequest {
+				denies = append(denies, rec)
+			}
+		}
+	}
+	if len(denies) != 2 {
+		t.Fatalf("%d deny records of a Host that cannot be read, want 2", len(denies))
+	}
+	for _, rec := range denies {
+		whole := long
+		if strings.HasPrefix(rec.Host, "text.example:") {
+			whole = quoted
+		}
+		// A host within 1,024 bytes of JSON stays whole.
+		hostKept := rec.Host == whole && jsonLen(whole) <= 4*requestTextCut || endsOf(whole, rec.Host) && jsonLen(rec.Host) <= 4*requestTextCut
+		if rec.Action != "deny" || !rec.Truncated || !hostKept {
+			t.Errorf("deny record of a Host of %d bytes: action %q, truncated %v, host of %d bytes of JSON (%.40q…)", len(whole), rec.Action, rec.Truncated, jsonLen(rec.Host), rec.Host)
+		}
+		if jsonLen(rec.Error) > 4*requestTextCut || !strings.HasPrefix(rec.Error, "Host ") || whole == quoted && !strings.HasSuffix(rec.Error, "9\" is not a number") {
+			t.Errorf("deny record of a Host of %d bytes: error of %d bytes of JSON (%.60q…)", len(whole), jsonLen(rec.Error), rec.Error)
+		}
+	}
+}
+
+// jsonLen is the length of s as encoding/json writes it, quotes left out.
+func jsonLen(s string) int {
+	b, _ := json.Marshal(s)
+	return len(b) - 2
 }

@@ -4,44 +4,64 @@ import "unicode/utf8"
 
 // A request record copies text its client chose, as long as its request
 // head could hold it (64 KiB by default): the URL path, the User-Agent,
-// and the method. The other fields an http record holds are the
-// appliance's, the policy's, or names that DNS bounds (host, sni). So one
-// client's ordinary allowed requests, pipelined with long paths, made
-// records as fast as it sent bytes: the proxy bounds how much of that
-// text a client gets recorded whole (proxy/textbudget.go), and cuts the
-// rest with these.
+// and the method. So one client's ordinary allowed requests, pipelined
+// with long paths, made records as fast as it sent bytes: the proxy
+// bounds how much of that text a client gets recorded whole
+// (proxy/textbudget.go), and cuts the rest with these.
+//
+// The host and the error are the appliance's words, the policy's, or
+// names that DNS bounds, but they quote what a client sent where it could
+// not be used: a Host that cannot be read stands whole in its deny
+// record's host (up to the head's bound) and quoted in its error; an
+// error quotes a malformed body's line (net/http's words), an extended
+// CONNECT's :protocol, or a library's words quoting the client. Those
+// never come near errorTextShare times the limit otherwise: past it,
+// they pay, and are cut, as the others are.
+
+// errorTextShare is how many times the limit the host and the error keep
+// whole: 1,024 bytes of JSON at the budget's 256, four times a name and
+// a port, and more than the appliance's own words in an error.
+const errorTextShare = 4
+
+// clientField is a field whose length a client chooses, and how many
+// times the limit it keeps whole.
+type clientField struct {
+	f     *string
+	share int
+}
 
 // clientText returns r's fields whose length a client chooses.
-func (r *Record) clientText() [3]*string {
-	return [...]*string{&r.Path, &r.UserAgent, &r.Method}
+func (r *Record) clientText() [5]clientField {
+	return [...]clientField{{&r.Path, 1}, {&r.UserAgent, 1}, {&r.Method, 1}, {&r.Host, errorTextShare}, {&r.Error, errorTextShare}}
 }
 
 // ClientTextOver returns how many bytes of JSON r's client-chosen fields
-// (path, user_agent, method) hold beyond limit each: at most what
-// CutClientText(limit) would take away. 0 for a record whose fields all
-// fit, as nearly every real request's do; it allocates nothing.
+// hold beyond what each keeps whole: limit for path, user_agent and
+// method, errorTextShare times it for host and error. That is at most
+// what CutClientText(limit) would take away. 0 for a record whose fields
+// all fit, as nearly every real request's do; it allocates nothing.
 func (r *Record) ClientTextOver(limit int) int {
 	over := 0
-	for _, f := range r.clientText() {
-		if len(*f) <= limit/6 {
+	for _, c := range r.clientText() {
+		keep := c.share * limit
+		if len(*c.f) <= keep/6 {
 			continue // even at 6 bytes of JSON a byte it fits
 		}
-		if n := jsonLen(*f); n > limit {
-			over += n - limit
+		if n := jsonLen(*c.f); n > keep {
+			over += n - keep
 		}
 	}
 	return over
 }
 
-// CutClientText cuts each of r's client-chosen fields (path, user_agent,
-// method) longer than limit bytes of JSON down to fit it, keeping both
-// ends (cutEnds), and marks r Truncated when it cut any. It reports
-// whether it did.
+// CutClientText cuts each of r's client-chosen fields longer than it
+// keeps whole (ClientTextOver) down to fit, keeping both ends (cutEnds),
+// and marks r Truncated when it cut any. It reports whether it did.
 func (r *Record) CutClientText(limit int) bool {
 	cut := false
-	for _, f := range r.clientText() {
-		if len(*f) > limit/6 && jsonLen(*f) > limit {
-			*f = cutEnds(*f, limit)
+	for _, c := range r.clientText() {
+		if keep := c.share * limit; len(*c.f) > keep/6 && jsonLen(*c.f) > keep {
+			*c.f = cutEnds(*c.f, keep)
 			cut = true
 		}
 	}

@@ -55,6 +55,37 @@ func TestCutClientText(t *testing.T) {
 	}
 }
 
+// TestCutClientTextHostAndError: a record's host and error, which quote
+// what a client sent where it could not be used (a Host that cannot be
+// read, a malformed body's line), keep 4 times the limit whole (a name
+// and a port, and the appliance's own words, never come near it): past
+// it they pay, and are cut keeping both ends, as the other fields are.
+func TestCutClientTextHostAndError(t *testing.T) {
+	const limit = 256
+	host := strings.Repeat("h", 5000) + "!"
+	quoted := "Host \"" + host + "\": a character no host name has"
+	r := Record{Kind: "http", Method: "GET", Host: host, Error: quoted}
+	if got, want := r.ClientTextOver(limit), len(host)-4*limit+jsonLen(quoted)-4*limit; got != want {
+		t.Fatalf("ClientTextOver = %d, want %d", got, want)
+	}
+	if !r.CutClientText(limit) || !r.Truncated {
+		t.Fatal("nothing cut, or not marked truncated")
+	}
+	for _, f := range []struct{ name, whole, cut string }{{"host", host, r.Host}, {"error", quoted, r.Error}} {
+		head, tail, ok := strings.Cut(f.cut, cutMark)
+		if !ok || jsonLen(f.cut) > 4*limit || jsonLen(f.cut) < 4*limit-12 || !strings.HasPrefix(f.whole, head) || !strings.HasSuffix(f.whole, tail) {
+			t.Errorf("%s cut to %d bytes of JSON: %q", f.name, jsonLen(f.cut), f.cut)
+		}
+	}
+	if !strings.HasSuffix(r.Error, "!\": a character no host name has") {
+		t.Errorf("the error's end, the appliance's words, lost: %q", r.Error)
+	}
+	fits := Record{Host: strings.Repeat("a", 253) + ":65535", Error: strings.Repeat("e", 4*limit)}
+	if fits.ClientTextOver(limit) != 0 || fits.CutClientText(limit) {
+		t.Fatalf("a host and an error within 4 times the limit cut: %+v", fits)
+	}
+}
+
 // TestCutClientTextKeepsTail: a cut field keeps its end as well as its
 // start, so a client whose budget is spent cannot push a path's tail out
 // of its record with padding: the cut kept the first 256 bytes only, and

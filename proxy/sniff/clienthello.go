@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 )
 
 // TLS wire constants (RFC 8446, RFC 6066, RFC 7301).
@@ -442,7 +443,7 @@ func parseSNI(data cursor) (string, error) {
 			return "", malformed("more than one host_name")
 		}
 		if !validHostName(v) {
-			return "", malformed(fmt.Sprintf("invalid host_name %q", []byte(v)))
+			return "", malformed("invalid host_name " + quoteCut(v))
 		}
 		name = string(v)
 	}
@@ -535,3 +536,18 @@ func parseALPN(data cursor) ([]string, error) {
 	}
 	return protos, nil
 }
+
+// quoteCut quotes b, a client's bytes, for an error: whole when short,
+// else its first and last quoteKeep bytes and its length. An invalid
+// host_name can be as long as the ClientHello (64 KiB), and quoted whole
+// it made up to 256 KB of the error its connection's deny record keeps,
+// outside any client's budget of text.
+func quoteCut(b []byte) string {
+	if len(b) <= 2*quoteKeep {
+		return strconv.Quote(string(b))
+	}
+	return fmt.Sprintf("%q…%q (%d bytes)", b[:quoteKeep], b[len(b)-quoteKeep:], len(b))
+}
+
+// quoteKeep is how many bytes of each end quoteCut keeps.
+const quoteKeep = 32

@@ -416,3 +416,22 @@ func TestEmptyLabel(t *testing.T) {
 func longName(n int) string {
 	return strings.Repeat(strings.Repeat("a", 63)+".", n/64+1)[:n]
 }
+
+// TestInvalidHostNameQuotedShort: an invalid host_name is quoted in the
+// error, which the connection's deny record keeps ("ClientHello could not
+// be read: ..."), whole when it is short; a long one by its first and
+// last 32 bytes and its length, for the name can be as long as the
+// ClientHello (64 KiB), and quoted it made up to 256 KB of a record's
+// error, outside any client's budget of text.
+func TestInvalidHostNameQuotedShort(t *testing.T) {
+	_, err := ParseClientHello(record(helloBody(sniExt(hostName("a b.example")))))
+	if !errors.Is(err, ErrMalformed) || !strings.HasSuffix(err.Error(), `invalid host_name "a b.example"`) {
+		t.Fatalf("short invalid name: %v", err)
+	}
+	long := "<" + strings.Repeat("x", 10000) + "\x01"
+	_, err = ParseClientHello(record(helloBody(sniExt(hostName(long)))))
+	want := `invalid host_name "<` + strings.Repeat("x", 31) + `"…"` + strings.Repeat("x", 31) + `\x01" (10002 bytes)`
+	if !errors.Is(err, ErrMalformed) || !strings.HasSuffix(err.Error(), want) || len(err.Error()) > 200 {
+		t.Fatalf("long invalid name: error of %d bytes %.200q, want it to end %q", len(err.Error()), err, want)
+	}
+}
