@@ -93,7 +93,8 @@ type Config struct {
 	// retransmission, and TCP after a truncated answer (default 3 s).
 	LookupTimeout time.Duration
 	// MaxLookups bounds the lookups running at once (default 64); more
-	// wait for a slot, at most another LookupTimeout.
+	// wait for a slot, about another LookupTimeout (and while a lookup
+	// holding one is past its LookupTimeout).
 	MaxLookups int
 	// MaxEntries bounds the names kept: observed answers (a name as seen
 	// by one endpoint is one entry) and the checker's own lookups, each

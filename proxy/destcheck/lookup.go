@@ -77,6 +77,9 @@ type slots struct {
 	// by endpoint). They do not count in callsBy.
 	overShare queue
 	heldBy    map[string]int // slots held, by endpoint
+	// held are the calls holding slots, in the order of their grants, so
+	// of their deadlines: the first is the one to give up first.
+	held queue
 }
 
 // lookup looks name up for a check from endpoint unless a lookup of it is
@@ -179,6 +182,7 @@ func (c *Checker) grant(cl *call) {
 	// From the grant, not from when run gets to it: a lookup queued behind
 	// this one waits slotWait, whose margin must not absorb scheduling delays.
 	cl.deadline = time.Now().Add(c.cfg.LookupTimeout)
+	c.slots.held.push(cl)
 	if cl.slot != nil {
 		close(cl.slot)
 	}
@@ -220,6 +224,7 @@ func (c *Checker) run(name string, cl *call) {
 		delete(c.calls, name)
 	}
 	if cl.granted {
+		c.slots.held.remove(cl)
 		if c.slots.heldBy[cl.endpoint]--; c.slots.heldBy[cl.endpoint] <= 0 {
 			delete(c.slots.heldBy, cl.endpoint)
 		}
@@ -242,12 +247,18 @@ func (c *Checker) run(name string, cl *call) {
 
 // awaitSlot returns once cl holds a slot, or fails after slotWait without
 // one (or when the checker closes, or no check waits for it any more).
+// Waiting within its share, it waits on while a lookup holding a slot is
+// past its LookupTimeout: that slot comes free as soon as the lookup's
+// goroutine runs, which slotWait's margin cannot promise on a loaded
+// machine (a stall of the process longer than the margin expires both at
+// once).
 func (c *Checker) awaitSlot(cl *call) error {
 	if cl.slot == nil { // it had one at once
 		return nil
 	}
 	t := time.NewTimer(c.slotWait())
 	defer t.Stop()
+	var overdue <-chan struct{} // the done of a holder past its deadline
 	for {
 		select {
 		case <-cl.slot:
@@ -258,6 +269,7 @@ func (c *Checker) awaitSlot(cl *call) error {
 			}
 			return nil
 		case <-t.C:
+		case <-overdue:
 		case <-c.ctx.Done():
 			return ErrClosed
 		}
@@ -265,11 +277,21 @@ func (c *Checker) awaitSlot(cl *call) error {
 		// A lookup handed to another endpoint (adopt) waits a whole
 		// slotWait from then, as that endpoint's fresh name would.
 		left := time.Until(cl.waitUntil)
-		if cl.granted || left <= 0 {
+		if cl.granted {
 			break
 		}
+		if left > 0 {
+			c.callMu.Unlock()
+			overdue = nil
+			t.Reset(left)
+			continue
+		}
+		h := c.slots.held.front()
+		if cl.in != &c.slots.waiting || h == nil || time.Now().Before(h.deadline) {
+			break
+		}
+		overdue = h.done
 		c.callMu.Unlock()
-		t.Reset(left)
 	}
 	defer c.callMu.Unlock()
 	if cl.granted { // a slot that came with the timer is as good
