@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 )
@@ -113,4 +114,52 @@ func (c *countedConn) creditOnClose() {
 	case !cr.answered.Load() && cr.givenBack.CompareAndSwap(true, false):
 		hd.dials.Add(1)
 	}
+}
+
+// dialStart lets a dial of the request go on (dialing) while the
+// connections that count for it and its dials under way stay below
+// maxConnsPerRequest; else it waits for one under way to end, or for the
+// request or ctx to. It fails with errRefusedTooOften once as many count.
+func (d *headDeadline) dialStart(ctx context.Context) error {
+	d.mu.Lock()
+	for {
+		n := d.dials.Load()
+		if n >= maxConnsPerRequest {
+			d.mu.Unlock()
+			return errRefusedTooOften
+		}
+		if n+int32(d.dialing) < maxConnsPerRequest {
+			d.dialing++
+			d.mu.Unlock()
+			return nil
+		}
+		if d.dialDone == nil {
+			d.dialDone = make(chan struct{})
+		}
+		ended := d.dialDone
+		d.mu.Unlock()
+		select {
+		case <-ended:
+		case <-d.reqDone:
+			return fmt.Errorf("waiting for another dial of the request: the request ended")
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for another dial of the request: %w", context.Cause(ctx))
+		}
+		d.mu.Lock()
+	}
+}
+
+// dialEnded ends a dial dialStart let through, and wakes those waiting
+// for one to end; d may be nil.
+func (d *headDeadline) dialEnded() {
+	if d == nil {
+		return
+	}
+	d.mu.Lock()
+	d.dialing--
+	if d.dialDone != nil {
+		close(d.dialDone)
+		d.dialDone = nil
+	}
+	d.mu.Unlock()
 }

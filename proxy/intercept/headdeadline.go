@@ -62,6 +62,11 @@ type headDeadline struct {
 	// dials: the connections that count for the request (newConnFor,
 	// dialcredit.go).
 	dials atomic.Int32
+	// dialing: its dials let through and not yet made or failed, under
+	// mu; dialDone, made by a dial waiting for one of them (dialStart),
+	// is closed when one ends.
+	dialing  int
+	dialDone chan struct{}
 	// reqDone is the request's context's Done: a dial waiting for a slot
 	// (connset.go) is given up with the request (net/http dials under
 	// its values, not its cancellation).

@@ -157,9 +157,12 @@ func (s *session) transport(first net.Conn, redial func(ctx context.Context, c n
 	dest := s.Subject.Dest.String()
 	pace := s.dialPace() // h2guard.go
 	dial := func(ctx context.Context) (net.Conn, error) {
-		if err := newConnFor(ctx); err != nil {
+		hd, err := newConnFor(ctx)
+		if err != nil {
 			return nil, err
 		}
+		// After dialledFor, if made: the count passes from one to the other.
+		defer hd.dialEnded()
 		if first != nil && !used.Swap(true) {
 			dialledFor(ctx, first) // dialcredit.go
 			return first, nil
@@ -457,13 +460,29 @@ type headDeadlineKey struct{}
 // (dialledFor): a request's dials that are still waiting for their turn
 // do not, as net/http may start one each time the request finds no
 // connection, and the connections of earlier ones went to others.
-func newConnFor(ctx context.Context) error {
+//
+// But a dial let through is under way (dialing) until its connection is
+// made or it fails, and while those that count and those under way reach
+// the bound the next dial waits for one under way to end, then looks
+// again. net/http does start a second dial for a request whose first is
+// under way: when it hands the request a connection from its pool meanwhile
+// (one an origin's GOAWAY is closing), the request fails on it and asks
+// again. Both let through, an origin refusing every request was dialled
+// 4 times for one (TestOriginGoAwayEveryRequest, 2 runs in 300 at load 5).
+// It returns the request's headDeadline, nil if none, whose dialEnded the
+// dial calls once its connection is made (and counted) or it failed.
+func newConnFor(ctx context.Context) (*headDeadline, error) {
 	hd, ok := ctx.Value(headDeadlineKey{}).(*headDeadline)
-	if !ok || hd.dials.Load() < maxConnsPerRequest {
-		return nil
+	if !ok {
+		return nil, nil
 	}
-	hd.cancel(errRefusedTooOften)
-	return errRefusedTooOften
+	if err := hd.dialStart(ctx); err != nil {
+		if errors.Is(err, errRefusedTooOften) {
+			hd.cancel(errRefusedTooOften)
+		}
+		return nil, err
+	}
+	return hd, nil
 }
 
 // maxUpstreamConns bounds the upstream connections of one HTTP/2 client
