@@ -3,11 +3,13 @@ package intercept_test
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,7 +91,14 @@ func TestClientGoneLastWriteRecord(t *testing.T) {
 			// reader to see it.
 			time.Sleep(100 * time.Millisecond)
 			close(gone)
-			if err := <-sentAll; err != nil {
+			// Over HTTP/2 the appliance cancels the stream as its server
+			// sees the connection end, and closes its upstream
+			// connection before the rest is sent; or resets it, when the
+			// session's abort on the client's reset comes first (5 to 9
+			// runs in 300 at load 4.5 to 6, which failed here though every
+			// record was right), and the rest cannot be sent. It is never
+			// relayed either way.
+			if err := <-sentAll; err != nil && !(tc.h2 && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE))) {
 				t.Fatalf("the origin could not send the rest: %v", err)
 			}
 			sv.waitDoneOnce(t)
