@@ -17,6 +17,10 @@ import (
 // records said the client went away (the request `reset`, the tls record
 // ok): the client had closed nothing, and waited for its answer (review
 // rev30b, "not probed"). Now both say the server closed the connection.
+// So too after the client sent HEADERS for streams past that GOAWAY,
+// which x/net ignores: the appliance took each in and kept it, and past
+// h2MaxEndNotes they pushed out the note of the request under way,
+// whose record said the client went away (review rev31b F1).
 // The client's own end after a graceful GOAWAY is still the client's:
 // its RST_STREAM (x/net then closes the connection once no stream is
 // open, the tls record ok), or its connection's close.
@@ -35,6 +39,10 @@ func TestH2ErrorAfterGracefulGoAwayRecorded(t *testing.T) {
 			"error", closed + " before the response came", closed, []string{"error"}},
 		{"connection-error-while-answered", true, func(pc *probeClient, _ uint32) { windowUpdate0(pc, 0) },
 			"error", closed + " before the response ended (1 body bytes passed on)", closed, []string{"error"}},
+		{"connection-error-after-ignored-streams", false, func(pc *probeClient, _ uint32) {
+			sendIgnoredStreams(pc, 1000)
+			windowUpdate0(pc, 0)
+		}, "error", closed + " before the response came", closed, []string{"error"}},
 		{"client-reset", false, func(pc *probeClient, id uint32) { pc.reset(id) },
 			"reset", "the client went away before the response came", "", []string{"ok"}},
 		{"client-close", false, func(pc *probeClient, _ uint32) { pc.c.Close() },

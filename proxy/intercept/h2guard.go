@@ -338,8 +338,9 @@ func (l *h2HeaderLimit) streamFrameEnd() {
 // the writer takes out those it writes a response head (HEADERS) or a
 // reset for, and a client's reset those it finds here, as does a frame
 // of the client's that must draw the server's reset. What it holds is
-// bounded by the streams the server keeps open. Its zero value is ready; a
-// nil one holds nothing.
+// bounded: by the streams the server keeps open, none past its GOAWAY's
+// last stream, and h2MaxUnanswered at most (h2goawaylast.go). Its zero
+// value is ready; a nil one holds nothing.
 type h2Unanswered struct {
 	mu sync.Mutex
 	// m holds, for each stream, whether the client ended its side
@@ -358,20 +359,10 @@ type h2Unanswered struct {
 	writerRefused atomic.Int32
 	// ends is what ended each stream, for its record (h2streamend.go).
 	ends h2StreamNotes
-}
-
-func (u *h2Unanswered) open(id uint32, ended bool) {
-	if u == nil {
-		return
-	}
-	u.mu.Lock()
-	if u.m == nil {
-		u.m = make(map[uint32]h2Stream)
-	}
-	u.m[id] = h2Stream{ended: ended, declared: -1}
-	u.n.Store(int64(len(u.m)))
-	u.mu.Unlock()
-	u.ends.open(id)
+	// last is the last stream id of the server's GOAWAY, once one is
+	// written (goneAway): x/net ignores the streams past it.
+	last     uint32
+	goneAway bool
 }
 
 func (u *h2Unanswered) answered(id uint32) {

@@ -170,6 +170,7 @@ type h2HeaderLimit struct {
 	block       h2Block // what the reset count reads of it (h2guardbody.go)
 	blockStream uint32
 	newStream   bool   // the block opens its stream (it is not a trailer block)
+	ignored     bool   // x/net ignores the stream it opens (h2goawaylast.go)
 	size        uint64 // of the header list so far, but its trailer fields
 	trailers    uint64 // of its trailer fields, as x/net counts them (over)
 	lastStream  uint32 // the highest stream a header block opened
@@ -311,7 +312,10 @@ func (l *h2HeaderLimit) startFrame() {
 			// Unanswered from its HEADERS frame, not once its block
 			// ends: a client that resets with the block unfinished had
 			// a request under way (docs/records.md, NoteClientBreak).
-			l.unanswered.open(l.stream, l.flags&h2FlagEndStream != 0)
+			l.openStream() // h2goawaylast.go
+			if l.err != nil {
+				return
+			}
 		} else {
 			l.streamFrameStart() // a trailer block (h2guard.go)
 			if l.err != nil {
@@ -409,7 +413,7 @@ func (l *h2HeaderLimit) endFrame() {
 		if err := l.dec.Close(); err != nil {
 			l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
 		} else {
-			if l.newStream {
+			if l.newStream && !l.ignored {
 				l.opened++
 			}
 			l.blockEnd() // h2guardbody.go
@@ -463,6 +467,7 @@ type h2Frames struct {
 	// serverGoAway).
 	code       uint32
 	codeN      int
+	last       uint32 // a GOAWAY's last stream id (h2goawaylast.go)
 	paid       int
 	rstDone    bool
 	goAwayDone bool
@@ -504,7 +509,7 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) (caused bool) {
 		if f.goAwayDone {
 			f.goAwayDone = false
 			if f.codeN == 4 {
-				u.serverGoAway(http2.ErrCode(f.code)) // h2streamend.go
+				u.serverGoAway(f.last&(1<<31-1), http2.ErrCode(f.code)) // h2goawaylast.go
 			}
 		}
 	}
@@ -516,7 +521,7 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) (caused bool) {
 func (f *h2Frames) step(b []byte) int {
 	if f.hdrN < h2FrameHeaderLen {
 		if f.hdrN == 0 {
-			f.code, f.codeN, f.paid = 0, 0, 0
+			f.code, f.codeN, f.paid, f.last = 0, 0, 0, 0
 		}
 		k := min(h2FrameHeaderLen-f.hdrN, len(b))
 		for i := range k {
@@ -552,7 +557,10 @@ func (f *h2Frames) step(b []byte) int {
 			at = 4
 		}
 		for _, c := range b[:k] {
-			if f.paid >= at && f.codeN < 4 {
+			switch {
+			case f.paid < at:
+				f.last = f.last<<8 | uint32(c)
+			case f.codeN < 4:
 				f.code, f.codeN = f.code<<8|uint32(c), f.codeN+1
 			}
 			f.paid++

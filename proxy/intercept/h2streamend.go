@@ -569,11 +569,3 @@ func (u *h2Unanswered) noteServerReset(id uint32, code http2.ErrCode) {
 		u.ends.server(id, code, false)
 	}
 }
-
-// serverGoAway notes the server's GOAWAY with code, just written; u may
-// be nil.
-func (u *h2Unanswered) serverGoAway(code http2.ErrCode) {
-	if u != nil {
-		u.ends.serverGoAway(code)
-	}
-}
