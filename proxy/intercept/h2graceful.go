@@ -24,6 +24,61 @@ package intercept
 // none. A connection closed so with no request under way cannot be told
 // from the graceful end: its tls record stays as it was.
 
+// x/net processes no frame of the client's after that error: a client's
+// RST_STREAM after it in the same write was never processed, the stream
+// ending with the close a second later, yet it was recorded as the
+// client's going away, and the tls record said ok (review rev31b F2).
+// With no GOAWAY for the error to weigh it against (serverGoAway), the
+// reader foresees the connection errors it can tell as it reads them
+// (connError), and the notes take no reset after one (deaf), as after a
+// GOAWAY for an error. One it cannot tell (a SETTINGS value out of range,
+// the connection's window overflowed, a frame x/net finds malformed
+// otherwise) is not foreseen: a client's reset after it is still the
+// client's.
+
+// h2TypePing is PING's frame type; h2FlagAck the ACK flag of SETTINGS.
+const (
+	h2TypePing = 0x6
+	h2FlagAck  = 0x1
+)
+
+// connError takes the end of the frame just read: if x/net's server takes
+// it for a connection error (RFC 9113 §6; a connection WINDOW_UPDATE of
+// 0, a WINDOW_UPDATE or RST_STREAM not 4 bytes long, an RST_STREAM on
+// the connection, a SETTINGS or PING on a stream or of a wrong length),
+// the notes are told (h2StreamNotes.connError).
+func (l *h2HeaderLimit) connError() {
+	if l.unanswered == nil {
+		return
+	}
+	bad := false
+	switch l.typ {
+	case h2TypeWindowUpdate:
+		bad = l.length != 4 || l.stream == 0 && l.word&(1<<31-1) == 0
+	case h2TypeRSTStream:
+		bad = l.length != 4 || l.stream == 0
+	case h2TypeSettings:
+		bad = l.stream != 0 || l.flags&h2FlagAck != 0 && l.length != 0 || l.length%6 != 0
+	case h2TypePing:
+		bad = l.stream != 0 || l.length != 8
+	}
+	if bad {
+		l.unanswered.ends.connError()
+	}
+}
+
+// connError notes a connection error of the client's, read: after the
+// server's graceful GOAWAY, with none for an error out, x/net processes
+// no frame after it, so no reset of the client's, nor any it foresaw,
+// read after it ended a stream.
+func (n *h2StreamNotes) connError() {
+	n.mu.Lock()
+	if n.graceful && !n.goneAway {
+		n.deaf = true
+	}
+	n.mu.Unlock()
+}
+
 // errClosedAfterGraceful says the server's own close of the connection
 // after its graceful GOAWAY, for the records.
 const errClosedAfterGraceful = "the appliance's HTTP/2 server closed the connection for an error of the client's after its graceful GOAWAY (NO_ERROR)"

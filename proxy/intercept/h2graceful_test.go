@@ -21,6 +21,10 @@ import (
 // which x/net ignores: the appliance took each in and kept it, and past
 // h2MaxEndNotes they pushed out the note of the request under way,
 // whose record said the client went away (review rev31b F1).
+// So too with the client's RST_STREAM of the request after the error,
+// in the same write: x/net never processed it, yet the record said the
+// client went away, the tls record ok (review rev31b F2); one before the
+// error is the client's.
 // The client's own end after a graceful GOAWAY is still the client's:
 // its RST_STREAM (x/net then closes the connection once no stream is
 // open, the tls record ok), or its connection's close.
@@ -43,6 +47,18 @@ func TestH2ErrorAfterGracefulGoAwayRecorded(t *testing.T) {
 			sendIgnoredStreams(pc, 1000)
 			windowUpdate0(pc, 0)
 		}, "error", closed + " before the response came", closed, []string{"error"}},
+		{"connection-error-then-client-reset", false, func(pc *probeClient, id uint32) {
+			oneWrite(pc, func(fr *http2.Framer) {
+				fr.WriteWindowUpdate(0, 0)
+				fr.WriteRSTStream(id, http2.ErrCodeCancel)
+			})
+		}, "error", closed + " before the response came", closed, []string{"error"}},
+		{"client-reset-then-connection-error", false, func(pc *probeClient, id uint32) {
+			oneWrite(pc, func(fr *http2.Framer) {
+				fr.WriteRSTStream(id, http2.ErrCodeCancel)
+				fr.WriteWindowUpdate(0, 0)
+			})
+		}, "reset", "the client went away before the response came", "", []string{"ok"}},
 		{"client-reset", false, func(pc *probeClient, id uint32) { pc.reset(id) },
 			"reset", "the client went away before the response came", "", []string{"ok"}},
 		{"client-close", false, func(pc *probeClient, _ uint32) { pc.c.Close() },

@@ -398,6 +398,7 @@ func (l *h2HeaderLimit) decode(frag []byte) {
 // smaller reads were refused), and the server decodes whole frames only.
 func (l *h2HeaderLimit) endFrame() {
 	l.hdrN = 0
+	l.connError() // h2graceful.go
 	switch {
 	case l.typ == h2TypeWindowUpdate || l.typ == h2TypePriority:
 		l.streamFrameEnd() // h2guard.go

@@ -95,3 +95,56 @@ func TestH2UnansweredBounded(t *testing.T) {
 		t.Errorf("%d streams unanswered, want %d", s, h2MaxUnanswered)
 	}
 }
+
+// TestH2ResetAfterConnErrorAfterGraceful: after the server's graceful
+// GOAWAY, a client's RST_STREAM read after a connection error the reader
+// can tell (each kind here) ends nothing: x/net never processes it, and
+// sends no second GOAWAY to weigh it against (review rev31b F2). One read
+// before the error, or after a frame that is no error, is the client's.
+func TestH2ResetAfterConnErrorAfterGraceful(t *testing.T) {
+	rst := rawFrame(h2TypeRSTStream, 0, 1, 0, 0, 0, 8) // CANCEL
+	for _, tc := range []struct {
+		name      string
+		frame     []byte
+		resetLast bool
+		graceful  bool
+		client    bool // the reset ends the stream, the client's
+	}{
+		{"connection window update of 0", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 0), true, true, false},
+		{"window update of 3 bytes", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 1), true, true, false},
+		{"reset of the connection", rawFrame(h2TypeRSTStream, 0, 0, 0, 0, 0, 8), true, true, false},
+		{"reset of 5 bytes", rawFrame(h2TypeRSTStream, 0, 3, 0, 0, 0, 8, 0), true, true, false},
+		{"settings on a stream", rawFrame(h2TypeSettings, 0, 1), true, true, false},
+		{"settings of 5 bytes", rawFrame(h2TypeSettings, 0, 0, 0, 3, 0, 0, 0), true, true, false},
+		{"settings ack with a payload", rawFrame(h2TypeSettings, h2FlagAck, 0, 0, 3, 0, 0, 0, 100), true, true, false},
+		{"ping on a stream", rawFrame(h2TypePing, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8), true, true, false},
+		{"ping of 4 bytes", rawFrame(h2TypePing, 0, 0, 1, 2, 3, 4), true, true, false},
+		{"error after the reset", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 0), false, true, true},
+		{"no error: a ping", rawFrame(h2TypePing, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8), true, true, true},
+		{"no error: a window update", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 1), true, true, true},
+		{"no graceful GOAWAY", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 0), true, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := &h2Unanswered{}
+			l := newH2HeaderLimit(h2MaxHeaderList(64 << 10))
+			l.unanswered = u
+			if err := l.feed(rawFrame(h2TypeHeaders, h2FlagEndHeaders|h2FlagEndStream, 1, 0x82)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.graceful {
+				u.ends.serverGoAway(http2.ErrCodeNo)
+			}
+			b := append(append([]byte(nil), tc.frame...), rst...)
+			if !tc.resetLast {
+				b = append(append([]byte(nil), rst...), tc.frame...)
+			}
+			if err := l.feed(b); err != nil {
+				t.Fatal(err)
+			}
+			e := u.ends.claim(1, context.Background())
+			if ended, _, _, _ := e.look(); (ended == h2EndedClient) != tc.client {
+				t.Errorf("stream ended %d, want the client's reset %v", ended, tc.client)
+			}
+		})
+	}
+}

@@ -32,3 +32,16 @@ func sendIgnoredStreams(pc *probeClient, n int) {
 		}
 	}
 }
+
+// oneWrite writes what fill frames, in one write.
+func oneWrite(pc *probeClient, fill func(fr *http2.Framer)) {
+	var buf bytes.Buffer
+	fr := http2.NewFramer(&buf, nil)
+	fr.AllowIllegalWrites = true
+	fill(fr)
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if _, err := pc.c.Write(buf.Bytes()); err != nil {
+		pc.t.Errorf("writing frames: %v", err)
+	}
+}

@@ -117,6 +117,9 @@ type h2StreamNotes struct {
 	// server closed the connection on its own after it, and cut: a
 	// request under way was ended so (h2graceful.go).
 	graceful, byServer, cut bool
+	// deaf: the reader read a connection error of the client's after
+	// the graceful GOAWAY (h2graceful.go).
+	deaf bool
 	// changed is closed, and dropped, when the writer notes something or
 	// the connection closes: a waiting request looks again (end).
 	changed chan struct{}
@@ -166,7 +169,7 @@ func (n *h2StreamNotes) dropOlderLocked() {
 // before is weighed as that GOAWAY goes out (serverGoAway).
 func (n *h2StreamNotes) client(id uint32) {
 	n.mu.Lock()
-	if e := n.m[id]; e != nil && e.ended == h2EndedNot && !n.goneAway {
+	if e := n.m[id]; e != nil && e.ended == h2EndedNot && !n.goneAway && !n.deaf {
 		e.ended = h2EndedClient
 	}
 	n.mu.Unlock()
@@ -235,7 +238,7 @@ func (n *h2StreamNotes) server(id uint32, code http2.ErrCode, written bool) {
 		n.changedLocked()
 		return
 	}
-	if e.ended != h2EndedNot || !serverResetCode(code) || n.goneAway && !written {
+	if e.ended != h2EndedNot || !serverResetCode(code) || (n.goneAway || n.deaf) && !written {
 		return
 	}
 	e.ended, e.code, e.written = h2EndedServer, code, written
