@@ -44,38 +44,7 @@ func quicFirstFlight(tb testing.TB, name string) [][]byte {
 // cfg, uncached.
 func quicFirstFlightWith(tb testing.TB, cfg *tls.Config) [][]byte {
 	tb.Helper()
-	// The client sends to a loopback socket that never answers.
-	loopback := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
-	sink, err := net.ListenUDP("udp4", loopback)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer sink.Close()
-	client, err := net.ListenUDP("udp4", loopback)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer client.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	dialed := make(chan error, 1)
-	go func() {
-		_, err := quicgo.Dial(ctx, client, sink.LocalAddr(), cfg, &quicgo.Config{})
-		dialed <- err
-	}()
-	var sent [][]byte
-	buf := make([]byte, 65536)
-	_ = sink.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	for {
-		n, err := sink.Read(buf)
-		if err != nil {
-			break
-		}
-		sent = append(sent, bytes.Clone(buf[:n]))
-	}
-	cancel()
-	if err := <-dialed; err == nil {
-		tb.Fatal("a QUIC handshake completed with nobody")
-	}
+	sent := quicClientSent(tb, cfg, &quicgo.Config{})
 	// The first flight: the datagrams up to the first one that repeats an
 	// earlier ClientHello (a retransmission, which carries the same
 	// CRYPTO data in a new packet).
@@ -93,6 +62,46 @@ func quicFirstFlightWith(tb testing.TB, cfg *tls.Config) [][]byte {
 		tb.Fatal("quic-go sent nothing")
 	}
 	return flight
+}
+
+// quicClientSent returns the datagrams a quic-go client of configurations
+// cfg and qcfg sends within 300 ms to a server that never answers: its
+// first flight, and retransmissions.
+func quicClientSent(tb testing.TB, cfg *tls.Config, qcfg *quicgo.Config) [][]byte {
+	tb.Helper()
+	// The client sends to a loopback socket that never answers.
+	loopback := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}
+	sink, err := net.ListenUDP("udp4", loopback)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer sink.Close()
+	client, err := net.ListenUDP("udp4", loopback)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	dialed := make(chan error, 1)
+	go func() {
+		_, err := quicgo.Dial(ctx, client, sink.LocalAddr(), cfg, qcfg)
+		dialed <- err
+	}()
+	var sent [][]byte
+	buf := make([]byte, 65536)
+	_ = sink.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	for {
+		n, err := sink.Read(buf)
+		if err != nil {
+			break
+		}
+		sent = append(sent, bytes.Clone(buf[:n]))
+	}
+	cancel()
+	if err := <-dialed; err == nil {
+		tb.Fatal("a QUIC handshake completed with nobody")
+	}
+	return sent
 }
 
 // udpSink is a destination that counts and keeps what reaches it.

@@ -29,6 +29,7 @@ type fakeUDPClient struct {
 	client   netip.AddrPort
 	dest     netip.AddrPort
 	readErr  error // returned by the next read, once
+	starved  bool  // a read found the queue empty since the last inject
 }
 
 func newFakeUDPClient(client, dest netip.AddrPort) *fakeUDPClient {
@@ -52,6 +53,7 @@ func (c *fakeUDPClient) inject(b []byte) {
 	}
 	wasEmpty := len(c.queue) == 0
 	c.queue = append(c.queue, b)
+	c.starved = false
 	fn := c.notify
 	c.mu.Unlock()
 	if wasEmpty {
@@ -83,6 +85,7 @@ func (c *fakeUDPClient) TryRead(b []byte) (int, error) {
 		return 0, err
 	}
 	if len(c.queue) == 0 {
+		c.starved = true
 		return 0, netstack.ErrWouldBlock
 	}
 	n := copy(b, c.queue[0])
