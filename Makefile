@@ -40,7 +40,7 @@ deb rpm: build
 # detector, which allocates on its own (the files built with !race, and
 # raceEnabled); make test runs them once more without it, or CI would
 # never run them (TestOneHostRoundTripAllocations went stale so).
-NORACE_TESTS = Alloc|TestTCPIdleFlowCost|TestUDPIdleFlowCostNetns|TestHeldEstimateMatchesMemory|TestHeldChargedInDestinationCheck|TestQUICSlowCheckZeroLengthFloodHeldBounded|TestQUICGateFlowMemory|TestErrorsAsNet
+NORACE_TESTS = Alloc|TestTCPIdleFlowCost|TestUDPIdleFlowCostNetns|TestHeldEstimateMatchesMemory|TestHeldChargedInDestinationCheck|TestQUICSlowCheckZeroLengthFloodHeldBounded|TestQUICGateFlowMemory|TestAssemblerWaitingMemory|TestErrorsAsNet
 
 test: vet
 	@if [ "$$(id -u)" != 0 ]; then \

@@ -86,6 +86,15 @@ func TestQUICGateFlowMemory(t *testing.T) {
 			heap, stack := measureGateFlows(t, datagrams, 256)
 			t.Logf("%d datagrams of %d B: %d B heap + %d B stack = %.1f KiB a flow, %.1f KiB past the datagrams",
 				len(datagrams), held, heap, stack, float64(heap+stack)/1024, float64(heap+stack-int64(held))/1024)
+			// The datagrams; the CRYPTO data read from them, a copy
+			// at most as large, both in the allocator's size classes
+			// (up to 1/8 more); and the flow, the Assembler's keys and
+			// the goroutine's 8 KiB stack. It held, besides, twice its
+			// largest Initial, where it was decrypted: 107.5 KiB for one
+			// Initial of 24,000 bytes, where this allows 68.7.
+			if limit := int64(held+held+held/4) + 16<<10; heap+stack > limit {
+				t.Errorf("a flow waiting at the gate with %d B of datagrams holds %d B, want %d B at most", held, heap+stack, limit)
+			}
 		})
 	}
 }

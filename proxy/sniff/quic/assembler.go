@@ -3,7 +3,7 @@ package quic
 import (
 	"bytes"
 	"fmt"
-	"slices"
+	"sync"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/sniff"
 )
@@ -20,13 +20,13 @@ const (
 	// bytes and servers must discard shorter ones (RFC 9000 §14.1), so a
 	// short one is not something the server will read.
 	MinInitialDatagram = 1200
-	// maxKeptScratch and maxKeptFrames bound the scratch space Belongs
-	// keeps between calls (a decided flow keeps its Assembler): enough for
-	// the usual Initial of a datagram of about 1,200 to 1,500 bytes (twice
-	// over: see readInitial), so that reading one allocates nothing. A
-	// larger one gets scratch space of its own, dropped once it is read.
-	maxKeptScratch = 4 << 10
-	maxKeptFrames  = 64
+	// maxPooledScratch and maxPooledFrames bound the scratch space given
+	// back to scratchPool: enough for the usual Initial of a datagram of
+	// about 1,200 to 1,500 bytes (twice over: see readInitial), so that
+	// reading one allocates nothing. A larger one gets scratch space of
+	// its own, dropped once it is read.
+	maxPooledScratch = 4 << 10
+	maxPooledFrames  = 64
 	// maxRememberedDCIDs bounds the connection IDs whose keys opened a
 	// packet of the flow (see Assembler.known). A real client needs one or
 	// two (its first DCID, and a Retry's); an Initial under the keys of one
@@ -84,15 +84,52 @@ type Assembler struct {
 	// Retry (a client accepts at most one, RFC 9000 §17.2.5.2).
 	retried bool
 
-	// Per-call scratch space, kept to spare allocations: a private copy of
-	// the datagram for in-place decryption, the CRYPTO frames found, the
-	// stream state to roll back to, the synthetic TLS records, and
-	// openPacket's working space.
+	// open is openPacket's working space, a few bytes kept to spare
+	// allocations. The rest of a call's working space is a scratch,
+	// held only during the call.
+	open openScratch
+}
+
+// scratch is the working space of one call of Add or Belongs: a private
+// copy of each Initial to decrypt in place (twice over: see readInitial),
+// the CRYPTO frames found, and the stream state to roll back to. It comes
+// from scratchPool and goes back at the end of the call, so that an
+// Assembler holds none between datagrams. It kept its own: one waiting for
+// the rest of its ClientHello held twice its largest Initial (48 KiB for
+// one of 24 KB reassembled from IP fragments), and one client may keep a
+// thousand flows waiting at the QUIC gate (proxy/quic.go).
+type scratch struct {
 	buf    []byte
 	frames []cryptoFrame
 	saved  []chunk
-	rec    []byte
-	open   openScratch
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func getScratch() *scratch { return scratchPool.Get().(*scratch) }
+
+// release gives s back to scratchPool, reset.
+func (s *scratch) release() {
+	s.reset()
+	scratchPool.Put(s)
+}
+
+// reset readies s for the pool. What it found points into the datagram's
+// decrypted copy (frames) and into an Assembler's stream (saved): both are
+// cleared, so that the pool keeps no flow's bytes alive, and space past the
+// usual Initial's is dropped.
+func (s *scratch) reset() {
+	if cap(s.buf) > maxPooledScratch {
+		s.buf = nil
+	}
+	// Every packet of a datagram reuses frames from the start: entries
+	// past the last one's count may hold an earlier one's.
+	if cap(s.frames) > maxPooledFrames {
+		s.frames = nil
+	}
+	clear(s.frames[:cap(s.frames)])
+	clear(s.saved) // filled once a call, from the start
+	s.frames, s.saved = s.frames[:0], s.saved[:0]
 }
 
 // Add feeds one client-to-server UDP datagram. It returns done == true with
@@ -123,10 +160,12 @@ func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, er
 	a.datagrams++
 
 	// Everything below may fail half-way: remember the state to go back to.
-	a.saved = append(a.saved[:0], a.stream.chunks...)
+	sc := getScratch()
+	defer sc.release()
+	sc.saved = append(sc.saved[:0], a.stream.chunks...)
 	known, nknown := a.known, a.nknown
 
-	at, typ, err := a.read(datagram)
+	at, typ, err := a.read(datagram, sc)
 	if err != nil && at >= 0 {
 		err = packetError(at, typ, err)
 	}
@@ -134,7 +173,7 @@ func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, er
 		hello, done, err = a.tryParse()
 	}
 	if err != nil {
-		a.stream.chunks = append(a.stream.chunks[:0], a.saved...)
+		a.stream.chunks = append(a.stream.chunks[:0], sc.saved...)
 		a.known, a.nknown = known, nknown
 		return sniff.ClientHello{}, false, fmt.Errorf("datagram %d: %w", a.datagrams, err)
 	}
@@ -148,7 +187,7 @@ func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, er
 // to the stream. When a packet fails, at and typ say where it sits and what
 // it is (Add reports them; Belongs, on the packet path, spares building the
 // message); at is -1 when the datagram as a whole fails.
-func (a *Assembler) read(datagram []byte) (at int, typ packetType, err error) {
+func (a *Assembler) read(datagram []byte, sc *scratch) (at int, typ packetType, err error) {
 	first, err := parseLongHeader(datagram)
 	if err != nil {
 		return -1, 0, err
@@ -206,11 +245,11 @@ func (a *Assembler) read(datagram []byte) (at int, typ packetType, err error) {
 		if h.typ != typeInitial {
 			continue
 		}
-		if cap(a.buf) < 2*h.end {
-			a.buf = make([]byte, 2*h.end)
+		if cap(sc.buf) < 2*h.end {
+			sc.buf = make([]byte, 2*h.end)
 		}
 		off := offs[i]
-		if err := a.readInitial(datagram[off:off+h.end], a.buf[:h.end], a.buf[h.end:2*h.end], h); err != nil {
+		if err := a.readInitial(datagram[off:off+h.end], sc.buf[:h.end], sc.buf[h.end:2*h.end], h, &sc.frames); err != nil {
 			return off, h.typ, err
 		}
 	}
@@ -225,7 +264,8 @@ type knownCID struct {
 }
 
 // readInitial decrypts one Initial packet and adds its CRYPTO frames to the
-// stream. buf and spare are scratch areas as long as pkt.
+// stream. buf and spare are scratch areas as long as pkt, and frames is
+// where the CRYPTO frames found go.
 //
 // The packet is read every way a server could read it, and must open in
 // exactly one. The client knows every key involved and AES-GCM does not
@@ -238,7 +278,7 @@ type knownCID struct {
 // DCID with that DCID's largest packet number (as the server of that
 // connection would); a packet that opens in two of these ways is refused,
 // and the one way it opens is the one whose CRYPTO data is checked.
-func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader) error {
+func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader, frames *[]cryptoFrame) error {
 	var (
 		payload []byte
 		pn      uint64
@@ -283,7 +323,7 @@ func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader) error {
 		opened = own
 	}
 	var err error
-	a.frames, err = parseFrames(payload, a.frames[:0])
+	*frames, err = parseFrames(payload, (*frames)[:0])
 	if err != nil {
 		return fmt.Errorf("packet number %d: %w", pn, err)
 	}
@@ -298,7 +338,7 @@ func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader) error {
 		// Anything else is a new connection, and each connection ID
 		// kept adds a trial open to every Initial of the flow.
 		if a.done {
-			if a.retried || len(h.token) == 0 || len(a.frames) == 0 {
+			if a.retried || len(h.token) == 0 || len(*frames) == 0 {
 				return errNewCID
 			}
 			a.retried = true
@@ -312,7 +352,7 @@ func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader) error {
 	}
 	a.known[opened].largest = max(a.known[opened].largest, int64(pn))
 
-	for _, f := range a.frames {
+	for _, f := range *frames {
 		if err := a.stream.insert(f.offset, f.data); err != nil {
 			return fmt.Errorf("packet number %d: %w", pn, err)
 		}
@@ -355,28 +395,28 @@ func (a *Assembler) tryParse() (sniff.ClientHello, bool, error) {
 	}
 
 	// Wrap the message in handshake records of at most 2^14 bytes each,
-	// the framing TLS over TCP would have used.
+	// the framing TLS over TCP would have used. Made once a flow: Add
+	// reads no datagram after the ClientHello is complete.
 	nrec := (msgLen + maxRecordPayload - 1) / maxRecordPayload
-	a.rec = slices.Grow(a.rec[:0], msgLen+nrec*recordHeaderLen)
+	rec := make([]byte, 0, msgLen+nrec*recordHeaderLen)
 	for from := 0; from < msgLen; from += maxRecordPayload {
 		to := min(from+maxRecordPayload, msgLen)
 		n := to - from
-		a.rec = append(a.rec, recordTypeHandshake, 3, 1, byte(n>>8), byte(n))
-		a.rec = a.stream.appendRange(a.rec, from, to)
+		rec = append(rec, recordTypeHandshake, 3, 1, byte(n>>8), byte(n))
+		rec = a.stream.appendRange(rec, from, to)
 	}
-	hello, err := sniff.ParseClientHello(a.rec)
+	hello, err := sniff.ParseClientHello(rec)
 	if err != nil {
 		return sniff.ClientHello{}, false, fmt.Errorf("%w: ClientHello: %w", ErrMalformed, err)
 	}
 	return hello, true, nil
 }
 
-// finish records the result and drops what is no longer needed, since the
-// caller may keep the Assembler for the flow's lifetime. The stream, the
-// keys and the connection IDs stay, for Belongs.
+// finish records the result. The caller may keep the Assembler for the
+// flow's lifetime: the stream, the keys and the connection IDs stay, for
+// Belongs, and it holds no scratch space between calls.
 func (a *Assembler) finish(hello sniff.ClientHello) {
 	a.done, a.hello = true, hello
-	a.buf, a.frames, a.saved, a.rec = nil, nil, nil, nil
 }
 
 // Belongs reports whether a client datagram that arrives after the
@@ -409,23 +449,19 @@ func (a *Assembler) Belongs(datagram []byte) bool {
 	if len(datagram) == 0 || datagram[0]&headerFormLong == 0 {
 		return true
 	}
-	a.saved = append(a.saved[:0], a.stream.chunks...)
+	sc := getScratch()
+	defer sc.release()
+	sc.saved = append(sc.saved[:0], a.stream.chunks...)
 	held := a.stream.size()
 	known, nknown, retried := a.known, a.nknown, a.retried
-	_, _, err := a.read(datagram)
-	if cap(a.buf) > maxKeptScratch {
-		a.buf = nil
-	}
-	if cap(a.frames) > maxKeptFrames {
-		a.frames = nil
-	}
+	_, _, err := a.read(datagram, sc)
 	if err == nil && a.stream.size() == held {
 		// After a Retry, the client protects its Initials with keys of
 		// the Retry's connection ID, also once it addresses the
 		// server's: read keeps them, as Add does, for its ACKs to come.
 		return true
 	}
-	a.stream.chunks = append(a.stream.chunks[:0], a.saved...)
+	a.stream.chunks = append(a.stream.chunks[:0], sc.saved...)
 	a.known, a.nknown, a.retried = known, nknown, retried
 	return false
 }
