@@ -177,6 +177,9 @@ func (a *Assembler) Add(datagram []byte) (hello sniff.ClientHello, done bool, er
 		a.known, a.nknown = known, nknown
 		return sniff.ClientHello{}, false, fmt.Errorf("datagram %d: %w", a.datagrams, err)
 	}
+	// What the datagram added is kept at its size: the caller holds the
+	// Assembler while it waits for the rest, and for the flow's lifetime.
+	a.stream.trim()
 	if done {
 		a.finish(hello)
 	}
@@ -352,8 +355,13 @@ func (a *Assembler) readInitial(pkt, buf, spare []byte, h longHeader, frames *[]
 	}
 	a.known[opened].largest = max(a.known[opened].largest, int64(pn))
 
+	more := 0 // what the frames after f carry: see insert
 	for _, f := range *frames {
-		if err := a.stream.insert(f.offset, f.data); err != nil {
+		more += len(f.data)
+	}
+	for _, f := range *frames {
+		more -= len(f.data)
+		if err := a.stream.insert(f.offset, f.data, more); err != nil {
 			return fmt.Errorf("packet number %d: %w", pn, err)
 		}
 	}

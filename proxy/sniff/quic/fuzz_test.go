@@ -219,6 +219,13 @@ func FuzzAssembler(f *testing.F) {
 			if !bytes.Equal(d, orig) {
 				t.Fatal("Add modified its datagram")
 			}
+			// Kept at its bytes, read or refused: the caller holds
+			// the Assembler while it waits, and once decided.
+			for _, c := range a.stream.chunks {
+				if cap(c.data) != len(c.data) {
+					t.Fatalf("after Add (err %v), a chunk of %d bytes has room for %d", err, len(c.data), cap(c.data))
+				}
+			}
 			if err != nil {
 				if done {
 					t.Fatal("done with an error")

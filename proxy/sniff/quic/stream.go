@@ -40,8 +40,11 @@ type cryptoStream struct {
 // insert adds a frame's data at off. Bytes already held must match (RFC 9000
 // §19.6: data at an offset must not change; accepting a change would let a
 // client show us one ClientHello and the server another). It copies data.
-// On error the stream may hold part of the frame; the Assembler rolls back.
-func (s *cryptoStream) insert(off uint64, data []byte) error {
+// more is what the frames still to be inserted with it (those after it in
+// its packet) carry: a chunk that must grow grows once by what they and
+// the rest of this frame may add to it (see grow). On error the stream may
+// hold part of the frame; the Assembler rolls back.
+func (s *cryptoStream) insert(off uint64, data []byte, more int) error {
 	end := off + uint64(len(data)) // off < 2^62 and data is small: no overflow
 	if end > MaxCryptoLen {
 		return tooLargef("CRYPTO data up to offset %d exceeds %d bytes", end, MaxCryptoLen)
@@ -76,15 +79,58 @@ func (s *cryptoStream) insert(off uint64, data []byte) error {
 		j := sort.Search(len(s.chunks), func(j int) bool { return s.chunks[j].off > g[0] })
 		if j > 0 && s.chunks[j-1].end() == g[0] {
 			// The common, in-order case: extend the chunk before.
+			if cap(s.chunks[j-1].data)-len(s.chunks[j-1].data) < len(piece) {
+				s.grow(j-1, e-g[0]+more)
+			}
 			s.chunks[j-1].data = append(s.chunks[j-1].data, piece...)
 			continue
 		}
 		if len(s.chunks) >= maxChunks {
 			return tooLargef("CRYPTO data in more than %d pieces", maxChunks)
 		}
-		s.chunks = slices.Insert(s.chunks, j, chunk{off: g[0], data: bytes.Clone(piece)})
+		s.chunks = slices.Insert(s.chunks, j, chunk{off: g[0], data: exactCopy(piece)})
 	}
 	return nil
+}
+
+// grow makes room in chunk i for up to n more bytes, what the frames being
+// inserted may still add, but no more than fits before the next chunk (or
+// MaxCryptoLen): a packet's frames extend a chunk with one copy of it, and
+// all the chunks they extend are given room for MaxCryptoLen bytes at
+// most, however they interleave. Grown by append's rule instead, a chunk
+// kept up to a quarter more than its bytes (twice, small), and, trimmed
+// after each datagram, would be copied twice a datagram. What stays empty
+// (data held already, or another chunk's) is trimmed.
+func (s *cryptoStream) grow(i, n int) {
+	c := s.chunks[i]
+	limit := MaxCryptoLen - c.end()
+	if i+1 < len(s.chunks) {
+		limit = s.chunks[i+1].off - c.end()
+	}
+	grown := make([]byte, len(c.data), len(c.data)+min(n, limit))
+	copy(grown, c.data)
+	s.chunks[i].data = grown
+}
+
+// trim gives back the room left past each chunk's bytes: insert grows a
+// chunk by what a packet's frames may add, and some of it may stay empty.
+// The Assembler trims the stream once a datagram is read, so that a flow
+// waiting for the rest of its ClientHello (or, once decided, keeping it for
+// Belongs) holds the bytes it was sent and no more.
+func (s *cryptoStream) trim() {
+	for i, c := range s.chunks {
+		if cap(c.data) > len(c.data) {
+			s.chunks[i].data = exactCopy(c.data)
+		}
+	}
+}
+
+// exactCopy is a copy of b with no room past its bytes (cap == len), so
+// that trim leaves it as it is.
+func exactCopy(b []byte) []byte {
+	c := make([]byte, len(b))
+	copy(c, b)
+	return c
 }
 
 // size returns how many stream bytes are held.

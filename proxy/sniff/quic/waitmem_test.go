@@ -72,3 +72,65 @@ func settledHeap() int64 {
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
 }
+
+// TestCryptoStreamKeptAtItsSize: CRYPTO data read in order extends a
+// chunk by append, which leaves room past its bytes (a quarter more, and
+// twice for small ones); the Assembler is kept while it waits for the rest
+// of the ClientHello and once it is decided, so after each datagram its
+// stream holds its bytes and no room past them.
+func TestCryptoStreamKeptAtItsSize(t *testing.T) {
+	hello := bigClientHello(t, 20000)
+	var a Assembler
+	const per = 1300
+	for i := 0; (i+1)*per < len(hello); i++ {
+		// Two frames a datagram: the second extends the first's chunk.
+		f := concat(cryptoFrameBytes(uint64(i*per), hello[i*per:i*per+per/2]), cryptoFrameBytes(uint64(i*per+per/2), hello[i*per+per/2:(i+1)*per]))
+		if _, done, err := a.Add(packet{dcid: testDCID, pn: uint64(i), payload: f, padTo: 1452}.seal(t)); done || err != nil {
+			t.Fatalf("datagram %d: done %v, %v", i, done, err)
+		}
+		for _, c := range a.stream.chunks {
+			if cap(c.data) != len(c.data) {
+				t.Fatalf("after datagram %d, a chunk of %d bytes has room for %d", i, len(c.data), cap(c.data))
+			}
+		}
+	}
+	if len(a.stream.chunks) != 1 {
+		t.Errorf("%d chunks, want the one", len(a.stream.chunks))
+	}
+}
+
+// TestCryptoStreamGrowthBounded: a chunk extended in order is given room
+// for what the rest of its packet's frames may add, but no further than
+// the next chunk: a packet whose frames extend many chunks by a byte each,
+// each of them followed by tens of KB of frames, must not give every one
+// of them that room (100 chunks would take 6 MB for one datagram).
+func TestCryptoStreamGrowthBounded(t *testing.T) {
+	var s cryptoStream
+	const chunks, spacing = 100, 512
+	for i := range chunks {
+		if err := s.insert(uint64(i*spacing), []byte{1}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range chunks {
+		if err := s.insert(uint64(i*spacing+1), []byte{2}, 60000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	room := 0
+	for _, c := range s.chunks {
+		if len(c.data) != 2 {
+			t.Fatalf("a chunk of %d bytes, want 2", len(c.data))
+		}
+		room += cap(c.data)
+	}
+	if room > MaxCryptoLen {
+		t.Errorf("%d chunks of 2 bytes have room for %d bytes", len(s.chunks), room)
+	}
+	s.trim()
+	for _, c := range s.chunks {
+		if cap(c.data) != len(c.data) {
+			t.Fatalf("trimmed, a chunk of %d bytes has room for %d", len(c.data), cap(c.data))
+		}
+	}
+}
