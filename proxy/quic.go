@@ -45,7 +45,7 @@ var errClientGone = errors.New("the client's side closed")
 // the pooled firstBuf).
 func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 	// Counted while it is decided: it holds its datagrams and what is read
-	// from them (up to about 66 KiB with its goroutine at the gate,
+	// from them (up to about 72 KiB with its goroutine at the gate,
 	// policy.md), and
 	// has no host socket, which udp_active counts, so that a client
 	// holding its share of flows at the gate shows in /stats. A relayed

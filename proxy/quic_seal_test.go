@@ -64,9 +64,10 @@ func quicLongHeader(typ byte, dcid []byte, length int) []byte {
 	return binary.BigEndian.AppendUint32(b, uint32(length)|0x80000000) // a 4-byte varint
 }
 
-// quicSealedInitial is a client's Initial for dcid, of packet number pn,
-// carrying frames and PADDING up to size bytes.
-func quicSealedInitial(tb testing.TB, dcid []byte, pn uint32, frames []byte, size int) []byte {
+// quicSealedInitial is a client's Initial to dcid, under the keys of
+// keyDCID, of packet number pn, carrying frames and PADDING up to size
+// bytes.
+func quicSealedInitial(tb testing.TB, dcid, keyDCID []byte, pn uint32, frames []byte, size int) []byte {
 	tb.Helper()
 	const pnLen, tagLen = 4, 16
 	payloadLen := size - len(quicLongHeader(0, dcid, 0)) - pnLen - tagLen
@@ -76,7 +77,7 @@ func quicSealedInitial(tb testing.TB, dcid []byte, pn uint32, frames []byte, siz
 	hdr := quicLongHeader(0, dcid, pnLen+payloadLen+tagLen)
 	pnOff := len(hdr)
 	hdr = binary.BigEndian.AppendUint32(hdr, pn)
-	aead, iv, hp := quicClientKeys(tb, dcid)
+	aead, iv, hp := quicClientKeys(tb, keyDCID)
 	nonce := bytes.Clone(iv)
 	for i := range pnLen {
 		nonce[len(nonce)-1-i] ^= byte(pn >> (8 * i))
@@ -109,9 +110,11 @@ func quicCryptoFrameOverhead(dcid []byte) int {
 // quicHelloStart is the first n Initials of size bytes of a client whose
 // ClientHello of helloLen bytes (the handshake header's length) takes more
 // than n of them, each filled with CRYPTO data: a flow that sends them
-// waits at the gate for the rest. They go to cids connection IDs in turn
-// (the Assembler takes Initials under the keys of up to four), each with
-// packet numbers of its own.
+// waits at the gate for the rest. They go to cids connection IDs in turn,
+// all under the keys of the first, as a client's Initials do once it
+// addresses the server's connection ID: the Assembler derives, and keeps,
+// the keys of each connection ID an Initial is sent to (up to 8), to try
+// them as a server meeting it would.
 func quicHelloStart(tb testing.TB, n, size, helloLen, cids int) [][]byte {
 	tb.Helper()
 	dcid := func(i int) []byte { return []byte{0x83, 0x94, 0xc8, 0xf0, 0x3e, 0x51, 0x57, byte(i % cids)} }
@@ -123,7 +126,7 @@ func quicHelloStart(tb testing.TB, n, size, helloLen, cids int) [][]byte {
 	hello[0], hello[1], hello[2], hello[3] = 1, byte((helloLen-4)>>16), byte((helloLen-4)>>8), byte(helloLen-4)
 	var out [][]byte
 	for i := range n {
-		out = append(out, quicSealedInitial(tb, dcid(i), uint32(i/cids), quicCryptoFrame(i*per, hello[i*per:(i+1)*per]), size))
+		out = append(out, quicSealedInitial(tb, dcid(i), dcid(0), uint32(i), quicCryptoFrame(i*per, hello[i*per:(i+1)*per]), size))
 	}
 	return out
 }
