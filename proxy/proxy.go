@@ -203,7 +203,8 @@ type Stats struct {
 	TCPDialErrors  uint64 `json:"tcp_dial_errors"`
 	// UDPDialErrors counts UDP and QUIC flows whose destination could not
 	// be reached: no host socket could be opened for it, or it answered
-	// port or host unreachable before it sent anything.
+	// port or host unreachable before it sent anything, and their client
+	// sent nothing after the datagrams that opened the flow.
 	UDPDialErrors uint64 `json:"udp_dial_errors"`
 	// DialErrorsUnrecorded counts the flows, among TCPDialErrors and
 	// UDPDialErrors, whose dial failed at the cost of one packet of their

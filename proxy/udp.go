@@ -80,6 +80,12 @@ type udpFlow struct {
 	bytesOut int64        // under outMu
 	bytesIn  int64        // the host loop's own
 	dns      *dnsLog      // for a flow to a DNS port
+	// sentOut counts the client's datagrams sent on (under outMu), and
+	// openedOut is sentOut once relay has sent those the flow was opened
+	// with (its first, or those its QUIC gate held): a flow that sent no
+	// more cost its client only those (unreached). Datagrams, not bytes:
+	// an empty one is sent too.
+	sentOut, openedOut int
 	// quic is the Assembler that read a QUIC flow's ClientHello: later
 	// client datagrams are relayed only if they belong to that connection.
 	// guardInitials is set on a flow decided as plain UDP whose policy
@@ -266,6 +272,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 			break
 		}
 	}
+	f.openedOut = f.sentOut
 	f.outMu.Unlock()
 	if heldBuf != nil {
 		datagramBufPool.Put(heldBuf)
@@ -375,6 +382,7 @@ func (f *udpFlow) fromClient(d []byte) bool {
 	switch {
 	case err == nil:
 		f.bytesOut += int64(len(d))
+		f.sentOut++
 	case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ENOBUFS):
 		// dropped
 	default:

@@ -184,8 +184,9 @@ func (f *udpFlow) finish() {
 	}
 	f.rec.Error = joinNotes(f.rec.Error, note)
 	if f.unreached() {
-		// One datagram to a closed port buys this record: it comes from
-		// the client's bucket (denylimit.go).
+		// One datagram to a closed port (or those the QUIC gate held)
+		// buys this record: it comes from the client's bucket
+		// (denylimit.go).
 		f.p.stats.udpDialErrors.Add(1)
 		f.p.finishDialError(f.rec, f.start, f.share)
 	} else {
@@ -202,13 +203,18 @@ func (f *udpFlow) finish() {
 }
 
 // unreached reports a flow whose destination answered port or host
-// unreachable before it sent anything back: it ends at once, giving its
-// place in its client's share back, so the share does not bound how fast
-// a client makes such flows, each for the price of one datagram (or the
-// few its QUIC gate held). A flow its destination answered first is not
-// one: its record cost the destination's cooperation too.
+// unreachable before it sent anything back, and to which its client sent
+// nothing beyond the datagrams it was opened with: it ends at once, giving
+// its place in its client's share back, so the share does not bound how
+// fast a client makes such flows, each for the price of one datagram (or
+// the few its QUIC gate held). A flow its destination answered first is
+// not one: its record cost the destination's cooperation too. Nor is one
+// that relayed more of its client's datagrams (review rev31c F1): it
+// carried data, for as long as it lived, and only its last datagram met
+// the closed port; from the bucket, a client that had spent it first
+// would keep that flow out of the records.
 func (f *udpFlow) unreached() bool {
-	if f.endErr == nil || f.bytesIn != 0 {
+	if f.endErr == nil || f.bytesIn != 0 || f.sentOut != f.openedOut {
 		return false
 	}
 	switch records.DialResult(f.endErr) {

@@ -1,11 +1,14 @@
 package appliance
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,5 +158,102 @@ func testDialErrorRecordsBounded(t *testing.T, proto string) {
 	}
 	if rec := findRecord(recs, proto, otherDest); rec.ClientIP != other.String() || !isFailed(rec) || moreFailedDials.MatchString(rec.Error) {
 		t.Errorf("the other client's failed dial: %+v, want its own, refused", rec)
+	}
+}
+
+// TestDialErrorBucketNotForDataFlows (review rev31c F1): a UDP flow
+// allowed by address that carried 200 KB to a destination that read it
+// all and never answered, then closed its port, ends `refused` with
+// bytes_in 0 when the client's next datagram meets the closed port. Such
+// a flow did not cost its client one datagram, and its record is no
+// failed dial's: it was drawn from the failed-dial bucket, so a client
+// that had emptied that bucket first (120 single SYNs to closed ports)
+// kept the 200 KB flow out of the records, counted only in
+// dial_errors_unrecorded and udp_dial_errors. It is recorded now, as any
+// relayed flow, whatever the bucket holds.
+func TestDialErrorBucketNotForDataFlows(t *testing.T) {
+	for _, drain := range []bool{false, true} {
+		t.Run(fmt.Sprintf("drained=%v", drain), func(t *testing.T) { testDialErrorBucketNotForDataFlows(t, drain) })
+	}
+}
+
+func testDialErrorBucketNotForDataFlows(t *testing.T, drain bool) {
+	cfg := filepath.Join(t.TempDir(), "policy.yaml")
+	must(0, os.WriteFile(cfg, []byte("policy:\n  default: allow\n  destination_check: off\n"), 0o644))(t)
+	r := newRig(t, func(o *Options) { o.Config = cfg }, nil)
+
+	pc := must(net.ListenPacket("udp", netip.AddrPortFrom(r.net.server(3), 0).String()))(t)
+	defer pc.Close()
+	srv := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	var got atomic.Int64
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			got.Add(int64(n))
+		}
+	}()
+	atServer := func(want int64) func() string {
+		return func() string {
+			if n := got.Load(); n < want {
+				return strconv.FormatInt(n, 10) + " bytes"
+			}
+			return ""
+		}
+	}
+
+	c := must(r.client.DialUDP(srv))(t)
+	defer c.Close()
+	payload := make([]byte, 1000)
+	const n = 200
+	for i := range n {
+		must(c.Write(payload))(t)
+		if i%20 == 19 { // kept a few datagrams ahead of the server, so that none is lost
+			waitFor(t, "the server to read", atServer(int64(i+1)*1000))
+		}
+	}
+
+	st0 := r.stats()
+	if drain {
+		closed := r.net.server(5)
+		for i := range 120 {
+			must(0, r.ep.Send(innerSYN4(t, netip.AddrPortFrom(clientV4, uint16(41000+i)), netip.AddrPortFrom(closed, uint16(20000+i)), uint32(i)*7919)))(t)
+			time.Sleep(time.Millisecond)
+		}
+		waitFor(t, "120 failed dials", func() string {
+			if d := r.stats().Proxy.TCPDialErrors - st0.Proxy.TCPDialErrors; d < 120 {
+				return strconv.FormatUint(d, 10)
+			}
+			return ""
+		})
+	}
+	st1 := r.stats()
+	if drain && st1.Proxy.DialErrorsUnrecorded == st0.Proxy.DialErrorsUnrecorded {
+		t.Fatal("120 failed dials left the client's bucket with room: the test would prove nothing")
+	}
+	pc.Close() // the destination's port closes
+	must(c.Write(payload))(t)
+	// The flow's end: its record, or a failed dial unrecorded.
+	var rec *records.Record
+	waitFor(t, "the udp flow to end", func() string {
+		rec = findRecord(r.readRecords(), "udp", srv)
+		if rec != nil || r.stats().Proxy.DialErrorsUnrecorded != st1.Proxy.DialErrorsUnrecorded {
+			return ""
+		}
+		return "no record, nothing unrecorded"
+	})
+	st := r.stats()
+	if rec == nil {
+		t.Fatalf("a UDP flow that carried %d bytes has no record (dial_errors_unrecorded %d -> %d)", got.Load(), st1.Proxy.DialErrorsUnrecorded, st.Proxy.DialErrorsUnrecorded)
+	}
+	if rec.Result != "refused" || rec.BytesOut != (n+1)*1000 || rec.BytesIn != 0 || moreFailedDials.MatchString(rec.Error) {
+		t.Errorf("the flow's record: %+v, want refused with bytes_out %d and no word of failed dials", rec, (n+1)*1000)
+	}
+	if st.Proxy.UDPDialErrors != st1.Proxy.UDPDialErrors || st.Proxy.DialErrorsUnrecorded != st1.Proxy.DialErrorsUnrecorded {
+		t.Errorf("udp_dial_errors +%d, dial_errors_unrecorded +%d: a flow that carried data is no failed dial",
+			st.Proxy.UDPDialErrors-st1.Proxy.UDPDialErrors, st.Proxy.DialErrorsUnrecorded-st1.Proxy.DialErrorsUnrecorded)
 	}
 }
