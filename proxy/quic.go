@@ -88,7 +88,8 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 		f.relay(held, nil)
 		return
 	}
-	f.rec.SNI, f.rec.ALPN, f.rec.ECH = hello.ServerName, alpnList(hello.ALPN), hello.ECH
+	f.rec.SNI, f.rec.ECH = hello.ServerName, hello.ECH
+	setALPN(f.rec, hello.ALPN)
 	if hello.ECH && f.pol.DenyECH() {
 		// As for TLS: the SNI is only the cover name of a client-facing
 		// server, so no rule, and no destination check, can say where

@@ -399,7 +399,8 @@ func (s *tcpSession) serveTCP() {
 }
 
 func (s *tcpSession) serveTLS(hello *sniff.ClientHello) {
-	s.rec.Kind, s.rec.SNI, s.rec.ALPN = "tls", hello.ServerName, alpnList(hello.ALPN)
+	s.rec.Kind, s.rec.SNI = "tls", hello.ServerName
+	setALPN(s.rec, hello.ALPN)
 	// Set before any handover, so that the bumped connection's record and
 	// each of its requests' records, which start from it, carry it too.
 	s.rec.ECH = hello.ECH

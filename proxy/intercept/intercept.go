@@ -411,6 +411,13 @@ func (s *session) bump() {
 	}
 	cs := up.ConnectionState()
 	s.Record.TLSVersion, s.Record.TLSCipher = tls.VersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite)
+	if strings.Contains(s.Record.ALPN, records.CutMark) {
+		// The client's offer, cut (proxy's alpnList), was all that marked
+		// the record truncated before this handshake: the negotiated
+		// protocol replaces it, and each request's record starts from
+		// this one.
+		s.Record.Truncated = false
+	}
 	s.Record.ALPN = cs.NegotiatedProtocol
 	s.Record.UpstreamVerify = "ok"
 	if verifyErr != nil {

@@ -71,6 +71,20 @@ func (r *Record) CutClientText(limit int) bool {
 	return cut
 }
 
+// CutMark stands where a cut field's text was cut away: U+2026, which JSON
+// leaves as it is.
+const CutMark = cutMark
+
+// CutText returns s whole if it is at most limit bytes of JSON, as records
+// are written, and false; else s cut to fit them, keeping both ends
+// (cutEnds), and true. It allocates nothing for text that fits.
+func CutText(s string, limit int) (string, bool) {
+	if len(s) <= limit/6 || jsonLen(s) <= limit {
+		return s, false
+	}
+	return cutEnds(s, limit), true
+}
+
 // cutEnds returns s, longer than limit bytes of JSON, cut to fit them: its
 // first half and its last, whole runes, with "…" between. A cut that kept
 // only the start let a client whose budget was spent choose what its

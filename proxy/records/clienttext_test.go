@@ -170,3 +170,23 @@ func TestJSONLenEachByte(t *testing.T) {
 		}
 	}
 }
+
+// CutText leaves text that fits whole, allocating nothing, and cuts the
+// rest as cutEnds does: the proxy cuts a ClientHello's ALPN offer with it.
+func TestCutText(t *testing.T) {
+	for _, s := range []string{"", "h2,http/1.1", strings.Repeat("a", 256), strings.Repeat("<", 42)} {
+		if got, cut := CutText(s, 256); got != s || cut {
+			t.Errorf("CutText(%.40q, 256) = %.40q, %v: want it whole", s, got, cut)
+		}
+	}
+	s := "h2,http/1.1"
+	if n := testing.AllocsPerRun(100, func() { _, _ = CutText(s, 256) }); n != 0 {
+		t.Errorf("CutText of text that fits: %v allocations", n)
+	}
+	for _, s := range []string{strings.Repeat("a", 257), strings.Repeat("<", 43), strings.Repeat(`\255`, 100)} {
+		got, cut := CutText(s, 256)
+		if !cut || got != cutEnds(s, 256) || jsonLen(got) > 256 {
+			t.Errorf("CutText(%.40q, 256) = %.40q (%d bytes of JSON), %v: want it cut", s, got, jsonLen(got), cut)
+		}
+	}
+}
