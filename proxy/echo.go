@@ -178,16 +178,27 @@ func (p *Proxy) HandleEcho(req netstack.EchoRequest) {
 	}
 	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: int(req.ID), Seq: int(req.Seq), Data: req.Data}}
 	b, err := msg.Marshal(nil)
+	// Counted before the write: its reply can come back, reach the client
+	// and the flow end (Close, a reload) before this goroutine runs again,
+	// and the record must not say fewer requests than were answered.
+	f.requests.Add(1)
+	f.bytesOut.Add(int64(len(req.Data)))
 	if err == nil {
 		_, err = f.conn.WriteTo(b, f.dest)
 	}
-	if err != nil {
-		slog.Debug("relaying echo request", "dest", req.Flow.Dest.Addr(), "err", err)
-		return
+	if testHookEchoSent != nil {
+		testHookEchoSent()
 	}
-	f.requests.Add(1)
-	f.bytesOut.Add(int64(len(req.Data)))
+	if err != nil {
+		f.requests.Add(-1)
+		f.bytesOut.Add(-int64(len(req.Data)))
+		slog.Debug("relaying echo request", "dest", req.Flow.Dest.Addr(), "err", err)
+	}
 }
+
+// testHookEchoSent, if set, runs after HandleEcho's write of a request (a
+// test standing in for the packet path descheduled there).
+var testHookEchoSent func()
 
 // flow returns the request's flow, deciding and creating it if there is
 // none (isNew), or nil if it cannot be relayed. A denied flow's record is for
