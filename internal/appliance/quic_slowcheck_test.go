@@ -126,9 +126,16 @@ func TestQUICSlowCheckZeroLengthFloodHeldBounded(t *testing.T) {
 	// The lookup is held unanswered while the flood runs, which takes
 	// 5 s and more on a loaded machine under the race detector, past the
 	// default 3 s bound: its end would release the flow's datagrams
-	// before the heap is read.
+	// before the heap is read. The check waits for it at most the dial
+	// timeout (checkDestination), the rig's 3 s, which ended the check
+	// first ("gave up waiting for the lookup" after 17 s of a flood at
+	// load 6 to 9): both are raised.
 	const lookupTimeout = 30 * time.Second
-	r := newRig(t, func(o *Options) { o.Config = cfg; o.dnsLookupTimeout = lookupTimeout }, nil)
+	r := newRig(t, func(o *Options) {
+		o.Config = cfg
+		o.dnsLookupTimeout = lookupTimeout
+		o.DialTimeout = lookupTimeout
+	}, nil)
 	dst := serveUDP(t, netip.AddrPortFrom(r.net.server(5), 0), func([]byte) []byte { return nil })
 	r.dns.Set("slow.example.test", 60, dst.Addr())
 	release := r.dns.Hold()
