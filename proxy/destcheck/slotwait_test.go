@@ -323,10 +323,21 @@ func TestCloseWhileQueuedNotAMismatch(t *testing.T) {
 // failed "no lookup slot came free" (TestSlotGrantedAsWaitEnds, 3 of 10
 // runs under -race at load 7-10). (Found by review r9s28 F3.)
 func TestLookupTimeoutFromGrant(t *testing.T) {
-	const timeout = 100 * time.Millisecond
+	_, d, err := queueBehindLateHolder(t, 100*time.Millisecond, 60*time.Millisecond)
+	if err != nil {
+		t.Errorf("a lookup queued behind one whose goroutine ran late: %v after %v", err, d.Round(time.Millisecond))
+	}
+}
+
+// queueBehindLateHolder makes a checker of one slot and LookupTimeout
+// timeout, takes the slot with a lookup the resolver never answers whose
+// goroutine runs late after its grant, and then checks another endpoint's
+// name behind it: the checker, how long that check took and its error.
+func queueBehindLateHolder(t *testing.T, timeout, late time.Duration) (*Checker, time.Duration, error) {
+	t.Helper()
 	testHookBeforeResolve = func(name string) {
 		if strings.HasSuffix(name, ".slow.test") {
-			time.Sleep(60 * time.Millisecond)
+			time.Sleep(late)
 		}
 	}
 	t.Cleanup(func() { testHookBeforeResolve = nil })
@@ -341,9 +352,7 @@ func TestLookupTimeoutFromGrant(t *testing.T) {
 	})
 	d, err := checkWithin(c, epB, "w.fast.test")
 	wg.Wait()
-	if err != nil {
-		t.Errorf("a lookup queued behind one whose goroutine ran late: %v after %v", err, d.Round(time.Millisecond))
-	}
+	return c, d, err
 }
 
 // TestSlotWaitOutlastsOverdueHolder: one slot, held by a lookup the
@@ -356,24 +365,7 @@ func TestLookupTimeoutFromGrant(t *testing.T) {
 // slot. Before, it failed "no lookup slot came free" at 250 ms, the slot
 // about to come free.
 func TestSlotWaitOutlastsOverdueHolder(t *testing.T) {
-	const timeout = 200 * time.Millisecond
-	testHookBeforeResolve = func(name string) {
-		if strings.HasSuffix(name, ".slow.test") {
-			time.Sleep(300 * time.Millisecond)
-		}
-	}
-	t.Cleanup(func() { testHookBeforeResolve = nil })
-	res, _ := zoneResolver(t, 0)
-	c := newTestChecker(t, Config{Resolver: res, LookupTimeout: timeout, MaxLookups: 1}, nil)
-	var wg sync.WaitGroup
-	wg.Go(func() { checkWithin(c, epA, "h.slow.test") })
-	waitFor(t, "the slot taken", func() bool {
-		c.callMu.Lock()
-		defer c.callMu.Unlock()
-		return c.slots.running == 1
-	})
-	d, err := checkWithin(c, epB, "w.fast.test")
-	wg.Wait()
+	c, d, err := queueBehindLateHolder(t, 200*time.Millisecond, 300*time.Millisecond)
 	if err != nil {
 		t.Errorf("a lookup queued behind one that ran past its LookupTimeout: %v after %v", err, d.Round(time.Millisecond))
 	}
