@@ -206,9 +206,13 @@ func TestErrorsAsNet(t *testing.T) {
 		},
 		"write, deadline": func(c net.Conn, _ *net.TCPConn) (int, error) {
 			// The peer reads nothing: the buffers fill, and the write
-			// stops at its deadline having written part.
+			// stops at its deadline having written part. The 64 MiB are
+			// made before the deadline is set: made within it, their
+			// zeroing and page faults took the whole 100 ms now and then,
+			// and the write wrote nothing on one of the two sockets.
+			buf := make([]byte, 64<<20)
 			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-			n, err := c.Write(make([]byte, 64<<20))
+			n, err := c.Write(buf)
 			if n == 0 || n == 64<<20 {
 				return -1, err // not the partial write this case is about
 			}
