@@ -1,7 +1,6 @@
 package intercept_test
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -136,13 +135,21 @@ func TestH2ServerGoAwayRecorded(t *testing.T) {
 	pc, o := newProbeClient(t, r)
 	openUnderway(t, pc, o.has, false, false)
 	windowUpdate0(pc, 0)
+	wantServerGoAwayRecords(t, r, pc, "PROTOCOL_ERROR")
+}
+
+// wantServerGoAwayRecords checks that the client got the appliance's
+// GOAWAY of code, and that the request under way and the tls record say
+// the appliance's HTTP/2 server closed the connection with it.
+func wantServerGoAwayRecords(t *testing.T, r *rig, pc *probeClient, code string) {
+	t.Helper()
 	rec := onlyHTTPRecord(t, r)
-	goAway := "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY PROTOCOL_ERROR)"
+	goAway := "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY " + code + ")"
 	if rec.Result != "error" || !strings.HasPrefix(rec.Error, goAway+" before the response came") {
 		t.Errorf("record result %q error %q, want error, %q before the response came", rec.Result, rec.Error, goAway)
 	}
-	if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, "PROTOCOL_ERROR") {
-		t.Errorf("the client got GOAWAY %q, want PROTOCOL_ERROR", g)
+	if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, code) {
+		t.Errorf("the client got GOAWAY %q, want %s", g, code)
 	}
 	tlsRec := onlyRecord(t, r, "tls")
 	if tlsRec.Result != "error" || tlsRec.Error != goAway {
@@ -165,14 +172,10 @@ func TestH2GoAwayThenStreamFrameRecorded(t *testing.T) {
 		r := newRig(t, testPolicy)
 		pc, o := newProbeClient(t, r)
 		id, _ := openUnderway(t, pc, o.has, false, false)
-		var buf bytes.Buffer
-		fr := http2.NewFramer(&buf, nil)
-		fr.AllowIllegalWrites = true
-		fr.WriteWindowUpdate(0, 0)
-		fr.WritePriority(id, http2.PriorityParam{StreamDep: id, Weight: 15})
-		pc.mu.Lock()
-		pc.c.Write(buf.Bytes()) // one write: the limit reads both before x/net acts on the first
-		pc.mu.Unlock()
+		oneWrite(pc, func(fr *http2.Framer) { // one write: the limit reads both before x/net acts on the first
+			fr.WriteWindowUpdate(0, 0)
+			fr.WritePriority(id, http2.PriorityParam{StreamDep: id, Weight: 15})
+		})
 		rec := onlyHTTPRecord(t, r)
 		waitFor(t, "the client's end", waitLimit, func() bool {
 			select {
@@ -223,19 +226,15 @@ func TestH2ClientResetBesideGoAwayRecorded(t *testing.T) {
 				r := newRig(t, testPolicy)
 				pc, o := newProbeClient(t, r)
 				id, _ := openUnderway(t, pc, o.has, false, false)
-				var buf bytes.Buffer
-				fr := http2.NewFramer(&buf, nil)
-				fr.AllowIllegalWrites = true
-				if tc.resetFirst {
-					fr.WriteRSTStream(id, http2.ErrCodeCancel)
-				}
-				fr.WriteWindowUpdate(0, 0)
-				if !tc.resetFirst {
-					fr.WriteRSTStream(id, http2.ErrCodeCancel)
-				}
-				pc.mu.Lock()
-				pc.c.Write(buf.Bytes()) // one write: the limit reads both before x/net acts on the first
-				pc.mu.Unlock()
+				oneWrite(pc, func(fr *http2.Framer) { // one write: the limit reads both before x/net acts on the first
+					if tc.resetFirst {
+						fr.WriteRSTStream(id, http2.ErrCodeCancel)
+					}
+					fr.WriteWindowUpdate(0, 0)
+					if !tc.resetFirst {
+						fr.WriteRSTStream(id, http2.ErrCodeCancel)
+					}
+				})
 				rec := onlyHTTPRecord(t, r)
 				// The record of a stream the client reset first may come
 				// before the GOAWAY reaches the client.
@@ -269,18 +268,7 @@ func TestH2MalformedClientResetRecorded(t *testing.T) {
 	pc.mu.Lock()
 	pc.fr.WriteRawFrame(http2.FrameRSTStream, 0, id, []byte{0, 0, 0, 8, 0, 0, 0, 0})
 	pc.mu.Unlock()
-	rec := onlyHTTPRecord(t, r)
-	goAway := "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY FRAME_SIZE_ERROR)"
-	if rec.Result != "error" || !strings.HasPrefix(rec.Error, goAway+" before the response came") {
-		t.Errorf("record result %q error %q, want error, %q before the response came", rec.Result, rec.Error, goAway)
-	}
-	if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, "FRAME_SIZE_ERROR") {
-		t.Errorf("the client got GOAWAY %q, want FRAME_SIZE_ERROR", g)
-	}
-	tlsRec := onlyRecord(t, r, "tls")
-	if tlsRec.Result != "error" || tlsRec.Error != goAway {
-		t.Errorf("tls record result %q error %q, want error, %q", tlsRec.Result, tlsRec.Error, goAway)
-	}
+	wantServerGoAwayRecords(t, r, pc, "FRAME_SIZE_ERROR")
 }
 
 // TestH2ServerGoAwayWhileAnswered: the same GOAWAY with the response
