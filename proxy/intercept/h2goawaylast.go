@@ -79,6 +79,14 @@ func (u *h2Unanswered) serverGoAway(last uint32, code http2.ErrCode) {
 	if u == nil {
 		return
 	}
+	u.goAwayLast(last)
+	u.ends.serverGoAway(code)
+}
+
+// goAwayLast takes last, the last stream id of a GOAWAY of the server's
+// or the appliance's: the streams past it are dropped, and none is taken
+// in after.
+func (u *h2Unanswered) goAwayLast(last uint32) {
 	u.mu.Lock()
 	if !u.goneAway || last < u.last {
 		u.goneAway, u.last = true, last
@@ -96,7 +104,6 @@ func (u *h2Unanswered) serverGoAway(last uint32, code http2.ErrCode) {
 	}
 	u.ends.dropAbove(u.last)
 	u.mu.Unlock()
-	u.ends.serverGoAway(code)
 }
 
 // dropAbove drops the notes of the streams past last: no request of

@@ -261,6 +261,7 @@ func (c *hijackedConn) checkWrittenResets() {
 	var buf bytes.Buffer
 	_ = http2.NewFramer(&buf, nil).WriteGoAway(c.limit.idle.last.Load(), g.code, []byte("gwlbproxy: "+g.why))
 	f.final = buf.Bytes()
+	c.limit.unanswered.refused(c.limit.idle.last.Load(), g, false) // for the records: h2refused.go
 	c.limit.unanswered.writerRefused.Store(1)
 	_ = c.Conn.SetReadDeadline(time.Now())
 }

@@ -109,9 +109,11 @@ type h2StreamNotes struct {
 	mu sync.Mutex
 	m  map[uint32]*h2StreamNote
 	// goAway is the code of the server's first GOAWAY with one other
-	// than NO_ERROR, once written (goneAway).
+	// than NO_ERROR, once written (goneAway); refusal, the appliance's
+	// refusal of the client, when that GOAWAY was its own (h2refused.go).
 	goAway   http2.ErrCode
 	goneAway bool
+	refusal  *h2GoAway
 	closed   bool // the connection was closed
 	// graceful: the server's GOAWAY with NO_ERROR is out; byServer: the
 	// server closed the connection on its own after it, and cut: a
@@ -277,14 +279,28 @@ func (n *h2StreamNotes) serverGoAway(code http2.ErrCode) {
 		n.mu.Unlock()
 		return
 	}
-	if !n.goneAway {
-		n.goAway, n.goneAway = code, true
+	n.goneAwayLocked(code, nil, true)
+	n.mu.Unlock()
+}
+
+// goneAwayLocked notes the first GOAWAY for a connection error, with
+// code: the server's, or the appliance's refusal of the client (refusal
+// set, h2refused.go). weigh: the client's resets noted so far are weighed
+// against it (clientBeforeGoAwayLocked), for x/net processes no frame
+// read after the one it answers; not so after the writer's refusal,
+// which x/net knows nothing of: every frame handed to it is processed.
+// n.mu is held.
+func (n *h2StreamNotes) goneAwayLocked(code http2.ErrCode, refusal *h2GoAway, weigh bool) {
+	if n.goneAway {
+		return
+	}
+	n.goAway, n.goneAway, n.refusal = code, true, refusal
+	if weigh {
 		for _, e := range n.m {
 			e.clientBeforeGoAwayLocked()
 		}
-		n.changedLocked()
 	}
-	n.mu.Unlock()
+	n.changedLocked()
 }
 
 // connClosed notes the client connection's close; byServer, by the
@@ -524,7 +540,7 @@ func (l *headLimit) streamGone(e *h2StreamNote, ctx context.Context, bodyErr err
 	case ended == h2EndedServer:
 		return "error", fmt.Sprintf("reset by the appliance's HTTP/2 server for the client's protocol error (RST_STREAM %v) %s%s", code, when, detail)
 	case ended == h2EndedNot && goneAway:
-		return "error", serverGoAwayError(goAway) + " " + when + detail
+		return "error", e.of.goAwayError(goAway) + " " + when + detail
 	case ended == h2EndedNot && e.of.cutByServer():
 		return "error", errClosedAfterGraceful + " " + when + detail // h2graceful.go
 	}
@@ -541,8 +557,8 @@ func serverGoAwayError(code http2.ErrCode) string {
 }
 
 // noteServerGoAway puts the server's GOAWAY for a connection error, if it
-// sent one, in the session's tls record: `error`, unless something else
-// ended it first.
+// sent one, or the appliance's refusal, in the session's tls record:
+// `error`, unless something else ended it first.
 func (rt *roundTripper) noteServerGoAway() {
 	n := rt.cc.limit.unanswered.notes()
 	code, ok := n.serverEnd()
@@ -551,7 +567,7 @@ func (rt *roundTripper) noteServerGoAway() {
 	}
 	switch {
 	case ok:
-		rt.s.Record.Error = serverGoAwayError(code)
+		rt.s.Record.Error = n.goAwayError(code)
 	case n.cutRequest():
 		rt.s.Record.Error = errClosedAfterGraceful // h2graceful.go
 	default:

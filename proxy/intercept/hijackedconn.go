@@ -296,9 +296,11 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	if lerr := c.limit.count(b[:n]); lerr != nil {
 		refused := lerr // only this escapes: a read within the limits allocates nothing
 		if _, ok := errors.AsType[*h2GoAway](lerr); ok && c.limit.refused.CompareAndSwap(nil, &refused) {
-			c.refuseH2(b) // a guard's GOAWAY: h2guard.go
+			c.limit.noteRefused(lerr) // for the records: h2refused.go
+			c.refuseH2(b)             // a guard's GOAWAY: h2guard.go
 		} else if lerr == errHeadTooLarge && !c.limit.tooLarge.Swap(true) {
 			if c.limit.h2 != nil {
+				c.limit.noteRefused(lerr)
 				c.refuseH2(b)
 			} else {
 				c.write431()

@@ -1,0 +1,192 @@
+package intercept_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
+	"github.com/gwlbproxy/gwlbproxy/proxy/records"
+)
+
+// TestH2RefusalRecorded: a client with requests under way at the origin
+// (/hang: no answer; /live: its answer begun) is refused by the appliance, which writes its own
+// GOAWAY and closes the connection. Those requests were recorded
+// `reset`, "the client went away before the response came (context
+// canceled)", and the bumped connection's tls record `ok`: the refusal's
+// GOAWAY never reached the stream notes, the server's own GOAWAY does
+// (review rev32a F2, its probes TestRev32aCalmRefusalRecords and
+// TestRev32aFrameSizeRefusalRecords). Now each says the refusal, `error`,
+// as for the server's own GOAWAY for a connection error, and so does the
+// tls record; the one http deny record of the refusal stays as it was.
+func TestH2RefusalRecorded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		hang int // requests kept at the origin before the refusal
+		// live: one more request, its answer begun (a head and a byte).
+		// Not beside the unanswered bound: a stream answered and not yet
+		// recorded keeps its note, and the notes, bounded as the
+		// unanswered streams are, would be full first, the older half
+		// dropped and those requests recorded as before (h2MaxEndNotes).
+		live bool
+		// refuse sends what has the appliance refuse the client.
+		refuse func(pc *probeClient)
+		code   string // the GOAWAY's
+		why    string // the refusal's reason
+		deny   string // the error of the http deny record for the refusal
+		status int    // that record's status
+	}{
+		{
+			// 330 HEADERS of 13 bytes in one write: the 401st stream
+			// opened and not answered draws the backstop (84c7944).
+			name: "unanswered-bound", hang: 100,
+			refuse: func(pc *probeClient) {
+				oneWrite(pc, func(fr *http2.Framer) {
+					pc.mu.Lock()
+					defer pc.mu.Unlock()
+					for range 330 {
+						pc.hb.Reset()
+						for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+							{Name: ":authority", Value: pc.auth}, {Name: ":path", Value: "/ok/x"}} {
+							pc.enc.WriteField(f)
+						}
+						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: pc.next, BlockFragment: pc.hb.Bytes(), EndStream: true, EndHeaders: true})
+						pc.next += 2
+					}
+				})
+			},
+			code: "ENHANCE_YOUR_CALM", why: "more than 400 streams opened and not answered at once",
+			deny: "connection refused: HTTP/2 ENHANCE_YOUR_CALM: more than 400 streams opened and not answered at once",
+		},
+		{
+			// One PING of 20,000 bytes, over the 16384 advertised.
+			name: "frame-size", hang: 99, live: true, // 100 in flight, as allowed
+			refuse: func(pc *probeClient) {
+				big := make([]byte, 9+20000)
+				big[0], big[1], big[2], big[3] = byte(20000>>16), byte(20000>>8), byte(20000&0xff), 0x6
+				pc.mu.Lock()
+				defer pc.mu.Unlock()
+				pc.c.Write(big)
+			},
+			code: "FRAME_SIZE_ERROR", why: "a frame of 20000 bytes, over the 16384 advertised",
+			deny: "connection refused: HTTP/2 FRAME_SIZE_ERROR: a frame of 20000 bytes, over the 16384 advertised",
+		},
+		{
+			// A header list over the limit: its stream gets a 431, the
+			// connection the header list limit's GOAWAY.
+			name: "header-list-too-large", hang: 3, live: true,
+			refuse: func(pc *probeClient) {
+				pc.mu.Lock()
+				defer pc.mu.Unlock()
+				pc.hb.Reset()
+				for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+					{Name: ":authority", Value: pc.auth}, {Name: ":path", Value: "/big"},
+					{Name: "x-big", Value: strings.Repeat("a", intercept.DefaultMaxHeaderBytes+1000)}} {
+					pc.enc.WriteField(f)
+				}
+				block := pc.hb.Bytes()
+				id := pc.next
+				pc.next += 2
+				pc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:16000], EndStream: true})
+				for block = block[16000:]; len(block) > 0; {
+					n := min(len(block), 16000)
+					pc.fr.WriteContinuation(id, n == len(block), block[:n])
+					block = block[n:]
+				}
+			},
+			code: "ENHANCE_YOUR_CALM", why: fmt.Sprintf("request header list larger than %d bytes", intercept.DefaultMaxHeaderBytes),
+			deny: fmt.Sprintf("request header list larger than %d bytes", intercept.DefaultMaxHeaderBytes), status: 431,
+		},
+		{
+			// Streams the server resets for the client's protocol error,
+			// each WINDOW_UPDATE overflowing its window: those resets are
+			// counted as the server writes them, and the writer refuses
+			// the client (checkWrittenResets).
+			name: "resets-written", hang: 1, live: true,
+			refuse: func(pc *probeClient) {
+				oneWrite(pc, func(fr *http2.Framer) {
+					pc.mu.Lock()
+					defer pc.mu.Unlock()
+					for range 2 * h2MaxPrematureResets {
+						pc.hb.Reset()
+						for _, f := range []hpack.HeaderField{{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"},
+							{Name: ":authority", Value: pc.auth}, {Name: ":path", Value: "/hang/reset"}} {
+							pc.enc.WriteField(f)
+						}
+						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: pc.next, BlockFragment: pc.hb.Bytes(), EndHeaders: true})
+						fr.WriteWindowUpdate(pc.next, 0x7fffffff) // over the client's 1 MiB window
+						pc.next += 2
+					}
+				})
+			},
+			code: "ENHANCE_YOUR_CALM", why: "streams reset before their response",
+			deny: "connection refused: HTTP/2 ENHANCE_YOUR_CALM: ",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			pc, o := newProbeClient(t, r)
+			lives := 0
+			if tc.live {
+				lives = 1
+				live := pc.open("GET", "/live/0", true)
+				if !waitFor(t, "the live answer's head", waitLimit, func() bool { return pc.status(live) != "" }) {
+					t.Fatal("the live answer's head never reached the client")
+				}
+			}
+			for i := range tc.hang {
+				pc.open("GET", fmt.Sprintf("/hang/%d", i), true)
+			}
+			if !waitFor(t, "the hanging requests at the origin", 2*waitLimit, func() bool { return o.arrived.Load() >= int64(lives+tc.hang) }) {
+				t.Fatalf("%d of %d requests reached the origin", o.arrived.Load(), lives+tc.hang)
+			}
+			tc.refuse(pc)
+			if !waitFor(t, "the client's end", 2*waitLimit, func() bool {
+				select {
+				case <-pc.dead:
+					return true
+				default:
+					return false
+				}
+			}) {
+				t.Fatal("the connection was not closed")
+			}
+			if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, tc.code+" ") {
+				t.Errorf("the client got GOAWAY %q, want %s", g, tc.code)
+			}
+			tlsRec := onlyRecord(t, r, "tls") // the session's last record
+			refused := "the appliance refused the connection (GOAWAY " + tc.code + ": "
+			says := func(err string) bool { return strings.HasPrefix(err, refused) && strings.Contains(err, tc.why) }
+			if tlsRec.Result != "error" || !says(tlsRec.Error) || !strings.HasSuffix(tlsRec.Error, ")") || strings.Contains(tlsRec.Error, " before the response") {
+				t.Errorf("tls record result %q error %q, want error, %q", tlsRec.Result, tlsRec.Error, refused+"… "+tc.why+")")
+			}
+			var deny []records.Record
+			hung, lived := 0, 0
+			for _, rec := range ofKind(r.records(), "http") {
+				switch {
+				case rec.Action == "deny" && strings.HasPrefix(rec.Error, tc.deny):
+					deny = append(deny, rec)
+				case rec.Path == "/live/0":
+					lived++
+					if rec.Result != "error" || !says(rec.Error) || !strings.Contains(rec.Error, ") before the response ended (1 body bytes passed on)") {
+						t.Errorf("%s: result %q error %q, want error, %q before the response ended (1 body bytes passed on)", rec.Path, rec.Result, rec.Error, refused+"… "+tc.why+")")
+					}
+				case strings.HasPrefix(rec.Path, "/hang/") && rec.Path != "/hang/reset":
+					hung++
+					if rec.Result != "error" || !says(rec.Error) || !strings.Contains(rec.Error, ") before the response came") {
+						t.Errorf("%s: result %q error %q, want error, %q before the response came", rec.Path, rec.Result, rec.Error, refused+"… "+tc.why+")")
+					}
+				}
+			}
+			if hung != tc.hang || lived != lives {
+				t.Errorf("%d records of the requests waiting for their answer, %d of the live one, want %d and %d", hung, lived, tc.hang, lives)
+			}
+			if len(deny) != 1 || deny[0].Status != tc.status {
+				t.Errorf("deny records %+v, want one, status %d, %q", deny, tc.status, tc.deny)
+			}
+		})
+	}
+}
