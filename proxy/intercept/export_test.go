@@ -110,6 +110,15 @@ func OnTakeUpBound(f func()) (restore func()) {
 	return func() { testHookTakeUpBound.Store(nil) }
 }
 
+// SetFirstTakeUpWait sets the bound of a dial's wait for the session's
+// first HTTP/2 connection (h2first.go), and returns a function restoring
+// it.
+func SetFirstTakeUpWait(d time.Duration) (restore func()) {
+	old := firstTakeUpWait.Load()
+	firstTakeUpWait.Store(d)
+	return func() { firstTakeUpWait.Store(old) }
+}
+
 // SetUploadHoldDelay sets how long an upload's small writes may be held,
 // and returns a function restoring it.
 func SetUploadHoldDelay(d time.Duration) (restore func()) {

@@ -59,7 +59,10 @@ type firstTakeUp struct {
 // (its origin sent a GOAWAY, or allowed no streams, before any request
 // had it) would hold every other dial until the connection closed, 90 s
 // idle. Past the bound the dial goes ahead, as it did before the wait.
-const firstTakeUpWait = time.Second
+// Tests that hold a take-up on purpose lengthen it, so that only the
+// first connection ends their dials' waits (set by tests while sessions
+// read it: atomic).
+var firstTakeUpWait = newDuration(time.Second)
 
 // testHookTakeUpBound, when set, runs as a dial's wait for the first
 // connection ends at firstTakeUpWait.
@@ -104,7 +107,7 @@ func (g *firstTakeUp) wait(ctx context.Context) error {
 	if hd != nil {
 		got, reqDone = hd.gotChan(), hd.reqDone
 	}
-	bound := time.NewTimer(firstTakeUpWait)
+	bound := time.NewTimer(firstTakeUpWait.Load())
 	defer bound.Stop()
 	select {
 	case <-got:

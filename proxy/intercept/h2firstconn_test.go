@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
 // gatedConn is a destination's end of its connection whose reads wait,
@@ -39,7 +41,14 @@ func (c *gatedConn) Read(b []byte) (int, error) {
 // connection was about to carry it. The destination here holds the
 // appliance's HTTP/2 preface (its reads wait) until the second stream is
 // in the transport, so the first connection is not yet net/http's.
+//
+// The destination holds the take-up for as long as the test takes to see
+// the second stream in the transport, which the take-up's bound
+// (firstTakeUpWait, 1 s) did not cover under load: past it, the second
+// stream's dial went ahead and was refused (502, one more dial). The bound
+// is lengthened here so that only the first connection ends the wait.
 func TestH2StreamsWaitForFirstConnection(t *testing.T) {
+	defer intercept.SetFirstTakeUpWait(time.Minute)()
 	r := newRig(t, testPolicy)
 	upEnd, pipeEnd := net.Pipe()
 	originEnd := &gatedConn{Conn: pipeEnd, gate: make(chan struct{})}
