@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -188,25 +187,22 @@ func TestReclaimTakesTheHeaviestNotTheMostNumerous(t *testing.T) {
 	// it comes, as a relay reads, until the buffer is past twice its start.
 	// One bound covers every upload: under -race on loaded cores they take
 	// seconds, and what matters is the growth, not a fixed volume.
+	//
+	// The uploads go one at a time. All 48 at once queued behind the
+	// appliance's one reader until their round trips (100 to 300 ms at
+	// load 5 to 8) outgrew the client's retransmission timeouts: 40 to
+	// 116 timeouts a run, each doubling its connection's next, and at load
+	// 12 a connection still waiting for its last bytes at the 60 s bound.
+	// One at a time, they took no timeout, fewer bytes, and less time
+	// (1.6 to 6.5 s at load 7, against 7.8 to 13 s all at once).
 	const start = 256 << 10
 	bound := time.Now().Add(12 * waitFor)
-	var wg sync.WaitGroup
-	errs := make(chan error, len(heavyFrom)*share)
 	for _, ps := range heavy {
 		for _, p := range ps {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if err := p.uploadUntilGrown(2*start, bound); err != nil {
-					errs <- err
-				}
-			}()
+			if err := p.uploadUntilGrown(2*start, bound); err != nil {
+				t.Fatalf("reading an upload: %v", err)
+			}
 		}
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("reading an upload: %v", err)
 	}
 	var grown int64
 	for _, ps := range heavy {
