@@ -57,6 +57,26 @@ const (
 	dialErrorRecordRate  = 20 // a second
 )
 
+// dialErrorBucketBytes is the most a client may have sent for a flow whose
+// dial failed for that flow's record to come from the failed-dial bucket.
+// The bucket is there against records made for the price of a packet
+// each: 1-byte datagrams, a record of about 400 bytes for each (a
+// refused udp flow's measured 396 to 398 bytes, TestDialErrorBucketNotForBigDatagrams;
+// the bucket's note of those unrecorded adds about 75). A UDP flow's opening
+// datagrams, though, reach the destination even when its port is closed
+// (a capture there reads them; its kernel answers unreachable), and may be
+// up to 64 KB each: from the bucket, a client that had spent it first sent
+// data that left no record (review rev32a F1). So a flow whose client sent
+// more than about a record's size is recorded as any other flow: its
+// record costs the client at least as many bytes as it is long, so such
+// records grow no faster than the traffic that buys them, and a client
+// cannot make them cheaper than by sending the data itself. A QUIC
+// Initial is at least 1,200 bytes: QUIC flows to closed ports are
+// always recorded. A TCP dial is never above it: it is made on the SYN,
+// and the stack reads no data before the handshake (a SYN's payload, if
+// any, is never read, nor sent on), so its record's bytes_out is 0.
+const dialErrorBucketBytes = 512
+
 // Allowed DNS makes one record per query, and a query is one datagram: a
 // client could make records faster than the sinks take them, and fill the
 // shared records queue. So a client's DNS records come from a bucket too.

@@ -233,7 +233,7 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 			datagramBufPool.Put(heldBuf)
 		}
 	}()
-	up, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(f.info.Dest))
+	up, err := dialHostUDP("udp", nil, net.UDPAddrFromAddrPort(f.info.Dest))
 	if err == nil {
 		f.upRaw, err = up.SyscallConn()
 		if err != nil {
@@ -246,8 +246,13 @@ func (f *udpFlow) relay(held [][]byte, heldBuf *[]byte) {
 		p.stats.udpDialErrors.Add(1)
 		f.rec.Result, f.rec.Error = records.DialResult(err), err.Error()
 		// Nothing was sent: the client's datagrams bought this record,
-		// which comes from its bucket (denylimit.go).
-		p.finishDialError(f.rec, f.start, f.share)
+		// which comes from its bucket (denylimit.go) when they were
+		// small, as for a flow its destination refused.
+		if heldBytes(held) <= dialErrorBucketBytes {
+			p.finishDialError(f.rec, f.start, f.share)
+		} else {
+			p.finish(f.rec, f.start)
+		}
 		return
 	}
 	f.up = up

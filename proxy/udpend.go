@@ -183,11 +183,16 @@ func (f *udpFlow) finish() {
 		note = joinNotes(silentNote, note)
 	}
 	f.rec.Error = joinNotes(f.rec.Error, note)
-	if f.unreached() {
-		// One datagram to a closed port (or those the QUIC gate held)
-		// buys this record: it comes from the client's bucket
-		// (denylimit.go).
+	unreached := f.unreached()
+	if unreached {
 		f.p.stats.udpDialErrors.Add(1)
+	}
+	if unreached && f.bytesOut <= dialErrorBucketBytes {
+		// A small datagram to a closed port (or the few the QUIC gate
+		// held) bought this record: it comes from the client's bucket
+		// (denylimit.go). One whose opening datagrams carried more is
+		// recorded whatever the bucket holds: the destination took
+		// them in before its kernel answered.
 		f.p.finishDialError(f.rec, f.start, f.share)
 	} else {
 		f.p.finish(f.rec, f.start)
@@ -212,7 +217,9 @@ func (f *udpFlow) finish() {
 // that relayed more of its client's datagrams (review rev31c F1): it
 // carried data, for as long as it lived, and only its last datagram met
 // the closed port; from the bucket, a client that had spent it first
-// would keep that flow out of the records.
+// would keep that flow out of the records. Its record comes from the
+// bucket only when its opening datagrams were small too
+// (dialErrorBucketBytes).
 func (f *udpFlow) unreached() bool {
 	if f.endErr == nil || f.bytesIn != 0 || f.sentOut != f.openedOut {
 		return false
@@ -223,6 +230,19 @@ func (f *udpFlow) unreached() bool {
 	}
 	return false
 }
+
+// heldBytes is what the datagrams held counts.
+func heldBytes(held [][]byte) int {
+	n := 0
+	for _, d := range held {
+		n += len(d)
+	}
+	return n
+}
+
+// dialHostUDP opens a flow's host socket: net.DialUDP, a variable so that
+// tests can make it fail.
+var dialHostUDP = net.DialUDP
 
 // silentNote is the note of a relayed flow whose destination sent nothing
 // back: a QUIC server that never answered, a DNS server that answered no

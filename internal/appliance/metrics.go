@@ -276,7 +276,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.TCPDialErrors) }),
 	newStatMetric("udp_dial_errors_total", promCounter, "UDP and QUIC flows whose destination could not be reached: no host socket could be opened, or it answered unreachable before sending anything and the client sent nothing after the flow's opening datagrams.",
 		func(s *stats) float64 { return float64(s.Proxy.UDPDialErrors) }),
-	newStatMetric("dial_errors_unrecorded_total", promCounter, "Failed dials that cost their client one packet (a TCP dial before the handshake, a UDP flow refused before any answer) and got no record of their own: their client's bucket of such records was empty.",
+	newStatMetric("dial_errors_unrecorded_total", promCounter, "Failed dials that cost their client one packet (a TCP dial before the handshake, a UDP flow refused before any answer whose client sent at most 512 bytes) and got no record of their own: their client's bucket of such records was empty.",
 		func(s *stats) float64 { return float64(s.Proxy.DialErrorsUnrecorded) }),
 	newStatMetric("denied_total", promCounter, "Flows denied.",
 		func(s *stats) float64 { return float64(s.Proxy.Denied) }),
