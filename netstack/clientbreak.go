@@ -107,3 +107,40 @@ func (c *Conn) keepStackAbort(terr tcpip.Error) {
 		c.stackAborted.Store(true)
 	}
 }
+
+// IsStackClose reports whether err says that the appliance's side ended a
+// client's conn, not the client: the stack's abort of its endpoints as it
+// closes (gVisor's ErrAborted, "operation aborted", in whichever words a
+// read, a write or BrokenError gave it: gonet's, stackError's,
+// errStackAborted, ErrResetAfterFIN), or the conn closed under its reader
+// (net.ErrClosed: a UDP endpoint the stack's close closed, or Close). Not
+// the client's reset (ECONNRESET), its vanishing (ETIMEDOUT), its FIN
+// (io.EOF), its port unreachable (ECONNREFUSED), nor the reclaim of memory
+// (ErrMemoryReclaimed). A client's reset after its FIN reads as the
+// stack's abort (ErrResetAfterFIN): only knowing the stack is closing
+// tells them apart. err may be a tree (errors.Join): any part of it will
+// do.
+func IsStackClose(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, errStackAborted) || errors.Is(err, ErrResetAfterFIN) {
+		return true
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if IsStackClose(e) {
+				return true
+			}
+		}
+		return false
+	case interface{ Unwrap() error }:
+		return IsStackClose(u.Unwrap())
+	}
+	// A leaf: the stack's own words, as gonet and stackError give them.
+	return err.Error() == abortedText
+}
+
+// abortedText is the stack's words for its abort of an endpoint.
+var abortedText = (&tcpip.ErrAborted{}).String()

@@ -169,12 +169,25 @@ func (p *Proxy) StacksClosing() {
 var errShutdown = errors.New("ended by the appliance's shutdown (its packet stacks closed)")
 
 // endedError is the error a flow that ended with err is recorded with:
-// err, or errShutdown's text leading it once the stacks are closing.
+// err, or errShutdown's text leading it when the stacks' close ended the
+// flow: once they are closing, and err is what their close gives
+// (stackEnded). A client that reset its connection, or closed it, just
+// before the drain's end is recorded as what it did, even when its record
+// is written once the stacks are closing (review rev32a F3): the record
+// said the shutdown ended it, "...: connection reset by peer".
 func (p *Proxy) endedError(err error) error {
-	if p.stacksClosing.Load() {
+	if p.stacksClosing.Load() && stackEnded(err) {
 		return fmt.Errorf("%w: %w", errShutdown, err)
 	}
 	return err
+}
+
+// stackEnded reports whether err is what the stacks' close ends a flow
+// with: the stack's abort of the client's endpoint, or the client's conn
+// closed under its reader (netstack.IsStackClose), a relay's write that
+// waited ended by the close (errShutdownWriting), or errShutdown itself.
+func stackEnded(err error) bool {
+	return netstack.IsStackClose(err) || errors.Is(err, errShutdownWriting) || errors.Is(err, errShutdown)
 }
 
 type proxyCounters struct {

@@ -62,7 +62,7 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 	f.pol = f.p.cfg.Policy.Load()
 	f.rec.Kind = "quic"
 	if errors.Is(err, errClientGone) {
-		f.clientLeft("the flow ended before its QUIC ClientHello was read")
+		f.clientLeft("the flow ended before its QUIC ClientHello was read", err)
 		return
 	}
 	if err != nil {
@@ -112,21 +112,25 @@ func (f *udpFlow) serveQUIC(first []byte, firstBuf *[]byte) {
 	case deny: // first: the flow was denied, whether or not its client stayed
 		f.refuseNamed(f.rec.Error)
 	case err != nil:
-		f.clientLeft("the flow ended while its destination was checked")
+		f.clientLeft("the flow ended while its destination was checked", err)
 	default:
 		f.relay(held, nil)
 	}
 }
 
-// clientLeft records a QUIC flow whose client's side closed, or failed,
-// before it was decided: no host socket was opened for it. why joins what
-// the record says already (an audited destination mismatch).
-func (f *udpFlow) clientLeft(why string) {
+// clientLeft records a QUIC flow whose client's side closed, or failed
+// (err, what its read said), before it was decided: no host socket was
+// opened for it. why joins what the record says already (an audited
+// destination mismatch).
+func (f *udpFlow) clientLeft(why string, err error) {
 	f.releaseShare()
 	f.client.Close()
-	if f.p.stacksClosing.Load() {
+	if f.p.stacksClosing.Load() && stackEnded(err) {
 		// The drain's close of the stacks ended the client's side, not
 		// the client: said first, as every flow the drain cuts says it.
+		// Not for a client whose port answered unreachable first (its
+		// read said ECONNREFUSED), however soon after the drain's end
+		// its record is written (review rev32a F3).
 		why = errShutdown.Error() + ": " + why
 	}
 	f.rec.Result, f.rec.Error = "reset", joinError(f.rec.Error, why)

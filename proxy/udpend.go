@@ -86,10 +86,11 @@ type udpEnding struct {
 }
 
 // ending is how the flow's ending is recorded, by what ended it. A flow
-// its client's side ended once the packet stacks are closing was ended by
-// the appliance's shutdown, which closed that side: its record says so in
-// errShutdown's words, as the TCP flows' and intercepted sessions' do, and
-// `reset` as theirs do, not `ok` as for a flow that idled out (which it
+// whose client's side the packet stacks' close closed (its read said the
+// conn closed once they were closing; not the client's own port
+// unreachable just before, review rev32a F3) was ended by the appliance's
+// shutdown: its record says so in errShutdown's words, as the TCP flows'
+// and intercepted sessions' do, and `reset` as theirs do, not `ok` as for a flow that idled out (which it
 // was not: the drain cut it, live or idle), so that the drain's cuts read
 // alike whatever the flow's protocol, and show among the errors. A query
 // still waiting is recorded as what ended its flow ended it: `timeout`
@@ -105,7 +106,7 @@ func (f *udpFlow) ending() udpEnding {
 		dec := &dnsDecision{rule: f.rec.Rule, action: f.rec.Action, policy: f.rec.Policy}
 		return udpEnding{"denied", "ended by a policy reload: " + f.deniedWhy,
 			dnsEnd{result: "denied", err: "ended by a policy reload before its answer: " + f.deniedWhy, dec: dec}}
-	case f.endHow == endClient && f.p.stacksClosing.Load():
+	case f.endHow == endClient && f.p.stacksClosing.Load() && stackEnded(f.clientWhy):
 		return udpEnding{"reset", errShutdown.Error(), dnsEnd{result: "reset", err: errShutdown.Error() + " before its answer"}}
 	case f.endHow == endClient:
 		// The client closed its socket (its port answered unreachable):
