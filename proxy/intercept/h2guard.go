@@ -258,11 +258,20 @@ func (c *hijackedConn) checkWrittenResets() {
 		return // within the bound, or the reader refused the client first
 	}
 	g := err.(*h2GoAway)
-	var buf bytes.Buffer
-	_ = http2.NewFramer(&buf, nil).WriteGoAway(c.limit.idle.last.Load(), g.code, []byte("gwlbproxy: "+g.why))
-	f.final = buf.Bytes()
-	c.limit.unanswered.refused(c.limit.idle.last.Load(), g, false) // for the records: h2refused.go
+	// writerRefused first, then the last stream, read once: a read of the
+	// reader's whose bytes (counted, their streams published in
+	// idle.last, their resets noted) go on to x/net finds writerRefused
+	// unset after its count (Read), so its streams are within last and
+	// its resets noted before the refusal; one that finds it set is
+	// dropped. Stored after, a refusal that landed while the reader
+	// counted had x/net serve streams past its GOAWAY's last one, and
+	// process resets the notes missed (review rev32b F1).
 	c.limit.unanswered.writerRefused.Store(1)
+	last := c.limit.idle.last.Load()
+	var buf bytes.Buffer
+	_ = http2.NewFramer(&buf, nil).WriteGoAway(last, g.code, []byte("gwlbproxy: "+g.why))
+	f.final = buf.Bytes()
+	c.limit.unanswered.refused(last, g, false) // for the records: h2refused.go
 	_ = c.Conn.SetReadDeadline(time.Now())
 }
 

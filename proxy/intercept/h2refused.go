@@ -34,7 +34,10 @@ import (
 // (its reader waits for each frame to be processed before it reads the
 // next). The writer's refusal comes while x/net may still be processing
 // frames it was handed, which it goes on processing: the client's resets
-// in them are the client's, and are not weighed.
+// in them are the client's, and are not weighed. No read after it reaches
+// x/net, not even one the reader was counting as it came: its GOAWAY's
+// last stream is read once, after the refusal is set, and Read looks
+// again after its count (checkWrittenResets).
 
 // refused notes the appliance's refusal g of the client, whose GOAWAY
 // names last as the last stream; weigh as for goneAwayLocked. u may be

@@ -308,6 +308,13 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 		}
 		return 0, lerr
 	}
+	if c.limit.unanswered.writerRefused.Load() != 0 {
+		// The writer refused the client while the bytes were counted:
+		// its GOAWAY may name a last stream before theirs, and the notes
+		// have missed their resets. x/net never gets them
+		// (checkWrittenResets).
+		return 0, c.lingerRefused(b)
+	}
 	if n > 0 {
 		switch {
 		case c.limit.h2 != nil: // past the preface: h2limit.go's, and x/net's
