@@ -271,7 +271,7 @@ func (c *hijackedConn) checkWrittenResets() {
 	var buf bytes.Buffer
 	_ = http2.NewFramer(&buf, nil).WriteGoAway(last, g.code, []byte("gwlbproxy: "+g.why))
 	f.final = buf.Bytes()
-	c.limit.unanswered.refused(last, g, false) // for the records: h2refused.go
+	c.limit.unanswered.refused(last, g) // for the records: h2refused.go
 	_ = c.Conn.SetReadDeadline(time.Now())
 }
 

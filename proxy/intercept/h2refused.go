@@ -27,29 +27,37 @@ import (
 // drops what x/net writes after the GOAWAY), and the requests under way,
 // and the tls record, say the refusal, `error`.
 //
-// The reader's refusal is of the read that broke the bound: x/net never
-// gets that read, nor anything after, as after the frame it answers with
-// its own GOAWAY; a client's reset in it is weighed as at that GOAWAY
-// (clientBeforeGoAwayLocked). Every frame before it x/net had processed
-// (its reader waits for each frame to be processed before it reads the
-// next). The writer's refusal comes while x/net may still be processing
+// A client's reset noted before the refusal stays the client's, and one
+// after it ends nothing: the stream ends with the refusal. The order is
+// the client's, as the reader reads its frames: the reader's refusal is
+// of a frame that broke a bound, and the reader notes no frame after it
+// (feed stops there, and later reads linger), while a reset before it,
+// even in the same read, came first on the wire, as with the server's
+// GOAWAY for a connection error, which x/net sends having processed the
+// client's frames in their order (records.md). x/net never gets the read
+// that broke the bound, so it never processes such a reset, which was
+// weighed as at the server's GOAWAY (clientBeforeGoAwayLocked) and so
+// recorded as the refusal: which side ended the connection, and where the
+// appliance's 4 KiB reads cut the client's bytes, decided whether a
+// client that abandoned its request first was recorded so (review rev32b
+// F3). The writer's refusal comes while x/net may still be processing
 // frames it was handed, which it goes on processing: the client's resets
-// in them are the client's, and are not weighed. No read after it reaches
-// x/net, not even one the reader was counting as it came: its GOAWAY's
-// last stream is read once, after the refusal is set, and Read looks
-// again after its count (checkWrittenResets).
+// in them, noted before, are the client's. No read after it reaches x/net,
+// not even one the reader was counting as it came: its GOAWAY's last
+// stream is read once, after the refusal is set, and Read looks again
+// after its count (checkWrittenResets); a reset in such a read, noted
+// before the refusal, came before it all the same.
 
 // refused notes the appliance's refusal g of the client, whose GOAWAY
-// names last as the last stream; weigh as for goneAwayLocked. u may be
-// nil.
-func (u *h2Unanswered) refused(last uint32, g *h2GoAway, weigh bool) {
+// names last as the last stream. u may be nil.
+func (u *h2Unanswered) refused(last uint32, g *h2GoAway) {
 	if u == nil {
 		return
 	}
 	u.goAwayLast(last) // h2goawaylast.go
 	n := &u.ends
 	n.mu.Lock()
-	n.goneAwayLocked(g.code, g, weigh) // h2streamend.go
+	n.goneAwayLocked(g.code, g) // h2streamend.go
 	n.mu.Unlock()
 }
 
@@ -59,11 +67,11 @@ func (u *h2Unanswered) refused(last uint32, g *h2GoAway, weigh bool) {
 func (l *headLimit) noteRefused(err error) {
 	h := l.h2
 	if g, ok := errors.AsType[*h2GoAway](err); ok {
-		l.unanswered.refused(h.passed, g, true)
+		l.unanswered.refused(h.passed, g)
 		return
 	}
 	l.unanswered.refused(h.lastStream, &h2GoAway{http2.ErrCodeEnhanceYourCalm,
-		fmt.Sprintf("request header list larger than %d bytes", l.max)}, true)
+		fmt.Sprintf("request header list larger than %d bytes", l.max)})
 }
 
 // goAwayError says the first GOAWAY for a connection error noted, whose

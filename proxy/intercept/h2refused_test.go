@@ -1,6 +1,7 @@
 package intercept_test
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
 	"testing"
@@ -186,6 +187,88 @@ func TestH2RefusalRecorded(t *testing.T) {
 			}
 			if len(deny) != 1 || deny[0].Status != tc.status {
 				t.Errorf("deny records %+v, want one, status %d, %q", deny, tc.status, tc.deny)
+			}
+		})
+	}
+}
+
+// TestH2ResetBeforeRefusalIsTheClients: a client resets /hang/0, its
+// request at the origin and unanswered, and sends a PING of 20,000 bytes,
+// which the appliance refuses (FRAME_SIZE_ERROR), with /hang/1 under way
+// too. The reset came first on the wire, so /hang/0 is the client's going
+// away, as it is before the server's own GOAWAY for a connection error:
+// it said the refusal when both frames came in the same read, and the
+// client's going away when they came apart, the appliance's 4 KiB reads,
+// not the client, deciding (review rev32b F3). A reset after the PING,
+// which the appliance never reads, ends nothing: /hang/0 says the
+// refusal. /hang/1 says the refusal each time, and so does the tls
+// record.
+func TestH2ResetBeforeRefusalIsTheClients(t *testing.T) {
+	rst := func(id uint32) []byte {
+		var b bytes.Buffer
+		http2.NewFramer(&b, nil).WriteRSTStream(id, http2.ErrCodeCancel)
+		return b.Bytes()
+	}
+	big := make([]byte, 9+20000) // a PING's header, with its length
+	big[0], big[1], big[2], big[3] = byte(20000>>16), byte(20000>>8), byte(20000&0xff), 0x6
+	const refused = "the appliance refused the connection (GOAWAY FRAME_SIZE_ERROR: a frame of 20000 bytes, over the 16384 advertised) before the response came"
+	const gone = "the client went away before the response came"
+	for _, tc := range []struct {
+		name string
+		// send sends the reset of stream h0 and the PING.
+		send func(t *testing.T, pc *probeClient, o *probeOrigin, h0 uint32)
+		// hang0 is what /hang/0's record says: result, error's start.
+		result, err string
+	}{
+		{"reset-then-ping-one-write", func(_ *testing.T, pc *probeClient, _ *probeOrigin, h0 uint32) {
+			pc.c.Write(append(rst(h0), big...))
+		}, "reset", gone},
+		{"reset-then-ping-apart", func(t *testing.T, pc *probeClient, o *probeOrigin, h0 uint32) {
+			pc.c.Write(rst(h0))
+			if !waitFor(t, "the origin's cancel", 2*waitLimit, func() bool { return o.cur.Load() == 1 }) {
+				t.Fatal("the reset never reached the origin")
+			}
+			pc.c.Write(big)
+		}, "reset", gone},
+		{"ping-then-reset-one-write", func(_ *testing.T, pc *probeClient, _ *probeOrigin, h0 uint32) {
+			pc.c.Write(append(bytes.Clone(big), rst(h0)...))
+		}, "error", refused},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			pc, o := newProbeClient(t, r)
+			h0 := pc.open("GET", "/hang/0", true)
+			pc.open("GET", "/hang/1", true)
+			if !waitFor(t, "the requests at the origin", 2*waitLimit, func() bool { return o.cur.Load() == 2 }) {
+				t.Fatal("the requests never reached the origin")
+			}
+			pc.mu.Lock()
+			tc.send(t, pc, o, h0)
+			pc.mu.Unlock()
+			tlsRec := onlyRecord(t, r, "tls")
+			if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, "FRAME_SIZE_ERROR ") {
+				t.Errorf("the client got GOAWAY %q, want FRAME_SIZE_ERROR", g)
+			}
+			if want := strings.TrimSuffix(refused, " before the response came"); tlsRec.Result != "error" || tlsRec.Error != want {
+				t.Errorf("tls record %s %q, want error %q", tlsRec.Result, tlsRec.Error, want)
+			}
+			seen := 0
+			for _, rec := range ofKind(r.records(), "http") {
+				result, err := "error", refused
+				switch rec.Path {
+				case "/hang/0":
+					result, err = tc.result, tc.err
+				case "/hang/1":
+				default:
+					continue
+				}
+				seen++
+				if rec.Result != result || !strings.HasPrefix(rec.Error, err) {
+					t.Errorf("%s: %s %q, want %s %q…", rec.Path, rec.Result, rec.Error, result, err)
+				}
+			}
+			if seen != 2 {
+				t.Errorf("%d records of /hang/0 and /hang/1, want 2", seen)
 			}
 		})
 	}

@@ -54,7 +54,8 @@ import (
 // foresaw counts only if the writer saw it go out, or the server sent no
 // GOAWAY for a connection error (endedLocked); a client's reset, only if
 // x/net had processed it when that GOAWAY went out
-// (clientBeforeGoAwayLocked).
+// (clientBeforeGoAwayLocked), or, for the appliance's refusal, if the
+// reader noted it first (h2refused.go).
 
 // h2EndWait bounds a request's wait for what ended its stream, once its
 // context is done with nothing noted yet: x/net flushes its reset at
@@ -279,23 +280,22 @@ func (n *h2StreamNotes) serverGoAway(code http2.ErrCode) {
 		n.mu.Unlock()
 		return
 	}
-	n.goneAwayLocked(code, nil, true)
+	n.goneAwayLocked(code, nil)
 	n.mu.Unlock()
 }
 
 // goneAwayLocked notes the first GOAWAY for a connection error, with
 // code: the server's, or the appliance's refusal of the client (refusal
-// set, h2refused.go). weigh: the client's resets noted so far are weighed
-// against it (clientBeforeGoAwayLocked), for x/net processes no frame
-// read after the one it answers; not so after the writer's refusal,
-// which x/net knows nothing of: every frame handed to it is processed.
-// n.mu is held.
-func (n *h2StreamNotes) goneAwayLocked(code http2.ErrCode, refusal *h2GoAway, weigh bool) {
+// set, h2refused.go). The server's weighs the client's resets noted so
+// far against it (clientBeforeGoAwayLocked), for x/net processes no frame
+// read after the one it answers; the refusal's leaves them the client's:
+// the reader noted them before the refusal (h2refused.go). n.mu is held.
+func (n *h2StreamNotes) goneAwayLocked(code http2.ErrCode, refusal *h2GoAway) {
 	if n.goneAway {
 		return
 	}
 	n.goAway, n.goneAway, n.refusal = code, true, refusal
-	if weigh {
+	if refusal == nil {
 		for _, e := range n.m {
 			e.clientBeforeGoAwayLocked()
 		}
