@@ -30,8 +30,10 @@ import (
 // has at most h2MaxConcurrentStreams (x/net refuses a stream over its own
 // bound of 250 with a reset, which answers it).
 
-// h2MaxUnanswered bounds the streams a connection has unanswered at once.
-const h2MaxUnanswered = h2MaxEndNotes
+// h2MaxUnanswered bounds the streams a connection has unanswered at once:
+// below the bound on its stream notes (h2notesbound.go), which hold those
+// streams' and the answered ones' still under way.
+const h2MaxUnanswered = 4 * h2MaxConcurrentStreams
 
 // openStream takes the HEADERS frame that opens l.stream: unanswered from
 // then, unless x/net ignores it (ignored: it is past the server's GOAWAY,

@@ -28,11 +28,10 @@ func TestH2RefusalRecorded(t *testing.T) {
 		name string
 		hang int // requests kept at the origin before the refusal
 		// live: one more request, its answer begun (a head and a byte).
-		// Not beside the unanswered bound: a stream answered and not yet
-		// recorded keeps its note, and the notes, bounded as the
-		// unanswered streams are, would be full first, the older half
-		// dropped and those requests recorded as before (h2MaxEndNotes).
 		live bool
+		// malformed: streams x/net resets before any handler (a header
+		// field name in upper case: PROTOCOL_ERROR), opened first.
+		malformed int
 		// refuse sends what has the appliance refuse the client.
 		refuse func(pc *probeClient)
 		code   string // the GOAWAY's
@@ -44,22 +43,25 @@ func TestH2RefusalRecorded(t *testing.T) {
 			// 330 HEADERS of 13 bytes in one write: the 401st stream
 			// opened and not answered draws the backstop (84c7944).
 			name: "unanswered-bound", hang: 100,
-			refuse: func(pc *probeClient) {
-				oneWrite(pc, func(fr *http2.Framer) {
-					pc.mu.Lock()
-					defer pc.mu.Unlock()
-					for range 330 {
-						pc.hb.Reset()
-						for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
-							{Name: ":authority", Value: pc.auth}, {Name: ":path", Value: "/ok/x"}} {
-							pc.enc.WriteField(f)
-						}
-						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: pc.next, BlockFragment: pc.hb.Bytes(), EndStream: true, EndHeaders: true})
-						pc.next += 2
-					}
-				})
-			},
-			code: "ENHANCE_YOUR_CALM", why: "more than 400 streams opened and not answered at once",
+			refuse: openUnanswered,
+			code:   "ENHANCE_YOUR_CALM", why: "more than 400 streams opened and not answered at once",
+			deny: "connection refused: HTTP/2 ENHANCE_YOUR_CALM: more than 400 streams opened and not answered at once",
+		},
+		{
+			// The same with an answer under way, and with 60 streams
+			// x/net reset before any handler: their notes, which the
+			// 400 unanswered do not count, filled the notes, bounded at
+			// 400 too, the older half was dropped, and the waiting
+			// requests said the client went away (review rev32b F2).
+			name: "unanswered-bound-live", hang: 99, live: true,
+			refuse: openUnanswered,
+			code:   "ENHANCE_YOUR_CALM", why: "more than 400 streams opened and not answered at once",
+			deny: "connection refused: HTTP/2 ENHANCE_YOUR_CALM: more than 400 streams opened and not answered at once",
+		},
+		{
+			name: "unanswered-bound-malformed", hang: 100, malformed: 60,
+			refuse: openUnanswered,
+			code:   "ENHANCE_YOUR_CALM", why: "more than 400 streams opened and not answered at once",
 			deny: "connection refused: HTTP/2 ENHANCE_YOUR_CALM: more than 400 streams opened and not answered at once",
 		},
 		{
@@ -138,6 +140,15 @@ func TestH2RefusalRecorded(t *testing.T) {
 					t.Fatal("the live answer's head never reached the client")
 				}
 			}
+			if tc.malformed > 0 {
+				var last uint32
+				for range tc.malformed {
+					last = pc.open("GET", "/ok/bad", true, hpack.HeaderField{Name: "X-Upper", Value: "1"})
+				}
+				if !waitFor(t, "x/net's resets", waitLimit, func() bool { return strings.HasPrefix(pc.status(last), "RST:") }) {
+					t.Fatalf("stream %d: %q, want x/net's reset", last, pc.status(last))
+				}
+			}
 			for i := range tc.hang {
 				pc.open("GET", fmt.Sprintf("/hang/%d", i), true)
 			}
@@ -190,6 +201,24 @@ func TestH2RefusalRecorded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openUnanswered sends 330 HEADERS of 13 bytes in one write: with 100
+// streams unanswered before, the 401st draws the refusal.
+func openUnanswered(pc *probeClient) {
+	oneWrite(pc, func(fr *http2.Framer) {
+		pc.mu.Lock()
+		defer pc.mu.Unlock()
+		for range 330 {
+			pc.hb.Reset()
+			for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+				{Name: ":authority", Value: pc.auth}, {Name: ":path", Value: "/ok/x"}} {
+				pc.enc.WriteField(f)
+			}
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: pc.next, BlockFragment: pc.hb.Bytes(), EndStream: true, EndHeaders: true})
+			pc.next += 2
+		}
+	})
 }
 
 // TestH2ResetBeforeRefusalIsTheClients: a client resets /hang/0, its

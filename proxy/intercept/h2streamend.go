@@ -47,7 +47,7 @@ import (
 // as x/net made it (h2StreamIDOf), before goproxy replaces the body of a
 // request without one; a stream whose id cannot be read, or whose note
 // was dropped (a client that keeps more than h2MaxEndNotes streams noted:
-// those its handler never started, such as streams x/net refused), is
+// h2notesbound.go), is
 // recorded as before, as the client's going away. Nothing is guessed: a
 // note says server only when the server reset that very stream, and a
 // client's RST_STREAM noted first stays the client's; a reset the reader
@@ -61,12 +61,6 @@ import (
 // context is done with nothing noted yet: x/net flushes its reset at
 // once, and closes the connection right after it ends it.
 const h2EndWait = time.Second
-
-// h2MaxEndNotes bounds the streams a connection has noted at once. A
-// client that keeps to the concurrency advertised has at most
-// h2MaxConcurrentStreams notes, each dropped as its request's record is
-// written; past the bound, the older half is dropped.
-const h2MaxEndNotes = 4 * h2MaxConcurrentStreams
 
 // Who ended a stream, as far as the appliance saw.
 const (
@@ -144,26 +138,6 @@ func (n *h2StreamNotes) open(id uint32) {
 	n.m[id] = &h2StreamNote{of: n, id: id}
 }
 
-// dropOlderLocked drops the notes of the older half of the streams noted,
-// by id (a client opens them in order): one pass, however many go.
-func (n *h2StreamNotes) dropOlderLocked() {
-	lo, hi := ^uint32(0), uint32(0)
-	for id := range n.m {
-		lo, hi = min(lo, id), max(hi, id)
-	}
-	cut := lo + (hi-lo)/2
-	for id, e := range n.m {
-		if id <= cut {
-			if e.ended == h2EndedNot {
-				// What ends it now goes unseen: a request that holds
-				// the note must not read its end from what it lacks.
-				e.ended = h2EndedUnknown
-			}
-			delete(n.m, id)
-		}
-	}
-}
-
 // client notes the client's RST_STREAM on id, as the reader reads it:
 // foreseen, as a reset of the server's is, for x/net takes the client's
 // frames in their order on the wire, and processes none after one that
@@ -231,6 +205,10 @@ func (n *h2StreamNotes) server(id uint32, code http2.ErrCode, written bool) {
 	if written {
 		// A reset, whatever its code, is no 400 (h2reject.go).
 		e.reject = nil
+		if code == http2.ErrCodeRefusedStream && !e.claimed {
+			delete(n.m, id) // no request will take it up: h2notesbound.go
+			return
+		}
 	}
 	if written && e.ended == h2EndedServer && !e.written {
 		// The reset the reader foresaw, going out.

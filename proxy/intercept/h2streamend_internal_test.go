@@ -82,8 +82,8 @@ func TestH2StreamNotes(t *testing.T) {
 	// Seen going out before the GOAWAY (unseen, the GOAWAY ended it:
 	// TestH2StreamNotesForeseenReset).
 	n.server(3, http2.ErrCodeStreamClosed, true)
-	n.server(5, http2.ErrCodeRefusedStream, true)
-	n.server(5, http2.ErrCodeCancel, true) // not for the client's error: nothing
+	n.server(5, http2.ErrCodeInternal, true) // not for the client's error: nothing
+	n.server(5, http2.ErrCodeCancel, true)   // (REFUSED_STREAM drops the note: TestH2StreamNotesDeadDroppedFirst)
 	n.server(11, http2.ErrCodeProtocol, false)
 	n.serverGoAway(http2.ErrCodeNo) // graceful: nothing
 	if _, ok := n.serverEnd(); ok {
@@ -334,5 +334,70 @@ func TestH2StreamNotesClosedAfterGraceful(t *testing.T) {
 				t.Errorf("cutRequest %v, want %v", got, tc.cutByServ)
 			}
 		})
+	}
+}
+
+// TestH2StreamNotesDeadDroppedFirst: at the bound, the notes no request
+// will take up go first: streams no handler took up whose end was read
+// (x/net's reset written, the client's reset); a stream x/net refused
+// (REFUSED_STREAM) loses its note at once. The bound was the unanswered
+// streams' own, and only the older half went: a client with a stream
+// answered and under way, or streams x/net had reset before a handler,
+// had the notes of its oldest waiting requests dropped, recorded as the
+// client's going away when the appliance refused it (review rev32b F2).
+// Now the requests under way keep their notes, and what ends them is
+// still seen; past h2LiveEndNotes live notes, the older half goes as
+// before (TestH2StreamNotesBounded).
+func TestH2StreamNotesDeadDroppedFirst(t *testing.T) {
+	var n h2StreamNotes
+	n.open(1)
+	under := n.claim(1, context.Background()) // its answer under way
+	id := uint32(3)
+	next := func() uint32 { id += 2; return id - 2 }
+	refused := next()
+	n.open(refused)
+	n.server(refused, http2.ErrCodeRefusedStream, true)
+	if n.m[refused] != nil {
+		t.Error("the note of a stream x/net refused was kept")
+	}
+	resetDone := next() // claimed, then reset by the client: its request still holds it
+	n.open(resetDone)
+	heldReset := n.claim(resetDone, context.Background())
+	n.client(resetDone)
+	var dead []uint32
+	for len(n.m) < h2MaxEndNotes-h2LiveEndNotes/2 {
+		d := next()
+		n.open(d)
+		if d%4 == 1 {
+			n.server(d, http2.ErrCodeProtocol, true) // x/net's, before a handler
+		} else {
+			n.client(d)
+		}
+		dead = append(dead, d)
+	}
+	for len(n.m) < h2MaxEndNotes {
+		n.open(next()) // waiting, unanswered
+	}
+	n.open(next()) // one past the bound
+	if e := n.m[1]; e != under {
+		t.Fatal("the note of the request under way was dropped")
+	}
+	if n.m[resetDone] != heldReset {
+		t.Fatal("the note of a request whose stream the client reset was dropped")
+	}
+	for _, d := range dead {
+		if n.m[d] != nil {
+			t.Fatalf("stream %d, no request's and ended, kept", d)
+		}
+	}
+	if len(n.m) > h2LiveEndNotes {
+		t.Errorf("%d notes, want at most %d", len(n.m), h2LiveEndNotes)
+	}
+	n.server(1, http2.ErrCodeProtocol, true)
+	if ended, code, _, _ := under.look(); ended != h2EndedServer || code != http2.ErrCodeProtocol {
+		t.Errorf("the request under way reads %d %v, want the server's reset", ended, code)
+	}
+	if ended, _, _, _ := heldReset.look(); ended != h2EndedClient {
+		t.Errorf("the request whose stream the client reset reads %d, want the client's", ended)
 	}
 }
