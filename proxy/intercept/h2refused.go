@@ -70,8 +70,48 @@ func (l *headLimit) noteRefused(err error) {
 		l.unanswered.refused(h.passed, g)
 		return
 	}
-	l.unanswered.refused(h.lastStream, &h2GoAway{http2.ErrCodeEnhanceYourCalm,
-		fmt.Sprintf("request header list larger than %d bytes", l.max)})
+	g := &h2GoAway{http2.ErrCodeEnhanceYourCalm, headerListTooLarge(h.max)}
+	l.unanswered.refused(h.lastStream, g)
+	n := l.unanswered.notes()
+	n.mu.Lock()
+	n.listRefused = n.refusal == g
+	n.mu.Unlock()
+}
+
+// headerListTooLarge says the header list limit's refusal, with the limit
+// it holds lists to: max, --max-header-bytes with room for ten fields'
+// overhead (h2MaxHeaderList), not --max-header-bytes, which the words
+// named, 320 bytes short of a list that passes.
+func headerListTooLarge(max uint32) string {
+	return fmt.Sprintf("request header list larger than %d bytes", max)
+}
+
+// The tls record of a connection refused for an oversized header list.
+// Its stream has its answer, a 431, and the connection ends, as an HTTP/1
+// connection ends after its 431, whose tls record stays as it was: the
+// deny record says the refusal. The refusal's, `error`, said so whatever
+// was under way, so a browser with a large cookie had its connection
+// counted among the errors over HTTP/2 and not over HTTP/1.1 (review
+// rev32b F4). So it says the refusal only when a request under way was
+// ended by it (refusalCut); a guard's refusal, the client's abuse, always
+// does.
+
+// goAwayCut is goAwayError for the record of a request under way that the
+// GOAWAY ended, noted for the tls record (listRefusalAlone).
+func (n *h2StreamNotes) goAwayCut(code http2.ErrCode) string {
+	n.mu.Lock()
+	n.refusalCut = true
+	n.mu.Unlock()
+	return n.goAwayError(code)
+}
+
+// listRefusalAlone reports whether the connection ended with the header
+// list limit's refusal and no request under way was ended by it. Every
+// request's record is written before the tls record.
+func (n *h2StreamNotes) listRefusalAlone() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.listRefused && !n.refusalCut
 }
 
 // goAwayError says the first GOAWAY for a connection error noted, whose

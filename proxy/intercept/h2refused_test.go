@@ -81,27 +81,8 @@ func TestH2RefusalRecorded(t *testing.T) {
 			// A header list over the limit: its stream gets a 431, the
 			// connection the header list limit's GOAWAY.
 			name: "header-list-too-large", hang: 3, live: true,
-			refuse: func(pc *probeClient) {
-				pc.mu.Lock()
-				defer pc.mu.Unlock()
-				pc.hb.Reset()
-				for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
-					{Name: ":authority", Value: pc.auth}, {Name: ":path", Value: "/big"},
-					{Name: "x-big", Value: strings.Repeat("a", intercept.DefaultMaxHeaderBytes+1000)}} {
-					pc.enc.WriteField(f)
-				}
-				block := pc.hb.Bytes()
-				id := pc.next
-				pc.next += 2
-				pc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:16000], EndStream: true})
-				for block = block[16000:]; len(block) > 0; {
-					n := min(len(block), 16000)
-					pc.fr.WriteContinuation(id, n == len(block), block[:n])
-					block = block[n:]
-				}
-			},
-			code: "ENHANCE_YOUR_CALM", why: fmt.Sprintf("request header list larger than %d bytes", intercept.DefaultMaxHeaderBytes),
-			deny: fmt.Sprintf("request header list larger than %d bytes", intercept.DefaultMaxHeaderBytes), status: 431,
+			refuse: func(pc *probeClient) { sendOversizedList(pc) },
+			code:   "ENHANCE_YOUR_CALM", why: listTooLarge, deny: listTooLarge, status: 431,
 		},
 		{
 			// Streams the server resets for the client's protocol error,
@@ -198,6 +179,83 @@ func TestH2RefusalRecorded(t *testing.T) {
 			}
 			if len(deny) != 1 || deny[0].Status != tc.status {
 				t.Errorf("deny records %+v, want one, status %d, %q", deny, tc.status, tc.deny)
+			}
+		})
+	}
+}
+
+// listTooLarge is the header list limit's words: the limit as HTTP/2
+// measures a list, --max-header-bytes with room for ten fields' 32 bytes.
+var listTooLarge = fmt.Sprintf("request header list larger than %d bytes", intercept.DefaultMaxHeaderBytes+320)
+
+// sendOversizedList opens a stream whose header list is over the limit,
+// and returns its id.
+func sendOversizedList(pc *probeClient) uint32 {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	pc.hb.Reset()
+	for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+		{Name: ":authority", Value: pc.auth}, {Name: ":path", Value: "/big"},
+		{Name: "cookie", Value: strings.Repeat("a", intercept.DefaultMaxHeaderBytes+1000)}} {
+		pc.enc.WriteField(f)
+	}
+	block := pc.hb.Bytes()
+	id := pc.next
+	pc.next += 2
+	pc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:16000], EndStream: true})
+	for block = block[16000:]; len(block) > 0; {
+		n := min(len(block), 16000)
+		pc.fr.WriteContinuation(id, n == len(block), block[:n])
+		block = block[n:]
+	}
+	return id
+}
+
+// TestH2HeaderListRefusalAloneLeavesTLSOK: a bumped HTTP/2 client whose
+// header list is over the limit, with nothing else under way (its first
+// stream, or after a request answered whole), gets its 431 and a GOAWAY,
+// and the connection ends, as an HTTP/1 client's does after its 431. The
+// tls record said the refusal, `error`, where an HTTP/1 client's stays
+// `ok` (the deny record says the 431): a browser with a large cookie
+// counted among the errors over HTTP/2 alone (review rev32b F4). Now it
+// stays as it was unless a request under way was ended by the refusal
+// (TestH2RefusalRecorded, header-list-too-large). The words name the
+// limit the list is held to, --max-header-bytes plus 320, not
+// --max-header-bytes.
+func TestH2HeaderListRefusalAloneLeavesTLSOK(t *testing.T) {
+	for _, answeredFirst := range []bool{false, true} {
+		t.Run(map[bool]string{false: "first-stream", true: "after-an-answer"}[answeredFirst], func(t *testing.T) {
+			r := newRig(t, testPolicy)
+			pc, _ := newProbeClient(t, r)
+			if answeredFirst {
+				ok := pc.open("GET", "/ok/0", true)
+				if !waitFor(t, "the answer and its record", waitLimit, func() bool {
+					return pc.status(ok) == "200" && len(ofKind(r.records(), "http")) == 1
+				}) {
+					t.Fatalf("stream %d: %q, want 200 and its record", ok, pc.status(ok))
+				}
+			}
+			id := sendOversizedList(pc)
+			tlsRec := onlyRecord(t, r, "tls")
+			if got := pc.status(id); got != "431" {
+				t.Errorf("stream %d: %q, want 431", id, got)
+			}
+			if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, "ENHANCE_YOUR_CALM ") {
+				t.Errorf("the client got GOAWAY %q, want ENHANCE_YOUR_CALM", g)
+			}
+			if tlsRec.Result != "ok" || tlsRec.Error != "" {
+				t.Errorf("tls record %s %q, want ok, no error (as after an HTTP/1 431)", tlsRec.Result, tlsRec.Error)
+			}
+			var deny []records.Record
+			for _, rec := range ofKind(r.records(), "http") {
+				if rec.Action == "deny" {
+					deny = append(deny, rec)
+				} else if rec.Path != "/ok/0" || rec.Result != "ok" {
+					t.Errorf("record %s %s %q", rec.Path, rec.Result, rec.Error)
+				}
+			}
+			if len(deny) != 1 || deny[0].Status != 431 || deny[0].Error != listTooLarge {
+				t.Errorf("deny records %+v, want one, 431, %q", deny, listTooLarge)
 			}
 		})
 	}

@@ -110,6 +110,10 @@ type h2StreamNotes struct {
 	goneAway bool
 	refusal  *h2GoAway
 	closed   bool // the connection was closed
+	// listRefused: the refusal is the header list limit's, its stream
+	// answered 431; refusalCut: the GOAWAY ended a request under way
+	// (h2refused.go).
+	listRefused, refusalCut bool
 	// graceful: the server's GOAWAY with NO_ERROR is out; byServer: the
 	// server closed the connection on its own after it, and cut: a
 	// request under way was ended so (h2graceful.go).
@@ -518,7 +522,7 @@ func (l *headLimit) streamGone(e *h2StreamNote, ctx context.Context, bodyErr err
 	case ended == h2EndedServer:
 		return "error", fmt.Sprintf("reset by the appliance's HTTP/2 server for the client's protocol error (RST_STREAM %v) %s%s", code, when, detail)
 	case ended == h2EndedNot && goneAway:
-		return "error", e.of.goAwayError(goAway) + " " + when + detail
+		return "error", e.of.goAwayCut(goAway) + " " + when + detail
 	case ended == h2EndedNot && e.of.cutByServer():
 		return "error", errClosedAfterGraceful + " " + when + detail // h2graceful.go
 	}
@@ -536,7 +540,8 @@ func serverGoAwayError(code http2.ErrCode) string {
 
 // noteServerGoAway puts the server's GOAWAY for a connection error, if it
 // sent one, or the appliance's refusal, in the session's tls record:
-// `error`, unless something else ended it first.
+// `error`, unless something else ended it first, or it is the header list
+// limit's refusal and ended no request (h2refused.go).
 func (rt *roundTripper) noteServerGoAway() {
 	n := rt.cc.limit.unanswered.notes()
 	code, ok := n.serverEnd()
@@ -544,6 +549,8 @@ func (rt *roundTripper) noteServerGoAway() {
 		return
 	}
 	switch {
+	case ok && n.listRefusalAlone():
+		return // as after an HTTP/1 431: the deny record says it
 	case ok:
 		rt.s.Record.Error = n.goAwayError(code)
 	case n.cutRequest():
