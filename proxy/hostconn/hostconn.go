@@ -29,6 +29,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -190,13 +191,20 @@ func (c *Conn) SendPayload() (unacked, notSent int, err error) {
 	if unacked, err = c.SendQueued(); err != nil {
 		return 0, 0, err
 	}
+	fin := 0
+	if c.finQueued.Load() {
+		fin = 1
+	}
+	if unacked <= fin {
+		// What was never sent is part of what is not acknowledged: with
+		// no payload in the one, none is in the other. The common close
+		// (the destination had it all) asks once.
+		return 0, 0, nil
+	}
 	if notSent, err = c.SendNotSent(); err != nil {
 		return 0, 0, err
 	}
-	if c.finQueued.Load() {
-		unacked, notSent = max(unacked-1, 0), max(notSent-1, 0)
-	}
-	return unacked, notSent, nil
+	return unacked - fin, max(notSent-fin, 0), nil
 }
 
 // FINQueued reports whether CloseWrite queued the connection's FIN, which
@@ -307,16 +315,20 @@ func (c *Conn) SendNotSent() (int, error) { return c.ioctlInt(siocOutqNSQ) }
 
 func (c *Conn) ioctlInt(req uint) (int, error) {
 	var (
-		n int
-		e error
+		n int32
+		e syscall.Errno
 	)
-	if err := c.rc.Control(func(fd uintptr) { n, e = unix.IoctlGetInt(int(fd), req) }); err != nil {
+	// A raw system call, as the socket's others: these queue counts never
+	// block, and every upstream connection's close asks for them.
+	if err := c.rc.Control(func(fd uintptr) {
+		_, _, e = unix.RawSyscall(unix.SYS_IOCTL, fd, uintptr(req), uintptr(unsafe.Pointer(&n)))
+	}); err != nil {
 		return 0, c.opError("ioctl", err)
 	}
-	if e != nil {
+	if e != 0 {
 		return 0, c.opError("ioctl", e)
 	}
-	return n, nil
+	return int(n), nil
 }
 
 // result is the error a call through the raw connection ended with: the
