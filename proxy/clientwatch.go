@@ -110,7 +110,9 @@ func (w *clientWatch) abort(busy, afterFIN bool) {
 	// A break after the FIN is one only now (a clean close completing
 	// looks alike on the packet path): a tunnel's waits end on it.
 	w.is.ClientBroken()
-	if w.p.stacksClosing.Load() {
+	if w.p.stacksClosing.Load() && stackEnded(why) {
+		// The stacks' close ended it: its abort's error, not a reset the
+		// client sent just before (review rev32c F2), as endedError.
 		w.is.Abort("reset", fmt.Errorf("%w: the client's connection: %w", errShutdown, why))
 		return
 	}

@@ -108,3 +108,30 @@ func TestDrainWordsNotForClientsUnreachable(t *testing.T) {
 		}
 	})
 }
+
+// TestDrainWordsNotForInterceptedClientsReset: an intercepted HTTP/1
+// request under way (its origin silent) whose client resets once the
+// stacks are closing, the stacks still open, is recorded as its client's
+// break, not the shutdown's (review rev32c F2: the client watch went by
+// the flag alone). TestStackCloseEndsInterceptedSessions has those the
+// close ends.
+func TestDrainWordsNotForInterceptedClientsReset(t *testing.T) {
+	r := newStallRig(t, time.Hour)
+	dest, got, closed := silentOrigin(t, "")
+	c := dialRaw(t, r.client, dest)
+	if _, err := io.WriteString(c, "GET /poll HTTP/1.1\r\nHost: origin.example\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, got, 5*time.Second, "the request did not reach the origin")
+	r.p.StacksClosing()
+	c.reset()
+	wait(t, closed, 5*time.Second, "the origin's connection is still open")
+	rec, ok := httpRecord(t, r.sink, 5*time.Second)
+	r.ns.Close()
+	if !ok {
+		t.Fatal("no http record")
+	}
+	if rec.Result != "reset" || strings.Contains(rec.Error, errShutdown.Error()) || !strings.Contains(rec.Error, "the client's connection broke: connection reset by peer") {
+		t.Errorf("record result %s error %q; want reset, the client's break and no word of the shutdown", rec.Result, rec.Error)
+	}
+}
