@@ -115,3 +115,57 @@ func testBreakTakenAsCopyEnds(t *testing.T, hold bool) {
 		t.Errorf("relay not ended 8s after the client's reset after its FIN, the destination having all: the break was lost; ended once the destination closed with %v", err)
 	}
 }
+
+// TestBreakBeforeFINAsStacksCloseKeepsItsWords: a client resets before
+// its FIN while the relay's write to the destination waits, and the
+// drain's flag is set after the relay's watch took the reset, before it
+// decided (the stacks still open). The reset is the client's: the relay
+// ends with its words, "the client's connection broke before its FIN",
+// not the bare reset (review rev32c F4: the watch went by the flag alone
+// and left the shutdown's words to endedError, which since d156638 adds
+// them only to the stacks' own errors, so the record had neither).
+func TestBreakBeforeFINAsStacksCloseKeepsItsWords(t *testing.T) {
+	var hc *heldBreakConn
+	var closing atomic.Bool
+	stalls := newStallWatch(time.Hour)
+	stalls.stacksClosing = &closing
+	g := newGatedRelayWatched(t, func(c net.Conn) net.Conn {
+		nc := c.(wrappedConn).unwrap().(*netstack.Conn)
+		hc = &heldBreakConn{Conn: c, nc: nc, hold: true, taken: make(chan struct{}), release: make(chan struct{})}
+		return hc
+	}, stalls)
+	var relOnce sync.Once
+	release := func() { relOnce.Do(func() { close(hc.release) }) }
+	defer release()
+	defer g.open()
+	g.write(make([]byte, 1024))
+	select {
+	case <-g.gc.writing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay did not write to the destination")
+	}
+	g.cep.Abort() // the client's reset before its FIN, the write waiting
+	select {
+	case <-hc.taken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay's watch never took the break")
+	}
+	closing.Store(true) // the drain's end begins, the stacks still open
+	release()
+	// The watch resets the destination; the gate, standing for a host
+	// socket that takes nothing, then lets the waiting write see it.
+	for end := time.Now().Add(5 * time.Second); !g.gc.aborted.Load(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the destination was not reset on the client's break")
+		}
+	}
+	g.open()
+	select {
+	case err := <-g.done:
+		if err == nil || !strings.Contains(err.Error(), "the client's connection broke before its FIN") || !strings.Contains(err.Error(), "connection reset by peer") {
+			t.Errorf("relay ended with %v, want the client's break before its FIN, its reset", err)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("relay not ended 8s after the destination's reset")
+	}
+}

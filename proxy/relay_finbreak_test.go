@@ -247,6 +247,13 @@ type gatedRelay struct {
 // conn the relay is given.
 func newGatedRelay(t *testing.T, wrap func(net.Conn) net.Conn) *gatedRelay {
 	t.Helper()
+	return newGatedRelayWatched(t, wrap, nil)
+}
+
+// newGatedRelayWatched is newGatedRelay with the relay's writes watched by
+// stalls (nil: none), whose stacksClosing the test may set.
+func newGatedRelayWatched(t *testing.T, wrap func(net.Conn) net.Conn, stalls *stallWatch) *gatedRelay {
+	t.Helper()
 	r := &relayRig{h: &acceptAll{conns: make(chan *netstack.Conn, 1)}}
 	_, ep := simulatedEndpointTCP(t, r.h, false, netstack.TCPOptions{
 		KeepaliveIdle: 300 * time.Millisecond, KeepaliveInterval: 200 * time.Millisecond, KeepaliveCount: 2,
@@ -264,7 +271,7 @@ func newGatedRelay(t *testing.T, wrap func(net.Conn) net.Conn) *gatedRelay {
 	if wrap != nil {
 		c = wrap(c)
 	}
-	startRelay(c, g.gc, func(_, _ int64, err error) { g.done <- err })
+	startWatchedRelay(c, g.gc, stalls, nil, nil, func(_ relayCounts, err error) { g.done <- err })
 	go func() {
 		server.SetReadDeadline(time.Now().Add(15 * time.Second))
 		n, err := io.Copy(io.Discard, server)

@@ -68,9 +68,12 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 	closing := r.stalls != nil && r.stalls.stacksClosing != nil && r.stalls.stacksClosing.Load()
 	var err error
 	switch {
-	case errors.Is(why, netstack.ErrMemoryReclaimed) || closing:
-		// The appliance's own reset, or the stacks closing: the record
-		// names it, and the destination is reset as for every flow.
+	case errors.Is(why, netstack.ErrMemoryReclaimed) || closing && stackEnded(why):
+		// The appliance's own reset, or the stacks' close (their abort's
+		// error, not a reset the client sent as they began closing, review
+		// rev32c F4: endedError adds the shutdown's words only to the
+		// former): the record names it, and the destination is reset as
+		// for every flow.
 		err = why
 	case !afterFIN && h.ww.waitSince.Load() != 0:
 		err = fmt.Errorf("the client's connection broke before its FIN, its upload waiting on the destination: %w", why)
