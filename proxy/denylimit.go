@@ -75,6 +75,8 @@ const (
 // always recorded. A TCP dial is never above it: it is made on the SYN,
 // and the stack reads no data before the handshake (a SYN's payload, if
 // any, is never read, nor sent on), so its record's bytes_out is 0.
+// Those within it deliver their bytes too: the bucket counts those it
+// leaves unrecorded and says where (dialerrorowed.go).
 const dialErrorBucketBytes = 512
 
 // Allowed DNS makes one record per query, and a query is one datagram: a
@@ -148,6 +150,13 @@ type denyBucket struct {
 	tokens  float64
 	last    time.Time
 	skipped int // records not made since the last one made
+	// The failed-dial bucket's only (dialerrorowed.go): what the skipped
+	// dials sent their destinations, and the last one's destination; the
+	// last failed dial not recorded yet, and whether a timer will write it.
+	skippedBytes int64
+	lastDest     string
+	held         *records.Record
+	flushing     bool
 }
 
 // take reports whether a record of client k at now may be made, and how
@@ -187,11 +196,17 @@ func (l *recordLimiter) bucket(k shareKey, now time.Time, r recordRate) *denyBuc
 			b = &l.overflow
 		}
 	}
+	b.refill(now, r)
+	return b
+}
+
+// refill adds the tokens earned from b.last to now. The limiter's mu is
+// held.
+func (b *denyBucket) refill(now time.Time, r recordRate) {
 	if now.After(b.last) { // callers' clocks were read before the lock
 		b.tokens = min(r.burst, b.tokens+now.Sub(b.last).Seconds()*r.perSecond)
 		b.last = now
 	}
-	return b
 }
 
 // sweep forgets the buckets that have refilled: such a client starts
@@ -201,6 +216,9 @@ func (l *recordLimiter) bucket(k shareKey, now time.Time, r recordRate) *denyBuc
 // and enough of them would fill the map for good.
 func (l *recordLimiter) sweep(now time.Time, r recordRate) {
 	for k, b := range l.m {
+		if b.held != nil {
+			continue // its timer writes it within a token's refill
+		}
 		if b.tokens+now.Sub(b.last).Seconds()*r.perSecond >= r.burst {
 			delete(l.m, k)
 		}
@@ -233,24 +251,6 @@ func (p *Proxy) denyLimited(l *recordLimiter, rate recordRate, r *records.Record
 		reason += fmt.Sprintf("; %d %s, not recorded one by one", skipped, more)
 	}
 	p.deny(r, start, reason)
-}
-
-// finishDialError writes the record of a flow of client k whose dial
-// failed at the cost of one packet of the client's (see dialErrorRate),
-// from the client's bucket of such records; one the bucket has no room for
-// is counted in dial_errors_unrecorded, and the client's next such record
-// says how many went before it unrecorded.
-func (p *Proxy) finishDialError(r *records.Record, start time.Time, k shareKey) {
-	// Now, not start: a dial may have waited for its timeout.
-	ok, skipped := p.denies.dialErrors.take(k, time.Now(), dialErrorRate)
-	if !ok {
-		p.stats.dialErrorsUnrecorded.Add(1)
-		return
-	}
-	if skipped > 0 {
-		r.Error = joinNotes(r.Error, fmt.Sprintf("%d more failed dials from this client before this one, not recorded one by one", skipped))
-	}
-	p.finish(r, start)
 }
 
 // denyRequestRecord is the interceptor's Config.DenyRecord: whether the

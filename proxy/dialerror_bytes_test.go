@@ -29,6 +29,25 @@ func emptyDialErrorBucket(p *Proxy, flow netstack.FlowInfo) {
 	l.mu.Unlock()
 }
 
+// dialErrorHeld reports whether client k's bucket holds a failed dial for
+// its refill.
+func dialErrorHeld(p *Proxy, k shareKey) bool {
+	l := &p.denies.dialErrors
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.m[k]
+	return b != nil && b.held != nil
+}
+
+// refillDialErrorBucket lets client k's failed-dial bucket refill from
+// now on, as emptyDialErrorBucket stopped it.
+func refillDialErrorBucket(p *Proxy, k shareKey) {
+	l := &p.denies.dialErrors
+	l.mu.Lock()
+	l.m[k].last = time.Now()
+	l.mu.Unlock()
+}
+
 // closedUDPPort returns a loopback UDP port where nothing listens: a
 // datagram sent there is answered port unreachable.
 func closedUDPPort(t *testing.T) netip.AddrPort {
@@ -86,9 +105,11 @@ func TestDialErrorBucketOnlyForSmallDatagrams(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("the flow did not end")
 			}
-			// The flow's end: its record, or its failed dial unrecorded.
+			// The flow's end: its record, or its failed dial held for the
+			// bucket's refill (dialerrorowed.go).
+			k := clientShareKey(netstack.FlowInfo{Endpoint: 7, Client: client, Dest: dest})
 			deadline := time.Now().Add(10 * time.Second)
-			for len(recs.parse(t)) == 0 && p.Stats().DialErrorsUnrecorded == st0.DialErrorsUnrecorded && time.Now().Before(deadline) {
+			for len(recs.parse(t)) == 0 && !dialErrorHeld(p, k) && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			time.Sleep(100 * time.Millisecond) // anything else it made shows by now
@@ -99,8 +120,19 @@ func TestDialErrorBucketOnlyForSmallDatagrams(t *testing.T) {
 			unrecorded := st.DialErrorsUnrecorded - st0.DialErrorsUnrecorded
 			got := recs.parse(t)
 			if tc.bucketed {
-				if len(got) != 0 || unrecorded != 1 {
-					t.Errorf("%d records, dial_errors_unrecorded +%d: a flow of %d bytes, its client's bucket empty, want none and +1", len(got), unrecorded, tc.size)
+				if len(got) != 0 || unrecorded != 0 || !dialErrorHeld(p, k) {
+					t.Fatalf("%d records, dial_errors_unrecorded +%d: a flow of %d bytes, its client's bucket empty, want none, +0 and the flow held for the bucket's refill", len(got), unrecorded, tc.size)
+				}
+				// The bucket refills: the held flow's record is written then,
+				// with its bytes.
+				refillDialErrorBucket(p, k)
+				got = recs.records(t, 1)
+				wantOut := int64(tc.size)
+				if tc.socketFail {
+					wantOut = 0
+				}
+				if r := got[0]; r.Kind != "udp" || r.BytesOut != wantOut || moreFailedDialsIn(r) || p.Stats().DialErrorsUnrecorded != st0.DialErrorsUnrecorded {
+					t.Errorf("record kind %s bytes_out %d error %q, dial_errors_unrecorded +%d; want the held flow's, bytes_out %d, no note, +0", r.Kind, r.BytesOut, r.Error, p.Stats().DialErrorsUnrecorded-st0.DialErrorsUnrecorded, wantOut)
 				}
 				return
 			}

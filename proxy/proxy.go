@@ -197,6 +197,7 @@ type proxyCounters struct {
 	deniedUnrecorded                 atomic.Uint64
 	udpDialErrors                    atomic.Uint64
 	dialErrorsUnrecorded             atomic.Uint64
+	dialErrorsUnrecordedBytes        atomic.Uint64
 	// quicGated counts the QUIC flows being decided (quic.go's
 	// serveQUIC): held at the gate or in their destination check, with
 	// no host socket yet, so not in udpActive.
@@ -224,7 +225,11 @@ type Stats struct {
 	// client's and that got no record of their own: their client had used
 	// up its records of such failures (denylimit.go).
 	DialErrorsUnrecorded uint64 `json:"dial_errors_unrecorded"`
-	Denied               uint64 `json:"denied"`
+	// DialErrorsUnrecordedBytes counts what those flows sent their
+	// destinations: a UDP flow's opening datagrams reach its destination's
+	// host even when the port is closed (dialerrorowed.go).
+	DialErrorsUnrecordedBytes uint64 `json:"dial_errors_unrecorded_bytes"`
+	Denied                    uint64 `json:"denied"`
 	// EchoUnrecorded counts echo requests of denied flows dropped without an
 	// access record: too many denied echo flows were remembered already.
 	EchoUnrecorded uint64 `json:"echo_denied_unrecorded"`
@@ -371,7 +376,8 @@ func (p *Proxy) Stats() Stats {
 		TCPWaitingDrops: p.tcp.waitingDrops.Load(), LingerShareCuts: p.tcp.lingerCuts.Load(),
 		DeniedUnrecorded: p.stats.deniedUnrecorded.Load(),
 		UDPDialErrors:    p.stats.udpDialErrors.Load(), DialErrorsUnrecorded: p.stats.dialErrorsUnrecorded.Load(),
-		DNSUnrecorded: p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), RequestTextCut: p.text.cut.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
+		DialErrorsUnrecordedBytes: p.stats.dialErrorsUnrecordedBytes.Load(),
+		DNSUnrecorded:             p.denies.dnsUnrecorded.Load(), TrustUnrecorded: p.denies.trustUnrecorded.Load(), RequestTextCut: p.text.cut.Load(), EchoShareDrops: p.echo.shareDrops.Load(), EchoForeignReplies: p.echo.foreignReplies.Load(),
 		TCPStalled: p.stalls.stalled.Load(),
 	}
 }

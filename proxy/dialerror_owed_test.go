@@ -1,0 +1,82 @@
+package proxy
+
+import (
+	"net/netip"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/gwlbproxy/gwlbproxy/netstack"
+)
+
+var owedNote = regexp.MustCompile(`(\d+) more failed dials from this client before this one, not recorded one by one: (\d+) bytes sent, the last to (\S+)`)
+
+// TestDialErrorOwedNoteSaysBytesAndWhere (review rev32c F1): a client that
+// emptied its failed-dial bucket (SYNs to one host) then sends datagrams of
+// up to 512 bytes each to closed ports of another host: they reach that
+// host, and were recorded nowhere, the next recorded failed dial's note
+// saying only how many went before it, and a client that stopped had even
+// that dropped once its bucket refilled. Now the last such flow is held
+// and written once the bucket has a token again, with no further dial of
+// the client's, its note saying how many went unrecorded before it, the
+// bytes they sent and the last one's destination; the counters match.
+func TestDialErrorOwedNoteSaysBytesAndWhere(t *testing.T) {
+	p, _, recs := udpProxy(t, "policy:\n  default: allow\n  destination_check: off\n", nil)
+	dest := closedUDPPort(t)
+	const n, size = 30, dialErrorBucketBytes
+	first := netip.MustParseAddrPort("198.18.0.7:41000")
+	k := clientShareKey(netstack.FlowInfo{Endpoint: 7, Client: first, Dest: dest})
+	emptyDialErrorBucket(p, netstack.FlowInfo{Endpoint: 7, Client: first, Dest: dest})
+	st0 := p.Stats()
+	for i := range n {
+		client := netip.AddrPortFrom(first.Addr(), uint16(41000+i))
+		c, done := startFlow(p, client, dest, make([]byte, size))
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("flow %d did not end", i)
+		}
+		defer c.Close()
+	}
+	// Each flow's end is counted in udp_dial_errors before its record is
+	// decided: the last one held puts the one before among the unrecorded.
+	for end := time.Now().Add(10 * time.Second); (p.Stats().UDPDialErrors-st0.UDPDialErrors < n || p.Stats().DialErrorsUnrecorded-st0.DialErrorsUnrecorded < n-1) && time.Now().Before(end); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // anything more it made shows by now
+	st := p.Stats()
+	if d := st.UDPDialErrors - st0.UDPDialErrors; d != n {
+		t.Fatalf("udp_dial_errors +%d, want +%d", d, n)
+	}
+	unrecorded, unrecordedBytes := st.DialErrorsUnrecorded-st0.DialErrorsUnrecorded, st.DialErrorsUnrecordedBytes-st0.DialErrorsUnrecordedBytes
+	if got := recs.parse(t); len(got) != 0 || unrecorded != n-1 || unrecordedBytes != (n-1)*size || !dialErrorHeld(p, k) {
+		t.Fatalf("bucket empty: %d records, dial_errors_unrecorded +%d, dial_errors_unrecorded_bytes +%d; want none, +%d, +%d and the last flow held", len(got), unrecorded, unrecordedBytes, n-1, (n-1)*size)
+	}
+	// The client makes no more failed dials; its bucket refills.
+	refillDialErrorBucket(p, k)
+	r := recs.records(t, 1)[0]
+	m := owedNote.FindStringSubmatch(r.Error)
+	if m == nil {
+		t.Fatalf("the held flow's record: kind %s bytes_out %d error %q; want the note of the flows before it", r.Kind, r.BytesOut, r.Error)
+	}
+	said, _ := strconv.Atoi(m[1])
+	saidBytes, _ := strconv.ParseInt(m[2], 10, 64)
+	if r.Kind != "udp" || r.Result != "refused" || r.DestIP != dest.Addr().String() || r.BytesOut != size ||
+		said != n-1 || saidBytes != (n-1)*size || m[3] != dest.String() {
+		t.Errorf("record kind %s result %s dest %s bytes_out %d, note %q; want udp refused to %s, bytes_out %d, %d more with %d bytes, the last to %s",
+			r.Kind, r.Result, r.DestIP, r.BytesOut, m[0], dest.Addr(), size, n-1, (n-1)*size, dest)
+	}
+	// The records and the note account for every byte sent.
+	if total := r.BytesOut + saidBytes; total != n*size {
+		t.Errorf("records and notes say %d bytes, the client sent %d", total, n*size)
+	}
+	st = p.Stats()
+	if d := st.DialErrorsUnrecorded - st0.DialErrorsUnrecorded; d != n-1 || st.DialErrorsUnrecordedBytes-st0.DialErrorsUnrecordedBytes != uint64(saidBytes) {
+		t.Errorf("dial_errors_unrecorded +%d, _bytes +%d; want the note's %d, %d", d, st.DialErrorsUnrecordedBytes-st0.DialErrorsUnrecordedBytes, said, saidBytes)
+	}
+	time.Sleep(200 * time.Millisecond) // nothing else comes
+	if got := recs.parse(t); len(got) != 1 {
+		t.Errorf("%d records, want the held flow's alone", len(got))
+	}
+}
