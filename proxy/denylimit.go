@@ -144,6 +144,9 @@ type recordLimiter struct {
 	m        map[shareKey]*denyBucket
 	overflow denyBucket
 	swept    time.Time // sweeps of a full map come at most once a second
+	// unheld: failed dials are recorded at once, not held, from the
+	// proxy's close on (flushDialOwedAll). The failed-dial limiter's only.
+	unheld bool
 }
 
 type denyBucket struct {

@@ -80,3 +80,54 @@ func TestDialErrorOwedNoteSaysBytesAndWhere(t *testing.T) {
 		t.Errorf("%d records, want the held flow's alone", len(got))
 	}
 }
+
+// TestDialErrorHeldWrittenAtClose: a failed dial held for its client's
+// empty bucket is written as the proxy closes, with the note of those
+// before it, not lost with the process before its timer; and one that
+// fails after the close is recorded at once, not held.
+func TestDialErrorHeldWrittenAtClose(t *testing.T) {
+	p, _, recs := udpProxy(t, "policy:\n  default: allow\n  destination_check: off\n", nil)
+	dest := closedUDPPort(t)
+	const n, size = 3, 100
+	first := netip.MustParseAddrPort("198.18.0.9:42000")
+	flow := netstack.FlowInfo{Endpoint: 7, Client: first, Dest: dest}
+	k := clientShareKey(flow)
+	emptyDialErrorBucket(p, flow)
+	for i := range n {
+		client := netip.AddrPortFrom(first.Addr(), uint16(42000+i))
+		c, done := startFlow(p, client, dest, make([]byte, size))
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("flow %d did not end", i)
+		}
+		defer c.Close()
+	}
+	for end := time.Now().Add(10 * time.Second); !dialErrorHeld(p, k) || p.Stats().DialErrorsUnrecorded < n-1; {
+		if time.Now().After(end) {
+			t.Fatalf("the last flow is not held (dial_errors_unrecorded %d)", p.Stats().DialErrorsUnrecorded)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := recs.parse(t); len(got) != 0 {
+		t.Fatalf("%d records with the bucket empty, want none yet", len(got))
+	}
+	p.Close() // the bucket is still empty: only the close writes it
+	r := recs.records(t, 1)[0]
+	m := owedNote.FindStringSubmatch(r.Error)
+	if r.Kind != "udp" || r.Result != "refused" || r.BytesOut != size || m == nil || m[1] != strconv.Itoa(n-1) || m[2] != strconv.Itoa((n-1)*size) {
+		t.Fatalf("record at close: kind %s result %s bytes_out %d error %q; want the held udp flow, refused, %d bytes, noting %d more with %d bytes",
+			r.Kind, r.Result, r.BytesOut, r.Error, size, n-1, (n-1)*size)
+	}
+	if dialErrorHeld(p, k) {
+		t.Error("a flow is still held after the close")
+	}
+	// A failed dial after the close (a flow the stacks' close ended) is
+	// recorded at once, whatever the bucket holds.
+	late := r
+	late.Error = ""
+	p.finishDialError(&late, time.Now(), k)
+	if got := recs.records(t, 2); got[1].Error != "" || dialErrorHeld(p, k) {
+		t.Errorf("failed dial after the close: error %q, held %v; want recorded at once, no note", got[1].Error, dialErrorHeld(p, k))
+	}
+}

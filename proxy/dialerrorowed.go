@@ -58,8 +58,8 @@ func (p *Proxy) finishDialError(r *records.Record, start time.Time, k shareKey) 
 	l := &p.denies.dialErrors
 	l.mu.Lock()
 	b := l.bucket(k, r.Time, dialErrorRate)
-	if b.tokens >= 1 {
-		b.tokens--
+	if b.tokens >= 1 || l.unheld && b != &l.overflow {
+		b.tokens = max(b.tokens-1, 0)
 		owed := p.takeOwed(b, b == &l.overflow)
 		l.mu.Unlock()
 		if owed.n > 0 {
@@ -154,4 +154,32 @@ func (p *Proxy) flushDialOwed(b *denyBucket) {
 		r.Error = joinNotes(r.Error, owed.note())
 	}
 	p.cfg.Records.Write(r)
+}
+
+// flushDialOwedAll writes every client's held failed-dial record at once,
+// with the note of those before it, whatever its bucket holds, and has
+// the failed dials still to come recorded without being held. It runs as
+// the proxy closes, after the stacks: no client sends any more, so the
+// records still to come are those of flows that were open, and a held
+// record would be lost with the process before its timer.
+func (p *Proxy) flushDialOwedAll() {
+	l := &p.denies.dialErrors
+	l.mu.Lock()
+	l.unheld = true
+	var out []*records.Record
+	for _, b := range l.m {
+		r := b.held
+		if r == nil {
+			continue
+		}
+		b.held = nil
+		if owed := p.takeOwed(b, false); owed.n > 0 {
+			r.Error = joinNotes(r.Error, owed.note())
+		}
+		out = append(out, r)
+	}
+	l.mu.Unlock()
+	for _, r := range out {
+		p.cfg.Records.Write(r)
+	}
 }

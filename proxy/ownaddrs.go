@@ -186,9 +186,11 @@ func (o *ownAddrs) close() {
 // echo flows, whose ping sockets closing the packet stack does not touch,
 // so that their records are written at once; new echo flows are dropped.
 // TCP and UDP flows in progress are not affected (closing the stack ends
-// them), and the addresses known last are still refused.
+// them), and the addresses known last are still refused. Failed dials'
+// records held for their clients' buckets are written at once.
 func (p *Proxy) Close() {
 	p.echo.close()
 	p.own.close()
 	p.dialer.Close()
+	p.flushDialOwedAll()
 }
