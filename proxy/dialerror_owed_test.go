@@ -29,16 +29,7 @@ func TestDialErrorOwedNoteSaysBytesAndWhere(t *testing.T) {
 	k := clientShareKey(netstack.FlowInfo{Endpoint: 7, Client: first, Dest: dest})
 	emptyDialErrorBucket(p, netstack.FlowInfo{Endpoint: 7, Client: first, Dest: dest})
 	st0 := p.Stats()
-	for i := range n {
-		client := netip.AddrPortFrom(first.Addr(), uint16(41000+i))
-		c, done := startFlow(p, client, dest, make([]byte, size))
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("flow %d did not end", i)
-		}
-		defer c.Close()
-	}
+	failedFlows(t, p, first, dest, n, size)
 	// Each flow's end is counted in udp_dial_errors before its record is
 	// decided: the last one held puts the one before among the unrecorded.
 	for end := time.Now().Add(10 * time.Second); (p.Stats().UDPDialErrors-st0.UDPDialErrors < n || p.Stats().DialErrorsUnrecorded-st0.DialErrorsUnrecorded < n-1) && time.Now().Before(end); {
@@ -93,16 +84,7 @@ func TestDialErrorHeldWrittenAtClose(t *testing.T) {
 	flow := netstack.FlowInfo{Endpoint: 7, Client: first, Dest: dest}
 	k := clientShareKey(flow)
 	emptyDialErrorBucket(p, flow)
-	for i := range n {
-		client := netip.AddrPortFrom(first.Addr(), uint16(42000+i))
-		c, done := startFlow(p, client, dest, make([]byte, size))
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("flow %d did not end", i)
-		}
-		defer c.Close()
-	}
+	failedFlows(t, p, first, dest, n, size)
 	for end := time.Now().Add(10 * time.Second); !dialErrorHeld(p, k) || p.Stats().DialErrorsUnrecorded < n-1; {
 		if time.Now().After(end) {
 			t.Fatalf("the last flow is not held (dial_errors_unrecorded %d)", p.Stats().DialErrorsUnrecorded)
@@ -129,5 +111,22 @@ func TestDialErrorHeldWrittenAtClose(t *testing.T) {
 	p.finishDialError(&late, time.Now(), k)
 	if got := recs.records(t, 2); got[1].Error != "" || dialErrorHeld(p, k) {
 		t.Errorf("failed dial after the close: error %q, held %v; want recorded at once, no note", got[1].Error, dialErrorHeld(p, k))
+	}
+}
+
+// failedFlows starts n UDP flows one after another from first's address
+// (ports first's and up) to dest, a closed port, each opened by a datagram
+// of size bytes, and waits for each to end; they are closed when t ends.
+func failedFlows(t *testing.T, p *Proxy, first, dest netip.AddrPort, n, size int) {
+	t.Helper()
+	for i := range n {
+		client := netip.AddrPortFrom(first.Addr(), first.Port()+uint16(i))
+		c, done := startFlow(p, client, dest, make([]byte, size))
+		t.Cleanup(func() { c.Close() })
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("flow %d did not end", i)
+		}
 	}
 }

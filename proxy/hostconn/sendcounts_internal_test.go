@@ -2,7 +2,6 @@ package hostconn
 
 import (
 	"io"
-	"net"
 	"testing"
 	"time"
 )
@@ -12,17 +11,7 @@ import (
 // window kept back, the FIN left out; and nothing once the peer has read
 // it all, whether or not the FIN is queued.
 func TestSendPayloadCounts(t *testing.T) {
-	ln := loopback(t)
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close(); peer.Close() })
-	c := Wrap(raw).(*Conn)
+	c, peer := wrappedPair(t)
 	if u, ns, err := c.SendPayload(); err != nil || u != 0 || ns != 0 {
 		t.Fatalf("nothing written: SendPayload = %d, %d, %v; want 0, 0", u, ns, err)
 	}

@@ -12,17 +12,7 @@ import (
 // waits for the note, where read apart a reset in between had the FIN
 // counted as a byte of payload never sent (a tunnel's bytes_out one short).
 func TestSendPayloadAgreesWithTheFIN(t *testing.T) {
-	ln := loopback(t)
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close(); peer.Close() })
-	c := Wrap(raw).(*Conn)
+	c, _ := wrappedPair(t)
 	inGap, release := make(chan struct{}), make(chan struct{})
 	old := afterShutdown
 	t.Cleanup(func() { afterShutdown = old })
@@ -47,4 +37,21 @@ func TestSendPayloadAgreesWithTheFIN(t *testing.T) {
 	if ok := <-counted; !ok {
 		t.Fatal("the counts, read after the shutdown, do not see its FIN noted")
 	}
+}
+
+// wrappedPair dials a loopback listener and returns the dialled end
+// wrapped, and the accepted end; both are closed when t ends.
+func wrappedPair(t *testing.T) (*Conn, net.Conn) {
+	t.Helper()
+	ln := loopback(t)
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close(); peer.Close() })
+	return Wrap(raw).(*Conn), peer
 }
