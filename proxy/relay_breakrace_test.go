@@ -60,22 +60,9 @@ func TestBreakAfterFINTakenAsCopyEndsIsKept(t *testing.T) { testBreakTakenAsCopy
 func TestBreakAfterFINTakenWhileCopyingIsKept(t *testing.T) { testBreakTakenAsCopyEnds(t, false) }
 
 func testBreakTakenAsCopyEnds(t *testing.T, hold bool) {
-	var hc *heldBreakConn
-	g := newGatedRelay(t, func(c net.Conn) net.Conn {
-		nc := c.(wrappedConn).unwrap().(*netstack.Conn)
-		hc = &heldBreakConn{Conn: c, nc: nc, hold: hold, taken: make(chan struct{}), release: make(chan struct{})}
-		return hc
-	})
-	var relOnce sync.Once
-	release := func() { relOnce.Do(func() { close(hc.release) }) }
+	g, hc, release := newHeldBreakRelay(t, hold, nil)
 	defer release()
 	defer g.open()
-	g.write(make([]byte, 1024))
-	select {
-	case <-g.gc.writing:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the relay did not write to the destination")
-	}
 	g.write(make([]byte, 100<<10))
 	if terr := g.cep.Shutdown(tcpip.ShutdownWrite); terr != nil {
 		t.Fatal(terr)
@@ -125,25 +112,12 @@ func testBreakTakenAsCopyEnds(t *testing.T, hold bool) {
 // and left the shutdown's words to endedError, which since d156638 adds
 // them only to the stacks' own errors, so the record had neither).
 func TestBreakBeforeFINAsStacksCloseKeepsItsWords(t *testing.T) {
-	var hc *heldBreakConn
 	var closing atomic.Bool
 	stalls := newStallWatch(time.Hour)
 	stalls.stacksClosing = &closing
-	g := newGatedRelayWatched(t, func(c net.Conn) net.Conn {
-		nc := c.(wrappedConn).unwrap().(*netstack.Conn)
-		hc = &heldBreakConn{Conn: c, nc: nc, hold: true, taken: make(chan struct{}), release: make(chan struct{})}
-		return hc
-	}, stalls)
-	var relOnce sync.Once
-	release := func() { relOnce.Do(func() { close(hc.release) }) }
+	g, hc, release := newHeldBreakRelay(t, true, stalls)
 	defer release()
 	defer g.open()
-	g.write(make([]byte, 1024))
-	select {
-	case <-g.gc.writing:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the relay did not write to the destination")
-	}
 	g.cep.Abort() // the client's reset before its FIN, the write waiting
 	select {
 	case <-hc.taken:
@@ -168,4 +142,29 @@ func TestBreakBeforeFINAsStacksCloseKeepsItsWords(t *testing.T) {
 	case <-time.After(8 * time.Second):
 		t.Fatal("relay not ended 8s after the destination's reset")
 	}
+}
+
+// newHeldBreakRelay starts a gated relay (stalls its watch, if any) whose
+// client conn is a heldBreakConn (hold: its watch held once it took the
+// client's break, until release), and has the client's first 1,024 bytes
+// reach the destination's write, which the gate then holds.
+func newHeldBreakRelay(t *testing.T, hold bool, stalls *stallWatch) (*gatedRelay, *heldBreakConn, func()) {
+	t.Helper()
+	var hc *heldBreakConn
+	g := newGatedRelayWatched(t, func(c net.Conn) net.Conn {
+		nc := c.(wrappedConn).unwrap().(*netstack.Conn)
+		hc = &heldBreakConn{Conn: c, nc: nc, hold: hold, taken: make(chan struct{}), release: make(chan struct{})}
+		return hc
+	}, stalls)
+	var relOnce sync.Once
+	release := func() { relOnce.Do(func() { close(hc.release) }) }
+	g.write(make([]byte, 1024))
+	select {
+	case <-g.gc.writing:
+	case <-time.After(5 * time.Second):
+		release()
+		g.open()
+		t.Fatal("the relay did not write to the destination")
+	}
+	return g, hc, release
 }

@@ -3,13 +3,11 @@ package appliance
 import (
 	"bufio"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,25 +47,8 @@ func testDialErrorBucketNotForBigDatagrams(t *testing.T, size int) {
 	// The destination: no socket on its ports, a raw socket reading every
 	// UDP datagram that reaches its address, as a capture there would.
 	dest := r.net.server(6)
-	raw, err := net.ListenIP("ip4:udp", &net.IPAddr{IP: dest.AsSlice()})
-	if err != nil {
-		t.Skipf("a raw socket to read what reaches the destination: %v", err)
-	}
-	defer raw.Close()
 	const basePort, flows = 7000, 10
-	var delivered atomic.Int64
-	go func() {
-		buf := make([]byte, 70000)
-		for {
-			n, _, err := raw.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if p := int(buf[2])<<8 | int(buf[3]); n >= 8 && p >= basePort && p < basePort+flows {
-				delivered.Add(int64(n - 8))
-			}
-		}
-	}()
+	delivered := udpPayloadAt(t, dest, basePort, basePort+flows)
 
 	// The client empties its failed-dial bucket with single SYNs to
 	// closed ports, and before each flow sends more until one goes

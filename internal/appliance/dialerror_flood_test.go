@@ -88,20 +88,9 @@ func testDialErrorRecordsBounded(t *testing.T, proto string) {
 	const n = 300
 	st0 := r.stats()
 	start := time.Now()
-	batch := make([][]byte, 0, 32)
-	for i := range n {
-		batch = append(batch, packet(netip.AddrPortFrom(clientV4, uint16(40000+i)), netip.AddrPortFrom(closed, uint16(20000+i)), i))
-		if len(batch) < cap(batch) && i < n-1 {
-			continue
-		}
-		must(r.ep.SendBatch(batch))(t)
-		batch = batch[:0]
-		// Kept at most a few batches ahead of the appliance, so that
-		// none is lost on the way in.
-		for k := 0; k < 2000 && r.stats().Netstack.PacketsIn-st0.Netstack.PacketsIn+128 < uint64(i+1); k++ {
-			time.Sleep(time.Millisecond)
-		}
-	}
+	sendPaced(t, r, st0, n, func(i int) []byte {
+		return packet(netip.AddrPortFrom(clientV4, uint16(40000+i)), netip.AddrPortFrom(closed, uint16(20000+i)), i)
+	})
 	waitFor(t, "every dial to have failed", func() string {
 		if got := dialErrors(r.stats()) - dialErrors(st0); got < n {
 			return strconv.FormatUint(got, 10) + " failed dials"

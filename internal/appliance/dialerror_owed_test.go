@@ -1,16 +1,13 @@
 package appliance
 
 import (
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/netstack/gwlbsim"
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -33,25 +30,8 @@ func TestDialErrorOwedBytesAccounted(t *testing.T) {
 	must(0, os.WriteFile(cfg, []byte("policy:\n  default: allow\n  destination_check: off\n"), 0o644))(t)
 	r := newRig(t, func(o *Options) { o.Config = cfg }, func(c *gwlbsim.Config) { c.Senders = 1 })
 	a, b := r.net.server(5), r.net.server(6)
-	raw, err := net.ListenIP("ip4:udp", &net.IPAddr{IP: b.AsSlice()})
-	if err != nil {
-		t.Skipf("raw socket: %v", err)
-	}
-	defer raw.Close()
-	_ = raw.SetReadBuffer(8 << 20)
-	var delivered atomic.Int64
-	go func() {
-		buf := make([]byte, 70000)
-		for {
-			n, _, err := raw.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if n >= 8 {
-				delivered.Add(int64(n - 8))
-			}
-		}
-	}()
+	const n, size = 600, 512
+	delivered := udpPayloadAt(t, b, 7000, 7000+n)
 	st0 := r.stats()
 	const syns = 110
 	var batch [][]byte
@@ -66,19 +46,9 @@ func TestDialErrorOwedBytesAccounted(t *testing.T) {
 		return ""
 	})
 	st1 := r.stats()
-	const n, size = 600, 512
-	batch = batch[:0]
-	for i := range n {
-		batch = append(batch, innerUDP4(netip.AddrPortFrom(clientV4, uint16(30000+i)), netip.AddrPortFrom(b, uint16(7000+i)), []byte(strings.Repeat("S", size))))
-		if len(batch) < 32 && i < n-1 {
-			continue
-		}
-		must(r.ep.SendBatch(batch))(t)
-		batch = batch[:0]
-		for k := 0; k < 2000 && r.stats().Netstack.PacketsIn-st1.Netstack.PacketsIn+128 < uint64(i+1); k++ {
-			time.Sleep(time.Millisecond)
-		}
-	}
+	sendPaced(t, r, st1, n, func(i int) []byte {
+		return innerUDP4(netip.AddrPortFrom(clientV4, uint16(30000+i)), netip.AddrPortFrom(b, uint16(7000+i)), []byte(strings.Repeat("S", size)))
+	})
 	waitFor(t, "the datagrams' failed dials", func() string {
 		if got := r.stats().Proxy.UDPDialErrors - st1.Proxy.UDPDialErrors; got < n {
 			return strconv.FormatUint(got, 10)
