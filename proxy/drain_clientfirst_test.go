@@ -27,13 +27,7 @@ import (
 // could allow it) that its client resets is recorded as its client's
 // reset. TestDrainEndsWaitingConnectionsRecorded has those the close ends.
 func TestDrainWordsNotForClientsReset(t *testing.T) {
-	const namedOnly = "policy:\n  default: deny\n  rules:\n    - name: named\n      domains: [\"big.example\"]\n      action: bump\n"
-	for _, tc := range []struct {
-		name, policy string
-	}{
-		{"dialled first", "policy: {default: bump}\n"},
-		{"only a name allows", namedOnly},
-	} {
+	for _, tc := range waitingPolicies {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newBumpStallRigPolicy(t, tc.policy, time.Hour, func(*bumpStallRig, http.ResponseWriter, *http.Request) {})
 			c := dialRaw(t, r.client, r.dest)

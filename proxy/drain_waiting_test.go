@@ -17,13 +17,7 @@ import (
 // cuts. Before, their records said only "sniff: ... operation aborted",
 // which reads as the client's doing.
 func TestDrainEndsWaitingConnectionsRecorded(t *testing.T) {
-	const namedOnly = "policy:\n  default: deny\n  rules:\n    - name: named\n      domains: [\"big.example\"]\n      action: bump\n"
-	for _, tc := range []struct {
-		name, policy string
-	}{
-		{"dialled first", "policy: {default: bump}\n"},
-		{"only a name allows", namedOnly},
-	} {
+	for _, tc := range waitingPolicies {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newBumpStallRigPolicy(t, tc.policy, time.Hour, func(*bumpStallRig, http.ResponseWriter, *http.Request) {})
 			r.dial0(t, r.dest) // silent
@@ -54,4 +48,12 @@ func TestDrainEndsWaitingConnectionsRecorded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// waitingPolicies are the two ways a TCP connection waits for its first
+// bytes: dialled first, or with nothing dialled when only a name (the
+// first bytes') could allow its destination.
+var waitingPolicies = []struct{ name, policy string }{
+	{"dialled first", "policy: {default: bump}\n"},
+	{"only a name allows", "policy:\n  default: deny\n  rules:\n    - name: named\n      domains: [\"big.example\"]\n      action: bump\n"},
 }
