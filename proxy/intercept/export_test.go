@@ -102,6 +102,23 @@ func OnBodyRead(f func()) (restore func()) {
 	return func() { testHookBodyRead.Store(nil) }
 }
 
+// OnH2BodyClose has f run as the Close of a response body relayed to an
+// HTTP/2 client's stream begins, with a function that reports whether the
+// client's connection has closed; it returns a function that stops it.
+func OnH2BodyClose(f func(connClosed func() bool)) (restore func()) {
+	h := func(b *recordingBody) {
+		if e := b.note; e != nil {
+			f(func() bool {
+				e.of.mu.Lock()
+				defer e.of.mu.Unlock()
+				return e.of.closed
+			})
+		}
+	}
+	testHookBodyClose.Store(&h)
+	return func() { testHookBodyClose.Store(nil) }
+}
+
 // OnTakeUpBound has f run as a dial's wait for the session's first
 // HTTP/2 connection ends at its bound (h2first.go), and returns a
 // function that stops it.

@@ -96,6 +96,9 @@ type h2StreamNote struct {
 	// reject is the request x/net's server must answer 400 itself, as
 	// the header block said it (h2reject.go).
 	reject *h2Reject
+	// out is the payload of the stream's DATA frames written to the
+	// client's connection (h2bodyout.go).
+	out int64
 }
 
 // h2StreamNotes is a connection's notes, kept in h2Unanswered. Its zero

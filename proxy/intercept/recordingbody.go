@@ -326,6 +326,11 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 		return "ok", "", delivered
 	case b.ended.Load() && ctx.Err() == nil && werr == nil:
 		return "ok", "", delivered
+	case b.ended.Load() && err == nil && werr == nil && b.copying.Load() && b.note.wholeOut(delivered):
+		// A body of known length whose every byte went out in the
+		// stream's DATA frames before its context was done: a client
+		// that closed without waiting for END_STREAM (h2bodyout.go).
+		return "ok", "", delivered
 	case err == nil || ctx.Err() != nil || werr != nil || errors.Is(err, context.Canceled):
 		switch {
 		case werr != nil && err == nil:
@@ -418,7 +423,13 @@ func writeResult(err error) string {
 	return bodyResult(err)
 }
 
+// testHookBodyClose, when set, runs as a response body's Close begins.
+var testHookBodyClose atomic.Pointer[func(*recordingBody)]
+
 func (b *recordingBody) Close() error {
+	if h := testHookBodyClose.Load(); h != nil {
+		(*h)(b)
+	}
 	if b.stream != nil {
 		b.stream.end()
 	}
