@@ -267,6 +267,16 @@ func (c *hijackedConn) readConn(b []byte) (int, error) {
 		if c.bodyFault.Load() != nil {
 			return 0, io.EOF // past a chunk that broke its body: no request (bodyfault.go)
 		}
+		if c.limit.tooLarge.Load() {
+			// A head refused: every read after says so. net/textproto
+			// can drop the refusal's error (bufio's ReadLine returns a
+			// partial line without it, skipSpace ignores it) and read
+			// on: that read waited for bytes the client had no reason
+			// to send, the connection held to the head deadline (10 s)
+			// after its 431 and recorded as timed out
+			// (TestH1HeadTooLargeEndsPromptly).
+			return 0, errHeadTooLarge
+		}
 		return c.bounds.read(c.Conn, b)
 	}
 	n, err := c.Conn.Read(b)
