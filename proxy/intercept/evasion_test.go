@@ -293,7 +293,7 @@ func TestEvasionH2HeaderList(t *testing.T) {
 				t.Fatalf("http records %+v, want one", hr)
 			}
 			if rec := hr[0]; rec.Status != 431 || rec.Action != "deny" || rec.Result != "denied" || rec.Scheme != scheme ||
-				rec.Error != fmt.Sprintf("request header list larger than %d bytes", intercept.DefaultMaxHeaderBytes+320) {
+				rec.Error != listTooLarge {
 				t.Errorf("record %+v", rec)
 			}
 			if n := r.ic.Denied(); n != 1 {

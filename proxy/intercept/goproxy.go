@@ -249,7 +249,8 @@ func (rt *roundTripper) end() {
 			rec.Kind, rec.Scheme, rec.Status, rec.BytesIn, rec.BytesOut = "http", rt.scheme, http.StatusRequestHeaderFieldsTooLarge, 0, 0
 			rec.Rule, rec.Policy, rec.Method, rec.Host, rec.Path, rec.UserAgent = "", "", "", "", "", ""
 			s.ic.denied.Add(1)
-			rec.Action, rec.Result, rec.Error = "deny", "denied", fmt.Sprintf("request head larger than %d bytes", s.ic.cfg.MaxHeaderBytes)
+			// The limit held to, as measured: h1bounds.go, h2refused.go.
+			rec.Action, rec.Result, rec.Error = "deny", "denied", headTooLarge(int64(s.ic.cfg.MaxHeaderBytes))
 			if rt.cc.limit.isH2.Load() { // measured as HTTP/2 does: see h2limit.go
 				rec.Error = headerListTooLarge(h2MaxHeaderList(int64(s.ic.cfg.MaxHeaderBytes))) // h2refused.go
 			}

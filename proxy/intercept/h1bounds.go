@@ -2,6 +2,7 @@ package intercept
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -369,3 +370,13 @@ func (l *headLimit) overHead(b []byte) bool {
 }
 
 var newline = []byte{'\n'}
+
+// headTooLarge says the head limit's refusal with the limit it holds heads
+// to, as overHead measures them: max, --max-header-bytes, with room for
+// ten lines' charge, each line charged beside its bytes. The words named
+// max, 640 bytes short of a head that passes, where the header list
+// limit's name the limit it enforces: both are said the same way
+// (headerListTooLarge).
+func headTooLarge(max int64) string {
+	return fmt.Sprintf("request head larger than %d bytes (its bytes and %d a line)", max+h1LineSlack, h1LineCharge)
+}

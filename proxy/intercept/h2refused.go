@@ -79,11 +79,13 @@ func (l *headLimit) noteRefused(err error) {
 }
 
 // headerListTooLarge says the header list limit's refusal, with the limit
-// it holds lists to: max, --max-header-bytes with room for ten fields'
-// overhead (h2MaxHeaderList), not --max-header-bytes, which the words
-// named, 320 bytes short of a list that passes.
+// it holds lists to, as HTTP/2 measures them: max, --max-header-bytes with
+// room for ten fields' overhead (h2MaxHeaderList), not --max-header-bytes,
+// which the words named, 320 bytes short of a list that passes; each field
+// charged 32 beside its name and value, as an HTTP/1 head's lines are
+// charged beside their bytes (headTooLarge, said the same way).
 func headerListTooLarge(max uint32) string {
-	return fmt.Sprintf("request header list larger than %d bytes", max)
+	return fmt.Sprintf("request header list larger than %d bytes (its names and values and 32 a field)", max)
 }
 
 // The tls record of a connection refused for an oversized header list.

@@ -185,8 +185,9 @@ func TestH2RefusalRecorded(t *testing.T) {
 }
 
 // listTooLarge is the header list limit's words: the limit as HTTP/2
-// measures a list, --max-header-bytes with room for ten fields' 32 bytes.
-var listTooLarge = fmt.Sprintf("request header list larger than %d bytes", intercept.DefaultMaxHeaderBytes+320)
+// measures a list, --max-header-bytes with room for ten fields' 32 bytes,
+// and how.
+var listTooLarge = fmt.Sprintf("request header list larger than %d bytes (its names and values and 32 a field)", intercept.DefaultMaxHeaderBytes+320)
 
 // sendOversizedList opens a stream whose header list is over the limit,
 // and returns its id.

@@ -1,6 +1,7 @@
 package intercept_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -75,6 +76,46 @@ func TestH1HeadTooLargeEndsPromptly(t *testing.T) {
 					t.Errorf("records %+v, want %d", recs, want)
 				}
 			})
+		}
+	}
+}
+
+// TestH1HeadLimitWords: an HTTP/1 431's deny record names the limit the
+// head was held to, as it was measured, over loopback TCP: a head that
+// measures just that passes, one a byte more is refused. The words said
+// "larger than 2048 bytes", --max-header-bytes, of a limit of 2688: each
+// line is charged 64 beside its bytes, with room for ten lines' charge
+// (h1LineCharge), as an HTTP/2 header list's words name the limit it is
+// held to, --max-header-bytes plus 320.
+func TestH1HeadLimitWords(t *testing.T) {
+	const limit = 2048
+	const held = limit + 10*64
+	// A head of four lines (the request line, Host, X-Pad and the empty
+	// line) that measures cost: its bytes, and 64 a line.
+	head := func(cost int) string {
+		pre := "GET /b HTTP/1.1\r\nHost: www.example.test\r\nX-Pad: "
+		return pre + strings.Repeat("p", cost-4*64-len(pre)-4) + "\r\n\r\n"
+	}
+	for _, cost := range []int{held, held + 1} {
+		r := newRig(t, testPolicy, func(c *intercept.Config) { c.MaxHeaderBytes = limit })
+		upEnd, _ := r.startUpstream(nil)
+		c, sv := r.connectTCP(upEnd, httpDest)
+		c.SetDeadline(time.Now().Add(waitLimit))
+		resp, body := newHTTPClient(t, c).do(head(cost))
+		if cost == held {
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("a head that measures %d, the limit: %d %q, want it passed", cost, resp.StatusCode, body)
+			}
+			continue
+		}
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Fatalf("a head that measures %d: %d %q, want 431", cost, resp.StatusCode, body)
+		}
+		sv.waitDoneOnce(t)
+		deny := onlyRecord(t, r, "http")
+		if want := fmt.Sprintf("request head larger than %d bytes (its bytes and 64 a line)", held); deny.Status != 431 ||
+			deny.Action != "deny" || deny.Error != want {
+			t.Errorf("deny record %d %s %q, want 431 deny %q", deny.Status, deny.Action, deny.Error, want)
 		}
 	}
 }

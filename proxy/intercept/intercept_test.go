@@ -731,7 +731,7 @@ func TestRequestHeadTooLarge(t *testing.T) {
 			}
 			rec := recs[len(recs)-1]
 			if rec.Kind != "http" || rec.Status != http.StatusRequestHeaderFieldsTooLarge || rec.Action != "deny" ||
-				rec.Result != "denied" || rec.Error != fmt.Sprintf("request head larger than %d bytes", limit) || rec.Scheme != "http" {
+				rec.Result != "denied" || rec.Error != fmt.Sprintf("request head larger than %d bytes (its bytes and 64 a line)", limit+640) || rec.Scheme != "http" {
 				t.Errorf("record %+v", rec)
 			}
 			if n := r.ic.Denied(); n != 1 {
