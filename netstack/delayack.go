@@ -88,6 +88,10 @@ type flowAcks struct {
 	sent    bool
 	quick   bool  // the flow answers quickly: its ACKs may be held
 	ackAt   int64 // when the flow's last pure ACK was made (monoclock.Now)
+	// rst is the sequence number of the client's latest RST that found no
+	// held ACK to drop, when rstSeen (dropHeld).
+	rst     uint32
+	rstSeen bool
 }
 
 // restart forgets what a.mu's flow did before: the stack is answering a
@@ -104,6 +108,7 @@ func (a *flowAcks) restart(d *ackDelayer) {
 		d.released()
 	}
 	a.quick, a.sent, a.sentAck, a.ackAt = false, false, 0, 0
+	a.rstSeen = false
 }
 
 // delayedAck is a held ACK: its GENEVE datagram, ready to send.
@@ -203,6 +208,17 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 	a.mu.Lock()
 	if flags&tcpSYN != 0 {
 		a.restart(d)
+	}
+	if pure && a.rstSeen && ack == a.rst {
+		// The client's RST came in at exactly the number this ACK
+		// acknowledges before the stack got to the segment it answers
+		// (its FIN, say): the stack takes that RST next, and the ACK would
+		// reach no connection (dropHeld). Had the RST come before the
+		// stack's number reached it, the client had reset its side all
+		// the same.
+		a.rstSeen = false
+		a.mu.Unlock()
+		return false
 	}
 	var earlier delayedAck // a held ACK this packet does not supersede: it goes first
 	secondAck := false
@@ -373,7 +389,8 @@ func (d *ackDelayer) fire() {
 
 // dropHeld drops flow f's held ACK, if any, for a RST of the client's
 // with sequence number seq: one the stack takes resets the flow, and an ACK
-// would reach no connection (its answer would be another RST). The stack
+// would reach no connection (its answer would be another RST); with none
+// held, an ACK of seq the stack makes later is dropped as it leaves. The stack
 // takes a RST only at exactly the next sequence number it expects (RFC
 // 5961), which the held ACK acknowledges: any other it drops, or answers
 // with a challenge ACK, and the flow lives on, so its ACK stays held.
@@ -387,6 +404,14 @@ func (d *ackDelayer) dropHeld(f *Flow, seq uint32) {
 	a.mu.Lock()
 	h := a.held
 	if h.buf == nil || h.ack != seq {
+		// The stack may not have acknowledged what comes before the RST
+		// yet: its ACK of exactly seq is not to leave either (outbound).
+		// The highest is kept: the one the stack takes is at the end of
+		// what the client sent, and a later one lower down (the client's
+		// answer to a segment of ours that came after it reset) is not.
+		if !a.rstSeen || seqAfter(seq, a.rst) {
+			a.rst, a.rstSeen = seq, true
+		}
 		a.mu.Unlock()
 		return
 	}

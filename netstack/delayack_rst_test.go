@@ -58,3 +58,41 @@ func TestDelayedAckKeptOnRefusedReset(t *testing.T) {
 		})
 	}
 }
+
+// TestDelayedAckNotHeldAfterTakenReset: a client that ends with a segment
+// and a RST right after it (a bumped connection's client closing with the
+// appliance's close_notify unread: its close_notify and FIN, then a RST)
+// has the RST pass the reader before the stack has acknowledged the
+// segment. The ACK the stack makes then acknowledges exactly the RST's
+// sequence number: the stack takes the RST next, and the ACK would reach
+// no connection, only draw another RST. It must not leave, neither at once
+// nor once its delay has run out (one datagram out and one in per bumped
+// connection, and a timer's wake-up, before).
+func TestDelayedAckNotHeldAfterTakenReset(t *testing.T) {
+	const delay = 100 * time.Millisecond
+	for _, fin := range []bool{false, true} {
+		t.Run(map[bool]string{false: "data then RST", true: "data and FIN then RST"}[fin], func(t *testing.T) {
+			fam := groFamilies[0]
+			r := newDelayRig(t, fam.client, fam.server, delay, nil, nil)
+			r.quicken(0)
+			last := r.data([]byte("close_notify"))
+			if fin {
+				last = clientSegment(r.client, r.server, r.seq-uint32(len("close_notify")), r.ack, header.TCPFlagAck|header.TCPFlagFin|header.TCPFlagPsh, []byte("close_notify"))
+				r.seq++
+			}
+			// The second RST is the client's answer to the appliance's
+			// own close_notify, come after it reset: its number is the
+			// acknowledgement that segment carried, before the client's
+			// close_notify.
+			before := r.seq - uint32(len("close_notify"))
+			if fin {
+				before--
+			}
+			r.batch(last,
+				clientSegment(r.client, r.server, r.seq, r.ack, header.TCPFlagRst|header.TCPFlagAck, nil),
+				clientSegment(r.client, r.server, before, 0, header.TCPFlagRst, nil))
+			r.noReply(t, 2*delay)
+			r.tapped()
+		})
+	}
+}
