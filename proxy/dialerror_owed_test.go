@@ -10,7 +10,66 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/netstack"
 )
 
-var owedNote = regexp.MustCompile(`(\d+) more failed dials from this client before this one, not recorded one by one: (\d+) bytes sent, the last to (\S+)`)
+// owedNote matches a failed-dial owed note: how many, their bytes, the
+// hosts named (owedDestRe each), the bytes not put to one, and how many
+// more any one host may have got.
+var (
+	owedNote   = regexp.MustCompile(`(\d+) more failed dials from this client before this one, not recorded one by one: (\d+) bytes sent((?:[:,] (?:at least )?\d+ to [^ ,;()]+(?: \(ports \d+-\d+\))?)*)(?:, and (\d+) more)?(?:, at most (\d+) (?:more )?to any one host)?$`)
+	owedDestRe = regexp.MustCompile(`(at least )?(\d+) to ([^ ,;()]+)(?: \(ports (\d+)-(\d+)\))?`)
+)
+
+// owedSaid is what an owed note says.
+type owedSaid struct {
+	n, bytes int64
+	dests    map[string]int64     // the bytes said for each host named
+	ports    map[string][2]uint16 // the range of ports said for each
+	atLeast  bool                 // the bytes said are lower bounds
+	// rest is the bytes put to no host named, and upTo the most more than
+	// said (or, if not named, at all) any host got.
+	rest, upTo int64
+}
+
+// parseOwed reads the owed note ending errText, if there is one, and
+// checks that its numbers add up.
+func parseOwed(t *testing.T, errText string) (owedSaid, bool) {
+	t.Helper()
+	m := owedNote.FindStringSubmatch(errText)
+	if m == nil {
+		return owedSaid{}, false
+	}
+	var o owedSaid
+	o.n, _ = strconv.ParseInt(m[1], 10, 64)
+	o.bytes, _ = strconv.ParseInt(m[2], 10, 64)
+	o.dests, o.ports = map[string]int64{}, map[string][2]uint16{}
+	var sum int64
+	for _, d := range owedDestRe.FindAllStringSubmatch(m[3], -1) {
+		b, _ := strconv.ParseInt(d[2], 10, 64)
+		host := d[3]
+		var lo, hi uint64
+		if d[4] != "" {
+			lo, _ = strconv.ParseUint(d[4], 10, 16)
+			hi, _ = strconv.ParseUint(d[5], 10, 16)
+		} else if ap, err := netip.ParseAddrPort(d[3]); err == nil {
+			host, lo, hi = ap.Addr().String(), uint64(ap.Port()), uint64(ap.Port())
+		} else {
+			t.Errorf("owed note %q: destination %q neither host:port nor host (ports)", m[0], d[3])
+		}
+		o.dests[host] = b
+		o.ports[host] = [2]uint16{uint16(lo), uint16(hi)}
+		sum += b
+		o.atLeast = o.atLeast || d[1] != ""
+	}
+	o.rest, _ = strconv.ParseInt(m[4], 10, 64)
+	o.upTo, _ = strconv.ParseInt(m[5], 10, 64)
+	if len(o.dests) == 0 {
+		o.rest = o.bytes
+	}
+	cut := m[5] != ""
+	if sum+o.rest != o.bytes || o.atLeast != (cut && len(o.dests) > 0) || cut != (o.rest > 0) || (m[4] != "") != (cut && len(o.dests) > 0) {
+		t.Errorf("owed note %q: its hosts' %d bytes and the other %d do not make its %d, or its words do not go together", m[0], sum, o.rest, o.bytes)
+	}
+	return o, true
+}
 
 // TestDialErrorOwedNoteSaysBytesAndWhere (review rev32c F1): a client that
 // emptied its failed-dial bucket (SYNs to one host) then sends datagrams of
@@ -47,16 +106,15 @@ func TestDialErrorOwedNoteSaysBytesAndWhere(t *testing.T) {
 	// The client makes no more failed dials; its bucket refills.
 	refillDialErrorBucket(p, k)
 	r := recs.records(t, 1)[0]
-	m := owedNote.FindStringSubmatch(r.Error)
-	if m == nil {
+	o, ok := parseOwed(t, r.Error)
+	if !ok {
 		t.Fatalf("the held flow's record: kind %s bytes_out %d error %q; want the note of the flows before it", r.Kind, r.BytesOut, r.Error)
 	}
-	said, _ := strconv.Atoi(m[1])
-	saidBytes, _ := strconv.ParseInt(m[2], 10, 64)
+	said, saidBytes := int(o.n), o.bytes
 	if r.Kind != "udp" || r.Result != "refused" || r.DestIP != dest.Addr().String() || r.BytesOut != size ||
-		said != n-1 || saidBytes != (n-1)*size || m[3] != dest.String() {
-		t.Errorf("record kind %s result %s dest %s bytes_out %d, note %q; want udp refused to %s, bytes_out %d, %d more with %d bytes, the last to %s",
-			r.Kind, r.Result, r.DestIP, r.BytesOut, m[0], dest.Addr(), size, n-1, (n-1)*size, dest)
+		said != n-1 || saidBytes != (n-1)*size || len(o.dests) != 1 || o.dests[dest.Addr().String()] != (n-1)*size || o.ports[dest.Addr().String()] != [2]uint16{dest.Port(), dest.Port()} || o.atLeast {
+		t.Errorf("record kind %s result %s dest %s bytes_out %d, error %q; want udp refused to %s, bytes_out %d, %d more with %d bytes, all of them to %s",
+			r.Kind, r.Result, r.DestIP, r.BytesOut, r.Error, dest.Addr(), size, n-1, (n-1)*size, dest)
 	}
 	// The records and the note account for every byte sent.
 	if total := r.BytesOut + saidBytes; total != n*size {
@@ -96,8 +154,8 @@ func TestDialErrorHeldWrittenAtClose(t *testing.T) {
 	}
 	p.Close() // the bucket is still empty: only the close writes it
 	r := recs.records(t, 1)[0]
-	m := owedNote.FindStringSubmatch(r.Error)
-	if r.Kind != "udp" || r.Result != "refused" || r.BytesOut != size || m == nil || m[1] != strconv.Itoa(n-1) || m[2] != strconv.Itoa((n-1)*size) {
+	o, ok := parseOwed(t, r.Error)
+	if r.Kind != "udp" || r.Result != "refused" || r.BytesOut != size || !ok || o.n != n-1 || o.bytes != (n-1)*size || o.dests[dest.Addr().String()] != (n-1)*size {
 		t.Fatalf("record at close: kind %s result %s bytes_out %d error %q; want the held udp flow, refused, %d bytes, noting %d more with %d bytes",
 			r.Kind, r.Result, r.BytesOut, r.Error, size, n-1, (n-1)*size)
 	}

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
@@ -17,8 +15,9 @@ import (
 // named, nor counted: the note of the next recorded failed dial said only
 // how many went unrecorded, and a client that stopped had its count
 // dropped when its bucket refilled (review rev32c F1). So the bucket
-// counts the bytes of the failed dials it leaves unrecorded, and keeps the
-// last one's destination; the note says both. And the client's last
+// counts the bytes of the failed dials it leaves unrecorded, and where
+// they went (dialerrordests.go: every host that got more than a fifth of
+// them is named); the note says both. And the client's last
 // failed dial the bucket had no room for is held, its record written as
 // soon as the bucket has a token again (within 1/dialErrorRecordRate, a
 // timer per client holding one), with the note of those before it: the
@@ -32,17 +31,11 @@ import (
 // to since its last one recorded.
 type dialOwed struct {
 	n     int
-	bytes int64
-	last  string // the last one's destination
+	dests owedDests // their bytes, and where they went
 }
 
-func (o dialOwed) note() string {
-	return fmt.Sprintf("%d more failed dials from this client before this one, not recorded one by one: %d bytes sent, the last to %s", o.n, o.bytes, o.last)
-}
-
-// recordDest is r's destination, address and port.
-func recordDest(r *records.Record) string {
-	return net.JoinHostPort(r.DestIP, strconv.Itoa(int(r.DestPort)))
+func (o *dialOwed) note() string {
+	return fmt.Sprintf("%d more failed dials from this client before this one, not recorded one by one: %s", o.n, &o.dests)
 }
 
 // finishDialError writes the record of a flow of client k whose dial
@@ -94,8 +87,12 @@ func (p *Proxy) takeOwed(b *denyBucket, overflow bool) dialOwed {
 	if b.held != nil {
 		p.skipHeld(b)
 	}
-	owed := dialOwed{b.skipped, b.skippedBytes, b.lastDest}
-	b.skipped, b.skippedBytes, b.lastDest = 0, 0, ""
+	owed := dialOwed{n: b.skipped}
+	if b.owed != nil {
+		owed.dests = *b.owed
+		b.owed.reset()
+	}
+	b.skipped = 0
 	if overflow {
 		return dialOwed{}
 	}
@@ -108,8 +105,10 @@ func (p *Proxy) skipHeld(b *denyBucket) {
 	h := b.held
 	b.held = nil
 	b.skipped++
-	b.skippedBytes += h.BytesOut
-	b.lastDest = recordDest(h)
+	if b.owed == nil {
+		b.owed = new(owedDests)
+	}
+	b.owed.add(h.DestIP, h.DestPort, h.BytesOut)
 	p.countDialUnrecorded(h)
 }
 

@@ -13,7 +13,13 @@ import (
 	"github.com/gwlbproxy/gwlbproxy/proxy/records"
 )
 
-var owedNote = regexp.MustCompile(`(\d+) more failed dials from this client before this one, not recorded one by one: (\d+) bytes sent, the last to (\S+)`)
+// owedNote matches a failed-dial owed note: how many, their bytes, and
+// the hosts named, each "(at least) b to H:p" or "... to H (ports p-q)"
+// (owedHost).
+var (
+	owedNote = regexp.MustCompile(`(\d+) more failed dials from this client before this one, not recorded one by one: (\d+) bytes sent((?:[:,] (?:at least )?\d+ to [^ ,;()]+(?: \(ports \d+-\d+\))?)*)`)
+	owedHost = regexp.MustCompile(`(?:at least )?(\d+) to ([^ ,;()]+)(?: \(ports (\d+)-(\d+)\))?`)
+)
 
 // TestDialErrorOwedBytesAccounted (review rev32c F1): a client spends its
 // failed-dial bucket on SYNs to a closed host A, then sends datagrams of
@@ -22,7 +28,8 @@ var owedNote = regexp.MustCompile(`(\d+) more failed dials from this client befo
 // of the rest said only how many went unrecorded, no bytes and no
 // destination, and nothing at all for those after the client's last
 // recorded failed dial. Now every byte B read is counted by a record's
-// bytes_out or a note's bytes, a note names B, the client's last flow is
+// bytes_out or a note's bytes, a note names B (the host: each flow went to
+// a port of its own, review rev33b F1), the client's last flow is
 // recorded (its bucket refilled, with no further dial of the client's),
 // and dial_errors_unrecorded_bytes is the notes' sum.
 func TestDialErrorOwedBytesAccounted(t *testing.T) {
@@ -78,8 +85,16 @@ func TestDialErrorOwedBytesAccounted(t *testing.T) {
 		}
 		if m := owedNote.FindStringSubmatch(rec.Error); m != nil {
 			noted += must(strconv.ParseInt(m[2], 10, 64))(t)
-			if ap, err := netip.ParseAddrPort(m[3]); err == nil && ap.Addr() == b {
-				namesB = true
+			for _, h := range owedHost.FindAllStringSubmatch(m[3], -1) {
+				host, err := netip.ParseAddr(h[2])
+				if h[3] == "" {
+					var ap netip.AddrPort
+					ap, err = netip.ParseAddrPort(h[2])
+					host = ap.Addr()
+				}
+				if err == nil && host == b {
+					namesB = true
+				}
 			}
 		}
 	}

@@ -278,7 +278,7 @@ var applianceMetrics = []statMetric[stats]{
 		func(s *stats) float64 { return float64(s.Proxy.UDPDialErrors) }),
 	newStatMetric("dial_errors_unrecorded_total", promCounter, "Failed dials that cost their client one packet (a TCP dial before the handshake, a UDP flow refused before any answer whose client sent at most 512 bytes) and got no record of their own: their client's bucket of such records was empty; its next record says how many.",
 		func(s *stats) float64 { return float64(s.Proxy.DialErrorsUnrecorded) }),
-	newStatMetric("dial_errors_unrecorded_bytes_total", promCounter, "Payload bytes those failed dials with no record of their own sent their destinations (a UDP flow's opening datagrams reach a closed port's host); each client's next failed dial recorded says how many and where the last went.",
+	newStatMetric("dial_errors_unrecorded_bytes_total", promCounter, "Payload bytes those failed dials with no record of their own sent their destinations (a UDP flow's opening datagrams reach a closed port's host); each client's next failed dial recorded says how many and which hosts they went to.",
 		func(s *stats) float64 { return float64(s.Proxy.DialErrorsUnrecordedBytes) }),
 	newStatMetric("denied_total", promCounter, "Flows denied.",
 		func(s *stats) float64 { return float64(s.Proxy.Denied) }),
