@@ -111,6 +111,20 @@ func (a *flowAcks) restart(d *ackDelayer) {
 	a.rstSeen = false
 }
 
+// maxRSTAhead bounds how far past the last ACK the stack made a client's
+// RST may be for a later ACK of exactly its number to be dropped (dropHeld):
+// a window without scaling.
+const maxRSTAhead = 65535
+
+// lastAck is the acknowledgement number of the flow's latest ACK, sent or
+// held; a.mu is held.
+func (a *flowAcks) lastAck() uint32 {
+	if a.held.buf != nil && (!a.sent || seqAfter(a.held.ack, a.sentAck)) {
+		return a.held.ack
+	}
+	return a.sentAck
+}
+
 // delayedAck is a held ACK: its GENEVE datagram, ready to send.
 type delayedAck struct {
 	buf      *[]byte // from heldPool; the datagram is (*buf)[:n], outer headroom first
@@ -209,16 +223,25 @@ func (d *ackDelayer) outbound(f *Flow, pkt []byte, p *Packet, dgram []byte, inne
 	if flags&tcpSYN != 0 {
 		a.restart(d)
 	}
-	if pure && a.rstSeen && ack == a.rst {
-		// The client's RST came in at exactly the number this ACK
-		// acknowledges before the stack got to the segment it answers
-		// (its FIN, say): the stack takes that RST next, and the ACK would
-		// reach no connection (dropHeld). Had the RST come before the
-		// stack's number reached it, the client had reset its side all
-		// the same.
-		a.rstSeen = false
-		a.mu.Unlock()
-		return false
+	if a.rstSeen && hasAck {
+		switch {
+		case pure && ack == a.rst:
+			// The client's RST came in at exactly the number this ACK
+			// acknowledges before the stack got to the segment it
+			// answers (its FIN, say): the stack takes that RST next, and
+			// the ACK would reach no connection (dropHeld).
+			a.rstSeen = false
+			a.mu.Unlock()
+			return false
+		case pure && ack == a.lastAck(), seqAfter(ack, a.rst):
+			// An ACK of nothing new, the stack's challenge ACK (RFC 5961):
+			// it met the RST before the client's bytes up to it, refused
+			// it, and the client's answer to this ACK may come too late
+			// to reset the connection, which the ACK of those bytes
+			// would then draw; or the stack's number went past the RST.
+			// Either way the stack will not take it.
+			a.rstSeen = false
+		}
 	}
 	var earlier delayedAck // a held ACK this packet does not supersede: it goes first
 	secondAck := false
@@ -409,7 +432,9 @@ func (d *ackDelayer) dropHeld(f *Flow, seq uint32) {
 		// The highest is kept: the one the stack takes is at the end of
 		// what the client sent, and a later one lower down (the client's
 		// answer to a segment of ours that came after it reset) is not.
-		if !a.rstSeen || seqAfter(seq, a.rst) {
+		// Only one ahead of the last ACK, within what a client may have
+		// in flight: the stack drops one out of its window silently.
+		if last := a.lastAck(); a.sent && seqAfter(seq, last) && seq-last <= maxRSTAhead && (!a.rstSeen || seqAfter(seq, a.rst)) {
 			a.rst, a.rstSeen = seq, true
 		}
 		a.mu.Unlock()
