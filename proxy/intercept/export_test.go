@@ -104,14 +104,16 @@ func OnBodyRead(f func()) (restore func()) {
 
 // OnH2BodyClose has f run as the Close of a response body relayed to an
 // HTTP/2 client's stream begins, with a function that reports whether the
-// client's connection has closed; it returns a function that stops it.
-func OnH2BodyClose(f func(connClosed func() bool)) (restore func()) {
+// stream's request context is done (the client reset the stream, or its
+// connection ended); it returns a function that stops it.
+func OnH2BodyClose(f func(streamDone func() bool)) (restore func()) {
 	h := func(b *recordingBody) {
 		if e := b.note; e != nil {
 			f(func() bool {
 				e.of.mu.Lock()
-				defer e.of.mu.Unlock()
-				return e.of.closed
+				ctx := e.ctx
+				e.of.mu.Unlock()
+				return ctx != nil && ctx.Err() != nil
 			})
 		}
 	}

@@ -23,33 +23,53 @@ import (
 // with many transfers on a connection. Such a download was recorded as the
 // client's going away "before the response ended" (review rev32a F4). The
 // record must say ok when every byte of the body went out in the stream's
-// DATA frames, and still say error for a client that closed with part of
-// the body never sent (a stream window of 100 bytes for 1,000).
+// DATA frames, and still say error, with the bytes that went out, for a
+// client that closed with part of the body never sent (a stream window of
+// 100 bytes for 1,000), for a body whose trailer had not gone out (review
+// rev33c F1), and for a client that reset the stream before the body's last
+// DATA was written (rev33c F2, F3: the 500 bytes after its reset do not
+// count).
 func TestH2ClientCloseAfterWholeBody(t *testing.T) {
 	const size = 1000
 	for _, tc := range []struct {
-		name   string
-		window uint32 // the client's initial stream window; 0: the default
-		want   string
+		name    string
+		window  uint32 // the client's initial stream window; 0: the default
+		trailer bool   // the origin announces and sends a trailer
+		reset   bool   // the client grants the rest and resets the stream in one write
+		want    string
+		wantIn  int64
 	}{
-		{"whole body then close", 0, "ok"},
-		{"part of the body then close", 100, "error"},
+		{name: "whole body then close", want: "ok", wantIn: size},
+		{name: "part of the body then close", window: 100, want: "error", wantIn: 100},
+		{name: "whole body with a trailer then close", trailer: true, want: "error", wantIn: size},
+		{name: "reset with the last window", window: 500, reset: true, want: "error", wantIn: 500},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			// The handler's Close (the record) waits until the client's
-			// connection has closed: the client's close comes first, as
-			// it does now and then over a network.
+			// The handler's Close (the record) waits until the stream's
+			// context is done: the client's close or reset comes first,
+			// as it does now and then over a network.
 			closing := make(chan struct{}, 1)
-			defer intercept.OnH2BodyClose(func(connClosed func() bool) {
+			release := make(chan struct{}) // closed once the client has what it waits for
+			defer intercept.OnH2BodyClose(func(streamDone func() bool) {
 				closing <- struct{}{}
-				waitFor(t, "the client's connection's close", waitLimit, connClosed)
+				waitFor(t, "the stream's end", waitLimit, streamDone)
+				select {
+				case <-release:
+				case <-time.After(waitLimit):
+				}
 			})()
 			r := newRig(t, testPolicy)
 			upEnd, serverEnd := testnet.TCPPair(t)
 			srv := &http.Server{
 				Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 					w.Header().Set("Content-Length", fmt.Sprint(size))
+					if tc.trailer {
+						w.Header().Set("Trailer", "X-Digest")
+					}
 					w.Write([]byte(strings.Repeat("b", size)))
+					if tc.trailer {
+						w.Header().Set("X-Digest", "abc")
+					}
 				}),
 				ErrorLog: log.New(io.Discard, "", 0),
 			}
@@ -95,6 +115,35 @@ func TestH2ClientCloseAfterWholeBody(t *testing.T) {
 					t.Fatalf("after %d body bytes: %v", got, f)
 				}
 			}
+			if tc.reset {
+				// The rest of the window and the stream's reset in one
+				// write: the appliance reads the reset before its server
+				// has taken the window and written the rest.
+				var b strings.Builder
+				both := http2.NewFramer(&b, nil)
+				both.WriteWindowUpdate(1, size-tc.window)
+				both.WriteRSTStream(1, http2.ErrCodeCancel)
+				if _, err := c.Write([]byte(b.String())); err != nil {
+					t.Fatal(err)
+				}
+				// The server takes the window before the reset and most
+				// often writes the rest, which the client drops (RFC 9113
+				// 5.1), though it may drop it itself as it closes the
+				// stream: the record waits until the rest has come, or a
+				// second has passed.
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				for after := 0; after < size-int(tc.window); {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						t.Logf("after the reset, %d body bytes: %v", after, err)
+						break
+					}
+					if d, ok := f.(*http2.DataFrame); ok && d.StreamID == 1 {
+						after += len(d.Data())
+					}
+				}
+			}
+			close(release)
 			if tc.window == 0 {
 				// The body's Close waits (it writes the record): nothing
 				// but the client's close can end the stream now. (With
@@ -105,7 +154,9 @@ func TestH2ClientCloseAfterWholeBody(t *testing.T) {
 					t.Fatal("the handler did not reach the body's Close after the whole body went out")
 				}
 			}
-			c.Close()
+			if !tc.reset {
+				c.Close()
+			}
 			var recs []records.Record
 			waitFor(t, "the request's record", waitLimit, func() bool {
 				recs = ofKind(r.records(), "http")
@@ -115,14 +166,14 @@ func TestH2ClientCloseAfterWholeBody(t *testing.T) {
 				t.Fatalf("http records %+v, want the request's", recs)
 			}
 			rec := recs[0]
-			if rec.Result != tc.want || rec.Status != 200 {
-				t.Fatalf("record %s %d %q (bytes_in %d); want %s 200", rec.Result, rec.Status, rec.Error, rec.BytesIn, tc.want)
+			if rec.Result != tc.want || rec.Status != 200 || rec.BytesIn != tc.wantIn {
+				t.Fatalf("record %s %d %q (bytes_in %d); want %s 200, bytes_in %d", rec.Result, rec.Status, rec.Error, rec.BytesIn, tc.want, tc.wantIn)
 			}
-			if tc.want == "ok" && (rec.BytesIn != size || rec.Error != "") {
-				t.Fatalf("record %+v: want bytes_in %d and no error", rec, size)
+			if tc.want == "ok" && rec.Error != "" {
+				t.Fatalf("record %+v: want no error", rec)
 			}
-			if tc.want == "error" && !strings.Contains(rec.Error, "the client went away before the response ended") {
-				t.Fatalf("record error %q: want the client's going away", rec.Error)
+			if tc.want == "error" && !strings.Contains(rec.Error, fmt.Sprintf("the client went away before the response ended (%d body bytes passed on)", tc.wantIn)) {
+				t.Fatalf("record error %q: want the client's going away, %d bytes passed on", rec.Error, tc.wantIn)
 			}
 		})
 	}

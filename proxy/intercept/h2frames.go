@@ -38,12 +38,19 @@ type h2Frames struct {
 	dataLen  int
 	padded   bool
 	dataDone bool
+	// before is the notes' epoch as the write being followed began
+	// (h2StreamNotes.dataOut).
+	before uint64
 }
 
 // advance takes bytes written, and tells u of the streams the server
 // answered in them (h2guard.go). It reports whether they held a reset u
-// counted as the client's doing.
+// counted as the client's doing. It ends the write writeBegins began
+// (h2bodyout.go).
 func (f *h2Frames) advance(b []byte, u *h2Unanswered) (caused bool) {
+	if u != nil {
+		defer u.ends.writeEnds()
+	}
 	f.started = f.started || len(b) > 0
 	for len(b) > 0 {
 		b = b[f.step(b):]
@@ -66,7 +73,7 @@ func (f *h2Frames) advance(b []byte, u *h2Unanswered) (caused bool) {
 		if f.dataDone {
 			f.dataDone = false
 			if u != nil && !f.padded {
-				u.ends.dataOut(f.stream, f.dataLen) // h2bodyout.go
+				u.ends.dataOut(f.stream, f.dataLen, f.before) // h2bodyout.go
 			}
 		}
 		if f.goAwayDone {

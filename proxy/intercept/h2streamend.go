@@ -97,8 +97,10 @@ type h2StreamNote struct {
 	// the header block said it (h2reject.go).
 	reject *h2Reject
 	// out is the payload of the stream's DATA frames written to the
-	// client's connection (h2bodyout.go).
-	out int64
+	// client's connection, and resetAt the notes' epoch when the client's
+	// reset was noted (h2bodyout.go).
+	out     int64
+	resetAt uint64
 }
 
 // h2StreamNotes is a connection's notes, kept in h2Unanswered. Its zero
@@ -124,6 +126,14 @@ type h2StreamNotes struct {
 	// deaf: the reader read a connection error of the client's after
 	// the graceful GOAWAY (h2graceful.go).
 	deaf bool
+	// epoch counts the clients' resets noted and the connection's close,
+	// and closedAt is its value at the close: a write the writer began
+	// before either counts (h2bodyout.go).
+	epoch    atomic.Uint64
+	closedAt uint64
+	// writing: a write of the server's is under way, its DATA not yet
+	// counted (h2bodyout.go).
+	writing bool
 	// changed is closed, and dropped, when the writer notes something or
 	// the connection closes: a waiting request looks again (end).
 	changed chan struct{}
@@ -154,7 +164,7 @@ func (n *h2StreamNotes) open(id uint32) {
 func (n *h2StreamNotes) client(id uint32) {
 	n.mu.Lock()
 	if e := n.m[id]; e != nil && e.ended == h2EndedNot && !n.goneAway && !n.deaf {
-		e.ended = h2EndedClient
+		e.ended, e.resetAt = h2EndedClient, n.epoch.Add(1)
 	}
 	n.mu.Unlock()
 }
@@ -294,6 +304,7 @@ func (n *h2StreamNotes) connClosed(byServer bool) {
 	n.mu.Lock()
 	if !n.closed {
 		n.byServer = byServer && n.graceful && !n.goneAway
+		n.closedAt = n.epoch.Add(1)
 	}
 	n.closed = true
 	n.changedLocked()

@@ -537,6 +537,7 @@ func (c *hijackedConn) write(b []byte) (int, error) {
 	if !f.firstDone {
 		b = f.patchSettings(b) // h2guard.go
 	}
+	f.before = c.limit.unanswered.ends.writeBegins() // h2bodyout.go; advance ends it
 	if f.final == nil {
 		n, err := c.rawWrite(b)
 		if f.advance(b[:n], &c.limit.unanswered) {

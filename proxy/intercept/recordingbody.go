@@ -79,6 +79,9 @@ type recordingBody struct {
 	// bodiless: the response has no body (HEAD, 204, 304, Content-Length
 	// 0): its one read, the end, relays nothing.
 	bodiless bool
+	// resp is the response whose body this is: its trailers, known once
+	// the body has ended (trailers).
+	resp *http.Response
 	// reload decides the request (or the tunnel) again after a reload,
 	// when set: the bytes of a read it denies do not go on, nor are they
 	// counted. resetStream: the body is an HTTP/2 stream's, which such a
@@ -326,7 +329,7 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 		return "ok", "", delivered
 	case b.ended.Load() && ctx.Err() == nil && werr == nil:
 		return "ok", "", delivered
-	case b.ended.Load() && err == nil && werr == nil && b.copying.Load() && b.note.wholeOut(delivered):
+	case b.ended.Load() && err == nil && werr == nil && b.copying.Load() && !b.trailers() && b.note.wholeOut(delivered):
 		// A body of known length whose every byte went out in the
 		// stream's DATA frames before its context was done: a client
 		// that closed without waiting for END_STREAM (h2bodyout.go).
@@ -338,7 +341,11 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 			// end may have come after it, in a read of its own.
 			delivered -= b.lastData.Load()
 		case err == nil:
-			delivered -= b.last.Load() // the write that failed
+			if out, ok := b.note.dataSent(); ok && b.copying.Load() {
+				delivered = min(out, delivered) // what went out, counted (h2bodyout.go)
+			} else {
+				delivered -= b.last.Load() // the write that failed
+			}
 		}
 		result, detail := "error", ""
 		if werr != nil {
@@ -421,6 +428,12 @@ func writeResult(err error) string {
 		return "reset"
 	}
 	return bodyResult(err)
+}
+
+// trailers reports whether the response has trailers, announced or come
+// with the body's end: goproxy sends them after the body's Close.
+func (b *recordingBody) trailers() bool {
+	return b.resp != nil && len(b.resp.Trailer) > 0
 }
 
 // testHookBodyClose, when set, runs as a response body's Close begins.

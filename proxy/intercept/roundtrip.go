@@ -392,7 +392,7 @@ func (rt *roundTripper) roundTrip(req *http.Request, fb *faultBody, slot *stream
 	}
 	dropHopByHop(req, resp)
 	rb := &st.rb
-	rb.ReadCloser, rb.limit, rb.note = resp.Body, &rt.cc.limit, st.slot.note
+	rb.ReadCloser, rb.limit, rb.note, rb.resp = resp.Body, &rt.cc.limit, st.slot.note, resp
 	// A body cut short resets an HTTP/2 client's stream: see Read.
 	rb.toStream = inH2Handler(req)
 	// Nothing to wait for in a response without a body (HEAD, 204, 304,
