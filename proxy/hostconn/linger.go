@@ -130,7 +130,9 @@ var ErrEndedUnseen = errors.New("the connection ended, its error read elsewhere"
 // outlives it by no more than that (the kernel's clock may have started
 // before the linger, with a first zero-window probe, and end it sooner:
 // an EndedError with ETIMEDOUT). stop, if not nil, is asked at every look
-// too: an error from it ends the linger (the appliance shutting down). The
+// too: an error from it ends the linger (the appliance shutting down),
+// but for a peer that has all the data, the FIN alone unacknowledged:
+// that one is delivered (0, nil), and closing cuts nothing. The
 // looks come every 50 ms at most for the first 2 s, then back off to one a
 // second (lingerPollSlow): a bound that shrinks, or a stop that changes
 // its mind, is seen within that, or at once after WakeLingers.
@@ -196,6 +198,13 @@ func Linger(rc syscall.RawConn, buf []byte, bound func() time.Duration, stop fun
 		}
 		if stop != nil {
 			if err := stop(); err != nil {
+				if unsentData(l.outq) == 0 {
+					// Only the FIN unacknowledged (Linux holds its
+					// acknowledgement back for the answer's): the data
+					// is delivered, and a stop cuts nothing of it; the
+					// FIN goes on after the close.
+					return 0, nil
+				}
 				return unsentData(l.outq), fmt.Errorf("lingering: %w", err)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/gwlbproxy/gwlbproxy/proxy/hostconn"
+	"golang.org/x/sys/unix"
 )
 
 // lingerPair returns a loopback connection's two ends: ours, whose
@@ -236,6 +237,51 @@ func TestLingerStops(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Linger still waits 5 s after stop said to end")
+	}
+}
+
+// TestLingerStopsWithOnlyTheFINUnacked: a stop that finds the peer has
+// all the data, the FIN alone unacknowledged (Linux holds a FIN's
+// acknowledgement back, for the answer's, up to its delayed-ACK timeout),
+// cuts nothing: Linger says all was delivered, and its caller closes the
+// socket rather than resetting it. It said the stop's error, and the
+// relay reset a destination that had read the whole upload and its FIN
+// and recorded the upload's tail as not delivered (review rev32c F3: the
+// drain's flag stops every linger at once).
+func TestLingerStopsWithOnlyTheFINUnacked(t *testing.T) {
+	ours, peer := lingerPair(t)
+	if _, err := ours.Write([]byte("the whole upload")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(peer, make([]byte, len("the whole upload"))); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := ours.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		outq := -1
+		rc.Control(func(fd uintptr) { outq, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		if outq == 0 {
+			break // the data acknowledged: the FIN is all Linger sends
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the peer has not acknowledged the data it read within 5 s (%d bytes unacknowledged)", outq)
+		}
+	}
+	errStop := errors.New("shutting down")
+	select {
+	case r := <-lingerAsync(ours, fixed(time.Hour), func() error { return errStop }):
+		if r.unsent != 0 || r.err != nil {
+			t.Errorf("Linger: %d unsent, %v; want all delivered: the peer has the data, only the FIN's acknowledgement is held back", r.unsent, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Linger still waits 5 s after stop said to end")
+	}
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("the peer's read after the linger: %d, %v; want the end of the stream", n, err)
 	}
 }
 
