@@ -96,35 +96,96 @@ func (c *Conn) finBeforeBreak() bool {
 // the stack's report of its own abort of the connection (the stacks
 // closing at the drain's end), in the stack's words: not the end of the
 // stream, which a relay takes for the client's FIN and passes on, a clean
-// end for an upload the shutdown cut.
+// end for an upload the shutdown cut. BrokenError says it too.
 var errStackAborted = errors.New("operation aborted")
+
+// ErrResetAfterFIN is BrokenError's error for a client that reset its
+// connection after its FIN: it had ended its side cleanly. A client that
+// closes its socket while the appliance's answer to its close (a GOAWAY,
+// a close_notify) is on the way sends one as a matter of course. gVisor
+// gives that reset the very error of its own abort of the connection
+// (ErrAborted, "operation aborted"), which the stacks' close gives every
+// connection still open; resetAfterFINState tells them apart, and this error
+// says the client's reset in words of its own, so that a record written
+// as the stacks close does not take it for their close (review rev32c F3).
+var ErrResetAfterFIN = errors.New("connection reset by peer after its FIN")
 
 // keepStackAbort notes terr, what the stack reported ended c, when it is
 // the stack's own abort and c was neither closed nor reset to reclaim
 // memory by the appliance (those say so themselves).
 func (c *Conn) keepStackAbort(terr tcpip.Error) {
-	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.closed() && !c.reclaimed() {
+	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.closed() && !c.reclaimed() && !c.resetAfterFINState() {
 		c.stackAborted.Store(true)
 	}
+}
+
+// resetAfterFINState reports whether c's endpoint ended on its client's
+// reset after the client's FIN, and not on the stack's abort, which report
+// the same error (ErrAborted): gVisor moves an endpoint that takes a RST
+// in CLOSE-WAIT to CLOSED (handleReset, as Linux does), and one it aborts,
+// the stack closing or the conn's own Abort, to the error state
+// (resetConnectionLocked: any connected state, CLOSE-WAIT included). Each
+// is final: an endpoint in CLOSED is no longer connected, so no abort
+// resets it, and closing one in the error state leaves it there. The
+// state is set with the error, under the endpoint's lock, which LastError
+// takes: read after it, it is the one the error came with. No timing (the
+// drain's flag, a mark the server's close sets) can tell them: a client
+// may reset after the stacks begin closing and before they close.
+func (c *Conn) resetAfterFINState() bool {
+	return tcp.EndpointState(c.ep.State()) == tcp.StateClose
+}
+
+// abortError is BrokenError's error for terr, the stack's report, when it
+// is ErrAborted and the conn was not reset to reclaim memory (that one
+// says so, ErrMemoryReclaimed): the client's reset after its FIN, kept
+// for the next caller (not as ClientBroke: a break after the FIN cut
+// nothing the client sent), or the stack's abort (kept by keepStackAbort
+// unless the conn is closed: its own Abort). Nil for any other report.
+func (c *Conn) abortError(terr tcpip.Error) error {
+	if _, ok := terr.(*tcpip.ErrAborted); !ok || c.reclaimed() {
+		return nil
+	}
+	if c.resetAfterFINState() {
+		c.resetAfterFIN.Store(true)
+		return ErrResetAfterFIN
+	}
+	return errStackAborted
+}
+
+// abortKept is BrokenError's error once the stack's one report has been
+// taken: the client's break a read, a write or BrokenError kept, or its
+// reset after its FIN, or the stack's abort, that BrokenError or a Write
+// took; nil for a clean close completing, and for a conn closed since.
+func (c *Conn) abortKept() error {
+	if why := c.ClientBroke(); why != nil || c.closed() {
+		return why
+	}
+	switch {
+	case c.resetAfterFIN.Load():
+		return ErrResetAfterFIN
+	case c.stackAborted.Load():
+		return errStackAborted
+	}
+	return nil
 }
 
 // IsStackClose reports whether err says that the appliance's side ended a
 // client's conn, not the client: the stack's abort of its endpoints as it
 // closes (gVisor's ErrAborted, "operation aborted", in whichever words a
 // read, a write or BrokenError gave it: gonet's, stackError's,
-// errStackAborted, ErrResetAfterFIN), or the conn closed under its reader
-// (net.ErrClosed: a UDP endpoint the stack's close closed, or Close). Not
-// the client's reset (ECONNRESET), its vanishing (ETIMEDOUT), its FIN
-// (io.EOF), its port unreachable (ECONNREFUSED), nor the reclaim of memory
-// (ErrMemoryReclaimed). A client's reset after its FIN reads as the
-// stack's abort (ErrResetAfterFIN): only knowing the stack is closing
-// tells them apart. err may be a tree (errors.Join): any part of it will
-// do.
+// errStackAborted), or the conn closed under its reader (net.ErrClosed: a
+// UDP endpoint the stack's close closed, or Close). Not the client's
+// reset (ECONNRESET), its reset after its FIN (ErrResetAfterFIN, which
+// gVisor reports as it reports its abort, and BrokenError tells apart by
+// the endpoint's state), its vanishing (ETIMEDOUT), its FIN (io.EOF), its
+// port unreachable (ECONNREFUSED), nor the reclaim of memory
+// (ErrMemoryReclaimed). err may be a tree (errors.Join): any part of it
+// will do.
 func IsStackClose(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, net.ErrClosed) || errors.Is(err, errStackAborted) || errors.Is(err, ErrResetAfterFIN) {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, errStackAborted) {
 		return true
 	}
 	switch u := err.(type) {

@@ -54,10 +54,11 @@ type Conn struct {
 	clientBroke atomic.Pointer[error]
 	// stackAborted says a Write or BrokenError took the stack's report
 	// of its own abort (the stacks closing), which is not the client's
-	// and is not kept as clientBroke: brokenNotEOF says it (clientbreak.go).
+	// and is not kept as clientBroke: brokenNotEOF and BrokenError say it
+	// (clientbreak.go).
 	stackAborted atomic.Bool
 	// resetAfterFIN says BrokenError took the stack's one report of a
-	// reset after the client's FIN, which it says again after.
+	// reset after the client's FIN, which it says again after (abortKept).
 	resetAfterFIN atomic.Bool
 	// local and remote are the flow's destination and client, fixed at
 	// accept: gonet's addresses are nil once the endpoint is not
@@ -454,7 +455,10 @@ func (c *Conn) BrokenAfterFIN() bool {
 // BrokenError is what broke the connection, as the stack saw it, or nil
 // when nothing did; a read or a write that took it from the stack first
 // is remembered (ClientBroke) when the client broke it, and a Write that
-// is keeping it is waited for. It must not be called from OnReadable's
+// is keeping it is waited for. The stack's abort of the connection as the
+// stacks close says so whichever took it first (IsStackClose knows it),
+// and a reset the client sent after its FIN says ErrResetAfterFIN,
+// which IsStackClose does not take. It must not be called from OnReadable's
 // function, nor from OnWriteWait's waiter (both may run in a Write).
 func (c *Conn) BrokenError() error {
 	terr := c.ep.LastError()
@@ -469,32 +473,16 @@ func (c *Conn) BrokenError() error {
 			//lint:ignore SA2001 waiting for a Write keeping the break is the point
 			c.rw.wmu.Unlock()
 		}
-		if why := c.ClientBroke(); why != nil || !c.resetAfterFIN.Load() || c.closed() {
-			return why
-		}
-		return ErrResetAfterFIN
+		return c.abortKept()
 	}
 	if !c.keepClientBreak(terr) {
 		c.keepStackAbort(terr)
 	}
-	if _, ok := terr.(*tcpip.ErrAborted); ok && !c.reclaimed() {
-		// Not the server's Abort: Broken is false once the conn is closed.
-		// Kept for the next caller (not as ClientBroke: a break after
-		// the FIN cut nothing the client sent).
-		c.resetAfterFIN.Store(true)
-		return ErrResetAfterFIN
+	if why := c.abortError(terr); why != nil {
+		return why
 	}
 	return c.stackError(terr)
 }
-
-// ErrResetAfterFIN is BrokenError's error for a client that reset its
-// connection after its FIN: it had ended its side cleanly (CLOSE-WAIT, in
-// which the stack calls a RST "operation aborted", and so does the
-// error's text). A client that closes its socket while the appliance's
-// answer to its close (a GOAWAY, a close_notify) is on the way sends one
-// as a matter of course. The stack aborting its endpoints as it closes
-// reads the same: a caller tells that by knowing the stack is closing.
-var ErrResetAfterFIN = errors.New("operation aborted")
 
 // OnReadable arranges for fn to be called when bytes, the client's FIN or
 // an error arrive, and again by Close or Abort, and by a Read that takes

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -128,4 +130,83 @@ func TestDrainWordsNotForInterceptedClientsReset(t *testing.T) {
 	if rec.Result != "reset" || strings.Contains(rec.Error, errShutdown.Error()) || !strings.Contains(rec.Error, "the client's connection broke: connection reset by peer") {
 		t.Errorf("record result %s error %q; want reset, the client's break and no word of the shutdown", rec.Result, rec.Error)
 	}
+}
+
+// TestDrainWordsNotForClientsResetAfterFIN: a relayed flow whose client
+// sent its upload and FIN, which the destination read to the end, and then
+// reset its connection once the stacks were closing, the stacks still
+// open, is recorded as its client's break after its FIN, and its
+// destination closed, not reset: it had the whole upload (review rev32c
+// F3). gVisor reports a RST in CLOSE-WAIT with the error of its own abort,
+// "operation aborted", which the stacks' close gives: the record said
+// "ended by the appliance's shutdown (its packet stacks closed): operation
+// aborted", and the relay, going by the drain's flag alone, reset the
+// destination. TestShutdownEndsFlowWhoseClientSentFIN has the flow the
+// close ends.
+func TestDrainWordsNotForClientsResetAfterFIN(t *testing.T) {
+	r, srv := shutdownRig(t)
+	eof := make(chan *net.TCPConn, 1)
+	dst := destination(t, func(c *net.TCPConn) {
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Errorf("the destination's read of the upload: %v", err)
+		}
+		eof <- c
+		time.Sleep(20 * time.Second) // open, until the test's end
+	})
+	c := dialRaw(t, r.client, dst)
+	if _, err := c.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.halfClose(); err != nil {
+		t.Fatal(err)
+	}
+	var dc *net.TCPConn
+	select {
+	case dc = <-eof:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client's FIN did not reach the destination")
+	}
+	r.p.StacksClosing()
+	c.reset()
+	rec, ok := r.record(t, 5*time.Second)
+	// A reset destination's socket is closed (TCP_CLOSE); one the relay
+	// closed cleanly, its FIN read, stays in CLOSE-WAIT. A read cannot
+	// tell: once the FIN is in, Linux says the end of the stream first.
+	state := tcpStateOf(t, dc)
+	srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := r.p.Wait(ctx); err != nil {
+		t.Fatalf("the flow did not end: %v", err)
+	}
+	if !ok {
+		t.Fatal("no record within 5 s of the client's reset (the stacks open)")
+	}
+	const want = "the client's connection broke after its FIN: connection reset by peer after its FIN"
+	if rec.Kind != "tcp" || rec.Result != "reset" || rec.Error != want {
+		t.Errorf("record kind %s result %s error %q; want tcp, reset, %q", rec.Kind, rec.Result, rec.Error, want)
+	}
+	if state != unix.BPF_TCP_CLOSE_WAIT {
+		t.Errorf("the destination's socket is in TCP state %d once the record is written; want CLOSE-WAIT (%d): it had the whole upload, and is closed, not reset", state, unix.BPF_TCP_CLOSE_WAIT)
+	}
+}
+
+// tcpStateOf is c's TCP state, as TCP_INFO says it.
+func tcpStateOf(t *testing.T, c *net.TCPConn) uint8 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		ti   *unix.TCPInfo
+		gerr error
+	)
+	if err := rc.Control(func(fd uintptr) { ti, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return ti.State
 }

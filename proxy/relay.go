@@ -424,13 +424,17 @@ func (h *halfRelay) brokenAfterFIN(b brokenReader) bool {
 	if why == nil {
 		return false // a clean close completing: a read's or a write's break is kept (netstack.Conn.ClientBroke)
 	}
-	if w := h.r.stalls; errors.Is(why, netstack.ErrMemoryReclaimed) || w != nil && w.stacksClosing != nil && w.stacksClosing.Load() {
+	if errors.Is(why, netstack.ErrMemoryReclaimed) || h.r.stacksClosed(why) {
 		// The appliance's own reset (the reclaim's: the record names it
-		// alone), or the stacks closing (the drain's end: the record
+		// alone), or the stacks' close (the drain's end: the record
 		// due within the drain's wait, which a linger would outlast),
 		// not the client's break: the destination is reset as every
 		// flow the reclaim or the closing ends, bytes_out net of what
-		// the reset throws away.
+		// the reset throws away. A client that reset after its FIN as
+		// the stacks began closing, before they closed, broke it
+		// (review rev32c F3): its linger follows, which the drain's
+		// flag cuts at once (lingerStop), the destination reset only
+		// if it had not taken the whole upload.
 		h.r.broke.Store(&why)
 		h.r.cutOnReset(false)
 		intercept.Abort(h.dst)

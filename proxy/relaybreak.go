@@ -65,10 +65,9 @@ func (h *halfRelay) breakWhileCopying(b brokenReader) {
 	}
 	af, _ := b.(afterFINer)
 	afterFIN := af != nil && af.BrokenAfterFIN()
-	closing := r.stalls != nil && r.stalls.stacksClosing != nil && r.stalls.stacksClosing.Load()
 	var err error
 	switch {
-	case errors.Is(why, netstack.ErrMemoryReclaimed) || closing && stackEnded(why):
+	case errors.Is(why, netstack.ErrMemoryReclaimed) || r.stacksClosed(why):
 		// The appliance's own reset, or the stacks' close (their abort's
 		// error, not a reset the client sent as they began closing, review
 		// rev32c F4: endedError adds the shutdown's words only to the

@@ -130,6 +130,14 @@ type tailCutError struct{ error }
 
 func (e *tailCutError) Unwrap() error { return e.error }
 
+// stacksClosed reports whether why, what broke the client's connection,
+// is the stacks' close (stackEnded, once they are closing: the drain's
+// end), not a break of the client's own that came as they began closing.
+func (r *relay) stacksClosed(why error) bool {
+	w := r.stalls
+	return w != nil && w.stacksClosing != nil && w.stacksClosing.Load() && stackEnded(why)
+}
+
 // lingerStop ends a linger under way once a reload has denied the flow
 // (recheck: the tail goes no further to a destination the policy now
 // denies), or the stacks are
@@ -204,14 +212,14 @@ func clientBrokenOf(client net.Conn) func() error {
 // ends, nil if nothing did; one after the FIN passed on is kept for the
 // record, as watchBroken keeps the one it sees (the linger it brings is
 // said: "the client's connection broke after its FIN"), unless it is the
-// appliance's own (the reclaim's, the stacks closing).
+// appliance's own (the reclaim's, the stacks' close: not a client's reset
+// after its FIN as they began closing, review rev32c F3).
 func (r *relay) clientBreakAtEnd() error {
 	if r.clientBroken == nil {
 		return nil
 	}
 	why := r.clientBroken()
-	w := r.stalls
-	own := errors.Is(why, netstack.ErrMemoryReclaimed) || w != nil && w.stacksClosing != nil && w.stacksClosing.Load()
+	own := errors.Is(why, netstack.ErrMemoryReclaimed) || r.stacksClosed(why)
 	if why != nil && !own && r.finPassed.Load() {
 		err := fmt.Errorf("the client's connection broke after its FIN: %w", why)
 		r.broke.CompareAndSwap(nil, &err)
