@@ -139,17 +139,22 @@ const (
 	h2FlagPriority     = 0x20
 )
 
-// errH2Unreadable ends a connection whose frames the limit cannot follow:
-// the server would refuse them too (a protocol or compression error), and
-// bytes the limit cannot read must not pass it.
-var errH2Unreadable = errors.New("HTTP/2 frames the header list limit cannot read")
+// unreadable is the refusal of frames the limit cannot follow (h2refused.go):
+// bytes it cannot read must not pass it, and the server would take each
+// for a connection error too, so the client gets the GOAWAY the server
+// would send, with code (RFC 9113: PROTOCOL_ERROR for a header block
+// interrupted or bad padding, COMPRESSION_ERROR for a block that cannot
+// be decoded, FRAME_SIZE_ERROR for a frame too short for its fields).
+func unreadable(code http2.ErrCode, format string, args ...any) error {
+	return &h2GoAway{code, "frames the appliance cannot read: " + fmt.Sprintf(format, args...)}
+}
 
 // h2HeaderLimit follows the frames a client sends and measures each header
 // block's list. It is used by one reader at a time.
 type h2HeaderLimit struct {
 	max uint32
 	dec *hpack.Decoder
-	err error // sticky: errHeadTooLarge or an errH2Unreadable
+	err error // sticky: errHeadTooLarge or an *h2GoAway (a guard, unreadable)
 
 	// The frame being read.
 	hdr    [h2FrameHeaderLen]byte
@@ -235,8 +240,9 @@ func newH2HeaderLimit(max uint32) *h2HeaderLimit {
 }
 
 // feed takes the next bytes the client sent. It returns errHeadTooLarge
-// once a header list is over the limit, errH2Unreadable once the frames
-// cannot be followed, and from then on always the same error.
+// once a header list is over the limit, an *h2GoAway once a guard refuses
+// the client or the frames cannot be followed (unreadable), and from then
+// on always the same error.
 func (l *h2HeaderLimit) feed(b []byte) error {
 	for len(b) > 0 && l.err == nil {
 		if l.hdrN < h2FrameHeaderLen {
@@ -284,10 +290,10 @@ func (l *h2HeaderLimit) startFrame() {
 		l.fail(frameTooLarge(l.length))
 		return
 	case l.inBlock && (l.typ != h2TypeContinuation || l.stream != l.blockStream):
-		l.fail(fmt.Errorf("%w: a header block interrupted by a frame of type %d", errH2Unreadable, l.typ))
+		l.fail(unreadable(http2.ErrCodeProtocol, "a header block interrupted by a frame of type %d", l.typ))
 		return
 	case l.typ == h2TypeContinuation && !l.inBlock:
-		l.fail(fmt.Errorf("%w: CONTINUATION outside a header block", errH2Unreadable))
+		l.fail(unreadable(http2.ErrCodeProtocol, "CONTINUATION outside a header block"))
 		return
 	case l.typ == h2TypeHeaders:
 		if l.flags&h2FlagPadded != 0 {
@@ -297,7 +303,7 @@ func (l *h2HeaderLimit) startFrame() {
 			l.pre += 5
 		}
 		if l.length < l.pre {
-			l.fail(fmt.Errorf("%w: HEADERS frame of %d bytes", errH2Unreadable, l.length))
+			l.fail(unreadable(http2.ErrCodeFrameSize, "HEADERS frame of %d bytes", l.length))
 			return
 		}
 		l.inBlock, l.blockStream, l.size, l.trailers = true, l.stream, 0, 0
@@ -349,7 +355,7 @@ func (l *h2HeaderLimit) payload(b []byte) {
 			if l.off == 0 && l.flags&h2FlagPadded != 0 {
 				l.pad = int(b[0])
 				if l.pre+l.pad > l.length {
-					l.fail(fmt.Errorf("%w: HEADERS padding longer than the frame", errH2Unreadable))
+					l.fail(unreadable(http2.ErrCodeProtocol, "HEADERS padding longer than the frame"))
 					return
 				}
 			}
@@ -386,7 +392,7 @@ func (l *h2HeaderLimit) decode(frag []byte) {
 	case errors.Is(err, hpack.ErrStringLength) || l.over():
 		l.fail(errHeadTooLarge)
 	case err != nil:
-		l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
+		l.fail(unreadable(http2.ErrCodeCompression, "a header block that cannot be decoded: %v", err))
 	}
 }
 
@@ -412,7 +418,7 @@ func (l *h2HeaderLimit) endFrame() {
 	if block && l.flags&h2FlagEndHeaders != 0 && l.err == nil {
 		l.inBlock = false
 		if err := l.dec.Close(); err != nil {
-			l.fail(fmt.Errorf("%w: %w", errH2Unreadable, err))
+			l.fail(unreadable(http2.ErrCodeCompression, "a header block that cannot be decoded: %v", err))
 		} else {
 			if l.newStream && !l.ignored {
 				l.opened++

@@ -173,23 +173,32 @@ func TestH2HeaderLimitUnreadable(t *testing.T) {
 	open := frame(func(fr *http2.Framer) error {
 		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0x82}})
 	})
-	for name, b := range map[string][]byte{
-		"continuation alone":  frame(func(fr *http2.Framer) error { return fr.WriteContinuation(1, true, []byte{0x82}) }),
-		"data inside a block": append(bytes.Clone(open), frame(func(fr *http2.Framer) error { return fr.WriteData(1, true, nil) })...),
-		"other stream's continuation": append(bytes.Clone(open), frame(func(fr *http2.Framer) error {
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		code http2.ErrCode // the GOAWAY's, as RFC 9113 has the server's
+	}{
+		{"continuation alone", frame(func(fr *http2.Framer) error { return fr.WriteContinuation(1, true, []byte{0x82}) }), http2.ErrCodeProtocol},
+		{"data inside a block", append(bytes.Clone(open), frame(func(fr *http2.Framer) error { return fr.WriteData(1, true, nil) })...), http2.ErrCodeProtocol},
+		{"other stream's continuation", append(bytes.Clone(open), frame(func(fr *http2.Framer) error {
 			return fr.WriteContinuation(3, true, []byte{0x82})
-		})...),
-		"padding past the end": {0, 0, 2, h2TypeHeaders, h2FlagPadded | h2FlagEndHeaders, 0, 0, 0, 1, 9, 0x82},
-		"bad index": frame(func(fr *http2.Framer) error {
+		})...), http2.ErrCodeProtocol},
+		{"padding past the end", []byte{0, 0, 2, h2TypeHeaders, h2FlagPadded | h2FlagEndHeaders, 0, 0, 0, 1, 9, 0x82}, http2.ErrCodeProtocol},
+		{"too short for its fields", []byte{0, 0, 0, h2TypeHeaders, h2FlagPadded | h2FlagEndHeaders, 0, 0, 0, 1}, http2.ErrCodeFrameSize},
+		{"bad index", frame(func(fr *http2.Framer) error {
 			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0xff, 0x7f}, EndHeaders: true})
-		}),
+		}), http2.ErrCodeCompression},
+		{"block cut short", frame(func(fr *http2.Framer) error {
+			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0x82, 0x44}, EndHeaders: true})
+		}), http2.ErrCodeCompression},
 	} {
 		l := newH2HeaderLimit(1000)
-		if err := l.feed(b); !errors.Is(err, errH2Unreadable) {
-			t.Errorf("%s: %v, want unreadable", name, err)
+		err := l.feed(tc.b)
+		if g, ok := errors.AsType[*h2GoAway](err); !ok || g.code != tc.code || !strings.HasPrefix(g.why, "frames the appliance cannot read: ") {
+			t.Errorf("%s: %v, want a refusal with %v", tc.name, err, tc.code)
 		}
-		if err := l.feed([]byte{0}); !errors.Is(err, errH2Unreadable) {
-			t.Errorf("%s: the error is not kept: %v", name, err)
+		if again := l.feed([]byte{0}); again != err {
+			t.Errorf("%s: the error is not kept: %v", tc.name, again)
 		}
 	}
 }

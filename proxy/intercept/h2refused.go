@@ -11,8 +11,10 @@ import (
 // ended.
 //
 // A guard (h2guard.go, h2goawaylast.go, the frame size) or the header list
-// limit (h2limit.go) that refuses a client writes the appliance's own
-// GOAWAY, past x/net's writer (refuseH2, or the writer's
+// limit (h2limit.go: a list too large, or frames it cannot follow, which
+// closed the connection with no GOAWAY at all and were recorded as the
+// client's going away, review rev33a F3) that refuses a client writes the
+// appliance's own GOAWAY, past x/net's writer (refuseH2, or the writer's
 // checkWrittenResets), and the connection closes: x/net's read fails, and
 // it cancels every stream. That GOAWAY never reached the stream notes,
 // which see the server's as h2Frames.advance reads its writes: a request
@@ -62,7 +64,7 @@ func (u *h2Unanswered) refused(last uint32, g *h2GoAway) {
 }
 
 // noteRefused notes the reader's refusal of the client for err, an
-// *h2GoAway of a guard or errHeadTooLarge, as refuseH2 is to write it:
+// *h2GoAway (a guard's, or unreadable frames') or errHeadTooLarge, as refuseH2 is to write it:
 // the GOAWAY refusal (h2limit.go) writes, with its last stream.
 func (l *headLimit) noteRefused(err error) {
 	h := l.h2
