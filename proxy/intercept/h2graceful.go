@@ -34,7 +34,10 @@ package intercept
 // GOAWAY for an error. One it cannot tell (a SETTINGS value out of range,
 // the connection's window overflowed, a frame x/net finds malformed
 // otherwise) is not foreseen: a client's reset after it is still the
-// client's.
+// client's. The notes are deaf after such an error with no graceful
+// GOAWAY out too: the server's GOAWAY for it would weigh a reset after
+// it away, but the appliance's refusal of a frame after both does not
+// (connError).
 
 // h2TypePing is PING's frame type; h2FlagAck the ACK flag of SETTINGS.
 const (
@@ -67,13 +70,18 @@ func (l *h2HeaderLimit) connError() {
 	}
 }
 
-// connError notes a connection error of the client's, read: after the
-// server's graceful GOAWAY, with none for an error out, x/net processes
-// no frame after it, so no reset of the client's, nor any it foresaw,
-// read after it ended a stream.
+// connError notes a connection error of the client's, read: x/net
+// processes no frame after it, graceful GOAWAY out or not, so no reset of
+// the client's, nor any it foresaw, read after it ended a stream. Once a
+// GOAWAY for an error is out, nothing is taken anyway. Only after a
+// graceful GOAWAY did it used to be: without one, the server's GOAWAY for
+// the error weighs such a reset away (clientBeforeGoAwayLocked), but the
+// appliance's refusal of a frame after it, in the same write, weighs
+// nothing (h2refused.go), and the reset stayed the client's (review
+// rev33a F1).
 func (n *h2StreamNotes) connError() {
 	n.mu.Lock()
-	if n.graceful && !n.goneAway {
+	if !n.goneAway {
 		n.deaf = true
 	}
 	n.mu.Unlock()

@@ -101,6 +101,7 @@ func TestH2UnansweredBounded(t *testing.T) {
 // can tell (each kind here) ends nothing: x/net never processes it, and
 // sends no second GOAWAY to weigh it against (review rev31b F2). One read
 // before the error, or after a frame that is no error, is the client's.
+// So too with no graceful GOAWAY out.
 func TestH2ResetAfterConnErrorAfterGraceful(t *testing.T) {
 	rst := rawFrame(h2TypeRSTStream, 0, 1, 0, 0, 0, 8) // CANCEL
 	for _, tc := range []struct {
@@ -122,7 +123,11 @@ func TestH2ResetAfterConnErrorAfterGraceful(t *testing.T) {
 		{"error after the reset", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 0), false, true, true},
 		{"no error: a ping", rawFrame(h2TypePing, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8), true, true, true},
 		{"no error: a window update", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 1), true, true, true},
-		{"no graceful GOAWAY", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 0), true, false, true},
+		// With no graceful GOAWAY out, the same: the server's GOAWAY for
+		// the error would weigh the reset away, but the appliance's
+		// refusal of a frame after it does not (review rev33a F1).
+		{"no graceful GOAWAY", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 0), true, false, false},
+		{"no graceful GOAWAY, error after the reset", rawFrame(h2TypeWindowUpdate, 0, 0, 0, 0, 0, 0), false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := &h2Unanswered{}

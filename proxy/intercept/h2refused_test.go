@@ -290,7 +290,8 @@ func openUnanswered(pc *probeClient) {
 // not the client, deciding (review rev32b F3). A reset after the PING,
 // which the appliance never reads, ends nothing: /hang/0 says the
 // refusal. /hang/1 says the refusal each time, and so does the tls
-// record.
+// record. A reset after a connection error of the client's that the
+// appliance reads, before the PING, ends nothing either.
 func TestH2ResetBeforeRefusalIsTheClients(t *testing.T) {
 	rst := func(id uint32) []byte {
 		var b bytes.Buffer
@@ -320,6 +321,27 @@ func TestH2ResetBeforeRefusalIsTheClients(t *testing.T) {
 		}, "reset", gone},
 		{"ping-then-reset-one-write", func(_ *testing.T, pc *probeClient, _ *probeOrigin, h0 uint32) {
 			pc.c.Write(append(bytes.Clone(big), rst(h0)...))
+		}, "error", refused},
+		// A reset after a connection error the appliance tells as it
+		// reads it (a connection WINDOW_UPDATE of 0, an RST_STREAM on
+		// the connection), before the PING: the server would never have
+		// taken it, as without the PING (records.md), so it ends nothing
+		// and /hang/0 says the refusal. It said the client's going away:
+		// the notes took resets after such an error only once a graceful
+		// GOAWAY was out (review rev33a F1).
+		{"window-update-0-then-reset-then-ping", func(_ *testing.T, pc *probeClient, _ *probeOrigin, h0 uint32) {
+			var b bytes.Buffer
+			fr := http2.NewFramer(&b, nil)
+			fr.AllowIllegalWrites = true
+			fr.WriteWindowUpdate(0, 0)
+			pc.c.Write(append(append(b.Bytes(), rst(h0)...), big...))
+		}, "error", refused},
+		{"reset-of-the-connection-then-reset-then-ping", func(_ *testing.T, pc *probeClient, _ *probeOrigin, h0 uint32) {
+			var b bytes.Buffer
+			fr := http2.NewFramer(&b, nil)
+			fr.AllowIllegalWrites = true
+			fr.WriteRSTStream(0, http2.ErrCodeCancel)
+			pc.c.Write(append(append(b.Bytes(), rst(h0)...), big...))
 		}, "error", refused},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

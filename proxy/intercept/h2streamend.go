@@ -123,8 +123,8 @@ type h2StreamNotes struct {
 	// server closed the connection on its own after it, and cut: a
 	// request under way was ended so (h2graceful.go).
 	graceful, byServer, cut bool
-	// deaf: the reader read a connection error of the client's after
-	// the graceful GOAWAY (h2graceful.go).
+	// deaf: the reader read a connection error of the client's, with
+	// no GOAWAY for an error out (h2graceful.go).
 	deaf bool
 	// epoch counts the clients' resets noted and the connection's close,
 	// and closedAt is its value at the close: a write the writer began
