@@ -103,10 +103,11 @@ func (f *h2Frames) patchSettings(b []byte) []byte {
 // recordRefused writes the record of an HTTP/2 connection a guard
 // refused, if one did, when the session ends: one http deny record, as
 // for an oversized header list, whose error says which guard and why. It
-// reports whether it wrote one.
+// reports whether it wrote one. The header list limit's refusal, also
+// noted in refused (Read), has its own record (tooLarge).
 func (rt *roundTripper) recordRefused() bool {
 	p := rt.cc.limit.refused.Load()
-	if p == nil {
+	if p == nil || *p == errHeadTooLarge {
 		return false
 	}
 	s := rt.s

@@ -3,6 +3,7 @@ package intercept
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -130,3 +131,55 @@ func (n *h2StreamNotes) goAwayError(code http2.ErrCode) string {
 	}
 	return serverGoAwayError(code)
 }
+
+// refuseH2 writes an HTTP/2 client its refusal while reading on, and
+// discarding, what it sends. An HTTP/2 client may be unable to read until
+// it has written: x/net's, for one, acknowledges the server's SETTINGS
+// under the lock its request's writer holds, and that writer waits for us
+// to read the rest of an oversized header block. Once the refusal is out
+// the reading lingers until the client has been quiet for h2LingerQuiet
+// (at most h2Linger): closing with its bytes unread would reset the
+// connection, and a reset can discard the refusal before the client reads
+// it. The refusal's write deadline (write431) bounds the first part. b is
+// a buffer to read into.
+func (c *hijackedConn) refuseH2(b []byte) {
+	if len(b) == 0 {
+		b = make([]byte, 4096)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.write431()
+		_ = c.Conn.SetReadDeadline(time.Now().Add(h2LingerQuiet)) // wakes a read that waits
+	}()
+	var end time.Time
+	for {
+		select {
+		case <-done:
+			now := time.Now()
+			if end.IsZero() {
+				end = now.Add(h2Linger)
+			}
+			dl := now.Add(h2LingerQuiet)
+			if dl.After(end) {
+				dl = end
+			}
+			_ = c.Conn.SetReadDeadline(dl)
+		default:
+		}
+		n, err := c.Conn.Read(b)
+		c.in.Add(int64(n))
+		if err != nil {
+			break
+		}
+	}
+	<-done
+}
+
+// How long an HTTP/2 connection refused for an oversized header list goes
+// on reading what its client still sends: until the client has been quiet
+// for h2LingerQuiet, at most h2Linger after the refusal was written.
+const (
+	h2LingerQuiet = 200 * time.Millisecond
+	h2Linger      = 2 * time.Second
+)

@@ -177,3 +177,117 @@ func TestH2WriterRefusalRacesNoRead(t *testing.T) {
 		t.Errorf("%d trials: %d streams handed past the GOAWAY's last stream, %d resets handed and not noted", refusedByWriter, past, unnoted)
 	}
 }
+
+// TestH2WriterRefusalAnd431OneGoAway: the writer's refusal
+// (checkWrittenResets) lands while the reader counts a read whose header
+// list is over the limit. Both refused the client: the 431's GOAWAY
+// replaced the writer's pending one (or followed it, a second GOAWAY
+// naming a higher last stream, which RFC 9113 §6.8 forbids), the notes
+// kept the writer's refusal, and the session wrote two deny records
+// (review rev33a F2: 132 of 600 trials). Now the connection is refused
+// once, by whichever claims it first: one GOAWAY, the notes' refusal,
+// and one record's flag (tooLarge for the 431, refused for the writer's).
+func TestH2WriterRefusalAnd431OneGoAway(t *testing.T) {
+	const trials = 400
+	buf := make([]byte, 128<<10)
+	var byWriter, byReader int
+	for trial := range trials {
+		var hpb bytes.Buffer
+		enc := hpack.NewEncoder(&hpb)
+		block := func(path string, big int) []byte {
+			hpb.Reset()
+			for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+				{Name: ":authority", Value: "www.example.test"}, {Name: ":path", Value: path},
+				{Name: "x-a", Value: strings.Repeat("a", big), Sensitive: true}} {
+				_ = enc.WriteField(f)
+			}
+			return bytes.Clone(hpb.Bytes())
+		}
+		var first bytes.Buffer
+		first.WriteString(http2.ClientPreface)
+		fr := http2.NewFramer(&first, nil)
+		_ = fr.WriteSettings()
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("/s1", 10), EndStream: true, EndHeaders: true})
+		var second bytes.Buffer
+		fr = http2.NewFramer(&second, nil)
+		b := block("/big", 70000) // over 65856 once decoded
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b[:16000], EndStream: true})
+		for b = b[16000:]; len(b) > 0; {
+			n := min(len(b), 16000)
+			_ = fr.WriteContinuation(3, n == len(b), b[:n])
+			b = b[n:]
+		}
+		conn := &keptWrites{chunkConn: &chunkConn{chunks: [][]byte{first.Bytes(), second.Bytes()}}}
+		c := &hijackedConn{Conn: conn}
+		c.limit.arm(64<<10, true)
+		if n, err := c.Read(buf); err != nil || n == 0 {
+			t.Fatalf("first read: %d %v", n, err)
+		}
+		u := &c.limit.unanswered
+		done := make(chan struct{})
+		go func() { // x/net's writer: a reset it wrote passes the bound
+			defer close(done)
+			for range trial % 300 {
+				runtime.Gosched()
+			}
+			u.caused.Store(1000)
+			c.hold.mu.Lock()
+			c.checkWrittenResets()
+			c.hold.mu.Unlock()
+			conn.stop.Store(true)
+		}()
+		_, _ = c.Read(buf) // the second read: refuseH2 lingers until EOF (stop)
+		<-done
+		// What the client gets: what was written, and the refusal still
+		// to go at the server's next frame boundary.
+		conn.mu.Lock()
+		got := append(bytes.Clone(conn.out.Bytes()), c.frames.final...)
+		conn.mu.Unlock()
+		var goAways []*http2.GoAwayFrame
+		answered := false
+		rd := http2.NewFramer(io.Discard, bytes.NewReader(got))
+		for {
+			f, err := rd.ReadFrame()
+			if err != nil {
+				break
+			}
+			switch f := f.(type) {
+			case *http2.GoAwayFrame:
+				goAways = append(goAways, f)
+			case *http2.HeadersFrame:
+				answered = answered || f.StreamID == 3
+			}
+		}
+		p := c.limit.refused.Load()
+		if len(goAways) != 1 || p == nil {
+			t.Fatalf("trial %d: %d GOAWAYs, refusal %v, want one of each", trial, len(goAways), p)
+		}
+		g := goAways[0]
+		writers := *p != errHeadTooLarge
+		if writers {
+			byWriter++
+		} else {
+			byReader++
+		}
+		why := u.ends.refusal.why
+		if writers != strings.Contains(string(g.DebugData()), "streams reset") || writers == c.limit.tooLarge.Load() || writers == answered ||
+			writers != strings.Contains(why, "streams reset") || writers == u.ends.listRefused {
+			t.Fatalf("trial %d: GOAWAY %v %q last %d, the 431 %v; notes: %q, list refused %v; refused %v, tooLarge %v",
+				trial, g.ErrCode, g.DebugData(), g.LastStreamID, answered, why, u.ends.listRefused, *p, c.limit.tooLarge.Load())
+		}
+	}
+	t.Logf("%d trials: refused by the writer %d, by the reader (the 431) %d", trials, byWriter, byReader)
+}
+
+// keptWrites is a chunkConn that keeps what is written to it.
+type keptWrites struct {
+	*chunkConn
+	mu  sync.Mutex
+	out bytes.Buffer
+}
+
+func (c *keptWrites) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.Write(b)
+}

@@ -120,7 +120,9 @@ type headLimit struct {
 	read     atomic.Int64
 	tooLarge atomic.Bool
 	// refused is the error of an HTTP/2 connection refused by a guard of
-	// h2guard.go (an *h2GoAway), for the session's record.
+	// h2guard.go (an *h2GoAway), for the session's record, or
+	// errHeadTooLarge, the header list limit's (tooLarge's record): one
+	// refusal a connection, the reader's or the writer's (Read).
 	refused atomic.Pointer[error]
 	// unanswered is the HTTP/2 streams the client opened that the server
 	// has not answered: h2guard.go.
@@ -295,16 +297,22 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 	c.bounds.skipped = 0
 	if lerr := c.limit.count(b[:n]); lerr != nil {
 		refused := lerr // only this escapes: a read within the limits allocates nothing
-		if _, ok := errors.AsType[*h2GoAway](lerr); ok && c.limit.refused.CompareAndSwap(nil, &refused) {
-			c.limit.noteRefused(lerr) // for the records: h2refused.go
-			c.refuseH2(b)             // a guard's GOAWAY: h2guard.go
-		} else if lerr == errHeadTooLarge && !c.limit.tooLarge.Swap(true) {
-			if c.limit.h2 != nil {
-				c.limit.noteRefused(lerr)
-				c.refuseH2(b)
-			} else {
+		switch {
+		case c.limit.h2 == nil: // an HTTP/1 head
+			if !c.limit.tooLarge.Swap(true) {
 				c.write431()
 			}
+		case c.limit.refused.CompareAndSwap(nil, &refused):
+			// An HTTP/2 connection is refused once: by the reader, or by
+			// the writer (checkWrittenResets), whichever claims it first.
+			c.limit.tooLarge.Store(lerr == errHeadTooLarge)
+			c.limit.noteRefused(lerr) // for the records: h2refused.go
+			c.refuseH2(b)             // its GOAWAY: h2limit.go's refusal
+		default:
+			// The writer refused the client while these bytes were
+			// counted: its GOAWAY alone goes out, and its refusal is the
+			// records' (review rev33a F2).
+			return 0, c.lingerRefused(b)
 		}
 		return 0, lerr
 	}
@@ -342,58 +350,6 @@ func isTimeout(err error) bool {
 	return ok && ne.Timeout() && !errors.Is(err, syscall.ETIMEDOUT)
 }
 
-// refuseH2 writes an HTTP/2 client its refusal while reading on, and
-// discarding, what it sends. An HTTP/2 client may be unable to read until
-// it has written: x/net's, for one, acknowledges the server's SETTINGS
-// under the lock its request's writer holds, and that writer waits for us
-// to read the rest of an oversized header block. Once the refusal is out
-// the reading lingers until the client has been quiet for h2LingerQuiet
-// (at most h2Linger): closing with its bytes unread would reset the
-// connection, and a reset can discard the refusal before the client reads
-// it. The refusal's write deadline (write431) bounds the first part. b is
-// a buffer to read into.
-func (c *hijackedConn) refuseH2(b []byte) {
-	if len(b) == 0 {
-		b = make([]byte, 4096)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.write431()
-		_ = c.Conn.SetReadDeadline(time.Now().Add(h2LingerQuiet)) // wakes a read that waits
-	}()
-	var end time.Time
-	for {
-		select {
-		case <-done:
-			now := time.Now()
-			if end.IsZero() {
-				end = now.Add(h2Linger)
-			}
-			dl := now.Add(h2LingerQuiet)
-			if dl.After(end) {
-				dl = end
-			}
-			_ = c.Conn.SetReadDeadline(dl)
-		default:
-		}
-		n, err := c.Conn.Read(b)
-		c.in.Add(int64(n))
-		if err != nil {
-			break
-		}
-	}
-	<-done
-}
-
-// How long an HTTP/2 connection refused for an oversized header list goes
-// on reading what its client still sends: until the client has been quiet
-// for h2LingerQuiet, at most h2Linger after the refusal was written.
-const (
-	h2LingerQuiet = 200 * time.Millisecond
-	h2Linger      = 2 * time.Second
-)
-
 // write431 answers an oversized head, after any response bytes still held:
 // they are what the client's previous request was waiting for. An HTTP/2
 // client gets its refusal between two of the server's frames.
@@ -404,7 +360,11 @@ func (c *hijackedConn) write431() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if c.limit.h2 != nil {
-		c.frames.final = c.limit.h2.refusal(c.frames.started)
+		f := &c.frames
+		if f.final != nil || f.sealed {
+			return // a GOAWAY is out or on its way: never a second (RFC 9113 §6.8)
+		}
+		f.final = c.limit.h2.refusal(f.started)
 		if c.frames.atBoundary() {
 			c.writeFinal()
 		} // else the server's next write completes its frame, then it goes
