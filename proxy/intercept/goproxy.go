@@ -253,6 +253,9 @@ func (rt *roundTripper) end() {
 			rec.Action, rec.Result, rec.Error = "deny", "denied", headTooLarge(int64(s.ic.cfg.MaxHeaderBytes))
 			if rt.cc.limit.isH2.Load() { // measured as HTTP/2 does: see h2limit.go
 				rec.Error = headerListTooLarge(h2MaxHeaderList(int64(s.ic.cfg.MaxHeaderBytes))) // h2refused.go
+				if !rt.cc.limit.answered431.Load() {
+					rec.Status, rec.Error = 0, listRefusedWithout431(rec.Error) // a trailer block's
+				}
 			}
 			rec.End(s.Start)
 			s.ic.write(&rec)

@@ -446,7 +446,7 @@ func (l *h2HeaderLimit) refusal(serverStarted bool) []byte {
 		_ = fr.WriteGoAway(l.passed, g.code, []byte("gwlbproxy: "+g.why))
 		return buf.Bytes()
 	}
-	if l.newStream {
+	if l.answers431() {
 		var block bytes.Buffer
 		// Never indexed: the block leaves the client's dynamic table as
 		// the server's encoder left it.
@@ -457,4 +457,12 @@ func (l *h2HeaderLimit) refusal(serverStarted bool) []byte {
 	}
 	_ = fr.WriteGoAway(l.lastStream, http2.ErrCodeEnhanceYourCalm, []byte("gwlbproxy: request header list too large"))
 	return buf.Bytes()
+}
+
+// answers431 reports whether the refusal has a 431 for the block's stream:
+// the header list limit's, of a block that opened its stream. A trailer
+// block's stream may be answering already: the GOAWAY alone ends it.
+func (l *h2HeaderLimit) answers431() bool {
+	_, guard := errors.AsType[*h2GoAway](l.err)
+	return !guard && l.newStream
 }

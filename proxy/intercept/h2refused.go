@@ -77,7 +77,7 @@ func (l *headLimit) noteRefused(err error) {
 	l.unanswered.refused(h.lastStream, g)
 	n := l.unanswered.notes()
 	n.mu.Lock()
-	n.listRefused = n.refusal == g
+	n.listRefused = n.refusal == g && h.answers431()
 	n.mu.Unlock()
 }
 
@@ -99,7 +99,18 @@ func headerListTooLarge(max uint32) string {
 // counted among the errors over HTTP/2 and not over HTTP/1.1 (review
 // rev32b F4). So it says the refusal only when a request under way was
 // ended by it (refusalCut); a guard's refusal, the client's abuse, always
-// does.
+// does. So does the refusal of an oversized trailer block, which has no
+// 431 (its stream may be answering already: h2HeaderLimit.refusal), the
+// GOAWAY alone, as a guard's; its deny record said `status: 431` of an
+// answer nobody was sent (review rev33a F5), and now says the refusal
+// as a guard's does (listRefusedWithout431).
+
+// listRefusedWithout431 is the deny record's error for the header list
+// limit's refusal, saying why, when it sent no 431: a guard's words
+// (recordRefused), with no status.
+func listRefusedWithout431(why string) string {
+	return "connection refused: " + (&h2GoAway{http2.ErrCodeEnhanceYourCalm, why}).Error()
+}
 
 // goAwayCut is goAwayError for the record of a request under way that the
 // GOAWAY ended, noted for the tls record (listRefusalAlone).

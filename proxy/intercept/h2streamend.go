@@ -116,8 +116,8 @@ type h2StreamNotes struct {
 	refusal  *h2GoAway
 	closed   bool // the connection was closed
 	// listRefused: the refusal is the header list limit's, its stream
-	// answered 431; refusalCut: the GOAWAY ended a request under way
-	// (h2refused.go).
+	// answered 431 (not a trailer block's); refusalCut: the GOAWAY
+	// ended a request under way (h2refused.go).
 	listRefused, refusalCut bool
 	// graceful: the server's GOAWAY with NO_ERROR is out; byServer: the
 	// server closed the connection on its own after it, and cut: a

@@ -119,6 +119,9 @@ type headLimit struct {
 	inHead   atomic.Bool
 	read     atomic.Int64
 	tooLarge atomic.Bool
+	// answered431: the HTTP/2 refusal of an oversized header list has
+	// a 431 for its stream, which a trailer block's has not (h2refused.go).
+	answered431 atomic.Bool
 	// refused is the error of an HTTP/2 connection refused by a guard of
 	// h2guard.go (an *h2GoAway), for the session's record, or
 	// errHeadTooLarge, the header list limit's (tooLarge's record): one
@@ -365,6 +368,7 @@ func (c *hijackedConn) write431() {
 			return // a GOAWAY is out or on its way: never a second (RFC 9113 §6.8)
 		}
 		f.final = c.limit.h2.refusal(f.started)
+		c.limit.answered431.Store(c.limit.h2.answers431())
 		if c.frames.atBoundary() {
 			c.writeFinal()
 		} // else the server's next write completes its frame, then it goes
