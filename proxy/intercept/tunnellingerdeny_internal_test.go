@@ -45,18 +45,21 @@ func TestLingerTailReloadDenyEndsItAtOnce(t *testing.T) {
 	if err != nil {
 		t.Skip("no ::1:", err)
 	}
+	defer ln.Close()
 	acc := make(chan net.Conn, 1)
 	go func() { c, _ := ln.Accept(); acc <- c }()
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 8192) })
 	}}
 	cc, err := d.Dial("tcp", ln.Addr().String())
-	ln.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cc.Close()
+	// The listener closes only once it has accepted: closed with the
+	// connection still in its queue, it resets it.
 	peer := <-acc
+	ln.Close()
 	if peer == nil {
 		t.Fatal("no connection accepted")
 	}
