@@ -17,7 +17,7 @@ import "time"
 // stream carried into the client's connection, as its writes return: the
 // bytes are in the connection's send buffer then, as an HTTP/1 response's
 // last write is when its record says ok. A body of known length read to
-// its end whose bytes all went out so (wholeOut) is recorded whole,
+// its end whose bytes all went out so is recorded whole,
 // whatever ended the stream after. A body of no known length is not: its
 // client needs END_STREAM to know it has it all; nor one with trailers,
 // which go out only after the record (review rev33c F1). A client that
@@ -106,13 +106,4 @@ func (e *h2StreamNote) dataSent() (int64, bool) {
 			expired = true
 		}
 	}
-}
-
-// wholeOut reports whether the stream's DATA frames written to the
-// client's connection carried at least body bytes. A note dropped at the
-// bound (h2MaxEndNotes) counts no more, and so says no, as a stream with no
-// note does.
-func (e *h2StreamNote) wholeOut(body int64) bool {
-	out, ok := e.dataSent()
-	return ok && out >= body
 }

@@ -36,13 +36,21 @@ func TestH2ClientCloseAfterWholeBody(t *testing.T) {
 		window  uint32 // the client's initial stream window; 0: the default
 		trailer bool   // the origin announces and sends a trailer
 		reset   bool   // the client grants the rest and resets the stream in one write
+		// connErr: a connection error of the client's (a connection
+		// WINDOW_UPDATE of 0) between the grant and the reset, which the
+		// server then never takes; the client drops the rest all the same
+		// (review rev33f F3).
+		connErr bool
 		want    string
 		wantIn  int64
+		words   string // the record's error, before " (N body bytes passed on)"
 	}{
 		{name: "whole body then close", want: "ok", wantIn: size},
-		{name: "part of the body then close", window: 100, want: "error", wantIn: 100},
-		{name: "whole body with a trailer then close", trailer: true, want: "error", wantIn: size},
-		{name: "reset with the last window", window: 500, reset: true, want: "error", wantIn: 500},
+		{name: "part of the body then close", window: 100, want: "error", wantIn: 100, words: "the client went away before the response ended"},
+		{name: "whole body with a trailer then close", trailer: true, want: "error", wantIn: size, words: "the client went away before the response ended"},
+		{name: "reset with the last window", window: 500, reset: true, want: "error", wantIn: 500, words: "the client went away before the response ended"},
+		{name: "reset after a connection error", window: 500, reset: true, connErr: true, want: "error", wantIn: 500,
+			words: "the appliance's HTTP/2 server closed the connection for the client's protocol error (GOAWAY PROTOCOL_ERROR) before the response ended"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The handler's Close (the record) waits until the stream's
@@ -121,7 +129,11 @@ func TestH2ClientCloseAfterWholeBody(t *testing.T) {
 				// has taken the window and written the rest.
 				var b strings.Builder
 				both := http2.NewFramer(&b, nil)
+				both.AllowIllegalWrites = true // the WINDOW_UPDATE of 0
 				both.WriteWindowUpdate(1, size-tc.window)
+				if tc.connErr {
+					both.WriteWindowUpdate(0, 0)
+				}
 				both.WriteRSTStream(1, http2.ErrCodeCancel)
 				if _, err := c.Write([]byte(b.String())); err != nil {
 					t.Fatal(err)
@@ -172,8 +184,8 @@ func TestH2ClientCloseAfterWholeBody(t *testing.T) {
 			if tc.want == "ok" && rec.Error != "" {
 				t.Fatalf("record %+v: want no error", rec)
 			}
-			if tc.want == "error" && !strings.Contains(rec.Error, fmt.Sprintf("the client went away before the response ended (%d body bytes passed on)", tc.wantIn)) {
-				t.Fatalf("record error %q: want the client's going away, %d bytes passed on", rec.Error, tc.wantIn)
+			if tc.want == "error" && !strings.Contains(rec.Error, fmt.Sprintf("%s (%d body bytes passed on)", tc.words, tc.wantIn)) {
+				t.Fatalf("record error %q: want %q, %d bytes passed on", rec.Error, tc.words, tc.wantIn)
 			}
 		})
 	}

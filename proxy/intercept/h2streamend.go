@@ -163,8 +163,15 @@ func (n *h2StreamNotes) open(id uint32) {
 // before is weighed as that GOAWAY goes out (serverGoAway).
 func (n *h2StreamNotes) client(id uint32) {
 	n.mu.Lock()
-	if e := n.m[id]; e != nil && e.ended == h2EndedNot && !n.goneAway && !n.deaf {
-		e.ended, e.resetAt = h2EndedClient, n.epoch.Add(1)
+	e := n.m[id]
+	if e != nil && e.resetAt == 0 {
+		// Whether or not it ends the stream for the server, the client
+		// drops the stream's DATA from now on (h2bodyout.go; review
+		// rev33f F3: one read after its own connection error).
+		e.resetAt = n.epoch.Add(1)
+	}
+	if e != nil && e.ended == h2EndedNot && !n.goneAway && !n.deaf {
+		e.ended = h2EndedClient
 	}
 	n.mu.Unlock()
 }

@@ -329,7 +329,17 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 		return "ok", "", delivered
 	case b.ended.Load() && ctx.Err() == nil && werr == nil:
 		return "ok", "", delivered
-	case b.ended.Load() && err == nil && werr == nil && b.copying.Load() && !b.trailers() && b.note.wholeOut(delivered):
+	}
+	// Past the ok above: what a body of known length's DATA frames
+	// carried into the client's connection (h2bodyout.go), asked once, as
+	// it may wait for a write under way.
+	var out int64
+	outOK := false
+	if !b.tunnel && b.copying.Load() {
+		out, outOK = b.note.dataSent()
+	}
+	switch {
+	case b.ended.Load() && err == nil && werr == nil && outOK && out >= delivered && !b.trailers():
 		// A body of known length whose every byte went out in the
 		// stream's DATA frames before its context was done: a client
 		// that closed without waiting for END_STREAM (h2bodyout.go).
@@ -341,8 +351,8 @@ func (b *recordingBody) outcome(ctx context.Context, werr, broke error) (result,
 			// end may have come after it, in a read of its own.
 			delivered -= b.lastData.Load()
 		case err == nil:
-			if out, ok := b.note.dataSent(); ok && b.copying.Load() {
-				delivered = min(out, delivered) // what went out, counted (h2bodyout.go)
+			if outOK {
+				delivered = min(out, delivered) // what went out, counted
 			} else {
 				delivered -= b.last.Load() // the write that failed
 			}
