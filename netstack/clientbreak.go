@@ -39,14 +39,19 @@ func (c *Conn) keepClientBreak(terr tcpip.Error) bool {
 }
 
 // keepReadBreak is keepClientBreak for err, the error of gonet's Read,
-// which gives the stack's error in its words only.
+// which gives the stack's error in its words only; the stack's abort it
+// keeps as keepStackAbort does (reporting false).
 func (c *Conn) keepReadBreak(err error) bool {
 	var oe *net.OpError
 	if !errors.As(err, &oe) || oe.Err == nil || c.closed() {
 		return false
 	}
-	for _, terr := range []tcpip.Error{&tcpip.ErrConnectionReset{}, &tcpip.ErrTimeout{}} {
+	for _, terr := range []tcpip.Error{&tcpip.ErrConnectionReset{}, &tcpip.ErrTimeout{}, &tcpip.ErrAborted{}} {
 		if oe.Err.Error() == terr.String() {
+			if _, abort := terr.(*tcpip.ErrAborted); abort {
+				c.keepStackAbort(terr)
+				return false
+			}
 			return c.keepClientBreak(terr)
 		}
 	}

@@ -1,6 +1,10 @@
 package netstack
 
-import "net"
+import (
+	"net"
+
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+)
 
 // AcceptHandler accepts every TCP connection and hands it to the test
 // (Conns, buffered by the test; a connection it has no room for is
@@ -64,4 +68,10 @@ func (c *Conn) TakeErrorAsWriter() (keep func()) {
 		}
 		c.rw.wmu.Unlock()
 	}
+}
+
+// FINIn reports whether the client's FIN has reached c's endpoint (the
+// server's side not yet closed: CLOSE-WAIT).
+func (c *Conn) FINIn() bool {
+	return tcp.EndpointState(c.ep.State()) == tcp.StateCloseWait
 }

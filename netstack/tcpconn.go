@@ -196,7 +196,14 @@ func (c *Conn) TryRead(b []byte) (int, error) {
 	if c.closed() { // Abort or Close while this read ran
 		return 0, c.opError(net.ErrClosed)
 	}
-	c.keepClientBreak(terr) // reported once: kept for BrokenError
+	if !c.keepClientBreak(terr) { // reported once: kept for BrokenError
+		c.keepStackAbort(terr)
+	}
+	if c.stackAborted.Load() {
+		// The stack's abort purged what the client sent unread, its FIN
+		// kept: no end of the stream (review rev33e F1).
+		return 0, c.opError(errStackAborted)
+	}
 	if !c.reclaimed() && c.finBeforeBreak() {
 		return 0, io.EOF
 	}
@@ -265,20 +272,24 @@ func (c *Conn) Read(b []byte) (int, error) {
 // that never sent one. The Write keeps the break before it lets go of
 // wmu: waiting for wmu is short, as in BrokenError. The stack's own
 // abort (the stacks closing) that a Write or BrokenError took reads as
-// errStackAborted, not as the end of the stream either. Nil for a FIN, and
-// for a break after one (finBeforeBreak; a reset after it is never kept
-// either: ErrResetAfterFIN).
+// errStackAborted, not as the end of the stream either, also after the
+// client's FIN: the abort purged what was unread of its upload (review
+// rev33e F1). Nil for a FIN, and for a client's break after one
+// (finBeforeBreak; a reset after it is never kept either: ErrResetAfterFIN).
 func (c *Conn) brokenNotEOF() error {
-	if tcp.EndpointState(c.ep.State()) != tcp.StateError || c.finBeforeBreak() {
+	if tcp.EndpointState(c.ep.State()) != tcp.StateError {
 		return nil
 	}
 	c.rw.wmu.Lock()
 	//lint:ignore SA2001 waiting for a Write keeping the break is the point
 	c.rw.wmu.Unlock()
-	if why := c.ClientBroke(); why != nil || !c.stackAborted.Load() {
-		return why
+	if c.stackAborted.Load() {
+		return errStackAborted
 	}
-	return errStackAborted
+	if c.finBeforeBreak() {
+		return nil
+	}
+	return c.ClientBroke()
 }
 
 // Reclaimed is ErrMemoryReclaimed once the server has reset the connection
