@@ -88,8 +88,9 @@ type flowAcks struct {
 	sent    bool
 	quick   bool  // the flow answers quickly: its ACKs may be held
 	ackAt   int64 // when the flow's last pure ACK was made (monoclock.Now)
-	// rst is the sequence number of the client's latest RST that found no
-	// held ACK to drop, when rstSeen (dropHeld).
+	// rst is the highest sequence number of the client's RSTs that found
+	// no held ACK to drop and the stack may still take, when rstSeen
+	// (dropHeld, outbound).
 	rst     uint32
 	rstSeen bool
 }
