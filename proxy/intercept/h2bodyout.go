@@ -17,8 +17,8 @@ import "time"
 // stream carried into the client's connection, as its writes return: the
 // bytes are in the connection's send buffer then, as an HTTP/1 response's
 // last write is when its record says ok. A body of known length read to
-// its end whose bytes all went out so is recorded whole,
-// whatever ended the stream after. A body of no known length is not: its
+// its end whose bytes all went out so is recorded whole, whatever ended
+// the stream after. A body of no known length is not: its
 // client needs END_STREAM to know it has it all; nor one with trailers,
 // which go out only after the record (review rev33c F1). A client that
 // went away before the end has bytes_in counted the same way: the DATA
