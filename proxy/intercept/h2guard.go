@@ -251,8 +251,8 @@ func (u *h2Unanswered) resetsOver(opened int64) error {
 // woken to linger rather than hand the server more (lingerRefused).
 func (c *hijackedConn) checkWrittenResets() {
 	f := &c.frames
-	if f.final != nil || f.sealed {
-		return
+	if f.final != nil || f.sealed || c.limit.unanswered.ends.serverErrGoAway() {
+		return // a GOAWAY for an error is out, or on its way (h2refused.go)
 	}
 	err := c.limit.unanswered.resetsOver(c.limit.streams.Load())
 	if err == nil || !c.limit.refused.CompareAndSwap(nil, &err) {
@@ -283,22 +283,7 @@ func (c *hijackedConn) checkWrittenResets() {
 // b is a buffer to read into.
 func (c *hijackedConn) lingerRefused(b []byte) error {
 	if c.limit.unanswered.writerRefused.CompareAndSwap(1, 2) {
-		if len(b) == 0 {
-			b = make([]byte, 4096)
-		}
-		end := time.Now().Add(h2Linger)
-		for {
-			dl := time.Now().Add(h2LingerQuiet)
-			if dl.After(end) {
-				dl = end
-			}
-			_ = c.Conn.SetReadDeadline(dl)
-			n, err := c.Conn.Read(b)
-			c.in.Add(int64(n))
-			if err != nil {
-				break
-			}
-		}
+		c.linger(b) // h2refused.go
 	}
 	return *c.limit.refused.Load()
 }

@@ -7,10 +7,12 @@ package intercept_test
 import (
 	"bytes"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,20 +85,37 @@ func (o *probeOrigin) has(path string) bool { _, ok := o.byPath.Load(path); retu
 
 // probeClient is a raw HTTP/2 client on a bumped connection.
 type probeClient struct {
-	t      *testing.T
-	c      net.Conn
-	scheme string
-	auth   string
-	mu     sync.Mutex
-	fr     *http2.Framer
-	hb     bytes.Buffer
-	enc    *hpack.Encoder
-	next   uint32
-	smu    sync.Mutex
-	stat   map[uint32]string // stream -> status, or "RST:code"
-	ended  map[uint32]bool   // streams the server ended (END_STREAM)
-	goneA  atomic.Value      // GOAWAY debug
-	dead   chan struct{}
+	t       *testing.T
+	c       net.Conn
+	scheme  string
+	auth    string
+	mu      sync.Mutex
+	fr      *http2.Framer
+	hb      bytes.Buffer
+	enc     *hpack.Encoder
+	next    uint32
+	smu     sync.Mutex
+	stat    map[uint32]string // stream -> status, or "RST:code"
+	ended   map[uint32]bool   // streams the server ended (END_STREAM)
+	goneA   atomic.Value      // GOAWAY debug
+	goAways []probeGoAway     // every GOAWAY, in order, under smu
+	dead    chan struct{}
+}
+
+// probeGoAway is a GOAWAY the probe client got.
+type probeGoAway struct {
+	code  http2.ErrCode
+	last  uint32
+	debug string
+}
+
+func (g probeGoAway) String() string { return fmt.Sprintf("%v last %d %q", g.code, g.last, g.debug) }
+
+// goAwaysGot returns the GOAWAYs the client got so far.
+func (pc *probeClient) goAwaysGot() []probeGoAway {
+	pc.smu.Lock()
+	defer pc.smu.Unlock()
+	return slices.Clone(pc.goAways)
 }
 
 func newProbeClient(t *testing.T, r *rig) (*probeClient, *probeOrigin) {
@@ -174,6 +193,9 @@ func (pc *probeClient) readLoop() {
 			pc.smu.Unlock()
 		case *http2.GoAwayFrame:
 			pc.goneA.Store(f.ErrCode.String() + " " + string(f.DebugData()))
+			pc.smu.Lock()
+			pc.goAways = append(pc.goAways, probeGoAway{f.ErrCode, f.LastStreamID, string(f.DebugData())})
+			pc.smu.Unlock()
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
 				pc.mu.Lock()

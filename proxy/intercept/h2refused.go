@@ -187,6 +187,55 @@ func (c *hijackedConn) refuseH2(b []byte) {
 	<-done
 }
 
+// linger reads what the client still sends and drops it, until it has
+// been quiet for h2LingerQuiet, at most h2Linger from now: the GOAWAY out
+// (the writer's refusal, or the server's own) is not lost to the reset a
+// close with its bytes unread would send. b is a buffer to read into.
+func (c *hijackedConn) linger(b []byte) {
+	if len(b) == 0 {
+		b = make([]byte, 4096)
+	}
+	end := time.Now().Add(h2Linger)
+	for {
+		dl := time.Now().Add(h2LingerQuiet)
+		if dl.After(end) {
+			dl = end
+		}
+		_ = c.Conn.SetReadDeadline(dl)
+		n, err := c.Conn.Read(b)
+		c.in.Add(int64(n))
+		if err != nil {
+			return
+		}
+	}
+}
+
+// After the server's own GOAWAY.
+//
+// x/net's server sends a GOAWAY of its own for a connection error its
+// framer does not catch (a SETTINGS value out of range, say), and its
+// reader reads on; it processes no frame after, and closes the connection
+// a second later. A frame the reader refused in that second (a guard's,
+// the header list limit's, or frames it cannot read) had the appliance
+// send a second GOAWAY, and a deny record say the appliance refused a
+// connection whose tls record and requests' records say the server's
+// GOAWAY ended it; for an oversized list, a 431 answered a stream x/net
+// ignored, past the server's GOAWAY's last stream, the second GOAWAY named
+// that stream as its last, higher than the first's (RFC 9113 §6.8), and
+// the deny record counted a refused request that could never have been
+// served (review rev33f F1). So once the server's GOAWAY for an error is
+// noted, neither the reader nor the writer (checkWrittenResets) refuses
+// the client: nothing is written or recorded, and the reader lingers, as
+// after the writer's refusal, x/net getting the refused frame's error.
+
+// serverErrGoAway reports whether the first GOAWAY for a connection error
+// noted is the server's own, not the appliance's refusal (h2streamend.go).
+func (n *h2StreamNotes) serverErrGoAway() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.goneAway && n.refusal == nil
+}
+
 // How long an HTTP/2 connection refused for an oversized header list goes
 // on reading what its client still sends: until the client has been quiet
 // for h2LingerQuiet, at most h2Linger after the refusal was written.

@@ -305,6 +305,11 @@ func (c *hijackedConn) Read(b []byte) (int, error) {
 			if !c.limit.tooLarge.Swap(true) {
 				c.write431()
 			}
+		case c.limit.refused.Load() == nil && c.limit.unanswered.ends.serverErrGoAway():
+			// x/net's own GOAWAY for an error is out: it processes
+			// nothing more, and the appliance refuses nothing (h2refused.go).
+			c.linger(b)
+			return 0, lerr
 		case c.limit.refused.CompareAndSwap(nil, &refused):
 			// An HTTP/2 connection is refused once: by the reader, or by
 			// the writer (checkWrittenResets), whichever claims it first.
