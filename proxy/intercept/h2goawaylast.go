@@ -85,6 +85,26 @@ func (u *h2Unanswered) serverGoAway(last uint32, code http2.ErrCode) {
 	u.ends.serverGoAway(code)
 }
 
+// capLast returns last, the last stream id of a GOAWAY the appliance is
+// to write, or a GOAWAY's out before it, if lower. x/net's GOAWAY after
+// the client's own (graceful) names the last stream it processed, and
+// ignores the streams the client opens after; a refusal after it named
+// them in its own GOAWAY's last stream, higher than the first's, which
+// RFC 9113 §6.8 forbids, and answered one of them 431 (review rev33f F2).
+// The appliance's own refusal, noted as it is decided (h2refused.go), is
+// among them, naming the same last stream or a lower one.
+func (u *h2Unanswered) capLast(last uint32) uint32 {
+	if u == nil {
+		return last
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.goneAway {
+		return min(last, u.last)
+	}
+	return last
+}
+
 // goAwayLast takes last, the last stream id of a GOAWAY of the server's
 // or the appliance's: the streams past it are dropped, and none is taken
 // in after.

@@ -46,7 +46,8 @@ func writeOversized(pc *probeClient, fr *http2.Framer, id uint32) {
 // TestH2RefusalAfterServerGoAway: x/net's server has sent a GOAWAY of its
 // own, for a connection error of the client's (a SETTINGS_ENABLE_PUSH of
 // 2, which x/net finds past its framer, so that it reads on, and the
-// header list limit does not foresee). Then the client sends what the appliance
+// header list limit does not foresee), or a graceful one (its answer to
+// the client's own GOAWAY). Then the client sends what the appliance
 // refuses: a stray CONTINUATION or a header block HPACK cannot decode
 // (frames it cannot read), a PING of 20,000 bytes (the frame size guard),
 // or a header list of 70 KB on a new stream (the list limit, whose
@@ -55,7 +56,10 @@ func writeOversized(pc *probeClient, fr *http2.Framer, id uint32) {
 // refusal, which sent a second GOAWAY, a 431 for a stream x/net ignored
 // (past the GOAWAY's last stream), and a deny record saying the appliance
 // refused the connection, where the tls record says the server's GOAWAY
-// (review rev33f F1).
+// (review rev33f F1). After the graceful one, the refusal's GOAWAY named a
+// higher last stream than it, which RFC 9113 §6.8 forbids, and its 431
+// answered a stream x/net ignored (F2): the refusal is the GOAWAY alone,
+// naming the graceful one's last stream.
 func TestH2RefusalAfterServerGoAway(t *testing.T) {
 	cases := []struct {
 		name string
@@ -78,6 +82,7 @@ func TestH2RefusalAfterServerGoAway(t *testing.T) {
 		{"server-error-goaway", func(fr *http2.Framer) {
 			_ = fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 2})
 		}, http2.ErrCodeProtocol},
+		{"server-graceful-goaway", func(fr *http2.Framer) { _ = fr.WriteGoAway(0, http2.ErrCodeNo, nil) }, http2.ErrCodeNo},
 	}
 	for _, fc := range firsts {
 		for _, tc := range cases {

@@ -268,7 +268,7 @@ func (c *hijackedConn) checkWrittenResets() {
 	// counted had x/net serve streams past its GOAWAY's last one, and
 	// process resets the notes missed (review rev32b F1).
 	c.limit.unanswered.writerRefused.Store(1)
-	last := c.limit.idle.last.Load()
+	last := c.limit.unanswered.capLast(c.limit.idle.last.Load()) // h2goawaylast.go
 	var buf bytes.Buffer
 	_ = http2.NewFramer(&buf, nil).WriteGoAway(last, g.code, []byte("gwlbproxy: "+g.why))
 	f.final = buf.Bytes()

@@ -443,7 +443,7 @@ func (l *h2HeaderLimit) refusal(serverStarted bool) []byte {
 		_ = fr.WriteSettings()
 	}
 	if g, ok := errors.AsType[*h2GoAway](l.err); ok {
-		_ = fr.WriteGoAway(l.passed, g.code, []byte("gwlbproxy: "+g.why))
+		_ = fr.WriteGoAway(l.unanswered.capLast(l.passed), g.code, []byte("gwlbproxy: "+g.why))
 		return buf.Bytes()
 	}
 	if l.answers431() {
@@ -455,14 +455,16 @@ func (l *h2HeaderLimit) refusal(serverStarted bool) []byte {
 			StreamID: l.blockStream, BlockFragment: block.Bytes(), EndHeaders: true, EndStream: true,
 		})
 	}
-	_ = fr.WriteGoAway(l.lastStream, http2.ErrCodeEnhanceYourCalm, []byte("gwlbproxy: request header list too large"))
+	_ = fr.WriteGoAway(l.unanswered.capLast(l.lastStream), http2.ErrCodeEnhanceYourCalm, []byte("gwlbproxy: request header list too large"))
 	return buf.Bytes()
 }
 
 // answers431 reports whether the refusal has a 431 for the block's stream:
-// the header list limit's, of a block that opened its stream. A trailer
-// block's stream may be answering already: the GOAWAY alone ends it.
+// the header list limit's, of a block that opened its stream, unless the
+// stream is past a GOAWAY out (h2goawaylast.go), which x/net ignores. A
+// trailer block's stream may be answering already: the GOAWAY alone ends
+// it.
 func (l *h2HeaderLimit) answers431() bool {
 	_, guard := errors.AsType[*h2GoAway](l.err)
-	return !guard && l.newStream
+	return !guard && l.newStream && l.unanswered.capLast(l.blockStream) == l.blockStream
 }

@@ -81,6 +81,14 @@ func (l *headLimit) noteRefused(err error) {
 	n.mu.Unlock()
 }
 
+// without431 notes that the header list limit's refusal went out with no
+// 431 (its stream past a GOAWAY of the server's written since noteRefused).
+func (n *h2StreamNotes) without431() {
+	n.mu.Lock()
+	n.listRefused = false
+	n.mu.Unlock()
+}
+
 // headerListTooLarge says the header list limit's refusal, with the limit
 // it holds lists to, as HTTP/2 measures them: max, --max-header-bytes with
 // room for ten fields' overhead (h2MaxHeaderList), not --max-header-bytes,
@@ -227,6 +235,10 @@ func (c *hijackedConn) linger(b []byte) {
 // noted, neither the reader nor the writer (checkWrittenResets) refuses
 // the client: nothing is written or recorded, and the reader lingers, as
 // after the writer's refusal, x/net getting the refused frame's error.
+// One the server writes after the refusal was decided, before the
+// refusal's GOAWAY goes out, caps that GOAWAY's last stream (capLast,
+// h2goawaylast.go): the client gets a second GOAWAY, the refusal the
+// records say, naming no stream past the first's.
 
 // serverErrGoAway reports whether the first GOAWAY for a connection error
 // noted is the server's own, not the appliance's refusal (h2streamend.go).

@@ -370,10 +370,17 @@ func (c *hijackedConn) write431() {
 	if c.limit.h2 != nil {
 		f := &c.frames
 		if f.final != nil || f.sealed {
-			return // a GOAWAY is out or on its way: never a second (RFC 9113 §6.8)
+			return // the appliance's GOAWAY is out or on its way: never a second
 		}
+		// A GOAWAY of the server's written since the refusal was decided
+		// caps the refusal's last stream, and its 431 (h2goawaylast.go):
+		// under h.mu, every one written is noted.
 		f.final = c.limit.h2.refusal(f.started)
-		c.limit.answered431.Store(c.limit.h2.answers431())
+		with431 := c.limit.h2.answers431()
+		c.limit.answered431.Store(with431)
+		if !with431 {
+			c.limit.unanswered.ends.without431() // h2refused.go
+		}
 		if c.frames.atBoundary() {
 			c.writeFinal()
 		} // else the server's next write completes its frame, then it goes
