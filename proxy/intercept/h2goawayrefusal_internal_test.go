@@ -3,7 +3,6 @@ package intercept
 import (
 	"bytes"
 	"io"
-	"strings"
 	"testing"
 	"time"
 
@@ -89,33 +88,8 @@ func TestH2WriterRefusalAfterServerGoAway(t *testing.T) {
 // it (review rev33f F2). Now its GOAWAY names 1, no 431 goes, and the
 // records say so: no 431 answered, the tls record the refusal's.
 func TestH2ListRefusalCappedByLaterGoAway(t *testing.T) {
-	var hpb bytes.Buffer
-	enc := hpack.NewEncoder(&hpb)
-	block := func(path string, big int) []byte {
-		hpb.Reset()
-		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
-			{Name: ":authority", Value: "www.example.test"}, {Name: ":path", Value: path},
-			{Name: "x-a", Value: strings.Repeat("a", big), Sensitive: true}} {
-			_ = enc.WriteField(f)
-		}
-		return bytes.Clone(hpb.Bytes())
-	}
-	var first bytes.Buffer
-	first.WriteString(http2.ClientPreface)
-	fr := http2.NewFramer(&first, nil)
-	_ = fr.WriteSettings()
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("/s1", 10), EndStream: true, EndHeaders: true})
-	var second bytes.Buffer
-	fr = http2.NewFramer(&second, nil)
-	_ = fr.WriteGoAway(0, http2.ErrCodeNo, nil)
-	b := block("/big", 70000) // over 65856 once decoded
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b[:16000], EndStream: true})
-	for b = b[16000:]; len(b) > 0; {
-		n := min(len(b), 16000)
-		_ = fr.WriteContinuation(3, n == len(b), b[:n])
-		b = b[n:]
-	}
-	conn := &keptWrites{chunkConn: &chunkConn{chunks: [][]byte{first.Bytes(), second.Bytes()}}}
+	first, second := bigListFlights(true)
+	conn := &keptWrites{chunkConn: &chunkConn{chunks: [][]byte{first, second}}}
 	c := &hijackedConn{Conn: conn}
 	c.limit.arm(64<<10, true)
 	buf := make([]byte, 128<<10)

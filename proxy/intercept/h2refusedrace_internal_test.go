@@ -192,32 +192,8 @@ func TestH2WriterRefusalAnd431OneGoAway(t *testing.T) {
 	buf := make([]byte, 128<<10)
 	var byWriter, byReader int
 	for trial := range trials {
-		var hpb bytes.Buffer
-		enc := hpack.NewEncoder(&hpb)
-		block := func(path string, big int) []byte {
-			hpb.Reset()
-			for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
-				{Name: ":authority", Value: "www.example.test"}, {Name: ":path", Value: path},
-				{Name: "x-a", Value: strings.Repeat("a", big), Sensitive: true}} {
-				_ = enc.WriteField(f)
-			}
-			return bytes.Clone(hpb.Bytes())
-		}
-		var first bytes.Buffer
-		first.WriteString(http2.ClientPreface)
-		fr := http2.NewFramer(&first, nil)
-		_ = fr.WriteSettings()
-		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("/s1", 10), EndStream: true, EndHeaders: true})
-		var second bytes.Buffer
-		fr = http2.NewFramer(&second, nil)
-		b := block("/big", 70000) // over 65856 once decoded
-		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b[:16000], EndStream: true})
-		for b = b[16000:]; len(b) > 0; {
-			n := min(len(b), 16000)
-			_ = fr.WriteContinuation(3, n == len(b), b[:n])
-			b = b[n:]
-		}
-		conn := &keptWrites{chunkConn: &chunkConn{chunks: [][]byte{first.Bytes(), second.Bytes()}}}
+		first, second := bigListFlights(false)
+		conn := &keptWrites{chunkConn: &chunkConn{chunks: [][]byte{first, second}}}
 		c := &hijackedConn{Conn: conn}
 		c.limit.arm(64<<10, true)
 		if n, err := c.Read(buf); err != nil || n == 0 {
@@ -290,4 +266,39 @@ func (c *keptWrites) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.out.Write(b)
+}
+
+// bigListFlights is a client's two writes: the preface, its SETTINGS and
+// stream 1's request; then (after its own GOAWAY, with goAway) stream 3's
+// header list of 70,000 bytes, over the 65,856 limit once decoded, in a
+// HEADERS frame and CONTINUATIONs.
+func bigListFlights(goAway bool) (first, second []byte) {
+	var hpb bytes.Buffer
+	enc := hpack.NewEncoder(&hpb)
+	block := func(path string, big int) []byte {
+		hpb.Reset()
+		for _, f := range []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "https"},
+			{Name: ":authority", Value: "www.example.test"}, {Name: ":path", Value: path},
+			{Name: "x-a", Value: strings.Repeat("a", big), Sensitive: true}} {
+			_ = enc.WriteField(f)
+		}
+		return bytes.Clone(hpb.Bytes())
+	}
+	var f1, f2 bytes.Buffer
+	f1.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&f1, nil)
+	_ = fr.WriteSettings()
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("/s1", 10), EndStream: true, EndHeaders: true})
+	fr = http2.NewFramer(&f2, nil)
+	if goAway {
+		_ = fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+	}
+	b := block("/big", 70000)
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: b[:16000], EndStream: true})
+	for b = b[16000:]; len(b) > 0; {
+		n := min(len(b), 16000)
+		_ = fr.WriteContinuation(3, n == len(b), b[:n])
+		b = b[n:]
+	}
+	return f1.Bytes(), f2.Bytes()
 }
