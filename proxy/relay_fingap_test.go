@@ -172,6 +172,68 @@ func TestRelayLingerCountsNoFINAfterReset(t *testing.T) {
 	}
 }
 
+// TestRelayLingerOneByteNoFINAfterReset: the destination resets with one
+// byte of the upload never sent (held back, as a closed window holds it),
+// before the client's FIN is passed on (the relay's shutdown finds the
+// connection ended: ENOTCONN, no FIN queued), and the client breaks
+// after its FIN: the linger finds the connection ended with that byte
+// alone in the queue. It took the byte for the FIN and said the upload
+// delivered: the destination closed, the record saying nothing of the
+// byte it never had (review rev33e F2). The record says the destination's
+// reset and counts the byte out of bytes_out.
+func TestRelayLingerOneByteNoFINAfterReset(t *testing.T) {
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	up, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close(); dc.Close() })
+	hc := hostconn.Wrap(up).(*hostconn.Conn)
+	rc, err := up.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_CORK, 1) }); err != nil || serr != nil {
+		t.Fatal(err, serr) // the byte held back for the cork's 200 ms
+	}
+	if _, err := hc.Write([]byte{'x'}); err != nil {
+		t.Fatal(err)
+	}
+	if unacked, notSent := unackedOf(hc), notSentOf(hc); unacked != 1 || notSent != 1 {
+		t.Fatalf("the corked byte: %d unacknowledged, %d never sent; want 1 and 1", unacked, notSent)
+	}
+	_ = dc.SetLinger(0)
+	dc.Close()
+	for end := time.Now().Add(5 * time.Second); !hc.Ended(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the destination's reset never came")
+		}
+	}
+	r := &relay{upstream: hc}
+	r.closeWrite(hc) // ENOTCONN: the client's FIN, after the reset
+	if hc.FINQueued() {
+		t.Fatal("a FIN was queued after the reset")
+	}
+	r.closeDelivering(hc)
+	cut := r.cut.Load()
+	if cut == nil {
+		t.Fatal("the linger said the upload delivered; the destination never had its one byte")
+	}
+	t.Logf("cut %d, unacked %d: %v", cut.unsent, cut.unacked, cut.err)
+	if cut.unsent != 1 || cut.unacked != 0 {
+		t.Errorf("cut %d never sent, %d unacknowledged; want 1 and 0", cut.unsent, cut.unacked)
+	}
+}
+
 // TestRelayBreakCutCountsFINApart: the client broke after its FIN while
 // its upload was still being written (breakSeen), the copy has since
 // passed the FIN on, and the destination resets before the linger takes

@@ -64,7 +64,10 @@ func (r *relay) closeDelivering(c net.Conn) {
 	}
 	defer r.releaseLinger()
 	bufp := lingerBufPool.Get().(*[]byte)
-	unsent, err := hostconn.Linger(rc, *bufp, r.stallBound, stop)
+	// The relay's shutdown queued the FIN, unless the destination had
+	// reset before it (ENOTCONN): Linger counts the queue accordingly,
+	// on every path, its "delivered" too (review rev33e F2).
+	unsent, err := hostconn.Linger(rc, finQueued(c), *bufp, r.stallBound, stop)
 	lingerBufPool.Put(bufp)
 	switch {
 	case err == nil:
@@ -79,14 +82,7 @@ func (r *relay) closeDelivering(c net.Conn) {
 		if p := r.destReadErr.Load(); p != nil {
 			hostconn.SeenElsewhere(err, *p)
 		}
-		unacked, notSent := r.sendQueue() // c is r.upstream
-		if e, ok := errors.AsType[*hostconn.EndedError](err); ok {
-			// The counts stand as the end left them. Linger's take a
-			// FIN off always, but the relay's shutdown queued none
-			// when the destination had reset before it (ENOTCONN):
-			// bytes_out was a byte above what the destination read.
-			unsent, e.NotSent = unacked, notSent
-		}
+		_, notSent := r.sendQueue() // c is r.upstream
 		r.cut.Store(lingerCutOf(unsent, notSent, err))
 		intercept.Abort(c)
 	}

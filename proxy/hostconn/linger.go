@@ -137,13 +137,21 @@ var ErrEndedUnseen = errors.New("the connection ended, its error read elsewhere"
 // second (lingerPollSlow): a bound that shrinks, or a stop that changes
 // its mind, is seen within that, or at once after WakeLingers.
 //
+// finQueued says whether the caller's own shutdown of the socket queued
+// its FIN already (Conn.FINQueued): the FIN takes a sequence number of
+// its own, which the send queue's counts hold until it is acknowledged,
+// and which is no byte of data. A shutdown, the caller's or Linger's,
+// that finds the connection ended already (the peer's reset: ENOTCONN)
+// queues none, and the counts are then all data: one byte unacknowledged
+// is a byte the peer never acknowledged, not the FIN (review rev33e F2).
+//
 // It works through rc's Control, never its Read: another goroutine may be
 // waiting in a Read of the connection, which holds its read lock. One that
 // closes the socket meanwhile ends the linger with an error wrapping
 // net.ErrClosed, and 0: what the peer had by then is not known. The
 // caller's goroutine waits; the caller closes the socket after (an abort
 // when not all was delivered: what is left is no use to the peer).
-func Linger(rc syscall.RawConn, buf []byte, bound func() time.Duration, stop func() error) (int, error) {
+func Linger(rc syscall.RawConn, finQueued bool, buf []byte, bound func() time.Duration, stop func() error) (int, error) {
 	var (
 		limit  time.Duration
 		userTO time.Duration
@@ -162,7 +170,15 @@ func Linger(rc syscall.RawConn, buf []byte, bound func() time.Duration, stop fun
 	if err := rc.Control(func(fd uintptr) {
 		userTO = limit
 		setUserTimeout(fd, limit)
-		if _, _, se := unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0); se != 0 && se != syscall.ENOTCONN {
+		switch _, _, se := unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0); se {
+		case 0:
+			// Queued now, or by an earlier shutdown of a connection
+			// live then: the kernel queues a socket's FIN once.
+			finQueued = true
+		case syscall.ENOTCONN:
+			// Ended already: no FIN now; one only if the caller's
+			// shutdown queued it before the end.
+		default:
 			serr = se
 		}
 	}); err != nil {
@@ -170,6 +186,14 @@ func Linger(rc syscall.RawConn, buf []byte, bound func() time.Duration, stop fun
 	}
 	if serr != 0 {
 		return 0, fmt.Errorf("lingering: %w", serr)
+	}
+	// data is what a count of the send queue's holds of data: the FIN
+	// taken off when one was queued.
+	data := func(n int) int {
+		if finQueued {
+			return unsentData(n)
+		}
+		return n
 	}
 	var timer *time.Timer
 	defer func() {
@@ -187,30 +211,35 @@ func Linger(rc syscall.RawConn, buf []byte, bound func() time.Duration, stop fun
 		switch {
 		case l.err != nil:
 			return 0, fmt.Errorf("lingering: %w", l.err)
-		case l.outq == 0 || l.ended != nil && unsentData(l.outq) == 0:
+		case l.outq == 0 || l.ended != nil && data(l.outq) == 0:
 			// All acknowledged; or all the data, and the connection
 			// ended before the FIN was: a peer that reads to the end and
 			// resets at once (SO_LINGER 0) never acknowledges it (Linux
-			// holds a FIN's acknowledgement back for the answer's).
+			// holds a FIN's acknowledgement back for the answer's). A
+			// connection that ended before any FIN was queued has its
+			// counts all data: one byte there is one the peer never
+			// acknowledged, and it said delivered (review rev33e F2).
 			return 0, nil
 		case l.ended != nil:
-			return unsentData(l.outq), &EndedError{Err: l.ended, NotSent: unsentData(l.notSent)}
+			return data(l.outq), &EndedError{Err: l.ended, NotSent: data(l.notSent)}
 		}
 		if stop != nil {
 			if err := stop(); err != nil {
-				if unsentData(l.outq) == 0 {
+				if data(l.outq) == 0 {
 					// Only the FIN unacknowledged (Linux holds its
 					// acknowledgement back for the answer's): the data
 					// is delivered, and a stop cuts nothing of it; the
-					// FIN goes on after the close.
+					// FIN goes on after the close. (The connection is
+					// live: Linger's shutdown queued the FIN, if the
+					// caller's had not.)
 					return 0, nil
 				}
-				return unsentData(l.outq), fmt.Errorf("lingering: %w", err)
+				return data(l.outq), fmt.Errorf("lingering: %w", err)
 			}
 		}
 		left := limit - time.Since(start)
 		if left <= 0 {
-			return unsentData(l.outq), fmt.Errorf("%w in %v (%d bytes unacknowledged)", ErrTailUndelivered, limit, unsentData(l.outq))
+			return data(l.outq), fmt.Errorf("%w in %v (%d bytes unacknowledged)", ErrTailUndelivered, limit, data(l.outq))
 		}
 		if timer == nil {
 			timer = time.NewTimer(min(wait, left))

@@ -47,7 +47,7 @@ func lingerAsync(ours *net.TCPConn, bound func() time.Duration, stop func() erro
 	done := make(chan lingerResult, 1)
 	rc, _ := ours.SyscallConn()
 	go func() {
-		n, err := hostconn.Linger(rc, make([]byte, 64<<10), bound, stop)
+		n, err := hostconn.Linger(rc, false, make([]byte, 64<<10), bound, stop)
 		done <- lingerResult{n, err}
 	}()
 	return done
@@ -91,7 +91,7 @@ func TestLingerDeliversToTalkingPeer(t *testing.T) {
 			return
 		}
 		rc, _ := ours.SyscallConn()
-		n, err := hostconn.Linger(rc, make([]byte, 64<<10), fixed(10*time.Second), nil)
+		n, err := hostconn.Linger(rc, false, make([]byte, 64<<10), fixed(10*time.Second), nil)
 		lingered <- result{n, err}
 	}()
 	time.Sleep(200 * time.Millisecond) // a slow reader: the scenario, not a wait for an event
@@ -120,7 +120,7 @@ func TestLingerBoundedForPeerThatReadsNothing(t *testing.T) {
 	_, _ = ours.Write(make([]byte, 4<<20)) // as much as the buffers take
 	rc, _ := ours.SyscallConn()
 	start := time.Now()
-	n, err := hostconn.Linger(rc, make([]byte, 4096), fixed(300*time.Millisecond), nil)
+	n, err := hostconn.Linger(rc, false, make([]byte, 4096), fixed(300*time.Millisecond), nil)
 	if !errors.Is(err, hostconn.ErrTailUndelivered) || n == 0 {
 		t.Errorf("Linger: %d unsent, %v; want bytes unsent and ErrTailUndelivered", n, err)
 	}
@@ -325,7 +325,7 @@ func TestLingerZeroWindowTimeoutNotPeerReset(t *testing.T) {
 		}
 	}()
 	rc, _ := ours.SyscallConn()
-	_, err := hostconn.Linger(rc, make([]byte, 4096), fixed(1500*time.Millisecond), nil)
+	_, err := hostconn.Linger(rc, false, make([]byte, 4096), fixed(1500*time.Millisecond), nil)
 	ended, ok := errors.AsType[*hostconn.EndedError](err)
 	if ok && ended.ByPeer() || errors.Is(err, syscall.ECONNRESET) || err == nil {
 		t.Errorf("Linger: %v; want an end that is not the peer's (it never reset, and took nothing)", err)

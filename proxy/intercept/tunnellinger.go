@@ -68,7 +68,7 @@ func (u *upgradedBody) closeDelivering() error {
 		if rc, err := sc.SyscallConn(); err == nil {
 			// A write in flight had part of the bound (boundWrite).
 			bound := func() time.Duration { return u.lingerBound() - u.writeWait }
-			unsent, lerr = u.lingerTail(rc, bound)
+			unsent, lerr = u.lingerTail(rc, finQueuedOn(sock), bound)
 			if errors.Is(lerr, hostconn.ErrTailUndelivered) {
 				// Linger names its own part of the bound: the record
 				// names the whole, which the tunnel waited.
@@ -204,11 +204,20 @@ func (u *upgradedBody) lingerStop(rl *reloadLook) error {
 // the destination has acknowledged what went out, and says what it left
 // unacknowledged (hostconn.Linger). Its stop's reload look is a linger's
 // (newLingerLook): a linger asks its stop only at its looks, once a second
-// after its first 2 s, and its deny wakes it.
-func (u *upgradedBody) lingerTail(rc syscall.RawConn, bound func() time.Duration) (int, error) {
+// after its first 2 s, and its deny wakes it. fin says whether the
+// tunnel's end queued the socket's FIN (a destination that reset before
+// it queued none: its counts are all data).
+func (u *upgradedBody) lingerTail(rc syscall.RawConn, fin bool, bound func() time.Duration) (int, error) {
 	rl := newLingerLook(u.reload)
 	defer rl.stop()
-	return hostconn.Linger(rc, make([]byte, 16<<10), bound, func() error { return u.lingerStop(rl) })
+	return hostconn.Linger(rc, fin, make([]byte, 16<<10), bound, func() error { return u.lingerStop(rl) })
+}
+
+// finQueuedOn reports whether sock's own shutdown queued its FIN
+// (hostconn.Conn.FINQueued); false when it cannot say.
+func finQueuedOn(sock net.Conn) bool {
+	q, ok := sock.(interface{ FINQueued() bool })
+	return ok && q.FINQueued()
 }
 
 // errTailUndelivered says a tunnel's upstream was reset with the client's

@@ -87,7 +87,7 @@ func TestLingerTailReloadDenyEndsItAtOnce(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		close(release)
 	}()
-	_, lerr := u.lingerTail(rc, func() time.Duration { return 10 * time.Second })
+	_, lerr := u.lingerTail(rc, false, func() time.Duration { return 10 * time.Second })
 	end := time.Now()
 	<-reloaded
 	if !errors.Is(lerr, errTunnelReloadDenied) {
