@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/gwlbproxy/gwlbproxy/proxy/intercept"
 )
 
 // writeFrames has the probe client write what f frames in one write,
@@ -163,6 +166,43 @@ func TestH2RefusalAfterServerGoAway(t *testing.T) {
 					t.Errorf("tls record %q %q, want the refusal", tlsRec.Result, tlsRec.Error)
 				}
 			})
+		}
+	}
+}
+
+// TestH2IdleCloseAfterGracefulGoAway: the appliance's idle close after
+// x/net's graceful GOAWAY (drawn by the client's own GOAWAY) named the
+// reader's last stream, raised by streams the client opened past x/net's
+// GOAWAY, which x/net ignores: a second GOAWAY whose last stream went up
+// (NO_ERROR last 0, then last 1, 4 of 4: review rev33g F3; RFC 9113 §6.8).
+// A stream x/net refuses without a handler first spends the idle grace.
+func TestH2IdleCloseAfterGracefulGoAway(t *testing.T) {
+	defer intercept.SetClientIdleTimeout(300 * time.Millisecond)()
+	r := newRig(t, testPolicy)
+	pc, _ := newProbeClient(t, r)
+	start := time.Now()
+	pc.open("GET", "/bad", true, hpack.HeaderField{Name: ":foo", Value: "x"}) // stream 1: x/net resets it, no handler
+	time.Sleep(time.Second - time.Since(start))                               // the idle close's grace after the connection's start
+	writeFrames(pc, func(fr *http2.Framer) { _ = fr.WriteGoAway(0, http2.ErrCodeNo, nil) })
+	if !waitFor(t, "x/net's GOAWAY", waitLimit, func() bool { return len(pc.goAwaysGot()) > 0 }) {
+		t.Fatal("no GOAWAY from x/net")
+	}
+	pc.open("GET", "/past", true)  // stream 3, past x/net's GOAWAY
+	pc.open("GET", "/past2", true) // stream 5
+	if !waitFor(t, "the client's end", 2*waitLimit, func() bool {
+		select {
+		case <-pc.dead:
+			return true
+		default:
+			return false
+		}
+	}) {
+		t.Fatal("the connection never ended")
+	}
+	gs := pc.goAwaysGot()
+	for i := 1; i < len(gs); i++ {
+		if gs[i].last > gs[i-1].last {
+			t.Errorf("GOAWAYs %v: the last stream went up", gs)
 		}
 	}
 }

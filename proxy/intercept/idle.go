@@ -109,7 +109,11 @@ func (c *hijackedConn) closeIdle() bool {
 			return false
 		}
 		var buf bytes.Buffer
-		_ = http2.NewFramer(&buf, nil).WriteGoAway(c.limit.idle.last.Load(), http2.ErrCodeNo, nil)
+		// Capped by a GOAWAY already out (x/net's graceful one, which a
+		// client draws with its own): a second never names a higher last
+		// stream (RFC 9113 §6.8; review rev33g F3).
+		last := c.limit.unanswered.capLast(c.limit.idle.last.Load())
+		_ = http2.NewFramer(&buf, nil).WriteGoAway(last, http2.ErrCodeNo, nil)
 		_, _ = c.rawWrite(buf.Bytes())
 		f.sealed = true
 	}
