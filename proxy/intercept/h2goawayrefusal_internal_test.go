@@ -126,19 +126,9 @@ func TestH2ListRefusalCappedByLaterGoAway(t *testing.T) {
 	conn.mu.Lock()
 	got := bytes.Clone(conn.out.Bytes())
 	conn.mu.Unlock()
-	var goAways []*http2.GoAwayFrame
-	rd := http2.NewFramer(io.Discard, bytes.NewReader(got))
-	for {
-		f, err := rd.ReadFrame()
-		if err != nil {
-			break
-		}
-		switch f := f.(type) {
-		case *http2.GoAwayFrame:
-			goAways = append(goAways, f)
-		case *http2.HeadersFrame:
-			t.Errorf("HEADERS on stream %d, past the server's GOAWAY", f.StreamID)
-		}
+	goAways, headers := framesIn(got)
+	for _, id := range headers {
+		t.Errorf("HEADERS on stream %d, past the server's GOAWAY", id)
 	}
 	if len(goAways) != 2 || goAways[0].LastStreamID != 1 || goAways[1].LastStreamID != 1 ||
 		goAways[1].ErrCode != http2.ErrCodeEnhanceYourCalm {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -117,18 +118,7 @@ func TestH2WriterRefusalRacesNoRead(t *testing.T) {
 		u := &c.limit.unanswered
 		u.answered(1) // its reset draws no Rapid Reset check
 		var handed [][]byte
-		done := make(chan struct{})
-		go func() { // x/net's writer: a reset it wrote passes the bound
-			defer close(done)
-			for range trial % 200 {
-				runtime.Gosched()
-			}
-			u.caused.Store(1000)
-			c.hold.mu.Lock()
-			c.checkWrittenResets()
-			c.hold.mu.Unlock()
-			conn.stop.Store(true)
-		}()
+		done := writerRefusesAfter(c, conn, trial%200)
 		for {
 			n, err := c.Read(buf)
 			if n > 0 {
@@ -200,18 +190,7 @@ func TestH2WriterRefusalAnd431OneGoAway(t *testing.T) {
 			t.Fatalf("first read: %d %v", n, err)
 		}
 		u := &c.limit.unanswered
-		done := make(chan struct{})
-		go func() { // x/net's writer: a reset it wrote passes the bound
-			defer close(done)
-			for range trial % 300 {
-				runtime.Gosched()
-			}
-			u.caused.Store(1000)
-			c.hold.mu.Lock()
-			c.checkWrittenResets()
-			c.hold.mu.Unlock()
-			conn.stop.Store(true)
-		}()
+		done := writerRefusesAfter(c, conn.chunkConn, trial%300)
 		_, _ = c.Read(buf) // the second read: refuseH2 lingers until EOF (stop)
 		<-done
 		// What the client gets: what was written, and the refusal still
@@ -219,21 +198,8 @@ func TestH2WriterRefusalAnd431OneGoAway(t *testing.T) {
 		conn.mu.Lock()
 		got := append(bytes.Clone(conn.out.Bytes()), c.frames.final...)
 		conn.mu.Unlock()
-		var goAways []*http2.GoAwayFrame
-		answered := false
-		rd := http2.NewFramer(io.Discard, bytes.NewReader(got))
-		for {
-			f, err := rd.ReadFrame()
-			if err != nil {
-				break
-			}
-			switch f := f.(type) {
-			case *http2.GoAwayFrame:
-				goAways = append(goAways, f)
-			case *http2.HeadersFrame:
-				answered = answered || f.StreamID == 3
-			}
-		}
+		goAways, headers := framesIn(got)
+		answered := slices.Contains(headers, 3)
 		p := c.limit.refused.Load()
 		if len(goAways) != 1 || p == nil {
 			t.Fatalf("trial %d: %d GOAWAYs, refusal %v, want one of each", trial, len(goAways), p)
@@ -301,4 +267,42 @@ func bigListFlights(goAway bool) (first, second []byte) {
 		b = b[n:]
 	}
 	return f1.Bytes(), f2.Bytes()
+}
+
+// writerRefusesAfter plays x/net's writer on c: after spins yields, a reset
+// it wrote passes the Rapid Reset bound and the writer refuses the client
+// (checkWrittenResets); then conn's reads end. The channel closes when it
+// is done.
+func writerRefusesAfter(c *hijackedConn, conn *chunkConn, spins int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range spins {
+			runtime.Gosched()
+		}
+		c.limit.unanswered.caused.Store(1000)
+		c.hold.mu.Lock()
+		c.checkWrittenResets()
+		c.hold.mu.Unlock()
+		conn.stop.Store(true)
+	}()
+	return done
+}
+
+// framesIn returns the GOAWAY frames in b, the bytes written to a client,
+// and the streams of its HEADERS frames.
+func framesIn(b []byte) (goAways []*http2.GoAwayFrame, headers []uint32) {
+	rd := http2.NewFramer(io.Discard, bytes.NewReader(b))
+	for {
+		f, err := rd.ReadFrame()
+		if err != nil {
+			return goAways, headers
+		}
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			goAways = append(goAways, f)
+		case *http2.HeadersFrame:
+			headers = append(headers, f.StreamID)
+		}
+	}
 }
