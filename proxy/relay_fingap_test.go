@@ -148,20 +148,7 @@ func TestRelayLingerCountsNoFINAfterReset(t *testing.T) {
 	}
 	time.Sleep(100 * time.Millisecond) // the destination's window filled
 	had := destinationHas(t, dc, 0)
-	_ = dc.SetLinger(0)
-	dc.Close()
-	for end := time.Now().Add(5 * time.Second); !hc.Ended(); time.Sleep(time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the destination's reset never came")
-		}
-	}
-	r := &relay{upstream: hc}
-	r.closeWrite(hc) // ENOTCONN: the client's FIN, after the reset
-	if hc.FINQueued() {
-		t.Fatal("a FIN was queued after the reset")
-	}
-	r.closeDelivering(hc)
-	cut := r.cut.Load()
+	cut := cutAfterDestinationReset(t, hc, dc)
 	if cut == nil {
 		t.Fatalf("the linger cut nothing: the destination had %d of %d", had, upload)
 	}
@@ -211,20 +198,7 @@ func TestRelayLingerOneByteNoFINAfterReset(t *testing.T) {
 	if unacked, notSent := unackedOf(hc), notSentOf(hc); unacked != 1 || notSent != 1 {
 		t.Fatalf("the corked byte: %d unacknowledged, %d never sent; want 1 and 1", unacked, notSent)
 	}
-	_ = dc.SetLinger(0)
-	dc.Close()
-	for end := time.Now().Add(5 * time.Second); !hc.Ended(); time.Sleep(time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("the destination's reset never came")
-		}
-	}
-	r := &relay{upstream: hc}
-	r.closeWrite(hc) // ENOTCONN: the client's FIN, after the reset
-	if hc.FINQueued() {
-		t.Fatal("a FIN was queued after the reset")
-	}
-	r.closeDelivering(hc)
-	cut := r.cut.Load()
+	cut := cutAfterDestinationReset(t, hc, dc)
 	if cut == nil {
 		t.Fatal("the linger said the upload delivered; the destination never had its one byte")
 	}
@@ -290,4 +264,26 @@ func TestRelayBreakCutCountsFINApart(t *testing.T) {
 	if out != had {
 		t.Errorf("bytes_out %d, the destination had %d (diff %d)", out, had, out-had)
 	}
+}
+
+// cutAfterDestinationReset has dc, the destination's end of hc, reset
+// its connection, then plays the relay's end of the client's upload on hc
+// (its FIN, which finds the connection ended: no FIN is queued) and its
+// linger (closeDelivering), and returns what the linger said was cut.
+func cutAfterDestinationReset(t *testing.T, hc *hostconn.Conn, dc *net.TCPConn) *lingerCut {
+	t.Helper()
+	_ = dc.SetLinger(0)
+	dc.Close()
+	for end := time.Now().Add(5 * time.Second); !hc.Ended(); time.Sleep(time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("the destination's reset never came")
+		}
+	}
+	r := &relay{upstream: hc}
+	r.closeWrite(hc) // ENOTCONN: the client's FIN, after the reset
+	if hc.FINQueued() {
+		t.Fatal("a FIN was queued after the reset")
+	}
+	r.closeDelivering(hc)
+	return r.cut.Load()
 }
