@@ -21,7 +21,16 @@ func (r *delayRig) reconnect() {
 	waitUntil(t, 5*time.Second, "the stack to take the RST", func() (bool, string) {
 		return !r.s.holdsTCP(&key), "the old endpoint is still in the stack"
 	})
-	r.seq += 1 << 20
+	r.reopen(r.seq + 1<<20)
+}
+
+// reopen opens a new connection on the rig's ports whose SYN has
+// sequence number isn, once the old one is gone from the stack, and makes
+// it the rig's conn.
+func (r *delayRig) reopen(isn uint32) {
+	t := r.t
+	t.Helper()
+	r.seq = isn
 	r.batch(clientSegmentOpts(r.client, r.server, r.seq, 0, header.TCPFlagSyn, nil, nil))
 	r.seq++
 	r.ack = readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1

@@ -166,17 +166,7 @@ func TestDelayedAckRstForgottenOnReuse(t *testing.T) {
 		return !r.s.holdsTCP(&key), "old endpoint"
 	})
 	req := []byte("GET /new")
-	r.seq = x - uint32(len(req)) - 1
-	r.batch(clientSegmentOpts(r.client, r.server, r.seq, 0, header.TCPFlagSyn, nil, nil))
-	r.seq++
-	r.ack = readReplySegment(t, r.gwlb, header.TCPFlagSyn|header.TCPFlagAck).SequenceNumber() + 1
-	r.batch(clientSegmentOpts(r.client, r.server, r.seq, r.ack, header.TCPFlagAck, r.opts, nil))
-	select {
-	case r.conn = <-r.conns:
-	case <-time.After(5 * time.Second):
-		t.Fatal("not accepted")
-	}
-	t.Cleanup(r.conn.Abort)
+	r.reopen(x - uint32(len(req)) - 1)
 	r.batch(r.data(req))
 	if r.seq != x {
 		t.Fatalf("setup: %d != %d", r.seq, x)

@@ -33,18 +33,7 @@ func TestReadsAfterStackCloseTookByWriteNotEOF(t *testing.T) {
 	if _, err := cc.Write([]byte("partial upload")); err != nil {
 		t.Fatal(err)
 	}
-	waiting := make(waitSignal, 1)
-	c.OnWriteWait(waiting)
-	wrote := make(chan error, 1)
-	go func() {
-		_, err := c.Write(make([]byte, 16<<20)) // the client reads none of it
-		wrote <- err
-	}()
-	select {
-	case <-waiting:
-	case <-time.After(waitFor):
-		t.Fatal("the Write to a client that reads nothing did not wait")
-	}
+	wrote := waitingWrite(t, c)
 	r.srv.Close()
 	select {
 	case err := <-wrote:
@@ -76,4 +65,23 @@ func TestReadsAfterStackCloseTookByWriteNotEOF(t *testing.T) {
 	if c.ClientBroke() != nil {
 		t.Errorf("ClientBroke %v: the client broke nothing, the stacks closed", c.ClientBroke())
 	}
+}
+
+// waitingWrite starts a Write of 16 MiB to c, whose client reads none of
+// it, and returns once the Write waits; its error comes on the channel.
+func waitingWrite(t *testing.T, c *netstack.Conn) <-chan error {
+	t.Helper()
+	waiting := make(waitSignal, 1)
+	c.OnWriteWait(waiting)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(make([]byte, 16<<20))
+		wrote <- err
+	}()
+	select {
+	case <-waiting:
+	case <-time.After(waitFor):
+		t.Fatal("the Write to a client that reads nothing did not wait")
+	}
+	return wrote
 }

@@ -142,18 +142,7 @@ func TestBrokenErrorTellsResetAfterFINFromStackClose(t *testing.T) {
 	t.Run("stacks close under a Write, then BrokenError", func(t *testing.T) {
 		r := newConnRig(t)
 		_, c := r.dial()
-		waiting := make(waitSignal, 1)
-		c.OnWriteWait(waiting)
-		wrote := make(chan error, 1)
-		go func() {
-			_, err := c.Write(make([]byte, 16<<20)) // the client reads none of it
-			wrote <- err
-		}()
-		select {
-		case <-waiting:
-		case <-time.After(waitFor):
-			t.Fatal("the Write to a client that reads nothing did not wait")
-		}
+		wrote := waitingWrite(t, c)
 		r.srv.Close()
 		wantStackClose(t, "the Write", waitErr(t, wrote), true)
 		// The Write took the stack's one report: BrokenError says it
@@ -173,7 +162,7 @@ func wantStackClose(t *testing.T, what string, err error, want bool) {
 	}
 }
 
-func waitErr(t *testing.T, ch chan error) error {
+func waitErr(t *testing.T, ch <-chan error) error {
 	t.Helper()
 	select {
 	case err := <-ch:

@@ -105,14 +105,7 @@ func TestH2RefusalAfterServerGoAway(t *testing.T) {
 					pc.open("GET", "/past-the-goaway", true) // stream 3: x/net ignores it
 				}
 				writeFrames(pc, func(fr *http2.Framer) { tc.then(pc, fr) })
-				if !waitFor(t, "the client's end", 2*waitLimit, func() bool {
-					select {
-					case <-pc.dead:
-						return true
-					default:
-						return false
-					}
-				}) {
+				if !waitFor(t, "the client's end", 2*waitLimit, pc.connEnded) {
 					t.Fatal("the connection never ended")
 				}
 				if !waitFor(t, "the tls record", 2*waitLimit, func() bool { return len(ofKind(r.records(), "tls")) > 0 }) {
@@ -189,14 +182,7 @@ func TestH2IdleCloseAfterGracefulGoAway(t *testing.T) {
 	}
 	pc.open("GET", "/past", true)  // stream 3, past x/net's GOAWAY
 	pc.open("GET", "/past2", true) // stream 5
-	if !waitFor(t, "the client's end", 2*waitLimit, func() bool {
-		select {
-		case <-pc.dead:
-			return true
-		default:
-			return false
-		}
-	}) {
+	if !waitFor(t, "the client's end", 2*waitLimit, pc.connEnded) {
 		t.Fatal("the connection never ended")
 	}
 	gs := pc.goAwaysGot()

@@ -307,3 +307,14 @@ func runHandlers() int {
 	n := runtime.Stack(buf, true)
 	return strings.Count(string(buf[:n]), "http2.(*serverConn).runHandler(")
 }
+
+// connEnded reports whether the client's connection has ended (its reader got
+// an error or EOF).
+func (pc *probeClient) connEnded() bool {
+	select {
+	case <-pc.dead:
+		return true
+	default:
+		return false
+	}
+}

@@ -137,14 +137,7 @@ func TestH2RefusalRecorded(t *testing.T) {
 				t.Fatalf("%d of %d requests reached the origin", o.arrived.Load(), lives+tc.hang)
 			}
 			tc.refuse(pc)
-			if !waitFor(t, "the client's end", 2*waitLimit, func() bool {
-				select {
-				case <-pc.dead:
-					return true
-				default:
-					return false
-				}
-			}) {
+			if !waitFor(t, "the client's end", 2*waitLimit, pc.connEnded) {
 				t.Fatal("the connection was not closed")
 			}
 			if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, tc.code+" ") {

@@ -177,14 +177,7 @@ func TestH2GoAwayThenStreamFrameRecorded(t *testing.T) {
 			fr.WritePriority(id, http2.PriorityParam{StreamDep: id, Weight: 15})
 		})
 		rec := onlyHTTPRecord(t, r)
-		waitFor(t, "the client's end", waitLimit, func() bool {
-			select {
-			case <-pc.dead:
-				return true
-			default:
-				return false
-			}
-		})
+		waitFor(t, "the client's end", waitLimit, pc.connEnded)
 		if st := pc.status(id); strings.HasPrefix(st, "RST:") {
 			t.Fatalf("round %d: the client got %q: x/net processed the frame after its GOAWAY; the test proves nothing", round, st)
 		}

@@ -61,14 +61,7 @@ func sendUnreadable(pc *probeClient, frames func(pc *probeClient, fr *http2.Fram
 // under way recorded as ended by the refusal.
 func checkUnreadableRefusal(t *testing.T, pc *probeClient, r *rig, code, why string, want int) {
 	t.Helper()
-	if !waitFor(t, "the client's end", 2*waitLimit, func() bool {
-		select {
-		case <-pc.dead:
-			return true
-		default:
-			return false
-		}
-	}) {
+	if !waitFor(t, "the client's end", 2*waitLimit, pc.connEnded) {
 		t.Fatal("the connection was not closed")
 	}
 	if g, _ := pc.goneA.Load().(string); !strings.HasPrefix(g, code+" ") || !strings.Contains(g, why) {
